@@ -1,0 +1,38 @@
+"""edgecompress: compress fine-tuned transformers for small devices and prove the result on a device profile.
+
+The library API (what the CLI calls)::
+
+    from compress import export, quantize, validate, load_artifact, load_profile
+
+Importing this package is cheap: torch, onnxruntime, openvino and tensorrt are imported only where used.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "export": ("compress.stages.export", "export"),
+    "ExportConfig": ("compress.stages.export", "ExportConfig"),
+    "quantize": ("compress.stages.quantize", "quantize"),
+    "QuantizeConfig": ("compress.stages.quantize", "QuantizeConfig"),
+    "validate": ("compress.validate", "validate"),
+    "ValidateConfig": ("compress.validate", "ValidateConfig"),
+    "load_artifact": ("compress.artifact", "load_artifact"),
+    "Artifact": ("compress.artifact", "Artifact"),
+    "load_profile": ("compress.profiles", "load_profile"),
+    "DeviceProfile": ("compress.profiles", "DeviceProfile"),
+    "load_teacher": ("compress.models", "load_teacher"),
+    "load_dataset": ("compress.data", "load_dataset"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'compress' has no attribute {name!r}")

@@ -1,0 +1,308 @@
+"""The artifact: a directory with model file(s), tokenizer files and a schema-versioned ``manifest.json``.
+
+Every stage reads an artifact and writes a *new* one. Outputs are staged in a temporary sibling
+directory and renamed into place only when complete, so an interrupted run never leaves a
+half-written directory that looks valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compress import __version__
+from compress.errors import ArtifactError, IntegrityError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class Format(StrEnum):
+    pytorch = "pytorch"
+    onnx = "onnx"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
+    int4 = "int4"
+
+
+class Task(StrEnum):
+    text_classification = "text-classification"
+    feature_extraction = "feature-extraction"
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Tensor name in the model graph.")
+    dtype: str = Field(description="Element type, numpy spelling (int64, float32, ...).")
+    shape: list[int | str] = Field(description="Dimensions; strings name dynamic axes.")
+
+
+class Postprocess(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pooling: str | None = Field(None, description="'mean' (sentence-transformers) or None for logits.")
+    normalize: bool = Field(False, description="L2-normalise pooled embeddings.")
+
+
+class SourceInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="Path of the teacher checkpoint this lineage started from.")
+    sha256: str = Field(description="Content hash of the teacher directory (see digest_dir).")
+    architecture: str | None = Field(None, description="transformers architecture class name.")
+    model_type: str | None = Field(None, description="transformers config.model_type.")
+
+
+class StepRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str = Field(description="Stage name: export, quantize, ...")
+    config: dict[str, Any] = Field(default_factory=dict, description="The stage's resolved configuration.")
+    config_version: int = Field(1, description="Version of the stage's config schema.")
+    versions: dict[str, str | None] = Field(default_factory=dict, description="Backend versions used.")
+    input_digest: str | None = Field(None, description="Content hash of the input artifact/model.")
+    output_digest: str | None = Field(None, description="Content hash of the files this step wrote.")
+    seconds: float = Field(0.0, description="Wall time of the step.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Checks measured by the step.")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = Field(SCHEMA_VERSION, description="Version of this manifest schema.")
+    task: Task
+    format: Format
+    precision: Precision
+    labels: list[str] | None = Field(None, description="Class names by id (classification only).")
+    model_file: str = Field(description="Main model file, relative to the artifact directory.")
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    postprocess: Postprocess = Field(default_factory=Postprocess)
+    max_length: int = Field(512, description="Longest sequence the tokenizer produces (truncation).")
+    source: SourceInfo
+    steps: list[StepRecord] = Field(default_factory=list, description="Lineage, oldest first.")
+    files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file but the manifest.")
+    versions: dict[str, str | None] = Field(default_factory=dict, description="Tool/library versions.")
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() not in exclude
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def hash_files(root: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+    """sha256 of every (non-hidden) file under ``root``, keyed by posix relative path."""
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in _files(root, exclude)}
+
+
+def digest_of(hashes: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for rel, digest in sorted(hashes.items()):
+        h.update(f"{rel}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def digest_dir(root: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> str:
+    """Content hash of a directory: independent of location and mtimes."""
+    return digest_of(hash_files(Path(root), exclude))
+
+
+def library_versions(*modules: str) -> dict[str, str | None]:
+    from compress._optional import version_of
+
+    base = ("torch", "transformers", "optimum", "onnx", "onnxruntime", "tokenizers", "numpy")
+    out: dict[str, str | None] = {"edgecompress": __version__, "python": platform.python_version()}
+    for m in (*base, *modules):
+        out[m] = version_of(m)
+    return out
+
+
+class Artifact:
+    """A loaded artifact directory (verified against its manifest unless asked not to)."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+    @property
+    def format(self) -> Format:
+        return self.manifest.format
+
+    @property
+    def precision(self) -> Precision:
+        return self.manifest.precision
+
+    @property
+    def task(self) -> Task:
+        return self.manifest.task
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.manifest.files)
+
+    def size_bytes(self, model_only: bool = True) -> int:
+        """Bytes on disk: the model file(s) (weights included), or every file when ``model_only`` is False."""
+        names = self.model_files() if model_only else list(self.manifest.files)
+        return sum((self.path / n).stat().st_size for n in names)
+
+    def model_files(self) -> list[str]:
+        """The model file and its weight side files (external data, .bin of an IR)."""
+        stem = Path(self.manifest.model_file).stem
+        return [
+            n for n in self.manifest.files
+            if n == self.manifest.model_file or (Path(n).stem.startswith(stem) and Path(n).suffix in
+                                                 {".data", ".bin", ".onnx_data", ".weights", ".safetensors"})
+        ]
+
+    def verify(self) -> None:
+        missing = [n for n in self.manifest.files if not (self.path / n).is_file()]
+        if missing:
+            raise IntegrityError(
+                f"{self.path}: file {missing[0]} listed in the manifest is missing",
+                hint="the artifact is incomplete; re-create it",
+            )
+        for rel, expected in self.manifest.files.items():
+            got = sha256_file(self.path / rel)
+            if got != expected:
+                raise IntegrityError(
+                    f"{self.path / rel}: sha256 mismatch (manifest {expected[:12]}…, file {got[:12]}…)",
+                    hint="the file was modified or corrupted after it was written; re-create the artifact",
+                )
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"Artifact({str(self.path)!r}, {m.format}/{m.precision}, task={m.task})"
+
+
+def is_artifact(path: Path | str) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load_artifact(path: Path | str, verify: bool = True) -> Artifact:
+    """Load an artifact directory; with ``verify`` every file's sha256 is checked against the manifest."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such artifact directory", hint="check the path")
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(
+            f"{path}: not an edgecompress artifact (no {MANIFEST})",
+            hint="create one with `edgecompress export TEACHER_DIR --out DIR`",
+        )
+    try:
+        data = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{mf}: unreadable manifest ({e})", hint="re-create the artifact") from e
+    if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{mf}: manifest schema {data.get('schema_version')} is newer than this edgecompress supports "
+            f"({SCHEMA_VERSION})",
+            hint="upgrade edgecompress",
+        )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = " -> ".join(str(x) for x in first["loc"])
+        raise ArtifactError(f"{mf}: invalid manifest: {loc}: {first['msg']}", hint="re-create the artifact") from e
+    art = Artifact(path, manifest)
+    if verify:
+        art.verify()
+    return art
+
+
+def check_output(out: Path | str, force: bool) -> Path:
+    """Fail early when ``out`` exists and ``force`` is off; return it as a Path."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path | str, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; rename it to ``out`` only if the block succeeds."""
+    out = check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Hash every file in ``directory`` into the manifest and write ``manifest.json``; return it."""
+    manifest.files = hash_files(directory)
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    """Copy the tokenizer/preprocessor files of an artifact or checkpoint directory."""
+    names = [
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+        "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json", "config.json",
+    ]
+    copied = []
+    for n in names:
+        if (src / n).is_file():
+            shutil.copy2(src / n, dst / n)
+            copied.append(n)
+    return copied
+
+
+def child_manifest(parent: Manifest, **changes: Any) -> Manifest:
+    """A manifest for a new artifact derived from ``parent`` (steps copied, files reset)."""
+    data = parent.model_dump()
+    data.update(changes)
+    data["files"] = {}
+    data["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return Manifest.model_validate(data)

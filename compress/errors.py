@@ -1,0 +1,75 @@
+"""One error hierarchy for the library; the CLI turns these into one line and an exit code.
+
+Exit codes: 2 for anything the user can fix (bad input, config, missing backend, existing output),
+1 for a validation that ran and found a budget failed.
+"""
+
+from __future__ import annotations
+
+
+class EdgeCompressError(Exception):
+    """Base of every error the library raises on purpose.
+
+    ``hint`` is the fix, shown after the message: ``<message>; <hint>``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class ConfigError(EdgeCompressError):
+    """An option or configuration value is invalid or options contradict each other."""
+
+
+class ProfileError(EdgeCompressError):
+    """A device profile is unknown or its file is invalid."""
+
+
+class DataError(EdgeCompressError):
+    """An input data file is missing, empty, unreadable, or lacks a needed column or label."""
+
+
+class ModelLoadError(EdgeCompressError):
+    """A teacher/model directory is missing, not a model, corrupt, or needs an opt-in to load."""
+
+
+class ArtifactError(EdgeCompressError):
+    """An artifact directory is missing, malformed, or of the wrong kind for the step."""
+
+
+class IntegrityError(ArtifactError):
+    """An artifact file does not match the sha256 recorded in its manifest."""
+
+
+class OutputExistsError(EdgeCompressError):
+    """The output path exists and ``force`` was not given."""
+
+
+class MissingBackendError(EdgeCompressError):
+    """An optional backend (runtime, exporter, data reader) is not installed."""
+
+
+class StageError(EdgeCompressError):
+    """A stage (export, quantize, ...) ran but could not produce a correct artifact."""
+
+
+class ParityError(StageError):
+    """An exported/converted model disagrees with its source beyond tolerance."""
+
+    def __init__(self, message: str, *, max_abs_diff: float, atol: float, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.max_abs_diff = max_abs_diff
+        self.atol = atol
+
+
+class BudgetFailed(EdgeCompressError):
+    """Validation ran and at least one budget failed (exit code 1)."""
+
+    exit_code = 1

@@ -1,0 +1,312 @@
+"""Loading fine-tuned teachers: Hugging Face checkpoint directories (safetensors).
+
+Any architecture transformers' Auto classes support works (BERT, DistilBERT, RoBERTa, MiniLM, ...):
+nothing here names a model's modules. Pickled weights and remote code are refused unless opted in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import (
+    Artifact,
+    Format,
+    Manifest,
+    Postprocess,
+    Precision,
+    SourceInfo,
+    Task,
+    TensorSpec,
+    digest_dir,
+    hash_files,
+    library_versions,
+)
+from compress.errors import ConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint directory holds, read without importing torch."""
+
+    path: Path
+    config: dict[str, Any]
+    weights: list[str]
+    pickled: bool
+    task: Task
+    labels: list[str] | None
+    postprocess: Postprocess
+    max_length: int
+
+    @property
+    def architecture(self) -> str | None:
+        arch = self.config.get("architectures") or [None]
+        return arch[0]
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: unreadable JSON ({e})", hint="restore the file from the original checkpoint") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object", hint="restore the file from the original checkpoint")
+    return data
+
+
+def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
+    """Pooling/normalisation from a sentence-transformers checkpoint's modules.json, if it has one."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    pooling, normalize = "mean", False
+    for mod in modules:
+        kind = str(mod.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg_file = path / mod.get("path", "") / "config.json"
+            if cfg_file.is_file():
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+                if cfg.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif not cfg.get("pooling_mode_mean_tokens", True):
+                    modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+                    raise ModelLoadError(
+                        f"{cfg_file}: pooling {modes} is not supported", hint="use a mean- or CLS-pooled model"
+                    )
+        elif kind.endswith("Normalize"):
+            normalize = True
+    return Postprocess(pooling=pooling, normalize=normalize)
+
+
+def inspect_checkpoint(
+    path: Path | str, task: Task | str | None = None, *, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> CheckpointInfo:
+    """Check a checkpoint directory is loadable and safe, and read its task, labels and pooling."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such directory", hint="pass the directory of a Hugging Face checkpoint")
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: not a directory", hint="pass the directory of a Hugging Face checkpoint")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path}: not a Hugging Face checkpoint (no config.json)",
+            hint="pass a directory written by save_pretrained()",
+        )
+    config = _read_json(path / "config.json")
+    if "model_type" not in config:
+        raise ModelLoadError(f"{path}/config.json has no model_type", hint="pass a transformers checkpoint")
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(
+            f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
+            hint="review that code, then pass --trust-remote-code to run it",
+        )
+    files = sorted(p.name for p in path.iterdir() if p.is_file())
+    safetensors = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args")]
+    if not safetensors and not pickles:
+        raise ModelLoadError(
+            f"{path}: no model weights (model.safetensors)", hint="copy the weights next to config.json"
+        )
+    if not safetensors and not allow_pickle:
+        raise ModelLoadError(
+            f"{path}: only pickled weights ({pickles[0]}); loading pickle can run arbitrary code",
+            hint="convert it to safetensors, or pass --allow-pickle if you trust its source",
+        )
+    for name in safetensors:
+        _check_safetensors(path / name)
+
+    architecture = (config.get("architectures") or [""])[0] or ""
+    if task is None:
+        task = Task.text_classification if architecture.endswith("ForSequenceClassification") else Task.feature_extraction
+    task = Task(task)
+    labels = None
+    postprocess = Postprocess()
+    if task is Task.text_classification:
+        id2label = config.get("id2label") or {}
+        if not architecture.endswith("ForSequenceClassification"):
+            raise ModelLoadError(
+                f"{path}: {architecture or 'this model'} has no sequence-classification head",
+                hint="pass a fine-tuned ...ForSequenceClassification checkpoint, or --task feature-extraction",
+            )
+        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
+        if labels is None:
+            n = int(config.get("num_labels", 2))
+            labels = [f"LABEL_{i}" for i in range(n)]
+    else:
+        postprocess = _sentence_transformers_pooling(path) or Postprocess(pooling="mean", normalize=False)
+
+    max_length = int(config.get("max_position_embeddings", 512))
+    if (path / "sentence_bert_config.json").is_file():
+        sb = _read_json(path / "sentence_bert_config.json")
+        max_length = min(max_length, int(sb.get("max_seq_length", max_length)))
+    if (path / "tokenizer_config.json").is_file():
+        tc = _read_json(path / "tokenizer_config.json")
+        mml = tc.get("model_max_length")
+        if isinstance(mml, int) and 0 < mml < max_length:
+            max_length = mml
+    if config.get("model_type") == "roberta" or "roberta" in str(config.get("model_type", "")):
+        max_length = min(max_length, int(config.get("max_position_embeddings", 514)) - 2)
+    return CheckpointInfo(
+        path=path,
+        config=config,
+        weights=safetensors or pickles,
+        pickled=not safetensors,
+        task=task,
+        labels=labels,
+        postprocess=postprocess,
+        max_length=max_length,
+    )
+
+
+def _check_safetensors(file: Path) -> None:
+    """Read the safetensors header and check the file holds every byte it declares."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than its header")
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > size - 8:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"{size} bytes on disk, {8 + n + end} declared")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(
+            f"{file}: corrupt or truncated weights ({e})", hint="re-download or re-save the checkpoint"
+        ) from e
+
+
+@dataclass
+class Teacher:
+    """A loaded PyTorch teacher with its tokenizer and what the pipeline needs to know about it."""
+
+    info: CheckpointInfo
+    model: Any  # transformers.PreTrainedModel, eval mode
+    tokenizer: Any  # transformers.PreTrainedTokenizerFast
+    sha256: str
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    @property
+    def task(self) -> Task:
+        return self.info.task
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.tokenizer.model_input_names)
+
+    def source(self) -> SourceInfo:
+        return SourceInfo(
+            path=str(self.path.resolve()),
+            sha256=self.sha256,
+            architecture=self.info.architecture,
+            model_type=self.info.model_type,
+        )
+
+    def encoder(self):
+        from compress.tokenization import TextEncoder
+
+        return TextEncoder(
+            self.tokenizer.backend_tokenizer, self.input_names, self.info.max_length, self.tokenizer.pad_token_id
+        )
+
+    def manifest(self) -> Manifest:
+        """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
+        out_name = "logits" if self.task is Task.text_classification else "last_hidden_state"
+        width = len(self.info.labels) if self.info.labels else self.model.config.hidden_size
+        out_shape: list[int | str] = ["batch_size", width] if self.info.labels else ["batch_size", "sequence_length", width]
+        return Manifest(
+            task=self.task,
+            format=Format.pytorch,
+            precision=Precision.fp32,
+            labels=self.info.labels,
+            model_file=self.info.weights[0],
+            inputs=[TensorSpec(name=n, dtype="int64", shape=["batch_size", "sequence_length"]) for n in self.input_names],
+            outputs=[TensorSpec(name=out_name, dtype="float32", shape=out_shape)],
+            postprocess=self.info.postprocess,
+            max_length=self.info.max_length,
+            source=self.source(),
+            files=hash_files(self.path),
+            versions=library_versions(),
+        )
+
+    def as_artifact(self) -> Artifact:
+        return Artifact(self.path, self.manifest())
+
+
+def load_teacher(
+    path: Path | str,
+    task: Task | str | None = None,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Teacher:
+    """Load a fine-tuned teacher checkpoint for ``task`` (inferred from its architecture when None)."""
+    info = inspect_checkpoint(path, task, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    from compress._optional import require
+
+    require("torch", "loading a PyTorch teacher")
+    transformers = require("transformers", "loading a PyTorch teacher")
+
+    auto = (
+        transformers.AutoModelForSequenceClassification
+        if info.task is Task.text_classification
+        else transformers.AutoModel
+    )
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(info.path), use_fast=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+        raise ModelLoadError(
+            f"{info.path}: cannot load the tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            hint="the checkpoint needs tokenizer files (tokenizer.json or vocab) saved by save_pretrained()",
+        ) from e
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{info.path}: no fast tokenizer available", hint="save the checkpoint with a fast tokenizer")
+    try:
+        model, loading = auto.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"{info.path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            hint="check that the weights match config.json and are complete",
+        ) from e
+    missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise ModelLoadError(
+            f"{info.path}: weights missing from the checkpoint: {', '.join(missing[:3])}"
+            + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""),
+            hint="for a classifier pass a fine-tuned checkpoint; for a bare encoder use --task feature-extraction",
+        )
+    if info.task is Task.text_classification and model.config.num_labels != len(info.labels or []):
+        raise ConfigError(f"{info.path}: num_labels and id2label disagree", hint="fix config.json")
+    model.eval()
+    return Teacher(info=info, model=model, tokenizer=tokenizer, sha256=digest_dir(info.path))
+
+
+def load_source(path: Path | str, **teacher_kwargs: Any) -> Artifact:
+    """An artifact directory, or a teacher checkpoint described as a (pytorch, fp32) artifact."""
+    from compress.artifact import is_artifact, load_artifact
+
+    if is_artifact(path):
+        return load_artifact(path)
+    return load_teacher(path, **teacher_kwargs).as_artifact()

@@ -1,0 +1,65 @@
+"""What every stage shares: parity measurement, sample inputs, step records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Texts used when the user gives no sample data: varied lengths so padding is exercised.
+DEFAULT_SAMPLES = [
+    "a gripping, beautifully acted film.",
+    "the plot is thin and the jokes fall flat.",
+    "I would happily watch it again with friends, and probably will, because it rewards a second look.",
+    "dull.",
+    "the service was slow but the food made up for it.",
+    "an ambitious mess that never finds its footing despite a talented cast and a generous budget.",
+    "works exactly as described.",
+    "not worth the money.",
+]
+
+
+def sample_texts(path: Path | str | None, n: int) -> list[str]:
+    """``n`` texts from a data file, or the built-in samples."""
+    if path is None:
+        return (DEFAULT_SAMPLES * (n // len(DEFAULT_SAMPLES) + 1))[:n]
+    from compress.data import load_dataset
+
+    return load_dataset(path, limit=n).texts
+
+
+@dataclass
+class Parity:
+    """Agreement of a candidate model's outputs with a reference's on the same inputs."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    cosine_min: float
+    argmax_agreement: float | None
+    n: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "cosine_min": self.cosine_min,
+            "n": self.n,
+        }
+        if self.argmax_agreement is not None:
+            d["argmax_agreement"] = self.argmax_agreement
+        d.update(self.extra)
+        return d
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classification: bool) -> Parity:
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    diff = np.abs(ref - cand)
+    num = (ref * cand).sum(axis=-1)
+    den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
+    cos = num / np.clip(den, 1e-12, None)
+    agree = float((ref.argmax(-1) == cand.argmax(-1)).mean()) if classification else None
+    return Parity(float(diff.max()), float(diff.mean()), float(cos.min()), agree, int(ref.shape[0]))

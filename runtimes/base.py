@@ -1,0 +1,155 @@
+"""The common runtime interface and the registry of adapters.
+
+An adapter loads an artifact with profile settings (threads, provider, options), runs a batch of
+encoded inputs, and describes itself. Concrete adapters are imported lazily by import string, so
+``import compress.runtimes`` pulls in no runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compress._optional import is_available, require
+from compress.artifact import Artifact, Format
+from compress.errors import ConfigError
+from compress.tokenization import TextEncoder, pool
+
+# runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here.
+RUNTIMES: dict[str, str] = {
+    "torch": "compress.runtimes.torch_backend:TorchBackend",
+    "onnxruntime": "compress.runtimes.ort_backend:OrtBackend",
+}
+
+# the runtime used when a profile/user names none
+DEFAULT_RUNTIME: dict[Format, str] = {
+    Format.pytorch: "torch",
+    Format.onnx: "onnxruntime",
+    Format.openvino: "openvino",
+    Format.tensorrt: "tensorrt",
+}
+
+
+@dataclass
+class RuntimeSettings:
+    """How to run: threads (None = runtime default), provider/device, runtime-specific options."""
+
+    threads: int | None = None
+    provider: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class RuntimeBackend(ABC):
+    """Load an artifact and run it. Subclasses implement ``_load``, ``run`` and ``version``."""
+
+    name: ClassVar[str]
+    module: ClassVar[str]  # the Python module this adapter needs
+    formats: ClassVar[frozenset[Format]]
+
+    def __init__(self, artifact: Artifact, settings: RuntimeSettings | None = None) -> None:
+        if artifact.format not in self.formats:
+            raise ConfigError(
+                f"runtime {self.name} cannot run {artifact.format} artifacts",
+                hint=f"use one of: {', '.join(r for r, f in _FORMATS_BY_RUNTIME().items() if artifact.format in f)}",
+            )
+        require(self.module, f"the {self.name} runtime")
+        self.artifact = artifact
+        self.settings = settings or RuntimeSettings()
+        self._load()
+        self.encoder = self._make_encoder()
+
+    # -- to implement ---------------------------------------------------------------------------
+    @abstractmethod
+    def _load(self) -> None:
+        """Create the session/model from ``self.artifact`` honouring ``self.settings``."""
+
+    @abstractmethod
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one batch; return the primary output (logits or last hidden state) as float32 numpy."""
+
+    @classmethod
+    @abstractmethod
+    def version(cls) -> str | None:
+        """Version string of the underlying runtime."""
+
+    # -- shared ---------------------------------------------------------------------------------
+    def _make_encoder(self) -> TextEncoder:
+        m = self.artifact.manifest
+        return TextEncoder.from_dir(self.artifact.path, [t.name for t in m.inputs], m.max_length)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.artifact.manifest.inputs]
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run and post-process: logits for classifiers, pooled sentence embeddings for encoders."""
+        pp = self.artifact.manifest.postprocess
+        out = self.run(inputs)
+        if pp.pooling:
+            return pool(out, inputs["attention_mask"], pp.pooling, pp.normalize)
+        return out
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None, pad_to: int | None = None):
+        return self.encoder.encode(texts, pairs, pad_to)
+
+    def predict_text(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        return self.predict(self.encode(texts, pairs))
+
+    def synchronize(self) -> None:
+        """Wait for asynchronous device work (GPU runtimes override); host runtimes are synchronous."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": self.name,
+            "version": self.version(),
+            "provider": self.settings.provider,
+            "threads": self.settings.threads,
+            "format": str(self.artifact.format),
+            "precision": str(self.artifact.precision),
+        }
+
+    def close(self) -> None:
+        """Release the session/model."""
+
+
+def _FORMATS_BY_RUNTIME() -> dict[str, frozenset[Format]]:
+    out = {}
+    for name in RUNTIMES:
+        try:
+            out[name] = runtime_class(name).formats
+        except Exception:  # noqa: BLE001 - an unimportable adapter simply is not listed
+            continue
+    return out
+
+
+def runtime_class(name: str) -> type[RuntimeBackend]:
+    """The adapter class registered for ``name`` (imports only that adapter module)."""
+    if name not in RUNTIMES:
+        raise ConfigError(
+            f"unknown runtime {name!r}", hint=f"available runtimes: {', '.join(sorted(RUNTIMES))}"
+        )
+    module, _, cls = RUNTIMES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def available_runtimes() -> dict[str, bool]:
+    """Registered runtimes and whether their Python module is installed."""
+    return {name: is_available(runtime_class(name).module) for name in RUNTIMES}
+
+
+def load_runtime(
+    artifact: Artifact, runtime: str | None = None, settings: RuntimeSettings | None = None
+) -> RuntimeBackend:
+    """Load ``artifact`` in ``runtime`` (default: the natural runtime of its format)."""
+    name = runtime or DEFAULT_RUNTIME[artifact.format]
+    if name not in RUNTIMES:
+        raise ConfigError(
+            f"no runtime adapter {name!r} for {artifact.format} artifacts in this version",
+            hint=f"available runtimes: {', '.join(sorted(RUNTIMES))}",
+        )
+    return runtime_class(name)(artifact, settings)
