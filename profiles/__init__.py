@@ -1,0 +1,1 @@
+"""Built-in device profiles (YAML package data, installed as ``compress.builtin_profiles``)."""
