@@ -243,7 +243,7 @@ class Budgets(BaseModel):
     )
     max_peak_memory_mb: float | None = Field(
         None, gt=0,
-        description="Maximum peak memory in MB: RSS growth from loading the session and running it (a number > 0).",
+        description="Maximum peak resident memory in MB (MiB) of a fresh process that loads the model and runs one inference (a number > 0).",
     )
     min_accuracy_retention: float | None = Field(
         0.99, gt=0, le=1.5,

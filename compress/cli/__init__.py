@@ -1,0 +1,122 @@
+"""The ``edgecompress`` command line: a thin Click layer over the library.
+
+Subcommands load lazily (one module each), so ``edgecompress --help`` imports no ML runtime.
+Every library error becomes one line on stderr and exit code 2 (1 for a failed budget);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from compress import __version__
+
+# command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "export": "compress.cli.export:export_cmd",
+    "quantize": "compress.cli.quantize:quantize_cmd",
+    "validate": "compress.cli.validate:validate_cmd",
+    "inspect": "compress.cli.inspect:inspect_cmd",
+    "profiles": "compress.cli.profiles:profiles",
+    "doctor": "compress.cli.doctor:doctor_cmd",
+    "demo": "compress.cli.demo:demo_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """Click group whose subcommands are imported only when used (Click docs: lazily loading subcommands)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attr = COMMANDS[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+class State:
+    def __init__(self, debug: bool, verbosity: int) -> None:
+        self.debug = debug
+        self.verbosity = verbosity
+
+    @property
+    def quiet(self) -> bool:
+        return self.verbosity < 0
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="edgecompress")
+@click.option("--debug", is_flag=True, envvar="EDGECOMPRESS_DEBUG", help="Show tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars or tables on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
+    """Distil, prune, quantize and export fine-tuned transformers for small devices,
+    and validate every artifact against a device profile.
+
+    \b
+    Typical run:
+      edgecompress export TEACHER_DIR --out model-onnx
+      edgecompress quantize model-onnx --precision int8 --out model-int8
+      edgecompress validate model-int8 --profile host --data dev.tsv --teacher TEACHER_DIR
+
+    Exit codes: 0 success, 1 a budget failed, 2 bad input or usage.
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False, console=_stderr())],
+        force=True,
+    )
+    for noisy in ("onnx_model", "fusion_base", "onnx_model_bert", "root", "transformers", "optimum", "nncf",
+                  "onnxruntime", "optimum.onnxruntime", "optimum.exporters"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
+    if verbose < 1:
+        import warnings
+
+        warnings.filterwarnings("ignore")  # exporter tracer/deprecation chatter; -v shows it
+    ctx.obj = State(debug=debug, verbosity=-1 if quiet else verbose)
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the group and turn library errors into one line + exit code."""
+    from compress.errors import EdgeCompressError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("EDGECOMPRESS_DEBUG"))
+    try:
+        cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+    except EdgeCompressError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if e.exit_code == 1 else e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; no output was written", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        sys.exit(3)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from compress.cli._common import console
+
+
+@click.command("inspect")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the files.")
+def inspect_cmd(artifact, as_json, no_verify):
+    """Show an artifact's manifest: format, precision, tensors, lineage, files."""
+    from compress.artifact import load_artifact
+    from compress.report import render_manifest
+
+    art = load_artifact(artifact, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(art.manifest.model_dump(mode="json"), indent=2))
+        return
+    render_manifest(art, console(), verified=not no_verify)

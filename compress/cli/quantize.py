@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compress.cli._common import build_config, console, force_option, status
+from compress.stages.quantize import CalibrationMethod, QuantizeConfig
+
+
+@click.command("quantize")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["int8"]), default="int8", show_default=True, help="Target precision.")
+@click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
+              help=QuantizeConfig.model_fields["mode"].description)
+@click.option("--calibration", type=click.Path(path_type=Path), help="Calibration data file (static mode).")
+@click.option("--calibration-samples", type=int, default=128, show_default=True, help="Calibration texts.")
+@click.option("--calibration-method", type=click.Choice([m.value for m in CalibrationMethod]), default="minmax",
+              show_default=True, help="Activation range estimator (static mode).")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
+@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+              help="Signed weights (u8s8) or unsigned (u8u8).")
+@click.option("--reduce-range/--full-range", default=None,
+              help="7-bit weights. Default: on for x86 targets without VNNI (avoids u8s8 saturation).")
+@click.option("--op-types", help="Comma-separated operator types to quantize (default: see docs).")
+@click.option("--exclude-nodes", help="Comma-separated node names to keep in float.")
+@click.option("--profile", "profile_name", help="Target device profile: its CPU (VNNI or not) picks the defaults.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
+@force_option
+def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
+                 weight_type, reduce_range, op_types, exclude_nodes, profile_name, out, force):
+    """Quantize an ONNX ARTIFACT to INT8 with ONNX Runtime's quantization tools."""
+    from compress.stages.quantize import quantize
+
+    target = {}
+    if profile_name:
+        from compress.cpu import has_vnni
+        from compress.profiles import load_profile
+
+        prof = load_profile(profile_name)
+        target = {"target_vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
+                  "target_x86": str(prof.hardware.arch) == "x86_64"}
+    config = build_config(
+        QuantizeConfig, precision=precision, mode=mode, calibration=str(calibration) if calibration else None,
+        calibration_samples=calibration_samples, calibration_method=calibration_method, per_channel=per_channel,
+        weight_type=weight_type, reduce_range=reduce_range,
+        op_types=[s.strip() for s in op_types.split(",") if s.strip()] if op_types else None,
+        exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
+        **target,
+    )
+    with status(f"quantizing {artifact} ({mode} INT8)"):
+        art = quantize(artifact, out, config, force=force)
+    m = art.manifest.steps[-1].metrics
+    p = m["parity_vs_input"]
+    agree = f", argmax agreement {p['argmax_agreement']:.3f}" if "argmax_agreement" in p else ""
+    console().print(
+        f"wrote [bold]{art.path}[/] (int8, {m['size_bytes_after'] / 1e6:.1f} MB, {m['compression']:.2f}x smaller); "
+        f"vs input: min cosine {p['cosine_min']:.4f}{agree}"
+    )

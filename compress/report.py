@@ -1,0 +1,210 @@
+"""Rendering: manifests for ``inspect``, validation reports as a table, JSON, Markdown and JUnit XML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree as ET
+
+from compress.artifact import staged_dir
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from compress.artifact import Artifact
+    from compress.validate import BudgetResult, ValidationReport
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if unit in ("", "x"):
+            s = f"{v:.4f}" if abs(v) <= 1.5 else f"{v:.2f}"
+        else:
+            s = f"{v:.2f}" if abs(v) < 100 else f"{v:.1f}"
+        return f"{s} {unit}".strip()
+    return f"{v} {unit}".strip()
+
+
+def render_manifest(art: Artifact, console: Console, verified: bool = True) -> None:
+    from rich.table import Table
+
+    m = art.manifest
+    console.print(f"[bold]{art.path}[/]  ({'sha256 verified' if verified else 'not verified'})")
+    head = Table(show_header=False, box=None, pad_edge=False)
+    head.add_column(style="dim")
+    head.add_column()
+    head.add_row("task", str(m.task))
+    head.add_row("format / precision", f"{m.format} / {m.precision}")
+    if m.labels:
+        head.add_row("labels", ", ".join(f"{i}={n}" for i, n in enumerate(m.labels)))
+    if m.postprocess.pooling:
+        head.add_row("pooling", f"{m.postprocess.pooling}{' + L2 normalise' if m.postprocess.normalize else ''}")
+    head.add_row("model file", f"{m.model_file} ({art.size_bytes() / 2**20:.1f} MB)")
+    head.add_row("max length", str(m.max_length))
+    head.add_row("source", f"{m.source.path} ({m.source.architecture}, sha256 {m.source.sha256[:12]}…)")
+    head.add_row("schema", f"v{m.schema_version}, created {m.created}")
+    head.add_row("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items() if v))
+    console.print(head)
+
+    tensors = Table(title="tensors", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        tensors.add_column(col)
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for t in specs:
+            tensors.add_row(kind, t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]")
+    console.print(tensors)
+
+    steps = Table(title="lineage", title_justify="left")
+    for col in ("#", "stage", "config", "checks", "seconds"):
+        steps.add_column(col)
+    for i, s in enumerate(m.steps, 1):
+        cfg = ", ".join(f"{k}={v}" for k, v in s.config.items() if v not in (None, False, [], {}))
+        checks = _summarise_metrics(s.metrics)
+        steps.add_row(str(i), s.stage, cfg, checks, f"{s.seconds:.1f}")
+    console.print(steps)
+
+    files = Table(title="files", title_justify="left")
+    files.add_column("file")
+    files.add_column("bytes", justify="right")
+    files.add_column("sha256")
+    for name, digest in m.files.items():
+        p = art.path / name
+        files.add_row(name, f"{p.stat().st_size:,}" if p.exists() else "missing", digest[:16] + "…")
+    console.print(files)
+
+
+def _summarise_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key in ("parity", "parity_vs_input"):
+        if key in metrics:
+            p = metrics[key]
+            s = f"{key}: max|Δ| {p['max_abs_diff']:.2e}, min cos {p['cosine_min']:.4f}"
+            if "argmax_agreement" in p:
+                s += f", agree {p['argmax_agreement']:.3f}"
+            parts.append(s)
+    if "compression" in metrics:
+        parts.append(f"{metrics['compression']:.2f}x smaller")
+    return "; ".join(parts)
+
+
+# -- validation reports -------------------------------------------------------------------------
+
+def render_report(report: ValidationReport, console: Console) -> None:
+    from rich.table import Table
+
+    met = report.metrics
+    a = report.artifact
+    console.print(
+        f"[bold]{a['path']}[/] ({a['format']}/{a['precision']}) on profile [bold]{report.profile['name']}[/] "
+        f"— {report.environment['runtime'].get('runtime')} {report.environment['runtime'].get('version')}, "
+        f"{report.environment['cpu']}"
+    )
+    t = Table(title="budgets", title_justify="left")
+    for col in ("budget", "limit", "measured", "result"):
+        t.add_column(col, justify="right" if col in ("limit", "measured") else "left")
+    for b in report.budgets:
+        res = "[green]PASS[/]" if b.passed else "[red]FAIL[/]"
+        t.add_row(b.name, f"{b.comparison} {_fmt(b.limit, b.unit)}", _fmt(b.measured, b.unit) if b.measured is not None
+                  else "not measured", res)
+    console.print(t)
+    lat = met.get("latency_ms", {})
+    lines = []
+    if "metric" in met:
+        tm = met.get("teacher_metric")
+        lines.append(
+            f"{met.get('metric_name')}: {met['metric']:.4f}" + (f" (teacher {tm:.4f}, retention "
+                                                                 f"{met['retention']:.4f})" if tm else "")
+        )
+    if "agreement" in met:
+        lines.append(f"agreement with teacher: {met['agreement']:.4f} on {met.get('eval_samples')} samples")
+    if lat:
+        shape = met["input_shape"]
+        lines.append(
+            f"latency @ {shape['batch_size']}x{shape['sequence_length']}: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f}, "
+            f"p99 {lat['p99']:.2f} (n={lat['n']}, CV {lat['cv']:.1%}, nearest-rank); {met['throughput']:.1f} samples/s"
+        )
+    if "baseline_latency_ms" in met:
+        lines.append(
+            f"teacher FP32 on the same runtime: p50 {met['baseline_latency_ms']['p50']:.2f} ms → speedup "
+            f"{met['speedup']:.2f}x"
+        )
+    if "cold_start" in met:
+        c = met["cold_start"]
+        lines.append(
+            f"cold start {c['process_wall_ms']:.0f} ms from process launch (runtime import {c['import_ms']:.0f}, "
+            f"session {c['session_create_ms']:.0f}, first inference {c['first_inference_ms']:.0f}); "
+            f"peak RSS {c['peak_rss_mb']:.0f} MB"
+        )
+    lines.append(f"model size {met['size_mb']:.1f} MB")
+    for line in lines:
+        console.print("  " + line)
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    colour = "green" if report.passed else "red"
+    failed = [b.name for b in report.budgets if not b.passed]
+    console.print(f"[bold {colour}]{report.verdict.upper()}[/]" + (f": {', '.join(failed)}" if failed else ""))
+
+
+def report_markdown(report: ValidationReport) -> str:
+    a = report.artifact
+    met = report.metrics
+    out = [
+        f"# edgecompress validation: {report.verdict.upper()}",
+        "",
+        f"- artifact: `{a['path']}` ({a['format']}/{a['precision']}, steps: {' → '.join(a['steps']) or 'none'})",
+        f"- profile: `{report.profile['name']}` — {report.profile.get('description', '').strip()}",
+        f"- measured on: {report.environment['host']} ({report.environment['cpu']}), "
+        f"{report.environment['runtime'].get('runtime')} {report.environment['runtime'].get('version')}, "
+        f"threads {report.environment['runtime'].get('threads')}",
+        "",
+        "| budget | limit | measured | result |",
+        "|---|---|---|---|",
+    ]
+    for b in report.budgets:
+        out.append(
+            f"| {b.name} | {b.comparison} {_fmt(b.limit, b.unit)} | "
+            f"{_fmt(b.measured, b.unit) if b.measured is not None else 'not measured'} | "
+            f"{'PASS' if b.passed else 'FAIL'} |"
+        )
+    out += ["", "## Metrics", "", "```json", json.dumps(met, indent=2, default=str), "```"]
+    if report.warnings:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
+    return "\n".join(out) + "\n"
+
+
+def report_junit(report: ValidationReport) -> str:
+    failures = sum(not b.passed for b in report.budgets)
+    suite = ET.Element(
+        "testsuite", name=f"edgecompress.validate.{report.profile['name']}", tests=str(len(report.budgets)),
+        failures=str(failures), errors="0", time=f"{report.seconds:.2f}",
+    )
+    for b in report.budgets:
+        case = ET.SubElement(suite, "testcase", classname=f"budgets.{report.profile['name']}", name=b.name, time="0")
+        if not b.passed:
+            msg = (f"{b.name}: measured {_fmt(b.measured, b.unit)}, allowed {b.comparison} {_fmt(b.limit, b.unit)}"
+                   if b.measured is not None else f"{b.name}: {b.note}")
+            ET.SubElement(case, "failure", message=msg, type="BudgetFailed").text = msg
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_report(report: ValidationReport, directory: Path | str, force: bool = False) -> Path:
+    """Write report.json, report.md and junit.xml into a new directory (staged, then renamed)."""
+    with staged_dir(directory, force) as tmp:
+        (tmp / "report.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(report_markdown(report), encoding="utf-8")
+        (tmp / "junit.xml").write_text(report_junit(report), encoding="utf-8")
+    return Path(directory)
+
+
+def failed_summary(budgets: list[BudgetResult]) -> str:
+    return ", ".join(
+        f"{b.name} ({_fmt(b.measured, b.unit) if b.measured is not None else 'not measured'} vs "
+        f"{b.comparison} {_fmt(b.limit, b.unit)})"
+        for b in budgets if not b.passed
+    )

@@ -1,0 +1,418 @@
+"""``validate``: measure an artifact on a device profile and judge it against the profile's budgets.
+
+What is measured (and how):
+- task metric of the teacher (PyTorch FP32, the reference) and of the artifact on labelled eval data:
+  accuracy and macro-F1 for classifiers; for sentence embeddings the metric is the mean cosine
+  similarity to the teacher's embeddings (teacher = 1.0);
+- agreement with the teacher: same predicted label (classifiers); for embeddings, the share of eval
+  texts whose teacher-nearest neighbour is among the artifact's 3 nearest (top-1 is reported too);
+- latency at the profile's input shape (batch × sequence length): warm-up, then alternating rounds of
+  the artifact and the teacher's FP32 baseline *on the same runtime* until both reach the minimum
+  run count and duration; nearest-rank percentiles with run count and coefficient of variation;
+- model size on disk, and a fresh process that loads the artifact and runs one inference:
+  import, session creation and first-inference times, and its peak resident memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress import __version__
+from compress.artifact import Artifact, Format, Task, load_artifact
+from compress.errors import ConfigError, DataError
+from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
+
+log = logging.getLogger(__name__)
+
+REPORT_SCHEMA_VERSION = 1
+MB = 1024 * 1024
+
+
+class ValidateConfig(BaseModel):
+    """Settings of ``edgecompress validate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = Field("host", description="Built-in profile name, 'host', or a profile YAML path.")
+    data: str | None = Field(None, description="Labelled eval data (CSV/TSV/JSONL/Parquet/datasets dir).")
+    teacher: str | None = Field(
+        None, description="Teacher checkpoint; default: the source recorded in the artifact's manifest."
+    )
+    text_column: str | None = Field(None, description="Text column (auto-detected when omitted).")
+    text_pair_column: str | None = Field(None, description="Second text column for pair tasks.")
+    label_column: str | None = Field(None, description="Label column (auto-detected when omitted).")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
+    baseline: bool = Field(True, description="Time the teacher's FP32 export on the same runtime (speedup).")
+    cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
+    allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
+    trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
+
+
+class BudgetResult(BaseModel):
+    name: str
+    limit: float
+    measured: float | None
+    passed: bool
+    unit: str = ""
+    comparison: str = "<="
+    note: str | None = None
+
+
+class ValidationReport(BaseModel):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    verdict: str
+    budgets: list[BudgetResult]
+    metrics: dict[str, Any]
+    warnings: list[str] = Field(default_factory=list)
+    artifact: dict[str, Any]
+    teacher: dict[str, Any] | None
+    profile: dict[str, Any]
+    environment: dict[str, Any]
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float((pred == labels).mean())
+
+
+def macro_f1(pred: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    scores = []
+    for c in range(num_labels):
+        tp = float(((pred == c) & (labels == c)).sum())
+        fp = float(((pred == c) & (labels != c)).sum())
+        fn = float(((pred != c) & (labels == c)).sum())
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 1) -> float:
+    """Share of rows whose nearest other row under ``reference`` is among the ``k`` nearest under ``candidate``.
+
+    k=1: the same nearest neighbour; k=3 tolerates near-ties between neighbours, which short texts
+    have many of (and which quantization noise legitimately reorders).
+    """
+    if len(reference) < 2:
+        return 1.0
+
+    def sims(e: np.ndarray) -> np.ndarray:
+        u = _unit(e.astype(np.float64))
+        sim = u @ u.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim
+
+    ref_nn = sims(reference).argmax(axis=1)
+    cand_topk = np.argsort(-sims(candidate), axis=1)[:, : min(k, len(reference) - 1)]
+    return float((cand_topk == ref_nn[:, None]).any(axis=1).mean())
+
+
+def _predict_all(backend, dataset, batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
+    outs = []
+    for texts, pairs, _ in dataset.batches(batch_size):
+        outs.append(backend.predict(backend.encode(texts, pairs)))
+        if progress:
+            progress(len(texts))
+    return np.concatenate(outs, axis=0)
+
+
+# -- the check ----------------------------------------------------------------------------------
+
+def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
+    if given:
+        return Path(given)
+    src = Path(art.manifest.source.path)
+    return src if src.is_dir() else None
+
+
+def _baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
+    """The teacher's FP32 model in the artifact's format, cached under ~/.cache/edgecompress."""
+    if art.format is Format.pytorch:
+        return None
+    if art.format is not Format.onnx:
+        return None
+    from compress.stages.export import ExportConfig, export
+
+    export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
+    cfg = ExportConfig(
+        task=teacher.task,
+        opset=export_cfg.get("opset", 18),
+        optimize=export_cfg.get("optimize", "O2"),
+    )
+    key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
+    cache = Path.home() / ".cache" / "edgecompress" / "baselines" / key
+    if (cache / "manifest.json").is_file():
+        try:
+            return load_artifact(cache)
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            log.warning("rebuilding damaged baseline cache %s", cache)
+    log.info("exporting the teacher's FP32 baseline to %s", cache)
+    return export(teacher.path, cache, cfg, force=True)
+
+
+def validate(
+    artifact: Artifact | Path | str,
+    config: ValidateConfig | None = None,
+    *,
+    on_phase: Callable[[str, int | None], Callable[[float], None] | None] | None = None,
+) -> ValidationReport:
+    """Measure ``artifact`` on ``config.profile`` and judge it. Raises only for bad input.
+
+    ``on_phase(name, total)`` may return a callback receiving progress (items or fraction) for a
+    progress bar; the CLI uses it, library users can ignore it.
+    """
+    from compress.data import load_dataset
+    from compress.models import load_teacher
+    from compress.profiles import load_profile
+    from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
+    from compress.runtimes.torch_backend import TorchBackend
+
+    t_start = time.perf_counter()
+    config = config or ValidateConfig()
+    phase = on_phase or (lambda name, total: None)
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    profile = load_profile(config.profile)
+    runtime_name = profile.runtime.name
+    cls = runtime_class(runtime_name) if runtime_name in _known_runtimes() else None
+    if cls is None or art.format not in cls.formats:
+        raise ConfigError(
+            f"profile {profile.name} runs {runtime_name}, which cannot run {art.format} artifacts",
+            hint=f"export the artifact to a format {runtime_name} runs, or use a profile for {art.format}",
+        )
+    settings = RuntimeSettings(
+        threads=profile.runtime.threads, provider=profile.runtime.provider, options=dict(profile.runtime.options)
+    )
+    m = art.manifest
+    warnings: list[str] = []
+
+    # eval data and teacher
+    dataset = None
+    if config.data:
+        label2id = {name: i for i, name in enumerate(m.labels)} if m.labels else None
+        dataset = load_dataset(
+            config.data, text_column=config.text_column, text_pair_column=config.text_pair_column,
+            label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if m.labels else None,
+            require_labels=m.task is Task.text_classification, limit=config.limit,
+        )
+    tdir = _teacher_dir(art, config.teacher)
+    teacher = None
+    if tdir is not None:
+        teacher = load_teacher(
+            tdir, m.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
+        )
+        if teacher.sha256 != m.source.sha256:
+            warnings.append(
+                f"teacher {tdir} differs from the artifact's recorded source ({m.source.path}, "
+                f"sha256 {m.source.sha256[:12]}…): retention is measured against the teacher given"
+            )
+    elif config.teacher is None:
+        warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
+
+    log.info("loading %s in %s", art.path, runtime_name)
+    backend = load_runtime(art, runtime_name, settings)
+    metrics: dict[str, Any] = {}
+
+    # accuracy and agreement
+    if dataset is not None:
+        n = len(dataset)
+        bs = profile.measure.eval_batch_size
+        cand = _predict_all(backend, dataset, bs, phase("evaluating the artifact", n))
+        ref = None
+        ref_backend = None
+        if teacher is not None:
+            ref_backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=settings.threads))
+            ref = _predict_all(ref_backend, dataset, bs, phase("evaluating the teacher", n))
+        metrics["eval_samples"] = n
+        if m.task is Task.text_classification:
+            labels = np.asarray(dataset.labels)
+            k = len(m.labels or [])
+            pred = cand.argmax(-1)
+            metrics["metric_name"] = "accuracy"
+            metrics["metric"] = accuracy(pred, labels)
+            metrics["macro_f1"] = macro_f1(pred, labels, k)
+            if ref is not None:
+                tpred = ref.argmax(-1)
+                metrics["teacher_metric"] = accuracy(tpred, labels)
+                metrics["teacher_macro_f1"] = macro_f1(tpred, labels, k)
+                metrics["agreement"] = float((pred == tpred).mean())
+        else:
+            metrics["metric_name"] = "cosine_to_teacher"
+            if ref is not None:
+                cos = (_unit(cand.astype(np.float64)) * _unit(ref.astype(np.float64))).sum(axis=1)
+                metrics["metric"] = float(cos.mean())
+                metrics["cosine_min"] = float(cos.min())
+                metrics["teacher_metric"] = 1.0
+                metrics["agreement"] = neighbour_agreement(ref, cand, k=3)
+                metrics["agreement_top1"] = neighbour_agreement(ref, cand, k=1)
+                metrics["agreement_definition"] = (
+                    "share of eval texts whose nearest neighbour under the teacher is among the artifact's 3 nearest"
+                )
+        if metrics.get("teacher_metric"):
+            metrics["retention"] = metrics["metric"] / metrics["teacher_metric"]
+        if ref_backend is not None:
+            ref_backend.close()
+
+    # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
+    meas = profile.measure
+    texts = dataset.texts if dataset is not None else None
+    batch = backend.encode(_latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length)
+    runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
+    baseline_backend = None
+    if config.baseline and teacher is not None:
+        base_art = _baseline_artifact(teacher, runtime_name, art) if art.format is not Format.pytorch else None
+        if base_art is not None:
+            baseline_backend = load_runtime(base_art, runtime_name, settings)
+            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(
+                _latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length))
+        elif art.format is Format.pytorch:
+            warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
+    stats = measure_interleaved(
+        runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
+        min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
+        on_progress=phase(f"timing {' and '.join(runs)}", None),
+    )
+    lat = stats["artifact"]
+    metrics["latency_ms"] = lat.as_dict()
+    metrics["throughput"] = lat.throughput
+    metrics["input_shape"] = {"batch_size": meas.batch_size, "sequence_length": meas.sequence_length}
+    if "baseline" in stats:
+        b = stats["baseline"]
+        metrics["baseline_latency_ms"] = b.as_dict()
+        metrics["speedup"] = b.p50 / lat.p50
+    if lat.cv > 0.15:
+        warnings.append(
+            f"latency varies a lot between runs (CV {lat.cv:.0%} over {lat.n} runs): a verdict near a "
+            "latency budget is unreliable on this machine"
+        )
+    env = {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "edgecompress": __version__,
+        "runtime": backend.describe(),
+        "measured_on": "local",
+    }
+    backend.close()
+    if baseline_backend is not None:
+        baseline_backend.close()
+
+    # size, cold start, peak memory
+    metrics["size_mb"] = art.size_bytes() / MB
+    metrics["package_size_mb"] = art.size_bytes(model_only=False) / MB
+    if config.cold_start:
+        phase("cold start in a fresh process", None)
+        cold = probe_cold_start(
+            art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
+        )
+        metrics["cold_start"] = cold
+        # a user's cold start: process launch to first result (interpreter, imports, session, inference)
+        metrics["cold_start_ms"] = cold["process_wall_ms"]
+        metrics["peak_rss_mb"] = cold["peak_rss_mb"]
+
+    budgets = judge(profile.budgets, metrics)
+    for b in budgets:
+        if b.measured is None:
+            warnings.append(f"budget {b.name} could not be measured: {b.note}")
+    verdict = "pass" if all(b.passed for b in budgets) else "fail"
+    return ValidationReport(
+        verdict=verdict,
+        budgets=budgets,
+        metrics=metrics,
+        warnings=warnings,
+        artifact={
+            "path": str(art.path), "format": str(m.format), "precision": str(m.precision), "task": str(m.task),
+            "digest": art.digest, "steps": [s.stage for s in m.steps],
+        },
+        teacher={"path": str(teacher.path), "sha256": teacher.sha256} if teacher is not None else None,
+        profile=profile.model_dump(mode="json"),
+        environment=env,
+        seconds=round(time.perf_counter() - t_start, 2),
+    )
+
+
+def _known_runtimes() -> set[str]:
+    from compress.runtimes.base import RUNTIMES
+
+    return set(RUNTIMES)
+
+
+def _runner(backend, batch) -> Callable[[], Any]:
+    def run():
+        out = backend.run(batch)
+        backend.synchronize()
+        return out
+
+    return run
+
+
+def _latency_texts(texts: list[str] | None, batch_size: int, seq_len: int) -> list[str]:
+    """Texts long enough to fill ``seq_len`` tokens after padding/truncation."""
+    base = " ".join(texts[:64]) if texts else "the quick brown fox jumps over the lazy dog"
+    long = (base + " ") * (seq_len // max(1, len(base.split())) + 2)
+    return [long] * batch_size
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
+    """One result per budget the profile sets; an unmeasurable budget fails (CI must not pass blind)."""
+    lat = metrics.get("latency_ms", {})
+    checks: list[tuple[str, float | None, float | None, str, str, str]] = [
+        ("latency_p50_ms", budgets.latency_ms.p50, lat.get("p50"), "ms", "<=", "latency"),
+        ("latency_p95_ms", budgets.latency_ms.p95, lat.get("p95"), "ms", "<=", "latency"),
+        ("latency_p99_ms", budgets.latency_ms.p99, lat.get("p99"), "ms", "<=", "latency"),
+        ("min_throughput", budgets.min_throughput, metrics.get("throughput"), "samples/s", ">=", "latency"),
+        ("max_model_size_mb", budgets.max_model_size_mb, metrics.get("size_mb"), "MB", "<=", "size"),
+        ("max_peak_memory_mb", budgets.max_peak_memory_mb, metrics.get("peak_rss_mb"), "MB", "<=",
+         "cold start (disabled)"),
+        ("min_accuracy_retention", budgets.min_accuracy_retention, metrics.get("retention"), "", ">=",
+         "eval data and teacher (--data, --teacher)"),
+        ("min_agreement", budgets.min_agreement, metrics.get("agreement"), "", ">=",
+         "eval data and teacher (--data, --teacher)"),
+        ("min_speedup", budgets.min_speedup, metrics.get("speedup"), "x", ">=",
+         "the teacher's FP32 baseline on the same runtime (--teacher)"),
+        ("max_cold_start_ms", budgets.max_cold_start_ms, metrics.get("cold_start_ms"), "ms", "<=",
+         "cold start (disabled)"),
+    ]
+    results = []
+    for name, limit, measured, unit, cmp, needs in checks:
+        if limit is None:
+            continue
+        if measured is None:
+            results.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit=unit,
+                                        comparison=cmp, note=f"not measured: needs {needs}"))
+            continue
+        ok = measured <= limit if cmp == "<=" else measured >= limit
+        results.append(BudgetResult(name=name, limit=limit, measured=float(measured), passed=ok, unit=unit,
+                                    comparison=cmp))
+    return results
