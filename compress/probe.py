@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import numpy as np
 
-    from compress.artifact import load_artifact
+    from compress.artifact import is_artifact, load_artifact
     from compress.runtimes.base import RuntimeSettings, runtime_class
 
     rss_before = _peak_rss_mb()
@@ -52,9 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     importlib.import_module(cls.module)
     t_import = time.perf_counter() - t0
 
-    art = load_artifact(args.artifact, verify=False)
+    settings = RuntimeSettings(threads=args.threads, provider=args.provider)
     t0 = time.perf_counter()
-    backend = cls(art, RuntimeSettings(threads=args.threads, provider=args.provider))
+    if is_artifact(args.artifact):
+        backend = cls(load_artifact(args.artifact, verify=False), settings)
+    else:  # a teacher checkpoint directory, run by the torch adapter
+        from compress.models import load_teacher
+
+        backend = cls.from_teacher(load_teacher(args.artifact), settings)
     t_session = time.perf_counter() - t0
 
     texts = ["the quick brown fox jumps over the lazy dog " * 16] * args.batch_size
