@@ -53,8 +53,15 @@ def run_demo(workdir: Path | str = "edgecompress-demo", profile: str = "host", o
     teacher = demo_teacher_path()
     data = sample_data_path()
     log.info("teacher %s, data %s", teacher, data)
+    phase = on_phase or (lambda name, total: None)
+    done = phase("exporting all-MiniLM-L6-v2 to ONNX", None)
     onnx = export(teacher, workdir / "minilm-onnx", ExportConfig(sample_data=str(data)))
+    if done:
+        done(1.0)
+    done = phase("quantizing to INT8", None)
     int8 = quantize(onnx, workdir / "minilm-int8", QuantizeConfig(sample_data=str(data)))
+    if done:
+        done(1.0)
     report = validate(int8, ValidateConfig(profile=profile, data=str(data), teacher=str(teacher)), on_phase=on_phase)
     report_dir = write_report(report, workdir / "report")
     return DemoResult(onnx=onnx, int8=int8, report=report, report_dir=report_dir)

@@ -29,10 +29,11 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 
 def render_manifest(art: Artifact, console: Console, verified: bool = True) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     m = art.manifest
-    console.print(f"[bold]{art.path}[/]  ({'sha256 verified' if verified else 'not verified'})")
+    console.print(f"[bold]{escape(str(art.path))}[/]  ({'sha256 verified' if verified else 'not verified'})")
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="dim")
     head.add_column()
@@ -54,16 +55,16 @@ def render_manifest(art: Artifact, console: Console, verified: bool = True) -> N
         tensors.add_column(col)
     for kind, specs in (("input", m.inputs), ("output", m.outputs)):
         for t in specs:
-            tensors.add_row(kind, t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]")
+            tensors.add_row(kind, t.name, t.dtype, escape("[" + ", ".join(str(d) for d in t.shape) + "]"))
     console.print(tensors)
 
     steps = Table(title="lineage", title_justify="left")
     for col in ("#", "stage", "config", "checks", "seconds"):
         steps.add_column(col)
     for i, s in enumerate(m.steps, 1):
-        cfg = ", ".join(f"{k}={v}" for k, v in s.config.items() if v not in (None, False, [], {}))
+        cfg = ", ".join(f"{k}={v}" for k, v in s.config.items() if v is not None and v != [] and v != {})
         checks = _summarise_metrics(s.metrics)
-        steps.add_row(str(i), s.stage, cfg, checks, f"{s.seconds:.1f}")
+        steps.add_row(str(i), s.stage, escape(cfg), escape(checks), f"{s.seconds:.1f}")
     console.print(steps)
 
     files = Table(title="files", title_justify="left")
@@ -93,12 +94,13 @@ def _summarise_metrics(metrics: dict[str, Any]) -> str:
 # -- validation reports -------------------------------------------------------------------------
 
 def render_report(report: ValidationReport, console: Console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     met = report.metrics
     a = report.artifact
     console.print(
-        f"[bold]{a['path']}[/] ({a['format']}/{a['precision']}) on profile [bold]{report.profile['name']}[/] "
+        f"[bold]{escape(a['path'])}[/] ({a['format']}/{a['precision']}) on profile [bold]{report.profile['name']}[/] "
         f"— {report.environment['runtime'].get('runtime')} {report.environment['runtime'].get('version')}, "
         f"{report.environment['cpu']}"
     )
@@ -142,7 +144,7 @@ def render_report(report: ValidationReport, console: Console) -> None:
     for line in lines:
         console.print("  " + line)
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     colour = "green" if report.passed else "red"
     failed = [b.name for b in report.budgets if not b.passed]
     console.print(f"[bold {colour}]{report.verdict.upper()}[/]" + (f": {', '.join(failed)}" if failed else ""))

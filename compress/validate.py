@@ -189,8 +189,13 @@ def validate(
     t_start = time.perf_counter()
     config = config or ValidateConfig()
     phase = on_phase or (lambda name, total: None)
-    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     profile = load_profile(config.profile)
+    if isinstance(artifact, Artifact):
+        art = artifact
+    else:
+        from compress.models import load_source
+
+        art = load_source(artifact, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     runtime_name = profile.runtime.name
     cls = runtime_class(runtime_name) if runtime_name in _known_runtimes() else None
     if cls is None or art.format not in cls.formats:

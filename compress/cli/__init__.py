@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("EDGECOMPRESS_DEBUG"))
     try:
-        cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
     except EdgeCompressError as e:
         if debug:
             raise
@@ -120,3 +120,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         sys.exit(3)
+    sys.exit(rc if isinstance(rc, int) else 0)

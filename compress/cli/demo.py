@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import console, status
+from compress.cli._common import console
 
 
 @click.command("demo")
@@ -23,7 +23,7 @@ def demo_cmd(workdir, profile):
     from compress.errors import BudgetFailed
     from compress.report import failed_summary, render_report
 
-    with status("exporting and quantizing all-MiniLM-L6-v2"), _Progress() as progress:
+    with _Progress() as progress:
         result = run_demo(workdir, profile, on_phase=progress.phase)
     con = console()
     for art in (result.onnx, result.int8):

@@ -31,7 +31,7 @@ from compress.artifact import (
     staged_dir,
     write_manifest,
 )
-from compress.errors import ArtifactError, ConfigError, StageError
+from compress.errors import ArtifactError, ConfigError, EdgeCompressError, StageError
 from compress.stages.common import compare_outputs, sample_texts
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,8 @@ def quantize(
                     calibrate_method=method,
                     extra_options=extra,
                 )
+        except EdgeCompressError:  # bad calibration data etc.: already a clear error
+            raise
         except Exception as e:  # noqa: BLE001 - ORT raises many types
             raise StageError(
                 f"ONNX Runtime quantization failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
