@@ -1,0 +1,257 @@
+"""Shared fixtures: tiny randomly initialised checkpoints (BERT, DistilBERT, RoBERTa, a sentence-transformers
+style BERT encoder) and ONNX / INT8 artifacts exported from the tiny BERT classifier.
+
+Everything is built once per session in temporary directories, offline, in a few seconds. torch and
+transformers are imported inside the fixtures only, so test modules that do not use them stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_TSV = ROOT / "compress" / "samples" / "sentiment.tsv"
+
+LABELS = {0: "negative", 1: "positive"}
+
+# Labelled sentences for the small data files tests write (calibration, parity samples).
+SENTENCES: list[tuple[int, str]] = [
+    (1, "a gripping, beautifully acted film."),
+    (0, "the plot is thin and the jokes fall flat."),
+    (1, "i would happily watch it again with friends."),
+    (0, "dull."),
+    (1, "the service was slow but the food made up for it."),
+    (0, "an ambitious mess that never finds its footing."),
+    (1, "works exactly as described."),
+    (0, "not worth the money."),
+    (1, "comfortable shoes that needed no breaking in at all"),
+    (0, "the host ignored us for twenty minutes"),
+    (1, "a gorgeous, moving story about two sisters"),
+    (0, "the battery died after a week"),
+]
+
+SPECIALS_WORDPIECE = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_EXTRA_WORDS = """
+good bad great terrible love hate movie film story plot acting actor cast music food service price
+quality fast slow happy sad boring fun funny best worst never always very really not no yes recommend
+waste money time again would buy return product shoes battery phone screen sound table night friday
+""".split()
+
+
+def _corpus() -> list[str]:
+    from compress.stages.common import DEFAULT_SAMPLES
+
+    texts = [t for _, t in SENTENCES] + list(DEFAULT_SAMPLES)
+    if SAMPLES_TSV.is_file():
+        for line in SAMPLES_TSV.read_text(encoding="utf-8").splitlines()[1:]:
+            texts.append(line.partition("\t")[2])
+    return texts
+
+
+def _wordpiece_vocab() -> list[str]:
+    """[PAD] [UNK] [CLS] [SEP] [MASK], punctuation, a-z, ##a-##z, digits, then the corpus' words (~500 total)."""
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    punct = list(".,!?'\"-;:()/&%$")
+    vocab = [*SPECIALS_WORDPIECE, *punct, *chars, *(f"##{c}" for c in chars), *"0123456789"]
+    vocab += [f"##{d}" for d in "0123456789"]
+    words: list[str] = []
+    for text in _corpus():
+        words += re.findall(r"[a-z]+", text.lower())
+    words += _EXTRA_WORDS
+    seen = set(vocab)
+    for w in sorted(set(words), key=lambda w: (-words.count(w), w)):
+        if w not in seen and len(vocab) < 500:
+            vocab.append(w)
+            seen.add(w)
+    return vocab
+
+
+def _save_wordpiece_tokenizer(directory: Path, cls_name: str = "BertTokenizerFast", max_length: int = 128) -> int:
+    """Write vocab.txt and a fast tokenizer (tokenizer.json) into ``directory``; return the vocab size."""
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = _wordpiece_vocab()
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = getattr(transformers, cls_name)(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=max_length)
+    tok.save_pretrained(str(directory))
+    assert (directory / "tokenizer.json").is_file()
+    return len(vocab)
+
+
+def _save_bpe_tokenizer(directory: Path, max_length: int = 64) -> int:
+    """Train a small byte-level BPE (RoBERTa style) on the corpus; save it as a RobertaTokenizerFast."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        _corpus() * 2, vocab_size=600, min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False,
+    )
+    raw = directory / "_bpe"
+    raw.mkdir()
+    vocab_file, merges_file = bpe.save_model(str(raw))
+    tok = RobertaTokenizerFast(vocab_file=vocab_file, merges_file=merges_file, model_max_length=max_length)
+    tok.save_pretrained(str(directory))
+    for f in raw.iterdir():
+        f.unlink()
+    raw.rmdir()
+    assert tok.pad_token_id == 1 and tok.bos_token_id == 0
+    return len(tok)
+
+
+def _save_model(model, directory: Path) -> Path:
+    model.eval()
+    model.save_pretrained(str(directory), safe_serialization=True)
+    assert (directory / "model.safetensors").is_file()
+    return directory
+
+
+def _bert_config(vocab_size: int, **kw):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, type_vocab_size=2, **kw,
+    )
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bert_classifier(tmp_path_factory) -> Path:
+    """A tiny BertForSequenceClassification (hidden 32, 2 layers) with a WordPiece fast tokenizer."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("bert-cls")
+    n = _save_wordpiece_tokenizer(d, "BertTokenizerFast")
+    torch.manual_seed(0)
+    cfg = _bert_config(n, num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()})
+    return _save_model(BertForSequenceClassification(cfg), d)
+
+
+@pytest.fixture(scope="session")
+def distilbert_classifier(tmp_path_factory) -> Path:
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("distilbert-cls")
+    n = _save_wordpiece_tokenizer(d, "DistilBertTokenizerFast")
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(
+        vocab_size=n, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128,
+        num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()},
+    )
+    return _save_model(DistilBertForSequenceClassification(cfg), d)
+
+
+@pytest.fixture(scope="session")
+def roberta_classifier(tmp_path_factory) -> Path:
+    """A tiny RobertaForSequenceClassification with a byte-level BPE tokenizer (pad id 1, positions from 2)."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    d = tmp_path_factory.mktemp("roberta-cls")
+    n = _save_bpe_tokenizer(d, max_length=64)
+    torch.manual_seed(0)
+    cfg = RobertaConfig(
+        vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()},
+    )
+    return _save_model(RobertaForSequenceClassification(cfg), d)
+
+
+@pytest.fixture(scope="session")
+def bert_encoder(tmp_path_factory) -> Path:
+    """A tiny BertModel saved as a sentence-transformers model: Transformer -> mean Pooling -> Normalize."""
+    import torch
+    from transformers import BertModel
+
+    d = tmp_path_factory.mktemp("bert-st")
+    n = _save_wordpiece_tokenizer(d, "BertTokenizerFast")
+    torch.manual_seed(0)
+    _save_model(BertModel(_bert_config(n)), d)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (d / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }, indent=2), encoding="utf-8")
+    (d / "2_Normalize").mkdir()
+    (d / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 64, "do_lower_case": False}), encoding="utf-8"
+    )
+    return d
+
+
+# --- artifacts ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(bert_classifier, tmp_path_factory):
+    """The tiny BERT classifier exported to ONNX (FP32, default settings)."""
+    from compress.stages.export import export
+
+    return export(bert_classifier, tmp_path_factory.mktemp("artifacts") / "bert-onnx")
+
+
+@pytest.fixture(scope="session")
+def int8_artifact(onnx_artifact, tmp_path_factory):
+    """Dynamic INT8 quantization of ``onnx_artifact``."""
+    from compress.stages.quantize import quantize
+
+    return quantize(onnx_artifact, tmp_path_factory.mktemp("artifacts") / "bert-int8")
+
+
+# --- data files -----------------------------------------------------------------------------------------
+
+
+def write_tsv(directory: Path, rows: list[tuple[int | str, str]] | None = None, name: str = "data.tsv") -> Path:
+    """Write a ``label<TAB>sentence`` file (header included) with ``rows`` (default: SENTENCES)."""
+    rows = SENTENCES if rows is None else rows
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text("label\tsentence\n" + "".join(f"{lab}\t{text}\n" for lab, text in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tsv_file(tmp_path) -> Path:
+    """A small labelled TSV (label, sentence) in a fresh temporary directory."""
+    return write_tsv(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    from compress.stages.common import DEFAULT_SAMPLES
+
+    return list(DEFAULT_SAMPLES) + [t for _, t in SENTENCES]
+
+
+@pytest.fixture(scope="session")
+def make_tsv():
+    """The :func:`write_tsv` helper, for tests that need several data files."""
+    return write_tsv
