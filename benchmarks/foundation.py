@@ -41,13 +41,21 @@ def build_artifacts(teacher_dir: Path, work: Path, data: Path, rebuild: bool) ->
     train = str(data / "train.tsv")
     out = {
         "onnx-fp32": work / "onnx-fp32",
+        "onnx-fp32-unfused": work / "onnx-fp32-unfused",
         "int8-dynamic": work / "int8-dynamic",
+        "int8-dynamic-reduce-range": work / "int8-dynamic-reduce-range",
         "int8-static-qdq": work / "int8-static-qdq",
     }
     if rebuild or not is_artifact(out["onnx-fp32"]):
         export(teacher_dir, out["onnx-fp32"], ExportConfig(sample_data=dev, parity_samples=64), force=True)
+    if rebuild or not is_artifact(out["onnx-fp32-unfused"]):
+        export(teacher_dir, out["onnx-fp32-unfused"],
+               ExportConfig(sample_data=dev, parity_samples=64, optimize="none"), force=True)
     if rebuild or not is_artifact(out["int8-dynamic"]):
         quantize(out["onnx-fp32"], out["int8-dynamic"], QuantizeConfig(sample_data=dev), force=True)
+    if rebuild or not is_artifact(out["int8-dynamic-reduce-range"]):
+        quantize(out["onnx-fp32"], out["int8-dynamic-reduce-range"],
+                 QuantizeConfig(sample_data=dev, reduce_range=True), force=True)
     if rebuild or not is_artifact(out["int8-static-qdq"]):
         quantize(out["onnx-fp32"], out["int8-static-qdq"],
                  QuantizeConfig(mode="static", calibration=train, calibration_samples=256, sample_data=dev),
