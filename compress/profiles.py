@@ -174,7 +174,7 @@ class RuntimeConfig(BaseModel):
         description="ONNX Runtime execution provider (e.g. CPUExecutionProvider) or OpenVINO device (e.g. CPU).",
     )
     threads: int | None = Field(
-        None, gt=0, description="Intra-op threads (an integer > 0); null uses all cores of the machine."
+        None, gt=0, description="Intra-op threads (an integer > 0); null uses one per core of the profiled device (hardware.cores)."
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Runtime-specific options, passed through to the runtime."

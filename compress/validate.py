@@ -203,8 +203,11 @@ def validate(
             f"profile {profile.name} runs {runtime_name}, which cannot run {art.format} artifacts",
             hint=f"export the artifact to a format {runtime_name} runs, or use a profile for {art.format}",
         )
+    # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
     settings = RuntimeSettings(
-        threads=profile.runtime.threads, provider=profile.runtime.provider, options=dict(profile.runtime.options)
+        threads=profile.runtime.threads or profile.hardware.cores,
+        provider=profile.runtime.provider,
+        options=dict(profile.runtime.options),
     )
     m = art.manifest
     warnings: list[str] = []
