@@ -219,7 +219,7 @@ def table(results: dict[str, dict]) -> str:
         lines.append(
             f"| {n} | {r['accuracy']:.4f} | {r['retention']:.4f} | {r['agreement']:.4f} | {r['size_mb']:.1f} | "
             f"{a['p50']:.2f} | {a['p95']:.2f} | {b['p50']:.2f} | {b['p95']:.2f} | "
-            f"{r.get('cold_start_ms', float('nan')):.0f} | {r.get('peak_rss_mb', float('nan')):.0f} |"
+            + (f"{r['cold_start_ms']:.0f} | {r['peak_rss_mb']:.0f} |" if "cold_start_ms" in r else "— | — |")
         )
     return "\n".join(lines)
 

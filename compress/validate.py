@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 REPORT_SCHEMA_VERSION = 1
 MB = 1024 * 1024
+NOISY_CV = 0.15  # run-to-run coefficient of variation above which latency is called noisy
+NEAR_LIMIT = 0.20  # a noisy latency within this fraction of its limit gets an "unreliable" warning
+LATENCY_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput")
 
 
 class ValidateConfig(BaseModel):
@@ -306,11 +309,6 @@ def validate(
         b = stats["baseline"]
         metrics["baseline_latency_ms"] = b.as_dict()
         metrics["speedup"] = b.p50 / lat.p50
-    if lat.cv > 0.15:
-        warnings.append(
-            f"latency varies a lot between runs (CV {lat.cv:.0%} over {lat.n} runs): a verdict near a "
-            "latency budget is unreliable on this machine"
-        )
     env = {
         "host": platform.node(),
         "machine": platform.machine(),
@@ -338,6 +336,8 @@ def validate(
         metrics["peak_rss_mb"] = cold["peak_rss_mb"]
 
     budgets = judge(profile.budgets, metrics)
+    if (noisy := noise_warning(lat, budgets)) is not None:
+        warnings.append(noisy)
     for b in budgets:
         if b.measured is None:
             warnings.append(f"budget {b.name} could not be measured: {b.note}")
@@ -391,6 +391,21 @@ def _cpu_model() -> str:
 
 
 # -- budgets ------------------------------------------------------------------------------------
+
+def noise_warning(lat: LatencyStats, budgets: list[BudgetResult]) -> str | None:
+    """A warning when latency is noisy (high CV) and a latency verdict sits close to its limit."""
+    if lat.cv <= NOISY_CV:
+        return None
+    close = [b.name for b in budgets if b.name in LATENCY_BUDGETS and b.measured is not None
+             and abs(b.measured / b.limit - 1) < NEAR_LIMIT]
+    if not close:
+        return None
+    return (
+        f"latency varies a lot between runs (CV {lat.cv:.0%} over {lat.n} runs) and {', '.join(close)} "
+        f"{'is' if len(close) == 1 else 'are'} within {NEAR_LIMIT:.0%} of the limit: that verdict is "
+        "unreliable on this machine; measure on a quieter one or with more runs"
+    )
+
 
 def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
     """One result per budget the profile sets; an unmeasurable budget fails (CI must not pass blind)."""

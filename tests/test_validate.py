@@ -508,3 +508,20 @@ def test_cli_bad_input_exits_2_with_one_line(case, int8_artifact, data_tsv, cli_
     assert set(tmp_path.iterdir()) == before  # no report directory, no staging leftovers
     default_rep = Path(args[0]).parent / f"{Path(args[0]).name}-report-{Path(args[2]).stem}"
     assert not default_rep.exists()
+
+
+def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
+    from compress.measure import LatencyStats
+    from compress.validate import BudgetResult, noise_warning
+
+    noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
+    quiet = LatencyStats.from_samples([0.0100, 0.0101, 0.0099, 0.0100], batch_size=1)
+    near = [BudgetResult(name="latency_p50_ms", limit=2.1, measured=2.0, passed=True, unit="ms")]
+    far = [BudgetResult(name="latency_p50_ms", limit=50.0, measured=2.0, passed=True, unit="ms")]
+    size_near = [BudgetResult(name="max_model_size_mb", limit=2.1, measured=2.0, passed=True, unit="MB")]
+    assert noisy.cv > 0.15 and quiet.cv < 0.15
+    msg = noise_warning(noisy, near)
+    assert msg is not None and "latency_p50_ms" in msg and "unreliable" in msg
+    assert noise_warning(noisy, far) is None
+    assert noise_warning(noisy, size_near) is None
+    assert noise_warning(quiet, near) is None
