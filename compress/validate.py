@@ -149,14 +149,13 @@ def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
 
 def _baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
     """The teacher's FP32 model in the artifact's format, cached under ~/.cache/edgecompress."""
-    if art.format is Format.pytorch:
-        return None
-    if art.format is not Format.onnx:
+    if art.format not in (Format.onnx, Format.openvino):
         return None
     from compress.stages.export import ExportConfig, export
 
     export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
     cfg = ExportConfig(
+        format=str(art.format),
         task=teacher.task,
         opset=export_cfg.get("opset", 18),
         optimize=export_cfg.get("optimize", "O2"),

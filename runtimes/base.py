@@ -24,6 +24,7 @@ from compress.tokenization import TextEncoder, pool
 RUNTIMES: dict[str, str] = {
     "torch": "compress.runtimes.torch_backend:TorchBackend",
     "onnxruntime": "compress.runtimes.ort_backend:OrtBackend",
+    "openvino": "compress.runtimes.openvino_backend:OpenVINOBackend",
 }
 
 # the runtime used when a profile/user names none

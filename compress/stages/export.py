@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -12,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from compress.artifact import (
     Artifact,
     Format,
+    Precision,
     StepRecord,
+    child_manifest,
+    copy_tokenizer_files,
     Task,
     TensorSpec,
     check_output,
@@ -33,6 +37,7 @@ CONFIG_VERSION = 1
 
 class ExportFormat(StrEnum):
     onnx = "onnx"
+    openvino = "openvino"
 
 
 class GraphOptimization(StrEnum):
@@ -57,7 +62,7 @@ class ExportConfig(BaseModel):
         GraphOptimization.O2,
         description="ONNX Runtime transformer graph optimisation (Optimum levels): O1 basic, O2 adds "
         "attention/LayerNorm/GELU fusions (exact math, onnxruntime-only ops), none keeps plain ONNX "
-        "for other runtimes.",
+        "for other runtimes. OpenVINO export always converts plain ONNX.",
     )
     atol: float = Field(
         1e-4, gt=0,
@@ -84,6 +89,48 @@ def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return [spec(v) for v in graph.input], [spec(v) for v in graph.output]
 
 
+def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: GraphOptimization) -> Path:
+    """Optimum export of a loaded teacher into ``directory``; returns the model file."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    log.info("exporting %s to ONNX (opset %d, optimisation %s)", teacher.path, config.opset, optimize)
+    try:
+        onnx_export_from_model(
+            teacher.model,
+            output=str(directory),
+            task=str(teacher.task),
+            opset=config.opset,
+            optimize=None if optimize is GraphOptimization.none else str(optimize),
+            do_validation=False,
+        )
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types
+        raise StageError(
+            f"ONNX export of {teacher.info.architecture} failed: {type(e).__name__}: {str(e).splitlines()[0]}",
+            hint="check that optimum supports this architecture (`optimum-cli export onnx --help`)",
+        ) from e
+    model_file = directory / "model.onnx"
+    if not model_file.is_file():
+        raise StageError("the exporter wrote no model.onnx", hint="rerun with --debug and report it")
+    return model_file
+
+
+def _to_openvino(onnx_file: Path, directory: Path) -> Path:
+    """Convert an ONNX file to OpenVINO IR (model.xml + model.bin, FP32 weights) in ``directory``."""
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(str(onnx_file))
+    except Exception as e:  # noqa: BLE001 - the converter raises many types
+        raise StageError(
+            f"OpenVINO cannot convert {onnx_file}: {type(e).__name__}: {str(e).strip().splitlines()[0]}",
+            hint="export from the teacher checkpoint, or an ONNX artifact made with --optimize none "
+            "(ONNX Runtime's fused operators are not standard ONNX)",
+        ) from e
+    xml = directory / "model.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
+
+
 def export(
     source: Path | str,
     out: Path | str,
@@ -91,85 +138,107 @@ def export(
     *,
     force: bool = False,
 ) -> Artifact:
-    """Export ``source`` (a teacher checkpoint or a pytorch artifact) to a new ONNX artifact at ``out``."""
+    """Export ``source`` to a new artifact at ``out`` in ``config.format``.
+
+    ``source`` is a teacher checkpoint (or a pytorch artifact); for ``--format openvino`` it may also be
+    an FP32 ONNX artifact. The result must match its reference (the PyTorch teacher, or the source
+    ONNX model in ONNX Runtime) within ``config.atol`` on the parity samples, else nothing is written.
+    """
     from compress._optional import require
     from compress.models import load_teacher
+    from compress.runtimes.base import load_runtime
 
     config = config or ExportConfig()
     out = check_output(out, force)
     source = Path(source)
     teacher_dir = source
+    source_art = None
     if is_artifact(source):
-        art = load_artifact(source)
-        if art.format is not Format.pytorch:
+        source_art = load_artifact(source)
+        if source_art.format is Format.pytorch:
+            teacher_dir, source_art = source_art.path, None
+        elif not (config.format is ExportFormat.openvino and source_art.format is Format.onnx):
             raise ArtifactError(
-                f"{source} is already a {art.format} artifact", hint="export starts from a teacher checkpoint"
+                f"{source} is already a {source_art.format} artifact",
+                hint="export starts from a teacher checkpoint (or, for --format openvino, an ONNX artifact)",
             )
-        teacher_dir = art.path
-    if Path(out).resolve() == teacher_dir.resolve():
-        raise ConfigError("--out is the teacher directory", hint="choose a new directory for the artifact")
-    teacher = load_teacher(
-        teacher_dir, config.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
-    )
-    require("optimum", "ONNX export")
+        elif source_art.precision is not Precision.fp32:
+            raise ArtifactError(
+                f"{source} is {source_art.precision}; OpenVINO export converts FP32 models",
+                hint="export the FP32 artifact, then quantize the OpenVINO artifact (NNCF)",
+            )
+    if Path(out).resolve() == source.resolve():
+        raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
+    if config.format is ExportFormat.openvino:
+        require("openvino", "OpenVINO export")
+    teacher = None
+    if source_art is None:
+        teacher = load_teacher(
+            teacher_dir, config.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
+        )
+        require("optimum", "ONNX export")
     require("onnxruntime", "checking the exported model")
-    from optimum.exporters.onnx import onnx_export_from_model
-
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
 
     t0 = time.perf_counter()
     with staged_dir(out, force) as tmp:
-        log.info("exporting %s to ONNX (opset %d, optimisation %s)", teacher_dir, config.opset, config.optimize)
-        try:
-            onnx_export_from_model(
-                teacher.model,
-                output=str(tmp),
-                task=str(teacher.task),
-                opset=config.opset,
-                optimize=None if config.optimize is GraphOptimization.none else str(config.optimize),
-                do_validation=False,
-            )
-        except Exception as e:  # noqa: BLE001 - the exporter raises many types
-            raise StageError(
-                f"ONNX export of {teacher.info.architecture} failed: {type(e).__name__}: {str(e).splitlines()[0]}",
-                hint="check that optimum supports this architecture (`optimum-cli export onnx --help`)",
-            ) from e
-        model_file = "model.onnx"
-        if not (tmp / model_file).is_file():
-            raise StageError(f"the exporter wrote no {model_file}", hint="rerun with --debug and report it")
-        teacher.tokenizer.save_pretrained(str(tmp))
-        inputs, outputs = _graph_specs(tmp / model_file)
-        primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
-        outputs.sort(key=lambda s: s.name != primary)
-
-        manifest = teacher.manifest()
-        manifest.format = Format.onnx
-        manifest.model_file = model_file
-        manifest.inputs = inputs
-        manifest.outputs = outputs
-        manifest.versions = library_versions()
+        if config.format is ExportFormat.onnx:
+            model_file = _onnx_export(teacher, tmp, config, config.optimize)
+            inputs, outputs = _graph_specs(model_file)
+        else:
+            if source_art is not None:
+                onnx_file = source_art.model_path
+                inputs, outputs = source_art.manifest.inputs, source_art.manifest.outputs
+                model_file = _to_openvino(onnx_file, tmp)
+            else:
+                with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".onnx-for-ov.") as scratch:
+                    onnx_file = _onnx_export(teacher, Path(scratch), config, GraphOptimization.none)
+                    inputs, outputs = _graph_specs(onnx_file)
+                    model_file = _to_openvino(onnx_file, tmp)
+        if teacher is not None:
+            teacher.tokenizer.save_pretrained(str(tmp))
+            manifest = teacher.manifest()
+            primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
+            outputs = sorted(outputs, key=lambda s: s.name != primary)
+            input_digest = teacher.sha256
+        else:
+            copy_tokenizer_files(source_art.path, tmp)
+            manifest = child_manifest(source_art.manifest)
+            input_digest = source_art.digest
+        manifest.format = Format(config.format.value)
+        manifest.precision = Precision.fp32
+        manifest.model_file = model_file.name
+        manifest.inputs = list(inputs)
+        manifest.outputs = list(outputs)
+        manifest.versions = library_versions("openvino") if config.format is ExportFormat.openvino else library_versions()
         step = StepRecord(
             stage="export",
             config=config.model_dump(mode="json"),
             config_version=CONFIG_VERSION,
-            versions={k: manifest.versions.get(k) for k in ("optimum", "onnx", "onnxruntime", "torch", "transformers")},
-            input_digest=teacher.sha256,
+            versions={k: manifest.versions.get(k) for k in
+                      ("optimum", "onnx", "onnxruntime", "openvino", "torch", "transformers") if k in manifest.versions},
+            input_digest=input_digest,
         )
-        manifest.steps = [step]
+        manifest.steps = [*manifest.steps, step] if teacher is None else [step]
         write_manifest(tmp, manifest)
 
         texts = sample_texts(config.sample_data, config.parity_samples)
-        candidate = OrtBackend(Artifact(tmp, manifest))
-        reference = TorchBackend.from_teacher(teacher)
+        candidate = load_runtime(Artifact(tmp, manifest))
+        if teacher is not None:
+            reference, ref_name = TorchBackend.from_teacher(teacher), "pytorch fp32"
+        else:
+            reference, ref_name = OrtBackend(source_art), "onnx fp32 (onnxruntime)"
         batch = reference.encode(texts)
-        parity = compare_outputs(reference.predict(batch), candidate.predict(batch), teacher.task is Task.text_classification)
+        classification = manifest.task is Task.text_classification
+        parity = compare_outputs(reference.predict(batch), candidate.predict(batch), classification)
         candidate.close()
-        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": "pytorch fp32", "texts": texts}
+        reference.close()
+        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": ref_name, "texts": texts}
         if not parity.max_abs_diff <= config.atol:
             raise ParityError(
-                f"ONNX output differs from PyTorch by {parity.max_abs_diff:.3g} (allowed {config.atol:g}) "
-                f"on {parity.n} samples",
+                f"{config.format} output differs from {ref_name} by {parity.max_abs_diff:.3g} "
+                f"(allowed {config.atol:g}) on {parity.n} samples",
                 max_abs_diff=parity.max_abs_diff,
                 atol=config.atol,
                 hint="try --optimize none or another --opset; no artifact was written",

@@ -1,0 +1,97 @@
+"""OpenVINO adapter: IR (.xml/.bin) on CPU, GPU or NPU, with latency/throughput hints and profile threads."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compress.artifact import Format
+from compress.errors import ConfigError
+from compress.runtimes.base import RuntimeBackend
+
+
+def available_devices() -> list[str]:
+    import openvino as ov
+
+    return list(ov.Core().available_devices)
+
+
+class OpenVINOBackend(RuntimeBackend):
+    """Settings: ``provider`` is the OpenVINO device (CPU, GPU, GPU.1, NPU; default CPU); ``threads`` sets
+    INFERENCE_NUM_THREADS; ``options`` are OpenVINO properties (e.g. PERFORMANCE_HINT: THROUGHPUT,
+    NUM_STREAMS, INFERENCE_PRECISION_HINT). Defaults: PERFORMANCE_HINT LATENCY, and on CPU
+    INFERENCE_PRECISION_HINT f32, so an FP32 artifact is not silently run in bf16 on CPUs that have it."""
+
+    name: ClassVar[str] = "openvino"
+    module: ClassVar[str] = "openvino"
+    formats: ClassVar[frozenset[Format]] = frozenset({Format.openvino})
+
+    def _load(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        device = self.settings.provider or "CPU"
+        devices = core.available_devices
+        if device.split(".")[0] not in {d.split(".")[0] for d in devices}:
+            raise ConfigError(
+                f"OpenVINO device {device} is not present on this machine (available: {', '.join(devices)})",
+                hint="run on a machine with that device, or use a profile for an available one "
+                "(intel-cpu-openvino for CPU)",
+            )
+        self.settings.provider = device
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if device.startswith("CPU"):
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+            if self.settings.threads:
+                config["INFERENCE_NUM_THREADS"] = int(self.settings.threads)
+        config.update({str(k): v for k, v in self.settings.options.items()})
+        self.core = core
+        self.compiled = core.compile_model(str(self.artifact.model_path), device, config)
+        self.request = self.compiled.create_infer_request()
+        self._input_names = {p.get_any_name() for p in self.compiled.inputs}
+        wanted = self.artifact.manifest.outputs[0].name
+        self._output = next(
+            (o for o in self.compiled.outputs if wanted in o.get_names()), self.compiled.outputs[0]
+        )
+        self.properties = {
+            k: str(self.compiled.get_property(k))
+            for k in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT")
+            if _has_property(self.compiled, k)
+        }
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {k: v for k, v in inputs.items() if k in self._input_names}
+        self.request.infer(feed)
+        return np.asarray(self.request.get_tensor(self._output).data, dtype=np.float32).copy()
+
+    @classmethod
+    def version(cls) -> str | None:
+        from compress._optional import version_of
+
+        return version_of("openvino")
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["device"] = self.settings.provider
+        d["device_name"] = _device_name(self.core, self.settings.provider)
+        d["properties"] = self.properties
+        return d
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def _has_property(compiled, key: str) -> bool:
+    try:
+        return key in [str(p) for p in compiled.get_property("SUPPORTED_PROPERTIES")]
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _device_name(core, device: str) -> str | None:
+    try:
+        return str(core.get_property(device, "FULL_DEVICE_NAME"))
+    except Exception:  # noqa: BLE001
+        return None
