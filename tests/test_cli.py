@@ -141,7 +141,7 @@ def cli_onnx(bert_classifier, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "onnx"
     result = invoke("export", bert_classifier, "--out", out, "--parity-samples", "4")
     assert result.exit_code == 0, result.output
-    assert "wrote" in result.output and "parity vs PyTorch: max |diff|" in flat(result.output)
+    assert "wrote" in result.output and "parity vs PyTorch FP32: max |diff|" in flat(result.output)
     return out
 
 

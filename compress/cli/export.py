@@ -10,7 +10,8 @@ from compress.stages.export import ExportConfig, GraphOptimization
 
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="Target format.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True,
+              help="onnx, or openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]),
               help="Default: from the checkpoint (…ForSequenceClassification → text-classification).")
@@ -25,7 +26,7 @@ from compress.stages.export import ExportConfig, GraphOptimization
 @force_option
 def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sample_data, allow_pickle,
                trust_remote_code, force):
-    """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX artifact.
+    """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX or OpenVINO artifact.
 
     Uses Optimum's exporter (dynamic batch and sequence axes), applies ONNX Runtime's transformer
     fusions, then checks FP32 parity with PyTorch; a miss beyond --atol fails and writes nothing.
@@ -37,10 +38,10 @@ def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sa
         parity_samples=parity_samples, sample_data=str(sample_data) if sample_data else None,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
-    with status(f"exporting {source} to ONNX"):
+    with status(f"exporting {source} to {fmt}"):
         art = export(source, out, config, force=force)
     parity = art.manifest.steps[-1].metrics["parity"]
     console().print(
         f"wrote [bold]{art.path}[/] ({art.format}/{art.precision}, {art.size_bytes() / 1e6:.1f} MB); "
-        f"parity vs PyTorch: max |diff| {parity['max_abs_diff']:.2e} ≤ {parity['atol']:g}"
+        f"parity vs {parity['reference']}: max |diff| {parity['max_abs_diff']:.2e} ≤ {parity['atol']:g}"
     )

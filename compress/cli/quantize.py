@@ -10,7 +10,8 @@ from compress.stages.quantize import CalibrationMethod, QuantizeConfig
 
 @click.command("quantize")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["int8"]), default="int8", show_default=True, help="Target precision.")
+@click.option("--precision", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="int8: weights and activations (ONNX Runtime / NNCF); int4: weight-only (MatMulNBits / NNCF).")
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
               help=QuantizeConfig.model_fields["mode"].description)
 @click.option("--calibration", type=click.Path(path_type=Path), help="Calibration data file (static mode).")
@@ -24,12 +25,30 @@ from compress.stages.quantize import CalibrationMethod, QuantizeConfig
               help="7-bit weights. Default: on for x86 targets without VNNI (avoids u8s8 saturation).")
 @click.option("--op-types", help="Comma-separated operator types to quantize (default: see docs).")
 @click.option("--exclude-nodes", help="Comma-separated node names to keep in float.")
-@click.option("--profile", "profile_name", help="Target device profile: its CPU (VNNI or not) picks the defaults.")
+@click.option("--block-size", type=click.Choice(["32", "64", "128"]), default="128", show_default=True,
+              help="INT4: weights per quantization block.")
+@click.option("--symmetric/--asymmetric", default=True, show_default=True, help="INT4 block zero points.")
+@click.option("--embedding-precision", type=click.Choice(["fp32", "int8", "int4"]), default="int8", show_default=True,
+              help="INT4 mode: precision of the embedding table.")
+@click.option("--weights-only", is_flag=True, help="OpenVINO INT8: compress weights only (nncf.compress_weights).")
+@click.option("--max-drop", type=float,
+              help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
+@click.option("--data", "-d", type=click.Path(path_type=Path), help="Labelled eval data for --max-drop.")
+@click.option("--eval-samples", type=int, default=300, show_default=True, help="Eval rows for --max-drop.")
+@click.option("--profile", "profile_name",
+              help="Target device profile: its CPU (VNNI or not) picks the defaults; with --data, its "
+                   "min_accuracy_retention budget drives accuracy-aware quantization.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
-                 weight_type, reduce_range, op_types, exclude_nodes, profile_name, out, force):
-    """Quantize an ONNX ARTIFACT to INT8 with ONNX Runtime's quantization tools."""
+                 weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
+                 weights_only, max_drop, data, eval_samples, profile_name, out, force):
+    """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
+
+    ONNX artifacts use ONNX Runtime's quantizers (dynamic/static INT8, MatMulNBits INT4);
+    OpenVINO artifacts use NNCF (nncf.quantize, nncf.compress_weights, and
+    nncf.quantize_with_accuracy_control for --max-drop).
+    """
     from compress.stages.quantize import quantize
 
     target = {}
@@ -40,20 +59,24 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         prof = load_profile(profile_name)
         target = {"target_vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
                   "target_x86": str(prof.hardware.arch) == "x86_64"}
+        if data and max_drop is None and prof.budgets.min_accuracy_retention is not None:
+            target["min_retention"] = min(prof.budgets.min_accuracy_retention, 1.0)
     config = build_config(
         QuantizeConfig, precision=precision, mode=mode, calibration=str(calibration) if calibration else None,
         calibration_samples=calibration_samples, calibration_method=calibration_method, per_channel=per_channel,
         weight_type=weight_type, reduce_range=reduce_range,
         op_types=[s.strip() for s in op_types.split(",") if s.strip()] if op_types else None,
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
+        block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
+        weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, eval_samples=eval_samples,
         **target,
     )
-    with status(f"quantizing {artifact} ({mode} INT8)"):
+    with status(f"quantizing {artifact} to {precision.upper()}"):
         art = quantize(artifact, out, config, force=force)
     m = art.manifest.steps[-1].metrics
     p = m["parity_vs_input"]
     agree = f", argmax agreement {p['argmax_agreement']:.3f}" if "argmax_agreement" in p else ""
     console().print(
-        f"wrote [bold]{art.path}[/] (int8, {m['size_bytes_after'] / 1e6:.1f} MB, {m['compression']:.2f}x smaller); "
+        f"wrote [bold]{art.path}[/] ({art.precision}, {m['size_bytes_after'] / 1e6:.1f} MB, {m['compression']:.2f}x smaller); "
         f"vs input: min cosine {p['cosine_min']:.4f}{agree}"
     )

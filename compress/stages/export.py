@@ -226,9 +226,9 @@ def export(
         texts = sample_texts(config.sample_data, config.parity_samples)
         candidate = load_runtime(Artifact(tmp, manifest))
         if teacher is not None:
-            reference, ref_name = TorchBackend.from_teacher(teacher), "pytorch fp32"
+            reference, ref_name = TorchBackend.from_teacher(teacher), "PyTorch FP32"
         else:
-            reference, ref_name = OrtBackend(source_art), "onnx fp32 (onnxruntime)"
+            reference, ref_name = OrtBackend(source_art), "ONNX FP32 in ONNX Runtime"
         batch = reference.encode(texts)
         classification = manifest.task is Task.text_classification
         parity = compare_outputs(reference.predict(batch), candidate.predict(batch), classification)

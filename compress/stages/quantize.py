@@ -15,7 +15,7 @@ import time
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compress.artifact import (
     Artifact,
@@ -41,6 +41,13 @@ CONFIG_VERSION = 1
 
 class QuantPrecision(StrEnum):
     int8 = "int8"
+    int4 = "int4"
+
+
+class EmbeddingPrecision(StrEnum):
+    fp32 = "fp32"
+    int8 = "int8"
+    int4 = "int4"
 
 
 class QuantMode(StrEnum):
@@ -93,6 +100,43 @@ class QuantizeConfig(BaseModel):
     parity_samples: int = Field(32, ge=1, description="Texts used to measure agreement with the input model.")
     sample_data: str | None = Field(None, description="Data file for the parity texts (default: built-in texts).")
 
+    # INT4 weight-only
+    block_size: int = Field(
+        128, description="INT4: weights per quantization block along the input dimension (32, 64 or 128)."
+    )
+    symmetric: bool = Field(True, description="INT4: symmetric blocks (zero point 0) instead of asymmetric.")
+    embedding_precision: EmbeddingPrecision = Field(
+        EmbeddingPrecision.int8,
+        description="INT4 mode: precision of the embedding table (Gather); int4 where the runtime supports it.",
+    )
+    # OpenVINO / NNCF
+    weights_only: bool = Field(
+        False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ."
+    )
+    # accuracy-aware
+    max_drop: float | None = Field(
+        None, ge=0, lt=1,
+        description="Accuracy-aware: largest allowed absolute drop of the eval metric versus the input model; "
+        "the most sensitive layers stay in higher precision until it holds.",
+    )
+    min_retention: float | None = Field(
+        None, gt=0, le=1,
+        description="Accuracy-aware, relative form (from a profile's min_accuracy_retention): metric / input metric.",
+    )
+    data: str | None = Field(None, description="Labelled eval data for accuracy-aware quantization.")
+    eval_samples: int = Field(300, ge=10, description="Eval rows used by accuracy-aware quantization.")
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, v: int) -> int:
+        if v not in (16, 32, 64, 128, 256):
+            raise ValueError("must be one of 32, 64, 128 (16 and 256 also accepted)")
+        return v
+
+    @property
+    def accuracy_aware(self) -> bool:
+        return self.max_drop is not None or self.min_retention is not None
+
     def resolved_reduce_range(self) -> bool:
         from compress.cpu import has_vnni, is_x86
 
@@ -132,20 +176,26 @@ def quantize(
     config = config or QuantizeConfig()
     out = check_output(out, force)
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    if art.format is not Format.onnx:
+    if config.accuracy_aware and not config.data:
+        raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
+    if art.format not in (Format.onnx, Format.openvino):
         raise ArtifactError(
-            f"{art.path} is a {art.format} artifact; quantize works on ONNX artifacts",
-            hint="run `edgecompress export` first",
+            f"{art.path} is a {art.format} artifact; quantize works on ONNX and OpenVINO artifacts",
+            hint="run `edgecompress export --format onnx|openvino` first",
         )
     if art.precision in (Precision.int8, Precision.int4):
         raise ArtifactError(
             f"{art.path} is already {art.precision}",
             hint="quantize the FP32 artifact it came from instead (see `edgecompress inspect`)",
         )
-    if config.mode is QuantMode.static and not config.calibration:
-        raise ConfigError("static quantization needs calibration data", hint="pass --calibration DATA")
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")
+    if art.format is Format.openvino:
+        from compress.stages.quantize_openvino import quantize_openvino
+
+        return quantize_openvino(art, out, config, force=force)
+    if config.mode is QuantMode.static and not config.calibration:
+        raise ConfigError("static quantization needs calibration data", hint="pass --calibration DATA")
 
     require("onnxruntime", "INT8 quantization")
     from onnxruntime import quantization as ortq
