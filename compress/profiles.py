@@ -45,6 +45,8 @@ __all__ = [
     "MeasureConfig",
     "LatencyBudget",
     "Budgets",
+    "MemoryTier",
+    "ServerlessLimits",
     "DeviceProfile",
     "RUNTIME_NAMES",
     "builtin_profile_names",
@@ -119,6 +121,15 @@ class HardwareFacts(BaseModel):
     )
     memory_mb: int = Field(gt=0, description="Memory available to the process, in MB (an integer > 0).")
     cpu_model: str | None = Field(None, description="CPU model name, informational (e.g. 'AMD EPYC 7B13').")
+    peak_gflops_fp32: float | None = Field(
+        None, gt=0, description="Peak FP32 compute of the cores the model uses, GFLOP/s (roofline estimates)."
+    )
+    peak_gops_int8: float | None = Field(
+        None, gt=0, description="Peak INT8 compute, GOP/s (roofline estimates of INT8 artifacts)."
+    )
+    memory_bandwidth_gbs: float | None = Field(
+        None, gt=0, description="Sustained memory bandwidth, GB/s (roofline estimates)."
+    )
 
     @field_validator("arch", mode="before")
     @classmethod
@@ -258,8 +269,53 @@ class Budgets(BaseModel):
         description="Minimum teacher FP32 p50 / artifact p50 on the same runtime (a number > 0; 1.0 = no slower).",
     )
     max_cold_start_ms: float | None = Field(
-        None, gt=0, description="Maximum session creation + first inference time in ms (a number > 0)."
+        None, gt=0,
+        description="Maximum cold start in ms: process launch to first result (imports, session, first inference).",
     )
+    max_package_zipped_mb: float | None = Field(
+        None, gt=0, description="Serverless: maximum zipped size of the deployable bundle in MB (MiB)."
+    )
+    max_package_unzipped_mb: float | None = Field(
+        None, gt=0, description="Serverless: maximum unzipped size of the bundle with its dependencies in MB (MiB)."
+    )
+
+
+class MemoryTier(BaseModel):
+    """One row of a serverless platform's memory → vCPU mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_mb: int = Field(gt=0, description="Configured function memory in MB (an integer > 0).")
+    vcpus: float = Field(gt=0, description="vCPUs the platform gives a function with this much memory.")
+
+
+class ServerlessLimits(BaseModel):
+    """A serverless platform's deployment limits and the function configuration to measure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    platform: str = Field(description="Platform name, e.g. aws-lambda, gcp-cloud-run.")
+    python_version: str = Field("3.12", description="Python of the function runtime, e.g. 3.12.")
+    pip_platforms: list[str] = Field(
+        default_factory=list,
+        description="pip --platform tags for the target's wheels, e.g. [manylinux2014_aarch64, manylinux_2_28_aarch64].",
+    )
+    max_zipped_mb: float | None = Field(None, gt=0, description="Direct-upload zip limit in MB (MiB).")
+    max_unzipped_mb: float | None = Field(None, gt=0, description="Unzipped size limit incl. layers/deps in MB (MiB).")
+    memory_mb: int = Field(gt=0, description="Function memory to measure cold start under, MB.")
+    memory_to_vcpu: list[MemoryTier] = Field(
+        default_factory=list, description="Memory → vCPU mapping of the platform, ascending by memory."
+    )
+    handler: str = Field("handler.handler", description="Entry point written into the bundle (module.function).")
+
+    def vcpus_for(self, memory_mb: int) -> float | None:
+        """vCPUs the platform allots at ``memory_mb`` (the tier at or below it); None without a mapping."""
+        tiers = sorted(self.memory_to_vcpu, key=lambda t: t.memory_mb)
+        chosen = None
+        for t in tiers:
+            if t.memory_mb <= memory_mb:
+                chosen = t
+        return (chosen or (tiers[0] if tiers else None)).vcpus if tiers else None
 
 
 class DeviceProfile(BaseModel):
@@ -280,6 +336,9 @@ class DeviceProfile(BaseModel):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="The inference runtime and its settings.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="How to measure latency and accuracy.")
     budgets: Budgets = Field(default_factory=Budgets, description="Pass/fail limits for an artifact.")
+    serverless: ServerlessLimits | None = Field(
+        None, description="Serverless platform limits and function configuration (serverless profiles only)."
+    )
     source: str | None = Field(
         None, description="Where the profile was loaded from: 'builtin:NAME', a file path, or 'detected'."
     )
