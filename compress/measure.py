@@ -28,6 +28,24 @@ def nearest_rank(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def quantile_ci(sorted_values: list[float], p: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the p-th percentile from order statistics.
+
+    The number of samples below the true percentile is Binomial(n, p/100); the interval runs from
+    the order statistics at ranks np ∓ z·sqrt(np(1-p)) (normal approximation, ranks clipped to 1..n).
+    It assumes independent runs, which consecutive timings only approximate.
+    """
+    n = len(sorted_values)
+    if n == 0:
+        raise ValueError("no samples")
+    q = p / 100.0
+    z = {0.90: 1.6449, 0.95: 1.9600, 0.99: 2.5758}.get(confidence, 1.96)
+    half = z * math.sqrt(n * q * (1 - q))
+    lo = max(1, math.floor(n * q - half))
+    hi = min(n, math.ceil(n * q + half) + 1)
+    return sorted_values[lo - 1], sorted_values[hi - 1]
+
+
 @dataclass
 class LatencyStats:
     """Latency of one configuration, in milliseconds."""
@@ -45,6 +63,7 @@ class LatencyStats:
     total_s: float
     batch_size: int
     throughput: float  # samples per second
+    ci95: dict[str, tuple[float, float]] | None = None  # percentile -> 95% confidence interval (ms)
 
     @classmethod
     def from_samples(cls, samples_s: list[float], batch_size: int) -> LatencyStats:
@@ -58,10 +77,14 @@ class LatencyStats:
             p50=nearest_rank(ms, 50), p90=nearest_rank(ms, 90), p95=nearest_rank(ms, 95), p99=nearest_rank(ms, 99),
             mean=mean, std=std, min=ms[0], max=ms[-1], cv=std / mean if mean else 0.0, total_s=total,
             batch_size=batch_size, throughput=batch_size * n / total if total else 0.0,
+            ci95={f"p{p}": quantile_ci(ms, p) for p in (50, 90, 95, 99)},
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "ci95"}
+        if self.ci95:
+            out["ci95"] = {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in self.ci95.items()}
+        return out
 
 
 def measure_interleaved(

@@ -93,6 +93,11 @@ def _summarise_metrics(metrics: dict[str, Any]) -> str:
 
 # -- validation reports -------------------------------------------------------------------------
 
+def _ci(lat: dict[str, Any], key: str) -> str:
+    ci = (lat.get("ci95") or {}).get(key)
+    return f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else ""
+
+
 def render_report(report: ValidationReport, console: Console) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -125,8 +130,9 @@ def render_report(report: ValidationReport, console: Console) -> None:
     if lat:
         shape = met["input_shape"]
         lines.append(
-            f"latency @ {shape['batch_size']}x{shape['sequence_length']}: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f}, "
-            f"p99 {lat['p99']:.2f} (n={lat['n']}, CV {lat['cv']:.1%}, nearest-rank); {met['throughput']:.1f} samples/s"
+            f"latency @ {shape['batch_size']}x{shape['sequence_length']}: p50 {lat['p50']:.2f} ms{_ci(lat, 'p50')}, "
+            f"p95 {lat['p95']:.2f}{_ci(lat, 'p95')}, p99 {lat['p99']:.2f}{_ci(lat, 'p99')} "
+            f"(n={lat['n']}, CV {lat['cv']:.1%}, nearest-rank, 95% CI); {met['throughput']:.1f} samples/s"
         )
     if "baseline_latency_ms" in met:
         lines.append(

@@ -525,3 +525,19 @@ def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
     assert noise_warning(noisy, far) is None
     assert noise_warning(noisy, size_near) is None
     assert noise_warning(quiet, near) is None
+
+
+def test_percentile_confidence_interval_brackets_the_percentile():
+    from compress.measure import LatencyStats, nearest_rank, quantile_ci
+
+    values = [float(i) for i in range(1, 1001)]
+    lo, hi = quantile_ci(values, 50)
+    assert lo < nearest_rank(values, 50) < hi
+    assert 460 <= lo <= 500 and 500 <= hi <= 540  # ±~31 ranks at n=1000
+    lo99, hi99 = quantile_ci(values, 99)
+    assert lo99 <= nearest_rank(values, 99) <= hi99 and hi99 <= 1000
+    assert quantile_ci([5.0], 50) == (5.0, 5.0)
+    stats = LatencyStats.from_samples([v / 1000 for v in values], batch_size=1)
+    d = stats.as_dict()
+    assert set(d["ci95"]) == {"p50", "p90", "p95", "p99"}
+    assert d["ci95"]["p50"][0] <= d["p50"] <= d["ci95"]["p50"][1]
