@@ -1,0 +1,270 @@
+"""Quantization benchmark (issue 5): INT8/INT4 on ONNX Runtime and OpenVINO, ours vs NNCF's own, side by side.
+
+SST-2 teacher, SST-2 dev: size, accuracy, retention, agreement, p50/p95 at batch 1 x 64 tokens for
+  ONNX FP32 / ONNX INT8 (dynamic) / ONNX INT4 (MatMulNBits) / ONNX accuracy-aware INT8,
+  OpenVINO FP32 / OpenVINO INT8 (our NNCF PTQ) / OpenVINO INT4 weights / OpenVINO accuracy-aware,
+  NNCF defaults (plain nncf.quantize, no model type) and NNCF quantize_with_accuracy_control
+  applied directly to the same IR.
+All latencies are measured in alternating rounds in one process with the same thread count.
+Then our p50 for the OpenVINO FP32 and INT8 IRs against OpenVINO's own `benchmark_app`
+(sync API, one stream, same threads, same shape) on the same files.
+
+    python benchmarks/quantization.py --data ../shared/data/sst2 [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+from teacher import DEFAULT_DATA, ensure_teacher  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[quantization] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - t0, 1)
+
+
+def build(teacher_dir: Path, data: Path, work: Path, rebuild: bool, eval_samples: int) -> tuple[dict, dict]:
+    from compress.artifact import is_artifact
+    from compress.errors import EdgeCompressError
+    from compress.stages.export import ExportConfig, export
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    dev, train = str(data / "dev.tsv"), str(data / "train.tsv")
+    plans = {
+        "onnx-fp32": lambda o: export(teacher_dir, o, ExportConfig(optimize="none", sample_data=dev), force=True),
+        "onnx-int8": lambda o: quantize(work / "onnx-fp32", o, QuantizeConfig(sample_data=dev), force=True),
+        "onnx-int4": lambda o: quantize(work / "onnx-fp32", o, QuantizeConfig(precision="int4", sample_data=dev),
+                                        force=True),
+        "onnx-int8-acc-aware": lambda o: quantize(
+            work / "onnx-fp32", o, QuantizeConfig(max_drop=0.005, data=dev, eval_samples=eval_samples,
+                                                  sample_data=dev), force=True),
+        "ov-fp32": lambda o: export(teacher_dir, o, ExportConfig(format="openvino", sample_data=dev), force=True),
+        "ov-int8-nncf": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig(
+            calibration=train, calibration_samples=300, sample_data=dev), force=True),
+        "ov-int4-weights": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig(precision="int4", sample_data=dev),
+                                              force=True),
+        "ov-int8-acc-aware": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig(
+            calibration=train, calibration_samples=300, max_drop=0.005, data=dev, eval_samples=eval_samples,
+            sample_data=dev), force=True),
+    }
+    seconds, failures = {}, {}
+    for name, make in plans.items():
+        out = work / name
+        if is_artifact(out) and not rebuild:
+            continue
+        log(f"building {name}")
+        try:
+            _, seconds[name] = timed(lambda: make(out))
+        except EdgeCompressError as e:
+            failures[name] = str(e)
+            log(f"{name} failed: {e}")
+    return seconds, failures
+
+
+def nncf_direct(work: Path, data: Path, teacher_labels: list[str], eval_samples: int) -> dict:
+    """NNCF applied directly to our FP32 IR: its defaults, and quantize_with_accuracy_control."""
+    import nncf
+    import openvino as ov
+
+    from compress.artifact import load_artifact
+    from compress.data import load_dataset
+    from compress.runtimes.base import load_runtime
+
+    fp32 = load_artifact(work / "ov-fp32")
+    enc = load_runtime(fp32).encoder
+    names = [t.name for t in fp32.manifest.inputs]
+    calib_texts = load_dataset(data / "train.tsv", limit=300).texts
+    calib = [enc.encode([t]) for t in calib_texts]
+    label2id = {n: i for i, n in enumerate(teacher_labels)}
+    dev = load_dataset(data / "dev.tsv", label2id=label2id).sample(eval_samples, seed=0)
+    dev_inputs = [(enc.encode([t]), y) for t, y in zip(dev.texts, dev.labels)]
+    core = ov.Core()
+    out = {}
+
+    def save(model, name: str, secs: float) -> Path:
+        d = work / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        ov.save_model(model, str(d / "model.xml"), compress_to_fp16=False)
+        out[name] = {"path": str(d / "model.xml"), "seconds": secs}
+        return d
+
+    if not (work / "nncf-default" / "model.xml").is_file():
+        model = core.read_model(str(fp32.model_path))
+        q, secs = timed(lambda: nncf.quantize(model, nncf.Dataset(calib), subset_size=300))
+        save(q, "nncf-default", secs)
+    else:
+        out["nncf-default"] = {"path": str(work / "nncf-default" / "model.xml")}
+
+    def validation_fn(compiled, items):
+        hits = [int(np.argmax(compiled(x)[0][0]) == y) for x, y in items]
+        return float(np.mean(hits))
+
+    if not (work / "nncf-accuracy-control" / "model.xml").is_file():
+        model = core.read_model(str(fp32.model_path))
+        q, secs = timed(lambda: nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(calib), nncf.Dataset(dev_inputs), validation_fn, max_drop=0.005,
+            subset_size=300, model_type=nncf.ModelType.TRANSFORMER))
+        save(q, "nncf-accuracy-control", secs)
+    else:
+        out["nncf-accuracy-control"] = {"path": str(work / "nncf-accuracy-control" / "model.xml")}
+    return out
+
+
+def benchmark_app(xml: Path, threads: int, seconds: int, names: list[str]) -> dict:
+    exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    shape = ",".join(f"{n}[1,64]" for n in names)
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-api", "sync", "-nstreams", "1", "-nthreads", str(threads),
+           "-hint", "none", "-shape", shape, "-t", str(seconds), "-infer_precision", "f32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)
+    text = proc.stdout + proc.stderr
+    got = {}
+    for key in ("Median", "Average", "Min", "Max"):
+        m = re.search(rf"{key}:\s+([\d.]+)\s*ms", text)
+        if m:
+            got[key.lower()] = float(m.group(1))
+    m = re.search(r"Count:\s+(\d+)", text)
+    if m:
+        got["count"] = int(m.group(1))
+    got["command"] = " ".join(cmd)
+    if proc.returncode != 0 or "median" not in got:
+        got["error"] = text[-2000:]
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-runs", type=int, default=200)
+    ap.add_argument("--min-duration", type=float, default=8.0)
+    ap.add_argument("--eval-samples", type=int, default=300, help="dev rows used by accuracy-aware tuning")
+    ap.add_argument("--bench-seconds", type=int, default=15, help="benchmark_app duration per model")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "quantization.json")
+    ap.add_argument("--work", type=Path, default=HERE / ".cache" / "quantization")
+    ap.add_argument("--rebuild", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from compress.artifact import Format, load_artifact
+    from compress.data import load_dataset
+    from compress.measure import measure_interleaved
+    from compress.models import load_teacher
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.runtimes.openvino_backend import OpenVINOBackend
+    from compress.runtimes.torch_backend import TorchBackend
+
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    teacher_dir = ensure_teacher(args.data)
+    args.work.mkdir(parents=True, exist_ok=True)
+    build_seconds, failures = build(teacher_dir, args.data, args.work, args.rebuild, args.eval_samples)
+    teacher = load_teacher(teacher_dir)
+    direct = nncf_direct(args.work, args.data, teacher.info.labels, args.eval_samples)
+
+    settings = RuntimeSettings(threads=args.threads)
+    backends = {}
+    for name in ("onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int8-acc-aware",
+                 "ov-fp32", "ov-int8-nncf", "ov-int4-weights", "ov-int8-acc-aware"):
+        path = args.work / name
+        if (path / "manifest.json").is_file():
+            backends[name] = load_runtime(load_artifact(path), settings=settings)
+    base_ov = load_artifact(args.work / "ov-fp32")
+    for name, info in direct.items():  # NNCF's own IRs: same adapter, pointed at their file
+        art = load_artifact(args.work / "ov-fp32")
+        art.manifest = art.manifest.model_copy(update={"model_file": os.path.relpath(info["path"], art.path)})
+        backends[name] = OpenVINOBackend(art, RuntimeSettings(threads=args.threads))
+
+    dev = load_dataset(args.data / "dev.tsv", label2id={n: i for i, n in enumerate(teacher.info.labels)})
+    labels = np.asarray(dev.labels)
+    ref = TorchBackend.from_teacher(teacher, settings)
+    teacher_pred = np.concatenate([ref.predict(ref.encode(t)).argmax(-1) for t, _, _ in dev.batches(32)])
+    teacher_acc = float((teacher_pred == labels).mean())
+    results = {}
+    for name, b in backends.items():
+        pred = np.concatenate([b.predict(b.encode(t)).argmax(-1) for t, _, _ in dev.batches(32)])
+        acc = float((pred == labels).mean())
+        if name in direct:
+            size = sum(p.stat().st_size for p in Path(direct[name]["path"]).parent.glob("model.*"))
+        else:
+            size = b.artifact.size_bytes()
+        step = b.artifact.manifest.steps[-1] if name not in direct else None
+        results[name] = {
+            "accuracy": acc, "retention": acc / teacher_acc, "agreement": float((pred == teacher_pred).mean()),
+            "size_mb": size / 2**20, "build_s": build_seconds.get(name, direct.get(name, {}).get("seconds")),
+            "kept_fp32": (step.metrics.get("accuracy_aware", {}) or {}).get("excluded") if step else None,
+        }
+        log(f"{name}: accuracy {acc:.4f} size {size / 2**20:.1f} MB")
+
+    fixed = {n: b.encode([" ".join(dev.texts[:20])], pad_to=64) for n, b in backends.items()}
+    stats = measure_interleaved({n: (lambda b=b, x=fixed[n]: b.run(x)) for n, b in backends.items()},
+                                batch_size=1, warmup=20, min_runs=args.min_runs, min_duration_s=args.min_duration)
+    for n, s in stats.items():
+        results[n]["latency_ms"] = {"p50": s.p50, "p95": s.p95, "n": s.n, "cv": s.cv,
+                                    "p50_ci95": list(s.ci95["p50"])}
+
+    # ours vs benchmark_app on the same IR files (each measured right after the other)
+    bench = {}
+    names = [t.name for t in base_ov.manifest.inputs]
+    for name in ("ov-fp32", "ov-int8-nncf"):
+        if name not in backends:
+            continue
+        b = backends[name]
+        x = fixed[name]
+        ours = measure_interleaved({name: lambda b=b, x=x: b.run(x)}, batch_size=1, warmup=20,
+                                   min_runs=args.min_runs, min_duration_s=args.bench_seconds)[name]
+        app = benchmark_app(b.artifact.model_path, args.threads, args.bench_seconds, names)
+        bench[name] = {"ours_p50_ms": ours.p50, "ours_mean_ms": ours.mean, "ours_n": ours.n, "benchmark_app": app,
+                       "ratio_ours_over_app_median": ours.p50 / app["median"] if "median" in app else None}
+        log(f"{name}: ours p50 {ours.p50:.2f} ms vs benchmark_app median {app.get('median')}")
+    for b in backends.values():
+        b.close()
+
+    payload = {
+        "benchmark": "quantization", "data": str(args.data), "threads": args.threads,
+        "teacher_accuracy": teacher_acc, "results": results, "failures": failures,
+        "benchmark_app": bench, "seconds": round(time.perf_counter() - t_all, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(table(results, teacher_acc))
+    for n, r in bench.items():
+        print(f"{n}: ours p50 {r['ours_p50_ms']:.2f} ms, benchmark_app median {r['benchmark_app'].get('median')} ms")
+    log(f"wrote {args.out}")
+
+
+def table(results: dict, teacher_acc: float) -> str:
+    lines = [f"teacher (PyTorch FP32) dev accuracy {teacher_acc:.4f}",
+             "| config | dev acc | retention | agreement | size MB | p50 ms | p95 ms | build s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n, r in results.items():
+        lat = r.get("latency_ms", {})
+        lines.append(f"| {n} | {r['accuracy']:.4f} | {r['retention']:.4f} | {r['agreement']:.4f} | "
+                     f"{r['size_mb']:.1f} | {lat.get('p50', float('nan')):.2f} | {lat.get('p95', float('nan')):.2f} | "
+                     f"{r['build_s'] if r['build_s'] is not None else '—'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
