@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import platform
+import re
 import types
 from dataclasses import dataclass
 from enum import StrEnum
@@ -55,9 +56,15 @@ __all__ = [
     "check_profile_file",
     "list_profiles",
     "closest_builtin",
+    "DeviceMatch",
+    "match_device",
+    "machine_model",
+    "host_arch",
+    "derive_peaks",
+    "flops_per_cycle",
 ]
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # "_" only inside, as in x86_64 (a leading "_" marks abstract parents)
 RUNTIME_NAMES: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt", "torch")
 HOST = "host"
 _SUFFIXES = (".yaml", ".yml")
@@ -130,6 +137,31 @@ class HardwareFacts(BaseModel):
     memory_bandwidth_gbs: float | None = Field(
         None, gt=0, description="Sustained memory bandwidth, GB/s (roofline estimates)."
     )
+    clock_ghz: float | None = Field(
+        None, gt=0,
+        description="Sustained core clock in GHz (the peaks' derivation; scales per-operator overheads in estimates).",
+    )
+    identify: str | None = Field(
+        None,
+        description=(
+            "Regex (Python re.search, case-insensitive) matched against this machine's model string "
+            "(serverless platform, /proc/device-tree/model, DMI product name, CPU model name) to tell whether "
+            "the command runs on this device; null: a class of CPUs that any machine of the same arch measures."
+        ),
+    )
+
+    @field_validator("identify")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("empty regex; use null for a class of CPUs")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
     @field_validator("arch", mode="before")
     @classmethod
@@ -325,7 +357,7 @@ class DeviceProfile(BaseModel):
 
     name: str = Field(
         pattern=NAME_PATTERN,
-        description="Profile name: lowercase letters, digits and hyphens, starting with a letter or digit (e.g. raspberry-pi-5).",
+        description="Profile name: lowercase letters, digits, hyphens and underscores, starting with a letter or digit (e.g. raspberry-pi-5, aws-lambda-x86_64).",
     )
     description: str = Field("", description="One line describing the device.")
     extends: str | None = Field(
@@ -809,6 +841,8 @@ def _host_data() -> dict[str, Any]:
     simd = _host_simd(arch, info)
     cpu_model = _host_cpu_model(info)
     parent = closest_builtin(arch, simd)
+    clock = _host_clock_ghz(info)
+    fp32, int8 = derive_peaks(arch, simd, cores, clock, info)
     return {
         "name": HOST,
         "extends": parent,
@@ -820,9 +854,175 @@ def _host_data() -> dict[str, Any]:
             "vnni": any("vnni" in f for f in simd),
             "memory_mb": _host_memory_mb(),
             "cpu_model": cpu_model,
+            "clock_ghz": clock,
+            "peak_gflops_fp32": fp32,
+            "peak_gops_int8": int8,
+            "identify": None,  # the host is always itself
         },
         "runtime": {"name": "onnxruntime", "threads": cores},
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Peaks of this machine (roofline estimates) and "is this machine that device?"
+# --------------------------------------------------------------------------------------------------
+
+_DMI_PRODUCT = Path("/sys/class/dmi/id/product_name")
+_CPUFREQ_MAX = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+# /proc/cpuinfo "CPU part" of Arm Ltd cores (implementer 0x41) -> core name, FP32 FLOP/cycle/core
+# (128-bit FMA pipes x 4 lanes x 2; Cortex-A72 has two 64-bit-wide FMA paths: 8, per vfpbench).
+_ARM_PARTS: dict[str, tuple[str, int]] = {
+    "0xd03": ("Cortex-A53", 8), "0xd05": ("Cortex-A55", 8), "0xd08": ("Cortex-A72", 8),
+    "0xd0b": ("Cortex-A76", 16), "0xd0c": ("Neoverse-N1", 16), "0xd40": ("Neoverse-V1", 32),
+    "0xd41": ("Cortex-A78", 16), "0xd42": ("Cortex-A78AE", 16), "0xd44": ("Cortex-X1", 32),
+    "0xd49": ("Neoverse-N2", 16), "0xd4f": ("Neoverse-V2", 32),
+}
+
+
+def _host_clock_ghz(info: dict[str, str]) -> float | None:
+    """Core clock: the kernel's max cpufreq, else /proc/cpuinfo 'cpu MHz' (constant on most VMs)."""
+    khz = _read_int(_CPUFREQ_MAX)
+    if khz:
+        return round(khz / 1e6, 3)
+    try:
+        mhz = float(info.get("cpu mhz", ""))
+    except ValueError:
+        return None
+    return round(mhz / 1e3, 3) if mhz > 0 else None
+
+
+def flops_per_cycle(arch: Arch | str, simd: list[str], info: dict[str, str] | None = None) -> tuple[int, int]:
+    """FP32 FLOP/cycle/core and the INT8 op multiple over FP32, from the ISA (and vendor/family where known).
+
+    x86: vector width × 2 (FMA) × 2 FMA pipes — AVX2+FMA 32; AVX-512 64 (Intel Xeon Gold/Platinum and
+    AMD Zen 5 have two 512-bit FMA pipes), except AMD Zen 4 (family 25) and Intel client cores, whose
+    AVX-512 runs at 32 (Zen 4 double-pumps 256-bit pipes). INT8: VNNI (vpdpbusd) does 4× the FP32
+    rate, AVX2's vpmaddubsw path about 2×. Arm: 8 (Cortex-A72/A53), 16 (two 128-bit pipes: A76, A78,
+    N1), 32 (four: Neoverse V1/V2); INT8 dot product (sdot/udot) 4×, plain NEON (smlal) 2×.
+    Peaks are what the hardware can issue, not what a runtime reaches: estimates multiply them by an
+    efficiency calibrated on a machine we measure (see :mod:`compress.estimate`).
+    """
+    info = info or {}
+    if Arch(_ARCH_ALIASES.get(str(arch).lower(), arch)) is Arch.arm64:
+        part = info.get("cpu part", "").lower()
+        flops = _ARM_PARTS.get(part, ("", 16))[1]
+        return flops, (4 if "dotprod" in simd else 2)
+    vendor = info.get("vendor_id", "")
+    family = info.get("cpu family", "")
+    if "avx512f" in simd:
+        zen4 = vendor == "AuthenticAMD" and family == "25"
+        client = "core(tm)" in info.get("model name", "").lower()
+        flops = 32 if (zen4 or client) else 64
+    elif "avx2" in simd and "fma" in simd:
+        flops = 32
+    elif "avx" in simd:
+        flops = 16
+    else:
+        flops = 8
+    vnni = any("vnni" in f for f in simd)
+    return flops, (4 if vnni else 2 if "avx2" in simd else 1)
+
+
+def derive_peaks(arch: Arch | str, simd: list[str], cores: int, clock_ghz: float | None,
+                 info: dict[str, str] | None = None) -> tuple[float | None, float | None]:
+    """(peak GFLOP/s FP32, peak GOP/s INT8) = cores × GHz × FLOP/cycle; (None, None) without a clock."""
+    if not clock_ghz:
+        return None, None
+    per_cycle, int8_multiple = flops_per_cycle(arch, simd, info)
+    fp32 = round(cores * clock_ghz * per_cycle, 1)
+    return fp32, round(fp32 * int8_multiple, 1)
+
+
+def _serverless_platform() -> str | None:
+    """The serverless platform this process runs in, from the variables the platform sets."""
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or os.environ.get("AWS_EXECUTION_ENV", "").startswith("AWS_Lambda"):
+        return "AWS Lambda"
+    if os.environ.get("K_SERVICE") and os.environ.get("K_REVISION"):
+        return "Google Cloud Run"
+    return None
+
+
+def _read_text_quiet(path: Path) -> str | None:
+    try:
+        text = path.read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        return None
+    return text or None
+
+
+def machine_model() -> str:
+    """This machine's model string, which ``hardware.identify`` regexes are matched against.
+
+    The non-empty parts of, joined with '; ': the serverless platform (``AWS Lambda`` when
+    AWS_LAMBDA_FUNCTION_NAME is set, ``Google Cloud Run`` with K_SERVICE and K_REVISION), the board
+    (``/proc/device-tree/model``, e.g. ``Raspberry Pi 5 Model B Rev 1.0``), the DMI product name
+    (e.g. ``NUC12WSHi5``, ``c7g.large``), and the CPU (``model name`` from /proc/cpuinfo, or the Arm
+    core name from its ``CPU part``, e.g. ``Neoverse-V1``).
+    """
+    info = _read_cpuinfo()
+    parts = [
+        _serverless_platform(),
+        _read_text_quiet(_DEVICE_TREE_MODEL),
+        _read_text_quiet(_DMI_PRODUCT),
+        info.get("model name") or info.get("cpu model") or info.get("hardware"),
+    ]
+    part = info.get("cpu part", "").lower()
+    if info.get("cpu implementer", "").lower() == "0x41" and part in _ARM_PARTS:
+        parts.append(_ARM_PARTS[part][0])
+    out: list[str] = []
+    for p in parts:
+        if p and p not in out:
+            out.append(p)
+    return "; ".join(out) or platform.processor() or platform.machine()
+
+
+def host_arch() -> Arch | None:
+    """This machine's architecture, or None when profiles cannot describe it."""
+    arch = _ARCH_ALIASES.get(platform.machine().lower())
+    return Arch(arch) if arch else None
+
+
+@dataclass(frozen=True)
+class DeviceMatch:
+    """Whether the machine running the command is the profiled device (so its timings are the device's).
+
+    ``how``: ``host`` (the detected host profile), ``class`` (a profile for a class of CPUs, no
+    ``identify``, same arch: measured on this machine's CPU), ``identified`` (``identify`` matched),
+    ``arch-mismatch`` or ``not-identified`` (this machine is not the device: estimate instead).
+    """
+
+    is_device: bool
+    how: str
+    reason: str
+    host_arch: str | None
+    host_model: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"is_device": self.is_device, "how": self.how, "reason": self.reason,
+                "host_arch": self.host_arch, "host_model": self.host_model}
+
+
+def match_device(profile: DeviceProfile, *, model: str | None = None) -> DeviceMatch:
+    """Is this machine ``profile``'s device? The arch must match, then ``identify`` (if any) must match."""
+    arch = host_arch()
+    shown = model if model is not None else machine_model()
+    arch_s = arch.value if arch else platform.machine()
+    if profile.source == "detected":
+        return DeviceMatch(True, "host", "the host profile describes this machine", arch_s, shown)
+    want = profile.hardware.arch
+    if arch is not want:
+        return DeviceMatch(False, "arch-mismatch",
+                           f"this machine is {arch_s}, profile {profile.name} is {want.value}", arch_s, shown)
+    pattern = profile.hardware.identify
+    if pattern is None:
+        return DeviceMatch(True, "class",
+                           f"{profile.name} describes a class of {want.value} CPUs: measured on this machine's CPU "
+                           f"({shown})", arch_s, shown)
+    if re.search(pattern, shown, flags=re.IGNORECASE):
+        return DeviceMatch(True, "identified", f"this machine ({shown}) matches {profile.name}'s identify "
+                           f"/{pattern}/", arch_s, shown)
+    return DeviceMatch(False, "not-identified", f"this machine ({shown}) does not match {profile.name}'s identify "
+                       f"/{pattern}/", arch_s, shown)
 
 
 # --------------------------------------------------------------------------------------------------
