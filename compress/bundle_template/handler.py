@@ -1,0 +1,147 @@
+"""Serverless inference handler written by ``edgecompress package``.
+
+Needs only onnxruntime, tokenizers and numpy (never torch, transformers or edgecompress). Everything
+about the model comes from ``model_config.json`` beside this file. The tokenizer and the ONNX Runtime
+session are created at import time (module scope), so a platform that keeps the process warm pays
+for them once per cold start, not per request.
+
+Event (a direct invocation, or an HTTP event whose ``body`` is that JSON):
+    {"texts": ["first text", "second text"]}   or   {"text": "one text"}
+    optional: "text_pairs" / "text_pair" for sentence-pair classifiers.
+Result:
+    classifiers: {"predictions": [{"label": "positive", "score": 0.97, "scores": {...}}, ...]}
+    encoders:    {"embeddings": [[...], ...], "dimension": 384}
+
+Environment overrides: EDGECOMPRESS_THREADS (intra-op threads), EDGECOMPRESS_MAX_BATCH.
+"""
+
+import base64
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_HERE, "model_config.json"), encoding="utf-8") as _f:
+    CONFIG = json.load(_f)
+
+THREADS = int(os.environ.get("EDGECOMPRESS_THREADS") or CONFIG.get("threads") or 1)
+MAX_BATCH = int(os.environ.get("EDGECOMPRESS_MAX_BATCH") or CONFIG.get("max_batch_size") or 32)
+LABELS = CONFIG.get("labels") or []
+POOLING = (CONFIG.get("postprocess") or {}).get("pooling")
+NORMALIZE = bool((CONFIG.get("postprocess") or {}).get("normalize"))
+
+TOKENIZER = Tokenizer.from_file(os.path.join(_HERE, CONFIG["tokenizer_file"]))
+TOKENIZER.no_padding()
+TOKENIZER.enable_truncation(max_length=int(CONFIG["max_length"]))
+TOKENIZER.enable_padding(pad_id=int(CONFIG.get("pad_id") or 0))
+
+
+def _session():
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(
+        os.path.join(_HERE, CONFIG["model_file"]), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+SESSION = _session()
+INPUT_NAMES = [i.name for i in SESSION.get_inputs()]
+OUTPUT_NAME = CONFIG.get("output_name") or SESSION.get_outputs()[0].name
+
+
+class BadRequest(ValueError):
+    """The event is not {"texts": [...]} or {"text": "..."}."""
+
+
+def _texts(event):
+    if not isinstance(event, dict):
+        raise BadRequest("the event must be a JSON object with 'texts' (a list of strings) or 'text'")
+    if "texts" in event:
+        texts, pairs = event["texts"], event.get("text_pairs")
+    elif "text" in event:
+        texts = [event["text"]]
+        pairs = [event["text_pair"]] if event.get("text_pair") is not None else None
+    else:
+        raise BadRequest("the event has neither 'texts' (a list of strings) nor 'text'")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise BadRequest("'texts' must be a non-empty list of strings")
+    if pairs is not None and (not isinstance(pairs, list) or len(pairs) != len(texts)
+                              or not all(isinstance(t, str) for t in pairs)):
+        raise BadRequest("'text_pairs' must be a list of strings as long as 'texts'")
+    return texts, pairs
+
+
+def _encode(texts, pairs):
+    enc = TOKENIZER.encode_batch(list(zip(texts, pairs)) if pairs is not None else list(texts))
+    arrays = {
+        "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
+        "token_type_ids": np.asarray([e.type_ids for e in enc], dtype=np.int64),
+    }
+    return {name: arrays[name] for name in INPUT_NAMES if name in arrays}, arrays["attention_mask"]
+
+
+def _pool(hidden, mask):
+    if POOLING == "cls":
+        pooled = hidden[:, 0, :].astype(np.float64)
+    else:  # mean over the attention mask, as sentence-transformers does
+        m = mask[..., None].astype(np.float64)
+        pooled = (hidden.astype(np.float64) * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+    if NORMALIZE:
+        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return pooled.astype(np.float32)
+
+
+def predict(texts, pairs=None):
+    """Raw model outputs for a list of texts: logits (classifiers) or pooled embeddings (encoders)."""
+    outs = []
+    for i in range(0, len(texts), MAX_BATCH):
+        feed, mask = _encode(texts[i:i + MAX_BATCH], pairs[i:i + MAX_BATCH] if pairs is not None else None)
+        out = SESSION.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
+        outs.append(_pool(out, mask) if POOLING else out)
+    return np.concatenate(outs, axis=0)
+
+
+def _result(texts, pairs):
+    out = predict(texts, pairs)
+    if POOLING:
+        return {"embeddings": out.tolist(), "dimension": int(out.shape[-1])}
+    z = out.astype(np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    probs = z / z.sum(axis=-1, keepdims=True)
+    names = LABELS if len(LABELS) == probs.shape[-1] else [str(i) for i in range(probs.shape[-1])]
+    preds = []
+    for row in probs:
+        k = int(row.argmax())
+        preds.append({"label": names[k], "score": float(row[k]),
+                      "scores": {n: float(p) for n, p in zip(names, row)}})
+    return {"predictions": preds}
+
+
+def handler(event, context=None):
+    """Entry point (module.function = handler.handler)."""
+    http = isinstance(event, dict) and "body" in event and "texts" not in event and "text" not in event
+    try:
+        if http:
+            body = event.get("body") or ""
+            if event.get("isBase64Encoded"):
+                body = base64.b64decode(body).decode("utf-8")
+            try:
+                event = json.loads(body)
+            except ValueError as e:
+                raise BadRequest(f"the request body is not JSON: {e}") from None
+        result = _result(*_texts(event))
+    except BadRequest as e:
+        if http:
+            return {"statusCode": 400, "headers": {"content-type": "application/json"},
+                    "body": json.dumps({"error": str(e)})}
+        raise
+    if http:
+        return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(result)}
+    return result
