@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "profiles": "compress.cli.profiles:profiles",
     "doctor": "compress.cli.doctor:doctor_cmd",
     "demo": "compress.cli.demo:demo_cmd",
+    "package": "compress.cli.package:package_cmd",
 }
 
 

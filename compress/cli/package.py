@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compress.cli._common import build_config, console, force_option, status
+
+
+def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
+    from compress.package import DIRECT_DEPENDENCIES
+
+    pins = {}
+    for v in values:
+        name, sep, version = v.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise click.BadParameter(f"{v!r}: expected NAME==VERSION, e.g. onnxruntime==1.20.1", param_hint="--pin")
+        if name.strip().lower() not in DIRECT_DEPENDENCIES:
+            raise click.BadParameter(f"{name.strip()!r}: only {', '.join(DIRECT_DEPENDENCIES)} can be pinned",
+                                     param_hint="--pin")
+        pins[name.strip().lower()] = version.strip()
+    return pins or None
+
+
+@click.command("package")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--profile", "-p", required=True,
+              help="Serverless profile: a built-in name (e.g. aws-lambda-arm64, aws-lambda-x86_64, gcp-cloud-run) "
+                   "or a YAML path with a serverless: section.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="The bundle to write (a .zip).")
+@click.option("--memory-mb", type=int, help="Function memory in MB [default: the profile's]; sets the vCPUs.")
+@click.option("--pin", "pins", multiple=True, metavar="NAME==VERSION",
+              help="Pin onnxruntime, tokenizers or numpy to another version than the installed one (repeatable).")
+@click.option("--no-download", is_flag=True,
+              help="Offline: bundle model + handler only; the dependencies' size is then not measured.")
+@click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start and peak-memory measurement.")
+@click.option("--cold-start-runs", type=int, default=3, show_default=True,
+              help="Fresh processes to time; the median is judged.")
+@click.option("--report-dir", type=click.Path(path_type=Path),
+              help="Where report.json and report.md go [default: beside the zip, OUT.report.json/.md].")
+@force_option
+def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_start, cold_start_runs, report_dir,
+                force):
+    """Build a deployable serverless bundle (zip) for an ONNX ARTIFACT and judge it on the platform.
+
+    The bundle holds the model, tokenizer, a minimal handler (onnxruntime + tokenizers + numpy, no
+    torch) and requirements.txt with exact pins, plus the dependency wheels for the target platform
+    (resolved with pip download, unpacked at the top level as a zip deployment expects). Reports the
+    true zipped and unzipped size against the platform's limits with the biggest contributors, and
+    the cold start (imports, session, first request) and peak memory of fresh processes run under the
+    function's memory and vCPUs.
+
+    The zip is written even when a budget fails. Exit code 0 when every budget holds, 1 when one fails
+    or cannot be measured (e.g. sizes with --no-download), 2 on bad input.
+    """
+    from compress.errors import BudgetFailed
+    from compress.package import (
+        PackageConfig,
+        check_report_output,
+        package,
+        render_package_report,
+        write_package_report,
+    )
+    from compress.report import failed_summary
+
+    config = build_config(
+        PackageConfig, profile=profile, memory_mb=memory_mb, download=not no_download, cold_start=not no_cold_start,
+        cold_start_runs=cold_start_runs, pins=_parse_pins(pins),
+    )
+    if out.exists() and not force:
+        from compress.errors import OutputExistsError
+
+        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
+    check_report_output(out, report_dir, force)
+    with status(f"packaging {artifact} for {profile}"):
+        report = package(artifact, out, config, force=force)
+    render_package_report(report, console())
+    jpath, mpath = write_package_report(report, out, report_dir, force=force)
+    console().print(f"wrote {out}; reports: {jpath}, {mpath}")
+    if report.verdict == "fail":
+        raise BudgetFailed(f"budget failed: {failed_summary([b for b in report.budgets if b.measured is not None])} "
+                           f"(the bundle was written anyway)")
+    if report.verdict != "pass":
+        raise BudgetFailed(f"not verified: {failed_summary(report.budgets)}")
