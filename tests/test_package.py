@@ -355,3 +355,30 @@ def test_real_pip_download_of_manylinux_aarch64_wheels(int8_artifact, tmp_path):
     top = [c.name for c in report.top_contributors(3)]
     assert "onnxruntime" in top and "numpy" in top
     assert sum(c.unzipped_bytes for c in report.contributors) == report.bundle["unzipped_bytes"]
+
+
+def test_limits_without_cgroups_say_what_was_not_enforced(monkeypatch):
+    import compress.package as pkg
+
+    monkeypatch.setattr(pkg, "_own_cgroups", lambda: {})
+    with pkg._Limits(1024, 0.58, name="t") as lim:
+        info = lim.describe()
+    assert info["memory_limit_mb"] is None and "not enforced" in info["memory_note"]
+    assert info["cpu_quota"] is None and "cannot be emulated by CPU affinity" in info["cpu_note"]
+    assert len(info["affinity"]) == 1
+
+
+def test_out_of_memory_under_the_function_limit_is_a_failure(int8_artifact, tmp_path):
+    import compress.package as pkg
+
+    if "memory" not in pkg._own_cgroups():
+        pytest.skip("no memory cgroup can be created here, so the memory limit is not enforced")
+    prof = write_profile(tmp_path, memory_mb=24, memory_to_vcpu=[{"memory_mb": 128, "vcpus": 0.07}])
+    report = package(int8_artifact, tmp_path / "b.zip", PackageConfig(profile=str(prof), download=False,
+                                                                      cold_start_runs=1))
+    if report.cold_start["limits"].get("memory_limit_mb") is None:
+        pytest.skip("the memory cgroup could not be used")
+    assert report.cold_start["oom"] is True and "memory limit" in report.cold_start["error"]
+    mem = next(b for b in report.budgets if b.name == "function_memory_mb")
+    assert mem.measured == 24 and not mem.passed
+    assert report.verdict == "fail"
