@@ -58,6 +58,13 @@ class ValidateConfig(BaseModel):
     cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
     allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
     trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
+    remote: str | None = Field(
+        None, description="Measure on a device over SSH, user@host[:port] (system ssh; ~/.ssh/config applies)."
+    )
+    remote_python: str = Field("python3", description="Python 3 on the remote device (with numpy and the runtime).")
+    ssh_config: str | None = Field(
+        None, description="ssh_config file for ssh -F (default: ssh's own, i.e. ~/.ssh/config)."
+    )
 
 
 class BudgetResult(BaseModel):
@@ -138,6 +145,39 @@ def _predict_all(backend, dataset, batch_size: int, progress: Callable[[int], No
     return np.concatenate(outs, axis=0)
 
 
+def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
+    """Task metric, teacher metric, agreement and retention from the artifact's outputs ``cand`` and the
+    teacher's ``ref`` (None: no teacher) on the eval rows; shared by local and remote validation."""
+    metrics: dict[str, Any] = {"eval_samples": len(cand)}
+    if m.task is Task.text_classification:
+        labels = np.asarray(labels)
+        k = len(m.labels or [])
+        pred = cand.argmax(-1)
+        metrics["metric_name"] = "accuracy"
+        metrics["metric"] = accuracy(pred, labels)
+        metrics["macro_f1"] = macro_f1(pred, labels, k)
+        if ref is not None:
+            tpred = ref.argmax(-1)
+            metrics["teacher_metric"] = accuracy(tpred, labels)
+            metrics["teacher_macro_f1"] = macro_f1(tpred, labels, k)
+            metrics["agreement"] = float((pred == tpred).mean())
+    else:
+        metrics["metric_name"] = "cosine_to_teacher"
+        if ref is not None:
+            cos = (_unit(cand.astype(np.float64)) * _unit(ref.astype(np.float64))).sum(axis=1)
+            metrics["metric"] = float(cos.mean())
+            metrics["cosine_min"] = float(cos.min())
+            metrics["teacher_metric"] = 1.0
+            metrics["agreement"] = neighbour_agreement(ref, cand, k=3)
+            metrics["agreement_top1"] = neighbour_agreement(ref, cand, k=1)
+            metrics["agreement_definition"] = (
+                "share of eval texts whose nearest neighbour under the teacher is among the artifact's 3 nearest"
+            )
+    if metrics.get("teacher_metric"):
+        metrics["retention"] = metrics["metric"] / metrics["teacher_metric"]
+    return metrics
+
+
 # -- the check ----------------------------------------------------------------------------------
 
 def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
@@ -205,6 +245,11 @@ def validate(
             f"profile {profile.name} runs {runtime_name}, which cannot run {art.format} artifacts",
             hint=f"export the artifact to a format {runtime_name} runs, or use a profile for {art.format}",
         )
+    remote = None
+    if config.remote:  # checked before any data or teacher is loaded
+        from compress.remote import remote_target
+
+        remote = remote_target(config, profile, art)
     # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
     settings = RuntimeSettings(
         threads=profile.runtime.threads or profile.hardware.cores,
@@ -237,6 +282,11 @@ def validate(
     elif config.teacher is None:
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
 
+    if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
+        from compress.remote import validate_remote
+
+        return validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start)
+
     log.info("loading %s in %s", art.path, runtime_name)
     backend = load_runtime(art, runtime_name, settings)
     metrics: dict[str, Any] = {}
@@ -251,33 +301,7 @@ def validate(
         if teacher is not None:
             ref_backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=settings.threads))
             ref = _predict_all(ref_backend, dataset, bs, phase("evaluating the teacher", n))
-        metrics["eval_samples"] = n
-        if m.task is Task.text_classification:
-            labels = np.asarray(dataset.labels)
-            k = len(m.labels or [])
-            pred = cand.argmax(-1)
-            metrics["metric_name"] = "accuracy"
-            metrics["metric"] = accuracy(pred, labels)
-            metrics["macro_f1"] = macro_f1(pred, labels, k)
-            if ref is not None:
-                tpred = ref.argmax(-1)
-                metrics["teacher_metric"] = accuracy(tpred, labels)
-                metrics["teacher_macro_f1"] = macro_f1(tpred, labels, k)
-                metrics["agreement"] = float((pred == tpred).mean())
-        else:
-            metrics["metric_name"] = "cosine_to_teacher"
-            if ref is not None:
-                cos = (_unit(cand.astype(np.float64)) * _unit(ref.astype(np.float64))).sum(axis=1)
-                metrics["metric"] = float(cos.mean())
-                metrics["cosine_min"] = float(cos.min())
-                metrics["teacher_metric"] = 1.0
-                metrics["agreement"] = neighbour_agreement(ref, cand, k=3)
-                metrics["agreement_top1"] = neighbour_agreement(ref, cand, k=1)
-                metrics["agreement_definition"] = (
-                    "share of eval texts whose nearest neighbour under the teacher is among the artifact's 3 nearest"
-                )
-        if metrics.get("teacher_metric"):
-            metrics["retention"] = metrics["metric"] / metrics["teacher_metric"]
+        metrics.update(prediction_metrics(m, cand, ref, dataset.labels))
         if ref_backend is not None:
             ref_backend.close()
 
@@ -300,14 +324,6 @@ def validate(
         min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
         on_progress=phase(f"timing {' and '.join(runs)}", None),
     )
-    lat = stats["artifact"]
-    metrics["latency_ms"] = lat.as_dict()
-    metrics["throughput"] = lat.throughput
-    metrics["input_shape"] = {"batch_size": meas.batch_size, "sequence_length": meas.sequence_length}
-    if "baseline" in stats:
-        b = stats["baseline"]
-        metrics["baseline_latency_ms"] = b.as_dict()
-        metrics["speedup"] = b.p50 / lat.p50
     env = {
         "host": platform.node(),
         "machine": platform.machine(),
@@ -321,14 +337,36 @@ def validate(
     if baseline_backend is not None:
         baseline_backend.close()
 
-    # size, cold start, peak memory
-    metrics["size_mb"] = art.size_bytes() / MB
-    metrics["package_size_mb"] = art.size_bytes(model_only=False) / MB
+    # cold start, peak memory
+    cold = None
     if config.cold_start:
         phase("cold start in a fresh process", None)
         cold = probe_cold_start(
             art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
         )
+    return conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
+
+
+def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],
+             cold: dict[str, Any] | None, env: dict[str, Any], warnings: list[str], t_start: float) -> ValidationReport:
+    """Add latency, size and cold-start figures to ``metrics``, judge the budgets and build the report.
+
+    Shared by local and remote validation: ``stats`` holds "artifact" (and "baseline") latency, ``cold``
+    the fresh-process probe's result (None: not measured), ``env`` where the numbers were measured.
+    """
+    m = art.manifest
+    meas = profile.measure
+    lat = stats["artifact"]
+    metrics["latency_ms"] = lat.as_dict()
+    metrics["throughput"] = lat.throughput
+    metrics["input_shape"] = {"batch_size": meas.batch_size, "sequence_length": meas.sequence_length}
+    if "baseline" in stats:
+        b = stats["baseline"]
+        metrics["baseline_latency_ms"] = b.as_dict()
+        metrics["speedup"] = b.p50 / lat.p50
+    metrics["size_mb"] = art.size_bytes() / MB
+    metrics["package_size_mb"] = art.size_bytes(model_only=False) / MB
+    if cold is not None:
         metrics["cold_start"] = cold
         # a user's cold start: process launch to first result (interpreter, imports, session, inference)
         metrics["cold_start_ms"] = cold["process_wall_ms"]

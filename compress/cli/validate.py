@@ -25,14 +25,24 @@ from compress.cli._common import build_config, console, force_option, state
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start/peak-memory probe.")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pickled teacher checkpoint.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the teacher's own Python code to run.")
+@click.option("--remote", metavar="USER@HOST[:PORT]",
+              help="Measure on a device over SSH (system ssh: ~/.ssh/config, keys, agent and ProxyJump apply; "
+                   "the device needs Python 3, numpy and the runtime). The teacher runs here.")
+@click.option("--remote-python", metavar="CMD", help="Python on the device [default: python3].")
+@click.option("--ssh-config", type=click.Path(path_type=Path), envvar="EDGECOMPRESS_SSH_CONFIG",
+              help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
 @force_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, report_dir,
-                 no_baseline, no_cold_start, allow_pickle, trust_remote_code, force):
+                 no_baseline, no_cold_start, allow_pickle, trust_remote_code, remote, remote_python, ssh_config,
+                 force):
     """Measure ARTIFACT on a device profile and judge it against the profile's budgets.
 
     Measures accuracy and agreement versus the teacher on --data, latency percentiles (with the
     teacher's FP32 baseline timed side by side on the same runtime), size, cold start and peak memory.
     Prints a PASS/FAIL table and writes report.json, report.md and junit.xml.
+
+    With --remote the artifact runs on the device over SSH (outputs, latency, cold start); tokenization,
+    the teacher and the judging stay here, and the report says where each number was measured.
 
     Exit code 0 when every budget holds, 1 when one fails, 2 on bad input.
     """
@@ -45,7 +55,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit,
         baseline=not no_baseline, cold_start=not no_cold_start, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, remote=remote, remote_python=remote_python,
+        ssh_config=str(ssh_config) if ssh_config else None,
     )
     if report_dir is None:
         report_dir = artifact.parent / f"{artifact.name}-report-{Path(profile).stem if profile.endswith(('.yaml', '.yml')) else profile}"
@@ -53,6 +64,10 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     with _Progress() as progress:
         report = validate(artifact, config, on_phase=progress.phase)
     render_report(report, console())
+    if report.environment.get("remote"):
+        from rich.markup import escape
+
+        console().print(f"  measured on {escape(report.environment['measured_on'])}")
     write_report(report, report_dir, force=force)
     console().print(f"reports: {report_dir}/report.json, report.md, junit.xml")
     if not report.passed:
