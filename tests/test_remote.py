@@ -1,0 +1,495 @@
+"""``validate --remote``: measuring over SSH against a real ``sshd`` on 127.0.0.1.
+
+The module starts its own sshd (``/usr/sbin/sshd -D`` on a free port, with a host key, a client key,
+``authorized_keys`` and a pid file in a temporary directory) and a client ``ssh_config`` passed with
+``--ssh-config``: the host key is pinned in a temporary ``known_hosts`` and ``StrictHostKeyChecking``
+stays on. ``SetEnv TMPDIR=...`` (accepted by the test sshd) gives the "device" its own $TMPDIR, so the
+tests can check that no ``edgecompress.*`` work directory is left behind. Skipped with the reason when
+sshd is not installed (``.ci/run`` installs openssh-server, so CI runs these for real).
+"""
+
+from __future__ import annotations
+
+import ast
+import getpass
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from compress import remote
+from compress.errors import IntegrityError
+
+from conftest import write_tsv
+
+SSHD = Path("/usr/sbin/sshd")
+FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 4}
+GENEROUS = {
+    "latency_ms": {"p50": 10000, "p95": 20000, "p99": 30000},
+    "min_throughput": 0.001,
+    "max_model_size_mb": 1000,
+    "max_peak_memory_mb": 100000,
+    "min_accuracy_retention": 0.01,
+    "min_agreement": 0.0,
+    "min_speedup": 0.001,
+    "max_cold_start_ms": 600000,
+}
+
+
+# --- the loopback sshd -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Loopback:
+    """A running test sshd and what clients need to reach it."""
+
+    def __init__(self, root: Path, port: int, user: str) -> None:
+        self.root = root
+        self.port = port
+        self.user = user
+        self.remote_tmp = root / "device-tmp"  # the device's $TMPDIR
+        self.remote_tmp.mkdir()
+        self.spec = f"{user}@127.0.0.1:{port}"
+
+    def ssh_config(self, name: str = "ssh_config", key: str = "client_key", tmpdir: Path | None = None,
+                   known_hosts: str = "known_hosts") -> Path:
+        path = self.root / name
+        path.write_text(
+            "Host *\n"
+            f"  IdentityFile {self.root / key}\n"
+            "  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {self.root / known_hosts}\n"
+            "  GlobalKnownHostsFile /dev/null\n"
+            "  StrictHostKeyChecking yes\n"
+            "  LogLevel ERROR\n"
+            f"  SetEnv TMPDIR={tmpdir or self.remote_tmp}\n",
+            encoding="utf-8",
+        )
+        return path
+
+    def leftovers(self, tmpdir: Path | None = None) -> list[str]:
+        return sorted(p.name for p in (tmpdir or self.remote_tmp).glob("edgecompress.*"))
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    for tool in ("ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"OpenSSH client tool {tool} not installed (apt-get install openssh-client)")
+    if not SSHD.is_file():
+        pytest.skip("sshd not installed (apt-get install openssh-server; .ci/run does this)")
+    root = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key", "wrong_key", "other_host_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
+    shutil.copy(root / "client_key.pub", root / "authorized_keys")
+    port = _free_port()
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+        "AcceptEnv TMPDIR\nMaxStartups 50\nMaxSessions 50\n",
+        encoding="utf-8",
+    )
+    host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
+    other_pub = " ".join((root / "other_host_key.pub").read_text().split()[:2])
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n", encoding="utf-8")
+    (root / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {other_pub}\n", encoding="utf-8")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
+    proc = subprocess.Popen([str(SSHD), "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lb = Loopback(root, port, getpass.getuser())
+    config = lb.ssh_config()
+    deadline = time.monotonic() + 20
+    while True:
+        probe = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-p", str(port),
+                                f"{lb.user}@127.0.0.1", "echo ok"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log = (root / "sshd.log").read_text() if (root / "sshd.log").exists() else ""
+            pytest.skip(f"could not start a test sshd: {(log or probe.stderr).strip()[-300:]}")
+        time.sleep(0.2)
+    yield lb
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """HOME in a temporary directory (the FP32 baseline cache lives under it)."""
+    d = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(d))
+        yield d
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("remote")
+
+
+@pytest.fixture(scope="module")
+def data_tsv(work) -> Path:
+    return write_tsv(work / "data")
+
+
+def write_profile(directory: Path, name: str, extends: str = "cpu-x86-avx2", budgets: dict | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {"name": name, "extends": extends, "measure": FAST_MEASURE, "budgets": budgets or GENEROUS}
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def profile(work) -> Path:
+    """A profile for this machine's architecture (the loopback 'device' is this machine)."""
+    import platform
+
+    parent = "cpu-arm64-neon" if platform.machine().lower() in ("aarch64", "arm64") else "cpu-x86-avx2"
+    return write_profile(work / "profiles", "loopback", parent)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``edgecompress -q ARGS`` in-process through the real entry point (one-line errors, exit codes)."""
+    from compress.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", *map(str, args)])
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> str:
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def remote_args(sshd: Loopback, *, config: Path | None = None, python: str | None = None, spec: str | None = None):
+    return ["--remote", spec or sshd.spec, "--ssh-config", config or sshd.ssh_config(),
+            "--remote-python", python or sys.executable]
+
+
+# --- a remote run equals a local run ----------------------------------------------------------------------
+
+
+def _capture_predictions(monkeypatch) -> list[np.ndarray]:
+    """Record the artifact outputs both paths hand to the shared metric code."""
+    import compress.validate as v
+
+    seen: list[np.ndarray] = []
+    real = v.prediction_metrics
+
+    def spy(m, cand, ref, labels):
+        seen.append(np.array(cand))
+        return real(m, cand, ref, labels)
+
+    monkeypatch.setattr(v, "prediction_metrics", spy)
+    return seen
+
+
+def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data_tsv, profile, home, monkeypatch):
+    from compress.validate import ValidateConfig, validate
+
+    seen = _capture_predictions(monkeypatch)
+    base = {"profile": str(profile), "data": str(data_tsv), "teacher": str(bert_classifier)}
+    local = validate(int8_artifact, ValidateConfig(**base))
+    rem = validate(int8_artifact, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+                                                 ssh_config=str(sshd.ssh_config())))
+    assert len(seen) == 2
+    np.testing.assert_allclose(seen[1], seen[0], rtol=0, atol=1e-5)
+    for key in ("metric", "macro_f1", "teacher_metric", "agreement", "retention", "eval_samples"):
+        assert rem.metrics[key] == local.metrics[key], key
+    # the same budgets were judged, from numbers measured there
+    assert [b.name for b in rem.budgets] == [b.name for b in local.budgets]
+    assert rem.verdict == "pass"
+    assert "speedup" in rem.metrics and rem.metrics["latency_ms"]["n"] >= FAST_MEASURE["min_runs"]
+    assert rem.metrics["cold_start"]["torch_imported"] is False
+    env = rem.environment
+    assert local.environment["measured_on"] == "local"
+    assert env["measured_on"].startswith(f"remote: {sshd.user}@127.0.0.1 (")
+    assert socket.gethostname() in env["measured_on"] and env["runtime"]["version"] in env["measured_on"]
+    assert env["runtime"]["runtime"] == "onnxruntime"
+    assert env["remote"]["files_verified_on_device"] >= 5  # model, manifest, baseline x2, npz, runner
+    assert env["measured_where"]["teacher_outputs"].startswith("controller")
+    assert sshd.leftovers() == []
+
+
+def test_cli_remote_run_reports_where_it_measured(sshd, int8_artifact, data_tsv, profile, home, tmp_path):
+    """The real entry point in a fresh interpreter; the report says remote; nothing is left on the device."""
+    out = tmp_path / "report"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGECOMPRESS_SSH_CONFIG": str(sshd.ssh_config())}
+    env.pop("EDGECOMPRESS_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "compress", "validate", str(int8_artifact.path), "--profile", str(profile),
+         "--data", str(data_tsv), "--remote", sshd.spec, "--remote-python", sys.executable,
+         "--report-dir", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "measured on remote:" in " ".join(proc.stdout.split())
+    report = json.loads((out / "report.json").read_text())
+    assert report["environment"]["measured_on"].startswith("remote: ")
+    assert report["environment"]["remote"]["target"] == sshd.spec
+    assert sshd.leftovers() == []
+
+
+# --- bad input: one line, exit 2, nothing left behind --------------------------------------------------------
+
+
+def test_connection_refused(sshd, int8_artifact, profile, capsys, home):
+    spec = f"{sshd.user}@127.0.0.1:{_free_port()}"
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd, spec=spec))
+    assert_one_line_error(code, err, "cannot reach", "connection refused")
+
+
+def test_unknown_host(sshd, int8_artifact, profile, capsys, home):
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd, spec="nobody@no-such-host.invalid"))
+    assert_one_line_error(code, err, "cannot reach", "unknown host")
+
+
+@pytest.mark.parametrize("spec", ["-oProxyCommand=touch /tmp/x", "user@host:99999", "user@ho st", "user@host:"])
+def test_bad_remote_spec(spec, int8_artifact, profile, capsys, home):
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--remote", spec)
+    assert_one_line_error(code, err, "--remote")
+
+
+def test_wrong_key_is_an_auth_failure(sshd, int8_artifact, profile, capsys, home):
+    config = sshd.ssh_config("ssh_config_wrong_key", key="wrong_key")
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd, config=config))
+    assert_one_line_error(code, err, "authentication", "failed", "key login")
+    assert sshd.leftovers() == []
+
+
+def test_host_key_checking_stays_on(sshd, int8_artifact, profile, capsys, home):
+    """A known_hosts entry that does not match the server's key is refused (no prompt, no override)."""
+    config = sshd.ssh_config("ssh_config_wrong_host_key", known_hosts="wrong_known_hosts")
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd, config=config))
+    assert_one_line_error(code, err, "host key", "not trusted")
+
+
+def test_missing_runtime_on_the_device_names_the_pip_package(sshd, int8_artifact, profile, capsys, home, tmp_path):
+    """A device Python with numpy but without onnxruntime (hidden by a shim on its PYTHONPATH)."""
+    shim = tmp_path / "shim" / "onnxruntime"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError(\"No module named 'onnxruntime'\")\n")
+    python = tmp_path / "python-without-ort"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={shim.parent} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd, python=str(python)))
+    assert_one_line_error(code, err, "onnxruntime", "pip install onnxruntime")
+    assert sshd.leftovers() == []
+
+
+def test_device_python_without_numpy(sshd, int8_artifact, profile, capsys, home):
+    system = Path("/usr/bin/python3")
+    if not system.is_file() or subprocess.run([str(system), "-c", "import numpy"], capture_output=True).returncode == 0:
+        pytest.skip("needs a system python3 without numpy")
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd, python=str(system)))
+    assert_one_line_error(code, err, "numpy", "pip install numpy")
+
+
+def test_no_python_on_the_device(sshd, int8_artifact, profile, capsys, home):
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd, python="/nonexistent/python3"))
+    assert_one_line_error(code, err, "no Python", "--remote-python")
+    assert sshd.leftovers() == []
+
+
+def test_profile_for_another_architecture(sshd, int8_artifact, work, capsys, home):
+    import platform
+
+    other = "cpu-x86-avx2" if platform.machine().lower() in ("aarch64", "arm64") else "cpu-arm64-neon"
+    prof = write_profile(work / "profiles", "other-arch", other)
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", prof, "--no-baseline",
+                       *remote_args(sshd))
+    assert_one_line_error(code, err, "describes an", "device")
+    assert sshd.leftovers() == []
+
+
+def test_host_profile_is_refused(int8_artifact, capsys, home):
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", "host", "--remote", "pi@device")
+    assert_one_line_error(code, err, "host", "device")
+
+
+def test_full_remote_disk_is_refused_before_sending(sshd, int8_artifact, profile, capsys, home, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as the device's full disk needs root")
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        config = sshd.ssh_config("ssh_config_small_disk", tmpdir=small)
+        code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                           *remote_args(sshd, config=config))
+        assert_one_line_error(code, err, "not enough free space", "MiB needed")
+        assert sshd.leftovers(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_interrupted_transfer_is_detected_on_the_device(sshd, int8_artifact, profile, capsys, home, monkeypatch):
+    """A shipped file damaged after the transfer: the runner's sha256 check fails, the work dir goes."""
+    damaged = []
+
+    def corrupt(target, workdir):
+        path = Path(workdir) / "artifact" / int8_artifact.manifest.model_file
+        assert path.is_file()  # loopback: the device's files are on this machine
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+        damaged.append(path)
+
+    monkeypatch.setattr(remote, "_after_transfer", corrupt)
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", profile, "--no-baseline",
+                       *remote_args(sshd))
+    assert damaged
+    line = assert_one_line_error(code, err, "interrupted or damaged", "artifact/model.onnx", "sha256")
+    assert "retry" in line
+    assert sshd.leftovers() == []
+
+
+def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, profile, home, monkeypatch):
+    from compress.validate import ValidateConfig, validate
+
+    def corrupt(target, workdir):
+        with open(Path(workdir) / "inputs.npz", "ab") as f:
+            f.write(b"x")
+
+    monkeypatch.setattr(remote, "_after_transfer", corrupt)
+    with pytest.raises(IntegrityError, match="inputs.npz"):
+        validate(int8_artifact, ValidateConfig(profile=str(profile), baseline=False, cold_start=False,
+                                               remote=sshd.spec, remote_python=sys.executable,
+                                               ssh_config=str(sshd.ssh_config())))
+    assert sshd.leftovers() == []
+
+
+def test_ctrl_c_still_cleans_up(sshd, int8_artifact, profile, home, monkeypatch):
+    from compress.validate import ValidateConfig, validate
+
+    def interrupt(target, workdir):
+        assert Path(workdir).is_dir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(remote, "_after_transfer", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        validate(int8_artifact, ValidateConfig(profile=str(profile), baseline=False, cold_start=False,
+                                               remote=sshd.spec, remote_python=sys.executable,
+                                               ssh_config=str(sshd.ssh_config())))
+    assert sshd.leftovers() == []
+
+
+# --- units: no sshd needed ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("pi@raspberrypi.local", ("pi", "raspberrypi.local", None)),
+    ("pi@10.0.0.7:2222", ("pi", "10.0.0.7", 2222)),
+    ("board", (None, "board", None)),
+    ("root@[::1]:22", ("root", "::1", 22)),
+])
+def test_parse_remote(spec, expected):
+    assert remote.parse_remote(spec) == expected
+
+
+def test_ssh_command_keeps_the_users_config():
+    t = remote.RemoteTarget(spec="pi@board", user="pi", host="board", port=None)
+    cmd = t.ssh("true")
+    assert cmd[0] == "ssh" and cmd[-3:] == ["--", "pi@board", "true"]
+    options = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-o"]
+    assert sorted(o.split("=")[0] for o in options) == ["BatchMode", "ConnectTimeout"]
+    assert "-p" not in cmd and "-F" not in cmd  # port and config come from ~/.ssh/config
+    assert remote.RemoteTarget(spec="x", user=None, host="x", port=None, python="~/venv/bin/python").python_word \
+        == '"$HOME"/venv/bin/python'
+
+
+@pytest.mark.parametrize("stderr, words", [
+    ("ssh: connect to host 10.1.2.3 port 22: Connection timed out", ["cannot reach", "timed out"]),
+    ("ssh: connect to host 10.1.2.3 port 22: No route to host", ["cannot reach", "no route"]),
+    ("Host key verification failed.", ["host key", "not trusted"]),
+    ("pi@board: Permission denied (publickey,password).", ["authentication", "failed"]),
+    ("ssh: Could not resolve hostname board: Name or service not known", ["unknown host"]),
+])
+def test_ssh_failures_are_one_clear_line(stderr, words):
+    t = remote.RemoteTarget(spec="pi@board", user="pi", host="board", port=None)
+    msg = str(remote._ssh_failure(t, stderr, "checking the device"))
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_runner_is_standalone():
+    """The runner imports only the standard library, numpy and the runtimes (and those lazily)."""
+    tree = ast.parse(remote.RUNNER.read_text(encoding="utf-8"))
+    top = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            top |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module.split(".")[0])
+    third_party = top - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party <= {"numpy", "onnxruntime", "openvino"}, third_party
+    module_level = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    assert not module_level & {"numpy", "onnxruntime", "openvino"}
+
+
+def test_runner_refuses_openvino_on_an_unsupported_architecture(monkeypatch):
+    from compress import remote_runner
+
+    monkeypatch.setattr(remote_runner.platform, "machine", lambda: "riscv64")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not importable there
+    with pytest.raises(remote_runner.Fail) as exc:
+        remote_runner.check_runtime("openvino", None, "openvino")
+    assert exc.value.code == remote_runner.EXIT_ARCH
+    assert "x86-64 and ARM64" in str(exc.value)
+    with pytest.raises(remote_runner.Fail) as exc:
+        remote_runner.check_runtime("tensorrt", None, "tensorrt")
+    assert exc.value.code == remote_runner.EXIT_ARCH
+
+
+def test_runner_check_mode_reports_the_device():
+    proc = subprocess.run([sys.executable, str(remote.RUNNER), "check", "--runtime", "onnxruntime"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1][len(remote.MARKER):])
+    assert res["ok"] and res["device"]["hostname"] == socket.gethostname()
+    assert {"machine", "cpu", "cores", "python"} <= set(res["device"])
