@@ -775,10 +775,18 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         "imported_top_level": sorted({m for r in runs for m in r["loaded_top_level"]}),
         "forbidden_imports": forbidden,
         "measured_on": {"host": platform.node(), "arch": host_arch, "python": platform.python_version(),
-                        "cpu": _cpu_model()},
+                        "cpu": _cpu_model(), "load_avg_1m": _load_avg(),
+                        "host_cores": os.cpu_count()},
         "command": "python -S <driver> (imports, then `import handler`, then one invocation with one text)",
         "notes": notes,
     }
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _site_dirs(modules: tuple[str, ...]) -> list[str]:
@@ -965,7 +973,7 @@ class _Limits:
             info["cpu_note"] = (f"{self.vcpus:g} vCPUs cannot be emulated by CPU affinity (whole cores only) and no "
                                 f"cpu cgroup could be created: measured with {n} full core(s), which is optimistic")
         elif frac:
-            info["cpu_note"] = f"{self.vcpus:g} vCPUs emulated with a CFS quota (the share of one core the platform grants)"
+            info["cpu_note"] = f"{self.vcpus:g} vCPUs emulated with a CFS quota (the CPU time per period the platform grants)"
         if self.memory_dir is None:
             info["memory_note"] = (f"no memory cgroup could be created here: the {self.memory_mb} MB limit was not "
                                    "enforced; the peak resident memory is judged against it instead")
@@ -1123,14 +1131,15 @@ def _cold_lines(report: PackageReport) -> list[str]:
     lim = c.get("limits", {})
     f = report.function
     lines = [
-        f"cold start (median of {c['n']} fresh processes): {m['total_ms']:.0f} ms from process launch to the "
-        f"first result = interpreter {m['interpreter_start_ms']:.0f} + imports {m['imports_ms']:.0f} + "
-        f"tokenizer & session at module scope {m['session_ms']:.0f} + first request {m['first_inference_ms']:.0f} ms; "
-        f"peak RSS {m['peak_rss_mb']:.0f} MB (VmHWM)",
+        f"cold start (median of {c['n']} fresh process{'es' if c['n'] != 1 else ''}): {m['total_ms']:.0f} ms from "
+        f"process launch to the first result; phase medians: interpreter {m['interpreter_start_ms']:.0f}, imports "
+        f"{m['imports_ms']:.0f}, tokenizer & session at module scope {m['session_ms']:.0f}, first request "
+        f"{m['first_inference_ms']:.0f} ms; peak RSS {m['peak_rss_mb']:.0f} MB (VmHWM)",
         f"limits: {f['memory_mb']} MB → {f['vcpus']:g} vCPU, {f['threads']} intra-op thread(s); "
         f"{lim.get('cpu_mechanism', '?')}; memory: {lim.get('memory_mechanism') or 'not enforced'}",
         f"measured on {c['measured_on']['host']} ({c['measured_on']['arch']}, CPython {c['measured_on']['python']}, "
-        f"{c['measured_on']['cpu']}); dependencies: {c['dependencies']['source']}",
+        f"{c['measured_on']['cpu']}, load average {c['measured_on'].get('load_avg_1m')} on "
+        f"{c['measured_on'].get('host_cores')} cores); dependencies: {c['dependencies']['source']}",
     ]
     if c.get("error"):
         lines.append(f"a later run failed: {c['error']}")
