@@ -98,6 +98,42 @@ def _ci(lat: dict[str, Any], key: str) -> str:
     return f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else ""
 
 
+def _status(b: BudgetResult) -> str:
+    """pass / fail / unverified (reports written before statuses existed have only ``passed``)."""
+    status = getattr(b, "status", None)
+    return str(status) if status is not None else ("pass" if b.passed else "fail")
+
+
+def _measured_cell(b: BudgetResult) -> str:
+    if b.measured is None:
+        return "not measured"
+    if getattr(b, "estimated", False):
+        return f"≈ {_fmt(b.measured, b.unit)} (estimated)"
+    return _fmt(b.measured, b.unit)
+
+
+def _figure(b: BudgetResult) -> str:
+    """An UNVERIFIED budget's figure: the estimate, or this host's measurement standing in for the device's."""
+    if b.measured is None:
+        return "no estimate"
+    if getattr(b, "estimated", False):
+        return f"estimated ≈ {_fmt(b.measured, b.unit)}"
+    return f"{_fmt(b.measured, b.unit)} measured on this host"
+
+
+def _device_line(report: ValidationReport) -> str | None:
+    """Where the timings come from when that is not simply 'the profiled device'."""
+    met, env = report.metrics, report.environment
+    dm = env.get("device_match") or {}
+    if met.get("estimated"):
+        return (f"ESTIMATED: latency, throughput, speedup and cold start come from an {met.get('measured_on')}, not "
+                f"measurements ({dm.get('reason', 'this machine is not the device')}); accuracy, agreement, size "
+                "and peak memory were measured on this host")
+    if dm.get("how") == "class":
+        return f"measured on this host's CPU ({dm.get('host_model')}): {report.profile['name']} describes a class of CPUs"
+    return None
+
+
 def render_report(report: ValidationReport, console: Console) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -113,10 +149,11 @@ def render_report(report: ValidationReport, console: Console) -> None:
     for col in ("budget", "limit", "measured", "result"):
         t.add_column(col, justify="right" if col in ("limit", "measured") else "left")
     for b in report.budgets:
-        res = "[green]PASS[/]" if b.passed else "[red]FAIL[/]"
-        t.add_row(b.name, f"{b.comparison} {_fmt(b.limit, b.unit)}", _fmt(b.measured, b.unit) if b.measured is not None
-                  else "not measured", res)
+        res = {"pass": "[green]PASS[/]", "unverified": "[yellow]UNVERIFIED[/]"}.get(_status(b), "[red]FAIL[/]")
+        t.add_row(b.name, f"{b.comparison} {_fmt(b.limit, b.unit)}", _measured_cell(b), res)
     console.print(t)
+    if (device := _device_line(report)) is not None:
+        console.print(f"  [yellow]{escape(device)}[/]" if report.metrics.get("estimated") else f"  {escape(device)}")
     lat = met.get("latency_ms", {})
     lines = []
     if "metric" in met:
@@ -127,14 +164,27 @@ def render_report(report: ValidationReport, console: Console) -> None:
         )
     if "agreement" in met:
         lines.append(f"agreement with teacher: {met['agreement']:.4f} on {met.get('eval_samples')} samples")
-    if lat:
+    if lat.get("estimated"):
+        shape, e = met["input_shape"], met.get("estimate", {})
+        lines.append(
+            f"latency @ {shape['batch_size']}x{shape['sequence_length']}: ≈ {lat['p50']:.2f} ms (estimated; "
+            f"compute {e.get('compute_ms', 0):.2f}, memory {e.get('memory_ms', 0):.2f}, per-operator "
+            f"{e.get('overhead_ms', 0):.2f} ms; {e.get('gflops', 0):.2f} GFLOP + {e.get('int8_gops', 0):.2f} GOP int8); "
+            f"≈ {met['throughput']:.1f} samples/s (estimated)"
+        )
+    elif lat:
         shape = met["input_shape"]
         lines.append(
             f"latency @ {shape['batch_size']}x{shape['sequence_length']}: p50 {lat['p50']:.2f} ms{_ci(lat, 'p50')}, "
             f"p95 {lat['p95']:.2f}{_ci(lat, 'p95')}, p99 {lat['p99']:.2f}{_ci(lat, 'p99')} "
             f"(n={lat['n']}, CV {lat['cv']:.1%}, nearest-rank, 95% CI); {met['throughput']:.1f} samples/s"
         )
-    if "baseline_latency_ms" in met:
+    if met.get("baseline_latency_ms", {}).get("estimated"):
+        lines.append(
+            f"teacher FP32 on the same runtime: ≈ {met['baseline_latency_ms']['p50']:.2f} ms (estimated) → speedup "
+            f"≈ {met['speedup']:.2f}x (estimated)"
+        )
+    elif "baseline_latency_ms" in met:
         lines.append(
             f"teacher FP32 on the same runtime: p50 {met['baseline_latency_ms']['p50']:.2f} ms → speedup "
             f"{met['speedup']:.2f}x"
@@ -144,16 +194,21 @@ def render_report(report: ValidationReport, console: Console) -> None:
         lines.append(
             f"cold start {c['process_wall_ms']:.0f} ms from process launch (runtime import {c['import_ms']:.0f}, "
             f"session {c['session_create_ms']:.0f}, first inference {c['first_inference_ms']:.0f}); "
-            f"peak RSS {c['peak_rss_mb']:.0f} MB"
+            f"peak RSS {c['peak_rss_mb']:.0f} MB" + (" — on this host" if "cold_start_ms_this_host" in met else "")
         )
+        if met.get("cold_start_ms") is not None and "cold_start_ms_this_host" in met:
+            lines.append(f"cold start on {report.profile['name']}: ≈ {met['cold_start_ms']:.0f} ms (estimated: this "
+                         "host's start-up scaled by clock, plus the estimated inference)")
     lines.append(f"model size {met['size_mb']:.1f} MB")
     for line in lines:
         console.print("  " + line)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}")
-    colour = "green" if report.passed else "red"
-    failed = [b.name for b in report.budgets if not b.passed]
-    console.print(f"[bold {colour}]{report.verdict.upper()}[/]" + (f": {', '.join(failed)}" if failed else ""))
+    colour = {"pass": "green", "unverified": "yellow"}.get(report.verdict, "red")
+    failed = [b.name for b in report.budgets if _status(b) == "fail"]
+    unverified = [b.name for b in report.budgets if _status(b) == "unverified"]
+    tail = ", ".join(failed) if failed else (f"{', '.join(unverified)} not measured on the device" if unverified else "")
+    console.print(f"[bold {colour}]{report.verdict.upper()}[/]" + (f": {tail}" if tail else ""))
 
 
 def report_markdown(report: ValidationReport) -> str:
@@ -167,15 +222,18 @@ def report_markdown(report: ValidationReport) -> str:
         f"- measured on: {report.environment['host']} ({report.environment['cpu']}), "
         f"{report.environment['runtime'].get('runtime')} {report.environment['runtime'].get('version')}, "
         f"threads {report.environment['runtime'].get('threads')}",
+    ]
+    if (device := _device_line(report)) is not None:
+        out.append(f"- **{device.split(':', 1)[0]}**:{device.split(':', 1)[1]}" if device.startswith("ESTIMATED")
+                   else f"- {device}")
+    out += [
         "",
         "| budget | limit | measured | result |",
         "|---|---|---|---|",
     ]
     for b in report.budgets:
         out.append(
-            f"| {b.name} | {b.comparison} {_fmt(b.limit, b.unit)} | "
-            f"{_fmt(b.measured, b.unit) if b.measured is not None else 'not measured'} | "
-            f"{'PASS' if b.passed else 'FAIL'} |"
+            f"| {b.name} | {b.comparison} {_fmt(b.limit, b.unit)} | {_measured_cell(b)} | {_status(b).upper()} |"
         )
     out += ["", "## Metrics", "", "```json", json.dumps(met, indent=2, default=str), "```"]
     if report.warnings:
@@ -184,14 +242,20 @@ def report_markdown(report: ValidationReport) -> str:
 
 
 def report_junit(report: ValidationReport) -> str:
-    failures = sum(not b.passed for b in report.budgets)
+    failures = sum(_status(b) == "fail" for b in report.budgets)
+    skipped = sum(_status(b) == "unverified" for b in report.budgets)
     suite = ET.Element(
         "testsuite", name=f"edgecompress.validate.{report.profile['name']}", tests=str(len(report.budgets)),
-        failures=str(failures), errors="0", time=f"{report.seconds:.2f}",
+        failures=str(failures), errors="0", skipped=str(skipped), time=f"{report.seconds:.2f}",
     )
     for b in report.budgets:
         case = ET.SubElement(suite, "testcase", classname=f"budgets.{report.profile['name']}", name=b.name, time="0")
-        if not b.passed:
+        if _status(b) == "unverified":  # an estimate is not a verdict: CI shows it as skipped, with the figure
+            figure = _figure(b)
+            msg = (f"{b.name}: UNVERIFIED, {figure} vs {b.comparison} {_fmt(b.limit, b.unit)}"
+                   + (f" ({b.note})" if b.note else ""))
+            ET.SubElement(case, "skipped", message=msg).text = msg
+        elif not b.passed:
             msg = (f"{b.name}: measured {_fmt(b.measured, b.unit)}, allowed {b.comparison} {_fmt(b.limit, b.unit)}"
                    if b.measured is not None else f"{b.name}: {b.note}")
             ET.SubElement(case, "failure", message=msg, type="BudgetFailed").text = msg
@@ -214,5 +278,14 @@ def failed_summary(budgets: list[BudgetResult]) -> str:
     return ", ".join(
         f"{b.name} ({_fmt(b.measured, b.unit) if b.measured is not None else 'not measured'} vs "
         f"{b.comparison} {_fmt(b.limit, b.unit)})"
-        for b in budgets if not b.passed
+        for b in budgets if _status(b) == "fail"
+    )
+
+
+def unverified_summary(budgets: list[BudgetResult]) -> str:
+    """The budgets judged from estimates, with their estimated figures."""
+    return ", ".join(
+        f"{b.name} ({_figure(b)} vs "
+        f"{b.comparison} {_fmt(b.limit, b.unit)})"
+        for b in budgets if _status(b) == "unverified"
     )

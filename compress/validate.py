@@ -20,11 +20,12 @@ import logging
 import platform
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress import __version__
 from compress.artifact import Artifact, Format, Task, load_artifact
@@ -38,6 +39,16 @@ MB = 1024 * 1024
 NOISY_CV = 0.15  # run-to-run coefficient of variation above which latency is called noisy
 NEAR_LIMIT = 0.20  # a noisy latency within this fraction of its limit gets an "unreliable" warning
 LATENCY_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput")
+# Budgets judged from timings on the device: an estimate makes them UNVERIFIED, never PASS.
+ESTIMATED_BUDGETS = (*LATENCY_BUDGETS, "min_speedup", "max_cold_start_ms")
+
+
+class EstimateMode(StrEnum):
+    """When validate estimates latency instead of measuring it."""
+
+    auto = "auto"  # estimate when this machine is not the profiled device (arch or identify differs)
+    always = "always"  # estimate even on the device (e.g. to compare the estimator with a measurement)
+    never = "never"  # time on this machine whatever the profile says (its figures are this machine's)
 
 
 class ValidateConfig(BaseModel):
@@ -56,6 +67,11 @@ class ValidateConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
     baseline: bool = Field(True, description="Time the teacher's FP32 export on the same runtime (speedup).")
     cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
+    estimate: EstimateMode = Field(
+        EstimateMode.auto,
+        description="auto: estimate latency (roofline, UNVERIFIED) when this machine is not the profiled device; "
+        "always: estimate even on it; never: time on this machine regardless.",
+    )
     allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
     trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
     remote: str | None = Field(
@@ -67,14 +83,31 @@ class ValidateConfig(BaseModel):
     )
 
 
+class BudgetStatus(StrEnum):
+    passed = "pass"
+    failed = "fail"
+    unverified = "unverified"  # judged from an estimate, not a measurement on the device: never a pass
+
+
 class BudgetResult(BaseModel):
     name: str
     limit: float
     measured: float | None
-    passed: bool
+    passed: bool  # True only for status "pass" (kept for readers of schema v1)
     unit: str = ""
     comparison: str = "<="
     note: str | None = None
+    status: BudgetStatus | None = None  # derived from ``passed`` when not given
+    estimated: bool = False  # ``measured`` is an estimate (compress.estimate), not a measurement
+    measured_on: str | None = None  # where the figure comes from, when not the report's environment
+
+    @model_validator(mode="after")
+    def _status(self) -> BudgetResult:
+        if self.status is None:
+            self.status = BudgetStatus.passed if self.passed else BudgetStatus.failed
+        elif self.status is not BudgetStatus.passed:
+            self.passed = False
+        return self
 
 
 class ValidationReport(BaseModel):
@@ -287,8 +320,12 @@ def validate(
 
         return validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start)
 
+    # Is this machine the profiled device? If not, latency is a roofline estimate (UNVERIFIED) while
+    # accuracy is still measured here: the artifact's arithmetic is the same on any CPU.
+    device, estimating = _device_check(profile, config, warnings)
+    run_settings = _host_settings(settings) if estimating else settings
     log.info("loading %s in %s", art.path, runtime_name)
-    backend = load_runtime(art, runtime_name, settings)
+    backend = load_runtime(art, runtime_name, run_settings)
     metrics: dict[str, Any] = {}
 
     # accuracy and agreement
@@ -299,7 +336,7 @@ def validate(
         ref = None
         ref_backend = None
         if teacher is not None:
-            ref_backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=settings.threads))
+            ref_backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=run_settings.threads))
             ref = _predict_all(ref_backend, dataset, bs, phase("evaluating the teacher", n))
         metrics.update(prediction_metrics(m, cand, ref, dataset.labels))
         if ref_backend is not None:
@@ -311,7 +348,7 @@ def validate(
     batch = backend.encode(_latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length)
     runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
     baseline_backend = None
-    if config.baseline and teacher is not None:
+    if config.baseline and teacher is not None and not estimating:
         base_art = _baseline_artifact(teacher, runtime_name, art) if art.format is not Format.pytorch else None
         if base_art is not None:
             baseline_backend = load_runtime(base_art, runtime_name, settings)
@@ -319,11 +356,15 @@ def validate(
                 _latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length))
         elif art.format is Format.pytorch:
             warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
-    stats = measure_interleaved(
-        runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
-        min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
-        on_progress=phase(f"timing {' and '.join(runs)}", None),
-    )
+    if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
+        phase("estimating latency (roofline)", None)
+        stats, estimates = _estimate_latency(art, profile, teacher, config, runtime_name, warnings)
+    else:
+        stats = measure_interleaved(
+            runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
+            min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
+            on_progress=phase(f"timing {' and '.join(runs)}", None),
+        )
     env = {
         "host": platform.node(),
         "machine": platform.machine(),
@@ -344,7 +385,8 @@ def validate(
         cold = probe_cold_start(
             art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
         )
-    return conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
+    report = conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
+    return mark_estimated(report, profile, device, estimates, t_start) if estimating else _note_device(report, device)
 
 
 def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],
@@ -476,3 +518,173 @@ def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
         results.append(BudgetResult(name=name, limit=limit, measured=float(measured), passed=ok, unit=unit,
                                     comparison=cmp))
     return results
+
+
+# -- estimate mode: this machine is not the profiled device --------------------------------------
+
+def _device_check(profile, config: ValidateConfig, warnings: list[str]):
+    """(DeviceMatch, estimate?) for a local run of ``profile`` under ``config.estimate``."""
+    from compress.profiles import match_device
+
+    device = match_device(profile)
+    mode = EstimateMode(config.estimate)
+    if mode is EstimateMode.always:
+        return device, True
+    if device.is_device:
+        if device.how == "class":
+            from compress.profiles import detect_host
+
+            missing = [f for f in profile.hardware.simd if f not in detect_host().hardware.simd]
+            if missing:
+                warnings.append(
+                    f"this machine lacks {', '.join(missing)} that {profile.name} lists: its timings may not be "
+                    f"representative of {profile.name}")
+        return device, False
+    if mode is EstimateMode.never:
+        warnings.append(f"{device.reason}: latency and cold start were timed on this machine, not on {profile.name} "
+                        "(--estimate never)")
+        return device, False
+    return device, True
+
+
+def _host_settings(settings):
+    """The profile's runtime settings with threads capped at this machine's cores (accuracy runs here)."""
+    import dataclasses
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return dataclasses.replace(settings, threads=min(settings.threads or cores, cores))
+
+
+def _point_stats(ms: float, batch_size: int) -> LatencyStats:
+    """A LatencyStats holding one estimated figure (no runs, no spread)."""
+    return LatencyStats(n=0, p50=ms, p90=ms, p95=ms, p99=ms, mean=ms, std=0.0, min=ms, max=ms, cv=0.0, total_s=0.0,
+                        batch_size=batch_size, throughput=batch_size * 1000.0 / ms if ms > 0 else 0.0)
+
+
+def _estimate_latency(art: Artifact, profile, teacher, config: ValidateConfig, runtime_name: str,
+                      warnings: list[str]) -> tuple[dict[str, LatencyStats], dict[str, Any]]:
+    """Roofline estimates of the artifact (and the teacher's FP32 baseline) on ``profile``'s peaks."""
+    from compress.errors import EdgeCompressError
+    from compress.estimate import estimate, host_peaks, profile_peaks
+
+    meas = profile.measure
+    try:
+        peaks = host_peaks() if profile.source == "detected" else profile_peaks(profile)
+        est = estimate(art, profile, peaks=peaks)
+    except EdgeCompressError as exc:
+        warnings.append(f"no latency estimate: {exc}")
+        return {"artifact": _point_stats(float("nan"), meas.batch_size)}, {}
+    out: dict[str, Any] = {"artifact": est}
+    stats = {"artifact": _point_stats(est.latency_ms, meas.batch_size)}
+    if config.baseline and teacher is not None and art.format is not Format.pytorch:
+        base_art = _baseline_artifact(teacher, runtime_name, art)
+        if base_art is not None:
+            out["baseline"] = estimate(base_art, profile, peaks=peaks)
+            stats["baseline"] = _point_stats(out["baseline"].latency_ms, meas.batch_size)
+    return stats, out
+
+
+def _estimated_latency(est, label: str) -> dict[str, Any]:
+    ms = round(est.latency_ms, 4)
+    return {"p50": ms, "p90": ms, "p95": ms, "p99": ms, "mean": ms, "n": 0, "estimated": True, "measured_on": label,
+            "note": "a roofline gives one figure: p90/p95/p99 equal p50 (no tail)"}
+
+
+def mark_estimated(report: ValidationReport, profile, device, estimates: dict[str, Any],
+                   t_start: float) -> ValidationReport:
+    """Turn a local run's report into an estimate-mode report.
+
+    Latency, throughput, speedup and cold start become the roofline estimates, flagged ``estimated``
+    with where they come from; their budgets are UNVERIFIED (never PASS). Accuracy, agreement and
+    size stay measured (the arithmetic and the files are the same on any CPU). Peak memory is this
+    host's measurement: judged when the device has this machine's arch, UNVERIFIED otherwise (another
+    arch runs another build of the runtime). Verdict: fail if a measured budget fails, else
+    unverified if any budget is, else pass.
+    """
+    from compress.estimate import MEASURED_ERROR, estimate_cold_start
+    from compress.profiles import detect_host
+
+    met = dict(report.metrics)
+    env = dict(report.environment)
+    label = f"estimate (roofline from {profile.name} peaks)"
+    host = f"this host ({env.get('cpu')}, {device.host_arch})"
+    same_arch = device.host_arch == profile.hardware.arch.value
+    est = estimates.get("artifact")
+    estimated: list[str] = []
+    if est is None:
+        for key in ("latency_ms", "throughput", "baseline_latency_ms", "speedup"):
+            met.pop(key, None)
+    else:
+        met["latency_ms"] = _estimated_latency(est, label)
+        met["throughput"] = est.throughput
+        met["estimate"] = {**est.as_dict(), "estimated": True, "measured_on": label}
+        if MEASURED_ERROR:
+            met["estimate"]["error_on_calibration_host"] = dict(MEASURED_ERROR)
+        estimated += ["latency_ms", "throughput"]
+        if "baseline" in estimates:
+            met["baseline_latency_ms"] = _estimated_latency(estimates["baseline"], label)
+            met["speedup"] = estimates["baseline"].latency_ms / est.latency_ms
+            estimated.append("speedup")
+        else:
+            met.pop("baseline_latency_ms", None)
+            met.pop("speedup", None)
+    if "cold_start" in met:
+        met["cold_start"] = {**met["cold_start"], "measured_on": host}
+        met["cold_start_ms_this_host"] = met.pop("cold_start_ms", None)
+        if est is not None:
+            met["cold_start_ms"] = round(estimate_cold_start(
+                met["cold_start"], detect_host().hardware.clock_ghz, profile.hardware.clock_ghz, est.latency_ms), 2)
+            estimated.append("cold_start_ms")
+    met["estimated"] = True
+    met["measured_on"] = label
+    met["estimated_metrics"] = estimated
+    met["measured_on_this_host"] = [k for k in ("metric", "agreement", "retention", "size_mb", "peak_rss_mb")
+                                    if k in met]
+
+    budgets = judge(profile.budgets, met)
+    for b in budgets:
+        if b.name in ESTIMATED_BUDGETS:
+            b.status, b.passed = BudgetStatus.unverified, False
+            b.measured_on = label if b.measured is not None else None
+            b.estimated = b.measured is not None
+            if b.measured is None:
+                b.note = f"no estimate ({b.note or 'not available'}); not measured on {profile.name}"
+            else:
+                holds = b.measured <= b.limit if b.comparison == "<=" else b.measured >= b.limit
+                b.note = (f"estimated, not measured on {profile.name}: the estimate "
+                          + ("is within the limit" if holds else "misses the limit (likely to fail on the device)"))
+        elif b.name == "max_peak_memory_mb" and not same_arch:  # another build of the runtime: not ours to judge
+            b.status, b.passed = BudgetStatus.unverified, False
+            b.measured_on = host if b.measured is not None else None
+            b.note = (f"{'measured on this host' if b.measured is not None else 'not measured'} "
+                      f"({device.host_arch}); {profile.name} is {profile.hardware.arch.value}, whose runtime build "
+                      "differs")
+        elif b.name == "max_peak_memory_mb" and b.measured is not None:
+            b.measured_on = host
+            b.note = f"measured on this host, same arch as {profile.name}"
+    warnings = [w for w in report.warnings
+                if not any(w.startswith(f"budget {n} could not be measured") for n in ESTIMATED_BUDGETS)]
+    warnings.insert(0, (
+        f"{device.reason}: latency, throughput, speedup and cold start are ESTIMATED from {profile.name}'s peaks "
+        "(roofline, compress.estimate) and their budgets are UNVERIFIED; accuracy, agreement, size and peak memory "
+        f"were measured on this host. For real figures run on the device or pass --remote user@host."))
+    if any(b.status is BudgetStatus.failed for b in budgets):
+        verdict = "fail"
+    elif any(b.status is BudgetStatus.unverified for b in budgets):
+        verdict = "unverified"
+    else:
+        verdict = "pass"
+    env["device_match"] = device.as_dict()
+    env["latency_source"] = label
+    return report.model_copy(update={
+        "verdict": verdict, "budgets": budgets, "metrics": met, "warnings": warnings, "environment": env,
+        "seconds": round(time.perf_counter() - t_start, 2),
+    })
+
+
+def _note_device(report: ValidationReport, device) -> ValidationReport:
+    """Record which machine measured a local run (for a class profile: this host's CPU)."""
+    env = dict(report.environment)
+    env["device_match"] = device.as_dict()
+    return report.model_copy(update={"environment": env})

@@ -23,6 +23,15 @@ from compress.cli._common import build_config, console, force_option, state
               help="Where report.json, report.md and junit.xml go [default: ARTIFACT-report-PROFILE].")
 @click.option("--no-baseline", is_flag=True, help="Skip timing the teacher's FP32 baseline (no speedup budget).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start/peak-memory probe.")
+@click.option("--estimate", "estimate_mode", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="auto: when this machine is not the profiled device (other arch, or hardware.identify does not "
+                   "match), estimate latency/throughput/cold start from the profile's peaks (roofline) and report "
+                   "their budgets UNVERIFIED; always: estimate even on the device; never: time on this machine.")
+@click.option("--unverified-exit-code", type=click.IntRange(0, 255), default=4, show_default=True,
+              help="Exit code when no budget failed but some are UNVERIFIED (estimated, not measured on the "
+                   "device). 0 lets CI pass on estimates; the default 4 is distinct from 1 (a budget failed), "
+                   "2 (bad input) and 3 (unexpected error).")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pickled teacher checkpoint.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the teacher's own Python code to run.")
 @click.option("--remote", metavar="USER@HOST[:PORT]",
@@ -33,7 +42,8 @@ from compress.cli._common import build_config, console, force_option, state
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
 @force_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, report_dir,
-                 no_baseline, no_cold_start, allow_pickle, trust_remote_code, remote, remote_python, ssh_config,
+                 no_baseline, no_cold_start, estimate_mode, unverified_exit_code, allow_pickle, trust_remote_code,
+                 remote, remote_python, ssh_config,
                  force):
     """Measure ARTIFACT on a device profile and judge it against the profile's budgets.
 
@@ -44,7 +54,12 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     With --remote the artifact runs on the device over SSH (outputs, latency, cold start); tokenization,
     the teacher and the judging stay here, and the report says where each number was measured.
 
-    Exit code 0 when every budget holds, 1 when one fails, 2 on bad input.
+    On a machine that is not the profiled device (and without --remote), latency, throughput,
+    speedup and cold start are roofline estimates from the profile's peaks, marked estimated, and
+    their budgets are UNVERIFIED (never PASS); accuracy, agreement and size are still measured here.
+
+    Exit code 0 when every budget holds, 1 when one fails, 2 on bad input, and --unverified-exit-code
+    (default 4) when none failed but some are UNVERIFIED.
     """
     from compress.artifact import check_output
     from compress.errors import BudgetFailed
@@ -54,7 +69,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     config = build_config(
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit,
-        baseline=not no_baseline, cold_start=not no_cold_start, allow_pickle=allow_pickle,
+        baseline=not no_baseline, cold_start=not no_cold_start, estimate=estimate_mode, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, remote=remote, remote_python=remote_python,
         ssh_config=str(ssh_config) if ssh_config else None,
     )
@@ -70,6 +85,19 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         console().print(f"  measured on {escape(report.environment['measured_on'])}")
     write_report(report, report_dir, force=force)
     console().print(f"reports: {report_dir}/report.json, report.md, junit.xml")
+    if report.verdict == "unverified":
+        from compress.errors import EdgeCompressError
+        from compress.report import unverified_summary
+
+        message = (f"unverified: {unverified_summary(report.budgets)} estimated, not measured on "
+                   f"{report.profile['name']}; no budget failed")
+        if unverified_exit_code == 0:
+            console(stderr=True).print(f"{message} (exit code 0: --unverified-exit-code 0)", markup=False)
+            return
+        err = EdgeCompressError(message, hint=f"exit code {unverified_exit_code} (--unverified-exit-code); "
+                                              "measure on the device, e.g. with --remote user@host")
+        err.exit_code = unverified_exit_code
+        raise err
     if not report.passed:
         raise BudgetFailed(f"budget failed: {failed_summary(report.budgets)}")
 

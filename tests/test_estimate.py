@@ -1,0 +1,424 @@
+"""Roofline estimates (compress.estimate) and validate's estimate mode on a machine that is not the device.
+
+Graph costs are checked on hand-built ONNX graphs whose FLOPs and bytes can be counted by hand; the
+estimate mode of validate runs on the tiny INT8 classifier of conftest.py against profiles whose
+``identify`` cannot match this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import pytest
+import yaml
+
+from compress.errors import ConfigError
+from compress.estimate import (
+    Efficiency,
+    Peaks,
+    estimate,
+    estimate_cold_start,
+    graph_cost,
+    main as estimate_main,
+    profile_peaks,
+    roofline,
+)
+from compress.profiles import load_profile
+
+from conftest import write_tsv
+
+IDEAL = Efficiency(compute_fp32=1.0, compute_int8=1.0, memory=1.0, overhead_us=0.0)
+
+
+def _save(tmp_path: Path, nodes, inputs, outputs, inits, name="m.onnx", opset=17, ms=False) -> Path:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("com.microsoft", 1)] if ms else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def matmul_model(tmp_path) -> Path:
+    """x[batch, seq, 16] @ W[16, 32] + b[32] -> Relu: dynamic batch and sequence."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((16, 32), np.float32), "W")
+    b = numpy_helper.from_array(np.zeros(32, np.float32), "b")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", "sequence_length", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "b"], ["hb"], name="add"),
+        helper.make_node("Relu", ["hb"], ["y"], name="relu"),
+    ]
+    return _save(tmp_path, nodes, [x], [y], [w, b])
+
+
+def _node(cost, name):
+    return next(n for n in cost.nodes if n.name == name)
+
+
+def test_matmul_flops_and_bytes_at_the_bound_shape(matmul_model):
+    cost = graph_cost(matmul_model, 2, 8)
+    mm = _node(cost, "mm")
+    m, k, n = 2 * 8, 16, 32
+    assert mm.flops == 2 * m * n * k and mm.int8_ops == 0
+    assert mm.weight_bytes == k * n * 4  # the weight, read once
+    assert mm.bytes == k * n * 4 + m * k * 4 + m * n * 4  # weight + activation in + out
+    add = _node(cost, "add")
+    assert add.weight_bytes == 32 * 4 and add.flops == m * n
+    assert cost.unknown == []
+
+
+def test_estimate_scales_with_sequence_length_and_peaks(matmul_model):
+    compute_bound = Peaks(fp32_gflops=1.0, int8_gops=None, bandwidth_gbs=1e6)
+    short = roofline(graph_cost(matmul_model, 1, 16), compute_bound, IDEAL)
+    long = roofline(graph_cost(matmul_model, 1, 64), compute_bound, IDEAL)
+    assert long.latency_ms == pytest.approx(4 * short.latency_ms, rel=1e-6)  # linear in tokens here
+    faster = roofline(graph_cost(matmul_model, 1, 64), Peaks(2.0, None, 1e6), IDEAL)
+    assert faster.latency_ms == pytest.approx(long.latency_ms / 2, rel=1e-6)
+    assert long.bound == "compute"
+    memory_bound = roofline(graph_cost(matmul_model, 1, 64), Peaks(1e6, None, 1.0), IDEAL)
+    assert memory_bound.bound == "memory"
+    assert memory_bound.latency_ms == pytest.approx(graph_cost(matmul_model, 1, 64).bytes / 1e9 * 1e3, rel=1e-6)
+    # efficiency and per-operator overhead (scaled by reference clock / device clock)
+    half = Efficiency(compute_fp32=0.5, compute_int8=0.5, memory=0.5, overhead_us=10.0, reference_clock_ghz=2.0)
+    e = roofline(graph_cost(matmul_model, 1, 64), Peaks(1.0, None, 1e6, clock_ghz=1.0), half)
+    assert e.overhead_ms == pytest.approx(3 * 10e-3 * 2.0)
+    assert e.latency_ms == pytest.approx(2 * long.latency_ms + e.overhead_ms, rel=1e-6)
+
+
+def test_int8_matmul_uses_the_int8_peak(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((16, 32), np.int8), "Wq")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, None)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="dq"),
+        helper.make_node("MatMulInteger", ["xq", "Wq"], ["y"], name="mmi"),
+    ]
+    cost = graph_cost(_save(tmp_path, nodes, [x], [y], [w]), 1, 10)
+    mmi = _node(cost, "mmi")
+    assert mmi.int8_ops == 2 * 10 * 16 * 32 and mmi.flops == 0
+    assert mmi.weight_bytes == 16 * 32  # one byte per INT8 weight
+    fast_int8 = roofline(cost, Peaks(1.0, 4.0, 1e6), IDEAL)
+    no_int8_peak = roofline(cost, Peaks(1.0, None, 1e6), IDEAL)  # falls back to the FP32 peak
+    assert _only(no_int8_peak) > _only(fast_int8)
+
+
+def _only(est):
+    return est.by_op["MatMulInteger"]
+
+
+def test_contrib_attention_and_the_ops_after_it_get_shapes(tmp_path):
+    """ONNX's shape inference knows no com.microsoft ops; our rules fill them in and carry on downstream."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, heads = 32, 4
+    inits = [
+        numpy_helper.from_array(np.ones((h, 3 * h), np.float32), "Wqkv"),
+        numpy_helper.from_array(np.zeros(3 * h, np.float32), "bqkv"),
+        numpy_helper.from_array(np.ones((h, 8), np.float32), "Wout"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", "sequence_length", h])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Attention", ["x", "Wqkv", "bqkv"], ["a"], name="att", domain="com.microsoft", num_heads=heads),
+        helper.make_node("SkipLayerNormalization", ["a", "x", "bqkv", "bqkv"], ["n"], name="sln",
+                         domain="com.microsoft"),
+        helper.make_node("MatMul", ["n", "Wout"], ["o"], name="out"),
+        helper.make_node("Shape", ["o"], ["s"], name="shape"),
+        helper.make_node("Reshape", ["o", "flat"], ["y"], name="reshape"),
+    ]
+    b, s = 2, 12
+    cost = graph_cost(_save(tmp_path, nodes, [x], [y], inits, ms=True), b, s)
+    assert cost.unknown == []
+    att = _node(cost, "att")
+    assert att.flops >= 2 * b * s * h * 3 * h + 4 * b * s * s * h  # QKV projection + QK^T + PV
+    assert _node(cost, "out").flops == 2 * b * s * h * 8
+    assert _node(cost, "sln").flops == 5 * b * s * h
+
+
+def test_dynamic_shape_arithmetic_is_propagated(tmp_path):
+    """Shape -> Gather -> Unsqueeze -> Slice of a constant table (position ids), as exporters write it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.arange(512, dtype=np.int64).reshape(1, 512), "positions"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero1"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes1"),
+        numpy_helper.from_array(np.ones((512, 8), np.float32), "table"),
+    ]
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Shape", ["input_ids"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["seq"], axis=0),
+        helper.make_node("Unsqueeze", ["seq", "axes0"], ["seq1"]),
+        helper.make_node("Slice", ["positions", "zero1", "seq1", "axes1"], ["pos"]),
+        helper.make_node("Gather", ["table", "pos"], ["y"], name="emb"),
+    ]
+    cost = graph_cost(_save(tmp_path, nodes, [ids], [y], inits), 1, 24)
+    assert cost.unknown == []
+    emb = _node(cost, "emb")
+    assert emb.weight_bytes == 24 * 8 * 4  # only the gathered rows of the table are read
+
+
+def test_tiny_artifacts(onnx_artifact, int8_artifact):
+    fp32 = graph_cost(onnx_artifact, 1, 64)
+    int8 = graph_cost(int8_artifact, 1, 64)
+    assert fp32.unknown == [] and int8.unknown == []
+    assert fp32.flops > 0 and fp32.int8_ops == 0
+    assert int8.int8_ops > 0.5 * fp32.flops  # the matmuls moved to INT8
+    assert int8.weight_bytes < fp32.weight_bytes
+    est = estimate(int8_artifact, "raspberry-pi-5")
+    assert est.latency_ms > 0 and est.profile == "raspberry-pi-5" and est.sequence_length == 64
+    slower = estimate(int8_artifact, "raspberry-pi-4")  # a third of the peaks, less bandwidth
+    assert slower.latency_ms > est.latency_ms
+
+
+def test_openvino_ir_is_read(onnx_artifact, tmp_path):
+    ov = pytest.importorskip("openvino")
+    xml = tmp_path / "model.xml"
+    ov.save_model(ov.convert_model(str(onnx_artifact.model_path)), str(xml))
+    onnx_cost = graph_cost(onnx_artifact, 1, 32)
+    ir = graph_cost(xml, 1, 32)
+    assert ir.unknown == []
+    assert ir.flops == pytest.approx(onnx_cost.flops, rel=0.3)
+
+
+def test_profile_without_peaks_cannot_be_estimated():
+    with pytest.raises(ConfigError, match="cpu-x86-avx2 has no hardware.peak_gflops_fp32"):
+        profile_peaks(load_profile("cpu-x86-avx2"))
+
+
+def test_cold_start_estimate():
+    host = {"process_wall_ms": 500.0, "first_inference_ms": 100.0}
+    assert estimate_cold_start(host, 3.0, 1.5, 40.0) == pytest.approx(400 * 2 + 40)
+    assert estimate_cold_start(host, None, 1.5, 40.0) == pytest.approx(440)
+
+
+def test_python_m_compress_estimate(int8_artifact, capsys):
+    assert estimate_main([str(int8_artifact.path), "--profile", "raspberry-pi-5"]) == 0
+    out = capsys.readouterr().out
+    assert "(estimated)" in out and "raspberry-pi-5" in out
+    assert estimate_main([str(int8_artifact.path), "-p", "jetson-orin-nano", "--sequence-length", "32", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["sequence_length"] == 32 and data["latency_ms"] > 0 and data["profile"] == "jetson-orin-nano"
+    assert estimate_main([str(int8_artifact.path), "-p", "cpu-x86-avx2"]) == 2  # no peaks: one-line error
+
+
+# ----------------------------------------------------------------------------------- validate: estimates
+
+FAST = {"warmup": 1, "min_runs": 5, "min_duration_s": 0.01, "eval_batch_size": 8}
+BOARD_HW = {"cores": 2, "memory_mb": 4096, "clock_ghz": 2.0, "peak_gflops_fp32": 64.0, "peak_gops_int8": 256.0,
+            "memory_bandwidth_gbs": 10.0, "identify": "^No Such Board$"}
+GENEROUS = {
+    "latency_ms": {"p50": 10000, "p95": 20000, "p99": 30000}, "min_throughput": 0.001, "max_model_size_mb": 1000,
+    "max_peak_memory_mb": 100000, "min_accuracy_retention": 0.01, "min_agreement": 0.0, "min_speedup": 0.001,
+    "max_cold_start_ms": 600000,
+}
+
+
+def board(directory: Path, name: str, arch: str = "x86_64", budgets: dict | None = None, **hw) -> Path:
+    simd = ["avx2", "fma"] if arch == "x86_64" else ["neon", "dotprod"]
+    data = {"name": name, "extends": "cpu-x86-avx2" if arch == "x86_64" else "cpu-arm64-neon",
+            "hardware": {"arch": arch, "simd": simd, **BOARD_HW, **hw}, "measure": FAST,
+            "budgets": {**GENEROUS, **(budgets or {})}}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    d = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(d))  # the FP32 baseline cache
+        yield d
+
+
+@pytest.fixture(scope="module")
+def data_tsv(tmp_path_factory) -> Path:
+    return write_tsv(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def estimated_report(int8_artifact, bert_classifier, data_tsv, tmp_path_factory, home):
+    """Full validation (baseline, cold start) against an x86 board this machine is not."""
+    from compress.validate import ValidateConfig, validate
+
+    profile = board(tmp_path_factory.mktemp("profiles"), "other-x86-board")
+    return validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv),
+                                                  teacher=str(bert_classifier)))
+
+
+def _by_name(report):
+    return {b.name: b for b in report.budgets}
+
+
+def test_estimate_mode_verdict_and_statuses(estimated_report):
+    r = estimated_report
+    assert r.verdict == "unverified" and not r.passed
+    b = _by_name(r)
+    for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput", "min_speedup",
+                 "max_cold_start_ms"):
+        assert b[name].status == "unverified" and b[name].passed is False and b[name].estimated, name
+        assert b[name].measured is not None and "roofline from other-x86-board peaks" in b[name].measured_on
+    for name in ("max_model_size_mb", "min_accuracy_retention", "min_agreement"):
+        assert b[name].status == "pass" and b[name].passed and not b[name].estimated, name
+    # peak memory: measured on this host, and judged, because the board has this machine's arch
+    assert b["max_peak_memory_mb"].status == "pass" and "this host" in b["max_peak_memory_mb"].measured_on
+
+
+def test_estimate_mode_metrics_are_marked(estimated_report):
+    m = estimated_report.metrics
+    assert m["estimated"] is True and m["measured_on"] == "estimate (roofline from other-x86-board peaks)"
+    assert {"latency_ms", "throughput", "speedup", "cold_start_ms"} <= set(m["estimated_metrics"])
+    assert m["latency_ms"]["estimated"] is True and m["latency_ms"]["p50"] == m["latency_ms"]["p99"]
+    assert m["baseline_latency_ms"]["estimated"] is True
+    assert m["speedup"] == pytest.approx(m["baseline_latency_ms"]["p50"] / m["latency_ms"]["p50"], rel=1e-3)
+    assert m["estimate"]["gflops"] + m["estimate"]["int8_gops"] > 0
+    assert m["cold_start"]["measured_on"].startswith("this host") and m["cold_start_ms_this_host"] > 0
+    assert "metric" in m and "retention" in m["measured_on_this_host"]  # accuracy still measured here
+    env = estimated_report.environment
+    assert env["device_match"]["how"] == "not-identified" and "latency_source" in env
+    assert any("ESTIMATED" in w for w in estimated_report.warnings)
+
+
+def test_estimate_mode_report_files(estimated_report, tmp_path):
+    from compress.report import write_report
+
+    write_report(estimated_report, tmp_path / "rep")
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["verdict"] == "unverified" and data["metrics"]["estimated"] is True
+    lat = next(b for b in data["budgets"] if b["name"] == "latency_p50_ms")
+    assert lat["status"] == "unverified" and lat["estimated"] is True and lat["passed"] is False
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.startswith("# edgecompress validation: UNVERIFIED") and "**ESTIMATED**" in md
+    assert "(estimated) | UNVERIFIED |" in md
+    suite = ET.parse(tmp_path / "rep" / "junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0" and int(suite.get("skipped")) == 6
+    skipped = {c.get("name"): c.find("skipped") for c in suite.iter("testcase")}
+    assert skipped["latency_p50_ms"] is not None and "UNVERIFIED" in skipped["latency_p50_ms"].get("message")
+    assert skipped["max_model_size_mb"] is None
+
+
+def test_render_shows_estimates(estimated_report):
+    from rich.console import Console
+
+    con = Console(record=True, width=200)
+    from compress.report import render_report
+
+    render_report(estimated_report, con)
+    text = con.export_text()
+    assert "(estimated)" in text and "UNVERIFIED" in text and "ESTIMATED" in text
+
+
+def test_other_arch_makes_peak_memory_unverified(int8_artifact, data_tsv, tmp_path):
+    from compress.validate import ValidateConfig, validate
+
+    profile = board(tmp_path, "arm-board", arch="arm64")
+    r = validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), baseline=False,
+                                               teacher=None))
+    b = _by_name(r)
+    assert r.environment["device_match"]["how"] == "arch-mismatch"
+    assert b["max_peak_memory_mb"].status == "unverified" and not b["max_peak_memory_mb"].estimated
+    assert b["latency_p50_ms"].status == "unverified"
+
+
+def test_a_measured_failure_still_fails(int8_artifact, data_tsv, tmp_path):
+    from compress.validate import ValidateConfig, validate
+
+    profile = board(tmp_path, "tiny-board", budgets={"max_model_size_mb": 0.0001, "max_peak_memory_mb": None})
+    r = validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), baseline=False,
+                                               cold_start=False))
+    assert r.verdict == "fail"
+    assert [b.name for b in r.budgets if b.status == "fail"] == ["max_model_size_mb"]
+
+
+def test_profile_without_peaks_gives_unverified_without_figures(int8_artifact, data_tsv, tmp_path):
+    from compress.validate import ValidateConfig, validate
+
+    path = tmp_path / "arm-class.yaml"
+    path.write_text(yaml.safe_dump({"name": "arm-class", "extends": "cpu-arm64-neon", "measure": FAST,
+                                    "budgets": GENEROUS}), encoding="utf-8")
+    r = validate(int8_artifact, ValidateConfig(profile=str(path), data=str(data_tsv), baseline=False,
+                                               cold_start=False))
+    lat = _by_name(r)["latency_p50_ms"]
+    assert r.verdict == "unverified" and lat.status == "unverified" and lat.measured is None
+    assert "latency_ms" not in r.metrics and any("no latency estimate" in w for w in r.warnings)
+
+
+def test_class_profile_on_this_arch_is_measured_as_before(int8_artifact, data_tsv, tmp_path):
+    from compress.validate import ValidateConfig, validate
+
+    path = tmp_path / "cls.yaml"
+    path.write_text(yaml.safe_dump({"name": "cls", "extends": "cpu-x86-avx2", "measure": FAST,
+                                    "budgets": {**GENEROUS, "min_speedup": None, "max_cold_start_ms": None,
+                                                "max_peak_memory_mb": None}}), encoding="utf-8")
+    from compress.profiles import host_arch
+
+    if host_arch() is None or host_arch().value != "x86_64":
+        pytest.skip("an x86_64 class profile is measured only on x86_64")
+    r = validate(int8_artifact, ValidateConfig(profile=str(path), data=str(data_tsv), baseline=False,
+                                               cold_start=False))
+    assert r.verdict == "pass" and all(b.status == "pass" and not b.estimated for b in r.budgets)
+    assert r.environment["device_match"]["how"] == "class"
+    assert "estimated" not in r.metrics and r.metrics["latency_ms"]["n"] >= 5
+    # --estimate always: the same profile, estimated (from this host's derived peaks where it has none: no)
+    r2 = validate(int8_artifact, ValidateConfig(profile="host", data=str(data_tsv), baseline=False,
+                                                cold_start=False, estimate="always"))
+    if load_profile("host").hardware.peak_gflops_fp32 is not None:
+        assert r2.metrics["estimated"] is True and r2.metrics["latency_ms"]["p50"] > 0
+
+
+def test_estimate_never_measures_here_with_a_warning(int8_artifact, data_tsv, tmp_path):
+    from compress.validate import ValidateConfig, validate
+
+    profile = board(tmp_path, "never-board", budgets={"min_speedup": None, "max_cold_start_ms": None,
+                                                      "max_peak_memory_mb": None})
+    r = validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), baseline=False,
+                                               cold_start=False, estimate="never"))
+    assert r.verdict == "pass" and "estimated" not in r.metrics
+    assert any("--estimate never" in w for w in r.warnings)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HOME=str(home), COLUMNS="200")
+    env.pop("EDGECOMPRESS_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("flag, code", [((), 4), (("--unverified-exit-code", "0"), 0)])
+def test_cli_unverified_exit_code(flag, code, int8_artifact, data_tsv, tmp_path, home):
+    profile = board(tmp_path, "cli-board", budgets={"min_speedup": None, "max_cold_start_ms": None,
+                                                    "max_peak_memory_mb": None})
+    rep = tmp_path / "rep"
+    proc = _cli("validate", str(int8_artifact.path), "-p", str(profile), "-d", str(data_tsv), "--report-dir",
+                str(rep), "--no-baseline", "--no-cold-start", *flag, home=home)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "UNVERIFIED" in proc.stdout and "(estimated)" in proc.stdout
+    assert "unverified:" in proc.stderr and "latency_p50_ms" in proc.stderr
+    assert json.loads((rep / "report.json").read_text())["verdict"] == "unverified"
