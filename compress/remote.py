@@ -519,6 +519,7 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
             phase(f"checking {target.spec}", None)
             device.preflight(runtime, settings.provider, str(art.format))
             _check_arch(target, profile, device.facts)
+            device_match = _identify(target, profile, device.facts, warnings)
             files, job_sha, ref = _prepare(Path(tmp), art, profile, settings, dataset, teacher, config, runtime, phase)
             total = sum(p.stat().st_size for p in files.values())
             need = total + max(1 << 20, total // 20)
@@ -565,6 +566,7 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
             "files_verified_on_device": res.get("verified_files"),
             "runner_phases_s": res.get("phases_s"),
         },
+        "device_match": device_match,
         "controller": {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version()},
         "measured_where": {
             "artifact_outputs_and_metric": where,
@@ -578,6 +580,24 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
         },
     }
     return conclude(art, profile, teacher, metrics, stats, res.get("cold_start"), env, warnings, t_start)
+
+
+def _identify(target: RemoteTarget, profile, facts: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """Does the device match the profile's ``hardware.identify``? A mismatch is a warning: the figures
+    are still the device's own, but the budgets are another device's."""
+    model = str(facts.get("model") or facts.get("cpu") or "")
+    pattern = getattr(profile.hardware, "identify", None)
+    out = {"is_device": True, "how": "class", "model": model, "arch": facts.get("machine")}
+    if pattern:
+        if re.search(pattern, model, flags=re.IGNORECASE):
+            out["how"] = "identified"
+        else:
+            out.update(is_device=False, how="not-identified")
+            warnings.append(
+                f"{target.spec} ({model}) does not match profile {profile.name}'s identify /{pattern}/: the figures "
+                f"are that device's, judged against {profile.name}'s budgets"
+            )
+    return out
 
 
 def _check_arch(target: RemoteTarget, profile, facts: dict[str, Any]) -> None:

@@ -49,6 +49,13 @@ EP_PIP = {
 }
 # OpenVINO's CPU plugin: the Intel plugin (x86-64) and the ARM plugin (ARM64); wheels exist for these only
 OPENVINO_ARCHES = ("x86_64", "amd64", "aarch64", "arm64")
+# Arm core names by /proc/cpuinfo "CPU part" (implementer 0x41), for boards whose cpuinfo has no model name
+ARM_PARTS = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+    "0xd42": "Cortex-A78AE", "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2",
+}
 # onnxruntime publishes wheels for these; elsewhere (armv7l, riscv64, ...) it must be built from source
 ORT_WHEEL_ARCHES = ("x86_64", "amd64", "aarch64", "arm64")
 
@@ -81,11 +88,16 @@ def _read(path):
 
 
 def cpu_model():
-    info = _read("/proc/cpuinfo")
-    for line in info.splitlines():
-        key = line.split(":", 1)[0].strip().lower()
-        if key in ("model name", "hardware", "cpu model") and ":" in line:
-            return line.split(":", 1)[1].strip()
+    fields = {}
+    for line in _read("/proc/cpuinfo").splitlines():
+        if ":" in line:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    for key in ("model name", "cpu model", "hardware"):
+        if fields.get(key):
+            return fields[key]
+    if fields.get("cpu implementer", "").lower() == "0x41" and fields.get("cpu part", "").lower() in ARM_PARTS:
+        return ARM_PARTS[fields["cpu part"].lower()]
     board = _read("/proc/device-tree/model").strip("\x00 \n")
     if board:
         return board
@@ -113,6 +125,15 @@ def device_facts():
     board = _read("/proc/device-tree/model").strip("\x00 \n")
     if board:
         facts["board"] = board
+    product = _read("/sys/class/dmi/id/product_name").strip()
+    if product:
+        facts["product"] = product
+    # what a profile's hardware.identify regex is matched against (as edgecompress does on a local machine)
+    parts = []
+    for part in (board, product, facts["cpu"]):
+        if part and part not in parts:
+            parts.append(part)
+    facts["model"] = "; ".join(parts) or facts["machine"]
     for line in _read("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
             facts["memory_mb"] = int(line.split()[1]) // 1024

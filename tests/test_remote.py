@@ -15,6 +15,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -161,9 +162,10 @@ def data_tsv(work) -> Path:
     return write_tsv(work / "data")
 
 
-def write_profile(directory: Path, name: str, extends: str = "cpu-x86-avx2", budgets: dict | None = None) -> Path:
+def write_profile(directory: Path, name: str, extends: str = "cpu-x86-avx2", budgets: dict | None = None,
+                  **extra) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    data = {"name": name, "extends": extends, "measure": FAST_MEASURE, "budgets": budgets or GENEROUS}
+    data = {"name": name, "extends": extends, "measure": FAST_MEASURE, "budgets": budgets or GENEROUS, **extra}
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -263,6 +265,29 @@ def test_cli_remote_run_reports_where_it_measured(sshd, int8_artifact, data_tsv,
     report = json.loads((out / "report.json").read_text())
     assert report["environment"]["measured_on"].startswith("remote: ")
     assert report["environment"]["remote"]["target"] == sshd.spec
+    assert sshd.leftovers() == []
+
+
+def test_profile_identify_is_checked_against_the_device(sshd, int8_artifact, work, profile, home):
+    """A profile naming another board (same arch) still measures, with a warning in the report."""
+    import platform
+
+    from compress.validate import ValidateConfig, validate
+
+    parent = yaml.safe_load(profile.read_text())["extends"]
+    cfg = {"baseline": False, "cold_start": False, "remote": sshd.spec, "remote_python": sys.executable,
+           "ssh_config": str(sshd.ssh_config())}
+    other = write_profile(work / "profiles", "some-other-board", parent, hardware={"identify": "Raspberry Pi 5"})
+    rep = validate(int8_artifact, ValidateConfig(profile=str(other), **cfg))
+    assert rep.environment["device_match"]["how"] == "not-identified"
+    assert any("does not match profile some-other-board's identify" in w for w in rep.warnings)
+    cpu = rep.environment["remote"]["device"]["cpu"]
+    this = write_profile(work / "profiles", "this-board", parent, hardware={"identify": re.escape(cpu)})
+    rep = validate(int8_artifact, ValidateConfig(profile=str(this), **cfg))
+    assert rep.environment["device_match"] == {"is_device": True, "how": "identified",
+                                               "model": rep.environment["remote"]["device"]["model"],
+                                               "arch": platform.machine()}
+    assert not any("identify" in w for w in rep.warnings)
     assert sshd.leftovers() == []
 
 
