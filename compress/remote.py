@@ -584,15 +584,20 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
 
 def _identify(target: RemoteTarget, profile, facts: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
     """Does the device match the profile's ``hardware.identify``? A mismatch is a warning: the figures
-    are still the device's own, but the budgets are another device's."""
+    are still the device's own, but the budgets are another device's. Same keys as a local run's
+    ``environment.device_match`` (``host_*`` describe the device here); ``how`` is ``remote-class``,
+    ``remote-identified`` or ``remote-not-identified``."""
     model = str(facts.get("model") or facts.get("cpu") or "")
     pattern = getattr(profile.hardware, "identify", None)
-    out = {"is_device": True, "how": "class", "model": model, "arch": facts.get("machine")}
+    out = {"is_device": True, "how": "remote-class", "host_arch": facts.get("machine"), "host_model": model,
+           "reason": f"measured on {target.destination} ({model}); {profile.name} describes a class of CPUs"}
     if pattern:
         if re.search(pattern, model, flags=re.IGNORECASE):
-            out["how"] = "identified"
+            out.update(how="remote-identified",
+                       reason=f"{target.destination} ({model}) matches {profile.name}'s identify /{pattern}/")
         else:
-            out.update(is_device=False, how="not-identified")
+            out.update(is_device=False, how="remote-not-identified",
+                       reason=f"{target.destination} ({model}) does not match {profile.name}'s identify /{pattern}/")
             warnings.append(
                 f"{target.spec} ({model}) does not match profile {profile.name}'s identify /{pattern}/: the figures "
                 f"are that device's, judged against {profile.name}'s budgets"

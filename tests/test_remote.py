@@ -279,14 +279,15 @@ def test_profile_identify_is_checked_against_the_device(sshd, int8_artifact, wor
            "ssh_config": str(sshd.ssh_config())}
     other = write_profile(work / "profiles", "some-other-board", parent, hardware={"identify": "Raspberry Pi 5"})
     rep = validate(int8_artifact, ValidateConfig(profile=str(other), **cfg))
-    assert rep.environment["device_match"]["how"] == "not-identified"
+    assert rep.environment["device_match"]["how"] == "remote-not-identified"
+    assert rep.environment["device_match"]["is_device"] is False
     assert any("does not match profile some-other-board's identify" in w for w in rep.warnings)
     cpu = rep.environment["remote"]["device"]["cpu"]
     this = write_profile(work / "profiles", "this-board", parent, hardware={"identify": re.escape(cpu)})
     rep = validate(int8_artifact, ValidateConfig(profile=str(this), **cfg))
-    assert rep.environment["device_match"] == {"is_device": True, "how": "identified",
-                                               "model": rep.environment["remote"]["device"]["model"],
-                                               "arch": platform.machine()}
+    dm = rep.environment["device_match"]
+    assert (dm["is_device"], dm["how"], dm["host_arch"]) == (True, "remote-identified", platform.machine())
+    assert dm["host_model"] == rep.environment["remote"]["device"]["model"]
     assert not any("identify" in w for w in rep.warnings)
     assert sshd.leftovers() == []
 
