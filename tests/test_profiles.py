@@ -67,7 +67,10 @@ def test_every_builtin_loads(name):
     assert p.source == f"builtin:{name}"
     assert p.extends is None
     assert p.description
-    assert p.runtime.name == "onnxruntime" and p.runtime.provider == "CPUExecutionProvider"
+    if p.runtime.name == "openvino":  # intel-*-openvino: an OpenVINO device with the latency hint
+        assert p.runtime.provider in ("CPU", "GPU", "NPU") and p.runtime.options == {"PERFORMANCE_HINT": "LATENCY"}
+    else:
+        assert p.runtime.name == "onnxruntime" and p.runtime.provider == "CPUExecutionProvider"
     assert p.runtime.threads is None or p.runtime.threads <= p.hardware.cores
     assert p.measure == MeasureConfig()  # batch 1 x 64 tokens etc.
     b = p.budgets
