@@ -89,8 +89,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         from compress.errors import EdgeCompressError
         from compress.report import unverified_summary
 
-        message = (f"unverified: {unverified_summary(report.budgets)} estimated, not measured on "
-                   f"{report.profile['name']}; no budget failed")
+        message = (f"unverified, not measured on {report.profile['name']}: {unverified_summary(report.budgets)}; "
+                   "no budget failed")
         if unverified_exit_code == 0:
             console(stderr=True).print(f"{message} (exit code 0: --unverified-exit-code 0)", markup=False)
             return
