@@ -291,6 +291,12 @@ def validate(
     )
     m = art.manifest
     warnings: list[str] = []
+    if remote is None:
+        # Is this machine the profiled device? If not, latency is a roofline estimate (UNVERIFIED) while
+        # accuracy is still measured here: the artifact's arithmetic is the same on any CPU.
+        device, estimating = _device_check(profile, config, warnings)
+        run_settings = _host_settings(settings) if estimating else settings
+        cls.check_settings(run_settings)  # a missing device/provider fails now, before data and teacher load
 
     # eval data and teacher
     dataset = None
@@ -320,10 +326,6 @@ def validate(
 
         return validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start)
 
-    # Is this machine the profiled device? If not, latency is a roofline estimate (UNVERIFIED) while
-    # accuracy is still measured here: the artifact's arithmetic is the same on any CPU.
-    device, estimating = _device_check(profile, config, warnings)
-    run_settings = _host_settings(settings) if estimating else settings
     log.info("loading %s in %s", art.path, runtime_name)
     backend = load_runtime(art, runtime_name, run_settings)
     metrics: dict[str, Any] = {}

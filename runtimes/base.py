@@ -78,6 +78,10 @@ class RuntimeBackend(ABC):
     def version(cls) -> str | None:
         """Version string of the underlying runtime."""
 
+    @classmethod
+    def check_settings(cls, settings: RuntimeSettings) -> None:
+        """Fail fast (ConfigError) when ``settings`` name a device/provider this machine lacks."""
+
     # -- shared ---------------------------------------------------------------------------------
     def _make_encoder(self) -> TextEncoder:
         m = self.artifact.manifest

@@ -27,18 +27,26 @@ class OpenVINOBackend(RuntimeBackend):
     module: ClassVar[str] = "openvino"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.openvino})
 
-    def _load(self) -> None:
-        import openvino as ov
+    @classmethod
+    def check_settings(cls, settings) -> None:
+        from compress._optional import require
 
-        core = ov.Core()
-        device = self.settings.provider or "CPU"
-        devices = core.available_devices
+        require(cls.module, "the openvino runtime")
+        device = settings.provider or "CPU"
+        devices = available_devices()
         if device.split(".")[0] not in {d.split(".")[0] for d in devices}:
             raise ConfigError(
                 f"OpenVINO device {device} is not present on this machine (available: {', '.join(devices)})",
                 hint="run on a machine with that device, or use a profile for an available one "
                 "(intel-cpu-openvino for CPU)",
             )
+
+    def _load(self) -> None:
+        import openvino as ov
+
+        self.check_settings(self.settings)
+        core = ov.Core()
+        device = self.settings.provider or "CPU"
         self.settings.provider = device
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if device.startswith("CPU"):

@@ -16,8 +16,23 @@ class OrtBackend(RuntimeBackend):
     module: ClassVar[str] = "onnxruntime"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.onnx})
 
+    @classmethod
+    def check_settings(cls, settings) -> None:
+        from compress._optional import require
+
+        ort = require(cls.module, "the onnxruntime runtime")
+        provider = settings.provider or "CPUExecutionProvider"
+        available = ort.get_available_providers()
+        if provider not in available:
+            raise ConfigError(
+                f"ONNX Runtime execution provider {provider} is not available here",
+                hint=f"available: {', '.join(available)}; install the onnxruntime build that provides it",
+            )
+
     def _load(self) -> None:
         import onnxruntime as ort
+
+        self.check_settings(self.settings)
 
         opts = ort.SessionOptions()
         if self.settings.threads:
@@ -34,12 +49,6 @@ class OrtBackend(RuntimeBackend):
         for key, value in (self.settings.options.get("session_config") or {}).items():
             opts.add_session_config_entry(str(key), str(value))
         provider = self.settings.provider or "CPUExecutionProvider"
-        available = ort.get_available_providers()
-        if provider not in available:
-            raise ConfigError(
-                f"ONNX Runtime execution provider {provider} is not available here",
-                hint=f"available: {', '.join(available)}; install the onnxruntime build that provides it",
-            )
         self.settings.provider = provider
         self.session = ort.InferenceSession(str(self.artifact.model_path), sess_options=opts, providers=[provider])
         self._input_names = {i.name for i in self.session.get_inputs()}

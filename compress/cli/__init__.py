@@ -77,7 +77,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
         level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False, console=_stderr())],
         force=True,
     )
-    for noisy in ("onnx_model", "fusion_base", "onnx_model_bert", "root", "transformers", "optimum", "nncf",
+    for noisy in ("onnx_model", "fusion_base", "onnx_model_bert", "transformers", "optimum", "nncf",
                   "onnxruntime", "optimum.onnxruntime", "optimum.exporters"):
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
     if verbose < 1:

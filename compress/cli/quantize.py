@@ -14,7 +14,8 @@ from compress.stages.quantize import CalibrationMethod, QuantizeConfig
               help="int8: weights and activations (ONNX Runtime / NNCF); int4: weight-only (MatMulNBits / NNCF).")
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
               help=QuantizeConfig.model_fields["mode"].description)
-@click.option("--calibration", type=click.Path(path_type=Path), help="Calibration data file (static mode).")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="Calibration data file: ONNX static mode, and OpenVINO INT8 (unless --weights-only).")
 @click.option("--calibration-samples", type=int, default=128, show_default=True, help="Calibration texts.")
 @click.option("--calibration-method", type=click.Choice([m.value for m in CalibrationMethod]), default="minmax",
               show_default=True, help="Activation range estimator (static mode).")
