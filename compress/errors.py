@@ -73,3 +73,33 @@ class BudgetFailed(EdgeCompressError):
     """Validation ran and at least one budget failed (exit code 1)."""
 
     exit_code = 1
+
+
+class AccuracyBudgetError(StageError):
+    """Accuracy-aware quantization found no precision mix that meets the accuracy budget (exit code 1).
+
+    Carries the numbers (metric name, FP32 baseline, best reachable metric, the lowest metric the
+    budget allows, the costliest layers) and where the best candidate and its report were written.
+    """
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        metric: str,
+        baseline: float,
+        best: float,
+        allowed_min: float,
+        costliest: list[str],
+        best_candidate: str | None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.metric = metric
+        self.baseline = baseline
+        self.best = best
+        self.allowed_min = allowed_min
+        self.costliest = costliest
+        self.best_candidate = best_candidate

@@ -1,0 +1,370 @@
+"""ONNX INT4 weight-only quantization (MatMulNBits) and accuracy-aware mixed precision.
+
+Tiny models only: the conftest BERT (hidden 32, intermediate 64, so ``block_size=32`` divides every K)
+exported unfused, and a "sensitive" variant of it with one layer whose quantization is ruinous (a dead
+intermediate feature with a huge outgoing weight: invisible in FP32, but it sets the per-channel /
+per-block scale of that layer's quantized weights, so the other weights lose their resolution).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.artifact import Precision, load_artifact
+from compress.errors import AccuracyBudgetError, ConfigError
+from compress.stages.quantize import QuantizeConfig, quantize
+from conftest import LABELS, SAMPLES_TSV, write_tsv
+
+SENSITIVE_LAYER = "/bert/encoder/layer.1/output/dense/MatMul"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+ENV.pop("EDGECOMPRESS_DEBUG", None)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.endswith((".partial", ".old", ".search")))
+
+
+def weight_matmuls(model) -> list:
+    """MatMul nodes whose B input is a (float) initializer."""
+    inits = {t.name for t in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+
+
+def attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def run_all(art, texts):
+    from compress.runtimes.ort_backend import OrtBackend
+
+    backend = OrtBackend(art)
+    try:
+        return backend.predict(backend.encode(texts))
+    finally:
+        backend.close()
+
+
+# --- fixtures -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unfused(bert_classifier, tmp_path_factory):
+    """The tiny BERT classifier exported without ONNX Runtime fusions (plain MatMuls)."""
+    from compress.stages.export import ExportConfig, export
+
+    return export(bert_classifier, tmp_path_factory.mktemp("int4") / "onnx", ExportConfig(optimize="none"))
+
+
+@pytest.fixture(scope="module")
+def int4_art(unfused, tmp_path_factory):
+    return quantize(unfused, tmp_path_factory.mktemp("int4") / "int4", QuantizeConfig(precision="int4", block_size=32))
+
+
+@pytest.fixture(scope="module")
+def int8_unfused(unfused, tmp_path_factory):
+    return quantize(unfused, tmp_path_factory.mktemp("int4") / "int8", QuantizeConfig())
+
+
+@pytest.fixture(scope="module")
+def sensitive(tmp_path_factory):
+    """``(artifact, eval.tsv)``: a tiny classifier with one layer that quantization ruins, and eval rows
+    labelled with its own FP32 predictions (FP32 accuracy 1.0), keeping rows with a clear FP32 margin."""
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    from compress.stages.export import ExportConfig, export
+    from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
+
+    d = tmp_path_factory.mktemp("sensitive")
+    ckpt = d / "ckpt"
+    n = _save_wordpiece_tokenizer(ckpt)
+    torch.manual_seed(0)
+    cfg = _bert_config(n, initializer_range=0.2, num_labels=2, id2label=dict(LABELS),
+                       label2id={v: k for k, v in LABELS.items()})
+    model = BertForSequenceClassification(cfg).eval()
+    texts = [line.partition("\t")[2] for line in SAMPLES_TSV.read_text(encoding="utf-8").splitlines()[1:]]
+    with torch.no_grad():
+        layer = model.bert.encoder.layer[1]
+        layer.intermediate.dense.bias[0] = -30.0  # intermediate feature 0 is never active (GELU(-30) = 0) ...
+        layer.output.dense.weight[:, 0] = 50.0  # ... so this weight changes nothing in FP32 but every scale of the layer
+        tok = BertTokenizerFast.from_pretrained(str(ckpt))
+        logits = model(**tok(texts, padding=True, return_tensors="pt")).logits
+        model.classifier.bias[1] -= float((logits[:, 1] - logits[:, 0]).median())  # balanced classes
+    _save_model(model, ckpt)
+    art = export(ckpt, d / "onnx", ExportConfig(optimize="none", parity_samples=2))
+    out = run_all(art, texts)
+    margin = np.abs(out[:, 1] - out[:, 0])
+    keep = margin > np.quantile(margin, 0.3)
+    rows = [(int(p), t) for p, t, k in zip(out.argmax(-1), texts, keep) if k]
+    return art, write_tsv(d, rows, "eval.tsv")
+
+
+# --- INT4 ---------------------------------------------------------------------------------------------
+
+
+def test_int4_smaller_than_int8_smaller_than_fp32(unfused, int4_art, int8_unfused):
+    fp32, int8, int4 = unfused.size_bytes(), int8_unfused.size_bytes(), int4_art.size_bytes()
+    # tiny model measured: FP32 ~193 kB, INT8 dynamic ~119 kB, INT4 (+ INT8 embeddings) ~96 kB
+    assert int4 < int8 < fp32, (int4, int8, fp32)
+    step = int4_art.manifest.steps[-1]
+    assert step.metrics["size_bytes_before"] == fp32 and step.metrics["size_bytes_after"] == int4
+    assert step.metrics["compression"] == pytest.approx(fp32 / int4, rel=1e-3)
+    # the weights that matter: the encoder's MatMul weights go from 4 bytes to ~0.5 byte (+ scales)
+    import onnx
+
+    src = onnx.load(str(unfused.model_path))
+    inits = {t.name: t for t in src.graph.initializer}
+    matmul_fp32 = sum(4 * int(np.prod(inits[n.input[1]].dims)) for n in weight_matmuls(src))
+    q = onnx.load(str(int4_art.model_path))
+    qinits = {t.name: t for t in q.graph.initializer}
+    packed = sum(len(qinits[n.input[1]].raw_data) + 4 * int(np.prod(qinits[n.input[2]].dims))
+                 for n in q.graph.node if n.op_type == "MatMulNBits")
+    assert packed < matmul_fp32 / 5, (packed, matmul_fp32)
+    before, after = step.metrics["initializer_bytes_before"], step.metrics["initializer_bytes_after"]
+    assert after.get("float", 0) < before["float"] / 5
+
+
+def test_int4_graph_has_matmulnbits_with_the_block_size(unfused, int4_art, sample_texts):
+    import onnx
+
+    m = int4_art.manifest
+    assert (m.precision, m.format) == (Precision.int4, "onnx")
+    assert [s.stage for s in m.steps] == ["export", "quantize"]
+    model = onnx.load(str(int4_art.model_path))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == len(weight_matmuls(onnx.load(str(unfused.model_path)))) == 12
+    for node in nbits:
+        a = attrs(node)
+        assert (a["bits"], a["block_size"], a["accuracy_level"]) == (4, 32, 4)
+        assert node.domain == "com.microsoft"
+    # no encoder MatMul weight left in float; the pooler/classifier Gemms stay float (the INT8 embedding pass
+    # of quantize_dynamic rewrites them as <name>_MatMul + Add)
+    assert all(n.name.endswith("Gemm_MatMul") for n in weight_matmuls(model)), [n.name for n in weight_matmuls(model)]
+    # loads and runs in onnxruntime; agrees with FP32; the manifest says so
+    ref, out = run_all(unfused, sample_texts), run_all(int4_art, sample_texts)
+    agreement = float((ref.argmax(-1) == out.argmax(-1)).mean())
+    step = m.steps[-1]
+    parity = step.metrics["parity_vs_input"]
+    assert 0.0 <= parity["argmax_agreement"] <= 1.0 and parity["cosine_min"] > 0.9
+    assert agreement >= 0.75, agreement
+    nodes = step.metrics["nodes"]
+    assert len(nodes["quantized"]["MatMul"]) == 12 and nodes["new_op_types"]["MatMulNBits"] == 12
+    kept = {k["node"]: k["reason"] for k in nodes["kept_float"]}
+    assert "/classifier/Gemm" in kept and "not among the quantized operator types" in kept["/classifier/Gemm"]
+    info = step.metrics["int4"]
+    assert info["block_size"] == 32 and info["accuracy_level"] == 4 and info["block_padding"] == []
+    assert info["embedding_precision"] == "int8"
+    assert step.config["precision"] == "int4" and QuantizeConfig.model_validate(step.config)  # replayable
+
+
+@pytest.mark.parametrize("embedding", ["fp32", "int8", "int4"])
+def test_embedding_precision_changes_the_gather(unfused, tmp_path, embedding, int4_art):
+    import onnx
+
+    art = int4_art if embedding == "int8" else quantize(
+        unfused, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32, embedding_precision=embedding))
+    model = onnx.load(str(art.model_path))
+    inits = {t.name: t for t in model.graph.initializer}
+    word = [n for n in model.graph.node if n.name.startswith("/bert/embeddings/word_embeddings/Gather")
+            and n.op_type in ("Gather", "GatherBlockQuantized")]
+    assert len(word) == 1
+    node = word[0]
+    table = inits.get(node.input[0])
+    if embedding == "fp32":
+        assert node.op_type == "Gather" and table.data_type == onnx.TensorProto.FLOAT
+        assert "/bert/embeddings/word_embeddings/Gather" in {
+            k["node"] for k in art.manifest.steps[-1].metrics["nodes"]["kept_float"]}
+    elif embedding == "int8":
+        assert node.op_type == "Gather" and table.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+        assert any(n.op_type == "DequantizeLinear" and node.output[0] in n.input for n in model.graph.node)
+    else:
+        assert node.op_type == "GatherBlockQuantized" and table.data_type == onnx.TensorProto.INT4
+        assert attrs(node)["block_size"] == 32
+    assert len([n for n in model.graph.node if n.op_type == "MatMulNBits"]) == 12
+    run_all(art, ["works exactly as described."])
+
+
+def test_embedding_int4_is_smallest(unfused, int4_art, tmp_path):
+    sizes = {
+        e: quantize(unfused, tmp_path / e, QuantizeConfig(precision="int4", block_size=32, embedding_precision=e)).size_bytes()
+        for e in ("fp32", "int4")
+    }
+    assert sizes["int4"] < int4_art.size_bytes() < sizes["fp32"], sizes
+
+
+def test_block_size_not_dividing_k_is_zero_padded(unfused, tmp_path, caplog, sample_texts):
+    """K=32 (and 64) with block_size 64 / 128: ONNX Runtime pads K; the layer is still INT4 and runs."""
+    import onnx
+
+    with caplog.at_level("WARNING", logger="compress.stages.quantize"):
+        art = quantize(unfused, tmp_path / "q64", QuantizeConfig(precision="int4", block_size=64))
+    assert "zero-pads K" in caplog.text and "still INT4" in caplog.text
+    padding = art.manifest.steps[-1].metrics["int4"]["block_padding"]
+    assert {p["K"] for p in padding} == {32} and all(p["padded_K"] == 64 and p["padding_bytes"] > 0 for p in padding)
+    assert len(padding) == 10  # Q, K, V, attention output, intermediate (K=32) in both layers; output (K=64) divides
+    model = onnx.load(str(art.model_path))
+    inits = {t.name: t for t in model.graph.initializer}
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 12  # nothing fell back to FP32
+    for node in nbits:
+        a = attrs(node)
+        blob = list(inits[node.input[1]].dims)
+        assert blob == [a["N"], 1, 32], (node.name, a, blob)  # one 64-row block (32 bytes) per column, K=32 or 64
+    out, ref = run_all(art, sample_texts), run_all(unfused, sample_texts)
+    assert float((out.argmax(-1) == ref.argmax(-1)).mean()) >= 0.75
+
+
+def test_int4_refuses_a_fused_o2_graph(onnx_artifact, tmp_path):
+    assert onnx_artifact.manifest.steps[0].config["optimize"] == "O2"
+    with pytest.raises(ConfigError, match=r"fused ONNX Runtime operators \(2 Attention\).*--optimize none") as e:
+        quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
+    assert "INT8 works on this artifact" in str(e.value)
+    assert not (tmp_path / "q").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"mode": "static", "calibration": "x.tsv"}, ["--mode static", "onnxruntime", "--precision int8 --mode static"]),
+    ({"target_runtime": "openvino"}, ["openvino cannot run", "only onnxruntime can", "--format openvino"]),
+    ({"target_runtime": "tensorrt"}, ["tensorrt cannot run", "only onnxruntime can"]),
+    ({"op_types": ["Attention"]}, ["cannot be INT4"]),
+])
+def test_int4_where_the_runtime_cannot_run_it(unfused, tmp_path, settings, words):
+    with pytest.raises(ConfigError) as e:
+        quantize(unfused, tmp_path / "q", QuantizeConfig(precision="int4", **settings))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert not (tmp_path / "q").exists()
+
+
+# --- accuracy-aware -----------------------------------------------------------------------------------
+
+
+def test_eval_helpers(sensitive):
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.stages.accuracy import evaluate_metric, load_eval_set
+
+    art, data = sensitive
+    es = load_eval_set(data, art.manifest, 40)
+    assert len(es) == 40 and es.classification and es.metric_name == "accuracy"
+    assert [len(t) for t in es.dataset.texts] == sorted(len(t) for t in es.dataset.texts)
+    backend = OrtBackend(art)
+    assert es.set_reference(backend) == 1.0  # labels are the FP32 predictions
+    assert evaluate_metric(backend, es) == 1.0
+    backend.close()
+
+
+def test_accuracy_aware_needs_data(unfused, tmp_path):
+    with pytest.raises(ConfigError, match="needs labelled eval data.*--data"):
+        quantize(unfused, tmp_path / "q", QuantizeConfig(max_drop=0.01))
+    assert not (tmp_path / "q").exists()
+
+
+def test_accuracy_aware_with_room_excludes_nothing(sensitive, tmp_path):
+    art, data = sensitive
+    q = quantize(art, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32, max_drop=0.9, data=str(data),
+                                                      eval_samples=50))
+    aa = q.manifest.steps[-1].metrics["accuracy_aware"]
+    assert aa["budget_met"] and aa["excluded"] == [] and aa["kept_fp32"] == []
+    assert aa["baseline"] == 1.0 and aa["metric"] == "accuracy" and aa["eval_samples"] == 50
+    assert len(aa["candidates"]) == 1 and aa["candidates"][0]["phase"] == "all quantized"
+    assert aa["final"]["metric_of_written_model"] == aa["final"]["metric"]
+    assert len([n for n in q.manifest.steps[-1].metrics["nodes"]["quantized"]["MatMul"]]) == 12
+
+
+def test_accuracy_aware_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path):
+    art, data = sensitive
+    out = tmp_path / "q"
+    q = quantize(art, out, QuantizeConfig(max_drop=0.0, data=str(data), eval_samples=200))
+    step = q.manifest.steps[-1]
+    aa = step.metrics["accuracy_aware"]
+    full = aa["candidates"][0]
+    assert full["phase"] == "all quantized" and full["drop"] > 0, full  # quantizing everything costs accuracy
+    assert aa["budget_met"] and SENSITIVE_LAYER in aa["excluded"]
+    assert aa["final"]["drop"] <= 0.0 and aa["final"]["metric_of_written_model"] == aa["final"]["metric"] == 1.0
+    kept = {k["node"]: k for k in aa["kept_fp32"]}
+    assert kept[SENSITIVE_LAYER]["sensitivity"] > 0.05
+    assert kept[SENSITIVE_LAYER]["reason"].startswith("kept FP32: costs ")
+    assert aa["costliest"][0] == SENSITIVE_LAYER
+    assert aa["layer_sensitivity"][SENSITIVE_LAYER]["cost"] > 0.05
+    assert len(aa["candidates"]) >= 3 and all("excluded" in c and "metric" in c and "drop" in c for c in aa["candidates"])
+    # the written graph really keeps that MatMul in float, and everything else is quantized
+    nodes = step.metrics["nodes"]
+    reasons = {k["node"]: k["reason"] for k in nodes["kept_float"]}
+    assert reasons[SENSITIVE_LAYER].startswith("accuracy-aware")
+    assert SENSITIVE_LAYER not in nodes["quantized"]["MatMul"]
+    load_artifact(out)  # verifies
+    assert leftovers(tmp_path) == [] and not (tmp_path / "q.best-candidate").exists()
+
+
+def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(sensitive, tmp_path):
+    """max_drop 0 needs the sensitive layer in FP32, but it holds more than 3% of the quantizable weights."""
+    art, data = sensitive
+    out = tmp_path / "q"
+    with pytest.raises(AccuracyBudgetError) as e:
+        quantize(art, out, QuantizeConfig(max_drop=0.0, max_fp32_fraction=0.03, data=str(data), eval_samples=200))
+    err = e.value
+    msg = str(err)
+    assert err.exit_code == 1
+    assert "best reachable accuracy" in msg and "retention" in msg and "costliest layers" in msg
+    assert err.costliest[0] == SENSITIVE_LAYER and len(err.costliest) == 3
+    assert SENSITIVE_LAYER in msg.split("costliest layers:")[1]
+    assert err.best < 1.0 and err.allowed_min == 1.0 and err.baseline == 1.0
+    assert not out.exists()
+    best = tmp_path / "q.best-candidate"
+    assert err.best_candidate == str(best) and str(best) in msg
+    cand = load_artifact(best)  # complete and verified
+    assert cand.precision is Precision.int8
+    aa = cand.manifest.steps[-1].metrics["accuracy_aware"]
+    assert aa["budget_met"] is False and "does NOT meet the budget" in aa["note"]
+    assert aa["final"]["metric"] == pytest.approx(err.best, abs=1e-6)
+    report = json.loads((best / "accuracy_report.json").read_text())
+    assert report["status"].startswith("failed") and report["costliest"][0] == SENSITIVE_LAYER
+    assert report["candidates"] and report["requested_output"] == str(out)
+    run_all(cand, ["not worth the money."])
+    assert leftovers(tmp_path) == []
+
+
+def test_embedding_model_metric_is_cosine_to_fp32(bert_encoder, tmp_path):
+    from compress.stages.export import ExportConfig, export
+
+    art = export(bert_encoder, tmp_path / "onnx", ExportConfig(optimize="none", parity_samples=2))
+    data = write_tsv(tmp_path, [("", t) for t in [line.partition("\t")[2] for line in
+                                                  SAMPLES_TSV.read_text(encoding="utf-8").splitlines()[1:30]]])
+    q = quantize(art, tmp_path / "q", QuantizeConfig(min_retention=0.5, data=str(data), eval_samples=20))
+    aa = q.manifest.steps[-1].metrics["accuracy_aware"]
+    assert aa["metric"] == "cosine_to_fp32" and aa["baseline"] == 1.0
+    assert aa["budget"]["min_metric"] == 0.5 and aa["budget_met"] and 0.5 < aa["final"]["metric"] <= 1.0 + 1e-9
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def edgecompress(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress", *map(str, args)],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def test_cli_quantize_int4(unfused, tmp_path):
+    out = tmp_path / "x"
+    proc = edgecompress("quantize", unfused.path, "--precision", "int4", "--block-size", "32", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    art = load_artifact(out)
+    assert art.precision is Precision.int4 and art.manifest.steps[-1].config["block_size"] == 32
+    assert "int4" in proc.stdout and "smaller" in proc.stdout
+
+
+def test_cli_max_drop_without_data(unfused, tmp_path):
+    proc = edgecompress("quantize", unfused.path, "--max-drop", "0.01", "--out", tmp_path / "x")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--data" in lines[0], proc.stderr
+    assert not (tmp_path / "x").exists()
