@@ -92,7 +92,6 @@ def nncf_direct(work: Path, data: Path, teacher_labels: list[str], eval_samples:
 
     fp32 = load_artifact(work / "ov-fp32")
     enc = load_runtime(fp32).encoder
-    names = [t.name for t in fp32.manifest.inputs]
     calib_texts = load_dataset(data / "train.tsv", limit=300).texts
     calib = [enc.encode([t]) for t in calib_texts]
     label2id = {n: i for i, n in enumerate(teacher_labels)}
@@ -167,7 +166,7 @@ def main() -> None:
 
     import torch
 
-    from compress.artifact import Format, load_artifact
+    from compress.artifact import load_artifact
     from compress.data import load_dataset
     from compress.measure import measure_interleaved
     from compress.models import load_teacher

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress import __version__
 from compress.artifact import Artifact, Format, Task, load_artifact
-from compress.errors import ConfigError, DataError
+from compress.errors import ConfigError
 from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
 
 log = logging.getLogger(__name__)

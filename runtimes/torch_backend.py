@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from compress.artifact import Artifact, Format
+from compress.artifact import Format
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings
 
 
