@@ -368,3 +368,18 @@ def test_cli_max_drop_without_data(unfused, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--data" in lines[0], proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_int4_for_a_profile_whose_runtime_cannot_run_it(onnx_artifact, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "compress", "quantize", str(onnx_artifact.path), "--precision", "int4",
+         "--profile", "intel-cpu-openvino", "--out", str(tmp_path / "q")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "onnxruntime" in lines[0]
+    assert not (tmp_path / "q").exists()

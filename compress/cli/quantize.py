@@ -59,7 +59,8 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
 
         prof = load_profile(profile_name)
         target = {"target_vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
-                  "target_x86": str(prof.hardware.arch) == "x86_64"}
+                  "target_x86": str(prof.hardware.arch) == "x86_64",
+                  "target_runtime": prof.runtime.name, "target_provider": prof.runtime.provider}
         if data and max_drop is None and prof.budgets.min_accuracy_retention is not None:
             target["min_retention"] = min(prof.budgets.min_accuracy_retention, 1.0)
     config = build_config(
