@@ -130,14 +130,23 @@ def nncf_direct(work: Path, data: Path, teacher_labels: list[str], eval_samples:
     return out
 
 
-def benchmark_app(xml: Path, threads: int, seconds: int, names: list[str]) -> dict:
+def benchmark_app(xml: Path, threads: int, seconds: int, names: list[str], inputs_dir: Path | None,
+                  static: bool) -> dict:
+    """OpenVINO's benchmark_app, sync API, one stream, ``threads`` threads, batch 1 x 64.
+
+    ``static``: ``-shape`` (the model is reshaped to a static [1,64] before compiling) instead of
+    ``-data_shape`` (the dynamic model, as edgecompress runs it). ``inputs_dir``: our real token ids
+    (.npy) instead of benchmark_app's random fill.
+    """
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     shape = ",".join(f"{n}[1,64]" for n in names)
     cmd = [exe, "-m", str(xml), "-d", "CPU", "-api", "sync", "-nstreams", "1", "-nthreads", str(threads),
-           "-hint", "none", "-shape", shape, "-t", str(seconds), "-infer_precision", "f32"]
+           "-hint", "none", "-shape" if static else "-data_shape", shape, "-t", str(seconds), "-infer_precision", "f32"]
+    if inputs_dir is not None:
+        cmd += ["-i", ",".join(f"{n}:{inputs_dir / (n + '.npy')}" for n in names)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)
     text = proc.stdout + proc.stderr
-    got = {}
+    got: dict = {}
     for key in ("Median", "Average", "Min", "Max"):
         m = re.search(rf"{key}:\s+([\d.]+)\s*ms", text)
         if m:
@@ -149,6 +158,30 @@ def benchmark_app(xml: Path, threads: int, seconds: int, names: list[str]) -> di
     if proc.returncode != 0 or "median" not in got:
         got["error"] = text[-2000:]
     return got
+
+
+def ours_fresh(art_dir: Path, threads: int, seconds: int, inputs_dir: Path) -> dict:
+    """Our adapter's p50 in a fresh process (one compiled model, like benchmark_app); saves its inputs."""
+    proc = subprocess.run([sys.executable, __file__, "--ours", str(art_dir), str(threads), str(seconds),
+                           str(inputs_dir)], capture_output=True, text=True, timeout=seconds * 10 + 120)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ours_main(art_dir: str, threads: str, seconds: str, inputs_dir: str) -> None:
+    from compress.artifact import load_artifact
+    from compress.measure import measure_interleaved
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+
+    b = load_runtime(load_artifact(art_dir), settings=RuntimeSettings(threads=int(threads)))
+    x = b.encode(["the quick brown fox jumps over the lazy dog " * 10], pad_to=64)
+    Path(inputs_dir).mkdir(parents=True, exist_ok=True)
+    for k, v in x.items():
+        np.save(Path(inputs_dir) / f"{k}.npy", v)
+    s = measure_interleaved({"o": lambda: b.run(x)}, batch_size=1, warmup=50, min_runs=300,
+                            min_duration_s=float(seconds))["o"]
+    print(json.dumps({"p50": s.p50, "mean": s.mean, "n": s.n, "cv": s.cv}))
 
 
 def main() -> None:
@@ -212,7 +245,7 @@ def main() -> None:
         results[name] = {
             "accuracy": acc, "retention": acc / teacher_acc, "agreement": float((pred == teacher_pred).mean()),
             "size_mb": size / 2**20, "build_s": build_seconds.get(name, direct.get(name, {}).get("seconds")),
-            "kept_fp32": (step.metrics.get("accuracy_aware", {}) or {}).get("excluded") if step else None,
+            "kept_fp32": _kept_fp32(step) if step else None,
         }
         log(f"{name}: accuracy {acc:.4f} size {size / 2**20:.1f} MB")
 
@@ -223,23 +256,32 @@ def main() -> None:
         results[n]["latency_ms"] = {"p50": s.p50, "p95": s.p95, "n": s.n, "cv": s.cv,
                                     "p50_ci95": list(s.ci95["p50"])}
 
-    # ours vs benchmark_app on the same IR files (each measured right after the other)
-    bench = {}
-    names = [t.name for t in base_ov.manifest.inputs]
-    for name in ("ov-fp32", "ov-int8-nncf"):
-        if name not in backends:
-            continue
-        b = backends[name]
-        x = fixed[name]
-        ours = measure_interleaved({name: lambda b=b, x=x: b.run(x)}, batch_size=1, warmup=20,
-                                   min_runs=args.min_runs, min_duration_s=args.bench_seconds)[name]
-        app = benchmark_app(b.artifact.model_path, args.threads, args.bench_seconds, names)
-        bench[name] = {"ours_p50_ms": ours.p50, "ours_mean_ms": ours.mean, "ours_n": ours.n, "benchmark_app": app,
-                       "ratio_ours_over_app_median": ours.p50 / app["median"] if "median" in app else None}
-        log(f"{name}: ours p50 {ours.p50:.2f} ms vs benchmark_app median {app.get('median')}")
     for b in backends.values():
         b.close()
 
+    # ours vs benchmark_app on the same IR files: fresh processes, alternating, 3 rounds each,
+    # same inputs (ours saved as .npy), dynamic model as we run it; plus benchmark_app's static reshape
+    bench = {}
+    names = [t.name for t in base_ov.manifest.inputs]
+    inputs_dir = args.work / "bench-inputs"
+    for name in ("ov-fp32", "ov-int8-nncf"):
+        if name not in backends:
+            continue
+        art_dir = args.work / name
+        rounds = []
+        for _ in range(3):
+            ours = ours_fresh(art_dir, args.threads, args.bench_seconds, inputs_dir)
+            app = benchmark_app(art_dir / "model.xml", args.threads, args.bench_seconds, names, inputs_dir, False)
+            rounds.append({"ours_p50_ms": ours.get("p50"), "app_median_ms": app.get("median"), "ours": ours,
+                           "benchmark_app": app})
+        static = benchmark_app(art_dir / "model.xml", args.threads, args.bench_seconds, names, inputs_dir, True)
+        ours_med = float(np.median([r["ours_p50_ms"] for r in rounds if r["ours_p50_ms"]]))
+        app_med = float(np.median([r["app_median_ms"] for r in rounds if r["app_median_ms"]]))
+        bench[name] = {"rounds": rounds, "ours_p50_ms_median": ours_med, "app_median_ms_median": app_med,
+                       "ratio_ours_over_app": ours_med / app_med, "app_static_shape_median_ms": static.get("median"),
+                       "app_static_command": static.get("command")}
+        log(f"{name}: ours p50 {ours_med:.2f} ms vs benchmark_app {app_med:.2f} ms (dynamic), "
+            f"{static.get('median')} ms (static -shape)")
     payload = {
         "benchmark": "quantization", "data": str(args.data), "threads": args.threads,
         "teacher_accuracy": teacher_acc, "results": results, "failures": failures,
@@ -249,8 +291,19 @@ def main() -> None:
     args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(table(results, teacher_acc))
     for n, r in bench.items():
-        print(f"{n}: ours p50 {r['ours_p50_ms']:.2f} ms, benchmark_app median {r['benchmark_app'].get('median')} ms")
+        print(f"{n}: ours p50 {r['ours_p50_ms_median']:.2f} ms vs benchmark_app median {r['app_median_ms_median']:.2f} ms "
+              f"(ratio {r['ratio_ours_over_app']:.2f}; dynamic model, same inputs, median of 3 alternating fresh "
+              f"processes); benchmark_app with a static -shape reshape: {r['app_static_shape_median_ms']} ms")
     log(f"wrote {args.out}")
+
+
+def _kept_fp32(step) -> list[str] | None:
+    """Layers an accuracy-aware step left in float (ONNX: our search; OpenVINO: NNCF's reversion)."""
+    if "accuracy_aware" in step.metrics:
+        return step.metrics["accuracy_aware"].get("excluded")
+    if "accuracy_control" in step.metrics:
+        return step.metrics["accuracy_control"].get("reverted_to_float")
+    return None
 
 
 def table(results: dict, teacher_acc: float) -> str:
@@ -266,4 +319,7 @@ def table(results: dict, teacher_acc: float) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 6 and sys.argv[1] == "--ours":
+        _ours_main(*sys.argv[2:])
+    else:
+        main()

@@ -7,6 +7,7 @@ encoded inputs, and describes itself. Concrete adapters are imported lazily by i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -60,7 +61,9 @@ class RuntimeBackend(ABC):
             )
         require(self.module, f"the {self.name} runtime")
         self.artifact = artifact
-        self.settings = settings or RuntimeSettings()
+        # a copy: adapters resolve defaults into it (provider, device) without touching the caller's object
+        self.settings = dataclasses.replace(settings) if settings else RuntimeSettings()
+        self.settings.options = dict(self.settings.options)
         self._load()
         self.encoder = self._make_encoder()
 

@@ -69,9 +69,10 @@ class OpenVINOBackend(RuntimeBackend):
         }
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: v for k, v in inputs.items() if k in self._input_names}
-        self.request.infer(feed)
-        return np.asarray(self.request.get_tensor(self._output).data, dtype=np.float32).copy()
+        feed = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in self._input_names}
+        # zero-copy in and out (the output buffer is reused by the next call, hence the final copy)
+        result = self.request.infer(feed, share_inputs=True, share_outputs=True)
+        return np.array(result[self._output], dtype=np.float32, copy=True)
 
     @classmethod
     def version(cls) -> str | None:
