@@ -7,15 +7,13 @@ from typing import Any
 
 from compress import __version__
 from compress._optional import BACKENDS, is_available, version_of
-from compress.cpu import cpu_flags, has_vnni
+from compress.cpu import cpu_flags, cpu_model, has_vnni
 
 INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd",
                      "asimddp", "sve", "i8mm")
 
 
 def environment_report() -> dict[str, Any]:
-    from compress.validate import _cpu_model
-
     rows = []
     for module, (_, install) in BACKENDS.items():
         row: dict[str, Any] = {"package": module, "version": version_of(module) if is_available(module) else None,
@@ -41,7 +39,7 @@ def environment_report() -> dict[str, Any]:
         "edgecompress": __version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_features": [f for f in INTERESTING_FLAGS if f in flags],
         "int8_dot_product": has_vnni(flags),
         "backends": rows,

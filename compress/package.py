@@ -48,7 +48,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compress import __version__
-from compress.artifact import Artifact, Format, Task, check_output, load_artifact, staged_dir
+from compress.artifact import (
+    Artifact,
+    Format,
+    Task,
+    check_output,
+    load_artifact,
+    staged_dir,
+)
+from compress.cpu import cpu_model
 from compress.errors import ArtifactError, ConfigError, OutputExistsError, StageError
 from compress.validate import BudgetResult
 
@@ -775,7 +783,7 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         "imported_top_level": sorted({m for r in runs for m in r["loaded_top_level"]}),
         "forbidden_imports": forbidden,
         "measured_on": {"host": platform.node(), "arch": host_arch, "python": platform.python_version(),
-                        "cpu": _cpu_model(), "load_avg_1m": _load_avg(),
+                        "cpu": cpu_model(), "load_avg_1m": _load_avg(),
                         "host_cores": os.cpu_count()},
         "command": "python -S <driver> (imports, then `import handler`, then one invocation with one text)",
         "notes": notes,
@@ -802,16 +810,6 @@ def _site_dirs(modules: tuple[str, ...]) -> list[str]:
         if site not in out:
             out.append(site)
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _own_cgroups() -> dict[str, Path]:
@@ -1062,7 +1060,7 @@ def _environment() -> dict[str, Any]:
     from compress._optional import version_of
 
     return {
-        "host": platform.node(), "machine": platform.machine(), "cpu": _cpu_model(),
+        "host": platform.node(), "machine": platform.machine(), "cpu": cpu_model(),
         "python": platform.python_version(), "edgecompress": __version__, "pip": version_of("pip"),
     }
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress import __version__
 from compress.artifact import Artifact, Format, Task, load_artifact
+from compress.cpu import cpu_model
 from compress.errors import ConfigError
 from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
 
@@ -370,7 +371,7 @@ def validate(
     env = {
         "host": platform.node(),
         "machine": platform.machine(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "edgecompress": __version__,
         "runtime": backend.describe(),
@@ -459,16 +460,6 @@ def _latency_texts(texts: list[str] | None, batch_size: int, seq_len: int) -> li
     base = " ".join(texts[:64]) if texts else "the quick brown fox jumps over the lazy dog"
     long = (base + " ") * (seq_len // max(1, len(base.split())) + 2)
     return [long] * batch_size
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- budgets ------------------------------------------------------------------------------------
