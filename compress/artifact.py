@@ -99,6 +99,11 @@ class Manifest(BaseModel):
     max_length: int = Field(512, description="Longest sequence the tokenizer produces (truncation).")
     source: SourceInfo
     steps: list[StepRecord] = Field(default_factory=list, description="Lineage, oldest first.")
+    target: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Facts a device-bound model needs at load time (TensorRT: tensorrt_version, "
+        "compute_capability, gpu_name, profile shapes); empty for portable formats.",
+    )
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file but the manifest.")
     versions: dict[str, str | None] = Field(default_factory=dict, description="Tool/library versions.")
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
