@@ -38,6 +38,17 @@ CONFIG_VERSION = 1
 class ExportFormat(StrEnum):
     onnx = "onnx"
     openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+class TrtPrecision(StrEnum):
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class TrtVia(StrEnum):
+    onnx = "onnx"
+    torch_tensorrt = "torch-tensorrt"
 
 
 class GraphOptimization(StrEnum):
@@ -73,6 +84,34 @@ class ExportConfig(BaseModel):
     sample_data: str | None = Field(None, description="Data file whose first texts are the parity samples.")
     allow_pickle: bool = Field(False, description="Allow loading pickled (.bin) weights.")
     trust_remote_code: bool = Field(False, description="Allow a checkpoint's own Python code to run.")
+    # --format tensorrt (compress.stages.tensorrt)
+    precision: TrtPrecision | None = Field(
+        None, description="TensorRT: fp16 (FP32 ONNX built with the FP16 flag; the default) or int8 (explicit "
+        "QDQ quantization following TensorRT's rules, calibrated on --calibration).",
+    )
+    calibration: str | None = Field(None, description="TensorRT int8: data file whose texts calibrate activations.")
+    calibration_samples: int = Field(128, ge=1, description="TensorRT int8: number of calibration texts.")
+    dry_run: bool = Field(
+        False, description="TensorRT: write the TensorRT-ready ONNX artifact and print the trtexec command "
+        "instead of building an engine (needs no TensorRT).",
+    )
+    profile: str | None = Field(
+        None, description="TensorRT: device profile (name or file) whose measure batch/sequence set the "
+        "optimisation profile shapes.",
+    )
+    min_shape: str | None = Field(None, pattern=r"^\d+[xX]\d+$", description="TensorRT: smallest BATCHxSEQUENCE (default 1x1).")
+    opt_shape: str | None = Field(None, pattern=r"^\d+[xX]\d+$", description="TensorRT: BATCHxSEQUENCE tuned for (default: the profile's).")
+    max_shape: str | None = Field(
+        None, pattern=r"^\d+[xX]\d+$",
+        description="TensorRT: largest BATCHxSEQUENCE (default max(4 x batch, 32) x max_length).",
+    )
+    shape: str | None = Field(
+        None, pattern=r"^\d+[xX]\d+$", description="TensorRT: one static BATCHxSEQUENCE (fixes the ONNX axes).",
+    )
+    timing_cache: str | None = Field(
+        None, description="TensorRT: timing cache file to reuse and update (default: timing.cache in the output).",
+    )
+    via: TrtVia = Field(TrtVia.onnx, description="TensorRT: build from ONNX, or from PyTorch with torch-tensorrt.")
 
 
 def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -149,6 +188,10 @@ def export(
     from compress.runtimes.base import load_runtime
 
     config = config or ExportConfig()
+    if config.format is ExportFormat.tensorrt:
+        from compress.stages.tensorrt import export_tensorrt
+
+        return export_tensorrt(source, out, config, force=force)
     out = check_output(out, force)
     source = Path(source)
     teacher_dir = source
