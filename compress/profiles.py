@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Arch",
     "HardwareFacts",
+    "GpuFacts",
     "RuntimeConfig",
     "MeasureConfig",
     "LatencyBudget",
@@ -108,6 +109,34 @@ def _is_x86_flag(flag: str) -> bool:
     return flag.startswith(_X86_PREFIXES)
 
 
+class GpuFacts(BaseModel):
+    """Facts about an NVIDIA GPU the profile's runtime uses (CUDA / TensorRT); the CPU facts then describe the host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="GPU model name as the driver reports it, e.g. 'NVIDIA L4', 'Tesla T4'.")
+    compute_capability: str = Field(
+        pattern=r"^[0-9]+\.[0-9]+$",
+        description="CUDA compute capability 'major.minor', e.g. '7.5' (Turing), '8.6'/'8.7' (Ampere), "
+        "'8.9' (Ada), '9.0' (Hopper). A TensorRT engine runs only on the capability it was built for.",
+    )
+    memory_mb: int = Field(gt=0, description="GPU memory in MB (shared with the CPU on Jetson modules).")
+    peak_fp16_tflops: float | None = Field(
+        None, gt=0, description="Peak dense FP16 tensor-core throughput, TFLOP/s (vendor datasheet, no sparsity)."
+    )
+    peak_int8_tops: float | None = Field(
+        None, gt=0, description="Peak dense INT8 tensor-core throughput, TOP/s (vendor datasheet, no sparsity)."
+    )
+    memory_bandwidth_gbs: float | None = Field(None, gt=0, description="GPU memory bandwidth, GB/s (datasheet).")
+    tensor_cores: bool = Field(True, description="The GPU has tensor cores (FP16/INT8 matrix units).")
+
+    @property
+    def capability(self) -> tuple[int, int]:
+        """``compute_capability`` as a (major, minor) tuple."""
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
+
 class HardwareFacts(BaseModel):
     """Facts about the device: what the runtime can use and what the budgets assume."""
 
@@ -140,6 +169,10 @@ class HardwareFacts(BaseModel):
     clock_ghz: float | None = Field(
         None, gt=0,
         description="Sustained core clock in GHz (the peaks' derivation; scales per-operator overheads in estimates).",
+    )
+    gpu: GpuFacts | None = Field(
+        None,
+        description="The NVIDIA GPU the runtime uses (GPU profiles only); the other hardware facts then describe the host CPU.",
     )
     identify: str | None = Field(
         None,
@@ -214,7 +247,8 @@ class RuntimeConfig(BaseModel):
     )
     provider: str | None = Field(
         None,
-        description="ONNX Runtime execution provider (e.g. CPUExecutionProvider) or OpenVINO device (e.g. CPU).",
+        description="ONNX Runtime execution provider (e.g. CPUExecutionProvider, CUDAExecutionProvider), "
+        "OpenVINO device (e.g. CPU), or torch/TensorRT device (cpu, cuda, cuda:N).",
     )
     threads: int | None = Field(
         None, gt=0, description="Intra-op threads (an integer > 0); null uses one per core of the profiled device (hardware.cores)."

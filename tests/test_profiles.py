@@ -60,7 +60,11 @@ def test_builtin_names_sorted_and_abstract_parent_hidden():
     assert not any(n.startswith("_") for n in names)
 
 
-@pytest.mark.parametrize("name", builtin_profile_names())
+# GPU profiles (hardware.gpu) have GPU runtimes and budgets: tests/test_gpu_runtimes.py checks them
+CPU_BUILTINS = [n for n in builtin_profile_names() if load_profile(n).hardware.gpu is None]
+
+
+@pytest.mark.parametrize("name", CPU_BUILTINS)
 def test_every_builtin_loads(name):
     p = load_profile(name)
     assert p.name == name
@@ -78,7 +82,7 @@ def test_every_builtin_loads(name):
     assert b.latency_ms.p50 and b.latency_ms.p95 and b.latency_ms.p99
 
 
-@pytest.mark.parametrize("name", builtin_profile_names())
+@pytest.mark.parametrize("name", CPU_BUILTINS)
 def test_builtin_budgets_pass_int8_minilm_and_fail_fp32_bert_base(name):
     """Reference numbers (batch 1 x 64 tokens, ONNX Runtime, 2-core AVX2 host)."""
     b = load_profile(name).budgets
