@@ -10,8 +10,9 @@ from compress.stages.export import ExportConfig, GraphOptimization
 
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True,
-              help="onnx, or openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt"]), default="onnx", show_default=True,
+              help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), or "
+              "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]),
               help="Default: from the checkpoint (…ForSequenceClassification → text-classification).")
@@ -23,13 +24,30 @@ from compress.stages.export import ExportConfig, GraphOptimization
 @click.option("--sample-data", type=click.Path(path_type=Path), help="Data file for the parity texts.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights (can run arbitrary code).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the checkpoint's own Python code to run.")
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), help="TensorRT: "
+              + ExportConfig.model_fields["precision"].description + " Default fp16.")
+@click.option("--calibration", type=click.Path(path_type=Path), help=ExportConfig.model_fields["calibration"].description)
+@click.option("--calibration-samples", type=int, help=ExportConfig.model_fields["calibration_samples"].description)
+@click.option("--dry-run", is_flag=True, help=ExportConfig.model_fields["dry_run"].description)
+@click.option("--profile", "profile_name", help=ExportConfig.model_fields["profile"].description)
+@click.option("--min-shape", help=ExportConfig.model_fields["min_shape"].description)
+@click.option("--opt-shape", help=ExportConfig.model_fields["opt_shape"].description)
+@click.option("--max-shape", help=ExportConfig.model_fields["max_shape"].description)
+@click.option("--shape", help=ExportConfig.model_fields["shape"].description)
+@click.option("--timing-cache", type=click.Path(path_type=Path), help=ExportConfig.model_fields["timing_cache"].description)
+@click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), help=ExportConfig.model_fields["via"].description)
 @force_option
 def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sample_data, allow_pickle,
-               trust_remote_code, force):
-    """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX or OpenVINO artifact.
+               trust_remote_code, precision, calibration, calibration_samples, dry_run, profile_name, min_shape,
+               opt_shape, max_shape, shape, timing_cache, via, force):
+    """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX, OpenVINO or TensorRT artifact.
 
     Uses Optimum's exporter (dynamic batch and sequence axes), applies ONNX Runtime's transformer
     fusions, then checks FP32 parity with PyTorch; a miss beyond --atol fails and writes nothing.
+
+    --format tensorrt writes plain ONNX (fp16) or INT8 QDQ following TensorRT's explicit-quantization
+    rules (int8), with min/opt/max shapes from --profile or the --*-shape options, then builds model.plan
+    with TensorRT (or trtexec); --dry-run stops at the TensorRT-ready ONNX and prints the trtexec command.
     """
     from compress.stages.export import export
 
@@ -37,9 +55,36 @@ def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sa
         ExportConfig, format=fmt, task=task, opset=opset, optimize=optimize, atol=atol,
         parity_samples=parity_samples, sample_data=str(sample_data) if sample_data else None,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        precision=precision, calibration=str(calibration) if calibration else None,
+        calibration_samples=calibration_samples, dry_run=dry_run or None, profile=profile_name,
+        min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, shape=shape,
+        timing_cache=str(timing_cache) if timing_cache else None, via=via,
     )
+    if fmt != "tensorrt":
+        used = [o for o, v in (("--precision", precision), ("--calibration", calibration), ("--dry-run", dry_run),
+                               ("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape),
+                               ("--shape", shape), ("--timing-cache", timing_cache), ("--via", via),
+                               ("--calibration-samples", calibration_samples), ("--profile", profile_name)) if v]
+        if used:
+            from compress.errors import ConfigError
+
+            raise ConfigError(f"{used[0]} applies to --format tensorrt only", hint="add --format tensorrt or drop it")
     with status(f"exporting {source} to {fmt}"):
         art = export(source, out, config, force=force)
+    if fmt == "tensorrt":
+        target, parity = art.manifest.target, art.manifest.steps[-1].metrics["parity"]
+        what = "TensorRT-ready ONNX" if target.get("tensorrt_ready") else f"TensorRT {target.get('tensorrt_version')} engine"
+        agree = parity.get("argmax_agreement")
+        console().print(
+            f"wrote [bold]{art.path}[/] ({what}, {art.format}/{art.precision}, {art.size_bytes() / 1e6:.1f} MB); "
+            f"ONNX vs FP32 in onnxruntime: max |diff| {parity['max_abs_diff']:.2e}"
+            + (f", argmax agreement {agree:.0%}" if agree is not None else ""),
+            highlight=False,
+        )
+        if target.get("trtexec"):
+            click.echo("build the engine on the target GPU with:")
+            click.echo(target["trtexec"])
+        return
     parity = art.manifest.steps[-1].metrics["parity"]
     console().print(
         f"wrote [bold]{art.path}[/] ({art.format}/{art.precision}, {art.size_bytes() / 1e6:.1f} MB); "
