@@ -26,6 +26,7 @@ RUNTIMES: dict[str, str] = {
     "torch": "compress.runtimes.torch_backend:TorchBackend",
     "onnxruntime": "compress.runtimes.ort_backend:OrtBackend",
     "openvino": "compress.runtimes.openvino_backend:OpenVINOBackend",
+    "tensorrt": "compress.runtimes.tensorrt_backend:TensorRTBackend",
 }
 
 # the runtime used when a profile/user names none
@@ -109,7 +110,12 @@ class RuntimeBackend(ABC):
         return self.predict(self.encode(texts, pairs))
 
     def synchronize(self) -> None:
-        """Wait for asynchronous device work (GPU runtimes override); host runtimes are synchronous."""
+        """Wait for asynchronous device work (GPU runtimes override); host runtimes are synchronous.
+
+        Latency on a GPU is timed on the host (``compress.measure.measure_interleaved``) around
+        ``run()`` followed by ``synchronize()``: the timer stops only after the device finished, so it
+        times completed work (plus the host<->device copies a caller pays anyway), never an enqueue.
+        """
 
     def describe(self) -> dict[str, Any]:
         return {

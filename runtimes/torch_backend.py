@@ -1,13 +1,51 @@
-"""PyTorch eager runtime: runs a teacher checkpoint or a pytorch-format artifact on the CPU."""
+"""PyTorch eager runtime: runs a teacher checkpoint or a pytorch-format artifact on the CPU or a CUDA GPU.
+
+Settings: ``provider`` ``cpu`` (default), ``cuda`` or ``cuda:N``; ``options``:
+
+- ``dtype``: ``fp32`` (default), ``fp16`` or ``bf16`` — the model's weights and activations are cast;
+  token ids and masks stay int64. ``fp16`` needs CUDA (PyTorch's CPU FP16 kernels are slow and
+  incomplete, so it is refused on CPU); ``bf16`` runs on both.
+- ``compile``: ``true`` wraps the model in ``torch.compile`` (the first calls compile: warm up first).
+- ``allow_pickle`` / ``trust_remote_code``: loading opt-ins for the checkpoint.
+
+On CUDA, :meth:`TorchBackend.run` copies the output to the host (which waits for it) and
+:meth:`TorchBackend.synchronize` calls ``torch.cuda.synchronize``, so host timing around
+``run()`` + ``synchronize()`` times finished GPU work.
+"""
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any, ClassVar
 
 import numpy as np
 
 from compress.artifact import Format
+from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def torch_device(provider: str | None) -> str:
+    """'cpu', 'cuda:N' from a profile's provider (None/''/'cpu' -> cpu, 'cuda' -> cuda:0)."""
+    value = (provider or "cpu").strip().lower()
+    if value in ("cpuexecutionprovider",):  # inherited from an ONNX Runtime CPU parent profile
+        return "cpu"
+    if value == "cuda":
+        return "cuda:0"
+    if value == "cpu" or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise ConfigError(f"the torch runtime cannot run on provider {provider!r}", hint="use cpu, cuda or cuda:N")
+
+
+def torch_dtype_name(options: dict[str, Any]) -> str:
+    value = str(options.get("dtype") or "fp32").strip().lower()
+    value = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(value, value)
+    if value not in DTYPES:
+        raise ConfigError(f"torch runtime option dtype={options.get('dtype')!r} is not one of {', '.join(DTYPES)}")
+    return value
 
 
 class TorchBackend(RuntimeBackend):
@@ -25,11 +63,28 @@ class TorchBackend(RuntimeBackend):
         RuntimeBackend.__init__(self, teacher.as_artifact(), settings)
         return self
 
+    @classmethod
+    def check_settings(cls, settings: RuntimeSettings) -> None:
+        device = torch_device(settings.provider)
+        dtype = torch_dtype_name(settings.options)
+        if device.startswith("cuda"):
+            from compress.runtimes.tensorrt_backend import check_cuda
+
+            check_cuda(device, "the torch runtime")
+        elif dtype == "fp16":
+            raise ConfigError(
+                "torch runtime option dtype=fp16 needs a CUDA device (provider cuda); PyTorch's CPU FP16 is not a "
+                "deployment path",
+                hint="use dtype bf16 or fp32 on cpu",
+            )
+
     def _load(self) -> None:
         import torch
 
+        self.check_settings(self.settings)
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
+        shared = self.teacher is not None  # a caller's model: never move or cast it in place
         if self.teacher is None:
             from compress.models import load_teacher
 
@@ -39,7 +94,17 @@ class TorchBackend(RuntimeBackend):
                 allow_pickle=bool(self.settings.options.get("allow_pickle")),
                 trust_remote_code=bool(self.settings.options.get("trust_remote_code")),
             )
-        self.model = self.teacher.model
+        self.device = torch.device(torch_device(self.settings.provider))
+        self.settings.provider = str(self.device)
+        self.dtype_name = torch_dtype_name(self.settings.options)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype_name]
+        model = self.teacher.model
+        if self.device.type != "cpu" or dtype is not torch.float32:
+            model = (copy.deepcopy(model) if shared else model).to(device=self.device, dtype=dtype)
+            model.eval()
+        if self.settings.options.get("compile"):
+            model = torch.compile(model)
+        self.model = model
 
     def _make_encoder(self):
         return self.teacher.encoder()
@@ -48,9 +113,15 @@ class TorchBackend(RuntimeBackend):
         import torch
 
         with torch.inference_mode():
-            out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+            out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()})
         tensor = out.logits if hasattr(out, "logits") else out.last_hidden_state
-        return tensor.float().numpy()
+        return tensor.float().cpu().numpy()  # .cpu() waits for the GPU
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
 
     @classmethod
     def version(cls) -> str | None:
@@ -62,5 +133,8 @@ class TorchBackend(RuntimeBackend):
         import torch
 
         d = super().describe()
-        d.update(threads=torch.get_num_threads(), device="cpu")
+        d.update(threads=torch.get_num_threads(), device=str(self.device), dtype=self.dtype_name,
+                 compiled=bool(self.settings.options.get("compile")))
+        if self.device.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self.device)
         return d
