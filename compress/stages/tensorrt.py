@@ -417,6 +417,10 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
         elif source_art.precision is not Precision.fp32:
             raise ArtifactError(f"{source} is {source_art.precision}; TensorRT export reads FP32 or INT8 QDQ ONNX",
                                 hint="pass the FP32 ONNX artifact or the teacher checkpoint")
+    needs_calibration = precision is TrtPrecision.int8 and (source_art is None or source_art.precision is Precision.fp32)
+    if needs_calibration and not config.calibration:
+        raise ConfigError("--precision int8 needs calibration data for the activation ranges",
+                          hint="pass --calibration DATA (a few hundred representative texts)")
     require("onnxruntime", "checking the TensorRT-ready ONNX")
     from compress.runtimes.ort_backend import OrtBackend
 
@@ -438,7 +442,7 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
         onnx_dir.mkdir(exist_ok=True)
         onnx_file = onnx_dir / "model.onnx"
         metrics: dict[str, Any] = {}
-        if precision is TrtPrecision.int8 and fp32.precision is Precision.fp32:
+        if needs_calibration:
             _quantize_int8(fp32, onnx_file, config)
             bad = check_tensorrt_qdq(onnx.load(str(onnx_file)))
             if bad:
