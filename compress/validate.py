@@ -297,7 +297,7 @@ def validate(
         # accuracy is still measured here: the artifact's arithmetic is the same on any CPU.
         device, estimating = _device_check(profile, config, warnings)
         run_settings = _host_settings(settings) if estimating else settings
-        cls.check_settings(run_settings)  # a missing device/provider fails now, before data and teacher load
+        cls.check_artifact(art, run_settings)  # a missing device/provider/engine target fails before data loads
 
     # eval data and teacher
     dataset = None

@@ -86,6 +86,11 @@ class RuntimeBackend(ABC):
     def check_settings(cls, settings: RuntimeSettings) -> None:
         """Fail fast (ConfigError) when ``settings`` name a device/provider this machine lacks."""
 
+    @classmethod
+    def check_artifact(cls, artifact: Artifact, settings: RuntimeSettings) -> None:
+        """Fail fast when ``artifact`` cannot run here with ``settings`` (device, provider, engine target)."""
+        cls.check_settings(settings)
+
     # -- shared ---------------------------------------------------------------------------------
     def _make_encoder(self) -> TextEncoder:
         m = self.artifact.manifest

@@ -127,19 +127,28 @@ class TensorRTBackend(RuntimeBackend):
         require(cls.module, "the tensorrt runtime")
         check_cuda(cuda_device(settings.provider), "the tensorrt runtime")
 
+    @classmethod
+    def check_artifact(cls, artifact, settings: RuntimeSettings) -> None:
+        """TensorRT present, the GPU present, and the engine built for this TensorRT and GPU."""
+        cls.check_settings(settings)  # a missing tensorrt/GPU is a one-line error before the imports below
+        import tensorrt as trt
+        import torch
+
+        device = torch.device(cuda_device(settings.provider))
+        reason = engine_compatibility(
+            artifact.manifest.target, trt.__version__, tuple(torch.cuda.get_device_capability(device)),
+            torch.cuda.get_device_name(device),
+        )
+        if reason:
+            raise ConfigError(reason)
+
     def _load(self) -> None:
         import tensorrt as trt
         import torch
 
-        self.check_settings(self.settings)
+        self.check_artifact(self.artifact, self.settings)
         self.device = torch.device(cuda_device(self.settings.provider))
         self.settings.provider = str(self.device)
-        major, minor = torch.cuda.get_device_capability(self.device)
-        reason = engine_compatibility(
-            self.artifact.manifest.target, trt.__version__, (major, minor), torch.cuda.get_device_name(self.device)
-        )
-        if reason:
-            raise ConfigError(reason)
         torch.cuda.set_device(self.device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
