@@ -39,6 +39,7 @@ class Parity:
     cosine_min: float
     argmax_agreement: float | None
     n: int
+    cosine_mean: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,6 +49,8 @@ class Parity:
             "cosine_min": self.cosine_min,
             "n": self.n,
         }
+        if self.cosine_mean is not None:
+            d["cosine_mean"] = self.cosine_mean
         if self.argmax_agreement is not None:
             d["argmax_agreement"] = self.argmax_agreement
         d.update(self.extra)
@@ -62,4 +65,15 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classification
     den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
     cos = num / np.clip(den, 1e-12, None)
     agree = float((ref.argmax(-1) == cand.argmax(-1)).mean()) if classification else None
-    return Parity(float(diff.max()), float(diff.mean()), float(cos.min()), agree, int(ref.shape[0]))
+    return Parity(float(diff.max()), float(diff.mean()), float(cos.min()), agree, int(ref.shape[0]),
+                  cosine_mean=float(cos.mean()))
+
+
+def measure_parity(reference, candidate, texts: list[str], classification: bool, *, pad_to: int | None = None) -> Parity:
+    """Encode ``texts`` once with the reference's encoder, run both runtime backends, close both, compare."""
+    try:
+        batch = reference.encode(texts, pad_to=pad_to)
+        return compare_outputs(reference.predict(batch), candidate.predict(batch), classification)
+    finally:
+        reference.close()
+        candidate.close()

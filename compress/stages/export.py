@@ -28,7 +28,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ArtifactError, ConfigError, ParityError, StageError
-from compress.stages.common import compare_outputs, sample_texts
+from compress.stages.common import measure_parity, sample_texts
 
 log = logging.getLogger(__name__)
 
@@ -272,11 +272,7 @@ def export(
             reference, ref_name = TorchBackend.from_teacher(teacher), "PyTorch FP32"
         else:
             reference, ref_name = OrtBackend(source_art), "ONNX FP32 in ONNX Runtime"
-        batch = reference.encode(texts)
-        classification = manifest.task is Task.text_classification
-        parity = compare_outputs(reference.predict(batch), candidate.predict(batch), classification)
-        candidate.close()
-        reference.close()
+        parity = measure_parity(reference, candidate, texts, manifest.task is Task.text_classification)
         step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": ref_name, "texts": texts}
         if not parity.max_abs_diff <= config.atol:
             raise ParityError(

@@ -64,7 +64,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import AccuracyBudgetError, ArtifactError, ConfigError, EdgeCompressError, StageError
-from compress.stages.common import compare_outputs, sample_texts
+from compress.stages.common import measure_parity, sample_texts
 
 log = logging.getLogger(__name__)
 
@@ -662,12 +662,7 @@ def _write_artifact(
     write_manifest(tmp, manifest)
 
     texts = sample_texts(config.sample_data, config.parity_samples)
-    reference = OrtBackend(art)
-    candidate = OrtBackend(Artifact(tmp, manifest))
-    batch = reference.encode(texts)
-    parity = compare_outputs(reference.predict(batch), candidate.predict(batch), art.manifest.labels is not None)
-    reference.close()
-    candidate.close()
+    parity = measure_parity(OrtBackend(art), OrtBackend(Artifact(tmp, manifest)), texts, art.manifest.labels is not None)
     before = art.size_bytes()
     after = Artifact(tmp, manifest).size_bytes()
     op_types = q.op_types()

@@ -59,7 +59,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, EdgeCompressError, StageError
-from compress.stages.common import compare_outputs, sample_texts
+from compress.stages.common import measure_parity, sample_texts
 
 if TYPE_CHECKING:
     from compress.stages.quantize import QuantizeConfig
@@ -325,23 +325,11 @@ def _eval_dataset(art: Artifact, config: QuantizeConfig):
     )
 
 
-def _min_metric(config: QuantizeConfig, baseline: float) -> float:
-    """Lowest metric the budget allows: baseline - max_drop and/or baseline * min_retention (both must hold)."""
-    bounds = []
-    if config.max_drop is not None:
-        bounds.append(baseline - config.max_drop)
-    if config.min_retention is not None:
-        bounds.append(baseline * config.min_retention)
-    return max(bounds)
+def _budget(config: QuantizeConfig):
+    """The accuracy budget of an accuracy-control run (the ONNX search's Budget: same bounds, same wording)."""
+    from compress.stages.accuracy import Budget
 
-
-def _budget_text(config: QuantizeConfig) -> str:
-    parts = []
-    if config.max_drop is not None:
-        parts.append(f"drop <= {config.max_drop:g}")
-    if config.min_retention is not None:
-        parts.append(f"retention >= {config.min_retention:g}")
-    return " and ".join(parts)
+    return Budget(max_drop=config.max_drop, min_retention=config.min_retention)
 
 
 def _weight_elements(model) -> dict[str, int]:
@@ -500,7 +488,8 @@ def _quantize_with_accuracy_control(
 
     log.info("evaluating the FP32 input on %d eval rows", len(evaluator.items))
     baseline = evaluator.evaluate(model)
-    allowed_min = _min_metric(config, baseline)
+    budget = _budget(config)
+    allowed_min = budget.min_metric(baseline)
     max_drop = max(baseline - allowed_min, 0.0)
     inter = workdir / "intermediate"
     inter.mkdir()
@@ -519,7 +508,7 @@ def _quantize_with_accuracy_control(
         kwargs["ignored_scope"] = scope
     validation = nncf.Dataset(evaluator.items, lambda item: item[1])
     log.info("nncf.quantize_with_accuracy_control(max_drop=%.6g absolute; budget %s, FP32 %s %.4f)",
-             max_drop, _budget_text(config), evaluator.metric_name, baseline)
+             max_drop, budget.describe(), evaluator.metric_name, baseline)
     reverts = _RevertLog()
     with _nncf_logging(capture=reverts):
         result = nncf.quantize_with_accuracy_control(
@@ -553,7 +542,7 @@ def _quantize_with_accuracy_control(
     record = {
         "max_drop": max_drop,
         "drop_type": "absolute",
-        "budget": _budget_text(config),
+        "budget": budget.describe(),
         "subset_size": config.calibration_samples,
         "model_type": "transformer",
         "calibration_items": len(calibration),
@@ -567,7 +556,7 @@ def _quantize_with_accuracy_control(
     report = {
         "metric_name": evaluator.metric_name,
         "eval_samples": len(evaluator.items),
-        "budget": _budget_text(config),
+        "budget": budget.describe(),
         "baseline_metric": baseline,
         "allowed_min_metric": allowed_min,
         "full_int8_metric": full["metric"],
@@ -623,16 +612,8 @@ def _write(
         write_manifest(tmp, manifest)
 
         texts = sample_texts(config.sample_data, config.parity_samples)
-        reference = OpenVINOBackend(art)
-        candidate = OpenVINOBackend(Artifact(tmp, manifest))
-        batch = reference.encode(texts)
-        ref, cand = reference.predict(batch), candidate.predict(batch)
-        reference.close()
-        candidate.close()
-        parity = compare_outputs(ref, cand, art.manifest.labels is not None)
-        r, c = ref.astype(np.float64), cand.astype(np.float64)
-        cos = (r * c).sum(-1) / np.clip(np.linalg.norm(r, axis=-1) * np.linalg.norm(c, axis=-1), 1e-12, None)
-        parity.extra["cosine_mean"] = float(cos.mean())
+        parity = measure_parity(OpenVINOBackend(art), OpenVINOBackend(Artifact(tmp, manifest)), texts,
+                                art.manifest.labels is not None)
         before = art.size_bytes()
         after = sum((tmp / n).stat().st_size for n in ("model.xml", "model.bin"))
         step.metrics = {

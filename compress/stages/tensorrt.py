@@ -47,7 +47,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ArtifactError, ConfigError, MissingBackendError, StageError
-from compress.stages.common import compare_outputs, sample_texts
+from compress.stages.common import measure_parity, sample_texts
 from compress.stages.export import CONFIG_VERSION, ExportConfig, ExportFormat, GraphOptimization, TrtPrecision, TrtVia
 
 log = logging.getLogger(__name__)
@@ -472,15 +472,13 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
 
         # the TensorRT-ready ONNX must still agree with the FP32 model in onnxruntime
         texts = sample_texts(config.sample_data, max(config.parity_samples, 16))
-        reference, candidate = OrtBackend(fp32), OrtBackend(Artifact(onnx_dir, manifest))
-        if shapes["min"] == shapes["max"]:
-            batch = reference.encode(texts[: shapes["min"][0]], pad_to=shapes["min"][1])
-        else:
-            batch = reference.encode(texts)
+        static = shapes["min"] == shapes["max"]
         classification = manifest.labels is not None or manifest.task.value == "text-classification"
-        parity = compare_outputs(reference.predict(batch), candidate.predict(batch), classification)
-        reference.close()
-        candidate.close()
+        parity = measure_parity(
+            OrtBackend(fp32), OrtBackend(Artifact(onnx_dir, manifest)),
+            texts[: shapes["min"][0]] if static else texts, classification,
+            pad_to=shapes["min"][1] if static else None,
+        )
         metrics["parity"] = {**parity.as_dict(), "reference": "ONNX FP32 in ONNX Runtime"}
         if precision is TrtPrecision.int8:
             agree = parity.argmax_agreement
