@@ -255,3 +255,37 @@ def sample_texts() -> list[str]:
 def make_tsv():
     """The :func:`write_tsv` helper, for tests that need several data files."""
     return write_tsv
+
+
+# Every budget set, all generous: a working artifact passes them on any machine.
+GENEROUS_BUDGETS = {
+    "latency_ms": {"p50": 10000, "p95": 20000, "p99": 30000},
+    "min_throughput": 0.001,
+    "max_model_size_mb": 1000,
+    "max_peak_memory_mb": 100000,
+    "min_accuracy_retention": 0.01,
+    "min_agreement": 0.0,
+    "min_speedup": 0.001,
+    "max_cold_start_ms": 600000,
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """HOME in a temporary directory for a whole test module (the FP32 baseline cache lives under it)."""
+    d = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(d))
+        yield d
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLI group configures the root logger (rich handler, force=True): undo that after each test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import shutil
 import subprocess
@@ -20,16 +19,6 @@ from compress.cli import COMMANDS, cli
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 ENV.pop("EDGECOMPRESS_DEBUG", None)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI group configures the root logger (rich handler, force=True): undo that after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def edgecompress(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ from compress.estimate import (
 )
 from compress.profiles import load_profile
 
-from conftest import write_tsv
+from conftest import GENEROUS_BUDGETS, write_tsv
 
 IDEAL = Efficiency(compute_fp32=1.0, compute_int8=1.0, memory=1.0, overhead_us=0.0)
 
@@ -228,11 +228,7 @@ def test_python_m_compress_estimate(int8_artifact, capsys):
 FAST = {"warmup": 1, "min_runs": 5, "min_duration_s": 0.01, "eval_batch_size": 8}
 BOARD_HW = {"cores": 2, "memory_mb": 4096, "clock_ghz": 2.0, "peak_gflops_fp32": 64.0, "peak_gops_int8": 256.0,
             "memory_bandwidth_gbs": 10.0, "identify": "^No Such Board$"}
-GENEROUS = {
-    "latency_ms": {"p50": 10000, "p95": 20000, "p99": 30000}, "min_throughput": 0.001, "max_model_size_mb": 1000,
-    "max_peak_memory_mb": 100000, "min_accuracy_retention": 0.01, "min_agreement": 0.0, "min_speedup": 0.001,
-    "max_cold_start_ms": 600000,
-}
+GENEROUS = GENEROUS_BUDGETS
 
 
 def board(directory: Path, name: str, arch: str = "x86_64", budgets: dict | None = None, **hw) -> Path:
@@ -244,14 +240,6 @@ def board(directory: Path, name: str, arch: str = "x86_64", budgets: dict | None
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    d = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(d))  # the FP32 baseline cache
-        yield d
 
 
 @pytest.fixture(scope="module")

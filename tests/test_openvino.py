@@ -30,14 +30,6 @@ FAST_MEASURE = {"warmup": 1, "min_runs": 5, "min_duration_s": 0.02, "max_runs": 
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    d = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(d))
-        yield d
-
-
-@pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("openvino")
 

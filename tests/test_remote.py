@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import getpass
 import json
-import logging
 import os
 import re
 import shutil
@@ -30,20 +29,11 @@ import yaml
 from compress import remote
 from compress.errors import IntegrityError
 
-from conftest import write_tsv
+from conftest import GENEROUS_BUDGETS, write_tsv
 
 SSHD = Path("/usr/sbin/sshd")
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 4}
-GENEROUS = {
-    "latency_ms": {"p50": 10000, "p95": 20000, "p99": 30000},
-    "min_throughput": 0.001,
-    "max_model_size_mb": 1000,
-    "max_peak_memory_mb": 100000,
-    "min_accuracy_retention": 0.01,
-    "min_agreement": 0.0,
-    "min_speedup": 0.001,
-    "max_cold_start_ms": 600000,
-}
+GENEROUS = GENEROUS_BUDGETS
 
 
 # --- the loopback sshd -----------------------------------------------------------------------------------
@@ -132,24 +122,6 @@ def sshd(tmp_path_factory):
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """HOME in a temporary directory (the FP32 baseline cache lives under it)."""
-    d = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(d))
-        yield d
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -27,21 +27,11 @@ from compress.measure import LatencyStats, measure_interleaved, nearest_rank
 from compress.profiles import Budgets, LatencyBudget
 from compress.validate import judge, macro_f1, neighbour_agreement
 
-from conftest import SENTENCES, write_tsv
+from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
 
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8}
 
-# Every budget set, all generous: a working artifact passes them on any machine.
-GENEROUS = {
-    "latency_ms": {"p50": 10000, "p95": 20000, "p99": 30000},
-    "min_throughput": 0.001,
-    "max_model_size_mb": 1000,
-    "max_peak_memory_mb": 100000,
-    "min_accuracy_retention": 0.01,
-    "min_agreement": 0.0,
-    "min_speedup": 0.001,
-    "max_cold_start_ms": 600000,
-}
+GENEROUS = GENEROUS_BUDGETS
 
 # Budgets needing the FP32 baseline or the cold-start probe switched off, for the fast runs.
 NO_BASELINE_NO_PROBE = {"min_speedup": None, "max_peak_memory_mb": None, "max_cold_start_ms": None}
@@ -65,15 +55,6 @@ def write_profile(directory: Path, name: str, budgets: dict | None = None, *, st
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """HOME (and so the baseline cache) in a temporary directory for every test of this module."""
-    d = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(d))
-        yield d
 
 
 @pytest.fixture(autouse=True)
