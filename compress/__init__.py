@@ -12,6 +12,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
+    "distill": ("compress.stages.distill", "distill"),
+    "DistillConfig": ("compress.stages.distill", "DistillConfig"),
     "export": ("compress.stages.export", "export"),
     "ExportConfig": ("compress.stages.export", "ExportConfig"),
     "quantize": ("compress.stages.quantize", "quantize"),

@@ -18,6 +18,7 @@ from compress import __version__
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
+    "distill": "compress.cli.distill:distill_cmd",
     "export": "compress.cli.export:export_cmd",
     "quantize": "compress.cli.quantize:quantize_cmd",
     "validate": "compress.cli.validate:validate_cmd",
@@ -77,7 +78,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
         level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False, console=_stderr())],
         force=True,
     )
-    for noisy in ("onnx_model", "fusion_base", "onnx_model_bert", "transformers", "optimum", "nncf",
+    for noisy in ("accelerate", "onnx_model", "fusion_base", "onnx_model_bert", "transformers", "optimum", "nncf",
                   "onnxruntime", "optimum.onnxruntime", "optimum.exporters"):
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
     if verbose < 1:

@@ -196,9 +196,11 @@ def export(
     source = Path(source)
     teacher_dir = source
     source_art = None
+    prior = None  # manifest of a pytorch-format source artifact
     if is_artifact(source):
         source_art = load_artifact(source)
-        if source_art.format is Format.pytorch:
+        if source_art.format is Format.pytorch:  # e.g. a distilled or pruned student: keep its lineage
+            prior = source_art.manifest
             teacher_dir, source_art = source_art.path, None
         elif not (config.format is ExportFormat.openvino and source_art.format is Format.onnx):
             raise ArtifactError(
@@ -242,6 +244,8 @@ def export(
         if teacher is not None:
             teacher.tokenizer.save_pretrained(str(tmp))
             manifest = teacher.manifest()
+            if prior is not None:
+                manifest.source, manifest.steps = prior.source, list(prior.steps)
             primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
             outputs = sorted(outputs, key=lambda s: s.name != primary)
             input_digest = teacher.sha256
@@ -263,7 +267,7 @@ def export(
                       ("optimum", "onnx", "onnxruntime", "openvino", "torch", "transformers") if k in manifest.versions},
             input_digest=input_digest,
         )
-        manifest.steps = [*manifest.steps, step] if teacher is None else [step]
+        manifest.steps = [*manifest.steps, step] if teacher is None or prior is not None else [step]
         write_manifest(tmp, manifest)
 
         texts = sample_texts(config.sample_data, config.parity_samples)
