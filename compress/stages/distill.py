@@ -815,8 +815,12 @@ def distill(
     force: bool = False,
     keep_run: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[Any, int, int], None] | None = None,
 ) -> DistillResult:
     """Distil the teacher at ``teacher_dir`` into a smaller student written as an artifact at ``out``.
+
+    ``on_step(student, step, total_steps)`` runs after every optimizer step (under ``torch.no_grad``),
+    e.g. to keep pruning masks applied (``compress.stages.prune.Sparsifier``).
 
     ``progress`` receives dicts: ``{"phase": "teacher", "done", "total"}`` while caching teacher outputs,
     ``{"phase": "train", "step", "total", "loss", "eval", ...}`` during training.
@@ -1098,6 +1102,9 @@ def distill(
                         optimizer.step()
                         if accelerator.sync_gradients:
                             scheduler.step()
+                            if on_step is not None:
+                                with torch.no_grad():
+                                    on_step(unwrap_student(), state["step"] + 1, total_steps)
                         optimizer.zero_grad()
                     batch_no += 1
                     last_loss = {"loss": float(loss.detach()), **parts}
