@@ -16,6 +16,8 @@ _LAZY = {
     "DistillConfig": ("compress.stages.distill", "DistillConfig"),
     "export": ("compress.stages.export", "export"),
     "ExportConfig": ("compress.stages.export", "ExportConfig"),
+    "prune": ("compress.stages.prune", "prune"),
+    "PruneConfig": ("compress.stages.prune", "PruneConfig"),
     "quantize": ("compress.stages.quantize", "quantize"),
     "QuantizeConfig": ("compress.stages.quantize", "QuantizeConfig"),
     "validate": ("compress.validate", "validate"),

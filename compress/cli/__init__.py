@@ -20,6 +20,7 @@ from compress import __version__
 COMMANDS: dict[str, str] = {
     "distill": "compress.cli.distill:distill_cmd",
     "export": "compress.cli.export:export_cmd",
+    "prune": "compress.cli.prune:prune_cmd",
     "quantize": "compress.cli.quantize:quantize_cmd",
     "validate": "compress.cli.validate:validate_cmd",
     "inspect": "compress.cli.inspect:inspect_cmd",

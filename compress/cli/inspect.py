@@ -21,4 +21,14 @@ def inspect_cmd(artifact, as_json, no_verify):
     if as_json:
         click.echo(json.dumps(art.manifest.model_dump(mode="json"), indent=2))
         return
-    render_manifest(art, console(), verified=not no_verify)
+    con = console()
+    render_manifest(art, con, verified=not no_verify)
+    for step in art.manifest.steps:
+        if step.stage == "prune" and step.metrics.get("parameters_after"):
+            from compress.cli.prune import summary_lines
+
+            m = step.metrics
+            con.print(f"[bold]prune[/]: {m['parameters_before']:,} -> {m['parameters_after']:,} parameters "
+                      f"({m['parameter_ratio']:.2f}x)", highlight=False)
+            for line in summary_lines(m):
+                con.print("  " + line, highlight=False)

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import click
+
+from compress.cli._common import build_config, console, force_option, state
+from compress.stages.prune import PruneConfig
+
+F = PruneConfig.model_fields
+
+
+@click.command("prune")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Pruned (PyTorch) artifact directory.")
+@click.option("--heads", type=float, help=F["heads"].description)
+@click.option("--ffn", type=float, help=F["ffn"].description)
+@click.option("--drop-layers", type=int, help=F["drop_layers"].description)
+@click.option("--vocab-corpus", type=click.Path(path_type=Path), help=F["vocab_corpus"].description)
+@click.option("--no-alphabet", is_flag=True,
+              help="Vocabulary pruning: do not keep the single-character tokens (words outside the corpus become [UNK]).")
+@click.option("--sparsity", help=F["sparsity"].description)
+@click.option("--samples", type=int, default=F["samples"].default, show_default=True, help=F["samples"].description)
+@click.option("--data", "importance_data", type=click.Path(path_type=Path), help=F["importance_data"].description)
+@click.option("--recover-steps", type=int, default=0, show_default=True, help=F["recover_steps"].description)
+@click.option("--train", type=click.Path(path_type=Path),
+              help="Transfer data for recovery (and the default importance sample); labels optional.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+              help="Eval data: recovery metric vs the teacher, and vocabulary coverage of held-out text.")
+@click.option("--teacher", type=click.Path(path_type=Path), help=F["teacher"].description)
+@click.option("--recover-lr", type=float, default=F["recover_lr"].default, show_default=True,
+              help=F["recover_lr"].description)
+@click.option("--batch-size", type=int, default=F["recover_batch_size"].default, show_default=True,
+              help=F["recover_batch_size"].description)
+@click.option("--max-length", type=int, default=F["max_length"].default, show_default=True,
+              help=F["max_length"].description)
+@click.option("--profile", "profile_name", help=F["profile"].description)
+@click.option("--budget-precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
+              help=F["budget_precision"].description)
+@click.option("--seed", type=int, default=F["seed"].default, show_default=True, help=F["seed"].description)
+@click.option("--text-column", help="Text column (auto-detected).")
+@click.option("--label-column", help="Label column (auto-detected).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) weights.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow checkpoints with custom code.")
+@force_option
+def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, sparsity, samples, importance_data,
+              recover_steps, train, eval_data, teacher, recover_lr, batch_size, max_length, profile_name,
+              budget_precision, seed, text_column, label_column, allow_pickle, trust_remote_code, force):
+    """Prune SOURCE (a fine-tuned checkpoint or a PyTorch artifact) into a smaller model.
+
+    \b
+    Structured (smaller tensors, faster everywhere):
+      --heads R        remove fraction R of the attention heads (Taylor importance)
+      --ffn R          remove fraction R of every layer's FFN neurons
+      --drop-layers N  remove the N layers whose removal changes the outputs least
+      --profile P      raise --heads/--ffn until P's size/latency budget holds
+    Vocabulary (exact on the corpus, proven before writing):
+      --vocab-corpus DATA
+    Sparsity (zeros: smaller when compressed, not faster on CPU runtimes):
+      --sparsity 0.5 | --sparsity 2:4
+    Recovery: --recover-steps N --train DATA distils from the unpruned model.
+
+    The artifact is a Hugging Face checkpoint: `edgecompress export` turns it into ONNX.
+    """
+    from compress.stages.prune import prune
+
+    config = build_config(
+        PruneConfig, heads=heads, ffn=ffn, drop_layers=drop_layers,
+        vocab_corpus=str(vocab_corpus) if vocab_corpus else None, vocab_keep_alphabet=not no_alphabet,
+        sparsity=sparsity, samples=samples, importance_data=str(importance_data) if importance_data else None,
+        max_length=max_length, recover_steps=recover_steps, recover_lr=recover_lr, recover_batch_size=batch_size,
+        teacher=str(teacher) if teacher else None, profile=profile_name, budget_precision=budget_precision,
+        seed=seed, text_column=text_column, label_column=label_column, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    with _Progress() as progress:
+        art = prune(source, out, config, train=train, eval_data=eval_data, force=force, progress=progress)
+    m = art.manifest.steps[-1].metrics
+    con = console()
+    con.print(f"wrote [bold]{art.path}[/]: {m['parameters_after'] / 1e6:.2f}M parameters "
+              f"(was {m['parameters_before'] / 1e6:.2f}M, {m['parameter_ratio']:.2f}x), "
+              f"{m['size_bytes_after'] / 1e6:.1f} MB (was {m['size_bytes_before'] / 1e6:.1f} MB)")
+    for line in summary_lines(m):
+        con.print("  " + line, highlight=False)
+
+
+def summary_lines(m: dict) -> list[str]:
+    """One line per thing the prune step did (shared with `inspect`)."""
+    lines = []
+    if "budget" in m:
+        b = m["budget"]
+        lim = ", ".join(f"{k} {v:g}" for k, v in b["budgets"].items() if v is not None)
+        lines.append(f"budget ({b['profile']}, {b['precision']}: {lim}): chose heads {b['chosen']['heads']:g}, "
+                     f"ffn {b['chosen']['ffn']:g} after {len(b['candidates'])} candidates")
+    if "layers" in m:
+        lines.append(f"layers: {m['layers']['before']} -> {m['layers']['after']} (dropped {m['layers']['dropped']})")
+    if "heads" in m:
+        h = m["heads"]
+        lines.append(f"heads: {h['before']} -> {h['after']} (per layer {h['per_layer_after']})")
+        lines += [f"  note: {n}" for n in h.get("notes", [])]
+    if "ffn" in m:
+        lines.append(f"ffn: {m['ffn']['before']} -> {m['ffn']['after']} neurons per layer")
+    if "vocab" in m:
+        v = m["vocab"]
+        cov = ""
+        if "eval_coverage" in v:
+            cov = (f"; held-out tokens kept {v['eval_coverage']['token_coverage']:.1%}, texts unchanged "
+                   f"{v['eval_coverage']['texts_unchanged']:.1%}")
+        lines.append(f"vocabulary: {v['before']:,} -> {v['after']:,} tokens; proven identical on "
+                     f"{v['proof']['texts']:,} corpus texts ({v['proof']['tokens']:,} tokens){cov}")
+    if "sparsity" in m:
+        s = m["sparsity"]
+        gz = ""
+        if s.get("gzip_bytes_before"):
+            gz = f"; gzip of those weights {s['gzip_bytes_before'] / 1e6:.1f} -> {s['gzip_bytes_after'] / 1e6:.1f} MB"
+        lines.append(f"sparsity ({s['mode']}): {s['achieved']:.1%} of encoder Linear weights are zero{gz}")
+        lines.append(f"  note: {s.get('runtime_note') or 'no speed-up and no smaller file on ONNX Runtime/OpenVINO CPU'}"
+                     "; only the compressed size shrinks")
+    if "recovery" in m:
+        r = m["recovery"]
+        ev = ""
+        if r.get("eval_metric") is not None:
+            ev = (f"; eval {r['metric']} {r['eval_metric']:.4f} vs unpruned {r['teacher_eval_metric']:.4f} "
+                  f"(retention {r['retention']:.3f})")
+        lines.append(f"recovery: {r['steps']} distillation steps in {r['train_seconds']:.0f} s{ev}")
+    return lines
+
+
+class _Progress:
+    """Rich progress on stderr: importance scores, budget candidates, recovery steps."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> Self:
+        st = state()
+        con = console(stderr=True)
+        if (st is not None and st.quiet) or not con.is_terminal:
+            return self
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=con)
+        self.bar.start()
+        return self
+
+    def _task(self, key: str, label: str, total) -> int:
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(label, total=total, info="")
+        return self.tasks[key]
+
+    def __call__(self, d: dict) -> None:
+        if self.bar is None:
+            return
+        phase = d["phase"]
+        if phase == "importance":
+            self.bar.update(self._task(phase, "importance scores", d["total"]), completed=d["done"])
+        elif phase == "budget":
+            self.bar.console.print(f"budget candidate: heads {d['heads']:g}, ffn {d['ffn']:g}")
+        elif phase == "teacher":
+            self.bar.update(self._task(phase, "teacher outputs", d["total"]), completed=d["done"])
+        elif phase == "train":
+            t = self._task(phase, "recovering", d["total"])
+            self.bar.update(t, completed=d["step"], info=f"loss {d['loss']:.4f}")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
