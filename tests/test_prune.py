@@ -222,6 +222,24 @@ def test_vocabulary_proof_holds_on_the_artifact(pruned, bert4, data):
     assert (pruned.path / "vocab.txt").read_text().splitlines()[new_tok.cls_token_id] == "[CLS]"
 
 
+def test_vocabulary_floor_and_bpe_merges(bert4, roberta_classifier):
+    from transformers import AutoTokenizer
+
+    from compress.stages.prune import plan_vocabulary, rebuild_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(bert4))
+    base = plan_vocabulary(tok, ["dull."], keep_alphabet=False)
+    floored = plan_vocabulary(tok, ["dull."], keep_alphabet=False, floor=20)
+    assert base.alphabet == 0 and floored.floor == len(set(floored.keep) - set(base.keep)) > 0
+    assert set(range(5, 25)) <= set(floored.keep)  # the 20 lowest ordinary ids ([PAD]..[MASK] are 0-4)
+    # BPE: a kept token needs every token it is merged from, or tokenizers cannot rebuild the merges
+    rtok = AutoTokenizer.from_pretrained(str(roberta_classifier))
+    plan = plan_vocabulary(rtok, ["the plot is thin"], keep_alphabet=False)
+    new = rebuild_tokenizer(rtok, plan.keep)
+    a, b = rtok("the plot is thin")["input_ids"], new("the plot is thin")["input_ids"]
+    assert [plan.keep[i] for i in b] == a
+
+
 # --- sparsity and recovery ---------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ F = PruneConfig.model_fields
 @click.option("--vocab-corpus", type=click.Path(path_type=Path), help=F["vocab_corpus"].description)
 @click.option("--no-alphabet", is_flag=True,
               help="Vocabulary pruning: do not keep the single-character tokens (words outside the corpus become [UNK]).")
+@click.option("--vocab-floor", type=int, default=0, show_default=True, help=F["vocab_floor"].description)
 @click.option("--sparsity", help=F["sparsity"].description)
 @click.option("--samples", type=int, default=F["samples"].default, show_default=True, help=F["samples"].description)
 @click.option("--data", "importance_data", type=click.Path(path_type=Path), help=F["importance_data"].description)
@@ -44,7 +45,7 @@ F = PruneConfig.model_fields
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) weights.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow checkpoints with custom code.")
 @force_option
-def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, sparsity, samples, importance_data,
+def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, vocab_floor, sparsity, samples, importance_data,
               recover_steps, train, eval_data, teacher, recover_lr, batch_size, max_length, profile_name,
               budget_precision, seed, text_column, label_column, allow_pickle, trust_remote_code, force):
     """Prune SOURCE (a fine-tuned checkpoint or a PyTorch artifact) into a smaller model.
@@ -68,7 +69,8 @@ def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, s
     config = build_config(
         PruneConfig, heads=heads, ffn=ffn, drop_layers=drop_layers,
         vocab_corpus=str(vocab_corpus) if vocab_corpus else None, vocab_keep_alphabet=not no_alphabet,
-        sparsity=sparsity, samples=samples, importance_data=str(importance_data) if importance_data else None,
+        vocab_floor=vocab_floor, sparsity=sparsity, samples=samples,
+        importance_data=str(importance_data) if importance_data else None,
         max_length=max_length, recover_steps=recover_steps, recover_lr=recover_lr, recover_batch_size=batch_size,
         teacher=str(teacher) if teacher else None, profile=profile_name, budget_precision=budget_precision,
         seed=seed, text_column=text_column, label_column=label_column, allow_pickle=allow_pickle,

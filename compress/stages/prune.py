@@ -52,6 +52,7 @@ import copy
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -99,6 +100,7 @@ _RUNTIME_SPARSITY = {
     "tensorrt": "TensorRT can use 2:4 sparse tensor cores only in engines built with sparsity enabled "
                 "(not done by edgecompress): no speed-up as exported",
 }
+_PLACEHOLDER = re.compile(r"\[unused\d+\]|<unused\d+>")
 _FFN_KEYS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff", "dim_feedforward")
 _ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 _ST_DIRS = ("1_Pooling", "2_Normalize")
@@ -139,6 +141,12 @@ class PruneConfig(BaseModel):
         True,
         description="Also keep single-character tokens (WordPiece: and their ## forms), so words outside the "
         "corpus still split into characters instead of becoming [UNK].",
+    )
+    vocab_floor: int = Field(
+        0, ge=0,
+        description="Also keep the N lowest-id ordinary tokens ([unusedK] placeholders skipped): WordPiece and BPE "
+        "vocabularies list frequent tokens first, so text outside the corpus tokenises as before more often, "
+        "at N more embedding rows.",
     )
     sparsity: float | str | None = Field(
         None,
@@ -622,13 +630,14 @@ class VocabPlan:
     from_corpus: int
     special: int
     alphabet: int
+    floor: int
     corpus_texts: int
     corpus_tokens: int
 
     def record(self) -> dict[str, Any]:
         return {"before": self.old_size, "after": len(self.keep), "removed": self.old_size - len(self.keep),
                 "kept_from_corpus": self.from_corpus, "kept_special": self.special,
-                "kept_alphabet": self.alphabet, "corpus_texts": self.corpus_texts,
+                "kept_alphabet": self.alphabet, "kept_floor": self.floor, "corpus_texts": self.corpus_texts,
                 "corpus_tokens": self.corpus_tokens}
 
 
@@ -636,10 +645,11 @@ def _backend_json(tokenizer) -> dict[str, Any]:
     return json.loads(tokenizer.backend_tokenizer.to_str())
 
 
-def plan_vocabulary(tokenizer, texts: list[str], *, keep_alphabet: bool = True, model_config=None,
+def plan_vocabulary(tokenizer, texts: list[str], *, keep_alphabet: bool = True, floor: int = 0, model_config=None,
                     source: str | None = None) -> VocabPlan:
     """Token ids to keep: those ``texts`` tokenise to, special/added tokens, ids the model config names,
-    the single-character alphabet (``keep_alphabet``) and, for BPE, every token a kept token is merged from."""
+    the single-character alphabet (``keep_alphabet``), the ``floor`` lowest-id ordinary tokens and, for
+    BPE, every token a kept token is merged from."""
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise DataError(f"the vocabulary corpus{' ' + str(source) if source else ''} has no text",
@@ -681,12 +691,20 @@ def plan_vocabulary(tokenizer, texts: list[str], *, keep_alphabet: bool = True, 
         for tok, tid in vocab.items():
             if len(tok) == 1 or (prefix and tok.startswith(prefix) and len(tok) == len(prefix) + 1):
                 alphabet.add(tid)
-    keep = corpus | special_ids | alphabet
+    low: set[int] = set()
+    if floor:
+        for tok, tid in sorted(vocab.items(), key=lambda kv: kv[1]):
+            if len(low) >= floor:
+                break
+            if tid not in special_ids and not _PLACEHOLDER.fullmatch(tok):
+                low.add(tid)
+    keep = corpus | special_ids | alphabet | low
     if mtype == "BPE":
         keep |= _bpe_ancestors(data["model"], keep, vocab)
     keep_sorted = sorted(keep)
-    return VocabPlan(keep_sorted, old_size, len(corpus - special_ids), len(special_ids), len(alphabet - corpus - special_ids),
-                     len(texts), tokens)
+    return VocabPlan(keep_sorted, old_size, len(corpus - special_ids), len(special_ids),
+                     len(alphabet - corpus - special_ids), len(low - corpus - special_ids - alphabet), len(texts), tokens)
+
 
 
 def _merge_pair(m) -> tuple[str, str]:
@@ -1255,7 +1273,7 @@ def prune(
     if config.vocab_corpus:
         corpus_ds = _texts(config.vocab_corpus, config, None)
         vocab_plan = plan_vocabulary(tokenizer, corpus_ds.texts, keep_alphabet=config.vocab_keep_alphabet,
-                                     model_config=model.config, source=config.vocab_corpus)
+                                     floor=config.vocab_floor, model_config=model.config, source=config.vocab_corpus)
 
     # --- importance ---------------------------------------------------------------------------------
     importance = None
