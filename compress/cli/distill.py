@@ -141,7 +141,9 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
         result = distill(teacher, train, out, config, eval_data=eval_data, run_dir=run_dir, resume=resume,
                          force=force, keep_run=keep_run, progress=progress)
     m = result.metrics
-    if not m:  # non-main process of a multi-process launch
+    from accelerate import PartialState
+
+    if not m or not PartialState().is_main_process:  # other processes of `accelerate launch` hold the same result
         return
     line = (f"wrote [bold]{result.artifact.path}[/]: {m['student_parameters'] / 1e6:.1f}M parameters "
             f"(teacher {m['teacher_parameters'] / 1e6:.1f}M), {m['size_bytes'] / 1e6:.1f} MB, {m['steps']} steps "

@@ -379,7 +379,10 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, seed: int, window
         chunk = perm[start : start + span]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    # a short last batch stays last: anywhere else it would shift every later batch_size cut off the groups
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
     rng.shuffle(batches)
+    batches += short
     return np.concatenate(batches).tolist() if batches else []
 
 
@@ -1072,7 +1075,11 @@ def distill(
             while state["step"] < total_steps and state["stopped"] is None:
                 epoch = state["epoch"]
                 order = length_grouped_order(data.lengths, config.batch_size * n_proc, config.seed + epoch)
-                loader = torch.utils.data.DataLoader(order, batch_size=config.batch_size, collate_fn=data.collate)
+                # Own generator: creating a DataLoader iterator draws a base seed from the global torch RNG
+                # otherwise, and a resumed run creates one more iterator (skip_first_batches) than an
+                # uninterrupted one, which would shift every later dropout mask.
+                loader = torch.utils.data.DataLoader(order, batch_size=config.batch_size, collate_fn=data.collate,
+                                                     generator=torch.Generator().manual_seed(config.seed + epoch))
                 loader = accelerator.prepare_data_loader(loader, device_placement=True)
                 skip = state["batch_in_epoch"]
                 it = accelerator.skip_first_batches(loader, skip) if skip else loader
