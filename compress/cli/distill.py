@@ -95,6 +95,8 @@ def _student_config(path: Path | None) -> dict | None:
               help=F["cache_limit_gb"].description)
 @click.option("--run-dir", type=click.Path(path_type=Path),
               help="Checkpoints and the teacher-output cache (default: OUT.run, removed after success).")
+@click.option("--teacher-cache", type=click.Path(path_type=Path),
+              help="Keep the teacher's outputs here and reuse them in later runs with the same teacher and data.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint (same settings).")
 @click.option("--keep-run", is_flag=True, help="Keep the run directory after success.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) weights.")
@@ -104,7 +106,7 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
                 soft_weight, hard_weight, hidden_weight, attention_weight, value_relation_weight, augment,
                 augment_prob, epochs, max_steps, batch_size, grad_accum, lr, weight_decay, warmup_ratio, schedule,
                 max_length, eval_every, eval_samples, metric, patience, save_every, mixed_precision, seed,
-                text_column, label_column, cache_limit_gb, run_dir, resume, keep_run, allow_pickle,
+                text_column, label_column, cache_limit_gb, run_dir, teacher_cache, resume, keep_run, allow_pickle,
                 trust_remote_code, force):
     """Distil a fine-tuned TEACHER into a smaller student trained on its outputs.
 
@@ -120,9 +122,15 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
     T=2 weighted 0.7 plus label cross entropy 0.3; hidden-state and attention transfer are off
     (they did not beat the logits alone there) but available with their weights.
 
-    Teacher outputs are computed once and cached in the run directory. Runs on CPU, one GPU, or
-    several processes with `accelerate launch -m compress distill ...`. Ctrl-C saves a checkpoint;
-    rerun the same command with --resume to continue. The artifact is written only at the end.
+    Teacher outputs are computed once and cached in the run directory (or --teacher-cache).
+    Runs on CPU, one GPU, or several processes:
+
+    \b
+      accelerate launch --multi_gpu --num_processes 4 -m compress distill ...      (GPUs)
+      ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m compress distill ...  (CPU, gloo)
+
+    Ctrl-C saves a checkpoint; rerun the same command with --resume to continue. The artifact is
+    written only at the end.
     """
     from compress.stages.distill import distill
 
@@ -138,7 +146,8 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
         cache_limit_gb=cache_limit_gb, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
     with _Progress() as progress:
-        result = distill(teacher, train, out, config, eval_data=eval_data, run_dir=run_dir, resume=resume,
+        result = distill(teacher, train, out, config, eval_data=eval_data, run_dir=run_dir,
+                         teacher_cache=teacher_cache, resume=resume,
                          force=force, keep_run=keep_run, progress=progress)
     m = result.metrics
     from accelerate import PartialState

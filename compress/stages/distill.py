@@ -755,6 +755,13 @@ def default_run_dir(out: Path | str) -> Path:
     return out.with_name(out.name + ".run")
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -814,6 +821,7 @@ def distill(
     *,
     eval_data: Path | str | None = None,
     run_dir: Path | str | None = None,
+    teacher_cache: Path | str | None = None,
     resume: bool = False,
     force: bool = False,
     keep_run: bool = False,
@@ -825,6 +833,8 @@ def distill(
     ``on_step(student, step, total_steps)`` runs after every optimizer step (under ``torch.no_grad``),
     e.g. to keep pruning masks applied (``compress.stages.prune.Sparsifier``).
 
+    ``teacher_cache`` is a directory for the teacher's outputs that outlives the run: later runs with the
+    same teacher, transfer data and targets reuse it (default: inside the run directory).
     ``progress`` receives dicts: ``{"phase": "teacher", "done", "total"}`` while caching teacher outputs,
     ``{"phase": "train", "step", "total", "loss", "eval", ...}`` during training.
     """
@@ -934,6 +944,11 @@ def distill(
         mixed_precision=_mixed_precision(config.mixed_precision), gradient_accumulation_steps=config.grad_accum,
         kwargs_handlers=[kwargs],
     )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
+        raise ConfigError(
+            f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate runs each alone (no GPU for --multi_gpu)",
+            hint="on CPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...",
+        )
     main = accelerator.is_main_process
     ckpt = run / "checkpoint"
     if resume:
@@ -972,12 +987,28 @@ def distill(
     if not cache_intermediate:
         log.warning("intermediate teacher targets need %.1f GB (> --cache-limit-gb %.1f): the teacher runs every "
                     "step for them", sum(est.values()) / 1e9, config.cache_limit_gb)
-    cache_dir = run / "teacher-cache"
+    cache_dir = Path(teacher_cache) if teacher_cache else run / "teacher-cache"
+    cache_key = {
+        "teacher": teacher.sha256, "transfer": _fingerprint(texts, labels), "max_length": max_length,
+        "mapping": plan.mapping if cache_intermediate else None,
+        "targets": [k for k, on in (("hidden", plan.hidden), ("attention", plan.attention),
+                                    ("value_relation", plan.value_relation)) if on and cache_intermediate],
+        "pooling": [plan.pooling, plan.normalize], "config_version": CONFIG_VERSION,
+    }
     t_cache = time.perf_counter()
     needs_teacher = config.soft_weight > 0 or plan.intermediate
-    if needs_teacher and main and not (cache_dir / "soft.npy").is_file():
+    if cache_dir.is_dir() and any(cache_dir.iterdir()) and not (cache_dir / "key.json").is_file():
+        raise ConfigError(f"--teacher-cache {cache_dir} is a non-empty directory that is not a teacher cache",
+                          hint="pass a new or empty directory")
+    # every process checks before the main one writes: a late process would otherwise see the freshly
+    # built cache before its key.json and refuse it
+    accelerator.wait_for_everyone()
+    if needs_teacher and main and _read_json(cache_dir / "key.json") != cache_key:
         _TeacherCache.build(cache_dir, teacher.model, data, plan, cache_intermediate, device,
                             max(64, config.batch_size * 2), progress)
+        (cache_dir / "key.json").write_text(json.dumps(cache_key) + "\n")
+    elif needs_teacher and main:
+        log.info("reusing teacher outputs cached in %s", cache_dir)
     accelerator.wait_for_everyone()
     cache = _TeacherCache(cache_dir) if needs_teacher else None
     cache_seconds = time.perf_counter() - t_cache
