@@ -118,6 +118,19 @@ def test_pruned_model_has_smaller_tensors_reloads_and_runs(pruned, bert4):
     assert m["layers"]["dropped"] == [int(np.argmin(imp["layers"]))]
 
 
+def test_pruning_a_pruned_artifact_keeps_lineage_and_head_indices(pruned, tmp_path):
+    again = prune(pruned.path, tmp_path / "again", PruneConfig(heads=0.4, samples=8))
+    assert [s.stage for s in again.manifest.steps] == ["prune", "prune"]
+    assert again.manifest.source == pruned.manifest.source
+    first = {int(k): set(v) for k, v in pruned.manifest.steps[-1].metrics["heads"]["removed"].items()}
+    second = {int(k): set(v) for k, v in again.manifest.steps[-1].metrics["heads"]["removed"].items()}
+    model, _ = _load(again.path)  # pruned_heads holds original indices of both rounds
+    for layer in range(2):
+        assert set(model.config.pruned_heads.get(layer, [])) == first.get(layer, set()) | second.get(layer, set())
+        assert not first.get(layer, set()) & second.get(layer, set())
+    assert again.manifest.steps[-1].metrics["heads"]["after"] == 3
+
+
 def _constructed_model(seed: int = 0):
     """bert4-like model where, per layer, only head ``important[l]`` and neurons ``neurons[l]`` do anything."""
     from transformers import BertForSequenceClassification
@@ -299,11 +312,18 @@ def test_recovery_distils_and_keeps_2_4_masks(bert4, data, tmp_path):
 
 
 def test_pruned_artifact_exports_to_onnx_and_int8(pruned, tmp_path):
+    import onnx as onnx_lib
+
     from compress.stages.export import export
     from compress.stages.quantize import quantize
 
     onnx = export(pruned.path, tmp_path / "onnx")  # default O2: per-layer head counts differ
     assert onnx.manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-4
+    # ONNX Runtime's O2 still fuses attention, reading each layer's head count from the graph
+    graph = onnx_lib.load(str(onnx.model_path)).graph
+    fused = [onnx_lib.helper.get_attribute_value(a) for n in graph.node if n.op_type == "Attention"
+             for a in n.attribute if a.name == "num_heads"]
+    assert fused == pruned.manifest.steps[-1].metrics["architecture"]["heads_per_layer"]
     assert [s.stage for s in onnx.manifest.steps] == ["prune", "export"]
     int8 = quantize(onnx, tmp_path / "int8")
     assert int8.size_bytes() < onnx.size_bytes()

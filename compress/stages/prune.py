@@ -1271,7 +1271,7 @@ def prune(
     vocab_plan = None
     corpus_ds = None
     if config.vocab_corpus:
-        corpus_ds = _texts(config.vocab_corpus, config, None)
+        corpus_ds = _texts(config.vocab_corpus, config, label2id)
         vocab_plan = plan_vocabulary(tokenizer, corpus_ds.texts, keep_alphabet=config.vocab_keep_alphabet,
                                      floor=config.vocab_floor, model_config=model.config, source=config.vocab_corpus)
 
@@ -1353,7 +1353,8 @@ def prune(
 
         # --- vocabulary, write, reload, prove ---------------------------------------------------------
         proof_texts = corpus_ds.texts if corpus_ds is not None else []
-        probe = (proof_texts or _texts(config.importance_data or train or _default_data(), config, None, 64).texts)[:64]
+        probe = proof_texts[:64] or _texts(config.importance_data or train or _default_data(), config, label2id,
+                                           64).texts
         before_out = _outputs(model, tokenizer, probe, config.max_length, classification, pooling, normalize)
         old_emb = model.get_input_embeddings().weight.detach().clone()
         new_tokenizer = tokenizer
@@ -1380,7 +1381,7 @@ def prune(
                 vrec["proof"]["output_max_abs_diff"] = diff
                 vrec["corpus"] = config.vocab_corpus
                 if eval_data is not None:
-                    ev = _texts(eval_data, config, None)
+                    ev = _texts(eval_data, config, label2id)
                     vrec["eval_coverage"] = vocabulary_coverage(tokenizer, written.tokenizer, vocab_plan.keep,
                                                                 ev.texts)
                 metrics["vocab"] = vrec
