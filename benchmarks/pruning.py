@@ -144,7 +144,8 @@ def main() -> None:
             if args.rebuild or not is_artifact(out):
                 log(f"{name}: pruning + {args.recover_steps} recovery steps")
                 cfg = PruneConfig(**base, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
-                                  recover_batch_size=args.batch_size)
+                                  recover_batch_size=args.batch_size,
+                                  teacher_cache=str(args.work / "teacher-cache" / src_name))
                 prune(src, out, cfg, train=train, eval_data=dev_path, force=True, progress=progress_printer(name))
             m = load_artifact(out).manifest.steps[-1].metrics
             nb = TorchBackend.from_teacher(load_teacher(norec), RuntimeSettings(threads=args.threads))

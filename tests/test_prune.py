@@ -296,9 +296,11 @@ def test_cubic_schedule_reaches_the_target_and_never_regrows(bert4):
 
 
 def test_recovery_distils_and_keeps_2_4_masks(bert4, data, tmp_path):
-    cfg = PruneConfig(heads=0.25, sparsity="2:4", recover_steps=3, recover_batch_size=8, samples=12)
+    cfg = PruneConfig(heads=0.25, sparsity="2:4", recover_steps=3, recover_batch_size=8, samples=12,
+                      teacher_cache=str(tmp_path / "teacher-cache"))
     art = prune(bert4, tmp_path / "rec", cfg, train=data, eval_data=data)
     m = art.manifest.steps[-1].metrics
+    assert (tmp_path / "teacher-cache" / "key.json").is_file()  # kept for the next level of the same model
     assert m["recovery"]["steps"] == 3 and m["recovery"]["eval_metric"] is not None
     assert m["sparsity"]["pattern_2_4_holds"] and m["sparsity"]["schedule"].startswith("fixed 2:4")
     model, _ = _load(art.path)

@@ -173,6 +173,11 @@ class PruneConfig(BaseModel):
     teacher: str | None = Field(
         None, description="Teacher for recovery (default: the unpruned input model); must share its tokenizer."
     )
+    teacher_cache: str | None = Field(
+        None,
+        description="Directory for the recovery teacher's outputs, reused by later runs with the same teacher and "
+        "transfer data (e.g. several pruning levels of one model).",
+    )
     # --- budget --------------------------------------------------------------------------------------
     profile: str | None = Field(
         None,
@@ -1208,7 +1213,9 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
         seed=config.seed, text_column=config.text_column, label_column=config.label_column,
         allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
     )
-    kwargs = {"on_step": sparsifier} if sparsifier is not None else {}
+    kwargs: dict[str, Any] = {"on_step": sparsifier} if sparsifier is not None else {}
+    if config.teacher_cache:
+        kwargs["teacher_cache"] = config.teacher_cache
     result = distill(config.teacher or source, train, scratch / "recovered", dcfg, eval_data=eval_data,
                      run_dir=scratch / "run", force=True, progress=progress, **kwargs)
     recovered = type(model).from_pretrained(str(result.artifact.path), local_files_only=True, use_safetensors=True)
