@@ -74,7 +74,7 @@ def progress_printer(name: str):
     return show
 
 
-def run_distill(name, teacher_dir, train, dev, out, overrides, epochs, rebuild, eval_every):
+def run_distill(name, teacher_dir, train, dev, out, overrides, epochs, rebuild, eval_every, teacher_cache=None):
     from compress.artifact import is_artifact, load_artifact
     from compress.stages.distill import DistillConfig, distill
 
@@ -83,7 +83,8 @@ def run_distill(name, teacher_dir, train, dev, out, overrides, epochs, rebuild, 
         return art, art.manifest.steps[-1].metrics
     cfg = DistillConfig(epochs=epochs, eval_every=eval_every, **overrides)
     log(f"{name}: distilling ({json.dumps(overrides)})")
-    r = distill(teacher_dir, train, out, cfg, eval_data=dev, force=True, progress=progress_printer(name))
+    r = distill(teacher_dir, train, out, cfg, eval_data=dev, force=True, teacher_cache=teacher_cache,
+                progress=progress_printer(name))
     return r.artifact, r.metrics
 
 
@@ -159,7 +160,8 @@ def main() -> None:
         for kind, overrides in (("distilled", {}), ("labels-only", {"soft_weight": 0.0, "hard_weight": 1.0})):
             name = f"L{depth}-{kind}"
             art, m = run_distill(name, teacher_dir, args.data / "train.tsv", dev_path, args.work / name,
-                                 {"layers": depth, **overrides}, args.epochs, args.rebuild, args.eval_every)
+                                 {"layers": depth, **overrides}, args.epochs, args.rebuild, args.eval_every,
+                                 teacher_cache=args.work / "teacher-cache")
             models[name] = art.path
             results[name] = {"parameters": m["student_parameters"], "train_seconds": m["train_seconds"],
                              "teacher_cache_seconds": m["teacher_cache_seconds"], "steps": m["steps"],
