@@ -813,6 +813,117 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _resolve_metric(metric: Metric, classification: bool, eval_ds, eval_data) -> Metric:
+    """The early-stopping metric: ``auto`` resolved, and refused when the data or task cannot give it."""
+    if metric is Metric.auto:
+        metric = (Metric.accuracy if eval_ds is not None and eval_ds.labels is not None else Metric.agreement) \
+            if classification else Metric.cosine
+    if metric is Metric.accuracy and (eval_ds is None or eval_ds.labels is None or not classification):
+        raise DataError(
+            f"--metric accuracy needs labelled eval data, but {eval_data or 'no --eval data'} has no labels"
+            if eval_ds is not None or eval_data is None else "--metric accuracy needs labels",
+            hint="pass labelled --eval data, or use --metric agreement (agreement with the teacher)",
+        )
+    if metric in (Metric.accuracy, Metric.agreement) and not classification:
+        raise ConfigError(f"--metric {metric}: the teacher is a feature-extraction model", hint="use --metric cosine")
+    if metric is Metric.cosine and classification:
+        raise ConfigError("--metric cosine is for feature-extraction teachers", hint="use accuracy or agreement")
+    return metric
+
+
+def _choose_student(teacher, config: DistillConfig) -> tuple[Any, dict[str, Any], list[int]]:
+    """The student (built, or loaded), its description, and the teacher layer each student layer maps to."""
+    if config.student and (config.layers or config.keep_layers or config.student_config):
+        raise ConfigError("--student and --layers/--keep-layers/--student-config both given", hint="use one way")
+    if config.student:
+        student, student_desc = load_student(config.student, teacher, config)
+    else:
+        if not (config.layers or config.keep_layers or config.student_config):
+            raise ConfigError("no student given", hint="pass --layers N, --keep-layers I,J,..., --student-config FILE "
+                              "or --student DIR")
+        student, student_desc = build_student(teacher.model, config)
+    if student_desc.get("init") != "checkpoint" and config.student_config is None:
+        mapping = student_desc["kept_teacher_layers"]
+    else:
+        mapping = evenly_spaced(teacher.model.config.num_hidden_layers, student.config.num_hidden_layers)
+    return student, student_desc, mapping
+
+
+def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length: int, classification: bool):
+    """Tokenised transfer rows (augmented copies unlabelled), eval rows, and the transfer texts/labels."""
+    texts = list(train_ds.texts)
+    labels = list(train_ds.labels) if train_ds.labels is not None else [_IGNORE] * len(texts)
+    if not classification:
+        labels = [_IGNORE] * len(texts)
+    if config.augment:
+        emb = teacher.model.get_input_embeddings().weight.detach().float().numpy()
+        extra = neighbour_augment(train_ds.texts, teacher.tokenizer, emb, config.augment, config.augment_prob, config.seed)
+        texts += extra
+        labels += [_IGNORE] * len(extra)
+    pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
+    data = _TransferSet(_encode(teacher.tokenizer, texts, max_length), labels, pad_id)
+    eval_set = None
+    if eval_ds is not None:
+        eval_set = _TransferSet(_encode(teacher.tokenizer, eval_ds.texts, max_length),
+                                list(eval_ds.labels) if eval_ds.labels is not None else [_IGNORE] * len(eval_ds),
+                                pad_id)
+    return data, eval_set, texts, labels
+
+
+def _open_run(run: Path, run_config: dict[str, Any], accelerator, *, resume: bool, force: bool) -> None:
+    """Check a run directory to resume (same settings and data), or start it afresh."""
+    if resume:
+        if not (run / RUN_CONFIG).is_file():
+            raise ConfigError(f"--resume: no run to resume in {run}", hint="start without --resume")
+        old = json.loads((run / RUN_CONFIG).read_text())
+        diffs = _diff(old.get("config", {}), run_config["config"])
+        for key, what in (("teacher", "teacher checkpoint"), ("train", "training data"), ("eval", "eval data")):
+            if old.get(key) != run_config[key]:
+                diffs.append(f"{what} changed")
+        if diffs:
+            raise ConfigError(
+                f"--resume: the interrupted run in {run} used different settings ({'; '.join(diffs)})",
+                hint="resume with the original settings, or start over with --force",
+            )
+    else:
+        if run.exists() and (run / RUN_CONFIG).exists() and not force:
+            raise ConfigError(
+                f"{run} holds an earlier run (interrupted?)",
+                hint="continue it with --resume, or pass --force to start over",
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(run, ignore_errors=True)
+            run.mkdir(parents=True)
+            (run / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
+        accelerator.wait_for_everyone()
+
+
+def _ensure_cache(cache_dir: Path, teacher, data: _TransferSet, plan: _Plan, cache_intermediate: bool, accelerator,
+                  max_length: int, batch_size: int, progress, transfer_fingerprint: str) -> None:
+    """Build the teacher-output cache unless one for the same teacher, data and targets is there."""
+    cache_key = {
+        "teacher": teacher.sha256, "transfer": transfer_fingerprint, "max_length": max_length,
+        "mapping": plan.mapping if cache_intermediate else None,
+        "targets": [k for k, on in (("hidden", plan.hidden), ("attention", plan.attention),
+                                    ("value_relation", plan.value_relation)) if on and cache_intermediate],
+        "pooling": [plan.pooling, plan.normalize], "config_version": CONFIG_VERSION,
+    }
+    if cache_dir.is_dir() and any(cache_dir.iterdir()) and not (cache_dir / "key.json").is_file():
+        raise ConfigError(f"--teacher-cache {cache_dir} is a non-empty directory that is not a teacher cache",
+                          hint="pass a new or empty directory")
+    # every process checks before the main one writes: a late process would otherwise see the freshly
+    # built cache before its key.json and refuse it
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and _read_json(cache_dir / "key.json") != cache_key:
+        _TeacherCache.build(cache_dir, teacher.model, data, plan, cache_intermediate, accelerator.device,
+                            batch_size, progress)
+        (cache_dir / "key.json").write_text(json.dumps(cache_key) + "\n")
+    elif accelerator.is_main_process:
+        log.info("reusing teacher outputs cached in %s", cache_dir)
+    accelerator.wait_for_everyone()
+
+
 def distill(
     teacher_dir: Path | str,
     train: Path | str,
@@ -865,37 +976,11 @@ def distill(
                                label2id=label2id, num_labels=len(label2id) if label2id else None)
         if config.eval_samples:
             eval_ds = eval_ds.sample(config.eval_samples, seed=config.seed)
-    metric = config.metric
-    if metric is Metric.auto:
-        metric = (Metric.accuracy if eval_ds is not None and eval_ds.labels is not None else Metric.agreement) \
-            if classification else Metric.cosine
-    if metric is Metric.accuracy and (eval_ds is None or eval_ds.labels is None or not classification):
-        raise DataError(
-            f"--metric accuracy needs labelled eval data, but {eval_data or 'no --eval data'} has no labels"
-            if eval_ds is not None or eval_data is None else "--metric accuracy needs labels",
-            hint="pass labelled --eval data, or use --metric agreement (agreement with the teacher)",
-        )
-    if metric in (Metric.accuracy, Metric.agreement) and not classification:
-        raise ConfigError(f"--metric {metric}: the teacher is a feature-extraction model", hint="use --metric cosine")
-    if metric is Metric.cosine and classification:
-        raise ConfigError("--metric cosine is for feature-extraction teachers", hint="use accuracy or agreement")
+    metric = _resolve_metric(config.metric, classification, eval_ds, eval_data)
     if config.hard_weight and classification and train_ds.labels is None:
         log.warning("%s has no labels: training on the teacher's soft targets only", train)
 
-    # --- student ---------------------------------------------------------------------------------
-    if config.student and (config.layers or config.keep_layers or config.student_config):
-        raise ConfigError("--student and --layers/--keep-layers/--student-config both given", hint="use one way")
-    if config.student:
-        student, student_desc = load_student(config.student, teacher, config)
-    else:
-        if not (config.layers or config.keep_layers or config.student_config):
-            raise ConfigError("no student given", hint="pass --layers N, --keep-layers I,J,..., --student-config FILE "
-                              "or --student DIR")
-        student, student_desc = build_student(teacher.model, config)
-    if student_desc.get("init") != "checkpoint" and config.student_config is None:
-        mapping = student_desc["kept_teacher_layers"]
-    else:
-        mapping = evenly_spaced(teacher.model.config.num_hidden_layers, student.config.num_hidden_layers)
+    student, student_desc, mapping = _choose_student(teacher, config)
     t_heads = teacher.model.config.num_attention_heads
     plan = _Plan(
         classification=classification, pooling=teacher.info.postprocess.pooling,
@@ -913,23 +998,7 @@ def distill(
             m.config._attn_implementation = "eager"  # attention probabilities are not returned by SDPA
             m.set_attn_implementation("eager") if hasattr(m, "set_attn_implementation") else None
 
-    # --- transfer set ----------------------------------------------------------------------------
-    texts = list(train_ds.texts)
-    labels = list(train_ds.labels) if train_ds.labels is not None else [_IGNORE] * len(texts)
-    if not classification:
-        labels = [_IGNORE] * len(texts)
-    if config.augment:
-        emb = teacher.model.get_input_embeddings().weight.detach().float().numpy()
-        extra = neighbour_augment(train_ds.texts, teacher.tokenizer, emb, config.augment, config.augment_prob, config.seed)
-        texts += extra
-        labels += [_IGNORE] * len(extra)
-    pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
-    data = _TransferSet(_encode(teacher.tokenizer, texts, max_length), labels, pad_id)
-    eval_set = None
-    if eval_ds is not None:
-        eval_set = _TransferSet(_encode(teacher.tokenizer, eval_ds.texts, max_length),
-                                list(eval_ds.labels) if eval_ds.labels is not None else [_IGNORE] * len(eval_ds),
-                                pad_id)
+    data, eval_set, texts, labels = _transfer_sets(teacher, train_ds, eval_ds, config, max_length, classification)
 
     # --- run directory: fresh, or resumed with identical settings --------------------------------
     run_config = {
@@ -951,31 +1020,7 @@ def distill(
         )
     main = accelerator.is_main_process
     ckpt = run / "checkpoint"
-    if resume:
-        if not (run / RUN_CONFIG).is_file():
-            raise ConfigError(f"--resume: no run to resume in {run}", hint="start without --resume")
-        old = json.loads((run / RUN_CONFIG).read_text())
-        diffs = _diff(old.get("config", {}), run_config["config"])
-        for key, what in (("teacher", "teacher checkpoint"), ("train", "training data"), ("eval", "eval data")):
-            if old.get(key) != run_config[key]:
-                diffs.append(f"{what} changed")
-        if diffs:
-            raise ConfigError(
-                f"--resume: the interrupted run in {run} used different settings ({'; '.join(diffs)})",
-                hint="resume with the original settings, or start over with --force",
-            )
-    else:
-        if run.exists() and (run / RUN_CONFIG).exists() and not force:
-            raise ConfigError(
-                f"{run} holds an earlier run (interrupted?)",
-                hint="continue it with --resume, or pass --force to start over",
-            )
-        accelerator.wait_for_everyone()
-        if main:
-            shutil.rmtree(run, ignore_errors=True)
-            run.mkdir(parents=True)
-            (run / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
-        accelerator.wait_for_everyone()
+    _open_run(run, run_config, accelerator, resume=resume, force=force)
 
     set_seed(config.seed)
     device = accelerator.device
@@ -987,29 +1032,12 @@ def distill(
     if not cache_intermediate:
         log.warning("intermediate teacher targets need %.1f GB (> --cache-limit-gb %.1f): the teacher runs every "
                     "step for them", sum(est.values()) / 1e9, config.cache_limit_gb)
-    cache_dir = Path(teacher_cache) if teacher_cache else run / "teacher-cache"
-    cache_key = {
-        "teacher": teacher.sha256, "transfer": _fingerprint(texts, labels), "max_length": max_length,
-        "mapping": plan.mapping if cache_intermediate else None,
-        "targets": [k for k, on in (("hidden", plan.hidden), ("attention", plan.attention),
-                                    ("value_relation", plan.value_relation)) if on and cache_intermediate],
-        "pooling": [plan.pooling, plan.normalize], "config_version": CONFIG_VERSION,
-    }
     t_cache = time.perf_counter()
     needs_teacher = config.soft_weight > 0 or plan.intermediate
-    if cache_dir.is_dir() and any(cache_dir.iterdir()) and not (cache_dir / "key.json").is_file():
-        raise ConfigError(f"--teacher-cache {cache_dir} is a non-empty directory that is not a teacher cache",
-                          hint="pass a new or empty directory")
-    # every process checks before the main one writes: a late process would otherwise see the freshly
-    # built cache before its key.json and refuse it
-    accelerator.wait_for_everyone()
-    if needs_teacher and main and _read_json(cache_dir / "key.json") != cache_key:
-        _TeacherCache.build(cache_dir, teacher.model, data, plan, cache_intermediate, device,
-                            max(64, config.batch_size * 2), progress)
-        (cache_dir / "key.json").write_text(json.dumps(cache_key) + "\n")
-    elif needs_teacher and main:
-        log.info("reusing teacher outputs cached in %s", cache_dir)
-    accelerator.wait_for_everyone()
+    cache_dir = Path(teacher_cache) if teacher_cache else run / "teacher-cache"
+    if needs_teacher:
+        _ensure_cache(cache_dir, teacher, data, plan, cache_intermediate, accelerator, max_length,
+                      max(64, config.batch_size * 2), progress, _fingerprint(texts, labels))
     cache = _TeacherCache(cache_dir) if needs_teacher else None
     cache_seconds = time.perf_counter() - t_cache
     teacher.model.to(device)
