@@ -8,7 +8,7 @@ latency at batch 1 x 64 tokens (all models timed in alternating rounds in one pr
 
 ``--ablation`` instead compares loss settings on a training subset (chooses the defaults).
 
-    python benchmarks/distillation.py --data ../shared/data/sst2 [--epochs 2] [--depths 3,2]
+    python benchmarks/distillation.py --data ../shared/data/sst2 [--epochs 1] [--depths 3,2] [--augment 1]
     python benchmarks/distillation.py --data ../shared/data/sst2 --ablation [--rows 16000]
 
 The checkpoint with the best dev accuracy is kept (dev is used for model selection for every run alike),
@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--depths", default="3,2", help="student depths (teacher layers kept)")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--augment", type=int, default=0,
+                    help="also distil with this many embedding-neighbour copies of every sentence")
+    ap.add_argument("--augment-depths", default="3", help="depths that get the --augment variant")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-runs", type=int, default=300)
     ap.add_argument("--min-duration", type=float, default=10.0)
@@ -156,8 +159,12 @@ def main() -> None:
     models: dict[str, Path] = {}  # name -> pytorch checkpoint dir
     models["teacher"] = teacher_dir
     results["teacher"] = {"parameters": count_parameters(teacher.model), "train_seconds": None}
+    aug_depths = [int(d) for d in args.augment_depths.split(",")] if args.augment else []
     for depth in [int(d) for d in args.depths.split(",")]:
-        for kind, overrides in (("distilled", {}), ("labels-only", {"soft_weight": 0.0, "hard_weight": 1.0})):
+        variants = [("distilled", {}), ("labels-only", {"soft_weight": 0.0, "hard_weight": 1.0})]
+        if depth in aug_depths:
+            variants.append((f"distilled-augment{args.augment}", {"augment": args.augment}))
+        for kind, overrides in variants:
             name = f"L{depth}-{kind}"
             art, m = run_distill(name, teacher_dir, args.data / "train.tsv", dev_path, args.work / name,
                                  {"layers": depth, **overrides}, args.epochs, args.rebuild, args.eval_every,
