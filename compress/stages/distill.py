@@ -904,7 +904,7 @@ def _ensure_cache(cache_dir: Path, teacher, data: _TransferSet, plan: _Plan, cac
     """Build the teacher-output cache unless one for the same teacher, data and targets is there."""
     cache_key = {
         "teacher": teacher.sha256, "transfer": transfer_fingerprint, "max_length": max_length,
-        "mapping": plan.mapping if cache_intermediate else None,
+        "mapping": plan.mapping if cache_intermediate and plan.intermediate else None,
         "targets": [k for k, on in (("hidden", plan.hidden), ("attention", plan.attention),
                                     ("value_relation", plan.value_relation)) if on and cache_intermediate],
         "pooling": [plan.pooling, plan.normalize], "config_version": CONFIG_VERSION,
