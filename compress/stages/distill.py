@@ -949,6 +949,10 @@ def distill(
     ``progress`` receives dicts: ``{"phase": "teacher", "done", "total"}`` while caching teacher outputs,
     ``{"phase": "train", "step", "total", "loss", "eval", ...}`` during training.
     """
+    from compress._optional import require
+
+    require("torch", "distillation")
+    require("accelerate", "distillation")
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
