@@ -121,7 +121,8 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
     Defaults (measured on SST-2 with a 6-layer MiniLM teacher, 3-layer student, see README):
     soft-target KL at T=2 weighted 0.7 plus label cross entropy 0.3 (dev 0.874; labels alone
     0.865). Hidden-state MSE tied (0.874) and attention + value-relation transfer lost
-    (0.858), so both are off by default but available with their weights.
+    (0.858), so both are off by default but available with their weights. On all of SST-2
+    train, --augment 1 was what made a 3-layer student beat one trained on the labels alone.
 
     Teacher outputs are computed once and cached in the run directory (or --teacher-cache).
     Runs on CPU, one GPU, or several processes:
