@@ -18,11 +18,8 @@ so test accuracy is the untouched figure.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -31,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np
+from common import accuracy, host_and_versions, subset_tsv
 from teacher import DEFAULT_DATA, ensure_teacher
 
 ABLATIONS = {
@@ -45,21 +42,6 @@ ABLATIONS = {
 
 def log(msg: str) -> None:
     print(f"[distillation] {msg}", file=sys.stderr, flush=True)
-
-
-def subset_tsv(src: Path, dst: Path, rows: int, seed: int = 0) -> Path:
-    if dst.is_file():
-        return dst
-    with open(src, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header, *body = list(reader)
-    body = random.Random(seed).sample(body, min(rows, len(body)))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-        w.writerow(header)
-        w.writerows(body)
-    return dst
 
 
 def progress_printer(name: str):
@@ -190,10 +172,7 @@ def main() -> None:
     encoder = backends["teacher fp32"].encoder
     acc: dict[str, dict[str, float]] = {}
     for n, b in backends.items():
-        acc[n] = {}
-        for split, ds in sets.items():
-            logits = np.concatenate([b.predict(encoder.encode(t, p)) for t, p, _ in ds.batches(32)])
-            acc[n][split] = float((logits.argmax(-1) == np.asarray(ds.labels)).mean())
+        acc[n] = {split: accuracy(b, ds) for split, ds in sets.items()}
         log(f"{n}: dev {acc[n]['dev']:.4f} test {acc[n]['test']:.4f}")
     fixed = encoder.encode([" ".join(sets["dev"].texts[:20])], pad_to=64)
     log("timing batch 1 x 64 (all models interleaved) ...")
@@ -216,17 +195,13 @@ def main() -> None:
                 "p50_speedup_vs_teacher_fp32": stats["teacher fp32"].p50 / s.p50,
             }
 
-    from compress.doctor import environment_report
-
-    env = environment_report()
     payload = {
         "benchmark": "distillation",
         "data": str(args.data),
         "epochs": args.epochs,
         "threads": args.threads,
         "selection": f"best dev accuracy among evaluations every {args.eval_every} steps (all runs alike)",
-        "host": {"cpu": env["cpu"], "python": platform.python_version()},
-        "versions": {r["package"]: r["version"] for r in env["backends"] if r["version"]},
+        **host_and_versions(),
         "results": results,
         "seconds": round(time.perf_counter() - t_all, 1),
     }

@@ -24,11 +24,8 @@ Smoke test (minutes; numbers meaningless):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -37,24 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np
+from common import accuracy, host_and_versions, subset_tsv
 from teacher import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 
 
 def log(msg: str) -> None:
     print(f"[pruning] {msg}", file=sys.stderr, flush=True)
-
-
-def subset_tsv(src: Path, dst: Path, rows: int, seed: int = 0) -> Path:
-    with open(src, encoding="utf-8", newline="") as f:
-        header, *body = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    body = random.Random(seed).sample(body, min(rows, len(body)))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-        w.writerow(header)
-        w.writerows(body)
-    return dst
 
 
 def progress_printer(name: str):
@@ -68,11 +53,6 @@ def progress_printer(name: str):
         elif d.get("phase") == "teacher" and d["done"] == d["total"]:
             log(f"{name}: teacher outputs cached for {d['total']} rows")
     return show
-
-
-def accuracy(backend, ds) -> float:
-    logits = np.concatenate([backend.predict(backend.encode(t, p)) for t, p, _ in ds.batches(32)])
-    return float((logits.argmax(-1) == np.asarray(ds.labels)).mean())
 
 
 def main() -> None:
@@ -210,9 +190,6 @@ def main() -> None:
             "size_ratio_vs_teacher_pytorch_fp32": teacher_mb / results[name]["int8_size_mb"],
         }
 
-    from compress.doctor import environment_report
-
-    env = environment_report()
     payload = {
         "benchmark": "pruning",
         "data": str(args.data),
@@ -223,8 +200,7 @@ def main() -> None:
         "samples": args.samples,
         "vocab_corpus": None if args.no_vocab else str(train_full),
         "threads": args.threads,
-        "host": {"cpu": env["cpu"], "python": platform.python_version()},
-        "versions": {r["package"]: r["version"] for r in env["backends"] if r["version"]},
+        **host_and_versions(),
         "teacher_pytorch_fp32": baseline,
         "results": results,
         "seconds": round(time.perf_counter() - t_all, 1),
