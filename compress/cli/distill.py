@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Self
 
 import click
 
-from compress.cli._common import build_config, console, force_option, state
+from compress.cli._common import PhaseProgress, build_config, console, force_option
 from compress.errors import ConfigError
 from compress.stages.distill import DistillConfig, Metric, MixedPrecision, Schedule
 
@@ -165,47 +164,13 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
     console().print(line)
 
 
-class _Progress:
-    """Rich progress bars on stderr: teacher caching, then training with loss, eval metric and ETA."""
+class _Progress(PhaseProgress):
+    """Teacher caching, then training with loss, best eval metric and ETA."""
 
-    def __init__(self) -> None:
-        self.bar = None
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self) -> Self:
-        st = state()
-        con = console(stderr=True)
-        if (st is not None and st.quiet) or not con.is_terminal:
-            return self
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=con, transient=False)
-        self.bar.start()
-        return self
-
-    def __call__(self, d: dict) -> None:
-        if self.bar is None:
+    def show(self, d: dict) -> None:
+        if d["phase"] == "teacher":
+            self.bar.update(self.task("teacher", "teacher outputs", d["total"]), completed=d["done"])
             return
-        phase = d["phase"]
-        if phase == "teacher":
-            if phase not in self.tasks:
-                self.tasks[phase] = self.bar.add_task("teacher outputs", total=d["total"], info="")
-            self.bar.update(self.tasks[phase], completed=d["done"])
-            return
-        if phase not in self.tasks:
-            self.tasks[phase] = self.bar.add_task("distilling", total=d["total"], info="", completed=d["step"] - 1)
         best = f" best {d['metric']} {d['best']:.4f}" if d.get("best") is not None else ""
-        self.bar.update(self.tasks[phase], completed=d["step"], info=f"loss {d['loss']:.4f}{best}")
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        bar = self.task("train", "distilling", d["total"], completed=d["step"] - 1)
+        self.bar.update(bar, completed=d["step"], info=f"loss {d['loss']:.4f}{best}")

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
 
 import click
 
-from compress.cli._common import build_config, console, force_option, state
+from compress.cli._common import PhaseProgress, build_config, console, force_option
 from compress.stages.prune import PruneConfig
 
 F = PruneConfig.model_fields
@@ -131,50 +130,17 @@ def summary_lines(m: dict) -> list[str]:
     return lines
 
 
-class _Progress:
-    """Rich progress on stderr: importance scores, budget candidates, recovery steps."""
+class _Progress(PhaseProgress):
+    """Importance scores, budget candidates, teacher outputs and recovery steps."""
 
-    def __init__(self) -> None:
-        self.bar = None
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self) -> Self:
-        st = state()
-        con = console(stderr=True)
-        if (st is not None and st.quiet) or not con.is_terminal:
-            return self
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=con)
-        self.bar.start()
-        return self
-
-    def _task(self, key: str, label: str, total) -> int:
-        if key not in self.tasks:
-            self.tasks[key] = self.bar.add_task(label, total=total, info="")
-        return self.tasks[key]
-
-    def __call__(self, d: dict) -> None:
-        if self.bar is None:
-            return
+    def show(self, d: dict) -> None:
         phase = d["phase"]
         if phase == "importance":
-            self.bar.update(self._task(phase, "importance scores", d["total"]), completed=d["done"])
+            self.bar.update(self.task(phase, "importance scores", d["total"]), completed=d["done"])
         elif phase == "budget":
             self.bar.console.print(f"budget candidate: heads {d['heads']:g}, ffn {d['ffn']:g}")
         elif phase == "teacher":
-            self.bar.update(self._task(phase, "teacher outputs", d["total"]), completed=d["done"])
+            self.bar.update(self.task(phase, "teacher outputs", d["total"]), completed=d["done"])
         elif phase == "train":
-            t = self._task(phase, "recovering", d["total"])
+            t = self.task(phase, "recovering", d["total"])
             self.bar.update(t, completed=d["step"], info=f"loss {d['loss']:.4f}")
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import build_config, console, force_option, state
+from compress.cli._common import build_config, console, force_option, live_console
 
 
 @click.command("validate")
@@ -106,14 +106,20 @@ class _Progress:
     """rich progress bars for validate's phases; silent with -q or without a terminal."""
 
     def __enter__(self):
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        st = state()
-        con = console(stderr=True)
-        self.enabled = con.is_terminal and not (st is not None and st.quiet)
+        con = live_console()
+        self.enabled = con is not None
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=con, transient=True)
+                                 console=con or console(stderr=True), transient=True)
         if self.enabled:
             self.progress.__enter__()
         return self
