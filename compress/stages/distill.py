@@ -345,7 +345,8 @@ def neighbour_augment(
     unit = embeddings / np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
     cand = unit[cand_ids]
     words = sorted({normalize(w) for t in texts for w in t.split()})
-    wanted = [w for w in words if w in vocab and vocab[w] in set(cand_ids.tolist())]
+    candidates = set(cand_ids.tolist())
+    wanted = [w for w in words if vocab.get(w) in candidates]
     neighbours: dict[str, list[str]] = {}
     for start in range(0, len(wanted), 2048):
         chunk = wanted[start : start + 2048]
@@ -399,7 +400,8 @@ class _TransferSet:
         self.labels = labels
         self.pad_id = pad_id
         self.lengths = np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])  # token offsets (hidden-state targets)
+        self.sq_offsets = np.concatenate([[0], np.cumsum(self.lengths**2)])  # L*L offsets (attention targets)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -522,7 +524,7 @@ class _TeacherCache:
     @staticmethod
     def estimate_bytes(data: _TransferSet, plan: _Plan, t_cfg) -> dict[str, int]:
         heads = t_cfg.num_attention_heads
-        sq = int((data.lengths.astype(np.int64) ** 2).sum())
+        sq = int(data.sq_offsets[-1])
         toks = int(data.lengths.sum())
         est = {}
         if plan.hidden:
@@ -546,8 +548,7 @@ class _TeacherCache:
         if not intermediate:
             tplan.hidden = tplan.attention = tplan.value_relation = False
         tap = _ValueTap(layer_list(teacher_model)[1][-1]) if tplan.value_relation else None
-        sq = (data.lengths.astype(np.int64) ** 2)
-        sq_off = np.concatenate([[0], np.cumsum(sq)])
+        sq_off = data.sq_offsets
         arrays: dict[str, np.ndarray] = {}
         order = np.argsort(data.lengths, kind="stable")
         teacher_model.to(device)
@@ -618,7 +619,7 @@ class _TeacherCache:
                 h[r, : data.lengths[i]] = self.arrays["hidden"][data.offsets[i] : data.offsets[i + 1]]
             h = torch.from_numpy(h).to(device).float()
             res["hidden"] = [h[:, :, j] for j in range(len(plan.mapping))]
-        sq_off = self._sq_off(data)
+        sq_off = data.sq_offsets
         for key, heads in (("attn", len(plan.mapping) * t_cfg.num_attention_heads), ("vr", plan.relation_heads)):
             if key not in self.arrays:
                 continue
@@ -635,12 +636,6 @@ class _TeacherCache:
                 res[key] = t
         return res
 
-    _sq_cache: np.ndarray | None = None
-
-    def _sq_off(self, data: _TransferSet) -> np.ndarray:
-        if self._sq_cache is None or len(self._sq_cache) != len(data) + 1:
-            self._sq_cache = np.concatenate([[0], np.cumsum(data.lengths.astype(np.int64) ** 2)])
-        return self._sq_cache
 
 
 # ---------------------------------------------------------------------------------------------
