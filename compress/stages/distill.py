@@ -1225,7 +1225,8 @@ def distill(
 
         final.load_state_dict(load_file(str(run / "best" / "model.safetensors")), strict=False)
         chosen = f"best (step {state['best_step']})"
-    final_score = evaluate() if eval_set is not None else None
+    # the last step is always evaluated, so the chosen weights' score is the best one recorded
+    final_score = state["best"] if eval_set is not None else None
     art = None
     metrics: dict[str, Any] = {}
     if main:
