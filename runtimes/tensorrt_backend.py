@@ -1,4 +1,7 @@
-"""TensorRT engine runtime: runs a ``tensorrt`` artifact (a serialized engine, ``model.plan``) on an NVIDIA GPU.
+"""TensorRT engine runtime: runs a ``tensorrt`` artifact on an NVIDIA GPU: a serialized engine
+(``model.plan``, from ``export --format tensorrt``) or a Torch-TensorRT program (``model.pt2``, from
+``--via torch-tensorrt``: an ExportedProgram with the engines embedded, run by
+:class:`compress.stages.torch_tensorrt.ProgramRunner`).
 
 An engine runs only where it was built: the same TensorRT version and the same GPU compute
 capability. :func:`engine_compatibility` compares the manifest's ``target`` (written by
@@ -127,10 +130,25 @@ class TensorRTBackend(RuntimeBackend):
         require(cls.module, "the tensorrt runtime")
         check_cuda(cuda_device(settings.provider), "the tensorrt runtime")
 
+    @staticmethod
+    def is_program(artifact) -> bool:
+        """A Torch-TensorRT program (``model.pt2``) rather than a serialized engine."""
+        return str(artifact.manifest.model_file).endswith(".pt2")
+
     @classmethod
     def check_artifact(cls, artifact, settings: RuntimeSettings) -> None:
         """TensorRT present, the GPU present, and the engine built for this TensorRT and GPU."""
         cls.check_settings(settings)  # a missing tensorrt/GPU is a one-line error before the imports below
+        if cls.is_program(artifact):
+            from compress._optional import is_available
+            from compress.errors import MissingBackendError
+            from compress.stages.torch_tensorrt import install_hint
+
+            if not is_available("torch_tensorrt"):
+                raise MissingBackendError(
+                    f"{artifact.path} is a Torch-TensorRT program and torch_tensorrt is not installed",
+                    hint=f"install it with: {install_hint()}",
+                )
         import tensorrt as trt
         import torch
 
@@ -150,6 +168,13 @@ class TensorRTBackend(RuntimeBackend):
         self.device = torch.device(cuda_device(self.settings.provider))
         self.settings.provider = str(self.device)
         torch.cuda.set_device(self.device)
+        self.program = None
+        if self.is_program(self.artifact):
+            from compress.stages.torch_tensorrt import ProgramRunner
+
+            self.program = ProgramRunner(self.artifact.model_path, str(self.device),
+                                         self.artifact.manifest.target.get("shapes"))
+            return
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.artifact.model_path.read_bytes())
@@ -182,6 +207,8 @@ class TensorRTBackend(RuntimeBackend):
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
+        if self.program is not None:
+            return self.program.run(inputs)
         keep: list[Any] = []  # tensors must outlive the enqueued work
         with torch.cuda.stream(self.stream):
             for name in self._inputs:
@@ -205,7 +232,10 @@ class TensorRTBackend(RuntimeBackend):
         return host_out.numpy()
 
     def synchronize(self) -> None:
-        self.stream.synchronize()
+        if self.program is not None:
+            self.program.synchronize()
+        else:
+            self.stream.synchronize()
 
     @classmethod
     def version(cls) -> str | None:
@@ -225,6 +255,7 @@ class TensorRTBackend(RuntimeBackend):
     def close(self) -> None:
         self.context = None
         self.engine = None
+        self.program = None
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:

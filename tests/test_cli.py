@@ -242,3 +242,18 @@ def test_quantize_not_an_artifact(tmp_path):
     (tmp_path / "dir").mkdir()
     proc = edgecompress("quantize", tmp_path / "dir", "--out", tmp_path / "q")
     assert_one_line_error(proc, "not an edgecompress artifact")
+
+
+def test_doctor_prints_install_commands_intact():
+    """Missing backends show their install command as typed (``[tensorrt]`` is not swallowed as rich markup)."""
+    import importlib.util
+
+    result = CliRunner().invoke(cli, ["doctor"], catch_exceptions=False, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime" in result.output and "CPU features" in result.output
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "pip install 'edgecompress[tensorrt]'" in result.output
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        import torch
+
+        assert f'pip install "torch-tensorrt=={torch.__version__.split("+")[0]}"' in result.output

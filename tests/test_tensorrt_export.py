@@ -185,14 +185,6 @@ def test_real_build_without_tensorrt_is_one_line_and_writes_nothing(bert_classif
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_via_torch_tensorrt_missing_is_clear(bert_classifier, tmp_path):
-    if importlib.util.find_spec("torch_tensorrt") is not None:
-        pytest.skip("torch_tensorrt is installed")
-    with pytest.raises(MissingBackendError, match="torch-tensorrt"):
-        export(bert_classifier, tmp_path / "x", ExportConfig(format="tensorrt", via="torch-tensorrt"))
-    assert not (tmp_path / "x").exists()
-
-
 # --- test double: checks OUR calls into TensorRT's Python API, not TensorRT ------------------------------
 
 
@@ -298,6 +290,9 @@ def test_fake_tensorrt_build_records_our_calls(int8_dry, fp32_plain, tmp_path, m
     t = art.manifest.target
     assert t["tensorrt_version"] == "10.99.0-fake" and t["precision"] == "int8" and "compute_capability" in t
     assert t["shapes"]["opt"]["input_ids"] == [4, 32] and "gpu_name" in t
+    engine_parity = art.manifest.steps[-1].metrics["engine_parity"]
+    if not torch_cuda():  # the engine cannot run here: said, not hidden
+        assert engine_parity["checked"] is False and "no CUDA GPU" in engine_parity["reason"]
 
     rec.calls.clear()  # fp16 from the FP32 artifact, reusing the timing cache
     cache = tmp_path / "shared.cache"
@@ -305,3 +300,56 @@ def test_fake_tensorrt_build_records_our_calls(int8_dry, fp32_plain, tmp_path, m
     art16 = export(fp32_plain.path, tmp_path / "engine16", ExportConfig(format="tensorrt", timing_cache=str(cache)))
     assert art16.precision == "fp16" and ("set_flag", "FP16") in rec.calls and ("set_flag", "INT8") not in rec.calls
     assert ("create_timing_cache", b"timing-cache") in rec.calls
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class _EngineStandIn:
+    """Stands in for TensorRTBackend on a machine without a GPU: runs ``onnx_art`` in onnxruntime, optionally
+    with flipped logits (an engine that disagrees). It checks how the export uses the engine, not TensorRT."""
+
+    onnx_art = None
+    flip = False
+    shapes_seen: list = []
+
+    def __init__(self, art, settings):
+        from compress.runtimes.ort_backend import OrtBackend
+
+        self.rt = OrtBackend(type(self).onnx_art)
+
+    @classmethod
+    def check_artifact(cls, art, settings):
+        assert art.manifest.model_file == "model.plan" and settings.provider == "cuda:0"
+
+    def predict(self, batch):
+        type(self).shapes_seen.append(batch["input_ids"].shape)
+        out = self.rt.predict(batch)
+        return -out if type(self).flip else out
+
+    def close(self):
+        self.rt.close()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_built_engine_is_checked_against_fp32(fp32_plain, tmp_path, monkeypatch, flip):
+    import compress.runtimes.tensorrt_backend as tb
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(_Recorder()))
+    stand_in = type("EngineStandIn", (_EngineStandIn,), {"onnx_art": fp32_plain, "flip": flip, "shapes_seen": []})
+    monkeypatch.setattr(tb, "TensorRTBackend", stand_in)
+    cfg = ExportConfig(format="tensorrt", max_shape="4x64")
+    out = tmp_path / "engine"
+    if flip:
+        with pytest.raises(Exception, match="engine agrees with the FP32 ONNX model on 0% of samples"):
+            export(fp32_plain.path, out, cfg)
+        assert not out.exists() and not list(tmp_path.iterdir())
+        return
+    art = export(fp32_plain.path, out, cfg)
+    p = art.manifest.steps[-1].metrics["engine_parity"]
+    assert p["checked"] is True and p["argmax_agreement"] == 1.0 and p["n"] == 16
+    assert p["reference"] == "ONNX FP32 in ONNX Runtime"
+    assert all(b <= 4 and s <= 64 for b, s in stand_in.shapes_seen)  # every batch inside the profile

@@ -27,7 +27,9 @@ def doctor_cmd(as_json):
     t = Table()
     for col in ("package", "version", "status", "details"):
         t.add_column(col)
-    for row in info["backends"]:
+    from rich.markup import escape
+
+    for row in info["backends"]:  # escape: "edgecompress[tensorrt]" is not rich markup
         t.add_row(row["package"], row["version"] or "—", "ok" if row["version"] else "[yellow]missing[/]",
-                  row.get("details", "") or (row.get("install", "") if not row["version"] else ""))
+                  escape(row.get("details", "") or (row.get("install", "") if not row["version"] else "")))
     con.print(t)

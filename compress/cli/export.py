@@ -12,7 +12,8 @@ from compress.stages.export import ExportConfig, GraphOptimization
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt"]), default="onnx", show_default=True,
               help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), or "
-              "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT).")
+              "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT; "
+              "--via torch-tensorrt: a Torch-TensorRT program model.pt2).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]),
               help="Default: from the checkpoint (…ForSequenceClassification → text-classification).")
@@ -48,6 +49,8 @@ def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sa
     --format tensorrt writes plain ONNX (fp16) or INT8 QDQ following TensorRT's explicit-quantization
     rules (int8), with min/opt/max shapes from --profile or the --*-shape options, then builds model.plan
     with TensorRT (or trtexec); --dry-run stops at the TensorRT-ready ONNX and prints the trtexec command.
+    --via torch-tensorrt instead compiles the PyTorch model with Torch-TensorRT (FP16, same shape options)
+    into model.pt2, checked against PyTorch FP32 on the GPU.
     """
     from compress.stages.export import export
 
@@ -74,10 +77,15 @@ def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sa
     if fmt == "tensorrt":
         target, parity = art.manifest.target, art.manifest.steps[-1].metrics["parity"]
         what = "TensorRT-ready ONNX" if target.get("tensorrt_ready") else f"TensorRT {target.get('tensorrt_version')} engine"
+        if target.get("builder") == "torch-tensorrt":
+            what = f"Torch-TensorRT {target.get('torch_tensorrt_version')} program"
+            checked = "vs PyTorch FP32 on the GPU"
+        else:
+            checked = "ONNX vs FP32 in onnxruntime"
         agree = parity.get("argmax_agreement")
         console().print(
             f"wrote [bold]{art.path}[/] ({what}, {art.format}/{art.precision}, {art.size_bytes() / 1e6:.1f} MB); "
-            f"ONNX vs FP32 in onnxruntime: max |diff| {parity['max_abs_diff']:.2e}"
+            f"{checked}: max |diff| {parity['max_abs_diff']:.2e}"
             + (f", argmax agreement {agree:.0%}" if agree is not None else ""),
             highlight=False,
         )

@@ -111,7 +111,10 @@ class ExportConfig(BaseModel):
     timing_cache: str | None = Field(
         None, description="TensorRT: timing cache file to reuse and update (default: timing.cache in the output).",
     )
-    via: TrtVia = Field(TrtVia.onnx, description="TensorRT: build from ONNX, or from PyTorch with torch-tensorrt.")
+    via: TrtVia = Field(
+        TrtVia.onnx, description="TensorRT: build from ONNX (default), or compile the PyTorch model with "
+        "Torch-TensorRT (fp16 only; needs torch-tensorrt matching torch, and a GPU).",
+    )
 
 
 def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:

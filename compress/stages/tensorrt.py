@@ -13,6 +13,9 @@ calibrator is needed:
 
 :func:`check_tensorrt_qdq` checks those rules on a graph; a generated model that breaks one is refused.
 
+``--via torch-tensorrt`` compiles the PyTorch model with Torch-TensorRT instead
+(:mod:`compress.stages.torch_tensorrt`).
+
 ``--dry-run`` writes that ONNX as an ONNX artifact (it runs in onnxruntime) whose manifest ``target``
 records ``tensorrt_ready``, the shapes and the exact ``trtexec`` command. Without ``--dry-run`` the engine
 is built with TensorRT's Python API (or ``trtexec`` when only that is installed) into ``model.plan``; the
@@ -46,7 +49,7 @@ from compress.artifact import (
     staged_dir,
     write_manifest,
 )
-from compress.errors import ArtifactError, ConfigError, MissingBackendError, StageError
+from compress.errors import ArtifactError, ConfigError, StageError
 from compress.stages.common import measure_parity, sample_texts
 from compress.stages.export import CONFIG_VERSION, ExportConfig, ExportFormat, GraphOptimization, TrtPrecision, TrtVia
 
@@ -352,6 +355,63 @@ def build_engine_trtexec(cmd: list[str]) -> str | None:
     return m.group(1) if m else None
 
 
+def parity_batches(runtime: Any, texts: list[str], shapes: dict[str, Shape]):
+    """Encoded batches of ``texts`` that fit the min..max shapes (split on batch, padded or cut on sequence)."""
+    (lo_b, lo_s), (hi_b, hi_s) = shapes["min"], shapes["max"]
+    step = hi_b if lo_b == hi_b else min(hi_b, max(lo_b, 8))
+    for i in range(0, len(texts) - lo_b + 1, step):
+        chunk = texts[i: i + step]
+        batch = runtime.encode(chunk)
+        length = batch["input_ids"].shape[1]
+        if not lo_s <= length <= hi_s:
+            batch = runtime.encode(chunk, pad_to=min(max(length, lo_s), hi_s))
+        yield batch
+
+
+def engine_parity(reference: Any, engine_art: Artifact, texts: list[str], shapes: dict[str, Shape],
+                  classification: bool, precision: TrtPrecision, device: str = "cuda:0") -> dict[str, Any]:
+    """Run a just-built engine against ``reference`` (the FP32 ONNX in onnxruntime) on ``texts``.
+
+    Returns the parity record; ``checked: false`` with the reason when the engine cannot be run here (the
+    tensorrt runtime runs engines with torch CUDA tensors: a CPU-only torch, or trtexec without TensorRT's
+    Python package). Raises StageError when the engine's argmax agreement is below the INT8 threshold.
+    """
+    from compress.errors import MissingBackendError
+    from compress.runtimes.base import RuntimeSettings
+    from compress.runtimes.tensorrt_backend import TensorRTBackend
+
+    settings = RuntimeSettings(provider=device)
+    try:
+        TensorRTBackend.check_artifact(engine_art, settings)
+    except (ConfigError, MissingBackendError) as e:
+        log.warning("engine built but not run here: %s", e)
+        return {"checked": False, "reason": str(e)}
+    engine = TensorRTBackend(engine_art, settings)
+    try:
+        refs, gots = [], []
+        for batch in parity_batches(reference, texts, shapes):
+            refs.append(reference.predict(batch))
+            gots.append(engine.predict(batch))
+    finally:
+        engine.close()
+    if not refs:
+        return {"checked": False, "reason": f"fewer parity texts ({len(texts)}) than the smallest batch {shapes['min'][0]}"}
+    import numpy as np
+
+    from compress.stages.common import compare_outputs
+
+    parity = compare_outputs(np.concatenate(refs), np.concatenate(gots), classification)
+    agree = parity.argmax_agreement
+    if agree is not None and agree < INT8_MIN_AGREEMENT:
+        raise StageError(f"the {precision} engine agrees with the FP32 ONNX model on {agree:.0%} of samples "
+                         f"(needs {INT8_MIN_AGREEMENT:.0%})",
+                         hint="use more --calibration data or --precision fp16; no artifact was written")
+    if agree is None and parity.cosine_min < 0.99:
+        raise StageError(f"the {precision} engine's embeddings have cosine {parity.cosine_min:.3f} to the FP32 ONNX model",
+                         hint="use --precision fp16; no artifact was written")
+    return {"checked": True, **parity.as_dict(), "reference": "ONNX FP32 in ONNX Runtime", "device": device}
+
+
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
@@ -361,13 +421,6 @@ def _engine_builder(config: ExportConfig) -> str | None:
     """'python', 'trtexec', or None for a dry run; raises MissingBackendError before any work."""
     from compress._optional import is_available, require
 
-    if config.via is TrtVia.torch_tensorrt:
-        if not is_available("torch_tensorrt"):
-            raise MissingBackendError(
-                "torch_tensorrt is not installed (needed for --via torch-tensorrt)",
-                hint="install it with: pip install torch-tensorrt (matching your torch and CUDA), or use --via onnx",
-            )
-        raise ConfigError("--via torch-tensorrt is not implemented yet", hint="use --via onnx (the default)")
     if config.dry_run:
         return None
     if is_available("tensorrt"):
@@ -384,6 +437,10 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
     ``source``: a teacher checkpoint / pytorch artifact (exported to plain ONNX first), an unfused FP32
     ONNX artifact, or an INT8 QDQ ONNX artifact that already follows TensorRT's rules.
     """
+    if config.via is TrtVia.torch_tensorrt:
+        from compress.stages.torch_tensorrt import export_torch_tensorrt
+
+        return export_torch_tensorrt(source, out, config, force=force)
     import onnx
 
     from compress._optional import require
@@ -471,7 +528,7 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
         write_manifest(onnx_dir, manifest)
 
         # the TensorRT-ready ONNX must still agree with the FP32 model in onnxruntime
-        texts = sample_texts(config.sample_data, max(config.parity_samples, 16))
+        texts = sample_texts(config.sample_data, max(config.parity_samples, 16, shapes["min"][0]))
         static = shapes["min"] == shapes["max"]
         classification = manifest.labels is not None or manifest.task.value == "text-classification"
         parity = measure_parity(
@@ -509,6 +566,17 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             manifest.versions = {**manifest.versions, "tensorrt": version}
             step.versions["tensorrt"] = version
             manifest.target = {"tensorrt_version": version, **_gpu_facts(), **target, "builder": builder}
+            write_manifest(tmp, manifest)
+            # the engine itself against the model it was built from, where it can run (it was built here)
+            ref_name = "ONNX FP32" if fp32.precision is Precision.fp32 else "the INT8 QDQ ONNX"
+            reference = OrtBackend(fp32)
+            try:
+                metrics["engine_parity"] = engine_parity(
+                    reference, Artifact(tmp, manifest), texts, shapes, classification, precision)
+            finally:
+                reference.close()
+            if metrics["engine_parity"].get("checked"):
+                metrics["engine_parity"]["reference"] = f"{ref_name} in ONNX Runtime"
         step.metrics.update(metrics)
         step.seconds = round(time.perf_counter() - t0, 3)
         write_manifest(tmp, manifest)
