@@ -67,6 +67,7 @@ def main() -> None:
     dev = load_dataset(args.data / "dev.tsv")
     labels = np.asarray(dev.labels)
     calib = subset_tsv(args.data / "train.tsv", args.work / f"calib-{args.calibration_rows}.tsv", args.calibration_rows)
+    dev_sample = subset_tsv(args.data / "dev.tsv", args.work / "dev-64.tsv", 64)  # the export's own agreement check
     teacher = load_teacher(teacher_dir)
     torch_rt = TorchBackend.from_teacher(teacher)
     t0 = time.perf_counter()
@@ -80,7 +81,8 @@ def main() -> None:
         ("TensorRT-ready ONNX, fp16 build (FP32 graph)", ExportConfig(format="tensorrt", dry_run=True, profile=args.profile)),
         (f"TensorRT-ready INT8 QDQ ({args.calibration_rows} calibration rows)",
          ExportConfig(format="tensorrt", dry_run=True, profile=args.profile, precision="int8",
-                      calibration=str(calib), calibration_samples=args.calibration_rows)),
+                      calibration=str(calib), calibration_samples=args.calibration_rows,
+                      sample_data=str(dev_sample), parity_samples=64)),
     ):
         out = args.work / ("fp16" if "fp16" in name else "int8")
         t0 = time.perf_counter()
@@ -98,6 +100,8 @@ def main() -> None:
             "agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
             "max_abs_diff_vs_pytorch": float(np.abs(got - ref).max()),
             "qdq_nodes": qdq, "qdq_rule_violations": len(check_tensorrt_qdq(model)) if qdq else None,
+            "export_check": art.manifest.steps[-1].metrics.get("parity"),
+            "calibration": art.manifest.steps[-1].metrics.get("calibration"),
             "trtexec": art.manifest.target["trtexec"], "shapes": art.manifest.target["shapes"],
         })
         print(json.dumps(rows[-1], indent=1), flush=True)
