@@ -118,6 +118,15 @@ def check_cuda(device: str, purpose: str) -> None:
                           hint="pick one of those in the profile's runtime.provider")
 
 
+def check_in_range(name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...], what: str) -> None:
+    """ConfigError (one line) unless ``shape`` lies within ``lo``..``hi`` on every axis."""
+    if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+        raise ConfigError(
+            f"input {name} of shape {list(shape)} is outside {what} (min {list(lo)}, max {list(hi)})",
+            hint="rebuild with --max-shape covering it, or measure a shape inside that range",
+        )
+
+
 class TensorRTBackend(RuntimeBackend):
     name: ClassVar[str] = "tensorrt"
     module: ClassVar[str] = "tensorrt"
@@ -197,12 +206,7 @@ class TensorRTBackend(RuntimeBackend):
 
     def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         lo, _, hi = self._limits[name]
-        if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
-            raise ConfigError(
-                f"input {name} of shape {list(shape)} is outside the engine's optimisation profile "
-                f"(min {list(lo)}, max {list(hi)})",
-                hint="rebuild the engine with --max-shape covering it, or measure a shape inside the profile",
-            )
+        check_in_range(name, shape, lo, hi, "the engine's optimisation profile")
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch

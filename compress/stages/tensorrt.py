@@ -401,6 +401,21 @@ def parity_batches(runtime: Any, texts: list[str], shapes: dict[str, Shape]):
         yield batch
 
 
+MIN_COSINE = 0.99  # embedding models: worst cosine to the reference
+
+
+def require_agreement(parity: Any, what: str, reference: str, hint: str) -> None:
+    """StageError unless ``what`` agrees with ``reference``: argmax agreement >= 90% (classifiers) or
+    worst cosine >= 0.99 (embedding models)."""
+    agree = parity.argmax_agreement
+    if agree is not None and agree < INT8_MIN_AGREEMENT:
+        raise StageError(f"{what} agrees with {reference} on {agree:.0%} of samples (needs {INT8_MIN_AGREEMENT:.0%})",
+                         hint=hint)
+    if agree is None and parity.cosine_min < MIN_COSINE:
+        raise StageError(f"{what}'s embeddings have cosine {parity.cosine_min:.3f} to {reference} (needs {MIN_COSINE})",
+                         hint=hint)
+
+
 def engine_parity(reference: Any, engine_art: Artifact, texts: list[str], shapes: dict[str, Shape],
                   classification: bool, precision: TrtPrecision, device: str = "cuda:0") -> dict[str, Any]:
     """Run a just-built engine against ``reference`` (the FP32 ONNX in onnxruntime) on ``texts``.
@@ -434,14 +449,8 @@ def engine_parity(reference: Any, engine_art: Artifact, texts: list[str], shapes
     from compress.stages.common import compare_outputs
 
     parity = compare_outputs(np.concatenate(refs), np.concatenate(gots), classification)
-    agree = parity.argmax_agreement
-    if agree is not None and agree < INT8_MIN_AGREEMENT:
-        raise StageError(f"the {precision} engine agrees with the FP32 ONNX model on {agree:.0%} of samples "
-                         f"(needs {INT8_MIN_AGREEMENT:.0%})",
-                         hint="use more --calibration data or --precision fp16; no artifact was written")
-    if agree is None and parity.cosine_min < 0.99:
-        raise StageError(f"the {precision} engine's embeddings have cosine {parity.cosine_min:.3f} to the FP32 ONNX model",
-                         hint="use --precision fp16; no artifact was written")
+    require_agreement(parity, f"the {precision} engine", "the FP32 ONNX model",
+                      "use more --calibration data or --precision fp16; no artifact was written")
     return {"checked": True, **parity.as_dict(), "reference": "ONNX FP32 in ONNX Runtime", "device": device}
 
 

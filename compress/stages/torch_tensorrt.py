@@ -51,9 +51,13 @@ from compress.stages.export import CONFIG_VERSION, ExportConfig, TrtPrecision
 log = logging.getLogger(__name__)
 
 PROGRAM = "model.pt2"
-MIN_AGREEMENT = 0.9  # argmax agreement with PyTorch FP32 on the parity texts (FP16 may flip a near tie)
 
 Shape = tuple[int, int]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def install_hint() -> str:
@@ -168,7 +172,7 @@ def capture(model: Any, input_names: list[str], shapes: dict[str, Shape], device
         with torch.no_grad():
             program = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dims)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = _first_line(e)
         raise StageError(
             f"torch.export could not capture the model for Torch-TensorRT: {type(e).__name__}: {first}",
             hint="use --via onnx (the default), or a static --shape BxS",
@@ -204,7 +208,7 @@ def compile_program(program: Any, input_names: list[str], shapes: dict[str, Shap
     try:
         return torch_tensorrt.dynamo.compile(program, **kwargs)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = _first_line(e)
         raise StageError(f"Torch-TensorRT could not compile the model: {type(e).__name__}: {first}",
                          hint="rerun with --debug for the log, or use --via onnx") from e
 
@@ -232,14 +236,14 @@ class ProgramRunner:
         import torch
 
         try:  # registers the tensorrt::execute_engine op the program calls (absent for plain programs)
-            import torch_tensorrt
+            import torch_tensorrt  # noqa: F401
         except ImportError:
             pass
         self.device = torch.device(device)
         try:
             self.module = torch.export.load(str(path)).module()
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = _first_line(e)
             raise ArtifactError(f"cannot load {path}: {type(e).__name__}: {first}",
                                 hint="rebuild it with `edgecompress export ... --format tensorrt --via torch-tensorrt`") from e
         self.module.to(self.device)
@@ -249,15 +253,10 @@ class ProgramRunner:
             self.limits = (tuple(shapes["min"][first_in]), tuple(shapes["max"][first_in]))
 
     def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        if self.limits is None:
-            return
-        lo, hi = self.limits
-        if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
-            raise ConfigError(
-                f"input {name} of shape {list(shape)} is outside the program's shape range "
-                f"(min {list(lo)}, max {list(hi)})",
-                hint="rebuild with --max-shape covering it, or measure a shape inside the range",
-            )
+        if self.limits is not None:
+            from compress.runtimes.tensorrt_backend import check_in_range
+
+            check_in_range(name, shape, *self.limits, "the program's shape range")
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
@@ -310,7 +309,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     from compress.models import load_teacher
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.torch_backend import TorchBackend
-    from compress.stages.tensorrt import TIMING_CACHE, parity_batches, resolve_shapes
+    from compress.stages.tensorrt import TIMING_CACHE, parity_batches, require_agreement, resolve_shapes
 
     check_request(config, device)
     out = check_output(out, force)
@@ -377,13 +376,8 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         parity = compare_outputs(ref_out, got, manifest.labels is not None)
         reference.close()
         step.metrics["parity"] = {**parity.as_dict(), "reference": "PyTorch FP32 on the same GPU"}
-        agree = parity.argmax_agreement
-        if agree is not None and agree < MIN_AGREEMENT:
-            raise StageError(f"the Torch-TensorRT FP16 program agrees with PyTorch FP32 on {agree:.0%} of samples "
-                             f"(needs {MIN_AGREEMENT:.0%})", hint="use --via onnx --precision fp16, or report it")
-        if agree is None and parity.cosine_min < 0.99:
-            raise StageError(f"the Torch-TensorRT FP16 embeddings' cosine to PyTorch FP32 is {parity.cosine_min:.3f}",
-                             hint="use --via onnx --precision fp16, or report it")
+        require_agreement(parity, "the Torch-TensorRT FP16 program", "PyTorch FP32",
+                          "use --via onnx --precision fp16, or report it")
         step.seconds = round(time.perf_counter() - t0, 3)
         step.output_digest = digest_dir(tmp)
         write_manifest(tmp, manifest)
