@@ -202,11 +202,17 @@ class QuantizeConfig(BaseModel):
 
 
 class _CalibrationReader:
-    """ONNX Runtime CalibrationDataReader over encoded texts, one unpadded sample at a time."""
+    """ONNX Runtime CalibrationDataReader over encoded texts, one sample at a time.
 
-    def __init__(self, encoder, texts: list[str], input_names: set[str]) -> None:
+    Unpadded by default. ``same_length``: every sample padded to the longest text (each already cut at the
+    model's max length), for ONNX Runtime's histogram calibrators (percentile, entropy), which stack the
+    samples' activations and so need one shape; ``length`` is then that length.
+    """
+
+    def __init__(self, encoder, texts: list[str], input_names: set[str], same_length: bool = False) -> None:
+        self.length = max(len(encoder.encode([t])["input_ids"][0]) for t in texts) if same_length else None
         self._items = [
-            {k: v for k, v in encoder.encode([t]).items() if k in input_names} for t in texts
+            {k: v for k, v in encoder.encode([t], pad_to=self.length).items() if k in input_names} for t in texts
         ]
         self._it = iter(self._items)
 

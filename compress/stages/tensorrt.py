@@ -247,28 +247,6 @@ def _check_unfused(model, path: Path, source_path: str) -> None:
 CALIBRATION_PERCENTILE = 99.99
 
 
-class _PaddedCalibrationReader:
-    """Calibration samples one text at a time, all padded to one length.
-
-    ONNX Runtime's histogram (percentile) calibrator stacks every sample's activations, so the samples
-    must share a shape; padding to the longest calibration text (capped at the model's max length) keeps
-    each text whole.
-    """
-
-    def __init__(self, encoder, texts: list[str], input_names: set[str]) -> None:
-        length = max(len(encoder.encode([t])["input_ids"][0]) for t in texts)
-        self._items = [{k: v for k, v in encoder.encode([t], pad_to=length).items() if k in input_names}
-                       for t in texts]
-        self.length = length
-        self._it = iter(self._items)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._items)
-
-
 def _quantize_int8(src: Artifact, dst: Path, config: ExportConfig) -> dict[str, Any]:
     """Static QDQ INT8 following TensorRT's rules (ONNX Runtime's quantize_static); returns what it did.
 
@@ -280,10 +258,12 @@ def _quantize_int8(src: Artifact, dst: Path, config: ExportConfig) -> dict[str, 
     from onnxruntime import quantization as ortq
 
     from compress.runtimes.ort_backend import OrtBackend
+    from compress.stages.quantize import _CalibrationReader
 
     texts = sample_texts(config.calibration, config.calibration_samples)
     runtime = OrtBackend(src)
-    reader = _PaddedCalibrationReader(runtime.encoder, texts, set(runtime.input_names))
+    # the percentile calibrator stacks samples: one length for all
+    reader = _CalibrationReader(runtime.encoder, texts, set(runtime.input_names), same_length=True)
     runtime.close()
     log.info("TensorRT INT8 QDQ: calibrating on %d texts (padded to %d tokens)", len(texts), reader.length)
     ortq.quantize_static(
@@ -416,13 +396,30 @@ def require_agreement(parity: Any, what: str, reference: str, hint: str) -> None
                          hint=hint)
 
 
+def compare_in_range(reference: Any, candidate: Any, texts: list[str], shapes: dict[str, Shape],
+                     classification: bool):
+    """Parity of ``candidate(batch)`` with ``reference.predict(batch)`` over :func:`parity_batches` (the
+    texts in batches inside the min..max shapes); None when no batch fits (fewer texts than the min batch)."""
+    import numpy as np
+
+    from compress.stages.common import compare_outputs
+
+    refs, gots = [], []
+    for batch in parity_batches(reference, texts, shapes):
+        refs.append(reference.predict(batch))
+        gots.append(candidate(batch))
+    if not refs:
+        return None
+    return compare_outputs(np.concatenate(refs), np.concatenate(gots), classification)
+
+
 def engine_parity(reference: Any, engine_art: Artifact, texts: list[str], shapes: dict[str, Shape],
                   classification: bool, precision: TrtPrecision, device: str = "cuda:0") -> dict[str, Any]:
-    """Run a just-built engine against ``reference`` (the FP32 ONNX in onnxruntime) on ``texts``.
+    """Run a just-built engine against ``reference`` (the ONNX it was built from, in onnxruntime) on ``texts``.
 
     Returns the parity record; ``checked: false`` with the reason when the engine cannot be run here (the
     tensorrt runtime runs engines with torch CUDA tensors: a CPU-only torch, or trtexec without TensorRT's
-    Python package). Raises StageError when the engine's argmax agreement is below the INT8 threshold.
+    Python package). Raises StageError when the engine does not agree (:func:`require_agreement`).
     """
     from compress.errors import MissingBackendError
     from compress.runtimes.base import RuntimeSettings
@@ -436,22 +433,16 @@ def engine_parity(reference: Any, engine_art: Artifact, texts: list[str], shapes
         return {"checked": False, "reason": str(e)}
     engine = TensorRTBackend(engine_art, settings)
     try:
-        refs, gots = [], []
-        for batch in parity_batches(reference, texts, shapes):
-            refs.append(reference.predict(batch))
-            gots.append(engine.predict(batch))
+        parity = compare_in_range(reference, engine.predict, texts, shapes, classification)
     finally:
         engine.close()
-    if not refs:
+    if parity is None:
         return {"checked": False, "reason": f"fewer parity texts ({len(texts)}) than the smallest batch {shapes['min'][0]}"}
-    import numpy as np
-
-    from compress.stages.common import compare_outputs
-
-    parity = compare_outputs(np.concatenate(refs), np.concatenate(gots), classification)
-    require_agreement(parity, f"the {precision} engine", "the FP32 ONNX model",
+    fp32 = reference.artifact.precision is Precision.fp32
+    require_agreement(parity, f"the {precision} engine", "the FP32 ONNX model" if fp32 else "the INT8 QDQ ONNX model",
                       "use more --calibration data or --precision fp16; no artifact was written")
-    return {"checked": True, **parity.as_dict(), "reference": "ONNX FP32 in ONNX Runtime", "device": device}
+    label = "ONNX FP32" if fp32 else "the INT8 QDQ ONNX"
+    return {"checked": True, **parity.as_dict(), "reference": f"{label} in ONNX Runtime", "device": device}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,15 +601,12 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             manifest.target = {"tensorrt_version": version, **_gpu_facts(), **target, "builder": builder}
             write_manifest(tmp, manifest)
             # the engine itself against the model it was built from, where it can run (it was built here)
-            ref_name = "ONNX FP32" if fp32.precision is Precision.fp32 else "the INT8 QDQ ONNX"
             reference = OrtBackend(fp32)
             try:
                 metrics["engine_parity"] = engine_parity(
                     reference, Artifact(tmp, manifest), texts, shapes, classification, precision)
             finally:
                 reference.close()
-            if metrics["engine_parity"].get("checked"):
-                metrics["engine_parity"]["reference"] = f"{ref_name} in ONNX Runtime"
         step.metrics.update(metrics)
         step.seconds = round(time.perf_counter() - t0, 3)
         write_manifest(tmp, manifest)

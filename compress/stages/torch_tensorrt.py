@@ -45,7 +45,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ArtifactError, ConfigError, MissingBackendError, StageError
-from compress.stages.common import compare_outputs, sample_texts
+from compress.stages.common import sample_texts
 from compress.stages.export import CONFIG_VERSION, ExportConfig, TrtPrecision
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,8 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     from compress.models import load_teacher
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.torch_backend import TorchBackend
-    from compress.stages.tensorrt import TIMING_CACHE, parity_batches, require_agreement, resolve_shapes
+    from compress.stages.tensorrt import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
+    from compress.tokenization import pool
 
     check_request(config, device)
     out = check_output(out, force)
@@ -332,9 +333,10 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
             manifest.source, manifest.steps = prior.source, list(prior.steps)
         shapes = resolve_shapes(config, manifest.max_length)
         names = teacher.input_names
-        model = teacher.model.to(device)
+        # the FP32 reference on the device; its model (a copy there) is also what gets captured
+        reference = TorchBackend.from_teacher(teacher, RuntimeSettings(provider=device))
         log.info("torch.export over min %s / opt %s / max %s", shapes["min"], shapes["opt"], shapes["max"])
-        program, examples, _ = capture(model, names, shapes, device)
+        program, examples, _ = capture(reference.model, names, shapes, device)
         timing_cache = Path(config.timing_cache) if config.timing_cache else tmp / TIMING_CACHE
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         compiled = compile_program(program, names, shapes, timing_cache, device)
@@ -347,7 +349,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         static = shapes["min"] == shapes["max"]
         manifest.inputs = [TensorSpec(name=n, dtype="int64", shape=list(shapes["min"]) if static else
                                       ["batch_size", "sequence_length"]) for n in names]
-        manifest.versions = {**library_versions("tensorrt", "torch_tensorrt")}
+        manifest.versions = library_versions("tensorrt", "torch_tensorrt")
         manifest.target = {**_facts(device), "precision": "fp16", "shapes": shape_rec, "static": static,
                            "builder": "torch-tensorrt"}
         step = StepRecord(stage="export", config=config.model_dump(mode="json"), config_version=CONFIG_VERSION,
@@ -358,30 +360,25 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
 
         # the compiled program must agree with the PyTorch FP32 model on the same GPU
         texts = sample_texts(config.sample_data, max(config.parity_samples, 16, shapes["min"][0]))
-        reference = TorchBackend.from_teacher(teacher, RuntimeSettings(provider=device))
         runner = ProgramRunner(tmp / PROGRAM, device, shape_rec)
-        refs, gots = [], []
-        for batch in parity_batches(reference, texts, shapes):
-            refs.append(reference.predict(batch))
-            got = runner.run(batch)
-            if manifest.postprocess.pooling:
-                from compress.tokenization import pool
+        pp = manifest.postprocess
 
-                got = pool(got, batch["attention_mask"], manifest.postprocess.pooling, manifest.postprocess.normalize)
-            gots.append(got)
-        if not refs:
+        def candidate(batch):
+            out = runner.run(batch)
+            return pool(out, batch["attention_mask"], pp.pooling, pp.normalize) if pp.pooling else out
+
+        parity = compare_in_range(reference, candidate, texts, shapes, manifest.labels is not None)
+        reference.close()
+        if parity is None:
             raise ConfigError(f"the parity check needs at least {shapes['min'][0]} texts (the smallest batch); "
                               f"{config.sample_data} has {len(texts)}", hint="pass a larger --sample-data file")
-        ref_out, got = np.concatenate(refs), np.concatenate(gots)
-        parity = compare_outputs(ref_out, got, manifest.labels is not None)
-        reference.close()
         step.metrics["parity"] = {**parity.as_dict(), "reference": "PyTorch FP32 on the same GPU"}
         require_agreement(parity, "the Torch-TensorRT FP16 program", "PyTorch FP32",
                           "use --via onnx --precision fp16, or report it")
         step.seconds = round(time.perf_counter() - t0, 3)
         step.output_digest = digest_dir(tmp)
         write_manifest(tmp, manifest)
-        del runner, compiled, program
+        del compiled, program
         torch.cuda.empty_cache()
     art = load_artifact(out)
     log.info("wrote %s (Torch-TensorRT program)", out)
