@@ -32,6 +32,31 @@ log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def forward_inputs(model: Any) -> frozenset[str] | None:
+    """The keyword inputs a model's ``forward`` names explicitly (None: it names none and takes ``**kwargs``).
+
+    Wrappers (DDP/Accelerate's ``.module``, torch.compile's ``._orig_mod``) are looked through. A tokenizer
+    may emit inputs its model does not take (a DistilBERT saved with a BERT tokenizer emits
+    ``token_type_ids``); only the names here are fed to the model. Named parameters win over a trailing
+    ``**kwargs`` (transformers 5 models have both).
+    """
+    import inspect
+
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    params = list(inspect.signature(inner.forward).parameters.values())
+    named = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    if not named and any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return named
+
+
+def model_feed(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` restricted to what ``model.forward`` takes (see :func:`forward_inputs`)."""
+    names = forward_inputs(model)
+    return dict(inputs) if names is None else {k: v for k, v in inputs.items() if k in names}
+
+
 @dataclass
 class CheckpointInfo:
     """What a checkpoint directory holds, read without importing torch."""
@@ -213,7 +238,9 @@ class Teacher:
 
     @property
     def input_names(self) -> list[str]:
-        return list(self.tokenizer.model_input_names)
+        """The tokenizer's outputs that the model takes (the model's inputs, in the tokenizer's order)."""
+        takes = forward_inputs(self.model)
+        return [n for n in self.tokenizer.model_input_names if takes is None or n in takes]
 
     def source(self) -> SourceInfo:
         return SourceInfo(

@@ -492,8 +492,9 @@ def _relation(values, mask, heads: int):
 
 def _model_outputs(model, batch, plan: _Plan, tap: _ValueTap | None) -> dict[str, Any]:
     """Run ``model`` and extract what the losses compare: soft target, hidden states, attentions, relations."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-    out = model(**inputs, output_hidden_states=plan.needs_hidden_states, output_attentions=plan.attention)
+    from compress.models import model_feed
+
+    out = model(**model_feed(model, batch), output_hidden_states=plan.needs_hidden_states, output_attentions=plan.attention)
     res: dict[str, Any] = {}
     if plan.classification:
         res["soft"] = out.logits
@@ -1268,6 +1269,8 @@ def _trainable(student, projections):
     """Student + hidden-state projections as one module (one DDP wrapper, one optimizer, one checkpoint)."""
     from torch import nn
 
+    from compress.models import model_feed
+
     class Trainable(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -1275,7 +1278,7 @@ def _trainable(student, projections):
             self.proj = projections
 
         def forward(self, **inputs):
-            return self.student(**inputs)
+            return self.student(**model_feed(self.student, inputs))
 
     return Trainable()
 

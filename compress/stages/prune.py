@@ -80,6 +80,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ArtifactError, ConfigError, DataError, StageError
+from compress.models import model_feed
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,6 @@ def _batches(tokenizer, texts: list[str], labels: list[int] | None, max_length: 
         idx = order[start : start + batch_size]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
                         return_tensors="pt")
-        enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         lab = torch.tensor([labels[i] for i in idx]) if labels is not None else None
         yield enc, lab
 
@@ -408,7 +408,7 @@ def importance_scores(
     try:
         for enc, lab in _batches(tokenizer, texts, labels, max_length, batch_size):
             saved.clear()
-            out = model(**enc)
+            out = model(**model_feed(model, enc))
             if classification:
                 logits = out.logits.float()
                 target = logits.argmax(-1)
@@ -464,7 +464,7 @@ def _layer_skip_scores(model, tokenizer, texts, classification, pooling, normali
         res = []
         with torch.inference_mode():
             for enc, _ in _batches(tokenizer, texts, None, max_length, batch_size):
-                out = model(**enc)
+                out = model(**model_feed(model, enc))
                 res.append(out.logits.float().log_softmax(-1) if classification
                            else _pooled(out, enc["attention_mask"], pooling, normalize).float())
         return res
@@ -1194,7 +1194,7 @@ def _outputs(model, tokenizer, texts: list[str], max_length: int, classification
     res = []
     with torch.inference_mode():
         for enc, _ in _batches(tokenizer, texts, None, max_length, 32):
-            out = model(**enc)
+            out = model(**model_feed(model, enc))
             res.append(out.logits.float() if classification
                        else _pooled(out, enc["attention_mask"], pooling, normalize).float())
     return torch.cat(res) if res else None
