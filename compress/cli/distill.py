@@ -65,7 +65,9 @@ def _student_config(path: Path | None) -> dict | None:
 @click.option("--augment-prob", type=float, default=F["augment_prob"].default, show_default=True,
               help=F["augment_prob"].description)
 @click.option("--epochs", type=float, default=F["epochs"].default, show_default=True, help=F["epochs"].description)
-@click.option("--max-steps", type=int, help=F["max_steps"].description)
+@click.option("--max-steps", type=int, help=F["max_steps"].description + " Only the rows those steps draw are labelled "
+              "by the teacher.")
+@click.option("--max-train-rows", type=int, help=F["max_train_rows"].description)
 @click.option("--batch-size", type=int, default=F["batch_size"].default, show_default=True,
               help=F["batch_size"].description)
 @click.option("--grad-accum", type=int, default=1, show_default=True, help=F["grad_accum"].description)
@@ -103,7 +105,7 @@ def _student_config(path: Path | None) -> dict | None:
 @force_option
 def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_config, student, temperature,
                 soft_weight, hard_weight, hidden_weight, attention_weight, value_relation_weight, augment,
-                augment_prob, epochs, max_steps, batch_size, grad_accum, lr, weight_decay, warmup_ratio, schedule,
+                augment_prob, epochs, max_steps, max_train_rows, batch_size, grad_accum, lr, weight_decay, warmup_ratio, schedule,
                 max_length, eval_every, eval_samples, metric, patience, save_every, mixed_precision, seed,
                 text_column, label_column, cache_limit_gb, run_dir, teacher_cache, resume, keep_run, allow_pickle,
                 trust_remote_code, force):
@@ -123,7 +125,8 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
     (0.858), so both are off by default but available with their weights. On all of SST-2
     train, --augment 1 was what made a 3-layer student beat one trained on the labels alone.
 
-    Teacher outputs are computed once and cached in the run directory (or --teacher-cache).
+    Teacher outputs are computed once and cached in the run directory (or --teacher-cache), only
+    for the rows training will draw (a short --max-steps run labels only its first batches).
     Runs on CPU, one GPU, or several processes:
 
     \b
@@ -140,7 +143,7 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
         student=str(student) if student else None, temperature=temperature, soft_weight=soft_weight,
         hard_weight=hard_weight, hidden_weight=hidden_weight, attention_weight=attention_weight,
         value_relation_weight=value_relation_weight, augment=augment, augment_prob=augment_prob, epochs=epochs,
-        max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
+        max_steps=max_steps, max_train_rows=max_train_rows, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, max_length=max_length, eval_every=eval_every,
         eval_samples=eval_samples, metric=metric, patience=patience, save_every=save_every,
         mixed_precision=mixed_precision, seed=seed, text_column=text_column, label_column=label_column,
@@ -166,6 +169,8 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
 
 class _Progress(PhaseProgress):
     """Teacher caching, then training with loss, best eval metric and ETA."""
+
+    labels = {"teacher": "teacher outputs", "train": "distilling"}
 
     def show(self, d: dict) -> None:
         if d["phase"] == "teacher":

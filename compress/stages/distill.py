@@ -45,6 +45,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, DataError, EdgeCompressError
+from compress.stages import teacher_cache as tcache
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,11 @@ class DistillConfig(BaseModel):
     )
     augment_prob: float = Field(0.3, gt=0, le=1, description="Probability of replacing each word in a copy.")
     eval_samples: int | None = Field(None, ge=1, description="Use at most this many eval rows.")
+    max_train_rows: int | None = Field(
+        None, ge=1,
+        description="Use at most this many training rows: a random subset fixed by --seed, in file order, "
+        "taken before augmentation (None: all rows).",
+    )
     metric: Metric = Field(
         Metric.auto,
         description="Early-stopping metric: accuracy (needs labels), agreement with the teacher's argmax, "
@@ -509,135 +515,6 @@ def _model_outputs(model, batch, plan: _Plan, tap: _ValueTap | None) -> dict[str
     return res
 
 
-class _TeacherCache:
-    """Teacher targets for every transfer row, on disk (numpy memmaps) so later epochs skip the teacher.
-
-    ``soft`` is [rows, width] float32; ``hidden`` is flat [tokens, mapped layers, hidden] float16 indexed
-    by token offsets; ``attn`` / ``vr`` are flat float16 per-row blocks of [mapped layers x] heads x L x L.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.arrays: dict[str, np.ndarray] = {}
-        for f in directory.glob("*.npy"):
-            self.arrays[f.stem] = np.load(f, mmap_mode="r")
-
-    @staticmethod
-    def estimate_bytes(data: _TransferSet, plan: _Plan, t_cfg) -> dict[str, int]:
-        heads = t_cfg.num_attention_heads
-        sq = int(data.sq_offsets[-1])
-        toks = int(data.lengths.sum())
-        est = {}
-        if plan.hidden:
-            est["hidden"] = toks * len(plan.mapping) * t_cfg.hidden_size * 2
-        if plan.attention:
-            est["attn"] = sq * len(plan.mapping) * heads * 2
-        if plan.value_relation:
-            est["vr"] = sq * plan.relation_heads * 2
-        return est
-
-    @classmethod
-    def build(cls, directory: Path, teacher_model, data: _TransferSet, plan: _Plan, intermediate: bool,
-              device, batch_size: int, progress: Callable[[dict[str, Any]], None] | None) -> _TeacherCache:
-        import torch
-
-        tmp = directory.with_name(directory.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        n = len(data)
-        tplan = copy.copy(plan)
-        if not intermediate:
-            tplan.hidden = tplan.attention = tplan.value_relation = False
-        tap = _ValueTap(layer_list(teacher_model)[1][-1]) if tplan.value_relation else None
-        sq_off = data.sq_offsets
-        arrays: dict[str, np.ndarray] = {}
-        order = np.argsort(data.lengths, kind="stable")
-        teacher_model.to(device)
-        done = 0
-        try:
-            with torch.inference_mode():
-                for start in range(0, n, batch_size):
-                    idx = order[start : start + batch_size].tolist()
-                    batch = {k: v.to(device) for k, v in data.collate(idx).items()}
-                    res = _model_outputs(teacher_model, batch, tplan, tap)
-                    soft = res["soft"].float().cpu().numpy()
-                    if "soft" not in arrays:
-                        arrays["soft"] = np.lib.format.open_memmap(tmp / "soft.npy", "w+", np.float32, (n, soft.shape[1]))
-                        if tplan.hidden:
-                            arrays["hidden"] = np.lib.format.open_memmap(
-                                tmp / "hidden.npy", "w+", np.float16,
-                                (int(data.offsets[-1]), len(plan.mapping), teacher_model.config.hidden_size))
-                        if tplan.attention:
-                            arrays["attn"] = np.lib.format.open_memmap(
-                                tmp / "attn.npy", "w+", np.float16,
-                                (int(sq_off[-1]) * len(plan.mapping) * teacher_model.config.num_attention_heads,))
-                        if tplan.value_relation:
-                            arrays["vr"] = np.lib.format.open_memmap(
-                                tmp / "vr.npy", "w+", np.float16, (int(sq_off[-1]) * plan.relation_heads,))
-                    arrays["soft"][idx] = soft
-                    if tplan.hidden:
-                        hs = torch.stack([res["hidden"][t + 1] for t in plan.mapping], 2).half().cpu().numpy()
-                    if tplan.attention:
-                        at = torch.stack([res["attn"][t] for t in plan.mapping], 1).half().cpu().numpy()
-                        heads_l = at.shape[1] * at.shape[2]
-                    if tplan.value_relation:
-                        vr = res["vr"].half().cpu().numpy()
-                    for row, i in enumerate(idx):
-                        ln = int(data.lengths[i])
-                        if tplan.hidden:
-                            arrays["hidden"][data.offsets[i] : data.offsets[i + 1]] = hs[row, :ln]
-                        if tplan.attention:
-                            a = at[row, :, :, :ln, :ln].reshape(-1)
-                            arrays["attn"][sq_off[i] * heads_l : sq_off[i] * heads_l + a.size] = a
-                        if tplan.value_relation:
-                            v = vr[row, :, :ln, :ln].reshape(-1)
-                            arrays["vr"][sq_off[i] * plan.relation_heads : sq_off[i] * plan.relation_heads + v.size] = v
-                    done += len(idx)
-                    if progress:
-                        progress({"phase": "teacher", "done": done, "total": n})
-        finally:
-            if tap:
-                tap.remove()
-        for a in arrays.values():
-            a.flush()
-        del arrays
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-        return cls(directory)
-
-    def targets(self, batch, data: _TransferSet, plan: _Plan, t_cfg, device) -> dict[str, Any]:
-        """Padded teacher targets for ``batch`` rebuilt from the cache."""
-        import torch
-
-        idx = batch["index"].tolist()
-        width = batch["input_ids"].shape[1]
-        res: dict[str, Any] = {}
-        if "soft" in self.arrays:
-            res["soft"] = torch.from_numpy(np.asarray(self.arrays["soft"][idx])).to(device)
-        if "hidden" in self.arrays:
-            h = np.zeros((len(idx), width, len(plan.mapping), t_cfg.hidden_size), np.float16)
-            for r, i in enumerate(idx):
-                h[r, : data.lengths[i]] = self.arrays["hidden"][data.offsets[i] : data.offsets[i + 1]]
-            h = torch.from_numpy(h).to(device).float()
-            res["hidden"] = [h[:, :, j] for j in range(len(plan.mapping))]
-        sq_off = data.sq_offsets
-        for key, heads in (("attn", len(plan.mapping) * t_cfg.num_attention_heads), ("vr", plan.relation_heads)):
-            if key not in self.arrays:
-                continue
-            a = np.zeros((len(idx), heads, width, width), np.float16)
-            for r, i in enumerate(idx):
-                ln = int(data.lengths[i])
-                start = int(sq_off[i]) * heads
-                a[r, :, :ln, :ln] = np.asarray(self.arrays[key][start : start + heads * ln * ln]).reshape(heads, ln, ln)
-            t = torch.from_numpy(a).to(device).float()
-            if key == "attn":
-                t = t.view(len(idx), len(plan.mapping), t_cfg.num_attention_heads, width, width)
-                res[key] = [t[:, j] for j in range(len(plan.mapping))]
-            else:
-                res[key] = t
-        return res
-
-
 
 # ---------------------------------------------------------------------------------------------
 # Losses
@@ -749,13 +626,6 @@ def score(pred: np.ndarray, teacher_pred: np.ndarray, labels: np.ndarray | None,
 def default_run_dir(out: Path | str) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".run")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -895,9 +765,28 @@ def _open_run(run: Path, run_config: dict[str, Any], accelerator, *, resume: boo
         accelerator.wait_for_everyone()
 
 
+def _rows_drawn(data: _TransferSet, config: DistillConfig, n_proc: int, total_steps: int) -> np.ndarray | None:
+    """The transfer rows the first ``total_steps`` optimizer steps draw (None: all of them).
+
+    Fewer draws than one epoch take a prefix of the first epoch's order (the same order training uses),
+    so a short ``--max-steps`` run labels only those rows with the teacher.
+    """
+    draws = total_steps * config.grad_accum * config.batch_size * n_proc
+    if draws >= len(data):
+        return None
+    order = length_grouped_order(data.lengths, config.batch_size * n_proc, config.seed)
+    return np.array(order[:draws], dtype=np.int64)
+
+
 def _ensure_cache(cache_dir: Path, teacher, data: _TransferSet, plan: _Plan, cache_intermediate: bool, accelerator,
-                  max_length: int, batch_size: int, progress, transfer_fingerprint: str) -> None:
-    """Build the teacher-output cache unless one for the same teacher, data and targets is there."""
+                  max_length: int, batch_size: int, progress, transfer_fingerprint: str, rows: np.ndarray | None,
+                  stop: Callable[[], bool]) -> int:
+    """Label the transfer ``rows`` (None: all) the teacher-output cache lacks; returns how many it labelled.
+
+    Raises :class:`Interrupted` when ``stop()`` turned true first (the labelled rows are kept for --resume).
+    """
+    import torch
+
     cache_key = {
         "teacher": teacher.sha256, "transfer": transfer_fingerprint, "max_length": max_length,
         "mapping": plan.mapping if cache_intermediate and plan.intermediate else None,
@@ -905,19 +794,38 @@ def _ensure_cache(cache_dir: Path, teacher, data: _TransferSet, plan: _Plan, cac
                                     ("value_relation", plan.value_relation)) if on and cache_intermediate],
         "pooling": [plan.pooling, plan.normalize], "config_version": CONFIG_VERSION,
     }
-    if cache_dir.is_dir() and any(cache_dir.iterdir()) and not (cache_dir / "key.json").is_file():
-        raise ConfigError(f"--teacher-cache {cache_dir} is a non-empty directory that is not a teacher cache",
-                          hint="pass a new or empty directory")
+    tcache.check_directory(cache_dir)
     # every process checks before the main one writes: a late process would otherwise see the freshly
     # built cache before its key.json and refuse it
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and _read_json(cache_dir / "key.json") != cache_key:
-        _TeacherCache.build(cache_dir, teacher.model, data, plan, cache_intermediate, accelerator.device,
-                            batch_size, progress)
-        (cache_dir / "key.json").write_text(json.dumps(cache_key) + "\n")
-    elif accelerator.is_main_process:
-        log.info("reusing teacher outputs cached in %s", cache_dir)
+    labelled, total, complete = 0, len(data) if rows is None else len(rows), True
+    if accelerator.is_main_process:
+        t_plan = copy.copy(plan)
+        if not cache_intermediate:
+            t_plan.hidden = t_plan.attention = t_plan.value_relation = False
+        tap = _ValueTap(layer_list(teacher.model)[1][-1]) if t_plan.value_relation else None
+        device = accelerator.device
+        teacher.model.to(device)
+
+        def forward(idx: list[int]) -> dict[str, Any]:
+            return _model_outputs(teacher.model, {k: v.to(device) for k, v in data.collate(idx).items()}, t_plan, tap)
+
+        t_cfg = teacher.model.config
+        width = t_cfg.num_labels if plan.classification else t_cfg.hidden_size
+        try:
+            labelled, total, complete = tcache.fill(cache_dir, cache_key, data, plan, cache_intermediate, t_cfg, width,
+                                                    rows, forward, batch_size, progress, stop)
+        finally:
+            if tap:
+                tap.remove()
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:  # only the main process labels: every process learns whether it finished
+        complete = bool(accelerator.reduce(torch.tensor([0.0 if complete else 1.0], device=accelerator.device),
+                                           reduction="sum").item() == 0)
+    if not complete:
+        raise Interrupted(f"interrupted while computing the teacher's outputs; the rows done so far are kept in "
+                          f"{cache_dir}", hint="run the same command with --resume to continue")
+    return labelled
 
 
 def distill(
@@ -962,6 +870,11 @@ def distill(
     run = Path(run_dir) if run_dir else default_run_dir(out)
     t0 = time.perf_counter()
 
+    def say(key: str, label: str) -> None:  # a stretch of work without a count (once, not per process)
+        if progress and os.environ.get("RANK", "0") == "0":
+            progress({"phase": key, "label": label})
+
+    say("load", f"loading the teacher {teacher_dir}")
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     classification = teacher.task is Task.text_classification
     label2id = {name: i for i, name in enumerate(teacher.info.labels)} if teacher.info.labels else None
@@ -970,6 +883,8 @@ def distill(
                             label2id=label2id, num_labels=len(label2id) if label2id else None)
     if not classification:
         train_ds.labels = None
+    if config.max_train_rows:
+        train_ds = train_ds.sample(config.max_train_rows, seed=config.seed)
     eval_ds = None
     if eval_data is not None:
         eval_ds = load_dataset(eval_data, text_column=config.text_column, label_column=config.label_column,
@@ -980,6 +895,7 @@ def distill(
     if config.hard_weight and classification and train_ds.labels is None:
         log.warning("%s has no labels: training on the teacher's soft targets only", train)
 
+    say("student", "building the student")
     student, student_desc, mapping = _choose_student(teacher, config)
     t_heads = teacher.model.config.num_attention_heads
     plan = _Plan(
@@ -998,6 +914,8 @@ def distill(
             m.config._attn_implementation = "eager"  # attention probabilities are not returned by SDPA
             m.set_attn_implementation("eager") if hasattr(m, "set_attn_implementation") else None
 
+    say("tokenise", f"tokenising {len(train_ds):,} training rows" + (f" and {config.augment} augmented copies of each"
+                                                                     if config.augment else ""))
     data, eval_set, texts, labels = _transfer_sets(teacher, train_ds, eval_ds, config, max_length, classification)
 
     # --- run directory: fresh, or resumed with identical settings --------------------------------
@@ -1027,20 +945,30 @@ def distill(
 
     # --- teacher targets, computed once ----------------------------------------------------------
     t_cfg = teacher.model.config
-    est = _TeacherCache.estimate_bytes(data, plan, t_cfg)
+    est = tcache.estimate_bytes(data, plan, t_cfg)
     cache_intermediate = sum(est.values()) <= config.cache_limit_gb * 1e9
     if not cache_intermediate:
         log.warning("intermediate teacher targets need %.1f GB (> --cache-limit-gb %.1f): the teacher runs every "
                     "step for them", sum(est.values()) / 1e9, config.cache_limit_gb)
+    n_proc = accelerator.num_processes
+    batches_per_epoch = math.ceil(len(data) / (config.batch_size * n_proc))
+    steps_per_epoch = max(1, batches_per_epoch // config.grad_accum)
+    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    rows = _rows_drawn(data, config, n_proc, total_steps)
     t_cache = time.perf_counter()
     needs_teacher = config.soft_weight > 0 or plan.intermediate
     cache_dir = Path(teacher_cache) if teacher_cache else run / "teacher-cache"
+    teacher_rows = 0
     if needs_teacher:
-        _ensure_cache(cache_dir, teacher, data, plan, cache_intermediate, accelerator, max_length,
-                      max(64, config.batch_size * 2), progress, _fingerprint(texts, labels))
-    cache = _TeacherCache(cache_dir) if needs_teacher else None
+        with _StopFlag() as flag:
+            teacher_rows = _ensure_cache(cache_dir, teacher, data, plan, cache_intermediate, accelerator, max_length,
+                                         max(64, config.batch_size * 2), progress, _fingerprint(texts, labels), rows,
+                                         lambda: flag.requested)
+    cache = tcache.TeacherCache(cache_dir) if needs_teacher else None
     cache_seconds = time.perf_counter() - t_cache
     teacher.model.to(device)
+    if eval_set is not None:
+        say("teacher-eval", f"scoring the teacher on {len(eval_set):,} eval rows")
     teacher_eval = _predict(teacher.model, eval_set, plan, device, 64) if eval_set is not None else None
     eval_labels = np.array(eval_ds.labels) if eval_ds is not None and eval_ds.labels is not None else None
     teacher_score = score(teacher_eval, teacher_eval, eval_labels, metric) if teacher_eval is not None else None
@@ -1048,6 +976,7 @@ def distill(
         teacher.model.to("cpu")
 
     # --- model, optimiser, schedule ----------------------------------------------------------------
+    say("prepare", "resuming from the checkpoint" if resume else "preparing training")
     projections = None
     if plan.hidden and student.config.hidden_size != t_cfg.hidden_size:
         projections = torch.nn.ModuleList(
@@ -1062,10 +991,6 @@ def distill(
         {"params": [p for n, p in module.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    n_proc = accelerator.num_processes
-    batches_per_epoch = math.ceil(len(data) / (config.batch_size * n_proc))
-    steps_per_epoch = max(1, batches_per_epoch // config.grad_accum)
-    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
     from transformers import get_scheduler
 
     scheduler = get_scheduler(config.schedule.value, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
@@ -1243,6 +1168,7 @@ def distill(
             "processes": n_proc,
             "mixed_precision": accelerator.mixed_precision,
             "teacher_cache_seconds": round(cache_seconds, 1),
+            "teacher_labelled_rows": teacher_rows,
             "train_seconds": round(state["train_seconds"], 1),
             "stopped": state["stopped"] or "completed",
             "chosen": chosen,
@@ -1255,6 +1181,7 @@ def distill(
         if final_score is not None:
             metrics.update({"eval_rows": len(eval_set), "eval_metric": final_score, "teacher_eval_metric": teacher_score,
                             "retention": final_score / teacher_score if teacher_score else None})
+        say("write", f"writing the student to {out}")
         art = _write_student(final, teacher, out, config, metrics, force, time.perf_counter() - t0)
         if not keep_run:
             shutil.rmtree(run, ignore_errors=True)
