@@ -49,20 +49,69 @@ def status(message: str):
     return contextlib.nullcontext() if con is None else con.status(message)
 
 
-class PhaseProgress:
-    """Rich progress bars on stderr for a library call that reports ``{"phase": ...}`` dicts.
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    Used as ``with Sub() as progress: library_call(..., progress=progress)``; off with -q or when
-    stderr is not a terminal. Subclasses map phases to bars in ``show`` with ``task``.
+
+def _counts(d: dict) -> tuple[int | None, int | None]:
+    """(done, total) of a progress event that counts (``done`` or ``step`` of ``total``)."""
+    done = d.get("done", d.get("step"))
+    return (done, d.get("total")) if isinstance(done, int) else (None, None)
+
+
+class PhaseProgress:
+    """Progress on stderr for a library call that reports ``{"phase": ...}`` dicts.
+
+    Used as ``with Sub() as progress: library_call(..., progress=progress)``; off with -q. In a terminal:
+    rich progress bars (subclasses map phases to bars in ``show`` with ``task``). When stderr is not a
+    terminal (CI logs): plain lines for every phase that runs ``delay`` seconds or longer, one when it
+    starts, one when it ends and one every ``every`` seconds with done/total, elapsed time and ETA
+    (quicker phases stay quiet, so input errors found early stay one-line errors). An event
+    ``{"phase": key, "label": "loading the teacher"}`` (no counts) names a stretch of work without a
+    count: a spinner in a terminal, lines as above otherwise. ``labels`` names the counted phases in
+    plain lines; ``note`` turns an event into a one-off line.
     """
 
-    def __init__(self) -> None:
+    labels: dict[str, str] = {}
+    every = 30.0
+    delay = 10.0
+
+    def __init__(self, clock=None) -> None:
+        import threading
+        import time
+
         self.bar = None
         self.tasks: dict[str, int] = {}
+        self.plain = False
+        self.clock = clock or time.monotonic
+        self._ticking = clock is None  # a fake clock is ticked by hand
+        self._spinner = None  # rich task of the running labelled phase
+        self._current: dict | None = None  # plain lines: the running phase
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def note(self, d: dict) -> str | None:
+        """A one-off line for an event (e.g. a budget candidate), or None."""
+        return None
 
     def __enter__(self) -> Self:
-        con = live_console()
+        ctx = click.get_current_context(silent=True)
+        st = ctx.find_root().obj if ctx is not None else None
+        quiet = st is not None and st.quiet
+        con = live_console() if ctx is not None else None
         if con is None:
+            self.plain = not quiet and not console(stderr=True).is_terminal
+            if self.plain and self._ticking:
+                import threading
+
+                self._thread = threading.Thread(target=self._tick_loop, name="progress-lines", daemon=True)
+                self._thread.start()
             return self
         from rich.progress import (
             BarColumn,
@@ -86,15 +135,116 @@ class PhaseProgress:
         return self.tasks[key]
 
     def __call__(self, d: dict) -> None:
+        labelled = "label" in d and _counts(d)[0] is None
         if self.bar is not None:
-            self.show(d)
+            self._end_spinner()
+            if labelled:
+                self._spinner = self.bar.add_task(d["label"], total=None, info="")
+            else:
+                self.show(d)
+        elif self.plain:
+            self._plain(d)
 
     def show(self, d: dict) -> None:
         raise NotImplementedError
 
+    def _end_spinner(self) -> None:
+        if self._spinner is not None:
+            self.bar.update(self._spinner, total=1, completed=1)
+            self._spinner = None
+
+    def _line(self, text: str) -> None:
+        click.echo(text, err=True)
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.tick()
+
+    def tick(self) -> None:
+        """Announce a phase that has run ``delay`` seconds; a progress line every ``every`` seconds."""
+        with self._lock:
+            self._tick(self.clock())
+
+    def _tick(self, now: float) -> None:
+        cur = self._current
+        if cur is None:
+            return
+        if not cur["announced"]:
+            if now - cur["start"] >= self.delay:
+                self._announce(cur, now)
+            return
+        if now - cur["last"] < self.every:
+            return
+        cur["last"] = now
+        elapsed = now - cur["start"]
+        done, total = cur["done"], cur["total"]
+        if done is None:
+            self._line(f"{cur['label']}: {_duration(elapsed)} elapsed")
+            return
+        if total is not None and done >= total:
+            return
+        rate = (done - (cur["first"] or 0)) / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {_duration((total - done) / rate)}" if total and rate > 0 else ""
+        pct = f" ({done / total:.0%})" if total else ""
+        self._line(f"{cur['label']}: {done}/{total}{pct}, {_duration(elapsed)} elapsed{eta}{cur['extra']}")
+
+    def _announce(self, cur: dict, now: float) -> None:
+        if not cur["announced"]:
+            cur["announced"], cur["last"] = True, now
+            self._line(f"{cur['label']} ..." if cur["total"] is None else f"{cur['label']}: 0/{cur['total']} ...")
+
+    def _plain(self, d: dict) -> None:
+        with self._lock:
+            self._plain_event(d, self.clock())
+
+    def _plain_event(self, d: dict, now: float) -> None:
+        key = d["phase"]
+        label = d.get("label") or self.labels.get(key, key)
+        done, total = _counts(d)
+        note = self.note(d)
+        if "label" not in d and done is None:  # an event that neither starts work nor counts it
+            if note:
+                self._line(note)
+            return
+        cur = self._current
+        if cur is None or cur["key"] != key or ("label" in d and cur["label"] != label):
+            self._end_plain(now)
+            cur = self._current = {"key": key, "label": label, "start": now, "last": now, "first": done,
+                                   "done": None, "total": total, "extra": "", "announced": False}
+            if self.delay <= 0:
+                self._announce(cur, now)
+        if note:
+            self._line(note)
+        if done is None:
+            self._tick(now)
+            return
+        cur["done"], cur["total"] = done, total
+        cur["extra"] = f", loss {d['loss']:.4f}" if isinstance(d.get("loss"), float) else ""
+        if d.get("eval") is not None:
+            self._announce(cur, now)
+            best = f" (best {d['best']:.4f})" if d.get("best") is not None else ""
+            self._line(f"{label}: {done}/{total}: eval {d.get('metric', 'metric')} {d['eval']:.4f}{best}")
+        self._tick(now)
+        if total is not None and done >= total:
+            self._end_plain(now)
+
+    def _end_plain(self, now: float, how: str = "done") -> None:
+        cur, self._current = self._current, None
+        if cur is None or not cur["announced"]:
+            return
+        counts = f" ({cur['done']}/{cur['total']})" if cur["done"] is not None else ""
+        self._line(f"{cur['label']}: {how} in {_duration(now - cur['start'])}{counts}{cur['extra']}")
+
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
+            self._end_spinner()
             self.bar.stop()
+        elif self.plain:
+            if self._thread is not None:
+                self._stop.set()
+                self._thread.join()
+            with self._lock:
+                self._end_plain(self.clock(), how="done" if exc[0] is None else "stopped")
 
 
 force_option = click.option("--force", is_flag=True, help="Replace OUT if it exists.")

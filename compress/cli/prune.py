@@ -133,6 +133,12 @@ def summary_lines(m: dict) -> list[str]:
 class _Progress(PhaseProgress):
     """Importance scores, budget candidates, teacher outputs and recovery steps."""
 
+    labels = {"importance": "importance scores", "budget": "budget search", "teacher": "teacher outputs",
+              "train": "recovering"}
+
+    def note(self, d: dict) -> str | None:
+        return f"budget candidate: heads {d['heads']:g}, ffn {d['ffn']:g}" if d["phase"] == "budget" else None
+
     def show(self, d: dict) -> None:
         phase = d["phase"]
         if phase == "importance":

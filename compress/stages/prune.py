@@ -1260,6 +1260,8 @@ def prune(
                           "or --profile")
     if train is not None and not config.recover_steps:
         log.warning("--train is used for importance scores only (no --recover-steps)")
+    if progress:
+        progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
     if out.resolve() == teacher.path.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
@@ -1278,6 +1280,8 @@ def prune(
     vocab_plan = None
     corpus_ds = None
     if config.vocab_corpus:
+        if progress:
+            progress({"phase": "vocab-plan", "label": f"planning the vocabulary on {config.vocab_corpus}"})
         corpus_ds = _texts(config.vocab_corpus, config, label2id)
         vocab_plan = plan_vocabulary(tokenizer, corpus_ds.texts, keep_alphabet=config.vocab_keep_alphabet,
                                      floor=config.vocab_floor, model_config=model.config, source=config.vocab_corpus)
@@ -1308,6 +1312,8 @@ def prune(
                                                        progress)
 
     # --- structure ----------------------------------------------------------------------------------
+    if progress and (config.drop_layers or heads or ffn):
+        progress({"phase": "structure", "label": "removing layers, heads and neurons"})
     if config.drop_layers:
         metrics["layers"] = drop_layers(model, importance, config.drop_layers)
         importance = importance.select_layers(metrics["layers"]["kept"])
@@ -1359,6 +1365,8 @@ def prune(
             sp["speedup"] = False
 
         # --- vocabulary, write, reload, prove ---------------------------------------------------------
+        if progress:
+            progress({"phase": "write", "label": f"writing {out} and checking it against the pruned model"})
         proof_texts = corpus_ds.texts if corpus_ds is not None else []
         probe = proof_texts[:64] or _texts(config.importance_data or train or _default_data(), config, label2id,
                                            64).texts
@@ -1382,6 +1390,8 @@ def prune(
                     hint="nothing was written; report this architecture",
                 )
             if vocab_plan is not None:
+                if progress:
+                    progress({"phase": "vocab-proof", "label": f"proving the vocabulary on {len(proof_texts):,} texts"})
                 vrec = vocab_plan.record()
                 vrec["proof"] = prove_vocabulary(tokenizer, old_emb, written.tokenizer,
                                                  written.model.get_input_embeddings().weight.detach(), proof_texts)
