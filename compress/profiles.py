@@ -68,6 +68,7 @@ __all__ = [
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # "_" only inside, as in x86_64 (a leading "_" marks abstract parents)
 RUNTIME_NAMES: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt", "torch")
 HOST = "host"
+HOST_BUDGETS = "_host"  # profiles/_host.yaml: what `host` judges (absolute latency belongs to named devices)
 _SUFFIXES = (".yaml", ".yml")
 _MAX_EXTENDS_DEPTH = 32
 _LIST_HINT = "see `edgecompress profiles list`"
@@ -874,13 +875,13 @@ def _host_data() -> dict[str, Any]:
     cores = _host_cores()
     simd = _host_simd(arch, info)
     cpu_model = _host_cpu_model(info)
-    parent = closest_builtin(arch, simd)
     clock = _host_clock_ghz(info)
     fp32, int8 = derive_peaks(arch, simd, cores, clock, info)
     return {
         "name": HOST,
-        "extends": parent,
-        "description": f"This machine ({cpu_model or arch}, {cores} cores); budgets from {parent}.",
+        "extends": HOST_BUDGETS,  # relative budgets only: they hold on this machine loaded or idle
+        "description": f"This machine ({cpu_model or arch}, {cores} cores); relative budgets (speedup over the "
+                       f"FP32 baseline timed alongside, retention, agreement, size, memory), no absolute latency.",
         "hardware": {
             "arch": arch,
             "cores": cores,
@@ -1065,7 +1066,8 @@ def match_device(profile: DeviceProfile, *, model: str | None = None) -> DeviceM
 
 
 def detect_host() -> DeviceProfile:
-    """The ``host`` profile: this machine's facts, with the budgets of the closest built-in profile."""
+    """The ``host`` profile: this machine's facts, with relative budgets (``profiles/_host.yaml``) that hold
+    whatever the load: speedup over the FP32 baseline, retention, agreement, size, peak memory."""
     profile = _build(_HOST_SOURCE)
     log.debug("detected host: %s", profile.hardware.model_dump())
     return profile
