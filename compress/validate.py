@@ -30,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from compress import __version__
 from compress.artifact import Artifact, Format, Task, load_artifact
 from compress.cpu import cpu_model
-from compress.errors import ConfigError
 from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
 
 log = logging.getLogger(__name__)
@@ -257,6 +256,7 @@ def validate(
     progress bar; the CLI uses it, library users can ignore it.
     """
     from compress.data import load_dataset
+    from compress.host_runtime import runtime_for
     from compress.models import load_teacher
     from compress.profiles import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
@@ -272,13 +272,9 @@ def validate(
         from compress.models import load_source
 
         art = load_source(artifact, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    profile = runtime_for(profile, art.format)  # host: the runtime the artifact's format needs
     runtime_name = profile.runtime.name
-    cls = runtime_class(runtime_name) if runtime_name in _known_runtimes() else None
-    if cls is None or art.format not in cls.formats:
-        raise ConfigError(
-            f"profile {profile.name} runs {runtime_name}, which cannot run {art.format} artifacts",
-            hint=f"export the artifact to a format {runtime_name} runs, or use a profile for {art.format}",
-        )
+    cls = runtime_class(runtime_name)
     remote = None
     if config.remote:  # checked before any data or teacher is loaded
         from compress.remote import remote_target
@@ -438,12 +434,6 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
         environment=env,
         seconds=round(time.perf_counter() - t_start, 2),
     )
-
-
-def _known_runtimes() -> set[str]:
-    from compress.runtimes.base import RUNTIMES
-
-    return set(RUNTIMES)
 
 
 def _runner(backend, batch) -> Callable[[], Any]:
