@@ -74,6 +74,8 @@ class ValidateConfig(BaseModel):
     )
     allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
     trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
+    cache: bool = Field(True, description="Reuse and store the teacher's outputs on the eval data in the cache "
+                        "(compress.cache); False runs the teacher afresh and stores nothing.")
     remote: str | None = Field(
         None, description="Measure on a device over SSH, user@host[:port] (system ssh; ~/.ssh/config applies)."
     )
@@ -221,7 +223,7 @@ def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
 
 
 def _baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
-    """The teacher's FP32 model in the artifact's format, cached under ~/.cache/edgecompress."""
+    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY)."""
     if art.format not in (Format.onnx, Format.openvino):
         return None
     from compress.stages.export import ExportConfig, export
@@ -233,15 +235,21 @@ def _baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
         opset=export_cfg.get("opset", 18),
         optimize=export_cfg.get("optimize", "O2"),
     )
+    from compress import cache as ec_cache
+
     key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
-    cache = Path.home() / ".cache" / "edgecompress" / "baselines" / key
+    cache = ec_cache.kind_dir("baselines") / key
     if (cache / "manifest.json").is_file():
         try:
-            return load_artifact(cache)
+            art = load_artifact(cache)
+            ec_cache.touch(cache)
+            return art
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
             log.warning("rebuilding damaged baseline cache %s", cache)
     log.info("exporting the teacher's FP32 baseline to %s", cache)
-    return export(teacher.path, cache, cfg, force=True)
+    art = export(teacher.path, cache, cfg, force=True)
+    ec_cache.enforce_limit(keep=cache)
+    return art
 
 
 def validate(
@@ -255,12 +263,13 @@ def validate(
     ``on_phase(name, total)`` may return a callback receiving progress (items or fraction) for a
     progress bar; the CLI uses it, library users can ignore it.
     """
+    from compress.cache import usage as cache_usage
     from compress.data import load_dataset
     from compress.host_runtime import runtime_for
     from compress.models import load_teacher
     from compress.profiles import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
-    from compress.runtimes.torch_backend import TorchBackend
+    from compress.teacher_outputs import teacher_outputs
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()
@@ -326,6 +335,7 @@ def validate(
     log.info("loading %s in %s", art.path, runtime_name)
     backend = load_runtime(art, runtime_name, run_settings)
     metrics: dict[str, Any] = {}
+    cache_use: dict[str, Any] = {}
 
     # accuracy and agreement
     if dataset is not None:
@@ -333,13 +343,10 @@ def validate(
         bs = profile.measure.eval_batch_size
         cand = _predict_all(backend, dataset, bs, phase("evaluating the artifact", n))
         ref = None
-        ref_backend = None
-        if teacher is not None:
-            ref_backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=run_settings.threads))
-            ref = _predict_all(ref_backend, dataset, bs, phase("evaluating the teacher", n))
+        if teacher is not None:  # the reference: from the cache when this teacher already ran on these rows
+            ref, cache_use["teacher_outputs"] = teacher_outputs(
+                teacher, dataset, batch_size=bs, threads=run_settings.threads, use_cache=config.cache, progress=phase)
         metrics.update(prediction_metrics(m, cand, ref, dataset.labels))
-        if ref_backend is not None:
-            ref_backend.close()
 
     # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
     meas = profile.measure
@@ -372,6 +379,7 @@ def validate(
         "edgecompress": __version__,
         "runtime": backend.describe(),
         "measured_on": "local",
+        "cache": {**cache_usage(), **cache_use},
     }
     backend.close()
     if baseline_backend is not None:

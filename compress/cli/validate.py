@@ -32,6 +32,11 @@ from compress.cli._common import build_config, console, force_option, live_conso
               help="Exit code when no budget failed but some are UNVERIFIED (estimated, not measured on the "
                    "device). 0 lets CI pass on estimates; the default 4 is distinct from 1 (a budget failed), "
                    "2 (bad input) and 3 (unexpected error).")
+@click.option("--no-cache", is_flag=True,
+              help="Run the teacher afresh instead of reusing its cached outputs on the eval data (and store none). "
+                   "The cache (teacher outputs, FP32 baselines) lives in $EDGECOMPRESS_CACHE_DIR "
+                   "[default: ~/.cache/edgecompress], capped at $EDGECOMPRESS_CACHE_MB MiB [default: 2048], least "
+                   "recently used first out; delete the directory to clear it.")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pickled teacher checkpoint.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the teacher's own Python code to run.")
 @click.option("--remote", metavar="USER@HOST[:PORT]",
@@ -42,7 +47,7 @@ from compress.cli._common import build_config, console, force_option, live_conso
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
 @force_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, report_dir,
-                 no_baseline, no_cold_start, estimate_mode, unverified_exit_code, allow_pickle, trust_remote_code,
+                 no_baseline, no_cold_start, estimate_mode, unverified_exit_code, no_cache, allow_pickle, trust_remote_code,
                  remote, remote_python, ssh_config,
                  force):
     """Measure ARTIFACT on a device profile and judge it against the profile's budgets.
@@ -70,7 +75,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit,
         baseline=not no_baseline, cold_start=not no_cold_start, estimate=estimate_mode, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, remote=remote, remote_python=remote_python,
+        trust_remote_code=trust_remote_code, cache=not no_cache, remote=remote, remote_python=remote_python,
         ssh_config=str(ssh_config) if ssh_config else None,
     )
     if report_dir is None:
@@ -85,6 +90,10 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         console().print(f"  measured on {escape(report.environment['measured_on'])}")
     write_report(report, report_dir, force=force)
     console().print(f"reports: {report_dir}/report.json, report.md, junit.xml")
+    if report.environment.get("cache"):
+        from compress.cache import describe
+
+        console().print(describe(report.environment["cache"]), markup=False)
     if report.verdict == "unverified":
         from compress.errors import EdgeCompressError
         from compress.report import unverified_summary
