@@ -116,7 +116,7 @@ def teacher_outputs(teacher, dataset, *, batch_size: int, threads: int | None, u
     try:
         _write(path, key, outputs)
         cache.enforce_limit(keep=path)
-        log.info("teacher outputs on %d rows cached in %s (%.1f MB)", len(dataset), path, path.stat().st_size / cache.MB)
+        log.info("teacher outputs on %d rows cached in %s (%.0f KB)", len(dataset), path, path.stat().st_size / 1024)
     except OSError as exc:  # a full or read-only cache costs the next run time, not this run its result
         log.warning("could not cache the teacher's outputs in %s: %s", path.parent, exc)
         return outputs, "off"
