@@ -438,10 +438,8 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     Returns the files to send (remote relative path -> local path), job.json's sha256 and the teacher's
     outputs on the eval data (None without data or teacher).
     """
-    from compress.runtimes.base import RuntimeSettings
-    from compress.runtimes.torch_backend import TorchBackend
     from compress.tokenization import TextEncoder
-    from compress.validate import _baseline_artifact, _latency_texts, _predict_all
+    from compress.validate import _baseline_artifact, _latency_texts
 
     m = art.manifest
     meas = profile.measure
@@ -454,11 +452,11 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
             for name, arr in encoder.encode(texts, pairs).items():
                 arrays[f"eval.{n_batches}.{name}"] = arr
             n_batches += 1
-        if teacher is not None:  # the reference runs here
-            ref_backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=settings.threads))
-            ref = _predict_all(ref_backend, dataset, meas.eval_batch_size,
-                               phase("evaluating the teacher (here)", len(dataset)))
-            ref_backend.close()
+        if teacher is not None:  # the reference runs here (or comes from the cache, as in a local run)
+            from compress.teacher_outputs import teacher_outputs
+
+            ref, _ = teacher_outputs(teacher, dataset, batch_size=meas.eval_batch_size, threads=settings.threads,
+                                     use_cache=config.cache, progress=phase)
     lat_texts = _latency_texts(dataset.texts if dataset is not None else None, meas.batch_size, meas.sequence_length)
     for name, arr in encoder.encode(lat_texts, pad_to=meas.sequence_length).items():
         arrays[f"lat.artifact.{name}"] = arr

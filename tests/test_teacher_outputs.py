@@ -155,11 +155,11 @@ def test_cli_says_where_the_cache_is_and_how_big(int8_artifact, bert_classifier,
     env = dict(os.environ, HF_HUB_OFFLINE="1", HOME=str(home), COLUMNS="300")
     env.pop("EDGECOMPRESS_DEBUG", None)
     outs = []
-    for i in range(2):
+    for i, flags in enumerate(([], [], ["--no-cache"])):
         proc = subprocess.run(
             [sys.executable, "-m", "compress", "-v", "validate", str(int8_artifact.path), "-p", str(profile),
              "-d", str(data), "-t", str(bert_classifier), "--no-baseline", "--no-cold-start",
-             "--report-dir", str(tmp_path / f"rep{i}")],
+             "--report-dir", str(tmp_path / f"rep{i}"), *flags],
             capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr
         outs.append(proc)
@@ -167,3 +167,28 @@ def test_cli_says_where_the_cache_is_and_how_big(int8_artifact, bert_classifier,
     assert line and str(_cache_dir) in line[0] and "MB of 2048 MB" in line[0] and "stored" in line[0]
     assert "reused" in outs[1].stdout
     assert "reused from" in outs[1].stderr and str(_cache_dir) in outs[1].stderr  # the -v log names the file
+    assert "--no-cache" in " ".join(outs[2].stdout.split()) and "reused from" not in outs[2].stderr
+
+
+def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_classifier, profile, tmp_path,
+                                                            teacher_runs):
+    """--remote runs the teacher here; its outputs come from the same cache (no ssh needed to check)."""
+    from compress.data import load_dataset
+    from compress.models import load_teacher
+    from compress.profiles import load_profile
+    from compress.remote import _prepare
+    from compress.runtimes.base import RuntimeSettings
+    from compress.validate import ValidateConfig
+
+    prof = load_profile(str(profile))
+    labels = int8_artifact.manifest.labels
+    data = load_dataset(write_tsv(tmp_path, SENTENCES), label2id={n: i for i, n in enumerate(labels)})
+    teacher = load_teacher(bert_classifier)
+    config = ValidateConfig(profile=str(profile), baseline=False, cold_start=False)
+    refs = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        refs.append(_prepare(tmp_path / str(i), int8_artifact, prof, RuntimeSettings(threads=2), data, teacher, config,
+                             "onnxruntime", lambda name, total: None)[2])
+        assert sum(teacher_runs) == len(SENTENCES)  # the first call ran the teacher, the second did not
+    assert (refs[0] == refs[1]).all()

@@ -47,8 +47,8 @@ from compress.cli._common import build_config, console, force_option, live_conso
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
 @force_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, report_dir,
-                 no_baseline, no_cold_start, estimate_mode, unverified_exit_code, no_cache, allow_pickle, trust_remote_code,
-                 remote, remote_python, ssh_config,
+                 no_baseline, no_cold_start, estimate_mode, unverified_exit_code, no_cache, allow_pickle,
+                 trust_remote_code, remote, remote_python, ssh_config,
                  force):
     """Measure ARTIFACT on a device profile and judge it against the profile's budgets.
 
