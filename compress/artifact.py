@@ -15,7 +15,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -257,30 +256,65 @@ def check_output(out: Path | str, force: bool) -> Path:
         raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
+    parent = out.parent
+    while parent != parent.parent and not parent.exists():
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputExistsError(f"cannot write {out}: {parent} is a file, not a directory",
+                                hint="choose an --out whose parent is a directory")
     return out
 
 
 @contextlib.contextmanager
-def staged_dir(out: Path | str, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out``; rename it to ``out`` only if the block succeeds."""
+def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; rename it to ``out`` only if the block succeeds.
+
+    The staging directory is removed on any error, Ctrl-C or SIGTERM (the CLI turns SIGTERM into
+    KeyboardInterrupt), and staging directories of an earlier run of the same output that was killed
+    are removed first. A full disk, a quota, a read-only or unwritable location raises
+    :class:`~compress.errors.StorageError` naming ``out`` (``need_bytes``: what the step expects to
+    write, for the message), whatever wrapper the failure came through.
+    """
+    from compress import storage
+
     out = check_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        storage.sweep_stale(out)
+        tmp = storage.make_staging(out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+    except OSError as e:  # the location cannot be written at all: name it, not the staging directory
+        found = storage.classify(e)
+        if found is None:
+            raise
+        where = out.parent if out.parent.is_dir() else out
+        raise storage.describe((found[0], None), where, need_bytes=need_bytes) from e
     try:
         yield tmp
-    except BaseException:
+        storage.release(tmp)
+        if out.exists():
+            old = storage.make_staging(out, ".old")
+            os.replace(out, old / "x")
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / "x", out)  # put the previous output back
+                raise
+            finally:
+                if not (old / "x").exists():
+                    shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException as e:
+        found = storage.classify(e, out) if isinstance(e, Exception) else None  # before the space is freed
+        written = storage.tree_bytes(tmp) if found else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if found is not None:
+            raise storage.describe(found, out, need_bytes=need_bytes, written_bytes=written, scratch=tmp) from e
         raise
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "x")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:

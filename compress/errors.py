@@ -52,6 +52,11 @@ class OutputExistsError(EdgeCompressError):
     """The output path exists and ``force`` was not given."""
 
 
+class StorageError(EdgeCompressError):
+    """A file cannot be written (or read) because of the user's environment: a full disk, a quota,
+    a read-only file system, no permission (see ``compress.storage``)."""
+
+
 class MissingBackendError(EdgeCompressError):
     """An optional backend (runtime, exporter, data reader) is not installed."""
 

@@ -34,11 +34,9 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ import numpy as np
 from compress import __version__
 from compress.artifact import Artifact, Format, sha256_file
 from compress.errors import ConfigError, EdgeCompressError, IntegrityError, MissingBackendError
+from compress.interrupt import sigterm_as_interrupt
 from compress.measure import LatencyStats
 
 log = logging.getLogger(__name__)
@@ -386,23 +385,6 @@ class _Device:
             log.warning("could not remove %s on %s (%s): remove it by hand", self.workdir, self.target.spec, e)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a cancelled CI job) raises KeyboardInterrupt, so the remote cleanup still runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 # -- the validation -----------------------------------------------------------------------------------
 
 def _npz(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -511,7 +493,7 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
     meas = profile.measure
     runtime = REMOTE_RUNTIMES[art.format]
     device = _Device(target)
-    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgecompress-remote-") as tmp:
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgecompress-remote-") as tmp:
         try:
             # the device first: a missing runtime or a wrong architecture fails before any work here
             phase(f"checking {target.spec}", None)

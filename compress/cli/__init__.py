@@ -70,7 +70,8 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
       edgecompress quantize model-onnx --precision int8 --out model-int8
       edgecompress validate model-int8 --profile host --data dev.tsv --teacher TEACHER_DIR
 
-    Exit codes: 0 success, 1 a budget failed, 2 bad input or usage.
+    Exit codes: 0 success, 1 a budget failed, 2 bad input, usage or environment (disk full,
+    read-only output), 130 Ctrl-C, 143 SIGTERM (partial outputs are removed either way).
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     from rich.logging import RichHandler
@@ -102,25 +103,38 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("EDGECOMPRESS_DEBUG"))
+    from compress import interrupt
+    from compress.errors import StageError
+    from compress.storage import storage_error
+
+    interrupt.reset()
     try:
-        rc = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+        with interrupt.sigterm_as_interrupt():  # SIGTERM cleans up like Ctrl-C (staged outputs removed)
+            rc = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
     except EdgeCompressError as e:
         if debug:
             raise
+        if type(e) is StageError:  # a stage's wrapper around a full disk, a read-only location, ...
+            e = storage_error(e) or e
         click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(interrupt.exit_code() if e.exit_code == 130 else e.exit_code)
+    except click.exceptions.Abort:  # Click's name for a KeyboardInterrupt (Ctrl-C, or SIGTERM via interrupt)
+        stopped = interrupt.signal_received()
+        click.echo(f"interrupted ({interrupt.signal_name()}); no output was written" if stopped else "aborted", err=True)
+        sys.exit(interrupt.exit_code())
     except click.ClickException as e:
         e.show()
         sys.exit(2 if e.exit_code == 1 else e.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted; no output was written", err=True)
-        sys.exit(130)
+        click.echo(f"interrupted ({interrupt.signal_name()}); no output was written", err=True)
+        sys.exit(interrupt.exit_code())
     except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
         if debug:
             raise
+        env = storage_error(e)  # the user's environment (disk full, read-only, no permission): exit 2
+        if env is not None:
+            click.echo(f"error: {env}", err=True)
+            sys.exit(env.exit_code)
         click.echo(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         sys.exit(3)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -22,13 +22,12 @@ import math
 import os
 import random
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +44,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, DataError, EdgeCompressError
+from compress.interrupt import StopFlag as _StopFlag
 from compress.stages import teacher_cache as tcache
 
 log = logging.getLogger(__name__)
@@ -651,32 +651,6 @@ def _mixed_precision(choice: MixedPrecision) -> str:
     if not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-class _StopFlag:
-    """First Ctrl-C/SIGTERM asks for a checkpoint at the next step boundary; a second one aborts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Self:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("interrupt received: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _resolve_metric(metric: Metric, classification: bool, eval_ds, eval_data) -> Metric:
