@@ -38,7 +38,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from importlib import resources
@@ -227,8 +226,11 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         warnings.append(f"profile {profile.name} lists no serverless.pip_platforms: wheels are resolved for "
                         "this host's platform, which may not be the target's")
 
+    from compress import storage
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    storage.sweep_stale(out)  # a previous run of this bundle that was killed
+    work = storage.make_staging(out)
     try:
         root = work / "bundle"
         root.mkdir()
@@ -311,6 +313,13 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         if failed:
             notes.append(_over_limit_advice(failed))
         os.replace(zip_tmp, out)
+    except Exception as e:
+        found = storage.classify(e, out)  # a full disk or unwritable location: named as --out, not the staging dir
+        if found is None:
+            raise
+        written = storage.tree_bytes(work)
+        shutil.rmtree(work, ignore_errors=True)
+        raise storage.describe((found[0], None), out, written_bytes=written) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -1104,8 +1113,11 @@ def write_package_report(report: PackageReport, out: Path | str, report_dir: Pat
         if path.exists() and not force:
             raise OutputExistsError(f"{path} already exists", hint="pass --force to replace it")
         tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return jpath, mpath
 
 

@@ -131,6 +131,15 @@ def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return [spec(v) for v in graph.input], [spec(v) for v in graph.output]
 
 
+def _raise_if_storage(e: Exception) -> None:
+    """A full disk or an unwritable location is the user's environment, not the architecture."""
+    from compress.storage import storage_error
+
+    env = storage_error(e)
+    if env is not None:
+        raise env from e
+
+
 def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: GraphOptimization) -> Path:
     """Optimum export of a loaded teacher into ``directory``; returns the model file."""
     from optimum.exporters.onnx import onnx_export_from_model
@@ -146,6 +155,7 @@ def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: Graph
             do_validation=False,
         )
     except Exception as e:  # noqa: BLE001 - the exporter raises many types
+        _raise_if_storage(e)
         raise StageError(
             f"ONNX export of {teacher.info.architecture} failed: {type(e).__name__}: {str(e).splitlines()[0]}",
             hint="check that optimum supports this architecture (`optimum-cli export onnx --help`)",
@@ -163,6 +173,7 @@ def _to_openvino(onnx_file: Path, directory: Path) -> Path:
     try:
         model = ov.convert_model(str(onnx_file))
     except Exception as e:  # noqa: BLE001 - the converter raises many types
+        _raise_if_storage(e)
         raise StageError(
             f"OpenVINO cannot convert {onnx_file}: {type(e).__name__}: {str(e).strip().splitlines()[0]}",
             hint="export from the teacher checkpoint, or an ONNX artifact made with --optimize none "
@@ -230,7 +241,12 @@ def export(
     from compress.runtimes.torch_backend import TorchBackend
 
     t0 = time.perf_counter()
-    with staged_dir(out, force) as tmp:
+    from compress.storage import tree_bytes
+
+    need = tree_bytes(teacher_dir if source_art is None else source_art.path)  # FP32: about the source's size
+    if source_art is None and config.format is ExportFormat.openvino:
+        need *= 2  # the intermediate ONNX is written beside it
+    with staged_dir(out, force, need_bytes=need) as tmp:
         if config.format is ExportFormat.onnx:
             model_file = _onnx_export(teacher, tmp, config, config.optimize)
             inputs, outputs = _graph_specs(model_file)

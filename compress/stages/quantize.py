@@ -418,7 +418,12 @@ def _block_padding(layers: list, model, block_size: int) -> list[dict[str, Any]]
 # ---------------------------------------------------------------------------------------------
 
 
-def _ort_error(e: Exception) -> StageError:
+def _ort_error(e: Exception) -> EdgeCompressError:
+    from compress.storage import storage_error
+
+    env = storage_error(e)  # a full disk or read-only location is the environment, not the options
+    if env is not None:
+        return env
     return StageError(
         f"ONNX Runtime quantization failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
         hint="rerun with --debug; try --mode dynamic or fewer --op-types",
@@ -803,7 +808,8 @@ def quantize(
             extra["accuracy_aware"] = result.to_dict()
         if q.int4:
             _warn_padding(q, exclude)
-        with staged_dir(out, force) as tmp:
+        others = art.size_bytes(model_only=False) - art.size_bytes()
+        with staged_dir(out, force, need_bytes=art.size_bytes() // 4 + others) as tmp:  # about 4x smaller
             manifest = _write_artifact(art, tmp, q, exclude, searched, t0=t0, extra_metrics=extra)
             if config.accuracy_aware:
                 _verify_final(tmp, manifest, eval_set, manifest.steps[-1].metrics["accuracy_aware"])

@@ -413,6 +413,11 @@ def _ignored_scope(nncf, config: QuantizeConfig, weight_compression: bool):
 def _nncf_error(e: Exception, what: str) -> EdgeCompressError:
     import nncf
 
+    from compress.storage import storage_error
+
+    env = storage_error(e)  # a full disk or read-only location is the environment, not the options
+    if env is not None:
+        return env
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, nncf.ValidationError):
         return ConfigError(f"NNCF rejected the options for {what}: {first}", hint="check the --exclude-nodes names "
