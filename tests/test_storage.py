@@ -109,6 +109,22 @@ def test_an_unexplained_write_failure_on_a_full_disk_is_called_a_full_disk(onnx_
     assert code == 2 and "no space left" in one_line(err), err
 
 
+def test_package_full_disk_names_the_bundle_and_leaves_nothing(int8_artifact, tmp_path, capsys, monkeypatch):
+    import compress.package as pkg
+
+    def full(root, dest):
+        Path(dest).write_bytes(b"PK" * 2048)
+        raise _enospc(dest)
+
+    monkeypatch.setattr(pkg, "_zip_dir", full)
+    out = tmp_path / "bundle.zip"
+    code, err = run_cli(capsys, "package", int8_artifact.path, "--profile", "aws-lambda-arm64", "--out", out,
+                        "--no-download", "--no-cold-start")
+    line = one_line(err)
+    assert code == 2 and f"cannot write {out}: no space left" in line and ".partial" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # --- a read-only or unwritable location --------------------------------------------------------------------
 
 
