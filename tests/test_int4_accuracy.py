@@ -19,6 +19,7 @@ import pytest
 
 from compress.artifact import Precision, load_artifact
 from compress.errors import AccuracyBudgetError, ConfigError
+from compress.stages.export import ExportConfig, export
 from compress.stages.quantize import QuantizeConfig, quantize
 from conftest import LABELS, SAMPLES_TSV, write_tsv
 
@@ -223,10 +224,17 @@ def test_block_size_not_dividing_k_is_zero_padded(unfused, tmp_path, caplog, sam
     assert float((out.argmax(-1) == ref.argmax(-1)).mean()) >= 0.75
 
 
-def test_int4_refuses_a_fused_o2_graph(onnx_artifact, tmp_path):
-    assert onnx_artifact.manifest.steps[0].config["optimize"] == "O2"
+def test_default_export_then_int4_needs_no_re_export(onnx_artifact, tmp_path):
+    """The obvious sequence of defaults, `export` then `quantize --precision int4`, must work."""
+    assert onnx_artifact.manifest.steps[0].config["optimize"] == "none"
+    art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
+    assert art.precision == "int4" and art.size_bytes() < onnx_artifact.size_bytes()
+
+
+def test_int4_refuses_a_fused_o2_graph(bert_classifier, tmp_path):
+    fused = export(bert_classifier, tmp_path / "o2", ExportConfig(optimize="O2", parity_samples=2))
     with pytest.raises(ConfigError, match=r"fused ONNX Runtime operators \(2 Attention\).*--optimize none") as e:
-        quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
+        quantize(fused, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
     assert "INT8 works on this artifact" in str(e.value)
     assert not (tmp_path / "q").exists() and leftovers(tmp_path) == []
 

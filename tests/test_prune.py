@@ -316,10 +316,10 @@ def test_recovery_distils_and_keeps_2_4_masks(bert4, data, tmp_path):
 def test_pruned_artifact_exports_to_onnx_and_int8(pruned, tmp_path):
     import onnx as onnx_lib
 
-    from compress.stages.export import export
+    from compress.stages.export import ExportConfig, export
     from compress.stages.quantize import quantize
 
-    onnx = export(pruned.path, tmp_path / "onnx")  # default O2: per-layer head counts differ
+    onnx = export(pruned.path, tmp_path / "onnx", ExportConfig(optimize="O2"))  # per-layer head counts differ
     assert onnx.manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-4
     # ONNX Runtime's O2 still fuses attention, reading each layer's head count from the graph
     graph = onnx_lib.load(str(onnx.model_path)).graph

@@ -18,7 +18,7 @@ from compress.stages.export import ExportConfig, GraphOptimization
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]),
               help="Default: from the checkpoint (…ForSequenceClassification → text-classification).")
 @click.option("--opset", type=int, default=18, show_default=True, help=ExportConfig.model_fields["opset"].description)
-@click.option("--optimize", type=click.Choice([o.value for o in GraphOptimization]), default="O2", show_default=True,
+@click.option("--optimize", type=click.Choice([o.value for o in GraphOptimization]), default="none", show_default=True,
               help=ExportConfig.model_fields["optimize"].description)
 @click.option("--atol", type=float, default=1e-4, show_default=True, help=ExportConfig.model_fields["atol"].description)
 @click.option("--parity-samples", type=int, default=8, show_default=True, help="Texts in the parity check.")

@@ -70,10 +70,12 @@ class ExportConfig(BaseModel):
         "ONNX Runtime, OpenVINO and TensorRT 10.",
     )
     optimize: GraphOptimization = Field(
-        GraphOptimization.O2,
-        description="ONNX Runtime transformer graph optimisation (Optimum levels): O1 basic, O2 adds "
-        "attention/LayerNorm/GELU fusions (exact math, onnxruntime-only ops), none keeps plain ONNX "
-        "for other runtimes. OpenVINO export always converts plain ONNX.",
+        GraphOptimization.none,
+        description="ONNX Runtime transformer graph pre-optimisation (Optimum levels). none (default) keeps "
+        "plain ONNX, which every later step accepts (INT4, static QDQ, TensorRT, OpenVINO) and which ONNX "
+        "Runtime fuses at session creation anyway; O1 basic, O2 adds attention/LayerNorm/GELU fusions "
+        "(exact math, onnxruntime-only ops; INT8 of a fused graph uses QAttention, slower than "
+        "MatMulInteger on VNNI CPUs, and INT4 cannot quantize it).",
     )
     atol: float = Field(
         1e-4, gt=0,
