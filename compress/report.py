@@ -223,6 +223,8 @@ def report_markdown(report: ValidationReport) -> str:
         f"{report.environment['runtime'].get('runtime')} {report.environment['runtime'].get('version')}, "
         f"threads {report.environment['runtime'].get('threads')}",
     ]
+    if (data := report.data) is not None:
+        out.append(f"- eval data: `{data['path']}` ({data['rows']} rows, sha256 {data['sha256'][:12]}…)")
     if (device := _device_line(report)) is not None:
         out.append(f"- **{device.split(':', 1)[0]}**:{device.split(':', 1)[1]}" if device.startswith("ESTIMATED")
                    else f"- {device}")

@@ -123,6 +123,8 @@ class ValidationReport(BaseModel):
     profile: dict[str, Any]
     environment: dict[str, Any]
     seconds: float = 0.0
+    data: dict[str, Any] | None = Field(
+        None, description="The eval data the metrics were measured on: path, rows, sha256 of the rows' texts.")
 
     @property
     def passed(self) -> bool:
@@ -330,7 +332,8 @@ def validate(
     if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
         from compress.remote import validate_remote
 
-        return validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start)
+        report = validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start)
+        return report.model_copy(update={"data": _data_record(config, dataset)})
 
     log.info("loading %s in %s", art.path, runtime_name)
     backend = load_runtime(art, runtime_name, run_settings)
@@ -393,7 +396,18 @@ def validate(
             art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
         )
     report = conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
+    report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, profile, device, estimates, t_start) if estimating else _note_device(report, device)
+
+
+def _data_record(config: ValidateConfig, dataset) -> dict[str, Any] | None:
+    """Which data the report's metrics come from (None without --data)."""
+    if dataset is None:
+        return None
+    from compress.teacher_outputs import data_digest
+
+    return {"path": str(Path(config.data).resolve()), "rows": len(dataset), "limit": config.limit,
+            "sha256": data_digest(dataset)}
 
 
 def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],

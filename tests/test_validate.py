@@ -308,7 +308,7 @@ def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifac
 # --- reports ------------------------------------------------------------------------------------------------
 
 
-def test_write_report_files(full_report, tmp_path):
+def test_write_report_files(full_report, tmp_path, data_tsv):
     from compress.report import write_report
 
     out = write_report(full_report, tmp_path / "report")
@@ -325,9 +325,13 @@ def test_write_report_files(full_report, tmp_path):
         assert key in data["metrics"], key
     assert {"p50", "p95", "p99"} <= set(data["metrics"]["latency_ms"])
     assert data["metrics"]["peak_rss_mb"] > 0
+    # which data the numbers were measured on
+    assert data["data"]["path"] == str(data_tsv.resolve()) and data["data"]["rows"] == len(SENTENCES)
+    assert len(data["data"]["sha256"]) == 64
 
     md = (out / "report.md").read_text(encoding="utf-8")
     assert md.startswith("# edgecompress validation: PASS")
+    assert f"eval data: `{data_tsv.resolve()}` ({len(SENTENCES)} rows" in md
     for b in full_report.budgets:
         assert sum(line.startswith(f"| {b.name} |") for line in md.splitlines()) == 1, b.name
 

@@ -71,7 +71,9 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
       edgecompress validate model-int8 --profile host --data dev.tsv --teacher TEACHER_DIR
 
     Exit codes: 0 success, 1 a budget failed, 2 bad input, usage or environment (disk full,
-    read-only output), 130 Ctrl-C, 143 SIGTERM (partial outputs are removed either way).
+    read-only output), 3 an unexpected error (a bug: rerun with --debug and report it), 4 validate
+    with only unverified budgets (--unverified-exit-code), 130 Ctrl-C, 143 SIGTERM (partial outputs
+    are removed either way).
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     from rich.logging import RichHandler

@@ -40,7 +40,7 @@ def _student_config(path: Path | None) -> dict | None:
               help="Fine-tuned teacher checkpoint directory (Hugging Face transformers).")
 @click.option("--train", required=True, type=click.Path(path_type=Path),
               help="Transfer data (CSV/TSV/JSONL/Parquet/datasets dir); labels optional: the teacher supplies targets.")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+@click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
               help="Eval data for evaluation every --eval-every steps, early stopping and the best checkpoint.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Student artifact directory.")
 @click.option("--layers", type=int, help=F["layers"].description)

@@ -30,7 +30,7 @@ from compress.stages.export import ExportConfig, GraphOptimization
 @click.option("--calibration", type=click.Path(path_type=Path), help=ExportConfig.model_fields["calibration"].description)
 @click.option("--calibration-samples", type=int, help=ExportConfig.model_fields["calibration_samples"].description)
 @click.option("--dry-run", is_flag=True, help=ExportConfig.model_fields["dry_run"].description)
-@click.option("--profile", "profile_name", help=ExportConfig.model_fields["profile"].description)
+@click.option("--profile", "-p", "profile_name", help=ExportConfig.model_fields["profile"].description)
 @click.option("--min-shape", help=ExportConfig.model_fields["min_shape"].description)
 @click.option("--opt-shape", help=ExportConfig.model_fields["opt_shape"].description)
 @click.option("--max-shape", help=ExportConfig.model_fields["max_shape"].description)

@@ -26,9 +26,9 @@ F = PruneConfig.model_fields
 @click.option("--recover-steps", type=int, default=0, show_default=True, help=F["recover_steps"].description)
 @click.option("--train", type=click.Path(path_type=Path),
               help="Transfer data for recovery (and the default importance sample); labels optional.")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+@click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
               help="Eval data: recovery metric vs the teacher, and vocabulary coverage of held-out text.")
-@click.option("--teacher", type=click.Path(path_type=Path), help=F["teacher"].description)
+@click.option("--teacher", "-t", type=click.Path(path_type=Path), help=F["teacher"].description)
 @click.option("--teacher-cache", type=click.Path(path_type=Path), help=F["teacher_cache"].description)
 @click.option("--recover-lr", type=float, default=F["recover_lr"].default, show_default=True,
               help=F["recover_lr"].description)
@@ -36,7 +36,7 @@ F = PruneConfig.model_fields
               help=F["recover_batch_size"].description)
 @click.option("--max-length", type=int, default=F["max_length"].default, show_default=True,
               help=F["max_length"].description)
-@click.option("--profile", "profile_name", help=F["profile"].description)
+@click.option("--profile", "-p", "profile_name", help=F["profile"].description)
 @click.option("--budget-precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
               help=F["budget_precision"].description)
 @click.option("--seed", type=int, default=F["seed"].default, show_default=True, help=F["seed"].description)

@@ -34,9 +34,9 @@ from compress.stages.quantize import CalibrationMethod, QuantizeConfig
 @click.option("--weights-only", is_flag=True, help="OpenVINO INT8: compress weights only (nncf.compress_weights).")
 @click.option("--max-drop", type=float,
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
-@click.option("--data", "-d", type=click.Path(path_type=Path), help="Labelled eval data for --max-drop.")
+@click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path), help="Labelled eval data for --max-drop.")
 @click.option("--eval-samples", type=int, default=300, show_default=True, help="Eval rows for --max-drop.")
-@click.option("--profile", "profile_name",
+@click.option("--profile", "-p", "profile_name",
               help="Target device profile: its CPU (VNNI or not) picks the defaults; with --data, its "
                    "min_accuracy_retention budget drives accuracy-aware quantization.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")

@@ -11,7 +11,7 @@ from compress.cli._common import build_config, console, force_option, live_conso
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--profile", "-p", default="host", show_default=True,
               help="Device profile: a built-in name (`edgecompress profiles list`), 'host', or a YAML path.")
-@click.option("--data", "-d", type=click.Path(path_type=Path),
+@click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path),
               help="Labelled eval data (CSV, TSV, JSONL, Parquet, datasets directory).")
 @click.option("--teacher", "-t", type=click.Path(path_type=Path),
               help="Teacher checkpoint (default: the source recorded in the manifest, if present).")

@@ -1,0 +1,34 @@
+"""One name for one idea across commands: a user who learnt one command knows the others."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from compress.cli import cli
+
+# the long option -> the short flag it has on every command that takes it
+SHORT = {"--profile": "-p", "--out": "-o", "--teacher": "-t", "--eval-data": "-d"}
+EVAL_DATA_COMMANDS = {"validate", "quantize", "distill", "prune"}
+
+
+def _commands():
+    ctx = click.Context(cli)
+    return {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_shared_options_have_the_same_short_flag(name):
+    cmd = _commands()[name]
+    for param in cmd.params:
+        if not isinstance(param, click.Option):
+            continue
+        for long, short in SHORT.items():
+            if long in param.opts:
+                assert short in param.opts, f"{name} {long} lacks {short}"
+
+
+@pytest.mark.parametrize("name", sorted(EVAL_DATA_COMMANDS))
+def test_eval_data_has_one_name_everywhere(name):
+    opts = [o for p in _commands()[name].params if isinstance(p, click.Option) for o in p.opts]
+    assert "--eval-data" in opts and "-d" in opts
