@@ -399,3 +399,22 @@ def test_cli_prune_and_inspect(bert4, data, tmp_path):
     assert res.exit_code == 0 and "prune:" in flat and "ffn: 64 -> 48" in flat and "sparsity (unstructured)" in flat
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["steps"][-1]["config"]["heads"] == 0.25
+
+
+def test_reported_eval_accuracy_is_the_written_artifacts(pruned, bert4, data):
+    """The accuracy prune reports is the written model's, run with its own (pruned) tokenizer."""
+    import torch
+
+    from compress.data import load_dataset
+    from compress.models import load_teacher, model_feed
+
+    ev = pruned.manifest.steps[-1].metrics["eval"]
+    written = load_teacher(pruned.path)
+    assert len(written.tokenizer) < len(load_teacher(bert4).tokenizer)  # the vocabulary was pruned
+    ds = load_dataset(data, label2id={"negative": 0, "positive": 1}, num_labels=2)
+    enc = written.tokenizer(list(ds.texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        pred = written.model(**model_feed(written.model, enc)).logits.argmax(-1).numpy()
+    assert ev["written"] == pytest.approx(float((pred == np.asarray(ds.labels)).mean()))
+    assert ev["rows"] == len(ds.texts) and ev["teacher_path"] == str(bert4)
+    assert ev["retention_vs_teacher"] == pytest.approx(ev["written"] / ev["teacher"])

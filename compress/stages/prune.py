@@ -1402,6 +1402,15 @@ def prune(
                     vrec["eval_coverage"] = vocabulary_coverage(tokenizer, written.tokenizer, vocab_plan.keep,
                                                                 ev.texts)
                 metrics["vocab"] = vrec
+            if eval_data is not None and classification:
+                from compress.stages.prune_eval import written_eval
+
+                if progress:
+                    progress({"phase": "written-eval", "label": "scoring the written model on the eval data"})
+                root = parent.manifest.source.path if parent is not None and parent.manifest.source else None
+                ev = written_eval(written, teacher, _texts(eval_data, config, label2id), config.max_length, root)
+                if ev is not None:
+                    metrics["eval"] = ev
             metrics["parameters_after"] = count_parameters(written.model)
             metrics["parameter_ratio"] = metrics["parameters_after"] / params_before
             metrics["size_bytes_after"] = sum(f.stat().st_size for f in stage.glob("*.safetensors"))

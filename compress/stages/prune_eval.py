@@ -1,0 +1,54 @@
+"""The accuracy a pruned artifact really has: its written model, run with its own (possibly pruned)
+tokenizer, scored on the eval data against the unpruned input and against the lineage's original teacher.
+
+Recovery reports the metric of the model it trained, before the vocabulary is pruned; vocabulary pruning
+changes how held-out text tokenizes, so the number a user gets is only known after the write.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _accuracy(model, tokenizer, texts: list[str], labels: np.ndarray, max_length: int) -> float:
+    from compress.stages.prune import _outputs
+
+    logits = _outputs(model, tokenizer, texts, max_length, True, None, False)
+    return float((logits.argmax(-1).numpy() == labels).mean())
+
+
+def written_eval(written, unpruned, eval_ds, max_length: int, original_teacher: str | None) -> dict[str, Any] | None:
+    """Accuracy of ``written`` (a loaded Teacher) vs ``unpruned`` and the original teacher on ``eval_ds``.
+
+    None when the task is not classification or the eval rows are not all labelled.
+    """
+    labels = None if eval_ds.labels is None else np.asarray(eval_ds.labels)
+    if labels is None or written.model.config.num_labels < 2 or (labels < 0).any():
+        return None
+    texts = list(eval_ds.texts)
+    rec: dict[str, Any] = {"metric": "accuracy", "rows": len(texts)}
+    rec["written"] = _accuracy(written.model, written.tokenizer, texts, labels, max_length)
+    rec["unpruned"] = _accuracy(unpruned.model, unpruned.tokenizer, texts, labels, max_length)
+    rec["retention_vs_unpruned"] = rec["written"] / rec["unpruned"] if rec["unpruned"] else None
+    root = Path(original_teacher) if original_teacher else None
+    if root is not None and root.resolve() != unpruned.path.resolve():
+        if root.is_dir():
+            from compress.models import load_teacher
+
+            teacher = load_teacher(root, written.task)
+            rec["teacher"] = _accuracy(teacher.model, teacher.tokenizer, texts, labels, max_length)
+            rec["teacher_path"] = str(root)
+        else:
+            log.warning("the original teacher %s is gone: retention is reported against the unpruned input only", root)
+    else:
+        rec["teacher"] = rec["unpruned"]
+        rec["teacher_path"] = str(unpruned.path)
+    if rec.get("teacher"):
+        rec["retention_vs_teacher"] = rec["written"] / rec["teacher"]
+    return rec
