@@ -418,3 +418,24 @@ def test_reported_eval_accuracy_is_the_written_artifacts(pruned, bert4, data):
     assert ev["written"] == pytest.approx(float((pred == np.asarray(ds.labels)).mean()))
     assert ev["rows"] == len(ds.texts) and ev["teacher_path"] == str(bert4)
     assert ev["retention_vs_teacher"] == pytest.approx(ev["written"] / ev["teacher"])
+
+
+def test_written_eval_predictions_keep_the_texts_order(bert4):
+    """Batches run sorted by length; predictions must come back in the order of the texts."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from compress.models import load_teacher
+    from compress.stages.prune_eval import predictions
+
+    class ParityOfLength(torch.nn.Module):  # class = token count is odd: the answer depends on the row
+        def forward(self, input_ids, attention_mask):
+            odd = (attention_mask.sum(-1) % 2).float()
+            return SimpleNamespace(logits=torch.stack([1 - odd, odd], -1))
+
+    tok = load_teacher(bert4).tokenizer
+    texts = [s for _, s in SENTENCES]
+    expected = [len(tok(t)["input_ids"]) % 2 for t in texts]
+    assert len(set(expected)) == 2 and sorted(texts, key=len) != texts  # a reordering would show
+    assert predictions(ParityOfLength(), tok, texts, 128).tolist() == expected

@@ -342,10 +342,15 @@ class Importance:
         }
 
 
+def length_order(texts: list[str]) -> list[int]:
+    """The order :func:`_batches` runs texts in (shortest first: little padding)."""
+    return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+
 def _batches(tokenizer, texts: list[str], labels: list[int] | None, max_length: int, batch_size: int):
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = length_order(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,

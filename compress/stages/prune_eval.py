@@ -16,11 +16,18 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _accuracy(model, tokenizer, texts: list[str], labels: np.ndarray, max_length: int) -> float:
-    from compress.stages.prune import _outputs
+def predictions(model, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+    """Argmax per text, in the order of ``texts`` (the shared batcher runs them sorted by length)."""
+    from compress.stages.prune import _outputs, length_order
 
-    logits = _outputs(model, tokenizer, texts, max_length, True, None, False)
-    return float((logits.argmax(-1).numpy() == labels).mean())
+    order = length_order(texts)
+    pred = np.empty(len(texts), dtype=np.int64)
+    pred[order] = _outputs(model, tokenizer, texts, max_length, True, None, False).argmax(-1).numpy()
+    return pred
+
+
+def _accuracy(model, tokenizer, texts: list[str], labels: np.ndarray, max_length: int) -> float:
+    return float((predictions(model, tokenizer, texts, max_length) == labels).mean())
 
 
 def written_eval(written, unpruned, eval_ds, max_length: int, original_teacher: str | None) -> dict[str, Any] | None:
