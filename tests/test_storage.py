@@ -209,7 +209,11 @@ def test_stale_staging_directories_of_this_output_are_removed_others_kept(tmp_pa
 
 # Runs the real CLI with one call replaced by "say where we are, then work for a long time".
 DRIVER = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
+    # Ctrl-C as in a terminal: a command started in the background by a non-interactive shell (as CI
+    # runners and this suite's own launchers may be) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pathlib import Path
     import importlib
     module, _, attr = os.environ["PAUSE_AT"].partition(":")
