@@ -270,10 +270,12 @@ def test_signal_during_quantize_removes_the_staging_directory(onnx_artifact, tmp
 
 
 def test_stop_flag_records_sigterm_for_the_exit_code():
+    # the handler is called as the interpreter would call it: a real SIGTERM sent to the test runner itself
+    # killed the whole suite when run in the background under load (the subprocess tests above cover delivery)
     interrupt.reset()
     with interrupt.StopFlag() as flag:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) == flag._handle
+        flag._handle(signal.SIGTERM, None)
         assert flag.requested
     assert interrupt.exit_code() == 143
     interrupt.reset()
