@@ -130,11 +130,16 @@ def _run(teacher, dataset, batch_size: int, threads: int | None, progress) -> np
     tick = progress("evaluating the teacher", len(dataset)) if progress else None
     backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=threads))
     try:
-        outs = []
-        for texts, pairs, _ in dataset.batches(batch_size):
-            outs.append(backend.predict(backend.encode(texts, pairs)))
-            if tick:
-                tick(len(texts))
-        return np.concatenate(outs, axis=0)
+        return predict_all(backend, dataset, batch_size, tick)
     finally:
         backend.close()
+
+
+def predict_all(backend, dataset, batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
+    """A runtime backend's outputs on every row of ``dataset``, in order; ``progress(rows)`` after each batch."""
+    outs = []
+    for texts, pairs, _ in dataset.batches(batch_size):
+        outs.append(backend.predict(backend.encode(texts, pairs)))
+        if progress:
+            progress(len(texts))
+    return np.concatenate(outs, axis=0)

@@ -31,6 +31,7 @@ from compress import __version__
 from compress.artifact import Artifact, Format, Task, load_artifact
 from compress.cpu import cpu_model
 from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
+from compress.teacher_outputs import predict_all
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +174,7 @@ def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 1
     return float((cand_topk == ref_nn[:, None]).any(axis=1).mean())
 
 
-def _predict_all(backend, dataset, batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
-    outs = []
-    for texts, pairs, _ in dataset.batches(batch_size):
-        outs.append(backend.predict(backend.encode(texts, pairs)))
-        if progress:
-            progress(len(texts))
-    return np.concatenate(outs, axis=0)
+_predict_all = predict_all  # remote.py's name for it
 
 
 def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
