@@ -607,8 +607,9 @@ def _node_report(
     quantized: dict[str, list[str]] = {}
     kept = []
     for node, ws in weight_nodes(source_model):
-        # a quantized weight's float initializer is replaced (MatMulNBits, MatMulInteger, QDQ, Gather int8)
-        if not all(w.name in float_inits for w in ws):
+        # a quantized weight's float initializer is replaced (MatMulNBits, MatMulInteger, QDQ, Gather int8);
+        # ONNX Runtime >= 1.32 rewrites a Gemm it leaves float as MatMul over a `<weight>_Transposed` copy
+        if not all(w.name in float_inits or f"{w.name}_Transposed" in float_inits for w in ws):
             quantized.setdefault(node.op_type, []).append(node.name)
             continue
         names = {node.name, f"{node.name}_MatMul"}
