@@ -13,7 +13,8 @@ from compress.errors import MissingBackendError
 BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "torch": (("torch",), "pip install torch"),
     "transformers": (("transformers",), "pip install transformers"),
-    "optimum": (("optimum",), "pip install optimum optimum-onnx"),
+    "optimum": (("optimum",), "pip install 'edgecompress[optimum]' (optimum-onnx needs transformers < 4.58)"),
+    "onnxscript": (("onnxscript",), "pip install onnxscript"),
     "onnx": (("onnx",), "pip install onnx"),
     "onnxruntime": (
         ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),

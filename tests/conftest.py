@@ -103,7 +103,9 @@ def _save_bpe_tokenizer(directory: Path, max_length: int = 64) -> int:
     raw = directory / "_bpe"
     raw.mkdir()
     vocab_file, merges_file = bpe.save_model(str(raw))
-    tok = RobertaTokenizerFast(vocab_file=vocab_file, merges_file=merges_file, model_max_length=max_length)
+    # from_pretrained of the vocab.json/merges.txt directory: transformers 4 and 5 both read it (5 dropped
+    # the vocab_file/merges_file constructor arguments)
+    tok = RobertaTokenizerFast.from_pretrained(str(raw), model_max_length=max_length)
     tok.save_pretrained(str(directory))
     for f in raw.iterdir():
         f.unlink()

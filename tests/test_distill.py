@@ -492,7 +492,6 @@ def test_distill_reports_progress(distilled):
 
 
 def test_distilled_student_exports_to_onnx(distilled, tmp_path):
-    pytest.importorskip("optimum")
     pytest.importorskip("onnxruntime")
     from compress.stages.export import export
 

@@ -232,11 +232,13 @@ def test_garbage_safetensors_header(bert_classifier, tmp_path):
 @pytest.fixture(scope="module")
 def pickle_checkpoint(bert_classifier, tmp_path_factory) -> Path:
     """The tiny BERT classifier re-saved with pickle only (pytorch_model.bin), no safetensors."""
+    import torch
     from transformers import BertForSequenceClassification
 
     d = tmp_path_factory.mktemp("pickled")
     model = BertForSequenceClassification.from_pretrained(str(bert_classifier), local_files_only=True)
-    model.save_pretrained(str(d), safe_serialization=False)
+    model.save_pretrained(str(d))
+    torch.save(model.state_dict(), d / "pytorch_model.bin")  # transformers 5 no longer writes pickles itself
     for f in bert_classifier.iterdir():
         if f.is_file() and not (d / f.name).exists() and not f.name.endswith(".safetensors"):
             shutil.copy2(f, d / f.name)

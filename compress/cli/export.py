@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from compress.cli._common import build_config, console, force_option, status
-from compress.stages.export import ExportConfig, GraphOptimization
+from compress.stages.export import ExportConfig, Exporter, GraphOptimization
 
 
 @click.command("export")
@@ -20,6 +20,8 @@ from compress.stages.export import ExportConfig, GraphOptimization
 @click.option("--opset", type=int, default=18, show_default=True, help=ExportConfig.model_fields["opset"].description)
 @click.option("--optimize", type=click.Choice([o.value for o in GraphOptimization]), default="none", show_default=True,
               help=ExportConfig.model_fields["optimize"].description)
+@click.option("--exporter", type=click.Choice([e.value for e in Exporter]), default="torch", show_default=True,
+              help=ExportConfig.model_fields["exporter"].description)
 @click.option("--atol", type=float, default=1e-4, show_default=True, help=ExportConfig.model_fields["atol"].description)
 @click.option("--parity-samples", type=int, default=8, show_default=True, help="Texts in the parity check.")
 @click.option("--sample-data", type=click.Path(path_type=Path), help="Data file for the parity texts.")
@@ -38,13 +40,14 @@ from compress.stages.export import ExportConfig, GraphOptimization
 @click.option("--timing-cache", type=click.Path(path_type=Path), help=ExportConfig.model_fields["timing_cache"].description)
 @click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), help=ExportConfig.model_fields["via"].description)
 @force_option
-def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sample_data, allow_pickle,
+def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_samples, sample_data, allow_pickle,
                trust_remote_code, precision, calibration, calibration_samples, dry_run, profile_name, min_shape,
                opt_shape, max_shape, shape, timing_cache, via, force):
     """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX, OpenVINO or TensorRT artifact.
 
-    Uses Optimum's exporter (dynamic batch and sequence axes), applies ONNX Runtime's transformer
-    fusions, then checks FP32 parity with PyTorch; a miss beyond --atol fails and writes nothing.
+    Uses PyTorch's ONNX exporter (dynamic batch and sequence axes; transformers 4 and 5), optionally
+    ONNX Runtime's transformer fusions (--optimize), then checks FP32 parity with PyTorch; a miss beyond
+    --atol fails and writes nothing.
 
     --format tensorrt writes plain ONNX (fp16) or INT8 QDQ following TensorRT's explicit-quantization
     rules (int8), with min/opt/max shapes from --profile or the --*-shape options, then builds model.plan
@@ -55,7 +58,7 @@ def export_cmd(source, fmt, out, task, opset, optimize, atol, parity_samples, sa
     from compress.stages.export import export
 
     config = build_config(
-        ExportConfig, format=fmt, task=task, opset=opset, optimize=optimize, atol=atol,
+        ExportConfig, format=fmt, task=task, opset=opset, optimize=optimize, exporter=exporter, atol=atol,
         parity_samples=parity_samples, sample_data=str(sample_data) if sample_data else None,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         precision=precision, calibration=str(calibration) if calibration else None,

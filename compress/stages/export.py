@@ -1,4 +1,13 @@
-"""Export a teacher checkpoint to ONNX with Optimum's exporter, optimise it, and prove FP32 parity."""
+"""Export a teacher checkpoint to ONNX with PyTorch's exporter (or Optimum's), optimise it, and prove FP32 parity.
+
+The default exporter is PyTorch's own ``torch.onnx.export``: it works with transformers 4 and 5 alike and
+gives the graph Optimum gives (Optimum calls the same TorchScript exporter), with nodes named by module
+(``/bert/encoder/layer.0/attention/self/query/MatMul``), which ``--exclude-nodes`` and the quantize reports
+use. ``--exporter dynamo`` uses ``torch.export`` (``dynamo=True``; needs ``onnxscript``); its nodes carry
+generated names. ``--exporter optimum`` keeps Optimum's exporter for the architectures it knows and
+this package does not (``pip install edgecompress[optimum]``; optimum-onnx needs transformers < 4.58).
+``--optimize O1/O2`` runs ONNX Runtime's transformer optimizer directly, whichever exporter wrote the graph.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +60,12 @@ class TrtVia(StrEnum):
     torch_tensorrt = "torch-tensorrt"
 
 
+class Exporter(StrEnum):
+    torch = "torch"
+    dynamo = "dynamo"
+    optimum = "optimum"
+
+
 class GraphOptimization(StrEnum):
     none = "none"
     O1 = "O1"
@@ -76,6 +91,12 @@ class ExportConfig(BaseModel):
         "Runtime fuses at session creation anyway; O1 basic, O2 adds attention/LayerNorm/GELU fusions "
         "(exact math, onnxruntime-only ops; INT8 of a fused graph uses QAttention, slower than "
         "MatMulInteger on VNNI CPUs, and INT4 cannot quantize it).",
+    )
+    exporter: Exporter = Field(
+        Exporter.torch,
+        description="ONNX exporter: torch (PyTorch's torch.onnx.export, TorchScript-based; transformers 4 and "
+        "5; nodes named by module), dynamo (torch.export based, needs onnxscript; generated node names) or "
+        "optimum (Optimum's exporter; needs the optimum extra and transformers < 4.58).",
     )
     atol: float = Field(
         1e-4, gt=0,
@@ -143,29 +164,143 @@ def _raise_if_storage(e: Exception) -> None:
 
 
 def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: GraphOptimization) -> Path:
-    """Optimum export of a loaded teacher into ``directory``; returns the model file."""
-    from optimum.exporters.onnx import onnx_export_from_model
-
-    log.info("exporting %s to ONNX (opset %d, optimisation %s)", teacher.path, config.opset, optimize)
-    try:
-        onnx_export_from_model(
-            teacher.model,
-            output=str(directory),
-            task=str(teacher.task),
-            opset=config.opset,
-            optimize=None if optimize is GraphOptimization.none else str(optimize),
-            do_validation=False,
-        )
-    except Exception as e:  # noqa: BLE001 - the exporter raises many types
-        _raise_if_storage(e)
-        raise StageError(
-            f"ONNX export of {teacher.info.architecture} failed: {type(e).__name__}: {str(e).splitlines()[0]}",
-            hint="check that optimum supports this architecture (`optimum-cli export onnx --help`)",
-        ) from e
+    """Export a loaded teacher into ``directory`` with ``config.exporter``; returns the model file."""
+    log.info("exporting %s to ONNX with the %s exporter (opset %d, optimisation %s)",
+             teacher.path, config.exporter, config.opset, optimize)
     model_file = directory / "model.onnx"
+    try:
+        if config.exporter is Exporter.optimum:
+            _optimum_export(teacher, directory, config, optimize)
+        else:
+            _torch_export(teacher, model_file, config)
+            if optimize is not GraphOptimization.none:
+                _ort_optimize(teacher, model_file, optimize)
+    except (ConfigError, StageError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporters raise many types
+        _raise_if_storage(e)
+        other = "torch" if config.exporter is not Exporter.torch else "dynamo"
+        raise StageError(
+            f"ONNX export of {teacher.info.architecture} with the {config.exporter} exporter failed: "
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}",
+            hint=f"try --exporter {other}, or --exporter optimum where Optimum supports the architecture "
+            "(pip install edgecompress[optimum]); --debug shows the exporter's traceback",
+        ) from e
     if not model_file.is_file():
         raise StageError("the exporter wrote no model.onnx", hint="rerun with --debug and report it")
     return model_file
+
+
+def _export_example(teacher) -> dict:
+    """Two padded rows of different lengths, restricted to the inputs the model takes, in ``forward``'s
+    parameter order (the exporter names the graph's inputs in that order, whatever the dict's order)."""
+    import inspect
+
+    enc = teacher.tokenizer(
+        ["an example sentence to trace the model with", "short one"], padding=True, return_tensors="pt"
+    )
+    order = list(inspect.signature(teacher.model.forward).parameters)
+    names = sorted(teacher.input_names, key=lambda n: order.index(n) if n in order else len(order))
+    return {n: enc[n] for n in names}
+
+
+def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
+    """PyTorch's exporter: the model's inputs with dynamic batch and sequence axes, one named output."""
+    import inspect
+    import warnings
+
+    import torch
+
+    primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
+    example = _export_example(teacher)
+    names = list(example)
+    model = teacher.model.eval()
+    original = model.forward
+
+    # The exporter sees a forward taking exactly the graph's inputs, positionally: the TorchScript exporter
+    # otherwise fills every defaulted parameter in positionally (transformers 5's `use_cache` handling then
+    # fails), and a ModelOutput is reduced to the primary tensor by a forward hook. The module itself is
+    # exported (not a wrapper), so node names follow its own hierarchy.
+    def forward(*args):
+        return original(**dict(zip(names, args)))
+
+    forward.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    )
+    model.forward = forward
+    hook = model.register_forward_hook(lambda _m, _i, out: (out[primary],))
+    args = tuple(example.values())
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about constants in mask code: parity decides
+            if config.exporter is Exporter.dynamo:
+                from compress._optional import require
+
+                require("onnxscript", "the dynamo ONNX exporter")
+                batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
+                program = torch.onnx.export(
+                    model, args, None, input_names=names, output_names=[primary], opset_version=config.opset,
+                    dynamo=True, external_data=False, dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                )
+                program.save(str(model_file))
+            else:
+                axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+                axes[primary] = {0: "batch_size"} if primary == "logits" else {0: "batch_size", 1: "sequence_length"}
+                torch.onnx.export(
+                    model, args, str(model_file), input_names=names, output_names=[primary],
+                    opset_version=config.opset, dynamo=False, do_constant_folding=True, dynamic_axes=axes,
+                )
+    finally:
+        hook.remove()
+        del model.forward
+
+
+#: ONNX Runtime transformer-optimizer model types, by Hugging Face ``model_type`` (encoder families).
+_ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
+                    "electra": "bert", "mpnet": "bert", "camembert": "bert", "deberta-v2": "bert"}
+
+
+def _ort_optimize(teacher, model_file: Path, level: GraphOptimization) -> None:
+    """ONNX Runtime's transformer optimizer in place, at Optimum's levels: O1 basic rewrites (ONNX Runtime
+    only), O2 adds the transformer fusions (attention, LayerNorm, GELU; embedding LayerNorm left alone)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = teacher.info.config
+    model_type = cfg.get("model_type", "bert")
+    if level is GraphOptimization.O1:
+        opt = optimize_model(str(model_file), model_type="bert", opt_level=1, only_onnxruntime=True)
+    else:
+        if model_type not in _ORT_MODEL_TYPES:
+            raise ConfigError(
+                f"--optimize O2 has no ONNX Runtime fusions for model type {model_type!r}",
+                hint=f"use --optimize none (ONNX Runtime fuses at session creation anyway) or O1; O2 knows "
+                f"{', '.join(sorted(_ORT_MODEL_TYPES))}",
+            )
+        kind = _ORT_MODEL_TYPES[model_type]
+        options = FusionOptions(kind)
+        options.enable_embed_layer_norm = False
+        heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
+        hidden = int(cfg.get("hidden_size") or cfg.get("dim") or 0)
+        opt = optimize_model(str(model_file), model_type=kind, num_heads=heads, hidden_size=hidden, opt_level=2,
+                             optimization_options=options, only_onnxruntime=False)
+    opt.save_model_to_file(str(model_file))
+
+
+def _optimum_export(teacher, directory: Path, config: ExportConfig, optimize: GraphOptimization) -> None:
+    from compress._optional import require
+
+    require("optimum", "--exporter optimum")
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    onnx_export_from_model(
+        teacher.model,
+        output=str(directory),
+        task=str(teacher.task),
+        opset=config.opset,
+        optimize=None if optimize is GraphOptimization.none else str(optimize),
+        do_validation=False,
+    )
 
 
 def _to_openvino(onnx_file: Path, directory: Path) -> Path:
@@ -237,7 +372,6 @@ def export(
         teacher = load_teacher(
             teacher_dir, config.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
         )
-        require("optimum", "ONNX export")
     require("onnxruntime", "checking the exported model")
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
