@@ -689,6 +689,7 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
     host_arch = _ARCH.get(platform.machine().lower(), platform.machine())
     host_python = f"{sys.version_info.major}.{sys.version_info.minor}"
     native = config.download and host_arch == target_arch and host_python == target_python
+    work = Path(work).resolve()  # the handler runs with cwd=task: a relative path would be joined twice
     task = work / "run" / "task"
     task.mkdir(parents=True)
     notes: list[str] = []

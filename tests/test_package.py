@@ -265,6 +265,20 @@ def test_cli_over_a_size_limit_fails_with_contributors_and_still_writes_the_zip(
     assert "without the dependencies" in failed[0]["note"]
 
 
+def test_cli_relative_out_runs_the_cold_start(int8_artifact, tmp_path):
+    """The README's form, a relative --out: the cold-start driver's path must not be joined twice."""
+    prof = write_profile(tmp_path, memory_mb=1024)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("EDGECOMPRESS_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "compress", "package", str(int8_artifact.path), "--profile", str(prof),
+                           "--out", "bundle.zip", "--no-download", "--cold-start-runs", "1"],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert "cold-start run" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert zipfile.is_zipfile(tmp_path / "bundle.zip")
+    rep = json.loads(report_paths(tmp_path / "bundle.zip")[0].read_text())
+    assert rep["cold_start"]["n"] == 1 and rep["cold_start"]["error"] is None
+
+
 def test_cli_existing_output_needs_force(int8_artifact, tmp_path):
     prof = write_profile(tmp_path)
     out = tmp_path / "bundle.zip"
