@@ -168,6 +168,7 @@ def load_dataset(
     num_labels: int | None = None,
     require_labels: bool = False,
     limit: int | None = None,
+    texts_only: bool = False,
 ) -> TextDataset:
     """Read texts (and labels, mapped to the model's ids) from ``path``.
 
@@ -178,7 +179,8 @@ def load_dataset(
     ``label2id`` is given); label names are mapped through ``label2id`` (exact, then
     case-insensitive). An auto-detected label column that is entirely empty (or ``-1``, the
     datasets marker for "unlabelled") is dropped unless ``require_labels``. ``limit`` stops reading
-    after that many rows.
+    after that many rows. ``texts_only`` reads no labels at all (calibration, parity samples): a label
+    column of names is then no concern, whatever the model knows.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1, got {limit}", hint="pass a positive --limit or leave it out")
@@ -191,6 +193,8 @@ def load_dataset(
     text_col, pair_col, label_col, label_explicit = _resolve_columns(
         columns, source, text_column, text_pair_column, label_column
     )
+    if texts_only:
+        label_col = None
     if require_labels and label_col is None:
         raise DataError(
             f"{source} has no label column (columns: {_names(columns)})",

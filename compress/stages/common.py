@@ -22,12 +22,12 @@ DEFAULT_SAMPLES = [
 
 
 def sample_texts(path: Path | str | None, n: int) -> list[str]:
-    """``n`` texts from a data file, or the built-in samples."""
+    """``n`` texts from a data file (its labels, ids or names, are not read), or the built-in samples."""
     if path is None:
         return (DEFAULT_SAMPLES * (n // len(DEFAULT_SAMPLES) + 1))[:n]
     from compress.data import load_dataset
 
-    return load_dataset(path, limit=n).texts
+    return load_dataset(path, limit=n, texts_only=True).texts
 
 
 @dataclass
