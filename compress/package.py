@@ -209,6 +209,13 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         log.warning("%s does not end in .zip; writing a zip archive anyway", out)
 
     memory_mb = config.memory_mb or sl.memory_mb
+    for bound, limit, word in ((sl.max_memory_mb, lambda m, b: m > b, "above"), (sl.min_memory_mb, lambda m, b: m < b, "below")):
+        if bound is not None and limit(memory_mb, bound):
+            raise ConfigError(
+                f"--memory-mb {memory_mb} is {word} what {sl.platform} allows a function "
+                f"({sl.min_memory_mb or '?'}–{sl.max_memory_mb or '?'} MB, profile {profile.name})",
+                hint=f"give --memory-mb between {sl.min_memory_mb or 1} and {sl.max_memory_mb or memory_mb}",
+            )
     vcpus = sl.vcpus_for(memory_mb)
     vcpu_source = "serverless.memory_to_vcpu"
     if vcpus is None:

@@ -370,6 +370,8 @@ class ServerlessLimits(BaseModel):
     max_zipped_mb: float | None = Field(None, gt=0, description="Direct-upload zip limit in MB (MiB).")
     max_unzipped_mb: float | None = Field(None, gt=0, description="Unzipped size limit incl. layers/deps in MB (MiB).")
     memory_mb: int = Field(gt=0, description="Function memory to measure cold start under, MB.")
+    min_memory_mb: int | None = Field(None, gt=0, description="Smallest memory the platform allows a function, MB.")
+    max_memory_mb: int | None = Field(None, gt=0, description="Largest memory the platform allows a function, MB.")
     memory_to_vcpu: list[MemoryTier] = Field(
         default_factory=list, description="Memory → vCPU mapping of the platform, ascending by memory."
     )

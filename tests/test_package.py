@@ -302,6 +302,8 @@ def test_cli_existing_output_needs_force(int8_artifact, tmp_path):
     (("--profile", "cpu-x86-avx2"), ("no serverless", "aws-lambda-arm64")),
     (("--pin", "torch==2.0"), ("--pin", "torch", "onnxruntime")),
     (("--pin", "onnxruntime"), ("NAME==VERSION",)),
+    (("--profile", "aws-lambda-arm64", "--memory-mb", "100000"), ("--memory-mb 100000", "above", "128–10240 MB")),
+    (("--profile", "gcp-cloud-run", "--memory-mb", "64"), ("--memory-mb 64", "below", "128–32768 MB")),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(int8_artifact, tmp_path, args, words):
     prof = write_profile(tmp_path)

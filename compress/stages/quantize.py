@@ -385,6 +385,70 @@ def _check_int4_graph(art: Artifact, model, layers: list) -> None:
         )
 
 
+def _check_openvino_only_options(config: QuantizeConfig) -> None:
+    """NNCF's options have no ONNX Runtime counterpart: refuse rather than ignore them."""
+    if config.weights_only:
+        raise ConfigError(
+            "--weights-only is OpenVINO's INT8 weight compression and does not apply to an ONNX artifact",
+            hint="drop it (ONNX dynamic INT8 already needs no data), or use --precision int4 for weight-only "
+            "INT4, or export --format openvino first",
+        )
+
+
+def _check_op_types(config: QuantizeConfig) -> None:
+    """Unknown operator types (a typo such as ``Matmul``) are refused with the ones ONNX Runtime knows."""
+    if not config.op_types:
+        return
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
+
+    dynamic = config.mode is QuantMode.dynamic
+    registry = set(IntegerOpsRegistry if dynamic else QDQRegistry) | set(DYNAMIC_WEIGHT_OPS if dynamic else STATIC_DEFAULT_OPS)
+    bad = [o for o in config.op_types if o not in registry]
+    if bad:
+        near = {o.lower(): o for o in registry}
+        fix = [near[b.lower()] for b in bad if b.lower() in near]
+        raise ConfigError(
+            f"--op-types {', '.join(bad)}: not an operator type ONNX Runtime's {config.mode} quantizer knows "
+            "(names are case-sensitive)" + (f"; did you mean {', '.join(fix)}?" if fix else ""),
+            hint=f"known: {', '.join(sorted(registry))}",
+        )
+
+
+def _check_exclude_nodes(names: list[str], model, layers: list) -> None:
+    """Every --exclude-nodes name must be a node of the graph (or the name quantize gives a rewritten Gemm)."""
+    known = {node.name for node in model.graph.node} | {lay.name for lay in layers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        import difflib
+
+        near = [m for n in unknown for m in difflib.get_close_matches(n, sorted(known), n=2)]
+        examples = near or [lay.name for lay in layers[:3]]
+        raise ConfigError(
+            f"--exclude-nodes names no node of the graph: {', '.join(unknown)}",
+            hint=f"use node names as `edgecompress inspect` lists them, e.g. {', '.join(examples)}",
+        )
+
+
+def _check_something_quantized(nodes: dict[str, Any], op_types: tuple[str, ...], searched: list[str]) -> None:
+    """A quantize that leaves every weight float is an error, not an artifact labelled int8."""
+    if nodes["quantized_count"]:
+        return
+    kept = nodes["kept_float"]
+    present = sorted({k["op_type"] for k in kept})
+    if searched:
+        why = "the accuracy-aware search kept every quantizable layer in float"
+        hint = "loosen --max-drop / the profile's retention, or quantize without an accuracy budget"
+    elif any(k["reason"] == "excluded by --exclude-nodes" for k in kept) and \
+            all(k["reason"] == "excluded by --exclude-nodes" or "not among" in k["reason"] for k in kept):
+        why = "--exclude-nodes covers every quantizable node"
+        hint = "exclude fewer nodes"
+    else:
+        why = (f"no node of --op-types {', '.join(op_types)} carries a constant float weight"
+               + (f" (weight-carrying nodes here: {', '.join(present)})" if present else ""))
+        hint = "choose operator types the model has (e.g. --op-types MatMul), or leave --op-types out"
+    raise ConfigError(f"nothing was quantized: {why}; no artifact was written", hint=hint)
+
+
 def _block_padding(layers: list, model, block_size: int) -> list[dict[str, Any]]:
     """What ONNX Runtime does with weights whose blocked dimension is not a multiple of ``block_size``."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -687,6 +751,7 @@ def _write_artifact(
         "initializer_bytes_after": initializer_bytes(onnx.load(str(dst), load_external_data=False)),
         "nodes": _node_report(q.model, dst, config, op_types, list(config.exclude_nodes), searched),
     }
+    _check_something_quantized(metrics["nodes"], op_types, searched)
     if q.int4:
         layers = quantizable_layers(q.model, op_types)
         padding = _block_padding(
@@ -768,9 +833,12 @@ def quantize(
         from compress.stages.quantize_openvino import quantize_openvino
 
         return quantize_openvino(art, out, config, force=force)
+    _check_openvino_only_options(config)
     if config.precision is QuantPrecision.int4:
         _check_int4_request(config)
-    elif config.mode is QuantMode.static and not config.calibration:
+    else:
+        _check_op_types(config)
+    if config.precision is not QuantPrecision.int4 and config.mode is QuantMode.static and not config.calibration:
         raise ConfigError("static quantization needs calibration data", hint="pass --calibration DATA")
 
     require("onnxruntime", "INT4 quantization" if config.precision is QuantPrecision.int4 else "INT8 quantization")
@@ -779,10 +847,7 @@ def quantize(
     layers = q.layers()
     if q.int4:
         _check_int4_graph(art, q.model, layers)
-    known = {node.name for node in q.model.graph.node} | {lay.name for lay in layers}
-    unknown = [n for n in config.exclude_nodes if n not in known]
-    if unknown:
-        log.warning("--exclude-nodes names not in the graph (ignored): %s", ", ".join(unknown))
+    _check_exclude_nodes(config.exclude_nodes, q.model, layers)
     if q.int4:
         log.info(
             "INT4 weight-only quantization: %d MatMul(s) with MatMulNBits (block %d, %s, accuracy_level %d), "
