@@ -17,10 +17,10 @@ import platform
 import shutil
 from collections.abc import Iterator
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress import __version__
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
@@ -106,6 +106,26 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file but the manifest.")
     versions: dict[str, str | None] = Field(default_factory=dict, description="Tool/library versions.")
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+
+    @field_validator("model_file")
+    @classmethod
+    def _model_file_inside(cls, v: str) -> str:
+        return _inside(v)
+
+    @field_validator("files")
+    @classmethod
+    def _files_inside(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            _inside(name)
+        return v
+
+
+def _inside(name: str) -> str:
+    """A manifest path must name a file inside the artifact: relative, no `..`, no drive or root."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if not p.parts or p.is_absolute() or ".." in p.parts or ":" in p.parts[0]:
+        raise ValueError(f"{name!r} is not a path inside the artifact (absolute, empty or with ..)")
+    return name
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -193,6 +213,13 @@ class Artifact:
         ]
 
     def verify(self) -> None:
+        root = self.path.resolve()
+        for n in [self.manifest.model_file, *self.manifest.files]:
+            if not (self.path / n).resolve().is_relative_to(root):
+                raise IntegrityError(
+                    f"{self.path}: {n} listed in the manifest resolves outside the artifact (a link?)",
+                    hint="an artifact holds its own files; re-create it",
+                )
         missing = [n for n in self.manifest.files if not (self.path / n).is_file()]
         if missing:
             raise IntegrityError(

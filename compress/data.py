@@ -325,6 +325,8 @@ def _open_delimited(file: Path, *, tsv: bool) -> tuple[list[str], _RowReader]:
     )
 
     def records() -> Iterator[tuple[int, list[str]]]:
+        # csv refuses fields over 128 KiB by default; a long text is truncated by the tokenizer like any other
+        csv.field_size_limit(2**31 - 1)
         reader = csv.reader(_utf8_lines(file), **fmt)
         try:
             for fields in reader:

@@ -294,6 +294,8 @@ def load_teacher(
 
     require("torch", "loading a PyTorch teacher")
     transformers = require("transformers", "loading a PyTorch teacher")
+    # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
+    transformers.utils.logging.disable_progress_bar()
 
     auto = (
         transformers.AutoModelForSequenceClassification

@@ -494,3 +494,15 @@ def test_import_is_lean():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"importing compress.data pulled in: {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv"])
+def test_texts_longer_than_128_kib_are_read_and_truncated_later(tmp_path, suffix):
+    from compress.data import load_dataset
+
+    long = "word " * 60_000  # 300 KB: above csv's default field limit
+    sep = "\t" if suffix == ".tsv" else ","
+    f = tmp_path / f"long{suffix}"
+    f.write_text(f"label{sep}sentence\n1{sep}{long.strip()}\n0{sep}short\n", encoding="utf-8")
+    ds = load_dataset(f)
+    assert len(ds.texts[0]) == len(long.strip()) and ds.labels == [1, 0]

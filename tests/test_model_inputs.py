@@ -91,6 +91,7 @@ def test_export_int8_validate(distilbert_bert_tokenizer, tmp_path, home):
     assert report.metrics["teacher_metric"] is not None
 
 
+@pytest.mark.transformers4  # prunes heads
 def test_distill_and_prune(distilbert_bert_tokenizer, tmp_path):
     from compress import DistillConfig, PruneConfig, distill, prune
 

@@ -38,6 +38,8 @@ from compress.stages.prune import (
 
 HEADS, LAYERS, HEAD_DIM = 4, 3, 8
 
+pytestmark = pytest.mark.transformers4  # head pruning throughout: transformers 5 removed prune_heads
+
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     """The console entry point in-process -> (exit code, stdout, stderr)."""

@@ -280,3 +280,35 @@ def test_stop_flag_records_sigterm_for_the_exit_code():
     assert interrupt.exit_code() == 143
     interrupt.reset()
     assert interrupt.exit_code() == 130
+
+
+@pytest.mark.parametrize("field, value", [
+    ("files", {"../../etc/passwd": "0" * 64}),
+    ("files", {"/etc/passwd": "0" * 64}),
+    ("model_file", "../model.onnx"),
+])
+def test_manifest_paths_outside_the_artifact_are_refused(onnx_artifact, tmp_path, capsys, field, value):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(onnx_artifact.path, art)
+    data = json.loads((art / "manifest.json").read_text())
+    data[field] = {**data[field], **value} if field == "files" else value
+    (art / "manifest.json").write_text(json.dumps(data))
+    code, err = run_cli(capsys, "inspect", art)
+    line = one_line(err)
+    assert code == 2 and "not a path inside the artifact" in line, err
+
+
+def test_a_link_out_of_the_artifact_is_refused(onnx_artifact, tmp_path):
+    import shutil
+
+    from compress.artifact import load_artifact
+    from compress.errors import IntegrityError
+
+    art = tmp_path / "art"
+    shutil.copytree(onnx_artifact.path, art)
+    (art / "tokenizer.json").unlink()
+    (art / "tokenizer.json").symlink_to(onnx_artifact.path / "tokenizer.json")
+    with pytest.raises(IntegrityError, match="resolves outside the artifact"):
+        load_artifact(art)

@@ -36,7 +36,7 @@ from compress.artifact import (
     staged_dir,
     write_manifest,
 )
-from compress.errors import ArtifactError, ConfigError, ParityError, StageError
+from compress.errors import ArtifactError, ConfigError, EdgeCompressError, ParityError, StageError
 from compress.stages.common import measure_parity, sample_texts
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: Graph
             _torch_export(teacher, model_file, config)
             if optimize is not GraphOptimization.none:
                 _ort_optimize(teacher, model_file, optimize)
-    except (ConfigError, StageError):
+    except EdgeCompressError:
         raise
     except Exception as e:  # noqa: BLE001 - the exporters raise many types
         _raise_if_storage(e)

@@ -250,7 +250,7 @@ def ffn_key(config) -> str:
 
 def original_heads(config, layer: int) -> list[int]:
     """Original indices of the heads layer ``layer`` still has, in their order in the weights."""
-    gone = {int(h) for h in (config.pruned_heads or {}).get(layer, [])}
+    gone = {int(h) for h in (getattr(config, "pruned_heads", None) or {}).get(layer, [])}
     return [h for h in range(config.num_attention_heads) if h not in gone]
 
 
@@ -268,6 +268,8 @@ def layer_parts(model) -> list[LayerParts]:
     parts = []
     for i, layer in enumerate(layers):
         attn = next((m for _, m in layer.named_modules() if callable(getattr(m, "prune_heads", None))), None)
+        if attn is None:  # transformers 5 dropped prune_heads: the block is the layer's `attention`
+            attn = getattr(layer, "attention", None)
         if attn is None:
             raise ConfigError(f"cannot find the attention block (with prune_heads) in layer {i} of {arch}",
                               hint="head pruning supports BERT-family encoders (BERT, DistilBERT, RoBERTa, MiniLM)")
@@ -524,8 +526,9 @@ def drop_layers(model, importance: Importance, n: int) -> dict[str, Any]:
     keep = [i for i in range(total) if i not in dropped]
     _set_module(model, prefix, nn.ModuleList([layers[i] for i in keep]))
     cfg = model.config
-    pruned = {int(k): v for k, v in (cfg.pruned_heads or {}).items()}
-    cfg.pruned_heads = {new: list(pruned[old]) for new, old in enumerate(keep) if pruned.get(old)}
+    pruned = {int(k): v for k, v in (getattr(cfg, "pruned_heads", None) or {}).items()}
+    if pruned:  # transformers 5 configs have no pruned_heads (and no head pruning)
+        cfg.pruned_heads = {new: list(pruned[old]) for new, old in enumerate(keep) if pruned.get(old)}
     cfg.num_hidden_layers = len(keep)
     for new, old in enumerate(keep):
         for m in layers[old].modules():
@@ -588,6 +591,7 @@ def prune_heads_and_ffn(model, importance: Importance, *, heads: float = 0.0, ff
     cfg = model.config
     record: dict[str, Any] = {}
     if heads:
+        _check_head_pruning(model)
         plan, notes = _plan_heads(importance, heads)
         to_prune = {layer: [original_heads(cfg, layer)[i] for i in idx] for layer, idx in plan.items()}
         before = [p.heads for p in parts]
@@ -1454,6 +1458,18 @@ def prune(
     return art
 
 
+def _check_head_pruning(model) -> None:
+    if not callable(getattr(model, "prune_heads", None)):
+        import transformers
+
+        raise ConfigError(
+            f"--heads needs transformers 4: transformers {transformers.__version__} removed prune_heads and "
+            "config.pruned_heads, which a head-pruned checkpoint needs to reload",
+            hint="drop --heads (--ffn, --drop-layers and --vocab-corpus work here), or prune in an environment "
+            "with transformers<5",
+        )
+
+
 def _check_request(model, config: PruneConfig) -> None:
     """Refuse impossible layer/head requests before any scoring work (the checks the pruners repeat)."""
     cfg = model.config
@@ -1462,6 +1478,7 @@ def _check_request(model, config: PruneConfig) -> None:
         raise ConfigError(f"--drop-layers {config.drop_layers}: the model has {n} layers and at least one must stay",
                           hint=f"drop at most {n - 1} layers")
     if config.heads:
+        _check_head_pruning(model)
         counts = sorted((len(original_heads(cfg, i)) for i in range(n)), reverse=True)
         # the most heads that can be left after dropping layers is when the widest layers stay
         kept = counts[: n - config.drop_layers] if config.drop_layers else counts
