@@ -141,10 +141,11 @@ def pytest_collection_modifyitems(config, items):
     major = int(importlib.metadata.version("transformers").split(".")[0])
     if major < 5:
         return
-    skip = pytest.mark.skip(reason=f"needs transformers 4 (head pruning); transformers {major} is installed")
     for item in items:
-        if "transformers4" in item.keywords:
-            item.add_marker(skip)
+        mark = item.get_closest_marker("transformers4")
+        if mark is not None:
+            why = mark.args[0] if mark.args else "head pruning"
+            item.add_marker(pytest.mark.skip(reason=f"needs transformers 4 ({why}); transformers {major} is installed"))
 
 # --- checkpoints ---------------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from compress.artifact import (
     staged_dir,
     write_manifest,
 )
-from compress.errors import ConfigError, DataError, EdgeCompressError
+from compress.errors import ConfigError, DataError, EdgeCompressError, StageError
 from compress.interrupt import StopFlag as _StopFlag
 from compress.stages import teacher_cache as tcache
 
@@ -501,6 +501,17 @@ def _model_outputs(model, batch, plan: _Plan, tap: _ValueTap | None) -> dict[str
     from compress.models import model_feed
 
     out = model(**model_feed(model, batch), output_hidden_states=plan.needs_hidden_states, output_attentions=plan.attention)
+    for wanted, got in (("hidden states", plan.needs_hidden_states and out.hidden_states is None),
+                        ("attentions", plan.attention and out.attentions is None)):
+        if got:
+            import transformers
+
+            raise StageError(
+                f"{type(model).__name__} returned no {wanted} under transformers {transformers.__version__} "
+                "(a student built from teacher layers loses transformers 5's output capture)",
+                hint="distil with logits only (the default losses), or use transformers<5 for intermediate-layer "
+                "losses and feature-extraction teachers",
+            )
     res: dict[str, Any] = {}
     if plan.classification:
         res["soft"] = out.logits
