@@ -38,3 +38,26 @@ def test_excluding_every_quantizable_node_is_refused(onnx_artifact, tmp_path):
 def test_known_op_types_still_quantize(onnx_artifact, tmp_path):
     art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(op_types=["MatMul"]))
     assert art.manifest.steps[-1].metrics["nodes"]["quantized_count"] > 0
+
+
+def test_third_party_warnings_only_with_verbose(onnx_artifact, tmp_path):
+    """ONNX Runtime's "Please consider to run pre-processing" (root logger) is not the user's concern; -v shows it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_tsv
+
+    data = write_tsv(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("EDGECOMPRESS_DEBUG", None)
+
+    def run(*flags, out):
+        return subprocess.run([sys.executable, "-m", "compress", *flags, "quantize", str(onnx_artifact.path),
+                               "--mode", "static", "--calibration", str(data), "--calibration-samples", "8",
+                               "--out", str(tmp_path / out)], capture_output=True, text=True, env=env, timeout=600)
+
+    quiet, loud = run(out="a"), run("-v", out="b")
+    assert quiet.returncode == 0 and loud.returncode == 0, (quiet.stderr, loud.stderr)
+    assert "pre-processing" not in quiet.stderr, quiet.stderr
+    assert "pre-processing" in loud.stderr, loud.stderr

@@ -78,10 +78,10 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False, console=_stderr())],
-        force=True,
-    )
+    handler = RichHandler(show_path=False, show_time=False, console=_stderr())
+    if verbose < 1:
+        handler.addFilter(_own_warnings_only)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     for noisy in ("accelerate", "onnx_model", "fusion_base", "onnx_model_bert", "transformers", "optimum", "nncf",
                   "onnxruntime", "optimum.onnxruntime", "optimum.exporters"):
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
@@ -90,6 +90,13 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
 
         warnings.filterwarnings("ignore")  # exporter tracer/deprecation chatter; -v shows it
     ctx.obj = State(debug=debug, verbosity=-1 if quiet else verbose)
+
+
+def _own_warnings_only(record: logging.LogRecord) -> bool:
+    """Without -v, other libraries' warnings stay off the screen (ONNX Runtime's quantizer logs "Please
+    consider to run pre-processing…" to the root logger, its fusions "symbolic shape inference disabled or
+    failed"): they are about its internals, and edgecompress reports what matters in its own words."""
+    return record.levelno >= logging.ERROR or record.name == "compress" or record.name.startswith("compress.")
 
 
 def _stderr():
