@@ -14,6 +14,7 @@ class EdgeCompressError(Exception):
     """
 
     exit_code = 2
+    label = "error"  # how the CLI prefixes the one line it prints
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -78,6 +79,17 @@ class BudgetFailed(EdgeCompressError):
     """Validation ran and at least one budget failed (exit code 1)."""
 
     exit_code = 1
+
+
+class Unverified(EdgeCompressError):
+    """No budget failed, but some were not measured (estimates, or measurements switched off): not a pass.
+
+    The CLI prints it as ``UNVERIFIED: …`` (not as an error); the exit code is ``--unverified-exit-code``
+    (default 4).
+    """
+
+    exit_code = 4
+    label = "UNVERIFIED"
 
 
 class AccuracyBudgetError(StageError):

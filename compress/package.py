@@ -57,7 +57,7 @@ from compress.artifact import (
 )
 from compress.cpu import cpu_model
 from compress.errors import ArtifactError, ConfigError, OutputExistsError, StageError
-from compress.validate import BudgetResult
+from compress.validate import BudgetResult, BudgetStatus, verdict_of
 
 log = logging.getLogger(__name__)
 
@@ -312,11 +312,12 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
 
         budgets = _judge(profile, sl, bundle, cold, memory_mb, config.download)
         for b in budgets:
-            if b.measured is None and b.note:
-                warnings.append(f"{b.name}: {b.note}")
-        failed = [b for b in budgets if not b.passed and b.measured is not None]
-        unmeasured = [b for b in budgets if b.measured is None]
-        verdict = "fail" if failed else ("unverified" if unmeasured else "pass")
+            if b.measured is None:  # not measured is not a failure, and never a pass (as in validate)
+                b.status, b.passed = BudgetStatus.unverified, False
+                if b.note:
+                    warnings.append(f"{b.name}: {b.note}")
+        failed = [b for b in budgets if b.status is BudgetStatus.failed]
+        verdict = verdict_of(budgets)
         if failed:
             notes.append(_over_limit_advice(failed))
         os.replace(zip_tmp, out)
@@ -1087,13 +1088,16 @@ def _environment() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def report_paths(out: Path | str, report_dir: Path | str | None = None) -> tuple[Path, Path]:
-    """Where the JSON and Markdown reports go: ``DIR/report.json|md``, or beside the zip (``X.report.json|md``)."""
+def report_paths(out: Path | str, report_dir: Path | str | None = None) -> tuple[Path, Path, Path]:
+    """Where the JSON, Markdown and JUnit reports go: ``DIR/report.json|md`` and ``DIR/junit.xml`` (validate's
+    names), or beside the zip (``X.report.json|md``, ``X.junit.xml``)."""
     if report_dir is not None:
-        return Path(report_dir) / "report.json", Path(report_dir) / "report.md"
+        d = Path(report_dir)
+        return d / "report.json", d / "report.md", d / "junit.xml"
     out = Path(out)
     stem = out.with_suffix("") if out.suffix else out
-    return stem.with_name(stem.name + ".report.json"), stem.with_name(stem.name + ".report.md")
+    return (stem.with_name(stem.name + ".report.json"), stem.with_name(stem.name + ".report.md"),
+            stem.with_name(stem.name + ".junit.xml"))
 
 
 def check_report_output(out: Path | str, report_dir: Path | str | None, force: bool) -> None:
@@ -1107,17 +1111,20 @@ def check_report_output(out: Path | str, report_dir: Path | str | None, force: b
 
 
 def write_package_report(report: PackageReport, out: Path | str, report_dir: Path | str | None = None,
-                         force: bool = False) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` (into ``report_dir``, staged, or beside the zip)."""
-    jpath, mpath = report_paths(out, report_dir)
-    text_json = report.model_dump_json(indent=2) + "\n"
-    text_md = package_report_markdown(report)
+                         force: bool = False) -> tuple[Path, Path, Path]:
+    """Write ``report.json``, ``report.md`` and the JUnit XML (into ``report_dir``, staged, or beside the zip)."""
+    from compress.report import budgets_junit
+
+    paths = report_paths(out, report_dir)
+    texts = (report.model_dump_json(indent=2) + "\n", package_report_markdown(report),
+             budgets_junit(f"edgecompress.package.{report.profile['name']}", report.profile["name"], report.budgets,
+                           report.seconds))
     if report_dir is not None:
         with staged_dir(report_dir, force) as tmp:
-            (tmp / "report.json").write_text(text_json, encoding="utf-8")
-            (tmp / "report.md").write_text(text_md, encoding="utf-8")
-        return jpath, mpath
-    for path, text in ((jpath, text_json), (mpath, text_md)):
+            for path, text in zip(paths, texts):
+                (tmp / path.name).write_text(text, encoding="utf-8")
+        return paths
+    for path, text in zip(paths, texts):
         if path.exists() and not force:
             raise OutputExistsError(f"{path} already exists", hint="pass --force to replace it")
         tmp = path.with_name(f".{path.name}.partial")
@@ -1126,7 +1133,7 @@ def write_package_report(report: PackageReport, out: Path | str, report_dir: Pat
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    return jpath, mpath
+    return paths
 
 
 def _mb(v: float | int | None) -> str:

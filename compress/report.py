@@ -244,14 +244,21 @@ def report_markdown(report: ValidationReport) -> str:
 
 
 def report_junit(report: ValidationReport) -> str:
-    failures = sum(_status(b) == "fail" for b in report.budgets)
-    skipped = sum(_status(b) == "unverified" for b in report.budgets)
+    return budgets_junit(f"edgecompress.validate.{report.profile['name']}", report.profile["name"], report.budgets,
+                         report.seconds)
+
+
+def budgets_junit(suite_name: str, profile: str, budgets: list[BudgetResult], seconds: float) -> str:
+    """JUnit XML with one test case per budget: failed budgets fail, UNVERIFIED ones are skipped with the
+    figure and the reason (validate and package both write it)."""
+    failures = sum(_status(b) == "fail" for b in budgets)
+    skipped = sum(_status(b) == "unverified" for b in budgets)
     suite = ET.Element(
-        "testsuite", name=f"edgecompress.validate.{report.profile['name']}", tests=str(len(report.budgets)),
-        failures=str(failures), errors="0", skipped=str(skipped), time=f"{report.seconds:.2f}",
+        "testsuite", name=suite_name, tests=str(len(budgets)),
+        failures=str(failures), errors="0", skipped=str(skipped), time=f"{seconds:.2f}",
     )
-    for b in report.budgets:
-        case = ET.SubElement(suite, "testcase", classname=f"budgets.{report.profile['name']}", name=b.name, time="0")
+    for b in budgets:
+        case = ET.SubElement(suite, "testcase", classname=f"budgets.{profile}", name=b.name, time="0")
         if _status(b) == "unverified":  # an estimate is not a verdict: CI shows it as skipped, with the figure
             figure = _figure(b)
             msg = (f"{b.name}: UNVERIFIED, {figure} vs {b.comparison} {_fmt(b.limit, b.unit)}"
@@ -282,6 +289,10 @@ def failed_summary(budgets: list[BudgetResult]) -> str:
         f"{b.comparison} {_fmt(b.limit, b.unit)})"
         for b in budgets if _status(b) == "fail"
     )
+
+
+def unverified_names(budgets: list[BudgetResult]) -> list[str]:
+    return [b.name for b in budgets if _status(b) == "unverified"]
 
 
 def unverified_summary(budgets: list[BudgetResult]) -> str:

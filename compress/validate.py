@@ -436,7 +436,7 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
     for b in budgets:
         if b.measured is None:
             warnings.append(f"budget {b.name} could not be measured: {b.note}")
-    verdict = "pass" if all(b.passed for b in budgets) else "fail"
+    verdict = verdict_of(budgets)
     return ValidationReport(
         verdict=verdict,
         budgets=budgets,
@@ -486,6 +486,14 @@ def noise_warning(lat: LatencyStats, budgets: list[BudgetResult]) -> str | None:
     )
 
 
+def verdict_of(budgets: list[BudgetResult]) -> str:
+    """fail when a budget failed; else unverified when one was not measured (or only estimated); else pass."""
+    statuses = {b.status for b in budgets}
+    if BudgetStatus.failed in statuses:
+        return "fail"
+    return "unverified" if BudgetStatus.unverified in statuses else "pass"
+
+
 def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
     """One result per budget the profile sets; an unmeasurable budget fails (CI must not pass blind)."""
     lat = metrics.get("latency_ms", {})
@@ -510,9 +518,10 @@ def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
     for name, limit, measured, unit, cmp, needs in checks:
         if limit is None:
             continue
-        if measured is None:
+        if measured is None:  # not measured is not a failure, and never a pass
             results.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit=unit,
-                                        comparison=cmp, note=f"not measured: needs {needs}"))
+                                        comparison=cmp, note=f"not measured: needs {needs}",
+                                        status=BudgetStatus.unverified))
             continue
         ok = measured <= limit if cmp == "<=" else measured >= limit
         results.append(BudgetResult(name=name, limit=limit, measured=float(measured), passed=ok, unit=unit,
@@ -669,12 +678,7 @@ def mark_estimated(report: ValidationReport, profile, device, estimates: dict[st
         f"{device.reason}: latency, throughput, speedup and cold start are ESTIMATED from {profile.name}'s peaks "
         "(roofline, compress.estimate) and their budgets are UNVERIFIED; accuracy, agreement, size and peak memory "
         f"were measured on this host. For real figures run on the device or pass --remote user@host."))
-    if any(b.status is BudgetStatus.failed for b in budgets):
-        verdict = "fail"
-    elif any(b.status is BudgetStatus.unverified for b in budgets):
-        verdict = "unverified"
-    else:
-        verdict = "pass"
+    verdict = verdict_of(budgets)
     env["device_match"] = device.as_dict()
     env["latency_source"] = label
     return report.model_copy(update={

@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from compress.cli import cli
-from compress.errors import BudgetFailed, OutputExistsError
+from compress.errors import BudgetFailed, OutputExistsError, Unverified
 from compress.package import DIRECT_DEPENDENCIES, PackageConfig, package, report_paths
 
 TEXTS = ["a gripping, beautifully acted film.", "the plot is thin and the jokes fall flat."]
@@ -257,9 +257,10 @@ def test_cli_over_a_size_limit_fails_with_contributors_and_still_writes_the_zip(
     assert "FAIL" in proc.stdout and "model/model.onnx" in proc.stdout and "biggest contributors" in proc.stdout
     assert "max_zipped_mb" in proc.stderr and "written anyway" in proc.stderr
     assert out.is_file()
-    jpath, mpath = report_paths(out)
+    jpath, mpath, junit = report_paths(out)
     rep = json.loads(jpath.read_text())
     assert rep["verdict"] == "fail" and mpath.is_file()
+    assert 'failures="1"' in junit.read_text() and "max_zipped_mb" in junit.read_text()
     failed = [b for b in rep["budgets"] if not b["passed"] and b["measured"] is not None]
     assert [b["name"] for b in failed] == ["aws-lambda: max_zipped_mb"]
     assert "without the dependencies" in failed[0]["note"]
@@ -292,10 +293,11 @@ def test_cli_existing_output_needs_force(int8_artifact, tmp_path):
         package(int8_artifact, out, PackageConfig(profile=str(prof), download=False, cold_start=False))
     res = CliRunner().invoke(cli, ["-q", "package", str(int8_artifact.path), "--profile", str(prof), "--out", str(out),
                                    "--no-download", "--no-cold-start", "--force", "--report-dir", str(tmp_path / "rep")])
-    # unverified (sizes without the dependencies, no cold start): not a pass, exit code 1
-    assert isinstance(res.exception, BudgetFailed) and res.exception.exit_code == 1, res.output
-    assert "not verified" in str(res.exception)
+    # unverified (sizes without the dependencies, no cold start): not a pass, UNVERIFIED's exit code 4, as validate
+    assert isinstance(res.exception, Unverified) and res.exception.exit_code == 4, res.output
+    assert "not measured for" in str(res.exception) and "none failed" in str(res.exception)
     assert zipfile.is_zipfile(out) and (tmp_path / "rep" / "report.json").is_file()
+    assert 'failures="0"' in (tmp_path / "rep" / "junit.xml").read_text()
 
 
 @pytest.mark.parametrize("args, words", [

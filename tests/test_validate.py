@@ -209,11 +209,12 @@ def test_judge_comparisons_and_edges():
                  {"speedup": 1.0})[0].passed
 
 
-def test_judge_fails_an_unmeasured_budget():
+def test_judge_marks_an_unmeasured_budget_unverified():
+    """Not measured is neither a pass nor a failure: UNVERIFIED, as package says it."""
     results = judge(Budgets(min_accuracy_retention=None, min_agreement=0.9, min_speedup=None), {})
     assert len(results) == 1
     r = results[0]
-    assert r.name == "min_agreement" and r.measured is None and not r.passed
+    assert r.name == "min_agreement" and r.measured is None and not r.passed and r.status == "unverified"
     assert r.note.startswith("not measured")
 
 
@@ -300,8 +301,8 @@ def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifac
     assert "metric" in r.metrics and "retention" not in r.metrics and "speedup" not in r.metrics
     retention = next(b for b in r.budgets if b.name == "min_accuracy_retention")
     assert retention.measured is None and not retention.passed
-    assert "not measured" in retention.note
-    assert r.verdict == "fail"
+    assert "not measured" in retention.note and retention.status == "unverified"
+    assert r.verdict == "unverified"
     assert any("no teacher" in w for w in r.warnings)
 
 
@@ -526,3 +527,24 @@ def test_percentile_confidence_interval_brackets_the_percentile():
     d = stats.as_dict()
     assert set(d["ci95"]) == {"p50", "p90", "p95", "p99"}
     assert d["ci95"]["p50"][0] <= d["p50"] <= d["ci95"]["p50"][1]
+
+
+def test_cli_no_cold_start_leaves_cold_start_budgets_unverified(int8_artifact, data_tsv, tmp_path):
+    """--no-cold-start: the cold-start budget is UNVERIFIED (exit 4, one short line), not a FAIL."""
+    import subprocess
+    import sys
+
+    budgets = {k: None for k in GENEROUS if k != "latency_ms"}
+    budgets["max_cold_start_ms"] = 60000
+    profile = write_profile(tmp_path, "cold", budgets)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("EDGECOMPRESS_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(int8_artifact.path), "-p", str(profile),
+                           "--no-cold-start", "--no-baseline", "--report-dir", str(tmp_path / "rep")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 4, (proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("UNVERIFIED: 1 budget(s) not measured on cold: max_cold_start_ms"), lines
+    assert "error" not in lines[-1] and len(lines[-1]) < 200, lines[-1]
+    junit = (tmp_path / "rep" / "junit.xml").read_text()
+    assert 'skipped="1"' in junit and 'failures="0"' in junit

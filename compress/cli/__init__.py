@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         if type(e) is StageError:  # a stage's wrapper around a full disk, a read-only location, ...
             e = storage_error(e) or e
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"{e.label}: {e}", err=True)
         sys.exit(interrupt.exit_code() if e.exit_code == 130 else e.exit_code)
     except click.exceptions.Abort:  # Click's name for a KeyboardInterrupt (Ctrl-C, or SIGTERM via interrupt)
         stopped = interrupt.signal_received()

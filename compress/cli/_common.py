@@ -248,3 +248,32 @@ class PhaseProgress:
 
 
 force_option = click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+
+
+#: ``--unverified-exit-code``, the same on every command that judges budgets.
+unverified_exit_code_option = click.option(
+    "--unverified-exit-code", type=click.IntRange(0, 255), default=4, show_default=True,
+    help="Exit code when no budget failed but some are UNVERIFIED (estimated, or not measured: e.g. "
+         "--no-cold-start, --no-download). 0 lets CI pass on them; the default 4 is distinct from 1 (a budget "
+         "failed), 2 (bad input) and 3 (unexpected error).",
+)
+
+
+def end_with_verdict(verdict: str, budgets: list, *, where: str, unverified_exit_code: int, failed_note: str = "") -> None:
+    """The one ending every judging command shares: 0 pass; 1 a budget failed; UNVERIFIED (one short line,
+    not an error) with ``unverified_exit_code`` when none failed but some were not measured."""
+    from compress.errors import BudgetFailed, Unverified
+    from compress.report import failed_summary, unverified_names
+
+    if verdict == "fail":
+        raise BudgetFailed(f"budget failed: {failed_summary(budgets)}{failed_note}")
+    if verdict != "unverified":
+        return
+    names = unverified_names(budgets)
+    message = f"{len(names)} budget(s) not measured {where}: {', '.join(names)}; none failed (the report says why)"
+    if unverified_exit_code == 0:
+        console(stderr=True).print(f"UNVERIFIED: {message} (exit code 0: --unverified-exit-code 0)", markup=False)
+        return
+    err = Unverified(message, hint=f"exit code {unverified_exit_code} (--unverified-exit-code)")
+    err.exit_code = unverified_exit_code
+    raise err

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import build_config, console, force_option, status
+from compress.cli._common import build_config, console, end_with_verdict, force_option, status, unverified_exit_code_option
 
 
 def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
@@ -37,10 +37,11 @@ def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--cold-start-runs", type=int, default=3, show_default=True,
               help="Fresh processes to time; the median is judged.")
 @click.option("--report-dir", type=click.Path(path_type=Path),
-              help="Where report.json and report.md go [default: beside the zip, OUT.report.json/.md].")
+              help="Where report.json, report.md and junit.xml go [default: beside the zip, OUT.report.json/.md, OUT.junit.xml].")
+@unverified_exit_code_option
 @force_option
 def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_start, cold_start_runs, report_dir,
-                force):
+                unverified_exit_code, force):
     """Build a deployable serverless bundle (zip) for an ONNX ARTIFACT and judge it on the platform.
 
     The bundle holds the model, tokenizer, a minimal handler (onnxruntime + tokenizers + numpy, no
@@ -50,10 +51,10 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
     the cold start (imports, session, first request) and peak memory of fresh processes run under the
     function's memory and vCPUs.
 
-    The zip is written even when a budget fails. Exit code 0 when every budget holds, 1 when one fails
-    or cannot be measured (e.g. sizes with --no-download), 2 on bad input.
+    The zip is written even when a budget fails. Exit code 0 when every budget holds, 1 when one fails,
+    2 on bad input, and --unverified-exit-code (default 4) when none failed but some could not be measured
+    (sizes with --no-download, cold start with --no-cold-start): UNVERIFIED, as in validate.
     """
-    from compress.errors import BudgetFailed
     from compress.package import (
         PackageConfig,
         check_report_output,
@@ -61,7 +62,6 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
         render_package_report,
         write_package_report,
     )
-    from compress.report import failed_summary
 
     config = build_config(
         PackageConfig, profile=profile, memory_mb=memory_mb, download=not no_download, cold_start=not no_cold_start,
@@ -75,10 +75,7 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
     with status(f"packaging {artifact} for {profile}"):
         report = package(artifact, out, config, force=force)
     render_package_report(report, console())
-    jpath, mpath = write_package_report(report, out, report_dir, force=force)
-    console().print(f"wrote {out}; reports: {jpath}, {mpath}")
-    if report.verdict == "fail":
-        raise BudgetFailed(f"budget failed: {failed_summary([b for b in report.budgets if b.measured is not None])} "
-                           f"(the bundle was written anyway)")
-    if report.verdict != "pass":
-        raise BudgetFailed(f"not verified: {failed_summary(report.budgets)}")
+    paths = write_package_report(report, out, report_dir, force=force)
+    console().print(f"wrote {out}; reports: {', '.join(map(str, paths))}")
+    end_with_verdict(report.verdict, report.budgets, where=f"for {profile}", unverified_exit_code=unverified_exit_code,
+                     failed_note=" (the bundle was written anyway)")

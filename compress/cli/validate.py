@@ -4,7 +4,14 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import build_config, console, force_option, live_console
+from compress.cli._common import (
+    build_config,
+    console,
+    end_with_verdict,
+    force_option,
+    live_console,
+    unverified_exit_code_option,
+)
 
 
 @click.command("validate")
@@ -28,10 +35,7 @@ from compress.cli._common import build_config, console, force_option, live_conso
               help="auto: when this machine is not the profiled device (other arch, or hardware.identify does not "
                    "match), estimate latency/throughput/cold start from the profile's peaks (roofline) and report "
                    "their budgets UNVERIFIED; always: estimate even on the device; never: time on this machine.")
-@click.option("--unverified-exit-code", type=click.IntRange(0, 255), default=4, show_default=True,
-              help="Exit code when no budget failed but some are UNVERIFIED (estimated, not measured on the "
-                   "device). 0 lets CI pass on estimates; the default 4 is distinct from 1 (a budget failed), "
-                   "2 (bad input) and 3 (unexpected error).")
+@unverified_exit_code_option
 @click.option("--no-cache", is_flag=True,
               help="Run the teacher afresh instead of reusing its cached outputs on the eval data (and store none). "
                    "The cache (teacher outputs, FP32 baselines) lives in $EDGECOMPRESS_CACHE_DIR "
@@ -67,8 +71,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     (default 4) when none failed but some are UNVERIFIED.
     """
     from compress.artifact import check_output
-    from compress.errors import BudgetFailed
-    from compress.report import failed_summary, render_report, write_report
+    from compress.report import render_report, write_report
     from compress.validate import ValidateConfig, validate
 
     config = build_config(
@@ -94,21 +97,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         from compress.cache import describe
 
         console().print(describe(report.environment["cache"]), markup=False)
-    if report.verdict == "unverified":
-        from compress.errors import EdgeCompressError
-        from compress.report import unverified_summary
-
-        message = (f"unverified, not measured on {report.profile['name']}: {unverified_summary(report.budgets)}; "
-                   "no budget failed")
-        if unverified_exit_code == 0:
-            console(stderr=True).print(f"{message} (exit code 0: --unverified-exit-code 0)", markup=False)
-            return
-        err = EdgeCompressError(message, hint=f"exit code {unverified_exit_code} (--unverified-exit-code); "
-                                              "measure on the device, e.g. with --remote user@host")
-        err.exit_code = unverified_exit_code
-        raise err
-    if not report.passed:
-        raise BudgetFailed(f"budget failed: {failed_summary(report.budgets)}")
+    end_with_verdict(report.verdict, report.budgets, where=f"on {report.profile['name']}",
+                     unverified_exit_code=unverified_exit_code)
 
 
 class _Progress:
