@@ -229,19 +229,33 @@ def test_load_student_with_the_teachers_tokenizer(teacher, tmp_path):
     student, _ = build_student(teacher.model, DistillConfig(layers=1))
     student.save_pretrained(str(tmp_path), safe_serialization=True)
     teacher.tokenizer.save_pretrained(str(tmp_path))
-    model, desc = load_student(str(tmp_path), teacher, DistillConfig())
-    assert desc == {"init": "checkpoint", "student_path": str(tmp_path.resolve())}
+    model, desc, own_tokenizer = load_student(str(tmp_path), teacher, DistillConfig())
+    assert desc == {"init": "checkpoint", "student_path": str(tmp_path.resolve()), "own_tokenizer": False}
+    assert own_tokenizer is None
     assert model.config.num_hidden_layers == 1
     for name, value in student.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
 
 
-def test_load_student_with_another_tokenizer_is_refused(teacher, roberta_classifier):
-    with pytest.raises(ConfigError) as e:
-        load_student(str(roberta_classifier), teacher, DistillConfig())
-    msg = str(e.value)
-    assert "tokenizers differ" in msg
-    assert "same token ids" in msg and "--layers" in msg  # what to do instead
+def test_student_with_another_tokenizer_takes_output_losses_only(teacher, tmp_path):
+    """A student with its own tokenizer (a vocabulary-pruned one) is distilled on the outputs; intermediate
+    losses, which compare token positions, are refused with the reason."""
+    from compress.stages.prune import PruneConfig, prune
+
+    small = tmp_path / "vocab"
+    data = write_tsv(tmp_path / "d")
+    prune(teacher.path, small, PruneConfig(vocab_corpus=str(data), samples=4))
+    with pytest.raises(ConfigError, match="intermediate-layer losses compare token positions"):
+        load_student(str(small), teacher, DistillConfig(hidden_weight=1.0))
+    model, desc, own_tokenizer = load_student(str(small), teacher, DistillConfig())
+    assert desc["own_tokenizer"] is True and len(own_tokenizer) < len(teacher.tokenizer)
+    res = distill(teacher.path, data, tmp_path / "out", DistillConfig(student=str(small), max_steps=2, batch_size=4,
+                                                                     eval_every=2), eval_data=data)
+    out = res.artifact
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(str(out.path))) == len(own_tokenizer)  # the student's own, kept
+    assert res.metrics["eval_metric"] is not None
 
 
 def test_load_student_with_other_labels_is_refused(teacher, tmp_path):

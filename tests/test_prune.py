@@ -441,3 +441,21 @@ def test_written_eval_predictions_keep_the_texts_order(bert4):
     expected = [len(tok(t)["input_ids"]) % 2 for t in texts]
     assert len(set(expected)) == 2 and sorted(texts, key=len) != texts  # a reordering would show
     assert predictions(ParityOfLength(), tok, texts, 128).tolist() == expected
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["vocab-then-recover", "recover-then-vocab"])
+def test_recovery_runs_with_the_pruned_tokenizer(bert4, data, tmp_path, after):
+    """By default the vocabulary is pruned first and recovery distils the student through its pruned tokenizer
+    (the teacher through its own), so the model learns how text outside the corpus now splits."""
+    corpus = write_tsv(tmp_path / "corpus", SENTENCES[: len(SENTENCES) // 2])
+    cfg = PruneConfig(ffn=0.5, vocab_corpus=str(corpus), samples=8, recover_steps=2, recover_batch_size=4,
+                      recover_after_vocab=after)
+    art = prune(bert4, tmp_path / "p", cfg, train=data, eval_data=data)
+    m = art.manifest.steps[-1].metrics
+    assert m["recovery"]["tokenizer"] == ("pruned vocabulary" if after else "original")
+    assert m["vocab"]["recovered_after_pruning"] is after
+    assert m["vocab"]["proof"]["texts"] == len(SENTENCES) // 2 and m["reload_check"]["max_abs_diff"] <= 1e-4
+    from compress.models import load_teacher
+
+    assert len(load_teacher(art.path).tokenizer) == m["vocab"]["after"] < m["vocab"]["before"]
+    assert 0 <= m["eval"]["written"] <= 1 and m["eval"]["metric"] == "accuracy"

@@ -24,6 +24,9 @@ F = PruneConfig.model_fields
 @click.option("--samples", type=int, default=F["samples"].default, show_default=True, help=F["samples"].description)
 @click.option("--data", "importance_data", type=click.Path(path_type=Path), help=F["importance_data"].description)
 @click.option("--recover-steps", type=int, default=0, show_default=True, help=F["recover_steps"].description)
+@click.option("--recover-before-vocab", is_flag=True,
+              help="Recover with the original tokenizer and prune the vocabulary afterwards (the default prunes the "
+                   "vocabulary first, so recovery learns how text outside the corpus now splits).")
 @click.option("--train", type=click.Path(path_type=Path),
               help="Transfer data for recovery (and the default importance sample); labels optional.")
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
@@ -46,7 +49,7 @@ F = PruneConfig.model_fields
 @click.option("--trust-remote-code", is_flag=True, help="Allow checkpoints with custom code.")
 @force_option
 def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, vocab_floor, sparsity, samples, importance_data,
-              recover_steps, train, eval_data, teacher, teacher_cache, recover_lr, batch_size, max_length, profile_name,
+              recover_steps, recover_before_vocab, train, eval_data, teacher, teacher_cache, recover_lr, batch_size, max_length, profile_name,
               budget_precision, seed, text_column, label_column, allow_pickle, trust_remote_code, force):
     """Prune SOURCE (a fine-tuned checkpoint or a PyTorch artifact) into a smaller model.
 
@@ -71,7 +74,7 @@ def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, v
         vocab_corpus=str(vocab_corpus) if vocab_corpus else None, vocab_keep_alphabet=not no_alphabet,
         vocab_floor=vocab_floor, sparsity=sparsity, samples=samples,
         importance_data=str(importance_data) if importance_data else None,
-        max_length=max_length, recover_steps=recover_steps, recover_lr=recover_lr, recover_batch_size=batch_size,
+        max_length=max_length, recover_steps=recover_steps, recover_after_vocab=not recover_before_vocab, recover_lr=recover_lr, recover_batch_size=batch_size,
         teacher=str(teacher) if teacher else None, teacher_cache=str(teacher_cache) if teacher_cache else None,
         profile=profile_name, budget_precision=budget_precision,
         seed=seed, text_column=text_column, label_column=label_column, allow_pickle=allow_pickle,

@@ -297,20 +297,29 @@ def build_student(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, 
     return student, desc
 
 
-def load_student(path: str, teacher, config: DistillConfig) -> tuple[Any, dict[str, Any]]:
-    """An existing student checkpoint; refused when its tokenizer or labels differ from the teacher's."""
+def load_student(path: str, teacher, config: DistillConfig) -> tuple[Any, dict[str, Any], Any]:
+    """An existing student checkpoint, its description, and its own tokenizer (None: it shares the teacher's).
+
+    A student with another tokenizer (e.g. a vocabulary-pruned one) is distilled on output-level losses
+    only: each model reads the text through its own tokenizer, and the teacher's logits (or pooled
+    embedding) for a row are the target for the student's on the same row. Refused when labels differ.
+    """
     from compress.models import load_teacher
 
     st = load_teacher(path, teacher.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     t_vocab, s_vocab = teacher.tokenizer.get_vocab(), st.tokenizer.get_vocab()
     probe = ["Distillation feeds both models the same token ids.", "naïve café-goers don't re-tweet 123 URLs!"]
+    own_tokenizer = None
     if t_vocab != s_vocab or teacher.tokenizer(probe)["input_ids"] != st.tokenizer(probe)["input_ids"]:
-        raise ConfigError(
-            f"teacher and student tokenizers differ (vocabularies of {len(t_vocab):,} and {len(s_vocab):,} "
-            "tokens, or different normalisation)",
-            hint="distillation feeds both the same token ids: pick a student that shares the teacher's tokenizer, "
-            "or build one from the teacher with --layers/--keep-layers/--student-config",
-        )
+        own_tokenizer = st.tokenizer
+        if config.hidden_weight or config.attention_weight or config.value_relation_weight:
+            raise ConfigError(
+                f"teacher and student tokenizers differ (vocabularies of {len(t_vocab):,} and {len(s_vocab):,} "
+                "tokens, or different normalisation): intermediate-layer losses compare token positions, which "
+                "then do not correspond",
+                hint="distil on the outputs only (--hidden-weight 0 --attention-weight 0 --value-relation-weight 0),"
+                " or pick a student that shares the teacher's tokenizer",
+            )
     if teacher.task is Task.text_classification and st.info.labels != teacher.info.labels:
         raise ConfigError(
             f"student labels {st.info.labels} differ from the teacher's {teacher.info.labels}",
@@ -322,7 +331,11 @@ def load_student(path: str, teacher, config: DistillConfig) -> tuple[Any, dict[s
             f"the student ({s_params:,} parameters) is larger than the teacher ({t_params:,})",
             hint="pick a smaller student",
         )
-    return st.model, {"init": "checkpoint", "student_path": str(Path(path).resolve())}
+    desc = {"init": "checkpoint", "student_path": str(Path(path).resolve()),
+            "own_tokenizer": own_tokenizer is not None}
+    if own_tokenizer is not None:
+        desc["student_vocab_size"] = len(s_vocab)
+    return st.model, desc, own_tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,12 +695,14 @@ def _resolve_metric(metric: Metric, classification: bool, eval_ds, eval_data) ->
     return metric
 
 
-def _choose_student(teacher, config: DistillConfig) -> tuple[Any, dict[str, Any], list[int]]:
-    """The student (built, or loaded), its description, and the teacher layer each student layer maps to."""
+def _choose_student(teacher, config: DistillConfig) -> tuple[Any, dict[str, Any], list[int], Any]:
+    """The student (built, or loaded), its description, the teacher layer each student layer maps to, and the
+    student's own tokenizer (None: the teacher's)."""
     if config.student and (config.layers or config.keep_layers or config.student_config):
         raise ConfigError("--student and --layers/--keep-layers/--student-config both given", hint="use one way")
+    own_tokenizer = None
     if config.student:
-        student, student_desc = load_student(config.student, teacher, config)
+        student, student_desc, own_tokenizer = load_student(config.student, teacher, config)
     else:
         if not (config.layers or config.keep_layers or config.student_config):
             raise ConfigError("no student given", hint="pass --layers N, --keep-layers I,J,..., --student-config FILE "
@@ -697,7 +712,7 @@ def _choose_student(teacher, config: DistillConfig) -> tuple[Any, dict[str, Any]
         mapping = student_desc["kept_teacher_layers"]
     else:
         mapping = evenly_spaced(teacher.model.config.num_hidden_layers, student.config.num_hidden_layers)
-    return student, student_desc, mapping
+    return student, student_desc, mapping, own_tokenizer
 
 
 def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length: int, classification: bool):
@@ -719,6 +734,15 @@ def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length
                                 list(eval_ds.labels) if eval_ds.labels is not None else [_IGNORE] * len(eval_ds),
                                 pad_id)
     return data, eval_set, texts, labels
+
+
+def _student_sets(tokenizer, texts: list[str], labels: list[int], eval_set, eval_ds, max_length: int):
+    """The transfer and eval rows tokenised by the student's own tokenizer (same rows, same order)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sdata = _TransferSet(_encode(tokenizer, texts, max_length), labels, pad_id)
+    s_eval = None if eval_set is None else _TransferSet(_encode(tokenizer, eval_ds.texts, max_length),
+                                                         eval_set.labels, pad_id)
+    return sdata, s_eval
 
 
 def _open_run(run: Path, run_config: dict[str, Any], accelerator, *, resume: bool, force: bool) -> None:
@@ -881,7 +905,7 @@ def distill(
         log.warning("%s has no labels: training on the teacher's soft targets only", train)
 
     say("student", "building the student")
-    student, student_desc, mapping = _choose_student(teacher, config)
+    student, student_desc, mapping, own_tokenizer = _choose_student(teacher, config)
     t_heads = teacher.model.config.num_attention_heads
     plan = _Plan(
         classification=classification, pooling=teacher.info.postprocess.pooling,
@@ -902,6 +926,11 @@ def distill(
     say("tokenise", f"tokenising {len(train_ds):,} training rows" + (f" and {config.augment} augmented copies of each"
                                                                      if config.augment else ""))
     data, eval_set, texts, labels = _transfer_sets(teacher, train_ds, eval_ds, config, max_length, classification)
+    # the student reads the same rows through its own tokenizer when it has one (a vocabulary-pruned student);
+    # teacher targets are per row, so only row indices join the two
+    sdata, s_eval_set = data, eval_set
+    if own_tokenizer is not None:
+        sdata, s_eval_set = _student_sets(own_tokenizer, texts, labels, eval_set, eval_ds, max_length)
 
     # --- run directory: fresh, or resumed with identical settings --------------------------------
     run_config = {
@@ -939,7 +968,7 @@ def distill(
     batches_per_epoch = math.ceil(len(data) / (config.batch_size * n_proc))
     steps_per_epoch = max(1, batches_per_epoch // config.grad_accum)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    rows = _rows_drawn(data, config, n_proc, total_steps)
+    rows = _rows_drawn(sdata, config, n_proc, total_steps)
     t_cache = time.perf_counter()
     needs_teacher = config.soft_weight > 0 or plan.intermediate
     cache_dir = Path(teacher_cache) if teacher_cache else run / "teacher-cache"
@@ -1016,7 +1045,7 @@ def distill(
     def evaluate() -> float | None:
         if eval_set is None:
             return None
-        pred = _predict(unwrap_student(), eval_set, plan, device, 64)
+        pred = _predict(unwrap_student(), s_eval_set, plan, device, 64)
         return score(pred, teacher_eval, eval_labels, metric)
 
     def save_best() -> None:
@@ -1043,11 +1072,11 @@ def distill(
         try:
             while state["step"] < total_steps and state["stopped"] is None:
                 epoch = state["epoch"]
-                order = length_grouped_order(data.lengths, config.batch_size * n_proc, config.seed + epoch)
+                order = length_grouped_order(sdata.lengths, config.batch_size * n_proc, config.seed + epoch)
                 # Own generator: creating a DataLoader iterator draws a base seed from the global torch RNG
                 # otherwise, and a resumed run creates one more iterator (skip_first_batches) than an
                 # uninterrupted one, which would shift every later dropout mask.
-                loader = torch.utils.data.DataLoader(order, batch_size=config.batch_size, collate_fn=data.collate,
+                loader = torch.utils.data.DataLoader(order, batch_size=config.batch_size, collate_fn=sdata.collate,
                                                      generator=torch.Generator().manual_seed(config.seed + epoch))
                 loader = accelerator.prepare_data_loader(loader, device_placement=True)
                 skip = state["batch_in_epoch"]
@@ -1167,7 +1196,8 @@ def distill(
             metrics.update({"eval_rows": len(eval_set), "eval_metric": final_score, "teacher_eval_metric": teacher_score,
                             "retention": final_score / teacher_score if teacher_score else None})
         say("write", f"writing the student to {out}")
-        art = _write_student(final, teacher, out, config, metrics, force, time.perf_counter() - t0)
+        art = _write_student(final, teacher, out, config, metrics, force, time.perf_counter() - t0,
+                             tokenizer=own_tokenizer)
         if not keep_run:
             shutil.rmtree(run, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -1196,12 +1226,12 @@ def _trainable(student, projections):
 
 
 def _write_student(model, teacher, out: Path, config: DistillConfig, metrics: dict[str, Any], force: bool,
-                   seconds: float) -> Artifact:
+                   seconds: float, tokenizer=None) -> Artifact:
     from compress.models import load_teacher
 
     with staged_dir(out, force) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        teacher.tokenizer.save_pretrained(str(tmp))
+        (tokenizer or teacher.tokenizer).save_pretrained(str(tmp))
         for name in _ST_FILES:
             if (teacher.path / name).is_file():
                 shutil.copy2(teacher.path / name, tmp / name)

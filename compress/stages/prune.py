@@ -170,6 +170,12 @@ class PruneConfig(BaseModel):
         0, ge=0, description="Distil from the unpruned model for this many optimizer steps after pruning (needs train data)."
     )
     recover_lr: float = Field(1e-4, gt=0, description="Peak learning rate of the recovery distillation.")
+    recover_after_vocab: bool = Field(
+        True,
+        description="With --vocab-corpus and --recover-steps: prune the vocabulary first and recover with the "
+        "pruned tokenizer, so the model learns how text outside the corpus now splits (on by default); off: "
+        "recover with the original tokenizer, then prune the vocabulary (exact on the corpus only).",
+    )
     recover_batch_size: int = Field(32, ge=1, description="Batch size of the recovery distillation.")
     teacher: str | None = Field(
         None, description="Teacher for recovery (default: the unpruned input model); must share its tokenizer."
@@ -1240,6 +1246,19 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
     return recovered, rec
 
 
+def _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts: list[str], progress) -> tuple[Any, dict]:
+    """Prune the vocabulary in place; the new tokenizer and the record with its proof on the corpus (every
+    corpus text gives the same embeddings through the new tokenizer as through the old)."""
+    old_emb = model.get_input_embeddings().weight.detach().clone()
+    new_tokenizer = prune_vocabulary(model, tokenizer, vocab_plan)
+    if progress:
+        progress({"phase": "vocab-proof", "label": f"proving the vocabulary on {len(proof_texts):,} texts"})
+    vrec = vocab_plan.record()
+    vrec["proof"] = prove_vocabulary(tokenizer, old_emb, new_tokenizer, model.get_input_embeddings().weight.detach(),
+                                     proof_texts)
+    return new_tokenizer, vrec
+
+
 def prune(
     source: Path | str,
     out: Path | str,
@@ -1342,11 +1361,17 @@ def prune(
         else:
             metrics["sparsity"] = apply_sparsity(model, config.sparsity)
     out.parent.mkdir(parents=True, exist_ok=True)
+    proof_texts = corpus_ds.texts if corpus_ds is not None else []
+    vocab_first = vocab_plan is not None and bool(config.recover_steps) and config.recover_after_vocab
+    new_tokenizer, vrec = tokenizer, None
+    if vocab_first:  # prune the vocabulary now (proven exact on the corpus), so recovery learns the new splits
+        new_tokenizer, vrec = _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts, progress)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".scratch", dir=out.parent) as tmp:
         scratch = Path(tmp)
         if config.recover_steps:
-            model, metrics["recovery"] = _recover(model, tokenizer, teacher, source, train, eval_data, config,
+            model, metrics["recovery"] = _recover(model, new_tokenizer, teacher, source, train, eval_data, config,
                                                   sparsifier, scratch, progress)
+            metrics["recovery"]["tokenizer"] = "pruned vocabulary" if vocab_first else "original"
             if sparsifier is not None:
                 sparsifier.total_steps = config.recover_steps
                 if not sparsifier.semi_structured:
@@ -1376,14 +1401,14 @@ def prune(
         # --- vocabulary, write, reload, prove ---------------------------------------------------------
         if progress:
             progress({"phase": "write", "label": f"writing {out} and checking it against the pruned model"})
-        proof_texts = corpus_ds.texts if corpus_ds is not None else []
         probe = proof_texts[:64] or _texts(config.importance_data or train or _default_data(), config, label2id,
                                            64).texts
-        before_out = _outputs(model, tokenizer, probe, config.max_length, classification, pooling, normalize)
-        old_emb = model.get_input_embeddings().weight.detach().clone()
-        new_tokenizer = tokenizer
-        if vocab_plan is not None:
-            new_tokenizer = prune_vocabulary(model, tokenizer, vocab_plan)
+        if vocab_plan is not None and not vocab_first:
+            # outputs of the unpruned vocabulary: the written model must give the same on corpus texts
+            before_out = _outputs(model, tokenizer, probe, config.max_length, classification, pooling, normalize)
+            new_tokenizer, vrec = _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts, progress)
+        else:
+            before_out = _outputs(model, new_tokenizer, probe, config.max_length, classification, pooling, normalize)
         with staged_dir(out, force) as stage:
             _save_checkpoint(model, new_tokenizer, teacher, stage)
             from compress.models import load_teacher
@@ -1399,12 +1424,8 @@ def prune(
                     hint="nothing was written; report this architecture",
                 )
             if vocab_plan is not None:
-                if progress:
-                    progress({"phase": "vocab-proof", "label": f"proving the vocabulary on {len(proof_texts):,} texts"})
-                vrec = vocab_plan.record()
-                vrec["proof"] = prove_vocabulary(tokenizer, old_emb, written.tokenizer,
-                                                 written.model.get_input_embeddings().weight.detach(), proof_texts)
                 vrec["proof"]["output_max_abs_diff"] = diff
+                vrec["recovered_after_pruning"] = vocab_first
                 vrec["corpus"] = config.vocab_corpus
                 if eval_data is not None:
                     ev = _texts(eval_data, config, label2id)
