@@ -46,7 +46,7 @@ def check_profile(profile: str) -> None:
 class DemoResult:
     onnx: Artifact
     int8: Artifact
-    report: object  # compress.validate.ValidationReport
+    report: object  # compress.validation.ValidationReport
     report_dir: Path
 
 
@@ -56,7 +56,7 @@ def run_demo(workdir: Path | str = "edgecompress-demo", profile: str = "host", o
     from compress.report import write_report
     from compress.stages.export import ExportConfig, export
     from compress.stages.quantize import QuantizeConfig, quantize
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     # everything that can refuse the run is checked before a previous demo is touched
     workdir = Path(workdir)

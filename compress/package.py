@@ -57,7 +57,7 @@ from compress.artifact import (
 )
 from compress.cpu import cpu_model
 from compress.errors import ArtifactError, ConfigError, OutputExistsError, StageError
-from compress.validate import BudgetResult, BudgetStatus, verdict_of
+from compress.budgets import BudgetResult, BudgetStatus, verdict_of
 
 log = logging.getLogger(__name__)
 

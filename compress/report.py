@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from compress.artifact import Artifact
-    from compress.validate import BudgetResult, ValidationReport
+    from compress.budgets import BudgetResult
+    from compress.validation import ValidationReport
 
 
 def _fmt(v: Any, unit: str = "") -> str:

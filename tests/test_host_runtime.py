@@ -44,7 +44,7 @@ def ov_artifact(bert_classifier, tmp_path_factory):
 
 
 def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_classifier, data_tsv, fast_host):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     r = validate(ov_artifact, ValidateConfig(profile="host", data=str(data_tsv), teacher=str(bert_classifier),
                                              baseline=False, cold_start=False))
@@ -55,7 +55,7 @@ def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_class
 
 
 def test_host_validates_a_pytorch_checkpoint_in_torch(bert_classifier, data_tsv, fast_host):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     r = validate(bert_classifier, ValidateConfig(profile="host", data=str(data_tsv), baseline=False,
                                                  cold_start=False))

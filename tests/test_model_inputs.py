@@ -74,7 +74,7 @@ def test_export_int8_validate(distilbert_bert_tokenizer, tmp_path, home):
 
     from compress import export, quantize
     from compress.stages.quantize import QuantizeConfig
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     data = write_tsv(tmp_path)
     onnx = export(distilbert_bert_tokenizer, tmp_path / "onnx")

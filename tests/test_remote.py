@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from compress import remote
+from compress.validation import remote
 from compress.errors import IntegrityError
 
 from conftest import GENEROUS_BUDGETS, write_tsv
@@ -181,21 +181,23 @@ def remote_args(sshd: Loopback, *, config: Path | None = None, python: str | Non
 
 def _capture_predictions(monkeypatch) -> list[np.ndarray]:
     """Record the artifact outputs both paths hand to the shared metric code."""
-    import compress.validate as v
+    import compress.metrics
+    import compress.validation.local as v
 
     seen: list[np.ndarray] = []
-    real = v.prediction_metrics
+    real = compress.metrics.prediction_metrics
 
     def spy(m, cand, ref, labels):
         seen.append(np.array(cand))
         return real(m, cand, ref, labels)
 
-    monkeypatch.setattr(v, "prediction_metrics", spy)
+    monkeypatch.setattr(v, "prediction_metrics", spy)  # local validation's reference
+    monkeypatch.setattr(compress.metrics, "prediction_metrics", spy)  # what remote validation imports
     return seen
 
 
 def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data_tsv, profile, home, monkeypatch):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     seen = _capture_predictions(monkeypatch)
     base = {"profile": str(profile), "data": str(data_tsv), "teacher": str(bert_classifier)}
@@ -244,7 +246,7 @@ def test_profile_identify_is_checked_against_the_device(sshd, int8_artifact, wor
     """A profile naming another board (same arch) still measures, with a warning in the report."""
     import platform
 
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     parent = yaml.safe_load(profile.read_text())["extends"]
     cfg = {"baseline": False, "cold_start": False, "remote": sshd.spec, "remote_python": sys.executable,
@@ -387,7 +389,7 @@ def test_interrupted_transfer_is_detected_on_the_device(sshd, int8_artifact, pro
 
 
 def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     def corrupt(target, workdir):
         with open(Path(workdir) / "inputs.npz", "ab") as f:
@@ -402,7 +404,7 @@ def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, pro
 
 
 def test_ctrl_c_still_cleans_up(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     def interrupt(target, workdir):
         assert Path(workdir).is_dir()

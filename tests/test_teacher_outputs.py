@@ -52,7 +52,7 @@ def profile(tmp_path_factory) -> Path:
 
 
 def run(art, profile, data, teacher, **kw):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     return validate(art, ValidateConfig(profile=str(profile), data=str(data), teacher=str(teacher), baseline=False,
                                         cold_start=False, **kw))
@@ -176,9 +176,9 @@ def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_
     from compress.data import load_dataset
     from compress.models import load_teacher
     from compress.profiles import load_profile
-    from compress.remote import _prepare
+    from compress.validation.remote import _prepare
     from compress.runtimes.base import RuntimeSettings
-    from compress.validate import ValidateConfig
+    from compress.validation import ValidateConfig
 
     prof = load_profile(str(profile))
     labels = int8_artifact.manifest.labels

@@ -25,7 +25,8 @@ import yaml
 from compress.errors import OutputExistsError
 from compress.measure import LatencyStats, measure_interleaved, nearest_rank
 from compress.profiles import Budgets, LatencyBudget
-from compress.validate import judge, macro_f1, neighbour_agreement
+from compress.budgets import judge
+from compress.metrics import macro_f1, neighbour_agreement
 
 from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
 
@@ -76,7 +77,7 @@ def data_tsv(work) -> Path:
 @pytest.fixture(scope="module")
 def full_report(int8_artifact, bert_classifier, data_tsv, work, home):
     """A complete validation (eval, FP32 baseline, cold-start probe) of the tiny INT8 classifier."""
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     profile = write_profile(work / "profiles", "tiny-generous", GENEROUS)
     return validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv),
@@ -86,7 +87,7 @@ def full_report(int8_artifact, bert_classifier, data_tsv, work, home):
 @pytest.fixture(scope="module")
 def failing_report(int8_artifact, data_tsv, work):
     """A fast validation (no baseline, no probe) against a standalone profile whose size budget cannot hold."""
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     budgets = {**GENEROUS, **NO_BASELINE_NO_PROBE, "max_model_size_mb": 0.0001}
     profile = write_profile(work / "profiles", "tiny-too-small", budgets, standalone=True)
@@ -283,7 +284,7 @@ def test_failing_budget_gives_fail_verdict(failing_report):
 
 
 def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifact, data_tsv, tmp_path):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     # the same artifact, with a recorded source that does not exist on this machine (the manifest is
     # not part of the sha256 check)
@@ -376,7 +377,7 @@ def test_write_report_refuses_an_existing_directory(full_report, tmp_path):
 
 def test_embedding_model_metric_is_cosine_to_teacher(bert_encoder, tmp_path):
     from compress.stages.export import export
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     art = export(bert_encoder, tmp_path / "encoder-onnx")
     assert str(art.task) == "feature-extraction"
@@ -498,7 +499,7 @@ def test_cli_bad_input_exits_2_with_one_line(case, int8_artifact, data_tsv, cli_
 
 def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
     from compress.measure import LatencyStats
-    from compress.validate import BudgetResult, noise_warning
+    from compress.budgets import BudgetResult, noise_warning
 
     noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
     quiet = LatencyStats.from_samples([0.0100, 0.0101, 0.0099, 0.0100], batch_size=1)

@@ -72,7 +72,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     """
     from compress.artifact import check_output
     from compress.report import render_report, write_report
-    from compress.validate import ValidateConfig, validate
+    from compress.validation import ValidateConfig, validate
 
     config = build_config(
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,

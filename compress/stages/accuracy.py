@@ -183,7 +183,7 @@ def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]
     """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set)."""
     ref = eval_set.reference
     if eval_set.classification:
-        from compress.validate import accuracy
+        from compress.metrics import accuracy
 
         metric = accuracy(outputs.argmax(-1), eval_set.labels)
         error = 0.0 if ref is None else float(np.abs(_softmax(outputs) - _softmax(ref)).mean())

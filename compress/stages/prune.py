@@ -1055,7 +1055,7 @@ def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: 
     from compress.estimate import estimate
     from compress.stages.export import ExportConfig, export
     from compress.stages.quantize import QuantizeConfig, quantize
-    from compress.validate import MB
+    from compress.budgets import MB
 
     cand = copy.deepcopy(model)
     imp = importance

@@ -14,8 +14,8 @@
    predicts the eval batches, times the artifact and the baseline interleaved, probes a cold start in
    a fresh process, and prints one JSON document with the outputs, latency samples and device facts;
 5. always remove the remote work directory (also on errors and Ctrl-C), then compute the metrics and
-   judge the budgets with the same code as a local run (:func:`compress.validate.prediction_metrics`,
-   :func:`compress.validate.conclude`).
+   judge the budgets with the same code as a local run (:func:`compress.metrics.prediction_metrics`,
+   :func:`compress.validation.local.conclude`).
 
 SSH is the system OpenSSH client, so ``~/.ssh/config`` (keys, agent, ProxyJump, ControlMaster) applies.
 The only options passed are ``BatchMode=yes`` (never a password prompt) and a ``ConnectTimeout``;
@@ -53,7 +53,7 @@ from compress.measure import LatencyStats
 
 log = logging.getLogger(__name__)
 
-RUNNER = Path(__file__).with_name("remote_runner.py")
+RUNNER = Path(__file__).resolve().parents[1] / "remote_runner.py"  # the device-side code (compress/remote_runner.py)
 MARKER = "EDGECOMPRESS-RESULT "
 CONNECT_TIMEOUT_S = 15
 CHECK_TIMEOUT_S = 120
@@ -421,7 +421,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     outputs on the eval data (None without data or teacher).
     """
     from compress.tokenization import TextEncoder
-    from compress.validate import _baseline_artifact, _latency_texts
+    from compress.validation.local import baseline_artifact, latency_texts
 
     m = art.manifest
     meas = profile.measure
@@ -439,7 +439,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
 
             ref, _ = teacher_outputs(teacher, dataset, batch_size=meas.eval_batch_size, threads=settings.threads,
                                      use_cache=config.cache, progress=phase)
-    lat_texts = _latency_texts(dataset.texts if dataset is not None else None, meas.batch_size, meas.sequence_length)
+    lat_texts = latency_texts(dataset.texts if dataset is not None else None, meas.batch_size, meas.sequence_length)
     for name, arr in encoder.encode(lat_texts, pad_to=meas.sequence_length).items():
         arrays[f"lat.artifact.{name}"] = arr
 
@@ -450,7 +450,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     base_art = None
     if config.baseline and teacher is not None:
         if profile.budgets.min_speedup is not None:
-            base_art = _baseline_artifact(teacher, runtime, art)
+            base_art = baseline_artifact(teacher, runtime, art)
         else:
             log.info("no speedup budget in profile %s: the FP32 baseline is not sent", profile.name)
     if base_art is not None:
@@ -486,8 +486,9 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
 
 def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, dataset, teacher, config,
                     warnings: list[str], phase, t_start: float):
-    """The remote half of :func:`compress.validate.validate` (called from it after data and teacher load)."""
-    from compress.validate import conclude, prediction_metrics
+    """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load)."""
+    from compress.metrics import prediction_metrics
+    from compress.validation.local import conclude
 
     m = art.manifest
     meas = profile.measure

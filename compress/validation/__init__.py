@@ -1,0 +1,25 @@
+"""Validation: measure an artifact on a device profile and judge it against the profile's budgets.
+
+``validate`` runs here (:mod:`compress.validation.local`), estimates latency when this machine is not the
+profiled device, or measures over SSH on the device itself (:mod:`compress.validation.remote`, which ships
+:mod:`compress.remote_runner`). Metrics come from :mod:`compress.metrics`, budget judging from
+:mod:`compress.budgets`: the same code for every path.
+"""
+
+from __future__ import annotations
+
+from compress.budgets import BudgetResult, BudgetStatus, judge, verdict_of
+from compress.validation.local import (
+    EstimateMode,
+    ValidateConfig,
+    ValidationReport,
+    baseline_artifact,
+    conclude,
+    latency_texts,
+    validate,
+)
+
+__all__ = [
+    "BudgetResult", "BudgetStatus", "EstimateMode", "ValidateConfig", "ValidationReport", "baseline_artifact",
+    "conclude", "judge", "latency_texts", "validate", "verdict_of",
+]

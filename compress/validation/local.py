@@ -1,0 +1,536 @@
+"""``validate``: measure an artifact on a device profile and judge it against the profile's budgets.
+
+What is measured (and how):
+- task metric of the teacher (PyTorch FP32, the reference) and of the artifact on labelled eval data:
+  accuracy and macro-F1 for classifiers; for sentence embeddings the metric is the mean cosine
+  similarity to the teacher's embeddings (teacher = 1.0);
+- agreement with the teacher: same predicted label (classifiers); for embeddings, the share of eval
+  texts whose teacher-nearest neighbour is among the artifact's 3 nearest (top-1 is reported too);
+- latency at the profile's input shape (batch × sequence length): warm-up, then alternating rounds of
+  the artifact and the teacher's FP32 baseline *on the same runtime* until both reach the minimum
+  run count and duration; nearest-rank percentiles with run count and coefficient of variation;
+- model size on disk, and a fresh process that loads the artifact and runs one inference:
+  import, session creation and first-inference times, and its peak resident memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress import __version__
+from compress.artifact import Artifact, Format, Task, load_artifact
+from compress.cpu import cpu_model
+from compress.budgets import (
+    ESTIMATED_BUDGETS,
+    LATENCY_BUDGETS,
+    MB,
+    BudgetResult,
+    BudgetStatus,
+    judge,
+    noise_warning,
+    verdict_of,
+)
+from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
+from compress.metrics import prediction_metrics
+from compress.teacher_outputs import predict_all
+
+log = logging.getLogger(__name__)
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class EstimateMode(StrEnum):
+    """When validate estimates latency instead of measuring it."""
+
+    auto = "auto"  # estimate when this machine is not the profiled device (arch or identify differs)
+    always = "always"  # estimate even on the device (e.g. to compare the estimator with a measurement)
+    never = "never"  # time on this machine whatever the profile says (its figures are this machine's)
+
+
+class ValidateConfig(BaseModel):
+    """Settings of ``edgecompress validate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = Field("host", description="Built-in profile name, 'host', or a profile YAML path.")
+    data: str | None = Field(None, description="Labelled eval data (CSV/TSV/JSONL/Parquet/datasets dir).")
+    teacher: str | None = Field(
+        None, description="Teacher checkpoint; default: the source recorded in the artifact's manifest."
+    )
+    text_column: str | None = Field(None, description="Text column (auto-detected when omitted).")
+    text_pair_column: str | None = Field(None, description="Second text column for pair tasks.")
+    label_column: str | None = Field(None, description="Label column (auto-detected when omitted).")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
+    baseline: bool = Field(True, description="Time the teacher's FP32 export on the same runtime (speedup).")
+    cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
+    estimate: EstimateMode = Field(
+        EstimateMode.auto,
+        description="auto: estimate latency (roofline, UNVERIFIED) when this machine is not the profiled device; "
+        "always: estimate even on it; never: time on this machine regardless.",
+    )
+    allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
+    trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
+    cache: bool = Field(True, description="Reuse and store the teacher's outputs on the eval data in the cache "
+                        "(compress.cache); False runs the teacher afresh and stores nothing.")
+    remote: str | None = Field(
+        None, description="Measure on a device over SSH, user@host[:port] (system ssh; ~/.ssh/config applies)."
+    )
+    remote_python: str = Field("python3", description="Python 3 on the remote device (with numpy and the runtime).")
+    ssh_config: str | None = Field(
+        None, description="ssh_config file for ssh -F (default: ssh's own, i.e. ~/.ssh/config)."
+    )
+
+
+class ValidationReport(BaseModel):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    verdict: str
+    budgets: list[BudgetResult]
+    metrics: dict[str, Any]
+    warnings: list[str] = Field(default_factory=list)
+    artifact: dict[str, Any]
+    teacher: dict[str, Any] | None
+    profile: dict[str, Any]
+    environment: dict[str, Any]
+    seconds: float = 0.0
+    data: dict[str, Any] | None = Field(
+        None, description="The eval data the metrics were measured on: path, rows, sha256 of the rows' texts.")
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+
+
+
+
+# -- the check ----------------------------------------------------------------------------------
+
+def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
+    if given:
+        return Path(given)
+    src = Path(art.manifest.source.path)
+    return src if src.is_dir() else None
+
+
+def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
+    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY)."""
+    if art.format not in (Format.onnx, Format.openvino):
+        return None
+    from compress.stages.export import ExportConfig, export
+
+    export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
+    cfg = ExportConfig(
+        format=str(art.format),
+        task=teacher.task,
+        opset=export_cfg.get("opset", 18),
+        optimize=export_cfg.get("optimize", "O2"),
+    )
+    from compress import cache as ec_cache
+
+    key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
+    cache = ec_cache.kind_dir("baselines") / key
+    if (cache / "manifest.json").is_file():
+        try:
+            art = load_artifact(cache)
+            ec_cache.touch(cache)
+            return art
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            log.warning("rebuilding damaged baseline cache %s", cache)
+    log.info("exporting the teacher's FP32 baseline to %s", cache)
+    art = export(teacher.path, cache, cfg, force=True)
+    ec_cache.enforce_limit(keep=cache)
+    return art
+
+
+def validate(
+    artifact: Artifact | Path | str,
+    config: ValidateConfig | None = None,
+    *,
+    on_phase: Callable[[str, int | None], Callable[[float], None] | None] | None = None,
+) -> ValidationReport:
+    """Measure ``artifact`` on ``config.profile`` and judge it. Raises only for bad input.
+
+    ``on_phase(name, total)`` may return a callback receiving progress (items or fraction) for a
+    progress bar; the CLI uses it, library users can ignore it.
+    """
+    from compress.cache import usage as cache_usage
+    from compress.data import load_dataset
+    from compress.host_runtime import runtime_for
+    from compress.models import load_teacher
+    from compress.profiles import load_profile
+    from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
+    from compress.teacher_outputs import teacher_outputs
+
+    t_start = time.perf_counter()
+    config = config or ValidateConfig()
+    phase = on_phase or (lambda name, total: None)
+    profile = load_profile(config.profile)
+    if isinstance(artifact, Artifact):
+        art = artifact
+    else:
+        from compress.models import load_source
+
+        art = load_source(artifact, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    profile = runtime_for(profile, art.format)  # host: the runtime the artifact's format needs
+    runtime_name = profile.runtime.name
+    cls = runtime_class(runtime_name)
+    remote = None
+    if config.remote:  # checked before any data or teacher is loaded
+        from compress.validation.remote import remote_target
+
+        remote = remote_target(config, profile, art)
+    # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
+    settings = RuntimeSettings(
+        threads=profile.runtime.threads or profile.hardware.cores,
+        provider=profile.runtime.provider,
+        options=dict(profile.runtime.options),
+    )
+    m = art.manifest
+    warnings: list[str] = []
+    if remote is None:
+        # Is this machine the profiled device? If not, latency is a roofline estimate (UNVERIFIED) while
+        # accuracy is still measured here: the artifact's arithmetic is the same on any CPU.
+        device, estimating = _device_check(profile, config, warnings)
+        run_settings = _host_settings(settings) if estimating else settings
+        cls.check_artifact(art, run_settings)  # a missing device/provider/engine target fails before data loads
+
+    # eval data and teacher
+    dataset = None
+    if config.data:
+        label2id = {name: i for i, name in enumerate(m.labels)} if m.labels else None
+        dataset = load_dataset(
+            config.data, text_column=config.text_column, text_pair_column=config.text_pair_column,
+            label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if m.labels else None,
+            require_labels=m.task is Task.text_classification, limit=config.limit,
+        )
+    tdir = _teacher_dir(art, config.teacher)
+    teacher = None
+    if tdir is not None:
+        teacher = load_teacher(
+            tdir, m.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
+        )
+        if teacher.sha256 != m.source.sha256:
+            warnings.append(
+                f"teacher {tdir} differs from the artifact's recorded source ({m.source.path}, "
+                f"sha256 {m.source.sha256[:12]}…): retention is measured against the teacher given"
+            )
+    elif config.teacher is None:
+        warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
+
+    if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
+        from compress.validation.remote import validate_remote
+
+        report = validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start)
+        return report.model_copy(update={"data": _data_record(config, dataset)})
+
+    log.info("loading %s in %s", art.path, runtime_name)
+    backend = load_runtime(art, runtime_name, run_settings)
+    metrics: dict[str, Any] = {}
+    cache_use: dict[str, Any] = {}
+
+    # accuracy and agreement
+    if dataset is not None:
+        n = len(dataset)
+        bs = profile.measure.eval_batch_size
+        cand = predict_all(backend, dataset, bs, phase("evaluating the artifact", n))
+        ref = None
+        if teacher is not None:  # the reference: from the cache when this teacher already ran on these rows
+            ref, cache_use["teacher_outputs"] = teacher_outputs(
+                teacher, dataset, batch_size=bs, threads=run_settings.threads, use_cache=config.cache, progress=phase)
+        metrics.update(prediction_metrics(m, cand, ref, dataset.labels))
+
+    # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
+    meas = profile.measure
+    texts = dataset.texts if dataset is not None else None
+    batch = backend.encode(latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length)
+    runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
+    baseline_backend = None
+    if config.baseline and teacher is not None and not estimating:
+        base_art = baseline_artifact(teacher, runtime_name, art) if art.format is not Format.pytorch else None
+        if base_art is not None:
+            baseline_backend = load_runtime(base_art, runtime_name, settings)
+            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(
+                latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length))
+        elif art.format is Format.pytorch:
+            warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
+    if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
+        phase("estimating latency (roofline)", None)
+        stats, estimates = _estimate_latency(art, profile, teacher, config, runtime_name, warnings)
+    else:
+        stats = measure_interleaved(
+            runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
+            min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
+            on_progress=phase(f"timing {' and '.join(runs)}", None),
+        )
+    env = {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "edgecompress": __version__,
+        "runtime": backend.describe(),
+        "measured_on": "local",
+        "cache": {**cache_usage(), **cache_use},
+    }
+    backend.close()
+    if baseline_backend is not None:
+        baseline_backend.close()
+
+    # cold start, peak memory
+    cold = None
+    if config.cold_start:
+        phase("cold start in a fresh process", None)
+        cold = probe_cold_start(
+            art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
+        )
+    report = conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
+    report = report.model_copy(update={"data": _data_record(config, dataset)})
+    return mark_estimated(report, profile, device, estimates, t_start) if estimating else _note_device(report, device)
+
+
+def _data_record(config: ValidateConfig, dataset) -> dict[str, Any] | None:
+    """Which data the report's metrics come from (None without --data)."""
+    if dataset is None:
+        return None
+    from compress.teacher_outputs import data_digest
+
+    return {"path": str(Path(config.data).resolve()), "rows": len(dataset), "limit": config.limit,
+            "sha256": data_digest(dataset)}
+
+
+def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],
+             cold: dict[str, Any] | None, env: dict[str, Any], warnings: list[str], t_start: float) -> ValidationReport:
+    """Add latency, size and cold-start figures to ``metrics``, judge the budgets and build the report.
+
+    Shared by local and remote validation: ``stats`` holds "artifact" (and "baseline") latency, ``cold``
+    the fresh-process probe's result (None: not measured), ``env`` where the numbers were measured.
+    """
+    m = art.manifest
+    meas = profile.measure
+    lat = stats["artifact"]
+    metrics["latency_ms"] = lat.as_dict()
+    metrics["throughput"] = lat.throughput
+    metrics["input_shape"] = {"batch_size": meas.batch_size, "sequence_length": meas.sequence_length}
+    if "baseline" in stats:
+        b = stats["baseline"]
+        metrics["baseline_latency_ms"] = b.as_dict()
+        metrics["speedup"] = b.p50 / lat.p50
+    metrics["size_mb"] = art.size_bytes() / MB
+    metrics["package_size_mb"] = art.size_bytes(model_only=False) / MB
+    if cold is not None:
+        metrics["cold_start"] = cold
+        # a user's cold start: process launch to first result (interpreter, imports, session, inference)
+        metrics["cold_start_ms"] = cold["process_wall_ms"]
+        metrics["peak_rss_mb"] = cold["peak_rss_mb"]
+
+    budgets = judge(profile.budgets, metrics)
+    if (noisy := noise_warning(lat, budgets)) is not None:
+        warnings.append(noisy)
+    for b in budgets:
+        if b.measured is None:
+            warnings.append(f"budget {b.name} could not be measured: {b.note}")
+    verdict = verdict_of(budgets)
+    return ValidationReport(
+        verdict=verdict,
+        budgets=budgets,
+        metrics=metrics,
+        warnings=warnings,
+        artifact={
+            "path": str(art.path), "format": str(m.format), "precision": str(m.precision), "task": str(m.task),
+            "digest": art.digest, "steps": [s.stage for s in m.steps],
+        },
+        teacher={"path": str(teacher.path), "sha256": teacher.sha256} if teacher is not None else None,
+        profile=profile.model_dump(mode="json"),
+        environment=env,
+        seconds=round(time.perf_counter() - t_start, 2),
+    )
+
+
+def _runner(backend, batch) -> Callable[[], Any]:
+    def run():
+        out = backend.run(batch)
+        backend.synchronize()
+        return out
+
+    return run
+
+
+def latency_texts(texts: list[str] | None, batch_size: int, seq_len: int) -> list[str]:
+    """Texts long enough to fill ``seq_len`` tokens after padding/truncation."""
+    base = " ".join(texts[:64]) if texts else "the quick brown fox jumps over the lazy dog"
+    long = (base + " ") * (seq_len // max(1, len(base.split())) + 2)
+    return [long] * batch_size
+
+
+# -- estimate mode: this machine is not the profiled device --------------------------------------
+
+def _device_check(profile, config: ValidateConfig, warnings: list[str]):
+    """(DeviceMatch, estimate?) for a local run of ``profile`` under ``config.estimate``."""
+    from compress.profiles import match_device
+
+    device = match_device(profile)
+    mode = EstimateMode(config.estimate)
+    if mode is EstimateMode.always:
+        return device, True
+    if device.is_device:
+        if device.how == "class":
+            from compress.profiles import detect_host
+
+            missing = [f for f in profile.hardware.simd if f not in detect_host().hardware.simd]
+            if missing:
+                warnings.append(
+                    f"this machine lacks {', '.join(missing)} that {profile.name} lists: its timings may not be "
+                    f"representative of {profile.name}")
+        return device, False
+    if mode is EstimateMode.never:
+        warnings.append(f"{device.reason}: latency and cold start were timed on this machine, not on {profile.name} "
+                        "(--estimate never)")
+        return device, False
+    return device, True
+
+
+def _host_settings(settings):
+    """The profile's runtime settings with threads capped at this machine's cores (accuracy runs here)."""
+    import dataclasses
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return dataclasses.replace(settings, threads=min(settings.threads or cores, cores))
+
+
+def _point_stats(ms: float, batch_size: int) -> LatencyStats:
+    """A LatencyStats holding one estimated figure (no runs, no spread)."""
+    return LatencyStats(n=0, p50=ms, p90=ms, p95=ms, p99=ms, mean=ms, std=0.0, min=ms, max=ms, cv=0.0, total_s=0.0,
+                        batch_size=batch_size, throughput=batch_size * 1000.0 / ms if ms > 0 else 0.0)
+
+
+def _estimate_latency(art: Artifact, profile, teacher, config: ValidateConfig, runtime_name: str,
+                      warnings: list[str]) -> tuple[dict[str, LatencyStats], dict[str, Any]]:
+    """Roofline estimates of the artifact (and the teacher's FP32 baseline) on ``profile``'s peaks."""
+    from compress.errors import EdgeCompressError
+    from compress.estimate import estimate, host_peaks, profile_peaks
+
+    meas = profile.measure
+    try:
+        peaks = host_peaks() if profile.source == "detected" else profile_peaks(profile)
+        est = estimate(art, profile, peaks=peaks)
+    except EdgeCompressError as exc:
+        warnings.append(f"no latency estimate: {exc}")
+        return {"artifact": _point_stats(float("nan"), meas.batch_size)}, {}
+    out: dict[str, Any] = {"artifact": est}
+    stats = {"artifact": _point_stats(est.latency_ms, meas.batch_size)}
+    if config.baseline and teacher is not None and art.format is not Format.pytorch:
+        base_art = baseline_artifact(teacher, runtime_name, art)
+        if base_art is not None:
+            out["baseline"] = estimate(base_art, profile, peaks=peaks)
+            stats["baseline"] = _point_stats(out["baseline"].latency_ms, meas.batch_size)
+    return stats, out
+
+
+def _estimated_latency(est, label: str) -> dict[str, Any]:
+    ms = round(est.latency_ms, 4)
+    return {"p50": ms, "p90": ms, "p95": ms, "p99": ms, "mean": ms, "n": 0, "estimated": True, "measured_on": label,
+            "note": "a roofline gives one figure: p90/p95/p99 equal p50 (no tail)"}
+
+
+def mark_estimated(report: ValidationReport, profile, device, estimates: dict[str, Any],
+                   t_start: float) -> ValidationReport:
+    """Turn a local run's report into an estimate-mode report.
+
+    Latency, throughput, speedup and cold start become the roofline estimates, flagged ``estimated``
+    with where they come from; their budgets are UNVERIFIED (never PASS). Accuracy, agreement and
+    size stay measured (the arithmetic and the files are the same on any CPU). Peak memory is this
+    host's measurement: judged when the device has this machine's arch, UNVERIFIED otherwise (another
+    arch runs another build of the runtime). Verdict: fail if a measured budget fails, else
+    unverified if any budget is, else pass.
+    """
+    from compress.estimate import MEASURED_ERROR, estimate_cold_start
+    from compress.profiles import detect_host
+
+    met = dict(report.metrics)
+    env = dict(report.environment)
+    label = f"estimate (roofline from {profile.name} peaks)"
+    host = f"this host ({env.get('cpu')}, {device.host_arch})"
+    same_arch = device.host_arch == profile.hardware.arch.value
+    est = estimates.get("artifact")
+    estimated: list[str] = []
+    if est is None:
+        for key in ("latency_ms", "throughput", "baseline_latency_ms", "speedup"):
+            met.pop(key, None)
+    else:
+        met["latency_ms"] = _estimated_latency(est, label)
+        met["throughput"] = est.throughput
+        met["estimate"] = {**est.as_dict(), "estimated": True, "measured_on": label}
+        if MEASURED_ERROR:
+            met["estimate"]["error_on_calibration_host"] = dict(MEASURED_ERROR)
+        estimated += ["latency_ms", "throughput"]
+        if "baseline" in estimates:
+            met["baseline_latency_ms"] = _estimated_latency(estimates["baseline"], label)
+            met["speedup"] = estimates["baseline"].latency_ms / est.latency_ms
+            estimated.append("speedup")
+        else:
+            met.pop("baseline_latency_ms", None)
+            met.pop("speedup", None)
+    if "cold_start" in met:
+        met["cold_start"] = {**met["cold_start"], "measured_on": host}
+        met["cold_start_ms_this_host"] = met.pop("cold_start_ms", None)
+        if est is not None:
+            met["cold_start_ms"] = round(estimate_cold_start(
+                met["cold_start"], detect_host().hardware.clock_ghz, profile.hardware.clock_ghz, est.latency_ms), 2)
+            estimated.append("cold_start_ms")
+    met["estimated"] = True
+    met["measured_on"] = label
+    met["estimated_metrics"] = estimated
+    met["measured_on_this_host"] = [k for k in ("metric", "agreement", "retention", "size_mb", "peak_rss_mb")
+                                    if k in met]
+
+    budgets = judge(profile.budgets, met)
+    for b in budgets:
+        if b.name in ESTIMATED_BUDGETS:
+            b.status, b.passed = BudgetStatus.unverified, False
+            b.measured_on = label if b.measured is not None else None
+            b.estimated = b.measured is not None
+            if b.measured is None:
+                b.note = f"no estimate ({b.note or 'not available'}); not measured on {profile.name}"
+            else:
+                holds = b.measured <= b.limit if b.comparison == "<=" else b.measured >= b.limit
+                b.note = (f"estimated, not measured on {profile.name}: the estimate "
+                          + ("is within the limit" if holds else "misses the limit (likely to fail on the device)"))
+        elif b.name == "max_peak_memory_mb" and not same_arch:  # another build of the runtime: not ours to judge
+            b.status, b.passed = BudgetStatus.unverified, False
+            b.measured_on = host if b.measured is not None else None
+            b.note = (f"{'measured on this host' if b.measured is not None else 'not measured'} "
+                      f"({device.host_arch}); {profile.name} is {profile.hardware.arch.value}, whose runtime build "
+                      "differs")
+        elif b.name == "max_peak_memory_mb" and b.measured is not None:
+            b.measured_on = host
+            b.note = f"measured on this host, same arch as {profile.name}"
+    warnings = [w for w in report.warnings
+                if not any(w.startswith(f"budget {n} could not be measured") for n in ESTIMATED_BUDGETS)]
+    warnings.insert(0, (
+        f"{device.reason}: latency, throughput, speedup and cold start are ESTIMATED from {profile.name}'s peaks "
+        "(roofline, compress.estimate) and their budgets are UNVERIFIED; accuracy, agreement, size and peak memory "
+        f"were measured on this host. For real figures run on the device or pass --remote user@host."))
+    verdict = verdict_of(budgets)
+    env["device_match"] = device.as_dict()
+    env["latency_source"] = label
+    return report.model_copy(update={
+        "verdict": verdict, "budgets": budgets, "metrics": met, "warnings": warnings, "environment": env,
+        "seconds": round(time.perf_counter() - t_start, 2),
+    })
+
+
+def _note_device(report: ValidationReport, device) -> ValidationReport:
+    """Record which machine measured a local run (for a class profile: this host's CPU)."""
+    env = dict(report.environment)
+    env["device_match"] = device.as_dict()
+    return report.model_copy(update={"environment": env})
