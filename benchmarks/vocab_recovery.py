@@ -1,11 +1,16 @@
 """What recovering after vocabulary pruning buys, over a few seeds (issue: prune reported an accuracy its
 artifact did not have).
 
-The SST-2 MiniLM-L6 teacher is pruned with ``--heads H --ffn F --vocab-corpus train.tsv --recover-steps N``
-twice per seed: the default order (vocabulary pruned first, recovery distils through the pruned tokenizer)
+The SST-2 MiniLM-L6 teacher is pruned with ``--heads H --ffn F --vocab-corpus CORPUS --recover-steps N
+--train train.tsv`` twice per seed: the default order (vocabulary pruned first, recovery distils through the pruned tokenizer)
 and ``--recover-before-vocab`` (recovery with the original tokenizer, vocabulary pruned afterwards, exact on
 the corpus only). Every written model is scored as written (PyTorch FP32, its own tokenizer) on SST-2 dev
 and test, against the teacher on the same rows.
+
+When the recovery data is inside the vocabulary corpus (``CORPUS`` = train.tsv, the README's recipe) the two
+orders give bit-identical models: vocabulary pruning is exact on the corpus, so recovery sees the same
+inputs either way. They differ when the corpus is smaller than the recovery data (``--corpus-rows N``: a
+random N-row subset of train.tsv): recovery then meets text outside the corpus, split the new way.
 
     python benchmarks/vocab_recovery.py --data ../shared/data/sst2 [--seeds 0,1,2] [--recover-steps 300]
 """
@@ -62,6 +67,7 @@ def main() -> None:
     ap.add_argument("--heads", type=float, default=0.3)
     ap.add_argument("--ffn", type=float, default=0.3)
     ap.add_argument("--recover-steps", type=int, default=300)
+    ap.add_argument("--corpus-rows", type=int, default=0, help="vocabulary corpus: N random train rows (0: all)")
     ap.add_argument("--work", type=Path, default=HERE / ".cache" / "vocab-recovery")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "vocab_recovery.json")
     args = ap.parse_args()
@@ -72,6 +78,12 @@ def main() -> None:
     dev, test = read(args.data / "dev.tsv"), read(args.data / "test.tsv")
     base = {"dev": accuracy(teacher, *dev), "test": accuracy(teacher, *test)}
     log(f"teacher dev {base['dev']:.4f} test {base['test']:.4f}")
+    corpus = args.data / "train.tsv"
+    if args.corpus_rows:
+        from common import subset_tsv
+
+        args.work.mkdir(parents=True, exist_ok=True)
+        corpus = subset_tsv(corpus, args.work / f"corpus-{args.corpus_rows}.tsv", args.corpus_rows, seed=0)
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for after in (True, False):
@@ -79,7 +91,7 @@ def main() -> None:
             out = args.work / name
             t0 = time.perf_counter()
             if not (out / "manifest.json").is_file():
-                cfg = PruneConfig(heads=args.heads, ffn=args.ffn, vocab_corpus=str(args.data / "train.tsv"),
+                cfg = PruneConfig(heads=args.heads, ffn=args.ffn, vocab_corpus=str(corpus),
                                   recover_steps=args.recover_steps, recover_after_vocab=after, seed=seed,
                                   teacher_cache=str(args.work / f"teacher-cache-seed{seed}"))
                 prune(teacher, out, cfg, train=args.data / "train.tsv", eval_data=args.data / "dev.tsv", force=True)
@@ -96,6 +108,7 @@ def main() -> None:
         summary[order] = {k: {"mean": statistics.mean(r[k] for r in rs), "min": min(r[k] for r in rs),
                               "max": max(r[k] for r in rs)} for k in ("dev", "test", "retention_dev", "retention_test")}
     result = {"what": __doc__.strip().splitlines()[0], "teacher": base, "heads": args.heads, "ffn": args.ffn,
+              "vocab_corpus": str(corpus), "corpus_rows": args.corpus_rows or "all",
               "recover_steps": args.recover_steps, "runs": runs, "summary": summary,
               "command": "python benchmarks/vocab_recovery.py " + " ".join(sys.argv[1:]), **host_and_versions()}
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -25,6 +25,7 @@ import numpy as np
 from compress.artifact import Format
 from compress.errors import ArtifactError, ConfigError
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings
+from compress.runtimes.torch_tensorrt_program import check_in_range  # noqa: F401 - also public here
 
 _REBUILD = "rebuild it here with `edgecompress export ARTIFACT --format tensorrt --out DIR`"
 
@@ -118,15 +119,6 @@ def check_cuda(device: str, purpose: str) -> None:
                           hint="pick one of those in the profile's runtime.provider")
 
 
-def check_in_range(name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...], what: str) -> None:
-    """ConfigError (one line) unless ``shape`` lies within ``lo``..``hi`` on every axis."""
-    if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
-        raise ConfigError(
-            f"input {name} of shape {list(shape)} is outside {what} (min {list(lo)}, max {list(hi)})",
-            hint="rebuild with --max-shape covering it, or measure a shape inside that range",
-        )
-
-
 class TensorRTBackend(RuntimeBackend):
     name: ClassVar[str] = "tensorrt"
     module: ClassVar[str] = "tensorrt"
@@ -151,7 +143,7 @@ class TensorRTBackend(RuntimeBackend):
         if cls.is_program(artifact):
             from compress._optional import is_available
             from compress.errors import MissingBackendError
-            from compress.stages.torch_tensorrt import install_hint
+            from compress.runtimes.torch_tensorrt_program import install_hint
 
             if not is_available("torch_tensorrt"):
                 raise MissingBackendError(
@@ -179,7 +171,7 @@ class TensorRTBackend(RuntimeBackend):
         torch.cuda.set_device(self.device)
         self.program = None
         if self.is_program(self.artifact):
-            from compress.stages.torch_tensorrt import ProgramRunner
+            from compress.runtimes.torch_tensorrt_program import ProgramRunner
 
             self.program = ProgramRunner(self.artifact.model_path, str(self.device),
                                          self.artifact.manifest.target.get("shapes"))

@@ -756,7 +756,7 @@ def bad_json(tmp_path) -> Path:
     (["--student-config", "BAD_JSON"], ["--student-config", "not a readable JSON file"]),
     (["--student-config", "LIST_JSON"], ["--student-config", "expected a JSON object"]),
     (["--student", "ROBERTA", "--layers", "1"], ["--student and --layers"]),
-    (["--student", "ROBERTA"], ["tokenizers differ"]),
+    (["--student", "ROBERTA", "--hidden-weight", "1"], ["tokenizers differ", "intermediate-layer losses"]),
     (["--layers", "1", "--metric", "accuracy", "--eval", "UNLABELLED"], ["--metric accuracy", "no labels"]),
     (["--layers", "1", "--resume"], ["no run to resume"]),
     (["--layers", "1", "--mixed-precision", "fp16"], ["needs a CUDA GPU"]),

@@ -1,8 +1,8 @@
 """The accuracy a pruned artifact really has: its written model, run with its own (possibly pruned)
 tokenizer, scored on the eval data against the unpruned input and against the lineage's original teacher.
 
-Recovery reports the metric of the model it trained, before the vocabulary is pruned; vocabulary pruning
-changes how held-out text tokenizes, so the number a user gets is only known after the write.
+Vocabulary pruning changes how held-out text tokenizes, so the number a user gets is only known from the
+written model itself.
 """
 
 from __future__ import annotations
@@ -16,13 +16,20 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def predictions(model, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
-    """Argmax per text, in the order of ``texts`` (the shared batcher runs them sorted by length)."""
-    from compress.stages.prune import _outputs, length_order
+def predictions(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
+    """Argmax per text, in the order of ``texts`` (batched shortest first for little padding, then put back)."""
+    import torch
 
-    order = length_order(texts)
+    from compress.models import model_feed
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     pred = np.empty(len(texts), dtype=np.int64)
-    pred[order] = _outputs(model, tokenizer, texts, max_length, True, None, False).argmax(-1).numpy()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+            pred[idx] = model(**model_feed(model, dict(enc))).logits.argmax(-1).numpy()
     return pred
 
 

@@ -41,12 +41,10 @@ import logging
 import shutil
 import tempfile
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compress.artifact import (
     Artifact,
@@ -65,6 +63,14 @@ from compress.artifact import (
 )
 from compress.errors import AccuracyBudgetError, ArtifactError, ConfigError, EdgeCompressError, StageError
 from compress.stages.common import measure_parity, sample_texts
+from compress.stages.quantize_config import (  # noqa: F401 - the settings' public home is compress.stages.quantize
+    CalibrationMethod,
+    EmbeddingPrecision,
+    QuantizeConfig,
+    QuantMode,
+    QuantPrecision,
+    WeightType,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,126 +85,6 @@ FUSED_WEIGHT_OPS = ("Attention", "EmbedLayerNormalization", "PackedAttention", "
 #: Ops quantize_dynamic quantizes by default (ONNX Runtime's IntegerOps registry) that carry weights.
 DYNAMIC_WEIGHT_OPS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Conv", "LSTM")
 STATIC_DEFAULT_OPS = ("MatMul", "Attention")
-
-
-class QuantPrecision(StrEnum):
-    int8 = "int8"
-    int4 = "int4"
-
-
-class EmbeddingPrecision(StrEnum):
-    fp32 = "fp32"
-    int8 = "int8"
-    int4 = "int4"
-
-
-class QuantMode(StrEnum):
-    dynamic = "dynamic"
-    static = "static"
-
-
-class CalibrationMethod(StrEnum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
-
-
-class WeightType(StrEnum):
-    int8 = "int8"
-    uint8 = "uint8"
-
-
-class QuantizeConfig(BaseModel):
-    """Settings of ``edgecompress quantize``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    precision: QuantPrecision = Field(QuantPrecision.int8, description="Target precision.")
-    mode: QuantMode = Field(
-        QuantMode.dynamic,
-        description="dynamic: no data needed, activations quantized at run time (best on CPUs); "
-        "static: activations calibrated on --calibration data, QDQ format (what TensorRT and NPUs need).",
-    )
-    calibration: str | None = Field(None, description="Data file for static calibration (text column used).")
-    calibration_samples: int = Field(128, ge=1, description="Number of calibration texts.")
-    calibration_method: CalibrationMethod = Field(CalibrationMethod.minmax, description="Range estimator.")
-    percentile: float = Field(99.999, gt=90, lt=100, description="Percentile for --calibration-method percentile.")
-    per_channel: bool = Field(True, description="One scale per output channel of each weight.")
-    weight_type: WeightType = Field(WeightType.int8, description="Weight integer type (s8, or u8 for U8U8).")
-    reduce_range: bool | None = Field(
-        None,
-        description="7-bit weights to avoid u8s8 saturation on CPUs without VNNI; default: on when the "
-        "target CPU (profile, else this host) is x86 without VNNI.",
-    )
-    op_types: list[str] | None = Field(
-        None,
-        description="Operator types to quantize. Default: ONNX Runtime's set for dynamic (MatMul, "
-        "Attention, Gather embeddings, ...); MatMul and Attention only for static (quantizing "
-        "Add/Softmax/LayerNorm inputs costs accuracy in transformers).",
-    )
-    exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
-    target_vnni: bool | None = Field(None, description="Target CPU has VNNI (set from a profile); None = this host.")
-    target_x86: bool | None = Field(None, description="Target CPU is x86 (set from a profile); None = this host.")
-    parity_samples: int = Field(32, ge=1, description="Texts used to measure agreement with the input model.")
-    sample_data: str | None = Field(None, description="Data file for the parity texts (default: built-in texts).")
-
-    # INT4 weight-only
-    block_size: int = Field(
-        128, description="INT4: weights per quantization block along the input dimension (32, 64 or 128)."
-    )
-    symmetric: bool = Field(True, description="INT4: symmetric blocks (zero point 0) instead of asymmetric.")
-    embedding_precision: EmbeddingPrecision = Field(
-        EmbeddingPrecision.int8,
-        description="INT4 mode: precision of the embedding table (Gather); int4 where the runtime supports it.",
-    )
-    # OpenVINO / NNCF
-    weights_only: bool = Field(
-        False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ."
-    )
-    # accuracy-aware
-    max_drop: float | None = Field(
-        None, ge=0, lt=1,
-        description="Accuracy-aware: largest allowed absolute drop of the eval metric versus the input model; "
-        "the most sensitive layers stay in higher precision until it holds.",
-    )
-    min_retention: float | None = Field(
-        None, gt=0, le=1,
-        description="Accuracy-aware, relative form (from a profile's min_accuracy_retention): metric / input metric.",
-    )
-    data: str | None = Field(None, description="Labelled eval data for accuracy-aware quantization.")
-    eval_samples: int = Field(300, ge=10, description="Eval rows used by accuracy-aware quantization.")
-    max_fp32_fraction: float = Field(
-        0.5, ge=0, le=1,
-        description="Accuracy-aware: largest share of the quantizable weights that may stay in float; a budget "
-        "that needs more counts as unreachable (the best candidate is written beside the output).",
-    )
-    # target (set from a device profile)
-    target_runtime: str | None = Field(
-        None, description="Runtime that will run the artifact (from a profile); INT4 MatMulNBits needs onnxruntime."
-    )
-    target_provider: str | None = Field(
-        None, description="ONNX Runtime execution provider of the target (from a profile)."
-    )
-
-    @field_validator("block_size")
-    @classmethod
-    def _block_size(cls, v: int) -> int:
-        if v not in (16, 32, 64, 128, 256):
-            raise ValueError("must be one of 32, 64, 128 (16 and 256 also accepted)")
-        return v
-
-    @property
-    def accuracy_aware(self) -> bool:
-        return self.max_drop is not None or self.min_retention is not None
-
-    def resolved_reduce_range(self) -> bool:
-        from compress.cpu import has_vnni, is_x86
-
-        if self.reduce_range is not None:
-            return self.reduce_range
-        vnni = has_vnni() if self.target_vnni is None else self.target_vnni
-        x86 = is_x86() if self.target_x86 is None else self.target_x86
-        return x86 and not vnni and self.weight_type is WeightType.int8
 
 
 class _CalibrationReader:

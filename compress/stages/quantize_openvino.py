@@ -62,7 +62,7 @@ from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.common import measure_parity, sample_texts
 
 if TYPE_CHECKING:
-    from compress.stages.quantize import QuantizeConfig
+    from compress.stages.quantize_config import QuantizeConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ _INT_TYPES = {"i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}
 
 def _method(config: QuantizeConfig) -> str:
     """The NNCF function this config maps to, or a ConfigError for combinations NNCF has no answer to."""
-    from compress.stages.quantize import QuantPrecision
+    from compress.stages.quantize_config import QuantPrecision
 
     if config.precision is QuantPrecision.int4:
         if config.accuracy_aware:
@@ -111,7 +111,7 @@ def _method(config: QuantizeConfig) -> str:
 
 def _check_onnx_only_options(config: QuantizeConfig) -> None:
     """Options that configure ONNX Runtime's quantizers have no NNCF counterpart: refuse rather than ignore."""
-    from compress.stages.quantize import CalibrationMethod, WeightType
+    from compress.stages.quantize_config import CalibrationMethod, WeightType
 
     wrong = []
     if config.calibration_method is not CalibrationMethod.minmax:
@@ -399,7 +399,7 @@ def _nncf_logging(capture: logging.Handler | None = None) -> Iterator[None]:
 
 
 def _ignored_scope(nncf, config: QuantizeConfig, weight_compression: bool):
-    from compress.stages.quantize import EmbeddingPrecision
+    from compress.stages.quantize_config import EmbeddingPrecision
 
     names = list(config.exclude_nodes or [])
     types = []
@@ -428,7 +428,7 @@ def _nncf_error(e: Exception, what: str) -> EdgeCompressError:
 def _compress_weights(nncf, model, config: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    from compress.stages.quantize import EmbeddingPrecision, QuantPrecision
+    from compress.stages.quantize_config import EmbeddingPrecision, QuantPrecision
 
     if config.precision is QuantPrecision.int8:
         mode = nncf.CompressWeightsMode.INT8_ASYM
@@ -641,7 +641,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     import tempfile
 
     from compress._optional import require, version_of
-    from compress.stages.quantize import QuantPrecision
+    from compress.stages.quantize_config import QuantPrecision
 
     method = _method(config)
     _check_onnx_only_options(config)

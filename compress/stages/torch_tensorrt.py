@@ -45,29 +45,15 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ArtifactError, ConfigError, MissingBackendError, StageError
+from compress.runtimes.torch_tensorrt_program import ProgramRunner, _first_line, install_hint  # noqa: F401
 from compress.stages.common import sample_texts
-from compress.stages.export import CONFIG_VERSION, ExportConfig, TrtPrecision
+from compress.stages.export_config import CONFIG_VERSION, ExportConfig, TrtPrecision
 
 log = logging.getLogger(__name__)
 
 PROGRAM = "model.pt2"
 
 Shape = tuple[int, int]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def install_hint() -> str:
-    """The install command for the torch-tensorrt release that matches the installed torch."""
-    from compress._optional import version_of
-
-    torch_v = (version_of("torch") or "").split("+")[0]
-    pin = f"=={torch_v}" if torch_v else ""
-    # torch-tensorrt pins torch exactly: an unpinned install would replace torch by the newest release
-    return f'pip install "torch-tensorrt{pin}" (its release must equal your torch\'s, {torch_v or "unknown"})'
 
 
 def check_request(config: ExportConfig, device: str = "cuda:0") -> None:
@@ -229,55 +215,6 @@ def save_program(module: Any, path: Path, examples: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class ProgramRunner:
-    """Loads ``model.pt2`` and runs it on ``device`` with numpy inputs, inside the saved shape range."""
-
-    def __init__(self, path: Path, device: str, shapes: dict[str, Any] | None = None) -> None:
-        import torch
-
-        try:  # registers the tensorrt::execute_engine op the program calls (absent for plain programs)
-            import torch_tensorrt  # noqa: F401
-        except ImportError:
-            pass
-        self.device = torch.device(device)
-        try:
-            self.module = torch.export.load(str(path)).module()
-        except Exception as e:
-            first = _first_line(e)
-            raise ArtifactError(f"cannot load {path}: {type(e).__name__}: {first}",
-                                hint="rebuild it with `edgecompress export ... --format tensorrt --via torch-tensorrt`") from e
-        self.module.to(self.device)
-        self.limits = None
-        if shapes and shapes.get("min") and shapes.get("max"):
-            first_in = next(iter(shapes["min"]))
-            self.limits = (tuple(shapes["min"][first_in]), tuple(shapes["max"][first_in]))
-
-    def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        if self.limits is not None:
-            from compress.runtimes.tensorrt_backend import check_in_range
-
-            check_in_range(name, shape, *self.limits, "the program's shape range")
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
-
-        feed = {}
-        for name, value in inputs.items():
-            self.check_shape(name, tuple(value.shape))
-            feed[name] = torch.from_numpy(np.ascontiguousarray(value)).to(self.device, torch.int64)
-        with torch.inference_mode():
-            out = self.module(**feed)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.float().cpu().numpy()  # .cpu() waits for the device
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +246,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     from compress.models import load_teacher
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.torch_backend import TorchBackend
-    from compress.stages.tensorrt import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
+    from compress.stages.tensorrt_shapes import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
     from compress.tokenization import pool
 
     check_request(config, device)

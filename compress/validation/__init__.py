@@ -9,15 +9,8 @@ profiled device, or measures over SSH on the device itself (:mod:`compress.valid
 from __future__ import annotations
 
 from compress.budgets import BudgetResult, BudgetStatus, judge, verdict_of
-from compress.validation.local import (
-    EstimateMode,
-    ValidateConfig,
-    ValidationReport,
-    baseline_artifact,
-    conclude,
-    latency_texts,
-    validate,
-)
+from compress.validation.common import ValidationReport, baseline_artifact, conclude, latency_texts
+from compress.validation.local import EstimateMode, ValidateConfig, validate
 
 __all__ = [
     "BudgetResult", "BudgetStatus", "EstimateMode", "ValidateConfig", "ValidationReport", "baseline_artifact",

@@ -15,7 +15,6 @@ What is measured (and how):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import time
@@ -27,25 +26,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
-from compress.artifact import Artifact, Format, Task, load_artifact
+from compress.artifact import Artifact, Format, Task
 from compress.cpu import cpu_model
-from compress.budgets import (
-    ESTIMATED_BUDGETS,
-    LATENCY_BUDGETS,
-    MB,
-    BudgetResult,
-    BudgetStatus,
-    judge,
-    noise_warning,
-    verdict_of,
-)
+from compress.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
 from compress.metrics import prediction_metrics
+from compress.validation.common import ValidationReport, baseline_artifact, conclude, latency_texts
 from compress.teacher_outputs import predict_all
 
 log = logging.getLogger(__name__)
 
-REPORT_SCHEMA_VERSION = 1
 
 
 class EstimateMode(StrEnum):
@@ -90,28 +80,6 @@ class ValidateConfig(BaseModel):
     )
 
 
-class ValidationReport(BaseModel):
-    schema_version: int = REPORT_SCHEMA_VERSION
-    verdict: str
-    budgets: list[BudgetResult]
-    metrics: dict[str, Any]
-    warnings: list[str] = Field(default_factory=list)
-    artifact: dict[str, Any]
-    teacher: dict[str, Any] | None
-    profile: dict[str, Any]
-    environment: dict[str, Any]
-    seconds: float = 0.0
-    data: dict[str, Any] | None = Field(
-        None, description="The eval data the metrics were measured on: path, rows, sha256 of the rows' texts.")
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == "pass"
-
-
-
-
-
 # -- the check ----------------------------------------------------------------------------------
 
 def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
@@ -119,36 +87,6 @@ def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
         return Path(given)
     src = Path(art.manifest.source.path)
     return src if src.is_dir() else None
-
-
-def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
-    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY)."""
-    if art.format not in (Format.onnx, Format.openvino):
-        return None
-    from compress.stages.export import ExportConfig, export
-
-    export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
-    cfg = ExportConfig(
-        format=str(art.format),
-        task=teacher.task,
-        opset=export_cfg.get("opset", 18),
-        optimize=export_cfg.get("optimize", "O2"),
-    )
-    from compress import cache as ec_cache
-
-    key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
-    cache = ec_cache.kind_dir("baselines") / key
-    if (cache / "manifest.json").is_file():
-        try:
-            art = load_artifact(cache)
-            ec_cache.touch(cache)
-            return art
-        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
-            log.warning("rebuilding damaged baseline cache %s", cache)
-    log.info("exporting the teacher's FP32 baseline to %s", cache)
-    art = export(teacher.path, cache, cfg, force=True)
-    ec_cache.enforce_limit(keep=cache)
-    return art
 
 
 def validate(
@@ -307,54 +245,6 @@ def _data_record(config: ValidateConfig, dataset) -> dict[str, Any] | None:
             "sha256": data_digest(dataset)}
 
 
-def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],
-             cold: dict[str, Any] | None, env: dict[str, Any], warnings: list[str], t_start: float) -> ValidationReport:
-    """Add latency, size and cold-start figures to ``metrics``, judge the budgets and build the report.
-
-    Shared by local and remote validation: ``stats`` holds "artifact" (and "baseline") latency, ``cold``
-    the fresh-process probe's result (None: not measured), ``env`` where the numbers were measured.
-    """
-    m = art.manifest
-    meas = profile.measure
-    lat = stats["artifact"]
-    metrics["latency_ms"] = lat.as_dict()
-    metrics["throughput"] = lat.throughput
-    metrics["input_shape"] = {"batch_size": meas.batch_size, "sequence_length": meas.sequence_length}
-    if "baseline" in stats:
-        b = stats["baseline"]
-        metrics["baseline_latency_ms"] = b.as_dict()
-        metrics["speedup"] = b.p50 / lat.p50
-    metrics["size_mb"] = art.size_bytes() / MB
-    metrics["package_size_mb"] = art.size_bytes(model_only=False) / MB
-    if cold is not None:
-        metrics["cold_start"] = cold
-        # a user's cold start: process launch to first result (interpreter, imports, session, inference)
-        metrics["cold_start_ms"] = cold["process_wall_ms"]
-        metrics["peak_rss_mb"] = cold["peak_rss_mb"]
-
-    budgets = judge(profile.budgets, metrics)
-    if (noisy := noise_warning(lat, budgets)) is not None:
-        warnings.append(noisy)
-    for b in budgets:
-        if b.measured is None:
-            warnings.append(f"budget {b.name} could not be measured: {b.note}")
-    verdict = verdict_of(budgets)
-    return ValidationReport(
-        verdict=verdict,
-        budgets=budgets,
-        metrics=metrics,
-        warnings=warnings,
-        artifact={
-            "path": str(art.path), "format": str(m.format), "precision": str(m.precision), "task": str(m.task),
-            "digest": art.digest, "steps": [s.stage for s in m.steps],
-        },
-        teacher={"path": str(teacher.path), "sha256": teacher.sha256} if teacher is not None else None,
-        profile=profile.model_dump(mode="json"),
-        environment=env,
-        seconds=round(time.perf_counter() - t_start, 2),
-    )
-
-
 def _runner(backend, batch) -> Callable[[], Any]:
     def run():
         out = backend.run(batch)
@@ -362,13 +252,6 @@ def _runner(backend, batch) -> Callable[[], Any]:
         return out
 
     return run
-
-
-def latency_texts(texts: list[str] | None, batch_size: int, seq_len: int) -> list[str]:
-    """Texts long enough to fill ``seq_len`` tokens after padding/truncation."""
-    base = " ".join(texts[:64]) if texts else "the quick brown fox jumps over the lazy dog"
-    long = (base + " ") * (seq_len // max(1, len(base.split())) + 2)
-    return [long] * batch_size
 
 
 # -- estimate mode: this machine is not the profiled device --------------------------------------

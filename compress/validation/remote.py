@@ -421,7 +421,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     outputs on the eval data (None without data or teacher).
     """
     from compress.tokenization import TextEncoder
-    from compress.validation.local import baseline_artifact, latency_texts
+    from compress.validation.common import baseline_artifact, latency_texts
 
     m = art.manifest
     meas = profile.measure
@@ -488,7 +488,7 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
                     warnings: list[str], phase, t_start: float):
     """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load)."""
     from compress.metrics import prediction_metrics
-    from compress.validation.local import conclude
+    from compress.validation.common import conclude
 
     m = art.manifest
     meas = profile.measure

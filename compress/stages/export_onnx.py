@@ -1,0 +1,345 @@
+"""Export a teacher checkpoint to ONNX with PyTorch's exporter (or Optimum's), optimise it, and prove FP32 parity.
+
+The default exporter is PyTorch's own ``torch.onnx.export``: it works with transformers 4 and 5 alike and
+gives the graph Optimum gives (Optimum calls the same TorchScript exporter), with nodes named by module
+(``/bert/encoder/layer.0/attention/self/query/MatMul``), which ``--exclude-nodes`` and the quantize reports
+use. ``--exporter dynamo`` uses ``torch.export`` (``dynamo=True``; needs ``onnxscript``); its nodes carry
+generated names. ``--exporter optimum`` keeps Optimum's exporter for the architectures it knows and
+this package does not (``pip install edgecompress[optimum]``; optimum-onnx needs transformers < 4.58).
+``--optimize O1/O2`` runs ONNX Runtime's transformer optimizer directly, whichever exporter wrote the graph.
+"""
+
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from compress.artifact import (
+    Artifact,
+    Format,
+    Precision,
+    StepRecord,
+    child_manifest,
+    copy_tokenizer_files,
+    Task,
+    TensorSpec,
+    check_output,
+    digest_dir,
+    is_artifact,
+    library_versions,
+    load_artifact,
+    staged_dir,
+    write_manifest,
+)
+from compress.errors import ArtifactError, ConfigError, EdgeCompressError, ParityError, StageError
+from compress.stages.common import measure_parity, sample_texts
+
+log = logging.getLogger(__name__)
+from compress.stages.export_config import CONFIG_VERSION, ExportConfig, Exporter, ExportFormat, GraphOptimization
+
+def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return TensorSpec(name=v.name, dtype=dtype, shape=dims)
+
+    return [spec(v) for v in graph.input], [spec(v) for v in graph.output]
+
+
+def _raise_if_storage(e: Exception) -> None:
+    """A full disk or an unwritable location is the user's environment, not the architecture."""
+    from compress.storage import storage_error
+
+    env = storage_error(e)
+    if env is not None:
+        raise env from e
+
+
+def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: GraphOptimization) -> Path:
+    """Export a loaded teacher into ``directory`` with ``config.exporter``; returns the model file."""
+    log.info("exporting %s to ONNX with the %s exporter (opset %d, optimisation %s)",
+             teacher.path, config.exporter, config.opset, optimize)
+    model_file = directory / "model.onnx"
+    try:
+        if config.exporter is Exporter.optimum:
+            _optimum_export(teacher, directory, config, optimize)
+        else:
+            _torch_export(teacher, model_file, config)
+            if optimize is not GraphOptimization.none:
+                _ort_optimize(teacher, model_file, optimize)
+    except EdgeCompressError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporters raise many types
+        _raise_if_storage(e)
+        other = "torch" if config.exporter is not Exporter.torch else "dynamo"
+        raise StageError(
+            f"ONNX export of {teacher.info.architecture} with the {config.exporter} exporter failed: "
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}",
+            hint=f"try --exporter {other}, or --exporter optimum where Optimum supports the architecture "
+            "(pip install edgecompress[optimum]); --debug shows the exporter's traceback",
+        ) from e
+    if not model_file.is_file():
+        raise StageError("the exporter wrote no model.onnx", hint="rerun with --debug and report it")
+    return model_file
+
+
+def _export_example(teacher) -> dict:
+    """Two padded rows of different lengths, restricted to the inputs the model takes, in ``forward``'s
+    parameter order (the exporter names the graph's inputs in that order, whatever the dict's order)."""
+    import inspect
+
+    enc = teacher.tokenizer(
+        ["an example sentence to trace the model with", "short one"], padding=True, return_tensors="pt"
+    )
+    order = list(inspect.signature(teacher.model.forward).parameters)
+    names = sorted(teacher.input_names, key=lambda n: order.index(n) if n in order else len(order))
+    return {n: enc[n] for n in names}
+
+
+def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
+    """PyTorch's exporter: the model's inputs with dynamic batch and sequence axes, one named output."""
+    import inspect
+    import warnings
+
+    import torch
+
+    primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
+    example = _export_example(teacher)
+    names = list(example)
+    model = teacher.model.eval()
+    original = model.forward
+
+    # The exporter sees a forward taking exactly the graph's inputs, positionally: the TorchScript exporter
+    # otherwise fills every defaulted parameter in positionally (transformers 5's `use_cache` handling then
+    # fails), and a ModelOutput is reduced to the primary tensor by a forward hook. The module itself is
+    # exported (not a wrapper), so node names follow its own hierarchy.
+    def forward(*args):
+        return original(**dict(zip(names, args)))
+
+    forward.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    )
+    model.forward = forward
+    hook = model.register_forward_hook(lambda _m, _i, out: (out[primary],))
+    args = tuple(example.values())
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about constants in mask code: parity decides
+            if config.exporter is Exporter.dynamo:
+                from compress._optional import require
+
+                require("onnxscript", "the dynamo ONNX exporter")
+                batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
+                program = torch.onnx.export(
+                    model, args, None, input_names=names, output_names=[primary], opset_version=config.opset,
+                    dynamo=True, external_data=False, dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                )
+                program.save(str(model_file))
+            else:
+                axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+                axes[primary] = {0: "batch_size"} if primary == "logits" else {0: "batch_size", 1: "sequence_length"}
+                torch.onnx.export(
+                    model, args, str(model_file), input_names=names, output_names=[primary],
+                    opset_version=config.opset, dynamo=False, do_constant_folding=True, dynamic_axes=axes,
+                )
+    finally:
+        hook.remove()
+        del model.forward
+
+
+#: ONNX Runtime transformer-optimizer model types, by Hugging Face ``model_type`` (encoder families).
+_ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
+                    "electra": "bert", "mpnet": "bert", "camembert": "bert", "deberta-v2": "bert"}
+
+
+def _ort_optimize(teacher, model_file: Path, level: GraphOptimization) -> None:
+    """ONNX Runtime's transformer optimizer in place, at Optimum's levels: O1 basic rewrites (ONNX Runtime
+    only), O2 adds the transformer fusions (attention, LayerNorm, GELU; embedding LayerNorm left alone)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = teacher.info.config
+    model_type = cfg.get("model_type", "bert")
+    if level is GraphOptimization.O1:
+        opt = optimize_model(str(model_file), model_type="bert", opt_level=1, only_onnxruntime=True)
+    else:
+        if model_type not in _ORT_MODEL_TYPES:
+            raise ConfigError(
+                f"--optimize O2 has no ONNX Runtime fusions for model type {model_type!r}",
+                hint=f"use --optimize none (ONNX Runtime fuses at session creation anyway) or O1; O2 knows "
+                f"{', '.join(sorted(_ORT_MODEL_TYPES))}",
+            )
+        kind = _ORT_MODEL_TYPES[model_type]
+        options = FusionOptions(kind)
+        options.enable_embed_layer_norm = False
+        heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
+        hidden = int(cfg.get("hidden_size") or cfg.get("dim") or 0)
+        opt = optimize_model(str(model_file), model_type=kind, num_heads=heads, hidden_size=hidden, opt_level=2,
+                             optimization_options=options, only_onnxruntime=False)
+    opt.save_model_to_file(str(model_file))
+
+
+def _optimum_export(teacher, directory: Path, config: ExportConfig, optimize: GraphOptimization) -> None:
+    from compress._optional import require
+
+    require("optimum", "--exporter optimum")
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    onnx_export_from_model(
+        teacher.model,
+        output=str(directory),
+        task=str(teacher.task),
+        opset=config.opset,
+        optimize=None if optimize is GraphOptimization.none else str(optimize),
+        do_validation=False,
+    )
+
+
+def _to_openvino(onnx_file: Path, directory: Path) -> Path:
+    """Convert an ONNX file to OpenVINO IR (model.xml + model.bin, FP32 weights) in ``directory``."""
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(str(onnx_file))
+    except Exception as e:  # noqa: BLE001 - the converter raises many types
+        _raise_if_storage(e)
+        raise StageError(
+            f"OpenVINO cannot convert {onnx_file}: {type(e).__name__}: {str(e).strip().splitlines()[0]}",
+            hint="export from the teacher checkpoint, or an ONNX artifact made with --optimize none "
+            "(ONNX Runtime's fused operators are not standard ONNX)",
+        ) from e
+    xml = directory / "model.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def export_onnx(
+    source: Path | str,
+    out: Path | str,
+    config: ExportConfig | None = None,
+    *,
+    force: bool = False,
+) -> Artifact:
+    """Export ``source`` to a new artifact at ``out`` in ``config.format``.
+
+    ``source`` is a teacher checkpoint (or a pytorch artifact); for ``--format openvino`` it may also be
+    an FP32 ONNX artifact. The result must match its reference (the PyTorch teacher, or the source
+    ONNX model in ONNX Runtime) within ``config.atol`` on the parity samples, else nothing is written.
+    """
+    from compress._optional import require
+    from compress.models import load_teacher
+    from compress.runtimes.base import load_runtime
+
+    config = config or ExportConfig()
+    out = check_output(out, force)
+    source = Path(source)
+    teacher_dir = source
+    source_art = None
+    prior = None  # manifest of a pytorch-format source artifact
+    if is_artifact(source):
+        source_art = load_artifact(source)
+        if source_art.format is Format.pytorch:  # e.g. a distilled or pruned student: keep its lineage
+            prior = source_art.manifest
+            teacher_dir, source_art = source_art.path, None
+        elif not (config.format is ExportFormat.openvino and source_art.format is Format.onnx):
+            raise ArtifactError(
+                f"{source} is already a {source_art.format} artifact",
+                hint="export starts from a teacher checkpoint (or, for --format openvino, an ONNX artifact)",
+            )
+        elif source_art.precision is not Precision.fp32:
+            raise ArtifactError(
+                f"{source} is {source_art.precision}; OpenVINO export converts FP32 models",
+                hint="export the FP32 artifact, then quantize the OpenVINO artifact (NNCF)",
+            )
+    if Path(out).resolve() == source.resolve():
+        raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
+    if config.format is ExportFormat.openvino:
+        require("openvino", "OpenVINO export")
+    teacher = None
+    if source_art is None:
+        teacher = load_teacher(
+            teacher_dir, config.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
+        )
+    require("onnxruntime", "checking the exported model")
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.runtimes.torch_backend import TorchBackend
+
+    t0 = time.perf_counter()
+    from compress.storage import tree_bytes
+
+    need = tree_bytes(teacher_dir if source_art is None else source_art.path)  # FP32: about the source's size
+    if source_art is None and config.format is ExportFormat.openvino:
+        need *= 2  # the intermediate ONNX is written beside it
+    with staged_dir(out, force, need_bytes=need) as tmp:
+        if config.format is ExportFormat.onnx:
+            model_file = _onnx_export(teacher, tmp, config, config.optimize)
+            inputs, outputs = _graph_specs(model_file)
+        else:
+            if source_art is not None:
+                onnx_file = source_art.model_path
+                inputs, outputs = source_art.manifest.inputs, source_art.manifest.outputs
+                model_file = _to_openvino(onnx_file, tmp)
+            else:
+                with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".onnx-for-ov.") as scratch:
+                    onnx_file = _onnx_export(teacher, Path(scratch), config, GraphOptimization.none)
+                    inputs, outputs = _graph_specs(onnx_file)
+                    model_file = _to_openvino(onnx_file, tmp)
+        if teacher is not None:
+            teacher.tokenizer.save_pretrained(str(tmp))
+            manifest = teacher.manifest()
+            if prior is not None:
+                manifest.source, manifest.steps = prior.source, list(prior.steps)
+            primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
+            outputs = sorted(outputs, key=lambda s: s.name != primary)
+            input_digest = teacher.sha256
+        else:
+            copy_tokenizer_files(source_art.path, tmp)
+            manifest = child_manifest(source_art.manifest)
+            input_digest = source_art.digest
+        manifest.format = Format(config.format.value)
+        manifest.precision = Precision.fp32
+        manifest.model_file = model_file.name
+        manifest.inputs = list(inputs)
+        manifest.outputs = list(outputs)
+        manifest.versions = library_versions("openvino") if config.format is ExportFormat.openvino else library_versions()
+        step = StepRecord(
+            stage="export",
+            config=config.model_dump(mode="json"),
+            config_version=CONFIG_VERSION,
+            versions={k: manifest.versions.get(k) for k in
+                      ("optimum", "onnx", "onnxruntime", "openvino", "torch", "transformers") if k in manifest.versions},
+            input_digest=input_digest,
+        )
+        manifest.steps = [*manifest.steps, step] if teacher is None or prior is not None else [step]
+        write_manifest(tmp, manifest)
+
+        texts = sample_texts(config.sample_data, config.parity_samples)
+        candidate = load_runtime(Artifact(tmp, manifest))
+        if teacher is not None:
+            reference, ref_name = TorchBackend.from_teacher(teacher), "PyTorch FP32"
+        else:
+            reference, ref_name = OrtBackend(source_art), "ONNX FP32 in ONNX Runtime"
+        parity = measure_parity(reference, candidate, texts, manifest.task is Task.text_classification)
+        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": ref_name, "texts": texts}
+        if not parity.max_abs_diff <= config.atol:
+            raise ParityError(
+                f"{config.format} output differs from {ref_name} by {parity.max_abs_diff:.3g} "
+                f"(allowed {config.atol:g}) on {parity.n} samples",
+                max_abs_diff=parity.max_abs_diff,
+                atol=config.atol,
+                hint="try --optimize none or another --opset; no artifact was written",
+            )
+        step.seconds = round(time.perf_counter() - t0, 3)
+        step.output_digest = digest_dir(tmp)
+        write_manifest(tmp, manifest)
+    art = load_artifact(out)
+    log.info("wrote %s (parity max |diff| %.2e)", out, parity.max_abs_diff)
+    return art

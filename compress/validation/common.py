@@ -1,0 +1,123 @@
+"""What local and remote validation share: the report, the verdict's assembly, the teacher's FP32 baseline
+and the texts latency is timed on."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from compress.artifact import Artifact, Format, load_artifact
+from compress.budgets import MB, BudgetResult, judge, noise_warning, verdict_of
+from compress.measure import LatencyStats
+
+log = logging.getLogger(__name__)
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class ValidationReport(BaseModel):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    verdict: str
+    budgets: list[BudgetResult]
+    metrics: dict[str, Any]
+    warnings: list[str] = Field(default_factory=list)
+    artifact: dict[str, Any]
+    teacher: dict[str, Any] | None
+    profile: dict[str, Any]
+    environment: dict[str, Any]
+    seconds: float = 0.0
+    data: dict[str, Any] | None = Field(
+        None, description="The eval data the metrics were measured on: path, rows, sha256 of the rows' texts.")
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+
+def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
+    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY)."""
+    if art.format not in (Format.onnx, Format.openvino):
+        return None
+    from compress.stages.export import ExportConfig, export
+
+    export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
+    cfg = ExportConfig(
+        format=str(art.format),
+        task=teacher.task,
+        opset=export_cfg.get("opset", 18),
+        optimize=export_cfg.get("optimize", "O2"),
+    )
+    from compress import cache as ec_cache
+
+    key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
+    cache = ec_cache.kind_dir("baselines") / key
+    if (cache / "manifest.json").is_file():
+        try:
+            art = load_artifact(cache)
+            ec_cache.touch(cache)
+            return art
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            log.warning("rebuilding damaged baseline cache %s", cache)
+    log.info("exporting the teacher's FP32 baseline to %s", cache)
+    art = export(teacher.path, cache, cfg, force=True)
+    ec_cache.enforce_limit(keep=cache)
+    return art
+
+
+def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],
+             cold: dict[str, Any] | None, env: dict[str, Any], warnings: list[str], t_start: float) -> ValidationReport:
+    """Add latency, size and cold-start figures to ``metrics``, judge the budgets and build the report.
+
+    Shared by local and remote validation: ``stats`` holds "artifact" (and "baseline") latency, ``cold``
+    the fresh-process probe's result (None: not measured), ``env`` where the numbers were measured.
+    """
+    m = art.manifest
+    meas = profile.measure
+    lat = stats["artifact"]
+    metrics["latency_ms"] = lat.as_dict()
+    metrics["throughput"] = lat.throughput
+    metrics["input_shape"] = {"batch_size": meas.batch_size, "sequence_length": meas.sequence_length}
+    if "baseline" in stats:
+        b = stats["baseline"]
+        metrics["baseline_latency_ms"] = b.as_dict()
+        metrics["speedup"] = b.p50 / lat.p50
+    metrics["size_mb"] = art.size_bytes() / MB
+    metrics["package_size_mb"] = art.size_bytes(model_only=False) / MB
+    if cold is not None:
+        metrics["cold_start"] = cold
+        # a user's cold start: process launch to first result (interpreter, imports, session, inference)
+        metrics["cold_start_ms"] = cold["process_wall_ms"]
+        metrics["peak_rss_mb"] = cold["peak_rss_mb"]
+
+    budgets = judge(profile.budgets, metrics)
+    if (noisy := noise_warning(lat, budgets)) is not None:
+        warnings.append(noisy)
+    for b in budgets:
+        if b.measured is None:
+            warnings.append(f"budget {b.name} could not be measured: {b.note}")
+    verdict = verdict_of(budgets)
+    return ValidationReport(
+        verdict=verdict,
+        budgets=budgets,
+        metrics=metrics,
+        warnings=warnings,
+        artifact={
+            "path": str(art.path), "format": str(m.format), "precision": str(m.precision), "task": str(m.task),
+            "digest": art.digest, "steps": [s.stage for s in m.steps],
+        },
+        teacher={"path": str(teacher.path), "sha256": teacher.sha256} if teacher is not None else None,
+        profile=profile.model_dump(mode="json"),
+        environment=env,
+        seconds=round(time.perf_counter() - t_start, 2),
+    )
+
+
+def latency_texts(texts: list[str] | None, batch_size: int, seq_len: int) -> list[str]:
+    """Texts long enough to fill ``seq_len`` tokens after padding/truncation."""
+    base = " ".join(texts[:64]) if texts else "the quick brown fox jumps over the lazy dog"
+    long = (base + " ") * (seq_len // max(1, len(base.split())) + 2)
+    return [long] * batch_size
