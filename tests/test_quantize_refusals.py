@@ -61,3 +61,24 @@ def test_third_party_warnings_only_with_verbose(onnx_artifact, tmp_path):
     assert quiet.returncode == 0 and loud.returncode == 0, (quiet.stderr, loud.stderr)
     assert "pre-processing" not in quiet.stderr, quiet.stderr
     assert "pre-processing" in loud.stderr, loud.stderr
+
+
+# --- profile -> settings, in the library -----------------------------------------------------------------
+
+
+def test_quantize_config_for_profile():
+    """What a profile implies is the library's to derive (the CLI only calls it)."""
+    from compress.profiles import load_profile
+
+    avx2 = QuantizeConfig.for_profile("cpu-x86-avx2")
+    assert (avx2.target_x86, avx2.target_vnni, avx2.target_runtime) == (True, False, "onnxruntime")
+    assert avx2.resolved_reduce_range() is True  # x86 without VNNI: 7-bit weights
+    vnni = QuantizeConfig.for_profile(load_profile("cpu-x86-avx512-vnni"))
+    assert vnni.target_vnni is True and vnni.resolved_reduce_range() is False
+    arm = QuantizeConfig.for_profile("cpu-arm64-neon", reduce_range=True)  # given settings win
+    assert arm.target_x86 is False and arm.reduce_range is True
+    retention = load_profile("cpu-x86-avx2").budgets.min_accuracy_retention
+    if retention is not None:
+        assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv").min_retention == min(retention, 1.0)
+        assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv", max_drop=0.01).min_retention is None
+    assert QuantizeConfig.for_profile("cpu-x86-avx2").min_retention is None  # no data: no accuracy target

@@ -52,27 +52,17 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
     """
     from compress.stages.quantize import quantize
 
-    target = {}
-    if profile_name:
-        from compress.cpu import has_vnni
-        from compress.profiles import load_profile
-
-        prof = load_profile(profile_name)
-        target = {"target_vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
-                  "target_x86": str(prof.hardware.arch) == "x86_64",
-                  "target_runtime": prof.runtime.name, "target_provider": prof.runtime.provider}
-        if data and max_drop is None and prof.budgets.min_accuracy_retention is not None:
-            target["min_retention"] = min(prof.budgets.min_accuracy_retention, 1.0)
-    config = build_config(
-        QuantizeConfig, precision=precision, mode=mode, calibration=str(calibration) if calibration else None,
+    values = dict(
+        precision=precision, mode=mode, calibration=str(calibration) if calibration else None,
         calibration_samples=calibration_samples, calibration_method=calibration_method, per_channel=per_channel,
         weight_type=weight_type, reduce_range=reduce_range,
         op_types=[s.strip() for s in op_types.split(",") if s.strip()] if op_types else None,
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, eval_samples=eval_samples,
-        **target,
     )
+    target = QuantizeConfig.profile_settings(profile_name, values) if profile_name else {}
+    config = build_config(QuantizeConfig, **values, **target)
     with status(f"quantizing {artifact} to {precision.upper()}"):
         art = quantize(artifact, out, config, force=force)
     m = art.manifest.steps[-1].metrics

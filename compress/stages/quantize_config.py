@@ -118,6 +118,31 @@ class QuantizeConfig(BaseModel):
     def accuracy_aware(self) -> bool:
         return self.max_drop is not None or self.min_retention is not None
 
+    @staticmethod
+    def profile_settings(profile, settings: dict | None = None) -> dict:
+        """What a device profile implies: its CPU (VNNI, x86) for the INT8 defaults, its runtime and provider
+        for the INT4 checks, and, with eval data and no ``max_drop`` in ``settings``, its
+        min_accuracy_retention budget as the accuracy-aware target. ``profile``: a name, a file or a
+        loaded profile."""
+        from compress.cpu import has_vnni
+        from compress.profiles import DeviceProfile, load_profile
+
+        prof = profile if isinstance(profile, DeviceProfile) else load_profile(str(profile))
+        settings = settings or {}
+        out = {"target_vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
+               "target_x86": str(prof.hardware.arch) == "x86_64",
+               "target_runtime": prof.runtime.name, "target_provider": prof.runtime.provider}
+        if settings.get("data") and settings.get("max_drop") is None and \
+                prof.budgets.min_accuracy_retention is not None:
+            out["min_retention"] = min(prof.budgets.min_accuracy_retention, 1.0)
+        return out
+
+    @classmethod
+    def for_profile(cls, profile, **settings) -> QuantizeConfig:
+        """Settings for a device profile (see :meth:`profile_settings`); ``settings`` given here win."""
+        given = {k: v for k, v in settings.items() if v is not None}
+        return cls(**{**cls.profile_settings(profile, given), **given})
+
     def resolved_reduce_range(self) -> bool:
         from compress.cpu import has_vnni, is_x86
 
