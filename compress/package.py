@@ -4,6 +4,7 @@ The bundle, as a zip deployment of AWS Lambda (and similar platforms) expects it
 the top level::
 
     handler.py               minimal handler: onnxruntime + tokenizers + numpy, session at module scope
+    edgecompress_device.py   pooling and session options, the same file the remote runner ships (compress/device.py)
     model_config.json        what the handler needs: task, labels, post-processing, inputs, threads, ...
     model/                   the model file(s), tokenizer.json, tokenizer_config.json, manifest.json
     requirements.txt         exact pins (==) of the direct dependencies and, when resolved, their closure
@@ -427,6 +428,11 @@ def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[s
     fname, src = _handler_source(sl.handler)
     (root / fname).write_text(src, encoding="utf-8")
     own[fname] = "handler"
+    from compress.device import SHIPPED_NAME
+
+    # the device code the handler shares with the runtimes and the remote runner, byte for byte
+    (root / SHIPPED_NAME).write_bytes((resources.files("compress") / "device.py").read_bytes())
+    own[SHIPPED_NAME] = "handler"
     _write_requirements(root, pins, None, sl)
     own["requirements.txt"] = "handler"
     info = {

@@ -140,18 +140,18 @@ def device_facts():
     return facts
 
 
-def peak_rss_mb():
-    """Peak resident memory of this process: Linux VmHWM (reset at exec), else ru_maxrss."""
-    for line in _read("/proc/self/status").splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
+def _device():
+    """The device code shared with the serverless handler and the runtime adapters (compress/device.py),
+    shipped beside this file as edgecompress_device.py; compress.device when this runs inside edgecompress."""
     try:
-        import resource
+        import edgecompress_device as device
+    except ImportError:
+        from compress import device
+    return device
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
-    except (ImportError, OSError):
-        return 0.0
+
+def peak_rss_mb():
+    return _device().peak_rss_mb()
 
 
 # -- runtime checks --------------------------------------------------------------------------------
@@ -230,20 +230,8 @@ class Model(object):
         if self.runtime == "onnxruntime":
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            if self.threads:
-                opts.intra_op_num_threads = int(self.threads)
-                opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            level = options.get("graph_optimization_level", "all")
-            opts.graph_optimization_level = {
-                "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            }[level]
-            for key, value in (options.get("session_config") or {}).items():
-                opts.add_session_config_entry(str(key), str(value))
+            opts = _device().ort_session_options(ort, self.threads, options.get("graph_optimization_level", "all"),
+                                                 options.get("session_config"))
             self.provider = self.provider or "CPUExecutionProvider"
             self.session = ort.InferenceSession(path, sess_options=opts, providers=[self.provider])
             self.input_names = set(i.name for i in self.session.get_inputs())
@@ -279,19 +267,11 @@ class Model(object):
 
     def predict(self, feed):
         """Run and post-process like edgecompress: pooled sentence embeddings for encoders, else logits."""
-        np = self.np
         out = self.run(feed)
         pooling = self.spec.get("pooling")
         if not pooling:
             return out
-        if pooling == "cls":
-            pooled = out[:, 0, :].astype(np.float64)
-        else:
-            mask = feed["attention_mask"][..., None].astype(np.float64)
-            pooled = (out.astype(np.float64) * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-        if self.spec.get("normalize"):
-            pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-        return pooled.astype(np.float32)
+        return _device().pool(out, feed["attention_mask"], pooling, bool(self.spec.get("normalize")))
 
     def describe(self, job):
         return {
@@ -333,6 +313,7 @@ def measure_interleaved(runs, warmup, min_runs, min_duration_s, max_runs, rounds
 # -- files -----------------------------------------------------------------------------------------
 
 def sha256_file(path, chunk=1 << 20):
+    """Its own hash, not the shipped device module's: files are verified before any shipped code runs."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:

@@ -69,18 +69,4 @@ class TextEncoder:
         return {name: arrays[name] for name in self.input_names if name in arrays}
 
 
-def pool(hidden: np.ndarray, attention_mask: np.ndarray, pooling: str = "mean", normalize: bool = False) -> np.ndarray:
-    """Sentence embedding from token embeddings, as sentence-transformers computes it.
-
-    ``mean``: average over the attention mask; ``cls``: the first token. ``normalize``: L2 to unit length.
-    """
-    if pooling == "cls":
-        pooled = hidden[:, 0, :].astype(np.float64)
-    elif pooling == "mean":
-        mask = attention_mask[..., None].astype(np.float64)
-        pooled = (hidden.astype(np.float64) * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-    else:
-        raise ValueError(f"unsupported pooling {pooling!r}")
-    if normalize:
-        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-    return pooled.astype(np.float32)
+from compress.device import pool  # noqa: E402,F401 - one pooling for host, remote device and bundle

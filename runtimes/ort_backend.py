@@ -105,20 +105,10 @@ class OrtBackend(RuntimeBackend):
 
         self.check_settings(self.settings)
 
-        opts = ort.SessionOptions()
-        if self.settings.threads:
-            opts.intra_op_num_threads = self.settings.threads
-            opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = self.settings.options.get("graph_optimization_level", "all")
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        for key, value in (self.settings.options.get("session_config") or {}).items():
-            opts.add_session_config_entry(str(key), str(value))
+        from compress.device import ort_session_options
+
+        opts = ort_session_options(ort, self.settings.threads, self.settings.options.get("graph_optimization_level", "all"),
+                                   self.settings.options.get("session_config"))
         provider = provider_name(self.settings.provider)
         available = set(ort.get_available_providers())
         wanted = [(p, o) for p, o in provider_list(provider, self.settings.options) if p in available]

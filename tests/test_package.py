@@ -400,3 +400,19 @@ def test_out_of_memory_under_the_function_limit_is_a_failure(int8_artifact, tmp_
     mem = next(b for b in report.budgets if b.name == "function_memory_mb")
     assert mem.measured == 24 and not mem.passed
     assert report.verdict == "fail"
+
+
+def test_device_code_has_one_source(offline_bundle):
+    """The bundle handler and the remote runner ship the same device module (compress/device.py), byte for
+    byte, and neither carries its own pooling or session options."""
+    from importlib import resources
+
+    from compress.device import SHIPPED_NAME
+    from compress.validation.remote import DEVICE
+
+    _, _, extracted = offline_bundle
+    source = (resources.files("compress") / "device.py").read_bytes()
+    assert (extracted / SHIPPED_NAME).read_bytes() == source == DEVICE.read_bytes()
+    for shipped in (extracted / "handler.py", Path(__file__).resolve().parents[1] / "compress" / "remote_runner.py"):
+        text = shipped.read_text()
+        assert "GraphOptimizationLevel" not in text and "np.linalg.norm" not in text, shipped

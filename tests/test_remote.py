@@ -467,9 +467,13 @@ def test_runner_is_standalone():
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
     third_party = top - set(sys.stdlib_module_names) - {"__future__"}
-    assert third_party <= {"numpy", "onnxruntime", "openvino"}, third_party
+    # edgecompress_device: the shared device code shipped beside it (compress.device when run inside edgecompress)
+    assert third_party <= {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}, third_party
     module_level = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    assert not module_level & {"numpy", "onnxruntime", "openvino"}
+    assert not module_level & {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}
+    device = ast.parse(remote.DEVICE.read_text(encoding="utf-8"))
+    used = {a.name.split(".")[0] for n in ast.walk(device) if isinstance(n, ast.Import) for a in n.names}
+    assert used - set(sys.stdlib_module_names) <= {"numpy"}, used
 
 
 def test_runner_refuses_openvino_on_an_unsupported_architecture(monkeypatch):

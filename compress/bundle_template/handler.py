@@ -23,6 +23,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+# pooling and session options shared with edgecompress's runtimes and its remote runner (compress/device.py)
+import edgecompress_device as device
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(_HERE, "model_config.json"), encoding="utf-8") as _f:
     CONFIG = json.load(_f)
@@ -40,11 +43,7 @@ TOKENIZER.enable_padding(pad_id=int(CONFIG.get("pad_id") or 0))
 
 
 def _session():
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts = device.ort_session_options(ort, THREADS, "all")
     return ort.InferenceSession(
         os.path.join(_HERE, CONFIG["model_file"]), sess_options=opts, providers=["CPUExecutionProvider"]
     )
@@ -88,14 +87,7 @@ def _encode(texts, pairs):
 
 
 def _pool(hidden, mask):
-    if POOLING == "cls":
-        pooled = hidden[:, 0, :].astype(np.float64)
-    else:  # mean over the attention mask, as sentence-transformers does
-        m = mask[..., None].astype(np.float64)
-        pooled = (hidden.astype(np.float64) * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-    if NORMALIZE:
-        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-    return pooled.astype(np.float32)
+    return device.pool(hidden, mask, POOLING or "mean", NORMALIZE)
 
 
 def predict(texts, pairs=None):

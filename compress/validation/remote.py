@@ -54,6 +54,7 @@ from compress.measure import LatencyStats
 log = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).resolve().parents[1] / "remote_runner.py"  # the device-side code (compress/remote_runner.py)
+DEVICE = Path(__file__).resolve().parents[1] / "device.py"  # shared with the bundle handler; ships beside the runner
 MARKER = "EDGECOMPRESS-RESULT "
 CONNECT_TIMEOUT_S = 15
 CHECK_TIMEOUT_S = 120
@@ -466,6 +467,10 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     hashes["inputs.npz"] = sha256_file(tmpdir / "inputs.npz")
     files["runner.py"] = RUNNER
     hashes["runner.py"] = sha256_file(RUNNER)
+    from compress.device import SHIPPED_NAME
+
+    files[SHIPPED_NAME] = DEVICE
+    hashes[SHIPPED_NAME] = sha256_file(DEVICE)
     job = {
         "version": 1,
         "runtime": runtime,
