@@ -15,6 +15,10 @@ from test_storage import one_line, run_cli
     (("--op-types", "Conv"), ("nothing was quantized", "MatMul", "no artifact was written")),
     (("--weights-only",), ("--weights-only", "OpenVINO", "ONNX artifact")),
     (("--exclude-nodes", "/bert/encoder/layer.0/attention/self/query/MatMuul"), ("names no node", "query/MatMul")),
+    (("--block-size", "32"), ("--block-size", "dynamic INT8", "--precision int4")),
+    (("--calibration-method", "entropy"), ("--calibration-method", "dynamic INT8", "--mode static")),
+    (("--precision", "int4", "--per-tensor"), ("--per-channel", "INT4", "--precision int8")),
+    (("--embedding-precision", "fp32"), ("--embedding-precision", "dynamic INT8")),
 ])
 def test_cli_refuses_with_one_line_and_exit_2(onnx_artifact, tmp_path, capsys, args, words):
     out = tmp_path / "q"
@@ -82,3 +86,11 @@ def test_quantize_config_for_profile():
         assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv").min_retention == min(retention, 1.0)
         assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv", max_drop=0.01).min_retention is None
     assert QuantizeConfig.for_profile("cpu-x86-avx2").min_retention is None  # no data: no accuracy target
+
+
+def test_python_api_refuses_what_would_be_ignored(onnx_artifact, tmp_path):
+    """The same refusal from Python: an explicitly set INT4-only field on an INT8 run."""
+    with pytest.raises(ConfigError, match="--symmetric .*do\\(es\\) not apply to dynamic INT8"):
+        quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(symmetric=False))
+    # defaults are not "given": the plain call still works
+    assert quantize(onnx_artifact, tmp_path / "ok", QuantizeConfig()).precision == "int8"

@@ -61,6 +61,12 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, eval_samples=eval_samples,
     )
+    # only what the user gave: the stage refuses settings the chosen quantization would ignore
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    values = {k: (None if k in ctx.params and ctx.get_parameter_source(k) is ParameterSource.DEFAULT else v)
+              for k, v in values.items()}
     target = QuantizeConfig.profile_settings(profile_name, values) if profile_name else {}
     config = build_config(QuantizeConfig, **values, **target)
     with status(f"quantizing {artifact} to {precision.upper()}"):

@@ -281,6 +281,33 @@ def _check_openvino_only_options(config: QuantizeConfig) -> None:
         )
 
 
+#: settings that only one kind of ONNX quantization reads, and which kind that is
+_ONLY_FOR = {
+    "calibration": "--mode static", "calibration_samples": "--mode static", "calibration_method": "--mode static",
+    "block_size": "--precision int4", "symmetric": "--precision int4", "embedding_precision": "--precision int4",
+    "weight_type": "--precision int8", "per_channel": "--precision int8", "reduce_range": "--precision int8",
+}
+
+
+def _check_applicable(config: QuantizeConfig) -> None:
+    """Settings given explicitly that this kind of ONNX quantization would ignore are refused, from Python as
+    from the CLI (which passes only the options the user gave)."""
+    int4 = config.precision is QuantPrecision.int4
+    static = config.mode is QuantMode.static
+    kind = "INT4" if int4 else ("static INT8" if static else "dynamic INT8")
+    ignored = [
+        name for name in sorted(config.model_fields_set & set(_ONLY_FOR))
+        if (_ONLY_FOR[name] == "--mode static" and (int4 or not static))
+        or (_ONLY_FOR[name] == "--precision int4" and not int4)
+        or (_ONLY_FOR[name] == "--precision int8" and int4)
+    ]
+    if ignored:
+        opts = ", ".join("--" + n.replace("_", "-") for n in ignored)
+        needs = sorted({_ONLY_FOR[n] for n in ignored})
+        raise ConfigError(f"{opts} do(es) not apply to {kind} quantization (it would be ignored)",
+                          hint=f"drop it, or use {' / '.join(needs)}")
+
+
 def _check_op_types(config: QuantizeConfig) -> None:
     """Unknown operator types (a typo such as ``Matmul``) are refused with the ones ONNX Runtime knows."""
     if not config.op_types:
@@ -720,6 +747,7 @@ def quantize(
 
         return quantize_openvino(art, out, config, force=force)
     _check_openvino_only_options(config)
+    _check_applicable(config)
     if config.precision is QuantPrecision.int4:
         _check_int4_request(config)
     else:
