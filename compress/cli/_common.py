@@ -247,7 +247,9 @@ class PhaseProgress:
                 self._end_plain(self.clock(), how="done" if exc[0] is None else "stopped")
 
 
-force_option = click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+force_option = click.option("--force", is_flag=True, help="Replace OUT (and its reports) if it exists.")
+#: validate writes no artifact: --force replaces its report directory
+force_reports_option = click.option("--force", is_flag=True, help="Replace an existing --report-dir.")
 
 
 #: ``--unverified-exit-code``, the same on every command that judges budgets.

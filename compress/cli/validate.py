@@ -8,7 +8,7 @@ from compress.cli._common import (
     build_config,
     console,
     end_with_verdict,
-    force_option,
+    force_reports_option,
     live_console,
     unverified_exit_code_option,
 )
@@ -49,7 +49,7 @@ from compress.cli._common import (
 @click.option("--remote-python", metavar="CMD", help="Python on the device [default: python3].")
 @click.option("--ssh-config", type=click.Path(path_type=Path), envvar="EDGECOMPRESS_SSH_CONFIG",
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
-@force_option
+@force_reports_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, report_dir,
                  no_baseline, no_cold_start, estimate_mode, unverified_exit_code, no_cache, allow_pickle,
                  trust_remote_code, remote, remote_python, ssh_config,
