@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, help="subsample SST-2 train for recovery (default: all)")
     ap.add_argument("--dev-rows", type=int, help="evaluate on the first N dev rows (default: all)")
     ap.add_argument("--no-vocab", action="store_true", help="skip vocabulary pruning")
+    ap.add_argument("--seed", type=int, default=42, help="seed of pruning's sampling and recovery (run several for the spread)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-runs", type=int, default=300)
     ap.add_argument("--min-duration", type=float, default=10.0)
@@ -102,6 +103,7 @@ def main() -> None:
     teacher = load_teacher(teacher_dir)
     label2id = {n: i for i, n in enumerate(teacher.info.labels)}
     dev = load_dataset(dev_path, label2id=label2id)
+    test = load_dataset(args.data / "test.tsv", label2id=label2id) if (args.data / "test.tsv").is_file() else None
     levels = [tuple(float(x) for x in lv.split(":")) for lv in args.levels.split(",")]
     sources = {"teacher": teacher_dir}
     if args.student:
@@ -115,7 +117,7 @@ def main() -> None:
         for heads, ffn in levels:
             name = f"{src_name}-h{heads:g}-f{ffn:g}"
             vocab = None if args.no_vocab else str(train_full)
-            base = {"heads": heads, "ffn": ffn, "vocab_corpus": vocab, "samples": args.samples}
+            base = {"heads": heads, "ffn": ffn, "vocab_corpus": vocab, "samples": args.samples, "seed": args.seed}
             norec = args.work / f"{name}-norecovery"
             if args.rebuild or not is_artifact(norec):
                 log(f"{name}: pruning without recovery")
@@ -165,10 +167,11 @@ def main() -> None:
     backends = {"teacher pytorch-fp32": TorchBackend.from_teacher(teacher, settings)}
     for name, path in arts.items():
         backends[f"{name} int8"] = load_runtime(load_artifact(path), "onnxruntime", settings)
-    acc = {}
+    acc, acc_test = {}, {}
     for n, b in backends.items():
         acc[n] = accuracy(b, dev)
-        log(f"{n}: dev {acc[n]:.4f}")
+        acc_test[n] = accuracy(b, test) if test is not None else None
+        log(f"{n}: dev {acc[n]:.4f}" + (f", test {acc_test[n]:.4f}" if test is not None else ""))
     text = " ".join(dev.texts[:20])
     fixed = {n: b.encode([text], pad_to=64) for n, b in backends.items()}  # each model with its own tokenizer
     log("timing batch 1 x 64 (all models interleaved) ...")
@@ -178,13 +181,17 @@ def main() -> None:
         b.close()
     ref = stats["teacher pytorch-fp32"]
     teacher_mb = sum(f.stat().st_size for f in teacher_dir.glob("*.safetensors")) / 2**20
-    baseline = {"dev_accuracy": acc["teacher pytorch-fp32"], "size_mb": teacher_mb, "p50_ms": ref.p50,
+    baseline = {"dev_accuracy": acc["teacher pytorch-fp32"], "test_accuracy": acc_test["teacher pytorch-fp32"],
+                "size_mb": teacher_mb, "p50_ms": ref.p50,
                 "p95_ms": ref.p95, "n": ref.n, "cv": ref.cv}
     for name in models:
         s = stats[f"{name} int8"]
         results[name]["int8"] = {
             "dev_accuracy": acc[f"{name} int8"],
             "dev_retention_vs_teacher": acc[f"{name} int8"] / baseline["dev_accuracy"],
+            "test_accuracy": acc_test[f"{name} int8"],
+            "test_retention_vs_teacher": (acc_test[f"{name} int8"] / baseline["test_accuracy"]
+                                          if test is not None else None),
             "p50_ms": s.p50, "p95_ms": s.p95, "n": s.n, "cv": s.cv,
             "p50_speedup_vs_teacher_pytorch_fp32": ref.p50 / s.p50,
             "size_ratio_vs_teacher_pytorch_fp32": teacher_mb / results[name]["int8_size_mb"],
@@ -197,6 +204,7 @@ def main() -> None:
         "train": str(train),
         "levels": args.levels,
         "recover_steps": args.recover_steps,
+        "seed": args.seed,
         "samples": args.samples,
         "vocab_corpus": None if args.no_vocab else str(train_full),
         "threads": args.threads,
