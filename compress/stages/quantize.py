@@ -747,11 +747,11 @@ def quantize(
 
         return quantize_openvino(art, out, config, force=force)
     _check_openvino_only_options(config)
-    _check_applicable(config)
     if config.precision is QuantPrecision.int4:
-        _check_int4_request(config)
+        _check_int4_request(config)  # first: its reasons (weight-only, runtimes) are the specific ones
     else:
         _check_op_types(config)
+    _check_applicable(config)
     if config.precision is not QuantPrecision.int4 and config.mode is QuantMode.static and not config.calibration:
         raise ConfigError("static quantization needs calibration data", hint="pass --calibration DATA")
 
