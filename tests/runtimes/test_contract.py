@@ -1,0 +1,78 @@
+"""The contract every runtime adapter keeps, run against each adapter this machine can run.
+
+One artifact per format of the same tiny BERT classifier (PyTorch checkpoint, ONNX, OpenVINO IR); every
+adapter must load its format and refuse others, encode only the inputs its model takes, predict what the
+PyTorch reference predicts, describe itself in the same keys, and close twice without harm. A new adapter
+(TensorRT needs a GPU: skipped here) passes the same test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from compress.errors import EdgeCompressError
+
+TEXTS = ["a gripping, beautifully acted film.", "the plot is thin and the jokes fall flat.",
+         "an ambitious mess that never finds its footing", "I would happily watch it again"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(bert_classifier, onnx_artifact, tmp_path_factory):
+    from compress.models import load_teacher
+
+    arts = {"torch": load_teacher(bert_classifier).as_artifact(), "onnxruntime": onnx_artifact}
+    if importlib.util.find_spec("openvino") is not None:
+        from compress.stages.export import ExportConfig, export
+
+        arts["openvino"] = export(bert_classifier, tmp_path_factory.mktemp("contract") / "ov",
+                                  ExportConfig(format="openvino", parity_samples=2))
+    return arts
+
+
+@pytest.fixture(scope="module")
+def reference(bert_classifier):
+    from compress.models import load_teacher
+    from compress.runtimes.torch_backend import TorchBackend
+
+    return TorchBackend.from_teacher(load_teacher(bert_classifier)).predict_text(TEXTS)
+
+
+def _runtimes() -> list[str]:
+    from compress.runtimes.base import RUNTIMES
+
+    return sorted(RUNTIMES)
+
+
+@pytest.mark.parametrize("name", _runtimes())
+def test_every_adapter_keeps_the_contract(name, artifacts, reference):
+    from compress.runtimes.base import RuntimeSettings, available_runtimes, runtime_class
+
+    cls = runtime_class(name)
+    if not available_runtimes()[name]:
+        pytest.skip(f"{cls.module} is not installed here")
+    art = next((a for a in artifacts.values() if a.format in cls.formats), None)
+    if art is None:
+        pytest.skip(f"{name} runs {sorted(map(str, cls.formats))}, which needs hardware this machine lacks")
+
+    rt = cls(art, RuntimeSettings(threads=1))
+    try:
+        batch = rt.encode(TEXTS)
+        assert set(batch) <= set(rt.input_names) and "input_ids" in batch, (set(batch), rt.input_names)
+        out = rt.predict(batch)
+        assert out.shape == reference.shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, reference, atol=1e-3)
+        np.testing.assert_array_equal(rt.predict_text(TEXTS), out)
+        info = rt.describe()
+        assert {"runtime", "version", "provider", "threads", "format", "precision"} <= set(info)
+        assert info["runtime"] == name and info["format"] == str(art.format)
+    finally:
+        rt.close()
+        rt.close()  # closing twice is harmless
+
+    other = next((a for a in artifacts.values() if a.format not in cls.formats), None)
+    if other is not None:
+        with pytest.raises(EdgeCompressError):
+            cls(other, RuntimeSettings(threads=1))
