@@ -376,7 +376,7 @@ def test_real_pip_download_of_manylinux_aarch64_wheels(int8_artifact, tmp_path):
 
 
 def test_limits_without_cgroups_say_what_was_not_enforced(monkeypatch):
-    import compress.package as pkg
+    import compress.package_coldstart as pkg
 
     monkeypatch.setattr(pkg, "_own_cgroups", lambda: {})
     with pkg._Limits(1024, 0.58, name="t") as lim:
