@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import compress.stages.distill as distill_mod
+import compress.stages.distill_run as distill_run_mod
 from compress.artifact import load_artifact
 from compress.data import load_dataset
 from compress.stages import teacher_cache as tcache
@@ -48,7 +49,8 @@ def teacher_rows(monkeypatch):
             seen.extend(batch["index"].tolist())
         return real(model, batch, plan, tap)
 
-    monkeypatch.setattr(distill_mod, "_model_outputs", counting)
+    monkeypatch.setattr(distill_mod, "_model_outputs", counting)  # the training loop (online targets)
+    monkeypatch.setattr(distill_run_mod, "_model_outputs", counting)  # the teacher pass
     return seen
 
 
