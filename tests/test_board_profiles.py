@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from compress import profile_host as H  # host detection reads its paths from here
 from compress import profiles as P
 from compress.errors import ProfileError
 from compress.profiles import Arch, check_profile_file, derive_peaks, flops_per_cycle, load_profile, match_device
@@ -106,15 +107,15 @@ def fake_machine(monkeypatch, tmp_path):
     def make(arch: str, cpuinfo: str = "", model: str | None = None, dmi: str | None = None):
         monkeypatch.setattr(platform, "machine", lambda: arch)
         (tmp_path / "cpuinfo").write_text(textwrap.dedent(cpuinfo).lstrip(), encoding="utf-8")
-        monkeypatch.setattr(P, "_CPUINFO", tmp_path / "cpuinfo")
+        monkeypatch.setattr(H, "_CPUINFO", tmp_path / "cpuinfo")
         dt = tmp_path / "model"
         if model is not None:
             dt.write_bytes(model.encode() + b"\x00")
-        monkeypatch.setattr(P, "_DEVICE_TREE_MODEL", dt if model is not None else tmp_path / "none")
+        monkeypatch.setattr(H, "_DEVICE_TREE_MODEL", dt if model is not None else tmp_path / "none")
         prod = tmp_path / "product_name"
         if dmi is not None:
             prod.write_text(dmi + "\n")
-        monkeypatch.setattr(P, "_DMI_PRODUCT", prod if dmi is not None else tmp_path / "none")
+        monkeypatch.setattr(H, "_DMI_PRODUCT", prod if dmi is not None else tmp_path / "none")
 
     return make
 

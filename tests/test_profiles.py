@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from compress import profile_host as H  # host detection reads its paths from here
 from compress import profiles as P
 from compress.cli.profiles import profiles as profiles_cli
 from compress.errors import ProfileError
@@ -169,8 +170,8 @@ def test_detect_host_arm(monkeypatch, tmp_path):
         Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
         CPU part	: 0xd0b
     """)
-    monkeypatch.setattr(P, "_CPUINFO", cpuinfo)
-    monkeypatch.setattr(P, "_DEVICE_TREE_MODEL", tmp_path / "no-such-model")
+    monkeypatch.setattr(H, "_CPUINFO", cpuinfo)
+    monkeypatch.setattr(H, "_DEVICE_TREE_MODEL", tmp_path / "no-such-model")
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     host = detect_host()
     assert host.hardware.arch is Arch.arm64
@@ -184,7 +185,7 @@ def test_detect_host_x86_without_vnni(monkeypatch, tmp_path):
         model name	: Intel(R) Core(TM) i5-4590 CPU @ 3.30GHz
         flags		: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi2
     """)
-    monkeypatch.setattr(P, "_CPUINFO", cpuinfo)
+    monkeypatch.setattr(H, "_CPUINFO", cpuinfo)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     host = detect_host()
     assert host.hardware.simd == ["sse4_2", "avx", "avx2", "fma", "f16c"]
