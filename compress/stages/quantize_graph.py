@@ -1,0 +1,344 @@
+"""What quantize knows about an ONNX graph and a request: weight-carrying nodes, the checks that refuse what
+cannot work or would be ignored, and the report of which nodes were quantized."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import Artifact
+from compress.errors import ConfigError
+from compress.stages.quantize_config import EmbeddingPrecision, QuantizeConfig, QuantMode, QuantPrecision
+
+log = logging.getLogger(__name__)
+
+#: MatMulNBits accuracy_level: 4 = int8 compute on the activations (see the module docstring).
+INT4_ACCURACY_LEVEL = 4
+#: ONNX Runtime execution providers that implement MatMulNBits and GatherBlockQuantized.
+INT4_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
+#: Fused ONNX Runtime ops that hold weights MatMulNBits cannot reach.
+FUSED_WEIGHT_OPS = ("Attention", "EmbedLayerNormalization", "PackedAttention", "QAttention")
+#: Ops quantize_dynamic quantizes by default (ONNX Runtime's IntegerOps registry) that carry weights.
+DYNAMIC_WEIGHT_OPS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Conv", "LSTM")
+STATIC_DEFAULT_OPS = ("MatMul", "Attention")
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph inspection
+# ---------------------------------------------------------------------------------------------
+
+_FLOAT_TYPES = (1, 10, 16)  # FLOAT, FLOAT16, BFLOAT16
+# bytes per element of initializer types (INT4/UINT4 pack two per byte)
+_ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2, 21: 0.5, 22: 0.5}
+
+
+def _numel(t) -> int:
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n
+
+
+def _weights_of(node, inits: dict) -> list:
+    """The float initializers of rank >= 2 a node uses as weights (MatMul: B; Gather: the table)."""
+    if node.op_type == "MatMul":
+        idx: Any = [1]
+    elif node.op_type == "Gather":
+        idx = [0]
+    else:
+        idx = range(len(node.input))
+    out = []
+    for i in idx:
+        if i < len(node.input) and node.input[i] in inits:
+            t = inits[node.input[i]]
+            if t.data_type in _FLOAT_TYPES and len(t.dims) >= 2:
+                out.append(t)
+    return out
+
+
+def weight_nodes(model) -> list[tuple[Any, list]]:
+    """``(node, weight initializers)`` for every top-level node that carries a float weight matrix."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return [(n, w) for n in model.graph.node if (w := _weights_of(n, inits))]
+
+
+def _gemm_as_matmul(node) -> bool:
+    """quantize_dynamic rewrites such a Gemm into ``<name>_MatMul`` + ``<name>_Add`` and quantizes the MatMul."""
+    attrs = {a.name: a for a in node.attribute}
+
+    def val(name, default):
+        a = attrs.get(name)
+        return default if a is None else (a.f if a.type == 1 else a.i)
+
+    return val("alpha", 1.0) == 1.0 and val("beta", 1.0) == 1.0 and val("transA", 0) == 0
+
+
+def quantizable_layers(model, op_types, *, dynamic_gemm: bool = False) -> list:
+    """The nodes of ``op_types`` with a constant float weight, as :class:`~compress.stages.accuracy.Layer`.
+
+    ``dynamic_gemm``: also list plain Gemms (classifier heads) under the name quantize_dynamic gives the
+    MatMul it rewrites them into (``<name>_MatMul``), which is the name its ``nodes_to_exclude`` takes.
+    """
+    from compress.stages.accuracy import Layer, group_of
+
+    layers = []
+    for node, ws in weight_nodes(model):
+        if dynamic_gemm and node.op_type == "Gemm" and node.name and _gemm_as_matmul(node) and \
+                node.input[1] in {w.name for w in ws}:
+            name = f"{node.name}_MatMul"
+            layers.append(Layer(name, "Gemm", sum(_numel(w) for w in ws), group_of(node.name, "Gemm")))
+            continue
+        if node.op_type not in op_types or not node.name:
+            continue
+        if node.op_type == "MatMul" and any(int(d) != 1 for d in ws[0].dims[:-2]):
+            continue  # batched constant weights: ONNX Runtime's quantizers skip them
+        layers.append(Layer(node.name, node.op_type, sum(_numel(w) for w in ws), group_of(node.name, node.op_type)))
+    return layers
+
+
+def initializer_bytes(model) -> dict[str, int]:
+    """Bytes of the model's initializers by element type (what the weights really occupy)."""
+    from onnx import TensorProto
+
+    out: dict[str, float] = {}
+    for t in model.graph.initializer:
+        name = TensorProto.DataType.Name(t.data_type).lower()
+        out[name] = out.get(name, 0) + _numel(t) * _ELEM_BYTES.get(t.data_type, 4)
+    return {k: int(round(v)) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _int4_op_types(config: QuantizeConfig) -> tuple[str, ...]:
+    allowed = ("MatMul", "Gather")
+    if config.op_types:
+        bad = [o for o in config.op_types if o not in allowed]
+        if bad:
+            raise ConfigError(
+                f"--op-types {','.join(bad)} cannot be INT4: weight-only INT4 covers MatMul (MatMulNBits) and "
+                "Gather embeddings (--embedding-precision)",
+                hint="use --op-types MatMul[,Gather] with --precision int4, or --precision int8 for other operators",
+            )
+    requested = tuple(config.op_types) if config.op_types else allowed
+    return tuple(o for o in requested if o == "MatMul" or config.embedding_precision is not EmbeddingPrecision.fp32)
+
+
+def _check_int4_request(config: QuantizeConfig) -> None:
+    """INT4 settings that no graph can fix: refused before any work."""
+    if config.mode is QuantMode.static:
+        raise ConfigError(
+            "--precision int4 with --mode static: INT4 here is weight-only (ONNX Runtime's MatMulNBits, float "
+            "activations, no calibration), which runs in onnxruntime on CPU/CUDA; static mode makes "
+            "activation-quantized QDQ INT8 models for TensorRT and NPUs",
+            hint="drop --mode static for INT4 in onnxruntime, or use --precision int8 --mode static for TensorRT/NPUs",
+        )
+    runtime = (config.target_runtime or "onnxruntime").lower()
+    if runtime != "onnxruntime":
+        other = {
+            "openvino": "for OpenVINO, export --format openvino and quantize that artifact to INT4 (NNCF "
+                        "compress_weights), or use --precision int8",
+            "tensorrt": "for TensorRT use --precision int8 --mode static (QDQ)",
+        }.get(runtime, "use --precision int8")
+        raise ConfigError(
+            f"INT4 ONNX models use ONNX Runtime's MatMulNBits/GatherBlockQuantized contrib operators, which the "
+            f"target runtime {runtime} cannot run; only onnxruntime can (CPU and CUDA execution providers)",
+            hint=f"target an onnxruntime profile; {other}",
+        )
+    if config.target_provider and config.target_provider not in INT4_PROVIDERS:
+        log.warning(
+            "%s does not implement MatMulNBits/GatherBlockQuantized (%s do): ONNX Runtime will run those nodes on "
+            "its CPU fallback provider", config.target_provider, " and ".join(INT4_PROVIDERS),
+        )
+    _int4_op_types(config)
+    if config.calibration:
+        log.warning("--calibration is ignored for INT4: weight-only quantization needs no activation ranges")
+
+
+def _check_int4_graph(art: Artifact, model, layers: list) -> None:
+    """Refuse a graph whose weights MatMulNBits cannot reach (ONNX Runtime's fused operators)."""
+    from collections import Counter
+
+    fused = [(n, ws) for n, ws in weight_nodes(model) if n.op_type in FUSED_WEIGHT_OPS]
+    if fused:
+        fused_params = sum(_numel(w) for _, ws in fused for w in ws)
+        matmul_params = sum(lay.params for lay in layers if lay.op_type == "MatMul")
+        share = fused_params / max(fused_params + matmul_params, 1)
+        counts = ", ".join(f"{c} {op}" for op, c in Counter(n.op_type for n, _ in fused).items())
+        export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
+        how = f" (exported with --optimize {export_cfg['optimize']})" if export_cfg.get("optimize") else ""
+        log.warning("%s holds fused ONNX Runtime operators (%s)%s that MatMulNBits cannot quantize", art.path, counts, how)
+        raise ConfigError(
+            f"{art.path} has fused ONNX Runtime operators ({counts}){how} holding {share:.0%} of the encoder's "
+            "weight matrices; INT4 MatMulNBits only quantizes plain MatMuls, so they would stay FP32 (an INT4 "
+            "model in name only: 27.5 MB instead of 18.4 MB for MiniLM-L6)",
+            hint=f"re-export unfused with `edgecompress export {art.manifest.source.path} --optimize none --out DIR` "
+            "and quantize that artifact to INT4 (INT8 works on this artifact as it is)",
+        )
+    if not any(lay.op_type == "MatMul" for lay in layers):
+        raise ConfigError(
+            f"{art.path} has no MatMul with a constant weight: nothing for INT4 MatMulNBits to quantize",
+            hint="use --precision int8",
+        )
+
+
+def _check_openvino_only_options(config: QuantizeConfig) -> None:
+    """NNCF's options have no ONNX Runtime counterpart: refuse rather than ignore them."""
+    if config.weights_only:
+        raise ConfigError(
+            "--weights-only is OpenVINO's INT8 weight compression and does not apply to an ONNX artifact",
+            hint="drop it (ONNX dynamic INT8 already needs no data), or use --precision int4 for weight-only "
+            "INT4, or export --format openvino first",
+        )
+
+
+#: settings that only one kind of ONNX quantization reads, and which kind that is
+_ONLY_FOR = {
+    "calibration": "--mode static", "calibration_samples": "--mode static", "calibration_method": "--mode static",
+    "block_size": "--precision int4", "symmetric": "--precision int4", "embedding_precision": "--precision int4",
+    "weight_type": "--precision int8", "per_channel": "--precision int8", "reduce_range": "--precision int8",
+}
+
+
+def _check_applicable(config: QuantizeConfig) -> None:
+    """Settings given explicitly that this kind of ONNX quantization would ignore are refused, from Python as
+    from the CLI (which passes only the options the user gave)."""
+    int4 = config.precision is QuantPrecision.int4
+    static = config.mode is QuantMode.static
+    kind = "INT4" if int4 else ("static INT8" if static else "dynamic INT8")
+    ignored = [
+        name for name in sorted(config.model_fields_set & set(_ONLY_FOR))
+        if (_ONLY_FOR[name] == "--mode static" and (int4 or not static))
+        or (_ONLY_FOR[name] == "--precision int4" and not int4)
+        or (_ONLY_FOR[name] == "--precision int8" and int4)
+    ]
+    if ignored:
+        opts = ", ".join("--" + n.replace("_", "-") for n in ignored)
+        needs = sorted({_ONLY_FOR[n] for n in ignored})
+        raise ConfigError(f"{opts} do(es) not apply to {kind} quantization (it would be ignored)",
+                          hint=f"drop it, or use {' / '.join(needs)}")
+
+
+def _check_op_types(config: QuantizeConfig) -> None:
+    """Unknown operator types (a typo such as ``Matmul``) are refused with the ones ONNX Runtime knows."""
+    if not config.op_types:
+        return
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
+
+    dynamic = config.mode is QuantMode.dynamic
+    registry = set(IntegerOpsRegistry if dynamic else QDQRegistry) | set(DYNAMIC_WEIGHT_OPS if dynamic else STATIC_DEFAULT_OPS)
+    bad = [o for o in config.op_types if o not in registry]
+    if bad:
+        near = {o.lower(): o for o in registry}
+        fix = [near[b.lower()] for b in bad if b.lower() in near]
+        raise ConfigError(
+            f"--op-types {', '.join(bad)}: not an operator type ONNX Runtime's {config.mode} quantizer knows "
+            "(names are case-sensitive)" + (f"; did you mean {', '.join(fix)}?" if fix else ""),
+            hint=f"known: {', '.join(sorted(registry))}",
+        )
+
+
+def _check_exclude_nodes(names: list[str], model, layers: list) -> None:
+    """Every --exclude-nodes name must be a node of the graph (or the name quantize gives a rewritten Gemm)."""
+    known = {node.name for node in model.graph.node} | {lay.name for lay in layers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        import difflib
+
+        near = [m for n in unknown for m in difflib.get_close_matches(n, sorted(known), n=2)]
+        examples = near or [lay.name for lay in layers[:3]]
+        raise ConfigError(
+            f"--exclude-nodes names no node of the graph: {', '.join(unknown)}",
+            hint=f"use node names as `edgecompress inspect` lists them, e.g. {', '.join(examples)}",
+        )
+
+
+def _check_something_quantized(nodes: dict[str, Any], op_types: tuple[str, ...], searched: list[str]) -> None:
+    """A quantize that leaves every weight float is an error, not an artifact labelled int8."""
+    if nodes["quantized_count"]:
+        return
+    kept = nodes["kept_float"]
+    present = sorted({k["op_type"] for k in kept})
+    if searched:
+        why = "the accuracy-aware search kept every quantizable layer in float"
+        hint = "loosen --max-drop / the profile's retention, or quantize without an accuracy budget"
+    elif any(k["reason"] == "excluded by --exclude-nodes" for k in kept) and \
+            all(k["reason"] == "excluded by --exclude-nodes" or "not among" in k["reason"] for k in kept):
+        why = "--exclude-nodes covers every quantizable node"
+        hint = "exclude fewer nodes"
+    else:
+        why = (f"no node of --op-types {', '.join(op_types)} carries a constant float weight"
+               + (f" (weight-carrying nodes here: {', '.join(present)})" if present else ""))
+        hint = "choose operator types the model has (e.g. --op-types MatMul), or leave --op-types out"
+    raise ConfigError(f"nothing was quantized: {why}; no artifact was written", hint=hint)
+
+
+def _block_padding(layers: list, model, block_size: int) -> list[dict[str, Any]]:
+    """What ONNX Runtime does with weights whose blocked dimension is not a multiple of ``block_size``."""
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out = []
+    for lay in layers:
+        node = nodes[lay.name]
+        w = _weights_of(node, inits)[0]
+        if lay.op_type == "MatMul":
+            k, n = int(w.dims[-2]), int(w.dims[-1])
+            if k % block_size:
+                padded = -(-k // block_size) * block_size
+                out.append({
+                    "node": lay.name, "K": k, "block_size": block_size, "padded_K": padded,
+                    "padding_bytes": (padded - k) * n // 2,
+                    "fallback": f"zero-padded to K={padded}: still INT4, the last block of each column holds "
+                                f"{k % block_size} real weights",
+                })
+        else:  # Gather, blocks along the hidden dimension (quantize_axis 1)
+            h = int(w.dims[-1])
+            if h % block_size:
+                out.append({
+                    "node": lay.name, "K": h, "block_size": block_size, "padded_K": h, "padding_bytes": 0,
+                    "fallback": f"GatherBlockQuantized: last block holds {h % block_size} values (no padding)",
+                })
+    return out
+
+
+def _node_report(
+    source_model, dst: Path, config: QuantizeConfig, op_types: tuple[str, ...], user: list[str], searched: list[str]
+) -> dict[str, Any]:
+    """Which weight-carrying nodes were quantized and which kept float (and why)."""
+    import onnx
+    from collections import Counter
+
+    out_model = onnx.load(str(dst), load_external_data=False)
+    used = {i for n in out_model.graph.node for i in n.input}
+    float_inits = {t.name for t in out_model.graph.initializer if t.data_type in _FLOAT_TYPES and t.name in used}
+    quantized: dict[str, list[str]] = {}
+    kept = []
+    for node, ws in weight_nodes(source_model):
+        # a quantized weight's float initializer is replaced (MatMulNBits, MatMulInteger, QDQ, Gather int8);
+        # ONNX Runtime >= 1.32 rewrites a Gemm it leaves float as MatMul over a `<weight>_Transposed` copy
+        if not all(w.name in float_inits or f"{w.name}_Transposed" in float_inits for w in ws):
+            quantized.setdefault(node.op_type, []).append(node.name)
+            continue
+        names = {node.name, f"{node.name}_MatMul"}
+        if names & set(user):
+            reason = "excluded by --exclude-nodes"
+        elif names & set(searched):
+            reason = "accuracy-aware: kept FP32 (see accuracy_aware.kept_fp32)"
+        elif node.op_type == "Gather" and config.precision is QuantPrecision.int4 and \
+                config.embedding_precision is EmbeddingPrecision.fp32:
+            reason = "embedding_precision fp32"
+        elif node.op_type not in op_types:
+            reason = f"{node.op_type} is not among the quantized operator types ({', '.join(op_types)})"
+        else:
+            reason = "left in float by ONNX Runtime's quantizer"
+        kept.append({"node": node.name, "op_type": node.op_type, "params": sum(_numel(w) for w in ws), "reason": reason})
+    new_ops = Counter(n.op_type for n in out_model.graph.node if n.name not in {m.name for m in source_model.graph.node})
+    return {
+        "quantized": quantized,
+        "quantized_count": sum(len(v) for v in quantized.values()),
+        "kept_float": kept,
+        "new_op_types": dict(sorted(new_ops.items())),
+    }
