@@ -94,3 +94,10 @@ def test_python_api_refuses_what_would_be_ignored(onnx_artifact, tmp_path):
         quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(symmetric=False))
     # defaults are not "given": the plain call still works
     assert quantize(onnx_artifact, tmp_path / "ok", QuantizeConfig()).precision == "int8"
+
+
+def test_int4_with_calibration_points_to_static_int8(unused_tmp=None):
+    from compress.stages.quantize_graph import _check_applicable
+
+    with pytest.raises(ConfigError, match="--precision int8 --mode static"):
+        _check_applicable(QuantizeConfig(precision="int4", calibration="x.tsv"))

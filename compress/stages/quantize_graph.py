@@ -153,9 +153,7 @@ def _check_int4_request(config: QuantizeConfig) -> None:
             "%s does not implement MatMulNBits/GatherBlockQuantized (%s do): ONNX Runtime will run those nodes on "
             "its CPU fallback provider", config.target_provider, " and ".join(INT4_PROVIDERS),
         )
-    _int4_op_types(config)
-    if config.calibration:
-        log.warning("--calibration is ignored for INT4: weight-only quantization needs no activation ranges")
+    _int4_op_types(config)  # --calibration with INT4 is refused by _check_applicable: weight-only needs no ranges
 
 
 def _check_int4_graph(art: Artifact, model, layers: list) -> None:
@@ -217,7 +215,8 @@ def _check_applicable(config: QuantizeConfig) -> None:
     ]
     if ignored:
         opts = ", ".join("--" + n.replace("_", "-") for n in ignored)
-        needs = sorted({_ONLY_FOR[n] for n in ignored})
+        needs = sorted({"--precision int8 --mode static" if int4 and _ONLY_FOR[n] == "--mode static" else _ONLY_FOR[n]
+                        for n in ignored})
         raise ConfigError(f"{opts} do(es) not apply to {kind} quantization (it would be ignored)",
                           hint=f"drop it, or use {' / '.join(needs)}")
 
