@@ -23,7 +23,7 @@ from compress.errors import ConfigError, StageError
 
 from compress.package_config import COLD_START_TIMEOUT_S, DIRECT_DEPENDENCIES, MB, PackageConfig, _ARCH, _FIRST_TEXT, _FORBIDDEN_IMPORTS
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.package")  # the verb's logger
 from compress.package_wheels import _pip_download, _pip_download_cmd, _unpack_wheel  # noqa: F401
 
 

@@ -15,7 +15,7 @@ from compress.errors import OutputExistsError
 
 from compress.package_config import Contributor, MB, PackageReport, TOP_CONTRIBUTORS
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.package")  # the verb's logger
 
 
 # ----------------------------------------------------------------------------------------------------

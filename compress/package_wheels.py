@@ -17,7 +17,7 @@ from compress.errors import StageError
 
 from compress.package_config import _canonical
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.package")  # the verb's logger
 
 
 # ----------------------------------------------------------------------------------------------------

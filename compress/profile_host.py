@@ -18,7 +18,7 @@ from compress.errors import ProfileError
 
 from compress.profile_schema import Arch, DeviceProfile, HOST, HOST_BUDGETS, _ARCH_ALIASES, _ARM_KEEP, _CGROUP, _CPUINFO, _DEVICE_TREE_MODEL, _LIST_HINT, _SIMD_ALIASES, _X86_KEEP
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.profiles")  # one logger for everything about profiles
 
 
 # --------------------------------------------------------------------------------------------------

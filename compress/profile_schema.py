@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.profiles")  # one logger for everything about profiles
 
 
 

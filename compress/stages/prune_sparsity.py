@@ -12,7 +12,7 @@ from compress.errors import ConfigError
 from compress.stages.prune_config import SEMI_STRUCTURED
 from compress.stages.prune_structured import encoder_linears
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from compress.models import model_feed
 
 from compress.stages.prune_config import _FFN_KEYS
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from compress.errors import ConfigError, DataError, StageError
 
 from compress.stages.prune_config import _PLACEHOLDER, _TOKEN_ID_KEYS
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
 
 # ---------------------------------------------------------------------------------------------

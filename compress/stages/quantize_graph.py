@@ -11,7 +11,7 @@ from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.stages.quantize_config import EmbeddingPrecision, QuantizeConfig, QuantMode, QuantPrecision
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.stages.quantize")  # the verb's logger
 
 #: MatMulNBits accuracy_level: 4 = int8 compute on the activations (see the module docstring).
 INT4_ACCURACY_LEVEL = 4
