@@ -13,7 +13,7 @@ PyTorch FP32 teacher timed in alternating rounds in one process), with size rati
 PyTorch FP32 teacher.
 
     python benchmarks/pruning.py --data ../shared/data/sst2 [--student DIR] [--levels 0.3:0.3,0.5:0.5]
-        [--recover-steps 1000]
+        [--recover-steps 1000] [--seeds 42,0,1]
 
 Smoke test (minutes; numbers meaningless):
 
@@ -24,6 +24,8 @@ Smoke test (minutes; numbers meaningless):
 from __future__ import annotations
 
 import argparse
+import itertools
+import statistics
 import json
 import os
 import sys
@@ -68,7 +70,8 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, help="subsample SST-2 train for recovery (default: all)")
     ap.add_argument("--dev-rows", type=int, help="evaluate on the first N dev rows (default: all)")
     ap.add_argument("--no-vocab", action="store_true", help="skip vocabulary pruning")
-    ap.add_argument("--seed", type=int, default=42, help="seed of pruning's sampling and recovery (run several for the spread)")
+    ap.add_argument("--seeds", default="42", help="comma-separated seeds of pruning's sampling and recovery; with "
+                    "several, every pruned model is built once per seed and the table gives mean (min-max)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-runs", type=int, default=300)
     ap.add_argument("--min-duration", type=float, default=10.0)
@@ -105,6 +108,7 @@ def main() -> None:
     dev = load_dataset(dev_path, label2id=label2id)
     test = load_dataset(args.data / "test.tsv", label2id=label2id) if (args.data / "test.tsv").is_file() else None
     levels = [tuple(float(x) for x in lv.split(":")) for lv in args.levels.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
     sources = {"teacher": teacher_dir}
     if args.student:
         sources["student"] = args.student
@@ -114,10 +118,10 @@ def main() -> None:
     for src_name, src in sources.items():
         models[src_name] = src
         results[src_name] = {"source": str(src), "parameters": count_parameters(load_teacher(src).model)}
-        for heads, ffn in levels:
-            name = f"{src_name}-h{heads:g}-f{ffn:g}"
+        for (heads, ffn), seed in itertools.product(levels, seeds):
+            name = f"{src_name}-h{heads:g}-f{ffn:g}" + (f"-s{seed}" if len(seeds) > 1 else "")
             vocab = None if args.no_vocab else str(train_full)
-            base = {"heads": heads, "ffn": ffn, "vocab_corpus": vocab, "samples": args.samples, "seed": args.seed}
+            base = {"heads": heads, "ffn": ffn, "vocab_corpus": vocab, "samples": args.samples, "seed": seed}
             norec = args.work / f"{name}-norecovery"
             if args.rebuild or not is_artifact(norec):
                 log(f"{name}: pruning without recovery")
@@ -132,7 +136,7 @@ def main() -> None:
             m = load_artifact(out).manifest.steps[-1].metrics
             nb = TorchBackend.from_teacher(load_teacher(norec), RuntimeSettings(threads=args.threads))
             results[name] = {
-                "source": src_name, "heads_ratio": heads, "ffn_ratio": ffn,
+                "source": src_name, "heads_ratio": heads, "ffn_ratio": ffn, "seed": seed,
                 "parameters": m["parameters_after"], "parameters_before": m["parameters_before"],
                 "architecture": m["architecture"],
                 "vocab": {k: m["vocab"][k] for k in ("before", "after")} | {"eval_coverage": m["vocab"].get("eval_coverage")}
@@ -204,18 +208,21 @@ def main() -> None:
         "train": str(train),
         "levels": args.levels,
         "recover_steps": args.recover_steps,
-        "seed": args.seed,
+        "seeds": seeds,
         "samples": args.samples,
         "vocab_corpus": None if args.no_vocab else str(train_full),
         "threads": args.threads,
         **host_and_versions(),
         "teacher_pytorch_fp32": baseline,
         "results": results,
+        "over_seeds": over_seeds(results),
         "seconds": round(time.perf_counter() - t_all, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(table(baseline, results))
+    if len(seeds) > 1:
+        print(seed_table(baseline, payload["over_seeds"]))
     log(f"wrote {args.out}")
 
 
@@ -239,6 +246,53 @@ def table(baseline: dict, results: dict[str, dict]) -> str:
             f"{i['size_ratio_vs_teacher_pytorch_fp32']:.1f}x | {i['p50_ms']:.2f} | "
             f"{i['p50_speedup_vs_teacher_pytorch_fp32']:.2f}x |"
         )
+    return "\n".join(lines)
+
+
+def over_seeds(results: dict[str, dict]) -> dict[str, dict]:
+    """Pruned models grouped by source and level over their seeds: mean, min and max of the INT8 accuracies and
+    retentions, the median p50 and speed-up, and the sizes (which depend on the seed only through the heads kept)."""
+    groups: dict[str, list[dict]] = {}
+    for r in results.values():
+        if "seed" in r:
+            groups.setdefault(f"{r['source']}-h{r['heads_ratio']:g}-f{r['ffn_ratio']:g}", []).append(r)
+    out = {}
+    for name, rs in groups.items():
+        g = {"seeds": [r["seed"] for r in rs], "parameters": [r["parameters"] for r in rs],
+             "heads_per_layer": [r["architecture"]["heads_per_layer"] for r in rs]}
+        for key in ("dev_accuracy", "test_accuracy", "dev_retention_vs_teacher", "test_retention_vs_teacher"):
+            vals = [r["int8"][key] for r in rs if r["int8"].get(key) is not None]
+            if vals:
+                g[key] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
+        for key in ("dev_accuracy_pytorch_no_recovery", "dev_accuracy_pytorch_recovered"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                g[key] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
+        g["int8_size_mb"] = statistics.median(r["int8_size_mb"] for r in rs)
+        g["size_ratio_vs_teacher_pytorch_fp32"] = statistics.median(
+            r["int8"]["size_ratio_vs_teacher_pytorch_fp32"] for r in rs)
+        g["p50_ms"] = statistics.median(r["int8"]["p50_ms"] for r in rs)
+        g["p50_speedup_vs_teacher_pytorch_fp32"] = statistics.median(
+            r["int8"]["p50_speedup_vs_teacher_pytorch_fp32"] for r in rs)
+        out[name] = g
+    return out
+
+
+def seed_table(baseline: dict, groups: dict[str, dict]) -> str:
+    def spread(g, key):
+        v = g.get(key)
+        return "—" if v is None else f"{v['mean']:.4f} ({v['min']:.4f}–{v['max']:.4f})"
+
+    lines = ["| model | seeds | params | dev INT8 mean (min–max) | test INT8 mean (min–max) | dev / test retention | "
+             "INT8 MB | smaller | p50 ms | faster |", "|---" * 10 + "|"]
+    for name, g in groups.items():
+        ret = f"{g['dev_retention_vs_teacher']['mean']:.3f} / " + (
+            f"{g['test_retention_vs_teacher']['mean']:.3f}" if "test_retention_vs_teacher" in g else "—")
+        lines.append(
+            f"| {name} | {len(g['seeds'])} | {statistics.median(g['parameters']) / 1e6:.1f}M | "
+            f"{spread(g, 'dev_accuracy')} | {spread(g, 'test_accuracy')} | {ret} | {g['int8_size_mb']:.1f} | "
+            f"{g['size_ratio_vs_teacher_pytorch_fp32']:.1f}x | {g['p50_ms']:.2f} | "
+            f"{g['p50_speedup_vs_teacher_pytorch_fp32']:.2f}x |")
     return "\n".join(lines)
 
 
