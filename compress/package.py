@@ -27,37 +27,22 @@ host stand in, and the report says so.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
 import os
 import platform
-import re
 import shutil
-import signal
-import statistics
-import subprocess
-import sys
 import time
 import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from compress import __version__
-from compress.artifact import (
-    Artifact,
-    Format,
-    Task,
-    check_output,
-    load_artifact,
-    staged_dir,
-)
+from compress.artifact import Artifact, Task, load_artifact
 from compress.cpu import cpu_model
-from compress.errors import ArtifactError, ConfigError, OutputExistsError, StageError
+from compress.errors import ArtifactError, ConfigError, OutputExistsError
 from compress.budgets import BudgetResult, BudgetStatus, verdict_of
 
 log = logging.getLogger(__name__)
@@ -72,6 +57,7 @@ from compress.package_config import (  # noqa: F401
     DIRECT_DEPENDENCIES,
     MB,
     MODEL_DIR,
+    PACKAGE,
     REPORT_SCHEMA_VERSION,
     TOP_CONTRIBUTORS,
     Contributor,
@@ -137,11 +123,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
             hint="use a serverless profile such as aws-lambda-arm64 (`edgecompress profiles list`) or add serverless: to yours",
         )
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    if art.format is not Format.onnx:
-        raise ConfigError(
-            f"{art.path}: {art.format} artifacts cannot be packaged: the serverless handler runs ONNX Runtime",
-            hint="package an ONNX artifact (`edgecompress export TEACHER --out DIR`, then quantize it)",
-        )
+    PACKAGE.check(art)
     if not (art.path / "tokenizer.json").is_file():
         raise ArtifactError(f"{art.path}: no tokenizer.json", hint="the handler needs a fast tokenizer (tokenizer.json)")
     if out.suffix.lower() != ".zip":

@@ -7,10 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compress.artifact import Format, Precision
 from compress.budgets import BudgetResult
+from compress.stages.spec import StageSpec, pairs
 
-
-
+#: A serverless bundle: the handler runs ONNX Runtime (no torch), so it takes ONNX artifacts of any precision.
+PACKAGE = StageSpec(
+    "package", "packaging (the serverless handler runs ONNX Runtime)",
+    accepts=pairs(Format.onnx, Precision.fp32, Precision.int8, Precision.int4), produces={}, versions=(),
+    hint="package an ONNX artifact (`edgecompress export TEACHER --out DIR`, then quantize it)",
+)
 REPORT_SCHEMA_VERSION = 1
 MB = 1024 * 1024
 DIRECT_DEPENDENCIES = ("onnxruntime", "tokenizers", "numpy")

@@ -216,7 +216,7 @@ def test_export_bad_option_value(bert_classifier, tmp_path):
 
 def test_quantize_int8_artifact(int8_artifact, tmp_path):
     proc = edgecompress("quantize", int8_artifact.path, "--out", tmp_path / "again")
-    assert_one_line_error(proc, "already int8")
+    assert_one_line_error(proc, "is already onnx int8")
     assert not (tmp_path / "again").exists()
 
 

@@ -78,7 +78,7 @@ def test_export_force_replaces_output(bert_classifier, tmp_path):
 
 
 def test_export_refuses_a_non_pytorch_artifact(onnx_artifact, tmp_path):
-    with pytest.raises(ArtifactError, match="already a onnx artifact"):
+    with pytest.raises(ArtifactError, match="is a onnx artifact; ONNX export takes pytorch fp32"):
         export(onnx_artifact.path, tmp_path / "again")
 
 
@@ -140,7 +140,7 @@ def test_quantize_does_not_touch_its_input(onnx_artifact, int8_artifact):
 def test_quantize_int8_again_is_refused(int8_artifact, tmp_path):
     with pytest.raises(ArtifactError) as e:
         quantize(int8_artifact.path, tmp_path / "twice")
-    assert "already int8" in str(e.value)
+    assert "is already onnx int8; quantize takes onnx fp32" in str(e.value)
     assert not (tmp_path / "twice").exists()
 
 

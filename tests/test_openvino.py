@@ -248,7 +248,7 @@ def test_accuracy_budget_missed_writes_best_candidate_and_fails(ov_artifact, dat
 def test_quantizing_an_int8_openvino_artifact_exits_2(ptq_artifact, tmp_path, capsys):
     code, err = run_cli(capsys, "quantize", ptq_artifact.path, "--weights-only", "--out", tmp_path / "again")
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "already int8" in lines[0], err
+    assert code == 2 and len(lines) == 1 and "is already openvino int8" in lines[0], err
     assert not (tmp_path / "again").exists()
 
 

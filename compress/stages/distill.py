@@ -14,42 +14,36 @@ student artifact only at the end (staged directory + rename).
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from compress.artifact import (
     Artifact,
-    StepRecord,
     Task,
     check_output,
-    digest_dir,
+    is_artifact,
     library_versions,
     load_artifact,
     staged_dir,
     write_manifest,
 )
-from compress.errors import ConfigError, DataError, EdgeCompressError, StageError
+from compress.errors import ConfigError
 from compress.interrupt import StopFlag as _StopFlag
 from compress.stages import teacher_cache as tcache
 
 log = logging.getLogger(__name__)
 from compress.stages.distill_config import (  # noqa: F401 - public here too
     CONFIG_VERSION,
+    DISTILL,
     DistillConfig,
     DistillResult,
     Interrupted,
@@ -147,6 +141,8 @@ def distill(
             progress({"phase": key, "label": label})
 
     say("load", f"loading the teacher {teacher_dir}")
+    if is_artifact(teacher_dir):
+        DISTILL.check(load_artifact(teacher_dir))
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     classification = teacher.task is Task.text_classification
     label2id = {name: i for i, name in enumerate(teacher.info.labels)} if teacher.info.labels else None
@@ -459,7 +455,7 @@ def distill(
             metrics.update({"eval_rows": len(eval_set), "eval_metric": final_score, "teacher_eval_metric": teacher_score,
                             "retention": final_score / teacher_score if teacher_score else None})
         say("write", f"writing the student to {out}")
-        art = _write_student(final, teacher, out, config, metrics, force, time.perf_counter() - t0,
+        art = _write_student(final, teacher, out, config, metrics, force, t0,
                              tokenizer=own_tokenizer)
         if not keep_run:
             shutil.rmtree(run, ignore_errors=True)
@@ -489,7 +485,7 @@ def _trainable(student, projections):
 
 
 def _write_student(model, teacher, out: Path, config: DistillConfig, metrics: dict[str, Any], force: bool,
-                   seconds: float, tokenizer=None) -> Artifact:
+                   t0: float, tokenizer=None) -> Artifact:
     from compress.models import load_teacher
 
     with staged_dir(out, force) as tmp:
@@ -508,16 +504,7 @@ def _write_student(model, teacher, out: Path, config: DistillConfig, metrics: di
         manifest = student.manifest()
         manifest.source = teacher.source()
         manifest.versions = library_versions("accelerate")
-        manifest.steps = [StepRecord(
-            stage="distill",
-            config=config.model_dump(mode="json"),
-            config_version=CONFIG_VERSION,
-            versions={k: manifest.versions.get(k) for k in ("torch", "transformers", "accelerate")},
-            input_digest=teacher.sha256,
-            output_digest=digest_dir(tmp),
-            seconds=round(seconds, 3),
-            metrics=metrics,
-        )]
+        DISTILL.seal(DISTILL.record(manifest, config, input_digest=teacher.sha256, metrics=metrics), tmp, t0)
         write_manifest(tmp, manifest)
     art = load_artifact(out)
     log.info("wrote %s (%s parameters, %.1f MB)", out, f"{metrics['student_parameters']:,}", metrics["size_bytes"] / 1e6)

@@ -8,14 +8,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compress.artifact import (
-    Artifact,
-)
+from compress.artifact import Artifact, Format, Precision
 from compress.errors import EdgeCompressError
-
-
+from compress.stages.spec import StageSpec, pairs
 
 CONFIG_VERSION = 1
+#: A teacher checkpoint (or a PyTorch artifact) teaches a smaller PyTorch student.
+DISTILL = StageSpec(
+    "distill", "distillation", accepts=pairs(Format.pytorch, Precision.fp32),
+    produces=pairs(Format.pytorch, Precision.fp32), versions=("torch", "transformers", "accelerate"),
+    hint="distil from the teacher checkpoint (or a PyTorch artifact), then export the student",
+    config_version=CONFIG_VERSION,
+)
 RUN_STATE = "trainer_state.json"
 RUN_CONFIG = "run_config.json"
 _IGNORE = -100

@@ -7,9 +7,42 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compress.artifact import Task
+from compress.artifact import Format, Precision, Task
+from compress.stages.spec import StageSpec, pairs
 
 CONFIG_VERSION = 1
+_FROM_CHECKPOINT = "export starts from a teacher checkpoint or a pytorch artifact (a distilled or pruned student)"
+_VERSIONS = ("optimum", "onnx", "onnxruntime", "openvino", "torch", "transformers")
+#: PyTorch -> ONNX (torch.onnx.export, its dynamo exporter, or Optimum), FP32, parity-checked.
+EXPORT_ONNX = StageSpec(
+    "export", "ONNX export", accepts=pairs(Format.pytorch, Precision.fp32), produces=pairs(Format.onnx, Precision.fp32),
+    versions=_VERSIONS, hint=_FROM_CHECKPOINT, config_version=CONFIG_VERSION,
+)
+#: PyTorch (through ONNX) or an FP32 ONNX artifact -> OpenVINO IR, FP32.
+EXPORT_OPENVINO = StageSpec(
+    "export", "OpenVINO export",
+    accepts=pairs(Format.pytorch, Precision.fp32) | pairs(Format.onnx, Precision.fp32),
+    produces=pairs(Format.openvino, Precision.fp32), versions=_VERSIONS,
+    hint="export starts from a teacher checkpoint, a pytorch artifact or (for --format openvino) an FP32 ONNX artifact",
+    precision_hint="export the FP32 artifact, then quantize the OpenVINO artifact (NNCF)", config_version=CONFIG_VERSION,
+)
+#: PyTorch or ONNX (FP32, or INT8 in TensorRT's explicit QDQ form) -> a TensorRT-ready ONNX, or an engine
+#: where TensorRT and a GPU are present.
+EXPORT_TENSORRT = StageSpec(
+    "export", "TensorRT export",
+    accepts=pairs(Format.pytorch, Precision.fp32) | pairs(Format.onnx, Precision.fp32, Precision.int8),
+    produces=pairs(Format.onnx, Precision.fp32, Precision.int8)
+    | pairs(Format.tensorrt, Precision.fp32, Precision.fp16, Precision.int8),
+    versions=("onnx", "onnxruntime", "optimum", "torch"),
+    hint="pass the teacher checkpoint or an FP32 ONNX artifact",
+    precision_hint="pass the FP32 ONNX artifact or the teacher checkpoint", config_version=CONFIG_VERSION,
+)
+#: PyTorch -> a Torch-TensorRT compiled program (FP16), on the GPU it was built for.
+EXPORT_TORCH_TENSORRT = StageSpec(
+    "export", "--via torch-tensorrt", accepts=pairs(Format.pytorch, Precision.fp32),
+    produces=pairs(Format.tensorrt, Precision.fp16), versions=("torch", "torch_tensorrt", "tensorrt"),
+    hint="pass the teacher checkpoint or a pytorch artifact, or use --via onnx", config_version=CONFIG_VERSION,
+)
 
 
 class ExportFormat(StrEnum):

@@ -21,24 +21,29 @@ from compress.artifact import (
     Artifact,
     Format,
     Precision,
-    StepRecord,
-    child_manifest,
-    copy_tokenizer_files,
     Task,
     TensorSpec,
     check_output,
-    digest_dir,
+    child_manifest,
+    copy_tokenizer_files,
     is_artifact,
     library_versions,
     load_artifact,
     staged_dir,
     write_manifest,
 )
-from compress.errors import ArtifactError, ConfigError, EdgeCompressError, ParityError, StageError
+from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
 from compress.stages.common import measure_parity, sample_texts
+from compress.stages.export_config import (
+    EXPORT_ONNX,
+    EXPORT_OPENVINO,
+    ExportConfig,
+    Exporter,
+    ExportFormat,
+    GraphOptimization,
+)
 
 log = logging.getLogger(__name__)
-from compress.stages.export_config import CONFIG_VERSION, ExportConfig, Exporter, ExportFormat, GraphOptimization
 
 def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     import onnx
@@ -244,21 +249,13 @@ def export_onnx(
     teacher_dir = source
     source_art = None
     prior = None  # manifest of a pytorch-format source artifact
+    spec = EXPORT_OPENVINO if config.format is ExportFormat.openvino else EXPORT_ONNX
     if is_artifact(source):
         source_art = load_artifact(source)
+        spec.check(source_art)
         if source_art.format is Format.pytorch:  # e.g. a distilled or pruned student: keep its lineage
             prior = source_art.manifest
             teacher_dir, source_art = source_art.path, None
-        elif not (config.format is ExportFormat.openvino and source_art.format is Format.onnx):
-            raise ArtifactError(
-                f"{source} is already a {source_art.format} artifact",
-                hint="export starts from a teacher checkpoint (or, for --format openvino, an ONNX artifact)",
-            )
-        elif source_art.precision is not Precision.fp32:
-            raise ArtifactError(
-                f"{source} is {source_art.precision}; OpenVINO export converts FP32 models",
-                hint="export the FP32 artifact, then quantize the OpenVINO artifact (NNCF)",
-            )
     if Path(out).resolve() == source.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
     if config.format is ExportFormat.openvino:
@@ -310,15 +307,7 @@ def export_onnx(
         manifest.inputs = list(inputs)
         manifest.outputs = list(outputs)
         manifest.versions = library_versions("openvino") if config.format is ExportFormat.openvino else library_versions()
-        step = StepRecord(
-            stage="export",
-            config=config.model_dump(mode="json"),
-            config_version=CONFIG_VERSION,
-            versions={k: manifest.versions.get(k) for k in
-                      ("optimum", "onnx", "onnxruntime", "openvino", "torch", "transformers") if k in manifest.versions},
-            input_digest=input_digest,
-        )
-        manifest.steps = [*manifest.steps, step] if teacher is None or prior is not None else [step]
+        step = spec.record(manifest, config, input_digest=input_digest, lineage=manifest.steps)
         write_manifest(tmp, manifest)
 
         texts = sample_texts(config.sample_data, config.parity_samples)
@@ -337,8 +326,7 @@ def export_onnx(
                 atol=config.atol,
                 hint="try --optimize none or another --opset; no artifact was written",
             )
-        step.seconds = round(time.perf_counter() - t0, 3)
-        step.output_digest = digest_dir(tmp)
+        spec.seal(step, tmp, t0)
         write_manifest(tmp, manifest)
     art = load_artifact(out)
     log.info("wrote %s (parity max |diff| %.2e)", out, parity.max_abs_diff)

@@ -64,18 +64,15 @@ import numpy as np
 
 from compress.artifact import (
     Artifact,
-    Format,
-    StepRecord,
     Task,
     check_output,
-    digest_dir,
     is_artifact,
     library_versions,
     load_artifact,
     staged_dir,
     write_manifest,
 )
-from compress.errors import ArtifactError, ConfigError, StageError
+from compress.errors import ConfigError, StageError
 from compress.models import model_feed
 
 log = logging.getLogger(__name__)
@@ -84,6 +81,7 @@ from compress.stages.prune_config import (  # noqa: F401 - public here too
     _ST_DIRS,
     _ST_FILES,
     CONFIG_VERSION,
+    PRUNE,
     SEMI_STRUCTURED,
     SPARSITY_NOTE,
     BudgetPrecision,
@@ -274,11 +272,7 @@ def _load_input(source: Path, config: PruneConfig):
     parent = None
     if is_artifact(source):
         parent = load_artifact(source)
-        if parent.format is not Format.pytorch:
-            raise ArtifactError(
-                f"{source} is a {parent.format} artifact; pruning changes PyTorch models",
-                hint="prune the teacher checkpoint or a PyTorch artifact (e.g. a distilled student), then export it",
-            )
+        PRUNE.check(parent)
     teacher = load_teacher(source, parent.task if parent else None, allow_pickle=config.allow_pickle,
                            trust_remote_code=config.trust_remote_code)
     return parent, teacher
@@ -551,17 +545,9 @@ def prune(
                 manifest.source = teacher.source()
                 prior = []
             manifest.versions = library_versions("accelerate") if config.recover_steps else library_versions()
-            manifest.steps = [*prior, StepRecord(
-                stage="prune",
-                config=config.model_dump(mode="json"),
-                config_version=CONFIG_VERSION,
-                versions={k: manifest.versions.get(k) for k in ("torch", "transformers", "tokenizers", "accelerate")
-                          if k in manifest.versions},
-                input_digest=parent.digest if parent is not None else teacher.sha256,
-                output_digest=digest_dir(stage),
-                seconds=round(time.perf_counter() - t0, 3),
-                metrics=_jsonable(metrics),
-            )]
+            step = PRUNE.record(manifest, config, input_digest=parent.digest if parent is not None else teacher.sha256,
+                                lineage=prior, metrics=_jsonable(metrics))
+            PRUNE.seal(step, stage, t0)
             write_manifest(stage, manifest)
             if progress:
                 progress({"phase": "write", "path": str(out)})

@@ -8,10 +8,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compress.artifact import Format, Precision
+from compress.stages.spec import StageSpec, pairs
+
 
 
 
 CONFIG_VERSION = 1
+#: Structured (heads, FFN, layers), vocabulary and sparsity pruning change a PyTorch model into a smaller one.
+PRUNE = StageSpec(
+    "prune", "pruning", accepts=pairs(Format.pytorch, Precision.fp32), produces=pairs(Format.pytorch, Precision.fp32),
+    versions=("torch", "transformers", "tokenizers", "accelerate"),
+    hint="prune the teacher checkpoint or a PyTorch artifact (e.g. a distilled student), then export it",
+    config_version=CONFIG_VERSION,
+)
 SEMI_STRUCTURED = "2:4"
 #: What the runtimes this project targets do with zeros in dense weight tensors.
 SPARSITY_NOTE = (

@@ -48,22 +48,24 @@ import numpy as np
 
 from compress.artifact import (
     Artifact,
-    Format,
     Precision,
-    StepRecord,
     check_output,
     child_manifest,
     copy_tokenizer_files,
-    digest_dir,
     is_artifact,
     library_versions,
     load_artifact,
     staged_dir,
     write_manifest,
 )
-from compress.errors import AccuracyBudgetError, ArtifactError, ConfigError, EdgeCompressError, StageError
+from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
 from compress.stages.common import measure_parity, sample_texts
+from compress.stages.spec import spec_for
 from compress.stages.quantize_config import (  # noqa: F401 - the settings' public home is compress.stages.quantize
+    CONFIG_VERSION,
+    QUANTIZE_ONNX,
+    QUANTIZE_OPENVINO,
+    QUANTIZE_SPECS,
     CalibrationMethod,
     EmbeddingPrecision,
     QuantizeConfig,
@@ -71,7 +73,6 @@ from compress.stages.quantize_config import (  # noqa: F401 - the settings' publ
     QuantPrecision,
     WeightType,
 )
-
 from compress.stages.quantize_graph import (  # noqa: F401 - public here too
     DYNAMIC_WEIGHT_OPS,
     FUSED_WEIGHT_OPS,
@@ -101,7 +102,6 @@ from compress.stages.quantize_graph import (  # noqa: F401 - public here too
 
 log = logging.getLogger(__name__)
 
-CONFIG_VERSION = 1
 
 class _CalibrationReader:
     """ONNX Runtime CalibrationDataReader over encoded texts, one sample at a time.
@@ -336,14 +336,8 @@ def _write_artifact(
 
     manifest = child_manifest(art.manifest, precision=precision, model_file="model.onnx")
     manifest.versions = library_versions()
-    step = StepRecord(
-        stage="quantize",
-        config=config.model_dump(mode="json") | {"reduce_range": q.reduce_range},
-        config_version=CONFIG_VERSION,
-        versions={"onnxruntime": manifest.versions.get("onnxruntime"), "onnx": manifest.versions.get("onnx")},
-        input_digest=art.digest,
-    )
-    manifest.steps.append(step)
+    step = QUANTIZE_ONNX.record(manifest, config, input_digest=art.digest, lineage=art.manifest.steps,
+                                extra_config={"reduce_range": q.reduce_range})
     write_manifest(tmp, manifest)
 
     texts = sample_texts(config.sample_data, config.parity_samples)
@@ -380,8 +374,7 @@ def _write_artifact(
         }
     metrics.update(extra_metrics or {})
     step.metrics = metrics
-    step.seconds = round(time.perf_counter() - t0, 3)
-    step.output_digest = digest_dir(tmp)
+    QUANTIZE_ONNX.seal(step, tmp, t0)
     write_manifest(tmp, manifest)
     return manifest
 
@@ -426,19 +419,10 @@ def quantize(
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     if config.accuracy_aware and not config.data:
         raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
-    if art.format not in (Format.onnx, Format.openvino):
-        raise ArtifactError(
-            f"{art.path} is a {art.format} artifact; quantize works on ONNX and OpenVINO artifacts",
-            hint="run `edgecompress export --format onnx|openvino` first",
-        )
-    if art.precision in (Precision.int8, Precision.int4):
-        raise ArtifactError(
-            f"{art.path} is already {art.precision}",
-            hint="quantize the FP32 artifact it came from instead (see `edgecompress inspect`)",
-        )
+    spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")
-    if art.format is Format.openvino:
+    if spec is QUANTIZE_OPENVINO:
         from compress.stages.quantize_openvino import quantize_openvino
 
         return quantize_openvino(art, out, config, force=force)

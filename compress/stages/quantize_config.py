@@ -7,6 +7,26 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compress.artifact import Format, Precision
+from compress.stages.spec import StageSpec, pairs
+
+CONFIG_VERSION = 1
+_QUANTIZE_HINT = "run `edgecompress export --format onnx|openvino` first"
+_QUANTIZED_HINT = "quantize the FP32 artifact it came from instead (see `edgecompress inspect`)"
+#: ONNX Runtime INT8 (dynamic/static, QDQ or QOperator) and INT4 weight-only, ONNX in and out.
+QUANTIZE_ONNX = StageSpec(
+    "quantize", "quantize", accepts=pairs(Format.onnx, Precision.fp32),
+    produces=pairs(Format.onnx, Precision.int8, Precision.int4), versions=("onnxruntime", "onnx"),
+    hint=_QUANTIZE_HINT, precision_hint=_QUANTIZED_HINT, config_version=CONFIG_VERSION,
+)
+#: NNCF post-training INT8 and INT4 weight compression, OpenVINO IR in and out.
+QUANTIZE_OPENVINO = StageSpec(
+    "quantize", "quantize", accepts=pairs(Format.openvino, Precision.fp32),
+    produces=pairs(Format.openvino, Precision.int8, Precision.int4), versions=("nncf", "openvino"),
+    hint=_QUANTIZE_HINT, precision_hint=_QUANTIZED_HINT, config_version=CONFIG_VERSION,
+)
+QUANTIZE_SPECS = (QUANTIZE_ONNX, QUANTIZE_OPENVINO)
+
 
 class QuantPrecision(StrEnum):
     int8 = "int8"

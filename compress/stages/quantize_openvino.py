@@ -37,22 +37,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from compress.artifact import (
     Artifact,
     Precision,
-    StepRecord,
     Task,
     child_manifest,
     copy_tokenizer_files,
-    digest_dir,
     library_versions,
     load_artifact,
     staged_dir,
@@ -60,13 +59,10 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.common import measure_parity, sample_texts
-
-if TYPE_CHECKING:
-    from compress.stages.quantize_config import QuantizeConfig
+from compress.stages.quantize_config import QUANTIZE_OPENVINO, QuantizeConfig
 
 log = logging.getLogger(__name__)
 
-CONFIG_VERSION = 1
 MIN_ADJUSTED_GROUP_SIZE = 32  # smallest group size NNCF may fall back to when --block-size does not divide a weight
 _QUANTIZABLE = ("MatMul", "Convolution", "GroupConvolution", "ScaledDotProductAttention", "Gather")
 _INT_TYPES = {"i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}
@@ -597,8 +593,8 @@ def _quantize_with_accuracy_control(
 
 
 def _write(
-    model, art: Artifact, dest: Path, force: bool, precision: Precision, step: StepRecord, config: QuantizeConfig,
-    t0: float, extra_files: dict[str, str] | None = None,
+    model, art: Artifact, dest: Path, force: bool, precision: Precision, resolved: dict[str, Any],
+    metrics: dict[str, Any], config: QuantizeConfig, t0: float, extra_files: dict[str, str] | None = None,
 ) -> Artifact:
     """Save ``model`` as a complete artifact at ``dest``: IR, tokenizer, manifest, parity vs the input."""
     import openvino as ov
@@ -612,8 +608,7 @@ def _write(
             (tmp / name).write_text(text, encoding="utf-8")
         manifest = child_manifest(art.manifest, precision=precision, model_file="model.xml")
         manifest.versions = library_versions("openvino", "nncf")
-        step = step.model_copy(deep=True)
-        manifest.steps.append(step)
+        step = QUANTIZE_OPENVINO.record(manifest, resolved, input_digest=art.digest, lineage=art.manifest.steps)
         write_manifest(tmp, manifest)
 
         texts = sample_texts(config.sample_data, config.parity_samples)
@@ -627,10 +622,9 @@ def _write(
             "size_bytes_after": after,
             "compression": round(before / after, 3),
             "graph": graph_summary(model),
-            **step.metrics,
+            **copy.deepcopy(metrics),
         }
-        step.seconds = round(time.perf_counter() - t0, 3)
-        step.output_digest = digest_dir(tmp)
+        QUANTIZE_OPENVINO.seal(step, tmp, t0)
         write_manifest(tmp, manifest)
     log.info("wrote %s (%.1f MB -> %.1f MB)", dest, before / 1e6, after / 1e6)
     return load_artifact(dest)
@@ -640,7 +634,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     """Quantize an FP32 OpenVINO artifact with NNCF into a new artifact at ``out`` (see the module doc)."""
     import tempfile
 
-    from compress._optional import require, version_of
+    from compress._optional import require
     from compress.stages.quantize_config import QuantPrecision
 
     method = _method(config)
@@ -702,30 +696,23 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
         "nncf_arguments": record,
         "calibration_source": calibration_source,
     })
-    step = StepRecord(
-        stage="quantize",
-        config=resolved,
-        config_version=CONFIG_VERSION,
-        versions={"nncf": version_of("nncf"), "openvino": version_of("openvino")},
-        input_digest=art.digest,
-        metrics={"nncf_seconds": nncf_seconds},
-    )
+    metrics: dict[str, Any] = {"nncf_seconds": nncf_seconds}
     if accuracy is not None:
-        step.metrics["accuracy_control"] = accuracy
+        metrics["accuracy_control"] = accuracy
         if not accuracy["budget_met"]:
-            raise _fail_budget(result, art, out, precision, step, config, t0)
-    return _write(result, art, out, force, precision, step, config, t0)
+            raise _fail_budget(result, art, out, precision, resolved, metrics, config, t0)
+    return _write(result, art, out, force, precision, resolved, metrics, config, t0)
 
 
-def _fail_budget(result, art: Artifact, out: Path, precision: Precision, step: StepRecord,
-                 config: QuantizeConfig, t0: float) -> EdgeCompressError:
+def _fail_budget(result, art: Artifact, out: Path, precision: Precision, resolved: dict[str, Any],
+                 metrics: dict[str, Any], config: QuantizeConfig, t0: float) -> EdgeCompressError:
     """Write the best candidate beside ``out`` (with accuracy_report.json) and return the error to raise."""
     import json
 
     from compress import errors
     from compress.artifact import is_artifact
 
-    acc = step.metrics["accuracy_control"]
+    acc = metrics["accuracy_control"]
     best_dir = out.parent / f"{out.name}.best-candidate"
     written = None
     message = (
@@ -736,12 +723,12 @@ def _fail_budget(result, art: Artifact, out: Path, precision: Precision, step: S
     if best_dir.exists() and not is_artifact(best_dir):
         log.error("%s exists and is not an artifact: the best candidate was not written", best_dir)
     else:
-        step = step.model_copy(deep=True)
-        step.metrics["accuracy_control"]["note"] = (
+        metrics = copy.deepcopy(metrics)
+        metrics["accuracy_control"]["note"] = (
             "best candidate of a failed accuracy-control run: it does NOT meet the budget")
         report = {"status": "failed: accuracy budget not met", "message": message, "requested_output": str(out),
                   "input": str(art.path), **acc}
-        _write(result, art, best_dir, True, precision, step, config, t0,
+        _write(result, art, best_dir, True, precision, resolved, metrics, config, t0,
                extra_files={"accuracy_report.json": json.dumps(report, indent=2, default=str) + "\n"})
         written = best_dir
         log.warning("wrote the best candidate (budget not met) to %s", best_dir)

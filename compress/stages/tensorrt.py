@@ -38,11 +38,9 @@ from compress.artifact import (
     Artifact,
     Format,
     Precision,
-    StepRecord,
     check_output,
     child_manifest,
     copy_tokenizer_files,
-    digest_dir,
     is_artifact,
     library_versions,
     load_artifact,
@@ -51,7 +49,7 @@ from compress.artifact import (
 )
 from compress.errors import ArtifactError, ConfigError, StageError
 from compress.stages.common import measure_parity, sample_texts
-from compress.stages.export_config import CONFIG_VERSION, ExportConfig, ExportFormat, GraphOptimization, TrtPrecision, TrtVia
+from compress.stages.export_config import EXPORT_TENSORRT, ExportConfig, ExportFormat, GraphOptimization, TrtPrecision, TrtVia
 from compress.stages.tensorrt_shapes import (  # noqa: F401 - public here too
     INT8_MIN_AGREEMENT,
     MIN_COSINE,
@@ -401,12 +399,11 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
     if out.resolve() == source.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
     source_art = load_artifact(source) if is_artifact(source) else None
-    if source_art is not None and source_art.format is Format.pytorch:
-        source_art = None
     if source_art is not None:
-        if source_art.format is not Format.onnx:
-            raise ArtifactError(f"{source} is a {source_art.format} artifact; TensorRT export reads ONNX",
-                                hint="pass the teacher checkpoint or an FP32 ONNX artifact")
+        EXPORT_TENSORRT.check(source_art)
+        if source_art.format is Format.pytorch:
+            source_art = None
+    if source_art is not None:
         model = onnx.load(str(source_art.model_path), load_external_data=False)
         _check_unfused(model, source, source_art.manifest.source.path)
         if source_art.precision is Precision.int8:
@@ -419,9 +416,6 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             if precision is not TrtPrecision.int8:
                 raise ConfigError(f"{source} is INT8 QDQ; --precision {precision} needs an FP32 source",
                                   hint="use --precision int8, or pass the FP32 artifact")
-        elif source_art.precision is not Precision.fp32:
-            raise ArtifactError(f"{source} is {source_art.precision}; TensorRT export reads FP32 or INT8 QDQ ONNX",
-                                hint="pass the FP32 ONNX artifact or the teacher checkpoint")
     needs_calibration = precision is TrtPrecision.int8 and (source_art is None or source_art.precision is Precision.fp32)
     if needs_calibration and not config.calibration:
         raise ConfigError("--precision int8 needs calibration data for the activation ranges",
@@ -469,10 +463,7 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             for spec in manifest.inputs:
                 spec.shape = list(shapes["min"])
         manifest.versions = library_versions()
-        step = StepRecord(stage="export", config=config.model_dump(mode="json"), config_version=CONFIG_VERSION,
-                          versions={k: manifest.versions.get(k) for k in ("onnx", "onnxruntime", "optimum", "torch")},
-                          input_digest=fp32.digest)
-        manifest.steps = [*manifest.steps, step]
+        step = EXPORT_TENSORRT.record(manifest, config, input_digest=fp32.digest, lineage=manifest.steps)
         write_manifest(onnx_dir, manifest)
 
         # the TensorRT-ready ONNX must still agree with the FP32 model in onnxruntime
@@ -523,9 +514,7 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             finally:
                 reference.close()
         step.metrics.update(metrics)
-        step.seconds = round(time.perf_counter() - t0, 3)
-        write_manifest(tmp, manifest)
-        step.output_digest = digest_dir(tmp)
+        EXPORT_TENSORRT.seal(step, tmp, t0)
         write_manifest(tmp, manifest)
     art = load_artifact(out)
     log.info("wrote %s (%s)", out, "TensorRT-ready ONNX" if builder is None else "TensorRT engine")

@@ -28,26 +28,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from compress.artifact import (
     Artifact,
     Format,
     Precision,
-    StepRecord,
     TensorSpec,
     check_output,
-    digest_dir,
     is_artifact,
     library_versions,
     load_artifact,
     staged_dir,
     write_manifest,
 )
-from compress.errors import ArtifactError, ConfigError, MissingBackendError, StageError
+from compress.errors import ConfigError, MissingBackendError, StageError
 from compress.runtimes.torch_tensorrt_program import ProgramRunner, _first_line, install_hint  # noqa: F401
 from compress.stages.common import sample_texts
-from compress.stages.export_config import CONFIG_VERSION, ExportConfig, TrtPrecision
+from compress.stages.export_config import EXPORT_TORCH_TENSORRT, ExportConfig, TrtPrecision
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +254,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     prior = None
     if is_artifact(source):
         art = load_artifact(source)
-        if art.format is not Format.pytorch:
-            raise ArtifactError(f"{source} is a {art.format} artifact; --via torch-tensorrt compiles a PyTorch model",
-                                hint="pass the teacher checkpoint or a pytorch artifact, or use --via onnx")
+        EXPORT_TORCH_TENSORRT.check(art)
         prior = art.manifest
     teacher = load_teacher(source, config.task, allow_pickle=config.allow_pickle,
                            trust_remote_code=config.trust_remote_code)
@@ -289,10 +284,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         manifest.versions = library_versions("tensorrt", "torch_tensorrt")
         manifest.target = {**_facts(device), "precision": "fp16", "shapes": shape_rec, "static": static,
                            "builder": "torch-tensorrt"}
-        step = StepRecord(stage="export", config=config.model_dump(mode="json"), config_version=CONFIG_VERSION,
-                          versions={k: manifest.versions.get(k) for k in ("torch", "torch_tensorrt", "tensorrt")},
-                          input_digest=teacher.sha256)
-        manifest.steps = [*manifest.steps, step]
+        step = EXPORT_TORCH_TENSORRT.record(manifest, config, input_digest=teacher.sha256, lineage=manifest.steps)
         write_manifest(tmp, manifest)
 
         # the compiled program must agree with the PyTorch FP32 model on the same GPU
@@ -312,8 +304,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         step.metrics["parity"] = {**parity.as_dict(), "reference": "PyTorch FP32 on the same GPU"}
         require_agreement(parity, "the Torch-TensorRT FP16 program", "PyTorch FP32",
                           "use --via onnx --precision fp16, or report it")
-        step.seconds = round(time.perf_counter() - t0, 3)
-        step.output_digest = digest_dir(tmp)
+        EXPORT_TORCH_TENSORRT.seal(step, tmp, t0)
         write_manifest(tmp, manifest)
         del compiled, program
         torch.cuda.empty_cache()

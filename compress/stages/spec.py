@@ -1,0 +1,117 @@
+"""What each stage accepts and produces, checked in one place, and the one way a stage records itself.
+
+Every stage declares a :class:`StageSpec`: the (format, precision) pairs and tasks it takes, the pairs it
+makes, and the libraries whose versions its step records. :meth:`StageSpec.check` refuses an input the stage
+does not take with one message shape and the legal next step; :meth:`StageSpec.record` derives the child
+artifact's step record (config, versions, input digest, lineage) and refuses, as a bug, an output the stage
+did not declare. :meth:`StageSpec.seal` stamps the wall time and output digest when the files are final.
+No stage builds a :class:`~compress.artifact.StepRecord` by hand.
+
+A teacher checkpoint (a plain Hugging Face directory, not an artifact) counts as ``pytorch``/``fp32``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import Artifact, Format, Manifest, Precision, StepRecord, Task, digest_dir
+from compress.errors import ArtifactError
+
+_ALL_TASKS = frozenset(Task)
+
+
+def pairs(fmt: Format, *precisions: Precision) -> dict[Format, frozenset[Precision]]:
+    """``{fmt: {precisions}}``: the building block of ``accepts``/``produces``."""
+    return {fmt: frozenset(precisions)}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's declaration: what it takes, what it makes, what its step record names."""
+
+    stage: str  #: step name in the manifest (``export``, ``quantize``, ...)
+    verb: str  #: how messages name the stage ("quantize", "TensorRT export")
+    accepts: Mapping[Format, frozenset[Precision]]
+    produces: Mapping[Format, frozenset[Precision]]
+    versions: tuple[str, ...]  #: libraries whose versions the step records (from the manifest's versions)
+    hint: str  #: the legal next step when an input's format is refused
+    precision_hint: str | None = None  #: ... when only its precision is refused
+    tasks: frozenset[Task] = field(default=_ALL_TASKS)
+    config_version: int = 1
+
+    def takes(self, fmt: Format, precision: Precision) -> bool:
+        return precision in self.accepts.get(fmt, ())
+
+    def describe_accepts(self) -> str:
+        return describe(self.accepts)
+
+    def check(self, art: Artifact) -> None:
+        """Refuse an input artifact this stage does not take (exit 2, one line, the legal next step)."""
+        if art.format not in self.accepts:
+            raise ArtifactError(f"{art.path} is a {art.format} artifact; {self.verb} takes {self.describe_accepts()}",
+                                hint=self.hint)
+        if art.precision not in self.accepts[art.format]:
+            made_here = art.precision in self.produces.get(art.format, ())  # e.g. quantizing an INT8 model again
+            raise ArtifactError(f"{art.path} is {'already ' if made_here else ''}{art.format} {art.precision}; "
+                                f"{self.verb} takes {self.describe_accepts()}", hint=self.precision_hint or self.hint)
+        if art.task not in self.tasks:
+            raise ArtifactError(f"{art.path} is a {art.task} model; {self.verb} takes "
+                                f"{' or '.join(sorted(t.value for t in self.tasks))} models", hint=self.hint)
+
+    def record(self, manifest: Manifest, config: Any, *, input_digest: str | None,
+               lineage: Sequence[StepRecord] = (), extra_config: Mapping[str, Any] | None = None,
+               metrics: dict[str, Any] | None = None) -> StepRecord:
+        """Append this stage's step to ``manifest`` (after ``lineage``, the input's steps) and return it.
+
+        ``manifest`` is the child's, with its format and precision already set: one this stage does not declare
+        is a bug in the stage, not the user's input, so it raises ``AssertionError``.
+        """
+        made = self.produces.get(manifest.format, frozenset())
+        assert manifest.precision in made, (
+            f"{self.stage} declared {describe(self.produces)} but made {manifest.format} {manifest.precision}")
+        cfg = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
+        step = StepRecord(
+            stage=self.stage,
+            config=cfg | dict(extra_config or {}),
+            config_version=self.config_version,
+            versions={k: manifest.versions.get(k) for k in self.versions if k in manifest.versions},
+            input_digest=input_digest,
+            metrics=metrics if metrics is not None else {},
+        )
+        manifest.steps = [*lineage, step]
+        return step
+
+    @staticmethod
+    def seal(step: StepRecord, directory: Path, t0: float) -> StepRecord:
+        """Stamp the step's wall time (since ``t0``, a ``perf_counter`` reading) and the written files' digest."""
+        step.seconds = round(time.perf_counter() - t0, 3)
+        step.output_digest = digest_dir(directory)
+        return step
+
+
+def describe(table: Mapping[Format, Iterable[Precision]]) -> str:
+    """``onnx fp32, openvino fp32``: a spec's pairs, as messages print them."""
+    return ", ".join(f"{fmt} {'/'.join(sorted(p.value for p in precs))}" for fmt, precs in table.items())
+
+
+def spec_for(specs: Sequence[StageSpec], art: Artifact) -> StageSpec:
+    """The spec of a stage family (one per backend) that takes ``art``; refuse it, naming them all, if none does."""
+    for spec in specs:
+        if spec.takes(art.format, art.precision) and art.task in spec.tasks:
+            return spec
+    def union(tables: Iterable[Mapping[Format, frozenset[Precision]]]) -> dict[Format, frozenset[Precision]]:
+        out: dict[Format, frozenset[Precision]] = {}
+        for table in tables:
+            for fmt, precs in table.items():
+                out[fmt] = out.get(fmt, frozenset()) | precs
+        return out
+
+    family = StageSpec(specs[0].stage, specs[0].verb, union(s.accepts for s in specs),
+                       union(s.produces for s in specs), (), specs[0].hint, specs[0].precision_hint)
+    family.check(art)
+    specs[0].check(art)  # the task is what failed
+    raise AssertionError("unreachable")
