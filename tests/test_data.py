@@ -79,7 +79,7 @@ def test_parquet(tmp_path):
 def test_parquet_through_pandas_when_pyarrow_api_is_unavailable(tmp_path, monkeypatch):
     pd = pytest.importorskip("pandas", reason="pandas not installed")
     pytest.importorskip("pyarrow", reason="pandas needs a Parquet engine to write the fixture")
-    import compress.data as data
+    import compress.data_readers as data
 
     f = tmp_path / "d.parquet"
     pd.DataFrame({"text": ["a", "b"], "label": ["positive", "negative"]}).to_parquet(f)
@@ -89,7 +89,7 @@ def test_parquet_through_pandas_when_pyarrow_api_is_unavailable(tmp_path, monkey
 
 
 def test_parquet_without_backends_is_a_missing_backend_error(tmp_path, monkeypatch):
-    import compress.data as data
+    import compress.data_readers as data
 
     f = write(tmp_path / "d.parquet", "PAR1")
     monkeypatch.setattr(data, "is_available", lambda name: False)
