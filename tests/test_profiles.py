@@ -61,7 +61,7 @@ def test_builtin_names_sorted_and_abstract_parent_hidden():
     assert not any(n.startswith("_") for n in names)
 
 
-# GPU profiles (hardware.gpu) have GPU runtimes and budgets: tests/test_gpu_runtimes.py checks them
+# GPU profiles (hardware.gpu) have GPU runtimes and budgets: tests/runtimes/test_gpu_runtimes.py checks them
 CPU_BUILTINS = [n for n in builtin_profile_names() if load_profile(n).hardware.gpu is None]
 
 

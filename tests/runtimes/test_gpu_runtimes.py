@@ -67,7 +67,7 @@ def test_gpu_profiles_load_with_gpu_facts(name):
 def _builtin_path(name):
     from pathlib import Path
 
-    return Path(__file__).resolve().parent.parent / "profiles" / f"{name}.yaml"
+    return Path(__file__).resolve().parents[2] / "profiles" / f"{name}.yaml"
 
 
 def test_jetson_orin_nano_gpu_extends_the_cpu_profile():
