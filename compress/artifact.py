@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -58,6 +58,23 @@ class TensorSpec(BaseModel):
     shape: list[int | str] = Field(description="Dimensions; strings name dynamic axes.")
 
 
+class TextPreprocess(BaseModel):
+    """How raw text becomes the model's inputs: the ``text`` kind of input description.
+
+    Every runtime adapter, the remote runner's controller and the serverless handler build feeds from this
+    (``compress.device.make_feeds``); an image preprocessor is a second kind beside it."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["text"] = "text"
+    tokenizer_file: str = Field("tokenizer.json", description="The `tokenizers` file, relative to the artifact.")
+    pad_id: int | None = Field(None, description="Padding token id; None: the pad token tokenizer_config.json names.")
+
+    @field_validator("tokenizer_file")
+    @classmethod
+    def _tokenizer_inside(cls, v: str) -> str:
+        return _inside(v)
+
+
 class Postprocess(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pooling: str | None = Field(None, description="'mean' (sentence-transformers) or None for logits.")
@@ -94,6 +111,11 @@ class Manifest(BaseModel):
     model_file: str = Field(description="Main model file, relative to the artifact directory.")
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
+    preprocess: TextPreprocess = Field(
+        default_factory=TextPreprocess,
+        description="How inputs are made from raw data (text: tokenizer, padding); the inputs list names what the "
+        "graph takes. Manifests written before this field read as the text default.",
+    )
     postprocess: Postprocess = Field(default_factory=Postprocess)
     max_length: int = Field(512, description="Longest sequence the tokenizer produces (truncation).")
     source: SourceInfo

@@ -304,11 +304,13 @@ def _handler_source(entry: str) -> tuple[str, str]:
     return f"{module}.py", src
 
 
-def _pad_id(art: Artifact) -> int:
-    """The pad token id exactly as the library's TextEncoder finds it (tokenizer_config.json's pad_token)."""
-    from compress.tokenization import TextEncoder
+def _preprocess(art: Artifact) -> dict[str, Any]:
+    """The artifact's input description as the handler reads it: the tokenizer inside the bundle, and the pad
+    token id resolved exactly as the library's runtimes resolve it (so the bundle needs no tokenizer_config.json)."""
+    from compress.tokenization import encoder_for
 
-    return int(TextEncoder.from_dir(art.path, [t.name for t in art.manifest.inputs], art.manifest.max_length).pad_id)
+    spec = art.manifest.preprocess.model_dump()
+    return spec | {"tokenizer_file": f"{MODEL_DIR}/{spec['tokenizer_file']}", "pad_id": encoder_for(art).pad_id}
 
 
 def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[str, Any], config: PackageConfig,
@@ -330,11 +332,10 @@ def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[s
         "task": str(m.task),
         "labels": m.labels if m.task is Task.text_classification else None,
         "model_file": f"{MODEL_DIR}/{m.model_file}",
-        "tokenizer_file": f"{MODEL_DIR}/tokenizer.json",
+        "preprocess": _preprocess(art),
         "input_names": [t.name for t in m.inputs],
         "output_name": m.outputs[0].name if m.outputs else None,
         "max_length": m.max_length,
-        "pad_id": _pad_id(art),
         "postprocess": m.postprocess.model_dump(),
         "threads": function["threads"],
         "max_batch_size": config.max_batch_size,

@@ -19,7 +19,8 @@ import numpy as np
 from compress._optional import is_available, require
 from compress.artifact import Artifact, Format
 from compress.errors import ConfigError
-from compress.tokenization import TextEncoder, pool
+from compress.device import pool
+from compress.tokenization import TextFeeds, encoder_for
 
 # runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here.
 RUNTIMES: dict[str, str] = {
@@ -92,9 +93,8 @@ class RuntimeBackend(ABC):
         cls.check_settings(settings)
 
     # -- shared ---------------------------------------------------------------------------------
-    def _make_encoder(self) -> TextEncoder:
-        m = self.artifact.manifest
-        return TextEncoder.from_dir(self.artifact.path, [t.name for t in m.inputs], m.max_length)
+    def _make_encoder(self) -> TextFeeds:
+        return encoder_for(self.artifact)
 
     @property
     def input_names(self) -> list[str]:

@@ -21,9 +21,9 @@ import os
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
-# pooling and session options shared with edgecompress's runtimes and its remote runner (compress/device.py)
+# feeds (the tokenizer), pooling and session options shared with edgecompress's runtimes and its remote runner
+# (compress/device.py)
 import edgecompress_device as device
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,10 +36,6 @@ LABELS = CONFIG.get("labels") or []
 POOLING = (CONFIG.get("postprocess") or {}).get("pooling")
 NORMALIZE = bool((CONFIG.get("postprocess") or {}).get("normalize"))
 
-TOKENIZER = Tokenizer.from_file(os.path.join(_HERE, CONFIG["tokenizer_file"]))
-TOKENIZER.no_padding()
-TOKENIZER.enable_truncation(max_length=int(CONFIG["max_length"]))
-TOKENIZER.enable_padding(pad_id=int(CONFIG.get("pad_id") or 0))
 
 
 def _session():
@@ -51,6 +47,8 @@ def _session():
 
 SESSION = _session()
 INPUT_NAMES = [i.name for i in SESSION.get_inputs()]
+# the feeds as edgecompress builds them everywhere, from the artifact's input description (compress/device.py)
+FEEDS = device.make_feeds(_HERE, CONFIG["preprocess"], INPUT_NAMES, CONFIG["max_length"])
 OUTPUT_NAME = CONFIG.get("output_name") or SESSION.get_outputs()[0].name
 
 
@@ -76,16 +74,6 @@ def _texts(event):
     return texts, pairs
 
 
-def _encode(texts, pairs):
-    enc = TOKENIZER.encode_batch(list(zip(texts, pairs)) if pairs is not None else list(texts))
-    arrays = {
-        "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
-        "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
-        "token_type_ids": np.asarray([e.type_ids for e in enc], dtype=np.int64),
-    }
-    return {name: arrays[name] for name in INPUT_NAMES if name in arrays}, arrays["attention_mask"]
-
-
 def _pool(hidden, mask):
     return device.pool(hidden, mask, POOLING or "mean", NORMALIZE)
 
@@ -94,7 +82,7 @@ def predict(texts, pairs=None):
     """Raw model outputs for a list of texts: logits (classifiers) or pooled embeddings (encoders)."""
     outs = []
     for i in range(0, len(texts), MAX_BATCH):
-        feed, mask = _encode(texts[i:i + MAX_BATCH], pairs[i:i + MAX_BATCH] if pairs is not None else None)
+        feed, mask = FEEDS.encode_with_mask(texts[i:i + MAX_BATCH], pairs[i:i + MAX_BATCH] if pairs is not None else None)
         out = SESSION.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
         outs.append(_pool(out, mask) if POOLING else out)
     return np.concatenate(outs, axis=0)

@@ -145,10 +145,9 @@ def _check_onnx_only_options(config: QuantizeConfig) -> None:
 
 
 def _encoder(art: Artifact):
-    from compress.tokenization import TextEncoder
+    from compress.tokenization import encoder_for
 
-    m = art.manifest
-    return TextEncoder.from_dir(art.path, [t.name for t in m.inputs], m.max_length)
+    return encoder_for(art)
 
 
 def _calibration_items(encoder, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, np.ndarray]]:

@@ -421,12 +421,11 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     Returns the files to send (remote relative path -> local path), job.json's sha256 and the teacher's
     outputs on the eval data (None without data or teacher).
     """
-    from compress.tokenization import TextEncoder
+    from compress.tokenization import encoder_for
     from compress.validation.common import baseline_artifact, latency_texts
 
-    m = art.manifest
     meas = profile.measure
-    encoder = TextEncoder.from_dir(art.path, [t.name for t in m.inputs], m.max_length)
+    encoder = encoder_for(art)
     arrays: dict[str, np.ndarray] = {}
     n_batches = 0
     ref = None
@@ -457,9 +456,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     if base_art is not None:
         models["baseline"] = _model_spec(base_art, "baseline")
         _ship_model(base_art, "baseline", files, hashes)
-        benc = TextEncoder.from_dir(base_art.path, [t.name for t in base_art.manifest.inputs],
-                                    base_art.manifest.max_length)
-        for name, arr in benc.encode(lat_texts, pad_to=meas.sequence_length).items():
+        for name, arr in encoder_for(base_art).encode(lat_texts, pad_to=meas.sequence_length).items():
             arrays[f"lat.baseline.{name}"] = arr
 
     _npz(arrays, tmpdir / "inputs.npz")
