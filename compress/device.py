@@ -163,3 +163,35 @@ def make_feeds(directory, preprocess, input_names, max_length):
         return TextFeeds.from_dir(directory, input_names, max_length, spec.get("tokenizer_file") or "tokenizer.json",
                                   spec.get("pad_id"))
     raise ValueError("unknown input kind %r (known: %s)" % (kind, ", ".join(INPUT_KINDS)))
+
+
+# --- timing: the loop every latency figure comes from (host, remote device) ------------------------------------
+
+def time_interleaved(runs, warmup=10, min_runs=100, min_duration_s=5.0, max_runs=10000, rounds=10, on_round=None):
+    """Seconds per call of each callable in ``runs`` ({name: fn}), timed in alternating rounds (A×k, B×k, A×k, ...)
+    until each has ``min_runs`` samples and ``min_duration_s`` of timed work (or ``max_runs``), so that slow drifts
+    of a shared, noisy machine hit all of them alike. ``on_round(samples)`` is called after every round."""
+    import time
+
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    samples = dict((name, []) for name in runs)
+    per_round = max(1, min_runs // rounds)
+    perf = time.perf_counter
+
+    def enough(s):
+        return len(s) >= max_runs or (len(s) >= min_runs and sum(s) >= min_duration_s)
+
+    while not all(enough(s) for s in samples.values()):
+        for name, fn in runs.items():
+            s = samples[name]
+            if enough(s):
+                continue
+            for _ in range(per_round):
+                t0 = perf()
+                fn()
+                s.append(perf() - t0)
+        if on_round is not None:
+            on_round(samples)
+    return samples

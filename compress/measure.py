@@ -104,33 +104,16 @@ def measure_interleaved(
     noisy machine hit all of them alike: ratios between them are then fair. Each callable must
     finish its work before returning (GPU adapters synchronise inside).
     """
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    per_round = max(1, min_runs // rounds)
-    perf = time.perf_counter
+    from compress.device import time_interleaved
 
-    def done() -> bool:
-        return all(
-            len(s) >= max_runs or (len(s) >= min_runs and sum(s) >= min_duration_s) for s in samples.values()
-        )
+    def progress(samples: dict[str, list[float]]) -> None:
+        on_progress(min(
+            min(min(len(s) / min_runs, sum(s) / min_duration_s if min_duration_s else 1.0), 1.0)
+            for s in samples.values()
+        ))
 
-    while not done():
-        for name, fn in runs.items():
-            s = samples[name]
-            if len(s) >= max_runs or (len(s) >= min_runs and sum(s) >= min_duration_s):
-                continue
-            for _ in range(per_round):
-                t0 = perf()
-                fn()
-                s.append(perf() - t0)
-        if on_progress:
-            frac = min(
-                min(min(len(s) / min_runs, sum(s) / min_duration_s if min_duration_s else 1.0), 1.0)
-                for s in samples.values()
-            )
-            on_progress(frac)
+    samples = time_interleaved(runs, warmup, min_runs, min_duration_s, max_runs, rounds,
+                               on_round=progress if on_progress else None)
     return {name: LatencyStats.from_samples(s, batch_size) for name, s in samples.items()}
 
 

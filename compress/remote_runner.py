@@ -284,32 +284,6 @@ def feeds(data, prefix, names):
     return dict((n, data[prefix + n]) for n in names if (prefix + n) in data.files)
 
 
-# -- latency (the interleaved loop of edgecompress.measure, ported) --------------------------------
-
-def measure_interleaved(runs, warmup, min_runs, min_duration_s, max_runs, rounds=10):
-    """Alternating rounds (A×k, B×k, ...) until each has ``min_runs`` samples and ``min_duration_s`` seconds."""
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    samples = dict((name, []) for name in runs)
-    per_round = max(1, min_runs // rounds)
-    perf = time.perf_counter
-
-    def enough(s):
-        return len(s) >= max_runs or (len(s) >= min_runs and sum(s) >= min_duration_s)
-
-    while not all(enough(s) for s in samples.values()):
-        for name, fn in runs.items():
-            s = samples[name]
-            if enough(s):
-                continue
-            for _ in range(per_round):
-                t0 = perf()
-                fn()
-                s.append(perf() - t0)
-    return samples
-
-
 # -- files -----------------------------------------------------------------------------------------
 
 def sha256_file(path, chunk=1 << 20):
@@ -409,7 +383,8 @@ def _run(args, workdir, t_start):
         runs[name] = (lambda m, f: (lambda: m.run(f)))(model, feed)
     say("timing %s" % " and ".join(runs))
     t0 = time.perf_counter()
-    samples = measure_interleaved(runs, meas["warmup"], meas["min_runs"], meas["min_duration_s"], meas["max_runs"])
+    samples = _device().time_interleaved(runs, meas["warmup"], meas["min_runs"], meas["min_duration_s"],
+                                         meas["max_runs"])
     phases["latency_s"] = time.perf_counter() - t0
     describe = art.describe(job)
     models.clear()
