@@ -57,3 +57,11 @@ def test_the_old_validate_path_still_works_and_stays_callable():
     proc = _python("from compress.validate import ValidateConfig, ValidationReport; import compress; "
                    "assert callable(compress.validate); from compress import validate; assert callable(validate)")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_paths_the_readme_named_before_the_stage_families_became_packages_still_work():
+    proc = _python("from compress.stages.tensorrt import check_tensorrt_qdq; "
+                   "from compress.stages.export.tensorrt import check_tensorrt_qdq as new; assert check_tensorrt_qdq is new; "
+                   "from compress.stages.export import ExportConfig, export; "
+                   "from compress.stages.quantize import QuantizeConfig, quantize")
+    assert proc.returncode == 0, proc.stderr

@@ -250,7 +250,7 @@ def test_sigterm_during_export_removes_the_staging_directory(bert_classifier, tm
     work = tmp_path / "work"
     work.mkdir()
     out = work / "model-onnx"
-    proc = _stop_midway(["export", bert_classifier, "--out", out], "compress.stages.export_onnx:_graph_specs",
+    proc = _stop_midway(["export", bert_classifier, "--out", out], "compress.stages.export.onnx:_graph_specs",
                         signal.SIGTERM, tmp_path)
     assert proc.returncode == 143, proc.stderr
     assert "interrupted (SIGTERM); no output was written" in proc.stderr and "Traceback" not in proc.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from compress.cli._common import build_config, console, force_option, status
-from compress.stages.export_config import ExportConfig, Exporter, GraphOptimization
+from compress.stages.export.config import ExportConfig, Exporter, GraphOptimization
 
 
 @click.command("export")

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from compress.cli._common import build_config, console, force_option, status
-from compress.stages.quantize_config import CalibrationMethod, QuantizeConfig
+from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 
 
 @click.command("quantize")

@@ -32,7 +32,7 @@ def test_export_parity_failure_writes_nothing(bert_classifier, onnx_artifact, tm
     atol = 1e-12
     if onnx_artifact.manifest.steps[0].metrics["parity"]["max_abs_diff"] <= atol:
         # the tiny model happened to export bit-exactly: force a disagreement instead
-        import compress.stages.export_onnx as export_mod
+        import compress.stages.export.onnx as export_mod
         from compress.stages.common import compare_outputs
 
         def far_off(reference, candidate, classification):

@@ -213,7 +213,7 @@ def test_accuracy_budget_missed_writes_best_candidate_and_fails(ov_artifact, dat
     is still written beside the output as a complete, verified artifact."""
     from compress import errors
     from compress.errors import EdgeCompressError
-    from compress.stages import quantize_openvino as qov
+    from compress.stages.quantize import openvino as qov
     from compress.stages.quantize import QuantizeConfig, quantize
 
     real = qov._Evaluator.evaluate

@@ -31,7 +31,7 @@ def test_cli_refuses_with_one_line_and_exit_2(onnx_artifact, tmp_path, capsys, a
 
 
 def test_excluding_every_quantizable_node_is_refused(onnx_artifact, tmp_path):
-    from compress.stages.quantize import _OnnxQuantizer
+    from compress.stages.quantize.onnxruntime import _OnnxQuantizer
 
     names = [lay.name for lay in _OnnxQuantizer(onnx_artifact, QuantizeConfig(op_types=["MatMul"])).layers()]
     with pytest.raises(ConfigError, match="--exclude-nodes covers every quantizable node"):
@@ -97,7 +97,7 @@ def test_python_api_refuses_what_would_be_ignored(onnx_artifact, tmp_path):
 
 
 def test_int4_with_calibration_points_to_static_int8(unused_tmp=None):
-    from compress.stages.quantize_graph import _check_applicable
+    from compress.stages.quantize.graph import _check_applicable
 
     with pytest.raises(ConfigError, match="--precision int8 --mode static"):
         _check_applicable(QuantizeConfig(precision="int4", calibration="x.tsv"))

@@ -11,9 +11,9 @@ from compress.artifact import Format, Precision, StepRecord, Task, child_manifes
 from compress.errors import ArtifactError
 from compress.package_config import PACKAGE
 from compress.stages.distill_config import DISTILL
-from compress.stages.export_config import EXPORT_ONNX, EXPORT_OPENVINO, EXPORT_TENSORRT, EXPORT_TORCH_TENSORRT
+from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, EXPORT_TENSORRT, EXPORT_TORCH_TENSORRT
 from compress.stages.prune_config import PRUNE
-from compress.stages.quantize_config import QUANTIZE_ONNX, QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
+from compress.stages.quantize.config import QUANTIZE_ONNX, QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
 from compress.stages.spec import spec_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from compress.cli import cli
 from compress.errors import ArtifactError, MissingBackendError
 from compress.stages.export import ExportConfig, export
-from compress.stages.tensorrt import check_tensorrt_qdq, parse_shape, resolve_shapes
+from compress.stages.export.tensorrt import check_tensorrt_qdq, parse_shape, resolve_shapes
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import pytest
 
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
 from compress.stages.export import ExportConfig, export
-from compress.stages.tensorrt import resolve_shapes
-from compress.stages.torch_tensorrt import PROGRAM, ProgramRunner, capture, check_request, export_torch_tensorrt
+from compress.stages.export.tensorrt import resolve_shapes
+from compress.stages.export.torch_tensorrt import PROGRAM, ProgramRunner, capture, check_request, export_torch_tensorrt
 
 
 def _teacher(path):
@@ -109,7 +109,7 @@ def test_no_gpu_is_one_line(monkeypatch):
 
 
 def test_onnx_source_is_refused(onnx_artifact, tmp_path, monkeypatch):
-    import compress.stages.torch_tensorrt as ttrt
+    import compress.stages.export.torch_tensorrt as ttrt
 
     monkeypatch.setattr(ttrt, "check_request", lambda config, device: None)
     with pytest.raises(ArtifactError, match="torch-tensorrt takes pytorch fp32"):
@@ -173,7 +173,7 @@ def _fake_modules(calls: list):
 def test_fake_torch_tensorrt_build_records_our_calls(bert_classifier, tmp_path, monkeypatch, sample_texts):
     import torch
 
-    import compress.stages.torch_tensorrt as mod
+    import compress.stages.export.torch_tensorrt as mod
 
     calls: list = []
     ttrt, trt = _fake_modules(calls)
@@ -211,7 +211,7 @@ def test_fake_torch_tensorrt_build_records_our_calls(bert_classifier, tmp_path, 
 
 def test_fake_build_static_shape_encoder(bert_encoder, tmp_path, monkeypatch):
     """A static --shape on a sentence-transformers encoder: parity in full batches of 4, on pooled embeddings."""
-    import compress.stages.torch_tensorrt as mod
+    import compress.stages.export.torch_tensorrt as mod
 
     calls: list = []
     ttrt, trt = _fake_modules(calls)

@@ -108,7 +108,7 @@ class ExportConfig(BaseModel):
     sample_data: str | None = Field(None, description="Data file whose first texts are the parity samples.")
     allow_pickle: bool = Field(False, description="Allow loading pickled (.bin) weights.")
     trust_remote_code: bool = Field(False, description="Allow a checkpoint's own Python code to run.")
-    # --format tensorrt (compress.stages.tensorrt)
+    # --format tensorrt (compress.stages.export.tensorrt)
     precision: TrtPrecision | None = Field(
         None, description="TensorRT: fp16 (FP32 ONNX built with the FP16 flag; the default) or int8 (explicit "
         "QDQ quantization following TensorRT's rules, calibrated on --calibration).",

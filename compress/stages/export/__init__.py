@@ -1,8 +1,9 @@
 """``export``: a teacher checkpoint (or a distilled/pruned student) to ONNX, OpenVINO IR or TensorRT.
 
-The verb dispatches on ``config.format``: ONNX and OpenVINO in :mod:`compress.stages.export_onnx`, TensorRT
-in :mod:`compress.stages.tensorrt` (and :mod:`compress.stages.torch_tensorrt` for ``--via torch-tensorrt``).
-The settings live in :mod:`compress.stages.export_config` and are re-exported here.
+The family in the shape NNCF gives its backends: the verb here dispatches on ``config.format`` to one module per
+backend, ONNX and OpenVINO IR (through ONNX) in :mod:`.onnx`, TensorRT in :mod:`.tensorrt` (shapes in
+:mod:`.tensorrt_shapes`) and :mod:`.torch_tensorrt` for ``--via torch-tensorrt``. The settings and each backend's
+declaration (what it accepts and produces) live in the leaf :mod:`.config` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.artifact import Artifact
-from compress.stages.export_config import (  # noqa: F401 - the settings' public home is compress.stages.export
+from compress.stages.export.config import (  # noqa: F401 - the settings' public home is compress.stages.export
     CONFIG_VERSION,
     ExportConfig,
     Exporter,
@@ -36,9 +37,9 @@ def export(
     """
     config = config or ExportConfig()
     if config.format is ExportFormat.tensorrt:
-        from compress.stages.tensorrt import export_tensorrt
+        from compress.stages.export.tensorrt import export_tensorrt
 
         return export_tensorrt(source, out, config, force=force)
-    from compress.stages.export_onnx import export_onnx
+    from compress.stages.export.onnx import export_onnx
 
     return export_onnx(source, out, config, force=force)

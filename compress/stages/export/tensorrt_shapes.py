@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from compress.errors import ConfigError, StageError
-from compress.stages.export_config import ExportConfig
+from compress.stages.export.config import ExportConfig
 
 INT8_MIN_AGREEMENT = 0.9
 PLAN = "model.plan"

@@ -34,7 +34,7 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
 from compress.stages.common import measure_parity, sample_texts
-from compress.stages.export_config import (
+from compress.stages.export.config import (
     EXPORT_ONNX,
     EXPORT_OPENVINO,
     ExportConfig,

@@ -9,7 +9,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.errors import ConfigError
-from compress.stages.quantize_config import EmbeddingPrecision, QuantizeConfig, QuantMode, QuantPrecision
+from compress.stages.quantize.config import EmbeddingPrecision, QuantizeConfig, QuantMode, QuantPrecision
 
 log = logging.getLogger("compress.stages.quantize")  # the verb's logger
 

@@ -3,7 +3,7 @@
 The teacher (or a pytorch artifact such as a distilled/pruned student) is wrapped so that it takes the
 tokenizer's inputs as keyword tensors and returns one tensor (logits, or the last hidden state of an
 encoder), captured with ``torch.export`` with dynamic batch and sequence axes bounded by the same
-min/opt/max shapes as the ONNX path (:func:`compress.stages.tensorrt.resolve_shapes`), compiled with
+min/opt/max shapes as the ONNX path (:func:`compress.stages.export.tensorrt.resolve_shapes`), compiled with
 ``torch_tensorrt.dynamo.compile`` (FP16 by autocast, or by the FP16 precision flag on Torch-TensorRT
 releases without autocast) and saved as an ExportedProgram (``model.pt2``) whose TensorRT engines are
 embedded. Subgraphs TensorRT cannot convert stay in PyTorch, inside the same program.
@@ -44,7 +44,7 @@ from compress.artifact import (
 from compress.errors import ConfigError, MissingBackendError, StageError
 from compress.runtimes.torch_tensorrt_program import ProgramRunner, _first_line, install_hint  # noqa: F401
 from compress.stages.common import sample_texts
-from compress.stages.export_config import EXPORT_TORCH_TENSORRT, ExportConfig, TrtPrecision
+from compress.stages.export.config import EXPORT_TORCH_TENSORRT, ExportConfig, TrtPrecision
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     from compress.models import load_teacher
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.torch_backend import TorchBackend
-    from compress.stages.tensorrt_shapes import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
+    from compress.stages.export.tensorrt_shapes import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
     from compress.tokenization import pool
 
     check_request(config, device)

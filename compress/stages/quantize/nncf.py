@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, EdgeCompressError, StageError
-from compress.stages.quantize_config import QuantizeConfig
+from compress.stages.quantize.config import QuantizeConfig
 
-log = logging.getLogger("compress.stages.quantize_openvino")
+log = logging.getLogger("compress.stages.quantize.openvino")
 
 MIN_ADJUSTED_GROUP_SIZE = 32  # smallest group size NNCF may fall back to when --block-size does not divide a weight
 _QUANTIZABLE = ("MatMul", "Convolution", "GroupConvolution", "ScaledDotProductAttention", "Gather")
@@ -178,7 +178,7 @@ def _nncf_logging(capture: logging.Handler | None = None) -> Iterator[None]:
 
 
 def _ignored_scope(nncf, config: QuantizeConfig, weight_compression: bool):
-    from compress.stages.quantize_config import EmbeddingPrecision
+    from compress.stages.quantize.config import EmbeddingPrecision
 
     names = list(config.exclude_nodes or [])
     types = []
@@ -207,7 +207,7 @@ def _nncf_error(e: Exception, what: str) -> EdgeCompressError:
 def _compress_weights(nncf, model, config: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    from compress.stages.quantize_config import EmbeddingPrecision, QuantPrecision
+    from compress.stages.quantize.config import EmbeddingPrecision, QuantPrecision
 
     if config.precision is QuantPrecision.int8:
         mode = nncf.CompressWeightsMode.INT8_ASYM

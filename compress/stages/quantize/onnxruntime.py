@@ -49,7 +49,6 @@ import numpy as np
 from compress.artifact import (
     Artifact,
     Precision,
-    check_output,
     child_manifest,
     copy_tokenizer_files,
     is_artifact,
@@ -60,12 +59,9 @@ from compress.artifact import (
 )
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
 from compress.stages.common import measure_parity, sample_texts
-from compress.stages.spec import spec_for
-from compress.stages.quantize_config import (  # noqa: F401 - the settings' public home is compress.stages.quantize
-    CONFIG_VERSION,
+from compress.stages.quantize.calibration import CalibrationReader
+from compress.stages.quantize.config import (
     QUANTIZE_ONNX,
-    QUANTIZE_OPENVINO,
-    QUANTIZE_SPECS,
     CalibrationMethod,
     EmbeddingPrecision,
     QuantizeConfig,
@@ -73,15 +69,10 @@ from compress.stages.quantize_config import (  # noqa: F401 - the settings' publ
     QuantPrecision,
     WeightType,
 )
-from compress.stages.quantize_graph import (  # noqa: F401 - public here too
+from compress.stages.quantize.graph import (
     DYNAMIC_WEIGHT_OPS,
-    FUSED_WEIGHT_OPS,
     INT4_ACCURACY_LEVEL,
-    INT4_PROVIDERS,
     STATIC_DEFAULT_OPS,
-    _ELEM_BYTES,
-    _FLOAT_TYPES,
-    _ONLY_FOR,
     _block_padding,
     _check_applicable,
     _check_exclude_nodes,
@@ -90,40 +81,13 @@ from compress.stages.quantize_graph import (  # noqa: F401 - public here too
     _check_op_types,
     _check_openvino_only_options,
     _check_something_quantized,
-    _gemm_as_matmul,
     _int4_op_types,
     _node_report,
-    _numel,
-    _weights_of,
     initializer_bytes,
     quantizable_layers,
-    weight_nodes,
 )
 
 log = logging.getLogger(__name__)
-
-
-class _CalibrationReader:
-    """ONNX Runtime CalibrationDataReader over encoded texts, one sample at a time.
-
-    Unpadded by default. ``same_length``: every sample padded to the longest text (each already cut at the
-    model's max length), for ONNX Runtime's histogram calibrators (percentile, entropy), which stack the
-    samples' activations and so need one shape; ``length`` is then that length.
-    """
-
-    def __init__(self, encoder, texts: list[str], input_names: set[str], same_length: bool = False) -> None:
-        self.length = max(len(encoder.encode([t])["input_ids"][0]) for t in texts) if same_length else None
-        self._items = [
-            {k: v for k, v in encoder.encode([t], pad_to=self.length).items() if k in input_names} for t in texts
-        ]
-        self._it = iter(self._items)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._items)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +187,7 @@ class _OnnxQuantizer:
         if self._reader is None:
             texts = sample_texts(c.calibration, c.calibration_samples)
             source = OrtBackend(self.art)
-            self._reader = _CalibrationReader(source.encoder, texts, set(source.input_names))
+            self._reader = CalibrationReader(source.encoder, texts, set(source.input_names))
             source.close()
             log.info("static INT8 QDQ quantization on %d samples (%s)", len(texts), c.calibration_method)
         self._reader.rewind()
@@ -398,14 +362,8 @@ def _warn_padding(q: _OnnxQuantizer, exclude: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def quantize(
-    artifact: Artifact | Path | str,
-    out: Path | str,
-    config: QuantizeConfig | None = None,
-    *,
-    force: bool = False,
-) -> Artifact:
-    """Quantize an ONNX artifact to INT8 or INT4 (OpenVINO artifacts: NNCF) into a new artifact at ``out``.
+def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+    """Quantize an FP32 ONNX artifact with ONNX Runtime (INT8 dynamic/static, INT4 weight-only) into ``out``.
 
     With ``max_drop``/``min_retention`` and ``data`` the most sensitive layers stay in float until the
     eval metric meets the budget; if no mix within ``max_fp32_fraction`` does, the best candidate is
@@ -414,18 +372,6 @@ def quantize(
     """
     from compress._optional import require
 
-    config = config or QuantizeConfig()
-    out = check_output(out, force)
-    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    if config.accuracy_aware and not config.data:
-        raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
-    spec = spec_for(QUANTIZE_SPECS, art)
-    if Path(out).resolve() == art.path.resolve():
-        raise ConfigError("--out is the input artifact", hint="choose a new directory")
-    if spec is QUANTIZE_OPENVINO:
-        from compress.stages.quantize_openvino import quantize_openvino
-
-        return quantize_openvino(art, out, config, force=force)
     _check_openvino_only_options(config)
     if config.precision is QuantPrecision.int4:
         _check_int4_request(config)  # first: its reasons (weight-only, runtimes) are the specific ones

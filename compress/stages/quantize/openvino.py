@@ -57,8 +57,9 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.common import measure_parity, sample_texts
-from compress.stages.quantize_config import QUANTIZE_OPENVINO, QuantizeConfig
-from compress.stages.quantize_nncf import (  # noqa: F401 - public here too
+from compress.stages.quantize.calibration import calibration_items
+from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
+from compress.stages.quantize.nncf import (  # noqa: F401 - public here too
     MIN_ADJUSTED_GROUP_SIZE,
     _compress_weights,
     _nncf_error,
@@ -79,7 +80,7 @@ log = logging.getLogger(__name__)
 
 def _method(config: QuantizeConfig) -> str:
     """The NNCF function this config maps to, or a ConfigError for combinations NNCF has no answer to."""
-    from compress.stages.quantize_config import QuantPrecision
+    from compress.stages.quantize.config import QuantPrecision
 
     if config.precision is QuantPrecision.int4:
         if config.accuracy_aware:
@@ -111,7 +112,7 @@ def _method(config: QuantizeConfig) -> str:
 
 def _check_onnx_only_options(config: QuantizeConfig) -> None:
     """Options that configure ONNX Runtime's quantizers have no NNCF counterpart: refuse rather than ignore."""
-    from compress.stages.quantize_config import CalibrationMethod, WeightType
+    from compress.stages.quantize.config import CalibrationMethod, WeightType
 
     wrong = []
     if config.calibration_method is not CalibrationMethod.minmax:
@@ -150,13 +151,6 @@ def _encoder(art: Artifact):
     return encoder_for(art)
 
 
-def _calibration_items(encoder, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, np.ndarray]]:
-    """One unpadded encoded sample per text: what NNCF collects activation statistics on."""
-    if pairs is None:
-        return [encoder.encode([t]) for t in texts]
-    return [encoder.encode([t], [p]) for t, p in zip(texts, pairs, strict=True)]
-
-
 def _output_index(model, art: Artifact) -> int:
     wanted = art.manifest.outputs[0].name if art.manifest.outputs else None
     for i, o in enumerate(model.outputs):
@@ -175,7 +169,7 @@ class _Evaluator:
     def __init__(self, art: Artifact, encoder, dataset, output_index: int) -> None:
         self.classification = art.task is Task.text_classification
         self.output_index = output_index
-        self.items = list(enumerate(_calibration_items(encoder, dataset.texts, dataset.pairs)))
+        self.items = list(enumerate(calibration_items(encoder, dataset.texts, dataset.pairs)))
         self.labels = np.asarray(dataset.labels) if dataset.labels is not None else None
         self.reference: np.ndarray | None = None
         pp = art.manifest.postprocess
@@ -290,7 +284,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     import tempfile
 
     from compress._optional import require
-    from compress.stages.quantize_config import QuantPrecision
+    from compress.stages.quantize.config import QuantPrecision
 
     method = _method(config)
     _check_onnx_only_options(config)
@@ -303,7 +297,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     calibration = None
     calibration_source = None
     if config.calibration:
-        calibration = _calibration_items(encoder, sample_texts(config.calibration, config.calibration_samples))
+        calibration = calibration_items(encoder, sample_texts(config.calibration, config.calibration_samples))
         calibration_source = config.calibration
     evaluator = None
     if method == "quantize_with_accuracy_control":
@@ -312,7 +306,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
             raise ConfigError(f"{config.data} has {len(dataset)} rows; accuracy control needs at least 10",
                               hint="pass a larger --data file")
         if calibration is None:  # NNCF's documented simplest case: calibrate on the validation texts
-            calibration = _calibration_items(encoder, dataset.texts[: config.calibration_samples],
+            calibration = calibration_items(encoder, dataset.texts[: config.calibration_samples],
                                              dataset.pairs[: config.calibration_samples] if dataset.pairs else None)
             calibration_source = f"{config.data} (eval texts; no --calibration given)"
 

@@ -1,0 +1,60 @@
+"""``quantize``: an FP32 ONNX or OpenVINO artifact to INT8 or INT4.
+
+The family in the shape NNCF gives its backends: the verb here checks what every backend shares (the input is
+something a backend declares it takes, the output is new) and dispatches on the artifact's format to one
+module per backend: ONNX Runtime in :mod:`.onnxruntime` (graph inspection and the request checks in
+:mod:`.graph`), OpenVINO in :mod:`.openvino` (the NNCF calls in :mod:`.nncf`). Calibration data for every
+backend comes from :mod:`.calibration`. The settings and each backend's declaration live in the leaf
+:mod:`.config` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.artifact import Artifact, check_output, load_artifact
+from compress.errors import ConfigError
+from compress.stages.quantize.config import (  # noqa: F401 - the settings' public home is compress.stages.quantize
+    CONFIG_VERSION,
+    QUANTIZE_ONNX,
+    QUANTIZE_OPENVINO,
+    QUANTIZE_SPECS,
+    CalibrationMethod,
+    EmbeddingPrecision,
+    QuantizeConfig,
+    QuantMode,
+    QuantPrecision,
+    WeightType,
+)
+from compress.stages.spec import spec_for
+
+
+def quantize(
+    artifact: Artifact | Path | str,
+    out: Path | str,
+    config: QuantizeConfig | None = None,
+    *,
+    force: bool = False,
+) -> Artifact:
+    """Quantize an ONNX artifact to INT8 or INT4 (OpenVINO artifacts: NNCF) into a new artifact at ``out``.
+
+    With ``max_drop``/``min_retention`` and ``data`` the most sensitive layers stay in float until the
+    eval metric meets the budget; if no mix within ``max_fp32_fraction`` does, the best candidate is
+    written to ``OUT.best-candidate/`` (with ``accuracy_report.json``) and
+    :class:`~compress.errors.AccuracyBudgetError` is raised.
+    """
+    config = config or QuantizeConfig()
+    out = check_output(out, force)
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    if config.accuracy_aware and not config.data:
+        raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
+    spec = spec_for(QUANTIZE_SPECS, art)
+    if Path(out).resolve() == art.path.resolve():
+        raise ConfigError("--out is the input artifact", hint="choose a new directory")
+    if spec is QUANTIZE_OPENVINO:
+        from compress.stages.quantize.openvino import quantize_openvino
+
+        return quantize_openvino(art, out, config, force=force)
+    from compress.stages.quantize.onnxruntime import quantize_onnxruntime
+
+    return quantize_onnxruntime(art, out, config, force=force)
