@@ -60,8 +60,8 @@ def main() -> None:
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.export import ExportConfig
-    from compress.stages.tensorrt import check_tensorrt_qdq, parity_batches, resolve_shapes
-    from compress.stages.torch_tensorrt import PROGRAM, ProgramRunner, capture
+    from compress.stages.export.tensorrt import check_tensorrt_qdq, parity_batches, resolve_shapes
+    from compress.stages.export.torch_tensorrt import PROGRAM, ProgramRunner, capture
 
     teacher_dir = ensure_teacher(args.data, args.teacher)
     dev = load_dataset(args.data / "dev.tsv")

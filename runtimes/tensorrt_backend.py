@@ -1,7 +1,7 @@
 """TensorRT engine runtime: runs a ``tensorrt`` artifact on an NVIDIA GPU: a serialized engine
 (``model.plan``, from ``export --format tensorrt``) or a Torch-TensorRT program (``model.pt2``, from
 ``--via torch-tensorrt``: an ExportedProgram with the engines embedded, run by
-:class:`compress.stages.torch_tensorrt.ProgramRunner`).
+:class:`compress.stages.export.torch_tensorrt.ProgramRunner`).
 
 An engine runs only where it was built: the same TensorRT version and the same GPU compute
 capability. :func:`engine_compatibility` compares the manifest's ``target`` (written by
