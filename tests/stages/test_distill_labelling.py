@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import compress.stages.distill as distill_mod
-import compress.stages.distill_run as distill_run_mod
+import compress.stages.distill.run as distill_run_mod
 from compress.artifact import load_artifact
 from compress.data import load_dataset
 from compress.stages import teacher_cache as tcache

@@ -429,7 +429,7 @@ def test_written_eval_predictions_keep_the_texts_order(bert4):
     import torch
 
     from compress.models import load_teacher
-    from compress.stages.prune_eval import predictions
+    from compress.stages.prune.evaluation import predictions
 
     class ParityOfLength(torch.nn.Module):  # class = token count is odd: the answer depends on the row
         def forward(self, input_ids, attention_mask):

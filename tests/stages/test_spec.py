@@ -10,9 +10,9 @@ import pytest
 from compress.artifact import Format, Precision, StepRecord, Task, child_manifest
 from compress.errors import ArtifactError
 from compress.package_config import PACKAGE
-from compress.stages.distill_config import DISTILL
+from compress.stages.distill.config import DISTILL
 from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, EXPORT_TENSORRT, EXPORT_TORCH_TENSORRT
-from compress.stages.prune_config import PRUNE
+from compress.stages.prune.config import PRUNE
 from compress.stages.quantize.config import QUANTIZE_ONNX, QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
 from compress.stages.spec import spec_for
 

@@ -76,7 +76,7 @@ from compress.errors import ConfigError, StageError
 from compress.models import model_feed
 
 log = logging.getLogger(__name__)
-from compress.stages.prune_config import (  # noqa: F401 - public here too
+from compress.stages.prune.config import (  # noqa: F401 - public here too
     _RUNTIME_SPARSITY,
     _ST_DIRS,
     _ST_FILES,
@@ -87,13 +87,13 @@ from compress.stages.prune_config import (  # noqa: F401 - public here too
     BudgetPrecision,
     PruneConfig,
 )
-from compress.stages.prune_sparsity import (  # noqa: F401
+from compress.stages.prune.sparsity import (  # noqa: F401
     Sparsifier,
     _gzip_size,
     apply_sparsity,
     sparsity_report,
 )
-from compress.stages.prune_structured import (  # noqa: F401
+from compress.stages.prune.structured import (  # noqa: F401
     Importance,
     LayerParts,
     _check_head_pruning,
@@ -109,7 +109,7 @@ from compress.stages.prune_structured import (  # noqa: F401
     original_heads,
     prune_heads_and_ffn,
 )
-from compress.stages.prune_vocab import (  # noqa: F401
+from compress.stages.prune.vocab import (  # noqa: F401
     VocabPlan,
     plan_vocabulary,
     prove_vocabulary,
@@ -518,7 +518,7 @@ def prune(
                                                                 ev.texts)
                 metrics["vocab"] = vrec
             if eval_data is not None and classification:
-                from compress.stages.prune_eval import written_eval
+                from compress.stages.prune.evaluation import written_eval
 
                 if progress:
                     progress({"phase": "written-eval", "label": "scoring the written model on the eval data"})

@@ -14,7 +14,7 @@ import numpy as np
 from compress.errors import ConfigError, DataError
 from compress.models import model_feed
 
-from compress.stages.prune_config import _FFN_KEYS
+from compress.stages.prune.config import _FFN_KEYS
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from compress.errors import ConfigError, StageError
 
-from compress.stages.distill_config import DistillConfig, Metric, _IGNORE
+from compress.stages.distill.config import DistillConfig, Metric, _IGNORE
 
 
 

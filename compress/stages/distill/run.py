@@ -15,9 +15,9 @@ import numpy as np
 from compress.errors import ConfigError, DataError
 from compress.stages import teacher_cache as tcache
 
-from compress.stages.distill_config import CONFIG_VERSION, DistillConfig, Interrupted, Metric, MixedPrecision, RUN_CONFIG, _IGNORE
-from compress.stages.distill_student import build_student, evenly_spaced, layer_list, load_student
-from compress.stages.distill_losses import _Plan, _TransferSet, _ValueTap, _encode, _model_outputs, length_grouped_order, neighbour_augment
+from compress.stages.distill.config import CONFIG_VERSION, DistillConfig, Interrupted, Metric, MixedPrecision, RUN_CONFIG, _IGNORE
+from compress.stages.distill.student import build_student, evenly_spaced, layer_list, load_student
+from compress.stages.distill.losses import _Plan, _TransferSet, _ValueTap, _encode, _model_outputs, length_grouped_order, neighbour_augment
 
 
 

@@ -41,7 +41,7 @@ from compress.interrupt import StopFlag as _StopFlag
 from compress.stages import teacher_cache as tcache
 
 log = logging.getLogger(__name__)
-from compress.stages.distill_config import (  # noqa: F401 - public here too
+from compress.stages.distill.config import (  # noqa: F401 - public here too
     CONFIG_VERSION,
     DISTILL,
     DistillConfig,
@@ -56,7 +56,7 @@ from compress.stages.distill_config import (  # noqa: F401 - public here too
     _ST_DIRS,
     _ST_FILES,
 )
-from compress.stages.distill_student import (  # noqa: F401 - public here too
+from compress.stages.distill.student import (  # noqa: F401 - public here too
     _check_keep,
     build_student,
     count_parameters,
@@ -64,7 +64,7 @@ from compress.stages.distill_student import (  # noqa: F401 - public here too
     layer_list,
     load_student,
 )
-from compress.stages.distill_losses import (  # noqa: F401 - public here too
+from compress.stages.distill.losses import (  # noqa: F401 - public here too
     _Plan,
     _TransferSet,
     _ValueTap,
@@ -79,7 +79,7 @@ from compress.stages.distill_losses import (  # noqa: F401 - public here too
     neighbour_augment,
     score,
 )
-from compress.stages.distill_run import (  # noqa: F401 - public here too
+from compress.stages.distill.run import (  # noqa: F401 - public here too
     _choose_student,
     _diff,
     _ensure_cache,

@@ -12,7 +12,7 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError
 
-from compress.stages.distill_config import DistillConfig
+from compress.stages.distill.config import DistillConfig
 
 
 

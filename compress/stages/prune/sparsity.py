@@ -9,8 +9,8 @@ from typing import Any
 
 from compress.errors import ConfigError
 
-from compress.stages.prune_config import SEMI_STRUCTURED
-from compress.stages.prune_structured import encoder_linears
+from compress.stages.prune.config import SEMI_STRUCTURED
+from compress.stages.prune.structured import encoder_linears
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from compress.errors import ConfigError, DataError, StageError
 
-from compress.stages.prune_config import _PLACEHOLDER, _TOKEN_ID_KEYS
+from compress.stages.prune.config import _PLACEHOLDER, _TOKEN_ID_KEYS
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
