@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compress import __version__
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
@@ -75,6 +75,37 @@ class TextPreprocess(BaseModel):
         return _inside(v)
 
 
+class ImagePreprocess(BaseModel):
+    """How an image becomes the model's input tensor: the ``image`` kind of input description, applied alike by
+    every runtime, the remote runner and the serverless handler (``compress.device.ImageFeeds``: numpy + Pillow)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["image"] = "image"
+    input_name: str = Field("pixel_values", description="The graph input the pixels feed.")
+    resize: Literal["exact", "shortest_edge"] = Field(
+        "exact", description="exact: to size [height, width]; shortest_edge: the shorter side to size[0], aspect kept.")
+    size: list[int] = Field(description="[height, width] (exact) or [shortest edge] (shortest_edge).")
+    crop: list[int] | None = Field(None, description="Centre crop [height, width] after the resize.")
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
+    rescale: float = Field(1 / 255, description="Factor applied to the 0-255 pixel values before normalising.")
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    channels: Literal["RGB", "BGR", "L"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImagePreprocess:
+        want = 2 if self.resize == "exact" else 1
+        if len(self.size) != want or min(self.size) < 1:
+            raise ValueError(f"size must be {want} positive number(s) for resize={self.resize}")
+        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
+            raise ValueError("crop must be [height, width]")
+        n = 1 if self.channels == "L" else 3
+        if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
+            raise ValueError(f"mean and std need {n} value(s) for {self.channels} images, std > 0")
+        return self
+
+
 class Postprocess(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pooling: str | None = Field(None, description="'mean' (sentence-transformers) or None for logits.")
@@ -111,8 +142,8 @@ class Manifest(BaseModel):
     model_file: str = Field(description="Main model file, relative to the artifact directory.")
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
-    preprocess: TextPreprocess = Field(
-        default_factory=TextPreprocess,
+    preprocess: TextPreprocess | ImagePreprocess = Field(
+        default_factory=TextPreprocess, discriminator="kind",
         description="How inputs are made from raw data (text: tokenizer, padding); the inputs list names what the "
         "graph takes. Manifests written before this field read as the text default.",
     )

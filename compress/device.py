@@ -3,8 +3,9 @@ session options, file hashes, peak memory.
 
 It is shipped as ``edgecompress_device.py`` beside the remote runner (``validate --remote``) and inside every
 serverless bundle (``package``), and the runtime adapters here use it too, so what a device measures and what
-this machine measures come from the same code. Standard library, numpy and, for text feeds, ``tokenizers``, each
-imported where used; Python 3.8+: it must import on a bare board and in a serverless function.
+this machine measures come from the same code. Standard library and numpy, plus ``tokenizers`` for text feeds and
+Pillow for image feeds, each imported where used; Python 3.8+: it must import on a bare board and in a serverless
+function.
 """
 
 import hashlib
@@ -82,8 +83,8 @@ def peak_rss_mb():
 
 
 # --- inputs: the one seam from a manifest's description to a model's feeds -----------------------------------
-#: the input kinds a manifest's ``preprocess`` may describe (an image kind joins this list, not every caller)
-INPUT_KINDS = ("text",)
+#: the input kinds a manifest's ``preprocess`` may describe (a new kind joins this list, not every caller)
+INPUT_KINDS = ("text", "image")
 
 
 class TextFeeds(object):
@@ -162,6 +163,8 @@ def make_feeds(directory, preprocess, input_names, max_length):
     if kind == "text":
         return TextFeeds.from_dir(directory, input_names, max_length, spec.get("tokenizer_file") or "tokenizer.json",
                                   spec.get("pad_id"))
+    if kind == "image":
+        return ImageFeeds.from_spec(spec)
     raise ValueError("unknown input kind %r (known: %s)" % (kind, ", ".join(INPUT_KINDS)))
 
 
@@ -195,3 +198,111 @@ def time_interleaved(runs, warmup=10, min_runs=100, min_duration_s=5.0, max_runs
         if on_round is not None:
             on_round(samples)
     return samples
+
+
+class ImageFeeds(object):
+    """An image model's feeds from its manifest's ``image`` description, with numpy and Pillow only: decode (a path,
+    bytes or a numpy array), convert to the channel order, resize (exactly, or the shortest edge keeping the aspect
+    ratio) with the teacher's interpolation, centre-crop, rescale, normalise with mean/std, lay out NCHW or NHWC."""
+
+    kind = "image"
+    #: Pillow's resampling filters by name (the numbers are Pillow's own constants, stable across versions)
+    FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+    def __init__(self, input_name="pixel_values", size=(224, 224), resize="exact", crop=None, interpolation="bilinear",
+                 rescale=1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channels="RGB", layout="NCHW"):
+        if resize not in ("exact", "shortest_edge"):
+            raise ValueError("resize must be 'exact' or 'shortest_edge', not %r" % (resize,))
+        if interpolation not in self.FILTERS:
+            raise ValueError("unknown interpolation %r (known: %s)" % (interpolation, ", ".join(sorted(self.FILTERS))))
+        if channels not in ("RGB", "BGR", "L"):
+            raise ValueError("channels must be RGB, BGR or L, not %r" % (channels,))
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError("layout must be NCHW or NHWC, not %r" % (layout,))
+        self.input_names = [input_name]
+        self.size = [int(s) for s in size]
+        self.resize, self.crop = resize, ([int(c) for c in crop] if crop else None)
+        self.interpolation, self.rescale = interpolation, float(rescale)
+        n = 1 if channels == "L" else 3
+        if len(mean) != n or len(std) != n:
+            raise ValueError("mean and std need %d value(s) for %s images" % (n, channels))
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.channels, self.layout = channels, layout
+
+    @classmethod
+    def from_spec(cls, spec):
+        keys = ("input_name", "size", "resize", "crop", "interpolation", "rescale", "mean", "std", "channels", "layout")
+        return cls(**dict((k, spec[k]) for k in keys if spec.get(k) is not None))
+
+    def output_shape(self):
+        """(height, width) of every preprocessed image."""
+        if self.crop:
+            return tuple(self.crop)
+        if self.resize == "exact":
+            return tuple(self.size)
+        return None  # shortest-edge resize without a crop keeps each image's aspect ratio
+
+    def image(self, item):
+        """A Pillow image in the model's channel order (``L`` or ``RGB``; BGR is swapped after decoding)."""
+        import io
+
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            img = item
+        elif isinstance(item, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(item))
+        elif hasattr(item, "__array__"):
+            import numpy as np
+
+            arr = np.asarray(item)
+            if arr.dtype != np.uint8:
+                arr = np.clip(arr, 0, 255).astype(np.uint8)
+            img = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+        else:
+            img = Image.open(str(item))
+        return img.convert("L" if self.channels == "L" else "RGB")
+
+    def pixels(self, item):
+        """One preprocessed image, float32, channels last (H, W, C)."""
+        import numpy as np
+
+        img = self.image(item)
+        resample = self.FILTERS[self.interpolation]
+        if self.resize == "exact":
+            img = img.resize((self.size[1], self.size[0]), resample=resample)
+        else:
+            w, h = img.size
+            short = self.size[0]
+            if w <= h:
+                img = img.resize((short, max(1, int(round(h * short / float(w))))), resample=resample)
+            else:
+                img = img.resize((max(1, int(round(w * short / float(h)))), short), resample=resample)
+        if self.crop:
+            w, h = img.size
+            ch, cw = self.crop
+            if ch > h or cw > w:
+                raise ValueError("crop %dx%d is larger than the resized image %dx%d" % (ch, cw, h, w))
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            img = img.crop((left, top, left + cw, top + ch))
+        x = np.asarray(img, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[..., None]
+        if self.channels == "BGR":
+            x = x[..., ::-1]
+        x = x * self.rescale
+        return (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+
+    def encode(self, items, pairs=None, pad_to=None):
+        """The feeds of a batch: ``{input_name: float32 array}`` in the model's layout (``pairs``/``pad_to``: text only)."""
+        import numpy as np
+
+        if pairs is not None:
+            raise ValueError("image models take no text pairs")
+        batch = np.stack([self.pixels(it) for it in items]).astype(np.float32, copy=False)
+        if self.layout == "NCHW":
+            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        return {self.input_names[0]: batch}
+
+    def encode_with_mask(self, items, pairs=None, pad_to=None):
+        return self.encode(items, pairs, pad_to), None

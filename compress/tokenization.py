@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.device import TextFeeds, make_feeds
+from compress.device import ImageFeeds, TextFeeds, make_feeds
 from compress.device import pool  # noqa: F401 - one pooling for host, remote device and bundle
 from compress.errors import ArtifactError
 
@@ -33,11 +33,11 @@ class TextEncoder(TextFeeds):
             ) from None
 
 
-def encoder_for(artifact: Artifact) -> TextFeeds:
+def encoder_for(artifact: Artifact) -> TextFeeds | ImageFeeds:
     """The feed builder ``artifact``'s manifest describes (its ``preprocess``, input names and max length)."""
     m = artifact.manifest
     try:
         return make_feeds(artifact.path, m.preprocess.model_dump(), [t.name for t in m.inputs], m.max_length)
-    except FileNotFoundError:
-        raise ArtifactError(f"{artifact.path}: no {m.preprocess.tokenizer_file}",
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{artifact.path}: no {Path(e.args[0]).relative_to(artifact.path)}",
                             hint="re-create the artifact from a checkpoint with a fast tokenizer") from None

@@ -1,0 +1,234 @@
+"""Labelled images for calibration, distillation and validation: a folder of classes, a table of paths, or arrays.
+
+Formats, chosen by what the path is:
+
+* a directory of ``class_name/*.png|jpg|jpeg|bmp|gif|webp|tif|tiff`` (the class is the folder's name);
+* a ``.csv`` / ``.tsv`` / ``.jsonl`` table with a path column (``path``, ``image``, ``file`` or ``filename``;
+  relative paths are read against the table's folder) and an optional label column (``label``, ``labels``,
+  ``class``, ``target``): names or integer ids;
+* an ``.npz`` of an ``images`` array (``N×H×W`` or ``N×H×W×C``, uint8 or float in 0-255) and an optional
+  ``labels`` array (integer ids). Object arrays are pickles and are refused.
+
+Every problem raises :class:`~compress.errors.DataError` naming the file (and row) and the fix: no images, a
+missing or unreadable image, a label the model does not know. Images are checked when the data set is loaded
+(Pillow reads each header), so a bad file fails before any model work. Pillow is needed for image files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+PATH_COLUMNS = ("path", "image", "file", "filename")
+LABEL_COLUMNS = ("label", "labels", "class", "target")
+
+__all__ = ["IMAGE_SUFFIXES", "ImageDataset", "load_image_dataset"]
+
+
+@dataclass
+class ImageDataset:
+    """Images (paths, or arrays for ``.npz``) with integer labels, in file order."""
+
+    items: list[Any]
+    labels: list[int] | None
+    source: str
+    label_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batches(self, size: int):
+        """``(items, labels)`` batches of ``size`` (labels None when unlabelled)."""
+        for i in range(0, len(self.items), size):
+            yield self.items[i:i + size], (self.labels[i:i + size] if self.labels is not None else None)
+
+    def sample(self, n: int, seed: int = 0) -> ImageDataset:
+        """A seeded subset of ``n`` rows (all of them when there are fewer), in file order."""
+        if n >= len(self.items):
+            return self
+        keep = sorted(random.Random(seed).sample(range(len(self.items)), n))
+        return ImageDataset([self.items[i] for i in keep],
+                            [self.labels[i] for i in keep] if self.labels is not None else None,
+                            self.source, self.label_names)
+
+
+def load_image_dataset(path: Path | str, *, label2id: dict[str, int] | None = None, require_labels: bool = False,
+                       limit: int | None = None) -> ImageDataset:
+    """Read an image data set (see the module doc). ``label2id`` maps class names to the model's ids; without it,
+    a folder's classes are numbered in sorted order. ``require_labels``: refuse unlabelled data."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or directory", hint="check the path")
+    if p.is_dir():
+        ds = _folder(p, label2id)
+    elif p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+        ds = _table(p, label2id)
+    elif p.suffix.lower() == ".npz":
+        ds = _arrays(p, label2id)
+    else:
+        raise DataError(f"{p}: not an image data set",
+                        hint="pass a folder of class_name/ images, a .csv/.tsv/.jsonl of path,label, or an .npz")
+    if require_labels and ds.labels is None:
+        raise DataError(f"{p}: the images have no labels",
+                        hint="accuracy needs labels: class folders, a label column, or a labels array")
+    if limit is not None:
+        ds = ImageDataset(ds.items[:limit], ds.labels[:limit] if ds.labels is not None else None, ds.source,
+                          ds.label_names)
+    return ds
+
+
+# --- readers -------------------------------------------------------------------------------------------------
+
+
+def _folder(root: Path, label2id: dict[str, int] | None) -> ImageDataset:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders", hint="lay the images out as DIR/class_name/image.png")
+    ids = _label_ids(classes, label2id, str(root))
+    items, labels = [], []
+    for name in classes:
+        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for f in files:
+            _check_image(f, str(root))
+            items.append(f)
+            labels.append(ids[name])
+    if not items:
+        raise DataError(f"{root}: no images in its class folders ({', '.join(classes[:5])})",
+                        hint=f"image files end in {', '.join(IMAGE_SUFFIXES)}")
+    return ImageDataset(items, labels, str(root), _names(label2id) or classes)
+
+
+def _table(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
+    rows = _rows(file)
+    if not rows:
+        raise DataError(f"{file}: no rows", hint="one row per image: path[,label]")
+    columns = list(rows[0][1])
+    path_col = next((c for c in PATH_COLUMNS if c in columns), None)
+    if path_col is None:
+        raise DataError(f"{file}: no path column (columns: {', '.join(columns) or '(none)'})",
+                        hint=f"name the column with the image paths one of: {', '.join(PATH_COLUMNS)}")
+    label_col = next((c for c in LABEL_COLUMNS if c in columns), None)
+    items, raw = [], []
+    for row_no, rec in rows:
+        value = str(rec.get(path_col) or "").strip()
+        if not value:
+            raise DataError(f"{file}: row {row_no}: empty {path_col}", hint="give every row an image path")
+        img = Path(value) if Path(value).is_absolute() else file.parent / value
+        _check_image(img, f"{file}: row {row_no}")
+        items.append(img)
+        raw.append(rec.get(label_col) if label_col else None)
+    labels = None
+    if label_col is not None:
+        labels = _map(raw, label2id, str(file))
+    return ImageDataset(items, labels, str(file), _names(label2id))
+
+
+def _arrays(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
+    import numpy as np
+
+    try:
+        with np.load(file, allow_pickle=False) as npz:  # arrays are read lazily: load them all inside the try
+            data = {name: npz[name] for name in npz.files}
+    except ValueError as e:  # object arrays need pickle
+        raise DataError(f"{file}: holds object arrays, which only a pickle can load ({e})",
+                        hint="save plain numeric arrays: np.savez(f, images=uint8_array, labels=int_array)") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{file}: not a readable .npz ({e})", hint="write it with numpy.savez") from None
+    if "images" not in data:
+        raise DataError(f"{file}: no 'images' array (arrays: {', '.join(data) or '(none)'})",
+                        hint="np.savez(f, images=..., labels=...)")
+    images = data["images"]
+    if images.ndim not in (3, 4) or images.dtype.kind not in "uif":
+        raise DataError(f"{file}: 'images' is {images.dtype} {images.shape}; expected N×H×W or N×H×W×C numbers",
+                        hint="one image per first index, pixel values 0-255")
+    labels = None
+    if "labels" in data:
+        lab = data["labels"]
+        if lab.shape != (len(images),) or lab.dtype.kind not in "iu":
+            raise DataError(f"{file}: 'labels' is {lab.dtype} {lab.shape}; expected {len(images)} integer ids",
+                            hint="one integer class id per image")
+        labels = [int(v) for v in lab]
+        if label2id is not None:
+            known = set(label2id.values())
+            bad = sorted({v for v in labels if v not in known})
+            if bad:
+                raise DataError(f"{file}: label id(s) {bad[:5]} are not among the model's ({sorted(known)[:20]})",
+                                hint="relabel the data with the model's class ids")
+    return ImageDataset(list(images), labels, str(file), _names(label2id))
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{file}: not UTF-8 text", hint="save the table as UTF-8") from None
+    if file.suffix.lower() == ".jsonl":
+        out = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{file}: line {no}: not JSON ({e.msg})", hint="one JSON object per line") from None
+                if not isinstance(rec, dict):
+                    raise DataError(f"{file}: line {no}: not a JSON object", hint="one JSON object per line")
+                out.append((no, rec))
+        return out
+    reader = csv.DictReader(text.splitlines(), delimiter="\t" if file.suffix.lower() == ".tsv" else ",")
+    return [(no, rec) for no, rec in enumerate(reader, 1)]
+
+
+def _check_image(path: Path, where: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{where}: image {path} does not exist", hint="check the path (relative paths are read "
+                        "against the table's folder)")
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        from compress.errors import MissingBackendError
+
+        raise MissingBackendError("reading images needs Pillow", hint='pip install "edgecompress[images]"') from None
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{where}: {path} is not a readable image ({type(e).__name__})",
+                        hint="re-save it as PNG or JPEG, or remove it") from None
+
+
+def _label_ids(names: list[str], label2id: dict[str, int] | None, where: str) -> dict[str, int]:
+    if label2id is None:
+        return {n: i for i, n in enumerate(names)}
+    unknown = [n for n in names if n not in label2id]
+    if unknown:
+        raise DataError(f"{where}: class(es) {', '.join(unknown[:5])} are not among the model's labels "
+                        f"({', '.join(list(label2id)[:20])})", hint="rename the folders or labels to the model's")
+    return {n: label2id[n] for n in names}
+
+
+def _map(raw: list[Any], label2id: dict[str, int] | None, where: str) -> list[int]:
+    names = [str(v).strip() for v in raw]
+    if all(n.lstrip("-").isdigit() for n in names):
+        ids = [int(n) for n in names]
+        if label2id is not None and (bad := sorted({i for i in ids if i not in set(label2id.values())})):
+            raise DataError(f"{where}: label id(s) {bad[:5]} are not among the model's",
+                            hint="use the model's class ids or names")
+        return ids
+    mapping = _label_ids(sorted(set(names)), label2id, where)
+    return [mapping[n] for n in names]
+
+
+def _names(label2id: dict[str, int] | None) -> list[str] | None:
+    if label2id is None:
+        return None
+    return [n for n, _ in sorted(label2id.items(), key=lambda kv: kv[1])]
