@@ -86,6 +86,8 @@ class ImagePreprocess(BaseModel):
         "exact", description="exact: to size [height, width]; shortest_edge: the shorter side to size[0], aspect kept.")
     size: list[int] = Field(description="[height, width] (exact) or [shortest edge] (shortest_edge).")
     crop: list[int] | None = Field(None, description="Centre crop [height, width] after the resize.")
+    crop_offset: Literal["floor", "round"] = Field(
+        "floor", description="Where an odd margin goes: floor (Hugging Face image processors) or round (torchvision, timm).")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
     rescale: float = Field(1 / 255, description="Factor applied to the 0-255 pixel values before normalising.")
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])

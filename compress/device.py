@@ -210,7 +210,8 @@ class ImageFeeds(object):
     FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
     def __init__(self, input_name="pixel_values", size=(224, 224), resize="exact", crop=None, interpolation="bilinear",
-                 rescale=1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channels="RGB", layout="NCHW"):
+                 rescale=1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channels="RGB", layout="NCHW",
+                 crop_offset="floor"):
         if resize not in ("exact", "shortest_edge"):
             raise ValueError("resize must be 'exact' or 'shortest_edge', not %r" % (resize,))
         if interpolation not in self.FILTERS:
@@ -219,6 +220,9 @@ class ImageFeeds(object):
             raise ValueError("channels must be RGB, BGR or L, not %r" % (channels,))
         if layout not in ("NCHW", "NHWC"):
             raise ValueError("layout must be NCHW or NHWC, not %r" % (layout,))
+        if crop_offset not in ("floor", "round"):
+            raise ValueError("crop_offset must be floor or round, not %r" % (crop_offset,))
+        self.crop_offset = crop_offset
         self.input_names = [input_name]
         self.size = [int(s) for s in size]
         self.resize, self.crop = resize, ([int(c) for c in crop] if crop else None)
@@ -231,7 +235,8 @@ class ImageFeeds(object):
 
     @classmethod
     def from_spec(cls, spec):
-        keys = ("input_name", "size", "resize", "crop", "interpolation", "rescale", "mean", "std", "channels", "layout")
+        keys = ("input_name", "size", "resize", "crop", "interpolation", "rescale", "mean", "std", "channels", "layout",
+                "crop_offset")
         return cls(**dict((k, spec[k]) for k in keys if spec.get(k) is not None))
 
     def output_shape(self):
@@ -272,18 +277,21 @@ class ImageFeeds(object):
         if self.resize == "exact":
             img = img.resize((self.size[1], self.size[0]), resample=resample)
         else:
-            w, h = img.size
+            w, h = img.size  # the long side truncated, as Hugging Face image processors and torchvision compute it
             short = self.size[0]
             if w <= h:
-                img = img.resize((short, max(1, int(round(h * short / float(w))))), resample=resample)
+                img = img.resize((short, max(1, int(short * h / float(w)))), resample=resample)
             else:
-                img = img.resize((max(1, int(round(w * short / float(h)))), short), resample=resample)
+                img = img.resize((max(1, int(short * w / float(h))), short), resample=resample)
         if self.crop:
             w, h = img.size
             ch, cw = self.crop
             if ch > h or cw > w:
                 raise ValueError("crop %dx%d is larger than the resized image %dx%d" % (ch, cw, h, w))
-            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            if self.crop_offset == "floor":  # Hugging Face image processors
+                top, left = (h - ch) // 2, (w - cw) // 2
+            else:  # torchvision / timm: int(round(...))
+                top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
             img = img.crop((left, top, left + cw, top + ch))
         x = np.asarray(img, dtype=np.float32)
         if x.ndim == 2:

@@ -164,3 +164,51 @@ def test_feeds_from_bytes_of_a_jpeg_match_decoding_it_with_pillow():
     decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32)
     got = device.ImageFeeds(size=[9, 9], rescale=1.0, layout="NHWC").encode([buf.getvalue()])["pixel_values"][0]
     assert np.array_equal(got, decoded)
+
+
+# --- a teacher's own processor, pinned and proven ------------------------------------------------------------
+
+
+def _processors():
+    """Slow (numpy + Pillow) Hugging Face image processors of the main families, built from configs (no hub)."""
+    import transformers as tf
+
+    return {
+        "vit": (tf.ViTImageProcessor, {"size": {"height": 12, "width": 12}, "resample": 2}),
+        "deit": (tf.DeiTImageProcessor, {"size": {"height": 19, "width": 19}, "crop_size": {"height": 12, "width": 12},
+                                         "resample": 3, "do_center_crop": True}),
+        "convnext": (tf.ConvNextImageProcessor, {"size": {"shortest_edge": 14}, "crop_pct": 0.875, "resample": 3}),
+        "bit": (tf.BitImageProcessor, {"size": {"shortest_edge": 15}, "crop_size": {"height": 12, "width": 12},
+                                       "do_center_crop": True, "resample": 3}),
+    }
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "convnext", "bit"])
+def test_our_preprocessing_matches_the_teachers_processor(family):
+    from compress.image_processors import preprocess_from_hf, processor_agreement
+
+    cls, cfg = _processors()[family]
+    processor = cls(**cfg)
+    spec = preprocess_from_hf(processor.to_dict())
+    images = [picture(37, 23, seed=1), picture(20, 41, seed=2), picture(16, 16, seed=3)]  # odd margins on purpose
+    agree = processor_agreement(processor, spec, images)
+    assert agree["n"] == 3 and agree["max_abs_diff"] < 1e-5, (family, spec, agree)
+
+
+def test_a_mismatch_shows_as_a_large_difference():
+    from compress.image_processors import preprocess_from_hf, processor_agreement
+
+    cls, cfg = _processors()["convnext"]
+    processor = cls(**cfg)
+    wrong = preprocess_from_hf(processor.to_dict()).model_copy(update={"interpolation": "nearest"})
+    assert processor_agreement(processor, wrong, [picture(37, 23, seed=1)])["max_abs_diff"] > 0.1
+
+
+def test_settings_we_cannot_reproduce_are_refused_by_name():
+    from compress.errors import ConfigError
+    from compress.image_processors import preprocess_from_hf
+
+    with pytest.raises(ConfigError, match="sets do_pad"):
+        preprocess_from_hf({"size": {"height": 8, "width": 8}, "do_pad": True})
+    with pytest.raises(ConfigError, match="do_resize is false"):
+        preprocess_from_hf({"do_resize": False})
