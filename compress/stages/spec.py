@@ -103,6 +103,10 @@ def spec_for(specs: Sequence[StageSpec], art: Artifact) -> StageSpec:
     for spec in specs:
         if spec.takes(art.format, art.precision) and art.task in spec.tasks:
             return spec
+    for spec in specs:
+        if spec.takes(art.format, art.precision):
+            spec.check(art)  # refuses the task, the only thing left that can fail
+
     def union(tables: Iterable[Mapping[Format, frozenset[Precision]]]) -> dict[Format, frozenset[Precision]]:
         out: dict[Format, frozenset[Precision]] = {}
         for table in tables:
@@ -113,5 +117,4 @@ def spec_for(specs: Sequence[StageSpec], art: Artifact) -> StageSpec:
     family = StageSpec(specs[0].stage, specs[0].verb, union(s.accepts for s in specs),
                        union(s.produces for s in specs), (), specs[0].hint, specs[0].precision_hint)
     family.check(art)
-    specs[0].check(art)  # the task is what failed
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the family takes what none of its members takes")

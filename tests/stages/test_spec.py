@@ -120,3 +120,11 @@ def test_written_artifacts_carry_the_spec_records(onnx_artifact, int8_artifact):
     assert quantize_step.input_digest == onnx_artifact.digest
     assert set(quantize_step.versions) == set(QUANTIZE_ONNX.versions)
     assert quantize_step.output_digest == int8_artifact.digest
+
+
+def test_a_family_refuses_a_task_with_the_member_that_takes_the_format():
+    from dataclasses import replace
+
+    family = (QUANTIZE_ONNX, replace(QUANTIZE_OPENVINO, tasks=frozenset({Task.text_classification})))
+    with pytest.raises(ArtifactError, match="is a feature-extraction model; quantize takes text-classification"):
+        spec_for(family, _Art(Format.openvino, Precision.fp32, Task.feature_extraction))
