@@ -35,6 +35,7 @@ import platform
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,17 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 
 
-def package(artifact: Artifact | Path | str, out: Path | str, config: PackageConfig, *, force: bool = False) -> PackageReport:
+def package(artifact: Artifact | Path | str, out: Path | str, config: PackageConfig, *, force: bool = False,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> PackageReport:
     """Build the bundle ``out`` (a .zip) for ``artifact`` on ``config.profile`` and judge it.
 
     The zip is written even when a budget fails (the report says so): a bundle over the direct-upload
     limit can still be deployed through object storage, layers or a container image. Raises only
     for bad input (profile, artifact, existing output) and for a dependency resolution that fails.
+    ``progress`` receives ``{"phase": ..., "label": ...}`` as each stretch of work starts (model files, wheels,
+    zip) and ``{"phase": "cold-start", "done": i, "total": n}`` around the cold-start runs.
     """
+    say = progress or (lambda d: None)
     from compress.profiles import load_profile
 
     t_start = time.perf_counter()
@@ -162,6 +167,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
     try:
         root = work / "bundle"
         root.mkdir()
+        say({"phase": "files", "label": "writing the model and the handler"})
         own = _write_bundle_files(root, art, profile, sl, function, config, pins)
 
         # dependencies for the target
@@ -175,6 +181,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
             req = work / "requirements.in"
             req.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()), encoding="utf-8")
             cmd = _pip_download_cmd(req, work / "wheels", sl.pip_platforms, sl.python_version)
+            say({"phase": "wheels", "label": f"downloading the wheels for {', '.join(sl.pip_platforms) or 'this host'}"})
             found = _pip_download(cmd, config.pip_timeout_s, f"{', '.join(sl.pip_platforms) or 'this host'} / "
                                                              f"Python {sl.python_version}")
             for whl in found:
@@ -198,6 +205,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
                          "bundle (or a layer) before deploying; their size is not measured")
 
         zip_tmp = work / "bundle.zip"
+        say({"phase": "zip", "label": "zipping the bundle"})
         entries = _zip_dir(root, zip_tmp)
         contributors = _contributors(root, entries, own, dist_files, wheels)
         zipped = zip_tmp.stat().st_size
@@ -214,7 +222,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         cold = None
         if config.cold_start:
             cold = _cold_start(zip_tmp, work, own, function, config, pins, target_arch, sl.python_version,
-                               sl.handler)
+                               sl.handler, progress=say)
             imported = set(cold.get("imported_top_level") or [])
             if imported:
                 for c in contributors:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,8 @@ print(json.dumps({
 
 
 def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[str, Any], config: PackageConfig,
-                pins: dict[str, str], target_arch: str, target_python: str, entry: str) -> dict[str, Any]:
+                pins: dict[str, str], target_arch: str, target_python: str, entry: str,
+                progress: Callable[[dict[str, Any]], None] = lambda d: None) -> dict[str, Any]:
     """Unpack the zip, run the handler in fresh processes under the function's limits; phases and medians."""
     host_arch = _ARCH.get(platform.machine().lower(), platform.machine())
     host_python = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -106,6 +108,7 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
             req.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()), encoding="utf-8")
             try:
                 cmd = _pip_download_cmd(req, work / "run" / "host-wheels", [], None)
+                progress({"phase": "host-wheels", "label": "downloading this host's wheels for the cold start"})
                 host_dir = work / "run" / "host-deps"
                 host_dir.mkdir()
                 for whl in _pip_download(cmd, config.pip_timeout_s, f"this host ({host_arch}, CPython {host_python})"):
@@ -140,6 +143,7 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
     limits_info: dict[str, Any] = {}
     error = None
     oom = False
+    progress({"phase": "cold-start", "done": 0, "total": config.cold_start_runs})
     for i in range(config.cold_start_runs):
         with _Limits(function["memory_mb"], function["vcpus"], name=f"run{i}") as lim:
             t_spawn = time.time()
@@ -164,6 +168,7 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         r["interpreter_start_ms"] = max(0.0, (r["t_start"] - t_spawn) * 1e3)
         r["total_ms"] = (r["t_end"] - t_spawn) * 1e3
         runs.append(r)
+        progress({"phase": "cold-start", "done": i + 1, "total": config.cold_start_runs})
     phases = ("interpreter_start_ms", "imports_ms", "session_ms", "first_inference_ms", "total_ms", "peak_rss_mb")
     median = {p: round(statistics.median(r[p] for r in runs), 2) for p in phases} if runs else {}
     forbidden = sorted({m for r in runs for m in _FORBIDDEN_IMPORTS if m in r["loaded_top_level"]})

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import build_config, console, end_with_verdict, force_option, status, unverified_exit_code_option
+from compress.cli._common import (
+    PhaseProgress,
+    build_config,
+    console,
+    end_with_verdict,
+    force_option,
+    unverified_exit_code_option,
+)
 
 
 def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
@@ -72,10 +79,20 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
 
         raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
     check_report_output(out, report_dir, force)
-    with status(f"packaging {artifact} for {profile}"):
-        report = package(artifact, out, config, force=force)
+    with _Progress() as progress:
+        report = package(artifact, out, config, force=force, progress=progress)
     render_package_report(report, console())
     paths = write_package_report(report, out, report_dir, force=force)
     console().print(f"wrote {out}; reports: {', '.join(map(str, paths))}")
     end_with_verdict(report.verdict, report.budgets, where=f"for {profile}", unverified_exit_code=unverified_exit_code,
                      failed_note=" (the bundle was written anyway)")
+
+
+class _Progress(PhaseProgress):
+    """Model files, wheels and zip as labelled stretches (spinners / plain lines), then the cold-start runs."""
+
+    labels = {"cold-start": "cold-start runs"}
+
+    def show(self, d: dict) -> None:
+        if d["phase"] == "cold-start":
+            self.bar.update(self.task("cold-start", "cold-start runs", d["total"]), completed=d["done"])
