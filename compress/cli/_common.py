@@ -42,11 +42,21 @@ def live_console():
 
 
 def status(message: str):
-    """A spinner on stderr for long work (off with -q or when stderr is not a terminal)."""
+    """Long work without a count: a spinner on stderr in a terminal; in a CI log (no terminal), a line once it has
+    run ``PhaseProgress.delay`` seconds, one every ``PhaseProgress.every`` seconds and one when it ends. Off with -q."""
     import contextlib
 
     con = live_console()
-    return contextlib.nullcontext() if con is None else con.status(message)
+    if con is not None:
+        return con.status(message)
+
+    @contextlib.contextmanager
+    def lines():
+        with _Status() as progress:
+            progress({"phase": "work", "label": message})
+            yield
+
+    return lines()
 
 
 def _duration(seconds: float) -> str:
@@ -279,3 +289,11 @@ def end_with_verdict(verdict: str, budgets: list, *, where: str, unverified_exit
     err = Unverified(message, hint=f"exit code {unverified_exit_code} (--unverified-exit-code)")
     err.exit_code = unverified_exit_code
     raise err
+
+
+class _Status(PhaseProgress):
+    """:func:`status` without a terminal: one labelled stretch of work, as plain lines."""
+
+    def show(self, d: dict) -> None:  # pragma: no cover - a labelled phase never reaches show
+        pass
+

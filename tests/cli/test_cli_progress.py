@@ -117,3 +117,19 @@ def test_distill_reports_its_phases_without_a_terminal(bert_classifier, tmp_path
                  "writing the student"):
         assert any(x.startswith(line) for x in err), (line, err)
     assert "wrote " in result.stdout and "wrote " not in result.stderr
+
+
+def test_export_and_quantize_say_what_they_do_without_a_terminal(bert_classifier, tmp_path, monkeypatch):
+    """The spinner's message becomes plain lines in a CI log: when the work has run a while, and when it ends."""
+    from compress.cli import cli
+
+    monkeypatch.setattr(PhaseProgress, "delay", 0)  # the tiny fixture is quick: announce at once
+    result = CliRunner().invoke(cli, ["export", str(bert_classifier), "--out", str(tmp_path / "onnx")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    err = result.stderr.splitlines()
+    assert any(x.startswith(f"exporting {bert_classifier} to onnx ...") for x in err), err
+    assert any(x.startswith(f"exporting {bert_classifier} to onnx: done in") for x in err), err
+    result = CliRunner().invoke(cli, ["-q", "quantize", str(tmp_path / "onnx"), "--out", str(tmp_path / "int8")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0 and "quantizing" not in result.stderr  # -q: no progress
