@@ -16,8 +16,6 @@ missing or unreadable image, a label the model does not know. Images are checked
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,17 +104,17 @@ def _folder(root: Path, label2id: dict[str, int] | None) -> ImageDataset:
 
 
 def _table(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
-    rows = _rows(file)
-    if not rows:
-        raise DataError(f"{file}: no rows", hint="one row per image: path[,label]")
-    columns = list(rows[0][1])
+    from compress.data import _map_labels
+    from compress.data_readers import _open_table
+
+    columns, read_rows = _open_table(file, None, str(file))  # the readers text data goes through, same errors
     path_col = next((c for c in PATH_COLUMNS if c in columns), None)
     if path_col is None:
         raise DataError(f"{file}: no path column (columns: {', '.join(columns) or '(none)'})",
                         hint=f"name the column with the image paths one of: {', '.join(PATH_COLUMNS)}")
     label_col = next((c for c in LABEL_COLUMNS if c in columns), None)
-    items, raw = [], []
-    for row_no, rec in rows:
+    items, raw, where = [], [], []
+    for row_no, line_no, rec in read_rows([c for c in (path_col, label_col) if c]):
         value = str(rec.get(path_col) or "").strip()
         if not value:
             raise DataError(f"{file}: row {row_no}: empty {path_col}", hint="give every row an image path")
@@ -124,9 +122,16 @@ def _table(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
         _check_image(img, f"{file}: row {row_no}")
         items.append(img)
         raw.append(rec.get(label_col) if label_col else None)
+        where.append((row_no, line_no))
+    if not items:
+        raise DataError(f"{file}: no rows", hint="one row per image: path[,label]")
     labels = None
     if label_col is not None:
-        labels = _map(raw, label2id, str(file))
+        names = label2id
+        if names is None:  # no model labels: names are numbered in sorted order, as class folders are
+            found = sorted({v for v in map(_name_or_none, raw) if isinstance(v, str)})
+            names = {n: i for i, n in enumerate(found)} or None
+        labels = _map_labels(raw, where, str(file), label_col, names, None, drop_if_unlabelled=False)
     return ImageDataset(items, labels, str(file), _names(label2id))
 
 
@@ -167,27 +172,6 @@ def _arrays(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
-def _rows(file: Path) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{file}: not UTF-8 text", hint="save the table as UTF-8") from None
-    if file.suffix.lower() == ".jsonl":
-        out = []
-        for no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{file}: line {no}: not JSON ({e.msg})", hint="one JSON object per line") from None
-                if not isinstance(rec, dict):
-                    raise DataError(f"{file}: line {no}: not a JSON object", hint="one JSON object per line")
-                out.append((no, rec))
-        return out
-    reader = csv.DictReader(text.splitlines(), delimiter="\t" if file.suffix.lower() == ".tsv" else ",")
-    return [(no, rec) for no, rec in enumerate(reader, 1)]
-
-
 def _check_image(path: Path, where: str) -> None:
     if not path.is_file():
         raise DataError(f"{where}: image {path} does not exist", hint="check the path (relative paths are read "
@@ -216,16 +200,14 @@ def _label_ids(names: list[str], label2id: dict[str, int] | None, where: str) ->
     return {n: label2id[n] for n in names}
 
 
-def _map(raw: list[Any], label2id: dict[str, int] | None, where: str) -> list[int]:
-    names = [str(v).strip() for v in raw]
-    if all(n.lstrip("-").isdigit() for n in names):
-        ids = [int(n) for n in names]
-        if label2id is not None and (bad := sorted({i for i in ids if i not in set(label2id.values())})):
-            raise DataError(f"{where}: label id(s) {bad[:5]} are not among the model's",
-                            hint="use the model's class ids or names")
-        return ids
-    mapping = _label_ids(sorted(set(names)), label2id, where)
-    return [mapping[n] for n in names]
+def _name_or_none(value: Any) -> int | str | None:
+    """A label cell as data.py parses it; a bad cell is left for its one-line error in ``_map_labels``."""
+    from compress.data import _label_id
+
+    try:
+        return _label_id(value)
+    except ValueError:
+        return None
 
 
 def _names(label2id: dict[str, int] | None) -> list[str] | None:
