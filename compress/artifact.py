@@ -49,6 +49,7 @@ class Precision(StrEnum):
 class Task(StrEnum):
     text_classification = "text-classification"
     feature_extraction = "feature-extraction"
+    image_classification = "image-classification"
 
 
 class TensorSpec(BaseModel):

@@ -88,6 +88,11 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def inputs(self) -> list[str]:
+        """What a model's feed builder takes: the texts (image data sets give images here)."""
+        return self.texts
+
     def _subset(self, idx: list[int] | range) -> TextDataset:
         return dataclasses.replace(
             self,

@@ -39,13 +39,26 @@ class ImageDataset:
     source: str
     label_names: list[str] | None = None
 
+    #: images have no second segment; the field keeps the data sets' shared face (``inputs, pairs, labels``)
+    pairs = None
+
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def inputs(self) -> list[Any]:
+        """What a model's feed builder takes: image paths, or arrays."""
+        return self.items
+
     def batches(self, size: int):
-        """``(items, labels)`` batches of ``size`` (labels None when unlabelled)."""
+        """``(items, None, labels)`` batches of ``size`` (labels None when unlabelled), as text data sets give."""
         for i in range(0, len(self.items), size):
-            yield self.items[i:i + size], (self.labels[i:i + size] if self.labels is not None else None)
+            yield self.items[i:i + size], None, (self.labels[i:i + size] if self.labels is not None else None)
+
+    def head(self, n: int) -> ImageDataset:
+        """The first ``n`` rows."""
+        return ImageDataset(self.items[:n], self.labels[:n] if self.labels is not None else None, self.source,
+                            self.label_names)
 
     def sample(self, n: int, seed: int = 0) -> ImageDataset:
         """A seeded subset of ``n`` rows (all of them when there are fewer), in file order."""
@@ -76,10 +89,7 @@ def load_image_dataset(path: Path | str, *, label2id: dict[str, int] | None = No
     if require_labels and ds.labels is None:
         raise DataError(f"{p}: the images have no labels",
                         hint="accuracy needs labels: class folders, a label column, or a labels array")
-    if limit is not None:
-        ds = ImageDataset(ds.items[:limit], ds.labels[:limit] if ds.labels is not None else None, ds.source,
-                          ds.label_names)
-    return ds
+    return ds.head(limit) if limit is not None else ds
 
 
 # --- readers -------------------------------------------------------------------------------------------------

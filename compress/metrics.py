@@ -14,6 +14,12 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float((pred == labels).mean())
 
 
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose label is among the ``k`` highest scores."""
+    top = np.argsort(-scores, axis=-1)[:, :k]
+    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
+
+
 def macro_f1(pred: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
     scores = []
     for c in range(num_labels):
@@ -54,18 +60,22 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> d
     """Task metric, teacher metric, agreement and retention from the artifact's outputs ``cand`` and the
     teacher's ``ref`` (None: no teacher) on the eval rows; shared by local and remote validation."""
     metrics: dict[str, Any] = {"eval_samples": len(cand)}
-    if m.task is Task.text_classification:
+    if m.task in (Task.text_classification, Task.image_classification):
         labels = np.asarray(labels)
         k = len(m.labels or [])
         pred = cand.argmax(-1)
         metrics["metric_name"] = "accuracy"
         metrics["metric"] = accuracy(pred, labels)
         metrics["macro_f1"] = macro_f1(pred, labels, k)
+        if k > 5:  # top-5, where it means something
+            metrics["top5"] = top_k_accuracy(cand, labels, 5)
         if ref is not None:
             tpred = ref.argmax(-1)
             metrics["teacher_metric"] = accuracy(tpred, labels)
             metrics["teacher_macro_f1"] = macro_f1(tpred, labels, k)
             metrics["agreement"] = float((pred == tpred).mean())
+            if k > 5:
+                metrics["teacher_top5"] = top_k_accuracy(ref, labels, 5)
     else:
         metrics["metric_name"] = "cosine_to_teacher"
         if ref is not None:

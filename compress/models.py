@@ -140,20 +140,7 @@ def inspect_checkpoint(
             f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
             hint="review that code, then pass --trust-remote-code to run it",
         )
-    files = sorted(p.name for p in path.iterdir() if p.is_file())
-    safetensors = [f for f in files if f.endswith(".safetensors")]
-    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args")]
-    if not safetensors and not pickles:
-        raise ModelLoadError(
-            f"{path}: no model weights (model.safetensors)", hint="copy the weights next to config.json"
-        )
-    if not safetensors and not allow_pickle:
-        raise ModelLoadError(
-            f"{path}: only pickled weights ({pickles[0]}); loading pickle can run arbitrary code",
-            hint="convert it to safetensors, or pass --allow-pickle if you trust its source",
-        )
-    for name in safetensors:
-        _check_safetensors(path / name)
+    weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
 
     architecture = (config.get("architectures") or [""])[0] or ""
     if task is None:
@@ -189,13 +176,33 @@ def inspect_checkpoint(
     return CheckpointInfo(
         path=path,
         config=config,
-        weights=safetensors or pickles,
-        pickled=not safetensors,
+        weights=weights,
+        pickled=pickled,
         task=task,
         labels=labels,
         postprocess=postprocess,
         max_length=max_length,
     )
+
+
+def inspect_weights(path: Path, *, allow_pickle: bool = False) -> tuple[list[str], bool]:
+    """A checkpoint directory's weight files and whether they are pickles (refused unless ``allow_pickle``);
+    safetensors files are checked to hold every byte their header declares."""
+    files = sorted(p.name for p in path.iterdir() if p.is_file())
+    safetensors = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args")]
+    if not safetensors and not pickles:
+        raise ModelLoadError(
+            f"{path}: no model weights (model.safetensors)", hint="copy the weights next to config.json"
+        )
+    if not safetensors and not allow_pickle:
+        raise ModelLoadError(
+            f"{path}: only pickled weights ({pickles[0]}); loading pickle can run arbitrary code",
+            hint="convert it to safetensors, or pass --allow-pickle if you trust its source",
+        )
+    for name in safetensors:
+        _check_safetensors(path / name)
+    return safetensors or pickles, not safetensors
 
 
 def _check_safetensors(file: Path) -> None:
@@ -250,6 +257,36 @@ class Teacher:
             model_type=self.info.model_type,
         )
 
+    @property
+    def primary_output(self) -> str:
+        return "logits" if self.task is Task.text_classification else "last_hidden_state"
+
+    def call(self, model: Any, tensors: dict[str, Any]) -> Any:
+        """The model's primary output (logits or token states) for ``tensors`` (feeds by input name)."""
+        out = model(**tensors)
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+    def example_inputs(self) -> dict[str, Any]:
+        """Two padded rows of different lengths, restricted to the inputs the model takes, in ``forward``'s
+        parameter order (the exporter names the graph's inputs in that order, whatever the dict's order)."""
+        import inspect
+
+        enc = self.tokenizer(
+            ["an example sentence to trace the model with", "short one"], padding=True, return_tensors="pt"
+        )
+        order = list(inspect.signature(self.model.forward).parameters)
+        names = sorted(self.input_names, key=lambda n: order.index(n) if n in order else len(order))
+        return {n: enc[n] for n in names}
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {n: {0: "batch_size", 1: "sequence_length"} for n in self.input_names}
+        axes[self.primary_output] = {0: "batch_size"} if self.info.labels else {0: "batch_size", 1: "sequence_length"}
+        return axes
+
+    def save_inputs(self, directory: Path) -> None:
+        """Write what turns raw input into the model's feeds (the tokenizer files) into ``directory``."""
+        self.tokenizer.save_pretrained(str(directory))
+
     def encoder(self):
         from compress.tokenization import TextEncoder
 
@@ -288,7 +325,15 @@ def load_teacher(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> Teacher:
-    """Load a fine-tuned teacher checkpoint for ``task`` (inferred from its architecture when None)."""
+    """Load a fine-tuned teacher checkpoint for ``task`` (inferred from its architecture when None): a Hugging Face
+    text model here, an image classifier (Hugging Face or a ``.pt2`` program) through :mod:`compress.models_image`."""
+    from compress.models_image import is_image_source, load_image_teacher
+
+    if (task is not None and Task(task) is Task.image_classification) or is_image_source(path):
+        if task is not None and Task(task) is not Task.image_classification:
+            raise ConfigError(f"{path} is an image classifier, not a {Task(task)} model",
+                              hint="leave --task out, or pass --task image-classification")
+        return load_image_teacher(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     info = inspect_checkpoint(path, task, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     from compress._optional import require
 

@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         backend = cls.from_teacher(load_teacher(args.artifact), settings)
     t_session = time.perf_counter() - t0
 
-    texts = ["the quick brown fox jumps over the lazy dog " * 16] * args.batch_size
-    batch = backend.encode(texts, pad_to=args.sequence_length)
+    from compress.inputs import latency_inputs
+
+    items = latency_inputs(None, args.batch_size, args.sequence_length, backend.artifact.manifest.preprocess)
+    batch = backend.encode(items, pad_to=args.sequence_length)
     t0 = time.perf_counter()
     out = backend.predict(batch)
     backend.synchronize()

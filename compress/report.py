@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from compress.validation import ValidationReport
 
 
+
+def shape_text(shape: dict) -> str:
+    """``1x64`` (batch x sequence) or ``1x3x32x32`` (batch x channels x height x width)."""
+    keys = ("batch_size", "sequence_length") if "sequence_length" in shape else ("batch_size", "channels", "height", "width")
+    return "x".join(str(shape.get(k)) for k in keys)
+
 def _fmt(v: Any, unit: str = "") -> str:
     if v is None:
         return "—"
@@ -168,7 +174,7 @@ def render_report(report: ValidationReport, console: Console) -> None:
     if lat.get("estimated"):
         shape, e = met["input_shape"], met.get("estimate", {})
         lines.append(
-            f"latency @ {shape['batch_size']}x{shape['sequence_length']}: ≈ {lat['p50']:.2f} ms (estimated; "
+            f"latency @ {shape_text(shape)}: ≈ {lat['p50']:.2f} ms (estimated; "
             f"compute {e.get('compute_ms', 0):.2f}, memory {e.get('memory_ms', 0):.2f}, per-operator "
             f"{e.get('overhead_ms', 0):.2f} ms; {e.get('gflops', 0):.2f} GFLOP + {e.get('int8_gops', 0):.2f} GOP int8); "
             f"≈ {met['throughput']:.1f} samples/s (estimated)"
@@ -176,7 +182,7 @@ def render_report(report: ValidationReport, console: Console) -> None:
     elif lat:
         shape = met["input_shape"]
         lines.append(
-            f"latency @ {shape['batch_size']}x{shape['sequence_length']}: p50 {lat['p50']:.2f} ms{_ci(lat, 'p50')}, "
+            f"latency @ {shape_text(shape)}: p50 {lat['p50']:.2f} ms{_ci(lat, 'p50')}, "
             f"p95 {lat['p95']:.2f}{_ci(lat, 'p95')}, p99 {lat['p99']:.2f}{_ci(lat, 'p99')} "
             f"(n={lat['n']}, CV {lat['cv']:.1%}, nearest-rank, 95% CI); {met['throughput']:.1f} samples/s"
         )

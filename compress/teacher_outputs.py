@@ -35,11 +35,21 @@ log = logging.getLogger(__name__)
 KIND = "teacher-outputs"
 
 
+def _row_bytes(item) -> bytes:
+    """A row's content: a text's UTF-8, an image file's bytes, an image array's shape and bytes."""
+    if isinstance(item, Path):
+        return item.read_bytes()
+    if isinstance(item, str):
+        return item.encode("utf-8", "surrogatepass")
+    arr = np.ascontiguousarray(item)
+    return f"{arr.shape}{arr.dtype}".encode() + arr.tobytes()
+
+
 def data_digest(dataset) -> str:
-    """sha256 of the rows the teacher sees (texts and pairs, in order)."""
+    """sha256 of the rows the teacher sees (texts and pairs, or images, in order)."""
     h = hashlib.sha256()
-    for i, text in enumerate(dataset.texts):
-        h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    for i, text in enumerate(dataset.inputs):
+        h.update(_row_bytes(text) + b"\0")
         if dataset.pairs is not None:
             h.update(dataset.pairs[i].encode("utf-8", "surrogatepass") + b"\0")
         h.update(b"\n")

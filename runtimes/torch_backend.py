@@ -98,6 +98,7 @@ class TorchBackend(RuntimeBackend):
         self.settings.provider = str(self.device)
         self.dtype_name = torch_dtype_name(self.settings.options)
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype_name]
+        self.torch_dtype = dtype
         model = self.teacher.model
         if self.device.type != "cpu" or dtype is not torch.float32:
             model = (copy.deepcopy(model) if shared else model).to(device=self.device, dtype=dtype)
@@ -112,10 +113,13 @@ class TorchBackend(RuntimeBackend):
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
+        def tensor(v: np.ndarray):  # float inputs (pixels) in the model's dtype; ids and masks stay int64
+            t = torch.from_numpy(v).to(self.device)
+            return t.to(self.torch_dtype) if t.is_floating_point() else t
+
         with torch.inference_mode():
-            out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()})
-        tensor = out.logits if hasattr(out, "logits") else out.last_hidden_state
-        return tensor.float().cpu().numpy()  # .cpu() waits for the GPU
+            out = self.teacher.call(self.model, {k: tensor(v) for k, v in inputs.items()})
+        return out.float().cpu().numpy()  # .cpu() waits for the GPU
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

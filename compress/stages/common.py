@@ -8,26 +8,7 @@ from typing import Any
 
 import numpy as np
 
-# Texts used when the user gives no sample data: varied lengths so padding is exercised.
-DEFAULT_SAMPLES = [
-    "a gripping, beautifully acted film.",
-    "the plot is thin and the jokes fall flat.",
-    "I would happily watch it again with friends, and probably will, because it rewards a second look.",
-    "dull.",
-    "the service was slow but the food made up for it.",
-    "an ambitious mess that never finds its footing despite a talented cast and a generous budget.",
-    "works exactly as described.",
-    "not worth the money.",
-]
-
-
-def sample_texts(path: Path | str | None, n: int) -> list[str]:
-    """``n`` texts from a data file (its labels, ids or names, are not read), or the built-in samples."""
-    if path is None:
-        return (DEFAULT_SAMPLES * (n // len(DEFAULT_SAMPLES) + 1))[:n]
-    from compress.data import load_dataset
-
-    return load_dataset(path, limit=n, texts_only=True).texts
+from compress.inputs import DEFAULT_SAMPLES, sample_texts  # noqa: F401 - where stages have always found them
 
 
 @dataclass

@@ -68,6 +68,18 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
     return art
 
 
+def input_shape(m, batch_size: int, sequence_length: int) -> dict[str, Any]:
+    """The shape latency was timed at: batch x sequence for text, batch x channels x height x width for images."""
+    from compress.inputs import is_image
+
+    if not is_image(m.preprocess):
+        return {"batch_size": batch_size, "sequence_length": sequence_length}
+    shape = next((t.shape for t in m.inputs if t.name == m.preprocess.input_name), None) or []
+    dims = shape[1:] if m.preprocess.layout == "NCHW" else [shape[3], shape[1], shape[2]] if len(shape) == 4 else []
+    c, h, w = (dims + [None, None, None])[:3] if dims else (None, None, None)
+    return {"batch_size": batch_size, "channels": c, "height": h, "width": w}
+
+
 def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],
              cold: dict[str, Any] | None, env: dict[str, Any], warnings: list[str], t_start: float) -> ValidationReport:
     """Add latency, size and cold-start figures to ``metrics``, judge the budgets and build the report.
@@ -80,7 +92,7 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
     lat = stats["artifact"]
     metrics["latency_ms"] = lat.as_dict()
     metrics["throughput"] = lat.throughput
-    metrics["input_shape"] = {"batch_size": meas.batch_size, "sequence_length": meas.sequence_length}
+    metrics["input_shape"] = input_shape(m, meas.batch_size, meas.sequence_length)
     if "baseline" in stats:
         b = stats["baseline"]
         metrics["baseline_latency_ms"] = b.as_dict()
@@ -116,8 +128,9 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
     )
 
 
-def latency_texts(texts: list[str] | None, batch_size: int, seq_len: int) -> list[str]:
-    """Texts long enough to fill ``seq_len`` tokens after padding/truncation."""
-    base = " ".join(texts[:64]) if texts else "the quick brown fox jumps over the lazy dog"
-    long = (base + " ") * (seq_len // max(1, len(base.split())) + 2)
-    return [long] * batch_size
+def latency_texts(texts: list | None, batch_size: int, seq_len: int, preprocess=None) -> list:
+    """One batch of raw inputs to time: texts long enough to fill ``seq_len`` tokens after padding/truncation, or
+    images for an image model (:func:`compress.inputs.latency_inputs`)."""
+    from compress.inputs import latency_inputs
+
+    return latency_inputs(texts, batch_size, seq_len, preprocess)

@@ -101,8 +101,8 @@ def validate(
     progress bar; the CLI uses it, library users can ignore it.
     """
     from compress.cache import usage as cache_usage
-    from compress.data import load_dataset
     from compress.host_runtime import runtime_for
+    from compress.inputs import load_inputs
     from compress.models import load_teacher
     from compress.profiles import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
@@ -145,10 +145,10 @@ def validate(
     dataset = None
     if config.data:
         label2id = {name: i for i, name in enumerate(m.labels)} if m.labels else None
-        dataset = load_dataset(
-            config.data, text_column=config.text_column, text_pair_column=config.text_pair_column,
+        dataset = load_inputs(
+            config.data, m.preprocess, text_column=config.text_column, text_pair_column=config.text_pair_column,
             label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if m.labels else None,
-            require_labels=m.task is Task.text_classification, limit=config.limit,
+            require_labels=m.labels is not None, limit=config.limit,
         )
     tdir = _teacher_dir(art, config.teacher)
     teacher = None
@@ -188,16 +188,16 @@ def validate(
 
     # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
     meas = profile.measure
-    texts = dataset.texts if dataset is not None else None
-    batch = backend.encode(latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length)
+    texts = latency_texts(dataset.inputs if dataset is not None else None, meas.batch_size, meas.sequence_length,
+                          m.preprocess)
+    batch = backend.encode(texts, pad_to=meas.sequence_length)
     runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
     baseline_backend = None
     if config.baseline and teacher is not None and not estimating:
         base_art = baseline_artifact(teacher, runtime_name, art) if art.format is not Format.pytorch else None
         if base_art is not None:
             baseline_backend = load_runtime(base_art, runtime_name, settings)
-            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(
-                latency_texts(texts, meas.batch_size, meas.sequence_length), pad_to=meas.sequence_length))
+            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
         elif art.format is Format.pytorch:
             warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
     if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks

@@ -439,7 +439,8 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
 
             ref, _ = teacher_outputs(teacher, dataset, batch_size=meas.eval_batch_size, threads=settings.threads,
                                      use_cache=config.cache, progress=phase)
-    lat_texts = latency_texts(dataset.texts if dataset is not None else None, meas.batch_size, meas.sequence_length)
+    lat_texts = latency_texts(dataset.inputs if dataset is not None else None, meas.batch_size, meas.sequence_length,
+                              art.manifest.preprocess)
     for name, arr in encoder.encode(lat_texts, pad_to=meas.sequence_length).items():
         arrays[f"lat.artifact.{name}"] = arr
 

@@ -33,7 +33,8 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
-from compress.stages.common import measure_parity, sample_texts
+from compress.inputs import sample_inputs
+from compress.stages.common import measure_parity
 from compress.stages.export.config import (
     EXPORT_ONNX,
     EXPORT_OPENVINO,
@@ -96,29 +97,25 @@ def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: Graph
     return model_file
 
 
-def _export_example(teacher) -> dict:
-    """Two padded rows of different lengths, restricted to the inputs the model takes, in ``forward``'s
-    parameter order (the exporter names the graph's inputs in that order, whatever the dict's order)."""
-    import inspect
-
-    enc = teacher.tokenizer(
-        ["an example sentence to trace the model with", "short one"], padding=True, return_tensors="pt"
-    )
-    order = list(inspect.signature(teacher.model.forward).parameters)
-    names = sorted(teacher.input_names, key=lambda n: order.index(n) if n in order else len(order))
-    return {n: enc[n] for n in names}
-
-
 def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
-    """PyTorch's exporter: the model's inputs with dynamic batch and sequence axes, one named output."""
+    """PyTorch's exporter: the model's inputs with dynamic axes (batch, and sequence for text), one named output.
+
+    The teacher says what the graph takes (``example_inputs``, in ``forward``'s order), which axes are dynamic and
+    how its output is read (``call``). A ``torch.export`` program is exported from its own graph."""
     import inspect
     import warnings
 
     import torch
 
-    primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
-    example = _export_example(teacher)
+    primary = teacher.primary_output
+    example = teacher.example_inputs()
     names = list(example)
+    args = tuple(example.values())
+    if getattr(teacher.info, "kind", None) == "program":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _program_export(teacher, model_file, config, names, args)
+        return
     model = teacher.model.eval()
     original = model.forward
 
@@ -133,8 +130,8 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
     )
     model.forward = forward
-    hook = model.register_forward_hook(lambda _m, _i, out: (out[primary],))
-    args = tuple(example.values())
+    hook = model.register_forward_hook(lambda _m, _i, out: (out if torch.is_tensor(out) else out[primary],))
+    axes = teacher.dynamic_axes()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about constants in mask code: parity decides
@@ -142,15 +139,13 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
                 from compress._optional import require
 
                 require("onnxscript", "the dynamo ONNX exporter")
-                batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
+                shapes = {n: {i: torch.export.Dim(a) for i, a in axes[n].items()} for n in names}
                 program = torch.onnx.export(
                     model, args, None, input_names=names, output_names=[primary], opset_version=config.opset,
-                    dynamo=True, external_data=False, dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                    dynamo=True, external_data=False, dynamic_shapes=shapes,
                 )
                 program.save(str(model_file))
             else:
-                axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
-                axes[primary] = {0: "batch_size"} if primary == "logits" else {0: "batch_size", 1: "sequence_length"}
                 torch.onnx.export(
                     model, args, str(model_file), input_names=names, output_names=[primary],
                     opset_version=config.opset, dynamo=False, do_constant_folding=True, dynamic_axes=axes,
@@ -158,6 +153,30 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
     finally:
         hook.remove()
         del model.forward
+
+
+def _program_export(teacher, model_file: Path, config: ExportConfig, names: list[str], args: tuple) -> None:
+    """A ``torch.export`` program to ONNX straight from the program (``torch.onnx.export(program, dynamo=True)``):
+    its graph and dynamic dimensions are what it was exported with; the TorchScript exporter cannot run an
+    exported program's module (it has no train/eval modes)."""
+    import torch
+
+    from compress._optional import require
+    from compress.programs import load_program
+
+    require("onnxscript", "exporting a torch.export program to ONNX")
+    program = load_program(teacher.path / teacher.info.weights[0] if teacher.path.is_dir() else teacher.path)
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:  # "torchvision is not installed" and the exporter's progress lines: edgecompress reports its own
+        q.setLevel(logging.ERROR)
+    try:
+        onnx_program = torch.onnx.export(program, args, None, input_names=names, output_names=[teacher.primary_output],
+                                         opset_version=config.opset, dynamo=True, external_data=False, verbose=False)
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    onnx_program.save(str(model_file))
 
 
 #: ONNX Runtime transformer-optimizer model types, by Hugging Face ``model_type`` (encoder families).
@@ -226,6 +245,30 @@ def _to_openvino(onnx_file: Path, directory: Path) -> Path:
     return xml
 
 
+#: largest per-value difference allowed between the teacher's image processor and the pinned preprocessing
+PREPROCESS_ATOL = 1e-3
+
+
+def _processor_agreement(teacher) -> dict:
+    """Run the teacher's own image processor and the manifest's preprocessing on images of odd sizes (so resize and
+    crop are exercised); a difference above :data:`PREPROCESS_ATOL` fails the export."""
+    import numpy as np
+
+    from compress.image_processors import processor_agreement
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((37, 53), (64, 41), (96, 96), (23, 120))]
+    agreement = processor_agreement(teacher.processor, teacher.info.preprocess, images)
+    agreement["atol"] = PREPROCESS_ATOL
+    if not agreement["max_abs_diff"] <= PREPROCESS_ATOL:
+        raise ParityError(
+            f"the pinned preprocessing differs from the teacher's image processor by {agreement['max_abs_diff']:.3g} "
+            f"(allowed {PREPROCESS_ATOL:g})", max_abs_diff=agreement["max_abs_diff"], atol=PREPROCESS_ATOL,
+            hint="the processor uses a setting edgecompress does not reproduce; describe the preprocessing in the "
+            "model's YAML or fix preprocessor_config.json; no artifact was written")
+    return agreement
+
+
 def export_onnx(
     source: Path | str,
     out: Path | str,
@@ -290,12 +333,11 @@ def export_onnx(
                     inputs, outputs = _graph_specs(onnx_file)
                     model_file = _to_openvino(onnx_file, tmp)
         if teacher is not None:
-            teacher.tokenizer.save_pretrained(str(tmp))
+            teacher.save_inputs(tmp)
             manifest = teacher.manifest()
             if prior is not None:
                 manifest.source, manifest.steps = prior.source, list(prior.steps)
-            primary = "logits" if teacher.task is Task.text_classification else "last_hidden_state"
-            outputs = sorted(outputs, key=lambda s: s.name != primary)
+            outputs = sorted(outputs, key=lambda s: s.name != teacher.primary_output)
             input_digest = teacher.sha256
         else:
             copy_tokenizer_files(source_art.path, tmp)
@@ -310,14 +352,17 @@ def export_onnx(
         step = spec.record(manifest, config, input_digest=input_digest, lineage=manifest.steps)
         write_manifest(tmp, manifest)
 
-        texts = sample_texts(config.sample_data, config.parity_samples)
+        texts = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
         candidate = load_runtime(Artifact(tmp, manifest))
         if teacher is not None:
             reference, ref_name = TorchBackend.from_teacher(teacher), "PyTorch FP32"
         else:
             reference, ref_name = OrtBackend(source_art), "ONNX FP32 in ONNX Runtime"
-        parity = measure_parity(reference, candidate, texts, manifest.task is Task.text_classification)
-        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": ref_name, "texts": texts}
+        parity = measure_parity(reference, candidate, texts, manifest.labels is not None)
+        shown = texts if isinstance(texts[0], str) else f"{len(texts)} seeded noise images at the input size"
+        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": ref_name, "texts": shown}
+        if getattr(teacher, "processor", None) is not None:  # our preprocessing against the teacher's own
+            step.metrics["preprocess_agreement"] = _processor_agreement(teacher)
         if not parity.max_abs_diff <= config.atol:
             raise ParityError(
                 f"{config.format} output differs from {ref_name} by {parity.max_abs_diff:.3g} "

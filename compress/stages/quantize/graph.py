@@ -22,6 +22,8 @@ FUSED_WEIGHT_OPS = ("Attention", "EmbedLayerNormalization", "PackedAttention", "
 #: Ops quantize_dynamic quantizes by default (ONNX Runtime's IntegerOps registry) that carry weights.
 DYNAMIC_WEIGHT_OPS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Conv", "LSTM")
 STATIC_DEFAULT_OPS = ("MatMul", "Attention")
+#: static INT8 of an image model: convolutions and fully connected layers (per-channel weights by default)
+IMAGE_STATIC_OPS = ("Conv", "MatMul", "Gemm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,3 +343,37 @@ def _node_report(
         "kept_float": kept,
         "new_op_types": dict(sorted(new_ops.items())),
     }
+
+
+def conv_weight_fraction(model) -> float:
+    """Share of a graph's weight elements held by convolutions."""
+    total = conv = 0
+    for node, weights in weight_nodes(model):
+        n = sum(_numel(w) for w in weights)
+        total += n
+        conv += n if node.op_type == "Conv" else 0
+    return conv / total if total else 0.0
+
+
+def _image_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:
+    """INT8 of an image model is static (QDQ, per-channel weights, calibrated on images): dynamic quantization
+    leaves convolutions to ONNX Runtime's ConvInteger (slow, and unsupported by most providers). An explicit
+    ``--mode dynamic`` is refused for a conv net (convolutions hold over 10% of the weights); without ``--mode``
+    the mode becomes static, which needs ``--calibration`` images."""
+    import onnx
+
+    explicit = "mode" in config.model_fields_set
+    if config.mode is QuantMode.dynamic:
+        share = conv_weight_fraction(onnx.load(str(art.model_path), load_external_data=False))
+        if explicit and share > 0.1:
+            raise ConfigError(
+                f"dynamic INT8 does not quantize convolutions well, and they hold {share:.0%} of this model's weights",
+                hint="use --mode static --calibration IMAGES (QDQ with per-channel weights)")
+        if not explicit:
+            log.info("image model: static INT8 (QDQ, per-channel weights) calibrated on images")
+            config = config.model_copy(update={"mode": QuantMode.static})
+    if config.mode is QuantMode.static and not config.calibration:
+        raise ConfigError("static INT8 of an image model needs calibration images",
+                          hint="pass --calibration DATA: a folder of class folders, a path table or an .npz "
+                          "(100-300 representative images)")
+    return config

@@ -58,7 +58,8 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
-from compress.stages.common import measure_parity, sample_texts
+from compress.inputs import is_image, sample_inputs
+from compress.stages.common import measure_parity
 from compress.stages.quantize.calibration import CalibrationReader
 from compress.stages.quantize.config import (
     QUANTIZE_ONNX,
@@ -72,8 +73,10 @@ from compress.stages.quantize.config import (
 from compress.stages.quantize.graph import (
     DYNAMIC_WEIGHT_OPS,
     INT4_ACCURACY_LEVEL,
+    IMAGE_STATIC_OPS,
     STATIC_DEFAULT_OPS,
     _block_padding,
+    _image_mode,
     _check_applicable,
     _check_exclude_nodes,
     _check_int4_graph,
@@ -139,7 +142,7 @@ class _OnnxQuantizer:
         if self.int4:
             return _int4_op_types(c)
         if c.mode is QuantMode.static:
-            return tuple(c.op_types or STATIC_DEFAULT_OPS)
+            return tuple(c.op_types or (IMAGE_STATIC_OPS if is_image(self.art.manifest.preprocess) else STATIC_DEFAULT_OPS))
         return tuple(c.op_types or DYNAMIC_WEIGHT_OPS)
 
     def layers(self) -> list:
@@ -185,7 +188,7 @@ class _OnnxQuantizer:
 
         c = self.config
         if self._reader is None:
-            texts = sample_texts(c.calibration, c.calibration_samples)
+            texts = sample_inputs(c.calibration, c.calibration_samples, self.art.manifest.preprocess)
             source = OrtBackend(self.art)
             self._reader = CalibrationReader(source.encoder, texts, set(source.input_names))
             source.close()
@@ -304,7 +307,7 @@ def _write_artifact(
                                 extra_config={"reduce_range": q.reduce_range})
     write_manifest(tmp, manifest)
 
-    texts = sample_texts(config.sample_data, config.parity_samples)
+    texts = sample_inputs(config.sample_data, config.parity_samples, art.manifest.preprocess)
     parity = measure_parity(OrtBackend(art), OrtBackend(Artifact(tmp, manifest)), texts, art.manifest.labels is not None)
     before = art.size_bytes()
     after = Artifact(tmp, manifest).size_bytes()
@@ -373,6 +376,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     from compress._optional import require
 
     _check_openvino_only_options(config)
+    if is_image(art.manifest.preprocess) and config.precision is not QuantPrecision.int4:
+        config = _image_mode(art, config)
     if config.precision is QuantPrecision.int4:
         _check_int4_request(config)  # first: its reasons (weight-only, runtimes) are the specific ones
     else:

@@ -1,0 +1,316 @@
+"""Image-classification teachers: Hugging Face ``AutoModelForImageClassification`` checkpoints, and any ``nn.Module``
+saved as a ``torch.export`` program (``.pt2``). Loaded without network and without unpickling by default.
+
+* **Hugging Face** (ViT, DeiT, ResNet, ConvNeXt, MobileNetV2, EfficientNet, MobileViT, ...): a directory with
+  ``config.json`` (an ``...ForImageClassification`` architecture), safetensors weights and
+  ``preprocessor_config.json``, whose settings become the manifest's ``image`` input description
+  (:func:`compress.image_processors.preprocess_from_hf`); agreement with the teacher's own processor is measured
+  when the artifact is exported, and a mismatch fails the export.
+* **A program** (``model.pt2``, written by ``torch.export.save``): the program says what it takes (names, shapes
+  with dynamic dimensions, dtypes); what it cannot say comes from ``model.yaml`` beside it::
+
+      task: image-classification
+      labels: [cat, dog]                 # class names by id
+      preprocess: {size: [32, 32], channels: L, mean: [0.5], std: [0.5]}   # an ImagePreprocess
+
+  The directory may also be a ``pytorch`` artifact that holds a program (a pruned CNN): its manifest says it all.
+* timm checkpoints are not loaded here: timm imports torchvision, which has no CPU build on PyPI that imports
+  beside the CPU PyTorch wheel this project pins (see the README).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import (
+    MANIFEST,
+    Artifact,
+    Format,
+    ImagePreprocess,
+    Manifest,
+    Postprocess,
+    Precision,
+    SourceInfo,
+    Task,
+    TensorSpec,
+    digest_dir,
+    hash_files,
+    library_versions,
+)
+from compress.errors import ConfigError, ModelLoadError
+
+PROGRAM_FILE = "model.pt2"
+PROGRAM_CONFIG = "model.yaml"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def is_image_source(path: Path | str) -> bool:
+    """Does ``path`` hold an image teacher (a Hugging Face image classifier or a program directory)?"""
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".pt2"
+    if (p / PROGRAM_FILE).is_file():
+        return True
+    if (p / MANIFEST).is_file():
+        try:
+            return json.loads((p / MANIFEST).read_text(encoding="utf-8")).get("task") == Task.image_classification
+        except (OSError, ValueError):
+            return False
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        arch = (json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or [""])[0] or ""
+    except (OSError, ValueError):
+        return False
+    return arch.endswith("ForImageClassification")
+
+
+@dataclass
+class ImageInfo:
+    """What an image teacher is, read before any weights load."""
+
+    path: Path
+    kind: str  # "hf" | "program"
+    config: dict[str, Any]
+    labels: list[str]
+    preprocess: ImagePreprocess
+    weights: list[str]
+    pickled: bool = False
+    inputs: list[TensorSpec] = field(default_factory=list)
+    task: Task = Task.image_classification
+    postprocess: Postprocess = field(default_factory=Postprocess)
+    max_length: int = 0  # no sequences
+
+    @property
+    def architecture(self) -> str | None:
+        return (self.config.get("architectures") or [None])[0]
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+
+def _labels(config: dict[str, Any], where: str) -> list[str]:
+    id2label = config.get("id2label") or {}
+    if id2label:
+        return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]
+    n = config.get("num_labels")
+    if not n:
+        raise ModelLoadError(f"{where}: no labels (id2label / num_labels)", hint="save the classifier with its labels")
+    return [f"LABEL_{i}" for i in range(int(n))]
+
+
+def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ImageInfo:
+    from compress.image_processors import preprocess_from_hf
+    from compress.models import _read_json, inspect_weights
+
+    config = _read_json(path / "config.json")
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
+                             hint="review that code, then pass --trust-remote-code to run it")
+    weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
+    if not (path / PREPROCESSOR_CONFIG).is_file():
+        raise ModelLoadError(f"{path}: no {PREPROCESSOR_CONFIG} (how images become pixel_values)",
+                             hint="save the image processor with the model: processor.save_pretrained(DIR)")
+    preprocess = preprocess_from_hf(_read_json(path / PREPROCESSOR_CONFIG), source=str(path))
+    n_channels = int(config.get("num_channels", 3))
+    if n_channels == 1:
+        preprocess = preprocess.model_copy(update={"channels": "L", "mean": preprocess.mean[:1],
+                                                   "std": preprocess.std[:1]})
+    return ImageInfo(path=path, kind="hf", config=config, labels=_labels(config, str(path)), preprocess=preprocess,
+                     weights=weights, pickled=pickled)
+
+
+def _program_files(path: Path) -> tuple[Path, Path]:
+    if path.is_file():
+        return path, path.with_suffix(".yaml")
+    return path / PROGRAM_FILE, path / PROGRAM_CONFIG
+
+
+def _program_info(path: Path) -> ImageInfo:
+    """A program's description: its manifest (a pytorch artifact) or the ``model.yaml`` beside it."""
+    program_file, yaml_file = _program_files(path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        from compress.artifact import load_artifact
+
+        m = load_artifact(path).manifest
+        if not isinstance(m.preprocess, ImagePreprocess):
+            raise ModelLoadError(f"{path}: not an image artifact", hint="pass an image classifier")
+        return ImageInfo(path=path, kind="program", config={"architectures": [m.source.architecture]},
+                         labels=list(m.labels or []), preprocess=m.preprocess, weights=[m.model_file],
+                         inputs=list(m.inputs))
+    if not yaml_file.is_file():
+        raise ModelLoadError(
+            f"{path}: no {yaml_file.name} beside {program_file.name} (task, labels and preprocessing)",
+            hint=f"write {yaml_file.name} with task: image-classification, labels: [...] and preprocess: {{size: [H, W]}}")
+    import yaml
+
+    try:
+        meta = yaml.safe_load(yaml_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ModelLoadError(f"{yaml_file}: unreadable YAML ({e})", hint="fix the file") from e
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{yaml_file}: expected a mapping", hint="task, labels and preprocess as keys")
+    unknown = sorted(set(meta) - {"task", "labels", "preprocess", "architecture"})
+    if unknown:
+        raise ConfigError(f"{yaml_file}: unknown key {unknown[0]!r}", hint="known keys: task, labels, preprocess, architecture")
+    task = meta.get("task", Task.image_classification)
+    if task != Task.image_classification:
+        raise ConfigError(f"{yaml_file}: task {task!r} is not supported for programs", hint="task: image-classification")
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise ConfigError(f"{yaml_file}: labels must be a non-empty list of class names", hint="labels: [cat, dog]")
+    from pydantic import ValidationError
+
+    try:
+        preprocess = ImagePreprocess.model_validate({"kind": "image", **(meta.get("preprocess") or {})})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = " -> ".join(str(p) for p in err["loc"]) or "preprocess"
+        raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}", hint="see ImagePreprocess in the README") from e
+    arch = str(meta.get("architecture") or program_file.stem)
+    return ImageInfo(path=path, kind="program", config={"architectures": [arch]}, labels=[str(x) for x in labels],
+                     preprocess=preprocess, weights=[program_file.name])
+
+
+def inspect_image_source(path: Path | str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ImageInfo:
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{p}: no such file or directory", hint="pass a checkpoint directory or a .pt2 program")
+    if p.is_file() or (p / PROGRAM_FILE).is_file() or (p / MANIFEST).is_file():
+        return _program_info(p)
+    return _hf_info(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+
+@dataclass
+class ImageTeacher:
+    """A loaded image classifier in PyTorch, with the same face as :class:`compress.models.Teacher`."""
+
+    info: ImageInfo
+    model: Any  # nn.Module in eval mode (a program's module for .pt2)
+    sha256: str
+    tokenizer: Any = None  # image models have none
+    processor: Any = None  # the Hugging Face image processor, for the agreement check
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    @property
+    def task(self) -> Task:
+        return self.info.task
+
+    @property
+    def input_names(self) -> list[str]:
+        return [self.info.preprocess.input_name]
+
+    primary_output = "logits"
+
+    def encoder(self):
+        from compress.device import ImageFeeds
+
+        return ImageFeeds.from_spec(self.info.preprocess.model_dump())
+
+    def call(self, model: Any, tensors: dict[str, Any]) -> Any:
+        """The model's logits for ``tensors`` (feeds by input name)."""
+        if self.info.kind == "hf":
+            out = model(**tensors)
+            return out.logits if hasattr(out, "logits") else out[0]
+        out = model(*[tensors[n] for n in self.input_names])
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def example_inputs(self) -> dict[str, Any]:
+        """Two images' feeds: what the exporter traces with (batch 2, so the batch axis is seen as dynamic)."""
+        import numpy as np
+        import torch
+
+        rng = np.random.default_rng(0)
+        feeds = self.encoder()
+        h, w = feeds.output_shape() or (self.info.preprocess.size[0],) * 2
+        images = [rng.integers(0, 256, (h, w, 1 if feeds.channels == "L" else 3), dtype=np.uint8) for _ in range(2)]
+        return {k: torch.from_numpy(v) for k, v in feeds.encode(images).items()}
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {self.input_names[0]: {0: "batch_size"}, self.primary_output: {0: "batch_size"}}
+
+    def save_inputs(self, directory: Path) -> None:
+        """Keep the teacher's own processor config beside the model (the manifest's ``preprocess`` is what runs)."""
+        import shutil
+
+        if (self.path / PREPROCESSOR_CONFIG).is_file():
+            shutil.copy2(self.path / PREPROCESSOR_CONFIG, Path(directory) / PREPROCESSOR_CONFIG)
+
+    def source(self) -> SourceInfo:
+        return SourceInfo(path=str(self.path.resolve()), sha256=self.sha256, architecture=self.info.architecture,
+                          model_type=self.info.model_type)
+
+    def manifest(self) -> Manifest:
+        """Describe the teacher as a (pytorch, fp32) artifact: the root of every lineage."""
+        pp = self.info.preprocess
+        h, w = self.encoder().output_shape() or ("height", "width")
+        c = 1 if pp.channels == "L" else 3
+        shape: list[int | str] = ["batch_size", c, h, w] if pp.layout == "NCHW" else ["batch_size", h, w, c]
+        inputs = self.info.inputs or [TensorSpec(name=pp.input_name, dtype="float32", shape=shape)]
+        root = self.path if self.path.is_dir() else self.path.parent
+        return Manifest(
+            task=self.task, format=Format.pytorch, precision=Precision.fp32, labels=self.info.labels,
+            model_file=self.info.weights[0], inputs=inputs,
+            outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch_size", len(self.info.labels)])],
+            preprocess=pp, max_length=0, source=self.source(),
+            files=hash_files(root) if self.path.is_dir() else {self.path.name: self.sha256},
+            versions=library_versions(),
+        )
+
+    def as_artifact(self) -> Artifact:
+        return Artifact(self.path if self.path.is_dir() else self.path.parent, self.manifest())
+
+
+def _digest(info: ImageInfo) -> str:
+    if info.path.is_dir():
+        return digest_dir(info.path)
+    from compress.artifact import digest_of, sha256_file
+
+    program_file, yaml_file = _program_files(info.path)
+    return digest_of({p.name: sha256_file(p) for p in (program_file, yaml_file) if p.is_file()})
+
+
+def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ImageTeacher:
+    """Load an image-classification teacher (see the module doc)."""
+    info = inspect_image_source(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    from compress._optional import require
+
+    require("torch", "loading a PyTorch teacher")
+    if info.kind == "program":
+        from compress.programs import load_program, program_inputs
+
+        program_file = info.path / info.weights[0] if info.path.is_dir() else info.path
+        program = load_program(program_file, allow_pickle=allow_pickle)
+        specs = program_inputs(program)
+        if len(specs) != 1:
+            raise ModelLoadError(f"{program_file}: the program takes {len(specs)} inputs; an image classifier takes one",
+                                 hint="export the module with a single image tensor argument")
+        if not info.inputs:
+            info.inputs = [specs[0].model_copy(update={"name": info.preprocess.input_name})]
+        model = program.module()
+        return ImageTeacher(info=info, model=model, sha256=_digest(info))
+    transformers = require("transformers", "loading a Hugging Face image classifier")
+    transformers.utils.logging.disable_progress_bar()
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
+    try:
+        model = transformers.AutoModelForImageClassification.from_pretrained(str(info.path), **kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+        raise ModelLoadError(
+            f"{info.path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            hint="check that the weights match config.json and are complete") from e
+    processor = None
+    try:
+        # the slow (PIL) processor: the one ImageFeeds reproduces and the one a checkpoint's config describes
+        processor = transformers.AutoImageProcessor.from_pretrained(str(info.path), local_files_only=True, use_fast=False)
+    except Exception:  # noqa: BLE001 - agreement is then measured against the config's own description only
+        processor = None
+    model.eval()
+    return ImageTeacher(info=info, model=model, sha256=_digest(info), processor=processor)
