@@ -137,25 +137,26 @@ def load_eval_set(
     taken from its first ``max(20 n, 5000)`` rows. Rows are sorted by length so batches pad little.
     Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
     """
-    from compress.data import load_dataset
+    from compress.inputs import is_image, load_inputs
 
-    classification = manifest.task is Task.text_classification
+    classification = manifest.labels is not None and manifest.task is not Task.feature_extraction
     labels = manifest.labels if classification else None
-    ds = load_dataset(
-        path,
+    ds = load_inputs(
+        path, manifest.preprocess,
         label2id={name: i for i, name in enumerate(labels)} if labels else None,
         num_labels=len(labels) if labels else None,
         require_labels=classification,
         limit=max(20 * n, 5000),
     )
     ds = ds.sample(n, seed=seed)
-    order = sorted(range(len(ds)), key=lambda i: (len(ds.texts[i]) + len(ds.pairs[i] if ds.pairs else ""), i))
-    ds = dataclasses.replace(
-        ds,
-        texts=[ds.texts[i] for i in order],
-        pairs=None if ds.pairs is None else [ds.pairs[i] for i in order],
-        labels=None if ds.labels is None else [ds.labels[i] for i in order],
-    )
+    if not is_image(manifest.preprocess):  # texts sorted by length, so batches pad little
+        order = sorted(range(len(ds)), key=lambda i: (len(ds.texts[i]) + len(ds.pairs[i] if ds.pairs else ""), i))
+        ds = dataclasses.replace(
+            ds,
+            texts=[ds.texts[i] for i in order],
+            pairs=None if ds.pairs is None else [ds.pairs[i] for i in order],
+            labels=None if ds.labels is None else [ds.labels[i] for i in order],
+        )
     if len(ds) < n:
         log.warning("%s has only %d rows (asked for %d eval samples); using all of them", path, len(ds), n)
     return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path))

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
-from compress.artifact import Artifact, Format, Task
+from compress.artifact import Artifact, Format
 from compress.cpu import cpu_model
 from compress.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.measure import LatencyStats, measure_interleaved, probe_cold_start

@@ -21,7 +21,6 @@ from compress.artifact import (
     Artifact,
     Format,
     Precision,
-    Task,
     TensorSpec,
     check_output,
     child_manifest,

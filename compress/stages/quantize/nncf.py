@@ -244,15 +244,24 @@ def _compress_weights(nncf, model, config: QuantizeConfig) -> tuple[Any, dict[st
     return result, record
 
 
+def model_type(nncf, model):
+    """``ModelType.TRANSFORMER`` for a model with attention (a Softmax inside the graph: text encoders, ViT), else
+    None, NNCF's default for convolutional networks (its CNN preset and BatchNorm-aware statistics)."""
+    attention = ("Softmax", "SoftMax", "ScaledDotProductAttention")
+    return nncf.ModelType.TRANSFORMER if any(op.get_type_name() in attention for op in model.get_ops()) else None
+
+
 def _quantize(nncf, model, items, config: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
-    kwargs: dict[str, Any] = {"subset_size": config.calibration_samples, "model_type": nncf.ModelType.TRANSFORMER}
+    kind = model_type(nncf, model)
+    kwargs: dict[str, Any] = {"subset_size": config.calibration_samples, "model_type": kind}
     scope = _ignored_scope(nncf, config, weight_compression=False)
     if scope is not None:
         kwargs["ignored_scope"] = scope
-    log.info("nncf.quantize on %d calibration samples (ModelType.TRANSFORMER)", len(items))
+    name = "transformer" if kind is not None else "default (convolutional)"
+    log.info("nncf.quantize on %d calibration samples (model type %s)", len(items), name)
     result = nncf.quantize(model, nncf.Dataset(items), **kwargs)
-    record = {"subset_size": config.calibration_samples, "model_type": "transformer",
-              "calibration_items": len(items), "preset": "NNCF default for transformer (mixed)"}
+    record = {"subset_size": config.calibration_samples, "model_type": name,
+              "calibration_items": len(items), "preset": f"NNCF default for {name} models"}
     if scope is not None:
         record["ignored_scope"] = {"names": scope.names}
     return result, record
@@ -282,7 +291,7 @@ def _quantize_with_accuracy_control(
         "max_drop": max_drop,
         "drop_type": nncf.DropType.ABSOLUTE,
         "subset_size": config.calibration_samples,
-        "model_type": nncf.ModelType.TRANSFORMER,
+        "model_type": model_type(nncf, model),
         "advanced_accuracy_restorer_parameters": AdvancedAccuracyRestorerParameters(
             intermediate_model_dir=str(inter), ranking_subset_size=ranking
         ),
@@ -328,7 +337,7 @@ def _quantize_with_accuracy_control(
         "drop_type": "absolute",
         "budget": budget.describe(),
         "subset_size": config.calibration_samples,
-        "model_type": "transformer",
+        "model_type": "transformer" if kwargs["model_type"] is not None else "default (convolutional)",
         "calibration_items": len(calibration),
         "validation_items": len(evaluator.items),
         "ranking_subset_size": ranking,

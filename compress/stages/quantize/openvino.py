@@ -56,7 +56,8 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, EdgeCompressError, StageError
-from compress.stages.common import measure_parity, sample_texts
+from compress.inputs import sample_inputs
+from compress.stages.common import measure_parity
 from compress.stages.quantize.calibration import calibration_items
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
 from compress.stages.quantize.nncf import (  # noqa: F401 - public here too
@@ -169,7 +170,7 @@ class _Evaluator:
     def __init__(self, art: Artifact, encoder, dataset, output_index: int) -> None:
         self.classification = art.task is Task.text_classification
         self.output_index = output_index
-        self.items = list(enumerate(calibration_items(encoder, dataset.texts, dataset.pairs)))
+        self.items = list(enumerate(calibration_items(encoder, dataset.inputs, dataset.pairs)))
         self.labels = np.asarray(dataset.labels) if dataset.labels is not None else None
         self.reference: np.ndarray | None = None
         pp = art.manifest.postprocess
@@ -260,7 +261,7 @@ def _write(
         step = QUANTIZE_OPENVINO.record(manifest, resolved, input_digest=art.digest, lineage=art.manifest.steps)
         write_manifest(tmp, manifest)
 
-        texts = sample_texts(config.sample_data, config.parity_samples)
+        texts = sample_inputs(config.sample_data, config.parity_samples, art.manifest.preprocess)
         parity = measure_parity(OpenVINOBackend(art), OpenVINOBackend(Artifact(tmp, manifest)), texts,
                                 art.manifest.labels is not None)
         before = art.size_bytes()
@@ -297,7 +298,8 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     calibration = None
     calibration_source = None
     if config.calibration:
-        calibration = calibration_items(encoder, sample_texts(config.calibration, config.calibration_samples))
+        calibration = calibration_items(encoder, sample_inputs(config.calibration, config.calibration_samples,
+                                                               art.manifest.preprocess))
         calibration_source = config.calibration
     evaluator = None
     if method == "quantize_with_accuracy_control":
@@ -306,7 +308,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
             raise ConfigError(f"{config.data} has {len(dataset)} rows; accuracy control needs at least 10",
                               hint="pass a larger --data file")
         if calibration is None:  # NNCF's documented simplest case: calibrate on the validation texts
-            calibration = calibration_items(encoder, dataset.texts[: config.calibration_samples],
+            calibration = calibration_items(encoder, dataset.inputs[: config.calibration_samples],
                                              dataset.pairs[: config.calibration_samples] if dataset.pairs else None)
             calibration_source = f"{config.data} (eval texts; no --calibration given)"
 
