@@ -94,7 +94,9 @@ def build(kind: str):
     ids = {i: name for i, name in enumerate(LABELS)}
     common = dict(num_labels=10, id2label=ids, label2id={v: k for k, v in ids.items()})
     if kind == "cnn":
-        cfg = transformers.MobileNetV2Config(num_channels=3, image_size=32, depth_multiplier=1.0, **common)
+        # tf_padding=False: PyTorch padding; TensorFlow "same" padding is computed at run time, op by op, in ONNX
+        cfg = transformers.MobileNetV2Config(num_channels=3, image_size=32, depth_multiplier=1.0, tf_padding=False,
+                                             **common)
         return transformers.MobileNetV2ForImageClassification(cfg)
     if kind == "vit":
         cfg = transformers.ViTConfig(image_size=32, patch_size=4, num_channels=3, hidden_size=128, num_hidden_layers=6,

@@ -181,8 +181,15 @@ def inspect_image_source(path: Path | str, *, allow_pickle: bool = False, trust_
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file or directory", hint="pass a checkpoint directory or a .pt2 program")
-    if p.is_file() or (p / PROGRAM_FILE).is_file() or (p / MANIFEST).is_file():
+    if p.is_file() or (p / PROGRAM_FILE).is_file():
         return _program_info(p)
+    if (p / MANIFEST).is_file():  # an artifact: a program (a pruned CNN) or a checkpoint (a distilled student)
+        try:
+            model_file = json.loads((p / MANIFEST).read_text(encoding="utf-8")).get("model_file", "")
+        except (OSError, ValueError):
+            model_file = ""
+        if str(model_file).endswith(".pt2"):
+            return _program_info(p)
     return _hf_info(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
 
@@ -293,8 +300,11 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
         if len(specs) != 1:
             raise ModelLoadError(f"{program_file}: the program takes {len(specs)} inputs; an image classifier takes one",
                                  hint="export the module with a single image tensor argument")
-        if not info.inputs:
-            info.inputs = [specs[0].model_copy(update={"name": info.preprocess.input_name})]
+        if not info.inputs:  # the program's own shape; its dynamic first dimension is the batch
+            shape = list(specs[0].shape)
+            if shape and isinstance(shape[0], str):
+                shape[0] = "batch_size"
+            info.inputs = [specs[0].model_copy(update={"name": info.preprocess.input_name, "shape": shape})]
         model = program.module()
         return ImageTeacher(info=info, model=model, sha256=_digest(info))
     transformers = require("transformers", "loading a Hugging Face image classifier")

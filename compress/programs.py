@@ -101,3 +101,19 @@ def program_outputs(program) -> list[TensorSpec]:
     specs = program.graph_signature.output_specs
     return [_spec(s.arg.name, v.meta["val"]) for s, v in zip(specs, vals, strict=True)
             if s.kind == OutputKind.USER_OUTPUT]
+
+
+def save_program(call, example, path: Path | str) -> None:
+    """Export ``call`` (an ``nn.Module`` taking one tensor) with a dynamic batch and write it with
+    ``torch.export.save``: how a model whose shape no config describes any more (a channel-pruned CNN) is kept,
+    loadable without unpickling."""
+    import torch
+
+    batch = torch.export.Dim("batch_size", min=1, max=4096)
+    was_training = call.training
+    call.eval()
+    try:
+        program = torch.export.export(call, (example,), dynamic_shapes=({0: batch},))
+    finally:
+        call.train(was_training)
+    torch.export.save(program, str(path))

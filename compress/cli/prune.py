@@ -13,6 +13,7 @@ F = PruneConfig.model_fields
 @click.command("prune")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Pruned (PyTorch) artifact directory.")
+@click.option("--channels", type=float, help=F["channels"].description)
 @click.option("--heads", type=float, help=F["heads"].description)
 @click.option("--ffn", type=float, help=F["ffn"].description)
 @click.option("--drop-layers", type=int, help=F["drop_layers"].description)
@@ -48,7 +49,7 @@ F = PruneConfig.model_fields
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) weights.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow checkpoints with custom code.")
 @force_option
-def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, vocab_floor, sparsity, samples, importance_data,
+def prune_cmd(source, out, channels, heads, ffn, drop_layers, vocab_corpus, no_alphabet, vocab_floor, sparsity, samples, importance_data,
               recover_steps, recover_before_vocab, train, eval_data, teacher, teacher_cache, recover_lr, batch_size, max_length, profile_name,
               budget_precision, seed, text_column, label_column, allow_pickle, trust_remote_code, force):
     """Prune SOURCE (a fine-tuned checkpoint or a PyTorch artifact) into a smaller model.
@@ -63,6 +64,8 @@ def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, v
       --vocab-corpus DATA
     Sparsity (zeros: smaller when compressed, not faster on CPU runtimes):
       --sparsity 0.5 | --sparsity 2:4
+    Image CNNs (channels removed with their BatchNorm and residual partners, Torch-Pruning):
+      --channels R     remove fraction R of every convolution's channels; the result is a .pt2 program
     Recovery: --recover-steps N --train DATA distils from the unpruned model.
 
     The artifact is a Hugging Face checkpoint: `edgecompress export` turns it into ONNX.
@@ -70,7 +73,7 @@ def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, v
     from compress.stages.prune import prune
 
     config = build_config(
-        PruneConfig, heads=heads, ffn=ffn, drop_layers=drop_layers,
+        PruneConfig, channels=channels, heads=heads, ffn=ffn, drop_layers=drop_layers,
         vocab_corpus=str(vocab_corpus) if vocab_corpus else None, vocab_keep_alphabet=not no_alphabet,
         vocab_floor=vocab_floor, sparsity=sparsity, samples=samples,
         importance_data=str(importance_data) if importance_data else None,
@@ -94,6 +97,12 @@ def prune_cmd(source, out, heads, ffn, drop_layers, vocab_corpus, no_alphabet, v
 def summary_lines(m: dict) -> list[str]:
     """One line per thing the prune step did (shared with `inspect`)."""
     lines = []
+    if "macs_after" in m:
+        lines.append(f"channels: {m['channels']:.0%} of every prunable convolution's ({m['groups']} groups); "
+                     f"{m['macs_before'] / 1e6:.1f}M -> {m['macs_after'] / 1e6:.1f}M multiply-adds per image")
+        if "eval_accuracy" in m:
+            lines.append(f"eval accuracy {m['eval_accuracy']:.4f} (teacher {m['teacher_eval_accuracy']:.4f}, "
+                         f"retention {m['retention']:.3f}; before recovery {m['eval_accuracy_before_recovery']:.4f})")
     if "budget" in m:
         b = m["budget"]
         lim = ", ".join(f"{k} {v:g}" for k, v in b["budgets"].items() if v is not None)

@@ -144,6 +144,11 @@ def distill(
     if is_artifact(teacher_dir):
         DISTILL.check(load_artifact(teacher_dir))
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    if teacher.task is Task.image_classification:  # logits on shifted images (compress.stages.distill.images)
+        from compress.stages.distill.images import distill_images
+
+        return distill_images(teacher, train, out, config, eval_data=eval_data, run_dir=run, resume=resume,
+                              force=force, progress=progress)
     classification = teacher.task is Task.text_classification
     label2id = {name: i for i, name in enumerate(teacher.info.labels)} if teacher.info.labels else None
     max_length = min(config.max_length or teacher.info.max_length, teacher.info.max_length)

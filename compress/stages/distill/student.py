@@ -61,7 +61,9 @@ def build_student(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, 
     """A student initialised from ``teacher_model`` per ``config``; returns (model, description)."""
     import torch
 
-    n_teacher = teacher_model.config.num_hidden_layers
+    n_teacher = getattr(teacher_model.config, "num_hidden_layers", None)
+    if n_teacher is None:  # no layer stack (a CNN): a narrower config, initialised from the teacher's leading slices
+        return _narrower(teacher_model, config)
     if config.layers is not None and config.keep_layers is not None:
         raise ConfigError("--layers and --keep-layers both given", hint="use one of them")
     cfg = copy.deepcopy(teacher_model.config)
@@ -133,6 +135,38 @@ def build_student(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, 
         "tensors_fresh": fresh,
     }
     return student, desc
+
+
+def _narrower(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, Any]]:
+    """A student from the teacher's config with ``student_config`` overrides (e.g. a MobileNet's
+    ``depth_multiplier``), each tensor initialised from the leading slice of the teacher's where it fits."""
+    import torch
+
+    if not config.student_config:
+        raise ConfigError(f"{type(teacher_model).__name__} has no layer stack to take layers from",
+                          hint="pass --student-config with a narrower setting, --student DIR, or prune it instead")
+    cfg = copy.deepcopy(teacher_model.config)
+    for key, value in config.student_config.items():
+        if not hasattr(cfg, key):
+            raise ConfigError(f"student config: {type(cfg).__name__} has no setting {key!r}",
+                              hint="use the model's own config names (e.g. depth_multiplier)")
+        setattr(cfg, key, value)
+    torch.manual_seed(config.seed)
+    student = type(teacher_model)(cfg)
+    t_sd = teacher_model.state_dict()
+    new_sd, copied = {}, 0
+    for name, param in student.state_dict().items():
+        t = t_sd.get(name)
+        if t is not None and t.dim() == param.dim() and all(a >= b for a, b in zip(t.shape, param.shape, strict=True)):
+            new_sd[name] = t[tuple(slice(0, s) for s in param.shape)].clone()
+            copied += 1
+        else:
+            new_sd[name] = param
+    student.load_state_dict(new_sd)
+    if count_parameters(student) > count_parameters(teacher_model):
+        raise ConfigError("the student is larger than the teacher", hint="pick a narrower --student-config")
+    return student, {"init": "teacher config overrides", "config_overrides": config.student_config,
+                     "tensors_sliced": copied, "tensors_fresh": len(new_sd) - copied}
 
 
 def load_student(path: str, teacher, config: DistillConfig) -> tuple[Any, dict[str, Any], Any]:

@@ -368,14 +368,20 @@ def prune(
     t0 = time.perf_counter()
     if config.recover_steps and train is None:
         raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train DATA")
-    if not (config.structural or config.vocab_corpus or config.sparsity is not None):
+    if not (config.structural or config.vocab_corpus or config.sparsity is not None or config.channels):
         raise ConfigError("nothing to prune", hint="give --heads, --ffn, --drop-layers, --vocab-corpus, --sparsity "
-                          "or --profile")
+                          "or --profile (text), --channels (image CNNs)")
     if train is not None and not config.recover_steps:
         log.warning("--train is used for importance scores only (no --recover-steps)")
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
+    if teacher.task is Task.image_classification:  # channels of a CNN, with Torch-Pruning (.channels)
+        from compress.stages.prune.channels import prune_channels
+
+        return prune_channels(teacher, out, config, train=train, eval_data=eval_data, force=force, progress=progress)
+    if config.channels:
+        raise ConfigError("--channels prunes the convolutions of image models", hint="for text models use --heads/--ffn")
     if out.resolve() == teacher.path.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
     classification = teacher.task is Task.text_classification

@@ -67,6 +67,12 @@ class PruneConfig(BaseModel):
         description="Fraction of the FFN intermediate neurons to remove, the same number in every layer "
         "(each layer keeps its most important ones).",
     )
+    channels: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Image CNNs: fraction of every prunable convolution's output channels removed, with their "
+        "BatchNorm, residual partners and the next layers' inputs (Torch-Pruning's DependencyGraph); the result is "
+        "a torch.export program.",
+    )
     drop_layers: int = Field(
         0, ge=0, description="Remove this many whole layers: those whose removal changes the outputs least."
     )

@@ -1,0 +1,282 @@
+"""Distillation for any image classifier: the student learns the teacher's logits on an augmented transfer set.
+
+One loop serves ``distill`` (a student with fewer ViT layers copied from the teacher, a narrower config, or the
+user's own checkpoint or ``.pt2`` program) and ``prune``'s recovery of a channel-pruned CNN. Each step draws a
+batch of transfer images, applies the same random shift to the teacher's and the student's input (up to an
+eighth of the side, zeros filling in; no flips, which would change what a digit or a printed label means), and
+minimises ``soft_weight · T² · KL(teacher_T ‖ student_T) + hard_weight · CE(labels)``. The teacher runs on the
+augmented batch every step: an image teacher is cheap next to the student's backward pass.
+
+Interrupted work resumes: every epoch the student's weights (safetensors) and the step count are written to the
+run directory; ``resume`` continues from there (with a fresh optimizer at the schedule's learning rate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("compress.stages.distill")  # the verb's logger
+
+
+@dataclass
+class LogitTraining:
+    """Settings of the logit-distillation loop (a subset of ``DistillConfig``, shared with prune's recovery)."""
+
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 2.0
+    soft_weight: float = 1.0
+    hard_weight: float = 0.3
+    shift: float = 0.125  # largest random shift, as a fraction of the input side
+    seed: int = 42
+    eval_every: int = 200
+
+
+def _shift(x, rng: np.random.Generator, fraction: float):
+    """The batch moved by one random (dy, dx) per image, zeros filling in (NCHW)."""
+    import torch
+
+    if fraction <= 0:
+        return x
+    h, w = x.shape[-2:]
+    my, mx = max(1, int(h * fraction)), max(1, int(w * fraction))
+    out = torch.zeros_like(x)
+    for i in range(x.shape[0]):
+        dy, dx = int(rng.integers(-my, my + 1)), int(rng.integers(-mx, mx + 1))
+        ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+        xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+        out[i, :, yd, xd] = x[i, :, ys, xs]
+    return out
+
+
+def encode_all(encoder, items: list[Any], batch_size: int = 256):
+    """Every image preprocessed once (float32 tensor, the model's layout): the transfer set fits in memory."""
+    import torch
+
+    name = encoder.input_names[0]
+    return torch.cat([torch.from_numpy(encoder.encode(items[i:i + batch_size])[name])
+                      for i in range(0, len(items), batch_size)])
+
+
+def predict(call: Callable[[Any], Any], x, batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return torch.cat([call(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]).numpy()
+
+
+def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Callable[[Any], Any], x_train, y_train,
+                 x_eval, y_eval, settings: LogitTraining, *, run_dir: Path | None = None, resume: bool = False,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train ``student`` in place on the teacher's logits; returns the training record (eval accuracy and agreement
+    with the teacher on ``x_eval`` when given, best weights kept)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed)
+    start = 0
+    state = run_dir / "state.json" if run_dir is not None else None
+    weights = run_dir / "student.safetensors" if run_dir is not None else None
+    if resume and state is not None and state.is_file() and weights.is_file():
+        from safetensors.torch import load_file
+
+        student.load_state_dict(load_file(str(weights)))
+        start = int(json.loads(state.read_text())["step"])
+        rng = np.random.default_rng(settings.seed + start)
+        log.info("resuming from step %d (%s)", start, run_dir)
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() > 1]
+    other = [p for p in params if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=settings.lr)
+    total = settings.steps
+    warm = max(1, total // 20)
+
+    def lr_at(step: int) -> float:
+        return settings.lr * (step + 1) / warm if step < warm else settings.lr * 0.5 * (
+            1 + np.cos(np.pi * (step - warm) / max(1, total - warm)))
+
+    teacher_eval = predict(teacher_call, x_eval) if x_eval is not None else None
+    best = {"step": start, "accuracy": -1.0, "agreement": None}
+    best_state = None
+    temp = settings.temperature
+    y_train = torch.as_tensor(np.asarray(y_train, dtype=np.int64)) if y_train is not None else None
+    t0 = time.perf_counter()
+    loss_value = float("nan")
+
+    def evaluate(step: int) -> None:
+        nonlocal best_state
+        if x_eval is None:
+            return
+        student.eval()
+        pred = predict(student_call, x_eval).argmax(-1)
+        student.train()
+        acc = float((pred == np.asarray(y_eval)).mean()) if y_eval is not None else None
+        agree = float((pred == teacher_eval.argmax(-1)).mean())
+        score = acc if acc is not None else agree
+        if score > best["accuracy"]:
+            best.update(step=step, accuracy=score, agreement=agree)
+            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        if progress:
+            progress({"phase": "train", "step": step, "total": total, "loss": loss_value, "metric": "accuracy",
+                      "best": best["accuracy"]})
+        log.info("step %d/%d: loss %.4f, eval %s %.4f, agreement %.4f", step, total, loss_value,
+                 "accuracy" if acc is not None else "agreement", score, agree)
+
+    per_epoch = max(1, (len(x_train) + settings.batch_size - 1) // settings.batch_size)
+    student.train()
+    order = rng.permutation(len(x_train))
+    pos = 0
+    for step in range(start, total):
+        if pos + settings.batch_size > len(order):
+            order, pos = rng.permutation(len(x_train)), 0
+        idx = order[pos:pos + settings.batch_size]
+        pos += settings.batch_size
+        x = _shift(x_train[idx], rng, settings.shift)
+        with torch.no_grad():
+            t_logits = teacher_call(x).float()
+        s_logits = student_call(x).float()
+        loss = settings.soft_weight * temp * temp * F.kl_div(
+            F.log_softmax(s_logits / temp, -1), F.softmax(t_logits / temp, -1), reduction="batchmean")
+        if settings.hard_weight and y_train is not None:
+            loss = loss + settings.hard_weight * F.cross_entropy(s_logits, y_train[idx])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        loss_value = float(loss.item())
+        done = step + 1
+        if progress and done % 10 == 0:
+            progress({"phase": "train", "step": done, "total": total, "loss": loss_value,
+                      **({"metric": "accuracy", "best": best["accuracy"]} if best["accuracy"] >= 0 else {})})
+        if done % settings.eval_every == 0 or done == total:
+            evaluate(done)
+        if run_dir is not None and (done % per_epoch == 0 or done == total):
+            from safetensors.torch import save_file
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, str(weights))
+            state.write_text(json.dumps({"step": done}))
+    if best_state is not None:
+        student.load_state_dict(best_state)
+    student.eval()
+    return {"steps": total, "resumed_from": start or None, "train_seconds": round(time.perf_counter() - t0, 1),
+            "final_loss": loss_value, "best_step": best["step"],
+            "eval_accuracy": best["accuracy"] if y_eval is not None and best["accuracy"] >= 0 else None,
+            "eval_agreement": best["agreement"],
+            "augmentation": f"random shift up to {settings.shift:.3g} of the side, no flips",
+            "temperature": temp, "soft_weight": settings.soft_weight, "hard_weight": settings.hard_weight}
+
+
+# --------------------------------------------------------------------------------------------------
+# The verb for image teachers (``distill`` dispatches here)
+# --------------------------------------------------------------------------------------------------
+
+#: DistillConfig settings that only text distillation reads: refused when given for an image teacher
+TEXT_ONLY = ("hidden_weight", "attention_weight", "value_relation_weight", "max_length", "text_column",
+             "label_column", "augment", "augment_prob", "max_train_rows", "grad_accum", "mixed_precision",
+             "cache_limit_gb", "patience", "save_every", "schedule", "warmup_ratio", "metric")
+
+
+def check_image_options(config, verb: str, text_only: tuple[str, ...]) -> None:
+    from compress.errors import ConfigError
+
+    fields = type(config).model_fields
+    given = sorted(k for k in text_only if getattr(config, k) != fields[k].get_default(call_default_factory=True))
+    if given:
+        raise ConfigError(f"{verb} of an image model does not use --{given[0].replace('_', '-')} (text only)",
+                          hint="leave it out; image distillation trains on the logits with shifted images")
+
+
+def image_data(path, teacher, *, require_labels: bool = False):
+    """An image data set labelled with the teacher's class ids."""
+    from compress.inputs import load_inputs
+
+    label2id = {name: i for i, name in enumerate(teacher.info.labels)}
+    return load_inputs(path, teacher.info.preprocess, label2id=label2id, num_labels=len(label2id),
+                       require_labels=require_labels)
+
+
+def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir: Path | None = None,
+                   resume: bool = False, force: bool = False, progress=None):
+    """Distil an image classifier (see the module doc) into a student written as a pytorch artifact at ``out``."""
+    from compress.artifact import library_versions, load_artifact, staged_dir, write_manifest
+    from compress.errors import ConfigError
+    from compress.models import load_teacher
+    from compress.stages.distill.config import DISTILL, DistillResult
+    from compress.stages.distill.student import build_student, count_parameters
+
+    check_image_options(config, "distillation", TEXT_ONLY)
+    t0 = time.perf_counter()
+    if teacher.info.kind != "hf" and not config.student:
+        raise ConfigError(f"{teacher.path} is a torch.export program: it has no config to build a smaller student from",
+                          hint="pass --student DIR (a smaller Hugging Face image classifier), or prune it with "
+                          "edgecompress prune --channels")
+    train_ds = image_data(train, teacher)
+    eval_ds = image_data(eval_data, teacher, require_labels=True) if eval_data is not None else None
+    if config.eval_samples and eval_ds is not None:
+        eval_ds = eval_ds.sample(config.eval_samples, seed=config.seed)
+    if progress:
+        progress({"phase": "student", "label": "building the student"})
+    if config.student:
+        st = load_teacher(config.student, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+        if st.task is not teacher.task or st.info.labels != teacher.info.labels:
+            raise ConfigError(f"student labels {st.info.labels} differ from the teacher's {teacher.info.labels}",
+                              hint="use a student with the same id2label")
+        if st.info.kind != "hf":
+            raise ConfigError(f"{config.student} is a torch.export program: programs are inference graphs",
+                              hint="pass a Hugging Face image classifier as --student")
+        student, desc = st.model, {"init": "checkpoint", "student_path": str(Path(config.student).resolve())}
+    else:
+        if not hasattr(teacher.model.config, "num_hidden_layers") and config.layers is not None:
+            raise ConfigError(f"{teacher.info.architecture} has no layer stack for --layers",
+                              hint="pass --student-config with a narrower setting (e.g. depth_multiplier) or prune "
+                              "it with edgecompress prune --channels")
+        student, desc = build_student(teacher.model, config)
+    encoder = teacher.encoder()
+    x_train = encode_all(encoder, train_ds.inputs)
+    x_eval = encode_all(encoder, eval_ds.inputs) if eval_ds is not None else None
+    per_epoch = max(1, -(-len(x_train) // config.batch_size))
+    steps = config.max_steps or max(1, round(config.epochs * per_epoch))
+    settings = LogitTraining(steps=steps, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+                             temperature=config.temperature, soft_weight=config.soft_weight,
+                             hard_weight=config.hard_weight, seed=config.seed, eval_every=config.eval_every)
+    name = teacher.input_names[0]
+    record = train_logits(student, lambda x: teacher.call(student, {name: x}), lambda x: teacher.call(teacher.model, {name: x}),
+                          x_train, train_ds.labels, x_eval, eval_ds.labels if eval_ds is not None else None, settings,
+                          run_dir=run_dir, resume=resume, progress=progress)
+    metrics = {"student": desc, "training": record, "teacher_parameters": count_parameters(teacher.model),
+               "student_parameters": count_parameters(student), "train_rows": len(train_ds),
+               "eval_rows": len(eval_ds) if eval_ds is not None else 0}
+    metrics.update(steps=record["steps"], train_seconds=record["train_seconds"], metric="accuracy", chosen="best")
+    if x_eval is not None:
+        teacher_acc = float(
+            (predict(lambda x: teacher.call(teacher.model, {name: x}), x_eval).argmax(-1) == np.asarray(eval_ds.labels)).mean())
+        metrics.update(eval_metric=record["eval_accuracy"], teacher_eval_metric=teacher_acc,
+                       retention=record["eval_accuracy"] / teacher_acc if teacher_acc else None)
+    with staged_dir(out, force) as tmp:
+        student.save_pretrained(str(tmp), safe_serialization=True)
+        teacher.save_inputs(tmp)
+        st = load_teacher(tmp)
+        manifest = st.manifest()
+        manifest.source = teacher.source()
+        manifest.versions = library_versions()
+        metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+        DISTILL.seal(DISTILL.record(manifest, config, input_digest=teacher.sha256, metrics=metrics), tmp, t0)
+        write_manifest(tmp, manifest)
+    art = load_artifact(out)
+    log.info("wrote %s (%s parameters)", out, f"{metrics['student_parameters']:,}")
+    return DistillResult(artifact=art, metrics=metrics)

@@ -1,0 +1,300 @@
+"""Image classifiers through the pipeline: Hugging Face CNN and ViT teachers and a torch.export program, loaded,
+exported (FP32 parity, processor agreement), quantized (static per-channel QDQ; dynamic refused for conv nets),
+pruned (channels, Torch-Pruning), distilled (fewer ViT layers), validated (accuracy, top-5, image input shape).
+
+Tiny random models and random images: the tests check behaviour, not accuracy (benchmarks/images.py does that).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL")
+pytest.importorskip("onnxscript")
+
+LABELS = [f"c{i}" for i in range(6)]  # > 5 classes: top-5 is reported
+
+
+def _ids():
+    return {i: name for i, name in enumerate(LABELS)}
+
+
+@pytest.fixture(scope="session")
+def images_dir(tmp_path_factory) -> Path:
+    """A class-folder image set (6 classes × 4 RGB images of different sizes) and the same as an .npz."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    arrays, labels = [], []
+    for c, name in enumerate(LABELS):
+        (root / "set" / name).mkdir(parents=True)
+        for k in range(4):
+            arr = rng.integers(0, 256, (20 + 3 * k, 24, 3), dtype=np.uint8)
+            arr[:, :, c % 3] = 40 * c  # a class signal
+            Image.fromarray(arr).save(root / "set" / name / f"{k}.png")
+            arrays.append(np.asarray(Image.fromarray(arr).resize((16, 16))))
+            labels.append(c)
+    np.savez(root / "set.npz", images=np.stack(arrays), labels=np.asarray(labels))
+    return root
+
+
+@pytest.fixture(scope="session")
+def teachers(tmp_path_factory) -> dict[str, Path]:
+    import torch
+    import transformers
+    import yaml
+
+    root = tmp_path_factory.mktemp("image-teachers")
+    torch.manual_seed(0)
+    common = dict(num_labels=len(LABELS), id2label=_ids(), label2id={v: k for k, v in _ids().items()})
+    cnn = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
+        num_channels=3, image_size=32, depth_multiplier=0.35, tf_padding=False, **common)).eval()
+    with torch.no_grad():  # random BatchNorm statistics, so the logits are not all ~0
+        for m in cnn.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    cnn.save_pretrained(root / "cnn")
+    transformers.MobileNetV2ImageProcessor(size={"shortest_edge": 36},
+                                           crop_size={"height": 32, "width": 32}).save_pretrained(root / "cnn")
+    vit = transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        **common)).eval()
+    vit.save_pretrained(root / "vit")
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8, len(LABELS))
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(Net().eval(), (torch.randn(2, 1, 16, 16),), dynamic_shapes=({0: batch},))
+    (root / "program").mkdir()
+    torch.export.save(program, root / "program" / "model.pt2")
+    (root / "program" / "model.yaml").write_text(yaml.safe_dump({
+        "task": "image-classification", "labels": LABELS,
+        "preprocess": {"size": [16, 16], "channels": "L", "mean": [0.5], "std": [0.5]}}))
+    return {"cnn": root / "cnn", "vit": root / "vit", "program": root / "program"}
+
+
+@pytest.fixture(scope="session")
+def onnx_images(teachers, tmp_path_factory) -> dict[str, Path]:
+    from compress.stages.export import export
+
+    root = tmp_path_factory.mktemp("image-onnx")
+    return {k: export(p, root / k).path for k, p in teachers.items()}
+
+
+# --- teachers ------------------------------------------------------------------------------------------------
+
+def test_teachers_of_every_kind_describe_their_inputs(teachers):
+    from compress.artifact import ImagePreprocess, Task
+    from compress.models import load_teacher
+
+    for kind, path in teachers.items():
+        t = load_teacher(path)
+        m = t.manifest()
+        assert m.task is Task.image_classification and m.labels == LABELS
+        assert isinstance(m.preprocess, ImagePreprocess)
+        assert [i.name for i in m.inputs] == ["pixel_values"] and m.inputs[0].shape[0] in ("batch_size", "batch")
+    prog = load_teacher(teachers["program"]).manifest()
+    assert prog.inputs[0].shape[1:] == [1, 16, 16] and prog.preprocess.channels == "L"
+    cnn = load_teacher(teachers["cnn"]).manifest()
+    assert cnn.preprocess.resize == "shortest_edge" and cnn.preprocess.crop == [32, 32]
+
+
+def test_a_program_without_its_yaml_is_refused_with_the_fix(teachers, tmp_path):
+    import shutil
+
+    from compress.errors import ConfigError, ModelLoadError
+    from compress.models import load_teacher
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy2(teachers["program"] / "model.pt2", bare / "model.pt2")
+    with pytest.raises(ModelLoadError, match="no model.yaml beside model.pt2"):
+        load_teacher(bare)
+    (bare / "model.yaml").write_text("task: image-classification\nlabels: [a, b]\npreprocess: {size: [16]}\n")
+    with pytest.raises(ConfigError, match="model.yaml: preprocess"):
+        load_teacher(bare)
+    (bare / "model.yaml").write_text("labels: [a]\nprocess: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'process'"):
+        load_teacher(bare)
+
+
+# --- export --------------------------------------------------------------------------------------------------
+
+def test_export_records_parity_and_the_processor_agreement(onnx_images):
+    from compress.artifact import load_artifact
+
+    for kind, path in onnx_images.items():
+        step = load_artifact(path).manifest.steps[-1]
+        assert step.metrics["parity"]["max_abs_diff"] <= 1e-4, kind
+        assert step.metrics["parity"]["argmax_agreement"] == 1.0
+        if kind == "program":
+            assert "preprocess_agreement" not in step.metrics  # no processor to agree with
+        else:
+            agree = step.metrics["preprocess_agreement"]
+            assert agree["max_abs_diff"] < 1e-5 and agree["n"] == 4
+
+
+def test_a_processor_mismatch_fails_the_check(teachers):
+    from compress.errors import ParityError
+    from compress.models import load_teacher
+    from compress.stages.export.onnx import _processor_agreement
+
+    t = load_teacher(teachers["cnn"])
+    t.info.preprocess = t.info.preprocess.model_copy(update={"interpolation": "nearest"})
+    with pytest.raises(ParityError, match="differs from the teacher's image processor"):
+        _processor_agreement(t)
+
+
+def test_exported_graphs_have_batchnorm_folded_and_a_dynamic_batch(onnx_images):
+    import onnx
+
+    for kind, path in onnx_images.items():
+        g = onnx.load(str(path / "model.onnx")).graph
+        assert not any(n.op_type == "BatchNormalization" for n in g.node), kind
+        assert g.input[0].type.tensor_type.shape.dim[0].dim_param, kind
+
+
+# --- quantize ------------------------------------------------------------------------------------------------
+
+def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, images_dir, tmp_path):
+    import onnx
+
+    from compress.artifact import Precision
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    art = quantize(onnx_images["cnn"], tmp_path / "q", QuantizeConfig(calibration=str(images_dir / "set")))
+    assert art.precision is Precision.int8
+    step = art.manifest.steps[-1]
+    assert step.config["mode"] == "static" and step.config["per_channel"] is True
+    g = onnx.load(str(art.model_path)).graph
+    inits = {i.name: i for i in g.initializer}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    per_channel = 0
+    for conv in convs:
+        w = dq.get(conv.input[1])
+        assert w is not None, f"{conv.name}: weight not quantized"
+        scale = inits[w.input[1]]
+        per_channel += int(np.prod(scale.dims) > 1)
+    assert per_channel == len(convs)
+    assert step.metrics["parity_vs_input"]["n"] == 32
+
+
+def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_images, tmp_path):
+    from compress.errors import ConfigError
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    with pytest.raises(ConfigError, match="dynamic INT8 does not quantize convolutions"):
+        quantize(onnx_images["cnn"], tmp_path / "d", QuantizeConfig(mode="dynamic"))
+    with pytest.raises(ConfigError, match="needs calibration images"):
+        quantize(onnx_images["cnn"], tmp_path / "s", QuantizeConfig())
+    assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()
+
+
+def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(onnx_images, tmp_path):
+    from tests.cli.test_cli import assert_one_line_error, edgecompress
+
+    proc = edgecompress("quantize", str(onnx_images["cnn"]), "--out", str(tmp_path / "x"), "--mode", "dynamic")
+    assert "use --mode static --calibration" in assert_one_line_error(proc, "dynamic INT8", "convolutions")
+
+
+def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, images_dir, tmp_path):
+    pytest.importorskip("nncf")
+    from compress.stages.export import ExportConfig, export
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    ov = export(onnx_images["cnn"], tmp_path / "ov", ExportConfig(format="openvino"))
+    art = quantize(ov, tmp_path / "ov8", QuantizeConfig(calibration=str(images_dir / "set.npz")))
+    assert art.manifest.steps[-1].config["nncf_arguments"]["model_type"] == "default (convolutional)"
+
+
+# --- validate ------------------------------------------------------------------------------------------------
+
+def test_validate_reports_top1_top5_and_the_image_shape(onnx_images, images_dir, tmp_path):
+    from compress.validate import ValidateConfig, validate
+
+    rep = validate(onnx_images["program"], ValidateConfig(profile="host", data=str(images_dir / "set"),
+                                                          cold_start=False))
+    m = rep.metrics
+    assert m["metric_name"] == "accuracy" and m["eval_samples"] == 24
+    assert 0 <= m["top5"] <= 1 and m["top5"] >= m["metric"]
+    assert m["agreement"] == 1.0  # FP32 ONNX against its own PyTorch program
+    assert m["input_shape"] == {"batch_size": 1, "channels": 1, "height": 16, "width": 16}
+    assert rep.data["rows"] == 24 and len(rep.data["sha256"]) == 64
+
+
+# --- prune and distill ---------------------------------------------------------------------------------------
+
+def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers, images_dir, tmp_path):
+    pytest.importorskip("torch_pruning")
+    import onnx
+
+    from compress.artifact import Format
+    from compress.stages.export import export
+    from compress.stages.prune import PruneConfig, prune
+
+    art = prune(teachers["cnn"], tmp_path / "p", PruneConfig(channels=0.5, recover_steps=4, recover_batch_size=8),
+                train=images_dir / "set", eval_data=images_dir / "set")
+    assert art.format is Format.pytorch and art.manifest.model_file == "model.pt2"
+    m = art.manifest.steps[-1].metrics
+    assert m["parameters_after"] < 0.5 * m["parameters_before"] and m["macs_after"] < m["macs_before"]
+    assert m["reload_max_abs_diff"] <= 1e-4 and m["recovery"]["steps"] == 4
+    assert art.manifest.labels == LABELS and art.manifest.preprocess.crop == [32, 32]
+    onnx_art = export(art.path, tmp_path / "p-onnx")
+    full = onnx.load(str(tmp_path / "p-onnx" / "model.onnx"))
+    teacher_convs = {n.name for n in onnx.load(str(export(teachers["cnn"], tmp_path / "t-onnx").model_path)).graph.node
+                     if n.op_type == "Conv"}
+    assert teacher_convs and onnx_art.manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-4
+    assert sum(i.dims[0] for i in full.graph.initializer if len(i.dims) == 4) < sum(
+        i.dims[0] for i in onnx.load(str(tmp_path / "t-onnx" / "model.onnx")).graph.initializer if len(i.dims) == 4)
+
+
+def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
+    pytest.importorskip("torch_pruning")
+    from compress.errors import ConfigError
+    from compress.stages.prune import PruneConfig, prune
+
+    with pytest.raises(ConfigError, match="torch.export program"):
+        prune(teachers["program"], tmp_path / "a", PruneConfig(channels=0.5))
+    with pytest.raises(ConfigError, match="does not use --heads"):
+        prune(teachers["cnn"], tmp_path / "b", PruneConfig(channels=0.5, heads=0.2))
+
+
+def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_path):
+    from compress.models import load_teacher
+    from compress.stages.distill import DistillConfig, distill
+
+    cfg = DistillConfig(layers=1, max_steps=6, batch_size=8, eval_every=3, lr=1e-3)
+    res = distill(teachers["vit"], images_dir / "set", tmp_path / "s", cfg, eval_data=images_dir / "set",
+                  run_dir=tmp_path / "run")
+    student = load_teacher(res.artifact.path)
+    assert student.model.config.num_hidden_layers == 1
+    assert res.metrics["student"]["kept_teacher_layers"] == [1] and res.metrics["steps"] == 6
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 6
+    # a longer run resumes from the saved student at step 6
+    again = distill(teachers["vit"], images_dir / "set", tmp_path / "s2", cfg.model_copy(update={"max_steps": 8}),
+                    run_dir=tmp_path / "run", resume=True)
+    assert again.metrics["training"]["resumed_from"] == 6
+
+
+def test_distilling_a_program_needs_a_student(teachers, images_dir, tmp_path):
+    from compress.errors import ConfigError
+    from compress.stages.distill import DistillConfig, distill
+
+    with pytest.raises(ConfigError, match="no config to build a smaller student"):
+        distill(teachers["program"], images_dir / "set", tmp_path / "x", DistillConfig(layers=1))
