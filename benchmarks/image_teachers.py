@@ -146,10 +146,11 @@ def train(kind: str, train_npz: Path, test_npz: Path, epochs: int, seed: int = 0
 def accuracy(model, feeds, images: np.ndarray, labels: np.ndarray) -> float:
     import torch
 
+    was_training = model.training
     model.eval()
     with torch.inference_mode():
         pred = torch.cat([logits(model, encode(feeds, images[i:i + 256])).argmax(-1) for i in range(0, len(images), 256)])
-    model.train()
+    model.train(was_training)
     return float((pred.numpy() == labels).mean())
 
 
@@ -168,6 +169,7 @@ def save(kind: str, model, out: Path) -> None:
         transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
                                        image_std=[0.5] * 3).save_pretrained(out)
     else:
+        model.eval()  # BatchNorm on its running statistics: the program is an inference graph
         batch = torch.export.Dim("batch_size", min=1, max=4096)
         program = torch.export.export(model, (torch.zeros(2, 1, 16, 16),), dynamic_shapes=({0: batch},))
         torch.export.save(program, out / "model.pt2")
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     epochs = {"cnn": 25, "vit": 40, "program": 30}
-    results = {}
+    summary = args.out / "teachers.json"
+    results = json.loads(summary.read_text()) if summary.is_file() else {}  # --only retrains some, keeps the rest
     for kind in args.only or ("program", "cnn", "vit"):
         model, _, acc, seconds = train(kind, args.digits / "train.npz", args.digits / "test.npz",
                                        args.epochs or epochs[kind])
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind}: test accuracy {acc:.4f}, {results[kind]['parameters']:,} parameters, saved to "
               f"{args.out / kind}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "teachers.json").write_text(json.dumps(results, indent=2))
+    summary.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -292,10 +292,16 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
 
     require("torch", "loading a PyTorch teacher")
     if info.kind == "program":
-        from compress.programs import load_program, program_inputs
+        from compress.programs import load_program, program_inputs, training_mode_ops
 
         program_file = info.path / info.weights[0] if info.path.is_dir() else info.path
         program = load_program(program_file, allow_pickle=allow_pickle)
+        training = training_mode_ops(program)
+        if training:
+            raise ModelLoadError(
+                f"{program_file} was exported in training mode: {training[0]}"
+                + (f" and {len(training) - 1} more" if len(training) > 1 else ""),
+                hint="call model.eval() before torch.export.export, then save it again")
         specs = program_inputs(program)
         if len(specs) != 1:
             raise ModelLoadError(f"{program_file}: the program takes {len(specs)} inputs; an image classifier takes one",

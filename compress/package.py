@@ -3,7 +3,8 @@
 The bundle, as a zip deployment of AWS Lambda (and similar platforms) expects it, has everything at
 the top level::
 
-    handler.py               minimal handler: onnxruntime + tokenizers + numpy, session at module scope
+    handler.py               minimal handler: onnxruntime + numpy + tokenizers (text) or Pillow (images), session
+                             at module scope
     edgecompress_device.py   pooling and session options, the same file the remote runner ships (compress/device.py)
     model_config.json        what the handler needs: task, labels, post-processing, inputs, threads, ...
     model/                   the model file(s), tokenizer.json, tokenizer_config.json, manifest.json
@@ -56,6 +57,8 @@ from compress.package_config import (  # noqa: F401
     BUNDLE_INFO,
     COLD_START_TIMEOUT_S,
     DIRECT_DEPENDENCIES,
+    KIND_DEPENDENCIES,
+    dependencies_for,
     MB,
     MODEL_DIR,
     PACKAGE,
@@ -93,6 +96,7 @@ __all__ = [
     "render_package_report",
     "package_report_markdown",
     "DIRECT_DEPENDENCIES",
+    "KIND_DEPENDENCIES",
 ]
 
 
@@ -129,7 +133,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         )
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     PACKAGE.check(art)
-    if not (art.path / "tokenizer.json").is_file():
+    if art.manifest.preprocess.kind == "text" and not (art.path / art.manifest.preprocess.tokenizer_file).is_file():
         raise ArtifactError(f"{art.path}: no tokenizer.json", hint="the handler needs a fast tokenizer (tokenizer.json)")
     if out.suffix.lower() != ".zip":
         log.warning("%s does not end in .zip; writing a zip archive anyway", out)
@@ -148,7 +152,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         vcpus, vcpu_source = float(profile.hardware.cores), "hardware.cores (no memory_to_vcpu mapping)"
     threads = profile.runtime.threads or max(1, math.ceil(vcpus - 1e-9))
     target_arch = str(profile.hardware.arch)
-    pins = _pins(config)
+    pins = _pins(config, dependencies_for(art.manifest.preprocess))
     function = {
         "platform": sl.platform, "memory_mb": memory_mb, "vcpus": vcpus, "vcpus_from": vcpu_source,
         "threads": threads, "handler": sl.handler, "arch": target_arch, "python": sl.python_version,
@@ -222,7 +226,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         cold = None
         if config.cold_start:
             cold = _cold_start(zip_tmp, work, own, function, config, pins, target_arch, sl.python_version,
-                               sl.handler, progress=say)
+                               sl.handler, progress=say, preprocess=art.manifest.preprocess)
             imported = set(cold.get("imported_top_level") or [])
             if imported:
                 for c in contributors:
@@ -285,12 +289,13 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
 # ----------------------------------------------------------------------------------------------------
 
 
-def _pins(config: PackageConfig) -> dict[str, str]:
-    """Exact versions of the direct dependencies: the configured ones, else the versions installed here."""
+def _pins(config: PackageConfig, names: tuple[str, ...] = KIND_DEPENDENCIES["text"]) -> dict[str, str]:
+    """Exact versions of the handler's direct dependencies (``names``): the configured ones, else the versions
+    installed here."""
     from compress._optional import version_of
 
     pins = {}
-    for name in DIRECT_DEPENDENCIES:
+    for name in names:
         version = config.pins.get(name) or version_of(name)
         if version is None:
             raise ConfigError(
@@ -318,6 +323,8 @@ def _preprocess(art: Artifact) -> dict[str, Any]:
     from compress.tokenization import encoder_for
 
     spec = art.manifest.preprocess.model_dump()
+    if spec["kind"] != "text":  # images: the description is complete as it is
+        return spec
     return spec | {"tokenizer_file": f"{MODEL_DIR}/{spec['tokenizer_file']}", "pad_id": encoder_for(art).pad_id}
 
 
@@ -338,7 +345,7 @@ def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[s
             own[f"{MODEL_DIR}/{name}"] = "tokenizer" if name != "manifest.json" else "handler"
     model_config = {
         "task": str(m.task),
-        "labels": m.labels if m.task is Task.text_classification else None,
+        "labels": m.labels if m.task is not Task.feature_extraction else None,
         "model_file": f"{MODEL_DIR}/{m.model_file}",
         "preprocess": _preprocess(art),
         "input_names": [t.name for t in m.inputs],

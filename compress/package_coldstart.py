@@ -22,7 +22,8 @@ from typing import Any
 from compress.cpu import cpu_model
 from compress.errors import ConfigError, StageError
 
-from compress.package_config import COLD_START_TIMEOUT_S, DIRECT_DEPENDENCIES, MB, PackageConfig, _ARCH, _FIRST_TEXT, _FORBIDDEN_IMPORTS
+from compress.package_config import (COLD_START_TIMEOUT_S, IMPORT_NAMES, MB, PackageConfig, _ARCH, _FORBIDDEN_IMPORTS,
+                                     first_request)
 
 log = logging.getLogger("compress.package")  # the verb's logger
 from compress.package_wheels import _pip_download, _pip_download_cmd, _unpack_wheel  # noqa: F401
@@ -49,16 +50,16 @@ def hwm_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-task, module, func, text = sys.argv[1:5]
+task, module, func, event = sys.argv[1:5]
 rss_start = hwm_mb()
 t0 = time.perf_counter()
-import numpy, onnxruntime, tokenizers  # noqa: E401,F401  the handler's dependencies
+deps = [__import__(name) for name in json.loads(sys.argv[5])]  # the handler's dependencies
 t_imports = time.perf_counter() - t0
 t0 = time.perf_counter()
 mod = __import__(module)  # module scope: tokenizer + InferenceSession
 t_init = time.perf_counter() - t0
 t0 = time.perf_counter()
-result = getattr(mod, func)({"text": text}, None)
+result = getattr(mod, func)(json.loads(event), None)
 t_first = time.perf_counter() - t0
 t_end = time.time()
 stdlib = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names) | {"__main__", "__future__"}
@@ -69,7 +70,7 @@ print(json.dumps({
     "peak_rss_mb": hwm_mb(), "rss_at_start_mb": rss_start,
     "threads_in_config": getattr(mod, "THREADS", None),
     "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__, "tokenizers": tokenizers.__version__,
+    "versions": {d.__name__: getattr(d, "__version__", None) for d in deps},
     "python": sys.version.split()[0],
     "loaded_top_level": top,
     "result_keys": sorted(result) if isinstance(result, dict) else None,
@@ -79,7 +80,7 @@ print(json.dumps({
 
 def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[str, Any], config: PackageConfig,
                 pins: dict[str, str], target_arch: str, target_python: str, entry: str,
-                progress: Callable[[dict[str, Any]], None] = lambda d: None) -> dict[str, Any]:
+                progress: Callable[[dict[str, Any]], None] = lambda d: None, preprocess=None) -> dict[str, Any]:
     """Unpack the zip, run the handler in fresh processes under the function's limits; phases and medians."""
     host_arch = _ARCH.get(platform.machine().lower(), platform.machine())
     host_python = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -119,10 +120,10 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
             except StageError as e:
                 log.warning("could not download this host's wheels (%s); using this environment's packages", e)
         if deps is None:
-            deps_path = _site_dirs(DIRECT_DEPENDENCIES)
+            deps_path = _site_dirs(tuple(IMPORT_NAMES.get(n, n) for n in pins))
             deps = {"source": f"this environment's installed packages ({', '.join(deps_path)})", "stand_in": True,
                     "why": why}
-            notes.append("cold start used this environment's installed onnxruntime/tokenizers/numpy, whose "
+            notes.append(f"cold start used this environment's installed {'/'.join(pins)}, whose "
                          "compiled bytecode is cached: imports are faster than from a fresh bundle")
         notes.append(f"cold start measured on this host ({host_arch}, CPython {host_python}) as a stand-in: {why}")
     driver = work / "run" / "coldstart_driver.py"
@@ -138,7 +139,9 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         "LAMBDA_TASK_ROOT": str(task),
     }
     # -S: no site-packages of this environment, only the bundle (and the stand-in deps) on the path
-    cmd = [sys.executable, "-S", str(driver), str(task), module, func, _FIRST_TEXT]
+    request = first_request(preprocess)
+    modules = [IMPORT_NAMES.get(n, n) for n in pins]
+    cmd = [sys.executable, "-S", str(driver), str(task), module, func, json.dumps(request), json.dumps(modules)]
     runs: list[dict[str, Any]] = []
     limits_info: dict[str, Any] = {}
     error = None
@@ -187,13 +190,13 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         "oom": oom,
         "dependencies": deps,
         "limits": limits_info,
-        "first_request": {"text": _FIRST_TEXT},
+        "first_request": request if "text" in request else {"image": f"a {len(request['image'])}-character base64 PNG"},
         "imported_top_level": sorted({m for r in runs for m in r["loaded_top_level"]}),
         "forbidden_imports": forbidden,
         "measured_on": {"host": platform.node(), "arch": host_arch, "python": platform.python_version(),
                         "cpu": cpu_model(), "load_avg_1m": _load_avg(),
                         "host_cores": os.cpu_count()},
-        "command": "python -S <driver> (imports, then `import handler`, then one invocation with one text)",
+        "command": "python -S <driver> (imports, then `import handler`, then one invocation with one text or image)",
         "notes": notes,
     }
 

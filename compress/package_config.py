@@ -19,7 +19,12 @@ PACKAGE = StageSpec(
 )
 REPORT_SCHEMA_VERSION = 1
 MB = 1024 * 1024
-DIRECT_DEPENDENCIES = ("onnxruntime", "tokenizers", "numpy")
+#: every package a bundle may depend on directly (what --pin accepts); which ones a bundle needs is by input kind
+DIRECT_DEPENDENCIES = ("onnxruntime", "tokenizers", "numpy", "pillow")
+#: the handler's direct dependencies by the artifact's input kind (tokenizers reads text, Pillow decodes images)
+KIND_DEPENDENCIES = {"text": ("onnxruntime", "tokenizers", "numpy"), "image": ("onnxruntime", "pillow", "numpy")}
+#: import names of the distributions above, where they differ
+IMPORT_NAMES = {"pillow": "PIL"}
 TOP_CONTRIBUTORS = 10
 COLD_START_TIMEOUT_S = 600
 MODEL_DIR = "model"
@@ -27,6 +32,29 @@ BUNDLE_INFO = "edgecompress-bundle.json"
 # A zip entry's timestamp: fixed, so the same inputs give the same bytes (SOURCE_DATE_EPOCH wins).
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _FIRST_TEXT = "the bundle starts cold and answers its first request."
+
+
+def dependencies_for(preprocess) -> tuple[str, ...]:
+    """The handler's direct dependencies for an artifact whose inputs ``preprocess`` describes."""
+    kind = preprocess.get("kind", "text") if isinstance(preprocess, dict) else getattr(preprocess, "kind", "text")
+    return KIND_DEPENDENCIES[kind]
+
+
+def first_request(preprocess) -> dict:
+    """The event the cold-start runs send: one text, or one PNG image (base64) at the model's input size."""
+    if dependencies_for(preprocess) is KIND_DEPENDENCIES["text"]:
+        return {"text": _FIRST_TEXT}
+    import base64
+    import io
+
+    from PIL import Image
+
+    from compress.inputs import synthetic_images
+
+    arr = synthetic_images(preprocess, 1)[0]
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
+    return {"image": base64.b64encode(buf.getvalue()).decode("ascii")}
 _FORBIDDEN_IMPORTS = ("torch", "transformers", "optimum", "compress")
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 

@@ -22,7 +22,7 @@ from typing import Any
 from compress.artifact import TensorSpec
 from compress.errors import ModelLoadError
 
-__all__ = ["load_program", "program_inputs", "program_outputs"]
+__all__ = ["load_program", "program_inputs", "program_outputs", "save_program", "training_mode_ops"]
 
 
 @contextlib.contextmanager
@@ -117,3 +117,16 @@ def save_program(call, example, path: Path | str) -> None:
     finally:
         call.train(was_training)
     torch.export.save(program, str(path))
+
+
+def training_mode_ops(program) -> list[str]:
+    """Operators the program runs in training mode (BatchNorm on batch statistics, dropout): a module exported
+    without ``model.eval()`` computes something else at inference, and no exporter can fix that."""
+    found = []
+    for n in program.graph.nodes:
+        target = str(n.target)
+        if "batch_norm" in target and len(n.args) > 5 and n.args[5] is True:
+            found.append(f"{n.name} (BatchNorm on batch statistics)")
+        elif "_native_batch_norm_legit_functional" in target or ("dropout" in target and n.args[-1:] == (True,)):
+            found.append(f"{n.name} ({target})")
+    return found

@@ -23,12 +23,10 @@ def _ids():
     return {i: name for i, name in enumerate(LABELS)}
 
 
-@pytest.fixture(scope="session")
-def images_dir(tmp_path_factory) -> Path:
-    """A class-folder image set (6 classes × 4 RGB images of different sizes) and the same as an .npz."""
+def write_image_set(root: Path) -> Path:
+    """A class-folder image set (6 classes × 4 RGB images of different sizes) in ROOT/set and the same as ROOT/set.npz."""
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     arrays, labels = [], []
     for c, name in enumerate(LABELS):
@@ -43,11 +41,41 @@ def images_dir(tmp_path_factory) -> Path:
     return root
 
 
+def write_program_teacher(directory: Path) -> Path:
+    """A plain nn.Module (conv, BatchNorm, linear) saved with torch.export, 16×16 grey, with its model.yaml."""
+    import torch
+    import yaml
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8, len(LABELS))
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(Net().eval(), (torch.randn(2, 1, 16, 16),), dynamic_shapes=({0: batch},))
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, directory / "model.pt2")
+    (directory / "model.yaml").write_text(yaml.safe_dump({
+        "task": "image-classification", "labels": LABELS,
+        "preprocess": {"size": [16, 16], "channels": "L", "mean": [0.5], "std": [0.5]}}))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def images_dir(tmp_path_factory) -> Path:
+    return write_image_set(tmp_path_factory.mktemp("images"))
+
+
 @pytest.fixture(scope="session")
 def teachers(tmp_path_factory) -> dict[str, Path]:
     import torch
     import transformers
-    import yaml
 
     root = tmp_path_factory.mktemp("image-teachers")
     torch.manual_seed(0)
@@ -68,23 +96,7 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
     vit.save_pretrained(root / "vit")
     transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
 
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
-            self.bn = torch.nn.BatchNorm2d(8)
-            self.fc = torch.nn.Linear(8, len(LABELS))
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(Net().eval(), (torch.randn(2, 1, 16, 16),), dynamic_shapes=({0: batch},))
-    (root / "program").mkdir()
-    torch.export.save(program, root / "program" / "model.pt2")
-    (root / "program" / "model.yaml").write_text(yaml.safe_dump({
-        "task": "image-classification", "labels": LABELS,
-        "preprocess": {"size": [16, 16], "channels": "L", "mean": [0.5], "std": [0.5]}}))
+    write_program_teacher(root / "program")
     return {"cnn": root / "cnn", "vit": root / "vit", "program": root / "program"}
 
 
@@ -131,6 +143,23 @@ def test_a_program_without_its_yaml_is_refused_with_the_fix(teachers, tmp_path):
     (bare / "model.yaml").write_text("labels: [a]\nprocess: {}\n")
     with pytest.raises(ConfigError, match="unknown key 'process'"):
         load_teacher(bare)
+
+
+def test_a_program_exported_in_training_mode_is_refused(tmp_path):
+    import torch
+    import yaml
+
+    from compress.errors import ModelLoadError
+    from compress.models import load_teacher
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.zeros(2, 1, 8, 8))
+    net.train()  # the mistake: BatchNorm exported on batch statistics
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 8, 8),)), tmp_path / "model.pt2")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"labels": ["a", "b"], "preprocess": {
+        "size": [8, 8], "channels": "L", "mean": [0.5], "std": [0.5]}}))
+    with pytest.raises(ModelLoadError, match="exported in training mode.*call model.eval"):
+        load_teacher(tmp_path)
 
 
 # --- export --------------------------------------------------------------------------------------------------
@@ -298,3 +327,41 @@ def test_distilling_a_program_needs_a_student(teachers, images_dir, tmp_path):
 
     with pytest.raises(ConfigError, match="no config to build a smaller student"):
         distill(teachers["program"], images_dir / "set", tmp_path / "x", DistillConfig(layers=1))
+
+
+# --- package -------------------------------------------------------------------------------------------------
+
+def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx_images, images_dir, tmp_path):
+    import base64
+    import importlib
+    import sys
+    import zipfile
+
+    from compress.package import PackageConfig, package
+    from tests.package.test_package import write_profile
+
+    prof = write_profile(tmp_path, memory_mb=1024)
+    report = package(onnx_images["program"], tmp_path / "b.zip",
+                     PackageConfig(profile=str(prof), download=False, cold_start_runs=1))
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        reqs = zf.read("requirements.txt").decode()
+        cfg = json.loads(zf.read("model_config.json"))
+        zf.extractall(tmp_path / "x")
+    assert "pillow==" in reqs and "tokenizers" not in reqs
+    assert cfg["preprocess"]["kind"] == "image" and cfg["labels"] == LABELS
+    cold = report.cold_start
+    assert cold["n"] == 1 and "image" in cold["first_request"] and cold["median"]["first_inference_ms"] > 0
+    sys.path.insert(0, str(tmp_path / "x"))
+    try:
+        sys.modules.pop("handler", None)
+        sys.modules.pop("edgecompress_device", None)
+        handler = importlib.import_module("handler")
+        png = next((images_dir / "set" / "c2").glob("*.png")).read_bytes()
+        out = handler.handler({"images": [base64.b64encode(png).decode()]})
+        assert out["predictions"][0]["label"] in LABELS
+        bad = handler.handler({"body": json.dumps({"image": base64.b64encode(b"not an image").decode()})})
+        assert bad["statusCode"] == 400 and "cannot be decoded" in bad["body"]
+    finally:
+        sys.path.remove(str(tmp_path / "x"))
+        sys.modules.pop("handler", None)
+        sys.modules.pop("edgecompress_device", None)

@@ -1,6 +1,7 @@
 """Serverless inference handler written by ``edgecompress package``.
 
-Needs only onnxruntime, tokenizers and numpy (never torch, transformers or edgecompress). Everything
+Needs only onnxruntime, numpy and tokenizers (text) or Pillow (images), never torch, transformers or
+edgecompress. Everything
 about the model comes from ``model_config.json`` beside this file. The tokenizer and the ONNX Runtime
 session are created at import time (module scope), so a platform that keeps the process warm pays
 for them once per cold start, not per request.
@@ -8,6 +9,7 @@ for them once per cold start, not per request.
 Event (a direct invocation, or an HTTP event whose ``body`` is that JSON):
     {"texts": ["first text", "second text"]}   or   {"text": "one text"}
     optional: "text_pairs" / "text_pair" for sentence-pair classifiers.
+    image models: {"images": ["<base64 of a PNG/JPEG file>", ...]}   or   {"image": "<base64>"}
 Result:
     classifiers: {"predictions": [{"label": "positive", "score": 0.97, "scores": {...}}, ...]}
     encoders:    {"embeddings": [[...], ...], "dimension": 384}
@@ -56,6 +58,25 @@ class BadRequest(ValueError):
     """The event is not {"texts": [...]} or {"text": "..."}."""
 
 
+def _images(event):
+    """Raw image bytes from {"images": [base64, ...]} or {"image": base64}."""
+    if not isinstance(event, dict):
+        raise BadRequest("the event must be a JSON object with 'images' (a list of base64 strings) or 'image'")
+    items = event["images"] if "images" in event else [event["image"]] if "image" in event else None
+    if items is None:
+        raise BadRequest("the event has neither 'images' (a list of base64-encoded image files) nor 'image'")
+    if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
+        raise BadRequest("'images' must be a non-empty list of base64 strings")
+    try:
+        return [base64.b64decode(t, validate=True) for t in items], None
+    except ValueError as e:
+        raise BadRequest(f"an image is not valid base64: {e}") from None
+
+
+def _inputs(event):
+    return _images(event) if FEEDS.kind == "image" else _texts(event)
+
+
 def _texts(event):
     if not isinstance(event, dict):
         raise BadRequest("the event must be a JSON object with 'texts' (a list of strings) or 'text'")
@@ -82,7 +103,11 @@ def predict(texts, pairs=None):
     """Raw model outputs for a list of texts: logits (classifiers) or pooled embeddings (encoders)."""
     outs = []
     for i in range(0, len(texts), MAX_BATCH):
-        feed, mask = FEEDS.encode_with_mask(texts[i:i + MAX_BATCH], pairs[i:i + MAX_BATCH] if pairs is not None else None)
+        try:
+            feed, mask = FEEDS.encode_with_mask(texts[i:i + MAX_BATCH],
+                                                pairs[i:i + MAX_BATCH] if pairs is not None else None)
+        except OSError as e:  # Pillow: not an image file it can read
+            raise BadRequest(f"an image cannot be decoded: {e}") from None
         out = SESSION.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
         outs.append(_pool(out, mask) if POOLING else out)
     return np.concatenate(outs, axis=0)
@@ -106,7 +131,7 @@ def _result(texts, pairs):
 
 def handler(event, context=None):
     """Entry point (module.function = handler.handler)."""
-    http = isinstance(event, dict) and "body" in event and "texts" not in event and "text" not in event
+    http = isinstance(event, dict) and "body" in event and not {"texts", "text", "images", "image"} & set(event)
     try:
         if http:
             body = event.get("body") or ""
@@ -116,7 +141,7 @@ def handler(event, context=None):
                 event = json.loads(body)
             except ValueError as e:
                 raise BadRequest(f"the request body is not JSON: {e}") from None
-        result = _result(*_texts(event))
+        result = _result(*_inputs(event))
     except BadRequest as e:
         if http:
             return {"statusCode": 400, "headers": {"content-type": "application/json"},

@@ -37,7 +37,8 @@ def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="The bundle to write (a .zip).")
 @click.option("--memory-mb", type=int, help="Function memory in MB [default: the profile's]; sets the vCPUs.")
 @click.option("--pin", "pins", multiple=True, metavar="NAME==VERSION",
-              help="Pin onnxruntime, tokenizers or numpy to another version than the installed one (repeatable).")
+              help="Pin onnxruntime, numpy, tokenizers (text) or pillow (images) to another version than the installed "
+              "one (repeatable).")
 @click.option("--no-download", is_flag=True,
               help="Offline: bundle model + handler only; the dependencies' size is then not measured.")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start and peak-memory measurement.")
@@ -51,7 +52,7 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
                 unverified_exit_code, force):
     """Build a deployable serverless bundle (zip) for an ONNX ARTIFACT and judge it on the platform.
 
-    The bundle holds the model, tokenizer, a minimal handler (onnxruntime + tokenizers + numpy, no
+    The bundle holds the model, tokenizer, a minimal handler (onnxruntime + numpy + tokenizers or Pillow, no
     torch) and requirements.txt with exact pins, plus the dependency wheels for the target platform
     (resolved with pip download, unpacked at the top level as a zip deployment expects). Reports the
     true zipped and unzipped size against the platform's limits with the biggest contributors, and

@@ -22,7 +22,10 @@ from click.testing import CliRunner
 
 from compress.cli import cli
 from compress.errors import BudgetFailed, OutputExistsError, Unverified
-from compress.package import DIRECT_DEPENDENCIES, PackageConfig, package, report_paths
+from compress.package import KIND_DEPENDENCIES, PackageConfig, package, report_paths
+
+#: a text artifact's bundle: onnxruntime, tokenizers, numpy
+DIRECT_DEPENDENCIES = KIND_DEPENDENCIES["text"]
 
 TEXTS = ["a gripping, beautifully acted film.", "the plot is thin and the jokes fall flat."]
 LAMBDA_TIERS = [

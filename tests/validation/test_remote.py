@@ -497,3 +497,25 @@ def test_runner_check_mode_reports_the_device():
     res = json.loads(proc.stdout.strip().splitlines()[-1][len(remote.MARKER):])
     assert res["ok"] and res["device"]["hostname"] == socket.gethostname()
     assert {"machine", "cpu", "cores", "python"} <= set(res["device"])
+
+
+def test_remote_run_of_an_image_model_matches_local(sshd, work, profile, home):
+    """An image artifact on the device: the controller preprocesses (numpy + Pillow), the device only runs arrays."""
+    pytest.importorskip("PIL")
+    pytest.importorskip("onnxscript")
+    from compress.stages.export import export
+    from compress.validation import ValidateConfig, validate
+    from tests.test_image_pipeline import write_image_set, write_program_teacher
+
+    teacher = write_program_teacher(work / "img-teacher")
+    data = write_image_set(work / "img-data") / "set"
+    art = export(teacher, work / "img-onnx", force=True)
+    base = {"profile": str(profile), "data": str(data), "teacher": str(teacher)}
+    local = validate(art, ValidateConfig(**base))
+    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+                                       ssh_config=str(sshd.ssh_config())))
+    for key in ("metric", "top5", "teacher_metric", "agreement", "eval_samples"):
+        assert rem.metrics[key] == local.metrics[key], key
+    assert rem.metrics["input_shape"] == {"batch_size": 1, "channels": 1, "height": 16, "width": 16}
+    assert rem.environment["measured_on"].startswith("remote:")
+    assert sshd.leftovers() == []

@@ -1,0 +1,173 @@
+"""Image benchmark: three digits teachers through prune / distil → ONNX → INT8 (ONNX Runtime and OpenVINO), every
+artifact against its FP32 PyTorch teacher, measured side by side in one run.
+
+Inputs (both scripts are in benchmarks/):
+
+    python benchmarks/digits.py             # the fixed 1,437 / 360 split of scikit-learn's digits
+    python benchmarks/image_teachers.py     # cnn (MobileNetV2), vit (6-layer ViT), program (a .pt2 nn.Module)
+    python benchmarks/images.py [--cnn-channels 0.5] [--vit-layers 3]
+
+Pipelines, all through edgecompress's library API (what the CLI calls):
+
+* every teacher: export → ONNX FP32 → INT8 static QDQ (ONNX Runtime, per-channel, 300 calibration images from the
+  train split) and → OpenVINO IR → INT8 (NNCF);
+* cnn: prune ``--channels`` (Torch-Pruning) with recovery by distillation on the train split → the same;
+* vit: distil into ``--vit-layers`` of the teacher's layers on the train split → the same.
+
+Measured on the 360 test images: accuracy, retention (vs the FP32 PyTorch teacher of the same family), model size,
+and latency at batch 1 (p50/p95 in ms, 2 threads), all artifacts and the PyTorch teachers timed in alternating
+rounds in one process (``compress.measure.measure_interleaved``), so machine drift hits all alike. Artifacts are
+cached under ``--work``; delete it to rebuild. Results: ``benchmarks/results/images.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _step(label: str, out: Path, make) -> Path:
+    if (out / "manifest.json").is_file():
+        print(f"cached: {label} ({out})", flush=True)
+        return out
+    t0 = time.perf_counter()
+    make()
+    print(f"built: {label} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def build(args) -> dict[str, dict[str, Path]]:
+    """Every artifact of the benchmark: {family: {name: path}}."""
+    from compress.stages.distill import DistillConfig, distill
+    from compress.stages.export import ExportConfig, export
+    from compress.stages.prune import PruneConfig, prune
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    train, test = args.digits / "train", args.digits / "test"
+    w = args.work
+    q8 = QuantizeConfig(calibration=str(train), calibration_samples=300)
+    out: dict[str, dict[str, Path]] = {}
+
+    def int8_family(src: Path, prefix: str, family: dict[str, Path]) -> None:
+        onnx = _step(f"{prefix} ONNX", w / f"{prefix}-onnx", lambda: export(src, w / f"{prefix}-onnx", force=True))
+        family[f"{prefix} ONNX FP32"] = onnx
+        family[f"{prefix} ONNX INT8"] = _step(f"{prefix} INT8", w / f"{prefix}-int8",
+                                             lambda: quantize(onnx, w / f"{prefix}-int8", q8, force=True))
+        ov = _step(f"{prefix} OpenVINO", w / f"{prefix}-ov",
+                   lambda: export(onnx, w / f"{prefix}-ov", ExportConfig(format="openvino"), force=True))
+        family[f"{prefix} OpenVINO INT8"] = _step(f"{prefix} OpenVINO INT8", w / f"{prefix}-ov-int8",
+                                                 lambda: quantize(ov, w / f"{prefix}-ov-int8", q8, force=True))
+
+    for kind in ("cnn", "vit", "program"):
+        teacher = args.teachers / kind
+        fam = out.setdefault(kind, {"teacher PyTorch FP32": teacher})
+        int8_family(teacher, kind, fam)
+    pruned = _step("cnn pruned", w / "cnn-pruned", lambda: prune(
+        args.teachers / "cnn", w / "cnn-pruned",
+        PruneConfig(channels=args.cnn_channels, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
+                    recover_batch_size=64, seed=0),
+        train=train, force=True))
+    int8_family(pruned, "cnn-pruned", out["cnn"])
+    student = _step("vit distilled", w / "vit-distilled", lambda: distill(
+        args.teachers / "vit", train, w / "vit-distilled",
+        DistillConfig(layers=args.vit_layers, epochs=args.vit_epochs, batch_size=64, lr=1e-3, eval_every=10_000,
+                      seed=0), force=True))
+    int8_family(student, "vit-distilled", out["vit"])
+    return out
+
+
+def measure(families: dict[str, dict[str, Path]], test: Path, threads: int, seconds: float) -> dict:
+    from compress.artifact import is_artifact, load_artifact
+    from compress.inputs import load_inputs
+    from compress.measure import measure_interleaved
+    from compress.models import load_teacher
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.runtimes.torch_backend import TorchBackend
+
+    settings = RuntimeSettings(threads=threads)
+    rows, runs = {}, {}
+    backends = []
+    for family, arts in families.items():
+        teacher = load_teacher(arts["teacher PyTorch FP32"])
+        ds = load_inputs(test, teacher.info.preprocess, label2id={n: i for i, n in enumerate(teacher.info.labels)},
+                         require_labels=True)
+        labels = np.asarray(ds.labels)
+        for name, path in arts.items():
+            backend = (TorchBackend.from_teacher(teacher, settings) if not is_artifact(path)
+                       else load_runtime(load_artifact(path), settings=settings))
+            backends.append(backend)
+            logits = np.concatenate([backend.predict(backend.encode(b)) for b, _, _ in ds.batches(64)])
+            pred = logits.argmax(-1)
+            key = f"{family}: {name}"
+            size = (sum((path / w).stat().st_size for w in teacher.info.weights) if not is_artifact(path)
+                    else load_artifact(path).size_bytes())
+            rows[key] = {"family": family, "artifact": name, "path": str(path), "accuracy": float((pred == labels).mean()),
+                         "size_bytes": int(size), "predictions": pred}
+            one = backend.encode(ds.inputs[:1])
+            runs[key] = (lambda b=backend, x=one: b.run(x))
+        teacher_key = f"{family}: teacher PyTorch FP32"
+        for key, row in rows.items():
+            if row["family"] == family:
+                t = rows[teacher_key]
+                row["retention"] = row["accuracy"] / t["accuracy"]
+                row["agreement"] = float((row["predictions"] == t["predictions"]).mean())
+                row["smaller"] = t["size_bytes"] / row["size_bytes"]
+    print(f"timing {len(runs)} models in alternating rounds ({threads} threads, batch 1) ...", flush=True)
+    stats = measure_interleaved(runs, batch_size=1, min_runs=300, min_duration_s=seconds, warmup=20, rounds=20)
+    for key, row in rows.items():
+        row.pop("predictions")
+        row["p50_ms"], row["p95_ms"] = stats[key].p50, stats[key].p95
+        t = rows[f"{row['family']}: teacher PyTorch FP32"]
+    for key, row in rows.items():
+        t = stats[f"{row['family']}: teacher PyTorch FP32"]
+        row["faster"] = t.p50 / stats[key].p50
+    for b in backends:
+        b.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--digits", type=Path, default=ROOT / ".cache" / "digits")
+    ap.add_argument("--teachers", type=Path, default=ROOT / ".cache" / "images")
+    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "images-work")
+    ap.add_argument("--cnn-channels", type=float, default=0.5)
+    ap.add_argument("--recover-steps", type=int, default=900)
+    ap.add_argument("--recover-lr", type=float, default=1e-3)
+    ap.add_argument("--vit-layers", type=int, default=3)
+    ap.add_argument("--vit-epochs", type=float, default=25)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=3.0, help="least timed seconds per model")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "images.json")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    families = build(args)
+    built = time.perf_counter() - t0
+    rows = measure(families, args.digits / "test", args.threads, args.seconds)
+    print(f"\n| model | test accuracy | retention | agreement | size KB | smaller | p50 ms | p95 ms | faster |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, r in rows.items():
+        print(f"| {key} | {r['accuracy']:.4f} | {r['retention']:.3f} | {r['agreement']:.3f} | "
+              f"{r['size_bytes'] / 1024:.0f} | {r['smaller']:.1f}x | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
+              f"{r['faster']:.1f}x |")
+    from benchmarks.common import host_and_versions
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "command": "python benchmarks/images.py " + " ".join(argv or []), "build_seconds": round(built, 1),
+        "settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows, **host_and_versions()}, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
