@@ -202,6 +202,8 @@ def _onnx_flops(op, node, attrs, ins, in_shapes, outs, shapes, weight_alias, dty
         if not w:
             return 0.0, 0.0
         per_out = math.prod(w[1:])  # Cin/group x kernel
+        if _is_int8_weight(ins, weight_alias, dtypes):  # QDQ: runtimes fuse it into an INT8 convolution
+            return float(n_out), 2.0 * n_out * per_out
         return 2.0 * n_out * per_out, 0.0
     if op in ("ConvInteger", "QLinearConv"):
         w = in_shapes[3] if op == "QLinearConv" else in_shapes[1]

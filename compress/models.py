@@ -25,11 +25,11 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
+from compress.checkpoints import _read_json, inspect_weights
 from compress.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def forward_inputs(model: Any) -> frozenset[str] | None:
@@ -78,16 +78,6 @@ class CheckpointInfo:
     @property
     def model_type(self) -> str | None:
         return self.config.get("model_type")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path}: unreadable JSON ({e})", hint="restore the file from the original checkpoint") from e
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object", hint="restore the file from the original checkpoint")
-    return data
 
 
 def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
@@ -183,47 +173,6 @@ def inspect_checkpoint(
         postprocess=postprocess,
         max_length=max_length,
     )
-
-
-def inspect_weights(path: Path, *, allow_pickle: bool = False) -> tuple[list[str], bool]:
-    """A checkpoint directory's weight files and whether they are pickles (refused unless ``allow_pickle``);
-    safetensors files are checked to hold every byte their header declares."""
-    files = sorted(p.name for p in path.iterdir() if p.is_file())
-    safetensors = [f for f in files if f.endswith(".safetensors")]
-    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args")]
-    if not safetensors and not pickles:
-        raise ModelLoadError(
-            f"{path}: no model weights (model.safetensors)", hint="copy the weights next to config.json"
-        )
-    if not safetensors and not allow_pickle:
-        raise ModelLoadError(
-            f"{path}: only pickled weights ({pickles[0]}); loading pickle can run arbitrary code",
-            hint="convert it to safetensors, or pass --allow-pickle if you trust its source",
-        )
-    for name in safetensors:
-        _check_safetensors(path / name)
-    return safetensors or pickles, not safetensors
-
-
-def _check_safetensors(file: Path) -> None:
-    """Read the safetensors header and check the file holds every byte it declares."""
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than its header")
-            n = int.from_bytes(head, "little")
-            if n <= 0 or n > size - 8:
-                raise ValueError("header length out of range")
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + n + end > size:
-            raise ValueError(f"{size} bytes on disk, {8 + n + end} declared")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(
-            f"{file}: corrupt or truncated weights ({e})", hint="re-download or re-save the checkpoint"
-        ) from e
 
 
 @dataclass

@@ -106,7 +106,7 @@ def _labels(config: dict[str, Any], where: str) -> list[str]:
 
 def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ImageInfo:
     from compress.image_processors import preprocess_from_hf
-    from compress.models import _read_json, inspect_weights
+    from compress.checkpoints import _read_json, inspect_weights
 
     config = _read_json(path / "config.json")
     if config.get("auto_map") and not trust_remote_code:
