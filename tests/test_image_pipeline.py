@@ -224,6 +224,52 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
     assert step.metrics["parity_vs_input"]["n"] == 32
 
 
+def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_group(onnx_images, images_dir, tmp_path):
+    import onnx
+
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    cfg = QuantizeConfig(calibration=str(images_dir / "set"), data=str(images_dir / "set"), max_drop=0.9,
+                         eval_samples=10)
+    art = quantize(onnx_images["cnn"], tmp_path / "q", cfg)
+    rec = art.manifest.steps[-1].metrics["weight_scales"]
+    assert rec["groups"] >= 5 and len(rec["trials"]) == rec["groups"]
+    assert rec["chosen_metric"] >= max(rec["per_channel_metric"], rec["per_tensor_metric"])
+    # the written model has the chosen scales: scalar for the per-tensor groups' convolutions, vectors elsewhere
+    g = onnx.load(str(art.model_path)).graph
+    inits = {i.name: i for i in g.initializer}
+    dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    kinds = {n.name: int(np.prod(inits[dq[n.input[1]].input[1]].dims)) > 1 for n in g.node if n.op_type == "Conv"}
+    assert any(kinds.values())  # per-channel layers remain (the search starts from the better uniform model)
+
+
+def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images, images_dir, tmp_path):
+    import onnx
+
+    from compress.stages.quantize.granularity import swap_scales
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    pc = quantize(onnx_images["cnn"], tmp_path / "pc", QuantizeConfig(calibration=str(images_dir / "set")))
+    pt = quantize(onnx_images["cnn"], tmp_path / "pt", QuantizeConfig(calibration=str(images_dir / "set"),
+                                                                      per_channel=False))
+    a, b = onnx.load(str(pc.model_path)), onnx.load(str(pt.model_path))
+    conv = next(n for n in a.graph.node if n.op_type == "Conv")
+    mixed = swap_scales(a, b, {conv.name})
+
+    def scale_dims(model, node_name):
+        inits = {i.name: i for i in model.graph.initializer}
+        dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        node = next(n for n in model.graph.node if n.name == node_name)
+        return list(inits[dq[node.input[1]].input[1]].dims)
+
+    assert scale_dims(a, conv.name) != [] and scale_dims(mixed, conv.name) in ([], [1])
+    other = next(n for n in a.graph.node if n.op_type == "Conv" and n.name != conv.name)
+    assert scale_dims(mixed, other.name) == scale_dims(a, other.name)
+    import onnxruntime as ort
+
+    ort.InferenceSession(mixed.SerializeToString(), providers=["CPUExecutionProvider"])  # still a valid graph
+
+
 def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_images, tmp_path):
     from compress.errors import ConfigError
     from compress.stages.quantize import QuantizeConfig, quantize
@@ -232,7 +278,9 @@ def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_imag
         quantize(onnx_images["cnn"], tmp_path / "d", QuantizeConfig(mode="dynamic"))
     with pytest.raises(ConfigError, match="needs calibration images"):
         quantize(onnx_images["cnn"], tmp_path / "s", QuantizeConfig())
-    assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()
+    with pytest.raises(ConfigError, match="convolutions hold .* would stay FP32"):
+        quantize(onnx_images["cnn"], tmp_path / "i4", QuantizeConfig(precision="int4"))
+    assert not any((tmp_path / n).exists() for n in ("d", "s", "i4"))
 
 
 def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(onnx_images, tmp_path):

@@ -66,8 +66,10 @@ class QuantizeConfig(BaseModel):
         description="dynamic: no data needed, activations quantized at run time (best on CPUs); "
         "static: activations calibrated on --calibration data, QDQ format (what TensorRT and NPUs need).",
     )
-    calibration: str | None = Field(None, description="Data file for static calibration (text column used).")
-    calibration_samples: int = Field(128, ge=1, description="Number of calibration texts.")
+    calibration: str | None = Field(
+        None, description="Data for static calibration: a text file (text column used) or, for image models, "
+        "images (class folders, a path table or an .npz; labels are not read).")
+    calibration_samples: int = Field(128, ge=1, description="Number of calibration texts or images.")
     calibration_method: CalibrationMethod = Field(CalibrationMethod.minmax, description="Range estimator.")
     percentile: float = Field(99.999, gt=90, lt=100, description="Percentile for --calibration-method percentile.")
     per_channel: bool = Field(True, description="One scale per output channel of each weight.")

@@ -363,6 +363,13 @@ def _image_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:
     import onnx
 
     explicit = "mode" in config.model_fields_set
+    if config.precision is QuantPrecision.int4:  # MatMulNBits: MatMul weights only
+        share = conv_weight_fraction(onnx.load(str(art.model_path), load_external_data=False))
+        if share > 0.1:
+            raise ConfigError(
+                f"INT4 weight-only quantization (MatMulNBits) covers MatMul weights only; convolutions hold {share:.0%} "
+                "of this model's weights and would stay FP32", hint="use INT8 (static, per-channel) for conv nets")
+        return config
     if config.mode is QuantMode.dynamic:
         share = conv_weight_fraction(onnx.load(str(art.model_path), load_external_data=False))
         if explicit and share > 0.1:

@@ -118,6 +118,7 @@ class _OnnxQuantizer:
         self.config = config
         self.reduce_range = config.resolved_reduce_range()
         self.calibration_cache: Path | None = None  # static mode: ranges computed once, reused per candidate
+        self.per_tensor_nodes: set[str] = set()  # static: layers given per-tensor weight scales (granularity search)
         self._model = None
         self._reader = None
 
@@ -181,7 +182,22 @@ class _OnnxQuantizer:
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},  # 1 = FLOAT: fused ops lack shape inference
         )
 
-    def _static(self, dst: Path, exclude: list[str]) -> None:
+    def _static(self, dst: Path, exclude: list[str], per_channel: bool | None = None) -> None:
+        """Static QDQ INT8; with ``per_tensor_nodes`` (and per-channel scales), those layers' weight scales are taken
+        from a per-tensor quantization of the same graph (compress.stages.quantize.granularity)."""
+        per_channel = self.config.per_channel if per_channel is None else per_channel
+        self._static_uniform(dst, exclude, per_channel)
+        if per_channel and self.per_tensor_nodes:
+            import onnx
+
+            from compress.stages.quantize.granularity import swap_scales
+
+            with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".per-tensor-") as scratch:
+                other = Path(scratch) / "model.onnx"
+                self._static_uniform(other, exclude, False)
+                onnx.save(swap_scales(onnx.load(str(dst)), onnx.load(str(other)), self.per_tensor_nodes), str(dst))
+
+    def _static_uniform(self, dst: Path, exclude: list[str], per_channel: bool) -> None:
         from onnxruntime import quantization as ortq
 
         from compress.runtimes.ort_backend import OrtBackend
@@ -211,7 +227,7 @@ class _OnnxQuantizer:
             self._reader,
             quant_format=ortq.QuantFormat.QDQ,
             op_types_to_quantize=list(self.op_types()),
-            per_channel=c.per_channel,
+            per_channel=per_channel,
             reduce_range=self.reduce_range,
             activation_type=ortq.QuantType.QUInt8,
             weight_type=self._weight_type(ortq),
@@ -376,7 +392,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     from compress._optional import require
 
     _check_openvino_only_options(config)
-    if is_image(art.manifest.preprocess) and config.precision is not QuantPrecision.int4:
+    if is_image(art.manifest.preprocess):
         config = _image_mode(art, config)
     if config.precision is QuantPrecision.int4:
         _check_int4_request(config)  # first: its reasons (weight-only, runtimes) are the specific ones
@@ -411,6 +427,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         if config.accuracy_aware:
             out.parent.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
+            if is_image(art.manifest.preprocess) and config.mode is QuantMode.static and config.per_channel:
+                extra["weight_scales"] = _granularity_search(art, q, scratch)
             result, eval_set = _accuracy_search(art, q, layers, scratch)
             if not result.met:
                 _fail_budget(art, q, out, result, t0)
@@ -463,6 +481,41 @@ def _accuracy_search(art: Artifact, q: _OnnxQuantizer, layers: list, scratch: Pa
         max_fp32_fraction=config.max_fp32_fraction,
     )
     return result, eval_set
+
+
+def _granularity_search(art: Artifact, q: _OnnxQuantizer, scratch: Path) -> dict[str, Any]:
+    """Per-channel or per-tensor weight scales per layer group, by accuracy on the eval rows (see granularity.py)."""
+    import onnx
+
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.stages.accuracy import evaluate_metric, load_eval_set
+    from compress.stages.quantize.granularity import choose_granularity
+
+    config = q.config
+    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples)
+    reference = OrtBackend(art)
+    eval_set.set_reference(reference)
+    reference.close()
+    q.calibration_cache = scratch / "calibration.json"
+    work = scratch / "granularity"
+    work.mkdir()
+    exclude = list(config.exclude_nodes)
+    q._static_uniform(work / "per-channel.onnx", exclude, True)
+    q._static_uniform(work / "per-tensor.onnx", exclude, False)
+    candidate = work / "candidate"
+    candidate.mkdir()
+    manifest = child_manifest(art.manifest, precision=Precision.int8, model_file="model.onnx")
+
+    def measure(model) -> float:
+        onnx.save(model, str(candidate / "model.onnx"))
+        backend = OrtBackend(Artifact(candidate, manifest))
+        try:
+            return evaluate_metric(backend, eval_set)
+        finally:
+            backend.close()
+
+    q.per_tensor_nodes, record = choose_granularity(work / "per-channel.onnx", work / "per-tensor.onnx", measure)
+    return record
 
 
 def _verify_final(tmp: Path, manifest, eval_set, record: dict[str, Any]) -> None:
