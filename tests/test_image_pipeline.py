@@ -413,3 +413,13 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
         sys.path.remove(str(tmp_path / "x"))
         sys.modules.pop("handler", None)
         sys.modules.pop("edgecompress_device", None)
+
+
+def test_cli_prunes_channels_and_says_what_it_removed(teachers, tmp_path):
+    pytest.importorskip("torch_pruning")
+    from tests.cli.test_cli import edgecompress
+
+    proc = edgecompress("prune", teachers["cnn"], "--channels", "0.5", "--out", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    assert "channels: 50% of every prunable convolution's" in proc.stdout
+    assert (tmp_path / "p" / "model.pt2").is_file() and not (tmp_path / "p" / "config.json").exists()

@@ -33,25 +33,24 @@ log = logging.getLogger("compress.stages.prune")  # the verb's logger
 #: PruneConfig settings that only transformer (text) pruning reads
 TEXT_ONLY = ("heads", "ffn", "drop_layers", "vocab_corpus", "vocab_keep_alphabet", "vocab_floor", "sparsity",
              "max_length", "text_column", "label_column", "recover_after_vocab", "teacher_cache", "profile",
-             "budget_precision", "max_ratio", "importance_data")
+             "budget_precision", "max_ratio", "importance_data", "teacher")
 ROUND_TO = 8
 
 
-class _Logits:
-    """The pruned model as a module of one tensor returning logits (what torch.export and the trainer call)."""
+def _logits_module(teacher, model):
+    """``model`` as a module of one tensor returning logits: what Torch-Pruning traces, the trainer calls and
+    torch.export saves."""
+    import torch
 
-    def __new__(cls, teacher, model):
-        import torch
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-        class Logits(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, pixel_values):
+            return teacher.call(self.model, {teacher.input_names[0]: pixel_values})
 
-            def forward(self, pixel_values):
-                return teacher.call(self.model, {teacher.input_names[0]: pixel_values})
-
-        return Logits()
+    return Logits()
 
 
 def _macs_params(model, example) -> tuple[int, int]:
@@ -91,15 +90,15 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     example = teacher.example_inputs()
     n_labels = len(teacher.info.labels)
     ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == n_labels]
-    macs_before, params_before = _macs_params(_Logits(teacher, model), example[name])
+    macs_before, params_before = _macs_params(_logits_module(teacher, model), example[name])
     pruner = tp.pruner.MetaPruner(
-        _Logits(teacher, model), example[name], importance=tp.importance.GroupMagnitudeImportance(p=2),
+        _logits_module(teacher, model), example[name], importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=config.channels, ignored_layers=ignored, round_to=ROUND_TO,
     )
     groups = sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                      root_module_types=pruner.root_module_types))
     pruner.step()
-    pruned = _Logits(teacher, model)
+    pruned = _logits_module(teacher, model)
     macs_after, params_after = _macs_params(pruned, example[name])
     log.info("removed %.0f%% of the channels: %s -> %s parameters, %s -> %s MACs per image", config.channels * 100,
              f"{params_before:,}", f"{params_after:,}", f"{macs_before // 2:,}", f"{macs_after // 2:,}")
@@ -117,7 +116,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     def accuracy(module) -> float:
         return float((predict(module, x_eval).argmax(-1) == np.asarray(eval_ds.labels)).mean())
 
-    teacher_call = _Logits(teacher, teacher.model)
+    teacher_call = _logits_module(teacher, teacher.model)
     if eval_ds is not None:
         metrics["teacher_eval_accuracy"] = accuracy(teacher_call)
         metrics["eval_accuracy_before_recovery"] = accuracy(pruned.eval())
