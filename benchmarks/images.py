@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 
 
 def _step(label: str, out: Path, make) -> Path:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vit-layers", type=int, default=3)
     ap.add_argument("--vit-epochs", type=float, default=25)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=3.0, help="least timed seconds per model")
+    ap.add_argument("--seconds", type=float, default=5.0, help="least timed seconds per model")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "images.json")
     args = ap.parse_args(argv)
     import torch
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {key} | {r['accuracy']:.4f} | {r['retention']:.3f} | {r['agreement']:.3f} | "
               f"{r['size_bytes'] / 1024:.0f} | {r['smaller']:.1f}x | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
               f"{r['faster']:.1f}x |")
-    from benchmarks.common import host_and_versions
+    from common import host_and_versions
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
