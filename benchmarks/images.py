@@ -12,7 +12,9 @@ Pipelines, all through edgecompress's library API (what the CLI calls):
 * every teacher: export → ONNX FP32 → INT8 static QDQ (ONNX Runtime, per-channel, 300 calibration images from the
   train split) and → OpenVINO IR → INT8 (NNCF);
 * cnn: prune ``--channels`` (Torch-Pruning) with recovery by distillation on the train split → the same;
-* vit: distil into ``--vit-layers`` of the teacher's layers on the train split → the same.
+* vit: distil into ``--vit-layers`` of the teacher's layers on the train split → the same;
+* program: distil into a user's own smaller checkpoint (a 20k-parameter Hugging Face ResNet, random init, reading the
+  images as the program does) → the same.
 
 Measured on the 360 test images: accuracy, retention (vs the FP32 PyTorch teacher of the same family), model size,
 and latency at batch 1 (p50/p95 in ms, 2 threads), all artifacts and the PyTorch teachers timed in alternating
@@ -81,6 +83,24 @@ def build(args) -> dict[str, dict[str, Path]]:
         DistillConfig(layers=args.vit_layers, epochs=args.vit_epochs, batch_size=64, lr=1e-3, eval_every=10_000,
                       seed=0), force=True))
     int8_family(student, "vit-distilled", out["vit"])
+    # the program: a user's own smaller checkpoint (a 20k-parameter Hugging Face ResNet, random init) distilled from it
+    init = w / "program-student-init"
+    if not (init / "config.json").is_file():
+        import torch
+        import transformers
+
+        torch.manual_seed(0)
+        ids = {i: str(i) for i in range(10)}
+        transformers.ResNetForImageClassification(transformers.ResNetConfig(
+            num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+            downsample_in_first_stage=False, num_labels=10, id2label=ids, label2id={v: k for k, v in ids.items()},
+        )).save_pretrained(init)
+        transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(init)  # unused: reads as the teacher
+    small = _step("program distilled", w / "program-distilled", lambda: distill(
+        args.teachers / "program", train, w / "program-distilled",
+        DistillConfig(student=str(init), epochs=args.program_epochs, batch_size=64, lr=3e-3, eval_every=10_000,
+                      seed=0), force=True))
+    int8_family(small, "program-distilled", out["program"])
     return out
 
 
@@ -144,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recover-lr", type=float, default=1e-3)
     ap.add_argument("--vit-layers", type=int, default=3)
     ap.add_argument("--vit-epochs", type=float, default=25)
+    ap.add_argument("--program-epochs", type=float, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=5.0, help="least timed seconds per model")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "images.json")

@@ -43,6 +43,9 @@ from compress.artifact import (
 from compress.errors import ConfigError, ModelLoadError
 
 PROGRAM_FILE = "model.pt2"
+#: TorchScript archives and pickled nn.Modules: loading either runs code from the file, so only with --allow-pickle
+MODULE_FILES = ("model.ts", "model.pt")
+MODULE_SUFFIXES = (".ts", ".pt", ".pth")
 PROGRAM_CONFIG = "model.yaml"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -51,8 +54,8 @@ def is_image_source(path: Path | str) -> bool:
     """Does ``path`` hold an image teacher (a Hugging Face image classifier or a program directory)?"""
     p = Path(path)
     if p.is_file():
-        return p.suffix == ".pt2"
-    if (p / PROGRAM_FILE).is_file():
+        return p.suffix in (".pt2", *MODULE_SUFFIXES)
+    if any((p / name).is_file() for name in (PROGRAM_FILE, *MODULE_FILES)):
         return True
     if (p / MANIFEST).is_file():
         try:
@@ -74,7 +77,7 @@ class ImageInfo:
     """What an image teacher is, read before any weights load."""
 
     path: Path
-    kind: str  # "hf" | "program"
+    kind: str  # "hf" | "program" (.pt2) | "module" (TorchScript or a pickled nn.Module, opted in)
     config: dict[str, Any]
     labels: list[str]
     preprocess: ImagePreprocess
@@ -113,6 +116,11 @@ def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> Imag
         raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
                              hint="review that code, then pass --trust-remote-code to run it")
     weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
+    if (path / MANIFEST).is_file():  # an artifact (a distilled student): its manifest says how images are read
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        return ImageInfo(path=path, kind="hf", config=config, labels=_labels(config, str(path)),
+                         preprocess=ImagePreprocess.model_validate(manifest["preprocess"]), weights=weights,
+                         pickled=pickled)
     if not (path / PREPROCESSOR_CONFIG).is_file():
         raise ModelLoadError(f"{path}: no {PREPROCESSOR_CONFIG} (how images become pixel_values)",
                              hint="save the image processor with the model: processor.save_pretrained(DIR)")
@@ -128,7 +136,8 @@ def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> Imag
 def _program_files(path: Path) -> tuple[Path, Path]:
     if path.is_file():
         return path, path.with_suffix(".yaml")
-    return path / PROGRAM_FILE, path / PROGRAM_CONFIG
+    found = next((path / n for n in (PROGRAM_FILE, *MODULE_FILES) if (path / n).is_file()), path / PROGRAM_FILE)
+    return found, path / PROGRAM_CONFIG
 
 
 def _program_info(path: Path) -> ImageInfo:
@@ -173,15 +182,16 @@ def _program_info(path: Path) -> ImageInfo:
         where = " -> ".join(str(p) for p in err["loc"]) or "preprocess"
         raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}", hint="see ImagePreprocess in the README") from e
     arch = str(meta.get("architecture") or program_file.stem)
-    return ImageInfo(path=path, kind="program", config={"architectures": [arch]}, labels=[str(x) for x in labels],
-                     preprocess=preprocess, weights=[program_file.name])
+    kind = "program" if program_file.suffix == ".pt2" else "module"
+    return ImageInfo(path=path, kind=kind, config={"architectures": [arch]}, labels=[str(x) for x in labels],
+                     preprocess=preprocess, weights=[program_file.name], pickled=kind == "module")
 
 
 def inspect_image_source(path: Path | str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ImageInfo:
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file or directory", hint="pass a checkpoint directory or a .pt2 program")
-    if p.is_file() or (p / PROGRAM_FILE).is_file():
+    if p.is_file() or any((p / name).is_file() for name in (PROGRAM_FILE, *MODULE_FILES)):
         return _program_info(p)
     if (p / MANIFEST).is_file():  # an artifact: a program (a pruned CNN) or a checkpoint (a distilled student)
         try:
@@ -313,6 +323,8 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
             info.inputs = [specs[0].model_copy(update={"name": info.preprocess.input_name, "shape": shape})]
         model = program.module()
         return ImageTeacher(info=info, model=model, sha256=_digest(info))
+    if info.kind == "module":
+        return ImageTeacher(info=info, model=_load_module(info, allow_pickle), sha256=_digest(info))
     transformers = require("transformers", "loading a Hugging Face image classifier")
     transformers.utils.logging.disable_progress_bar()
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
@@ -330,3 +342,27 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
         processor = None
     model.eval()
     return ImageTeacher(info=info, model=model, sha256=_digest(info), processor=processor)
+
+
+def _load_module(info: ImageInfo, allow_pickle: bool):
+    """A TorchScript archive (``torch.jit.load``) or a pickled ``nn.Module`` (``torch.load``): both run code from the
+    file, so both need ``allow_pickle``, the opt-in checkpoints have."""
+    import torch
+
+    file = info.path / info.weights[0] if info.path.is_dir() else info.path
+    if not allow_pickle:
+        raise ModelLoadError(f"{file} is a TorchScript archive or a pickled module: loading it runs code from the file",
+                             hint="save it with torch.export.save as model.pt2 (loaded without running code), or pass "
+                             "--allow-pickle if you trust where it came from")
+    try:
+        model = torch.jit.load(str(file), map_location="cpu")
+    except Exception:  # noqa: BLE001 - not TorchScript: a pickled module, perhaps
+        try:
+            model = torch.load(str(file), map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"{file}: neither TorchScript nor a pickled module ({type(e).__name__})",
+                                 hint="save the module with torch.export.save (model.pt2)") from e
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(f"{file} holds a {type(model).__name__}, not a module",
+                             hint="save the whole module (or better, torch.export.save it as model.pt2)")
+    return model.eval()

@@ -162,6 +162,31 @@ def test_a_program_exported_in_training_mode_is_refused(tmp_path):
         load_teacher(tmp_path)
 
 
+def test_torchscript_and_pickled_modules_load_only_when_opted_in(teachers, tmp_path):
+    import shutil
+
+    import torch
+
+    from compress.errors import ModelLoadError
+    from compress.models import load_teacher
+    from compress.stages.export import ExportConfig, export
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, len(LABELS))).eval()
+    for name, save in (("model.ts", lambda p: torch.jit.script(net).save(str(p))),
+                       ("model.pt", lambda p: torch.save(net, p))):
+        d = tmp_path / name
+        d.mkdir()
+        save(d / name)
+        shutil.copy2(teachers["program"] / "model.yaml", d / "model.yaml")
+        with pytest.raises(ModelLoadError, match="runs code from the file.*--allow-pickle"):
+            load_teacher(d)
+        t = load_teacher(d, allow_pickle=True)
+        assert t.info.kind == "module" and t.manifest().model_file == name
+        art = export(d, tmp_path / f"{name}-onnx", ExportConfig(allow_pickle=True))
+        assert art.manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-5
+
+
 # --- export --------------------------------------------------------------------------------------------------
 
 def test_export_records_parity_and_the_processor_agreement(onnx_images):
@@ -369,12 +394,38 @@ def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_pat
     assert again.metrics["training"]["resumed_from"] == 6
 
 
-def test_distilling_a_program_needs_a_student(teachers, images_dir, tmp_path):
+def test_a_program_teacher_distils_into_a_users_checkpoint_that_reads_images_as_it_does(teachers, images_dir,
+                                                                                        tmp_path):
+    import torch
+    import transformers
+
     from compress.errors import ConfigError
     from compress.stages.distill import DistillConfig, distill
+    from compress.stages.export import export
 
     with pytest.raises(ConfigError, match="no config to build a smaller student"):
         distill(teachers["program"], images_dir / "set", tmp_path / "x", DistillConfig(layers=1))
+    torch.manual_seed(0)
+    common = dict(num_labels=len(LABELS), id2label=_ids(), label2id={v: k for k, v in _ids().items()})
+    wrong = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
+        num_channels=3, image_size=16, depth_multiplier=0.35, tf_padding=False, **common))
+    wrong.save_pretrained(tmp_path / "rgb-student")
+    transformers.MobileNetV2ImageProcessor().save_pretrained(tmp_path / "rgb-student")
+    with pytest.raises(ConfigError, match="cannot read the teacher's input \\(1x16x16\\)"):
+        distill(teachers["program"], images_dir / "set", tmp_path / "y",
+                DistillConfig(student=str(tmp_path / "rgb-student"), max_steps=2))
+    grey = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
+        num_channels=1, image_size=16, depth_multiplier=0.35, tf_padding=False, **common))
+    grey.save_pretrained(tmp_path / "grey-student")
+    transformers.MobileNetV2ImageProcessor().save_pretrained(tmp_path / "grey-student")
+    res = distill(teachers["program"], images_dir / "set", tmp_path / "s",
+                  DistillConfig(student=str(tmp_path / "grey-student"), max_steps=4, batch_size=8))
+    m = res.artifact.manifest
+    assert m.preprocess.channels == "L" and m.preprocess.size == [16, 16] and m.labels == LABELS
+    assert res.metrics["student"]["init"] == "checkpoint"
+    onnx_art = export(res.artifact.path, tmp_path / "s-onnx")
+    assert onnx_art.manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-4
+    assert [s.stage for s in onnx_art.manifest.steps] == ["distill", "export"]
 
 
 # --- package -------------------------------------------------------------------------------------------------

@@ -213,14 +213,20 @@ def image_data(path, teacher, *, require_labels: bool = False):
 def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir: Path | None = None,
                    resume: bool = False, force: bool = False, progress=None):
     """Distil an image classifier (see the module doc) into a student written as a pytorch artifact at ``out``."""
-    from compress.artifact import library_versions, load_artifact, staged_dir, write_manifest
+    from compress.artifact import digest_dir, library_versions, load_artifact, staged_dir, write_manifest
     from compress.errors import ConfigError
+    from torch import no_grad as torch_no_grad
+
     from compress.models import load_teacher
+    from compress.models_image import ImageInfo, ImageTeacher
     from compress.stages.distill.config import DISTILL, DistillResult
     from compress.stages.distill.student import build_student, count_parameters
 
     check_image_options(config, "distillation", TEXT_ONLY)
     t0 = time.perf_counter()
+    def hf_logits(model):  # a Hugging Face image classifier: pixel_values in, logits out
+        return lambda x: model(pixel_values=x).logits
+
     if teacher.info.kind != "hf" and not config.student:
         raise ConfigError(f"{teacher.path} is a torch.export program: it has no config to build a smaller student from",
                           hint="pass --student DIR (a smaller Hugging Face image classifier), or prune it with "
@@ -239,23 +245,35 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
         if st.info.kind != "hf":
             raise ConfigError(f"{config.student} is a torch.export program: programs are inference graphs",
                               hint="pass a Hugging Face image classifier as --student")
-        student, desc = st.model, {"init": "checkpoint", "student_path": str(Path(config.student).resolve())}
+        student, desc = st.model, {"init": "checkpoint", "student_path": str(Path(config.student).resolve()),
+                                   "reads_images_as": "the teacher (its preprocessing is the student's)"}
     else:
         if not hasattr(teacher.model.config, "num_hidden_layers") and config.layers is not None:
             raise ConfigError(f"{teacher.info.architecture} has no layer stack for --layers",
                               hint="pass --student-config with a narrower setting (e.g. depth_multiplier) or prune "
                               "it with edgecompress prune --channels")
         student, desc = build_student(teacher.model, config)
-    encoder = teacher.encoder()
+    encoder = teacher.encoder()  # the student reads images as the teacher does, and keeps that preprocessing
     x_train = encode_all(encoder, train_ds.inputs)
     x_eval = encode_all(encoder, eval_ds.inputs) if eval_ds is not None else None
+    name = teacher.input_names[0]
+    try:
+        with torch_no_grad():
+            student_logits = hf_logits(student)(x_train[:2])
+    except Exception as e:  # noqa: BLE001 - a shape mismatch shows as any of several errors
+        shape = "x".join(str(d) for d in x_train.shape[1:])
+        raise ConfigError(f"the student cannot read the teacher's input ({shape}): {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:160]}",
+                          hint="give the student the teacher's channels and image size (num_channels, image_size)")
+    if student_logits.shape[-1] != len(teacher.info.labels):
+        raise ConfigError(f"the student has {student_logits.shape[-1]} outputs, the teacher {len(teacher.info.labels)} "
+                          "classes", hint="use a student with the same labels")
     per_epoch = max(1, -(-len(x_train) // config.batch_size))
     steps = config.max_steps or max(1, round(config.epochs * per_epoch))
     settings = LogitTraining(steps=steps, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                              temperature=config.temperature, soft_weight=config.soft_weight,
                              hard_weight=config.hard_weight, seed=config.seed, eval_every=config.eval_every)
-    name = teacher.input_names[0]
-    record = train_logits(student, lambda x: teacher.call(student, {name: x}), lambda x: teacher.call(teacher.model, {name: x}),
+    record = train_logits(student, hf_logits(student), lambda x: teacher.call(teacher.model, {name: x}),
                           x_train, train_ds.labels, x_eval, eval_ds.labels if eval_ds is not None else None, settings,
                           run_dir=run_dir, resume=resume, progress=progress)
     metrics = {"student": desc, "training": record, "teacher_parameters": count_parameters(teacher.model),
@@ -270,8 +288,11 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
     with staged_dir(out, force) as tmp:
         student.save_pretrained(str(tmp), safe_serialization=True)
         teacher.save_inputs(tmp)
-        st = load_teacher(tmp)
-        manifest = st.manifest()
+        written = ImageTeacher(info=ImageInfo(path=tmp, kind="hf", config=json.loads((tmp / "config.json").read_text()),
+                                              labels=list(teacher.info.labels), preprocess=teacher.info.preprocess,
+                                              weights=sorted(f.name for f in tmp.glob("*.safetensors"))),
+                               model=student, sha256=digest_dir(tmp))
+        manifest = written.manifest()
         manifest.source = teacher.source()
         manifest.versions = library_versions()
         metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))

@@ -110,10 +110,16 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
     example = teacher.example_inputs()
     names = list(example)
     args = tuple(example.values())
-    if getattr(teacher.info, "kind", None) == "program":
+    kind = getattr(teacher.info, "kind", None)
+    if kind in ("program", "module"):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _program_export(teacher, model_file, config, names, args)
+            if kind == "program":
+                _program_export(teacher, model_file, config, names, args)
+            else:  # TorchScript or a pickled module (opted in): PyTorch's exporter on the module as it is
+                torch.onnx.export(teacher.model, args, str(model_file), input_names=names,
+                                  output_names=[primary], opset_version=config.opset, dynamo=False,
+                                  do_constant_folding=True, dynamic_axes=teacher.dynamic_axes())
         return
     model = teacher.model.eval()
     original = model.forward
