@@ -103,6 +103,9 @@ class ImagePreprocess(BaseModel):
             raise ValueError(f"size must be {want} positive number(s) for resize={self.resize}")
         if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
             raise ValueError("crop must be [height, width]")
+        if self.resize == "shortest_edge" and self.crop is None:
+            raise ValueError("a shortest-edge resize without a crop gives images of mixed sizes; add crop: [height, "
+                             "width] or use resize: exact")
         n = 1 if self.channels == "L" else 3
         if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
             raise ValueError(f"mean and std need {n} value(s) for {self.channels} images, std > 0")

@@ -60,6 +60,10 @@ def preprocess_from_hf(cfg: dict[str, Any], *, input_name: str = "pixel_values",
         cs = {"height": cs, "width": cs} if isinstance(cs, int) else cs
         crop = [int(cs["height"]), int(cs["width"])]
     normalize = cfg.get("do_normalize", True)
+    if resize == "shortest_edge" and crop is None:
+        raise ConfigError(f"{source}: the image processor resizes the shortest edge without a centre crop, so images "
+                          "of different shapes give inputs of different sizes",
+                          hint="describe a fixed input size yourself (resize: exact, or a crop) in the model's YAML")
     return ImagePreprocess(
         input_name=input_name, resize=resize, size=dims, crop=crop, interpolation=_RESAMPLE[resample],
         rescale=float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0,

@@ -140,6 +140,9 @@ def test_a_program_without_its_yaml_is_refused_with_the_fix(teachers, tmp_path):
     (bare / "model.yaml").write_text("task: image-classification\nlabels: [a, b]\npreprocess: {size: [16]}\n")
     with pytest.raises(ConfigError, match="model.yaml: preprocess"):
         load_teacher(bare)
+    (bare / "model.yaml").write_text("labels: [a, b]\npreprocess: {size: [16], resize: shortest_edge}\n")
+    with pytest.raises(ConfigError, match="mixed sizes; add crop"):
+        load_teacher(bare)
     (bare / "model.yaml").write_text("labels: [a]\nprocess: {}\n")
     with pytest.raises(ConfigError, match="unknown key 'process'"):
         load_teacher(bare)
