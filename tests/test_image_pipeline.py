@@ -378,6 +378,26 @@ def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
         prune(teachers["program"], tmp_path / "a", PruneConfig(channels=0.5))
     with pytest.raises(ConfigError, match="does not use --heads"):
         prune(teachers["cnn"], tmp_path / "b", PruneConfig(channels=0.5, heads=0.2))
+    with pytest.raises(ConfigError, match="no transformer layers.*--channels"):
+        prune(teachers["cnn"], tmp_path / "c", PruneConfig(heads=0.5), train=teachers["cnn"])
+
+
+@pytest.mark.transformers4
+def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, images_dir, tmp_path):
+    from compress.models import load_teacher
+    from compress.stages.export import export
+    from compress.stages.prune import PruneConfig, prune
+
+    art = prune(teachers["vit"], tmp_path / "p", PruneConfig(heads=0.5, ffn=0.5, recover_steps=4, recover_batch_size=8,
+                                                             samples=12),
+                train=images_dir / "set", eval_data=images_dir / "set")
+    m = art.manifest.steps[-1].metrics
+    assert m["parameters_after"] < m["parameters_before"] and m["reload_max_abs_diff"] <= 1e-4
+    student = load_teacher(art.path)
+    cfg = student.model.config
+    assert cfg.intermediate_size == 32 and sum(len(v) for v in cfg.pruned_heads.values()) == 2
+    assert art.manifest.preprocess == load_teacher(teachers["vit"]).info.preprocess
+    assert export(art.path, tmp_path / "p-onnx").manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-4
 
 
 def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_path):
@@ -477,3 +497,13 @@ def test_cli_prunes_channels_and_says_what_it_removed(teachers, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "channels: 50% of every prunable convolution's" in proc.stdout
     assert (tmp_path / "p" / "model.pt2").is_file() and not (tmp_path / "p" / "config.json").exists()
+
+
+@pytest.mark.transformers4
+def test_cli_prunes_vit_heads_and_reports_the_accuracy(teachers, images_dir, tmp_path):
+    from tests.cli.test_cli import edgecompress
+
+    proc = edgecompress("prune", teachers["vit"], "--heads", "0.5", "--train", images_dir / "set", "--eval",
+                        images_dir / "set", "--out", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    assert "heads: 4 -> 2" in proc.stdout and "eval accuracy" in proc.stdout

@@ -100,9 +100,11 @@ def summary_lines(m: dict) -> list[str]:
     if "macs_after" in m:
         lines.append(f"channels: {m['channels']:.0%} of every prunable convolution's ({m['groups']} groups); "
                      f"{m['macs_before'] / 1e6:.1f}M -> {m['macs_after'] / 1e6:.1f}M multiply-adds per image")
-        if "eval_accuracy" in m:
-            lines.append(f"eval accuracy {m['eval_accuracy']:.4f} (teacher {m['teacher_eval_accuracy']:.4f}, "
-                         f"retention {m['retention']:.3f}; before recovery {m['eval_accuracy_before_recovery']:.4f})")
+    if "eval_accuracy" in m and "teacher_eval_accuracy" in m:  # image models: the written model's accuracy
+        ret = f", retention {m['retention']:.3f}" if m.get("retention") is not None else ""
+        before = (f"; before recovery {m['eval_accuracy_before_recovery']:.4f}"
+                  if "eval_accuracy_before_recovery" in m else "")
+        lines.append(f"eval accuracy {m['eval_accuracy']:.4f} (teacher {m['teacher_eval_accuracy']:.4f}{ret}{before})")
     if "budget" in m:
         b = m["budget"]
         lim = ", ".join(f"{k} {v:g}" for k, v in b["budgets"].items() if v is not None)

@@ -75,6 +75,11 @@ def predict(call: Callable[[Any], Any], x, batch_size: int = 256) -> np.ndarray:
         return torch.cat([call(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]).numpy()
 
 
+def hf_logits(model) -> Callable[[Any], Any]:
+    """A Hugging Face image classifier as a function of the pixel batch: ``pixel_values`` in, logits out."""
+    return lambda x: model(pixel_values=x).logits
+
+
 def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Callable[[Any], Any], x_train, y_train,
                  x_eval, y_eval, settings: LogitTraining, *, run_dir: Path | None = None, resume: bool = False,
                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -197,8 +202,8 @@ def check_image_options(config, verb: str, text_only: tuple[str, ...]) -> None:
     fields = type(config).model_fields
     given = sorted(k for k in text_only if getattr(config, k) != fields[k].get_default(call_default_factory=True))
     if given:
-        raise ConfigError(f"{verb} of an image model does not use --{given[0].replace('_', '-')} (text only)",
-                          hint="leave it out; image distillation trains on the logits with shifted images")
+        raise ConfigError(f"{verb} does not use --{given[0].replace('_', '-')}",
+                          hint="leave it out (see the README's Images section for what applies to image models)")
 
 
 def image_data(path, teacher, *, require_labels: bool = False):
@@ -222,11 +227,8 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
     from compress.stages.distill.config import DISTILL, DistillResult
     from compress.stages.distill.student import build_student, count_parameters
 
-    check_image_options(config, "distillation", TEXT_ONLY)
+    check_image_options(config, "distillation of an image model", TEXT_ONLY)
     t0 = time.perf_counter()
-    def hf_logits(model):  # a Hugging Face image classifier: pixel_values in, logits out
-        return lambda x: model(pixel_values=x).logits
-
     if teacher.info.kind != "hf" and not config.student:
         raise ConfigError(f"{teacher.path} is a torch.export program: it has no config to build a smaller student from",
                           hint="pass --student DIR (a smaller Hugging Face image classifier), or prune it with "

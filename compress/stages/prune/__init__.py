@@ -376,10 +376,12 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
-    if teacher.task is Task.image_classification:  # channels of a CNN, with Torch-Pruning (.channels)
+    if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
         from compress.stages.prune.channels import prune_channels
+        from compress.stages.prune.vit import prune_vit
 
-        return prune_channels(teacher, out, config, train=train, eval_data=eval_data, force=force, progress=progress)
+        verb = prune_channels if config.channels else prune_vit
+        return verb(teacher, out, config, train=train, eval_data=eval_data, force=force, progress=progress)
     if config.channels:
         raise ConfigError("--channels prunes the convolutions of image models", hint="for text models use --heads/--ffn")
     if out.resolve() == teacher.path.resolve():

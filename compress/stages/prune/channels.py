@@ -70,7 +70,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     from compress.stages.distill.images import LogitTraining, check_image_options, encode_all, image_data, predict
     from compress.stages.distill.images import train_logits
 
-    check_image_options(config, "channel pruning", TEXT_ONLY)
+    check_image_options(config, "channel pruning of a CNN", TEXT_ONLY)
     t0 = time.perf_counter()
     if not config.channels:
         raise ConfigError("nothing to prune in an image model", hint="pass --channels FRACTION (e.g. 0.5)")
@@ -131,7 +131,8 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     pruned.eval()
     if eval_ds is not None:
         metrics["eval_accuracy"] = accuracy(pruned)
-        metrics["retention"] = metrics["eval_accuracy"] / metrics["teacher_eval_accuracy"]
+        metrics["retention"] = (metrics["eval_accuracy"] / metrics["teacher_eval_accuracy"]
+                                if metrics["teacher_eval_accuracy"] else None)
 
     if progress:
         progress({"phase": "write", "label": "writing the pruned program"})

@@ -184,12 +184,14 @@ def importance_scores(
     batch_size: int = 16,
     seed: int = 0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    batches: Callable[[], Any] | None = None,
 ) -> Importance:
     """Taylor importance of every head and FFN neuron, and the output change of skipping each layer.
 
     ``labels`` (class ids, -100 or None for unlabelled rows) drive a cross-entropy loss; rows without
     one use the model's own argmax. Feature-extraction models (``classification=False``) use a random
-    projection of the pooled embedding per example.
+    projection of the pooled embedding per example. ``batches()`` (an image model's ``({pixel_values},
+    labels)`` batches; ``texts`` then only counts the rows) replaces tokenizing ``texts``.
     """
     import torch
     import torch.nn.functional as F
@@ -217,7 +219,7 @@ def importance_scores(
     done = 0
     used_labels = False
     try:
-        for enc, lab in _batches(tokenizer, texts, labels, max_length, batch_size):
+        for enc, lab in (batches() if batches else _batches(tokenizer, texts, labels, max_length, batch_size)):
             saved.clear()
             out = model(**model_feed(model, enc))
             if classification:
@@ -244,7 +246,7 @@ def importance_scores(
                         heads[i] += per.abs().sum(0).numpy()
                     else:
                         ffn[i] += prod.sum(1).abs().sum(0).numpy()
-            done += enc["input_ids"].shape[0]
+            done += next(iter(enc.values())).shape[0]
             if progress:
                 progress({"phase": "importance", "done": done, "total": len(texts) * 2})
     finally:
@@ -255,7 +257,7 @@ def importance_scores(
     heads = [h / n for h in heads]
     ffn = [f / n for f in ffn]
     layers, metric = _layer_skip_scores(model, tokenizer, texts, classification, pooling, normalize, max_length,
-                                        batch_size, parts, progress)
+                                        batch_size, parts, progress, batches)
     model.train(was_training)
     if classification:
         loss_name = "cross entropy with labels (model argmax where unlabelled)" if used_labels else \
@@ -266,7 +268,7 @@ def importance_scores(
 
 
 def _layer_skip_scores(model, tokenizer, texts, classification, pooling, normalize, max_length, batch_size, parts,
-                       progress) -> tuple[np.ndarray, str]:
+                       progress, batches=None) -> tuple[np.ndarray, str]:
     """Mean output change on ``texts`` when each layer in turn is replaced by the identity."""
     import torch
     import torch.nn.functional as F
@@ -274,7 +276,7 @@ def _layer_skip_scores(model, tokenizer, texts, classification, pooling, normali
     def outputs() -> list[Any]:
         res = []
         with torch.inference_mode():
-            for enc, _ in _batches(tokenizer, texts, None, max_length, batch_size):
+            for enc, _ in (batches() if batches else _batches(tokenizer, texts, None, max_length, batch_size)):
                 out = model(**model_feed(model, enc))
                 res.append(out.logits.float().log_softmax(-1) if classification
                            else _pooled(out, enc["attention_mask"], pooling, normalize).float())

@@ -1,0 +1,137 @@
+"""Heads, FFN neurons and layers of a Vision Transformer, through the same code that prunes text encoders.
+
+The importance scores are the text path's (:func:`compress.stages.prune.structured.importance_scores`: Taylor
+importance of each head and FFN neuron under the classification loss, and the output change of skipping each
+layer), fed with preprocessed image batches instead of tokenized text; heads are removed with transformers'
+``prune_heads`` and FFN neurons by slicing both Linears, so the result is again a Hugging Face checkpoint that
+reloads with ``from_pretrained`` (transformers 4 for heads, as for text). Recovery is logit distillation from the
+unpruned model on shifted images (:mod:`compress.stages.distill.images`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compress.artifact import Artifact, digest_dir, library_versions, load_artifact, staged_dir, write_manifest
+from compress.errors import ConfigError
+from compress.stages.prune.config import PRUNE, PruneConfig
+
+log = logging.getLogger("compress.stages.prune")  # the verb's logger
+
+#: PruneConfig settings a ViT does not use (text-only, or the CNN's --channels)
+NOT_FOR_VIT = ("vocab_corpus", "vocab_keep_alphabet", "vocab_floor", "sparsity", "max_length", "text_column",
+               "label_column", "recover_after_vocab", "teacher_cache", "profile", "budget_precision", "max_ratio",
+               "teacher", "channels")
+
+
+def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=None, force: bool = False,
+              progress=None) -> Artifact:
+    """Remove ``config.heads`` of the heads, ``config.ffn`` of the FFN neurons and ``config.drop_layers`` layers."""
+    import torch
+
+    from compress.models_image import ImageInfo, ImageTeacher
+    from compress.stages.distill import count_parameters
+    from compress.stages.distill.images import (
+        LogitTraining,
+        check_image_options,
+        encode_all,
+        hf_logits,
+        image_data,
+        predict,
+        train_logits,
+    )
+    from compress.stages.prune.structured import (
+        _check_head_pruning,
+        drop_layers,
+        importance_scores,
+        prune_heads_and_ffn,
+    )
+
+    check_image_options(config, "head/FFN pruning of an image model", NOT_FOR_VIT)
+    t0 = time.perf_counter()
+    if teacher.info.kind != "hf" or not hasattr(teacher.model.config, "num_hidden_layers"):
+        raise ConfigError(f"{teacher.path} has no transformer layers (--heads/--ffn/--drop-layers prune ViTs)",
+                          hint="for a CNN use --channels")
+    if config.recover_steps and train is None:
+        raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train IMAGES")
+    data = config.importance_data or train
+    if data is None:
+        raise ConfigError("importance scores need images", hint="pass --train IMAGES (or --data IMAGES)")
+    model = copy.deepcopy(teacher.model).eval()
+    if config.heads:
+        _check_head_pruning(model)
+    encoder = teacher.encoder()
+    ds = image_data(data, teacher).sample(config.samples, seed=config.seed)
+    x = encode_all(encoder, ds.inputs)
+    y = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64)) if ds.labels is not None else None
+    name = teacher.input_names[0]
+
+    def batches():
+        for i in range(0, len(x), 16):
+            yield {name: x[i:i + 16]}, (y[i:i + 16] if y is not None else None)
+
+    if progress:
+        progress({"phase": "load", "label": f"importance scores on {len(x)} images"})
+    importance = importance_scores(model, None, list(range(len(x))), classification=True, seed=config.seed,
+                                   batches=batches)
+    params_before = count_parameters(model)
+    metrics = {"parameters_before": params_before, "importance": {**importance.summary(), "data": str(data)}}
+    if config.drop_layers:
+        metrics["layers"] = drop_layers(model, importance, config.drop_layers)
+        importance = importance.select_layers(metrics["layers"]["kept"])
+    if config.heads or config.ffn:
+        metrics.update(prune_heads_and_ffn(model, importance, heads=config.heads, ffn=config.ffn))
+    metrics["parameters_after"] = count_parameters(model)
+    metrics["parameter_ratio"] = params_before / metrics["parameters_after"]
+
+    teacher_call = hf_logits(teacher.model)
+    eval_ds = image_data(eval_data, teacher, require_labels=True) if eval_data is not None else None
+    x_eval = encode_all(encoder, eval_ds.inputs) if eval_ds is not None else None
+    if config.recover_steps:
+        train_ds = image_data(train, teacher)
+        settings = LogitTraining(steps=config.recover_steps, batch_size=config.recover_batch_size, lr=config.recover_lr,
+                                 seed=config.seed, eval_every=max(1, config.recover_steps // 5))
+        metrics["recovery"] = train_logits(model, hf_logits(model), teacher_call, encode_all(encoder, train_ds.inputs),
+                                           train_ds.labels, None, None, settings, progress=progress)
+    model.eval()
+    if eval_ds is not None:
+        labels = np.asarray(eval_ds.labels)
+        metrics["teacher_eval_accuracy"] = float((predict(teacher_call, x_eval).argmax(-1) == labels).mean())
+        metrics["eval_accuracy"] = float((predict(hf_logits(model), x_eval).argmax(-1) == labels).mean())
+        metrics["retention"] = (metrics["eval_accuracy"] / metrics["teacher_eval_accuracy"]
+                                if metrics["teacher_eval_accuracy"] else None)
+    with staged_dir(out, force) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        teacher.save_inputs(tmp)
+        written = ImageTeacher(info=ImageInfo(path=tmp, kind="hf", config=json.loads((tmp / "config.json").read_text()),
+                                              labels=list(teacher.info.labels), preprocess=teacher.info.preprocess,
+                                              weights=sorted(f.name for f in tmp.glob("*.safetensors"))),
+                               model=model, sha256=digest_dir(tmp))
+        manifest = written.manifest()
+        manifest.source = teacher.source()
+        manifest.versions = library_versions()
+        metrics["size_bytes_before"] = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
+        metrics["size_bytes_after"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+        step = PRUNE.record(manifest, config, input_digest=teacher.sha256, metrics=metrics)
+        write_manifest(tmp, manifest)
+        # proof: the written checkpoint reloads (pruned heads and all) and gives the pruned model's logits
+        from compress.models import load_teacher
+
+        back = load_teacher(tmp)
+        probe = x[:4]
+        with torch.inference_mode():
+            diff = float((hf_logits(back.model)(probe) - hf_logits(model)(probe)).abs().max())
+        if diff > 1e-4:
+            raise ConfigError(f"the reloaded checkpoint differs from the pruned model by {diff:.3g}",
+                              hint="rerun with --debug and report it; no artifact was written")
+        step.metrics["reload_max_abs_diff"] = diff
+        PRUNE.seal(step, tmp, t0)
+        write_manifest(tmp, manifest)
+    log.info("wrote %s (%s parameters)", out, f"{metrics['parameters_after']:,}")
+    return load_artifact(out)
