@@ -51,7 +51,13 @@ def render_manifest(art: Artifact, console: Console, verified: bool = True) -> N
     if m.postprocess.pooling:
         head.add_row("pooling", f"{m.postprocess.pooling}{' + L2 normalise' if m.postprocess.normalize else ''}")
     head.add_row("model file", f"{m.model_file} ({art.size_bytes() / 2**20:.1f} MB)")
-    head.add_row("max length", str(m.max_length))
+    if m.preprocess.kind == "image":
+        pp = m.preprocess
+        crop = f", crop {pp.crop[0]}x{pp.crop[1]}" if pp.crop else ""
+        head.add_row("preprocess", f"{pp.resize} resize to {'x'.join(map(str, pp.size))} ({pp.interpolation}){crop}, "
+                     f"{pp.channels} {pp.layout}, mean {pp.mean}, std {pp.std}")
+    else:
+        head.add_row("max length", str(m.max_length))
     head.add_row("source", f"{m.source.path} ({m.source.architecture}, sha256 {m.source.sha256[:12]}…)")
     head.add_row("schema", f"v{m.schema_version}, created {m.created}")
     head.add_row("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items() if v))
