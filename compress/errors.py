@@ -81,6 +81,18 @@ class BudgetFailed(EdgeCompressError):
     exit_code = 1
 
 
+class Regressed(EdgeCompressError):
+    """The regression gate found a metric worse than the baseline's beyond noise (exit code 1)."""
+
+    exit_code = 1
+
+
+class NotComparable(EdgeCompressError):
+    """The regression gate's two reports were measured under different conditions (exit code 3)."""
+
+    exit_code = 3
+
+
 class Unverified(EdgeCompressError):
     """No budget failed, but some were not measured (estimates, or measurements switched off): not a pass.
 

@@ -64,9 +64,11 @@ class LatencyStats:
     batch_size: int
     throughput: float  # samples per second
     ci95: dict[str, tuple[float, float]] | None = None  # percentile -> 95% confidence interval (ms)
+    samples_ms: list[float] | None = None  # every timed call, in order (kept in reports for the regression gate)
 
     @classmethod
     def from_samples(cls, samples_s: list[float], batch_size: int) -> LatencyStats:
+        raw = [round(s * 1e3, 5) for s in samples_s]
         ms = sorted(s * 1e3 for s in samples_s)
         n = len(ms)
         mean = sum(ms) / n
@@ -77,11 +79,12 @@ class LatencyStats:
             p50=nearest_rank(ms, 50), p90=nearest_rank(ms, 90), p95=nearest_rank(ms, 95), p99=nearest_rank(ms, 99),
             mean=mean, std=std, min=ms[0], max=ms[-1], cv=std / mean if mean else 0.0, total_s=total,
             batch_size=batch_size, throughput=batch_size * n / total if total else 0.0,
-            ci95={f"p{p}": quantile_ci(ms, p) for p in (50, 90, 95, 99)},
+            ci95={f"p{p}": quantile_ci(ms, p) for p in (50, 90, 95, 99)}, samples_ms=raw,
         )
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "ci95"}
+        out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()
+               if k not in ("ci95", "samples_ms")}
         if self.ci95:
             out["ci95"] = {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in self.ci95.items()}
         return out

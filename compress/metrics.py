@@ -67,6 +67,8 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> d
         metrics["metric_name"] = "accuracy"
         metrics["metric"] = accuracy(pred, labels)
         metrics["macro_f1"] = macro_f1(pred, labels, k)
+        # per row, in data order: what `edgecompress gate` pairs (McNemar) against a baseline report's rows
+        metrics["correct"] = "".join("1" if ok else "0" for ok in (pred == labels))
         if k > 5:  # top-5, where it means something
             metrics["top5"] = top_k_accuracy(cand, labels, 5)
         if ref is not None:

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "compress.cli.doctor:doctor_cmd",
     "demo": "compress.cli.demo:demo_cmd",
     "package": "compress.cli.package:package_cmd",
+    "gate": "compress.cli.gate:gate_cmd",
 }
 
 

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compress.cli._common import console
+
+
+@click.command("gate")
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--baseline", "-b", required=True, type=click.Path(path_type=Path),
+              help="The last release's report.json (or its report directory).")
+@click.option("--threshold", type=float, default=0.10, show_default=True,
+              help="Relative change of the median latency that counts (both it and the rank test must agree).")
+@click.option("--alpha", type=float, default=0.05, show_default=True,
+              help="Significance level of the Mann-Whitney U (latency) and McNemar (accuracy) tests.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write a JUnit XML file.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the result as JSON.")
+def gate_cmd(new, baseline, threshold, alpha, markdown, junit, json_out):
+    """Is report NEW worse than BASELINE beyond noise? Tests, not two numbers compared.
+
+    \b
+    Latency: median slower by more than --threshold AND a one-sided Mann-Whitney U test on
+             the raw timed calls below --alpha; accuracy: McNemar's exact test on the rows
+             one report gets right and the other wrong; size: exact.
+    First the two reports' conditions are compared (profile, runtime and version, CPU,
+    eval data, input shape); any difference is named and the verdict is "not comparable".
+
+    Exit code 0 pass / improved / inconclusive, 1 regressed, 3 not comparable, 2 bad input.
+    """
+    import json
+
+    from compress.errors import NotComparable, Regressed
+    from compress.gate import GateConfig, gate
+
+    result = gate(new, baseline, GateConfig(latency_threshold=threshold, alpha=alpha))
+    for path, text in ((markdown, result.markdown()), (junit, result.junit()),
+                       (json_out, json.dumps(result.as_dict(), indent=2) + "\n")):
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+    con = console()
+    for d in result.differences:
+        con.print(f"not comparable: {d}", highlight=False, markup=False)
+    for m in result.metrics:
+        vals = "" if m.new is None else f" {m.new:.4g} vs {m.baseline:.4g}"
+        change = "" if m.change is None else f" ({m.change:+.1%}"
+        p = "" if m.p_value is None else f", p={m.p_value:.3g}"
+        close = ")" if change else ""
+        con.print(f"{m.metric}: {m.verdict.upper()}{vals}{change}{p}{close}; {m.note}", highlight=False, markup=False)
+    if result.verdict == "regressed":
+        raise Regressed("regressed: " + ", ".join(m.metric for m in result.metrics if m.verdict == "regressed"))
+    if result.verdict == "not comparable":
+        raise NotComparable(f"not comparable: {len(result.differences)} difference(s) in how the reports were measured",
+                            hint="gate reports from the same profile, runtime, machine and data")
+    con.print(result.verdict.upper(), highlight=False)

@@ -1,0 +1,217 @@
+"""The regression gate: is this validation report worse than the last release's, beyond what noise explains?
+
+Two reports are first checked for comparability (profile, runtime and its version, CPU, eval data digest, input
+shape, batch size, percentile definition); anything that differs is named and the verdict is "not comparable".
+Then each metric is tested rather than two numbers compared:
+
+* **latency**: the artifact's raw timed calls of both reports (kept in ``metrics.latency_samples_ms``). A
+  regression needs both a relative slowdown of the medians above ``latency_threshold`` *and* a one-sided
+  Mann-Whitney U test (``scipy.stats.mannwhitneyu``, as airspeed velocity does) below ``alpha``; an improvement is
+  the mirror image; a large change the test cannot confirm (or a significant one below the threshold) is
+  "inconclusive" only when it exceeds the threshold, else "pass".
+* **accuracy**: per-row correctness on the same rows (``metrics.correct``), paired: McNemar's exact test on the
+  rows one report gets right and the other wrong (a binomial test on the discordant pairs). A significant drop is
+  a regression; the profile's absolute retention budget still applies through each report's own verdict.
+* **size**: exact, no noise: bigger by more than ``size_threshold`` is a regression.
+
+The verdict is the worst of the metrics: regressed > not comparable > inconclusive > improved/pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.errors import ConfigError, DataError
+
+VERDICTS = ("pass", "improved", "inconclusive", "regressed", "not comparable")
+#: exit codes of `edgecompress gate`: 0 pass/improved/inconclusive, 1 regressed, 3 not comparable (2: bad input)
+EXIT_CODES = {"pass": 0, "improved": 0, "inconclusive": 0, "regressed": 1, "not comparable": 3}
+
+
+@dataclass
+class GateConfig:
+    latency_threshold: float = 0.10  # relative change of the median that matters
+    alpha: float = 0.05  # significance level of the rank and paired tests
+    size_threshold: float = 0.01
+
+
+@dataclass
+class MetricResult:
+    metric: str
+    verdict: str
+    new: float | None = None
+    baseline: float | None = None
+    change: float | None = None
+    p_value: float | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class GateResult:
+    verdict: str
+    metrics: list[MetricResult] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
+    new: str = ""
+    baseline: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "new": self.new, "baseline": self.baseline,
+                "differences": self.differences, "metrics": [m.as_dict() for m in self.metrics]}
+
+    def markdown(self) -> str:
+        """A summary fit for a CI step summary."""
+        lines = [f"## edgecompress gate: **{self.verdict}**", "", f"new: `{self.new}`  ", f"baseline: `{self.baseline}`", ""]
+        if self.differences:
+            lines += ["Not comparable:", *[f"- {d}" for d in self.differences], ""]
+        if self.metrics:
+            lines += ["| metric | verdict | new | baseline | change | p |", "|---|---|---|---|---|---|"]
+            for m in self.metrics:
+                fmt = (lambda v: "" if v is None else f"{v:.4g}")
+                change = "" if m.change is None else f"{m.change:+.1%}"
+                lines.append(f"| {m.metric} | {m.verdict} | {fmt(m.new)} | {fmt(m.baseline)} | {change} | {fmt(m.p_value)} |")
+        return "\n".join(lines) + "\n"
+
+    def junit(self) -> str:
+        from xml.sax.saxutils import escape, quoteattr
+
+        cases = []
+        for m in self.metrics:
+            body = ""
+            if m.verdict == "regressed":
+                body = f"<failure message={quoteattr(f'{m.metric} regressed')}>{escape(m.note)}</failure>"
+            cases.append(f'  <testcase classname="edgecompress.gate" name={quoteattr(m.metric)}>{body}</testcase>')
+        if self.verdict == "not comparable":
+            cases.append('  <testcase classname="edgecompress.gate" name="comparable"><failure message="not comparable">'
+                         f"{escape('; '.join(self.differences))}</failure></testcase>")
+        failures = sum(m.verdict == "regressed" for m in self.metrics) + (self.verdict == "not comparable")
+        return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="edgecompress gate" tests="{len(cases)}" '
+                f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def read_report(path: Path | str) -> dict[str, Any]:
+    """A validation report (``report.json``, or the report directory holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if not p.is_file():
+        raise DataError(f"{p}: no validation report", hint="pass a report.json written by edgecompress validate")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: unreadable report ({e})", hint="pass a report.json written by edgecompress validate") from e
+    if not isinstance(data, dict) or "metrics" not in data or "profile" not in data:
+        raise DataError(f"{p}: not a validation report", hint="pass a report.json written by edgecompress validate")
+    data["_path"] = str(p)
+    return data
+
+
+def _facts(r: dict[str, Any]) -> dict[str, Any]:
+    env, m, prof = r.get("environment") or {}, r.get("metrics") or {}, r.get("profile") or {}
+    runtime = env.get("runtime") or {}
+    return {
+        "profile": prof.get("name"),
+        "runtime": runtime.get("runtime"),
+        "runtime version": runtime.get("version"),
+        "threads": runtime.get("threads"),
+        "CPU": env.get("cpu"),
+        "measured on": "remote" if str(env.get("measured_on", "")).startswith("remote") else env.get("measured_on"),
+        "eval data": (r.get("data") or {}).get("sha256"),
+        "input shape": m.get("input_shape"),
+        "percentiles": "nearest-rank",
+    }
+
+
+def comparability(new: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """What differs between the two reports' measuring conditions (empty: comparable)."""
+    a, b = _facts(new), _facts(base)
+    return [f"{k}: {b[k]!r} in the baseline, {a[k]!r} now" for k in a if a[k] != b[k]]
+
+
+def _latency(new: dict, base: dict, cfg: GateConfig) -> MetricResult:
+    import statistics
+
+    from scipy.stats import mannwhitneyu
+
+    xs = ((new["metrics"].get("latency_samples_ms") or {}).get("artifact") or [])
+    ys = ((base["metrics"].get("latency_samples_ms") or {}).get("artifact") or [])
+    if len(xs) < 10 or len(ys) < 10:
+        return MetricResult("latency p50 ms", "inconclusive", note="a report has no raw latency samples (estimated, or "
+                            "written by an older edgecompress): nothing to test")
+    mx, my = statistics.median(xs), statistics.median(ys)
+    change = mx / my - 1
+    slower = mannwhitneyu(xs, ys, alternative="greater").pvalue
+    faster = mannwhitneyu(xs, ys, alternative="less").pvalue
+    if change > cfg.latency_threshold and slower < cfg.alpha:
+        verdict, p, note = "regressed", slower, "slower beyond the threshold, and the rank test agrees"
+    elif change < -cfg.latency_threshold and faster < cfg.alpha:
+        verdict, p, note = "improved", faster, "faster beyond the threshold, and the rank test agrees"
+    elif abs(change) > cfg.latency_threshold:
+        verdict, p, note = "inconclusive", min(slower, faster), "a large change the rank test does not confirm"
+    else:
+        verdict, p, note = "pass", min(slower, faster), "within the threshold"
+    return MetricResult("latency p50 ms", verdict, mx, my, change, float(p), note)
+
+
+def _accuracy(new: dict, base: dict, cfg: GateConfig) -> MetricResult | None:
+    from scipy.stats import binomtest
+
+    a, b = new["metrics"].get("correct"), base["metrics"].get("correct")
+    if a is None or b is None:
+        return None
+    if len(a) != len(b):
+        return MetricResult("accuracy", "not comparable", note=f"{len(a)} rows now, {len(b)} in the baseline")
+    lost = sum(1 for x, y in zip(a, b) if x == "0" and y == "1")  # right before, wrong now
+    won = sum(1 for x, y in zip(a, b) if x == "1" and y == "0")
+    acc_new, acc_base = a.count("1") / len(a), b.count("1") / len(b)
+    if lost + won == 0:
+        return MetricResult("accuracy", "pass", acc_new, acc_base, 0.0, 1.0, "identical predictions on every row")
+    p_worse = binomtest(lost, lost + won, 0.5, alternative="greater").pvalue
+    p_better = binomtest(won, lost + won, 0.5, alternative="greater").pvalue
+    change = acc_new - acc_base
+    note = f"{lost} rows lost, {won} won (McNemar exact)"
+    if p_worse < cfg.alpha:
+        return MetricResult("accuracy", "regressed", acc_new, acc_base, change, float(p_worse), note)
+    if p_better < cfg.alpha:
+        return MetricResult("accuracy", "improved", acc_new, acc_base, change, float(p_better), note)
+    return MetricResult("accuracy", "pass", acc_new, acc_base, change, float(min(p_worse, p_better)), note)
+
+
+def _size(new: dict, base: dict, cfg: GateConfig) -> MetricResult | None:
+    a, b = new["metrics"].get("size_mb"), base["metrics"].get("size_mb")
+    if a is None or b is None:
+        return None
+    change = a / b - 1 if b else 0.0
+    verdict = "regressed" if change > cfg.size_threshold else "improved" if change < -cfg.size_threshold else "pass"
+    return MetricResult("size MB", verdict, a, b, change, None, "exact")
+
+
+def gate(new: Path | str | dict, baseline: Path | str | dict, config: GateConfig | None = None) -> GateResult:
+    """Judge report ``new`` against report ``baseline`` (see the module doc)."""
+    from compress._optional import require
+
+    require("scipy", "the regression gate's statistical tests")
+    cfg = config or GateConfig()
+    if not 0 < cfg.alpha < 1 or cfg.latency_threshold < 0:
+        raise ConfigError("alpha must be in (0, 1) and the latency threshold >= 0", hint="e.g. --alpha 0.05 --threshold 0.1")
+    n = new if isinstance(new, dict) else read_report(new)
+    b = baseline if isinstance(baseline, dict) else read_report(baseline)
+    result = GateResult("pass", new=n.get("_path", ""), baseline=b.get("_path", ""))
+    result.differences = comparability(n, b)
+    if result.differences:
+        result.verdict = "not comparable"
+        return result
+    result.metrics = [m for m in (_latency(n, b, cfg), _accuracy(n, b, cfg), _size(n, b, cfg)) if m is not None]
+    order = {"regressed": 4, "not comparable": 3, "inconclusive": 2, "improved": 1, "pass": 0}
+    worst = max((m.verdict for m in result.metrics), key=order.__getitem__, default="pass")
+    result.verdict = worst
+    return result
