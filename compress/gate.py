@@ -1,7 +1,8 @@
 """The regression gate: is this validation report worse than the last release's, beyond what noise explains?
 
 Two reports are first checked for comparability (profile, runtime and its version, CPU, eval data digest, input
-shape, batch size, percentile definition); anything that differs is named and the verdict is "not comparable".
+shape, preprocessing, percentile definition); the thread count is not among them: a release that runs on fewer threads
+and is slower for it has regressed; anything that differs is named and the verdict is "not comparable".
 Then each metric is tested rather than two numbers compared:
 
 * **latency**: the artifact's raw timed calls of both reports (kept in ``metrics.latency_samples_ms``). A
@@ -122,11 +123,11 @@ def _facts(r: dict[str, Any]) -> dict[str, Any]:
         "profile": prof.get("name"),
         "runtime": runtime.get("runtime"),
         "runtime version": runtime.get("version"),
-        "threads": runtime.get("threads"),
         "CPU": env.get("cpu"),
         "measured on": "remote" if str(env.get("measured_on", "")).startswith("remote") else env.get("measured_on"),
         "eval data": (r.get("data") or {}).get("sha256"),
         "input shape": m.get("input_shape"),
+        "preprocessing": (r.get("artifact") or {}).get("preprocess"),
         "percentiles": "nearest-rank",
     }
 

@@ -76,6 +76,9 @@ def test_reports_from_other_conditions_are_not_comparable_and_say_what_differs()
     assert res.verdict == "not comparable" and res.exit_code == 3 and not res.metrics
     assert any(d.startswith("profile: 'cpu-x86-avx2' in the baseline, 'raspberry-pi-4' now") for d in res.differences)
     assert any(d.startswith("CPU:") for d in res.differences)
+    resized = report(noisy(5.0), artifact={"preprocess": {"kind": "image", "size": [64, 64]}})
+    assert gate(resized, report(noisy(5.0, seed=1), artifact={"preprocess": {"kind": "image", "size": [32, 32]}})
+                ).differences[0].startswith("preprocessing:")
 
 
 def test_no_raw_samples_is_inconclusive_not_a_pass():

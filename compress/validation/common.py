@@ -123,6 +123,7 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
         artifact={
             "path": str(art.path), "format": str(m.format), "precision": str(m.precision), "task": str(m.task),
             "digest": art.digest, "steps": [s.stage for s in m.steps],
+            "preprocess": m.preprocess.model_dump(mode="json"),
         },
         teacher={"path": str(teacher.path), "sha256": teacher.sha256} if teacher is not None else None,
         profile=profile.model_dump(mode="json"),
