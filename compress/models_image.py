@@ -366,3 +366,31 @@ def _load_module(info: ImageInfo, allow_pickle: bool):
         raise ModelLoadError(f"{file} holds a {type(model).__name__}, not a module",
                              hint="save the whole module (or better, torch.export.save it as model.pt2)")
     return model.eval()
+
+
+def write_student(model, teacher: ImageTeacher, directory: Path) -> Manifest:
+    """Save a Hugging Face image classifier derived from ``teacher`` (a distilled student, a pruned ViT) into
+    ``directory`` and describe it: the teacher's labels and pinned preprocessing, the teacher as its source."""
+    model.save_pretrained(str(directory), safe_serialization=True)
+    teacher.save_inputs(directory)
+    config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    info = ImageInfo(path=Path(directory), kind="hf", config=config, labels=list(teacher.info.labels),
+                     preprocess=teacher.info.preprocess,
+                     weights=sorted(f.name for f in Path(directory).glob("*.safetensors")))
+    manifest = ImageTeacher(info=info, model=model, sha256=digest_dir(directory)).manifest()
+    manifest.source = teacher.source()
+    return manifest
+
+
+def prove_reload(directory: Path, call, probe, what: str, atol: float = 1e-4) -> float:
+    """The largest |difference| between the logits of the model written to ``directory`` (loaded as any teacher is,
+    without unpickling) and ``call`` (the model in memory) on ``probe``; above ``atol`` nothing is kept."""
+    import torch
+
+    back = load_image_teacher(directory)
+    with torch.inference_mode():
+        diff = float((back.call(back.model, {back.input_names[0]: probe}) - call(probe)).abs().max())
+    if diff > atol:
+        raise ConfigError(f"the written {what} differs from the model in memory by {diff:.3g}",
+                          hint="rerun with --debug and report it; no artifact was written")
+    return diff

@@ -218,12 +218,12 @@ def image_data(path, teacher, *, require_labels: bool = False):
 def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir: Path | None = None,
                    resume: bool = False, force: bool = False, progress=None):
     """Distil an image classifier (see the module doc) into a student written as a pytorch artifact at ``out``."""
-    from compress.artifact import digest_dir, library_versions, load_artifact, staged_dir, write_manifest
+    from compress.artifact import library_versions, load_artifact, staged_dir, write_manifest
     from compress.errors import ConfigError
     from torch import no_grad as torch_no_grad
 
     from compress.models import load_teacher
-    from compress.models_image import ImageInfo, ImageTeacher
+    from compress.models_image import write_student
     from compress.stages.distill.config import DISTILL, DistillResult
     from compress.stages.distill.student import build_student, count_parameters
 
@@ -288,14 +288,7 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
         metrics.update(eval_metric=record["eval_accuracy"], teacher_eval_metric=teacher_acc,
                        retention=record["eval_accuracy"] / teacher_acc if teacher_acc else None)
     with staged_dir(out, force) as tmp:
-        student.save_pretrained(str(tmp), safe_serialization=True)
-        teacher.save_inputs(tmp)
-        written = ImageTeacher(info=ImageInfo(path=tmp, kind="hf", config=json.loads((tmp / "config.json").read_text()),
-                                              labels=list(teacher.info.labels), preprocess=teacher.info.preprocess,
-                                              weights=sorted(f.name for f in tmp.glob("*.safetensors"))),
-                               model=student, sha256=digest_dir(tmp))
-        manifest = written.manifest()
-        manifest.source = teacher.source()
+        manifest = write_student(student, teacher, tmp)
         manifest.versions = library_versions()
         metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         DISTILL.seal(DISTILL.record(manifest, config, input_digest=teacher.sha256, metrics=metrics), tmp, t0)

@@ -11,14 +11,13 @@ unpruned model on shifted images (:mod:`compress.stages.distill.images`).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from compress.artifact import Artifact, digest_dir, library_versions, load_artifact, staged_dir, write_manifest
+from compress.artifact import Artifact, library_versions, load_artifact, staged_dir, write_manifest
 from compress.errors import ConfigError
 from compress.stages.prune.config import PRUNE, PruneConfig
 
@@ -35,7 +34,7 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
     """Remove ``config.heads`` of the heads, ``config.ffn`` of the FFN neurons and ``config.drop_layers`` layers."""
     import torch
 
-    from compress.models_image import ImageInfo, ImageTeacher
+    from compress.models_image import prove_reload, write_student
     from compress.stages.distill import count_parameters
     from compress.stages.distill.images import (
         LogitTraining,
@@ -107,30 +106,14 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
         metrics["retention"] = (metrics["eval_accuracy"] / metrics["teacher_eval_accuracy"]
                                 if metrics["teacher_eval_accuracy"] else None)
     with staged_dir(out, force) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        teacher.save_inputs(tmp)
-        written = ImageTeacher(info=ImageInfo(path=tmp, kind="hf", config=json.loads((tmp / "config.json").read_text()),
-                                              labels=list(teacher.info.labels), preprocess=teacher.info.preprocess,
-                                              weights=sorted(f.name for f in tmp.glob("*.safetensors"))),
-                               model=model, sha256=digest_dir(tmp))
-        manifest = written.manifest()
-        manifest.source = teacher.source()
+        manifest = write_student(model, teacher, tmp)
         manifest.versions = library_versions()
         metrics["size_bytes_before"] = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
         metrics["size_bytes_after"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         step = PRUNE.record(manifest, config, input_digest=teacher.sha256, metrics=metrics)
         write_manifest(tmp, manifest)
         # proof: the written checkpoint reloads (pruned heads and all) and gives the pruned model's logits
-        from compress.models import load_teacher
-
-        back = load_teacher(tmp)
-        probe = x[:4]
-        with torch.inference_mode():
-            diff = float((hf_logits(back.model)(probe) - hf_logits(model)(probe)).abs().max())
-        if diff > 1e-4:
-            raise ConfigError(f"the reloaded checkpoint differs from the pruned model by {diff:.3g}",
-                              hint="rerun with --debug and report it; no artifact was written")
-        step.metrics["reload_max_abs_diff"] = diff
+        step.metrics["reload_max_abs_diff"] = prove_reload(tmp, hf_logits(model), x[:4], "checkpoint")
         PRUNE.seal(step, tmp, t0)
         write_manifest(tmp, manifest)
     log.info("wrote %s (%s parameters)", out, f"{metrics['parameters_after']:,}")
