@@ -11,9 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import ImagePreprocess
-
-__all__ = ["DEFAULT_SAMPLES", "is_image", "latency_inputs", "load_inputs", "sample_inputs", "sample_texts", "synthetic_images"]
+__all__ = ["DEFAULT_SAMPLES", "is_image", "kind_of", "latency_inputs", "load_inputs", "sample_inputs", "sample_texts", "synthetic_images"]
 
 
 # Texts used when the user gives no sample data: varied lengths so padding is exercised.
@@ -38,8 +36,15 @@ def sample_texts(path: Path | str | None, n: int) -> list[str]:
     return load_dataset(path, limit=n, texts_only=True).texts
 
 
+def kind_of(preprocess: Any) -> str:
+    """The input kind (``text``, ``image``) of a manifest's ``preprocess``, as a model or a dict; None reads as text."""
+    if isinstance(preprocess, dict):
+        return preprocess.get("kind", "text")
+    return getattr(preprocess, "kind", "text")
+
+
 def is_image(preprocess: Any) -> bool:
-    return isinstance(preprocess, ImagePreprocess) or (isinstance(preprocess, dict) and preprocess.get("kind") == "image")
+    return kind_of(preprocess) == "image"
 
 
 def load_inputs(path: Path | str, preprocess: Any = None, *, label2id: dict[str, int] | None = None,

@@ -36,13 +36,16 @@ _FIRST_TEXT = "the bundle starts cold and answers its first request."
 
 def dependencies_for(preprocess) -> tuple[str, ...]:
     """The handler's direct dependencies for an artifact whose inputs ``preprocess`` describes."""
-    kind = preprocess.get("kind", "text") if isinstance(preprocess, dict) else getattr(preprocess, "kind", "text")
-    return KIND_DEPENDENCIES[kind]
+    from compress.inputs import kind_of
+
+    return KIND_DEPENDENCIES[kind_of(preprocess)]
 
 
 def first_request(preprocess) -> dict:
     """The event the cold-start runs send: one text, or one PNG image (base64) at the model's input size."""
-    if dependencies_for(preprocess) is KIND_DEPENDENCIES["text"]:
+    from compress.inputs import kind_of
+
+    if kind_of(preprocess) == "text":
         return {"text": _FIRST_TEXT}
     import base64
     import io

@@ -275,7 +275,8 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
     settings = LogitTraining(steps=steps, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                              temperature=config.temperature, soft_weight=config.soft_weight,
                              hard_weight=config.hard_weight, seed=config.seed, eval_every=config.eval_every)
-    record = train_logits(student, hf_logits(student), lambda x: teacher.call(teacher.model, {name: x}),
+    teacher_call = lambda x: teacher.call(teacher.model, {name: x})  # noqa: E731
+    record = train_logits(student, hf_logits(student), teacher_call,
                           x_train, train_ds.labels, x_eval, eval_ds.labels if eval_ds is not None else None, settings,
                           run_dir=run_dir, resume=resume, progress=progress)
     metrics = {"student": desc, "training": record, "teacher_parameters": count_parameters(teacher.model),
@@ -283,8 +284,7 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
                "eval_rows": len(eval_ds) if eval_ds is not None else 0}
     metrics.update(steps=record["steps"], train_seconds=record["train_seconds"], metric="accuracy", chosen="best")
     if x_eval is not None:
-        teacher_acc = float(
-            (predict(lambda x: teacher.call(teacher.model, {name: x}), x_eval).argmax(-1) == np.asarray(eval_ds.labels)).mean())
+        teacher_acc = float((predict(teacher_call, x_eval).argmax(-1) == np.asarray(eval_ds.labels)).mean())
         metrics.update(eval_metric=record["eval_accuracy"], teacher_eval_metric=teacher_acc,
                        retention=record["eval_accuracy"] / teacher_acc if teacher_acc else None)
     with staged_dir(out, force) as tmp:

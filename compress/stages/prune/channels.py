@@ -30,8 +30,8 @@ from compress.stages.prune.config import PRUNE, PruneConfig
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
-#: PruneConfig settings that only transformer (text) pruning reads
-TEXT_ONLY = ("heads", "ffn", "drop_layers", "vocab_corpus", "vocab_keep_alphabet", "vocab_floor", "sparsity",
+#: PruneConfig settings a CNN does not use (text pruning's, and the ViT's heads/FFN/layers)
+NOT_FOR_CNN = ("heads", "ffn", "drop_layers", "vocab_corpus", "vocab_keep_alphabet", "vocab_floor", "sparsity",
              "max_length", "text_column", "label_column", "recover_after_vocab", "teacher_cache", "profile",
              "budget_precision", "max_ratio", "importance_data", "teacher")
 ROUND_TO = 8
@@ -70,7 +70,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     from compress.stages.distill.images import LogitTraining, check_image_options, encode_all, image_data, predict
     from compress.stages.distill.images import train_logits
 
-    check_image_options(config, "channel pruning of a CNN", TEXT_ONLY)
+    check_image_options(config, "channel pruning of a CNN", NOT_FOR_CNN)
     t0 = time.perf_counter()
     if not config.channels:
         raise ConfigError("nothing to prune in an image model", hint="pass --channels FRACTION (e.g. 0.5)")
@@ -90,15 +90,15 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     example = teacher.example_inputs()
     n_labels = len(teacher.info.labels)
     ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == n_labels]
-    macs_before, params_before = _macs_params(_logits_module(teacher, model), example[name])
+    pruned = _logits_module(teacher, model)  # pruned in place by the step below
+    macs_before, params_before = _macs_params(pruned, example[name])
     pruner = tp.pruner.MetaPruner(
-        _logits_module(teacher, model), example[name], importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruned, example[name], importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=config.channels, ignored_layers=ignored, round_to=ROUND_TO,
     )
     groups = sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                      root_module_types=pruner.root_module_types))
     pruner.step()
-    pruned = _logits_module(teacher, model)
     macs_after, params_after = _macs_params(pruned, example[name])
     log.info("removed %.0f%% of the channels: %s -> %s parameters, %s -> %s MACs per image", config.channels * 100,
              f"{params_before:,}", f"{params_after:,}", f"{macs_before // 2:,}", f"{macs_after // 2:,}")
