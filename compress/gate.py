@@ -216,3 +216,78 @@ def gate(new: Path | str | dict, baseline: Path | str | dict, config: GateConfig
     worst = max((m.verdict for m in result.metrics), key=order.__getitem__, default="pass")
     result.verdict = worst
     return result
+
+
+# -- run directories (edgecompress run) ------------------------------------------------------------------------
+
+
+def is_run_dir(path: Path | str) -> bool:
+    return (Path(path) / "index.json").is_file() and (Path(path) / ".edgecompress-run").is_file()
+
+
+def gate_indexes(run: Path, index: dict[str, Any], base_dir: Path, base_index: dict[str, Any],
+                 config: GateConfig | None = None) -> list[dict[str, Any]]:
+    """Gate every validation of run ``index`` (in ``run``) against the same artifact × profile of the baseline run.
+
+    One row per validation: the :class:`GateResult` as a dict plus its ``name``; "new" when the baseline run has
+    no such validation.
+    """
+    base = {j["name"]: j for j in base_index.get("jobs", []) if j.get("verb") == "validate" and j.get("report")}
+    rows = []
+    for j in index.get("jobs", []):
+        if j.get("verb") != "validate" or not j.get("report"):
+            continue
+        b = base.get(j["name"])
+        if b is None:
+            rows.append({"name": j["name"], "verdict": "new", "metrics": [], "differences": [],
+                         "note": "no such validation in the baseline run"})
+            continue
+        result = gate(Path(run) / j["report"], Path(base_dir) / b["report"], config)
+        same = j.get("report") == b.get("report") and base_dir == run
+        rows.append({"name": j["name"], **result.as_dict(),
+                     "note": "the same (cached) measurement as the baseline's: re-measure with --rerun 'validate/*'"
+                     if same else ""})
+    return rows
+
+
+def gate_runs(new: Path | str, baseline: Path | str, config: GateConfig | None = None) -> list[dict[str, Any]]:
+    """``edgecompress gate RUN --baseline OLD_RUN``: both run directories' validations, paired by name."""
+    for p in (new, baseline):
+        if not is_run_dir(p):
+            raise DataError(f"{p}: not a run directory", hint="pass two run directories, or two report.json files")
+    new_index = json.loads((Path(new) / "index.json").read_text(encoding="utf-8"))
+    base_index = json.loads((Path(baseline) / "index.json").read_text(encoding="utf-8"))
+    rows = gate_indexes(Path(new), new_index, Path(baseline), base_index, config)
+    if not rows:
+        raise DataError(f"{new}: the run validated nothing", hint="add a validate: section to the recipe")
+    return rows
+
+
+ORDER = {"regressed": 5, "not comparable": 4, "inconclusive": 3, "new": 2, "improved": 1, "pass": 0}
+
+
+def worst(rows: list[dict[str, Any]]) -> str:
+    v = max((r["verdict"] for r in rows), key=ORDER.__getitem__, default="pass")
+    return "pass" if v == "new" else v
+
+
+def runs_markdown(rows: list[dict[str, Any]], *, new: str, baseline: str) -> str:
+    """One Markdown summary (a CI step summary) of a run's gate: a line per validation, then each one's metrics."""
+    lines = [f"## edgecompress gate: **{worst(rows)}**", "", f"new: `{new}`  ", f"baseline: `{baseline}`", "",
+             "| artifact @ profile | verdict | latency | accuracy | size |", "|---|---|---|---|---|"]
+    for r in rows:
+        cells = {m["metric"].split()[0]: m for m in r.get("metrics", [])}
+
+        def cell(key: str) -> str:
+            m = cells.get(key)
+            if not m:
+                return ""
+            change = "" if m.get("change") is None else f" {m['change']:+.1%}"
+            return f"{m['verdict']}{change}"
+
+        lines.append(f"| {r['name'].split('/', 1)[-1]} | {r['verdict']} | {cell('latency')} | {cell('accuracy')} | "
+                     f"{cell('size')} |")
+    for r in rows:
+        for d in r.get("differences", []):
+            lines.append(f"\n- {r['name']}: not comparable: {d}")
+    return "\n".join(lines) + "\n"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
 from compress.artifact import staged_dir
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -288,11 +291,20 @@ def budgets_junit(suite_name: str, profile: str, budgets: list[BudgetResult], se
 
 
 def write_report(report: ValidationReport, directory: Path | str, force: bool = False) -> Path:
-    """Write report.json, report.md and junit.xml into a new directory (staged, then renamed)."""
+    """Write report.json, report.md, junit.xml and report.html (when the `report` extra is installed: jinja2 and
+    matplotlib) into a new directory (staged, then renamed)."""
+    import importlib.util
+
     with staged_dir(directory, force) as tmp:
         (tmp / "report.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(report_markdown(report), encoding="utf-8")
         (tmp / "junit.xml").write_text(report_junit(report), encoding="utf-8")
+        if all(importlib.util.find_spec(m) is not None for m in ("jinja2", "matplotlib")):
+            from compress.html_report import write_validation_html
+
+            write_validation_html(report, tmp / "report.html")
+        else:
+            log.info("report.html skipped: pip install 'edgecompress[report]' (jinja2, matplotlib)")
     return Path(directory)
 
 

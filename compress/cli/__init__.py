@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "demo": "compress.cli.demo:demo_cmd",
     "package": "compress.cli.package:package_cmd",
     "gate": "compress.cli.gate:gate_cmd",
+    "run": "compress.cli.run:run_cmd",
 }
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from compress.artifact import Artifact, Format, load_artifact
 from compress.budgets import MB, BudgetResult, judge, noise_warning, verdict_of
 from compress.measure import LatencyStats
+from compress.metrics import size_breakdown
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,11 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
             "path": str(art.path), "format": str(m.format), "precision": str(m.precision), "task": str(m.task),
             "digest": art.digest, "steps": [s.stage for s in m.steps],
             "preprocess": m.preprocess.model_dump(mode="json"),
+            "lineage": [{"stage": s.stage, "seconds": s.seconds, "versions": s.versions,
+                         "settings": {k: v for k, v in s.config.items() if v not in (None, False, [], {})}}
+                        for s in m.steps],
+            "source": m.source.model_dump(mode="json"),
+            "size_breakdown": size_breakdown(art),
         },
         teacher={"path": str(teacher.path), "sha256": teacher.sha256} if teacher is not None else None,
         profile=profile.model_dump(mode="json"),

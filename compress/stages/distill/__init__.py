@@ -455,6 +455,7 @@ def distill(
             "student": student_desc,
             "layer_mapping": plan.mapping,
             "cached_intermediate_targets": bool(cache_intermediate and plan.intermediate),
+            "data": {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None},
         }
         if final_score is not None:
             metrics.update({"eval_rows": len(eval_set), "eval_metric": final_score, "teacher_eval_metric": teacher_score,

@@ -281,7 +281,8 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
                           run_dir=run_dir, resume=resume, progress=progress)
     metrics = {"student": desc, "training": record, "teacher_parameters": count_parameters(teacher.model),
                "student_parameters": count_parameters(student), "train_rows": len(train_ds),
-               "eval_rows": len(eval_ds) if eval_ds is not None else 0}
+               "eval_rows": len(eval_ds) if eval_ds is not None else 0,
+               "data": {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None}}
     metrics.update(steps=record["steps"], train_seconds=record["train_seconds"], metric="accuracy", chosen="best")
     if x_eval is not None:
         teacher_acc = float((predict(teacher_call, x_eval).argmax(-1) == np.asarray(eval_ds.labels)).mean())

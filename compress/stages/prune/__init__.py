@@ -393,7 +393,9 @@ def prune(
     tokenizer = teacher.tokenizer
     params_before = count_parameters(model)
     size_before = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
-    metrics: dict[str, Any] = {"parameters_before": params_before, "size_bytes_before": size_before}
+    metrics: dict[str, Any] = {"parameters_before": params_before, "size_bytes_before": size_before,
+                               "data": {"train": str(Path(train).resolve()) if train else None,
+                                        "eval": str(Path(eval_data).resolve()) if eval_data else None}}
 
     _check_request(model, config)
 

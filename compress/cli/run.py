@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compress.cli._common import PhaseProgress, console
+
+
+class RunProgress(PhaseProgress):
+    """Each job as a labelled stretch; a bar per counted phase inside it (teacher outputs, training steps,
+    importance scores, eval batches, cold-start runs); a line per finished or cached job."""
+
+    def note(self, d: dict) -> str | None:
+        return d.get("note")
+
+    def show(self, d: dict) -> None:
+        if d.get("note"):
+            self.bar.console.print(d["note"], markup=False, highlight=False)
+            return
+        done, total = d.get("done", d.get("step")), d.get("total")
+        if done is None:
+            return
+        info = f"loss {d['loss']:.4f}" if isinstance(d.get("loss"), float) else ""
+        label = d.get("label") or {"train": "training", "teacher": "teacher outputs",
+                                   "importance": "importance scores"}.get(d["phase"], d["phase"])
+        self.bar.update(self.task(f"{d['phase']}:{label}", f"  {label}", total), completed=done, info=info)
+
+    def __call__(self, d: dict) -> None:
+        if d.get("note") and self.bar is not None:
+            self._end_spinner()
+            self.show(d)
+        elif d.get("note") and self.plain:
+            with self._lock:  # the job's own line ends its phase ("done in", "cached")
+                self._current = None
+                self._line(d["note"])
+        else:
+            super().__call__(d)
+
+
+def print_plan(rows: list[dict], run_dir: Path) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"plan for {run_dir}", title_justify="left")
+    for col in ("job", "verb", "from", "key", "cached", "estimate"):
+        t.add_column(col, overflow="fold")
+    total = 0.0
+    for r in rows:
+        total += r["estimate_s"]
+        est = "-" if r["cached"] else f"~{r['estimate_s']:.0f} s ({r['estimate_from']})"
+        t.add_row(r["name"], r["verb"], r["from"], r["key"], "yes" if r["cached"] else "no", est)
+    con = console()
+    con.print(t)
+    hits = sum(r["cached"] for r in rows)
+    con.print(f"{hits} of {len(rows)} jobs cached; about {total / 60:.1f} min to run the rest "
+              "(rough figures are guesses for 2 CPU cores; an earlier run's timings replace them)", highlight=False)
+
+
+def print_summary(result) -> None:
+    from rich.table import Table
+
+    con = console()
+    t = Table(title=f"run {result.run_dir}", title_justify="left")
+    for col in ("job", "status", "seconds", "result"):
+        t.add_column(col, overflow="fold")
+    for j in result.index["jobs"]:
+        if "verdict" in j:
+            res = f"{j['verdict'].upper()} on {j.get('profile')}"
+            if j.get("p50_ms") is not None:
+                res += f": p50 {j['p50_ms']:.2f} ms"
+            if j.get("retention") is not None:
+                res += f", retention {j['retention']:.4f}"
+            if j.get("zipped_mb") is not None:
+                res += f": {j['zipped_mb']:.1f} MB zipped"
+        else:
+            res = f"{j.get('format', '')} {j.get('precision', '')}, {j.get('size_mb', 0):.1f} MB"
+        t.add_row(j["name"], j["status"], f"{j.get('seconds', 0):.1f}", res)
+    con.print(t)
+    for g in result.gate:
+        detail = "; ".join(f"{m['metric']} {m['verdict']}" + (f" ({m['change']:+.1%})" if m.get("change") is not None else "")
+                           for m in g.get("metrics", []))
+        diffs = "; ".join(g.get("differences", []))
+        con.print(f"gate {g['name']}: {g['verdict'].upper()}" + (f": {detail}" if detail else "")
+                  + (f" (not comparable: {diffs})" if diffs else "") + (f" [{g['note']}]" if g.get("note") else ""),
+                  markup=False, highlight=False)
+    html = result.run_dir / "report.html"
+    con.print(f"index: {result.run_dir / 'index.json'}" + (f"; report: {html}" if html.is_file() else ""), highlight=False)
+
+
+@click.command("run")
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option("--run-dir", type=click.Path(path_type=Path),
+              help="Run directory: artifacts, reports and the cache of every step [default: runs/<recipe name>].")
+@click.option("--dry-run", is_flag=True, help="Print the plan (jobs, cache hits, estimated cost) and stop.")
+@click.option("--rerun", multiple=True, metavar="PATTERN",
+              help="Run the jobs matching PATTERN even when cached (glob, repeatable): e.g. 'validate/*' to "
+                   "re-measure, which the gate then compares with the previous measurement.")
+@click.option("--from-artifact", "from_artifact", type=click.Path(path_type=Path),
+              help="Write the recipe that reproduces this artifact from its lineage (to RECIPE, or stdout) and stop.")
+@click.option("--no-html", is_flag=True, help="Skip the HTML report.")
+@click.option("--force", is_flag=True, help="With --from-artifact: replace an existing RECIPE file.")
+def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, no_html, force):
+    """Run a recipe: teacher → distill → prune → export → quantize → validate / package → gate.
+
+    \b
+    Every step's output is cached in the run directory under a hash of its inputs, its
+    settings and the edgecompress version: editing a step re-runs that step and what
+    depends on it, nothing else; an interrupted run continues where it stopped (a
+    distillation from its last checkpoint). The run directory holds every artifact and
+    report, index.json (what is where) and report.html.
+
+    Exit code 0 when every judged budget holds (UNVERIFIED estimates included), 1 when a
+    budget failed or the gate found a regression, 3 when the gate's baseline is not
+    comparable, 2 on bad input. See the README's Recipes section for the format.
+    """
+    from compress.errors import ConfigError, OutputExistsError
+
+    if from_artifact is not None:
+        from compress.recipes.lineage import recipe_from_artifact
+
+        text = recipe_from_artifact(from_artifact)
+        if recipe is None:
+            click.echo(text, nl=False)
+            return
+        if recipe.exists() and not force:
+            raise OutputExistsError(f"{recipe} already exists", hint="choose another file or pass --force")
+        recipe.write_text(text, encoding="utf-8")
+        console().print(f"wrote {recipe}; run it with: edgecompress run {recipe}", highlight=False)
+        return
+    if recipe is None:
+        raise ConfigError("no recipe given", hint="edgecompress run RECIPE.yaml (see the README's Recipes section)")
+    from compress.recipes.execute import plan_recipe, run_recipe
+
+    if dry_run:
+        _, run, rows = plan_recipe(recipe, run_dir, rerun)
+        print_plan(rows, run)
+        return
+    with RunProgress() as progress:
+        result = run_recipe(recipe, run_dir, rerun=rerun, progress=progress, html=not no_html)
+    print_summary(result)
+    end_run(result)
+
+
+def end_run(result) -> None:
+    from compress.errors import BudgetFailed, NotComparable, Regressed
+
+    failed = [j["name"] for j in result.index["jobs"] if j.get("verdict") == "fail"]
+    if failed:
+        raise BudgetFailed(f"budget failed: {', '.join(failed)} (see {result.run_dir / 'report.html'})")
+    if result.verdict == "regressed":
+        raise Regressed("regressed against the baseline: "
+                        + ", ".join(g["name"] for g in result.gate if g["verdict"] == "regressed"))
+    if result.verdict == "not comparable":
+        raise NotComparable("the gate's baseline is not comparable: "
+                            + ", ".join(g["name"] for g in result.gate if g["verdict"] == "not comparable"),
+                            hint="gate runs from the same profile, runtime, machine and data")
+    console().print(result.verdict.upper(), highlight=False)

@@ -1,0 +1,333 @@
+"""Running a plan: every job in order, each output cached in the run directory's store under its key.
+
+The run directory::
+
+    RUN/index.json          every job: key, where its output is, cached or ran, seconds, verdict, headline figures
+    RUN/recipe.yaml         the recipe as run
+    RUN/steps/NAME-KEY/     one job's output: an artifact, a validation report directory, or a package
+    RUN/steps/NAME-KEY.json the job's record, written last (its presence marks the output complete)
+    RUN/work/NAME-KEY/      distillation checkpoints while a distill job runs (an interrupted run resumes from them)
+    RUN/gate.json, gate.md  the gate against the baseline run, when the recipe has gate:
+    RUN/report.html         the run's HTML report
+
+An interrupted run leaves only complete outputs in the store (each job writes to a staging directory and renames
+it), so running the recipe again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.errors import EdgeCompressError, OutputExistsError
+from compress.recipes.plan import Job, Plan, make_plan, rough_seconds
+from compress.recipes.schema import read_recipe
+
+log = logging.getLogger(__name__)
+
+MARKER = ".edgecompress-run"
+INDEX = "index.json"
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    index: dict[str, Any]
+    verdict: str  #: pass, unverified, fail, regressed, not comparable
+    gate: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return {"fail": 1, "regressed": 1, "not comparable": 3}.get(self.verdict, 0)
+
+
+def default_run_dir(recipe_name: str) -> Path:
+    return Path("runs") / recipe_name
+
+
+def read_index(run_dir: Path | str) -> dict[str, Any] | None:
+    p = Path(run_dir) / INDEX
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _open_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not (run_dir / MARKER).is_file() and any(run_dir.iterdir()):
+        raise OutputExistsError(f"{run_dir} exists and is not an edgecompress run directory",
+                                hint="pass another --run-dir (a run directory is reused: it is the recipe's cache)")
+    (run_dir / "steps").mkdir(parents=True, exist_ok=True)
+    (run_dir / MARKER).write_text("an edgecompress run directory: index.json lists what is in it\n")
+
+
+def _done(run_dir: Path, job: Job) -> dict[str, Any] | None:
+    """The job's record when its output is complete in the store (the record is written last)."""
+    rec = run_dir / "steps" / f"{job.dirname}.json"
+    try:
+        data = json.loads(rec.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if (run_dir / data.get("path", "-")).exists() else None
+
+
+def _output_path(run_dir: Path, job: Job) -> Path:
+    """Where the job writes. A validation writes a new directory per measurement, so a re-measured report never
+    replaces the one the gate compares it with."""
+    out = run_dir / "steps" / job.dirname
+    if job.verb == "validate":
+        out = out / time.strftime("%Y%m%d-%H%M%S")
+        while out.exists():
+            out = out.with_name(out.name + "-1")
+    return out
+
+
+def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, rerun: Iterable[str] = ()) -> tuple[Plan, Path, list[dict]]:
+    """The plan and, per job, whether it is cached and what it will cost (for --dry-run and the run itself)."""
+    recipe_path = Path(recipe_path)
+    recipe = read_recipe(recipe_path)
+    plan = make_plan(recipe, recipe_path.parent)
+    run = Path(run_dir) if run_dir else default_run_dir(recipe.name)
+    previous = read_index(run) or {}
+    before = {j["name"]: j for j in previous.get("jobs", [])}
+    rows = []
+    for job in plan.jobs:
+        rec = _done(run, job)
+        forced = any(fnmatch.fnmatch(job.name, pat) for pat in rerun)
+        cached = rec is not None and not forced
+        known = (rec or {}).get("seconds") or (before.get(job.name) or {}).get("build_seconds")
+        rows.append({"name": job.name, "verb": job.verb, "from": job.parent or "teacher", "key": job.key[:12],
+                     "cached": cached, "estimate_s": 0.0 if cached else float(known or rough_seconds(job)),
+                     "estimate_from": "cached" if cached else ("an earlier run" if known else "rough")})
+    return plan, run, rows
+
+
+def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, rerun: Iterable[str] = (),
+               progress: Progress | None = None, html: bool = True) -> RunResult:
+    """Run the recipe at ``recipe_path`` in ``run_dir`` (default runs/<name>), reusing every cached output."""
+    recipe_path = Path(recipe_path)
+    rerun = tuple(rerun)
+    plan, run, rows = plan_recipe(recipe_path, run_dir, rerun)
+    _open_run_dir(run)
+    previous = read_index(run)
+    shutil.copyfile(recipe_path, run / "recipe.yaml")
+    say = progress or (lambda d: None)
+    index: dict[str, Any] = {
+        "recipe": plan.recipe.name, "recipe_file": str(recipe_path.resolve()), "teacher": plan.teacher,
+        "teacher_sha256": plan.teacher_digest, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": None, "jobs": [], "verdict": None,
+    }
+    index["edgecompress"] = _version()
+    entries = {row["name"]: {**row, "status": "pending"} for row in rows}
+    index["jobs"] = list(entries.values())
+    _write_json(run / INDEX, index)
+    t_run = time.perf_counter()
+    for n, job in enumerate(plan.jobs, 1):
+        entry = entries[job.name]
+        if entry["cached"]:
+            rec = _done(run, job)
+            entry.update(status="cached", seconds=0.0, build_seconds=rec.get("seconds"), path=rec["path"],
+                         **rec.get("summary", {}))
+            say({"phase": "job", "note": f"[{n}/{len(plan.jobs)}] {job.name}: cached ({job.key[:12]})"})
+            continue
+        say({"phase": "job", "note": f"[{n}/{len(plan.jobs)}] {job.name}: {job.verb} ..."})
+        say({"phase": f"job:{job.name}", "label": f"{job.name}: {job.verb}"})
+        out = _output_path(run, job)
+        entry.update(status="running", path=str(out.relative_to(run)))
+        _write_json(run / INDEX, index)
+        t0 = time.perf_counter()
+        try:
+            summary = _run_job(plan, job, run, out, say)
+        except BaseException as e:
+            entry["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            entry["error"] = str(e)
+            _write_json(run / INDEX, index)
+            if isinstance(e, EdgeCompressError):
+                e.message = f"{job.name}: {e.message}"
+            raise
+        seconds = round(time.perf_counter() - t0, 2)
+        _write_json(run / "steps" / f"{job.dirname}.json",
+                    {"name": job.name, "verb": job.verb, "key": job.key, "from": job.parent, "settings": job.settings,
+                     "data": job.data, "path": entry["path"], "seconds": seconds, "summary": summary})
+        entry.update(status="ran", seconds=seconds, build_seconds=seconds, **summary)
+        say({"phase": "job", "note": f"[{n}/{len(plan.jobs)}] {job.name}: done in {seconds:.1f} s"
+             + (f", {summary['verdict'].upper()}" if "verdict" in summary else "")})
+        _write_json(run / INDEX, index)
+    index["seconds"] = round(time.perf_counter() - t_run, 2)
+    gate_rows: list[dict[str, Any]] = []
+    if plan.recipe.gate is not None:
+        gate_rows = gate_run(run, index, plan.recipe.gate, previous)
+        index["gate"] = {"baseline": _baseline_label(plan.recipe.gate.baseline, run), "results": gate_rows}
+    index["verdict"] = _verdict(index["jobs"], gate_rows)
+    index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _write_json(run / INDEX, index)
+    if html:
+        say({"phase": "html", "label": "writing the HTML report"})
+        from compress.html_report import write_run_html
+
+        write_run_html(run, index)
+    return RunResult(run, index, index["verdict"], gate_rows)
+
+
+def _version() -> str:
+    from compress import __version__
+
+    return __version__
+
+
+def _verdict(jobs: list[dict[str, Any]], gate_rows: list[dict[str, Any]]) -> str:
+    verdicts = [j.get("verdict") for j in jobs if j.get("verdict")] + [g["verdict"] for g in gate_rows]
+    for v in ("fail", "regressed", "not comparable", "unverified"):
+        if v in verdicts:
+            return v
+    return "pass"
+
+
+# -- one job ----------------------------------------------------------------------------------------------------
+
+
+def _staged(out: Path) -> Path:
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _phases(say: Progress):
+    """validate's ``on_phase(name, total)`` as progress dicts."""
+
+    def on_phase(name: str, total: int | None):
+        if not total:
+            say({"phase": name, "label": name})
+            return None
+        done = [0]
+
+        def advance(k: float) -> None:
+            done[0] += int(k)
+            say({"phase": name, "label": name, "done": done[0], "total": total})
+
+        return advance
+
+    return on_phase
+
+
+def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[str, Any]:
+    from compress.recipes.schema import stage_config_model
+
+    src = plan.teacher if job.parent is None else str(run / _done(run, plan.job(job.parent))["path"])
+    config = stage_config_model(job.verb).model_validate(job.settings)
+    force = out.exists()  # a --rerun of a cached job, or a leftover of an interrupted one
+    if job.verb == "distill":
+        from compress.stages.distill import distill
+        from compress.stages.distill.config import RUN_CONFIG
+
+        work = run / "work" / job.dirname  # checkpoints: an interrupted distillation resumes from them
+        distill(src, job.data["train"], out, config, eval_data=job.data.get("eval_data"), run_dir=work,
+                resume=(work / RUN_CONFIG).is_file(), force=force, progress=say)
+        return _artifact_summary(out)
+    if job.verb == "prune":
+        from compress.stages.prune import prune
+
+        prune(src, out, config, train=job.data.get("train"), eval_data=job.data.get("eval_data"), force=force,
+              progress=say)
+        return _artifact_summary(out)
+    if job.verb == "export":
+        from compress.stages.export import export
+
+        export(src, out, config, force=force)
+        return _artifact_summary(out)
+    if job.verb == "quantize":
+        from compress.artifact import load_artifact
+        from compress.inputs import is_image
+        from compress.stages.quantize import quantize
+
+        parent = load_artifact(src).manifest
+        # where calibration applies: static INT8 (asked for, or an image model's default) and NNCF (OpenVINO)
+        static = config.mode == "static" or ("mode" not in job.settings and is_image(parent.preprocess)) \
+            or (parent.format == "openvino" and not config.weights_only)
+        if job.data.get("calibration") and static and config.precision == "int8":
+            config = config.model_copy(update={"calibration": job.data["calibration"]})
+        quantize(src, out, config, force=force)
+        return _artifact_summary(out)
+    if job.verb == "validate":
+        from compress.report import write_report
+        from compress.validation import validate
+
+        report = validate(src, config, on_phase=_phases(say))
+        tmp = _staged(out)
+        write_report(report, tmp / "report", force=True)
+        _publish(tmp, out)
+        m = report.metrics
+        return {"verdict": report.verdict, "profile": report.profile.get("name"),
+                "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
+                "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(run))}
+    from compress.package import package, write_package_report
+
+    tmp = _staged(out)
+    report = package(src, tmp / "bundle.zip", config, progress=say)
+    write_package_report(report, tmp / "bundle.zip", tmp / "report", force=True)
+    _publish(tmp, out)
+    return {"verdict": report.verdict, "profile": report.profile.get("name"),
+            "zipped_mb": round(report.bundle["zipped_bytes"] / 2**20, 2),
+            "unzipped_mb": round(report.bundle["unzipped_bytes"] / 2**20, 2),
+            "cold_start_ms": (report.cold_start or {}).get("median_ms"),
+            "report": str((out / "report" / "report.json").relative_to(run))}
+
+
+def _artifact_summary(path: Path) -> dict[str, Any]:
+    from compress.artifact import load_artifact
+
+    art = load_artifact(path, verify=False)
+    return {"format": str(art.format), "precision": str(art.precision), "size_mb": round(art.size_bytes() / 2**20, 2)}
+
+
+# -- the gate over a run ------------------------------------------------------------------------------------------
+
+
+def _baseline_label(baseline: str, run: Path) -> str:
+    return f"the previous run in {run}" if baseline == "previous" else baseline
+
+
+def gate_run(run: Path, index: dict[str, Any], spec, previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Gate every validation of this run against the same artifact × profile in the baseline run."""
+    from compress.gate import GateConfig, gate_indexes, runs_markdown
+
+    if spec.baseline == "previous":
+        base_index, base_dir = previous or {}, run
+    else:
+        base_dir = Path(spec.baseline)
+        if not base_dir.is_absolute():
+            base_dir = Path(index["recipe_file"]).parent / base_dir
+        base_index = read_index(base_dir)
+        if base_index is None:
+            from compress.errors import DataError
+
+            raise DataError(f"gate: {base_dir} is not a run directory (no {INDEX})",
+                            hint="name the last release's run directory, or use baseline: previous")
+    rows = gate_indexes(run, index, base_dir, base_index, GateConfig(latency_threshold=spec.threshold, alpha=spec.alpha))
+    _write_json(run / "gate.json", rows)
+    (run / "gate.md").write_text(runs_markdown(rows, new=str(run), baseline=str(base_dir)), encoding="utf-8")
+    return rows

@@ -1,0 +1,86 @@
+"""``edgecompress run --from-artifact``: the recipe that reproduces an artifact, read from its manifest's lineage.
+
+Every artifact records its teacher (path and content hash) and each step with its resolved settings; distillation
+and pruning also record the data they read. The recipe keeps only the settings that differ from the defaults, so it
+reads like one a person wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compress.recipes.schema import VERBS, stage_config_model
+
+
+def _name(stage: str, config: dict[str, Any], taken: set[str]) -> str:
+    base = {"distill": "student", "prune": "pruned"}.get(stage)
+    if stage == "export":
+        base = str(config.get("format") or "onnx")
+    if stage == "quantize":
+        base = f"quantized-{config.get('precision') or 'int8'}"
+    base = base or stage
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def _non_default(stage: str, config: dict[str, Any]) -> dict[str, Any]:
+    model = stage_config_model(stage)
+    defaults = model().model_dump(mode="json") if stage not in ("package",) else {}
+    fields = model.model_fields
+    return {k: v for k, v in config.items() if k in fields and v != defaults.get(k)}
+
+
+def recipe_from_artifact(path: Path | str) -> str:
+    """The recipe (YAML text) that rebuilds the artifact at ``path`` from its teacher."""
+    from compress.artifact import load_artifact
+    from compress.errors import ArtifactError
+
+    art = load_artifact(path, verify=False)
+    m = art.manifest
+    steps: dict[str, Any] = {}
+    data: dict[str, str] = {}
+    taken: set[str] = set()
+    parent = "teacher"
+    skipped = []
+    for rec in m.steps:
+        if rec.stage not in VERBS:
+            skipped.append(rec.stage)
+            continue
+        name = _name(rec.stage, rec.config, taken)
+        step: dict[str, Any] = {} if parent == "teacher" else {"from": parent}
+        step[rec.stage] = _non_default(rec.stage, rec.config)
+        steps[name] = step
+        for k, v in ((rec.metrics or {}).get("data") or {}).items():
+            if v and k not in data:
+                data[k] = v
+        parent = name
+    if not steps:
+        raise ArtifactError(f"{path}: the manifest records no steps", hint="this is a teacher, not a derived artifact")
+    recipe: dict[str, Any] = {"name": _slug(Path(path).name), "teacher": m.source.path}
+    if data:
+        recipe["data"] = data
+    recipe["steps"] = steps
+    if m.format.value != "pytorch":
+        recipe["validate"] = {"profiles": ["host"], "artifacts": [parent]}
+    head = [
+        f"# Reproduces {Path(path).resolve()} ({m.format} {m.precision}), from its manifest's lineage.",
+        f"# Teacher content sha256 when it was made: {m.source.sha256}",
+        f"# edgecompress {m.versions.get('edgecompress') or ''} made it; run with: edgecompress run THIS_FILE".replace("  ", " "),
+    ]
+    if skipped:
+        head.append(f"# Steps with no recipe verb were left out: {', '.join(skipped)}")
+    if not data and any(s in ("distill", "prune") for s in (r.stage for r in m.steps)):
+        head.append("# The data the distillation/pruning read is not recorded: set data.train and data.eval")
+    return "\n".join(head) + "\n" + yaml.safe_dump(recipe, sort_keys=False, width=110)
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_") or "artifact"

@@ -1,0 +1,206 @@
+"""A recipe as a plan: one job per step, validation and package (artifact × profile), each with a content key.
+
+A job's key is the sha256 of what its output depends on: its verb, its resolved settings, the content of every
+data file it reads, its input's key (the teacher's: the content of its directory), the edgecompress version, and
+for measuring jobs (validate, package) the resolved profile and this machine's CPU. The output lives in the run
+directory's store under ``steps/<job>-<key[:12]>``, so a job whose key is unchanged is a cache hit, and editing
+one step re-runs that step and what depends on it, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.errors import ConfigError
+from compress.recipes.schema import PATH_FIELDS, TEACHER, Recipe, resolve_path
+
+#: names in a path field that mean one of the recipe's data files
+DATA_NAMES = ("train", "eval", "calibration")
+#: a rough cost (seconds on 2 CPU cores) of a job never run before, for --dry-run; previous runs' timings win
+ROUGH_SECONDS = {"export": 30, "quantize": 20, "validate": 90, "package": 60, "prune": 60}
+SECONDS_PER_TRAIN_STEP = 0.5  # a 3-layer MiniLM student, batch 32, 2 threads
+
+
+@dataclass
+class Job:
+    name: str  #: step name, or validate/<artifact>@<profile>, package/<artifact>@<profile>
+    verb: str
+    parent: str | None  #: the job whose output it takes; None: the teacher
+    settings: dict[str, Any]  #: the verb's options, paths resolved
+    data: dict[str, str] = field(default_factory=dict)  #: train / eval_data passed beside the settings
+    profile: str | None = None
+    key: str = ""
+
+    @property
+    def dirname(self) -> str:
+        return f"{re.sub(r'[^A-Za-z0-9_.@-]+', '-', self.name)}-{self.key[:12]}"
+
+    @property
+    def measures(self) -> bool:
+        return self.verb in ("validate", "package")
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    base: Path  #: the recipe file's directory
+    teacher: str
+    teacher_digest: str
+    jobs: list[Job]
+
+    def job(self, name: str) -> Job:
+        return next(j for j in self.jobs if j.name == name)
+
+
+class _Digests:
+    """Content hashes of data files and directories, each computed once."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        if path not in self.memo:
+            from compress.artifact import digest_dir, sha256_file
+
+            p = Path(path)
+            if p.is_dir():
+                self.memo[path] = digest_dir(p, exclude=())
+            elif p.is_file():
+                self.memo[path] = sha256_file(p)
+            else:
+                raise ConfigError(f"{path}: no such file or directory", hint="check the recipe's paths (relative to the recipe file)")
+        return self.memo[path]
+
+
+def _resolve_settings(verb: str, settings: dict[str, Any], data: dict[str, str], base: Path) -> dict[str, Any]:
+    out = dict(settings)
+    for f in PATH_FIELDS[verb]:
+        v = out.get(f)
+        if isinstance(v, str):
+            if v in DATA_NAMES:
+                if v not in data:
+                    raise ConfigError(f"{verb}: {f}: {v} names the recipe's data.{v}, which is not set",
+                                      hint=f"set data.{v} in the recipe, or give a path")
+                out[f] = data[v]
+            else:
+                out[f] = resolve_path(v, base)
+    return out
+
+
+def _profile_facts(profile: str, base: Path) -> tuple[str, dict[str, Any]]:
+    from compress.profiles import load_profile
+
+    looks_like_path = profile.endswith((".yaml", ".yml")) or "/" in profile
+    name = resolve_path(profile, base) if looks_like_path else profile
+    return name, load_profile(name).model_dump(mode="json")
+
+
+def make_plan(recipe: Recipe, base: Path | str) -> Plan:
+    """Resolve paths, expand validation and packaging per artifact × profile, and key every job."""
+    from compress import __version__
+
+    base = Path(base)
+    teacher = resolve_path(recipe.teacher, base)
+    if not Path(teacher).is_dir():
+        raise ConfigError(f"teacher: {teacher} is not a checkpoint directory", hint="check the recipe's teacher path")
+    data = {k: resolve_path(v, base) for k, v in recipe.data.model_dump().items() if v}
+    if "calibration" not in data and "train" in data:
+        data["calibration"] = data["train"]
+    digest = _Digests()
+    jobs: list[Job] = []
+    for name, step in recipe.steps.items():
+        settings = _resolve_settings(step.verb, step.settings, data, base)
+        io: dict[str, str] = {}
+        if step.verb in ("distill", "prune"):
+            if "train" in data:
+                io["train"] = data["train"]
+            elif step.verb == "distill":
+                raise ConfigError(f"steps.{name}: distill needs transfer data", hint="set data.train in the recipe")
+            if "eval" in data:
+                io["eval_data"] = data["eval"]
+        if step.verb == "export":
+            settings.setdefault("sample_data", data.get("eval") or data.get("train"))
+        if step.verb == "quantize":
+            settings.setdefault("sample_data", data.get("eval") or data.get("train"))
+            if "calibration" not in settings and data.get("calibration"):
+                io["calibration"] = data["calibration"]  # used where calibration applies (static, images)
+        settings = {k: v for k, v in settings.items() if v is not None}
+        jobs.append(Job(name, step.verb, None if step.from_ == TEACHER else step.from_, settings, io))
+    for verb, spec in (("validate", recipe.validate_), ("package", recipe.package)):
+        if spec is None:
+            continue
+        for art in spec.artifacts or recipe.deployable():
+            for prof in spec.profiles:
+                settings = _resolve_settings(verb, spec.options, data, base)
+                if verb == "validate":
+                    settings.setdefault("data", data.get("eval"))
+                    settings.setdefault("teacher", teacher)
+                settings = {k: v for k, v in settings.items() if v is not None}
+                jobs.append(Job(f"{verb}/{art}@{Path(prof).stem if '/' in prof else prof}", verb, art, settings,
+                                profile=prof))
+    teacher_digest = digest(teacher)
+    keys: dict[str | None, str] = {None: teacher_digest}
+    for job in jobs:  # steps come before the jobs that take them (from: is checked acyclic; validate/package last)
+        pending = [job]
+        while job.parent not in keys:  # a step declared before the step it takes
+            job = next(j for j in jobs if j.name == job.parent)
+            pending.append(job)
+        for j in reversed(pending):
+            if j.key:
+                continue
+            payload: dict[str, Any] = {
+                "verb": j.verb, "settings": j.settings, "parent": keys[j.parent], "version": __version__,
+                "files": {k: digest(v) for k, v in _paths(j).items()},
+            }
+            if j.measures:
+                from compress.cpu import cpu_model
+
+                pname, facts = _profile_facts(j.profile, base)
+                payload |= {"profile": facts, "cpu": cpu_model()}
+                j.settings = {**j.settings, "profile": pname}
+            j.key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+            keys[j.name] = j.key
+    depth = {j.name: _depth(j, jobs) for j in jobs}
+    jobs.sort(key=lambda j: depth[j.name])
+    return Plan(recipe, base, teacher, teacher_digest, jobs)
+
+
+def _depth(job: Job, jobs: list[Job]) -> int:
+    d, cur = 0, job
+    while cur.parent is not None:
+        cur = next(j for j in jobs if j.name == cur.parent)
+        d += 1
+    return d + (100 if job.measures else 0)
+
+
+def _paths(job: Job) -> dict[str, str]:
+    """Every file or directory the job reads besides its input."""
+    out = dict(job.data)
+    for f in PATH_FIELDS[job.verb]:
+        if isinstance(job.settings.get(f), str) and f != "teacher":
+            out[f] = job.settings[f]
+    return out
+
+
+def rough_seconds(job: Job) -> float:
+    """A rough cost for a job never run before (the dry run labels it an estimate)."""
+    if job.verb == "distill":
+        rows = min(_train_rows(job.data.get("train")), int(job.settings.get("max_train_rows") or 10**9))
+        return rows * (1 + int(job.settings.get("augment", 0))) * float(
+            job.settings.get("epochs", 3.0)) / int(job.settings.get("batch_size", 32)) * SECONDS_PER_TRAIN_STEP \
+            if "max_steps" not in job.settings else job.settings["max_steps"] * SECONDS_PER_TRAIN_STEP
+    if job.verb == "prune":
+        return ROUGH_SECONDS["prune"] + int(job.settings.get("recover_steps", 0)) * SECONDS_PER_TRAIN_STEP
+    return ROUGH_SECONDS[job.verb]
+
+
+def _train_rows(path: str | None) -> int:
+    if not path or not Path(path).is_file():
+        return 1000
+    with open(path, "rb") as f:
+        return max(sum(1 for _ in f) - 1, 1)

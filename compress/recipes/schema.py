@@ -1,0 +1,300 @@
+"""The recipe file: its schema, and reading it with errors that name the file, the line and the field.
+
+A recipe declares a pipeline as named steps, each one verb (distill, prune, export, quantize) applied to the
+output of another step (``from:``, default the teacher), then which artifacts to validate on which profiles,
+which to package for serverless profiles, and what to gate against. Relative paths are relative to the
+recipe file; ``builtin:NAME`` names what ships with edgecompress (the demo teacher and sample sentences).
+
+Example::
+
+    name: sst2-release
+    teacher: ./teacher
+    data: {train: data/train.tsv, eval: data/dev.tsv}
+    steps:
+      student:  {distill: {layers: 3, epochs: 1}}
+      pruned:   {from: student, prune: {heads: 0.3, ffn: 0.3, recover_steps: 500}}
+      onnx:     {from: pruned, export: {}}
+      int8:     {from: onnx, quantize: {}}
+    validate: {profiles: [cpu-x86-avx2], artifacts: [int8]}
+    gate: {baseline: previous}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress.errors import ConfigError
+
+NAME = r"^[a-z0-9][a-z0-9_-]*$"
+TEACHER = "teacher"
+BUILTIN = "builtin:"
+#: verb -> the verbs (or the teacher) whose output it may take
+TAKES_FROM = {
+    "distill": (TEACHER,),
+    "prune": (TEACHER, "distill", "prune"),
+    "export": (TEACHER, "distill", "prune", "export"),
+    "quantize": ("export",),
+}
+VERBS = tuple(TAKES_FROM)
+#: config fields that hold a path, by verb (resolved against the recipe file; ``builtin:`` expanded)
+PATH_FIELDS = {
+    "distill": ("student", "teacher_cache"),
+    "prune": ("vocab_corpus", "importance_data", "teacher", "teacher_cache"),
+    "export": ("sample_data", "calibration", "timing_cache"),
+    "quantize": ("calibration", "sample_data", "data"),
+    "validate": ("data", "teacher", "ssh_config"),
+    "package": (),
+}
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: str | None = Field(None, description="Transfer/training data (distill, prune recovery, vocabulary).")
+    eval: str | None = Field(None, description="Labelled eval data: distillation checkpoints and validation.")
+    calibration: str | None = Field(None, description="Calibration data for static quantization (default: train).")
+
+
+class StepSpec(BaseModel):
+    """One step: exactly one verb with its settings (the verb's own options, snake_case), and its input."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: str = Field(TEACHER, alias="from", description="The step whose output this step takes (or 'teacher').")
+    distill: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
+    quantize: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_verb(self) -> StepSpec:
+        given = [v for v in VERBS if getattr(self, v) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a step needs exactly one of {', '.join(VERBS)} (got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def verb(self) -> str:
+        return next(v for v in VERBS if getattr(self, v) is not None)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(getattr(self, self.verb))
+
+
+class TargetsSpec(BaseModel):
+    """Artifacts × profiles for validation or packaging."""
+
+    model_config = ConfigDict(extra="forbid")
+    profiles: list[str] = Field(min_length=1, description="Profile names or YAML paths.")
+    artifacts: list[str] | None = Field(None, description="Step names (default: every export and quantize step).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The verb's own options, snake_case.")
+
+
+class GateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    baseline: str = Field("previous", description="'previous' (this run directory's last run) or a run directory.")
+    threshold: float = Field(0.10, ge=0, description="Relative change of the median latency that counts.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the rank and paired tests.")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=NAME, description="Names the run directory (lowercase letters, digits, - and _).")
+    teacher: str = Field(description="The teacher checkpoint (a path, or builtin:all-MiniLM-L6-v2).")
+    data: DataSpec = Field(default_factory=DataSpec)
+    steps: dict[str, StepSpec] = Field(min_length=1)
+    validate_: TargetsSpec | None = Field(None, alias="validate")
+    package: TargetsSpec | None = None
+    gate: GateSpec | None = None
+
+    def deployable(self) -> list[str]:
+        return [n for n, s in self.steps.items() if s.verb in ("export", "quantize")]
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first at line "
+                                                        f"{seen[key].start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+class RecipeError(ConfigError):
+    """A recipe file is unreadable or invalid: the message names the file, line and field."""
+
+
+def _line(node: yaml.Node | None, loc: tuple) -> int | None:
+    """The line of the deepest YAML node along ``loc`` (a key's own line for a mapping entry)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part) or (part == "from_" and k.value == "from") or (part == "validate_" and k.value == "validate"):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _field(loc: tuple) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        elif not str(p).startswith(("function-", "union[")):
+            parts.append({"from_": "from", "validate_": "validate"}.get(str(p), str(p)))
+    return ".".join(parts)
+
+
+def _raise(label: str, root, loc: tuple, problem: str, hint: str) -> None:
+    line = _line(root, loc)
+    where = f"{label}:{line}" if line else label
+    field = _field(loc)
+    raise RecipeError(f"{where}: {field + ': ' if field else ''}{problem}", hint=hint)
+
+
+def _pydantic(label: str, root, err: ValidationError, prefix: tuple = (), hint: str = "") -> None:
+    e = err.errors()[0]
+    loc = prefix + tuple(e["loc"])
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif e["type"] == "missing":
+        msg = "required field missing"
+    _raise(label, root, loc, msg, hint or "see `edgecompress run --help` and the README's Recipes section")
+
+
+def stage_config_model(verb: str):
+    """The pydantic settings model a verb's options are checked against."""
+    if verb == "distill":
+        from compress.stages.distill.config import DistillConfig as M
+    elif verb == "prune":
+        from compress.stages.prune.config import PruneConfig as M
+    elif verb == "export":
+        from compress.stages.export.config import ExportConfig as M
+    elif verb == "quantize":
+        from compress.stages.quantize.config import QuantizeConfig as M
+    elif verb == "validate":
+        from compress.validation.local import ValidateConfig as M
+    else:
+        from compress.package_config import PackageConfig as M
+    return M
+
+
+def read_recipe(path: Path | str) -> Recipe:
+    """Read and check a recipe file. Every problem is one :class:`RecipeError` naming file, line and field."""
+    p = Path(path)
+    label = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{label}: recipe file not found", hint="check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{label}: unreadable recipe ({e})", hint="save the recipe as UTF-8 YAML") from None
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{label}{at}: invalid YAML: {e.problem or e.context}",
+                          hint="check indentation (spaces, not tabs) and a ':' after each key") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{label}: expected a mapping with name, teacher, steps", hint="see the README's Recipes section")
+    data.setdefault("name", re.sub(r"[^a-z0-9_-]+", "-", p.stem.lower()).strip("-_") or "recipe")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        _pydantic(label, root, e)
+    _check(recipe, label, root)
+    return recipe
+
+
+def _check(recipe: Recipe, label: str, root) -> None:
+    """What the schema cannot say: names, the graph, each verb's own options."""
+    steps = recipe.steps
+    for name, step in steps.items():
+        if not re.match(NAME, name) or name == TEACHER:
+            _raise(label, root, ("steps", name), f"{name!r} is not a step name",
+                   "lowercase letters, digits, - and _; 'teacher' names the recipe's teacher")
+        parent = step.from_
+        if parent != TEACHER and parent not in steps:
+            _raise(label, root, ("steps", name, "from_"), f"no step named {parent!r}",
+                   f"name one of: teacher, {', '.join(n for n in steps if n != name)}")
+        parent_verb = TEACHER if parent == TEACHER else steps[parent].verb
+        if parent_verb not in TAKES_FROM[step.verb]:
+            _raise(label, root, ("steps", name, "from_"), f"{step.verb} cannot take the output of {parent_verb} step {parent!r}",
+                   f"{step.verb} takes the output of: {', '.join(TAKES_FROM[step.verb])}")
+        model = stage_config_model(step.verb)
+        try:
+            model.model_validate(step.settings)
+        except ValidationError as e:
+            _pydantic(label, root, e, ("steps", name, step.verb),
+                      hint=f"the options of `edgecompress {step.verb} --help`, in snake_case")
+    # a cycle of from: links
+    for name in steps:
+        seen, cur = {name}, steps[name].from_
+        while cur != TEACHER:
+            if cur in seen:
+                _raise(label, root, ("steps", name, "from_"), "the from: links form a cycle", "make one step start from teacher")
+            seen.add(cur)
+            cur = steps[cur].from_
+    for section, spec in (("validate_", recipe.validate_), ("package", recipe.package)):
+        if spec is None:
+            continue
+        for i, a in enumerate(spec.artifacts or []):
+            if a not in steps or steps[a].verb not in ("export", "quantize"):
+                _raise(label, root, (section, "artifacts", i), f"{a!r} is not an export or quantize step",
+                       f"name one of: {', '.join(recipe.deployable()) or '(none: add an export step)'}")
+        verb = "validate" if section == "validate_" else "package"
+        if "profile" in spec.options:
+            _raise(label, root, (section, "options", "profile"), "the profiles are listed under profiles:",
+                   "remove profile from options")
+        try:
+            stage_config_model(verb).model_validate({"profile": spec.profiles[0], **spec.options})
+        except ValidationError as e:
+            _pydantic(label, root, e, (section, "options"), hint=f"the options of `edgecompress {verb} --help`, in snake_case")
+    if recipe.validate_ is not None and not (recipe.validate_.artifacts or recipe.deployable()):
+        _raise(label, root, ("validate_",), "nothing to validate", "add an export step")
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """A recipe's path as the stages take it: ``builtin:`` expanded, relative to the recipe file's directory."""
+    if value.startswith(BUILTIN):
+        return str(builtin_path(value[len(BUILTIN):]))
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def builtin_path(name: str) -> Path:
+    """What ``builtin:NAME`` names: the demo teacher, or a file shipped under compress/samples."""
+    if name in ("all-MiniLM-L6-v2", "all-minilm-l6-v2"):
+        from compress.data import demo_teacher_path
+
+        return demo_teacher_path()
+    from compress.data import sample_data_path
+
+    sample = sample_data_path()
+    if name == sample.name:
+        return sample
+    raise ConfigError(f"builtin:{name} is not shipped with edgecompress",
+                      hint=f"use builtin:all-MiniLM-L6-v2 or builtin:{sample.name}, or a path")
