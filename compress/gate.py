@@ -291,3 +291,20 @@ def runs_markdown(rows: list[dict[str, Any]], *, new: str, baseline: str) -> str
         for d in r.get("differences", []):
             lines.append(f"\n- {r['name']}: not comparable: {d}")
     return "\n".join(lines) + "\n"
+
+
+def runs_junit(rows: list[dict[str, Any]]) -> str:
+    """One JUnit test case per validation gated: a failure when it regressed or is not comparable."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    cases = []
+    for r in rows:
+        body = ""
+        if r["verdict"] in ("regressed", "not comparable"):
+            why = "; ".join([f"{m['metric']} {m['verdict']}" for m in r.get("metrics", []) if m["verdict"] == "regressed"]
+                            + r.get("differences", []))
+            body = f"<failure message={quoteattr(r['verdict'])}>{escape(why)}</failure>"
+        cases.append(f'  <testcase classname="edgecompress.gate" name={quoteattr(r["name"])}>{body}</testcase>')
+    failures = sum(r["verdict"] in ("regressed", "not comparable") for r in rows)
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="edgecompress gate" tests="{len(cases)}" '
+            f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")

@@ -10,7 +10,7 @@ from compress.cli._common import console
 @click.command("gate")
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--baseline", "-b", required=True, type=click.Path(path_type=Path),
-              help="The last release's report.json (or its report directory).")
+              help="The last release's report.json (or its report directory), or its run directory (edgecompress run).")
 @click.option("--threshold", type=float, default=0.10, show_default=True,
               help="Relative change of the median latency that counts (both it and the rank test must agree).")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
@@ -20,6 +20,9 @@ from compress.cli._common import console
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the result as JSON.")
 def gate_cmd(new, baseline, threshold, alpha, markdown, junit, json_out):
     """Is report NEW worse than BASELINE beyond noise? Tests, not two numbers compared.
+
+    NEW and BASELINE are two validation reports, or two run directories of `edgecompress run`
+    (every validation of NEW is gated against the same artifact @ profile of BASELINE).
 
     \b
     Latency: median slower by more than --threshold AND a one-sided Mann-Whitney U test on
@@ -33,9 +36,12 @@ def gate_cmd(new, baseline, threshold, alpha, markdown, junit, json_out):
     import json
 
     from compress.errors import NotComparable, Regressed
-    from compress.gate import GateConfig, gate
+    from compress.gate import GateConfig, gate, is_run_dir
 
-    result = gate(new, baseline, GateConfig(latency_threshold=threshold, alpha=alpha))
+    config = GateConfig(latency_threshold=threshold, alpha=alpha)
+    if is_run_dir(new) or is_run_dir(baseline):
+        return _gate_runs(new, baseline, config, markdown, junit, json_out)
+    result = gate(new, baseline, config)
     for path, text in ((markdown, result.markdown()), (junit, result.junit()),
                        (json_out, json.dumps(result.as_dict(), indent=2) + "\n")):
         if path is not None:
@@ -55,3 +61,32 @@ def gate_cmd(new, baseline, threshold, alpha, markdown, junit, json_out):
         raise NotComparable(f"not comparable: {len(result.differences)} difference(s) in how the reports were measured",
                             hint="gate reports from the same profile, runtime, machine and data")
     con.print(result.verdict.upper(), highlight=False)
+
+
+def _gate_runs(new, baseline, config, markdown, junit, json_out):
+    import json
+
+    from compress.errors import NotComparable, Regressed
+    from compress.gate import gate_runs, runs_junit, runs_markdown, worst
+
+    rows = gate_runs(new, baseline, config)
+    verdict = worst(rows)
+    for path, text in ((markdown, runs_markdown(rows, new=str(new), baseline=str(baseline))), (junit, runs_junit(rows)),
+                       (json_out, json.dumps({"verdict": verdict, "results": rows}, indent=2) + "\n")):
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+    con = console()
+    for r in rows:
+        detail = "; ".join(f"{m['metric']} {m['verdict']}" + (f" ({m['change']:+.1%}, p={m['p_value']:.3g})"
+                                                               if m.get("change") is not None and m.get("p_value") is not None
+                                                               else "") for m in r.get("metrics", []))
+        diffs = "; ".join(r.get("differences", []))
+        con.print(f"{r['name']}: {r['verdict'].upper()}" + (f": {detail}" if detail else "")
+                  + (f": not comparable: {diffs}" if diffs else "") + (f" [{r['note']}]" if r.get("note") else ""),
+                  highlight=False, markup=False)
+    if verdict == "regressed":
+        raise Regressed("regressed: " + ", ".join(r["name"] for r in rows if r["verdict"] == "regressed"))
+    if verdict == "not comparable":
+        raise NotComparable("not comparable: " + ", ".join(r["name"] for r in rows if r["verdict"] == "not comparable"),
+                            hint="gate runs from the same profile, runtime, machine and data")
+    con.print(verdict.upper(), highlight=False)

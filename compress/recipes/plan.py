@@ -95,8 +95,7 @@ def _resolve_settings(verb: str, settings: dict[str, Any], data: dict[str, str],
 def _profile_facts(profile: str, base: Path) -> tuple[str, dict[str, Any]]:
     from compress.profiles import load_profile
 
-    looks_like_path = profile.endswith((".yaml", ".yml")) or "/" in profile
-    name = resolve_path(profile, base) if looks_like_path else profile
+    name = resolve_path(profile, base) if _profile_label(profile) != profile else profile
     return name, load_profile(name).model_dump(mode="json")
 
 
@@ -141,7 +140,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                     settings.setdefault("data", data.get("eval"))
                     settings.setdefault("teacher", teacher)
                 settings = {k: v for k, v in settings.items() if v is not None}
-                jobs.append(Job(f"{verb}/{art}@{Path(prof).stem if '/' in prof else prof}", verb, art, settings,
+                jobs.append(Job(f"{verb}/{art}@{_profile_label(prof)}", verb, art, settings,
                                 profile=prof))
     teacher_digest = digest(teacher)
     keys: dict[str | None, str] = {None: teacher_digest}
@@ -168,6 +167,11 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
     depth = {j.name: _depth(j, jobs) for j in jobs}
     jobs.sort(key=lambda j: depth[j.name])
     return Plan(recipe, base, teacher, teacher_digest, jobs)
+
+
+def _profile_label(profile: str) -> str:
+    """How job names show a profile: its name, or a profile file's stem."""
+    return Path(profile).stem if profile.endswith((".yaml", ".yml")) or "/" in profile else profile
 
 
 def _depth(job: Job, jobs: list[Job]) -> int:

@@ -236,20 +236,21 @@ def _check(recipe: Recipe, label: str, root) -> None:
         if not re.match(NAME, name) or name == TEACHER:
             _raise(label, root, ("steps", name), f"{name!r} is not a step name",
                    "lowercase letters, digits, - and _; 'teacher' names the recipe's teacher")
-        parent = step.from_
-        if parent != TEACHER and parent not in steps:
-            _raise(label, root, ("steps", name, "from_"), f"no step named {parent!r}",
-                   f"name one of: teacher, {', '.join(n for n in steps if n != name)}")
-        parent_verb = TEACHER if parent == TEACHER else steps[parent].verb
-        if parent_verb not in TAKES_FROM[step.verb]:
-            _raise(label, root, ("steps", name, "from_"), f"{step.verb} cannot take the output of {parent_verb} step {parent!r}",
-                   f"{step.verb} takes the output of: {', '.join(TAKES_FROM[step.verb])}")
         model = stage_config_model(step.verb)
         try:
             model.model_validate(step.settings)
         except ValidationError as e:
             _pydantic(label, root, e, ("steps", name, step.verb),
                       hint=f"the options of `edgecompress {step.verb} --help`, in snake_case")
+        parent = step.from_
+        if parent != TEACHER and parent not in steps:
+            _raise(label, root, ("steps", name, "from_"), f"no step named {parent!r}",
+                   f"name one of: teacher, {', '.join(n for n in steps if n != name)}")
+        parent_verb = TEACHER if parent == TEACHER else steps[parent].verb
+        if parent_verb not in TAKES_FROM[step.verb]:
+            what = "the teacher" if parent == TEACHER else f"{parent_verb} step {parent!r}"
+            _raise(label, root, ("steps", name, "from_"), f"{step.verb} cannot take the output of {what}",
+                   f"{step.verb} takes the output of: {', '.join(TAKES_FROM[step.verb])}")
     # a cycle of from: links
     for name in steps:
         seen, cur = {name}, steps[name].from_
