@@ -198,12 +198,15 @@ def _title(report: dict[str, Any]) -> str:
 def run_context(run_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
     validations = []
     gates = {g["name"]: g for g in (index.get("gate") or {}).get("results", [])}
-    base_dir = None
     for j in index.get("jobs", []):
         if j.get("verb") != "validate" or not j.get("report"):
             continue
         report = json.loads((run_dir / j["report"]).read_text(encoding="utf-8"))
-        validations.append({"job": j, "gate": gates.get(j["name"]), "v": validation_context(report)})
+        g = gates.get(j["name"])
+        baseline = None
+        if g and g.get("baseline") and g["baseline"] != str(run_dir / j["report"]) and Path(g["baseline"]).is_file():
+            baseline = json.loads(Path(g["baseline"]).read_text(encoding="utf-8"))  # its latency joins the plot
+        validations.append({"job": j, "gate": g, "v": validation_context(report, baseline)})
     points = []
     for item in validations:
         j, m = item["job"], item["v"]["metrics"]
@@ -221,7 +224,7 @@ def run_context(run_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
             packages.append({"job": j, "report": json.loads((run_dir / j["report"]).read_text(encoding="utf-8"))})
     return {"index": index, "validations": validations, "pareto": [(p, s) for p, s in plots if s],
             "front": pareto_front([p for p in points if p["p50_ms"] is not None and p["retention"] is not None]),
-            "packages": packages, "gate": index.get("gate"), "base_dir": base_dir}
+            "packages": packages, "gate": index.get("gate")}
 
 
 def write_run_html(run_dir: Path | str, index: dict[str, Any]) -> Path:

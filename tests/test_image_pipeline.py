@@ -507,3 +507,34 @@ def test_cli_prunes_vit_heads_and_reports_the_accuracy(teachers, images_dir, tmp
                         images_dir / "set", "--out", tmp_path / "p")
     assert proc.returncode == 0, proc.stderr
     assert "heads: 4 -> 2" in proc.stdout and "eval accuracy" in proc.stdout
+
+
+def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images_dir, tmp_path, home):
+    """Recipes take image teachers as they take text ones; the recipe's data calibrates the static INT8."""
+    pytest.importorskip("torch_pruning")
+    pytest.importorskip("matplotlib")
+    import yaml
+
+    from compress.recipes.execute import run_recipe
+    from tests.conftest import GENEROUS_BUDGETS
+
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump({
+        "name": "quick", "extends": "host", "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2},
+        "budgets": GENEROUS_BUDGETS}))
+    recipe = tmp_path / "cnn.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "cnn", "teacher": str(teachers["cnn"]),
+        "data": {"train": str(images_dir / "set"), "eval": str(images_dir / "set")},
+        "steps": {"pruned": {"prune": {"channels": 0.5, "recover_steps": 2, "recover_batch_size": 8}},
+                  "onnx": {"from": "pruned", "export": {}},
+                  "int8": {"from": "onnx", "quantize": {"calibration_samples": 8}}},
+        "validate": {"profiles": ["quick.yaml"], "artifacts": ["int8"]},
+    }, sort_keys=False))
+    result = run_recipe(recipe, tmp_path / "run")
+    jobs = {j["name"]: j for j in result.index["jobs"]}
+    assert jobs["int8"]["precision"] == "int8" and jobs["validate/int8@quick"]["verdict"] == "pass"
+    manifest = json.loads((tmp_path / "run" / jobs["int8"]["path"] / "manifest.json").read_text())
+    quant = manifest["steps"][-1]["config"]
+    assert quant["mode"] == "static" and quant["calibration"] == str(images_dir / "set")
+    report = json.loads((tmp_path / "run" / jobs["validate/int8@quick"]["report"]).read_text())
+    assert report["metrics"]["input_shape"]["channels"] == 3 and report["artifact"]["lineage"][0]["stage"] == "prune"

@@ -3,6 +3,7 @@
 The run directory::
 
     RUN/index.json          every job: key, where its output is, cached or ran, seconds, verdict, headline figures
+                            (.last-finished.json: the same, of the last run that finished: the gate's "previous")
     RUN/recipe.yaml         the recipe as run
     RUN/steps/NAME-KEY/     one job's output: an artifact, a validation report directory, or a package
     RUN/steps/NAME-KEY.json the job's record, written last (its presence marks the output complete)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".edgecompress-run"
 INDEX = "index.json"
+LAST_FINISHED = ".last-finished.json"  # the index of the last run that finished: the gate's "previous"
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -54,14 +56,16 @@ def default_run_dir(recipe_name: str) -> Path:
     return Path("runs") / recipe_name
 
 
-def read_index(run_dir: Path | str) -> dict[str, Any] | None:
-    p = Path(run_dir) / INDEX
-    if not p.is_file():
-        return None
+def _read_json(p: Path) -> dict[str, Any] | None:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def read_index(run_dir: Path | str) -> dict[str, Any] | None:
+    """The run directory's index.json (None: not a run directory, or never started)."""
+    return _read_json(Path(run_dir) / INDEX)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -131,7 +135,7 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
         for module in ("jinja2", "matplotlib"):
             require(module, "the run's HTML report (or run with --no-html)")
     _open_run_dir(run)
-    previous = read_index(run)
+    previous = _read_json(run / LAST_FINISHED)  # the gate's "previous": the last run that finished
     if recipe_path.resolve() != (run / "recipe.yaml").resolve():
         shutil.copyfile(recipe_path, run / "recipe.yaml")
     say = progress or (lambda d: None)
@@ -162,7 +166,8 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
         try:
             summary = _run_job(plan, job, run, out, say)
         except BaseException as e:
-            entry["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            stopped = isinstance(e, KeyboardInterrupt) or getattr(e, "exit_code", None) == 130  # Ctrl-C, SIGTERM
+            entry["status"] = "interrupted" if stopped else "failed"
             entry["error"] = str(e)
             _write_json(run / INDEX, index)
             if isinstance(e, EdgeCompressError):
@@ -184,6 +189,7 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
     index["verdict"] = _verdict(index["jobs"], gate_rows)
     index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write_json(run / INDEX, index)
+    _write_json(run / LAST_FINISHED, index)
     if html:
         say({"phase": "html", "label": "writing the HTML report"})
         from compress.html_report import write_run_html

@@ -154,7 +154,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                 continue
             payload: dict[str, Any] = {
                 "verb": j.verb, "settings": j.settings, "parent": keys[j.parent], "version": __version__,
-                "files": {k: digest(v) for k, v in _paths(j).items()},
+                "files": {k: digest(v) for k, v in _paths(j, teacher).items()},
             }
             if j.measures:
                 from compress.cpu import cpu_model
@@ -182,11 +182,11 @@ def _depth(job: Job, jobs: list[Job]) -> int:
     return d + (100 if job.measures else 0)
 
 
-def _paths(job: Job) -> dict[str, str]:
+def _paths(job: Job, teacher: str) -> dict[str, str]:
     """Every file or directory the job reads besides its input."""
     out = dict(job.data)
     for f in PATH_FIELDS[job.verb]:
-        if isinstance(job.settings.get(f), str) and f != "teacher":
+        if isinstance(job.settings.get(f), str) and job.settings[f] != teacher:  # the teacher: in the parent chain
             out[f] = job.settings[f]
     return out
 
