@@ -315,7 +315,7 @@ def test_write_report_files(full_report, tmp_path, data_tsv):
 
     out = write_report(full_report, tmp_path / "report")
     assert out == tmp_path / "report"
-    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json", "report.md"]
     assert not list(tmp_path.glob(".report.*"))  # the staging directory is gone
 
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
