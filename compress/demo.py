@@ -5,7 +5,7 @@ sentences shipped with edgecompress, pruned (heads, FFN neurons, vocabulary), ex
 validated on this host (measured) and on a Raspberry Pi 5 (estimated, labelled so), packaged for AWS Lambda,
 gated against the previous demo run, and summed up in ``run/report.html``.
 
-The work directory holds ``recipe.yaml`` and ``demo-host.yaml`` (written on the first run and then left alone:
+The work directory holds ``recipe.yaml`` and its two profiles, ``demo-host.yaml`` and ``demo-raspberry-pi-5.yaml`` (written on the first run and then left alone:
 edit them and run the demo again; only what the edit changes is recomputed) and ``run/``, the run directory.
 """
 
@@ -22,7 +22,7 @@ from compress.errors import OutputExistsError
 log = logging.getLogger(__name__)
 
 MARKER = ".edgecompress-demo"
-FILES = ("demo.yaml", "demo-host.yaml")  # shipped under compress/recipes; demo.yaml is written as recipe.yaml
+FILES = ("demo.yaml", "demo-host.yaml", "demo-raspberry-pi-5.yaml")  # under compress/recipes; demo.yaml → recipe.yaml
 
 
 def _shipped(name: str) -> str:

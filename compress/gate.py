@@ -146,6 +146,14 @@ def _latency(new: dict, base: dict, cfg: GateConfig) -> MetricResult:
     xs = ((new["metrics"].get("latency_samples_ms") or {}).get("artifact") or [])
     ys = ((base["metrics"].get("latency_samples_ms") or {}).get("artifact") or [])
     if len(xs) < 10 or len(ys) < 10:
+        a, b = (new["metrics"].get("latency_ms") or {}), (base["metrics"].get("latency_ms") or {})
+        if a.get("estimated") and b.get("estimated") and a.get("p50") and b.get("p50"):
+            # roofline estimates are arithmetic, not timings: no noise to test, the threshold alone decides
+            change = a["p50"] / b["p50"] - 1
+            verdict = ("regressed" if change > cfg.latency_threshold else
+                       "improved" if change < -cfg.latency_threshold else "pass")
+            return MetricResult("latency p50 ms", verdict, a["p50"], b["p50"], change, None,
+                                "both estimated (no noise): the threshold alone decides")
         return MetricResult("latency p50 ms", "inconclusive", note="a report has no raw latency samples (estimated, or "
                             "written by an older edgecompress): nothing to test")
     mx, my = statistics.median(xs), statistics.median(ys)

@@ -73,12 +73,13 @@ def test_the_recipe_is_written_once_and_the_users_edits_are_kept(tmp_path, previ
 
     fresh = prepare_demo(tmp_path / "new")
     r = read_recipe(fresh)
-    assert [s.verb for s in r.steps.values()] == ["distill", "prune", "export", "quantize"]
-    assert r.validate_.profiles == ["demo-host.yaml", "raspberry-pi-5"] and r.package.profiles == ["aws-lambda-x86_64"]
+    assert [s.verb for s in r.steps.values()] == ["distill", "prune", "export", "quantize", "export", "quantize"]
+    assert [t.profiles for t in r.targets("validate")] == [["demo-host.yaml"], ["demo-raspberry-pi-5.yaml"]]
+    assert r.package.profiles == ["aws-lambda-x86_64"]
     assert r.gate is not None and (fresh.parent / "demo-host.yaml").is_file()
     plan = make_plan(r, fresh.parent)  # the shipped recipe's paths all resolve
-    assert [j.name for j in plan.jobs][-3:] == ["validate/int8@demo-host", "validate/int8@raspberry-pi-5",
-                                                "package/int8@aws-lambda-x86_64"]
+    assert [j.name for j in plan.jobs][-4:] == ["validate/int8@demo-host", "validate/teacher-int8@demo-host",
+                                                "validate/int8@demo-raspberry-pi-5", "package/int8@aws-lambda-x86_64"]
     assert prepare_demo(previous_demo).read_text() == "# my edits\n"
 
 

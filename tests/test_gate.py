@@ -131,3 +131,19 @@ def test_validation_reports_keep_raw_latency_and_per_row_correctness(int8_artifa
     res = gate(copy.deepcopy(reports[1]), copy.deepcopy(reports[0]))
     assert res.verdict in ("pass", "improved", "inconclusive"), res.as_dict()
     assert next(m for m in res.metrics if m.metric == "accuracy").verdict == "pass"
+
+
+def test_two_estimates_are_compared_by_the_threshold_alone():
+    from compress.gate import gate
+
+    def est(p50):
+        r = report([])
+        r["metrics"]["latency_samples_ms"] = {}
+        r["metrics"]["latency_ms"] = {"p50": p50, "estimated": True}
+        return r
+
+    assert gate(est(5.0), est(5.0)).metrics[0].verdict == "pass"
+    slow = gate(est(6.0), est(5.0)).metrics[0]
+    assert slow.verdict == "regressed" and slow.p_value is None and "estimated" in slow.note
+    mixed = gate(est(5.0), report(noisy(5.0))).metrics[0]
+    assert mixed.verdict == "inconclusive"

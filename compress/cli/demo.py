@@ -4,8 +4,6 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import console
-
 
 @click.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("edgecompress-demo"), show_default=True,
@@ -34,5 +32,5 @@ def demo_cmd(workdir, remeasure, fresh):
     with RunProgress() as progress:
         result = run_demo(workdir, remeasure=remeasure, progress=progress)
     print_summary(result)
-    console().print(f"recipe: {workdir / 'recipe.yaml'} (edit it and run `edgecompress demo` again)", highlight=False)
+    click.echo(f"recipe: {workdir / 'recipe.yaml'} (edit it and run `edgecompress demo` again)")
     end_run(result)

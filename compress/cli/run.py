@@ -69,7 +69,6 @@ def print_plan(rows: list[dict], run_dir: Path) -> None:
 
 
 def print_summary(result) -> None:
-    con = console()
     rows = []
     for j in result.index["jobs"]:
         if "verdict" in j:
@@ -91,7 +90,7 @@ def print_summary(result) -> None:
         click.echo(f"gate {g['name']}: {g['verdict'].upper()}" + (f": {detail}" if detail else "")
                    + (f" (not comparable: {diffs})" if diffs else "") + (f" [{g['note']}]" if g.get("note") else ""))
     html = result.run_dir / "report.html"
-    con.print(f"index: {result.run_dir / 'index.json'}" + (f"; report: {html}" if html.is_file() else ""), highlight=False)
+    click.echo(f"index: {result.run_dir / 'index.json'}" + (f"; report: {html}" if html.is_file() else ""))
 
 
 @click.command("run")

@@ -130,9 +130,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                 io["calibration"] = data["calibration"]  # used where calibration applies (static, images)
         settings = {k: v for k, v in settings.items() if v is not None}
         jobs.append(Job(name, step.verb, None if step.from_ == TEACHER else step.from_, settings, io))
-    for verb, spec in (("validate", recipe.validate_), ("package", recipe.package)):
-        if spec is None:
-            continue
+    for verb, spec in [(v, t) for v in ("validate", "package") for t in recipe.targets(v)]:
         for art in spec.artifacts or recipe.deployable():
             for prof in spec.profiles:
                 settings = _resolve_settings(verb, spec.options, data, base)
@@ -140,8 +138,10 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                     settings.setdefault("data", data.get("eval"))
                     settings.setdefault("teacher", teacher)
                 settings = {k: v for k, v in settings.items() if v is not None}
-                jobs.append(Job(f"{verb}/{art}@{_profile_label(prof)}", verb, art, settings,
-                                profile=prof))
+                name = f"{verb}/{art}@{_profile_label(prof)}"
+                if any(j.name == name for j in jobs):
+                    raise ConfigError(f"{name} is listed twice", hint=f"list {art} under {prof} once")
+                jobs.append(Job(name, verb, art, settings, profile=prof))
     teacher_digest = digest(teacher)
     keys: dict[str | None, str] = {None: teacher_digest}
     for job in jobs:  # steps come before the jobs that take them (from: is checked acyclic; validate/package last)
@@ -179,7 +179,7 @@ def _depth(job: Job, jobs: list[Job]) -> int:
     while cur.parent is not None:
         cur = next(j for j in jobs if j.name == cur.parent)
         d += 1
-    return d + (100 if job.measures else 0)
+    return 1000 if job.measures else d  # validations and packages last, in the order the recipe lists them
 
 
 def _paths(job: Job, teacher: str) -> dict[str, str]:

@@ -107,12 +107,26 @@ class Recipe(BaseModel):
     teacher: str = Field(description="The teacher checkpoint (a path, or builtin:all-MiniLM-L6-v2).")
     data: DataSpec = Field(default_factory=DataSpec)
     steps: dict[str, StepSpec] = Field(min_length=1)
-    validate_: TargetsSpec | None = Field(None, alias="validate")
-    package: TargetsSpec | None = None
+    validate_: TargetsSpec | list[TargetsSpec] | None = Field(None, alias="validate")
+    package: TargetsSpec | list[TargetsSpec] | None = None
     gate: GateSpec | None = None
 
     def deployable(self) -> list[str]:
         return [n for n, s in self.steps.items() if s.verb in ("export", "quantize")]
+
+    def targets(self, verb: str) -> list[TargetsSpec]:
+        """The validate: or package: entries (one mapping, or a list of them: different profiles per artifact)."""
+        spec = self.validate_ if verb == "validate" else self.package
+        return [] if spec is None else spec if isinstance(spec, list) else [spec]
+
+    def format_of(self, step: str) -> str:
+        """The format a step's artifact will have (quantize keeps its input's)."""
+        s = self.steps[step]
+        if s.verb == "export":
+            return str(s.settings.get("format") or "onnx")
+        if s.verb == "quantize":
+            return self.format_of(s.from_)
+        return "pytorch"
 
 
 # -- reading --------------------------------------------------------------------------------------------------
@@ -225,11 +239,11 @@ def read_recipe(path: Path | str) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         _pydantic(label, root, e)
-    _check(recipe, label, root)
+    _check(recipe, label, root, p.parent)
     return recipe
 
 
-def _check(recipe: Recipe, label: str, root) -> None:
+def _check(recipe: Recipe, label: str, root, base: Path) -> None:
     """What the schema cannot say: names, the graph, each verb's own options."""
     steps = recipe.steps
     for name, step in steps.items():
@@ -259,23 +273,56 @@ def _check(recipe: Recipe, label: str, root) -> None:
                 _raise(label, root, ("steps", name, "from_"), "the from: links form a cycle", "make one step start from teacher")
             seen.add(cur)
             cur = steps[cur].from_
-    for section, spec in (("validate_", recipe.validate_), ("package", recipe.package)):
-        if spec is None:
-            continue
-        for i, a in enumerate(spec.artifacts or []):
-            if a not in steps or steps[a].verb not in ("export", "quantize"):
-                _raise(label, root, (section, "artifacts", i), f"{a!r} is not an export or quantize step",
-                       f"name one of: {', '.join(recipe.deployable()) or '(none: add an export step)'}")
+    for section in ("validate_", "package"):
         verb = "validate" if section == "validate_" else "package"
-        if "profile" in spec.options:
-            _raise(label, root, (section, "options", "profile"), "the profiles are listed under profiles:",
-                   "remove profile from options")
-        try:
-            stage_config_model(verb).model_validate({"profile": spec.profiles[0], **spec.options})
-        except ValidationError as e:
-            _pydantic(label, root, e, (section, "options"), hint=f"the options of `edgecompress {verb} --help`, in snake_case")
-    if recipe.validate_ is not None and not (recipe.validate_.artifacts or recipe.deployable()):
-        _raise(label, root, ("validate_",), "nothing to validate", "add an export step")
+        specs = recipe.targets(verb)
+        for n, spec in enumerate(specs):
+            at = (section, n) if isinstance(getattr(recipe, section), list) else (section,)
+            for i, a in enumerate(spec.artifacts or []):
+                if a not in steps or steps[a].verb not in ("export", "quantize"):
+                    _raise(label, root, (*at, "artifacts", i), f"{a!r} is not an export or quantize step",
+                           f"name one of: {', '.join(recipe.deployable()) or '(none: add an export step)'}")
+            if "profile" in spec.options:
+                _raise(label, root, (*at, "options", "profile"), "the profiles are listed under profiles:",
+                       "remove profile from options")
+            try:
+                stage_config_model(verb).model_validate({"profile": spec.profiles[0], **spec.options})
+            except ValidationError as e:
+                _pydantic(label, root, e, (*at, "options"), hint=f"the options of `edgecompress {verb} --help`, in snake_case")
+            if not (spec.artifacts or recipe.deployable()):
+                _raise(label, root, at, f"nothing to {verb}", "add an export step")
+            for j, prof in enumerate(spec.profiles):
+                runtime = _profile_runtime(prof, base)
+                for a in spec.artifacts or recipe.deployable():
+                    fmt = recipe.format_of(a)
+                    if runtime is not None and not _runs(runtime, fmt):
+                        _raise(label, root, (*at, "profiles", j), f"profile {prof} runs {runtime}, which cannot run "
+                               f"{a!r} ({fmt})", f"list {fmt} artifacts under a profile for a runtime that runs them "
+                               "(validate: and package: also take a list of {profiles, artifacts} entries)")
+
+
+def _profile_runtime(profile: str, base: Path) -> str | None:
+    """The runtime a named or file profile pins (None for host, which picks one per format, or when unreadable:
+    the run then reports the profile's own error)."""
+    from compress.errors import EdgeCompressError
+    from compress.profiles import load_profile
+
+    if profile == "host":
+        return None
+    if profile.endswith((".yaml", ".yml")) or "/" in profile:
+        profile = resolve_path(profile, base)
+    try:
+        p = load_profile(profile)
+    except EdgeCompressError:
+        return None
+    return None if p.source == "detected" else p.runtime.name
+
+
+def _runs(runtime: str, fmt: str) -> bool:
+    from compress.artifact import Format
+    from compress.runtimes.base import RUNTIMES, runtime_class
+
+    return runtime not in RUNTIMES or Format(fmt) in runtime_class(runtime).formats
 
 
 def resolve_path(value: str, base: Path) -> str:
