@@ -305,7 +305,7 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
     return {"verdict": report.verdict, "profile": report.profile.get("name"),
             "zipped_mb": round(report.bundle["zipped_bytes"] / 2**20, 2),
             "unzipped_mb": round(report.bundle["unzipped_bytes"] / 2**20, 2),
-            "cold_start_ms": (report.cold_start or {}).get("median_ms"),
+            "cold_start_ms": ((report.cold_start or {}).get("median") or {}).get("total_ms"),
             "report": str((out / "report" / "report.json").relative_to(run))}
 
 
