@@ -5,8 +5,10 @@ shape, preprocessing, percentile definition); the thread count is not among them
 and is slower for it has regressed; anything that differs is named and the verdict is "not comparable".
 Then each metric is tested rather than two numbers compared:
 
-* **latency**: the artifact's raw timed calls of both reports (kept in ``metrics.latency_samples_ms``). A
-  regression needs both a relative slowdown of the medians above ``latency_threshold`` *and* a one-sided
+* **latency**: the artifact's timed calls of both reports (kept in ``metrics.latency_samples_ms``), each divided by
+  the median of the FP32 baseline timed alongside in the same alternating rounds (when both reports have it and
+  ran on the same thread count; ``normalize=False``: raw), so a machine that is slower or busier as a whole, which
+  slows both, does not read as a regression. A regression needs both a relative slowdown of the medians above ``latency_threshold`` *and* a one-sided
   Mann-Whitney U test (``scipy.stats.mannwhitneyu``, as airspeed velocity does) below ``alpha``; an improvement is
   the mirror image; a large change the test cannot confirm (or a significant one below the threshold) is
   "inconclusive" only when it exceeds the threshold, else "pass".
@@ -37,6 +39,9 @@ class GateConfig:
     latency_threshold: float = 0.10  # relative change of the median that matters
     alpha: float = 0.05  # significance level of the rank and paired tests
     size_threshold: float = 0.01
+    #: judge latency relative to the FP32 baseline timed alongside in each report (when both have it and ran on
+    #: the same thread count): a machine slower or busier as a whole then slows both and cancels out
+    normalize: bool = True
 
 
 @dataclass
@@ -157,7 +162,15 @@ def _latency(new: dict, base: dict, cfg: GateConfig) -> MetricResult:
         return MetricResult("latency p50 ms", "inconclusive", note="a report has no raw latency samples (estimated, or "
                             "written by an older edgecompress): nothing to test")
     mx, my = statistics.median(xs), statistics.median(ys)
-    change = mx / my - 1
+    bx = ((new["metrics"].get("latency_samples_ms") or {}).get("baseline") or [])
+    by = ((base["metrics"].get("latency_samples_ms") or {}).get("baseline") or [])
+    threads = [((r.get("environment") or {}).get("runtime") or {}).get("threads") for r in (new, base)]
+    relative = cfg.normalize and len(bx) >= 10 and len(by) >= 10 and threads[0] == threads[1]
+    if relative:  # each report's calls divided by its own FP32 baseline's median, timed in the same rounds
+        nx, ny = statistics.median(bx), statistics.median(by)
+        xs, ys = [x / nx for x in xs], [y / ny for y in ys]
+    change = statistics.median(xs) / statistics.median(ys) - 1
+    how = " (relative to the FP32 baseline timed alongside)" if relative else " (raw timings)"
     slower = mannwhitneyu(xs, ys, alternative="greater").pvalue
     faster = mannwhitneyu(xs, ys, alternative="less").pvalue
     if change > cfg.latency_threshold and slower < cfg.alpha:
@@ -168,6 +181,7 @@ def _latency(new: dict, base: dict, cfg: GateConfig) -> MetricResult:
         verdict, p, note = "inconclusive", min(slower, faster), "a large change the rank test does not confirm"
     else:
         verdict, p, note = "pass", min(slower, faster), "within the threshold"
+    note += how
     return MetricResult("latency p50 ms", verdict, mx, my, change, float(p), note)
 
 

@@ -15,10 +15,12 @@ from compress.cli._common import console
               help="Relative change of the median latency that counts (both it and the rank test must agree).")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
               help="Significance level of the Mann-Whitney U (latency) and McNemar (accuracy) tests.")
+@click.option("--raw-latency", is_flag=True,
+              help="Compare raw timings instead of timings relative to the FP32 baseline timed alongside in each report.")
 @click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write a JUnit XML file.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the result as JSON.")
-def gate_cmd(new, baseline, threshold, alpha, markdown, junit, json_out):
+def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json_out):
     """Is report NEW worse than BASELINE beyond noise? Tests, not two numbers compared.
 
     NEW and BASELINE are two validation reports, or two run directories of `edgecompress run`
@@ -26,7 +28,8 @@ def gate_cmd(new, baseline, threshold, alpha, markdown, junit, json_out):
 
     \b
     Latency: median slower by more than --threshold AND a one-sided Mann-Whitney U test on
-             the raw timed calls below --alpha; accuracy: McNemar's exact test on the rows
+             the timed calls below --alpha, both relative to the FP32 baseline timed
+             alongside in each report (--raw-latency: raw); accuracy: McNemar's exact test on the rows
              one report gets right and the other wrong; size: exact.
     First the two reports' conditions are compared (profile, runtime and version, CPU,
     eval data, input shape); any difference is named and the verdict is "not comparable".
@@ -38,7 +41,7 @@ def gate_cmd(new, baseline, threshold, alpha, markdown, junit, json_out):
     from compress.errors import NotComparable, Regressed
     from compress.gate import GateConfig, gate, is_run_dir
 
-    config = GateConfig(latency_threshold=threshold, alpha=alpha)
+    config = GateConfig(latency_threshold=threshold, alpha=alpha, normalize=not raw_latency)
     if is_run_dir(new) or is_run_dir(baseline):
         return _gate_runs(new, baseline, config, markdown, junit, json_out)
     result = gate(new, baseline, config)
