@@ -71,6 +71,29 @@ def gate_summary(new: Path, base: Path) -> dict:
                         for m in r.metrics]}
 
 
+def all_pairs(result) -> dict:
+    """Every pair of this run directory's measurements of each validation (same key), gated three ways: relative
+    to the FP32 baseline at the default 10% and at 40%, and on raw timings at 10%."""
+    import itertools
+
+    from compress.gate import GateConfig, gate
+
+    out = {}
+    for j in result.index["jobs"]:
+        if j["verb"] != "validate":
+            continue
+        reports = sorted((RUN / j["report"]).parents[2].glob("*/report/report.json"))
+        pairs = list(itertools.combinations(reports, 2))
+        ways = {"relative 10%": GateConfig(), "relative 40%": GateConfig(latency_threshold=0.4),
+                "raw 10%": GateConfig(normalize=False)}
+        changes = {k: [gate(b, a, c).metrics[0] for a, b in pairs] for k, c in ways.items()}
+        out[j["name"]] = {"reports": len(reports), "pairs": len(pairs),
+                          "not_pass": {k: sum(m.verdict != "pass" for m in ms) for k, ms in changes.items()},
+                          "latency_changes": {k: sorted(round(m.change, 3) for m in ms) for k, ms in changes.items()
+                                              if k != "relative 40%"}}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=4)
@@ -109,6 +132,9 @@ def main() -> None:
     pairs = [g for rep in repeats for g in rep["gate"]]
     results["noise_trips"] = {"pairs": len(pairs), "regressed": sum(g["verdict"] == "regressed" for g in pairs),
                               "not pass": sum(g["verdict"] != "pass" for g in pairs)}
+    results["all_pairs"] = all_pairs(r)
+    for name, a in results["all_pairs"].items():
+        log(f"{name}: {a['reports']} measurements; of all pairs, not pass: {a['not_pass']}")
 
     index = json.loads((RUN / "index.json").read_text())
     teacher = index["teacher"]

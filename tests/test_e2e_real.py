@@ -38,6 +38,9 @@ def demo(tmp_path_factory):
         "name": "demo-host", "extends": "host", "measure": {"min_runs": 30, "min_duration_s": 1.0},
         "budgets": {**GENEROUS_BUDGETS, "latency_ms": {"p50": None, "p95": None, "p99": None}, "min_throughput": None},
     }))
+    (tmp / "demo" / "demo-raspberry-pi-5.yaml").write_text(yaml.safe_dump({
+        "name": "demo-raspberry-pi-5", "extends": "raspberry-pi-5",
+        "budgets": {"min_accuracy_retention": 0.01, "min_agreement": 0.0}}))  # a student trained for 8 steps
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(tmp / "home"))
         t0 = time.perf_counter()
