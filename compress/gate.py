@@ -293,6 +293,15 @@ def worst(rows: list[dict[str, Any]]) -> str:
     return "pass" if v == "new" else v
 
 
+def row_line(row: dict[str, Any]) -> str:
+    """One line for one gated validation of a run: verdict, each metric's verdict and change, what differs."""
+    detail = "; ".join(f"{m['metric']} {m['verdict']}" + (f" ({m['change']:+.1%})" if m.get("change") is not None else "")
+                       for m in row.get("metrics", []))
+    diffs = "; ".join(row.get("differences", []))
+    return (f"{row['name']}: {row['verdict'].upper()}" + (f": {detail}" if detail else "")
+            + (f": not comparable: {diffs}" if diffs else "") + (f" [{row['note']}]" if row.get("note") else ""))
+
+
 def runs_markdown(rows: list[dict[str, Any]], *, new: str, baseline: str) -> str:
     """One Markdown summary (a CI step summary) of a run's gate: a line per validation, then each one's metrics."""
     lines = [f"## edgecompress gate: **{worst(rows)}**", "", f"new: `{new}`  ", f"baseline: `{baseline}`", "",

@@ -69,8 +69,7 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
 def _gate_runs(new, baseline, config, markdown, junit, json_out):
     import json
 
-    from compress.errors import NotComparable, Regressed
-    from compress.gate import gate_runs, runs_junit, runs_markdown, worst
+    from compress.gate import gate_runs, row_line, runs_junit, runs_markdown, worst
 
     rows = gate_runs(new, baseline, config)
     verdict = worst(rows)
@@ -78,17 +77,21 @@ def _gate_runs(new, baseline, config, markdown, junit, json_out):
                        (json_out, json.dumps({"verdict": verdict, "results": rows}, indent=2) + "\n")):
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
-    con = console()
     for r in rows:
-        detail = "; ".join(f"{m['metric']} {m['verdict']}" + (f" ({m['change']:+.1%}, p={m['p_value']:.3g})"
-                                                               if m.get("change") is not None and m.get("p_value") is not None
-                                                               else "") for m in r.get("metrics", []))
-        diffs = "; ".join(r.get("differences", []))
-        click.echo(f"{r['name']}: {r['verdict'].upper()}" + (f": {detail}" if detail else "")
-                   + (f": not comparable: {diffs}" if diffs else "") + (f" [{r['note']}]" if r.get("note") else ""))
+        click.echo(row_line(r))
+    raise_for_gate(rows)
+    console().print(verdict.upper(), highlight=False)
+
+
+def raise_for_gate(rows: list[dict]) -> None:
+    """The exit of a gate over runs: 1 when one validation regressed, 3 when one is not comparable."""
+    from compress.errors import NotComparable, Regressed
+    from compress.gate import worst
+
+    verdict = worst(rows)
     if verdict == "regressed":
-        raise Regressed("regressed: " + ", ".join(r["name"] for r in rows if r["verdict"] == "regressed"))
+        raise Regressed("regressed against the baseline: "
+                        + ", ".join(r["name"] for r in rows if r["verdict"] == "regressed"))
     if verdict == "not comparable":
         raise NotComparable("not comparable: " + ", ".join(r["name"] for r in rows if r["verdict"] == "not comparable"),
                             hint="gate runs from the same profile, runtime, machine and data")
-    con.print(verdict.upper(), highlight=False)

@@ -83,12 +83,10 @@ def print_summary(result) -> None:
             res = f"{j.get('format', '')} {j.get('precision', '')}, {j.get('size_mb', 0):.1f} MB"
         rows.append((j["name"], j["status"], f"{j.get('seconds', 0):.1f}", res))
     table(f"run {result.run_dir}", ("job", "status", "seconds", "result"), rows)
+    from compress.gate import row_line
+
     for g in result.gate:
-        detail = "; ".join(f"{m['metric']} {m['verdict']}" + (f" ({m['change']:+.1%})" if m.get("change") is not None else "")
-                           for m in g.get("metrics", []))
-        diffs = "; ".join(g.get("differences", []))
-        click.echo(f"gate {g['name']}: {g['verdict'].upper()}" + (f": {detail}" if detail else "")
-                   + (f" (not comparable: {diffs})" if diffs else "") + (f" [{g['note']}]" if g.get("note") else ""))
+        click.echo(f"gate {row_line(g)}")
     html = result.run_dir / "report.html"
     click.echo(f"index: {result.run_dir / 'index.json'}" + (f"; report: {html}" if html.is_file() else ""))
 
@@ -148,16 +146,12 @@ def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, no_html, force):
 
 
 def end_run(result) -> None:
-    from compress.errors import BudgetFailed, NotComparable, Regressed
+    """The run's exit: 1 when a budget failed or the gate regressed, 3 when not comparable, else its verdict."""
+    from compress.cli.gate import raise_for_gate
+    from compress.errors import BudgetFailed
 
     failed = [j["name"] for j in result.index["jobs"] if j.get("verdict") == "fail"]
     if failed:
         raise BudgetFailed(f"budget failed: {', '.join(failed)} (see {result.run_dir / 'report.html'})")
-    if result.verdict == "regressed":
-        raise Regressed("regressed against the baseline: "
-                        + ", ".join(g["name"] for g in result.gate if g["verdict"] == "regressed"))
-    if result.verdict == "not comparable":
-        raise NotComparable("the gate's baseline is not comparable: "
-                            + ", ".join(g["name"] for g in result.gate if g["verdict"] == "not comparable"),
-                            hint="gate runs from the same profile, runtime, machine and data")
+    raise_for_gate(result.gate)
     console().print(result.verdict.upper(), highlight=False)
