@@ -135,7 +135,7 @@ class _Plan:
 
     @property
     def needs_hidden_states(self) -> bool:
-        return self.hidden or not self.classification
+        return self.hidden  # a feature-extraction student pools last_hidden_state, which every model returns
 
     @property
     def intermediate(self) -> bool:
@@ -201,14 +201,14 @@ def _model_outputs(model, batch, plan: _Plan, tap: _ValueTap | None) -> dict[str
             raise StageError(
                 f"{type(model).__name__} returned no {wanted} under transformers {transformers.__version__} "
                 "(a student built from teacher layers loses transformers 5's output capture)",
-                hint="distil with logits only (the default losses), or use transformers<5 for intermediate-layer "
-                "losses and feature-extraction teachers",
+                hint="distil with the default losses (logits, or pooled embeddings), or use transformers<5 for "
+                "intermediate-layer losses",
             )
     res: dict[str, Any] = {}
     if plan.classification:
         res["soft"] = out.logits
     else:
-        res["soft"] = _pool(out.hidden_states[-1], batch["attention_mask"], plan.pooling, plan.normalize)
+        res["soft"] = _pool(out.last_hidden_state, batch["attention_mask"], plan.pooling, plan.normalize)
     if plan.hidden:
         res["hidden"] = out.hidden_states
     if plan.attention:
