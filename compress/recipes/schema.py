@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import ConfigError
+from compress.profiles import _looks_like_path, _UniqueKeyLoader  # duplicate keys refused, as in profiles
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
 TEACHER = "teacher"
@@ -41,6 +42,7 @@ TAKES_FROM = {
     "quantize": ("export",),
 }
 VERBS = tuple(TAKES_FROM)
+ALIASES = {"from_": "from", "validate_": "validate"}  # pydantic field -> the key written in the file
 #: config fields that hold a path, by verb (resolved against the recipe file; ``builtin:`` expanded)
 PATH_FIELDS = {
     "distill": ("student", "teacher_cache"),
@@ -132,20 +134,6 @@ class Recipe(BaseModel):
 # -- reading --------------------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first at line "
-                                                        f"{seen[key].start_mark.line + 1})", key_node.start_mark)
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
-
-
 class RecipeError(ConfigError):
     """A recipe file is unreadable or invalid: the message names the file, line and field."""
 
@@ -156,7 +144,7 @@ def _line(node: yaml.Node | None, loc: tuple) -> int | None:
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                if k.value == str(part) or (part == "from_" and k.value == "from") or (part == "validate_" and k.value == "validate"):
+                if k.value == ALIASES.get(str(part), str(part)):
                     line, node = k.start_mark.line + 1, v
                     break
             else:
@@ -175,7 +163,7 @@ def _field(loc: tuple) -> str:
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
         elif not str(p).startswith(("function-", "union[")):
-            parts.append({"from_": "from", "validate_": "validate"}.get(str(p), str(p)))
+            parts.append(ALIASES.get(str(p), str(p)))
     return ".".join(parts)
 
 
@@ -225,8 +213,8 @@ def read_recipe(path: Path | str) -> Recipe:
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{label}: unreadable recipe ({e})", hint="save the recipe as UTF-8 YAML") from None
     try:
-        root = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f":{mark.line + 1}" if mark else ""
@@ -309,7 +297,7 @@ def _profile_runtime(profile: str, base: Path) -> str | None:
 
     if profile == "host":
         return None
-    if profile.endswith((".yaml", ".yml")) or "/" in profile:
+    if _looks_like_path(profile):
         profile = resolve_path(profile, base)
     try:
         p = load_profile(profile)
