@@ -31,6 +31,8 @@ _LAZY = {
     "run_recipe": ("compress.recipes.execute", "run_recipe"),
     "read_recipe": ("compress.recipes.schema", "read_recipe"),
     "gate": ("compress.gate", "gate"),
+    "run_search": ("compress.search.run", "run_search"),
+    "SearchConfig": ("compress.search.config", "SearchConfig"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -31,6 +31,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "accelerate": (("accelerate",), "pip install 'edgecompress[distill]'"),
     "jinja2": (("jinja2", "Jinja2"), "pip install 'edgecompress[report]'"),
     "matplotlib": (("matplotlib",), "pip install 'edgecompress[report]'"),
+    "optuna": (("optuna",), "pip install 'edgecompress[search]'"),
 }
 
 

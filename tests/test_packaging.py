@@ -85,6 +85,9 @@ def test_wheel_contains_the_mapped_packages_and_data(names):
         "compress/builtin_profiles/cpu-x86-avx2.yaml",
         "compress/samples/sentiment.tsv",
     ]
+    # every Python package of the source tree (a package missing from pyproject's list installs only editable)
+    required += [f"{p.parent.relative_to(ROOT).as_posix()}/__init__.py" for p in (ROOT / "compress").rglob("__init__.py")]
+    required += ["compress/recipes/demo.yaml", "compress/templates/report.html.j2"]
     missing = [n for n in required if n not in names]
     assert not missing, missing
 

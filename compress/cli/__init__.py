@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "package": "compress.cli.package:package_cmd",
     "gate": "compress.cli.gate:gate_cmd",
     "run": "compress.cli.run:run_cmd",
+    "search": "compress.cli.search:search_cmd",
 }
 
 

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from compress.cli._common import build_config, console
+from compress.search.config import Objective, SearchConfig
+
+F = SearchConfig.model_fields
+
+
+@click.command("search")
+@click.option("--teacher", "-t", required=True, type=click.Path(path_type=Path), help=F["teacher"].description)
+@click.option("--profile", "-p", required=True, help=F["profile"].description)
+@click.option("--train", required=True, type=click.Path(path_type=Path), help=F["train"].description)
+@click.option("--eval", "--eval-data", "-d", "eval_data", required=True, type=click.Path(path_type=Path),
+              help=F["eval"].description)
+@click.option("--holdout", type=click.Path(path_type=Path), help=F["holdout"].description)
+@click.option("--time-budget", default="2h", show_default=True,
+              help="Wall-clock time for the whole search: 2h, 90m, 1h30m or seconds. A resumed search continues "
+                   "the same budget.")
+@click.option("--objective", type=click.Choice([o.value for o in Objective]), default="latency", show_default=True,
+              help="What the chosen candidate minimises among those meeting every budget (energy-proxy: estimated "
+                   "operation and DRAM energy per inference).")
+@click.option("--search-dir", type=click.Path(path_type=Path), default=Path("search"), show_default=True,
+              help="Study, store of every built step, candidate recipes and reports. Run the same command again "
+                   "to resume.")
+@click.option("--trials", type=int, help=F["trials"].description)
+@click.option("--space", "space_text", metavar="DIM=A,B;...",
+              help="Narrow the space, e.g. 'layers=2,3;quant=int8-dynamic,int4'. Dimensions: layers, width, heads, "
+                   "ffn, vocab, quant, runtime.")
+@click.option("--short-steps", type=int, default=F["short_steps"].default, show_default=True,
+              help=F["short_steps"].description)
+@click.option("--full-epochs", type=float, default=F["full_epochs"].default, show_default=True,
+              help=F["full_epochs"].description)
+@click.option("--promote", type=int, default=F["promote"].default, show_default=True, help=F["promote"].description)
+@click.option("--storage", help="Optuna storage URL (e.g. postgresql://...) so several machines work on one study "
+                                "[default: sqlite in --search-dir].")
+@click.option("--seed", type=int, default=0, show_default=True, help=F["seed"].description)
+@click.option("--no-html", is_flag=True, help="Skip the HTML report.")
+@click.option("--force", is_flag=True, help="Start over in a --search-dir that holds a search with other settings "
+                                            "(the store of built steps is kept).")
+def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, space_text,
+               short_steps, full_epochs, promote, storage, seed, no_html, force):
+    """Find the smallest, fastest artifact that meets a device profile's budgets.
+
+    \b
+    Explores student depth and width, head/FFN pruning, vocabulary pruning, INT8
+    dynamic/static, INT4 and ONNX Runtime vs OpenVINO with Optuna (multi-objective TPE,
+    the profile's budgets as constraints), in three fidelities:
+      1. a roofline estimate skips candidates that cannot meet the size or p50 budget;
+      2. short distillation and recovery rank the rest;
+      3. the best are rebuilt with full training, timed side by side with the PyTorch
+         teacher, and the winner is validated again on held-out data.
+    Every candidate is a recipe run in one shared store, so no step is built twice.
+    Ctrl-C and run again: nothing finished is lost.
+
+    Exit code 0 when a candidate meets every budget (its recipe is SEARCH/chosen.yaml),
+    1 when none does (search.json and report.html say which budget binds), 2 on bad input.
+    """
+    from compress.errors import BudgetFailed
+    from compress.search.config import parse_duration, parse_space
+    from compress.search.run import run_search
+
+    config = build_config(
+        SearchConfig, teacher=str(teacher), profile=profile, train=str(train), eval=str(eval_data),
+        holdout=str(holdout) if holdout else None, time_budget_s=parse_duration(time_budget), objective=objective,
+        trials=trials, short_steps=short_steps, full_epochs=full_epochs, promote=promote,
+        space=parse_space(space_text) if space_text else None, storage=storage, seed=seed,
+    )
+    for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):
+        if p is not None and not p.exists():
+            from compress.errors import ConfigError
+
+            raise ConfigError(f"{label} {p}: no such file or directory", hint="check the path")
+    con = console()
+    start = time.monotonic()
+
+    def say(line: str) -> None:
+        con.print(f"[{(time.monotonic() - start) / 60:5.1f} min] {line}", markup=False, highlight=False)
+
+    result = run_search(config, search_dir, progress=say, force=force, html=not no_html)
+    print_result(result)
+    if result.chosen is None:
+        raise BudgetFailed(f"no candidate met every budget of {result.summary['profile']} "
+                           f"(see {search_dir / 'report.html'})")
+
+
+def print_result(result) -> None:
+    from compress.cli.run import table
+
+    s = result.summary
+    rows = []
+    for p in sorted(s["measured"], key=lambda p: (not p["front"], p["p50_ms"])):
+        rows.append((str(p["trial"]), p["label"].split(" ", 1)[1], p["fidelity"], p["verdict"].upper(),
+                     f"{p['retention']:.4f}" if p["retention"] is not None else "-",
+                     f"{p['p50_ms']:.2f}" + (" est." if p["estimated"] else ""), f"{p['size_mb']:.1f}",
+                     "yes" if p["front"] else ""))
+    table(f"measured candidates ({s['trials']} trials, {len(s['skipped'])} skipped by their estimate, "
+          f"{s['spent_s'] / 60:.0f} min)", ("trial", "candidate", "fidelity", "verdict", "retention", "p50 ms",
+                                            "MB", "front"), rows)
+    if s.get("side_by_side"):
+        click.echo("side by side, alternating rounds: " + ", ".join(
+            f"{k} p50 {v['p50_ms']:.2f} ms" for k, v in s["side_by_side"].items()))
+    c = result.chosen
+    if c:
+        h = c.get("holdout") or {}
+        vs = c.get("vs_teacher_pytorch") or {}
+        click.echo(f"chosen: trial {c['trial']} ({c['label'].split(' ', 1)[1]}): retention {c['retention']:.4f}, "
+                   f"held-out retention {h.get('retention', float('nan')):.4f}, p50 {c['p50_ms']:.2f} ms, "
+                   f"{c['size_mb']:.1f} MB"
+                   + (f"; {vs['speedup']:.1f}x faster" if vs.get("speedup") else "")
+                   + (f", {vs['smaller']:.1f}x smaller than the PyTorch FP32 teacher" if vs.get("smaller") else ""))
+        click.echo(f"recipe: {result.search_dir / 'chosen.yaml'} "
+                   f"(edgecompress run {result.search_dir / 'chosen.yaml'} --run-dir {result.search_dir / 'store'})")
+    for line in result.diagnosis:
+        click.echo(f"diagnosis: {line}")
+    html = result.search_dir / "report.html"
+    click.echo(f"summary: {result.search_dir / 'search.json'}" + (f"; report: {html}" if html.is_file() else ""))

@@ -1,0 +1,99 @@
+"""Settings of ``edgecompress search``."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compress.errors import ConfigError
+
+
+class Objective(StrEnum):
+    latency = "latency"  # lowest p50 (timed side by side)
+    size = "size"  # smallest artifact
+    energy_proxy = "energy-proxy"  # least estimated energy per inference (operation energies x counted ops and bytes)
+
+
+class SearchConfig(BaseModel):
+    """What ``edgecompress search`` explores and how it spends its time. Budgets come from the profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(..., description="The fine-tuned teacher checkpoint directory.")
+    profile: str = Field(..., description="Device profile (name or YAML): the budgets every candidate must meet.")
+    train: str = Field(..., description="Transfer data: distillation, pruning recovery, vocabulary.")
+    eval: str = Field(..., description="Labelled data the search ranks candidates on.")
+    holdout: str | None = Field(
+        None, description="Labelled data the search never sees, for the final check (default: half of --eval, "
+        "which the search then does not rank on).")
+    time_budget_s: float = Field(7200.0, gt=0, description="Wall-clock seconds the search may spend in all.")
+    objective: Objective = Field(Objective.latency, description="What the chosen candidate minimises.")
+    trials: int | None = Field(None, ge=1, description="At most this many short-fidelity trials (default: time).")
+    explore_share: float = Field(0.5, gt=0, lt=1, description="Share of the time budget for short-fidelity trials.")
+    short_steps: int = Field(300, ge=1, description="Distillation steps of a short-fidelity student.")
+    short_recover_steps: int = Field(100, ge=0, description="Pruning recovery steps at short fidelity.")
+    full_epochs: float = Field(1.0, gt=0, description="Distillation epochs of a full-fidelity student.")
+    full_recover_steps: int = Field(800, ge=0, description="Pruning recovery steps at full fidelity.")
+    distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
+    promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")
+    space: dict[str, list[Any]] = Field(default_factory=dict, description="Narrowed choices per dimension.")
+    seed: int = Field(0, description="Sampler seed.")
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the search directory).")
+    study_name: str = Field("edgecompress-search", description="The study's name in the storage.")
+
+    @field_validator("space")
+    @classmethod
+    def _known_dims(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        from compress.search.space import TEXT_SPACE
+
+        for k, choices in v.items():
+            if k not in TEXT_SPACE:
+                raise ValueError(f"unknown dimension {k!r} (known: {', '.join(TEXT_SPACE)})")
+            bad = [c for c in choices if c not in TEXT_SPACE[k]]
+            if bad or not choices:
+                raise ValueError(f"{k}: choices {bad or choices} not in {TEXT_SPACE[k]}")
+        return v
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '2h', '90m', '45s', '1h30m' or a bare number of seconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", t):
+        raise ConfigError(f"time budget {text!r} is not a duration", hint="write e.g. 2h, 90m, 1h30m or 600 (seconds)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def parse_space(text: str) -> dict[str, list[Any]]:
+    """``layers=2,3;quant=int8-dynamic,int4`` -> {"layers": [2, 3], "quant": ["int8-dynamic", "int4"]}."""
+    from compress.search.space import TEXT_SPACE
+
+    out: dict[str, list[Any]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, _, vals = part.partition("=")
+        key = key.strip()
+        if key not in TEXT_SPACE or not vals.strip():
+            raise ConfigError(f"--space: {part!r} is not DIMENSION=CHOICE,...",
+                              hint=f"dimensions: {', '.join(TEXT_SPACE)}; e.g. --space 'layers=2,3;vocab=true'")
+        kinds = {type(c) for c in TEXT_SPACE[key]}
+        choices: list[Any] = []
+        for v in vals.split(","):
+            v = v.strip()
+            if bool in kinds:
+                choices.append(v.lower() in ("1", "true", "yes"))
+            elif int in kinds:
+                choices.append(int(v) if v.isdigit() else v)
+            elif float in kinds:
+                try:
+                    choices.append(float(v))
+                except ValueError:
+                    choices.append(v)
+            else:
+                choices.append(v)
+        out[key] = choices
+    return out

@@ -1,0 +1,28 @@
+"""The search's HTML page: the choice (or the diagnosis), the Pareto front, the side-by-side timing, every trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_search_html(search_dir: Path | str, summary: dict[str, Any]) -> Path:
+    from compress.html_report import _env, pareto
+
+    search_dir = Path(search_dir)
+    measured = sorted(summary["measured"], key=lambda p: p["trial"])
+    plots = []
+    for fid in ("short", "full"):
+        pts = [{**p, "label": f"#{p['trial']}"} for p in measured if p["fidelity"] == fid]
+        svg = pareto(pts, f"{fid} fidelity") if pts else None
+        if svg:
+            plots.append((fid, svg))
+    chosen = search_dir / "chosen.yaml"
+    html = _env().get_template("search.html.j2").render(
+        title=f"search on {summary['profile']}", search=summary, measured=measured, plots=plots,
+        chosen_recipe=chosen.read_text(encoding="utf-8") if summary.get("chosen") and chosen.is_file() else "")
+    path = search_dir / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,738 @@
+"""Budget-driven search: an Optuna study over candidates, each built and validated as a recipe in one shared store.
+
+The search directory::
+
+    SEARCH/study.db                 the Optuna study (SQLite; --storage names a shared database instead)
+    SEARCH/store/                   the recipe run directory every candidate runs in: steps/ is the cache, so a
+                                    student or pruned model that two candidates share is built once
+    SEARCH/candidates/NNNN-F.yaml   trial NNNN's recipe at fidelity F (short or full): re-run it with
+                                    ``edgecompress run SEARCH/candidates/NNNN-F.yaml --run-dir SEARCH/store``
+    SEARCH/chosen.yaml              the chosen candidate's recipe (when one meets every budget)
+    SEARCH/holdout/                 the chosen artifact validated on the held-out data
+    SEARCH/search.json              every trial, the front, the side-by-side timing, the choice or the diagnosis
+    SEARCH/report.html              the same, with the Pareto plot
+
+Three fidelities, so the time budget buys the most:
+
+1. **estimate**: each sampled candidate's size and optimistic latency from its shape (:func:`space.roofline`); one
+   whose optimistic figures cannot meet the size or p50 budget is skipped before anything is trained (Optuna
+   records it as pruned, with the reason). The latency bound is recalibrated from the candidates measured so far.
+2. **short**: a student distilled for ``short_steps`` steps, a short pruning recovery, quantized and validated on
+   the profile. The sampler (multi-objective TPE, with the budgets as constraints) learns from these.
+3. **full**: the best short candidates (those meeting every budget but accuracy, best retention first; else the
+   front) are rebuilt with full distillation and recovery, and validated.
+
+The full candidates are then timed side by side in alternating rounds (with the PyTorch FP32 teacher as the
+reference), the one that meets every budget and is best on the objective is chosen, and it is validated once more
+on held-out data the search never ranked on.
+
+Interrupting loses nothing: the study is in the database, every finished step in the store (a distillation
+resumes from its checkpoint), and the interrupted trial is queued again when the search resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compress.errors import ConfigError, DataError, EdgeCompressError, OutputExistsError
+from compress.search.config import Objective, SearchConfig
+from compress.search.space import (
+    TEXT_SPACE, Candidate, Fidelity, TeacherShape, candidate_steps, from_params, roofline, suggest, trial_params,
+)
+
+log = logging.getLogger(__name__)
+
+MARKER = ".edgecompress-search"
+ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement")
+#: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume
+IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
+            "full_epochs", "full_recover_steps", "distill", "seed")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SearchResult:
+    search_dir: Path
+    summary: dict[str, Any]
+    chosen: dict[str, Any] | None = None
+    diagnosis: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.chosen else 1
+
+
+def _optuna():
+    from compress._optional import require
+
+    optuna = require("optuna", "edgecompress search")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+class Search:
+    """One search directory: its study, its store, its fidelities and its budgets."""
+
+    def __init__(self, config: SearchConfig, search_dir: Path, progress: Progress | None = None):
+        from compress.profiles import load_profile
+
+        self.config = config
+        self.dir = search_dir
+        self.say: Progress = progress or (lambda line: None)
+        self.store = search_dir / "store"
+        self.profile = load_profile(config.profile)
+        self.profile_ref = str(Path(config.profile).resolve()) if Path(config.profile).is_file() else config.profile
+        self.budgets = self._budget_names()
+        self.space = self._space()
+        self.eval, self.holdout = self._data()
+        self.shape = self._shape()
+        self.peaks = self._peaks()
+        self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
+                                        **config.distill}, config.short_recover_steps)
+        self.full = Fidelity("full", {"epochs": config.full_epochs, **config.distill}, config.full_recover_steps)
+        self.t0 = time.monotonic()
+        self.spent_before = 0.0
+
+    # -- setting up -------------------------------------------------------------------------------------------
+
+    def _budget_names(self) -> list[str]:
+        from compress.budgets import judge
+
+        return [b.name for b in judge(self.profile.budgets, {})]
+
+    def _budget(self, name: str) -> float | None:
+        b = self.profile.budgets
+        return {"latency_p50_ms": b.latency_ms.p50, "max_model_size_mb": b.max_model_size_mb}.get(name)
+
+    def _space(self) -> dict[str, list[Any]]:
+        from compress._optional import is_available
+
+        space = {k: list(v) for k, v in TEXT_SPACE.items()} | self.config.space
+        notes = []
+        if self.profile.runtime.name not in ("onnxruntime", "openvino") or not is_available("openvino"):
+            space["runtime"] = [r for r in space["runtime"] if r == "onnxruntime"]
+            notes.append("runtime: ONNX Runtime only (OpenVINO not installed, or not this profile's kind of device)")
+        if self.profile.runtime.name == "openvino" and "runtime" not in self.config.space:
+            space["runtime"] = ["openvino"]
+        if any(space["heads"]) and not _heads_prunable():
+            space["heads"] = [0.0]
+            notes.append("heads: not pruned (transformers 5 cannot reload a head-pruned checkpoint)")
+        if not space["runtime"]:
+            raise ConfigError("--space leaves no runtime this profile can run", hint="allow onnxruntime")
+        for n in notes:
+            self.say(n)
+        return space
+
+    def _data(self) -> tuple[str, str]:
+        ev = str(Path(self.config.eval).resolve())
+        if self.config.holdout:
+            return ev, str(Path(self.config.holdout).resolve())
+        return split_eval(Path(ev), self.dir / "data", self.config.seed)
+
+    def _shape(self) -> TeacherShape:
+        teacher = Path(self.config.teacher)
+        if not (teacher / "config.json").is_file():
+            raise ConfigError(f"{teacher}: not a Hugging Face checkpoint directory (no config.json)",
+                              hint="search takes a fine-tuned text teacher (a transformers checkpoint directory)")
+        try:
+            shape = TeacherShape.read(teacher)
+        except KeyError as e:
+            raise ConfigError(f"{teacher}/config.json has no {e.args[0]}: search explores BERT-family text encoders",
+                              hint="distill, prune and quantize other models step by step (edgecompress run)") from None
+        kept = None
+        if True in self.space["vocab"]:
+            kept = _vocab_kept(teacher, self.config.train)
+        return TeacherShape(**{**shape.__dict__, "vocab_kept": kept})
+
+    def _peaks(self):
+        from compress.estimate import host_peaks, profile_peaks
+
+        try:
+            return profile_peaks(self.profile)
+        except EdgeCompressError:
+            try:
+                return host_peaks()  # the profile states no peaks: it is this machine's kind of device
+            except EdgeCompressError as e:
+                self.say(f"no latency estimate before training ({e}): only the size is checked before training")
+                return None
+
+    def profile_for(self, c: Candidate) -> str:
+        """The profile a candidate is validated on: the given one, or the same device and budgets on OpenVINO."""
+        if c.runtime == self.profile.runtime.name:
+            return self.profile_ref
+        d = self.dir / "profiles"
+        d.mkdir(exist_ok=True)
+        path = d / f"{self.profile.name}-{c.runtime}.yaml"
+        if not path.is_file():
+            path.write_text(yaml.safe_dump({
+                "name": f"{self.profile.name}-{c.runtime}", "extends": self.profile_ref,
+                "description": f"{self.profile.name} running {c.runtime}: the same device and budgets",
+                "runtime": {"name": "openvino", "provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}},
+            }, sort_keys=False), encoding="utf-8")
+        return str(path.resolve())
+
+    # -- time ---------------------------------------------------------------------------------------------------
+
+    def spent(self) -> float:
+        return self.spent_before + time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.config.time_budget_s - self.spent()
+
+    # -- one candidate ------------------------------------------------------------------------------------------
+
+    def recipe(self, number: int, c: Candidate, fid: Fidelity) -> Path:
+        steps, final = candidate_steps(c, self.shape, fid)
+        recipe = {
+            "name": f"search-{number:04d}-{fid.name}",
+            "teacher": str(Path(self.config.teacher).resolve()),
+            "data": {"train": str(Path(self.config.train).resolve()), "eval": self.eval},
+            "steps": steps,
+            "validate": {"profiles": [self.profile_for(c)], "artifacts": [final]},
+        }
+        d = self.dir / "candidates"
+        d.mkdir(exist_ok=True)
+        path = d / f"{number:04d}-{fid.name}.yaml"
+        head = (f"# trial {number}, {fid.name} fidelity: {c.label}\n"
+                f"# edgecompress run {path} --run-dir {self.store}   (cached steps are reused)\n")
+        path.write_text(head + yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        return path
+
+    def measure(self, number: int, c: Candidate, fid: Fidelity) -> dict[str, Any]:
+        """Build and validate ``c`` at fidelity ``fid`` through the recipe store; its figures and constraints."""
+        from compress.recipes.execute import run_recipe
+
+        path = self.recipe(number, c, fid)
+        last = [0.0]
+
+        def forward(d: dict[str, Any]) -> None:
+            if d.get("note"):
+                self.say(f"    {d['note']}")
+            elif d.get("total") and time.monotonic() - last[0] > 60:  # long phases: a line a minute
+                last[0] = time.monotonic()
+                self.say(f"    {d.get('label') or d.get('phase')}: {d.get('done', d.get('step'))}/{d['total']}")
+
+        result = run_recipe(path, self.store, progress=forward, html=False)
+        job = next(j for j in result.index["jobs"] if j["verb"] == "validate")
+        report = json.loads((self.store / job["report"]).read_text(encoding="utf-8"))
+        m = report["metrics"]
+        lat = m.get("latency_ms") or {}
+        budgets = {b["name"]: b for b in report["budgets"]}
+        return {
+            "fidelity": fid.name, "label": c.label, "recipe": str(path), "report": str(self.store / job["report"]),
+            "artifact": report["artifact"]["path"], "verdict": report["verdict"],
+            "retention": m.get("retention"), "agreement": m.get("agreement"), "metric": m.get("metric"),
+            "p50_ms": lat.get("p50"), "p95_ms": lat.get("p95"), "size_mb": m.get("size_mb"),
+            "speedup": m.get("speedup"), "peak_rss_mb": m.get("peak_rss_mb"), "cold_start_ms": m.get("cold_start_ms"),
+            "estimated": bool(lat.get("estimated")),
+            "budgets": {k: {"limit": b["limit"], "measured": b["measured"], "status": b["status"],
+                            "comparison": b["comparison"]} for k, b in budgets.items()},
+            "constraints": [violation(budgets.get(n)) for n in self.budgets],
+            "seconds": round(sum(j.get("seconds", 0.0) for j in result.index["jobs"]), 1),
+        }
+
+    def cannot_meet(self, est: dict[str, float], ratio: float) -> str | None:
+        """Why a candidate's optimistic estimate already misses a budget (None: it may meet them)."""
+        why = []
+        size = self._budget("max_model_size_mb")
+        if size is not None and est["size_mb"] * 0.9 > size:
+            why.append(f"size ~{est['size_mb']:.1f} MB > {size:g} MB")
+        p50 = self._budget("latency_p50_ms")
+        if p50 is not None and est["p50_ms"] is not None and est["p50_ms"] * ratio > p50:
+            why.append(f"p50 at least ~{est['p50_ms'] * ratio:.2f} ms > {p50:g} ms (roofline x {ratio:.2f})")
+        return "; ".join(why) or None
+
+
+def violation(b: dict[str, Any] | None) -> float:
+    """A budget as an Optuna constraint: > 0 when it fails (relative to its limit), <= 0 when it holds or was not
+    measured (not measured is not a failure; the report says UNVERIFIED)."""
+    if not b or b.get("measured") is None or not b.get("limit"):
+        return 0.0
+    lim, x = float(b["limit"]), float(b["measured"])
+    return (x - lim) / abs(lim) if b["comparison"] == "<=" else (lim - x) / abs(lim)
+
+
+def _heads_prunable() -> bool:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) < 5
+
+
+def _vocab_kept(teacher: Path, train: str) -> int:
+    """How many tokens vocabulary pruning on ``train`` keeps (for the size estimate)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from compress.data import load_dataset
+    from compress.stages.prune.vocab import plan_vocabulary
+
+    tok = AutoTokenizer.from_pretrained(teacher)
+    texts = [t if isinstance(t, str) else " ".join(t) for t in load_dataset(train).inputs]
+    return len(plan_vocabulary(tok, texts, model_config=AutoConfig.from_pretrained(teacher)).keep)
+
+
+def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
+    """Split a labelled TSV/CSV/JSONL file in two halves (seeded): one the search ranks on, one held out."""
+    if not path.is_file() or path.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
+        raise ConfigError(f"--eval {path}: cannot split it into a search half and a held-out half",
+                          hint="pass --holdout FILE (labelled data the search never sees), or a .tsv/.csv/.jsonl --eval")
+    out.mkdir(parents=True, exist_ok=True)
+    ranked, held = out / f"search{path.suffix}", out / f"holdout{path.suffix}"
+    if ranked.is_file() and held.is_file():
+        return str(ranked.resolve()), str(held.resolve())
+    if path.suffix.lower() == ".jsonl":
+        header, rows = [], [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            delim = "\t" if path.suffix.lower() == ".tsv" else ","
+            reader = csv.reader(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
+            all_rows = list(reader)
+        header, rows = all_rows[:1], all_rows[1:]
+    if len(rows) < 20:
+        raise DataError(f"--eval {path} has {len(rows)} rows: too few to split", hint="pass --holdout FILE")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    halves = (sorted(order[: len(rows) // 2]), sorted(order[len(rows) // 2:]))
+    for target, idx in zip((ranked, held), halves):
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            if path.suffix.lower() == ".jsonl":
+                f.write("".join(rows[i] + "\n" for i in idx))
+            else:
+                w = csv.writer(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL,
+                               escapechar="\\" if delim == "\t" else None, lineterminator="\n")
+                w.writerows(header + [rows[i] for i in idx])
+        tmp.replace(target)
+    return str(ranked.resolve()), str(held.resolve())
+
+
+# -- the study ----------------------------------------------------------------------------------------------------
+
+
+def _open_dir(search_dir: Path, config: SearchConfig, force: bool) -> None:
+    marker = search_dir / MARKER
+    ident = {k: v for k, v in config.model_dump(mode="json").items() if k in IDENTITY}
+    if search_dir.exists() and any(search_dir.iterdir()):
+        if not marker.is_file():
+            raise OutputExistsError(f"{search_dir} exists and is not a search directory",
+                                    hint="pass another --search-dir")
+        before = json.loads(marker.read_text(encoding="utf-8"))
+        if before != ident and not force:
+            diff = ", ".join(k for k in IDENTITY if before.get(k) != ident.get(k))
+            raise OutputExistsError(f"{search_dir} holds a search with other settings ({diff})",
+                                    hint="pass another --search-dir, the same settings to resume, or --force to "
+                                    "start over")
+        if before != ident:  # --force: a new study; the store (the step cache) stays useful
+            for p in ("study.db", "candidates", "chosen.yaml", "holdout", "search.json", "report.html", "data"):
+                target = search_dir / p
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(marker, ident)
+
+
+def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progress | None = None,
+               force: bool = False, html: bool = True) -> SearchResult:
+    """Search for the candidate that meets ``config.profile``'s budgets and is best on ``config.objective``."""
+    optuna = _optuna()
+    search_dir = Path(search_dir)
+    if html:
+        from compress._optional import require
+
+        for module in ("jinja2", "matplotlib"):
+            require(module, "the search's HTML report (or pass --no-html)")
+    _open_dir(search_dir, config, force)
+    s = Search(config, search_dir, progress)
+    say = s.say
+    url = config.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120) \
+        if url.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else url
+    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=6,
+                                         constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * len(s.budgets)))
+    study = optuna.create_study(study_name=config.study_name, storage=storage, sampler=sampler, load_if_exists=True,
+                                directions=["maximize", "minimize", "minimize"])
+    study.set_metric_names(["retention", "p50_ms", "size_mb"])
+    s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
+    _requeue_interrupted(optuna, study, say)
+    if not study.trials:
+        reference = Candidate(s.shape.layers)  # the plain INT8 teacher: where the search starts from
+        if reference.layers in s.space["layers"] and 1.0 in s.space["width"]:
+            study.enqueue_trial(trial_params(reference), user_attrs={"fidelity": "short", "reference": True})
+    say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "
+        f"{config.time_budget_s / 60:.0f} min spent; objective {config.objective.value}; profile {s.profile.name}")
+
+    def record_time(study, _trial) -> None:
+        study.set_user_attr("spent_s", round(s.spent(), 1))
+
+    objective = _objective(optuna, s)
+    phase = study.user_attrs.get("phase", "explore")
+    if phase == "explore":
+        def explored() -> bool:
+            return s.spent() >= config.explore_share * config.time_budget_s or _exhausted(study) \
+                or bool(config.trials and len(_new_shorts(study)) >= config.trials)
+
+        def stop_exploring(study, trial) -> None:
+            record_time(study, trial)
+            if explored():
+                study.stop()
+
+        if not explored():
+            say(f"exploring at short fidelity ({config.short_steps} distillation steps, "
+                f"{config.short_recover_steps} recovery steps) for up to "
+                f"{max(config.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
+            study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
+        promoted = _promote(s, study)
+        for number, params in promoted:
+            study.enqueue_trial(params, user_attrs={"fidelity": "full", "promoted_from": number})
+        study.set_user_attr("promoted", [n for n, _ in promoted])
+        study.set_user_attr("phase", "full")
+        say(f"full fidelity for trials {', '.join(map(str, (n for n, _ in promoted))) or '(none measured)'}")
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    if waiting:
+        study.optimize(objective, n_trials=len(waiting), callbacks=[record_time], catch=(EdgeCompressError,))
+    study.set_user_attr("phase", "final")
+    result = _conclude(s, study)
+    record_time(study, None)
+    result.summary["spent_s"] = round(s.spent(), 1)
+    _write_json(search_dir / "search.json", result.summary)
+    if html:
+        from compress.search.report import write_search_html
+
+        write_search_html(search_dir, result.summary)
+    return result
+
+
+def _requeue_interrupted(optuna, study, say: Progress) -> None:
+    """Trials a previous process left running or stopped by Ctrl-C are queued again (their finished steps are
+    in the store, so nothing done is redone); trials that failed with an error are not."""
+    from optuna.storages import fail_stale_trials
+
+    fail_stale_trials(study)
+    TS = optuna.trial.TrialState
+    done = {json.dumps(t.params, sort_keys=True) + t.user_attrs.get("fidelity", "short")
+            for t in study.trials if t.state in (TS.COMPLETE, TS.PRUNED, TS.WAITING)}
+    retried = set(study.user_attrs.get("requeued", []))
+    for t in study.trials:
+        key = json.dumps(t.params, sort_keys=True) + t.user_attrs.get("fidelity", "short")
+        if t.state == TS.FAIL and "error" not in t.user_attrs and t.number not in retried and key not in done and t.params:
+            study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items()
+                                                      if k in ("fidelity", "promoted_from", "reference")})
+            retried.add(t.number)
+            done.add(key)
+            say(f"trial {t.number} was interrupted: queued again ({t.user_attrs.get('label', t.params)})")
+    study.set_user_attr("requeued", sorted(retried))
+
+
+def _objective(optuna, s: Search):
+    def objective(trial):
+        fid = s.full if trial.user_attrs.get("fidelity") == "full" else s.short
+        trial.set_user_attr("fidelity", fid.name)
+        c = suggest(trial, s.space, s.shape)
+        trial.set_user_attr("label", c.label)
+        b = s.profile.measure
+        est = roofline(c, s.shape, b.batch_size, b.sequence_length, s.peaks)
+        trial.set_user_attr("estimate", {k: None if v is None else round(v, 4) for k, v in est.items()})
+        tag = f"[trial {trial.number}, {fid.name}] {c.label}"
+        if fid is s.short:
+            why = s.cannot_meet(est, _latency_ratio(trial.study))
+            if why:
+                trial.set_user_attr("skipped", why)
+                s.say(f"{tag}: skipped before training: {why}")
+                raise optuna.TrialPruned(why)
+        else:
+            need = _cost(s, trial.number, c, fid)
+            if need > s.left():
+                why = f"needs ~{need / 60:.0f} min, {max(s.left(), 0) / 60:.0f} min of the time budget left"
+                trial.set_user_attr("skipped", why)
+                s.say(f"{tag}: not run: {why}")
+                raise optuna.TrialPruned(why)
+        twin = _twin(trial, fid.name)
+        if twin is not None:  # sampled before: the same recipe, the same cached figures
+            for k, v in twin.user_attrs.items():
+                trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", twin.number)
+            return twin.values
+        s.say(f"{tag}: building and validating ...")
+        try:
+            res = s.measure(trial.number, c, fid)
+        except EdgeCompressError as e:
+            trial.set_user_attr("error", str(e))
+            s.say(f"{tag}: failed: {e}")
+            raise
+        for k, v in res.items():
+            trial.set_user_attr(k, v)
+        s.say(f"{tag}: {res['verdict'].upper()}: retention {_f(res['retention'])}, p50 {_f(res['p50_ms'], 2)} ms"
+              f"{' (est.)' if res['estimated'] else ''}, {_f(res['size_mb'], 1)} MB ({res['seconds']:.0f} s)")
+        return (res["retention"] if res["retention"] is not None else res["agreement"] or 0.0,
+                res["p50_ms"] if res["p50_ms"] is not None else math.inf, res["size_mb"])
+
+    return objective
+
+
+def _twin(trial, fidelity: str):
+    """An earlier measured trial with the same candidate at the same fidelity."""
+    from optuna.trial import TrialState
+
+    return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.params == trial.params and t.user_attrs.get("fidelity") == fidelity
+                 and "duplicate_of" not in t.user_attrs), None)
+
+
+def _new_shorts(study) -> list:
+    """Short-fidelity trials that tried a candidate for the first time (measured, skipped or failed)."""
+    return [t for t in study.trials if t.user_attrs.get("fidelity", "short") == "short" and t.state.is_finished()
+            and "duplicate_of" not in t.user_attrs]
+
+
+def _exhausted(study, patience: int = 25) -> bool:
+    """The sampler keeps proposing candidates already tried: the space (as narrowed) is used up."""
+    recent = [t for t in study.trials if t.state.is_finished()][-patience:]
+    return len(recent) == patience and all("duplicate_of" in t.user_attrs for t in recent)
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _latency_ratio(study) -> float:
+    """How much slower than its optimistic roofline a measured candidate ran: the smallest ratio seen so far (x0.8),
+    so the bound stays optimistic; 1.0 until two candidates are measured (the roofline assumes every core is busy
+    and no operator waits: it is optimistic on its own)."""
+    ratios = [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in study.trials
+              if t.user_attrs.get("p50_ms") and not t.user_attrs.get("estimated")
+              and (t.user_attrs.get("estimate") or {}).get("p50_ms")]
+    return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
+
+
+def _cost(s: Search, number: int, c: Candidate, fid: Fidelity) -> float:
+    from compress.recipes.execute import plan_recipe
+
+    _, _, rows = plan_recipe(s.recipe(number, c, fid), s.store)
+    return sum(r["estimate_s"] for r in rows)
+
+
+# -- promotion and the end ----------------------------------------------------------------------------------------
+
+
+def _measured(study, fidelity: str | None = None) -> list:
+    from optuna.trial import TrialState
+
+    return [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("p50_ms") is not None
+            and (fidelity is None or t.user_attrs.get("fidelity") == fidelity) and "duplicate_of" not in t.user_attrs]
+
+
+def objective_value(s: Search, attrs: dict[str, Any]) -> float:
+    if s.config.objective is Objective.size:
+        return attrs["size_mb"]
+    if s.config.objective is Objective.energy_proxy:
+        return attrs["estimate"]["energy_mj"]
+    return attrs.get("side_by_side_p50_ms") or attrs["p50_ms"]
+
+
+def _meets_all_but_accuracy(attrs: dict[str, Any]) -> bool:
+    return all(b["status"] != "fail" for n, b in attrs["budgets"].items() if n not in ACCURACY_BUDGETS)
+
+
+def _promote(s: Search, study) -> list[tuple[int, dict[str, Any]]]:
+    """The short candidates worth full training: those meeting every budget but accuracy (full training is what
+    raises accuracy), on the retention x objective front, best retention first; else the closest to the budgets."""
+    shorts = _measured(study, "short")
+    pool = [t for t in shorts if _meets_all_but_accuracy(t.user_attrs)]
+    if pool:
+        front = [t for t in pool if not any(
+            (u.user_attrs["retention"] or 0) >= (t.user_attrs["retention"] or 0)
+            and objective_value(s, u.user_attrs) <= objective_value(s, t.user_attrs)
+            and u is not t and ((u.user_attrs["retention"] or 0) > (t.user_attrs["retention"] or 0)
+                                or objective_value(s, u.user_attrs) < objective_value(s, t.user_attrs)) for u in pool)]
+        rest = sorted((t for t in pool if t not in front), key=lambda t: -(t.user_attrs["retention"] or 0))
+        ranked = sorted(front, key=lambda t: -(t.user_attrs["retention"] or 0)) + rest
+    else:
+        ranked = sorted(shorts, key=lambda t: sum(max(v, 0.0) for v in t.user_attrs["constraints"]))
+    out, seen = [], set()
+    for t in ranked:
+        key = json.dumps(t.params, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append((t.number, t.params))
+        if len(out) >= s.config.promote:
+            break
+    return out
+
+
+def _side_by_side(s: Search, trials: list) -> dict[str, Any] | None:
+    """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
+    from compress.artifact import load_artifact
+    from compress.measure import measure_interleaved
+    from compress.models import load_source
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.validation.common import latency_texts
+
+    if not trials or any(t.user_attrs.get("estimated") for t in trials):
+        return None  # this machine is not the profile's device: the reports' estimates are all there is
+    meas = s.profile.measure
+    settings = RuntimeSettings(threads=s.profile.runtime.threads or s.profile.hardware.cores)
+    backends, runs = [], {}
+    texts = None
+    entries = [(f"trial {t.number}", load_artifact(t.user_attrs["artifact"]), None) for t in trials]
+    entries.append(("teacher (PyTorch FP32)", load_source(s.config.teacher), "torch"))
+    for name, art, runtime in entries:
+        if texts is None:
+            texts = latency_texts(None, meas.batch_size, meas.sequence_length, art.manifest.preprocess)
+        rt = runtime or ("openvino" if str(art.format) == "openvino" else s.profile.runtime.name)
+        opts = {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}} if rt == "openvino" else {}
+        b = load_runtime(art, rt, RuntimeSettings(threads=settings.threads, **opts))
+        backends.append(b)
+        batch = b.encode(texts, pad_to=meas.sequence_length)
+        runs[name] = (lambda b=b, batch=batch: (b.run(batch), b.synchronize()))
+    s.say(f"timing {len(runs)} models side by side in alternating rounds ...")
+    stats = measure_interleaved(runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
+                                min_duration_s=meas.min_duration_s, max_runs=meas.max_runs)
+    for b in backends:
+        b.close()
+    return {name: {"p50_ms": st.p50, "p95_ms": st.p95, "n": st.n} for name, st in stats.items()}
+
+
+def _conclude(s: Search, study) -> SearchResult:
+    from compress.html_report import pareto_front
+
+    measured = _measured(study)
+    points = [_point(t) for t in measured]
+    front_names = pareto_front([p for p in points if p["retention"] is not None])
+    full = _measured(study, "full")
+    sbs = _side_by_side(s, full)
+    teacher_key = "teacher (PyTorch FP32)"
+    for p, t in zip(points, measured):
+        p["front"] = p["name"] in front_names
+        if sbs and f"trial {t.number}" in sbs:
+            p["side_by_side_p50_ms"] = sbs[f"trial {t.number}"]["p50_ms"]
+    by_number = {p["trial"]: p for p in points}
+    passing = [by_number[t.number] for t in full if t.user_attrs["verdict"] in ("pass", "unverified")]
+    chosen = min(passing, key=lambda p: objective_value(s, p)) if passing else None
+    diagnosis: list[str] = []
+    if chosen is not None:
+        chosen = dict(chosen)
+        shutil.copyfile(chosen["recipe"], s.dir / "chosen.yaml")
+        chosen["holdout"] = _holdout(s, chosen)
+        if sbs:
+            t = sbs[teacher_key]["p50_ms"]
+            chosen["vs_teacher_pytorch"] = {"teacher_p50_ms": t, "speedup": t / sbs[f"trial {chosen['trial']}"]["p50_ms"]}
+        teacher_mb = _dir_mb(Path(s.config.teacher))
+        chosen["vs_teacher_pytorch"] = {**chosen.get("vs_teacher_pytorch", {}), "teacher_size_mb": teacher_mb,
+                                        "smaller": teacher_mb / chosen["size_mb"]}
+    else:
+        diagnosis = diagnose(s, points)
+    skipped = [{"trial": t.number, "label": t.user_attrs.get("label"), "why": t.user_attrs.get("skipped"),
+                "estimate": t.user_attrs.get("estimate")} for t in study.trials if t.user_attrs.get("skipped")]
+    failed = [{"trial": t.number, "label": t.user_attrs.get("label"), "error": t.user_attrs.get("error")}
+              for t in study.trials if t.user_attrs.get("error")]
+    summary = {
+        "search_dir": str(s.dir), "profile": s.profile.name, "objective": s.config.objective.value,
+        "budgets": {b.name: {"limit": b.limit, "comparison": b.comparison}
+                    for b in __import__("compress.budgets", fromlist=["judge"]).judge(s.profile.budgets, {})},
+        "teacher": str(Path(s.config.teacher).resolve()), "eval": s.eval, "holdout": s.holdout,
+        "space": s.space, "fidelities": {"short": s.short.__dict__, "full": s.full.__dict__},
+        "trials": len(study.trials), "measured": points, "skipped": skipped, "failed": failed,
+        "promoted": study.user_attrs.get("promoted", []), "side_by_side": sbs, "chosen": chosen,
+        "diagnosis": diagnosis, "storage": s.config.storage or str(s.dir / "study.db"),
+        "study": s.config.study_name,
+    }
+    return SearchResult(s.dir, summary, chosen, diagnosis)
+
+
+def _point(t) -> dict[str, Any]:
+    a = t.user_attrs
+    return {"trial": t.number, "name": f"trial {t.number}", "label": f"#{t.number} {a['label']}",
+            "fidelity": a["fidelity"], "retention": a["retention"], "agreement": a["agreement"],
+            "p50_ms": a["p50_ms"], "size_mb": a["size_mb"], "estimated": a.get("estimated", False),
+            "verdict": a["verdict"], "budgets": a["budgets"], "recipe": a["recipe"], "report": a["report"],
+            "artifact": a["artifact"], "estimate": a["estimate"], "seconds": a["seconds"], "params": t.params}
+
+
+def _dir_mb(d: Path) -> float:
+    return sum(f.stat().st_size for f in d.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin")) / 2**20
+
+
+def _holdout(s: Search, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The chosen artifact validated on the held-out data, on the same profile."""
+    from compress.report import write_report
+    from compress.validation import validate
+    from compress.validation.local import ValidateConfig
+
+    out = s.dir / "holdout"
+    report_json = out / "report" / "report.json"
+    if report_json.is_file() and json.loads(report_json.read_text(encoding="utf-8"))["artifact"]["path"] == chosen["artifact"]:
+        report = json.loads(report_json.read_text(encoding="utf-8"))  # resumed: validated already
+    else:
+        s.say(f"validating trial {chosen['trial']} on the held-out data ({s.holdout}) ...")
+        prof = s.profile_for(from_params(chosen["params"]))
+        r = validate(chosen["artifact"], ValidateConfig(profile=prof, data=s.holdout, teacher=s.config.teacher))
+        if out.exists():
+            shutil.rmtree(out)
+        write_report(r, out / "report")
+        report = r.model_dump(mode="json")
+    m = report["metrics"]
+    return {"verdict": report["verdict"], "retention": m.get("retention"), "agreement": m.get("agreement"),
+            "metric": m.get("metric"), "teacher_metric": m.get("teacher_metric"),
+            "p50_ms": (m.get("latency_ms") or {}).get("p50"), "rows": m.get("eval_samples"),
+            "report": str(report_json)}
+
+
+def diagnose(s: Search, points: list[dict[str, Any]]) -> list[str]:
+    """Why nothing met every budget: which budget binds, the closest candidate, and what it would need."""
+    if not points:
+        return ["no candidate was measured: raise --time-budget, or widen --space (every sampled candidate was "
+                "skipped by its estimate or failed)"]
+    lines = []
+    fails: dict[str, int] = {}
+    for p in points:
+        for n, b in p["budgets"].items():
+            if b["status"] == "fail":
+                fails[n] = fails.get(n, 0) + 1
+    for n, k in sorted(fails.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{n} fails for {k} of {len(points)} measured candidates")
+
+    def total(p):
+        return sum(max(violation(b), 0.0) for b in p["budgets"].values())
+
+    best = min(points, key=total)
+    missing = [(n, b) for n, b in best["budgets"].items() if b["status"] == "fail"]
+    need = "; ".join(f"{n} {b['measured']:.4g} vs {b['comparison']} {b['limit']:g} "
+                     f"({_needed(b)})" for n, b in missing)
+    lines.append(f"closest: trial {best['trial']} ({best['label']}, {best['fidelity']} fidelity): {need}")
+    for n, b in missing:
+        ok = [p for p in points if p["budgets"].get(n, {}).get("status") != "fail"]
+        if ok:
+            alt = min(ok, key=total)
+            lines.append(f"meeting {n}: trial {alt['trial']} ({alt['label']}) fails "
+                         + ", ".join(f"{m} {c['measured']:.4g}" for m, c in alt["budgets"].items() if c["status"] == "fail"))
+    binding = max(fails, key=fails.get) if fails else None
+    if binding:
+        lines.append(f"binding budget: {binding} (relax it in the profile, give the search more time, or widen the "
+                     "space: deeper students keep more accuracy, narrower ones run faster)")
+    return lines
+
+
+def _needed(b: dict[str, Any]) -> str:
+    x, lim = float(b["measured"]), float(b["limit"])
+    if b["comparison"] == "<=":
+        return f"needs {100 * (x - lim) / x:.0f}% less"
+    return f"needs +{lim - x:.4g}"

@@ -1,0 +1,245 @@
+"""The search space: what a candidate is, how Optuna samples one, the recipe that builds it, and its roofline.
+
+A candidate of a text (BERT-family) teacher is a student depth and width, head and FFN pruning levels, vocabulary
+pruning, a precision (INT8 dynamic, INT8 static, INT4) and a runtime (ONNX Runtime, or OpenVINO where the
+profile's device runs it). It becomes a recipe (:mod:`compress.recipes`) whose step names are the same in every
+candidate, so two candidates that share a step (the same student, pruned the same way) share its output in the
+search's store: no step is computed twice.
+
+Before anything is trained, :func:`roofline` gives the candidate's size and an optimistic latency from its shape
+alone (parameter counts; MatMul, attention and elementwise costs at the profile's batch × sequence length; the
+profile's, or this machine's, peaks). The search discards a candidate whose optimistic estimate cannot meet the
+budget, and tightens the estimate with each candidate it measures.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+#: the dimensions a text search explores, with their choices (``--space`` may narrow them)
+TEXT_SPACE: dict[str, list[Any]] = {
+    "layers": [1, 2, 3, 4, 6],  # student depth; the teacher's own depth keeps every layer (no distillation)
+    "width": [1.0, 0.67, 0.5],  # hidden size as a share of the teacher's (student_config; heads of the same size)
+    "heads": [0.0, 0.25, 0.5],  # share of attention heads removed (transformers 4)
+    "ffn": [0.0, 0.3, 0.5, 0.7],  # share of FFN neurons removed
+    "vocab": [False, True],  # keep only the tokens the training texts use
+    "quant": ["int8-dynamic", "int8-static", "int4"],  # ONNX Runtime
+    "runtime": ["onnxruntime", "openvino"],
+}
+OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layers: int
+    width: float = 1.0
+    heads: float = 0.0
+    ffn: float = 0.0
+    vocab: bool = False
+    quant: str = "int8-dynamic"
+    runtime: str = "onnxruntime"
+
+    @property
+    def label(self) -> str:
+        parts = [f"L{self.layers}"]
+        if self.width != 1.0:
+            parts.append(f"w{self.width:g}")
+        if self.heads:
+            parts.append(f"h{self.heads:g}")
+        if self.ffn:
+            parts.append(f"f{self.ffn:g}")
+        if self.vocab:
+            parts.append("vocab")
+        parts.append(self.quant if self.runtime == "onnxruntime" else f"ov-{self.quant}")
+        return " ".join(parts)
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TeacherShape:
+    """What the roofline needs from the teacher's config.json, and how many tokens vocabulary pruning keeps."""
+
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+    positions: int
+    types: int
+    labels: int
+    vocab_kept: int | None = None
+
+    @classmethod
+    def read(cls, teacher: Path | str, vocab_kept: int | None = None) -> TeacherShape:
+        c = json.loads((Path(teacher) / "config.json").read_text(encoding="utf-8"))
+        return cls(int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["num_attention_heads"]),
+                   int(c["intermediate_size"]), int(c["vocab_size"]), int(c.get("max_position_embeddings", 512)),
+                   int(c.get("type_vocab_size", 2)), len(c.get("id2label") or {}) or 2, vocab_kept)
+
+
+def suggest(trial, space: dict[str, list[Any]], shape: TeacherShape) -> Candidate:
+    """One candidate from an Optuna trial (define-by-run: the quantization choices depend on the runtime)."""
+    layers = trial.suggest_categorical("layers", [n for n in space["layers"] if n <= shape.layers])
+    width = trial.suggest_categorical("width", space["width"])
+    heads = trial.suggest_categorical("heads", space["heads"])
+    ffn = trial.suggest_categorical("ffn", space["ffn"])
+    vocab = trial.suggest_categorical("vocab", space["vocab"])
+    runtime = trial.suggest_categorical("runtime", space["runtime"])
+    if runtime == "openvino":
+        quant = trial.suggest_categorical("ov_quant", OPENVINO_QUANT)
+    else:
+        quant = trial.suggest_categorical("quant", space["quant"])
+    return Candidate(layers, width, heads, ffn, vocab, quant, runtime)
+
+
+def from_params(params: dict[str, Any]) -> Candidate:
+    p = dict(params)
+    if "ov_quant" in p:
+        p["quant"] = p.pop("ov_quant")
+    return Candidate(**{k: v for k, v in p.items() if k in Candidate.__dataclass_fields__})
+
+
+def trial_params(c: Candidate) -> dict[str, Any]:
+    """The Optuna parameters of a candidate (for ``enqueue_trial``)."""
+    p = {"layers": c.layers, "width": c.width, "heads": c.heads, "ffn": c.ffn, "vocab": c.vocab, "runtime": c.runtime}
+    p["ov_quant" if c.runtime == "openvino" else "quant"] = c.quant
+    return p
+
+
+# -- the recipe -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How much training a candidate gets: short for ranking, full for the front."""
+
+    name: str
+    distill: dict[str, Any]  # distill options besides the student's shape (max_steps or epochs, ...)
+    recover_steps: int  # prune recovery
+
+
+def _width_config(c: Candidate, shape: TeacherShape) -> dict[str, Any] | None:
+    if c.width == 1.0:
+        return None
+    head_dim = shape.hidden // shape.heads
+    heads = max(1, round(shape.heads * c.width))
+    return {"hidden_size": heads * head_dim, "num_attention_heads": heads}
+
+
+def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tuple[dict[str, Any], str]:
+    """The recipe steps that build ``c`` and the name of the deployable step. Step names are the same in every
+    candidate (student, pruned, onnx, model), so equal steps share one output in the store."""
+    steps: dict[str, Any] = {}
+    last = "teacher"
+    student_cfg = _width_config(c, shape)
+    if c.layers < shape.layers or student_cfg:
+        opts: dict[str, Any] = {"layers": c.layers, **fidelity.distill}
+        if student_cfg:
+            opts["student_config"] = student_cfg
+        steps["student"] = {"distill": opts}
+        last = "student"
+    if c.heads or c.ffn or c.vocab:
+        opts = {}
+        if c.heads:
+            opts["heads"] = c.heads
+        if c.ffn:
+            opts["ffn"] = c.ffn
+        if c.vocab:
+            opts["vocab_corpus"] = "train"
+        opts["recover_steps"] = fidelity.recover_steps
+        steps["pruned"] = {"from": last, "prune": opts}
+        last = "pruned"
+    steps["onnx"] = {"from": last, "export": {"format": "openvino"} if c.runtime == "openvino" else {}}
+    if c.runtime == "openvino":
+        q = {"weights_only": True} if c.quant == "int8-weights" else {"calibration_samples": 300}
+    elif c.quant == "int4":
+        q = {"precision": "int4"}
+    else:
+        q = {"mode": c.quant.split("-")[1]}
+    steps["model"] = {"from": "onnx", "quantize": q}
+    return steps, "model"
+
+
+# -- the roofline before training ---------------------------------------------------------------------------------
+
+#: bytes per weight of a MatMul and of an embedding row element, by quantization
+_MATMUL_BYTES = {"int8-dynamic": 1.0, "int8-static": 1.0, "int4": 0.5 + 2 / 128, "int8": 1.0, "int8-weights": 1.0}
+_EMBED_BYTES = {"int4": 1.0}  # INT4 mode keeps the embedding table in INT8 by default; others quantize it to INT8
+#: operation energies (pJ) for the energy proxy: Horowitz, "Computing's energy problem" (ISSCC 2014), 45 nm
+PJ_PER_FP32_OP, PJ_PER_INT8_OP, PJ_PER_DRAM_BYTE = 2.3, 0.115, 160.0
+
+
+@dataclass
+class Shape:
+    """A candidate's dimensions after distillation and pruning."""
+
+    layers: int
+    hidden: int
+    attn: int  # all heads' width (heads kept × head size)
+    ffn: int
+    vocab: int
+
+
+def candidate_shape(c: Candidate, t: TeacherShape) -> Shape:
+    head_dim = t.hidden // t.heads
+    heads = max(1, round(t.heads * c.width)) if c.width != 1.0 else t.heads
+    hidden = heads * head_dim
+    kept_heads = max(1, heads - int(heads * c.heads)) if c.heads else heads
+    ffn = t.ffn - int(t.ffn * c.ffn)
+    vocab = t.vocab_kept if c.vocab and t.vocab_kept else t.vocab
+    return Shape(c.layers, hidden, kept_heads * head_dim, ffn, vocab)
+
+
+def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict[str, float | None]:
+    """Size (MB), optimistic latency (ms, :mod:`compress.estimate`'s roofline with its calibrated efficiencies) and
+    an energy proxy (mJ) of one inference of ``c``, from its shape alone. No ``peaks``: no latency (None)."""
+    from compress.estimate import DEFAULT_EFFICIENCY, roofline as graph_roofline
+    from compress.estimate_cost import GraphCost, NodeCost
+
+    s = candidate_shape(c, t)
+    mm_b = _MATMUL_BYTES[c.quant]
+    emb_b = _EMBED_BYTES.get(c.quant, 1.0)
+    tokens = batch * seq
+    nodes: list[NodeCost] = []
+    act = 4.0  # activations stay FP32 between operators
+
+    def matmul(name: str, k: int, n: int, rows: int = tokens) -> None:
+        w = k * n * mm_b
+        nodes.append(NodeCost(name, "MatMulInteger", int8_ops=2.0 * rows * k * n,
+                              bytes=w + act * rows * (k + n), weight_bytes=w))
+
+    def elementwise(name: str, op: str, numel: int, per: float = 1.0) -> None:
+        nodes.append(NodeCost(name, op, flops=per * numel, bytes=act * 2 * numel))
+
+    emb_rows = s.vocab + t.positions + t.types
+    nodes.append(NodeCost("embeddings", "Gather", bytes=emb_b * s.hidden * 3 * tokens + act * tokens * s.hidden,
+                          weight_bytes=emb_b * emb_rows * s.hidden))
+    elementwise("embeddings/norm", "LayerNormalization", tokens * s.hidden, 5)
+    for i in range(s.layers):
+        for proj in ("q", "k", "v"):
+            matmul(f"l{i}/{proj}", s.hidden, s.attn)
+        nodes.append(NodeCost(f"l{i}/scores", "MatMul", flops=2.0 * batch * seq * seq * s.attn,
+                              bytes=act * (2 * tokens * s.attn + batch * seq * seq * (s.attn // 32 or 1))))
+        elementwise(f"l{i}/softmax", "Softmax", batch * seq * seq * max(1, s.attn // 32), 5)
+        nodes.append(NodeCost(f"l{i}/context", "MatMul", flops=2.0 * batch * seq * seq * s.attn,
+                              bytes=act * 2 * tokens * s.attn))
+        matmul(f"l{i}/out", s.attn, s.hidden)
+        elementwise(f"l{i}/norm1", "LayerNormalization", tokens * s.hidden, 5)
+        matmul(f"l{i}/up", s.hidden, s.ffn)
+        elementwise(f"l{i}/gelu", "Gelu", tokens * s.ffn, 8)
+        matmul(f"l{i}/down", s.ffn, s.hidden)
+        elementwise(f"l{i}/norm2", "LayerNormalization", tokens * s.hidden, 5)
+    matmul("pooler", s.hidden, s.hidden, rows=batch)
+    matmul("classifier", s.hidden, t.labels, rows=batch)
+    cost = GraphCost("candidate", batch, seq, nodes)
+    est = graph_roofline(cost, peaks, DEFAULT_EFFICIENCY) if peaks is not None else None
+    norms = 4.0 * (2 * s.layers + 1) * 2 * s.hidden + 4.0 * s.layers * (3 * s.attn + s.ffn + 2 * s.hidden)
+    size_mb = (cost.weight_bytes + norms) / 2**20
+    energy_mj = (cost.flops * PJ_PER_FP32_OP + cost.int8_ops * PJ_PER_INT8_OP
+                 + cost.weight_bytes * PJ_PER_DRAM_BYTE) * 1e-9
+    return {"size_mb": size_mb, "p50_ms": est.latency_ms if est else None, "energy_mj": energy_mj, "gops": (cost.flops + cost.int8_ops) / 1e9}

@@ -1,0 +1,168 @@
+"""`edgecompress search`: an Optuna study over candidate recipes in one shared store. The candidate that meets every
+budget is chosen, timed side by side with the teacher, validated on held-out data and written as a recipe that
+re-runs from the cache; estimates skip what cannot fit before training; an interrupted search resumes without
+redoing finished work; unmet budgets get a diagnosis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cli.test_cli import assert_one_line_error, edgecompress
+from tests.conftest import GENEROUS_BUDGETS, write_tsv
+
+pytest.importorskip("optuna")
+pytest.importorskip("jinja2")
+pytest.importorskip("matplotlib")
+
+#: two depths x two FFN levels of the tiny teacher, INT8 dynamic on ONNX Runtime: four candidates
+SPACE = {"layers": [1, 2], "width": [1.0], "heads": [0.0], "ffn": [0.0, 0.5], "vocab": [False],
+         "quant": ["int8-dynamic"], "runtime": ["onnxruntime"]}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, bert_classifier, home):
+    d = tmp_path_factory.mktemp("search")
+    shutil.copytree(bert_classifier, d / "teacher")
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        write_tsv(d, name=name)
+    (d / "quick.yaml").write_text(yaml.safe_dump({
+        "name": "quick", "extends": "host", "budgets": GENEROUS_BUDGETS,
+        "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}}), encoding="utf-8")
+    return d
+
+
+def config(ws: Path, **kw):
+    from compress.search import SearchConfig
+
+    base = dict(teacher=str(ws / "teacher"), profile=str(ws / "quick.yaml"), train=str(ws / "train.tsv"),
+                eval=str(ws / "dev.tsv"), holdout=str(ws / "test.tsv"), time_budget_s=3600, trials=3,
+                short_steps=3, short_recover_steps=2, full_epochs=1, full_recover_steps=3, promote=1, space=SPACE,
+                distill={"batch_size": 8})
+    return SearchConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def first(workspace):
+    from compress.search import run_search
+
+    lines: list[str] = []
+    result = run_search(config(workspace), workspace / "s1", progress=lines.append)
+    return result, lines
+
+
+def test_search_chooses_a_candidate_that_meets_every_budget(first, workspace):
+    result, lines = first
+    s = result.summary
+    assert result.exit_code == 0 and result.chosen is not None
+    shorts = [p for p in s["measured"] if p["fidelity"] == "short"]
+    fulls = [p for p in s["measured"] if p["fidelity"] == "full"]
+    assert len(shorts) >= 2 and len(fulls) == 1  # --promote 1
+    assert s["chosen"]["trial"] == fulls[0]["trial"] and s["chosen"]["verdict"] == "pass"
+    # the reference (the plain INT8 teacher) is the first trial
+    assert shorts[0]["params"]["layers"] == 2 and shorts[0]["params"]["ffn"] == 0.0
+    # timed side by side with the PyTorch teacher; validated again on the held-out file
+    assert set(s["side_by_side"]) == {f"trial {fulls[0]['trial']}", "teacher (PyTorch FP32)"}
+    h = s["chosen"]["holdout"]
+    assert Path(h["report"]).is_file() and h["retention"] is not None
+    assert json.loads(Path(h["report"]).read_text())["data"]["path"].endswith("test.tsv")
+    assert s["chosen"]["vs_teacher_pytorch"]["smaller"] > 1
+    # the front, every candidate's recipe, the page
+    assert any(p["front"] for p in s["measured"])
+    assert all(Path(p["recipe"]).is_file() for p in s["measured"])
+    html = (workspace / "s1" / "report.html").read_text()
+    assert "Pareto" in html and "chosen.yaml" in html and "<script" not in html
+    assert any("full" in ln for ln in lines)
+
+
+def test_the_chosen_recipe_reruns_from_the_store(first, workspace):
+    from compress.recipes.execute import run_recipe
+
+    result, _ = first
+    chosen = workspace / "s1" / "chosen.yaml"
+    again = run_recipe(chosen, workspace / "s1" / "store", html=False)
+    assert all(j["status"] == "cached" for j in again.index["jobs"])
+
+
+def test_candidates_share_steps_through_the_store(first, workspace):
+    result, _ = first
+    store = workspace / "s1" / "steps" if False else workspace / "s1" / "store" / "steps"
+    students = {p.name for p in store.glob("student-*") if p.is_dir()}
+    depth1 = [p for p in result.summary["measured"] if p["params"]["layers"] == 1 and p["fidelity"] == "short"]
+    # one short student per depth, however many candidates prune it differently
+    keys = {json.loads(Path(p).read_text())["key"] for p in store.glob("student-*.json")}
+    assert len(keys) == len(students)
+    assert len(students) <= len({(p["params"]["layers"], p["fidelity"]) for p in result.summary["measured"]
+                                 if p["params"]["layers"] == 1}) + (1 if depth1 else 0)
+
+
+def test_resuming_a_finished_search_redoes_nothing_and_more_trials_continue_it(first, workspace):
+    from compress.search import run_search
+
+    result, _ = first
+    n = result.summary["trials"]
+    again = run_search(config(workspace), workspace / "s1")
+    assert again.summary["trials"] == n and again.chosen["trial"] == result.chosen["trial"]
+
+
+def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, monkeypatch):
+    from compress.search import run_search
+    from compress.search.run import Search
+
+    real = Search.measure
+    calls = []
+
+    def interrupt_second(self, number, c, fid):
+        calls.append(number)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, number, c, fid)
+
+    monkeypatch.setattr(Search, "measure", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config(workspace, trials=2, promote=1), workspace / "s2", html=False)
+    monkeypatch.setattr(Search, "measure", real)
+    lines: list[str] = []
+    result = run_search(config(workspace, trials=2, promote=1), workspace / "s2", progress=lines.append, html=False)
+    assert any("interrupted: queued again" in ln for ln in lines)
+    shorts = [p for p in result.summary["measured"] if p["fidelity"] == "short"]
+    assert len(shorts) == 2 and result.chosen is not None
+
+
+def test_estimates_skip_what_cannot_fit_and_the_diagnosis_names_the_binding_budget(workspace):
+    from compress.search import run_search
+
+    tight = workspace / "tight.yaml"
+    tight.write_text(yaml.safe_dump({
+        "name": "tight", "extends": str(workspace / "quick.yaml"),
+        "budgets": {"max_model_size_mb": 0.03, "min_throughput": 1e9}}), encoding="utf-8")
+    result = run_search(config(workspace, profile=str(tight), trials=4), workspace / "s3", html=False)
+    s = result.summary
+    assert result.exit_code == 1 and result.chosen is None
+    assert s["skipped"] and all("size" in k["why"] for k in s["skipped"])
+    assert all(k["estimate"]["size_mb"] * 0.9 > 0.03 for k in s["skipped"])
+    assert any("binding budget: min_throughput" in ln for ln in result.diagnosis)
+    assert any(ln.startswith("closest: trial") for ln in result.diagnosis)
+
+
+def test_the_estimate_orders_candidates_as_the_built_artifacts(first):
+    # (a tiny model's file is mostly graph, which the estimate leaves out; on MiniLM it is within a few per cent)
+    pts = [p for p in first[0].summary["measured"] if p["fidelity"] == "short"]
+    for a in pts:
+        for b in pts:
+            if a["estimate"]["size_mb"] < b["estimate"]["size_mb"]:
+                assert a["size_mb"] < b["size_mb"], (a["label"], b["label"])
+                assert a["estimate"]["p50_ms"] < b["estimate"]["p50_ms"]
+
+
+def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
+    base = ["search", "--teacher", workspace / "teacher", "--profile", workspace / "quick.yaml",
+            "--train", workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--search-dir", tmp_path / "x"]
+    assert_one_line_error(edgecompress(*base, "--time-budget", "soon"), "time budget", "2h")
+    assert_one_line_error(edgecompress(*base, "--space", "depth=2"), "--space", "layers")
+    assert_one_line_error(edgecompress(*base[:-2], "--search-dir", workspace / "s1", "--seed", "7"),
+                          "other settings", "seed")
