@@ -8,6 +8,7 @@ The run directory::
     RUN/steps/NAME-KEY/     one job's output: an artifact, a validation report directory, or a package
     RUN/steps/NAME-KEY.json the job's record, written last (its presence marks the output complete)
     RUN/work/NAME-KEY/      distillation checkpoints while a distill job runs (an interrupted run resumes from them)
+    RUN/teacher-cache/      the teacher's outputs on the transfer rows, shared by every distillation in the run
     RUN/gate.json, gate.md  the gate against the baseline run, when the recipe has gate:
     RUN/report.html         the run's HTML report
 
@@ -244,8 +245,10 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
         from compress.stages.distill.config import RUN_CONFIG
 
         work = run / "work" / job.dirname  # checkpoints: an interrupted distillation resumes from them
+        # one teacher-output cache per run directory: every student of this teacher on this data reuses the rows
+        # the teacher already labelled (a cache whose key differs is rebuilt, never misread)
         distill(src, job.data["train"], out, config, eval_data=job.data.get("eval_data"), run_dir=work,
-                resume=(work / RUN_CONFIG).is_file(), force=force, progress=say)
+                resume=(work / RUN_CONFIG).is_file(), force=force, progress=say, teacher_cache=run / "teacher-cache")
         return _artifact_summary(out)
     if job.verb == "prune":
         from compress.stages.prune import prune

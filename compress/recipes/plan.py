@@ -191,6 +191,8 @@ def _paths(job: Job, teacher: str) -> dict[str, str]:
     """Every file or directory the job reads besides its input."""
     out = dict(job.data)
     for f in PATH_FIELDS[job.verb]:
+        if f == "teacher_cache":  # a cache of what the teacher and data already key: its content changes no output
+            continue
         if isinstance(job.settings.get(f), str) and job.settings[f] != teacher:  # the teacher: in the parent chain
             out[f] = job.settings[f]
     return out
