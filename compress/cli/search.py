@@ -79,7 +79,7 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     start = time.monotonic()
 
     def say(line: str) -> None:
-        con.print(f"[{(time.monotonic() - start) / 60:5.1f} min] {line}", markup=False, highlight=False)
+        con.print(f"[{(time.monotonic() - start) / 60:5.1f} min] {line}", markup=False, highlight=False, soft_wrap=True)
 
     result = run_search(config, search_dir, progress=say, force=force, html=not no_html)
     print_result(result)

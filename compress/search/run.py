@@ -59,6 +59,7 @@ ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement")
 #: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume
 IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
             "full_epochs", "full_recover_steps", "distill", "seed")
+PATHS = ("teacher", "profile", "train", "eval", "holdout")
 Progress = Callable[[str], None]
 
 
@@ -78,7 +79,7 @@ def _optuna():
     from compress._optional import require
 
     optuna = require("optuna", "edgecompress search")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the search says what happened to each trial itself
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -113,6 +114,15 @@ class Search:
         self.full = Fidelity("full", {"epochs": config.full_epochs, **config.distill}, config.full_recover_steps)
         self.t0 = time.monotonic()
         self.spent_before = 0.0
+        self.study = None  # set by run_search: the time spent is recorded in it as the search goes
+        self._recorded = 0.0
+
+    def record_time(self, force: bool = False) -> None:
+        """Store the time spent in the study (at most once a minute unless ``force``), so a resumed search
+        continues the same time budget, however it was stopped."""
+        if self.study is not None and (force or time.monotonic() - self._recorded > 60):
+            self._recorded = time.monotonic()
+            self.study.set_user_attr("spent_s", round(self.spent(), 1))
 
     # -- setting up -------------------------------------------------------------------------------------------
 
@@ -227,6 +237,7 @@ class Search:
         last = [0.0]
 
         def forward(d: dict[str, Any]) -> None:
+            self.record_time()
             if d.get("note"):
                 self.say(f"    {d['note']}")
             elif d.get("total") and time.monotonic() - last[0] > 60:  # long phases: a line a minute
@@ -331,7 +342,8 @@ def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
 
 def _open_dir(search_dir: Path, config: SearchConfig, force: bool) -> None:
     marker = search_dir / MARKER
-    ident = {k: v for k, v in config.model_dump(mode="json").items() if k in IDENTITY}
+    ident = {k: str(Path(v).resolve()) if k in PATHS and v and Path(v).exists() else v
+             for k, v in config.model_dump(mode="json").items() if k in IDENTITY}
     if search_dir.exists() and any(search_dir.iterdir()):
         if not marker.is_file():
             raise OutputExistsError(f"{search_dir} exists and is not a search directory",
@@ -364,7 +376,10 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     s = Search(config, search_dir, progress)
     say = s.say
     url = config.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
-    storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120) \
+    # heartbeats: a trial whose process died (kill -9, a lost machine) is failed after the grace period and queued
+    # again; Ctrl-C and SIGTERM are handled by _requeue_interrupted
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                                         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2)) \
         if url.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else url
     sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=6,
                                          constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * len(s.budgets)))
@@ -372,6 +387,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
                                 directions=["maximize", "minimize", "minimize"])
     study.set_metric_names(["retention", "p50_ms", "size_mb"])
     s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
+    s.study = study
     _requeue_interrupted(optuna, study, say)
     if not study.trials:
         reference = Candidate(s.shape.layers)  # the plain INT8 teacher: where the search starts from
@@ -380,8 +396,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "
         f"{config.time_budget_s / 60:.0f} min spent; objective {config.objective.value}; profile {s.profile.name}")
 
-    def record_time(study, _trial) -> None:
-        study.set_user_attr("spent_s", round(s.spent(), 1))
+    def record_time(_study, _trial) -> None:
+        s.record_time(force=True)
 
     objective = _objective(optuna, s)
     phase = study.user_attrs.get("phase", "explore")
@@ -459,7 +475,7 @@ def _objective(optuna, s: Search):
                 s.say(f"{tag}: skipped before training: {why}")
                 raise optuna.TrialPruned(why)
         else:
-            need = _cost(s, trial.number, c, fid)
+            need = _cost(s, trial.number, c, fid, trial.user_attrs.get("promoted_from"))
             if need > s.left():
                 why = f"needs ~{need / 60:.0f} min, {max(s.left(), 0) / 60:.0f} min of the time budget left"
                 trial.set_user_attr("skipped", why)
@@ -475,6 +491,8 @@ def _objective(optuna, s: Search):
         try:
             res = s.measure(trial.number, c, fid)
         except EdgeCompressError as e:
+            if getattr(e, "exit_code", None) == 130:  # Ctrl-C or SIGTERM inside a step: stop the search, not the trial
+                raise KeyboardInterrupt(str(e)) from e
             trial.set_user_attr("error", str(e))
             s.say(f"{tag}: failed: {e}")
             raise
@@ -523,11 +541,31 @@ def _latency_ratio(study) -> float:
     return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
 
 
-def _cost(s: Search, number: int, c: Candidate, fid: Fidelity) -> float:
-    from compress.recipes.execute import plan_recipe
+def _cost(s: Search, number: int, c: Candidate, fid: Fidelity, short_number: int | None) -> float:
+    """Seconds a full-fidelity candidate still needs: each uncached job's time at short fidelity (same candidate,
+    same job), scaled by how many more training steps it takes; a rough figure where there is none."""
+    from compress.recipes.execute import _done, plan_recipe
+    from compress.recipes.plan import rough_seconds
 
-    _, _, rows = plan_recipe(s.recipe(number, c, fid), s.store)
-    return sum(r["estimate_s"] for r in rows)
+    plan, _, rows = plan_recipe(s.recipe(number, c, fid), s.store)
+    short = None
+    if short_number is not None and (s.dir / "candidates" / f"{short_number:04d}-short.yaml").is_file():
+        short, _, _ = plan_recipe(s.dir / "candidates" / f"{short_number:04d}-short.yaml", s.store)
+    total = 0.0
+    for row in rows:
+        if row["cached"]:
+            continue
+        job = plan.job(row["name"])
+        rec = _done(s.store, short.job(job.name)) if short and any(j.name == job.name for j in short.jobs) else None
+        if rec is None:
+            total += rough_seconds(job)
+        elif job.verb == "distill":
+            total += rec["seconds"] * rough_seconds(job) / rough_seconds(short.job(job.name))
+        elif job.verb == "prune":
+            total += rec["seconds"] * (fid.recover_steps + 50) / (s.short.recover_steps + 50)
+        else:
+            total += rec["seconds"]
+    return total
 
 
 # -- promotion and the end ----------------------------------------------------------------------------------------
@@ -612,6 +650,7 @@ def _side_by_side(s: Search, trials: list) -> dict[str, Any] | None:
 
 
 def _conclude(s: Search, study) -> SearchResult:
+    from compress.budgets import judge
     from compress.html_report import pareto_front
 
     measured = _measured(study)
@@ -646,8 +685,7 @@ def _conclude(s: Search, study) -> SearchResult:
               for t in study.trials if t.user_attrs.get("error")]
     summary = {
         "search_dir": str(s.dir), "profile": s.profile.name, "objective": s.config.objective.value,
-        "budgets": {b.name: {"limit": b.limit, "comparison": b.comparison}
-                    for b in __import__("compress.budgets", fromlist=["judge"]).judge(s.profile.budgets, {})},
+        "budgets": {b.name: {"limit": b.limit, "comparison": b.comparison} for b in judge(s.profile.budgets, {})},
         "teacher": str(Path(s.config.teacher).resolve()), "eval": s.eval, "holdout": s.holdout,
         "space": s.space, "fidelities": {"short": s.short.__dict__, "full": s.full.__dict__},
         "trials": len(study.trials), "measured": points, "skipped": skipped, "failed": failed,

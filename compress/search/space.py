@@ -169,7 +169,9 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
 
 #: bytes per weight of a MatMul and of an embedding row element, by quantization
 _MATMUL_BYTES = {"int8-dynamic": 1.0, "int8-static": 1.0, "int4": 0.5 + 2 / 128, "int8": 1.0, "int8-weights": 1.0}
-_EMBED_BYTES = {"int4": 1.0}  # INT4 mode keeps the embedding table in INT8 by default; others quantize it to INT8
+#: INT4 mode keeps the embedding table in INT8 by default, dynamic INT8 and NNCF quantize it to INT8, static INT8 (QDQ
+#: on MatMul inputs) leaves the Gather's table in FP32
+_EMBED_BYTES = {"int4": 1.0, "int8-static": 4.0}
 #: operation energies (pJ) for the energy proxy: Horowitz, "Computing's energy problem" (ISSCC 2014), 45 nm
 PJ_PER_FP32_OP, PJ_PER_INT8_OP, PJ_PER_DRAM_BYTE = 2.3, 0.115, 160.0
 
