@@ -41,8 +41,7 @@ def config(ws: Path, **kw):
 
     base = dict(teacher=str(ws / "teacher"), profile=str(ws / "quick.yaml"), train=str(ws / "train.tsv"),
                 eval=str(ws / "dev.tsv"), holdout=str(ws / "test.tsv"), time_budget_s=3600, trials=3,
-                short_steps=3, short_recover_steps=2, full_epochs=1, full_recover_steps=3, promote=1, space=SPACE,
-                distill={"batch_size": 8})
+                short_steps=3, short_recover_steps=2, full_epochs=1, full_recover_steps=3, promote=1, space=SPACE)
     return SearchConfig(**{**base, **kw})
 
 
@@ -147,6 +146,17 @@ def test_estimates_skip_what_cannot_fit_and_the_diagnosis_names_the_binding_budg
     assert all(k["estimate"]["size_mb"] * 0.9 > 0.03 for k in s["skipped"])
     assert any("binding budget: min_throughput" in ln for ln in result.diagnosis)
     assert any(ln.startswith("closest: trial") for ln in result.diagnosis)
+    # the closest full candidate is still checked on the held-out data, and the page says what failed
+    assert s["closest"]["fidelity"] == "full" and s["closest"]["holdout"]["retention"] is not None
+    # the CLI resumes the finished search: exit 1, the diagnosis printed
+    proc = edgecompress("search", "--teacher", workspace / "teacher", "--profile", tight, "--train",
+                        workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--holdout", workspace / "test.tsv",
+                        "--search-dir", workspace / "s3", "--trials", "4", "--short-steps", "3", "--short-recover-steps", "2",
+                        "--full-epochs", "1", "--full-recover-steps", "3",
+                        "--promote", "1", "--space", "layers=1,2;width=1.0;heads=0.0;ffn=0.0,0.5;vocab=false;"
+                        "quant=int8-dynamic;runtime=onnxruntime", "--no-html")
+    assert proc.returncode == 1, proc.stderr
+    assert "diagnosis: binding budget: min_throughput" in proc.stdout and "closest: trial" in proc.stdout
 
 
 def test_the_estimate_orders_candidates_as_the_built_artifacts(first):

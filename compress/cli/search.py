@@ -33,8 +33,12 @@ F = SearchConfig.model_fields
                    "ffn, vocab, quant, runtime.")
 @click.option("--short-steps", type=int, default=F["short_steps"].default, show_default=True,
               help=F["short_steps"].description)
+@click.option("--short-recover-steps", type=int, default=F["short_recover_steps"].default, show_default=True,
+              help=F["short_recover_steps"].description)
 @click.option("--full-epochs", type=float, default=F["full_epochs"].default, show_default=True,
               help=F["full_epochs"].description)
+@click.option("--full-recover-steps", type=int, default=F["full_recover_steps"].default, show_default=True,
+              help=F["full_recover_steps"].description)
 @click.option("--promote", type=int, default=F["promote"].default, show_default=True, help=F["promote"].description)
 @click.option("--storage", help="Optuna storage URL (e.g. postgresql://...) so several machines work on one study "
                                 "[default: sqlite in --search-dir].")
@@ -43,7 +47,8 @@ F = SearchConfig.model_fields
 @click.option("--force", is_flag=True, help="Start over in a --search-dir that holds a search with other settings "
                                             "(the store of built steps is kept).")
 def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, space_text,
-               short_steps, full_epochs, promote, storage, seed, no_html, force):
+               short_steps, short_recover_steps, full_epochs, full_recover_steps, promote, storage, seed, no_html,
+               force):
     """Find the smallest, fastest artifact that meets a device profile's budgets.
 
     \b
@@ -67,7 +72,8 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     config = build_config(
         SearchConfig, teacher=str(teacher), profile=profile, train=str(train), eval=str(eval_data),
         holdout=str(holdout) if holdout else None, time_budget_s=parse_duration(time_budget), objective=objective,
-        trials=trials, short_steps=short_steps, full_epochs=full_epochs, promote=promote,
+        trials=trials, short_steps=short_steps, short_recover_steps=short_recover_steps, full_epochs=full_epochs,
+        full_recover_steps=full_recover_steps, promote=promote,
         space=parse_space(space_text) if space_text else None, storage=storage, seed=seed,
     )
     for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):
@@ -104,15 +110,17 @@ def print_result(result) -> None:
     if s.get("side_by_side"):
         click.echo("side by side, alternating rounds: " + ", ".join(
             f"{k} p50 {v['p50_ms']:.2f} ms" for k, v in s["side_by_side"].items()))
-    c = result.chosen
+    c = result.chosen or s.get("closest")
     if c:
         h = c.get("holdout") or {}
         vs = c.get("vs_teacher_pytorch") or {}
-        click.echo(f"chosen: trial {c['trial']} ({c['label'].split(' ', 1)[1]}): retention {c['retention']:.4f}, "
+        click.echo(f"{'chosen' if result.chosen else 'closest'}: trial {c['trial']} ({c['label'].split(' ', 1)[1]}): "
+                   f"{c['verdict'].upper()}, retention {c['retention']:.4f}, "
                    f"held-out retention {h.get('retention', float('nan')):.4f}, p50 {c['p50_ms']:.2f} ms, "
                    f"{c['size_mb']:.1f} MB"
                    + (f"; {vs['speedup']:.1f}x faster" if vs.get("speedup") else "")
                    + (f", {vs['smaller']:.1f}x smaller than the PyTorch FP32 teacher" if vs.get("smaller") else ""))
+    if result.chosen:
         click.echo(f"recipe: {result.search_dir / 'chosen.yaml'} "
                    f"(edgecompress run {result.search_dir / 'chosen.yaml'} --run-dir {result.search_dir / 'store'})")
     for line in result.diagnosis:

@@ -468,8 +468,15 @@ def _objective(optuna, s: Search):
         est = roofline(c, s.shape, b.batch_size, b.sequence_length, s.peaks)
         trial.set_user_attr("estimate", {k: None if v is None else round(v, 4) for k, v in est.items()})
         tag = f"[trial {trial.number}, {fid.name}] {c.label}"
+        twin = _twin(trial, fid.name)
+        if twin is not None:  # sampled before: the same recipe, the same cached figures
+            for k, v in twin.user_attrs.items():
+                trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", twin.number)
+            s.say(f"{tag}: as trial {twin.number} (measured already)")
+            return twin.values
         if fid is s.short:
-            why = s.cannot_meet(est, _latency_ratio(trial.study))
+            why = s.cannot_meet(est, _latency_ratio(trial.study, c.runtime))
             if why:
                 trial.set_user_attr("skipped", why)
                 s.say(f"{tag}: skipped before training: {why}")
@@ -481,12 +488,6 @@ def _objective(optuna, s: Search):
                 trial.set_user_attr("skipped", why)
                 s.say(f"{tag}: not run: {why}")
                 raise optuna.TrialPruned(why)
-        twin = _twin(trial, fid.name)
-        if twin is not None:  # sampled before: the same recipe, the same cached figures
-            for k, v in twin.user_attrs.items():
-                trial.set_user_attr(k, v)
-            trial.set_user_attr("duplicate_of", twin.number)
-            return twin.values
         s.say(f"{tag}: building and validating ...")
         try:
             res = s.measure(trial.number, c, fid)
@@ -531,13 +532,13 @@ def _f(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _latency_ratio(study) -> float:
-    """How much slower than its optimistic roofline a measured candidate ran: the smallest ratio seen so far (x0.8),
-    so the bound stays optimistic; 1.0 until two candidates are measured (the roofline assumes every core is busy
-    and no operator waits: it is optimistic on its own)."""
+def _latency_ratio(study, runtime: str) -> float:
+    """How much slower than its optimistic roofline a measured candidate on ``runtime`` ran: the smallest ratio seen
+    so far (x0.8), so the bound stays optimistic; 1.0 until two such candidates are measured (the roofline assumes
+    every core busy and no operator waiting: it is optimistic on its own)."""
     ratios = [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in study.trials
-              if t.user_attrs.get("p50_ms") and not t.user_attrs.get("estimated")
-              and (t.user_attrs.get("estimate") or {}).get("p50_ms")]
+              if t.user_attrs.get("p50_ms") and not t.user_attrs.get("estimated") and t.params.get("runtime") == runtime
+              and (t.user_attrs.get("estimate") or {}).get("p50_ms") and "duplicate_of" not in t.user_attrs]
     return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
 
 
@@ -667,18 +668,22 @@ def _conclude(s: Search, study) -> SearchResult:
     passing = [by_number[t.number] for t in full if t.user_attrs["verdict"] in ("pass", "unverified")]
     chosen = min(passing, key=lambda p: objective_value(s, p)) if passing else None
     diagnosis: list[str] = []
-    if chosen is not None:
+    closest = None
+    if chosen is None:
+        diagnosis = diagnose(s, points)
+        fulls = [by_number[t.number] for t in full]
+        closest = dict(min(fulls, key=_violation)) if fulls else None  # checked on held-out data too
+    else:
         chosen = dict(chosen)
+        (s.dir / "chosen.yaml").unlink(missing_ok=True)
         shutil.copyfile(chosen["recipe"], s.dir / "chosen.yaml")
-        chosen["holdout"] = _holdout(s, chosen)
+    for pick in filter(None, (chosen, closest)):
+        pick["holdout"] = _holdout(s, pick)
+        pick["vs_teacher_pytorch"] = {"teacher_size_mb": _dir_mb(Path(s.config.teacher))}
+        pick["vs_teacher_pytorch"]["smaller"] = pick["vs_teacher_pytorch"]["teacher_size_mb"] / pick["size_mb"]
         if sbs:
             t = sbs[teacher_key]["p50_ms"]
-            chosen["vs_teacher_pytorch"] = {"teacher_p50_ms": t, "speedup": t / sbs[f"trial {chosen['trial']}"]["p50_ms"]}
-        teacher_mb = _dir_mb(Path(s.config.teacher))
-        chosen["vs_teacher_pytorch"] = {**chosen.get("vs_teacher_pytorch", {}), "teacher_size_mb": teacher_mb,
-                                        "smaller": teacher_mb / chosen["size_mb"]}
-    else:
-        diagnosis = diagnose(s, points)
+            pick["vs_teacher_pytorch"] |= {"teacher_p50_ms": t, "speedup": t / sbs[f"trial {pick['trial']}"]["p50_ms"]}
     skipped = [{"trial": t.number, "label": t.user_attrs.get("label"), "why": t.user_attrs.get("skipped"),
                 "estimate": t.user_attrs.get("estimate")} for t in study.trials if t.user_attrs.get("skipped")]
     failed = [{"trial": t.number, "label": t.user_attrs.get("label"), "error": t.user_attrs.get("error")}
@@ -689,7 +694,7 @@ def _conclude(s: Search, study) -> SearchResult:
         "teacher": str(Path(s.config.teacher).resolve()), "eval": s.eval, "holdout": s.holdout,
         "space": s.space, "fidelities": {"short": s.short.__dict__, "full": s.full.__dict__},
         "trials": len(study.trials), "measured": points, "skipped": skipped, "failed": failed,
-        "promoted": study.user_attrs.get("promoted", []), "side_by_side": sbs, "chosen": chosen,
+        "promoted": study.user_attrs.get("promoted", []), "side_by_side": sbs, "chosen": chosen, "closest": closest,
         "diagnosis": diagnosis, "storage": s.config.storage or str(s.dir / "study.db"),
         "study": s.config.study_name,
     }
@@ -734,6 +739,11 @@ def _holdout(s: Search, chosen: dict[str, Any]) -> dict[str, Any]:
             "report": str(report_json)}
 
 
+def _violation(p: dict[str, Any]) -> float:
+    """How far a candidate is from meeting every budget (0: it meets them all)."""
+    return sum(max(violation(b), 0.0) for b in p["budgets"].values())
+
+
 def diagnose(s: Search, points: list[dict[str, Any]]) -> list[str]:
     """Why nothing met every budget: which budget binds, the closest candidate, and what it would need."""
     if not points:
@@ -748,9 +758,7 @@ def diagnose(s: Search, points: list[dict[str, Any]]) -> list[str]:
     for n, k in sorted(fails.items(), key=lambda kv: -kv[1]):
         lines.append(f"{n} fails for {k} of {len(points)} measured candidates")
 
-    def total(p):
-        return sum(max(violation(b), 0.0) for b in p["budgets"].values())
-
+    total = _violation
     best = min(points, key=total)
     missing = [(n, b) for n, b in best["budgets"].items() if b["status"] == "fail"]
     need = "; ".join(f"{n} {b['measured']:.4g} vs {b['comparison']} {b['limit']:g} "
