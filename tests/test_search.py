@@ -176,3 +176,17 @@ def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
     assert_one_line_error(edgecompress(*base, "--space", "depth=2"), "--space", "layers")
     assert_one_line_error(edgecompress(*base[:-2], "--search-dir", workspace / "s1", "--seed", "7"),
                           "other settings", "seed")
+
+
+def test_without_holdout_half_of_eval_is_held_out(tmp_path):
+    from compress.data import load_dataset
+    from compress.search.run import split_eval
+
+    rows = [(i % 2, f"sentence number {i} with a \"quote\" and a , comma") for i in range(41)]
+    src = write_tsv(tmp_path, rows, name="dev.tsv")
+    ranked, held = split_eval(src, tmp_path / "data", seed=0)
+    a, b = load_dataset(ranked), load_dataset(held)
+    assert len(a) + len(b) == 41 and abs(len(a) - len(b)) <= 1
+    assert sorted(a.inputs + b.inputs) == sorted(t for _, t in rows)  # disjoint, nothing lost, text unchanged
+    assert split_eval(src, tmp_path / "again", seed=0)[0] != ranked
+    assert Path(split_eval(src, tmp_path / "again", seed=0)[0]).read_text() == Path(ranked).read_text()  # seeded

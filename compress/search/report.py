@@ -11,12 +11,9 @@ def write_search_html(search_dir: Path | str, summary: dict[str, Any]) -> Path:
 
     search_dir = Path(search_dir)
     measured = sorted(summary["measured"], key=lambda p: p["trial"])
-    plots = []
-    for fid in ("short", "full"):
-        pts = [{**p, "label": f"#{p['trial']}"} for p in measured if p["fidelity"] == fid]
-        svg = pareto(pts, f"{fid} fidelity") if pts else None
-        if svg:
-            plots.append((fid, svg))
+    pts = [{**p, "label": f"#{p['trial']}" + (" full" if p["fidelity"] == "full" else "")} for p in measured]
+    svg = pareto(pts, "every measured candidate (full: full-fidelity training)") if pts else None
+    plots = [("all", svg)] if svg else []
     chosen = search_dir / "chosen.yaml"
     html = _env().get_template("search.html.j2").render(
         title=f"search on {summary['profile']}", search=summary, measured=measured, plots=plots,

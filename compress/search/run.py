@@ -329,10 +329,10 @@ def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if path.suffix.lower() == ".jsonl":
                 f.write("".join(rows[i] + "\n" for i in idx))
+            elif delim == "\t":  # read as written: fields split on tabs, nothing quoted
+                f.write("".join("\t".join(r) + "\n" for r in header + [rows[i] for i in idx]))
             else:
-                w = csv.writer(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL,
-                               escapechar="\\" if delim == "\t" else None, lineterminator="\n")
-                w.writerows(header + [rows[i] for i in idx])
+                csv.writer(f, lineterminator="\n").writerows(header + [rows[i] for i in idx])
         tmp.replace(target)
     return str(ranked.resolve()), str(held.resolve())
 
