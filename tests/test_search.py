@@ -190,3 +190,13 @@ def test_without_holdout_half_of_eval_is_held_out(tmp_path):
     assert sorted(a.inputs + b.inputs) == sorted(t for _, t in rows)  # disjoint, nothing lost, text unchanged
     assert split_eval(src, tmp_path / "again", seed=0)[0] != ranked
     assert Path(split_eval(src, tmp_path / "again", seed=0)[0]).read_text() == Path(ranked).read_text()  # seeded
+
+
+def test_a_teacher_it_cannot_search_is_refused_with_the_alternative(workspace, tmp_path):
+    vit = tmp_path / "vit"
+    vit.mkdir()
+    (vit / "config.json").write_text(json.dumps({"model_type": "vit", "num_hidden_layers": 2, "hidden_size": 32,
+                                                 "num_attention_heads": 2, "intermediate_size": 64}))
+    proc = edgecompress("search", "--teacher", vit, "--profile", workspace / "quick.yaml", "--train",
+                        workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--search-dir", tmp_path / "s")
+    assert_one_line_error(proc, "vocab_size", "BERT-family", "edgecompress run")

@@ -106,8 +106,8 @@ class Search:
         self.profile_ref = str(Path(config.profile).resolve()) if Path(config.profile).is_file() else config.profile
         self.budgets = self._budget_names()
         self.space = self._space()
-        self.eval, self.holdout = self._data()
         self.shape = self._shape()
+        self.eval, self.holdout = self._data()
         self.peaks = self._peaks()
         self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
                                         **config.distill}, config.short_recover_steps)
@@ -417,8 +417,11 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
                 f"{max(config.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
             study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
         promoted = _promote(s, study)
-        for number, params in promoted:
-            study.enqueue_trial(params, user_attrs={"fidelity": "full", "promoted_from": number})
+        queued = {json.dumps(t.params, sort_keys=True) for t in study.trials
+                  if t.user_attrs.get("fidelity") == "full" and t.state != optuna.trial.TrialState.FAIL}
+        for number, params in promoted:  # (a search stopped right here queues each one once)
+            if json.dumps(params, sort_keys=True) not in queued:
+                study.enqueue_trial(params, user_attrs={"fidelity": "full", "promoted_from": number})
         study.set_user_attr("promoted", [n for n, _ in promoted])
         study.set_user_attr("phase", "full")
         say(f"full fidelity for trials {', '.join(map(str, (n for n, _ in promoted))) or '(none measured)'}")
@@ -658,20 +661,25 @@ def _conclude(s: Search, study) -> SearchResult:
     points = [_point(t) for t in measured]
     front_names = pareto_front([p for p in points if p["retention"] is not None])
     full = _measured(study, "full")
-    sbs = _side_by_side(s, full)
+    elsewhere = [t.number for t in full if not Path(t.user_attrs["artifact"]).exists()]
+    if elsewhere:  # a shared study: other machines built these in their own search directories
+        s.say(f"trials {', '.join(map(str, elsewhere))} were built on another machine: judged by their reports, "
+              "not timed side by side here")
+    sbs = _side_by_side(s, [t for t in full if t.number not in elsewhere])
     teacher_key = "teacher (PyTorch FP32)"
     for p, t in zip(points, measured):
         p["front"] = p["name"] in front_names
         if sbs and f"trial {t.number}" in sbs:
             p["side_by_side_p50_ms"] = sbs[f"trial {t.number}"]["p50_ms"]
     by_number = {p["trial"]: p for p in points}
-    passing = [by_number[t.number] for t in full if t.user_attrs["verdict"] in ("pass", "unverified")]
+    passing = [by_number[t.number] for t in full if t.user_attrs["verdict"] in ("pass", "unverified")
+               and t.number not in elsewhere]
     chosen = min(passing, key=lambda p: objective_value(s, p)) if passing else None
     diagnosis: list[str] = []
     closest = None
     if chosen is None:
         diagnosis = diagnose(s, points)
-        fulls = [by_number[t.number] for t in full]
+        fulls = [by_number[t.number] for t in full if t.number not in elsewhere]
         closest = dict(min(fulls, key=_violation)) if fulls else None  # checked on held-out data too
     else:
         chosen = dict(chosen)
