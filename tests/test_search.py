@@ -200,3 +200,15 @@ def test_a_teacher_it_cannot_search_is_refused_with_the_alternative(workspace, t
     proc = edgecompress("search", "--teacher", vit, "--profile", workspace / "quick.yaml", "--train",
                         workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--search-dir", tmp_path / "s")
     assert_one_line_error(proc, "vocab_size", "BERT-family", "edgecompress run")
+
+
+def test_a_small_space_ends_the_exploration_when_it_is_used_up(workspace):
+    from compress.search import run_search
+
+    lines: list[str] = []
+    space = {**SPACE, "layers": [1], "ffn": [0.0]}  # one candidate
+    result = run_search(config(workspace, space=space, trials=None), workspace / "s4", progress=lines.append,
+                        html=False)
+    assert any("exploration ends: the space is used up" in ln for ln in lines)
+    assert len([p for p in result.summary["measured"] if p["fidelity"] == "short"]) == 1
+    assert result.chosen is not None

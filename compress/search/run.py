@@ -410,12 +410,23 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             record_time(study, trial)
             if explored():
                 study.stop()
+            elif _exhausted(study, patience=10):  # TPE keeps proposing what it measured: draw at random a while
+                study.sampler = random_sampler
+            elif "duplicate_of" not in trial.user_attrs:
+                study.sampler = sampler
+
+        random_sampler = optuna.samplers.RandomSampler(seed=config.seed)
 
         if not explored():
             say(f"exploring at short fidelity ({config.short_steps} distillation steps, "
                 f"{config.short_recover_steps} recovery steps) for up to "
                 f"{max(config.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
             study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
+        why = ("its share of the time budget is spent" if s.spent() >= config.explore_share * config.time_budget_s
+               else f"{config.trials} trials done" if config.trials and len(_new_shorts(study)) >= config.trials
+               else "the space is used up (the last trials, random draws included, proposed only candidates tried "
+               "already)")
+        say(f"exploration ends: {why}")
         promoted = _promote(s, study)
         queued = {json.dumps(t.params, sort_keys=True) for t in study.trials
                   if t.user_attrs.get("fidelity") == "full" and t.state != optuna.trial.TrialState.FAIL}
@@ -525,8 +536,8 @@ def _new_shorts(study) -> list:
             and "duplicate_of" not in t.user_attrs]
 
 
-def _exhausted(study, patience: int = 25) -> bool:
-    """The sampler keeps proposing candidates already tried: the space (as narrowed) is used up."""
+def _exhausted(study, patience: int = 40) -> bool:
+    """The last ``patience`` trials all proposed candidates already tried: the space (as narrowed) is used up."""
     recent = [t for t in study.trials if t.state.is_finished()][-patience:]
     return len(recent) == patience and all("duplicate_of" in t.user_attrs for t in recent)
 
