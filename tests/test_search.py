@@ -212,3 +212,20 @@ def test_a_small_space_ends_the_exploration_when_it_is_used_up(workspace):
     assert any("exploration ends: the space is used up" in ln for ln in lines)
     assert len([p for p in result.summary["measured"] if p["fidelity"] == "short"]) == 1
     assert result.chosen is not None
+
+
+def test_promotion_forgives_timing_noise_but_not_size():
+    from compress.search.run import _meets_all_but_accuracy
+
+    def attrs(**fails):
+        budgets = {"latency_p50_ms": (2.0, 3.0, "<="), "latency_p95_ms": (7.0, 8.0, "<="),
+                   "max_model_size_mb": (8.0, 10.0, "<="), "min_accuracy_retention": (0.9, 0.99, ">=")}
+        budgets.update(fails)
+        return {"budgets": {n: {"measured": m, "limit": lim, "comparison": c,
+                                "status": "pass" if (m <= lim if c == "<=" else m >= lim) else "fail"}
+                            for n, (m, lim, c) in budgets.items()}}
+
+    assert _meets_all_but_accuracy(attrs())  # accuracy is what full training raises
+    assert _meets_all_but_accuracy(attrs(latency_p95_ms=(8.7, 8.0, "<=")))  # a tail 9% over: noise on a shared VM
+    assert not _meets_all_but_accuracy(attrs(latency_p50_ms=(4.3, 3.0, "<=")))  # 43% over: not noise
+    assert not _meets_all_but_accuracy(attrs(max_model_size_mb=(10.5, 10.0, "<=")))  # size has no noise

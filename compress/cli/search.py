@@ -104,8 +104,8 @@ def print_result(result) -> None:
                      f"{p['retention']:.4f}" if p["retention"] is not None else "-",
                      f"{p['p50_ms']:.2f}" + (" est." if p["estimated"] else ""), f"{p['size_mb']:.1f}",
                      "yes" if p["front"] else ""))
-    table(f"measured candidates ({s['trials']} trials, {len(s['skipped'])} skipped by their estimate, "
-          f"{s['spent_s'] / 60:.0f} min)", ("trial", "candidate", "fidelity", "verdict", "retention", "p50 ms",
+    table(f"measured candidates ({s['trials']} trials: {len(s['measured'])} measured, {len(s['skipped'])} skipped "
+          f"by their estimate, {s['repeats']} repeats of measured ones; {s['spent_s'] / 60:.0f} min)", ("trial", "candidate", "fidelity", "verdict", "retention", "p50 ms",
                                             "MB", "front"), rows)
     if s.get("side_by_side"):
         click.echo("side by side, alternating rounds: " + ", ".join(
