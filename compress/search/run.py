@@ -62,6 +62,9 @@ TIMING_NOISE = 0.25  # how far over a timing budget a short candidate may be and
 IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
             "full_epochs", "full_recover_steps", "distill", "seed")
 PATHS = ("teacher", "profile", "train", "eval", "holdout")
+#: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
+RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
+                    "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}}}
 Progress = Callable[[str], None]
 
 
@@ -200,7 +203,7 @@ class Search:
             path.write_text(yaml.safe_dump({
                 "name": f"{self.profile.name}-{c.runtime}", "extends": self.profile_ref,
                 "description": f"{self.profile.name} running {c.runtime}: the same device and budgets",
-                "runtime": {"name": "openvino", "provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}},
+                "runtime": {"name": c.runtime, **RUNTIME_SETTINGS[c.runtime]},
             }, sort_keys=False), encoding="utf-8")
         return str(path.resolve())
 
@@ -655,8 +658,9 @@ def _side_by_side(s: Search, trials: list) -> dict[str, Any] | None:
     for name, art, runtime in entries:
         if texts is None:
             texts = latency_texts(None, meas.batch_size, meas.sequence_length, art.manifest.preprocess)
-        rt = runtime or ("openvino" if str(art.format) == "openvino" else s.profile.runtime.name)
-        opts = {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}} if rt == "openvino" else {}
+        rt = runtime or ("openvino" if str(art.format) == "openvino" else "onnxruntime")
+        opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
+            {"provider": s.profile.runtime.provider, "options": dict(s.profile.runtime.options)}
         b = load_runtime(art, rt, RuntimeSettings(threads=settings.threads, **opts))
         backends.append(b)
         batch = b.encode(texts, pad_to=meas.sequence_length)
