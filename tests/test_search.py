@@ -89,14 +89,13 @@ def test_the_chosen_recipe_reruns_from_the_store(first, workspace):
 
 def test_candidates_share_steps_through_the_store(first, workspace):
     result, _ = first
-    store = workspace / "s1" / "steps" if False else workspace / "s1" / "store" / "steps"
-    students = {p.name for p in store.glob("student-*") if p.is_dir()}
-    depth1 = [p for p in result.summary["measured"] if p["params"]["layers"] == 1 and p["fidelity"] == "short"]
-    # one short student per depth, however many candidates prune it differently
-    keys = {json.loads(Path(p).read_text())["key"] for p in store.glob("student-*.json")}
-    assert len(keys) == len(students)
-    assert len(students) <= len({(p["params"]["layers"], p["fidelity"]) for p in result.summary["measured"]
-                                 if p["params"]["layers"] == 1}) + (1 if depth1 else 0)
+    store = workspace / "s1" / "store" / "steps"
+    students = [p for p in store.glob("student-*") if p.is_dir()]
+    one_layer = [p for p in result.summary["measured"] if p["params"]["layers"] == 1]
+    # one student per fidelity, however many 1-layer candidates prune it differently (the 2-layer teacher's own
+    # depth needs none); every distillation labelled its rows from the one teacher-output cache
+    assert one_layer and len(students) == len({p["fidelity"] for p in one_layer})
+    assert (workspace / "s1" / "store" / "teacher-cache").is_dir()
 
 
 def test_resuming_a_finished_search_redoes_nothing_and_more_trials_continue_it(first, workspace):
