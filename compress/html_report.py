@@ -232,8 +232,12 @@ def write_run_html(run_dir: Path | str, index: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     html = _env().get_template(TEMPLATE).render(kind="run", title=f"run {index.get('recipe')}: "
                                                  f"{(index.get('verdict') or '').upper()}", run=run_context(run_dir, index), v=None)
-    path = run_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
+    return write_page(run_dir / "report.html", html)
+
+
+def write_page(path: Path, html: str) -> Path:
+    """Write a page whole or not at all (a run's or a search's page is rewritten as it goes)."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)
     return path

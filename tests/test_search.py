@@ -214,7 +214,7 @@ def test_a_small_space_ends_the_exploration_when_it_is_used_up(workspace):
 
 
 def test_promotion_forgives_timing_noise_but_not_size():
-    from compress.search.run import _meets_all_but_accuracy
+    from compress.search.conclude import _meets_all_but_accuracy
 
     def attrs(**fails):
         budgets = {"latency_p50_ms": (2.0, 3.0, "<="), "latency_p95_ms": (7.0, 8.0, "<="),

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def write_search_html(search_dir: Path | str, summary: dict[str, Any]) -> Path:
-    from compress.html_report import _env, pareto
+    from compress.html_report import _env, pareto, write_page
 
     search_dir = Path(search_dir)
     measured = sorted(summary["measured"], key=lambda p: p["trial"])
@@ -18,8 +18,4 @@ def write_search_html(search_dir: Path | str, summary: dict[str, Any]) -> Path:
     html = _env().get_template("search.html.j2").render(
         title=f"search on {summary['profile']}", search=summary, measured=measured, plots=plots,
         chosen_recipe=chosen.read_text(encoding="utf-8") if summary.get("chosen") and chosen.is_file() else "")
-    path = search_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_page(search_dir / "report.html", html)

@@ -40,44 +40,29 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from compress.errors import ConfigError, DataError, EdgeCompressError, OutputExistsError
-from compress.search.config import Objective, SearchConfig
+from compress.search.config import SearchConfig
+from compress.recipes.execute import _write_json
+from compress.search.conclude import (
+    SearchResult, conclude, promote, violation,
+)
 from compress.search.space import (
-    TEXT_SPACE, Candidate, Fidelity, TeacherShape, candidate_steps, from_params, roofline, suggest, trial_params,
+    RUNTIME_SETTINGS, TEXT_SPACE, Candidate, Fidelity, TeacherShape, candidate_steps, roofline, suggest, trial_params,
 )
 
 log = logging.getLogger(__name__)
 
 MARKER = ".edgecompress-search"
-ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement")
-TIMING_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput", "min_speedup")
-TIMING_NOISE = 0.25  # how far over a timing budget a short candidate may be and still be promoted (run-to-run noise)
 #: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume
 IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
             "full_epochs", "full_recover_steps", "distill", "seed")
 PATHS = ("teacher", "profile", "train", "eval", "holdout")
-#: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
-RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
-                    "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}}}
 Progress = Callable[[str], None]
-
-
-@dataclass
-class SearchResult:
-    search_dir: Path
-    summary: dict[str, Any]
-    chosen: dict[str, Any] | None = None
-    diagnosis: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.chosen else 1
 
 
 def _optuna():
@@ -89,12 +74,6 @@ def _optuna():
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 class Search:
@@ -280,15 +259,6 @@ class Search:
         return "; ".join(why) or None
 
 
-def violation(b: dict[str, Any] | None) -> float:
-    """A budget as an Optuna constraint: > 0 when it fails (relative to its limit), <= 0 when it holds or was not
-    measured (not measured is not a failure; the report says UNVERIFIED)."""
-    if not b or b.get("measured") is None or not b.get("limit"):
-        return 0.0
-    lim, x = float(b["limit"]), float(b["measured"])
-    return (x - lim) / abs(lim) if b["comparison"] == "<=" else (lim - x) / abs(lim)
-
-
 def _heads_prunable() -> bool:
     import transformers
 
@@ -432,7 +402,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
                else "the space is used up (the last trials, random draws included, proposed only candidates tried "
                "already)")
         say(f"exploration ends: {why}")
-        promoted = _promote(s, study)
+        promoted = promote(s, study)
         queued = {json.dumps(t.params, sort_keys=True) for t in study.trials
                   if t.user_attrs.get("fidelity") == "full" and t.state != optuna.trial.TrialState.FAIL}
         for number, params in promoted:  # (a search stopped right here queues each one once)
@@ -445,7 +415,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     if waiting:
         study.optimize(objective, n_trials=len(waiting), callbacks=[record_time], catch=(EdgeCompressError,))
     study.set_user_attr("phase", "final")
-    result = _conclude(s, study)
+    result = conclude(s, study)
     record_time(study, None)
     result.summary["spent_s"] = round(s.spent(), 1)
     _write_json(search_dir / "search.json", result.summary)
@@ -586,228 +556,3 @@ def _cost(s: Search, number: int, c: Candidate, fid: Fidelity, short_number: int
         else:
             total += rec["seconds"]
     return total
-
-
-# -- promotion and the end ----------------------------------------------------------------------------------------
-
-
-def _measured(study, fidelity: str | None = None) -> list:
-    from optuna.trial import TrialState
-
-    return [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("p50_ms") is not None
-            and (fidelity is None or t.user_attrs.get("fidelity") == fidelity) and "duplicate_of" not in t.user_attrs]
-
-
-def objective_value(s: Search, attrs: dict[str, Any]) -> float:
-    if s.config.objective is Objective.size:
-        return attrs["size_mb"]
-    if s.config.objective is Objective.energy_proxy:
-        return attrs["estimate"]["energy_mj"]
-    return attrs.get("side_by_side_p50_ms") or attrs["p50_ms"]
-
-
-def _meets_all_but_accuracy(attrs: dict[str, Any]) -> bool:
-    """Every budget but accuracy holds, timing budgets within their noise: a short candidate 10% over a p95 budget
-    on a shared machine may well meet it when the full candidate is measured, so it is not ruled out here."""
-    return all(b["status"] != "fail" or (n in TIMING_BUDGETS and violation(b) <= TIMING_NOISE)
-               for n, b in attrs["budgets"].items() if n not in ACCURACY_BUDGETS)
-
-
-def _promote(s: Search, study) -> list[tuple[int, dict[str, Any]]]:
-    """The short candidates worth full training: those meeting every budget but accuracy (full training is what
-    raises accuracy), on the retention x objective front, best retention first; else the closest to the budgets."""
-    shorts = _measured(study, "short")
-    pool = [t for t in shorts if _meets_all_but_accuracy(t.user_attrs)]
-    if pool:
-        front = [t for t in pool if not any(
-            (u.user_attrs["retention"] or 0) >= (t.user_attrs["retention"] or 0)
-            and objective_value(s, u.user_attrs) <= objective_value(s, t.user_attrs)
-            and u is not t and ((u.user_attrs["retention"] or 0) > (t.user_attrs["retention"] or 0)
-                                or objective_value(s, u.user_attrs) < objective_value(s, t.user_attrs)) for u in pool)]
-        rest = sorted((t for t in pool if t not in front), key=lambda t: -(t.user_attrs["retention"] or 0))
-        ranked = sorted(front, key=lambda t: -(t.user_attrs["retention"] or 0)) + rest
-    else:
-        ranked = sorted(shorts, key=lambda t: sum(max(v, 0.0) for v in t.user_attrs["constraints"]))
-    out, seen = [], set()
-    for t in ranked:
-        key = json.dumps(t.params, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append((t.number, t.params))
-        if len(out) >= s.config.promote:
-            break
-    return out
-
-
-def _side_by_side(s: Search, trials: list) -> dict[str, Any] | None:
-    """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
-    from compress.artifact import load_artifact
-    from compress.measure import measure_interleaved
-    from compress.models import load_source
-    from compress.runtimes.base import RuntimeSettings, load_runtime
-    from compress.validation.common import latency_texts
-
-    if not trials or any(t.user_attrs.get("estimated") for t in trials):
-        return None  # this machine is not the profile's device: the reports' estimates are all there is
-    meas = s.profile.measure
-    settings = RuntimeSettings(threads=s.profile.runtime.threads or s.profile.hardware.cores)
-    backends, runs = [], {}
-    texts = None
-    entries = [(f"trial {t.number}", load_artifact(t.user_attrs["artifact"]), None) for t in trials]
-    entries.append(("teacher (PyTorch FP32)", load_source(s.config.teacher), "torch"))
-    for name, art, runtime in entries:
-        if texts is None:
-            texts = latency_texts(None, meas.batch_size, meas.sequence_length, art.manifest.preprocess)
-        rt = runtime or ("openvino" if str(art.format) == "openvino" else "onnxruntime")
-        opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
-            {"provider": s.profile.runtime.provider, "options": dict(s.profile.runtime.options)}
-        b = load_runtime(art, rt, RuntimeSettings(threads=settings.threads, **opts))
-        backends.append(b)
-        batch = b.encode(texts, pad_to=meas.sequence_length)
-        runs[name] = (lambda b=b, batch=batch: (b.run(batch), b.synchronize()))
-    s.say(f"timing {len(runs)} models side by side in alternating rounds ...")
-    stats = measure_interleaved(runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
-                                min_duration_s=meas.min_duration_s, max_runs=meas.max_runs)
-    for b in backends:
-        b.close()
-    return {name: {"p50_ms": st.p50, "p95_ms": st.p95, "n": st.n} for name, st in stats.items()}
-
-
-def _conclude(s: Search, study) -> SearchResult:
-    from compress.budgets import judge
-    from compress.html_report import pareto_front
-
-    measured = _measured(study)
-    points = [_point(t) for t in measured]
-    front_names = pareto_front([p for p in points if p["retention"] is not None])
-    full = _measured(study, "full")
-    elsewhere = [t.number for t in full if not Path(t.user_attrs["artifact"]).exists()]
-    if elsewhere:  # a shared study: other machines built these in their own search directories
-        s.say(f"trials {', '.join(map(str, elsewhere))} were built on another machine: judged by their reports, "
-              "not timed side by side here")
-    sbs = _side_by_side(s, [t for t in full if t.number not in elsewhere])
-    teacher_key = "teacher (PyTorch FP32)"
-    for p, t in zip(points, measured):
-        p["front"] = p["name"] in front_names
-        if sbs and f"trial {t.number}" in sbs:
-            p["side_by_side_p50_ms"] = sbs[f"trial {t.number}"]["p50_ms"]
-    by_number = {p["trial"]: p for p in points}
-    passing = [by_number[t.number] for t in full if t.user_attrs["verdict"] in ("pass", "unverified")
-               and t.number not in elsewhere]
-    chosen = min(passing, key=lambda p: objective_value(s, p)) if passing else None
-    diagnosis: list[str] = []
-    closest = None
-    if chosen is None:
-        diagnosis = diagnose(s, points)
-        fulls = [by_number[t.number] for t in full if t.number not in elsewhere]
-        closest = dict(min(fulls, key=_violation)) if fulls else None  # checked on held-out data too
-    else:
-        chosen = dict(chosen)
-        (s.dir / "chosen.yaml").unlink(missing_ok=True)
-        shutil.copyfile(chosen["recipe"], s.dir / "chosen.yaml")
-    for pick in filter(None, (chosen, closest)):
-        pick["holdout"] = _holdout(s, pick)
-        pick["vs_teacher_pytorch"] = {"teacher_size_mb": _dir_mb(Path(s.config.teacher))}
-        pick["vs_teacher_pytorch"]["smaller"] = pick["vs_teacher_pytorch"]["teacher_size_mb"] / pick["size_mb"]
-        if sbs:
-            t = sbs[teacher_key]["p50_ms"]
-            pick["vs_teacher_pytorch"] |= {"teacher_p50_ms": t, "speedup": t / sbs[f"trial {pick['trial']}"]["p50_ms"]}
-    skipped = [{"trial": t.number, "label": t.user_attrs.get("label"), "why": t.user_attrs.get("skipped"),
-                "estimate": t.user_attrs.get("estimate")} for t in study.trials if t.user_attrs.get("skipped")]
-    failed = [{"trial": t.number, "label": t.user_attrs.get("label"), "error": t.user_attrs.get("error")}
-              for t in study.trials if t.user_attrs.get("error")]
-    summary = {
-        "search_dir": str(s.dir), "profile": s.profile.name, "objective": s.config.objective.value,
-        "budgets": {b.name: {"limit": b.limit, "comparison": b.comparison} for b in judge(s.profile.budgets, {})},
-        "teacher": str(Path(s.config.teacher).resolve()), "eval": s.eval, "holdout": s.holdout,
-        "space": s.space, "fidelities": {"short": s.short.__dict__, "full": s.full.__dict__},
-        "trials": len(study.trials), "repeats": sum("duplicate_of" in t.user_attrs for t in study.trials),
-        "measured": points, "skipped": skipped, "failed": failed,
-        "promoted": study.user_attrs.get("promoted", []), "side_by_side": sbs, "chosen": chosen, "closest": closest,
-        "diagnosis": diagnosis, "storage": s.config.storage or str(s.dir / "study.db"),
-        "study": s.config.study_name,
-    }
-    return SearchResult(s.dir, summary, chosen, diagnosis)
-
-
-def _point(t) -> dict[str, Any]:
-    a = t.user_attrs
-    return {"trial": t.number, "name": f"trial {t.number}", "label": f"#{t.number} {a['label']}",
-            "fidelity": a["fidelity"], "retention": a["retention"], "agreement": a["agreement"],
-            "p50_ms": a["p50_ms"], "size_mb": a["size_mb"], "estimated": a.get("estimated", False),
-            "verdict": a["verdict"], "budgets": a["budgets"], "recipe": a["recipe"], "report": a["report"],
-            "artifact": a["artifact"], "estimate": a["estimate"], "seconds": a["seconds"], "params": t.params}
-
-
-def _dir_mb(d: Path) -> float:
-    return sum(f.stat().st_size for f in d.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin")) / 2**20
-
-
-def _holdout(s: Search, chosen: dict[str, Any]) -> dict[str, Any]:
-    """The chosen artifact validated on the held-out data, on the same profile."""
-    from compress.report import write_report
-    from compress.validation import validate
-    from compress.validation.local import ValidateConfig
-
-    out = s.dir / "holdout"
-    report_json = out / "report" / "report.json"
-    if report_json.is_file() and json.loads(report_json.read_text(encoding="utf-8"))["artifact"]["path"] == chosen["artifact"]:
-        report = json.loads(report_json.read_text(encoding="utf-8"))  # resumed: validated already
-    else:
-        s.say(f"validating trial {chosen['trial']} on the held-out data ({s.holdout}) ...")
-        prof = s.profile_for(from_params(chosen["params"]))
-        r = validate(chosen["artifact"], ValidateConfig(profile=prof, data=s.holdout, teacher=s.config.teacher))
-        if out.exists():
-            shutil.rmtree(out)
-        write_report(r, out / "report")
-        report = r.model_dump(mode="json")
-    m = report["metrics"]
-    return {"verdict": report["verdict"], "retention": m.get("retention"), "agreement": m.get("agreement"),
-            "metric": m.get("metric"), "teacher_metric": m.get("teacher_metric"),
-            "p50_ms": (m.get("latency_ms") or {}).get("p50"), "rows": m.get("eval_samples"),
-            "report": str(report_json)}
-
-
-def _violation(p: dict[str, Any]) -> float:
-    """How far a candidate is from meeting every budget (0: it meets them all)."""
-    return sum(max(violation(b), 0.0) for b in p["budgets"].values())
-
-
-def diagnose(s: Search, points: list[dict[str, Any]]) -> list[str]:
-    """Why nothing met every budget: which budget binds, the closest candidate, and what it would need."""
-    if not points:
-        return ["no candidate was measured: raise --time-budget, or widen --space (every sampled candidate was "
-                "skipped by its estimate or failed)"]
-    lines = []
-    fails: dict[str, int] = {}
-    for p in points:
-        for n, b in p["budgets"].items():
-            if b["status"] == "fail":
-                fails[n] = fails.get(n, 0) + 1
-    for n, k in sorted(fails.items(), key=lambda kv: -kv[1]):
-        lines.append(f"{n} fails for {k} of {len(points)} measured candidates")
-
-    total = _violation
-    best = min(points, key=total)
-    missing = [(n, b) for n, b in best["budgets"].items() if b["status"] == "fail"]
-    need = "; ".join(f"{n} {b['measured']:.4g} vs {b['comparison']} {b['limit']:g} "
-                     f"({_needed(b)})" for n, b in missing)
-    lines.append(f"closest: trial {best['trial']} ({best['label']}, {best['fidelity']} fidelity): {need}")
-    for n, b in missing:
-        ok = [p for p in points if p["budgets"].get(n, {}).get("status") != "fail"]
-        if ok:
-            alt = min(ok, key=total)
-            lines.append(f"meeting {n}: trial {alt['trial']} ({alt['label']}) fails "
-                         + ", ".join(f"{m} {c['measured']:.4g}" for m, c in alt["budgets"].items() if c["status"] == "fail"))
-    binding = max(fails, key=fails.get) if fails else None
-    if binding:
-        lines.append(f"binding budget: {binding} (relax it in the profile, give the search more time, or widen the "
-                     "space: deeper students keep more accuracy, narrower ones run faster)")
-    return lines
-
-
-def _needed(b: dict[str, Any]) -> str:
-    x, lim = float(b["measured"]), float(b["limit"])
-    if b["comparison"] == "<=":
-        return f"needs {100 * (x - lim) / x:.0f}% less"
-    return f"needs +{lim - x:.4g}"

@@ -30,6 +30,9 @@ TEXT_SPACE: dict[str, list[Any]] = {
     "runtime": ["onnxruntime", "openvino"],
 }
 OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
+#: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
+RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
+                    "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}}}
 
 
 @dataclass(frozen=True)
