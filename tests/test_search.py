@@ -228,3 +228,19 @@ def test_promotion_forgives_timing_noise_but_not_size():
     assert _meets_all_but_accuracy(attrs(latency_p95_ms=(8.7, 8.0, "<=")))  # a tail 9% over: noise on a shared VM
     assert not _meets_all_but_accuracy(attrs(latency_p50_ms=(4.3, 3.0, "<=")))  # 43% over: not noise
     assert not _meets_all_but_accuracy(attrs(max_model_size_mb=(10.5, 10.0, "<=")))  # size has no noise
+
+
+def test_full_fidelity_distils_on_augmented_data_and_emb4_quantizes_the_table_to_int4(workspace, tmp_path):
+    from compress.search.run import Search
+    from compress.search.space import Candidate, candidate_steps, roofline
+
+    s = Search(config(workspace), tmp_path / "s")
+    full, _ = candidate_steps(Candidate(1), s.shape, s.full)
+    short, _ = candidate_steps(Candidate(1), s.shape, s.short)
+    assert full["student"]["distill"] == {"layers": 1, "epochs": 1, "augment": 1}  # --full-augment 1 (default)
+    assert "augment" not in short["student"]["distill"]
+    assert "augment" not in Search(config(workspace, full_augment=0), tmp_path / "s0").full.distill
+    steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
+    assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
+    sizes = {q: roofline(Candidate(1, quant=q), s.shape, 1, 64, None)["size_mb"] for q in ("int8-dynamic", "int8-dynamic-emb4")}
+    assert sizes["int8-dynamic-emb4"] < sizes["int8-dynamic"]

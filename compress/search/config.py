@@ -35,7 +35,10 @@ class SearchConfig(BaseModel):
     explore_share: float = Field(0.5, gt=0, lt=1, description="Share of the time budget for short-fidelity trials.")
     short_steps: int = Field(300, ge=1, description="Distillation steps of a short-fidelity student.")
     short_recover_steps: int = Field(100, ge=0, description="Pruning recovery steps at short fidelity.")
-    full_epochs: float = Field(1.0, gt=0, description="Distillation epochs of a full-fidelity student.")
+    full_epochs: float = Field(3.0, gt=0, description="Distillation epochs of a full-fidelity student.")
+    full_augment: int = Field(
+        1, ge=0, description="Embedding-neighbour copies of every training sentence, labelled by the teacher, for a "
+        "full-fidelity student (distill --augment): what lets a small student keep the teacher's accuracy.")
     full_recover_steps: int = Field(800, ge=0, description="Pruning recovery steps at full fidelity.")
     distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
     promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")

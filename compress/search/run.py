@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 MARKER = ".edgecompress-search"
 #: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume
 IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
-            "full_epochs", "full_recover_steps", "distill", "seed")
+            "full_epochs", "full_augment", "full_recover_steps", "distill", "seed")
 PATHS = ("teacher", "profile", "train", "eval", "holdout")
 Progress = Callable[[str], None]
 
@@ -95,7 +95,8 @@ class Search:
         self.peaks = self._peaks()
         self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
                                         **config.distill}, config.short_recover_steps)
-        self.full = Fidelity("full", {"epochs": config.full_epochs, **config.distill}, config.full_recover_steps)
+        full = {"epochs": config.full_epochs, **({"augment": config.full_augment} if config.full_augment else {})}
+        self.full = Fidelity("full", {**full, **config.distill}, config.full_recover_steps)
         self.t0 = time.monotonic()
         self.spent_before = 0.0
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes

@@ -26,7 +26,8 @@ TEXT_SPACE: dict[str, list[Any]] = {
     "heads": [0.0, 0.25, 0.5],  # share of attention heads removed (transformers 4)
     "ffn": [0.0, 0.3, 0.5, 0.7],  # share of FFN neurons removed
     "vocab": [False, True],  # keep only the tokens the training texts use
-    "quant": ["int8-dynamic", "int8-static", "int4"],  # ONNX Runtime
+    # ONNX Runtime; int8-dynamic-emb4: INT8 MatMuls with an INT4 embedding table (most of a small model's size)
+    "quant": ["int8-dynamic", "int8-dynamic-emb4", "int8-static", "int4"],
     "runtime": ["onnxruntime", "openvino"],
 }
 OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
@@ -162,6 +163,8 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
         q = {"weights_only": True} if c.quant == "int8-weights" else {"calibration_samples": 300}
     elif c.quant == "int4":
         q = {"precision": "int4"}
+    elif c.quant == "int8-dynamic-emb4":
+        q = {"mode": "dynamic", "embedding_precision": "int4", "block_size": EMB4_BLOCK}
     else:
         q = {"mode": c.quant.split("-")[1]}
     steps["model"] = {"from": "onnx", "quantize": q}
@@ -170,11 +173,14 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
 
 # -- the roofline before training ---------------------------------------------------------------------------------
 
+#: block of an INT4 embedding table (values along the hidden dimension per FP32 scale)
+EMB4_BLOCK = 64
 #: bytes per weight of a MatMul and of an embedding row element, by quantization
-_MATMUL_BYTES = {"int8-dynamic": 1.0, "int8-static": 1.0, "int4": 0.5 + 2 / 128, "int8": 1.0, "int8-weights": 1.0}
+_MATMUL_BYTES = {"int8-dynamic": 1.0, "int8-dynamic-emb4": 1.0, "int8-static": 1.0, "int4": 0.5 + 2 / 128, "int8": 1.0,
+                 "int8-weights": 1.0}
 #: INT4 mode keeps the embedding table in INT8 by default, dynamic INT8 and NNCF quantize it to INT8, static INT8 (QDQ
-#: on MatMul inputs) leaves the Gather's table in FP32
-_EMBED_BYTES = {"int4": 1.0, "int8-static": 4.0}
+#: on MatMul inputs) leaves the Gather's table in FP32; emb4: 4 bits and one FP32 scale per block
+_EMBED_BYTES = {"int4": 1.0, "int8-static": 4.0, "int8-dynamic-emb4": 0.5 + 4 / EMB4_BLOCK}
 #: operation energies (pJ) for the energy proxy: Horowitz, "Computing's energy problem" (ISSCC 2014), 45 nm
 PJ_PER_FP32_OP, PJ_PER_INT8_OP, PJ_PER_DRAM_BYTE = 2.3, 0.115, 160.0
 

@@ -202,6 +202,43 @@ def test_embedding_int4_is_smallest(unfused, int4_art, tmp_path):
     assert sizes["int4"] < int4_art.size_bytes() < sizes["fp32"], sizes
 
 
+@pytest.mark.parametrize("embedding", ["fp32", "int4"])
+def test_dynamic_int8_with_other_embedding_precision(unfused, int8_unfused, tmp_path, embedding, sample_texts):
+    """Dynamic INT8 MatMuls around an FP32 or INT4 (GatherBlockQuantized) table: the table is most of a small
+    vocabulary-pruned model, so INT4 embeddings are what fits such a model under a tight size budget."""
+    import onnx
+
+    extra = {"block_size": 32} if embedding == "int4" else {}
+    art = quantize(unfused, tmp_path / "q", QuantizeConfig(embedding_precision=embedding, **extra))
+    model = onnx.load(str(art.model_path))
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMulInteger" in ops and "MatMulNBits" not in ops
+    word = [n for n in model.graph.node if n.name.startswith("/bert/embeddings/word_embeddings/Gather")
+            and n.op_type in ("Gather", "GatherBlockQuantized")]
+    assert len(word) == 1
+    table = {t.name: t for t in model.graph.initializer}[word[0].input[0]]
+    info = art.manifest.steps[-1].metrics["embeddings"]
+    assert info["precision"] == embedding
+    if embedding == "int4":
+        assert word[0].op_type == "GatherBlockQuantized" and table.data_type == onnx.TensorProto.INT4
+        assert attrs(word[0])["block_size"] == 32 and info["block_size"] == 32
+        assert art.size_bytes() < int8_unfused.size_bytes()
+    else:
+        assert word[0].op_type == "Gather" and table.data_type == onnx.TensorProto.FLOAT
+        assert art.size_bytes() > int8_unfused.size_bytes()
+    out, ref = run_all(art, sample_texts), run_all(unfused, sample_texts)
+    assert float((out.argmax(-1) == ref.argmax(-1)).mean()) >= 0.75
+    assert int8_unfused.manifest.steps[-1].metrics["embeddings"]["precision"] == "int8"
+
+
+def test_block_settings_need_int4_somewhere(unfused, tmp_path):
+    with pytest.raises(ConfigError, match="--block-size do"):
+        quantize(unfused, tmp_path / "q", QuantizeConfig(block_size=32))
+    with pytest.raises(ConfigError, match="--embedding-precision do"):
+        quantize(unfused, tmp_path / "q", QuantizeConfig(mode="static", calibration="x.tsv", embedding_precision="int4"))
+    assert not (tmp_path / "q").exists()
+
+
 def test_block_size_not_dividing_k_is_zero_padded(unfused, tmp_path, caplog, sample_texts):
     """K=32 (and 64) with block_size 64 / 128: ONNX Runtime pads K; the layer is still INT4 and runs."""
     import onnx

@@ -198,7 +198,8 @@ def _check_openvino_only_options(config: QuantizeConfig) -> None:
 #: settings that only one kind of ONNX quantization reads, and which kind that is
 _ONLY_FOR = {
     "calibration": "--mode static", "calibration_samples": "--mode static", "calibration_method": "--mode static",
-    "block_size": "--precision int4", "symmetric": "--precision int4", "embedding_precision": "--precision int4",
+    "block_size": "--precision int4", "symmetric": "--precision int4",
+    "embedding_precision": "--precision int4 or --mode dynamic",
     "weight_type": "--precision int8", "per_channel": "--precision int8", "reduce_range": "--precision int8",
 }
 
@@ -209,10 +210,13 @@ def _check_applicable(config: QuantizeConfig) -> None:
     int4 = config.precision is QuantPrecision.int4
     static = config.mode is QuantMode.static
     kind = "INT4" if int4 else ("static INT8" if static else "dynamic INT8")
+    # dynamic INT8 with INT4 embeddings (GatherBlockQuantized) reads the INT4 block settings
+    blocks = int4 or (not static and config.embedding_precision is EmbeddingPrecision.int4)
     ignored = [
         name for name in sorted(config.model_fields_set & set(_ONLY_FOR))
         if (_ONLY_FOR[name] == "--mode static" and (int4 or not static))
-        or (_ONLY_FOR[name] == "--precision int4" and not int4)
+        or (_ONLY_FOR[name] == "--precision int4" and not blocks)
+        or (_ONLY_FOR[name] == "--precision int4 or --mode dynamic" and static and not int4)
         or (_ONLY_FOR[name] == "--precision int8" and int4)
     ]
     if ignored:
@@ -328,8 +332,7 @@ def _node_report(
             reason = "excluded by --exclude-nodes"
         elif names & set(searched):
             reason = "accuracy-aware: kept FP32 (see accuracy_aware.kept_fp32)"
-        elif node.op_type == "Gather" and config.precision is QuantPrecision.int4 and \
-                config.embedding_precision is EmbeddingPrecision.fp32:
+        elif node.op_type == "Gather" and config.embedding_precision is EmbeddingPrecision.fp32:
             reason = "embedding_precision fp32"
         elif node.op_type not in op_types:
             reason = f"{node.op_type} is not among the quantized operator types ({', '.join(op_types)})"

@@ -167,13 +167,28 @@ class _OnnxQuantizer:
             raise _ort_error(e) from e
 
     def _dynamic(self, dst: Path, exclude: list[str]) -> None:
+        """Dynamic INT8; embedding tables INT8 with the rest (the default), FP32, or INT4 (GatherBlockQuantized,
+        written first, then the MatMuls are quantized around it)."""
         from onnxruntime import quantization as ortq
 
         c = self.config
+        op_types = c.op_types
+        emb = c.embedding_precision
+        with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as scratch:
+            src = self.art.model_path
+            if emb is not EmbeddingPrecision.int8 and "Gather" in self.op_types():
+                op_types = [o for o in self.op_types() if o != "Gather"]
+                if emb is EmbeddingPrecision.int4:
+                    src = Path(scratch) / "int4-embeddings.onnx"
+                    self._nbits(("Gather",), exclude).model.save_model_to_file(str(src), self.large)
+            self._quantize_dynamic(ortq, src, dst, op_types, exclude)
+
+    def _quantize_dynamic(self, ortq, src: Path, dst: Path, op_types, exclude: list[str]) -> None:
+        c = self.config
         ortq.quantize_dynamic(
-            str(self.art.model_path),
+            str(src),
             str(dst),
-            op_types_to_quantize=c.op_types,
+            op_types_to_quantize=op_types,
             per_channel=c.per_channel,
             reduce_range=self.reduce_range,
             weight_type=self._weight_type(ortq),
@@ -238,13 +253,13 @@ class _OnnxQuantizer:
             **kwargs,
         )
 
-    def _int4(self, dst: Path, exclude: list[str]) -> None:
+    def _nbits(self, nbits_ops: tuple[str, ...], exclude: list[str]):
+        """ONNX Runtime's MatMulNBitsQuantizer run on ``nbits_ops`` (MatMul: MatMulNBits; Gather:
+        GatherBlockQuantized, blocks along the hidden dimension); returns it, processed."""
         from onnxruntime import quantization as ortq
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         c = self.config
-        ops = self.op_types()
-        nbits_ops = tuple(o for o in ops if o == "MatMul" or c.embedding_precision is EmbeddingPrecision.int4)
         algo = DefaultWeightOnlyQuantConfig(
             block_size=c.block_size,
             is_symmetric=c.symmetric,
@@ -265,6 +280,15 @@ class _OnnxQuantizer:
         if "Gather" in nbits_ops:
             log.info("INT4 embeddings (GatherBlockQuantized) need INT4 tensors: the model's opset is raised to 21 "
                      "and IR version to 10 (the output is checked by running it in ONNX Runtime)")
+        return quantizer
+
+    def _int4(self, dst: Path, exclude: list[str]) -> None:
+        from onnxruntime import quantization as ortq
+
+        c = self.config
+        ops = self.op_types()
+        nbits_ops = tuple(o for o in ops if o == "MatMul" or c.embedding_precision is EmbeddingPrecision.int4)
+        quantizer = self._nbits(nbits_ops, exclude)
         if "Gather" in ops and c.embedding_precision is EmbeddingPrecision.int8:
             # MatMulNBits' Gather path is 4-bit only: INT8 tables come from quantize_dynamic's Gather support
             with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int4-") as scratch:
@@ -355,6 +379,11 @@ def _write_artifact(
             "runs_on": "onnxruntime (CPU, CUDA execution providers): MatMulNBits/GatherBlockQuantized are contrib ops",
             "block_padding": padding,
         }
+    elif config.mode is QuantMode.dynamic and "Gather" in op_types:
+        metrics["embeddings"] = {"precision": str(config.embedding_precision)}
+        if config.embedding_precision is EmbeddingPrecision.int4:
+            metrics["embeddings"].update(block_size=config.block_size, symmetric=config.symmetric,
+                                         op="GatherBlockQuantized (onnxruntime contrib op)")
     metrics.update(extra_metrics or {})
     step.metrics = metrics
     QUANTIZE_ONNX.seal(step, tmp, t0)
