@@ -74,10 +74,16 @@ def images_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def teachers(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("image-teachers")
+    write_program_teacher(root / "program")
+    return {**write_hf_image_teachers(root), "program": root / "program"}
+
+
+def write_hf_image_teachers(root: Path) -> dict[str, Path]:
+    """A tiny MobileNetV2 (32×32 RGB) and a tiny ViT (16×16, 2 layers), random, with their image processors."""
     import torch
     import transformers
 
-    root = tmp_path_factory.mktemp("image-teachers")
     torch.manual_seed(0)
     common = dict(num_labels=len(LABELS), id2label=_ids(), label2id={v: k for k, v in _ids().items()})
     cnn = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
@@ -95,9 +101,7 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
         **common)).eval()
     vit.save_pretrained(root / "vit")
     transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
-
-    write_program_teacher(root / "program")
-    return {"cnn": root / "cnn", "vit": root / "vit", "program": root / "program"}
+    return {"cnn": root / "cnn", "vit": root / "vit"}
 
 
 @pytest.fixture(scope="session")

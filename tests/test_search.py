@@ -21,7 +21,7 @@ pytest.importorskip("matplotlib")
 
 #: two depths x two FFN levels of the tiny teacher, INT8 dynamic on ONNX Runtime: four candidates
 SPACE = {"layers": [1, 2], "width": [1.0], "heads": [0.0], "ffn": [0.0, 0.5], "vocab": [False],
-         "quant": ["int8-dynamic"], "runtime": ["onnxruntime"]}
+         "quant": ["int8-dynamic"], "runtime": ["onnxruntime"], "threads": [0]}
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +192,12 @@ def test_without_holdout_half_of_eval_is_held_out(tmp_path):
 
 
 def test_a_teacher_it_cannot_search_is_refused_with_the_alternative(workspace, tmp_path):
-    vit = tmp_path / "vit"
-    vit.mkdir()
-    (vit / "config.json").write_text(json.dumps({"model_type": "vit", "num_hidden_layers": 2, "hidden_size": 32,
-                                                 "num_attention_heads": 2, "intermediate_size": 64}))
-    proc = edgecompress("search", "--teacher", vit, "--profile", workspace / "quick.yaml", "--train",
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "vocab_size": 99}))
+    proc = edgecompress("search", "--teacher", gpt, "--profile", workspace / "quick.yaml", "--train",
                         workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--search-dir", tmp_path / "s")
-    assert_one_line_error(proc, "vocab_size", "BERT-family", "edgecompress run")
+    assert_one_line_error(proc, "num_hidden_layers", "BERT-family", "ViTs", "edgecompress run")
 
 
 def test_a_small_space_ends_the_exploration_when_it_is_used_up(workspace):
@@ -230,7 +229,7 @@ def test_promotion_forgives_timing_noise_but_not_size():
     assert not _meets_all_but_accuracy(attrs(max_model_size_mb=(10.5, 10.0, "<=")))  # size has no noise
 
 
-def test_full_fidelity_distils_on_augmented_data_and_emb4_quantizes_the_table_to_int4(workspace, tmp_path):
+def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profile(workspace, tmp_path):
     from compress.search.run import Search
     from compress.search.space import Candidate, candidate_steps, roofline
 
@@ -242,5 +241,89 @@ def test_full_fidelity_distils_on_augmented_data_and_emb4_quantizes_the_table_to
     assert "augment" not in Search(config(workspace, full_augment=0), tmp_path / "s0").full.distill
     steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
     assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
+    one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())
+    assert one["runtime"] == {"threads": 1} and one["extends"] == str((workspace / "quick.yaml").resolve())
+    from compress.profiles import load_profile
+
+    assert load_profile(s.profile_for(Candidate(1, threads=1))).runtime.threads == 1
+    assert s.profile_for(Candidate(1)) == s.profile_ref
     sizes = {q: roofline(Candidate(1, quant=q), s.shape, 1, 64, None)["size_mb"] for q in ("int8-dynamic", "int8-dynamic-emb4")}
     assert sizes["int8-dynamic-emb4"] < sizes["int8-dynamic"]
+
+
+# --- image teachers ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_workspace(tmp_path_factory, home):
+    pytest.importorskip("PIL")
+    pytest.importorskip("onnxscript")
+    from tests.test_image_pipeline import write_hf_image_teachers, write_image_set
+
+    d = tmp_path_factory.mktemp("image-search")
+    teachers = write_hf_image_teachers(d)
+    write_image_set(d)
+    (d / "quick.yaml").write_text(yaml.safe_dump({
+        "name": "quick", "extends": "host", "budgets": GENEROUS_BUDGETS,
+        "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}}), encoding="utf-8")
+    return d, teachers
+
+
+def image_config(d: Path, teacher: Path, space: dict, **kw):
+    from compress.search import SearchConfig
+
+    return SearchConfig(**{**dict(
+        teacher=str(teacher), profile=str(d / "quick.yaml"), train=str(d / "set"), eval=str(d / "set"),
+        holdout=str(d / "set.npz"), time_budget_s=3600, trials=2, short_steps=3, short_recover_steps=2, full_epochs=1,
+        full_recover_steps=3, promote=1, space=space, prune={"recover_batch_size": 8}), **kw})
+
+
+def test_a_cnn_teacher_is_searched_over_channel_pruning(image_workspace):
+    """The image equivalent for convolutional teachers: the share of channels Torch-Pruning removes, static INT8
+    calibrated on the training images; the plain INT8 teacher is the reference; held out on other images."""
+    pytest.importorskip("torch_pruning")
+    from compress.search import run_search
+
+    d, teachers = image_workspace
+    space = {"channels": [0.0, 0.5], "quant": ["int8-static"], "runtime": ["onnxruntime"], "threads": [0]}
+    result = run_search(image_config(d, teachers["cnn"], space), d / "cnn-search")
+    s = result.summary
+    assert result.exit_code == 0 and s["chosen"]["verdict"] == "pass"
+    labels = {p["label"].split(" ", 1)[1]: p for p in s["measured"] if p["fidelity"] == "short"}  # "#N ..."
+    assert set(labels) == {"teacher int8-static", "c0.5 int8-static"}
+    recipe = yaml.safe_load(Path(labels["c0.5 int8-static"]["recipe"]).read_text())
+    assert recipe["steps"]["pruned"]["prune"] == {"channels": 0.5, "recover_steps": 2, "recover_lr": 1e-3,
+                                                  "recover_batch_size": 8}
+    assert recipe["steps"]["model"]["quantize"] == {"mode": "static"}
+    est = labels["c0.5 int8-static"]["estimate"]
+    assert est["size_mb"] > 0 and est["p50_ms"] is None  # a CNN's size from its parameters; no analytic latency
+    assert "teacher (PyTorch FP32)" in s["side_by_side"]
+    assert json.loads(Path(s["chosen"]["holdout"]["report"]).read_text())["data"]["path"].endswith("set.npz")
+
+
+def test_a_vit_teacher_is_searched_over_depth_and_its_estimate_counts_patches(image_workspace):
+    from compress.search import run_search
+    from compress.search.run import Search
+
+    d, teachers = image_workspace
+    space = {"layers": [1, 2], "heads": [0.0], "ffn": [0.0], "quant": ["int8-static"], "runtime": ["onnxruntime"],
+             "threads": [0]}
+    cfg = image_config(d, teachers["vit"], space)
+    assert Search(cfg, d / "unused").shape.positions == (16 // 4) ** 2 + 1
+    result = run_search(cfg, d / "vit-search")
+    s = result.summary
+    assert result.exit_code == 0
+    one = next(p for p in s["measured"] if p["label"].endswith(" L1 int8-static"))
+    student = yaml.safe_load(Path(one["recipe"]).read_text())["steps"]["student"]["distill"]
+    assert student["layers"] == 1 and student["lr"] == 1e-3 and "augment" not in student  # augment is for text
+    assert one["estimate"]["p50_ms"] is None or one["estimate"]["p50_ms"] > 0
+
+
+def test_image_search_refusals_are_one_line(image_workspace, tmp_path):
+    d, teachers = image_workspace
+    common = ["search", "--teacher", str(teachers["cnn"]), "--profile", str(d / "quick.yaml"), "--train",
+              str(d / "set"), "--eval", str(d / "set")]
+    # a CNN has no depth; an image folder cannot be split into a held-out half
+    assert_one_line_error(edgecompress(*common, "--holdout", str(d / "set.npz"), "--space", "layers=1",
+                                       "--search-dir", str(tmp_path / "a")), "not a dimension of a cnn teacher")
+    assert_one_line_error(edgecompress(*common, "--search-dir", str(tmp_path / "b")), "--holdout")

@@ -29,8 +29,9 @@ F = SearchConfig.model_fields
                    "to resume.")
 @click.option("--trials", type=int, help=F["trials"].description)
 @click.option("--space", "space_text", metavar="DIM=A,B;...",
-              help="Narrow the space, e.g. 'layers=2,3;quant=int8-dynamic,int4'. Dimensions: layers, width, heads, "
-                   "ffn, vocab, quant, runtime.")
+              help="Narrow the space, e.g. 'layers=2,3;quant=int8-dynamic,int4'. Dimensions: text: layers, width, "
+                   "heads, ffn, vocab, quant, runtime, threads; ViT: layers, heads, ffn, quant, runtime, threads; "
+                   "CNN: channels, quant, runtime, threads.")
 @click.option("--short-steps", type=int, default=F["short_steps"].default, show_default=True,
               help=F["short_steps"].description)
 @click.option("--short-recover-steps", type=int, default=F["short_recover_steps"].default, show_default=True,
@@ -56,9 +57,11 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     """Find the smallest, fastest artifact that meets a device profile's budgets.
 
     \b
-    Explores student depth and width, head/FFN pruning, vocabulary pruning, INT8
-    dynamic/static, INT4 and ONNX Runtime vs OpenVINO with Optuna (multi-objective TPE,
-    the profile's budgets as constraints), in three fidelities:
+    Text teachers: student depth and width, head/FFN pruning, vocabulary pruning, INT8
+    dynamic (INT8 or INT4 embeddings)/static, INT4. ViT teachers: depth, heads, FFN.
+    CNN teachers: channel pruning, static INT8. All: ONNX Runtime vs OpenVINO, and
+    1 or all intra-op threads. Optuna explores them (multi-objective TPE, the
+    profile's budgets as constraints) in three fidelities:
       1. a roofline estimate skips candidates that cannot meet the size or p50 budget;
       2. short distillation and recovery rank the rest;
       3. the best are rebuilt with full training, timed side by side with the PyTorch

@@ -100,15 +100,16 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     settings = RuntimeSettings(threads=s.profile.runtime.threads or s.profile.hardware.cores)
     backends, runs = [], {}
     texts = None
-    entries = [(f"trial {t.number}", load_artifact(t.user_attrs["artifact"]), None) for t in trials]
-    entries.append(("teacher (PyTorch FP32)", load_source(s.config.teacher), "torch"))
-    for name, art, runtime in entries:
+    entries = [(f"trial {t.number}", load_artifact(t.user_attrs["artifact"]), None, t.params.get("threads"))
+               for t in trials]
+    entries.append(("teacher (PyTorch FP32)", load_source(s.config.teacher), "torch", None))
+    for name, art, runtime, threads in entries:
         if texts is None:
             texts = latency_texts(None, meas.batch_size, meas.sequence_length, art.manifest.preprocess)
         rt = runtime or ("openvino" if str(art.format) == "openvino" else "onnxruntime")
         opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
             {"provider": s.profile.runtime.provider, "options": dict(s.profile.runtime.options)}
-        b = load_runtime(art, rt, RuntimeSettings(threads=settings.threads, **opts))
+        b = load_runtime(art, rt, RuntimeSettings(threads=threads or settings.threads, **opts))
         backends.append(b)
         batch = b.encode(texts, pad_to=meas.sequence_length)
         runs[name] = (lambda b=b, batch=batch: (b.run(batch), b.synchronize()))

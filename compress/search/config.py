@@ -41,6 +41,7 @@ class SearchConfig(BaseModel):
         "full-fidelity student (distill --augment): what lets a small student keep the teacher's accuracy.")
     full_recover_steps: int = Field(800, ge=0, description="Pruning recovery steps at full fidelity.")
     distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
+    prune: dict[str, Any] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
     promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")
     space: dict[str, list[Any]] = Field(default_factory=dict, description="Narrowed choices per dimension.")
     seed: int = Field(0, description="Sampler seed.")
@@ -50,14 +51,14 @@ class SearchConfig(BaseModel):
     @field_validator("space")
     @classmethod
     def _known_dims(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        from compress.search.space import TEXT_SPACE
+        from compress.search.space import ALL_DIMENSIONS
 
         for k, choices in v.items():
-            if k not in TEXT_SPACE:
-                raise ValueError(f"unknown dimension {k!r} (known: {', '.join(TEXT_SPACE)})")
-            bad = [c for c in choices if c not in TEXT_SPACE[k]]
+            if k not in ALL_DIMENSIONS:
+                raise ValueError(f"unknown dimension {k!r} (known: {', '.join(ALL_DIMENSIONS)})")
+            bad = [c for c in choices if c not in ALL_DIMENSIONS[k]]
             if bad or not choices:
-                raise ValueError(f"{k}: choices {bad or choices} not in {TEXT_SPACE[k]}")
+                raise ValueError(f"{k}: choices {bad or choices} not in {ALL_DIMENSIONS[k]}")
         return v
 
 
@@ -74,16 +75,16 @@ def parse_duration(text: str) -> float:
 
 def parse_space(text: str) -> dict[str, list[Any]]:
     """``layers=2,3;quant=int8-dynamic,int4`` -> {"layers": [2, 3], "quant": ["int8-dynamic", "int4"]}."""
-    from compress.search.space import TEXT_SPACE
+    from compress.search.space import ALL_DIMENSIONS
 
     out: dict[str, list[Any]] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         key, _, vals = part.partition("=")
         key = key.strip()
-        if key not in TEXT_SPACE or not vals.strip():
+        if key not in ALL_DIMENSIONS or not vals.strip():
             raise ConfigError(f"--space: {part!r} is not DIMENSION=CHOICE,...",
-                              hint=f"dimensions: {', '.join(TEXT_SPACE)}; e.g. --space 'layers=2,3;vocab=true'")
-        kinds = {type(c) for c in TEXT_SPACE[key]}
+                              hint=f"dimensions: {', '.join(ALL_DIMENSIONS)}; e.g. --space 'layers=2,3;vocab=true'")
+        kinds = {type(c) for c in ALL_DIMENSIONS[key]}
         choices: list[Any] = []
         for v in vals.split(","):
             v = v.strip()

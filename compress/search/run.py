@@ -33,6 +33,7 @@ resumes from its checkpoint), and the interrupted trial is queued again when the
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -46,13 +47,14 @@ from typing import Any
 import yaml
 
 from compress.errors import ConfigError, DataError, EdgeCompressError, OutputExistsError
-from compress.search.config import SearchConfig
+from compress.search.config import Objective, SearchConfig
 from compress.recipes.execute import _write_json
 from compress.search.conclude import (
     SearchResult, conclude, promote, violation,
 )
 from compress.search.space import (
-    RUNTIME_SETTINGS, TEXT_SPACE, Candidate, Fidelity, TeacherShape, candidate_steps, roofline, suggest, trial_params,
+    IMAGE_DISTILL, IMAGE_PRUNE, OPENVINO_QUANT, RUNTIME_SETTINGS, SPACES, Candidate, Fidelity, TeacherShape, candidate_steps, roofline,
+    suggest, trial_params,
 )
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ log = logging.getLogger(__name__)
 MARKER = ".edgecompress-search"
 #: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume
 IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
-            "full_epochs", "full_augment", "full_recover_steps", "distill", "seed")
+            "full_epochs", "full_augment", "full_recover_steps", "distill", "prune", "seed")
 PATHS = ("teacher", "profile", "train", "eval", "holdout")
 Progress = Callable[[str], None]
 
@@ -89,14 +91,21 @@ class Search:
         self.profile = load_profile(config.profile)
         self.profile_ref = str(Path(config.profile).resolve()) if Path(config.profile).is_file() else config.profile
         self.budgets = self._budget_names()
-        self.space = self._space()
         self.shape = self._shape()
+        self.space = self._space()
+        if True in self.space.get("vocab", []):
+            self.shape = dataclasses.replace(self.shape, vocab_kept=_vocab_kept(Path(config.teacher), config.train))
         self.eval, self.holdout = self._data()
         self.peaks = self._peaks()
+        text = self.shape.kind == "text"
+        # images learn from scratch-like targets at a higher rate (benchmarks/images.py); text keeps distill's defaults
+        distill = {**({} if text else IMAGE_DISTILL), **config.distill}
+        prune = {**({} if text else IMAGE_PRUNE), **config.prune}
         self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
-                                        **config.distill}, config.short_recover_steps)
-        full = {"epochs": config.full_epochs, **({"augment": config.full_augment} if config.full_augment else {})}
-        self.full = Fidelity("full", {**full, **config.distill}, config.full_recover_steps)
+                                        **distill}, config.short_recover_steps, prune)
+        full = {"epochs": config.full_epochs,
+                **({"augment": config.full_augment} if config.full_augment and text else {})}
+        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, prune)
         self.t0 = time.monotonic()
         self.spent_before = 0.0
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes
@@ -123,14 +132,22 @@ class Search:
     def _space(self) -> dict[str, list[Any]]:
         from compress._optional import is_available
 
-        space = {k: list(v) for k, v in TEXT_SPACE.items()} | self.config.space
+        base = SPACES[self.shape.kind]
+        other = [k for k in self.config.space if k not in base]
+        if other:
+            raise ConfigError(f"--space {', '.join(other)}: not a dimension of a {self.shape.kind} teacher's search",
+                              hint=f"a {self.shape.kind} teacher's dimensions: {', '.join(base)}")
+        if self.shape.kind == "cnn" and self.config.objective is Objective.energy_proxy:
+            raise ConfigError("--objective energy-proxy needs a candidate's operations before it is built, which only "
+                              "transformer teachers give", hint="use --objective latency or size for a CNN teacher")
+        space = {k: list(v) for k, v in base.items()} | self.config.space
         notes = []
         if self.profile.runtime.name not in ("onnxruntime", "openvino") or not is_available("openvino"):
             space["runtime"] = [r for r in space["runtime"] if r == "onnxruntime"]
             notes.append("runtime: ONNX Runtime only (OpenVINO not installed, or not this profile's kind of device)")
         if self.profile.runtime.name == "openvino" and "runtime" not in self.config.space:
             space["runtime"] = ["openvino"]
-        if any(space["heads"]) and not _heads_prunable():
+        if any(space.get("heads", [])) and not _heads_prunable():
             space["heads"] = [0.0]
             notes.append("heads: not pruned (transformers 5 cannot reload a head-pruned checkpoint)")
         if not space["runtime"]:
@@ -149,16 +166,14 @@ class Search:
         teacher = Path(self.config.teacher)
         if not (teacher / "config.json").is_file():
             raise ConfigError(f"{teacher}: not a Hugging Face checkpoint directory (no config.json)",
-                              hint="search takes a fine-tuned text teacher (a transformers checkpoint directory)")
+                              hint="search takes a fine-tuned transformers checkpoint (text, ViT or CNN); distill a "
+                                   "torch.export program into a --student checkpoint first")
         try:
-            shape = TeacherShape.read(teacher)
+            return TeacherShape.read(teacher)
         except KeyError as e:
-            raise ConfigError(f"{teacher}/config.json has no {e.args[0]}: search explores BERT-family text encoders",
+            raise ConfigError(f"{teacher}/config.json has no {e.args[0]}: search explores BERT-family text encoders, "
+                              "ViTs and CNN image classifiers",
                               hint="distill, prune and quantize other models step by step (edgecompress run)") from None
-        kept = None
-        if True in self.space["vocab"]:
-            kept = _vocab_kept(teacher, self.config.train)
-        return TeacherShape(**{**shape.__dict__, "vocab_kept": kept})
 
     def _peaks(self):
         from compress.estimate import host_peaks, profile_peaks
@@ -173,17 +188,25 @@ class Search:
                 return None
 
     def profile_for(self, c: Candidate) -> str:
-        """The profile a candidate is validated on: the given one, or the same device and budgets on OpenVINO."""
-        if c.runtime == self.profile.runtime.name:
+        """The profile a candidate is validated on: the given one, or the same device and budgets on OpenVINO,
+        or with fewer intra-op threads."""
+        if c.runtime == self.profile.runtime.name and not c.threads:
             return self.profile_ref
         d = self.dir / "profiles"
-        d.mkdir(exist_ok=True)
-        path = d / f"{self.profile.name}-{c.runtime}.yaml"
+        d.mkdir(parents=True, exist_ok=True)
+        name = f"{self.profile.name}-{c.runtime}" + (f"-{c.threads}t" if c.threads else "")
+        path = d / f"{name}.yaml"
         if not path.is_file():
+            runtime = {"name": c.runtime, **RUNTIME_SETTINGS[c.runtime]} if c.runtime != self.profile.runtime.name \
+                else {}
+            if c.threads:
+                runtime["threads"] = c.threads
             path.write_text(yaml.safe_dump({
-                "name": f"{self.profile.name}-{c.runtime}", "extends": self.profile_ref,
-                "description": f"{self.profile.name} running {c.runtime}: the same device and budgets",
-                "runtime": {"name": c.runtime, **RUNTIME_SETTINGS[c.runtime]},
+                "name": name, "extends": self.profile_ref,
+                "description": f"{self.profile.name} running {c.runtime}"
+                               + (f" on {c.threads} intra-op thread(s)" if c.threads else "")
+                               + ": the same device and budgets",
+                "runtime": runtime,
             }, sort_keys=False), encoding="utf-8")
         return str(path.resolve())
 
@@ -366,9 +389,13 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     s.study = study
     _requeue_interrupted(optuna, study, say)
     if not study.trials:
-        reference = Candidate(s.shape.layers)  # the plain INT8 teacher: where the search starts from
-        if reference.layers in s.space["layers"] and 1.0 in s.space["width"]:
-            study.enqueue_trial(trial_params(reference), user_attrs={"fidelity": "short", "reference": True})
+        # the plain INT8 teacher: where the search starts from
+        runtime = s.space["runtime"][0]
+        reference = Candidate(s.shape.layers, runtime=runtime,
+                              quant=OPENVINO_QUANT[0] if runtime == "openvino" else s.space["quant"][0])
+        if all(getattr(reference, d) in s.space[d] for d in ("layers", "width", "heads", "ffn", "channels", "vocab")
+               if d in s.space) and "quant" in s.space and "runtime" in s.space:
+            study.enqueue_trial(trial_params(reference, s.space), user_attrs={"fidelity": "short", "reference": True})
     say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "
         f"{config.time_budget_s / 60:.0f} min spent; objective {config.objective.value}; profile {s.profile.name}")
 

@@ -15,7 +15,7 @@ budget, and tightens the estimate with each candidate it measures.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,39 @@ TEXT_SPACE: dict[str, list[Any]] = {
     # ONNX Runtime; int8-dynamic-emb4: INT8 MatMuls with an INT4 embedding table (most of a small model's size)
     "quant": ["int8-dynamic", "int8-dynamic-emb4", "int8-static", "int4"],
     "runtime": ["onnxruntime", "openvino"],
+    # intra-op threads: 0 is the profile's (one per core); 1 saves a small model the threads' hand-offs
+    "threads": [0, 1],
 }
-OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
+#: a ViT teacher: depth (layers copied from the teacher), heads and FFN neurons; static INT8 (the image default) or
+#: dynamic (a ViT's weights are MatMuls)
+VIT_SPACE: dict[str, list[Any]] = {
+    "layers": [1, 2, 3, 4, 6, 8, 12],
+    "heads": [0.0, 0.25, 0.5],
+    "ffn": [0.0, 0.3, 0.5, 0.7],
+    "quant": ["int8-static", "int8-dynamic"],
+    "runtime": ["onnxruntime", "openvino"],
+    "threads": [0, 1],
+}
+#: a convolutional teacher: the share of every convolution's output channels removed (Torch-Pruning, with the
+#: coupled layers); static INT8 (dynamic INT8 of a conv net is refused by quantize)
+CNN_SPACE: dict[str, list[Any]] = {
+    "channels": [0.0, 0.25, 0.5, 0.75],
+    "quant": ["int8-static"],
+    "runtime": ["onnxruntime", "openvino"],
+    "threads": [0, 1],
+}
+SPACES = {"text": TEXT_SPACE, "vit": VIT_SPACE, "cnn": CNN_SPACE}
+#: every dimension, with every choice any kind of teacher has (what ``--space`` may name)
+ALL_DIMENSIONS: dict[str, list[Any]] = {}
+for _space in SPACES.values():
+    for _dim, _choices in _space.items():
+        ALL_DIMENSIONS.setdefault(_dim, [])
+        ALL_DIMENSIONS[_dim] += [c for c in _choices if c not in ALL_DIMENSIONS[_dim]]
+OPENVINO_QUANT = ["int8", "int8-weights"]
+#: distill and prune settings of image candidates (the rates benchmarks/images.py trains its students with); the
+#: search's ``distill`` / ``prune`` settings override them
+IMAGE_DISTILL = {"lr": 1e-3}
+IMAGE_PRUNE = {"recover_lr": 1e-3}  # NNCF post-training INT8, or INT8 weight compression only
 #: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
 RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
                     "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}}}
@@ -38,17 +69,21 @@ RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options
 
 @dataclass(frozen=True)
 class Candidate:
-    layers: int
+    layers: int = 0  # 0: the teacher's depth (a CNN has no depth dimension)
     width: float = 1.0
     heads: float = 0.0
     ffn: float = 0.0
     vocab: bool = False
     quant: str = "int8-dynamic"
     runtime: str = "onnxruntime"
+    threads: int = 0  # 0: the profile's
+    channels: float = 0.0  # share of a CNN's convolution channels removed
 
     @property
     def label(self) -> str:
-        parts = [f"L{self.layers}"]
+        parts = [f"L{self.layers}"] if self.layers else []
+        if self.channels:
+            parts.append(f"c{self.channels:g}")
         if self.width != 1.0:
             parts.append(f"w{self.width:g}")
         if self.heads:
@@ -57,16 +92,25 @@ class Candidate:
             parts.append(f"f{self.ffn:g}")
         if self.vocab:
             parts.append("vocab")
+        if not parts:
+            parts.append("teacher")
         parts.append(self.quant if self.runtime == "onnxruntime" else f"ov-{self.quant}")
+        if self.threads:
+            parts.append(f"{self.threads} thread{'s' if self.threads > 1 else ''}")
         return " ".join(parts)
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
 
 
+_TRANSFORMER_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+
+
 @dataclass(frozen=True)
 class TeacherShape:
-    """What the roofline needs from the teacher's config.json, and how many tokens vocabulary pruning keeps."""
+    """What the search needs from the teacher's config.json: its kind (text, vit, cnn), the transformer dimensions
+    the roofline uses (a ViT's "vocabulary" is its patch embedding: ``patch_in`` inputs per patch, ``positions``
+    tokens), how many tokens vocabulary pruning keeps, and a CNN's parameter count (its size estimate)."""
 
     layers: int
     hidden: int
@@ -77,28 +121,57 @@ class TeacherShape:
     types: int
     labels: int
     vocab_kept: int | None = None
+    kind: str = "text"
+    patch_in: int = 0
+    params: int = 0
 
     @classmethod
     def read(cls, teacher: Path | str, vocab_kept: int | None = None) -> TeacherShape:
         c = json.loads((Path(teacher) / "config.json").read_text(encoding="utf-8"))
+        labels = len(c.get("id2label") or {}) or 2
+        image = ((c.get("architectures") or [""])[0] or "").endswith("ForImageClassification")
+        if image and not all(k in c for k in _TRANSFORMER_KEYS):
+            return cls(0, 0, 0, 0, 0, 0, 0, labels, kind="cnn", params=_safetensors_params(Path(teacher)))
+        if image:
+            side, patch = c.get("image_size", 224), c.get("patch_size", 16)
+            side, patch = (side[0] if isinstance(side, list) else side), (patch[0] if isinstance(patch, list) else patch)
+            return cls(int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["num_attention_heads"]),
+                       int(c["intermediate_size"]), 0, (int(side) // int(patch)) ** 2 + 1, 0, labels, kind="vit",
+                       patch_in=int(c.get("num_channels", 3)) * int(patch) ** 2)
         return cls(int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["num_attention_heads"]),
                    int(c["intermediate_size"]), int(c["vocab_size"]), int(c.get("max_position_embeddings", 512)),
-                   int(c.get("type_vocab_size", 2)), len(c.get("id2label") or {}) or 2, vocab_kept)
+                   int(c.get("type_vocab_size", 2)), labels, vocab_kept)
+
+
+def _safetensors_params(teacher: Path) -> int:
+    """Parameters in a checkpoint's safetensors files, read from their headers (nothing is loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(teacher.glob("*.safetensors")):
+        with safe_open(str(f), "np") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+    return total
 
 
 def suggest(trial, space: dict[str, list[Any]], shape: TeacherShape) -> Candidate:
-    """One candidate from an Optuna trial (define-by-run: the quantization choices depend on the runtime)."""
-    layers = trial.suggest_categorical("layers", [n for n in space["layers"] if n <= shape.layers])
-    width = trial.suggest_categorical("width", space["width"])
-    heads = trial.suggest_categorical("heads", space["heads"])
-    ffn = trial.suggest_categorical("ffn", space["ffn"])
-    vocab = trial.suggest_categorical("vocab", space["vocab"])
-    runtime = trial.suggest_categorical("runtime", space["runtime"])
-    if runtime == "openvino":
-        quant = trial.suggest_categorical("ov_quant", OPENVINO_QUANT)
+    """One candidate from an Optuna trial (define-by-run: the quantization choices depend on the runtime). Only
+    the dimensions of this kind of teacher's space are sampled; the others keep the candidate's defaults."""
+    p: dict[str, Any] = {}
+    if "layers" in space:
+        p["layers"] = trial.suggest_categorical("layers", [n for n in space["layers"] if n <= shape.layers])
+    for dim in ("width", "heads", "ffn", "channels", "vocab"):
+        if dim in space:
+            p[dim] = trial.suggest_categorical(dim, space[dim])
+    p["runtime"] = trial.suggest_categorical("runtime", space["runtime"])
+    if p["runtime"] == "openvino":
+        p["quant"] = trial.suggest_categorical("ov_quant", OPENVINO_QUANT)
     else:
-        quant = trial.suggest_categorical("quant", space["quant"])
-    return Candidate(layers, width, heads, ffn, vocab, quant, runtime)
+        p["quant"] = trial.suggest_categorical("quant", space["quant"])
+    p["threads"] = trial.suggest_categorical("threads", space["threads"])
+    return Candidate(**p)
 
 
 def from_params(params: dict[str, Any]) -> Candidate:
@@ -108,10 +181,12 @@ def from_params(params: dict[str, Any]) -> Candidate:
     return Candidate(**{k: v for k, v in p.items() if k in Candidate.__dataclass_fields__})
 
 
-def trial_params(c: Candidate) -> dict[str, Any]:
-    """The Optuna parameters of a candidate (for ``enqueue_trial``)."""
-    p = {"layers": c.layers, "width": c.width, "heads": c.heads, "ffn": c.ffn, "vocab": c.vocab, "runtime": c.runtime}
+def trial_params(c: Candidate, space: dict[str, list[Any]]) -> dict[str, Any]:
+    """The Optuna parameters of a candidate in ``space`` (for ``enqueue_trial``)."""
+    p = {d: getattr(c, d) for d in ("layers", "width", "heads", "ffn", "channels", "vocab") if d in space}
+    p["runtime"] = c.runtime
     p["ov_quant" if c.runtime == "openvino" else "quant"] = c.quant
+    p["threads"] = c.threads
     return p
 
 
@@ -125,6 +200,7 @@ class Fidelity:
     name: str
     distill: dict[str, Any]  # distill options besides the student's shape (max_steps or epochs, ...)
     recover_steps: int  # prune recovery
+    prune: dict[str, Any] = field(default_factory=dict)  # other prune options (recover_lr, ...)
 
 
 def _width_config(c: Candidate, shape: TeacherShape) -> dict[str, Any] | None:
@@ -141,14 +217,14 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
     steps: dict[str, Any] = {}
     last = "teacher"
     student_cfg = _width_config(c, shape)
-    if c.layers < shape.layers or student_cfg:
-        opts: dict[str, Any] = {"layers": c.layers, **fidelity.distill}
+    if 0 < c.layers < shape.layers or student_cfg:
+        opts: dict[str, Any] = {"layers": c.layers or shape.layers, **fidelity.distill}
         if student_cfg:
             opts["student_config"] = student_cfg
         steps["student"] = {"distill": opts}
         last = "student"
-    if c.heads or c.ffn or c.vocab:
-        opts = {}
+    if c.heads or c.ffn or c.vocab or c.channels:
+        opts = {"channels": c.channels} if c.channels else {}
         if c.heads:
             opts["heads"] = c.heads
         if c.ffn:
@@ -156,6 +232,7 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
         if c.vocab:
             opts["vocab_corpus"] = "train"
         opts["recover_steps"] = fidelity.recover_steps
+        opts.update(fidelity.prune)
         steps["pruned"] = {"from": last, "prune": opts}
         last = "pruned"
     steps["onnx"] = {"from": last, "export": {"format": "openvino"} if c.runtime == "openvino" else {}}
@@ -203,7 +280,7 @@ def candidate_shape(c: Candidate, t: TeacherShape) -> Shape:
     kept_heads = max(1, heads - int(heads * c.heads)) if c.heads else heads
     ffn = t.ffn - int(t.ffn * c.ffn)
     vocab = t.vocab_kept if c.vocab and t.vocab_kept else t.vocab
-    return Shape(c.layers, hidden, kept_heads * head_dim, ffn, vocab)
+    return Shape(c.layers or t.layers, hidden, kept_heads * head_dim, ffn, vocab)
 
 
 def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict[str, float | None]:
@@ -212,9 +289,15 @@ def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict
     from compress.estimate import DEFAULT_EFFICIENCY, roofline as graph_roofline
     from compress.estimate_cost import GraphCost, NodeCost
 
+    if t.kind == "cnn":  # no analytic graph: the size from the checkpoint's parameters, every conv pruned at both ends
+        keep = 1.0 - c.channels
+        return {"size_mb": t.params * keep * keep * _MATMUL_BYTES[c.quant] / 2**20, "p50_ms": None,
+                "energy_mj": None, "gops": None}
     s = candidate_shape(c, t)
     mm_b = _MATMUL_BYTES[c.quant]
     emb_b = _EMBED_BYTES.get(c.quant, 1.0)
+    if t.kind == "vit":  # tokens are the image's patches (and [CLS]); the patch embedding is a MatMul over pixels
+        seq = t.positions
     tokens = batch * seq
     nodes: list[NodeCost] = []
     act = 4.0  # activations stay FP32 between operators
@@ -230,6 +313,8 @@ def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict
     emb_rows = s.vocab + t.positions + t.types
     nodes.append(NodeCost("embeddings", "Gather", bytes=emb_b * s.hidden * 3 * tokens + act * tokens * s.hidden,
                           weight_bytes=emb_b * emb_rows * s.hidden))
+    if t.kind == "vit":
+        matmul("patches", t.patch_in, s.hidden)
     elementwise("embeddings/norm", "LayerNormalization", tokens * s.hidden, 5)
     for i in range(s.layers):
         for proj in ("q", "k", "v"):
@@ -245,7 +330,8 @@ def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict
         elementwise(f"l{i}/gelu", "Gelu", tokens * s.ffn, 8)
         matmul(f"l{i}/down", s.ffn, s.hidden)
         elementwise(f"l{i}/norm2", "LayerNormalization", tokens * s.hidden, 5)
-    matmul("pooler", s.hidden, s.hidden, rows=batch)
+    if t.kind != "vit":  # ViT classifies its [CLS] token directly
+        matmul("pooler", s.hidden, s.hidden, rows=batch)
     matmul("classifier", s.hidden, t.labels, rows=batch)
     cost = GraphCost("candidate", batch, seq, nodes)
     est = graph_roofline(cost, peaks, DEFAULT_EFFICIENCY) if peaks is not None else None
