@@ -189,6 +189,16 @@ def test_without_holdout_half_of_eval_is_held_out(tmp_path):
     assert sorted(a.inputs + b.inputs) == sorted(t for _, t in rows)  # disjoint, nothing lost, text unchanged
     assert split_eval(src, tmp_path / "again", seed=0)[0] != ranked
     assert Path(split_eval(src, tmp_path / "again", seed=0)[0]).read_text() == Path(ranked).read_text()  # seeded
+    # an image .npz splits the same way
+    import numpy as np
+
+    images, labels = np.arange(41 * 4, dtype=np.uint8).reshape(41, 2, 2), np.arange(41) % 3
+    np.savez(tmp_path / "dev.npz", images=images, labels=labels)
+    ranked, held = split_eval(tmp_path / "dev.npz", tmp_path / "npz", seed=0)
+    with np.load(ranked) as a, np.load(held) as b:
+        assert len(a["images"]) + len(b["images"]) == 41 and abs(len(a["labels"]) - len(b["labels"])) <= 1
+        together = np.concatenate([a["images"], b["images"]]).reshape(41, -1)[:, 0]
+        assert sorted(together.tolist()) == sorted(images.reshape(41, -1)[:, 0].tolist())
 
 
 def test_a_teacher_it_cannot_search_is_refused_with_the_alternative(workspace, tmp_path):
@@ -326,4 +336,4 @@ def test_image_search_refusals_are_one_line(image_workspace, tmp_path):
     # a CNN has no depth; an image folder cannot be split into a held-out half
     assert_one_line_error(edgecompress(*common, "--holdout", str(d / "set.npz"), "--space", "layers=1",
                                        "--search-dir", str(tmp_path / "a")), "not a dimension of a cnn teacher")
-    assert_one_line_error(edgecompress(*common, "--search-dir", str(tmp_path / "b")), "--holdout")
+    assert_one_line_error(edgecompress(*common, "--search-dir", str(tmp_path / "b")), "cannot split", "--holdout")

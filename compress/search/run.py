@@ -302,14 +302,17 @@ def _vocab_kept(teacher: Path, train: str) -> int:
 
 
 def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
-    """Split a labelled TSV/CSV/JSONL file in two halves (seeded): one the search ranks on, one held out."""
-    if not path.is_file() or path.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
+    """Split a labelled TSV/CSV/JSONL file or an image .npz in two halves (seeded): one the search ranks on, one
+    held out."""
+    if not path.is_file() or path.suffix.lower() not in (".tsv", ".csv", ".jsonl", ".npz"):
         raise ConfigError(f"--eval {path}: cannot split it into a search half and a held-out half",
-                          hint="pass --holdout FILE (labelled data the search never sees), or a .tsv/.csv/.jsonl --eval")
+                          hint="pass --holdout (labelled data the search never sees), or a .tsv/.csv/.jsonl/.npz --eval")
     out.mkdir(parents=True, exist_ok=True)
     ranked, held = out / f"search{path.suffix}", out / f"holdout{path.suffix}"
     if ranked.is_file() and held.is_file():
         return str(ranked.resolve()), str(held.resolve())
+    if path.suffix.lower() == ".npz":
+        return _split_npz(path, ranked, held, seed)
     if path.suffix.lower() == ".jsonl":
         header, rows = [], [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     else:
@@ -332,6 +335,24 @@ def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
                 f.write("".join("\t".join(r) + "\n" for r in header + [rows[i] for i in idx]))
             else:
                 csv.writer(f, lineterminator="\n").writerows(header + [rows[i] for i in idx])
+        tmp.replace(target)
+    return str(ranked.resolve()), str(held.resolve())
+
+
+def _split_npz(path: Path, ranked: Path, held: Path, seed: int) -> tuple[str, str]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:  # object arrays are pickles: refused, as everywhere
+        arrays = {k: z[k] for k in z.files}
+    n = len(next(iter(arrays.values()), []))
+    if n < 20 or any(len(a) != n for a in arrays.values()):
+        raise DataError(f"--eval {path}: {n} rows (or arrays of unequal length): cannot split it",
+                        hint="pass --holdout (labelled images the search never sees)")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    for target, idx in zip((ranked, held), (sorted(order[: n // 2]), sorted(order[n // 2:]))):
+        tmp = target.with_name(f".{target.stem}.tmp.npz")
+        np.savez(tmp, **{k: a[idx] for k, a in arrays.items()})
         tmp.replace(target)
     return str(ranked.resolve()), str(held.resolve())
 
@@ -421,8 +442,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
         random_sampler = optuna.samplers.RandomSampler(seed=config.seed)
 
         if not explored():
-            say(f"exploring at short fidelity ({config.short_steps} distillation steps, "
-                f"{config.short_recover_steps} recovery steps) for up to "
+            steps = f"{config.short_steps} distillation steps, " if "layers" in s.space or "width" in s.space else ""
+            say(f"exploring at short fidelity ({steps}{config.short_recover_steps} recovery steps) for up to "
                 f"{max(config.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
             study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
         why = ("its share of the time budget is spent" if s.spent() >= config.explore_share * config.time_budget_s

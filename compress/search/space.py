@@ -1,14 +1,15 @@
 """The search space: what a candidate is, how Optuna samples one, the recipe that builds it, and its roofline.
 
 A candidate of a text (BERT-family) teacher is a student depth and width, head and FFN pruning levels, vocabulary
-pruning, a precision (INT8 dynamic, INT8 static, INT4) and a runtime (ONNX Runtime, or OpenVINO where the
-profile's device runs it). It becomes a recipe (:mod:`compress.recipes`) whose step names are the same in every
+pruning, a precision (INT8 dynamic with INT8 or INT4 embeddings, INT8 static, INT4), a runtime (ONNX Runtime, or
+OpenVINO where the profile's device runs it) and a number of intra-op threads. A ViT's is a depth, head and FFN
+pruning levels, static or dynamic INT8; a CNN's the share of its convolution channels pruned and static INT8. It becomes a recipe (:mod:`compress.recipes`) whose step names are the same in every
 candidate, so two candidates that share a step (the same student, pruned the same way) share its output in the
 search's store: no step is computed twice.
 
 Before anything is trained, :func:`roofline` gives the candidate's size and an optimistic latency from its shape
-alone (parameter counts; MatMul, attention and elementwise costs at the profile's batch × sequence length; the
-profile's, or this machine's, peaks). The search discards a candidate whose optimistic estimate cannot meet the
+alone (parameter counts; MatMul, attention and elementwise costs at the profile's batch × sequence length, a ViT's
+patches for its tokens; the profile's, or this machine's, peaks; a CNN's size from its checkpoint's parameters). The search discards a candidate whose optimistic estimate cannot meet the
 budget, and tightens the estimate with each candidate it measures.
 """
 
@@ -57,11 +58,11 @@ for _space in SPACES.values():
     for _dim, _choices in _space.items():
         ALL_DIMENSIONS.setdefault(_dim, [])
         ALL_DIMENSIONS[_dim] += [c for c in _choices if c not in ALL_DIMENSIONS[_dim]]
-OPENVINO_QUANT = ["int8", "int8-weights"]
+OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
 #: distill and prune settings of image candidates (the rates benchmarks/images.py trains its students with); the
 #: search's ``distill`` / ``prune`` settings override them
 IMAGE_DISTILL = {"lr": 1e-3}
-IMAGE_PRUNE = {"recover_lr": 1e-3}  # NNCF post-training INT8, or INT8 weight compression only
+IMAGE_PRUNE = {"recover_lr": 1e-3}
 #: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
 RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
                     "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}}}
