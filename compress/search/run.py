@@ -53,8 +53,8 @@ from compress.search.conclude import (
     SearchResult, conclude, promote, violation,
 )
 from compress.search.space import (
-    IMAGE_DISTILL, IMAGE_PRUNE, OPENVINO_QUANT, RUNTIME_SETTINGS, SPACES, Candidate, Fidelity, TeacherShape, candidate_steps, roofline,
-    suggest, trial_params,
+    IMAGE_DISTILL, IMAGE_PRUNE, OPENVINO_QUANT, RUNTIME_SETTINGS, SPACES, Candidate, Fidelity, TeacherShape,
+    candidate_steps, roofline, suggest, trial_params,
 )
 
 log = logging.getLogger(__name__)
