@@ -3,14 +3,16 @@
 A candidate of a text (BERT-family) teacher is a student depth and width, head and FFN pruning levels, vocabulary
 pruning, a precision (INT8 dynamic with INT8 or INT4 embeddings, INT8 static, INT4), a runtime (ONNX Runtime, or
 OpenVINO where the profile's device runs it) and a number of intra-op threads. A ViT's is a depth, head and FFN
-pruning levels, static or dynamic INT8; a CNN's the share of its convolution channels pruned and static INT8. It becomes a recipe (:mod:`compress.recipes`) whose step names are the same in every
-candidate, so two candidates that share a step (the same student, pruned the same way) share its output in the
-search's store: no step is computed twice.
+pruning levels, static or dynamic INT8; a CNN's the share of its convolution channels pruned and static INT8. It
+becomes a recipe (:mod:`compress.recipes`) whose step names are the same in every candidate, so two candidates that
+share a step (the same student, pruned the same way) share its output in the search's store: no step is computed
+twice.
 
 Before anything is trained, :func:`roofline` gives the candidate's size and an optimistic latency from its shape
 alone (parameter counts; MatMul, attention and elementwise costs at the profile's batch × sequence length, a ViT's
-patches for its tokens; the profile's, or this machine's, peaks; a CNN's size from its checkpoint's parameters). The search discards a candidate whose optimistic estimate cannot meet the
-budget, and tightens the estimate with each candidate it measures.
+patches for its tokens; the profile's, or this machine's, peaks; a CNN's size from its checkpoint's parameters).
+The search discards a candidate whose optimistic estimate cannot meet the budget, and tightens the estimate with
+each candidate it measures.
 """
 
 from __future__ import annotations
