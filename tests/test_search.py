@@ -131,6 +131,28 @@ def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, mo
     assert len(shorts) == 2 and result.chosen is not None
 
 
+def test_a_finished_search_given_more_time_builds_what_it_had_no_time_for(workspace, monkeypatch):
+    """The diagnosis says "give the search more time": resuming with a larger --time-budget builds the promoted
+    candidates that did not fit (here: a full candidate that costs more than the budget left)."""
+    import compress.search.run as run
+
+    from compress.search import run_search
+
+    real = run._cost
+    monkeypatch.setattr(run, "_cost", lambda *a, **k: 1e9)
+    lines: list[str] = []
+    first = run_search(config(workspace, trials=2), workspace / "s4", progress=lines.append, html=False)
+    assert first.chosen is None and any("not run: needs" in ln for ln in lines)
+    monkeypatch.setattr(run, "_cost", real)
+    lines.clear()
+    again = run_search(config(workspace, trials=2), workspace / "s4", progress=lines.append, html=False)
+    assert any("had no time to be built: queued again" in ln for ln in lines)
+    assert again.chosen is not None and again.chosen["fidelity"] == "full"
+    lines.clear()
+    run_search(config(workspace, trials=2), workspace / "s4", progress=lines.append, html=False)
+    assert not any("queued again" in ln for ln in lines)  # built now: nothing is queued twice
+
+
 def test_estimates_skip_what_cannot_fit_and_the_diagnosis_names_the_binding_budget(workspace):
     from compress.search import run_search
 

@@ -460,6 +460,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
         study.set_user_attr("promoted", [n for n, _ in promoted])
         study.set_user_attr("phase", "full")
         say(f"full fidelity for trials {', '.join(map(str, (n for n, _ in promoted))) or '(none measured)'}")
+    elif phase == "final":
+        _requeue_for_time(optuna, study, say)
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     if waiting:
         study.optimize(objective, n_trials=len(waiting), callbacks=[record_time], catch=(EdgeCompressError,))
@@ -473,6 +475,21 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
         write_search_html(search_dir, result.summary)
     return result
+
+
+def _requeue_for_time(optuna, study, say: Progress) -> None:
+    """A finished search resumed with a larger ``--time-budget``: the promoted candidates it had no time to build
+    are queued again (each is queued once per resume; its cost is checked against the new budget)."""
+    TS = optuna.trial.TrialState
+    built = {json.dumps(t.params, sort_keys=True) for t in study.trials
+             if t.user_attrs.get("fidelity") == "full" and t.state in (TS.COMPLETE, TS.WAITING)}
+    for t in study.trials:
+        key = json.dumps(t.params, sort_keys=True)
+        if t.user_attrs.get("not_run_for_time") and t.state == TS.PRUNED and key not in built:
+            study.enqueue_trial(t.params, user_attrs={"fidelity": "full",
+                                                      "promoted_from": t.user_attrs.get("promoted_from")})
+            built.add(key)
+            say(f"trial {t.number} had no time to be built: queued again ({t.user_attrs.get('label', t.params)})")
 
 
 def _requeue_interrupted(optuna, study, say: Progress) -> None:
@@ -524,6 +541,7 @@ def _objective(optuna, s: Search):
             if need > s.left():
                 why = f"needs ~{need / 60:.0f} min, {max(s.left(), 0) / 60:.0f} min of the time budget left"
                 trial.set_user_attr("skipped", why)
+                trial.set_user_attr("not_run_for_time", True)
                 s.say(f"{tag}: not run: {why}")
                 raise optuna.TrialPruned(why)
         s.say(f"{tag}: building and validating ...")
