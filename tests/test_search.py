@@ -141,15 +141,15 @@ def test_a_finished_search_given_more_time_builds_what_it_had_no_time_for(worksp
     real = run._cost
     monkeypatch.setattr(run, "_cost", lambda *a, **k: 1e9)
     lines: list[str] = []
-    first = run_search(config(workspace, trials=2), workspace / "s4", progress=lines.append, html=False)
+    first = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
     assert first.chosen is None and any("not run: needs" in ln for ln in lines)
     monkeypatch.setattr(run, "_cost", real)
     lines.clear()
-    again = run_search(config(workspace, trials=2), workspace / "s4", progress=lines.append, html=False)
+    again = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
     assert any("had no time to be built: queued again" in ln for ln in lines)
     assert again.chosen is not None and again.chosen["fidelity"] == "full"
     lines.clear()
-    run_search(config(workspace, trials=2), workspace / "s4", progress=lines.append, html=False)
+    run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
     assert not any("queued again" in ln for ln in lines)  # built now: nothing is queued twice
 
 
@@ -175,7 +175,7 @@ def test_estimates_skip_what_cannot_fit_and_the_diagnosis_names_the_binding_budg
                         "--search-dir", workspace / "s3", "--trials", "4", "--short-steps", "3", "--short-recover-steps", "2",
                         "--full-epochs", "1", "--full-recover-steps", "3",
                         "--promote", "1", "--space", "layers=1,2;width=1.0;heads=0.0;ffn=0.0,0.5;vocab=false;"
-                        "quant=int8-dynamic;runtime=onnxruntime", "--no-html")
+                        "quant=int8-dynamic;runtime=onnxruntime;threads=0", "--no-html")
     assert proc.returncode == 1, proc.stderr
     assert "diagnosis: binding budget: min_throughput" in proc.stdout and "closest: trial" in proc.stdout
 

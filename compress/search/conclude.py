@@ -161,7 +161,8 @@ def conclude(s, study) -> SearchResult:
             t = sbs[teacher_key]["p50_ms"]
             pick["vs_teacher_pytorch"] |= {"teacher_p50_ms": t, "speedup": t / sbs[f"trial {pick['trial']}"]["p50_ms"]}
     skipped = [{"trial": t.number, "label": t.user_attrs.get("label"), "why": t.user_attrs.get("skipped"),
-                "estimate": t.user_attrs.get("estimate")} for t in study.trials if t.user_attrs.get("skipped")]
+                "estimate": t.user_attrs.get("estimate")} for t in study.trials
+               if t.user_attrs.get("skipped") and "duplicate_of" not in t.user_attrs]
     failed = [{"trial": t.number, "label": t.user_attrs.get("label"), "error": t.user_attrs.get("error")}
               for t in study.trials if t.user_attrs.get("error")]
     summary = {

@@ -534,7 +534,11 @@ def _objective(optuna, s: Search):
             why = s.cannot_meet(est, _latency_ratio(trial.study, c.runtime, c.threads, est["p50_ms"]))
             if why:
                 trial.set_user_attr("skipped", why)
-                s.say(f"{tag}: skipped before training: {why}")
+                before = _skipped_before(trial)
+                if before is not None:  # a repeat: counts towards "the space is used up", and says nothing new
+                    trial.set_user_attr("duplicate_of", before.number)
+                else:
+                    s.say(f"{tag}: skipped before training: {why}")
                 raise optuna.TrialPruned(why)
         else:
             need = _cost(s, trial.number, c, fid, trial.user_attrs.get("promoted_from"))
@@ -570,6 +574,15 @@ def _twin(trial, fidelity: str):
     return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if t.params == trial.params and t.user_attrs.get("fidelity") == fidelity
                  and "duplicate_of" not in t.user_attrs), None)
+
+
+def _skipped_before(trial):
+    """An earlier trial that skipped the same candidate on its estimate."""
+    from optuna.trial import TrialState
+
+    return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                 if t.params == trial.params and t.user_attrs.get("skipped") and not t.user_attrs.get("not_run_for_time")
+                 and "duplicate_of" not in t.user_attrs and t.number != trial.number), None)
 
 
 def _new_shorts(study) -> list:
