@@ -20,7 +20,7 @@ F = SearchConfig.model_fields
 @click.option("--holdout", type=click.Path(path_type=Path), help=F["holdout"].description)
 @click.option("--time-budget", default="2h", show_default=True,
               help="Wall-clock time for the whole search: 2h, 90m, 1h30m or seconds. A resumed search continues "
-                   "the same budget.")
+                   "the same budget; a larger one builds the promoted candidates the last run had no time for.")
 @click.option("--objective", type=click.Choice([o.value for o in Objective]), default="latency", show_default=True,
               help="What the chosen candidate minimises among those meeting every budget (energy-proxy: estimated "
                    "operation and DRAM energy per inference).")
