@@ -18,7 +18,7 @@ from test_storage import one_line, run_cli
     (("--block-size", "32"), ("--block-size", "dynamic INT8", "--precision int4")),
     (("--calibration-method", "entropy"), ("--calibration-method", "dynamic INT8", "--mode static")),
     (("--precision", "int4", "--per-tensor"), ("--per-channel", "INT4", "--precision int8")),
-    (("--embedding-precision", "fp32"), ("--embedding-precision", "dynamic INT8")),
+    (("--mode", "static", "--embedding-precision", "fp32"), ("--embedding-precision", "static INT8")),
 ])
 def test_cli_refuses_with_one_line_and_exit_2(onnx_artifact, tmp_path, capsys, args, words):
     out = tmp_path / "q"
