@@ -201,7 +201,7 @@ def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
 
 def test_without_holdout_half_of_eval_is_held_out(tmp_path):
     from compress.data import load_dataset
-    from compress.search.run import split_eval
+    from compress.search.holdout import split_eval
 
     rows = [(i % 2, f"sentence number {i} with a \"quote\" and a , comma") for i in range(41)]
     src = write_tsv(tmp_path, rows, name="dev.tsv")

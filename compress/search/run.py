@@ -32,12 +32,10 @@ resumes from its checkpoint), and the interrupted trial is queued again when the
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -46,14 +44,15 @@ from typing import Any
 
 import yaml
 
-from compress.errors import ConfigError, DataError, EdgeCompressError, OutputExistsError
+from compress.errors import ConfigError, EdgeCompressError, OutputExistsError
 from compress.search.config import Objective, SearchConfig
+from compress.search.holdout import split_eval
 from compress.recipes.execute import _write_json
 from compress.search.conclude import (
     SearchResult, conclude, promote, violation,
 )
 from compress.search.space import (
-    IMAGE_DISTILL, IMAGE_PRUNE, OPENVINO_QUANT, RUNTIME_SETTINGS, SPACES, Candidate, Fidelity, TeacherShape,
+    KINDS, OPENVINO_QUANT, RUNTIME_SETTINGS, Candidate, Fidelity, TeacherShape,
     candidate_steps, roofline, suggest, trial_params,
 )
 
@@ -97,14 +96,12 @@ class Search:
             self.shape = dataclasses.replace(self.shape, vocab_kept=_vocab_kept(Path(config.teacher), config.train))
         self.eval, self.holdout = self._data()
         self.peaks = self._peaks()
-        text = self.shape.kind == "text"
-        # images learn from scratch-like targets at a higher rate (benchmarks/images.py); text keeps distill's defaults
-        distill = {**({} if text else IMAGE_DISTILL), **config.distill}
-        prune = {**({} if text else IMAGE_PRUNE), **config.prune}
+        kind = KINDS[self.shape.kind]
+        distill, prune = {**kind.distill, **config.distill}, {**kind.prune, **config.prune}
         self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
                                         **distill}, config.short_recover_steps, prune)
         full = {"epochs": config.full_epochs,
-                **({"augment": config.full_augment} if config.full_augment and text else {})}
+                **({"augment": config.full_augment} if config.full_augment and kind.augments else {})}
         self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, prune)
         self.t0 = time.monotonic()
         self.spent_before = 0.0
@@ -132,14 +129,16 @@ class Search:
     def _space(self) -> dict[str, list[Any]]:
         from compress._optional import is_available
 
-        base = SPACES[self.shape.kind]
+        kind = KINDS[self.shape.kind]
+        base = kind.space
         other = [k for k in self.config.space if k not in base]
         if other:
             raise ConfigError(f"--space {', '.join(other)}: not a dimension of a {self.shape.kind} teacher's search",
                               hint=f"a {self.shape.kind} teacher's dimensions: {', '.join(base)}")
-        if self.shape.kind == "cnn" and self.config.objective is Objective.energy_proxy:
-            raise ConfigError("--objective energy-proxy needs a candidate's operations before it is built, which only "
-                              "transformer teachers give", hint="use --objective latency or size for a CNN teacher")
+        if not kind.counts_ops and self.config.objective is Objective.energy_proxy:
+            raise ConfigError(f"--objective energy-proxy needs a candidate's operations before it is built, which a "
+                              f"{self.shape.kind} teacher's estimate does not count",
+                              hint=f"use --objective latency or size for a {self.shape.kind} teacher")
         space = {k: list(v) for k, v in base.items()} | self.config.space
         notes = []
         if self.profile.runtime.name not in ("onnxruntime", "openvino") or not is_available("openvino"):
@@ -299,62 +298,6 @@ def _vocab_kept(teacher: Path, train: str) -> int:
     tok = AutoTokenizer.from_pretrained(teacher)
     texts = [t if isinstance(t, str) else " ".join(t) for t in load_dataset(train).inputs]
     return len(plan_vocabulary(tok, texts, model_config=AutoConfig.from_pretrained(teacher)).keep)
-
-
-def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
-    """Split a labelled TSV/CSV/JSONL file or an image .npz in two halves (seeded): one the search ranks on, one
-    held out."""
-    if not path.is_file() or path.suffix.lower() not in (".tsv", ".csv", ".jsonl", ".npz"):
-        raise ConfigError(f"--eval {path}: cannot split it into a search half and a held-out half",
-                          hint="pass --holdout (labelled data the search never sees), or a .tsv/.csv/.jsonl/.npz --eval")
-    out.mkdir(parents=True, exist_ok=True)
-    ranked, held = out / f"search{path.suffix}", out / f"holdout{path.suffix}"
-    if ranked.is_file() and held.is_file():
-        return str(ranked.resolve()), str(held.resolve())
-    if path.suffix.lower() == ".npz":
-        return _split_npz(path, ranked, held, seed)
-    if path.suffix.lower() == ".jsonl":
-        header, rows = [], [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    else:
-        with open(path, newline="", encoding="utf-8") as f:
-            delim = "\t" if path.suffix.lower() == ".tsv" else ","
-            reader = csv.reader(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
-            all_rows = list(reader)
-        header, rows = all_rows[:1], all_rows[1:]
-    if len(rows) < 20:
-        raise DataError(f"--eval {path} has {len(rows)} rows: too few to split", hint="pass --holdout FILE")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    halves = (sorted(order[: len(rows) // 2]), sorted(order[len(rows) // 2:]))
-    for target, idx in zip((ranked, held), halves):
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            if path.suffix.lower() == ".jsonl":
-                f.write("".join(rows[i] + "\n" for i in idx))
-            elif delim == "\t":  # read as written: fields split on tabs, nothing quoted
-                f.write("".join("\t".join(r) + "\n" for r in header + [rows[i] for i in idx]))
-            else:
-                csv.writer(f, lineterminator="\n").writerows(header + [rows[i] for i in idx])
-        tmp.replace(target)
-    return str(ranked.resolve()), str(held.resolve())
-
-
-def _split_npz(path: Path, ranked: Path, held: Path, seed: int) -> tuple[str, str]:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as z:  # object arrays are pickles: refused, as everywhere
-        arrays = {k: z[k] for k in z.files}
-    n = len(next(iter(arrays.values()), []))
-    if n < 20 or any(len(a) != n for a in arrays.values()):
-        raise DataError(f"--eval {path}: {n} rows (or arrays of unequal length): cannot split it",
-                        hint="pass --holdout (labelled images the search never sees)")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    for target, idx in zip((ranked, held), (sorted(order[: n // 2]), sorted(order[n // 2:]))):
-        tmp = target.with_name(f".{target.stem}.tmp.npz")
-        np.savez(tmp, **{k: a[idx] for k, a in arrays.items()})
-        tmp.replace(target)
-    return str(ranked.resolve()), str(held.resolve())
 
 
 # -- the study ----------------------------------------------------------------------------------------------------

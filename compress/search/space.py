@@ -53,18 +53,30 @@ CNN_SPACE: dict[str, list[Any]] = {
     "runtime": ["onnxruntime", "openvino"],
     "threads": [0, 1],
 }
-SPACES = {"text": TEXT_SPACE, "vit": VIT_SPACE, "cnn": CNN_SPACE}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a kind of teacher searches, and how its candidates train. ``distill`` / ``prune`` are defaults the
+    search's own settings override: images train at the rates benchmarks/images.py uses; text keeps distill's."""
+
+    space: dict[str, list[Any]]
+    distill: dict[str, Any] = field(default_factory=dict)
+    prune: dict[str, Any] = field(default_factory=dict)
+    augments: bool = False  # full fidelity adds embedding-neighbour copies of the training texts
+    counts_ops: bool = True  # the roofline counts a candidate's operations (latency and energy before training)
+
+
+_IMAGE_RATES = {"distill": {"lr": 1e-3}, "prune": {"recover_lr": 1e-3}}
+KINDS = {"text": Kind(TEXT_SPACE, augments=True), "vit": Kind(VIT_SPACE, **_IMAGE_RATES),
+         "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False)}
 #: every dimension, with every choice any kind of teacher has (what ``--space`` may name)
 ALL_DIMENSIONS: dict[str, list[Any]] = {}
-for _space in SPACES.values():
-    for _dim, _choices in _space.items():
+for _kind in KINDS.values():
+    for _dim, _choices in _kind.space.items():
         ALL_DIMENSIONS.setdefault(_dim, [])
         ALL_DIMENSIONS[_dim] += [c for c in _choices if c not in ALL_DIMENSIONS[_dim]]
 OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
-#: distill and prune settings of image candidates (the rates benchmarks/images.py trains its students with); the
-#: search's ``distill`` / ``prune`` settings override them
-IMAGE_DISTILL = {"lr": 1e-3}
-IMAGE_PRUNE = {"recover_lr": 1e-3}
 #: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
 RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
                     "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}}}

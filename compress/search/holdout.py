@@ -1,0 +1,65 @@
+"""The held-out half: when a search is given no ``--holdout``, half of ``--eval`` (seeded) is kept from it."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from compress.errors import ConfigError, DataError
+
+
+def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
+    """Split a labelled TSV/CSV/JSONL file or an image .npz in two halves (seeded): one the search ranks on, one
+    held out."""
+    if not path.is_file() or path.suffix.lower() not in (".tsv", ".csv", ".jsonl", ".npz"):
+        raise ConfigError(f"--eval {path}: cannot split it into a search half and a held-out half",
+                          hint="pass --holdout (labelled data the search never sees), or a .tsv/.csv/.jsonl/.npz --eval")
+    out.mkdir(parents=True, exist_ok=True)
+    ranked, held = out / f"search{path.suffix}", out / f"holdout{path.suffix}"
+    if ranked.is_file() and held.is_file():
+        return str(ranked.resolve()), str(held.resolve())
+    if path.suffix.lower() == ".npz":
+        return _split_npz(path, ranked, held, seed)
+    if path.suffix.lower() == ".jsonl":
+        header, rows = [], [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            delim = "\t" if path.suffix.lower() == ".tsv" else ","
+            reader = csv.reader(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
+            all_rows = list(reader)
+        header, rows = all_rows[:1], all_rows[1:]
+    if len(rows) < 20:
+        raise DataError(f"--eval {path} has {len(rows)} rows: too few to split", hint="pass --holdout FILE")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    halves = (sorted(order[: len(rows) // 2]), sorted(order[len(rows) // 2:]))
+    for target, idx in zip((ranked, held), halves):
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            if path.suffix.lower() == ".jsonl":
+                f.write("".join(rows[i] + "\n" for i in idx))
+            elif delim == "\t":  # read as written: fields split on tabs, nothing quoted
+                f.write("".join("\t".join(r) + "\n" for r in header + [rows[i] for i in idx]))
+            else:
+                csv.writer(f, lineterminator="\n").writerows(header + [rows[i] for i in idx])
+        tmp.replace(target)
+    return str(ranked.resolve()), str(held.resolve())
+
+
+def _split_npz(path: Path, ranked: Path, held: Path, seed: int) -> tuple[str, str]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:  # object arrays are pickles: refused, as everywhere
+        arrays = {k: z[k] for k in z.files}
+    n = len(next(iter(arrays.values()), []))
+    if n < 20 or any(len(a) != n for a in arrays.values()):
+        raise DataError(f"--eval {path}: {n} rows (or arrays of unequal length): cannot split it",
+                        hint="pass --holdout (labelled images the search never sees)")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    for target, idx in zip((ranked, held), (sorted(order[: n // 2]), sorted(order[n // 2:]))):
+        tmp = target.with_name(f".{target.stem}.tmp.npz")
+        np.savez(tmp, **{k: a[idx] for k, a in arrays.items()})
+        tmp.replace(target)
+    return str(ranked.resolve()), str(held.resolve())
