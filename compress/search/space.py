@@ -325,9 +325,9 @@ def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict
     def elementwise(name: str, op: str, numel: int, per: float = 1.0) -> None:
         nodes.append(NodeCost(name, op, flops=per * numel, bytes=act * 2 * numel))
 
-    emb_rows = s.vocab + t.positions + t.types
+    small_b = 1.0 if c.quant == "int8-dynamic-emb4" else emb_b  # INT4 embeddings: positions/types stay INT8
     nodes.append(NodeCost("embeddings", "Gather", bytes=emb_b * s.hidden * 3 * tokens + act * tokens * s.hidden,
-                          weight_bytes=emb_b * emb_rows * s.hidden))
+                          weight_bytes=(emb_b * s.vocab + small_b * (t.positions + t.types)) * s.hidden))
     if t.kind == "vit":
         matmul("patches", t.patch_in, s.hidden)
     elementwise("embeddings/norm", "LayerNormalization", tokens * s.hidden, 5)

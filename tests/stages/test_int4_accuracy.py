@@ -190,8 +190,21 @@ def test_embedding_precision_changes_the_gather(unfused, tmp_path, embedding, in
     else:
         assert node.op_type == "GatherBlockQuantized" and table.data_type == onnx.TensorProto.INT4
         assert attrs(node)["block_size"] == 32
+        _small_tables_are_int8(model, art.manifest.steps[-1].metrics["int4"]["int8_tables"])
     assert len([n for n in model.graph.node if n.op_type == "MatMulNBits"]) == 12
     run_all(art, ["works exactly as described."])
+
+
+def _small_tables_are_int8(model, int8_tables):
+    """INT4 embeddings: the token-type table (2 rows, under a tenth of the vocabulary's values) is a plain INT8
+    Gather, not a GatherBlockQuantized (which costs as much per call as the vocabulary's)."""
+    import onnx
+
+    assert "/bert/embeddings/token_type_embeddings/Gather" in int8_tables
+    inits = {t.name: t for t in model.graph.initializer}
+    node = next(n for n in model.graph.node if n.name == "/bert/embeddings/token_type_embeddings/Gather")
+    assert node.op_type == "Gather" and inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    assert "/bert/embeddings/word_embeddings/Gather" not in int8_tables
 
 
 def test_embedding_int4_is_smallest(unfused, int4_art, tmp_path):
@@ -223,6 +236,7 @@ def test_dynamic_int8_with_other_embedding_precision(unfused, int8_unfused, tmp_
         assert word[0].op_type == "GatherBlockQuantized" and table.data_type == onnx.TensorProto.INT4
         assert attrs(word[0])["block_size"] == 32 and info["block_size"] == 32
         assert art.size_bytes() < int8_unfused.size_bytes()
+        _small_tables_are_int8(model, info["int8_tables"])
     else:
         assert word[0].op_type == "Gather" and table.data_type == onnx.TensorProto.FLOAT
         assert art.size_bytes() > int8_unfused.size_bytes()

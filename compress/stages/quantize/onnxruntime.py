@@ -88,6 +88,7 @@ from compress.stages.quantize.graph import (
     _node_report,
     initializer_bytes,
     quantizable_layers,
+    small_embedding_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,10 @@ class _OnnxQuantizer:
                 op_types = [o for o in self.op_types() if o != "Gather"]
                 if emb is EmbeddingPrecision.int4:
                     src = Path(scratch) / "int4-embeddings.onnx"
-                    self._nbits(("Gather",), exclude).model.save_model_to_file(str(src), self.large)
+                    small = small_embedding_tables(self.model)
+                    self._nbits(("Gather",), exclude + small).model.save_model_to_file(str(src), self.large)
+                    if small:  # the small tables become INT8 with the MatMuls
+                        op_types.append("Gather")
             self._quantize_dynamic(ortq, src, dst, op_types, exclude)
 
     def _quantize_dynamic(self, ortq, src: Path, dst: Path, op_types, exclude: list[str]) -> None:
@@ -288,8 +292,9 @@ class _OnnxQuantizer:
         c = self.config
         ops = self.op_types()
         nbits_ops = tuple(o for o in ops if o == "MatMul" or c.embedding_precision is EmbeddingPrecision.int4)
-        quantizer = self._nbits(nbits_ops, exclude)
-        if "Gather" in ops and c.embedding_precision is EmbeddingPrecision.int8:
+        small = small_embedding_tables(self.model) if "Gather" in nbits_ops else []
+        quantizer = self._nbits(nbits_ops, exclude + small)
+        if "Gather" in ops and (c.embedding_precision is EmbeddingPrecision.int8 or small):
             # MatMulNBits' Gather path is 4-bit only: INT8 tables come from quantize_dynamic's Gather support
             with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int4-") as scratch:
                 mid = Path(scratch) / "int4.onnx"
@@ -362,10 +367,12 @@ def _write_artifact(
         "nodes": _node_report(q.model, dst, config, op_types, list(config.exclude_nodes), searched),
     }
     _check_something_quantized(metrics["nodes"], op_types, searched)
+    emb4 = config.embedding_precision is EmbeddingPrecision.int4 and "Gather" in op_types
+    int8_tables = small_embedding_tables(q.model) if emb4 else []
     if q.int4:
         layers = quantizable_layers(q.model, op_types)
         padding = _block_padding(
-            [lay for lay in layers if lay.name not in exclude
+            [lay for lay in layers if lay.name not in exclude and lay.name not in int8_tables
              and (lay.op_type == "MatMul" or config.embedding_precision is EmbeddingPrecision.int4)],
             q.model, config.block_size,
         )
@@ -378,12 +385,14 @@ def _write_artifact(
             "embedding_precision": str(config.embedding_precision) if "Gather" in op_types else "fp32",
             "runs_on": "onnxruntime (CPU, CUDA execution providers): MatMulNBits/GatherBlockQuantized are contrib ops",
             "block_padding": padding,
+            **({"int8_tables": int8_tables} if int8_tables else {}),
         }
     elif config.mode is QuantMode.dynamic and "Gather" in op_types:
         metrics["embeddings"] = {"precision": str(config.embedding_precision)}
         if config.embedding_precision is EmbeddingPrecision.int4:
             metrics["embeddings"].update(block_size=config.block_size, symmetric=config.symmetric,
-                                         op="GatherBlockQuantized (onnxruntime contrib op)")
+                                         op="GatherBlockQuantized (onnxruntime contrib op)",
+                                         int8_tables=int8_tables)
     metrics.update(extra_metrics or {})
     step.metrics = metrics
     QUANTIZE_ONNX.seal(step, tmp, t0)
