@@ -271,6 +271,12 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
     assert full["student"]["distill"] == {"layers": 1, "epochs": 1, "augment": 1}  # --full-augment 1 (default)
     assert "augment" not in short["student"]["distill"]
     assert "augment" not in Search(config(workspace, full_augment=0), tmp_path / "s0").full.distill
+    # a pruned text candidate recovers from the teacher itself at full fidelity, on the augmented texts too
+    full, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.full)
+    short, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.short)
+    assert full["pruned"]["prune"]["teacher"] == str(Path(s.config.teacher).resolve())
+    assert full["pruned"]["prune"]["recover_augment"] == 1
+    assert "teacher" not in short["pruned"]["prune"] and "recover_augment" not in short["pruned"]["prune"]
     steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
     assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
     one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())

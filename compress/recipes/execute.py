@@ -253,6 +253,9 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
     if job.verb == "prune":
         from compress.stages.prune import prune
 
+        if config.teacher and not config.teacher_cache and Path(config.teacher).resolve() == Path(plan.teacher).resolve():
+            # recoveries from the recipe's teacher share its outputs (apart from the students' cache: other rows)
+            config = config.model_copy(update={"teacher_cache": str(run / "teacher-cache-recovery")})
         prune(src, out, config, train=job.data.get("train"), eval_data=job.data.get("eval_data"), force=force,
               progress=say)
         return _artifact_summary(out)

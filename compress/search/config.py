@@ -39,7 +39,11 @@ class SearchConfig(BaseModel):
     full_augment: int = Field(
         1, ge=0, description="Embedding-neighbour copies of every training sentence, labelled by the teacher, for a "
         "full-fidelity student (distill --augment): what lets a small student keep the teacher's accuracy.")
-    full_recover_steps: int = Field(800, ge=0, description="Pruning recovery steps at full fidelity.")
+    full_recover_steps: int = Field(
+        4000, ge=0,
+        description="Pruning recovery steps at full fidelity: text students distil from the teacher again, on the "
+        "--full-augment copies too (a 2-layer student pruned to 15% of its FFN neurons recovered to 99% dev "
+        "retention in ~4,000 steps, 5 min on 2 cores).")
     distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
     prune: dict[str, Any] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
     promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")

@@ -100,9 +100,12 @@ class Search:
         distill, prune = {**kind.distill, **config.distill}, {**kind.prune, **config.prune}
         self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
                                         **distill}, config.short_recover_steps, prune)
-        full = {"epochs": config.full_epochs,
-                **({"augment": config.full_augment} if config.full_augment and kind.augments else {})}
-        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, prune)
+        augment = config.full_augment if kind.augments else 0
+        full = {"epochs": config.full_epochs, **({"augment": augment} if augment else {})}
+        # the pruned student's long recovery learns from the teacher itself, on the same augmented texts
+        recovery = {"teacher": str(Path(config.teacher).resolve()), **({"recover_augment": augment} if augment else {})} \
+            if kind.recovers_from_teacher else {}
+        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, {**recovery, **prune})
         self.t0 = time.monotonic()
         self.spent_before = 0.0
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes

@@ -27,7 +27,7 @@ TEXT_SPACE: dict[str, list[Any]] = {
     "layers": [1, 2, 3, 4, 6],  # student depth; the teacher's own depth keeps every layer (no distillation)
     "width": [1.0, 0.67, 0.5],  # hidden size as a share of the teacher's (student_config; heads of the same size)
     "heads": [0.0, 0.25, 0.5],  # share of attention heads removed (transformers 4)
-    "ffn": [0.0, 0.3, 0.5, 0.7],  # share of FFN neurons removed
+    "ffn": [0.0, 0.3, 0.5, 0.7, 0.85],  # share of FFN neurons removed (0.85: fast students recovered from the teacher)
     "vocab": [False, True],  # keep only the tokens the training texts use
     # ONNX Runtime; int8-dynamic-emb4: INT8 MatMuls with an INT4 embedding table (most of a small model's size)
     "quant": ["int8-dynamic", "int8-dynamic-emb4", "int8-static", "int4"],
@@ -64,11 +64,13 @@ class Kind:
     distill: dict[str, Any] = field(default_factory=dict)
     prune: dict[str, Any] = field(default_factory=dict)
     augments: bool = False  # full fidelity adds embedding-neighbour copies of the training texts
+    #: full fidelity recovers a pruned student by distilling from the teacher (not from the unpruned student)
+    recovers_from_teacher: bool = False
     counts_ops: bool = True  # the roofline counts a candidate's operations (latency and energy before training)
 
 
 _IMAGE_RATES = {"distill": {"lr": 1e-3}, "prune": {"recover_lr": 1e-3}}
-KINDS = {"text": Kind(TEXT_SPACE, augments=True), "vit": Kind(VIT_SPACE, **_IMAGE_RATES),
+KINDS = {"text": Kind(TEXT_SPACE, augments=True, recovers_from_teacher=True), "vit": Kind(VIT_SPACE, **_IMAGE_RATES),
          "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False)}
 #: every dimension, with every choice any kind of teacher has (what ``--space`` may name)
 ALL_DIMENSIONS: dict[str, list[Any]] = {}

@@ -312,6 +312,21 @@ def test_recovery_distils_and_keeps_2_4_masks(bert4, data, tmp_path):
     assert not torch.equal(model.classifier.weight, before.classifier.weight)
 
 
+def test_recovery_from_a_teacher_on_augmented_texts(bert4, data, tmp_path):
+    """--teacher: recovery distils from that model, not the unpruned input; --recover-augment adds the
+    embedding-neighbour copies of every text (distill's --augment), labelled by that teacher."""
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(bert4, teacher)
+    rows = len(SENTENCES) * 2
+    cfg = PruneConfig(ffn=0.5, samples=8, recover_steps=2, recover_batch_size=4, recover_augment=1,
+                      teacher=str(teacher))
+    rec = prune(bert4, tmp_path / "rec", cfg, train=data).manifest.steps[-1].metrics["recovery"]
+    assert rec["teacher"] == str(teacher.resolve())
+    assert rec["transfer_rows"] == 2 * rows  # each text and its augmented copy
+
+
 # --- export, budgets, inspect, CLI ---------------------------------------------------------------------------
 
 
@@ -358,6 +373,7 @@ def test_profile_budget_picks_the_least_pruning_that_fits(bert4, tmp_path):
     (["--heads", "0.9"], ["would empty a layer", "--drop-layers"]),
     (["--drop-layers", "3"], ["at least one must stay"]),
     (["--recover-steps", "2"], ["needs --train"]),
+    (["--ffn", "0.5", "--recover-augment", "1"], ["--recover-augment", "--recover-steps"]),
     ([], ["nothing to prune"]),
 ])
 def test_cli_bad_input_is_one_line(capsys, bert4, tmp_path, args, words):

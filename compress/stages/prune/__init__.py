@@ -310,6 +310,7 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
     dcfg = DistillConfig(
         student=str(student_dir), max_steps=config.recover_steps, lr=config.recover_lr,
         batch_size=config.recover_batch_size, max_length=config.max_length, eval_every=config.recover_steps,
+        augment=config.recover_augment,
         seed=config.seed, text_column=config.text_column, label_column=config.label_column,
         allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
     )
@@ -368,6 +369,9 @@ def prune(
     t0 = time.perf_counter()
     if config.recover_steps and train is None:
         raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train DATA")
+    if config.recover_augment and not config.recover_steps:
+        raise ConfigError("--recover-augment adds copies to the recovery's data, and there is no recovery",
+                          hint="add --recover-steps N, or leave --recover-augment out")
     if not (config.structural or config.vocab_corpus or config.sparsity is not None or config.channels):
         raise ConfigError("nothing to prune", hint="give --heads, --ffn, --drop-layers, --vocab-corpus, --sparsity "
                           "or --profile (text), --channels (image CNNs)")
@@ -377,6 +381,9 @@ def prune(
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
     if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
+        if config.recover_augment:
+            raise ConfigError("--recover-augment swaps words of training texts; image models have none",
+                              hint="leave --recover-augment out for image models")
         from compress.stages.prune.channels import prune_channels
         from compress.stages.prune.vit import prune_vit
 

@@ -120,6 +120,11 @@ class PruneConfig(BaseModel):
         "recover with the original tokenizer, then prune the vocabulary (exact on the corpus only).",
     )
     recover_batch_size: int = Field(32, ge=1, description="Batch size of the recovery distillation.")
+    recover_augment: int = Field(
+        0, ge=0, le=20,
+        description="Recovery: extra copies of every training text with words swapped for embedding neighbours, "
+        "labelled by the teacher (distill's --augment; text only). Worth it for long recoveries from the teacher.",
+    )
     teacher: str | None = Field(
         None, description="Teacher for recovery (default: the unpruned input model); must share its tokenizer."
     )
