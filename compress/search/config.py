@@ -42,8 +42,8 @@ class SearchConfig(BaseModel):
     full_recover_steps: int = Field(
         4000, ge=0,
         description="Pruning recovery steps at full fidelity: text students distil from the teacher again, on the "
-        "--full-augment copies too (a 2-layer student pruned to 15% of its FFN neurons recovered to 99% dev "
-        "retention in ~4,000 steps, 5 min on 2 cores).")
+        "--full-augment copies too (a 2-layer student pruned to 15% of its FFN neurons reached 99% dev retention "
+        "by step 3,500 of such a recovery, about 4 min on 2 cores).")
     distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
     prune: dict[str, Any] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
     promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")
