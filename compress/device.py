@@ -41,8 +41,8 @@ def ort_session_options(ort, threads=None, level="all", session_config=None):
 
     Without the last, an idle session's threads keep spinning while another session runs: two INT8 students
     timed side by side in one process on 2 cores ran 1.51 ms at p50 (p95 6.2) instead of 1.09 ms (p95 1.39)
-    alone. With it, side by side matches alone (1.41 vs 1.43 ms, same run), and a session alone is as fast
-    as with spinning, within the machine's noise. ``session_config`` entries override it."""
+    alone. With it, side by side matches alone (1.41 vs 1.43 ms, same run); a session alone paid 0-4% for it in
+    quiet runs (1.055 vs 1.012-1.052 ms), within the machine's noise. ``session_config`` entries override it."""
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
