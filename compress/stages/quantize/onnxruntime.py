@@ -35,6 +35,7 @@ the layers it keeps in float are passed to ONNX Runtime as ``nodes_to_exclude``.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -139,6 +140,13 @@ class _OnnxQuantizer:
     def large(self) -> bool:
         return self.model.ByteSize() > 1_800_000_000
 
+    @functools.cached_property
+    def int8_tables(self) -> list[str]:
+        """With INT4 embeddings, the small tables (positions, token types) that stay INT8; none otherwise."""
+        if self.config.embedding_precision is not EmbeddingPrecision.int4 or "Gather" not in self.op_types():
+            return []
+        return small_embedding_tables(self.model)
+
     def op_types(self) -> tuple[str, ...]:
         c = self.config
         if self.int4:
@@ -181,9 +189,8 @@ class _OnnxQuantizer:
                 op_types = [o for o in self.op_types() if o != "Gather"]
                 if emb is EmbeddingPrecision.int4:
                     src = Path(scratch) / "int4-embeddings.onnx"
-                    small = small_embedding_tables(self.model)
-                    self._nbits(("Gather",), exclude + small).model.save_model_to_file(str(src), self.large)
-                    if small:  # the small tables become INT8 with the MatMuls
+                    self._nbits(("Gather",), exclude + self.int8_tables).model.save_model_to_file(str(src), self.large)
+                    if self.int8_tables:  # the small tables become INT8 with the MatMuls
                         op_types.append("Gather")
             self._quantize_dynamic(ortq, src, dst, op_types, exclude)
 
@@ -292,9 +299,8 @@ class _OnnxQuantizer:
         c = self.config
         ops = self.op_types()
         nbits_ops = tuple(o for o in ops if o == "MatMul" or c.embedding_precision is EmbeddingPrecision.int4)
-        small = small_embedding_tables(self.model) if "Gather" in nbits_ops else []
-        quantizer = self._nbits(nbits_ops, exclude + small)
-        if "Gather" in ops and (c.embedding_precision is EmbeddingPrecision.int8 or small):
+        quantizer = self._nbits(nbits_ops, exclude + self.int8_tables)
+        if "Gather" in ops and (c.embedding_precision is EmbeddingPrecision.int8 or self.int8_tables):
             # MatMulNBits' Gather path is 4-bit only: INT8 tables come from quantize_dynamic's Gather support
             with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int4-") as scratch:
                 mid = Path(scratch) / "int4.onnx"
@@ -367,8 +373,7 @@ def _write_artifact(
         "nodes": _node_report(q.model, dst, config, op_types, list(config.exclude_nodes), searched),
     }
     _check_something_quantized(metrics["nodes"], op_types, searched)
-    emb4 = config.embedding_precision is EmbeddingPrecision.int4 and "Gather" in op_types
-    int8_tables = small_embedding_tables(q.model) if emb4 else []
+    int8_tables = q.int8_tables
     if q.int4:
         layers = quantizable_layers(q.model, op_types)
         padding = _block_padding(
