@@ -190,6 +190,33 @@ def test_the_estimate_orders_candidates_as_the_built_artifacts(first):
                 assert a["estimate"]["p50_ms"] < b["estimate"]["p50_ms"]
 
 
+def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candidates_that_fit(workspace):
+    """TPE learns which candidates cannot fit only by proposing them; the estimate knows already. After a wasted
+    trial (skipped or a repeat) the next one is drawn from the untried candidates whose estimate fits, so each one
+    that fits costs at most two new trials: all four that fit (of sixteen) are measured within nine."""
+    from compress.search import run_search
+    from compress.search.run import Search
+    from compress.search.space import all_candidates, trial_params
+
+    space = {**SPACE, "ffn": [0.0, 0.3, 0.5, 0.7], "threads": [0, 1]}
+    probe = Search(config(workspace, space=space), workspace / "unused")
+    cands = all_candidates(space, probe.shape)
+    assert len(set(cands)) == len(cands) == 16
+    sizes = sorted({probe.estimate(c)["size_mb"] for c in cands})
+    limit = 0.9 * (sizes[1] + sizes[2]) / 2  # the two smallest shapes fit, on either thread count
+    fits = {json.dumps(trial_params(c, space), sort_keys=True) for c in cands if probe.estimate(c)["size_mb"] * 0.9 <= limit}
+    assert len(fits) == 4
+    small = workspace / "small.yaml"
+    small.write_text(yaml.safe_dump({"name": "small", "extends": str(workspace / "quick.yaml"),
+                                     "budgets": {"max_model_size_mb": limit}}), encoding="utf-8")
+    lines: list[str] = []
+    result = run_search(config(workspace, profile=str(small), space=space, trials=2 * len(fits) + 1),
+                        workspace / "s-feasible", progress=lines.append, html=False)
+    shorts = [p for p in result.summary["measured"] if p["fidelity"] == "short"]
+    assert {json.dumps(p["params"], sort_keys=True) for p in shorts} == fits
+    assert any("drawn from the" in ln and "whose estimate fits" in ln for ln in lines)
+
+
 def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
     base = ["search", "--teacher", workspace / "teacher", "--profile", workspace / "quick.yaml",
             "--train", workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--search-dir", tmp_path / "x"]
@@ -378,8 +405,7 @@ def test_the_latency_bound_learns_only_from_candidates_at_least_as_large():
         return SimpleNamespace(params={"runtime": "onnxruntime", "threads": threads},
                                user_attrs={"p50_ms": measured, "estimate": {"p50_ms": est}})
 
-    study = SimpleNamespace(trials=[trial(0.34, 0.75), trial(0.55, 1.25), trial(2.1, 2.7), trial(2.4, 3.2),
-                                    trial(0.3, 0.3, threads=1)])
+    study = [trial(0.34, 0.75), trial(0.55, 1.25), trial(2.1, 2.7), trial(2.4, 3.2), trial(0.3, 0.3, threads=1)]
     assert _latency_ratio(study, "onnxruntime", 0, 0.3) == pytest.approx(0.8 * 2.7 / 2.1)  # all four count
     assert _latency_ratio(study, "onnxruntime", 0, 2.0) == pytest.approx(0.8 * 2.7 / 2.1)  # the two large ones
     assert _latency_ratio(study, "onnxruntime", 0, 2.2) == 1.0  # one is not enough to learn from

@@ -191,6 +191,17 @@ def suggest(trial, space: dict[str, list[Any]], shape: TeacherShape) -> Candidat
     return Candidate(**p)
 
 
+def all_candidates(space: dict[str, list[Any]], shape: TeacherShape) -> list[Candidate]:
+    """Every candidate :func:`suggest` can return in ``space`` (the same define-by-run structure)."""
+    import itertools
+
+    dims = [d for d in ("layers", "width", "heads", "ffn", "channels", "vocab") if d in space]
+    choices = [[n for n in space["layers"] if n <= shape.layers] if d == "layers" else space[d] for d in dims]
+    return [Candidate(**dict(zip(dims, combo, strict=True)), runtime=runtime, quant=quant, threads=threads)
+            for combo in itertools.product(*choices) for runtime in space["runtime"]
+            for quant in (OPENVINO_QUANT if runtime == "openvino" else space["quant"]) for threads in space["threads"]]
+
+
 def from_params(params: dict[str, Any]) -> Candidate:
     p = dict(params)
     if "ov_quant" in p:
