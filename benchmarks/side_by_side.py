@@ -3,10 +3,12 @@ batch 1 × 64 tokens with the teacher and every student timed in alternating rou
 "≥ 15× smaller and faster at ≥ 99% dev / ≥ 98.5% test retention" is judged on these figures).
 
     python benchmarks/side_by_side.py --teacher benchmarks/.cache/sst2-minilm-l6-teacher \\
-        NAME=ARTIFACT [NAME=ARTIFACT ...] [--data ../shared/data/sst2] [--threads 2] [--seconds 10] [--out results.json]
+        NAME=ARTIFACT[@THREADS] [NAME=ARTIFACT ...] [--data ../shared/data/sst2] [--threads 2] [--seconds 10] \\
+        [--out results.json]
 
 Retention is student accuracy / teacher accuracy on the same split; sizes are the artifacts' model files against
-the teacher's safetensors (MB = 10^6 bytes).
+the teacher's safetensors (MB = 10^6 bytes). ``@THREADS`` runs that student on its own intra-op thread count (the
+teacher and the others keep ``--threads``): a deployment choice the search's ``threads`` dimension makes too.
 """
 
 from __future__ import annotations
@@ -35,18 +37,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", required=True, type=Path)
-    ap.add_argument("students", nargs="+", help="NAME=ARTIFACT_DIR")
+    ap.add_argument("students", nargs="+", help="NAME=ARTIFACT_DIR[@THREADS]")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory with dev.tsv and test.tsv")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=10.0, help="timed work per model (at least 300 runs each)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
-    settings = RuntimeSettings(threads=args.threads)
     teacher = load_source(str(args.teacher))
-    models = {"teacher (PyTorch FP32)": (teacher, "torch")}
-    models.update({name: (load_artifact(path), None) for name, path in (s.split("=", 1) for s in args.students)})
-    backends = {name: load_runtime(art, rt, settings) for name, (art, rt) in models.items()}
+    specs = {name: (path.rsplit("@", 1) + [args.threads])[:2] for name, path in (s.split("=", 1) for s in args.students)}
+    models = {"teacher (PyTorch FP32)": (teacher, "torch", args.threads)}
+    models.update({name: (load_artifact(path), None, int(threads)) for name, (path, threads) in specs.items()})
+    backends = {name: load_runtime(art, rt, RuntimeSettings(threads=threads)) for name, (art, rt, threads) in models.items()}
     label2id = {n: i for i, n in enumerate(teacher.manifest.labels)}
     splits = {s: load_dataset(args.data / f"{s}.tsv", label2id=label2id) for s in ("dev", "test")}
     acc = {name: {s: accuracy(b, ds) for s, ds in splits.items()} for name, b in backends.items()}
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_name = "teacher (PyTorch FP32)"
     t_size = sum(f.stat().st_size for f in Path(args.teacher).glob("*.safetensors"))
     rows = {}
-    for name, (art, _) in models.items():
+    for name, (art, _, threads) in models.items():
         size = t_size if name == t_name else art.size_bytes()
         rows[name] = {
             "dev_accuracy": round(acc[name]["dev"], 4), "test_accuracy": round(acc[name]["test"], 4),
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
             "test_retention": round(acc[name]["test"] / acc[t_name]["test"], 4),
             "size_mb": round(size / 1e6, 2), "smaller": round(t_size / size, 1),
             "p50_ms": round(stats[name].p50, 3), "p95_ms": round(stats[name].p95, 3), "runs": stats[name].n,
-            "faster": round(stats[t_name].p50 / stats[name].p50, 1),
+            "faster": round(stats[t_name].p50 / stats[name].p50, 1), "threads": threads,
         }
     for b in backends.values():
         b.close()
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['test_retention']:8.4f} {r['size_mb']:6.2f} {r['smaller']:6.1f}x {r['p50_ms']:7.3f} "
               f"{r['p95_ms']:7.3f} {r['faster']:5.1f}x")
     result = {"benchmark": "side_by_side", "batch": "1 x 64 tokens", "threads": args.threads, "models": rows,
-              "artifacts": {n: str(p) for n, p in (s.split("=", 1) for s in args.students)}, **host_and_versions()}
+              "artifacts": {n: p for n, (p, _) in specs.items()}, **host_and_versions()}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -64,6 +64,10 @@ def _student_config(path: Path | None) -> dict | None:
 @click.option("--augment", type=int, default=0, show_default=True, help=F["augment"].description)
 @click.option("--augment-prob", type=float, default=F["augment_prob"].default, show_default=True,
               help=F["augment_prob"].description)
+@click.option("--augment-join", type=int, default=0, show_default=True, help=F["augment_join"].description)
+@click.option("--average", is_flag=True, help=F["average"].description)
+@click.option("--average-start", type=float, default=F["average_start"].default, show_default=True,
+              help=F["average_start"].description)
 @click.option("--epochs", type=float, default=F["epochs"].default, show_default=True, help=F["epochs"].description)
 @click.option("--max-steps", type=int, help=F["max_steps"].description + " Only the rows those steps draw are labelled "
               "by the teacher.")
@@ -105,7 +109,7 @@ def _student_config(path: Path | None) -> dict | None:
 @force_option
 def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_config, student, temperature,
                 soft_weight, hard_weight, hidden_weight, attention_weight, value_relation_weight, augment,
-                augment_prob, epochs, max_steps, max_train_rows, batch_size, grad_accum, lr, weight_decay, warmup_ratio, schedule,
+                augment_prob, augment_join, average, average_start, epochs, max_steps, max_train_rows, batch_size, grad_accum, lr, weight_decay, warmup_ratio, schedule,
                 max_length, eval_every, eval_samples, metric, patience, save_every, mixed_precision, seed,
                 text_column, label_column, cache_limit_gb, run_dir, teacher_cache, resume, keep_run, allow_pickle,
                 trust_remote_code, force):
@@ -142,7 +146,8 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
         DistillConfig, layers=layers, keep_layers=_layers(keep_layers), student_config=_student_config(student_config),
         student=str(student) if student else None, temperature=temperature, soft_weight=soft_weight,
         hard_weight=hard_weight, hidden_weight=hidden_weight, attention_weight=attention_weight,
-        value_relation_weight=value_relation_weight, augment=augment, augment_prob=augment_prob, epochs=epochs,
+        value_relation_weight=value_relation_weight, augment=augment, augment_prob=augment_prob,
+        augment_join=augment_join, average=average, average_start=average_start, epochs=epochs,
         max_steps=max_steps, max_train_rows=max_train_rows, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, max_length=max_length, eval_every=eval_every,
         eval_samples=eval_samples, metric=metric, patience=patience, save_every=save_every,

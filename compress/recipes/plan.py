@@ -202,7 +202,7 @@ def rough_seconds(job: Job) -> float:
     """A rough cost for a job never run before (the dry run labels it an estimate)."""
     if job.verb == "distill":
         rows = min(_train_rows(job.data.get("train")), int(job.settings.get("max_train_rows") or 10**9))
-        return rows * (1 + int(job.settings.get("augment", 0))) * float(
+        return rows * (1 + int(job.settings.get("augment", 0)) + int(job.settings.get("augment_join", 0))) * float(
             job.settings.get("epochs", 3.0)) / int(job.settings.get("batch_size", 32)) * SECONDS_PER_TRAIN_STEP \
             if "max_steps" not in job.settings else job.settings["max_steps"] * SECONDS_PER_TRAIN_STEP
     if job.verb == "prune":

@@ -40,6 +40,7 @@ from compress.stages.distill import (
     distill,
     distill_loss,
     evenly_spaced,
+    join_augment,
     layer_list,
     length_grouped_order,
     load_student,
@@ -594,6 +595,52 @@ def test_augmented_rows_join_the_transfer_set(bert_classifier, data, tmp_path):
     result = distill(bert_classifier, data, tmp_path / "student", cfg(layers=1, augment=1, max_steps=2))
     assert result.metrics["transfer_rows"] == 2 * len(SENTENCES)
     assert result.metrics["augmented_rows"] == len(SENTENCES)
+
+
+def test_joined_rows_are_sentence_length_and_keep_their_label():
+    texts, labels = [t for _, t in SENTENCES], [y for y, _ in SENTENCES]
+    joined, joined_labels = join_augment(texts, labels, 2, seed=0)
+    assert len(joined) == 2 * len(texts) and joined_labels == labels * 2
+    by_label = {y: {t for t, z in zip(texts, labels) if z == y and len(t.split()) >= 3} for y in (0, 1)}
+    for t, y, row in zip(texts * 2, labels * 2, joined, strict=True):
+        head, partner = row.split(" , ", 1)
+        assert head == t and partner in by_label[y]  # the row itself, then a text of the same label
+    assert join_augment(texts, labels, 2, seed=0) == (joined, joined_labels) != join_augment(texts, labels, 2, seed=1)
+    unlabelled, ys = join_augment(texts, [-100] * len(texts), 1, seed=0)
+    assert ys == [-100] * len(texts) and all(r.split(" , ", 1)[1] in set(texts) for r in unlabelled)
+
+
+def test_joined_rows_join_the_transfer_set(bert_classifier, data, tmp_path):
+    result = distill(bert_classifier, data, tmp_path / "student", cfg(layers=1, augment_join=1, augment=1, max_steps=2))
+    assert result.metrics["transfer_rows"] == 3 * len(SENTENCES)
+    assert result.metrics["joined_rows"] == len(SENTENCES)
+
+
+def test_average_writes_the_mean_of_the_snapshots_and_resumes(bert_classifier, data, tmp_path):
+    """--average writes the mean of the weights at every --eval-every steps from --average-start on, scores it on
+    the eval data, and an interrupted run resumes its running mean."""
+    snaps: list[dict] = []
+
+    def keep(student, step, total):
+        if step % 2 == 0 and step > 2:  # average_start 0.4 of 6 steps: the snapshots at steps 4 and 6
+            snaps.append({k: v.detach().clone() for k, v in student.state_dict().items()})
+
+    config = cfg(layers=1, max_steps=6, eval_every=2, average=True, average_start=0.4, lr=1e-2)
+    result = distill(bert_classifier, data, tmp_path / "avg", config, eval_data=data, on_step=keep)
+    assert result.metrics["chosen"] == "average of 2 snapshots (steps 4-6)"
+    got = weights(tmp_path / "avg")
+    for k, v in got.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (snaps[0][k] + snaps[1][k]) / 2, rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(snaps[0][k], snaps[1][k]) for k in got)  # the snapshots differ: a real mean
+    assert result.metrics["history"][-1]["step"] == "average" and result.metrics["eval_metric"] is not None
+
+    out = tmp_path / "student"
+    with pytest.raises(Interrupted):
+        distill(bert_classifier, data, out, config, eval_data=data, progress=interrupt_at(5))
+    distill(bert_classifier, data, out, config, eval_data=data, resume=True)
+    for k, v in weights(out).items():
+        torch.testing.assert_close(v, got[k], rtol=0, atol=1e-6, msg=k)
 
 
 @pytest.mark.transformers4("students built from teacher layers lose transformers 5's hidden-state capture")

@@ -42,6 +42,7 @@ from compress.stages import teacher_cache as tcache
 
 log = logging.getLogger(__name__)
 from compress.stages.distill.config import (  # noqa: F401 - public here too
+    AVERAGE_FILE,
     CONFIG_VERSION,
     DISTILL,
     DistillConfig,
@@ -75,6 +76,7 @@ from compress.stages.distill.losses import (  # noqa: F401 - public here too
     _predict,
     _relation,
     distill_loss,
+    join_augment,
     length_grouped_order,
     neighbour_augment,
     score,
@@ -187,8 +189,9 @@ def distill(
             m.config._attn_implementation = "eager"  # attention probabilities are not returned by SDPA
             m.set_attn_implementation("eager") if hasattr(m, "set_attn_implementation") else None
 
-    say("tokenise", f"tokenising {len(train_ds):,} training rows" + (f" and {config.augment} augmented copies of each"
-                                                                     if config.augment else ""))
+    copies = [f"{config.augment} augmented" if config.augment else "", f"{config.augment_join} joined" if config.augment_join else ""]
+    say("tokenise", f"tokenising {len(train_ds):,} training rows" + (f" and {' and '.join(c for c in copies if c)} copies "
+                                                                     "of each" if any(copies) else ""))
     data, eval_set, texts, labels = _transfer_sets(teacher, train_ds, eval_ds, config, max_length, classification)
     # the student reads the same rows through its own tokenizer when it has one (a vocabulary-pruned student);
     # teacher targets are per row, so only row indices join the two
@@ -280,9 +283,19 @@ def distill(
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
                              "bad_evals": 0, "history": [], "train_seconds": 0.0, "stopped": None}
+    averaged = None
+    if config.average:  # stochastic weight averaging: the running mean of the snapshots, kept beside the checkpoint
+        from torch.optim.swa_utils import AveragedModel
+
+        averaged = AveragedModel(student)
     if resume and (ckpt / RUN_STATE).is_file():
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / RUN_STATE).read_text())
+        if averaged is not None and state.get("averaged"):
+            from safetensors.torch import load_file
+
+            averaged.module.load_state_dict(load_file(str(ckpt / AVERAGE_FILE)))
+            averaged.n_averaged.fill_(state["averaged"])
         log.info("resumed %s at step %d/%d", run, state["step"], total_steps)
 
     def unwrap_student():
@@ -297,6 +310,11 @@ def distill(
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if main:
+            if averaged is not None and state.get("averaged"):
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().contiguous() for k, v in averaged.module.state_dict().items()},
+                          str(tmp / AVERAGE_FILE))
             (tmp / RUN_STATE).write_text(json.dumps(state, indent=2) + "\n")
             old = run / "checkpoint.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -384,6 +402,11 @@ def distill(
                     state["train_seconds"] = time.perf_counter() - train_start
                     step = state["step"]
                     evaluated = None
+                    if averaged is not None and (step % config.eval_every == 0 or step == total_steps) \
+                            and step > config.average_start * total_steps:
+                        averaged.update_parameters(unwrap_student())
+                        state["averaged"] = state.get("averaged", 0) + 1
+                        state.setdefault("average_from", step)
                     if eval_set is not None and (step % config.eval_every == 0 or step == total_steps):
                         evaluated = evaluate()
                         improved = state["best"] is None or evaluated > state["best"]
@@ -424,13 +447,19 @@ def distill(
     accelerator.wait_for_everyone()
     final = unwrap_student()
     chosen = "last"
-    if eval_set is not None and state["best_step"] is not None and state["best_step"] != state["step"]:
+    # the last step is always evaluated, so the chosen weights' score is the best one recorded
+    final_score = state["best"] if eval_set is not None else None
+    if averaged is not None and state.get("averaged"):
+        final.load_state_dict(averaged.module.state_dict())
+        chosen = f"average of {state['averaged']} snapshots (steps {state['average_from']}-{state['step']})"
+        if eval_set is not None:
+            final_score = evaluate()
+            state["history"].append({"step": "average", "metric": final_score})
+    elif eval_set is not None and state["best_step"] is not None and state["best_step"] != state["step"]:
         from safetensors.torch import load_file
 
         final.load_state_dict(load_file(str(run / "best" / "model.safetensors")), strict=False)
         chosen = f"best (step {state['best_step']})"
-    # the last step is always evaluated, so the chosen weights' score is the best one recorded
-    final_score = state["best"] if eval_set is not None else None
     art = None
     metrics: dict[str, Any] = {}
     if main:
@@ -443,6 +472,7 @@ def distill(
             "epochs": round(state["step"] / steps_per_epoch, 3),
             "transfer_rows": len(data),
             "augmented_rows": len(data) - len(train_ds),
+            "joined_rows": len(train_ds) * config.augment_join,
             "processes": n_proc,
             "mixed_precision": accelerator.mixed_precision,
             "teacher_cache_seconds": round(cache_seconds, 1),

@@ -21,6 +21,7 @@ DISTILL = StageSpec(
     config_version=CONFIG_VERSION,
 )
 RUN_STATE = "trainer_state.json"
+AVERAGE_FILE = "average.safetensors"  # the running weight average (--average), beside the checkpoint
 RUN_CONFIG = "run_config.json"
 _IGNORE = -100
 # sentence-transformers files that carry a feature-extraction model's pooling; copied to the student.
@@ -92,6 +93,12 @@ class DistillConfig(BaseModel):
         "neighbours in the teacher's embedding space (unlabelled; the teacher supplies their targets).",
     )
     augment_prob: float = Field(0.3, gt=0, le=1, description="Probability of replacing each word in a copy.")
+    augment_join: int = Field(
+        0, ge=0,
+        description="Extra sentence-length rows: K copies of the transfer texts, each text joined by a comma to "
+        "another of the same label (any other when unlabelled). For phrase-level training data such as SST-2's, "
+        "whose dev and test sets are whole sentences twice as long.",
+    )
     eval_samples: int | None = Field(None, ge=1, description="Use at most this many eval rows.")
     max_train_rows: int | None = Field(
         None, ge=1,
@@ -121,6 +128,13 @@ class DistillConfig(BaseModel):
     mixed_precision: MixedPrecision = Field(
         MixedPrecision.auto, description="auto: bf16 on GPUs that support it, else fp16 on GPUs, none on CPU."
     )
+    average: bool = Field(
+        False,
+        description="Write the mean of the student's weights at every --eval-every steps from --average-start on "
+        "(stochastic weight averaging, torch.optim.swa_utils) instead of the best evaluated checkpoint. Suits a "
+        "second, constant-rate distillation of a student (--schedule constant_with_warmup, a lower --lr).",
+    )
+    average_start: float = Field(0.0, ge=0, lt=1, description="Share of the steps after which --average begins.")
     seed: int = Field(42, description="Seed for initialisation, data order, augmentation and dropout.")
     cache_limit_gb: float = Field(
         8.0, gt=0,

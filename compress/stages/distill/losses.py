@@ -64,6 +64,30 @@ def neighbour_augment(
     return out
 
 
+def join_augment(texts: list[str], labels: list[int], copies: int, seed: int, min_words: int = 3
+                 ) -> tuple[list[str], list[int]]:
+    """``copies`` sentence-length variants of the rows: each text joined by a comma to a random other text of the same
+    label (of at least ``min_words`` words; unlabelled rows, ``labels`` < 0, to any such text). The rows keep their
+    label; the teacher supplies the soft targets."""
+    if copies <= 0:
+        return [], []
+    partners: dict[int, list[str]] = {}
+    for t, y in zip(texts, labels, strict=True):
+        if len(t.split()) >= min_words:
+            partners.setdefault(y if y >= 0 else -1, []).append(t.strip())
+    anyone = [t for ts in partners.values() for t in ts]
+    if not anyone:
+        return [], []
+    rng = random.Random(seed)
+    out_t, out_y = [], []
+    for _ in range(copies):
+        for t, y in zip(texts, labels, strict=True):
+            pool = partners.get(y, anyone) if y >= 0 else anyone
+            out_t.append(f"{t.strip()} , {rng.choice(pool)}")
+            out_y.append(y)
+    return out_t, out_y
+
+
 def length_grouped_order(lengths: np.ndarray, batch_size: int, seed: int, window: int = 50) -> list[int]:
     """A random epoch order whose consecutive ``batch_size`` chunks have similar lengths (less padding).
 

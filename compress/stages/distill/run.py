@@ -17,7 +17,9 @@ from compress.stages import teacher_cache as tcache
 
 from compress.stages.distill.config import CONFIG_VERSION, DistillConfig, Interrupted, Metric, MixedPrecision, RUN_CONFIG, _IGNORE
 from compress.stages.distill.student import build_student, evenly_spaced, layer_list, load_student
-from compress.stages.distill.losses import _Plan, _TransferSet, _ValueTap, _encode, _model_outputs, length_grouped_order, neighbour_augment
+from compress.stages.distill.losses import (
+    _Plan, _TransferSet, _ValueTap, _encode, _model_outputs, join_augment, length_grouped_order, neighbour_augment,
+)
 
 
 
@@ -105,6 +107,11 @@ def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length
         extra = neighbour_augment(train_ds.texts, teacher.tokenizer, emb, config.augment, config.augment_prob, config.seed)
         texts += extra
         labels += [_IGNORE] * len(extra)
+    if config.augment_join:
+        joined, joined_labels = join_augment(list(train_ds.texts), labels[: len(train_ds)], config.augment_join,
+                                             config.seed)
+        texts += joined
+        labels += joined_labels
     pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
     data = _TransferSet(_encode(teacher.tokenizer, texts, max_length), labels, pad_id)
     eval_set = None
