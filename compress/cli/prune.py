@@ -37,6 +37,9 @@ F = PruneConfig.model_fields
 @click.option("--recover-lr", type=float, default=F["recover_lr"].default, show_default=True,
               help=F["recover_lr"].description)
 @click.option("--recover-augment", type=int, default=0, show_default=True, help=F["recover_augment"].description)
+@click.option("--recover-augment-join", type=int, default=0, show_default=True,
+              help=F["recover_augment_join"].description)
+@click.option("--recover-average", is_flag=True, help=F["recover_average"].description)
 @click.option("--batch-size", type=int, default=F["recover_batch_size"].default, show_default=True,
               help=F["recover_batch_size"].description)
 @click.option("--max-length", type=int, default=F["max_length"].default, show_default=True,
@@ -51,7 +54,7 @@ F = PruneConfig.model_fields
 @click.option("--trust-remote-code", is_flag=True, help="Allow checkpoints with custom code.")
 @force_option
 def prune_cmd(source, out, channels, heads, ffn, drop_layers, vocab_corpus, no_alphabet, vocab_floor, sparsity, samples, importance_data,
-              recover_steps, recover_before_vocab, train, eval_data, teacher, teacher_cache, recover_lr, recover_augment, batch_size, max_length, profile_name,
+              recover_steps, recover_before_vocab, train, eval_data, teacher, teacher_cache, recover_lr, recover_augment, recover_augment_join, recover_average, batch_size, max_length, profile_name,
               budget_precision, seed, text_column, label_column, allow_pickle, trust_remote_code, force):
     """Prune SOURCE (a fine-tuned checkpoint or a PyTorch artifact) into a smaller model.
 
@@ -78,7 +81,8 @@ def prune_cmd(source, out, channels, heads, ffn, drop_layers, vocab_corpus, no_a
         vocab_corpus=str(vocab_corpus) if vocab_corpus else None, vocab_keep_alphabet=not no_alphabet,
         vocab_floor=vocab_floor, sparsity=sparsity, samples=samples,
         importance_data=str(importance_data) if importance_data else None,
-        max_length=max_length, recover_steps=recover_steps, recover_after_vocab=not recover_before_vocab, recover_lr=recover_lr, recover_augment=recover_augment, recover_batch_size=batch_size,
+        max_length=max_length, recover_steps=recover_steps, recover_after_vocab=not recover_before_vocab, recover_lr=recover_lr, recover_augment=recover_augment,
+        recover_augment_join=recover_augment_join, recover_average=recover_average, recover_batch_size=batch_size,
         teacher=str(teacher) if teacher else None, teacher_cache=str(teacher_cache) if teacher_cache else None,
         profile=profile_name, budget_precision=budget_precision,
         seed=seed, text_column=text_column, label_column=label_column, allow_pickle=allow_pickle,

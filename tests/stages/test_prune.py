@@ -327,6 +327,16 @@ def test_recovery_from_a_teacher_on_augmented_texts(bert4, data, tmp_path):
     assert rec["transfer_rows"] == 2 * rows  # each text and its augmented copy
 
 
+def test_recovery_on_joined_texts_writes_the_average_of_its_second_half(bert4, data, tmp_path):
+    """--recover-augment-join adds sentence-length rows (distill's --augment-join); --recover-average writes the
+    mean of the snapshots over the recovery's second half (distill's --average)."""
+    cfg = PruneConfig(ffn=0.5, samples=8, recover_steps=4, recover_batch_size=4, recover_augment_join=1,
+                      recover_average=True)
+    rec = prune(bert4, tmp_path / "rec", cfg, train=data).manifest.steps[-1].metrics["recovery"]
+    assert rec["transfer_rows"] == 2 * len(SENTENCES) * 2  # each text and its joined copy
+    assert rec["chosen"] == "average of 2 snapshots (steps 3-4)"
+
+
 # --- export, budgets, inspect, CLI ---------------------------------------------------------------------------
 
 
@@ -374,6 +384,7 @@ def test_profile_budget_picks_the_least_pruning_that_fits(bert4, tmp_path):
     (["--drop-layers", "3"], ["at least one must stay"]),
     (["--recover-steps", "2"], ["needs --train"]),
     (["--ffn", "0.5", "--recover-augment", "1"], ["--recover-augment", "--recover-steps"]),
+    (["--ffn", "0.5", "--recover-average"], ["--recover-average", "--recover-steps"]),
     ([], ["nothing to prune"]),
 ])
 def test_cli_bad_input_is_one_line(capsys, bert4, tmp_path, args, words):

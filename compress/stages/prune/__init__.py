@@ -309,8 +309,11 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
     _save_checkpoint(model, tokenizer, teacher, student_dir)
     dcfg = DistillConfig(
         student=str(student_dir), max_steps=config.recover_steps, lr=config.recover_lr,
-        batch_size=config.recover_batch_size, max_length=config.max_length, eval_every=config.recover_steps,
-        augment=config.recover_augment,
+        batch_size=config.recover_batch_size, max_length=config.max_length,
+        # averaging: 8 snapshots over the second half (each also scored on the eval data)
+        eval_every=max(config.recover_steps // 16, 1) if config.recover_average else config.recover_steps,
+        augment=config.recover_augment, augment_join=config.recover_augment_join,
+        average=config.recover_average, average_start=0.5,
         seed=config.seed, text_column=config.text_column, label_column=config.label_column,
         allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
     )
@@ -323,7 +326,7 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
     recovered.eval()
     m = result.metrics
     keys = ("steps", "train_seconds", "teacher_cache_seconds", "transfer_rows", "eval_rows", "metric", "eval_metric",
-            "teacher_eval_metric", "retention", "stopped")
+            "teacher_eval_metric", "retention", "stopped", "chosen")
     rec = {k: m[k] for k in keys if k in m}
     rec["teacher"] = str(Path(config.teacher or source).resolve())
     rec["loss"] = {"soft_weight": dcfg.soft_weight, "hard_weight": dcfg.hard_weight, "temperature": dcfg.temperature}
@@ -369,9 +372,11 @@ def prune(
     t0 = time.perf_counter()
     if config.recover_steps and train is None:
         raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train DATA")
-    if config.recover_augment and not config.recover_steps:
-        raise ConfigError("--recover-augment adds copies to the recovery's data, and there is no recovery",
-                          hint="add --recover-steps N, or leave --recover-augment out")
+    for given, option in ((config.recover_augment, "--recover-augment"), (config.recover_augment_join, "--recover-augment-join"),
+                          (config.recover_average, "--recover-average")):
+        if given and not config.recover_steps:
+            raise ConfigError(f"{option} is a setting of the recovery, and there is no recovery",
+                              hint=f"add --recover-steps N, or leave {option} out")
     if not (config.structural or config.vocab_corpus or config.sparsity is not None or config.channels):
         raise ConfigError("nothing to prune", hint="give --heads, --ffn, --drop-layers, --vocab-corpus, --sparsity "
                           "or --profile (text), --channels (image CNNs)")
@@ -381,9 +386,9 @@ def prune(
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
     if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
-        if config.recover_augment:
-            raise ConfigError("--recover-augment swaps words of training texts; image models have none",
-                              hint="leave --recover-augment out for image models")
+        if config.recover_augment or config.recover_augment_join:
+            raise ConfigError("--recover-augment and --recover-augment-join make new training texts; image models have "
+                              "none", hint="leave them out for image models")
         from compress.stages.prune.channels import prune_channels
         from compress.stages.prune.vit import prune_vit
 

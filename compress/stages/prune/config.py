@@ -125,6 +125,16 @@ class PruneConfig(BaseModel):
         description="Recovery: extra copies of every training text with words swapped for embedding neighbours, "
         "labelled by the teacher (distill's --augment; text only). Worth it for long recoveries from the teacher.",
     )
+    recover_augment_join: int = Field(
+        0, ge=0, le=20,
+        description="Recovery: sentence-length copies of the training texts, each joined to another of the same label "
+        "(distill's --augment-join; text only).",
+    )
+    recover_average: bool = Field(
+        False,
+        description="Recovery: the recovered weights are the mean of 8 snapshots over its second half (distill's "
+        "--average), not its last step.",
+    )
     teacher: str | None = Field(
         None, description="Teacher for recovery (default: the unpruned input model); must share its tokenizer."
     )
