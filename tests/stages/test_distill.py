@@ -614,6 +614,7 @@ def test_joined_rows_join_the_transfer_set(bert_classifier, data, tmp_path):
     result = distill(bert_classifier, data, tmp_path / "student", cfg(layers=1, augment_join=1, augment=1, max_steps=2))
     assert result.metrics["transfer_rows"] == 3 * len(SENTENCES)
     assert result.metrics["joined_rows"] == len(SENTENCES)
+    assert result.metrics["augmented_rows"] == len(SENTENCES)
 
 
 def test_average_writes_the_mean_of_the_snapshots_and_resumes(bert_classifier, data, tmp_path):

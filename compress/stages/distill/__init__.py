@@ -189,9 +189,9 @@ def distill(
             m.config._attn_implementation = "eager"  # attention probabilities are not returned by SDPA
             m.set_attn_implementation("eager") if hasattr(m, "set_attn_implementation") else None
 
-    copies = [f"{config.augment} augmented" if config.augment else "", f"{config.augment_join} joined" if config.augment_join else ""]
-    say("tokenise", f"tokenising {len(train_ds):,} training rows" + (f" and {' and '.join(c for c in copies if c)} copies "
-                                                                     "of each" if any(copies) else ""))
+    copies = " and ".join(f"{k} {what}" for k, what in ((config.augment, "augmented"), (config.augment_join, "joined"))
+                          if k)
+    say("tokenise", f"tokenising {len(train_ds):,} training rows" + (f" and {copies} copies of each" if copies else ""))
     data, eval_set, texts, labels = _transfer_sets(teacher, train_ds, eval_ds, config, max_length, classification)
     # the student reads the same rows through its own tokenizer when it has one (a vocabulary-pruned student);
     # teacher targets are per row, so only row indices join the two
@@ -471,8 +471,8 @@ def distill(
             "total_steps": total_steps,
             "epochs": round(state["step"] / steps_per_epoch, 3),
             "transfer_rows": len(data),
-            "augmented_rows": len(data) - len(train_ds),
-            "joined_rows": len(train_ds) * config.augment_join,
+            "augmented_rows": len(train_ds) * config.augment,
+            "joined_rows": len(data) - len(train_ds) * (1 + config.augment),
             "processes": n_proc,
             "mixed_precision": accelerator.mixed_precision,
             "teacher_cache_seconds": round(cache_seconds, 1),
