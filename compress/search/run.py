@@ -52,8 +52,8 @@ from compress.search.conclude import (
     SearchResult, conclude, promote, violation,
 )
 from compress.search.space import (
-    KINDS, OPENVINO_QUANT, RUNTIME_SETTINGS, Candidate, Fidelity, TeacherShape,
-    all_candidates, candidate_steps, roofline, suggest, trial_params,
+    KINDS, OPENVINO_QUANT, RUNTIME_SETTINGS, SHAPE_DIMS, Candidate, Fidelity, TeacherShape,
+    all_candidates, candidate_steps, from_params, roofline, suggest, trial_params,
 )
 
 log = logging.getLogger(__name__)
@@ -292,20 +292,19 @@ class Search:
         slow there teaches the latency bound, which moves the edge."""
         import random
 
-        tried = {json.dumps(t.params, sort_keys=True) for t in trials if t.user_attrs.get("fidelity", "short") == "short"}
+        tried = {from_params(t.params) for t in trials if t.params and t.user_attrs.get("fidelity", "short") == "short"}
         pool = []
         for c in all_candidates(self.space, self.shape):
-            params = trial_params(c, self.space)
-            if json.dumps(params, sort_keys=True) in tried:
-                continue
             est = self.estimate(c)
+            if c in tried:
+                continue
             if self.cannot_meet(est, _latency_ratio(trials, c.runtime, c.threads, est["p50_ms"])) is None:
-                pool.append((est["gops"] if est["gops"] is not None else est["size_mb"], params))
+                pool.append((est["gops"] if est["gops"] is not None else est["size_mb"], c))
         if not pool:
             return None, 0
         pool.sort(key=lambda x: -x[0])
         top = pool[: max(1, len(pool) // 10)]
-        return random.Random(self.config.seed + len(trials)).choice(top)[1], len(pool)
+        return trial_params(random.Random(self.config.seed + len(trials)).choice(top)[1], self.space), len(pool)
 
     def cannot_meet(self, est: dict[str, float], ratio: float) -> str | None:
         """Why a candidate's optimistic estimate already misses a budget (None: it may meet them)."""
@@ -394,7 +393,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
         runtime = s.space["runtime"][0]
         reference = Candidate(s.shape.layers, runtime=runtime,
                               quant=OPENVINO_QUANT[0] if runtime == "openvino" else s.space["quant"][0])
-        if all(getattr(reference, d) in s.space[d] for d in ("layers", "width", "heads", "ffn", "channels", "vocab")
+        if all(getattr(reference, d) in s.space[d] for d in SHAPE_DIMS
                if d in s.space) and "quant" in s.space and "runtime" in s.space:
             study.enqueue_trial(trial_params(reference, s.space), user_attrs={"fidelity": "short", "reference": True})
     say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "

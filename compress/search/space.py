@@ -78,6 +78,8 @@ for _kind in KINDS.values():
     for _dim, _choices in _kind.space.items():
         ALL_DIMENSIONS.setdefault(_dim, [])
         ALL_DIMENSIONS[_dim] += [c for c in _choices if c not in ALL_DIMENSIONS[_dim]]
+#: the dimensions that shape a candidate's model (the rest choose its precision, runtime and threads)
+SHAPE_DIMS = ("layers", "width", "heads", "ffn", "channels", "vocab")
 OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
 #: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
 RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
@@ -176,12 +178,7 @@ def _safetensors_params(teacher: Path) -> int:
 def suggest(trial, space: dict[str, list[Any]], shape: TeacherShape) -> Candidate:
     """One candidate from an Optuna trial (define-by-run: the quantization choices depend on the runtime). Only
     the dimensions of this kind of teacher's space are sampled; the others keep the candidate's defaults."""
-    p: dict[str, Any] = {}
-    if "layers" in space:
-        p["layers"] = trial.suggest_categorical("layers", [n for n in space["layers"] if n <= shape.layers])
-    for dim in ("width", "heads", "ffn", "channels", "vocab"):
-        if dim in space:
-            p[dim] = trial.suggest_categorical(dim, space[dim])
+    p = {dim: trial.suggest_categorical(dim, choices) for dim, choices in _shape_choices(space, shape).items()}
     p["runtime"] = trial.suggest_categorical("runtime", space["runtime"])
     if p["runtime"] == "openvino":
         p["quant"] = trial.suggest_categorical("ov_quant", OPENVINO_QUANT)
@@ -191,14 +188,19 @@ def suggest(trial, space: dict[str, list[Any]], shape: TeacherShape) -> Candidat
     return Candidate(**p)
 
 
+def _shape_choices(space: dict[str, list[Any]], shape: TeacherShape) -> dict[str, list[Any]]:
+    """The choices of the space's shape dimensions (depths up to the teacher's), in :func:`suggest`'s order."""
+    return {d: [n for n in space[d] if n <= shape.layers] if d == "layers" else space[d]
+            for d in SHAPE_DIMS if d in space}
+
+
 def all_candidates(space: dict[str, list[Any]], shape: TeacherShape) -> list[Candidate]:
     """Every candidate :func:`suggest` can return in ``space`` (the same define-by-run structure)."""
     import itertools
 
-    dims = [d for d in ("layers", "width", "heads", "ffn", "channels", "vocab") if d in space]
-    choices = [[n for n in space["layers"] if n <= shape.layers] if d == "layers" else space[d] for d in dims]
+    dims = _shape_choices(space, shape)
     return [Candidate(**dict(zip(dims, combo, strict=True)), runtime=runtime, quant=quant, threads=threads)
-            for combo in itertools.product(*choices) for runtime in space["runtime"]
+            for combo in itertools.product(*dims.values()) for runtime in space["runtime"]
             for quant in (OPENVINO_QUANT if runtime == "openvino" else space["quant"]) for threads in space["threads"]]
 
 
@@ -211,7 +213,7 @@ def from_params(params: dict[str, Any]) -> Candidate:
 
 def trial_params(c: Candidate, space: dict[str, list[Any]]) -> dict[str, Any]:
     """The Optuna parameters of a candidate in ``space`` (for ``enqueue_trial``)."""
-    p = {d: getattr(c, d) for d in ("layers", "width", "heads", "ffn", "channels", "vocab") if d in space}
+    p = {d: getattr(c, d) for d in SHAPE_DIMS if d in space}
     p["runtime"] = c.runtime
     p["ov_quant" if c.runtime == "openvino" else "quant"] = c.quant
     p["threads"] = c.threads

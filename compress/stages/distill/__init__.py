@@ -402,12 +402,12 @@ def distill(
                     state["train_seconds"] = time.perf_counter() - train_start
                     step = state["step"]
                     evaluated = None
-                    if averaged is not None and (step % config.eval_every == 0 or step == total_steps) \
-                            and step > config.average_start * total_steps:
+                    snapshot = step % config.eval_every == 0 or step == total_steps
+                    if averaged is not None and snapshot and step > config.average_start * total_steps:
                         averaged.update_parameters(unwrap_student())
                         state["averaged"] = state.get("averaged", 0) + 1
                         state.setdefault("average_from", step)
-                    if eval_set is not None and (step % config.eval_every == 0 or step == total_steps):
+                    if eval_set is not None and snapshot:
                         evaluated = evaluate()
                         improved = state["best"] is None or evaluated > state["best"]
                         state["history"].append({"step": step, "metric": evaluated, **last_loss})

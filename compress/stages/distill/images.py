@@ -192,8 +192,9 @@ def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Call
 
 #: DistillConfig settings that only text distillation reads: refused when given for an image teacher
 TEXT_ONLY = ("hidden_weight", "attention_weight", "value_relation_weight", "max_length", "text_column",
-             "label_column", "augment", "augment_prob", "augment_join", "average", "average_start", "max_train_rows", "grad_accum", "mixed_precision",
-             "cache_limit_gb", "patience", "save_every", "schedule", "warmup_ratio", "metric")
+             "label_column", "augment", "augment_prob", "augment_join", "average", "average_start", "max_train_rows",
+             "grad_accum", "mixed_precision", "cache_limit_gb", "patience", "save_every", "schedule", "warmup_ratio",
+             "metric")
 
 
 def check_image_options(config, verb: str, text_only: tuple[str, ...]) -> None:

@@ -74,7 +74,7 @@ def join_augment(texts: list[str], labels: list[int], copies: int, seed: int, mi
     partners: dict[int, list[str]] = {}
     for t, y in zip(texts, labels, strict=True):
         if len(t.split()) >= min_words:
-            partners.setdefault(y if y >= 0 else -1, []).append(t.strip())
+            partners.setdefault(y, []).append(t.strip())
     anyone = [t for ts in partners.values() for t in ts]
     if not anyone:
         return [], []

@@ -372,7 +372,8 @@ def prune(
     t0 = time.perf_counter()
     if config.recover_steps and train is None:
         raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train DATA")
-    for given, option in ((config.recover_augment, "--recover-augment"), (config.recover_augment_join, "--recover-augment-join"),
+    for given, option in ((config.recover_augment, "--recover-augment"),
+                          (config.recover_augment_join, "--recover-augment-join"),
                           (config.recover_average, "--recover-average")):
         if given and not config.recover_steps:
             raise ConfigError(f"{option} is a setting of the recovery, and there is no recovery",
