@@ -399,14 +399,14 @@ def test_the_latency_bound_learns_only_from_candidates_at_least_as_large():
     small ones would skip a larger candidate that meets the budget."""
     from types import SimpleNamespace
 
-    from compress.search.run import _latency_ratio
+    from compress.search.trials import latency_ratio
 
     def trial(est, measured, threads=0):
         return SimpleNamespace(params={"runtime": "onnxruntime", "threads": threads},
                                user_attrs={"p50_ms": measured, "estimate": {"p50_ms": est}})
 
     study = [trial(0.34, 0.75), trial(0.55, 1.25), trial(2.1, 2.7), trial(2.4, 3.2), trial(0.3, 0.3, threads=1)]
-    assert _latency_ratio(study, "onnxruntime", 0, 0.3) == pytest.approx(0.8 * 2.7 / 2.1)  # all four count
-    assert _latency_ratio(study, "onnxruntime", 0, 2.0) == pytest.approx(0.8 * 2.7 / 2.1)  # the two large ones
-    assert _latency_ratio(study, "onnxruntime", 0, 2.2) == 1.0  # one is not enough to learn from
-    assert _latency_ratio(study, "openvino", 0, 0.3) == 1.0
+    assert latency_ratio(study, "onnxruntime", 0, 0.3) == pytest.approx(0.8 * 2.7 / 2.1)  # all four count
+    assert latency_ratio(study, "onnxruntime", 0, 2.0) == pytest.approx(0.8 * 2.7 / 2.1)  # the two large ones
+    assert latency_ratio(study, "onnxruntime", 0, 2.2) == 1.0  # one is not enough to learn from
+    assert latency_ratio(study, "openvino", 0, 0.3) == 1.0

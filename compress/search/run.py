@@ -47,6 +47,7 @@ import yaml
 from compress.errors import ConfigError, EdgeCompressError, OutputExistsError
 from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
+from compress.search.trials import exhausted, latency_ratio, measured_twin, new_shorts, skipped_before
 from compress.recipes.execute import _write_json
 from compress.search.conclude import (
     SearchResult, conclude, promote, violation,
@@ -298,7 +299,7 @@ class Search:
             est = self.estimate(c)
             if c in tried:
                 continue
-            if self.cannot_meet(est, _latency_ratio(trials, c.runtime, c.threads, est["p50_ms"])) is None:
+            if self.cannot_meet(est, latency_ratio(trials, c.runtime, c.threads, est["p50_ms"])) is None:
                 pool.append((est["gops"] if est["gops"] is not None else est["size_mb"], c))
         if not pool:
             return None, 0
@@ -406,8 +407,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     phase = study.user_attrs.get("phase", "explore")
     if phase == "explore":
         def explored() -> bool:
-            return s.spent() >= config.explore_share * config.time_budget_s or _exhausted(study) \
-                or bool(config.trials and len(_new_shorts(study)) >= config.trials)
+            return s.spent() >= config.explore_share * config.time_budget_s or exhausted(study) \
+                or bool(config.trials and len(new_shorts(study)) >= config.trials)
 
         def stop_exploring(study, trial) -> None:
             record_time(study, trial)
@@ -423,7 +424,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
                 if params is not None:
                     study.enqueue_trial(params, user_attrs={"fidelity": "short", "drawn_from": pool})
                     return
-            if _exhausted(study, patience=10):  # TPE keeps proposing what it measured: draw at random a while
+            if exhausted(study, patience=10):  # TPE keeps proposing what it measured: draw at random a while
                 study.sampler = random_sampler
             elif "duplicate_of" not in trial.user_attrs:
                 study.sampler = sampler
@@ -436,7 +437,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
                 f"{max(config.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
             study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
         why = ("its share of the time budget is spent" if s.spent() >= config.explore_share * config.time_budget_s
-               else f"{config.trials} trials done" if config.trials and len(_new_shorts(study)) >= config.trials
+               else f"{config.trials} trials done" if config.trials and len(new_shorts(study)) >= config.trials
                else "the space is used up (the last trials, random draws included, proposed only candidates tried "
                "already)")
         say(f"exploration ends: {why}")
@@ -511,7 +512,7 @@ def _objective(optuna, s: Search):
         est = s.estimate(c)
         trial.set_user_attr("estimate", {k: None if v is None else round(v, 4) for k, v in est.items()})
         tag = f"[trial {trial.number}, {fid.name}] {c.label}"
-        twin = _twin(trial, fid.name)
+        twin = measured_twin(trial, fid.name)
         if twin is not None:  # sampled before: the same recipe, the same cached figures
             for k, v in twin.user_attrs.items():
                 trial.set_user_attr(k, v)
@@ -519,11 +520,11 @@ def _objective(optuna, s: Search):
             s.say(f"{tag}: as trial {twin.number} (measured already)")
             return twin.values
         if fid is s.short:
-            why = s.cannot_meet(est, _latency_ratio(trial.study.get_trials(deepcopy=False), c.runtime, c.threads,
+            why = s.cannot_meet(est, latency_ratio(trial.study.get_trials(deepcopy=False), c.runtime, c.threads,
                                                     est["p50_ms"]))
             if why:
                 trial.set_user_attr("skipped", why)
-                before = _skipped_before(trial)
+                before = skipped_before(trial)
                 if before is not None:  # a repeat: counts towards "the space is used up", and says nothing new
                     trial.set_user_attr("duplicate_of", before.number)
                 else:
@@ -558,54 +559,8 @@ def _objective(optuna, s: Search):
     return objective
 
 
-def _twin(trial, fidelity: str):
-    """An earlier measured trial with the same candidate at the same fidelity."""
-    from optuna.trial import TrialState
-
-    return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.params == trial.params and t.user_attrs.get("fidelity") == fidelity
-                 and "duplicate_of" not in t.user_attrs), None)
-
-
-def _skipped_before(trial):
-    """An earlier trial that skipped the same candidate on its estimate."""
-    from optuna.trial import TrialState
-
-    return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-                 if t.params == trial.params and t.user_attrs.get("skipped") and not t.user_attrs.get("not_run_for_time")
-                 and "duplicate_of" not in t.user_attrs and t.number != trial.number), None)
-
-
-def _new_shorts(study) -> list:
-    """Short-fidelity trials that tried a candidate for the first time (measured, skipped or failed)."""
-    return [t for t in study.trials if t.user_attrs.get("fidelity", "short") == "short" and t.state.is_finished()
-            and "duplicate_of" not in t.user_attrs]
-
-
-def _exhausted(study, patience: int = 40) -> bool:
-    """The last ``patience`` trials all proposed candidates already tried: the space (as narrowed) is used up."""
-    recent = [t for t in study.trials if t.state.is_finished()][-patience:]
-    return len(recent) == patience and all("duplicate_of" in t.user_attrs for t in recent)
-
-
 def _f(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
-
-
-def _latency_ratio(trials: list, runtime: str, threads: int = 0, estimate_ms: float | None = None) -> float:
-    """How much slower than its optimistic roofline a measured candidate on ``runtime`` (and thread count) ran: the
-    smallest ratio seen so far (x0.8), so the bound stays optimistic; 1.0 until two such candidates are measured (the
-    roofline assumes every core busy and no operator waiting: it is optimistic on its own).
-
-    Only candidates whose roofline is at least ``estimate_ms`` count: a small model spends more of its time between
-    operators than the roofline sees, so its ratio is the larger one (measured on SST-2: ~2.2 for one narrow layer,
-    ~1.3 for three full-width layers) and would skip a larger candidate that can meet the budget."""
-    ratios = [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in trials
-              if t.user_attrs.get("p50_ms") and not t.user_attrs.get("estimated") and t.params.get("runtime") == runtime
-              and t.params.get("threads", 0) == threads
-              and (t.user_attrs.get("estimate") or {}).get("p50_ms") and "duplicate_of" not in t.user_attrs
-              and (estimate_ms is None or t.user_attrs["estimate"]["p50_ms"] >= estimate_ms)]
-    return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
 
 
 def _cost(s: Search, number: int, c: Candidate, fid: Fidelity, short_number: int | None) -> float:

@@ -1,0 +1,50 @@
+"""Reading the search's study: which trials repeat a candidate, which were skipped on their estimate, when the
+space is used up, and how much slower than its roofline a measured candidate runs (the latency bound)."""
+
+from __future__ import annotations
+
+
+def measured_twin(trial, fidelity: str):
+    """An earlier measured trial with the same candidate at the same fidelity."""
+    from optuna.trial import TrialState
+
+    return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.params == trial.params and t.user_attrs.get("fidelity") == fidelity
+                 and "duplicate_of" not in t.user_attrs), None)
+
+
+def skipped_before(trial):
+    """An earlier trial that skipped the same candidate on its estimate."""
+    from optuna.trial import TrialState
+
+    return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                 if t.params == trial.params and t.user_attrs.get("skipped") and not t.user_attrs.get("not_run_for_time")
+                 and "duplicate_of" not in t.user_attrs and t.number != trial.number), None)
+
+
+def new_shorts(study) -> list:
+    """Short-fidelity trials that tried a candidate for the first time (measured, skipped or failed)."""
+    return [t for t in study.trials if t.user_attrs.get("fidelity", "short") == "short" and t.state.is_finished()
+            and "duplicate_of" not in t.user_attrs]
+
+
+def exhausted(study, patience: int = 40) -> bool:
+    """The last ``patience`` trials all proposed candidates already tried: the space (as narrowed) is used up."""
+    recent = [t for t in study.trials if t.state.is_finished()][-patience:]
+    return len(recent) == patience and all("duplicate_of" in t.user_attrs for t in recent)
+
+
+def latency_ratio(trials: list, runtime: str, threads: int = 0, estimate_ms: float | None = None) -> float:
+    """How much slower than its optimistic roofline a measured candidate on ``runtime`` (and thread count) ran: the
+    smallest ratio seen so far (x0.8), so the bound stays optimistic; 1.0 until two such candidates are measured (the
+    roofline assumes every core busy and no operator waiting: it is optimistic on its own).
+
+    Only candidates whose roofline is at least ``estimate_ms`` count: a small model spends more of its time between
+    operators than the roofline sees, so its ratio is the larger one (measured on SST-2: ~2.2 for one narrow layer,
+    ~1.3 for three full-width layers) and would skip a larger candidate that can meet the budget."""
+    ratios = [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in trials
+              if t.user_attrs.get("p50_ms") and not t.user_attrs.get("estimated") and t.params.get("runtime") == runtime
+              and t.params.get("threads", 0) == threads
+              and (t.user_attrs.get("estimate") or {}).get("p50_ms") and "duplicate_of" not in t.user_attrs
+              and (estimate_ms is None or t.user_attrs["estimate"]["p50_ms"] >= estimate_ms)]
+    return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
