@@ -410,3 +410,36 @@ def test_the_latency_bound_learns_only_from_candidates_at_least_as_large():
     assert latency_ratio(study, "onnxruntime", 0, 2.0) == pytest.approx(0.8 * 2.7 / 2.1)  # the two large ones
     assert latency_ratio(study, "onnxruntime", 0, 2.2) == 1.0  # one is not enough to learn from
     assert latency_ratio(study, "openvino", 0, 0.3) == 1.0
+
+
+def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
+    """min_speedup divides the FP32 teacher's p50 timed beside the measured candidates by the candidate's scaled
+    roofline: a machine three times slower slows both, so the same candidates are skipped (an absolute p50 budget
+    would skip nearly all of them)."""
+    from types import SimpleNamespace
+
+    from compress.search.run import Search
+    from compress.search.trials import teacher_fp32_ms
+
+    def trial(est, measured, speedup, runtime="onnxruntime"):
+        return SimpleNamespace(params={"runtime": runtime, "threads": 0},
+                               user_attrs={"p50_ms": measured, "speedup": speedup, "estimate": {"p50_ms": est}})
+
+    def search(min_speedup, p50=None):
+        budgets = {"min_speedup": min_speedup, "latency_p50_ms": p50}
+        return SimpleNamespace(estimate=lambda c: {"size_mb": 4.0, "p50_ms": c.est}, _budget=budgets.get)
+
+    quiet = [trial(1.0, 2.0, 3.0), trial(1.2, 2.4, 2.4), trial(0.4, 0.9, 6.8, runtime="openvino")]
+    busy = [trial(1.0, 6.0, 3.0), trial(1.2, 7.2, 2.4)]
+    assert teacher_fp32_ms(quiet, "onnxruntime") == pytest.approx(5.88)  # the median of 6.0 and 5.76
+    assert teacher_fp32_ms(busy, "onnxruntime") == pytest.approx(3 * 5.88)
+    assert teacher_fp32_ms(quiet, "onnxruntime", threads=1) is None
+    small, large = (SimpleNamespace(est=e, runtime="onnxruntime", threads=0) for e in (0.3, 1.0))
+    for trials in (quiet, busy):
+        s = search(5.0)
+        assert Search.cannot_meet(s, small, trials) is None
+        assert "speedup at most" in Search.cannot_meet(s, large, trials)
+    assert Search.cannot_meet(search(5.0), large, []) is None  # nothing timed yet: no bound
+    # the absolute budget that matched the speedup on the quiet machine skips the small one too when busy
+    assert Search.cannot_meet(search(None, p50=1.2), small, quiet) is None
+    assert "p50 at least" in Search.cannot_meet(search(None, p50=1.2), small, busy)

@@ -47,7 +47,7 @@ import yaml
 from compress.errors import ConfigError, EdgeCompressError, OutputExistsError
 from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
-from compress.search.trials import exhausted, latency_ratio, measured_twin, new_shorts, skipped_before
+from compress.search.trials import exhausted, latency_ratio, measured_twin, new_shorts, skipped_before, teacher_fp32_ms
 from compress.recipes.execute import _write_json
 from compress.search.conclude import (
     SearchResult, conclude, promote, violation,
@@ -129,7 +129,8 @@ class Search:
 
     def _budget(self, name: str) -> float | None:
         b = self.profile.budgets
-        return {"latency_p50_ms": b.latency_ms.p50, "max_model_size_mb": b.max_model_size_mb}.get(name)
+        return {"latency_p50_ms": b.latency_ms.p50, "max_model_size_mb": b.max_model_size_mb,
+                "min_speedup": b.min_speedup}.get(name)
 
     def _space(self) -> dict[str, list[Any]]:
         from compress._optional import is_available
@@ -296,10 +297,10 @@ class Search:
         tried = {from_params(t.params) for t in trials if t.params and t.user_attrs.get("fidelity", "short") == "short"}
         pool = []
         for c in all_candidates(self.space, self.shape):
-            est = self.estimate(c)
             if c in tried:
                 continue
-            if self.cannot_meet(est, latency_ratio(trials, c.runtime, c.threads, est["p50_ms"])) is None:
+            if self.cannot_meet(c, trials) is None:
+                est = self.estimate(c)
                 pool.append((est["gops"] if est["gops"] is not None else est["size_mb"], c))
         if not pool:
             return None, 0
@@ -307,8 +308,12 @@ class Search:
         top = pool[: max(1, len(pool) // 10)]
         return trial_params(random.Random(self.config.seed + len(trials)).choice(top)[1], self.space), len(pool)
 
-    def cannot_meet(self, est: dict[str, float], ratio: float) -> str | None:
-        """Why a candidate's optimistic estimate already misses a budget (None: it may meet them)."""
+    def cannot_meet(self, c: Candidate, trials: list) -> str | None:
+        """Why ``c``'s optimistic estimate already misses a budget (None: it may meet them). The roofline is scaled by
+        the latency bound learnt from ``trials``; a ``min_speedup`` budget divides the FP32 teacher's p50 timed beside
+        them by that, so a busy machine slows both sides alike."""
+        est = self.estimate(c)
+        ratio = latency_ratio(trials, c.runtime, c.threads, est["p50_ms"])
         why = []
         size = self._budget("max_model_size_mb")
         if size is not None and est["size_mb"] * 0.9 > size:
@@ -316,6 +321,11 @@ class Search:
         p50 = self._budget("latency_p50_ms")
         if p50 is not None and est["p50_ms"] is not None and est["p50_ms"] * ratio > p50:
             why.append(f"p50 at least ~{est['p50_ms'] * ratio:.2f} ms > {p50:g} ms (roofline x {ratio:.2f})")
+        speedup = self._budget("min_speedup")
+        base = teacher_fp32_ms(trials, c.runtime, c.threads) if speedup is not None and est["p50_ms"] else None
+        if base is not None and base / (est["p50_ms"] * ratio) < speedup:
+            why.append(f"speedup at most ~{base / (est['p50_ms'] * ratio):.1f}x < {speedup:g}x (FP32 teacher "
+                       f"{base:.2f} ms as timed beside the candidates, roofline x {ratio:.2f})")
         return "; ".join(why) or None
 
 
@@ -520,8 +530,7 @@ def _objective(optuna, s: Search):
             s.say(f"{tag}: as trial {twin.number} (measured already)")
             return twin.values
         if fid is s.short:
-            why = s.cannot_meet(est, latency_ratio(trial.study.get_trials(deepcopy=False), c.runtime, c.threads,
-                                                    est["p50_ms"]))
+            why = s.cannot_meet(c, trial.study.get_trials(deepcopy=False))
             if why:
                 trial.set_user_attr("skipped", why)
                 before = skipped_before(trial)

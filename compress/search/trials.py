@@ -1,5 +1,6 @@
 """Reading the search's study: which trials repeat a candidate, which were skipped on their estimate, when the
-space is used up, and how much slower than its roofline a measured candidate runs (the latency bound)."""
+space is used up, how much slower than its roofline a measured candidate runs (the latency bound), and the FP32
+teacher's p50 timed beside them (the speedup bound)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def exhausted(study, patience: int = 40) -> bool:
     return len(recent) == patience and all("duplicate_of" in t.user_attrs for t in recent)
 
 
+def _timed_on(t, runtime: str, threads: int) -> bool:
+    """``t`` measured (not estimated) a new candidate on ``runtime`` at ``threads``."""
+    a = t.user_attrs
+    return bool(a.get("p50_ms")) and not a.get("estimated") and "duplicate_of" not in a \
+        and t.params.get("runtime") == runtime and t.params.get("threads", 0) == threads
+
+
 def latency_ratio(trials: list, runtime: str, threads: int = 0, estimate_ms: float | None = None) -> float:
     """How much slower than its optimistic roofline a measured candidate on ``runtime`` (and thread count) ran: the
     smallest ratio seen so far (x0.8), so the bound stays optimistic; 1.0 until two such candidates are measured (the
@@ -43,8 +51,18 @@ def latency_ratio(trials: list, runtime: str, threads: int = 0, estimate_ms: flo
     operators than the roofline sees, so its ratio is the larger one (measured on SST-2: ~2.2 for one narrow layer,
     ~1.3 for three full-width layers) and would skip a larger candidate that can meet the budget."""
     ratios = [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in trials
-              if t.user_attrs.get("p50_ms") and not t.user_attrs.get("estimated") and t.params.get("runtime") == runtime
-              and t.params.get("threads", 0) == threads
-              and (t.user_attrs.get("estimate") or {}).get("p50_ms") and "duplicate_of" not in t.user_attrs
+              if _timed_on(t, runtime, threads) and (t.user_attrs.get("estimate") or {}).get("p50_ms")
               and (estimate_ms is None or t.user_attrs["estimate"]["p50_ms"] >= estimate_ms)]
     return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
+
+
+def teacher_fp32_ms(trials: list, runtime: str, threads: int = 0) -> float | None:
+    """The teacher's FP32 p50 on ``runtime`` at ``threads`` as timed beside the candidates measured so far (every
+    validation times it in alternating rounds with its candidate; the median of those): what a ``min_speedup``
+    budget divides. A busy machine slows it as much as the latency bound's measured candidates, so the speedup
+    bound holds whatever the load. None until one such candidate is measured."""
+    import statistics
+
+    base = [t.user_attrs["p50_ms"] * t.user_attrs["speedup"] for t in trials
+            if _timed_on(t, runtime, threads) and t.user_attrs.get("speedup")]
+    return statistics.median(base) if base else None
