@@ -202,7 +202,8 @@ def render_report(report: ValidationReport, console: Console) -> None:
         )
     elif "baseline_latency_ms" in met:
         lines.append(
-            f"teacher FP32 on the same runtime: p50 {met['baseline_latency_ms']['p50']:.2f} ms → speedup "
+            f"{met.get('speedup_baseline', 'teacher FP32 on the same runtime')}: p50 "
+            f"{met['baseline_latency_ms']['p50']:.2f} ms → speedup "
             f"{met['speedup']:.2f}x"
         )
     if "cold_start" in met:

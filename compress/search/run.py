@@ -322,7 +322,9 @@ class Search:
         if p50 is not None and est["p50_ms"] is not None and est["p50_ms"] * ratio > p50:
             why.append(f"p50 at least ~{est['p50_ms'] * ratio:.2f} ms > {p50:g} ms (roofline x {ratio:.2f})")
         speedup = self._budget("min_speedup")
-        base = teacher_fp32_ms(trials, c.runtime, c.threads) if speedup is not None and est["p50_ms"] else None
+        pytorch = self.profile.measure.speedup_baseline == "pytorch"  # one baseline, whatever the candidate runs on
+        base = teacher_fp32_ms(trials, None if pytorch else c.runtime, c.threads) \
+            if speedup is not None and est["p50_ms"] else None
         if base is not None and base / (est["p50_ms"] * ratio) < speedup:
             why.append(f"speedup at most ~{base / (est['p50_ms'] * ratio):.1f}x < {speedup:g}x (FP32 teacher "
                        f"{base:.2f} ms as timed beside the candidates, roofline x {ratio:.2f})")

@@ -35,11 +35,11 @@ def exhausted(study, patience: int = 40) -> bool:
     return len(recent) == patience and all("duplicate_of" in t.user_attrs for t in recent)
 
 
-def _timed_on(t, runtime: str, threads: int) -> bool:
-    """``t`` measured (not estimated) a new candidate on ``runtime`` at ``threads``."""
+def _timed_on(t, runtime: str | None, threads: int) -> bool:
+    """``t`` measured (not estimated) a new candidate on ``runtime`` at ``threads`` (any, when ``runtime`` is None)."""
     a = t.user_attrs
     return bool(a.get("p50_ms")) and not a.get("estimated") and "duplicate_of" not in a \
-        and t.params.get("runtime") == runtime and t.params.get("threads", 0) == threads
+        and (runtime is None or (t.params.get("runtime") == runtime and t.params.get("threads", 0) == threads))
 
 
 def latency_ratio(trials: list, runtime: str, threads: int = 0, estimate_ms: float | None = None) -> float:
@@ -56,11 +56,12 @@ def latency_ratio(trials: list, runtime: str, threads: int = 0, estimate_ms: flo
     return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
 
 
-def teacher_fp32_ms(trials: list, runtime: str, threads: int = 0) -> float | None:
-    """The teacher's FP32 p50 on ``runtime`` at ``threads`` as timed beside the candidates measured so far (every
-    validation times it in alternating rounds with its candidate; the median of those): what a ``min_speedup``
-    budget divides. A busy machine slows it as much as the latency bound's measured candidates, so the speedup
-    bound holds whatever the load. None until one such candidate is measured."""
+def teacher_fp32_ms(trials: list, runtime: str | None, threads: int = 0) -> float | None:
+    """The teacher's FP32 p50 on ``runtime`` at ``threads`` (None: the PyTorch teacher, the same beside every
+    candidate) as timed beside the candidates measured so far (every validation times it in alternating rounds with
+    its candidate; the median of those): what a ``min_speedup`` budget divides. A busy machine slows it as much as
+    the latency bound's measured candidates, so the speedup bound holds whatever the load. None until one such
+    candidate is measured."""
     import statistics
 
     base = [t.user_attrs["p50_ms"] * t.user_attrs["speedup"] for t in trials

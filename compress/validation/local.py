@@ -31,6 +31,7 @@ from compress.cpu import cpu_model
 from compress.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
 from compress.metrics import prediction_metrics
+from compress.profile_schema import SpeedupBaseline
 from compress.validation.common import ValidationReport, baseline_artifact, conclude, latency_texts
 from compress.teacher_outputs import predict_all
 
@@ -126,6 +127,15 @@ def validate(
         from compress.validation.remote import remote_target
 
         remote = remote_target(config, profile, art)
+        if config.baseline and profile.measure.speedup_baseline is SpeedupBaseline.pytorch \
+                and profile.budgets.min_speedup is not None:
+            from compress.errors import ProfileError
+
+            raise ProfileError(
+                f"profile {profile.name}: measure -> speedup_baseline: pytorch times the PyTorch teacher on the "
+                f"device, which a remote device does not run (it needs only numpy and the runtime)",
+                hint="use speedup_baseline: runtime (the teacher's FP32 export on the device's runtime) for --remote",
+            )
     # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
     settings = RuntimeSettings(
         threads=profile.runtime.threads or profile.hardware.cores,
@@ -194,12 +204,18 @@ def validate(
     runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
     baseline_backend = None
     if config.baseline and teacher is not None and not estimating:
-        base_art = baseline_artifact(teacher, runtime_name, art) if art.format is not Format.pytorch else None
-        if base_art is not None:
-            baseline_backend = load_runtime(base_art, runtime_name, settings)
-            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
-        elif art.format is Format.pytorch:
+        if art.format is Format.pytorch:
             warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
+        elif meas.speedup_baseline is SpeedupBaseline.pytorch:  # what the artifact replaces, on every core
+            baseline_backend = load_runtime(teacher.as_artifact(), "torch",
+                                            RuntimeSettings(threads=profile.hardware.cores))
+            metrics["speedup_baseline"] = f"teacher in PyTorch FP32 on {profile.hardware.cores} thread(s)"
+        else:
+            base_art = baseline_artifact(teacher, runtime_name, art)
+            if base_art is not None:
+                baseline_backend = load_runtime(base_art, runtime_name, settings)
+        if baseline_backend is not None:
+            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
     if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
         phase("estimating latency (roofline)", None)
         stats, estimates = _estimate_latency(art, profile, teacher, config, runtime_name, warnings)
@@ -311,7 +327,10 @@ def _estimate_latency(art: Artifact, profile, teacher, config: ValidateConfig, r
         return {"artifact": _point_stats(float("nan"), meas.batch_size)}, {}
     out: dict[str, Any] = {"artifact": est}
     stats = {"artifact": _point_stats(est.latency_ms, meas.batch_size)}
-    if config.baseline and teacher is not None and art.format is not Format.pytorch:
+    if config.baseline and teacher is not None and profile.measure.speedup_baseline is SpeedupBaseline.pytorch:
+        warnings.append("speedup against the PyTorch teacher (measure.speedup_baseline: pytorch) is measured on the "
+                        "device, not estimated: no speedup")
+    elif config.baseline and teacher is not None and art.format is not Format.pytorch:
         base_art = baseline_artifact(teacher, runtime_name, art)
         if base_art is not None:
             out["baseline"] = estimate(base_art, profile, peaks=peaks)

@@ -549,3 +549,24 @@ def test_cli_no_cold_start_leaves_cold_start_budgets_unverified(int8_artifact, d
     assert "error" not in lines[-1] and len(lines[-1]) < 200, lines[-1]
     junit = (tmp_path / "rep" / "junit.xml").read_text()
     assert 'skipped="1"' in junit and 'failures="0"' in junit
+
+
+def test_speedup_against_the_pytorch_teacher(int8_artifact, bert_classifier, data_tsv, work, monkeypatch):
+    """measure.speedup_baseline: pytorch times the teacher checkpoint in PyTorch (on every core) beside the
+    artifact, instead of exporting its FP32 ONNX twin."""
+    import compress.validation.local as local
+    from compress.validation import ValidateConfig, validate
+
+    def no_export(*a, **k):
+        raise AssertionError("the runtime baseline was exported")
+
+    monkeypatch.setattr(local, "baseline_artifact", no_export)
+    budgets = {**GENEROUS, "max_peak_memory_mb": None, "max_cold_start_ms": None, "min_speedup": 0.001}
+    profile = write_profile(work / "profiles", "tiny-vs-pytorch", budgets, speedup_baseline="pytorch")
+    r = validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), teacher=str(bert_classifier),
+                                               cold_start=False))
+    m = r.metrics
+    assert m["speedup_baseline"] == "teacher in PyTorch FP32 on 2 thread(s)"  # cpu-x86-avx2: 2 cores
+    assert m["baseline_latency_ms"]["n"] >= FAST_MEASURE["min_runs"]
+    assert m["speedup"] == pytest.approx(m["baseline_latency_ms"]["p50"] / m["latency_ms"]["p50"], rel=1e-2)
+    assert {b.name: b.passed for b in r.budgets}["min_speedup"]
