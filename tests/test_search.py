@@ -425,9 +425,10 @@ def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
         return SimpleNamespace(params={"runtime": runtime, "threads": 0},
                                user_attrs={"p50_ms": measured, "speedup": speedup, "estimate": {"p50_ms": est}})
 
-    def search(min_speedup, p50=None):
+    def search(min_speedup, p50=None, baseline="runtime"):
         budgets = {"min_speedup": min_speedup, "latency_p50_ms": p50}
-        return SimpleNamespace(estimate=lambda c: {"size_mb": 4.0, "p50_ms": c.est}, _budget=budgets.get)
+        return SimpleNamespace(estimate=lambda c: {"size_mb": 4.0, "p50_ms": c.est}, _budget=budgets.get,
+                               profile=SimpleNamespace(measure=SimpleNamespace(speedup_baseline=baseline)))
 
     quiet = [trial(1.0, 2.0, 3.0), trial(1.2, 2.4, 2.4), trial(0.4, 0.9, 6.8, runtime="openvino")]
     busy = [trial(1.0, 6.0, 3.0), trial(1.2, 7.2, 2.4)]
@@ -443,3 +444,9 @@ def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
     # the absolute budget that matched the speedup on the quiet machine skips the small one too when busy
     assert Search.cannot_meet(search(None, p50=1.2), small, quiet) is None
     assert "p50 at least" in Search.cannot_meet(search(None, p50=1.2), small, busy)
+    # the PyTorch teacher (speedup_baseline: pytorch) is one baseline, timed beside every candidate: a one-thread
+    # candidate is bounded by what the others measured (the ONNX Runtime one has no one-thread baseline of its own)
+    assert teacher_fp32_ms(quiet, None) == pytest.approx(6.0)  # the median of 6.0, 5.76 and 6.12
+    one_thread = SimpleNamespace(est=1.5, runtime="onnxruntime", threads=1)
+    assert Search.cannot_meet(search(5.0), one_thread, quiet) is None
+    assert "speedup at most ~4.0x" in Search.cannot_meet(search(5.0, baseline="pytorch"), one_thread, quiet)
