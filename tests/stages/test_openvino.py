@@ -273,3 +273,13 @@ def test_manifest_is_json_with_resolved_config(ptq_artifact):
     cfg = data["steps"][-1]["config"]
     assert cfg["backend"] == "nncf" and cfg["precision"] == "int8" and cfg["calibration_samples"] == 36
     assert "mode" not in cfg and "calibration_method" not in cfg  # ONNX Runtime settings are not recorded as used
+
+
+def test_nncf_progress_bars_stay_off_standard_output(ov_artifact, data_tsv, tmp_path, capfd):
+    """NNCF draws rich progress bars on stdout ("Statistics collection", ...): they show only at INFO (-v), so a
+    quiet run, or a search's log of many candidates, holds edgecompress's own lines alone."""
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    quantize(ov_artifact, tmp_path / "int8", QuantizeConfig(calibration=str(data_tsv), calibration_samples=12))
+    out, err = capfd.readouterr()
+    assert "Statistics collection" not in out + err

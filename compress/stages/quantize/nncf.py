@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +151,9 @@ def _nncf_logging(capture: logging.Handler | None = None) -> Iterator[None]:
     """NNCF's own stdout handler shows INFO (its bit-width tables, accuracy-control steps) only when our
     logger is at INFO (``edgecompress -v``), warnings otherwise; ``capture`` receives NNCF's INFO records.
 
-    NNCF sets its logger to INFO with a stdout handler when imported, which undoes the CLI's quieting.
+    NNCF sets its logger to INFO with a stdout handler when imported, which undoes the CLI's quieting. Its progress
+    bars (rich, on standard output: "Statistics collection", "Applying Smooth Quant", ...) show only at INFO too:
+    otherwise they would interleave with the CLI's own progress and land in a search's log once per candidate.
     """
     from nncf.common.logging import nncf_logger
 
@@ -162,8 +165,10 @@ def _nncf_logging(capture: logging.Handler | None = None) -> Iterator[None]:
     if capture is not None:
         nncf_logger.addHandler(capture)
         nncf_logger.setLevel(logging.INFO)
+    bars = contextlib.nullcontext() if log.isEnabledFor(logging.INFO) else contextlib.redirect_stdout(io.StringIO())
     try:
-        yield
+        with bars:
+            yield
     finally:
         if capture is not None:
             nncf_logger.removeHandler(capture)
