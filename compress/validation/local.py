@@ -127,15 +127,6 @@ def validate(
         from compress.validation.remote import remote_target
 
         remote = remote_target(config, profile, art)
-        if config.baseline and profile.measure.speedup_baseline is SpeedupBaseline.pytorch \
-                and profile.budgets.min_speedup is not None:
-            from compress.errors import ProfileError
-
-            raise ProfileError(
-                f"profile {profile.name}: measure -> speedup_baseline: pytorch times the PyTorch teacher on the "
-                f"device, which a remote device does not run (it needs only numpy and the runtime)",
-                hint="use speedup_baseline: runtime (the teacher's FP32 export on the device's runtime) for --remote",
-            )
     # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
     settings = RuntimeSettings(
         threads=profile.runtime.threads or profile.hardware.cores,

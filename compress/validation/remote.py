@@ -154,6 +154,12 @@ def remote_target(config, profile, art: Artifact) -> RemoteTarget:
             "--profile host describes this machine, not the remote device",
             hint="pass the device's profile (`edgecompress profiles list`) or a YAML file describing it",
         )
+    if config.baseline and profile.budgets.min_speedup is not None and profile.measure.speedup_baseline == "pytorch":
+        raise ConfigError(
+            f"profile {profile.name}: measure -> speedup_baseline: pytorch times the teacher in PyTorch, which the "
+            f"remote runner does not run (the device needs only numpy and the runtime)",
+            hint="use speedup_baseline: runtime (the teacher's FP32 export on the device's runtime) with --remote",
+        )
     python = (config.remote_python or "").strip()
     if not python or any(c in python for c in "\n\r\0"):
         raise ConfigError(f"--remote-python {config.remote_python!r}: expected a command or path such as python3")

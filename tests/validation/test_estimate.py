@@ -411,3 +411,20 @@ def test_cli_unverified_exit_code(flag, code, int8_artifact, data_tsv, tmp_path,
     assert "UNVERIFIED: " in proc.stderr and "not measured on cli-board" in proc.stderr
     assert "latency_p50_ms" in proc.stderr and "error" not in proc.stderr
     assert json.loads((rep / "report.json").read_text())["verdict"] == "unverified"
+
+
+def test_a_pytorch_speedup_baseline_is_not_estimated(int8_artifact, bert_classifier, data_tsv, tmp_path):
+    """speedup_baseline: pytorch on an absent board: no roofline stands for PyTorch eager, so there is no speedup
+    figure (the budget is unverified, with nothing measured) and a warning says why."""
+    from compress.validation import ValidateConfig, validate
+
+    path = board(tmp_path, "other-x86-vs-pytorch")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["measure"] = {**FAST, "speedup_baseline": "pytorch"}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    r = validate(int8_artifact, ValidateConfig(profile=str(path), data=str(data_tsv), teacher=str(bert_classifier),
+                                               cold_start=False))
+    b = _by_name(r)["min_speedup"]
+    assert b.status == "unverified" and b.measured is None
+    assert "speedup" not in r.metrics and "baseline_latency_ms" not in r.metrics
+    assert any("speedup_baseline: pytorch" in w for w in r.warnings)

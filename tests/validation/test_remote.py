@@ -345,6 +345,14 @@ def test_profile_for_another_architecture(sshd, int8_artifact, work, capsys, hom
     assert sshd.leftovers() == []
 
 
+def test_a_pytorch_speedup_baseline_is_refused_before_any_work(int8_artifact, work, capsys, home):
+    """The remote runner runs the artifact's runtime only: timing the PyTorch teacher there cannot happen."""
+    prof = write_profile(work / "profiles", "vs-pytorch", measure={**FAST_MEASURE, "speedup_baseline": "pytorch"},
+                         budgets={**GENEROUS, "min_speedup": 2.0})
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", prof, "--remote", "pi@device")
+    assert_one_line_error(code, err, "speedup_baseline: pytorch", "speedup_baseline: runtime")
+
+
 def test_host_profile_is_refused(int8_artifact, capsys, home):
     code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", "host", "--remote", "pi@device")
     assert_one_line_error(code, err, "host", "device")
