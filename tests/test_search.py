@@ -435,7 +435,8 @@ def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
     assert teacher_fp32_ms(quiet, "onnxruntime") == pytest.approx(5.88)  # the median of 6.0 and 5.76
     assert teacher_fp32_ms(busy, "onnxruntime") == pytest.approx(3 * 5.88)
     assert teacher_fp32_ms(quiet, "onnxruntime", threads=1) is None
-    small, large = (SimpleNamespace(est=e, runtime="onnxruntime", threads=0) for e in (0.3, 1.0))
+    small, large = (SimpleNamespace(est=e, runtime="onnxruntime", threads=0, quant="int8-dynamic", layers=2)
+                    for e in (0.3, 1.0))
     for trials in (quiet, busy):
         s = search(5.0)
         assert Search.cannot_meet(s, small, trials) is None
@@ -447,6 +448,40 @@ def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
     # the PyTorch teacher (speedup_baseline: pytorch) is one baseline, timed beside every candidate: a one-thread
     # candidate is bounded by what the others measured (the ONNX Runtime one has no one-thread baseline of its own)
     assert teacher_fp32_ms(quiet, None) == pytest.approx(6.0)  # the median of 6.0, 5.76 and 6.12
-    one_thread = SimpleNamespace(est=1.5, runtime="onnxruntime", threads=1)
+    one_thread = SimpleNamespace(est=1.5, runtime="onnxruntime", threads=1, quant="int8-dynamic", layers=2)
     assert Search.cannot_meet(search(5.0), one_thread, quiet) is None
     assert "speedup at most ~4.0x" in Search.cannot_meet(search(5.0, baseline="pytorch"), one_thread, quiet)
+
+
+def test_a_candidate_no_faster_than_one_measured_too_slow_is_skipped():
+    """A measured candidate that missed the speed budget by more than noise rules out every untried one on the same
+    runtime, threads and precision that is as deep or deeper and has at least its roofline; a shallower one with the
+    larger roofline may still be faster (per-operator overhead), so it is not ruled out, nor is a near miss."""
+    from types import SimpleNamespace
+
+    from compress.search.run import Search
+
+    def trial(number, layers, est, speedup, quant="int8-dynamic-emb4"):
+        return SimpleNamespace(number=number, params={"runtime": "onnxruntime", "threads": 1, "quant": quant,
+                                                      "layers": layers},
+                               user_attrs={"p50_ms": 80.0 / speedup, "speedup": speedup, "estimate": {"p50_ms": est},
+                                           "budgets": {"min_speedup": {"limit": 15.0, "measured": speedup,
+                                                                       "comparison": ">="}}})
+
+    def cand(layers, est, quant="int8-dynamic-emb4", threads=1):
+        return SimpleNamespace(layers=layers, est=est, quant=quant, threads=threads, runtime="onnxruntime")
+
+    s = SimpleNamespace(estimate=lambda c: {"size_mb": 4.0, "p50_ms": c.est},
+                        _budget={"min_speedup": 15.0}.get,
+                        profile=SimpleNamespace(measure=SimpleNamespace(speedup_baseline="pytorch")))
+    narrow_l3 = trial(7, layers=3, est=0.47, speedup=8.0)  # 1.0 ms: far too slow
+    near_miss = trial(8, layers=2, est=0.20, speedup=13.0)  # within the 25% noise of 15x
+    trials = [narrow_l3, near_miss]
+    why = Search.cannot_meet(s, cand(4, 0.50), trials)
+    assert "no faster than trial 7" in why and "min_speedup" in why
+    assert Search.cannot_meet(s, cand(3, 0.47), trials) is not None  # the same depth and roofline
+    assert Search.cannot_meet(s, cand(2, 0.60), trials) is None  # shallower: its overhead is smaller
+    assert Search.cannot_meet(s, cand(4, 0.40), trials) is None  # less work
+    assert Search.cannot_meet(s, cand(4, 0.50, quant="int8-dynamic"), trials) is None  # another precision
+    assert Search.cannot_meet(s, cand(4, 0.50, threads=0), trials) is None  # another thread count
+    assert Search.cannot_meet(s, cand(2, 0.30), trials) is None  # near miss: noise, not proof

@@ -47,10 +47,12 @@ import yaml
 from compress.errors import ConfigError, EdgeCompressError, OutputExistsError
 from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
-from compress.search.trials import exhausted, latency_ratio, measured_twin, new_shorts, skipped_before, teacher_fp32_ms
+from compress.search.trials import (
+    exhausted, latency_ratio, measured_twin, new_shorts, skipped_before, teacher_fp32_ms, too_slow_like,
+)
 from compress.recipes.execute import _write_json
 from compress.search.conclude import (
-    SearchResult, conclude, promote, violation,
+    TIMING_NOISE, SearchResult, conclude, promote, violation,
 )
 from compress.search.space import (
     KINDS, OPENVINO_QUANT, RUNTIME_SETTINGS, SHAPE_DIMS, Candidate, Fidelity, TeacherShape,
@@ -291,7 +293,8 @@ class Search:
 
         The draw is at random among the largest tenth (by the estimate's operations; a CNN's by size): retention
         grows with what a candidate keeps, so the front lies at the edge of what fits, and a candidate measured too
-        slow there teaches the latency bound, which moves the edge."""
+        slow there rules out those no faster than it (as deep, as much roofline; :func:`too_slow_like`) and teaches
+        the latency bound, which moves the edge."""
         import random
 
         tried = {from_params(t.params) for t in trials if t.params and t.user_attrs.get("fidelity", "short") == "short"}
@@ -328,6 +331,9 @@ class Search:
         if base is not None and base / (est["p50_ms"] * ratio) < speedup:
             why.append(f"speedup at most ~{base / (est['p50_ms'] * ratio):.1f}x < {speedup:g}x (FP32 teacher "
                        f"{base:.2f} ms as timed beside the candidates, roofline x {ratio:.2f})")
+        if not why and est["p50_ms"] is not None and (slow := too_slow_like(trials, c, est["p50_ms"], TIMING_NOISE)):
+            why.append(f"no faster than trial {slow[0]} (as deep or deeper, at least its roofline, same runtime, "
+                       f"threads and precision), which missed {slow[1]} by more than {TIMING_NOISE:.0%}")
         return "; ".join(why) or None
 
 

@@ -67,3 +67,34 @@ def teacher_fp32_ms(trials: list, runtime: str | None, threads: int = 0) -> floa
     base = [t.user_attrs["p50_ms"] * t.user_attrs["speedup"] for t in trials
             if _timed_on(t, runtime, threads) and t.user_attrs.get("speedup")]
     return statistics.median(base) if base else None
+
+
+#: the speed budgets a measured candidate can be too slow for, with how each compares
+SPEED_BUDGETS = {"latency_p50_ms": "<=", "min_speedup": ">="}
+
+
+def too_slow_like(trials, c, estimate_ms: float, noise: float) -> tuple[int, str] | None:
+    """A measured candidate that shows candidate ``c`` (roofline ``estimate_ms``) is too slow: one on the same runtime, thread count and precision, no deeper and with no larger a roofline, that missed a
+    p50 or speedup budget by more than ``noise`` (a share of the limit: run-to-run noise). Its trial number and the
+    budget, or None.
+
+    On the same runtime and precision a candidate runs at least as slow as one with fewer operators (per layer) and
+    less work (the roofline). Both conditions matter: a small student's time is mostly per-operator overhead, so a
+    deeper, narrower one can have the smaller roofline and still be the slower (SST-2 on 2 cores: a narrow 3-layer
+    student at 0.47 ms of roofline ran at 1.05 ms, a full-width 2-layer one at 0.28 ms of roofline at 0.50 ms). The
+    latency bound (:func:`latency_ratio`) learns from larger candidates only, so the largest ones, where the feasible
+    draw looks, keep their bare roofline; this rule learns from smaller ones."""
+    for t in trials:
+        if not _timed_on(t, c.runtime, c.threads) or t.params.get("quant") != c.quant:
+            continue
+        est = (t.user_attrs.get("estimate") or {}).get("p50_ms")
+        if est is None or est > estimate_ms or t.params.get("layers", 0) > c.layers:
+            continue
+        for name, comparison in SPEED_BUDGETS.items():
+            b = (t.user_attrs.get("budgets") or {}).get(name) or {}
+            if b.get("measured") is None or not b.get("limit"):
+                continue
+            lim, x = float(b["limit"]), float(b["measured"])
+            if (x - lim if comparison == "<=" else lim - x) / abs(lim) > noise:
+                return t.number, name
+    return None
