@@ -79,9 +79,9 @@ def too_slow_like(trials, c, estimate_ms: float, noise: float) -> tuple[int, str
     budget, or None.
 
     On the same runtime and precision a candidate runs at least as slow as one with fewer operators (per layer) and
-    less work (the roofline). Both conditions matter: a small student's time is mostly per-operator overhead, so a
-    deeper, narrower one can have the smaller roofline and still be the slower (SST-2 on 2 cores: a narrow 3-layer
-    student at 0.47 ms of roofline ran at 1.05 ms, a full-width 2-layer one at 0.28 ms of roofline at 0.50 ms). The
+    less work (the roofline). Depth is asked apart from the roofline as a safeguard: a small student's time is mostly
+    per-operator overhead, which the roofline does not count (SST-2 students on 2 cores ran at 1.7-5.3x their
+    roofline, the smallest the furthest off), so a shallower student with more roofline may be the faster. The
     latency bound (:func:`latency_ratio`) learns from larger candidates only, so the largest ones, where the feasible
     draw looks, keep their bare roofline; this rule learns from smaller ones."""
     for t in trials:
