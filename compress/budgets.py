@@ -87,7 +87,7 @@ def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
         ("min_agreement", budgets.min_agreement, metrics.get("agreement"), "", ">=",
          "eval data and teacher (--data, --teacher)"),
         ("min_speedup", budgets.min_speedup, metrics.get("speedup"), "x", ">=",
-         "the teacher's FP32 baseline on the same runtime (--teacher)"),
+         "the teacher's FP32 baseline (--teacher)"),
         ("max_cold_start_ms", budgets.max_cold_start_ms, metrics.get("cold_start_ms"), "ms", "<=",
          "cold start (disabled)"),
     ]

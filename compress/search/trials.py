@@ -74,9 +74,9 @@ SPEED_BUDGETS = {"latency_p50_ms": "<=", "min_speedup": ">="}
 
 
 def too_slow_like(trials, c, estimate_ms: float, noise: float) -> tuple[int, str] | None:
-    """A measured candidate that shows candidate ``c`` (roofline ``estimate_ms``) is too slow: one on the same runtime, thread count and precision, no deeper and with no larger a roofline, that missed a
-    p50 or speedup budget by more than ``noise`` (a share of the limit: run-to-run noise). Its trial number and the
-    budget, or None.
+    """A measured candidate that shows candidate ``c`` (roofline ``estimate_ms``) is too slow: one on the same
+    runtime, thread count and precision, no deeper and with no larger a roofline, that missed a p50 or speedup budget
+    by more than ``noise`` (a share of the limit: run-to-run noise). Its trial number and the budget, or None.
 
     On the same runtime and precision a candidate runs at least as slow as one with fewer operators (per layer) and
     less work (the roofline). Depth is asked apart from the roofline as a safeguard: a small student's time is mostly

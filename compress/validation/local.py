@@ -61,7 +61,8 @@ class ValidateConfig(BaseModel):
     text_pair_column: str | None = Field(None, description="Second text column for pair tasks.")
     label_column: str | None = Field(None, description="Label column (auto-detected when omitted).")
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
-    baseline: bool = Field(True, description="Time the teacher's FP32 export on the same runtime (speedup).")
+    baseline: bool = Field(
+        True, description="Time the teacher's FP32 baseline (speedup; the profile's measure.speedup_baseline says which).")
     cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
     estimate: EstimateMode = Field(
         EstimateMode.auto,
