@@ -69,8 +69,8 @@ def teacher_fp32_ms(trials: list, runtime: str | None, threads: int = 0) -> floa
     return statistics.median(base) if base else None
 
 
-#: the speed budgets a measured candidate can be too slow for, with how each compares
-SPEED_BUDGETS = {"latency_p50_ms": "<=", "min_speedup": ">="}
+#: the speed budgets a measured candidate can be too slow for
+SPEED_BUDGETS = ("latency_p50_ms", "min_speedup")
 
 
 def too_slow_like(trials, c, estimate_ms: float, noise: float) -> tuple[int, str] | None:
@@ -84,17 +84,16 @@ def too_slow_like(trials, c, estimate_ms: float, noise: float) -> tuple[int, str
     roofline, the smallest the furthest off), so a shallower student with more roofline may be the faster. The
     latency bound (:func:`latency_ratio`) learns from larger candidates only, so the largest ones, where the feasible
     draw looks, keep their bare roofline; this rule learns from smaller ones."""
+    from compress.search.conclude import violation
+
     for t in trials:
         if not _timed_on(t, c.runtime, c.threads) or t.params.get("quant") != c.quant:
             continue
         est = (t.user_attrs.get("estimate") or {}).get("p50_ms")
         if est is None or est > estimate_ms or t.params.get("layers", 0) > c.layers:
             continue
-        for name, comparison in SPEED_BUDGETS.items():
-            b = (t.user_attrs.get("budgets") or {}).get(name) or {}
-            if b.get("measured") is None or not b.get("limit"):
-                continue
-            lim, x = float(b["limit"]), float(b["measured"])
-            if (x - lim if comparison == "<=" else lim - x) / abs(lim) > noise:
-                return t.number, name
+        budgets = t.user_attrs.get("budgets") or {}
+        missed = next((name for name in SPEED_BUDGETS if violation(budgets.get(name)) > noise), None)
+        if missed:
+            return t.number, missed
     return None
