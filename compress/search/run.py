@@ -47,13 +47,10 @@ import yaml
 from compress.errors import ConfigError, EdgeCompressError, OutputExistsError
 from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
-from compress.search.trials import (
-    exhausted, latency_ratio, measured_twin, new_shorts, skipped_before, teacher_fp32_ms, too_slow_like,
-)
+from compress.search.trials import (exhausted, latency_ratio, measured_twin, new_shorts, skipped_before,
+                                     teacher_fp32_ms, too_slow_like)
 from compress.recipes.execute import _write_json
-from compress.search.conclude import (
-    TIMING_NOISE, SearchResult, conclude, promote, violation,
-)
+from compress.search.conclude import TIMING_NOISE, SearchResult, conclude, promote, violation
 from compress.search.space import (
     KINDS, OPENVINO_QUANT, RUNTIME_SETTINGS, SHAPE_DIMS, Candidate, Fidelity, TeacherShape,
     all_candidates, candidate_steps, from_params, roofline, suggest, trial_params,
@@ -325,8 +322,8 @@ class Search:
         if p50 is not None and est["p50_ms"] is not None and est["p50_ms"] * ratio > p50:
             why.append(f"p50 at least ~{est['p50_ms'] * ratio:.2f} ms > {p50:g} ms (roofline x {ratio:.2f})")
         speedup = self._budget("min_speedup")
-        pytorch = self.profile.measure.speedup_baseline == "pytorch"  # one baseline, whatever the candidate runs on
-        base = teacher_fp32_ms(trials, None if pytorch else c.runtime, c.threads) \
+        one_baseline = self.profile.measure.speedup_baseline == "pytorch"  # whatever the candidate runs on
+        base = teacher_fp32_ms(trials, None if one_baseline else c.runtime, c.threads) \
             if speedup is not None and est["p50_ms"] else None
         if base is not None and base / (est["p50_ms"] * ratio) < speedup:
             why.append(f"speedup at most ~{base / (est['p50_ms'] * ratio):.1f}x < {speedup:g}x (FP32 teacher "
