@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = {s: load_dataset(args.data / f"{s}.tsv", label2id=label2id) for s in ("dev", "test")}
     acc = {name: {s: accuracy(b, ds) for s, ds in splits.items()} for name, b in backends.items()}
 
-    texts = latency_texts(None, 1, 64, None)
+    texts = latency_texts(list(splits["dev"].inputs), 1, 64, None)  # real sentences, as validate times them
     feeds = {name: b.encode(texts, pad_to=64) for name, b in backends.items()}
     stats = measure_interleaved({n: (lambda b=b, x=feeds[n]: b.run(x)) for n, b in backends.items()}, batch_size=1,
                                 warmup=30, min_runs=300, min_duration_s=args.seconds, rounds=20)

@@ -94,6 +94,9 @@ def latency_inputs(inputs: list[Any] | None, batch_size: int, sequence_length: i
         while items and len(items) < batch_size:
             items += items[: batch_size - len(items)]
         return items or synthetic_images(preprocess, batch_size)
-    base = " ".join(inputs[:64]) if inputs else "the quick brown fox jumps over the lazy dog"
+    # Real sentences, never one phrase repeated: ONNX Runtime's GatherBlockQuantized (INT4 embeddings) costs ~3.7 µs
+    # per *distinct* token on one Xeon core, so a repeated 9-word pangram timed a 2-layer student at 0.48 ms that
+    # runs real text at 0.68 ms.
+    base = " ".join(inputs[:64]) if inputs else " ".join(DEFAULT_SAMPLES)
     long = (base + " ") * (sequence_length // max(1, len(base.split())) + 2)
     return [long] * batch_size

@@ -218,6 +218,21 @@ def test_from_artifact_writes_a_recipe_that_reproduces_the_lineage(first_run, wo
     assert edgecompress("run", "--from-artifact", int8, out).returncode == 2  # no overwrite without --force
 
 
+def test_a_revised_verb_rebuilds_only_its_own_jobs_and_those_after_them(workspace, monkeypatch):
+    """A verb whose output changed for the same settings (``REVISIONS``) gets new keys, so the store's outputs of
+    the older code are rebuilt, not reused; the jobs before it keep their keys (a student is not retrained)."""
+    from compress.recipes import plan as plan_mod
+    from compress.recipes.schema import read_recipe
+
+    r = read_recipe(write(workspace / "revised.yaml", recipe()))
+    keys = lambda: {j.name: j.key for j in plan_mod.make_plan(r, workspace).jobs}  # noqa: E731
+    now = keys()
+    monkeypatch.setitem(plan_mod.REVISIONS, "quantize", plan_mod.REVISIONS.get("quantize", 0) + 1)
+    revised = keys()
+    same = {n for n in now if now[n] == revised[n]}
+    assert same == {"student", "pruned", "onnx"}, same
+
+
 # -- the gate over run directories, and the HTML ------------------------------------------------------------------
 
 

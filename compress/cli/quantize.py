@@ -30,8 +30,8 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
               help="INT4 (and INT4 embeddings): weights per quantization block.")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True, help="INT4 block zero points.")
 @click.option("--embedding-precision", type=click.Choice(["fp32", "int8", "int4"]), default="int8", show_default=True,
-              help="INT4 and dynamic INT8: precision of the embedding table (int4: GatherBlockQuantized, "
-                   "blocks of --block-size; the table is most of a small model's size).")
+              help="INT4 and dynamic INT8: precision of the embedding table (int4: blocks of --block-size, two "
+                   "weights per byte; the table is most of a small model's size).")
 @click.option("--weights-only", is_flag=True, help="OpenVINO INT8: compress weights only (nncf.compress_weights).")
 @click.option("--max-drop", type=float,
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")

@@ -26,6 +26,12 @@ ROUGH_SECONDS = {"export": 30, "quantize": 20, "validate": 90, "package": 60, "p
 SECONDS_PER_TRAIN_STEP = 0.5  # a 3-layer MiniLM student, batch 32, 2 threads
 
 
+#: verbs whose output changed under the same settings and edgecompress version: the revision joins their jobs' keys
+#: (only when set, so every other key stays as it was), and outputs cached by the older code are rebuilt, not
+#: reused. quantize 1: INT4 embedding tables read by standard operators instead of GatherBlockQuantized.
+REVISIONS: dict[str, int] = {"quantize": 1}
+
+
 @dataclass
 class Job:
     name: str  #: step name, or validate/<artifact>@<profile>, package/<artifact>@<profile>
@@ -157,6 +163,8 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                 "verb": j.verb, "settings": j.settings, "parent": keys[j.parent], "version": __version__,
                 "files": {k: digest(v) for k, v in _paths(j, teacher).items()},
             }
+            if REVISIONS.get(j.verb):
+                payload["revision"] = REVISIONS[j.verb]
             if j.measures:
                 from compress.cpu import cpu_model
 

@@ -86,6 +86,13 @@ def promote(s, study) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
+def _eval_inputs(path: str, preprocess) -> list:
+    """The first 64 inputs of the search's eval data: the side-by-side batch is built from them, as validation's is."""
+    from compress.inputs import load_inputs
+
+    return list(load_inputs(path, preprocess, limit=64, texts_only=True).inputs)
+
+
 def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
     from compress.artifact import load_artifact
@@ -105,7 +112,8 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     entries.append(("teacher (PyTorch FP32)", load_source(s.config.teacher), "torch", None))
     for name, art, runtime, threads in entries:
         if texts is None:
-            texts = latency_texts(None, meas.batch_size, meas.sequence_length, art.manifest.preprocess)
+            texts = latency_texts(_eval_inputs(s.config.eval, art.manifest.preprocess), meas.batch_size,
+                                  meas.sequence_length, art.manifest.preprocess)
         rt = runtime or ("openvino" if str(art.format) == "openvino" else "onnxruntime")
         opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
             {"provider": s.profile.runtime.provider, "options": dict(s.profile.runtime.options)}

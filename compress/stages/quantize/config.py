@@ -98,8 +98,8 @@ class QuantizeConfig(BaseModel):
     symmetric: bool = Field(True, description="INT4: symmetric blocks (zero point 0) instead of asymmetric.")
     embedding_precision: EmbeddingPrecision = Field(
         EmbeddingPrecision.int8,
-        description="INT4 and dynamic INT8: precision of the embedding table (Gather); int4 (GatherBlockQuantized, "
-        "--block-size values along the hidden dimension) runs in onnxruntime.",
+        description="INT4 and dynamic INT8: precision of the embedding table (Gather); int4 (--block-size values "
+        "along the hidden dimension, two per byte; only the gathered rows are unpacked) runs in onnxruntime.",
     )
     # OpenVINO / NNCF
     weights_only: bool = Field(

@@ -15,7 +15,7 @@ log = logging.getLogger("compress.stages.quantize")  # the verb's logger
 
 #: MatMulNBits accuracy_level: 4 = int8 compute on the activations (see the module docstring).
 INT4_ACCURACY_LEVEL = 4
-#: ONNX Runtime execution providers that implement MatMulNBits and GatherBlockQuantized.
+#: ONNX Runtime execution providers that implement MatMulNBits (and GatherBlockQuantized).
 INT4_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 #: Fused ONNX Runtime ops that hold weights MatMulNBits cannot reach.
 FUSED_WEIGHT_OPS = ("Attention", "EmbedLayerNormalization", "PackedAttention", "QAttention")
@@ -72,9 +72,9 @@ INT4_TABLE_MIN_SHARE = 0.1
 def small_embedding_tables(model) -> list[str]:
     """Gather nodes whose table holds under ``INT4_TABLE_MIN_SHARE`` of the largest table's values.
 
-    With INT4 embeddings these stay INT8: ONNX Runtime's GatherBlockQuantized costs about the same per call
-    whatever the table's size (0.1-0.2 ms for 64 tokens on a 2-core x86): an INT4 position table saved 0.1 MB
-    of a 2-layer student and cost 0.23 ms of p50 (3.27 -> 3.50 ms); the vocabulary table holds the bytes."""
+    With INT4 embeddings these stay INT8: they hold a fraction of the bytes (an INT4 position table saved 0.1 MB of
+    a 2-layer student), and each INT4 table read is one more unpack (:mod:`compress.stages.quantize.int4_gather`;
+    with ONNX Runtime's GatherBlockQuantized it cost 0.23 ms of p50, 3.27 -> 3.50 ms); the vocabulary holds the bytes."""
     tables = [(n.name, sum(_numel(w) for w in ws)) for n, ws in weight_nodes(model) if n.op_type == "Gather"]
     largest = max((v for _, v in tables), default=0)
     return [name for name, v in tables if v < INT4_TABLE_MIN_SHARE * largest]
@@ -225,7 +225,7 @@ def _check_applicable(config: QuantizeConfig) -> None:
     int4 = config.precision is QuantPrecision.int4
     static = config.mode is QuantMode.static
     kind = "INT4" if int4 else ("static INT8" if static else "dynamic INT8")
-    # dynamic INT8 with INT4 embeddings (GatherBlockQuantized) reads the INT4 block settings
+    # dynamic INT8 with INT4 embeddings reads the INT4 block settings
     blocks = int4 or (not static and config.embedding_precision is EmbeddingPrecision.int4)
     ignored = [
         name for name in sorted(config.model_fields_set & set(_ONLY_FOR))

@@ -13,8 +13,9 @@ one scale (and, asymmetric, one zero point) per block and output column. ``accur
 kernel quantizes the activations to int8 per block and uses integer dot products (VNNI / AVX512 /
 Arm dot-product); measured on the SST-2 MiniLM-L6 teacher (AVX512-VNNI host, 2 threads, batch 1 x 64)
 it is ~20% faster than level 0 (float compute) at the same accuracy. The embedding tables (Gather) are
-INT8 (``quantize_dynamic`` on Gather after the INT4 pass), INT4 (``GatherBlockQuantized``, blocks along
-the hidden dimension) or FP32, per ``embedding_precision``.
+INT8 (``quantize_dynamic`` on Gather after the INT4 pass), INT4 (blocks along the hidden dimension; ONNX
+Runtime's ``GatherBlockQuantized`` is then replaced by standard operators that unpack only the gathered rows,
+:mod:`compress.stages.quantize.int4_gather`, 7x faster on CPU) or FP32, per ``embedding_precision``.
 
 * When ``block_size`` does not divide a weight's K, ONNX Runtime zero-pads K up to the next multiple of
   ``block_size``: the layer is still INT4, its last block per column holds ``K mod block_size`` real
@@ -24,7 +25,7 @@ the hidden dimension) or FP32, per ``embedding_precision``.
   inside fused ``Attention`` nodes (a quarter of a BERT encoder's weights); quantizing only what is
   reachable gave 27.5 MB instead of 18.4 MB on MiniLM-L6, so such graphs are refused with the fix
   (re-export with ``--optimize none``) instead of producing a model that is INT4 in name only.
-* MatMulNBits/GatherBlockQuantized are ONNX Runtime contrib ops (CPU and CUDA execution providers):
+* MatMulNBits is an ONNX Runtime contrib op (CPU and CUDA execution providers):
   INT4 for another runtime, or with ``--mode static`` (QDQ INT8 for TensorRT/NPUs), is refused with a
   message naming what can run it.
 
@@ -91,6 +92,7 @@ from compress.stages.quantize.graph import (
     quantizable_layers,
     small_embedding_tables,
 )
+from compress.stages.quantize.int4_gather import unpack_int4_gathers_file
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,8 @@ class _OnnxQuantizer:
                 self._dynamic(dst, exclude)
             else:
                 self._static(dst, exclude)
+            if self.config.embedding_precision is EmbeddingPrecision.int4 and (self.int4 or self.config.mode is QuantMode.dynamic):
+                unpack_int4_gathers_file(dst, self.large)
         except EdgeCompressError:  # bad calibration data etc.: already a clear error
             raise
         except Exception as e:  # noqa: BLE001 - ORT raises many types
@@ -388,7 +392,7 @@ def _write_artifact(
             "accuracy_level_meaning": "MatMulNBits quantizes activations to int8 per block and uses integer dot "
                                       "products (VNNI / AVX512 / Arm dot-product on CPU)",
             "embedding_precision": str(config.embedding_precision) if "Gather" in op_types else "fp32",
-            "runs_on": "onnxruntime (CPU, CUDA execution providers): MatMulNBits/GatherBlockQuantized are contrib ops",
+            "runs_on": "onnxruntime (CPU, CUDA execution providers): MatMulNBits is a contrib op",
             "block_padding": padding,
             **({"int8_tables": int8_tables} if int8_tables else {}),
         }
@@ -396,7 +400,8 @@ def _write_artifact(
         metrics["embeddings"] = {"precision": str(config.embedding_precision)}
         if config.embedding_precision is EmbeddingPrecision.int4:
             metrics["embeddings"].update(block_size=config.block_size, symmetric=config.symmetric,
-                                         op="GatherBlockQuantized (onnxruntime contrib op)",
+                                         op="Gather of packed INT4 rows and their scales, unpacked in standard ONNX "
+                                            "operators (compress.stages.quantize.int4_gather)",
                                          int8_tables=int8_tables)
     metrics.update(extra_metrics or {})
     step.metrics = metrics
