@@ -93,6 +93,7 @@ from compress.stages.quantize.graph import (
     small_embedding_tables,
 )
 from compress.stages.quantize.int4_gather import unpack_int4_gathers_file
+from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
 
 log = logging.getLogger(__name__)
 
@@ -476,8 +477,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
             out.parent.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
             if is_image(art.manifest.preprocess) and config.mode is QuantMode.static and config.per_channel:
-                extra["weight_scales"] = _granularity_search(art, q, scratch)
-            result, eval_set = _accuracy_search(art, q, layers, scratch)
+                extra["weight_scales"] = granularity_search(art, q, scratch)
+            result, eval_set = accuracy_search(art, q, layers, scratch)
             if not result.met:
                 _fail_budget(art, q, out, result, t0)
             exclude = result.excluded
@@ -489,7 +490,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         with staged_dir(out, force, need_bytes=art.size_bytes() // 4 + others) as tmp:  # about 4x smaller
             manifest = _write_artifact(art, tmp, q, exclude, searched, t0=t0, extra_metrics=extra)
             if config.accuracy_aware:
-                _verify_final(tmp, manifest, eval_set, manifest.steps[-1].metrics["accuracy_aware"])
+                verify_final(tmp, manifest, eval_set, manifest.steps[-1].metrics["accuracy_aware"])
                 manifest.steps[-1].seconds = round(time.perf_counter() - t0, 3)
                 write_manifest(tmp, manifest)
     finally:
@@ -498,82 +499,6 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     m = manifest.steps[-1].metrics
     log.info("wrote %s (%.1f MB -> %.1f MB)", out, m["size_bytes_before"] / 1e6, m["size_bytes_after"] / 1e6)
     return load_artifact(out)
-
-
-def _accuracy_search(art: Artifact, q: _OnnxQuantizer, layers: list, scratch: Path):
-    from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.accuracy import Budget, load_eval_set, search_exclusions
-
-    config = q.config
-    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples)
-    reference = OrtBackend(art)
-    baseline = eval_set.set_reference(reference)
-    reference.close()
-    log.info("accuracy-aware: FP32 %s %.4f on %d rows of %s; budget %s", eval_set.metric_name, baseline,
-             len(eval_set), config.data, Budget(config.max_drop, config.min_retention).describe())
-    candidate_dir = scratch / "candidate"
-    candidate_dir.mkdir()
-    copy_tokenizer_files(art.path, candidate_dir)
-    manifest = child_manifest(art.manifest, precision=Precision.int4 if q.int4 else Precision.int8,
-                              model_file="model.onnx")
-    if config.mode is QuantMode.static and not q.int4:
-        q.calibration_cache = scratch / "calibration.json"
-
-    def build(excluded: list[str]) -> Artifact:
-        q.write(candidate_dir / "model.onnx", excluded)
-        return Artifact(candidate_dir, manifest)
-
-    result = search_exclusions(
-        layers, build, eval_set, Budget(config.max_drop, config.min_retention), baseline,
-        initial_excluded=[n for n in config.exclude_nodes if n in {lay.name for lay in layers}],
-        max_fp32_fraction=config.max_fp32_fraction,
-    )
-    return result, eval_set
-
-
-def _granularity_search(art: Artifact, q: _OnnxQuantizer, scratch: Path) -> dict[str, Any]:
-    """Per-channel or per-tensor weight scales per layer group, by accuracy on the eval rows (see granularity.py)."""
-    import onnx
-
-    from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.accuracy import evaluate_metric, load_eval_set
-    from compress.stages.quantize.granularity import choose_granularity
-
-    config = q.config
-    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples)
-    reference = OrtBackend(art)
-    eval_set.set_reference(reference)
-    reference.close()
-    q.calibration_cache = scratch / "calibration.json"
-    work = scratch / "granularity"
-    work.mkdir()
-    exclude = list(config.exclude_nodes)
-    q._static_uniform(work / "per-channel.onnx", exclude, True)
-    q._static_uniform(work / "per-tensor.onnx", exclude, False)
-    candidate = work / "candidate"
-    candidate.mkdir()
-    manifest = child_manifest(art.manifest, precision=Precision.int8, model_file="model.onnx")
-
-    def measure(model) -> float:
-        onnx.save(model, str(candidate / "model.onnx"))
-        backend = OrtBackend(Artifact(candidate, manifest))
-        try:
-            return evaluate_metric(backend, eval_set)
-        finally:
-            backend.close()
-
-    q.per_tensor_nodes, record = choose_granularity(work / "per-channel.onnx", work / "per-tensor.onnx", measure)
-    return record
-
-
-def _verify_final(tmp: Path, manifest, eval_set, record: dict[str, Any]) -> None:
-    """Measure the written artifact itself on the eval rows (it is rebuilt, not copied, from the search)."""
-    from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.accuracy import evaluate_metric
-
-    backend = OrtBackend(Artifact(tmp, manifest))
-    record["final"]["metric_of_written_model"] = round(evaluate_metric(backend, eval_set), 6)
-    backend.close()
 
 
 def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float) -> None:

@@ -1,0 +1,95 @@
+"""Accuracy-aware ONNX Runtime quantization: which layers stay in float (``max_drop`` / ``min_retention``), per-channel
+or per-tensor weight scales per layer group (static INT8 of image models), and the check of the written artifact.
+
+``q`` is the :class:`compress.stages.quantize.onnxruntime._OnnxQuantizer` of the run: these functions ask it to write
+candidates and read its config; they never import it (it imports them).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import Artifact, Precision, child_manifest, copy_tokenizer_files
+from compress.stages.quantize.config import QuantMode
+
+log = logging.getLogger(__name__)
+
+
+def accuracy_search(art: Artifact, q, layers: list, scratch: Path):
+    """The layers to keep in float so the eval metric meets the budget (:func:`compress.stages.accuracy.search_exclusions`
+    over candidates ``q`` writes into ``scratch``); returns the search result and the eval rows."""
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.stages.accuracy import Budget, load_eval_set, search_exclusions
+
+    config = q.config
+    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples)
+    reference = OrtBackend(art)
+    baseline = eval_set.set_reference(reference)
+    reference.close()
+    log.info("accuracy-aware: FP32 %s %.4f on %d rows of %s; budget %s", eval_set.metric_name, baseline,
+             len(eval_set), config.data, Budget(config.max_drop, config.min_retention).describe())
+    candidate_dir = scratch / "candidate"
+    candidate_dir.mkdir()
+    copy_tokenizer_files(art.path, candidate_dir)
+    manifest = child_manifest(art.manifest, precision=Precision.int4 if q.int4 else Precision.int8,
+                              model_file="model.onnx")
+    if config.mode is QuantMode.static and not q.int4:
+        q.calibration_cache = scratch / "calibration.json"
+
+    def build(excluded: list[str]) -> Artifact:
+        q.write(candidate_dir / "model.onnx", excluded)
+        return Artifact(candidate_dir, manifest)
+
+    result = search_exclusions(
+        layers, build, eval_set, Budget(config.max_drop, config.min_retention), baseline,
+        initial_excluded=[n for n in config.exclude_nodes if n in {lay.name for lay in layers}],
+        max_fp32_fraction=config.max_fp32_fraction,
+    )
+    return result, eval_set
+
+
+def granularity_search(art: Artifact, q, scratch: Path) -> dict[str, Any]:
+    """Per-channel or per-tensor weight scales per layer group, by accuracy on the eval rows (see granularity.py)."""
+    import onnx
+
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.stages.accuracy import evaluate_metric, load_eval_set
+    from compress.stages.quantize.granularity import choose_granularity
+
+    config = q.config
+    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples)
+    reference = OrtBackend(art)
+    eval_set.set_reference(reference)
+    reference.close()
+    q.calibration_cache = scratch / "calibration.json"
+    work = scratch / "granularity"
+    work.mkdir()
+    exclude = list(config.exclude_nodes)
+    q._static_uniform(work / "per-channel.onnx", exclude, True)
+    q._static_uniform(work / "per-tensor.onnx", exclude, False)
+    candidate = work / "candidate"
+    candidate.mkdir()
+    manifest = child_manifest(art.manifest, precision=Precision.int8, model_file="model.onnx")
+
+    def measure(model) -> float:
+        onnx.save(model, str(candidate / "model.onnx"))
+        backend = OrtBackend(Artifact(candidate, manifest))
+        try:
+            return evaluate_metric(backend, eval_set)
+        finally:
+            backend.close()
+
+    q.per_tensor_nodes, record = choose_granularity(work / "per-channel.onnx", work / "per-tensor.onnx", measure)
+    return record
+
+
+def verify_final(tmp: Path, manifest, eval_set, record: dict[str, Any]) -> None:
+    """Measure the written artifact itself on the eval rows (it is rebuilt, not copied, from the search)."""
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.stages.accuracy import evaluate_metric
+
+    backend = OrtBackend(Artifact(tmp, manifest))
+    record["final"]["metric_of_written_model"] = round(evaluate_metric(backend, eval_set), 6)
+    backend.close()
