@@ -56,7 +56,6 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +73,7 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError, StageError
 from compress.models import model_feed
-
-log = logging.getLogger(__name__)
+from compress.stages.prune.budget import search_budget
 from compress.stages.prune.config import (  # noqa: F401 - public here too
     _RUNTIME_SPARSITY,
     _ST_DIRS,
@@ -119,134 +117,6 @@ from compress.stages.prune.vocab import (  # noqa: F401
 )
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------
-# Budget search
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Search:
-    profile: Any
-    size_mb: float | None
-    latency_ms: float | None
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-
-    def meets(self, c: dict[str, Any]) -> bool:
-        return (self.size_mb is None or c["size_mb"] <= self.size_mb) and \
-            (self.latency_ms is None or c["latency_ms"] <= self.latency_ms)
-
-
-def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: int, heads: float, ffn: float,
-                       vocab: VocabPlan | None, config: PruneConfig, search: _Search, scratch: Path) -> dict[str, Any]:
-    """Prune a copy of ``model`` at these ratios, export it (and quantize), measure size and estimated latency."""
-    from compress.estimate import estimate
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, quantize
-    from compress.budgets import MB
-
-    cand = copy.deepcopy(model)
-    imp = importance
-    if drop:
-        kept = drop_layers(cand, imp, drop)["kept"]
-        imp = imp.select_layers(kept)
-    prune_heads_and_ffn(cand, imp, heads=heads, ffn=ffn)
-    tok = prune_vocabulary(cand, tokenizer, vocab) if vocab else tokenizer
-    tag = f"h{heads:.2f}-f{ffn:.2f}"
-    ckpt = scratch / f"{tag}-pt"
-    _save_checkpoint(cand, tok, teacher, ckpt)
-    art = export(ckpt, scratch / f"{tag}-onnx", ExportConfig(parity_samples=2), force=True)
-    if config.budget_precision is BudgetPrecision.int8:
-        art = quantize(art, scratch / f"{tag}-int8", QuantizeConfig(parity_samples=2), force=True)
-    res = {"heads": round(heads, 4), "ffn": round(ffn, 4), "size_mb": round(art.size_bytes() / MB, 3)}
-    if search.latency_ms is not None:
-        res["latency_ms"] = round(estimate(art, search.profile).latency_ms, 3)
-    search.candidates.append(res)
-    log.info("budget candidate heads %.2f ffn %.2f: %.2f MB%s", heads, ffn, res["size_mb"],
-             f", ~{res['latency_ms']:.2f} ms" if "latency_ms" in res else "")
-    return res
-
-
-def _search_budget(model, tokenizer, teacher, importance: Importance, vocab: VocabPlan | None,
-                   config: PruneConfig, progress) -> tuple[float, float, dict[str, Any]]:
-    """Smallest step on the ratio ladder whose exported candidate meets the profile's budgets."""
-    from compress.estimate import profile_peaks
-    from compress.profiles import load_profile
-
-    prof = load_profile(config.profile)
-    b = prof.budgets
-    lat_given = [v for v in (b.latency_ms.p50, b.latency_ms.p95, b.latency_ms.p99) if v is not None]
-    search = _Search(prof, b.max_model_size_mb, min(lat_given) if lat_given else None)
-    if search.size_mb is None and search.latency_ms is None:
-        raise ConfigError(f"profile {prof.name} sets neither budgets.max_model_size_mb nor a latency budget",
-                          hint="pick a profile with a size or latency budget, or give --heads/--ffn ratios")
-    unchecked = None
-    if search.latency_ms is not None:
-        try:
-            profile_peaks(prof)
-        except ConfigError as e:
-            if search.size_mb is None:
-                raise  # names the missing hardware facts
-            unchecked = f"latency budget {search.latency_ms:g} ms not used: {e.message}"
-            log.warning("%s", unchecked)
-            search.latency_ms = None
-    dims = [d for d in ("heads", "ffn") if getattr(config, d)] or ["heads", "ffn"]
-    n_layers = len(importance.heads) - config.drop_layers
-    heads_kept = sorted((len(h) for h in importance.heads), reverse=True)
-    total_heads = sum(heads_kept[:n_layers]) if config.drop_layers else sum(heads_kept)
-    max_heads = min(config.max_ratio, math.floor((total_heads - n_layers) / total_heads * 100) / 100)
-    caps = {"heads": max_heads, "ffn": config.max_ratio}
-    start = {"heads": config.heads, "ffn": config.ffn}
-    ladder: list[tuple[float, float]] = []
-    for k in range(11):
-        lv = {d: (min(max(start[d], 0.1 * k), caps[d]) if d in dims else start[d]) for d in ("heads", "ffn")}
-        step = (round(lv["heads"], 4), round(lv["ffn"], 4))
-        if not ladder or step != ladder[-1]:
-            ladder.append(step)
-    with tempfile.TemporaryDirectory(prefix="edgecompress-prune-budget-") as tmp:
-        scratch = Path(tmp)
-
-        def run(i: int) -> dict[str, Any]:
-            if progress:
-                progress({"phase": "budget", "heads": ladder[i][0], "ffn": ladder[i][1]})
-            return _measure_candidate(model, tokenizer, teacher, importance, config.drop_layers, *ladder[i], vocab,
-                                      config, search, scratch)
-
-        first = run(0)
-        if search.meets(first):
-            chosen = 0
-        else:
-            last = run(len(ladder) - 1) if len(ladder) > 1 else first
-            if not search.meets(last):
-                parts = []
-                if search.size_mb is not None:
-                    parts.append(f"size {last['size_mb']:.2f} MB (budget {search.size_mb:g} MB)")
-                if search.latency_ms is not None:
-                    parts.append(f"estimated latency {last['latency_ms']:.2f} ms (budget {search.latency_ms:g} ms)")
-                raise ConfigError(
-                    f"profile {prof.name}: the budget cannot be met even at the most pruning allowed (heads "
-                    f"{ladder[-1][0]:g}, ffn {ladder[-1][1]:g}{', drop-layers ' + str(config.drop_layers) if config.drop_layers else ''}"
-                    f", {config.budget_precision}): best reachable {' and '.join(parts)}",
-                    hint="also drop layers (--drop-layers), prune the vocabulary (--vocab-corpus), distil a smaller "
-                    "student first, or pick a larger device",
-                )
-            lo, hi = 0, len(ladder) - 1  # lo fails, hi meets
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if search.meets(run(mid)):
-                    hi = mid
-                else:
-                    lo = mid
-            chosen = hi
-    heads, ffn = ladder[chosen]
-    record = {
-        "profile": prof.name, "precision": str(config.budget_precision),
-        "budgets": {"max_model_size_mb": search.size_mb, "latency_ms": search.latency_ms},
-        "searched": dims, "candidates": search.candidates, "chosen": {"heads": heads, "ffn": ffn},
-        "latency": "roofline estimate (compress.estimate), not a measurement" if search.latency_ms else unchecked,
-    }
-    return heads, ffn, record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +314,7 @@ def prune(
     # --- budget -------------------------------------------------------------------------------------
     heads, ffn = config.heads, config.ffn
     if config.profile:
-        heads, ffn, metrics["budget"] = _search_budget(model, tokenizer, teacher, importance, vocab_plan, config,
+        heads, ffn, metrics["budget"] = search_budget(model, tokenizer, teacher, importance, vocab_plan, config,
                                                        progress)
 
     # --- structure ----------------------------------------------------------------------------------
