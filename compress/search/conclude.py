@@ -87,7 +87,8 @@ def promote(s, study) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _eval_inputs(path: str, preprocess) -> list:
-    """The first 64 inputs of the search's eval data: the side-by-side batch is built from them, as validation's is."""
+    """The first 64 inputs of the data the search ranks on (``Search.eval``: --eval, or its ranking half when the
+    holdout is split from it), the texts every candidate's validation timed: the side-by-side batch is built from them."""
     from compress.inputs import load_inputs
 
     return list(load_inputs(path, preprocess, limit=64, texts_only=True).inputs)
@@ -112,7 +113,7 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     entries.append(("teacher (PyTorch FP32)", load_source(s.config.teacher), "torch", None))
     for name, art, runtime, threads in entries:
         if texts is None:
-            texts = latency_texts(_eval_inputs(s.config.eval, art.manifest.preprocess), meas.batch_size,
+            texts = latency_texts(_eval_inputs(s.eval, art.manifest.preprocess), meas.batch_size,
                                   meas.sequence_length, art.manifest.preprocess)
         rt = runtime or ("openvino" if str(art.format) == "openvino" else "onnxruntime")
         opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
