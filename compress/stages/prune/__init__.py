@@ -51,7 +51,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import shutil
 import tempfile
 import time
 import zlib
@@ -74,6 +73,7 @@ from compress.artifact import (
 from compress.errors import ConfigError, StageError
 from compress.models import model_feed
 from compress.stages.prune.budget import search_budget
+from compress.stages.prune.checkpoint import save_checkpoint
 from compress.stages.prune.config import (  # noqa: F401 - public here too
     _RUNTIME_SPARSITY,
     _ST_DIRS,
@@ -124,18 +124,6 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
-def _save_checkpoint(model, tokenizer, teacher, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
-    for name in _ST_FILES:
-        if (teacher.path / name).is_file():
-            shutil.copy2(teacher.path / name, directory / name)
-    for name in _ST_DIRS:
-        if (teacher.path / name).is_dir() and not (directory / name).exists():
-            shutil.copytree(teacher.path / name, directory / name)
-
-
 def _load_input(source: Path, config: PruneConfig):
     from compress.models import load_teacher
 
@@ -176,7 +164,7 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
     from compress.stages.distill import DistillConfig, distill
 
     student_dir = scratch / "pruned"
-    _save_checkpoint(model, tokenizer, teacher, student_dir)
+    save_checkpoint(model, tokenizer, teacher, student_dir)
     dcfg = DistillConfig(
         student=str(student_dir), max_steps=config.recover_steps, lr=config.recover_lr,
         batch_size=config.recover_batch_size, max_length=config.max_length,
@@ -315,7 +303,7 @@ def prune(
     heads, ffn = config.heads, config.ffn
     if config.profile:
         heads, ffn, metrics["budget"] = search_budget(model, tokenizer, teacher, importance, vocab_plan, config,
-                                                       progress)
+                                                      progress)
 
     # --- structure ----------------------------------------------------------------------------------
     if progress and (config.drop_layers or heads or ffn):
@@ -388,7 +376,7 @@ def prune(
         else:
             before_out = _outputs(model, new_tokenizer, probe, config.max_length, classification, pooling, normalize)
         with staged_dir(out, force) as stage:
-            _save_checkpoint(model, new_tokenizer, teacher, stage)
+            save_checkpoint(model, new_tokenizer, teacher, stage)
             from compress.models import load_teacher
 
             written = load_teacher(stage, teacher.task)

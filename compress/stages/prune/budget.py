@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError
+from compress.stages.prune.checkpoint import save_checkpoint
 from compress.stages.prune.config import BudgetPrecision, PruneConfig
 from compress.stages.prune.structured import Importance, drop_layers, prune_heads_and_ffn
 from compress.stages.prune.vocab import VocabPlan, prune_vocabulary
@@ -34,11 +35,10 @@ class _Search:
 def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: int, heads: float, ffn: float,
                        vocab: VocabPlan | None, config: PruneConfig, search: _Search, scratch: Path) -> dict[str, Any]:
     """Prune a copy of ``model`` at these ratios, export it (and quantize), measure size and estimated latency."""
+    from compress.budgets import MB
     from compress.estimate import estimate
     from compress.stages.export import ExportConfig, export
-    from compress.stages.prune import _save_checkpoint
     from compress.stages.quantize import QuantizeConfig, quantize
-    from compress.budgets import MB
 
     cand = copy.deepcopy(model)
     imp = importance
@@ -49,7 +49,7 @@ def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: 
     tok = prune_vocabulary(cand, tokenizer, vocab) if vocab else tokenizer
     tag = f"h{heads:.2f}-f{ffn:.2f}"
     ckpt = scratch / f"{tag}-pt"
-    _save_checkpoint(cand, tok, teacher, ckpt)
+    save_checkpoint(cand, tok, teacher, ckpt)
     art = export(ckpt, scratch / f"{tag}-onnx", ExportConfig(parity_samples=2), force=True)
     if config.budget_precision is BudgetPrecision.int8:
         art = quantize(art, scratch / f"{tag}-int8", QuantizeConfig(parity_samples=2), force=True)
@@ -63,7 +63,7 @@ def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: 
 
 
 def search_budget(model, tokenizer, teacher, importance: Importance, vocab: VocabPlan | None,
-                   config: PruneConfig, progress) -> tuple[float, float, dict[str, Any]]:
+                  config: PruneConfig, progress) -> tuple[float, float, dict[str, Any]]:
     """Smallest step on the ratio ladder whose exported candidate meets the profile's budgets."""
     from compress.estimate import profile_peaks
     from compress.profiles import load_profile
