@@ -1,8 +1,10 @@
-"""What every stage shares: parity measurement, sample inputs, step records."""
+"""What every stage shares: parity measurement, sample inputs, step records, writing a checkpoint."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,3 +59,23 @@ def measure_parity(reference, candidate, texts: list[str], classification: bool,
     finally:
         reference.close()
         candidate.close()
+
+
+#: a sentence-transformers checkpoint's files beside the model (pooling and module config), which the model does not
+#: carry: a checkpoint written from it keeps the teacher's
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+ST_DIRS = ("1_Pooling", "2_Normalize")
+
+
+def save_checkpoint(model, tokenizer, teacher, directory: Path) -> None:
+    """Write ``model`` as a checkpoint directory: weights (safetensors), tokenizer, and the teacher's
+    sentence-transformers files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))
+    for name in ST_FILES:
+        if (teacher.path / name).is_file():
+            shutil.copy2(teacher.path / name, directory / name)
+    for name in ST_DIRS:
+        if (teacher.path / name).is_dir() and not (directory / name).exists():
+            shutil.copytree(teacher.path / name, directory / name)

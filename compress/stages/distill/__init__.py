@@ -39,6 +39,7 @@ from compress.artifact import (
 from compress.errors import ConfigError
 from compress.interrupt import StopFlag as _StopFlag
 from compress.stages import teacher_cache as tcache
+from compress.stages.common import save_checkpoint
 
 log = logging.getLogger(__name__)
 from compress.stages.distill.config import (  # noqa: F401 - public here too
@@ -54,8 +55,6 @@ from compress.stages.distill.config import (  # noqa: F401 - public here too
     RUN_STATE,
     Schedule,
     _IGNORE,
-    _ST_DIRS,
-    _ST_FILES,
 )
 from compress.stages.distill.student import (  # noqa: F401 - public here too
     _check_keep,
@@ -525,14 +524,7 @@ def _write_student(model, teacher, out: Path, config: DistillConfig, metrics: di
     from compress.models import load_teacher
 
     with staged_dir(out, force) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        (tokenizer or teacher.tokenizer).save_pretrained(str(tmp))
-        for name in _ST_FILES:
-            if (teacher.path / name).is_file():
-                shutil.copy2(teacher.path / name, tmp / name)
-        for name in _ST_DIRS:
-            if (teacher.path / name).is_dir():
-                shutil.copytree(teacher.path / name, tmp / name)
+        save_checkpoint(model, tokenizer or teacher.tokenizer, teacher, tmp)
         size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         metrics["size_bytes"] = size
         metrics["teacher_size_bytes"] = sum(teacher.path.joinpath(w).stat().st_size for w in teacher.info.weights)

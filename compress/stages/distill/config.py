@@ -25,8 +25,6 @@ AVERAGE_FILE = "average.safetensors"  # the running weight average (--average), 
 RUN_CONFIG = "run_config.json"
 _IGNORE = -100
 # sentence-transformers files that carry a feature-extraction model's pooling; copied to the student.
-_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
-_ST_DIRS = ("1_Pooling", "2_Normalize")
 
 
 class MixedPrecision(StrEnum):

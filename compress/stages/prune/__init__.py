@@ -72,12 +72,10 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError, StageError
 from compress.models import model_feed
+from compress.stages.common import save_checkpoint
 from compress.stages.prune.budget import search_budget
-from compress.stages.prune.checkpoint import save_checkpoint
 from compress.stages.prune.config import (  # noqa: F401 - public here too
     _RUNTIME_SPARSITY,
-    _ST_DIRS,
-    _ST_FILES,
     CONFIG_VERSION,
     PRUNE,
     SEMI_STRUCTURED,

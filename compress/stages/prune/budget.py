@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError
-from compress.stages.prune.checkpoint import save_checkpoint
+from compress.stages.common import save_checkpoint
 from compress.stages.prune.config import BudgetPrecision, PruneConfig
 from compress.stages.prune.structured import Importance, drop_layers, prune_heads_and_ffn
 from compress.stages.prune.vocab import VocabPlan, prune_vocabulary

@@ -40,8 +40,6 @@ _RUNTIME_SPARSITY = {
 }
 _PLACEHOLDER = re.compile(r"\[unused\d+\]|<unused\d+>")
 _FFN_KEYS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff", "dim_feedforward")
-_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
-_ST_DIRS = ("1_Pooling", "2_Normalize")
 _TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id",
                   "mask_token_id")
 
