@@ -109,7 +109,7 @@ def test_resuming_a_finished_search_redoes_nothing_and_more_trials_continue_it(f
 
 def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, monkeypatch):
     from compress.search import run_search
-    from compress.search.run import Search
+    from compress.search.directory import Search
 
     real = Search.measure
     calls = []
@@ -134,16 +134,15 @@ def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, mo
 def test_a_finished_search_given_more_time_builds_what_it_had_no_time_for(workspace, monkeypatch):
     """The diagnosis says "give the search more time": resuming with a larger --time-budget builds the promoted
     candidates that did not fit (here: a full candidate that costs more than the budget left)."""
-    import compress.search.run as run
-
     from compress.search import run_search
+    from compress.search.directory import Search
 
-    real = run._cost
-    monkeypatch.setattr(run, "_cost", lambda *a, **k: 1e9)
+    real = Search.cost
+    monkeypatch.setattr(Search, "cost", lambda *a, **k: 1e9)
     lines: list[str] = []
     first = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
     assert first.chosen is None and any("not run: needs" in ln for ln in lines)
-    monkeypatch.setattr(run, "_cost", real)
+    monkeypatch.setattr(Search, "cost", real)
     lines.clear()
     again = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
     assert any("had no time to be built: queued again" in ln for ln in lines)
@@ -195,7 +194,7 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
     trial (skipped or a repeat) the next one is drawn from the untried candidates whose estimate fits, so each one
     that fits costs at most two new trials: all four that fit (of sixteen) are measured within nine."""
     from compress.search import run_search
-    from compress.search.run import Search
+    from compress.search.directory import Search
     from compress.search.space import all_candidates, trial_params
 
     space = {**SPACE, "ffn": [0.0, 0.3, 0.5, 0.7], "threads": [0, 1]}
@@ -289,7 +288,7 @@ def test_promotion_forgives_timing_noise_but_not_size():
 
 
 def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profile(workspace, tmp_path):
-    from compress.search.run import Search
+    from compress.search.directory import Search
     from compress.search.space import Candidate, candidate_steps, roofline
 
     s = Search(config(workspace), tmp_path / "s")
@@ -368,7 +367,7 @@ def test_a_cnn_teacher_is_searched_over_channel_pruning(image_workspace):
 
 def test_a_vit_teacher_is_searched_over_depth_and_its_estimate_counts_patches(image_workspace):
     from compress.search import run_search
-    from compress.search.run import Search
+    from compress.search.directory import Search
 
     d, teachers = image_workspace
     space = {"layers": [1, 2], "heads": [0.0], "ffn": [0.0], "quant": ["int8-static"], "runtime": ["onnxruntime"],
@@ -418,7 +417,7 @@ def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
     would skip nearly all of them)."""
     from types import SimpleNamespace
 
-    from compress.search.run import Search
+    from compress.search.directory import Search
     from compress.search.trials import teacher_fp32_ms
 
     def trial(est, measured, speedup, runtime="onnxruntime"):
@@ -459,7 +458,7 @@ def test_a_candidate_no_faster_than_one_measured_too_slow_is_skipped():
     larger roofline may still be faster (per-operator overhead), so it is not ruled out, nor is a near miss."""
     from types import SimpleNamespace
 
-    from compress.search.run import Search
+    from compress.search.directory import Search
 
     def trial(number, layers, est, speedup, quant="int8-dynamic-emb4"):
         return SimpleNamespace(number=number, params={"runtime": "onnxruntime", "threads": 1, "quant": quant,

@@ -1,5 +1,5 @@
 """The end of a search: which short candidates get full training, the side-by-side timing, the choice (or the
-closest candidate and a diagnosis), the held-out check. ``s`` is the :class:`compress.search.run.Search`."""
+closest candidate and a diagnosis), the held-out check. ``s`` is the :class:`compress.search.directory.Search`."""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def validate(
     cls = runtime_class(runtime_name)
     remote = None
     if config.remote:  # checked before any data or teacher is loaded
-        from compress.validation.remote import remote_target
+        from compress.validation.ssh import remote_target
 
         remote = remote_target(config, profile, art)
     # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)

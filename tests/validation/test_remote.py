@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from compress.validation import remote
+from compress.validation import remote, ssh
 from compress.errors import IntegrityError
 
 from conftest import GENEROUS_BUDGETS, write_tsv
@@ -436,17 +436,17 @@ def test_ctrl_c_still_cleans_up(sshd, int8_artifact, profile, home, monkeypatch)
     ("root@[::1]:22", ("root", "::1", 22)),
 ])
 def test_parse_remote(spec, expected):
-    assert remote.parse_remote(spec) == expected
+    assert ssh.parse_remote(spec) == expected
 
 
 def test_ssh_command_keeps_the_users_config():
-    t = remote.RemoteTarget(spec="pi@board", user="pi", host="board", port=None)
+    t = ssh.RemoteTarget(spec="pi@board", user="pi", host="board", port=None)
     cmd = t.ssh("true")
     assert cmd[0] == "ssh" and cmd[-3:] == ["--", "pi@board", "true"]
     options = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-o"]
     assert sorted(o.split("=")[0] for o in options) == ["BatchMode", "ConnectTimeout"]
     assert "-p" not in cmd and "-F" not in cmd  # port and config come from ~/.ssh/config
-    assert remote.RemoteTarget(spec="x", user=None, host="x", port=None, python="~/venv/bin/python").python_word \
+    assert ssh.RemoteTarget(spec="x", user=None, host="x", port=None, python="~/venv/bin/python").python_word \
         == '"$HOME"/venv/bin/python'
 
 
@@ -458,8 +458,8 @@ def test_ssh_command_keeps_the_users_config():
     ("ssh: Could not resolve hostname board: Name or service not known", ["unknown host"]),
 ])
 def test_ssh_failures_are_one_clear_line(stderr, words):
-    t = remote.RemoteTarget(spec="pi@board", user="pi", host="board", port=None)
-    msg = str(remote._ssh_failure(t, stderr, "checking the device"))
+    t = ssh.RemoteTarget(spec="pi@board", user="pi", host="board", port=None)
+    msg = str(ssh._ssh_failure(t, stderr, "checking the device"))
     assert "\n" not in msg
     for w in words:
         assert w in msg
@@ -467,7 +467,7 @@ def test_ssh_failures_are_one_clear_line(stderr, words):
 
 def test_runner_is_standalone():
     """The runner imports only the standard library, numpy and the runtimes (and those lazily)."""
-    tree = ast.parse(remote.RUNNER.read_text(encoding="utf-8"))
+    tree = ast.parse(ssh.RUNNER.read_text(encoding="utf-8"))
     top = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -499,10 +499,10 @@ def test_runner_refuses_openvino_on_an_unsupported_architecture(monkeypatch):
 
 
 def test_runner_check_mode_reports_the_device():
-    proc = subprocess.run([sys.executable, str(remote.RUNNER), "check", "--runtime", "onnxruntime"],
+    proc = subprocess.run([sys.executable, str(ssh.RUNNER), "check", "--runtime", "onnxruntime"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    res = json.loads(proc.stdout.strip().splitlines()[-1][len(remote.MARKER):])
+    res = json.loads(proc.stdout.strip().splitlines()[-1][len(ssh.MARKER):])
     assert res["ok"] and res["device"]["hostname"] == socket.gethostname()
     assert {"machine", "cpu", "cores", "python"} <= set(res["device"])
 
