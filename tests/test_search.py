@@ -294,15 +294,19 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
     s = Search(config(workspace), tmp_path / "s")
     full, _ = candidate_steps(Candidate(1), s.shape, s.full)
     short, _ = candidate_steps(Candidate(1), s.shape, s.short)
-    assert full["student"]["distill"] == {"layers": 1, "epochs": 1, "augment": 1}  # --full-augment 1 (default)
-    assert "augment" not in short["student"]["distill"]
-    assert "augment" not in Search(config(workspace, full_augment=0), tmp_path / "s0").full.distill
+    # --full-augment 1 and --full-average (defaults): the measured text recipe
+    assert full["student"]["distill"] == {"layers": 1, "epochs": 1, "augment": 1, "average": True, "average_start": 0.5}
+    assert "augment" not in short["student"]["distill"] and "average" not in short["student"]["distill"]
+    plain = Search(config(workspace, full_augment=0, full_augment_join=0, full_average=False), tmp_path / "s0").full
+    assert "augment" not in plain.distill and "average" not in plain.distill
+    assert not {"recover_augment", "recover_augment_join", "recover_average"} & set(plain.prune)
     # a pruned text candidate recovers from the teacher itself at full fidelity, on the augmented texts too
     full, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.full)
     short, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.short)
     assert full["pruned"]["prune"]["teacher"] == str(Path(s.config.teacher).resolve())
     assert full["pruned"]["prune"]["recover_augment"] == 1
-    assert "teacher" not in short["pruned"]["prune"] and "recover_augment" not in short["pruned"]["prune"]
+    assert full["pruned"]["prune"]["recover_augment_join"] == 1 and full["pruned"]["prune"]["recover_average"] is True
+    assert not {"teacher", "recover_augment", "recover_augment_join", "recover_average"} & set(short["pruned"]["prune"])
     steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
     assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
     one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())

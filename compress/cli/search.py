@@ -40,6 +40,10 @@ F = SearchConfig.model_fields
               help=F["full_epochs"].description)
 @click.option("--full-augment", type=int, default=F["full_augment"].default, show_default=True,
               help=F["full_augment"].description)
+@click.option("--full-augment-join", type=int, default=F["full_augment_join"].default, show_default=True,
+              help=F["full_augment_join"].description)
+@click.option("--full-average/--no-full-average", default=F["full_average"].default, show_default=True,
+              help=F["full_average"].description)
 @click.option("--explore-share", type=float, default=F["explore_share"].default, show_default=True,
               help=F["explore_share"].description + " The rest builds the best at full fidelity.")
 @click.option("--full-recover-steps", type=int, default=F["full_recover_steps"].default, show_default=True,
@@ -52,8 +56,8 @@ F = SearchConfig.model_fields
 @click.option("--force", is_flag=True, help="Start over in a --search-dir that holds a search with other settings "
                                             "(the store of built steps is kept).")
 def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, space_text,
-               short_steps, short_recover_steps, full_epochs, full_augment, explore_share, full_recover_steps, promote,
-               storage, seed, no_html, force):
+               short_steps, short_recover_steps, full_epochs, full_augment, full_augment_join, full_average, explore_share,
+               full_recover_steps, promote, storage, seed, no_html, force):
     """Find the smallest, fastest artifact that meets a device profile's budgets.
 
     \b
@@ -80,7 +84,8 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
         SearchConfig, teacher=str(teacher), profile=profile, train=str(train), eval=str(eval_data),
         holdout=str(holdout) if holdout else None, time_budget_s=parse_duration(time_budget), objective=objective,
         trials=trials, short_steps=short_steps, short_recover_steps=short_recover_steps, full_epochs=full_epochs,
-        full_augment=full_augment, explore_share=explore_share, full_recover_steps=full_recover_steps, promote=promote,
+        full_augment=full_augment, full_augment_join=full_augment_join, full_average=full_average,
+        explore_share=explore_share, full_recover_steps=full_recover_steps, promote=promote,
         space=parse_space(space_text) if space_text else None, storage=storage, seed=seed,
     )
     for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):

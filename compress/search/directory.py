@@ -47,9 +47,14 @@ class Search:
         self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
                                         **distill}, config.short_recover_steps, prune)
         augment = config.full_augment if kind.augments else 0
-        full = {"epochs": config.full_epochs, **({"augment": augment} if augment else {})}
-        # the pruned student's long recovery learns from the teacher itself, on the same augmented texts
-        recovery = {"teacher": str(Path(config.teacher).resolve()), **({"recover_augment": augment} if augment else {})} \
+        join = config.full_augment_join if kind.augments else 0
+        average = config.full_average and kind.augments
+        full = {"epochs": config.full_epochs, **({"augment": augment} if augment else {}),
+                **({"average": True, "average_start": 0.5} if average else {})}
+        # the pruned student's long recovery learns from the teacher itself, on the same augmented texts and on
+        # sentence-length joined ones
+        recovery = {"teacher": str(Path(config.teacher).resolve()), **({"recover_augment": augment} if augment else {}),
+                    **({"recover_augment_join": join} if join else {}), **({"recover_average": True} if average else {})} \
             if kind.recovers_from_teacher else {}
         self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, {**recovery, **prune})
         self.t0 = time.monotonic()
