@@ -48,7 +48,7 @@ class Search:
                                         **distill}, config.short_recover_steps, prune)
         augment = config.full_augment if kind.augments else 0
         join = config.full_augment_join if kind.augments else 0
-        average = config.full_average and kind.augments
+        average = config.full_average and kind.averages
         full = {"epochs": config.full_epochs, **({"augment": augment} if augment else {}),
                 **({"average": True, "average_start": 0.5} if average else {})}
         # the pruned student's long recovery learns from the teacher itself, on the same augmented texts and on

@@ -63,15 +63,17 @@ class Kind:
     space: dict[str, list[Any]]
     distill: dict[str, Any] = field(default_factory=dict)
     prune: dict[str, Any] = field(default_factory=dict)
-    augments: bool = False  # full fidelity adds embedding-neighbour copies of the training texts
+    augments: bool = False  # full fidelity adds embedding-neighbour and joined copies of the training texts
+    #: full fidelity keeps the mean of the weights over the second half of training (--full-average; measured on text)
+    averages: bool = False
     #: full fidelity recovers a pruned student by distilling from the teacher (not from the unpruned student)
     recovers_from_teacher: bool = False
     counts_ops: bool = True  # the roofline counts a candidate's operations (latency and energy before training)
 
 
 _IMAGE_RATES = {"distill": {"lr": 1e-3}, "prune": {"recover_lr": 1e-3}}
-KINDS = {"text": Kind(TEXT_SPACE, augments=True, recovers_from_teacher=True), "vit": Kind(VIT_SPACE, **_IMAGE_RATES),
-         "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False)}
+KINDS = {"text": Kind(TEXT_SPACE, augments=True, averages=True, recovers_from_teacher=True),
+         "vit": Kind(VIT_SPACE, **_IMAGE_RATES), "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False)}
 #: every dimension, with every choice any kind of teacher has (what ``--space`` may name)
 ALL_DIMENSIONS: dict[str, list[Any]] = {}
 for _kind in KINDS.values():

@@ -24,7 +24,6 @@ RUN_STATE = "trainer_state.json"
 AVERAGE_FILE = "average.safetensors"  # the running weight average (--average), beside the checkpoint
 RUN_CONFIG = "run_config.json"
 _IGNORE = -100
-# sentence-transformers files that carry a feature-extraction model's pooling; copied to the student.
 
 
 class MixedPrecision(StrEnum):
