@@ -295,6 +295,7 @@ def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifac
     (art / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
     budgets = {k: None for k in GENEROUS if k != "latency_ms"}
+    budgets["latency_ms"] = GENEROUS["latency_ms"]
     budgets["min_accuracy_retention"] = 0.5
     profile = write_profile(tmp_path, "needs-teacher", budgets)
     r = validate(art, ValidateConfig(profile=str(profile), data=str(data_tsv), cold_start=False))
@@ -535,7 +536,9 @@ def test_cli_no_cold_start_leaves_cold_start_budgets_unverified(int8_artifact, d
     import subprocess
     import sys
 
+    # every other budget off, and latency generous: cpu-x86-avx2's p99 of 60 ms fails on a loaded 2-core machine
     budgets = {k: None for k in GENEROUS if k != "latency_ms"}
+    budgets["latency_ms"] = GENEROUS["latency_ms"]
     budgets["max_cold_start_ms"] = 60000
     profile = write_profile(tmp_path, "cold", budgets)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
