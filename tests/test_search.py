@@ -191,7 +191,7 @@ def test_the_estimate_orders_candidates_as_the_built_artifacts(first):
 
 def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candidates_that_fit(workspace):
     """TPE learns which candidates cannot fit only by proposing them; the estimate knows already. After a wasted
-    trial (skipped or a repeat) the next one is drawn from the untried candidates whose estimate fits, so each one
+    trial (skipped or a repeat) the next one is drawn from the untried candidates expected to fit, so each one
     that fits costs at most two new trials: all four that fit (of sixteen) are measured within nine."""
     from compress.search import run_search
     from compress.search.directory import Search
@@ -213,7 +213,7 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
                         workspace / "s-feasible", progress=lines.append, html=False)
     shorts = [p for p in result.summary["measured"] if p["fidelity"] == "short"]
     assert {json.dumps(p["params"], sort_keys=True) for p in shorts} == fits
-    assert any("drawn from the" in ln and "whose estimate fits" in ln for ln in lines)
+    assert any("drawn from the" in ln and "expected to fit" in ln for ln in lines)
 
 
 def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
@@ -488,3 +488,49 @@ def test_a_candidate_no_faster_than_one_measured_too_slow_is_skipped():
     assert Search.cannot_meet(s, cand(4, 0.50, quant="int8-dynamic"), trials) is None  # another precision
     assert Search.cannot_meet(s, cand(4, 0.50, threads=0), trials) is None  # another thread count
     assert Search.cannot_meet(s, cand(2, 0.30), trials) is None  # near miss: noise, not proof
+
+
+def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ruling_any_out():
+    """The bound that skips a proposed candidate stays optimistic: a candidate larger than any measured keeps its bare
+    roofline (a larger model may run nearer it). The feasible draw instead aims where candidates are *expected* to fit,
+    their roofline scaled by the smallest ratio any measured candidate on that runtime and thread count ran at. With
+    two small candidates measured at 2x their roofline, a large one whose roofline fits but whose 2x does not may
+    still be proposed and measured, but is not drawn; when none is expected to fit the draw falls back to the
+    candidates that may."""
+    from types import SimpleNamespace
+
+    from compress.search.directory import Search
+    from compress.search.space import Candidate, TeacherShape, from_params
+    from compress.search.trials import typical_ratio
+
+    def trial(est, measured, threads=1):
+        return SimpleNamespace(params={"runtime": "onnxruntime", "threads": threads, "quant": "int8-dynamic",
+                                       "layers": 1, "width": 0.5},  # narrow students: not in the space drawn from
+                               user_attrs={"p50_ms": measured, "speedup": 8.0 / measured, "estimate": {"p50_ms": est},
+                                           "budgets": {}})
+
+    trials = [trial(0.20, 0.40), trial(0.25, 0.55)]  # ran at 2.0x and 2.2x their roofline: typically >= 2x
+    assert typical_ratio(trials, "onnxruntime", 1) == pytest.approx(2.0)
+    assert typical_ratio(trials, "onnxruntime", 0) is None  # nothing measured on that thread count
+    assert typical_ratio(trials[:1], "onnxruntime", 1) is None  # one is not a pattern
+
+    roofline = {1: 0.22, 2: 0.26, 3: 0.45}  # by depth; the budget (8 ms teacher / 15x) is 0.533 ms
+    s = SimpleNamespace(space={"layers": [1, 2, 3], "ffn": [0.0], "quant": ["int8-dynamic"], "runtime": ["onnxruntime"],
+                               "threads": [1]},
+                        shape=TeacherShape(layers=6, hidden=64, heads=4, ffn=128, vocab=100, positions=64, types=2,
+                                           labels=2),
+                        config=SimpleNamespace(seed=0),
+                        estimate=lambda c: {"size_mb": 4.0, "p50_ms": roofline[c.layers], "gops": c.layers},
+                        _budget={"min_speedup": 15.0}.get,
+                        profile=SimpleNamespace(measure=SimpleNamespace(speedup_baseline="pytorch")))
+    s.cannot_meet = lambda c, t, expected=False: Search.cannot_meet(s, c, t, expected)
+    large, middle = Candidate(3, quant="int8-dynamic", threads=1), Candidate(2, quant="int8-dynamic", threads=1)
+    assert Search.cannot_meet(s, large, trials) is None  # 0.45 ms bare roofline: may fit, so never skipped
+    assert "speedup at most ~8.9x" in Search.cannot_meet(s, large, trials, expected=True)  # 0.9 ms expected
+    assert Search.cannot_meet(s, middle, trials, expected=True) is None  # 0.52 ms expected: fits
+    params, pool = Search.draw_feasible(s, trials)
+    assert from_params(params) == middle and pool == 2  # the largest expected to fit (of layers 1 and 2), not L3
+    # the budget tightened so that none is expected to fit: the draw takes what may still fit
+    s._budget = {"min_speedup": 30.0}.get
+    params, pool = Search.draw_feasible(s, trials)
+    assert from_params(params) == middle and pool == 2  # L1 and L2 may fit on their bare roofline; L3 cannot

@@ -18,7 +18,7 @@ from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
 from compress.search.space import (KINDS, RUNTIME_SETTINGS, Candidate, Fidelity, TeacherShape, all_candidates,
                                    candidate_steps, from_params, roofline, trial_params)
-from compress.search.trials import latency_ratio, teacher_fp32_ms, too_slow_like
+from compress.search.trials import latency_ratio, teacher_fp32_ms, too_slow_like, typical_ratio
 
 Progress = Callable[[str], None]
 
@@ -242,29 +242,38 @@ class Search:
         The draw is at random among the largest tenth (by the estimate's operations; a CNN's by size): retention
         grows with what a candidate keeps, so the front lies at the edge of what fits, and a candidate measured too
         slow there rules out those no faster than it (as deep, as much roofline; :func:`too_slow_like`) and teaches
-        the latency bound, which moves the edge."""
+        the latency bound, which moves the edge. The edge is where the candidate is *expected* to fit: its roofline
+        scaled by the ratio every candidate measured on its runtime and threads ran at (:func:`typical_ratio`), not
+        only by the optimistic bound that rules candidates out, which for the largest is the bare roofline."""
         import random
 
         tried = {from_params(t.params) for t in trials if t.params and t.user_attrs.get("fidelity", "short") == "short"}
-        pool = []
+        expected, possible = [], []  # expected to fit; may fit (the bound the sampler's proposals are skipped by)
         for c in all_candidates(self.space, self.shape):
-            if c in tried:
+            if c in tried or self.cannot_meet(c, trials) is not None:
                 continue
-            if self.cannot_meet(c, trials) is None:
-                est = self.estimate(c)
-                pool.append((est["gops"] if est["gops"] is not None else est["size_mb"], c))
+            est = self.estimate(c)
+            item = (est["gops"] if est["gops"] is not None else est["size_mb"], c)
+            possible.append(item)
+            if self.cannot_meet(c, trials, expected=True) is None:
+                expected.append(item)
+        pool = expected or possible  # when none is expected to fit, those that may still do
         if not pool:
             return None, 0
         pool.sort(key=lambda x: -x[0])
         top = pool[: max(1, len(pool) // 10)]
         return trial_params(random.Random(self.config.seed + len(trials)).choice(top)[1], self.space), len(pool)
 
-    def cannot_meet(self, c: Candidate, trials: list) -> str | None:
+    def cannot_meet(self, c: Candidate, trials: list, expected: bool = False) -> str | None:
         """Why ``c``'s optimistic estimate already misses a budget (None: it may meet them). The roofline is scaled by
         the latency bound learnt from ``trials``; a ``min_speedup`` budget divides the FP32 teacher's p50 timed beside
-        them by that, so a busy machine slows both sides alike."""
+        them by that, so a busy machine slows both sides alike. ``expected``: scaled by what every candidate measured
+        on its runtime and threads ran at, where that is more (what the feasible draw aims at; never a reason to skip
+        a candidate the sampler proposes)."""
         est = self.estimate(c)
         ratio = latency_ratio(trials, c.runtime, c.threads, est["p50_ms"])
+        if expected:
+            ratio = max(ratio, typical_ratio(trials, c.runtime, c.threads) or 1.0)
         why = []
         size = self._budget("max_model_size_mb")
         if size is not None and est["size_mb"] * 0.9 > size:

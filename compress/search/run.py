@@ -266,7 +266,7 @@ def _objective(optuna, s: Search):
                 s.say(f"{tag}: not run: {why}")
                 raise optuna.TrialPruned(why)
         drawn = trial.user_attrs.get("drawn_from")
-        s.say(f"{tag}: building and validating" + (f" (drawn from the {drawn} untried candidates whose estimate fits)"
+        s.say(f"{tag}: building and validating" + (f" (drawn from the {drawn} untried candidates expected to fit)"
                                                   if drawn else "") + " ...")
         try:
             res = s.measure(trial.number, c, fid)
