@@ -50,10 +50,16 @@ def latency_ratio(trials: list, runtime: str, threads: int = 0, estimate_ms: flo
     Only candidates whose roofline is at least ``estimate_ms`` count: a small model spends more of its time between
     operators than the roofline sees, so its ratio is the larger one (measured on SST-2: ~2.2 for one narrow layer,
     ~1.3 for three full-width layers) and would skip a larger candidate that can meet the budget."""
-    ratios = [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in trials
-              if _timed_on(t, runtime, threads) and (t.user_attrs.get("estimate") or {}).get("p50_ms")
-              and (estimate_ms is None or t.user_attrs["estimate"]["p50_ms"] >= estimate_ms)]
+    ratios = _ratios(trials, runtime, threads, estimate_ms)
     return max(min(ratios) * 0.8, 1.0) if len(ratios) >= 2 else 1.0
+
+
+def _ratios(trials: list, runtime: str, threads: int, at_least_ms: float | None = None) -> list[float]:
+    """measured p50 / roofline of the candidates measured on ``runtime`` at ``threads`` (with a roofline of at least
+    ``at_least_ms``, when given)."""
+    return [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in trials
+            if _timed_on(t, runtime, threads) and (t.user_attrs.get("estimate") or {}).get("p50_ms")
+            and (at_least_ms is None or t.user_attrs["estimate"]["p50_ms"] >= at_least_ms)]
 
 
 def typical_ratio(trials: list, runtime: str, threads: int = 0) -> float | None:
@@ -63,8 +69,7 @@ def typical_ratio(trials: list, runtime: str, threads: int = 0) -> float | None:
     out (a larger model may run nearer its roofline), only for choosing which to try next. On the Intel Xeon VM every
     one of 83 SST-2 candidates of a search ran at 1.74-5.9x its roofline, while the draw, bounded by the bare roofline
     for the largest, chose 75 of them, 58 more than 25% too slow for the speed budget."""
-    ratios = [t.user_attrs["p50_ms"] / t.user_attrs["estimate"]["p50_ms"] for t in trials
-              if _timed_on(t, runtime, threads) and (t.user_attrs.get("estimate") or {}).get("p50_ms")]
+    ratios = _ratios(trials, runtime, threads)
     return min(ratios) if len(ratios) >= 2 else None
 
 
