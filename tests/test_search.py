@@ -307,11 +307,6 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
     assert full["pruned"]["prune"]["recover_augment"] == 1
     assert full["pruned"]["prune"]["recover_augment_join"] == 1 and full["pruned"]["prune"]["recover_average"] is True
     assert not {"teacher", "recover_augment", "recover_augment_join", "recover_average"} & set(short["pruned"]["prune"])
-    # ... from a student distilled in full first, or from its short student (the same step, so the store's copy)
-    assert full["student"]["distill"]["epochs"] == 1 and full["pruned"]["from"] == "student"
-    from_short = Search(config(workspace, full_pruned_from="short"), tmp_path / "s1").full
-    assert candidate_steps(Candidate(1, ffn=0.5), s.shape, from_short)[0]["student"] == short["student"]
-    assert candidate_steps(Candidate(1), s.shape, from_short)[0]["student"]["distill"]["epochs"] == 1  # not pruned
     steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
     assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
     one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())

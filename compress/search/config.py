@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,10 +52,6 @@ class SearchConfig(BaseModel):
         "--full-augment and --full-augment-join copies too. On SST-2, a 2-layer student pruned to half its heads and "
         "15% of its FFN neurons kept 0.978 dev / 0.984 test retention (INT8) after 4,000 such steps and 0.9987 / 0.9848 "
         "after 24,000 (about 50 min on 2 cores); with another seed 0.974 / 0.980.")
-    full_pruned_from: Literal["short", "full"] = Field(
-        "full", description="The student a pruned text candidate is pruned from at full fidelity: its short-fidelity "
-        "student (already built; the long recovery from the teacher is its training) or one distilled for "
-        "--full-epochs first (about an hour more per 2-layer SST-2 candidate on 2 cores).")
     distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
     prune: dict[str, Any] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
     promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")

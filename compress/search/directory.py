@@ -56,9 +56,7 @@ class Search:
         recovery = {"teacher": str(Path(config.teacher).resolve()), **({"recover_augment": augment} if augment else {}),
                     **({"recover_augment_join": join} if join else {}), **({"recover_average": True} if average else {})} \
             if kind.recovers_from_teacher else {}
-        # a pruned text candidate may start from its short student: the long recovery from the teacher trains it
-        from_short = self.short.distill if config.full_pruned_from == "short" and kind.recovers_from_teacher else None
-        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, {**recovery, **prune}, from_short)
+        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, {**recovery, **prune})
         self.t0 = time.monotonic()
         self.spent_before = 0.0
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes

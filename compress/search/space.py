@@ -233,7 +233,6 @@ class Fidelity:
     distill: dict[str, Any]  # distill options besides the student's shape (max_steps or epochs, ...)
     recover_steps: int  # prune recovery
     prune: dict[str, Any] = field(default_factory=dict)  # other prune options (recover_lr, ...)
-    pruned_distill: dict[str, Any] | None = None  # distill options of a student that is then pruned (None: distill)
 
 
 def _width_config(c: Candidate, shape: TeacherShape) -> dict[str, Any] | None:
@@ -250,15 +249,13 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
     steps: dict[str, Any] = {}
     last = "teacher"
     student_cfg = _width_config(c, shape)
-    pruned = bool(c.heads or c.ffn or c.vocab or c.channels)
     if 0 < c.layers < shape.layers or student_cfg:
-        distill = fidelity.pruned_distill if pruned and fidelity.pruned_distill is not None else fidelity.distill
-        opts: dict[str, Any] = {"layers": c.layers or shape.layers, **distill}
+        opts: dict[str, Any] = {"layers": c.layers or shape.layers, **fidelity.distill}
         if student_cfg:
             opts["student_config"] = student_cfg
         steps["student"] = {"distill": opts}
         last = "student"
-    if pruned:
+    if c.heads or c.ffn or c.vocab or c.channels:
         opts = {"channels": c.channels} if c.channels else {}
         if c.heads:
             opts["heads"] = c.heads
