@@ -75,6 +75,10 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
             from compress.errors import ConfigError
 
             raise ConfigError(f"{used[0]} applies to --format tensorrt only", hint="add --format tensorrt or drop it")
+    if via == "torch-tensorrt":  # refused before the long phase, so the error is the one line the user sees
+        from compress.stages.export.torch_tensorrt import check_request
+
+        check_request(config)
     with status(f"exporting {source} to {fmt}"):
         art = export(source, out, config, force=force)
     if fmt == "tensorrt":
