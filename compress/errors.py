@@ -104,6 +104,12 @@ class Unverified(EdgeCompressError):
     label = "UNVERIFIED"
 
 
+class QuantizationCollapsed(StageError):
+    """``quantize --strict``: the quantized model's own parity check fell below the collapse floor (exit code 1)."""
+
+    exit_code = 1
+
+
 class AccuracyBudgetError(StageError):
     """Accuracy-aware quantization found no precision mix that meets the accuracy budget (exit code 1).
 

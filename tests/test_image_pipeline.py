@@ -253,7 +253,8 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
         scale = inits[w.input[1]]
         per_channel += int(np.prod(scale.dims) > 1)
     assert per_channel == len(convs)
-    assert step.metrics["parity_vs_input"]["n"] == 32
+    # parity runs on the calibration images (real inputs, not noise): all 24 of them, under the 32 asked for
+    assert step.metrics["parity_vs_input"]["n"] == 24
 
 
 def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_group(onnx_images, images_dir, tmp_path):
@@ -531,7 +532,9 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
         "data": {"train": str(images_dir / "set"), "eval": str(images_dir / "set")},
         "steps": {"pruned": {"prune": {"channels": 0.5, "recover_steps": 2, "recover_batch_size": 8}},
                   "onnx": {"from": "pruned", "export": {}},
-                  "int8": {"from": "onnx", "quantize": {"calibration_samples": 8}}},
+                  # strict: false: two recovery steps leave the pruned CNN random, and its INT8 really does collapse
+                  # against it (a recipe's quantize is strict otherwise: tests/stages/test_cnn_int8.py)
+                  "int8": {"from": "onnx", "quantize": {"calibration_samples": 8, "strict": False}}},
         "validate": {"profiles": ["quick.yaml"], "artifacts": ["int8"]},
     }, sort_keys=False))
     result = run_recipe(recipe, tmp_path / "run")

@@ -37,6 +37,9 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
 @click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path), help="Labelled eval data for --max-drop.")
 @click.option("--eval-samples", type=int, default=300, show_default=True, help="Eval rows for --max-drop.")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit code 1, nothing written) when the parity check with the input collapses (mean "
+                   "output cosine < 0.95 or argmax agreement < 0.5) instead of warning.")
 @click.option("--profile", "-p", "profile_name",
               help="Target device profile: its CPU (VNNI or not) picks the defaults; with --data, its "
                    "min_accuracy_retention budget drives accuracy-aware quantization.")
@@ -44,7 +47,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 weights_only, max_drop, data, eval_samples, profile_name, out, force):
+                 weights_only, max_drop, data, eval_samples, strict, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
     ONNX artifacts use ONNX Runtime's quantizers (dynamic/static INT8, MatMulNBits INT4);
@@ -61,6 +64,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, eval_samples=eval_samples,
+        strict=strict,
     )
     # only what the user gave: the stage refuses settings the chosen quantization would ignore
     from click.core import ParameterSource
@@ -79,3 +83,6 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         f"wrote [bold]{art.path}[/] ({art.precision}, {m['size_bytes_after'] / 1e6:.1f} MB, {m['compression']:.2f}x smaller); "
         f"vs input: min cosine {p['cosine_min']:.4f}{agree}"
     )
+    if p.get("collapsed"):
+        console().print(f"[bold red]WARNING[/]: collapsed against its input ({'; '.join(p['collapsed']['below'])}); "
+                        f"try {p['collapsed']['remedies']}")

@@ -275,6 +275,8 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
             or (parent.format == "openvino" and not config.weights_only)
         if job.data.get("calibration") and static and config.precision == "int8":
             config = config.model_copy(update={"calibration": job.data["calibration"]})
+        if "strict" not in job.settings:  # a recipe gates a release: a collapsed INT8 stops it
+            config = config.model_copy(update={"strict": True})
         quantize(src, out, config, force=force)
         return _artifact_summary(out)
     if job.verb == "validate":

@@ -45,7 +45,11 @@ class QuantMode(StrEnum):
 
 
 class CalibrationMethod(StrEnum):
+    """Activation range estimators: ``minmax`` (the whole set's extremes), ``mean-minmax`` (each batch's extremes,
+    averaged: ONNX Runtime's moving-average MinMax; the default for image models), ``entropy``, ``percentile``."""
+
     minmax = "minmax"
+    mean_minmax = "mean-minmax"
     entropy = "entropy"
     percentile = "percentile"
 
@@ -70,7 +74,9 @@ class QuantizeConfig(BaseModel):
         None, description="Data for static calibration: a text file (text column used) or, for image models, "
         "images (class folders, a path table or an .npz; labels are not read).")
     calibration_samples: int = Field(128, ge=1, description="Number of calibration texts or images.")
-    calibration_method: CalibrationMethod = Field(CalibrationMethod.minmax, description="Range estimator.")
+    calibration_method: CalibrationMethod = Field(
+        CalibrationMethod.minmax, description="Activation range estimator (static mode): minmax, mean-minmax (per-batch "
+        "extremes averaged; the default for image models), entropy or percentile.")
     percentile: float = Field(99.999, gt=90, lt=100, description="Percentile for --calibration-method percentile.")
     per_channel: bool = Field(True, description="One scale per output channel of each weight.")
     weight_type: WeightType = Field(WeightType.int8, description="Weight integer type (s8, or u8 for U8U8).")
@@ -88,8 +94,13 @@ class QuantizeConfig(BaseModel):
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
     target_vnni: bool | None = Field(None, description="Target CPU has VNNI (set from a profile); None = this host.")
     target_x86: bool | None = Field(None, description="Target CPU is x86 (set from a profile); None = this host.")
-    parity_samples: int = Field(32, ge=1, description="Texts used to measure agreement with the input model.")
-    sample_data: str | None = Field(None, description="Data file for the parity texts (default: built-in texts).")
+    parity_samples: int = Field(32, ge=1, description="Inputs used to measure agreement with the input model.")
+    sample_data: str | None = Field(
+        None, description="Data file for the parity inputs (default: the calibration data in static mode, else "
+        "built-in texts or noise images).")
+    strict: bool = Field(
+        False, description="Fail (exit code 1, nothing written) instead of warning when the parity check with the "
+        "input model collapses (mean output cosine < 0.95 or argmax agreement < 0.5); recipes set it.")
 
     # INT4 weight-only
     block_size: int = Field(

@@ -88,11 +88,13 @@ from compress.stages.quantize.graph import (
     _check_something_quantized,
     _int4_op_types,
     _node_report,
+    float_graph_outputs,
     initializer_bytes,
     quantizable_layers,
     small_embedding_tables,
 )
 from compress.stages.quantize.int4_gather import unpack_int4_gathers_file
+from compress.stages.quantize.parity import check_collapse
 from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
 
 log = logging.getLogger(__name__)
@@ -243,12 +245,15 @@ class _OnnxQuantizer:
         self._reader.rewind()
         method = {
             CalibrationMethod.minmax: ortq.CalibrationMethod.MinMax,
+            CalibrationMethod.mean_minmax: ortq.CalibrationMethod.MinMax,
             CalibrationMethod.entropy: ortq.CalibrationMethod.Entropy,
             CalibrationMethod.percentile: ortq.CalibrationMethod.Percentile,
         }[c.calibration_method]
         extra = {"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False, "DefaultTensorType": 1}
         if c.calibration_method is CalibrationMethod.percentile:
             extra["CalibPercentile"] = c.percentile
+        if c.calibration_method is CalibrationMethod.mean_minmax:
+            extra["CalibMovingAverage"] = True
         kwargs = {}
         if self.calibration_cache is not None and "calibration_cache_path" in inspect.signature(ortq.quantize_static).parameters:
             kwargs["calibration_cache_path"] = str(self.calibration_cache)
@@ -268,6 +273,11 @@ class _OnnxQuantizer:
             extra_options=extra,
             **kwargs,
         )
+        import onnx
+
+        model = onnx.load(str(dst), load_external_data=False)
+        if float_graph_outputs(model):
+            onnx.save(model, str(dst))
 
     def _nbits(self, nbits_ops: tuple[str, ...], exclude: list[str]):
         """ONNX Runtime's MatMulNBitsQuantizer run on ``nbits_ops`` (MatMul: MatMulNBits; Gather:
@@ -363,13 +373,22 @@ def _write_artifact(
                                 extra_config={"reduce_range": q.reduce_range})
     write_manifest(tmp, manifest)
 
-    texts = sample_inputs(config.sample_data, config.parity_samples, art.manifest.preprocess)
+    static = not q.int4 and config.mode is QuantMode.static
+    texts = sample_inputs(config.sample_data or (config.calibration if static else None), config.parity_samples,
+                          art.manifest.preprocess)
     parity = measure_parity(OrtBackend(art), OrtBackend(Artifact(tmp, manifest)), texts, art.manifest.labels is not None)
+    collapsed = check_collapse(parity.as_dict(), strict=config.strict and not extra_files, remedies=(
+        "--max-drop with --data (keeps the sensitive layers float), --precision int8" if q.int4 else
+        "--mode static --calibration DATA with per-channel weights, or OpenVINO (export --format openvino) "
+        "with NNCF" if config.mode is QuantMode.dynamic else
+        "--max-drop with --data (keeps the sensitive layers float), more --calibration-samples, or OpenVINO "
+        "(export --format openvino) with NNCF"))
     before = art.size_bytes()
     after = Artifact(tmp, manifest).size_bytes()
     op_types = q.op_types()
     metrics: dict[str, Any] = {
-        "parity_vs_input": {**parity.as_dict(), "reference": f"{art.format} {art.precision}"},
+        "parity_vs_input": {**parity.as_dict(), "reference": f"{art.format} {art.precision}",
+                            **({"collapsed": collapsed} if collapsed else {})},
         "size_bytes_before": before,
         "size_bytes_after": after,
         "compression": round(before / after, 3),

@@ -58,6 +58,7 @@ from compress.artifact import (
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.inputs import sample_inputs
 from compress.stages.common import measure_parity
+from compress.stages.quantize.parity import check_collapse
 from compress.stages.quantize.calibration import calibration_items
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
 from compress.stages.quantize.nncf import (  # noqa: F401 - public here too
@@ -261,13 +262,18 @@ def _write(
         step = QUANTIZE_OPENVINO.record(manifest, resolved, input_digest=art.digest, lineage=art.manifest.steps)
         write_manifest(tmp, manifest)
 
-        texts = sample_inputs(config.sample_data, config.parity_samples, art.manifest.preprocess)
+        texts = sample_inputs(config.sample_data or (None if config.weights_only else config.calibration),
+                              config.parity_samples, art.manifest.preprocess)
         parity = measure_parity(OpenVINOBackend(art), OpenVINOBackend(Artifact(tmp, manifest)), texts,
                                 art.manifest.labels is not None)
+        collapsed = check_collapse(parity.as_dict(), strict=config.strict and not extra_files,
+                                   remedies="--max-drop with --data (nncf.quantize_with_accuracy_control), more "
+                                            "--calibration-samples, or --weights-only")
         before = art.size_bytes()
         after = sum((tmp / n).stat().st_size for n in ("model.xml", "model.bin"))
         step.metrics = {
-            "parity_vs_input": {**parity.as_dict(), "reference": f"{art.format} {art.precision} (OpenVINO CPU)"},
+            "parity_vs_input": {**parity.as_dict(), "reference": f"{art.format} {art.precision} (OpenVINO CPU)",
+                                **({"collapsed": collapsed} if collapsed else {})},
             "size_bytes_before": before,
             "size_bytes_after": after,
             "compression": round(before / after, 3),

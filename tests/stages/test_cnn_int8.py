@@ -1,0 +1,130 @@
+"""Static INT8 of a depthwise / ReLU6 stack, the shape of MobileNet-class models: the default fuses into ONNX
+Runtime's integer kernels and keeps the model's outputs, per-tensor weights provably collapse on it, and the
+collapse is said (a warning recorded in the manifest) or, with ``strict``, refused with nothing written.
+
+The model and images are test material: random weights shaped so the depthwise channels' weight ranges differ
+by 10^4 (as BatchNorm folding leaves them in real MobileNets), and noise images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("PIL")
+
+
+def _depthwise_relu6_program(directory: Path) -> Path:
+    import torch
+    import yaml
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.pw = torch.nn.Conv2d(8, 16, 1)
+            self.fc = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = torch.nn.functional.relu6(self.stem(x))
+            x = torch.nn.functional.relu6(self.dw(x))
+            x = self.pw(x) + 0.0
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        # depthwise channel 0 carries weights 10^4 times larger than the rest, on an input 10^4 times smaller (what
+        # BatchNorm folding leaves); the head ignores what comes of it, and no bias hides the other channels' signal
+        net.stem.weight[0] *= 1e-4
+        net.stem.bias[0] = 0.0
+        net.dw.weight[0] *= 1e4
+        net.pw.weight[:, 0] = 0.0
+        net.pw.bias.zero_()
+        net.fc.bias.zero_()
+    batch = torch.export.Dim("batch", min=1, max=256)
+    program = torch.export.export(net, (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, directory / "model.pt2")
+    (directory / "model.yaml").write_text(yaml.safe_dump({
+        "task": "image-classification", "labels": ["a", "b", "c", "d"],
+        "preprocess": {"size": [16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> dict[str, Path]:
+    from compress.stages.export import export
+
+    root = tmp_path_factory.mktemp("dw-relu6")
+    rng = np.random.default_rng(0)
+    np.savez(root / "images.npz", images=rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8))
+    teacher = _depthwise_relu6_program(root / "teacher")
+    onnx_art = export(teacher, root / "onnx")
+    return {"onnx": onnx_art.path, "images": root / "images.npz"}
+
+
+def _optimized_ops(model_path: Path, tmp: Path) -> dict[str, int]:
+    """Operator counts of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    return dict(Counter(n.op_type for n in onnx.load(str(tmp / "optimized.onnx")).graph.node))
+
+
+def test_default_static_int8_fuses_every_conv_and_relu6_into_integer_kernels(stack, tmp_path):
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
+    step = art.manifest.steps[-1]
+    assert step.config["calibration_method"] == "mean-minmax"  # the image default, recorded
+    ops = _optimized_ops(art.model_path, tmp_path)
+    # every convolution runs as QLinearConv: no float Conv, no ReLU6 (Clip) left between a dequantize and a quantize
+    assert ops.get("QLinearConv") == 3, ops
+    assert "Conv" not in ops and "Clip" not in ops, ops
+    # the logits stay float: no quantize/dequantize pair on the graph output
+    import onnx
+
+    g = onnx.load(str(art.model_path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    assert producer[g.output[0].name].op_type != "DequantizeLinear"
+    parity = step.metrics["parity_vs_input"]
+    assert "collapsed" not in parity and parity["cosine_mean"] > 0.95, parity
+
+
+def test_per_tensor_weights_collapse_and_the_manifest_says_so(stack, tmp_path):
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), per_channel=False))
+    parity = art.manifest.steps[-1].metrics["parity_vs_input"]
+    assert parity["cosine_mean"] < 0.95
+    assert parity["collapsed"]["below"] and "--max-drop" in parity["collapsed"]["remedies"]
+
+
+def test_strict_refuses_a_collapsed_int8_and_writes_nothing(stack, tmp_path):
+    from compress.errors import QuantizationCollapsed
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    with pytest.raises(QuantizationCollapsed, match="collapsed against its input") as e:
+        quantize(stack["onnx"], tmp_path / "q",
+                 QuantizeConfig(calibration=str(stack["images"]), per_channel=False, strict=True))
+    assert e.value.exit_code == 1
+    assert not (tmp_path / "q").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
+    from tests.cli.test_cli import assert_one_line_error, edgecompress
+
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
+                        "--out", tmp_path / "q")
+    assert_one_line_error(proc, "collapsed against its input", "try --max-drop", code=1)
+    assert not (tmp_path / "q").exists()
