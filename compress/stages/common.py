@@ -45,7 +45,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classification
     diff = np.abs(ref - cand)
     num = (ref * cand).sum(axis=-1)
     den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
-    cos = num / np.clip(den, 1e-12, None)
+    cos = num / np.clip(den, 1e-300, None)  # float64: outputs of 1e-20 (an untrained net's logits) still compare
     agree = float((ref.argmax(-1) == cand.argmax(-1)).mean()) if classification else None
     return Parity(float(diff.max()), float(diff.mean()), float(cos.min()), agree, int(ref.shape[0]),
                   cosine_mean=float(cos.mean()))

@@ -128,3 +128,32 @@ def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
                         "--out", tmp_path / "q")
     assert_one_line_error(proc, "collapsed against its input", "try --max-drop", code=1)
     assert not (tmp_path / "q").exists()
+
+
+def test_speed_aware_times_every_layer_group_and_reports_what_it_kept(stack, tmp_path):
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), speed_aware=True,
+                                                                  speed_threads=1, speed_seconds=0.2))
+    m = art.manifest.steps[-1].metrics
+    rec = m["speed_aware"]
+    # one group per exporting module: stem, dw, pw (the head is a small GEMM: 16 -> 4, float before any timing)
+    assert [g["group"] for g in rec["groups"]] == ["stem", "dw", "pw"]
+    for g in rec["groups"]:
+        assert g["kept"] in ("int8", "float") and g["p50_ms_int8"] > 0 and g["p50_ms_group_float"] > 0
+        assert (g["kept"] == "float") == (g["gain"] >= rec["min_gain"]) or "note" in rec.get("final", {})
+    floated = {k["node"]: k["reason"] for k in m["nodes"]["kept_float"]}
+    assert set(rec["float_nodes"]) <= set(floated)
+    assert all("speed-aware" in floated[n] for n in rec["float_nodes"])
+
+
+def test_small_gemms_stay_float_with_the_reason(stack, tmp_path):
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
+    m = art.manifest.steps[-1].metrics
+    (small,) = m["small_gemms_float"]
+    assert small["op_type"] == "Gemm" and (small["K"], small["N"]) == (16, 4)
+    (kept,) = [k for k in m["nodes"]["kept_float"] if k["node"] == small["node"]]
+    assert kept["reason"].startswith("small GEMM")
+    assert m["nodes"]["quantized"]["Conv"] and "Gemm" not in m["nodes"]["quantized"]

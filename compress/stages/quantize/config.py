@@ -98,6 +98,11 @@ class QuantizeConfig(BaseModel):
     sample_data: str | None = Field(
         None, description="Data file for the parity inputs (default: the calibration data in static mode, else "
         "built-in texts or noise images).")
+    speed_aware: bool = Field(
+        False, description="INT8: time each layer group quantized and in float, side by side on the target's runtime "
+        "and threads (a --profile's, else the runtime's default), and return the groups INT8 makes slower to float.")
+    speed_threads: int | None = Field(None, gt=0, description="Speed-aware: intra-op threads (set from a profile).")
+    speed_seconds: float = Field(1.0, gt=0, description="Speed-aware: least timed seconds per candidate.")
     strict: bool = Field(
         False, description="Fail (exit code 1, nothing written) instead of warning when the parity check with the "
         "input model collapses (mean output cosine < 0.95 or argmax agreement < 0.5); recipes set it.")
@@ -166,6 +171,8 @@ class QuantizeConfig(BaseModel):
         out = {"target_vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
                "target_x86": str(prof.hardware.arch) == "x86_64",
                "target_runtime": prof.runtime.name, "target_provider": prof.runtime.provider}
+        if settings.get("speed_aware") and prof.runtime.threads:
+            out["speed_threads"] = prof.runtime.threads
         if settings.get("data") and settings.get("max_drop") is None and \
                 prof.budgets.min_accuracy_retention is not None:
             out["min_retention"] = min(prof.budgets.min_accuracy_retention, 1.0)

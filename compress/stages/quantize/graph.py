@@ -336,7 +336,8 @@ def _block_padding(layers: list, model, block_size: int) -> list[dict[str, Any]]
 
 
 def _node_report(
-    source_model, dst: Path, config: QuantizeConfig, op_types: tuple[str, ...], user: list[str], searched: list[str]
+    source_model, dst: Path, config: QuantizeConfig, op_types: tuple[str, ...], user: list[str], searched: list[str],
+    reasons: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Which weight-carrying nodes were quantized and which kept float (and why)."""
     import onnx
@@ -358,6 +359,8 @@ def _node_report(
             reason = "excluded by --exclude-nodes"
         elif names & set(searched):
             reason = "accuracy-aware: kept FP32 (see accuracy_aware.kept_fp32)"
+        elif names & set(reasons or {}):
+            reason = (reasons or {})[sorted(names & set(reasons or {}))[0]]
         elif node.op_type == "Gather" and config.embedding_precision is EmbeddingPrecision.fp32:
             reason = "embedding_precision fp32"
         elif node.op_type not in op_types:

@@ -95,6 +95,7 @@ from compress.stages.quantize.graph import (
 )
 from compress.stages.quantize.int4_gather import unpack_int4_gathers_file
 from compress.stages.quantize.parity import check_collapse
+from compress.stages.quantize.speed import SMALL_GEMM, small_gemms, speed_search
 from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
 
 log = logging.getLogger(__name__)
@@ -350,8 +351,10 @@ def _write_artifact(
     t0: float,
     extra_metrics: dict[str, Any] | None = None,
     extra_files: dict[str, str] | None = None,
+    reasons: dict[str, str] | None = None,
 ):
-    """Quantize into the staging directory ``tmp``, write the manifest with parity and size; return it."""
+    """Quantize into the staging directory ``tmp``, write the manifest with parity and size; return it. ``reasons``:
+    why nodes in ``exclude`` beyond the user's and the accuracy search's stay float (small GEMMs, speed-aware)."""
     import onnx
 
     from compress.runtimes.ort_backend import OrtBackend
@@ -394,7 +397,7 @@ def _write_artifact(
         "compression": round(before / after, 3),
         "initializer_bytes_before": initializer_bytes(q.model),
         "initializer_bytes_after": initializer_bytes(onnx.load(str(dst), load_external_data=False)),
-        "nodes": _node_report(q.model, dst, config, op_types, list(config.exclude_nodes), searched),
+        "nodes": _node_report(q.model, dst, config, op_types, list(config.exclude_nodes), searched, reasons),
     }
     _check_something_quantized(metrics["nodes"], op_types, searched)
     int8_tables = q.int8_tables
@@ -490,6 +493,15 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     exclude = list(config.exclude_nodes)
     searched: list[str] = []
     extra: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    if not q.int4:  # INT8 only where it pays: small GEMMs stay float
+        names = {lay.name.removesuffix("_MatMul") if lay.op_type == "Gemm" else lay.name: lay.name for lay in layers}
+        small = [g for g in small_gemms(q.model) if g["node"] in names and names[g["node"]] not in exclude]
+        if small and len(small) < len(layers):
+            extra["small_gemms_float"] = small
+            for g in small:
+                exclude.append(names[g["node"]])
+                reasons[names[g["node"]]] = f"small GEMM (K {g['K']}, N {g['N']}: under {SMALL_GEMM})"
     scratch = None
     try:
         if config.accuracy_aware:
@@ -497,17 +509,28 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
             if is_image(art.manifest.preprocess) and config.mode is QuantMode.static and config.per_channel:
                 extra["weight_scales"] = granularity_search(art, q, scratch)
-            result, eval_set = accuracy_search(art, q, layers, scratch)
+            result, eval_set = accuracy_search(art, q, layers, scratch, initial=exclude)
             if not result.met:
                 _fail_budget(art, q, out, result, t0)
             exclude = result.excluded
-            searched = [n for n in exclude if n not in config.exclude_nodes]
+            searched = [n for n in exclude if n not in config.exclude_nodes and n not in reasons]
             extra["accuracy_aware"] = result.to_dict()
+        if config.speed_aware:
+            if scratch is None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
+            if config.mode is QuantMode.static:
+                q.calibration_cache = q.calibration_cache or scratch / "calibration.json"
+            items = sample_inputs(config.calibration or config.sample_data, 1, art.manifest.preprocess)
+            extra["speed_aware"] = speed_search(art, q, layers, exclude, scratch, items)
+            for name in extra["speed_aware"]["float_nodes"]:
+                exclude.append(name)
+                reasons[name] = "speed-aware: its layer group ran faster in float (see speed_aware.groups)"
         if q.int4:
             _warn_padding(q, exclude)
         others = art.size_bytes(model_only=False) - art.size_bytes()
         with staged_dir(out, force, need_bytes=art.size_bytes() // 4 + others) as tmp:  # about 4x smaller
-            manifest = _write_artifact(art, tmp, q, exclude, searched, t0=t0, extra_metrics=extra)
+            manifest = _write_artifact(art, tmp, q, exclude, searched, t0=t0, extra_metrics=extra, reasons=reasons)
             if config.accuracy_aware:
                 verify_final(tmp, manifest, eval_set, manifest.steps[-1].metrics["accuracy_aware"])
                 manifest.steps[-1].seconds = round(time.perf_counter() - t0, 3)

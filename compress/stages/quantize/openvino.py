@@ -127,6 +127,8 @@ def _check_onnx_only_options(config: QuantizeConfig) -> None:
         wrong.append("--reduce-range")
     if config.op_types:
         wrong.append("--op-types")
+    if config.speed_aware:
+        wrong.append("--speed-aware")
     target = getattr(config, "target_runtime", None)
     if target not in (None, "openvino"):
         raise ConfigError(

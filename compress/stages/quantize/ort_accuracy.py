@@ -17,7 +17,7 @@ from compress.stages.quantize.config import QuantMode
 log = logging.getLogger(__name__)
 
 
-def accuracy_search(art: Artifact, q, layers: list, scratch: Path):
+def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list[str] | None = None):
     """The layers to keep in float so the eval metric meets the budget (:func:`compress.stages.accuracy.search_exclusions`
     over candidates ``q`` writes into ``scratch``); returns the search result and the eval rows."""
     from compress.runtimes.ort_backend import OrtBackend
@@ -44,7 +44,8 @@ def accuracy_search(art: Artifact, q, layers: list, scratch: Path):
 
     result = search_exclusions(
         layers, build, eval_set, Budget(config.max_drop, config.min_retention), baseline,
-        initial_excluded=[n for n in config.exclude_nodes if n in {lay.name for lay in layers}],
+        initial_excluded=[n for n in (config.exclude_nodes if initial is None else initial)
+                          if n in {lay.name for lay in layers}],
         max_fp32_fraction=config.max_fp32_fraction,
     )
     return result, eval_set
