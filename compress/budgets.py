@@ -1,7 +1,9 @@
 """Budget judging every layer shares: results, statuses, the verdict, and the noise warning.
 
-A budget is PASS, FAIL or UNVERIFIED (not measured, or only estimated: never a pass). Validation (local and
-remote) and packaging judge with these.
+A budget is PASS, FAIL, ANOMALOUS (measured, but the timing spread is too wide to tell pass from fail) or UNVERIFIED
+(not measured, or only estimated: never a pass). Validation (local and remote) and packaging judge with these; a
+search that finds nothing meeting its budgets ends INFEASIBLE. Every verdict, its meaning and its exit code:
+:data:`VERDICTS` (the README's table is written from it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,21 @@ ESTIMATED_BUDGETS = (*LATENCY_BUDGETS, "min_speedup", "max_cold_start_ms")
 class BudgetStatus(StrEnum):
     passed = "pass"
     failed = "fail"
+    anomalous = "anomalous"  # measured, but too noisy near its limit to say which side it is on: never a pass
     unverified = "unverified"  # judged from an estimate, not a measurement on the device: never a pass
+
+
+#: verdict -> (exit code, meaning): the one place they are defined
+VERDICTS: dict[str, tuple[int, str]] = {
+    "pass": (0, "every budget was measured and holds"),
+    "fail": (1, "a budget was measured and missed (or the gate found a regression)"),
+    "anomalous": (5, "no budget failed, but a latency measurement is not trustworthy: its run-to-run spread (CV > "
+                     "15%) is wider than its distance to the limit (within 20%), so noise could flip it; measure on "
+                     "a quieter machine or with more runs"),
+    "unverified": (4, "no budget failed, but some were not measured (estimates, or measurements switched off); "
+                      "--unverified-exit-code changes the code"),
+    "infeasible": (6, "a search measured candidates and none meets every budget"),
+}
 
 
 class BudgetResult(BaseModel):
@@ -63,12 +79,30 @@ def noise_warning(lat: LatencyStats, budgets: list[BudgetResult]) -> str | None:
     )
 
 
+def anomalous_latency(lat: LatencyStats, budgets: list[BudgetResult]) -> list[str]:
+    """Mark the latency budgets a noisy measurement cannot separate from their limit ANOMALOUS (in place); return
+    their names. Noisy: run-to-run CV over :data:`NOISY_CV`; cannot separate: within :data:`NEAR_LIMIT` of it."""
+    if lat.cv <= NOISY_CV:
+        return []
+    names = []
+    for b in budgets:
+        if b.name in LATENCY_BUDGETS and b.measured is not None and abs(b.measured / b.limit - 1) < NEAR_LIMIT \
+                and b.status in (BudgetStatus.passed, BudgetStatus.failed):
+            b.note = (f"{'holds' if b.passed else 'misses'} by {abs(b.measured / b.limit - 1):.0%}, inside the "
+                      f"run-to-run spread (CV {lat.cv:.0%} over {lat.n} runs): not trustworthy either way")
+            b.status, b.passed = BudgetStatus.anomalous, False
+            names.append(b.name)
+    return names
+
+
 def verdict_of(budgets: list[BudgetResult]) -> str:
-    """fail when a budget failed; else unverified when one was not measured (or only estimated); else pass."""
+    """fail when a budget failed; else anomalous when a measurement cannot be trusted; else unverified when one was
+    not measured (or only estimated); else pass."""
     statuses = {b.status for b in budgets}
-    if BudgetStatus.failed in statuses:
-        return "fail"
-    return "unverified" if BudgetStatus.unverified in statuses else "pass"
+    for status in (BudgetStatus.failed, BudgetStatus.anomalous, BudgetStatus.unverified):
+        if status in statuses:
+            return str(status)
+    return "pass"
 
 
 def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:

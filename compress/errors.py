@@ -110,6 +110,20 @@ class QuantizationCollapsed(StageError):
     exit_code = 1
 
 
+class Anomalous(EdgeCompressError):
+    """No budget failed, but a latency measurement is too noisy near its limit to judge (exit code 5): ANOMALOUS."""
+
+    exit_code = 5
+    label = "ANOMALOUS"
+
+
+class Infeasible(EdgeCompressError):
+    """A search measured candidates and none meets every budget (exit code 6): INFEASIBLE."""
+
+    exit_code = 6
+    label = "INFEASIBLE"
+
+
 class AccuracyBudgetError(StageError):
     """Accuracy-aware quantization found no precision mix that meets the accuracy budget (exit code 1).
 

@@ -165,7 +165,8 @@ def render_report(report: ValidationReport, console: Console) -> None:
     for col in ("budget", "limit", "measured", "result"):
         t.add_column(col, justify="right" if col in ("limit", "measured") else "left")
     for b in report.budgets:
-        res = {"pass": "[green]PASS[/]", "unverified": "[yellow]UNVERIFIED[/]"}.get(_status(b), "[red]FAIL[/]")
+        res = {"pass": "[green]PASS[/]", "unverified": "[yellow]UNVERIFIED[/]",
+               "anomalous": "[magenta]ANOMALOUS[/]"}.get(_status(b), "[red]FAIL[/]")
         t.add_row(b.name, f"{b.comparison} {_fmt(b.limit, b.unit)}", _measured_cell(b), res)
     console.print(t)
     if (device := _device_line(report)) is not None:
@@ -221,10 +222,12 @@ def render_report(report: ValidationReport, console: Console) -> None:
         console.print("  " + line)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}")
-    colour = {"pass": "green", "unverified": "yellow"}.get(report.verdict, "red")
+    colour = {"pass": "green", "unverified": "yellow", "anomalous": "magenta"}.get(report.verdict, "red")
     failed = [b.name for b in report.budgets if _status(b) == "fail"]
+    noisy = [b.name for b in report.budgets if _status(b) == "anomalous"]
     unverified = [b.name for b in report.budgets if _status(b) == "unverified"]
-    tail = ", ".join(failed) if failed else (f"{', '.join(unverified)} not measured on the device" if unverified else "")
+    tail = ", ".join(failed) if failed else (f"{', '.join(noisy)} too noisy to judge" if noisy else (
+        f"{', '.join(unverified)} not measured on the device" if unverified else ""))
     console.print(f"[bold {colour}]{report.verdict.upper()}[/]" + (f": {tail}" if tail else ""))
 
 
@@ -266,19 +269,19 @@ def report_junit(report: ValidationReport) -> str:
 
 
 def budgets_junit(suite_name: str, profile: str, budgets: list[BudgetResult], seconds: float) -> str:
-    """JUnit XML with one test case per budget: failed budgets fail, UNVERIFIED ones are skipped with the
-    figure and the reason (validate and package both write it)."""
+    """JUnit XML with one test case per budget: failed budgets fail, UNVERIFIED and ANOMALOUS ones are skipped with
+    the figure and the reason (validate and package both write it)."""
     failures = sum(_status(b) == "fail" for b in budgets)
-    skipped = sum(_status(b) == "unverified" for b in budgets)
+    skipped = sum(_status(b) in ("unverified", "anomalous") for b in budgets)
     suite = ET.Element(
         "testsuite", name=suite_name, tests=str(len(budgets)),
         failures=str(failures), errors="0", skipped=str(skipped), time=f"{seconds:.2f}",
     )
     for b in budgets:
         case = ET.SubElement(suite, "testcase", classname=f"budgets.{profile}", name=b.name, time="0")
-        if _status(b) == "unverified":  # an estimate is not a verdict: CI shows it as skipped, with the figure
+        if _status(b) in ("unverified", "anomalous"):  # not a verdict: CI shows it as skipped, with the figure
             figure = _figure(b)
-            msg = (f"{b.name}: UNVERIFIED, {figure} vs {b.comparison} {_fmt(b.limit, b.unit)}"
+            msg = (f"{b.name}: {_status(b).upper()}, {figure} vs {b.comparison} {_fmt(b.limit, b.unit)}"
                    + (f" ({b.note})" if b.note else ""))
             ET.SubElement(case, "skipped", message=msg).text = msg
         elif not b.passed:

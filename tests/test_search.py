@@ -161,21 +161,22 @@ def test_estimates_skip_what_cannot_fit_and_the_diagnosis_names_the_binding_budg
         "budgets": {"max_model_size_mb": 0.03, "min_throughput": 1e9}}), encoding="utf-8")
     result = run_search(config(workspace, profile=str(tight), trials=4), workspace / "s3", html=False)
     s = result.summary
-    assert result.exit_code == 1 and result.chosen is None
+    assert result.exit_code == 6 and result.verdict == "infeasible" and result.chosen is None
     assert s["skipped"] and all("size" in k["why"] for k in s["skipped"])
     assert all(k["estimate"]["size_mb"] * 0.9 > 0.03 for k in s["skipped"])
     assert any("binding budget: min_throughput" in ln for ln in result.diagnosis)
     assert any(ln.startswith("closest: trial") for ln in result.diagnosis)
     # the closest full candidate is still checked on the held-out data, and the page says what failed
     assert s["closest"]["fidelity"] == "full" and s["closest"]["holdout"]["retention"] is not None
-    # the CLI resumes the finished search: exit 1, the diagnosis printed
+    # the CLI resumes the finished search: INFEASIBLE, exit 6, the diagnosis printed
     proc = edgecompress("search", "--teacher", workspace / "teacher", "--profile", tight, "--train",
                         workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--holdout", workspace / "test.tsv",
                         "--search-dir", workspace / "s3", "--trials", "4", "--short-steps", "3", "--short-recover-steps", "2",
                         "--full-epochs", "1", "--full-recover-steps", "3",
                         "--promote", "1", "--space", "layers=1,2;width=1.0;heads=0.0;ffn=0.0,0.5;vocab=false;"
                         "quant=int8-dynamic;runtime=onnxruntime;threads=0", "--no-html")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 6, proc.stderr
+    assert proc.stderr.startswith("INFEASIBLE: no candidate met every budget")
     assert "diagnosis: binding budget: min_throughput" in proc.stdout and "closest: trial" in proc.stdout
 
 

@@ -274,11 +274,15 @@ unverified_exit_code_option = click.option(
 def end_with_verdict(verdict: str, budgets: list, *, where: str, unverified_exit_code: int, failed_note: str = "") -> None:
     """The one ending every judging command shares: 0 pass; 1 a budget failed; UNVERIFIED (one short line,
     not an error) with ``unverified_exit_code`` when none failed but some were not measured."""
-    from compress.errors import BudgetFailed, Unverified
+    from compress.errors import Anomalous, BudgetFailed, Unverified
     from compress.report import failed_summary, unverified_names
 
     if verdict == "fail":
         raise BudgetFailed(f"budget failed: {failed_summary(budgets)}{failed_note}")
+    if verdict == "anomalous":
+        noisy = [f"{b.name} {b.measured:.4g} vs {b.limit:g}" for b in budgets if str(b.status) == "anomalous"]
+        raise Anomalous(f"latency too noisy to judge {where}: {', '.join(noisy)} (inside the run-to-run spread); "
+                        "none failed", hint="measure on a quieter machine or with more runs (exit code 5)")
     if verdict != "unverified":
         return
     names = unverified_names(budgets)

@@ -154,4 +154,10 @@ def end_run(result) -> None:
     if failed:
         raise BudgetFailed(f"budget failed: {', '.join(failed)} (see {result.run_dir / 'report.html'})")
     raise_for_gate(result.gate)
+    if result.verdict == "anomalous":
+        from compress.errors import Anomalous
+
+        noisy = [j["name"] for j in result.index["jobs"] if j.get("verdict") == "anomalous"]
+        raise Anomalous(f"latency too noisy to judge: {', '.join(noisy)} (see {result.run_dir / 'report.html'})",
+                        hint="measure on a quieter machine or with more runs (exit code 5)")
     console().print(result.verdict.upper(), highlight=False)

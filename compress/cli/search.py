@@ -74,9 +74,9 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     Ctrl-C and run again: nothing finished is lost.
 
     Exit code 0 when a candidate meets every budget (its recipe is SEARCH/chosen.yaml),
-    1 when none does (search.json and report.html say which budget binds), 2 on bad input.
+    6 (INFEASIBLE) when none does (search.json and report.html say which budget binds), 2 on bad input.
     """
-    from compress.errors import BudgetFailed
+    from compress.errors import Infeasible
     from compress.search.config import parse_duration, parse_space
     from compress.search.run import run_search
 
@@ -102,8 +102,9 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     result = run_search(config, search_dir, progress=say, force=force, html=not no_html)
     print_result(result)
     if result.chosen is None:
-        raise BudgetFailed(f"no candidate met every budget of {result.summary['profile']} "
-                           f"(see {search_dir / 'report.html'})")
+        raise Infeasible(f"no candidate met every budget of {result.summary['profile']} "
+                         f"(see {search_dir / 'report.html'})", hint="relax a budget or widen --space; "
+                         "the diagnosis lines above say which budget binds (exit code 6)")
 
 
 def print_result(result) -> None:

@@ -45,12 +45,12 @@ Progress = Callable[[dict[str, Any]], None]
 class RunResult:
     run_dir: Path
     index: dict[str, Any]
-    verdict: str  #: pass, unverified, fail, regressed, not comparable
+    verdict: str  #: pass, unverified, anomalous, fail, regressed, not comparable
     gate: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        return {"fail": 1, "regressed": 1, "not comparable": 3}.get(self.verdict, 0)
+        return {"fail": 1, "regressed": 1, "not comparable": 3, "anomalous": 5}.get(self.verdict, 0)
 
 
 def default_run_dir(recipe_name: str) -> Path:
@@ -207,7 +207,7 @@ def _version() -> str:
 
 def _verdict(jobs: list[dict[str, Any]], gate_rows: list[dict[str, Any]]) -> str:
     verdicts = [j.get("verdict") for j in jobs if j.get("verdict")] + [g["verdict"] for g in gate_rows]
-    for v in ("fail", "regressed", "not comparable", "unverified"):
+    for v in ("fail", "regressed", "not comparable", "anomalous", "unverified"):
         if v in verdicts:
             return v
     return "pass"

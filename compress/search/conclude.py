@@ -25,8 +25,15 @@ class SearchResult:
     diagnosis: list[str] = field(default_factory=list)
 
     @property
+    def verdict(self) -> str:
+        """pass when a candidate meets every budget, infeasible when none of the measured ones does."""
+        return "pass" if self.chosen else "infeasible"
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.chosen else 1
+        from compress.budgets import VERDICTS
+
+        return VERDICTS[self.verdict][0]
 
 
 def violation(b: dict[str, Any] | None) -> float:

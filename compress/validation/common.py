@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from compress.artifact import Artifact, Format, load_artifact
-from compress.budgets import MB, BudgetResult, judge, noise_warning, verdict_of
+from compress.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
 from compress.measure import LatencyStats
 from compress.metrics import size_breakdown
 
@@ -112,6 +112,7 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
     budgets = judge(profile.budgets, metrics)
     if (noisy := noise_warning(lat, budgets)) is not None:
         warnings.append(noisy)
+    anomalous_latency(lat, budgets)
     for b in budgets:
         if b.measured is None:
             warnings.append(f"budget {b.name} could not be measured: {b.note}")

@@ -515,6 +515,46 @@ def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
     assert noise_warning(quiet, near) is None
 
 
+def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
+    from compress.budgets import VERDICTS, BudgetResult, anomalous_latency, verdict_of
+    from compress.measure import LatencyStats
+
+    noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
+    quiet = LatencyStats.from_samples([0.0100, 0.0101, 0.0099, 0.0100], batch_size=1)
+
+    def budgets(measured: float, limit: float = 2.1) -> list[BudgetResult]:
+        return [BudgetResult(name="latency_p50_ms", limit=limit, measured=measured, passed=measured <= limit),
+                BudgetResult(name="max_model_size_mb", limit=2.1, measured=2.0, passed=True)]
+
+    for measured in (2.0, 2.2):  # just under and just over: noise could flip either
+        bs = budgets(measured)
+        assert anomalous_latency(noisy, bs) == ["latency_p50_ms"]
+        assert str(bs[0].status) == "anomalous" and not bs[0].passed and "not trustworthy" in bs[0].note
+        assert str(bs[1].status) == "pass" and verdict_of(bs) == "anomalous"
+    far = budgets(2.0, limit=50.0)
+    assert anomalous_latency(noisy, far) == [] and verdict_of(far) == "pass"
+    quiet_near = budgets(2.2)
+    assert anomalous_latency(quiet, quiet_near) == [] and verdict_of(quiet_near) == "fail"
+    # a clear failure elsewhere outranks an untrustworthy latency
+    mixed = budgets(2.0) + [BudgetResult(name="max_peak_memory_mb", limit=1.0, measured=5.0, passed=False)]
+    anomalous_latency(noisy, mixed)
+    assert verdict_of(mixed) == "fail"
+    assert {v: c for v, (c, _) in VERDICTS.items()} == {"pass": 0, "fail": 1, "anomalous": 5, "unverified": 4,
+                                                         "infeasible": 6}
+
+
+def test_cli_ends_an_anomalous_verdict_with_exit_code_5_in_one_line():
+    from compress.budgets import BudgetResult, BudgetStatus
+    from compress.cli._common import end_with_verdict
+    from compress.errors import Anomalous
+
+    b = BudgetResult(name="latency_p95_ms", limit=10.0, measured=10.5, passed=False, status=BudgetStatus.anomalous)
+    with pytest.raises(Anomalous) as e:
+        end_with_verdict("anomalous", [b], where="on host", unverified_exit_code=4)
+    assert e.value.exit_code == 5 and e.value.label == "ANOMALOUS"
+    assert "latency_p95_ms 10.5 vs 10" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_percentile_confidence_interval_brackets_the_percentile():
     from compress.measure import LatencyStats, nearest_rank, quantile_ci
 
