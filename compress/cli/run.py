@@ -115,7 +115,7 @@ def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, no_html, force):
 
     Exit code 0 when every judged budget holds (UNVERIFIED estimates included), 1 when a
     budget failed or the gate found a regression, 3 when the gate's baseline is not
-    comparable, 2 on bad input. See the README's Recipes section for the format.
+    comparable, 5 (ANOMALOUS) when a latency verdict is inside its noise, 2 on bad input. See the README's Recipes section for the format.
     """
     from compress.errors import ConfigError, OutputExistsError
 

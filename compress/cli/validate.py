@@ -67,7 +67,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     speedup and cold start are roofline estimates from the profile's peaks, marked estimated, and
     their budgets are UNVERIFIED (never PASS); accuracy, agreement and size are still measured here.
 
-    Exit code 0 when every budget holds, 1 when one fails, 2 on bad input, and --unverified-exit-code
+    Exit code 0 when every budget holds, 1 when one fails, 2 on bad input, 5 (ANOMALOUS) when none
+    failed but a latency budget sits inside its measurement's noise, and --unverified-exit-code
     (default 4) when none failed but some are UNVERIFIED.
     """
     from compress.artifact import check_output

@@ -1,7 +1,14 @@
 """Quantization of ONNX artifacts with ONNX Runtime's own tools (OpenVINO artifacts go to NNCF).
 
 INT8 dynamic: weights quantized offline, activations at run time (no data needed).
-INT8 static: activations calibrated on N samples (MinMax / Entropy / Percentile), QDQ format, per-channel weights.
+INT8 static: activations calibrated on N samples (MinMax / mean-MinMax / Entropy / Percentile), QDQ format,
+per-channel weights; the QDQ pair ONNX Runtime puts on a graph output is removed (the logits stay float:
+:func:`compress.stages.quantize.graph.float_graph_outputs`). Image models also quantize the Clip/Relu between
+convolutions so ONNX Runtime fuses QLinearConv (see ``IMAGE_STATIC_OPS``, docs/cnn-int8.md).
+
+Every INT8 mode leaves GEMMs with K or N under 16 float, and ``speed_aware`` returns the layer groups INT8 makes
+slower to float (:mod:`compress.stages.quantize.speed`); the parity check against the input warns on a collapse, or
+fails with ``strict`` (:mod:`compress.stages.quantize.parity`).
 
 CPUs without VNNI (AVX2-only x86) compute u8 x s8 products with VPMADDUBSW, whose 16-bit intermediate
 can saturate and cost accuracy. There we default to 7-bit weights (``reduce_range``), which cannot
@@ -95,7 +102,7 @@ from compress.stages.quantize.graph import (
 )
 from compress.stages.quantize.int4_gather import unpack_int4_gathers_file
 from compress.stages.quantize.parity import check_collapse
-from compress.stages.quantize.speed import SMALL_GEMM, small_gemms, speed_search
+from compress.stages.quantize.speed import SMALL_GEMM, small_gemm_layers, speed_search
 from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
 
 log = logging.getLogger(__name__)
@@ -494,14 +501,10 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     searched: list[str] = []
     extra: dict[str, Any] = {}
     reasons: dict[str, str] = {}
-    if not q.int4:  # INT8 only where it pays: small GEMMs stay float
-        names = {lay.name.removesuffix("_MatMul") if lay.op_type == "Gemm" else lay.name: lay.name for lay in layers}
-        small = [g for g in small_gemms(q.model) if g["node"] in names and names[g["node"]] not in exclude]
-        if small and len(small) < len(layers):
-            extra["small_gemms_float"] = small
-            for g in small:
-                exclude.append(names[g["node"]])
-                reasons[names[g["node"]]] = f"small GEMM (K {g['K']}, N {g['N']}: under {SMALL_GEMM})"
+    if not q.int4 and (small := small_gemm_layers(q.model, layers, exclude)):  # INT8 only where it pays
+        extra["small_gemms_float"] = list(small.values())
+        exclude += list(small)
+        reasons.update({name: f"small GEMM (K {g['K']}, N {g['N']}: under {SMALL_GEMM})" for name, g in small.items()})
     scratch = None
     try:
         if config.accuracy_aware:

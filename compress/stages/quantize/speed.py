@@ -52,6 +52,15 @@ def small_gemms(model) -> list[dict[str, Any]]:
     return out
 
 
+def small_gemm_layers(model, layers: list, exclude: list[str]) -> dict[str, dict[str, Any]]:
+    """The quantizable layers (by the name the quantizer knows them: a dynamic Gemm is ``<name>_MatMul``) that are
+    small GEMMs, not already excluded, with their record; none when they are all the model has (then there is
+    nothing else to quantize, and saying so is the quantizer's job)."""
+    names = {lay.name.removesuffix("_MatMul") if lay.op_type == "Gemm" else lay.name: lay.name for lay in layers}
+    small = {names[g["node"]]: g for g in small_gemms(model) if g["node"] in names and names[g["node"]] not in exclude}
+    return small if len(small) < len(layers) else {}
+
+
 def _scope_group(node) -> str | None:
     """The exporting module of a node, one level under the model (``features.8``, ``blocks.3``, ``classifier``)."""
     for prop in node.metadata_props:
