@@ -28,8 +28,9 @@ SECONDS_PER_TRAIN_STEP = 0.5  # a 3-layer MiniLM student, batch 32, 2 threads
 
 #: verbs whose output changed under the same settings and edgecompress version: the revision joins their jobs' keys
 #: (only when set, so every other key stays as it was), and outputs cached by the older code are rebuilt, not
-#: reused. quantize 1: INT4 embedding tables read by standard operators instead of GatherBlockQuantized.
-REVISIONS: dict[str, int] = {"quantize": 1}
+#: reused. quantize 1: INT4 embedding tables read by standard operators instead of GatherBlockQuantized; 2: image
+#: static INT8 quantizes Clip/Relu with mean-minmax ranges, graph outputs and small GEMMs stay float, recipes strict.
+REVISIONS: dict[str, int] = {"quantize": 2}
 
 
 @dataclass

@@ -359,9 +359,11 @@ def _write_artifact(
     extra_metrics: dict[str, Any] | None = None,
     extra_files: dict[str, str] | None = None,
     reasons: dict[str, str] | None = None,
+    strict: bool = True,
 ):
     """Quantize into the staging directory ``tmp``, write the manifest with parity and size; return it. ``reasons``:
-    why nodes in ``exclude`` beyond the user's and the accuracy search's stay float (small GEMMs, speed-aware)."""
+    why nodes in ``exclude`` beyond the user's and the accuracy search's stay float (small GEMMs, speed-aware);
+    ``strict``: whether ``config.strict`` may refuse a collapse (not for a failed search's best candidate)."""
     import onnx
 
     from compress.runtimes.ort_backend import OrtBackend
@@ -387,7 +389,7 @@ def _write_artifact(
     texts = sample_inputs(config.sample_data or (config.calibration if static else None), config.parity_samples,
                           art.manifest.preprocess)
     parity = measure_parity(OrtBackend(art), OrtBackend(Artifact(tmp, manifest)), texts, art.manifest.labels is not None)
-    collapsed = check_collapse(parity.as_dict(), strict=config.strict and not extra_files, remedies=(
+    collapsed = check_collapse(parity.as_dict(), strict=config.strict and strict, remedies=(
         "--max-drop with --data (keeps the sensitive layers float), --precision int8" if q.int4 else
         "--mode static --calibration DATA with per-channel weights, or OpenVINO (export --format openvino) "
         "with NNCF" if config.mode is QuantMode.dynamic else
@@ -514,7 +516,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
                 extra["weight_scales"] = granularity_search(art, q, scratch)
             result, eval_set = accuracy_search(art, q, layers, scratch, initial=exclude)
             if not result.met:
-                _fail_budget(art, q, out, result, t0)
+                _fail_budget(art, q, out, result, t0, reasons)
             exclude = result.excluded
             searched = [n for n in exclude if n not in config.exclude_nodes and n not in reasons]
             extra["accuracy_aware"] = result.to_dict()
@@ -546,7 +548,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     return load_artifact(out)
 
 
-def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float) -> None:
+def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float, reasons: dict[str, str]) -> None:
     """Write the best candidate beside ``out`` with a failure report, then raise AccuracyBudgetError."""
     best_dir = out.parent / f"{out.name}.best-candidate"
     record = result.to_dict()
@@ -562,12 +564,13 @@ def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float)
             "input": str(art.path),
             **record,
         }
-        searched = [n for n in result.excluded if n not in q.config.exclude_nodes]
+        searched = [n for n in result.excluded if n not in q.config.exclude_nodes and n not in reasons]
         with staged_dir(best_dir, force=True) as tmp:
             manifest = _write_artifact(
                 art, tmp, q, result.excluded, searched, t0=t0,
                 extra_metrics={"accuracy_aware": record},
                 extra_files={"accuracy_report.json": json.dumps(report, indent=2) + "\n"},
+                reasons=reasons, strict=False,
             )
             manifest.steps[-1].metrics["accuracy_aware"]["note"] = (
                 "best candidate of a failed accuracy-aware run: it does NOT meet the budget"

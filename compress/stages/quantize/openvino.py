@@ -248,8 +248,10 @@ def _eval_dataset(art: Artifact, config: QuantizeConfig):
 def _write(
     model, art: Artifact, dest: Path, force: bool, precision: Precision, resolved: dict[str, Any],
     metrics: dict[str, Any], config: QuantizeConfig, t0: float, extra_files: dict[str, str] | None = None,
+    strict: bool = True,
 ) -> Artifact:
-    """Save ``model`` as a complete artifact at ``dest``: IR, tokenizer, manifest, parity vs the input."""
+    """Save ``model`` as a complete artifact at ``dest``: IR, tokenizer, manifest, parity vs the input (``strict``:
+    whether ``config.strict`` may refuse a collapse; not for a failed accuracy control's best candidate)."""
     import openvino as ov
 
     from compress.runtimes.openvino_backend import OpenVINOBackend
@@ -268,7 +270,7 @@ def _write(
                               config.parity_samples, art.manifest.preprocess)
         parity = measure_parity(OpenVINOBackend(art), OpenVINOBackend(Artifact(tmp, manifest)), texts,
                                 art.manifest.labels is not None)
-        collapsed = check_collapse(parity.as_dict(), strict=config.strict and not extra_files,
+        collapsed = check_collapse(parity.as_dict(), strict=config.strict and strict,
                                    remedies="--max-drop with --data (nncf.quantize_with_accuracy_control), more "
                                             "--calibration-samples, or --weights-only")
         before = art.size_bytes()
@@ -388,7 +390,7 @@ def _fail_budget(result, art: Artifact, out: Path, precision: Precision, resolve
         report = {"status": "failed: accuracy budget not met", "message": message, "requested_output": str(out),
                   "input": str(art.path), **acc}
         _write(result, art, best_dir, True, precision, resolved, metrics, config, t0,
-               extra_files={"accuracy_report.json": json.dumps(report, indent=2, default=str) + "\n"})
+               extra_files={"accuracy_report.json": json.dumps(report, indent=2, default=str) + "\n"}, strict=False)
         written = best_dir
         log.warning("wrote the best candidate (budget not met) to %s", best_dir)
     hint = (f"best candidate and accuracy_report.json written to {written}" if written
