@@ -91,7 +91,7 @@ def layer_groups(model, layers: list) -> dict[str, list[str]]:
     return groups
 
 
-def _time(models: dict[str, Path], manifest, tokenizer_src: Path, feeds_from: Artifact, items: list, threads: int | None,
+def _time(models: dict[str, Path], manifest, feeds_from: Artifact, items: list, threads: int | None,
           seconds: float) -> dict[str, float]:
     """p50 (ms) of each model file at batch 1, timed in alternating rounds."""
     from compress.measure import measure_interleaved
@@ -136,7 +136,7 @@ def speed_search(art: Artifact, q, layers: list, exclude: list[str], scratch: Pa
     for i, (group, names) in enumerate(groups.items()):
         keys[group] = f"g{i}"
         models[f"g{i}"] = candidate(f"g{i}", exclude + names)
-    p50 = _time(models, manifest, art.path, art, items, config.speed_threads, config.speed_seconds)
+    p50 = _time(models, manifest, art, items, config.speed_threads, config.speed_seconds)
     base = p50["int8"]
     rows = []
     chosen: list[str] = []
@@ -151,7 +151,7 @@ def speed_search(art: Artifact, q, layers: list, exclude: list[str], scratch: Pa
     record: dict[str, Any] = {"threads": config.speed_threads, "min_gain": MIN_GAIN, "groups": rows, "float_nodes": []}
     if chosen:
         final = candidate("final", exclude + chosen)
-        check = _time({"int8": models["int8"], "final": final}, manifest, art.path, art, items, config.speed_threads,
+        check = _time({"int8": models["int8"], "final": final}, manifest, art, items, config.speed_threads,
                       config.speed_seconds)
         gain = 1 - check["final"] / check["int8"]
         record["final"] = {"p50_ms_int8": round(check["int8"], 4), "p50_ms_mixed": round(check["final"], 4),
