@@ -535,3 +535,36 @@ def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ru
     s._budget = {"min_speedup": 30.0}.get
     params, pool = Search.draw_feasible(s, trials)
     assert from_params(params) == middle and pool == 2  # L1 and L2 may fit on their bare roofline; L3 cannot
+
+
+def test_a_chosen_candidate_that_fails_the_held_out_check_fails_the_search(monkeypatch, tmp_path, capsys):
+    """The held-out check exists to catch a choice that only fit the ranking data: it fails the search (exit 1, the
+    verdict in words), and a pipeline reading the exit code does not ship that artifact."""
+    import compress.search.run as search_run
+    from compress.cli import main
+    from compress.search.conclude import SearchResult
+
+    report = tmp_path / "holdout" / "report" / "report.json"
+    chosen = {"trial": 7, "label": "#7 c0.5 int8-static", "verdict": "pass", "retention": 0.99, "p50_ms": 0.4,
+              "size_mb": 0.53, "fidelity": "full", "front": True, "estimated": False,
+              "holdout": {"verdict": "fail", "retention": 0.970, "agreement": 0.975, "report": str(report)}}
+    summary = {"measured": [chosen], "skipped": [], "trials": 1, "repeats": 0, "spent_s": 60.0, "profile": "p",
+               "side_by_side": {}}
+    result = SearchResult(tmp_path, summary, chosen, [])
+    assert result.verdict == "fail" and result.exit_code == 1
+    passing = SearchResult(tmp_path, summary, {**chosen, "holdout": {**chosen["holdout"], "verdict": "pass"}}, [])
+    assert passing.verdict == "pass" and passing.exit_code == 0
+
+    monkeypatch.setattr(search_run, "run_search", lambda *a, **k: result)
+    for name in ("t", "train.tsv", "dev.tsv"):
+        (tmp_path / name).mkdir() if name == "t" else (tmp_path / name).write_text("text\tlabel\n")
+    with pytest.raises(SystemExit) as e:  # the real entry point: its one-line error and exit code
+        main(["-q", "search", "--teacher", str(tmp_path / "t"), "--profile", "host", "--train",
+              str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "dev.tsv"), "--search-dir", str(tmp_path / "s"),
+              "--no-html"])
+    assert e.value.code == 1
+    out, err = capsys.readouterr()
+    assert "held-out FAIL (retention 0.9700)" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the chosen candidate (trial 7) fails on the held-out data")
+    assert "retention 0.9700" in lines[0] and "do not ship it" in lines[0]

@@ -73,10 +73,12 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     Every candidate is a recipe run in one shared store, so no step is built twice.
     Ctrl-C and run again: nothing finished is lost.
 
-    Exit code 0 when a candidate meets every budget (its recipe is SEARCH/chosen.yaml),
-    6 (INFEASIBLE) when none does (search.json and report.html say which budget binds), 2 on bad input.
+    Exit code 0 when a candidate meets every budget (its recipe is SEARCH/chosen.yaml) and
+    passes the held-out check, 1 when the chosen one fails on the held-out data, 6
+    (INFEASIBLE) when none meets every budget (search.json and report.html say which
+    budget binds), 2 on bad input.
     """
-    from compress.errors import Infeasible
+    from compress.errors import BudgetFailed, Infeasible
     from compress.search.config import parse_duration, parse_space
     from compress.search.run import run_search
 
@@ -101,6 +103,13 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
 
     result = run_search(config, search_dir, progress=say, force=force, html=not no_html)
     print_result(result)
+    if result.verdict == "fail":
+        h = result.chosen["holdout"]
+        raise BudgetFailed(
+            f"the chosen candidate (trial {result.chosen['trial']}) fails on the held-out data: "
+            + ", ".join(f"{k} {h[k]:.4f}" for k in ("retention", "agreement") if h.get(k) is not None)
+            + f" (see {h['report']}); do not ship it",
+            hint="add --holdout rows to --eval, tighten the profile's retention budget, or widen --space")
     if result.chosen is None:
         raise Infeasible(f"no candidate met every budget of {result.summary['profile']} "
                          f"(see {search_dir / 'report.html'})", hint="relax a budget or widen --space; "
@@ -129,7 +138,9 @@ def print_result(result) -> None:
         vs = c.get("vs_teacher_pytorch") or {}
         click.echo(f"{'chosen' if result.chosen else 'closest'}: trial {c['trial']} ({c['label'].split(' ', 1)[1]}): "
                    f"{c['verdict'].upper()}, retention {c['retention']:.4f}, "
-                   f"held-out retention {h.get('retention', float('nan')):.4f}, p50 {c['p50_ms']:.2f} ms, "
+                   f"held-out {str(h.get('verdict', 'not checked')).upper()} (retention "
+                   f"{h['retention'] if h.get('retention') is not None else float('nan'):.4f}), "
+                   f"p50 {c['p50_ms']:.2f} ms, "
                    f"{c['size_mb']:.1f} MB"
                    + (f"; {vs['speedup']:.1f}x faster" if vs.get("speedup") else "")
                    + (f", {vs['smaller']:.1f}x smaller than the PyTorch FP32 teacher" if vs.get("smaller") else ""))

@@ -26,8 +26,12 @@ class SearchResult:
 
     @property
     def verdict(self) -> str:
-        """pass when a candidate meets every budget, infeasible when none of the measured ones does."""
-        return "pass" if self.chosen else "infeasible"
+        """pass when a candidate meets every budget, on the ranking data and on the held-out data; fail when the chosen
+        one fails the held-out check (the check exists to catch a choice that only fit the ranking data); infeasible
+        when no measured candidate meets every budget."""
+        if not self.chosen:
+            return "infeasible"
+        return "fail" if (self.chosen.get("holdout") or {}).get("verdict") == "fail" else "pass"
 
     @property
     def exit_code(self) -> int:
