@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from compress.errors import ConfigError, DataError
 
 VERDICTS = ("pass", "improved", "inconclusive", "regressed", "not comparable")
@@ -104,6 +106,59 @@ class GateResult:
                 f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
 
 
+class _Open(BaseModel):
+    """Reports carry far more than the gate reads: only what it reads is checked (types), the rest passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class _Latency(_Open):
+    p50: float | None = None
+    estimated: bool | None = None
+
+
+class _GateMetrics(_Open):
+    latency_samples_ms: dict[str, list[float]] | None = None
+    latency_ms: _Latency | None = None
+    correct: str | None = Field(None, pattern="^[01]*$")
+    size_mb: float | None = Field(None, ge=0)
+    input_shape: Any = None  # compared for equality only
+
+
+class _Runtime(_Open):
+    runtime: str | None = None
+    version: str | None = None
+    threads: int | None = None
+
+
+class _Environment(_Open):
+    runtime: _Runtime | None = None
+    cpu: str | None = None
+    measured_on: str | None = None
+
+
+class _Profile(_Open):
+    name: str | None = None
+
+
+class _Data(_Open):
+    sha256: str | None = None
+
+
+class _Artifact(_Open):
+    preprocess: dict[str, Any] | None = None
+
+
+class GateReport(_Open):
+    """The parts of a validation report (``report.json``) the gate reads, type-checked: a report is input."""
+
+    metrics: _GateMetrics
+    profile: _Profile
+    environment: _Environment | None = None
+    data: _Data | None = None
+    artifact: _Artifact | None = None
+
+
 def read_report(path: Path | str) -> dict[str, Any]:
     """A validation report (``report.json``, or the report directory holding it)."""
     p = Path(path)
@@ -117,6 +172,13 @@ def read_report(path: Path | str) -> dict[str, Any]:
         raise DataError(f"{p}: unreadable report ({e})", hint="pass a report.json written by edgecompress validate") from e
     if not isinstance(data, dict) or "metrics" not in data or "profile" not in data:
         raise DataError(f"{p}: not a validation report", hint="pass a report.json written by edgecompress validate")
+    try:
+        GateReport.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = " -> ".join(str(x) for x in err["loc"])
+        raise DataError(f"{p}: {where}: {err['msg']}",
+                        hint="pass a report.json written by edgecompress validate, unedited") from None
     data["_path"] = str(p)
     return data
 

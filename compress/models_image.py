@@ -57,19 +57,25 @@ def is_image_source(path: Path | str) -> bool:
         return p.suffix in (".pt2", *MODULE_SUFFIXES)
     if any((p / name).is_file() for name in (PROGRAM_FILE, *MODULE_FILES)):
         return True
+    # a probe, not a loader: anything malformed is "not an image source", and the loader that reads it says why
     if (p / MANIFEST).is_file():
-        try:
-            return json.loads((p / MANIFEST).read_text(encoding="utf-8")).get("task") == Task.image_classification
-        except (OSError, ValueError):
-            return False
+        manifest = _json_object(p / MANIFEST)
+        return manifest.get("task") == Task.image_classification
     cfg = p / "config.json"
     if not cfg.is_file():
         return False
-    try:
-        arch = (json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or [""])[0] or ""
-    except (OSError, ValueError):
-        return False
+    archs = _json_object(cfg).get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
     return arch.endswith("ForImageClassification")
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """``path``'s JSON object, or ``{}`` when it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass

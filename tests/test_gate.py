@@ -148,3 +148,34 @@ def test_two_estimates_are_compared_by_the_threshold_alone():
     assert slow.verdict == "regressed" and slow.p_value is None and "estimated" in slow.note
     mixed = gate(est(5.0), report(noisy(5.0))).metrics[0]
     assert mixed.verdict == "inconclusive"
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda r: r["metrics"]["latency_samples_ms"].update(artifact=["1.0"] * 20 + ["fast"]),
+     ("metrics -> latency_samples_ms -> artifact",)),
+    (lambda r: r.update(metrics="all good"), ("metrics",)),
+    (lambda r: r["metrics"].update(correct="1101x"), ("metrics -> correct",)),
+    (lambda r: r["metrics"].update(size_mb=-3), ("metrics -> size_mb",)),
+])
+def test_a_malformed_report_is_one_line_naming_the_field(tmp_path, edit, words):
+    """A report is input: the fields the gate reads are type-checked, a bad one named (not an unexpected crash)."""
+    from tests.cli.test_cli import assert_one_line_error, edgecompress
+
+    (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
+    bad = report(noisy(5.0, seed=2))
+    edit(bad)
+    (tmp_path / "new.json").write_text(json.dumps(bad))
+    proc = edgecompress("gate", tmp_path / "new.json", "--baseline", tmp_path / "base.json")
+    assert_one_line_error(proc, "new.json", *words, code=2)
+
+
+def test_an_unwritable_summary_is_refused_before_gating(tmp_path):
+    from tests.cli.test_cli import assert_one_line_error, edgecompress
+
+    (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
+    (tmp_path / "new.json").write_text(json.dumps(report(noisy(5.0, seed=2))))
+    proc = edgecompress("gate", tmp_path / "new.json", "-b", tmp_path / "base.json",
+                        "--markdown", tmp_path / "no" / "such" / "g.md")
+    assert_one_line_error(proc, "--markdown", "no such directory", code=2)
+    proc = edgecompress("gate", tmp_path / "new.json", "-b", tmp_path / "base.json", "--junit", tmp_path)
+    assert_one_line_error(proc, "--junit", "is a directory", code=2)

@@ -42,13 +42,12 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
     from compress.gate import GateConfig, gate, is_run_dir
 
     config = GateConfig(latency_threshold=threshold, alpha=alpha, normalize=not raw_latency)
+    _check_outputs({"--markdown": markdown, "--junit": junit, "--json": json_out})
     if is_run_dir(new) or is_run_dir(baseline):
         return _gate_runs(new, baseline, config, markdown, junit, json_out)
     result = gate(new, baseline, config)
-    for path, text in ((markdown, result.markdown()), (junit, result.junit()),
-                       (json_out, json.dumps(result.as_dict(), indent=2) + "\n")):
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+    _write_outputs(((markdown, result.markdown()), (junit, result.junit()),
+                    (json_out, json.dumps(result.as_dict(), indent=2) + "\n")))
     con = console()
     for d in result.differences:
         con.print(f"not comparable: {d}", highlight=False, markup=False)
@@ -73,10 +72,8 @@ def _gate_runs(new, baseline, config, markdown, junit, json_out):
 
     rows = gate_runs(new, baseline, config)
     verdict = worst(rows)
-    for path, text in ((markdown, runs_markdown(rows, new=str(new), baseline=str(baseline))), (junit, runs_junit(rows)),
-                       (json_out, json.dumps({"verdict": verdict, "results": rows}, indent=2) + "\n")):
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+    _write_outputs(((markdown, runs_markdown(rows, new=str(new), baseline=str(baseline))), (junit, runs_junit(rows)),
+                    (json_out, json.dumps({"verdict": verdict, "results": rows}, indent=2) + "\n")))
     for r in rows:
         click.echo(row_line(r))
     raise_for_gate(rows)
@@ -95,3 +92,32 @@ def raise_for_gate(rows: list[dict]) -> None:
     if verdict == "not comparable":
         raise NotComparable("not comparable: " + ", ".join(r["name"] for r in rows if r["verdict"] == "not comparable"),
                             hint="gate runs from the same profile, runtime, machine and data")
+
+
+def _check_outputs(outputs: dict[str, Path | None]) -> None:
+    """Every output file the gate will write can be written: checked before any gating, one line naming it if not
+    (a summary for $GITHUB_STEP_SUMMARY in a missing folder is the user's input, not a crash)."""
+    from compress.errors import ConfigError
+
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{option} {p}: is a directory", hint="pass a file path")
+        if not p.parent.is_dir():
+            raise ConfigError(f"{option} {p}: no such directory {p.parent}", hint="create it, or pick another path")
+
+
+def _write_outputs(pairs) -> None:
+    from compress.errors import ConfigError
+    from compress.storage import storage_error
+
+    for path, text in pairs:
+        if path is None:
+            continue
+        try:
+            Path(path).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise (storage_error(e) or ConfigError(f"{path}: cannot write ({e.strerror or e})",
+                                                   hint="pick a writable path")) from e

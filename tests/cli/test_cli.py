@@ -257,3 +257,13 @@ def test_doctor_prints_install_commands_intact():
         import torch
 
         assert f'pip install "torch-tensorrt=={torch.__version__.split("+")[0]}"' in result.output
+
+
+@pytest.mark.parametrize("config", ["[1, 2]", '"bert"', '{"model_type": "bert", "architectures": "BertModel"}'])
+def test_a_config_json_that_is_not_an_object_is_one_line(tmp_path, config):
+    """Probing whether a directory is an image teacher must not crash on a malformed config.json: the loader names it."""
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "config.json").write_text(config)
+    proc = edgecompress("export", tmp_path / "ck", "--out", tmp_path / "e")
+    assert_one_line_error(proc, "ck", code=2)
+    assert not (tmp_path / "e").exists()
