@@ -89,7 +89,11 @@ def load_image_dataset(path: Path | str, *, label2id: dict[str, int] | None = No
     if require_labels and ds.labels is None:
         raise DataError(f"{p}: the images have no labels",
                         hint="accuracy needs labels: class folders, a label column, or a labels array")
-    return ds.head(limit) if limit is not None else ds
+    ds = ds.head(limit) if limit is not None else ds
+    for item in ds.items:  # the images that will be used, decoded once: a file can pass verify() and not decode
+        if isinstance(item, (str, Path)):
+            _decode(Path(item), str(p))
+    return ds
 
 
 # --- readers -------------------------------------------------------------------------------------------------
@@ -195,8 +199,34 @@ def _check_image(path: Path, where: str) -> None:
     try:
         with Image.open(path) as img:
             img.verify()
+    except Image.DecompressionBombError as e:
+        raise _bomb(path, where, e) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{where}: {path} is not a readable image ({type(e).__name__})",
+                        hint="re-save it as PNG or JPEG, or remove it") from None
+
+
+def _bomb(path: Path, where: str, e: Exception) -> DataError:
+    return DataError(f"{where}: {path} is larger than Pillow allows ({e})".rstrip(". "),
+                     hint="resize it, or remove it: a decompression bomb is refused, not decoded")
+
+
+def _decode(path: Path, where: str) -> None:
+    """Decode ``path`` fully: compressed data can be broken behind valid chunks and checksums, which ``verify()``
+    does not read."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit, under twice it
+            with Image.open(path) as img:
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _bomb(path, where, e) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: {path} cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0][:80]})",
                         hint="re-save it as PNG or JPEG, or remove it") from None
 
 

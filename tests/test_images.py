@@ -212,3 +212,33 @@ def test_settings_we_cannot_reproduce_are_refused_by_name():
         preprocess_from_hf({"size": {"height": 8, "width": 8}, "do_pad": True})
     with pytest.raises(ConfigError, match="do_resize is false"):
         preprocess_from_hf({"do_resize": False})
+
+
+def _png(w: int, h: int, idat: bytes) -> bytes:
+    """A PNG with valid chunks and CRCs around ``idat`` (test material for broken and oversized files)."""
+    import struct
+    import zlib
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("bomb.png", lambda: _png(60000, 60000, __import__("zlib").compress(b"\0" * 1000)), "larger than Pillow allows"),
+    ("garbage.png", lambda: _png(16, 16, b"\x78\x9c" + bytes(range(200))), "cannot be decoded"),
+])
+def test_a_decompression_bomb_or_undecodable_image_is_named(tmp_path, name, content, words):
+    """A 60000x60000 PNG of 1 KB, and a PNG whose chunks and CRCs are valid but whose pixels do not inflate (it
+    passes Image.verify()): a DataError naming the file, in a folder and in a table alike."""
+    (tmp_path / "set" / "a").mkdir(parents=True)
+    save(tmp_path / "set" / "a" / "ok.png", picture())
+    (tmp_path / "set" / "a" / name).write_bytes(content())
+    with pytest.raises(DataError, match=words) as e:
+        load_image_dataset(tmp_path / "set")
+    assert name in str(e.value)
+    (tmp_path / "t.csv").write_text(f"path\nset/a/ok.png\nset/a/{name}\n")
+    with pytest.raises(DataError, match=words):
+        load_image_dataset(tmp_path / "t.csv")

@@ -157,3 +157,21 @@ def test_small_gemms_stay_float_with_the_reason(stack, tmp_path):
     (kept,) = [k for k in m["nodes"]["kept_float"] if k["node"] == small["node"]]
     assert kept["reason"].startswith("small GEMM")
     assert m["nodes"]["quantized"]["Conv"] and "Gemm" not in m["nodes"]["quantized"]
+
+
+def test_cli_names_an_undecodable_calibration_image(stack, tmp_path):
+    """quantize --calibration with a PNG that passes verify() but does not decode: one line naming the file, and no
+    suggestion of --mode dynamic (refused for conv nets)."""
+    from PIL import Image
+
+    from tests.cli.test_cli import assert_one_line_error, edgecompress
+    from tests.test_images import _png
+
+    (tmp_path / "cal").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "cal" / "ok.png")
+    (tmp_path / "cal" / "broken.png").write_bytes(_png(16, 16, b"\x78\x9c" + bytes(range(200))))
+    (tmp_path / "cal.csv").write_text("path\ncal/ok.png\ncal/broken.png\n")
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", tmp_path / "cal.csv", "--out", tmp_path / "q")
+    line = assert_one_line_error(proc, "broken.png", "cannot be decoded", code=2)
+    assert "--mode dynamic" not in line and not (tmp_path / "q").exists()
