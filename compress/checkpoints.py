@@ -62,3 +62,23 @@ def _check_safetensors(file: Path) -> None:
         raise ModelLoadError(
             f"{file}: corrupt or truncated weights ({e})", hint="re-download or re-save the checkpoint"
         ) from e
+
+
+def mismatch_message(auto, path: Path, kwargs: dict[str, Any], error: Exception) -> str | None:
+    """When ``auto.from_pretrained`` refused weights whose shapes differ from the config (transformers 5 says only "look
+    at the above report"), the mismatched tensors in words, found by loading again with the mismatch allowed:
+    ``classifier.weight: (2, 32) in the checkpoint, (3, 32) from config.json``. None for any other error."""
+    if "ignore_mismatched_sizes" not in str(error):
+        return None
+    try:
+        _, info = auto.from_pretrained(str(path), ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+    except Exception:  # noqa: BLE001 - the first error stands
+        return None
+    rows = []
+    for item in info.get("mismatched_keys") or []:
+        key, *shapes = item if isinstance(item, (tuple, list)) else (item,)
+        rows.append(f"{key}: {tuple(shapes[0])} in the checkpoint, {tuple(shapes[1])} from config.json"
+                    if len(shapes) >= 2 else str(key))
+    if not rows:
+        return None
+    return "weights do not match config.json (" + "; ".join(rows[:3]) + (f"; {len(rows) - 3} more" if len(rows) > 3 else "") + ")"

@@ -25,11 +25,15 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.checkpoints import _read_json, inspect_weights
+from compress.checkpoints import _read_json, inspect_weights, mismatch_message
 from compress.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
+
+#: what a text checkpoint's tokenizer is saved as (fast tokenizer, WordPiece/BPE vocabularies, SentencePiece models)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 def forward_inputs(model: Any) -> frozenset[str] | None:
@@ -297,6 +301,10 @@ def load_teacher(
         else transformers.AutoModel
     )
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
+    if not any((info.path / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 builds an empty tokenizer (special tokens only) when there is none: every word would be [UNK]
+        raise ModelLoadError(f"{info.path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)",
+                             hint="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(info.path), use_fast=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
@@ -309,10 +317,9 @@ def load_teacher(
     try:
         model, loading = auto.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(
-            f"{info.path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-            hint="check that the weights match config.json and are complete",
-        ) from e
+        why = mismatch_message(auto, info.path, kwargs, e) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ModelLoadError(f"{info.path}: cannot load the model ({why})",
+                             hint="check that the weights match config.json (labels, sizes) and are complete") from e
     missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ModelLoadError(

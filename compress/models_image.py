@@ -40,6 +40,7 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
+from compress.checkpoints import mismatch_message
 from compress.errors import ConfigError, ModelLoadError
 
 PROGRAM_FILE = "model.pt2"
@@ -334,12 +335,13 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
     transformers = require("transformers", "loading a Hugging Face image classifier")
     transformers.utils.logging.disable_progress_bar()
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
+    auto = transformers.AutoModelForImageClassification
     try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(str(info.path), **kwargs)
+        model = auto.from_pretrained(str(info.path), **kwargs)
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
-        raise ModelLoadError(
-            f"{info.path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-            hint="check that the weights match config.json and are complete") from e
+        why = mismatch_message(auto, info.path, kwargs, e) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ModelLoadError(f"{info.path}: cannot load the model ({why})",
+                             hint="check that the weights match config.json (labels, sizes) and are complete") from e
     processor = None
     try:
         # the slow (PIL) processor: the one ImageFeeds reproduces and the one a checkpoint's config describes

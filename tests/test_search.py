@@ -224,6 +224,14 @@ def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
     assert_one_line_error(edgecompress(*base, "--space", "depth=2"), "--space", "layers")
     assert_one_line_error(edgecompress(*base[:-2], "--search-dir", workspace / "s1", "--seed", "7"),
                           "other settings", "seed")
+    # a refused start leaves no search directory behind (it used to leave its marker, before the inputs were checked)
+    for args, words in ((("--profile", "no-such-board"), ("unknown profile",)),
+                        (("--profile", tmp_path / "missing.yaml"), ("not found",))):
+        assert_one_line_error(edgecompress(*base[:3], *args, *base[5:]), *words)
+        assert not (tmp_path / "x").exists()
+    tiny = write_tsv(tmp_path, [(0, "one"), (1, "two")], name="tiny.tsv")
+    assert_one_line_error(edgecompress(*base[:8], tiny, *base[9:]), "too few to split")
+    assert not (tmp_path / "x").exists()
 
 
 def test_without_holdout_half_of_eval_is_held_out(tmp_path):

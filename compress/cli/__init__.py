@@ -85,6 +85,9 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     if verbose < 1:
         handler.addFilter(_own_warnings_only)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    # transformers sets its own level from TRANSFORMERS_VERBOSITY when first imported (after this), and on 5 prints
+    # its load reports, model-type notes and deprecations through its own handler: third-party chatter is for -v
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", ("error", "warning", "info")[min(verbose, 2)] if not quiet else "error")
     for noisy in ("accelerate", "onnx_model", "fusion_base", "onnx_model_bert", "transformers", "optimum", "nncf",
                   "onnxruntime", "optimum.onnxruntime", "optimum.exporters"):
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)

@@ -100,8 +100,14 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
         for module in ("jinja2", "matplotlib"):
             require(module, "the search's HTML report (or pass --no-html)")
+    created = not search_dir.exists() or not any(search_dir.iterdir())
     _open_dir(search_dir, config, force)
-    s = Search(config, search_dir, progress)
+    try:  # the inputs (profile, budgets, data, teacher) are checked here: a refused start leaves no directory behind
+        s = Search(config, search_dir, progress)
+    except BaseException:
+        if created:
+            shutil.rmtree(search_dir, ignore_errors=True)
+        raise
     say = s.say
     url = config.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
     # heartbeats: a trial whose process died (kill -9, a lost machine) is failed after the grace period and queued

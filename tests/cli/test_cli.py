@@ -267,3 +267,47 @@ def test_a_config_json_that_is_not_an_object_is_one_line(tmp_path, config):
     proc = edgecompress("export", tmp_path / "ck", "--out", tmp_path / "e")
     assert_one_line_error(proc, "ck", code=2)
     assert not (tmp_path / "e").exists()
+
+
+def test_a_checkpoint_without_a_tokenizer_is_refused_not_exported_with_an_empty_one(tmp_path):
+    """transformers 5 builds a tokenizer of only the special tokens when a checkpoint has none: every word would be
+    [UNK] in an artifact that exported "successfully". Refused on both majors, one line, nothing written."""
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=2)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "ck")
+    proc = edgecompress("export", tmp_path / "ck", "--out", tmp_path / "e")
+    assert_one_line_error(proc, "no tokenizer files", "save_pretrained", code=2)
+    assert not (tmp_path / "e").exists()
+
+
+def _tiny_bert_with_tokenizer(directory: Path, **config_changes) -> Path:
+    import json
+
+    import transformers
+
+    from tests.conftest import _save_wordpiece_tokenizer
+
+    vocab = _save_wordpiece_tokenizer(directory)
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=2)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    config.update(config_changes)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"id2label": {"0": "a", "1": "b", "2": "c"}, "label2id": {"a": 0, "b": 1, "c": 2}},
+     ("classifier.weight: (2, 32) in the checkpoint, (3, 32) from config.json",)),
+    ({"model_type": "nosuchtype"}, ("nosuchtype",)),
+])
+def test_a_checkpoint_transformers_cannot_load_is_one_line_that_says_why(tmp_path, changes, words):
+    """transformers 5 prints a LOAD REPORT table (or a model-type note) on stderr and then says "look at the above
+    report": edgecompress's one line says what is wrong by itself, and the chatter stays behind -v."""
+    ck = _tiny_bert_with_tokenizer(tmp_path / "ck", **changes)
+    proc = edgecompress("export", ck, "--out", tmp_path / "e")
+    line = assert_one_line_error(proc, "cannot load the model", *words, code=2)
+    assert "above report" not in line and "LOAD REPORT" not in proc.stderr and "[transformers]" not in proc.stderr
