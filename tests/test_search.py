@@ -576,3 +576,20 @@ def test_a_chosen_candidate_that_fails_the_held_out_check_fails_the_search(monke
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the chosen candidate (trial 7) fails on the held-out data")
     assert "retention 0.9700" in lines[0] and "do not ship it" in lines[0]
+
+
+def test_label_names_the_teacher_knows_are_accepted(workspace, tmp_path):
+    """A --train file with labels written as the teacher's names (positive/negative) is read as distill and validate
+    read it: the vocabulary estimate reads its texts only (it used to refuse the names)."""
+    from compress.search.directory import Search
+
+    rows = [line.split("\t") for line in (workspace / "train.tsv").read_text().splitlines()]
+    names = {"0": "negative", "1": "positive"}
+    header, body = rows[0], rows[1:]
+    col = header.index("label")
+    named = ["\t".join(header)] + ["\t".join(names.get(c, c) if i == col else c for i, c in enumerate(r)) for r in body]
+    (tmp_path / "named.tsv").write_text("\n".join(named) + "\n")
+    assert "positive" in (tmp_path / "named.tsv").read_text()
+    s = Search(config(workspace, train=str(tmp_path / "named.tsv"), space={**SPACE, "vocab": [False, True]}),
+               tmp_path / "x")
+    assert 0 < s.shape.vocab_kept < 500

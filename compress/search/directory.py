@@ -335,6 +335,6 @@ def _vocab_kept(teacher: Path, train: str) -> int:
     from compress.stages.prune.vocab import plan_vocabulary
 
     tok = AutoTokenizer.from_pretrained(teacher)
-    texts = [t if isinstance(t, str) else " ".join(t) for t in load_dataset(train).inputs]
+    texts = [t if isinstance(t, str) else " ".join(t) for t in load_dataset(train, texts_only=True).inputs]
     return len(plan_vocabulary(tok, texts, model_config=AutoConfig.from_pretrained(teacher)).keep)
 
