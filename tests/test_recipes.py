@@ -268,3 +268,15 @@ def test_html_reports_are_self_contained(first_run, workspace):
     val = next(j for j in first_run.index["jobs"] if j["verb"] == "validate")
     single = (workspace / "run" / val["report"]).with_name("report.html").read_text()
     assert "Latency distribution" in single and "What takes the bytes" in single and "<svg" in single
+
+
+@pytest.mark.parametrize("teacher", ["/proc", "/etc"])
+def test_a_teacher_that_is_no_checkpoint_is_refused_before_it_is_read(tmp_path, teacher):
+    """Checked by what marks a checkpoint, before the plan hashes the directory's content (it used to read /etc
+    through, and fail on /proc with "cannot write /proc/1/cwd")."""
+    from tests.cli.test_cli import assert_one_line_error, edgecompress
+
+    (tmp_path / "r.yaml").write_text(f"name: r\nteacher: {teacher}\nsteps:\n  onnx: {{export: {{}}}}\n")
+    proc = edgecompress("run", tmp_path / "r.yaml", "--dry-run", cwd=tmp_path)
+    assert_one_line_error(proc, f"teacher: {teacher} is not a checkpoint directory", code=2)
+    assert not (tmp_path / "runs").exists()

@@ -593,3 +593,17 @@ def test_label_names_the_teacher_knows_are_accepted(workspace, tmp_path):
     s = Search(config(workspace, train=str(tmp_path / "named.tsv"), space={**SPACE, "vocab": [False, True]}),
                tmp_path / "x")
     assert 0 < s.shape.vocab_kept < 500
+
+
+def test_when_every_candidate_is_skipped_the_diagnosis_names_the_budget_not_the_time():
+    """An impossible size budget skips every sampled candidate by its estimate: the diagnosis says which budget,
+    not "raise --time-budget"."""
+    from compress.search.conclude import diagnose
+
+    skipped = [{"trial": i, "why": f"size ~{20 + i:.1f} MB > 0.03 MB"} for i in range(3)]
+    skipped.append({"trial": 3, "why": "size ~9.0 MB > 0.03 MB; p50 at least ~2.00 ms > 1 ms (roofline x 1.00)"})
+    lines = diagnose(None, [], skipped)
+    assert lines[0].startswith("no candidate was measured: 4 of 4 sampled candidates were skipped because their "
+                               "estimate misses max_model_size_mb")
+    assert lines[1].startswith("binding budget: max_model_size_mb") and "--time-budget" not in " ".join(lines)
+    assert "--time-budget" in diagnose(None, [], [{"trial": 0, "why": "needs ~30 min, 2 min of the time budget left"}])[0]

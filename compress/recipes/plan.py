@@ -31,6 +31,8 @@ SECONDS_PER_TRAIN_STEP = 0.5  # a 3-layer MiniLM student, batch 32, 2 threads
 #: reused. quantize 1: INT4 embedding tables read by standard operators instead of GatherBlockQuantized; 2: image
 #: static INT8 quantizes Clip/Relu with mean-minmax ranges, graph outputs and small GEMMs stay float, recipes strict.
 REVISIONS: dict[str, int] = {"quantize": 2}
+#: what marks a teacher directory (Hugging Face config, a program or module with its model.yaml, an artifact)
+TEACHER_FILES = ("config.json", "model.pt2", "model.ts", "model.pt", "manifest.json")
 
 
 @dataclass
@@ -114,6 +116,11 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
     teacher = resolve_path(recipe.teacher, base)
     if not Path(teacher).is_dir():
         raise ConfigError(f"teacher: {teacher} is not a checkpoint directory", hint="check the recipe's teacher path")
+    if not any((Path(teacher) / name).is_file() for name in TEACHER_FILES):
+        # checked before the directory's content is hashed: /etc or /proc is not read through to find out
+        raise ConfigError(f"teacher: {teacher} is not a checkpoint directory (no {', '.join(TEACHER_FILES)})",
+                          hint="point teacher: at a Hugging Face checkpoint, a model.pt2 with its model.yaml, or an "
+                               "edgecompress artifact")
     data = {k: resolve_path(v, base) for k, v in recipe.data.model_dump().items() if v}
     if "calibration" not in data and "train" in data:
         data["calibration"] = data["train"]

@@ -165,8 +165,11 @@ def conclude(s, study) -> SearchResult:
     chosen = min(passing, key=lambda p: objective_value(s, p)) if passing else None
     diagnosis: list[str] = []
     closest = None
+    skipped = [{"trial": t.number, "label": t.user_attrs.get("label"), "why": t.user_attrs.get("skipped"),
+                "estimate": t.user_attrs.get("estimate")} for t in study.trials
+               if t.user_attrs.get("skipped") and "duplicate_of" not in t.user_attrs]
     if chosen is None:
-        diagnosis = diagnose(s, points)
+        diagnosis = diagnose(s, points, skipped)
         fulls = [by_number[t.number] for t in full if t.number not in elsewhere]
         closest = dict(min(fulls, key=_violation)) if fulls else None  # checked on held-out data too
     else:
@@ -180,9 +183,6 @@ def conclude(s, study) -> SearchResult:
         if sbs:
             t = sbs[teacher_key]["p50_ms"]
             pick["vs_teacher_pytorch"] |= {"teacher_p50_ms": t, "speedup": t / sbs[f"trial {pick['trial']}"]["p50_ms"]}
-    skipped = [{"trial": t.number, "label": t.user_attrs.get("label"), "why": t.user_attrs.get("skipped"),
-                "estimate": t.user_attrs.get("estimate")} for t in study.trials
-               if t.user_attrs.get("skipped") and "duplicate_of" not in t.user_attrs]
     failed = [{"trial": t.number, "label": t.user_attrs.get("label"), "error": t.user_attrs.get("error")}
               for t in study.trials if t.user_attrs.get("error")]
     summary = {
@@ -242,9 +242,24 @@ def _violation(p: dict[str, Any]) -> float:
     return sum(max(violation(b), 0.0) for b in p["budgets"].values())
 
 
-def diagnose(s, points: list[dict[str, Any]]) -> list[str]:
+#: how a skip reason (Search.cannot_meet) begins -> the budget it names
+SKIP_BUDGETS = {"size": "max_model_size_mb", "p50": "latency_p50_ms", "speedup": "min_speedup"}
+
+
+def diagnose(s, points: list[dict[str, Any]], skipped: list[dict[str, Any]] | None = None) -> list[str]:
     """Why nothing met every budget: which budget binds, the closest candidate, and what it would need."""
     if not points:
+        by_budget: dict[str, list[str]] = {}
+        for k in skipped or []:
+            for part in str(k.get("why") or "").split("; "):
+                name = SKIP_BUDGETS.get(part.split(" ", 1)[0])
+                if name:
+                    by_budget.setdefault(name, []).append(part)
+        if by_budget:
+            name, parts = max(by_budget.items(), key=lambda kv: len(kv[1]))
+            return [f"no candidate was measured: {len(parts)} of {len(skipped or [])} sampled candidates were skipped "
+                    f"because their estimate misses {name} (e.g. {parts[0]})",
+                    f"binding budget: {name} (relax it in the profile: no candidate in --space comes near it)"]
         return ["no candidate was measured: raise --time-budget, or widen --space (every sampled candidate was "
                 "skipped by its estimate or failed)"]
     lines = []
