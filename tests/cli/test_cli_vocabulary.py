@@ -32,3 +32,17 @@ def test_shared_options_have_the_same_short_flag(name):
 def test_eval_data_has_one_name_everywhere(name):
     opts = [o for p in _commands()[name].params if isinstance(p, click.Option) for o in p.opts]
     assert "--eval-data" in opts and "-d" in opts
+
+
+def test_the_readmes_profile_row_lists_exactly_the_commands_that_take_it():
+    """The README's option table is a promise: the commands it lists for --profile are those that have it (it once
+    listed demo, which has none)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| the device profile |"))
+    listed = {re.sub(r"\s*\(.*\)", "", c).strip() for c in row.rstrip(" |").rsplit("|", 1)[1].split(",")}
+    having = {name for name, cmd in _commands().items()
+              if any("--profile" in p.opts for p in cmd.params if isinstance(p, click.Option))}
+    assert listed == having, (listed, having)
