@@ -545,3 +545,13 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
     assert quant["mode"] == "static" and quant["calibration"] == str(images_dir / "set")
     report = json.loads((tmp_path / "run" / jobs["validate/int8@quick"]["report"]).read_text())
     assert report["metrics"]["input_shape"]["channels"] == 3 and report["artifact"]["lineage"][0]["stage"] == "prune"
+
+
+def test_exporting_a_hugging_face_image_checkpoint_prints_no_third_party_chatter(teachers, tmp_path):
+    """transformers 5 warned "The use_fast parameter is deprecated" (edgecompress passes use_fast itself) on every load
+    of a Hugging Face image checkpoint, successes included: third-party notes belong to -v."""
+    from tests.cli.test_cli import edgecompress
+
+    proc = edgecompress("export", teachers["cnn"], "--out", tmp_path / "e")
+    assert proc.returncode == 0, proc.stderr
+    assert "[transformers]" not in proc.stderr and "use_fast" not in proc.stderr, proc.stderr

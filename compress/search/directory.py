@@ -102,6 +102,12 @@ class Search:
             notes.append("runtime: ONNX Runtime only (OpenVINO not installed, or not this profile's kind of device)")
         if self.profile.runtime.name == "openvino" and "runtime" not in self.config.space:
             space["runtime"] = ["openvino"]
+        if self.shape.embeds and any(w != 1.0 for w in space.get("width", [])):
+            if "width" in self.config.space:
+                raise ConfigError("--space width: a sentence encoder's students keep its width (their embeddings are "
+                                  "what it outputs, and must keep its dimensions)", hint="leave width out, or width=1.0")
+            space["width"] = [1.0]
+            notes.append("width: kept (a sentence encoder's students keep its embedding dimensions)")
         if any(space.get("heads", [])) and not _heads_prunable():
             space["heads"] = [0.0]
             notes.append("heads: not pruned (transformers 5 cannot reload a head-pruned checkpoint)")

@@ -145,6 +145,7 @@ class TeacherShape:
     kind: str = "text"
     patch_in: int = 0
     params: int = 0
+    embeds: bool = False  #: a sentence encoder (no classification head): its students keep its width
 
     @classmethod
     def read(cls, teacher: Path | str, vocab_kept: int | None = None) -> TeacherShape:
@@ -159,9 +160,11 @@ class TeacherShape:
             return cls(int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["num_attention_heads"]),
                        int(c["intermediate_size"]), 0, (int(side) // int(patch)) ** 2 + 1, 0, labels, kind="vit",
                        patch_in=int(c.get("num_channels", 3)) * int(patch) ** 2)
+        arch = (c.get("architectures") or [""])[0] or ""
         return cls(int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["num_attention_heads"]),
                    int(c["intermediate_size"]), int(c["vocab_size"]), int(c.get("max_position_embeddings", 512)),
-                   int(c.get("type_vocab_size", 2)), labels, vocab_kept)
+                   int(c.get("type_vocab_size", 2)), labels, vocab_kept,
+                   embeds=not arch.endswith("ForSequenceClassification"))
 
 
 def _safetensors_params(teacher: Path) -> int:

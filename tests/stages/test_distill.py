@@ -876,3 +876,34 @@ def test_accelerate_launch_two_cpu_processes(bert_classifier, data, tmp_path):
     assert m["epochs"] == pytest.approx(4 / 3, abs=1e-3)
     assert load_teacher(out).model.config.num_hidden_layers == 1
     assert not default_run_dir(out).exists() and siblings(out) == []
+
+
+def test_a_narrower_student_of_a_sentence_encoder_is_refused_in_one_line(bert_encoder, tmp_path):
+    """A sentence encoder's output is its embedding: a student of another width cannot be compared with it (it used
+    to end in an unexpected RuntimeError from the loss), nor replace it. One line, exit 2, nothing written."""
+    import json
+
+    from tests.cli.test_cli import assert_one_line_error, edgecompress
+    from tests.conftest import write_tsv
+
+    (tmp_path / "w.json").write_text(json.dumps({"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}))
+    train = write_tsv(tmp_path)
+    proc = edgecompress("distill", "--teacher", bert_encoder, "--train", train, "--student-config", tmp_path / "w.json",
+                        "--max-steps", "2", "--out", tmp_path / "s")
+    assert_one_line_error(proc, "16 dimensions", "the teacher's 32", "its own width", code=2)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sentence_encoders_search_keeps_its_width(bert_encoder, tmp_path):
+    from compress.errors import ConfigError
+    from compress.search import SearchConfig
+    from compress.search.directory import Search
+    from tests.conftest import write_tsv
+
+    train = write_tsv(tmp_path)
+    base = dict(teacher=str(bert_encoder), profile="host", train=str(train), eval=str(train), holdout=str(train))
+    lines: list[str] = []
+    s = Search(SearchConfig(**base), tmp_path / "a", lines.append)
+    assert s.shape.embeds and s.space["width"] == [1.0] and any(ln.startswith("width: kept") for ln in lines)
+    with pytest.raises(ConfigError, match="--space width"):
+        Search(SearchConfig(**base, space={"width": [0.5]}), tmp_path / "b")

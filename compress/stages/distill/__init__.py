@@ -178,6 +178,14 @@ def distill(
         hidden=config.hidden_weight > 0, attention=config.attention_weight > 0,
         value_relation=config.value_relation_weight > 0, relation_heads=t_heads,
     )
+    if not classification and config.soft_weight and student.config.hidden_size != teacher.model.config.hidden_size:
+        # a sentence encoder's output is its embedding: a narrower student's cannot be compared with the teacher's,
+        # nor stand in for it (an index built on 384-dim vectors does not take 192-dim ones)
+        raise ConfigError(
+            f"the student's embeddings would have {student.config.hidden_size} dimensions, the teacher's "
+            f"{teacher.model.config.hidden_size}: a {teacher.task} teacher is distilled into students of its own "
+            "width", hint="keep hidden_size in --student-config (change layers or intermediate_size), or distil a "
+            "classifier")
     if plan.value_relation and student.config.hidden_size % t_heads:
         raise ConfigError(
             f"value relation splits values into {t_heads} relation heads; student hidden size "
