@@ -66,19 +66,35 @@ def _check_safetensors(file: Path) -> None:
 
 def mismatch_message(auto, path: Path, kwargs: dict[str, Any], error: Exception) -> str | None:
     """When ``auto.from_pretrained`` refused weights whose shapes differ from the config (transformers 5 says only "look
-    at the above report"), the mismatched tensors in words, found by loading again with the mismatch allowed:
-    ``classifier.weight: (2, 32) in the checkpoint, (3, 32) from config.json``. None for any other error."""
-    if "ignore_mismatched_sizes" not in str(error):
+    at the above report", 4 names one tensor without its key), the mismatched tensors in words, found by loading again
+    with the mismatch allowed: ``classifier.weight: (2, 32) in the checkpoint, (3, 32) from config.json``. None for
+    any other error."""
+    text = str(error)
+    if "ignore_mismatched_sizes" not in text and "size mismatch" not in text:
         return None
     try:
-        _, info = auto.from_pretrained(str(path), ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        model, info = auto.from_pretrained(str(path), ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
     except Exception:  # noqa: BLE001 - the first error stands
         return None
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = _checkpoint_shapes(path)
     rows = []
     for item in info.get("mismatched_keys") or []:
-        key, *shapes = item if isinstance(item, (tuple, list)) else (item,)
-        rows.append(f"{key}: {tuple(shapes[0])} in the checkpoint, {tuple(shapes[1])} from config.json"
-                    if len(shapes) >= 2 else str(key))
+        key, *shapes = item if isinstance(item, (tuple, list)) else (item,)  # transformers 4: key; 5: (key, a, b)
+        ckpt, cfg = (tuple(shapes[0]), tuple(shapes[1])) if len(shapes) >= 2 else (theirs.get(key), ours.get(key))
+        rows.append(f"{key}: {ckpt} in the checkpoint, {cfg} from config.json" if ckpt and cfg else str(key))
     if not rows:
         return None
     return "weights do not match config.json (" + "; ".join(rows[:3]) + (f"; {len(rows) - 3} more" if len(rows) > 3 else "") + ")"
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes in a checkpoint's safetensors files, from their headers (nothing is loaded)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(f), "np") as st:
+            for k in st.keys():
+                shapes[k] = tuple(st.get_slice(k).get_shape())
+    return shapes
