@@ -18,7 +18,6 @@ Per model, every artifact is built through edgecompress's library API (what the 
   QLinearConv, mean-minmax ranges, float logits);
 * ``ONNX INT8 speed-aware``: the default plus ``--speed-aware`` (each layer group timed INT8 vs float side by side,
   the slower ones returned to float);
-* ``ONNX INT8 QAD``: ``quantize --qat-steps N``: fake-quantized distillation from the teacher, then the default;
 * ``OpenVINO INT8``: ``export --format openvino`` then ``quantize`` (NNCF).
 
 Measured: accuracy on the eval set, retention and agreement vs the FP32 PyTorch teacher, size, latency at batch 1
@@ -40,45 +39,33 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-
-def _step(label: str, out: Path, make) -> Path:
-    if (out / "manifest.json").is_file():
-        print(f"cached: {label} ({out})", flush=True)
-        return out
-    t0 = time.perf_counter()
-    make()
-    print(f"built: {label} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+from common import cached_step  # noqa: E402 - benchmarks/ on the path first
 
 
 def build_family(name: str, teacher: Path, calibration: Path, work: Path, variants: set[str], *,
-                 calibration_samples: int, qat_steps: int, qat_train: Path | None, threads: int) -> dict[str, Path]:
+                 calibration_samples: int, threads: int) -> dict[str, Path]:
     from compress.stages.export import ExportConfig, export
     from compress.stages.quantize import QuantizeConfig, quantize
 
     w = work / name
     cal = dict(calibration=str(calibration), calibration_samples=calibration_samples)
     arts: dict[str, Path] = {"teacher PyTorch FP32": teacher}
-    onnx = _step(f"{name} ONNX", w / "onnx", lambda: export(teacher, w / "onnx", force=True))
+    onnx = cached_step(f"{name} ONNX", w / "onnx", lambda: export(teacher, w / "onnx", force=True))
     arts["ONNX FP32"] = onnx
     if "previous" in variants:
-        arts["ONNX INT8 previous default"] = _step(f"{name} INT8 previous default", w / "int8-previous", lambda: quantize(
+        arts["ONNX INT8 previous default"] = cached_step(f"{name} INT8 previous default", w / "int8-previous", lambda: quantize(
             onnx, w / "int8-previous", QuantizeConfig(**cal, op_types=["Conv", "MatMul", "Gemm"],
                                                       calibration_method="minmax"), force=True))
-    arts["ONNX INT8 default"] = _step(f"{name} INT8 default", w / "int8", lambda: quantize(
+    arts["ONNX INT8 default"] = cached_step(f"{name} INT8 default", w / "int8", lambda: quantize(
         onnx, w / "int8", QuantizeConfig(**cal), force=True))
     if "speed" in variants:
-        arts["ONNX INT8 speed-aware"] = _step(f"{name} INT8 speed-aware", w / "int8-speed", lambda: quantize(
+        arts["ONNX INT8 speed-aware"] = cached_step(f"{name} INT8 speed-aware", w / "int8-speed", lambda: quantize(
             onnx, w / "int8-speed", QuantizeConfig(**cal, speed_aware=True, speed_threads=threads), force=True))
-    if "qad" in variants and qat_steps:
-        arts["ONNX INT8 QAD"] = _step(f"{name} INT8 QAD", w / "int8-qad", lambda: quantize(
-            onnx, w / "int8-qad", QuantizeConfig(**cal, qat_steps=qat_steps, qat_data=str(qat_train or calibration)),
-            force=True))
     if "openvino" in variants:
-        ov = _step(f"{name} OpenVINO", w / "ov", lambda: export(onnx, w / "ov", ExportConfig(format="openvino"),
+        ov = cached_step(f"{name} OpenVINO", w / "ov", lambda: export(onnx, w / "ov", ExportConfig(format="openvino"),
                                                                 force=True))
         arts["OpenVINO FP32"] = ov
-        arts["OpenVINO INT8"] = _step(f"{name} OpenVINO INT8", w / "ov-int8", lambda: quantize(
+        arts["OpenVINO INT8"] = cached_step(f"{name} OpenVINO INT8", w / "ov-int8", lambda: quantize(
             ov, w / "ov-int8", QuantizeConfig(**cal), force=True))
     return arts
 
@@ -136,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--digits-cnn", type=Path, help="the digits MobileNetV2 teacher (benchmarks/image_teachers.py)")
     ap.add_argument("--digits-pruned", type=Path, help="its channel-pruned copy (a pytorch artifact)")
     ap.add_argument("--digits", type=Path, default=ROOT / ".cache" / "digits")
-    ap.add_argument("--variants", default="previous,default,speed,qad,openvino")
+    ap.add_argument("--variants", default="previous,default,speed,openvino")
     ap.add_argument("--calibration-samples", type=int, default=300)
-    ap.add_argument("--qat-steps", type=int, default=300)
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "cnn-int8-work")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=4.0, help="least timed seconds per model")
@@ -151,18 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     families = []
     for model in [m for m in args.models.split(",") if m]:
         photos = args.real / "photos"
-        families.append((model, args.real / model, photos / "calibration.csv", photos / f"{model}.csv", None))
+        families.append((model, args.real / model, photos / "calibration.csv", photos / f"{model}.csv"))
     if args.digits_cnn:
-        families.append(("digits cnn", args.digits_cnn, args.digits / "train", args.digits / "test", args.digits / "train"))
+        families.append(("digits cnn", args.digits_cnn, args.digits / "train", args.digits / "test"))
     if args.digits_pruned:
-        families.append(("digits cnn pruned", args.digits_pruned, args.digits / "train", args.digits / "test",
-                         args.digits / "train"))
+        families.append(("digits cnn pruned", args.digits_pruned, args.digits / "train", args.digits / "test"))
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
-    for name, teacher, calibration, eval_data, train in families:
+    for name, teacher, calibration, eval_data in families:
         arts = build_family(name.replace(" ", "-"), teacher, calibration, args.work, variants,
-                            calibration_samples=args.calibration_samples, qat_steps=args.qat_steps, qat_train=train,
-                            threads=args.threads)
+                            calibration_samples=args.calibration_samples, threads=args.threads)
         for label, row in measure_family(name, arts, eval_data, args.threads, args.seconds).items():
             rows[f"{name}: {label}"] = row
     print("\n| model | artifact | accuracy | retention | agreement | size MB | p50 ms | p95 ms | vs FP32 (same runtime) |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import platform
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,14 @@ def host_and_versions() -> dict:
         "host": {"cpu": env["cpu"], "python": platform.python_version()},
         "versions": {r["package"]: r["version"] for r in env["backends"] if r["version"]},
     }
+
+
+def cached_step(label: str, out: Path, make) -> Path:
+    """``make()`` builds the artifact at ``out`` unless one is there (its manifest): a benchmark's build is resumable."""
+    if (out / "manifest.json").is_file():
+        print(f"cached: {label} ({out})", flush=True)
+        return out
+    t0 = time.perf_counter()
+    make()
+    print(f"built: {label} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out

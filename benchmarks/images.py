@@ -35,15 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-
-def _step(label: str, out: Path, make) -> Path:
-    if (out / "manifest.json").is_file():
-        print(f"cached: {label} ({out})", flush=True)
-        return out
-    t0 = time.perf_counter()
-    make()
-    print(f"built: {label} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+from common import cached_step  # noqa: E402 - benchmarks/ on the path first
 
 
 def build(args) -> dict[str, dict[str, Path]]:
@@ -59,26 +51,26 @@ def build(args) -> dict[str, dict[str, Path]]:
     out: dict[str, dict[str, Path]] = {}
 
     def int8_family(src: Path, prefix: str, family: dict[str, Path]) -> None:
-        onnx = _step(f"{prefix} ONNX", w / f"{prefix}-onnx", lambda: export(src, w / f"{prefix}-onnx", force=True))
+        onnx = cached_step(f"{prefix} ONNX", w / f"{prefix}-onnx", lambda: export(src, w / f"{prefix}-onnx", force=True))
         family[f"{prefix} ONNX FP32"] = onnx
-        family[f"{prefix} ONNX INT8"] = _step(f"{prefix} INT8", w / f"{prefix}-int8",
+        family[f"{prefix} ONNX INT8"] = cached_step(f"{prefix} INT8", w / f"{prefix}-int8",
                                              lambda: quantize(onnx, w / f"{prefix}-int8", q8, force=True))
-        ov = _step(f"{prefix} OpenVINO", w / f"{prefix}-ov",
+        ov = cached_step(f"{prefix} OpenVINO", w / f"{prefix}-ov",
                    lambda: export(onnx, w / f"{prefix}-ov", ExportConfig(format="openvino"), force=True))
-        family[f"{prefix} OpenVINO INT8"] = _step(f"{prefix} OpenVINO INT8", w / f"{prefix}-ov-int8",
+        family[f"{prefix} OpenVINO INT8"] = cached_step(f"{prefix} OpenVINO INT8", w / f"{prefix}-ov-int8",
                                                  lambda: quantize(ov, w / f"{prefix}-ov-int8", q8, force=True))
 
     for kind in ("cnn", "vit", "program"):
         teacher = args.teachers / kind
         fam = out.setdefault(kind, {"teacher PyTorch FP32": teacher})
         int8_family(teacher, kind, fam)
-    pruned = _step("cnn pruned", w / "cnn-pruned", lambda: prune(
+    pruned = cached_step("cnn pruned", w / "cnn-pruned", lambda: prune(
         args.teachers / "cnn", w / "cnn-pruned",
         PruneConfig(channels=args.cnn_channels, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
                     recover_batch_size=64, seed=0),
         train=train, force=True))
     int8_family(pruned, "cnn-pruned", out["cnn"])
-    student = _step("vit distilled", w / "vit-distilled", lambda: distill(
+    student = cached_step("vit distilled", w / "vit-distilled", lambda: distill(
         args.teachers / "vit", train, w / "vit-distilled",
         DistillConfig(layers=args.vit_layers, epochs=args.vit_epochs, batch_size=64, lr=1e-3, eval_every=10_000,
                       seed=0), force=True))
@@ -96,7 +88,7 @@ def build(args) -> dict[str, dict[str, Path]]:
             downsample_in_first_stage=False, num_labels=10, id2label=ids, label2id={v: k for k, v in ids.items()},
         )).save_pretrained(init)
         transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(init)  # unused: reads as the teacher
-    small = _step("program distilled", w / "program-distilled", lambda: distill(
+    small = cached_step("program distilled", w / "program-distilled", lambda: distill(
         args.teachers / "program", train, w / "program-distilled",
         DistillConfig(student=str(init), epochs=args.program_epochs, batch_size=64, lr=3e-3, eval_every=10_000,
                       seed=0), force=True))
