@@ -64,6 +64,15 @@ def _check_safetensors(file: Path) -> None:
         ) from e
 
 
+def model_load_error(auto, path: Path, kwargs: dict[str, Any], error: Exception) -> ModelLoadError:
+    """The one-line error for ``auto.from_pretrained`` failing on ``path``: the shape mismatch in words when that is
+    the cause (:func:`mismatch_message`), else the first line of transformers' own message."""
+    why = mismatch_message(auto, path, kwargs, error) or \
+        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return ModelLoadError(f"{path}: cannot load the model ({why})",
+                          hint="check that the weights match config.json (labels, sizes) and are complete")
+
+
 def mismatch_message(auto, path: Path, kwargs: dict[str, Any], error: Exception) -> str | None:
     """When ``auto.from_pretrained`` refused weights whose shapes differ from the config (transformers 5 says only "look
     at the above report", 4 names one tensor without its key), the mismatched tensors in words, found by loading again

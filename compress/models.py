@@ -25,7 +25,7 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.checkpoints import _read_json, inspect_weights, mismatch_message
+from compress.checkpoints import _read_json, inspect_weights, model_load_error
 from compress.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -317,9 +317,7 @@ def load_teacher(
     try:
         model, loading = auto.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
     except Exception as e:  # noqa: BLE001
-        why = mismatch_message(auto, info.path, kwargs, e) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        raise ModelLoadError(f"{info.path}: cannot load the model ({why})",
-                             hint="check that the weights match config.json (labels, sizes) and are complete") from e
+        raise model_load_error(auto, info.path, kwargs, e) from e
     missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ModelLoadError(

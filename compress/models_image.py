@@ -40,7 +40,7 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.checkpoints import mismatch_message
+from compress.checkpoints import model_load_error
 from compress.errors import ConfigError, ModelLoadError
 
 PROGRAM_FILE = "model.pt2"
@@ -339,9 +339,7 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
     try:
         model = auto.from_pretrained(str(info.path), **kwargs)
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
-        why = mismatch_message(auto, info.path, kwargs, e) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        raise ModelLoadError(f"{info.path}: cannot load the model ({why})",
-                             hint="check that the weights match config.json (labels, sizes) and are complete") from e
+        raise model_load_error(auto, info.path, kwargs, e) from e
     processor = None
     try:
         # the slow (PIL) processor: the one ImageFeeds reproduces and the one a checkpoint's config describes
