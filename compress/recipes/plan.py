@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.artifact import MANIFEST
 from compress.errors import ConfigError
+from compress.models_image import MODULE_FILES, PROGRAM_FILE
 from compress.recipes.schema import PATH_FIELDS, TEACHER, Recipe, resolve_path
 
 #: names in a path field that mean one of the recipe's data files
@@ -32,7 +34,7 @@ SECONDS_PER_TRAIN_STEP = 0.5  # a 3-layer MiniLM student, batch 32, 2 threads
 #: static INT8 quantizes Clip/Relu with mean-minmax ranges, graph outputs and small GEMMs stay float, recipes strict.
 REVISIONS: dict[str, int] = {"quantize": 2}
 #: what marks a teacher directory (Hugging Face config, a program or module with its model.yaml, an artifact)
-TEACHER_FILES = ("config.json", "model.pt2", "model.ts", "model.pt", "manifest.json")
+TEACHER_FILES = ("config.json", PROGRAM_FILE, *MODULE_FILES, MANIFEST)
 
 
 @dataclass
