@@ -91,21 +91,18 @@ def layer_groups(model, layers: list) -> dict[str, list[str]]:
     return groups
 
 
-def _time(models: dict[str, Path], manifest, feeds_from: Artifact, items: list, threads: int | None,
-          seconds: float) -> dict[str, float]:
+def _time(models: dict[str, Path], manifest, items: list, threads: int | None, seconds: float) -> dict[str, float]:
     """p50 (ms) of each model file at batch 1, timed in alternating rounds."""
     from compress.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.ort_backend import OrtBackend
 
     settings = RuntimeSettings(threads=threads)
-    reference = OrtBackend(feeds_from, settings)
-    batch = reference.encode(items[:1])
-    reference.close()
     backends = {}
     try:
         for key, path in models.items():
             backends[key] = OrtBackend(Artifact(path.parent, manifest), settings)
+        batch = next(iter(backends.values())).encode(items[:1])  # every candidate reads the manifest's preprocessing
         stats = measure_interleaved({k: (lambda b=b: b.run(batch)) for k, b in backends.items()}, batch_size=1,
                                     min_runs=60, min_duration_s=seconds, warmup=10, rounds=12)
     finally:
@@ -136,7 +133,7 @@ def speed_search(art: Artifact, q, layers: list, exclude: list[str], scratch: Pa
     for i, (group, names) in enumerate(groups.items()):
         keys[group] = f"g{i}"
         models[f"g{i}"] = candidate(f"g{i}", exclude + names)
-    p50 = _time(models, manifest, art, items, config.speed_threads, config.speed_seconds)
+    p50 = _time(models, manifest, items, config.speed_threads, config.speed_seconds)
     base = p50["int8"]
     rows = []
     chosen: list[str] = []
@@ -151,7 +148,7 @@ def speed_search(art: Artifact, q, layers: list, exclude: list[str], scratch: Pa
     record: dict[str, Any] = {"threads": config.speed_threads, "min_gain": MIN_GAIN, "groups": rows, "float_nodes": []}
     if chosen:
         final = candidate("final", exclude + chosen)
-        check = _time({"int8": models["int8"], "final": final}, manifest, art, items, config.speed_threads,
+        check = _time({"int8": models["int8"], "final": final}, manifest, items, config.speed_threads,
                       config.speed_seconds)
         gain = 1 - check["final"] / check["int8"]
         record["final"] = {"p50_ms_int8": round(check["int8"], 4), "p50_ms_mixed": round(check["final"], 4),
