@@ -3,7 +3,7 @@
 A budget is PASS, FAIL, ANOMALOUS (measured, but the timing spread is too wide to tell pass from fail) or UNVERIFIED
 (not measured, or only estimated: never a pass). Validation (local and remote) and packaging judge with these; a
 search that finds nothing meeting its budgets ends INFEASIBLE. Every verdict, its meaning and its exit code:
-:data:`VERDICTS` (the README's table is written from it).
+:data:`VERDICTS` (the README's exit-code table lists the same).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, model_validator
 
+from compress.errors import Anomalous, BudgetFailed, Infeasible, Unverified
 from compress.measure import LatencyStats
 
 MB = 1024 * 1024
@@ -30,16 +31,18 @@ class BudgetStatus(StrEnum):
     unverified = "unverified"  # judged from an estimate, not a measurement on the device: never a pass
 
 
-#: verdict -> (exit code, meaning): the one place they are defined
+#: verdict -> (exit code, meaning): the one table of them (each code is its error class's, compress.errors)
 VERDICTS: dict[str, tuple[int, str]] = {
     "pass": (0, "every budget was measured and holds"),
-    "fail": (1, "a budget was measured and missed (or the gate found a regression)"),
-    "anomalous": (5, "no budget failed, but a latency measurement is not trustworthy: its run-to-run spread (CV > "
-                     "15%) is wider than its distance to the limit (within 20%), so noise could flip it; measure on "
-                     "a quieter machine or with more runs"),
-    "unverified": (4, "no budget failed, but some were not measured (estimates, or measurements switched off); "
-                      "--unverified-exit-code changes the code"),
-    "infeasible": (6, "a search measured candidates and none meets every budget"),
+    "fail": (BudgetFailed.exit_code, "a budget was measured and missed (or the gate found a regression)"),
+    "anomalous": (Anomalous.exit_code,
+                  "no budget failed, but a latency measurement is not trustworthy: its run-to-run spread (CV > 15%) "
+                  "is wider than its distance to the limit (within 20%), so noise could flip it; measure on a quieter "
+                  "machine or with more runs"),
+    "unverified": (Unverified.exit_code,
+                   "no budget failed, but some were not measured (estimates, or measurements switched off); "
+                   "--unverified-exit-code changes the code"),
+    "infeasible": (Infeasible.exit_code, "a search measured candidates and none meets every budget"),
 }
 
 

@@ -50,7 +50,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return {"fail": 1, "regressed": 1, "not comparable": 3, "anomalous": 5}.get(self.verdict, 0)
+        from compress.budgets import VERDICTS
+
+        return {"fail": 1, "regressed": 1, "not comparable": 3, "anomalous": VERDICTS["anomalous"][0]}.get(self.verdict, 0)
 
 
 def default_run_dir(recipe_name: str) -> Path:
