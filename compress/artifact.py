@@ -50,6 +50,9 @@ class Task(StrEnum):
     text_classification = "text-classification"
     feature_extraction = "feature-extraction"
     image_classification = "image-classification"
+    #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
+    #: model (cosine, SNR) and by a user's --metric
+    generic = "generic"
 
 
 class TensorSpec(BaseModel):
@@ -112,10 +115,33 @@ class ImagePreprocess(BaseModel):
         return self
 
 
+class ArrayPreprocess(BaseModel):
+    """Inputs fed as arrays, one per graph input: the ``arrays`` kind of input description (an adopted model file
+    whose inputs are neither text nor an image: sensor windows, audio features, several tensors).
+
+    ``shapes`` is each input's per-sample shape (the first, batch axis left out) with the symbolic dimensions the
+    graph leaves open resolved from ``model.yaml``'s ``dims`` (None where nothing fixes them: data must say);
+    ``dtypes`` is what each input is fed as. ``compress.device.ArrayFeeds`` stacks samples into batches."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["arrays"] = "arrays"
+    shapes: dict[str, list[int | None]] = Field(description="Per-sample shape of each input (batch axis left out).")
+    dtypes: dict[str, str] = Field(description="numpy dtype each input is fed as.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ArrayPreprocess:
+        if not self.shapes or set(self.shapes) != set(self.dtypes):
+            raise ValueError("shapes and dtypes must name the same, non-empty set of inputs")
+        return self
+
+
 class Postprocess(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pooling: str | None = Field(None, description="'mean' (sentence-transformers) or None for logits.")
     normalize: bool = Field(False, description="L2-normalise pooled embeddings.")
+    class_axis: int | None = Field(
+        None, description="The axis of the primary output that holds class scores, for top-1 agreement (a "
+        "segmentation map's channels: 1); None: the last axis of a [batch, classes] output.")
 
 
 class SourceInfo(BaseModel):
@@ -148,7 +174,7 @@ class Manifest(BaseModel):
     model_file: str = Field(description="Main model file, relative to the artifact directory.")
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
-    preprocess: TextPreprocess | ImagePreprocess = Field(
+    preprocess: TextPreprocess | ImagePreprocess | ArrayPreprocess = Field(
         default_factory=TextPreprocess, discriminator="kind",
         description="How inputs are made from raw data (text: tokenizer, padding); the inputs list names what the "
         "graph takes. Manifests written before this field read as the text default.",

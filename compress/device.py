@@ -91,7 +91,7 @@ def peak_rss_mb():
 
 # --- inputs: the one seam from a manifest's description to a model's feeds -----------------------------------
 #: the input kinds a manifest's ``preprocess`` may describe (a new kind joins this list, not every caller)
-INPUT_KINDS = ("text", "image")
+INPUT_KINDS = ("text", "image", "arrays")
 
 
 class TextFeeds(object):
@@ -172,6 +172,8 @@ def make_feeds(directory, preprocess, input_names, max_length):
                                   spec.get("pad_id"))
     if kind == "image":
         return ImageFeeds.from_spec(spec)
+    if kind == "arrays":
+        return ArrayFeeds.from_spec(spec)
     raise ValueError("unknown input kind %r (known: %s)" % (kind, ", ".join(INPUT_KINDS)))
 
 
@@ -318,6 +320,53 @@ class ImageFeeds(object):
         if self.layout == "NCHW":
             batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         return {self.input_names[0]: batch}
+
+    def encode_with_mask(self, items, pairs=None, pad_to=None):
+        return self.encode(items, pairs, pad_to), None
+
+
+class ArrayFeeds(object):
+    """A model's feeds from its manifest's ``arrays`` description: each sample is a mapping of input name to one
+    array (nested lists, as JSON gives, are accepted); a batch stacks them along a new first axis in the dtype the
+    graph takes. A sample lacking an input, or of another per-sample shape, is a ValueError naming it."""
+
+    kind = "arrays"
+
+    def __init__(self, shapes, dtypes):
+        self.shapes = dict((k, list(v)) for k, v in shapes.items())
+        self.dtypes = dict(dtypes)
+        self.input_names = list(self.shapes)
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec["shapes"], spec["dtypes"])
+
+    def sample(self, item, where="sample"):
+        """One sample's arrays, checked against the per-sample shapes and cast to the graph's dtypes."""
+        import numpy as np
+
+        if not isinstance(item, dict):
+            raise ValueError("%s: expected a mapping of input name to array, got %s" % (where, type(item).__name__))
+        out = {}
+        for name in self.input_names:
+            if name not in item:
+                raise ValueError("%s: no array for input %r (inputs: %s)" % (where, name, ", ".join(self.input_names)))
+            arr = np.asarray(item[name])
+            want = self.shapes[name]
+            if arr.ndim != len(want) or any(w is not None and w != d for w, d in zip(want, arr.shape)):
+                raise ValueError("%s: input %r has shape %s; the model takes %s per sample"
+                                 % (where, name, list(arr.shape), ["?" if w is None else w for w in want]))
+            out[name] = arr.astype(self.dtypes[name], copy=False)
+        return out
+
+    def encode(self, items, pairs=None, pad_to=None):
+        """The feeds of a batch: ``{input name: array}``, samples stacked on the first axis."""
+        import numpy as np
+
+        if pairs is not None:
+            raise ValueError("array models take no text pairs")
+        rows = [self.sample(it, "sample %d" % i) for i, it in enumerate(items)]
+        return dict((name, np.ascontiguousarray(np.stack([r[name] for r in rows]))) for name in self.input_names)
 
     def encode_with_mask(self, items, pairs=None, pad_to=None):
         return self.encode(items, pairs, pad_to), None

@@ -37,7 +37,7 @@ def sample_texts(path: Path | str | None, n: int) -> list[str]:
 
 
 def kind_of(preprocess: Any) -> str:
-    """The input kind (``text``, ``image``) of a manifest's ``preprocess``, as a model or a dict; None reads as text."""
+    """The input kind (``text``, ``image``, ``arrays``) of a manifest's ``preprocess``, as a model or a dict; None reads as text."""
     if isinstance(preprocess, dict):
         return preprocess.get("kind", "text")
     return getattr(preprocess, "kind", "text")
@@ -51,8 +51,14 @@ def load_inputs(path: Path | str, preprocess: Any = None, *, label2id: dict[str,
                 num_labels: int | None = None, require_labels: bool = False, limit: int | None = None,
                 texts_only: bool = False, text_column: str | None = None, text_pair_column: str | None = None,
                 label_column: str | None = None):
-    """A data set for a model whose inputs ``preprocess`` describes: images (:mod:`compress.data_images`) or texts
+    """A data set for a model whose inputs ``preprocess`` describes: arrays (:mod:`compress.data_arrays`), images
+    (:mod:`compress.data_images`) or texts
     (:func:`compress.data.load_dataset`; the column options apply to texts only)."""
+    if kind_of(preprocess) == "arrays":
+        from compress.data_arrays import load_array_dataset
+
+        return load_array_dataset(path, preprocess, label2id=None if texts_only else label2id,
+                                  require_labels=require_labels and not texts_only, limit=limit)
     if is_image(preprocess):
         from compress.data_images import load_image_dataset
 
@@ -78,8 +84,13 @@ def synthetic_images(preprocess: Any, n: int, seed: int = 0) -> list[Any]:
 
 def sample_inputs(path: Path | str | None, n: int, preprocess: Any = None) -> list[Any]:
     """``n`` raw inputs from a data file (labels are not read), or the built-in ones: texts, or seeded noise images
-    at the input size (numerical parity needs inputs of the right shape, not meaningful ones)."""
-    if not is_image(preprocess):
+    at the input size (numerical parity needs inputs of the right shape, not meaningful ones); for an array model,
+    seeded arrays of its input shapes (:func:`compress.data_arrays.synthetic_arrays`)."""
+    if kind_of(preprocess) == "arrays" and path is None:
+        from compress.data_arrays import synthetic_arrays
+
+        return synthetic_arrays(preprocess, n)
+    if kind_of(preprocess) == "text":
         return sample_texts(path, n)
     if path is None:
         return synthetic_images(preprocess, n)
@@ -89,11 +100,11 @@ def sample_inputs(path: Path | str | None, n: int, preprocess: Any = None) -> li
 def latency_inputs(inputs: list[Any] | None, batch_size: int, sequence_length: int, preprocess: Any = None) -> list[Any]:
     """One batch of raw inputs for timing: texts long enough to fill ``sequence_length`` tokens, or ``batch_size``
     images (the data set's first, else noise at the input size; every image is resized to the same shape)."""
-    if is_image(preprocess):
+    if kind_of(preprocess) != "text":
         items = list(inputs[:batch_size]) if inputs else []
         while items and len(items) < batch_size:
             items += items[: batch_size - len(items)]
-        return items or synthetic_images(preprocess, batch_size)
+        return items or sample_inputs(None, batch_size, preprocess)
     # Real sentences, never one phrase repeated: ONNX Runtime's GatherBlockQuantized (INT4 embeddings) costs ~3.7 µs
     # per *distinct* token on one Xeon core, so a repeated 9-word pangram timed a 2-layer student at 0.48 ms that
     # runs real text at 0.68 ms.

@@ -56,11 +56,61 @@ def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 1
     return float((cand_topk == ref_nn[:, None]).any(axis=1).mean())
 
 
+#: the SNR reported for outputs that match exactly (an infinite ratio is not a JSON number)
+SNR_CAP_DB = 200.0
+
+
+def class_axis(m, ndim: int) -> int | None:
+    """The axis of the primary output holding class scores: ``postprocess.class_axis``, else the last axis of a
+    [batch, classes] output; None when the output holds no class scores edgecompress can name."""
+    axis = getattr(m.postprocess, "class_axis", None)
+    if axis is not None:
+        return axis if -ndim <= axis < ndim else None
+    return -1 if ndim == 2 else None
+
+
+def output_fidelity(cand: np.ndarray, ref: np.ndarray, axis: int | None = None) -> dict[str, Any]:
+    """How far an output is from the FP32 model's on the same rows: mean and lowest per-row cosine, SNR in dB over
+    all values, largest absolute error, and top-1 agreement over ``axis`` (class scores) when given."""
+    c = cand.reshape(len(cand), -1).astype(np.float64)
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    norms = np.linalg.norm(c, axis=1) * np.linalg.norm(r, axis=1)
+    exact = np.all(c == r, axis=1)
+    cos = np.where(exact, 1.0, (c * r).sum(axis=1) / np.clip(norms, 1e-30, None))
+    noise = float(((c - r) ** 2).sum())
+    signal = float((r ** 2).sum())
+    snr = SNR_CAP_DB if noise == 0 else min(SNR_CAP_DB, 10 * np.log10(max(signal, 1e-300) / noise))
+    out: dict[str, Any] = {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "snr_db": float(snr),
+                           "max_abs_error": float(np.abs(c - r).max()) if c.size else 0.0}
+    if axis is not None and cand.shape[axis] > 1:
+        out["top1_agreement"] = float((cand.argmax(axis) == ref.argmax(axis)).mean())
+    return out
+
+
 def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
     """Task metric, teacher metric, agreement and retention from the artifact's outputs ``cand`` and the
-    teacher's ``ref`` (None: no teacher) on the eval rows; shared by local and remote validation."""
+    teacher's ``ref`` (None: no teacher) on the eval rows; shared by local and remote validation.
+
+    Whatever the task, the primary output's fidelity to the teacher's (:func:`output_fidelity`) is reported as
+    ``output_fidelity`` with ``output_cosine`` and ``output_snr_db`` for budgets; for a ``generic`` model (an adopted
+    file whose task edgecompress does not know) the output cosine is the metric, unless labels make it a
+    classifier."""
     metrics: dict[str, Any] = {"eval_samples": len(cand)}
-    if m.task in (Task.text_classification, Task.image_classification):
+    if ref is not None:
+        name = m.outputs[0].name if m.outputs else "output"
+        fid = output_fidelity(cand, ref, class_axis(m, cand.ndim) if m.task is not Task.feature_extraction else None)
+        metrics["output_fidelity"] = {name: fid}
+        metrics["output_cosine"], metrics["output_snr_db"] = fid["cosine"], fid["snr_db"]
+    classification = m.labels is not None and m.task is not Task.feature_extraction
+    if m.task is Task.generic and not classification:
+        metrics["metric_name"] = "output_cosine"
+        if ref is not None:
+            metrics["metric"] = metrics["output_cosine"]
+            metrics["teacher_metric"] = 1.0
+            if "top1_agreement" in fid:
+                metrics["agreement"] = fid["top1_agreement"]
+                metrics["agreement_definition"] = "share of outputs whose top class (over the class axis) is the teacher's"
+    elif classification:
         labels = np.asarray(labels)
         k = len(m.labels or [])
         pred = cand.argmax(-1)

@@ -280,8 +280,15 @@ def load_teacher(
 ) -> Teacher:
     """Load a fine-tuned teacher checkpoint for ``task`` (inferred from its architecture when None): a Hugging Face
     text model here, an image classifier (Hugging Face or a ``.pt2`` program) through :mod:`compress.models_image`."""
+    from compress.model_files import is_model_file, load_model_file
     from compress.models_image import is_image_source, load_image_teacher
 
+    if is_model_file(path):  # an ONNX file made elsewhere: the file is the FP32 reference, run in its own runtime
+        teacher = load_model_file(path)
+        if task is not None and Task(task) is not teacher.task:
+            raise ConfigError(f"{path} is described as a {teacher.task} model, not {Task(task)}",
+                              hint="set task: in the model.yaml beside it, or leave --task out")
+        return teacher
     if (task is not None and Task(task) is Task.image_classification) or is_image_source(path):
         if task is not None and Task(task) is not Task.image_classification:
             raise ConfigError(f"{path} is an image classifier, not a {Task(task)} model",

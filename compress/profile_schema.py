@@ -296,6 +296,15 @@ class Budgets(BaseModel):
         0.97, ge=0, le=1,
         description="Minimum share of samples where artifact and teacher predict the same label (0..1).",
     )
+    min_output_cosine: float | None = Field(
+        None, ge=-1, le=1,
+        description="Minimum mean cosine between the artifact's and the teacher's primary output per eval sample "
+                    "(-1..1; any task, and the accuracy measure of a generic model).",
+    )
+    min_output_snr_db: float | None = Field(
+        None, description="Minimum signal-to-noise ratio in dB of the artifact's primary output against the "
+                          "teacher's (any task).",
+    )
     min_speedup: float | None = Field(
         1.0, gt=0,
         description="Minimum teacher FP32 p50 / artifact p50, the teacher on the same runtime or in PyTorch "

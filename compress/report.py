@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 
 def shape_text(shape: dict) -> str:
-    """``1x64`` (batch x sequence) or ``1x3x32x32`` (batch x channels x height x width)."""
+    """``1x64`` (batch x sequence), ``1x3x32x32`` (batch x channels x height x width) or ``1 x (window 6x64, feats 8)``
+    (batch x each input's sample shape)."""
+    if "inputs" in shape:
+        return f"{shape.get('batch_size')} x ({', '.join(f'{k} {v}' for k, v in shape['inputs'].items())})"
     keys = ("batch_size", "sequence_length") if "sequence_length" in shape else ("batch_size", "channels", "height", "width")
     return "x".join(str(shape.get(k)) for k in keys)
 
@@ -181,6 +184,12 @@ def render_report(report: ValidationReport, console: Console) -> None:
         )
     if "agreement" in met:
         lines.append(f"agreement with teacher: {met['agreement']:.4f} on {met.get('eval_samples')} samples")
+    for name, f in (met.get("output_fidelity") or {}).items():
+        lines.append(f"output {name} vs teacher: cosine {f['cosine']:.4f} (lowest {f['cosine_min']:.4f}), SNR "
+                     f"{f['snr_db']:.1f} dB, max |error| {f['max_abs_error']:.3g}")
+    if worst := (met.get("layer_errors") or {}).get("layers"):
+        lines.append(f"layer hurt most by quantization: {worst[0]['node']} ({worst[0]['op_type']}, SNR "
+                     f"{worst[0]['snr_db']:.1f} dB, cosine {worst[0]['cosine']:.4f}); table in report.md")
     if lat.get("estimated"):
         shape, e = met["input_shape"], met.get("estimate", {})
         lines.append(
@@ -257,10 +266,28 @@ def report_markdown(report: ValidationReport) -> str:
         out.append(
             f"| {b.name} | {b.comparison} {_fmt(b.limit, b.unit)} | {_measured_cell(b)} | {_status(b).upper()} |"
         )
+    out += fidelity_markdown(met)
     out += ["", "## Metrics", "", "```json", json.dumps(met, indent=2, default=str), "```"]
     if report.warnings:
         out += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
     return "\n".join(out) + "\n"
+
+
+def fidelity_markdown(met: dict[str, Any]) -> list[str]:
+    """What quantization changed: each output against the teacher, and the per-layer table, worst first."""
+    out: list[str] = []
+    if fid := met.get("output_fidelity"):
+        out += ["", "## Outputs against the teacher", "", "| output | cosine (mean) | cosine (lowest) | SNR dB | "
+                "max abs error | top-1 agreement |", "|---|---|---|---|---|---|"]
+        for name, f in fid.items():
+            top1 = f"{f['top1_agreement']:.4f}" if "top1_agreement" in f else "—"
+            out.append(f"| {name} | {f['cosine']:.4f} | {f['cosine_min']:.4f} | {f['snr_db']:.1f} | "
+                       f"{f['max_abs_error']:.3g} | {top1} |")
+    if (table := met.get("layer_errors")) and table.get("layers"):
+        out += ["", f"## Where quantization changed the model ({table['samples']} calibration samples, worst first)", "",
+                table.get("definition", ""), "", "| node | op | SNR dB | cosine |", "|---|---|---|---|"]
+        out += [f"| `{r['node']}` | {r['op_type']} | {r['snr_db']:.1f} | {r['cosine']:.4f} |" for r in table["layers"]]
+    return out
 
 
 def report_junit(report: ValidationReport) -> str:

@@ -71,6 +71,7 @@ def cache_key(teacher, dataset, batch_size: int, threads: int | None) -> dict[st
         "batch_size": batch_size,
         "threads": threads,
         "versions": {"torch": version_of("torch"), "transformers": version_of("transformers"),
+                     "onnxruntime": version_of("onnxruntime"),
                      "edgecompress": __version__},
     }
 
@@ -134,11 +135,16 @@ def teacher_outputs(teacher, dataset, *, batch_size: int, threads: int | None, u
 
 
 def _run(teacher, dataset, batch_size: int, threads: int | None, progress) -> np.ndarray:
-    from compress.runtimes.base import RuntimeSettings
+    from compress.artifact import Format
+    from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
 
     tick = progress("evaluating the teacher", len(dataset)) if progress else None
-    backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=threads))
+    reference = teacher.as_artifact()
+    if reference.format is Format.pytorch:
+        backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=threads))
+    else:  # an adopted model file runs in its own runtime
+        backend = load_runtime(reference, settings=RuntimeSettings(threads=threads))
     try:
         return predict_all(backend, dataset, batch_size, tick)
     finally:

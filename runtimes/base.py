@@ -100,10 +100,24 @@ class RuntimeBackend(ABC):
     def input_names(self) -> list[str]:
         return [t.name for t in self.artifact.manifest.inputs]
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the graph is fixed to (its first input's first dimension is a number), else None."""
+        inputs = self.artifact.manifest.inputs
+        first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        return first if isinstance(first, int) and first > 0 else None
+
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Run and post-process: logits for classifiers, pooled sentence embeddings for encoders."""
+        """Run and post-process: logits for classifiers, pooled sentence embeddings for encoders. A graph fixed to
+        a batch size (many exported files take exactly one sample) runs a larger batch in slices of that size."""
         pp = self.artifact.manifest.postprocess
-        out = self.run(inputs)
+        fixed = self.fixed_batch
+        rows = len(next(iter(inputs.values()))) if inputs else 0
+        if fixed is not None and rows > fixed and rows % fixed == 0:
+            out = np.concatenate([self.run({k: v[i:i + fixed] for k, v in inputs.items()})
+                                  for i in range(0, rows, fixed)])
+        else:
+            out = self.run(inputs)
         if pp.pooling:
             return pool(out, inputs["attention_mask"], pp.pooling, pp.normalize)
         return out

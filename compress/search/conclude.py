@@ -12,7 +12,7 @@ from typing import Any
 from compress.search.config import Objective
 from compress.search.space import RUNTIME_SETTINGS, from_params
 
-ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement")
+ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement", "min_output_cosine", "min_output_snr_db")
 TIMING_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput", "min_speedup")
 TIMING_NOISE = 0.25  # how far over a timing budget a short candidate may be and still be promoted (run-to-run noise)
 

@@ -43,6 +43,9 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
     """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY)."""
     if art.format not in (Format.onnx, Format.openvino):
         return None
+    own = teacher.as_artifact()
+    if own.format is not Format.pytorch:  # an adopted model file: itself, where the runtime runs its format
+        return own if own.format is art.format else None
     from compress.stages.export import ExportConfig, export
 
     export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
@@ -71,8 +74,11 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
 
 def input_shape(m, batch_size: int, sequence_length: int) -> dict[str, Any]:
     """The shape latency was timed at: batch x sequence for text, batch x channels x height x width for images."""
-    from compress.inputs import is_image
+    from compress.inputs import is_image, kind_of
 
+    if kind_of(m.preprocess) == "arrays":  # each input's per-sample shape, as timed
+        return {"batch_size": batch_size,
+                "inputs": {n: "x".join("?" if d is None else str(d) for d in s) for n, s in m.preprocess.shapes.items()}}
     if not is_image(m.preprocess):
         return {"batch_size": batch_size, "sequence_length": sequence_length}
     shape = next((t.shape for t in m.inputs if t.name == m.preprocess.input_name), None) or []
@@ -101,6 +107,9 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
         b = stats["baseline"]
         metrics["baseline_latency_ms"] = b.as_dict()
         metrics["speedup"] = b.p50 / lat.p50
+    table = next((s.metrics["layer_errors"] for s in reversed(m.steps) if s.metrics.get("layer_errors")), None)
+    if table is not None:  # where quantization changed the model, measured when it was quantized
+        metrics["layer_errors"] = table
     metrics["size_mb"] = art.size_bytes() / MB
     metrics["package_size_mb"] = art.size_bytes(model_only=False) / MB
     if cold is not None:

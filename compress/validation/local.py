@@ -88,7 +88,7 @@ def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
     if given:
         return Path(given)
     src = Path(art.manifest.source.path)
-    return src if src.is_dir() else None
+    return src if src.exists() else None  # a checkpoint directory, or an adopted model file
 
 
 def validate(
@@ -198,7 +198,8 @@ def validate(
     if config.baseline and teacher is not None and not estimating:
         if art.format is Format.pytorch:
             warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
-        elif meas.speedup_baseline is SpeedupBaseline.pytorch:  # what the artifact replaces, on every core
+        elif meas.speedup_baseline is SpeedupBaseline.pytorch and teacher.as_artifact().format is Format.pytorch:
+            # what the artifact replaces, on every core
             baseline_backend = load_runtime(teacher.as_artifact(), "torch",
                                             RuntimeSettings(threads=profile.hardware.cores))
             metrics["speedup_baseline"] = f"teacher in PyTorch FP32 on {profile.hardware.cores} thread(s)"

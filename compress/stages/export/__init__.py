@@ -31,11 +31,24 @@ def export(
 ) -> Artifact:
     """Export ``source`` to a new artifact at ``out`` in ``config.format``.
 
-    ``source`` is a teacher checkpoint (or a pytorch artifact); for ``--format openvino`` it may also be
+    ``source`` is a teacher checkpoint (or a pytorch artifact), or a model file made elsewhere (``model.onnx``,
+    adopted by :mod:`.adopt`); for ``--format openvino`` it may also be
     an FP32 ONNX artifact, for ``--format tensorrt`` an unfused or QDQ ONNX artifact. The result must match
     its reference within ``config.atol`` on the parity samples, else nothing is written.
     """
     config = config or ExportConfig()
+    from compress.model_files import is_model_file
+
+    if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
+        from compress.stages.export.adopt import adopt, adopt_then
+
+        if config.format is ExportFormat.onnx:
+            return adopt(source, out, config, force=force)
+        if config.format is ExportFormat.tensorrt:
+            from compress.stages.export.tensorrt import export_tensorrt as then
+        else:
+            from compress.stages.export.onnx import export_onnx as then
+        return adopt_then(source, out, config, force=force, export_artifact=then)
     if config.format is ExportFormat.tensorrt:
         from compress.stages.export.tensorrt import export_tensorrt
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.errors import ConfigError
+from compress.inputs import is_image
 from compress.stages.quantize.config import (
     CalibrationMethod,
     EmbeddingPrecision,
@@ -387,11 +388,20 @@ def conv_weight_fraction(model) -> float:
     return conv / total if total else 0.0
 
 
-def _image_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:
-    """INT8 of an image model is static (QDQ, per-channel weights, calibrated on images): dynamic quantization
-    leaves convolutions to ONNX Runtime's ConvInteger (slow, and unsupported by most providers). An explicit
-    ``--mode dynamic`` is refused for a conv net (convolutions hold over 10% of the weights); without ``--mode``
-    the mode becomes static, which needs ``--calibration`` images."""
+def is_static_first(art: Artifact) -> bool:
+    """Is INT8 of ``art`` static by default? Models fed images or arrays (conv nets, sensor and audio models, MLPs):
+    their activations are calibrated once. Text transformers keep dynamic INT8, whose per-batch activation ranges
+    suit token states."""
+    from compress.inputs import kind_of
+
+    return kind_of(art.manifest.preprocess) != "text"
+
+
+def static_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:
+    """INT8 of an image or array model is static (QDQ, per-channel weights, calibrated on its data): dynamic
+    quantization leaves convolutions to ONNX Runtime's ConvInteger (slow, and unsupported by most providers). An
+    explicit ``--mode dynamic`` is refused for a conv net (convolutions hold over 10% of the weights); without
+    ``--mode`` the mode becomes static, which needs ``--calibration`` data."""
     import onnx
 
     explicit = "mode" in config.model_fields_set
@@ -409,13 +419,17 @@ def _image_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:
                 f"dynamic INT8 does not quantize convolutions well, and they hold {share:.0%} of this model's weights",
                 hint="use --mode static --calibration IMAGES (QDQ with per-channel weights)")
         if not explicit:
-            log.info("image model: static INT8 (QDQ, per-channel weights) calibrated on images")
+            log.info("%s model: static INT8 (QDQ, per-channel weights) calibrated on its data",
+                     "image" if is_image(art.manifest.preprocess) else "array")
             config = config.model_copy(update={"mode": QuantMode.static})
     if config.mode is QuantMode.static and "calibration_method" not in config.model_fields_set:
-        # per-image ranges averaged: one bright photo no longer stretches a layer's range for all the others
+        # per-sample ranges averaged: one bright photo no longer stretches a layer's range for all the others
         # (MobileNetV2 on real photos: retention 0.965 -> 0.990 over min-max of the whole set)
         config = config.model_copy(update={"calibration_method": CalibrationMethod.mean_minmax})
     if config.mode is QuantMode.static and not config.calibration:
+        if not is_image(art.manifest.preprocess):
+            raise ConfigError("static INT8 of an array model needs calibration data",
+                              hint="pass --calibration DATA.npz: one array per input, 100-300 representative samples")
         raise ConfigError("static INT8 of an image model needs calibration images",
                           hint="pass --calibration DATA: a folder of class folders, a path table or an .npz "
                           "(100-300 representative images)")

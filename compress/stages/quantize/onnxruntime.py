@@ -67,7 +67,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
-from compress.inputs import is_image, sample_inputs
+from compress.inputs import sample_inputs
 from compress.stages.common import measure_parity
 from compress.stages.quantize.calibration import CalibrationReader
 from compress.stages.quantize.config import (
@@ -85,7 +85,8 @@ from compress.stages.quantize.graph import (
     IMAGE_STATIC_OPS,
     STATIC_DEFAULT_OPS,
     _block_padding,
-    _image_mode,
+    is_static_first,
+    static_mode,
     _check_applicable,
     _check_exclude_nodes,
     _check_int4_graph,
@@ -165,7 +166,7 @@ class _OnnxQuantizer:
         if self.int4:
             return _int4_op_types(c)
         if c.mode is QuantMode.static:
-            return tuple(c.op_types or (IMAGE_STATIC_OPS if is_image(self.art.manifest.preprocess) else STATIC_DEFAULT_OPS))
+            return tuple(c.op_types or (IMAGE_STATIC_OPS if is_static_first(self.art) else STATIC_DEFAULT_OPS))
         return tuple(c.op_types or DYNAMIC_WEIGHT_OPS)
 
     def layers(self) -> list:
@@ -436,10 +437,21 @@ def _write_artifact(
                                             "operators (compress.stages.quantize.int4_gather)",
                                          int8_tables=int8_tables)
     metrics.update(extra_metrics or {})
+    if (table := _layer_table(art, dst, texts)) is not None:
+        metrics["layer_errors"] = table
     step.metrics = metrics
     QUANTIZE_ONNX.seal(step, tmp, t0)
     write_manifest(tmp, manifest)
     return manifest
+
+
+def _layer_table(art: Artifact, dst: Path, items: list[Any]) -> dict[str, Any] | None:
+    """The per-layer error table (compress.layer_errors) on the parity samples, one at a time."""
+    from compress.layer_errors import layer_errors
+    from compress.tokenization import encoder_for
+
+    encoder = encoder_for(art)
+    return layer_errors(art.model_path, dst, [encoder.encode([item]) for item in items[:8]])
 
 
 def _warn_padding(q: _OnnxQuantizer, exclude: list[str]) -> None:
@@ -472,8 +484,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     from compress._optional import require
 
     _check_openvino_only_options(config)
-    if is_image(art.manifest.preprocess):
-        config = _image_mode(art, config)
+    if is_static_first(art):
+        config = static_mode(art, config)
     if config.precision is QuantPrecision.int4:
         _check_int4_request(config)  # first: its reasons (weight-only, runtimes) are the specific ones
     else:
@@ -512,7 +524,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         if config.accuracy_aware:
             out.parent.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
-            if is_image(art.manifest.preprocess) and config.mode is QuantMode.static and config.per_channel:
+            if is_static_first(art) and config.mode is QuantMode.static and config.per_channel:
                 extra["weight_scales"] = granularity_search(art, q, scratch)
             result, eval_set = accuracy_search(art, q, layers, scratch, initial=exclude)
             if not result.met:

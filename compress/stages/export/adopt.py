@@ -1,0 +1,115 @@
+"""Adopt a model file made elsewhere (``export model.onnx``): check it, upgrade an old opset, and write it as an FP32
+ONNX artifact whose source is the file itself.
+
+The checks are :func:`compress.model_files.inspect_model_file`'s. A graph below opset 13 is upgraded with onnx's
+version converter (per-channel Q/DQ needs 13) and the step records both opsets. The written graph must then match
+the file in ONNX Runtime within ``atol`` on the parity samples (the data given, else seeded inputs of the declared
+shapes), else nothing is written. OpenVINO IR and TensorRT start from the adopted artifact, as from any FP32 ONNX one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from compress.artifact import (
+    Artifact,
+    Format,
+    TextPreprocess,
+    check_output,
+    copy_tokenizer_files,
+    load_artifact,
+    staged_dir,
+    write_manifest,
+)
+from compress.errors import ModelLoadError, ParityError
+from compress.inputs import sample_inputs
+from compress.stages.common import measure_parity
+from compress.stages.export.config import EXPORT_ONNX, ExportConfig
+
+log = logging.getLogger(__name__)
+
+#: the ONNX protobuf limit: larger graphs keep their weights in an external-data file
+_PROTOBUF_LIMIT = 1_800_000_000
+
+
+def _upgrade(model, opset: int, target: int, path: Path):
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, target)
+    except Exception as e:  # noqa: BLE001 - the converter raises many types for an op it cannot move
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(f"{path}: opset {opset} cannot be upgraded to {target} ({first})",
+                             hint=f"re-export the model at opset {target} or newer; quantization needs it") from None
+
+
+def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = None, *, force: bool = False) -> Artifact:
+    """Write the model file ``source`` (checked, its opset upgraded where needed) as an FP32 ONNX artifact at ``out``."""
+    import onnx
+
+    from compress.model_files import MIN_OPSET, load_model_file
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.storage import tree_bytes
+
+    config = config or ExportConfig()
+    out = check_output(out, force)
+    teacher = load_model_file(source)
+    info = teacher.info
+    t0 = time.perf_counter()
+    need = tree_bytes(info.path) + sum(tree_bytes(info.path.parent / n) for n in info.external)
+    with staged_dir(out, force, need_bytes=need) as tmp:
+        model = onnx.load(str(info.path))  # with its external data
+        upgraded = info.opset < MIN_OPSET
+        if upgraded:
+            log.info("upgrading %s from opset %d to %d", info.path.name, info.opset, MIN_OPSET)
+            model = _upgrade(model, info.opset, MIN_OPSET, info.path)
+        large = model.ByteSize() > _PROTOBUF_LIMIT
+        onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=large, all_tensors_to_one_file=True,
+                  location="model.onnx.data")
+        if isinstance(info.preprocess, TextPreprocess):
+            copy_tokenizer_files(info.path.parent, tmp)
+        manifest = teacher.manifest()
+        manifest.model_file = "model.onnx"
+        manifest.files = {}
+        record = {"adopted": str(info.path.resolve()), "source_opset": info.opset,
+                  "opset": MIN_OPSET if upgraded else info.opset, "atol": config.atol,
+                  "parity_samples": config.parity_samples, "sample_data": config.sample_data}
+        step = EXPORT_ONNX.record(manifest, record, input_digest=teacher.sha256)
+        write_manifest(tmp, manifest)
+
+        items = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
+        reference = OrtBackend(teacher.as_artifact())
+        parity = measure_parity(reference, OrtBackend(Artifact(tmp, manifest)), items, manifest.labels is not None)
+        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": f"{info.path.name} in ONNX Runtime",
+                                  "texts": f"{len(items)} samples" + ("" if config.sample_data else " (seeded)")}
+        if not parity.max_abs_diff <= config.atol:
+            raise ParityError(
+                f"the opset-{MIN_OPSET} graph differs from {info.path.name} by {parity.max_abs_diff:.3g} "
+                f"(allowed {config.atol:g}) on {parity.n} samples", max_abs_diff=parity.max_abs_diff, atol=config.atol,
+                hint=f"re-export the model at opset {MIN_OPSET} or newer, or raise --atol; no artifact was written")
+        EXPORT_ONNX.seal(step, tmp, t0)
+        write_manifest(tmp, manifest)
+    art = load_artifact(out)
+    log.info("adopted %s as %s (%s; parity max |diff| %.2e)", info.path, out,
+             f"opset {info.opset} -> {MIN_OPSET}" if upgraded else f"opset {info.opset}", parity.max_abs_diff)
+    return art
+
+
+def adopt_then(source: Path | str, out: Path | str, config: ExportConfig, *, force: bool, export_artifact) -> Artifact:
+    """Adopt ``source`` into a scratch artifact, then ``export_artifact(scratch, out, config, force=force)`` it to
+    another format (OpenVINO IR, TensorRT) as any FP32 ONNX artifact is."""
+    import shutil
+    import tempfile
+
+    out = check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".adopt", dir=out.parent))
+    try:
+        adopted = adopt(source, scratch / "onnx", ExportConfig(atol=config.atol, parity_samples=config.parity_samples,
+                                                               sample_data=config.sample_data))
+        assert adopted.format is Format.onnx
+        return export_artifact(adopted.path, out, config, force=force)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,244 @@
+"""Bring your own model file: an ONNX graph exported outside edgecompress is adopted, quantized and validated, with
+per-output fidelity and the per-layer error table; bad files and data are one-line errors that write nothing.
+
+The models are tiny and random, built here with plain ``torch.onnx.export`` at opset 12 (as many zoos ship them) or
+with ``onnx.helper``: test material, not claims about real models (benchmarks/adopted.py has those)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli.test_cli import assert_one_line_error, edgecompress
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+
+class TwoInputs(torch.nn.Module):
+    """A sensor-style model: a window (channels x time) through a Conv1d, and a feature vector through a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(6, 32, 5)
+        self.dense = torch.nn.Linear(24, 32)
+        self.head = torch.nn.Linear(64, 4)
+
+    def forward(self, window, feats):
+        x = torch.relu(self.conv(window)).mean(-1)
+        return self.head(torch.cat([x, torch.relu(self.dense(feats))], -1))
+
+
+def _export(model, args, path: Path, names: list[str], dynamic: dict, opset: int = 12) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model.eval(), args, str(path), opset_version=opset, dynamo=False, input_names=names,
+                          output_names=["scores"], dynamic_axes=dynamic)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory) -> Path:
+    """two.onnx (opset 12, symbolic batch and time), two.yaml fixing time, and two.npz with 48 samples and labels."""
+    d = tmp_path_factory.mktemp("byom")
+    torch.manual_seed(0)
+    _export(TwoInputs(), (torch.randn(2, 6, 40), torch.randn(2, 24)), d / "two.onnx", ["window", "feats"],
+            {"window": {0: "batch", 2: "time"}, "feats": {0: "batch"}, "scores": {0: "batch"}})
+    (d / "two.yaml").write_text("dims: {time: 40}\n", encoding="utf-8")
+    rng = np.random.default_rng(0)
+    np.savez(d / "two.npz", window=rng.standard_normal((48, 6, 40)).astype(np.float32),
+             feats=rng.standard_normal((48, 24)).astype(np.float32), labels=rng.integers(0, 4, 48))
+    return d
+
+
+def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_inputs, tmp_path):
+    from compress.artifact import load_artifact
+    from compress.stages.export import export
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.validation.local import ValidateConfig, validate
+
+    art = export(two_inputs / "two.onnx", tmp_path / "fp32")
+    m = art.manifest
+    assert (m.task, m.format, m.precision) == ("generic", "onnx", "fp32")
+    assert [t.name for t in m.inputs] == ["window", "feats"] and m.inputs[0].shape == ["batch", 6, "time"]
+    assert m.preprocess.kind == "arrays" and m.preprocess.shapes == {"window": [6, 40], "feats": [24]}
+    step = m.steps[0]
+    assert (step.config["source_opset"], step.config["opset"]) == (12, 13)  # upgraded for per-channel Q/DQ
+    assert onnx.load(str(art.model_path)).opset_import[0].version == 13
+    assert step.metrics["parity"]["max_abs_diff"] <= 1e-4
+    assert m.source.path == str((two_inputs / "two.onnx").resolve())
+
+    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    assert q.manifest.precision == "int8"
+    table = q.manifest.steps[-1].metrics["layer_errors"]
+    assert {r["node"] for r in table["layers"]} == {"/conv/Conv", "/dense/Gemm"}  # the head (N 4) stays float
+    snrs = [r["snr_db"] for r in table["layers"]]
+    assert snrs == sorted(snrs)  # worst first
+
+    report = validate(load_artifact(tmp_path / "int8"), ValidateConfig(data=str(two_inputs / "two.npz"),
+                                                                       cold_start=False))
+    met = report.metrics
+    assert met["metric_name"] == "output_cosine" and met["eval_samples"] == 48
+    fid = met["output_fidelity"]["scores"]
+    assert 0.98 < fid["cosine"] < 1.0 and 10 < fid["snr_db"] < 200 and fid["max_abs_error"] > 0
+    assert fid["top1_agreement"] == met["agreement"]
+    assert met["layer_errors"] == table
+    assert report.teacher["path"] == str((two_inputs / "two.onnx").resolve())
+    assert met["input_shape"] == {"batch_size": 1, "inputs": {"window": "6x40", "feats": "24"}}
+
+
+def test_output_budgets_judge_fidelity(two_inputs, tmp_path):
+    """min_output_cosine and min_output_snr_db fail an artifact whose outputs moved, pass one that did not."""
+    from compress.budgets import judge
+    from compress.profile_schema import Budgets
+
+    budgets = Budgets(min_output_cosine=0.999, min_output_snr_db=30, min_accuracy_retention=None, min_agreement=None,
+                      min_speedup=None)
+    ok = {r.name: r.passed for r in judge(budgets, {"output_cosine": 0.9995, "output_snr_db": 35.0})}
+    bad = {r.name: r.passed for r in judge(budgets, {"output_cosine": 0.98, "output_snr_db": 12.0})}
+    assert ok == {"min_output_cosine": True, "min_output_snr_db": True}
+    assert bad == {"min_output_cosine": False, "min_output_snr_db": False}
+
+
+def test_output_fidelity_figures():
+    from compress.metrics import output_fidelity
+
+    ref = np.array([[1.0, 0.0], [0.0, 2.0]])
+    same = output_fidelity(ref.copy(), ref, axis=-1)
+    assert same["cosine"] == 1.0 and same["snr_db"] == 200.0 and same["top1_agreement"] == 1.0
+    noisy = output_fidelity(ref + 0.1, ref, axis=-1)
+    assert noisy["snr_db"] == pytest.approx(10 * np.log10(5.0 / 0.04))  # signal 1+4, noise 4 x 0.01
+    assert noisy["max_abs_error"] == pytest.approx(0.1)
+    flipped = output_fidelity(ref[:, ::-1].copy(), ref, axis=-1)
+    assert flipped["top1_agreement"] == 0.0 and flipped["cosine"] == pytest.approx(0.0)
+
+
+def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, tmp_path, make_tsv):
+    """A text model's ONNX file with tokenizer.json beside it and model.yaml naming its labels: accuracy and
+    agreement against the file itself, run in ONNX Runtime."""
+    from compress.models import load_teacher
+    from compress.stages.export import export
+    from compress.validation.local import ValidateConfig, validate
+
+    d = tmp_path / "zoo"
+    d.mkdir()
+    shutil.copy(onnx_artifact.model_path, d / "classifier.onnx")
+    shutil.copy(onnx_artifact.path / "tokenizer.json", d / "tokenizer.json")
+    (d / "classifier.yaml").write_text("labels: [negative, positive]\npreprocess: {kind: text}\nmax_length: 64\n",
+                                      encoding="utf-8")
+    teacher = load_teacher(d / "classifier.onnx")
+    assert teacher.task == "text-classification" and teacher.as_artifact().format == "onnx"
+    art = export(d / "classifier.onnx", tmp_path / "adopted")
+    assert (art.path / "tokenizer.json").is_file() and art.manifest.max_length == 64
+    report = validate(art, ValidateConfig(data=str(make_tsv(tmp_path)), cold_start=False))
+    assert report.metrics["metric_name"] == "accuracy"
+    assert report.metrics["agreement"] == 1.0 and report.metrics["retention"] == 1.0
+
+
+def test_a_file_fixed_to_batch_one_runs_larger_batches(tmp_path):
+    from compress.artifact import load_artifact
+    from compress.stages.export import export
+    from compress.validation.local import ValidateConfig, validate
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    _export(model, (torch.randn(1, 16),), tmp_path / "fixed.onnx", ["x"], {}, opset=13)
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32))
+    art = export(tmp_path / "fixed.onnx", tmp_path / "a")
+    assert art.manifest.inputs[0].shape == [1, 16]
+    report = validate(load_artifact(tmp_path / "a"), ValidateConfig(data=str(tmp_path / "x.npz"), cold_start=False))
+    assert report.metrics["eval_samples"] == 20 and report.metrics["output_cosine"] == pytest.approx(1.0)
+
+
+# -- bad input: one line, exit 2, nothing written --------------------------------------------------------------------
+
+def _tiny_graph(path: Path, *, domain: str = "", op: str = "Relu", opset: int = 17, broken: bool = False) -> Path:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    node = helper.make_node(op, ["x" if not broken else "nowhere"], ["y"], domain=domain)
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=imports)
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _external(tmp_path: Path) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
+    return tmp_path / "ext.onnx"
+
+
+@pytest.mark.parametrize("case", ["checker", "truncated", "external", "domain", "yaml"])
+def test_bad_model_files_are_one_line_errors(case, tmp_path):
+    if case == "checker":
+        f, words = _tiny_graph(tmp_path / "m.onnx", broken=True), ("fails the ONNX checker",)
+    elif case == "truncated":
+        good = _external(tmp_path)
+        onnx.save(onnx.load(str(good)), str(tmp_path / "whole.onnx"))
+        data = (tmp_path / "whole.onnx").read_bytes()
+        f = tmp_path / "m.onnx"
+        f.write_bytes(data[: len(data) // 2])
+        words = ("m.onnx",)
+    elif case == "external":
+        f = _external(tmp_path)
+        (tmp_path / "ext.onnx.data").unlink()
+        words = ("ext.onnx.data", "missing")
+    elif case == "domain":
+        f, words = _tiny_graph(tmp_path / "m.onnx", domain="com.acme", op="FastGelu"), ("com.acme", "FastGelu")
+    else:
+        f = _tiny_graph(tmp_path / "m.onnx")
+        (tmp_path / "m.yaml").write_text("labels: [a, b, c, d]\nlables: [typo]\n", encoding="utf-8")
+        words = ("m.yaml", "unknown key", "lables")
+    proc = edgecompress("export", f, "--out", tmp_path / "out")
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "shape", "dtype"])
+def test_bad_npz_data_is_a_one_line_error(case, two_inputs, tmp_path):
+    from compress.stages.export import export
+
+    art = export(two_inputs / "two.onnx", tmp_path / "fp32")
+    rng = np.random.default_rng(0)
+    arrays = {"window": rng.standard_normal((8, 6, 40)).astype(np.float32),
+              "feats": rng.standard_normal((8, 24)).astype(np.float32)}
+    if case == "missing":
+        arrays.pop("feats")
+        words = ("no array for input 'feats'",)
+    elif case == "shape":
+        arrays["window"] = arrays["window"][:, :, :30]
+        words = ("'window'", "[8, 6, 30]", "[samples, 6, 40]")
+    else:
+        arrays["feats"] = arrays["feats"].astype(np.complex64)
+        words = ("'feats'", "complex64", "float32")
+    np.savez(tmp_path / "bad.npz", **arrays)
+    proc = edgecompress("quantize", art.path, "--out", tmp_path / "q", "--calibration", tmp_path / "bad.npz")
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "q").exists()
+
+
+def test_an_adopted_file_validates_directly_and_reports_fidelity_in_markdown(two_inputs, tmp_path):
+    """`validate model.onnx`: the file is its own artifact and its own teacher (fidelity exactly 1)."""
+    proc = edgecompress("validate", two_inputs / "two.onnx", "--data", two_inputs / "two.npz", "--no-cold-start",
+                        "--report-dir", tmp_path / "r")
+    assert proc.returncode in (0, 1), proc.stderr  # speed against itself is a coin toss; accuracy is not
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["metrics"]["output_fidelity"]["scores"]["snr_db"] == 200.0
+    assert "## Outputs against the teacher" in (tmp_path / "r" / "report.md").read_text()
