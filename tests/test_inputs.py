@@ -82,7 +82,7 @@ def test_an_unknown_input_kind_is_refused_in_the_manifest_and_on_the_device(onnx
     raw["preprocess"]["kind"] = "audio"
     with pytest.raises(ValueError, match="preprocess"):
         Manifest.model_validate(raw)
-    with pytest.raises(ValueError, match="unknown input kind 'audio' \\(known: text, image\\)"):
+    with pytest.raises(ValueError, match="unknown input kind 'audio' \\(known: text, image, arrays\\)"):
         device.make_feeds(onnx_artifact.path, {"kind": "audio"}, ["input_ids"], 8)
 
 
