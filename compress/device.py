@@ -48,6 +48,7 @@ def ort_session_options(ort, threads=None, level="all", session_config=None):
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: graph clean-up notes ("Removing initializer ...") are not the user's
     opts.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

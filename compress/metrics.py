@@ -87,14 +87,15 @@ def output_fidelity(cand: np.ndarray, ref: np.ndarray, axis: int | None = None) 
     return out
 
 
-def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
+def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user_metric=None) -> dict[str, Any]:
     """Task metric, teacher metric, agreement and retention from the artifact's outputs ``cand`` and the
     teacher's ``ref`` (None: no teacher) on the eval rows; shared by local and remote validation.
 
     Whatever the task, the primary output's fidelity to the teacher's (:func:`output_fidelity`) is reported as
     ``output_fidelity`` with ``output_cosine`` and ``output_snr_db`` for budgets; for a ``generic`` model (an adopted
     file whose task edgecompress does not know) the output cosine is the metric, unless labels make it a
-    classifier."""
+    classifier. ``user_metric`` (``--metric``, :class:`compress.user_metric.UserMetric`) replaces the task metric;
+    the task's own stays under ``task_metric``."""
     metrics: dict[str, Any] = {"eval_samples": len(cand)}
     if ref is not None:
         name = m.outputs[0].name if m.outputs else "output"
@@ -140,7 +141,17 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> d
             metrics["agreement_definition"] = (
                 "share of eval texts whose nearest neighbour under the teacher is among the artifact's 3 nearest"
             )
-    if metrics.get("teacher_metric"):
+    if user_metric is not None:
+        if "metric" in metrics:
+            metrics["task_metric"] = {"name": metrics["metric_name"], "artifact": metrics["metric"],
+                                      "teacher": metrics.get("teacher_metric")}
+        lab = None if labels is None else np.asarray(labels)
+        metrics["metric_name"] = user_metric.spec
+        metrics["metric"] = user_metric(cand, lab)
+        metrics.pop("teacher_metric", None)
+        if ref is not None:
+            metrics["teacher_metric"] = user_metric(ref, lab)
+    if metrics.get("teacher_metric") and metrics["teacher_metric"] > 0:
         metrics["retention"] = metrics["metric"] / metrics["teacher_metric"]
     return metrics
 

@@ -223,7 +223,10 @@ def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
             if len(inputs) != 1:
                 raise ConfigError(f"{yaml_file}: image preprocessing feeds one input; the graph takes {len(inputs)}",
                                   hint="drop preprocess to feed every input as an array (.npz data)")
-            return ImagePreprocess.model_validate({"kind": "image", "input_name": inputs[0].name, **spec})
+            if spec.setdefault("input_name", inputs[0].name) != inputs[0].name:
+                raise ConfigError(f"{yaml_file}: preprocess input_name {spec['input_name']!r} is not the graph's input "
+                                  f"({inputs[0].name})", hint=f"drop input_name, or set it to {inputs[0].name}")
+            return ImagePreprocess.model_validate({"kind": "image", **spec})
         if kind == "text":
             pre = TextPreprocess.model_validate({"kind": "text", **spec})
             if not (path.parent / pre.tokenizer_file).is_file():

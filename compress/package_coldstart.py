@@ -190,7 +190,7 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         "oom": oom,
         "dependencies": deps,
         "limits": limits_info,
-        "first_request": request if "text" in request else {"image": f"a {len(request['image'])}-character base64 PNG"},
+        "first_request": {"image": f"a {len(request['image'])}-character base64 PNG"} if "image" in request else request,
         "imported_top_level": sorted({m for r in runs for m in r["loaded_top_level"]}),
         "forbidden_imports": forbidden,
         "measured_on": {"host": platform.node(), "arch": host_arch, "python": platform.python_version(),

@@ -22,7 +22,8 @@ MB = 1024 * 1024
 #: every package a bundle may depend on directly (what --pin accepts); which ones a bundle needs is by input kind
 DIRECT_DEPENDENCIES = ("onnxruntime", "tokenizers", "numpy", "pillow")
 #: the handler's direct dependencies by the artifact's input kind (tokenizers reads text, Pillow decodes images)
-KIND_DEPENDENCIES = {"text": ("onnxruntime", "tokenizers", "numpy"), "image": ("onnxruntime", "pillow", "numpy")}
+KIND_DEPENDENCIES = {"text": ("onnxruntime", "tokenizers", "numpy"), "image": ("onnxruntime", "pillow", "numpy"),
+                     "arrays": ("onnxruntime", "numpy")}
 #: import names of the distributions above, where they differ
 IMPORT_NAMES = {"pillow": "PIL"}
 TOP_CONTRIBUTORS = 10
@@ -42,11 +43,16 @@ def dependencies_for(preprocess) -> tuple[str, ...]:
 
 
 def first_request(preprocess) -> dict:
-    """The event the cold-start runs send: one text, or one PNG image (base64) at the model's input size."""
+    """The event the cold-start runs send: one text, one PNG image (base64) at the model's input size, or one sample
+    of arrays (JSON lists) at the input shapes."""
     from compress.inputs import kind_of
 
     if kind_of(preprocess) == "text":
         return {"text": _FIRST_TEXT}
+    if kind_of(preprocess) == "arrays":
+        from compress.data_arrays import synthetic_arrays
+
+        return {"inputs": {k: v.tolist() for k, v in synthetic_arrays(preprocess, 1)[0].items()}}
     import base64
     import io
 

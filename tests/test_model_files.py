@@ -242,3 +242,76 @@ def test_an_adopted_file_validates_directly_and_reports_fidelity_in_markdown(two
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["metrics"]["output_fidelity"]["scores"]["snr_db"] == 200.0
     assert "## Outputs against the teacher" in (tmp_path / "r" / "report.md").read_text()
+
+
+# -- a user's metric ---------------------------------------------------------------------------------------------------
+
+METRICS_MODULE = '''
+import numpy as np
+
+def mean_top_score(outputs, labels):
+    return float(outputs.max(-1).mean() + 100)
+
+def says_hello(outputs, labels):
+    return "hello"
+'''
+
+
+def test_a_user_metric_replaces_the_task_metric(two_inputs, tmp_path, monkeypatch):
+    from compress.stages.export import export
+    from compress.validation.local import ValidateConfig, validate
+
+    (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    art = export(two_inputs / "two.onnx", tmp_path / "fp32")
+    report = validate(art, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False, baseline=False,
+                                          metric="my_metrics:mean_top_score"))
+    met = report.metrics
+    assert met["metric_name"] == "my_metrics:mean_top_score" and met["metric"] > 100
+    assert met["teacher_metric"] == pytest.approx(met["metric"]) and met["retention"] == pytest.approx(1.0)
+    assert met["task_metric"]["name"] == "output_cosine"
+
+
+@pytest.mark.parametrize("spec, words", [("no_such_module_here:f", ("cannot import no_such_module_here",)),
+                                         ("my_metrics:says_hello", ("returned str", "not a number")),
+                                         ("my_metrics:absent", ("has no function absent",))])
+def test_a_user_metric_that_fails_is_a_one_line_error(spec, words, two_inputs, tmp_path):
+    (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
+    proc = edgecompress("validate", two_inputs / "two.onnx", "--data", two_inputs / "two.npz", "--no-cold-start",
+                        "--metric", spec, "--report-dir", tmp_path / "r", cwd=tmp_path)
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "r").exists()
+
+
+# -- serverless: the handler takes JSON arrays ---------------------------------------------------------------------------
+
+def test_an_adopted_array_model_packages_and_its_handler_takes_json_arrays(two_inputs, tmp_path):
+    import zipfile
+
+    from compress.package import PackageConfig, package
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export import export
+    from tests.package.test_package import run_handler, write_profile
+
+    art = export(two_inputs / "two.onnx", tmp_path / "fp32")
+    report = package(art, tmp_path / "b.zip", PackageConfig(profile=str(write_profile(tmp_path)), download=False,
+                                                            cold_start_runs=1))
+    assert report.cold_start["first_request"]["inputs"].keys() == {"window", "feats"}
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        zf.extractall(tmp_path / "x")
+        assert "requirements.txt" in zf.namelist()
+        assert "tokenizers" not in zf.read("requirements.txt").decode() and "pillow" not in zf.read("requirements.txt").decode()
+    with np.load(two_inputs / "two.npz") as f:
+        samples = [{"window": f["window"][i].tolist(), "feats": f["feats"][i].tolist()} for i in range(3)]
+    got = run_handler(tmp_path / "x", """
+        import json, handler
+        samples = json.loads(%r)
+        out = handler.handler({"samples": samples}, None)
+        bad = handler.handler({"body": json.dumps({"samples": [{"window": [[0.0]]}]})}, None)
+        print(json.dumps({"out": out, "bad": bad}))
+    """ % json.dumps(samples))
+    ref = load_runtime(art).predict(art_feeds := load_runtime(art).encode(samples))
+    assert got["out"]["shape"] == [3, 4]
+    np.testing.assert_allclose(np.asarray(got["out"]["outputs"]), ref, atol=1e-5)
+    assert got["bad"]["statusCode"] == 400 and "[6, 40] per sample" in json.loads(got["bad"]["body"])["error"]
+    assert art_feeds["window"].shape == (3, 6, 40)

@@ -10,9 +10,12 @@ Event (a direct invocation, or an HTTP event whose ``body`` is that JSON):
     {"texts": ["first text", "second text"]}   or   {"text": "one text"}
     optional: "text_pairs" / "text_pair" for sentence-pair classifiers.
     image models: {"images": ["<base64 of a PNG/JPEG file>", ...]}   or   {"image": "<base64>"}
+    array models (an adopted file fed arrays): {"samples": [{"INPUT": [[...]], ...}, ...]}   or   {"inputs": {...}}
+        (one nested JSON list per graph input and sample, of the model's per-sample shape)
 Result:
     classifiers: {"predictions": [{"label": "positive", "score": 0.97, "scores": {...}}, ...]}
     encoders:    {"embeddings": [[...], ...], "dimension": 384}
+    other models: {"outputs": [...], "shape": [...]}  (the first output, one entry per sample)
 
 Environment overrides: EDGECOMPRESS_THREADS (intra-op threads), EDGECOMPRESS_MAX_BATCH.
 """
@@ -73,7 +76,25 @@ def _images(event):
         raise BadRequest(f"an image is not valid base64: {e}") from None
 
 
+def _arrays(event):
+    """Samples from {"samples": [{input: nested list}, ...]} or {"inputs": {input: nested list}} (one sample)."""
+    if not isinstance(event, dict):
+        raise BadRequest("the event must be a JSON object with 'samples' (a list of {input: array}) or 'inputs'")
+    items = event["samples"] if "samples" in event else [event["inputs"]] if "inputs" in event else None
+    if items is None:
+        raise BadRequest("the event has neither 'samples' (a list of {input name: nested list}) nor 'inputs'; "
+                         "inputs: " + ", ".join(FEEDS.input_names))
+    if not isinstance(items, list) or not items or not all(isinstance(t, dict) for t in items):
+        raise BadRequest("'samples' must be a non-empty list of objects mapping input name to a nested list")
+    try:
+        return [FEEDS.sample(t, "sample %d" % i) for i, t in enumerate(items)], None
+    except (ValueError, TypeError) as e:
+        raise BadRequest(str(e)) from None
+
+
 def _inputs(event):
+    if FEEDS.kind == "arrays":
+        return _arrays(event)
     return _images(event) if FEEDS.kind == "image" else _texts(event)
 
 
@@ -117,6 +138,8 @@ def _result(texts, pairs):
     out = predict(texts, pairs)
     if POOLING:
         return {"embeddings": out.tolist(), "dimension": int(out.shape[-1])}
+    if not LABELS:  # not a classifier: the output itself
+        return {"outputs": out.tolist(), "shape": list(out.shape)}
     z = out.astype(np.float64)
     z = np.exp(z - z.max(axis=-1, keepdims=True))
     probs = z / z.sum(axis=-1, keepdims=True)
@@ -131,7 +154,8 @@ def _result(texts, pairs):
 
 def handler(event, context=None):
     """Entry point (module.function = handler.handler)."""
-    http = isinstance(event, dict) and "body" in event and not {"texts", "text", "images", "image"} & set(event)
+    http = isinstance(event, dict) and "body" in event and not {"texts", "text", "images", "image", "samples",
+                                                                "inputs"} & set(event)
     try:
         if http:
             body = event.get("body") or ""

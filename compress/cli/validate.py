@@ -26,6 +26,10 @@ from compress.cli._common import (
 @click.option("--text-pair-column", help="Second text column for sentence-pair tasks.")
 @click.option("--label-column", help="Label column (auto-detected: label, labels, ...); names or ids.")
 @click.option("--limit", type=int, help="Evaluate at most this many rows.")
+@click.option("--metric", metavar="MODULE:FUNCTION",
+              help="Your metric instead of the task's: function(outputs, labels) -> number, higher is better, on the "
+                   "artifact's and the teacher's outputs (retention is their ratio). Runs that code: name only code you "
+                   "trust (imported from the current directory first).")
 @click.option("--report-dir", type=click.Path(path_type=Path),
               help="Where report.json, report.md and junit.xml go [default: ARTIFACT-report-PROFILE].")
 @click.option("--no-baseline", is_flag=True, help="Skip timing the teacher's FP32 baseline (no speedup budget).")
@@ -50,7 +54,7 @@ from compress.cli._common import (
 @click.option("--ssh-config", type=click.Path(path_type=Path), envvar="EDGECOMPRESS_SSH_CONFIG",
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
 @force_reports_option
-def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, report_dir,
+def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, metric, report_dir,
                  no_baseline, no_cold_start, estimate_mode, unverified_exit_code, no_cache, allow_pickle,
                  trust_remote_code, remote, remote_python, ssh_config,
                  force):
@@ -77,7 +81,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
 
     config = build_config(
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
-        text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit,
+        text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit, metric=metric,
         baseline=not no_baseline, cold_start=not no_cold_start, estimate=estimate_mode, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, cache=not no_cache, remote=remote, remote_python=remote_python,
         ssh_config=str(ssh_config) if ssh_config else None,

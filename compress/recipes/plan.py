@@ -116,9 +116,19 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
 
     base = Path(base)
     teacher = resolve_path(recipe.teacher, base)
-    if not Path(teacher).is_dir():
+    from compress.model_files import is_model_file, load_model_file
+
+    model_file = is_model_file(teacher)  # an ONNX file made elsewhere: adopted by export; nothing to train
+    if model_file:
+        trained = [n for n, st in recipe.steps.items() if st.verb in ("distill", "prune") and st.from_ == TEACHER]
+        if trained:
+            raise ConfigError(f"steps.{trained[0]}: {recipe.steps[trained[0]].verb} needs a trainable teacher; "
+                              f"teacher: {Path(teacher).name} is a model file (no PyTorch source)",
+                              hint="start the recipe with an export step (it adopts the file), then quantize; "
+                                   "distill and prune need a checkpoint")
+    elif not Path(teacher).is_dir():
         raise ConfigError(f"teacher: {teacher} is not a checkpoint directory", hint="check the recipe's teacher path")
-    if not any((Path(teacher) / name).is_file() for name in TEACHER_FILES):
+    if not model_file and not any((Path(teacher) / name).is_file() for name in TEACHER_FILES):
         # checked before the directory's content is hashed: /etc or /proc is not read through to find out
         raise ConfigError(f"teacher: {teacher} is not a checkpoint directory (no {', '.join(TEACHER_FILES)})",
                           hint="point teacher: at a Hugging Face checkpoint, a model.pt2 with its model.yaml, or an "
@@ -158,7 +168,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                 if any(j.name == name for j in jobs):
                     raise ConfigError(f"{name} is listed twice", hint=f"list {art} under {prof} once")
                 jobs.append(Job(name, verb, art, settings, profile=prof))
-    teacher_digest = digest(teacher)
+    teacher_digest = load_model_file(teacher).sha256 if model_file else digest(teacher)  # with its model.yaml
     keys: dict[str | None, str] = {None: teacher_digest}
     profiles: dict[str, tuple[str, dict[str, Any]]] = {}  # each profile resolved once, however many jobs use it
     for job in jobs:  # steps come before the jobs that take them (from: is checked acyclic; validate/package last)

@@ -137,7 +137,7 @@ def load_eval_set(
     taken from its first ``max(20 n, 5000)`` rows. Rows are sorted by length so batches pad little.
     Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
     """
-    from compress.inputs import is_image, load_inputs
+    from compress.inputs import kind_of, load_inputs
 
     classification = manifest.labels is not None and manifest.task is not Task.feature_extraction
     labels = manifest.labels if classification else None
@@ -149,7 +149,7 @@ def load_eval_set(
         limit=max(20 * n, 5000),
     )
     ds = ds.sample(n, seed=seed)
-    if not is_image(manifest.preprocess):  # texts sorted by length, so batches pad little
+    if kind_of(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
         order = sorted(range(len(ds)), key=lambda i: (len(ds.texts[i]) + len(ds.pairs[i] if ds.pairs else ""), i))
         ds = dataclasses.replace(
             ds,
@@ -174,8 +174,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
+    """Per-row cosine over every value of a row (a vector, or a dense map flattened)."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
     return (a * b).sum(axis=-1) / np.clip(den, 1e-12, None)
 

@@ -76,6 +76,9 @@ class ValidateConfig(BaseModel):
     remote: str | None = Field(
         None, description="Measure on a device over SSH, user@host[:port] (system ssh; ~/.ssh/config applies)."
     )
+    metric: str | None = Field(
+        None, description="A user's metric, module:function, called with the outputs and labels (higher is better); "
+        "it runs that code (compress.user_metric).")
     remote_python: str = Field("python3", description="Python 3 on the remote device (with numpy and the runtime).")
     ssh_config: str | None = Field(
         None, description="ssh_config file for ssh -F (default: ssh's own, i.e. ~/.ssh/config)."
@@ -114,6 +117,11 @@ def validate(
     config = config or ValidateConfig()
     phase = on_phase or (lambda name, total: None)
     profile = load_profile(config.profile)
+    user_metric = None
+    if config.metric:  # imported first: a metric that does not load fails before anything is measured
+        from compress.user_metric import load_metric
+
+        user_metric = load_metric(config.metric)
     if isinstance(artifact, Artifact):
         art = artifact
     else:
@@ -169,7 +177,8 @@ def validate(
     if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
         from compress.validation.remote import validate_remote
 
-        report = validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start)
+        report = validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start,
+                                 user_metric)
         return report.model_copy(update={"data": _data_record(config, dataset)})
 
     log.info("loading %s in %s", art.path, runtime_name)
@@ -186,7 +195,7 @@ def validate(
         if teacher is not None:  # the reference: from the cache when this teacher already ran on these rows
             ref, cache_use["teacher_outputs"] = teacher_outputs(
                 teacher, dataset, batch_size=bs, threads=run_settings.threads, use_cache=config.cache, progress=phase)
-        metrics.update(prediction_metrics(m, cand, ref, dataset.labels))
+        metrics.update(prediction_metrics(m, cand, ref, dataset.labels, user_metric))
 
     # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
     meas = profile.measure

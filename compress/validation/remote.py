@@ -155,7 +155,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
 
 
 def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, dataset, teacher, config,
-                    warnings: list[str], phase, t_start: float):
+                    warnings: list[str], phase, t_start: float, user_metric=None):
     """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load)."""
     from compress.metrics import prediction_metrics
     from compress.validation.common import conclude
@@ -194,7 +194,7 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
         cand = np.load(io.BytesIO(base64.b64decode(res["outputs_npy_b64"])), allow_pickle=False)
         if len(cand) != len(dataset):
             raise RemoteError(f"the device returned {len(cand)} outputs for {len(dataset)} eval rows")
-        metrics.update(prediction_metrics(m, cand, ref, dataset.labels))
+        metrics.update(prediction_metrics(m, cand, ref, dataset.labels, user_metric))
     stats = {name: LatencyStats.from_samples(s, meas.batch_size) for name, s in res["latency_s"].items()}
     dev = res.get("device") or device.facts
     rt = res.get("runtime") or {}

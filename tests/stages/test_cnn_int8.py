@@ -175,3 +175,30 @@ def test_cli_names_an_undecodable_calibration_image(stack, tmp_path):
     proc = edgecompress("quantize", stack["onnx"], "--calibration", tmp_path / "cal.csv", "--out", tmp_path / "q")
     line = assert_one_line_error(proc, "broken.png", "cannot be decoded", code=2)
     assert "--mode dynamic" not in line and not (tmp_path / "q").exists()
+
+
+def test_an_activation_on_a_graph_output_keeps_its_clamp(tmp_path):
+    """A network ending in ReLU6 (a feature map): the Clip is not folded into a quantize that the float graph outputs
+    then remove, so INT8 outputs stay clamped to [0, 6] like the FP32 model's."""
+    import numpy as np
+    import torch
+
+    from compress.stages.export import export
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.runtimes.base import load_runtime
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU6(), torch.nn.Conv2d(32, 32, 3), torch.nn.ReLU6())
+    with torch.no_grad():
+        net[2].bias -= 0.5  # many negative pre-activations: without the clamp the outputs differ
+    torch.onnx.export(net.eval(), (torch.randn(1, 3, 16, 16),), str(tmp_path / "f.onnx"), opset_version=13,
+                      dynamo=False, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
+    fp32 = export(tmp_path / "f.onnx", tmp_path / "fp32")
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(tmp_path / "c.npz")))
+    feeds = {"x": rng.standard_normal((4, 3, 16, 16)).astype(np.float32)}
+    got, ref = load_runtime(q).predict(feeds), load_runtime(fp32).predict(feeds)
+    assert got.min() >= 0.0 and got.max() <= 6.0 + 1e-4
+    cos = (got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)
+    assert cos > 0.99

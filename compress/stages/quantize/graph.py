@@ -436,6 +436,19 @@ def static_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:
     return config
 
 
+def output_activations(model, op_types) -> list[str]:
+    """The Clip/Relu nodes (when quantized at all) whose output is a graph output: they stay float.
+
+    Quantized, ONNX Runtime folds such an activation into the quantize after the layer before it (the range clamps),
+    and :func:`float_graph_outputs` then removes that quantize: the clamp would go with it, and the model would output
+    the layer's raw values (a MobileNetV2 feature map ending in ReLU6: output cosine 0.41 instead of 0.99)."""
+    if not {"Clip", "Relu"} & set(op_types):
+        return []
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if n.op_type in ("Clip", "Relu") and n.op_type in op_types
+            and n.name and any(o in outputs for o in n.output)]
+
+
 def float_graph_outputs(model) -> list[str]:
     """Remove the QuantizeLinear -> DequantizeLinear pair that ends on a graph output, in place; return those outputs.
 

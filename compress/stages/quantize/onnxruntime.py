@@ -97,6 +97,7 @@ from compress.stages.quantize.graph import (
     _int4_op_types,
     _node_report,
     float_graph_outputs,
+    output_activations,
     initializer_bytes,
     quantizable_layers,
     small_embedding_tables,
@@ -177,6 +178,9 @@ class _OnnxQuantizer:
         return ortq.QuantType.QInt8 if self.config.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
 
     def write(self, dst: Path, exclude: list[str]) -> None:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours
         try:
             if self.int4:
                 self._int4(dst, exclude)
@@ -519,6 +523,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         extra["small_gemms_float"] = list(small.values())
         exclude += list(small)
         reasons.update({name: f"small GEMM (K {g['K']}, N {g['N']}: under {SMALL_GEMM})" for name, g in small.items()})
+    if not q.int4 and config.mode is QuantMode.static and (last := output_activations(q.model, q.op_types())):
+        exclude += [n for n in last if n not in exclude]  # its clamp must survive the float graph outputs
     scratch = None
     try:
         if config.accuracy_aware:
