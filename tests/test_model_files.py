@@ -315,3 +315,66 @@ def test_an_adopted_array_model_packages_and_its_handler_takes_json_arrays(two_i
     np.testing.assert_allclose(np.asarray(got["out"]["outputs"]), ref, atol=1e-5)
     assert got["bad"]["statusCode"] == 400 and "[6, 40] per sample" in json.loads(got["bad"]["body"])["error"]
     assert art_feeds["window"].shape == (3, 6, 40)
+
+
+# -- recipes -----------------------------------------------------------------------------------------------------------
+
+def _recipe_dir(two_inputs: Path, d: Path) -> Path:
+    import yaml
+
+    from tests.conftest import GENEROUS_BUDGETS
+
+    for name in ("two.onnx", "two.yaml", "two.npz"):
+        shutil.copy(two_inputs / name, d / name)
+    (d / "quick.yaml").write_text(yaml.safe_dump({
+        "name": "quick", "extends": "host", "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2},
+        "budgets": {**GENEROUS_BUDGETS, "min_speedup": None, "min_output_cosine": 0.9}}), encoding="utf-8")
+    return d
+
+
+def test_a_recipe_takes_a_model_file_as_its_teacher(two_inputs, tmp_path, home):
+    import yaml
+
+    from compress.recipes.execute import run_recipe
+
+    d = _recipe_dir(two_inputs, tmp_path)
+    (d / "recipe.yaml").write_text(yaml.safe_dump({
+        "name": "byom", "teacher": "two.onnx", "data": {"train": "two.npz", "eval": "two.npz"},
+        "steps": {"fp32": {"export": {}}, "int8": {"from": "fp32", "quantize": {}}},
+        "validate": {"profiles": ["quick.yaml"], "artifacts": ["int8"]}}), encoding="utf-8")
+    result = run_recipe(d / "recipe.yaml", d / "run")
+    assert result.verdict == "pass", result.index["jobs"]
+    report = json.loads(next((d / "run").rglob("report.json")).read_text())
+    assert report["metrics"]["output_fidelity"]["scores"]["cosine"] > 0.9
+    assert {b["name"] for b in report["budgets"]} >= {"min_output_cosine"}
+
+
+def test_a_recipe_refuses_to_distill_a_model_file(two_inputs, tmp_path):
+    import yaml
+
+    from compress.errors import ConfigError
+    from compress.recipes.execute import plan_recipe
+
+    d = _recipe_dir(two_inputs, tmp_path)
+    (d / "recipe.yaml").write_text(yaml.safe_dump({
+        "name": "byom", "teacher": "two.onnx", "data": {"train": "two.npz", "eval": "two.npz"},
+        "steps": {"small": {"distill": {"layers": 1}}}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="steps.small: distill needs a trainable teacher"):
+        plan_recipe(d / "recipe.yaml")
+
+
+def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from compress.stages.export import ExportConfig, export
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.validation.local import ValidateConfig, validate
+
+    ov = export(two_inputs / "two.onnx", tmp_path / "ov", ExportConfig(format="openvino"))
+    assert ov.manifest.format == "openvino" and [s.stage for s in ov.manifest.steps] == ["export", "export"]
+    assert ov.manifest.source.path == str((two_inputs / "two.onnx").resolve())
+    assert not list(tmp_path.glob(".ov.*"))  # the scratch adoption is gone
+    q = quantize(ov, tmp_path / "ov-int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False))
+    assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95
+    assert report.metrics["speedup"] > 0  # against the file converted to OpenVINO FP32 (the baselines cache)

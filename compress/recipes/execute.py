@@ -268,12 +268,13 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
         return _artifact_summary(out)
     if job.verb == "quantize":
         from compress.artifact import load_artifact
-        from compress.inputs import is_image
         from compress.stages.quantize import quantize
+        from compress.stages.quantize.graph import is_static_first
 
-        parent = load_artifact(src).manifest
-        # where calibration applies: static INT8 (asked for, or an image model's default) and NNCF (OpenVINO)
-        static = config.mode == "static" or ("mode" not in job.settings and is_image(parent.preprocess)) \
+        parent_art = load_artifact(src)
+        parent = parent_art.manifest
+        # where calibration applies: static INT8 (asked for, or an image or array model's default) and NNCF (OpenVINO)
+        static = config.mode == "static" or ("mode" not in job.settings and is_static_first(parent_art)) \
             or (parent.format == "openvino" and not config.weights_only)
         if job.data.get("calibration") and static and config.precision == "int8":
             config = config.model_copy(update={"calibration": job.data["calibration"]})

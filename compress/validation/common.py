@@ -44,17 +44,20 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
     if art.format not in (Format.onnx, Format.openvino):
         return None
     own = teacher.as_artifact()
-    if own.format is not Format.pytorch:  # an adopted model file: itself, where the runtime runs its format
-        return own if own.format is art.format else None
     from compress.stages.export import ExportConfig, export
 
-    export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
-    cfg = ExportConfig(
-        format=str(art.format),
-        task=teacher.task,
-        opset=export_cfg.get("opset", 18),
-        optimize=export_cfg.get("optimize", "O2"),
-    )
+    if own.format is not Format.pytorch:  # an adopted model file: itself, or converted as the artifact was
+        if own.format is art.format:
+            return own
+        cfg = ExportConfig(format=str(art.format))
+    else:
+        export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
+        cfg = ExportConfig(
+            format=str(art.format),
+            task=teacher.task,
+            opset=export_cfg.get("opset", 18),
+            optimize=export_cfg.get("optimize", "O2"),
+        )
     from compress import cache as ec_cache
 
     key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
