@@ -78,6 +78,10 @@ class RuntimeBackend(ABC):
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Run one batch; return the primary output (logits or last hidden state) as float32 numpy."""
 
+    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Every output of one batch by name (float32), for per-output fidelity; None where the adapter cannot."""
+        return None
+
     @classmethod
     @abstractmethod
     def version(cls) -> str | None:

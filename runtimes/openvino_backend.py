@@ -68,6 +68,11 @@ class OpenVINOBackend(RuntimeBackend):
             if _has_property(self.compiled, k)
         }
 
+    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: v for k, v in inputs.items() if k in self._input_names}
+        result = self.request.infer(feed, share_inputs=True, share_outputs=False)
+        return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         feed = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in self._input_names}
         # zero-copy in and out (the output buffer is reused by the next call, hence the final copy)

@@ -136,6 +136,11 @@ class OrtBackend(RuntimeBackend):
         feed = {k: v for k, v in inputs.items() if k in self._input_names}
         return self.session.run([self._output], feed)[0].astype(np.float32, copy=False)
 
+    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: v for k, v in inputs.items() if k in self._input_names}
+        names = [o.name for o in self.session.get_outputs()]
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, self.session.run(names, feed), strict=True)}
+
     def synchronize(self) -> None:
         """Nothing to wait for: ``InferenceSession.run`` returns host outputs after the device finished."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,6 @@ class TwoInputs(torch.nn.Module):
 
 
 def _export(model, args, path: Path, names: list[str], dynamic: dict, opset: int = 12) -> Path:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(model.eval(), args, str(path), opset_version=opset, dynamo=False, input_names=names,
@@ -378,3 +377,39 @@ def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tm
     report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95
     assert report.metrics["speedup"] > 0  # against the file converted to OpenVINO FP32 (the baselines cache)
+
+
+def test_every_output_of_a_multi_output_file_is_compared(tmp_path):
+    """A detector-style file with two outputs (scores and boxes): the report compares each against the file's own."""
+    from compress.stages.export import export
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.validation.local import ValidateConfig, validate
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU())
+            self.scores = torch.nn.Conv2d(32, 5, 1)
+            self.boxes = torch.nn.Conv2d(32, 4, 1)
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.scores(h), self.boxes(h)
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(TwoHeads().eval(), (torch.randn(1, 3, 16, 16),), str(tmp_path / "det.onnx"), opset_version=13,
+                          dynamo=False, input_names=["image"], output_names=["scores", "boxes"],
+                          dynamic_axes={"image": {0: "b"}, "scores": {0: "b"}, "boxes": {0: "b"}})
+    (tmp_path / "det.yaml").write_text("postprocess: {class_axis: 1}\n", encoding="utf-8")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", image=rng.standard_normal((24, 3, 16, 16)).astype(np.float32))
+    art = export(tmp_path / "det.onnx", tmp_path / "fp32")
+    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(tmp_path / "d.npz")))
+    report = validate(q, ValidateConfig(data=str(tmp_path / "d.npz"), cold_start=False, baseline=False))
+    fid = report.metrics["output_fidelity"]
+    assert set(fid) == {"scores", "boxes"}
+    assert "top1_agreement" in fid["scores"] and "top1_agreement" not in fid["boxes"]  # the class axis is scores'
+    assert all(0.9 < f["cosine"] < 1.0 for f in fid.values())
+

@@ -196,6 +196,8 @@ def validate(
             ref, cache_use["teacher_outputs"] = teacher_outputs(
                 teacher, dataset, batch_size=bs, threads=run_settings.threads, use_cache=config.cache, progress=phase)
         metrics.update(prediction_metrics(m, cand, ref, dataset.labels, user_metric))
+        if len(m.outputs) > 1 and teacher is not None and "output_fidelity" in metrics:
+            metrics["output_fidelity"].update(_other_outputs(backend, teacher, dataset, bs, run_settings, phase))
 
     # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
     meas = profile.measure
@@ -251,6 +253,39 @@ def validate(
     report = conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, profile, device, estimates, t_start) if estimating else _note_device(report, device)
+
+
+def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) -> dict[str, Any]:
+    """Fidelity of every output but the first against the teacher's same output, where both run their graphs' outputs
+    (an adopted file and its artifact: a detector's boxes beside its scores); one more pass over the eval rows."""
+    import numpy as np
+
+    from compress.metrics import output_fidelity
+    from compress.runtimes.base import load_runtime
+
+    reference = teacher.as_artifact()
+    if reference.format is Format.pytorch:  # a PyTorch teacher gives its primary output only
+        return {}
+    ref_backend = load_runtime(reference, settings=settings)
+    got: dict[str, list] = {}
+    want: dict[str, list] = {}
+    tick = phase("comparing the other outputs", len(dataset))
+    try:
+        for items, pairs, _ in dataset.batches(batch_size):
+            feeds = backend.encode(items, pairs)
+            a, b = backend.run_outputs(feeds), ref_backend.run_outputs(feeds)
+            if a is None or b is None:
+                return {}
+            for name in a.keys() & b.keys():
+                got.setdefault(name, []).append(a[name])
+                want.setdefault(name, []).append(b[name])
+            if tick:
+                tick(len(items))
+    finally:
+        ref_backend.close()
+    primary = backend.artifact.manifest.outputs[0].name
+    return {name: output_fidelity(np.concatenate(got[name]), np.concatenate(want[name]))
+            for name in got if name != primary and np.concatenate(got[name]).shape == np.concatenate(want[name]).shape}
 
 
 def _data_record(config: ValidateConfig, dataset) -> dict[str, Any] | None:
