@@ -19,8 +19,8 @@ Four files, each written by plain ``torch.onnx.export`` (the TorchScript exporte
   bottom half of each 8 x 8 image as two inputs), opset 11; judged by accuracy on the 597 held-out digits.
 
 Each goes ``export FILE`` (adopt) -> ``quantize`` (static INT8 with ``--calibration``; the text encoder also dynamic, the
-digits model also ``--speed-aware``, the feature map also accuracy-aware: ``--min-retention 0.99 --data`` the
-calibration set, its metric the output cosine) -> ``validate`` on ``host`` with the eval data: the task metric where labels exist, the primary output's fidelity to
+digits model also ``--speed-aware``), and OpenVINO IR INT8 (``export --format openvino``, NNCF on the same
+calibration data) -> ``validate`` on ``host`` with the eval data: the task metric where labels exist, the primary output's fidelity to
 the FP32 file (cosine, SNR), the layer the per-layer table puts first, size, and p50 at batch 1 of the INT8 artifact
 and the FP32 file timed side by side in alternating rounds in one process (validate's baseline). Results:
 ``benchmarks/results/adopted.json``; ``--work`` keeps every file and artifact (rerunning reuses them).
@@ -106,8 +106,7 @@ def make_features(work: Path) -> Path:
 
         _onnx_export(module.features, (torch.randn(1, 3, 224, 224),), f, ["image"], ["features"],
                      {"image": {0: "batch", 2: "height", 3: "width"}, "features": {0: "batch"}}, opset=12)
-        _yaml(f.with_suffix(".yaml"), {"dims": {"height": 224, "width": 224}, "postprocess": {"class_axis": 1},
-                                       "architecture": "mobilenet_v2 features"})
+        _yaml(f.with_suffix(".yaml"), {"dims": {"height": 224, "width": 224}, "architecture": "mobilenet_v2 features"})
     return f
 
 
@@ -208,7 +207,8 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
     import onnx
 
     from compress.artifact import load_artifact
-    from compress.stages.export import export
+    from compress.errors import EdgeCompressError
+    from compress.stages.export import ExportConfig, export
     from compress.stages.quantize import QuantizeConfig, QuantMode, quantize
     from compress.validation.local import ValidateConfig, validate
 
@@ -216,15 +216,26 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
     fp32 = cached_step(f"{name} adopted", base / "fp32", lambda: export(file, base / "fp32"))
     opset = onnx.load(str(file), load_external_data=False).opset_import[0].version
     rows = []
-    for mode in modes:
+    for mode in [*modes, "openvino"]:
         out = base / f"int8-{mode}"
+        if mode == "openvino":  # the adopted artifact to OpenVINO IR, then NNCF's INT8 on the same calibration data
+            ov = base / "openvino-fp32"
+            cached_step(f"{name} OpenVINO FP32", ov,
+                        lambda ov=ov: export(fp32, ov, ExportConfig(format="openvino")))
+            cached_step(f"{name} OpenVINO INT8", out, lambda out=out, ov=ov: quantize(
+                load_artifact(ov), out, QuantizeConfig(calibration=str(calibration))))
         static = mode.startswith("static")
         cfg = QuantizeConfig(mode=QuantMode.static if static else QuantMode.dynamic,
                              **({"calibration": str(calibration)} if static else {}),
-                             **({"speed_aware": True} if mode == "static-speed-aware" else {}),
-                             **({"min_retention": 0.99, "data": str(calibration)} if mode == "static-accuracy-aware"
-                                else {}))
-        cached_step(f"{name} INT8 {mode}", out, lambda out=out, cfg=cfg: quantize(load_artifact(fp32), out, cfg))
+                             **({"speed_aware": True} if mode == "static-speed-aware" else {}))
+        if mode != "openvino":
+            try:
+                cached_step(f"{name} INT8 {mode}", out, lambda out=out, cfg=cfg: quantize(load_artifact(fp32), out, cfg))
+            except EdgeCompressError as e:  # speed-aware may find that nothing pays: that is its answer
+                print(f"{name} INT8 {mode}: {e}", flush=True)
+                rows.append({"model": name, "file_opset": opset, "quantize": "static INT8, speed-aware",
+                             "refused": str(e)})
+                continue
         print(f"validating {name} INT8 {mode} ...", flush=True)
         report = validate(load_artifact(out), ValidateConfig(data=str(data), cold_start=False))
         m = report.metrics
@@ -233,31 +244,40 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
         rows.append({
             "model": name, "file_opset": opset, "quantize": {"static": "static INT8", "dynamic": "dynamic INT8",
                                                               "static-speed-aware": "static INT8, speed-aware",
-                                                              "static-accuracy-aware": "static INT8, accuracy-aware "
-                                                              "(cosine >= 0.99 on the calibration set)"}[mode],
+                                                              "openvino": "OpenVINO INT8 (NNCF)"}[mode],
             "task": report.artifact["task"], "metric_name": m.get("metric_name"), "metric": m.get("metric"),
             "teacher_metric": m.get("teacher_metric"), "retention": m.get("retention"), "agreement": m.get("agreement"),
             "output_cosine": fid["cosine"], "output_cosine_min": fid["cosine_min"], "output_snr_db": fid["snr_db"],
             "worst_layer": worst[0].get("node"), "worst_layer_snr_db": worst[0].get("snr_db"),
             "quantized_layers": (m.get("layer_errors") or {}).get("count"),
             "size_mb_fp32": load_artifact(fp32).size_bytes() / 1e6, "size_mb_int8": m["size_mb"] * 1.048576,
-            "p50_ms_fp32": m["baseline_latency_ms"]["p50"], "p50_ms_int8": m["latency_ms"]["p50"],
-            "speedup": m["speedup"], "eval_samples": m["eval_samples"], "verdict": report.verdict,
+            "p50_ms_fp32": (m.get("baseline_latency_ms") or {}).get("p50"), "p50_ms_int8": m["latency_ms"]["p50"],
+            "speedup": m.get("speedup"), "runtime": report.environment["runtime"]["runtime"],
+            "eval_samples": m["eval_samples"], "verdict": report.verdict,
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _num(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
 
 
 def table(rows: list[dict]) -> str:
     out = ["| model (file opset) | INT8 | task metric: INT8 / FP32 file | output cosine (lowest) | SNR dB | layer hurt most "
            "(SNR dB) | size MB FP32 → INT8 | p50 ms FP32 → INT8 | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "refused" in r:
+            out.append(f"| {r['model']} ({r['file_opset']}) | {r['quantize']} | no INT8 written: "
+                       f"{r['refused'].split(';')[0]} | | | | | | |")
+            continue
         metric = (f"{r['metric_name']} {r['metric']:.4f} / {r['teacher_metric']:.4f}" if r["metric_name"] == "accuracy"
                   else f"{r['metric_name']} {r['metric']:.4f}")
         out.append(f"| {r['model']} ({r['file_opset']}) | {r['quantize']} | {metric} | {r['output_cosine']:.4f} "
-                   f"({r['output_cosine_min']:.4f}) | {r['output_snr_db']:.1f} | `{r['worst_layer']}` "
-                   f"({r['worst_layer_snr_db']}) | {r['size_mb_fp32']:.1f} → {r['size_mb_int8']:.1f} | "
-                   f"{r['p50_ms_fp32']:.2f} → {r['p50_ms_int8']:.2f} | {r['speedup']:.2f}× |")
+                   f"({r['output_cosine_min']:.4f}) | {r['output_snr_db']:.1f} | "
+                   + (f"`{r['worst_layer']}` ({r['worst_layer_snr_db']})" if r["worst_layer"] else "— (ONNX only)")
+                   + f" | {r['size_mb_fp32']:.1f} → {r['size_mb_int8']:.1f} | "
+                   f"{_num(r['p50_ms_fp32'])} → {_num(r['p50_ms_int8'])} | {_num(r['speedup'])}× |")
     return "\n".join(out)
 
 
@@ -266,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "adopted")
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "adopted.json")
     ap.add_argument("--models", default="mobilenet_v2,minilm,mobilenet_v2_features,digits_halves")
+    ap.add_argument("--table", action="store_true", help="print the table of --results and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.results.read_text(encoding="utf-8"))["rows"]))
+        return 0
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     photos = REAL / "photos"
@@ -286,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "mobilenet_v2_features":
             f = make_features(work)
             rows += run_model(name, f, work, photo_arrays(photos / "mobilenet_v2.csv", work / "photos-eval.npz"),
-                              photo_arrays(photos / "calibration.csv", work / "photos-calibration.npz"),
-                              ["static", "static-accuracy-aware"])
+                              photo_arrays(photos / "calibration.csv", work / "photos-calibration.npz"), ["static"])
         elif name == "digits_halves":
             f, test, calib = make_digits(work)
             rows += run_model(name, f, work, test, calib, ["static", "static-speed-aware"])

@@ -37,6 +37,10 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
+from compress._optional import install_torchvision_hook  # noqa: E402 - after the names, before any torchvision import
+
+install_torchvision_hook()
+
 
 def __getattr__(name: str):
     if name in _LAZY:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.metadata
 import importlib.util
 from types import ModuleType
@@ -61,3 +62,63 @@ def require(module: str, purpose: str = "") -> ModuleType:
         what = f" (needed for {purpose})" if purpose else ""
         raise MissingBackendError(f"{module} is not installed{what}", hint=f"install it with: {hint}")
     return importlib.import_module(module)
+
+
+# --- torchvision beside the CPU torch wheel --------------------------------------------------------------------------
+# PyPI's torchvision (0.28.0 for torch 2.13) is built against CUDA torch: beside the CPU wheel its compiled operators do
+# not load, and its meta registrations then fail on the missing ``torchvision::nms`` / ``qnms`` schemas, so ``import
+# torchvision`` raises, and with it every transformers import that looks for torchvision (image processors), and timm.
+# Classification uses neither operator: defining the two schemas before torchvision imports makes it import and run.
+# The hook below does that, once, on the first ``import torchvision`` in the process, whoever imports it
+# (transformers, timm, edgecompress): ``import compress`` installs it, before anything else can import torchvision.
+
+_TORCHVISION_OPS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+                    "qnms(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor")
+_torchvision_library = None  # the registration, kept alive
+
+
+def define_torchvision_schemas() -> bool:
+    """Define ``torchvision::nms`` and ``qnms`` when this torchvision cannot (a CUDA build beside CPU torch); True when
+    defined here. A torchvision whose compiled library matches torch (a ``+cpu`` build, or CUDA torch) defines them
+    itself and is left alone."""
+    global _torchvision_library
+    if _torchvision_library is not None or importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    if getattr(torch.version, "cuda", None) or "+cpu" in (version_of("torchvision") or ""):
+        return False
+    try:
+        lib = torch.library.Library("torchvision", "DEF")
+        for schema in _TORCHVISION_OPS:
+            lib.define(schema)
+    except RuntimeError:  # already defined (by a build that does load)
+        return False
+    _torchvision_library = lib
+    return True
+
+
+class _TorchvisionHook(importlib.abc.MetaPathFinder):
+    """A finder that finds nothing: on ``import torchvision`` it defines the schemas, removes itself and lets the
+    regular finders import the package."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "torchvision":
+            uninstall_torchvision_hook()
+            define_torchvision_schemas()
+        return None
+
+
+def install_torchvision_hook() -> None:
+    import sys
+
+    if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionHook())
+
+
+def uninstall_torchvision_hook() -> None:
+    import sys
+
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionHook)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["INTEGER_OPS", "layer_errors"]
+__all__ = ["INTEGER_OPS", "artifact_layer_errors", "layer_errors"]
 
 #: operators that compute in integers (their float result appears after a Cast/Mul, or directly for MatMulNBits)
 INTEGER_OPS = frozenset({"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulNBits",
@@ -125,3 +125,12 @@ def layer_errors(fp32_path: Path | str, quant_path: Path | str, feeds: list[dict
                      "cosine": round(float(np.mean(cosines[name])), 6)})
     rows.sort(key=lambda r: (r["snr_db"], r["cosine"]))
     return {"samples": len(feeds), "count": len(rows), "definition": DEFINITION, "layers": rows[:top]}
+
+
+def artifact_layer_errors(art, quant_path: Path | str, items: list[Any], n: int = 8) -> dict[str, Any] | None:
+    """The table of a quantized ONNX model written from ``art`` (its FP32 input), on up to ``n`` of ``items`` (raw
+    inputs: texts, images, array samples), one at a time through the artifact's own feeds."""
+    from compress.tokenization import encoder_for
+
+    encoder = encoder_for(art)
+    return layer_errors(art.model_path, quant_path, [encoder.encode([item]) for item in items[:n]])

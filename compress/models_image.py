@@ -14,8 +14,8 @@ saved as a ``torch.export`` program (``.pt2``). Loaded without network and witho
       preprocess: {size: [32, 32], channels: L, mean: [0.5], std: [0.5]}   # an ImagePreprocess
 
   The directory may also be a ``pytorch`` artifact that holds a program (a pruned CNN): its manifest says it all.
-* timm checkpoints are not loaded here: timm imports torchvision, which has no CPU build on PyPI that imports
-  beside the CPU PyTorch wheel this project pins (see the README).
+* **timm** (``config.json`` with ``architecture`` and ``pretrained_cfg``, safetensors weights): built and read by
+  :mod:`compress.models_timm`, preprocessing from timm's data config, checked against timm's own transform.
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ def is_image_source(path: Path | str) -> bool:
     cfg = p / "config.json"
     if not cfg.is_file():
         return False
-    archs = _json_object(cfg).get("architectures")
+    config = _json_object(cfg)
+    archs = config.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
-    return arch.endswith("ForImageClassification")
+    from compress.models_timm import is_timm_config
+
+    return arch.endswith("ForImageClassification") or is_timm_config(config)
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -84,7 +87,7 @@ class ImageInfo:
     """What an image teacher is, read before any weights load."""
 
     path: Path
-    kind: str  # "hf" | "program" (.pt2) | "module" (TorchScript or a pickled nn.Module, opted in)
+    kind: str  # "hf" | "timm" | "program" (.pt2) | "module" (TorchScript or a pickled nn.Module, opted in)
     config: dict[str, Any]
     labels: list[str]
     preprocess: ImagePreprocess
@@ -123,6 +126,13 @@ def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> Imag
         raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
                              hint="review that code, then pass --trust-remote-code to run it")
     weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
+    from compress.models_timm import is_timm_config, timm_labels, timm_preprocess
+
+    if is_timm_config(config):  # timm's hub format: architecture + pretrained_cfg (compress.models_timm)
+        return ImageInfo(path=path, kind="timm", config={**config, "architectures": [config["architecture"]],
+                                                         "model_type": "timm"},
+                         labels=timm_labels(config, str(path)), preprocess=timm_preprocess(config, str(path)),
+                         weights=weights, pickled=pickled)
     if (path / MANIFEST).is_file():  # an artifact (a distilled student): its manifest says how images are read
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         return ImageInfo(path=path, kind="hf", config=config, labels=_labels(config, str(path)),
@@ -332,6 +342,11 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
         return ImageTeacher(info=info, model=model, sha256=_digest(info))
     if info.kind == "module":
         return ImageTeacher(info=info, model=_load_module(info, allow_pickle), sha256=_digest(info))
+    if info.kind == "timm":
+        from compress.models_timm import TimmProcessor, load_timm_model
+
+        model = load_timm_model(info.path, info.config, info.weights, pickled=info.pickled)
+        return ImageTeacher(info=info, model=model, sha256=_digest(info), processor=TimmProcessor(info.config))
     transformers = require("transformers", "loading a Hugging Face image classifier")
     transformers.utils.logging.disable_progress_bar()
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)

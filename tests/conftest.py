@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import compress  # noqa: F401 - first: installs the hook that lets torchvision (timm, transformers) import beside CPU torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -111,12 +111,12 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
     names = list(example)
     args = tuple(example.values())
     kind = getattr(teacher.info, "kind", None)
-    if kind in ("program", "module"):
+    if kind in ("program", "module", "timm"):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if kind == "program":
                 _program_export(teacher, model_file, config, names, args)
-            else:  # TorchScript or a pickled module (opted in): PyTorch's exporter on the module as it is
+            else:  # a timm model, TorchScript or a pickled module (opted in): PyTorch's exporter on the module
                 torch.onnx.export(teacher.model, args, str(model_file), input_names=names,
                                   output_names=[primary], opset_version=config.opset, dynamo=False,
                                   do_constant_folding=True, dynamic_axes=teacher.dynamic_axes())

@@ -74,7 +74,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     t0 = time.perf_counter()
     if not config.channels:
         raise ConfigError("nothing to prune in an image model", hint="pass --channels FRACTION (e.g. 0.5)")
-    if teacher.info.kind != "hf":
+    if teacher.info.kind not in ("hf", "timm"):
         raise ConfigError(f"{teacher.path} is a torch.export program: its graph has no modules to remove channels from",
                           hint="prune the nn.Module before exporting it, or start from a Hugging Face checkpoint")
     tp = require("torch_pruning", "pruning the channels of an image model (pip install edgecompress[images])")

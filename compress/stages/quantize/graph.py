@@ -297,6 +297,12 @@ def _check_something_quantized(nodes: dict[str, Any], op_types: tuple[str, ...],
     if searched:
         why = "the accuracy-aware search kept every quantizable layer in float"
         hint = "loosen --max-drop / the profile's retention, or quantize without an accuracy budget"
+    elif any(str(k["reason"]).startswith("speed-aware") for k in kept):
+        why = "--speed-aware timed every layer group faster in float on this machine"
+        hint = "the FP32 model is the faster one here: deploy it, or drop --speed-aware for the smaller INT8 model"
+    elif kept and all(str(k["reason"]).startswith("small GEMM") for k in kept):
+        why = "every quantizable layer is a small GEMM (K or N under 16), which runs faster in float"
+        hint = "the FP32 model is the one to deploy; --op-types names other layers to quantize"
     elif any(k["reason"] == "excluded by --exclude-nodes" for k in kept) and \
             all(k["reason"] == "excluded by --exclude-nodes" or "not among" in k["reason"] for k in kept):
         why = "--exclude-nodes covers every quantizable node"
@@ -441,7 +447,8 @@ def output_activations(model, op_types) -> list[str]:
 
     Quantized, ONNX Runtime folds such an activation into the quantize after the layer before it (the range clamps),
     and :func:`float_graph_outputs` then removes that quantize: the clamp would go with it, and the model would output
-    the layer's raw values (a MobileNetV2 feature map ending in ReLU6: output cosine 0.41 instead of 0.99)."""
+    the layer's raw values (a MobileNetV2 feature map ending in ReLU6: output cosine 0.41). Kept float, the activation
+    reads the layer's float output (:func:`float_graph_outputs` removes the quantize between them too)."""
     if not {"Clip", "Relu"} & set(op_types):
         return []
     outputs = {o.name for o in model.graph.output}
@@ -450,7 +457,8 @@ def output_activations(model, op_types) -> list[str]:
 
 
 def float_graph_outputs(model) -> list[str]:
-    """Remove the QuantizeLinear -> DequantizeLinear pair that ends on a graph output, in place; return those outputs.
+    """Remove the QuantizeLinear -> DequantizeLinear pair that ends on a graph output (or that feeds the float Clip/Relu
+    ending on one: :func:`output_activations`), in place; return those outputs.
 
     The model's outputs (logits, embeddings) are what every later step reads: rounding them to the 256 levels of a
     calibrated range saturates the largest logits, whose order is the prediction (MobileNetV2 with mean-minmax
@@ -464,6 +472,19 @@ def float_graph_outputs(model) -> list[str]:
             consumers.setdefault(i, []).append(n)
     graph_outputs = {o.name for o in g.output}
     done = []
+    for out in list(graph_outputs):  # a float activation on an output (output_activations) reads its input unrounded
+        act = producer.get(out)
+        if act is None or act.op_type not in ("Clip", "Relu") or act.input[0] not in producer:
+            continue
+        dq = producer[act.input[0]]
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or len(consumers.get(dq.output[0], [])) != 1 \
+                or len(consumers.get(q.output[0], [])) != 1 or len(consumers.get(q.input[0], [])) != 1:
+            continue
+        act.input[0] = q.input[0]
+        g.node.remove(q)
+        g.node.remove(dq)
+        done.append(out)
     for out in list(graph_outputs):
         dq = producer.get(out)
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in producer:

@@ -68,6 +68,7 @@ from compress.artifact import (
 )
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
 from compress.inputs import sample_inputs
+from compress.layer_errors import artifact_layer_errors
 from compress.stages.common import measure_parity
 from compress.stages.quantize.calibration import CalibrationReader
 from compress.stages.quantize.config import (
@@ -178,9 +179,7 @@ class _OnnxQuantizer:
         return ortq.QuantType.QInt8 if self.config.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
 
     def write(self, dst: Path, exclude: list[str]) -> None:
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours
+        __import__("onnxruntime").set_default_logger_severity(3)  # the quantizer's own sessions: errors only
         try:
             if self.int4:
                 self._int4(dst, exclude)
@@ -441,21 +440,12 @@ def _write_artifact(
                                             "operators (compress.stages.quantize.int4_gather)",
                                          int8_tables=int8_tables)
     metrics.update(extra_metrics or {})
-    if (table := _layer_table(art, dst, texts)) is not None:
+    if (table := artifact_layer_errors(art, dst, texts)) is not None:
         metrics["layer_errors"] = table
     step.metrics = metrics
     QUANTIZE_ONNX.seal(step, tmp, t0)
     write_manifest(tmp, manifest)
     return manifest
-
-
-def _layer_table(art: Artifact, dst: Path, items: list[Any]) -> dict[str, Any] | None:
-    """The per-layer error table (compress.layer_errors) on the parity samples, one at a time."""
-    from compress.layer_errors import layer_errors
-    from compress.tokenization import encoder_for
-
-    encoder = encoder_for(art)
-    return layer_errors(art.model_path, dst, [encoder.encode([item]) for item in items[:8]])
 
 
 def _warn_padding(q: _OnnxQuantizer, exclude: list[str]) -> None:

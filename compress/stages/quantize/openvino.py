@@ -164,25 +164,30 @@ def _output_index(model, art: Artifact) -> int:
 
 
 class _Evaluator:
-    """Accuracy (classifiers) or mean cosine to the FP32 input's pooled embeddings (encoders) on eval rows.
+    """Accuracy (classifiers) or mean cosine to the FP32 input's outputs (pooled embeddings of a text encoder, the whole
+    output of any other model) on eval rows.
 
     ``__call__`` is NNCF's ``validation_fn(compiled_model, data_items) -> (metric, outputs per item)``;
     items are ``(index, inputs)`` pairs so that a subset NNCF picks still finds its labels/references.
     """
 
     def __init__(self, art: Artifact, encoder, dataset, output_index: int) -> None:
-        self.classification = art.task is Task.text_classification
+        from compress.inputs import kind_of
+
+        self.classification = art.manifest.labels is not None and art.task is not Task.feature_extraction
         self.output_index = output_index
         self.items = list(enumerate(calibration_items(encoder, dataset.inputs, dataset.pairs)))
         self.labels = np.asarray(dataset.labels) if dataset.labels is not None else None
         self.reference: np.ndarray | None = None
         pp = art.manifest.postprocess
-        self.pooling = pp.pooling or ("mean" if not self.classification else None)
+        # token states of a text encoder are pooled; any other output (an image or array model's) is compared whole
+        text = kind_of(art.manifest.preprocess) == "text"
+        self.pooling = pp.pooling or ("mean" if not self.classification and text else None)
         self.normalize = pp.normalize
         self.metric_name = "accuracy" if self.classification else "cosine_to_fp32"
 
     def _vector(self, raw: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.classification:
+        if self.classification or self.pooling is None:
             return raw.reshape(-1)
         from compress.tokenization import pool
 
