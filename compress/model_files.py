@@ -1,5 +1,6 @@
-"""Model files made elsewhere: an ONNX graph exported by PyTorch, tf2onnx, paddle2onnx or a vendor's zoo becomes a
-teacher, run in its own runtime (ONNX Runtime) as the FP32 reference for retention, agreement and fidelity.
+"""Model files made elsewhere: an ONNX graph exported by PyTorch, tf2onnx, paddle2onnx or a vendor's zoo (or an
+OpenVINO IR, ``model.xml`` + ``model.bin``) becomes a teacher, run in its own runtime (ONNX Runtime, OpenVINO) as
+the FP32 reference for retention, agreement and fidelity.
 
 The graph says what it takes (input names, dtypes, shapes with symbolic dimensions); ``model.yaml`` beside the file
 (``model.onnx`` → ``model.yaml``, the schema the ``.pt2`` path reads, :class:`ModelDescription`) says what it cannot::
@@ -46,7 +47,8 @@ from compress.errors import ConfigError, ModelLoadError
 __all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "FileTeacher", "ModelDescription", "ModelFileInfo", "inspect_model_file",
            "is_model_file", "load_model_file"]
 
-MODEL_FILE_SUFFIXES = (".onnx",)
+#: ONNX graphs, and OpenVINO IR (``model.xml`` with its ``model.bin``), which stays an OpenVINO artifact
+MODEL_FILE_SUFFIXES = (".onnx", ".xml")
 #: per-channel QuantizeLinear/DequantizeLinear (their ``axis``) arrived in opset 13: older graphs are upgraded
 MIN_OPSET = 13
 #: operator domains ONNX Runtime implements (com.microsoft: its own fused and contrib operators)
@@ -214,6 +216,33 @@ def _io(path: Path, model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, outputs
 
 
+def _read_ir(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """An OpenVINO IR's inputs and outputs (its weights, ``.bin`` beside the ``.xml``, checked first). A dynamic
+    dimension is named ``batch`` on the first axis and ``dim<i>`` elsewhere (IR dimensions carry no names)."""
+    import openvino as ov
+
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelLoadError(f"{path}: its weights live in {weights.name}, which is missing",
+                             hint=f"copy {weights.name} beside {path.name} (openvino.save_model writes both)")
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and friends for a bad or truncated IR
+        raise ModelLoadError(f"{path}: not a readable OpenVINO IR, truncated or with operators this OpenVINO lacks "
+                             f"({_first_line(e)})", hint="convert the model again with this OpenVINO version") from None
+
+    def spec(port) -> TensorSpec:
+        ps = port.get_partial_shape()
+        if ps.rank.is_dynamic:
+            raise ModelLoadError(f"{path}: {port.get_any_name()} has a dynamic rank",
+                                 hint="reshape the model to a fixed rank before saving it")
+        dims: list[int | str] = [d.get_length() if d.is_static else ("batch" if i == 0 else f"dim{i}")
+                                 for i, d in enumerate(ps)]
+        return TensorSpec(name=port.get_any_name(), dtype=port.get_element_type().to_dtype().name, shape=dims)
+
+    return [spec(i) for i in model.inputs], [spec(o) for o in model.outputs]
+
+
 def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
     spec = dict(desc.preprocess or {})
     kind = spec.pop("kind", "image" if "size" in spec else "text" if spec.get("tokenizer_file") else None)
@@ -270,13 +299,17 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
     """Read and check a model file and its ``model.yaml`` (see the module doc); nothing runs yet."""
     p = Path(path)
     if not p.is_file():
-        raise ModelLoadError(f"{p}: no such file", hint="pass the .onnx file")
+        raise ModelLoadError(f"{p}: no such file", hint="pass the .onnx file (or an OpenVINO .xml with its .bin)")
     from compress._optional import require
 
-    require("onnx", "reading an ONNX file")
-    model, external = _load_graph(p)
-    opset = _check(p, model)
-    inputs, outputs = _io(p, model)
+    if p.suffix.lower() == ".xml":
+        require("openvino", "reading an OpenVINO IR")
+        (inputs, outputs), external, opset, fmt = _read_ir(p), [p.with_suffix(".bin").name], 0, Format.openvino
+    else:
+        require("onnx", "reading an ONNX file")
+        model, external = _load_graph(p)
+        opset = _check(p, model)
+        (inputs, outputs), fmt = _io(p, model), Format.onnx
     desc = read_description(p)
     preprocess = _preprocess(p, desc, inputs)
     task = _task(desc, preprocess)
@@ -288,7 +321,7 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
         raise ConfigError(f"{description_file(p)}: {len(labels)} labels, but {outputs[0].name} gives "
                           f"{outputs[0].shape[-1]} class scores", hint="list one name per class, in id order")
     max_length = desc.max_length or (512 if preprocess.kind == "text" else 0)
-    return ModelFileInfo(path=p, format=Format.onnx, opset=opset, inputs=inputs, outputs=outputs, task=task,
+    return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
                          labels=labels, preprocess=preprocess, description=desc, external=external,
                          postprocess=desc.postprocess or Postprocess(), max_length=max_length)
 

@@ -413,3 +413,46 @@ def test_every_output_of_a_multi_output_file_is_compared(tmp_path):
     assert "top1_agreement" in fid["scores"] and "top1_agreement" not in fid["boxes"]  # the class axis is scores'
     assert all(0.9 < f["cosine"] < 1.0 for f in fid.values())
 
+
+
+# -- OpenVINO IR files -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_ir(two_inputs, tmp_path_factory):
+    """The two-input model as an OpenVINO IR (openvino.save_model), its dynamic time axis fixed by model.yaml."""
+    ov = pytest.importorskip("openvino")
+    d = tmp_path_factory.mktemp("ir")
+    ov.save_model(ov.convert_model(str(two_inputs / "two.onnx")), str(d / "two.xml"), compress_to_fp16=False)
+    (d / "two.yaml").write_text("dims: {dim2: 40}\n", encoding="utf-8")
+    return d
+
+
+def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, tmp_path):
+    from compress.stages.export import export
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.validation.local import ValidateConfig, validate
+
+    art = export(two_ir / "two.xml", tmp_path / "ov")
+    m = art.manifest
+    assert (m.format, m.precision, m.model_file) == ("openvino", "fp32", "model.xml")
+    assert (art.path / "model.bin").is_file() and m.inputs[0].shape == ["batch", 6, "dim2"]
+    assert m.steps[0].metrics["parity"]["max_abs_diff"] == 0.0
+    q = quantize(art, tmp_path / "ov-int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False))
+    assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95 and report.metrics["speedup"] > 0
+    assert report.teacher["path"] == str((two_ir / "two.xml").resolve())
+
+
+@pytest.mark.parametrize("case", ["no-bin", "truncated"])
+def test_a_broken_openvino_ir_is_a_one_line_error(case, two_ir, tmp_path):
+    shutil.copy(two_ir / "two.xml", tmp_path / "m.xml")
+    if case == "no-bin":
+        words = ("m.bin", "missing")
+    else:
+        shutil.copy(two_ir / "two.bin", tmp_path / "m.bin")
+        text = (tmp_path / "m.xml").read_text()
+        (tmp_path / "m.xml").write_text(text[: len(text) // 2])
+        words = ("not a readable OpenVINO IR",)
+    proc = edgecompress("export", tmp_path / "m.xml", "--out", tmp_path / "out")
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "out").exists()

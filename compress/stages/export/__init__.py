@@ -42,7 +42,12 @@ def export(
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.stages.export.adopt import adopt, adopt_then
 
-        if config.format is ExportFormat.onnx:
+        if config.format is ExportFormat.onnx or Path(source).suffix.lower() == ".xml":  # an IR stays an IR
+            if Path(source).suffix.lower() == ".xml" and config.format is ExportFormat.tensorrt:
+                from compress.errors import ConfigError
+
+                raise ConfigError(f"{source} is an OpenVINO IR: TensorRT builds from ONNX",
+                                  hint="adopt the model's ONNX file instead")
             return adopt(source, out, config, force=force)
         if config.format is ExportFormat.tensorrt:
             from compress.stages.export.tensorrt import export_tensorrt as then

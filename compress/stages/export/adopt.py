@@ -1,5 +1,5 @@
 """Adopt a model file made elsewhere (``export model.onnx``): check it, upgrade an old opset, and write it as an FP32
-ONNX artifact whose source is the file itself.
+ONNX artifact whose source is the file itself (an OpenVINO IR, ``model.xml`` + ``.bin``, as an OpenVINO artifact).
 
 The checks are :func:`compress.model_files.inspect_model_file`'s. A graph below opset 13 is upgraded with onnx's
 version converter (per-channel Q/DQ needs 13) and the step records both opsets. The written graph must then match
@@ -10,6 +10,7 @@ shapes), else nothing is written. OpenVINO IR and TensorRT start from the adopte
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from compress.artifact import (
 from compress.errors import ModelLoadError, ParityError
 from compress.inputs import sample_inputs
 from compress.stages.common import measure_parity
-from compress.stages.export.config import EXPORT_ONNX, ExportConfig
+from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ def _upgrade(model, opset: int, target: int, path: Path):
 
 
 def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = None, *, force: bool = False) -> Artifact:
-    """Write the model file ``source`` (checked, its opset upgraded where needed) as an FP32 ONNX artifact at ``out``."""
+    """Write the model file ``source`` (checked, its opset upgraded where needed) as an FP32 artifact at ``out``: ONNX,
+    or OpenVINO for an IR."""
     import onnx
 
     from compress.model_files import MIN_OPSET, load_model_file
-    from compress.runtimes.ort_backend import OrtBackend
+    from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
 
     config = config or ExportConfig()
@@ -59,40 +61,48 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
     info = teacher.info
     t0 = time.perf_counter()
     need = tree_bytes(info.path) + sum(tree_bytes(info.path.parent / n) for n in info.external)
+    ir = info.format is Format.openvino
+    spec = EXPORT_OPENVINO if ir else EXPORT_ONNX
+    upgraded = not ir and info.opset < MIN_OPSET
     with staged_dir(out, force, need_bytes=need) as tmp:
-        model = onnx.load(str(info.path))  # with its external data
-        upgraded = info.opset < MIN_OPSET
-        if upgraded:
-            log.info("upgrading %s from opset %d to %d", info.path.name, info.opset, MIN_OPSET)
-            model = _upgrade(model, info.opset, MIN_OPSET, info.path)
-        large = model.ByteSize() > _PROTOBUF_LIMIT
-        onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=large, all_tensors_to_one_file=True,
-                  location="model.onnx.data")
+        if ir:  # an OpenVINO IR stays one: its two files, renamed together
+            shutil.copy2(info.path, tmp / "model.xml")
+            shutil.copy2(info.path.with_suffix(".bin"), tmp / "model.bin")
+        else:
+            model = onnx.load(str(info.path))  # with its external data
+            if upgraded:
+                log.info("upgrading %s from opset %d to %d", info.path.name, info.opset, MIN_OPSET)
+                model = _upgrade(model, info.opset, MIN_OPSET, info.path)
+            large = model.ByteSize() > _PROTOBUF_LIMIT
+            onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=large, all_tensors_to_one_file=True,
+                      location="model.onnx.data")
         if isinstance(info.preprocess, TextPreprocess):
             copy_tokenizer_files(info.path.parent, tmp)
         manifest = teacher.manifest()
-        manifest.model_file = "model.onnx"
+        manifest.model_file = "model.xml" if ir else "model.onnx"
         manifest.files = {}
-        record = {"adopted": str(info.path.resolve()), "source_opset": info.opset,
-                  "opset": MIN_OPSET if upgraded else info.opset, "atol": config.atol,
-                  "parity_samples": config.parity_samples, "sample_data": config.sample_data}
-        step = EXPORT_ONNX.record(manifest, record, input_digest=teacher.sha256)
+        record = {"adopted": str(info.path.resolve()), "atol": config.atol, "parity_samples": config.parity_samples,
+                  "sample_data": config.sample_data}
+        if not ir:
+            record |= {"source_opset": info.opset, "opset": MIN_OPSET if upgraded else info.opset}
+        step = spec.record(manifest, record, input_digest=teacher.sha256)
         write_manifest(tmp, manifest)
 
         items = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
-        reference = OrtBackend(teacher.as_artifact())
-        parity = measure_parity(reference, OrtBackend(Artifact(tmp, manifest)), items, manifest.labels is not None)
-        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": f"{info.path.name} in ONNX Runtime",
+        runtime = "openvino" if ir else "onnxruntime"
+        parity = measure_parity(load_runtime(teacher.as_artifact(), runtime), load_runtime(Artifact(tmp, manifest), runtime),
+                                items, manifest.labels is not None)
+        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": f"{info.path.name} in {runtime}",
                                   "texts": f"{len(items)} samples" + ("" if config.sample_data else " (seeded)")}
         if not parity.max_abs_diff <= config.atol:
             raise ParityError(
                 f"the opset-{MIN_OPSET} graph differs from {info.path.name} by {parity.max_abs_diff:.3g} "
                 f"(allowed {config.atol:g}) on {parity.n} samples", max_abs_diff=parity.max_abs_diff, atol=config.atol,
                 hint=f"re-export the model at opset {MIN_OPSET} or newer, or raise --atol; no artifact was written")
-        EXPORT_ONNX.seal(step, tmp, t0)
+        spec.seal(step, tmp, t0)
         write_manifest(tmp, manifest)
     art = load_artifact(out)
-    log.info("adopted %s as %s (%s; parity max |diff| %.2e)", info.path, out,
+    log.info("adopted %s as %s (%s; parity max |diff| %.2e)", info.path, out, "OpenVINO IR" if ir else
              f"opset {info.opset} -> {MIN_OPSET}" if upgraded else f"opset {info.opset}", parity.max_abs_diff)
     return art
 
