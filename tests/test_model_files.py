@@ -456,3 +456,26 @@ def test_a_broken_openvino_ir_is_a_one_line_error(case, two_ir, tmp_path):
     proc = edgecompress("export", tmp_path / "m.xml", "--out", tmp_path / "out")
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "out").exists()
+
+
+# -- search --------------------------------------------------------------------------------------------------------------
+
+def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs, tmp_path, home):
+    pytest.importorskip("optuna")
+    import yaml
+
+    from compress.search import SearchConfig, run_search
+    from compress.search.directory import Search
+
+    d = _recipe_dir(two_inputs, tmp_path)
+    cfg = SearchConfig(teacher=str(d / "two.onnx"), profile=str(d / "quick.yaml"), train=str(d / "two.npz"),
+                       eval=str(d / "two.npz"), holdout=str(d / "two.npz"), time_budget_s=600, trials=2, promote=1,
+                       space={"runtime": ["onnxruntime"], "threads": [0, 1]})
+    s = Search(cfg, tmp_path / "unused")
+    assert s.shape.kind == "file" and s.space["quant"] == ["int8-static"]  # an array model: static INT8 only
+    result = run_search(cfg, tmp_path / "search", html=False)
+    summary = result.summary
+    assert result.exit_code == 0, summary.get("diagnosis")
+    steps = yaml.safe_load(Path(summary["chosen"]["recipe"]).read_text())["steps"]
+    assert set(steps) == {"onnx", "model"} and steps["model"]["quantize"] == {"mode": "static"}
+    assert "teacher (FP32 file in onnxruntime)" in summary["side_by_side"]

@@ -63,8 +63,9 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     \b
     Text teachers: student depth and width, head/FFN pruning, vocabulary pruning, INT8
     dynamic (INT8 or INT4 embeddings)/static, INT4. ViT teachers: depth, heads, FFN.
-    CNN teachers: channel pruning, static INT8. All: ONNX Runtime vs OpenVINO, and
-    1 or all intra-op threads. Optuna explores them (multi-objective TPE, the
+    CNN teachers: channel pruning, static INT8. Model files (ONNX, OpenVINO IR): nothing
+    to train, so precision only (--train is their calibration data). All: ONNX Runtime
+    vs OpenVINO, and 1 or all intra-op threads. Optuna explores them (multi-objective TPE, the
     profile's budgets as constraints) in three fidelities:
       1. a roofline estimate skips candidates that cannot meet the size or p50 budget;
       2. short distillation and recovery rank the rest;

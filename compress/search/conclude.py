@@ -105,6 +105,17 @@ def _eval_inputs(path: str, preprocess) -> list:
     return list(load_inputs(path, preprocess, limit=64, texts_only=True).inputs)
 
 
+def teacher_entry(s) -> tuple[str, str]:
+    """How the teacher is named and run beside the candidates: PyTorch FP32, or a model file in its own runtime."""
+    if s.shape.kind == "file":
+        from compress.models import load_source
+
+        fmt = str(load_source(s.config.teacher).format)
+        runtime = "openvino" if fmt == "openvino" else "onnxruntime"
+        return f"teacher (FP32 file in {runtime})", runtime
+    return "teacher (PyTorch FP32)", "torch"
+
+
 def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
     from compress.artifact import load_artifact
@@ -121,7 +132,8 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     texts = None
     entries = [(f"trial {t.number}", load_artifact(t.user_attrs["artifact"]), None, t.params.get("threads"))
                for t in trials]
-    entries.append(("teacher (PyTorch FP32)", load_source(s.config.teacher), "torch", None))
+    key, teacher_runtime = teacher_entry(s)
+    entries.append((key, load_source(s.config.teacher), teacher_runtime, None))
     for name, art, runtime, threads in entries:
         if texts is None:
             texts = latency_texts(_eval_inputs(s.eval, art.manifest.preprocess), meas.batch_size,
@@ -154,7 +166,7 @@ def conclude(s, study) -> SearchResult:
         s.say(f"trials {', '.join(map(str, elsewhere))} were built on another machine: judged by their reports, "
               "not timed side by side here")
     sbs = _side_by_side(s, [t for t in full if t.number not in elsewhere])
-    teacher_key = "teacher (PyTorch FP32)"
+    teacher_key = teacher_entry(s)[0]
     for p, t in zip(points, done):
         p["front"] = p["name"] in front_names
         if sbs and f"trial {t.number}" in sbs:
@@ -209,6 +221,11 @@ def _point(t) -> dict[str, Any]:
 
 
 def _dir_mb(d: Path) -> float:
+    """The teacher's weights in MB: a checkpoint's weight files, or a model file with its weights."""
+    if d.is_file():
+        from compress.models import load_source
+
+        return load_source(d).size_bytes() / 2**20
     return sum(f.stat().st_size for f in d.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin")) / 2**20
 
 

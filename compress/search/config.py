@@ -22,9 +22,9 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str = Field(..., description="The fine-tuned teacher checkpoint directory.")
+    teacher: str = Field(..., description="The fine-tuned teacher checkpoint directory, or a model file (.onnx, .xml).")
     profile: str = Field(..., description="Device profile (name or YAML): the budgets every candidate must meet.")
-    train: str = Field(..., description="Transfer data: distillation, pruning recovery, vocabulary.")
+    train: str = Field(..., description="Transfer data: distillation, pruning recovery, vocabulary; calibration (a model file's only use of it).")
     eval: str = Field(..., description="Labelled data the search ranks candidates on.")
     holdout: str | None = Field(
         None, description="Labelled data the search never sees, for the final check (default: half of --eval, "

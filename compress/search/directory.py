@@ -108,6 +108,9 @@ class Search:
                                   "what it outputs, and must keep its dimensions)", hint="leave width out, or width=1.0")
             space["width"] = [1.0]
             notes.append("width: kept (a sentence encoder's students keep its embedding dimensions)")
+        if self.shape.kind == "file" and not self.shape.text and "int8-dynamic" in space.get("quant", []):
+            space["quant"] = [q for q in space["quant"] if q != "int8-dynamic"] or ["int8-static"]
+            notes.append("quant: static INT8 (dynamic INT8 is for text models' files)")
         if any(space.get("heads", [])) and not _heads_prunable():
             space["heads"] = [0.0]
             notes.append("heads: not pruned (transformers 5 cannot reload a head-pruned checkpoint)")
@@ -124,7 +127,14 @@ class Search:
         return split_eval(Path(ev), self.dir / "data", self.config.seed)
 
     def _shape(self) -> TeacherShape:
+        from compress.model_files import is_model_file
+
         teacher = Path(self.config.teacher)
+        if is_model_file(teacher):  # an ONNX file or IR: nothing to distil or prune, so precision, runtime, threads
+            shape = TeacherShape.read(teacher)
+            self.say("a model file has no trainable source: the search explores precision, runtime and threads "
+                     "(distillation and pruning need a checkpoint)")
+            return shape
         if not (teacher / "config.json").is_file():
             raise ConfigError(f"{teacher}: not a Hugging Face checkpoint directory (no config.json)",
                               hint="search takes a fine-tuned transformers checkpoint (text, ViT or CNN); distill a "

@@ -54,6 +54,14 @@ CNN_SPACE: dict[str, list[Any]] = {
     "threads": [0, 1],
 }
 
+#: a model file (an adopted ONNX or OpenVINO IR): nothing to train, so precision, runtime and threads only; INT8
+#: dynamic applies to a text model's file (image and array models quantize statically)
+FILE_SPACE: dict[str, list[Any]] = {
+    "quant": ["int8-static", "int8-dynamic"],
+    "runtime": ["onnxruntime", "openvino"],
+    "threads": [0, 1],
+}
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -73,7 +81,8 @@ class Kind:
 
 _IMAGE_RATES = {"distill": {"lr": 1e-3}, "prune": {"recover_lr": 1e-3}}
 KINDS = {"text": Kind(TEXT_SPACE, augments=True, averages=True, recovers_from_teacher=True),
-         "vit": Kind(VIT_SPACE, **_IMAGE_RATES), "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False)}
+         "vit": Kind(VIT_SPACE, **_IMAGE_RATES), "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False),
+         "file": Kind(FILE_SPACE, counts_ops=False)}
 #: every dimension, with every choice any kind of teacher has (what ``--space`` may name)
 ALL_DIMENSIONS: dict[str, list[Any]] = {}
 for _kind in KINDS.values():
@@ -146,9 +155,14 @@ class TeacherShape:
     patch_in: int = 0
     params: int = 0
     embeds: bool = False  #: a sentence encoder (no classification head): its students keep its width
+    text: bool = False  #: a model file fed text (INT8 dynamic applies)
 
     @classmethod
     def read(cls, teacher: Path | str, vocab_kept: int | None = None) -> TeacherShape:
+        from compress.model_files import is_model_file
+
+        if is_model_file(teacher):
+            return cls.of_file(Path(teacher))
         c = json.loads((Path(teacher) / "config.json").read_text(encoding="utf-8"))
         labels = len(c.get("id2label") or {}) or 2
         image = ((c.get("architectures") or [""])[0] or "").endswith("ForImageClassification")
@@ -165,6 +179,18 @@ class TeacherShape:
                    int(c["intermediate_size"]), int(c["vocab_size"]), int(c.get("max_position_embeddings", 512)),
                    int(c.get("type_vocab_size", 2)), labels, vocab_kept,
                    embeds=not arch.endswith("ForSequenceClassification"))
+
+
+    @classmethod
+    def of_file(cls, path: Path) -> TeacherShape:
+        """A model file: its parameter count (the size estimate) and whether it reads text."""
+        from compress.model_files import load_model_file
+
+        teacher = load_model_file(path)
+        art = teacher.as_artifact()
+        params = sum((art.path / n).stat().st_size for n in art.model_files()) // 4  # FP32 weights
+        return cls(0, 0, 0, 0, 0, 0, 0, len(teacher.info.labels or []) or 1, kind="file", params=params,
+                   text=teacher.info.preprocess.kind == "text")
 
 
 def _safetensors_params(teacher: Path) -> int:
@@ -324,7 +350,7 @@ def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict
     from compress.estimate import DEFAULT_EFFICIENCY, roofline as graph_roofline
     from compress.estimate_cost import GraphCost, NodeCost
 
-    if t.kind == "cnn":  # no analytic graph: the size from the checkpoint's parameters, every conv pruned at both ends
+    if t.kind in ("cnn", "file"):  # no analytic graph: the size from the parameters (a CNN's convs pruned at both ends)
         keep = 1.0 - c.channels
         return {"size_mb": t.params * keep * keep * _MATMUL_BYTES[c.quant] / 2**20, "p50_ms": None,
                 "energy_mj": None, "gops": None}
