@@ -253,6 +253,9 @@ def mean_top_score(outputs, labels):
 
 def says_hello(outputs, labels):
     return "hello"
+
+def top1(outputs, labels):
+    return float((outputs.argmax(-1) == labels).mean())
 '''
 
 
@@ -479,3 +482,20 @@ def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs
     steps = yaml.safe_load(Path(summary["chosen"]["recipe"]).read_text())["steps"]
     assert set(steps) == {"onnx", "model"} and steps["model"]["quantize"] == {"mode": "static"}
     assert "teacher (FP32 file in onnxruntime)" in summary["side_by_side"]
+
+
+def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, monkeypatch):
+    from compress.errors import ConfigError
+    from compress.stages.export import export
+    from compress.stages.quantize import QuantizeConfig, quantize
+
+    (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    art = export(two_inputs / "two.onnx", tmp_path / "fp32")
+    npz = str(two_inputs / "two.npz")
+    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=npz, data=npz, max_drop=0.5,
+                                                         metric="my_metrics:top1"))
+    aa = q.manifest.steps[-1].metrics["accuracy_aware"]
+    assert aa["metric"] == "my_metrics:top1" and 0 <= aa["baseline"] <= 1, aa
+    with pytest.raises(ConfigError, match="--metric applies to accuracy-aware"):
+        quantize(art, tmp_path / "x", QuantizeConfig(calibration=npz, metric="my_metrics:top1"))

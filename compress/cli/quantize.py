@@ -36,6 +36,8 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--max-drop", type=float,
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
 @click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path), help="Labelled eval data for --max-drop.")
+@click.option("--metric", metavar="MODULE:FUNCTION", help="Accuracy-aware: your metric, function(outputs, labels) -> "
+              "number, higher is better, instead of the task's. Runs that code: name only code you trust.")
 @click.option("--eval-samples", type=int, default=300, show_default=True, help="Eval rows for --max-drop.")
 @click.option("--speed-aware", is_flag=True,
               help="INT8: time each layer group quantized and in float side by side (the --profile's threads) and "
@@ -50,7 +52,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 weights_only, max_drop, data, eval_samples, speed_aware, strict, profile_name, out, force):
+                 weights_only, max_drop, data, metric, eval_samples, speed_aware, strict, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
     ONNX artifacts use ONNX Runtime's quantizers (dynamic/static INT8, MatMulNBits INT4);
@@ -66,7 +68,8 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         op_types=[s.strip() for s in op_types.split(",") if s.strip()] if op_types else None,
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
-        weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, eval_samples=eval_samples,
+        weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, metric=metric,
+        eval_samples=eval_samples,
         speed_aware=speed_aware, strict=strict,
     )
     # only what the user gave: the stage refuses settings the chosen quantization would ignore

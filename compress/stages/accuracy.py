@@ -97,10 +97,13 @@ class EvalSet:
     batch_size: int = DEFAULT_BATCH
     reference: np.ndarray | None = None
     source: str = "<memory>"
+    user_metric: Any = None  #: ``--metric`` (compress.user_metric.UserMetric): the metric instead of the task's
     _encoded: list[dict[str, np.ndarray]] | None = field(default=None, repr=False)
 
     @property
     def metric_name(self) -> str:
+        if self.user_metric is not None:
+            return self.user_metric.spec
         return "accuracy" if self.classification else "cosine_to_fp32"
 
     @property
@@ -129,6 +132,7 @@ def load_eval_set(
     *,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH,
+    user_metric: Any = None,
 ) -> EvalSet:
     """Read ``n`` eval rows from ``path`` for the model described by ``manifest``.
 
@@ -159,7 +163,8 @@ def load_eval_set(
         )
     if len(ds) < n:
         log.warning("%s has only %d rows (asked for %d eval samples); using all of them", path, len(ds), n)
-    return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path))
+    return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path),
+                   user_metric=user_metric)
 
 
 def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
@@ -184,6 +189,13 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]:
     """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set)."""
     ref = eval_set.reference
+    if eval_set.user_metric is not None:  # the user's metric; the output error still orders the layers
+        metric = eval_set.user_metric(outputs, eval_set.labels)
+        if ref is None:
+            return metric, 0.0
+        error = float(np.abs(_softmax(outputs) - _softmax(ref)).mean()) if eval_set.classification \
+            else float((1.0 - _cosine_rows(outputs, ref)).mean())
+        return metric, error
     if eval_set.classification:
         from compress.metrics import accuracy
 

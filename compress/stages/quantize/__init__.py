@@ -48,6 +48,10 @@ def quantize(
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     if config.accuracy_aware and not config.data:
         raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
+    if config.metric and not config.accuracy_aware:
+        raise ConfigError("--metric applies to accuracy-aware quantization (it would be ignored)",
+                          hint="add --max-drop or --min-retention with --data, or drop --metric")
+    config.user_metric()  # a metric that does not import fails before anything is quantized
     spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")

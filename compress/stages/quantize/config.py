@@ -132,6 +132,9 @@ class QuantizeConfig(BaseModel):
         description="Accuracy-aware, relative form (from a profile's min_accuracy_retention): metric / input metric.",
     )
     data: str | None = Field(None, description="Labelled eval data for accuracy-aware quantization.")
+    metric: str | None = Field(
+        None, description="Accuracy-aware: your metric, module:function(outputs, labels) -> number (higher is better), "
+        "instead of the task's; it runs that code (compress.user_metric).")
     eval_samples: int = Field(300, ge=10, description="Eval rows used by accuracy-aware quantization.")
     max_fp32_fraction: float = Field(
         0.5, ge=0, le=1,
@@ -156,6 +159,14 @@ class QuantizeConfig(BaseModel):
     @property
     def accuracy_aware(self) -> bool:
         return self.max_drop is not None or self.min_retention is not None
+
+    def user_metric(self):
+        """``metric`` imported (None when unset): :func:`compress.user_metric.load_metric`."""
+        if not self.metric:
+            return None
+        from compress.user_metric import load_metric
+
+        return load_metric(self.metric)
 
     @staticmethod
     def profile_settings(profile, settings: dict | None = None) -> dict:

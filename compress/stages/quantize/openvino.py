@@ -171,7 +171,7 @@ class _Evaluator:
     items are ``(index, inputs)`` pairs so that a subset NNCF picks still finds its labels/references.
     """
 
-    def __init__(self, art: Artifact, encoder, dataset, output_index: int) -> None:
+    def __init__(self, art: Artifact, encoder, dataset, output_index: int, user_metric=None) -> None:
         from compress.inputs import kind_of
 
         self.classification = art.manifest.labels is not None and art.task is not Task.feature_extraction
@@ -184,7 +184,9 @@ class _Evaluator:
         text = kind_of(art.manifest.preprocess) == "text"
         self.pooling = pp.pooling or ("mean" if not self.classification and text else None)
         self.normalize = pp.normalize
-        self.metric_name = "accuracy" if self.classification else "cosine_to_fp32"
+        self.user_metric = user_metric
+        self.metric_name = user_metric.spec if user_metric is not None else \
+            "accuracy" if self.classification else "cosine_to_fp32"
 
     def _vector(self, raw: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self.classification or self.pooling is None:
@@ -204,6 +206,8 @@ class _Evaluator:
         return idx, np.stack(vecs), outs
 
     def metric(self, idx: list[int], vecs: np.ndarray) -> float:
+        if self.user_metric is not None:
+            return self.user_metric(vecs, self.labels[idx] if self.labels is not None else None)
         if self.classification:
             return float((vecs.argmax(-1) == self.labels[idx]).mean())
         ref = self.reference[idx].astype(np.float64)
@@ -342,7 +346,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
                 with _nncf_logging():
                     result, record = _quantize(nncf, model, calibration, config)
             else:
-                evaluator = _Evaluator(art, encoder, dataset, _output_index(model, art))
+                evaluator = _Evaluator(art, encoder, dataset, _output_index(model, art), config.user_metric())
                 result, record, accuracy = _quantize_with_accuracy_control(
                     nncf, model, calibration, evaluator, config, Path(scratch)
                 )

@@ -24,7 +24,7 @@ def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list
     from compress.stages.accuracy import Budget, load_eval_set, search_exclusions
 
     config = q.config
-    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples)
+    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples, user_metric=config.user_metric())
     reference = OrtBackend(art)
     baseline = eval_set.set_reference(reference)
     reference.close()
@@ -60,7 +60,7 @@ def granularity_search(art: Artifact, q, scratch: Path) -> dict[str, Any]:
     from compress.stages.quantize.granularity import choose_granularity
 
     config = q.config
-    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples)
+    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples, user_metric=config.user_metric())
     reference = OrtBackend(art)
     eval_set.set_reference(reference)
     reference.close()
