@@ -71,7 +71,7 @@ class ModelDescription(BaseModel):
 
 
 def is_model_file(path: Path | str) -> bool:
-    """Is ``path`` a model file edgecompress adopts (an ONNX graph)?"""
+    """Is ``path`` a model file edgecompress adopts (an ONNX graph, or an OpenVINO IR .xml)?"""
     p = Path(path)
     return p.is_file() and p.suffix.lower() in MODEL_FILE_SUFFIXES
 
@@ -101,7 +101,7 @@ def read_description(path: Path) -> ModelDescription:
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{yaml_file}: unknown key {where!r}",
                               hint=f"known keys: {', '.join(ModelDescription.model_fields)}") from e
-        raise ConfigError(f"{yaml_file}: {where}: {err['msg']}", hint="see 'Bring your own model file' in docs/") from e
+        raise ConfigError(f"{yaml_file}: {where}: {err['msg']}", hint="see docs/model-files.md") from e
 
 
 @dataclass
@@ -268,7 +268,7 @@ def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
         err = e.errors()[0]
         where = " -> ".join(str(x) for x in err["loc"]) or "preprocess"
         raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}",
-                          hint="see 'Bring your own model file' in docs/") from e
+                          hint="see docs/model-files.md") from e
     if spec:
         raise ConfigError(f"{yaml_file}: preprocess -> {sorted(spec)[0]} applies to image or text inputs",
                           hint="arrays need no preprocess; set kind: image or kind: text")

@@ -170,9 +170,16 @@ def test_feeds_from_bytes_of_a_jpeg_match_decoding_it_with_pillow():
 
 
 def _processors():
-    """Slow (numpy + Pillow) Hugging Face image processors of the main families, built from configs (no hub)."""
-    import transformers as tf
+    """Slow (numpy + Pillow) Hugging Face image processors of the main families, built from configs (no hub). With
+    torchvision installed, transformers 5's ``ViTImageProcessor`` is its torchvision backend; the Pillow one, which
+    edgecompress loads (``use_fast=False``) and reproduces, is ``ViTImageProcessorPil``."""
+    import transformers
 
+    class PilFirst:
+        def __getattr__(self, name):
+            return getattr(transformers, name + "Pil", None) or getattr(transformers, name)
+
+    tf = PilFirst()
     return {
         "vit": (tf.ViTImageProcessor, {"size": {"height": 12, "width": 12}, "resample": 2}),
         "deit": (tf.DeiTImageProcessor, {"size": {"height": 19, "width": 19}, "crop_size": {"height": 12, "width": 12},
