@@ -73,12 +73,16 @@ def _model_spec(art: Artifact, prefix: str) -> dict[str, Any]:
     }
 
 
-def _ship_model(art: Artifact, prefix: str, files: dict[str, Path], hashes: dict[str, str]) -> None:
+def _ship_model(art: Artifact, prefix: str, files: dict[str, Path], hashes: dict[str, str], tmpdir: Path) -> None:
     for name in art.model_files():
         files[f"{prefix}/{name}"] = art.path / name
         hashes[f"{prefix}/{name}"] = art.manifest.files[name]
-    files[f"{prefix}/manifest.json"] = art.path / "manifest.json"
-    hashes[f"{prefix}/manifest.json"] = sha256_file(art.path / "manifest.json")
+    manifest = art.path / "manifest.json"
+    if not manifest.is_file():  # an adopted model file (the baseline): its manifest exists only in memory
+        manifest = tmpdir / f"{prefix}-manifest.json"
+        manifest.write_text(art.manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    files[f"{prefix}/manifest.json"] = manifest
+    hashes[f"{prefix}/manifest.json"] = sha256_file(manifest)
 
 
 def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, config, runtime: str, phase,
@@ -114,7 +118,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     models = {"artifact": _model_spec(art, "artifact")}
     files: dict[str, Path] = {}
     hashes: dict[str, str] = {}
-    _ship_model(art, "artifact", files, hashes)
+    _ship_model(art, "artifact", files, hashes, tmpdir)
     base_art = None
     if config.baseline and teacher is not None:
         if profile.budgets.min_speedup is not None:
@@ -123,7 +127,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
             log.info("no speedup budget in profile %s: the FP32 baseline is not sent", profile.name)
     if base_art is not None:
         models["baseline"] = _model_spec(base_art, "baseline")
-        _ship_model(base_art, "baseline", files, hashes)
+        _ship_model(base_art, "baseline", files, hashes, tmpdir)
         for name, arr in encoder_for(base_art).encode(lat_texts, pad_to=meas.sequence_length).items():
             arrays[f"lat.baseline.{name}"] = arr
 

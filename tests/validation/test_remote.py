@@ -187,9 +187,9 @@ def _capture_predictions(monkeypatch) -> list[np.ndarray]:
     seen: list[np.ndarray] = []
     real = compress.metrics.prediction_metrics
 
-    def spy(m, cand, ref, labels):
+    def spy(m, cand, ref, labels, user_metric=None):
         seen.append(np.array(cand))
-        return real(m, cand, ref, labels)
+        return real(m, cand, ref, labels, user_metric)
 
     monkeypatch.setattr(v, "prediction_metrics", spy)  # local validation's reference
     monkeypatch.setattr(compress.metrics, "prediction_metrics", spy)  # what remote validation imports
@@ -527,3 +527,27 @@ def test_remote_run_of_an_image_model_matches_local(sshd, work, profile, home):
     assert rem.metrics["input_shape"] == {"batch_size": 1, "channels": 1, "height": 16, "width": 16}
     assert rem.environment["measured_on"].startswith("remote:")
     assert sshd.leftovers() == []
+
+
+def test_remote_run_of_an_adopted_array_model_matches_local(sshd, work, profile, home):
+    """An ONNX file made elsewhere, fed arrays: the controller stacks the samples, the device runs them, and the
+    per-output fidelity against the file is computed here from the device's outputs."""
+    from compress.stages.export import export
+    from compress.validation import ValidateConfig, validate
+    from tests.test_model_files import TwoInputs, _export
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    f = _export(TwoInputs(), (torch.randn(2, 6, 40), torch.randn(2, 24)), work / "two.onnx", ["window", "feats"],
+                {"window": {0: "batch"}, "feats": {0: "batch"}, "scores": {0: "batch"}})
+    rng = np.random.default_rng(0)
+    np.savez(work / "two.npz", window=rng.standard_normal((12, 6, 40)).astype(np.float32),
+             feats=rng.standard_normal((12, 24)).astype(np.float32))
+    art = export(f, work / "two-adopted", force=True)
+    base = {"profile": str(profile), "data": str(work / "two.npz")}
+    local = validate(art, ValidateConfig(**base))
+    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+                                       ssh_config=str(sshd.ssh_config())))
+    assert rem.metrics["output_fidelity"] == local.metrics["output_fidelity"]
+    assert rem.metrics["input_shape"] == {"batch_size": 1, "inputs": {"window": "6x40", "feats": "24"}}
+    assert rem.environment["measured_on"].startswith("remote:") and sshd.leftovers() == []
