@@ -111,17 +111,14 @@ def validate(
     from compress.models import load_teacher
     from compress.profiles import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
-    from compress.teacher_outputs import teacher_outputs
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()
     phase = on_phase or (lambda name, total: None)
     profile = load_profile(config.profile)
-    user_metric = None
-    if config.metric:  # imported first: a metric that does not load fails before anything is measured
-        from compress.user_metric import load_metric
+    from compress.user_metric import load_metric
 
-        user_metric = load_metric(config.metric)
+    user_metric = load_metric(config.metric) if config.metric else None  # fails before anything is measured
     if isinstance(artifact, Artifact):
         art = artifact
     else:
@@ -186,18 +183,10 @@ def validate(
     metrics: dict[str, Any] = {}
     cache_use: dict[str, Any] = {}
 
-    # accuracy and agreement
+    # accuracy, agreement and fidelity
     if dataset is not None:
-        n = len(dataset)
-        bs = profile.measure.eval_batch_size
-        cand = predict_all(backend, dataset, bs, phase("evaluating the artifact", n))
-        ref = None
-        if teacher is not None:  # the reference: from the cache when this teacher already ran on these rows
-            ref, cache_use["teacher_outputs"] = teacher_outputs(
-                teacher, dataset, batch_size=bs, threads=run_settings.threads, use_cache=config.cache, progress=phase)
-        metrics.update(prediction_metrics(m, cand, ref, dataset.labels, user_metric))
-        if len(m.outputs) > 1 and teacher is not None and "output_fidelity" in metrics:
-            metrics["output_fidelity"].update(_other_outputs(backend, teacher, dataset, bs, run_settings, phase))
+        metrics.update(_accuracy(backend, teacher, dataset, profile.measure.eval_batch_size, run_settings, config,
+                                 phase, user_metric, cache_use))
 
     # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
     meas = profile.measure
@@ -253,6 +242,24 @@ def validate(
     report = conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, profile, device, estimates, t_start) if estimating else _note_device(report, device)
+
+
+def _accuracy(backend, teacher, dataset, bs: int, settings, config: ValidateConfig, phase, user_metric,
+              cache_use: dict[str, Any]) -> dict[str, Any]:
+    """The artifact's outputs on the eval rows against the teacher's (from the cache when this teacher already ran
+    on these rows): the task metric (or the user's), agreement, retention, and every output's fidelity."""
+    from compress.teacher_outputs import teacher_outputs
+
+    m = backend.artifact.manifest
+    cand = predict_all(backend, dataset, bs, phase("evaluating the artifact", len(dataset)))
+    ref = None
+    if teacher is not None:
+        ref, cache_use["teacher_outputs"] = teacher_outputs(
+            teacher, dataset, batch_size=bs, threads=settings.threads, use_cache=config.cache, progress=phase)
+    metrics = prediction_metrics(m, cand, ref, dataset.labels, user_metric)
+    if len(m.outputs) > 1 and teacher is not None and "output_fidelity" in metrics:
+        metrics["output_fidelity"].update(_other_outputs(backend, teacher, dataset, bs, settings, phase))
+    return metrics
 
 
 def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) -> dict[str, Any]:
