@@ -120,6 +120,8 @@ class ModelFileInfo:
     external: list[str] = field(default_factory=list)  # external-data files, relative to the model's folder
     postprocess: Postprocess = field(default_factory=Postprocess)
     max_length: int = 0
+    kind: str = "file"  # "file" (ONNX, IR: run in its runtime) or "program" (a torch.export program: run in PyTorch)
+    weights: list[str] = field(default_factory=list)  # a program's file, as the exporters read it
 
     @property
     def architecture(self) -> str:
@@ -311,6 +313,14 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
         opset = _check(p, model)
         (inputs, outputs), fmt = _io(p, model), Format.onnx
     desc = read_description(p)
+    task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
+    return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
+                         labels=labels, preprocess=preprocess, description=desc, external=external,
+                         postprocess=desc.postprocess or Postprocess(), max_length=max_length)
+
+
+def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], outputs: list[TensorSpec]):
+    """``(task, labels, preprocess, max_length)`` of a model file from its graph's tensors and its description."""
     preprocess = _preprocess(p, desc, inputs)
     task = _task(desc, preprocess)
     labels = desc.labels
@@ -320,10 +330,7 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
             and outputs[0].shape[-1] != len(labels):
         raise ConfigError(f"{description_file(p)}: {len(labels)} labels, but {outputs[0].name} gives "
                           f"{outputs[0].shape[-1]} class scores", hint="list one name per class, in id order")
-    max_length = desc.max_length or (512 if preprocess.kind == "text" else 0)
-    return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
-                         labels=labels, preprocess=preprocess, description=desc, external=external,
-                         postprocess=desc.postprocess or Postprocess(), max_length=max_length)
+    return task, labels, preprocess, desc.max_length or (512 if preprocess.kind == "text" else 0)
 
 
 def _digest(info: ModelFileInfo) -> str:

@@ -283,8 +283,11 @@ def load_teacher(
     from compress.model_files import is_model_file, load_model_file
     from compress.models_image import is_image_source, load_image_teacher
 
-    if is_model_file(path):  # an ONNX file made elsewhere: the file is the FP32 reference, run in its own runtime
-        teacher = load_model_file(path)
+    from compress.program_files import is_program_file, load_program_file
+
+    if is_model_file(path) or is_program_file(path):  # a file made elsewhere: the FP32 reference itself
+        # an ONNX file or IR runs in its own runtime; a torch.export program that is not an image classifier in PyTorch
+        teacher = load_model_file(path) if is_model_file(path) else load_program_file(path, allow_pickle=allow_pickle)
         if task is not None and Task(task) is not teacher.task:
             raise ConfigError(f"{path} is described as a {teacher.task} model, not {Task(task)}",
                               hint="set task: in the model.yaml beside it, or leave --task out")

@@ -499,3 +499,32 @@ def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, 
     assert aa["metric"] == "my_metrics:top1" and 0 <= aa["baseline"] <= 1, aa
     with pytest.raises(ConfigError, match="--metric applies to accuracy-aware"):
         quantize(art, tmp_path / "x", QuantizeConfig(calibration=npz, metric="my_metrics:top1"))
+
+
+# -- torch.export programs that are not image classifiers ----------------------------------------------------------------
+
+def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_inputs, tmp_path):
+    """A .pt2 with a model.yaml that describes no image: the program is the FP32 reference, run in PyTorch."""
+    pytest.importorskip("onnxscript")
+    from compress.models import load_teacher
+    from compress.stages.export import export
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.validation.local import ValidateConfig, validate
+
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model, (torch.randn(2, 6, 40), torch.randn(2, 24)),
+                                  dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, str(tmp_path / "sensor.pt2"))
+    (tmp_path / "sensor.yaml").write_text("architecture: sensor fusion\n", encoding="utf-8")
+    teacher = load_teacher(tmp_path / "sensor.pt2")
+    assert teacher.info.kind == "program" and teacher.task == "generic"
+    assert [t.name for t in teacher.info.inputs] == ["window", "feats"]
+    art = export(tmp_path / "sensor.pt2", tmp_path / "onnx")
+    assert art.manifest.preprocess.kind == "arrays" and art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
+    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False))
+    assert report.teacher["path"] == str((tmp_path / "sensor.pt2").resolve())
+    assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] < 1.0
+    assert report.metrics["speedup"] > 0  # against the program exported to ONNX FP32 (the baselines cache)

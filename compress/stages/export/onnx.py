@@ -176,7 +176,8 @@ def _program_export(teacher, model_file: Path, config: ExportConfig, names: list
     for q in quiet:  # "torchvision is not installed" and the exporter's progress lines: edgecompress reports its own
         q.setLevel(logging.ERROR)
     try:
-        onnx_program = torch.onnx.export(program, args, None, input_names=names, output_names=[teacher.primary_output],
+        outputs = [t.name for t in getattr(teacher.info, "outputs", [])] or [teacher.primary_output]
+        onnx_program = torch.onnx.export(program, args, None, input_names=names, output_names=outputs,
                                          opset_version=config.opset, dynamo=True, external_data=False, verbose=False)
     finally:
         for q, level in zip(quiet, levels):
