@@ -463,7 +463,7 @@ def test_a_broken_openvino_ir_is_a_one_line_error(case, two_ir, tmp_path):
 
 # -- search --------------------------------------------------------------------------------------------------------------
 
-def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs, tmp_path, home):
+def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs, tmp_path, home, monkeypatch):
     pytest.importorskip("optuna")
     import yaml
 
@@ -471,9 +471,11 @@ def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs
     from compress.search.directory import Search
 
     d = _recipe_dir(two_inputs, tmp_path)
+    (d / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
+    monkeypatch.chdir(d)
     cfg = SearchConfig(teacher=str(d / "two.onnx"), profile=str(d / "quick.yaml"), train=str(d / "two.npz"),
                        eval=str(d / "two.npz"), holdout=str(d / "two.npz"), time_budget_s=600, trials=2, promote=1,
-                       space={"runtime": ["onnxruntime"], "threads": [0, 1]})
+                       space={"runtime": ["onnxruntime"], "threads": [0, 1]}, metric="my_metrics:mean_top_score")
     s = Search(cfg, tmp_path / "unused")
     assert s.shape.kind == "file" and s.space["quant"] == ["int8-static"]  # an array model: static INT8 only
     result = run_search(cfg, tmp_path / "search", html=False)
@@ -482,6 +484,8 @@ def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs
     steps = yaml.safe_load(Path(summary["chosen"]["recipe"]).read_text())["steps"]
     assert set(steps) == {"onnx", "model"} and steps["model"]["quantize"] == {"mode": "static"}
     assert "teacher (FP32 file in onnxruntime)" in summary["side_by_side"]
+    held_out = json.loads(Path(summary["chosen"]["holdout"]["report"]).read_text())
+    assert held_out["metrics"]["metric_name"] == "my_metrics:mean_top_score"  # candidates are judged by it too
 
 
 def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, monkeypatch):

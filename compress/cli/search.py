@@ -28,6 +28,7 @@ F = SearchConfig.model_fields
               help="Study, store of every built step, candidate recipes and reports. Run the same command again "
                    "to resume.")
 @click.option("--trials", type=int, help=F["trials"].description)
+@click.option("--metric", metavar="MODULE:FUNCTION", help=F["metric"].description + " Name only code you trust.")
 @click.option("--space", "space_text", metavar="DIM=A,B;...",
               help="Narrow the space, e.g. 'layers=2,3;quant=int8-dynamic,int4'. Dimensions: text: layers, width, "
                    "heads, ffn, vocab, quant, runtime, threads; ViT: layers, heads, ffn, quant, runtime, threads; "
@@ -55,7 +56,7 @@ F = SearchConfig.model_fields
 @click.option("--no-html", is_flag=True, help="Skip the HTML report.")
 @click.option("--force", is_flag=True, help="Start over in a --search-dir that holds a search with other settings "
                                             "(the store of built steps is kept).")
-def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, space_text,
+def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, metric, space_text,
                short_steps, short_recover_steps, full_epochs, full_augment, full_augment_join, full_average, explore_share,
                full_recover_steps, promote, storage, seed, no_html, force):
     """Find the smallest, fastest artifact that meets a device profile's budgets.
@@ -89,7 +90,7 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
         trials=trials, short_steps=short_steps, short_recover_steps=short_recover_steps, full_epochs=full_epochs,
         full_augment=full_augment, full_augment_join=full_augment_join, full_average=full_average,
         explore_share=explore_share, full_recover_steps=full_recover_steps, promote=promote,
-        space=parse_space(space_text) if space_text else None, storage=storage, seed=seed,
+        space=parse_space(space_text) if space_text else None, storage=storage, seed=seed, metric=metric,
     )
     for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):
         if p is not None and not p.exists():

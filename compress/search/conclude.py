@@ -242,7 +242,8 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     else:
         s.say(f"validating trial {chosen['trial']} on the held-out data ({s.holdout}) ...")
         prof = s.profile_for(from_params(chosen["params"]))
-        r = validate(chosen["artifact"], ValidateConfig(profile=prof, data=s.holdout, teacher=s.config.teacher))
+        r = validate(chosen["artifact"], ValidateConfig(profile=prof, data=s.holdout, teacher=s.config.teacher,
+                                                        metric=s.config.metric))
         if out.exists():
             shutil.rmtree(out)
         write_report(r, out / "report")

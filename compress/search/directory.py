@@ -198,7 +198,8 @@ class Search:
             "teacher": str(Path(self.config.teacher).resolve()),
             "data": {"train": str(Path(self.config.train).resolve()), "eval": self.eval},
             "steps": steps,
-            "validate": {"profiles": [self.profile_for(c)], "artifacts": [final]},
+            "validate": {"profiles": [self.profile_for(c)], "artifacts": [final],
+                         **({"options": {"metric": self.config.metric}} if self.config.metric else {})},
         }
         d = self.dir / "candidates"
         d.mkdir(exist_ok=True)

@@ -50,7 +50,7 @@ MARKER = ".edgecompress-search"
 #: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume
 IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
             "full_epochs", "full_augment", "full_augment_join", "full_average",
-            "full_recover_steps", "distill", "prune", "seed")
+            "full_recover_steps", "distill", "prune", "seed", "metric")
 PATHS = ("teacher", "profile", "train", "eval", "holdout")
 
 
