@@ -335,6 +335,9 @@ def load_artifact(path: Path | str, verify: bool = True) -> Artifact:
         raise ArtifactError(f"{path}: no such artifact directory", hint="check the path")
     mf = path / MANIFEST
     if not mf.is_file():
+        if path.is_file() and path.suffix.lower() in (".onnx", ".xml", ".pt2"):  # a model file made elsewhere
+            raise ArtifactError(f"{path}: a model file, not an edgecompress artifact yet",
+                                hint=f"adopt it first: `edgecompress export {path} --out DIR` (see docs/model-files.md)")
         raise ArtifactError(
             f"{path}: not an edgecompress artifact (no {MANIFEST})",
             hint="create one with `edgecompress export TEACHER_DIR --out DIR`",

@@ -532,3 +532,11 @@ def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_i
     assert report.teacher["path"] == str((tmp_path / "sensor.pt2").resolve())
     assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] < 1.0
     assert report.metrics["speedup"] > 0  # against the program exported to ONNX FP32 (the baselines cache)
+
+
+def test_quantizing_a_model_file_says_to_adopt_it_first(two_inputs, tmp_path):
+    """The issue's first experience: `quantize model.onnx` named no way forward."""
+    proc = edgecompress("quantize", two_inputs / "two.onnx", "--out", tmp_path / "q", "--calibration",
+                        two_inputs / "two.npz")
+    assert_one_line_error(proc, "a model file, not an edgecompress artifact yet", "edgecompress export")
+    assert not (tmp_path / "q").exists()
