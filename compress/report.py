@@ -41,12 +41,16 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v} {unit}".strip()
 
 
-def render_manifest(art: Artifact, console: Console, verified: bool = True) -> None:
+def render_manifest(art: Artifact, console: Console, verified: bool | None = True) -> None:
+    """``verified`` None: a model file described as ``export`` would adopt it (not an artifact yet)."""
     from rich.markup import escape
     from rich.table import Table
 
     m = art.manifest
-    console.print(f"[bold]{escape(str(art.path))}[/]  ({'sha256 verified' if verified else 'not verified'})")
+    if verified is None:
+        console.print(f"[bold]{escape(str(art.model_path))}[/]  (a model file, as `edgecompress export` would adopt it)")
+    else:
+        console.print(f"[bold]{escape(str(art.path))}[/]  ({'sha256 verified' if verified else 'not verified'})")
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="dim")
     head.add_column()

@@ -540,3 +540,10 @@ def test_quantizing_a_model_file_says_to_adopt_it_first(two_inputs, tmp_path):
                         two_inputs / "two.npz")
     assert_one_line_error(proc, "a model file, not an edgecompress artifact yet", "edgecompress export")
     assert not (tmp_path / "q").exists()
+
+
+def test_inspect_shows_a_model_file_as_export_would_adopt_it(two_inputs):
+    proc = edgecompress("inspect", two_inputs / "two.onnx", "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["task"] == "generic" and manifest["preprocess"]["shapes"] == {"window": [6, 40], "feats": [24]}

@@ -13,16 +13,27 @@ from compress.cli._common import console
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the files.")
 def inspect_cmd(artifact, as_json, no_verify):
-    """Show an artifact's manifest: format, precision, tensors, lineage, files."""
+    """Show an artifact's manifest: format, precision, tensors, lineage, files.
+
+    A model file (.onnx, an OpenVINO .xml, a .pt2 with its model.yaml) is shown as `export` would adopt it: its
+    inputs, outputs, task and input description, after the same checks."""
     from compress.artifact import load_artifact
+    from compress.model_files import is_model_file
+    from compress.program_files import is_program_file
     from compress.report import render_manifest
 
-    art = load_artifact(artifact, verify=not no_verify)
+    model_file = is_model_file(artifact) or is_program_file(artifact)
+    if model_file:
+        from compress.models import load_source
+
+        art = load_source(artifact)
+    else:
+        art = load_artifact(artifact, verify=not no_verify)
     if as_json:
         click.echo(json.dumps(art.manifest.model_dump(mode="json"), indent=2))
         return
     con = console()
-    render_manifest(art, con, verified=not no_verify)
+    render_manifest(art, con, verified=None if model_file else not no_verify)
     for step in art.manifest.steps:
         if step.stage == "prune" and step.metrics.get("parameters_after"):
             from compress.cli.prune import summary_lines
