@@ -18,7 +18,7 @@ import numpy as np
 
 from compress.errors import DataError
 
-__all__ = ["ArrayDataset", "LABELS", "load_array_dataset", "synthetic_arrays"]
+__all__ = ["ArrayDataset", "LABELS", "label_array", "load_array_dataset", "synthetic_arrays"]
 
 #: the array that holds class ids, beside the inputs
 LABELS = "labels"
@@ -115,23 +115,26 @@ def load_array_dataset(path: Path | str, preprocess: Any, *, label2id: dict[str,
     n = next(iter(counts.values()))
     if n == 0:
         raise DataError(f"{p}: no samples", hint="the first axis of each array is the samples")
-    labels = None
-    if LABELS in data and LABELS not in spec["shapes"]:
-        lab = data[LABELS]
-        if lab.shape != (n,) or lab.dtype.kind not in "iu":
-            raise DataError(f"{p}: '{LABELS}' is {lab.dtype} {list(lab.shape)}; expected {n} integer class ids",
-                            hint="one integer class id per sample")
-        labels = [int(v) for v in lab]
-        if label2id is not None:
-            known = set(label2id.values())
-            bad = sorted({v for v in labels if v not in known})
-            if bad:
-                raise DataError(f"{p}: label id(s) {bad[:5]} are not among the model's (0-{len(known) - 1})",
-                                hint="relabel the data with the model's class ids")
+    labels = label_array(p, data[LABELS], n, label2id) if LABELS in data and LABELS not in spec["shapes"] else None
     if require_labels and labels is None:
         raise DataError(f"{p}: no '{LABELS}' array", hint="accuracy needs one integer class id per sample: labels=...")
     ds = ArrayDataset(arrays, labels, str(p))
     return ds.head(limit) if limit is not None else ds
+
+
+def label_array(file: Path, lab: np.ndarray, n: int, label2id: dict[str, int] | None) -> list[int]:
+    """An ``.npz``'s ``labels``: ``n`` integer class ids, each one the model has (``label2id``'s ids, when given)."""
+    if lab.shape != (n,) or lab.dtype.kind not in "iu":
+        raise DataError(f"{file}: '{LABELS}' is {lab.dtype} {list(lab.shape)}; expected {n} integer class ids",
+                        hint="one integer class id per sample")
+    labels = [int(v) for v in lab]
+    if label2id is not None:
+        known = set(label2id.values())
+        bad = sorted({v for v in labels if v not in known})
+        if bad:
+            raise DataError(f"{file}: label id(s) {bad[:5]} are not among the model's ({sorted(known)[:20]})",
+                            hint="relabel the data with the model's class ids")
+    return labels
 
 
 def synthetic_arrays(preprocess: Any, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -167,19 +167,9 @@ def _arrays(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
     if images.ndim not in (3, 4) or images.dtype.kind not in "uif":
         raise DataError(f"{file}: 'images' is {images.dtype} {images.shape}; expected N×H×W or N×H×W×C numbers",
                         hint="one image per first index, pixel values 0-255")
-    labels = None
-    if "labels" in data:
-        lab = data["labels"]
-        if lab.shape != (len(images),) or lab.dtype.kind not in "iu":
-            raise DataError(f"{file}: 'labels' is {lab.dtype} {lab.shape}; expected {len(images)} integer ids",
-                            hint="one integer class id per image")
-        labels = [int(v) for v in lab]
-        if label2id is not None:
-            known = set(label2id.values())
-            bad = sorted({v for v in labels if v not in known})
-            if bad:
-                raise DataError(f"{file}: label id(s) {bad[:5]} are not among the model's ({sorted(known)[:20]})",
-                                hint="relabel the data with the model's class ids")
+    from compress.data_arrays import label_array
+
+    labels = label_array(file, data["labels"], len(images), label2id) if "labels" in data else None
     return ImageDataset(list(images), labels, str(file), _names(label2id))
 
 

@@ -44,7 +44,7 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError, ModelLoadError
 
-__all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "FileTeacher", "ModelDescription", "ModelFileInfo", "inspect_model_file",
+__all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo", "inspect_model_file",
            "is_model_file", "load_model_file"]
 
 #: ONNX graphs, and OpenVINO IR (``model.xml`` with its ``model.bin``), which stays an OpenVINO artifact
@@ -344,13 +344,12 @@ def _digest(info: ModelFileInfo) -> str:
 
 
 @dataclass
-class FileTeacher:
-    """An adopted model file as the FP32 reference, with the face of :class:`compress.models.Teacher`: it runs in
-    its own runtime (ONNX Runtime), not PyTorch."""
+class DescribedModel:
+    """What every teacher read from a file and its ``model.yaml`` shares (:class:`FileTeacher`, and
+    :class:`compress.program_files.ProgramTeacher`): the face of :class:`compress.models.Teacher`."""
 
     info: ModelFileInfo
     sha256: str
-    tokenizer: Any = None
 
     @property
     def path(self) -> Path:
@@ -372,7 +371,7 @@ class FileTeacher:
         return SourceInfo(path=str(self.path.resolve()), sha256=self.sha256, architecture=self.info.architecture)
 
     def manifest(self) -> Manifest:
-        """The file described as an (onnx, fp32) artifact rooted at its folder: the root of every lineage."""
+        """The file described as an FP32 artifact rooted at its folder (its own format): the root of every lineage."""
         files = {n: sha256_file(self.path.parent / n) for n in [self.path.name, *self.info.external]}
         return Manifest(
             task=self.task, format=self.info.format, precision=Precision.fp32, labels=self.info.labels,
@@ -383,6 +382,13 @@ class FileTeacher:
 
     def as_artifact(self) -> Artifact:
         return Artifact(self.path.parent, self.manifest())
+
+
+@dataclass
+class FileTeacher(DescribedModel):
+    """An adopted model file as the FP32 reference: it runs in its own runtime (ONNX Runtime, OpenVINO), not PyTorch."""
+
+    tokenizer: Any = None
 
     def encoder(self):
         from compress.tokenization import encoder_for

@@ -13,20 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import (
-    Artifact,
-    Format,
-    Manifest,
-    Postprocess,
-    Precision,
-    SourceInfo,
-    Task,
-    TextPreprocess,
-    digest_of,
-    library_versions,
-    sha256_file,
-)
+from compress.artifact import Format, Postprocess, Task, TextPreprocess, digest_of, sha256_file
 from compress.errors import ModelLoadError
+from compress.model_files import DescribedModel
 
 __all__ = ["ProgramTeacher", "is_program_file", "load_program_file"]
 
@@ -50,31 +39,13 @@ def is_program_file(path: Path | str) -> bool:
 
 
 @dataclass
-class ProgramTeacher:
-    """A program and its description, with the face of the other teachers (what export, validate and the PyTorch
-    runtime call)."""
+class ProgramTeacher(DescribedModel):
+    """A program and its description: the face of the other teachers (what export, validate and the PyTorch runtime
+    call), run in PyTorch."""
 
-    info: Any  # compress.model_files.ModelFileInfo, format pytorch, kind "program"
-    model: Any  # the program's module
-    sha256: str
+    model: Any = None  # the program's module
     tokenizer: Any = None
     processor: Any = None
-
-    @property
-    def path(self) -> Path:
-        return self.info.path
-
-    @property
-    def task(self) -> Task:
-        return self.info.task
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.info.inputs]
-
-    @property
-    def primary_output(self) -> str:
-        return self.info.outputs[0].name
 
     def encoder(self):
         from compress.device import make_feeds
@@ -103,20 +74,6 @@ class ProgramTeacher:
 
             copy_tokenizer_files(self.path.parent, Path(directory))
 
-    def source(self) -> SourceInfo:
-        return SourceInfo(path=str(self.path.resolve()), sha256=self.sha256, architecture=self.info.architecture)
-
-    def manifest(self) -> Manifest:
-        return Manifest(
-            task=self.task, format=Format.pytorch, precision=Precision.fp32, labels=self.info.labels,
-            model_file=self.path.name, inputs=list(self.info.inputs), outputs=list(self.info.outputs),
-            preprocess=self.info.preprocess, postprocess=self.info.postprocess, max_length=self.info.max_length,
-            source=self.source(), files={self.path.name: sha256_file(self.path)}, versions=library_versions(),
-        )
-
-    def as_artifact(self) -> Artifact:
-        return Artifact(self.path.parent, self.manifest())
-
 
 def load_program_file(path: Path | str, *, allow_pickle: bool = False) -> ProgramTeacher:
     """A program described by its ``model.yaml`` (see the module doc), loaded and checked."""
@@ -142,5 +99,5 @@ def load_program_file(path: Path | str, *, allow_pickle: bool = False) -> Progra
     names = [p.name, description_file(p).name]
     if isinstance(preprocess, TextPreprocess):
         names.append(preprocess.tokenizer_file)
-    return ProgramTeacher(info=info, model=program.module(),
-                          sha256=digest_of({n: sha256_file(p.parent / n) for n in names}))
+    return ProgramTeacher(info=info, sha256=digest_of({n: sha256_file(p.parent / n) for n in names}),
+                          model=program.module())
