@@ -95,10 +95,12 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
         step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": f"{info.path.name} in {runtime}",
                                   "texts": f"{len(items)} samples" + ("" if config.sample_data else " (seeded)")}
         if not parity.max_abs_diff <= config.atol:
+            what = f"the opset-{MIN_OPSET} graph" if upgraded else "the adopted copy"
             raise ParityError(
-                f"the opset-{MIN_OPSET} graph differs from {info.path.name} by {parity.max_abs_diff:.3g} "
-                f"(allowed {config.atol:g}) on {parity.n} samples", max_abs_diff=parity.max_abs_diff, atol=config.atol,
-                hint=f"re-export the model at opset {MIN_OPSET} or newer, or raise --atol; no artifact was written")
+                f"{what} differs from {info.path.name} by {parity.max_abs_diff:.3g} (allowed {config.atol:g}) on "
+                f"{parity.n} samples", max_abs_diff=parity.max_abs_diff, atol=config.atol,
+                hint=(f"re-export the model at opset {MIN_OPSET} or newer, or raise --atol" if upgraded else
+                      "raise --atol, or report it with --debug") + "; no artifact was written")
         spec.seal(step, tmp, t0)
         write_manifest(tmp, manifest)
     art = load_artifact(out)
@@ -110,7 +112,6 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
 def adopt_then(source: Path | str, out: Path | str, config: ExportConfig, *, force: bool, export_artifact) -> Artifact:
     """Adopt ``source`` into a scratch artifact, then ``export_artifact(scratch, out, config, force=force)`` it to
     another format (OpenVINO IR, TensorRT) as any FP32 ONNX artifact is."""
-    import shutil
     import tempfile
 
     out = check_output(out, force)
