@@ -9,7 +9,7 @@ from compress.stages.export.config import ExportConfig, Exporter, GraphOptimizat
 
 
 @click.command("export")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path), metavar="SOURCE")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt"]), default="onnx", show_default=True,
               help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), or "
               "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT; "
@@ -44,6 +44,10 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
                trust_remote_code, precision, calibration, calibration_samples, dry_run, profile_name, min_shape,
                opt_shape, max_shape, shape, timing_cache, via, force):
     """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX, OpenVINO or TensorRT artifact.
+
+    SOURCE may also be a model file made elsewhere: an ONNX graph (adopted: checked, upgraded to opset 13 when
+    older; a model.yaml beside it says what the graph cannot), an OpenVINO IR (.xml with its .bin), or a .pt2
+    program with its model.yaml. See docs/model-files.md.
 
     Uses PyTorch's ONNX exporter (dynamic batch and sequence axes; transformers 4 and 5), optionally
     ONNX Runtime's transformer fusions (--optimize), then checks FP32 parity with PyTorch; a miss beyond
