@@ -93,7 +93,8 @@ def load_array_dataset(path: Path | str, preprocess: Any, *, label2id: dict[str,
         raise DataError(f"{p}: no such file", hint="check the path")
     if p.is_dir() or p.suffix.lower() != ".npz":
         raise DataError(f"{p}: not an .npz of input arrays",
-                        hint=f"np.savez(f, {', '.join(f'{n}=...' for n in spec['shapes'])}) with one sample per first index")
+                        hint=f"np.savez(f, {', '.join(f'{n}=...' for n in spec['shapes'])}) with one sample per "
+                             "first index")
     data = _read(p)
     missing = [n for n in spec["shapes"] if n not in data]
     if missing:
@@ -105,7 +106,8 @@ def load_array_dataset(path: Path | str, preprocess: Any, *, label2id: dict[str,
         if arr.ndim != len(want) + 1 or any(w is not None and w != d for w, d in zip(want, arr.shape[1:], strict=True)):
             shown = ["?" if w is None else w for w in want]
             raise DataError(f"{p}: array {name!r} has shape {list(arr.shape)}; expected [samples, "
-                            f"{', '.join(map(str, shown))}]", hint="one sample per first index, each of the model's input shape")
+                            f"{', '.join(map(str, shown))}]",
+                            hint="one sample per first index, each of the model's input shape")
         _check_dtype(p, name, arr, spec["dtypes"][name])
         arrays[name] = arr.astype(spec["dtypes"][name], copy=False)
     counts = {n: len(a) for n, a in arrays.items()}
@@ -144,7 +146,8 @@ def synthetic_arrays(preprocess: Any, n: int, seed: int = 0) -> list[dict[str, n
     for name, shape in spec["shapes"].items():
         if any(d is None for d in shape):
             raise DataError(f"input {name!r} has a dimension the graph leaves open ({shape}) and no data was given",
-                            hint="pass data (an .npz of the inputs), or fix the dimension in model.yaml: dims: {NAME: SIZE}")
+                            hint="pass data (an .npz of the inputs), or fix the dimension in model.yaml: "
+                                 "dims: {NAME: SIZE}")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):

@@ -152,3 +152,10 @@ class AccuracyBudgetError(StageError):
         self.allowed_min = allowed_min
         self.costliest = costliest
         self.best_candidate = best_candidate
+
+
+def first_line(e: BaseException, limit: int = 200, default: str | None = None) -> str:
+    """The first line of an exception's message, at most ``limit`` characters, for a one-line error: a library's
+    message can run to pages. ``default`` stands in for an empty message (None: the exception's type name)."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__ if default is None else default)[:limit]

@@ -41,8 +41,8 @@ def _quantized_nodes(model) -> list[tuple[Any, str, str]]:
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
             continue
-        weight_dq = any((p := producer.get(i)) is not None and p.op_type == "DequantizeLinear" and p.input[0] in constants
-                        for i in node.input)
+        weight_dq = any((p := producer.get(i)) is not None and p.op_type == "DequantizeLinear"
+                        and p.input[0] in constants for i in node.input)
         if not (weight_dq or node.op_type in INTEGER_OPS) or not node.output:
             continue
         name = node.output[0]

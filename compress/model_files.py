@@ -42,9 +42,10 @@ from compress.artifact import (
     library_versions,
     sha256_file,
 )
-from compress.errors import ConfigError, ModelLoadError
+from compress.errors import ConfigError, ModelLoadError, first_line
 
-__all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo", "inspect_model_file",
+__all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
+           "inspect_model_file",
            "is_model_file", "load_model_file"]
 
 #: ONNX graphs, and OpenVINO IR (``model.xml`` with its ``model.bin``), which stays an OpenVINO artifact
@@ -90,7 +91,7 @@ def read_description(path: Path) -> ModelDescription:
     try:
         meta = yaml.safe_load(yaml_file.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{yaml_file}: unreadable YAML ({str(e).splitlines()[0]})", hint="fix the file") from e
+        raise ConfigError(f"{yaml_file}: unreadable YAML ({first_line(e)})", hint="fix the file") from e
     if not isinstance(meta, dict):
         raise ConfigError(f"{yaml_file}: expected a mapping", hint="task, labels, preprocess, dims as keys")
     try:
@@ -132,11 +133,6 @@ class ModelFileInfo:
         return None
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
-
-
 def _load_graph(path: Path):
     """The graph without its external data, with the files that data lives in checked."""
     import onnx
@@ -145,7 +141,7 @@ def _load_graph(path: Path):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
-        raise ModelLoadError(f"{path}: not a readable ONNX file, truncated or damaged ({_first_line(e)})",
+        raise ModelLoadError(f"{path}: not a readable ONNX file, truncated or damaged ({first_line(e)})",
                              hint="export or download the file again") from None
     if not model.graph.node:
         raise ModelLoadError(f"{path}: the ONNX graph has no nodes (truncated or not an ONNX model)",
@@ -188,12 +184,12 @@ def _check(path: Path, model) -> int:
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # noqa: BLE001 - the checker raises ValidationError and a few others
-        raise ModelLoadError(f"{path}: fails the ONNX checker ({_first_line(e)})",
+        raise ModelLoadError(f"{path}: fails the ONNX checker ({first_line(e)})",
                              hint="re-export the model; onnx.checker.check_model(path) shows the same") from None
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode="com.microsoft" not in domains)
     except Exception as e:  # noqa: BLE001 - InferenceError and friends
-        raise ModelLoadError(f"{path}: fails ONNX shape inference ({_first_line(e)})",
+        raise ModelLoadError(f"{path}: fails ONNX shape inference ({first_line(e)})",
                              hint="re-export the model; onnx.shape_inference.infer_shapes shows the same") from None
     return int(domains.get("", domains.get("ai.onnx", 0)))
 
@@ -231,7 +227,7 @@ def _read_ir(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
         model = ov.Core().read_model(str(path))
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and friends for a bad or truncated IR
         raise ModelLoadError(f"{path}: not a readable OpenVINO IR, truncated or with operators this OpenVINO lacks "
-                             f"({_first_line(e)})", hint="convert the model again with this OpenVINO version") from None
+                             f"({first_line(e)})", hint="convert the model again with this OpenVINO version") from None
 
     def spec(port) -> TensorSpec:
         ps = port.get_partial_shape()
@@ -283,8 +279,9 @@ def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
         shapes[t.name] = [d if isinstance(d, int) and d > 0 else desc.dims.get(str(d)) for d in rest]
     unknown = sorted(set(desc.dims) - {str(d) for t in inputs for d in t.shape[1:]})
     if unknown:
+        symbolic = sorted({d for t in inputs for d in t.shape[1:] if isinstance(d, str)})
         raise ConfigError(f"{yaml_file}: dims names {unknown[0]!r}, which no input has",
-                          hint=f"the symbolic dimensions: {', '.join(sorted({str(d) for t in inputs for d in t.shape[1:] if isinstance(d, str)})) or '(none)'}")
+                          hint=f"the symbolic dimensions: {', '.join(symbolic) or '(none)'}")
     return ArrayPreprocess(shapes=shapes, dtypes={t.name: t.dtype for t in inputs})
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import ImagePreprocess
-from compress.errors import ConfigError, ModelLoadError
+from compress.errors import ConfigError, ModelLoadError, first_line
 
 __all__ = ["TimmProcessor", "is_timm_config", "timm_labels", "timm_preprocess", "load_timm_model"]
 
@@ -56,7 +56,8 @@ def timm_preprocess(config: dict[str, Any], where: str) -> ImagePreprocess:
     mode = data.get("crop_mode") or "center"
     interpolation = data.get("interpolation") or "bilinear"
     if interpolation not in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"):
-        raise ConfigError(f"{where}: timm interpolation {interpolation!r} is not reproduced", hint="use bilinear or bicubic")
+        raise ConfigError(f"{where}: timm interpolation {interpolation!r} is not reproduced",
+                          hint="use bilinear or bicubic")
     if c not in (1, 3):
         raise ConfigError(f"{where}: {c} input channels", hint="timm models with 1 or 3 channels are supported")
     scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
@@ -84,7 +85,7 @@ def load_timm_model(path: Path, config: dict[str, Any], weights: list[str], *, p
         model = timm.create_model(config["architecture"], pretrained=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - an unknown architecture or bad arguments
         raise ModelLoadError(f"{path}: timm cannot build {config['architecture']!r} ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:160]})",
+                             f"{first_line(e, 160, default='')})",
                              hint=f"check the architecture name against timm {timm.__version__}") from e
     state: dict[str, Any] = {}
     for name in weights:
@@ -98,7 +99,7 @@ def load_timm_model(path: Path, config: dict[str, Any], weights: list[str], *, p
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"{path}: the weights do not fit {config['architecture']} "
-                             f"({(str(e).splitlines() or [''])[0][:160]})",
+                             f"({first_line(e, 160, default='')})",
                              hint="the config.json and the weights must come from the same model") from e
     return model.eval()
 

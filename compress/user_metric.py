@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compress.errors import ConfigError
+from compress.errors import ConfigError, first_line
 
 __all__ = ["UserMetric", "load_metric"]
 
@@ -37,8 +37,7 @@ class UserMetric:
         try:
             value = self.function(outputs, labels)
         except Exception as e:  # noqa: BLE001 - the user's code may raise anything
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ConfigError(f"--metric {self.spec} raised {type(e).__name__}: {first}",
+            raise ConfigError(f"--metric {self.spec} raised {type(e).__name__}: {first_line(e, default='')}",
                               hint="it is called as function(outputs: numpy array [rows, ...], labels: numpy array or "
                                    "None) and returns a number") from e
         if isinstance(value, bool) or not isinstance(value, int | float) and not _numpy_scalar(value):
@@ -68,8 +67,8 @@ def load_metric(spec: str) -> UserMetric:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - an import runs the module: anything can go wrong
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"--metric {spec}: cannot import {module_name} ({type(e).__name__}: {first})",
+        raise ConfigError(f"--metric {spec}: cannot import {module_name} "
+                          f"({type(e).__name__}: {first_line(e, default='')})",
                           hint="run from the folder that holds the module, or install it; check it imports with "
                                f"python -c 'import {module_name}'") from e
     finally:

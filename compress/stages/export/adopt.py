@@ -24,7 +24,7 @@ from compress.artifact import (
     staged_dir,
     write_manifest,
 )
-from compress.errors import ModelLoadError, ParityError
+from compress.errors import ModelLoadError, ParityError, first_line
 from compress.inputs import sample_inputs
 from compress.stages.common import measure_parity
 from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
@@ -41,8 +41,7 @@ def _upgrade(model, opset: int, target: int, path: Path):
     try:
         return version_converter.convert_version(model, target)
     except Exception as e:  # noqa: BLE001 - the converter raises many types for an op it cannot move
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelLoadError(f"{path}: opset {opset} cannot be upgraded to {target} ({first})",
+        raise ModelLoadError(f"{path}: opset {opset} cannot be upgraded to {target} ({first_line(e)})",
                              hint=f"re-export the model at opset {target} or newer; quantization needs it") from None
 
 
@@ -90,9 +89,10 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
 
         items = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
         runtime = "openvino" if ir else "onnxruntime"
-        parity = measure_parity(load_runtime(teacher.as_artifact(), runtime), load_runtime(Artifact(tmp, manifest), runtime),
-                                items, manifest.labels is not None)
-        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": f"{info.path.name} in {runtime}",
+        parity = measure_parity(load_runtime(teacher.as_artifact(), runtime),
+                                load_runtime(Artifact(tmp, manifest), runtime), items, manifest.labels is not None)
+        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol,
+                                  "reference": f"{info.path.name} in {runtime}",
                                   "texts": f"{len(items)} samples" + ("" if config.sample_data else " (seeded)")}
         if not parity.max_abs_diff <= config.atol:
             what = f"the opset-{MIN_OPSET} graph" if upgraded else "the adopted copy"
