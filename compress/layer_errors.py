@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from compress.metrics import row_cosines, snr_db
+
 __all__ = ["INTEGER_OPS", "artifact_layer_errors", "layer_errors"]
 
 #: operators that compute in integers (their float result appears after a Cast/Mul, or directly for MatMulNBits)
@@ -116,13 +118,10 @@ def layer_errors(fp32_path: Path | str, quant_path: Path | str, feeds: list[dict
             c = np.asarray(got[seen], dtype=np.float64).reshape(r.shape)
             signal[n] += float((r ** 2).sum())
             noise[n] += float(((c - r) ** 2).sum())
-            denom = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-            cosines[n] += list(np.where(denom > 0, (r * c).sum(axis=1) / np.clip(denom, 1e-30, None), 1.0))
-    rows = []
-    for node, name, _ in layers:
-        snr = 200.0 if noise[name] == 0 else min(200.0, 10 * np.log10(max(signal[name], 1e-300) / noise[name]))
-        rows.append({"node": node.name or name, "op_type": node.op_type, "tensor": name, "snr_db": round(float(snr), 2),
-                     "cosine": round(float(np.mean(cosines[name])), 6)})
+            cosines[n] += list(row_cosines(c, r))
+    rows = [{"node": node.name or name, "op_type": node.op_type, "tensor": name,
+             "snr_db": round(snr_db(signal[name], noise[name]), 2), "cosine": round(float(np.mean(cosines[name])), 6)}
+            for node, name, _ in layers]
     rows.sort(key=lambda r: (r["snr_db"], r["cosine"]))
     return {"samples": len(feeds), "count": len(rows), "definition": DEFINITION, "layers": rows[:top]}
 

@@ -69,19 +69,29 @@ def class_axis(m, ndim: int) -> int | None:
     return -1 if ndim == 2 else None
 
 
+def row_cosines(cand: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The cosine of each sample (first axis) against the reference's, over every value of it (a map flattened). In
+    float64, so outputs of 1e-20 (an untrained net's logits) still compare; two equal samples (two all-zero ones
+    included) agree: 1.0."""
+    c = cand.reshape(len(cand), -1).astype(np.float64)
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    den = np.linalg.norm(c, axis=1) * np.linalg.norm(r, axis=1)
+    return np.where(np.all(c == r, axis=1), 1.0, (c * r).sum(axis=1) / np.clip(den, 1e-300, None))
+
+
+def snr_db(signal: float, noise: float) -> float:
+    """Signal-to-noise ratio in dB (sums of squares), :data:`SNR_CAP_DB` where the noise is zero or smaller still."""
+    return SNR_CAP_DB if noise == 0 else float(min(SNR_CAP_DB, 10 * np.log10(max(signal, 1e-300) / noise)))
+
+
 def output_fidelity(cand: np.ndarray, ref: np.ndarray, axis: int | None = None) -> dict[str, Any]:
     """How far an output is from the FP32 model's on the same rows: mean and lowest per-row cosine, SNR in dB over
     all values, largest absolute error, and top-1 agreement over ``axis`` (class scores) when given."""
-    c = cand.reshape(len(cand), -1).astype(np.float64)
-    r = ref.reshape(len(ref), -1).astype(np.float64)
-    norms = np.linalg.norm(c, axis=1) * np.linalg.norm(r, axis=1)
-    exact = np.all(c == r, axis=1)
-    cos = np.where(exact, 1.0, (c * r).sum(axis=1) / np.clip(norms, 1e-30, None))
-    noise = float(((c - r) ** 2).sum())
-    signal = float((r ** 2).sum())
-    snr = SNR_CAP_DB if noise == 0 else min(SNR_CAP_DB, 10 * np.log10(max(signal, 1e-300) / noise))
-    out: dict[str, Any] = {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "snr_db": float(snr),
-                           "max_abs_error": float(np.abs(c - r).max()) if c.size else 0.0}
+    diff = cand.astype(np.float64) - ref.astype(np.float64)
+    cos = row_cosines(cand, ref)
+    out: dict[str, Any] = {"cosine": float(cos.mean()), "cosine_min": float(cos.min()),
+                           "snr_db": snr_db(float((ref.astype(np.float64) ** 2).sum()), float((diff ** 2).sum())),
+                           "max_abs_error": float(np.abs(diff).max()) if diff.size else 0.0}
     if axis is not None and cand.shape[axis] > 1:
         out["top1_agreement"] = float((cand.argmax(axis) == ref.argmax(axis)).mean())
     return out

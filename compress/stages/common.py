@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from compress.inputs import DEFAULT_SAMPLES, sample_texts  # noqa: F401 - where stages have always found them
+from compress.metrics import row_cosines
 
 
 @dataclass
@@ -43,11 +44,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classification
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
     diff = np.abs(ref - cand)
-    flat_ref, flat_cand = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)  # one cosine per sample, even of a map
-    num = (flat_ref * flat_cand).sum(axis=-1)
-    den = np.linalg.norm(flat_ref, axis=-1) * np.linalg.norm(flat_cand, axis=-1)
-    cos = num / np.clip(den, 1e-300, None)  # float64: outputs of 1e-20 (an untrained net's logits) still compare
-    cos = np.where((den == 0) & np.all(flat_ref == flat_cand, axis=-1), 1.0, cos)  # two all-zero outputs agree
+    cos = row_cosines(cand, ref)  # one cosine per sample, even of a map
     agree = float((ref.argmax(-1) == cand.argmax(-1)).mean()) if classification else None
     return Parity(float(diff.max()), float(diff.mean()), float(cos.min()), agree, int(ref.shape[0]),
                   cosine_mean=float(cos.mean()))
