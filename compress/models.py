@@ -341,6 +341,12 @@ def load_teacher(
     return Teacher(info=info, model=model, tokenizer=tokenizer, sha256=digest_dir(info.path))
 
 
+def teacher_format(teacher: Any) -> Format:
+    """The format a loaded teacher runs in, read without hashing its files (as ``as_artifact`` would): an adopted
+    model file's own (ONNX, OpenVINO), PyTorch for every other teacher."""
+    return getattr(teacher.info, "format", Format.pytorch)
+
+
 def load_source(path: Path | str, **teacher_kwargs: Any) -> Artifact:
     """An artifact directory, or a teacher checkpoint described as a (pytorch, fp32) artifact."""
     from compress.artifact import is_artifact, load_artifact

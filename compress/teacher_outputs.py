@@ -136,15 +136,15 @@ def teacher_outputs(teacher, dataset, *, batch_size: int, threads: int | None, u
 
 def _run(teacher, dataset, batch_size: int, threads: int | None, progress) -> np.ndarray:
     from compress.artifact import Format
+    from compress.models import teacher_format
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
 
     tick = progress("evaluating the teacher", len(dataset)) if progress else None
-    reference = teacher.as_artifact()
-    if reference.format is Format.pytorch:
+    if teacher_format(teacher) is Format.pytorch:
         backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=threads))
     else:  # an adopted model file runs in its own runtime
-        backend = load_runtime(reference, settings=RuntimeSettings(threads=threads))
+        backend = load_runtime(teacher.as_artifact(), settings=RuntimeSettings(threads=threads))
     try:
         return predict_all(backend, dataset, batch_size, tick)
     finally:

@@ -82,6 +82,13 @@ class RuntimeBackend(ABC):
         """Every output of one batch by name (float32), for per-output fidelity; None where the adapter cannot."""
         return None
 
+    def outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """:meth:`run_outputs` on a batch of any size (in slices of a fixed batch, as :meth:`predict` runs)."""
+        parts = self._in_slices(self.run_outputs, inputs)
+        if len(parts) == 1 or parts[0] is None:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
     @classmethod
     @abstractmethod
     def version(cls) -> str | None:
@@ -111,17 +118,21 @@ class RuntimeBackend(ABC):
         first = inputs[0].shape[0] if inputs and inputs[0].shape else None
         return first if isinstance(first, int) and first > 0 else None
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Run and post-process: logits for classifiers, pooled sentence embeddings for encoders. A graph fixed to
-        a batch size (many exported files take exactly one sample) runs a larger batch in slices of that size."""
-        pp = self.artifact.manifest.postprocess
+    def _in_slices(self, run, inputs: dict[str, np.ndarray]) -> list[Any]:
+        """``run`` on ``inputs`` in slices of the graph's fixed batch size (many exported files take exactly one
+        sample); one call when the graph's batch is dynamic or the batch fits."""
         fixed = self.fixed_batch
         rows = len(next(iter(inputs.values()))) if inputs else 0
-        if fixed is not None and rows > fixed and rows % fixed == 0:
-            out = np.concatenate([self.run({k: v[i:i + fixed] for k, v in inputs.items()})
-                                  for i in range(0, rows, fixed)])
-        else:
-            out = self.run(inputs)
+        if fixed is None or rows <= fixed or rows % fixed:
+            return [run(inputs)]
+        return [run({k: v[i:i + fixed] for k, v in inputs.items()}) for i in range(0, rows, fixed)]
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run and post-process: logits for classifiers, pooled sentence embeddings for encoders. A graph fixed to
+        a batch size runs a larger batch in slices of that size."""
+        pp = self.artifact.manifest.postprocess
+        parts = self._in_slices(self.run, inputs)
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if pp.pooling:
             return pool(out, inputs["attention_mask"], pp.pooling, pp.normalize)
         return out

@@ -107,11 +107,8 @@ def _eval_inputs(path: str, preprocess) -> list:
 
 def teacher_entry(s) -> tuple[str, str]:
     """How the teacher is named and run beside the candidates: PyTorch FP32, or a model file in its own runtime."""
-    if s.shape.kind == "file":
-        from compress.models import load_source
-
-        fmt = str(load_source(s.config.teacher).format)
-        runtime = "openvino" if fmt == "openvino" else "onnxruntime"
+    if s.shape.kind == "file":  # an OpenVINO IR (.xml) or an ONNX file (compress.model_files)
+        runtime = "openvino" if Path(s.config.teacher).suffix.lower() == ".xml" else "onnxruntime"
         return f"teacher (FP32 file in {runtime})", runtime
     return "teacher (PyTorch FP32)", "torch"
 

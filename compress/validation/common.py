@@ -43,12 +43,12 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
     """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY)."""
     if art.format not in (Format.onnx, Format.openvino):
         return None
-    own = teacher.as_artifact()
+    from compress.models import teacher_format
     from compress.stages.export import ExportConfig, export
 
-    if own.format is not Format.pytorch:  # an adopted model file: itself, or converted as the artifact was
-        if own.format is art.format:
-            return own
+    if teacher_format(teacher) is not Format.pytorch:  # an adopted file: itself, or converted as the artifact was
+        if teacher_format(teacher) is art.format:
+            return teacher.as_artifact()
         cfg = ExportConfig(format=str(art.format))
     else:
         export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})

@@ -108,7 +108,7 @@ def validate(
     from compress.cache import usage as cache_usage
     from compress.host_runtime import runtime_for
     from compress.inputs import load_inputs
-    from compress.models import load_teacher
+    from compress.models import load_teacher, teacher_format
     from compress.profiles import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
 
@@ -198,7 +198,7 @@ def validate(
     if config.baseline and teacher is not None and not estimating:
         if art.format is Format.pytorch:
             warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
-        elif meas.speedup_baseline is SpeedupBaseline.pytorch and teacher.as_artifact().format is Format.pytorch:
+        elif meas.speedup_baseline is SpeedupBaseline.pytorch and teacher_format(teacher) is Format.pytorch:
             # what the artifact replaces, on every core
             baseline_backend = load_runtime(teacher.as_artifact(), "torch",
                                             RuntimeSettings(threads=profile.hardware.cores))
@@ -268,19 +268,19 @@ def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) 
     import numpy as np
 
     from compress.metrics import output_fidelity
+    from compress.models import teacher_format
     from compress.runtimes.base import load_runtime
 
-    reference = teacher.as_artifact()
-    if reference.format is Format.pytorch:  # a PyTorch teacher gives its primary output only
+    if teacher_format(teacher) is Format.pytorch:  # a PyTorch teacher gives its primary output only
         return {}
-    ref_backend = load_runtime(reference, settings=settings)
+    ref_backend = load_runtime(teacher.as_artifact(), settings=settings)
     got: dict[str, list] = {}
     want: dict[str, list] = {}
     tick = phase("comparing the other outputs", len(dataset))
     try:
         for items, pairs, _ in dataset.batches(batch_size):
             feeds = backend.encode(items, pairs)
-            a, b = backend.run_outputs(feeds), ref_backend.run_outputs(feeds)
+            a, b = backend.outputs(feeds), ref_backend.outputs(feeds)
             if a is None or b is None:
                 return {}
             for name in a.keys() & b.keys():
@@ -291,8 +291,12 @@ def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) 
     finally:
         ref_backend.close()
     primary = backend.artifact.manifest.outputs[0].name
-    return {name: output_fidelity(np.concatenate(got[name]), np.concatenate(want[name]))
-            for name in got if name != primary and np.concatenate(got[name]).shape == np.concatenate(want[name]).shape}
+    out = {}
+    for name in [n for n in got if n != primary]:
+        cand, ref = np.concatenate(got[name]), np.concatenate(want[name])
+        if cand.shape == ref.shape:
+            out[name] = output_fidelity(cand, ref)
+    return out
 
 
 def _data_record(config: ValidateConfig, dataset) -> dict[str, Any] | None:
