@@ -187,25 +187,23 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]:
-    """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set)."""
+    """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set): the user's metric
+    (``--metric``) where one is given, else accuracy (classifiers) or the mean cosine to the FP32 outputs."""
     ref = eval_set.reference
+    if ref is None and not eval_set.classification and eval_set.user_metric is None:
+        raise ValueError("embedding eval sets score against the FP32 outputs: call eval_set.set_reference(fp32) first")
+    cos = None if ref is None or eval_set.classification else _cosine_rows(outputs, ref)
+    if ref is None:
+        error = 0.0
+    else:
+        error = float(np.abs(_softmax(outputs) - _softmax(ref)).mean()) if cos is None else float((1.0 - cos).mean())
     if eval_set.user_metric is not None:  # the user's metric; the output error still orders the layers
-        metric = eval_set.user_metric(outputs, eval_set.labels)
-        if ref is None:
-            return metric, 0.0
-        error = float(np.abs(_softmax(outputs) - _softmax(ref)).mean()) if eval_set.classification \
-            else float((1.0 - _cosine_rows(outputs, ref)).mean())
-        return metric, error
+        return eval_set.user_metric(outputs, eval_set.labels), error
     if eval_set.classification:
         from compress.metrics import accuracy
 
-        metric = accuracy(outputs.argmax(-1), eval_set.labels)
-        error = 0.0 if ref is None else float(np.abs(_softmax(outputs) - _softmax(ref)).mean())
-        return metric, error
-    if ref is None:
-        raise ValueError("embedding eval sets score against the FP32 outputs: call eval_set.set_reference(fp32) first")
-    cos = _cosine_rows(outputs, ref)
-    return float(cos.mean()), float((1.0 - cos).mean())
+        return accuracy(outputs.argmax(-1), eval_set.labels), error
+    return float(cos.mean()), error
 
 
 def evaluate_metric(backend, eval_set: EvalSet) -> float:
