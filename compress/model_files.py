@@ -45,7 +45,7 @@ from compress.artifact import (
 from compress.errors import ConfigError, ModelLoadError, first_line
 
 __all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
-           "inspect_model_file",
+           "graph_specs", "inspect_model_file",
            "is_model_file", "load_model_file"]
 
 #: ONNX graphs, and OpenVINO IR (``model.xml`` with its ``model.bin``), which stays an OpenVINO artifact
@@ -203,7 +203,8 @@ def _spec(v) -> TensorSpec:
     return TensorSpec(name=v.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, shape=dims)
 
 
-def _io(path: Path, model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def graph_specs(path: Path, model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """An ONNX graph's inputs (initializers left out) and outputs, as the manifest describes tensors."""
     initializers = {i.name for i in model.graph.initializer}
     inputs = [_spec(v) for v in model.graph.input if v.name not in initializers]  # old exporters list weights too
     outputs = [_spec(v) for v in model.graph.output]
@@ -308,7 +309,7 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
         require("onnx", "reading an ONNX file")
         model, external = _load_graph(p)
         opset = _check(p, model)
-        (inputs, outputs), fmt = _io(p, model), Format.onnx
+        (inputs, outputs), fmt = graph_specs(p, model), Format.onnx
     desc = read_description(p)
     task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
     return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,

@@ -48,15 +48,9 @@ log = logging.getLogger(__name__)
 def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     import onnx
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    from compress.model_files import graph_specs
 
-    def spec(v) -> TensorSpec:
-        t = v.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-        dims = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
-        return TensorSpec(name=v.name, dtype=dtype, shape=dims)
-
-    return [spec(v) for v in graph.input], [spec(v) for v in graph.output]
+    return graph_specs(model_path, onnx.load(str(model_path), load_external_data=False))
 
 
 def _raise_if_storage(e: Exception) -> None:
