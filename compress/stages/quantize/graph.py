@@ -9,7 +9,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.errors import ConfigError
-from compress.inputs import is_image
+from compress.inputs import is_image, kind_of
 from compress.stages.quantize.config import (
     CalibrationMethod,
     EmbeddingPrecision,
@@ -398,8 +398,6 @@ def is_static_first(art: Artifact) -> bool:
     """Is INT8 of ``art`` static by default? Models fed images or arrays (conv nets, sensor and audio models, MLPs):
     their activations are calibrated once. Text transformers keep dynamic INT8, whose per-batch activation ranges
     suit token states."""
-    from compress.inputs import kind_of
-
     return kind_of(art.manifest.preprocess) != "text"
 
 

@@ -179,7 +179,9 @@ class _OnnxQuantizer:
         return ortq.QuantType.QInt8 if self.config.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
 
     def write(self, dst: Path, exclude: list[str]) -> None:
-        __import__("onnxruntime").set_default_logger_severity(3)  # the quantizer's own sessions: errors only
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours
         try:
             if self.int4:
                 self._int4(dst, exclude)
