@@ -13,6 +13,21 @@ from compress.errors import ModelLoadError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+class InfoTeacher:
+    """What every loaded teacher shares (Hugging Face, image, timm, program, adopted file): its ``info``, read before
+    anything loaded, gives its path and task."""
+
+    info: Any
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    @property
+    def task(self):
+        return self.info.task
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

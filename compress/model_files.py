@@ -42,6 +42,7 @@ from compress.artifact import (
     library_versions,
     sha256_file,
 )
+from compress.checkpoints import InfoTeacher
 from compress.errors import ConfigError, ModelLoadError, first_line
 
 __all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
@@ -342,20 +343,12 @@ def _digest(info: ModelFileInfo) -> str:
 
 
 @dataclass
-class DescribedModel:
+class DescribedModel(InfoTeacher):
     """What every teacher read from a file and its ``model.yaml`` shares (:class:`FileTeacher`, and
     :class:`compress.program_files.ProgramTeacher`): the face of :class:`compress.models.Teacher`."""
 
     info: ModelFileInfo
     sha256: str
-
-    @property
-    def path(self) -> Path:
-        return self.info.path
-
-    @property
-    def task(self) -> Task:
-        return self.info.task
 
     @property
     def input_names(self) -> list[str]:

@@ -25,7 +25,7 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.checkpoints import _read_json, inspect_weights, model_load_error
+from compress.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
 from compress.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -180,21 +180,13 @@ def inspect_checkpoint(
 
 
 @dataclass
-class Teacher:
+class Teacher(InfoTeacher):
     """A loaded PyTorch teacher with its tokenizer and what the pipeline needs to know about it."""
 
     info: CheckpointInfo
     model: Any  # transformers.PreTrainedModel, eval mode
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     sha256: str
-
-    @property
-    def path(self) -> Path:
-        return self.info.path
-
-    @property
-    def task(self) -> Task:
-        return self.info.task
 
     @property
     def input_names(self) -> list[str]:

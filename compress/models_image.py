@@ -40,7 +40,7 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.checkpoints import model_load_error
+from compress.checkpoints import InfoTeacher, model_load_error
 from compress.errors import ConfigError, ModelLoadError
 
 PROGRAM_FILE = "model.pt2"
@@ -221,7 +221,7 @@ def inspect_image_source(path: Path | str, *, allow_pickle: bool = False, trust_
 
 
 @dataclass
-class ImageTeacher:
+class ImageTeacher(InfoTeacher):
     """A loaded image classifier in PyTorch, with the same face as :class:`compress.models.Teacher`."""
 
     info: ImageInfo
@@ -229,14 +229,6 @@ class ImageTeacher:
     sha256: str
     tokenizer: Any = None  # image models have none
     processor: Any = None  # the Hugging Face image processor, for the agreement check
-
-    @property
-    def path(self) -> Path:
-        return self.info.path
-
-    @property
-    def task(self) -> Task:
-        return self.info.task
 
     @property
     def input_names(self) -> list[str]:
