@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "dense_map_int8.json")
     args = ap.parse_args(argv)
     from compress.artifact import load_artifact
-    from compress.metrics import output_fidelity
+    from compress.validation.metrics import output_fidelity
     from compress.stages.quantize import QuantizeConfig, quantize
 
     fp32 = load_artifact(args.work / "artifacts" / "mobilenet_v2_features" / "fp32")

@@ -2,7 +2,7 @@
 """Real images that ship offline, for the image benchmarks: scikit-learn's ``load_digits`` on disk.
 
 1,797 handwritten digits, 8×8 pixels with 17 grey levels (0-16), ten classes. They are written at their own
-resolution, scaled to 0-255, as the formats ``compress.data_images`` reads:
+resolution, scaled to 0-255, as the formats ``compress.data.images`` reads:
 
 * ``OUT/train/<digit>/<index>.png`` and ``OUT/test/<digit>/<index>.png``: class folders, one PNG per image;
 * ``OUT/train.npz`` and ``OUT/test.npz``: ``images`` (N×8×8 uint8) and ``labels`` (N int64).
@@ -14,7 +14,7 @@ model's preprocessing (``ImagePreprocess``), not the data's. scikit-learn is a b
 
     python benchmarks/digits.py [--out benchmarks/.cache/digits]
 
-Afterwards every image is read back through ``compress.data_images.load_image_dataset`` and checked against the
+Afterwards every image is read back through ``compress.data.images.load_image_dataset`` and checked against the
 source arrays, so the files are known to be what the loaders give the models.
 """
 
@@ -42,7 +42,7 @@ def main() -> int:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from compress.data_images import load_image_dataset
+    from compress.data.images import load_image_dataset
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0-16 grey levels -> 0-255

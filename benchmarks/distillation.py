@@ -126,9 +126,9 @@ def main() -> None:
     from compress.runtimes.base import RuntimeSettings, load_runtime
 
     from compress.artifact import is_artifact, load_artifact
-    from compress.data import load_dataset
-    from compress.measure import measure_interleaved
-    from compress.models import load_teacher
+    from compress.data.tables import load_dataset
+    from compress.device.measure import measure_interleaved
+    from compress.teachers.load import load_teacher
     from compress.stages.distill import count_parameters
     from compress.stages.export import ExportConfig, export
     from compress.stages.quantize import QuantizeConfig, quantize

@@ -14,7 +14,7 @@ at batch 1 and several sequence lengths, all configurations of one length timed 
 (so a noisy neighbour hits them alike); the figure is the nearest-rank p50 (or, with --statistic min, the
 fastest run: on a machine shared with other work, contention only adds time). The estimate uses this
 host's roofline — peaks derived from /proc/cpuinfo exactly as profiles state theirs (cores x GHz x
-FLOP/cycle), bandwidth from a numpy copy — and ``compress.estimate.DEFAULT_EFFICIENCY``. With ``--fit``
+FLOP/cycle), bandwidth from a numpy copy — and ``compress.estimates.roofline.DEFAULT_EFFICIENCY``. With ``--fit``
 the efficiency factors are refitted to these measurements (least squares on log(estimate/measured))
 and the JSON also carries leave-one-model-out ratios: each model estimated with factors fitted on the
 others, the honest error for a model the calibration did not see.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compress.estimate import DEFAULT_EFFICIENCY, Efficiency, GraphCost, Peaks, graph_cost, host_peaks, roofline  # noqa: E402
+from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, GraphCost, Peaks, graph_cost, host_peaks, roofline  # noqa: E402
 
 
 def _sgemm_gflops(threads: int) -> float:
@@ -110,7 +110,7 @@ def _artifacts(data: Path, teacher: Path | None, work: Path, synthetic: bool) ->
 def _measure(arts: dict[str, Path], seqs: list[int], threads: int, min_runs: int, min_s: float,
              repeat: int = 1) -> dict:
     from compress.artifact import load_artifact
-    from compress.measure import measure_interleaved
+    from compress.device.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
 
     text = "the quick brown fox jumps over the lazy dog " * 64
@@ -222,7 +222,7 @@ def main() -> int:
 
     import onnxruntime
 
-    from compress.profiles import _read_cpuinfo, detect_host, flops_per_cycle
+    from compress.profiles.load import _read_cpuinfo, detect_host, flops_per_cycle
 
     host = detect_host()
     hw = host.hardware

@@ -98,9 +98,9 @@ def main() -> None:
     import torch
 
     from compress.artifact import load_artifact
-    from compress.data import load_dataset
-    from compress.measure import measure_interleaved, probe_cold_start
-    from compress.models import load_teacher
+    from compress.data.tables import load_dataset
+    from compress.device.measure import measure_interleaved, probe_cold_start
+    from compress.teachers.load import load_teacher
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
@@ -188,7 +188,7 @@ def main() -> None:
         results[name]["peak_rss_mb"] = mid["peak_rss_mb"]
         log(f"{name}: cold start {mid['process_wall_ms']:.0f} ms, peak RSS {mid['peak_rss_mb']:.0f} MB")
 
-    from compress.doctor import environment_report
+    from compress.device.doctor import environment_report
 
     env = environment_report()
     payload = {

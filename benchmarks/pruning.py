@@ -87,9 +87,9 @@ def main() -> None:
     from compress.runtimes.torch_backend import TorchBackend
 
     from compress.artifact import is_artifact, load_artifact
-    from compress.data import load_dataset
-    from compress.measure import measure_interleaved
-    from compress.models import load_teacher
+    from compress.data.tables import load_dataset
+    from compress.device.measure import measure_interleaved
+    from compress.teachers.load import load_teacher
     from compress.stages.distill import count_parameters
     from compress.stages.export import ExportConfig, export
     from compress.stages.prune import PruneConfig, prune

@@ -87,7 +87,7 @@ def nncf_direct(work: Path, data: Path, teacher_labels: list[str], eval_samples:
     import openvino as ov
 
     from compress.artifact import load_artifact
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
     from compress.runtimes.base import load_runtime
 
     fp32 = load_artifact(work / "ov-fp32")
@@ -171,7 +171,7 @@ def ours_fresh(art_dir: Path, threads: int, seconds: int, inputs_dir: Path) -> d
 
 def _ours_main(art_dir: str, threads: str, seconds: str, inputs_dir: str) -> None:
     from compress.artifact import load_artifact
-    from compress.measure import measure_interleaved
+    from compress.device.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
 
     b = load_runtime(load_artifact(art_dir), settings=RuntimeSettings(threads=int(threads)))
@@ -200,9 +200,9 @@ def main() -> None:
     import torch
 
     from compress.artifact import load_artifact
-    from compress.data import load_dataset
-    from compress.measure import measure_interleaved
-    from compress.models import load_teacher
+    from compress.data.tables import load_dataset
+    from compress.device.measure import measure_interleaved
+    from compress.teachers.load import load_teacher
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.openvino_backend import OpenVINOBackend
     from compress.runtimes.torch_backend import TorchBackend

@@ -203,9 +203,9 @@ def label_views(teacher: Path, photos_dir: Path, *, min_confidence: float) -> No
     """``photos_dir/<teacher name>.csv``: the views the FP32 teacher is confident on, labelled with its top-1."""
     import torch
 
-    from compress.device import ImageFeeds
-    from compress.models_image import inspect_image_source
-    from compress.programs import load_program
+    from compress.device.shipped import ImageFeeds
+    from compress.teachers.images import inspect_image_source
+    from compress.teachers.programs import load_program
 
     info = inspect_image_source(teacher)
     feeds = ImageFeeds.from_spec(info.preprocess.model_dump())

@@ -54,7 +54,7 @@ def artifact_of(result, name: str) -> Path:
 
 
 def validate_to(art: Path, profile: str, out: Path, dev: str, teacher: str) -> Path:
-    from compress.report import write_report
+    from compress.reports.render import write_report
     from compress.validation import ValidateConfig, validate
 
     report = validate(art, ValidateConfig(profile=profile, data=dev, teacher=teacher))
@@ -63,7 +63,7 @@ def validate_to(art: Path, profile: str, out: Path, dev: str, teacher: str) -> P
 
 
 def gate_summary(new: Path, base: Path) -> dict:
-    from compress.gate import gate
+    from compress.validation.gate import gate
 
     r = gate(new, base)
     return {"verdict": r.verdict, "differences": r.differences,
@@ -76,7 +76,7 @@ def all_pairs(result) -> dict:
     to the FP32 baseline at the default 10% and at 40%, and on raw timings at 10%."""
     import itertools
 
-    from compress.gate import GateConfig, gate
+    from compress.validation.gate import GateConfig, gate
 
     out = {}
     for j in result.index["jobs"]:

@@ -29,9 +29,9 @@ from teacher import DEFAULT_DATA
 
 def main(argv: list[str] | None = None) -> dict:
     from compress.artifact import load_artifact
-    from compress.data import load_dataset
-    from compress.measure import measure_interleaved
-    from compress.models import load_source
+    from compress.data.tables import load_dataset
+    from compress.device.measure import measure_interleaved
+    from compress.teachers.load import load_source
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.validation.common import latency_texts
 

@@ -55,8 +55,8 @@ def main() -> None:
     import torch
 
     from compress import export, load_artifact
-    from compress.data import load_dataset
-    from compress.models import load_teacher
+    from compress.data.tables import load_dataset
+    from compress.teachers.load import load_teacher
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.export import ExportConfig

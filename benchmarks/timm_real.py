@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "timm_real.json")
     args = ap.parse_args(argv)
     from compress.artifact import load_artifact
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.export import export
     from compress.stages.quantize import QuantizeConfig, quantize
     from compress.validation.local import ValidateConfig, validate

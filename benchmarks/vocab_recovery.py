@@ -47,7 +47,7 @@ def read(path: Path) -> tuple[list[str], list[int]]:
 def accuracy(path: Path, texts: list[str], labels: list[int]) -> float:
     import torch
 
-    from compress.models import load_teacher, model_feed
+    from compress.teachers.load import load_teacher, model_feed
 
     t = load_teacher(path)
     correct = 0

@@ -19,8 +19,8 @@ import numpy as np
 from compress._optional import is_available, require
 from compress.artifact import Artifact, Format
 from compress.errors import ConfigError
-from compress.device import pool
-from compress.tokenization import TextFeeds, encoder_for
+from compress.device.shipped import pool
+from compress.data.tokenization import TextFeeds, encoder_for
 
 # runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here.
 RUNTIMES: dict[str, str] = {
@@ -146,7 +146,7 @@ class RuntimeBackend(ABC):
     def synchronize(self) -> None:
         """Wait for asynchronous device work (GPU runtimes override); host runtimes are synchronous.
 
-        Latency on a GPU is timed on the host (``compress.measure.measure_interleaved``) around
+        Latency on a GPU is timed on the host (``compress.device.measure.measure_interleaved``) around
         ``run()`` followed by ``synchronize()``: the timer stops only after the device finished, so it
         times completed work (plus the host<->device copies a caller pays anyway), never an enqueue.
         """

@@ -105,7 +105,7 @@ class OrtBackend(RuntimeBackend):
 
         self.check_settings(self.settings)
 
-        from compress.device import ort_session_options
+        from compress.device.shipped import ort_session_options
 
         opts = ort_session_options(ort, self.settings.threads, self.settings.options.get("graph_optimization_level", "all"),
                                    self.settings.options.get("session_config"))

@@ -57,7 +57,7 @@ class TorchBackend(RuntimeBackend):
 
     @classmethod
     def from_teacher(cls, teacher: Any, settings: RuntimeSettings | None = None) -> TorchBackend:
-        """Wrap an already loaded :class:`compress.models.Teacher` (no second load)."""
+        """Wrap an already loaded :class:`compress.teachers.load.Teacher` (no second load)."""
         self = cls.__new__(cls)
         self.teacher = teacher
         RuntimeBackend.__init__(self, teacher.as_artifact(), settings)
@@ -86,7 +86,7 @@ class TorchBackend(RuntimeBackend):
             torch.set_num_threads(self.settings.threads)
         shared = self.teacher is not None  # a caller's model: never move or cast it in place
         if self.teacher is None:
-            from compress.models import load_teacher
+            from compress.teachers.load import load_teacher
 
             self.teacher = load_teacher(
                 self.artifact.path,

@@ -21,7 +21,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES_TSV = ROOT / "compress" / "samples" / "sentiment.tsv"
+SAMPLES_TSV = ROOT / "compress" / "data" / "samples" / "sentiment.tsv"
 
 LABELS = {0: "negative", 1: "positive"}
 

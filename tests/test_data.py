@@ -1,4 +1,4 @@
-"""compress.data: every format, column detection, label mapping, every bad-input error."""
+"""compress.data.tables: every format, column detection, label mapping, every bad-input error."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.data import TextDataset, load_dataset, sample_data_path
+from compress.data.tables import TextDataset, load_dataset, sample_data_path
 from compress.errors import ConfigError, DataError, MissingBackendError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_parquet(tmp_path):
 def test_parquet_through_pandas_when_pyarrow_api_is_unavailable(tmp_path, monkeypatch):
     pd = pytest.importorskip("pandas", reason="pandas not installed")
     pytest.importorskip("pyarrow", reason="pandas needs a Parquet engine to write the fixture")
-    import compress.data_readers as data
+    import compress.data.readers as data
 
     f = tmp_path / "d.parquet"
     pd.DataFrame({"text": ["a", "b"], "label": ["positive", "negative"]}).to_parquet(f)
@@ -89,7 +89,7 @@ def test_parquet_through_pandas_when_pyarrow_api_is_unavailable(tmp_path, monkey
 
 
 def test_parquet_without_backends_is_a_missing_backend_error(tmp_path, monkeypatch):
-    import compress.data_readers as data
+    import compress.data.readers as data
 
     f = write(tmp_path / "d.parquet", "PAR1")
     monkeypatch.setattr(data, "is_available", lambda name: False)
@@ -488,17 +488,17 @@ def test_shipped_sample_file():
 
 def test_import_is_lean():
     code = (
-        "import sys, compress.data; "
+        "import sys, compress.data.tables; "
         "print(','.join(m for m in ('torch', 'pandas', 'pyarrow', 'datasets', 'transformers') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "", f"importing compress.data pulled in: {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"importing compress.data.tables pulled in: {out.stdout.strip()}"
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv"])
 def test_texts_longer_than_128_kib_are_read_and_truncated_later(tmp_path, suffix):
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
 
     long = "word " * 60_000  # 300 KB: above csv's default field limit
     sep = "\t" if suffix == ".tsv" else ","

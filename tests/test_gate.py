@@ -37,14 +37,14 @@ def noisy(median: float, n: int = 400, seed: int = 0) -> np.ndarray:
 
 
 def test_a_rerun_from_the_same_distribution_passes():
-    from compress.gate import gate
+    from compress.validation.gate import gate
 
     for seed in range(10):  # noise alone never trips it
         assert gate(report(noisy(5.0, seed=seed)), report(noisy(5.0, seed=100 + seed))).verdict == "pass"
 
 
 def test_a_slower_artifact_regresses_but_a_small_significant_shift_does_not():
-    from compress.gate import gate
+    from compress.validation.gate import gate
 
     slow = gate(report(noisy(6.5)), report(noisy(5.0, seed=1)))
     lat = slow.metrics[0]
@@ -56,7 +56,7 @@ def test_a_slower_artifact_regresses_but_a_small_significant_shift_does_not():
 
 
 def test_accuracy_is_judged_on_paired_rows():
-    from compress.gate import gate
+    from compress.validation.gate import gate
 
     base = "1" * 90 + "0" * 10
     worse = "0" * 12 + "1" * 78 + "0" * 10  # 12 rows lost, none won
@@ -69,7 +69,7 @@ def test_accuracy_is_judged_on_paired_rows():
 
 
 def test_reports_from_other_conditions_are_not_comparable_and_say_what_differs():
-    from compress.gate import gate
+    from compress.validation.gate import gate
 
     other = report(noisy(5.0), profile__name="raspberry-pi-4", environment__cpu="Cortex-A72")
     res = gate(other, report(noisy(5.0, seed=1)))
@@ -82,7 +82,7 @@ def test_reports_from_other_conditions_are_not_comparable_and_say_what_differs()
 
 
 def test_no_raw_samples_is_inconclusive_not_a_pass():
-    from compress.gate import gate
+    from compress.validation.gate import gate
 
     old = report([])
     res = gate(report(noisy(5.0)), old)
@@ -113,7 +113,7 @@ def test_cli_exit_codes_markdown_and_junit(tmp_path):
 
 def test_validation_reports_keep_raw_latency_and_per_row_correctness(int8_artifact, tmp_path):
     """What the gate needs is in every report validate writes; two runs of the same artifact pass the gate."""
-    from compress.gate import GateConfig, gate
+    from compress.validation.gate import GateConfig, gate
     from compress.validation import ValidateConfig, validate
     from tests.conftest import write_tsv
 
@@ -135,7 +135,7 @@ def test_validation_reports_keep_raw_latency_and_per_row_correctness(int8_artifa
 
 
 def test_two_estimates_are_compared_by_the_threshold_alone():
-    from compress.gate import gate
+    from compress.validation.gate import gate
 
     def est(p50):
         r = report([])

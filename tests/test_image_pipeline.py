@@ -116,7 +116,7 @@ def onnx_images(teachers, tmp_path_factory) -> dict[str, Path]:
 
 def test_teachers_of_every_kind_describe_their_inputs(teachers):
     from compress.artifact import ImagePreprocess, Task
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     for kind, path in teachers.items():
         t = load_teacher(path)
@@ -134,7 +134,7 @@ def test_a_program_without_its_yaml_is_refused_with_the_fix(teachers, tmp_path):
     import shutil
 
     from compress.errors import ConfigError, ModelLoadError
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -157,7 +157,7 @@ def test_a_program_exported_in_training_mode_is_refused(tmp_path):
     import yaml
 
     from compress.errors import ModelLoadError
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     net(torch.zeros(2, 1, 8, 8))
@@ -175,7 +175,7 @@ def test_torchscript_and_pickled_modules_load_only_when_opted_in(teachers, tmp_p
     import torch
 
     from compress.errors import ModelLoadError
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.export import ExportConfig, export
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -212,7 +212,7 @@ def test_export_records_parity_and_the_processor_agreement(onnx_images):
 
 def test_a_processor_mismatch_fails_the_check(teachers):
     from compress.errors import ParityError
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.export.onnx import _processor_agreement
 
     t = load_teacher(teachers["cnn"])
@@ -389,7 +389,7 @@ def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
 
 @pytest.mark.transformers4
 def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, images_dir, tmp_path):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.export import export
     from compress.stages.prune import PruneConfig, prune
 
@@ -406,7 +406,7 @@ def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, imag
 
 
 def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_path):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.distill import DistillConfig, distill
 
     cfg = DistillConfig(layers=1, max_steps=6, batch_size=8, eval_every=3, lr=1e-3)
@@ -464,7 +464,7 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
     import sys
     import zipfile
 
-    from compress.package import PackageConfig, package
+    from compress.packaging.bundle import PackageConfig, package
     from tests.package.test_package import write_profile
 
     prof = write_profile(tmp_path, memory_mb=1024)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from compress import device
+from compress.device import shipped as device
 from compress.artifact import ImagePreprocess, Manifest
-from compress.data_images import load_image_dataset
+from compress.data.images import load_image_dataset
 from compress.errors import DataError
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow not installed (pip install 'edgecompress[images]')")
@@ -192,7 +192,7 @@ def _processors():
 
 @pytest.mark.parametrize("family", ["vit", "deit", "convnext", "bit"])
 def test_our_preprocessing_matches_the_teachers_processor(family):
-    from compress.image_processors import preprocess_from_hf, processor_agreement
+    from compress.teachers.image_processors import preprocess_from_hf, processor_agreement
 
     cls, cfg = _processors()[family]
     processor = cls(**cfg)
@@ -203,7 +203,7 @@ def test_our_preprocessing_matches_the_teachers_processor(family):
 
 
 def test_a_mismatch_shows_as_a_large_difference():
-    from compress.image_processors import preprocess_from_hf, processor_agreement
+    from compress.teachers.image_processors import preprocess_from_hf, processor_agreement
 
     cls, cfg = _processors()["convnext"]
     processor = cls(**cfg)
@@ -213,7 +213,7 @@ def test_a_mismatch_shows_as_a_large_difference():
 
 def test_settings_we_cannot_reproduce_are_refused_by_name():
     from compress.errors import ConfigError
-    from compress.image_processors import preprocess_from_hf
+    from compress.teachers.image_processors import preprocess_from_hf
 
     with pytest.raises(ConfigError, match="sets do_pad"):
         preprocess_from_hf({"size": {"height": 8, "width": 8}, "do_pad": True})

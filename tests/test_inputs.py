@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress import device
+from compress.device import shipped as device
 from compress.artifact import MANIFEST, Manifest, load_artifact
 from compress.errors import ArtifactError
-from compress.tokenization import encoder_for
+from compress.data.tokenization import encoder_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a gripping, beautifully acted film.", "dull.", "the plot is thin " * 40]
@@ -44,7 +44,7 @@ def test_a_manifest_written_before_the_description_reads_as_text_and_feeds_the_s
 
 def test_the_bundle_handler_and_the_runtimes_build_identical_feeds(onnx_artifact, tmp_path):
     """What package writes for the handler (tokenizer inside model/, pad id resolved) feeds like the runtimes."""
-    from compress.package import _preprocess
+    from compress.packaging.bundle import _preprocess
 
     bundle = tmp_path / "bundle"
     (bundle / "model").mkdir(parents=True)
@@ -69,9 +69,9 @@ def test_feeds_hold_only_what_the_graph_takes(onnx_artifact, tmp_path):
 
 def test_only_the_device_code_spells_the_tokenizer_tensors():
     """Runtime adapters, the remote runner, the bundle handler and the host seam build feeds through
-    compress/device.py; none of them spells out the tokenizer's tensor names."""
-    consumers = [*sorted((ROOT / "runtimes").glob("*.py")), ROOT / "compress" / "bundle_template" / "handler.py",
-                 ROOT / "compress" / "remote_runner.py", ROOT / "compress" / "tokenization.py"]
+    compress/device/shipped.py; none of them spells out the tokenizer's tensor names."""
+    consumers = [*sorted((ROOT / "runtimes").glob("*.py")), ROOT / "compress" / "device" / "bundle_template" / "handler.py",
+                 ROOT / "compress" / "device" / "remote_runner.py", ROOT / "compress" / "data" / "tokenization.py"]
     spelled = [f"{p.relative_to(ROOT)}: {name}" for p in consumers for name in ("input_ids", "token_type_ids")
                if name in p.read_text(encoding="utf-8")]
     assert spelled == []

@@ -95,7 +95,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_walker_sees_function_level_imports():
     g = import_graph()
     assert "compress.validation.common" in g["compress.validation.remote"]  # imported inside a function
-    assert "compress.budgets" in g["compress.validation.local"]
+    assert "compress.profiles.budgets" in g["compress.validation.local"]
 
 
 def test_no_import_cycles():

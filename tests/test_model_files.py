@@ -94,8 +94,8 @@ def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_input
 
 def test_output_budgets_judge_fidelity(two_inputs, tmp_path):
     """min_output_cosine and min_output_snr_db fail an artifact whose outputs moved, pass one that did not."""
-    from compress.budgets import judge
-    from compress.profile_schema import Budgets
+    from compress.profiles.budgets import judge
+    from compress.profiles.schema import Budgets
 
     budgets = Budgets(min_output_cosine=0.999, min_output_snr_db=30, min_accuracy_retention=None, min_agreement=None,
                       min_speedup=None)
@@ -106,7 +106,7 @@ def test_output_budgets_judge_fidelity(two_inputs, tmp_path):
 
 
 def test_output_fidelity_figures():
-    from compress.metrics import output_fidelity
+    from compress.validation.metrics import output_fidelity
 
     ref = np.array([[1.0, 0.0], [0.0, 2.0]])
     same = output_fidelity(ref.copy(), ref, axis=-1)
@@ -121,7 +121,7 @@ def test_output_fidelity_figures():
 def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, tmp_path, make_tsv):
     """A text model's ONNX file with tokenizer.json beside it and model.yaml naming its labels: accuracy and
     agreement against the file itself, run in ONNX Runtime."""
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.export import export
     from compress.validation.local import ValidateConfig, validate
 
@@ -290,7 +290,7 @@ def test_a_user_metric_that_fails_is_a_one_line_error(spec, words, two_inputs, t
 def test_an_adopted_array_model_packages_and_its_handler_takes_json_arrays(two_inputs, tmp_path):
     import zipfile
 
-    from compress.package import PackageConfig, package
+    from compress.packaging.bundle import PackageConfig, package
     from compress.runtimes.base import load_runtime
     from compress.stages.export import export
     from tests.package.test_package import run_handler, write_profile
@@ -512,7 +512,7 @@ def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, 
 def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_inputs, tmp_path):
     """A .pt2 with a model.yaml that describes no image: the program is the FP32 reference, run in PyTorch."""
     pytest.importorskip("onnxscript")
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.export import export
     from compress.stages.quantize import QuantizeConfig, quantize
     from compress.validation.local import ValidateConfig, validate

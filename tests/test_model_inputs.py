@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import GENEROUS_BUDGETS, LABELS, _save_wordpiece_tokenizer, write_tsv
 
-from compress.models import forward_inputs, load_teacher, model_feed
+from compress.teachers.load import forward_inputs, load_teacher, model_feed
 
 
 @pytest.fixture(scope="module")

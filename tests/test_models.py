@@ -1,4 +1,4 @@
-"""compress.models: teacher loading for every architecture, ONNX export parity, and every bad checkpoint."""
+"""compress.teachers.load: teacher loading for every architecture, ONNX export parity, and every bad checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from compress.artifact import Format, Precision, Task, load_artifact
 from compress.errors import ModelLoadError
-from compress.models import inspect_checkpoint, load_teacher
+from compress.teachers.load import inspect_checkpoint, load_teacher
 
 ARCHS = ["bert", "distilbert", "roberta", "bert-encoder"]
 FIXTURE = {

@@ -83,11 +83,11 @@ def test_wheel_contains_the_mapped_packages_and_data(names):
         "compress/runtimes/ort_backend.py",
         "compress/runtimes/torch_backend.py",
         "compress/builtin_profiles/cpu-x86-avx2.yaml",
-        "compress/samples/sentiment.tsv",
+        "compress/data/samples/sentiment.tsv",
     ]
     # every Python package of the source tree (a package missing from pyproject's list installs only editable)
     required += [f"{p.parent.relative_to(ROOT).as_posix()}/__init__.py" for p in (ROOT / "compress").rglob("__init__.py")]
-    required += ["compress/recipes/demo.yaml", "compress/templates/report.html.j2"]
+    required += ["compress/recipes/demo.yaml", "compress/reports/templates/report.html.j2"]
     missing = [n for n in required if n not in names]
     assert not missing, missing
 
@@ -124,7 +124,7 @@ INSTALLED_CHECK = textwrap.dedent(
     from pathlib import Path
 
     import compress
-    from compress.profiles import builtin_profile_names, load_profile
+    from compress.profiles.load import builtin_profile_names, load_profile
 
     site = Path(sys.argv[1]).resolve()
     assert Path(compress.__file__).resolve().is_relative_to(site), compress.__file__  # not the checkout
@@ -143,7 +143,7 @@ INSTALLED_CHECK = textwrap.dedent(
     from compress.runtimes.base import RUNTIMES
     assert "onnxruntime" in RUNTIMES
 
-    from compress.data import sample_data_path
+    from compress.data.tables import sample_data_path
     assert sample_data_path().resolve().is_relative_to(site)
     try:
         import runtimes  # noqa: F401

@@ -15,11 +15,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from compress import profile_host as H  # host detection reads its paths from here
-from compress import profiles as P
+from compress.profiles import host as H  # host detection reads its paths from here
+from compress.profiles import load as P
 from compress.cli.profiles import profiles as profiles_cli
 from compress.errors import ProfileError
-from compress.profiles import (
+from compress.profiles.load import (
     Arch,
     Budgets,
     DeviceProfile,
@@ -454,14 +454,14 @@ def test_value_ranges():
 def test_threads_over_cores_is_a_warning(caplog):
     data = load_profile("cpu-x86-avx2").model_dump()
     data["runtime"]["threads"] = 64
-    with caplog.at_level(logging.WARNING, logger="compress.profiles"):
+    with caplog.at_level(logging.WARNING, logger="compress.profiles.load"):
         p = DeviceProfile.model_validate(data)
     assert p.runtime.threads == 64
     assert "threads=64 exceeds hardware.cores=2" in caplog.text
 
 
 def test_import_is_lean():
-    code = "import sys, compress.profiles, compress.cli.profiles; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','onnxruntime','openvino','tensorrt','transformers')))"
+    code = "import sys, compress.profiles.load, compress.cli.profiles; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','onnxruntime','openvino','tensorrt','transformers')))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"

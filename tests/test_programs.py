@@ -34,7 +34,7 @@ def program_file(tmp_path_factory):
 
 
 def test_the_program_says_what_it_takes(program_file):
-    from compress.programs import load_program, program_inputs, program_outputs
+    from compress.teachers.programs import load_program, program_inputs, program_outputs
 
     ep = load_program(program_file)
     (x,) = program_inputs(ep)  # parameters and buffers are not inputs
@@ -47,7 +47,7 @@ def test_the_program_says_what_it_takes(program_file):
 
 
 def test_unpickling_is_refused_unless_opted_in(tmp_path):
-    from compress.programs import no_unpickling
+    from compress.teachers.programs import no_unpickling
 
     buf = io.BytesIO()
     torch.save({"w": torch.ones(2)}, buf)
@@ -64,7 +64,7 @@ def test_unpickling_is_refused_unless_opted_in(tmp_path):
 
 @pytest.mark.parametrize("content, match", [(None, "no such file"), (b"not a zip", "not a torch.export archive")])
 def test_bad_files_are_one_line_errors(tmp_path, content, match):
-    from compress.programs import load_program
+    from compress.teachers.programs import load_program
 
     path = tmp_path / "m.pt2"
     if content is not None:

@@ -235,7 +235,7 @@ def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
 
 
 def test_without_holdout_half_of_eval_is_held_out(tmp_path):
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
     from compress.search.holdout import split_eval
 
     rows = [(i % 2, f"sentence number {i} with a \"quote\" and a , comma") for i in range(41)]
@@ -320,7 +320,7 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
     assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
     one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())
     assert one["runtime"] == {"threads": 1} and one["extends"] == str((workspace / "quick.yaml").resolve())
-    from compress.profiles import load_profile
+    from compress.profiles.load import load_profile
 
     assert load_profile(s.profile_for(Candidate(1, threads=1))).runtime.threads == 1
     assert s.profile_for(Candidate(1)) == s.profile_ref

@@ -110,7 +110,7 @@ def test_an_unexplained_write_failure_on_a_full_disk_is_called_a_full_disk(onnx_
 
 
 def test_package_full_disk_names_the_bundle_and_leaves_nothing(int8_artifact, tmp_path, capsys, monkeypatch):
-    import compress.package as pkg
+    import compress.packaging.bundle as pkg
 
     def full(root, dest):
         Path(dest).write_bytes(b"PK" * 2048)

@@ -54,7 +54,7 @@ def test_openvino_int8_calibration_with_name_labels(bert_classifier, named, tmp_
 
 
 def test_scoring_readers_still_check_names(named):
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
 
     with pytest.raises(DataError, match="not a label the model knows"):
         load_dataset(named, label2id={"negative": 0, "positive": 1})

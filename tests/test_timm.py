@@ -39,7 +39,7 @@ def images_npz(path, n: int = 24, seed: int = 0):
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_a_timm_checkpoint_loads_and_exports_with_timms_own_preprocessing(arch, tmp_path):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.export import export
 
     d = save_timm(tmp_path / arch, arch)

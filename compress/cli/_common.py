@@ -275,7 +275,7 @@ def end_with_verdict(verdict: str, budgets: list, *, where: str, unverified_exit
     """The one ending every judging command shares: 0 pass; 1 a budget failed; UNVERIFIED (one short line,
     not an error) with ``unverified_exit_code`` when none failed but some were not measured."""
     from compress.errors import Anomalous, BudgetFailed, Unverified
-    from compress.report import failed_summary, unverified_names
+    from compress.reports.render import failed_summary, unverified_names
 
     if verdict == "fail":
         raise BudgetFailed(f"budget failed: {failed_summary(budgets)}{failed_note}")

@@ -25,7 +25,7 @@ def demo_cmd(workdir, remeasure, fresh):
     budget holds, 1 when one fails or the gate finds a regression, 2 on bad input.
     """
     from compress.cli.run import RunProgress, end_run, print_summary
-    from compress.demo import reset_demo, run_demo
+    from compress.recipes.demo import reset_demo, run_demo
 
     if fresh:
         reset_demo(workdir)

@@ -39,7 +39,7 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
     import json
 
     from compress.errors import NotComparable, Regressed
-    from compress.gate import GateConfig, gate, is_run_dir
+    from compress.validation.gate import GateConfig, gate, is_run_dir
 
     config = GateConfig(latency_threshold=threshold, alpha=alpha, normalize=not raw_latency)
     _check_outputs({"--markdown": markdown, "--junit": junit, "--json": json_out})
@@ -68,7 +68,7 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
 def _gate_runs(new, baseline, config, markdown, junit, json_out):
     import json
 
-    from compress.gate import gate_runs, row_line, runs_junit, runs_markdown, worst
+    from compress.validation.gate import gate_runs, row_line, runs_junit, runs_markdown, worst
 
     rows = gate_runs(new, baseline, config)
     verdict = worst(rows)
@@ -83,7 +83,7 @@ def _gate_runs(new, baseline, config, markdown, junit, json_out):
 def raise_for_gate(rows: list[dict]) -> None:
     """The exit of a gate over runs: 1 when one validation regressed, 3 when one is not comparable."""
     from compress.errors import NotComparable, Regressed
-    from compress.gate import worst
+    from compress.validation.gate import worst
 
     verdict = worst(rows)
     if verdict == "regressed":

@@ -13,7 +13,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from compress.profiles import DeviceProfile, check_profile_file, list_profiles, load_profile
+from compress.profiles.load import DeviceProfile, check_profile_file, list_profiles, load_profile
 
 
 def _console() -> Console:

@@ -83,7 +83,7 @@ def print_summary(result) -> None:
             res = f"{j.get('format', '')} {j.get('precision', '')}, {j.get('size_mb', 0):.1f} MB"
         rows.append((j["name"], j["status"], f"{j.get('seconds', 0):.1f}", res))
     table(f"run {result.run_dir}", ("job", "status", "seconds", "result"), rows)
-    from compress.gate import row_line
+    from compress.validation.gate import row_line
 
     for g in result.gate:
         click.echo(f"gate {row_line(g)}")

@@ -76,7 +76,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     (default 4) when none failed but some are UNVERIFIED.
     """
     from compress.artifact import check_output
-    from compress.report import render_report, write_report
+    from compress.reports.render import render_report, write_report
     from compress.validation import ValidateConfig, validate
 
     config = build_config(
@@ -99,7 +99,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     write_report(report, report_dir, force=force)
     console().print(f"reports: {report_dir}/report.json, report.md, junit.xml")
     if report.environment.get("cache"):
-        from compress.cache import describe
+        from compress.validation.cache import describe
 
         console().print(describe(report.environment["cache"]), markup=False)
     end_with_verdict(report.verdict, report.budgets, where=f"on {report.profile['name']}",

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import EdgeCompressError, OutputExistsError
-from compress.gate import RUN_INDEX, RUN_MARKER
+from compress.validation.gate import RUN_INDEX, RUN_MARKER
 from compress.recipes.plan import Job, Plan, make_plan, rough_seconds
 from compress.recipes.schema import read_recipe
 
@@ -50,7 +50,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        from compress.budgets import VERDICTS
+        from compress.profiles.budgets import VERDICTS
 
         return {"fail": 1, "regressed": 1, "not comparable": 3, "anomalous": VERDICTS["anomalous"][0]}.get(self.verdict, 0)
 
@@ -195,7 +195,7 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
     _write_json(run / LAST_FINISHED, index)
     if html:
         say({"phase": "html", "label": "writing the HTML report"})
-        from compress.html_report import write_run_html
+        from compress.reports.html import write_run_html
 
         write_run_html(run, index)
     return RunResult(run, index, index["verdict"], gate_rows)
@@ -283,7 +283,7 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
         quantize(src, out, config, force=force)
         return _artifact_summary(out)
     if job.verb == "validate":
-        from compress.report import write_report
+        from compress.reports.render import write_report
         from compress.validation import validate
 
         report = validate(src, config, on_phase=_phases(say))
@@ -293,7 +293,7 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
                 "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
                 "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(run))}
     from compress.artifact import staged_dir
-    from compress.package import package, write_package_report
+    from compress.packaging.bundle import package, write_package_report
 
     with staged_dir(out, force=True) as tmp:  # bundle and reports appear together, or not at all
         report = package(src, tmp / "bundle.zip", config, progress=say)
@@ -321,7 +321,7 @@ def _baseline_label(baseline: str, run: Path) -> str:
 
 def gate_run(run: Path, index: dict[str, Any], spec, previous: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Gate every validation of this run against the same artifact × profile in the baseline run."""
-    from compress.gate import GateConfig, gate_indexes, runs_markdown
+    from compress.validation.gate import GateConfig, gate_indexes, runs_markdown
 
     if spec.baseline == "previous":
         base_index, base_dir = previous or {}, run

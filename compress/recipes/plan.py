@@ -18,7 +18,7 @@ from typing import Any
 
 from compress.artifact import MANIFEST
 from compress.errors import ConfigError
-from compress.models_image import MODULE_FILES, PROGRAM_FILE
+from compress.teachers.images import MODULE_FILES, PROGRAM_FILE
 from compress.recipes.schema import PATH_FIELDS, TEACHER, Recipe, resolve_path
 
 #: names in a path field that mean one of the recipe's data files
@@ -104,7 +104,7 @@ def _resolve_settings(verb: str, settings: dict[str, Any], data: dict[str, str],
 
 
 def _profile_facts(profile: str, base: Path) -> tuple[str, dict[str, Any]]:
-    from compress.profiles import load_profile
+    from compress.profiles.load import load_profile
 
     name = resolve_path(profile, base) if _profile_label(profile) != profile else profile
     return name, load_profile(name).model_dump(mode="json")
@@ -116,7 +116,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
 
     base = Path(base)
     teacher = resolve_path(recipe.teacher, base)
-    from compress.model_files import is_model_file, load_model_file
+    from compress.teachers.model_files import is_model_file, load_model_file
 
     model_file = is_model_file(teacher)  # an ONNX file made elsewhere: adopted by export; nothing to train
     if model_file:
@@ -186,7 +186,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
             if REVISIONS.get(j.verb):
                 payload["revision"] = REVISIONS[j.verb]
             if j.measures:
-                from compress.cpu import cpu_model
+                from compress.device.cpu import cpu_model
 
                 if j.profile not in profiles:
                     profiles[j.profile] = _profile_facts(j.profile, base)
@@ -202,7 +202,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
 
 def _profile_label(profile: str) -> str:
     """How job names show a profile: its name, or a profile file's stem."""
-    from compress.profiles import _looks_like_path
+    from compress.profiles.load import _looks_like_path
 
     return Path(profile).stem if _looks_like_path(profile) else profile
 

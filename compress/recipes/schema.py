@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import ConfigError
-from compress.profiles import _looks_like_path, _UniqueKeyLoader  # duplicate keys refused, as in profiles
+from compress.profiles.load import _looks_like_path, _UniqueKeyLoader  # duplicate keys refused, as in profiles
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
 TEACHER = "teacher"
@@ -198,7 +198,7 @@ def stage_config_model(verb: str):
     elif verb == "validate":
         from compress.validation.local import ValidateConfig as M
     else:
-        from compress.package_config import PackageConfig as M
+        from compress.packaging.config import PackageConfig as M
     return M
 
 
@@ -293,7 +293,7 @@ def _profile_runtime(profile: str, base: Path) -> str | None:
     """The runtime a named or file profile pins (None for host, which picks one per format, or when unreadable:
     the run then reports the profile's own error)."""
     from compress.errors import EdgeCompressError
-    from compress.profiles import load_profile
+    from compress.profiles.load import load_profile
 
     if profile == "host":
         return None
@@ -322,12 +322,12 @@ def resolve_path(value: str, base: Path) -> str:
 
 
 def builtin_path(name: str) -> Path:
-    """What ``builtin:NAME`` names: the demo teacher, or a file shipped under compress/samples."""
+    """What ``builtin:NAME`` names: the demo teacher, or a file shipped under compress/data/samples."""
     if name in ("all-MiniLM-L6-v2", "all-minilm-l6-v2"):
-        from compress.data import demo_teacher_path
+        from compress.data.tables import demo_teacher_path
 
         return demo_teacher_path()
-    from compress.data import sample_data_path
+    from compress.data.tables import sample_data_path
 
     sample = sample_data_path()
     if name == sample.name:

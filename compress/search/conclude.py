@@ -35,7 +35,7 @@ class SearchResult:
 
     @property
     def exit_code(self) -> int:
-        from compress.budgets import VERDICTS
+        from compress.profiles.budgets import VERDICTS
 
         return VERDICTS[self.verdict][0]
 
@@ -100,14 +100,14 @@ def promote(s, study) -> list[tuple[int, dict[str, Any]]]:
 def _eval_inputs(path: str, preprocess) -> list:
     """The first 64 inputs of the data the search ranks on (``Search.eval``: --eval, or its ranking half when the
     holdout is split from it), the texts every candidate's validation timed: the side-by-side batch is built from them."""
-    from compress.inputs import load_inputs
+    from compress.data.inputs import load_inputs
 
     return list(load_inputs(path, preprocess, limit=64, texts_only=True).inputs)
 
 
 def teacher_entry(s) -> tuple[str, str]:
     """How the teacher is named and run beside the candidates: PyTorch FP32, or a model file in its own runtime."""
-    if s.shape.kind == "file":  # an OpenVINO IR (.xml) or an ONNX file (compress.model_files)
+    if s.shape.kind == "file":  # an OpenVINO IR (.xml) or an ONNX file (compress.teachers.model_files)
         runtime = "openvino" if Path(s.config.teacher).suffix.lower() == ".xml" else "onnxruntime"
         return f"teacher (FP32 file in {runtime})", runtime
     return "teacher (PyTorch FP32)", "torch"
@@ -116,8 +116,8 @@ def teacher_entry(s) -> tuple[str, str]:
 def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
     from compress.artifact import load_artifact
-    from compress.measure import measure_interleaved
-    from compress.models import load_source
+    from compress.device.measure import measure_interleaved
+    from compress.teachers.load import load_source
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.validation.common import latency_texts
 
@@ -151,8 +151,8 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
 
 
 def conclude(s, study) -> SearchResult:
-    from compress.budgets import judge
-    from compress.html_report import pareto_front
+    from compress.profiles.budgets import judge
+    from compress.reports.html import pareto_front
 
     done = measured(study)
     points = [_point(t) for t in done]
@@ -220,7 +220,7 @@ def _point(t) -> dict[str, Any]:
 def _dir_mb(d: Path) -> float:
     """The teacher's weights in MB: a checkpoint's weight files, or a model file with its weights."""
     if d.is_file():
-        from compress.models import load_source
+        from compress.teachers.load import load_source
 
         return load_source(d).size_bytes() / 2**20
     return sum(f.stat().st_size for f in d.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin")) / 2**20
@@ -228,7 +228,7 @@ def _dir_mb(d: Path) -> float:
 
 def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     """The chosen artifact validated on the held-out data, on the same profile."""
-    from compress.report import write_report
+    from compress.reports.render import write_report
     from compress.validation import validate
     from compress.validation.local import ValidateConfig
 

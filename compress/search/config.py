@@ -26,7 +26,7 @@ class SearchConfig(BaseModel):
     profile: str = Field(..., description="Device profile (name or YAML): the budgets every candidate must meet.")
     metric: str | None = Field(
         None, description="Your metric, module:function(outputs, labels) -> number (higher is better), that candidates "
-        "are validated with instead of the task's; it runs that code (compress.user_metric).")
+        "are validated with instead of the task's; it runs that code (compress.validation.user_metric).")
     train: str = Field(..., description="Transfer data: distillation, pruning recovery, vocabulary; calibration (a model file's only use of it).")
     eval: str = Field(..., description="Labelled data the search ranks candidates on.")
     holdout: str | None = Field(

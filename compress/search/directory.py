@@ -27,7 +27,7 @@ class Search:
     """One search directory: its study, its store, its fidelities and its budgets."""
 
     def __init__(self, config: SearchConfig, search_dir: Path, progress: Progress | None = None):
-        from compress.profiles import load_profile
+        from compress.profiles.load import load_profile
 
         self.config = config
         self.dir = search_dir
@@ -73,7 +73,7 @@ class Search:
     # -- setting up -------------------------------------------------------------------------------------------
 
     def _budget_names(self) -> list[str]:
-        from compress.budgets import judge
+        from compress.profiles.budgets import judge
 
         return [b.name for b in judge(self.profile.budgets, {})]
 
@@ -127,7 +127,7 @@ class Search:
         return split_eval(Path(ev), self.dir / "data", self.config.seed)
 
     def _shape(self) -> TeacherShape:
-        from compress.model_files import is_model_file
+        from compress.teachers.model_files import is_model_file
 
         teacher = Path(self.config.teacher)
         if is_model_file(teacher):  # an ONNX file or IR: nothing to distil or prune, so precision, runtime, threads
@@ -147,7 +147,7 @@ class Search:
                               hint="distill, prune and quantize other models step by step (edgecompress run)") from None
 
     def _peaks(self):
-        from compress.estimate import host_peaks, profile_peaks
+        from compress.estimates.roofline import host_peaks, profile_peaks
 
         try:
             return profile_peaks(self.profile)
@@ -348,7 +348,7 @@ def _vocab_kept(teacher: Path, train: str) -> int:
     """How many tokens vocabulary pruning on ``train`` keeps (for the size estimate)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
     from compress.stages.prune.vocab import plan_vocabulary
 
     tok = AutoTokenizer.from_pretrained(teacher)

@@ -159,7 +159,7 @@ class TeacherShape:
 
     @classmethod
     def read(cls, teacher: Path | str, vocab_kept: int | None = None) -> TeacherShape:
-        from compress.model_files import is_model_file
+        from compress.teachers.model_files import is_model_file
 
         if is_model_file(teacher):
             return cls.of_file(Path(teacher))
@@ -184,7 +184,7 @@ class TeacherShape:
     @classmethod
     def of_file(cls, path: Path) -> TeacherShape:
         """A model file: its parameter count (the size estimate) and whether it reads text."""
-        from compress.model_files import load_model_file
+        from compress.teachers.model_files import load_model_file
 
         teacher = load_model_file(path)
         art = teacher.as_artifact()
@@ -345,10 +345,10 @@ def candidate_shape(c: Candidate, t: TeacherShape) -> Shape:
 
 
 def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict[str, float | None]:
-    """Size (MB), optimistic latency (ms, :mod:`compress.estimate`'s roofline with its calibrated efficiencies) and
+    """Size (MB), optimistic latency (ms, :mod:`compress.estimates.roofline`'s roofline with its calibrated efficiencies) and
     an energy proxy (mJ) of one inference of ``c``, from its shape alone. No ``peaks``: no latency (None)."""
-    from compress.estimate import DEFAULT_EFFICIENCY, roofline as graph_roofline
-    from compress.estimate_cost import GraphCost, NodeCost
+    from compress.estimates.roofline import DEFAULT_EFFICIENCY, roofline as graph_roofline
+    from compress.estimates.cost import GraphCost, NodeCost
 
     if t.kind in ("cnn", "file"):  # no analytic graph: the size from the parameters (a CNN's convs pruned at both ends)
         keep = 1.0 - c.channels

@@ -2,13 +2,13 @@
 
 ``validate`` runs here (:mod:`compress.validation.local`), estimates latency when this machine is not the
 profiled device, or measures over SSH on the device itself (:mod:`compress.validation.remote`, which ships
-:mod:`compress.remote_runner`). Metrics come from :mod:`compress.metrics`, budget judging from
-:mod:`compress.budgets`: the same code for every path.
+:mod:`compress.device.remote_runner`). Metrics come from :mod:`compress.validation.metrics`, budget judging from
+:mod:`compress.profiles.budgets`: the same code for every path.
 """
 
 from __future__ import annotations
 
-from compress.budgets import BudgetResult, BudgetStatus, judge, verdict_of
+from compress.profiles.budgets import BudgetResult, BudgetStatus, judge, verdict_of
 from compress.validation.common import ValidationReport, baseline_artifact, conclude, latency_texts
 from compress.validation.local import EstimateMode, ValidateConfig, validate
 

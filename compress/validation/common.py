@@ -11,9 +11,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from compress.artifact import Artifact, Format, load_artifact
-from compress.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
-from compress.measure import LatencyStats
-from compress.metrics import size_breakdown
+from compress.profiles.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
+from compress.device.measure import LatencyStats
+from compress.validation.metrics import size_breakdown
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ class ValidationReport(BaseModel):
 
 
 def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
-    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY)."""
+    """The teacher's FP32 model in the artifact's format, in the cache (compress.validation.cache: baselines/KEY)."""
     if art.format not in (Format.onnx, Format.openvino):
         return None
-    from compress.models import teacher_format
+    from compress.teachers.load import teacher_format
     from compress.stages.export import ExportConfig, export
 
     if teacher_format(teacher) is not Format.pytorch:  # an adopted file: itself, or converted as the artifact was
@@ -58,7 +58,7 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
             opset=export_cfg.get("opset", 18),
             optimize=export_cfg.get("optimize", "O2"),
         )
-    from compress import cache as ec_cache
+    from compress.validation import cache as ec_cache
 
     key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
     cache = ec_cache.kind_dir("baselines") / key
@@ -77,7 +77,7 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
 
 def input_shape(m, batch_size: int, sequence_length: int) -> dict[str, Any]:
     """The shape latency was timed at: batch x sequence for text, batch x channels x height x width for images."""
-    from compress.inputs import is_image, kind_of
+    from compress.data.inputs import is_image, kind_of
 
     if kind_of(m.preprocess) == "arrays":  # each input's per-sample shape, as timed
         return {"batch_size": batch_size,
@@ -153,7 +153,7 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
 
 def latency_texts(texts: list | None, batch_size: int, seq_len: int, preprocess=None) -> list:
     """One batch of raw inputs to time: texts long enough to fill ``seq_len`` tokens after padding/truncation, or
-    images for an image model (:func:`compress.inputs.latency_inputs`)."""
-    from compress.inputs import latency_inputs
+    images for an image model (:func:`compress.data.inputs.latency_inputs`)."""
+    from compress.data.inputs import latency_inputs
 
     return latency_inputs(texts, batch_size, seq_len, preprocess)

@@ -27,13 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
 from compress.artifact import Artifact, Format
-from compress.cpu import cpu_model
-from compress.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
-from compress.measure import LatencyStats, measure_interleaved, probe_cold_start
-from compress.metrics import prediction_metrics
-from compress.profile_schema import SpeedupBaseline
+from compress.device.cpu import cpu_model
+from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
+from compress.device.measure import LatencyStats, measure_interleaved, probe_cold_start
+from compress.validation.metrics import prediction_metrics
+from compress.profiles.schema import SpeedupBaseline
 from compress.validation.common import ValidationReport, baseline_artifact, conclude, latency_texts
-from compress.teacher_outputs import predict_all
+from compress.validation.teacher_outputs import predict_all
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,13 @@ class ValidateConfig(BaseModel):
     allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
     trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
     cache: bool = Field(True, description="Reuse and store the teacher's outputs on the eval data in the cache "
-                        "(compress.cache); False runs the teacher afresh and stores nothing.")
+                        "(compress.validation.cache); False runs the teacher afresh and stores nothing.")
     remote: str | None = Field(
         None, description="Measure on a device over SSH, user@host[:port] (system ssh; ~/.ssh/config applies)."
     )
     metric: str | None = Field(
         None, description="A user's metric, module:function, called with the outputs and labels (higher is better); "
-        "it runs that code (compress.user_metric).")
+        "it runs that code (compress.validation.user_metric).")
     remote_python: str = Field("python3", description="Python 3 on the remote device (with numpy and the runtime).")
     ssh_config: str | None = Field(
         None, description="ssh_config file for ssh -F (default: ssh's own, i.e. ~/.ssh/config)."
@@ -105,24 +105,24 @@ def validate(
     ``on_phase(name, total)`` may return a callback receiving progress (items or fraction) for a
     progress bar; the CLI uses it, library users can ignore it.
     """
-    from compress.cache import usage as cache_usage
-    from compress.host_runtime import runtime_for
-    from compress.inputs import load_inputs
-    from compress.models import load_teacher, teacher_format
-    from compress.profiles import load_profile
+    from compress.validation.cache import usage as cache_usage
+    from compress.device.host_runtime import runtime_for
+    from compress.data.inputs import load_inputs
+    from compress.teachers.load import load_teacher, teacher_format
+    from compress.profiles.load import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()
     phase = on_phase or (lambda name, total: None)
     profile = load_profile(config.profile)
-    from compress.user_metric import load_metric
+    from compress.validation.user_metric import load_metric
 
     user_metric = load_metric(config.metric) if config.metric else None  # fails before anything is measured
     if isinstance(artifact, Artifact):
         art = artifact
     else:
-        from compress.models import load_source
+        from compress.teachers.load import load_source
 
         art = load_source(artifact, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     profile = runtime_for(profile, art.format)  # host: the runtime the artifact's format needs
@@ -248,7 +248,7 @@ def _accuracy(backend, teacher, dataset, bs: int, settings, config: ValidateConf
               cache_use: dict[str, Any]) -> dict[str, Any]:
     """The artifact's outputs on the eval rows against the teacher's (from the cache when this teacher already ran
     on these rows): the task metric (or the user's), agreement, retention, and every output's fidelity."""
-    from compress.teacher_outputs import teacher_outputs
+    from compress.validation.teacher_outputs import teacher_outputs
 
     m = backend.artifact.manifest
     cand = predict_all(backend, dataset, bs, phase("evaluating the artifact", len(dataset)))
@@ -267,8 +267,8 @@ def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) 
     (an adopted file and its artifact: a detector's boxes beside its scores); one more pass over the eval rows."""
     import numpy as np
 
-    from compress.metrics import output_fidelity
-    from compress.models import teacher_format
+    from compress.validation.metrics import output_fidelity
+    from compress.teachers.load import teacher_format
     from compress.runtimes.base import load_runtime
 
     if teacher_format(teacher) is Format.pytorch:  # a PyTorch teacher gives its primary output only
@@ -303,7 +303,7 @@ def _data_record(config: ValidateConfig, dataset) -> dict[str, Any] | None:
     """Which data the report's metrics come from (None without --data)."""
     if dataset is None:
         return None
-    from compress.teacher_outputs import data_digest
+    from compress.validation.teacher_outputs import data_digest
 
     return {"path": str(Path(config.data).resolve()), "rows": len(dataset), "limit": config.limit,
             "sha256": data_digest(dataset)}
@@ -322,7 +322,7 @@ def _runner(backend, batch) -> Callable[[], Any]:
 
 def _device_check(profile, config: ValidateConfig, warnings: list[str]):
     """(DeviceMatch, estimate?) for a local run of ``profile`` under ``config.estimate``."""
-    from compress.profiles import match_device
+    from compress.profiles.load import match_device
 
     device = match_device(profile)
     mode = EstimateMode(config.estimate)
@@ -330,7 +330,7 @@ def _device_check(profile, config: ValidateConfig, warnings: list[str]):
         return device, True
     if device.is_device:
         if device.how == "class":
-            from compress.profiles import detect_host
+            from compress.profiles.load import detect_host
 
             missing = [f for f in profile.hardware.simd if f not in detect_host().hardware.simd]
             if missing:
@@ -364,7 +364,7 @@ def _estimate_latency(art: Artifact, profile, teacher, config: ValidateConfig, r
                       warnings: list[str]) -> tuple[dict[str, LatencyStats], dict[str, Any]]:
     """Roofline estimates of the artifact (and the teacher's FP32 baseline) on ``profile``'s peaks."""
     from compress.errors import EdgeCompressError
-    from compress.estimate import estimate, host_peaks, profile_peaks
+    from compress.estimates.roofline import estimate, host_peaks, profile_peaks
 
     meas = profile.measure
     try:
@@ -403,8 +403,8 @@ def mark_estimated(report: ValidationReport, profile, device, estimates: dict[st
     arch runs another build of the runtime). Verdict: fail if a measured budget fails, else
     unverified if any budget is, else pass.
     """
-    from compress.estimate import MEASURED_ERROR, estimate_cold_start
-    from compress.profiles import detect_host
+    from compress.estimates.roofline import MEASURED_ERROR, estimate_cold_start
+    from compress.profiles.load import detect_host
 
     met = dict(report.metrics)
     env = dict(report.environment)
@@ -468,7 +468,7 @@ def mark_estimated(report: ValidationReport, profile, device, estimates: dict[st
                 if not any(w.startswith(f"budget {n} could not be measured") for n in ESTIMATED_BUDGETS)]
     warnings.insert(0, (
         f"{device.reason}: latency, throughput, speedup and cold start are ESTIMATED from {profile.name}'s peaks "
-        "(roofline, compress.estimate) and their budgets are UNVERIFIED; accuracy, agreement, size and peak memory "
+        "(roofline, compress.estimates.roofline) and their budgets are UNVERIFIED; accuracy, agreement, size and peak memory "
         f"were measured on this host. For real figures run on the device or pass --remote user@host."))
     verdict = verdict_of(budgets)
     env["device_match"] = device.as_dict()

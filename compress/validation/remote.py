@@ -9,12 +9,12 @@
    architecture (the runner, piped to ``python3 -``), then ``mktemp -d`` under the device's $TMPDIR
    and its free space (``df -Pk``) against the bytes to send;
 3. send the model files, their manifest, the input tensors (``inputs.npz``), ``job.json`` and
-   :mod:`compress.remote_runner` as one tar stream (``ssh host tar -x``);
+   :mod:`compress.device.remote_runner` as one tar stream (``ssh host tar -x``);
 4. run the runner there: it verifies every file's sha256 (an interrupted transfer is detected there),
    predicts the eval batches, times the artifact and the baseline interleaved, probes a cold start in
    a fresh process, and prints one JSON document with the outputs, latency samples and device facts;
 5. always remove the remote work directory (also on errors and Ctrl-C), then compute the metrics and
-   judge the budgets with the same code as a local run (:func:`compress.metrics.prediction_metrics`,
+   judge the budgets with the same code as a local run (:func:`compress.validation.metrics.prediction_metrics`,
    :func:`compress.validation.local.conclude`).
 
 SSH is the system OpenSSH client, so ``~/.ssh/config`` (keys, agent, ProxyJump, ControlMaster) applies.
@@ -41,12 +41,12 @@ import numpy as np
 from compress import __version__
 from compress.artifact import Artifact, sha256_file
 from compress.interrupt import sigterm_as_interrupt
-from compress.measure import LatencyStats
+from compress.device.measure import LatencyStats
 from compress.validation.ssh import ARCH_NAMES, REMOTE_RUNTIMES, RUNNER, DeviceSession, RemoteError, RemoteTarget
 
 log = logging.getLogger(__name__)
 
-DEVICE = Path(__file__).resolve().parents[1] / "device.py"  # shared with the bundle handler; ships beside the runner
+DEVICE = Path(__file__).resolve().parents[1] / "device" / "shipped.py"  # shared with the bundle handler; ships beside the runner
 
 
 # test hook: called as hook(target, workdir) after the transfer and before the run
@@ -92,7 +92,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     Returns the files to send (remote relative path -> local path), job.json's sha256 and the teacher's
     outputs on the eval data (None without data or teacher).
     """
-    from compress.tokenization import encoder_for
+    from compress.data.tokenization import encoder_for
     from compress.validation.common import baseline_artifact, latency_texts
 
     meas = profile.measure
@@ -106,7 +106,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
                 arrays[f"eval.{n_batches}.{name}"] = arr
             n_batches += 1
         if teacher is not None:  # the reference runs here (or comes from the cache, as in a local run)
-            from compress.teacher_outputs import teacher_outputs
+            from compress.validation.teacher_outputs import teacher_outputs
 
             ref, _ = teacher_outputs(teacher, dataset, batch_size=meas.eval_batch_size, threads=settings.threads,
                                      use_cache=config.cache, progress=phase)
@@ -136,7 +136,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     hashes["inputs.npz"] = sha256_file(tmpdir / "inputs.npz")
     files["runner.py"] = RUNNER
     hashes["runner.py"] = sha256_file(RUNNER)
-    from compress.device import SHIPPED_NAME
+    from compress.device.shipped import SHIPPED_NAME
 
     files[SHIPPED_NAME] = DEVICE
     hashes[SHIPPED_NAME] = sha256_file(DEVICE)
@@ -161,7 +161,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
 def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, dataset, teacher, config,
                     warnings: list[str], phase, t_start: float, user_metric=None):
     """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load)."""
-    from compress.metrics import prediction_metrics
+    from compress.validation.metrics import prediction_metrics
     from compress.validation.common import conclude
 
     m = art.manifest

@@ -24,7 +24,7 @@ from compress.errors import ConfigError, EdgeCompressError, IntegrityError, Miss
 
 log = logging.getLogger(__name__)
 
-RUNNER = Path(__file__).resolve().parents[1] / "remote_runner.py"  # the device-side code (compress/remote_runner.py)
+RUNNER = Path(__file__).resolve().parents[1] / "device" / "remote_runner.py"  # the device-side code (compress/device/remote_runner.py)
 MARKER = "EDGECOMPRESS-RESULT "
 CONNECT_TIMEOUT_S = 15
 CHECK_TIMEOUT_S = 120

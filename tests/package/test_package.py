@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from compress.cli import cli
 from compress.errors import BudgetFailed, OutputExistsError, Unverified
-from compress.package import KIND_DEPENDENCIES, PackageConfig, package, report_paths
+from compress.packaging.bundle import KIND_DEPENDENCIES, PackageConfig, package, report_paths
 
 #: a text artifact's bundle: onnxruntime, tokenizers, numpy
 DIRECT_DEPENDENCIES = KIND_DEPENDENCIES["text"]
@@ -379,7 +379,7 @@ def test_real_pip_download_of_manylinux_aarch64_wheels(int8_artifact, tmp_path):
 
 
 def test_limits_without_cgroups_say_what_was_not_enforced(monkeypatch):
-    import compress.package_coldstart as pkg
+    import compress.packaging.coldstart as pkg
 
     monkeypatch.setattr(pkg, "_own_cgroups", lambda: {})
     with pkg._Limits(1024, 0.58, name="t") as lim:
@@ -390,7 +390,7 @@ def test_limits_without_cgroups_say_what_was_not_enforced(monkeypatch):
 
 
 def test_out_of_memory_under_the_function_limit_is_a_failure(int8_artifact, tmp_path):
-    import compress.package as pkg
+    import compress.packaging.bundle as pkg
 
     if "memory" not in pkg._own_cgroups():
         pytest.skip("no memory cgroup can be created here, so the memory limit is not enforced")
@@ -406,17 +406,17 @@ def test_out_of_memory_under_the_function_limit_is_a_failure(int8_artifact, tmp_
 
 
 def test_device_code_has_one_source(offline_bundle):
-    """The bundle handler and the remote runner ship the same device module (compress/device.py), byte for
+    """The bundle handler and the remote runner ship the same device module (compress/device/shipped.py), byte for
     byte, and neither carries its own pooling or session options."""
     from importlib import resources
 
-    from compress.device import SHIPPED_NAME
+    from compress.device.shipped import SHIPPED_NAME
     from compress.validation.remote import DEVICE
 
     _, _, extracted = offline_bundle
-    source = (resources.files("compress") / "device.py").read_bytes()
+    source = (resources.files("compress.device") / "shipped.py").read_bytes()
     assert (extracted / SHIPPED_NAME).read_bytes() == source == DEVICE.read_bytes()
-    for shipped in (extracted / "handler.py", Path(__file__).resolve().parents[2] / "compress" / "remote_runner.py"):
+    for shipped in (extracted / "handler.py", Path(__file__).resolve().parents[2] / "compress" / "device" / "remote_runner.py"):
         text = shipped.read_text()
         assert "GraphOptimizationLevel" not in text and "np.linalg.norm" not in text, shipped
 

@@ -21,7 +21,7 @@ TEXTS = ["a gripping, beautifully acted film.", "the plot is thin and the jokes 
 
 @pytest.fixture(scope="module")
 def artifacts(bert_classifier, onnx_artifact, tmp_path_factory):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     arts = {"torch": load_teacher(bert_classifier).as_artifact(), "onnxruntime": onnx_artifact}
     if importlib.util.find_spec("openvino") is not None:
@@ -34,7 +34,7 @@ def artifacts(bert_classifier, onnx_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(bert_classifier):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.runtimes.torch_backend import TorchBackend
 
     return TorchBackend.from_teacher(load_teacher(bert_classifier)).predict_text(TEXTS)

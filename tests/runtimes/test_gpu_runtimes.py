@@ -14,7 +14,7 @@ import pytest
 from compress.artifact import Format, Manifest, Precision, load_artifact, write_manifest
 from compress.cli import main
 from compress.errors import ConfigError, MissingBackendError
-from compress.profiles import check_profile_file, load_profile
+from compress.profiles.load import check_profile_file, load_profile
 from compress.runtimes.base import RUNTIMES, RuntimeSettings, runtime_class
 from compress.runtimes.ort_backend import OrtBackend, provider_list, provider_name, provider_options
 from compress.runtimes.tensorrt_backend import TensorRTBackend, engine_compatibility
@@ -151,7 +151,7 @@ def test_torch_dtype_options():
 def test_torch_bf16_on_cpu_runs_without_touching_the_callers_model(bert_classifier):
     import torch
 
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.runtimes.torch_backend import TorchBackend
 
     teacher = load_teacher(bert_classifier)

@@ -46,7 +46,7 @@ def test_ort_sessions_stop_spinning_after_a_run(onnx_artifact):
     comparisons) would otherwise steal each other's cores (measured: 1.51 vs 1.09 ms p50 on 2 cores)."""
     import onnxruntime as ort
 
-    from compress.device import ort_session_options
+    from compress.device.shipped import ort_session_options
 
     assert ort_session_options(ort, 2).get_session_config_entry("session.force_spinning_stop") == "1"
     mine = ort_session_options(ort, 2, session_config={"session.force_spinning_stop": "0"})

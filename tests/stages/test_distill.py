@@ -29,7 +29,7 @@ from compress.artifact import Format, Task, load_artifact
 from compress.cli import cli
 from compress.cli import main as cli_main
 from compress.errors import ConfigError, DataError, OutputExistsError
-from compress.models import load_teacher
+from compress.teachers.load import load_teacher
 from compress.stages.distill import (
     DistillConfig,
     Interrupted,

@@ -20,7 +20,7 @@ pytest.importorskip("accelerate")
 import compress.stages.distill as distill_mod
 import compress.stages.distill.run as distill_run_mod
 from compress.artifact import load_artifact
-from compress.data import load_dataset
+from compress.data.tables import load_dataset
 from compress.stages import teacher_cache as tcache
 from compress.stages.distill import DistillConfig, Interrupted, default_run_dir, distill, length_grouped_order
 
@@ -87,7 +87,7 @@ def test_max_steps_labels_only_the_rows_it_draws(bert_classifier, data, tmp_path
 
 
 def load_teacher_tokens(model_dir, texts):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     return load_teacher(model_dir).tokenizer(texts, truncation=True, max_length=32)["input_ids"]
 

@@ -50,12 +50,12 @@ def test_export_parity_failure_writes_nothing(bert_classifier, onnx_artifact, tm
 
 
 def test_export_existing_output_fails_before_any_work(tmp_path, monkeypatch):
-    import compress.models
+    import compress.teachers.load
 
     def must_not_load(*a, **k):
         raise AssertionError("the teacher was loaded although the output exists")
 
-    monkeypatch.setattr(compress.models, "load_teacher", must_not_load)
+    monkeypatch.setattr(compress.teachers.load, "load_teacher", must_not_load)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")

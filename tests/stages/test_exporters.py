@@ -40,7 +40,7 @@ def _run(art, texts):
 def test_default_export_names_nodes_by_module_and_matches_pytorch(bert_classifier, tmp_path, sample_texts):
     import onnx
 
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.runtimes.torch_backend import TorchBackend
 
     art = export(bert_classifier, tmp_path / "onnx")

@@ -325,7 +325,7 @@ def test_int4_where_the_runtime_cannot_run_it(unfused, tmp_path, settings, words
 
 def test_eval_helpers(sensitive):
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.accuracy import evaluate_metric, load_eval_set
+    from compress.stages.quantize.accuracy import evaluate_metric, load_eval_set
 
     art, data = sensitive
     es = load_eval_set(data, art.manifest, 40)

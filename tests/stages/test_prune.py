@@ -214,7 +214,7 @@ def test_other_architectures(request, fixture, data, tmp_path):
 
 
 def test_vocabulary_proof_holds_on_the_artifact(pruned, bert4, data):
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
 
     old, old_tok = _load(bert4)
     new, new_tok = _load(pruned.path)
@@ -434,8 +434,8 @@ def test_reported_eval_accuracy_is_the_written_artifacts(pruned, bert4, data):
     """The accuracy prune reports is the written model's, run with its own (pruned) tokenizer."""
     import torch
 
-    from compress.data import load_dataset
-    from compress.models import load_teacher, model_feed
+    from compress.data.tables import load_dataset
+    from compress.teachers.load import load_teacher, model_feed
 
     ev = pruned.manifest.steps[-1].metrics["eval"]
     written = load_teacher(pruned.path)
@@ -455,7 +455,7 @@ def test_written_eval_predictions_keep_the_texts_order(bert4):
 
     import torch
 
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.stages.prune.evaluation import predictions
 
     class ParityOfLength(torch.nn.Module):  # class = token count is odd: the answer depends on the row
@@ -482,7 +482,7 @@ def test_recovery_runs_with_the_pruned_tokenizer(bert4, data, tmp_path, after):
     assert m["recovery"]["tokenizer"] == ("pruned vocabulary" if after else "original")
     assert m["vocab"]["recovered_after_pruning"] is after
     assert m["vocab"]["proof"]["texts"] == len(SENTENCES) // 2 and m["reload_check"]["max_abs_diff"] <= 1e-4
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     assert len(load_teacher(art.path).tokenizer) == m["vocab"]["after"] < m["vocab"]["before"]
     assert 0 <= m["eval"]["written"] <= 1 and m["eval"]["metric"] == "accuracy"

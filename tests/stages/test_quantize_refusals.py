@@ -72,7 +72,7 @@ def test_third_party_warnings_only_with_verbose(onnx_artifact, tmp_path):
 
 def test_quantize_config_for_profile():
     """What a profile implies is the library's to derive (the CLI only calls it)."""
-    from compress.profiles import load_profile
+    from compress.profiles.load import load_profile
 
     avx2 = QuantizeConfig.for_profile("cpu-x86-avx2")
     assert (avx2.target_x86, avx2.target_vnni, avx2.target_runtime) == (True, False, "onnxruntime")

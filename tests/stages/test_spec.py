@@ -9,7 +9,7 @@ import pytest
 
 from compress.artifact import Format, Precision, StepRecord, Task, child_manifest
 from compress.errors import ArtifactError
-from compress.package_config import PACKAGE
+from compress.packaging.config import PACKAGE
 from compress.stages.distill.config import DISTILL
 from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, EXPORT_TENSORRT, EXPORT_TORCH_TENSORRT
 from compress.stages.prune.config import PRUNE

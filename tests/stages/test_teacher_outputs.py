@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress import cache
+from compress.validation import cache
 from compress.runtimes.torch_backend import TorchBackend
 
 from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
@@ -173,9 +173,9 @@ def test_cli_says_where_the_cache_is_and_how_big(int8_artifact, bert_classifier,
 def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_classifier, profile, tmp_path,
                                                             teacher_runs):
     """--remote runs the teacher here; its outputs come from the same cache (no ssh needed to check)."""
-    from compress.data import load_dataset
-    from compress.models import load_teacher
-    from compress.profiles import load_profile
+    from compress.data.tables import load_dataset
+    from compress.teachers.load import load_teacher
+    from compress.profiles.load import load_profile
     from compress.validation.remote import _prepare
     from compress.runtimes.base import RuntimeSettings
     from compress.validation import ValidateConfig

@@ -147,7 +147,7 @@ def test_cli_dry_run_prints_trtexec_command(fp32_plain, calib, tmp_path):
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if x.startswith("trtexec "))
     args = shlex.split(line)
-    from compress.profiles import load_profile
+    from compress.profiles.load import load_profile
 
     m = load_profile("raspberry-pi-5").measure
     b, s = m.batch_size, m.sequence_length

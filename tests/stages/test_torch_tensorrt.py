@@ -26,7 +26,7 @@ from compress.stages.export.torch_tensorrt import PROGRAM, ProgramRunner, captur
 
 
 def _teacher(path):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     return load_teacher(path)
 

@@ -1,4 +1,4 @@
-"""Roofline estimates (compress.estimate) and validate's estimate mode on a machine that is not the device.
+"""Roofline estimates (compress.estimates.roofline) and validate's estimate mode on a machine that is not the device.
 
 Graph costs are checked on hand-built ONNX graphs whose FLOPs and bytes can be counted by hand; the
 estimate mode of validate runs on the tiny INT8 classifier of conftest.py against profiles whose
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from compress.errors import ConfigError
-from compress.estimate import (
+from compress.estimates.roofline import (
     Efficiency,
     Peaks,
     estimate,
@@ -29,7 +29,7 @@ from compress.estimate import (
     profile_peaks,
     roofline,
 )
-from compress.profiles import load_profile
+from compress.profiles.load import load_profile
 
 from conftest import GENEROUS_BUDGETS, write_tsv
 
@@ -291,7 +291,7 @@ def test_estimate_mode_metrics_are_marked(estimated_report):
 
 
 def test_estimate_mode_report_files(estimated_report, tmp_path):
-    from compress.report import write_report
+    from compress.reports.render import write_report
 
     write_report(estimated_report, tmp_path / "rep")
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -312,7 +312,7 @@ def test_render_shows_estimates(estimated_report):
     from rich.console import Console
 
     con = Console(record=True, width=200)
-    from compress.report import render_report
+    from compress.reports.render import render_report
 
     render_report(estimated_report, con)
     text = con.export_text()
@@ -361,7 +361,7 @@ def test_class_profile_on_this_arch_is_measured_as_before(int8_artifact, data_ts
     path.write_text(yaml.safe_dump({"name": "cls", "extends": "cpu-x86-avx2", "measure": FAST,
                                     "budgets": {**GENEROUS, "min_speedup": None, "max_cold_start_ms": None,
                                                 "max_peak_memory_mb": None}}), encoding="utf-8")
-    from compress.profiles import host_arch
+    from compress.profiles.load import host_arch
 
     if host_arch() is None or host_arch().value != "x86_64":
         pytest.skip("an x86_64 class profile is measured only on x86_64")

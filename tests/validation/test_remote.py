@@ -181,18 +181,18 @@ def remote_args(sshd: Loopback, *, config: Path | None = None, python: str | Non
 
 def _capture_predictions(monkeypatch) -> list[np.ndarray]:
     """Record the artifact outputs both paths hand to the shared metric code."""
-    import compress.metrics
+    import compress.validation.metrics
     import compress.validation.local as v
 
     seen: list[np.ndarray] = []
-    real = compress.metrics.prediction_metrics
+    real = compress.validation.metrics.prediction_metrics
 
     def spy(m, cand, ref, labels, user_metric=None):
         seen.append(np.array(cand))
         return real(m, cand, ref, labels, user_metric)
 
     monkeypatch.setattr(v, "prediction_metrics", spy)  # local validation's reference
-    monkeypatch.setattr(compress.metrics, "prediction_metrics", spy)  # what remote validation imports
+    monkeypatch.setattr(compress.validation.metrics, "prediction_metrics", spy)  # what remote validation imports
     return seen
 
 
@@ -475,7 +475,7 @@ def test_runner_is_standalone():
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
     third_party = top - set(sys.stdlib_module_names) - {"__future__"}
-    # edgecompress_device: the shared device code shipped beside it (compress.device when run inside edgecompress)
+    # edgecompress_device: the shared device code shipped beside it (compress.device.shipped when run inside edgecompress)
     assert third_party <= {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}, third_party
     module_level = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     assert not module_level & {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}
@@ -485,7 +485,7 @@ def test_runner_is_standalone():
 
 
 def test_runner_refuses_openvino_on_an_unsupported_architecture(monkeypatch):
-    from compress import remote_runner
+    from compress.device import remote_runner
 
     monkeypatch.setattr(remote_runner.platform, "machine", lambda: "riscv64")
     monkeypatch.setitem(sys.modules, "openvino", None)  # not importable there

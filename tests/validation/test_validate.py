@@ -23,10 +23,10 @@ import pytest
 import yaml
 
 from compress.errors import OutputExistsError
-from compress.measure import LatencyStats, measure_interleaved, nearest_rank
-from compress.profiles import Budgets, LatencyBudget
-from compress.budgets import judge
-from compress.metrics import macro_f1, neighbour_agreement
+from compress.device.measure import LatencyStats, measure_interleaved, nearest_rank
+from compress.profiles.load import Budgets, LatencyBudget
+from compress.profiles.budgets import judge
+from compress.validation.metrics import macro_f1, neighbour_agreement
 
 from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
 
@@ -312,7 +312,7 @@ def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifac
 
 
 def test_write_report_files(full_report, tmp_path, data_tsv):
-    from compress.report import write_report
+    from compress.reports.render import write_report
 
     out = write_report(full_report, tmp_path / "report")
     assert out == tmp_path / "report"
@@ -346,7 +346,7 @@ def test_write_report_files(full_report, tmp_path, data_tsv):
 
 
 def test_junit_has_a_failure_per_failed_budget(failing_report, tmp_path):
-    from compress.report import write_report
+    from compress.reports.render import write_report
 
     out = write_report(failing_report, tmp_path / "report")
     suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
@@ -361,7 +361,7 @@ def test_junit_has_a_failure_per_failed_budget(failing_report, tmp_path):
 
 
 def test_write_report_refuses_an_existing_directory(full_report, tmp_path):
-    from compress.report import write_report
+    from compress.reports.render import write_report
 
     out = tmp_path / "report"
     out.mkdir()
@@ -499,8 +499,8 @@ def test_cli_bad_input_exits_2_with_one_line(case, int8_artifact, data_tsv, cli_
 
 
 def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
-    from compress.measure import LatencyStats
-    from compress.budgets import BudgetResult, noise_warning
+    from compress.device.measure import LatencyStats
+    from compress.profiles.budgets import BudgetResult, noise_warning
 
     noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
     quiet = LatencyStats.from_samples([0.0100, 0.0101, 0.0099, 0.0100], batch_size=1)
@@ -516,8 +516,8 @@ def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
 
 
 def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
-    from compress.budgets import VERDICTS, BudgetResult, anomalous_latency, verdict_of
-    from compress.measure import LatencyStats
+    from compress.profiles.budgets import VERDICTS, BudgetResult, anomalous_latency, verdict_of
+    from compress.device.measure import LatencyStats
 
     noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
     quiet = LatencyStats.from_samples([0.0100, 0.0101, 0.0099, 0.0100], batch_size=1)
@@ -544,7 +544,7 @@ def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
 
 
 def test_cli_ends_an_anomalous_verdict_with_exit_code_5_in_one_line():
-    from compress.budgets import BudgetResult, BudgetStatus
+    from compress.profiles.budgets import BudgetResult, BudgetStatus
     from compress.cli._common import end_with_verdict
     from compress.errors import Anomalous
 
@@ -556,7 +556,7 @@ def test_cli_ends_an_anomalous_verdict_with_exit_code_5_in_one_line():
 
 
 def test_percentile_confidence_interval_brackets_the_percentile():
-    from compress.measure import LatencyStats, nearest_rank, quantile_ci
+    from compress.device.measure import LatencyStats, nearest_rank, quantile_ci
 
     values = [float(i) for i in range(1, 1001)]
     lo, hi = quantile_ci(values, 50)

@@ -128,8 +128,8 @@ def distill(
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    from compress.data import load_dataset
-    from compress.models import load_teacher
+    from compress.data.tables import load_dataset
+    from compress.teachers.load import load_teacher
 
     config = config or DistillConfig()
     out = Path(out)
@@ -513,7 +513,7 @@ def _trainable(student, projections):
     """Student + hidden-state projections as one module (one DDP wrapper, one optimizer, one checkpoint)."""
     from torch import nn
 
-    from compress.models import model_feed
+    from compress.teachers.load import model_feed
 
     class Trainable(nn.Module):
         def __init__(self) -> None:
@@ -529,7 +529,7 @@ def _trainable(student, projections):
 
 def _write_student(model, teacher, out: Path, config: DistillConfig, metrics: dict[str, Any], force: bool,
                    t0: float, tokenizer=None) -> Artifact:
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     with staged_dir(out, force) as tmp:
         save_checkpoint(model, tokenizer or teacher.tokenizer, teacher, tmp)

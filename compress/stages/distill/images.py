@@ -209,7 +209,7 @@ def check_image_options(config, verb: str, text_only: tuple[str, ...]) -> None:
 
 def image_data(path, teacher, *, require_labels: bool = False):
     """An image data set labelled with the teacher's class ids."""
-    from compress.inputs import load_inputs
+    from compress.data.inputs import load_inputs
 
     label2id = {name: i for i, name in enumerate(teacher.info.labels)}
     return load_inputs(path, teacher.info.preprocess, label2id=label2id, num_labels=len(label2id),
@@ -223,8 +223,8 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
     from compress.errors import ConfigError
     from torch import no_grad as torch_no_grad
 
-    from compress.models import load_teacher
-    from compress.models_image import write_student
+    from compress.teachers.load import load_teacher
+    from compress.teachers.images import write_student
     from compress.stages.distill.config import DISTILL, DistillResult
     from compress.stages.distill.student import build_student, count_parameters
 

@@ -214,7 +214,7 @@ def _relation(values, mask, heads: int):
 
 def _model_outputs(model, batch, plan: _Plan, tap: _ValueTap | None) -> dict[str, Any]:
     """Run ``model`` and extract what the losses compare: soft target, hidden states, attentions, relations."""
-    from compress.models import model_feed
+    from compress.teachers.load import model_feed
 
     out = model(**model_feed(model, batch), output_hidden_states=plan.needs_hidden_states, output_attentions=plan.attention)
     for wanted, got in (("hidden states", plan.needs_hidden_states and out.hidden_states is None),

@@ -176,7 +176,7 @@ def load_student(path: str, teacher, config: DistillConfig) -> tuple[Any, dict[s
     only: each model reads the text through its own tokenizer, and the teacher's logits (or pooled
     embedding) for a row are the target for the student's on the same row. Refused when labels differ.
     """
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     st = load_teacher(path, teacher.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     t_vocab, s_vocab = teacher.tokenizer.get_vocab(), st.tokenizer.get_vocab()

@@ -37,7 +37,7 @@ def export(
     its reference within ``config.atol`` on the parity samples, else nothing is written.
     """
     config = config or ExportConfig()
-    from compress.model_files import is_model_file
+    from compress.teachers.model_files import is_model_file
 
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.stages.export.adopt import adopt, adopt_then

@@ -1,7 +1,7 @@
 """Adopt a model file made elsewhere (``export model.onnx``): check it, upgrade an old opset, and write it as an FP32
 ONNX artifact whose source is the file itself (an OpenVINO IR, ``model.xml`` + ``.bin``, as an OpenVINO artifact).
 
-The checks are :func:`compress.model_files.inspect_model_file`'s. A graph below opset 13 is upgraded with onnx's
+The checks are :func:`compress.teachers.model_files.inspect_model_file`'s. A graph below opset 13 is upgraded with onnx's
 version converter (per-channel Q/DQ needs 13) and the step records both opsets. The written graph must then match
 the file in ONNX Runtime within ``atol`` on the parity samples (the data given, else seeded inputs of the declared
 shapes), else nothing is written. OpenVINO IR and TensorRT start from the adopted artifact, as from any FP32 ONNX one.
@@ -25,7 +25,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ModelLoadError, ParityError, first_line
-from compress.inputs import sample_inputs
+from compress.data.inputs import sample_inputs
 from compress.stages.common import measure_parity
 from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
 
@@ -50,7 +50,7 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
     or OpenVINO for an IR."""
     import onnx
 
-    from compress.model_files import MIN_OPSET, load_model_file
+    from compress.teachers.model_files import MIN_OPSET, load_model_file
     from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
 

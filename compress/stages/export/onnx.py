@@ -32,7 +32,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
-from compress.inputs import sample_inputs
+from compress.data.inputs import sample_inputs
 from compress.stages.common import measure_parity
 from compress.stages.export.config import (
     EXPORT_ONNX,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 def _graph_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     import onnx
 
-    from compress.model_files import graph_specs
+    from compress.teachers.model_files import graph_specs
 
     return graph_specs(model_path, onnx.load(str(model_path), load_external_data=False))
 
@@ -161,7 +161,7 @@ def _program_export(teacher, model_file: Path, config: ExportConfig, names: list
     import torch
 
     from compress._optional import require
-    from compress.programs import load_program
+    from compress.teachers.programs import load_program
 
     require("onnxscript", "exporting a torch.export program to ONNX")
     program = load_program(teacher.path / teacher.info.weights[0] if teacher.path.is_dir() else teacher.path)
@@ -254,7 +254,7 @@ def _processor_agreement(teacher) -> dict:
     crop are exercised); a difference above :data:`PREPROCESS_ATOL` fails the export."""
     import numpy as np
 
-    from compress.image_processors import processor_agreement
+    from compress.teachers.image_processors import processor_agreement
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((37, 53), (64, 41), (96, 96), (23, 120))]
@@ -283,7 +283,7 @@ def export_onnx(
     ONNX model in ONNX Runtime) within ``config.atol`` on the parity samples, else nothing is written.
     """
     from compress._optional import require
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.runtimes.base import load_runtime
 
     config = config or ExportConfig()

@@ -32,7 +32,7 @@ def resolve_shapes(config: ExportConfig, max_length: int) -> dict[str, Shape]:
     """
     batch, seq, given = 1, 64, {}
     if config.profile:
-        from compress.profiles import load_profile
+        from compress.profiles.load import load_profile
 
         measure = load_profile(config.profile).measure
         batch, seq = measure.batch_size, measure.sequence_length

@@ -240,11 +240,11 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     """
     import torch
 
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.export.tensorrt_shapes import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
-    from compress.tokenization import pool
+    from compress.data.tokenization import pool
 
     check_request(config, device)
     out = check_output(out, force)

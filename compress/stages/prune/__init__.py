@@ -41,7 +41,7 @@ pruning is exact on the corpus, so it needs none). Sparsity masks stay applied d
 unstructured sparsity follows a cubic schedule (Zhu & Gupta 2017) over the recovery steps.
 
 Budgets (``profile``): the profile's ``max_model_size_mb`` and/or latency budget (a roofline estimate,
-:mod:`compress.estimate`) are checked on candidates exported to ONNX (and quantized to INT8 unless
+:mod:`compress.estimates.roofline`) are checked on candidates exported to ONNX (and quantized to INT8 unless
 ``budget_precision`` is fp32), raising the pruning ratios in steps of 0.1 until they hold; when even
 the maximum cannot meet them the stage refuses with the best value it reached.
 """
@@ -71,7 +71,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, StageError
-from compress.models import model_feed
+from compress.teachers.load import model_feed
 from compress.stages.common import save_checkpoint
 from compress.stages.prune.budget import search_budget
 from compress.stages.prune.config import (  # noqa: F401 - public here too
@@ -123,7 +123,7 @@ log = logging.getLogger(__name__)
 
 
 def _load_input(source: Path, config: PruneConfig):
-    from compress.models import load_teacher
+    from compress.teachers.load import load_teacher
 
     parent = None
     if is_artifact(source):
@@ -135,7 +135,7 @@ def _load_input(source: Path, config: PruneConfig):
 
 
 def _texts(path: str | Path | None, config: PruneConfig, label2id, n: int | None = None):
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
 
     ds = load_dataset(path, text_column=config.text_column, label_column=config.label_column, label2id=label2id,
                       num_labels=len(label2id) if label2id else None)
@@ -283,7 +283,7 @@ def prune(
     if config.structural:
         data_path = config.importance_data or train or config.vocab_corpus
         if data_path is None:
-            from compress.data import sample_data_path
+            from compress.data.tables import sample_data_path
 
             data_path = sample_data_path()
             log.warning("no data given: importance scores use the built-in sample sentences (pass --train or --data)")
@@ -354,7 +354,7 @@ def prune(
             sp = metrics["sparsity"]
             runtime = None
             if config.profile:
-                from compress.profiles import load_profile
+                from compress.profiles.load import load_profile
 
                 runtime = str(load_profile(config.profile).runtime.name)
             sp["note"] = SPARSITY_NOTE
@@ -375,7 +375,7 @@ def prune(
             before_out = _outputs(model, new_tokenizer, probe, config.max_length, classification, pooling, normalize)
         with staged_dir(out, force) as stage:
             save_checkpoint(model, new_tokenizer, teacher, stage)
-            from compress.models import load_teacher
+            from compress.teachers.load import load_teacher
 
             written = load_teacher(stage, teacher.task)
             after_out = _outputs(written.model, written.tokenizer, probe, config.max_length, classification, pooling,
@@ -453,7 +453,7 @@ def _check_request(model, config: PruneConfig) -> None:
 
 
 def _default_data() -> Path:
-    from compress.data import sample_data_path
+    from compress.data.tables import sample_data_path
 
     return sample_data_path()
 

@@ -35,8 +35,8 @@ class _Search:
 def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: int, heads: float, ffn: float,
                        vocab: VocabPlan | None, config: PruneConfig, search: _Search, scratch: Path) -> dict[str, Any]:
     """Prune a copy of ``model`` at these ratios, export it (and quantize), measure size and estimated latency."""
-    from compress.budgets import MB
-    from compress.estimate import estimate
+    from compress.profiles.budgets import MB
+    from compress.estimates.roofline import estimate
     from compress.stages.export import ExportConfig, export
     from compress.stages.quantize import QuantizeConfig, quantize
 
@@ -65,8 +65,8 @@ def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: 
 def search_budget(model, tokenizer, teacher, importance: Importance, vocab: VocabPlan | None,
                   config: PruneConfig, progress) -> tuple[float, float, dict[str, Any]]:
     """Smallest step on the ratio ladder whose exported candidate meets the profile's budgets."""
-    from compress.estimate import profile_peaks
-    from compress.profiles import load_profile
+    from compress.estimates.roofline import profile_peaks
+    from compress.profiles.load import load_profile
 
     prof = load_profile(config.profile)
     b = prof.budgets
@@ -138,6 +138,6 @@ def search_budget(model, tokenizer, teacher, importance: Importance, vocab: Voca
         "profile": prof.name, "precision": str(config.budget_precision),
         "budgets": {"max_model_size_mb": search.size_mb, "latency_ms": search.latency_ms},
         "searched": dims, "candidates": search.candidates, "chosen": {"heads": heads, "ffn": ffn},
-        "latency": "roofline estimate (compress.estimate), not a measurement" if search.latency_ms else unchecked,
+        "latency": "roofline estimate (compress.estimates.roofline), not a measurement" if search.latency_ms else unchecked,
     }
     return heads, ffn, record

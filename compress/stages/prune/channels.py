@@ -66,7 +66,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     import torch
 
     from compress._optional import require
-    from compress.programs import save_program
+    from compress.teachers.programs import save_program
     from compress.stages.distill.images import LogitTraining, check_image_options, encode_all, image_data, predict
     from compress.stages.distill.images import train_logits
 
@@ -148,7 +148,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
         step = PRUNE.record(manifest, config, input_digest=teacher.sha256, lineage=manifest.steps, metrics=metrics)
         write_manifest(tmp, manifest)
         # proof: the written program loads (tensors only) and gives the pruned model's logits
-        from compress.models_image import prove_reload
+        from compress.teachers.images import prove_reload
 
         step.metrics["reload_max_abs_diff"] = prove_reload(tmp, pruned, example[name], "program")
         PRUNE.seal(step, tmp, t0)

@@ -20,7 +20,7 @@ def predictions(model, tokenizer, texts: list[str], max_length: int, batch_size:
     """Argmax per text, in the order of ``texts`` (batched shortest first for little padding, then put back)."""
     import torch
 
-    from compress.models import model_feed
+    from compress.teachers.load import model_feed
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     pred = np.empty(len(texts), dtype=np.int64)
@@ -53,7 +53,7 @@ def written_eval(written, unpruned, eval_ds, max_length: int, original_teacher: 
     root = Path(original_teacher) if original_teacher else None
     if root is not None and root.resolve() != unpruned.path.resolve():
         if root.is_dir():
-            from compress.models import load_teacher
+            from compress.teachers.load import load_teacher
 
             teacher = load_teacher(root, written.task)
             rec["teacher"] = _accuracy(teacher.model, teacher.tokenizer, texts, labels, max_length)

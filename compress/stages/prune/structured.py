@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, DataError
-from compress.models import model_feed
+from compress.teachers.load import model_feed
 
 from compress.stages.prune.config import _FFN_KEYS
 

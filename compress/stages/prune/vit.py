@@ -34,7 +34,7 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
     """Remove ``config.heads`` of the heads, ``config.ffn`` of the FFN neurons and ``config.drop_layers`` layers."""
     import torch
 
-    from compress.models_image import prove_reload, write_student
+    from compress.teachers.images import prove_reload, write_student
     from compress.stages.distill import count_parameters
     from compress.stages.distill.images import (
         LogitTraining,

@@ -5,7 +5,7 @@
 * :func:`calibration_items`: one unpadded sample per text, what NNCF collects activation statistics on.
 
 Texts come from a data file (``--calibration``; labels, ids or names, are not read) through
-:func:`compress.stages.common.sample_texts`; encoders from :func:`compress.tokenization.encoder_for`.
+:func:`compress.stages.common.sample_texts`; encoders from :func:`compress.data.tokenization.encoder_for`.
 """
 
 from __future__ import annotations

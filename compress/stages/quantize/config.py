@@ -134,7 +134,7 @@ class QuantizeConfig(BaseModel):
     data: str | None = Field(None, description="Labelled eval data for accuracy-aware quantization.")
     metric: str | None = Field(
         None, description="Accuracy-aware: your metric, module:function(outputs, labels) -> number (higher is better), "
-        "instead of the task's; it runs that code (compress.user_metric).")
+        "instead of the task's; it runs that code (compress.validation.user_metric).")
     eval_samples: int = Field(300, ge=10, description="Eval rows used by accuracy-aware quantization.")
     max_fp32_fraction: float = Field(
         0.5, ge=0, le=1,
@@ -161,10 +161,10 @@ class QuantizeConfig(BaseModel):
         return self.max_drop is not None or self.min_retention is not None
 
     def user_metric(self):
-        """``metric`` imported (None when unset): :func:`compress.user_metric.load_metric`."""
+        """``metric`` imported (None when unset): :func:`compress.validation.user_metric.load_metric`."""
         if not self.metric:
             return None
-        from compress.user_metric import load_metric
+        from compress.validation.user_metric import load_metric
 
         return load_metric(self.metric)
 
@@ -174,8 +174,8 @@ class QuantizeConfig(BaseModel):
         for the INT4 checks, and, with eval data and no ``max_drop`` in ``settings``, its
         min_accuracy_retention budget as the accuracy-aware target. ``profile``: a name, a file or a
         loaded profile."""
-        from compress.cpu import has_vnni
-        from compress.profiles import DeviceProfile, load_profile
+        from compress.device.cpu import has_vnni
+        from compress.profiles.load import DeviceProfile, load_profile
 
         prof = profile if isinstance(profile, DeviceProfile) else load_profile(str(profile))
         settings = settings or {}
@@ -196,7 +196,7 @@ class QuantizeConfig(BaseModel):
         return cls(**{**cls.profile_settings(profile, given), **given})
 
     def resolved_reduce_range(self) -> bool:
-        from compress.cpu import has_vnni, is_x86
+        from compress.device.cpu import has_vnni, is_x86
 
         if self.reduce_range is not None:
             return self.reduce_range

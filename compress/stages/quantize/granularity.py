@@ -23,7 +23,7 @@ WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 
 def _units(model) -> dict[str, list[str]]:
     """Layer groups of the quantized weight layers (transformer or CNN block from the node name, else the node)."""
-    from compress.stages.accuracy import group_of
+    from compress.stages.quantize.accuracy import group_of
 
     units: dict[str, list[str]] = {}
     for node in model.graph.node:

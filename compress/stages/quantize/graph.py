@@ -9,7 +9,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.errors import ConfigError
-from compress.inputs import is_image, kind_of
+from compress.data.inputs import is_image, kind_of
 from compress.stages.quantize.config import (
     CalibrationMethod,
     EmbeddingPrecision,
@@ -104,12 +104,12 @@ def _gemm_as_matmul(node) -> bool:
 
 
 def quantizable_layers(model, op_types, *, dynamic_gemm: bool = False) -> list:
-    """The nodes of ``op_types`` with a constant float weight, as :class:`~compress.stages.accuracy.Layer`.
+    """The nodes of ``op_types`` with a constant float weight, as :class:`~compress.stages.quantize.accuracy.Layer`.
 
     ``dynamic_gemm``: also list plain Gemms (classifier heads) under the name quantize_dynamic gives the
     MatMul it rewrites them into (``<name>_MatMul``), which is the name its ``nodes_to_exclude`` takes.
     """
-    from compress.stages.accuracy import Layer, group_of
+    from compress.stages.quantize.accuracy import Layer, group_of
 
     layers = []
     for node, ws in weight_nodes(model):

@@ -107,7 +107,7 @@ def graph_summary(model) -> dict[str, Any]:
 
 def _budget(config: QuantizeConfig):
     """The accuracy budget of an accuracy-control run (the ONNX search's Budget: same bounds, same wording)."""
-    from compress.stages.accuracy import Budget
+    from compress.stages.quantize.accuracy import Budget
 
     return Budget(max_drop=config.max_drop, min_retention=config.min_retention)
 

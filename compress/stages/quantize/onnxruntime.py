@@ -36,7 +36,7 @@ Runtime's ``GatherBlockQuantized`` is then replaced by standard operators that u
   INT4 for another runtime, or with ``--mode static`` (QDQ INT8 for TensorRT/NPUs), is refused with a
   message naming what can run it.
 
-Accuracy-aware (``max_drop`` / ``min_retention`` with ``data``): see :mod:`compress.stages.accuracy`;
+Accuracy-aware (``max_drop`` / ``min_retention`` with ``data``): see :mod:`compress.stages.quantize.accuracy`;
 the layers it keeps in float are passed to ONNX Runtime as ``nodes_to_exclude``.
 """
 
@@ -67,8 +67,8 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
-from compress.inputs import sample_inputs
-from compress.layer_errors import artifact_layer_errors
+from compress.data.inputs import sample_inputs
+from compress.stages.quantize.layer_errors import artifact_layer_errors
 from compress.stages.common import measure_parity
 from compress.stages.quantize.calibration import CalibrationReader
 from compress.stages.quantize.config import (

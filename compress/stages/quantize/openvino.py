@@ -16,7 +16,7 @@ and hands OpenVINO artifacts to :func:`quantize_openvino`, which picks one NNCF 
   fallback) or INT8; the manifest records what every weight ended up as.
 - INT8 with ``--max-drop`` and/or ``min_retention`` (a profile's retention budget; needs ``--data``):
   ``nncf.quantize_with_accuracy_control``. The eval rows are the sample the ONNX accuracy-aware path
-  uses (:func:`compress.stages.accuracy.load_eval_set`), encoded one unpadded row each; the budget
+  uses (:func:`compress.stages.quantize.accuracy.load_eval_set`), encoded one unpadded row each; the budget
   becomes one absolute drop once the FP32 metric is known. The validation function computes accuracy
   (classifiers) or the mean cosine similarity to the FP32 input's pooled embeddings (encoders) on a
   candidate NNCF compiles on CPU in f32; it also returns each row's outputs, so NNCF ranks layers by
@@ -56,7 +56,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ConfigError, EdgeCompressError, StageError
-from compress.inputs import sample_inputs
+from compress.data.inputs import sample_inputs
 from compress.stages.common import measure_parity
 from compress.stages.quantize.parity import check_collapse
 from compress.stages.quantize.calibration import calibration_items
@@ -150,7 +150,7 @@ def _check_onnx_only_options(config: QuantizeConfig) -> None:
 
 
 def _encoder(art: Artifact):
-    from compress.tokenization import encoder_for
+    from compress.data.tokenization import encoder_for
 
     return encoder_for(art)
 
@@ -172,7 +172,7 @@ class _Evaluator:
     """
 
     def __init__(self, art: Artifact, encoder, dataset, output_index: int, user_metric=None) -> None:
-        from compress.inputs import kind_of
+        from compress.data.inputs import kind_of
 
         self.classification = art.manifest.labels is not None and art.task is not Task.feature_extraction
         self.output_index = output_index
@@ -191,7 +191,7 @@ class _Evaluator:
     def _vector(self, raw: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self.classification or self.pooling is None:
             return raw.reshape(-1)
-        from compress.tokenization import pool
+        from compress.data.tokenization import pool
 
         return pool(raw, inputs["attention_mask"], self.pooling, self.normalize)[0]
 
@@ -232,14 +232,14 @@ class _Evaluator:
 
 def _eval_dataset(art: Artifact, config: QuantizeConfig):
     """The labelled eval rows: the same sample the ONNX accuracy-aware path uses when
-    :mod:`compress.stages.accuracy` is available (so ONNX and OpenVINO results compare), else the first rows."""
+    :mod:`compress.stages.quantize.accuracy` is available (so ONNX and OpenVINO results compare), else the first rows."""
     try:
-        from compress.stages.accuracy import load_eval_set
+        from compress.stages.quantize.accuracy import load_eval_set
     except ImportError:  # pragma: no cover - older tree without the shared evaluation helpers
         load_eval_set = None
     if load_eval_set is not None:
         return load_eval_set(config.data, art.manifest, config.eval_samples).dataset
-    from compress.data import load_dataset
+    from compress.data.tables import load_dataset
 
     m = art.manifest
     label2id = {name: i for i, name in enumerate(m.labels)} if m.labels else None

@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list[str] | None = None):
-    """The layers to keep in float so the eval metric meets the budget (:func:`compress.stages.accuracy.search_exclusions`
+    """The layers to keep in float so the eval metric meets the budget (:func:`compress.stages.quantize.accuracy.search_exclusions`
     over candidates ``q`` writes into ``scratch``); returns the search result and the eval rows."""
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.accuracy import Budget, load_eval_set, search_exclusions
+    from compress.stages.quantize.accuracy import Budget, load_eval_set, search_exclusions
 
     config = q.config
     eval_set = load_eval_set(config.data, art.manifest, config.eval_samples, user_metric=config.user_metric())
@@ -56,7 +56,7 @@ def granularity_search(art: Artifact, q, scratch: Path) -> dict[str, Any]:
     import onnx
 
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.accuracy import evaluate_metric, load_eval_set
+    from compress.stages.quantize.accuracy import evaluate_metric, load_eval_set
     from compress.stages.quantize.granularity import choose_granularity
 
     config = q.config
@@ -89,7 +89,7 @@ def granularity_search(art: Artifact, q, scratch: Path) -> dict[str, Any]:
 def verify_final(tmp: Path, manifest, eval_set, record: dict[str, Any]) -> None:
     """Measure the written artifact itself on the eval rows (it is rebuilt, not copied, from the search)."""
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.accuracy import evaluate_metric
+    from compress.stages.quantize.accuracy import evaluate_metric
 
     backend = OrtBackend(Artifact(tmp, manifest))
     record["final"]["metric_of_written_model"] = round(evaluate_metric(backend, eval_set), 6)

@@ -1,0 +1,1 @@
+"""Data: labelled tables, images and arrays, their readers, and the inputs each model kind reads."""

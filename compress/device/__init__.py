@@ -1,0 +1,1 @@
+"""On-device code and host facts: what ships to a device, the remote runner, probes, measurement."""

@@ -1,0 +1,176 @@
+"""Serverless inference handler written by ``edgecompress package``.
+
+Needs only onnxruntime, numpy and tokenizers (text) or Pillow (images), never torch, transformers or
+edgecompress. Everything
+about the model comes from ``model_config.json`` beside this file. The tokenizer and the ONNX Runtime
+session are created at import time (module scope), so a platform that keeps the process warm pays
+for them once per cold start, not per request.
+
+Event (a direct invocation, or an HTTP event whose ``body`` is that JSON):
+    {"texts": ["first text", "second text"]}   or   {"text": "one text"}
+    optional: "text_pairs" / "text_pair" for sentence-pair classifiers.
+    image models: {"images": ["<base64 of a PNG/JPEG file>", ...]}   or   {"image": "<base64>"}
+    array models (an adopted file fed arrays): {"samples": [{"INPUT": [[...]], ...}, ...]}   or   {"inputs": {...}}
+        (one nested JSON list per graph input and sample, of the model's per-sample shape)
+Result:
+    classifiers: {"predictions": [{"label": "positive", "score": 0.97, "scores": {...}}, ...]}
+    encoders:    {"embeddings": [[...], ...], "dimension": 384}
+    other models: {"outputs": [...], "shape": [...]}  (the first output, one entry per sample)
+
+Environment overrides: EDGECOMPRESS_THREADS (intra-op threads), EDGECOMPRESS_MAX_BATCH.
+"""
+
+import base64
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+# feeds (the tokenizer), pooling and session options shared with edgecompress's runtimes and its remote runner
+# (compress/device/shipped.py)
+import edgecompress_device as device
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_HERE, "model_config.json"), encoding="utf-8") as _f:
+    CONFIG = json.load(_f)
+
+THREADS = int(os.environ.get("EDGECOMPRESS_THREADS") or CONFIG.get("threads") or 1)
+MAX_BATCH = int(os.environ.get("EDGECOMPRESS_MAX_BATCH") or CONFIG.get("max_batch_size") or 32)
+LABELS = CONFIG.get("labels") or []
+POOLING = (CONFIG.get("postprocess") or {}).get("pooling")
+NORMALIZE = bool((CONFIG.get("postprocess") or {}).get("normalize"))
+
+
+
+def _session():
+    opts = device.ort_session_options(ort, THREADS, "all")
+    return ort.InferenceSession(
+        os.path.join(_HERE, CONFIG["model_file"]), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+SESSION = _session()
+INPUT_NAMES = [i.name for i in SESSION.get_inputs()]
+# the feeds as edgecompress builds them everywhere, from the artifact's input description (compress/device/shipped.py)
+FEEDS = device.make_feeds(_HERE, CONFIG["preprocess"], INPUT_NAMES, CONFIG["max_length"])
+OUTPUT_NAME = CONFIG.get("output_name") or SESSION.get_outputs()[0].name
+
+
+class BadRequest(ValueError):
+    """The event is not {"texts": [...]} or {"text": "..."}."""
+
+
+def _images(event):
+    """Raw image bytes from {"images": [base64, ...]} or {"image": base64}."""
+    if not isinstance(event, dict):
+        raise BadRequest("the event must be a JSON object with 'images' (a list of base64 strings) or 'image'")
+    items = event["images"] if "images" in event else [event["image"]] if "image" in event else None
+    if items is None:
+        raise BadRequest("the event has neither 'images' (a list of base64-encoded image files) nor 'image'")
+    if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
+        raise BadRequest("'images' must be a non-empty list of base64 strings")
+    try:
+        return [base64.b64decode(t, validate=True) for t in items], None
+    except ValueError as e:
+        raise BadRequest(f"an image is not valid base64: {e}") from None
+
+
+def _arrays(event):
+    """Samples from {"samples": [{input: nested list}, ...]} or {"inputs": {input: nested list}} (one sample)."""
+    if not isinstance(event, dict):
+        raise BadRequest("the event must be a JSON object with 'samples' (a list of {input: array}) or 'inputs'")
+    items = event["samples"] if "samples" in event else [event["inputs"]] if "inputs" in event else None
+    if items is None:
+        raise BadRequest("the event has neither 'samples' (a list of {input name: nested list}) nor 'inputs'; "
+                         "inputs: " + ", ".join(FEEDS.input_names))
+    if not isinstance(items, list) or not items or not all(isinstance(t, dict) for t in items):
+        raise BadRequest("'samples' must be a non-empty list of objects mapping input name to a nested list")
+    try:
+        return [FEEDS.sample(t, "sample %d" % i) for i, t in enumerate(items)], None
+    except (ValueError, TypeError) as e:
+        raise BadRequest(str(e)) from None
+
+
+def _inputs(event):
+    if FEEDS.kind == "arrays":
+        return _arrays(event)
+    return _images(event) if FEEDS.kind == "image" else _texts(event)
+
+
+def _texts(event):
+    if not isinstance(event, dict):
+        raise BadRequest("the event must be a JSON object with 'texts' (a list of strings) or 'text'")
+    if "texts" in event:
+        texts, pairs = event["texts"], event.get("text_pairs")
+    elif "text" in event:
+        texts = [event["text"]]
+        pairs = [event["text_pair"]] if event.get("text_pair") is not None else None
+    else:
+        raise BadRequest("the event has neither 'texts' (a list of strings) nor 'text'")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise BadRequest("'texts' must be a non-empty list of strings")
+    if pairs is not None and (not isinstance(pairs, list) or len(pairs) != len(texts)
+                              or not all(isinstance(t, str) for t in pairs)):
+        raise BadRequest("'text_pairs' must be a list of strings as long as 'texts'")
+    return texts, pairs
+
+
+def _pool(hidden, mask):
+    return device.pool(hidden, mask, POOLING or "mean", NORMALIZE)
+
+
+def predict(texts, pairs=None):
+    """Raw model outputs for a list of texts: logits (classifiers) or pooled embeddings (encoders)."""
+    outs = []
+    for i in range(0, len(texts), MAX_BATCH):
+        try:
+            feed, mask = FEEDS.encode_with_mask(texts[i:i + MAX_BATCH],
+                                                pairs[i:i + MAX_BATCH] if pairs is not None else None)
+        except OSError as e:  # Pillow: not an image file it can read
+            raise BadRequest(f"an image cannot be decoded: {e}") from None
+        out = SESSION.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
+        outs.append(_pool(out, mask) if POOLING else out)
+    return np.concatenate(outs, axis=0)
+
+
+def _result(texts, pairs):
+    out = predict(texts, pairs)
+    if POOLING:
+        return {"embeddings": out.tolist(), "dimension": int(out.shape[-1])}
+    if not LABELS:  # not a classifier: the output itself
+        return {"outputs": out.tolist(), "shape": list(out.shape)}
+    z = out.astype(np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    probs = z / z.sum(axis=-1, keepdims=True)
+    names = LABELS if len(LABELS) == probs.shape[-1] else [str(i) for i in range(probs.shape[-1])]
+    preds = []
+    for row in probs:
+        k = int(row.argmax())
+        preds.append({"label": names[k], "score": float(row[k]),
+                      "scores": {n: float(p) for n, p in zip(names, row)}})
+    return {"predictions": preds}
+
+
+def handler(event, context=None):
+    """Entry point (module.function = handler.handler)."""
+    http = isinstance(event, dict) and "body" in event and not {"texts", "text", "images", "image", "samples",
+                                                                "inputs"} & set(event)
+    try:
+        if http:
+            body = event.get("body") or ""
+            if event.get("isBase64Encoded"):
+                body = base64.b64decode(body).decode("utf-8")
+            try:
+                event = json.loads(body)
+            except ValueError as e:
+                raise BadRequest(f"the request body is not JSON: {e}") from None
+        result = _result(*_inputs(event))
+    except BadRequest as e:
+        if http:
+            return {"statusCode": 400, "headers": {"content-type": "application/json"},
+                    "body": json.dumps({"error": str(e)})}
+        raise
+    if http:
+        return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(result)}
+    return result

@@ -1,0 +1,152 @@
+"""Latency measurement and statistics, plus the fresh-process probe for cold start and peak memory.
+
+Percentiles use the nearest-rank definition: the p-th percentile of n sorted samples is the value at
+rank ceil(p/100 * n) (1-based). Every figure is reported with its run count and coefficient of variation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.errors import StageError
+
+
+def nearest_rank(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values (p in (0, 100])."""
+    if not sorted_values:
+        raise ValueError("no samples")
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def quantile_ci(sorted_values: list[float], p: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the p-th percentile from order statistics.
+
+    The number of samples below the true percentile is Binomial(n, p/100); the interval runs from
+    the order statistics at ranks np ∓ z·sqrt(np(1-p)) (normal approximation, ranks clipped to 1..n).
+    It assumes independent runs, which consecutive timings only approximate.
+    """
+    n = len(sorted_values)
+    if n == 0:
+        raise ValueError("no samples")
+    q = p / 100.0
+    z = {0.90: 1.6449, 0.95: 1.9600, 0.99: 2.5758}.get(confidence, 1.96)
+    half = z * math.sqrt(n * q * (1 - q))
+    lo = max(1, math.floor(n * q - half))
+    hi = min(n, math.ceil(n * q + half) + 1)
+    return sorted_values[lo - 1], sorted_values[hi - 1]
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one configuration, in milliseconds."""
+
+    n: int
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    cv: float
+    total_s: float
+    batch_size: int
+    throughput: float  # samples per second
+    ci95: dict[str, tuple[float, float]] | None = None  # percentile -> 95% confidence interval (ms)
+    samples_ms: list[float] | None = None  # every timed call, in order (kept in reports for the regression gate)
+
+    @classmethod
+    def from_samples(cls, samples_s: list[float], batch_size: int) -> LatencyStats:
+        raw = [round(s * 1e3, 5) for s in samples_s]
+        ms = sorted(s * 1e3 for s in samples_s)
+        n = len(ms)
+        mean = sum(ms) / n
+        std = math.sqrt(sum((x - mean) ** 2 for x in ms) / (n - 1)) if n > 1 else 0.0
+        total = sum(samples_s)
+        return cls(
+            n=n,
+            p50=nearest_rank(ms, 50), p90=nearest_rank(ms, 90), p95=nearest_rank(ms, 95), p99=nearest_rank(ms, 99),
+            mean=mean, std=std, min=ms[0], max=ms[-1], cv=std / mean if mean else 0.0, total_s=total,
+            batch_size=batch_size, throughput=batch_size * n / total if total else 0.0,
+            ci95={f"p{p}": quantile_ci(ms, p) for p in (50, 90, 95, 99)}, samples_ms=raw,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()
+               if k not in ("ci95", "samples_ms")}
+        if self.ci95:
+            out["ci95"] = {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in self.ci95.items()}
+        return out
+
+
+def measure_interleaved(
+    runs: dict[str, Callable[[], Any]],
+    *,
+    batch_size: int,
+    warmup: int = 10,
+    min_runs: int = 100,
+    min_duration_s: float = 5.0,
+    max_runs: int = 10000,
+    rounds: int = 10,
+    on_progress: Callable[[float], None] | None = None,
+) -> dict[str, LatencyStats]:
+    """Time each callable until every one has ``min_runs`` samples and ``min_duration_s`` of timed work.
+
+    The callables run in alternating rounds (A×k, B×k, A×k, ...) so that slow drifts of a shared,
+    noisy machine hit all of them alike: ratios between them are then fair. Each callable must
+    finish its work before returning (GPU adapters synchronise inside).
+    """
+    from compress.device.shipped import time_interleaved
+
+    def progress(samples: dict[str, list[float]]) -> None:
+        on_progress(min(
+            min(min(len(s) / min_runs, sum(s) / min_duration_s if min_duration_s else 1.0), 1.0)
+            for s in samples.values()
+        ))
+
+    samples = time_interleaved(runs, warmup, min_runs, min_duration_s, max_runs, rounds,
+                               on_round=progress if on_progress else None)
+    return {name: LatencyStats.from_samples(s, batch_size) for name, s in samples.items()}
+
+
+# -- fresh-process probe -------------------------------------------------------------------------
+
+def probe_cold_start(
+    artifact_dir: Path,
+    runtime: str,
+    threads: int | None,
+    provider: str | None,
+    batch_size: int,
+    sequence_length: int,
+    timeout_s: float = 600,
+) -> dict[str, Any]:
+    """Run ``python -m compress.device.probe`` in a fresh process: phases of a cold start and peak RSS."""
+    cmd = [
+        sys.executable, "-m", "compress.device.probe", str(artifact_dir), "--runtime", runtime,
+        "--batch-size", str(batch_size), "--sequence-length", str(sequence_length),
+    ]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if provider:
+        cmd += ["--provider", provider]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise StageError(f"cold-start probe failed: {last}", hint="rerun with --debug")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_ms"] = round(wall * 1e3, 2)
+    return result

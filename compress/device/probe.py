@@ -1,0 +1,93 @@
+"""Fresh-process probe: ``python -m compress.device.probe ARTIFACT --runtime R``.
+
+Times the cold phases (runtime import, session creation, first inference) and reports the peak
+resident memory of the process, as JSON on the last line of stdout. It imports only what the chosen
+runtime needs (no torch for ONNX Runtime artifacts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process. Linux: VmHWM (reset at exec, unlike ru_maxrss, which a
+    child inherits from the parent that spawned it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def main(argv: list[str] | None = None) -> None:
+    t_start = time.perf_counter()
+    ap = argparse.ArgumentParser(prog="python -m compress.device.probe")
+    ap.add_argument("artifact")
+    ap.add_argument("--runtime", required=True)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--provider")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--sequence-length", type=int, default=64)
+    args = ap.parse_args(argv)
+
+    import importlib
+
+    import numpy as np
+
+    from compress.artifact import is_artifact, load_artifact
+    from compress.runtimes.base import RuntimeSettings, runtime_class
+
+    rss_before = _peak_rss_mb()
+    cls = runtime_class(args.runtime)
+    t0 = time.perf_counter()
+    importlib.import_module(cls.module)
+    t_import = time.perf_counter() - t0
+
+    settings = RuntimeSettings(threads=args.threads, provider=args.provider)
+    t0 = time.perf_counter()
+    if is_artifact(args.artifact):
+        backend = cls(load_artifact(args.artifact, verify=False), settings)
+    else:  # a teacher checkpoint directory, run by the torch adapter
+        from compress.teachers.load import load_teacher
+
+        backend = cls.from_teacher(load_teacher(args.artifact), settings)
+    t_session = time.perf_counter() - t0
+
+    from compress.data.inputs import latency_inputs
+
+    items = latency_inputs(None, args.batch_size, args.sequence_length, backend.artifact.manifest.preprocess)
+    batch = backend.encode(items, pad_to=args.sequence_length)
+    t0 = time.perf_counter()
+    out = backend.predict(batch)
+    backend.synchronize()
+    t_first = time.perf_counter() - t0
+    if not np.isfinite(out).all():
+        print("non-finite output", file=sys.stderr)
+        sys.exit(1)
+    peak = _peak_rss_mb()
+    result = {
+        "runtime": args.runtime,
+        "import_ms": round(t_import * 1e3, 2),
+        "session_create_ms": round(t_session * 1e3, 2),
+        "first_inference_ms": round(t_first * 1e3, 2),
+        "cold_start_ms": round((t_import + t_session + t_first) * 1e3, 2),
+        "in_process_total_ms": round((time.perf_counter() - t_start) * 1e3, 2),
+        "peak_rss_mb": round(peak, 2),
+        "baseline_rss_mb": round(rss_before, 2),
+        "peak_rss_growth_mb": round(peak - rss_before, 2),
+        "torch_imported": "torch" in sys.modules,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

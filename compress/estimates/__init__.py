@@ -1,0 +1,1 @@
+"""Latency estimates for devices edgecompress cannot measure on: graph cost and rooflines."""

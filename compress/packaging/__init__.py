@@ -1,0 +1,1 @@
+"""``package``: serverless bundles, their configuration, wheels, cold start and report."""

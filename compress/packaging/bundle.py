@@ -1,0 +1,547 @@
+"""``package``: a deployable serverless bundle (a zip) for an ONNX artifact, judged against the platform.
+
+The bundle, as a zip deployment of AWS Lambda (and similar platforms) expects it, has everything at
+the top level::
+
+    handler.py               minimal handler: onnxruntime + numpy + tokenizers (text) or Pillow (images), session
+                             at module scope
+    edgecompress_device.py   pooling and session options, the same file the remote runner ships (compress/device/shipped.py)
+    model_config.json        what the handler needs: task, labels, post-processing, inputs, threads, ...
+    model/                   the model file(s), tokenizer.json, tokenizer_config.json, manifest.json
+    requirements.txt         exact pins (==) of the direct dependencies and, when resolved, their closure
+    edgecompress-bundle.json the resolved packaging configuration and where every wheel came from
+    onnxruntime/ numpy/ ...  the dependency wheels for the *target* platform, unpacked
+
+Sizes are the real ones: the target's wheels are resolved with ``pip download --only-binary=:all:
+--platform TAG --python-version X.Y --implementation cp`` (the whole dependency closure, every
+package it pulls in counted and listed), unpacked, and zipped with deflate. The unzipped size is the
+sum of the file sizes. Each dependency is marked with whether the handler imported it in the
+cold-start run.
+
+Cold start is measured in fresh processes on this machine from an unpacked copy of the zip, under
+the function's memory (a memory cgroup when one can be created) and vCPUs (CPU affinity to
+ceil(vCPUs) cores, plus a CFS quota for the fraction when a cpu cgroup can be created). When the
+target's wheels cannot run here (another architecture or Python), the same pinned versions for this
+host stand in, and the report says so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+import zipfile
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from compress import __version__
+from compress.artifact import Artifact, Task, load_artifact
+from compress.device.cpu import cpu_model
+from compress.errors import ArtifactError, ConfigError, OutputExistsError
+from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
+
+log = logging.getLogger(__name__)
+from compress.packaging.config import (  # noqa: F401
+    _ARCH,
+    _FIRST_TEXT,
+    _canonical,
+    _FORBIDDEN_IMPORTS,
+    _ZIP_EPOCH,
+    BUNDLE_INFO,
+    COLD_START_TIMEOUT_S,
+    DIRECT_DEPENDENCIES,
+    KIND_DEPENDENCIES,
+    dependencies_for,
+    MB,
+    MODEL_DIR,
+    PACKAGE,
+    REPORT_SCHEMA_VERSION,
+    TOP_CONTRIBUTORS,
+    Contributor,
+    PackageConfig,
+    PackageReport,
+)
+from compress.packaging.coldstart import _cold_start, _Limits, _load_avg, _own_cgroups, _site_dirs  # noqa: F401
+from compress.packaging.report import (  # noqa: F401
+    check_report_output,
+    package_report_markdown,
+    render_package_report,
+    report_paths,
+    write_package_report,
+)
+from compress.packaging.wheels import (  # noqa: F401
+    _shell,
+    _pip_download,
+    _pip_download_cmd,
+    _safe_member,
+    _sha256,
+    _unpack_wheel,
+    _wheel_name,
+)
+
+__all__ = [
+    "PackageConfig",
+    "Contributor",
+    "PackageReport",
+    "package",
+    "write_package_report",
+    "report_paths",
+    "render_package_report",
+    "package_report_markdown",
+    "DIRECT_DEPENDENCIES",
+    "KIND_DEPENDENCIES",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------------
+
+
+def package(artifact: Artifact | Path | str, out: Path | str, config: PackageConfig, *, force: bool = False,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> PackageReport:
+    """Build the bundle ``out`` (a .zip) for ``artifact`` on ``config.profile`` and judge it.
+
+    The zip is written even when a budget fails (the report says so): a bundle over the direct-upload
+    limit can still be deployed through object storage, layers or a container image. Raises only
+    for bad input (profile, artifact, existing output) and for a dependency resolution that fails.
+    ``progress`` receives ``{"phase": ..., "label": ...}`` as each stretch of work starts (model files, wheels,
+    zip) and ``{"phase": "cold-start", "done": i, "total": n}`` around the cold-start runs.
+    """
+    say = progress or (lambda d: None)
+    from compress.profiles.load import load_profile
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
+    if out.is_dir():
+        raise OutputExistsError(f"{out} is a directory", hint="--out names the zip file to write, e.g. bundle.zip")
+    profile = load_profile(config.profile)
+    sl = profile.serverless
+    if sl is None:
+        raise ConfigError(
+            f"profile {profile.name} has no serverless: section (platform limits, memory, wheels platform)",
+            hint="use a serverless profile such as aws-lambda-arm64 (`edgecompress profiles list`) or add serverless: to yours",
+        )
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    PACKAGE.check(art)
+    if art.manifest.preprocess.kind == "text" and not (art.path / art.manifest.preprocess.tokenizer_file).is_file():
+        raise ArtifactError(f"{art.path}: no tokenizer.json", hint="the handler needs a fast tokenizer (tokenizer.json)")
+    if out.suffix.lower() != ".zip":
+        log.warning("%s does not end in .zip; writing a zip archive anyway", out)
+
+    memory_mb = config.memory_mb or sl.memory_mb
+    for bound, limit, word in ((sl.max_memory_mb, lambda m, b: m > b, "above"), (sl.min_memory_mb, lambda m, b: m < b, "below")):
+        if bound is not None and limit(memory_mb, bound):
+            raise ConfigError(
+                f"--memory-mb {memory_mb} is {word} what {sl.platform} allows a function "
+                f"({sl.min_memory_mb or '?'}–{sl.max_memory_mb or '?'} MB, profile {profile.name})",
+                hint=f"give --memory-mb between {sl.min_memory_mb or 1} and {sl.max_memory_mb or memory_mb}",
+            )
+    vcpus = sl.vcpus_for(memory_mb)
+    vcpu_source = "serverless.memory_to_vcpu"
+    if vcpus is None:
+        vcpus, vcpu_source = float(profile.hardware.cores), "hardware.cores (no memory_to_vcpu mapping)"
+    threads = profile.runtime.threads or max(1, math.ceil(vcpus - 1e-9))
+    target_arch = str(profile.hardware.arch)
+    pins = _pins(config, dependencies_for(art.manifest.preprocess))
+    function = {
+        "platform": sl.platform, "memory_mb": memory_mb, "vcpus": vcpus, "vcpus_from": vcpu_source,
+        "threads": threads, "handler": sl.handler, "arch": target_arch, "python": sl.python_version,
+    }
+    notes: list[str] = []
+    warnings: list[str] = []
+    if not sl.pip_platforms and config.download:
+        warnings.append(f"profile {profile.name} lists no serverless.pip_platforms: wheels are resolved for "
+                        "this host's platform, which may not be the target's")
+
+    from compress import storage
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    storage.sweep_stale(out)  # a previous run of this bundle that was killed
+    work = storage.make_staging(out)
+    try:
+        root = work / "bundle"
+        root.mkdir()
+        say({"phase": "files", "label": "writing the model and the handler"})
+        own = _write_bundle_files(root, art, profile, sl, function, config, pins)
+
+        # dependencies for the target
+        dist_files: dict[str, list[str]] = {}
+        wheels: list[dict[str, Any]] = []
+        deps: dict[str, Any] = {
+            "measured": False, "requirements": dict(pins),
+            "target": {"platforms": list(sl.pip_platforms), "python": sl.python_version, "implementation": "cp"},
+        }
+        if config.download:
+            req = work / "requirements.in"
+            req.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()), encoding="utf-8")
+            cmd = _pip_download_cmd(req, work / "wheels", sl.pip_platforms, sl.python_version)
+            say({"phase": "wheels", "label": f"downloading the wheels for {', '.join(sl.pip_platforms) or 'this host'}"})
+            found = _pip_download(cmd, config.pip_timeout_s, f"{', '.join(sl.pip_platforms) or 'this host'} / "
+                                                             f"Python {sl.python_version}")
+            for whl in found:
+                dist, version = _wheel_name(whl)
+                files = _unpack_wheel(whl, root)
+                dist_files[dist] = files
+                wheels.append({"name": dist, "version": version, "file": whl.name, "bytes": whl.stat().st_size,
+                               "sha256": _sha256(whl)})
+            resolved = {w["name"]: w["version"] for w in wheels}
+            shown = _shell(cmd).replace(str(work / "wheels"), "WHEELS_DIR").replace(str(req), "requirements.in")
+            deps.update(
+                measured=True, resolved=resolved, wheels=wheels, command=shown,
+                pulled_in=sorted(n for n in resolved if n not in pins),
+            )
+            _write_requirements(root, pins, resolved, sl)
+            _update_bundle_info(root, wheels=wheels)
+            own = {**own, "requirements.txt": "handler", BUNDLE_INFO: "handler"}
+        else:
+            deps["note"] = "not downloaded (--no-download): the bundle holds the model and handler only"
+            notes.append("dependencies were not downloaded (--no-download): install requirements.txt into the "
+                         "bundle (or a layer) before deploying; their size is not measured")
+
+        zip_tmp = work / "bundle.zip"
+        say({"phase": "zip", "label": "zipping the bundle"})
+        entries = _zip_dir(root, zip_tmp)
+        contributors = _contributors(root, entries, own, dist_files, wheels)
+        zipped = zip_tmp.stat().st_size
+        unzipped = sum(size for size, _ in entries.values())
+        bundle = {
+            "path": str(out), "zipped_bytes": zipped, "unzipped_bytes": unzipped,
+            "zipped_mb": zipped / MB, "unzipped_mb": unzipped / MB, "files": len(entries),
+            "sha256": _sha256(zip_tmp), "complete": config.download,
+            "model_bytes": sum(c.unzipped_bytes for c in contributors if c.kind == "model"),
+            "dependencies_bytes": sum(c.unzipped_bytes for c in contributors if c.kind == "dependency")
+            if config.download else None,
+        }
+
+        cold = None
+        if config.cold_start:
+            cold = _cold_start(zip_tmp, work, own, function, config, pins, target_arch, sl.python_version,
+                               sl.handler, progress=say, preprocess=art.manifest.preprocess)
+            imported = set(cold.get("imported_top_level") or [])
+            if imported:
+                for c in contributors:
+                    if c.kind == "dependency":
+                        c.imported = any(t in imported for t in c.top_level)
+                unused = [c for c in contributors if c.kind == "dependency" and c.imported is False]
+                if unused:
+                    mb = sum(c.unzipped_bytes for c in unused) / MB
+                    notes.append(
+                        f"{len(unused)} of {sum(c.kind == 'dependency' for c in contributors)} dependency "
+                        f"distributions ({mb:.1f} MB unzipped: {', '.join(c.name for c in unused)}) were not "
+                        "imported by the handler's cold start and first request; pip installs them because the "
+                        "packages above declare them"
+                    )
+            notes.extend(cold.get("notes", []))
+
+        budgets = _judge(profile, sl, bundle, cold, memory_mb, config.download)
+        for b in budgets:
+            if b.measured is None:  # not measured is not a failure, and never a pass (as in validate)
+                b.status, b.passed = BudgetStatus.unverified, False
+                if b.note:
+                    warnings.append(f"{b.name}: {b.note}")
+        failed = [b for b in budgets if b.status is BudgetStatus.failed]
+        verdict = verdict_of(budgets)
+        if failed:
+            notes.append(_over_limit_advice(failed))
+        os.replace(zip_tmp, out)
+    except Exception as e:
+        found = storage.classify(e, out)  # a full disk or unwritable location: named as --out, not the staging dir
+        if found is None:
+            raise
+        written = storage.tree_bytes(work)
+        shutil.rmtree(work, ignore_errors=True)
+        raise storage.describe((found[0], None), out, written_bytes=written) from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    m = art.manifest
+    return PackageReport(
+        verdict=verdict,
+        budgets=budgets,
+        bundle=bundle,
+        contributors=sorted(contributors, key=lambda c: -c.unzipped_bytes),
+        dependencies=deps,
+        function=function,
+        cold_start=cold,
+        artifact={"path": str(art.path), "format": str(m.format), "precision": str(m.precision),
+                  "task": str(m.task), "digest": art.digest, "steps": [s.stage for s in m.steps]},
+        profile={"name": profile.name, "source": profile.source, "description": profile.description.strip(),
+                 "serverless": sl.model_dump(mode="json"), "budgets": profile.budgets.model_dump(mode="json")},
+        environment=_environment(),
+        notes=notes,
+        warnings=warnings,
+        seconds=round(time.perf_counter() - t_start, 2),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bundle files
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pins(config: PackageConfig, names: tuple[str, ...] = KIND_DEPENDENCIES["text"]) -> dict[str, str]:
+    """Exact versions of the handler's direct dependencies (``names``): the configured ones, else the versions
+    installed here."""
+    from compress._optional import version_of
+
+    pins = {}
+    for name in names:
+        version = config.pins.get(name) or version_of(name)
+        if version is None:
+            raise ConfigError(
+                f"{name} is not installed here, so there is no version to pin for the bundle",
+                hint=f"install it (pip install {name}) or pin one: --pin {name}==VERSION",
+            )
+        pins[name] = version.split("+")[0]  # a local build tag (1.20.1+cpu) is not on PyPI
+    return pins
+
+
+def _handler_source(entry: str) -> tuple[str, str]:
+    """The handler module's file name and source; the entry point's function is aliased to ours."""
+    module, _, func = entry.rpartition(".")
+    if not module or not func or not all(p.isidentifier() for p in (*module.split("."), func)) or "." in module:
+        raise ConfigError(f"serverless.handler {entry!r} is not MODULE.FUNCTION", hint="e.g. handler.handler")
+    src = (resources.files("compress.device") / "bundle_template" / "handler.py").read_text(encoding="utf-8")
+    if func != "handler":
+        src += f"\n\n{func} = handler  # the entry point named in the profile\n"
+    return f"{module}.py", src
+
+
+def _preprocess(art: Artifact) -> dict[str, Any]:
+    """The artifact's input description as the handler reads it: the tokenizer inside the bundle, and the pad
+    token id resolved exactly as the library's runtimes resolve it (so the bundle needs no tokenizer_config.json)."""
+    from compress.data.tokenization import encoder_for
+
+    spec = art.manifest.preprocess.model_dump()
+    if spec["kind"] != "text":  # images: the description is complete as it is
+        return spec
+    return spec | {"tokenizer_file": f"{MODEL_DIR}/{spec['tokenizer_file']}", "pad_id": encoder_for(art).pad_id}
+
+
+def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[str, Any], config: PackageConfig,
+                        pins: dict[str, str]) -> dict[str, str]:
+    """Write handler, model config, model and tokenizer files; return {relative path: contributor kind}."""
+    m = art.manifest
+    own: dict[str, str] = {}
+    mdir = root / MODEL_DIR
+    mdir.mkdir()
+    for name in art.model_files():
+        (mdir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(art.path / name, mdir / name)
+        own[f"{MODEL_DIR}/{name}"] = "model"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "manifest.json"):
+        if (art.path / name).is_file():
+            shutil.copyfile(art.path / name, mdir / name)
+            own[f"{MODEL_DIR}/{name}"] = "tokenizer" if name != "manifest.json" else "handler"
+    model_config = {
+        "task": str(m.task),
+        "labels": m.labels if m.task is not Task.feature_extraction else None,
+        "model_file": f"{MODEL_DIR}/{m.model_file}",
+        "preprocess": _preprocess(art),
+        "input_names": [t.name for t in m.inputs],
+        "output_name": m.outputs[0].name if m.outputs else None,
+        "max_length": m.max_length,
+        "postprocess": m.postprocess.model_dump(),
+        "threads": function["threads"],
+        "max_batch_size": config.max_batch_size,
+    }
+    (root / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
+    own["model_config.json"] = "handler"
+    fname, src = _handler_source(sl.handler)
+    (root / fname).write_text(src, encoding="utf-8")
+    own[fname] = "handler"
+    from compress.device.shipped import SHIPPED_NAME
+
+    # the device code the handler shares with the runtimes and the remote runner, byte for byte
+    (root / SHIPPED_NAME).write_bytes((resources.files("compress.device") / "shipped.py").read_bytes())
+    own[SHIPPED_NAME] = "handler"
+    _write_requirements(root, pins, None, sl)
+    own["requirements.txt"] = "handler"
+    info = {
+        "edgecompress": __version__,
+        "config": config.model_dump(mode="json"),
+        "profile": {"name": profile.name, "source": profile.source},
+        "function": function,
+        "artifact": {"path": str(art.path), "digest": art.digest, "precision": str(m.precision)},
+        "requirements": pins,
+        "wheels": None,
+    }
+    (root / BUNDLE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    own[BUNDLE_INFO] = "handler"
+    return own
+
+
+def _update_bundle_info(root: Path, **changes: Any) -> None:
+    path = root / BUNDLE_INFO
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info.update(changes)
+    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_requirements(root: Path, pins: dict[str, str], resolved: dict[str, str] | None, sl) -> None:
+    target = f"{', '.join(sl.pip_platforms) or 'the build host'}, CPython {sl.python_version}"
+    lines = [f"# written by edgecompress {__version__} for {sl.platform} ({target})",
+             *(f"{n}=={v}" for n, v in pins.items())]
+    extra = {n: v for n, v in (resolved or {}).items() if n not in pins}
+    if extra:
+        lines.append("# pulled in by the packages above (resolved by pip for the target; bundled too)")
+        lines += [f"{n}=={v}" for n, v in sorted(extra.items())]
+    (root / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Zip and sizes
+# ----------------------------------------------------------------------------------------------------
+
+
+def _zip_time() -> tuple[int, int, int, int, int, int]:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        t = _dt.datetime.fromtimestamp(max(int(epoch), 315532800), _dt.UTC)
+        return (t.year, t.month, t.day, t.hour, t.minute, t.second)
+    return _ZIP_EPOCH
+
+
+def _zip_dir(root: Path, dest: Path) -> dict[str, tuple[int, int]]:
+    """Zip every file under ``root`` (sorted, fixed timestamps, deflate); {name: (size, compressed size)}."""
+    stamp = _zip_time()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for p in files:
+            rel = p.relative_to(root).as_posix()
+            info = zipfile.ZipInfo(rel, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # unix, so the permission bits below are honoured
+            executable = os.stat(p).st_mode & 0o111
+            info.external_attr = ((0o100755 if executable else 0o100644) & 0xFFFF) << 16
+            with open(p, "rb") as src, zf.open(info, "w", force_zip64=p.stat().st_size > (1 << 31)) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    with zipfile.ZipFile(dest) as zf:
+        return {i.filename: (i.file_size, i.compress_size) for i in zf.infolist()}
+
+
+def _top_level(files: list[str]) -> list[str]:
+    tops = {f.split("/", 1)[0] for f in files}
+    return sorted(t for t in tops if not t.endswith(".dist-info"))
+
+
+def _contributors(root: Path, entries: dict[str, tuple[int, int]], own: dict[str, str],
+                  dist_files: dict[str, list[str]], wheels: list[dict[str, Any]]) -> list[Contributor]:
+    out: list[Contributor] = []
+    versions = {w["name"]: (w["version"], w["file"]) for w in wheels}
+    claimed: set[str] = set()
+    for dist, files in dist_files.items():
+        present = [f for f in dict.fromkeys(files) if f in entries and f not in claimed]
+        claimed.update(present)
+        version, wheel = versions.get(dist, (None, None))
+        out.append(Contributor(
+            name=dist, kind="dependency", version=version, wheel=wheel,
+            unzipped_bytes=sum(entries[f][0] for f in present), zipped_bytes=sum(entries[f][1] for f in present),
+            files=len(present), top_level=_top_level(present),
+        ))
+    groups: dict[str, list[str]] = {}
+    for rel, kind in own.items():
+        if rel in entries and rel not in claimed:
+            # each model file on its own; tokenizer files together; handler + configs together
+            key = rel if kind == "model" else kind
+            groups.setdefault(key, []).append(rel)
+            claimed.add(rel)
+    for key, files in groups.items():
+        kind = own[files[0]]
+        name = key if kind == "model" else {"tokenizer": "tokenizer files", "handler": "handler + configs"}[kind]
+        out.append(Contributor(
+            name=name, kind=kind, unzipped_bytes=sum(entries[f][0] for f in files),
+            zipped_bytes=sum(entries[f][1] for f in files), files=len(files), top_level=sorted(files),
+        ))
+    rest = [f for f in entries if f not in claimed]
+    if rest:
+        out.append(Contributor(name="other files", kind="other", unzipped_bytes=sum(entries[f][0] for f in rest),
+                               zipped_bytes=sum(entries[f][1] for f in rest), files=len(rest),
+                               top_level=_top_level(rest)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Judging
+# ----------------------------------------------------------------------------------------------------
+
+
+def _judge(profile, sl, bundle: dict[str, Any], cold: dict[str, Any] | None, memory_mb: int,
+           complete: bool) -> list[BudgetResult]:
+    """Size against the platform limits and the profile's budgets; cold start and peak memory. An
+    unmeasured budget never passes; a bundle without its dependencies that is already over a size
+    limit fails (the full bundle is only larger)."""
+    b = profile.budgets
+    out: list[BudgetResult] = []
+    sizes = (("zipped", bundle["zipped_mb"]), ("unzipped", bundle["unzipped_mb"]))
+    for name, limit, which in (
+        (f"{sl.platform}: max_zipped_mb", sl.max_zipped_mb, 0),
+        (f"{sl.platform}: max_unzipped_mb", sl.max_unzipped_mb, 1),
+        ("max_package_zipped_mb", b.max_package_zipped_mb, 0),
+        ("max_package_unzipped_mb", b.max_package_unzipped_mb, 1),
+    ):
+        if limit is None:
+            continue
+        kind, value = sizes[which]
+        if complete:
+            out.append(BudgetResult(name=name, limit=limit, measured=value, passed=value <= limit, unit="MB"))
+        elif value > limit:
+            out.append(BudgetResult(name=name, limit=limit, measured=value, passed=False, unit="MB",
+                                    note=f"already over without the dependencies (--no-download); the {kind} "
+                                         "bundle with them is larger"))
+        else:
+            out.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit="MB",
+                                    note=f"not measured: dependencies not downloaded (--no-download); without them "
+                                         f"the bundle is {value:.2f} MB {kind}"))
+    med = (cold or {}).get("median") or {}
+    stand_in = bool(((cold or {}).get("dependencies") or {}).get("stand_in"))
+    where = " (measured on this host as a stand-in for the target)" if stand_in else None
+    failed_note = f"not measured: {cold['error']}" if cold and cold.get("error") else "not measured: cold start disabled"
+    checks = [("max_cold_start_ms", b.max_cold_start_ms, med.get("total_ms"), "ms"),
+              ("function_memory_mb", float(memory_mb), med.get("peak_rss_mb"), "MB"),
+              ("max_peak_memory_mb", b.max_peak_memory_mb, med.get("peak_rss_mb"), "MB")]
+    for name, limit, value, unit in checks:
+        if limit is None:
+            continue
+        if value is None and cold and cold.get("oom") and name == "function_memory_mb":
+            out.append(BudgetResult(name=name, limit=limit, measured=float(memory_mb), passed=False, unit=unit,
+                                    note=f"killed at the {memory_mb} MB memory limit: it needs more"))
+        elif value is None:
+            out.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit=unit, note=failed_note))
+        else:
+            out.append(BudgetResult(name=name, limit=limit, measured=float(value), passed=value <= limit, unit=unit,
+                                    note=where))
+    return out
+
+
+def _over_limit_advice(failed: list[BudgetResult]) -> str:
+    names = " ".join(b.name for b in failed)
+    parts = ["the bundle was written anyway"]
+    if "zipped_mb" in names and "unzipped" not in names.replace("max_zipped", ""):
+        parts.append("a zip over the direct-upload limit can still be deployed from object storage (S3) "
+                     "if the unzipped size fits")
+    if "unzipped" in names:
+        parts.append("over the unzipped limit it cannot deploy as a zip at all: move dependencies to layers "
+                     "(the limit counts them too) or use a container image")
+    if "cold_start" in names or "memory" in names:
+        parts.append("raise the function memory (--memory-mb, more vCPUs) or use a smaller model")
+    return "; ".join(parts)
+
+
+def _environment() -> dict[str, Any]:
+    from compress._optional import version_of
+
+    return {
+        "host": platform.node(), "machine": platform.machine(), "cpu": cpu_model(),
+        "python": platform.python_version(), "edgecompress": __version__, "pip": version_of("pip"),
+    }

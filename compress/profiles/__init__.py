@@ -1,0 +1,1 @@
+"""Device profiles: the profile format, built-in and host profiles, and budgets."""

@@ -1,0 +1,147 @@
+"""Budget judging every layer shares: results, statuses, the verdict, and the noise warning.
+
+A budget is PASS, FAIL, ANOMALOUS (measured, but the timing spread is too wide to tell pass from fail) or UNVERIFIED
+(not measured, or only estimated: never a pass). Validation (local and remote) and packaging judge with these; a
+search that finds nothing meeting its budgets ends INFEASIBLE. Every verdict, its meaning and its exit code:
+:data:`VERDICTS` (the README's exit-code table lists the same).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, model_validator
+
+from compress.errors import Anomalous, BudgetFailed, Infeasible, Unverified
+from compress.device.measure import LatencyStats
+
+MB = 1024 * 1024
+NOISY_CV = 0.15  # run-to-run coefficient of variation above which latency is called noisy
+NEAR_LIMIT = 0.20  # a noisy latency within this fraction of its limit gets an "unreliable" warning
+LATENCY_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput")
+# Budgets judged from timings on the device: an estimate makes them UNVERIFIED, never PASS.
+ESTIMATED_BUDGETS = (*LATENCY_BUDGETS, "min_speedup", "max_cold_start_ms")
+
+
+class BudgetStatus(StrEnum):
+    passed = "pass"
+    failed = "fail"
+    anomalous = "anomalous"  # measured, but too noisy near its limit to say which side it is on: never a pass
+    unverified = "unverified"  # judged from an estimate, not a measurement on the device: never a pass
+
+
+#: verdict -> (exit code, meaning): the one table of them (each code is its error class's, compress.errors)
+VERDICTS: dict[str, tuple[int, str]] = {
+    "pass": (0, "every budget was measured and holds"),
+    "fail": (BudgetFailed.exit_code, "a budget was measured and missed (or the gate found a regression)"),
+    "anomalous": (Anomalous.exit_code,
+                  "no budget failed, but a latency measurement is not trustworthy: its run-to-run spread (CV > 15%) "
+                  "is wider than its distance to the limit (within 20%), so noise could flip it; measure on a quieter "
+                  "machine or with more runs"),
+    "unverified": (Unverified.exit_code,
+                   "no budget failed, but some were not measured (estimates, or measurements switched off); "
+                   "--unverified-exit-code changes the code"),
+    "infeasible": (Infeasible.exit_code, "a search measured candidates and none meets every budget"),
+}
+
+
+class BudgetResult(BaseModel):
+    name: str
+    limit: float
+    measured: float | None
+    passed: bool  # True only for status "pass" (kept for readers of schema v1)
+    unit: str = ""
+    comparison: str = "<="
+    note: str | None = None
+    status: BudgetStatus | None = None  # derived from ``passed`` when not given
+    estimated: bool = False  # ``measured`` is an estimate (compress.estimates.roofline), not a measurement
+    measured_on: str | None = None  # where the figure comes from, when not the report's environment
+
+    @model_validator(mode="after")
+    def _status(self) -> BudgetResult:
+        if self.status is None:
+            self.status = BudgetStatus.passed if self.passed else BudgetStatus.failed
+        elif self.status is not BudgetStatus.passed:
+            self.passed = False
+        return self
+
+
+def noise_warning(lat: LatencyStats, budgets: list[BudgetResult]) -> str | None:
+    """A warning when latency is noisy (high CV) and a latency verdict sits close to its limit."""
+    if lat.cv <= NOISY_CV:
+        return None
+    close = [b.name for b in budgets if b.name in LATENCY_BUDGETS and b.measured is not None
+             and abs(b.measured / b.limit - 1) < NEAR_LIMIT]
+    if not close:
+        return None
+    return (
+        f"latency varies a lot between runs (CV {lat.cv:.0%} over {lat.n} runs) and {', '.join(close)} "
+        f"{'is' if len(close) == 1 else 'are'} within {NEAR_LIMIT:.0%} of the limit: that verdict is "
+        "unreliable on this machine; measure on a quieter one or with more runs"
+    )
+
+
+def anomalous_latency(lat: LatencyStats, budgets: list[BudgetResult]) -> list[str]:
+    """Mark the latency budgets a noisy measurement cannot separate from their limit ANOMALOUS (in place); return
+    their names. Noisy: run-to-run CV over :data:`NOISY_CV`; cannot separate: within :data:`NEAR_LIMIT` of it."""
+    if lat.cv <= NOISY_CV:
+        return []
+    names = []
+    for b in budgets:
+        if b.name in LATENCY_BUDGETS and b.measured is not None and abs(b.measured / b.limit - 1) < NEAR_LIMIT \
+                and b.status in (BudgetStatus.passed, BudgetStatus.failed):
+            b.note = (f"{'holds' if b.passed else 'misses'} by {abs(b.measured / b.limit - 1):.0%}, inside the "
+                      f"run-to-run spread (CV {lat.cv:.0%} over {lat.n} runs): not trustworthy either way")
+            b.status, b.passed = BudgetStatus.anomalous, False
+            names.append(b.name)
+    return names
+
+
+def verdict_of(budgets: list[BudgetResult]) -> str:
+    """fail when a budget failed; else anomalous when a measurement cannot be trusted; else unverified when one was
+    not measured (or only estimated); else pass."""
+    statuses = {b.status for b in budgets}
+    for status in (BudgetStatus.failed, BudgetStatus.anomalous, BudgetStatus.unverified):
+        if status in statuses:
+            return str(status)
+    return "pass"
+
+
+def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
+    """One result per budget the profile sets; an unmeasurable budget is UNVERIFIED (CI must not pass blind)."""
+    lat = metrics.get("latency_ms", {})
+    checks: list[tuple[str, float | None, float | None, str, str, str]] = [
+        ("latency_p50_ms", budgets.latency_ms.p50, lat.get("p50"), "ms", "<=", "latency"),
+        ("latency_p95_ms", budgets.latency_ms.p95, lat.get("p95"), "ms", "<=", "latency"),
+        ("latency_p99_ms", budgets.latency_ms.p99, lat.get("p99"), "ms", "<=", "latency"),
+        ("min_throughput", budgets.min_throughput, metrics.get("throughput"), "samples/s", ">=", "latency"),
+        ("max_model_size_mb", budgets.max_model_size_mb, metrics.get("size_mb"), "MB", "<=", "size"),
+        ("max_peak_memory_mb", budgets.max_peak_memory_mb, metrics.get("peak_rss_mb"), "MB", "<=",
+         "cold start (disabled)"),
+        ("min_accuracy_retention", budgets.min_accuracy_retention, metrics.get("retention"), "", ">=",
+         "eval data and teacher (--data, --teacher)"),
+        ("min_agreement", budgets.min_agreement, metrics.get("agreement"), "", ">=",
+         "eval data and teacher (--data, --teacher)"),
+        ("min_output_cosine", budgets.min_output_cosine, metrics.get("output_cosine"), "", ">=",
+         "eval data and teacher (--data, --teacher)"),
+        ("min_output_snr_db", budgets.min_output_snr_db, metrics.get("output_snr_db"), "dB", ">=",
+         "eval data and teacher (--data, --teacher)"),
+        ("min_speedup", budgets.min_speedup, metrics.get("speedup"), "x", ">=",
+         "the teacher's FP32 baseline (--teacher)"),
+        ("max_cold_start_ms", budgets.max_cold_start_ms, metrics.get("cold_start_ms"), "ms", "<=",
+         "cold start (disabled)"),
+    ]
+    results = []
+    for name, limit, measured, unit, cmp, needs in checks:
+        if limit is None:
+            continue
+        if measured is None:  # not measured is not a failure, and never a pass
+            results.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit=unit,
+                                        comparison=cmp, note=f"not measured: needs {needs}",
+                                        status=BudgetStatus.unverified))
+            continue
+        ok = measured <= limit if cmp == "<=" else measured >= limit
+        results.append(BudgetResult(name=name, limit=limit, measured=float(measured), passed=ok, unit=unit,
+                                    comparison=cmp))
+    return results

@@ -1,0 +1,1 @@
+"""Rendering reports: tables, JSON, Markdown, JUnit XML and self-contained HTML."""

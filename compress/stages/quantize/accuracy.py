@@ -1,0 +1,583 @@
+"""Accuracy-aware mixed precision: measure quantized candidates on labelled eval data and keep the layers
+that cost the most in float until an accuracy budget holds.
+
+Modelled on NNCF's ``quantize_with_accuracy_control`` and Intel Neural Compressor's tolerable-loss
+tuning, but independent of the runtime: a stage supplies a ``build(excluded) -> Artifact`` function
+that writes a candidate quantized with the named layers left in float, and this module loads each
+candidate with :func:`compress.runtimes.base.load_runtime`, scores it and decides. The ONNX path
+(``compress.stages.quantize``) uses ONNX Runtime's ``nodes_to_exclude``; an OpenVINO path can pass
+NNCF's ignored scope the same way.
+
+The metric:
+
+* classifiers: accuracy of the argmax on the labelled eval rows;
+* embedding models (feature extraction): mean cosine similarity of each row's pooled embedding to the
+  FP32 model's, so the FP32 model scores 1.0 (labels are not needed).
+
+Besides the metric every candidate gets an ``output_error`` versus the FP32 outputs (mean absolute
+difference of the class probabilities for classifiers, mean ``1 - cosine`` for embeddings). Accuracy on a
+few hundred rows moves in steps of ``1/n``, so most single layers change it by 0; the output error
+breaks those ties when layers are ranked.
+
+The search (:func:`search_exclusions`):
+
+1. quantize everything (except user exclusions); done if the budget holds;
+2. rank: for every unit, a candidate with *that unit kept in float and everything else quantized*
+   (leave-one-out). Its sensitivity is the metric that keeping it in float recovers (``cost`` = metric
+   with it in float - metric with everything quantized), ties broken by the output error it removes.
+   Units are single layers when there are at most ``group_above`` of them; otherwise transformer blocks
+   (layer names matching ``layer.N``/``layers.N``/``block.N``/``h.N``), the embeddings (Gather) and the
+   rest, so a 6-layer MiniLM costs ~8 candidates instead of ~40;
+3. greedy: walk the units from the most sensitive; a block is refined by ranking its layers the same
+   way (relative to what is already in float) and keeping them in float one at a time, re-measuring
+   after each, until the budget holds. Units whose weights would push the float share past
+   ``max_fp32_fraction`` are skipped (a model that is mostly float is not a quantized model);
+4. prune: once the budget holds, try quantizing each kept layer again (least sensitive first) and keep
+   it quantized when the budget still holds (greedy additions can overshoot).
+
+If no candidate meets the budget the result names the best reachable candidate (highest metric within
+the float-share limit) and the costliest layers; the stage writes that candidate and raises
+:class:`~compress.errors.AccuracyBudgetError`.
+
+Cost: one build + one evaluation per candidate; encodings of the eval rows are computed once (rows sorted
+by length into batches so padding is short) and reused by every candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact, Manifest, Task
+from compress.data.tables import TextDataset
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Budget",
+    "EvalSet",
+    "Layer",
+    "SearchResult",
+    "Trial",
+    "evaluate_metric",
+    "group_of",
+    "load_eval_set",
+    "predict_outputs",
+    "score_outputs",
+    "search_exclusions",
+]
+
+EPS = 1e-9
+DEFAULT_BATCH = 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSet:
+    """Eval rows (sorted by length), their labels, and - once set - the FP32 reference outputs.
+
+    Encodings are made by the first backend that evaluates the set and reused afterwards: every
+    candidate of one search must share the tokenizer (quantization copies it unchanged).
+    """
+
+    dataset: TextDataset
+    classification: bool
+    batch_size: int = DEFAULT_BATCH
+    reference: np.ndarray | None = None
+    source: str = "<memory>"
+    user_metric: Any = None  #: ``--metric`` (compress.validation.user_metric.UserMetric): the metric instead of the task's
+    _encoded: list[dict[str, np.ndarray]] | None = field(default=None, repr=False)
+
+    @property
+    def metric_name(self) -> str:
+        if self.user_metric is not None:
+            return self.user_metric.spec
+        return "accuracy" if self.classification else "cosine_to_fp32"
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.dataset.labels is None else np.asarray(self.dataset.labels)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def encoded(self, backend) -> list[dict[str, np.ndarray]]:
+        """The encoded batches (made with ``backend.encode`` on first use)."""
+        if self._encoded is None:
+            self._encoded = [backend.encode(t, p) for t, p, _ in self.dataset.batches(self.batch_size)]
+        return self._encoded
+
+    def set_reference(self, backend) -> float:
+        """Run the reference (FP32) model, keep its outputs, return its metric (1.0 for embeddings)."""
+        self.reference = predict_outputs(backend, self)
+        return score_outputs(self.reference, self)[0]
+
+
+def load_eval_set(
+    path: str | Path,
+    manifest: Manifest,
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+    user_metric: Any = None,
+) -> EvalSet:
+    """Read ``n`` eval rows from ``path`` for the model described by ``manifest``.
+
+    Classifiers need labels (names mapped through ``manifest.labels``, or ids); embedding models only
+    need texts. When the file has more than ``n`` rows a deterministic random sample (``seed``) is
+    taken from its first ``max(20 n, 5000)`` rows. Rows are sorted by length so batches pad little.
+    Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
+    """
+    from compress.data.inputs import kind_of, load_inputs
+
+    classification = manifest.labels is not None and manifest.task is not Task.feature_extraction
+    labels = manifest.labels if classification else None
+    ds = load_inputs(
+        path, manifest.preprocess,
+        label2id={name: i for i, name in enumerate(labels)} if labels else None,
+        num_labels=len(labels) if labels else None,
+        require_labels=classification,
+        limit=max(20 * n, 5000),
+    )
+    ds = ds.sample(n, seed=seed)
+    if kind_of(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
+        order = sorted(range(len(ds)), key=lambda i: (len(ds.texts[i]) + len(ds.pairs[i] if ds.pairs else ""), i))
+        ds = dataclasses.replace(
+            ds,
+            texts=[ds.texts[i] for i in order],
+            pairs=None if ds.pairs is None else [ds.pairs[i] for i in order],
+            labels=None if ds.labels is None else [ds.labels[i] for i in order],
+        )
+    if len(ds) < n:
+        log.warning("%s has only %d rows (asked for %d eval samples); using all of them", path, len(ds), n)
+    return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path),
+                   user_metric=user_metric)
+
+
+def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
+    """``backend.predict`` over the eval rows (logits, or pooled embeddings), in eval-set order."""
+    return np.concatenate([backend.predict(b) for b in eval_set.encoded(backend)], axis=0)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row cosine over every value of a row (a vector, or a dense map flattened)."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return (a * b).sum(axis=-1) / np.clip(den, 1e-12, None)
+
+
+def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]:
+    """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set): the user's metric
+    (``--metric``) where one is given, else accuracy (classifiers) or the mean cosine to the FP32 outputs."""
+    ref = eval_set.reference
+    if ref is None and not eval_set.classification and eval_set.user_metric is None:
+        raise ValueError("embedding eval sets score against the FP32 outputs: call eval_set.set_reference(fp32) first")
+    cos = None if ref is None or eval_set.classification else _cosine_rows(outputs, ref)
+    if ref is None:
+        error = 0.0
+    else:
+        error = float(np.abs(_softmax(outputs) - _softmax(ref)).mean()) if cos is None else float((1.0 - cos).mean())
+    if eval_set.user_metric is not None:  # the user's metric; the output error still orders the layers
+        return eval_set.user_metric(outputs, eval_set.labels), error
+    if eval_set.classification:
+        from compress.validation.metrics import accuracy
+
+        return accuracy(outputs.argmax(-1), eval_set.labels), error
+    return float(cos.mean()), error
+
+
+def evaluate_metric(backend, eval_set: EvalSet) -> float:
+    """The eval metric of a loaded backend: accuracy (classifiers) or mean cosine to FP32 (embeddings)."""
+    return score_outputs(predict_outputs(backend, eval_set), eval_set)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Allowed loss: ``max_drop`` absolute (metric >= baseline - max_drop) and/or ``min_retention``
+    relative (metric >= baseline * min_retention). Both must hold when both are given."""
+
+    max_drop: float | None = None
+    min_retention: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_drop is None and self.min_retention is None:
+            raise ValueError("a Budget needs max_drop or min_retention")
+
+    def min_metric(self, baseline: float) -> float:
+        bounds = []
+        if self.max_drop is not None:
+            bounds.append(baseline - self.max_drop)
+        if self.min_retention is not None:
+            bounds.append(baseline * self.min_retention)
+        return max(bounds)
+
+    def holds(self, baseline: float, metric: float) -> bool:
+        return metric >= self.min_metric(baseline) - EPS
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"drop <= {self.max_drop:g}")
+        if self.min_retention is not None:
+            parts.append(f"retention >= {self.min_retention:g}")
+        return " and ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers and the search
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A quantizable node: the name the quantizer's exclusion list takes, its op, weight size, group."""
+
+    name: str
+    op_type: str
+    params: int
+    group: str
+
+
+_BLOCK_RE = re.compile(r"(?:^|[/._])(?:layers?|blocks?|h)[/._]?(\d+)(?=[/._]|$)")
+
+
+def group_of(name: str, op_type: str) -> str:
+    """Transformer block of a node from its name (``layer.3`` -> ``block 3``); ``embeddings`` for
+    Gather/EmbedLayerNormalization; ``other`` for the rest (fused Attention_N, heads, pooler)."""
+    m = _BLOCK_RE.search(name)
+    if m:
+        return f"block {int(m.group(1))}"
+    if op_type in ("Gather", "EmbedLayerNormalization"):
+        return "embeddings"
+    return "other"
+
+
+@dataclass
+class Trial:
+    """One measured candidate."""
+
+    excluded: tuple[str, ...]
+    metric: float
+    output_error: float
+    drop: float
+    retention: float | None
+    fp32_fraction: float
+    meets: bool
+    phase: str
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "excluded": list(self.excluded),
+            "metric": round(self.metric, 6),
+            "drop": round(self.drop, 6),
+            "retention": None if self.retention is None else round(self.retention, 6),
+            "output_error": round(self.output_error, 6),
+            "fp32_weight_fraction": round(self.fp32_fraction, 4),
+            "meets_budget": self.meets,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class Sensitivity:
+    """What keeping a unit (one layer, or a block of layers) in float recovers, relative to ``base``."""
+
+    unit: str
+    layers: tuple[str, ...]
+    cost: float  # metric gained by keeping it in float = metric lost by quantizing it
+    error_reduction: float
+    relative_to: tuple[str, ...]  # exclusions of the candidate it was compared with
+
+    def key(self) -> tuple[float, float]:
+        return (round(self.cost, 9), self.error_reduction)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "layers": list(self.layers),
+            "cost": round(self.cost, 6),
+            "error_reduction": round(self.error_reduction, 6),
+            "relative_to": list(self.relative_to),
+        }
+
+
+@dataclass
+class SearchResult:
+    metric_name: str
+    baseline: float
+    budget: Budget
+    eval_samples: int
+    max_fp32_fraction: float
+    initial_excluded: tuple[str, ...]
+    trials: list[Trial]
+    sensitivities: list[Sensitivity]
+    layer_sensitivity: dict[str, Sensitivity]
+    best: Trial
+    met: bool
+    kept_fp32: list[dict[str, Any]]
+    seconds: float = 0.0
+    strategy: str = ""
+
+    @property
+    def excluded(self) -> list[str]:
+        return list(self.best.excluded)
+
+    def costliest(self, k: int = 3) -> list[Sensitivity]:
+        """The ``k`` units that cost the most when quantized (single layers preferred when measured)."""
+        layer_level = list(self.layer_sensitivity.values())
+        pool = layer_level if len(layer_level) >= k else layer_level + [
+            s for s in self.sensitivities if s.unit not in self.layer_sensitivity
+        ]
+        return sorted(pool, key=lambda s: s.key(), reverse=True)[:k]
+
+    def summary(self) -> str:
+        b = self.best
+        ret = f", retention {b.retention:.4f}" if b.retention is not None else ""
+        costly = ", ".join(
+            f"{s.unit} (costs {s.cost:.4f}{'' if s.cost > EPS else f', output error {s.error_reduction:+.2g}'})"
+            for s in self.costliest()
+        )
+        return (
+            f"best reachable {self.metric_name} {b.metric:.4f} vs FP32 {self.baseline:.4f} (drop {b.drop:.4f}{ret}) "
+            f"with {len(b.excluded)} layer(s) in FP32 ({b.fp32_fraction:.0%} of the quantizable weights, limit "
+            f"{self.max_fp32_fraction:.0%}); budget: {self.budget.describe()}; costliest layers: {costly or 'none measured'}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric_name,
+            "eval_samples": self.eval_samples,
+            "baseline": round(self.baseline, 6),
+            "budget": {
+                "max_drop": self.budget.max_drop,
+                "min_retention": self.budget.min_retention,
+                "min_metric": round(self.budget.min_metric(self.baseline), 6),
+            },
+            "budget_met": self.met,
+            "strategy": self.strategy,
+            "max_fp32_fraction": self.max_fp32_fraction,
+            "user_excluded": list(self.initial_excluded),
+            "excluded": self.excluded,
+            "final": {
+                "metric": round(self.best.metric, 6),
+                "drop": round(self.best.drop, 6),
+                "retention": None if self.best.retention is None else round(self.best.retention, 6),
+                "fp32_weight_fraction": round(self.best.fp32_fraction, 4),
+            },
+            "kept_fp32": self.kept_fp32,
+            "sensitivity": [s.as_dict() for s in sorted(self.sensitivities, key=lambda s: s.key(), reverse=True)],
+            "layer_sensitivity": {
+                n: s.as_dict() for n, s in sorted(self.layer_sensitivity.items(), key=lambda kv: kv[1].key(), reverse=True)
+            },
+            "costliest": [s.unit for s in self.costliest()],
+            "candidates": [t.as_dict() for t in self.trials],
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _units(layers: Sequence[Layer], group_above: int) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+    if len(layers) <= group_above:
+        return [(lay.name, (lay.name,)) for lay in layers], "per-layer leave-one-out ranking, greedy, prune"
+    groups: dict[str, list[str]] = {}
+    for lay in layers:
+        groups.setdefault(lay.group, []).append(lay.name)
+    return (
+        [(g if len(names) > 1 else names[0], tuple(names)) for g, names in groups.items()],
+        "leave-one-block-out ranking, then per-layer ranking inside the blocks, greedy, prune",
+    )
+
+
+def search_exclusions(
+    layers: Sequence[Layer],
+    build: Callable[[list[str]], Artifact],
+    eval_set: EvalSet,
+    budget: Budget,
+    baseline: float,
+    *,
+    initial_excluded: Sequence[str] = (),
+    max_fp32_fraction: float = 0.5,
+    group_above: int = 12,
+    runtime: str | None = None,
+) -> SearchResult:
+    """Find the fewest layers to keep in float so that the eval metric meets ``budget``.
+
+    ``layers``: the quantizable nodes; ``build(excluded)`` writes a candidate with those node names in
+    float and returns it as an :class:`Artifact` (it may reuse one scratch directory: each candidate is
+    loaded, evaluated and closed before the next build). ``baseline``: the FP32 metric on ``eval_set``
+    (see :meth:`EvalSet.set_reference`, which must have been called). ``runtime`` overrides the runtime
+    that loads candidates. See the module docstring for the strategy.
+    """
+    from compress.runtimes.base import load_runtime
+
+    if eval_set.reference is None:
+        raise ValueError("call eval_set.set_reference(fp32_backend) before the search")
+    t_start = time.perf_counter()
+    known = {lay.name for lay in layers}
+    initial = tuple(n for n in dict.fromkeys(initial_excluded))
+    total = sum(lay.params for lay in layers) or 1
+    params = {lay.name: lay.params for lay in layers}
+    op_of = {lay.name: lay.op_type for lay in layers}
+
+    def fraction(excluded) -> float:
+        return sum(params.get(n, 0) for n in excluded if n in known) / total
+
+    trials: list[Trial] = []
+    cache: dict[frozenset, Trial] = {}
+
+    def trial(excluded: Sequence[str], phase: str) -> Trial:
+        key = frozenset(excluded)
+        if key in cache:
+            return cache[key]
+        t0 = time.perf_counter()
+        ordered = [n for n in initial if n in key] + [lay.name for lay in layers if lay.name in key and lay.name not in initial]
+        art = build(list(ordered))
+        backend = load_runtime(art, runtime)
+        try:
+            metric, error = score_outputs(predict_outputs(backend, eval_set), eval_set)
+        finally:
+            backend.close()
+        t = Trial(
+            excluded=tuple(ordered),
+            metric=metric,
+            output_error=error,
+            drop=baseline - metric,
+            retention=(metric / baseline) if baseline > 0 else None,
+            fp32_fraction=fraction(ordered),
+            meets=budget.holds(baseline, metric),
+            phase=phase,
+            seconds=time.perf_counter() - t0,
+        )
+        cache[key] = t
+        trials.append(t)
+        log.info(
+            "accuracy-aware [%s] %d in float: %s %.4f (drop %.4f, output error %.3g)%s",
+            phase, len(ordered), eval_set.metric_name, metric, t.drop, error, " - budget met" if t.meets else "",
+        )
+        return t
+
+    sensitivities: list[Sensitivity] = []
+    layer_sens: dict[str, Sensitivity] = {}
+    kept: list[str] = []
+
+    def finish(best: Trial, met: bool, strategy: str) -> SearchResult:
+        items = []
+        for name in best.excluded:
+            if name in initial:
+                continue
+            s = layer_sens.get(name) or next((u for u in sensitivities if name in u.layers), None)
+            cost = s.cost if s else 0.0
+            if s is None:
+                reason = "kept FP32"
+            elif cost > EPS:
+                reason = f"kept FP32: costs {cost:.4f} {eval_set.metric_name} when quantized"
+            else:
+                reason = (
+                    f"kept FP32: no measurable {eval_set.metric_name} change alone on {len(eval_set)} rows, "
+                    f"but reduces output error vs FP32 by {s.error_reduction:.4g}"
+                )
+            items.append({
+                "node": name,
+                "op_type": op_of.get(name),
+                "sensitivity": round(cost, 6),
+                "error_reduction": None if s is None else round(s.error_reduction, 6),
+                "measured_as": None if s is None else s.unit,
+                "reason": reason,
+            })
+        return SearchResult(
+            metric_name=eval_set.metric_name, baseline=baseline, budget=budget, eval_samples=len(eval_set),
+            max_fp32_fraction=max_fp32_fraction, initial_excluded=initial, trials=trials,
+            sensitivities=sensitivities, layer_sensitivity=layer_sens, best=best, met=met, kept_fp32=items,
+            seconds=time.perf_counter() - t_start, strategy=strategy,
+        )
+
+    full = trial(initial, "all quantized")
+    if full.meets:
+        return finish(full, True, "everything quantized met the budget")
+
+    free = [lay for lay in layers if lay.name not in initial]
+    units, strategy = _units(free, group_above)
+    log.info("accuracy-aware: budget not met with everything quantized; ranking %d unit(s) (%s)", len(units), strategy)
+    for unit, names in units:
+        t = trial([*initial, *names], "rank")
+        s = Sensitivity(unit, names, t.metric - full.metric, full.output_error - t.output_error, initial)
+        sensitivities.append(s)
+        if len(names) == 1:
+            layer_sens[names[0]] = s
+    order = sorted(zip(units, sensitivities), key=lambda us: us[1].key(), reverse=True)
+
+    excluded = list(initial)
+    current = full
+    limit = max_fp32_fraction + EPS
+
+    def add(name: str) -> Trial | None:
+        nonlocal current
+        if fraction([*excluded, name]) > limit:
+            log.info("accuracy-aware: %s would put more than %.0f%% of the weights in float; skipped",
+                     name, 100 * max_fp32_fraction)
+            return None
+        excluded.append(name)
+        kept.append(name)
+        current = trial(excluded, "greedy")
+        return current
+
+    def prune(t: Trial) -> Trial:
+        """Greedy adds can over-shoot: put back (quantize) kept layers whose float copy is not needed."""
+        chosen = [n for n in t.excluded if n not in initial]
+        for name in sorted(chosen, key=lambda n: layer_sens[n].key() if n in layer_sens else (0.0, 0.0)):
+            if len(chosen) <= 1:
+                break
+            rest = [n for n in chosen if n != name]
+            candidate = trial([*initial, *rest], "prune")
+            if candidate.meets:
+                chosen, t = rest, candidate
+        return t
+
+    for (unit, names), _ in order:
+        if len(names) == 1:
+            t = add(names[0])
+            if t is not None and t.meets:
+                return finish(prune(t), True, strategy)
+            continue
+        # refine a block: rank its layers relative to what is already in float
+        base = current
+        ranked = []
+        for name in names:  # layers beyond the float-share limit are measured too: they belong in the diagnosis
+            t = trial([*excluded, name], "rank in " + unit)
+            s = Sensitivity(name, (name,), t.metric - base.metric, base.output_error - t.output_error, tuple(excluded))
+            layer_sens[name] = s
+            ranked.append(s)
+        for s in sorted(ranked, key=lambda s: s.key(), reverse=True):
+            t = add(s.unit)
+            if t is not None and t.meets:
+                return finish(prune(t), True, strategy)
+
+    eligible = [t for t in trials if t.fp32_fraction <= limit] or [full]
+    best = max(eligible, key=lambda t: (round(t.metric, 9), -t.fp32_fraction, -len(t.excluded)))
+    return finish(best, False, strategy)

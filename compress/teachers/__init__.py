@@ -1,0 +1,1 @@
+"""Teachers: loading fine-tuned models (checkpoints, programs, model files) as the FP32 reference."""

@@ -1,0 +1,348 @@
+"""Loading fine-tuned teachers: Hugging Face checkpoint directories (safetensors).
+
+Any architecture transformers' Auto classes support works (BERT, DistilBERT, RoBERTa, MiniLM, ...):
+nothing here names a model's modules. Pickled weights and remote code are refused unless opted in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import (
+    Artifact,
+    Format,
+    Manifest,
+    Postprocess,
+    Precision,
+    SourceInfo,
+    Task,
+    TensorSpec,
+    digest_dir,
+    hash_files,
+    library_versions,
+)
+from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
+from compress.errors import ConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+#: what a text checkpoint's tokenizer is saved as (fast tokenizer, WordPiece/BPE vocabularies, SentencePiece models)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def forward_inputs(model: Any) -> frozenset[str] | None:
+    """The keyword inputs a model's ``forward`` names explicitly (None: it names none and takes ``**kwargs``).
+
+    Wrappers (DDP/Accelerate's ``.module``, torch.compile's ``._orig_mod``) are looked through. A tokenizer
+    may emit inputs its model does not take (a DistilBERT saved with a BERT tokenizer emits
+    ``token_type_ids``); only the names here are fed to the model. Named parameters win over a trailing
+    ``**kwargs`` (transformers 5 models have both).
+    """
+    import inspect
+
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    params = list(inspect.signature(inner.forward).parameters.values())
+    named = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    if not named and any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return named
+
+
+def model_feed(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` restricted to what ``model.forward`` takes (see :func:`forward_inputs`)."""
+    names = forward_inputs(model)
+    return dict(inputs) if names is None else {k: v for k, v in inputs.items() if k in names}
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint directory holds, read without importing torch."""
+
+    path: Path
+    config: dict[str, Any]
+    weights: list[str]
+    pickled: bool
+    task: Task
+    labels: list[str] | None
+    postprocess: Postprocess
+    max_length: int
+
+    @property
+    def architecture(self) -> str | None:
+        arch = self.config.get("architectures") or [None]
+        return arch[0]
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+
+def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
+    """Pooling/normalisation from a sentence-transformers checkpoint's modules.json, if it has one."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    pooling, normalize = "mean", False
+    for mod in modules:
+        kind = str(mod.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg_file = path / mod.get("path", "") / "config.json"
+            if cfg_file.is_file():
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+                if cfg.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif not cfg.get("pooling_mode_mean_tokens", True):
+                    modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+                    raise ModelLoadError(
+                        f"{cfg_file}: pooling {modes} is not supported", hint="use a mean- or CLS-pooled model"
+                    )
+        elif kind.endswith("Normalize"):
+            normalize = True
+    return Postprocess(pooling=pooling, normalize=normalize)
+
+
+def inspect_checkpoint(
+    path: Path | str, task: Task | str | None = None, *, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> CheckpointInfo:
+    """Check a checkpoint directory is loadable and safe, and read its task, labels and pooling."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such directory", hint="pass the directory of a Hugging Face checkpoint")
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: not a directory", hint="pass the directory of a Hugging Face checkpoint")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path}: not a Hugging Face checkpoint (no config.json)",
+            hint="pass a directory written by save_pretrained()",
+        )
+    config = _read_json(path / "config.json")
+    if "model_type" not in config:
+        raise ModelLoadError(f"{path}/config.json has no model_type", hint="pass a transformers checkpoint")
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(
+            f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
+            hint="review that code, then pass --trust-remote-code to run it",
+        )
+    weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
+
+    architecture = (config.get("architectures") or [""])[0] or ""
+    if task is None:
+        task = Task.text_classification if architecture.endswith("ForSequenceClassification") else Task.feature_extraction
+    task = Task(task)
+    labels = None
+    postprocess = Postprocess()
+    if task is Task.text_classification:
+        id2label = config.get("id2label") or {}
+        if not architecture.endswith("ForSequenceClassification"):
+            raise ModelLoadError(
+                f"{path}: {architecture or 'this model'} has no sequence-classification head",
+                hint="pass a fine-tuned ...ForSequenceClassification checkpoint, or --task feature-extraction",
+            )
+        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
+        if labels is None:
+            n = int(config.get("num_labels", 2))
+            labels = [f"LABEL_{i}" for i in range(n)]
+    else:
+        postprocess = _sentence_transformers_pooling(path) or Postprocess(pooling="mean", normalize=False)
+
+    max_length = int(config.get("max_position_embeddings", 512))
+    if (path / "sentence_bert_config.json").is_file():
+        sb = _read_json(path / "sentence_bert_config.json")
+        max_length = min(max_length, int(sb.get("max_seq_length", max_length)))
+    if (path / "tokenizer_config.json").is_file():
+        tc = _read_json(path / "tokenizer_config.json")
+        mml = tc.get("model_max_length")
+        if isinstance(mml, int) and 0 < mml < max_length:
+            max_length = mml
+    if config.get("model_type") == "roberta" or "roberta" in str(config.get("model_type", "")):
+        max_length = min(max_length, int(config.get("max_position_embeddings", 514)) - 2)
+    return CheckpointInfo(
+        path=path,
+        config=config,
+        weights=weights,
+        pickled=pickled,
+        task=task,
+        labels=labels,
+        postprocess=postprocess,
+        max_length=max_length,
+    )
+
+
+@dataclass
+class Teacher(InfoTeacher):
+    """A loaded PyTorch teacher with its tokenizer and what the pipeline needs to know about it."""
+
+    info: CheckpointInfo
+    model: Any  # transformers.PreTrainedModel, eval mode
+    tokenizer: Any  # transformers.PreTrainedTokenizerFast
+    sha256: str
+
+    @property
+    def input_names(self) -> list[str]:
+        """The tokenizer's outputs that the model takes (the model's inputs, in the tokenizer's order)."""
+        takes = forward_inputs(self.model)
+        return [n for n in self.tokenizer.model_input_names if takes is None or n in takes]
+
+    def source(self) -> SourceInfo:
+        return SourceInfo(
+            path=str(self.path.resolve()),
+            sha256=self.sha256,
+            architecture=self.info.architecture,
+            model_type=self.info.model_type,
+        )
+
+    @property
+    def primary_output(self) -> str:
+        return "logits" if self.task is Task.text_classification else "last_hidden_state"
+
+    def call(self, model: Any, tensors: dict[str, Any]) -> Any:
+        """The model's primary output (logits or token states) for ``tensors`` (feeds by input name)."""
+        out = model(**tensors)
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+    def example_inputs(self) -> dict[str, Any]:
+        """Two padded rows of different lengths, restricted to the inputs the model takes, in ``forward``'s
+        parameter order (the exporter names the graph's inputs in that order, whatever the dict's order)."""
+        import inspect
+
+        enc = self.tokenizer(
+            ["an example sentence to trace the model with", "short one"], padding=True, return_tensors="pt"
+        )
+        order = list(inspect.signature(self.model.forward).parameters)
+        names = sorted(self.input_names, key=lambda n: order.index(n) if n in order else len(order))
+        return {n: enc[n] for n in names}
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {n: {0: "batch_size", 1: "sequence_length"} for n in self.input_names}
+        axes[self.primary_output] = {0: "batch_size"} if self.info.labels else {0: "batch_size", 1: "sequence_length"}
+        return axes
+
+    def save_inputs(self, directory: Path) -> None:
+        """Write what turns raw input into the model's feeds (the tokenizer files) into ``directory``."""
+        self.tokenizer.save_pretrained(str(directory))
+
+    def encoder(self):
+        from compress.data.tokenization import TextEncoder
+
+        return TextEncoder(
+            self.tokenizer.backend_tokenizer, self.input_names, self.info.max_length, self.tokenizer.pad_token_id
+        )
+
+    def manifest(self) -> Manifest:
+        """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
+        out_name = "logits" if self.task is Task.text_classification else "last_hidden_state"
+        width = len(self.info.labels) if self.info.labels else self.model.config.hidden_size
+        out_shape: list[int | str] = ["batch_size", width] if self.info.labels else ["batch_size", "sequence_length", width]
+        return Manifest(
+            task=self.task,
+            format=Format.pytorch,
+            precision=Precision.fp32,
+            labels=self.info.labels,
+            model_file=self.info.weights[0],
+            inputs=[TensorSpec(name=n, dtype="int64", shape=["batch_size", "sequence_length"]) for n in self.input_names],
+            outputs=[TensorSpec(name=out_name, dtype="float32", shape=out_shape)],
+            postprocess=self.info.postprocess,
+            max_length=self.info.max_length,
+            source=self.source(),
+            files=hash_files(self.path),
+            versions=library_versions(),
+        )
+
+    def as_artifact(self) -> Artifact:
+        return Artifact(self.path, self.manifest())
+
+
+def load_teacher(
+    path: Path | str,
+    task: Task | str | None = None,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Teacher:
+    """Load a fine-tuned teacher checkpoint for ``task`` (inferred from its architecture when None): a Hugging Face
+    text model here, an image classifier (Hugging Face or a ``.pt2`` program) through :mod:`compress.teachers.images`."""
+    from compress.teachers.model_files import is_model_file, load_model_file
+    from compress.teachers.images import is_image_source, load_image_teacher
+
+    from compress.teachers.program_files import is_program_file, load_program_file
+
+    if is_model_file(path) or is_program_file(path):  # a file made elsewhere: the FP32 reference itself
+        # an ONNX file or IR runs in its own runtime; a torch.export program that is not an image classifier in PyTorch
+        teacher = load_model_file(path) if is_model_file(path) else load_program_file(path, allow_pickle=allow_pickle)
+        if task is not None and Task(task) is not teacher.task:
+            raise ConfigError(f"{path} is described as a {teacher.task} model, not {Task(task)}",
+                              hint="set task: in the model.yaml beside it, or leave --task out")
+        return teacher
+    if (task is not None and Task(task) is Task.image_classification) or is_image_source(path):
+        if task is not None and Task(task) is not Task.image_classification:
+            raise ConfigError(f"{path} is an image classifier, not a {Task(task)} model",
+                              hint="leave --task out, or pass --task image-classification")
+        return load_image_teacher(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    info = inspect_checkpoint(path, task, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    from compress._optional import require
+
+    require("torch", "loading a PyTorch teacher")
+    transformers = require("transformers", "loading a PyTorch teacher")
+    # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
+    transformers.utils.logging.disable_progress_bar()
+
+    auto = (
+        transformers.AutoModelForSequenceClassification
+        if info.task is Task.text_classification
+        else transformers.AutoModel
+    )
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
+    if not any((info.path / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 builds an empty tokenizer (special tokens only) when there is none: every word would be [UNK]
+        raise ModelLoadError(f"{info.path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)",
+                             hint="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(info.path), use_fast=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+        raise ModelLoadError(
+            f"{info.path}: cannot load the tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            hint="the checkpoint needs tokenizer files (tokenizer.json or vocab) saved by save_pretrained()",
+        ) from e
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{info.path}: no fast tokenizer available", hint="save the checkpoint with a fast tokenizer")
+    try:
+        model, loading = auto.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise model_load_error(auto, info.path, kwargs, e) from e
+    missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise ModelLoadError(
+            f"{info.path}: weights missing from the checkpoint: {', '.join(missing[:3])}"
+            + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""),
+            hint="for a classifier pass a fine-tuned checkpoint; for a bare encoder use --task feature-extraction",
+        )
+    if info.task is Task.text_classification and model.config.num_labels != len(info.labels or []):
+        raise ConfigError(f"{info.path}: num_labels and id2label disagree", hint="fix config.json")
+    model.eval()
+    return Teacher(info=info, model=model, tokenizer=tokenizer, sha256=digest_dir(info.path))
+
+
+def teacher_format(teacher: Any) -> Format:
+    """The format a loaded teacher runs in, read without hashing its files (as ``as_artifact`` would): an adopted
+    model file's own (ONNX, OpenVINO), PyTorch for every other teacher."""
+    return getattr(teacher.info, "format", Format.pytorch)
+
+
+def load_source(path: Path | str, **teacher_kwargs: Any) -> Artifact:
+    """An artifact directory, or a teacher checkpoint described as a (pytorch, fp32) artifact."""
+    from compress.artifact import is_artifact, load_artifact
+
+    if is_artifact(path):
+        return load_artifact(path)
+    return load_teacher(path, **teacher_kwargs).as_artifact()

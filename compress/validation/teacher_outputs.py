@@ -1,0 +1,162 @@
+"""The teacher's outputs on eval data for ``validate``, computed once and reused from the cache.
+
+The reference for retention and agreement is the PyTorch FP32 teacher run over every eval row: on
+SST-2 dev (872 sentences) about half of a validate run. Its outputs depend only on the teacher's
+files, the rows fed to it and how they are batched and run, so they are stored in
+``teacher-outputs/KEY.npz`` under the cache directory (:mod:`compress.validation.cache`), keyed by:
+
+- the teacher directory's digest (weights, config and tokenizer files: tokenization and max length),
+  its max length, input names and post-processing (pooling);
+- a digest of the eval rows as tokenized (texts and second segments, after column selection and
+  ``--limit``), the eval batch size and the torch thread count;
+- the torch, transformers and edgecompress versions.
+
+A file whose stored key or shape does not match is recomputed. Writes go to a hidden staging file
+renamed into place, so a killed run never leaves a half-written entry that a later run reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress import __version__
+from compress.validation import cache
+
+log = logging.getLogger(__name__)
+
+KIND = "teacher-outputs"
+
+
+def _row_bytes(item) -> bytes:
+    """A row's content: a text's UTF-8, an image file's bytes, an image array's shape and bytes."""
+    if isinstance(item, Path):
+        return item.read_bytes()
+    if isinstance(item, str):
+        return item.encode("utf-8", "surrogatepass")
+    arr = np.ascontiguousarray(item)
+    return f"{arr.shape}{arr.dtype}".encode() + arr.tobytes()
+
+
+def data_digest(dataset) -> str:
+    """sha256 of the rows the teacher sees (texts and pairs, or images, in order)."""
+    h = hashlib.sha256()
+    for i, text in enumerate(dataset.inputs):
+        h.update(_row_bytes(text) + b"\0")
+        if dataset.pairs is not None:
+            h.update(dataset.pairs[i].encode("utf-8", "surrogatepass") + b"\0")
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def cache_key(teacher, dataset, batch_size: int, threads: int | None) -> dict[str, Any]:
+    from compress._optional import version_of
+
+    return {
+        "teacher_sha256": teacher.sha256,
+        "max_length": teacher.info.max_length,
+        "inputs": list(teacher.input_names),
+        "postprocess": teacher.info.postprocess.model_dump(mode="json") if teacher.info.postprocess else None,
+        "task": str(teacher.task),
+        "data_sha256": data_digest(dataset),
+        "rows": len(dataset),
+        "pairs": dataset.pairs is not None,
+        "batch_size": batch_size,
+        "threads": threads,
+        "versions": {"torch": version_of("torch"), "transformers": version_of("transformers"),
+                     "onnxruntime": version_of("onnxruntime"),
+                     "edgecompress": __version__},
+    }
+
+
+def _path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache.kind_dir(KIND) / f"{digest}.npz"
+
+
+def _read(path: Path, key: dict[str, Any]) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored = json.loads(str(f["key"]))
+            outputs = f["outputs"]
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file (BadZipFile, ...) is recomputed
+        log.warning("ignoring damaged teacher-output cache %s (%s)", path, exc)
+        return None
+    if stored != key or len(outputs) != key["rows"]:
+        return None
+    return outputs
+
+
+def _write(path: Path, key: dict[str, Any], outputs: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, key=np.array(json.dumps(key, sort_keys=True)), outputs=outputs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def teacher_outputs(teacher, dataset, *, batch_size: int, threads: int | None, use_cache: bool = True,
+                    progress: Callable[[str, int | None], Callable[[float], None] | None] | None = None,
+                    ) -> tuple[np.ndarray, str]:
+    """The teacher's outputs (logits or pooled embeddings) on ``dataset`` and what the cache did:
+    ``hit`` (read), ``stored`` (computed and written) or ``off`` (``use_cache`` False: computed only)."""
+    key = cache_key(teacher, dataset, batch_size, threads) if use_cache else None
+    path = _path(key) if key is not None else None
+    if path is not None:
+        cached = _read(path, key)
+        if cached is not None:
+            cache.touch(path)
+            log.info("teacher outputs on %d rows reused from %s", len(dataset), path)
+            return cached, "hit"
+    outputs = _run(teacher, dataset, batch_size, threads, progress)
+    if path is None:
+        return outputs, "off"
+    try:
+        _write(path, key, outputs)
+        cache.enforce_limit(keep=path)
+        log.info("teacher outputs on %d rows cached in %s (%.0f KB)", len(dataset), path, path.stat().st_size / 1024)
+    except OSError as exc:  # a full or read-only cache costs the next run time, not this run its result
+        log.warning("could not cache the teacher's outputs in %s: %s", path.parent, exc)
+        return outputs, "off"
+    return outputs, "stored"
+
+
+def _run(teacher, dataset, batch_size: int, threads: int | None, progress) -> np.ndarray:
+    from compress.artifact import Format
+    from compress.teachers.load import teacher_format
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.runtimes.torch_backend import TorchBackend
+
+    tick = progress("evaluating the teacher", len(dataset)) if progress else None
+    if teacher_format(teacher) is Format.pytorch:
+        backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=threads))
+    else:  # an adopted model file runs in its own runtime
+        backend = load_runtime(teacher.as_artifact(), settings=RuntimeSettings(threads=threads))
+    try:
+        return predict_all(backend, dataset, batch_size, tick)
+    finally:
+        backend.close()
+
+
+def predict_all(backend, dataset, batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
+    """A runtime backend's outputs on every row of ``dataset``, in order; ``progress(rows)`` after each batch."""
+    outs = []
+    for texts, pairs, _ in dataset.batches(batch_size):
+        outs.append(backend.predict(backend.encode(texts, pairs)))
+        if progress:
+            progress(len(texts))
+    return np.concatenate(outs, axis=0)
