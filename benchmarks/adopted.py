@@ -208,8 +208,10 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
 
     from compress.artifact import load_artifact
     from compress.errors import EdgeCompressError
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, QuantMode, quantize
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.quantize.config import QuantizeConfig, QuantMode
+    from compress.stages.quantize import quantize
     from compress.validation.local import ValidateConfig, validate
 
     base = work / "artifacts" / name

@@ -44,8 +44,10 @@ from common import cached_step  # noqa: E402 - benchmarks/ on the path first
 
 def build_family(name: str, teacher: Path, calibration: Path, work: Path, variants: set[str], *,
                  calibration_samples: int, threads: int) -> dict[str, Path]:
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     w = work / name
     cal = dict(calibration=str(calibration), calibration_samples=calibration_samples)

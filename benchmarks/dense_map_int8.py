@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from compress.artifact import load_artifact
     from compress.validation.metrics import output_fidelity
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     fp32 = load_artifact(args.work / "artifacts" / "mobilenet_v2_features" / "fp32")
     calibration_npz = args.work / "photos-calibration.npz"

@@ -58,7 +58,8 @@ def progress_printer(name: str):
 
 def run_distill(name, teacher_dir, train, dev, out, overrides, epochs, rebuild, eval_every, teacher_cache=None):
     from compress.artifact import is_artifact, load_artifact
-    from compress.stages.distill import DistillConfig, distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.distill import distill
 
     if is_artifact(out) and not rebuild:
         art = load_artifact(out)
@@ -129,9 +130,11 @@ def main() -> None:
     from compress.data.tables import load_dataset
     from compress.device.measure import measure_interleaved
     from compress.teachers.load import load_teacher
-    from compress.stages.distill import count_parameters
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.distill.student import count_parameters
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     dev_path, test_path = args.data / "dev.tsv", args.data / "test.tsv"
     teacher = load_teacher(teacher_dir)

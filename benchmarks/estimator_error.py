@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, GraphCost, Peaks, graph_cost, host_peaks, roofline  # noqa: E402
+from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, Peaks, graph_cost, host_peaks, roofline
+from compress.estimates.cost import GraphCost
 
 
 def _sgemm_gflops(threads: int) -> float:
@@ -222,7 +223,8 @@ def main() -> int:
 
     import onnxruntime
 
-    from compress.profiles.load import _read_cpuinfo, detect_host, flops_per_cycle
+    from compress.profiles.host import _read_cpuinfo, flops_per_cycle
+    from compress.profiles.load import detect_host
 
     host = detect_host()
     hw = host.hardware

@@ -34,8 +34,10 @@ def log(msg: str) -> None:
 
 def build_artifacts(teacher_dir: Path, work: Path, data: Path, rebuild: bool) -> dict[str, Path]:
     from compress.artifact import is_artifact
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     dev = str(data / "dev.tsv")
     train = str(data / "train.tsv")

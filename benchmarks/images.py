@@ -40,12 +40,16 @@ from common import cached_step  # noqa: E402 - benchmarks/ on the path first
 
 def build(args) -> dict[str, dict[str, Path]]:
     """Every artifact of the benchmark: {family: {name: path}}."""
-    from compress.stages.distill import DistillConfig, distill
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.prune import PruneConfig, prune
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.distill import distill
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.prune.config import PruneConfig
+    from compress.stages.prune import prune
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
-    train, test = args.digits / "train", args.digits / "test"
+    train = args.digits / "train"
     w = args.work
     q8 = QuantizeConfig(calibration=str(train), calibration_samples=300)
     out: dict[str, dict[str, Path]] = {}
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     families = build(args)
     built = time.perf_counter() - t0
     rows = measure(families, args.digits / "test", args.threads, args.seconds)
-    print(f"\n| model | test accuracy | retention | agreement | size KB | smaller | p50 ms | p95 ms | faster |")
+    print("\n| model | test accuracy | retention | agreement | size KB | smaller | p50 ms | p95 ms | faster |")
     print("|---|---|---|---|---|---|---|---|---|")
     for key, r in rows.items():
         print(f"| {key} | {r['accuracy']:.4f} | {r['retention']:.3f} | {r['agreement']:.3f} | "

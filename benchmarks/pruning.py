@@ -90,10 +90,13 @@ def main() -> None:
     from compress.data.tables import load_dataset
     from compress.device.measure import measure_interleaved
     from compress.teachers.load import load_teacher
-    from compress.stages.distill import count_parameters
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.prune import PruneConfig, prune
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.distill.student import count_parameters
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.prune.config import PruneConfig
+    from compress.stages.prune import prune
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     t_all = time.perf_counter()
     teacher_dir = args.teacher if args.teacher != DEFAULT_OUT else ensure_teacher(args.data)

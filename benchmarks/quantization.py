@@ -46,8 +46,10 @@ def timed(fn):
 def build(teacher_dir: Path, data: Path, work: Path, rebuild: bool, eval_samples: int) -> tuple[dict, dict]:
     from compress.artifact import is_artifact
     from compress.errors import EdgeCompressError
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     dev, train = str(data / "dev.tsv"), str(data / "train.tsv")
     plans = {

@@ -55,7 +55,7 @@ def artifact_of(result, name: str) -> Path:
 
 def validate_to(art: Path, profile: str, out: Path, dev: str, teacher: str) -> Path:
     from compress.reports.render import write_report
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     report = validate(art, ValidateConfig(profile=profile, data=dev, teacher=teacher))
     write_report(report, out, force=True)
@@ -144,9 +144,12 @@ def main() -> None:
     results["slowed_fp32"] = gate_summary(fp32, base)
     log(f"pruned student left in FP32: {results['slowed_fp32']['verdict']}")
 
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.prune import PruneConfig, prune
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.prune.config import PruneConfig
+    from compress.stages.prune import prune
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     harsh = WORK / "harsh"
     if not (harsh / "int8" / "manifest.json").is_file():

@@ -166,7 +166,6 @@ def train_teacher(data_dir: Path, out_dir: Path, *, epochs: float = DEFAULTS["ep
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(threads)

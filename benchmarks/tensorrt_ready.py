@@ -59,9 +59,11 @@ def main() -> None:
     from compress.teachers.load import load_teacher
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
-    from compress.stages.export import ExportConfig
-    from compress.stages.export.tensorrt import check_tensorrt_qdq, parity_batches, resolve_shapes
-    from compress.stages.export.torch_tensorrt import PROGRAM, ProgramRunner, capture
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export.tensorrt import check_tensorrt_qdq
+    from compress.stages.export.tensorrt_shapes import parity_batches, resolve_shapes
+    from compress.stages.export.torch_tensorrt import PROGRAM, capture
+    from compress.runtimes.torch_tensorrt_program import ProgramRunner
 
     teacher_dir = ensure_teacher(args.data, args.teacher)
     dev = load_dataset(args.data / "dev.tsv")

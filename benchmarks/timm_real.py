@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from compress.artifact import load_artifact
     from compress.teachers.load import load_teacher
     from compress.stages.export import export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
     from compress.validation.local import ValidateConfig, validate
 
     photos = REAL / "photos"

@@ -20,7 +20,8 @@ from compress._optional import is_available, require
 from compress.artifact import Artifact, Format
 from compress.errors import ConfigError
 from compress.device.shipped import pool
-from compress.data.tokenization import TextFeeds, encoder_for
+from compress.device.shipped import TextFeeds
+from compress.data.tokenization import encoder_for
 
 # runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here.
 RUNTIMES: dict[str, str] = {

@@ -25,7 +25,7 @@ import numpy as np
 from compress.artifact import Format
 from compress.errors import ArtifactError, ConfigError
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings
-from compress.runtimes.torch_tensorrt_program import check_in_range  # noqa: F401 - also public here
+from compress.runtimes.torch_tensorrt_program import check_in_range
 
 _REBUILD = "rebuild it here with `edgecompress export ARTIFACT --format tensorrt --out DIR`"
 

@@ -5,17 +5,14 @@ Used by the TensorRT runtime adapter and by the export stage's parity check; it 
 
 from __future__ import annotations
 
+import importlib
+
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compress.errors import ArtifactError, ConfigError
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
+from compress.errors import ArtifactError, ConfigError, first_line
 
 
 def install_hint() -> str:
@@ -44,14 +41,14 @@ class ProgramRunner:
         import torch
 
         try:  # registers the tensorrt::execute_engine op the program calls (absent for plain programs)
-            import torch_tensorrt  # noqa: F401
+            importlib.import_module("torch_tensorrt")
         except ImportError:
             pass
         self.device = torch.device(device)
         try:
             self.module = torch.export.load(str(path)).module()
         except Exception as e:
-            first = _first_line(e)
+            first = first_line(e, default="")
             raise ArtifactError(f"cannot load {path}: {type(e).__name__}: {first}",
                                 hint="rebuild it with `edgecompress export ... --format tensorrt --via torch-tensorrt`") from e
         self.module.to(self.device)

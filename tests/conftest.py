@@ -50,7 +50,7 @@ waste money time again would buy return product shoes battery phone screen sound
 
 
 def _corpus() -> list[str]:
-    from compress.stages.common import DEFAULT_SAMPLES
+    from compress.data.inputs import DEFAULT_SAMPLES
 
     texts = [t for _, t in SENTENCES] + list(DEFAULT_SAMPLES)
     if SAMPLES_TSV.is_file():
@@ -270,7 +270,7 @@ def tsv_file(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_texts() -> list[str]:
-    from compress.stages.common import DEFAULT_SAMPLES
+    from compress.data.inputs import DEFAULT_SAMPLES
 
     return list(DEFAULT_SAMPLES) + [t for _, t in SENTENCES]
 

@@ -11,7 +11,9 @@ import pytest
 from compress.profiles import host as H  # host detection reads its paths from here
 from compress.profiles import load as P
 from compress.errors import ProfileError
-from compress.profiles.load import Arch, check_profile_file, derive_peaks, flops_per_cycle, load_profile, match_device
+from compress.profiles.schema import Arch
+from compress.profiles.load import check_profile_file, load_profile
+from compress.profiles.host import derive_peaks, flops_per_cycle, match_device
 
 BOARDS = ["raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "intel-nuc", "cpu-arm64-graviton"]
 SERVERLESS = ["aws-lambda-x86_64", "aws-lambda-arm64", "gcp-cloud-run"]

@@ -176,7 +176,8 @@ def test_torchscript_and_pickled_modules_load_only_when_opted_in(teachers, tmp_p
 
     from compress.errors import ModelLoadError
     from compress.teachers.load import load_teacher
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(4, len(LABELS))).eval()
@@ -236,7 +237,8 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
     import onnx
 
     from compress.artifact import Precision
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     art = quantize(onnx_images["cnn"], tmp_path / "q", QuantizeConfig(calibration=str(images_dir / "set")))
     assert art.precision is Precision.int8
@@ -260,7 +262,8 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
 def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_group(onnx_images, images_dir, tmp_path):
     import onnx
 
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     cfg = QuantizeConfig(calibration=str(images_dir / "set"), data=str(images_dir / "set"), max_drop=0.9,
                          eval_samples=10)
@@ -280,7 +283,8 @@ def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images
     import onnx
 
     from compress.stages.quantize.granularity import swap_scales
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     pc = quantize(onnx_images["cnn"], tmp_path / "pc", QuantizeConfig(calibration=str(images_dir / "set")))
     pt = quantize(onnx_images["cnn"], tmp_path / "pt", QuantizeConfig(calibration=str(images_dir / "set"),
@@ -305,7 +309,8 @@ def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images
 
 def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_images, tmp_path):
     from compress.errors import ConfigError
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     with pytest.raises(ConfigError, match="dynamic INT8 does not quantize convolutions"):
         quantize(onnx_images["cnn"], tmp_path / "d", QuantizeConfig(mode="dynamic"))
@@ -325,8 +330,10 @@ def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(onnx_images, tmp_path):
 
 def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, images_dir, tmp_path):
     pytest.importorskip("nncf")
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     ov = export(onnx_images["cnn"], tmp_path / "ov", ExportConfig(format="openvino"))
     art = quantize(ov, tmp_path / "ov8", QuantizeConfig(calibration=str(images_dir / "set.npz")))
@@ -336,7 +343,7 @@ def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, image
 # --- validate ------------------------------------------------------------------------------------------------
 
 def test_validate_reports_top1_top5_and_the_image_shape(onnx_images, images_dir, tmp_path):
-    from compress.validate import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     rep = validate(onnx_images["program"], ValidateConfig(profile="host", data=str(images_dir / "set"),
                                                           cold_start=False))
@@ -356,7 +363,8 @@ def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers
 
     from compress.artifact import Format
     from compress.stages.export import export
-    from compress.stages.prune import PruneConfig, prune
+    from compress.stages.prune.config import PruneConfig
+    from compress.stages.prune import prune
 
     art = prune(teachers["cnn"], tmp_path / "p", PruneConfig(channels=0.5, recover_steps=4, recover_batch_size=8),
                 train=images_dir / "set", eval_data=images_dir / "set")
@@ -377,7 +385,8 @@ def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers
 def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
     pytest.importorskip("torch_pruning")
     from compress.errors import ConfigError
-    from compress.stages.prune import PruneConfig, prune
+    from compress.stages.prune.config import PruneConfig
+    from compress.stages.prune import prune
 
     with pytest.raises(ConfigError, match="torch.export program"):
         prune(teachers["program"], tmp_path / "a", PruneConfig(channels=0.5))
@@ -391,7 +400,8 @@ def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
 def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, images_dir, tmp_path):
     from compress.teachers.load import load_teacher
     from compress.stages.export import export
-    from compress.stages.prune import PruneConfig, prune
+    from compress.stages.prune.config import PruneConfig
+    from compress.stages.prune import prune
 
     art = prune(teachers["vit"], tmp_path / "p", PruneConfig(heads=0.5, ffn=0.5, recover_steps=4, recover_batch_size=8,
                                                              samples=12),
@@ -407,7 +417,8 @@ def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, imag
 
 def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_path):
     from compress.teachers.load import load_teacher
-    from compress.stages.distill import DistillConfig, distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.distill import distill
 
     cfg = DistillConfig(layers=1, max_steps=6, batch_size=8, eval_every=3, lr=1e-3)
     res = distill(teachers["vit"], images_dir / "set", tmp_path / "s", cfg, eval_data=images_dir / "set",
@@ -428,7 +439,8 @@ def test_a_program_teacher_distils_into_a_users_checkpoint_that_reads_images_as_
     import transformers
 
     from compress.errors import ConfigError
-    from compress.stages.distill import DistillConfig, distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.distill import distill
     from compress.stages.export import export
 
     with pytest.raises(ConfigError, match="no config to build a smaller student"):
@@ -464,7 +476,8 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
     import sys
     import zipfile
 
-    from compress.packaging.bundle import PackageConfig, package
+    from compress.packaging.config import PackageConfig
+    from compress.packaging.bundle import package
     from tests.package.test_package import write_profile
 
     prof = write_profile(tmp_path, memory_mb=1024)

@@ -73,8 +73,8 @@ def test_export_int8_validate(distilbert_bert_tokenizer, tmp_path, home):
     import yaml
 
     from compress import export, quantize
-    from compress.stages.quantize import QuantizeConfig
-    from compress.validation import ValidateConfig, validate
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.validation.local import ValidateConfig, validate
 
     data = write_tsv(tmp_path)
     onnx = export(distilbert_bert_tokenizer, tmp_path / "onnx")

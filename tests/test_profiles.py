@@ -19,7 +19,7 @@ from compress.profiles import host as H  # host detection reads its paths from h
 from compress.profiles import load as P
 from compress.cli.profiles import profiles as profiles_cli
 from compress.errors import ProfileError
-from compress.profiles.load import (
+from compress.profiles.schema import (
     Arch,
     Budgets,
     DeviceProfile,
@@ -27,11 +27,8 @@ from compress.profiles.load import (
     LatencyBudget,
     MeasureConfig,
     RuntimeConfig,
-    builtin_profile_names,
-    check_profile_file,
-    detect_host,
-    load_profile,
 )
+from compress.profiles.load import builtin_profile_names, check_profile_file, detect_host, load_profile
 
 BUILTINS = ["cpu-arm64-neon", "cpu-x86-avx2", "cpu-x86-avx512-vnni"]
 REPO = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ def workspace(tmp_path_factory, bert_classifier, home):
 
 
 def config(ws: Path, **kw):
-    from compress.search import SearchConfig
+    from compress.search.config import SearchConfig
 
     base = dict(teacher=str(ws / "teacher"), profile=str(ws / "quick.yaml"), train=str(ws / "train.tsv"),
                 eval=str(ws / "dev.tsv"), holdout=str(ws / "test.tsv"), time_budget_s=3600, trials=3,
@@ -47,7 +47,7 @@ def config(ws: Path, **kw):
 
 @pytest.fixture(scope="module")
 def first(workspace):
-    from compress.search import run_search
+    from compress.search.run import run_search
 
     lines: list[str] = []
     result = run_search(config(workspace), workspace / "s1", progress=lines.append)
@@ -99,7 +99,7 @@ def test_candidates_share_steps_through_the_store(first, workspace):
 
 
 def test_resuming_a_finished_search_redoes_nothing_and_more_trials_continue_it(first, workspace):
-    from compress.search import run_search
+    from compress.search.run import run_search
 
     result, _ = first
     n = result.summary["trials"]
@@ -108,7 +108,7 @@ def test_resuming_a_finished_search_redoes_nothing_and_more_trials_continue_it(f
 
 
 def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, monkeypatch):
-    from compress.search import run_search
+    from compress.search.run import run_search
     from compress.search.directory import Search
 
     real = Search.measure
@@ -134,7 +134,7 @@ def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, mo
 def test_a_finished_search_given_more_time_builds_what_it_had_no_time_for(workspace, monkeypatch):
     """The diagnosis says "give the search more time": resuming with a larger --time-budget builds the promoted
     candidates that did not fit (here: a full candidate that costs more than the budget left)."""
-    from compress.search import run_search
+    from compress.search.run import run_search
     from compress.search.directory import Search
 
     real = Search.cost
@@ -153,7 +153,7 @@ def test_a_finished_search_given_more_time_builds_what_it_had_no_time_for(worksp
 
 
 def test_estimates_skip_what_cannot_fit_and_the_diagnosis_names_the_binding_budget(workspace):
-    from compress.search import run_search
+    from compress.search.run import run_search
 
     tight = workspace / "tight.yaml"
     tight.write_text(yaml.safe_dump({
@@ -194,7 +194,7 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
     """TPE learns which candidates cannot fit only by proposing them; the estimate knows already. After a wasted
     trial (skipped or a repeat) the next one is drawn from the untried candidates expected to fit, so each one
     that fits costs at most two new trials: all four that fit (of sixteen) are measured within nine."""
-    from compress.search import run_search
+    from compress.search.run import run_search
     from compress.search.directory import Search
     from compress.search.space import all_candidates, trial_params
 
@@ -268,7 +268,7 @@ def test_a_teacher_it_cannot_search_is_refused_with_the_alternative(workspace, t
 
 
 def test_a_small_space_ends_the_exploration_when_it_is_used_up(workspace):
-    from compress.search import run_search
+    from compress.search.run import run_search
 
     lines: list[str] = []
     space = {**SPACE, "layers": [1], "ffn": [0.0]}  # one candidate
@@ -347,7 +347,7 @@ def image_workspace(tmp_path_factory, home):
 
 
 def image_config(d: Path, teacher: Path, space: dict, **kw):
-    from compress.search import SearchConfig
+    from compress.search.config import SearchConfig
 
     return SearchConfig(**{**dict(
         teacher=str(teacher), profile=str(d / "quick.yaml"), train=str(d / "set"), eval=str(d / "set"),
@@ -359,7 +359,7 @@ def test_a_cnn_teacher_is_searched_over_channel_pruning(image_workspace):
     """The image equivalent for convolutional teachers: the share of channels Torch-Pruning removes, static INT8
     calibrated on the training images; the plain INT8 teacher is the reference; held out on other images."""
     pytest.importorskip("torch_pruning")
-    from compress.search import run_search
+    from compress.search.run import run_search
 
     d, teachers = image_workspace
     space = {"channels": [0.0, 0.5], "quant": ["int8-static"], "runtime": ["onnxruntime"], "threads": [0]}
@@ -379,7 +379,7 @@ def test_a_cnn_teacher_is_searched_over_channel_pruning(image_workspace):
 
 
 def test_a_vit_teacher_is_searched_over_depth_and_its_estimate_counts_patches(image_workspace):
-    from compress.search import run_search
+    from compress.search.run import run_search
     from compress.search.directory import Search
 
     d, teachers = image_workspace

@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 
 from compress.errors import DataError
-from compress.stages.export import ExportConfig, export
-from compress.stages.quantize import QuantizeConfig, quantize
+from compress.stages.export.config import ExportConfig
+from compress.stages.export import export
+from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.quantize import quantize
 from conftest import SENTENCES, write_tsv
 
 
@@ -23,7 +25,7 @@ def named(tmp_path_factory):
 
 
 def test_sample_texts_ignore_label_names(named):
-    from compress.stages.common import sample_texts
+    from compress.data.inputs import sample_texts
 
     assert sample_texts(named, 5) == [t for _, t in SENTENCES[:5]]
 

@@ -61,7 +61,8 @@ def test_a_timm_checkpoint_loads_and_exports_with_timms_own_preprocessing(arch, 
 def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
     from compress.artifact import load_artifact
     from compress.stages.export import export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
     from compress.validation.local import ValidateConfig, validate
 
     d = save_timm(tmp_path / arch, arch)
@@ -77,7 +78,8 @@ def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
 
 
 def test_channel_pruning_takes_a_timm_model(tmp_path):
-    from compress.stages.prune import PruneConfig, prune
+    from compress.stages.prune.config import PruneConfig
+    from compress.stages.prune import prune
 
     d = save_timm(tmp_path / "m", "mobilenetv3_small_050")
     out = prune(d, tmp_path / "pruned", PruneConfig(channels=0.25))

@@ -7,7 +7,7 @@ import click
 
 from compress.cli._common import PhaseProgress, build_config, console, force_option
 from compress.errors import ConfigError
-from compress.stages.distill import DistillConfig, Metric, MixedPrecision, Schedule
+from compress.stages.distill.config import DistillConfig, Metric, MixedPrecision, Schedule
 
 F = DistillConfig.model_fields
 

@@ -15,7 +15,7 @@ from compress.cli._common import (
 
 
 def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
-    from compress.packaging.bundle import DIRECT_DEPENDENCIES
+    from compress.packaging.config import DIRECT_DEPENDENCIES
 
     pins = {}
     for v in values:
@@ -63,13 +63,9 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
     2 on bad input, and --unverified-exit-code (default 4) when none failed but some could not be measured
     (sizes with --no-download, cold start with --no-cold-start): UNVERIFIED, as in validate.
     """
-    from compress.packaging.bundle import (
-        PackageConfig,
-        check_report_output,
-        package,
-        render_package_report,
-        write_package_report,
-    )
+    from compress.packaging.config import PackageConfig
+    from compress.packaging.report import check_report_output, render_package_report, write_package_report
+    from compress.packaging.bundle import package
 
     config = build_config(
         PackageConfig, profile=profile, memory_mb=memory_mb, download=not no_download, cold_start=not no_cold_start,

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from compress.cli._common import PhaseProgress, build_config, console, force_option
-from compress.stages.prune import PruneConfig
+from compress.stages.prune.config import PruneConfig
 
 F = PruneConfig.model_fields
 

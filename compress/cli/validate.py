@@ -77,7 +77,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     """
     from compress.artifact import check_output
     from compress.reports.render import render_report, write_report
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     config = build_config(
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.data.readers import SUFFIXES, _names, _open_table, _split_path  # noqa: F401 - SUFFIXES is public here
+from compress.data.readers import _names, _open_table, _split_path
 from compress.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

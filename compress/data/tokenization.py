@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.device.shipped import ImageFeeds, TextFeeds, make_feeds
-from compress.device.shipped import pool  # noqa: F401 - one pooling for host, remote device and bundle
 from compress.errors import ArtifactError
 
 if TYPE_CHECKING:

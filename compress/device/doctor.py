@@ -19,7 +19,7 @@ def environment_report() -> dict[str, Any]:
         row: dict[str, Any] = {"package": module, "version": version_of(module) if is_available(module) else None,
                                "install": install}
         if module == "torch_tensorrt":  # its release must equal torch's: name the exact one
-            from compress.stages.export.torch_tensorrt import install_hint
+            from compress.runtimes.torch_tensorrt_program import install_hint
 
             row["install"] = install_hint()
         if row["version"] and module == "onnxruntime":

@@ -73,13 +73,22 @@ from compress.estimates.cost import GraphCost, NodeCost
 
 if TYPE_CHECKING:
     from compress.artifact import Artifact
-    from compress.profiles.load import DeviceProfile
+    from compress.profiles.schema import DeviceProfile
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "NodeCost", "GraphCost", "Peaks", "Efficiency", "Estimate", "DEFAULT_EFFICIENCY", "MEASURED_ERROR",
-    "graph_cost", "profile_peaks", "host_peaks", "measure_bandwidth", "roofline", "estimate",
+    "Peaks",
+    "Efficiency",
+    "Estimate",
+    "DEFAULT_EFFICIENCY",
+    "MEASURED_ERROR",
+    "graph_cost",
+    "profile_peaks",
+    "host_peaks",
+    "measure_bandwidth",
+    "roofline",
+    "estimate",
     "estimate_cold_start",
 ]
 

@@ -46,57 +46,32 @@ from compress.artifact import Artifact, Task, load_artifact
 from compress.device.cpu import cpu_model
 from compress.errors import ArtifactError, ConfigError, OutputExistsError
 from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
-
-log = logging.getLogger(__name__)
-from compress.packaging.config import (  # noqa: F401
-    _ARCH,
-    _FIRST_TEXT,
-    _canonical,
-    _FORBIDDEN_IMPORTS,
+from compress.packaging.config import (
     _ZIP_EPOCH,
     BUNDLE_INFO,
-    COLD_START_TIMEOUT_S,
-    DIRECT_DEPENDENCIES,
     KIND_DEPENDENCIES,
     dependencies_for,
     MB,
     MODEL_DIR,
     PACKAGE,
-    REPORT_SCHEMA_VERSION,
-    TOP_CONTRIBUTORS,
     Contributor,
     PackageConfig,
     PackageReport,
 )
-from compress.packaging.coldstart import _cold_start, _Limits, _load_avg, _own_cgroups, _site_dirs  # noqa: F401
-from compress.packaging.report import (  # noqa: F401
-    check_report_output,
-    package_report_markdown,
-    render_package_report,
-    report_paths,
-    write_package_report,
-)
-from compress.packaging.wheels import (  # noqa: F401
+from compress.packaging.coldstart import _cold_start
+from compress.packaging.wheels import (
     _shell,
     _pip_download,
     _pip_download_cmd,
-    _safe_member,
     _sha256,
     _unpack_wheel,
     _wheel_name,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
-    "PackageConfig",
-    "Contributor",
-    "PackageReport",
     "package",
-    "write_package_report",
-    "report_paths",
-    "render_package_report",
-    "package_report_markdown",
-    "DIRECT_DEPENDENCIES",
-    "KIND_DEPENDENCIES",
 ]
 
 

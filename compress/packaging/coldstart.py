@@ -24,9 +24,9 @@ from compress.errors import ConfigError, StageError
 
 from compress.packaging.config import (COLD_START_TIMEOUT_S, IMPORT_NAMES, MB, PackageConfig, _ARCH, _FORBIDDEN_IMPORTS,
                                      first_request)
+from compress.packaging.wheels import _pip_download, _pip_download_cmd, _unpack_wheel
 
 log = logging.getLogger("compress.packaging.bundle")  # the verb's logger
-from compress.packaging.wheels import _pip_download, _pip_download_cmd, _unpack_wheel  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------

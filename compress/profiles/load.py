@@ -18,21 +18,27 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
-import math
 import os
-import platform
-import re
 import types
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
 from compress.errors import ProfileError
+from compress.profiles.schema import (
+    DeviceProfile,
+    HOST,
+    _LIST_HINT,
+    _MAX_EXTENDS_DEPTH,
+    _SUFFIXES,
+)
+from compress.profiles.host import (
+    _host_data,
+)
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -40,81 +46,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Arch",
-    "HardwareFacts",
-    "GpuFacts",
-    "RuntimeConfig",
-    "MeasureConfig",
-    "LatencyBudget",
-    "Budgets",
-    "MemoryTier",
-    "ServerlessLimits",
-    "DeviceProfile",
-    "RUNTIME_NAMES",
     "builtin_profile_names",
     "load_profile",
     "detect_host",
     "check_profile_file",
     "list_profiles",
-    "closest_builtin",
-    "DeviceMatch",
-    "match_device",
-    "machine_model",
-    "host_arch",
-    "derive_peaks",
-    "flops_per_cycle",
 ]
-from compress.profiles.schema import (  # noqa: F401 - public here too
-    Arch,
-    Budgets,
-    DeviceProfile,
-    GpuFacts,
-    HOST,
-    HOST_BUDGETS,
-    HardwareFacts,
-    LatencyBudget,
-    MeasureConfig,
-    MemoryTier,
-    NAME_PATTERN,
-    RUNTIME_NAMES,
-    RuntimeConfig,
-    ServerlessLimits,
-    _ARCH_ALIASES,
-    _ARM_KEEP,
-    _ARM_ONLY,
-    _CGROUP,
-    _CPUINFO,
-    _DEVICE_TREE_MODEL,
-    _LIST_HINT,
-    _MAX_EXTENDS_DEPTH,
-    _SIMD_ALIASES,
-    _SUFFIXES,
-    _X86_KEEP,
-    _X86_PREFIXES,
-    _is_x86_flag,
-)
-from compress.profiles.host import (  # noqa: F401 - public here too
-    DeviceMatch,
-    _ARM_PARTS,
-    _CPUFREQ_MAX,
-    _DMI_PRODUCT,
-    _host_clock_ghz,
-    _host_cores,
-    _host_cpu_model,
-    _host_data,
-    _host_memory_mb,
-    _host_simd,
-    _read_cpuinfo,
-    _read_int,
-    _read_text_quiet,
-    _serverless_platform,
-    closest_builtin,
-    derive_peaks,
-    flops_per_cycle,
-    host_arch,
-    machine_model,
-    match_device,
-)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,7 +102,7 @@ def _unknown_name_hint(name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -197,7 +134,7 @@ class _Source:
     source: str = ""  # what DeviceProfile.source says when this is the top layer
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return (
         value.lower().endswith(_SUFFIXES)
         or "/" in value
@@ -236,7 +173,7 @@ def _parent_source(ref: Any, child: _Source) -> _Source:
             hint=f"use a built-in name ({', '.join(builtin_profile_names())}), 'host', or a relative path",
         )
     ref = ref.strip()
-    if _looks_like_path(ref):
+    if looks_like_path(ref):
         if child.kind == "builtin":
             entry = _builtin_dir().joinpath(ref)
             return _Source(label=f"{ref} (built-in)", key=f"builtin-file:{ref}", kind="builtin", location=entry,
@@ -276,7 +213,7 @@ def _read_text(src: _Source, referrer: _Source | None) -> str:
 
 def _parse_yaml(text: str, label: str) -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -484,7 +421,7 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     value = str(name_or_path).strip()
     if not value:
         raise ProfileError("empty profile name", hint=_unknown_name_hint(""))
-    if _looks_like_path(value):
+    if looks_like_path(value):
         return check_profile_file(Path(value))
     if value == HOST:
         return detect_host()

@@ -71,7 +71,7 @@ def read_index(run_dir: Path | str) -> dict[str, Any] | None:
     return _read_json(Path(run_dir) / INDEX)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -85,7 +85,7 @@ def _open_run_dir(run_dir: Path) -> None:
     (run_dir / MARKER).write_text("an edgecompress run directory: index.json lists what is in it\n")
 
 
-def _done(run_dir: Path, job: Job) -> dict[str, Any] | None:
+def completed_record(run_dir: Path, job: Job) -> dict[str, Any] | None:
     """The job's record when its output is complete in the store (the record is written last)."""
     rec = run_dir / "steps" / f"{job.dirname}.json"
     try:
@@ -116,7 +116,7 @@ def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, reru
     before = {j["name"]: j for j in previous.get("jobs", [])}
     rows = []
     for job in plan.jobs:
-        rec = _done(run, job)
+        rec = completed_record(run, job)
         forced = any(fnmatch.fnmatch(job.name, pat) for pat in rerun)
         cached = rec is not None and not forced
         known = (rec or {}).get("seconds") or (before.get(job.name) or {}).get("build_seconds")
@@ -150,12 +150,12 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
     index["edgecompress"] = _version()
     entries = {row["name"]: {**row, "status": "pending"} for row in rows}
     index["jobs"] = list(entries.values())
-    _write_json(run / INDEX, index)
+    write_json_atomic(run / INDEX, index)
     t_run = time.perf_counter()
     for n, job in enumerate(plan.jobs, 1):
         entry = entries[job.name]
         if entry["cached"]:
-            rec = _done(run, job)
+            rec = completed_record(run, job)
             entry.update(status="cached", seconds=0.0, build_seconds=rec.get("seconds"), path=rec["path"],
                          **rec.get("summary", {}))
             say({"phase": "job", "note": f"[{n}/{len(plan.jobs)}] {job.name}: cached ({job.key[:12]})"})
@@ -164,7 +164,7 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
         say({"phase": f"job:{job.name}", "label": f"{job.name}: {job.verb}"})
         out = _output_path(run, job)
         entry.update(status="running", path=str(out.relative_to(run)))
-        _write_json(run / INDEX, index)
+        write_json_atomic(run / INDEX, index)
         t0 = time.perf_counter()
         try:
             summary = _run_job(plan, job, run, out, say)
@@ -172,18 +172,18 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
             stopped = isinstance(e, KeyboardInterrupt) or getattr(e, "exit_code", None) == 130  # Ctrl-C, SIGTERM
             entry["status"] = "interrupted" if stopped else "failed"
             entry["error"] = str(e)
-            _write_json(run / INDEX, index)
+            write_json_atomic(run / INDEX, index)
             if isinstance(e, EdgeCompressError):
                 e.message = f"{job.name}: {e.message}"
             raise
         seconds = round(time.perf_counter() - t0, 2)
-        _write_json(run / "steps" / f"{job.dirname}.json",
+        write_json_atomic(run / "steps" / f"{job.dirname}.json",
                     {"name": job.name, "verb": job.verb, "key": job.key, "from": job.parent, "settings": job.settings,
                      "data": job.data, "path": entry["path"], "seconds": seconds, "summary": summary})
         entry.update(status="ran", seconds=seconds, build_seconds=seconds, **summary)
         say({"phase": "job", "note": f"[{n}/{len(plan.jobs)}] {job.name}: done in {seconds:.1f} s"
              + (f", {summary['verdict'].upper()}" if "verdict" in summary else "")})
-        _write_json(run / INDEX, index)
+        write_json_atomic(run / INDEX, index)
     index["seconds"] = round(time.perf_counter() - t_run, 2)
     gate_rows: list[dict[str, Any]] = []
     if plan.recipe.gate is not None:
@@ -191,8 +191,8 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
         index["gate"] = {"baseline": _baseline_label(plan.recipe.gate.baseline, run), "results": gate_rows}
     index["verdict"] = _verdict(index["jobs"], gate_rows)
     index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _write_json(run / INDEX, index)
-    _write_json(run / LAST_FINISHED, index)
+    write_json_atomic(run / INDEX, index)
+    write_json_atomic(run / LAST_FINISHED, index)
     if html:
         say({"phase": "html", "label": "writing the HTML report"})
         from compress.reports.html import write_run_html
@@ -239,7 +239,7 @@ def _phases(say: Progress):
 def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[str, Any]:
     from compress.recipes.schema import stage_config_model
 
-    src = plan.teacher if job.parent is None else str(run / _done(run, plan.job(job.parent))["path"])
+    src = plan.teacher if job.parent is None else str(run / completed_record(run, plan.job(job.parent))["path"])
     config = stage_config_model(job.verb).model_validate(job.settings)
     force = out.exists()  # a --rerun of a cached job, or a leftover of an interrupted one
     if job.verb == "distill":
@@ -284,7 +284,7 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
         return _artifact_summary(out)
     if job.verb == "validate":
         from compress.reports.render import write_report
-        from compress.validation import validate
+        from compress.validation.local import validate
 
         report = validate(src, config, on_phase=_phases(say))
         write_report(report, out / "report")  # staged, then renamed; the job's record is written after it
@@ -293,7 +293,8 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
                 "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
                 "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(run))}
     from compress.artifact import staged_dir
-    from compress.packaging.bundle import package, write_package_report
+    from compress.packaging.bundle import package
+    from compress.packaging.report import write_package_report
 
     with staged_dir(out, force=True) as tmp:  # bundle and reports appear together, or not at all
         report = package(src, tmp / "bundle.zip", config, progress=say)
@@ -336,6 +337,6 @@ def gate_run(run: Path, index: dict[str, Any], spec, previous: dict[str, Any] | 
             raise DataError(f"gate: {base_dir} is not a run directory (no {INDEX})",
                             hint="name the last release's run directory, or use baseline: previous")
     rows = gate_indexes(run, index, base_dir, base_index, GateConfig(latency_threshold=spec.threshold, alpha=spec.alpha))
-    _write_json(run / "gate.json", rows)
+    write_json_atomic(run / "gate.json", rows)
     (run / "gate.md").write_text(runs_markdown(rows, new=str(run), baseline=str(base_dir)), encoding="utf-8")
     return rows

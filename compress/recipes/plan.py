@@ -202,9 +202,9 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
 
 def _profile_label(profile: str) -> str:
     """How job names show a profile: its name, or a profile file's stem."""
-    from compress.profiles.load import _looks_like_path
+    from compress.profiles.load import looks_like_path
 
-    return Path(profile).stem if _looks_like_path(profile) else profile
+    return Path(profile).stem if looks_like_path(profile) else profile
 
 
 def _depth(job: Job, jobs: list[Job]) -> int:

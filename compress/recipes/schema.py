@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import ConfigError
-from compress.profiles.load import _looks_like_path, _UniqueKeyLoader  # duplicate keys refused, as in profiles
+from compress.profiles.load import looks_like_path, UniqueKeyLoader  # duplicate keys refused, as in profiles
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
 TEACHER = "teacher"
@@ -213,8 +213,8 @@ def read_recipe(path: Path | str) -> Recipe:
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{label}: unreadable recipe ({e})", hint="save the recipe as UTF-8 YAML") from None
     try:
-        root = yaml.compose(text, Loader=_UniqueKeyLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        root = yaml.compose(text, Loader=UniqueKeyLoader)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f":{mark.line + 1}" if mark else ""
@@ -297,7 +297,7 @@ def _profile_runtime(profile: str, base: Path) -> str | None:
 
     if profile == "host":
         return None
-    if _looks_like_path(profile):
+    if looks_like_path(profile):
         profile = resolve_path(profile, base)
     try:
         p = load_profile(profile)

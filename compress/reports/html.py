@@ -25,7 +25,7 @@ TEMPLATE = "report.html.j2"
 COLORS = {"artifact": "#1f6feb", "baseline": "#8b949e", "gate baseline": "#d29922"}
 
 
-def _env():
+def template_env():
     require("jinja2", "the HTML report")
     import jinja2
 
@@ -180,7 +180,7 @@ def write_validation_html(report: dict[str, Any] | Any, path: Path | str, gate_b
     """One self-contained HTML page for a validation report."""
     if hasattr(report, "model_dump"):
         report = report.model_dump(mode="json")
-    html = _env().get_template(TEMPLATE).render(kind="validation", title=_title(report),
+    html = template_env().get_template(TEMPLATE).render(kind="validation", title=_title(report),
                                                  v=validation_context(report, gate_baseline), run=None)
     path = Path(path)
     path.write_text(html, encoding="utf-8")
@@ -230,7 +230,7 @@ def run_context(run_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
 def write_run_html(run_dir: Path | str, index: dict[str, Any]) -> Path:
     """The run's page: verdict, jobs, Pareto plot, each validation in full, packages, gate, provenance."""
     run_dir = Path(run_dir)
-    html = _env().get_template(TEMPLATE).render(kind="run", title=f"run {index.get('recipe')}: "
+    html = template_env().get_template(TEMPLATE).render(kind="run", title=f"run {index.get('recipe')}: "
                                                  f"{(index.get('verdict') or '').upper()}", run=run_context(run_dir, index), v=None)
     return write_page(run_dir / "report.html", html)
 

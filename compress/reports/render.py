@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from compress.artifact import Artifact
     from compress.profiles.budgets import BudgetResult
-    from compress.validation import ValidationReport
+    from compress.validation.common import ValidationReport
 
 
 

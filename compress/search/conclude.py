@@ -229,7 +229,7 @@ def _dir_mb(d: Path) -> float:
 def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     """The chosen artifact validated on the held-out data, on the same profile."""
     from compress.reports.render import write_report
-    from compress.validation import validate
+    from compress.validation.local import validate
     from compress.validation.local import ValidateConfig
 
     out = s.dir / "holdout"

@@ -313,7 +313,7 @@ class Search:
     def cost(self, number: int, c: Candidate, fid: Fidelity, short_number: int | None) -> float:
         """Seconds a full-fidelity candidate still needs: each uncached job's time at short fidelity (same candidate,
         same job), scaled by how many more training steps it takes; a rough figure where there is none."""
-        from compress.recipes.execute import _done, plan_recipe
+        from compress.recipes.execute import completed_record, plan_recipe
         from compress.recipes.plan import rough_seconds
 
         plan, _, rows = plan_recipe(self.recipe(number, c, fid), self.store)
@@ -326,7 +326,7 @@ class Search:
                 continue
             job = plan.job(row["name"])
             twin = short is not None and any(j.name == job.name for j in short.jobs)
-            rec = _done(self.store, short.job(job.name)) if twin else None
+            rec = completed_record(self.store, short.job(job.name)) if twin else None
             if rec is None:
                 total += rough_seconds(job)
             elif job.verb == "distill":

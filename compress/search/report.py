@@ -7,7 +7,7 @@ from typing import Any
 
 
 def write_search_html(search_dir: Path | str, summary: dict[str, Any]) -> Path:
-    from compress.reports.html import _env, pareto, write_page
+    from compress.reports.html import template_env, pareto, write_page
 
     search_dir = Path(search_dir)
     measured = sorted(summary["measured"], key=lambda p: p["trial"])
@@ -15,7 +15,7 @@ def write_search_html(search_dir: Path | str, summary: dict[str, Any]) -> Path:
     svg = pareto(pts, "every measured candidate (full: full-fidelity training)") if pts else None
     plots = [("all", svg)] if svg else []
     chosen = search_dir / "chosen.yaml"
-    html = _env().get_template("search.html.j2").render(
+    html = template_env().get_template("search.html.j2").render(
         title=f"search on {summary['profile']}", search=summary, measured=measured, plots=plots,
         chosen_recipe=chosen.read_text(encoding="utf-8") if summary.get("chosen") and chosen.is_file() else "")
     return write_page(search_dir / "report.html", html)

@@ -38,7 +38,7 @@ import shutil
 from pathlib import Path
 
 from compress.errors import EdgeCompressError, OutputExistsError
-from compress.recipes.execute import _write_json
+from compress.recipes.execute import write_json_atomic
 from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
 from compress.search.directory import Progress, Search
@@ -87,7 +87,7 @@ def _open_dir(search_dir: Path, config: SearchConfig, force: bool) -> None:
                 target = search_dir / p
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     search_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(marker, ident)
+    write_json_atomic(marker, ident)
 
 
 def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progress | None = None,
@@ -193,7 +193,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     result = conclude(s, study)
     record_time(study, None)
     result.summary["spent_s"] = round(s.spent(), 1)
-    _write_json(search_dir / "search.json", result.summary)
+    write_json_atomic(search_dir / "search.json", result.summary)
     if html:
         from compress.search.report import write_search_html
 

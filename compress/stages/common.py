@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from compress.data.inputs import DEFAULT_SAMPLES, sample_texts  # noqa: F401 - where stages have always found them
 from compress.validation.metrics import row_cosines
 
 

@@ -44,7 +44,8 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
     if art.format not in (Format.onnx, Format.openvino):
         return None
     from compress.teachers.load import teacher_format
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
 
     if teacher_format(teacher) is not Format.pytorch:  # an adopted file: itself, or converted as the artifact was
         if teacher_format(teacher) is art.format:

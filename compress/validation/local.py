@@ -322,7 +322,7 @@ def _runner(backend, batch) -> Callable[[], Any]:
 
 def _device_check(profile, config: ValidateConfig, warnings: list[str]):
     """(DeviceMatch, estimate?) for a local run of ``profile`` under ``config.estimate``."""
-    from compress.profiles.load import match_device
+    from compress.profiles.host import match_device
 
     device = match_device(profile)
     mode = EstimateMode(config.estimate)

@@ -21,8 +21,10 @@ import yaml
 from click.testing import CliRunner
 
 from compress.cli import cli
-from compress.errors import BudgetFailed, OutputExistsError, Unverified
-from compress.packaging.bundle import KIND_DEPENDENCIES, PackageConfig, package, report_paths
+from compress.errors import OutputExistsError, Unverified
+from compress.packaging.config import KIND_DEPENDENCIES, PackageConfig
+from compress.packaging.bundle import package
+from compress.packaging.report import report_paths
 
 #: a text artifact's bundle: onnxruntime, tokenizers, numpy
 DIRECT_DEPENDENCIES = KIND_DEPENDENCIES["text"]

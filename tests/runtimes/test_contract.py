@@ -25,7 +25,8 @@ def artifacts(bert_classifier, onnx_artifact, tmp_path_factory):
 
     arts = {"torch": load_teacher(bert_classifier).as_artifact(), "onnxruntime": onnx_artifact}
     if importlib.util.find_spec("openvino") is not None:
-        from compress.stages.export import ExportConfig, export
+        from compress.stages.export.config import ExportConfig
+        from compress.stages.export import export
 
         arts["openvino"] = export(bert_classifier, tmp_path_factory.mktemp("contract") / "ov",
                                   ExportConfig(format="openvino", parity_samples=2))

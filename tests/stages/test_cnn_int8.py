@@ -82,7 +82,8 @@ def _optimized_ops(model_path: Path, tmp: Path) -> dict[str, int]:
 
 
 def test_default_static_int8_fuses_every_conv_and_relu6_into_integer_kernels(stack, tmp_path):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
     step = art.manifest.steps[-1]
@@ -102,7 +103,8 @@ def test_default_static_int8_fuses_every_conv_and_relu6_into_integer_kernels(sta
 
 
 def test_per_tensor_weights_collapse_and_the_manifest_says_so(stack, tmp_path):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), per_channel=False))
     parity = art.manifest.steps[-1].metrics["parity_vs_input"]
@@ -112,7 +114,8 @@ def test_per_tensor_weights_collapse_and_the_manifest_says_so(stack, tmp_path):
 
 def test_strict_refuses_a_collapsed_int8_and_writes_nothing(stack, tmp_path):
     from compress.errors import QuantizationCollapsed
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     with pytest.raises(QuantizationCollapsed, match="collapsed against its input") as e:
         quantize(stack["onnx"], tmp_path / "q",
@@ -131,7 +134,8 @@ def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
 
 
 def test_speed_aware_times_every_layer_group_and_reports_what_it_kept(stack, tmp_path):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), speed_aware=True,
                                                                   speed_threads=1, speed_seconds=0.2))
@@ -148,7 +152,8 @@ def test_speed_aware_times_every_layer_group_and_reports_what_it_kept(stack, tmp
 
 
 def test_small_gemms_stay_float_with_the_reason(stack, tmp_path):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
     m = art.manifest.steps[-1].metrics
@@ -184,7 +189,8 @@ def test_an_activation_on_a_graph_output_keeps_its_clamp(tmp_path):
     import torch
 
     from compress.stages.export import export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
     from compress.runtimes.base import load_runtime
 
     torch.manual_seed(0)

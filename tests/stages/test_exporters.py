@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from compress.errors import ConfigError
-from compress.stages.export import ExportConfig, export
+from compress.stages.export.config import ExportConfig
+from compress.stages.export import export
 
 TRANSFORMERS_MAJOR = int(importlib.metadata.version("transformers").split(".")[0])
 

@@ -19,8 +19,10 @@ import pytest
 
 from compress.artifact import Precision, load_artifact
 from compress.errors import AccuracyBudgetError, ConfigError
-from compress.stages.export import ExportConfig, export
-from compress.stages.quantize import QuantizeConfig, quantize
+from compress.stages.export.config import ExportConfig
+from compress.stages.export import export
+from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.quantize import quantize
 from conftest import LABELS, SAMPLES_TSV, write_tsv
 
 SENSITIVE_LAYER = "/bert/encoder/layer.1/output/dense/MatMul"
@@ -60,7 +62,8 @@ def run_all(art, texts):
 @pytest.fixture(scope="module")
 def unfused(bert_classifier, tmp_path_factory):
     """The tiny BERT classifier exported without ONNX Runtime fusions (plain MatMuls)."""
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
 
     return export(bert_classifier, tmp_path_factory.mktemp("int4") / "onnx", ExportConfig(optimize="none"))
 
@@ -82,7 +85,8 @@ def sensitive(tmp_path_factory):
     import torch
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
     from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
 
     d = tmp_path_factory.mktemp("sensitive")
@@ -409,7 +413,8 @@ def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(sensitive, t
 
 
 def test_embedding_model_metric_is_cosine_to_fp32(bert_encoder, tmp_path):
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
 
     art = export(bert_encoder, tmp_path / "onnx", ExportConfig(optimize="none", parity_samples=2))
     data = write_tsv(tmp_path, [("", t) for t in [line.partition("\t")[2] for line in

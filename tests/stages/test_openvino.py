@@ -41,14 +41,16 @@ def data_tsv(work) -> Path:
 
 @pytest.fixture(scope="module")
 def ov_artifact(bert_classifier, work):
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
 
     return export(bert_classifier, work / "bert-ov", ExportConfig(format="openvino"))
 
 
 @pytest.fixture(scope="module")
 def ptq_artifact(ov_artifact, data_tsv, work):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     return quantize(ov_artifact, work / "bert-ov-int8",
                     QuantizeConfig(calibration=str(data_tsv), calibration_samples=36))
@@ -113,7 +115,7 @@ def test_adapter_predicts_like_onnx_runtime_fp32(ov_artifact, onnx_artifact, sam
 
 def test_validate_openvino_artifact_against_openvino_fp32_baseline(ptq_artifact, bert_classifier, data_tsv, work,
                                                                    home):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     profile = work / "tiny-intel-cpu.yaml"
     profile.write_text(yaml.safe_dump({
@@ -170,7 +172,8 @@ def test_int8_post_training_quantization(ptq_artifact, ov_artifact, sample_texts
 
 @pytest.mark.parametrize(("options", "kind"), [({"weights_only": True}, "int8"), ({"precision": "int4"}, "int4")])
 def test_weight_compression_shrinks_and_runs(options, kind, ov_artifact, work, sample_texts):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     art = quantize(ov_artifact, work / f"bert-ov-w-{kind}", QuantizeConfig(**options))
     assert art.precision == Precision(kind)
@@ -191,7 +194,8 @@ def test_weight_compression_shrinks_and_runs(options, kind, ov_artifact, work, s
 
 
 def test_accuracy_control_records_baseline_and_final_metric(ov_artifact, data_tsv, work):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     art = quantize(ov_artifact, work / "bert-ov-ac",
                    QuantizeConfig(max_drop=0.5, data=str(data_tsv), eval_samples=12))
@@ -214,7 +218,8 @@ def test_accuracy_budget_missed_writes_best_candidate_and_fails(ov_artifact, dat
     from compress import errors
     from compress.errors import EdgeCompressError
     from compress.stages.quantize import openvino as qov
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     real = qov._Evaluator.evaluate
     calls = []
@@ -259,7 +264,8 @@ def test_quantizing_an_int8_openvino_artifact_exits_2(ptq_artifact, tmp_path, ca
     ({"weights_only": True, "calibration_method": "entropy"}, ("--calibration-method entropy", "ONNX")),
 ])
 def test_options_nncf_cannot_honour_are_refused_before_any_work(options, words, ov_artifact, tmp_path):
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     with pytest.raises(ConfigError) as e:
         quantize(ov_artifact, tmp_path / "out", QuantizeConfig(**options))
@@ -278,7 +284,8 @@ def test_manifest_is_json_with_resolved_config(ptq_artifact):
 def test_nncf_progress_bars_stay_off_standard_output(ov_artifact, data_tsv, tmp_path, capfd):
     """NNCF draws rich progress bars on stdout ("Statistics collection", ...): they show only at INFO (-v), so a
     quiet run, or a search's log of many candidates, holds edgecompress's own lines alone."""
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     quantize(ov_artifact, tmp_path / "int8", QuantizeConfig(calibration=str(data_tsv), calibration_samples=12))
     out, err = capfd.readouterr()

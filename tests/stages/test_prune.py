@@ -23,18 +23,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from compress.artifact import Format, load_artifact
-from compress.stages.prune import (
-    SEMI_STRUCTURED,
-    PruneConfig,
-    Sparsifier,
-    apply_sparsity,
-    drop_layers,
-    encoder_linears,
-    importance_scores,
-    prune,
-    prune_heads_and_ffn,
-    sparsity_report,
-)
+from compress.stages.prune.config import SEMI_STRUCTURED, PruneConfig
+from compress.stages.prune.sparsity import Sparsifier, apply_sparsity, sparsity_report
+from compress.stages.prune.structured import drop_layers, encoder_linears, importance_scores, prune_heads_and_ffn
+from compress.stages.prune import prune
 
 HEADS, LAYERS, HEAD_DIM = 4, 3, 8
 
@@ -240,7 +232,7 @@ def test_vocabulary_proof_holds_on_the_artifact(pruned, bert4, data):
 def test_vocabulary_floor_and_bpe_merges(bert4, roberta_classifier):
     from transformers import AutoTokenizer
 
-    from compress.stages.prune import plan_vocabulary, rebuild_tokenizer
+    from compress.stages.prune.vocab import plan_vocabulary, rebuild_tokenizer
 
     tok = AutoTokenizer.from_pretrained(str(bert4))
     base = plan_vocabulary(tok, ["dull."], keep_alphabet=False)
@@ -343,7 +335,8 @@ def test_recovery_on_joined_texts_writes_the_average_of_its_second_half(bert4, d
 def test_pruned_artifact_exports_to_onnx_and_int8(pruned, tmp_path):
     import onnx as onnx_lib
 
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
     from compress.stages.quantize import quantize
 
     onnx = export(pruned.path, tmp_path / "onnx", ExportConfig(optimize="O2"))  # per-layer head counts differ
@@ -402,7 +395,7 @@ def test_cli_bad_corpus_and_unreachable_budget(capsys, bert4, tmp_path):
                    "empty text")
     from transformers import AutoTokenizer
 
-    from compress.stages.prune import plan_vocabulary
+    from compress.stages.prune.vocab import plan_vocabulary
 
     with pytest.raises(Exception, match="vocabulary corpus has no text"):
         plan_vocabulary(AutoTokenizer.from_pretrained(str(bert4)), ["  ", ""])

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from compress.errors import ConfigError
-from compress.stages.quantize import QuantizeConfig, quantize
+from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.quantize import quantize
 from test_storage import one_line, run_cli
 
 

@@ -52,7 +52,7 @@ def profile(tmp_path_factory) -> Path:
 
 
 def run(art, profile, data, teacher, **kw):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     return validate(art, ValidateConfig(profile=str(profile), data=str(data), teacher=str(teacher), baseline=False,
                                         cold_start=False, **kw))
@@ -178,7 +178,7 @@ def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_
     from compress.profiles.load import load_profile
     from compress.validation.remote import _prepare
     from compress.runtimes.base import RuntimeSettings
-    from compress.validation import ValidateConfig
+    from compress.validation.local import ValidateConfig
 
     prof = load_profile(str(profile))
     labels = int8_artifact.manifest.labels

@@ -250,7 +250,7 @@ def data_tsv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def estimated_report(int8_artifact, bert_classifier, data_tsv, tmp_path_factory, home):
     """Full validation (baseline, cold start) against an x86 board this machine is not."""
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     profile = board(tmp_path_factory.mktemp("profiles"), "other-x86-board")
     return validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv),
@@ -320,7 +320,7 @@ def test_render_shows_estimates(estimated_report):
 
 
 def test_other_arch_makes_peak_memory_unverified(int8_artifact, data_tsv, tmp_path):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     profile = board(tmp_path, "arm-board", arch="arm64")
     r = validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), baseline=False,
@@ -332,7 +332,7 @@ def test_other_arch_makes_peak_memory_unverified(int8_artifact, data_tsv, tmp_pa
 
 
 def test_a_measured_failure_still_fails(int8_artifact, data_tsv, tmp_path):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     profile = board(tmp_path, "tiny-board", budgets={"max_model_size_mb": 0.0001, "max_peak_memory_mb": None})
     r = validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), baseline=False,
@@ -342,7 +342,7 @@ def test_a_measured_failure_still_fails(int8_artifact, data_tsv, tmp_path):
 
 
 def test_profile_without_peaks_gives_unverified_without_figures(int8_artifact, data_tsv, tmp_path):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     path = tmp_path / "arm-class.yaml"
     path.write_text(yaml.safe_dump({"name": "arm-class", "extends": "cpu-arm64-neon", "measure": FAST,
@@ -355,13 +355,13 @@ def test_profile_without_peaks_gives_unverified_without_figures(int8_artifact, d
 
 
 def test_class_profile_on_this_arch_is_measured_as_before(int8_artifact, data_tsv, tmp_path):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     path = tmp_path / "cls.yaml"
     path.write_text(yaml.safe_dump({"name": "cls", "extends": "cpu-x86-avx2", "measure": FAST,
                                     "budgets": {**GENEROUS, "min_speedup": None, "max_cold_start_ms": None,
                                                 "max_peak_memory_mb": None}}), encoding="utf-8")
-    from compress.profiles.load import host_arch
+    from compress.profiles.host import host_arch
 
     if host_arch() is None or host_arch().value != "x86_64":
         pytest.skip("an x86_64 class profile is measured only on x86_64")
@@ -378,7 +378,7 @@ def test_class_profile_on_this_arch_is_measured_as_before(int8_artifact, data_ts
 
 
 def test_estimate_never_measures_here_with_a_warning(int8_artifact, data_tsv, tmp_path):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     profile = board(tmp_path, "never-board", budgets={"min_speedup": None, "max_cold_start_ms": None,
                                                       "max_peak_memory_mb": None})
@@ -416,7 +416,7 @@ def test_cli_unverified_exit_code(flag, code, int8_artifact, data_tsv, tmp_path,
 def test_a_pytorch_speedup_baseline_is_not_estimated(int8_artifact, bert_classifier, data_tsv, tmp_path):
     """speedup_baseline: pytorch on an absent board: no roofline stands for PyTorch eager, so there is no speedup
     figure (the budget is unverified, with nothing measured) and a warning says why."""
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     path = board(tmp_path, "other-x86-vs-pytorch")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

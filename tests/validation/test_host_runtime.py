@@ -9,7 +9,7 @@ import pytest
 from compress.profiles import load as P
 from compress._optional import is_available
 from compress.errors import ConfigError, MissingBackendError
-from compress.profiles.load import MeasureConfig
+from compress.profiles.schema import MeasureConfig
 
 from conftest import SENTENCES, write_tsv
 
@@ -38,13 +38,14 @@ def data_tsv(tmp_path_factory) -> Path:
 def ov_artifact(bert_classifier, tmp_path_factory):
     if not is_available("openvino"):
         pytest.skip("openvino is not installed (pip install 'edgecompress[openvino]')")
-    from compress.stages.export import ExportConfig, export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
 
     return export(bert_classifier, tmp_path_factory.mktemp("host-ov") / "bert-ov", ExportConfig(format="openvino"))
 
 
 def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_classifier, data_tsv, fast_host):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     r = validate(ov_artifact, ValidateConfig(profile="host", data=str(data_tsv), teacher=str(bert_classifier),
                                              baseline=False, cold_start=False))
@@ -55,7 +56,7 @@ def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_class
 
 
 def test_host_validates_a_pytorch_checkpoint_in_torch(bert_classifier, data_tsv, fast_host):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     r = validate(bert_classifier, ValidateConfig(profile="host", data=str(data_tsv), baseline=False,
                                                  cold_start=False))

@@ -197,7 +197,7 @@ def _capture_predictions(monkeypatch) -> list[np.ndarray]:
 
 
 def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data_tsv, profile, home, monkeypatch):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     seen = _capture_predictions(monkeypatch)
     base = {"profile": str(profile), "data": str(data_tsv), "teacher": str(bert_classifier)}
@@ -246,7 +246,7 @@ def test_profile_identify_is_checked_against_the_device(sshd, int8_artifact, wor
     """A profile naming another board (same arch) still measures, with a warning in the report."""
     import platform
 
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     parent = yaml.safe_load(profile.read_text())["extends"]
     cfg = {"baseline": False, "cold_start": False, "remote": sshd.spec, "remote_python": sys.executable,
@@ -397,7 +397,7 @@ def test_interrupted_transfer_is_detected_on_the_device(sshd, int8_artifact, pro
 
 
 def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     def corrupt(target, workdir):
         with open(Path(workdir) / "inputs.npz", "ab") as f:
@@ -412,7 +412,7 @@ def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, pro
 
 
 def test_ctrl_c_still_cleans_up(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     def interrupt(target, workdir):
         assert Path(workdir).is_dir()
@@ -512,7 +512,7 @@ def test_remote_run_of_an_image_model_matches_local(sshd, work, profile, home):
     pytest.importorskip("PIL")
     pytest.importorskip("onnxscript")
     from compress.stages.export import export
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
     from tests.test_image_pipeline import write_image_set, write_program_teacher
 
     teacher = write_program_teacher(work / "img-teacher")
@@ -533,7 +533,7 @@ def test_remote_run_of_an_adopted_array_model_matches_local(sshd, work, profile,
     """An ONNX file made elsewhere, fed arrays: the controller stacks the samples, the device runs them, and the
     per-output fidelity against the file is computed here from the device's outputs."""
     from compress.stages.export import export
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
     from tests.test_model_files import TwoInputs, _export
 
     torch = pytest.importorskip("torch")

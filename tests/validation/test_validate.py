@@ -24,7 +24,7 @@ import yaml
 
 from compress.errors import OutputExistsError
 from compress.device.measure import LatencyStats, measure_interleaved, nearest_rank
-from compress.profiles.load import Budgets, LatencyBudget
+from compress.profiles.schema import Budgets, LatencyBudget
 from compress.profiles.budgets import judge
 from compress.validation.metrics import macro_f1, neighbour_agreement
 
@@ -77,7 +77,7 @@ def data_tsv(work) -> Path:
 @pytest.fixture(scope="module")
 def full_report(int8_artifact, bert_classifier, data_tsv, work, home):
     """A complete validation (eval, FP32 baseline, cold-start probe) of the tiny INT8 classifier."""
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     profile = write_profile(work / "profiles", "tiny-generous", GENEROUS)
     return validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv),
@@ -87,7 +87,7 @@ def full_report(int8_artifact, bert_classifier, data_tsv, work, home):
 @pytest.fixture(scope="module")
 def failing_report(int8_artifact, data_tsv, work):
     """A fast validation (no baseline, no probe) against a standalone profile whose size budget cannot hold."""
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     budgets = {**GENEROUS, **NO_BASELINE_NO_PROBE, "max_model_size_mb": 0.0001}
     profile = write_profile(work / "profiles", "tiny-too-small", budgets, standalone=True)
@@ -284,7 +284,7 @@ def test_failing_budget_gives_fail_verdict(failing_report):
 
 
 def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifact, data_tsv, tmp_path):
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     # the same artifact, with a recorded source that does not exist on this machine (the manifest is
     # not part of the sha256 check)
@@ -378,7 +378,7 @@ def test_write_report_refuses_an_existing_directory(full_report, tmp_path):
 
 def test_embedding_model_metric_is_cosine_to_teacher(bert_encoder, tmp_path):
     from compress.stages.export import export
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     art = export(bert_encoder, tmp_path / "encoder-onnx")
     assert str(art.task) == "feature-extraction"
@@ -598,7 +598,7 @@ def test_speedup_against_the_pytorch_teacher(int8_artifact, bert_classifier, dat
     """measure.speedup_baseline: pytorch times the teacher checkpoint in PyTorch (on every core) beside the
     artifact, instead of exporting its FP32 ONNX twin."""
     import compress.validation.local as local
-    from compress.validation import ValidateConfig, validate
+    from compress.validation.local import ValidateConfig, validate
 
     def no_export(*a, **k):
         raise AssertionError("the runtime baseline was exported")

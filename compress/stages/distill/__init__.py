@@ -40,49 +40,27 @@ from compress.errors import ConfigError
 from compress.interrupt import StopFlag as _StopFlag
 from compress.stages import teacher_cache as tcache
 from compress.stages.common import save_checkpoint
-
-log = logging.getLogger(__name__)
-from compress.stages.distill.config import (  # noqa: F401 - public here too
+from compress.stages.distill.config import (
     AVERAGE_FILE,
     CONFIG_VERSION,
     DISTILL,
     DistillConfig,
     DistillResult,
     Interrupted,
-    Metric,
-    MixedPrecision,
-    RUN_CONFIG,
     RUN_STATE,
-    Schedule,
-    _IGNORE,
 )
-from compress.stages.distill.student import (  # noqa: F401 - public here too
-    _check_keep,
-    build_student,
-    count_parameters,
-    evenly_spaced,
-    layer_list,
-    load_student,
-)
-from compress.stages.distill.losses import (  # noqa: F401 - public here too
+from compress.stages.distill.student import count_parameters, layer_list
+from compress.stages.distill.losses import (
     _Plan,
-    _TransferSet,
     _ValueTap,
-    _encode,
-    _kl_rows,
     _model_outputs,
-    _pool,
     _predict,
-    _relation,
     distill_loss,
-    join_augment,
     length_grouped_order,
-    neighbour_augment,
     score,
 )
-from compress.stages.distill.run import (  # noqa: F401 - public here too
+from compress.stages.distill.run import (
     _choose_student,
-    _diff,
     _ensure_cache,
     _fingerprint,
     _mixed_precision,
@@ -93,6 +71,8 @@ from compress.stages.distill.run import (  # noqa: F401 - public here too
     _transfer_sets,
     default_run_dir,
 )
+
+log = logging.getLogger(__name__)
 
 
 def distill(

@@ -166,7 +166,7 @@ class _Plan:
         return self.hidden or self.attention or self.value_relation
 
 
-def _pool(last_hidden, mask, pooling: str | None, normalize: bool):
+def pool_hidden(last_hidden, mask, pooling: str | None, normalize: bool):
     import torch
 
     if pooling == "cls":
@@ -232,7 +232,7 @@ def _model_outputs(model, batch, plan: _Plan, tap: _ValueTap | None) -> dict[str
     if plan.classification:
         res["soft"] = out.logits
     else:
-        res["soft"] = _pool(out.last_hidden_state, batch["attention_mask"], plan.pooling, plan.normalize)
+        res["soft"] = pool_hidden(out.last_hidden_state, batch["attention_mask"], plan.pooling, plan.normalize)
     if plan.hidden:
         res["hidden"] = out.hidden_states
     if plan.attention:

@@ -11,15 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.artifact import Artifact
-from compress.stages.export.config import (  # noqa: F401 - the settings' public home is compress.stages.export
-    CONFIG_VERSION,
-    ExportConfig,
-    Exporter,
-    ExportFormat,
-    GraphOptimization,
-    TrtPrecision,
-    TrtVia,
-)
+from compress.stages.export.config import ExportConfig, ExportFormat
 
 
 def export(

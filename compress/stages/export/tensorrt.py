@@ -48,17 +48,15 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ArtifactError, ConfigError, StageError
-from compress.stages.common import measure_parity, sample_texts
+from compress.stages.common import measure_parity
+from compress.data.inputs import sample_texts
 from compress.stages.export.config import EXPORT_TENSORRT, ExportConfig, ExportFormat, GraphOptimization, TrtPrecision, TrtVia
-from compress.stages.export.tensorrt_shapes import (  # noqa: F401 - public here too
+from compress.stages.export.tensorrt_shapes import (
     INT8_MIN_AGREEMENT,
-    MIN_COSINE,
     PLAN,
     TIMING_CACHE,
     Shape,
     compare_in_range,
-    parity_batches,
-    parse_shape,
     require_agreement,
     resolve_shapes,
 )

@@ -41,9 +41,9 @@ from compress.artifact import (
     staged_dir,
     write_manifest,
 )
-from compress.errors import ConfigError, MissingBackendError, StageError
-from compress.runtimes.torch_tensorrt_program import ProgramRunner, _first_line, install_hint  # noqa: F401
-from compress.stages.common import sample_texts
+from compress.errors import ConfigError, MissingBackendError, StageError, first_line
+from compress.runtimes.torch_tensorrt_program import ProgramRunner, install_hint
+from compress.data.inputs import sample_texts
 from compress.stages.export.config import EXPORT_TORCH_TENSORRT, ExportConfig, TrtPrecision
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def capture(model: Any, input_names: list[str], shapes: dict[str, Shape], device
         with torch.no_grad():
             program = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dims)
     except Exception as e:
-        first = _first_line(e)
+        first = first_line(e, default="")
         raise StageError(
             f"torch.export could not capture the model for Torch-TensorRT: {type(e).__name__}: {first}",
             hint="use --via onnx (the default), or a static --shape BxS",
@@ -191,7 +191,7 @@ def compile_program(program: Any, input_names: list[str], shapes: dict[str, Shap
     try:
         return torch_tensorrt.dynamo.compile(program, **kwargs)
     except Exception as e:
-        first = _first_line(e)
+        first = first_line(e, default="")
         raise StageError(f"Torch-TensorRT could not compile the model: {type(e).__name__}: {first}",
                          hint="rerun with --debug for the log, or use --via onnx") from e
 
@@ -244,7 +244,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.export.tensorrt_shapes import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
-    from compress.data.tokenization import pool
+    from compress.device.shipped import pool
 
     check_request(config, device)
     out = check_output(out, force)

@@ -74,24 +74,15 @@ from compress.errors import ConfigError, StageError
 from compress.teachers.load import model_feed
 from compress.stages.common import save_checkpoint
 from compress.stages.prune.budget import search_budget
-from compress.stages.prune.config import (  # noqa: F401 - public here too
-    _RUNTIME_SPARSITY,
-    CONFIG_VERSION,
-    PRUNE,
-    SEMI_STRUCTURED,
-    SPARSITY_NOTE,
-    BudgetPrecision,
-    PruneConfig,
-)
-from compress.stages.prune.sparsity import (  # noqa: F401
+from compress.stages.prune.config import _RUNTIME_SPARSITY, PRUNE, SPARSITY_NOTE, PruneConfig
+from compress.stages.prune.sparsity import (
     Sparsifier,
     _gzip_size,
     apply_sparsity,
     sparsity_report,
 )
-from compress.stages.prune.structured import (  # noqa: F401
+from compress.stages.prune.structured import (
     Importance,
-    LayerParts,
     _check_head_pruning,
     _plan_heads,
     _batches,
@@ -100,19 +91,10 @@ from compress.stages.prune.structured import (  # noqa: F401
     encoder_linears,
     ffn_key,
     importance_scores,
-    layer_parts,
-    length_order,
     original_heads,
     prune_heads_and_ffn,
 )
-from compress.stages.prune.vocab import (  # noqa: F401
-    VocabPlan,
-    plan_vocabulary,
-    prove_vocabulary,
-    prune_vocabulary,
-    rebuild_tokenizer,
-    vocabulary_coverage,
-)
+from compress.stages.prune.vocab import plan_vocabulary, prove_vocabulary, prune_vocabulary, vocabulary_coverage
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +141,8 @@ def _outputs(model, tokenizer, texts: list[str], max_length: int, classification
 def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: PruneConfig,
              sparsifier: Sparsifier | None, scratch: Path, progress) -> tuple[Any, dict[str, Any]]:
     """Short distillation from the unpruned model; returns the recovered model and the distill metrics."""
-    from compress.stages.distill import DistillConfig, distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.distill import distill
 
     student_dir = scratch / "pruned"
     save_checkpoint(model, tokenizer, teacher, student_dir)
@@ -220,7 +203,7 @@ def prune(
     → vocabulary → write, reload and prove. ``progress`` receives dicts with a ``phase`` of
     ``importance``, ``budget``, ``teacher``/``train`` (recovery, from distill) or ``write``.
     """
-    from compress.stages.distill import count_parameters
+    from compress.stages.distill.student import count_parameters
 
     config = config or PruneConfig()
     out = check_output(out, force)

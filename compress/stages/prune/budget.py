@@ -37,8 +37,10 @@ def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: 
     """Prune a copy of ``model`` at these ratios, export it (and quantize), measure size and estimated latency."""
     from compress.profiles.budgets import MB
     from compress.estimates.roofline import estimate
-    from compress.stages.export import ExportConfig, export
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.export import export
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
 
     cand = copy.deepcopy(model)
     imp = importance

@@ -35,7 +35,7 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
     import torch
 
     from compress.teachers.images import prove_reload, write_student
-    from compress.stages.distill import count_parameters
+    from compress.stages.distill.student import count_parameters
     from compress.stages.distill.images import (
         LogitTraining,
         check_image_options,

@@ -14,18 +14,7 @@ from pathlib import Path
 
 from compress.artifact import Artifact, check_output, load_artifact
 from compress.errors import ConfigError
-from compress.stages.quantize.config import (  # noqa: F401 - the settings' public home is compress.stages.quantize
-    CONFIG_VERSION,
-    QUANTIZE_ONNX,
-    QUANTIZE_OPENVINO,
-    QUANTIZE_SPECS,
-    CalibrationMethod,
-    EmbeddingPrecision,
-    QuantizeConfig,
-    QuantMode,
-    QuantPrecision,
-    WeightType,
-)
+from compress.stages.quantize.config import QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
 from compress.stages.spec import spec_for
 
 

@@ -61,8 +61,7 @@ from compress.stages.common import measure_parity
 from compress.stages.quantize.parity import check_collapse
 from compress.stages.quantize.calibration import calibration_items
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
-from compress.stages.quantize.nncf import (  # noqa: F401 - public here too
-    MIN_ADJUSTED_GROUP_SIZE,
+from compress.stages.quantize.nncf import (
     _compress_weights,
     _nncf_error,
     _nncf_logging,
@@ -191,7 +190,7 @@ class _Evaluator:
     def _vector(self, raw: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self.classification or self.pooling is None:
             return raw.reshape(-1)
-        from compress.data.tokenization import pool
+        from compress.device.shipped import pool
 
         return pool(raw, inputs["attention_mask"], self.pooling, self.normalize)[0]
 
