@@ -123,7 +123,7 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
       --student DIR       an existing checkpoint with the teacher's tokenizer
 
     \b
-    Defaults (measured on SST-2 with a 6-layer MiniLM teacher, 3-layer student, see README):
+    Defaults (measured on SST-2 with a 6-layer MiniLM teacher, 3-layer student, see docs/results.md):
     soft-target KL at T=2 weighted 0.7 plus label cross entropy 0.3 (dev 0.874; labels alone
     0.865). Hidden-state MSE tied (0.874) and attention + value-relation transfer lost
     (0.858), so both are off by default but available with their weights. On all of SST-2

@@ -197,7 +197,7 @@ def _program_info(path: Path) -> ImageInfo:
     except ValidationError as e:
         err = e.errors()[0]
         where = " -> ".join(str(p) for p in err["loc"]) or "preprocess"
-        raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}", hint="see ImagePreprocess in the README") from e
+        raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}", hint="see the preprocess keys in docs/images.md") from e
     arch = str(meta.get("architecture") or program_file.stem)
     kind = "program" if program_file.suffix == ".pt2" else "module"
     return ImageInfo(path=path, kind=kind, config={"architectures": [arch]}, labels=[str(x) for x in labels],
@@ -298,7 +298,8 @@ class ImageTeacher(InfoTeacher):
 def _digest(info: ImageInfo) -> str:
     if info.path.is_dir():
         return digest_dir(info.path)
-    from compress.artifact import digest_of, sha256_file
+    from compress.artifact import digest_of
+    from compress.device.shipped import sha256_file
 
     program_file, yaml_file = _program_files(info.path)
     return digest_of({p.name: sha256_file(p) for p in (program_file, yaml_file) if p.is_file()})

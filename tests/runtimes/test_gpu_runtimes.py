@@ -2,7 +2,7 @@
 options, and one-line refusals when CUDA / TensorRT / a GPU provider is absent.
 
 On a machine with CUDA the "absent" tests skip (they describe this CPU-only CI); the GPU paths
-themselves are exercised on a GPU machine (see the README's GPU section).
+themselves are exercised on a GPU machine (see docs/profiles.md, GPU profiles).
 """
 
 from __future__ import annotations
