@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compress import __version__
+from compress.device.shipped import sha256_file
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -211,14 +212,6 @@ def _inside(name: str) -> str:
     if not p.parts or p.is_absolute() or ".." in p.parts or ":" in p.parts[0]:
         raise ValueError(f"{name!r} is not a path inside the artifact (absolute, empty or with ..)")
     return name
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:

@@ -132,7 +132,7 @@ PI5_CPUINFO = """
 
 def test_raspberry_pi_5_is_recognised_by_its_device_tree_model(fake_machine):
     fake_machine("aarch64", PI5_CPUINFO, model="Raspberry Pi 5 Model B Rev 1.0")
-    assert P.machine_model() == "Raspberry Pi 5 Model B Rev 1.0; Cortex-A76"
+    assert H.machine_model() == "Raspberry Pi 5 Model B Rev 1.0; Cortex-A76"
     m = match_device(load_profile("raspberry-pi-5"))
     assert m.is_device and m.how == "identified" and m.host_arch == "arm64"
     other = match_device(load_profile("raspberry-pi-4"))
@@ -158,7 +158,7 @@ def test_jetson_and_graviton(fake_machine):
     fake_machine("aarch64", "CPU implementer : 0x41\nCPU part : 0xd42\n", model="NVIDIA Jetson Orin Nano Developer Kit")
     assert match_device(load_profile("jetson-orin-nano")).how == "identified"
     fake_machine("aarch64", "CPU implementer : 0x41\nCPU part : 0xd40\n", dmi="c7g.large")
-    assert P.machine_model() == "c7g.large; Neoverse-V1"
+    assert H.machine_model() == "c7g.large; Neoverse-V1"
     assert match_device(load_profile("cpu-arm64-graviton")).is_device
     assert not match_device(load_profile("aws-lambda-arm64")).is_device
 
@@ -174,7 +174,7 @@ def test_serverless_platform_from_its_environment(fake_machine, monkeypatch):
     fake_machine("aarch64", "CPU implementer : 0x41\nCPU part : 0xd0c\n")
     assert not match_device(load_profile("aws-lambda-arm64")).is_device
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "classify")
-    assert P.machine_model().startswith("AWS Lambda; ")
+    assert H.machine_model().startswith("AWS Lambda; ")
     assert match_device(load_profile("aws-lambda-arm64")).how == "identified"
     assert match_device(load_profile("aws-lambda-x86_64")).how == "arch-mismatch"
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
@@ -187,7 +187,7 @@ def test_serverless_platform_from_its_environment(fake_machine, monkeypatch):
 def test_host_always_matches_and_this_machine_is_no_board():
     host = load_profile("host")
     assert match_device(host).how == "host" and match_device(host).is_device
-    here = P.host_arch()
+    here = H.host_arch()
     for name in BOARDS + SERVERLESS:
         m = match_device(load_profile(name))
         if m.is_device:  # only on the real device
@@ -252,7 +252,7 @@ def test_host_profile_carries_derived_peaks():
     hw = load_profile("host").hardware
     if hw.clock_ghz is None:
         pytest.skip("no CPU clock readable on this machine")
-    per_cycle, mult = flops_per_cycle(hw.arch, hw.simd, P._read_cpuinfo())
+    per_cycle, mult = flops_per_cycle(hw.arch, hw.simd, H._read_cpuinfo())
     assert hw.peak_gflops_fp32 == pytest.approx(hw.cores * hw.clock_ghz * per_cycle, rel=0.01)
     assert hw.peak_gops_int8 == pytest.approx(hw.peak_gflops_fp32 * mult, rel=0.01)
     assert hw.identify is None

@@ -27,6 +27,8 @@ from compress.profiles.schema import (
     LatencyBudget,
     MeasureConfig,
     RuntimeConfig,
+    _ARM_KEEP,
+    _X86_KEEP,
 )
 from compress.profiles.load import builtin_profile_names, check_profile_file, detect_host, load_profile
 
@@ -142,7 +144,7 @@ def test_detect_host_matches_this_machine():
     else:
         assert ("dotprod" in hw.simd) == ("asimddp" in flags)
         parent = "cpu-arm64-neon"
-    assert set(hw.simd) <= set(P._X86_KEEP) | set(P._ARM_KEEP) | {f for f in hw.simd if f.startswith("amx")}
+    assert set(hw.simd) <= set(_X86_KEEP) | set(_ARM_KEEP) | {f for f in hw.simd if f.startswith("amx")}
     assert_host_budgets_are_relative(host)
     assert host.measure == load_profile(parent).measure
 

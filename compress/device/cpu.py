@@ -29,14 +29,3 @@ def has_vnni(flags: frozenset[str] | set[str] | list[str] | None = None) -> bool
 
 def is_x86(arch: str | None = None) -> bool:
     return (arch or platform.machine()).lower() in ("x86_64", "amd64", "i686", "x86")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (x86 ``model name``, Arm ``Hardware``/``CPU model``), else the platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

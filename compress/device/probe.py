@@ -9,23 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process. Linux: VmHWM (reset at exec, unlike ru_maxrss, which a
-    child inherits from the parent that spawned it)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+from compress.device.shipped import peak_rss_mb
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from compress.artifact import is_artifact, load_artifact
     from compress.runtimes.base import RuntimeSettings, runtime_class
 
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     cls = runtime_class(args.runtime)
     t0 = time.perf_counter()
     importlib.import_module(cls.module)
@@ -73,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if not np.isfinite(out).all():
         print("non-finite output", file=sys.stderr)
         sys.exit(1)
-    peak = _peak_rss_mb()
+    peak = peak_rss_mb()
     result = {
         "runtime": args.runtime,
         "import_ms": round(t_import * 1e3, 2),

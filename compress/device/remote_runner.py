@@ -6,7 +6,7 @@ it never imports edgecompress, torch or transformers. ``edgecompress validate --
 to a fresh work directory on the device together with the model files, a ``job.json`` and the
 input tensors (tokenized on the controlling machine) and runs:
 
-    python3 remote_runner.py check --runtime onnxruntime            (also as ``python3 - check`` on stdin)
+    python3 remote_runner.py check --runtime onnxruntime   (piped to ``python3 - check`` with the device module)
     python3 remote_runner.py run WORKDIR --job-sha256 HEX
     python3 remote_runner.py probe WORKDIR --job-sha256 HEX --model artifact   (started by ``run``)
 
@@ -49,13 +49,6 @@ EP_PIP = {
 }
 # OpenVINO's CPU plugin: the Intel plugin (x86-64) and the ARM plugin (ARM64); wheels exist for these only
 OPENVINO_ARCHES = ("x86_64", "amd64", "aarch64", "arm64")
-# Arm core names by /proc/cpuinfo "CPU part" (implementer 0x41), for boards whose cpuinfo has no model name
-ARM_PARTS = {
-    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
-    "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
-    "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
-    "0xd42": "Cortex-A78AE", "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2",
-}
 # onnxruntime publishes wheels for these; elsewhere (armv7l, riscv64, ...) it must be built from source
 ORT_WHEEL_ARCHES = ("x86_64", "amd64", "aarch64", "arm64")
 
@@ -79,53 +72,24 @@ def say(msg):
 
 # -- the device ------------------------------------------------------------------------------------
 
-def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def cpu_model():
-    fields = {}
-    for line in _read("/proc/cpuinfo").splitlines():
-        if ":" in line:
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-    for key in ("model name", "cpu model", "hardware"):
-        if fields.get(key):
-            return fields[key]
-    if fields.get("cpu implementer", "").lower() == "0x41" and fields.get("cpu part", "").lower() in ARM_PARTS:
-        return ARM_PARTS[fields["cpu part"].lower()]
-    board = _read("/proc/device-tree/model").strip("\x00 \n")
-    if board:
-        return board
-    if sys.platform == "darwin":
-        try:
-            return subprocess.check_output(["sysctl", "-n", "machdep.cpu.brand_string"], text=True).strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine()
-
-
 def device_facts():
+    device = _device()
+    board = device.read_text("/proc/device-tree/model").strip("\x00 \n")
     facts = {
         "hostname": socket.gethostname(),
         "machine": platform.machine(),
         "system": platform.system(),
         "release": platform.release(),
-        "cpu": cpu_model(),
+        "cpu": device.cpu_model(board=board),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "python_executable": sys.executable,
     }
     if hasattr(os, "sched_getaffinity"):
         facts["cores_usable"] = len(os.sched_getaffinity(0))
-    board = _read("/proc/device-tree/model").strip("\x00 \n")
     if board:
         facts["board"] = board
-    product = _read("/sys/class/dmi/id/product_name").strip()
+    product = device.read_text("/sys/class/dmi/id/product_name").strip()
     if product:
         facts["product"] = product
     # what a profile's hardware.identify regex is matched against (as edgecompress does on a local machine)
@@ -134,15 +98,16 @@ def device_facts():
         if part and part not in parts:
             parts.append(part)
     facts["model"] = "; ".join(parts) or facts["machine"]
-    for line in _read("/proc/meminfo").splitlines():
+    for line in device.read_text("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
             facts["memory_mb"] = int(line.split()[1]) // 1024
     return facts
 
 
 def _device():
-    """The device code shared with the serverless handler and the runtime adapters (compress/device/shipped.py),
-    shipped beside this file as edgecompress_device.py; compress.device.shipped when this runs inside edgecompress."""
+    """The device code shared with the serverless handler and the runtime adapters (compress/device/shipped.py):
+    edgecompress_device.py beside this file, or in sys.modules when ``check`` runs piped to ``python3 -`` before
+    anything is sent (compress.validation.ssh.preflight_program); compress.device.shipped inside edgecompress."""
     try:
         import edgecompress_device as device
     except ImportError:
@@ -287,7 +252,8 @@ def feeds(data, prefix, names):
 # -- files -----------------------------------------------------------------------------------------
 
 def sha256_file(path, chunk=1 << 20):
-    """Its own hash, not the shipped device module's: files are verified before any shipped code runs."""
+    """The runner's own copy of edgecompress_device.sha256_file, on purpose: it verifies job.json and every shipped
+    file, edgecompress_device.py among them, before any shipped code is imported."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -119,11 +118,3 @@ def _unpack_wheel(whl: Path, root: Path) -> list[str]:
             os.chmod(target, 0o755 if mode & 0o111 else 0o644)
             written.append(rel)
     return written
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
+from compress.device.shipped import ARM_PARTS, arm_core, cpu_model, cpuinfo
 from compress.errors import ProfileError
 
 
@@ -32,12 +33,7 @@ def _read_cpuinfo() -> dict[str, str]:
         text = _CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return {}
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            info.setdefault(key.strip().lower(), value.strip())
-    return info
+    return cpuinfo(text)
 
 
 def _read_int(path: Path) -> int | None:
@@ -93,19 +89,6 @@ def _host_simd(arch: str, info: dict[str, str]) -> list[str]:
     return [f for f in _ARM_KEEP if f in present]
 
 
-def _host_cpu_model(info: dict[str, str]) -> str | None:
-    for key in ("model name", "hardware", "cpu model"):
-        if info.get(key):
-            return info[key]
-    try:
-        model = _DEVICE_TREE_MODEL.read_text(errors="replace").strip("\x00\n ")
-        if model:
-            return model
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def closest_builtin(arch: Arch | str, simd: list[str]) -> str:
     """The built-in profile whose budgets suit a machine with this arch and these SIMD flags."""
     if Arch(arch) is Arch.arm64:
@@ -128,13 +111,13 @@ def _host_data() -> dict[str, Any]:
     info = _read_cpuinfo()
     cores = _host_cores()
     simd = _host_simd(arch, info)
-    cpu_model = _host_cpu_model(info)
+    cpu = cpu_model(info, _read_text_quiet(_DEVICE_TREE_MODEL) or "")
     clock = _host_clock_ghz(info)
     fp32, int8 = derive_peaks(arch, simd, cores, clock, info)
     return {
         "name": HOST,
         "extends": HOST_BUDGETS,  # relative budgets only: they hold on this machine loaded or idle
-        "description": f"This machine ({cpu_model or arch}, {cores} cores); relative budgets (speedup over the "
+        "description": f"This machine ({cpu or arch}, {cores} cores); relative budgets (speedup over the "
                        f"FP32 baseline timed alongside, retention, agreement, size, memory), no absolute latency.",
         "hardware": {
             "arch": arch,
@@ -142,7 +125,7 @@ def _host_data() -> dict[str, Any]:
             "simd": simd,
             "vnni": any("vnni" in f for f in simd),
             "memory_mb": _host_memory_mb(),
-            "cpu_model": cpu_model,
+            "cpu_model": cpu,
             "clock_ghz": clock,
             "peak_gflops_fp32": fp32,
             "peak_gops_int8": int8,
@@ -158,14 +141,6 @@ def _host_data() -> dict[str, Any]:
 
 _DMI_PRODUCT = Path("/sys/class/dmi/id/product_name")
 _CPUFREQ_MAX = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-# /proc/cpuinfo "CPU part" of Arm Ltd cores (implementer 0x41) -> core name, FP32 FLOP/cycle/core
-# (128-bit FMA pipes x 4 lanes x 2; Cortex-A72 has two 64-bit-wide FMA paths: 8, per vfpbench).
-_ARM_PARTS: dict[str, tuple[str, int]] = {
-    "0xd03": ("Cortex-A53", 8), "0xd05": ("Cortex-A55", 8), "0xd08": ("Cortex-A72", 8),
-    "0xd0b": ("Cortex-A76", 16), "0xd0c": ("Neoverse-N1", 16), "0xd40": ("Neoverse-V1", 32),
-    "0xd41": ("Cortex-A78", 16), "0xd42": ("Cortex-A78AE", 16), "0xd44": ("Cortex-X1", 32),
-    "0xd49": ("Neoverse-N2", 16), "0xd4f": ("Neoverse-V2", 32),
-}
 
 
 def _host_clock_ghz(info: dict[str, str]) -> float | None:
@@ -194,7 +169,7 @@ def flops_per_cycle(arch: Arch | str, simd: list[str], info: dict[str, str] | No
     info = info or {}
     if Arch(_ARCH_ALIASES.get(str(arch).lower(), arch)) is Arch.arm64:
         part = info.get("cpu part", "").lower()
-        flops = _ARM_PARTS.get(part, ("", 16))[1]
+        flops = ARM_PARTS.get(part, ("", None))[1] or 16  # the core's, where the one table knows it
         return flops, (4 if "dotprod" in simd else 2)
     vendor = info.get("vendor_id", "")
     family = info.get("cpu family", "")
@@ -255,9 +230,7 @@ def machine_model() -> str:
         _read_text_quiet(_DMI_PRODUCT),
         info.get("model name") or info.get("cpu model") or info.get("hardware"),
     ]
-    part = info.get("cpu part", "").lower()
-    if info.get("cpu implementer", "").lower() == "0x41" and part in _ARM_PARTS:
-        parts.append(_ARM_PARTS[part][0])
+    parts.append(arm_core(info))
     out: list[str] = []
     for p in parts:
         if p and p not in out:

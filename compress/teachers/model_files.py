@@ -40,8 +40,8 @@ from compress.artifact import (
     TextPreprocess,
     digest_of,
     library_versions,
-    sha256_file,
 )
+from compress.device.shipped import sha256_file
 from compress.teachers.checkpoints import InfoTeacher
 from compress.errors import ConfigError, ModelLoadError, first_line
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Format, Postprocess, Task, TextPreprocess, digest_of, sha256_file
+from compress.artifact import Format, Postprocess, Task, TextPreprocess, digest_of
+from compress.device.shipped import sha256_file
 from compress.errors import ModelLoadError
 from compress.teachers.model_files import DescribedModel
 

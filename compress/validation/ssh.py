@@ -25,6 +25,7 @@ from compress.errors import ConfigError, EdgeCompressError, IntegrityError, Miss
 log = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).resolve().parents[1] / "device" / "remote_runner.py"  # the device-side code (compress/device/remote_runner.py)
+DEVICE = Path(__file__).resolve().parents[1] / "device" / "shipped.py"  # shared with the bundle handler; ships beside the runner
 MARKER = "EDGECOMPRESS-RESULT "
 CONNECT_TIMEOUT_S = 15
 CHECK_TIMEOUT_S = 120
@@ -233,6 +234,23 @@ def _runner_failure(target: RemoteTarget, proc: subprocess.CompletedProcess, wha
     return RemoteError(f"{what} on {target.spec} failed (exit {rc}): {msg}")
 
 
+def preflight_program() -> bytes:
+    """What ``python -`` runs on the device for ``check``, before anything is sent: the device module (the device
+    facts, such as the CPU's name, are read there) registered as ``edgecompress_device``, then the runner as
+    ``__main__``, both compiled from their sources; nothing is written on the device."""
+    from compress.device.shipped import SHIPPED_NAME
+
+    name = SHIPPED_NAME.rpartition(".")[0]
+    return "\n".join([
+        "import sys, types",
+        f"device = types.ModuleType({name!r})",
+        f"exec(compile({DEVICE.read_text(encoding='utf-8')!r}, {SHIPPED_NAME!r}, 'exec'), device.__dict__)",
+        f"sys.modules[{name!r}] = device",
+        f"exec(compile({RUNNER.read_text(encoding='utf-8')!r}, 'remote_runner.py', 'exec'), {{'__name__': '__main__'}})",
+        "",
+    ]).encode("utf-8")
+
+
 # -- the session on the device ------------------------------------------------------------------------
 
 class DeviceSession:
@@ -259,7 +277,7 @@ class DeviceSession:
             "df -Pk \"$d\" | awk 'NR==2 {print \"avail_kb=\" $4}'",
         ])
         proc = _run_ssh(self.target, "sh -c " + shlex.quote(script), "checking the device",
-                        timeout=CHECK_TIMEOUT_S, stdin=RUNNER.read_bytes())
+                        timeout=CHECK_TIMEOUT_S, stdin=preflight_program())
         out = proc.stdout.decode(errors="replace")
         for line in out.splitlines():  # record the work dir first: cleanup must find it whatever follows
             if line.startswith("workdir="):

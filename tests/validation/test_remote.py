@@ -479,7 +479,7 @@ def test_runner_is_standalone():
     assert third_party <= {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}, third_party
     module_level = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     assert not module_level & {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}
-    device = ast.parse(remote.DEVICE.read_text(encoding="utf-8"))
+    device = ast.parse(ssh.DEVICE.read_text(encoding="utf-8"))
     used = {a.name.split(".")[0] for n in ast.walk(device) if isinstance(n, ast.Import) for a in n.names}
     assert used - set(sys.stdlib_module_names) <= {"numpy"}, used
 
