@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compress.progress import to_lines
 from tests.cli.test_cli import assert_one_line_error, edgecompress
 from tests.conftest import GENEROUS_BUDGETS, write_tsv
 
@@ -50,7 +51,7 @@ def first(workspace):
     from compress.search.run import run_search
 
     lines: list[str] = []
-    result = run_search(config(workspace), workspace / "s1", progress=lines.append)
+    result = run_search(config(workspace), workspace / "s1", progress=to_lines(lines.append))
     return result, lines
 
 
@@ -125,7 +126,7 @@ def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, mo
         run_search(config(workspace, trials=2, promote=1), workspace / "s2", html=False)
     monkeypatch.setattr(Search, "measure", real)
     lines: list[str] = []
-    result = run_search(config(workspace, trials=2, promote=1), workspace / "s2", progress=lines.append, html=False)
+    result = run_search(config(workspace, trials=2, promote=1), workspace / "s2", progress=to_lines(lines.append), html=False)
     assert any("interrupted: queued again" in ln for ln in lines)
     shorts = [p for p in result.summary["measured"] if p["fidelity"] == "short"]
     assert len(shorts) == 2 and result.chosen is not None
@@ -140,15 +141,15 @@ def test_a_finished_search_given_more_time_builds_what_it_had_no_time_for(worksp
     real = Search.cost
     monkeypatch.setattr(Search, "cost", lambda *a, **k: 1e9)
     lines: list[str] = []
-    first = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
+    first = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=to_lines(lines.append), html=False)
     assert first.chosen is None and any("not run: needs" in ln for ln in lines)
     monkeypatch.setattr(Search, "cost", real)
     lines.clear()
-    again = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
+    again = run_search(config(workspace, trials=2), workspace / "s-more-time", progress=to_lines(lines.append), html=False)
     assert any("had no time to be built: queued again" in ln for ln in lines)
     assert again.chosen is not None and again.chosen["fidelity"] == "full"
     lines.clear()
-    run_search(config(workspace, trials=2), workspace / "s-more-time", progress=lines.append, html=False)
+    run_search(config(workspace, trials=2), workspace / "s-more-time", progress=to_lines(lines.append), html=False)
     assert not any("queued again" in ln for ln in lines)  # built now: nothing is queued twice
 
 
@@ -211,7 +212,7 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
                                      "budgets": {"max_model_size_mb": limit}}), encoding="utf-8")
     lines: list[str] = []
     result = run_search(config(workspace, profile=str(small), space=space, trials=2 * len(fits) + 1),
-                        workspace / "s-feasible", progress=lines.append, html=False)
+                        workspace / "s-feasible", progress=to_lines(lines.append), html=False)
     shorts = [p for p in result.summary["measured"] if p["fidelity"] == "short"]
     assert {json.dumps(p["params"], sort_keys=True) for p in shorts} == fits
     assert any("drawn from the" in ln and "expected to fit" in ln for ln in lines)
@@ -272,7 +273,7 @@ def test_a_small_space_ends_the_exploration_when_it_is_used_up(workspace):
 
     lines: list[str] = []
     space = {**SPACE, "layers": [1], "ffn": [0.0]}  # one candidate
-    result = run_search(config(workspace, space=space, trials=None), workspace / "s4", progress=lines.append,
+    result = run_search(config(workspace, space=space, trials=None), workspace / "s4", progress=to_lines(lines.append),
                         html=False)
     assert any("exploration ends: the space is used up" in ln for ln in lines)
     assert len([p for p in result.summary["measured"] if p["fidelity"] == "short"]) == 1

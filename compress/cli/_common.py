@@ -8,6 +8,7 @@ import click
 from pydantic import BaseModel, ValidationError
 
 from compress.errors import ConfigError
+from compress.progress import counts
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -68,14 +69,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _counts(d: dict) -> tuple[int | None, int | None]:
-    """(done, total) of a progress event that counts (``done`` or ``step`` of ``total``)."""
-    done = d.get("done", d.get("step"))
-    return (done, d.get("total")) if isinstance(done, int) else (None, None)
-
-
 class PhaseProgress:
-    """Progress on stderr for a library call that reports ``{"phase": ...}`` dicts.
+    """Progress on stderr for a library call that reports :data:`compress.progress.Progress` events.
 
     Used as ``with Sub() as progress: library_call(..., progress=progress)``; off with -q. In a terminal:
     rich progress bars (subclasses map phases to bars in ``show`` with ``task``). When stderr is not a
@@ -84,7 +79,8 @@ class PhaseProgress:
     (quicker phases stay quiet, so input errors found early stay one-line errors). An event
     ``{"phase": key, "label": "loading the teacher"}`` (no counts) names a stretch of work without a
     count: a spinner in a terminal, lines as above otherwise. ``labels`` names the counted phases in
-    plain lines; ``note`` turns an event into a one-off line.
+    plain lines; ``note`` turns an event into a one-off line. ``fraction`` events and the announcement of a
+    counted phase before its first item (``total`` without ``done``) are not shown.
     """
 
     labels: dict[str, str] = {}
@@ -145,7 +141,9 @@ class PhaseProgress:
         return self.tasks[key]
 
     def __call__(self, d: dict) -> None:
-        labelled = "label" in d and _counts(d)[0] is None
+        if "fraction" in d or ("total" in d and "done" not in d and "step" not in d):
+            return
+        labelled = "label" in d and counts(d)[0] is None
         if self.bar is not None:
             self._end_spinner()
             if labelled:
@@ -210,7 +208,7 @@ class PhaseProgress:
     def _plain_event(self, d: dict, now: float) -> None:
         key = d["phase"]
         label = d.get("label") or self.labels.get(key, key)
-        done, total = _counts(d)
+        done, total = counts(d)
         note = self.note(d)
         if "label" not in d and done is None:  # an event that neither starts work nor counts it
             if note:
@@ -242,8 +240,8 @@ class PhaseProgress:
         cur, self._current = self._current, None
         if cur is None or not cur["announced"]:
             return
-        counts = f" ({cur['done']}/{cur['total']})" if cur["done"] is not None else ""
-        self._line(f"{cur['label']}: {how} in {_duration(now - cur['start'])}{counts}{cur['extra']}")
+        tally = f" ({cur['done']}/{cur['total']})" if cur["done"] is not None else ""
+        self._line(f"{cur['label']}: {how} in {_duration(now - cur['start'])}{tally}{cur['extra']}")
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

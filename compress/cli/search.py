@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from compress.cli._common import build_config, console
+from compress.progress import to_lines
 from compress.search.config import Objective, SearchConfig
 
 F = SearchConfig.model_fields
@@ -103,7 +104,7 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     def say(line: str) -> None:
         con.print(f"[{(time.monotonic() - start) / 60:5.1f} min] {line}", markup=False, highlight=False, soft_wrap=True)
 
-    result = run_search(config, search_dir, progress=say, force=force, html=not no_html)
+    result = run_search(config, search_dir, progress=to_lines(say), force=force, html=not no_html)
     print_result(result)
     if result.verdict == "fail":
         h = result.chosen["holdout"]

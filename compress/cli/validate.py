@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,6 +13,7 @@ from compress.cli._common import (
     live_console,
     unverified_exit_code_option,
 )
+from compress.progress import counts
 
 
 @click.command("validate")
@@ -90,7 +92,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         report_dir = artifact.parent / f"{artifact.name}-report-{Path(profile).stem if profile.endswith(('.yaml', '.yml')) else profile}"
     check_output(report_dir, force)
     with _Progress() as progress:
-        report = validate(artifact, config, on_phase=progress.phase)
+        report = validate(artifact, config, progress=progress)
     render_report(report, console())
     if report.environment.get("remote"):
         from rich.markup import escape
@@ -107,7 +109,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
 
 
 class _Progress:
-    """rich progress bars for validate's phases; silent with -q or without a terminal."""
+    """rich progress bars for validate's phases (its :data:`compress.progress.Progress` events); silent with -q
+    or without a terminal. A bar per phase: counted phases by items, the others by ``fraction``."""
 
     def __enter__(self):
         from rich.progress import (
@@ -121,6 +124,7 @@ class _Progress:
 
         con = live_console()
         self.enabled = con is not None
+        self.tasks: dict[str, Any] = {}
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=con or console(stderr=True), transient=True)
@@ -128,13 +132,18 @@ class _Progress:
             self.progress.__enter__()
         return self
 
-    def phase(self, name: str, total: int | None):
+    def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled:
-            return None
-        task = self.progress.add_task(name, total=total if total else 1.0)
-        if total:
-            return lambda n: self.progress.advance(task, n)
-        return lambda frac: self.progress.update(task, completed=frac)
+            return
+        name = event["phase"]
+        done, total = counts(event)
+        if done is None and "fraction" not in event or name not in self.tasks:  # a phase starts
+            total = event.get("total")
+            self.tasks[name] = self.progress.add_task(name, total=total if total else 1.0)
+        if done is not None:
+            self.progress.update(self.tasks[name], completed=done)
+        elif "fraction" in event:
+            self.progress.update(self.tasks[name], completed=event["fraction"])
 
     def __exit__(self, *exc):
         if self.enabled:

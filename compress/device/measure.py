@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import StageError
+from compress.progress import Progress, start_phase
 
 
 def nearest_rank(sorted_values: list[float], p: float) -> float:
@@ -99,9 +100,13 @@ def measure_interleaved(
     min_duration_s: float = 5.0,
     max_runs: int = 10000,
     rounds: int = 10,
-    on_progress: Callable[[float], None] | None = None,
+    progress: Progress | None = None,
+    phase: str = "timing",
 ) -> dict[str, LatencyStats]:
     """Time each callable until every one has ``min_runs`` samples and ``min_duration_s`` of timed work.
+
+    ``progress`` hears ``phase`` start, then after each round the ``fraction`` of the work done
+    (:func:`compress.progress.start_phase`).
 
     The callables run in alternating rounds (A×k, B×k, A×k, ...) so that slow drifts of a shared,
     noisy machine hit all of them alike: ratios between them are then fair. Each callable must
@@ -109,14 +114,16 @@ def measure_interleaved(
     """
     from compress.device.shipped import time_interleaved
 
-    def progress(samples: dict[str, list[float]]) -> None:
-        on_progress(min(
+    advance = start_phase(progress, phase) if progress else None
+
+    def on_round(samples: dict[str, list[float]]) -> None:
+        advance(min(
             min(min(len(s) / min_runs, sum(s) / min_duration_s if min_duration_s else 1.0), 1.0)
             for s in samples.values()
         ))
 
     samples = time_interleaved(runs, warmup, min_runs, min_duration_s, max_runs, rounds,
-                               on_round=progress if on_progress else None)
+                               on_round=on_round if advance else None)
     return {name: LatencyStats.from_samples(s, batch_size) for name, s in samples.items()}
 
 

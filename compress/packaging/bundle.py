@@ -36,14 +36,13 @@ import platform
 import shutil
 import time
 import zipfile
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from compress import __version__
 from compress.artifact import Artifact, Task, load_artifact
-from compress.device.cpu import cpu_model
+from compress.device.shipped import cpu_model, sha256_file
 from compress.errors import ArtifactError, ConfigError, OutputExistsError
 from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
 from compress.packaging.config import (
@@ -59,11 +58,11 @@ from compress.packaging.config import (
     PackageReport,
 )
 from compress.packaging.coldstart import _cold_start
+from compress.progress import Progress, sink
 from compress.packaging.wheels import (
     _shell,
     _pip_download,
     _pip_download_cmd,
-    _sha256,
     _unpack_wheel,
     _wheel_name,
 )
@@ -81,57 +80,22 @@ __all__ = [
 
 
 def package(artifact: Artifact | Path | str, out: Path | str, config: PackageConfig, *, force: bool = False,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> PackageReport:
+            progress: Progress | None = None) -> PackageReport:
     """Build the bundle ``out`` (a .zip) for ``artifact`` on ``config.profile`` and judge it.
 
     The zip is written even when a budget fails (the report says so): a bundle over the direct-upload
     limit can still be deployed through object storage, layers or a container image. Raises only
     for bad input (profile, artifact, existing output) and for a dependency resolution that fails.
     ``progress`` receives ``{"phase": ..., "label": ...}`` as each stretch of work starts (model files, wheels,
-    zip) and ``{"phase": "cold-start", "done": i, "total": n}`` around the cold-start runs.
+    zip) and ``{"phase": "cold-start", "done": i, "total": n}`` around the cold-start runs (:mod:`compress.progress`).
     """
-    say = progress or (lambda d: None)
-    from compress.profiles.load import load_profile
-
+    say = sink(progress)
     t_start = time.perf_counter()
     out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
-    if out.is_dir():
-        raise OutputExistsError(f"{out} is a directory", hint="--out names the zip file to write, e.g. bundle.zip")
-    profile = load_profile(config.profile)
+    art, profile = _check_inputs(artifact, out, config, force)
     sl = profile.serverless
-    if sl is None:
-        raise ConfigError(
-            f"profile {profile.name} has no serverless: section (platform limits, memory, wheels platform)",
-            hint="use a serverless profile such as aws-lambda-arm64 (`edgecompress profiles list`) or add serverless: to yours",
-        )
-    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    PACKAGE.check(art)
-    if art.manifest.preprocess.kind == "text" and not (art.path / art.manifest.preprocess.tokenizer_file).is_file():
-        raise ArtifactError(f"{art.path}: no tokenizer.json", hint="the handler needs a fast tokenizer (tokenizer.json)")
-    if out.suffix.lower() != ".zip":
-        log.warning("%s does not end in .zip; writing a zip archive anyway", out)
-
-    memory_mb = config.memory_mb or sl.memory_mb
-    for bound, limit, word in ((sl.max_memory_mb, lambda m, b: m > b, "above"), (sl.min_memory_mb, lambda m, b: m < b, "below")):
-        if bound is not None and limit(memory_mb, bound):
-            raise ConfigError(
-                f"--memory-mb {memory_mb} is {word} what {sl.platform} allows a function "
-                f"({sl.min_memory_mb or '?'}–{sl.max_memory_mb or '?'} MB, profile {profile.name})",
-                hint=f"give --memory-mb between {sl.min_memory_mb or 1} and {sl.max_memory_mb or memory_mb}",
-            )
-    vcpus = sl.vcpus_for(memory_mb)
-    vcpu_source = "serverless.memory_to_vcpu"
-    if vcpus is None:
-        vcpus, vcpu_source = float(profile.hardware.cores), "hardware.cores (no memory_to_vcpu mapping)"
-    threads = profile.runtime.threads or max(1, math.ceil(vcpus - 1e-9))
-    target_arch = str(profile.hardware.arch)
+    function = _function(profile, config)
     pins = _pins(config, dependencies_for(art.manifest.preprocess))
-    function = {
-        "platform": sl.platform, "memory_mb": memory_mb, "vcpus": vcpus, "vcpus_from": vcpu_source,
-        "threads": threads, "handler": sl.handler, "arch": target_arch, "python": sl.python_version,
-    }
     notes: list[str] = []
     warnings: list[str] = []
     if not sl.pip_platforms and config.download:
@@ -148,86 +112,18 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         root.mkdir()
         say({"phase": "files", "label": "writing the model and the handler"})
         own = _write_bundle_files(root, art, profile, sl, function, config, pins)
-
-        # dependencies for the target
-        dist_files: dict[str, list[str]] = {}
-        wheels: list[dict[str, Any]] = []
-        deps: dict[str, Any] = {
-            "measured": False, "requirements": dict(pins),
-            "target": {"platforms": list(sl.pip_platforms), "python": sl.python_version, "implementation": "cp"},
-        }
+        deps, wheels, dist_files = _resolve_wheels(root, work, sl, config, pins, notes, say)
         if config.download:
-            req = work / "requirements.in"
-            req.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()), encoding="utf-8")
-            cmd = _pip_download_cmd(req, work / "wheels", sl.pip_platforms, sl.python_version)
-            say({"phase": "wheels", "label": f"downloading the wheels for {', '.join(sl.pip_platforms) or 'this host'}"})
-            found = _pip_download(cmd, config.pip_timeout_s, f"{', '.join(sl.pip_platforms) or 'this host'} / "
-                                                             f"Python {sl.python_version}")
-            for whl in found:
-                dist, version = _wheel_name(whl)
-                files = _unpack_wheel(whl, root)
-                dist_files[dist] = files
-                wheels.append({"name": dist, "version": version, "file": whl.name, "bytes": whl.stat().st_size,
-                               "sha256": _sha256(whl)})
-            resolved = {w["name"]: w["version"] for w in wheels}
-            shown = _shell(cmd).replace(str(work / "wheels"), "WHEELS_DIR").replace(str(req), "requirements.in")
-            deps.update(
-                measured=True, resolved=resolved, wheels=wheels, command=shown,
-                pulled_in=sorted(n for n in resolved if n not in pins),
-            )
-            _write_requirements(root, pins, resolved, sl)
-            _update_bundle_info(root, wheels=wheels)
             own = {**own, "requirements.txt": "handler", BUNDLE_INFO: "handler"}
-        else:
-            deps["note"] = "not downloaded (--no-download): the bundle holds the model and handler only"
-            notes.append("dependencies were not downloaded (--no-download): install requirements.txt into the "
-                         "bundle (or a layer) before deploying; their size is not measured")
-
         zip_tmp = work / "bundle.zip"
         say({"phase": "zip", "label": "zipping the bundle"})
-        entries = _zip_dir(root, zip_tmp)
-        contributors = _contributors(root, entries, own, dist_files, wheels)
-        zipped = zip_tmp.stat().st_size
-        unzipped = sum(size for size, _ in entries.values())
-        bundle = {
-            "path": str(out), "zipped_bytes": zipped, "unzipped_bytes": unzipped,
-            "zipped_mb": zipped / MB, "unzipped_mb": unzipped / MB, "files": len(entries),
-            "sha256": _sha256(zip_tmp), "complete": config.download,
-            "model_bytes": sum(c.unzipped_bytes for c in contributors if c.kind == "model"),
-            "dependencies_bytes": sum(c.unzipped_bytes for c in contributors if c.kind == "dependency")
-            if config.download else None,
-        }
-
+        bundle, contributors = _assemble(root, zip_tmp, out, own, dist_files, wheels, config)
         cold = None
         if config.cold_start:
-            cold = _cold_start(zip_tmp, work, own, function, config, pins, target_arch, sl.python_version,
+            cold = _cold_start(zip_tmp, work, own, function, config, pins, function["arch"], sl.python_version,
                                sl.handler, progress=say, preprocess=art.manifest.preprocess)
-            imported = set(cold.get("imported_top_level") or [])
-            if imported:
-                for c in contributors:
-                    if c.kind == "dependency":
-                        c.imported = any(t in imported for t in c.top_level)
-                unused = [c for c in contributors if c.kind == "dependency" and c.imported is False]
-                if unused:
-                    mb = sum(c.unzipped_bytes for c in unused) / MB
-                    notes.append(
-                        f"{len(unused)} of {sum(c.kind == 'dependency' for c in contributors)} dependency "
-                        f"distributions ({mb:.1f} MB unzipped: {', '.join(c.name for c in unused)}) were not "
-                        "imported by the handler's cold start and first request; pip installs them because the "
-                        "packages above declare them"
-                    )
-            notes.extend(cold.get("notes", []))
-
-        budgets = _judge(profile, sl, bundle, cold, memory_mb, config.download)
-        for b in budgets:
-            if b.measured is None:  # not measured is not a failure, and never a pass (as in validate)
-                b.status, b.passed = BudgetStatus.unverified, False
-                if b.note:
-                    warnings.append(f"{b.name}: {b.note}")
-        failed = [b for b in budgets if b.status is BudgetStatus.failed]
-        verdict = verdict_of(budgets)
-        if failed:
-            notes.append(_over_limit_advice(failed))
+            _mark_imported(cold, contributors, notes)
+        budgets, verdict = _verdict(profile, bundle, cold, function["memory_mb"], config, notes, warnings)
         os.replace(zip_tmp, out)
     except Exception as e:
         found = storage.classify(e, out)  # a full disk or unwritable location: named as --out, not the staging dir
@@ -257,6 +153,143 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         warnings=warnings,
         seconds=round(time.perf_counter() - t_start, 2),
     )
+
+
+def _check_inputs(artifact: Artifact | Path | str, out: Path, config: PackageConfig, force: bool):
+    """(artifact, profile) once the output, the profile's serverless section and the artifact are fit to package."""
+    from compress.profiles.load import load_profile
+
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
+    if out.is_dir():
+        raise OutputExistsError(f"{out} is a directory", hint="--out names the zip file to write, e.g. bundle.zip")
+    profile = load_profile(config.profile)
+    if profile.serverless is None:
+        raise ConfigError(
+            f"profile {profile.name} has no serverless: section (platform limits, memory, wheels platform)",
+            hint="use a serverless profile such as aws-lambda-arm64 (`edgecompress profiles list`) or add serverless: to yours",
+        )
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    PACKAGE.check(art)
+    if art.manifest.preprocess.kind == "text" and not (art.path / art.manifest.preprocess.tokenizer_file).is_file():
+        raise ArtifactError(f"{art.path}: no tokenizer.json", hint="the handler needs a fast tokenizer (tokenizer.json)")
+    if out.suffix.lower() != ".zip":
+        log.warning("%s does not end in .zip; writing a zip archive anyway", out)
+    return art, profile
+
+
+def _function(profile, config: PackageConfig) -> dict[str, Any]:
+    """The function the bundle is judged as: platform, memory (checked against the platform's range), vCPUs,
+    threads, handler, arch and Python."""
+    sl = profile.serverless
+    memory_mb = config.memory_mb or sl.memory_mb
+    for bound, limit, word in ((sl.max_memory_mb, lambda m, b: m > b, "above"), (sl.min_memory_mb, lambda m, b: m < b, "below")):
+        if bound is not None and limit(memory_mb, bound):
+            raise ConfigError(
+                f"--memory-mb {memory_mb} is {word} what {sl.platform} allows a function "
+                f"({sl.min_memory_mb or '?'}–{sl.max_memory_mb or '?'} MB, profile {profile.name})",
+                hint=f"give --memory-mb between {sl.min_memory_mb or 1} and {sl.max_memory_mb or memory_mb}",
+            )
+    vcpus = sl.vcpus_for(memory_mb)
+    vcpu_source = "serverless.memory_to_vcpu"
+    if vcpus is None:
+        vcpus, vcpu_source = float(profile.hardware.cores), "hardware.cores (no memory_to_vcpu mapping)"
+    threads = profile.runtime.threads or max(1, math.ceil(vcpus - 1e-9))
+    return {
+        "platform": sl.platform, "memory_mb": memory_mb, "vcpus": vcpus, "vcpus_from": vcpu_source,
+        "threads": threads, "handler": sl.handler, "arch": str(profile.hardware.arch), "python": sl.python_version,
+    }
+
+
+def _resolve_wheels(root: Path, work: Path, sl, config: PackageConfig, pins: dict[str, str], notes: list[str],
+                    say: Progress) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[str]]]:
+    """Download the target's wheels for ``pins`` and unpack them into ``root`` (unless ``--no-download``):
+    (the report's dependencies, the wheels, each distribution's files)."""
+    dist_files: dict[str, list[str]] = {}
+    wheels: list[dict[str, Any]] = []
+    deps: dict[str, Any] = {
+        "measured": False, "requirements": dict(pins),
+        "target": {"platforms": list(sl.pip_platforms), "python": sl.python_version, "implementation": "cp"},
+    }
+    if not config.download:
+        deps["note"] = "not downloaded (--no-download): the bundle holds the model and handler only"
+        notes.append("dependencies were not downloaded (--no-download): install requirements.txt into the "
+                     "bundle (or a layer) before deploying; their size is not measured")
+        return deps, wheels, dist_files
+    req = work / "requirements.in"
+    req.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()), encoding="utf-8")
+    cmd = _pip_download_cmd(req, work / "wheels", sl.pip_platforms, sl.python_version)
+    say({"phase": "wheels", "label": f"downloading the wheels for {', '.join(sl.pip_platforms) or 'this host'}"})
+    found = _pip_download(cmd, config.pip_timeout_s, f"{', '.join(sl.pip_platforms) or 'this host'} / "
+                                                     f"Python {sl.python_version}")
+    for whl in found:
+        dist, version = _wheel_name(whl)
+        files = _unpack_wheel(whl, root)
+        dist_files[dist] = files
+        wheels.append({"name": dist, "version": version, "file": whl.name, "bytes": whl.stat().st_size,
+                       "sha256": sha256_file(whl)})
+    resolved = {w["name"]: w["version"] for w in wheels}
+    shown = _shell(cmd).replace(str(work / "wheels"), "WHEELS_DIR").replace(str(req), "requirements.in")
+    deps.update(
+        measured=True, resolved=resolved, wheels=wheels, command=shown,
+        pulled_in=sorted(n for n in resolved if n not in pins),
+    )
+    _write_requirements(root, pins, resolved, sl)
+    _update_bundle_info(root, wheels=wheels)
+    return deps, wheels, dist_files
+
+
+def _assemble(root: Path, zip_tmp: Path, out: Path, own: dict[str, str], dist_files: dict[str, list[str]],
+              wheels: list[dict[str, Any]], config: PackageConfig) -> tuple[dict[str, Any], list[Contributor]]:
+    """Zip ``root`` into ``zip_tmp``: the report's bundle figures and what each contributor adds."""
+    entries = _zip_dir(root, zip_tmp)
+    contributors = _contributors(root, entries, own, dist_files, wheels)
+    zipped = zip_tmp.stat().st_size
+    unzipped = sum(size for size, _ in entries.values())
+    bundle = {
+        "path": str(out), "zipped_bytes": zipped, "unzipped_bytes": unzipped,
+        "zipped_mb": zipped / MB, "unzipped_mb": unzipped / MB, "files": len(entries),
+        "sha256": sha256_file(zip_tmp), "complete": config.download,
+        "model_bytes": sum(c.unzipped_bytes for c in contributors if c.kind == "model"),
+        "dependencies_bytes": sum(c.unzipped_bytes for c in contributors if c.kind == "dependency")
+        if config.download else None,
+    }
+    return bundle, contributors
+
+
+def _mark_imported(cold: dict[str, Any], contributors: list[Contributor], notes: list[str]) -> None:
+    """Mark which dependencies the cold start imported; note the ones it did not, and the cold start's notes."""
+    imported = set(cold.get("imported_top_level") or [])
+    if imported:
+        for c in contributors:
+            if c.kind == "dependency":
+                c.imported = any(t in imported for t in c.top_level)
+        unused = [c for c in contributors if c.kind == "dependency" and c.imported is False]
+        if unused:
+            mb = sum(c.unzipped_bytes for c in unused) / MB
+            notes.append(
+                f"{len(unused)} of {sum(c.kind == 'dependency' for c in contributors)} dependency "
+                f"distributions ({mb:.1f} MB unzipped: {', '.join(c.name for c in unused)}) were not "
+                "imported by the handler's cold start and first request; pip installs them because the "
+                "packages above declare them"
+            )
+    notes.extend(cold.get("notes", []))
+
+
+def _verdict(profile, bundle: dict[str, Any], cold: dict[str, Any] | None, memory_mb: int, config: PackageConfig,
+             notes: list[str], warnings: list[str]) -> tuple[list[BudgetResult], str]:
+    """The budgets judged (not measured: UNVERIFIED, never a pass, as in validate) and the verdict."""
+    budgets = _judge(profile, profile.serverless, bundle, cold, memory_mb, config.download)
+    for b in budgets:
+        if b.measured is None:  # not measured is not a failure, and never a pass (as in validate)
+            b.status, b.passed = BudgetStatus.unverified, False
+            if b.note:
+                warnings.append(f"{b.name}: {b.note}")
+    failed = [b for b in budgets if b.status is BudgetStatus.failed]
+    verdict = verdict_of(budgets)
+    if failed:
+        notes.append(_over_limit_advice(failed))
+    return budgets, verdict
 
 
 # ----------------------------------------------------------------------------------------------------

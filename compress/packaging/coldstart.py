@@ -14,17 +14,18 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 
-from compress.device.cpu import cpu_model
+from compress.device.shipped import cpu_model
 from compress.errors import ConfigError, StageError
 
 from compress.packaging.config import (COLD_START_TIMEOUT_S, IMPORT_NAMES, MB, PackageConfig, _ARCH, _FORBIDDEN_IMPORTS,
                                      first_request)
 from compress.packaging.wheels import _pip_download, _pip_download_cmd, _unpack_wheel
+from compress.progress import Progress, silent
 
 log = logging.getLogger("compress.packaging.bundle")  # the verb's logger
 
@@ -33,54 +34,13 @@ log = logging.getLogger("compress.packaging.bundle")  # the verb's logger
 # Cold start under the function's limits
 # ----------------------------------------------------------------------------------------------------
 
-_DRIVER = r'''
-import json, os, sys, time
-T_START = time.time()
-
-
-def hwm_mb():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-task, module, func, event = sys.argv[1:5]
-rss_start = hwm_mb()
-t0 = time.perf_counter()
-deps = [__import__(name) for name in json.loads(sys.argv[5])]  # the handler's dependencies
-t_imports = time.perf_counter() - t0
-t0 = time.perf_counter()
-mod = __import__(module)  # module scope: tokenizer + InferenceSession
-t_init = time.perf_counter() - t0
-t0 = time.perf_counter()
-result = getattr(mod, func)(json.loads(event), None)
-t_first = time.perf_counter() - t0
-t_end = time.time()
-stdlib = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names) | {"__main__", "__future__"}
-top = sorted({n.split(".")[0] for n, m in list(sys.modules.items()) if m is not None} - stdlib - {module})
-print(json.dumps({
-    "t_start": T_START, "t_end": t_end,
-    "imports_ms": t_imports * 1e3, "session_ms": t_init * 1e3, "first_inference_ms": t_first * 1e3,
-    "peak_rss_mb": hwm_mb(), "rss_at_start_mb": rss_start,
-    "threads_in_config": getattr(mod, "THREADS", None),
-    "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    "versions": {d.__name__: getattr(d, "__version__", None) for d in deps},
-    "python": sys.version.split()[0],
-    "loaded_top_level": top,
-    "result_keys": sorted(result) if isinstance(result, dict) else None,
-}))
-'''
+#: the program each cold-start run executes, a file of the device code (compress/device/coldstart_driver.py)
+DRIVER = "coldstart_driver.py"
 
 
 def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[str, Any], config: PackageConfig,
                 pins: dict[str, str], target_arch: str, target_python: str, entry: str,
-                progress: Callable[[dict[str, Any]], None] = lambda d: None, preprocess=None) -> dict[str, Any]:
+                progress: Progress = silent, preprocess=None) -> dict[str, Any]:
     """Unpack the zip, run the handler in fresh processes under the function's limits; phases and medians."""
     host_arch = _ARCH.get(platform.machine().lower(), platform.machine())
     host_python = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -126,8 +86,8 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
             notes.append(f"cold start used this environment's installed {'/'.join(pins)}, whose "
                          "compiled bytecode is cached: imports are faster than from a fresh bundle")
         notes.append(f"cold start measured on this host ({host_arch}, CPython {host_python}) as a stand-in: {why}")
-    driver = work / "run" / "coldstart_driver.py"
-    driver.write_text(_DRIVER, encoding="utf-8")
+    driver = work / "run" / DRIVER
+    driver.write_bytes((resources.files("compress.device") / DRIVER).read_bytes())
     module, _, func = entry.rpartition(".")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

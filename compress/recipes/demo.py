@@ -18,6 +18,7 @@ from pathlib import Path
 
 from compress._optional import require
 from compress.errors import OutputExistsError
+from compress.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ def prepare_demo(workdir: Path | str) -> Path:
     return workdir / "recipe.yaml"
 
 
-def run_demo(workdir: Path | str = "edgecompress-demo", *, remeasure: bool = False, progress=None):
-    """Run the demo recipe in ``workdir`` (see the module doc); a :class:`compress.recipes.execute.RunResult`."""
+def run_demo(workdir: Path | str = "edgecompress-demo", *, remeasure: bool = False, progress: Progress | None = None):
+    """Run the demo recipe in ``workdir`` (see the module doc); a :class:`compress.recipes.execute.RunResult`.
+    ``progress`` hears the run's :mod:`compress.progress` events."""
     from compress.recipes.execute import run_recipe
 
     recipe = prepare_demo(workdir)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from compress.errors import ConfigError, EdgeCompressError
+from compress.progress import Progress, note, sink
 from compress.search.conclude import TIMING_NOISE, violation
 from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
@@ -20,18 +20,16 @@ from compress.search.space import (KINDS, RUNTIME_SETTINGS, Candidate, Fidelity,
                                    candidate_steps, from_params, roofline, trial_params)
 from compress.search.trials import latency_ratio, teacher_fp32_ms, too_slow_like, typical_ratio
 
-Progress = Callable[[str], None]
-
-
 class Search:
     """One search directory: its study, its store, its fidelities and its budgets."""
 
     def __init__(self, config: SearchConfig, search_dir: Path, progress: Progress | None = None):
+        """``progress`` hears the search's narration as ``note`` events (phase "search"): :meth:`say`."""
         from compress.profiles.load import load_profile
 
         self.config = config
         self.dir = search_dir
-        self.say: Progress = progress or (lambda line: None)
+        self.progress: Progress = sink(progress)
         self.store = search_dir / "store"
         self.profile = load_profile(config.profile)
         self.profile_ref = str(Path(config.profile).resolve()) if Path(config.profile).is_file() else config.profile
@@ -62,6 +60,10 @@ class Search:
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes
         self._recorded = 0.0
         self._estimates: dict[Candidate, dict[str, float | None]] = {}
+
+    def say(self, line: str) -> None:
+        """One line of the search's narration, as a ``note`` event."""
+        note(self.progress, line, phase="search")
 
     def record_time(self, force: bool = False) -> None:
         """Store the time spent in the study (at most once a minute unless ``force``), so a resumed search
@@ -220,7 +222,7 @@ class Search:
             self.record_time()
             if d.get("note"):
                 self.say(f"    {d['note']}")
-            elif d.get("total") and time.monotonic() - last[0] > 60:  # long phases: a line a minute
+            elif d.get("total") and ("done" in d or "step" in d) and time.monotonic() - last[0] > 60:  # a line a minute
                 last[0] = time.monotonic()
                 self.say(f"    {d.get('label') or d.get('phase')}: {d.get('done', d.get('step'))}/{d['total']}")
 

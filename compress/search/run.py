@@ -35,13 +35,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from compress.errors import EdgeCompressError, OutputExistsError
 from compress.recipes.execute import write_json_atomic
 from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
-from compress.search.directory import Progress, Search
+from compress.progress import Progress
+from compress.search.directory import Search
 from compress.search.space import OPENVINO_QUANT, SHAPE_DIMS, Candidate, suggest, trial_params
 from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
 
@@ -92,7 +94,10 @@ def _open_dir(search_dir: Path, config: SearchConfig, force: bool) -> None:
 
 def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progress | None = None,
                force: bool = False, html: bool = True) -> SearchResult:
-    """Search for the candidate that meets ``config.profile``'s budgets and is best on ``config.objective``."""
+    """Search for the candidate that meets ``config.profile``'s budgets and is best on ``config.objective``.
+
+    ``progress`` hears what the search does as ``note`` events, one line each (:func:`compress.progress.to_lines`).
+    """
     optuna = _optuna()
     search_dir = Path(search_dir)
     if html:
@@ -201,7 +206,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     return result
 
 
-def _requeue_for_time(optuna, study, say: Progress) -> None:
+def _requeue_for_time(optuna, study, say: Callable[[str], None]) -> None:
     """A finished search resumed with a larger ``--time-budget``: the promoted candidates it had no time to build
     are queued again (each is queued once per resume; its cost is checked against the new budget)."""
     TS = optuna.trial.TrialState
@@ -216,7 +221,7 @@ def _requeue_for_time(optuna, study, say: Progress) -> None:
             say(f"trial {t.number} had no time to be built: queued again ({t.user_attrs.get('label', t.params)})")
 
 
-def _requeue_interrupted(optuna, study, say: Progress) -> None:
+def _requeue_interrupted(optuna, study, say: Callable[[str], None]) -> None:
     """Trials a previous process left running or stopped by Ctrl-C are queued again (their finished steps are
     in the store, so nothing done is redone); trials that failed with an error are not."""
     from optuna.storages import fail_stale_trials

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -13,11 +15,35 @@ from pydantic import BaseModel, Field
 from compress.artifact import Artifact, Format, load_artifact
 from compress.profiles.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
 from compress.device.measure import LatencyStats
+from compress.profiles.schema import DeviceProfile
+from compress.progress import Progress
+from compress.runtimes.base import RuntimeSettings
 from compress.validation.metrics import size_breakdown
 
 log = logging.getLogger(__name__)
 
 REPORT_SCHEMA_VERSION = 1
+
+
+@dataclass
+class ValidationRun:
+    """What one ``validate`` call carries from its start to its report, local or remote.
+
+    ``settings`` are the profile's runtime settings (a local run on another machine times with its own: see
+    ``compress.validation.local``); ``warnings`` gathers the report's warnings as the run goes; ``t_start`` is
+    ``time.perf_counter()`` when it began (the report's seconds).
+    """
+
+    art: Artifact
+    profile: DeviceProfile  # its runtime resolved for the artifact's format
+    config: Any  # compress.validation.local.ValidateConfig (local imports this module)
+    settings: RuntimeSettings
+    dataset: Any | None  # the eval rows (compress.data.inputs), None without --data
+    teacher: Any | None  # the loaded teacher, None when it is not on this machine
+    warnings: list[str]
+    progress: Progress | None
+    t_start: float
+    user_metric: Callable | None = None
 
 
 class ValidationReport(BaseModel):
@@ -91,13 +117,14 @@ def input_shape(m, batch_size: int, sequence_length: int) -> dict[str, Any]:
     return {"batch_size": batch_size, "channels": c, "height": h, "width": w}
 
 
-def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: dict[str, LatencyStats],
-             cold: dict[str, Any] | None, env: dict[str, Any], warnings: list[str], t_start: float) -> ValidationReport:
+def conclude(run: ValidationRun, metrics: dict[str, Any], stats: dict[str, LatencyStats],
+             cold: dict[str, Any] | None, env: dict[str, Any]) -> ValidationReport:
     """Add latency, size and cold-start figures to ``metrics``, judge the budgets and build the report.
 
     Shared by local and remote validation: ``stats`` holds "artifact" (and "baseline") latency, ``cold``
     the fresh-process probe's result (None: not measured), ``env`` where the numbers were measured.
     """
+    art, profile, teacher, warnings = run.art, run.profile, run.teacher, run.warnings
     m = art.manifest
     meas = profile.measure
     lat = stats["artifact"]
@@ -148,7 +175,7 @@ def conclude(art: Artifact, profile, teacher, metrics: dict[str, Any], stats: di
         teacher={"path": str(teacher.path), "sha256": teacher.sha256} if teacher is not None else None,
         profile=profile.model_dump(mode="json"),
         environment=env,
-        seconds=round(time.perf_counter() - t_start, 2),
+        seconds=round(time.perf_counter() - run.t_start, 2),
     )
 
 

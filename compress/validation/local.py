@@ -27,12 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
 from compress.artifact import Artifact, Format
-from compress.device.cpu import cpu_model
+from compress.device.shipped import cpu_model
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.device.measure import LatencyStats, measure_interleaved, probe_cold_start
 from compress.validation.metrics import prediction_metrics
 from compress.profiles.schema import SpeedupBaseline
-from compress.validation.common import ValidationReport, baseline_artifact, conclude, latency_texts
+from compress.progress import Progress, start_phase
+from compress.validation.common import ValidationReport, ValidationRun, baseline_artifact, conclude, latency_texts
 from compress.validation.teacher_outputs import predict_all
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,12 @@ def validate(
     artifact: Artifact | Path | str,
     config: ValidateConfig | None = None,
     *,
-    on_phase: Callable[[str, int | None], Callable[[float], None] | None] | None = None,
+    progress: Progress | None = None,
 ) -> ValidationReport:
     """Measure ``artifact`` on ``config.profile`` and judge it. Raises only for bad input.
 
-    ``on_phase(name, total)`` may return a callback receiving progress (items or fraction) for a
-    progress bar; the CLI uses it, library users can ignore it.
+    ``progress`` receives :mod:`compress.progress` events, one phase after another (evaluating, timing, cold
+    start, ...): counted by rows, or by the ``fraction`` reached; the CLI draws bars, library users can ignore it.
     """
     from compress.validation.cache import usage as cache_usage
     from compress.device.host_runtime import runtime_for
@@ -114,7 +115,6 @@ def validate(
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()
-    phase = on_phase or (lambda name, total: None)
     profile = load_profile(config.profile)
     from compress.validation.user_metric import load_metric
 
@@ -171,11 +171,11 @@ def validate(
     elif config.teacher is None:
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
 
+    run = ValidationRun(art, profile, config, settings, dataset, teacher, warnings, progress, t_start, user_metric)
     if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
         from compress.validation.remote import validate_remote
 
-        report = validate_remote(remote, art, profile, settings, dataset, teacher, config, warnings, phase, t_start,
-                                 user_metric)
+        report = validate_remote(remote, run)
         return report.model_copy(update={"data": _data_record(config, dataset)})
 
     log.info("loading %s in %s", art.path, runtime_name)
@@ -185,8 +185,7 @@ def validate(
 
     # accuracy, agreement and fidelity
     if dataset is not None:
-        metrics.update(_accuracy(backend, teacher, dataset, profile.measure.eval_batch_size, run_settings, config,
-                                 phase, user_metric, cache_use))
+        metrics.update(_accuracy(backend, run, run_settings, cache_use))
 
     # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
     meas = profile.measure
@@ -210,13 +209,13 @@ def validate(
         if baseline_backend is not None:
             runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
     if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
-        phase("estimating latency (roofline)", None)
-        stats, estimates = _estimate_latency(art, profile, teacher, config, runtime_name, warnings)
+        start_phase(progress, "estimating latency (roofline)")
+        stats, estimates = _estimate_latency(run, runtime_name)
     else:
         stats = measure_interleaved(
             runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
             min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
-            on_progress=phase(f"timing {' and '.join(runs)}", None),
+            progress=progress, phase=f"timing {' and '.join(runs)}",
         )
     env = {
         "host": platform.node(),
@@ -235,34 +234,35 @@ def validate(
     # cold start, peak memory
     cold = None
     if config.cold_start:
-        phase("cold start in a fresh process", None)
+        start_phase(progress, "cold start in a fresh process")
         cold = probe_cold_start(
             art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
         )
-    report = conclude(art, profile, teacher, metrics, stats, cold, env, warnings, t_start)
+    report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
-    return mark_estimated(report, profile, device, estimates, t_start) if estimating else _note_device(report, device)
+    return mark_estimated(report, run, device, estimates) if estimating else _note_device(report, device)
 
 
-def _accuracy(backend, teacher, dataset, bs: int, settings, config: ValidateConfig, phase, user_metric,
-              cache_use: dict[str, Any]) -> dict[str, Any]:
+def _accuracy(backend, run: ValidationRun, settings, cache_use: dict[str, Any]) -> dict[str, Any]:
     """The artifact's outputs on the eval rows against the teacher's (from the cache when this teacher already ran
     on these rows): the task metric (or the user's), agreement, retention, and every output's fidelity."""
     from compress.validation.teacher_outputs import teacher_outputs
 
     m = backend.artifact.manifest
-    cand = predict_all(backend, dataset, bs, phase("evaluating the artifact", len(dataset)))
+    teacher, dataset, bs = run.teacher, run.dataset, run.profile.measure.eval_batch_size
+    cand = predict_all(backend, dataset, bs, start_phase(run.progress, "evaluating the artifact", len(dataset)))
     ref = None
     if teacher is not None:
         ref, cache_use["teacher_outputs"] = teacher_outputs(
-            teacher, dataset, batch_size=bs, threads=settings.threads, use_cache=config.cache, progress=phase)
-    metrics = prediction_metrics(m, cand, ref, dataset.labels, user_metric)
+            teacher, dataset, batch_size=bs, threads=settings.threads, use_cache=run.config.cache,
+            progress=run.progress)
+    metrics = prediction_metrics(m, cand, ref, dataset.labels, run.user_metric)
     if len(m.outputs) > 1 and teacher is not None and "output_fidelity" in metrics:
-        metrics["output_fidelity"].update(_other_outputs(backend, teacher, dataset, bs, settings, phase))
+        metrics["output_fidelity"].update(_other_outputs(backend, run, settings))
     return metrics
 
 
-def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) -> dict[str, Any]:
+def _other_outputs(backend, run: ValidationRun, settings) -> dict[str, Any]:
     """Fidelity of every output but the first against the teacher's same output, where both run their graphs' outputs
     (an adopted file and its artifact: a detector's boxes beside its scores); one more pass over the eval rows."""
     import numpy as np
@@ -271,12 +271,13 @@ def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) 
     from compress.teachers.load import teacher_format
     from compress.runtimes.base import load_runtime
 
+    teacher, dataset, batch_size = run.teacher, run.dataset, run.profile.measure.eval_batch_size
     if teacher_format(teacher) is Format.pytorch:  # a PyTorch teacher gives its primary output only
         return {}
     ref_backend = load_runtime(teacher.as_artifact(), settings=settings)
     got: dict[str, list] = {}
     want: dict[str, list] = {}
-    tick = phase("comparing the other outputs", len(dataset))
+    tick = start_phase(run.progress, "comparing the other outputs", len(dataset))
     try:
         for items, pairs, _ in dataset.batches(batch_size):
             feeds = backend.encode(items, pairs)
@@ -286,8 +287,7 @@ def _other_outputs(backend, teacher, dataset, batch_size: int, settings, phase) 
             for name in a.keys() & b.keys():
                 got.setdefault(name, []).append(a[name])
                 want.setdefault(name, []).append(b[name])
-            if tick:
-                tick(len(items))
+            tick(len(items))
     finally:
         ref_backend.close()
     primary = backend.artifact.manifest.outputs[0].name
@@ -360,12 +360,12 @@ def _point_stats(ms: float, batch_size: int) -> LatencyStats:
                         batch_size=batch_size, throughput=batch_size * 1000.0 / ms if ms > 0 else 0.0)
 
 
-def _estimate_latency(art: Artifact, profile, teacher, config: ValidateConfig, runtime_name: str,
-                      warnings: list[str]) -> tuple[dict[str, LatencyStats], dict[str, Any]]:
-    """Roofline estimates of the artifact (and the teacher's FP32 baseline) on ``profile``'s peaks."""
+def _estimate_latency(run: ValidationRun, runtime_name: str) -> tuple[dict[str, LatencyStats], dict[str, Any]]:
+    """Roofline estimates of the artifact (and the teacher's FP32 baseline) on the profile's peaks."""
     from compress.errors import EdgeCompressError
     from compress.estimates.roofline import estimate, host_peaks, profile_peaks
 
+    art, profile, teacher, config, warnings = run.art, run.profile, run.teacher, run.config, run.warnings
     meas = profile.measure
     try:
         peaks = host_peaks() if profile.source == "detected" else profile_peaks(profile)
@@ -392,8 +392,7 @@ def _estimated_latency(est, label: str) -> dict[str, Any]:
             "note": "a roofline gives one figure: p90/p95/p99 equal p50 (no tail)"}
 
 
-def mark_estimated(report: ValidationReport, profile, device, estimates: dict[str, Any],
-                   t_start: float) -> ValidationReport:
+def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimates: dict[str, Any]) -> ValidationReport:
     """Turn a local run's report into an estimate-mode report.
 
     Latency, throughput, speedup and cold start become the roofline estimates, flagged ``estimated``
@@ -406,6 +405,7 @@ def mark_estimated(report: ValidationReport, profile, device, estimates: dict[st
     from compress.estimates.roofline import MEASURED_ERROR, estimate_cold_start
     from compress.profiles.load import detect_host
 
+    profile = run.profile
     met = dict(report.metrics)
     env = dict(report.environment)
     label = f"estimate (roofline from {profile.name} peaks)"
@@ -475,7 +475,7 @@ def mark_estimated(report: ValidationReport, profile, device, estimates: dict[st
     env["latency_source"] = label
     return report.model_copy(update={
         "verdict": verdict, "budgets": budgets, "metrics": met, "warnings": warnings, "environment": env,
-        "seconds": round(time.perf_counter() - t_start, 2),
+        "seconds": round(time.perf_counter() - run.t_start, 2),
     })
 
 

@@ -39,15 +39,16 @@ from typing import Any
 import numpy as np
 
 from compress import __version__
-from compress.artifact import Artifact, sha256_file
+from compress.artifact import Artifact
+from compress.device.shipped import sha256_file
 from compress.interrupt import sigterm_as_interrupt
 from compress.device.measure import LatencyStats
-from compress.validation.ssh import ARCH_NAMES, REMOTE_RUNTIMES, RUNNER, DeviceSession, RemoteError, RemoteTarget
+from compress.progress import start_phase
+from compress.validation.common import ValidationRun
+from compress.validation.ssh import (ARCH_NAMES, DEVICE, REMOTE_RUNTIMES, RUNNER, DeviceSession, RemoteError,
+                                   RemoteTarget)
 
 log = logging.getLogger(__name__)
-
-DEVICE = Path(__file__).resolve().parents[1] / "device" / "shipped.py"  # shared with the bundle handler; ships beside the runner
-
 
 # test hook: called as hook(target, workdir) after the transfer and before the run
 _after_transfer: Callable[[RemoteTarget, str], None] | None = None
@@ -85,8 +86,7 @@ def _ship_model(art: Artifact, prefix: str, files: dict[str, Path], hashes: dict
     hashes[f"{prefix}/manifest.json"] = sha256_file(manifest)
 
 
-def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, config, runtime: str, phase,
-             ) -> tuple[dict[str, Path], str, np.ndarray | None]:
+def _prepare(tmpdir: Path, run: ValidationRun, runtime: str) -> tuple[dict[str, Path], str, np.ndarray | None]:
     """Tokenize, run the teacher, export the baseline, write inputs.npz and job.json into ``tmpdir``.
 
     Returns the files to send (remote relative path -> local path), job.json's sha256 and the teacher's
@@ -95,6 +95,8 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     from compress.data.tokenization import encoder_for
     from compress.validation.common import baseline_artifact, latency_texts
 
+    art, profile, settings, config = run.art, run.profile, run.settings, run.config
+    dataset, teacher = run.dataset, run.teacher
     meas = profile.measure
     encoder = encoder_for(art)
     arrays: dict[str, np.ndarray] = {}
@@ -109,7 +111,7 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
             from compress.validation.teacher_outputs import teacher_outputs
 
             ref, _ = teacher_outputs(teacher, dataset, batch_size=meas.eval_batch_size, threads=settings.threads,
-                                     use_cache=config.cache, progress=phase)
+                                     use_cache=config.cache, progress=run.progress)
     lat_texts = latency_texts(dataset.inputs if dataset is not None else None, meas.batch_size, meas.sequence_length,
                               art.manifest.preprocess)
     for name, arr in encoder.encode(lat_texts, pad_to=meas.sequence_length).items():
@@ -158,12 +160,12 @@ def _prepare(tmpdir: Path, art: Artifact, profile, settings, dataset, teacher, c
     return files, sha256_file(tmpdir / "job.json"), ref
 
 
-def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, dataset, teacher, config,
-                    warnings: list[str], phase, t_start: float, user_metric=None):
+def validate_remote(target: RemoteTarget, run: ValidationRun):
     """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load)."""
     from compress.validation.metrics import prediction_metrics
     from compress.validation.common import conclude
 
+    art, profile, settings, dataset, warnings = run.art, run.profile, run.settings, run.dataset, run.warnings
     m = art.manifest
     meas = profile.measure
     runtime = REMOTE_RUNTIMES[art.format]
@@ -171,11 +173,11 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgecompress-remote-") as tmp:
         try:
             # the device first: a missing runtime or a wrong architecture fails before any work here
-            phase(f"checking {target.spec}", None)
+            start_phase(run.progress, f"checking {target.spec}")
             device.preflight(runtime, settings.provider, str(art.format))
             _check_arch(target, profile, device.facts)
             device_match = _identify(target, profile, device.facts, warnings)
-            files, job_sha, ref = _prepare(Path(tmp), art, profile, settings, dataset, teacher, config, runtime, phase)
+            files, job_sha, ref = _prepare(Path(tmp), run, runtime)
             total = sum(p.stat().st_size for p in files.values())
             need = total + max(1 << 20, total // 20)
             if device.avail_bytes is not None and device.avail_bytes < need:
@@ -184,11 +186,11 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
                     f"{os.path.dirname(device.workdir)}, {need / 2**20:.1f} MiB needed",
                     hint="free space there, or point TMPDIR on the device at a bigger disk",
                 )
-            phase(f"sending {total / 2**20:.1f} MiB to {target.spec}", None)
+            start_phase(run.progress, f"sending {total / 2**20:.1f} MiB to {target.spec}")
             transfer_s = device.send(files)
             if _after_transfer is not None:
                 _after_transfer(target, device.workdir)
-            phase(f"measuring on {target.spec}", None)
+            start_phase(run.progress, f"measuring on {target.spec}")
             res = device.run(job_sha)
         finally:
             device.cleanup()
@@ -198,7 +200,7 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
         cand = np.load(io.BytesIO(base64.b64decode(res["outputs_npy_b64"])), allow_pickle=False)
         if len(cand) != len(dataset):
             raise RemoteError(f"the device returned {len(cand)} outputs for {len(dataset)} eval rows")
-        metrics.update(prediction_metrics(m, cand, ref, dataset.labels, user_metric))
+        metrics.update(prediction_metrics(m, cand, ref, dataset.labels, run.user_metric))
     stats = {name: LatencyStats.from_samples(s, meas.batch_size) for name, s in res["latency_s"].items()}
     dev = res.get("device") or device.facts
     rt = res.get("runtime") or {}
@@ -234,7 +236,7 @@ def validate_remote(target: RemoteTarget, art: Artifact, profile, settings, data
             "size": "artifact files (sha256 verified on the device)",
         },
     }
-    return conclude(art, profile, teacher, metrics, stats, res.get("cold_start"), env, warnings, t_start)
+    return conclude(run, metrics, stats, res.get("cold_start"), env)
 
 
 def _identify(target: RemoteTarget, profile, facts: dict[str, Any], warnings: list[str]) -> dict[str, Any]:

@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compress import __version__
+from compress.progress import Advance, Progress, start_phase
 from compress.validation import cache
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,10 @@ def _write(path: Path, key: dict[str, Any], outputs: np.ndarray) -> None:
 
 
 def teacher_outputs(teacher, dataset, *, batch_size: int, threads: int | None, use_cache: bool = True,
-                    progress: Callable[[str, int | None], Callable[[float], None] | None] | None = None,
-                    ) -> tuple[np.ndarray, str]:
+                    progress: Progress | None = None) -> tuple[np.ndarray, str]:
     """The teacher's outputs (logits or pooled embeddings) on ``dataset`` and what the cache did:
-    ``hit`` (read), ``stored`` (computed and written) or ``off`` (``use_cache`` False: computed only)."""
+    ``hit`` (read), ``stored`` (computed and written) or ``off`` (``use_cache`` False: computed only).
+    ``progress`` hears the phase "evaluating the teacher" counted by rows when the teacher runs."""
     key = cache_key(teacher, dataset, batch_size, threads) if use_cache else None
     path = _path(key) if key is not None else None
     if path is not None:
@@ -135,13 +135,13 @@ def teacher_outputs(teacher, dataset, *, batch_size: int, threads: int | None, u
     return outputs, "stored"
 
 
-def _run(teacher, dataset, batch_size: int, threads: int | None, progress) -> np.ndarray:
+def _run(teacher, dataset, batch_size: int, threads: int | None, progress: Progress | None) -> np.ndarray:
     from compress.artifact import Format
     from compress.teachers.load import teacher_format
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
 
-    tick = progress("evaluating the teacher", len(dataset)) if progress else None
+    tick = start_phase(progress, "evaluating the teacher", len(dataset)) if progress else None
     if teacher_format(teacher) is Format.pytorch:
         backend = TorchBackend.from_teacher(teacher, RuntimeSettings(threads=threads))
     else:  # an adopted model file runs in its own runtime
@@ -152,8 +152,9 @@ def _run(teacher, dataset, batch_size: int, threads: int | None, progress) -> np
         backend.close()
 
 
-def predict_all(backend, dataset, batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
-    """A runtime backend's outputs on every row of ``dataset``, in order; ``progress(rows)`` after each batch."""
+def predict_all(backend, dataset, batch_size: int, progress: Advance | None) -> np.ndarray:
+    """A runtime backend's outputs on every row of ``dataset``, in order; ``progress(rows)`` after each batch (a
+    counted phase's :data:`compress.progress.Advance`)."""
     outs = []
     for texts, pairs, _ in dataset.batches(batch_size):
         outs.append(backend.predict(backend.encode(texts, pairs)))

@@ -392,7 +392,7 @@ def test_limits_without_cgroups_say_what_was_not_enforced(monkeypatch):
 
 
 def test_out_of_memory_under_the_function_limit_is_a_failure(int8_artifact, tmp_path):
-    import compress.packaging.bundle as pkg
+    import compress.packaging.coldstart as pkg
 
     if "memory" not in pkg._own_cgroups():
         pytest.skip("no memory cgroup can be created here, so the memory limit is not enforced")
@@ -413,7 +413,7 @@ def test_device_code_has_one_source(offline_bundle):
     from importlib import resources
 
     from compress.device.shipped import SHIPPED_NAME
-    from compress.validation.remote import DEVICE
+    from compress.validation.ssh import DEVICE
 
     _, _, extracted = offline_bundle
     source = (resources.files("compress.device") / "shipped.py").read_bytes()

@@ -179,6 +179,7 @@ def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_
     from compress.validation.remote import _prepare
     from compress.runtimes.base import RuntimeSettings
     from compress.validation.local import ValidateConfig
+    from compress.validation.common import ValidationRun
 
     prof = load_profile(str(profile))
     labels = int8_artifact.manifest.labels
@@ -188,7 +189,7 @@ def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_
     refs = []
     for i in range(2):
         (tmp_path / str(i)).mkdir()
-        refs.append(_prepare(tmp_path / str(i), int8_artifact, prof, RuntimeSettings(threads=2), data, teacher, config,
-                             "onnxruntime", lambda name, total: None)[2])
+        run = ValidationRun(int8_artifact, prof, config, RuntimeSettings(threads=2), data, teacher, [], None, 0.0)
+        refs.append(_prepare(tmp_path / str(i), run, "onnxruntime")[2])
         assert sum(teacher_runs) == len(SENTENCES)  # the first call ran the teacher, the second did not
     assert (refs[0] == refs[1]).all()
