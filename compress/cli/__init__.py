@@ -15,19 +15,15 @@ import sys
 import click
 
 from compress import __version__
+from compress.recipes.verbs import VERBS
 
-# command name -> "module:attribute"
+# command name -> "module:attribute": the recipe verbs' from their table, then the commands that are only commands
 COMMANDS: dict[str, str] = {
-    "distill": "compress.cli.distill:distill_cmd",
-    "export": "compress.cli.export:export_cmd",
-    "prune": "compress.cli.prune:prune_cmd",
-    "quantize": "compress.cli.quantize:quantize_cmd",
-    "validate": "compress.cli.validate:validate_cmd",
+    **{name: verb.command for name, verb in VERBS.items()},
     "inspect": "compress.cli.inspect:inspect_cmd",
     "profiles": "compress.cli.profiles:profiles",
     "doctor": "compress.cli.doctor:doctor_cmd",
     "demo": "compress.cli.demo:demo_cmd",
-    "package": "compress.cli.package:package_cmd",
     "gate": "compress.cli.gate:gate_cmd",
     "run": "compress.cli.run:run_cmd",
     "search": "compress.cli.search:search_cmd",

@@ -24,21 +24,22 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compress.errors import EdgeCompressError, OutputExistsError
+from compress.progress import Progress, sink
 from compress.validation.gate import RUN_INDEX, RUN_MARKER
 from compress.recipes.plan import Job, Plan, make_plan, rough_seconds
 from compress.recipes.schema import read_recipe
+from compress.recipes.verbs import VERBS, StepContext
 
 log = logging.getLogger(__name__)
 
 MARKER, INDEX = RUN_MARKER, RUN_INDEX
 LAST_FINISHED = ".last-finished.json"  # the index of the last run that finished: the gate's "previous"
-Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _output_path(run_dir: Path, job: Job) -> Path:
     """Where the job writes. A validation writes a new directory per measurement, so a re-measured report never
     replaces the one the gate compares it with."""
     out = run_dir / "steps" / job.dirname
-    if job.verb == "validate":
+    if VERBS[job.verb].stamped:
         out = out / time.strftime("%Y%m%d-%H%M%S")
         while out.exists():
             out = out.with_name(out.name + "-1")
@@ -141,7 +142,7 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
     previous = _read_json(run / LAST_FINISHED)  # the gate's "previous": the last run that finished
     if recipe_path.resolve() != (run / "recipe.yaml").resolve():
         shutil.copyfile(recipe_path, run / "recipe.yaml")
-    say = progress or (lambda d: None)
+    say = sink(progress)
     index: dict[str, Any] = {
         "recipe": plan.recipe.name, "recipe_file": str(recipe_path.resolve()), "teacher": plan.teacher,
         "teacher_sha256": plan.teacher_digest, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -218,99 +219,14 @@ def _verdict(jobs: list[dict[str, Any]], gate_rows: list[dict[str, Any]]) -> str
 # -- one job ----------------------------------------------------------------------------------------------------
 
 
-def _phases(say: Progress):
-    """validate's ``on_phase(name, total)`` as progress dicts."""
-
-    def on_phase(name: str, total: int | None):
-        if not total:
-            say({"phase": name, "label": name})
-            return None
-        done = [0]
-
-        def advance(k: float) -> None:
-            done[0] += int(k)
-            say({"phase": name, "label": name, "done": done[0], "total": total})
-
-        return advance
-
-    return on_phase
-
-
 def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[str, Any]:
-    from compress.recipes.schema import stage_config_model
-
     src = plan.teacher if job.parent is None else str(run / completed_record(run, plan.job(job.parent))["path"])
-    config = stage_config_model(job.verb).model_validate(job.settings)
+    verb = VERBS[job.verb]
+    config = verb.config_model().model_validate(job.settings)
     force = out.exists()  # a --rerun of a cached job, or a leftover of an interrupted one
-    if job.verb == "distill":
-        from compress.stages.distill import distill
-        from compress.stages.distill.config import RUN_CONFIG
-
-        work = run / "work" / job.dirname  # checkpoints: an interrupted distillation resumes from them
-        # one teacher-output cache per run directory: every student of this teacher on this data reuses the rows
-        # the teacher already labelled (a cache whose key differs is rebuilt, never misread)
-        distill(src, job.data["train"], out, config, eval_data=job.data.get("eval_data"), run_dir=work,
-                resume=(work / RUN_CONFIG).is_file(), force=force, progress=say, teacher_cache=run / "teacher-cache")
-        return _artifact_summary(out)
-    if job.verb == "prune":
-        from compress.stages.prune import prune
-
-        if config.teacher and not config.teacher_cache and Path(config.teacher).resolve() == Path(plan.teacher).resolve():
-            # recoveries from the recipe's teacher share its outputs (apart from the students' cache: other rows)
-            config = config.model_copy(update={"teacher_cache": str(run / "teacher-cache-recovery")})
-        prune(src, out, config, train=job.data.get("train"), eval_data=job.data.get("eval_data"), force=force,
-              progress=say)
-        return _artifact_summary(out)
-    if job.verb == "export":
-        from compress.stages.export import export
-
-        export(src, out, config, force=force)
-        return _artifact_summary(out)
-    if job.verb == "quantize":
-        from compress.artifact import load_artifact
-        from compress.stages.quantize import quantize
-        from compress.stages.quantize.graph import is_static_first
-
-        parent_art = load_artifact(src)
-        parent = parent_art.manifest
-        # where calibration applies: static INT8 (asked for, or an image or array model's default) and NNCF (OpenVINO)
-        static = config.mode == "static" or ("mode" not in job.settings and is_static_first(parent_art)) \
-            or (parent.format == "openvino" and not config.weights_only)
-        if job.data.get("calibration") and static and config.precision == "int8":
-            config = config.model_copy(update={"calibration": job.data["calibration"]})
-        if "strict" not in job.settings:  # a recipe gates a release: a collapsed INT8 stops it
-            config = config.model_copy(update={"strict": True})
-        quantize(src, out, config, force=force)
-        return _artifact_summary(out)
-    if job.verb == "validate":
-        from compress.reports.render import write_report
-        from compress.validation.local import validate
-
-        report = validate(src, config, on_phase=_phases(say))
-        write_report(report, out / "report")  # staged, then renamed; the job's record is written after it
-        m = report.metrics
-        return {"verdict": report.verdict, "profile": report.profile.get("name"),
-                "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
-                "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(run))}
-    from compress.artifact import staged_dir
-    from compress.packaging.bundle import package
-    from compress.packaging.report import write_package_report
-
-    with staged_dir(out, force=True) as tmp:  # bundle and reports appear together, or not at all
-        report = package(src, tmp / "bundle.zip", config, progress=say)
-        write_package_report(report, tmp / "bundle.zip", tmp / "report")
-    return {"verdict": report.verdict, "profile": report.profile.get("name"),
-            "zipped_mb": round(report.bundle["zipped_bytes"] / 2**20, 2),
-            "unzipped_mb": round(report.bundle["unzipped_bytes"] / 2**20, 2),
-            "cold_start_ms": ((report.cold_start or {}).get("median") or {}).get("total_ms"),
-            "report": str((out / "report" / "report.json").relative_to(run))}
-
-
-def _artifact_summary(path: Path) -> dict[str, Any]:
-    from compress.artifact import load_artifact
-
-    art = load_artifact(path, verify=False)
-    return {"format": str(art.format), "precision": str(art.precision), "size_mb": round(art.size_bytes() / 2**20, 2)}
+    ctx = StepContext(run=run, work=run / "work" / job.dirname, teacher=plan.teacher, data=job.data, force=force,
+                      say=say)
+    return verb.runner()(src, config, out, ctx)
 
 
 # -- the gate over a run ------------------------------------------------------------------------------------------

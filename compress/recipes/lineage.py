@@ -12,16 +12,11 @@ from typing import Any
 
 import yaml
 
-from compress.recipes.schema import VERBS, stage_config_model
+from compress.recipes.verbs import STEP_VERBS, VERBS
 
 
 def _name(stage: str, config: dict[str, Any], taken: set[str]) -> str:
-    base = {"distill": "student", "prune": "pruned"}.get(stage)
-    if stage == "export":
-        base = str(config.get("format") or "onnx")
-    if stage == "quantize":
-        base = f"quantized-{config.get('precision') or 'int8'}"
-    base = base or stage
+    base = VERBS[stage].name_for(stage, config)
     name, n = base, 2
     while name in taken:
         name, n = f"{base}-{n}", n + 1
@@ -30,8 +25,8 @@ def _name(stage: str, config: dict[str, Any], taken: set[str]) -> str:
 
 
 def _non_default(stage: str, config: dict[str, Any]) -> dict[str, Any]:
-    model = stage_config_model(stage)
-    defaults = model().model_dump(mode="json") if stage not in ("package",) else {}
+    model = VERBS[stage].config_model()
+    defaults = model().model_dump(mode="json")  # a step's settings: every option has a default
     fields = model.model_fields
     return {k: v for k, v in config.items() if k in fields and v != defaults.get(k)}
 
@@ -49,7 +44,7 @@ def recipe_from_artifact(path: Path | str) -> str:
     parent = "teacher"
     skipped = []
     for rec in m.steps:
-        if rec.stage not in VERBS:
+        if rec.stage not in STEP_VERBS:
             skipped.append(rec.stage)
             continue
         name = _name(rec.stage, rec.config, taken)
@@ -75,7 +70,7 @@ def recipe_from_artifact(path: Path | str) -> str:
     ]
     if skipped:
         head.append(f"# Steps with no recipe verb were left out: {', '.join(skipped)}")
-    if not data and any(s in ("distill", "prune") for s in (r.stage for r in m.steps)):
+    if not data and any(s in STEP_VERBS and VERBS[s].trains for s in (r.stage for r in m.steps)):
         head.append("# The data the distillation/pruning read is not recorded: set data.train and data.eval")
     return "\n".join(head) + "\n" + yaml.safe_dump(recipe, sort_keys=False, width=110)
 

@@ -19,13 +19,11 @@ from typing import Any
 from compress.artifact import MANIFEST
 from compress.errors import ConfigError
 from compress.teachers.images import MODULE_FILES, PROGRAM_FILE
-from compress.recipes.schema import PATH_FIELDS, TEACHER, Recipe, resolve_path
+from compress.recipes.schema import Recipe, resolve_path
+from compress.recipes.verbs import MEASURING_VERBS, TEACHER, VERBS
 
 #: names in a path field that mean one of the recipe's data files
 DATA_NAMES = ("train", "eval", "calibration")
-#: a rough cost (seconds on 2 CPU cores) of a job never run before, for --dry-run; previous runs' timings win
-ROUGH_SECONDS = {"export": 30, "quantize": 20, "validate": 90, "package": 60, "prune": 60}
-SECONDS_PER_TRAIN_STEP = 0.5  # a 3-layer MiniLM student, batch 32, 2 threads
 
 
 #: verbs whose output changed under the same settings and edgecompress version: the revision joins their jobs' keys
@@ -53,7 +51,7 @@ class Job:
 
     @property
     def measures(self) -> bool:
-        return self.verb in ("validate", "package")
+        return VERBS[self.verb].measures
 
 
 @dataclass
@@ -76,7 +74,8 @@ class _Digests:
 
     def __call__(self, path: str) -> str:
         if path not in self.memo:
-            from compress.artifact import digest_dir, sha256_file
+            from compress.artifact import digest_dir
+            from compress.device.shipped import sha256_file
 
             p = Path(path)
             if p.is_dir():
@@ -90,7 +89,7 @@ class _Digests:
 
 def _resolve_settings(verb: str, settings: dict[str, Any], data: dict[str, str], base: Path) -> dict[str, Any]:
     out = dict(settings)
-    for f in PATH_FIELDS[verb]:
+    for f in VERBS[verb].paths:
         v = out.get(f)
         if isinstance(v, str):
             if v in DATA_NAMES:
@@ -120,7 +119,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
 
     model_file = is_model_file(teacher)  # an ONNX file made elsewhere: adopted by export; nothing to train
     if model_file:
-        trained = [n for n, st in recipe.steps.items() if st.verb in ("distill", "prune") and st.from_ == TEACHER]
+        trained = [n for n, st in recipe.steps.items() if VERBS[st.verb].trains and st.from_ == TEACHER]
         if trained:
             raise ConfigError(f"steps.{trained[0]}: {recipe.steps[trained[0]].verb} needs a trainable teacher; "
                               f"teacher: {Path(teacher).name} is a model file (no PyTorch source)",
@@ -139,30 +138,14 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
     digest = _Digests()
     jobs: list[Job] = []
     for name, step in recipe.steps.items():
-        settings = _resolve_settings(step.verb, step.settings, data, base)
-        io: dict[str, str] = {}
-        if step.verb in ("distill", "prune"):
-            if "train" in data:
-                io["train"] = data["train"]
-            elif step.verb == "distill":
-                raise ConfigError(f"steps.{name}: distill needs transfer data", hint="set data.train in the recipe")
-            if "eval" in data:
-                io["eval_data"] = data["eval"]
-        if step.verb == "export":
-            settings.setdefault("sample_data", data.get("eval") or data.get("train"))
-        if step.verb == "quantize":
-            settings.setdefault("sample_data", data.get("eval") or data.get("train"))
-            if "calibration" not in settings and data.get("calibration"):
-                io["calibration"] = data["calibration"]  # used where calibration applies (static, images)
+        settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher)
+        io = _inputs(name, step.verb, settings, data)
         settings = {k: v for k, v in settings.items() if v is not None}
         jobs.append(Job(name, step.verb, None if step.from_ == TEACHER else step.from_, settings, io))
-    for verb, spec in [(v, t) for v in ("validate", "package") for t in recipe.targets(v)]:
+    for verb, spec in [(v, t) for v in MEASURING_VERBS for t in recipe.targets(v)]:
         for art in spec.artifacts or recipe.deployable():
             for prof in spec.profiles:
-                settings = _resolve_settings(verb, spec.options, data, base)
-                if verb == "validate":
-                    settings.setdefault("data", data.get("eval"))
-                    settings.setdefault("teacher", teacher)
+                settings = _defaults(verb, _resolve_settings(verb, spec.options, data, base), data, teacher)
                 settings = {k: v for k, v in settings.items() if v is not None}
                 name = f"{verb}/{art}@{_profile_label(prof)}"
                 if any(j.name == name for j in jobs):
@@ -186,7 +169,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
             if REVISIONS.get(j.verb):
                 payload["revision"] = REVISIONS[j.verb]
             if j.measures:
-                from compress.device.cpu import cpu_model
+                from compress.device.shipped import cpu_model
 
                 if j.profile not in profiles:
                     profiles[j.profile] = _profile_facts(j.profile, base)
@@ -198,6 +181,23 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
     depth = {j.name: _depth(j, jobs) for j in jobs}
     jobs.sort(key=lambda j: depth[j.name])
     return Plan(recipe, base, teacher, teacher_digest, jobs)
+
+
+def _defaults(verb: str, settings: dict[str, Any], data: dict[str, str], teacher: str) -> dict[str, Any]:
+    """``settings`` with the verb's unset options taken from the recipe's data (or its teacher), first set wins."""
+    given = {**data, TEACHER: teacher}
+    for option, names in VERBS[verb].defaults.items():
+        settings.setdefault(option, next((given[n] for n in names if given.get(n)), None))
+    return settings
+
+
+def _inputs(step: str, verb: str, settings: dict[str, Any], data: dict[str, str]) -> dict[str, str]:
+    """The recipe's data files a step reads beside its settings (where its settings name none)."""
+    for name, what in VERBS[verb].needs.items():
+        if name not in data:
+            raise ConfigError(f"steps.{step}: {verb} needs {what}", hint=f"set data.{name} in the recipe")
+    # quantize's calibration: used where calibration applies (static, images)
+    return {key: data[name] for key, name in VERBS[verb].data.items() if key not in settings and data.get(name)}
 
 
 def _profile_label(profile: str) -> str:
@@ -218,7 +218,7 @@ def _depth(job: Job, jobs: list[Job]) -> int:
 def _paths(job: Job, teacher: str) -> dict[str, str]:
     """Every file or directory the job reads besides its input."""
     out = dict(job.data)
-    for f in PATH_FIELDS[job.verb]:
+    for f in VERBS[job.verb].paths:
         if f == "teacher_cache":  # a cache of what the teacher and data already key: its content changes no output
             continue
         if isinstance(job.settings.get(f), str) and job.settings[f] != teacher:  # the teacher: in the parent chain
@@ -228,18 +228,4 @@ def _paths(job: Job, teacher: str) -> dict[str, str]:
 
 def rough_seconds(job: Job) -> float:
     """A rough cost for a job never run before (the dry run labels it an estimate)."""
-    if job.verb == "distill":
-        rows = min(_train_rows(job.data.get("train")), int(job.settings.get("max_train_rows") or 10**9))
-        return rows * (1 + int(job.settings.get("augment", 0)) + int(job.settings.get("augment_join", 0))) * float(
-            job.settings.get("epochs", 3.0)) / int(job.settings.get("batch_size", 32)) * SECONDS_PER_TRAIN_STEP \
-            if "max_steps" not in job.settings else job.settings["max_steps"] * SECONDS_PER_TRAIN_STEP
-    if job.verb == "prune":
-        return ROUGH_SECONDS["prune"] + int(job.settings.get("recover_steps", 0)) * SECONDS_PER_TRAIN_STEP
-    return ROUGH_SECONDS[job.verb]
-
-
-def _train_rows(path: str | None) -> int:
-    if not path or not Path(path).is_file():
-        return 1000
-    with open(path, "rb") as f:
-        return max(sum(1 for _ in f) - 1, 1)
+    return VERBS[job.verb].rough_seconds(job.settings, job.data)

@@ -30,28 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from compress.errors import ConfigError
 from compress.profiles.load import looks_like_path, UniqueKeyLoader  # duplicate keys refused, as in profiles
+from compress.recipes.verbs import MEASURING_VERBS, STEP_VERBS, TEACHER, VERBS
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
-TEACHER = "teacher"
 BUILTIN = "builtin:"
-#: verb -> the verbs (or the teacher) whose output it may take
-TAKES_FROM = {
-    "distill": (TEACHER,),
-    "prune": (TEACHER, "distill", "prune"),
-    "export": (TEACHER, "distill", "prune", "export"),
-    "quantize": ("export",),
-}
-VERBS = tuple(TAKES_FROM)
 ALIASES = {"from_": "from", "validate_": "validate"}  # pydantic field -> the key written in the file
-#: config fields that hold a path, by verb (resolved against the recipe file; ``builtin:`` expanded)
-PATH_FIELDS = {
-    "distill": ("student", "teacher_cache"),
-    "prune": ("vocab_corpus", "importance_data", "teacher", "teacher_cache"),
-    "export": ("sample_data", "calibration", "timing_cache"),
-    "quantize": ("calibration", "sample_data", "data"),
-    "validate": ("data", "teacher", "ssh_config"),
-    "package": (),
-}
 
 
 class DataSpec(BaseModel):
@@ -73,14 +56,14 @@ class StepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_verb(self) -> StepSpec:
-        given = [v for v in VERBS if getattr(self, v) is not None]
+        given = [v for v in STEP_VERBS if getattr(self, v) is not None]
         if len(given) != 1:
-            raise ValueError(f"a step needs exactly one of {', '.join(VERBS)} (got {', '.join(given) or 'none'})")
+            raise ValueError(f"a step needs exactly one of {', '.join(STEP_VERBS)} (got {', '.join(given) or 'none'})")
         return self
 
     @property
     def verb(self) -> str:
-        return next(v for v in VERBS if getattr(self, v) is not None)
+        return next(v for v in STEP_VERBS if getattr(self, v) is not None)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -114,21 +97,20 @@ class Recipe(BaseModel):
     gate: GateSpec | None = None
 
     def deployable(self) -> list[str]:
-        return [n for n, s in self.steps.items() if s.verb in ("export", "quantize")]
+        return [n for n, s in self.steps.items() if VERBS[s.verb].deployable]
 
     def targets(self, verb: str) -> list[TargetsSpec]:
         """The validate: or package: entries (one mapping, or a list of them: different profiles per artifact)."""
-        spec = self.validate_ if verb == "validate" else self.package
+        spec = getattr(self, VERBS[verb].section)
         return [] if spec is None else spec if isinstance(spec, list) else [spec]
 
     def format_of(self, step: str) -> str:
         """The format a step's artifact will have (quantize keeps its input's)."""
         s = self.steps[step]
-        if s.verb == "export":
-            return str(s.settings.get("format") or "onnx")
-        if s.verb == "quantize":
+        verb = VERBS[s.verb]
+        if verb.format is None:
             return self.format_of(s.from_)
-        return "pytorch"
+        return str((s.settings.get(verb.format_option) if verb.format_option else None) or verb.format)
 
 
 # -- reading --------------------------------------------------------------------------------------------------
@@ -185,23 +167,6 @@ def _pydantic(label: str, root, err: ValidationError, prefix: tuple = (), hint: 
     _raise(label, root, loc, msg, hint or "see `edgecompress run --help` and the README's Recipes section")
 
 
-def stage_config_model(verb: str):
-    """The pydantic settings model a verb's options are checked against."""
-    if verb == "distill":
-        from compress.stages.distill.config import DistillConfig as M
-    elif verb == "prune":
-        from compress.stages.prune.config import PruneConfig as M
-    elif verb == "export":
-        from compress.stages.export.config import ExportConfig as M
-    elif verb == "quantize":
-        from compress.stages.quantize.config import QuantizeConfig as M
-    elif verb == "validate":
-        from compress.validation.local import ValidateConfig as M
-    else:
-        from compress.packaging.config import PackageConfig as M
-    return M
-
-
 def read_recipe(path: Path | str) -> Recipe:
     """Read and check a recipe file. Every problem is one :class:`RecipeError` naming file, line and field."""
     p = Path(path)
@@ -238,7 +203,7 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
         if not re.match(NAME, name) or name == TEACHER:
             _raise(label, root, ("steps", name), f"{name!r} is not a step name",
                    "lowercase letters, digits, - and _; 'teacher' names the recipe's teacher")
-        model = stage_config_model(step.verb)
+        model = VERBS[step.verb].config_model()
         try:
             model.model_validate(step.settings)
         except ValidationError as e:
@@ -249,10 +214,11 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
             _raise(label, root, ("steps", name, "from_"), f"no step named {parent!r}",
                    f"name one of: teacher, {', '.join(n for n in steps if n != name)}")
         parent_verb = TEACHER if parent == TEACHER else steps[parent].verb
-        if parent_verb not in TAKES_FROM[step.verb]:
+        takes_from = VERBS[step.verb].takes_from
+        if parent_verb not in takes_from:
             what = "the teacher" if parent == TEACHER else f"{parent_verb} step {parent!r}"
             _raise(label, root, ("steps", name, "from_"), f"{step.verb} cannot take the output of {what}",
-                   f"{step.verb} takes the output of: {', '.join(TAKES_FROM[step.verb])}")
+                   f"{step.verb} takes the output of: {', '.join(takes_from)}")
     # a cycle of from: links
     for name in steps:
         seen, cur = {name}, steps[name].from_
@@ -261,20 +227,20 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
                 _raise(label, root, ("steps", name, "from_"), "the from: links form a cycle", "make one step start from teacher")
             seen.add(cur)
             cur = steps[cur].from_
-    for section in ("validate_", "package"):
-        verb = "validate" if section == "validate_" else "package"
+    for verb in MEASURING_VERBS:
+        section = VERBS[verb].section
         specs = recipe.targets(verb)
         for n, spec in enumerate(specs):
             at = (section, n) if isinstance(getattr(recipe, section), list) else (section,)
             for i, a in enumerate(spec.artifacts or []):
-                if a not in steps or steps[a].verb not in ("export", "quantize"):
+                if a not in steps or not VERBS[steps[a].verb].deployable:
                     _raise(label, root, (*at, "artifacts", i), f"{a!r} is not an export or quantize step",
                            f"name one of: {', '.join(recipe.deployable()) or '(none: add an export step)'}")
             if "profile" in spec.options:
                 _raise(label, root, (*at, "options", "profile"), "the profiles are listed under profiles:",
                        "remove profile from options")
             try:
-                stage_config_model(verb).model_validate({"profile": spec.profiles[0], **spec.options})
+                VERBS[verb].config_model().model_validate({"profile": spec.profiles[0], **spec.options})
             except ValidationError as e:
                 _pydantic(label, root, e, (*at, "options"), hint=f"the options of `edgecompress {verb} --help`, in snake_case")
             if not (spec.artifacts or recipe.deployable()):

@@ -1,0 +1,93 @@
+"""Each verb as the recipe executor calls it: ``run(source, config, out, ctx) -> summary``.
+
+One adapter per verb, named in :data:`compress.recipes.verbs.VERBS`: it calls the verb on ``source`` (the teacher or
+the output of the job it takes), writes ``out``, and returns the figures the run's index shows. What only a recipe
+does lives here (the run directory's shared caches, a strict parity check); what the verb decides is the verb's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress.recipes.verbs import StepContext
+
+
+def run_distill(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import RUN_CONFIG
+
+    work = ctx.work  # checkpoints: an interrupted distillation resumes from them
+    # one teacher-output cache per run directory: every student of this teacher on this data reuses the rows
+    # the teacher already labelled (a cache whose key differs is rebuilt, never misread)
+    distill(source, ctx.data["train"], out, config, eval_data=ctx.data.get("eval_data"), run_dir=work,
+            resume=(work / RUN_CONFIG).is_file(), force=ctx.force, progress=ctx.say,
+            teacher_cache=ctx.run / "teacher-cache")
+    return _artifact_summary(out)
+
+
+def run_prune(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.stages.prune import prune
+
+    if config.teacher and not config.teacher_cache and Path(config.teacher).resolve() == Path(ctx.teacher).resolve():
+        # recoveries from the recipe's teacher share its outputs (apart from the students' cache: other rows)
+        config = config.model_copy(update={"teacher_cache": str(ctx.run / "teacher-cache-recovery")})
+    prune(source, out, config, train=ctx.data.get("train"), eval_data=ctx.data.get("eval_data"), force=ctx.force,
+          progress=ctx.say)
+    return _artifact_summary(out)
+
+
+def run_export(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.stages.export import export
+
+    export(source, out, config, force=ctx.force)
+    return _artifact_summary(out)
+
+
+def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.artifact import load_artifact
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.static import calibrates
+
+    parent = load_artifact(source)
+    if ctx.data.get("calibration") and calibrates(parent, config):
+        config = config.model_copy(update={"calibration": ctx.data["calibration"]})
+    if "strict" not in config.model_fields_set:  # a recipe gates a release: a collapsed INT8 stops it
+        config = config.model_copy(update={"strict": True})
+    quantize(source, out, config, force=ctx.force)
+    return _artifact_summary(out)
+
+
+def run_validate(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.reports.render import write_report
+    from compress.validation.local import validate
+
+    report = validate(source, config, progress=ctx.say)
+    write_report(report, out / "report")  # staged, then renamed; the job's record is written after it
+    m = report.metrics
+    return {"verdict": report.verdict, "profile": report.profile.get("name"),
+            "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
+            "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(ctx.run))}
+
+
+def run_package(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.artifact import staged_dir
+    from compress.packaging.bundle import package
+    from compress.packaging.report import write_package_report
+
+    say = ctx.say
+    with staged_dir(out, force=True) as tmp:  # bundle and reports appear together, or not at all
+        report = package(source, tmp / "bundle.zip", config, progress=say)
+        write_package_report(report, tmp / "bundle.zip", tmp / "report")
+    return {"verdict": report.verdict, "profile": report.profile.get("name"),
+            "zipped_mb": round(report.bundle["zipped_bytes"] / 2**20, 2),
+            "unzipped_mb": round(report.bundle["unzipped_bytes"] / 2**20, 2),
+            "cold_start_ms": ((report.cold_start or {}).get("median") or {}).get("total_ms"),
+            "report": str((out / "report" / "report.json").relative_to(ctx.run))}
+
+
+def _artifact_summary(path: Path) -> dict[str, Any]:
+    from compress.artifact import load_artifact
+
+    art = load_artifact(path, verify=False)
+    return {"format": str(art.format), "precision": str(art.precision), "size_mb": round(art.size_bytes() / 2**20, 2)}
