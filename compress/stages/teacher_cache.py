@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.progress import Progress
 from compress.errors import ConfigError, EdgeCompressError
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def check_directory(directory: Path) -> None:
 
 def fill(directory: Path, key: dict[str, Any], data, plan, intermediate: bool, t_cfg, soft_width: int,
          rows: np.ndarray | None, forward: Callable[[list[int]], dict[str, Any]], batch_size: int,
-         progress: Callable[[dict[str, Any]], None] | None = None,
+         progress: Progress | None = None,
          stop: Callable[[], bool] = lambda: False) -> tuple[int, int, bool]:
     """Label ``rows`` of ``data`` (None: all) that the cache in ``directory`` lacks.
 

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-import compress.stages.distill as distill_mod
+import compress.stages.distill.training as distill_training_mod
 import compress.stages.distill.run as distill_run_mod
 from compress.artifact import load_artifact
 from compress.data.tables import load_dataset
@@ -45,14 +45,14 @@ def cfg(**kw) -> DistillConfig:
 def teacher_rows(monkeypatch):
     """Rows the teacher runs forward on (the student runs inside the trainable wrapper)."""
     seen: list[int] = []
-    real = distill_mod._model_outputs
+    real = distill_training_mod._model_outputs
 
     def counting(model, batch, plan, tap):
         if type(model).__name__ != "Trainable":
             seen.extend(batch["index"].tolist())
         return real(model, batch, plan, tap)
 
-    monkeypatch.setattr(distill_mod, "_model_outputs", counting)  # the training loop (online targets)
+    monkeypatch.setattr(distill_training_mod, "_model_outputs", counting)  # the training loop (online targets)
     monkeypatch.setattr(distill_run_mod, "_model_outputs", counting)  # the teacher pass
     return seen
 

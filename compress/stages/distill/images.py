@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from compress.progress import Progress
+
 log = logging.getLogger("compress.stages.distill")  # the verb's logger
 
 
@@ -82,7 +84,7 @@ def hf_logits(model) -> Callable[[Any], Any]:
 
 def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Callable[[Any], Any], x_train, y_train,
                  x_eval, y_eval, settings: LogitTraining, *, run_dir: Path | None = None, resume: bool = False,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Train ``student`` in place on the teacher's logits; returns the training record (eval accuracy and agreement
     with the teacher on ``x_eval`` when given, best weights kept)."""
     import torch
@@ -217,9 +219,9 @@ def image_data(path, teacher, *, require_labels: bool = False):
 
 
 def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir: Path | None = None,
-                   resume: bool = False, force: bool = False, progress=None):
+                   resume: bool = False, force: bool = False, progress: Progress | None = None):
     """Distil an image classifier (see the module doc) into a student written as a pytorch artifact at ``out``."""
-    from compress.artifact import library_versions, load_artifact, staged_dir, write_manifest
+    from compress.artifact import library_versions
     from compress.errors import ConfigError
     from torch import no_grad as torch_no_grad
 
@@ -229,7 +231,7 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
     from compress.stages.distill.student import build_student, count_parameters
 
     check_image_options(config, "distillation of an image model", TEXT_ONLY)
-    t0 = time.perf_counter()
+    output = DISTILL.output(out, config, force=force)
     if teacher.info.kind != "hf" and not config.student:
         raise ConfigError(f"{teacher.path} is a torch.export program: it has no config to build a smaller student from",
                           hint="pass --student DIR (a smaller Hugging Face image classifier), or prune it with "
@@ -289,12 +291,11 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
         teacher_acc = float((predict(teacher_call, x_eval).argmax(-1) == np.asarray(eval_ds.labels)).mean())
         metrics.update(eval_metric=record["eval_accuracy"], teacher_eval_metric=teacher_acc,
                        retention=record["eval_accuracy"] / teacher_acc if teacher_acc else None)
-    with staged_dir(out, force) as tmp:
-        manifest = write_student(student, teacher, tmp)
+    with output.writing() as o:
+        manifest = write_student(student, teacher, o.dir)
         manifest.versions = library_versions()
-        metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
-        DISTILL.seal(DISTILL.record(manifest, config, input_digest=teacher.sha256, metrics=metrics), tmp, t0)
-        write_manifest(tmp, manifest)
-    art = load_artifact(out)
+        metrics["size_bytes"] = sum(f.stat().st_size for f in o.dir.glob("*.safetensors"))
+        o.describe(manifest, input_digest=teacher.sha256, metrics=metrics)
+    art = output.artifact
     log.info("wrote %s (%s parameters)", out, f"{metrics['student_parameters']:,}")
     return DistillResult(artifact=art, metrics=metrics)

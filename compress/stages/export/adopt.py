@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from compress.artifact import (
@@ -20,9 +19,6 @@ from compress.artifact import (
     TextPreprocess,
     check_output,
     copy_tokenizer_files,
-    load_artifact,
-    staged_dir,
-    write_manifest,
 )
 from compress.errors import ModelLoadError, ParityError, first_line
 from compress.data.inputs import sample_inputs
@@ -58,12 +54,12 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
     out = check_output(out, force)
     teacher = load_model_file(source)
     info = teacher.info
-    t0 = time.perf_counter()
     need = tree_bytes(info.path) + sum(tree_bytes(info.path.parent / n) for n in info.external)
     ir = info.format is Format.openvino
-    spec = EXPORT_OPENVINO if ir else EXPORT_ONNX
     upgraded = not ir and info.opset < MIN_OPSET
-    with staged_dir(out, force, need_bytes=need) as tmp:
+    output = (EXPORT_OPENVINO if ir else EXPORT_ONNX).output(out, config, force=force)
+    with output.writing(need_bytes=need) as o:
+        tmp = o.dir
         if ir:  # an OpenVINO IR stays one: its two files, renamed together
             shutil.copy2(info.path, tmp / "model.xml")
             shutil.copy2(info.path.with_suffix(".bin"), tmp / "model.bin")
@@ -84,13 +80,11 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
                   "sample_data": config.sample_data}
         if not ir:
             record |= {"source_opset": info.opset, "opset": MIN_OPSET if upgraded else info.opset}
-        step = spec.record(manifest, record, input_digest=teacher.sha256)
-        write_manifest(tmp, manifest)
-
+        step = o.describe(manifest, input_digest=teacher.sha256, config=record)
         items = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
         runtime = "openvino" if ir else "onnxruntime"
         parity = measure_parity(load_runtime(teacher.as_artifact(), runtime),
-                                load_runtime(Artifact(tmp, manifest), runtime), items, manifest.labels is not None)
+                                load_runtime(o.draft(), runtime), items, manifest.labels is not None)
         step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol,
                                   "reference": f"{info.path.name} in {runtime}",
                                   "texts": f"{len(items)} samples" + ("" if config.sample_data else " (seeded)")}
@@ -101,9 +95,7 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
                 f"{parity.n} samples", max_abs_diff=parity.max_abs_diff, atol=config.atol,
                 hint=(f"re-export the model at opset {MIN_OPSET} or newer, or raise --atol" if upgraded else
                       "raise --atol, or report it with --debug") + "; no artifact was written")
-        spec.seal(step, tmp, t0)
-        write_manifest(tmp, manifest)
-    art = load_artifact(out)
+    art = output.artifact
     log.info("adopted %s as %s (%s; parity max |diff| %.2e)", info.path, out, "OpenVINO IR" if ir else
              f"opset {info.opset} -> {MIN_OPSET}" if upgraded else f"opset {info.opset}", parity.max_abs_diff)
     return art

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 from compress.artifact import (
@@ -22,14 +21,11 @@ from compress.artifact import (
     Format,
     Precision,
     TensorSpec,
-    check_output,
     child_manifest,
     copy_tokenizer_files,
     is_artifact,
     library_versions,
     load_artifact,
-    staged_dir,
-    write_manifest,
 )
 from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
 from compress.data.inputs import sample_inputs
@@ -287,12 +283,13 @@ def export_onnx(
     from compress.runtimes.base import load_runtime
 
     config = config or ExportConfig()
-    out = check_output(out, force)
+    spec = EXPORT_OPENVINO if config.format is ExportFormat.openvino else EXPORT_ONNX
+    output = spec.output(out, config, force=force)
+    out = output.path
     source = Path(source)
     teacher_dir = source
     source_art = None
     prior = None  # manifest of a pytorch-format source artifact
-    spec = EXPORT_OPENVINO if config.format is ExportFormat.openvino else EXPORT_ONNX
     if is_artifact(source):
         source_art = load_artifact(source)
         spec.check(source_art)
@@ -312,13 +309,13 @@ def export_onnx(
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
 
-    t0 = time.perf_counter()
     from compress.storage import tree_bytes
 
     need = tree_bytes(teacher_dir if source_art is None else source_art.path)  # FP32: about the source's size
     if source_art is None and config.format is ExportFormat.openvino:
         need *= 2  # the intermediate ONNX is written beside it
-    with staged_dir(out, force, need_bytes=need) as tmp:
+    with output.writing(need_bytes=need) as o:
+        tmp = o.dir
         if config.format is ExportFormat.onnx:
             model_file = _onnx_export(teacher, tmp, config, config.optimize)
             inputs, outputs = _graph_specs(model_file)
@@ -349,11 +346,9 @@ def export_onnx(
         manifest.inputs = list(inputs)
         manifest.outputs = list(outputs)
         manifest.versions = library_versions("openvino") if config.format is ExportFormat.openvino else library_versions()
-        step = spec.record(manifest, config, input_digest=input_digest, lineage=manifest.steps)
-        write_manifest(tmp, manifest)
-
+        step = o.describe(manifest, input_digest=input_digest, lineage=manifest.steps)
         texts = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
-        candidate = load_runtime(Artifact(tmp, manifest))
+        candidate = load_runtime(o.draft())
         if teacher is not None:
             reference, ref_name = TorchBackend.from_teacher(teacher), "PyTorch FP32"
         else:
@@ -371,8 +366,5 @@ def export_onnx(
                 atol=config.atol,
                 hint="try --optimize none or another --opset; no artifact was written",
             )
-        spec.seal(step, tmp, t0)
-        write_manifest(tmp, manifest)
-    art = load_artifact(out)
     log.info("wrote %s (parity max |diff| %.2e)", out, parity.max_abs_diff)
-    return art
+    return output.artifact

@@ -30,7 +30,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,11 @@ from compress.artifact import (
     Artifact,
     Format,
     Precision,
-    check_output,
     child_manifest,
     copy_tokenizer_files,
     is_artifact,
     library_versions,
     load_artifact,
-    staged_dir,
-    write_manifest,
 )
 from compress.errors import ArtifactError, ConfigError, StageError
 from compress.stages.common import measure_parity
@@ -392,7 +388,8 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
 
     precision = config.precision or TrtPrecision.fp16
     builder = _engine_builder(config)  # before any work
-    out = check_output(out, force)
+    output = EXPORT_TENSORRT.output(out, config, force=force)
+    out = output.path
     source = Path(source)
     if out.resolve() == source.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
@@ -421,9 +418,8 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
     require("onnxruntime", "checking the TensorRT-ready ONNX")
     from compress.runtimes.ort_backend import OrtBackend
 
-    t0 = time.perf_counter()
-    with staged_dir(out, force) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".trt-onnx.") as scratch:
-        scratch = Path(scratch)
+    with output.writing() as o, tempfile.TemporaryDirectory(dir=o.dir.parent, prefix=".trt-onnx.") as scratch:
+        tmp, scratch = o.dir, Path(scratch)
         if source_art is None:
             fp32_cfg = ExportConfig(
                 format=ExportFormat.onnx, task=config.task, opset=config.opset, optimize=GraphOptimization.none,
@@ -461,15 +457,15 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             for spec in manifest.inputs:
                 spec.shape = list(shapes["min"])
         manifest.versions = library_versions()
-        step = EXPORT_TENSORRT.record(manifest, config, input_digest=fp32.digest, lineage=manifest.steps)
-        write_manifest(onnx_dir, manifest)
+        step = o.describe(manifest, input_digest=fp32.digest, lineage=manifest.steps)
+        ready = o.draft(onnx_dir)
 
         # the TensorRT-ready ONNX must still agree with the FP32 model in onnxruntime
         texts = sample_texts(config.sample_data, max(config.parity_samples, 16, shapes["min"][0]))
         static = shapes["min"] == shapes["max"]
         classification = manifest.labels is not None or manifest.task.value == "text-classification"
         parity = measure_parity(
-            OrtBackend(fp32), OrtBackend(Artifact(onnx_dir, manifest)),
+            OrtBackend(fp32), OrtBackend(ready),
             texts[: shapes["min"][0]] if static else texts, classification,
             pad_to=shapes["min"][1] if static else None,
         )
@@ -503,17 +499,14 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             manifest.versions = {**manifest.versions, "tensorrt": version}
             step.versions["tensorrt"] = version
             manifest.target = {"tensorrt_version": version, **_gpu_facts(), **target, "builder": builder}
-            write_manifest(tmp, manifest)
+            engine = o.draft()
             # the engine itself against the model it was built from, where it can run (it was built here)
             reference = OrtBackend(fp32)
             try:
                 metrics["engine_parity"] = engine_parity(
-                    reference, Artifact(tmp, manifest), texts, shapes, classification, precision)
+                    reference, engine, texts, shapes, classification, precision)
             finally:
                 reference.close()
         step.metrics.update(metrics)
-        EXPORT_TENSORRT.seal(step, tmp, t0)
-        write_manifest(tmp, manifest)
-    art = load_artifact(out)
     log.info("wrote %s (%s)", out, "TensorRT-ready ONNX" if builder is None else "TensorRT engine")
-    return art
+    return output.artifact

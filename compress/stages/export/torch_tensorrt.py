@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,9 @@ from compress.artifact import (
     Format,
     Precision,
     TensorSpec,
-    check_output,
     is_artifact,
     library_versions,
     load_artifact,
-    staged_dir,
-    write_manifest,
 )
 from compress.errors import ConfigError, MissingBackendError, StageError, first_line
 from compress.runtimes.torch_tensorrt_program import ProgramRunner, install_hint
@@ -247,7 +243,8 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     from compress.device.shipped import pool
 
     check_request(config, device)
-    out = check_output(out, force)
+    output = EXPORT_TORCH_TENSORRT.output(out, config, force=force)
+    out = output.path
     source = Path(source)
     if out.resolve() == source.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
@@ -258,8 +255,8 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         prior = art.manifest
     teacher = load_teacher(source, config.task, allow_pickle=config.allow_pickle,
                            trust_remote_code=config.trust_remote_code)
-    t0 = time.perf_counter()
-    with staged_dir(out, force) as tmp:
+    with output.writing() as o:
+        tmp = o.dir
         manifest = teacher.manifest()
         if prior is not None:
             manifest.source, manifest.steps = prior.source, list(prior.steps)
@@ -284,8 +281,8 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         manifest.versions = library_versions("tensorrt", "torch_tensorrt")
         manifest.target = {**_facts(device), "precision": "fp16", "shapes": shape_rec, "static": static,
                            "builder": "torch-tensorrt"}
-        step = EXPORT_TORCH_TENSORRT.record(manifest, config, input_digest=teacher.sha256, lineage=manifest.steps)
-        write_manifest(tmp, manifest)
+        step = o.describe(manifest, input_digest=teacher.sha256, lineage=manifest.steps)
+        o.draft()
 
         # the compiled program must agree with the PyTorch FP32 model on the same GPU
         texts = sample_texts(config.sample_data, max(config.parity_samples, 16, shapes["min"][0]))
@@ -304,10 +301,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         step.metrics["parity"] = {**parity.as_dict(), "reference": "PyTorch FP32 on the same GPU"}
         require_agreement(parity, "the Torch-TensorRT FP16 program", "PyTorch FP32",
                           "use --via onnx --precision fp16, or report it")
-        EXPORT_TORCH_TENSORRT.seal(step, tmp, t0)
-        write_manifest(tmp, manifest)
         del compiled, program
         torch.cuda.empty_cache()
-    art = load_artifact(out)
     log.info("wrote %s (Torch-TensorRT program)", out)
-    return art
+    return output.artifact

@@ -52,28 +52,20 @@ import copy
 import logging
 import math
 import tempfile
-import time
 import zlib
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compress.artifact import (
-    Artifact,
-    Task,
-    check_output,
-    is_artifact,
-    library_versions,
-    load_artifact,
-    staged_dir,
-    write_manifest,
-)
+from compress.progress import Progress
+from compress.artifact import Artifact, Task, is_artifact, library_versions, load_artifact
 from compress.errors import ConfigError, StageError
 from compress.teachers.load import model_feed
 from compress.stages.common import save_checkpoint
 from compress.stages.prune.budget import search_budget
+from compress.stages.spec import StageOutput
 from compress.stages.prune.config import _RUNTIME_SPARSITY, PRUNE, SPARSITY_NOTE, PruneConfig
 from compress.stages.prune.sparsity import (
     Sparsifier,
@@ -181,7 +173,7 @@ def _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts: list[str],
     new_tokenizer = prune_vocabulary(model, tokenizer, vocab_plan)
     if progress:
         progress({"phase": "vocab-proof", "label": f"proving the vocabulary on {len(proof_texts):,} texts"})
-    vrec = vocab_plan.record()
+    vrec = vocab_plan.to_dict()
     vrec["proof"] = prove_vocabulary(tokenizer, old_emb, new_tokenizer, model.get_input_embeddings().weight.detach(),
                                      proof_texts)
     return new_tokenizer, vrec
@@ -195,7 +187,7 @@ def prune(
     train: Path | str | None = None,
     eval_data: Path | str | None = None,
     force: bool = False,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
 ) -> Artifact:
     """Prune the PyTorch model at ``source`` (checkpoint or pytorch artifact) into a new artifact at ``out``.
 
@@ -203,25 +195,11 @@ def prune(
     → vocabulary → write, reload and prove. ``progress`` receives dicts with a ``phase`` of
     ``importance``, ``budget``, ``teacher``/``train`` (recovery, from distill) or ``write``.
     """
-    from compress.stages.distill.student import count_parameters
-
     config = config or PruneConfig()
-    out = check_output(out, force)
+    output = PRUNE.output(out, config, force=force)
+    out = output.path
     source = Path(source)
-    t0 = time.perf_counter()
-    if config.recover_steps and train is None:
-        raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train DATA")
-    for given, option in ((config.recover_augment, "--recover-augment"),
-                          (config.recover_augment_join, "--recover-augment-join"),
-                          (config.recover_average, "--recover-average")):
-        if given and not config.recover_steps:
-            raise ConfigError(f"{option} is a setting of the recovery, and there is no recovery",
-                              hint=f"add --recover-steps N, or leave {option} out")
-    if not (config.structural or config.vocab_corpus or config.sparsity is not None or config.channels):
-        raise ConfigError("nothing to prune", hint="give --heads, --ffn, --drop-layers, --vocab-corpus, --sparsity "
-                          "or --profile (text), --channels (image CNNs)")
-    if train is not None and not config.recover_steps:
-        log.warning("--train is used for importance scores only (no --recover-steps)")
+    _check_options(config, train)
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
@@ -238,16 +216,70 @@ def prune(
         raise ConfigError("--channels prunes the convolutions of image models", hint="for text models use --heads/--ffn")
     if out.resolve() == teacher.path.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
-    classification = teacher.task is Task.text_classification
-    label2id = {name: i for i, name in enumerate(teacher.info.labels)} if teacher.info.labels else None
-    pooling, normalize = teacher.info.postprocess.pooling, teacher.info.postprocess.normalize
+    job = _TextJob(teacher, parent, source, config, train, eval_data, progress)
+    return _prune_text(job, output)
+
+
+@dataclass
+class _TextJob:
+    """What the phases of pruning a text model share: its input, settings and data."""
+
+    teacher: Any
+    parent: Artifact | None
+    source: Path
+    config: PruneConfig
+    train: Path | str | None
+    eval_data: Path | str | None
+    progress: Progress | None
+
+    @property
+    def classification(self) -> bool:
+        return self.teacher.task is Task.text_classification
+
+    @property
+    def label2id(self) -> dict[str, int] | None:
+        labels = self.teacher.info.labels
+        return {name: i for i, name in enumerate(labels)} if labels else None
+
+    def texts(self, path: str | Path | None, n: int | None = None):
+        return _texts(path, self.config, self.label2id, n)
+
+    def outputs(self, model, tokenizer, texts: list[str]):
+        post = self.teacher.info.postprocess
+        return _outputs(model, tokenizer, texts, self.config.max_length, self.classification, post.pooling,
+                        post.normalize)
+
+
+def _check_options(config: PruneConfig, train: Path | str | None) -> None:
+    """Refuse settings that contradict each other, before anything is loaded."""
+    if config.recover_steps and train is None:
+        raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train DATA")
+    for given, option in ((config.recover_augment, "--recover-augment"),
+                          (config.recover_augment_join, "--recover-augment-join"),
+                          (config.recover_average, "--recover-average")):
+        if given and not config.recover_steps:
+            raise ConfigError(f"{option} is a setting of the recovery, and there is no recovery",
+                              hint=f"add --recover-steps N, or leave {option} out")
+    if not (config.structural or config.vocab_corpus or config.sparsity is not None or config.channels):
+        raise ConfigError("nothing to prune", hint="give --heads, --ffn, --drop-layers, --vocab-corpus, --sparsity "
+                          "or --profile (text), --channels (image CNNs)")
+    if train is not None and not config.recover_steps:
+        log.warning("--train is used for importance scores only (no --recover-steps)")
+
+
+def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
+    """The text path: plan the vocabulary, score, remove structure, sparsify, recover, then write and prove."""
+    from compress.stages.distill.student import count_parameters
+
+    teacher, config, progress = job.teacher, job.config, job.progress
+    out = output.path
     model = copy.deepcopy(teacher.model)
     tokenizer = teacher.tokenizer
     params_before = count_parameters(model)
     size_before = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
     metrics: dict[str, Any] = {"parameters_before": params_before, "size_bytes_before": size_before,
-                               "data": {"train": str(Path(train).resolve()) if train else None,
-                                        "eval": str(Path(eval_data).resolve()) if eval_data else None}}
+                               "data": {"train": str(Path(job.train).resolve()) if job.train else None,
+                                        "eval": str(Path(job.eval_data).resolve()) if job.eval_data else None}}
 
     _check_request(model, config)
 
@@ -257,28 +289,11 @@ def prune(
     if config.vocab_corpus:
         if progress:
             progress({"phase": "vocab-plan", "label": f"planning the vocabulary on {config.vocab_corpus}"})
-        corpus_ds = _texts(config.vocab_corpus, config, label2id)
+        corpus_ds = job.texts(config.vocab_corpus)
         vocab_plan = plan_vocabulary(tokenizer, corpus_ds.texts, keep_alphabet=config.vocab_keep_alphabet,
                                      floor=config.vocab_floor, model_config=model.config, source=config.vocab_corpus)
 
-    # --- importance ---------------------------------------------------------------------------------
-    importance = None
-    if config.structural:
-        data_path = config.importance_data or train or config.vocab_corpus
-        if data_path is None:
-            from compress.data.tables import sample_data_path
-
-            data_path = sample_data_path()
-            log.warning("no data given: importance scores use the built-in sample sentences (pass --train or --data)")
-        ds = _texts(data_path, config, label2id if classification else None, config.samples)
-        labels = list(ds.labels) if classification and ds.labels is not None else None
-        importance = importance_scores(
-            model, tokenizer, ds.texts, labels, classification=classification, pooling=pooling, normalize=normalize,
-            max_length=config.max_length, seed=config.seed, progress=progress,
-        )
-        imp_rec = importance.summary()
-        imp_rec["data"] = str(data_path)
-        metrics["importance"] = imp_rec
+    importance = _importance(job, model, tokenizer, metrics)
 
     # --- budget -------------------------------------------------------------------------------------
     heads, ffn = config.heads, config.ffn
@@ -298,11 +313,11 @@ def prune(
 
     # --- sparsity and recovery ----------------------------------------------------------------------
     sparsifier = None
+    gz_before = None
     if config.sparsity is not None:
         if config.recover_steps:
             sparsifier = Sparsifier(config.sparsity, config.recover_steps)
-            linears = encoder_linears(model)
-            gz_before = _gzip_size([m.weight for _, m in linears])
+            gz_before = _gzip_size([m.weight for _, m in encoder_linears(model)])
             if sparsifier.semi_structured:
                 sparsifier.apply(model)  # fixed 2:4 masks from the pruned weights, kept during recovery
         else:
@@ -314,108 +329,149 @@ def prune(
     if vocab_first:  # prune the vocabulary now (proven exact on the corpus), so recovery learns the new splits
         new_tokenizer, vrec = _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts, progress)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".scratch", dir=out.parent) as tmp:
-        scratch = Path(tmp)
         if config.recover_steps:
-            model, metrics["recovery"] = _recover(model, new_tokenizer, teacher, source, train, eval_data, config,
-                                                  sparsifier, scratch, progress)
+            model = _recover_and_sparsify(job, model, new_tokenizer, sparsifier, gz_before, Path(tmp), metrics)
             metrics["recovery"]["tokenizer"] = "pruned vocabulary" if vocab_first else "original"
-            if sparsifier is not None:
-                sparsifier.total_steps = config.recover_steps
-                if not sparsifier.semi_structured:
-                    sparsifier.apply(model)  # the final target (no-op when the schedule reached it)
-                else:
-                    sparsifier(model, config.recover_steps, config.recover_steps)
-                rec = sparsity_report(model, config.sparsity)
-                linears = encoder_linears(model)
-                rec.update({"skipped": sparsifier.skipped, "gzip_bytes_before": gz_before,
-                            "gzip_bytes_after": _gzip_size([m.weight for _, m in linears]),
-                            "dense_bytes": sum(m.weight.numel() * m.weight.element_size() for _, m in linears),
-                            "schedule": "fixed 2:4 masks during recovery" if sparsifier.semi_structured
-                            else f"cubic over {config.recover_steps} recovery steps"})
-                metrics["sparsity"] = rec
         if "sparsity" in metrics:
-            sp = metrics["sparsity"]
-            runtime = None
-            if config.profile:
-                from compress.profiles.load import load_profile
-
-                runtime = str(load_profile(config.profile).runtime.name)
-            sp["note"] = SPARSITY_NOTE
-            sp["runtime"] = runtime
-            sp["runtime_note"] = _RUNTIME_SPARSITY.get(runtime or "", None) if runtime else None
-            sp["speedup"] = False
+            _note_sparsity(metrics["sparsity"], config)
 
         # --- vocabulary, write, reload, prove ---------------------------------------------------------
         if progress:
             progress({"phase": "write", "label": f"writing {out} and checking it against the pruned model"})
-        probe = proof_texts[:64] or _texts(config.importance_data or train or _default_data(), config, label2id,
-                                           64).texts
+        probe = proof_texts[:64] or job.texts(config.importance_data or job.train or _default_data(), 64).texts
         if vocab_plan is not None and not vocab_first:
             # outputs of the unpruned vocabulary: the written model must give the same on corpus texts
-            before_out = _outputs(model, tokenizer, probe, config.max_length, classification, pooling, normalize)
+            before_out = job.outputs(model, tokenizer, probe)
             new_tokenizer, vrec = _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts, progress)
         else:
-            before_out = _outputs(model, new_tokenizer, probe, config.max_length, classification, pooling, normalize)
-        with staged_dir(out, force) as stage:
-            save_checkpoint(model, new_tokenizer, teacher, stage)
-            from compress.teachers.load import load_teacher
-
-            written = load_teacher(stage, teacher.task)
-            after_out = _outputs(written.model, written.tokenizer, probe, config.max_length, classification, pooling,
-                                 normalize)
-            diff = float((before_out - after_out).abs().max()) if before_out is not None else 0.0
-            metrics["reload_check"] = {"texts": len(probe), "max_abs_diff": diff}
-            if not diff <= 1e-4:
-                raise StageError(
-                    f"the written model's outputs differ from the pruned model's by {diff:.3g} after reloading",
-                    hint="nothing was written; report this architecture",
-                )
-            if vocab_plan is not None:
-                vrec["proof"]["output_max_abs_diff"] = diff
-                vrec["recovered_after_pruning"] = vocab_first
-                vrec["corpus"] = config.vocab_corpus
-                if eval_data is not None:
-                    ev = _texts(eval_data, config, label2id)
-                    vrec["eval_coverage"] = vocabulary_coverage(tokenizer, written.tokenizer, vocab_plan.keep,
-                                                                ev.texts)
-                metrics["vocab"] = vrec
-            if eval_data is not None and classification:
-                from compress.stages.prune.evaluation import written_eval
-
-                if progress:
-                    progress({"phase": "written-eval", "label": "scoring the written model on the eval data"})
-                root = parent.manifest.source.path if parent is not None and parent.manifest.source else None
-                ev = written_eval(written, teacher, _texts(eval_data, config, label2id), config.max_length, root)
-                if ev is not None:
-                    metrics["eval"] = ev
-            metrics["parameters_after"] = count_parameters(written.model)
-            metrics["parameter_ratio"] = metrics["parameters_after"] / params_before
-            metrics["size_bytes_after"] = sum(f.stat().st_size for f in stage.glob("*.safetensors"))
-            if "sparsity" in metrics:
-                metrics["sparsity"]["model_file_gzip_bytes"] = _file_gzip_size(stage / "model.safetensors")
-            cfg = written.model.config
-            metrics["architecture"] = {
-                "layers": cfg.num_hidden_layers, "heads_per_layer": [len(original_heads(cfg, i))
-                                                                     for i in range(cfg.num_hidden_layers)],
-                "ffn": getattr(cfg, ffn_key(cfg)), "vocab_size": cfg.vocab_size,
-            }
-            manifest = written.manifest()
-            if parent is not None:
-                manifest.source = parent.manifest.source
-                prior = list(parent.manifest.steps)
-            else:
-                manifest.source = teacher.source()
-                prior = []
-            manifest.versions = library_versions("accelerate") if config.recover_steps else library_versions()
-            step = PRUNE.record(manifest, config, input_digest=parent.digest if parent is not None else teacher.sha256,
-                                lineage=prior, metrics=_jsonable(metrics))
-            PRUNE.seal(step, stage, t0)
-            write_manifest(stage, manifest)
-            if progress:
-                progress({"phase": "write", "path": str(out)})
-    art = load_artifact(out)
+            before_out = job.outputs(model, new_tokenizer, probe)
+        _write_pruned(job, output, model, new_tokenizer, probe, before_out, vocab_plan, vrec, vocab_first, metrics)
+    art = output.artifact
     log.info("wrote %s (%s -> %s parameters)", out, f"{params_before:,}", f"{metrics['parameters_after']:,}")
     return art
+
+
+def _importance(job: _TextJob, model, tokenizer, metrics: dict[str, Any]) -> Importance | None:
+    """Taylor importance of heads and neurons, and each layer's effect, on the importance data (structural only)."""
+    config = job.config
+    if not config.structural:
+        return None
+    data_path = config.importance_data or job.train or config.vocab_corpus
+    if data_path is None:
+        from compress.data.tables import sample_data_path
+
+        data_path = sample_data_path()
+        log.warning("no data given: importance scores use the built-in sample sentences (pass --train or --data)")
+    classification = job.classification
+    ds = _texts(data_path, config, job.label2id if classification else None, config.samples)
+    labels = list(ds.labels) if classification and ds.labels is not None else None
+    post = job.teacher.info.postprocess
+    importance = importance_scores(
+        model, tokenizer, ds.texts, labels, classification=classification, pooling=post.pooling,
+        normalize=post.normalize, max_length=config.max_length, seed=config.seed, progress=job.progress,
+    )
+    imp_rec = importance.summary()
+    imp_rec["data"] = str(data_path)
+    metrics["importance"] = imp_rec
+    return importance
+
+
+def _recover_and_sparsify(job: _TextJob, model, tokenizer, sparsifier: Sparsifier | None, gz_before: int | None,
+                          scratch: Path, metrics: dict[str, Any]):
+    """Recover by distillation (sparsity masks kept applied), then bring the sparsity to its final target."""
+    config = job.config
+    model, metrics["recovery"] = _recover(model, tokenizer, job.teacher, job.source, job.train, job.eval_data, config,
+                                          sparsifier, scratch, job.progress)
+    if sparsifier is not None:
+        sparsifier.total_steps = config.recover_steps
+        if not sparsifier.semi_structured:
+            sparsifier.apply(model)  # the final target (no-op when the schedule reached it)
+        else:
+            sparsifier(model, config.recover_steps, config.recover_steps)
+        rec = sparsity_report(model, config.sparsity)
+        linears = encoder_linears(model)
+        rec.update({"skipped": sparsifier.skipped, "gzip_bytes_before": gz_before,
+                    "gzip_bytes_after": _gzip_size([m.weight for _, m in linears]),
+                    "dense_bytes": sum(m.weight.numel() * m.weight.element_size() for _, m in linears),
+                    "schedule": "fixed 2:4 masks during recovery" if sparsifier.semi_structured
+                    else f"cubic over {config.recover_steps} recovery steps"})
+        metrics["sparsity"] = rec
+    return model
+
+
+def _note_sparsity(sp: dict[str, Any], config: PruneConfig) -> None:
+    """What the zeros buy on the profile's runtime (nothing in speed on dense CPU kernels)."""
+    runtime = None
+    if config.profile:
+        from compress.profiles.load import load_profile
+
+        runtime = str(load_profile(config.profile).runtime.name)
+    sp["note"] = SPARSITY_NOTE
+    sp["runtime"] = runtime
+    sp["runtime_note"] = _RUNTIME_SPARSITY.get(runtime or "", None) if runtime else None
+    sp["speedup"] = False
+
+
+def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: list[str], before_out, vocab_plan,
+                  vrec: dict[str, Any] | None, vocab_first: bool, metrics: dict[str, Any]) -> None:
+    """Write the checkpoint, reload it and prove it gives the pruned model's outputs; measure and describe it."""
+    from compress.stages.distill.student import count_parameters
+    from compress.teachers.load import load_teacher
+
+    teacher, parent, config, progress, eval_data = job.teacher, job.parent, job.config, job.progress, job.eval_data
+    with output.writing() as o:
+        stage = o.dir
+        save_checkpoint(model, tokenizer, teacher, stage)
+        written = load_teacher(stage, teacher.task)
+        after_out = job.outputs(written.model, written.tokenizer, probe)
+        diff = float((before_out - after_out).abs().max()) if before_out is not None else 0.0
+        metrics["reload_check"] = {"texts": len(probe), "max_abs_diff": diff}
+        if not diff <= 1e-4:
+            raise StageError(
+                f"the written model's outputs differ from the pruned model's by {diff:.3g} after reloading",
+                hint="nothing was written; report this architecture",
+            )
+        if vocab_plan is not None:
+            vrec["proof"]["output_max_abs_diff"] = diff
+            vrec["recovered_after_pruning"] = vocab_first
+            vrec["corpus"] = config.vocab_corpus
+            if eval_data is not None:
+                ev = job.texts(eval_data)
+                vrec["eval_coverage"] = vocabulary_coverage(teacher.tokenizer, written.tokenizer, vocab_plan.keep,
+                                                            ev.texts)
+            metrics["vocab"] = vrec
+        if eval_data is not None and job.classification:
+            from compress.stages.prune.evaluation import written_eval
+
+            if progress:
+                progress({"phase": "written-eval", "label": "scoring the written model on the eval data"})
+            root = parent.manifest.source.path if parent is not None and parent.manifest.source else None
+            ev = written_eval(written, teacher, job.texts(eval_data), config.max_length, root)
+            if ev is not None:
+                metrics["eval"] = ev
+        metrics["parameters_after"] = count_parameters(written.model)
+        metrics["parameter_ratio"] = metrics["parameters_after"] / metrics["parameters_before"]
+        metrics["size_bytes_after"] = sum(f.stat().st_size for f in stage.glob("*.safetensors"))
+        if "sparsity" in metrics:
+            metrics["sparsity"]["model_file_gzip_bytes"] = _file_gzip_size(stage / "model.safetensors")
+        cfg = written.model.config
+        metrics["architecture"] = {
+            "layers": cfg.num_hidden_layers, "heads_per_layer": [len(original_heads(cfg, i))
+                                                                 for i in range(cfg.num_hidden_layers)],
+            "ffn": getattr(cfg, ffn_key(cfg)), "vocab_size": cfg.vocab_size,
+        }
+        manifest = written.manifest()
+        if parent is not None:
+            manifest.source = parent.manifest.source
+            prior = list(parent.manifest.steps)
+        else:
+            manifest.source = teacher.source()
+            prior = []
+        manifest.versions = library_versions("accelerate") if config.recover_steps else library_versions()
+        o.describe(manifest, input_digest=parent.digest if parent is not None else teacher.sha256, lineage=prior,
+                   metrics=_jsonable(metrics))
+        if progress:
+            progress({"phase": "write", "path": str(output.path)})
 
 
 def _check_request(model, config: PruneConfig) -> None:

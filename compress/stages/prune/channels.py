@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, Format, Precision, library_versions, load_artifact, staged_dir, write_manifest
+from compress.artifact import Artifact, Format, Precision, library_versions
 from compress.errors import ConfigError
 from compress.stages.prune.config import PRUNE, PruneConfig
+from compress.progress import Progress
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
@@ -61,7 +61,7 @@ def _macs_params(model, example) -> tuple[int, int]:
 
 
 def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=None, force: bool = False,
-                   progress=None) -> Artifact:
+                   progress: Progress | None = None) -> Artifact:
     """Remove ``config.channels`` of every prunable convolution's channels (see the module doc)."""
     import torch
 
@@ -71,7 +71,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     from compress.stages.distill.images import train_logits
 
     check_image_options(config, "channel pruning of a CNN", NOT_FOR_CNN)
-    t0 = time.perf_counter()
+    output = PRUNE.output(out, config, force=force)
     if not config.channels:
         raise ConfigError("nothing to prune in an image model", hint="pass --channels FRACTION (e.g. 0.5)")
     if teacher.info.kind not in ("hf", "timm"):
@@ -136,7 +136,8 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
 
     if progress:
         progress({"phase": "write", "label": "writing the pruned program"})
-    with staged_dir(out, force) as tmp:
+    with output.writing() as o:
+        tmp = o.dir
         save_program(pruned, example[name], tmp / "model.pt2")
         manifest = teacher.manifest()
         manifest.format, manifest.precision, manifest.model_file = Format.pytorch, Precision.fp32, "model.pt2"
@@ -145,13 +146,11 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
         metrics["size_bytes"] = metrics["size_bytes_after"] = (tmp / "model.pt2").stat().st_size
         metrics["parameter_ratio"] = params_before / params_after
         metrics["size_bytes_before"] = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
-        step = PRUNE.record(manifest, config, input_digest=teacher.sha256, lineage=manifest.steps, metrics=metrics)
-        write_manifest(tmp, manifest)
+        step = o.describe(manifest, input_digest=teacher.sha256, lineage=manifest.steps, metrics=metrics)
+        o.draft()
         # proof: the written program loads (tensors only) and gives the pruned model's logits
         from compress.teachers.images import prove_reload
 
         step.metrics["reload_max_abs_diff"] = prove_reload(tmp, pruned, example[name], "program")
-        PRUNE.seal(step, tmp, t0)
-        write_manifest(tmp, manifest)
     log.info("wrote %s (%.1f MB, %s parameters)", out, metrics["size_bytes"] / 1e6, f"{params_after:,}")
-    return load_artifact(out)
+    return output.artifact

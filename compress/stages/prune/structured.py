@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.progress import Progress
 from compress.errors import ConfigError, DataError
 from compress.teachers.load import model_feed
 
@@ -183,7 +184,7 @@ def importance_scores(
     max_length: int = 128,
     batch_size: int = 16,
     seed: int = 0,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
     batches: Callable[[], Any] | None = None,
 ) -> Importance:
     """Taylor importance of every head and FFN neuron, and the output change of skipping each layer.

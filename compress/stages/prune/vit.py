@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 
-from compress.artifact import Artifact, library_versions, load_artifact, staged_dir, write_manifest
+from compress.artifact import Artifact, library_versions
 from compress.errors import ConfigError
 from compress.stages.prune.config import PRUNE, PruneConfig
+from compress.progress import Progress
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
@@ -30,7 +30,7 @@ NOT_FOR_VIT = ("vocab_corpus", "vocab_keep_alphabet", "vocab_floor", "sparsity",
 
 
 def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=None, force: bool = False,
-              progress=None) -> Artifact:
+              progress: Progress | None = None) -> Artifact:
     """Remove ``config.heads`` of the heads, ``config.ffn`` of the FFN neurons and ``config.drop_layers`` layers."""
     import torch
 
@@ -53,7 +53,7 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
     )
 
     check_image_options(config, "head/FFN pruning of an image model", NOT_FOR_VIT)
-    t0 = time.perf_counter()
+    output = PRUNE.output(out, config, force=force)
     if teacher.info.kind != "hf" or not hasattr(teacher.model.config, "num_hidden_layers"):
         raise ConfigError(f"{teacher.path} has no transformer layers (--heads/--ffn/--drop-layers prune ViTs)",
                           hint="for a CNN use --channels")
@@ -105,16 +105,15 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
         metrics["eval_accuracy"] = float((predict(hf_logits(model), x_eval).argmax(-1) == labels).mean())
         metrics["retention"] = (metrics["eval_accuracy"] / metrics["teacher_eval_accuracy"]
                                 if metrics["teacher_eval_accuracy"] else None)
-    with staged_dir(out, force) as tmp:
+    with output.writing() as o:
+        tmp = o.dir
         manifest = write_student(model, teacher, tmp)
         manifest.versions = library_versions()
         metrics["size_bytes_before"] = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
         metrics["size_bytes_after"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
-        step = PRUNE.record(manifest, config, input_digest=teacher.sha256, metrics=metrics)
-        write_manifest(tmp, manifest)
+        step = o.describe(manifest, input_digest=teacher.sha256, metrics=metrics)
+        o.draft()
         # proof: the written checkpoint reloads (pruned heads and all) and gives the pruned model's logits
         step.metrics["reload_max_abs_diff"] = prove_reload(tmp, hf_logits(model), x[:4], "checkpoint")
-        PRUNE.seal(step, tmp, t0)
-        write_manifest(tmp, manifest)
     log.info("wrote %s (%s parameters)", out, f"{metrics['parameters_after']:,}")
-    return load_artifact(out)
+    return output.artifact

@@ -36,7 +36,7 @@ class VocabPlan:
     corpus_texts: int
     corpus_tokens: int
 
-    def record(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"before": self.old_size, "after": len(self.keep), "removed": self.old_size - len(self.keep),
                 "kept_from_corpus": self.from_corpus, "kept_special": self.special,
                 "kept_alphabet": self.alphabet, "kept_floor": self.floor, "corpus_texts": self.corpus_texts,

@@ -434,64 +434,144 @@ def search_exclusions(
     (see :meth:`EvalSet.set_reference`, which must have been called). ``runtime`` overrides the runtime
     that loads candidates. See the module docstring for the strategy.
     """
-    from compress.runtimes.base import load_runtime
-
     if eval_set.reference is None:
         raise ValueError("call eval_set.set_reference(fp32_backend) before the search")
-    t_start = time.perf_counter()
-    known = {lay.name for lay in layers}
-    initial = tuple(n for n in dict.fromkeys(initial_excluded))
-    total = sum(lay.params for lay in layers) or 1
-    params = {lay.name: lay.params for lay in layers}
-    op_of = {lay.name: lay.op_type for lay in layers}
+    search = _Search(layers, build, eval_set, budget, baseline, initial_excluded, max_fp32_fraction, runtime)
+    full = search.trial(search.initial, "all quantized")
+    if full.meets:
+        return search.finish(full, True, "everything quantized met the budget")
 
-    def fraction(excluded) -> float:
-        return sum(params.get(n, 0) for n in excluded if n in known) / total
+    free = [lay for lay in layers if lay.name not in search.initial]
+    units, strategy = _units(free, group_above)
+    log.info("accuracy-aware: budget not met with everything quantized; ranking %d unit(s) (%s)", len(units), strategy)
+    order = search.rank(units, full)
+    search.current = full
+    found = search.greedy(order)
+    if found is not None:
+        return search.finish(search.prune(found), True, strategy)
+    eligible = [t for t in search.trials if t.fp32_fraction <= search.limit] or [full]
+    best = max(eligible, key=lambda t: (round(t.metric, 9), -t.fp32_fraction, -len(t.excluded)))
+    return search.finish(best, False, strategy)
 
-    trials: list[Trial] = []
-    cache: dict[frozenset, Trial] = {}
 
-    def trial(excluded: Sequence[str], phase: str) -> Trial:
+class _Search:
+    """One accuracy-aware search's state: the candidates measured (each excluded set once), the sensitivities
+    found, and the layers kept in float so far (see :func:`search_exclusions`)."""
+
+    def __init__(self, layers: Sequence[Layer], build: Callable[[list[str]], Artifact], eval_set: EvalSet,
+                 budget: Budget, baseline: float, initial_excluded: Sequence[str], max_fp32_fraction: float,
+                 runtime: str | None) -> None:
+        self.layers, self.build, self.eval_set, self.budget, self.baseline = layers, build, eval_set, budget, baseline
+        self.max_fp32_fraction, self.runtime = max_fp32_fraction, runtime
+        self.t_start = time.perf_counter()
+        self.known = {lay.name for lay in layers}
+        self.initial = tuple(n for n in dict.fromkeys(initial_excluded))
+        self.total = sum(lay.params for lay in layers) or 1
+        self.params = {lay.name: lay.params for lay in layers}
+        self.op_of = {lay.name: lay.op_type for lay in layers}
+        self.trials: list[Trial] = []
+        self.cache: dict[frozenset, Trial] = {}
+        self.sensitivities: list[Sensitivity] = []
+        self.layer_sens: dict[str, Sensitivity] = {}
+        self.excluded = list(self.initial)
+        self.current: Trial | None = None
+        self.limit = max_fp32_fraction + EPS
+
+    def fraction(self, excluded) -> float:
+        return sum(self.params.get(n, 0) for n in excluded if n in self.known) / self.total
+
+    def trial(self, excluded: Sequence[str], phase: str) -> Trial:
+        """Build, load and score the candidate with ``excluded`` in float (once per set)."""
+        from compress.runtimes.base import load_runtime
+
         key = frozenset(excluded)
-        if key in cache:
-            return cache[key]
+        if key in self.cache:
+            return self.cache[key]
         t0 = time.perf_counter()
-        ordered = [n for n in initial if n in key] + [lay.name for lay in layers if lay.name in key and lay.name not in initial]
-        art = build(list(ordered))
-        backend = load_runtime(art, runtime)
+        initial, eval_set, baseline = self.initial, self.eval_set, self.baseline
+        ordered = [n for n in initial if n in key] + [lay.name for lay in self.layers
+                                                      if lay.name in key and lay.name not in initial]
+        art = self.build(list(ordered))
+        backend = load_runtime(art, self.runtime)
         try:
             metric, error = score_outputs(predict_outputs(backend, eval_set), eval_set)
         finally:
             backend.close()
-        t = Trial(
-            excluded=tuple(ordered),
-            metric=metric,
-            output_error=error,
-            drop=baseline - metric,
-            retention=(metric / baseline) if baseline > 0 else None,
-            fp32_fraction=fraction(ordered),
-            meets=budget.holds(baseline, metric),
-            phase=phase,
-            seconds=time.perf_counter() - t0,
-        )
-        cache[key] = t
-        trials.append(t)
+        t = Trial(excluded=tuple(ordered), metric=metric, output_error=error, drop=baseline - metric,
+                  retention=(metric / baseline) if baseline > 0 else None, fp32_fraction=self.fraction(ordered),
+                  meets=self.budget.holds(baseline, metric), phase=phase, seconds=time.perf_counter() - t0)
+        self.cache[key] = t
+        self.trials.append(t)
         log.info(
             "accuracy-aware [%s] %d in float: %s %.4f (drop %.4f, output error %.3g)%s",
             phase, len(ordered), eval_set.metric_name, metric, t.drop, error, " - budget met" if t.meets else "",
         )
         return t
 
-    sensitivities: list[Sensitivity] = []
-    layer_sens: dict[str, Sensitivity] = {}
-    kept: list[str] = []
+    def rank(self, units: list[tuple[str, tuple[str, ...]]], full: Trial):
+        """Leave each unit out of quantization alone; the units with their sensitivities, most sensitive first."""
+        for unit, names in units:
+            t = self.trial([*self.initial, *names], "rank")
+            s = Sensitivity(unit, names, t.metric - full.metric, full.output_error - t.output_error, self.initial)
+            self.sensitivities.append(s)
+            if len(names) == 1:
+                self.layer_sens[names[0]] = s
+        return sorted(zip(units, self.sensitivities), key=lambda us: us[1].key(), reverse=True)
 
-    def finish(best: Trial, met: bool, strategy: str) -> SearchResult:
+    def add(self, name: str) -> Trial | None:
+        """Keep ``name`` in float too (unless that passes the float-share limit) and measure."""
+        if self.fraction([*self.excluded, name]) > self.limit:
+            log.info("accuracy-aware: %s would put more than %.0f%% of the weights in float; skipped",
+                     name, 100 * self.max_fp32_fraction)
+            return None
+        self.excluded.append(name)
+        self.current = self.trial(self.excluded, "greedy")
+        return self.current
+
+    def greedy(self, order) -> Trial | None:
+        """Add units in order of sensitivity (a block's layers ranked inside it first) until the budget holds."""
+        for (unit, names), _ in order:
+            if len(names) == 1:
+                t = self.add(names[0])
+                if t is not None and t.meets:
+                    return t
+                continue
+            # refine a block: rank its layers relative to what is already in float
+            base = self.current
+            ranked = []
+            for name in names:  # layers beyond the float-share limit are measured too: they belong in the diagnosis
+                t = self.trial([*self.excluded, name], "rank in " + unit)
+                s = Sensitivity(name, (name,), t.metric - base.metric, base.output_error - t.output_error,
+                                tuple(self.excluded))
+                self.layer_sens[name] = s
+                ranked.append(s)
+            for s in sorted(ranked, key=lambda s: s.key(), reverse=True):
+                t = self.add(s.unit)
+                if t is not None and t.meets:
+                    return t
+        return None
+
+    def prune(self, t: Trial) -> Trial:
+        """Greedy adds can over-shoot: put back (quantize) kept layers whose float copy is not needed."""
+        layer_sens = self.layer_sens
+        chosen = [n for n in t.excluded if n not in self.initial]
+        for name in sorted(chosen, key=lambda n: layer_sens[n].key() if n in layer_sens else (0.0, 0.0)):
+            if len(chosen) <= 1:
+                break
+            rest = [n for n in chosen if n != name]
+            candidate = self.trial([*self.initial, *rest], "prune")
+            if candidate.meets:
+                chosen, t = rest, candidate
+        return t
+
+    def finish(self, best: Trial, met: bool, strategy: str) -> SearchResult:
+        """The result, with why each layer of ``best`` beyond the initial ones stays in float."""
+        eval_set = self.eval_set
         items = []
         for name in best.excluded:
-            if name in initial:
+            if name in self.initial:
                 continue
-            s = layer_sens.get(name) or next((u for u in sensitivities if name in u.layers), None)
+            s = self.layer_sens.get(name) or next((u for u in self.sensitivities if name in u.layers), None)
             cost = s.cost if s else 0.0
             if s is None:
                 reason = "kept FP32"
@@ -502,82 +582,12 @@ def search_exclusions(
                     f"kept FP32: no measurable {eval_set.metric_name} change alone on {len(eval_set)} rows, "
                     f"but reduces output error vs FP32 by {s.error_reduction:.4g}"
                 )
-            items.append({
-                "node": name,
-                "op_type": op_of.get(name),
-                "sensitivity": round(cost, 6),
-                "error_reduction": None if s is None else round(s.error_reduction, 6),
-                "measured_as": None if s is None else s.unit,
-                "reason": reason,
-            })
+            items.append({"node": name, "op_type": self.op_of.get(name), "sensitivity": round(cost, 6),
+                          "error_reduction": None if s is None else round(s.error_reduction, 6),
+                          "measured_as": None if s is None else s.unit, "reason": reason})
         return SearchResult(
-            metric_name=eval_set.metric_name, baseline=baseline, budget=budget, eval_samples=len(eval_set),
-            max_fp32_fraction=max_fp32_fraction, initial_excluded=initial, trials=trials,
-            sensitivities=sensitivities, layer_sensitivity=layer_sens, best=best, met=met, kept_fp32=items,
-            seconds=time.perf_counter() - t_start, strategy=strategy,
+            metric_name=eval_set.metric_name, baseline=self.baseline, budget=self.budget, eval_samples=len(eval_set),
+            max_fp32_fraction=self.max_fp32_fraction, initial_excluded=self.initial, trials=self.trials,
+            sensitivities=self.sensitivities, layer_sensitivity=self.layer_sens, best=best, met=met, kept_fp32=items,
+            seconds=time.perf_counter() - self.t_start, strategy=strategy,
         )
-
-    full = trial(initial, "all quantized")
-    if full.meets:
-        return finish(full, True, "everything quantized met the budget")
-
-    free = [lay for lay in layers if lay.name not in initial]
-    units, strategy = _units(free, group_above)
-    log.info("accuracy-aware: budget not met with everything quantized; ranking %d unit(s) (%s)", len(units), strategy)
-    for unit, names in units:
-        t = trial([*initial, *names], "rank")
-        s = Sensitivity(unit, names, t.metric - full.metric, full.output_error - t.output_error, initial)
-        sensitivities.append(s)
-        if len(names) == 1:
-            layer_sens[names[0]] = s
-    order = sorted(zip(units, sensitivities), key=lambda us: us[1].key(), reverse=True)
-
-    excluded = list(initial)
-    current = full
-    limit = max_fp32_fraction + EPS
-
-    def add(name: str) -> Trial | None:
-        nonlocal current
-        if fraction([*excluded, name]) > limit:
-            log.info("accuracy-aware: %s would put more than %.0f%% of the weights in float; skipped",
-                     name, 100 * max_fp32_fraction)
-            return None
-        excluded.append(name)
-        kept.append(name)
-        current = trial(excluded, "greedy")
-        return current
-
-    def prune(t: Trial) -> Trial:
-        """Greedy adds can over-shoot: put back (quantize) kept layers whose float copy is not needed."""
-        chosen = [n for n in t.excluded if n not in initial]
-        for name in sorted(chosen, key=lambda n: layer_sens[n].key() if n in layer_sens else (0.0, 0.0)):
-            if len(chosen) <= 1:
-                break
-            rest = [n for n in chosen if n != name]
-            candidate = trial([*initial, *rest], "prune")
-            if candidate.meets:
-                chosen, t = rest, candidate
-        return t
-
-    for (unit, names), _ in order:
-        if len(names) == 1:
-            t = add(names[0])
-            if t is not None and t.meets:
-                return finish(prune(t), True, strategy)
-            continue
-        # refine a block: rank its layers relative to what is already in float
-        base = current
-        ranked = []
-        for name in names:  # layers beyond the float-share limit are measured too: they belong in the diagnosis
-            t = trial([*excluded, name], "rank in " + unit)
-            s = Sensitivity(name, (name,), t.metric - base.metric, base.output_error - t.output_error, tuple(excluded))
-            layer_sens[name] = s
-            ranked.append(s)
-        for s in sorted(ranked, key=lambda s: s.key(), reverse=True):
-            t = add(s.unit)
-            if t is not None and t.meets:
-                return finish(prune(t), True, strategy)
-
-    eligible = [t for t in trials if t.fp32_fraction <= limit] or [full]
-    best = max(eligible, key=lambda t: (round(t.metric, 9), -t.fp32_fraction, -len(t.excluded)))
-    return finish(best, False, strategy)

@@ -62,14 +62,12 @@ from compress.artifact import (
     copy_tokenizer_files,
     is_artifact,
     library_versions,
-    load_artifact,
-    staged_dir,
-    write_manifest,
 )
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
 from compress.data.inputs import sample_inputs
 from compress.stages.quantize.layer_errors import artifact_layer_errors
 from compress.stages.common import measure_parity
+from compress.stages.spec import StageOutput
 from compress.stages.quantize.calibration import CalibrationReader
 from compress.stages.quantize.config import (
     QUANTIZE_ONNX,
@@ -356,18 +354,18 @@ class _OnnxQuantizer:
 
 def _write_artifact(
     art: Artifact,
-    tmp: Path,
+    o: StageOutput,
     q: _OnnxQuantizer,
     exclude: list[str],
     searched: list[str],
     *,
-    t0: float,
     extra_metrics: dict[str, Any] | None = None,
     extra_files: dict[str, str] | None = None,
     reasons: dict[str, str] | None = None,
     strict: bool = True,
 ):
-    """Quantize into the staging directory ``tmp``, write the manifest with parity and size; return it. ``reasons``:
+    """Quantize into the output ``o`` (inside its ``writing``) and describe it with parity and size; return its
+    manifest. ``reasons``:
     why nodes in ``exclude`` beyond the user's and the accuracy search's stay float (small GEMMs, speed-aware);
     ``strict``: whether ``config.strict`` may refuse a collapse (not for a failed search's best candidate)."""
     import onnx
@@ -376,6 +374,7 @@ def _write_artifact(
 
     config = q.config
     precision = Precision.int4 if q.int4 else Precision.int8
+    tmp = o.dir
     dst = tmp / "model.onnx"
     q.write(dst, exclude)
     copy_tokenizer_files(art.path, tmp)
@@ -387,14 +386,14 @@ def _write_artifact(
 
     manifest = child_manifest(art.manifest, precision=precision, model_file="model.onnx")
     manifest.versions = library_versions()
-    step = QUANTIZE_ONNX.record(manifest, config, input_digest=art.digest, lineage=art.manifest.steps,
-                                extra_config={"reduce_range": q.reduce_range})
-    write_manifest(tmp, manifest)
+    step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,
+                      extra_config={"reduce_range": q.reduce_range})
+    written = o.draft()
 
     static = not q.int4 and config.mode is QuantMode.static
     texts = sample_inputs(config.sample_data or (config.calibration if static else None), config.parity_samples,
                           art.manifest.preprocess)
-    parity = measure_parity(OrtBackend(art), OrtBackend(Artifact(tmp, manifest)), texts, art.manifest.labels is not None)
+    parity = measure_parity(OrtBackend(art), OrtBackend(written), texts, art.manifest.labels is not None)
     collapsed = check_collapse(parity.as_dict(), strict=config.strict and strict, remedies=(
         "--max-drop with --data (keeps the sensitive layers float), --precision int8" if q.int4 else
         "--mode static --calibration DATA with per-channel weights, or OpenVINO (export --format openvino) "
@@ -402,7 +401,7 @@ def _write_artifact(
         "--max-drop with --data (keeps the sensitive layers float), more --calibration-samples, or OpenVINO "
         "(export --format openvino) with NNCF"))
     before = art.size_bytes()
-    after = Artifact(tmp, manifest).size_bytes()
+    after = written.size_bytes()
     op_types = q.op_types()
     metrics: dict[str, Any] = {
         "parity_vs_input": {**parity.as_dict(), "reference": f"{art.format} {art.precision}",
@@ -445,8 +444,6 @@ def _write_artifact(
     if (table := artifact_layer_errors(art, dst, texts)) is not None:
         metrics["layer_errors"] = table
     step.metrics = metrics
-    QUANTIZE_ONNX.seal(step, tmp, t0)
-    write_manifest(tmp, manifest)
     return manifest
 
 
@@ -544,18 +541,17 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         if q.int4:
             _warn_padding(q, exclude)
         others = art.size_bytes(model_only=False) - art.size_bytes()
-        with staged_dir(out, force, need_bytes=art.size_bytes() // 4 + others) as tmp:  # about 4x smaller
-            manifest = _write_artifact(art, tmp, q, exclude, searched, t0=t0, extra_metrics=extra, reasons=reasons)
+        output = QUANTIZE_ONNX.output(out, config, force=force, t0=t0)
+        with output.writing(need_bytes=art.size_bytes() // 4 + others) as o:  # about 4x smaller
+            manifest = _write_artifact(art, o, q, exclude, searched, extra_metrics=extra, reasons=reasons)
             if config.accuracy_aware:
-                verify_final(tmp, manifest, eval_set, manifest.steps[-1].metrics["accuracy_aware"])
-                manifest.steps[-1].seconds = round(time.perf_counter() - t0, 3)
-                write_manifest(tmp, manifest)
+                verify_final(o.dir, manifest, eval_set, manifest.steps[-1].metrics["accuracy_aware"])
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     m = manifest.steps[-1].metrics
     log.info("wrote %s (%.1f MB -> %.1f MB)", out, m["size_bytes_before"] / 1e6, m["size_bytes_after"] / 1e6)
-    return load_artifact(out)
+    return output.artifact
 
 
 def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float, reasons: dict[str, str]) -> None:
@@ -575,9 +571,10 @@ def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float,
             **record,
         }
         searched = [n for n in result.excluded if n not in q.config.exclude_nodes and n not in reasons]
-        with staged_dir(best_dir, force=True) as tmp:
+        output = QUANTIZE_ONNX.output(best_dir, q.config, force=True, t0=t0)
+        with output.writing(load=False) as o:
             manifest = _write_artifact(
-                art, tmp, q, result.excluded, searched, t0=t0,
+                art, o, q, result.excluded, searched,
                 extra_metrics={"accuracy_aware": record},
                 extra_files={"accuracy_report.json": json.dumps(report, indent=2) + "\n"},
                 reasons=reasons, strict=False,
@@ -585,7 +582,6 @@ def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float,
             manifest.steps[-1].metrics["accuracy_aware"]["note"] = (
                 "best candidate of a failed accuracy-aware run: it does NOT meet the budget"
             )
-            write_manifest(tmp, manifest)
         written = best_dir
         log.warning("wrote the best candidate (budget not met) to %s", best_dir)
     b = result.best

@@ -51,9 +51,6 @@ from compress.artifact import (
     child_manifest,
     copy_tokenizer_files,
     library_versions,
-    load_artifact,
-    staged_dir,
-    write_manifest,
 )
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.data.inputs import sample_inputs
@@ -264,19 +261,21 @@ def _write(
 
     from compress.runtimes.openvino_backend import OpenVINOBackend
 
-    with staged_dir(dest, force) as tmp:
+    output = QUANTIZE_OPENVINO.output(dest, resolved, force=force, t0=t0)
+    with output.writing() as o:
+        tmp = o.dir
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         copy_tokenizer_files(art.path, tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         manifest = child_manifest(art.manifest, precision=precision, model_file="model.xml")
         manifest.versions = library_versions("openvino", "nncf")
-        step = QUANTIZE_OPENVINO.record(manifest, resolved, input_digest=art.digest, lineage=art.manifest.steps)
-        write_manifest(tmp, manifest)
+        step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps)
+        written = o.draft()
 
         texts = sample_inputs(config.sample_data or (None if config.weights_only else config.calibration),
                               config.parity_samples, art.manifest.preprocess)
-        parity = measure_parity(OpenVINOBackend(art), OpenVINOBackend(Artifact(tmp, manifest)), texts,
+        parity = measure_parity(OpenVINOBackend(art), OpenVINOBackend(written), texts,
                                 art.manifest.labels is not None)
         collapsed = check_collapse(parity.as_dict(), strict=config.strict and strict,
                                    remedies="--max-drop with --data (nncf.quantize_with_accuracy_control), more "
@@ -292,10 +291,8 @@ def _write(
             "graph": graph_summary(model),
             **copy.deepcopy(metrics),
         }
-        QUANTIZE_OPENVINO.seal(step, tmp, t0)
-        write_manifest(tmp, manifest)
     log.info("wrote %s (%.1f MB -> %.1f MB)", dest, before / 1e6, after / 1e6)
-    return load_artifact(dest)
+    return output.artifact
 
 
 def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
