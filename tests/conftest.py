@@ -7,6 +7,7 @@ transformers are imported inside the fixtures only, so test modules that do not 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import compress  # noqa: F401 - first: installs the hook that lets torchvision (timm, transformers) import beside CPU torch
+importlib.import_module("compress")  # first: installs the hook that lets torchvision (timm, transformers) import beside CPU torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -146,7 +146,7 @@ INSTALLED_CHECK = textwrap.dedent(
     from compress.data.tables import sample_data_path
     assert sample_data_path().resolve().is_relative_to(site)
     try:
-        import runtimes  # noqa: F401
+        import runtimes  # the source tree's runtimes/ must not be importable under its own name
     except ImportError:
         pass
     else:

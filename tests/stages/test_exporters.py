@@ -22,7 +22,7 @@ def _optimum_works() -> bool:
     if importlib.util.find_spec("optimum") is None:
         return False
     try:
-        from optimum.exporters.onnx import onnx_export_from_model  # noqa: F401
+        importlib.import_module("optimum.exporters.onnx").onnx_export_from_model
     except Exception:  # noqa: BLE001 - optimum-onnx beside an unsupported transformers fails at import
         return False
     return True
