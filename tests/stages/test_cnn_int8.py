@@ -170,7 +170,7 @@ def test_cli_names_an_undecodable_calibration_image(stack, tmp_path):
     from PIL import Image
 
     from tests.cli.test_cli import assert_one_line_error, edgecompress
-    from tests.test_images import _png
+    from tests.data.test_images import _png
 
     (tmp_path / "cal").mkdir()
     pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)

@@ -534,7 +534,7 @@ def test_remote_run_of_an_adopted_array_model_matches_local(sshd, work, profile,
     per-output fidelity against the file is computed here from the device's outputs."""
     from compress.stages.export import export
     from compress.validation.local import ValidateConfig, validate
-    from tests.test_model_files import TwoInputs, _export
+    from tests.teachers.test_model_files import TwoInputs, _export
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import pytest
 from compress.data.tables import TextDataset, load_dataset, sample_data_path
 from compress.errors import ConfigError, DataError, MissingBackendError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LABEL2ID = {"negative": 0, "positive": 1}
 
 

@@ -91,7 +91,7 @@ def test_cloud_run_is_a_container_without_zip_limits():
 
 @pytest.mark.parametrize("name", BOARDS + SERVERLESS)
 def test_builtin_profile_files_pass_profiles_check(name):
-    path = Path(P.__file__).resolve().parent.parent / "profiles" / f"{name}.yaml"
+    path = Path(P.__file__).resolve().parents[2] / "profiles" / f"{name}.yaml"
     if not path.is_file():
         pytest.skip("installed without the source tree")
     assert check_profile_file(path).name == name

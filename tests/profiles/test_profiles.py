@@ -33,7 +33,7 @@ from compress.profiles.schema import (
 from compress.profiles.load import builtin_profile_names, check_profile_file, detect_host, load_profile
 
 BUILTINS = ["cpu-arm64-neon", "cpu-x86-avx2", "cpu-x86-avx512-vnni"]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, text: str) -> Path:

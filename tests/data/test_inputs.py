@@ -14,7 +14,7 @@ from compress.artifact import MANIFEST, Manifest, load_artifact
 from compress.errors import ArtifactError
 from compress.data.tokenization import encoder_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["a gripping, beautifully acted film.", "dull.", "the plot is thin " * 40]
 PAIRS = ["is it good?", "is it bad?", "what?"]
 

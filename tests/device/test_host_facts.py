@@ -14,7 +14,7 @@ from compress.device import shipped
 from compress.device.shipped import ARM_PARTS, arm_core, cpu_model, cpuinfo, peak_rss_mb, sha256_file
 from compress.validation.ssh import MARKER, preflight_program
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*(ROOT / "compress").rglob("*.py"), *(ROOT / "runtimes").rglob("*.py")])
 PART = re.compile(r"0x[0-9a-f]{3}$", re.IGNORECASE)
 
