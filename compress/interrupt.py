@@ -5,13 +5,23 @@ CI timeouts, ``timeout``, ``docker stop`` and Kubernetes stop a job with SIGTERM
 ``KeyboardInterrupt``), so the same cleanup runs as for Ctrl-C (staging directories removed, remote
 work directories deleted) and the process exits 128 + the signal: 130 for SIGINT, 143 for SIGTERM.
 Long work that can stop cleanly at a boundary (distillation) uses :class:`StopFlag` instead.
+
+Both first give the main thread an alternate signal stack of edgecompress's own (:func:`ensure_signal_stack`).
+Python runs its signal handlers on the alternate stack (``SA_ONSTACK``), and OpenVINO's CPU plugin swaps that stack
+for one of each compiled model's and restores the previous one when it is destroyed: destroyed in another order than
+created (two Cores, or NNCF's own beside ours), the thread is left pointing at freed memory, and the next Ctrl-C or
+SIGTERM kills the process with SIGSEGV instead of stopping it cleanly (seen: a distillation interrupted after an
+OpenVINO quantization in the same process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, Self
@@ -19,6 +29,32 @@ from typing import Any, Self
 log = logging.getLogger(__name__)
 
 _last_signal: int | None = None
+_signal_stack: tuple[Any, Any] | None = None  # (buffer, stack_t): allocated once, alive for the whole process
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def ensure_signal_stack() -> bool:
+    """Point the main thread's alternate signal stack at memory edgecompress owns for the life of the process.
+
+    Linux only (elsewhere, or off the main thread, it does nothing and returns False); see the module docstring
+    for why. The stack is at least 64 KiB (Python's faulthandler uses about as much; AMX state needs more than the
+    old SIGSTKSZ).
+    """
+    global _signal_stack
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if _signal_stack is None:
+            size = max(1 << 16, os.sysconf("SC_SIGSTKSZ") if "SC_SIGSTKSZ" in os.sysconf_names else 0)
+            buf = ctypes.create_string_buffer(size)
+            _signal_stack = (buf, _StackT(ctypes.cast(buf, ctypes.c_void_p), 0, size))
+        return libc.sigaltstack(ctypes.byref(_signal_stack[1]), None) == 0
+    except (OSError, AttributeError, ValueError):  # no libc to call: leave the stack as it is
+        return False
 
 
 class Terminated(KeyboardInterrupt):
@@ -65,6 +101,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    ensure_signal_stack()
     old = signal.signal(signal.SIGTERM, _raise_terminated)
     old_int = signal.getsignal(signal.SIGINT)
     if old_int is signal.default_int_handler:
@@ -86,6 +123,7 @@ class StopFlag:
 
     def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
+            ensure_signal_stack()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self

@@ -478,7 +478,7 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
 
     from compress.packaging.config import PackageConfig
     from compress.packaging.bundle import package
-    from tests.package.test_package import write_profile
+    from tests.packaging.test_package import write_profile
 
     prof = write_profile(tmp_path, memory_mb=1024)
     report = package(onnx_images["program"], tmp_path / "b.zip",

@@ -295,7 +295,7 @@ def test_an_adopted_array_model_packages_and_its_handler_takes_json_arrays(two_i
     from compress.packaging.bundle import package
     from compress.runtimes.base import load_runtime
     from compress.stages.export import export
-    from tests.package.test_package import run_handler, write_profile
+    from tests.packaging.test_package import run_handler, write_profile
 
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
     report = package(art, tmp_path / "b.zip", PackageConfig(profile=str(write_profile(tmp_path)), download=False,
