@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from compress.device.shipped import peak_rss_mb
+from compress.device.shipped import cold_start_record, peak_rss_mb
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,20 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if not np.isfinite(out).all():
         print("non-finite output", file=sys.stderr)
         sys.exit(1)
-    peak = peak_rss_mb()
-    result = {
-        "runtime": args.runtime,
-        "import_ms": round(t_import * 1e3, 2),
-        "session_create_ms": round(t_session * 1e3, 2),
-        "first_inference_ms": round(t_first * 1e3, 2),
-        "cold_start_ms": round((t_import + t_session + t_first) * 1e3, 2),
-        "in_process_total_ms": round((time.perf_counter() - t_start) * 1e3, 2),
-        "peak_rss_mb": round(peak, 2),
-        "baseline_rss_mb": round(rss_before, 2),
-        "peak_rss_growth_mb": round(peak - rss_before, 2),
-        "torch_imported": "torch" in sys.modules,
-    }
-    print(json.dumps(result))
+    print(json.dumps(cold_start_record(args.runtime, t_start, t_import, t_session, t_first, rss_before)))
 
 
 if __name__ == "__main__":

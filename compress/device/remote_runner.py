@@ -413,21 +413,8 @@ def cmd_probe(args):
     t_first = time.perf_counter() - t0
     if not np.isfinite(out).all():
         raise Fail(EXIT_LOAD, "non_finite", "the model produced non-finite outputs on the device")
-    peak = peak_rss_mb()
-    emit({
-        "ok": True,
-        "runtime": job["runtime"],
-        "import_ms": round(t_import * 1e3, 2),
-        "session_create_ms": round(t_session * 1e3, 2),
-        "first_inference_ms": round(t_first * 1e3, 2),
-        "cold_start_ms": round((t_import + t_session + t_first) * 1e3, 2),
-        "in_process_total_ms": round((time.perf_counter() - t_start) * 1e3, 2),
-        "peak_rss_mb": round(peak, 2),
-        "baseline_rss_mb": round(rss_before, 2),
-        "peak_rss_growth_mb": round(peak - rss_before, 2),
-        "torch_imported": "torch" in sys.modules,
-        "probe": "edgecompress remote runner: numpy + runtime, inputs tokenized on the controller",
-    })
+    emit({"ok": True, **_device().cold_start_record(job["runtime"], t_start, t_import, t_session, t_first, rss_before),
+          "probe": "edgecompress remote runner: numpy + runtime, inputs tokenized on the controller"})
 
 
 def main(argv=None):
