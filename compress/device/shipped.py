@@ -164,6 +164,26 @@ def peak_rss_mb():
         return 0.0
 
 
+def cold_start_record(runtime, t_start, t_import, t_session, t_first, rss_before):
+    """The fresh process's cold start, as the probe (here) and the remote runner (on the device) report it: the
+    phases in ms (``t_start``: ``time.perf_counter()`` when the process began its work) and the peak memory."""
+    import time
+
+    peak = peak_rss_mb()
+    return {
+        "runtime": runtime,
+        "import_ms": round(t_import * 1e3, 2),
+        "session_create_ms": round(t_session * 1e3, 2),
+        "first_inference_ms": round(t_first * 1e3, 2),
+        "cold_start_ms": round((t_import + t_session + t_first) * 1e3, 2),
+        "in_process_total_ms": round((time.perf_counter() - t_start) * 1e3, 2),
+        "peak_rss_mb": round(peak, 2),
+        "baseline_rss_mb": round(rss_before, 2),
+        "peak_rss_growth_mb": round(peak - rss_before, 2),
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
 # --- inputs: the one seam from a manifest's description to a model's feeds -----------------------------------
 #: the input kinds a manifest's ``preprocess`` may describe (a new kind joins this list, not every caller)
 INPUT_KINDS = ("text", "image", "arrays")
@@ -237,25 +257,6 @@ class TextFeeds(object):
         arrays = self.arrays(texts, pairs, pad_to)
         return {name: arrays[name] for name in self.input_names if name in arrays}, arrays["attention_mask"]
 
-
-def cold_start_record(runtime, t_start, t_import, t_session, t_first, rss_before):
-    """The fresh process's cold start, as the probe (here) and the remote runner (on the device) report it: the
-    phases in ms (``t_start``: ``time.perf_counter()`` when the process began its work) and the peak memory."""
-    import time
-
-    peak = peak_rss_mb()
-    return {
-        "runtime": runtime,
-        "import_ms": round(t_import * 1e3, 2),
-        "session_create_ms": round(t_session * 1e3, 2),
-        "first_inference_ms": round(t_first * 1e3, 2),
-        "cold_start_ms": round((t_import + t_session + t_first) * 1e3, 2),
-        "in_process_total_ms": round((time.perf_counter() - t_start) * 1e3, 2),
-        "peak_rss_mb": round(peak, 2),
-        "baseline_rss_mb": round(rss_before, 2),
-        "peak_rss_growth_mb": round(peak - rss_before, 2),
-        "torch_imported": "torch" in sys.modules,
-    }
 
 
 def make_feeds(directory, preprocess, input_names, max_length):
