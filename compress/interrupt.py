@@ -11,7 +11,8 @@ Python runs its signal handlers on the alternate stack (``SA_ONSTACK``), and Ope
 for one of each compiled model's and restores the previous one when it is destroyed: destroyed in another order than
 created (two Cores, or NNCF's own beside ours), the thread is left pointing at freed memory, and the next Ctrl-C or
 SIGTERM kills the process with SIGSEGV instead of stopping it cleanly (seen: a distillation interrupted after an
-OpenVINO quantization in the same process).
+OpenVINO quantization in the same process). A recipe (and so a search) sets it again before each job, since an
+earlier job's models can be destroyed out of order after the handlers are in place.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import EdgeCompressError, OutputExistsError
+from compress.interrupt import ensure_signal_stack
 from compress.progress import Progress, sink
 from compress.validation.gate import RUN_INDEX, RUN_MARKER
 from compress.recipes.plan import Job, Plan, make_plan, rough_seconds
@@ -167,6 +168,7 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
         entry.update(status="running", path=str(out.relative_to(run)))
         write_json_atomic(run / INDEX, index)
         t0 = time.perf_counter()
+        ensure_signal_stack()  # an earlier job's OpenVINO models may have left a freed one (compress.interrupt)
         try:
             summary = _run_job(plan, job, run, out, say)
         except BaseException as e:
@@ -179,8 +181,9 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
             raise
         seconds = round(time.perf_counter() - t0, 2)
         write_json_atomic(run / "steps" / f"{job.dirname}.json",
-                    {"name": job.name, "verb": job.verb, "key": job.key, "from": job.parent, "settings": job.settings,
-                     "data": job.data, "path": entry["path"], "seconds": seconds, "summary": summary})
+                          {"name": job.name, "verb": job.verb, "key": job.key, "from": job.parent,
+                           "settings": job.settings, "data": job.data, "path": entry["path"], "seconds": seconds,
+                           "summary": summary})
         entry.update(status="ran", seconds=seconds, build_seconds=seconds, **summary)
         say({"phase": "job", "note": f"[{n}/{len(plan.jobs)}] {job.name}: done in {seconds:.1f} s"
              + (f", {summary['verdict'].upper()}" if "verdict" in summary else "")})
