@@ -18,6 +18,8 @@ Per model, every artifact is built through edgecompress's library API (what the 
   QLinearConv, mean-minmax ranges, float logits);
 * ``ONNX INT8 speed-aware``: the default plus ``--speed-aware`` (each layer group timed INT8 vs float side by side,
   the slower ones returned to float);
+* ``ONNX INT8 QAD``: ``quantize --qat-steps N`` (quantization-aware distillation of the PyTorch model on the
+  calibration views, fake-quantized at ONNX Runtime's placement, then the default INT8 of the trained weights);
 * ``OpenVINO INT8``: ``export --format openvino`` then ``quantize`` (NNCF).
 
 Measured: accuracy on the eval set, retention and agreement vs the FP32 PyTorch teacher, size, latency at batch 1
@@ -43,7 +45,7 @@ from common import cached_step  # noqa: E402 - benchmarks/ on the path first
 
 
 def build_family(name: str, teacher: Path, calibration: Path, work: Path, variants: set[str], *,
-                 calibration_samples: int, threads: int) -> dict[str, Path]:
+                 calibration_samples: int, threads: int, qat_steps: int = 100) -> dict[str, Path]:
     from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
     from compress.stages.quantize.config import QuantizeConfig
@@ -63,6 +65,9 @@ def build_family(name: str, teacher: Path, calibration: Path, work: Path, varian
     if "speed" in variants:
         arts["ONNX INT8 speed-aware"] = cached_step(f"{name} INT8 speed-aware", w / "int8-speed", lambda: quantize(
             onnx, w / "int8-speed", QuantizeConfig(**cal, speed_aware=True, speed_threads=threads), force=True))
+    if "qad" in variants:  # quantization-aware distillation of the exported PyTorch model, then the default INT8
+        arts["ONNX INT8 QAD"] = cached_step(f"{name} INT8 QAD", w / "int8-qad", lambda: quantize(
+            onnx, w / "int8-qad", QuantizeConfig(**cal, qat_steps=qat_steps, qat_source=str(teacher)), force=True))
     if "openvino" in variants:
         ov = cached_step(f"{name} OpenVINO", w / "ov", lambda: export(onnx, w / "ov", ExportConfig(format="openvino"),
                                                                 force=True))
@@ -125,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--digits-cnn", type=Path, help="the digits MobileNetV2 teacher (benchmarks/image_teachers.py)")
     ap.add_argument("--digits-pruned", type=Path, help="its channel-pruned copy (a pytorch artifact)")
     ap.add_argument("--digits", type=Path, default=ROOT / ".cache" / "digits")
-    ap.add_argument("--variants", default="previous,default,speed,openvino")
+    ap.add_argument("--variants", default="previous,default,speed,qad,openvino")
     ap.add_argument("--calibration-samples", type=int, default=300)
+    ap.add_argument("--qat-steps", type=int, default=100, help="steps of the qad variant (quantize --qat-steps)")
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "cnn-int8-work")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=4.0, help="least timed seconds per model")
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name, teacher, calibration, eval_data in families:
         arts = build_family(name.replace(" ", "-"), teacher, calibration, args.work, variants,
-                            calibration_samples=args.calibration_samples, threads=args.threads)
+                            calibration_samples=args.calibration_samples, threads=args.threads,
+                            qat_steps=args.qat_steps)
         for label, row in measure_family(name, arts, eval_data, args.threads, args.seconds).items():
             rows[f"{name}: {label}"] = row
     print("\n| model | artifact | accuracy | retention | agreement | size MB | p50 ms | p95 ms | vs FP32 (same runtime) |")

@@ -166,6 +166,10 @@ def train_teacher(data_dir: Path, out_dir: Path, *, epochs: float = DEFAULTS["ep
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
+
+    from compress._optional import install_torchvision_hook
+
+    install_torchvision_hook()  # transformers imports torchvision when it is installed (the timm extra) beside CPU torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(threads)

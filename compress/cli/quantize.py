@@ -45,6 +45,17 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--strict", is_flag=True,
               help="Fail (exit code 1, nothing written) when the parity check with the input collapses (mean "
                    "output cosine < 0.95 or argmax agreement < 0.5) instead of warning.")
+@click.option("--qat-steps", type=int, default=0, show_default=True,
+              help="INT8: first train the PyTorch model the artifact was exported from for N steps, fake-quantized as "
+                   "ONNX Runtime will quantize it, to match its FP32 self (quantization-aware distillation); "
+                   "resumable. 0: post-training only.")
+@click.option("--qat-data", type=click.Path(path_type=Path),
+              help="QAD training inputs (like --calibration; labels used when present). Default: --calibration.")
+@click.option("--qat-source", type=click.Path(path_type=Path),
+              help="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its lineage "
+                   "does not name it (a distilled or pruned student).")
+@click.option("--qat-lr", type=float, help="QAD peak learning rate (default 1e-5 images, 2e-5 text).")
+@click.option("--qat-batch-size", type=int, default=16, show_default=True, help="QAD inputs per step.")
 @click.option("--profile", "-p", "profile_name",
               help="Target device profile: its CPU (VNNI or not) picks the defaults; with --data, its "
                    "min_accuracy_retention budget drives accuracy-aware quantization.")
@@ -52,7 +63,8 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 weights_only, max_drop, data, metric, eval_samples, speed_aware, strict, profile_name, out, force):
+                 weights_only, max_drop, data, metric, eval_samples, speed_aware, strict, qat_steps, qat_data, qat_source,
+                 qat_lr, qat_batch_size, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
     ONNX artifacts use ONNX Runtime's quantizers (dynamic/static INT8, MatMulNBits INT4);
@@ -70,7 +82,8 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, metric=metric,
         eval_samples=eval_samples,
-        speed_aware=speed_aware, strict=strict,
+        speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,
+        qat_source=str(qat_source) if qat_source else None, qat_lr=qat_lr, qat_batch_size=qat_batch_size,
     )
     # only what the user gave: the stage refuses settings the chosen quantization would ignore
     from click.core import ParameterSource

@@ -48,6 +48,7 @@ F = SearchConfig.model_fields
               help=F["full_average"].description)
 @click.option("--explore-share", type=float, default=F["explore_share"].default, show_default=True,
               help=F["explore_share"].description + " The rest builds the best at full fidelity.")
+@click.option("--qat-steps", type=int, default=0, show_default=True, help=F["qat_steps"].description)
 @click.option("--full-recover-steps", type=int, default=F["full_recover_steps"].default, show_default=True,
               help=F["full_recover_steps"].description)
 @click.option("--promote", type=int, default=F["promote"].default, show_default=True, help=F["promote"].description)
@@ -59,7 +60,7 @@ F = SearchConfig.model_fields
                                             "(the store of built steps is kept).")
 def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, metric, space_text,
                short_steps, short_recover_steps, full_epochs, full_augment, full_augment_join, full_average, explore_share,
-               full_recover_steps, promote, storage, seed, no_html, force):
+               full_recover_steps, qat_steps, promote, storage, seed, no_html, force):
     """Find the smallest, fastest artifact that meets a device profile's budgets.
 
     \b
@@ -90,7 +91,7 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
         holdout=str(holdout) if holdout else None, time_budget_s=parse_duration(time_budget), objective=objective,
         trials=trials, short_steps=short_steps, short_recover_steps=short_recover_steps, full_epochs=full_epochs,
         full_augment=full_augment, full_augment_join=full_augment_join, full_average=full_average,
-        explore_share=explore_share, full_recover_steps=full_recover_steps, promote=promote,
+        explore_share=explore_share, full_recover_steps=full_recover_steps, qat_steps=qat_steps, promote=promote,
         space=parse_space(space_text) if space_text else None, storage=storage, seed=seed, metric=metric,
     )
     for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):

@@ -94,6 +94,10 @@ def _distill_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
         settings.get("epochs", 3.0)) / int(settings.get("batch_size", 32))
 
 
+def _qat_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
+    return float(settings.get("qat_steps") or 0)
+
+
 def _recover_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
     return int(settings.get("recover_steps", 0))
 
@@ -127,9 +131,11 @@ VERBS: dict[str, Verb] = {
         defaults=_PARITY_DATA, seconds=30, step_name="{format}", name_defaults={"format": "onnx"}),
     "quantize": Verb(
         config="compress.stages.quantize.config:QuantizeConfig", command="compress.cli.quantize:quantize_cmd",
-        run="compress.recipes.steps:run_quantize", paths=("calibration", "sample_data", "data"),
+        run="compress.recipes.steps:run_quantize", paths=("calibration", "sample_data", "data", "qat_data",
+                                                          "qat_source"),
         takes_from=("export",), deployable=True, format=None, data={"calibration": "calibration"},
-        defaults=_PARITY_DATA, seconds=20, step_name="quantized-{precision}", name_defaults={"precision": "int8"}),
+        defaults=_PARITY_DATA, seconds=20, train_steps=_qat_steps, step_name="quantized-{precision}",
+        name_defaults={"precision": "int8"}),
     "validate": Verb(
         config="compress.validation.local:ValidateConfig", command="compress.cli.validate:validate_cmd",
         run="compress.recipes.steps:run_validate", paths=("data", "teacher", "ssh_config"), measures=True,

@@ -55,6 +55,9 @@ class SearchConfig(BaseModel):
         "--full-augment and --full-augment-join copies too. On SST-2, a 2-layer student pruned to half its heads and "
         "15% of its FFN neurons kept 0.978 dev / 0.984 test retention (INT8) after 4,000 such steps and 0.9987 / 0.9848 "
         "after 24,000 (about 50 min on 2 cores); with another seed 0.974 / 0.980.")
+    qat_steps: int = Field(
+        0, ge=0, description="Quantization-aware distillation steps (quantize --qat-steps) for each ONNX Runtime INT8 "
+        "candidate at full fidelity; 0: post-training INT8 only. A model file has nothing to train.")
     distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
     prune: dict[str, Any] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
     promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")

@@ -54,7 +54,8 @@ class Search:
         recovery = {"teacher": str(Path(config.teacher).resolve()), **({"recover_augment": augment} if augment else {}),
                     **({"recover_augment_join": join} if join else {}), **({"recover_average": True} if average else {})} \
             if kind.recovers_from_teacher else {}
-        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, {**recovery, **prune})
+        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, {**recovery, **prune},
+                             {"qat_steps": config.qat_steps} if config.qat_steps else {})
         self.t0 = time.monotonic()
         self.spent_before = 0.0
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes
@@ -93,6 +94,10 @@ class Search:
         if other:
             raise ConfigError(f"--space {', '.join(other)}: not a dimension of a {self.shape.kind} teacher's search",
                               hint=f"a {self.shape.kind} teacher's dimensions: {', '.join(base)}")
+        if self.shape.kind == "file" and self.config.qat_steps:
+            raise ConfigError("--qat-steps: a model file has no trainable source, so its candidates cannot be "
+                              "distilled, quantization-aware or otherwise", hint="drop --qat-steps, or search from "
+                              "the PyTorch checkpoint the file came from")
         if not kind.counts_ops and self.config.objective is Objective.energy_proxy:
             raise ConfigError(f"--objective energy-proxy needs a candidate's operations before it is built, which a "
                               f"{self.shape.kind} teacher's estimate does not count",

@@ -262,6 +262,7 @@ class Fidelity:
     distill: dict[str, Any]  # distill options besides the student's shape (max_steps or epochs, ...)
     recover_steps: int  # prune recovery
     prune: dict[str, Any] = field(default_factory=dict)  # other prune options (recover_lr, ...)
+    quantize: dict[str, Any] = field(default_factory=dict)  # ONNX Runtime INT8 options (qat_steps at full fidelity)
 
 
 def _width_config(c: Candidate, shape: TeacherShape) -> dict[str, Any] | None:
@@ -304,7 +305,7 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
     elif c.quant == "int8-dynamic-emb4":
         q = {"mode": "dynamic", "embedding_precision": "int4", "block_size": EMB4_BLOCK}
     else:
-        q = {"mode": c.quant.split("-")[1]}
+        q = {"mode": c.quant.split("-")[1], **fidelity.quantize}
     steps["model"] = {"from": "onnx", "quantize": q}
     return steps, "model"
 

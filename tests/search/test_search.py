@@ -608,3 +608,17 @@ def test_when_every_candidate_is_skipped_the_diagnosis_names_the_budget_not_the_
                                "estimate misses max_model_size_mb")
     assert lines[1].startswith("binding budget: max_model_size_mb") and "--time-budget" not in " ".join(lines)
     assert "--time-budget" in diagnose(None, [], [{"trial": 0, "why": "needs ~30 min, 2 min of the time budget left"}])[0]
+
+
+def test_qat_steps_reach_only_full_fidelity_onnx_runtime_int8_candidates(workspace, tmp_path):
+    from compress.search.directory import Search
+    from compress.search.space import Candidate, candidate_steps
+
+    s = Search(config(workspace, qat_steps=50), tmp_path / "s")
+    full, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.shape, s.full)
+    assert full[last]["quantize"] == {"mode": "dynamic", "qat_steps": 50}
+    short, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.shape, s.short)
+    assert short[last]["quantize"] == {"mode": "dynamic"}  # short fidelity ranks post-training INT8
+    for other in (Candidate(1, quant="int4"), Candidate(1, runtime="openvino", quant="int8")):
+        steps, last = candidate_steps(other, s.shape, s.full)
+        assert "qat_steps" not in steps[last]["quantize"]

@@ -356,6 +356,8 @@ def export_onnx(
         parity = measure_parity(reference, candidate, texts, manifest.labels is not None)
         shown = texts if isinstance(texts[0], str) else f"{len(texts)} seeded noise images at the input size"
         step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": ref_name, "texts": shown}
+        if teacher is not None:  # the PyTorch model itself (a student's own directory): what QAD trains
+            step.metrics["exported_from"] = str(Path(teacher_dir).resolve())
         if getattr(teacher, "processor", None) is not None:  # our preprocessing against the teacher's own
             step.metrics["preprocess_agreement"] = _processor_agreement(teacher)
         if not parity.max_abs_diff <= config.atol:

@@ -45,9 +45,15 @@ def quantize(
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")
     if spec is QUANTIZE_OPENVINO:
+        if config.qat_steps:
+            raise ConfigError("--qat-steps trains for ONNX Runtime's INT8 placement; OpenVINO artifacts use NNCF",
+                              hint="quantize the FP32 ONNX artifact with --qat-steps, or drop it")
         from compress.stages.quantize.openvino import quantize_openvino
 
         return quantize_openvino(art, out, config, force=force)
     from compress.stages.quantize.onnxruntime import quantize_onnxruntime
+    from compress.stages.quantize.qad import check_request
+
+    check_request(art, config)
 
     return quantize_onnxruntime(art, out, config, force=force)

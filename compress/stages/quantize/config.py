@@ -107,6 +107,21 @@ class QuantizeConfig(BaseModel):
         False, description="Fail (exit code 1, nothing written) instead of warning when the parity check with the "
         "input model collapses (mean output cosine < 0.95 or argmax agreement < 0.5); recipes set it.")
 
+    # quantization-aware distillation
+    qat_steps: int = Field(
+        0, ge=0, description="INT8 (ONNX Runtime): first train the PyTorch model the artifact was exported from for "
+        "this many steps, fake-quantized as ONNX Runtime will quantize it, to match its FP32 self (quantization-aware "
+        "distillation), then quantize the trained weights; 0: post-training only.")
+    qat_data: str | None = Field(
+        None, description="QAD: training inputs (a data file like --calibration; labels used when present). "
+        "Default: the calibration data.")
+    qat_source: str | None = Field(
+        None, description="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its "
+        "lineage's source is not it (checked by content).")
+    qat_lr: float | None = Field(
+        None, gt=0, description="QAD: peak learning rate (AdamW, warm-up then cosine decay); default 1e-5 for "
+        "images and arrays, 2e-5 for text.")
+    qat_batch_size: int = Field(16, ge=1, description="QAD: inputs per training step.")
     # INT4 weight-only
     block_size: int = Field(
         128, description="INT4: weights per quantization block along the input dimension (32, 64 or 128)."

@@ -342,6 +342,20 @@ def _block_padding(layers: list, model, block_size: int) -> list[dict[str, Any]]
     return out
 
 
+def warn_padding(layers: list, model, block_size: int) -> None:
+    """Say (and the manifest records) when the INT4 block size does not divide some MatMuls' K."""
+    padded = [p for p in _block_padding(layers, model, block_size) if p["padding_bytes"]]
+    if padded:
+        first = padded[0]
+        log.warning(
+            "block size %d does not divide K of %d MatMul(s) (e.g. %s, K=%d): ONNX Runtime zero-pads K to a multiple "
+            "of %d, so these layers are still INT4 but store %d bytes of padding (their last block per column holds "
+            "K mod %d real weights); recorded in the manifest (int4.block_padding). A block size dividing K avoids it.",
+            block_size, len(padded), first["node"], first["K"], block_size,
+            sum(p["padding_bytes"] for p in padded), block_size,
+        )
+
+
 def _node_report(
     source_model, dst: Path, config: QuantizeConfig, op_types: tuple[str, ...], user: list[str], searched: list[str],
     reasons: dict[str, str] | None = None,

@@ -84,6 +84,7 @@ from compress.stages.quantize.graph import (
     IMAGE_STATIC_OPS,
     STATIC_DEFAULT_OPS,
     _block_padding,
+    warn_padding,
     is_static_first,
     static_mode,
     _check_applicable,
@@ -447,20 +448,6 @@ def _write_artifact(
     return manifest
 
 
-def _warn_padding(q: _OnnxQuantizer, exclude: list[str]) -> None:
-    layers = [lay for lay in q.layers() if lay.name not in exclude]
-    padded = [p for p in _block_padding(layers, q.model, q.config.block_size) if p["padding_bytes"]]
-    if padded:
-        first = padded[0]
-        log.warning(
-            "block size %d does not divide K of %d MatMul(s) (e.g. %s, K=%d): ONNX Runtime zero-pads K to a multiple "
-            "of %d, so these layers are still INT4 but store %d bytes of padding (their last block per column holds "
-            "K mod %d real weights); recorded in the manifest (int4.block_padding). A block size dividing K avoids it.",
-            q.config.block_size, len(padded), first["node"], first["K"], q.config.block_size,
-            sum(p["padding_bytes"] for p in padded), q.config.block_size,
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +476,13 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
 
     require("onnxruntime", "INT4 quantization" if config.precision is QuantPrecision.int4 else "INT8 quantization")
     t0 = time.perf_counter()
-    q = _OnnxQuantizer(art, config)
+    extra: dict[str, Any] = {}
+    source = art  # what is quantized: the artifact, or its QAD-trained re-export (parity stays against ``art``)
+    if config.qat_steps:
+        from compress.stages.quantize.qad import quantization_aware_distillation
+
+        source, extra["qad"] = quantization_aware_distillation(art, config, out, config.resolved_reduce_range())
+    q = _OnnxQuantizer(source, config)
     layers = q.layers()
     if q.int4:
         _check_int4_graph(art, q.model, layers)
@@ -506,7 +499,6 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
 
     exclude = list(config.exclude_nodes)
     searched: list[str] = []
-    extra: dict[str, Any] = {}
     reasons: dict[str, str] = {}
     if not q.int4 and (small := small_gemm_layers(q.model, layers, exclude)):  # INT8 only where it pays
         extra["small_gemms_float"] = list(small.values())
@@ -539,7 +531,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
                 exclude.append(name)
                 reasons[name] = "speed-aware: its layer group ran faster in float (see speed_aware.groups)"
         if q.int4:
-            _warn_padding(q, exclude)
+            warn_padding([lay for lay in q.layers() if lay.name not in exclude], q.model, config.block_size)
         others = art.size_bytes(model_only=False) - art.size_bytes()
         output = QUANTIZE_ONNX.output(out, config, force=force, t0=t0)
         with output.writing(need_bytes=art.size_bytes() // 4 + others) as o:  # about 4x smaller
@@ -549,6 +541,10 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    if config.qat_steps:
+        from compress.stages.quantize.qad import finish
+
+        finish(out)
     m = manifest.steps[-1].metrics
     log.info("wrote %s (%.1f MB -> %.1f MB)", out, m["size_bytes_before"] / 1e6, m["size_bytes_after"] / 1e6)
     return output.artifact

@@ -1,0 +1,135 @@
+"""Quantization-aware distillation (``quantize --qat-steps``): a depthwise/ReLU6 stack whose per-tensor INT8
+provably collapses is recovered by training it fake-quantized at ONNX Runtime's placement; the run resumes after an
+interrupt; a text classifier goes through it in dynamic mode; and what it cannot do is refused in one line.
+
+The models and inputs are test material (random weights, noise images, a handful of sentences)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("PIL")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> dict[str, Path]:
+    from compress.stages.export import export
+    from tests.stages.test_cnn_int8 import _depthwise_relu6_program
+
+    root = tmp_path_factory.mktemp("qad")
+    rng = np.random.default_rng(0)
+    np.savez(root / "images.npz", images=rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8))
+    teacher = _depthwise_relu6_program(root / "teacher")
+    return {"onnx": export(teacher, root / "onnx").path, "images": root / "images.npz", "teacher": teacher}
+
+
+def _cli_error(capsys, args: list[str], *words: str) -> None:
+    """The CLI's entry point refuses ``args`` with one ``error:`` line naming ``words``, exit code 2."""
+    from compress.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["-q", *args])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (e.value.code, lines)
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def _qad(stack, **kw):
+    from compress.stages.quantize.config import QuantizeConfig
+
+    return QuantizeConfig(calibration=str(stack["images"]), per_channel=False, **kw)
+
+
+def test_qad_recovers_per_tensor_int8_that_post_training_collapses(stack, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.qad import work_dir
+
+    ptq = quantize(stack["onnx"], tmp_path / "ptq", _qad(stack)).manifest.steps[-1].metrics["parity_vs_input"]
+    assert ptq["collapsed"] and ptq["argmax_agreement"] < 0.5  # the weights of 7 of 8 depthwise channels round to 0
+
+    art = quantize(stack["onnx"], tmp_path / "qad", _qad(stack, qat_steps=60, qat_lr=1e-3))
+    metrics = art.manifest.steps[-1].metrics
+    parity, qad = metrics["parity_vs_input"], metrics["qad"]
+    # measured against the original FP32 artifact, not the retrained one
+    assert parity["reference"] == "onnx fp32"
+    assert "collapsed" not in parity and parity["argmax_agreement"] >= 0.9 and parity["cosine_mean"] > ptq["cosine_mean"]
+    # the simulation saw what ONNX Runtime then did: the untrained model collapsed in it too, the trained one did not
+    assert qad["before"]["agreement"] < 0.5 <= qad["best"]["agreement"] and qad["best_step"] > 0
+    assert qad["layers_fake_quantized"] == 3 and qad["activations"] == "static"  # the 3 convolutions; the tiny head is float
+    assert [h["step"] for h in qad["history"]][0] == 0 and "kept" in qad
+    assert art.manifest.steps[-1].config["qat_steps"] == 60
+    assert not work_dir(tmp_path / "qad").exists()  # the run's state is gone once the artifact is written
+
+
+def test_an_interrupted_qad_run_resumes_where_it_stopped(stack, tmp_path, monkeypatch, caplog):
+    import compress.interrupt as interrupt
+    from compress.errors import EdgeCompressError
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.qad import STATE, work_dir
+
+    class StopAt(interrupt.StopFlag):  # as if Ctrl-C arrived during step 10
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAt.checks += 1
+            return StopAt.checks >= 10
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    monkeypatch.setattr(interrupt, "StopFlag", StopAt)
+    out = tmp_path / "q"
+    with pytest.raises(EdgeCompressError, match="stopped at step 10 of 30") as e:
+        quantize(stack["onnx"], out, _qad(stack, qat_steps=30, qat_lr=1e-3))
+    assert e.value.exit_code == 130 and not out.exists() and (work_dir(out) / STATE).is_file()
+
+    monkeypatch.undo()
+    caplog.set_level("INFO", logger="compress.stages.quantize")
+    art = quantize(stack["onnx"], out, _qad(stack, qat_steps=30, qat_lr=1e-3))
+    assert "resuming at step 10 of 30" in caplog.text
+    assert [h["step"] for h in art.manifest.steps[-1].metrics["qad"]["history"]][-1] == 30
+
+
+def test_qad_trains_a_text_classifier_in_dynamic_mode(onnx_artifact, tmp_path, make_tsv):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    data = make_tsv(tmp_path)
+    art = quantize(onnx_artifact.path, tmp_path / "q", QuantizeConfig(qat_steps=4, qat_data=str(data), qat_batch_size=4))
+    qad = art.manifest.steps[-1].metrics["qad"]
+    assert qad["activations"] == "dynamic" and qad["layers_fake_quantized"] > 0 and len(qad["history"]) >= 2
+    assert art.precision == "int8" and art.manifest.steps[-1].metrics["parity_vs_input"]["n"] > 0
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--qat-steps", "5"], ["trains on data", "--qat-data"]),  # dynamic INT8 reads no calibration data
+    (["--qat-lr", "1e-4"], ["--qat-lr", "--qat-steps"]),
+    (["--qat-steps", "5", "--precision", "int4", "--qat-data", "DATA"], ["INT4 is weight-only"]),
+])
+def test_qad_requests_it_cannot_serve_are_one_line_errors(onnx_artifact, tmp_path, make_tsv, capsys, extra, words):
+    data = make_tsv(tmp_path)
+    args = [a.replace("DATA", str(data)) for a in extra]
+    _cli_error(capsys, ["quantize", str(onnx_artifact.path), *args, "--out", str(tmp_path / "q")], *words)
+    assert not (tmp_path / "q").exists()
+
+
+def test_qad_refuses_an_adopted_model_file_with_no_trainable_source(tmp_path, capsys):
+    import torch
+
+    from compress.stages.export import export
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)).eval()
+    torch.onnx.export(net, (torch.randn(2, 4),), str(tmp_path / "model.onnx"), input_names=["x"], dynamo=False,
+                      dynamic_axes={"x": {0: "batch"}})
+    adopted = export(tmp_path / "model.onnx", tmp_path / "adopted")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+    _cli_error(capsys, ["quantize", str(adopted.path), "--qat-steps", "5", "--qat-data", str(tmp_path / "x.npz"),
+                   "--out", str(tmp_path / "q")], "no trainable source", "--qat-steps")
