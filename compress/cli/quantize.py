@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import build_config, console, force_option, status
+from compress.cli._common import PhaseProgress, build_config, console, force_option, status
 from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 
 
@@ -93,8 +93,12 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
               for k, v in values.items()}
     target = QuantizeConfig.profile_settings(profile_name, values) if profile_name else {}
     config = build_config(QuantizeConfig, **values, **target)
-    with status(f"quantizing {artifact} to {precision.upper()}"):
-        art = quantize(artifact, out, config, force=force)
+    if config.qat_steps:
+        with _Progress() as progress:
+            art = quantize(artifact, out, config, force=force, progress=progress)
+    else:
+        with status(f"quantizing {artifact} to {precision.upper()}"):
+            art = quantize(artifact, out, config, force=force)
     m = art.manifest.steps[-1].metrics
     p = m["parity_vs_input"]
     agree = f", argmax agreement {p['argmax_agreement']:.3f}" if "argmax_agreement" in p else ""
@@ -102,6 +106,27 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         f"wrote [bold]{art.path}[/] ({art.precision}, {m['size_bytes_after'] / 1e6:.1f} MB, {m['compression']:.2f}x smaller); "
         f"vs input: min cosine {p['cosine_min']:.4f}{agree}"
     )
+    if (qad := m.get("qad")) is not None:
+        console().print(f"quantization-aware distillation: held-out agreement of the simulated INT8 with FP32 "
+                        f"{_score(qad['before'])} before, {_score(qad['best'])} kept ({qad['kept']})")
     if p.get("collapsed"):
         console().print(f"[bold red]WARNING[/]: collapsed against its input ({'; '.join(p['collapsed']['below'])}); "
                         f"try {p['collapsed']['remedies']}")
+
+
+def _score(score: dict) -> str:
+    return f"{score['agreement']:.3f} (cosine {score['cosine']:.4f})" if "agreement" in score else \
+        f"cosine {score['cosine']:.4f}"
+
+
+class _Progress(PhaseProgress):
+    """Quantization-aware distillation's steps; its loading and re-export as spinners."""
+
+    labels = {"qad": "quantization-aware distillation"}
+
+    def show(self, d: dict) -> None:
+        if d["phase"] == "qad":
+            info = f"loss {d['loss']:.4f}" if "loss" in d else ""
+            if "cosine" in d:
+                info += f", held-out {_score(d)}"
+            self.bar.update(self.task("qad", self.labels["qad"], d["total"]), completed=d["step"], info=info)

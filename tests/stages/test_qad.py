@@ -133,3 +133,15 @@ def test_qad_refuses_an_adopted_model_file_with_no_trainable_source(tmp_path, ca
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
     _cli_error(capsys, ["quantize", str(adopted.path), "--qat-steps", "5", "--qat-data", str(tmp_path / "x.npz"),
                    "--out", str(tmp_path / "q")], "no trainable source", "--qat-steps")
+
+
+def test_the_cli_reports_what_qad_changed(stack, tmp_path, capsys):
+    from compress.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", str(stack["onnx"]), "--calibration", str(stack["images"]), "--per-tensor", "--qat-steps", "10",
+              "--qat-lr", "1e-3", "--out", str(tmp_path / "q")])
+    out = " ".join(capsys.readouterr().out.split())
+    assert e.value.code in (0, None) and "quantization-aware distillation: held-out agreement" in out, out
+    assert "kept (the weights of step" in out or "kept (the original weights" in out

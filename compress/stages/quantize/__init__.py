@@ -14,6 +14,7 @@ from pathlib import Path
 
 from compress.artifact import Artifact, check_output, load_artifact
 from compress.errors import ConfigError
+from compress.progress import Progress
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
 from compress.stages.spec import spec_for
 
@@ -24,13 +25,15 @@ def quantize(
     config: QuantizeConfig | None = None,
     *,
     force: bool = False,
+    progress: Progress | None = None,
 ) -> Artifact:
     """Quantize an ONNX artifact to INT8 or INT4 (OpenVINO artifacts: NNCF) into a new artifact at ``out``.
 
     With ``max_drop``/``min_retention`` and ``data`` the most sensitive layers stay in float until the
     eval metric meets the budget; if no mix within ``max_fp32_fraction`` does, the best candidate is
     written to ``OUT.best-candidate/`` (with ``accuracy_report.json``) and
-    :class:`~compress.errors.AccuracyBudgetError` is raised.
+    :class:`~compress.errors.AccuracyBudgetError` is raised. ``progress`` hears quantization-aware distillation's
+    steps (``qat_steps``).
     """
     config = config or QuantizeConfig()
     out = check_output(out, force)
@@ -56,4 +59,4 @@ def quantize(
 
     check_request(art, config)
 
-    return quantize_onnxruntime(art, out, config, force=force)
+    return quantize_onnxruntime(art, out, config, force=force, progress=progress)

@@ -453,7 +453,8 @@ def _write_artifact(
 # ---------------------------------------------------------------------------------------------
 
 
-def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, force: bool = False,
+                         progress=None) -> Artifact:
     """Quantize an FP32 ONNX artifact with ONNX Runtime (INT8 dynamic/static, INT4 weight-only) into ``out``.
 
     With ``max_drop``/``min_retention`` and ``data`` the most sensitive layers stay in float until the
@@ -481,7 +482,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     if config.qat_steps:
         from compress.stages.quantize.qad import quantization_aware_distillation
 
-        source, extra["qad"] = quantization_aware_distillation(art, config, out, config.resolved_reduce_range())
+        source, extra["qad"] = quantization_aware_distillation(art, config, out, config.resolved_reduce_range(),
+                                                                progress)
     q = _OnnxQuantizer(source, config)
     layers = q.layers()
     if q.int4:

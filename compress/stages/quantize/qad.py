@@ -30,6 +30,7 @@ import numpy as np
 
 from compress.artifact import MANIFEST, Artifact, Manifest, load_artifact, write_manifest
 from compress.errors import ConfigError
+from compress.progress import Progress, silent, sink
 from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig, QuantMode
 from compress.stages.quantize.fake_quant import FakeQuant, Ranges
 
@@ -153,7 +154,7 @@ class _Data:
 def _loss(s, t, labels, classes: bool):
     import torch.nn.functional as F
 
-    if classes:
+    if classes and s.dim() == 2:  # class scores; a map's or a sequence's outputs are matched value by value
         loss = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), log_target=True,
                         reduction="batchmean")
         return loss + F.cross_entropy(s.float(), labels) if labels is not None else loss
@@ -178,7 +179,7 @@ class _Run:
         for p in self.params:
             p.requires_grad_(True)
         self.data = _Data(art, config, self.teacher)
-        self.classes = art.manifest.labels is not None
+        self.classes = art.manifest.labels is not None and art.manifest.postprocess.class_axis is None
         static = config.mode is QuantMode.static
         self.fq = FakeQuant(per_channel=config.per_channel, reduce_range=reduce_range,
                             activations="static" if static else "dynamic",
@@ -191,6 +192,7 @@ class _Run:
         warm = max(1, steps // 10)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        self.say: Progress = silent
         self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "history": [], "seconds": 0.0}
         self.best_weights: dict[str, Any] | None = None
         self.key = hashlib.sha256(json.dumps(
@@ -225,7 +227,7 @@ class _Run:
                 x, _ = self.data.batch(self.data.held[i:i + self.batch_size])
                 s = self.fq.forward(self.student.call, self.student.model, x).float()
                 t = self.teacher.call(self.teacher.model, x).float()
-                if self.classes:
+                if self.classes and s.dim() == 2:
                     agree += float((s.argmax(-1) == t.argmax(-1)).sum())
                 cos += float(torch.nn.functional.cosine_similarity(s.flatten(1), t.flatten(1), dim=1).sum())
                 n += s.shape[0]
@@ -286,6 +288,7 @@ class _Run:
             self.state["history"].append({"step": 0, **self.state["before"]})
             log.info("QAD: fake-quantized before training: %s on %d held-out inputs", self.state["before"],
                      len(self.data.held))
+        self.say({"phase": "qad", "total": steps})
         t0, last = time.perf_counter(), None
         with StopFlag() as stop:
             while self.state["step"] < steps:
@@ -304,6 +307,8 @@ class _Run:
                 if step % every == 0 or step == steps or stopping:
                     self._evaluate(step, last, t0)
                     t0 = time.perf_counter()
+                else:
+                    self.say({"phase": "qad", "step": step, "total": steps, "loss": last})
                 if stopping:
                     self.save()
                     raise Interrupted(f"quantization-aware distillation stopped at step {step} of {steps}",
@@ -323,6 +328,7 @@ class _Run:
             self.best_weights = self._weights()
         log.info("QAD step %d/%d: loss %.4f, held-out %s (best at step %d)", step, self.config.qat_steps, loss, score,
                  self.state["best_step"])
+        self.say({"phase": "qad", "step": step, "total": self.config.qat_steps, "loss": loss, **score})
         self.save()
 
     # --- the result --------------------------------------------------------------------------------------
@@ -340,8 +346,8 @@ class _Run:
         }
 
 
-def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: Path,
-                                    reduce_range: bool) -> tuple[Artifact, dict[str, Any]]:
+def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: Path, reduce_range: bool,
+                                    progress: Progress | None = None) -> tuple[Artifact, dict[str, Any]]:
     """Train ``art``'s PyTorch source for ``config.qat_steps`` steps fake-quantized (see the module doc) and return
     the FP32 ONNX artifact of the chosen weights (``art`` itself when no step beat the untrained model) and the
     record of the run."""
@@ -350,7 +356,10 @@ def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: 
     require("torch", "quantization-aware distillation")
     source = trainable_source(art, config)
     work = work_dir(out)
+    say = sink(progress)
+    say({"phase": "qad-load", "label": "quantization-aware distillation: loading the model and data"})
     run = _Run(art, config, source, work, reduce_range)
+    run.say = say
     log.info("QAD: %d steps on %d inputs from %s (batch %d, lr %g, %s activations)", config.qat_steps,
              len(run.data.train), run.data.source, run.batch_size, run.lr, run.fq.activations)
     run.train()
@@ -359,6 +368,7 @@ def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: 
         record["kept"] = "the original weights: no step agreed better with the teacher than the untrained model"
         return art, record
     run.student.model.load_state_dict(run.best_weights)
+    say({"phase": "qad-export", "label": f"exporting the weights of step {run.state['best_step']}"})
     trained = _export_trained(art, run, work)
     record["kept"] = f"the weights of step {run.state['best_step']}"
     return trained, record
