@@ -110,6 +110,30 @@ def make_features(work: Path) -> Path:
     return f
 
 
+def make_features_program(work: Path) -> Path:
+    """The same feature extractor as a ``torch.export`` program beside the file (``features.pt2``, input ``image``):
+    the PyTorch source ``quantize --qat-steps --qat-source`` trains for the adopted file."""
+    import torch
+
+    f = work / "mobilenet_v2_features" / "features.pt2"
+    if not f.is_file():
+        module, _ = _mobilenet()
+
+        class Features(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.features = module.features
+
+            def forward(self, image):
+                return self.features(image)
+
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        program = torch.export.export(Features().eval(), (torch.randn(2, 3, 224, 224),), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(f))
+        _yaml(f.with_suffix(".yaml"), {"architecture": "mobilenet_v2 features"})  # its spatial size is fixed: no dims
+    return f
+
+
 def photo_arrays(csv_file: Path, out: Path, limit: int | None = None) -> Path:
     """The photo views of ``csv_file`` preprocessed as the MobileNetV2 file expects, as an ``.npz`` (``image``)."""
     if out.is_file():
@@ -203,7 +227,13 @@ def make_digits(work: Path) -> tuple[Path, Path, Path]:
     return f, test, calib
 
 
-def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, modes: list[str]) -> list[dict]:
+QAD_STEPS = 100
+LABELS = {"static": "static INT8", "dynamic": "dynamic INT8", "static-speed-aware": "static INT8, speed-aware",
+          "static-qad": f"static INT8, --qat-steps {QAD_STEPS} (QAD of features.pt2)", "openvino": "OpenVINO INT8 (NNCF)"}
+
+
+def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, modes: list[str],
+              qat_source: Path | None = None) -> list[dict]:
     import onnx
 
     from compress.artifact import load_artifact
@@ -229,14 +259,14 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
         static = mode.startswith("static")
         cfg = QuantizeConfig(mode=QuantMode.static if static else QuantMode.dynamic,
                              **({"calibration": str(calibration)} if static else {}),
-                             **({"speed_aware": True} if mode == "static-speed-aware" else {}))
+                             **({"speed_aware": True} if mode == "static-speed-aware" else {}),
+                             **({"qat_steps": QAD_STEPS, "qat_source": str(qat_source)} if mode == "static-qad" else {}))
         if mode != "openvino":
             try:
                 cached_step(f"{name} INT8 {mode}", out, lambda out=out, cfg=cfg: quantize(load_artifact(fp32), out, cfg))
             except EdgeCompressError as e:  # speed-aware may find that nothing pays: that is its answer
                 print(f"{name} INT8 {mode}: {e}", flush=True)
-                rows.append({"model": name, "file_opset": opset, "quantize": "static INT8, speed-aware",
-                             "refused": str(e)})
+                rows.append({"model": name, "file_opset": opset, "quantize": LABELS[mode], "refused": str(e)})
                 continue
         print(f"validating {name} INT8 {mode} ...", flush=True)
         report = validate(load_artifact(out), ValidateConfig(data=str(data), cold_start=False))
@@ -244,9 +274,7 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
         fid = next(iter(m["output_fidelity"].values()))
         worst = (m.get("layer_errors") or {}).get("layers") or [{}]
         rows.append({
-            "model": name, "file_opset": opset, "quantize": {"static": "static INT8", "dynamic": "dynamic INT8",
-                                                              "static-speed-aware": "static INT8, speed-aware",
-                                                              "openvino": "OpenVINO INT8 (NNCF)"}[mode],
+            "model": name, "file_opset": opset, "quantize": LABELS[mode],
             "task": report.artifact["task"], "metric_name": m.get("metric_name"), "metric": m.get("metric"),
             "teacher_metric": m.get("teacher_metric"), "retention": m.get("retention"), "agreement": m.get("agreement"),
             "output_cosine": fid["cosine"], "output_cosine_min": fid["cosine_min"], "output_snr_db": fid["snr_db"],
@@ -312,13 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "mobilenet_v2_features":
             f = make_features(work)
             rows += run_model(name, f, work, photo_arrays(photos / "mobilenet_v2.csv", work / "photos-eval.npz"),
-                              photo_arrays(photos / "calibration.csv", work / "photos-calibration.npz"), ["static"])
+                              photo_arrays(photos / "calibration.csv", work / "photos-calibration.npz"),
+                              ["static", "static-qad"], qat_source=make_features_program(work))
         elif name == "digits_halves":
             f, test, calib = make_digits(work)
             rows += run_model(name, f, work, test, calib, ["static", "static-speed-aware"])
         else:
             raise SystemExit(f"unknown model {name!r}")
     args.results.parent.mkdir(parents=True, exist_ok=True)
+    if args.results.is_file():  # a run of some --models keeps the other models' rows
+        done = {r["model"] for r in rows}
+        rows = [r for r in json.loads(args.results.read_text(encoding="utf-8"))["rows"] if r["model"] not in done] + rows
     args.results.write_text(json.dumps({**host_and_versions(), "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(table(rows))
     return 0

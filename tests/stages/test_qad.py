@@ -145,3 +145,49 @@ def test_the_cli_reports_what_qad_changed(stack, tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert e.value.code in (0, None) and "quantization-aware distillation: held-out agreement" in out, out
     assert "kept (the weights of step" in out or "kept (the original weights" in out
+
+
+def _mlp_file_and_program(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The same MLP as an ONNX file exported outside edgecompress and as a ``torch.export`` program (input ``x``)."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16)).eval()
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+    root.mkdir(parents=True, exist_ok=True)
+    if seed == 0:
+        torch.onnx.export(net, (torch.randn(2, 16),), str(root / "model.onnx"), input_names=["x"], dynamo=False,
+                          dynamic_axes={"x": {0: "batch"}})
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(Net().eval(), (torch.randn(2, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(root / f"program{seed}.pt2"))
+    (root / f"program{seed}.yaml").write_text("architecture: mlp\n")  # what says it is not an image classifier
+    return root / "model.onnx", root / f"program{seed}.pt2"
+
+
+def test_an_adopted_file_trains_through_the_program_it_came_from(tmp_path):
+    from compress.errors import ConfigError
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    file, program = _mlp_file_and_program(tmp_path)
+    adopted = export(file, tmp_path / "adopted")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32))
+    cfg = dict(mode="static", calibration=str(tmp_path / "x.npz"), qat_steps=6)
+    art = quantize(adopted.path, tmp_path / "q", QuantizeConfig(**cfg, qat_source=str(program)))
+    step = art.manifest.steps[-1]
+    assert step.metrics["qad"]["source"] == str(program) and step.metrics["qad"]["layers_fake_quantized"] == 2
+    assert step.metrics["parity_vs_input"]["reference"] == "onnx fp32"  # against the file itself
+    _, other = _mlp_file_and_program(tmp_path, seed=1)  # another model's program: refused, nothing written
+    with pytest.raises(ConfigError, match="does not compute what"):
+        quantize(adopted.path, tmp_path / "q2", QuantizeConfig(**cfg, qat_source=str(other)))
+    assert not (tmp_path / "q2").exists()

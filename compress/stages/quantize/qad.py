@@ -65,7 +65,9 @@ def check_request(art: Artifact, config: QuantizeConfig) -> None:
 
 
 def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
-    """The PyTorch model ``art`` was exported from: ``--qat-source`` or the lineage's source, checked by content."""
+    """The PyTorch model ``art`` was exported from: ``--qat-source`` or the lineage's source, checked by content; for
+    a model file adopted as it is, ``--qat-source`` (the program or checkpoint the file was exported from) checked by
+    its outputs, which must be the file's."""
     from compress.teachers.load import load_source
     from compress.teachers.model_files import is_model_file
 
@@ -74,21 +76,46 @@ def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
         raise ConfigError(f"{art.path}: quantization-aware distillation trains the PyTorch model an FP32 artifact "
                           f"was exported from, and this one's last step is {last.stage if last else 'none'}",
                           hint="quantize the FP32 ONNX artifact `edgecompress export` wrote")
-    path = Path(config.qat_source or last.metrics.get("exported_from") or art.manifest.source.path)
-    if is_model_file(path) or path.suffix.lower() in (".onnx", ".xml"):
-        raise ConfigError(f"{art.path} was adopted from {path.name}, a model file with no trainable source: "
+    recorded = Path(last.metrics.get("exported_from") or art.manifest.source.path)
+    adopted = is_model_file(recorded) or recorded.suffix.lower() in (".onnx", ".xml")
+    path = Path(config.qat_source) if config.qat_source else recorded
+    if adopted and not config.qat_source:
+        raise ConfigError(f"{art.path} was adopted from {recorded.name}, a model file with no trainable source: "
                           "quantization-aware distillation needs the PyTorch model",
-                          hint="drop --qat-steps (post-training INT8 still applies), or export the PyTorch "
-                          "checkpoint or .pt2 program the file came from")
+                          hint="pass --qat-source with the .pt2 program or checkpoint the file was exported from, or "
+                          "drop --qat-steps (post-training INT8 still applies)")
     if not path.exists():
         raise ConfigError(f"{art.path}'s PyTorch source {path} is not there any more",
                           hint="pass --qat-source with the checkpoint or student it was exported from")
+    if is_model_file(path):
+        raise ConfigError(f"--qat-source {path.name} is a model file, not a PyTorch model",
+                          hint="pass the .pt2 program or checkpoint it was exported from")
+    if adopted:
+        _check_same_outputs(art, path, config)
+        return path
     digest = load_source(path).digest
     if last.input_digest and digest != last.input_digest:
         raise ConfigError(f"{path} is not the model {art.path} was exported from (its content differs)",
                           hint="pass --qat-source with the checkpoint, .pt2 program or distilled/pruned student "
                           "the artifact was exported from")
     return path
+
+
+def _check_same_outputs(art: Artifact, path: Path, config: QuantizeConfig) -> None:
+    """A PyTorch source given for an adopted file must compute what the file does (on 8 training inputs)."""
+    from compress.data.inputs import sample_inputs
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.runtimes.torch_backend import TorchBackend
+    from compress.stages.common import measure_parity
+    from compress.teachers.load import load_teacher
+
+    items = sample_inputs(config.qat_data or config.calibration, 8, art.manifest.preprocess)
+    parity = measure_parity(OrtBackend(art), TorchBackend.from_teacher(load_teacher(path)), items,
+                            art.manifest.labels is not None)
+    if not parity.cosine_min >= 0.9999:
+        raise ConfigError(f"--qat-source {path} does not compute what {art.path}'s file does (output cosine "
+                          f"{parity.cosine_min:.4f} on 8 inputs)", hint="pass the program or checkpoint the file was "
+                          "exported from, with the same input names")
 
 
 def _eval(model) -> None:
@@ -389,9 +416,39 @@ def _export_trained(art: Artifact, run: _Run, work: Path) -> Artifact:
         shutil.rmtree(dest)
     _save_like(run.student, run.source, dest)
     onnx_dir = work / "onnx"
-    settings = dict(art.manifest.steps[-1].config)
-    export(dest, onnx_dir, ExportConfig(**settings), force=True)
-    return load_artifact(onnx_dir)
+    last = art.manifest.steps[-1]
+    adopted = not last.metrics.get("exported_from") and art.manifest.source.path.lower().endswith((".onnx", ".xml"))
+    settings = {"format": "onnx"} if adopted else dict(last.config)  # a file's adoption settings are not an export's
+    export(dest if run.source.is_dir() else dest / run.source.name, onnx_dir, ExportConfig(**settings), force=True)
+    trained = load_artifact(onnx_dir)
+    if adopted:  # our exporter names the graph's inputs and outputs its own way: the file's names are the contract
+        _rename_io(trained, art)
+        trained = load_artifact(onnx_dir)
+    return trained
+
+
+def _rename_io(trained: Artifact, art: Artifact) -> None:
+    """Give ``trained``'s graph (and manifest) ``art``'s input and output names, position by position."""
+    import onnx
+
+    model = onnx.load(str(trained.model_path))
+    g = model.graph
+    init = {i.name for i in g.initializer}
+    pairs = [(a.name, b.name) for a, b in zip([i for i in g.input if i.name not in init], art.manifest.inputs,
+                                               strict=True)]
+    pairs += [(a.name, b.name) for a, b in zip(g.output, art.manifest.outputs, strict=True)]
+    rename = {old: new for old, new in pairs if old != new}
+    if not rename:
+        return
+    for value in [*g.input, *g.output, *g.value_info]:
+        value.name = rename.get(value.name, value.name)
+    for node in g.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    onnx.save(model, str(trained.model_path))
+    m = trained.manifest
+    m.inputs, m.outputs = list(art.manifest.inputs), list(art.manifest.outputs)
+    write_manifest(trained.path, m)
 
 
 def _save_like(student, source: Path, dest: Path) -> None:
