@@ -56,7 +56,7 @@ def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
         config = config.model_copy(update={"qat_data": ctx.data["calibration"]})  # QAD trains on the recipe's data
     if "strict" not in config.model_fields_set:  # a recipe gates a release: a collapsed INT8 stops it
         config = config.model_copy(update={"strict": True})
-    quantize(source, out, config, force=ctx.force)
+    quantize(source, out, config, force=ctx.force, progress=ctx.say)
     return _artifact_summary(out)
 
 

@@ -107,7 +107,8 @@ class FakeQuant:
         self.pending: dict[int, tuple[Any, Any]] = {}  # id -> (range key, tensor): quantized convolution outputs
 
     def on(self):
-        """A context in which every forward pass is fake-quantized (call numbering restarts on entry)."""
+        """A context in which the layers called are fake-quantized; :meth:`forward` enters it with the numbering
+        restarted, as each pass needs."""
         from torch.overrides import TorchFunctionMode
 
         fq = self
@@ -124,8 +125,9 @@ class FakeQuant:
             bias = args[2] if len(args) > 2 else kwargs.pop("bias", None)
             x, w, bias, quantized = self.layer(name, args[0], args[1], bias)
             out = func(x, w, bias, *args[3:], **kwargs)
-            if quantized and name in _CONVS and self.activations != "off":
-                self.pending[id(out)] = (f"out{self.calls - 1}", out)  # its output is quantized where it is used
+            if quantized and name in _CONVS and self.activations in ("static", "observe"):
+                # QLinearConv's output is quantized too, where it is used (dynamic ConvInteger's is float)
+                self.pending[id(out)] = (f"out{self.calls - 1}", out)
             return out
         if self.pending and self.activations != "off":
             first = args[0] if args else None
