@@ -57,6 +57,14 @@ MIN_OPSET = 13
 KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training")
 
 
+class DeclaredInput(BaseModel):
+    """One input of a TorchScript archive, declared in ``model.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape: list[int] = Field(description="Per-sample shape: the batch axis left out.")
+    dtype: str = Field("float32", description="numpy dtype: float32, int64, ...")
+
+
 class ModelDescription(BaseModel):
     """``model.yaml``: what a model file's graph cannot say about itself."""
 
@@ -70,6 +78,9 @@ class ModelDescription(BaseModel):
     max_length: int | None = Field(None, ge=1, description="Longest token sequence (text).")
     architecture: str | None = Field(None, description="A name for the model in reports (default: the file name).")
     dims: dict[str, int] = Field(default_factory=dict, description="Values for symbolic dimensions (not the batch).")
+    inputs: dict[str, DeclaredInput] | None = Field(
+        None, description="A TorchScript archive's inputs, which it does not record: name -> shape (batch axis left "
+        "out) and dtype, in forward's order. Graphs and programs carry their own.")
 
 
 def is_model_file(path: Path | str) -> bool:

@@ -1,10 +1,14 @@
-"""``torch.export`` programs that are not image classifiers: a ``.pt2`` file with a ``model.yaml`` beside it whose
-preprocessing is not an image's (arrays: several inputs, sensor windows, a regression or a dense output; or text, a
-``tokenizer.json`` beside the file) is a teacher like an adopted ONNX file, described by the same
-:class:`compress.teachers.model_files.ModelDescription`, but run in PyTorch and exported to ONNX from its own graph.
+"""``torch.export`` programs and TorchScript archives that are not image classifiers: a ``.pt2`` file (or a
+TorchScript ``.pt``/``.ts``) with a ``model.yaml`` beside it whose preprocessing is not an image's (arrays: several
+inputs, sensor windows, a regression or a dense output; or text, a ``tokenizer.json`` beside the file) is a teacher
+like an adopted ONNX file, described by the same :class:`compress.teachers.model_files.ModelDescription`, but run in
+PyTorch and exported to ONNX from its own graph.
 
-Loaded without unpickling (:func:`compress.teachers.programs.load_program`); a program exported in training mode is refused.
-Image classifiers saved as ``.pt2`` keep their own loader (:mod:`compress.teachers.images`).
+A program is loaded without unpickling (:func:`compress.teachers.programs.load_program`); a program exported in
+training mode is refused. A TorchScript archive runs code from the file, so it needs ``allow_pickle`` like any
+pickled checkpoint, and records no input signature: its ``model.yaml`` declares ``inputs`` (per-sample shapes and
+dtypes), and its outputs are read from one run on zeros of those shapes. Image classifiers saved as ``.pt2`` or
+TorchScript keep their own loader (:mod:`compress.teachers.images`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from compress.teachers.model_files import DescribedModel
 __all__ = ["ProgramTeacher", "is_program_file", "load_program_file"]
 
 
+#: TorchScript archives' usual suffixes (``torch.jit.save``): adopted as programs when their model.yaml declares inputs
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript")
+
+
 def is_program_file(path: Path | str) -> bool:
-    """A ``.pt2`` file whose ``model.yaml`` describes no image input (those are image classifiers' programs)."""
+    """A ``.pt2`` file whose ``model.yaml`` describes no image input (those are image classifiers' programs), or a
+    TorchScript archive whose ``model.yaml`` declares its ``inputs``."""
     p = Path(path)
-    if not (p.is_file() and p.suffix == ".pt2" and p.with_suffix(".yaml").is_file()):
+    if not (p.is_file() and p.suffix in (".pt2", *TORCHSCRIPT_SUFFIXES) and p.with_suffix(".yaml").is_file()):
         return False
     import yaml
 
@@ -36,6 +45,8 @@ def is_program_file(path: Path | str) -> bool:
         return False
     pre = meta.get("preprocess") or {}
     image = isinstance(pre, dict) and (pre.get("kind") == "image" or "size" in pre)
+    if p.suffix != ".pt2" and not meta.get("inputs"):
+        return False  # a checkpoint or an image classifier's TorchScript: the other loaders say what it is
     return not image and meta.get("task") != Task.image_classification
 
 
@@ -82,23 +93,64 @@ def load_program_file(path: Path | str, *, allow_pickle: bool = False) -> Progra
     from compress.teachers.programs import load_program, program_inputs, program_outputs, training_mode_ops
 
     p = Path(path)
-    program = load_program(p, allow_pickle=allow_pickle)
-    training = training_mode_ops(program)
-    if training:
-        raise ModelLoadError(f"{p} was exported in training mode: {training[0]}",
-                             hint="call model.eval() before torch.export.export, then save it again")
-    inputs = program_inputs(program)
-    for t in inputs:  # the program names its dynamic batch by a symbol (s0, s77, ...): call it the batch
-        if t.shape and isinstance(t.shape[0], str):
-            t.shape[0] = "batch_size"
-    outputs = program_outputs(program)
     desc = read_description(p)
+    if p.suffix != ".pt2":
+        module, inputs, outputs = _torchscript(p, desc, allow_pickle)
+        kind = "module"  # exported by PyTorch's TorchScript exporter, as a TorchScript image classifier is
+    else:
+        program = load_program(p, allow_pickle=allow_pickle)
+        training = training_mode_ops(program)
+        if training:
+            raise ModelLoadError(f"{p} was exported in training mode: {training[0]}",
+                                 hint="call model.eval() before torch.export.export, then save it again")
+        inputs = program_inputs(program)
+        for t in inputs:  # the program names its dynamic batch by a symbol (s0, s77, ...): call it the batch
+            if t.shape and isinstance(t.shape[0], str):
+                t.shape[0] = "batch_size"
+        outputs = program_outputs(program)
+        module, kind = program.module(), "program"
     task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
     info = ModelFileInfo(path=p, format=Format.pytorch, opset=0, inputs=inputs, outputs=outputs, task=task,
                          labels=labels, preprocess=preprocess, description=desc, max_length=max_length,
-                         postprocess=desc.postprocess or Postprocess(), kind="program", weights=[p.name])
+                         postprocess=desc.postprocess or Postprocess(), kind=kind, weights=[p.name])
     names = [p.name, description_file(p).name]
     if isinstance(preprocess, TextPreprocess):
         names.append(preprocess.tokenizer_file)
-    return ProgramTeacher(info=info, sha256=digest_of({n: sha256_file(p.parent / n) for n in names}),
-                          model=program.module())
+    return ProgramTeacher(info=info, sha256=digest_of({n: sha256_file(p.parent / n) for n in names}), model=module)
+
+
+def _torchscript(p: Path, desc, allow_pickle: bool):
+    """A TorchScript archive loaded (opted in), its declared inputs, and its outputs read from one run on zeros."""
+    import numpy as np
+    import torch
+
+    from compress.artifact import TensorSpec
+    from compress.errors import ConfigError
+    from compress.teachers.model_files import description_file
+
+    if not allow_pickle:
+        raise ModelLoadError(f"{p} is a TorchScript archive: loading it runs code from the file",
+                             hint="save the module with torch.export.save as a .pt2 program (loaded without running "
+                             "code), or pass --allow-pickle if you trust where it came from")
+    if not desc.inputs:
+        raise ConfigError(f"{description_file(p)}: a TorchScript archive records no input signature",
+                          hint="declare inputs: {NAME: {shape: [per-sample dims], dtype: float32}}, in forward's order")
+    try:
+        module = torch.jit.load(str(p), map_location="cpu").eval()
+    except Exception as e:  # noqa: BLE001 - torch.jit raises many types
+        raise ModelLoadError(f"{p}: not a TorchScript archive ({type(e).__name__})",
+                             hint="save it with torch.jit.save, or as a .pt2 program with torch.export.save") from e
+    inputs = [TensorSpec(name=n, dtype=d.dtype, shape=["batch_size", *d.shape]) for n, d in desc.inputs.items()]
+    zeros = [torch.from_numpy(np.zeros([2, *d.shape], dtype=d.dtype)) for d in desc.inputs.values()]
+    try:
+        with torch.no_grad():
+            out = module(*zeros)
+    except Exception as e:  # noqa: BLE001 - the declared inputs do not fit the module
+        raise ConfigError(f"{description_file(p)}: the module does not run on the declared inputs "
+                          f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:160]})",
+                          hint="declare each input's per-sample shape and dtype, in forward's order") from e
+    outs = list(out) if isinstance(out, tuple | list) else [out]
+    names = ["output"] if len(outs) == 1 else [f"output{i}" for i in range(len(outs))]
+    outputs = [TensorSpec(name=n, dtype=str(t.dtype).replace("torch.", ""), shape=["batch_size", *t.shape[1:]])
+               for n, t in zip(names, outs)]
+    return module, inputs, outputs

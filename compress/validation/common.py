@@ -65,8 +65,9 @@ class ValidationReport(BaseModel):
         return self.verdict == "pass"
 
 
-def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
-    """The teacher's FP32 model in the artifact's format, in the cache (compress.validation.cache: baselines/KEY)."""
+def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: bool = False) -> Artifact | None:
+    """The teacher's FP32 model in the artifact's format, in the cache (compress.validation.cache: baselines/KEY).
+    ``allow_pickle``: the teacher was loaded with it (a TorchScript archive, a pickled checkpoint), so is its export."""
     if art.format not in (Format.onnx, Format.openvino):
         return None
     from compress.teachers.load import teacher_format
@@ -84,6 +85,7 @@ def baseline_artifact(teacher, runtime: str, art: Artifact) -> Artifact | None:
             task=teacher.task,
             opset=export_cfg.get("opset", 18),
             optimize=export_cfg.get("optimize", "O2"),
+            allow_pickle=allow_pickle,
         )
     from compress.validation import cache as ec_cache
 

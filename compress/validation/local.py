@@ -203,7 +203,7 @@ def validate(
                                             RuntimeSettings(threads=profile.hardware.cores))
             metrics["speedup_baseline"] = f"teacher in PyTorch FP32 on {profile.hardware.cores} thread(s)"
         else:
-            base_art = baseline_artifact(teacher, runtime_name, art)
+            base_art = baseline_artifact(teacher, runtime_name, art, allow_pickle=config.allow_pickle)
             if base_art is not None:
                 baseline_backend = load_runtime(base_art, runtime_name, settings)
         if baseline_backend is not None:
@@ -379,7 +379,7 @@ def _estimate_latency(run: ValidationRun, runtime_name: str) -> tuple[dict[str, 
         warnings.append("speedup against the PyTorch teacher (measure.speedup_baseline: pytorch) is measured on the "
                         "device, not estimated: no speedup")
     elif config.baseline and teacher is not None and art.format is not Format.pytorch:
-        base_art = baseline_artifact(teacher, runtime_name, art)
+        base_art = baseline_artifact(teacher, runtime_name, art, allow_pickle=config.allow_pickle)
         if base_art is not None:
             out["baseline"] = estimate(base_art, profile, peaks=peaks)
             stats["baseline"] = _point_stats(out["baseline"].latency_ms, meas.batch_size)

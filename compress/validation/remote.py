@@ -124,7 +124,7 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str) -> tuple[dict[str, 
     base_art = None
     if config.baseline and teacher is not None:
         if profile.budgets.min_speedup is not None:
-            base_art = baseline_artifact(teacher, runtime, art)
+            base_art = baseline_artifact(teacher, runtime, art, allow_pickle=config.allow_pickle)
         else:
             log.info("no speedup budget in profile %s: the FP32 baseline is not sent", profile.name)
     if base_art is not None:

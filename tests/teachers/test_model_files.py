@@ -545,6 +545,36 @@ def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_i
     assert report.metrics["speedup"] > 0  # against the program exported to ONNX FP32 (the baselines cache)
 
 
+def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declared(two_inputs, tmp_path):
+    """TorchScript records no input signature: model.yaml declares it; loading runs code, so it is opted in."""
+    from compress.errors import ConfigError, ModelLoadError
+    from compress.teachers.load import load_teacher
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize import quantize
+    from compress.validation.local import ValidateConfig, validate
+
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(TwoInputs().eval()), str(tmp_path / "sensor.pt"))
+    yaml_file = tmp_path / "sensor.yaml"
+    yaml_file.write_text("inputs: {window: {shape: [6, 40]}, feats: {shape: [24]}}\n", encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="TorchScript archive: loading it runs code"):
+        load_teacher(tmp_path / "sensor.pt")
+    teacher = load_teacher(tmp_path / "sensor.pt", allow_pickle=True)
+    assert teacher.info.kind == "module" and teacher.task == "generic"
+    assert [t.name for t in teacher.info.inputs] == ["window", "feats"] and teacher.info.outputs[0].shape[1:] == [4]
+    art = export(tmp_path / "sensor.pt", tmp_path / "onnx", ExportConfig(allow_pickle=True))
+    assert art.manifest.preprocess.shapes == {"window": [6, 40], "feats": [24]}
+    assert art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
+    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False, allow_pickle=True))
+    assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] <= 1.0
+    yaml_file.write_text("inputs: {window: {shape: [6, 40]}, feats: {shape: [25]}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="does not run on the declared inputs"):
+        load_teacher(tmp_path / "sensor.pt", allow_pickle=True)
+
+
 def test_quantizing_a_model_file_says_to_adopt_it_first(two_inputs, tmp_path):
     """The issue's first experience: `quantize model.onnx` named no way forward."""
     proc = edgecompress("quantize", two_inputs / "two.onnx", "--out", tmp_path / "q", "--calibration",
