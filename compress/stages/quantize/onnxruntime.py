@@ -64,6 +64,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
+from compress.progress import Progress
 from compress.data.inputs import sample_inputs
 from compress.stages.quantize.layer_errors import artifact_layer_errors
 from compress.stages.common import measure_parity
@@ -454,7 +455,7 @@ def _write_artifact(
 
 
 def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, force: bool = False,
-                         progress=None) -> Artifact:
+                         progress: Progress | None = None) -> Artifact:
     """Quantize an FP32 ONNX artifact with ONNX Runtime (INT8 dynamic/static, INT4 weight-only) into ``out``.
 
     With ``max_drop``/``min_retention`` and ``data`` the most sensitive layers stay in float until the
