@@ -208,3 +208,47 @@ def test_an_activation_on_a_graph_output_keeps_its_clamp(tmp_path):
     assert got.min() >= 0.0 and got.max() <= 6.0 + 1e-4
     cos = (got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)
     assert cos > 0.99
+
+
+def test_accuracy_aware_candidates_keep_a_dense_outputs_relu6_clamp(tmp_path):
+    """A map ending in ReLU6 (a feature extractor's output): the clamp stays float in every candidate the
+    accuracy-aware search measures and in what it writes, as in plain static INT8; folded into a quantize that the
+    float graph output then drops, the map would come out unclamped."""
+    import torch
+    import yaml
+
+    from compress.runtimes.ort_backend import OrtBackend
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    class Map(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.b = torch.nn.Conv2d(16, 16, 1)
+
+        def forward(self, image):
+            return torch.nn.functional.relu6(self.b(torch.nn.functional.relu6(self.a(image))))
+
+    torch.manual_seed(0)
+    net = Map().eval()
+    with torch.no_grad():  # outputs well past 6 before the clamp, as a real feature map's
+        net.b.weight *= 8.0
+    program = torch.export.export(net, (torch.randn(2, 3, 16, 16),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=256)},))
+    torch.export.save(program, str(tmp_path / "map.pt2"))
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump({"architecture": "dense map"}))
+    x = np.random.default_rng(0).normal(size=(48, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", image=x)
+    art = export(tmp_path / "map.pt2", tmp_path / "onnx")
+    q = quantize(art, tmp_path / "q", QuantizeConfig(mode="static", calibration=str(tmp_path / "x.npz"),
+                                                     data=str(tmp_path / "x.npz"), min_retention=0.995))
+    backend = OrtBackend(q)
+    try:
+        out = backend.predict(backend.encode([{"image": row} for row in x[:8]]))
+    finally:
+        backend.close()
+    assert out.max() <= 6.0 + 1e-3 and out.min() >= -1e-3, (out.min(), out.max())
+    aa = q.manifest.steps[-1].metrics["accuracy_aware"]
+    assert min(t["metric"] for t in aa["candidates"]) > 0.9, aa["candidates"]  # no candidate lost its clamp

@@ -509,6 +509,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         reasons.update({name: f"small GEMM (K {g['K']}, N {g['N']}: under {SMALL_GEMM})" for name, g in small.items()})
     if not q.int4 and config.mode is QuantMode.static and (last := output_activations(q.model, q.op_types())):
         exclude += [n for n in last if n not in exclude]  # its clamp must survive the float graph outputs
+        reasons.update({n: "the graph output's activation: its clamp must survive the float output" for n in last})
     scratch = None
     try:
         if config.accuracy_aware:
@@ -519,7 +520,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
             result, eval_set = accuracy_search(art, q, layers, scratch, initial=exclude)
             if not result.met:
                 _fail_budget(art, q, out, result, t0, reasons)
-            exclude = result.excluded
+            exclude = list(dict.fromkeys([*result.excluded, *exclude]))  # the search's layers, and what is fixed
             searched = [n for n in exclude if n not in config.exclude_nodes and n not in reasons]
             extra["accuracy_aware"] = result.to_dict()
         if config.speed_aware:
@@ -569,11 +570,12 @@ def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float,
             "input": str(art.path),
             **record,
         }
+        excluded = list(dict.fromkeys([*result.excluded, *reasons]))  # with what stays float for its own reason
         searched = [n for n in result.excluded if n not in q.config.exclude_nodes and n not in reasons]
         output = QUANTIZE_ONNX.output(best_dir, q.config, force=True, t0=t0)
         with output.writing(load=False) as o:
             manifest = _write_artifact(
-                art, o, q, result.excluded, searched,
+                art, o, q, excluded, searched,
                 extra_metrics={"accuracy_aware": record},
                 extra_files={"accuracy_report.json": json.dumps(report, indent=2) + "\n"},
                 reasons=reasons, strict=False,

@@ -38,8 +38,11 @@ def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list
     if config.mode is QuantMode.static and not q.int4:
         q.calibration_cache = scratch / "calibration.json"
 
+    names = {lay.name for lay in layers}
+    fixed = [n for n in (initial or []) if n not in names]  # not layers the search moves: a graph output's clamp
+
     def build(excluded: list[str]) -> Artifact:
-        q.write(candidate_dir / "model.onnx", excluded)
+        q.write(candidate_dir / "model.onnx", [*excluded, *fixed])
         return Artifact(candidate_dir, manifest)
 
     result = search_exclusions(
