@@ -361,6 +361,9 @@ class _Run:
     # --- the result --------------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
         s = self.state
+        if not self.fq.quantized:  # a run resumed at its last step made no pass to count the layers in
+            with self._no_grad():
+                self.fq.forward(self.student.call, self.student.model, self.data.batch(self.data.held[:1])[0])
         return {
             "steps": self.config.qat_steps, "source": str(self.source), "data": self.data.source,
             "train_inputs": len(self.data.train), "held_out_inputs": len(self.data.held),
