@@ -258,7 +258,6 @@ class TextFeeds(object):
         return {name: arrays[name] for name in self.input_names if name in arrays}, arrays["attention_mask"]
 
 
-
 def make_feeds(directory, preprocess, input_names, max_length):
     """A model's feed builder from its manifest's ``preprocess`` description (a dict; ``kind`` picks the class)."""
     spec = dict(preprocess or {})

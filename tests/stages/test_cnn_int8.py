@@ -55,16 +55,19 @@ def _depthwise_relu6_program(directory: Path) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> dict[str, Path]:
+def depthwise_stack(root: Path, images: int) -> dict[str, Path]:
+    """The depthwise/ReLU6 program exported to ONNX, with ``images`` seeded noise images in an ``.npz``."""
     from compress.stages.export import export
 
-    root = tmp_path_factory.mktemp("dw-relu6")
     rng = np.random.default_rng(0)
-    np.savez(root / "images.npz", images=rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8))
+    np.savez(root / "images.npz", images=rng.integers(0, 256, (images, 16, 16, 3), dtype=np.uint8))
     teacher = _depthwise_relu6_program(root / "teacher")
-    onnx_art = export(teacher, root / "onnx")
-    return {"onnx": onnx_art.path, "images": root / "images.npz"}
+    return {"onnx": export(teacher, root / "onnx").path, "images": root / "images.npz"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> dict[str, Path]:
+    return depthwise_stack(tmp_path_factory.mktemp("dw-relu6"), 48)
 
 
 def _optimized_ops(model_path: Path, tmp: Path) -> dict[str, int]:

@@ -17,14 +17,9 @@ pytest.importorskip("PIL")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, Path]:
-    from compress.stages.export import export
-    from tests.stages.test_cnn_int8 import _depthwise_relu6_program
+    from tests.stages.test_cnn_int8 import depthwise_stack
 
-    root = tmp_path_factory.mktemp("qad")
-    rng = np.random.default_rng(0)
-    np.savez(root / "images.npz", images=rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8))
-    teacher = _depthwise_relu6_program(root / "teacher")
-    return {"onnx": export(teacher, root / "onnx").path, "images": root / "images.npz", "teacher": teacher}
+    return depthwise_stack(tmp_path_factory.mktemp("qad"), 96)
 
 
 def _cli_error(capsys, args: list[str], *words: str) -> None:
