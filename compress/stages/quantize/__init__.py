@@ -57,6 +57,5 @@ def quantize(
     from compress.stages.quantize.onnxruntime import quantize_onnxruntime
     from compress.stages.quantize.qad import check_request
 
-    check_request(art, config)
-
-    return quantize_onnxruntime(art, out, config, force=force, progress=progress)
+    qad_source = check_request(art, config)  # the PyTorch source QAD trains, checked before anything runs
+    return quantize_onnxruntime(art, out, config, force=force, progress=progress, qad_source=qad_source)

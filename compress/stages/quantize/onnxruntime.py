@@ -455,7 +455,7 @@ def _write_artifact(
 
 
 def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, force: bool = False,
-                         progress: Progress | None = None) -> Artifact:
+                         progress: Progress | None = None, qad_source: Path | None = None) -> Artifact:
     """Quantize an FP32 ONNX artifact with ONNX Runtime (INT8 dynamic/static, INT4 weight-only) into ``out``.
 
     With ``max_drop``/``min_retention`` and ``data`` the most sensitive layers stay in float until the
@@ -484,7 +484,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         from compress.stages.quantize.qad import quantization_aware_distillation
 
         source, extra["qad"] = quantization_aware_distillation(art, config, out, config.resolved_reduce_range(),
-                                                                progress)
+                                                                progress, source=qad_source)
     q = _OnnxQuantizer(source, config)
     layers = q.layers()
     if q.int4:

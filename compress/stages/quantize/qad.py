@@ -46,22 +46,30 @@ def work_dir(out: Path) -> Path:
     return Path(out).parent / f"{Path(out).name}.qad"
 
 
-def check_request(art: Artifact, config: QuantizeConfig) -> None:
-    """Refuse, before anything is trained or written, what QAD cannot do (one line each)."""
+def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
+    """Refuse, before anything is trained or written, what QAD cannot do (one line each); the PyTorch source to train
+    (:func:`trainable_source`, checked once, here), or None without ``qat_steps``."""
     given = sorted(n for n in config.model_fields_set & {"qat_data", "qat_source", "qat_lr", "qat_batch_size"}
                    if getattr(config, n) is not None)
     if not config.qat_steps:
         if given:
             raise ConfigError(f"{', '.join('--' + n.replace('_', '-') for n in given)} apply to quantization-aware "
                               "distillation (it would be ignored)", hint="add --qat-steps N, or drop it")
-        return
+        return None
     if config.precision != "int8":
         raise ConfigError("--qat-steps trains for INT8 (weights and activations); INT4 is weight-only",
                           hint="drop --qat-steps, or use --precision int8")
     if not (config.qat_data or config.calibration):
         raise ConfigError("quantization-aware distillation trains on data, and none was given",
                           hint="pass --qat-data DATA (inputs like the model's; labels are used when present)")
-    trainable_source(art, config)
+    return trainable_source(art, config)
+
+
+def adopted_file(art: Artifact) -> Path | None:
+    """The model file (ONNX, IR) ``art`` was adopted from as it is, or None when its export read a PyTorch model."""
+    last = art.manifest.steps[-1] if art.manifest.steps else None
+    recorded = Path((last.metrics.get("exported_from") if last else None) or art.manifest.source.path)
+    return recorded if recorded.suffix.lower() in (".onnx", ".xml") else None
 
 
 def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
@@ -76,11 +84,10 @@ def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
         raise ConfigError(f"{art.path}: quantization-aware distillation trains the PyTorch model an FP32 artifact "
                           f"was exported from, and this one's last step is {last.stage if last else 'none'}",
                           hint="quantize the FP32 ONNX artifact `edgecompress export` wrote")
-    recorded = Path(last.metrics.get("exported_from") or art.manifest.source.path)
-    adopted = is_model_file(recorded) or recorded.suffix.lower() in (".onnx", ".xml")
-    path = Path(config.qat_source) if config.qat_source else recorded
+    adopted = adopted_file(art)
+    path = Path(config.qat_source or last.metrics.get("exported_from") or art.manifest.source.path)
     if adopted and not config.qat_source:
-        raise ConfigError(f"{art.path} was adopted from {recorded.name}, a model file with no trainable source: "
+        raise ConfigError(f"{art.path} was adopted from {adopted.name}, a model file with no trainable source: "
                           "quantization-aware distillation needs the PyTorch model",
                           hint="pass --qat-source with the .pt2 program or checkpoint the file was exported from, or "
                           "drop --qat-steps (post-training INT8 still applies)")
@@ -198,6 +205,7 @@ class _Run:
 
         self.art, self.config, self.source, self.work = art, config, source, work
         self.teacher, self.student = load_teacher(source), load_teacher(source)
+        self.write_kind = _write_kind(self.student, source)  # refused now, not after training
         for p in self.teacher.model.parameters():
             p.requires_grad_(False)
         _eval(self.teacher.model)
@@ -304,6 +312,8 @@ class _Run:
 
     # --- training --------------------------------------------------------------------------------------
     def train(self) -> None:
+        import torch
+
         from compress.interrupt import StopFlag
         from compress.stages.distill.config import Interrupted
 
@@ -322,7 +332,7 @@ class _Run:
                 step = self.state["step"]
                 x, labels = self.data.batch(self.data.at_step(step, self.batch_size))
                 s = self.fq.forward(self.student.call, self.student.model, x)
-                with self._no_grad():
+                with torch.no_grad():
                     t = self.teacher.call(self.teacher.model, x)
                 loss = _loss(s, t, labels, self.classes)
                 loss.backward()
@@ -341,11 +351,6 @@ class _Run:
                     raise Interrupted(f"quantization-aware distillation stopped at step {step} of {steps}",
                                       hint="run the same command again to resume")
 
-    def _no_grad(self):
-        import torch
-
-        return torch.no_grad()
-
     def _evaluate(self, step: int, loss: float, t0: float) -> None:
         self.state["seconds"] += time.perf_counter() - t0
         score = self.score()
@@ -362,7 +367,9 @@ class _Run:
     def record(self) -> dict[str, Any]:
         s = self.state
         if not self.fq.quantized:  # a run resumed at its last step made no pass to count the layers in
-            with self._no_grad():
+            import torch
+
+            with torch.no_grad():
                 self.fq.forward(self.student.call, self.student.model, self.data.batch(self.data.held[:1])[0])
         return {
             "steps": self.config.qat_steps, "source": str(self.source), "data": self.data.source,
@@ -377,14 +384,15 @@ class _Run:
 
 
 def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: Path, reduce_range: bool,
-                                    progress: Progress | None = None) -> tuple[Artifact, dict[str, Any]]:
-    """Train ``art``'s PyTorch source for ``config.qat_steps`` steps fake-quantized (see the module doc) and return
+                                    progress: Progress | None = None, *,
+                                    source: Path | None = None) -> tuple[Artifact, dict[str, Any]]:
+    """Train ``art``'s PyTorch source (``source`` when :func:`check_request` found it already) for ``config.qat_steps`` steps fake-quantized (see the module doc) and return
     the FP32 ONNX artifact of the chosen weights (``art`` itself when no step beat the untrained model) and the
     record of the run."""
     from compress._optional import require
 
     require("torch", "quantization-aware distillation")
-    source = trainable_source(art, config)
+    source = source or trainable_source(art, config)
     work = work_dir(out)
     say = sink(progress)
     say({"phase": "qad-load", "label": "quantization-aware distillation: loading the model and data"})
@@ -417,11 +425,10 @@ def _export_trained(art: Artifact, run: _Run, work: Path) -> Artifact:
     dest = work / "model"
     if dest.exists():
         shutil.rmtree(dest)
-    _save_like(run.student, run.source, dest)
+    _save_like(run.student, run.source, dest, run.write_kind)
     onnx_dir = work / "onnx"
-    last = art.manifest.steps[-1]
-    adopted = not last.metrics.get("exported_from") and art.manifest.source.path.lower().endswith((".onnx", ".xml"))
-    settings = {"format": "onnx"} if adopted else dict(last.config)  # a file's adoption settings are not an export's
+    adopted = adopted_file(art) is not None
+    settings = {"format": "onnx"} if adopted else dict(art.manifest.steps[-1].config)  # not a file's adoption settings
     export(dest if run.source.is_dir() else dest / run.source.name, onnx_dir, ExportConfig(**settings), force=True)
     trained = load_artifact(onnx_dir)
     if adopted:  # our exporter names the graph's inputs and outputs its own way: the file's names are the contract
@@ -454,10 +461,22 @@ def _rename_io(trained: Artifact, art: Artifact) -> None:
     write_manifest(trained.path, m)
 
 
-def _save_like(student, source: Path, dest: Path) -> None:
-    """``student`` (trained) written as its source is: a Hugging Face checkpoint with ``save_pretrained``, a timm
-    checkpoint as safetensors, a ``.pt2`` program with ``torch.export``; every other file copied."""
+def _write_kind(student, source: Path) -> str:
+    """How a trained ``student`` is written back (:func:`_save_like`): ``program``, ``timm`` or ``hf``; a model that
+    cannot be (a TorchScript archive, a pickled module) is refused."""
     kind = getattr(student.info, "kind", "hf")
+    if kind in ("program", "timm"):
+        return kind
+    if hasattr(student.model, "save_pretrained"):
+        return "hf"
+    raise ConfigError(f"{source}: quantization-aware distillation cannot write this kind of model back",
+                      hint="use a Hugging Face or timm checkpoint, or a .pt2 program")
+
+
+def _save_like(student, source: Path, dest: Path, kind: str) -> None:
+    """``student`` (trained) written as its source is (``kind``, :func:`_write_kind`): a Hugging Face checkpoint with
+    ``save_pretrained``, a timm checkpoint as safetensors, a ``.pt2`` program with ``torch.export``; every other file
+    copied."""
     root = source if source.is_dir() else source.parent
     if source.is_dir():
         names = [p.name for p in root.iterdir()]
@@ -484,10 +503,7 @@ def _save_like(student, source: Path, dest: Path) -> None:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in student.model.state_dict().items()}, str(dest / student.info.weights[0]))
-    elif hasattr(student.model, "save_pretrained"):
-        student.model.save_pretrained(str(dest), safe_serialization=True)
     else:
-        raise ConfigError(f"{source}: quantization-aware distillation cannot write this kind of model back",
-                          hint="use a Hugging Face or timm checkpoint, or a .pt2 program")
+        student.model.save_pretrained(str(dest), safe_serialization=True)
     if (dest / MANIFEST).is_file():  # a student artifact (distilled, pruned): its lineage kept, its files hashed anew
         write_manifest(dest, Manifest.model_validate_json((dest / MANIFEST).read_text(encoding="utf-8")))
