@@ -39,6 +39,10 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--metric", metavar="MODULE:FUNCTION", help="Accuracy-aware: your metric, function(outputs, labels) -> "
               "number, higher is better, instead of the task's. Runs that code: name only code you trust.")
 @click.option("--eval-samples", type=int, default=300, show_default=True, help="Eval rows for --max-drop.")
+@click.option("--rank-by", type=click.Choice(["layer-errors", "leave-one-out"]),
+              help="--max-drop with ONNX Runtime: the order in which layers go back to float. layer-errors (default): "
+                   "the error each adds itself in the per-layer table (one pass); leave-one-out: the eval metric "
+                   "with each kept float alone (one candidate per layer or block).")
 @click.option("--speed-aware", is_flag=True,
               help="INT8: time each layer group quantized and in float side by side (the --profile's threads) and "
                    "return the groups INT8 makes slower to float; reported in the manifest.")
@@ -63,7 +67,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 weights_only, max_drop, data, metric, eval_samples, speed_aware, strict, qat_steps, qat_data, qat_source,
+                 weights_only, max_drop, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
                  qat_lr, qat_batch_size, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
@@ -81,7 +85,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, metric=metric,
-        eval_samples=eval_samples,
+        eval_samples=eval_samples, rank_by=rank_by,
         speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,
         qat_source=str(qat_source) if qat_source else None, qat_lr=qat_lr, qat_batch_size=qat_batch_size,
     )

@@ -192,8 +192,11 @@ def render_report(report: ValidationReport, console: Console) -> None:
         lines.append(f"output {name} vs teacher: cosine {f['cosine']:.4f} (lowest {f['cosine_min']:.4f}), SNR "
                      f"{f['snr_db']:.1f} dB, max |error| {f['max_abs_error']:.3g}")
     if worst := (met.get("layer_errors") or {}).get("layers"):
-        lines.append(f"layer hurt most by quantization: {worst[0]['node']} ({worst[0]['op_type']}, SNR "
-                     f"{worst[0]['snr_db']:.1f} dB, cosine {worst[0]['cosine']:.4f}); table in report.md")
+        if hurts := met["layer_errors"].get("hurts_most"):
+            lines.append(f"layer that adds the most error when quantized: {hurts[0]['node']} ({hurts[0]['op_type']}, "
+                         f"own SNR {hurts[0]['own_snr_db']:.1f} dB); table in report.md")
+        lines.append(f"lowest layer SNR: {worst[0]['node']} ({worst[0]['op_type']}, SNR {worst[0]['snr_db']:.1f} dB, "
+                     f"cosine {worst[0]['cosine']:.4f})")
     if lat.get("estimated"):
         shape, e = met["input_shape"], met.get("estimate", {})
         lines.append(
@@ -289,8 +292,12 @@ def fidelity_markdown(met: dict[str, Any]) -> list[str]:
                        f"{f['max_abs_error']:.3g} | {top1} |")
     if (table := met.get("layer_errors")) and table.get("layers"):
         out += ["", f"## Where quantization changed the model ({table['samples']} calibration samples, worst first)", "",
-                table.get("definition", ""), "", "| node | op | SNR dB | cosine |", "|---|---|---|---|"]
-        out += [f"| `{r['node']}` | {r['op_type']} | {r['snr_db']:.1f} | {r['cosine']:.4f} |" for r in table["layers"]]
+                table.get("definition", ""), "", "| node | op | SNR dB | cosine | own SNR dB |", "|---|---|---|---|---|"]
+        out += [f"| `{r['node']}` | {r['op_type']} | {r['snr_db']:.1f} | {r['cosine']:.4f} | "
+                f"{_own(r)} |" for r in table["layers"]]
+        if hurts := table.get("hurts_most"):
+            out += ["", "Adds the most error itself (lowest own SNR first): " + ", ".join(
+                f"`{r['node']}` ({_own(r)} dB)" for r in hurts)]
     return out
 
 
@@ -362,3 +369,7 @@ def unverified_summary(budgets: list[BudgetResult]) -> str:
         f"{b.comparison} {_fmt(b.limit, b.unit)})"
         for b in budgets if _status(b) == "unverified"
     )
+
+
+def _own(row: dict) -> str:
+    return f"{row['own_snr_db']:.1f}" if row.get("own_snr_db") is not None else "—"

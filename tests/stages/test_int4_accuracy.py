@@ -329,7 +329,7 @@ def test_int4_where_the_runtime_cannot_run_it(unfused, tmp_path, settings, words
 
 def test_eval_helpers(sensitive):
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.quantize.accuracy import evaluate_metric, load_eval_set
+    from compress.stages.quantize.eval_set import evaluate_metric, load_eval_set
 
     art, data = sensitive
     es = load_eval_set(data, art.manifest, 40)
@@ -359,10 +359,26 @@ def test_accuracy_aware_with_room_excludes_nothing(sensitive, tmp_path):
     assert len([n for n in q.manifest.steps[-1].metrics["nodes"]["quantized"]["MatMul"]]) == 12
 
 
+def test_the_layer_table_orders_the_search(sensitive, tmp_path):
+    """By default the per-layer error table orders the float fallbacks: the layer quantization ruins adds the most
+    error itself, goes first, and the budget holds with fewer candidates than ranking by leave-one-out."""
+    art, data = sensitive
+    q = quantize(art, tmp_path / "q", QuantizeConfig(max_drop=0.0, data=str(data), eval_samples=200))
+    aa = q.manifest.steps[-1].metrics["accuracy_aware"]
+    assert aa["strategy"].startswith("per-layer error table")
+    assert aa["budget_met"] and [k["node"] for k in aa["kept_fp32"]] == [SENSITIVE_LAYER]
+    assert aa["costliest"][0] == next(iter(aa["layer_own_snr_db"])) == SENSITIVE_LAYER
+    own = aa["layer_own_snr_db"]
+    assert own[SENSITIVE_LAYER] + 10 < min(v for n, v in own.items() if n != SENSITIVE_LAYER)
+    assert "own SNR" in aa["kept_fp32"][0]["reason"] and aa["kept_fp32"][0]["own_snr_db"] == own[SENSITIVE_LAYER]
+    assert [c["phase"] for c in aa["candidates"]] == ["all quantized", "greedy"]
+    assert aa["final"]["metric_of_written_model"] == 1.0
+
+
 def test_accuracy_aware_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path):
     art, data = sensitive
     out = tmp_path / "q"
-    q = quantize(art, out, QuantizeConfig(max_drop=0.0, data=str(data), eval_samples=200))
+    q = quantize(art, out, QuantizeConfig(max_drop=0.0, data=str(data), eval_samples=200, rank_by="leave-one-out"))
     step = q.manifest.steps[-1]
     aa = step.metrics["accuracy_aware"]
     full = aa["candidates"][0]
@@ -389,7 +405,8 @@ def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(sensitive, t
     art, data = sensitive
     out = tmp_path / "q"
     with pytest.raises(AccuracyBudgetError) as e:
-        quantize(art, out, QuantizeConfig(max_drop=0.0, max_fp32_fraction=0.03, data=str(data), eval_samples=200))
+        quantize(art, out, QuantizeConfig(max_drop=0.0, max_fp32_fraction=0.03, data=str(data), eval_samples=200,
+                                          rank_by="leave-one-out"))
     err = e.value
     msg = str(err)
     assert err.exit_code == 1
@@ -450,6 +467,17 @@ def test_cli_max_drop_without_data(unfused, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_cli_rank_by_without_a_budget(unfused, tmp_path, capsys):
+    from compress.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", str(unfused.path), "--rank-by", "leave-one-out", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rank-by orders accuracy-aware" in err[0] and "--max-drop" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_int4_for_a_profile_whose_runtime_cannot_run_it(onnx_artifact, tmp_path):
     import subprocess
     import sys
@@ -463,3 +491,4 @@ def test_cli_int4_for_a_profile_whose_runtime_cannot_run_it(onnx_artifact, tmp_p
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "onnxruntime" in lines[0]
     assert not (tmp_path / "q").exists()
+

@@ -168,6 +168,35 @@ def test_int8_post_training_quantization(ptq_artifact, ov_artifact, sample_texts
     assert step.metrics["graph"]["fake_quantize_nodes"] == op_types(ptq_artifact)["FakeQuantize"]
     agree = (predicts(ptq_artifact, sample_texts).argmax(-1) == predicts(ov_artifact, sample_texts).argmax(-1))
     assert agree.mean() >= 0.9
+    table = step.metrics["layer_errors"]  # the per-layer table, as for ONNX Runtime artifacts
+    assert table["count"] == step.metrics["graph"]["quantized_operations"] and table["samples"] >= 2
+    snrs = [r["snr_db"] for r in table["layers"]]
+    assert snrs == sorted(snrs) and 5 < snrs[0] < 200 and all(0.9 < r["cosine"] <= 1 for r in table["layers"])
+    assert len(table["hurts_most"]) == 5 and table["hurts_most"][0]["own_snr_db"] < 200
+    assert "OpenVINO" in table["definition"]
+
+
+def test_the_layer_table_reads_the_quantized_model_it_describes(ptq_artifact, ov_artifact, sample_texts):
+    """The table runs the quantized model with its FakeQuantize operations written out as float operations (so that
+    intermediate results can be read); written out, the model still gives the quantized model's own outputs."""
+    import openvino as ov
+
+    from compress.data.tokenization import encoder_for
+    from compress.stages.quantize.ov_layer_errors import _decompose_fake_quantize
+
+    core = ov.Core()
+    feed = encoder_for(ov_artifact).encode(sample_texts[:4])
+    model = core.read_model(str(ptq_artifact.model_path))
+    plain = core.compile_model(model.clone(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    _decompose_fake_quantize(model)
+    assert not any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    written_out = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    names = {n for p in plain.inputs for n in p.get_names()}
+    a = plain.create_infer_request().infer({k: v for k, v in feed.items() if k in names})[plain.output(0)]
+    b = written_out.create_infer_request().infer({k: v for k, v in feed.items() if k in names})[written_out.output(0)]
+    fp32 = predicts(ov_artifact, sample_texts[:4])
+    # the integer kernels round differently from float arithmetic, but by far less than quantization moved the output
+    assert np.linalg.norm(a - b) < 0.5 * np.linalg.norm(a - fp32), (a, b, fp32)
 
 
 @pytest.mark.parametrize(("options", "kind"), [({"weights_only": True}, "int8"), ({"precision": "int4"}, "int4")])
@@ -190,6 +219,7 @@ def test_weight_compression_shrinks_and_runs(options, kind, ov_artifact, work, s
         assert set(graph["int4_group_sizes"]) <= {"32", "64"}
         assert "classifier.weight" in graph["int8_weights"]  # the last layer and embeddings stay INT8
         assert any("word_embeddings" in n for n in graph["int8_weights"])
+    assert step.metrics["layer_errors"]["count"] >= 12  # every compressed MatMul is in the table
     predicts(art, sample_texts)
 
 
@@ -262,6 +292,8 @@ def test_quantizing_an_int8_openvino_artifact_exits_2(ptq_artifact, tmp_path, ca
     ({"precision": "int4", "max_drop": 0.01, "data": "x.tsv"}, ("int8",)),
     ({"weights_only": True, "max_drop": 0.01, "data": "x.tsv"}, ("--weights-only",)),
     ({"weights_only": True, "calibration_method": "entropy"}, ("--calibration-method entropy", "ONNX")),
+    ({"calibration": "x.tsv", "max_drop": 0.01, "data": "x.tsv", "rank_by": "leave-one-out"},
+     ("--rank-by leave-one-out", "ONNX")),
 ])
 def test_options_nncf_cannot_honour_are_refused_before_any_work(options, words, ov_artifact, tmp_path):
     from compress.stages.quantize.config import QuantizeConfig

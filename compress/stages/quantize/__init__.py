@@ -43,6 +43,9 @@ def quantize(
     if config.metric and not config.accuracy_aware:
         raise ConfigError("--metric applies to accuracy-aware quantization (it would be ignored)",
                           hint="add --max-drop or --min-retention with --data, or drop --metric")
+    if config.rank_by and not config.accuracy_aware:
+        raise ConfigError("--rank-by orders accuracy-aware quantization's float fallbacks (it would be ignored)",
+                          hint="add --max-drop or --min-retention with --data, or drop --rank-by")
     config.user_metric()  # a metric that does not import fails before anything is quantized
     spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():

@@ -22,7 +22,10 @@ breaks those ties when layers are ranked.
 The search (:func:`search_exclusions`):
 
 1. quantize everything (except user exclusions); done if the budget holds;
-2. rank: for every unit, a candidate with *that unit kept in float and everything else quantized*
+2. rank. By default (``rank_by: layer-errors``, ONNX Runtime) the stage hands in the all-quantized model's per-layer
+   error table (:mod:`compress.stages.quantize.layer_errors`): layers are kept in float in the order of the error they
+   add themselves (lowest own SNR first), one pass over a few inputs instead of one candidate per unit. Otherwise
+   (``rank_by: leave-one-out``, or no table): for every unit, a candidate with *that unit kept in float and everything else quantized*
    (leave-one-out). Its sensitivity is the metric that keeping it in float recovers (``cost`` = metric
    with it in float - metric with everything quantized), ties broken by the output error it removes.
    Units are single layers when there are at most ``group_above`` of them; otherwise transformer blocks
@@ -45,170 +48,28 @@ by length into batches so padding is short) and reused by every candidate.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from compress.artifact import Artifact, Manifest, Task
-from compress.data.tables import TextDataset
+from compress.artifact import Artifact
+from compress.stages.quantize.eval_set import EvalSet, predict_outputs, score_outputs
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Budget",
-    "EvalSet",
     "Layer",
     "SearchResult",
     "Trial",
-    "evaluate_metric",
     "group_of",
-    "load_eval_set",
-    "predict_outputs",
-    "score_outputs",
     "search_exclusions",
 ]
 
 EPS = 1e-9
-DEFAULT_BATCH = 32
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalSet:
-    """Eval rows (sorted by length), their labels, and - once set - the FP32 reference outputs.
-
-    Encodings are made by the first backend that evaluates the set and reused afterwards: every
-    candidate of one search must share the tokenizer (quantization copies it unchanged).
-    """
-
-    dataset: TextDataset
-    classification: bool
-    batch_size: int = DEFAULT_BATCH
-    reference: np.ndarray | None = None
-    source: str = "<memory>"
-    user_metric: Any = None  #: ``--metric`` (compress.validation.user_metric.UserMetric): the metric instead of the task's
-    _encoded: list[dict[str, np.ndarray]] | None = field(default=None, repr=False)
-
-    @property
-    def metric_name(self) -> str:
-        if self.user_metric is not None:
-            return self.user_metric.spec
-        return "accuracy" if self.classification else "cosine_to_fp32"
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        return None if self.dataset.labels is None else np.asarray(self.dataset.labels)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def encoded(self, backend) -> list[dict[str, np.ndarray]]:
-        """The encoded batches (made with ``backend.encode`` on first use)."""
-        if self._encoded is None:
-            self._encoded = [backend.encode(t, p) for t, p, _ in self.dataset.batches(self.batch_size)]
-        return self._encoded
-
-    def set_reference(self, backend) -> float:
-        """Run the reference (FP32) model, keep its outputs, return its metric (1.0 for embeddings)."""
-        self.reference = predict_outputs(backend, self)
-        return score_outputs(self.reference, self)[0]
-
-
-def load_eval_set(
-    path: str | Path,
-    manifest: Manifest,
-    n: int,
-    *,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH,
-    user_metric: Any = None,
-) -> EvalSet:
-    """Read ``n`` eval rows from ``path`` for the model described by ``manifest``.
-
-    Classifiers need labels (names mapped through ``manifest.labels``, or ids); embedding models only
-    need texts. When the file has more than ``n`` rows a deterministic random sample (``seed``) is
-    taken from its first ``max(20 n, 5000)`` rows. Rows are sorted by length so batches pad little.
-    Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
-    """
-    from compress.data.inputs import kind_of, load_inputs
-
-    classification = manifest.labels is not None and manifest.task is not Task.feature_extraction
-    labels = manifest.labels if classification else None
-    ds = load_inputs(
-        path, manifest.preprocess,
-        label2id={name: i for i, name in enumerate(labels)} if labels else None,
-        num_labels=len(labels) if labels else None,
-        require_labels=classification,
-        limit=max(20 * n, 5000),
-    )
-    ds = ds.sample(n, seed=seed)
-    if kind_of(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
-        order = sorted(range(len(ds)), key=lambda i: (len(ds.texts[i]) + len(ds.pairs[i] if ds.pairs else ""), i))
-        ds = dataclasses.replace(
-            ds,
-            texts=[ds.texts[i] for i in order],
-            pairs=None if ds.pairs is None else [ds.pairs[i] for i in order],
-            labels=None if ds.labels is None else [ds.labels[i] for i in order],
-        )
-    if len(ds) < n:
-        log.warning("%s has only %d rows (asked for %d eval samples); using all of them", path, len(ds), n)
-    return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path),
-                   user_metric=user_metric)
-
-
-def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
-    """``backend.predict`` over the eval rows (logits, or pooled embeddings), in eval-set order."""
-    return np.concatenate([backend.predict(b) for b in eval_set.encoded(backend)], axis=0)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-row cosine over every value of a row (a vector, or a dense map flattened)."""
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return (a * b).sum(axis=-1) / np.clip(den, 1e-12, None)
-
-
-def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]:
-    """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set): the user's metric
-    (``--metric``) where one is given, else accuracy (classifiers) or the mean cosine to the FP32 outputs."""
-    ref = eval_set.reference
-    if ref is None and not eval_set.classification and eval_set.user_metric is None:
-        raise ValueError("embedding eval sets score against the FP32 outputs: call eval_set.set_reference(fp32) first")
-    cos = None if ref is None or eval_set.classification else _cosine_rows(outputs, ref)
-    if ref is None:
-        error = 0.0
-    else:
-        error = float(np.abs(_softmax(outputs) - _softmax(ref)).mean()) if cos is None else float((1.0 - cos).mean())
-    if eval_set.user_metric is not None:  # the user's metric; the output error still orders the layers
-        return eval_set.user_metric(outputs, eval_set.labels), error
-    if eval_set.classification:
-        from compress.validation.metrics import accuracy
-
-        return accuracy(outputs.argmax(-1), eval_set.labels), error
-    return float(cos.mean()), error
-
-
-def evaluate_metric(backend, eval_set: EvalSet) -> float:
-    """The eval metric of a loaded backend: accuracy (classifiers) or mean cosine to FP32 (embeddings)."""
-    return score_outputs(predict_outputs(backend, eval_set), eval_set)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +205,7 @@ class SearchResult:
     kept_fp32: list[dict[str, Any]]
     seconds: float = 0.0
     strategy: str = ""
+    own_snr: dict[str, float] = field(default_factory=dict)  # per-layer table's own SNR, when it ordered the search
 
     @property
     def excluded(self) -> list[str]:
@@ -357,13 +219,19 @@ class SearchResult:
         ]
         return sorted(pool, key=lambda s: s.key(), reverse=True)[:k]
 
+    def costliest_names(self, k: int = 3) -> list[str]:
+        """The ``k`` layers (or blocks) that cost the most: measured, or else the table's lowest own SNR."""
+        if self.sensitivities or not self.own_snr:
+            return [s.unit for s in self.costliest(k)]
+        return sorted(self.own_snr, key=self.own_snr.get)[:k]
+
     def summary(self) -> str:
         b = self.best
         ret = f", retention {b.retention:.4f}" if b.retention is not None else ""
         costly = ", ".join(
             f"{s.unit} (costs {s.cost:.4f}{'' if s.cost > EPS else f', output error {s.error_reduction:+.2g}'})"
             for s in self.costliest()
-        )
+        ) or ", ".join(f"{n} (own SNR {self.own_snr[n]:.1f} dB)" for n in self.costliest_names())
         return (
             f"best reachable {self.metric_name} {b.metric:.4f} vs FP32 {self.baseline:.4f} (drop {b.drop:.4f}{ret}) "
             f"with {len(b.excluded)} layer(s) in FP32 ({b.fp32_fraction:.0%} of the quantizable weights, limit "
@@ -396,7 +264,8 @@ class SearchResult:
             "layer_sensitivity": {
                 n: s.as_dict() for n, s in sorted(self.layer_sensitivity.items(), key=lambda kv: kv[1].key(), reverse=True)
             },
-            "costliest": [s.unit for s in self.costliest()],
+            "costliest": self.costliest_names(),
+            **({"layer_own_snr_db": dict(sorted(self.own_snr.items(), key=lambda kv: kv[1]))} if self.own_snr else {}),
             "candidates": [t.as_dict() for t in self.trials],
             "seconds": round(self.seconds, 2),
         }
@@ -425,6 +294,7 @@ def search_exclusions(
     max_fp32_fraction: float = 0.5,
     group_above: int = 12,
     runtime: str | None = None,
+    layer_table: Callable[[], dict[str, float] | None] | None = None,
 ) -> SearchResult:
     """Find the fewest layers to keep in float so that the eval metric meets ``budget``.
 
@@ -432,7 +302,10 @@ def search_exclusions(
     float and returns it as an :class:`Artifact` (it may reuse one scratch directory: each candidate is
     loaded, evaluated and closed before the next build). ``baseline``: the FP32 metric on ``eval_set``
     (see :meth:`EvalSet.set_reference`, which must have been called). ``runtime`` overrides the runtime
-    that loads candidates. See the module docstring for the strategy.
+    that loads candidates. ``layer_table``: called once the all-quantized candidate misses the budget, returns each
+    layer's own SNR in dB from the per-layer error table (lower: adds more error), which then orders the float
+    fallbacks instead of the leave-one-out ranking (None or empty: rank by leave-one-out). See the module docstring
+    for the strategy.
     """
     if eval_set.reference is None:
         raise ValueError("call eval_set.set_reference(fp32_backend) before the search")
@@ -442,9 +315,19 @@ def search_exclusions(
         return search.finish(full, True, "everything quantized met the budget")
 
     free = [lay for lay in layers if lay.name not in search.initial]
-    units, strategy = _units(free, group_above)
-    log.info("accuracy-aware: budget not met with everything quantized; ranking %d unit(s) (%s)", len(units), strategy)
-    order = search.rank(units, full)
+    table = layer_table() if layer_table is not None else None
+    if table:
+        search.own_snr = {n: v for n, v in table.items() if n in {lay.name for lay in free}}
+        strategy = "per-layer error table ranking (the error each layer adds itself), greedy, prune"
+        order = [((n, (n,)), None) for n in sorted(search.own_snr, key=search.own_snr.get)]
+        order += [((lay.name, (lay.name,)), None) for lay in free if lay.name not in search.own_snr]
+        log.info("accuracy-aware: budget not met with everything quantized; keeping layers in float in the order of "
+                 "the per-layer error table (%d layers)", len(order))
+    else:
+        units, strategy = _units(free, group_above)
+        log.info("accuracy-aware: budget not met with everything quantized; ranking %d unit(s) (%s)", len(units),
+                 strategy)
+        order = search.rank(units, full)
     search.current = full
     found = search.greedy(order)
     if found is not None:
@@ -473,6 +356,7 @@ class _Search:
         self.cache: dict[frozenset, Trial] = {}
         self.sensitivities: list[Sensitivity] = []
         self.layer_sens: dict[str, Sensitivity] = {}
+        self.own_snr: dict[str, float] = {}  # from the per-layer error table, when it orders the search
         self.excluded = list(self.initial)
         self.current: Trial | None = None
         self.limit = max_fp32_fraction + EPS
@@ -555,7 +439,9 @@ class _Search:
         """Greedy adds can over-shoot: put back (quantize) kept layers whose float copy is not needed."""
         layer_sens = self.layer_sens
         chosen = [n for n in t.excluded if n not in self.initial]
-        for name in sorted(chosen, key=lambda n: layer_sens[n].key() if n in layer_sens else (0.0, 0.0)):
+        own = self.own_snr  # with the table: the layers that add the least error go back first
+        for name in sorted(chosen, key=lambda n: (-own.get(n, 0.0), 0.0) if own else
+                           layer_sens[n].key() if n in layer_sens else (0.0, 0.0)):
             if len(chosen) <= 1:
                 break
             rest = [n for n in chosen if n != name]
@@ -573,7 +459,10 @@ class _Search:
                 continue
             s = self.layer_sens.get(name) or next((u for u in self.sensitivities if name in u.layers), None)
             cost = s.cost if s else 0.0
-            if s is None:
+            if s is None and name in self.own_snr:
+                reason = (f"kept FP32: among the layers that add the most error when quantized (own SNR "
+                          f"{self.own_snr[name]:.1f} dB in the per-layer table)")
+            elif s is None:
                 reason = "kept FP32"
             elif cost > EPS:
                 reason = f"kept FP32: costs {cost:.4f} {eval_set.metric_name} when quantized"
@@ -583,11 +472,12 @@ class _Search:
                     f"but reduces output error vs FP32 by {s.error_reduction:.4g}"
                 )
             items.append({"node": name, "op_type": self.op_of.get(name), "sensitivity": round(cost, 6),
+                          **({"own_snr_db": self.own_snr[name]} if name in self.own_snr else {}),
                           "error_reduction": None if s is None else round(s.error_reduction, 6),
                           "measured_as": None if s is None else s.unit, "reason": reason})
         return SearchResult(
             metric_name=eval_set.metric_name, baseline=self.baseline, budget=self.budget, eval_samples=len(eval_set),
             max_fp32_fraction=self.max_fp32_fraction, initial_excluded=self.initial, trials=self.trials,
             sensitivities=self.sensitivities, layer_sensitivity=self.layer_sens, best=best, met=met, kept_fp32=items,
-            seconds=time.perf_counter() - self.t_start, strategy=strategy,
+            seconds=time.perf_counter() - self.t_start, strategy=strategy, own_snr=self.own_snr,
         )

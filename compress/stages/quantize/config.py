@@ -4,6 +4,7 @@ quantize verb and its backends import, never the other way round."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -155,6 +156,14 @@ class QuantizeConfig(BaseModel):
         0.5, ge=0, le=1,
         description="Accuracy-aware: largest share of the quantizable weights that may stay in float; a budget "
         "that needs more counts as unreachable (the best candidate is written beside the output).",
+    )
+    rank_by: Literal["layer-errors", "leave-one-out"] | None = Field(
+        None,
+        description="Accuracy-aware (ONNX Runtime): the order in which layers are kept in float. layer-errors (the "
+        "default): by the "
+        "error each layer adds itself in the per-layer table of the all-quantized model (one pass over a few "
+        "calibration samples); leave-one-out: by the eval metric of one candidate per layer (or block) kept in "
+        "float alone (slower, measures the metric itself).",
     )
     # target (set from a device profile)
     target_runtime: str | None = Field(

@@ -592,7 +592,7 @@ def _fail_budget(art: Artifact, q: _OnnxQuantizer, out: Path, result, t0: float,
         baseline=result.baseline,
         best=b.metric,
         allowed_min=result.budget.min_metric(result.baseline),
-        costliest=[s.unit for s in result.costliest()],
+        costliest=result.costliest_names(),
         best_candidate=str(written) if written else None,
         hint=(f"best candidate and accuracy_report.json written to {written}" if written else "no candidate written")
         + "; relax --max-drop, allow more layers in float (max_fp32_fraction), or "

@@ -16,7 +16,7 @@ and hands OpenVINO artifacts to :func:`quantize_openvino`, which picks one NNCF 
   fallback) or INT8; the manifest records what every weight ended up as.
 - INT8 with ``--max-drop`` and/or ``min_retention`` (a profile's retention budget; needs ``--data``):
   ``nncf.quantize_with_accuracy_control``. The eval rows are the sample the ONNX accuracy-aware path
-  uses (:func:`compress.stages.quantize.accuracy.load_eval_set`), encoded one unpadded row each; the budget
+  uses (:func:`compress.stages.quantize.eval_set.load_eval_set`), encoded one unpadded row each; the budget
   becomes one absolute drop once the FP32 metric is known. The validation function computes accuracy
   (classifiers) or the mean cosine similarity to the FP32 input's pooled embeddings (encoders) on a
   candidate NNCF compiles on CPU in f32; it also returns each row's outputs, so NNCF ranks layers by
@@ -58,6 +58,7 @@ from compress.stages.common import measure_parity
 from compress.stages.quantize.parity import check_collapse
 from compress.stages.quantize.calibration import calibration_items
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
+from compress.stages.quantize.ov_layer_errors import openvino_layer_errors
 from compress.stages.quantize.nncf import (
     _compress_weights,
     _nncf_error,
@@ -68,6 +69,7 @@ from compress.stages.quantize.nncf import (
 )
 
 log = logging.getLogger(__name__)
+LAYER_TABLE_SAMPLES = 8  # inputs the per-layer error table runs on (as the ONNX Runtime table)
 
 
 
@@ -125,6 +127,8 @@ def _check_onnx_only_options(config: QuantizeConfig) -> None:
         wrong.append("--op-types")
     if config.speed_aware:
         wrong.append("--speed-aware")
+    if config.rank_by:
+        wrong.append(f"--rank-by {config.rank_by}")
     target = getattr(config, "target_runtime", None)
     if target not in (None, "openvino"):
         raise ConfigError(
@@ -230,7 +234,7 @@ def _eval_dataset(art: Artifact, config: QuantizeConfig):
     """The labelled eval rows: the same sample the ONNX accuracy-aware path uses when
     :mod:`compress.stages.quantize.accuracy` is available (so ONNX and OpenVINO results compare), else the first rows."""
     try:
-        from compress.stages.quantize.accuracy import load_eval_set
+        from compress.stages.quantize.eval_set import load_eval_set
     except ImportError:  # pragma: no cover - older tree without the shared evaluation helpers
         load_eval_set = None
     if load_eval_set is not None:
@@ -291,6 +295,10 @@ def _write(
             "graph": graph_summary(model),
             **copy.deepcopy(metrics),
         }
+        encoder = _encoder(art)
+        feeds = [encoder.encode([item]) for item in texts[:LAYER_TABLE_SAMPLES]]
+        if (table := openvino_layer_errors(art.model_path, model, feeds)) is not None:
+            step.metrics["layer_errors"] = table
     log.info("wrote %s (%.1f MB -> %.1f MB)", dest, before / 1e6, after / 1e6)
     return output.artifact
 

@@ -12,16 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact, Precision, child_manifest, copy_tokenizer_files
+from compress.data.inputs import sample_inputs
 from compress.stages.quantize.config import QuantMode
+from compress.stages.quantize.layer_errors import artifact_layer_errors
 
 log = logging.getLogger(__name__)
+TABLE_SAMPLES = 8  # inputs the per-layer table that orders the search runs on
 
 
 def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list[str] | None = None):
     """The layers to keep in float so the eval metric meets the budget (:func:`compress.stages.quantize.accuracy.search_exclusions`
     over candidates ``q`` writes into ``scratch``); returns the search result and the eval rows."""
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.quantize.accuracy import Budget, load_eval_set, search_exclusions
+    from compress.stages.quantize.accuracy import Budget, search_exclusions
+    from compress.stages.quantize.eval_set import load_eval_set
 
     config = q.config
     eval_set = load_eval_set(config.data, art.manifest, config.eval_samples, user_metric=config.user_metric())
@@ -45,11 +49,21 @@ def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list
         q.write(candidate_dir / "model.onnx", [*excluded, *fixed])
         return Artifact(candidate_dir, manifest)
 
+    initial_excluded = [n for n in (config.exclude_nodes if initial is None else initial) if n in names]
+
+    def layer_table() -> dict[str, float] | None:
+        """Own SNR per layer in the all-quantized model's per-layer table, on a few calibration (or eval) inputs."""
+        (scratch / "table").mkdir()
+        q.write(scratch / "table" / "model.onnx", [*initial_excluded, *fixed])
+        items = sample_inputs(config.sample_data or config.calibration or config.data, TABLE_SAMPLES,
+                              art.manifest.preprocess)
+        table = artifact_layer_errors(art, scratch / "table" / "model.onnx", items, n=TABLE_SAMPLES, top=None)
+        return {r["node"]: r["own_snr_db"] for r in table["layers"]} if table else None
+
     result = search_exclusions(
         layers, build, eval_set, Budget(config.max_drop, config.min_retention), baseline,
-        initial_excluded=[n for n in (config.exclude_nodes if initial is None else initial)
-                          if n in {lay.name for lay in layers}],
-        max_fp32_fraction=config.max_fp32_fraction,
+        initial_excluded=initial_excluded, max_fp32_fraction=config.max_fp32_fraction,
+        layer_table=None if config.rank_by == "leave-one-out" else layer_table,
     )
     return result, eval_set
 
@@ -59,7 +73,7 @@ def granularity_search(art: Artifact, q, scratch: Path) -> dict[str, Any]:
     import onnx
 
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.quantize.accuracy import evaluate_metric, load_eval_set
+    from compress.stages.quantize.eval_set import evaluate_metric, load_eval_set
     from compress.stages.quantize.granularity import choose_granularity
 
     config = q.config
@@ -92,7 +106,7 @@ def granularity_search(art: Artifact, q, scratch: Path) -> dict[str, Any]:
 def verify_final(tmp: Path, manifest, eval_set, record: dict[str, Any]) -> None:
     """Measure the written artifact itself on the eval rows (it is rebuilt, not copied, from the search)."""
     from compress.runtimes.ort_backend import OrtBackend
-    from compress.stages.quantize.accuracy import evaluate_metric
+    from compress.stages.quantize.eval_set import evaluate_metric
 
     backend = OrtBackend(Artifact(tmp, manifest))
     record["final"]["metric_of_written_model"] = round(evaluate_metric(backend, eval_set), 6)

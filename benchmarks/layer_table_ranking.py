@@ -1,0 +1,115 @@
+"""Accuracy-aware quantization ordered by the per-layer error table versus by leave-one-out (issue 35, item 4).
+
+``quantize --max-drop/--min-retention`` keeps layers in float until the eval metric holds. ``rank_by: layer-errors``
+(the default) orders them by the error each layer adds itself in the all-quantized model's per-layer table (one pass
+over 8 calibration inputs); ``rank_by: leave-one-out`` measures the eval metric of one candidate per layer (or block)
+kept in float alone. Both run here side by side, one after the other, on the same FP32 artifact, data and budget:
+
+* ``mobilenet_v2``: the real ImageNet MobileNetV2 file adopted by ``benchmarks/adopted.py``, static INT8, top-1 on the
+  201 labelled photo views (labels are the FP32 model's own confident top-1), budget retention >= 0.995;
+* ``mobilenet_v2_features``: its 1280 x 7 x 7 feature map, static INT8, output cosine to the FP32 file on the same
+  views, budget >= 0.97 (plain static INT8 reaches about 0.95);
+* ``sst2_int4``: the fine-tuned MiniLM-L6 SST-2 teacher (``benchmarks/teacher.py``), INT4 weights, accuracy on 300 SST-2
+  dev sentences, budget drop <= 0.005.
+
+For each: whether the budget held, the metric, the layers kept in float and their share of the weights, the number
+of candidates built and measured, and the wall time of the search (2-core host; the two orders run one after the
+other on the same machine, so compare the ratio). Results: ``benchmarks/results/layer_table_ranking.json``.
+
+    python benchmarks/adopted.py --models mobilenet_v2,mobilenet_v2_features   # once: the adopted artifacts
+    python benchmarks/teacher.py                                                # once: the SST-2 teacher
+    python benchmarks/layer_table_ranking.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import host_and_versions  # noqa: E402 - benchmarks/ on the path first
+
+CACHE = HERE / ".cache"
+PHOTOS = CACHE / "real-cnns" / "photos"
+ADOPTED = CACHE / "adopted"
+SST2 = HERE.parent.parent / "shared" / "data" / "sst2"
+
+
+def cases() -> dict[str, dict]:
+    return {
+        "mobilenet_v2": {"fp32": ADOPTED / "artifacts" / "mobilenet_v2" / "fp32",
+                         "config": {"mode": "static", "calibration": str(PHOTOS / "calibration.csv"),
+                                    "data": str(PHOTOS / "mobilenet_v2.csv"), "min_retention": 0.995,
+                                    "eval_samples": 201}},
+        "mobilenet_v2_features": {"fp32": ADOPTED / "artifacts" / "mobilenet_v2_features" / "fp32",
+                                  "config": {"mode": "static", "calibration": str(ADOPTED / "photos-calibration.npz"),
+                                             "data": str(ADOPTED / "photos-eval.npz"), "min_retention": 0.97,
+                                             "eval_samples": 201}},
+        "sst2_int4": {"teacher": CACHE / "sst2-minilm-l6-teacher",
+                      "config": {"precision": "int4", "block_size": 32, "data": str(SST2 / "dev.tsv"),
+                                 "max_drop": 0.005, "eval_samples": 300}},
+    }
+
+
+def fp32_artifact(name: str, case: dict, work: Path):
+    from compress.artifact import is_artifact, load_artifact
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    if "fp32" in case:
+        return load_artifact(case["fp32"])
+    out = work / name / "fp32"
+    if not is_artifact(out):
+        export(case["teacher"], out, ExportConfig(optimize="none"), force=True)
+    return load_artifact(out)
+
+
+def run(name: str, case: dict, rank_by: str, work: Path) -> dict:
+    from compress.errors import AccuracyBudgetError
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = fp32_artifact(name, case, work)
+    out = work / name / rank_by
+    for p in (out, out.with_name(out.name + ".best-candidate")):
+        shutil.rmtree(p, ignore_errors=True)
+    t0 = time.perf_counter()
+    try:
+        q = quantize(art, out, QuantizeConfig(rank_by=rank_by, **case["config"]))
+        aa = q.manifest.steps[-1].metrics["accuracy_aware"]
+    except AccuracyBudgetError as e:
+        aa = json.loads((Path(e.best_candidate) / "accuracy_report.json").read_text()) if e.best_candidate else {}
+    seconds = time.perf_counter() - t0
+    final = aa.get("final", {})
+    return {"model": name, "rank_by": rank_by, "budget_met": aa.get("budget_met"), "metric_name": aa.get("metric"),
+            "fp32_metric": aa.get("baseline"), "all_quantized": aa["candidates"][0]["metric"],
+            "metric": final.get("metric"), "retention": final.get("retention"),
+            "kept_float": len(aa.get("kept_fp32") or []), "float_weight_share": final.get("fp32_weight_fraction"),
+            "candidates": len(aa["candidates"]), "seconds": round(seconds, 1),
+            "kept": [k["node"] for k in aa.get("kept_fp32") or []]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(cases()))
+    ap.add_argument("--work", type=Path, default=CACHE / "layer-table-ranking")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "layer_table_ranking.json")
+    args = ap.parse_args(argv)
+    rows = []
+    for name in args.models.split(","):
+        for rank_by in ("layer-errors", "leave-one-out"):
+            rows.append(run(name, cases()[name], rank_by, args.work))
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**host_and_versions(), "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

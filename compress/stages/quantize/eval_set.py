@@ -1,0 +1,148 @@
+"""The eval rows of accuracy-aware quantization and how a candidate's outputs score on them: accuracy (classifiers),
+mean cosine to the FP32 outputs (embeddings, dense outputs), or the user's ``--metric``; plus the output error that
+breaks ties between candidates (:mod:`compress.stages.quantize.accuracy` searches with them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Manifest, Task
+from compress.data.tables import TextDataset
+
+log = logging.getLogger("compress.stages.quantize.accuracy")
+
+__all__ = ["DEFAULT_BATCH", "EvalSet", "evaluate_metric", "load_eval_set", "predict_outputs", "score_outputs"]
+
+DEFAULT_BATCH = 32
+
+@dataclass
+class EvalSet:
+    """Eval rows (sorted by length), their labels, and - once set - the FP32 reference outputs.
+
+    Encodings are made by the first backend that evaluates the set and reused afterwards: every
+    candidate of one search must share the tokenizer (quantization copies it unchanged).
+    """
+
+    dataset: TextDataset
+    classification: bool
+    batch_size: int = DEFAULT_BATCH
+    reference: np.ndarray | None = None
+    source: str = "<memory>"
+    user_metric: Any = None  #: ``--metric`` (compress.validation.user_metric.UserMetric): the metric instead of the task's
+    _encoded: list[dict[str, np.ndarray]] | None = field(default=None, repr=False)
+
+    @property
+    def metric_name(self) -> str:
+        if self.user_metric is not None:
+            return self.user_metric.spec
+        return "accuracy" if self.classification else "cosine_to_fp32"
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.dataset.labels is None else np.asarray(self.dataset.labels)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def encoded(self, backend) -> list[dict[str, np.ndarray]]:
+        """The encoded batches (made with ``backend.encode`` on first use)."""
+        if self._encoded is None:
+            self._encoded = [backend.encode(t, p) for t, p, _ in self.dataset.batches(self.batch_size)]
+        return self._encoded
+
+    def set_reference(self, backend) -> float:
+        """Run the reference (FP32) model, keep its outputs, return its metric (1.0 for embeddings)."""
+        self.reference = predict_outputs(backend, self)
+        return score_outputs(self.reference, self)[0]
+
+
+def load_eval_set(
+    path: str | Path,
+    manifest: Manifest,
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+    user_metric: Any = None,
+) -> EvalSet:
+    """Read ``n`` eval rows from ``path`` for the model described by ``manifest``.
+
+    Classifiers need labels (names mapped through ``manifest.labels``, or ids); embedding models only
+    need texts. When the file has more than ``n`` rows a deterministic random sample (``seed``) is
+    taken from its first ``max(20 n, 5000)`` rows. Rows are sorted by length so batches pad little.
+    Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
+    """
+    from compress.data.inputs import kind_of, load_inputs
+
+    classification = manifest.labels is not None and manifest.task is not Task.feature_extraction
+    labels = manifest.labels if classification else None
+    ds = load_inputs(
+        path, manifest.preprocess,
+        label2id={name: i for i, name in enumerate(labels)} if labels else None,
+        num_labels=len(labels) if labels else None,
+        require_labels=classification,
+        limit=max(20 * n, 5000),
+    )
+    ds = ds.sample(n, seed=seed)
+    if kind_of(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
+        order = sorted(range(len(ds)), key=lambda i: (len(ds.texts[i]) + len(ds.pairs[i] if ds.pairs else ""), i))
+        ds = dataclasses.replace(
+            ds,
+            texts=[ds.texts[i] for i in order],
+            pairs=None if ds.pairs is None else [ds.pairs[i] for i in order],
+            labels=None if ds.labels is None else [ds.labels[i] for i in order],
+        )
+    if len(ds) < n:
+        log.warning("%s has only %d rows (asked for %d eval samples); using all of them", path, len(ds), n)
+    return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path),
+                   user_metric=user_metric)
+
+
+def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
+    """``backend.predict`` over the eval rows (logits, or pooled embeddings), in eval-set order."""
+    return np.concatenate([backend.predict(b) for b in eval_set.encoded(backend)], axis=0)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row cosine over every value of a row (a vector, or a dense map flattened)."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return (a * b).sum(axis=-1) / np.clip(den, 1e-12, None)
+
+
+def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]:
+    """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set): the user's metric
+    (``--metric``) where one is given, else accuracy (classifiers) or the mean cosine to the FP32 outputs."""
+    ref = eval_set.reference
+    if ref is None and not eval_set.classification and eval_set.user_metric is None:
+        raise ValueError("embedding eval sets score against the FP32 outputs: call eval_set.set_reference(fp32) first")
+    cos = None if ref is None or eval_set.classification else _cosine_rows(outputs, ref)
+    if ref is None:
+        error = 0.0
+    else:
+        error = float(np.abs(_softmax(outputs) - _softmax(ref)).mean()) if cos is None else float((1.0 - cos).mean())
+    if eval_set.user_metric is not None:  # the user's metric; the output error still orders the layers
+        return eval_set.user_metric(outputs, eval_set.labels), error
+    if eval_set.classification:
+        from compress.validation.metrics import accuracy
+
+        return accuracy(outputs.argmax(-1), eval_set.labels), error
+    return float(cos.mean()), error
+
+
+def evaluate_metric(backend, eval_set: EvalSet) -> float:
+    """The eval metric of a loaded backend: accuracy (classifiers) or mean cosine to FP32 (embeddings)."""
+    return score_outputs(predict_outputs(backend, eval_set), eval_set)[0]
