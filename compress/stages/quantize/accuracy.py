@@ -23,8 +23,9 @@ The search (:func:`search_exclusions`):
 
 1. quantize everything (except user exclusions); done if the budget holds;
 2. rank. By default (``rank_by: layer-errors``, ONNX Runtime) the stage hands in the all-quantized model's per-layer
-   error table (:mod:`compress.stages.quantize.layer_errors`): layers are kept in float in the order of the error they
-   add themselves (lowest own SNR first), one pass over a few inputs instead of one candidate per unit. Otherwise
+   error table (:mod:`compress.stages.quantize.layer_errors`): layers go to float in the order of the error they add
+   themselves (lowest own SNR first), one pass over a few inputs instead of one candidate per unit; a bisection finds
+   how many of the first ones must (about log2 of the layer count in candidates), then step 4 prunes. Otherwise
    (``rank_by: leave-one-out``, or no table): for every unit, a candidate with *that unit kept in float and everything else quantized*
    (leave-one-out). Its sensitivity is the metric that keeping it in float recovers (``cost`` = metric
    with it in float - metric with everything quantized), ties broken by the output error it removes.
@@ -316,20 +317,21 @@ def search_exclusions(
 
     free = [lay for lay in layers if lay.name not in search.initial]
     table = layer_table() if layer_table is not None else None
+    search.current = full
     if table:
         search.own_snr = {n: v for n, v in table.items() if n in {lay.name for lay in free}}
-        strategy = "per-layer error table ranking (the error each layer adds itself), greedy, prune"
-        order = [((n, (n,)), None) for n in sorted(search.own_snr, key=search.own_snr.get)]
-        order += [((lay.name, (lay.name,)), None) for lay in free if lay.name not in search.own_snr]
+        strategy = ("per-layer error table ranking (the error each layer adds itself), bisection on how many of the "
+                    "first layers stay float, prune")
+        order = sorted(search.own_snr, key=search.own_snr.get)
+        order += [lay.name for lay in free if lay.name not in search.own_snr]
         log.info("accuracy-aware: budget not met with everything quantized; keeping layers in float in the order of "
                  "the per-layer error table (%d layers)", len(order))
+        found = search.bisect(order)
     else:
         units, strategy = _units(free, group_above)
         log.info("accuracy-aware: budget not met with everything quantized; ranking %d unit(s) (%s)", len(units),
                  strategy)
-        order = search.rank(units, full)
-    search.current = full
-    found = search.greedy(order)
+        found = search.greedy(search.rank(units, full))
     if found is not None:
         return search.finish(search.prune(found), True, strategy)
     eligible = [t for t in search.trials if t.fp32_fraction <= search.limit] or [full]
@@ -434,6 +436,25 @@ class _Search:
                 if t is not None and t.meets:
                     return t
         return None
+
+    def bisect(self, order: list[str]) -> Trial | None:
+        """The shortest run of ``order``'s first layers (those that fit the float-share limit, in order) whose float
+        copies meet the budget, by bisection on its length (meeting it is taken to grow with the run's length)."""
+        eligible: list[str] = []
+        for name in order:
+            if self.fraction([*self.initial, *eligible, name]) <= self.limit:
+                eligible.append(name)
+        if not eligible:
+            return None
+        top = self.trial([*self.initial, *eligible], "bisect")
+        if not top.meets:
+            return None
+        lo, hi, best = 0, len(eligible), top  # the first lo layers miss the budget, the first hi meet it
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            t = self.trial([*self.initial, *eligible[:mid]], "bisect")
+            lo, hi, best = (lo, mid, t) if t.meets else (mid, hi, best)
+        return best
 
     def prune(self, t: Trial) -> Trial:
         """Greedy adds can over-shoot: put back (quantize) kept layers whose float copy is not needed."""

@@ -10,8 +10,8 @@ off, so every tensor exists as written; the figure is the error *accumulated* up
 tools report it.
 
 Each row also carries the layer's **own SNR**: the error it adds itself, as its output's noise-to-signal ratio less
-the worst of its activation inputs' (read in the quantized graph after their Q -> DQ, so the input's own rounding
-counts against the layer that consumes it). ``hurts_most`` lists the lowest; the accuracy-aware search keeps layers
+the worst of its activation inputs' (read in the quantized graph *before* their Q -> DQ, so the rounding of an input
+counts against the layer that reads it: all of it goes away when that layer stays float). ``hurts_most`` lists the lowest; the accuracy-aware search keeps layers
 in float in that order (:mod:`compress.stages.quantize.ort_accuracy`).
 """
 
@@ -40,17 +40,18 @@ DEFINITION = ("SNR (dB) and mean cosine of each quantized layer's output against
 @dataclass
 class _QLayer:
     """A quantized layer: its node, its float output's name (as in the FP32 graph), the quantized graph's tensor of
-    the value that flows on, and its activation inputs as (FP32 tensor, how to read it in the quantized graph)."""
+    the value that flows on, and the float tensors behind its activation inputs (same names in both graphs)."""
 
     node: Any
     name: str
     seen: str
-    inputs: list[tuple[str, Any]]
+    inputs: list[tuple[str, str]]
 
 
-def _activation_inputs(node, producer, constants) -> list[tuple[str, Any]]:
-    """(FP32 tensor, quantized-graph reading) of each non-constant input of ``node``: through a Q -> DQ pair the
-    dequantized value; through DynamicQuantizeLinear its (y, scale, zero point), dequantized in numpy."""
+def _activation_inputs(node, producer, constants) -> list[tuple[str, str]]:
+    """(float tensor before quantization, tensor after it) of each non-constant input of ``node``: through a Q -> DQ
+    pair the Q's input and the DQ's output, through a DynamicQuantizeLinear its input twice; the first is what the
+    layer would read were it left in float. Names as in the FP32 graph."""
     found = []
     if node.op_type in _INDEXED:
         return found  # the table is the weight; the other input holds indices
@@ -58,20 +59,16 @@ def _activation_inputs(node, producer, constants) -> list[tuple[str, Any]]:
         if not i or i in constants:
             continue
         p = producer.get(i)
-        if p is not None and p.op_type == "QuantizeLinear":
-            continue  # an integer tensor (QOperator formats): its float source is not read here
         if p is not None and p.op_type == "DequantizeLinear":
             if p.input[0] in constants:
                 continue  # a weight
             q = producer.get(p.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                found.append((q.input[0], i))
-                continue
-        if p is not None and p.op_type == "DynamicQuantizeLinear":
+            found.append((q.input[0], i) if q is not None and q.op_type == "QuantizeLinear" else (i, i))
+        elif p is not None and p.op_type == "DynamicQuantizeLinear":
             if i == p.output[0]:
-                found.append((p.input[0], tuple(p.output)))
-            continue
-        found.append((i, i))
+                found.append((p.input[0], p.input[0]))
+        elif p is None or p.op_type != "QuantizeLinear":  # (an integer tensor of a QOperator format: not read)
+            found.append((i, i))
     return found
 
 
@@ -111,13 +108,11 @@ def _quantized_nodes(model) -> list[_QLayer]:
     return found
 
 
-def _with_outputs(model, names: list[str], uint8: frozenset[str] = frozenset()) -> bytes:
-    """The model with ``names`` as outputs too (float tensors, ``uint8`` ones excepted)."""
+def _with_outputs(model, names: list[str]) -> bytes:
     from onnx import TensorProto, helper
 
     have = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.UINT8 if n in uint8 else TensorProto.FLOAT,
-                                                            None) for n in names if n not in have)
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
     return model.SerializeToString()
 
 
@@ -147,13 +142,6 @@ def _fp32_node(fp32_producer: dict[str, Any], lay: _QLayer) -> str:
             break
         p = next((fp32_producer[i] for i in p.input if i in fp32_producer), None)
     return p.name if p is not None and p.op_type == want else fp32_producer[lay.name].name or lay.name
-
-
-def _read(got: dict[str, np.ndarray], how) -> np.ndarray:
-    if isinstance(how, tuple):  # DynamicQuantizeLinear's (y, scale, zero point): dequantize
-        y, scale, zp = (got[n] for n in how)
-        return (y.astype(np.float64) - np.float64(zp)) * np.float64(scale)
-    return got[how]
 
 
 class _Errors:
@@ -215,18 +203,24 @@ def layer_errors(fp32_path: Path | str, quant_path: Path | str, feeds: list[dict
     layers = [lay for lay in _quantized_nodes(quant) if lay.name in fp32_producer]
     if not layers or not feeds:
         return None
+    quant_producer = {o: n for n in quant.graph.node for o in n.output}
+
+    def read(x: str, after: str) -> str:
+        """An input before its quantization, unless the quantizer folded an activation into its producer (the float
+        tensor then lacks the clamp the FP32 one has): after it."""
+        qp, fp = quant_producer.get(x), fp32_producer.get(x)
+        return x if qp is None or fp is None or qp.op_type == fp.op_type else after
+
     for lay in layers:
-        lay.inputs = [(x, how) for x, how in lay.inputs if x in fp32_tensors
-                      and all(n in quant_tensors for n in (how if isinstance(how, tuple) else (how,)))]
+        lay.inputs = [(x, read(x, after)) for x, after in lay.inputs
+                      if x in fp32_tensors and x in quant_tensors and after in quant_tensors]
     graph_inputs = {i.name for i in fp32.graph.input}
     ref_names = list(dict.fromkeys([lay.name for lay in layers]
                                    + [x for lay in layers for x, _ in lay.inputs if x not in graph_inputs]))
-    q_names = list(dict.fromkeys([lay.seen for lay in layers] + [n for lay in layers for _, how in lay.inputs
-                                                                 for n in (how if isinstance(how, tuple) else (how,))
-                                                                 if n not in graph_inputs]))
+    q_names = list(dict.fromkeys([lay.seen for lay in layers]
+                                 + [r for lay in layers for _, r in lay.inputs if r not in graph_inputs]))
     ref_sess = _session(_with_outputs(fp32, ref_names), threads)
-    uint8 = frozenset(n for lay in layers for _, how in lay.inputs if isinstance(how, tuple) for n in how[::2])
-    q_sess = _session(_with_outputs(quant, q_names, uint8), threads)
+    q_sess = _session(_with_outputs(quant, q_names), threads)
     inputs = {i.name for i in ref_sess.get_inputs()}
     errors = _Errors()
     for feed in feeds:
@@ -236,13 +230,13 @@ def layer_errors(fp32_path: Path | str, quant_path: Path | str, feeds: list[dict
         done: set[str] = set()
         for lay in layers:
             for key, r, c in [(lay.name, ref[lay.name], got[lay.seen]),
-                              *((f"in:{x}:{how}", ref[x], _read(got, how)) for x, how in lay.inputs)]:
+                              *((f"in:{x}", ref[x], got[r]) for x, r in lay.inputs)]:
                 if key not in done:
                     done.add(key)
                     errors.add(key, r, c)
     rows = []
     for lay in layers:
-        nsr_in = max((errors.nsr(f"in:{x}:{how}") for x, how in lay.inputs), default=0.0)
+        nsr_in = max((errors.nsr(f"in:{x}") for x, _ in lay.inputs), default=0.0)
         node = lay.node.name if lay.node.name in fp32_nodes else _fp32_node(fp32_producer, lay)
         rows.append({"node": node, "op_type": lay.node.op_type, "tensor": lay.name,
                      "snr_db": round(errors.snr(lay.name), 2), "cosine": round(errors.cosine(lay.name), 6),

@@ -4,7 +4,8 @@ NNCF, against the FP32 IR it was quantized from.
 A quantized layer is a compute operation (Convolution, MatMul, ...) fed by a FakeQuantize (activations) or by a
 dequantized integer constant (compressed weights); NNCF keeps the FP32 model's friendly names, so the same
 operation is found in the FP32 IR by name. Both models get every such output (and each layer's activation inputs:
-the FakeQuantize's output in the quantized model, its source in the FP32 one) as extra results and run on the CPU
+the float tensor behind each FakeQuantize, so an input's rounding counts against the layer that reads it) as extra
+results and run on the CPU
 plugin in f32 inference precision, the quantized one with its FakeQuantize operations written out as the float
 operations of their definition (the CPU plugin's integer fusions give wrong values once intermediate results are
 outputs; the written-out model reproduces the quantized model's own outputs). Rows and ``hurts_most`` are those of the ONNX table: accumulated SNR and cosine
@@ -23,8 +24,9 @@ from compress.stages.quantize.nncf import _QUANTIZABLE, _int_constant_behind
 __all__ = ["openvino_layer_errors"]
 
 
-def _layers(quant, fp32_ops: dict[str, Any]) -> list[tuple[str, str, list[tuple[Any, int]]]]:
-    """(name, op type, [(FP32 output, input index) of each activation input]) of every quantized layer."""
+def _layers(quant, fp32_ops: dict[str, Any]) -> list[tuple[str, str, list[tuple[str, int]]]]:
+    """(name, op type, [(producer name, output index) of the float tensor behind each activation input]) of every
+    quantized layer: behind a FakeQuantize, its input (what the layer would read were it left in float)."""
     found = []
     for op in quant.get_ordered_ops():
         name = op.get_friendly_name()
@@ -37,29 +39,17 @@ def _layers(quant, fp32_ops: dict[str, Any]) -> list[tuple[str, str, list[tuple[
             if _int_constant_behind(node) is not None:
                 quantized = True  # a compressed weight
                 continue
-            if node.get_type_name() == "Constant":
-                continue
             if node.get_type_name() == "FakeQuantize":
                 quantized = True
-                fq_in = node.input_value(0)
-                if fq_in.get_node().get_type_name() == "Constant":
-                    continue  # a weight quantized by its own FakeQuantize
-                ref = _fp32_output(fp32_ops, fq_in)
-            else:
-                ref = _fp32_output(fp32_ops, src)
-            if ref is not None:
-                inputs.append((ref, i))
+                src = node.input_value(0)
+            producer = fp32_ops.get(src.get_node().get_friendly_name())
+            if producer is None or producer.get_type_name() == "Constant" \
+                    or src.get_index() >= producer.get_output_size():
+                continue  # a weight (quantized by its own FakeQuantize, or float) or a tensor FP32 lacks
+            inputs.append((src.get_node().get_friendly_name(), src.get_index()))
         if quantized:
             found.append((name, op.get_type_name(), inputs))
     return found
-
-
-def _fp32_output(fp32_ops: dict[str, Any], src) -> Any:
-    """The FP32 model's output port matching the quantized model's ``src`` (same producer name and index)."""
-    producer = fp32_ops.get(src.get_node().get_friendly_name())
-    if producer is None or producer.get_type_name() == "Constant" or src.get_index() >= producer.get_output_size():
-        return None
-    return producer.output(src.get_index())
 
 
 def _decompose_fake_quantize(model) -> None:
@@ -116,9 +106,12 @@ def openvino_layer_errors(fp32_xml, quant_model, feeds: list[dict[str, np.ndarra
         return None
     _decompose_fake_quantize(quant)
     quant_ops = {op.get_friendly_name(): op for op in quant.get_ops()}
-    ref_ports = [fp32_ops[name].output(0) for name, _, _ in layers] + [r for _, _, ins in layers for r, _ in ins]
-    q_ports = [quant_ops[name].output(0) for name, _, _ in layers] + [quant_ops[name].input_value(i)
-                                                                      for name, _, ins in layers for _, i in ins]
+
+    def ports(ops: dict[str, Any]) -> list:
+        return [ops[name].output(0) for name, _, _ in layers] + [ops[p].output(i) for _, _, ins in layers
+                                                                 for p, i in ins]
+
+    ref_ports, q_ports = ports(fp32_ops), ports(quant_ops)
     refs, gots = _run(fp32, ref_ports, feeds), _run(quant, q_ports, feeds)
     errors = _Errors()
     for ref, got in zip(refs, gots, strict=True):
