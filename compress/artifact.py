@@ -51,6 +51,8 @@ class Task(StrEnum):
     text_classification = "text-classification"
     feature_extraction = "feature-extraction"
     image_classification = "image-classification"
+    #: a label per word (named entities): token-level class scores read at each word's first sub-token
+    token_classification = "token-classification"
     #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
     #: model (cosine, SNR) and by a user's --metric
     generic = "generic"
@@ -73,6 +75,9 @@ class TextPreprocess(BaseModel):
     kind: Literal["text"] = "text"
     tokenizer_file: str = Field("tokenizer.json", description="The `tokenizers` file, relative to the artifact.")
     pad_id: int | None = Field(None, description="Padding token id; None: the pad token tokenizer_config.json names.")
+    words: bool = Field(False, description="Token classification: the model reads texts split into words (a string "
+                        "is split at white space) and is judged by a label per word, its scores read at the word's "
+                        "first sub-token (compress.device.shipped.first_subtokens).")
 
     @field_validator("tokenizer_file")
     @classmethod

@@ -19,8 +19,7 @@ import numpy as np
 from compress._optional import is_available, require
 from compress.artifact import Artifact, Format
 from compress.errors import ConfigError
-from compress.device.shipped import pool
-from compress.device.shipped import TextFeeds
+from compress.device.shipped import TextFeeds, first_subtokens, pool
 from compress.data.tokenization import encoder_for
 
 # runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here.
@@ -141,7 +140,13 @@ class RuntimeBackend(ABC):
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None, pad_to: int | None = None):
         return self.encoder.encode(texts, pairs, pad_to)
 
-    def predict_text(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+    def predict_text(self, texts: Sequence[Any], pairs: Sequence[str] | None = None) -> np.ndarray:
+        """The outputs for raw inputs (texts, images, arrays); for token classification the scores of each word
+        (:func:`compress.device.shipped.first_subtokens`; texts are lists of words, or strings split at white
+        space)."""
+        if getattr(self.artifact.manifest.preprocess, "words", False):
+            feeds, word_ids = self.encoder.encode_words(texts)
+            return first_subtokens(self.predict(feeds), word_ids)
         return self.predict(self.encode(texts, pairs))
 
     def synchronize(self) -> None:

@@ -239,13 +239,19 @@ class TextFeeds(object):
             self.tokenizer.enable_padding(pad_id=self.pad_id)
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError("texts and pairs differ in length")
+        words = bool(texts) and not isinstance(texts[0], str)  # pre-split texts: lists of words
         batch = list(zip(texts, pairs)) if pairs is not None else list(texts)
-        enc = self.tokenizer.encode_batch(batch)
-        return {
+        enc = self.tokenizer.encode_batch([list(t) for t in batch] if words and pairs is None else batch,
+                                          is_pretokenized=words)
+        arrays = {
             "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
             "token_type_ids": np.asarray([e.type_ids for e in enc], dtype=np.int64),
         }
+        if words:  # which word each token belongs to (-1: special tokens, padding)
+            arrays["word_ids"] = np.asarray([[-1 if w is None else w for w in e.word_ids] for e in enc],
+                                            dtype=np.int64)
+        return arrays
 
     def encode(self, texts, pairs=None, pad_to=None):
         """The feeds of a batch: only the inputs the model takes, in its order."""
@@ -256,6 +262,26 @@ class TextFeeds(object):
         """``(feeds, attention_mask)``: the mask pools token states even where the graph does not take it."""
         arrays = self.arrays(texts, pairs, pad_to)
         return {name: arrays[name] for name in self.input_names if name in arrays}, arrays["attention_mask"]
+
+    def encode_words(self, texts, pad_to=None):
+        """``(feeds, word_ids)`` of texts split into words (lists of words; a string is split at white space)."""
+        words = [t.split() if isinstance(t, str) else list(t) for t in texts]
+        arrays = self.arrays(words, None, pad_to)
+        return {name: arrays[name] for name in self.input_names if name in arrays}, arrays["word_ids"]
+
+
+def first_subtokens(scores, word_ids):
+    """Token-level scores ``[batch, tokens, labels]`` read at each word's first sub-token: ``[batch, words, labels]``
+    (words: the most any row has), NaN where a row has fewer words or a word was cut off by truncation."""
+    import numpy as np
+
+    width = int(word_ids.max()) + 1 if word_ids.size else 0
+    out = np.full((scores.shape[0], width, scores.shape[-1]), np.nan, dtype=np.float32)
+    for row in range(scores.shape[0]):
+        ids = word_ids[row]
+        first = np.flatnonzero((ids >= 0) & np.r_[True, ids[1:] != ids[:-1]])
+        out[row, ids[first]] = scores[row, first]
+    return out
 
 
 def make_feeds(directory, preprocess, input_names, max_length):

@@ -21,6 +21,7 @@ from compress.artifact import (
     SourceInfo,
     Task,
     TensorSpec,
+    TextPreprocess,
     digest_dir,
     hash_files,
     library_versions,
@@ -112,6 +113,10 @@ def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
     return Postprocess(pooling=pooling, normalize=normalize)
 
 
+#: the tasks a Hugging Face checkpoint's head gives, by the suffix of its architecture
+_HEADS = {Task.text_classification: "ForSequenceClassification", Task.token_classification: "ForTokenClassification"}
+
+
 def inspect_checkpoint(
     path: Path | str, task: Task | str | None = None, *, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> CheckpointInfo:
@@ -138,16 +143,17 @@ def inspect_checkpoint(
 
     architecture = (config.get("architectures") or [""])[0] or ""
     if task is None:
-        task = Task.text_classification if architecture.endswith("ForSequenceClassification") else Task.feature_extraction
+        task = next((t for t, suffix in _HEADS.items() if architecture.endswith(suffix)), Task.feature_extraction)
     task = Task(task)
     labels = None
     postprocess = Postprocess()
-    if task is Task.text_classification:
+    if task in _HEADS:
         id2label = config.get("id2label") or {}
-        if not architecture.endswith("ForSequenceClassification"):
+        if not architecture.endswith(_HEADS[task]):
+            kind = "sequence-classification" if task is Task.text_classification else "token-classification"
             raise ModelLoadError(
-                f"{path}: {architecture or 'this model'} has no sequence-classification head",
-                hint="pass a fine-tuned ...ForSequenceClassification checkpoint, or --task feature-extraction",
+                f"{path}: {architecture or 'this model'} has no {kind} head",
+                hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
             )
         labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
         if labels is None:
@@ -204,7 +210,7 @@ class Teacher(InfoTeacher):
 
     @property
     def primary_output(self) -> str:
-        return "logits" if self.task is Task.text_classification else "last_hidden_state"
+        return "logits" if self.task in _HEADS else "last_hidden_state"
 
     def call(self, model: Any, tensors: dict[str, Any]) -> Any:
         """The model's primary output (logits or token states) for ``tensors`` (feeds by input name)."""
@@ -225,7 +231,8 @@ class Teacher(InfoTeacher):
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes = {n: {0: "batch_size", 1: "sequence_length"} for n in self.input_names}
-        axes[self.primary_output] = {0: "batch_size"} if self.info.labels else {0: "batch_size", 1: "sequence_length"}
+        axes[self.primary_output] = {0: "batch_size"} if self.task is Task.text_classification else \
+            {0: "batch_size", 1: "sequence_length"}
         return axes
 
     def save_inputs(self, directory: Path) -> None:
@@ -241,9 +248,10 @@ class Teacher(InfoTeacher):
 
     def manifest(self) -> Manifest:
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
-        out_name = "logits" if self.task is Task.text_classification else "last_hidden_state"
+        out_name = self.primary_output
         width = len(self.info.labels) if self.info.labels else self.model.config.hidden_size
-        out_shape: list[int | str] = ["batch_size", width] if self.info.labels else ["batch_size", "sequence_length", width]
+        out_shape: list[int | str] = ["batch_size", width] if self.task is Task.text_classification else \
+            ["batch_size", "sequence_length", width]
         return Manifest(
             task=self.task,
             format=Format.pytorch,
@@ -253,6 +261,7 @@ class Teacher(InfoTeacher):
             inputs=[TensorSpec(name=n, dtype="int64", shape=["batch_size", "sequence_length"]) for n in self.input_names],
             outputs=[TensorSpec(name=out_name, dtype="float32", shape=out_shape)],
             postprocess=self.info.postprocess,
+            preprocess=TextPreprocess(words=self.task is Task.token_classification),
             max_length=self.info.max_length,
             source=self.source(),
             files=hash_files(self.path),
@@ -297,11 +306,8 @@ def load_teacher(
     # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
     transformers.utils.logging.disable_progress_bar()
 
-    auto = (
-        transformers.AutoModelForSequenceClassification
-        if info.task is Task.text_classification
-        else transformers.AutoModel
-    )
+    auto = {Task.text_classification: transformers.AutoModelForSequenceClassification,
+            Task.token_classification: transformers.AutoModelForTokenClassification}.get(info.task, transformers.AutoModel)
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
     if not any((info.path / name).is_file() for name in TOKENIZER_FILES):
         # transformers 5 builds an empty tokenizer (special tokens only) when there is none: every word would be [UNK]
@@ -327,7 +333,7 @@ def load_teacher(
             + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""),
             hint="for a classifier pass a fine-tuned checkpoint; for a bare encoder use --task feature-extraction",
         )
-    if info.task is Task.text_classification and model.config.num_labels != len(info.labels or []):
+    if info.task in _HEADS and model.config.num_labels != len(info.labels or []):
         raise ConfigError(f"{info.path}: num_labels and id2label disagree", hint="fix config.json")
     model.eval()
     return Teacher(info=info, model=model, tokenizer=tokenizer, sha256=digest_dir(info.path))

@@ -66,7 +66,7 @@ def class_axis(m, ndim: int) -> int | None:
     axis = getattr(m.postprocess, "class_axis", None)
     if axis is not None:
         return axis if -ndim <= axis < ndim else None
-    return -1 if ndim == 2 else None
+    return -1 if ndim == 2 or m.task is Task.token_classification else None
 
 
 def row_cosines(cand: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -86,14 +86,20 @@ def snr_db(signal: float, noise: float) -> float:
 
 def output_fidelity(cand: np.ndarray, ref: np.ndarray, axis: int | None = None) -> dict[str, Any]:
     """How far an output is from the FP32 model's on the same rows: mean and lowest per-row cosine, SNR in dB over
-    all values, largest absolute error, and top-1 agreement over ``axis`` (class scores) when given."""
+    all values, largest absolute error, and top-1 agreement over ``axis`` (class scores) when given. NaN marks what a
+    row does not have (per-word scores beyond its words): left out of every figure."""
+    valid = None
+    if np.isnan(ref).any() or np.isnan(cand).any():
+        valid = np.isfinite(ref) & np.isfinite(cand)
+        cand, ref = np.where(valid, cand, 0.0), np.where(valid, ref, 0.0)
     diff = cand.astype(np.float64) - ref.astype(np.float64)
     cos = row_cosines(cand, ref)
     out: dict[str, Any] = {"cosine": float(cos.mean()), "cosine_min": float(cos.min()),
                            "snr_db": snr_db(float((ref.astype(np.float64) ** 2).sum()), float((diff ** 2).sum())),
                            "max_abs_error": float(np.abs(diff).max()) if diff.size else 0.0}
     if axis is not None and cand.shape[axis] > 1:
-        out["top1_agreement"] = float((cand.argmax(axis) == ref.argmax(axis)).mean())
+        same = cand.argmax(axis) == ref.argmax(axis)
+        out["top1_agreement"] = float(same.mean() if valid is None else same[valid.all(axis)].mean())
     return out
 
 
@@ -113,7 +119,11 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         metrics["output_fidelity"] = {name: fid}
         metrics["output_cosine"], metrics["output_snr_db"] = fid["cosine"], fid["snr_db"]
     classification = m.labels is not None and m.task is not Task.feature_extraction
-    if m.task is Task.generic and not classification:
+    if m.task is Task.token_classification:
+        from compress.validation.entities import entity_metrics
+
+        metrics.update(entity_metrics(m.labels, cand, ref, labels))
+    elif m.task is Task.generic and not classification:
         metrics["metric_name"] = "output_cosine"
         if ref is not None:
             metrics["metric"] = metrics["output_cosine"]
@@ -155,7 +165,7 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         if "metric" in metrics:
             metrics["task_metric"] = {"name": metrics["metric_name"], "artifact": metrics["metric"],
                                       "teacher": metrics.get("teacher_metric")}
-        lab = None if labels is None else np.asarray(labels)
+        lab = None if labels is None else labels if m.task is Task.token_classification else np.asarray(labels)
         metrics["metric_name"] = user_metric.spec
         metrics["metric"] = user_metric(cand, lab)
         metrics.pop("teacher_metric", None)

@@ -42,6 +42,8 @@ def _row_bytes(item) -> bytes:
         return item.read_bytes()
     if isinstance(item, str):
         return item.encode("utf-8", "surrogatepass")
+    if isinstance(item, list | tuple):  # a text split into words
+        return "\x1f".join(item).encode("utf-8", "surrogatepass")
     arr = np.ascontiguousarray(item)
     return f"{arr.shape}{arr.dtype}".encode() + arr.tobytes()
 
@@ -157,7 +159,17 @@ def predict_all(backend, dataset, batch_size: int, progress: Advance | None) -> 
     counted phase's :data:`compress.progress.Advance`)."""
     outs = []
     for texts, pairs, _ in dataset.batches(batch_size):
-        outs.append(backend.predict(backend.encode(texts, pairs)))
+        outs.append(backend.predict_text(texts, pairs))
         if progress:
             progress(len(texts))
+    return concatenate_rows(outs)
+
+
+def concatenate_rows(outs: list[np.ndarray]) -> np.ndarray:
+    """Batches of outputs as one array; per-word outputs (``[batch, words, labels]``, as wide as each batch's longest
+    row) padded with NaN to the widest batch."""
+    if len(outs) > 1 and outs[0].ndim >= 3 and len({o.shape[1] for o in outs}) > 1:
+        width = max(o.shape[1] for o in outs)
+        outs = [np.pad(o, [(0, 0), (0, width - o.shape[1])] + [(0, 0)] * (o.ndim - 2), constant_values=np.nan)
+                for o in outs]
     return np.concatenate(outs, axis=0)

@@ -1,0 +1,166 @@
+"""Token classification (named entities): a tiny random BertForTokenClassification goes export -> INT8 -> validate,
+judged by entity F1 (seqeval) on CoNLL data labelled with the teacher's own tags, so the teacher scores 1.0 and the
+INT8 artifact's F1 is its agreement with it. The data is test material, not a claim about any real corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.errors import ConfigError, DataError
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+SENTENCES = [
+    "the service was slow but the food made up for it".split(),
+    "a gripping beautifully acted film".split(),
+    "not worth the money".split(),
+    "I would happily watch it again with friends".split(),
+    "works exactly as described".split(),
+    "an ambitious mess that never finds its footing".split(),
+    "dull".split(),
+    "the plot is thin and the jokes fall flat".split(),
+] * 3
+
+
+@pytest.fixture(scope="module")
+def ner_teacher(tmp_path_factory) -> Path:
+    import torch
+    from transformers import BertForTokenClassification
+
+    from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
+
+    d = tmp_path_factory.mktemp("ner")
+    n = _save_wordpiece_tokenizer(d)
+    torch.manual_seed(0)
+    cfg = _bert_config(n, num_labels=len(TAGS), id2label=dict(enumerate(TAGS)),
+                       label2id={t: i for i, t in enumerate(TAGS)})
+    model = BertForTokenClassification(cfg).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)  # confident, varied tags: entities to find
+    return _save_model(model, d)
+
+
+def write_conll(path: Path, sentences: list[list[str]], tags: list[list[str]]) -> Path:
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for words, ts in zip(sentences, tags, strict=True):
+        lines += [f"{w} NN O {t}" for w, t in zip(words, ts, strict=True)] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def labelled(ner_teacher, tmp_path_factory) -> Path:
+    """CoNLL data whose tags are the teacher's own predictions."""
+    from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
+    from compress.validation.entities import tags_of
+
+    backend = TorchBackend.from_teacher(load_teacher(ner_teacher))
+    scores = backend.predict_text(SENTENCES)
+    tags = tags_of(scores, TAGS, [len(s) for s in SENTENCES])
+    assert sum(t.startswith("B-") for row in tags for t in row) >= 10  # there are entities to find
+    return write_conll(tmp_path_factory.mktemp("ner-data") / "dev.txt", SENTENCES, tags)
+
+
+@pytest.fixture(scope="module")
+def ner_onnx(ner_teacher, tmp_path_factory):
+    from compress.stages.export import export
+
+    return export(ner_teacher, tmp_path_factory.mktemp("ner-onnx") / "fp32")
+
+
+def test_a_token_classifier_is_read_as_one(ner_teacher, ner_onnx):
+    from compress.teachers.load import load_teacher
+
+    teacher = load_teacher(ner_teacher)
+    m = teacher.manifest()
+    assert (m.task, m.labels, m.preprocess.words) == ("token-classification", TAGS, True)
+    assert m.outputs[0].name == "logits" and m.outputs[0].shape == ["batch_size", "sequence_length", len(TAGS)]
+    assert ner_onnx.manifest.task == "token-classification" and ner_onnx.manifest.preprocess.words
+
+
+def test_first_subtokens_reads_each_word_once():
+    from compress.device.shipped import first_subtokens
+
+    scores = np.arange(2 * 6 * 2, dtype=np.float32).reshape(2, 6, 2)
+    word_ids = np.array([[-1, 0, 0, 1, -1, -1], [-1, 0, 1, 1, 2, -1]])
+    out = first_subtokens(scores, word_ids)
+    assert out.shape == (2, 3, 2)
+    assert np.array_equal(out[0, :2], scores[0, [1, 3]]) and np.isnan(out[0, 2]).all()
+    assert np.array_equal(out[1], scores[1, [1, 2, 4]])
+
+
+def test_the_onnx_export_scores_the_teachers_entities(ner_onnx, labelled):
+    from compress.validation.local import ValidateConfig, validate
+
+    report = validate(ner_onnx, ValidateConfig(data=str(labelled), cold_start=False))
+    met = report.metrics
+    assert met["metric_name"] == "entity_f1" and met["metric"] == 1.0 and met["teacher_metric"] == 1.0
+    assert met["agreement"] == 1.0 and met["retention"] == 1.0
+    assert met["eval_samples"] == len(SENTENCES)
+    assert set(met["per_type"]) <= {"PER", "LOC", "ORG"} and sum(v["support"] for v in met["per_type"].values()) \
+        == met["entities"] >= 10
+    fid = met["output_fidelity"]["logits"]
+    assert fid["cosine"] > 0.9999 and fid["top1_agreement"] == 1.0
+
+
+def test_int8_is_judged_by_its_entities(ner_onnx, labelled, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.validation.local import ValidateConfig, validate
+
+    q = quantize(ner_onnx, tmp_path / "int8", QuantizeConfig())
+    report = validate(q, ValidateConfig(data=str(labelled), cold_start=False))
+    met = report.metrics
+    assert met["metric_name"] == "entity_f1" and 0.0 <= met["metric"] <= 1.0
+    assert met["agreement"] == met["metric"]  # the gold tags are the teacher's
+
+
+def test_conll_and_json_lines_readers(tmp_path):
+    from compress.data.words import load_word_dataset
+
+    label2id = {t: i for i, t in enumerate(TAGS)}
+    f = write_conll(tmp_path / "a.conll", [["EU", "rejects", "German"], ["Peter", "Blackburn"]],
+                    [["B-ORG", "O", "O"], ["B-PER", "I-PER"]])
+    ds = load_word_dataset(f, label2id=label2id)
+    assert ds.texts == [["EU", "rejects", "German"], ["Peter", "Blackburn"]] and ds.labels == [[5, 0, 0], [1, 2]]
+    j = tmp_path / "a.jsonl"
+    j.write_text("\n".join(json.dumps(r) for r in [{"tokens": ["EU", "rejects"], "ner_tags": ["B-ORG", "O"]},
+                                                    {"tokens": ["Peter"], "ner_tags": [1]}]), encoding="utf-8")
+    assert load_word_dataset(j, label2id=label2id).labels == [[5, 0], [1]]
+    assert load_word_dataset(f, texts_only=True).labels is None
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("EU NNP B-ORG\nrejects VBZ B-MISC\n", "tag 'B-MISC' is not one of the model's labels"),
+    ("EU NNP B-ORG\nrejects B-ORG\n", "2 columns where the file's first word line has 3"),
+])
+def test_bad_conll_is_one_line(tmp_path, text, words):
+    from compress.data.words import load_word_dataset
+
+    f = tmp_path / "bad.txt"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=words):
+        load_word_dataset(f, label2id={t: i for i, t in enumerate(TAGS)})
+
+
+def test_labels_that_are_no_tag_scheme_are_refused():
+    from compress.validation.entities import check_scheme
+
+    check_scheme(TAGS)
+    with pytest.raises(ConfigError, match="not an entity tag scheme"):
+        check_scheme(["LABEL_0", "LABEL_1"])
+
+
+def test_cli_unknown_tag_exits_2(ner_onnx, tmp_path, capsys):
+    from compress.cli import main
+
+    bad = write_conll(tmp_path / "bad.txt", [["EU", "rejects"]], [["B-ORG", "B-MISC"]])
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(ner_onnx.path), "--data", str(bad), "--no-cold-start"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "B-MISC" in err[0], err
