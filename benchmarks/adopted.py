@@ -21,7 +21,7 @@ Four files, each written by plain ``torch.onnx.export`` (the TorchScript exporte
 Each goes ``export FILE`` (adopt) -> ``quantize`` (static INT8 with ``--calibration``; the text encoder also dynamic, the
 digits model also ``--speed-aware``), and OpenVINO IR INT8 (``export --format openvino``, NNCF on the same
 calibration data) -> ``validate`` on ``host`` with the eval data: the task metric where labels exist, the primary output's fidelity to
-the FP32 file (cosine, SNR), the layer the per-layer table puts first, size, and p50 at batch 1 of the INT8 artifact
+the FP32 file (cosine, SNR), the layer the per-layer table says adds the most error itself, size, and p50 at batch 1 of the INT8 artifact
 and the FP32 file timed side by side in alternating rounds in one process (validate's baseline). Results:
 ``benchmarks/results/adopted.json``; ``--work`` keeps every file and artifact (rerunning reuses them).
 
@@ -272,13 +272,13 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
         report = validate(load_artifact(out), ValidateConfig(data=str(data), cold_start=False))
         m = report.metrics
         fid = next(iter(m["output_fidelity"].values()))
-        worst = (m.get("layer_errors") or {}).get("layers") or [{}]
+        hurts = (m.get("layer_errors") or {}).get("hurts_most") or [{}]
         rows.append({
             "model": name, "file_opset": opset, "quantize": LABELS[mode],
             "task": report.artifact["task"], "metric_name": m.get("metric_name"), "metric": m.get("metric"),
             "teacher_metric": m.get("teacher_metric"), "retention": m.get("retention"), "agreement": m.get("agreement"),
             "output_cosine": fid["cosine"], "output_cosine_min": fid["cosine_min"], "output_snr_db": fid["snr_db"],
-            "worst_layer": worst[0].get("node"), "worst_layer_snr_db": worst[0].get("snr_db"),
+            "hurts_most": hurts[0].get("node"), "hurts_most_own_snr_db": hurts[0].get("own_snr_db"),
             "quantized_layers": (m.get("layer_errors") or {}).get("count"),
             "size_mb_fp32": load_artifact(fp32).size_bytes() / 1e6, "size_mb_int8": m["size_mb"] * 1.048576,
             "p50_ms_fp32": (m.get("baseline_latency_ms") or {}).get("p50"), "p50_ms_int8": m["latency_ms"]["p50"],
@@ -294,8 +294,9 @@ def _num(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model (file opset) | INT8 | task metric: INT8 / FP32 file | output cosine (lowest) | SNR dB | layer hurt most "
-           "(SNR dB) | size MB FP32 → INT8 | p50 ms FP32 → INT8 | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model (file opset) | INT8 | task metric: INT8 / FP32 file | output cosine (lowest) | SNR dB | layer that adds "
+           "the most error (own SNR dB) | size MB FP32 → INT8 | p50 ms FP32 → INT8 | speed-up |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "refused" in r:
             out.append(f"| {r['model']} ({r['file_opset']}) | {r['quantize']} | no INT8 written: "
@@ -305,7 +306,7 @@ def table(rows: list[dict]) -> str:
                   else f"{r['metric_name']} {r['metric']:.4f}")
         out.append(f"| {r['model']} ({r['file_opset']}) | {r['quantize']} | {metric} | {r['output_cosine']:.4f} "
                    f"({r['output_cosine_min']:.4f}) | {r['output_snr_db']:.1f} | "
-                   + (f"`{r['worst_layer']}` ({r['worst_layer_snr_db']})" if r["worst_layer"] else "— (ONNX only)")
+                   + (f"`{r['hurts_most']}` ({r['hurts_most_own_snr_db']})" if r.get("hurts_most") else "—")
                    + f" | {r['size_mb_fp32']:.1f} → {r['size_mb_int8']:.1f} | "
                    f"{_num(r['p50_ms_fp32'])} → {_num(r['p50_ms_int8'])} | {_num(r['speedup'])}× |")
     return "\n".join(out)

@@ -119,6 +119,38 @@ def test_int8_is_judged_by_its_entities(ner_onnx, labelled, tmp_path):
     assert met["agreement"] == met["metric"]  # the gold tags are the teacher's
 
 
+@pytest.mark.parametrize("route", ["int4", "openvino-int8"])
+def test_int4_and_openvino_keep_the_words(route, ner_teacher, ner_onnx, labelled, tmp_path):
+    """INT4 (ONNX Runtime) and OpenVINO INT8 (NNCF, calibrated on the CoNLL file's sentences) read the same words and
+    are judged the same way."""
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.validation.local import ValidateConfig, validate
+
+    if route == "int4":
+        q = quantize(ner_onnx, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
+    else:
+        ov = export(ner_teacher, tmp_path / "ov", ExportConfig(format="openvino"))
+        q = quantize(ov, tmp_path / "q", QuantizeConfig(calibration=str(labelled)))
+    assert q.manifest.preprocess.words and q.manifest.task == "token-classification"
+    met = validate(q, ValidateConfig(data=str(labelled), cold_start=False)).metrics
+    assert met["metric_name"] == "entity_f1" and met["agreement"] == met["metric"] and met["metric"] > 0.3
+    assert q.manifest.steps[-1].metrics["layer_errors"]["count"] >= 12
+
+
+def test_accuracy_aware_int4_holds_the_entity_f1(ner_onnx, labelled, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    q = quantize(ner_onnx, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32, min_retention=0.95,
+                                                           data=str(labelled), eval_samples=24))
+    aa = q.manifest.steps[-1].metrics["accuracy_aware"]
+    assert aa["metric"] == "entity_f1" and aa["baseline"] == 1.0 and aa["budget_met"]
+    assert aa["final"]["metric"] >= 0.95 and aa["final"]["metric_of_written_model"] == aa["final"]["metric"]
+
+
 def test_conll_and_json_lines_readers(tmp_path):
     from compress.data.words import load_word_dataset
 

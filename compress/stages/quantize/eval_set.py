@@ -34,6 +34,8 @@ class EvalSet:
     batch_size: int = DEFAULT_BATCH
     reference: np.ndarray | None = None
     source: str = "<memory>"
+    labels_names: list[str] | None = None  #: the model's labels; with ``words``: its entity tags
+    words: bool = False  #: token classification: rows are texts split into words, scored by entity F1
     user_metric: Any = None  #: ``--metric`` (compress.validation.user_metric.UserMetric): the metric instead of the task's
     _encoded: list[dict[str, np.ndarray]] | None = field(default=None, repr=False)
 
@@ -41,11 +43,16 @@ class EvalSet:
     def metric_name(self) -> str:
         if self.user_metric is not None:
             return self.user_metric.spec
+        if self.words:
+            return "entity_f1"
         return "accuracy" if self.classification else "cosine_to_fp32"
 
     @property
-    def labels(self) -> np.ndarray | None:
-        return None if self.dataset.labels is None else np.asarray(self.dataset.labels)
+    def labels(self) -> Any:
+        """Label ids: an array, or per-word lists for token classification."""
+        if self.dataset.labels is None:
+            return None
+        return self.dataset.labels if self.words else np.asarray(self.dataset.labels)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -53,7 +60,10 @@ class EvalSet:
     def encoded(self, backend) -> list[dict[str, np.ndarray]]:
         """The encoded batches (made with ``backend.encode`` on first use)."""
         if self._encoded is None:
-            self._encoded = [backend.encode(t, p) for t, p, _ in self.dataset.batches(self.batch_size)]
+            if self.words:  # (feeds, word ids) of each batch
+                self._encoded = [backend.encoder.encode_words(t) for t, _, _ in self.dataset.batches(self.batch_size)]
+            else:
+                self._encoded = [backend.encode(t, p) for t, p, _ in self.dataset.batches(self.batch_size)]
         return self._encoded
 
     def set_reference(self, backend) -> float:
@@ -78,7 +88,7 @@ def load_eval_set(
     taken from its first ``max(20 n, 5000)`` rows. Rows are sorted by length so batches pad little.
     Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
     """
-    from compress.data.inputs import kind_of, load_inputs
+    from compress.data.inputs import kind_of, load_inputs, splits_words
 
     classification = manifest.labels is not None and manifest.task is not Task.feature_extraction
     labels = manifest.labels if classification else None
@@ -101,11 +111,16 @@ def load_eval_set(
     if len(ds) < n:
         log.warning("%s has only %d rows (asked for %d eval samples); using all of them", path, len(ds), n)
     return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path),
-                   user_metric=user_metric)
+                   labels_names=labels, words=splits_words(manifest.preprocess), user_metric=user_metric)
 
 
 def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
-    """``backend.predict`` over the eval rows (logits, or pooled embeddings), in eval-set order."""
+    """``backend.predict`` over the eval rows (logits, pooled embeddings, or each word's scores), in eval-set order."""
+    from compress.device.shipped import first_subtokens
+    from compress.validation.teacher_outputs import concatenate_rows
+
+    if eval_set.words:
+        return concatenate_rows([first_subtokens(backend.predict(f), w) for f, w in eval_set.encoded(backend)])
     return np.concatenate([backend.predict(b) for b in eval_set.encoded(backend)], axis=0)
 
 
@@ -127,6 +142,11 @@ def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]
     """``(metric, output_error)`` of outputs on the eval set (error 0.0 when no reference is set): the user's metric
     (``--metric``) where one is given, else accuracy (classifiers) or the mean cosine to the FP32 outputs."""
     ref = eval_set.reference
+    if eval_set.words and eval_set.user_metric is None:
+        from compress.validation.entities import entity_metrics
+
+        error = 0.0 if ref is None else float(np.nanmean(np.abs(_softmax(outputs) - _softmax(ref))))
+        return entity_metrics(eval_set.labels_names, outputs, None, eval_set.labels)["metric"], error
     if ref is None and not eval_set.classification and eval_set.user_metric is None:
         raise ValueError("embedding eval sets score against the FP32 outputs: call eval_set.set_reference(fp32) first")
     cos = None if ref is None or eval_set.classification else _cosine_rows(outputs, ref)
