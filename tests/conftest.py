@@ -314,3 +314,34 @@ def _restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+NER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+NER_SENTENCES = [
+    "the service was slow but the food made up for it".split(),
+    "a gripping beautifully acted film".split(),
+    "not worth the money".split(),
+    "I would happily watch it again with friends".split(),
+    "works exactly as described".split(),
+    "an ambitious mess that never finds its footing".split(),
+    "dull".split(),
+    "the plot is thin and the jokes fall flat".split(),
+] * 3
+
+
+@pytest.fixture(scope="session")
+def ner_teacher(tmp_path_factory) -> Path:
+    """A tiny random BertForTokenClassification over IOB2 tags, its classifier scaled so it tags confidently and
+    varies its tags (there are entities to find)."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    d = tmp_path_factory.mktemp("ner")
+    n = _save_wordpiece_tokenizer(d)
+    torch.manual_seed(0)
+    cfg = _bert_config(n, num_labels=len(NER_TAGS), id2label=dict(enumerate(NER_TAGS)),
+                       label2id={t: i for i, t in enumerate(NER_TAGS)})
+    model = BertForTokenClassification(cfg).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)  # confident, varied tags: entities to find
+    return _save_model(model, d)

@@ -227,8 +227,10 @@ class TextFeeds(object):
             pad_id = tokenizer.token_to_id(pad) if pad else None
         return cls(tokenizer, input_names, max_length, pad_id)
 
-    def arrays(self, texts, pairs=None, pad_to=None):
-        """Every tensor a tokenizer makes (``input_ids``, ``attention_mask``, ``token_type_ids``) for a batch."""
+    def arrays(self, texts, pairs=None, pad_to=None, spans=False):
+        """Every tensor a tokenizer makes (``input_ids``, ``attention_mask``, ``token_type_ids``) for a batch, and the
+        word each token belongs to (``word_ids``, -1 for special tokens and padding); ``spans``: also each word's
+        (start, end) characters in its text (``spans``, a list per text)."""
         import numpy as np
 
         limit = min(pad_to, self.max_length) if pad_to else self.max_length
@@ -248,9 +250,9 @@ class TextFeeds(object):
             "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
             "token_type_ids": np.asarray([e.type_ids for e in enc], dtype=np.int64),
         }
-        if words:  # which word each token belongs to (-1: special tokens, padding)
-            arrays["word_ids"] = np.asarray([[-1 if w is None else w for w in e.word_ids] for e in enc],
-                                            dtype=np.int64)
+        arrays["word_ids"] = np.asarray([[-1 if w is None else w for w in e.word_ids] for e in enc], dtype=np.int64)
+        if spans:
+            arrays["spans"] = [_word_spans(e) for e in enc]
         return arrays
 
     def encode(self, texts, pairs=None, pad_to=None):
@@ -268,6 +270,45 @@ class TextFeeds(object):
         words = [t.split() if isinstance(t, str) else list(t) for t in texts]
         arrays = self.arrays(words, None, pad_to)
         return {name: arrays[name] for name in self.input_names if name in arrays}, arrays["word_ids"]
+
+
+    def encode_spans(self, texts):
+        """``(feeds, word_ids, spans)`` of raw strings for a token classifier: the tokenizer's own words (its
+        pre-tokenizer splits at white space and punctuation, as CoNLL does) and each word's (start, end) characters."""
+        arrays = self.arrays(list(texts), spans=True)
+        return ({name: arrays[name] for name in self.input_names if name in arrays}, arrays["word_ids"],
+                arrays["spans"])
+
+
+def _word_spans(encoding):
+    """Each word's (start, end) characters, from its tokens' offsets."""
+    row = {}
+    for w, (a, b) in zip(encoding.word_ids, encoding.offsets):
+        if w is not None:
+            lo, hi = row.get(w, (a, b))
+            row[w] = (min(lo, a), max(hi, b))
+    return [row[w] for w in sorted(row)]
+
+
+def entities(text, tags, probs, spans):
+    """Entities of one text from its words' tags (IOB1/IOB2/IOBES; ``B-`` or a change of type starts one), their
+    top-tag probabilities and character spans: ``[{"type", "text", "start", "end", "score"}]``."""
+    found, cur = [], None
+    for tag, p, (a, b) in zip(tags, probs, spans):
+        prefix, kind = (tag.split("-", 1) + [""])[:2] if tag != "O" else ("O", "")
+        if prefix == "O" or prefix in ("B", "S", "U") or cur is None or cur["type"] != kind:
+            if cur is not None:
+                found.append(cur)
+            cur = None if prefix == "O" else {"type": kind, "start": a, "end": b, "scores": [p]}
+        else:
+            cur["end"], cur["scores"] = b, cur["scores"] + [p]
+        if cur is not None and prefix in ("E", "S", "L", "U"):
+            found.append(cur)
+            cur = None
+    if cur is not None:
+        found.append(cur)
+    return [{"type": e["type"], "text": text[e["start"]:e["end"]], "start": e["start"], "end": e["end"],
+             "score": round(sum(e["scores"]) / len(e["scores"]), 6)} for e in found]
 
 
 def first_subtokens(scores, word_ids):

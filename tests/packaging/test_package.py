@@ -219,6 +219,39 @@ def test_handler_returns_pooled_normalized_embeddings(encoder_artifact, tmp_path
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
+def test_the_handler_of_a_token_classifier_returns_entities_with_offsets(ner_teacher, tmp_path):
+    """The bundle's handler tags raw strings with the tokenizer's own words and returns each entity's type, text and
+    character offsets; the tags are those the artifact gives the same words in edgecompress."""
+    import zipfile
+
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export import export
+    from compress.validation.entities import tags_of
+    from conftest import NER_SENTENCES, NER_TAGS
+
+    ner_onnx = export(ner_teacher, tmp_path / "ner-onnx")
+
+    out = tmp_path / "ner.zip"
+    package(ner_onnx, out, PackageConfig(profile=str(write_profile(tmp_path)), download=False, cold_start=False))
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(tmp_path / "x")
+    texts = [" ".join(s) for s in NER_SENTENCES[:8]]
+    got = run_handler(tmp_path / "x", """
+        import json, handler
+        print(json.dumps(handler.handler({"texts": %r}, None)))
+    """ % texts)["entities"]
+    assert len(got) == len(texts) and sum(map(len, got)) >= 3
+    backend = load_runtime(ner_onnx, "onnxruntime")
+    for text, ents, words in zip(texts, got, NER_SENTENCES[:8], strict=True):
+        tags = tags_of(backend.predict_text([words]), NER_TAGS, [len(words)])[0]
+        starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
+        want = [(t[2:], starts[i]) for i, t in enumerate(tags) if t.startswith("B-")
+                or (t.startswith("I-") and (i == 0 or tags[i - 1][2:] != t[2:]))]
+        assert [(e["type"], e["start"]) for e in ents] == want
+        for e in ents:
+            assert text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
+
+
 # -- cold start ------------------------------------------------------------------------------------
 
 

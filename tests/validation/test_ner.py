@@ -12,36 +12,7 @@ import pytest
 
 from compress.errors import ConfigError, DataError
 
-TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
-SENTENCES = [
-    "the service was slow but the food made up for it".split(),
-    "a gripping beautifully acted film".split(),
-    "not worth the money".split(),
-    "I would happily watch it again with friends".split(),
-    "works exactly as described".split(),
-    "an ambitious mess that never finds its footing".split(),
-    "dull".split(),
-    "the plot is thin and the jokes fall flat".split(),
-] * 3
-
-
-@pytest.fixture(scope="module")
-def ner_teacher(tmp_path_factory) -> Path:
-    import torch
-    from transformers import BertForTokenClassification
-
-    from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
-
-    d = tmp_path_factory.mktemp("ner")
-    n = _save_wordpiece_tokenizer(d)
-    torch.manual_seed(0)
-    cfg = _bert_config(n, num_labels=len(TAGS), id2label=dict(enumerate(TAGS)),
-                       label2id={t: i for i, t in enumerate(TAGS)})
-    model = BertForTokenClassification(cfg).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(20)  # confident, varied tags: entities to find
-    return _save_model(model, d)
-
+from conftest import NER_SENTENCES as SENTENCES, NER_TAGS as TAGS
 
 def write_conll(path: Path, sentences: list[list[str]], tags: list[list[str]]) -> Path:
     lines = ["-DOCSTART- -X- -X- O", ""]
@@ -196,3 +167,4 @@ def test_cli_unknown_tag_exits_2(ner_onnx, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "B-MISC" in err[0], err
+

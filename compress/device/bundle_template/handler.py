@@ -14,6 +14,8 @@ Event (a direct invocation, or an HTTP event whose ``body`` is that JSON):
         (one nested JSON list per graph input and sample, of the model's per-sample shape)
 Result:
     classifiers: {"predictions": [{"label": "positive", "score": 0.97, "scores": {...}}, ...]}
+    token classifiers (named entities): {"entities": [[{"type": "PER", "text": "Peter Blackburn", "start": 0,
+        "end": 15, "score": 0.99}, ...], ...]}  (one list per text; start/end: character offsets in the text)
     encoders:    {"embeddings": [[...], ...], "dimension": 384}
     other models: {"outputs": [...], "shape": [...]}  (the first output, one entry per sample)
 
@@ -39,6 +41,7 @@ THREADS = int(os.environ.get("EDGECOMPRESS_THREADS") or CONFIG.get("threads") or
 MAX_BATCH = int(os.environ.get("EDGECOMPRESS_MAX_BATCH") or CONFIG.get("max_batch_size") or 32)
 LABELS = CONFIG.get("labels") or []
 POOLING = (CONFIG.get("postprocess") or {}).get("pooling")
+WORDS = bool((CONFIG.get("preprocess") or {}).get("words"))  # a token classifier: entities out
 NORMALIZE = bool((CONFIG.get("postprocess") or {}).get("normalize"))
 
 
@@ -134,7 +137,30 @@ def predict(texts, pairs=None):
     return np.concatenate(outs, axis=0)
 
 
+def _softmax(x):
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _entities(texts):
+    """Each text's entities: the tokenizer's words tagged at their first sub-token, tags grouped into entities."""
+    found = []
+    for i in range(0, len(texts), MAX_BATCH):
+        batch = texts[i:i + MAX_BATCH]
+        feed, word_ids, spans = FEEDS.encode_spans(batch)
+        out = SESSION.run([OUTPUT_NAME], feed)[0].astype(np.float64)
+        words = device.first_subtokens(out, word_ids)
+        for text, row, sp in zip(batch, words, spans):
+            row = _softmax(row[:len(sp)])
+            top = row.argmax(-1)
+            found.append(device.entities(text, [LABELS[k] for k in top], [float(row[j, k]) for j, k in enumerate(top)],
+                                         sp))
+    return {"entities": found}
+
+
 def _result(texts, pairs):
+    if WORDS:
+        return _entities(texts)
     out = predict(texts, pairs)
     if POOLING:
         return {"embeddings": out.tolist(), "dimension": int(out.shape[-1])}
