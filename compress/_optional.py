@@ -33,6 +33,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "jinja2": (("jinja2", "Jinja2"), "pip install 'edgecompress[report]'"),
     "matplotlib": (("matplotlib",), "pip install 'edgecompress[report]'"),
     "optuna": (("optuna",), "pip install 'edgecompress[search]'"),
+    "seqeval": (("seqeval",), "pip install 'edgecompress[tasks]'"),
 }
 
 

@@ -46,6 +46,9 @@ def tags_of(scores: np.ndarray, labels: list[str], lengths: list[int]) -> list[l
 
 
 def _scores(truth: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
+    from compress._optional import require
+
+    require("seqeval", "entity F1 (token classification)")
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
     report = classification_report(truth, pred, output_dict=True, zero_division=0)

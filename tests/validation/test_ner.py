@@ -168,3 +168,19 @@ def test_cli_unknown_tag_exits_2(ner_onnx, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "B-MISC" in err[0], err
 
+
+
+@pytest.mark.parametrize("verb", ["distill", "prune", "search"])
+def test_what_is_not_built_for_token_classifiers_says_so(verb, ner_teacher, labelled, tmp_path, capsys):
+    from compress.cli import main
+
+    args = {"distill": ["distill", "--teacher", str(ner_teacher), "--train", str(labelled), "--out", str(tmp_path / "s")],
+            "prune": ["prune", str(ner_teacher), "--heads", "0.25", "--out", str(tmp_path / "s")],
+            "search": ["search", "--teacher", str(ner_teacher), "--train", str(labelled), "--eval", str(labelled),
+                       "--profile", "host", "--search-dir", str(tmp_path / "s")]}[verb]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "token classifier" in err[0] and "not built yet" in err[0], err
+    assert not (tmp_path / "s").exists()

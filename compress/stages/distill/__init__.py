@@ -106,6 +106,9 @@ def distill(
 
         return distill_images(teacher, train, out, config, eval_data=eval_data, run_dir=run, resume=resume,
                               force=force, progress=progress)
+    if teacher.task is Task.token_classification:
+        raise ConfigError(f"{teacher_dir} is a token classifier: distilling one is not built yet",
+                          hint="export and quantize it as it is (docs/tasks.md)")
     classification = teacher.task is Task.text_classification
     max_length = min(config.max_length or teacher.info.max_length, teacher.info.max_length)
     train_ds, eval_ds, metric = _read_data(teacher, train, eval_data, config, classification)

@@ -203,6 +203,9 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
+    if teacher.task is Task.token_classification:
+        raise ConfigError(f"{source} is a token classifier: pruning one is not built yet",
+                          hint="export and quantize it as it is (docs/tasks.md)")
     if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
         if config.recover_augment or config.recover_augment_join:
             raise ConfigError("--recover-augment and --recover-augment-join make new training texts; image models have "
