@@ -7,11 +7,11 @@ kept in float alone. Both run here side by side, one after the other, on the sam
 
 * ``minilm_static``: the real all-MiniLM-L6-v2 encoder file adopted by ``benchmarks/adopted.py``, static INT8
   calibrated on 300 SST-2 train sentences, cosine of its embeddings to the FP32 file's on 300 SST-2 dev sentences,
-  budget >= 0.99 (plain static INT8 reaches about 0.93);
+  budget >= 0.97 (plain static INT8 reaches about 0.93);
 * ``mobilenet_v2_features``: the real ImageNet MobileNetV2 file cut before its classifier (a 1280 x 7 x 7 map),
   static INT8, output cosine to the FP32 file on 201 photo views, budget >= 0.97 (plain static INT8: about 0.95);
-* ``sst2_int4``: the fine-tuned MiniLM-L6 SST-2 teacher (``benchmarks/teacher.py``), INT4 weights, accuracy on 300 SST-2
-  dev sentences, budget drop <= 0.005.
+* ``sst2_static``: the fine-tuned MiniLM-L6 SST-2 teacher (``benchmarks/teacher.py``), static INT8 calibrated on 300
+  SST-2 train sentences, accuracy on 300 SST-2 dev sentences, budget drop <= 0.005.
 
 For each: whether the budget held, the metric, the layers kept in float and their share of the weights, the number
 of candidates built and measured, and the wall time of the search (2-core host; the two orders run one after the
@@ -45,15 +45,15 @@ def cases() -> dict[str, dict]:
     return {
         "minilm_static": {"fp32": ADOPTED / "artifacts" / "minilm" / "fp32",
                           "config": {"mode": "static", "calibration": str(ADOPTED / "sst2-train-300.tsv"),
-                                     "data": str(ADOPTED / "sst2-dev-500.tsv"), "min_retention": 0.99,
+                                     "data": str(ADOPTED / "sst2-dev-500.tsv"), "min_retention": 0.97,
                                      "eval_samples": 300}},
         "mobilenet_v2_features": {"fp32": ADOPTED / "artifacts" / "mobilenet_v2_features" / "fp32",
                                   "config": {"mode": "static", "calibration": str(ADOPTED / "photos-calibration.npz"),
                                              "data": str(ADOPTED / "photos-eval.npz"), "min_retention": 0.97,
                                              "eval_samples": 201}},
-        "sst2_int4": {"teacher": CACHE / "sst2-minilm-l6-teacher",
-                      "config": {"precision": "int4", "block_size": 32, "data": str(SST2 / "dev.tsv"),
-                                 "max_drop": 0.005, "eval_samples": 300}},
+        "sst2_static": {"teacher": CACHE / "sst2-minilm-l6-teacher",
+                        "config": {"mode": "static", "calibration": str(ADOPTED / "sst2-train-300.tsv"),
+                                   "data": str(SST2 / "dev.tsv"), "max_drop": 0.005, "eval_samples": 300}},
     }
 
 

@@ -401,13 +401,16 @@ def test_accuracy_aware_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path):
     assert leftovers(tmp_path) == [] and not (tmp_path / "q.best-candidate").exists()
 
 
-def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(sensitive, tmp_path):
-    """max_drop 0 needs the sensitive layer in FP32, but it holds more than 3% of the quantizable weights."""
+@pytest.mark.parametrize("rank_by", [None, "leave-one-out"])
+def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(rank_by, sensitive, tmp_path):
+    """max_drop 0 needs the sensitive layer in FP32, but it holds more than 3% of the quantizable weights. Ordered by
+    the per-layer table (the default), the layers that fit the limit miss the budget, so the search measures them
+    by leave-one-out as well before it gives up."""
     art, data = sensitive
     out = tmp_path / "q"
     with pytest.raises(AccuracyBudgetError) as e:
         quantize(art, out, QuantizeConfig(max_drop=0.0, max_fp32_fraction=0.03, data=str(data), eval_samples=200,
-                                          rank_by="leave-one-out"))
+                                          rank_by=rank_by))
     err = e.value
     msg = str(err)
     assert err.exit_code == 1
@@ -425,6 +428,7 @@ def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(sensitive, t
     assert aa["final"]["metric"] == pytest.approx(err.best, abs=1e-6)
     report = json.loads((best / "accuracy_report.json").read_text())
     assert report["status"].startswith("failed") and report["costliest"][0] == SENSITIVE_LAYER
+    assert ("missed within the float-share limit, then leave-one" in report["strategy"]) == (rank_by is None)
     assert report["candidates"] and report["requested_output"] == str(out)
     run_all(cand, ["not worth the money."])
     assert leftovers(tmp_path) == []

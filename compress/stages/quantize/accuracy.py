@@ -25,7 +25,8 @@ The search (:func:`search_exclusions`):
 2. rank. By default (``rank_by: layer-errors``, ONNX Runtime) the stage hands in the all-quantized model's per-layer
    error table (:mod:`compress.stages.quantize.layer_errors`): layers go to float in the order of the error they add
    themselves (lowest own SNR first), one pass over a few inputs instead of one candidate per unit; a bisection finds
-   how many of the first ones must (about log2 of the layer count in candidates), then step 4 prunes. Otherwise
+   how many of the first ones must (about log2 of the layer count in candidates), then step 4 prunes. When even all of
+   them that fit the float-share limit miss the budget, the search goes on by leave-one-out as below. Otherwise
    (``rank_by: leave-one-out``, or no table): for every unit, a candidate with *that unit kept in float and everything else quantized*
    (leave-one-out). Its sensitivity is the metric that keeping it in float recovers (``cost`` = metric
    with it in float - metric with everything quantized), ties broken by the output error it removes.
@@ -327,6 +328,13 @@ def search_exclusions(
         log.info("accuracy-aware: budget not met with everything quantized; keeping layers in float in the order of "
                  "the per-layer error table (%d layers)", len(order))
         found = search.bisect(order)
+        if found is None:  # the table's order cannot meet it within the float share: measure instead
+            units, ranked = _units(free, group_above)
+            log.info("accuracy-aware: the per-layer table's order misses the budget within the float-share limit; "
+                     "ranking %d unit(s) by leave-one-out instead", len(units))
+            strategy = f"{strategy}; missed within the float-share limit, then {ranked}"
+            search.current = full
+            found = search.greedy(search.rank(units, full))
     else:
         units, strategy = _units(free, group_above)
         log.info("accuracy-aware: budget not met with everything quantized; ranking %d unit(s) (%s)", len(units),
@@ -460,9 +468,9 @@ class _Search:
         """Greedy adds can over-shoot: put back (quantize) kept layers whose float copy is not needed."""
         layer_sens = self.layer_sens
         chosen = [n for n in t.excluded if n not in self.initial]
-        own = self.own_snr  # with the table: the layers that add the least error go back first
-        for name in sorted(chosen, key=lambda n: (-own.get(n, 0.0), 0.0) if own else
-                           layer_sens[n].key() if n in layer_sens else (0.0, 0.0)):
+        own = self.own_snr  # measured sensitivities first; else the table's: the least error goes back first
+        for name in sorted(chosen, key=lambda n: layer_sens[n].key() if n in layer_sens else
+                           (-own.get(n, 0.0), 0.0) if own else (0.0, 0.0)):
             if len(chosen) <= 1:
                 break
             rest = [n for n in chosen if n != name]
