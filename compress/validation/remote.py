@@ -40,6 +40,7 @@ import numpy as np
 
 from compress import __version__
 from compress.artifact import Artifact
+from compress.errors import ConfigError
 from compress.device.shipped import sha256_file
 from compress.interrupt import sigterm_as_interrupt
 from compress.device.measure import LatencyStats
@@ -167,6 +168,9 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
 
     art, profile, settings, dataset, warnings = run.art, run.profile, run.settings, run.dataset, run.warnings
     m = art.manifest
+    if getattr(m.preprocess, "words", False):
+        raise ConfigError(f"{art.path} is a token classifier: validating one on a device over SSH is not built yet",
+                          hint="validate it on this host, or estimate the device without --remote (docs/tasks.md)")
     meas = profile.measure
     runtime = REMOTE_RUNTIMES[art.format]
     device = DeviceSession(target)

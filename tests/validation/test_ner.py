@@ -184,3 +184,11 @@ def test_what_is_not_built_for_token_classifiers_says_so(verb, ner_teacher, labe
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "token classifier" in err[0] and "not built yet" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_remote_validation_of_a_token_classifier_says_not_yet(ner_onnx, labelled):
+    from compress.validation.local import ValidateConfig, validate
+
+    with pytest.raises(ConfigError, match="token classifier: validating one on a device over SSH is not built yet"):
+        validate(ner_onnx, ValidateConfig(data=str(labelled), remote="nobody@127.0.0.1:9", profile="raspberry-pi-5",
+                                          cold_start=False))
