@@ -34,6 +34,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "matplotlib": (("matplotlib",), "pip install 'edgecompress[report]'"),
     "optuna": (("optuna",), "pip install 'edgecompress[search]'"),
     "seqeval": (("seqeval",), "pip install 'edgecompress[tasks]'"),
+    "sklearn": (("scikit-learn",), "pip install 'edgecompress[tasks]'"),
 }
 
 

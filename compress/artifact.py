@@ -53,6 +53,10 @@ class Task(StrEnum):
     image_classification = "image-classification"
     #: a label per word (named entities): token-level class scores read at each word's first sub-token
     token_classification = "token-classification"
+    #: numbers out (sensor readings, scores): judged by MAE, RMSE and R² against target values
+    regression = "regression"
+    #: any number of classes per sample: scores per class, each one in when its probability passes a threshold
+    multi_label_classification = "multi-label-classification"
     #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
     #: model (cosine, SNR) and by a user's --metric
     generic = "generic"
@@ -148,6 +152,11 @@ class Postprocess(BaseModel):
     class_axis: int | None = Field(
         None, description="The axis of the primary output that holds class scores, for top-1 agreement (a "
         "segmentation map's channels: 1); None: the last axis of a [batch, classes] output.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Multi-label classification: a class is in where its probability (the sigmoid "
+        "of its score, unless scores_are_probabilities) passes this (default 0.5).")
+    scores_are_probabilities: bool = Field(
+        False, description="Multi-label classification: the output holds probabilities already (no sigmoid).")
 
 
 class SourceInfo(BaseModel):

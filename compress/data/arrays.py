@@ -124,8 +124,11 @@ def load_array_dataset(path: Path | str, preprocess: Any, *, label2id: dict[str,
     return ds.head(limit) if limit is not None else ds
 
 
-def label_array(file: Path, lab: np.ndarray, n: int, label2id: dict[str, int] | None) -> list[int]:
-    """An ``.npz``'s ``labels``: ``n`` integer class ids, each one the model has (``label2id``'s ids, when given)."""
+def label_array(file: Path, lab: np.ndarray, n: int, label2id: dict[str, int] | None) -> list[Any]:
+    """An ``.npz``'s ``labels``: ``n`` integer class ids, each one the model has (``label2id``'s ids, when given); for
+    a model without class names, numbers too (regression targets, multi-label 0/1 rows: one row per sample)."""
+    if label2id is None and len(lab) == n and lab.dtype.kind in "fiub" and (lab.dtype.kind == "f" or lab.ndim > 1):
+        return list(lab.astype(np.float64))
     if lab.shape != (n,) or lab.dtype.kind not in "iu":
         raise DataError(f"{file}: '{LABELS}' is {lab.dtype} {list(lab.shape)}; expected {n} integer class ids",
                         hint="one integer class id per sample")

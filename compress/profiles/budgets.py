@@ -127,6 +127,8 @@ def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
          "eval data and teacher (--data, --teacher)"),
         ("min_output_snr_db", budgets.min_output_snr_db, metrics.get("output_snr_db"), "dB", ">=",
          "eval data and teacher (--data, --teacher)"),
+        ("max_mae_increase", budgets.max_mae_increase, metrics.get("mae_increase"), "", "<=",
+         "regression targets in the eval data, and the teacher"),
         ("min_speedup", budgets.min_speedup, metrics.get("speedup"), "x", ">=",
          "the teacher's FP32 baseline (--teacher)"),
         ("max_cold_start_ms", budgets.max_cold_start_ms, metrics.get("cold_start_ms"), "ms", "<=",

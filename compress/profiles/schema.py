@@ -301,6 +301,10 @@ class Budgets(BaseModel):
         description="Minimum mean cosine between the artifact's and the teacher's primary output per eval sample "
                     "(-1..1; any task, and the accuracy measure of a generic model).",
     )
+    max_mae_increase: float | None = Field(
+        None, ge=0, description="Regression: largest relative increase of the mean absolute error over the "
+                                "teacher's (0.02 = 2% more error).",
+    )
     min_output_snr_db: float | None = Field(
         None, description="Minimum signal-to-noise ratio in dB of the artifact's primary output against the "
                           "teacher's (any task).",

@@ -31,6 +31,7 @@ from compress.device.shipped import cpu_model
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.device.measure import LatencyStats, measure_interleaved, probe_cold_start
 from compress.validation.metrics import prediction_metrics
+from compress.validation.values import VALUE_TASKS
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
 from compress.validation.common import ValidationReport, ValidationRun, baseline_artifact, conclude, latency_texts
@@ -151,11 +152,12 @@ def validate(
     # eval data and teacher
     dataset = None
     if config.data:
-        label2id = {name: i for i, name in enumerate(m.labels)} if m.labels else None
+        one_label = m.labels is not None and m.task not in VALUE_TASKS  # a class id per sample
+        label2id = {name: i for i, name in enumerate(m.labels)} if one_label else None
         dataset = load_inputs(
             config.data, m.preprocess, text_column=config.text_column, text_pair_column=config.text_pair_column,
-            label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if m.labels else None,
-            require_labels=m.labels is not None, limit=config.limit,
+            label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if one_label else None,
+            require_labels=one_label, limit=config.limit,
         )
     tdir = _teacher_dir(art, config.teacher)
     teacher = None

@@ -118,11 +118,20 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         fid = output_fidelity(cand, ref, class_axis(m, cand.ndim) if m.task is not Task.feature_extraction else None)
         metrics["output_fidelity"] = {name: fid}
         metrics["output_cosine"], metrics["output_snr_db"] = fid["cosine"], fid["snr_db"]
-    classification = m.labels is not None and m.task is not Task.feature_extraction
+    classification = m.labels is not None and m.task in (Task.text_classification, Task.image_classification,
+                                                          Task.generic)
     if m.task is Task.token_classification:
         from compress.validation.entities import entity_metrics
 
         metrics.update(entity_metrics(m.labels, cand, ref, labels))
+    elif m.task is Task.regression:
+        from compress.validation.values import regression_metrics
+
+        metrics.update(regression_metrics(cand, ref, labels))
+    elif m.task is Task.multi_label_classification:
+        from compress.validation.values import multilabel_metrics
+
+        metrics.update(multilabel_metrics(m.postprocess, cand, ref, labels))
     elif m.task is Task.generic and not classification:
         metrics["metric_name"] = "output_cosine"
         if ref is not None:
@@ -171,7 +180,7 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         metrics.pop("teacher_metric", None)
         if ref is not None:
             metrics["teacher_metric"] = user_metric(ref, lab)
-    if metrics.get("teacher_metric") and metrics["teacher_metric"] > 0:
+    if "retention" not in metrics and metrics.get("teacher_metric") and metrics["teacher_metric"] > 0:
         metrics["retention"] = metrics["metric"] / metrics["teacher_metric"]
     return metrics
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Manifest, Task
+from compress.errors import ConfigError
 from compress.data.tables import TextDataset
 
 log = logging.getLogger("compress.stages.quantize.accuracy")
@@ -90,7 +91,13 @@ def load_eval_set(
     """
     from compress.data.inputs import kind_of, load_inputs, splits_words
 
-    classification = manifest.labels is not None and manifest.task is not Task.feature_extraction
+    from compress.validation.values import VALUE_TASKS
+
+    if manifest.task in VALUE_TASKS and user_metric is None:
+        raise ConfigError(f"accuracy-aware quantization of a {manifest.task} model is not built yet",
+                          hint="pass --metric module:function (your metric, higher is better), or quantize without "
+                               "--max-drop and validate the result")
+    classification = manifest.labels is not None and manifest.task not in (Task.feature_extraction, *VALUE_TASKS)
     labels = manifest.labels if classification else None
     ds = load_inputs(
         path, manifest.preprocess,

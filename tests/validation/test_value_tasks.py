@@ -1,0 +1,117 @@
+"""Regression and multi-label classification, declared in an adopted file's model.yaml: a tiny sensor-window model
+(random weights, test material) whose targets are its own FP32 outputs, so the teacher scores perfectly and the INT8
+artifact's figures are its distance from it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.errors import ConfigError, DataError
+
+
+class Window(torch.nn.Module):
+    def __init__(self, outputs: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(6, 16, 5)
+        self.head = torch.nn.Linear(16, outputs)
+
+    def forward(self, window):
+        return self.head(torch.relu(self.conv(window)).mean(-1))
+
+
+def _adopt(d: Path, task: str, outputs: int, extra: str = "") -> tuple[Path, np.ndarray, np.ndarray]:
+    torch.manual_seed(0)
+    model = Window(outputs).eval()
+    f = d / f"{task}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 6, 40),), str(f), opset_version=13, dynamo=False,
+                          input_names=["window"], output_names=["out"],
+                          dynamic_axes={"window": {0: "batch"}, "out": {0: "batch"}})
+    f.with_suffix(".yaml").write_text(f"task: {task}\n{extra}", encoding="utf-8")
+    x = np.random.default_rng(0).standard_normal((64, 6, 40)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    return f, x, y
+
+
+def _validate(art, data: Path):
+    from compress.validation.local import ValidateConfig, validate
+
+    return validate(art, ValidateConfig(data=str(data), cold_start=False))
+
+
+def test_regression_is_judged_by_mae(tmp_path):
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    f, x, y = _adopt(tmp_path, "regression", 2)
+    data = tmp_path / "eval.npz"
+    np.savez(data, window=x, labels=y + 0.05)  # targets near the teacher's outputs
+    fp32 = export(f, tmp_path / "fp32")
+    assert fp32.manifest.task == "regression"
+    met = _validate(fp32, data).metrics
+    assert met["metric_name"] == "mae" and met["lower_is_better"]
+    assert met["metric"] == pytest.approx(0.05, abs=1e-4) and met["retention"] == pytest.approx(1.0, abs=1e-4)
+    assert met["agreement"] == pytest.approx(1.0, abs=1e-6) and "rmse" in met and "r2" in met
+
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
+    met = _validate(q, data).metrics
+    assert met["mae_increase"] == pytest.approx(met["metric"] / met["teacher_metric"] - 1)
+    assert met["retention"] == pytest.approx(met["teacher_metric"] / met["metric"])
+    assert 0.9 < met["agreement"] < 1.0
+
+
+def test_max_mae_increase_budget_judges_regression():
+    from compress.profiles.budgets import judge
+    from compress.profiles.schema import Budgets
+
+    b = Budgets(max_mae_increase=0.02, min_accuracy_retention=None, min_agreement=None, min_speedup=None)
+    assert [r.passed for r in judge(b, {"mae_increase": 0.01})] == [True]
+    assert [r.passed for r in judge(b, {"mae_increase": 0.05})] == [False]
+
+
+def test_multi_label_is_judged_by_micro_f1(tmp_path):
+    from compress.stages.export import export
+    from compress.validation.values import multilabel_metrics
+
+    f, x, y = _adopt(tmp_path, "multi-label-classification", 5, "labels: [a, b, c, d, e]\n"
+                     "postprocess: {threshold: 0.5}\n")
+    data = tmp_path / "eval.npz"
+    flags = (1 / (1 + np.exp(-y)) >= 0.5).astype(np.int64)
+    np.savez(data, window=x, labels=flags)
+    fp32 = export(f, tmp_path / "fp32")
+    met = _validate(fp32, data).metrics
+    assert met["metric_name"] == "micro_f1" and met["metric"] == 1.0 and met["agreement"] == 1.0
+    assert met["threshold"] == 0.5 and "macro_f1" in met
+
+    # the metric itself: flipping one class of one sample costs F1
+    m = fp32.manifest
+    worse = y.copy()
+    worse[0] = -worse[0]
+    got = multilabel_metrics(m.postprocess, worse, y, list(flags))
+    assert got["metric"] < 1.0 and got["agreement"] == got["metric"]
+    with pytest.raises(DataError, match="0 or 1"):
+        multilabel_metrics(m.postprocess, y, y, list(flags * 2))
+    with pytest.raises(DataError, match="5 value"):
+        multilabel_metrics(m.postprocess, y[:, :3], None, list(flags))
+
+
+def test_accuracy_aware_quantization_of_value_tasks_needs_a_metric(tmp_path):
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    f, x, y = _adopt(tmp_path, "regression", 2)
+    data = tmp_path / "eval.npz"
+    np.savez(data, window=x, labels=y)
+    fp32 = export(f, tmp_path / "fp32")
+    with pytest.raises(ConfigError, match="accuracy-aware quantization of a regression model is not built yet"):
+        quantize(fp32, tmp_path / "q", QuantizeConfig(calibration=str(data), data=str(data), max_drop=0.01))
+    assert not (tmp_path / "q").exists()
