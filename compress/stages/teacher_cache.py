@@ -7,7 +7,7 @@ marker, replaced atomically after every flush). Only the rows a run will draw ar
 missing, so a pass stopped by Ctrl-C/SIGTERM continues where it stopped with exactly the batches an
 uninterrupted pass runs. A later run that needs more rows labels only those.
 
-Layout: ``soft`` is [rows, width] float32; ``hidden`` is flat [tokens, mapped layers, hidden] float16
+Layout: ``soft`` is [rows, width] float32 (a token classifier's: flat [tokens, tags] indexed by token offsets); ``hidden`` is flat [tokens, mapped layers, hidden] float16
 indexed by token offsets; ``attn`` / ``vr`` are flat float16 per-row blocks of [mapped layers x] heads x L x L.
 Caches written before the marker existed (no ``labelled.npy``) were complete and are read as such.
 """
@@ -38,7 +38,9 @@ CHECKPOINT_SECONDS = 30.0  # flush the memmaps and move the progress marker at l
 
 def layout(data, plan, intermediate: bool, t_cfg, soft_width: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of every array a cache for ``data`` holds."""
-    out: dict[str, tuple[tuple[int, ...], Any]] = {"soft": ((len(data), soft_width), np.float32)}
+    per_token = getattr(plan, "tokens", False)  # token classification: a row of scores per token
+    out: dict[str, tuple[tuple[int, ...], Any]] = {
+        "soft": ((int(data.offsets[-1]) if per_token else len(data), soft_width), np.float32)}
     if intermediate and plan.hidden:
         out["hidden"] = ((int(data.offsets[-1]), len(plan.mapping), t_cfg.hidden_size), np.float16)
     sq = int(data.sq_offsets[-1])
@@ -158,7 +160,12 @@ def fill(directory: Path, key: dict[str, Any], data, plan, intermediate: bool, t
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size].tolist()
             res = forward(idx)
-            arrays["soft"][idx] = res["soft"].float().cpu().numpy()
+            soft = res["soft"].float().cpu().numpy()
+            if getattr(plan, "tokens", False):
+                for row, i in enumerate(idx):
+                    arrays["soft"][data.offsets[i] : data.offsets[i + 1]] = soft[row, : int(data.lengths[i])]
+            else:
+                arrays["soft"][idx] = soft
             if tplan.hidden:
                 hs = torch.stack([res["hidden"][t + 1] for t in plan.mapping], 2).half().cpu().numpy()
             if tplan.attention:
@@ -197,7 +204,8 @@ class TeacherCache:
         self.arrays: dict[str, np.ndarray] = {
             f.stem: np.load(f, mmap_mode="r") for f in directory.glob("*.npy") if f.name != LABELLED
         }
-        n = len(self.arrays["soft"]) if "soft" in self.arrays else 0
+        marker = directory / LABELLED  # one flag per row (a token classifier's soft targets are per token)
+        n = len(np.load(marker)) if marker.is_file() else len(self.arrays["soft"]) if "soft" in self.arrays else 0
         self.labelled = _labelled(directory, n)
 
     def targets(self, batch, data, plan, t_cfg, device) -> dict[str, Any]:
@@ -210,7 +218,12 @@ class TeacherCache:
                                     hint="rerun with --force to rebuild the run (this is a bug: please report it)")
         width = batch["input_ids"].shape[1]
         res: dict[str, Any] = {}
-        if "soft" in self.arrays:
+        if "soft" in self.arrays and getattr(plan, "tokens", False):
+            soft = np.zeros((len(idx), width, self.arrays["soft"].shape[1]), np.float32)
+            for r, i in enumerate(idx):
+                soft[r, : data.lengths[i]] = self.arrays["soft"][data.offsets[i] : data.offsets[i + 1]]
+            res["soft"] = torch.from_numpy(soft).to(device)
+        elif "soft" in self.arrays:
             res["soft"] = torch.from_numpy(np.asarray(self.arrays["soft"][idx])).to(device)
         if "hidden" in self.arrays:
             h = np.zeros((len(idx), width, len(plan.mapping), t_cfg.hidden_size), np.float16)

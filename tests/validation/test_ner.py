@@ -170,12 +170,33 @@ def test_cli_unknown_tag_exits_2(ner_onnx, tmp_path, capsys):
 
 
 
-@pytest.mark.parametrize("verb", ["distill", "prune", "search"])
+def test_distilling_a_token_classifier(ner_teacher, labelled, tmp_path):
+    """A 1-layer student from the teacher's layers, trained per token on its soft targets and the CoNLL tags, judged
+    by entity F1 on the way; it is a token classifier itself, and exports and validates as one."""
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.export import export
+    from compress.validation.local import ValidateConfig, validate
+
+    result = distill(ner_teacher, labelled, tmp_path / "student",
+                     DistillConfig(layers=1, epochs=3, batch_size=8, eval_every=5, lr=1e-3, seed=0),
+                     eval_data=labelled)
+    m = result.artifact.manifest
+    assert (m.task, m.preprocess.words, m.labels) == ("token-classification", True, TAGS)
+    met = m.steps[-1].metrics
+    assert met["metric"] == "accuracy" and met["teacher_eval_metric"] == 1.0  # the tags are the teacher's
+    assert 0.0 <= met["eval_metric"] <= 1.0 and met["history"]
+    onnx_student = export(result.artifact.path, tmp_path / "student-onnx")
+    rep = validate(onnx_student, ValidateConfig(data=str(labelled), teacher=str(ner_teacher), cold_start=False))
+    assert rep.metrics["metric_name"] == "entity_f1"
+    assert rep.metrics["metric"] == pytest.approx(met["eval_metric"], abs=0.02)
+
+
+@pytest.mark.parametrize("verb", ["prune", "search"])
 def test_what_is_not_built_for_token_classifiers_says_so(verb, ner_teacher, labelled, tmp_path, capsys):
     from compress.cli import main
 
-    args = {"distill": ["distill", "--teacher", str(ner_teacher), "--train", str(labelled), "--out", str(tmp_path / "s")],
-            "prune": ["prune", str(ner_teacher), "--heads", "0.25", "--out", str(tmp_path / "s")],
+    args = {"prune": ["prune", str(ner_teacher), "--heads", "0.25", "--out", str(tmp_path / "s")],
             "search": ["search", "--teacher", str(ner_teacher), "--train", str(labelled), "--eval", str(labelled),
                        "--profile", "host", "--search-dir", str(tmp_path / "s")]}[verb]
     with pytest.raises(SystemExit) as e:

@@ -106,10 +106,12 @@ def distill(
 
         return distill_images(teacher, train, out, config, eval_data=eval_data, run_dir=run, resume=resume,
                               force=force, progress=progress)
-    if teacher.task is Task.token_classification:
-        raise ConfigError(f"{teacher_dir} is a token classifier: distilling one is not built yet",
-                          hint="export and quantize it as it is (docs/tasks.md)")
-    classification = teacher.task is Task.text_classification
+    tokens = teacher.task is Task.token_classification
+    if tokens and (config.augment or config.augment_join or config.student):
+        raise ConfigError("--augment, --augment-join and --student are for sentence-level teachers; a token "
+                          "classifier is distilled from teacher layers (--layers, --keep-layers, --student-config)",
+                          hint="drop them")
+    classification = teacher.task in (Task.text_classification, Task.token_classification)
     max_length = min(config.max_length or teacher.info.max_length, teacher.info.max_length)
     train_ds, eval_ds, metric = _read_data(teacher, train, eval_data, config, classification)
 
@@ -148,8 +150,11 @@ def distill(
     if eval_set is not None:
         say("teacher-eval", f"scoring the teacher on {len(eval_set):,} eval rows")
     teacher_eval = _predict(teacher.model, eval_set, plan, accelerator.device, 64) if eval_set is not None else None
-    eval_labels = np.array(eval_ds.labels) if eval_ds is not None and eval_ds.labels is not None else None
-    teacher_score = score(teacher_eval, teacher_eval, eval_labels, metric) if teacher_eval is not None else None
+    eval_labels = None
+    if eval_ds is not None and eval_ds.labels is not None:  # (a token classifier's: a list of tag ids per sentence)
+        eval_labels = eval_ds.labels if tokens else np.array(eval_ds.labels)
+    teacher_score = score(teacher_eval, teacher_eval, eval_labels, metric, plan.tags) if teacher_eval is not None \
+        else None
     if targets["intermediate"] or not plan.intermediate:
         teacher.model.to("cpu")
 
@@ -230,6 +235,8 @@ def _read_data(teacher, train, eval_data, config: DistillConfig, classification:
     from compress.data.tables import load_dataset
 
     label2id = {name: i for i, name in enumerate(teacher.info.labels)} if teacher.info.labels else None
+    if teacher.task is Task.token_classification:  # sentences split into words, a tag per word
+        return _read_words(teacher, train, eval_data, config, label2id)
     train_ds = load_dataset(train, text_column=config.text_column, label_column=config.label_column,
                             label2id=label2id, num_labels=len(label2id) if label2id else None)
     if not classification:
@@ -248,6 +255,24 @@ def _read_data(teacher, train, eval_data, config: DistillConfig, classification:
     return train_ds, eval_ds, metric
 
 
+def _read_words(teacher, train, eval_data, config: DistillConfig, label2id: dict[str, int]):
+    """A token classifier's transfer and eval sentences (CoNLL or JSON lines, :mod:`compress.data.words`)."""
+    from compress.data.words import load_word_dataset
+
+    train_ds = load_word_dataset(train, label2id=label2id)
+    if config.max_train_rows:
+        train_ds = train_ds.sample(config.max_train_rows, seed=config.seed)
+    eval_ds = None
+    if eval_data is not None:
+        eval_ds = load_word_dataset(eval_data, label2id=label2id)
+        if config.eval_samples:
+            eval_ds = eval_ds.sample(config.eval_samples, seed=config.seed)
+    metric = _resolve_metric(config.metric, True, eval_ds, eval_data)
+    if config.hard_weight and train_ds.labels is None:
+        log.warning("%s has no tags: training on the teacher's soft targets only", train)
+    return train_ds, eval_ds, metric
+
+
 def _student_and_plan(teacher, config: DistillConfig, classification: bool):
     """The student (built, or loaded), its description, which losses apply to it (the plan) and its own tokenizer;
     refuse a student the chosen losses cannot compare with the teacher."""
@@ -258,6 +283,7 @@ def _student_and_plan(teacher, config: DistillConfig, classification: bool):
         normalize=teacher.info.postprocess.normalize, mapping=mapping,
         hidden=config.hidden_weight > 0, attention=config.attention_weight > 0,
         value_relation=config.value_relation_weight > 0, relation_heads=t_heads,
+        tags=teacher.info.labels if teacher.task is Task.token_classification else None,
     )
     if not classification and config.soft_weight and student.config.hidden_size != teacher.model.config.hidden_size:
         # a sentence encoder's output is its embedding: a narrower student's cannot be compared with the teacher's,

@@ -114,12 +114,29 @@ def _encode(tokenizer, texts: list[str], max_length: int) -> dict[str, list[list
     return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
 
 
-class _TransferSet:
-    """Tokenised rows (ids kept as lists) and their labels (-100 when unlabelled)."""
+def _encode_words(tokenizer, sentences: list[list[str]], tags: list[list[int]] | None, max_length: int):
+    """Sentences split into words, tokenised: ``(enc, token labels, word ids)``. A word's tag sits on its first
+    sub-token, -100 on the others, on special tokens and on every token of an unlabelled sentence; word ids are -1
+    on special tokens."""
+    enc = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length, padding=False)
+    labels, word_ids = [], []
+    for i in range(len(sentences)):
+        ids = [-1 if w is None else w for w in enc.word_ids(i)]
+        first = [w >= 0 and (j == 0 or ids[j - 1] != w) for j, w in enumerate(ids)]
+        labels.append([tags[i][w] if tags is not None and f else _IGNORE for w, f in zip(ids, first, strict=True)])
+        word_ids.append(ids)
+    return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}, labels, word_ids
 
-    def __init__(self, enc: dict[str, list[list[int]]], labels: list[int], pad_id: int) -> None:
+
+class _TransferSet:
+    """Tokenised rows (ids kept as lists) and their labels (-100 when unlabelled): a label per row, or for token
+    classification a label per token (``word_ids``: the word each token belongs to, -1 for special tokens)."""
+
+    def __init__(self, enc: dict[str, list[list[int]]], labels: list[Any], pad_id: int,
+                 word_ids: list[list[int]] | None = None) -> None:
         self.enc = enc
         self.labels = labels
+        self.word_ids = word_ids
         self.pad_id = pad_id
         self.lengths = np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])  # token offsets (hidden-state targets)
@@ -139,7 +156,11 @@ class _TransferSet:
         batch["attention_mask"] = torch.tensor(
             [[1] * int(self.lengths[i]) + [0] * (width - int(self.lengths[i])) for i in idx], dtype=torch.long
         )
-        batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+        if self.word_ids is not None:  # a label per token, padded
+            batch["labels"] = torch.tensor([self.labels[i] + [_IGNORE] * (width - len(self.labels[i])) for i in idx],
+                                           dtype=torch.long)
+        else:
+            batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
         batch["index"] = torch.tensor(idx, dtype=torch.long)
         return batch
 
@@ -156,6 +177,11 @@ class _Plan:
     attention: bool
     value_relation: bool
     relation_heads: int
+    tags: list[str] | None = None  # token classification: the entity tags (targets and outputs are per token)
+
+    @property
+    def tokens(self) -> bool:
+        return self.tags is not None
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -264,7 +290,16 @@ def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: _Plan, confi
 
     parts: dict[str, Any] = {}
     mask = batch["attention_mask"].float()
-    if plan.classification:
+    if plan.tokens:  # per token: KL over the real tokens, cross-entropy on each word's first sub-token
+        temp = config.temperature
+        if config.soft_weight:
+            kl = F.kl_div(F.log_softmax(s["soft"].float() / temp, -1), F.softmax(t["soft"].float() / temp, -1),
+                          reduction="none").sum(-1)
+            parts["soft"] = (kl * mask).sum() / mask.sum().clamp(min=1) * temp * temp
+        labels = batch["labels"]
+        if config.hard_weight and bool((labels != _IGNORE).any()):
+            parts["hard"] = F.cross_entropy(s["soft"].float().flatten(0, 1), labels.flatten(), ignore_index=_IGNORE)
+    elif plan.classification:
         if config.soft_weight:
             temp = config.temperature
             parts["soft"] = F.kl_div(
@@ -328,6 +363,17 @@ def _predict(model, data: _TransferSet, plan: _Plan, device, batch_size: int) ->
             soft = _model_outputs(model, batch, eplan, None)["soft"].float().cpu().numpy()
             result.append((idx, soft))
     model.train(was_training)
+    if plan.tokens:  # each word's scores at its first sub-token: [rows, words, tags], NaN beyond a row's words
+        from compress.device.shipped import first_subtokens
+
+        words = int(max((max(w) for w in data.word_ids if w), default=-1)) + 1
+        out = np.full((len(data), words, len(plan.tags)), np.nan, np.float32)
+        for idx, soft in result:
+            for r, i in enumerate(idx):
+                ids = np.asarray(data.word_ids[i])
+                row = first_subtokens(soft[r : r + 1, : len(ids)], ids[None])[0]
+                out[i, : row.shape[0]] = row
+        return out
     width = result[0][1].shape[1]
     out = np.zeros((len(data), width), np.float32)
     for idx, soft in result:
@@ -335,7 +381,15 @@ def _predict(model, data: _TransferSet, plan: _Plan, device, batch_size: int) ->
     return out
 
 
-def score(pred: np.ndarray, teacher_pred: np.ndarray, labels: np.ndarray | None, metric: Metric) -> float:
+def score(pred: np.ndarray, teacher_pred: np.ndarray, labels, metric: Metric, tags: list[str] | None = None) -> float:
+    """The early-stopping metric: accuracy (for a token classifier: entity F1 against the labels), agreement with
+    the teacher (entity F1 against the teacher's entities), or cosine to the teacher's embeddings."""
+    if tags is not None:
+        from compress.validation.entities import entity_metrics
+
+        if metric is Metric.accuracy:
+            return entity_metrics(tags, pred, None, labels)["metric"]
+        return entity_metrics(tags, pred, teacher_pred, None)["agreement"]
     if metric is Metric.accuracy:
         return float((pred.argmax(-1) == labels).mean())
     if metric is Metric.agreement:

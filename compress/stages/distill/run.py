@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from compress.artifact import Task
 from compress.errors import ConfigError, DataError
 from compress.stages import teacher_cache as tcache
 
 from compress.stages.distill.config import CONFIG_VERSION, DistillConfig, Interrupted, Metric, MixedPrecision, RUN_CONFIG, _IGNORE
 from compress.stages.distill.student import build_student, evenly_spaced, layer_list, load_student
 from compress.stages.distill.losses import (
-    _Plan, _TransferSet, _ValueTap, _encode, _model_outputs, join_augment, length_grouped_order, neighbour_augment,
+    _Plan, _TransferSet, _ValueTap, _encode, _encode_words, _model_outputs, join_augment, length_grouped_order,
+    neighbour_augment,
 )
 
 
@@ -40,8 +42,8 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _fingerprint(texts: list[str], labels: list[int] | None) -> str:
     h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8") + b"\0")
+    for t in texts:  # (a sentence split into words: its words joined by a unit separator)
+        h.update((t if isinstance(t, str) else "\x1f".join(t)).encode("utf-8") + b"\0")
     h.update(json.dumps(labels).encode())
     return h.hexdigest()
 
@@ -96,8 +98,23 @@ def _choose_student(teacher, config: DistillConfig) -> tuple[Any, dict[str, Any]
     return student, student_desc, mapping, own_tokenizer
 
 
+def _word_sets(teacher, train_ds, eval_ds, max_length: int):
+    """A token classifier's transfer and eval rows: sentences split into words, a tag on each word's first
+    sub-token (-100 elsewhere, and on every token of an unlabelled sentence)."""
+    pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
+    enc, labels, word_ids = _encode_words(teacher.tokenizer, train_ds.texts, train_ds.labels, max_length)
+    data = _TransferSet(enc, labels, pad_id, word_ids)
+    eval_set = None
+    if eval_ds is not None:
+        e_enc, e_labels, e_ids = _encode_words(teacher.tokenizer, eval_ds.texts, eval_ds.labels, max_length)
+        eval_set = _TransferSet(e_enc, e_labels, pad_id, e_ids)
+    return data, eval_set, [" ".join(t) for t in train_ds.texts], train_ds.labels
+
+
 def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length: int, classification: bool):
     """Tokenised transfer rows (augmented copies unlabelled), eval rows, and the transfer texts/labels."""
+    if teacher.task is Task.token_classification:
+        return _word_sets(teacher, train_ds, eval_ds, max_length)
     texts = list(train_ds.texts)
     labels = list(train_ds.labels) if train_ds.labels is not None else [_IGNORE] * len(texts)
     if not classification:

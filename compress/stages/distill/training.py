@@ -125,7 +125,7 @@ class Trainer:
         if self.eval_set is None:
             return None
         pred = _predict(self.unwrap_student(), self.s_eval_set, self.plan, self.device, 64)
-        return score(pred, self.teacher_eval, self.eval_labels, self.metric)
+        return score(pred, self.teacher_eval, self.eval_labels, self.metric, self.plan.tags)
 
     def save_best(self) -> None:
         if self.main:
