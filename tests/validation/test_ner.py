@@ -192,12 +192,30 @@ def test_distilling_a_token_classifier(ner_teacher, labelled, tmp_path):
     assert rep.metrics["metric"] == pytest.approx(met["eval_metric"], abs=0.02)
 
 
-@pytest.mark.parametrize("verb", ["prune", "search"])
+@pytest.mark.transformers4("head pruning: transformers 5 removed prune_heads")
+def test_pruning_a_token_classifier(ner_teacher, labelled, tmp_path):
+    """Heads and FFN neurons scored on the tagged sentences (cross-entropy per token), removed, recovered by a short
+    distillation; the written model is a token classifier that reloads to the same per-token scores."""
+    from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
+
+    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig(heads=0.5, ffn=0.5, recover_steps=4,
+                                                             recover_batch_size=8), train=labelled)
+    m = art.manifest
+    assert (m.task, m.preprocess.words) == ("token-classification", True)
+    met = m.steps[-1].metrics
+    assert met["parameter_ratio"] < 0.95 and met["reload_check"]["max_abs_diff"] <= 1e-4
+    assert met["importance"]["loss"].startswith("cross entropy with labels")
+    assert met["recovery"]["steps"] == 4
+    with pytest.raises(ConfigError, match="pruning its vocabulary is not built yet"):
+        prune(ner_teacher, tmp_path / "v", PruneConfig(vocab_corpus=str(labelled)), train=labelled)
+
+
+@pytest.mark.parametrize("verb", ["search"])
 def test_what_is_not_built_for_token_classifiers_says_so(verb, ner_teacher, labelled, tmp_path, capsys):
     from compress.cli import main
 
-    args = {"prune": ["prune", str(ner_teacher), "--heads", "0.25", "--out", str(tmp_path / "s")],
-            "search": ["search", "--teacher", str(ner_teacher), "--train", str(labelled), "--eval", str(labelled),
+    args = {"search": ["search", "--teacher", str(ner_teacher), "--train", str(labelled), "--eval", str(labelled),
                        "--profile", "host", "--search-dir", str(tmp_path / "s")]}[verb]
     with pytest.raises(SystemExit) as e:
         main(args)
@@ -213,3 +231,14 @@ def test_remote_validation_of_a_token_classifier_says_not_yet(ner_onnx, labelled
     with pytest.raises(ConfigError, match="token classifier: validating one on a device over SSH is not built yet"):
         validate(ner_onnx, ValidateConfig(data=str(labelled), remote="nobody@127.0.0.1:9", profile="raspberry-pi-5",
                                           cold_start=False))
+
+
+def test_dropping_layers_of_a_token_classifier(ner_teacher, labelled, tmp_path):
+    """Layer dropping (any transformers): the layer whose skipping changes the per-token tags least goes."""
+    from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
+
+    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig(drop_layers=1, ffn=0.25), train=labelled)
+    met = art.manifest.steps[-1].metrics
+    assert art.manifest.task == "token-classification" and met["architecture"]["layers"] == 1
+    assert met["layers"]["dropped"] and met["reload_check"]["max_abs_diff"] <= 1e-4

@@ -107,16 +107,18 @@ def distill(
         return distill_images(teacher, train, out, config, eval_data=eval_data, run_dir=run, resume=resume,
                               force=force, progress=progress)
     tokens = teacher.task is Task.token_classification
-    if tokens and (config.augment or config.augment_join or config.student):
-        raise ConfigError("--augment, --augment-join and --student are for sentence-level teachers; a token "
-                          "classifier is distilled from teacher layers (--layers, --keep-layers, --student-config)",
-                          hint="drop them")
+    if tokens and (config.augment or config.augment_join):
+        raise ConfigError("--augment and --augment-join make new sentences, and a token classifier's sentences need "
+                          "a tag per word", hint="drop them")
     classification = teacher.task in (Task.text_classification, Task.token_classification)
     max_length = min(config.max_length or teacher.info.max_length, teacher.info.max_length)
     train_ds, eval_ds, metric = _read_data(teacher, train, eval_data, config, classification)
 
     say("student", "building the student")
     student, student_desc, plan, own_tokenizer = _student_and_plan(teacher, config, classification)
+    if tokens and own_tokenizer is not None:
+        raise ConfigError("the student has its own tokenizer: a token classifier's student must read the words as "
+                          "the teacher does", hint="pick a student that shares the teacher's tokenizer")
 
     copies = " and ".join(f"{k} {what}" for k, what in ((config.augment, "augmented"), (config.augment_join, "joined"))
                           if k)

@@ -118,15 +118,20 @@ def _texts(path: str | Path | None, config: PruneConfig, label2id, n: int | None
     return ds
 
 
-def _outputs(model, tokenizer, texts: list[str], max_length: int, classification: bool, pooling, normalize):
+def _outputs(model, tokenizer, texts: list[Any], max_length: int, classification: bool, pooling, normalize,
+             batches=None):
+    """The model's outputs on ``texts`` (``batches``: a token classifier's word batches; its per-token scores are
+    padded with zeros to ``max_length`` tokens)."""
     import torch
 
     res = []
     with torch.inference_mode():
-        for enc, _ in _batches(tokenizer, texts, None, max_length, 32):
+        for enc, _ in (batches() if batches else _batches(tokenizer, texts, None, max_length, 32)):
             out = model(**model_feed(model, enc))
             res.append(out.logits.float() if classification
                        else _pooled(out, enc["attention_mask"], pooling, normalize).float())
+    if res and res[0].dim() == 3:
+        res = [torch.nn.functional.pad(r, (0, 0, 0, max_length - r.shape[1])) for r in res]
     return torch.cat(res) if res else None
 
 
@@ -203,9 +208,9 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
-    if teacher.task is Task.token_classification:
-        raise ConfigError(f"{source} is a token classifier: pruning one is not built yet",
-                          hint="export and quantize it as it is (docs/tasks.md)")
+    if teacher.task is Task.token_classification and config.vocab_corpus:
+        raise ConfigError(f"{source} is a token classifier: pruning its vocabulary is not built yet",
+                          hint="prune heads, FFN neurons or layers (--heads, --ffn, --drop-layers)")
     if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
         if config.recover_augment or config.recover_augment_join:
             raise ConfigError("--recover-augment and --recover-augment-join make new training texts; image models have "
@@ -237,7 +242,12 @@ class _TextJob:
 
     @property
     def classification(self) -> bool:
-        return self.teacher.task is Task.text_classification
+        return self.teacher.task in (Task.text_classification, Task.token_classification)
+
+    @property
+    def words(self) -> bool:
+        """A token classifier: sentences split into words, a tag per word."""
+        return self.teacher.task is Task.token_classification
 
     @property
     def label2id(self) -> dict[str, int] | None:
@@ -245,12 +255,41 @@ class _TextJob:
         return {name: i for i, name in enumerate(labels)} if labels else None
 
     def texts(self, path: str | Path | None, n: int | None = None):
+        if self.words:
+            from compress.data.words import load_word_dataset
+
+            ds = load_word_dataset(path, label2id=self.label2id)
+            return ds.sample(n, seed=self.config.seed) if n is not None else ds
         return _texts(path, self.config, self.label2id, n)
 
-    def outputs(self, model, tokenizer, texts: list[str]):
+    def batches(self, tokenizer, texts: list[Any], labels: list[Any] | None, batch_size: int = 16):
+        """None for sentence-level models (the tokenizer's own batches); a token classifier's ``(encoding, labels per
+        token)`` batches of sentences split into words (tags on each word's first sub-token)."""
+        if not self.words:
+            return None
+
+        def gen():
+            import torch
+
+            from compress.stages.distill.losses import _encode_words
+
+            for start in range(0, len(texts), batch_size):
+                rows = texts[start : start + batch_size]
+                enc, lab, _ = _encode_words(tokenizer, rows, labels[start : start + batch_size] if labels else None,
+                                            self.config.max_length)
+                width = max(len(r) for r in enc["input_ids"])
+                pad = tokenizer.pad_token_id or 0
+                batch = {k: torch.tensor([r + [pad if k == "input_ids" else 0] * (width - len(r)) for r in v])
+                         for k, v in enc.items()}
+                batch["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (width - len(r))
+                                                        for r in enc["input_ids"]])
+                yield batch, torch.tensor([r + [-100] * (width - len(r)) for r in lab])
+        return gen
+
+    def outputs(self, model, tokenizer, texts: list[Any]):
         post = self.teacher.info.postprocess
         return _outputs(model, tokenizer, texts, self.config.max_length, self.classification, post.pooling,
-                        post.normalize)
+                        post.normalize, self.batches(tokenizer, texts, None, 32))
 
 
 def _check_options(config: PruneConfig, train: Path | str | None) -> None:
@@ -360,18 +399,22 @@ def _importance(job: _TextJob, model, tokenizer, metrics: dict[str, Any]) -> Imp
     if not config.structural:
         return None
     data_path = config.importance_data or job.train or config.vocab_corpus
+    if data_path is None and job.words:
+        raise ConfigError("a token classifier's importance scores need tagged sentences",
+                          hint="pass --train (a CoNLL or JSON lines file)")
     if data_path is None:
         from compress.data.tables import sample_data_path
 
         data_path = sample_data_path()
         log.warning("no data given: importance scores use the built-in sample sentences (pass --train or --data)")
     classification = job.classification
-    ds = _texts(data_path, config, job.label2id if classification else None, config.samples)
+    ds = job.texts(data_path, config.samples)
     labels = list(ds.labels) if classification and ds.labels is not None else None
     post = job.teacher.info.postprocess
     importance = importance_scores(
         model, tokenizer, ds.texts, labels, classification=classification, pooling=post.pooling,
         normalize=post.normalize, max_length=config.max_length, seed=config.seed, progress=job.progress,
+        batches=job.batches(tokenizer, ds.texts, labels),
     )
     imp_rec = importance.summary()
     imp_rec["data"] = str(data_path)
@@ -443,7 +486,7 @@ def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: l
                 vrec["eval_coverage"] = vocabulary_coverage(teacher.tokenizer, written.tokenizer, vocab_plan.keep,
                                                             ev.texts)
             metrics["vocab"] = vrec
-        if eval_data is not None and job.classification:
+        if eval_data is not None and job.classification and not job.words:
             from compress.stages.prune.evaluation import written_eval
 
             if progress:

@@ -230,7 +230,9 @@ def importance_scores(
                     known = lab >= 0
                     used_labels = used_labels or bool(known.any())
                     target = torch.where(known, lab, target)
-                loss = F.cross_entropy(logits, target, reduction="sum")
+                if logits.dim() == 3:  # a label per token: padding left out
+                    target = target.masked_fill(enc["attention_mask"] == 0, -100)
+                loss = F.cross_entropy(logits.flatten(0, -2), target.flatten(), ignore_index=-100, reduction="sum")
             else:
                 emb = _pooled(out, enc["attention_mask"], pooling, normalize).float()
                 r = torch.randn(emb.shape, generator=gen)
