@@ -339,7 +339,7 @@ def _run(args, workdir, t_start):
         say("predicting %d eval batches" % job["eval_batches"])
         t0 = time.perf_counter()
         outs = [art.predict(feeds(data, "eval.%d." % i, names)) for i in range(job["eval_batches"])]
-        outputs = np.concatenate(outs, axis=0)
+        outputs = _device().concatenate_rows(outs)  # (a token classifier's per-token scores, NaN-padded)
         phases["predict_s"] = time.perf_counter() - t0
 
     meas = job["measure"]

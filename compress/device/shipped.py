@@ -311,6 +311,18 @@ def entities(text, tags, probs, spans):
              "score": round(sum(e["scores"]) / len(e["scores"]), 6)} for e in found]
 
 
+def concatenate_rows(outs):
+    """Batches of outputs as one array; per-token or per-word outputs (``[batch, tokens, labels]``, as wide as each
+    batch's longest row) padded with NaN to the widest batch."""
+    import numpy as np
+
+    if len(outs) > 1 and outs[0].ndim >= 3 and len(set(o.shape[1] for o in outs)) > 1:
+        width = max(o.shape[1] for o in outs)
+        outs = [np.pad(o.astype(np.float32, copy=False), [(0, 0), (0, width - o.shape[1])] + [(0, 0)] * (o.ndim - 2),
+                       constant_values=np.nan) for o in outs]
+    return np.concatenate(outs, axis=0)
+
+
 def first_subtokens(scores, word_ids):
     """Token-level scores ``[batch, tokens, labels]`` read at each word's first sub-token: ``[batch, words, labels]``
     (words: the most any row has), NaN where a row has fewer words or a word was cut off by truncation."""

@@ -40,7 +40,6 @@ import numpy as np
 
 from compress import __version__
 from compress.artifact import Artifact
-from compress.errors import ConfigError
 from compress.device.shipped import sha256_file
 from compress.interrupt import sigterm_as_interrupt
 from compress.device.measure import LatencyStats
@@ -87,11 +86,22 @@ def _ship_model(art: Artifact, prefix: str, files: dict[str, Path], hashes: dict
     hashes[f"{prefix}/manifest.json"] = sha256_file(manifest)
 
 
-def _prepare(tmpdir: Path, run: ValidationRun, runtime: str) -> tuple[dict[str, Path], str, np.ndarray | None]:
+def _words_of(scores: np.ndarray, word_ids: list[np.ndarray]) -> np.ndarray:
+    """Per-word scores from the device's NaN-padded per-token scores and each batch's word ids (padded with -1)."""
+    from compress.device.shipped import first_subtokens
+
+    width = scores.shape[1]
+    ids = np.concatenate([np.pad(w, [(0, 0), (0, width - w.shape[1])], constant_values=-1) for w in word_ids])
+    return first_subtokens(np.nan_to_num(scores, nan=0.0), ids)
+
+
+def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
+             word_ids: list[np.ndarray]) -> tuple[dict[str, Path], str, np.ndarray | None]:
     """Tokenize, run the teacher, export the baseline, write inputs.npz and job.json into ``tmpdir``.
 
     Returns the files to send (remote relative path -> local path), job.json's sha256 and the teacher's
-    outputs on the eval data (None without data or teacher).
+    outputs on the eval data (None without data or teacher). For a token classifier each eval batch's word ids are
+    appended to ``word_ids``: the device returns per-token scores, and each word's are read here.
     """
     from compress.data.tokenization import encoder_for
     from compress.validation.common import baseline_artifact, latency_texts
@@ -104,8 +114,13 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str) -> tuple[dict[str, 
     n_batches = 0
     ref = None
     if dataset is not None:  # the exact batches a local run feeds (same padding), tokenized here
+        words = getattr(art.manifest.preprocess, "words", False)
         for texts, pairs, _ in dataset.batches(meas.eval_batch_size):
-            for name, arr in encoder.encode(texts, pairs).items():
+            feeds = encoder.encode(texts, pairs)
+            if words:
+                feeds, ids = encoder.encode_words(texts)
+                word_ids.append(ids)
+            for name, arr in feeds.items():
                 arrays[f"eval.{n_batches}.{name}"] = arr
             n_batches += 1
         if teacher is not None:  # the reference runs here (or comes from the cache, as in a local run)
@@ -168,9 +183,6 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
 
     art, profile, settings, dataset, warnings = run.art, run.profile, run.settings, run.dataset, run.warnings
     m = art.manifest
-    if getattr(m.preprocess, "words", False):
-        raise ConfigError(f"{art.path} is a token classifier: validating one on a device over SSH is not built yet",
-                          hint="validate it on this host, or estimate the device without --remote (docs/tasks.md)")
     meas = profile.measure
     runtime = REMOTE_RUNTIMES[art.format]
     device = DeviceSession(target)
@@ -181,7 +193,8 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
             device.preflight(runtime, settings.provider, str(art.format))
             _check_arch(target, profile, device.facts)
             device_match = _identify(target, profile, device.facts, warnings)
-            files, job_sha, ref = _prepare(Path(tmp), run, runtime)
+            word_ids: list[np.ndarray] = []
+            files, job_sha, ref = _prepare(Path(tmp), run, runtime, word_ids)
             total = sum(p.stat().st_size for p in files.values())
             need = total + max(1 << 20, total // 20)
             if device.avail_bytes is not None and device.avail_bytes < need:
@@ -202,6 +215,8 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
     metrics: dict[str, Any] = {}
     if dataset is not None:
         cand = np.load(io.BytesIO(base64.b64decode(res["outputs_npy_b64"])), allow_pickle=False)
+        if word_ids:  # per-token scores from the device: each word's, at its first sub-token
+            cand = _words_of(cand, word_ids)
         if len(cand) != len(dataset):
             raise RemoteError(f"the device returned {len(cand)} outputs for {len(dataset)} eval rows")
         metrics.update(prediction_metrics(m, cand, ref, dataset.labels, run.user_metric))

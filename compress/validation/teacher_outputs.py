@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from compress import __version__
+from compress.device.shipped import concatenate_rows
 from compress.progress import Advance, Progress, start_phase
 from compress.validation import cache
 
@@ -163,13 +164,3 @@ def predict_all(backend, dataset, batch_size: int, progress: Advance | None) -> 
         if progress:
             progress(len(texts))
     return concatenate_rows(outs)
-
-
-def concatenate_rows(outs: list[np.ndarray]) -> np.ndarray:
-    """Batches of outputs as one array; per-word outputs (``[batch, words, labels]``, as wide as each batch's longest
-    row) padded with NaN to the widest batch."""
-    if len(outs) > 1 and outs[0].ndim >= 3 and len({o.shape[1] for o in outs}) > 1:
-        width = max(o.shape[1] for o in outs)
-        outs = [np.pad(o, [(0, 0), (0, width - o.shape[1])] + [(0, 0)] * (o.ndim - 2), constant_values=np.nan)
-                for o in outs]
-    return np.concatenate(outs, axis=0)

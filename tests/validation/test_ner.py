@@ -225,13 +225,6 @@ def test_what_is_not_built_for_token_classifiers_says_so(verb, ner_teacher, labe
     assert not (tmp_path / "s").exists()
 
 
-def test_remote_validation_of_a_token_classifier_says_not_yet(ner_onnx, labelled):
-    from compress.validation.local import ValidateConfig, validate
-
-    with pytest.raises(ConfigError, match="token classifier: validating one on a device over SSH is not built yet"):
-        validate(ner_onnx, ValidateConfig(data=str(labelled), remote="nobody@127.0.0.1:9", profile="raspberry-pi-5",
-                                          cold_start=False))
-
 
 def test_dropping_layers_of_a_token_classifier(ner_teacher, labelled, tmp_path):
     """Layer dropping (any transformers): the layer whose skipping changes the per-token tags least goes."""

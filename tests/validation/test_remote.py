@@ -223,6 +223,34 @@ def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data
     assert sshd.leftovers() == []
 
 
+def test_a_token_classifier_remote_equals_local(sshd, ner_teacher, profile, home, tmp_path, monkeypatch):
+    """Named entities over SSH: the device returns per-token scores (NaN-padded across batches), the controller reads
+    each word's and scores entity F1 exactly as a local run does."""
+    from compress.runtimes.torch_backend import TorchBackend
+    from compress.stages.export import export
+    from compress.teachers.load import load_teacher
+    from compress.validation.entities import tags_of
+    from compress.validation.local import ValidateConfig, validate
+    from conftest import NER_SENTENCES, NER_TAGS
+
+    scores = TorchBackend.from_teacher(load_teacher(ner_teacher)).predict_text(NER_SENTENCES)
+    tags = tags_of(scores, NER_TAGS, [len(s) for s in NER_SENTENCES])
+    data = tmp_path / "dev.txt"
+    data.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(words, ts, strict=True))
+                                for words, ts in zip(NER_SENTENCES, tags, strict=True)) + "\n", encoding="utf-8")
+    art = export(ner_teacher, tmp_path / "onnx")
+    seen = _capture_predictions(monkeypatch)
+    base = {"profile": str(profile), "data": str(data), "teacher": str(ner_teacher), "cold_start": False}
+    local = validate(art, ValidateConfig(**base))
+    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+                                       ssh_config=str(sshd.ssh_config())))
+    np.testing.assert_allclose(seen[1], seen[0], rtol=0, atol=1e-5)  # NaN where a sentence has no such word
+    for key in ("metric_name", "metric", "teacher_metric", "agreement", "retention", "entities"):
+        assert rem.metrics[key] == local.metrics[key], key
+    assert local.metrics["metric"] == 1.0 and local.metrics["entities"] >= 10
+    assert sshd.leftovers() == []
+
+
 def test_cli_remote_run_reports_where_it_measured(sshd, int8_artifact, data_tsv, profile, home, tmp_path):
     """The real entry point in a fresh interpreter; the report says remote; nothing is left on the device."""
     out = tmp_path / "report"

@@ -123,8 +123,7 @@ def load_eval_set(
 
 def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
     """``backend.predict`` over the eval rows (logits, pooled embeddings, or each word's scores), in eval-set order."""
-    from compress.device.shipped import first_subtokens
-    from compress.validation.teacher_outputs import concatenate_rows
+    from compress.device.shipped import concatenate_rows, first_subtokens
 
     if eval_set.words:
         return concatenate_rows([first_subtokens(backend.predict(f), w) for f, w in eval_set.encoded(backend)])
