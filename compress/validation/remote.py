@@ -96,7 +96,7 @@ def _words_of(scores: np.ndarray, word_ids: list[np.ndarray]) -> np.ndarray:
 
 
 def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
-             word_ids: list[np.ndarray]) -> tuple[dict[str, Path], str, np.ndarray | None]:
+             word_ids: list[np.ndarray] | None = None) -> tuple[dict[str, Path], str, np.ndarray | None]:
     """Tokenize, run the teacher, export the baseline, write inputs.npz and job.json into ``tmpdir``.
 
     Returns the files to send (remote relative path -> local path), job.json's sha256 and the teacher's
@@ -119,7 +119,8 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
             feeds = encoder.encode(texts, pairs)
             if words:
                 feeds, ids = encoder.encode_words(texts)
-                word_ids.append(ids)
+                if word_ids is not None:
+                    word_ids.append(ids)
             for name, arr in feeds.items():
                 arrays[f"eval.{n_batches}.{name}"] = arr
             n_batches += 1

@@ -31,6 +31,8 @@ __all__ = ["INTEGER_OPS", "artifact_layer_errors", "layer_errors"]
 INTEGER_OPS = frozenset({"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulNBits",
                          "DynamicQuantizeMatMul", "QAttention", "QGemm", "GatherBlockQuantized"})
 _INDEXED = frozenset({"Gather", "GatherBlockQuantized", "GatherElements"})
+#: which inputs of an operator carry float activations (others: the first only)
+_DATA_INPUTS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3)}
 _RESCALE = frozenset({"Cast", "Mul", "Add", "DequantizeLinear"})
 DEFINITION = ("SNR (dB) and mean cosine of each quantized layer's output against the FP32 model's same tensor: the "
               "error accumulated up to that layer; own SNR: that of the error the layer adds itself (its output's "
@@ -55,8 +57,9 @@ def _activation_inputs(node, producer, constants) -> list[tuple[str, str]]:
     found = []
     if node.op_type in _INDEXED:
         return found  # the table is the weight; the other input holds indices
-    for i in node.input:
-        if not i or i in constants:
+    data = _DATA_INPUTS.get(node.op_type, (0,))
+    for k, i in enumerate(node.input):
+        if not i or i in constants or k not in data:  # (masks, shapes and indices are not float activations)
             continue
         p = producer.get(i)
         if p is not None and p.op_type == "DequantizeLinear":
