@@ -57,6 +57,10 @@ class Task(StrEnum):
     regression = "regression"
     #: any number of classes per sample: scores per class, each one in when its probability passes a threshold
     multi_label_classification = "multi-label-classification"
+    #: a class per pixel: class scores on the class axis (``postprocess.class_axis``), judged by mean IoU
+    semantic_segmentation = "semantic-segmentation"
+    #: one probability per pixel (text or defect maps): binarised at a threshold, judged by IoU
+    probability_map = "probability-map"
     #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
     #: model (cosine, SNR) and by a user's --metric
     generic = "generic"
@@ -153,10 +157,11 @@ class Postprocess(BaseModel):
         None, description="The axis of the primary output that holds class scores, for top-1 agreement (a "
         "segmentation map's channels: 1); None: the last axis of a [batch, classes] output.")
     threshold: float | None = Field(
-        None, gt=0, lt=1, description="Multi-label classification: a class is in where its probability (the sigmoid "
-        "of its score, unless scores_are_probabilities) passes this (default 0.5).")
+        None, gt=0, lt=1, description="Multi-label classification and probability maps: a class (a pixel) is in "
+        "where its probability (the sigmoid of its score, unless scores_are_probabilities) passes this (default 0.5).")
     scores_are_probabilities: bool = Field(
-        False, description="Multi-label classification: the output holds probabilities already (no sigmoid).")
+        False, description="Multi-label classification and probability maps: the output holds probabilities already "
+        "(no sigmoid).")
 
 
 class SourceInfo(BaseModel):

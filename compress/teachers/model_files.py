@@ -336,10 +336,13 @@ def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], o
     labels = desc.labels
     if task in (Task.text_classification, Task.image_classification) and not labels:
         raise ConfigError(f"{description_file(p)}: task {task} needs labels", hint="labels: [class names by id]")
-    if labels and outputs and outputs[0].shape and isinstance(outputs[0].shape[-1], int) \
-            and outputs[0].shape[-1] != len(labels):
+    axis = desc.postprocess.class_axis if desc.postprocess and desc.postprocess.class_axis is not None else \
+        1 if task is Task.semantic_segmentation else -1  # where the class scores are
+    shape = outputs[0].shape if outputs else []
+    width = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
+    if labels and isinstance(width, int) and width != len(labels):
         raise ConfigError(f"{description_file(p)}: {len(labels)} labels, but {outputs[0].name} gives "
-                          f"{outputs[0].shape[-1]} class scores", hint="list one name per class, in id order")
+                          f"{width} class scores", hint="list one name per class, in id order")
     return task, labels, preprocess, desc.max_length or (512 if preprocess.kind == "text" else 0)
 
 

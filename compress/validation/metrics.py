@@ -66,6 +66,8 @@ def class_axis(m, ndim: int) -> int | None:
     axis = getattr(m.postprocess, "class_axis", None)
     if axis is not None:
         return axis if -ndim <= axis < ndim else None
+    if m.task is Task.semantic_segmentation:
+        return 1
     return -1 if ndim == 2 or m.task is Task.token_classification else None
 
 
@@ -132,6 +134,14 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         from compress.validation.values import multilabel_metrics
 
         metrics.update(multilabel_metrics(m.postprocess, cand, ref, labels))
+    elif m.task is Task.semantic_segmentation:
+        from compress.validation.maps import segmentation_metrics
+
+        metrics.update(segmentation_metrics(m.postprocess, cand, ref, labels))
+    elif m.task is Task.probability_map:
+        from compress.validation.maps import probability_map_metrics
+
+        metrics.update(probability_map_metrics(m.postprocess, cand, ref, labels))
     elif m.task is Task.generic and not classification:
         metrics["metric_name"] = "output_cosine"
         if ref is not None:

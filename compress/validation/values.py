@@ -22,8 +22,8 @@ from compress.errors import DataError
 
 __all__ = ["VALUE_TASKS", "multilabel_metrics", "regression_metrics"]
 
-#: tasks whose labels are rows of numbers (targets, 0/1 flags), not one class id per sample
-VALUE_TASKS = (Task.regression, Task.multi_label_classification)
+#: tasks whose labels are arrays per sample (targets, 0/1 flags, label maps), not one class id
+VALUE_TASKS = (Task.regression, Task.multi_label_classification, Task.semantic_segmentation, Task.probability_map)
 
 DEFAULT_THRESHOLD = 0.5
 

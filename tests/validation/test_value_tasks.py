@@ -115,3 +115,73 @@ def test_accuracy_aware_quantization_of_value_tasks_needs_a_metric(tmp_path):
     with pytest.raises(ConfigError, match="accuracy-aware quantization of a regression model is not built yet"):
         quantize(fp32, tmp_path / "q", QuantizeConfig(calibration=str(data), data=str(data), max_drop=0.01))
     assert not (tmp_path / "q").exists()
+
+
+class Maps(torch.nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, classes, 3, padding=1))
+
+    def forward(self, image):
+        return self.body(image)
+
+
+def _maps(d: Path, task: str, classes: int, extra: str = ""):
+    torch.manual_seed(0)
+    model = Maps(classes).eval()
+    f = d / f"{task}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(f), opset_version=13, dynamo=False,
+                          input_names=["image"], output_names=["map"],
+                          dynamic_axes={"image": {0: "batch"}, "map": {0: "batch"}})
+    f.with_suffix(".yaml").write_text(f"task: {task}\n{extra}", encoding="utf-8")
+    x = np.random.default_rng(0).standard_normal((24, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    return f, x, y
+
+
+def test_segmentation_is_judged_by_mean_iou(tmp_path):
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.validation.maps import segmentation_metrics
+
+    f, x, y = _maps(tmp_path, "semantic-segmentation", 4, "labels: [road, car, person, sky]\n")
+    data = tmp_path / "eval.npz"
+    np.savez(data, image=x, labels=y.argmax(1))  # the teacher's own class map
+    fp32 = export(f, tmp_path / "fp32")
+    met = _validate(fp32, data).metrics
+    assert met["metric_name"] == "mean_iou" and met["metric"] == 1.0 and met["agreement"] == 1.0
+    assert met["pixel_accuracy"] == 1.0 and met["classes"] == 4
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
+    met = _validate(q, data).metrics
+    assert 0.5 < met["metric"] <= 1.0 and met["agreement"] == pytest.approx(met["metric"])
+
+    post = fp32.manifest.postprocess
+    wrong = y.copy()
+    wrong[:, 0] += 100.0  # every pixel class 0
+    assert segmentation_metrics(post, wrong, None, list(y.argmax(1)))["metric"] < 0.5
+    with pytest.raises(DataError, match=r"maps of shape \[8, 8\]"):
+        segmentation_metrics(post, y, None, list(y.argmax(1)[:, :8, :8]))
+    with pytest.raises(DataError, match="outside the model's 4 classes"):
+        segmentation_metrics(post, y, None, list(y.argmax(1) + 4))
+
+
+def test_probability_map_is_judged_by_iou(tmp_path):
+    from compress.stages.export import export
+    from compress.validation.maps import probability_map_metrics
+
+    f, x, y = _maps(tmp_path, "probability-map", 1, "postprocess: {threshold: 0.5}\n")
+    data = tmp_path / "eval.npz"
+    flags = (y[:, 0] >= 0).astype(np.int64)  # sigmoid >= 0.5
+    np.savez(data, image=x, labels=flags)
+    fp32 = export(f, tmp_path / "fp32")
+    met = _validate(fp32, data).metrics
+    assert met["metric_name"] == "iou" and met["metric"] == 1.0 and met["agreement"] == 1.0
+    post = fp32.manifest.postprocess
+    assert probability_map_metrics(post, -y, y, list(flags))["metric"] < 0.5
+    with pytest.raises(DataError, match="0 or 1"):
+        probability_map_metrics(post, y, None, list(flags * 3))

@@ -1,0 +1,106 @@
+"""Dense maps: semantic segmentation (mean IoU over classes) and probability maps (IoU of the map binarised at a
+threshold). IoU is scikit-learn's Jaccard index (``sklearn.metrics.jaccard_score``) over the pixels of every eval
+sample together.
+
+* **Semantic segmentation** (``task: semantic-segmentation``): the output holds class scores on
+  ``postprocess.class_axis`` (default 1: ``[batch, classes, height, width]``); a pixel's class is its top score. The
+  labels are class ids per pixel, ``[samples, height, width]``. Mean IoU over the classes present in the labels or
+  the predictions is the metric (pixel accuracy beside it); agreement is the mean IoU of the artifact's map against
+  the teacher's.
+* **Probability map** (``task: probability-map``): one probability per pixel (``[batch, height, width]``, or with a
+  channel axis of 1), the sigmoid of the output unless ``postprocess.scores_are_probabilities``, binarised at
+  ``postprocess.threshold`` (default 0.5). The labels are 0/1 per pixel. IoU of the foreground is the metric;
+  agreement is the IoU against the teacher's binarised map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compress.errors import DataError
+
+__all__ = ["probability_map_metrics", "segmentation_metrics"]
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def _sklearn():
+    from compress._optional import require
+
+    require("sklearn", "IoU of dense maps")
+    import sklearn.metrics
+
+    return sklearn.metrics
+
+
+def _label_maps(labels, shape: tuple[int, ...], what: str) -> np.ndarray | None:
+    if labels is None:
+        return None
+    y = np.asarray(labels)
+    if y.shape != shape:
+        raise DataError(f"the labels are maps of shape {list(y.shape[1:])} but the model's maps are {list(shape[1:])}",
+                        hint=f"save labels as one {' x '.join(map(str, shape[1:]))} map of {what} per sample")
+    return y
+
+
+def segmentation_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
+    """Mean IoU (the metric) and pixel accuracy of the top-score map against the labels; the teacher's; agreement
+    (mean IoU against the teacher's map)."""
+    sk = _sklearn()
+    axis = postprocess.class_axis if postprocess.class_axis is not None else 1
+    pred = cand.argmax(axis)
+    y = _label_maps(labels, pred.shape, "class ids")
+    y = None if y is None else y.astype(np.int64)
+    classes = cand.shape[axis]
+    if y is not None and ((y < 0) | (y >= classes)).any():
+        raise DataError(f"the label maps hold class ids outside the model's {classes} classes",
+                        hint=f"class ids 0..{classes - 1} per pixel")
+
+    def miou(a: np.ndarray, b: np.ndarray) -> float:
+        present = np.union1d(np.unique(a), np.unique(b))
+        return float(sk.jaccard_score(a.ravel(), b.ravel(), labels=present, average="macro", zero_division=0))
+
+    metrics: dict[str, Any] = {"metric_name": "mean_iou", "classes": classes}
+    if y is not None:
+        metrics["metric"] = miou(y, pred)
+        metrics["pixel_accuracy"] = float((y == pred).mean())
+    if ref is not None:
+        tpred = ref.argmax(axis)
+        if y is not None:
+            metrics["teacher_metric"] = miou(y, tpred)
+            metrics["teacher_pixel_accuracy"] = float((y == tpred).mean())
+        metrics["agreement"] = miou(tpred, pred)
+        metrics["agreement_definition"] = "mean IoU of the artifact's class map against the teacher's"
+    return metrics
+
+
+def _binary(scores: np.ndarray, postprocess) -> np.ndarray:
+    maps = scores[:, 0] if scores.ndim == 4 and scores.shape[1] == 1 else scores
+    probs = maps if postprocess.scores_are_probabilities else 1.0 / (1.0 + np.exp(-maps.astype(np.float64)))
+    return (probs >= (postprocess.threshold or DEFAULT_THRESHOLD)).astype(np.int64)
+
+
+def probability_map_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
+    """IoU of the binarised map against the 0/1 labels (the metric); the teacher's; agreement (IoU against the
+    teacher's binarised map)."""
+    sk = _sklearn()
+    pred = _binary(cand, postprocess)
+    y = _label_maps(labels, pred.shape, "0/1 flags")
+    if y is not None and not np.isin(y, (0, 1)).all():
+        raise DataError("probability-map labels must be 0 or 1 per pixel", hint="one 0/1 map per sample")
+
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        return float(sk.jaccard_score(a.ravel(), b.ravel(), zero_division=1))
+
+    metrics: dict[str, Any] = {"metric_name": "iou", "threshold": postprocess.threshold or DEFAULT_THRESHOLD}
+    if y is not None:
+        metrics["metric"] = iou(y.astype(np.int64), pred)
+    if ref is not None:
+        tpred = _binary(ref, postprocess)
+        if y is not None:
+            metrics["teacher_metric"] = iou(y.astype(np.int64), tpred)
+        metrics["agreement"] = iou(tpred, pred)
+        metrics["agreement_definition"] = "IoU of the artifact's binarised map against the teacher's"
+    return metrics
