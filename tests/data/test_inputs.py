@@ -26,7 +26,7 @@ def same(a: dict, b: dict) -> bool:
 def test_new_artifacts_describe_their_text_inputs(onnx_artifact, int8_artifact):
     for art in (onnx_artifact, int8_artifact):
         raw = json.loads((art.path / MANIFEST).read_text())
-        assert raw["preprocess"] == {"kind": "text", "tokenizer_file": "tokenizer.json", "pad_id": None}
+        assert raw["preprocess"] == {"kind": "text", "tokenizer_file": "tokenizer.json", "pad_id": None, "words": False}
         assert [t["name"] for t in raw["inputs"]] == encoder_for(art).input_names
 
 
