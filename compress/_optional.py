@@ -35,6 +35,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "optuna": (("optuna",), "pip install 'edgecompress[search]'"),
     "seqeval": (("seqeval",), "pip install 'edgecompress[tasks]'"),
     "sklearn": (("scikit-learn",), "pip install 'edgecompress[tasks]'"),
+    "rapidfuzz": (("rapidfuzz",), "pip install 'edgecompress[tasks]'"),
 }
 
 

@@ -61,6 +61,8 @@ class Task(StrEnum):
     semantic_segmentation = "semantic-segmentation"
     #: one probability per pixel (text or defect maps): binarised at a threshold, judged by IoU
     probability_map = "probability-map"
+    #: a character sequence per sample (OCR lines, keyword spotting): CTC scores decoded greedily over an alphabet
+    ctc_recognition = "ctc-recognition"
     #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
     #: model (cosine, SNR) and by a user's --metric
     generic = "generic"
@@ -162,6 +164,10 @@ class Postprocess(BaseModel):
     scores_are_probabilities: bool = Field(
         False, description="Multi-label classification and probability maps: the output holds probabilities already "
         "(no sigmoid).")
+    alphabet: str | None = Field(
+        None, description="CTC recognition: the characters the non-blank classes stand for, in class order (the "
+        "output has len(alphabet) + 1 classes).")
+    blank: int = Field(0, ge=0, description="CTC recognition: the class id of the blank.")
 
 
 class SourceInfo(BaseModel):

@@ -126,7 +126,10 @@ def load_array_dataset(path: Path | str, preprocess: Any, *, label2id: dict[str,
 
 def label_array(file: Path, lab: np.ndarray, n: int, label2id: dict[str, int] | None) -> list[Any]:
     """An ``.npz``'s ``labels``: ``n`` integer class ids, each one the model has (``label2id``'s ids, when given); for
-    a model without class names, numbers too (regression targets, multi-label 0/1 rows: one row per sample)."""
+    a model without class names, numbers too (regression targets, multi-label 0/1 rows, label maps: one per sample)
+    or strings (CTC recognition, a fixed-width unicode array: np.array(["12ab", ...]))."""
+    if label2id is None and len(lab) == n and lab.dtype.kind == "U" and lab.ndim == 1:
+        return [str(v) for v in lab]  # a string per sample (CTC recognition)
     if label2id is None and len(lab) == n and lab.dtype.kind in "fiub" and (lab.dtype.kind == "f" or lab.ndim > 1):
         return list(lab.astype(np.float64))
     if lab.shape != (n,) or lab.dtype.kind not in "iu":

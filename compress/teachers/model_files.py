@@ -336,6 +336,12 @@ def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], o
     labels = desc.labels
     if task in (Task.text_classification, Task.image_classification) and not labels:
         raise ConfigError(f"{description_file(p)}: task {task} needs labels", hint="labels: [class names by id]")
+    if task is Task.ctc_recognition:
+        from compress.validation.sequences import check_alphabet
+
+        width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+        check_alphabet(desc.postprocess or Postprocess(), width if isinstance(width, int) else None,
+                       str(description_file(p)))
     axis = desc.postprocess.class_axis if desc.postprocess and desc.postprocess.class_axis is not None else \
         1 if task is Task.semantic_segmentation else -1  # where the class scores are
     shape = outputs[0].shape if outputs else []

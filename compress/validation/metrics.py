@@ -142,6 +142,10 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         from compress.validation.maps import probability_map_metrics
 
         metrics.update(probability_map_metrics(m.postprocess, cand, ref, labels))
+    elif m.task is Task.ctc_recognition:
+        from compress.validation.sequences import ctc_metrics
+
+        metrics.update(ctc_metrics(m.postprocess, cand, ref, labels))
     elif m.task is Task.generic and not classification:
         metrics["metric_name"] = "output_cosine"
         if ref is not None:

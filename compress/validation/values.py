@@ -22,8 +22,9 @@ from compress.errors import DataError
 
 __all__ = ["VALUE_TASKS", "multilabel_metrics", "regression_metrics"]
 
-#: tasks whose labels are arrays per sample (targets, 0/1 flags, label maps), not one class id
-VALUE_TASKS = (Task.regression, Task.multi_label_classification, Task.semantic_segmentation, Task.probability_map)
+#: tasks whose labels are arrays or strings per sample (targets, 0/1 flags, label maps, texts), not one class id
+VALUE_TASKS = (Task.regression, Task.multi_label_classification, Task.semantic_segmentation, Task.probability_map,
+               Task.ctc_recognition)
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -185,3 +185,75 @@ def test_probability_map_is_judged_by_iou(tmp_path):
     assert probability_map_metrics(post, -y, y, list(flags))["metric"] < 0.5
     with pytest.raises(DataError, match="0 or 1"):
         probability_map_metrics(post, y, None, list(flags * 3))
+
+
+class Reader(torch.nn.Module):
+    """A text-line reader: a 1 x 8 x 32 image to 16 steps of scores over a blank and 5 characters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 12, 3, padding=1)
+        self.head = torch.nn.Linear(12 * 8, 6)
+
+    def forward(self, line):
+        x = torch.relu(self.conv(line))[:, :, :, ::2]  # [b, 12, 8, 16]
+        return self.head(x.permute(0, 3, 1, 2).flatten(2))  # [b, 16 steps, 6 classes]
+
+
+def _reader(d: Path, alphabet: str):
+    torch.manual_seed(0)
+    model = Reader().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(4)  # confident, varied steps: strings to read
+    f = d / "reader.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 1, 8, 32),), str(f), opset_version=13, dynamo=False,
+                          input_names=["line"], output_names=["scores"],
+                          dynamic_axes={"line": {0: "batch"}, "scores": {0: "batch"}})
+    f.with_suffix(".yaml").write_text(f"task: ctc-recognition\npostprocess: {{alphabet: {alphabet!r}}}\n",
+                                      encoding="utf-8")
+    x = np.random.default_rng(0).standard_normal((32, 1, 8, 32)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    return f, x, y
+
+
+def test_ctc_recognition_is_judged_by_character_error_rate(tmp_path):
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.validation.sequences import ctc_decode, ctc_metrics
+
+    f, x, y = _reader(tmp_path, "ab12-")
+    fp32 = export(f, tmp_path / "fp32")
+    post = fp32.manifest.postprocess
+    strings = ctc_decode(y, post)
+    assert sum(map(len, strings)) > 32 and all(set(s) <= set("ab12-") for s in strings)
+    data = tmp_path / "eval.npz"
+    np.savez(data, line=x, labels=np.array(strings))  # the teacher's own readings (a unicode array, no pickle)
+    met = _validate(fp32, data).metrics
+    assert met["metric_name"] == "char_accuracy" and met["metric"] == 1.0 and met["cer"] == 0.0
+    assert met["exact_match"] == 1.0 and met["agreement"] == 1.0
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
+    met = _validate(q, data).metrics
+    assert 0.5 < met["metric"] <= 1.0 and met["cer"] == pytest.approx(1 - met["metric"])
+
+    # decoding: repeats merge, blanks (class 0) split them
+    steps = np.eye(6)[[1, 1, 0, 1, 2, 2, 0, 0]][None]
+    assert ctc_decode(steps, post) == ["aab"]
+    assert ctc_metrics(post, steps, None, ["abb"])["cer"] == pytest.approx(1 / 3)
+    with pytest.raises(DataError, match="outside the model's alphabet"):
+        ctc_metrics(post, steps, None, ["xyz"])
+
+
+def test_a_ctc_alphabet_that_does_not_match_the_output_is_refused(tmp_path, capsys):
+    from compress.cli import main
+
+    f, _, _ = _reader(tmp_path, "ab12")  # 4 characters + blank = 5, but the output has 6 classes
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(f), "--out", str(tmp_path / "fp32")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the alphabet has 4 characters" in err[0] and "it has 6" in err[0], err
+    assert not (tmp_path / "fp32").exists()
