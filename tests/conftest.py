@@ -345,3 +345,14 @@ def ner_teacher(tmp_path_factory) -> Path:
     with torch.no_grad():
         model.classifier.weight.mul_(20)  # confident, varied tags: entities to find
     return _save_model(model, d)
+
+
+@pytest.fixture(scope="session")
+def fast_host(tmp_path_factory) -> str:
+    """This machine's profile with a short latency measurement: tests that check metrics, not timings."""
+    import yaml
+
+    p = tmp_path_factory.mktemp("profiles") / "fast-host.yaml"
+    p.write_text(yaml.safe_dump({"name": "fast-host", "extends": "host", "measure": {
+        "warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8}}), encoding="utf-8")
+    return str(p)

@@ -13,6 +13,14 @@ import torch
 
 from compress.errors import ConfigError, DataError
 
+FAST_HOST: str = ""  # set by the autouse fixture below: this machine's profile with a short latency measurement
+
+
+@pytest.fixture(autouse=True)
+def _fast_host(fast_host):
+    global FAST_HOST
+    FAST_HOST = fast_host
+
 
 class Window(torch.nn.Module):
     def __init__(self, outputs: int) -> None:
@@ -43,7 +51,7 @@ def _adopt(d: Path, task: str, outputs: int, extra: str = "") -> tuple[Path, np.
 def _validate(art, data: Path):
     from compress.validation.local import ValidateConfig, validate
 
-    return validate(art, ValidateConfig(data=str(data), cold_start=False))
+    return validate(art, ValidateConfig(data=str(data), cold_start=False, profile=FAST_HOST))
 
 
 def test_regression_is_judged_by_mae(tmp_path):
