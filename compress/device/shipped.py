@@ -255,29 +255,29 @@ class TextFeeds(object):
             arrays["spans"] = [_word_spans(e) for e in enc]
         return arrays
 
+    def _feeds(self, arrays):
+        """Only the inputs the model takes, in its order."""
+        return {name: arrays[name] for name in self.input_names if name in arrays}
+
     def encode(self, texts, pairs=None, pad_to=None):
         """The feeds of a batch: only the inputs the model takes, in its order."""
-        arrays = self.arrays(texts, pairs, pad_to)
-        return {name: arrays[name] for name in self.input_names if name in arrays}
+        return self._feeds(self.arrays(texts, pairs, pad_to))
 
     def encode_with_mask(self, texts, pairs=None, pad_to=None):
         """``(feeds, attention_mask)``: the mask pools token states even where the graph does not take it."""
         arrays = self.arrays(texts, pairs, pad_to)
-        return {name: arrays[name] for name in self.input_names if name in arrays}, arrays["attention_mask"]
+        return self._feeds(arrays), arrays["attention_mask"]
 
     def encode_words(self, texts, pad_to=None):
         """``(feeds, word_ids)`` of texts split into words (lists of words; a string is split at white space)."""
-        words = [t.split() if isinstance(t, str) else list(t) for t in texts]
-        arrays = self.arrays(words, None, pad_to)
-        return {name: arrays[name] for name in self.input_names if name in arrays}, arrays["word_ids"]
-
+        arrays = self.arrays([t.split() if isinstance(t, str) else list(t) for t in texts], None, pad_to)
+        return self._feeds(arrays), arrays["word_ids"]
 
     def encode_spans(self, texts):
         """``(feeds, word_ids, spans)`` of raw strings for a token classifier: the tokenizer's own words (its
         pre-tokenizer splits at white space and punctuation, as CoNLL does) and each word's (start, end) characters."""
         arrays = self.arrays(list(texts), spans=True)
-        return ({name: arrays[name] for name in self.input_names if name in arrays}, arrays["word_ids"],
-                arrays["spans"])
+        return self._feeds(arrays), arrays["word_ids"], arrays["spans"]
 
 
 def _word_spans(encoding):

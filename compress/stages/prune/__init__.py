@@ -269,21 +269,15 @@ class _TextJob:
             return None
 
         def gen():
-            import torch
-
-            from compress.stages.distill.losses import _encode_words
+            from compress.stages.distill.losses import _TransferSet, _encode_words
 
             for start in range(0, len(texts), batch_size):
                 rows = texts[start : start + batch_size]
-                enc, lab, _ = _encode_words(tokenizer, rows, labels[start : start + batch_size] if labels else None,
-                                            self.config.max_length)
-                width = max(len(r) for r in enc["input_ids"])
-                pad = tokenizer.pad_token_id or 0
-                batch = {k: torch.tensor([r + [pad if k == "input_ids" else 0] * (width - len(r)) for r in v])
-                         for k, v in enc.items()}
-                batch["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (width - len(r))
-                                                        for r in enc["input_ids"]])
-                yield batch, torch.tensor([r + [-100] * (width - len(r)) for r in lab])
+                enc, lab, word_ids = _encode_words(tokenizer, rows, labels[start : start + batch_size] if labels
+                                                   else None, self.config.max_length)
+                batch = _TransferSet(enc, lab, tokenizer.pad_token_id or 0, word_ids).collate(list(range(len(rows))))
+                del batch["index"]
+                yield batch, batch.pop("labels")
         return gen
 
     def outputs(self, model, tokenizer, texts: list[Any]):
