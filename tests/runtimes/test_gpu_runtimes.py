@@ -275,3 +275,78 @@ def test_validate_engine_without_tensorrt_is_one_line(profile, engine_stub, tmp_
 def test_validate_engine_on_a_cpu_profile_is_refused(engine_stub, tmp_path, _validate):
     line = _one_line_error(_validate(engine_stub.path, "-p", "cpu-x86-avx2", "-d", tmp_path / "x.tsv"))
     assert "cannot run tensorrt artifacts" in line
+
+
+# -- on a CUDA machine: the torch runtime, validate and distill for real -----------------------------
+# (skipped in CI, which has no GPU; run on a lent GPU, see docs/profiles.md "Measured on a GPU")
+
+needs_cuda = pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype, compile_, atol", [("fp32", False, 1e-4), ("fp16", False, 2e-2),
+                                                   ("bf16", False, 6e-2), ("fp32", True, 1e-3)])
+def test_torch_cuda_matches_the_cpu_fp32_teacher(bert_classifier, dtype, compile_, atol):
+    import numpy as np
+    import torch
+
+    from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
+
+    teacher = load_teacher(bert_classifier)
+    texts = ["a fine film", "a dull film with a long and tiresome second half", "fine"]
+    cpu = TorchBackend.from_teacher(teacher).predict_text(texts)
+    gpu = TorchBackend.from_teacher(teacher, RuntimeSettings(provider="cuda", options={"dtype": dtype,
+                                                                                     "compile": compile_}))
+    out = gpu.predict_text(texts)
+    gpu.synchronize()
+    assert out.dtype == np.float32 and out.shape == cpu.shape
+    np.testing.assert_allclose(out, cpu, atol=atol, rtol=0)
+    d = gpu.describe()
+    assert d["device"] == "cuda:0" and d["dtype"] == dtype and d["gpu"] == torch.cuda.get_device_name(0)
+    p = next(teacher.model.parameters())  # the caller's teacher stays on the CPU in FP32
+    assert p.device.type == "cpu" and p.dtype is torch.float32
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_validate_a_teacher_on_a_torch_cuda_profile(bert_classifier, tmp_path, dtype):
+    from conftest import write_tsv
+
+    from compress.validation.local import ValidateConfig, validate
+
+    profile = tmp_path / "h100-torch.yaml"
+    profile.write_text(
+        "name: h100-torch\nextends: nvidia-h100\n"
+        f"runtime: {{name: torch, provider: cuda, options: {{dtype: {dtype}}}}}\n"
+        "measure: {warmup: 5, min_runs: 20, min_duration_s: 0.2}\n"
+        "budgets: {min_accuracy_retention: 0.5, min_agreement: 0.5}\n")
+    report = validate(bert_classifier, ValidateConfig(profile=str(profile), data=str(write_tsv(tmp_path)),
+                                                      cold_start=False))
+    m = report.metrics
+    assert report.environment["runtime"]["device"] == "cuda:0" and report.environment["runtime"]["dtype"] == dtype
+    assert report.environment["measured_on"] == "local" and m["latency_ms"]["n"] >= 20
+    assert m["agreement"] >= 0.9, m  # against the FP32 teacher on the CPU
+    assert not any("UNVERIFIED" in w or "estimate" in w for w in report.warnings), report.warnings
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_distill_runs_on_the_gpu(bert_classifier, tmp_path, precision):
+    import torch
+
+    from compress.artifact import load_artifact
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.teachers.load import load_teacher
+    from conftest import write_tsv
+
+    data = write_tsv(tmp_path / "data")
+    r = distill(bert_classifier, data, tmp_path / "student", DistillConfig(layers=1, max_steps=6,
+                mixed_precision=precision), eval_data=data)
+    m = r.metrics
+    assert m["steps"] == 6 and m["mixed_precision"] == precision
+    art = load_artifact(tmp_path / "student")
+    student = load_teacher(art.path)
+    assert next(student.model.parameters()).device.type == "cpu"  # a plain checkpoint, loadable anywhere
+    assert torch.cuda.max_memory_allocated() > 0

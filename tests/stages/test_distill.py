@@ -451,6 +451,20 @@ def distilled(bert_classifier, data, tmp_path_factory):
     return result, out, events
 
 
+def test_a_later_run_in_the_same_process_may_change_the_precision(bert_classifier, data, tmp_path):
+    """Accelerate keeps one state per process; a second distill from Python (or search) with another mixed
+    precision must not be refused (found on a GPU: bf16 after an FP32 run raised ValueError)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    Accelerator(mixed_precision="bf16")  # an earlier run in this process (bf16 autocast exists on the CPU too)
+    try:
+        r = distill(bert_classifier, data, tmp_path / "student", cfg(layers=1, max_steps=1, mixed_precision="no"))
+        assert r.metrics["mixed_precision"] == "no" and r.metrics["steps"] == 1
+    finally:
+        AcceleratorState._reset_state()
+
+
 def test_distill_writes_a_student_artifact(distilled, bert_classifier):
     result, out, _ = distilled
     art = load_artifact(out)  # verifies every file's sha256

@@ -217,12 +217,17 @@ def distill(
 def _accelerator(config: DistillConfig):
     """Accelerate for this process (one of several under ``accelerate launch``)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    precision = _mixed_precision(config.mixed_precision)
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, precision):
+        # Accelerate keeps one state per process and refuses another precision in a later run (a second distill
+        # from Python, search): start its state afresh, keeping the process group (PartialState)
+        AcceleratorState._reset_state()
     kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config.mixed_precision), gradient_accumulation_steps=config.grad_accum,
-        kwargs_handlers=[kwargs],
+        mixed_precision=precision, gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[kwargs],
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
         raise ConfigError(
