@@ -36,6 +36,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "seqeval": (("seqeval",), "pip install 'edgecompress[tasks]'"),
     "sklearn": (("scikit-learn",), "pip install 'edgecompress[tasks]'"),
     "rapidfuzz": (("rapidfuzz",), "pip install 'edgecompress[tasks]'"),
+    "pycocotools": (("pycocotools",), "pip install 'edgecompress[tasks]'"),
 }
 
 

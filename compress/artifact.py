@@ -63,6 +63,8 @@ class Task(StrEnum):
     probability_map = "probability-map"
     #: a character sequence per sample (OCR lines, keyword spotting): CTC scores decoded greedily over an alphabet
     ctc_recognition = "ctc-recognition"
+    #: boxes, scores and classes from a declared output layout (``postprocess.boxes``), judged by COCO mAP
+    object_detection = "object-detection"
     #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
     #: model (cosine, SNR) and by a user's --metric
     generic = "generic"
@@ -102,8 +104,10 @@ class ImagePreprocess(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["image"] = "image"
     input_name: str = Field("pixel_values", description="The graph input the pixels feed.")
-    resize: Literal["exact", "shortest_edge"] = Field(
-        "exact", description="exact: to size [height, width]; shortest_edge: the shorter side to size[0], aspect kept.")
+    resize: Literal["exact", "shortest_edge", "letterbox"] = Field(
+        "exact", description="exact: to size [height, width]; shortest_edge: the shorter side to size[0], aspect kept; "
+        "letterbox: into size [height, width] with the aspect kept, centred, the margins filled with pad_value.")
+    pad_value: int = Field(114, ge=0, le=255, description="letterbox: the 0-255 value of the margins (YOLO's grey).")
     size: list[int] = Field(description="[height, width] (exact) or [shortest edge] (shortest_edge).")
     crop: list[int] | None = Field(None, description="Centre crop [height, width] after the resize.")
     crop_offset: Literal["floor", "round"] = Field(
@@ -117,7 +121,7 @@ class ImagePreprocess(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ImagePreprocess:
-        want = 2 if self.resize == "exact" else 1
+        want = 1 if self.resize == "shortest_edge" else 2
         if len(self.size) != want or min(self.size) < 1:
             raise ValueError(f"size must be {want} positive number(s) for resize={self.resize}")
         if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
@@ -168,6 +172,18 @@ class Postprocess(BaseModel):
         None, description="CTC recognition: the characters the non-blank classes stand for, in class order (the "
         "output has len(alphabet) + 1 classes).")
     blank: int = Field(0, ge=0, description="CTC recognition: the class id of the blank.")
+    boxes: Literal["xyxy", "cxcywh"] | None = Field(
+        None, description="Object detection: how a box is written (corners, or centre and size); required for it.")
+    normalized: bool = Field(
+        False, description="Object detection: box coordinates are fractions of the input's width and height, not pixels.")
+    nms: bool = Field(
+        False, description="Object detection: the graph ends in non-maximum suppression and outputs [batch, boxes, 6] "
+        "(box, score, class); else it outputs [batch, boxes, 4 + classes] (or 5 + classes with an objectness score, "
+        "or either transposed) and edgecompress suppresses with numpy.")
+    iou_threshold: float = Field(0.5, gt=0, lt=1, description="Object detection: the IoU above which NMS drops a box.")
+    score_threshold: float = Field(
+        0.001, ge=0, lt=1, description="Object detection: detections scoring less are dropped (low, as COCO mAP wants).")
+    max_detections: int = Field(100, ge=1, description="Object detection: the most boxes kept per image.")
 
 
 class SourceInfo(BaseModel):

@@ -6,6 +6,8 @@ Formats, chosen by what the path is:
 * a ``.csv`` / ``.tsv`` / ``.jsonl`` table with a path column (``path``, ``image``, ``file`` or ``filename``;
   relative paths are read against the table's folder) and an optional label column (``label``, ``labels``,
   ``class``, ``target``): names or integer ids;
+* boxes for object detection: a COCO-style ``.json`` or a ``.csv`` of ``image,x1,y1,x2,y2,label``
+  (:mod:`compress.data.boxes`);
 * an ``.npz`` of an ``images`` array (``N×H×W`` or ``N×H×W×C``, uint8 or float in 0-255) and an optional
   ``labels`` array (integer ids). Object arrays are pickles and are refused.
 
@@ -81,11 +83,16 @@ def load_image_dataset(path: Path | str, *, label2id: dict[str, int] | None = No
         ds = _folder(p, label2id)
     elif p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
         ds = _table(p, label2id)
+    elif p.suffix.lower() == ".json":  # COCO-style boxes (object detection)
+        from compress.data.boxes import load_box_dataset
+
+        ds = load_box_dataset(p, label2id)
     elif p.suffix.lower() == ".npz":
         ds = _arrays(p, label2id)
     else:
         raise DataError(f"{p}: not an image data set",
-                        hint="pass a folder of class_name/ images, a .csv/.tsv/.jsonl of path,label, or an .npz")
+                        hint="pass a folder of class_name/ images, a .csv/.tsv/.jsonl of path,label, an .npz, or boxes: "
+                        "a COCO .json or a .csv of image,x1,y1,x2,y2,label")
     if require_labels and ds.labels is None:
         raise DataError(f"{p}: the images have no labels",
                         hint="accuracy needs labels: class folders, a label column, or a labels array")
@@ -122,6 +129,10 @@ def _table(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
     from compress.data.readers import _open_table
 
     columns, read_rows = _open_table(file, None, str(file))  # the readers text data goes through, same errors
+    from compress.data.boxes import is_box_table, load_box_dataset
+
+    if is_box_table(columns):  # image,x1,y1,x2,y2,label: boxes (object detection)
+        return load_box_dataset(file, label2id)
     path_col = next((c for c in PATH_COLUMNS if c in columns), None)
     if path_col is None:
         raise DataError(f"{file}: no path column (columns: {', '.join(columns) or '(none)'})",

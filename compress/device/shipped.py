@@ -383,6 +383,14 @@ def time_interleaved(runs, warmup=10, min_runs=100, min_duration_s=5.0, max_runs
     return samples
 
 
+def letterbox_geometry(w, h, height, width):
+    """(new_w, new_h, left, top) of a w x h image letterboxed into height x width: scaled by the smaller ratio to
+    new_w x new_h and pasted at (left, top). A point (x, y) of the image lands at (x * new_w / w + left, ...)."""
+    scale = min(float(height) / h, float(width) / w)
+    new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    return new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
+
+
 class ImageFeeds(object):
     """An image model's feeds from its manifest's ``image`` description, with numpy and Pillow only: decode (a path,
     bytes or a numpy array), convert to the channel order, resize (exactly, or the shortest edge keeping the aspect
@@ -394,9 +402,10 @@ class ImageFeeds(object):
 
     def __init__(self, input_name="pixel_values", size=(224, 224), resize="exact", crop=None, interpolation="bilinear",
                  rescale=1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channels="RGB", layout="NCHW",
-                 crop_offset="floor"):
-        if resize not in ("exact", "shortest_edge"):
-            raise ValueError("resize must be 'exact' or 'shortest_edge', not %r" % (resize,))
+                 crop_offset="floor", pad_value=114):
+        if resize not in ("exact", "shortest_edge", "letterbox"):
+            raise ValueError("resize must be 'exact', 'shortest_edge' or 'letterbox', not %r" % (resize,))
+        self.pad_value = int(pad_value)
         if interpolation not in self.FILTERS:
             raise ValueError("unknown interpolation %r (known: %s)" % (interpolation, ", ".join(sorted(self.FILTERS))))
         if channels not in ("RGB", "BGR", "L"):
@@ -419,14 +428,14 @@ class ImageFeeds(object):
     @classmethod
     def from_spec(cls, spec):
         keys = ("input_name", "size", "resize", "crop", "interpolation", "rescale", "mean", "std", "channels", "layout",
-                "crop_offset")
+                "crop_offset", "pad_value")
         return cls(**dict((k, spec[k]) for k in keys if spec.get(k) is not None))
 
     def output_shape(self):
         """(height, width) of every preprocessed image."""
         if self.crop:
             return tuple(self.crop)
-        if self.resize == "exact":
+        if self.resize in ("exact", "letterbox"):
             return tuple(self.size)
         return None  # shortest-edge resize without a crop keeps each image's aspect ratio
 
@@ -459,6 +468,8 @@ class ImageFeeds(object):
         resample = self.FILTERS[self.interpolation]
         if self.resize == "exact":
             img = img.resize((self.size[1], self.size[0]), resample=resample)
+        elif self.resize == "letterbox":
+            img = self._letterbox(img, resample)
         else:
             w, h = img.size  # the long side truncated, as Hugging Face image processors and torchvision compute it
             short = self.size[0]
@@ -483,6 +494,16 @@ class ImageFeeds(object):
             x = x[..., ::-1]
         x = x * self.rescale
         return (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+
+    def _letterbox(self, img, resample):
+        from PIL import Image
+
+        height, width = self.size
+        new_w, new_h, left, top = letterbox_geometry(img.size[0], img.size[1], height, width)
+        fill = self.pad_value if img.mode == "L" else (self.pad_value,) * 3
+        canvas = Image.new(img.mode, (width, height), fill)
+        canvas.paste(img.resize((new_w, new_h), resample=resample), (left, top))
+        return canvas
 
     def encode(self, items, pairs=None, pad_to=None):
         """The feeds of a batch: ``{input_name: float32 array}`` in the model's layout (``pairs``/``pad_to``: text only)."""
@@ -532,6 +553,16 @@ class ArrayFeeds(object):
                                  % (where, name, list(arr.shape), ["?" if w is None else w for w in want]))
             out[name] = arr.astype(self.dtypes[name], copy=False)
         return out
+
+    def _letterbox(self, img, resample):
+        from PIL import Image
+
+        height, width = self.size
+        new_w, new_h, left, top = letterbox_geometry(img.size[0], img.size[1], height, width)
+        fill = self.pad_value if img.mode == "L" else (self.pad_value,) * 3
+        canvas = Image.new(img.mode, (width, height), fill)
+        canvas.paste(img.resize((new_w, new_h), resample=resample), (left, top))
+        return canvas
 
     def encode(self, items, pairs=None, pad_to=None):
         """The feeds of a batch: ``{input name: array}``, samples stacked on the first axis."""

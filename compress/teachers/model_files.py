@@ -334,8 +334,17 @@ def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], o
     preprocess = _preprocess(p, desc, inputs)
     task = _task(desc, preprocess)
     labels = desc.labels
-    if task in (Task.text_classification, Task.image_classification) and not labels:
+    if task in (Task.text_classification, Task.image_classification, Task.object_detection) and not labels:
         raise ConfigError(f"{description_file(p)}: task {task} needs labels", hint="labels: [class names by id]")
+    if task is Task.object_detection:  # the layout against the output's shape and the labels, before anything runs
+        from compress.validation.detection import check_preprocess, check_layout
+
+        try:
+            check_layout(desc.postprocess or Postprocess(), outputs[0].shape if outputs else [], len(labels))
+            check_preprocess(preprocess)
+        except ConfigError as e:
+            raise ConfigError(f"{description_file(p)}: {e.message}", hint=e.hint) from None
+        return task, labels, preprocess, 0
     if task is Task.ctc_recognition:
         from compress.validation.sequences import check_alphabet
 

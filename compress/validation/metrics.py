@@ -105,6 +105,35 @@ def output_fidelity(cand: np.ndarray, ref: np.ndarray, axis: int | None = None) 
     return out
 
 
+#: each task's own metric beside classification, encoders and generic outputs: (module, function, what of the
+#: manifest it takes first: its labels, its postprocess, itself, or nothing); called with (that, cand, ref, labels)
+TASK_METRICS: dict[Task, tuple[str, str, str | None]] = {
+    Task.token_classification: ("compress.validation.entities", "entity_metrics", "labels"),
+    Task.regression: ("compress.validation.values", "regression_metrics", None),
+    Task.multi_label_classification: ("compress.validation.values", "multilabel_metrics", "postprocess"),
+    Task.semantic_segmentation: ("compress.validation.maps", "segmentation_metrics", "postprocess"),
+    Task.probability_map: ("compress.validation.maps", "probability_map_metrics", "postprocess"),
+    Task.ctc_recognition: ("compress.validation.sequences", "ctc_metrics", "postprocess"),
+    Task.object_detection: ("compress.validation.detection", "detection_metrics", "manifest"),
+}
+
+
+def _task_metrics(task: Task):
+    """``task``'s metric as f(manifest, cand, ref, labels), or None for the tasks judged here."""
+    if task not in TASK_METRICS:
+        return None
+    import importlib
+
+    module, name, first = TASK_METRICS[task]
+    fn = getattr(importlib.import_module(module), name)
+
+    def call(m, cand, ref, labels):
+        head = [] if first is None else [m if first == "manifest" else getattr(m, first)]
+        return fn(*head, cand, ref, labels)
+
+    return call
+
+
 def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user_metric=None) -> dict[str, Any]:
     """Task metric, teacher metric, agreement and retention from the artifact's outputs ``cand`` and the
     teacher's ``ref`` (None: no teacher) on the eval rows; shared by local and remote validation.
@@ -122,30 +151,14 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         metrics["output_cosine"], metrics["output_snr_db"] = fid["cosine"], fid["snr_db"]
     classification = m.labels is not None and m.task in (Task.text_classification, Task.image_classification,
                                                           Task.generic)
-    if m.task is Task.token_classification:
-        from compress.validation.entities import entity_metrics
+    if m.task is not Task.object_detection and labels is not None and len(labels) and isinstance(labels[0], dict):
+        from compress.errors import DataError
 
-        metrics.update(entity_metrics(m.labels, cand, ref, labels))
-    elif m.task is Task.regression:
-        from compress.validation.values import regression_metrics
-
-        metrics.update(regression_metrics(cand, ref, labels))
-    elif m.task is Task.multi_label_classification:
-        from compress.validation.values import multilabel_metrics
-
-        metrics.update(multilabel_metrics(m.postprocess, cand, ref, labels))
-    elif m.task is Task.semantic_segmentation:
-        from compress.validation.maps import segmentation_metrics
-
-        metrics.update(segmentation_metrics(m.postprocess, cand, ref, labels))
-    elif m.task is Task.probability_map:
-        from compress.validation.maps import probability_map_metrics
-
-        metrics.update(probability_map_metrics(m.postprocess, cand, ref, labels))
-    elif m.task is Task.ctc_recognition:
-        from compress.validation.sequences import ctc_metrics
-
-        metrics.update(ctc_metrics(m.postprocess, cand, ref, labels))
+        raise DataError(f"the eval data holds boxes, but the model is a {m.task} model",
+                        hint="boxes are for task: object-detection; pass the data its task reads")
+    task_metrics = _task_metrics(m.task)
+    if task_metrics is not None:
+        metrics.update(task_metrics(m, cand, ref, labels))
     elif m.task is Task.generic and not classification:
         metrics["metric_name"] = "output_cosine"
         if ref is not None:

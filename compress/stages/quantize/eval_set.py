@@ -93,11 +93,12 @@ def load_eval_set(
 
     from compress.validation.values import VALUE_TASKS
 
-    if manifest.task in VALUE_TASKS and user_metric is None:
+    own_metric = (*VALUE_TASKS, Task.object_detection)  # tasks whose metric the search does not drive yet
+    if manifest.task in own_metric and user_metric is None:
         raise ConfigError(f"accuracy-aware quantization of a {manifest.task} model is not built yet",
                           hint="pass --metric module:function (your metric, higher is better), or quantize without "
                                "--max-drop and validate the result")
-    classification = manifest.labels is not None and manifest.task not in (Task.feature_extraction, *VALUE_TASKS)
+    classification = manifest.labels is not None and manifest.task not in (Task.feature_extraction, *own_metric)
     labels = manifest.labels if classification else None
     ds = load_inputs(
         path, manifest.preprocess,
