@@ -554,16 +554,6 @@ class ArrayFeeds(object):
             out[name] = arr.astype(self.dtypes[name], copy=False)
         return out
 
-    def _letterbox(self, img, resample):
-        from PIL import Image
-
-        height, width = self.size
-        new_w, new_h, left, top = letterbox_geometry(img.size[0], img.size[1], height, width)
-        fill = self.pad_value if img.mode == "L" else (self.pad_value,) * 3
-        canvas = Image.new(img.mode, (width, height), fill)
-        canvas.paste(img.resize((new_w, new_h), resample=resample), (left, top))
-        return canvas
-
     def encode(self, items, pairs=None, pad_to=None):
         """The feeds of a batch: ``{input name: array}``, samples stacked on the first axis."""
         import numpy as np

@@ -251,6 +251,31 @@ def test_a_token_classifier_remote_equals_local(sshd, ner_teacher, profile, home
     assert sshd.leftovers() == []
 
 
+def test_a_detector_remote_equals_local(sshd, profile, home, tmp_path, monkeypatch):
+    """A letterboxed detector over SSH: the device preprocesses (letterbox) and runs the graph, the controller decodes
+    the boxes, suppresses and scores COCO mAP exactly as a local run does."""
+    import json
+
+    from compress.stages.export import export
+    from compress.validation.local import ValidateConfig, validate
+    from test_detection import _detector, _images, _own_boxes
+
+    images = _images(tmp_path, 6)
+    art = export(_detector(tmp_path), tmp_path / "fp32")
+    data = tmp_path / "boxes.json"
+    data.write_text(json.dumps(_own_boxes(art, images)))
+    seen = _capture_predictions(monkeypatch)
+    base = {"profile": str(profile), "data": str(data), "cold_start": False}
+    local = validate(art, ValidateConfig(**base))
+    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+                                       ssh_config=str(sshd.ssh_config())))
+    np.testing.assert_allclose(seen[1], seen[0], rtol=0, atol=1e-5)
+    for key in ("metric_name", "metric", "map50", "teacher_metric", "agreement"):
+        assert rem.metrics[key] == pytest.approx(local.metrics[key]), key
+    assert local.metrics["metric"] > 0.95
+    assert sshd.leftovers() == []
+
+
 def test_cli_remote_run_reports_where_it_measured(sshd, int8_artifact, data_tsv, profile, home, tmp_path):
     """The real entry point in a fresh interpreter; the report says remote; nothing is left on the device."""
     out = tmp_path / "report"

@@ -17,7 +17,8 @@ Result:
     token classifiers (named entities): {"entities": [[{"type": "PER", "text": "Peter Blackburn", "start": 0,
         "end": 15, "score": 0.99}, ...], ...]}  (one list per text; start/end: character offsets in the text)
     encoders:    {"embeddings": [[...], ...], "dimension": 384}
-    other models: {"outputs": [...], "shape": [...]}  (the first output, one entry per sample)
+    other models: {"outputs": [...], "shape": [...]}  (the first output, one entry per sample: a detector's boxes
+        before NMS, a segmenter's maps, a regressor's values, CTC scores)
 
 Environment overrides: EDGECOMPRESS_THREADS (intra-op threads), EDGECOMPRESS_MAX_BATCH.
 """
@@ -43,6 +44,8 @@ LABELS = CONFIG.get("labels") or []
 POOLING = (CONFIG.get("postprocess") or {}).get("pooling")
 WORDS = bool((CONFIG.get("preprocess") or {}).get("words"))  # a token classifier: entities out
 NORMALIZE = bool((CONFIG.get("postprocess") or {}).get("normalize"))
+#: tasks whose output is class scores per sample (softmax, top label); any other task returns its output as it is
+CLASSIFIERS = ("text-classification", "image-classification", "generic")
 
 
 
@@ -164,7 +167,7 @@ def _result(texts, pairs):
     out = predict(texts, pairs)
     if POOLING:
         return {"embeddings": out.tolist(), "dimension": int(out.shape[-1])}
-    if not LABELS:  # not a classifier: the output itself
+    if not LABELS or CONFIG.get("task") not in CLASSIFIERS:  # not a classifier: the output itself
         return {"outputs": out.tolist(), "shape": list(out.shape)}
     z = out.astype(np.float64)
     z = np.exp(z - z.max(axis=-1, keepdims=True))
