@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from pathlib import Path
 
 from compress.errors import ConfigError, DataError
 
+#: CoNLL files (words and tags, a blank line between sentences), split by sentence
+CONLL_SUFFIXES = (".txt", ".conll", ".iob", ".bio")
+
 
 def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
-    """Split a labelled TSV/CSV/JSONL file or an image .npz in two halves (seeded): one the search ranks on, one
-    held out."""
-    if not path.is_file() or path.suffix.lower() not in (".tsv", ".csv", ".jsonl", ".npz"):
+    """Split a labelled TSV/CSV/JSONL file, a CoNLL file (by sentence) or an image .npz in two halves (seeded): one
+    the search ranks on, one held out."""
+    if not path.is_file() or path.suffix.lower() not in (".tsv", ".csv", ".jsonl", ".npz", *CONLL_SUFFIXES):
         raise ConfigError(f"--eval {path}: cannot split it into a search half and a held-out half",
-                          hint="pass --holdout (labelled data the search never sees), or a .tsv/.csv/.jsonl/.npz --eval")
+                          hint="pass --holdout (labelled data the search never sees), or a .tsv/.csv/.jsonl/.npz or "
+                               "CoNLL (.txt/.conll) --eval")
     out.mkdir(parents=True, exist_ok=True)
     ranked, held = out / f"search{path.suffix}", out / f"holdout{path.suffix}"
     if ranked.is_file() and held.is_file():
         return str(ranked.resolve()), str(held.resolve())
     if path.suffix.lower() == ".npz":
         return _split_npz(path, ranked, held, seed)
-    if path.suffix.lower() == ".jsonl":
+    conll = path.suffix.lower() in CONLL_SUFFIXES
+    if conll:  # a row is a sentence: its lines up to a blank line (document markers left out)
+        text = path.read_text(encoding="utf-8")
+        header, rows = [], [b.strip("\n") for b in re.split(r"\n\s*\n", text)
+                            if b.strip() and not b.lstrip().startswith("-DOCSTART-")]
+    elif path.suffix.lower() == ".jsonl":
         header, rows = [], [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     else:
         with open(path, newline="", encoding="utf-8") as f:
@@ -37,7 +47,9 @@ def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
     for target, idx in zip((ranked, held), halves):
         tmp = target.with_name(f".{target.name}.tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            if path.suffix.lower() == ".jsonl":
+            if conll:
+                f.write("".join(rows[i] + "\n\n" for i in idx))
+            elif path.suffix.lower() == ".jsonl":
                 f.write("".join(rows[i] + "\n" for i in idx))
             elif delim == "\t":  # read as written: fields split on tabs, nothing quoted
                 f.write("".join("\t".join(r) + "\n" for r in header + [rows[i] for i in idx]))

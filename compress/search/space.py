@@ -35,6 +35,9 @@ TEXT_SPACE: dict[str, list[Any]] = {
     # intra-op threads: 0 is the profile's (one per core); 1 saves a small model the threads' hand-offs
     "threads": [0, 1],
 }
+#: a token classifier (named entities): a text teacher's dimensions but the vocabulary (its pruning is not built for
+#: token classifiers)
+TOKEN_SPACE: dict[str, list[Any]] = {k: v for k, v in TEXT_SPACE.items() if k != "vocab"}
 #: a ViT teacher: depth (layers copied from the teacher), heads and FFN neurons; static INT8 (the image default) or
 #: dynamic (a ViT's weights are MatMuls)
 VIT_SPACE: dict[str, list[Any]] = {
@@ -81,6 +84,7 @@ class Kind:
 
 _IMAGE_RATES = {"distill": {"lr": 1e-3}, "prune": {"recover_lr": 1e-3}}
 KINDS = {"text": Kind(TEXT_SPACE, augments=True, averages=True, recovers_from_teacher=True),
+         "tokens": Kind(TOKEN_SPACE, averages=True, recovers_from_teacher=True),  # sentence augmentations: not built
          "vit": Kind(VIT_SPACE, **_IMAGE_RATES), "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False),
          "file": Kind(FILE_SPACE, counts_ops=False)}
 #: every dimension, with every choice any kind of teacher has (what ``--space`` may name)
@@ -138,7 +142,7 @@ _TRANSFORMER_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", 
 
 @dataclass(frozen=True)
 class TeacherShape:
-    """What the search needs from the teacher's config.json: its kind (text, vit, cnn), the transformer dimensions
+    """What the search needs from the teacher's config.json: its kind (text, tokens, vit, cnn), the transformer dimensions
     the roofline uses (a ViT's "vocabulary" is its patch embedding: ``patch_in`` inputs per patch, ``positions``
     tokens), how many tokens vocabulary pruning keeps, and a CNN's parameter count (its size estimate)."""
 
@@ -175,10 +179,11 @@ class TeacherShape:
                        int(c["intermediate_size"]), 0, (int(side) // int(patch)) ** 2 + 1, 0, labels, kind="vit",
                        patch_in=int(c.get("num_channels", 3)) * int(patch) ** 2)
         arch = (c.get("architectures") or [""])[0] or ""
+        tokens = arch.endswith("ForTokenClassification")
         return cls(int(c["num_hidden_layers"]), int(c["hidden_size"]), int(c["num_attention_heads"]),
                    int(c["intermediate_size"]), int(c["vocab_size"]), int(c.get("max_position_embeddings", 512)),
-                   int(c.get("type_vocab_size", 2)), labels, vocab_kept,
-                   embeds=not arch.endswith("ForSequenceClassification"))
+                   int(c.get("type_vocab_size", 2)), labels, vocab_kept, kind="tokens" if tokens else "text",
+                   embeds=not (tokens or arch.endswith("ForSequenceClassification")))
 
 
     @classmethod
