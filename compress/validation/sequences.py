@@ -78,7 +78,8 @@ def ctc_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | None, labels) -
         teacher = ctc_decode(ref, postprocess)
         if labels is not None:
             tcer = _cer(teacher, gold)
-            metrics.update(teacher_metric=max(0.0, 1.0 - tcer), teacher_cer=tcer)
+            metrics.update(teacher_metric=max(0.0, 1.0 - tcer), teacher_cer=tcer,
+                           teacher_exact_match=float(np.mean([t == g for t, g in zip(teacher, gold, strict=True)])))
         metrics["agreement"] = float(np.mean([p == t for p, t in zip(pred, teacher, strict=True)]))
         metrics["agreement_definition"] = "share of samples decoded to exactly the teacher's string"
     return metrics

@@ -242,7 +242,7 @@ def test_ctc_recognition_is_judged_by_character_error_rate(tmp_path):
     np.savez(data, line=x, labels=np.array(strings))  # the teacher's own readings (a unicode array, no pickle)
     met = _validate(fp32, data).metrics
     assert met["metric_name"] == "char_accuracy" and met["metric"] == 1.0 and met["cer"] == 0.0
-    assert met["exact_match"] == 1.0 and met["agreement"] == 1.0
+    assert met["exact_match"] == 1.0 and met["agreement"] == 1.0 and met["teacher_exact_match"] == 1.0
     q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
     met = _validate(q, data).metrics
     assert 0.5 < met["metric"] <= 1.0 and met["cer"] == pytest.approx(1 - met["metric"])
