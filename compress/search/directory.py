@@ -356,9 +356,12 @@ def _vocab_kept(teacher: Path, train: str) -> int:
     from transformers import AutoConfig, AutoTokenizer
 
     from compress.data.tables import load_dataset
-    from compress.stages.prune.vocab import plan_vocabulary
+    from compress.data.words import load_word_dataset
+    from compress.stages.prune.vocab import corpus_strings, plan_vocabulary
 
     tok = AutoTokenizer.from_pretrained(teacher)
-    texts = [t if isinstance(t, str) else " ".join(t) for t in load_dataset(train, texts_only=True).inputs]
-    return len(plan_vocabulary(tok, texts, model_config=AutoConfig.from_pretrained(teacher)).keep)
+    config = AutoConfig.from_pretrained(teacher)
+    words = (config.architectures or [""])[0].endswith("ForTokenClassification")  # sentences split into words
+    ds = load_word_dataset(train, texts_only=True) if words else load_dataset(train, texts_only=True)
+    return len(plan_vocabulary(tok, corpus_strings(ds.inputs), model_config=config).keep)
 

@@ -35,9 +35,6 @@ TEXT_SPACE: dict[str, list[Any]] = {
     # intra-op threads: 0 is the profile's (one per core); 1 saves a small model the threads' hand-offs
     "threads": [0, 1],
 }
-#: a token classifier (named entities): a text teacher's dimensions but the vocabulary (its pruning is not built for
-#: token classifiers)
-TOKEN_SPACE: dict[str, list[Any]] = {k: v for k, v in TEXT_SPACE.items() if k != "vocab"}
 #: a ViT teacher: depth (layers copied from the teacher), heads and FFN neurons; static INT8 (the image default) or
 #: dynamic (a ViT's weights are MatMuls)
 VIT_SPACE: dict[str, list[Any]] = {
@@ -84,7 +81,7 @@ class Kind:
 
 _IMAGE_RATES = {"distill": {"lr": 1e-3}, "prune": {"recover_lr": 1e-3}}
 KINDS = {"text": Kind(TEXT_SPACE, augments=True, averages=True, recovers_from_teacher=True),
-         "tokens": Kind(TOKEN_SPACE, averages=True, recovers_from_teacher=True),  # sentence augmentations: not built
+         "tokens": Kind(TEXT_SPACE, averages=True, recovers_from_teacher=True),  # no sentence augmentations
          "vit": Kind(VIT_SPACE, **_IMAGE_RATES), "cnn": Kind(CNN_SPACE, **_IMAGE_RATES, counts_ops=False),
          "file": Kind(FILE_SPACE, counts_ops=False)}
 #: every dimension, with every choice any kind of teacher has (what ``--space`` may name)

@@ -209,23 +209,25 @@ def test_pruning_a_token_classifier(ner_teacher, labelled, tmp_path):
     assert met["parameter_ratio"] < 0.95 and met["reload_check"]["max_abs_diff"] <= 1e-4
     assert met["importance"]["loss"].startswith("cross entropy with labels")
     assert met["recovery"]["steps"] == 4
-    with pytest.raises(ConfigError, match="pruning its vocabulary is not built yet"):
-        prune(ner_teacher, tmp_path / "v", PruneConfig(vocab_corpus=str(labelled)), train=labelled)
 
 
-@pytest.mark.parametrize("verb", ["search"])
-def test_what_is_not_built_for_token_classifiers_says_so(verb, ner_teacher, labelled, tmp_path, capsys):
-    from compress.cli import main
+def test_pruning_a_token_classifiers_vocabulary(ner_teacher, labelled, tmp_path, fast_host):
+    """The tokens the tagged sentences tokenise to (their words joined) are kept; the pruned model tags those sentences
+    exactly as the teacher does, and validates to the same entity F1."""
+    from compress.stages.export import export
+    from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
+    from compress.validation.local import ValidateConfig, validate
 
-    args = {"search": ["search", "--teacher", str(ner_teacher), "--train", str(labelled), "--eval", str(labelled),
-                       "--profile", "host", "--search-dir", str(tmp_path / "s")]}[verb]
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "token classifier" in err[0] and "not built yet" in err[0], err
-    assert not (tmp_path / "s").exists()
-
+    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig(vocab_corpus=str(labelled), ffn=0.25),
+                train=labelled, eval_data=labelled)
+    vocab = art.manifest.steps[-1].metrics["vocab"]
+    assert vocab["after"] < vocab["before"] and vocab["proof"]["identical"]
+    assert vocab["eval_coverage"]["token_coverage"] == 1.0 and vocab["eval_coverage"]["texts_unchanged"] == 1.0
+    onnx = export(art.path, tmp_path / "onnx")
+    met = validate(onnx, ValidateConfig(data=str(labelled), teacher=str(ner_teacher), cold_start=False,
+                                        profile=fast_host)).metrics
+    assert met["metric_name"] == "entity_f1" and met["metric"] > 0.8 and met["agreement"] > 0.8
 
 
 def test_dropping_layers_of_a_token_classifier(ner_teacher, labelled, tmp_path):

@@ -86,7 +86,8 @@ from compress.stages.prune.structured import (
     original_heads,
     prune_heads_and_ffn,
 )
-from compress.stages.prune.vocab import plan_vocabulary, prove_vocabulary, prune_vocabulary, vocabulary_coverage
+from compress.stages.prune.vocab import (corpus_strings, plan_vocabulary, prove_vocabulary, prune_vocabulary,
+                                          vocabulary_coverage)
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,6 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
-    if teacher.task is Task.token_classification and config.vocab_corpus:
-        raise ConfigError(f"{source} is a token classifier: pruning its vocabulary is not built yet",
-                          hint="prune heads, FFN neurons or layers (--heads, --ffn, --drop-layers)")
     if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
         if config.recover_augment or config.recover_augment_join:
             raise ConfigError("--recover-augment and --recover-augment-join make new training texts; image models have "
@@ -325,9 +323,10 @@ def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
     if config.vocab_corpus:
         if progress:
             progress({"phase": "vocab-plan", "label": f"planning the vocabulary on {config.vocab_corpus}"})
-        corpus_ds = job.texts(config.vocab_corpus)
-        vocab_plan = plan_vocabulary(tokenizer, corpus_ds.texts, keep_alphabet=config.vocab_keep_alphabet,
-                                     floor=config.vocab_floor, model_config=model.config, source=config.vocab_corpus)
+        corpus_ds = job.texts(config.vocab_corpus)  # a token classifier's: sentences split into words
+        vocab_plan = plan_vocabulary(tokenizer, corpus_strings(corpus_ds.texts),
+                                     keep_alphabet=config.vocab_keep_alphabet, floor=config.vocab_floor,
+                                     model_config=model.config, source=config.vocab_corpus)
 
     importance = _importance(job, model, tokenizer, metrics)
 
@@ -359,8 +358,10 @@ def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
         else:
             metrics["sparsity"] = apply_sparsity(model, config.sparsity)
     out.parent.mkdir(parents=True, exist_ok=True)
-    proof_texts = corpus_ds.texts if corpus_ds is not None else []
-    vocab_first = vocab_plan is not None and bool(config.recover_steps) and config.recover_after_vocab
+    proof_texts = corpus_strings(corpus_ds.texts) if corpus_ds is not None else []
+    # a token classifier recovers before its vocabulary goes: its distillation reads the words the teacher's way,
+    # token for token (the pruned vocabulary is proven exact on the corpus afterwards)
+    vocab_first = vocab_plan is not None and bool(config.recover_steps) and config.recover_after_vocab and not job.words
     new_tokenizer, vrec = tokenizer, None
     if vocab_first:  # prune the vocabulary now (proven exact on the corpus), so recovery learns the new splits
         new_tokenizer, vrec = _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts, progress)
@@ -374,7 +375,8 @@ def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
         # --- vocabulary, write, reload, prove ---------------------------------------------------------
         if progress:
             progress({"phase": "write", "label": f"writing {out} and checking it against the pruned model"})
-        probe = proof_texts[:64] or job.texts(config.importance_data or job.train or _default_data(), 64).texts
+        probe = (corpus_ds.texts[:64] if corpus_ds is not None else []) or \
+            job.texts(config.importance_data or job.train or _default_data(), 64).texts  # words for a token classifier
         if vocab_plan is not None and not vocab_first:
             # outputs of the unpruned vocabulary: the written model must give the same on corpus texts
             before_out = job.outputs(model, tokenizer, probe)
@@ -478,7 +480,7 @@ def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: l
             if eval_data is not None:
                 ev = job.texts(eval_data)
                 vrec["eval_coverage"] = vocabulary_coverage(teacher.tokenizer, written.tokenizer, vocab_plan.keep,
-                                                            ev.texts)
+                                                            corpus_strings(ev.texts))
             metrics["vocab"] = vrec
         if eval_data is not None and job.classification and not job.words:
             from compress.stages.prune.evaluation import written_eval

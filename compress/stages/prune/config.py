@@ -115,7 +115,8 @@ class PruneConfig(BaseModel):
         True,
         description="With --vocab-corpus and --recover-steps: prune the vocabulary first and recover with the "
         "pruned tokenizer, so the model learns how text outside the corpus now splits (on by default); off: "
-        "recover with the original tokenizer, then prune the vocabulary (exact on the corpus only).",
+        "recover with the original tokenizer, then prune the vocabulary (exact on the corpus only). A token "
+        "classifier always recovers first (its distillation reads words token for token as the teacher does).",
     )
     recover_batch_size: int = Field(32, ge=1, description="Batch size of the recovery distillation.")
     recover_augment: int = Field(

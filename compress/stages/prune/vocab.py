@@ -47,6 +47,20 @@ def _backend_json(tokenizer) -> dict[str, Any]:
     return json.loads(tokenizer.backend_tokenizer.to_str())
 
 
+def corpus_strings(texts: list[Any]) -> list[str]:
+    """Texts to plan and prove a vocabulary on. A sentence split into words (a token classifier's) is joined with
+    spaces, and again after a space: a tokenizer that adds a prefix space to pre-split words (BPE) sees the first word
+    so; WordPiece splits both alike."""
+    out: list[str] = []
+    for t in texts:
+        if isinstance(t, str):
+            out.append(t)
+        else:
+            joined = " ".join(t)
+            out += [joined, " " + joined]
+    return out
+
+
 def plan_vocabulary(tokenizer, texts: list[str], *, keep_alphabet: bool = True, floor: int = 0, model_config=None,
                     source: str | None = None) -> VocabPlan:
     """Token ids to keep: those ``texts`` tokenise to, special/added tokens, ids the model config names,
