@@ -118,7 +118,7 @@ TASK_METRICS: dict[Task, tuple[str, str, str | None]] = {
 }
 
 
-def _task_metrics(task: Task):
+def task_metrics(task: Task):
     """``task``'s metric as f(manifest, cand, ref, labels), or None for the tasks judged here."""
     if task not in TASK_METRICS:
         return None
@@ -156,9 +156,9 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
 
         raise DataError(f"the eval data holds boxes, but the model is a {m.task} model",
                         hint="boxes are for task: object-detection; pass the data its task reads")
-    task_metrics = _task_metrics(m.task)
-    if task_metrics is not None:
-        metrics.update(task_metrics(m, cand, ref, labels))
+    own = task_metrics(m.task)
+    if own is not None:
+        metrics.update(own(m, cand, ref, labels))
     elif m.task is Task.generic and not classification:
         metrics["metric_name"] = "output_cosine"
         if ref is not None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from compress.artifact import ImagePreprocess, Postprocess
-from compress.errors import ConfigError, DataError
+from compress.errors import DataError
 
 LABELS = ["circle", "square"]
 FAST_HOST: str = ""
@@ -126,8 +126,11 @@ def test_a_detector_goes_adopt_int8_validate_with_coco_map(tmp_path):
     met8 = _validate(q, coco).metrics
     assert 0.2 < met8["metric"] <= 1.0 and 0.0 < met8["agreement"] <= 1.0 and met8["teacher_metric"] > 0.95
     assert met8["retention"] == pytest.approx(met8["metric"] / met8["teacher_metric"])
-    with pytest.raises(ConfigError, match="accuracy-aware quantization of a object-detection model is not built yet"):
-        quantize(fp32, tmp_path / "q", QuantizeConfig(calibration=str(coco), data=str(coco), max_drop=0.01))
+    # accuracy-aware: layers go back to float, in the per-layer table's order, until the mAP holds
+    aware = quantize(fp32, tmp_path / "aware", QuantizeConfig(calibration=str(coco), data=str(coco), max_drop=0.02))
+    search = aware.manifest.steps[-1].metrics["accuracy_aware"]
+    assert search["metric"] == "mAP@[.5:.95]" and search["baseline"] > 0.95
+    assert search["budget_met"] and search["final"]["metric_of_written_model"] >= search["baseline"] - 0.02
 
 
 def test_nms_keeps_the_best_box_of_each_overlapping_group_per_class():

@@ -38,7 +38,10 @@ class EvalSet:
     labels_names: list[str] | None = None  #: the model's labels; with ``words``: its entity tags
     words: bool = False  #: token classification: rows are texts split into words, scored by entity F1
     user_metric: Any = None  #: ``--metric`` (compress.validation.user_metric.UserMetric): the metric instead of the task's
+    #: a task judged by its own metric (mAP, mIoU, 1 - CER, micro F1): the manifest it is computed for
+    task_manifest: Manifest | None = None
     _encoded: list[dict[str, np.ndarray]] | None = field(default=None, repr=False)
+    _task_metric_name: str | None = field(default=None, repr=False)
 
     @property
     def metric_name(self) -> str:
@@ -46,6 +49,8 @@ class EvalSet:
             return self.user_metric.spec
         if self.words:
             return "entity_f1"
+        if self.task_manifest is not None:  # named by the task's metric once it has scored (the reference first)
+            return self._task_metric_name or f"{self.task_manifest.task} metric"
         return "accuracy" if self.classification else "cosine_to_fp32"
 
     @property
@@ -53,7 +58,7 @@ class EvalSet:
         """Label ids: an array, or per-word lists for token classification."""
         if self.dataset.labels is None:
             return None
-        return self.dataset.labels if self.words else np.asarray(self.dataset.labels)
+        return self.dataset.labels if self.words or self.task_manifest else np.asarray(self.dataset.labels)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -93,18 +98,19 @@ def load_eval_set(
 
     from compress.validation.values import VALUE_TASKS
 
-    own_metric = (*VALUE_TASKS, Task.object_detection)  # tasks whose metric the search does not drive yet
-    if manifest.task in own_metric and user_metric is None:
+    own_metric = (*VALUE_TASKS, Task.object_detection)  # judged by the task's own metric on labels
+    if manifest.task is Task.regression and user_metric is None:  # MAE: lower is better, which the search is not
         raise ConfigError(f"accuracy-aware quantization of a {manifest.task} model is not built yet",
                           hint="pass --metric module:function (your metric, higher is better), or quantize without "
                                "--max-drop and validate the result")
+    task_scored = manifest.task in own_metric and user_metric is None
     classification = manifest.labels is not None and manifest.task not in (Task.feature_extraction, *own_metric)
-    labels = manifest.labels if classification else None
+    labels = manifest.labels if classification or manifest.task is Task.object_detection else None
     ds = load_inputs(
         path, manifest.preprocess,
         label2id={name: i for i, name in enumerate(labels)} if labels else None,
-        num_labels=len(labels) if labels else None,
-        require_labels=classification,
+        num_labels=len(labels) if labels and classification else None,
+        require_labels=classification or task_scored,
         limit=max(20 * n, 5000),
     )
     ds = ds.sample(n, seed=seed)
@@ -119,7 +125,8 @@ def load_eval_set(
     if len(ds) < n:
         log.warning("%s has only %d rows (asked for %d eval samples); using all of them", path, len(ds), n)
     return EvalSet(dataset=ds, classification=classification, batch_size=batch_size, source=str(path),
-                   labels_names=labels, words=splits_words(manifest.preprocess), user_metric=user_metric)
+                   labels_names=labels, words=splits_words(manifest.preprocess), user_metric=user_metric,
+                   task_manifest=manifest if task_scored else None)
 
 
 def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
@@ -154,6 +161,14 @@ def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]
 
         error = 0.0 if ref is None else float(np.nanmean(np.abs(_softmax(outputs) - _softmax(ref))))
         return entity_metrics(eval_set.labels_names, outputs, None, eval_set.labels)["metric"], error
+    if eval_set.task_manifest is not None:  # the task's metric on the labels; the output cosine orders the layers
+        from compress.validation.metrics import task_metrics
+
+        m = eval_set.task_manifest
+        error = 0.0 if ref is None else float((1.0 - _cosine_rows(outputs, ref)).mean())
+        scored = task_metrics(m.task)(m, outputs, None, eval_set.labels)
+        eval_set._task_metric_name = scored.get("metric_name")
+        return float(scored["metric"]), error
     if ref is None and not eval_set.classification and eval_set.user_metric is None:
         raise ValueError("embedding eval sets score against the FP32 outputs: call eval_set.set_reference(fp32) first")
     cos = None if ref is None or eval_set.classification else _cosine_rows(outputs, ref)
