@@ -37,6 +37,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "sklearn": (("scikit-learn",), "pip install 'edgecompress[tasks]'"),
     "rapidfuzz": (("rapidfuzz",), "pip install 'edgecompress[tasks]'"),
     "pycocotools": (("pycocotools",), "pip install 'edgecompress[tasks]'"),
+    "peft": (("peft",), "pip install 'edgecompress[finetune]'"),
 }
 
 

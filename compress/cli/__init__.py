@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "gate": "compress.cli.gate:gate_cmd",
     "run": "compress.cli.run:run_cmd",
     "search": "compress.cli.search:search_cmd",
+    "finetune": "compress.cli.finetune:finetune_cmd",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from compress.data.tables import TextDataset
 from compress.errors import DataError
 
-__all__ = ["load_word_dataset"]
+__all__ = ["load_word_dataset", "read_tags"]
 
 _TOKENS = ("tokens", "words")
 _TAGS = ("ner_tags", "tags", "labels")
@@ -110,6 +110,19 @@ def _tag_ids(tags: list[list[Any]], label2id: dict[str, int], file: Path, lines:
                                 hint="use the model's tag scheme (config.json id2label), e.g. IOB2 B-PER/I-PER/O")
         ids.append(row)
     return ids
+
+
+def read_tags(path: Path | str) -> list[list[str]]:
+    """Each sentence's tags as written (names, or ids as text), from a CoNLL or JSON lines file: the tag set a new
+    head is made for (``edgecompress finetune``)."""
+    ds_file = Path(path)
+    if not ds_file.is_file():
+        raise DataError(f"{ds_file}: no such file", hint="pass a CoNLL file or JSON lines with tokens and ner_tags")
+    _, tags, _ = (_jsonl if ds_file.suffix.lower() in (".jsonl", ".json") else _conll)(ds_file)
+    if tags is None:
+        raise DataError(f"{ds_file}: no tags (a CoNLL file needs a tag column last; JSON lines a ner_tags field)",
+                        hint="pass labelled data: word ... tag on each line")
+    return [[str(t) for t in sent] for sent in tags]
 
 
 def load_word_dataset(path: Path | str, *, label2id: dict[str, int] | None = None, require_labels: bool = False,

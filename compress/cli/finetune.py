@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compress.cli._common import PhaseProgress, build_config, console, force_option
+from compress.stages.finetune.config import TASKS, FinetuneConfig
+
+F = FinetuneConfig.model_fields
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
+@click.command("finetune")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.option("--train", required=True, type=click.Path(path_type=Path),
+              help="Labelled training data: a table (CSV/TSV/JSONL) of texts and labels, or for token-classification "
+                   "a CoNLL / JSON lines file of words and tags.")
+@click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
+              help="Labelled eval data: evaluated every --eval-every steps, the best checkpoint kept.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Fine-tuned checkpoint (artifact).")
+@click.option("--task", type=click.Choice([t.value for t in TASKS]), default=F["task"].default.value,
+              show_default=True, help=F["task"].description)
+@click.option("--labels", help="Comma-separated class names by id (default: the data's).")
+@click.option("--freeze", type=int, default=0, show_default=True, help=F["freeze"].description)
+@click.option("--lora-rank", type=int, help=F["lora_rank"].description)
+@click.option("--lora-alpha", type=int, help=F["lora_alpha"].description)
+@click.option("--lora-dropout", type=float, default=F["lora_dropout"].default, show_default=True,
+              help=F["lora_dropout"].description)
+@click.option("--lora-targets", help="Comma-separated module names LoRA wraps (default: every linear layer).")
+@click.option("--epochs", type=float, default=F["epochs"].default, show_default=True, help=F["epochs"].description)
+@click.option("--max-steps", type=int, help=F["max_steps"].description)
+@click.option("--batch-size", type=int, default=F["batch_size"].default, show_default=True,
+              help=F["batch_size"].description)
+@click.option("--lr", type=float, help=F["lr"].description)
+@click.option("--weight-decay", type=float, default=F["weight_decay"].default, show_default=True,
+              help=F["weight_decay"].description)
+@click.option("--warmup-ratio", type=float, default=F["warmup_ratio"].default, show_default=True,
+              help=F["warmup_ratio"].description)
+@click.option("--max-length", type=int, default=F["max_length"].default, show_default=True,
+              help=F["max_length"].description)
+@click.option("--eval-every", type=int, help=F["eval_every"].description)
+@click.option("--patience", type=int, help=F["patience"].description)
+@click.option("--save-every", type=int, help=F["save_every"].description)
+@click.option("--seed", type=int, default=0, show_default=True, help=F["seed"].description)
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Checkpoints (default: OUT.run, removed after success).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in the run directory.")
+@click.option("--allow-pickle", is_flag=True, help=F["allow_pickle"].description)
+@force_option
+def finetune_cmd(base, train, eval_data, out, task, labels, freeze, lora_rank, lora_alpha, lora_dropout, lora_targets,
+                 epochs, max_steps, batch_size, lr, weight_decay, warmup_ratio, max_length, eval_every, patience,
+                 save_every, seed, run_dir, resume, allow_pickle, force):
+    """Fine-tune a pretrained BASE (e.g. all-MiniLM-L6-v2) into the teacher the chain starts from.
+
+    \b
+    A new head for the task and the data's labels, then one of:
+      (default)           every weight trains; learning rate 5e-5
+      --freeze N          the embeddings and the first N layers stay as pretrained
+      --lora-rank R       low-rank adapters (peft LoRA, every linear layer), learning rate 5e-4,
+                          merged into the weights before the checkpoint is written
+
+    AdamW with linear warm-up (--warmup-ratio) and decay; with --eval, the best checkpoint is
+    kept and --patience stops early. Runs on a CUDA GPU when there is one, else the CPU. Ctrl-C
+    saves a checkpoint; rerun the same command with --resume to continue. The artifact's lineage
+    starts at BASE: distil, prune and quantize it as any teacher.
+    """
+    from compress.stages.finetune import finetune
+
+    config = build_config(
+        FinetuneConfig, task=task, labels=_names(labels), freeze=freeze, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, lora_targets=_names(lora_targets), epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_length=max_length,
+        eval_every=eval_every, patience=patience, save_every=save_every, seed=seed, allow_pickle=allow_pickle,
+    )
+    with _Progress() as progress:
+        result = finetune(base, train, out, config, eval_data=eval_data, run_dir=run_dir, resume=resume, force=force,
+                          progress=progress)
+    m = result.metrics
+    line = (f"wrote [bold]{result.artifact.path}[/]: {m['mode']}, {m['trainable_parameters'] / 1e6:.2f}M of "
+            f"{m['parameters'] / 1e6:.1f}M parameters trained, {m['steps']} steps in {m['train_seconds']:.0f} s")
+    if m.get("eval_metric") is not None:
+        line += f"; eval {m['metric']} {m['eval_metric']:.4f} ({m['chosen']} checkpoint)"
+    console().print(line)
+
+
+class _Progress(PhaseProgress):
+    """Training with loss, best eval metric and ETA."""
+
+    labels = {"train": "fine-tuning"}
+
+    def show(self, d: dict) -> None:
+        best = f" best {d['metric']} {d['best']:.4f}" if d.get("best") is not None else ""
+        bar = self.task("train", "fine-tuning", d["total"], completed=d["step"] - 1)
+        self.bar.update(bar, completed=d["step"], info=f"loss {d['loss']:.4f}{best}")

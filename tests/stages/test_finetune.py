@@ -1,0 +1,141 @@
+"""``edgecompress finetune``: a tiny random base encoder (test material) gets a head for the data's labels and trains
+whole, with its first layers frozen, or through LoRA adapters merged before the checkpoint is written."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import NER_SENTENCES, NER_TAGS, SENTENCES, write_tsv
+from compress.stages.finetune import finetune
+from compress.stages.finetune.config import FinetuneConfig
+
+pytest.importorskip("peft")
+
+NAMED = [("negative" if lab in (0, "0") else "positive", text) for lab, text in SENTENCES]
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_a_base_gets_a_head_for_the_datas_labels_and_trains_whole(bert_encoder, tmp_path):
+    from compress.teachers.load import load_teacher
+
+    data = write_tsv(tmp_path, NAMED)
+    r = finetune(bert_encoder, data, tmp_path / "teacher", FinetuneConfig(max_steps=6, batch_size=8, lr=1e-3,
+                 eval_every=3), eval_data=data)
+    m = r.artifact.manifest
+    assert (m.task, m.labels) == ("text-classification", ["negative", "positive"])
+    assert m.source.sha256 == load_teacher(bert_encoder).sha256 and [s.stage for s in m.steps] == ["finetune"]
+    met = r.metrics
+    assert met["mode"] == "full" and met["trainable_share"] == 1.0 and met["steps"] == 6
+    assert [h["step"] for h in met["history"]] == [3, 6] and 0 <= met["eval_metric"] <= 1
+    assert met["chosen"].startswith("best (step") and met["peak_rss_mb"] > 0
+    assert not (tmp_path / "teacher.run").exists()  # the run directory goes once the artifact is written
+    teacher = load_teacher(r.artifact.path)  # a plain checkpoint the chain takes as its teacher
+    assert type(teacher.model).__name__ == "BertForSequenceClassification"
+
+
+def test_frozen_layers_keep_the_bases_weights(bert_encoder, tmp_path):
+    data = write_tsv(tmp_path, NAMED)
+    r = finetune(bert_encoder, data, tmp_path / "t", FinetuneConfig(freeze=1, max_steps=4, batch_size=8, lr=1e-2))
+    base, tuned = _weights(bert_encoder), _weights(r.artifact.path)
+    assert r.metrics["frozen_layers"] == 1 and r.metrics["trainable_share"] < 1.0
+    same = [k for k in base if k.replace("bert.", "") and f"bert.{k}" in tuned]
+    for k in same:
+        unchanged = bool((base[k] == tuned[f"bert.{k}"]).all())
+        assert unchanged == ("embeddings" in k or ".layer.0." in k), k
+
+
+def test_lora_adapters_are_merged_into_a_plain_checkpoint(bert_encoder, tmp_path):
+    import torch
+
+    from compress.teachers.load import load_teacher
+
+    data = write_tsv(tmp_path, NAMED)
+    r = finetune(bert_encoder, data, tmp_path / "t", FinetuneConfig(lora_rank=4, max_steps=6, batch_size=8),
+                 eval_data=data)
+    met = r.metrics
+    assert met["mode"] == "lora" and met["lora"] == {"rank": 4, "alpha": 8, "targets": "all-linear"}
+    assert met["trainable_share"] < 0.5 and met["lr"] == 5e-4
+    tuned = _weights(r.artifact.path)
+    assert not any("lora" in k for k in tuned)  # merged: nothing peft-specific is left
+    base = _weights(bert_encoder)
+    q = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(base[q], tuned[f"bert.{q}"])  # the adapters moved the weights they wrap
+    assert load_teacher(r.artifact.path).model.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_a_token_classifier_from_a_base(bert_encoder, tmp_path):
+    tags = [["B-PER" if i == 0 else "O" for i, _ in enumerate(s)] for s in NER_SENTENCES]
+    data = tmp_path / "train.conll"
+    data.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in
+                                zip(NER_SENTENCES, tags)) + "\n", encoding="utf-8")
+    r = finetune(bert_encoder, data, tmp_path / "ner", FinetuneConfig(task="token-classification", max_steps=4,
+                 batch_size=8, eval_every=2), eval_data=data)
+    m = r.artifact.manifest
+    assert m.task == "token-classification" and m.labels == ["O", "B-PER"] and m.preprocess.words
+    assert r.metrics["metric"] == "entity_f1" and len(r.metrics["history"]) == 2
+    assert set(NER_TAGS) >= set(m.labels)
+
+
+def test_an_interrupted_run_resumes(bert_encoder, tmp_path):
+    from compress.stages.distill.config import Interrupted
+
+    data = write_tsv(tmp_path, NAMED)
+    cfg = FinetuneConfig(max_steps=4, batch_size=8, save_every=1)
+
+    def stop_at_2(event):  # Ctrl-C during step 2: a checkpoint at its end, then Interrupted
+        if event["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        finetune(bert_encoder, data, tmp_path / "t", cfg, progress=stop_at_2)
+    assert (tmp_path / "t.run" / "checkpoint.pt").is_file() and not (tmp_path / "t").exists()
+    seen = []
+    r = finetune(bert_encoder, data, tmp_path / "t", cfg, resume=True, progress=lambda e: seen.append(e["step"]))
+    assert seen == [3, 4] and r.metrics["steps"] == 4
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--freeze", "1", "--lora-rank", "4"], ["--freeze and --lora-rank"]),
+    (["--lora-rank", "4", "--lora-targets", "LayerNorm"], ["--lora-targets LayerNorm", "peft cannot wrap"]),
+    (["--freeze", "9"], ["--freeze 9", "the base has 2 layers"]),
+    (["--task", "token-classification"], ["CoNLL"]),  # a table given as words and tags
+    (["NOWEIGHTS"], ["the base has no weights"]),
+    (["ONELABEL"], ["one label", "at least two"]),
+])
+def test_cli_errors_are_one_line(bert_encoder, tmp_path, capsys, args, words):
+    import shutil
+
+    from compress.cli import main
+
+    base, data = bert_encoder, write_tsv(tmp_path, NAMED)
+    if "NOWEIGHTS" in args:
+        base = tmp_path / "empty-base"
+        shutil.copytree(bert_encoder, base)
+        (base / "model.safetensors").unlink()
+    if "ONELABEL" in args:
+        data = write_tsv(tmp_path, [("positive", t) for _, t in NAMED], name="one.tsv")
+    extra = [a for a in args if a not in ("NOWEIGHTS", "ONELABEL")]
+    with pytest.raises(SystemExit) as e:
+        main(["-q", "finetune", str(base), "--train", str(data), "--out", str(tmp_path / "o"), "--max-steps", "1",
+              *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:"), err
+    for w in words:
+        assert w in err[0], (w, err[0])
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_refuses_two_modes():
+    with pytest.raises(ValueError, match="pick one"):
+        FinetuneConfig(freeze=1, lora_rank=4)
+    with pytest.raises(ValueError, match="task must be one of"):
+        FinetuneConfig(task="regression")
