@@ -78,7 +78,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) 
     """Indices kept by greedy non-maximum suppression within each class, best score first."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
-    shifted = boxes + (classes.astype(np.float64) * (boxes.max() + 1))[:, None]  # classes never overlap
+    span = float(boxes.max() - boxes.min()) + 1.0
+    shifted = boxes + (classes.astype(np.float64) * span)[:, None]  # each class apart: classes never overlap
     x1, y1, x2, y2 = shifted.T
     area = (x2 - x1).clip(0) * (y2 - y1).clip(0)
     order = np.argsort(-scores, kind="stable")

@@ -141,6 +141,8 @@ def test_nms_keeps_the_best_box_of_each_overlapping_group_per_class():
     classes = np.array([0, 0, 0, 1])
     assert nms(boxes, scores, classes, 0.5).tolist() == [0, 2, 3]  # box 1 overlaps 0; box 3 is another class
     assert nms(boxes, scores, np.zeros(4, int), 0.5).tolist() == [0, 2]
+    left_of_origin = np.array([[-100, -100, -2, -2], [-100, -100, -2, -2]], dtype=float)  # classes 0 and 1: both stay
+    assert nms(left_of_origin, np.array([0.9, 0.8]), np.array([0, 1]), 0.5).tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("layout", ["yolov8", "yolov8-transposed", "yolov5", "nms"])
