@@ -26,7 +26,7 @@ BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 #: how far (pixels) a box may reach past its image's edge before it is refused (annotation tools round outwards)
 EDGE_TOLERANCE = 1.0
 
-__all__ = ["BOX_COLUMNS", "is_box_table", "load_box_dataset"]
+__all__ = ["BOX_COLUMNS", "is_box_table", "load_boxes"]
 
 
 def is_box_table(columns: list[str]) -> bool:
@@ -34,18 +34,16 @@ def is_box_table(columns: list[str]) -> bool:
     return all(c in columns for c in BOX_COLUMNS)
 
 
-def load_box_dataset(path: Path, label2id: dict[str, int] | None):
-    """An :class:`~compress.data.images.ImageDataset` whose labels are each image's boxes and classes."""
-    from compress.data.images import ImageDataset, _names
-
+def load_boxes(path: Path, label2id: dict[str, int] | None) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The images (paths) and each one's boxes and classes (what :mod:`compress.data.images` makes a data set of)."""
     items, labels = (_coco if path.suffix.lower() == ".json" else _csv)(path, label2id)
     if not items:
         raise DataError(f"{path}: no images", hint="list at least one image")
-    return ImageDataset(items, labels, str(path), _names(label2id))
+    return items, labels
 
 
 def _image_size(img: Path, where: str) -> tuple[int, int]:
-    from compress.data.images import _check_image
+    from compress.data.image_files import _check_image
 
     _check_image(img, where)
     from PIL import Image
@@ -127,7 +125,7 @@ def _coco(path: Path, label2id: dict[str, int] | None):
 
 
 def _csv(path: Path, label2id: dict[str, int] | None):
-    from compress.data.images import PATH_COLUMNS, LABEL_COLUMNS
+    from compress.data.image_files import LABEL_COLUMNS, PATH_COLUMNS
     from compress.data.readers import _open_table
 
     columns, read_rows = _open_table(path, None, str(path))

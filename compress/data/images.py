@@ -25,9 +25,7 @@ from typing import Any
 
 from compress.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-PATH_COLUMNS = ("path", "image", "file", "filename")
-LABEL_COLUMNS = ("label", "labels", "class", "target")
+from compress.data.image_files import IMAGE_SUFFIXES, LABEL_COLUMNS, PATH_COLUMNS, _bomb, _check_image
 
 __all__ = ["IMAGE_SUFFIXES", "ImageDataset", "load_image_dataset"]
 
@@ -84,9 +82,9 @@ def load_image_dataset(path: Path | str, *, label2id: dict[str, int] | None = No
     elif p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
         ds = _table(p, label2id)
     elif p.suffix.lower() == ".json":  # COCO-style boxes (object detection)
-        from compress.data.boxes import load_box_dataset
+        from compress.data.boxes import load_boxes
 
-        ds = load_box_dataset(p, label2id)
+        ds = ImageDataset(*load_boxes(p, label2id), str(p), _names(label2id))
     elif p.suffix.lower() == ".npz":
         ds = _arrays(p, label2id)
     else:
@@ -129,10 +127,10 @@ def _table(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
     from compress.data.readers import _open_table
 
     columns, read_rows = _open_table(file, None, str(file))  # the readers text data goes through, same errors
-    from compress.data.boxes import is_box_table, load_box_dataset
+    from compress.data.boxes import is_box_table, load_boxes
 
     if is_box_table(columns):  # image,x1,y1,x2,y2,label: boxes (object detection)
-        return load_box_dataset(file, label2id)
+        return ImageDataset(*load_boxes(file, label2id), str(file), _names(label2id))
     path_col = next((c for c in PATH_COLUMNS if c in columns), None)
     if path_col is None:
         raise DataError(f"{file}: no path column (columns: {', '.join(columns) or '(none)'})",
@@ -185,31 +183,6 @@ def _arrays(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
-
-
-def _check_image(path: Path, where: str) -> None:
-    if not path.is_file():
-        raise DataError(f"{where}: image {path} does not exist", hint="check the path (relative paths are read "
-                        "against the table's folder)")
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        from compress.errors import MissingBackendError
-
-        raise MissingBackendError("reading images needs Pillow", hint='pip install "edgecompress[images]"') from None
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Image.DecompressionBombError as e:
-        raise _bomb(path, where, e) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{where}: {path} is not a readable image ({type(e).__name__})",
-                        hint="re-save it as PNG or JPEG, or remove it") from None
-
-
-def _bomb(path: Path, where: str, e: Exception) -> DataError:
-    return DataError(f"{where}: {path} is larger than Pillow allows ({e})".rstrip(". "),
-                     hint="resize it, or remove it: a decompression bomb is refused, not decoded")
 
 
 def _decode(path: Path, where: str) -> None:

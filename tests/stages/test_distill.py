@@ -457,6 +457,7 @@ def test_a_later_run_in_the_same_process_may_change_the_precision(bert_classifie
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state()  # whatever earlier tests left
     Accelerator(mixed_precision="bf16")  # an earlier run in this process (bf16 autocast exists on the CPU too)
     try:
         r = distill(bert_classifier, data, tmp_path / "student", cfg(layers=1, max_steps=1, mixed_precision="no"))
