@@ -22,6 +22,9 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
               help="Labelled eval data: evaluated every --eval-every steps, the best checkpoint kept.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Fine-tuned checkpoint (artifact).")
+@click.option("--retain-data", type=click.Path(path_type=Path),
+              help="Texts of the base's own domain: how much of its embedding behaviour the fine-tune kept is "
+                   "measured on them (embedding cosine, neighbour agreement) and recorded as forgetting.")
 @click.option("--task", type=click.Choice([t.value for t in TASKS]), default=F["task"].default.value,
               show_default=True, help=F["task"].description)
 @click.option("--labels", help="Comma-separated class names by id (default: the data's).")
@@ -50,7 +53,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in the run directory.")
 @click.option("--allow-pickle", is_flag=True, help=F["allow_pickle"].description)
 @force_option
-def finetune_cmd(base, train, eval_data, out, task, labels, freeze, lora_rank, lora_alpha, lora_dropout, lora_targets,
+def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze, lora_rank, lora_alpha, lora_dropout, lora_targets,
                  epochs, max_steps, batch_size, lr, weight_decay, warmup_ratio, max_length, eval_every, patience,
                  save_every, seed, run_dir, resume, allow_pickle, force):
     """Fine-tune a pretrained BASE (e.g. all-MiniLM-L6-v2) into the teacher the chain starts from.
@@ -76,13 +79,17 @@ def finetune_cmd(base, train, eval_data, out, task, labels, freeze, lora_rank, l
         eval_every=eval_every, patience=patience, save_every=save_every, seed=seed, allow_pickle=allow_pickle,
     )
     with _Progress() as progress:
-        result = finetune(base, train, out, config, eval_data=eval_data, run_dir=run_dir, resume=resume, force=force,
-                          progress=progress)
+        result = finetune(base, train, out, config, eval_data=eval_data, retain_data=retain_data, run_dir=run_dir,
+                          resume=resume, force=force, progress=progress)
     m = result.metrics
     line = (f"wrote [bold]{result.artifact.path}[/]: {m['mode']}, {m['trainable_parameters'] / 1e6:.2f}M of "
             f"{m['parameters'] / 1e6:.1f}M parameters trained, {m['steps']} steps in {m['train_seconds']:.0f} s")
     if m.get("eval_metric") is not None:
         line += f"; eval {m['metric']} {m['eval_metric']:.4f} ({m['chosen']} checkpoint)"
+    if m.get("forgetting"):
+        f = m["forgetting"]
+        line += (f"; kept of the base on {f['retain_rows']} retained texts: embedding cosine "
+                 f"{f['embedding_cosine']:.3f}, neighbour agreement {f['neighbour_agreement']:.3f}")
     console().print(line)
 
 

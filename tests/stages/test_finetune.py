@@ -139,3 +139,19 @@ def test_config_refuses_two_modes():
         FinetuneConfig(freeze=1, lora_rank=4)
     with pytest.raises(ValueError, match="task must be one of"):
         FinetuneConfig(task="regression")
+
+
+def test_forgetting_is_measured_on_retained_texts(bert_encoder, tmp_path):
+    """The base's behaviour on its own domain: untouched when every layer is frozen (only the head trains), moved by a
+    full fine-tune at a high learning rate."""
+    data = write_tsv(tmp_path, NAMED)
+    retain = write_tsv(tmp_path, [(0, t) for t in ["a quiet morning by the sea", "the train was late again",
+                                                   "prices rose in march", "she plays the violin",
+                                                   "a storm is coming", "the match ended in a draw"]], name="own.tsv")
+    kept = finetune(bert_encoder, data, tmp_path / "frozen", FinetuneConfig(freeze=2, max_steps=3, batch_size=8),
+                    retain_data=retain).metrics["forgetting"]
+    assert kept["retain_rows"] == 6 and kept["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert kept["neighbour_agreement"] == 1.0
+    moved = finetune(bert_encoder, data, tmp_path / "full", FinetuneConfig(max_steps=6, batch_size=8, lr=5e-2),
+                     retain_data=retain).metrics["forgetting"]
+    assert moved["embedding_cosine"] < 0.999 and moved["data"] == str(retain)

@@ -37,9 +37,13 @@ class FinetuneResult:
 
 
 def finetune(base: Path | str, train: Path | str, out: Path | str, config: FinetuneConfig | None = None, *,
-             eval_data: Path | str | None = None, run_dir: Path | str | None = None, resume: bool = False,
-             force: bool = False, progress: Progress | None = None) -> FinetuneResult:
-    """Fine-tune ``base`` on ``train`` for ``config.task`` and write the merged checkpoint to ``out``."""
+             eval_data: Path | str | None = None, retain_data: Path | str | None = None,
+             run_dir: Path | str | None = None, resume: bool = False, force: bool = False,
+             progress: Progress | None = None) -> FinetuneResult:
+    """Fine-tune ``base`` on ``train`` for ``config.task`` and write the merged checkpoint to ``out``.
+
+    ``retain_data``: texts of the base's own domain; how much of the base's embedding behaviour the fine-tune kept
+    on them is measured (:func:`forgetting`) and recorded."""
     from compress.stages.distill.run import default_run_dir
     from compress.teachers.load import load_teacher
 
@@ -52,6 +56,7 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     _check_labels(names, words, train)
     base_teacher = load_teacher(base, allow_pickle=config.allow_pickle)  # the lineage's source; one-line load errors
     train_set, eval_set, eval_labels = _data(base_teacher.tokenizer, names, train, eval_data, config, words)
+    retain = _retain_texts(retain_data) if retain_data else None  # read now: a bad file fails before training
     model, trainable, frozen = _model(base, names, config, words)
     run = Path(run_dir) if run_dir else default_run_dir(output.path)
     loop = _Loop(model, trainable, train_set, eval_set, eval_labels, names if words else None, config, run, progress)
@@ -60,6 +65,10 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     final = loop.finish()  # best weights, LoRA merged: a plain transformers model
     metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": frozen, "labels": names,
                "base": str(base), "train_rows": len(train_set), "eval_rows": len(eval_set) if eval_set else 0}
+    if retain is not None:
+        metrics["forgetting"] = forgetting(base_teacher.model.base_model, final.base_model, base_teacher.tokenizer,
+                                           retain, config.max_length)
+        metrics["forgetting"]["data"] = str(retain_data)
     with output.writing() as o:
         final.save_pretrained(str(o.dir), safe_serialization=True)
         base_teacher.tokenizer.save_pretrained(str(o.dir))
@@ -191,6 +200,46 @@ def _lora(model, config: FinetuneConfig, words: bool):
         what = ", ".join(config.lora_targets or ["all-linear"])
         raise ConfigError(f"--lora-targets {what}: peft cannot wrap them ({str(e).splitlines()[0][:160]})",
                           hint="name linear layers of the encoder, e.g. --lora-targets query,value") from None
+
+
+# --- forgetting ----------------------------------------------------------------------------------------------------
+
+#: retained texts measured at most (a deterministic sample beyond)
+RETAIN_ROWS = 1000
+
+
+def _retain_texts(path) -> list[str]:
+    from compress.data.tables import load_dataset
+
+    ds = load_dataset(path, texts_only=True)
+    return ds.sample(RETAIN_ROWS, seed=0).texts if len(ds) > RETAIN_ROWS else ds.texts
+
+
+def forgetting(base_encoder, tuned_encoder, tokenizer, texts: list[str], max_length: int = 128) -> dict[str, Any]:
+    """How much of the base's behaviour the fine-tuned encoder kept on ``texts`` (the base's own domain): the mean
+    cosine of each text's mean-pooled embedding to the base's, and nearest-neighbour agreement (the share of texts
+    whose nearest other text under the base is still among the 1 / 3 nearest under the fine-tune)."""
+    import torch
+
+    from compress.stages.distill.losses import pool_hidden
+    from compress.validation.metrics import neighbour_agreement, row_cosines
+
+    def embed(encoder) -> np.ndarray:
+        encoder.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), 64):
+                enc = tokenizer(texts[i:i + 64], truncation=True, max_length=max_length, padding=True,
+                                return_tensors="pt")
+                feed = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                hidden = encoder(**feed).last_hidden_state
+                out.append(pool_hidden(hidden, feed["attention_mask"], "mean", False).float().numpy())
+        return np.concatenate(out)
+
+    base, tuned = embed(base_encoder), embed(tuned_encoder)
+    return {"retain_rows": len(texts), "embedding_cosine": float(row_cosines(tuned, base).mean()),
+            "neighbour_agreement": neighbour_agreement(base, tuned, k=1),
+            "neighbour_agreement_top3": neighbour_agreement(base, tuned, k=3)}
 
 
 # --- the loop ------------------------------------------------------------------------------------------------------
