@@ -45,11 +45,7 @@ def load_boxes(path: Path, label2id: dict[str, int] | None) -> tuple[list[Path],
 def _image_size(img: Path, where: str) -> tuple[int, int]:
     from compress.data.image_files import _check_image
 
-    _check_image(img, where)
-    from PIL import Image
-
-    with Image.open(img) as im:
-        return im.size
+    return _check_image(img, where)  # checked and measured in one read of its header
 
 
 def _class_id(name: Any, label2id: dict[str, int] | None, where: str) -> int:

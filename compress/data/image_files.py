@@ -15,7 +15,8 @@ LABEL_COLUMNS = ("label", "labels", "class", "target")
 __all__ = ["IMAGE_SUFFIXES", "LABEL_COLUMNS", "PATH_COLUMNS"]
 
 
-def _check_image(path: Path, where: str) -> None:
+def _check_image(path: Path, where: str) -> tuple[int, int]:
+    """``path``'s (width, height), read with its header; a missing or unreadable file, or a bomb, is refused."""
     if not path.is_file():
         raise DataError(f"{where}: image {path} does not exist", hint="check the path (relative paths are read "
                         "against the table's folder)")
@@ -27,12 +28,14 @@ def _check_image(path: Path, where: str) -> None:
         raise MissingBackendError("reading images needs Pillow", hint='pip install "edgecompress[images]"') from None
     try:
         with Image.open(path) as img:
+            size = img.size
             img.verify()
     except Image.DecompressionBombError as e:
         raise _bomb(path, where, e) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{where}: {path} is not a readable image ({type(e).__name__})",
                         hint="re-save it as PNG or JPEG, or remove it") from None
+    return size
 
 
 def _bomb(path: Path, where: str, e: Exception) -> DataError:

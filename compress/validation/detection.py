@@ -197,10 +197,10 @@ def detection_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> di
     teacher's confident boxes)."""
     num_classes = len(m.labels or [])
     post, hw = m.postprocess, check_preprocess(m.preprocess)
-    truth = _truth(labels, len(cand)) if labels is not None else None
-    if truth is None:
+    if labels is None:
         raise DataError("object detection needs labelled images to find each image's size",
                         hint="pass a COCO .json or a .csv of image,x1,y1,x2,y2,label as --data")
+    truth = _truth(labels, len(cand))
     sizes = [t["size"] for t in truth]
 
     def dets_of(out):

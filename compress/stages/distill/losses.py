@@ -109,8 +109,9 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, seed: int, window
     return np.concatenate(batches).tolist() if batches else []
 
 
-def _encode(tokenizer, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
-    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+def _encode(tokenizer, texts: list[str], max_length: int,
+            pairs: list[str] | None = None) -> dict[str, list[list[int]]]:
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
     return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
 
 

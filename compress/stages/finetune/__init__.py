@@ -50,7 +50,7 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     config = config or FinetuneConfig()
     output = FINETUNE.output(out, config, force=force)
     base = Path(base)
-    _check_base(base, config)
+    _check_base(base)
     words = config.task is Task.token_classification
     names = config.labels or _label_names(Path(train), words)
     _check_labels(names, words, train)
@@ -84,7 +84,7 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
 
 # --- inputs --------------------------------------------------------------------------------------------------------
 
-def _check_base(base: Path, config: FinetuneConfig) -> None:
+def _check_base(base: Path) -> None:
     if not (base / "config.json").is_file():
         raise ConfigError(f"{base}: not a Hugging Face checkpoint directory (no config.json)",
                           hint="pass the pretrained base's directory (config.json, weights, tokenizer)")
@@ -143,12 +143,7 @@ def _data(tokenizer, names, train, eval_data, config: FinetuneConfig, words: boo
         if words:
             enc, labels, word_ids = _encode_words(tokenizer, ds.texts, ds.labels, config.max_length)
             return _TransferSet(enc, labels, pad, word_ids)
-        if ds.pairs is not None:
-            enc = tokenizer(ds.texts, ds.pairs, truncation=True, max_length=config.max_length)
-            enc = {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
-        else:
-            enc = _encode(tokenizer, ds.texts, config.max_length)
-        return _TransferSet(enc, list(ds.labels), pad)
+        return _TransferSet(_encode(tokenizer, ds.texts, config.max_length, ds.pairs), list(ds.labels), pad)
 
     train_set = rows(read(train))
     if eval_data is None:
@@ -278,7 +273,7 @@ class _Loop:
                 raise ConfigError(f"--resume: the settings differ from the saved run's ({', '.join(changed)})",
                                   hint="resume with the same options, or start again with --force")
             saved = torch.load(ckpt, map_location=self.device, weights_only=True)
-            self._trainable_state(saved["model"])
+            self._load_trainable(saved["model"])
             self.opt.load_state_dict(saved["optimizer"])
             self.sched.load_state_dict(saved["scheduler"])
             self.state = json.loads(saved["state"])
@@ -290,16 +285,17 @@ class _Loop:
         self.run.mkdir(parents=True)
         (self.run / "run_config.json").write_text(json.dumps(run_config, indent=1))
 
-    def _trainable_state(self, state: dict | None = None):
-        named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        if state is None:
-            return {n: p.detach().cpu().clone() for n, p in named.items()}
+    def _trainable_state(self) -> dict:
+        """The trained parameters (what a checkpoint and the best weights keep), on the CPU."""
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _load_trainable(self, state: dict) -> None:
         import torch
 
         with torch.no_grad():
-            for n, p in named.items():
-                p.copy_(state[n].to(p.device))
-        return None
+            for n, p in self.model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(state[n].to(p.device))
 
     def _order(self, epoch: int) -> list[int]:
         from compress.stages.distill.losses import length_grouped_order
@@ -383,7 +379,7 @@ class _Loop:
 
         best = self.run / "best.pt"
         if best.is_file():
-            self._trainable_state(torch.load(best, map_location=self.device, weights_only=True))
+            self._load_trainable(torch.load(best, map_location=self.device, weights_only=True))
         model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         return model.cpu().eval()
 
