@@ -12,6 +12,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
+    "finetune": ("compress.stages.finetune", "finetune"),
+    "FinetuneConfig": ("compress.stages.finetune.config", "FinetuneConfig"),
     "distill": ("compress.stages.distill", "distill"),
     "DistillConfig": ("compress.stages.distill.config", "DistillConfig"),
     "export": ("compress.stages.export", "export"),

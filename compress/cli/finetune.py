@@ -14,21 +14,26 @@ def _names(value: str | None) -> list[str] | None:
     return [x.strip() for x in value.split(",") if x.strip()] if value else None
 
 
+def _freeze(value: str) -> int | str:
+    return int(value) if value.strip().isdigit() else value.strip()
+
+
 @click.command("finetune")
 @click.argument("base", type=click.Path(path_type=Path))
 @click.option("--train", required=True, type=click.Path(path_type=Path),
-              help="Labelled training data: a table (CSV/TSV/JSONL) of texts and labels, or for token-classification "
-                   "a CoNLL / JSON lines file of words and tags.")
+              help="Labelled training data: a table (CSV/TSV/JSONL) of texts and labels; for token-classification "
+                   "a CoNLL / JSON lines file of words and tags; for an image base class folders, a table of "
+                   "path,label or an .npz.")
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
               help="Labelled eval data: evaluated every --eval-every steps, the best checkpoint kept.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Fine-tuned checkpoint (artifact).")
 @click.option("--retain-data", type=click.Path(path_type=Path),
-              help="Texts of the base's own domain: how much of its embedding behaviour the fine-tune kept is "
-                   "measured on them (embedding cosine, neighbour agreement) and recorded as forgetting.")
-@click.option("--task", type=click.Choice([t.value for t in TASKS]), default=F["task"].default.value,
-              show_default=True, help=F["task"].description)
+              help="Data of the base's own domain (texts, or images): how much of its behaviour the fine-tune kept "
+                   "is measured on it (embedding cosine, neighbour agreement; for an image classifier base, its own "
+                   "head's agreement) and recorded as forgetting.")
+@click.option("--task", type=click.Choice([t.value for t in TASKS]), help=F["task"].description)
 @click.option("--labels", help="Comma-separated class names by id (default: the data's).")
-@click.option("--freeze", type=int, default=0, show_default=True, help=F["freeze"].description)
+@click.option("--freeze", default="0", show_default=True, metavar="N|all", help=F["freeze"].description)
 @click.option("--lora-rank", type=int, help=F["lora_rank"].description)
 @click.option("--lora-alpha", type=int, help=F["lora_alpha"].description)
 @click.option("--lora-dropout", type=float, default=F["lora_dropout"].default, show_default=True,
@@ -45,6 +50,7 @@ def _names(value: str | None) -> list[str] | None:
               help=F["warmup_ratio"].description)
 @click.option("--max-length", type=int, default=F["max_length"].default, show_default=True,
               help=F["max_length"].description)
+@click.option("--shift", type=float, default=F["shift"].default, show_default=True, help=F["shift"].description)
 @click.option("--eval-every", type=int, help=F["eval_every"].description)
 @click.option("--patience", type=int, help=F["patience"].description)
 @click.option("--save-every", type=int, help=F["save_every"].description)
@@ -54,14 +60,16 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--allow-pickle", is_flag=True, help=F["allow_pickle"].description)
 @force_option
 def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze, lora_rank, lora_alpha, lora_dropout, lora_targets,
-                 epochs, max_steps, batch_size, lr, weight_decay, warmup_ratio, max_length, eval_every, patience,
+                 epochs, max_steps, batch_size, lr, weight_decay, warmup_ratio, max_length, shift, eval_every, patience,
                  save_every, seed, run_dir, resume, allow_pickle, force):
-    """Fine-tune a pretrained BASE (e.g. all-MiniLM-L6-v2) into the teacher the chain starts from.
+    """Fine-tune a pretrained BASE (all-MiniLM-L6-v2, an ImageNet CNN, a ViT) into the teacher the chain starts from.
 
     \b
-    A new head for the task and the data's labels, then one of:
-      (default)           every weight trains; learning rate 5e-5
-      --freeze N          the embeddings and the first N layers stay as pretrained
+    BASE is a Hugging Face checkpoint directory (a text encoder, an image classifier or
+    backbone) or a timm checkpoint. A new head for the task and the data's labels, then one of:
+      (default)           every weight trains; learning rate 5e-5 (text), 5e-4 (images)
+      --freeze N          the embeddings (a CNN's stem) and the first N layers (blocks) stay
+                          as pretrained; --freeze all: only the new head trains
       --lora-rank R       low-rank adapters (peft LoRA, every linear layer), learning rate 5e-4,
                           merged into the weights before the checkpoint is written
 
@@ -73,10 +81,11 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
     from compress.stages.finetune import finetune
 
     config = build_config(
-        FinetuneConfig, task=task, labels=_names(labels), freeze=freeze, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout, lora_targets=_names(lora_targets), epochs=epochs, max_steps=max_steps,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_length=max_length,
-        eval_every=eval_every, patience=patience, save_every=save_every, seed=seed, allow_pickle=allow_pickle,
+        FinetuneConfig, task=task, labels=_names(labels), freeze=_freeze(freeze), lora_rank=lora_rank,
+        lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=_names(lora_targets), epochs=epochs,
+        max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+        max_length=max_length, shift=shift, eval_every=eval_every, patience=patience, save_every=save_every, seed=seed,
+        allow_pickle=allow_pickle,
     )
     with _Progress() as progress:
         result = finetune(base, train, out, config, eval_data=eval_data, retain_data=retain_data, run_dir=run_dir,
@@ -88,8 +97,10 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
         line += f"; eval {m['metric']} {m['eval_metric']:.4f} ({m['chosen']} checkpoint)"
     if m.get("forgetting"):
         f = m["forgetting"]
-        line += (f"; kept of the base on {f['retain_rows']} retained texts: embedding cosine "
+        line += (f"; kept of the base on {f['retain_rows']} retained rows: embedding cosine "
                  f"{f['embedding_cosine']:.3f}, neighbour agreement {f['neighbour_agreement']:.3f}")
+        if f.get("head_agreement") is not None:
+            line += f", its head's agreement {f['head_agreement']:.3f}"
     console().print(line)
 
 

@@ -112,8 +112,8 @@ def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, reru
     """The plan and, per job, whether it is cached and what it will cost (for --dry-run and the run itself)."""
     recipe_path = Path(recipe_path)
     recipe = read_recipe(recipe_path)
-    plan = make_plan(recipe, recipe_path.parent)
     run = Path(run_dir) if run_dir else default_run_dir(recipe.name)
+    plan = make_plan(recipe, recipe_path.parent, run)
     previous = read_index(run) or {}
     before = {j["name"]: j for j in previous.get("jobs", [])}
     rows = []
@@ -122,7 +122,8 @@ def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, reru
         forced = any(fnmatch.fnmatch(job.name, pat) for pat in rerun)
         cached = rec is not None and not forced
         known = (rec or {}).get("seconds") or (before.get(job.name) or {}).get("build_seconds")
-        rows.append({"name": job.name, "verb": job.verb, "from": job.parent or "teacher", "key": job.key[:12],
+        origin = "base" if job.verb == "finetune" else job.parent or "teacher"
+        rows.append({"name": job.name, "verb": job.verb, "from": origin, "key": job.key[:12],
                      "cached": cached, "estimate_s": 0.0 if cached else float(known or rough_seconds(job)),
                      "estimate_from": "cached" if cached else ("an earlier run" if known else "rough")})
     return plan, run, rows
@@ -223,7 +224,10 @@ def _verdict(jobs: list[dict[str, Any]], gate_rows: list[dict[str, Any]]) -> str
 
 
 def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[str, Any]:
-    src = plan.teacher if job.parent is None else str(run / completed_record(run, plan.job(job.parent))["path"])
+    if job.verb == "finetune":  # the recipe's teacher, from its base
+        src = job.data["base"]
+    else:
+        src = plan.teacher if job.parent is None else str(run / completed_record(run, plan.job(job.parent))["path"])
     verb = VERBS[job.verb]
     config = verb.config_model().model_validate(job.settings)
     force = out.exists()  # a --rerun of a cached job, or a leftover of an interrupted one

@@ -43,7 +43,13 @@ def recipe_from_artifact(path: Path | str) -> str:
     taken: set[str] = set()
     parent = "teacher"
     skipped = []
-    for rec in m.steps:
+    teacher: Any = m.source.path
+    for n, rec in enumerate(m.steps):
+        if rec.stage == "finetune" and n == 0:  # the teacher was fine-tuned from the source (a pretrained base)
+            teacher = {"finetune": {"base": m.source.path, **_non_default(rec.stage, rec.config)}}
+            for k, v in ((rec.metrics or {}).get("data") or {}).items():
+                data.setdefault(k, v)
+            continue
         if rec.stage not in STEP_VERBS:
             skipped.append(rec.stage)
             continue
@@ -57,7 +63,7 @@ def recipe_from_artifact(path: Path | str) -> str:
         parent = name
     if not steps:
         raise ArtifactError(f"{path}: the manifest records no steps", hint="this is a teacher, not a derived artifact")
-    recipe: dict[str, Any] = {"name": _slug(Path(path).name), "teacher": m.source.path}
+    recipe: dict[str, Any] = {"name": _slug(Path(path).name), "teacher": teacher}
     if data:
         recipe["data"] = data
     recipe["steps"] = steps

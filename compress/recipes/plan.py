@@ -19,7 +19,7 @@ from typing import Any
 from compress.artifact import MANIFEST
 from compress.errors import ConfigError
 from compress.teachers.images import MODULE_FILES, PROGRAM_FILE
-from compress.recipes.schema import Recipe, resolve_path
+from compress.recipes.schema import FinetuneSpec, Recipe, resolve_path
 from compress.recipes.verbs import MEASURING_VERBS, TEACHER, VERBS
 
 #: names in a path field that mean one of the recipe's data files
@@ -109,15 +109,23 @@ def _profile_facts(profile: str, base: Path) -> tuple[str, dict[str, Any]]:
     return name, load_profile(name).model_dump(mode="json")
 
 
-def make_plan(recipe: Recipe, base: Path | str) -> Plan:
-    """Resolve paths, expand validation and packaging per artifact × profile, and key every job."""
+def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -> Plan:
+    """Resolve paths, expand validation and packaging per artifact × profile, and key every job. ``run``: the run
+    directory, where a teacher the recipe fine-tunes will be (``teacher: {finetune: ...}``)."""
     from compress import __version__
 
     base = Path(base)
-    teacher = resolve_path(recipe.teacher, base)
+    data = {k: resolve_path(v, base) for k, v in recipe.data.model_dump().items() if v}
+    digest = _Digests()
+    tune = None
+    if isinstance(recipe.teacher, FinetuneSpec):  # the first job: its output is the teacher
+        tune = _finetune_job(recipe.teacher, data, base, digest, __version__)
+        teacher = str(Path(run or ".") / "steps" / tune.dirname)
+    else:
+        teacher = resolve_path(recipe.teacher, base)
     from compress.teachers.model_files import is_model_file, load_model_file
 
-    model_file = is_model_file(teacher)  # an ONNX file made elsewhere: adopted by export; nothing to train
+    model_file = tune is None and is_model_file(teacher)  # an ONNX file made elsewhere: adopted by export
     if model_file:
         trained = [n for n, st in recipe.steps.items() if VERBS[st.verb].trains and st.from_ == TEACHER]
         if trained:
@@ -125,18 +133,16 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                               f"teacher: {Path(teacher).name} is a model file (no PyTorch source)",
                               hint="start the recipe with an export step (it adopts the file), then quantize; "
                                    "distill and prune need a checkpoint")
-    elif not Path(teacher).is_dir():
+    elif tune is None and not Path(teacher).is_dir():
         raise ConfigError(f"teacher: {teacher} is not a checkpoint directory", hint="check the recipe's teacher path")
-    if not model_file and not any((Path(teacher) / name).is_file() for name in TEACHER_FILES):
+    if tune is None and not model_file and not any((Path(teacher) / name).is_file() for name in TEACHER_FILES):
         # checked before the directory's content is hashed: /etc or /proc is not read through to find out
         raise ConfigError(f"teacher: {teacher} is not a checkpoint directory (no {', '.join(TEACHER_FILES)})",
                           hint="point teacher: at a Hugging Face checkpoint, a model.pt2 with its model.yaml, or an "
                                "edgecompress artifact")
-    data = {k: resolve_path(v, base) for k, v in recipe.data.model_dump().items() if v}
     if "calibration" not in data and "train" in data:
         data["calibration"] = data["train"]
-    digest = _Digests()
-    jobs: list[Job] = []
+    jobs: list[Job] = [tune] if tune else []
     for name, step in recipe.steps.items():
         settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher)
         io = _inputs(name, step.verb, settings, data)
@@ -151,7 +157,7 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
                 if any(j.name == name for j in jobs):
                     raise ConfigError(f"{name} is listed twice", hint=f"list {art} under {prof} once")
                 jobs.append(Job(name, verb, art, settings, profile=prof))
-    teacher_digest = load_model_file(teacher).sha256 if model_file else digest(teacher)  # with its model.yaml
+    teacher_digest = tune.key if tune else load_model_file(teacher).sha256 if model_file else digest(teacher)
     keys: dict[str | None, str] = {None: teacher_digest}
     profiles: dict[str, tuple[str, dict[str, Any]]] = {}  # each profile resolved once, however many jobs use it
     for job in jobs:  # steps come before the jobs that take them (from: is checked acyclic; validate/package last)
@@ -183,6 +189,19 @@ def make_plan(recipe: Recipe, base: Path | str) -> Plan:
     return Plan(recipe, base, teacher, teacher_digest, jobs)
 
 
+def _finetune_job(spec: FinetuneSpec, data: dict[str, str], base: Path, digest: _Digests, version: str) -> Job:
+    """The job that fine-tunes the recipe's teacher, keyed by its base's content, its settings and its data."""
+    files = {"base": resolve_path(spec.base, base)}
+    if spec.retain_data:
+        files["retain_data"] = resolve_path(spec.retain_data, base)
+    io = {**_inputs(TEACHER, "finetune", spec.settings, data), **files}
+    job = Job(TEACHER, "finetune", None, dict(spec.settings), io)
+    payload = {"verb": "finetune", "settings": job.settings, "version": version,
+               "files": {k: digest(v) for k, v in io.items()}}
+    job.key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return job
+
+
 def _defaults(verb: str, settings: dict[str, Any], data: dict[str, str], teacher: str) -> dict[str, Any]:
     """``settings`` with the verb's unset options taken from the recipe's data (or its teacher), first set wins."""
     given = {**data, TEACHER: teacher}
@@ -208,6 +227,8 @@ def _profile_label(profile: str) -> str:
 
 
 def _depth(job: Job, jobs: list[Job]) -> int:
+    if job.verb == "finetune":
+        return -1  # the teacher, before every job that takes it
     d, cur = 0, job
     while cur.parent is not None:
         cur = next(j for j in jobs if j.name == cur.parent)

@@ -17,6 +17,12 @@ Example::
       int8:     {from: onnx, quantize: {}}
     validate: {profiles: [cpu-x86-avx2], artifacts: [int8]}
     gate: {baseline: previous}
+
+The teacher may itself be made by the recipe, fine-tuned from a pretrained base (``edgecompress finetune``'s options,
+snake_case, on the recipe's ``data.train`` and ``data.eval``), cached and keyed like every step::
+
+    teacher:
+      finetune: {base: builtin:all-MiniLM-L6-v2, epochs: 1, labels: [negative, positive]}
 """
 
 from __future__ import annotations
@@ -42,6 +48,37 @@ class DataSpec(BaseModel):
     train: str | None = Field(None, description="Transfer/training data (distill, prune recovery, vocabulary).")
     eval: str | None = Field(None, description="Labelled eval data: distillation checkpoints and validation.")
     calibration: str | None = Field(None, description="Calibration data for static quantization (default: train).")
+
+
+class FinetuneSpec(BaseModel):
+    """A teacher the recipe fine-tunes from a pretrained base: ``{finetune: {base: ..., <finetune options>}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    finetune: dict[str, Any] = Field(description="edgecompress finetune's options (snake_case), with base: (the "
+                                     "pretrained checkpoint) and optionally retain_data:.")
+
+    @model_validator(mode="after")
+    def _has_base(self) -> FinetuneSpec:
+        if not isinstance(self.finetune.get("base"), str):
+            raise ValueError("finetune needs base: (the pretrained checkpoint to fine-tune)")
+        return self
+
+    @property
+    def base(self) -> str:
+        return self.finetune["base"]
+
+    @property
+    def retain_data(self) -> str | None:
+        return self.finetune.get("retain_data")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The options finetune's settings model takes (the paths are passed beside them)."""
+        return {k: v for k, v in self.finetune.items() if k not in FINETUNE_PATHS}
+
+
+#: a finetune teacher's paths: read beside its settings and keyed by their content
+FINETUNE_PATHS = ("base", "retain_data")
 
 
 class StepSpec(BaseModel):
@@ -89,7 +126,8 @@ class GateSpec(BaseModel):
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=NAME, description="Names the run directory (lowercase letters, digits, - and _).")
-    teacher: str = Field(description="The teacher checkpoint (a path, or builtin:all-MiniLM-L6-v2).")
+    teacher: str | FinetuneSpec = Field(description="The teacher checkpoint (a path, or builtin:all-MiniLM-L6-v2), or "
+                                        "{finetune: {base: ..., ...}}: a teacher the recipe fine-tunes from a base.")
     data: DataSpec = Field(default_factory=DataSpec)
     steps: dict[str, StepSpec] = Field(min_length=1)
     validate_: TargetsSpec | list[TargetsSpec] | None = Field(None, alias="validate")
@@ -199,6 +237,16 @@ def read_recipe(path: Path | str) -> Recipe:
 def _check(recipe: Recipe, label: str, root, base: Path) -> None:
     """What the schema cannot say: names, the graph, each verb's own options."""
     steps = recipe.steps
+    if isinstance(recipe.teacher, FinetuneSpec):
+        from compress.stages.finetune.config import FinetuneConfig
+
+        try:
+            FinetuneConfig.model_validate(recipe.teacher.settings)
+        except ValidationError as e:
+            _pydantic(label, root, e, ("teacher", "finetune"),
+                      hint="the options of `edgecompress finetune --help`, in snake_case")
+        if not recipe.data.train:
+            _raise(label, root, ("teacher",), "a fine-tuned teacher needs data.train", "set data.train in the recipe")
     for name, step in steps.items():
         if not re.match(NAME, name) or name == TEACHER:
             _raise(label, root, ("steps", name), f"{name!r} is not a step name",

@@ -26,6 +26,18 @@ def run_distill(source: str, config, out: Path, ctx: StepContext) -> dict[str, A
     return _artifact_summary(out)
 
 
+def run_finetune(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.stages.finetune import finetune
+
+    work = ctx.work  # checkpoints: an interrupted fine-tune resumes from them
+    result = finetune(source, ctx.data["train"], out, config, eval_data=ctx.data.get("eval_data"),
+                      retain_data=ctx.data.get("retain_data"), run_dir=work,
+                      resume=(work / "checkpoint.pt").is_file(), force=ctx.force, progress=ctx.say)
+    m = result.metrics
+    return {**_artifact_summary(out), "mode": m["mode"], "eval_metric": m.get("eval_metric"),
+            "trainable_parameters": m["trainable_parameters"]}
+
+
 def run_prune(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
     from compress.stages.prune import prune
 

@@ -4,8 +4,8 @@ Like :data:`compress.runtimes.base.RUNTIMES`, the table holds import strings (``
 when used, so importing it imports no stage, no pydantic model and no ML library (``edgecompress --help`` reads it).
 
 A verb here is a recipe verb: one of the steps (distill, prune, export, quantize: each takes the output of the
-teacher or of another step) or a measuring verb (validate, package: an artifact × a profile, listed under the
-recipe's ``validate:`` and ``package:``). Commands that are only commands (inspect, doctor, ...) are listed beside
+teacher or of another step), a measuring verb (validate, package: an artifact × a profile, listed under the
+recipe's ``validate:`` and ``package:``), or finetune (the recipe's teacher, when the recipe makes it from a base). Commands that are only commands (inspect, doctor, ...) are listed beside
 this table in :data:`compress.cli.COMMANDS`.
 """
 
@@ -102,10 +102,19 @@ def _recover_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
     return int(settings.get("recover_steps", 0))
 
 
+def _finetune_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
+    if "max_steps" in settings:
+        return settings["max_steps"]
+    return _train_rows(data.get("train")) * float(settings.get("epochs", 3.0)) / int(settings.get("batch_size", 32))
+
+
 def _train_rows(path: str | None) -> int:
+    """Rows of a table (lines less the header), or sentences of a CoNLL file (blank-line separated)."""
     if not path or not Path(path).is_file():
         return 1000
     with open(path, "rb") as f:
+        if Path(path).suffix.lower() in (".txt", ".conll", ".iob", ".bio"):
+            return max(sum(1 for line in f if not line.strip()), 1)
         return max(sum(1 for _ in f) - 1, 1)
 
 
@@ -136,6 +145,11 @@ VERBS: dict[str, Verb] = {
         takes_from=("export",), deployable=True, format=None, data={"calibration": "calibration"},
         defaults=_PARITY_DATA, seconds=20, train_steps=_qat_steps, step_name="quantized-{precision}",
         name_defaults={"precision": "int8"}),
+    # the recipe's teacher when the recipe fine-tunes it (teacher: {finetune: {base: ...}}): a job, not a step
+    "finetune": Verb(
+        config="compress.stages.finetune.config:FinetuneConfig", command="compress.cli.finetune:finetune_cmd",
+        run="compress.recipes.steps:run_finetune", trains=True, data=_TRAINING_DATA, needs={"train": "training data"},
+        seconds=30, train_steps=_finetune_steps, step_name="teacher"),
     "validate": Verb(
         config="compress.validation.local:ValidateConfig", command="compress.cli.validate:validate_cmd",
         run="compress.recipes.steps:run_validate", paths=("data", "teacher", "ssh_config"), measures=True,

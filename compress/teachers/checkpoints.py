@@ -27,6 +27,18 @@ class InfoTeacher:
     def task(self):
         return self.info.task
 
+    def lineage(self) -> tuple[Any, list]:
+        """``(source, steps)`` a model derived from this teacher records: the teacher's own source and steps when it
+        is an edgecompress artifact (a fine-tuned teacher's lineage starts at its base), else the teacher itself."""
+        from compress.artifact import is_artifact, load_artifact
+
+        root = self.path if self.path.is_dir() else self.path.parent
+        if is_artifact(root):
+            manifest = load_artifact(root, verify=False).manifest
+            if manifest.source is not None:
+                return manifest.source, list(manifest.steps)
+        return self.source(), []
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:

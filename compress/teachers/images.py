@@ -392,7 +392,7 @@ def write_student(model, teacher: ImageTeacher, directory: Path) -> Manifest:
                      preprocess=teacher.info.preprocess,
                      weights=sorted(f.name for f in Path(directory).glob("*.safetensors")))
     manifest = ImageTeacher(info=info, model=model, sha256=digest_dir(directory)).manifest()
-    manifest.source = teacher.source()
+    manifest.source = teacher.lineage()[0]
     return manifest
 
 

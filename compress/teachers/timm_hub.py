@@ -104,6 +104,19 @@ def load_timm_model(path: Path, config: dict[str, Any], weights: list[str], *, p
     return model.eval()
 
 
+def save_timm_model(model, config: dict[str, Any], labels: list[str], directory: Path) -> None:
+    """Write ``model`` in timm's hub format with timm's own writer (``save_for_hf``): ``config.json`` with the new
+    classes and the base's model arguments, and safetensors weights."""
+    from timm.models import save_for_hf
+
+    args = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}  # the base's classes
+    # the base's preprocessing, not the architecture's default (a model built from a config.json carries the default)
+    model.pretrained_cfg = {**config["pretrained_cfg"], "architecture": config["architecture"],
+                            "num_classes": len(labels)}
+    save_for_hf(model, str(directory), model_config={"label_names": list(labels)}, model_args=args or None,
+                safe_serialization=True)
+
+
 class TimmProcessor:
     """timm's own eval transform behind the image-processor call ``export`` compares the pinned preprocessing with."""
 

@@ -280,3 +280,42 @@ def test_a_teacher_that_is_no_checkpoint_is_refused_before_it_is_read(tmp_path, 
     proc = edgecompress("run", tmp_path / "r.yaml", "--dry-run", cwd=tmp_path)
     assert_one_line_error(proc, f"teacher: {teacher} is not a checkpoint directory", code=2)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_recipe_fine_tunes_its_teacher_from_a_base_and_the_lineage_starts_there(workspace, bert_encoder, tmp_path):
+    """teacher: {finetune: {base: ...}}: the fine-tune is the run's first job, cached and keyed like every step; the
+    chain takes its output as the teacher, and the INT8 artifact's lineage starts at the base."""
+    from compress.artifact import load_artifact
+    from compress.recipes.execute import run_recipe
+    from compress.recipes.schema import read_recipe
+    from compress.teachers.load import load_teacher
+
+    shutil.copytree(bert_encoder, workspace / "base", dirs_exist_ok=True)
+    tuned = recipe(name="tuned", teacher={"finetune": {"base": "base", "max_steps": 4, "batch_size": 8, "lr": 1e-3}},
+                   steps={"student": {"distill": {"layers": 1, "max_steps": 2, "batch_size": 8}},
+                          "onnx": {"from": "student", "export": {}}, "int8": {"from": "onnx", "quantize": {}}})
+    del tuned["gate"]
+    path = write(workspace / "tuned.yaml", tuned)
+    first = run_recipe(path, workspace / "tuned-run", html=False)
+    assert list(statuses(first))[0] == "teacher" and set(statuses(first).values()) == {"ran"}
+    teacher_out = workspace / "tuned-run" / first.index["jobs"][0]["path"]
+    assert first.index["teacher"] == str(teacher_out) and first.index["jobs"][0]["mode"] == "full"
+    int8 = load_artifact(workspace / "tuned-run" / next(j for j in first.index["jobs"] if j["name"] == "int8")["path"])
+    assert int8.manifest.steps[0].stage == "finetune"
+    assert int8.manifest.source.sha256 == load_teacher(bert_encoder).sha256  # the lineage starts at the base
+    again = run_recipe(path, workspace / "tuned-run", html=False)
+    assert set(statuses(again).values()) == {"cached"}
+    out = tmp_path / "again.yaml"
+    assert edgecompress("run", "--from-artifact", int8.path, out).returncode == 0
+    r = read_recipe(out)
+    assert r.teacher.finetune["max_steps"] == 4 and Path(r.teacher.base) == (workspace / "base").resolve()
+    assert [s.verb for s in r.steps.values()] == ["distill", "export", "quantize"]
+
+
+def test_a_fine_tuned_teacher_needs_training_data_and_finetunes_options(workspace):
+    bad = recipe(teacher={"finetune": {"base": "teacher", "epoch": 1}})
+    proc = edgecompress("run", write(workspace / "bad.yaml", bad), "--dry-run")
+    assert_one_line_error(proc, "teacher.finetune.epoch")
+    no_data = recipe(teacher={"finetune": {"base": "teacher"}}, data={})
+    proc = edgecompress("run", write(workspace / "bad.yaml", no_data), "--dry-run")
+    assert_one_line_error(proc, "data.train")

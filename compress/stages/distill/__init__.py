@@ -348,9 +348,9 @@ def _write_student(model, teacher, output: StageOutput, metrics: dict[str, Any],
         metrics["teacher_size_bytes"] = sum(teacher.path.joinpath(w).stat().st_size for w in teacher.info.weights)
         student = load_teacher(o.dir, teacher.task)
         manifest = student.manifest()
-        manifest.source = teacher.source()
+        manifest.source, prior = teacher.lineage()
         manifest.versions = library_versions("accelerate")
-        o.describe(manifest, input_digest=teacher.sha256, metrics=metrics)
+        o.describe(manifest, input_digest=teacher.sha256, lineage=prior, metrics=metrics)
     art = output.artifact
     log.info("wrote %s (%s parameters, %.1f MB)", output.path, f"{metrics['student_parameters']:,}",
              metrics["size_bytes"] / 1e6)

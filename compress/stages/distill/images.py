@@ -295,7 +295,7 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
         manifest = write_student(student, teacher, o.dir)
         manifest.versions = library_versions()
         metrics["size_bytes"] = sum(f.stat().st_size for f in o.dir.glob("*.safetensors"))
-        o.describe(manifest, input_digest=teacher.sha256, metrics=metrics)
+        o.describe(manifest, input_digest=teacher.sha256, lineage=teacher.lineage()[1], metrics=metrics)
     art = output.artifact
     log.info("wrote %s (%s parameters)", out, f"{metrics['student_parameters']:,}")
     return DistillResult(artifact=art, metrics=metrics)

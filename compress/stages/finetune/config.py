@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 from compress.artifact import Format, Precision, Task
 from compress.stages.spec import StageSpec, pairs
@@ -12,14 +13,17 @@ from compress.stages.spec import StageSpec, pairs
 FINETUNE = StageSpec(
     stage="finetune", verb="finetune", accepts=pairs(Format.pytorch, Precision.fp32),
     produces=pairs(Format.pytorch, Precision.fp32), versions=("torch", "transformers", "peft"),
-    hint="finetune takes a pretrained Hugging Face checkpoint directory (a text encoder such as all-MiniLM-L6-v2)",
+    hint="finetune takes a pretrained checkpoint directory: a Hugging Face text encoder (all-MiniLM-L6-v2), a "
+    "Hugging Face image classifier or backbone, or a timm checkpoint",
 )
 
 #: the tasks a base can be fine-tuned for (a new head on the base's encoder)
-TASKS = (Task.text_classification, Task.token_classification)
-#: peak learning rates by how much trains: the transfer-learning guides' 2e-5..5e-5 for a whole encoder, higher for
-#: low-rank adapters (only a few parameters move, from zero)
+TASKS = (Task.text_classification, Task.token_classification, Task.image_classification)
+#: peak learning rates by family and by how much trains: the transfer-learning guides' 2e-5..5e-5 for a whole text
+#: encoder, higher for low-rank adapters (few parameters move, from zero); an image backbone takes more (its
+#: BatchNorm layers and a new head on features far from the new task), a frozen one's head more again
 FULL_LR, LORA_LR = 5e-5, 5e-4
+IMAGE_LR = {"full": 5e-4, "frozen": 1e-3, "lora": 1e-3}
 
 
 class Mode(StrEnum):
@@ -31,12 +35,15 @@ class Mode(StrEnum):
 class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: Task = Field(Task.text_classification, description="text-classification (a label per text) or "
-                       "token-classification (a tag per word: CoNLL or JSON lines data).")
+    task: Task | None = Field(None, description="text-classification (a label per text), token-classification (a tag "
+                              "per word: CoNLL or JSON lines data) or image-classification; default: "
+                              "image-classification for an image base, else text-classification.")
     labels: list[str] | None = Field(None, description="Class names by id; default: the data's labels (names sorted, "
                                      "or integer ids 0..k-1).")
-    freeze: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers (transfer "
-                        "learning with the early layers kept).")
+    freeze: NonNegativeInt | Literal["all"] = Field(0, description="Freeze the embeddings (a CNN's stem) and the "
+                                                    "first N layers (blocks) of the base, the early layers kept; "
+                                                    "'all': the whole base, only the new head trains (a linear "
+                                                    "probe).")
     lora_rank: int | None = Field(None, ge=1, description="Train low-rank adapters of this rank (peft LoRA) instead "
                                   "of the weights; merged into them before the checkpoint is written.")
     lora_alpha: int | None = Field(None, ge=1, description="LoRA scaling alpha (default: twice the rank).")
@@ -46,12 +53,16 @@ class FinetuneConfig(BaseModel):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     batch_size: int = Field(32, ge=1, description="Rows per batch.")
-    lr: float | None = Field(None, gt=0, description=f"Peak learning rate (default {FULL_LR:g}, {LORA_LR:g} with "
-                             "LoRA).")
+    lr: float | None = Field(None, gt=0, description=f"Peak learning rate (default for text {FULL_LR:g}, "
+                             f"{LORA_LR:g} with LoRA; for images {IMAGE_LR['full']:g}, {IMAGE_LR['frozen']:g} "
+                             "frozen or LoRA).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of the steps warming the learning rate up, "
                                 "then linear decay.")
-    max_length: int = Field(128, ge=8, description="Longest token sequence.")
+    max_length: int = Field(128, ge=8, description="Longest token sequence (text).")
+    shift: float = Field(0.1, ge=0, lt=0.5, description="Images: each training image moved by a random shift of up "
+                         "to this fraction of its side, zeros filling in (no flips: they change what text or a digit "
+                         "means); 0 turns it off.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: 10 times a run); the "
                                    "best checkpoint is kept.")
     patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement.")
@@ -61,7 +72,7 @@ class FinetuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_mode(self) -> FinetuneConfig:
-        if self.task not in TASKS:
+        if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(t.value for t in TASKS)}")
         if self.freeze and self.lora_rank:
             raise ValueError("--freeze and --lora-rank are two ways of training less: pick one")
@@ -71,6 +82,10 @@ class FinetuneConfig(BaseModel):
     def mode(self) -> Mode:
         return Mode.lora if self.lora_rank else Mode.frozen if self.freeze else Mode.full
 
-    @property
-    def peak_lr(self) -> float:
-        return self.lr or (LORA_LR if self.lora_rank else FULL_LR)
+    def peak_lr(self, images: bool = False) -> float:
+        """The learning rate asked for, else the family's default for the mode."""
+        if self.lr:
+            return self.lr
+        if images:
+            return IMAGE_LR[str(self.mode)]
+        return LORA_LR if self.lora_rank else FULL_LR

@@ -507,8 +507,7 @@ def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: l
             manifest.source = parent.manifest.source
             prior = list(parent.manifest.steps)
         else:
-            manifest.source = teacher.source()
-            prior = []
+            manifest.source, prior = teacher.lineage()
         manifest.versions = library_versions("accelerate") if config.recover_steps else library_versions()
         o.describe(manifest, input_digest=parent.digest if parent is not None else teacher.sha256, lineage=prior,
                    metrics=_jsonable(metrics))

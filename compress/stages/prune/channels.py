@@ -146,7 +146,8 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
         metrics["size_bytes"] = metrics["size_bytes_after"] = (tmp / "model.pt2").stat().st_size
         metrics["parameter_ratio"] = params_before / params_after
         metrics["size_bytes_before"] = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
-        step = o.describe(manifest, input_digest=teacher.sha256, lineage=manifest.steps, metrics=metrics)
+        manifest.source, prior = teacher.lineage()
+        step = o.describe(manifest, input_digest=teacher.sha256, lineage=prior, metrics=metrics)
         o.draft()
         # proof: the written program loads (tensors only) and gives the pruned model's logits
         from compress.teachers.images import prove_reload

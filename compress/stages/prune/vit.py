@@ -111,7 +111,7 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
         manifest.versions = library_versions()
         metrics["size_bytes_before"] = sum((teacher.path / w).stat().st_size for w in teacher.info.weights)
         metrics["size_bytes_after"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
-        step = o.describe(manifest, input_digest=teacher.sha256, metrics=metrics)
+        step = o.describe(manifest, input_digest=teacher.sha256, lineage=teacher.lineage()[1], metrics=metrics)
         o.draft()
         # proof: the written checkpoint reloads (pruned heads and all) and gives the pruned model's logits
         step.metrics["reload_max_abs_diff"] = prove_reload(tmp, hf_logits(model), x[:4], "checkpoint")

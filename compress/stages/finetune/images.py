@@ -1,0 +1,319 @@
+"""Fine-tuning an image base: a Hugging Face image classifier or backbone (MobileNetV2, ViT, ResNet, ConvNeXt, ...)
+or a timm checkpoint gets a new head for the data's classes and trains on the base's own preprocessing.
+
+* **Inputs** are made once by the base's pinned preprocessing (:class:`compress.device.shipped.ImageFeeds`, what every
+  later step runs); each training batch is moved by a random shift of up to ``shift`` of the side (no flips).
+* **``--freeze N``** keeps the stem and the first N blocks as pretrained, in eval mode (their BatchNorm statistics
+  and dropout too). A timm model's stem and blocks are timm's own (``group_matcher``: a ResNet's 4 stages,
+  MobileNetV2's 7, a ViT's layers); a Hugging Face model's blocks are its largest ``ModuleList``/``Sequential``
+  (MobileNetV2's 16 inverted residuals, a ViT's layers). N = all of them leaves the layers after the blocks (a CNN's
+  last 1×1 convolution, a ViT's final norm) and the head to train; ``--freeze all`` trains the head alone.
+* **LoRA** wraps the linear layers (a ViT's attention and MLP), the new head trained whole.
+* **Forgetting** (``retain_data``: images of the base's own domain): the cosine and nearest-neighbour agreement of
+  the fine-tuned backbone's pooled features with the base's, and, when the base is a trained classifier, how often
+  the base's own head on the fine-tuned backbone still gives the base's answer (``head_agreement``).
+
+A ``torch.export`` program is an inference graph with its head inside: refused, with the way out named.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Task
+from compress.errors import ConfigError
+from compress.stages.finetune.config import FinetuneConfig, Mode
+
+#: retained images measured at most (a deterministic sample beyond)
+RETAIN_IMAGES = 500
+
+
+class ImageBatches:
+    """Preprocessed images in memory; ``collate`` gives a shifted training batch (every image is one length)."""
+
+    def __init__(self, x, y, shift: float, seed: int) -> None:
+        self.x, self.y, self.shift, self.seed = x, y, shift, seed
+        self.lengths = np.zeros(len(x), dtype=np.int64)
+        self.calls = 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def collate(self, idx: list[int]) -> dict[str, Any]:
+        from compress.stages.distill.images import _shift
+
+        self.calls += 1
+        rng = np.random.default_rng([self.seed, int(idx[0]), self.calls])
+        return {"pixel_values": _shift(self.x[list(idx)], rng, self.shift), "labels": self.y[list(idx)]}
+
+
+def image_label_names(train: Path) -> list[str]:
+    """The data's classes: class folder names (sorted), an .npz's ids 0..k-1, or a table's label column."""
+    from compress.data.images import load_image_dataset
+
+    if train.is_dir() or train.suffix.lower() == ".npz":
+        ds = load_image_dataset(train, require_labels=True)
+        return ds.label_names or [str(i) for i in range(int(max(ds.labels)) + 1)]
+    from compress.stages.finetune import _label_names
+
+    return _label_names(train, False)
+
+
+def logits_of(model, x):
+    """A Hugging Face or timm classifier's logits for the pixel batch."""
+    out = model(pixel_values=x) if hasattr(model, "config") and hasattr(model.config, "to_dict") else model(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def features_of(model, x):
+    """The backbone's pooled features (before the head): what transfer learning keeps or moves."""
+    if hasattr(model, "forward_features"):  # timm
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    out = model.base_model(pixel_values=x)
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is not None:
+        return pooled.flatten(1)
+    hidden = out.last_hidden_state
+    return hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden[:, 0]
+
+
+def _head_name(model) -> str:
+    if hasattr(model, "forward_features"):
+        return model.pretrained_cfg.get("classifier", "head")
+    return "classifier"
+
+
+def _build(base_teacher, names: list[str], config: FinetuneConfig):
+    """The base with a new, seeded head for ``names``."""
+    import torch
+
+    info = base_teacher.info
+    torch.manual_seed(config.seed)
+    if info.kind == "timm":
+        model = copy.deepcopy(base_teacher.model)
+        model.reset_classifier(len(names))
+        return model
+    if info.kind != "hf":
+        what = "torch.export program" if info.kind == "program" else "TorchScript or pickled module"
+        raise ConfigError(f"{info.path} is a {what}: an inference graph with its head inside, which finetune cannot "
+                          "replace",
+                          hint="fine-tune the Hugging Face or timm checkpoint it came from, or train the nn.Module "
+                          "in PyTorch and export it again")
+    from transformers import AutoModelForImageClassification
+
+    return AutoModelForImageClassification.from_pretrained(
+        str(info.path), num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, local_files_only=True,
+        use_safetensors=not info.pickled)
+
+
+def block_stack(model) -> tuple[list[Any], list[Any]]:
+    """``(stem modules, blocks)`` of the base. timm says it itself (``group_matcher``: the stem, then the blocks its
+    layer-wise learning rates use); a Hugging Face model's blocks are found by structure (its ``ModuleList`` or
+    ``Sequential`` of two or more entries with the most parameters, the head excluded), its stem is every module
+    whose parameters all come before the first block's."""
+    from torch import nn
+
+    if hasattr(model, "group_matcher"):
+        return _timm_blocks(model)
+    head = _head_name(model)
+    stacks = [m for name, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2
+              and not name.startswith(head)]
+    if not stacks:
+        raise ConfigError(f"{type(model).__name__} has no stack of blocks to freeze the first of",
+                          hint="fine-tune it whole (leave --freeze out), or --freeze all")
+    blocks = list(max(stacks, key=lambda m: sum(p.numel() for p in m.parameters())))
+    first = next(iter(blocks[0].parameters()))
+    stem_ids = set()
+    for p in model.parameters():
+        if p is first:
+            break
+        stem_ids.add(id(p))
+    stem = [m for m in model.modules() if (own := list(m.parameters(recurse=False)))
+            and all(id(p) in stem_ids for p in own)]
+    return stem, blocks
+
+
+def _timm_blocks(model) -> tuple[list[Any], list[Any]]:
+    import re
+
+    from timm.models import group_modules
+
+    matcher = model.group_matcher(coarse=True)
+    groups = list(group_modules(model, matcher).values())
+    pattern = matcher["blocks"] if isinstance(matcher["blocks"], str) else matcher["blocks"][0][0]
+    blocks = []
+    for names in groups[1:]:
+        found = {m.group(0) for n in names if (m := re.match(pattern, n))}
+        if len(found) == 1 and all(re.match(pattern, n) for n in names):
+            blocks.append(model.get_submodule(found.pop()))
+    return [model.get_submodule(n) for n in groups[0]], blocks
+
+
+def freeze(model, n: int | str) -> list[Any]:
+    """Freeze the stem and the first ``n`` blocks (:func:`block_stack`), or with ``"all"`` every module but the
+    head; returns the frozen modules (kept in eval mode while the rest trains)."""
+    if n == "all":
+        head = _head_name(model)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(head))
+        return [m for name, m in model.named_modules() if name and not name.startswith(head)
+                and (params := list(m.parameters())) and not any(p.requires_grad for p in params)]
+    stem, blocks = block_stack(model)
+    if n > len(blocks):
+        raise ConfigError(f"--freeze {n}: the base has {len(blocks)} blocks",
+                          hint=f"freeze at most {len(blocks)}, or --freeze all (only the head trains)")
+    frozen = [*stem, *blocks[:n]]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def _lora(model, config: FinetuneConfig):
+    from compress._optional import require
+
+    require("peft", "--lora-rank (LoRA adapters)")
+    from peft import LoraConfig
+
+    from compress.stages.finetune import wrap_lora
+
+    return wrap_lora(model, config, LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank, lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets or "all-linear", modules_to_save=[_head_name(model)]))
+
+
+def _encode(base_teacher, path, names: list[str], require_labels: bool = True, limit: int | None = None):
+    """The images of ``path`` through the base's preprocessing, and their class ids."""
+    import torch
+
+    from compress.data.images import load_image_dataset
+    from compress.stages.distill.images import encode_all
+
+    ds = load_image_dataset(path, label2id={n: i for i, n in enumerate(names)}, require_labels=require_labels)
+    if limit is not None and len(ds) > limit:
+        ds = ds.sample(limit, seed=0)
+    x = encode_all(base_teacher.encoder(), ds.items)
+    y = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64)) if ds.labels is not None else None
+    return x, y
+
+
+def _accuracy(x, y):
+    import torch
+
+    def evaluate(model) -> float:
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            pred = torch.cat([logits_of(model, x[i:i + 128].to(device)).argmax(-1).cpu()
+                              for i in range(0, len(x), 128)])
+        return float((pred == y).float().mean())
+
+    return evaluate
+
+
+def image_forgetting(base, tuned, x) -> dict[str, Any]:
+    """How much of the base the fine-tuned backbone kept on the images ``x`` (see the module doc)."""
+    import torch
+
+    from compress.validation.metrics import neighbour_agreement, row_cosines
+
+    def embed(model):
+        with torch.inference_mode():
+            return torch.cat([features_of(model, x[i:i + 64]).float() for i in range(0, len(x), 64)]).numpy()
+
+    base.eval()
+    a, b = embed(base), embed(tuned)
+    out: dict[str, Any] = {"retain_rows": len(x), "embedding_cosine": float(row_cosines(b, a).mean()),
+                           "neighbour_agreement": neighbour_agreement(a, b, k=1),
+                           "neighbour_agreement_top3": neighbour_agreement(a, b, k=3)}
+    if _is_trained_classifier(base):  # the base's own head on the fine-tuned backbone
+        head = _head_name(base)
+        swapped = copy.deepcopy(base)
+        swapped.load_state_dict({k: v for k, v in tuned.state_dict().items() if not k.startswith(head)}, strict=False)
+        swapped.eval()
+        with torch.inference_mode():
+            agree = [(logits_of(base, x[i:i + 64]).argmax(-1) == logits_of(swapped, x[i:i + 64]).argmax(-1)).float()
+                     for i in range(0, len(x), 64)]
+        out["head_agreement"] = float(torch.cat(agree).mean())
+    return out
+
+
+def _is_trained_classifier(model) -> bool:
+    if hasattr(model, "forward_features"):
+        return True  # a timm checkpoint is saved with its classifier
+    archs = getattr(model.config, "architectures", None) or []
+    return any(a.endswith("ForImageClassification") for a in archs)
+
+
+def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_data, retain_data, run: Path,
+                    resume: bool, force: bool, progress):
+    """Fine-tune an image base (see the module doc) and write the checkpoint through ``output``."""
+    import torch.nn.functional as F
+
+    from compress.stages.finetune import FinetuneResult, _check_labels, data_record
+    from compress.stages.finetune.loop import TrainLoop
+    from compress.teachers.images import load_image_teacher
+
+    if config.task is not Task.image_classification:
+        raise ConfigError(f"--task {config.task}: an image base is fine-tuned for image-classification",
+                          hint="leave --task out")
+    names = config.labels or image_label_names(Path(train))
+    _check_labels(names, False, train)
+    base_teacher = load_image_teacher(base, allow_pickle=config.allow_pickle)
+    model = _build(base_teacher, names, config)
+    if progress:
+        progress({"phase": "prepare", "label": "preprocessing images"})
+    x, y = _encode(base_teacher, train, names)
+    x_eval, y_eval = _encode(base_teacher, eval_data, names) if eval_data is not None else (None, None)
+    evaluate = _accuracy(x_eval, y_eval) if x_eval is not None else None
+    retain = _encode(base_teacher, retain_data, names, require_labels=False, limit=RETAIN_IMAGES)[0] \
+        if retain_data is not None else None
+    frozen: list[Any] = []
+    if config.mode is Mode.frozen:
+        frozen = freeze(model, config.freeze)
+    elif config.mode is Mode.lora:
+        model = _lora(model, config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    loop = TrainLoop(model, trainable, ImageBatches(x, y, config.shift, config.seed), config, run, progress,
+                     lr=config.peak_lr(images=True),
+                     loss=lambda m, b: F.cross_entropy(logits_of(m, b["pixel_values"]), b["labels"]),
+                     evaluate=evaluate, metric_name="accuracy", frozen_modules=frozen)
+    loop.start(resume, force)
+    loop.train()
+    final = loop.finish()
+    metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": config.freeze,
+               "labels": names, "base": str(base), "train_rows": len(x),
+               "eval_rows": len(x_eval) if x_eval is not None else 0, "data": data_record(train, eval_data),
+               "augmentation": f"random shift up to {config.shift:g} of the side, no flips"}
+    if retain is not None:
+        metrics["forgetting"] = {**image_forgetting(base_teacher.model, final, retain), "data": str(retain_data)}
+    with output.writing() as o:
+        manifest = _write(final, base_teacher, names, o.dir, x[:2])
+        o.describe(manifest, input_digest=base_teacher.sha256, lineage=base_teacher.lineage()[1], metrics=metrics)
+    return FinetuneResult(output.artifact, metrics)
+
+
+def _write(model, base_teacher, names: list[str], directory: Path, probe):
+    """Save the fine-tuned classifier as its base's kind (Hugging Face or timm) with the base's preprocessing, prove
+    it reloads to the same logits, and describe it (source: the base)."""
+    from compress.teachers.images import load_image_teacher, prove_reload
+
+    if base_teacher.info.kind == "timm":
+        from compress.teachers.timm_hub import save_timm_model
+
+        save_timm_model(model, base_teacher.info.config, names, directory)
+    else:
+        model.save_pretrained(str(directory), safe_serialization=True)
+        base_teacher.save_inputs(directory)
+    prove_reload(directory, lambda x: logits_of(model, x), probe, "fine-tuned model")
+    written = load_image_teacher(directory)
+    if written.info.preprocess != base_teacher.info.preprocess:  # what it was trained on is what later steps feed
+        raise ConfigError(f"the written checkpoint reads images differently from its base ({written.info.preprocess} "
+                          f"vs {base_teacher.info.preprocess})", hint="rerun with --debug and report it")
+    manifest = written.manifest()
+    manifest.preprocess = base_teacher.info.preprocess
+    manifest.source = base_teacher.lineage()[0]
+    return manifest

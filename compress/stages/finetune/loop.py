@@ -1,0 +1,189 @@
+"""The fine-tuning loop, for any base: AdamW with linear warm-up and decay, evaluation every ``eval_every`` steps with
+the best weights kept and ``patience`` for early stopping, checkpoints in the run directory (Ctrl-C saves one; a
+resumed run continues from it), on a CUDA GPU when there is one, else the CPU.
+
+What differs between a text and an image base comes in as three functions: the batch's loss, the eval metric, and
+the data's ``collate``/``lengths`` (length-grouped batches for text; every image is one length).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compress.errors import ConfigError
+from compress.progress import Progress
+from compress.stages.finetune.config import FinetuneConfig, Mode
+
+log = logging.getLogger("compress.stages.finetune")
+
+
+class TrainLoop:
+    """Optimiser, schedule, data order and evaluation; the run directory holds the checkpoint a resumed run reads.
+
+    ``loss(model, batch)``: the batch's training loss; ``evaluate(model)``: the eval metric (higher is better), or
+    None without eval data; ``frozen_modules`` stay in eval mode while the rest trains (BatchNorm statistics and
+    dropout of frozen layers as pretrained)."""
+
+    def __init__(self, model, trainable, data, config: FinetuneConfig, run: Path, progress: Progress | None, *,
+                 lr: float, loss: Callable[[Any, dict], Any], evaluate: Callable[[Any], float] | None,
+                 metric_name: str, frozen_modules: list[Any] = ()) -> None:
+        import torch
+
+        self.model, self.trainable, self.data, self.config = model, trainable, data, config
+        self.run, self.progress, self.lr, self.loss, self.evaluate_fn = run, progress, lr, loss, evaluate
+        self.metric_name, self.frozen_modules = metric_name, list(frozen_modules)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        per_epoch = max(1, -(-len(data) // config.batch_size))
+        self.total = config.max_steps or max(1, int(round(config.epochs * per_epoch)))
+        self.per_epoch = per_epoch
+        self.eval_every = config.eval_every or max(1, self.total // 10)
+        self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [],
+                                      "train_seconds": 0.0, "stopped": None}
+
+    def start(self, resume: bool, force: bool) -> None:
+        import torch
+        from transformers import get_linear_schedule_with_warmup
+
+        self.opt = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.config.weight_decay)
+        self.sched = get_linear_schedule_with_warmup(self.opt, int(self.config.warmup_ratio * self.total), self.total)
+        ckpt, run_config = self.run / "checkpoint.pt", self.config.model_dump(mode="json")
+        if resume:
+            if not ckpt.is_file():
+                raise ConfigError(f"--resume: no run to resume in {self.run}", hint="start without --resume")
+            old = json.loads((self.run / "run_config.json").read_text())
+            if old != run_config:
+                changed = sorted(k for k in set(old) | set(run_config) if old.get(k) != run_config.get(k))
+                raise ConfigError(f"--resume: the settings differ from the saved run's ({', '.join(changed)})",
+                                  hint="resume with the same options, or start again with --force")
+            saved = torch.load(ckpt, map_location=self.device, weights_only=True)
+            self._load_trainable(saved["model"])
+            self.opt.load_state_dict(saved["optimizer"])
+            self.sched.load_state_dict(saved["scheduler"])
+            self.state = json.loads(saved["state"])
+            log.info("resuming at step %d of %d", self.state["step"], self.total)
+            return
+        if self.run.exists() and (self.run / "checkpoint.pt").is_file() and not force:
+            raise ConfigError(f"{self.run} holds an unfinished run", hint="add --resume to continue it, or --force")
+        shutil.rmtree(self.run, ignore_errors=True)
+        self.run.mkdir(parents=True)
+        (self.run / "run_config.json").write_text(json.dumps(run_config, indent=1))
+
+    def _trainable_state(self) -> dict:
+        """The trained parameters (what a checkpoint and the best weights keep), on the CPU."""
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _load_trainable(self, state: dict) -> None:
+        import torch
+
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(state[n].to(p.device))
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        for module in self.frozen_modules:
+            module.eval()
+
+    def _order(self, epoch: int) -> list[int]:
+        from compress.stages.distill.losses import length_grouped_order
+
+        return length_grouped_order(self.data.lengths, self.config.batch_size, self.config.seed + epoch)
+
+    def train(self) -> None:
+        import torch
+
+        from compress.interrupt import StopFlag
+        from compress.stages.distill.config import Interrupted
+
+        state, bs = self.state, self.config.batch_size
+        torch.manual_seed(self.config.seed + state["step"])
+        self._train_mode()
+        with StopFlag() as flag:
+            while state["step"] < self.total and not state["stopped"]:
+                epoch, in_epoch = divmod(state["step"], self.per_epoch)
+                idx = self._order(epoch)[in_epoch * bs:(in_epoch + 1) * bs]
+                t0 = time.perf_counter()
+                batch = {k: v.to(self.device) for k, v in self.data.collate(idx).items() if k != "index"}
+                loss = self.loss(self.model, batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                state["step"] += 1
+                state["train_seconds"] += time.perf_counter() - t0
+                step = state["step"]
+                evaluated = self._evaluate() if self.evaluate_fn and (step % self.eval_every == 0
+                                                                       or step == self.total) else None
+                if self.progress:
+                    self.progress({"phase": "train", "step": step, "total": self.total, "loss": float(loss.detach()),
+                                   "eval": evaluated, "best": state["best"], "metric": self.metric_name})
+                save_every = self.config.save_every or self.eval_every
+                if step % save_every == 0 or step == self.total or flag.requested or state["stopped"]:
+                    self._save()
+                if flag.requested:
+                    raise Interrupted(f"interrupted at step {step}/{self.total}; the run is saved in {self.run}",
+                                      hint="rerun the same command with --resume to continue")
+
+    def _evaluate(self) -> float:
+        import torch
+
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        model.eval()
+        value = float(self.evaluate_fn(model))
+        self._train_mode()
+        state = self.state
+        state["history"].append({"step": state["step"], "metric": value})
+        if state["best"] is None or value > state["best"]:
+            state["best"], state["best_step"], state["bad_evals"] = value, state["step"], 0
+            torch.save(self._trainable_state(), self.run / "best.pt")
+        else:
+            state["bad_evals"] += 1
+            if self.config.patience and state["bad_evals"] >= self.config.patience:
+                state["stopped"] = f"early stop at step {state['step']}: no improvement in {self.config.patience} " \
+                                   "evaluations"
+        return value
+
+    def _save(self) -> None:
+        import torch
+
+        tmp = self.run / "checkpoint.pt.tmp"
+        torch.save({"model": self._trainable_state(), "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(), "state": json.dumps(self.state)}, tmp)
+        tmp.replace(self.run / "checkpoint.pt")
+
+    def finish(self):
+        """The best weights (the last without eval data), LoRA merged: a plain model on the CPU, in eval mode."""
+        import torch
+
+        best = self.run / "best.pt"
+        if best.is_file():
+            self._load_trainable(torch.load(best, map_location=self.device, weights_only=True))
+        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        return model.cpu().eval()
+
+    def record(self) -> dict[str, Any]:
+        import resource
+
+        s = self.state
+        params = sum(p.numel() for p in self.model.parameters())
+        trained = sum(p.numel() for p in self.trainable)
+        out = {"steps": s["step"], "total_steps": self.total, "train_seconds": round(s["train_seconds"], 1),
+               "steps_per_second": round(s["step"] / max(s["train_seconds"], 1e-9), 2), "lr": self.lr,
+               "parameters": params, "trainable_parameters": trained, "trainable_share": trained / params,
+               "device": str(self.device), "metric": self.metric_name if self.evaluate_fn else None,
+               "eval_metric": s["best"], "history": s["history"], "stopped": s["stopped"] or "completed",
+               "chosen": f"best (step {s['best_step']})" if s["best_step"] else "last",
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if self.config.mode is Mode.lora:
+            out["lora"] = {"rank": self.config.lora_rank, "alpha": self.config.lora_alpha or 2 * self.config.lora_rank,
+                           "targets": self.config.lora_targets or "all-linear"}
+        return out

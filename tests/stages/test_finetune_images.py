@@ -1,0 +1,115 @@
+"""``edgecompress finetune`` on image bases (tiny random Hugging Face MobileNetV2 and ViT, a timm MobileNetV3; the
+images are generated test material): a new head for the data's classes, frozen stems and blocks that stay as
+pretrained (BatchNorm statistics included), LoRA merged, timm checkpoints written in timm's format, forgetting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.stages.finetune import finetune
+from compress.stages.finetune.config import FinetuneConfig
+from tests.cli.test_cli import assert_one_line_error, edgecompress
+from tests.test_image_pipeline import LABELS, write_hf_image_teachers, write_image_set, write_program_teacher
+
+QUICK = dict(max_steps=3, batch_size=8, eval_every=3)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("image-bases")
+    write_image_set(root)
+    out = write_hf_image_teachers(root / "hf")
+    write_program_teacher(root / "program")
+    return {**out, "program": root / "program", "images": root / "set", "npz": root / "set.npz"}
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_an_image_base_gets_a_head_for_the_datas_classes_with_its_own_preprocessing(bases, tmp_path):
+    from compress.teachers.load import load_teacher
+
+    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig(**QUICK), eval_data=bases["npz"])
+    m = r.artifact.manifest
+    base = load_teacher(bases["cnn"])
+    assert (m.task, m.labels, [s.stage for s in m.steps]) == ("image-classification", LABELS, ["finetune"])
+    assert m.source.sha256 == base.sha256 and m.preprocess == base.info.preprocess
+    met = r.metrics
+    assert met["mode"] == "full" and met["lr"] == 5e-4 and met["eval_rows"] == 24 and 0 <= met["eval_metric"] <= 1
+    tuned = load_teacher(r.artifact.path)  # a plain checkpoint every later step takes as its teacher
+    assert type(tuned.model).__name__ == "MobileNetV2ForImageClassification" and tuned.info.labels == LABELS
+
+
+def test_freeze_all_trains_only_the_head_and_keeps_the_bases_batchnorm_statistics(bases, tmp_path):
+    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig(freeze="all", lr=1e-2, **QUICK),
+                 retain_data=bases["images"])
+    base, tuned = _weights(bases["cnn"]), _weights(r.artifact.path)
+    changed = {k for k in base if k in tuned and base[k].shape == tuned[k].shape
+               and not bool((base[k] == tuned[k]).all())}
+    assert changed == {"classifier.weight", "classifier.bias"}  # BatchNorm statistics too: frozen layers ran in eval
+    f = r.metrics["forgetting"]
+    assert f["embedding_cosine"] == pytest.approx(1.0, abs=1e-5) and f["neighbour_agreement"] == 1.0
+    assert f["head_agreement"] == 1.0  # the base's own head on the untouched backbone answers as the base
+
+
+def test_freeze_n_keeps_the_stem_and_the_first_n_blocks(bases, tmp_path):
+    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig(freeze=2, lr=1e-2, **QUICK))
+    base, tuned = _weights(bases["cnn"]), _weights(r.artifact.path)
+    for k in base:
+        if k.endswith(".weight") and "mobilenet_v2." in k and "num_batches" not in k:
+            unchanged = bool((base[k] == tuned[k]).all())
+            frozen = "conv_stem" in k or ".layer.0." in k or ".layer.1." in k
+            assert unchanged == frozen, k
+    assert r.metrics["frozen_layers"] == 2 and r.metrics["trainable_share"] < 1
+
+
+def test_lora_on_a_vit_is_merged_into_a_plain_checkpoint(bases, tmp_path):
+    from compress.teachers.load import load_teacher
+
+    r = finetune(bases["vit"], bases["images"], tmp_path / "t", FinetuneConfig(lora_rank=4, **QUICK))
+    assert r.metrics["mode"] == "lora" and r.metrics["trainable_share"] < 0.5
+    names = set(_weights(r.artifact.path))
+    assert not any("lora" in n for n in names) and "classifier.weight" in names
+    assert type(load_teacher(r.artifact.path).model).__name__ == "ViTForImageClassification"
+
+
+def test_a_timm_base_is_written_back_in_timms_format_with_the_new_classes(tmp_path, bases):
+    pytest.importorskip("timm")
+    from tests.teachers.test_timm import save_timm
+
+    from compress.teachers.load import load_teacher
+
+    base = save_timm(tmp_path / "base", "resnet10t")
+    r = finetune(base, bases["images"], tmp_path / "t", FinetuneConfig(freeze=1, **QUICK), retain_data=bases["npz"])
+    tuned = load_teacher(r.artifact.path)
+    assert tuned.info.kind == "timm" and tuned.info.labels == LABELS
+    assert tuned.info.preprocess == load_teacher(base).info.preprocess
+    assert 0 <= r.metrics["forgetting"]["head_agreement"] <= 1
+
+
+def test_bad_image_fine_tunes_are_one_line_errors(bases, tmp_path):
+    proc = edgecompress("finetune", bases["program"], "--train", bases["images"], "--out", tmp_path / "a")
+    assert_one_line_error(proc, "torch.export program", "head")
+    proc = edgecompress("finetune", bases["cnn"], "--train", bases["images"], "--task", "text-classification",
+                        "--out", tmp_path / "b")
+    assert_one_line_error(proc, "an image base")
+    proc = edgecompress("finetune", bases["cnn"], "--train", bases["images"], "--freeze", "99", "--out", tmp_path / "c")
+    assert_one_line_error(proc, "--freeze 99", "16 blocks")
+    one = tmp_path / "one.npz"
+    np.savez(one, images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(4, np.int64))
+    proc = edgecompress("finetune", bases["cnn"], "--train", one, "--out", tmp_path / "d")
+    assert_one_line_error(proc, "one label")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_cli_fine_tunes_an_image_base(bases, tmp_path):
+    proc = edgecompress("finetune", bases["cnn"], "--train", bases["images"], "--eval", bases["npz"], "--freeze", "all",
+                        "--max-steps", "2", "--batch-size", "8", "--out", tmp_path / "t")
+    assert proc.returncode == 0, proc.stderr
+    assert "frozen" in proc.stdout and "eval accuracy" in proc.stdout
