@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -90,6 +91,8 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
     with _Progress() as progress:
         result = finetune(base, train, out, config, eval_data=eval_data, retain_data=retain_data, run_dir=run_dir,
                           resume=resume, force=force, progress=progress)
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch the main process reports
+        return
     m = result.metrics
     line = (f"wrote [bold]{result.artifact.path}[/]: {m['mode']}, {m['trainable_parameters'] / 1e6:.2f}M of "
             f"{m['parameters'] / 1e6:.1f}M parameters trained, {m['steps']} steps in {m['train_seconds']:.0f} s")

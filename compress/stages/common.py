@@ -77,3 +77,29 @@ def save_checkpoint(model, tokenizer, teacher, directory: Path) -> None:
     for name in ST_DIRS:
         if (teacher.path / name).is_dir() and not (directory / name).exists():
             shutil.copytree(teacher.path / name, directory / name)
+
+
+def make_accelerator(precision: str = "no", grad_accum: int = 1):
+    """Accelerate for this process (one of several under ``accelerate launch``): distillation's and fine-tuning's."""
+    import os
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, precision):
+        # Accelerate keeps one state per process and refuses another precision in a later run (a second distill
+        # from Python, search): start its state afresh, keeping the process group (PartialState)
+        AcceleratorState._reset_state()
+    kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=grad_accum, kwargs_handlers=[kwargs],
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
+        from compress.errors import ConfigError
+
+        raise ConfigError(
+            f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate runs each alone (no GPU for --multi_gpu)",
+            hint="on CPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...",
+        )
+    return accelerator

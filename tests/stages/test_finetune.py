@@ -155,3 +155,29 @@ def test_forgetting_is_measured_on_retained_texts(bert_encoder, tmp_path):
     moved = finetune(bert_encoder, data, tmp_path / "full", FinetuneConfig(max_steps=6, batch_size=8, lr=5e-2),
                      retain_data=retain).metrics["forgetting"]
     assert moved["embedding_cosine"] < 0.999 and moved["data"] == str(retain)
+
+
+def test_accelerate_launch_fine_tunes_on_two_cpu_processes(bert_encoder, tmp_path):
+    """Two real processes on CPU (gloo), as distill's test launches them: each takes half of every batch, the main
+    one writes one artifact that records both."""
+    import subprocess
+    import sys
+
+    from tests.cli.test_cli import ENV
+    from tests.stages.test_distill import free_port
+
+    from compress.artifact import load_artifact
+
+    data = write_tsv(tmp_path, NAMED)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "--num_cpu_threads_per_process", "1",
+           "-m", "compress", "finetune", str(bert_encoder), "--train", str(data), "--eval", str(data),
+           "--out", str(tmp_path / "t"), "--max-steps", "4", "--batch-size", "4", "--eval-every", "2", "--lr", "1e-3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "ACCELERATE_USE_CPU": "1"}, timeout=300,
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert " ".join(proc.stdout.split()).count("wrote ") == 1, proc.stdout
+    m = load_artifact(tmp_path / "t").manifest.steps[-1].metrics
+    assert m["processes"] == 2 and m["steps"] == 4 and [h["step"] for h in m["history"]] == [2, 4]
+    assert not (tmp_path / "t.run").exists()

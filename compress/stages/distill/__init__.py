@@ -30,7 +30,7 @@ from compress.artifact import Task, is_artifact, library_versions, load_artifact
 from compress.errors import ConfigError
 from compress.interrupt import StopFlag as _StopFlag
 from compress.stages import teacher_cache as tcache
-from compress.stages.common import save_checkpoint
+from compress.stages.common import make_accelerator, save_checkpoint
 from compress.stages.distill.config import CONFIG_VERSION, DISTILL, DistillConfig, DistillResult
 from compress.stages.distill.losses import _Plan, _predict, score
 from compress.stages.distill.run import (
@@ -216,25 +216,7 @@ def distill(
 
 def _accelerator(config: DistillConfig):
     """Accelerate for this process (one of several under ``accelerate launch``)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    precision = _mixed_precision(config.mixed_precision)
-    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, precision):
-        # Accelerate keeps one state per process and refuses another precision in a later run (a second distill
-        # from Python, search): start its state afresh, keeping the process group (PartialState)
-        AcceleratorState._reset_state()
-    kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(
-        mixed_precision=precision, gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[kwargs],
-    )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
-        raise ConfigError(
-            f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate runs each alone (no GPU for --multi_gpu)",
-            hint="on CPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...",
-        )
-    return accelerator
+    return make_accelerator(_mixed_precision(config.mixed_precision), config.grad_accum)
 
 
 def _read_data(teacher, train, eval_data, config: DistillConfig, classification: bool):

@@ -93,6 +93,8 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     loop.start(resume, force)
     loop.train()
     final = loop.finish()  # best weights, LoRA merged: a plain transformers model
+    if not loop.is_main:
+        return FinetuneResult(*loop.follow(output))
     metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": config.freeze,
                "labels": names, "base": str(base), "train_rows": len(train_set),
                "eval_rows": len(eval_set) if eval_set else 0, "data": data_record(train, eval_data)}
@@ -107,6 +109,7 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
         manifest = written.manifest()
         manifest.source, prior = base_teacher.lineage()
         o.describe(manifest, input_digest=base_teacher.sha256, lineage=prior, metrics=metrics)
+    loop.written()
     return FinetuneResult(output.artifact, metrics)
 
 

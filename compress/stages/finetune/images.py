@@ -284,6 +284,8 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     loop.start(resume, force)
     loop.train()
     final = loop.finish()
+    if not loop.is_main:
+        return FinetuneResult(*loop.follow(output))
     metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": config.freeze,
                "labels": names, "base": str(base), "train_rows": len(x),
                "eval_rows": len(x_eval) if x_eval is not None else 0, "data": data_record(train, eval_data),
@@ -293,6 +295,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     with output.writing() as o:
         manifest = _write(final, base_teacher, names, o.dir, x[:2])
         o.describe(manifest, input_digest=base_teacher.sha256, lineage=base_teacher.lineage()[1], metrics=metrics)
+    loop.written()
     return FinetuneResult(output.artifact, metrics)
 
 

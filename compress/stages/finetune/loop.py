@@ -1,6 +1,8 @@
 """The fine-tuning loop, for any base: AdamW with linear warm-up and decay, evaluation every ``eval_every`` steps with
 the best weights kept and ``patience`` for early stopping, checkpoints in the run directory (Ctrl-C saves one; a
-resumed run continues from it), on a CUDA GPU when there is one, else the CPU.
+resumed run continues from it), on a CUDA GPU when there is one, else the CPU, and under ``accelerate launch`` on
+several processes: each takes its share of every batch, gradients are averaged (DDP), every process evaluates (so
+all stop together) and the main one writes.
 
 What differs between a text and an image base comes in as three functions: the batch's loss, the eval metric, and
 the data's ``collate``/``lengths`` (length-grouped batches for text; every image is one length).
@@ -33,13 +35,16 @@ class TrainLoop:
     def __init__(self, model, trainable, data, config: FinetuneConfig, run: Path, progress: Progress | None, *,
                  lr: float, loss: Callable[[Any, dict], Any], evaluate: Callable[[Any], float] | None,
                  metric_name: str, frozen_modules: list[Any] = ()) -> None:
-        import torch
-
         self.model, self.trainable, self.data, self.config = model, trainable, data, config
         self.run, self.progress, self.lr, self.loss, self.evaluate_fn = run, progress, lr, loss, evaluate
         self.metric_name, self.frozen_modules = metric_name, list(frozen_modules)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from compress.stages.common import make_accelerator
+
+        self.accelerator = make_accelerator("no")
+        self.is_main, self.processes = self.accelerator.is_main_process, self.accelerator.num_processes
+        self.device = self.accelerator.device
         self.model.to(self.device)
+        self.ddp = self.accelerator.prepare(self.model) if self.processes > 1 else self.model
         per_epoch = max(1, -(-len(data) // config.batch_size))
         self.total = config.max_steps or max(1, int(round(config.epochs * per_epoch)))
         self.per_epoch = per_epoch
@@ -62,7 +67,7 @@ class TrainLoop:
                 changed = sorted(k for k in set(old) | set(run_config) if old.get(k) != run_config.get(k))
                 raise ConfigError(f"--resume: the settings differ from the saved run's ({', '.join(changed)})",
                                   hint="resume with the same options, or start again with --force")
-            saved = torch.load(ckpt, map_location=self.device, weights_only=True)
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True)
             self._load_trainable(saved["model"])
             self.opt.load_state_dict(saved["optimizer"])
             self.sched.load_state_dict(saved["scheduler"])
@@ -71,9 +76,12 @@ class TrainLoop:
             return
         if self.run.exists() and (self.run / "checkpoint.pt").is_file() and not force:
             raise ConfigError(f"{self.run} holds an unfinished run", hint="add --resume to continue it, or --force")
-        shutil.rmtree(self.run, ignore_errors=True)
-        self.run.mkdir(parents=True)
-        (self.run / "run_config.json").write_text(json.dumps(run_config, indent=1))
+        self.accelerator.wait_for_everyone()  # every process has looked before the main one clears it
+        if self.is_main:
+            shutil.rmtree(self.run, ignore_errors=True)
+            self.run.mkdir(parents=True)
+            (self.run / "run_config.json").write_text(json.dumps(run_config, indent=1))
+        self.accelerator.wait_for_everyone()
 
     def _trainable_state(self) -> dict:
         """The trained parameters (what a checkpoint and the best weights keep), on the CPU."""
@@ -88,7 +96,7 @@ class TrainLoop:
                     p.copy_(state[n].to(p.device))
 
     def _train_mode(self) -> None:
-        self.model.train()
+        self.ddp.train()
         for module in self.frozen_modules:
             module.eval()
 
@@ -109,11 +117,11 @@ class TrainLoop:
         with StopFlag() as flag:
             while state["step"] < self.total and not state["stopped"]:
                 epoch, in_epoch = divmod(state["step"], self.per_epoch)
-                idx = self._order(epoch)[in_epoch * bs:(in_epoch + 1) * bs]
+                idx = self._share(self._order(epoch)[in_epoch * bs:(in_epoch + 1) * bs])
                 t0 = time.perf_counter()
                 batch = {k: v.to(self.device) for k, v in self.data.collate(idx).items() if k != "index"}
-                loss = self.loss(self.model, batch)
-                loss.backward()
+                loss = self.loss(self.ddp, batch)
+                self.accelerator.backward(loss)
                 torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
                 self.opt.step()
                 self.sched.step()
@@ -123,7 +131,7 @@ class TrainLoop:
                 step = state["step"]
                 evaluated = self._evaluate() if self.evaluate_fn and (step % self.eval_every == 0
                                                                        or step == self.total) else None
-                if self.progress:
+                if self.progress and self.is_main:
                     self.progress({"phase": "train", "step": step, "total": self.total, "loss": float(loss.detach()),
                                    "eval": evaluated, "best": state["best"], "metric": self.metric_name})
                 save_every = self.config.save_every or self.eval_every
@@ -132,6 +140,16 @@ class TrainLoop:
                 if flag.requested:
                     raise Interrupted(f"interrupted at step {step}/{self.total}; the run is saved in {self.run}",
                                       hint="rerun the same command with --resume to continue")
+
+    def _share(self, idx: list[int]) -> list[int]:
+        """This process's rows of a batch (every process gets at least one: DDP waits for all of them)."""
+        if self.processes == 1:
+            return idx
+        rank = self.accelerator.process_index
+        idx = list(idx)
+        while len(idx) < self.processes:
+            idx = idx + idx
+        return idx[rank::self.processes]
 
     def _evaluate(self) -> float:
         import torch
@@ -144,7 +162,8 @@ class TrainLoop:
         state["history"].append({"step": state["step"], "metric": value})
         if state["best"] is None or value > state["best"]:
             state["best"], state["best_step"], state["bad_evals"] = value, state["step"], 0
-            torch.save(self._trainable_state(), self.run / "best.pt")
+            if self.is_main:
+                torch.save(self._trainable_state(), self.run / "best.pt")
         else:
             state["bad_evals"] += 1
             if self.config.patience and state["bad_evals"] >= self.config.patience:
@@ -155,6 +174,8 @@ class TrainLoop:
     def _save(self) -> None:
         import torch
 
+        if not self.is_main:
+            return
         tmp = self.run / "checkpoint.pt.tmp"
         torch.save({"model": self._trainable_state(), "optimizer": self.opt.state_dict(),
                     "scheduler": self.sched.state_dict(), "state": json.dumps(self.state)}, tmp)
@@ -164,11 +185,25 @@ class TrainLoop:
         """The best weights (the last without eval data), LoRA merged: a plain model on the CPU, in eval mode."""
         import torch
 
+        self.accelerator.wait_for_everyone()
         best = self.run / "best.pt"
         if best.is_file():
-            self._load_trainable(torch.load(best, map_location=self.device, weights_only=True))
+            self._load_trainable(torch.load(best, map_location="cpu", weights_only=True))
         model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         return model.cpu().eval()
+
+    def follow(self, output):
+        """On a process other than the main one: wait until the main one has written the artifact, then read it
+        (``(artifact, its finetune metrics)``)."""
+        from compress.artifact import load_artifact
+
+        self.accelerator.wait_for_everyone()
+        art = load_artifact(output.path, verify=False)
+        return art, art.manifest.steps[-1].metrics
+
+    def written(self) -> None:
+        """On the main process, once the artifact is written: the others may read it."""
+        self.accelerator.wait_for_everyone()
 
     def record(self) -> dict[str, Any]:
         import resource
@@ -179,7 +214,7 @@ class TrainLoop:
         out = {"steps": s["step"], "total_steps": self.total, "train_seconds": round(s["train_seconds"], 1),
                "steps_per_second": round(s["step"] / max(s["train_seconds"], 1e-9), 2), "lr": self.lr,
                "parameters": params, "trainable_parameters": trained, "trainable_share": trained / params,
-               "device": str(self.device), "metric": self.metric_name if self.evaluate_fn else None,
+               "device": str(self.device), "processes": self.processes, "metric": self.metric_name if self.evaluate_fn else None,
                "eval_metric": s["best"], "history": s["history"], "stopped": s["stopped"] or "completed",
                "chosen": f"best (step {s['best_step']})" if s["best_step"] else "last",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
