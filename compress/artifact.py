@@ -37,6 +37,8 @@ class Format(StrEnum):
     onnx = "onnx"
     openvino = "openvino"
     tensorrt = "tensorrt"
+    #: an ExecuTorch program (.pte), XNNPACK-delegated: what an Android or iOS app loads
+    executorch = "executorch"
 
 
 class Precision(StrEnum):

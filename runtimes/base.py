@@ -28,6 +28,7 @@ RUNTIMES: dict[str, str] = {
     "onnxruntime": "compress.runtimes.ort_backend:OrtBackend",
     "openvino": "compress.runtimes.openvino_backend:OpenVINOBackend",
     "tensorrt": "compress.runtimes.tensorrt_backend:TensorRTBackend",
+    "executorch": "compress.runtimes.executorch_backend:ExecuTorchBackend",
 }
 
 # the runtime used when a profile/user names none
@@ -36,6 +37,7 @@ DEFAULT_RUNTIME: dict[Format, str] = {
     Format.onnx: "onnxruntime",
     Format.openvino: "openvino",
     Format.tensorrt: "tensorrt",
+    Format.executorch: "executorch",
 }
 
 

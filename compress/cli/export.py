@@ -10,10 +10,12 @@ from compress.stages.export.config import ExportConfig, Exporter, GraphOptimizat
 
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path), metavar="SOURCE")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt"]), default="onnx", show_default=True,
-              help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), or "
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt", "executorch"]), default="onnx",
+              show_default=True,
+              help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), "
               "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT; "
-              "--via torch-tensorrt: a Torch-TensorRT program model.pt2).")
+              "--via torch-tensorrt: a Torch-TensorRT program model.pt2), or executorch (a phone's model.pte, "
+              "XNNPACK; --precision int8 quantizes it first).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]),
               help="Default: from the checkpoint (…ForSequenceClassification → text-classification).")
@@ -27,8 +29,10 @@ from compress.stages.export.config import ExportConfig, Exporter, GraphOptimizat
 @click.option("--sample-data", type=click.Path(path_type=Path), help="Data file for the parity texts.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights (can run arbitrary code).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the checkpoint's own Python code to run.")
-@click.option("--precision", type=click.Choice(["fp16", "int8"]), help="TensorRT: "
-              + ExportConfig.model_fields["precision"].description + " Default fp16.")
+@click.option("--precision", type=click.Choice(["fp16", "int8"]),
+              help=ExportConfig.model_fields["precision"].description)
+@click.option("--int8-mode", type=click.Choice(["static", "dynamic"]),
+              help=ExportConfig.model_fields["int8_mode"].description)
 @click.option("--calibration", type=click.Path(path_type=Path), help=ExportConfig.model_fields["calibration"].description)
 @click.option("--calibration-samples", type=int, help=ExportConfig.model_fields["calibration_samples"].description)
 @click.option("--dry-run", is_flag=True, help=ExportConfig.model_fields["dry_run"].description)
@@ -41,9 +45,9 @@ from compress.stages.export.config import ExportConfig, Exporter, GraphOptimizat
 @click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), help=ExportConfig.model_fields["via"].description)
 @force_option
 def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_samples, sample_data, allow_pickle,
-               trust_remote_code, precision, calibration, calibration_samples, dry_run, profile_name, min_shape,
+               trust_remote_code, precision, int8_mode, calibration, calibration_samples, dry_run, profile_name, min_shape,
                opt_shape, max_shape, shape, timing_cache, via, force):
-    """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX, OpenVINO or TensorRT artifact.
+    """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX, OpenVINO, TensorRT or ExecuTorch artifact.
 
     SOURCE may also be a model file made elsewhere: an ONNX graph (adopted: checked, upgraded to opset 13 when
     older; a model.yaml beside it says what the graph cannot), an OpenVINO IR (.xml with its .bin), or a .pt2
@@ -58,6 +62,10 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
     with TensorRT (or trtexec); --dry-run stops at the TensorRT-ready ONNX and prints the trtexec command.
     --via torch-tensorrt instead compiles the PyTorch model with Torch-TensorRT (FP16, same shape options)
     into model.pt2, checked against PyTorch FP32 on the GPU.
+
+    --format executorch writes the ExecuTorch program a phone app loads (model.pte, lowered to XNNPACK, one
+    row per call), checked in ExecuTorch's runtime against PyTorch; --precision int8 quantizes it with
+    PT2E first (--int8-mode dynamic, the default for text, or static with --calibration, needed for images).
     """
     from compress.stages.export import export
 
@@ -65,20 +73,26 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
         ExportConfig, format=fmt, task=task, opset=opset, optimize=optimize, exporter=exporter, atol=atol,
         parity_samples=parity_samples, sample_data=str(sample_data) if sample_data else None,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-        precision=precision, calibration=str(calibration) if calibration else None,
+        precision=precision, int8_mode=int8_mode, calibration=str(calibration) if calibration else None,
         calibration_samples=calibration_samples, dry_run=dry_run or None, profile=profile_name,
         min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, shape=shape,
         timing_cache=str(timing_cache) if timing_cache else None, via=via,
     )
-    if fmt != "tensorrt":
-        used = [o for o, v in (("--precision", precision), ("--calibration", calibration), ("--dry-run", dry_run),
-                               ("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape),
-                               ("--shape", shape), ("--timing-cache", timing_cache), ("--via", via),
-                               ("--calibration-samples", calibration_samples), ("--profile", profile_name)) if v]
-        if used:
-            from compress.errors import ConfigError
+    from compress.errors import ConfigError
 
+    mobile = ("--precision", "--int8-mode", "--calibration", "--calibration-samples")
+    if fmt != "tensorrt":
+        used = [o for o, v in (("--precision", precision), ("--int8-mode", int8_mode), ("--calibration", calibration),
+                               ("--dry-run", dry_run), ("--min-shape", min_shape), ("--opt-shape", opt_shape),
+                               ("--max-shape", max_shape), ("--shape", shape), ("--timing-cache", timing_cache),
+                               ("--via", via), ("--calibration-samples", calibration_samples),
+                               ("--profile", profile_name)) if v and not (fmt == "executorch" and o in mobile)]
+        if used:
             raise ConfigError(f"{used[0]} applies to --format tensorrt only", hint="add --format tensorrt or drop it")
+    if fmt == "executorch" and precision == "fp16":
+        raise ConfigError("--precision fp16 is not made for ExecuTorch here", hint="use int8, or leave it out (FP32)")
+    if int8_mode and precision != "int8":
+        raise ConfigError("--int8-mode applies to --precision int8", hint="add --precision int8 or drop it")
     if via == "torch-tensorrt":  # refused before the long phase, so the error is the one line the user sees
         from compress.stages.export.torch_tensorrt import check_request
 

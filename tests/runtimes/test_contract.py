@@ -1,6 +1,6 @@
 """The contract every runtime adapter keeps, run against each adapter this machine can run.
 
-One artifact per format of the same tiny BERT classifier (PyTorch checkpoint, ONNX, OpenVINO IR); every
+One artifact per format of the same tiny BERT classifier (PyTorch checkpoint, ONNX, OpenVINO IR, ExecuTorch); every
 adapter must load its format and refuse others, encode only the inputs its model takes, predict what the
 PyTorch reference predicts, describe itself in the same keys, and close twice without harm. A new adapter
 (TensorRT needs a GPU: skipped here) passes the same test.
@@ -30,6 +30,12 @@ def artifacts(bert_classifier, onnx_artifact, tmp_path_factory):
 
         arts["openvino"] = export(bert_classifier, tmp_path_factory.mktemp("contract") / "ov",
                                   ExportConfig(format="openvino", parity_samples=2))
+    if importlib.util.find_spec("executorch") is not None:
+        from compress.stages.export.config import ExportConfig
+        from compress.stages.export import export
+
+        arts["executorch"] = export(bert_classifier, tmp_path_factory.mktemp("contract") / "pte",
+                                    ExportConfig(format="executorch", parity_samples=2))
     return arts
 
 

@@ -50,6 +50,10 @@ def export(
         from compress.stages.export.tensorrt import export_tensorrt
 
         return export_tensorrt(source, out, config, force=force)
+    if config.format is ExportFormat.executorch:
+        from compress.stages.export.executorch import export_executorch
+
+        return export_executorch(source, out, config, force=force)
     from compress.stages.export.onnx import export_onnx
 
     return export_onnx(source, out, config, force=force)

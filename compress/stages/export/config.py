@@ -45,10 +45,26 @@ EXPORT_TORCH_TENSORRT = StageSpec(
 )
 
 
+#: PyTorch -> an ExecuTorch program (.pte) lowered to XNNPACK; INT8 through PT2E (compress.stages.export.executorch)
+EXPORT_EXECUTORCH = StageSpec(
+    "export", "ExecuTorch export", accepts=pairs(Format.pytorch, Precision.fp32),
+    produces=pairs(Format.executorch, Precision.fp32, Precision.int8), versions=("torch", "executorch", "torchao"),
+    hint="ExecuTorch starts from the PyTorch model: pass the teacher checkpoint or a pytorch artifact",
+    precision_hint="pass the FP32 PyTorch model; --precision int8 quantizes it (PT2E) before lowering",
+    config_version=CONFIG_VERSION,
+)
+
+
 class ExportFormat(StrEnum):
     onnx = "onnx"
     openvino = "openvino"
     tensorrt = "tensorrt"
+    executorch = "executorch"
+
+
+class Int8Mode(StrEnum):
+    static = "static"
+    dynamic = "dynamic"
 
 
 class TrtPrecision(StrEnum):
@@ -111,10 +127,17 @@ class ExportConfig(BaseModel):
     # --format tensorrt (compress.stages.export.tensorrt)
     precision: TrtPrecision | None = Field(
         None, description="TensorRT: fp16 (FP32 ONNX built with the FP16 flag; the default) or int8 (explicit "
-        "QDQ quantization following TensorRT's rules, calibrated on --calibration).",
+        "QDQ quantization following TensorRT's rules, calibrated on --calibration). ExecuTorch: int8 (PT2E with "
+        "the XNNPACK quantizer before lowering); default FP32.",
     )
-    calibration: str | None = Field(None, description="TensorRT int8: data file whose texts calibrate activations.")
-    calibration_samples: int = Field(128, ge=1, description="TensorRT int8: number of calibration texts.")
+    int8_mode: Int8Mode | None = Field(
+        None, description="ExecuTorch int8: static activations calibrated on --calibration (the default for "
+        "images) or dynamic (scales at run time, no calibration; the default for text).",
+    )
+    calibration: str | None = Field(None, description="TensorRT and ExecuTorch int8: data file whose inputs "
+                                    "calibrate activations.")
+    calibration_samples: int = Field(128, ge=1, description="TensorRT and ExecuTorch int8: number of calibration "
+                                     "inputs.")
     dry_run: bool = Field(
         False, description="TensorRT: write the TensorRT-ready ONNX artifact and print the trtexec command "
         "instead of building an engine (needs no TensorRT).",

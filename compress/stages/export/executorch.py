@@ -1,0 +1,218 @@
+"""``export --format executorch``: a PyTorch teacher or student to an ExecuTorch program (``model.pte``) that a
+phone app loads, lowered to the XNNPACK backend (the CPU delegate of Android and iOS).
+
+The path is ExecuTorch's own: ``torch.export`` of the model (one row per call, the sequence length dynamic up to
+``max_length`` for text; a fixed image), ``to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` (what it
+cannot take stays in ExecuTorch's portable kernels), ``to_executorch()``. ``--precision int8`` quantizes first with
+PT2E and the ``XNNPACKQuantizer`` (symmetric, per-channel weights): **static** activations calibrated on
+``--calibration`` data (the default for images, and needed for them), or **dynamic** activations (per-row scales at
+run time: the default for text, no calibration). The written program is checked against the PyTorch model in
+ExecuTorch's own runtime on the parity samples: an FP32 program must match within ``--atol``; an INT8 program's
+agreement is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import Artifact, Format, Precision, TensorSpec, is_artifact, library_versions, load_artifact
+from compress.errors import ConfigError, ParityError
+from compress.stages.export.config import EXPORT_EXECUTORCH, ExportConfig
+
+log = logging.getLogger("compress.stages.export")
+
+PROGRAM_FILE = "model.pte"
+#: rows an ExecuTorch program takes per call: phones run one request at a time
+BATCH = 1
+
+
+def _module(teacher):
+    """The teacher as a module of its inputs, in order, returning its primary output (logits or token states)."""
+    import torch
+    import transformers
+
+    # transformers 5 builds attention masks (masking_utils) with index ops on tensors that PT2E's passes turn into
+    # floats; given the additive [b, 1, 1, s] mask it uses it as it is. transformers 4 builds it simply from the 0/1
+    # mask (and refuses a 4-D one).
+    additive = int(transformers.__version__.split(".")[0]) >= 5 and teacher.task.value != "image-classification"
+
+    class Primary(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = teacher.model
+
+        def forward(self, *xs):
+            feeds = dict(zip(teacher.input_names, xs))
+            if additive and "attention_mask" in feeds:
+                mask = feeds["attention_mask"]
+                feeds["attention_mask"] = (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(
+                    torch.float32).min
+            return teacher.call(self.model, feeds)
+
+    return Primary().eval()
+
+
+def _example(teacher) -> tuple[list[str], tuple, Any]:
+    """Input names, one example row per input, and the dynamic shapes ``torch.export`` takes (text: the sequence
+    length, 2 to ``max_length`` tokens; images: none)."""
+    import torch
+
+    feeds = teacher.example_inputs()
+    names = list(feeds)
+    example = tuple(v[:BATCH].contiguous() for v in feeds.values())
+    if teacher.task.value == "image-classification":
+        return names, example, None
+    top = max(int(teacher.info.max_length or 512), example[0].shape[1] + 1)
+    seq = torch.export.Dim("sequence_length", min=2, max=top)
+    return names, example, (tuple({1: seq} for _ in names),)  # the module's one *args parameter
+
+
+def _calibration_rows(teacher, config: ExportConfig, names: list[str]) -> list[tuple]:
+    """The calibration data as one-row model inputs (static INT8)."""
+    import torch
+
+    from compress.data.inputs import sample_inputs
+
+    items = sample_inputs(config.calibration, config.calibration_samples, teacher.manifest().preprocess)
+    encoder = teacher.encoder()
+    rows = []
+    for item in items:
+        feed = encoder.encode([item])
+        rows.append(tuple(torch.from_numpy(feed[n]) for n in names))
+    return rows
+
+
+def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
+    """Export, quantize (``config.precision`` int8), lower to XNNPACK and write ``out_file``; what was done."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    module = _module(teacher)
+    names, example, dynamic = _example(teacher)
+    record: dict[str, Any] = {"backend": "xnnpack", "batch": BATCH}
+    t0 = time.perf_counter()
+    try:
+        program = torch.export.export(module, example, dynamic_shapes=dynamic)
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the first line names the operator
+        raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({_first(e)})",
+                          hint="ExecuTorch needs a model torch.export can trace; export it to ONNX instead") from e
+    if config.precision is not None and config.precision.value == "int8":
+        program, record["quantization"] = _quantize(program, teacher, config, names, example)
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        record["delegated"] = _delegation(edge)
+        executorch_program = edge.to_executorch()
+    except Exception as e:  # noqa: BLE001 - an operator no backend or kernel lowers
+        raise ConfigError(f"ExecuTorch cannot lower {type(teacher.model).__name__} ({_first(e)})",
+                          hint="the operator named is not supported by ExecuTorch's kernels; export to ONNX "
+                          "instead") from e
+    out_file.write_bytes(executorch_program.buffer)
+    record["lower_seconds"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+def _quantize(program, teacher, config: ExportConfig, names: list[str], example: tuple):
+    """PT2E INT8 with the XNNPACK quantizer: static (calibrated) or dynamic activations, per-channel weights."""
+    import torch
+
+    mode = int8_mode(teacher, config)
+    quiet_torchao()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=mode == "dynamic"))
+    prepared = prepare_pt2e(program.module(), quantizer)
+    rows = _calibration_rows(teacher, config, names) if mode == "static" else [example]
+    with torch.no_grad():
+        for row in rows:
+            prepared(*row)
+    converted = convert_pt2e(prepared)
+    _, _, dynamic = _example(teacher)  # the converted graph takes its inputs flat, not as one *args tuple
+    quantized = torch.export.export(converted, example, dynamic_shapes=dynamic[0] if dynamic else None)
+    return quantized, {"scheme": "PT2E XNNPACKQuantizer, symmetric, per-channel weights",
+                       "activations": mode, "calibration": config.calibration if mode == "static" else None,
+                       "calibration_rows": len(rows) if mode == "static" else 0}
+
+
+def int8_mode(teacher, config: ExportConfig) -> str:
+    """static or dynamic: asked for, else static for images and dynamic for text; static needs calibration data."""
+    image = teacher.task.value == "image-classification"
+    mode = str(config.int8_mode or ("static" if image else "dynamic"))
+    if mode == "static" and not config.calibration:
+        raise ConfigError("static INT8 for ExecuTorch needs calibration data",
+                          hint="pass --calibration DATA (images or texts like the model's inputs)"
+                          + ("" if image else ", or --int8-mode dynamic"))
+    return mode
+
+
+def quiet_torchao() -> None:
+    """torchao registers its enums with torch's pytree on import, and torch warns about each through logging."""
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+def _delegation(edge) -> dict[str, Any]:
+    """How much of the graph XNNPACK took: delegated calls, and the operators left to the portable kernels."""
+    graph = edge.exported_program().graph_module.graph
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    delegated = [n for n in calls if "executorch_call_delegate" in str(n.target)]
+    other = sorted({str(n.target).split(".")[1] for n in calls if str(n.target).startswith("aten.")})
+    return {"delegate_calls": len(delegated), "portable_operators": other}
+
+
+def _first(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return (f"{type(e).__name__}: {text}")[:200]
+
+
+def export_executorch(source: Path | str, out: Path | str, config: ExportConfig, *, force: bool = False) -> Artifact:
+    """Export ``source`` (a teacher checkpoint or a pytorch artifact) to an ExecuTorch program at ``out``."""
+    from compress._optional import require
+    from compress.runtimes.base import load_runtime
+    from compress.runtimes.torch_backend import TorchBackend
+    from compress.stages.common import measure_parity
+    from compress.data.inputs import sample_inputs
+    from compress.teachers.load import load_teacher
+
+    require("executorch", "ExecuTorch export (pip install 'edgecompress[executorch]')")
+    quiet_torchao()  # executorch imports torchao
+    output = EXPORT_EXECUTORCH.output(out, config, force=force)
+    source = Path(source)
+    if is_artifact(source):
+        EXPORT_EXECUTORCH.check(load_artifact(source))
+    teacher = load_teacher(source, config.task, allow_pickle=config.allow_pickle,
+                           trust_remote_code=config.trust_remote_code)
+    precision = Precision.int8 if config.precision is not None and config.precision.value == "int8" else Precision.fp32
+    if precision is Precision.int8:
+        int8_mode(teacher, config)  # refused before any work
+    with output.writing() as o:
+        record = lower(teacher, config, o.dir / PROGRAM_FILE)
+        teacher.save_inputs(o.dir)
+        manifest = teacher.manifest()
+        manifest.source, prior = teacher.lineage()
+        manifest.format, manifest.precision, manifest.model_file = Format.executorch, precision, PROGRAM_FILE
+        manifest.inputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=[BATCH, *t.shape[1:]])
+                           for t in manifest.inputs]
+        manifest.outputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=[BATCH, *t.shape[1:]])
+                            for t in manifest.outputs[:1]]
+        manifest.files = {}
+        manifest.versions = library_versions("executorch")
+        step = o.describe(manifest, input_digest=teacher.sha256, lineage=prior, metrics=record)
+        samples = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
+        candidate = load_runtime(o.draft())
+        parity = measure_parity(TorchBackend.from_teacher(teacher), candidate, samples, manifest.labels is not None)
+        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": "PyTorch FP32"}
+        step.metrics["exported_from"] = str(Path(source).resolve())
+        if precision is Precision.fp32 and not parity.max_abs_diff <= config.atol:
+            raise ParityError(f"the ExecuTorch program differs from PyTorch FP32 by {parity.max_abs_diff:.3g} "
+                              f"(allowed {config.atol:g}) on {parity.n} samples", max_abs_diff=parity.max_abs_diff,
+                              atol=config.atol, hint="raise --atol if the difference is acceptable; no artifact "
+                              "was written")
+    log.info("wrote %s (%s, parity max |diff| %.2e)", output.path, precision, parity.max_abs_diff)
+    return output.artifact
