@@ -73,6 +73,8 @@ def test_every_builtin_loads(name):
     assert p.description
     if p.runtime.name == "openvino":  # intel-*-openvino: an OpenVINO device with the latency hint
         assert p.runtime.provider in ("CPU", "GPU", "NPU") and p.runtime.options == {"PERFORMANCE_HINT": "LATENCY"}
+    elif p.runtime.name == "executorch":  # phones: XNNPACK chosen at export, the threads on the big cores only
+        assert p.runtime.provider is None and p.runtime.threads is not None and p.hardware.arch == "arm64"
     else:
         assert p.runtime.name == "onnxruntime" and p.runtime.provider == "CPUExecutionProvider"
     assert p.runtime.threads is None or p.runtime.threads <= p.hardware.cores
