@@ -39,9 +39,11 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-from compress._optional import install_torchvision_hook  # noqa: E402 - after the names, before any torchvision import
+# after the names, before any torchvision import
+from compress._optional import install_torchvision_hook, quiet_import_warnings  # noqa: E402
 
 install_torchvision_hook()
+quiet_import_warnings()
 
 
 def __getattr__(name: str):

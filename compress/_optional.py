@@ -38,6 +38,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "rapidfuzz": (("rapidfuzz",), "pip install 'edgecompress[tasks]'"),
     "pycocotools": (("pycocotools",), "pip install 'edgecompress[tasks]'"),
     "peft": (("peft",), "pip install 'edgecompress[finetune]'"),
+    "executorch": (("executorch",), "pip install 'edgecompress[executorch]'"),
 }
 
 
@@ -127,3 +128,12 @@ def uninstall_torchvision_hook() -> None:
     import sys
 
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionHook)]
+
+
+def quiet_import_warnings() -> None:
+    """torchao (which executorch brings, and transformers and peft import when it is installed) registers its enums
+    with torch's pytree on import, and torch warns about each one through logging: noise on stderr for every command,
+    and a second line under a one-line error. Only those warnings are silenced (the logger of torch.utils._pytree)."""
+    import logging
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)

@@ -120,7 +120,6 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
     import torch
 
     mode = int8_mode(teacher, config)
-    quiet_torchao()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -152,11 +151,6 @@ def int8_mode(teacher, config: ExportConfig) -> str:
     return mode
 
 
-def quiet_torchao() -> None:
-    """torchao registers its enums with torch's pytree on import, and torch warns about each through logging."""
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-
-
 def _delegation(edge) -> dict[str, Any]:
     """How much of the graph XNNPACK took: delegated calls, and the operators left to the portable kernels."""
     graph = edge.exported_program().graph_module.graph
@@ -181,7 +175,6 @@ def export_executorch(source: Path | str, out: Path | str, config: ExportConfig,
     from compress.teachers.load import load_teacher
 
     require("executorch", "ExecuTorch export (pip install 'edgecompress[executorch]')")
-    quiet_torchao()  # executorch imports torchao
     output = EXPORT_EXECUTORCH.output(out, config, force=force)
     source = Path(source)
     if is_artifact(source):
