@@ -39,6 +39,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "pycocotools": (("pycocotools",), "pip install 'edgecompress[tasks]'"),
     "peft": (("peft",), "pip install 'edgecompress[finetune]'"),
     "executorch": (("executorch",), "pip install 'edgecompress[executorch]'"),
+    "ai_edge_litert": (("ai-edge-litert",), "pip install 'edgecompress[litert]'"),
 }
 
 

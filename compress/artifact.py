@@ -39,6 +39,8 @@ class Format(StrEnum):
     tensorrt = "tensorrt"
     #: an ExecuTorch program (.pte), XNNPACK-delegated: what an Android or iOS app loads
     executorch = "executorch"
+    #: a LiteRT (TensorFlow Lite) flatbuffer (.tflite), run by LiteRT's interpreter with XNNPACK
+    litert = "litert"
 
 
 class Precision(StrEnum):

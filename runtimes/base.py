@@ -29,6 +29,7 @@ RUNTIMES: dict[str, str] = {
     "openvino": "compress.runtimes.openvino_backend:OpenVINOBackend",
     "tensorrt": "compress.runtimes.tensorrt_backend:TensorRTBackend",
     "executorch": "compress.runtimes.executorch_backend:ExecuTorchBackend",
+    "litert": "compress.runtimes.litert_backend:LiteRTBackend",
 }
 
 # the runtime used when a profile/user names none
@@ -38,6 +39,7 @@ DEFAULT_RUNTIME: dict[Format, str] = {
     Format.openvino: "openvino",
     Format.tensorrt: "tensorrt",
     Format.executorch: "executorch",
+    Format.litert: "litert",
 }
 
 

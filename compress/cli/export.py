@@ -10,12 +10,14 @@ from compress.stages.export.config import ExportConfig, Exporter, GraphOptimizat
 
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path), metavar="SOURCE")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt", "executorch"]), default="onnx",
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt", "executorch", "litert"]),
+              default="onnx",
               show_default=True,
               help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), "
               "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT; "
-              "--via torch-tensorrt: a Torch-TensorRT program model.pt2), or executorch (a phone's model.pte, "
-              "XNNPACK; --precision int8 quantizes it first).")
+              "--via torch-tensorrt: a Torch-TensorRT program model.pt2), executorch (a phone's model.pte, "
+              "XNNPACK; --precision int8 quantizes it first), or litert (model.tflite through litert-torch, where "
+              "it is installed; a .tflite made elsewhere is adopted as it is).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]),
               help="Default: from the checkpoint (…ForSequenceClassification → text-classification).")

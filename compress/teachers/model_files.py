@@ -1,6 +1,6 @@
 """Model files made elsewhere: an ONNX graph exported by PyTorch, tf2onnx, paddle2onnx or a vendor's zoo (or an
-OpenVINO IR, ``model.xml`` + ``model.bin``) becomes a teacher, run in its own runtime (ONNX Runtime, OpenVINO) as
-the FP32 reference for retention, agreement and fidelity.
+OpenVINO IR, ``model.xml`` + ``model.bin``, or a LiteRT ``.tflite`` flatbuffer) becomes a teacher, run in its own
+runtime (ONNX Runtime, OpenVINO, LiteRT) as the reference for retention, agreement and fidelity.
 
 The graph says what it takes (input names, dtypes, shapes with symbolic dimensions); ``model.yaml`` beside the file
 (``model.onnx`` → ``model.yaml``, the schema the ``.pt2`` path reads, :class:`ModelDescription`) says what it cannot::
@@ -49,8 +49,9 @@ __all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", 
            "graph_specs", "inspect_model_file",
            "is_model_file", "load_model_file"]
 
-#: ONNX graphs, and OpenVINO IR (``model.xml`` with its ``model.bin``), which stays an OpenVINO artifact
-MODEL_FILE_SUFFIXES = (".onnx", ".xml")
+#: ONNX graphs, OpenVINO IR (``model.xml`` with its ``model.bin``), which stays an OpenVINO artifact, and LiteRT
+#: flatbuffers (``.tflite``), which stay LiteRT artifacts
+MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".tflite")
 #: per-channel QuantizeLinear/DequantizeLinear (their ``axis``) arrived in opset 13: older graphs are upgraded
 MIN_OPSET = 13
 #: operator domains ONNX Runtime implements (com.microsoft: its own fused and contrib operators)
@@ -134,6 +135,7 @@ class ModelFileInfo:
     postprocess: Postprocess = field(default_factory=Postprocess)
     max_length: int = 0
     kind: str = "file"  # "file" (ONNX, IR: run in its runtime) or "program" (a torch.export program: run in PyTorch)
+    precision: Precision = Precision.fp32  # a .tflite may come quantized
     weights: list[str] = field(default_factory=list)  # a program's file, as the exporters read it
 
     @property
@@ -254,6 +256,27 @@ def _read_ir(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return [spec(i) for i in model.inputs], [spec(o) for o in model.outputs]
 
 
+def _read_tflite(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], Precision]:
+    """A LiteRT model's inputs and outputs (a dynamic dimension, -1 in its shape signature, is ``batch`` on the
+    first axis and ``dim<i>`` elsewhere) and its precision: INT8 when its weights are 8-bit integers."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_path=str(path))
+    except Exception as e:  # noqa: BLE001 - a bad flatbuffer or an operator this LiteRT lacks
+        raise ModelLoadError(f"{path}: not a readable LiteRT model ({first_line(e)})",
+                             hint="convert the model again (litert-torch, or the TensorFlow Lite converter)") from None
+
+    def spec(d) -> TensorSpec:
+        sig = d.get("shape_signature", d["shape"])
+        dims: list[int | str] = [int(n) if n >= 0 else ("batch" if i == 0 else f"dim{i}") for i, n in enumerate(sig)]
+        return TensorSpec(name=d["name"], dtype=d["dtype"].__name__, shape=dims)
+
+    int8 = any(t["dtype"].__name__ == "int8" and len(t["shape"]) >= 2 for t in interpreter.get_tensor_details())
+    return ([spec(d) for d in interpreter.get_input_details()], [spec(d) for d in interpreter.get_output_details()],
+            Precision.int8 if int8 else Precision.fp32)
+
+
 def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
     spec = dict(desc.preprocess or {})
     kind = spec.pop("kind", "image" if "size" in spec else "text" if spec.get("tokenizer_file") else None)
@@ -311,12 +334,17 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
     """Read and check a model file and its ``model.yaml`` (see the module doc); nothing runs yet."""
     p = Path(path)
     if not p.is_file():
-        raise ModelLoadError(f"{p}: no such file", hint="pass the .onnx file (or an OpenVINO .xml with its .bin)")
+        raise ModelLoadError(f"{p}: no such file", hint="pass the .onnx file (or an OpenVINO .xml with its .bin, or a "
+                             ".tflite)")
     from compress._optional import require
 
+    precision = Precision.fp32
     if p.suffix.lower() == ".xml":
         require("openvino", "reading an OpenVINO IR")
         (inputs, outputs), external, opset, fmt = _read_ir(p), [p.with_suffix(".bin").name], 0, Format.openvino
+    elif p.suffix.lower() == ".tflite":
+        require("ai_edge_litert", "reading a LiteRT (.tflite) model")
+        (inputs, outputs, precision), external, opset, fmt = _read_tflite(p), [], 0, Format.litert
     else:
         require("onnx", "reading an ONNX file")
         model, external = _load_graph(p)
@@ -326,7 +354,7 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
     task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
     return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
                          labels=labels, preprocess=preprocess, description=desc, external=external,
-                         postprocess=desc.postprocess or Postprocess(), max_length=max_length)
+                         postprocess=desc.postprocess or Postprocess(), max_length=max_length, precision=precision)
 
 
 def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], outputs: list[TensorSpec]):
@@ -394,7 +422,7 @@ class DescribedModel(InfoTeacher):
         """The file described as an FP32 artifact rooted at its folder (its own format): the root of every lineage."""
         files = {n: sha256_file(self.path.parent / n) for n in [self.path.name, *self.info.external]}
         return Manifest(
-            task=self.task, format=self.info.format, precision=Precision.fp32, labels=self.info.labels,
+            task=self.task, format=self.info.format, precision=self.info.precision, labels=self.info.labels,
             model_file=self.path.name, inputs=list(self.info.inputs), outputs=list(self.info.outputs),
             preprocess=self.info.preprocess, postprocess=self.info.postprocess, max_length=self.info.max_length,
             source=self.source(), files=files, versions=library_versions(),

@@ -34,6 +34,13 @@ def export(
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.stages.export.adopt import adopt, adopt_then
 
+        if Path(source).suffix.lower() == ".tflite":  # a LiteRT model stays one
+            if config.format is not ExportFormat.onnx:
+                from compress.errors import ConfigError
+
+                raise ConfigError(f"{source} is a LiteRT model: it is adopted as it is",
+                                  hint="leave --format out (a .tflite is not converted to another format)")
+            return adopt(source, out, config, force=force)
         if config.format is ExportFormat.onnx or Path(source).suffix.lower() == ".xml":  # an IR stays an IR
             if Path(source).suffix.lower() == ".xml" and config.format is ExportFormat.tensorrt:
                 from compress.errors import ConfigError
@@ -54,6 +61,10 @@ def export(
         from compress.stages.export.executorch import export_executorch
 
         return export_executorch(source, out, config, force=force)
+    if config.format is ExportFormat.litert:
+        from compress.stages.export.litert import export_litert
+
+        return export_litert(source, out, config, force=force)
     from compress.stages.export.onnx import export_onnx
 
     return export_onnx(source, out, config, force=force)

@@ -1,5 +1,6 @@
 """Adopt a model file made elsewhere (``export model.onnx``): check it, upgrade an old opset, and write it as an FP32
-ONNX artifact whose source is the file itself (an OpenVINO IR, ``model.xml`` + ``.bin``, as an OpenVINO artifact).
+ONNX artifact whose source is the file itself (an OpenVINO IR, ``model.xml`` + ``.bin``, as an OpenVINO artifact; a
+LiteRT ``.tflite``, FP32 or already quantized, as a LiteRT artifact).
 
 The checks are :func:`compress.teachers.model_files.inspect_model_file`'s. A graph below opset 13 is upgraded with onnx's
 version converter (per-channel Q/DQ needs 13) and the step records both opsets. The written graph must then match
@@ -23,7 +24,7 @@ from compress.artifact import (
 from compress.errors import ModelLoadError, ParityError, first_line
 from compress.data.inputs import sample_inputs
 from compress.stages.common import measure_parity
-from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
+from compress.stages.export.config import ADOPT_LITERT, EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,17 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
     teacher = load_model_file(source)
     info = teacher.info
     need = tree_bytes(info.path) + sum(tree_bytes(info.path.parent / n) for n in info.external)
-    ir = info.format is Format.openvino
-    upgraded = not ir and info.opset < MIN_OPSET
-    output = (EXPORT_OPENVINO if ir else EXPORT_ONNX).output(out, config, force=force)
+    ir, lite = info.format is Format.openvino, info.format is Format.litert
+    upgraded = not (ir or lite) and info.opset < MIN_OPSET
+    spec = EXPORT_OPENVINO if ir else ADOPT_LITERT if lite else EXPORT_ONNX
+    output = spec.output(out, config, force=force)
     with output.writing(need_bytes=need) as o:
         tmp = o.dir
         if ir:  # an OpenVINO IR stays one: its two files, renamed together
             shutil.copy2(info.path, tmp / "model.xml")
             shutil.copy2(info.path.with_suffix(".bin"), tmp / "model.bin")
+        elif lite:  # a LiteRT flatbuffer stays one
+            shutil.copy2(info.path, tmp / "model.tflite")
         else:
             model = onnx.load(str(info.path))  # with its external data
             if upgraded:
@@ -74,15 +78,15 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
         if isinstance(info.preprocess, TextPreprocess):
             copy_tokenizer_files(info.path.parent, tmp)
         manifest = teacher.manifest()
-        manifest.model_file = "model.xml" if ir else "model.onnx"
+        manifest.model_file = "model.xml" if ir else "model.tflite" if lite else "model.onnx"
         manifest.files = {}
         record = {"adopted": str(info.path.resolve()), "atol": config.atol, "parity_samples": config.parity_samples,
                   "sample_data": config.sample_data}
-        if not ir:
+        if not (ir or lite):
             record |= {"source_opset": info.opset, "opset": MIN_OPSET if upgraded else info.opset}
         step = o.describe(manifest, input_digest=teacher.sha256, config=record)
         items = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
-        runtime = "openvino" if ir else "onnxruntime"
+        runtime = "openvino" if ir else "litert" if lite else "onnxruntime"
         parity = measure_parity(load_runtime(teacher.as_artifact(), runtime),
                                 load_runtime(o.draft(), runtime), items, manifest.labels is not None)
         step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol,
@@ -96,7 +100,7 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
                 hint=(f"re-export the model at opset {MIN_OPSET} or newer, or raise --atol" if upgraded else
                       "raise --atol, or report it with --debug") + "; no artifact was written")
     art = output.artifact
-    log.info("adopted %s as %s (%s; parity max |diff| %.2e)", info.path, out, "OpenVINO IR" if ir else
+    log.info("adopted %s as %s (%s; parity max |diff| %.2e)", info.path, out, "OpenVINO IR" if ir else "LiteRT" if lite else
              f"opset {info.opset} -> {MIN_OPSET}" if upgraded else f"opset {info.opset}", parity.max_abs_diff)
     return art
 

@@ -55,11 +55,27 @@ EXPORT_EXECUTORCH = StageSpec(
 )
 
 
+#: PyTorch -> a LiteRT flatbuffer (.tflite) through litert-torch (compress.stages.export.litert), FP32
+EXPORT_LITERT = StageSpec(
+    "export", "LiteRT export", accepts=pairs(Format.pytorch, Precision.fp32), produces=pairs(Format.litert, Precision.fp32),
+    versions=("torch", "litert_torch", "ai_edge_litert"),
+    hint="LiteRT starts from the PyTorch model: pass the teacher checkpoint or a pytorch artifact",
+    config_version=CONFIG_VERSION,
+)
+#: a LiteRT (.tflite) file made elsewhere, adopted as it is (FP32 or already INT8): compress.stages.export.adopt
+ADOPT_LITERT = StageSpec(
+    "export", "LiteRT adoption", accepts=pairs(Format.litert, Precision.fp32, Precision.int8),
+    produces=pairs(Format.litert, Precision.fp32, Precision.int8), versions=("ai_edge_litert",),
+    hint="a .tflite file is adopted as it is", config_version=CONFIG_VERSION,
+)
+
+
 class ExportFormat(StrEnum):
     onnx = "onnx"
     openvino = "openvino"
     tensorrt = "tensorrt"
     executorch = "executorch"
+    litert = "litert"
 
 
 class Int8Mode(StrEnum):

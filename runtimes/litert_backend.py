@@ -1,0 +1,93 @@
+"""LiteRT adapter: a LiteRT (TensorFlow Lite) model (``model.tflite``) in LiteRT's interpreter, ``ai-edge-litert``, the
+runtime an Android app embeds (its Python build here, XNNPACK on the CPU as on the phone).
+
+Settings: ``threads`` is the interpreter's thread count; there is no provider and no options. A model with a fixed
+batch takes that many rows per call (a larger batch runs in slices); a dynamic dimension is resized per call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compress.artifact import Format
+from compress.runtimes.base import RuntimeBackend
+
+
+class LiteRTBackend(RuntimeBackend):
+    name: ClassVar[str] = "litert"
+    module: ClassVar[str] = "ai_edge_litert"
+    formats: ClassVar[frozenset[Format]] = frozenset({Format.litert})
+
+    def _load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(self.artifact.model_path), num_threads=self.settings.threads)
+        self.interpreter.allocate_tensors()
+        details = self.interpreter.get_input_details()
+        names = [t.name for t in self.artifact.manifest.inputs]
+        if not {d["name"] for d in details} >= set(names):  # a converted model's inputs are args_0, args_1, ...:
+            details = sorted(details, key=lambda d: _arg_index(d["name"]))  # the manifest's names, in order
+        else:
+            details = sorted(details, key=lambda d: names.index(d["name"]) if d["name"] in names else len(names))
+        self._inputs = dict(zip(names, details))
+        self._outputs = list(self.interpreter.get_output_details())
+        wanted = self.artifact.manifest.outputs[0].name
+        self._primary = next((d for d in self._outputs if d["name"] == wanted), self._outputs[0])
+
+    def _fit(self, name: str, value: np.ndarray, shape: tuple) -> np.ndarray:
+        """A text input to a model of one fixed sequence length: padded with zeros (masked positions), or cut."""
+        if value.ndim == 2 and len(shape) == 2 and shape[1] > 0 and value.shape[1] != shape[1] and \
+                value.shape[0] == shape[0]:
+            if value.shape[1] > shape[1]:
+                return value[:, :shape[1]]
+            return np.pad(value, ((0, 0), (0, shape[1] - value.shape[1])))
+        return value
+
+    def _invoke(self, inputs: dict[str, np.ndarray]) -> None:
+        it = self.interpreter
+        static = {n: tuple(int(x) for x in d.get("shape_signature", d["shape"])) for n, d in self._inputs.items()}
+        inputs = {n: self._fit(n, inputs[n], static[n]) if -1 not in static[n] else inputs[n] for n in self._inputs}
+        resized = False
+        current = {d["index"]: tuple(d["shape"]) for d in it.get_input_details()}
+        for name, d in self._inputs.items():
+            if tuple(inputs[name].shape) != current[d["index"]]:
+                it.resize_tensor_input(d["index"], list(inputs[name].shape))
+                resized = True
+        if resized:
+            it.allocate_tensors()
+        for name, d in self._inputs.items():
+            it.set_tensor(d["index"], np.ascontiguousarray(inputs[name], dtype=d["dtype"]))
+        it.invoke()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self._invoke(inputs)
+        return np.array(self.interpreter.get_tensor(self._primary["index"]), dtype=np.float32, copy=True)
+
+    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._invoke(inputs)
+        return {d["name"]: np.array(self.interpreter.get_tensor(d["index"]), dtype=np.float32, copy=True)
+                for d in self._outputs}
+
+    @classmethod
+    def version(cls) -> str | None:
+        from compress._optional import version_of
+
+        return version_of("ai_edge_litert")
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["backend"] = "xnnpack"
+        return d
+
+    def close(self) -> None:
+        self.interpreter = None
+
+
+def _arg_index(name: str) -> int:
+    """``serving_default_args_3:0`` -> 3: the position of a converted model's input."""
+    import re
+
+    found = re.search(r"args_(\d+)", name)
+    return int(found.group(1)) if found else 1 << 30

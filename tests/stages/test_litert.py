@@ -1,0 +1,71 @@
+"""LiteRT files made elsewhere: ``tests/assets/tiny_cnn.tflite`` (a random 3-channel 16×16 CNN with 4 classes,
+converted by litert-torch 0.10: test material) is adopted as a LiteRT artifact, run by LiteRT's interpreter and
+validated; a .tflite is not converted to other formats."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("ai_edge_litert")
+
+from tests.cli.test_cli import assert_one_line_error, edgecompress  # noqa: E402
+
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_cnn.tflite"
+LABELS = ["a", "b", "c", "d"]
+
+
+@pytest.fixture()
+def tflite(tmp_path) -> Path:
+    f = tmp_path / "model.tflite"
+    shutil.copy2(ASSET, f)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({
+        "task": "image-classification", "labels": LABELS,
+        "preprocess": {"size": [16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    return f
+
+
+def test_a_tflite_file_is_adopted_and_validated_in_litert(tflite, tmp_path):
+    from PIL import Image
+
+    from compress.stages.export import export
+    from compress.validation.local import ValidateConfig, validate
+
+    art = export(tflite, tmp_path / "adopted")
+    m = art.manifest
+    assert (m.format, m.precision, m.model_file, m.labels) == ("litert", "fp32", "model.tflite", LABELS)
+    assert m.inputs[0].shape == [1, 3, 16, 16] and m.steps[-1].metrics["parity"]["max_abs_diff"] == 0.0
+    rng = np.random.default_rng(0)
+    for c in LABELS:
+        (tmp_path / "set" / c).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "set" / c / f"{k}.png")
+    profile = tmp_path / "litert-here.yaml"
+    profile.write_text(yaml.safe_dump({"name": "litert-here", "extends": "host", "runtime": {"name": "litert"},
+                                       "measure": {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05}}))
+    report = validate(art, ValidateConfig(profile=str(profile), data=str(tmp_path / "set"), cold_start=False))
+    assert report.environment["runtime"]["runtime"] == "litert" and report.metrics["eval_samples"] == 8
+    assert report.metrics["latency_ms"]["p50"] > 0
+
+
+def test_the_interpreter_gives_the_files_logits_for_any_batch(tflite, tmp_path):
+    from compress.artifact import load_artifact
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.stages.export import export
+
+    rt = load_runtime(load_artifact(export(tflite, tmp_path / "a").path), settings=RuntimeSettings(threads=1))
+    x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    out = rt.predict({rt.input_names[0]: x})
+    one = np.concatenate([rt.predict({rt.input_names[0]: x[i:i + 1]}) for i in range(3)])
+    assert out.shape == (3, 4) and np.allclose(out, one, atol=1e-5)
+    assert rt.describe()["runtime"] == "litert"
+    rt.close()
+
+
+def test_a_tflite_is_not_converted(tflite, tmp_path):
+    proc = edgecompress("export", tflite, "--format", "openvino", "--out", tmp_path / "x")
+    assert_one_line_error(proc, "LiteRT model", "adopted as it is")
