@@ -279,6 +279,16 @@ def digest_of(hashes: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+def reference_teacher(manifest) -> tuple[str, str]:
+    """``(path, sha256)`` of the teacher an artifact is judged against: the fine-tuned teacher when its lineage starts
+    with a fine-tune (its source is then the pretrained base), else its source."""
+    first = manifest.steps[0] if manifest.steps else None
+    tuned = (first.metrics or {}).get("teacher") if first is not None and first.stage == "finetune" else None
+    if tuned and tuned.get("path"):
+        return tuned["path"], tuned.get("sha256") or ""
+    return manifest.source.path, manifest.source.sha256
+
+
 def digest_dir(root: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> str:
     """Content hash of a directory: independent of location and mtimes."""
     return digest_of(hash_files(Path(root), exclude))

@@ -92,7 +92,9 @@ class ValidateConfig(BaseModel):
 def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
     if given:
         return Path(given)
-    src = Path(art.manifest.source.path)
+    from compress.artifact import reference_teacher
+
+    src = Path(reference_teacher(art.manifest)[0])
     return src if src.exists() else None  # a checkpoint directory, or an adopted model file
 
 
@@ -165,10 +167,13 @@ def validate(
         teacher = load_teacher(
             tdir, m.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
         )
-        if teacher.sha256 != m.source.sha256:
+        from compress.artifact import reference_teacher
+
+        ref_path, ref_sha = reference_teacher(m)
+        if teacher.sha256 != ref_sha:
             warnings.append(
-                f"teacher {tdir} differs from the artifact's recorded source ({m.source.path}, "
-                f"sha256 {m.source.sha256[:12]}…): retention is measured against the teacher given"
+                f"teacher {tdir} differs from the artifact's recorded teacher ({ref_path}, "
+                f"sha256 {ref_sha[:12]}…): retention is measured against the teacher given"
             )
     elif config.teacher is None:
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")

@@ -303,6 +303,12 @@ def test_a_recipe_fine_tunes_its_teacher_from_a_base_and_the_lineage_starts_ther
     int8 = load_artifact(workspace / "tuned-run" / next(j for j in first.index["jobs"] if j["name"] == "int8")["path"])
     assert int8.manifest.steps[0].stage == "finetune"
     assert int8.manifest.source.sha256 == load_teacher(bert_encoder).sha256  # the lineage starts at the base
+    tuned_teacher = int8.manifest.steps[0].metrics["teacher"]  # ... and names the teacher it is judged against
+    assert Path(tuned_teacher["path"]) == teacher_out.resolve()
+    assert tuned_teacher["sha256"] == load_teacher(teacher_out).sha256
+    report = json.loads((workspace / "tuned-run" / next(j for j in first.index["jobs"] if j["verb"] == "validate")[
+        "report"]).read_text())
+    assert not any("differs from" in w for w in report["warnings"]), report["warnings"]
     again = run_recipe(path, workspace / "tuned-run", html=False)
     assert set(statuses(again).values()) == {"cached"}
     out = tmp_path / "again.yaml"

@@ -105,12 +105,21 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     with output.writing() as o:
         final.save_pretrained(str(o.dir), safe_serialization=True)
         base_teacher.tokenizer.save_pretrained(str(o.dir))
+        metrics["teacher"] = teacher_record(output, o.dir)
         written = load_teacher(o.dir, config.task)
         manifest = written.manifest()
         manifest.source, prior = base_teacher.lineage()
         o.describe(manifest, input_digest=base_teacher.sha256, lineage=prior, metrics=metrics)
     loop.written()
     return FinetuneResult(output.artifact, metrics)
+
+
+def teacher_record(output, staged: Path) -> dict[str, str]:
+    """Where the fine-tuned teacher will be and its content hash (what load_teacher computes, the manifest excluded):
+    every artifact made from it is judged against it (``compress.validation.local.reference_teacher``)."""
+    from compress.artifact import digest_dir
+
+    return {"path": str(Path(output.path).resolve()), "sha256": digest_dir(staged)}
 
 
 def data_record(train, eval_data) -> dict[str, str | None]:

@@ -253,7 +253,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     """Fine-tune an image base (see the module doc) and write the checkpoint through ``output``."""
     import torch.nn.functional as F
 
-    from compress.stages.finetune import FinetuneResult, _check_labels, data_record
+    from compress.stages.finetune import FinetuneResult, _check_labels, data_record, teacher_record
     from compress.stages.finetune.loop import TrainLoop
     from compress.teachers.images import load_image_teacher
 
@@ -294,6 +294,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
         metrics["forgetting"] = {**image_forgetting(base_teacher.model, final, retain), "data": str(retain_data)}
     with output.writing() as o:
         manifest = _write(final, base_teacher, names, o.dir, x[:2])
+        metrics["teacher"] = teacher_record(output, o.dir)
         o.describe(manifest, input_digest=base_teacher.sha256, lineage=base_teacher.lineage()[1], metrics=metrics)
     loop.written()
     return FinetuneResult(output.artifact, metrics)

@@ -487,7 +487,9 @@ def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: l
 
             if progress:
                 progress({"phase": "written-eval", "label": "scoring the written model on the eval data"})
-            root = parent.manifest.source.path if parent is not None and parent.manifest.source else None
+            from compress.artifact import reference_teacher
+
+            root = reference_teacher(parent.manifest)[0] if parent is not None and parent.manifest.source else None
             ev = written_eval(written, teacher, job.texts(eval_data), config.max_length, root)
             if ev is not None:
                 metrics["eval"] = ev
