@@ -12,8 +12,11 @@ dynamic activations for text and static, calibrated on the same digits, for the 
 
     python benchmarks/mobile.py                      # results/mobile.json and the table
 
-LiteRT (``.tflite``) is not in the table: its converter (litert-torch 0.10) cannot install beside this project's
-pins (docs/phones.md says what conflicts).
+LiteRT (``.tflite`` INT8, dynamic-range: INT8 weights) joins the CNN's rows when ``benchmarks/litert_convert.py`` has
+made it in litert-torch's own environment (litert-torch cannot install beside this project's pins; docs/phones.md):
+the file is adopted as a model made elsewhere and run by LiteRT's interpreter. The text models' ``.tflite`` files are
+not adopted: their inputs are named ``args_0``, ``args_1``, ... by the converter, which an adopted text model cannot
+map to the tokenizer's outputs.
 """
 
 from __future__ import annotations
@@ -65,11 +68,15 @@ def build(name: str, m: dict, work: Path) -> dict[str, Path]:
         "pte-int8": lambda o: export(m["source"], o, ExportConfig(format="executorch", precision="int8",
                                                                  calibration=calib, sample_data=sample), force=True),
     }
+    tflite = d / "tflite-int8" / "model.tflite"  # made by benchmarks/litert_convert.py in litert-torch's environment
+    if tflite.is_file() and m["kind"] == "image":
+        arts["tflite-int8"] = d / "tflite-int8-adopted"
+        plans["tflite-int8"] = lambda o: export(tflite, o, force=True)
     for key, make in plans.items():
         if not is_artifact(arts[key]):
             log(f"{name}: building {key}")
             make(arts[key])
-    return {"onnx-int8": arts["onnx-int8"], "pte-int8": arts["pte-int8"]}
+    return {k: arts[k] for k in ("onnx-int8", "pte-int8", "tflite-int8") if k in arts}
 
 
 def evaluate(backend, m: dict, args) -> np.ndarray:
