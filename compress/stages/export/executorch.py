@@ -29,7 +29,7 @@ PROGRAM_FILE = "model.pte"
 BATCH = 1
 
 
-def _module(teacher):
+def traced_module(teacher):
     """The teacher as a module of its inputs, in order, returning its primary output (logits or token states)."""
     import torch
     import transformers
@@ -55,7 +55,7 @@ def _module(teacher):
     return Primary().eval()
 
 
-def _example(teacher) -> tuple[list[str], tuple, Any]:
+def example_rows(teacher) -> tuple[list[str], tuple, Any]:
     """Input names, one example row per input, and the dynamic shapes ``torch.export`` takes (text: the sequence
     length, 2 to ``max_length`` tokens; images: none)."""
     import torch
@@ -91,8 +91,8 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    module = _module(teacher)
-    names, example, dynamic = _example(teacher)
+    module = traced_module(teacher)
+    names, example, dynamic = example_rows(teacher)
     record: dict[str, Any] = {"backend": "xnnpack", "batch": BATCH}
     t0 = time.perf_counter()
     try:
@@ -125,6 +125,7 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
         get_symmetric_quantization_config,
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=mode == "dynamic"))
     prepared = prepare_pt2e(program.module(), quantizer)
@@ -133,7 +134,7 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
         for row in rows:
             prepared(*row)
     converted = convert_pt2e(prepared)
-    _, _, dynamic = _example(teacher)  # the converted graph takes its inputs flat, not as one *args tuple
+    _, _, dynamic = example_rows(teacher)  # the converted graph takes its inputs flat, not as one *args tuple
     quantized = torch.export.export(converted, example, dynamic_shapes=dynamic[0] if dynamic else None)
     return quantized, {"scheme": "PT2E XNNPACKQuantizer, symmetric, per-channel weights",
                        "activations": mode, "calibration": config.calibration if mode == "static" else None,

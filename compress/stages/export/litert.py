@@ -43,7 +43,7 @@ def export_litert(source: Path | str, out: Path | str, config: ExportConfig, *, 
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.common import measure_parity
     from compress.data.inputs import sample_inputs
-    from compress.stages.export.executorch import _example, _module
+    from compress.stages.export.executorch import example_rows, traced_module
     from compress.teachers.load import load_teacher
 
     output = EXPORT_LITERT.output(out, config, force=force)
@@ -52,14 +52,14 @@ def export_litert(source: Path | str, out: Path | str, config: ExportConfig, *, 
         EXPORT_LITERT.check(load_artifact(source))
     teacher = load_teacher(source, config.task, allow_pickle=config.allow_pickle,
                            trust_remote_code=config.trust_remote_code)
-    _, example, dynamic = _example(teacher)
+    _, example, dynamic = example_rows(teacher)
     if dynamic is not None:  # text: one fixed length, the tail masked
         import torch
 
         example = tuple(torch.nn.functional.pad(x, (0, SEQUENCE - x.shape[1])) for x in example)
     with output.writing() as o:
         try:
-            converted = litert_torch.convert(_module(teacher), example)
+            converted = litert_torch.convert(traced_module(teacher), example)
         except Exception as e:  # noqa: BLE001 - the converter raises many types; its first line names the operator
             raise ConfigError(f"litert-torch cannot convert {type(teacher.model).__name__} "
                               f"({' '.join(str(e).split())[:200]})", hint="export to ONNX or ExecuTorch instead") from e
