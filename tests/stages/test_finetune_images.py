@@ -113,3 +113,23 @@ def test_cli_fine_tunes_an_image_base(bases, tmp_path):
                         "--max-steps", "2", "--batch-size", "8", "--out", tmp_path / "t")
     assert proc.returncode == 0, proc.stderr
     assert "frozen" in proc.stdout and "eval accuracy" in proc.stdout
+
+
+def test_the_best_checkpoint_keeps_its_batchnorm_statistics(tmp_path):
+    """The kept weights are the model that scored best: a checkpoint restores its BatchNorm statistics with its
+    parameters (they move in training; restoring the parameters alone gives another model)."""
+    import torch
+
+    from compress.stages.finetune.images import ImageBatches
+    from compress.stages.finetune.loop import TrainLoop
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    loop = TrainLoop(model, list(model.parameters()), ImageBatches(torch.zeros(4, 3, 8, 8), torch.zeros(4), 0, 0),
+                     FinetuneConfig(max_steps=1), tmp_path / "run", None, lr=1e-3, loss=lambda m, b: None,
+                     evaluate=None, metric_name="accuracy")
+    saved = loop._trainable_state()
+    with torch.no_grad():
+        model[1].running_mean.add_(1.0)
+        model[0].weight.add_(1.0)
+    loop._load_trainable(saved)
+    assert torch.equal(model[1].running_mean, torch.zeros(4)) and torch.equal(model[0].weight, saved["0.weight"])

@@ -84,8 +84,12 @@ class TrainLoop:
         self.accelerator.wait_for_everyone()
 
     def _trainable_state(self) -> dict:
-        """The trained parameters (what a checkpoint and the best weights keep), on the CPU."""
-        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        """What training changes (what a checkpoint and the best weights keep), on the CPU: the trained parameters and
+        every buffer (a CNN's BatchNorm statistics move with its weights; the best weights without them are not the
+        model that scored best)."""
+        state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        state.update({f"buffer:{n}": b.detach().cpu().clone() for n, b in self.model.named_buffers()})
+        return state
 
     def _load_trainable(self, state: dict) -> None:
         import torch
@@ -94,6 +98,9 @@ class TrainLoop:
             for n, p in self.model.named_parameters():
                 if p.requires_grad:
                     p.copy_(state[n].to(p.device))
+            for n, b in self.model.named_buffers():
+                if f"buffer:{n}" in state:
+                    b.copy_(state[f"buffer:{n}"].to(b.device))
 
     def _train_mode(self) -> None:
         self.ddp.train()
