@@ -41,6 +41,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str, code: 
     return line
 
 
+def main_error(capsys, *args, code: int = 2) -> str:
+    """The one-line error of ``edgecompress ARGS`` run in this process (no interpreter start: for the many refusal
+    tests): its exit code, one ``error:`` line on stderr, no traceback. Returns the line."""
+    from compress.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["-q", *map(str, args)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code and len(err) == 1 and err[0].startswith("error: "), (e.value.code, err)
+    return err[0]
+
+
 def invoke(*args: str):
     return CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=False)
 
