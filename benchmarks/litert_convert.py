@@ -60,7 +60,7 @@ def main() -> int:
             desc["preprocess"] = {"kind": "text"}
             desc["max_length"] = man.max_length
         else:
-            desc["preprocess"] = man.preprocess.model_dump(mode="json", exclude={"kind"})
+            desc["preprocess"] = man.preprocess.model_dump(mode="json", exclude={"kind", "input_name"})
         (out / "model.yaml").write_text(yaml.safe_dump(desc, sort_keys=False), encoding="utf-8")
         print(f"wrote {out}", flush=True)
     return 0

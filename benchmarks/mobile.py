@@ -63,8 +63,8 @@ def build(name: str, m: dict, work: Path) -> dict[str, Path]:
     arts = {"onnx-fp32": d / "onnx-fp32", "onnx-int8": d / "onnx-int8", "pte-int8": d / "pte-int8"}
     plans = {
         "onnx-fp32": lambda o: export(m["source"], o, ExportConfig(sample_data=sample), force=True),
-        "onnx-int8": lambda o: quantize(arts["onnx-fp32"], o, QuantizeConfig(calibration=calib, sample_data=sample),
-                                        force=True),
+        "onnx-int8": lambda o: quantize(arts["onnx-fp32"], o, QuantizeConfig(
+            **({"calibration": calib} if calib else {"sample_data": sample})), force=True),
         "pte-int8": lambda o: export(m["source"], o, ExportConfig(format="executorch", precision="int8",
                                                                  calibration=calib, sample_data=sample), force=True),
     }
