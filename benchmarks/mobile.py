@@ -79,7 +79,7 @@ def build(name: str, m: dict, work: Path) -> dict[str, Path]:
     return {k: arts[k] for k in ("onnx-int8", "pte-int8", "tflite-int8") if k in arts}
 
 
-def evaluate(backend, m: dict, args) -> np.ndarray:
+def evaluate(backend, m: dict) -> tuple[np.ndarray, np.ndarray]:
     """Predicted classes on the eval set."""
     from compress.data.images import load_image_dataset
     from compress.data.tables import load_dataset
@@ -116,7 +116,7 @@ def main() -> int:
     for name, m in models(args).items():
         arts = build(name, m, args.work)
         teacher = load_teacher(m["source"])
-        ref_pred, labels = evaluate(TorchBackend.from_teacher(teacher, RuntimeSettings(threads=args.threads)), m, args)
+        ref_pred, labels = evaluate(TorchBackend.from_teacher(teacher, RuntimeSettings(threads=args.threads)), m)
         ref_acc = float((ref_pred == labels).mean())
         backends = {k: load_runtime(load_artifact(p), settings=RuntimeSettings(threads=args.threads))
                     for k, p in arts.items()}
@@ -127,7 +127,7 @@ def main() -> int:
         samples = time_interleaved({k: (lambda b=b, f=feeds[k]: b.run(f)) for k, b in backends.items()},
                                    min_duration_s=args.min_duration)
         for key, b in backends.items():
-            pred, _ = evaluate(b, m, args)
+            pred, _ = evaluate(b, m)
             acc = float((pred == labels).mean())
             art = b.artifact
             cold = probe_cold_start(art.path, b.name, args.threads, None, 1, 64)

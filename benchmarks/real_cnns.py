@@ -106,17 +106,22 @@ def efficientnet_lite0(pth: Path):
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    load_in_order(model, torch.load(pth, map_location="cpu", weights_only=True), pth)
+    return model
+
+
+def load_in_order(model, theirs: dict, where) -> None:
+    """Load ``theirs`` (another library's state dict of the same network) into ``model`` tensor by tensor, in order:
+    each name's last part (weight, bias, running_mean, ...) and shape checked."""
     ours = model.state_dict()
-    theirs = torch.load(pth, map_location="cpu", weights_only=True)
     if len(ours) != len(theirs):
-        raise SystemExit(f"{pth}: {len(theirs)} tensors, tf_efficientnet_lite0 has {len(ours)}")
+        raise SystemExit(f"{where}: {len(theirs)} tensors, {type(model).__name__} has {len(ours)}")
     mapped = {}
     for (k, v), (k2, v2) in zip(ours.items(), theirs.items()):
         if v.shape != v2.shape or k.rsplit(".", 1)[-1] != k2.rsplit(".", 1)[-1]:
-            raise SystemExit(f"{pth}: {k2} {tuple(v2.shape)} does not match {k} {tuple(v.shape)}")
+            raise SystemExit(f"{where}: {k2} {tuple(v2.shape)} does not match {k} {tuple(v.shape)}")
         mapped[k] = v2
     model.load_state_dict(mapped)
-    return model
 
 
 def save_program(model, out: Path, labels: list[str], *, shortest_edge: int = 256, crop: int = 224,

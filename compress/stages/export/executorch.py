@@ -101,7 +101,7 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
         raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({_first(e)})",
                           hint="ExecuTorch needs a model torch.export can trace; export it to ONNX instead") from e
     if config.precision is not None and config.precision.value == "int8":
-        program, record["quantization"] = _quantize(program, teacher, config, names, example)
+        program, record["quantization"] = _quantize(program, teacher, config, names, example, dynamic)
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         record["delegated"] = _delegation(edge)
@@ -115,7 +115,7 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
     return record
 
 
-def _quantize(program, teacher, config: ExportConfig, names: list[str], example: tuple):
+def _quantize(program, teacher, config: ExportConfig, names: list[str], example: tuple, dynamic):
     """PT2E INT8 with the XNNPACK quantizer: static (calibrated) or dynamic activations, per-channel weights."""
     import torch
 
@@ -134,7 +134,7 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
         for row in rows:
             prepared(*row)
     converted = convert_pt2e(prepared)
-    _, _, dynamic = example_rows(teacher)  # the converted graph takes its inputs flat, not as one *args tuple
+    # the converted graph takes its inputs flat, not as one *args tuple
     quantized = torch.export.export(converted, example, dynamic_shapes=dynamic[0] if dynamic else None)
     return quantized, {"scheme": "PT2E XNNPACKQuantizer, symmetric, per-channel weights",
                        "activations": mode, "calibration": config.calibration if mode == "static" else None,
@@ -166,47 +166,76 @@ def _first(e: Exception) -> str:
     return (f"{type(e).__name__}: {text}")[:200]
 
 
-def export_executorch(source: Path | str, out: Path | str, config: ExportConfig, *, force: bool = False) -> Artifact:
-    """Export ``source`` (a teacher checkpoint or a pytorch artifact) to an ExecuTorch program at ``out``."""
-    from compress._optional import require
+# -- what the phone formats share (ExecuTorch here, LiteRT in compress.stages.export.litert) -----------------------
+
+def load_pytorch_source(source: Path | str, config: ExportConfig, spec):
+    """The PyTorch teacher or student a phone format is made from (an artifact is checked against ``spec`` first)."""
+    from compress.teachers.load import load_teacher
+
+    source = Path(source)
+    if is_artifact(source):
+        spec.check(load_artifact(source))
+    return load_teacher(source, config.task, allow_pickle=config.allow_pickle,
+                        trust_remote_code=config.trust_remote_code)
+
+
+def describe_program(o, teacher, *, fmt: Format, precision: Precision, model_file: str, library: str,
+                     input_shapes: list[list] | None = None, metrics: dict[str, Any] | None = None,
+                     max_length: int | None = None):
+    """The teacher's inputs saved beside the written program and the program described: the teacher's manifest in
+    ``fmt``, its inputs of ``input_shapes`` (default: the teacher's, one row), one row per call out, the teacher's
+    lineage carried. ``(manifest, step)``."""
+    teacher.save_inputs(o.dir)
+    manifest = teacher.manifest()
+    manifest.source, prior = teacher.lineage()
+    manifest.format, manifest.precision, manifest.model_file = fmt, precision, model_file
+    shapes = input_shapes or [[BATCH, *t.shape[1:]] for t in manifest.inputs]
+    manifest.inputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=shape) for t, shape in zip(manifest.inputs, shapes)]
+    manifest.outputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=[BATCH, *t.shape[1:]])
+                        for t in manifest.outputs[:1]]
+    if max_length is not None:
+        manifest.max_length = max_length
+    manifest.files = {}
+    manifest.versions = library_versions(library)
+    step = o.describe(manifest, input_digest=teacher.sha256, lineage=prior, metrics=metrics)
+    return manifest, step
+
+
+def check_parity(o, teacher, manifest, step, config: ExportConfig, what: str, *, strict: bool):
+    """The written program in its own runtime against PyTorch FP32 on the parity samples, recorded; with ``strict``,
+    a difference beyond ``--atol`` fails and nothing is written."""
+    from compress.data.inputs import sample_inputs
     from compress.runtimes.base import load_runtime
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.common import measure_parity
-    from compress.data.inputs import sample_inputs
-    from compress.teachers.load import load_teacher
+
+    samples = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
+    parity = measure_parity(TorchBackend.from_teacher(teacher), load_runtime(o.draft()), samples,
+                            manifest.labels is not None)
+    step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": "PyTorch FP32"}
+    if strict and not parity.max_abs_diff <= config.atol:
+        raise ParityError(f"the {what} differs from PyTorch FP32 by {parity.max_abs_diff:.3g} (allowed "
+                          f"{config.atol:g}) on {parity.n} samples", max_abs_diff=parity.max_abs_diff,
+                          atol=config.atol, hint="raise --atol if the difference is acceptable; no artifact was written")
+    return parity
+
+
+def export_executorch(source: Path | str, out: Path | str, config: ExportConfig, *, force: bool = False) -> Artifact:
+    """Export ``source`` (a teacher checkpoint or a pytorch artifact) to an ExecuTorch program at ``out``."""
+    from compress._optional import require
 
     require("executorch", "ExecuTorch export (pip install 'edgecompress[executorch]')")
     output = EXPORT_EXECUTORCH.output(out, config, force=force)
-    source = Path(source)
-    if is_artifact(source):
-        EXPORT_EXECUTORCH.check(load_artifact(source))
-    teacher = load_teacher(source, config.task, allow_pickle=config.allow_pickle,
-                           trust_remote_code=config.trust_remote_code)
+    teacher = load_pytorch_source(source, config, EXPORT_EXECUTORCH)
     precision = Precision.int8 if config.precision is not None and config.precision.value == "int8" else Precision.fp32
     if precision is Precision.int8:
         int8_mode(teacher, config)  # refused before any work
     with output.writing() as o:
         record = lower(teacher, config, o.dir / PROGRAM_FILE)
-        teacher.save_inputs(o.dir)
-        manifest = teacher.manifest()
-        manifest.source, prior = teacher.lineage()
-        manifest.format, manifest.precision, manifest.model_file = Format.executorch, precision, PROGRAM_FILE
-        manifest.inputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=[BATCH, *t.shape[1:]])
-                           for t in manifest.inputs]
-        manifest.outputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=[BATCH, *t.shape[1:]])
-                            for t in manifest.outputs[:1]]
-        manifest.files = {}
-        manifest.versions = library_versions("executorch")
-        step = o.describe(manifest, input_digest=teacher.sha256, lineage=prior, metrics=record)
-        samples = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
-        candidate = load_runtime(o.draft())
-        parity = measure_parity(TorchBackend.from_teacher(teacher), candidate, samples, manifest.labels is not None)
-        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": "PyTorch FP32"}
+        manifest, step = describe_program(o, teacher, fmt=Format.executorch, precision=precision,
+                                          model_file=PROGRAM_FILE, library="executorch", metrics=record)
         step.metrics["exported_from"] = str(Path(source).resolve())
-        if precision is Precision.fp32 and not parity.max_abs_diff <= config.atol:
-            raise ParityError(f"the ExecuTorch program differs from PyTorch FP32 by {parity.max_abs_diff:.3g} "
-                              f"(allowed {config.atol:g}) on {parity.n} samples", max_abs_diff=parity.max_abs_diff,
-                              atol=config.atol, hint="raise --atol if the difference is acceptable; no artifact "
-                              "was written")
+        parity = check_parity(o, teacher, manifest, step, config, "ExecuTorch program",
+                              strict=precision is Precision.fp32)
     log.info("wrote %s (%s, parity max |diff| %.2e)", output.path, precision, parity.max_abs_diff)
     return output.artifact

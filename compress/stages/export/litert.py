@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from compress.artifact import Artifact, Format, Precision, TensorSpec, is_artifact, library_versions, load_artifact
-from compress.errors import ConfigError, ParityError
+from compress.artifact import Artifact, Format, Precision
+from compress.errors import ConfigError
 from compress.stages.export.config import EXPORT_LITERT, ExportConfig
 
 log = logging.getLogger("compress.stages.export")
@@ -39,19 +39,16 @@ def export_litert(source: Path | str, out: Path | str, config: ExportConfig, *, 
                           hint="quantize with ai-edge-quantizer where litert-torch runs, then adopt the .tflite")
     import litert_torch
 
-    from compress.runtimes.base import load_runtime
-    from compress.runtimes.torch_backend import TorchBackend
-    from compress.stages.common import measure_parity
-    from compress.data.inputs import sample_inputs
-    from compress.stages.export.executorch import example_rows, traced_module
-    from compress.teachers.load import load_teacher
+    from compress.stages.export.executorch import (
+        check_parity,
+        describe_program,
+        example_rows,
+        load_pytorch_source,
+        traced_module,
+    )
 
     output = EXPORT_LITERT.output(out, config, force=force)
-    source = Path(source)
-    if is_artifact(source):
-        EXPORT_LITERT.check(load_artifact(source))
-    teacher = load_teacher(source, config.task, allow_pickle=config.allow_pickle,
-                           trust_remote_code=config.trust_remote_code)
+    teacher = load_pytorch_source(source, config, EXPORT_LITERT)
     _, example, dynamic = example_rows(teacher)
     if dynamic is not None:  # text: one fixed length, the tail masked
         import torch
@@ -64,27 +61,10 @@ def export_litert(source: Path | str, out: Path | str, config: ExportConfig, *, 
             raise ConfigError(f"litert-torch cannot convert {type(teacher.model).__name__} "
                               f"({' '.join(str(e).split())[:200]})", hint="export to ONNX or ExecuTorch instead") from e
         converted.export(str(o.dir / MODEL_FILE))
-        teacher.save_inputs(o.dir)
-        manifest = teacher.manifest()
-        manifest.source, prior = teacher.lineage()
-        manifest.format, manifest.precision, manifest.model_file = Format.litert, Precision.fp32, MODEL_FILE
-        manifest.inputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=list(x.shape))
-                           for t, x in zip(manifest.inputs, example)]
-        manifest.outputs = [TensorSpec(name=t.name, dtype=t.dtype, shape=[1, *t.shape[1:]])
-                            for t in manifest.outputs[:1]]
-        if dynamic is not None:
-            manifest.max_length = SEQUENCE
-        manifest.files = {}
-        manifest.versions = library_versions("litert_torch")
-        step = o.describe(manifest, input_digest=teacher.sha256, lineage=prior)
-        samples = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
-        parity = measure_parity(TorchBackend.from_teacher(teacher), load_runtime(o.draft()), samples,
-                                manifest.labels is not None)
-        step.metrics["parity"] = {**parity.as_dict(), "atol": config.atol, "reference": "PyTorch FP32"}
-        if not parity.max_abs_diff <= config.atol:
-            raise ParityError(f"the LiteRT model differs from PyTorch FP32 by {parity.max_abs_diff:.3g} (allowed "
-                              f"{config.atol:g}) on {parity.n} samples", max_abs_diff=parity.max_abs_diff,
-                              atol=config.atol, hint="raise --atol if the difference is acceptable; no artifact "
-                              "was written")
+        manifest, step = describe_program(
+            o, teacher, fmt=Format.litert, precision=Precision.fp32, model_file=MODEL_FILE,
+            input_shapes=[list(x.shape) for x in example], library="litert_torch",
+            max_length=SEQUENCE if dynamic is not None else None)
+        parity = check_parity(o, teacher, manifest, step, config, "LiteRT model", strict=True)
     log.info("wrote %s (LiteRT FP32, parity max |diff| %.2e)", output.path, parity.max_abs_diff)
     return output.artifact
