@@ -68,3 +68,14 @@ def test_cli_refuses_what_executorch_does_not_take(bert_classifier, tmp_path, ca
         capsys, "export", bert_classifier, "--format", "executorch", "--int8-mode", "static", "--out", tmp_path / "b")
     assert "--int8-mode" in main_error(capsys, "export", bert_classifier, "--int8-mode", "dynamic", "--out",
                                        tmp_path / "c")
+
+
+def test_a_torch_export_program_is_lowered_as_it_is_and_its_int8_refused(images, tmp_path, capsys):
+    from tests.test_image_pipeline import write_program_teacher
+
+    program = write_program_teacher(tmp_path / "prog")
+    art = export(program, tmp_path / "pte", ExportConfig(format="executorch"))
+    assert art.manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-4
+    line = main_error(capsys, "export", program, "--format", "executorch", "--precision", "int8", "--calibration",
+                      images["set"], "--out", tmp_path / "pte8")
+    assert "torch.export program is not supported" in line and not (tmp_path / "pte8").exists()

@@ -37,7 +37,7 @@ def traced_module(teacher):
     # transformers 5 builds attention masks (masking_utils) with index ops on tensors that PT2E's passes turn into
     # floats; given the additive [b, 1, 1, s] mask it uses it as it is. transformers 4 builds it simply from the 0/1
     # mask (and refuses a 4-D one).
-    additive = int(transformers.__version__.split(".")[0]) >= 5 and teacher.task.value != "image-classification"
+    additive = int(transformers.__version__.split(".")[0]) >= 5 and input_kind(teacher) == "text"
 
     class Primary(torch.nn.Module):
         def __init__(self) -> None:
@@ -52,7 +52,9 @@ def traced_module(teacher):
                     torch.float32).min
             return teacher.call(self.model, feeds)
 
-    return Primary().eval()
+    wrapper = Primary()
+    wrapper.training = False  # the wrapper alone: the teacher is loaded in eval mode, and a .pt2 program's module
+    return wrapper            # refuses .eval()
 
 
 def example_rows(teacher) -> tuple[list[str], tuple, Any]:
@@ -63,7 +65,7 @@ def example_rows(teacher) -> tuple[list[str], tuple, Any]:
     feeds = teacher.example_inputs()
     names = list(feeds)
     example = tuple(v[:BATCH].contiguous() for v in feeds.values())
-    if teacher.task.value == "image-classification":
+    if input_kind(teacher) != "text":  # images and arrays: the shape traced is the shape run
         return names, example, None
     top = max(int(teacher.info.max_length or 512), example[0].shape[1] + 1)
     seq = torch.export.Dim("sequence_length", min=2, max=top)
@@ -91,12 +93,17 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    module = traced_module(teacher)
     names, example, dynamic = example_rows(teacher)
     record: dict[str, Any] = {"backend": "xnnpack", "batch": BATCH}
     t0 = time.perf_counter()
     try:
-        program = torch.export.export(module, example, dynamic_shapes=dynamic)
+        if getattr(teacher.info, "kind", None) == "program":  # already a torch.export program: lowered as it is (its
+            from compress.teachers.programs import load_program  # module, exported again, fails in XNNPACK)
+
+            program = load_program(teacher.path / teacher.info.weights[0] if teacher.path.is_dir() else teacher.path,
+                                   allow_pickle=config.allow_pickle)
+        else:
+            program = torch.export.export(traced_module(teacher), example, dynamic_shapes=dynamic)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; the first line names the operator
         raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({_first(e)})",
                           hint="ExecuTorch needs a model torch.export can trace; export it to ONNX instead") from e
@@ -142,14 +149,26 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
 
 
 def int8_mode(teacher, config: ExportConfig) -> str:
-    """static or dynamic: asked for, else static for images and dynamic for text; static needs calibration data."""
-    image = teacher.task.value == "image-classification"
-    mode = str(config.int8_mode or ("static" if image else "dynamic"))
+    """static or dynamic: asked for, else dynamic for text and static for other inputs (images: XNNPACK's convolutions
+    need it); static needs calibration data."""
+    if getattr(teacher.info, "kind", None) == "program":
+        raise ConfigError("ExecuTorch INT8 of a torch.export program is not supported: the program quantized again "
+                          "fails in XNNPACK when it runs", hint="export it in FP32 (drop --precision int8), or "
+                          "export the nn.Module it came from")
+    text = input_kind(teacher) == "text"
+    mode = str(config.int8_mode or ("dynamic" if text else "static"))
     if mode == "static" and not config.calibration:
         raise ConfigError("static INT8 for ExecuTorch needs calibration data",
-                          hint="pass --calibration DATA (images or texts like the model's inputs)"
-                          + ("" if image else ", or --int8-mode dynamic"))
+                          hint="pass --calibration DATA (inputs like the model's: texts, images or arrays)"
+                          + (", or --int8-mode dynamic" if text else ""))
     return mode
+
+
+def input_kind(teacher) -> str:
+    """What the teacher reads, from its input description (a checkpoint with a tokenizer has none: text)."""
+    from compress.data.inputs import kind_of
+
+    return kind_of(getattr(teacher.info, "preprocess", None))
 
 
 def _delegation(edge) -> dict[str, Any]:
