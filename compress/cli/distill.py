@@ -135,7 +135,8 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
 
     \b
       accelerate launch --multi_gpu --num_processes 4 -m compress distill ...      (GPUs)
-      ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m compress distill ...  (CPU, gloo)
+      ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m compress distill ...  (CPU, gloo;
+      add CUDA_VISIBLE_DEVICES= where there is also a GPU)
 
     Ctrl-C saves a checkpoint; rerun the same command with --resume to continue. The artifact is
     written only at the end.

@@ -629,7 +629,7 @@ def test_average_writes_the_mean_of_the_snapshots_and_resumes(bert_classifier, d
 
     def keep(student, step, total):
         if step % 2 == 0 and step > 2:  # average_start 0.4 of 6 steps: the snapshots at steps 4 and 6
-            snaps.append({k: v.detach().clone() for k, v in student.state_dict().items()})
+            snaps.append({k: v.detach().cpu().clone() for k, v in student.state_dict().items()})  # written on the CPU
 
     config = cfg(layers=1, max_steps=6, eval_every=2, average=True, average_start=0.4, lr=1e-2)
     result = distill(bert_classifier, data, tmp_path / "avg", config, eval_data=data, on_step=keep)
@@ -857,12 +857,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# two processes on the CPU wherever the tests run: on a machine with one GPU, ACCELERATE_USE_CPU alone still sent
+# the second process to CUDA device 1 ("invalid device ordinal", seen on an H100); hiding the GPUs keeps both on the CPU
+CPU_PROCESSES = {"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def test_accelerate_launch_two_cpu_processes(bert_classifier, data, tmp_path):
     """Two real processes on CPU (gloo). In accelerate 1.15 ``--cpu --num_processes 2`` starts *one* process
     unless an MPI hostfile is given; ``--multi_gpu`` starts two through torchrun, and ACCELERATE_USE_CPU=1 makes
     them a MULTI_CPU (gloo) group on a machine without GPUs."""
     out = tmp_path / "student"
-    env = {**ENV, "ACCELERATE_USE_CPU": "1"}
+    env = {**ENV, **CPU_PROCESSES}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -164,7 +164,7 @@ def test_accelerate_launch_fine_tunes_on_two_cpu_processes(bert_encoder, tmp_pat
     import sys
 
     from tests.cli.test_cli import ENV
-    from tests.stages.test_distill import free_port
+    from tests.stages.test_distill import CPU_PROCESSES, free_port
 
     from compress.artifact import load_artifact
 
@@ -174,7 +174,7 @@ def test_accelerate_launch_fine_tunes_on_two_cpu_processes(bert_encoder, tmp_pat
            "--main_process_port", str(free_port()), "--num_cpu_threads_per_process", "1",
            "-m", "compress", "finetune", str(bert_encoder), "--train", str(data), "--eval", str(data),
            "--out", str(tmp_path / "t"), "--max-steps", "4", "--batch-size", "4", "--eval-every", "2", "--lr", "1e-3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "ACCELERATE_USE_CPU": "1"}, timeout=300,
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **CPU_PROCESSES}, timeout=300,
                           cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert " ".join(proc.stdout.split()).count("wrote ") == 1, proc.stdout

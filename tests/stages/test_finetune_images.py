@@ -137,4 +137,5 @@ def test_the_best_checkpoint_keeps_its_batchnorm_statistics(tmp_path):
         model[1].running_mean.add_(1.0)
         model[0].weight.add_(1.0)
     loop._load_trainable(saved)
-    assert torch.equal(model[1].running_mean, torch.zeros(4)) and torch.equal(model[0].weight, saved["0.weight"])
+    # the loop moved the model to its device (CUDA where there is one); the saved state is on the CPU
+    assert torch.equal(model[1].running_mean.cpu(), torch.zeros(4)) and torch.equal(model[0].weight.cpu(), saved["0.weight"])
