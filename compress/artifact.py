@@ -41,6 +41,8 @@ class Format(StrEnum):
     executorch = "executorch"
     #: a LiteRT (TensorFlow Lite) flatbuffer (.tflite), run by LiteRT's interpreter with XNNPACK
     litert = "litert"
+    #: a Core ML package (.mlpackage, an ML program): what an iOS or macOS app loads; runs only on Apple's systems
+    coreml = "coreml"
 
 
 class Precision(StrEnum):
@@ -341,7 +343,7 @@ class Artifact:
         stem = Path(self.manifest.model_file).stem
         return [
             n for n in self.manifest.files
-            if n == self.manifest.model_file or (Path(n).stem.startswith(stem) and Path(n).suffix in
+            if n == self.manifest.model_file or n.startswith(self.manifest.model_file + "/") or (Path(n).stem.startswith(stem) and Path(n).suffix in
                                                  {".data", ".bin", ".onnx_data", ".weights", ".safetensors"})
         ]
 

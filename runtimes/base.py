@@ -30,6 +30,7 @@ RUNTIMES: dict[str, str] = {
     "tensorrt": "compress.runtimes.tensorrt_backend:TensorRTBackend",
     "executorch": "compress.runtimes.executorch_backend:ExecuTorchBackend",
     "litert": "compress.runtimes.litert_backend:LiteRTBackend",
+    "coreml": "compress.runtimes.coreml_backend:CoreMLBackend",
 }
 
 # the runtime used when a profile/user names none
@@ -40,6 +41,7 @@ DEFAULT_RUNTIME: dict[Format, str] = {
     Format.tensorrt: "tensorrt",
     Format.executorch: "executorch",
     Format.litert: "litert",
+    Format.coreml: "coreml",
 }
 
 
@@ -97,6 +99,12 @@ class RuntimeBackend(ABC):
     @abstractmethod
     def version(cls) -> str | None:
         """Version string of the underlying runtime."""
+
+    @classmethod
+    def runs_here(cls) -> bool:
+        """Whether this runtime can run on this machine's operating system at all (Core ML: Apple's only); where it
+        cannot, validate estimates what it would measure."""
+        return True
 
     @classmethod
     def check_settings(cls, settings: RuntimeSettings) -> None:

@@ -301,7 +301,7 @@ def estimate(
 
 
 def graph_cost(artifact: Artifact | Path | str, batch_size: int, sequence_length: int) -> GraphCost:
-    """Per-node costs of an artifact (or a bare .onnx / .xml file) at ``batch_size`` × ``sequence_length``."""
+    """Per-node costs of an artifact (or a bare .onnx / .xml file / .mlpackage) at ``batch_size`` × ``sequence_length``."""
     path = _model_path(artifact)
     if path.suffix == ".onnx":
         from compress.estimates.onnx_graph import onnx_cost
@@ -311,7 +311,12 @@ def graph_cost(artifact: Artifact | Path | str, batch_size: int, sequence_length
         from compress.estimates.openvino_ir import openvino_cost
 
         return openvino_cost(path, batch_size, sequence_length)
-    raise ArtifactError(f"cannot estimate {path.name}: only ONNX (.onnx) and OpenVINO IR (.xml) graphs are read",
+    if path.suffix == ".mlpackage":
+        from compress.estimates.coreml_graph import coreml_cost
+
+        return coreml_cost(path, batch_size, sequence_length)
+    raise ArtifactError(f"cannot estimate {path.name}: only ONNX (.onnx), OpenVINO IR (.xml) and Core ML "
+                        "(.mlpackage) graphs are read",
                         hint="export the model to ONNX first (edgecompress export)")
 
 
@@ -329,11 +334,11 @@ def _model_path(artifact: Any) -> Path:
 
 
 def _find_model(d: Path) -> Path:
-    for pattern in ("*.onnx", "*.xml"):
+    for pattern in ("*.onnx", "*.xml", "*.mlpackage"):
         found = sorted(d.glob(pattern))
         if found:
             return found[0]
-    raise ArtifactError(f"{d}: no manifest.json and no .onnx or .xml model in it")
+    raise ArtifactError(f"{d}: no manifest.json and no .onnx, .xml or .mlpackage model in it")
 
 
 # --------------------------------------------------------------------------------------------------

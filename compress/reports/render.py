@@ -148,6 +148,9 @@ def _device_line(report: ValidationReport) -> str | None:
     """Where the timings come from when that is not simply 'the profiled device'."""
     met, env = report.metrics, report.environment
     dm = env.get("device_match") or {}
+    if met.get("not_run"):
+        return (f"NOT RUN ({met['not_run']}): latency, throughput and speedup are an {met.get('measured_on')}; "
+                "accuracy, agreement, cold start and peak memory were not measured; the size was")
     if met.get("estimated"):
         return (f"ESTIMATED: latency, throughput, speedup and cold start come from an {met.get('measured_on')}, not "
                 f"measurements ({dm.get('reason', 'this machine is not the device')}); accuracy, agreement, size "

@@ -68,7 +68,7 @@ class ValidationReport(BaseModel):
 def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: bool = False) -> Artifact | None:
     """The teacher's FP32 model in the artifact's format, in the cache (compress.validation.cache: baselines/KEY).
     ``allow_pickle``: the teacher was loaded with it (a TorchScript archive, a pickled checkpoint), so is its export."""
-    if art.format not in (Format.onnx, Format.openvino, Format.executorch):
+    if art.format not in (Format.onnx, Format.openvino, Format.executorch, Format.coreml):
         return None
     from compress.teachers.load import teacher_format
     from compress.stages.export.config import ExportConfig
@@ -78,8 +78,8 @@ def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: boo
         if teacher_format(teacher) is art.format:
             return teacher.as_artifact()
         cfg = ExportConfig(format=str(art.format))
-    elif art.format is Format.executorch:  # the FP32 program, lowered as the artifact was
-        cfg = ExportConfig(format="executorch", task=teacher.task, allow_pickle=allow_pickle)
+    elif art.format in (Format.executorch, Format.coreml):  # the FP32 program (Core ML: its FP16 package), as the
+        cfg = ExportConfig(format=str(art.format), task=teacher.task, allow_pickle=allow_pickle)  # artifact was
     else:
         export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
         cfg = ExportConfig(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import sys
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
 from compress.artifact import Artifact, Format
+from compress.errors import MissingBackendError
 from compress.device.shipped import cpu_model
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.device.measure import LatencyStats, measure_interleaved, probe_cold_start
@@ -150,6 +152,11 @@ def validate(
         device, estimating = _device_check(profile, config, warnings)
         run_settings = _host_settings(settings) if estimating else settings
         cls.check_artifact(art, run_settings)  # a missing device/provider/engine target fails before data loads
+        if not cls.runs_here() and not estimating:
+            raise MissingBackendError(f"{runtime_name} does not run on this machine ({sys.platform}), so "
+                                      f"{profile.name} cannot be measured here",
+                                      hint="run validate on the device (or --remote), or let it estimate "
+                                      "(--estimate auto or always)")
 
     # eval data and teacher
     dataset = None
@@ -185,6 +192,8 @@ def validate(
         report = validate_remote(remote, run)
         return report.model_copy(update={"data": _data_record(config, dataset)})
 
+    if not cls.runs_here():  # Core ML away from Apple's systems: nothing runs, the latency is estimated
+        return _validate_unrunnable(run, device, runtime_name, dataset)
     log.info("loading %s in %s", art.path, runtime_name)
     backend = load_runtime(art, runtime_name, run_settings)
     metrics: dict[str, Any] = {}
@@ -399,7 +408,8 @@ def _estimated_latency(est, label: str) -> dict[str, Any]:
             "note": "a roofline gives one figure: p90/p95/p99 equal p50 (no tail)"}
 
 
-def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimates: dict[str, Any]) -> ValidationReport:
+def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimates: dict[str, Any], *,
+                   not_run: str | None = None) -> ValidationReport:
     """Turn a local run's report into an estimate-mode report.
 
     Latency, throughput, speedup and cold start become the roofline estimates, flagged ``estimated``
@@ -407,7 +417,8 @@ def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimat
     size stay measured (the arithmetic and the files are the same on any CPU). Peak memory is this
     host's measurement: judged when the device has this machine's arch, UNVERIFIED otherwise (another
     arch runs another build of the runtime). Verdict: fail if a measured budget fails, else
-    unverified if any budget is, else pass.
+    unverified if any budget is, else pass. ``not_run`` (why the artifact could not run here at all): only its size
+    was measured; every other budget is UNVERIFIED with that reason.
     """
     from compress.estimates.roofline import MEASURED_ERROR, estimate_cold_start
     from compress.profiles.load import detect_host
@@ -449,6 +460,8 @@ def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimat
     met["estimated_metrics"] = estimated
     met["measured_on_this_host"] = [k for k in ("metric", "agreement", "retention", "size_mb", "peak_rss_mb")
                                     if k in met]
+    if not_run:
+        met["not_run"] = not_run
 
     budgets = judge(profile.budgets, met)
     for b in budgets:
@@ -462,6 +475,8 @@ def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimat
                 holds = b.measured <= b.limit if b.comparison == "<=" else b.measured >= b.limit
                 b.note = (f"estimated, not measured on {profile.name}: the estimate "
                           + ("is within the limit" if holds else "misses the limit (likely to fail on the device)"))
+        elif not_run and b.measured is None:
+            b.note = f"not measured: {not_run}"
         elif b.name == "max_peak_memory_mb" and not same_arch:  # another build of the runtime: not ours to judge
             b.status, b.passed = BudgetStatus.unverified, False
             b.measured_on = host if b.measured is not None else None
@@ -471,9 +486,14 @@ def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimat
         elif b.name == "max_peak_memory_mb" and b.measured is not None:
             b.measured_on = host
             b.note = f"measured on this host, same arch as {profile.name}"
+    unmeasured = [b.name for b in budgets] if not_run else ESTIMATED_BUDGETS  # their notes say why
     warnings = [w for w in report.warnings
-                if not any(w.startswith(f"budget {n} could not be measured") for n in ESTIMATED_BUDGETS)]
+                if not any(w.startswith(f"budget {n} could not be measured") for n in unmeasured)]
     warnings.insert(0, (
+        f"{not_run}: latency, throughput and speedup are ESTIMATED from {profile.name}'s peaks (roofline of the "
+        "artifact's own graph) and their budgets are UNVERIFIED, as are accuracy, agreement, cold start and peak "
+        "memory, which were not measured; only the size was. Run validate on the device for real figures."
+    ) if not_run else (
         f"{device.reason}: latency, throughput, speedup and cold start are ESTIMATED from {profile.name}'s peaks "
         "(roofline, compress.estimates.roofline) and their budgets are UNVERIFIED; accuracy, agreement, size and peak memory "
         f"were measured on this host. For real figures run on the device or pass --remote user@host."))
@@ -484,6 +504,25 @@ def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimat
         "verdict": verdict, "budgets": budgets, "metrics": met, "warnings": warnings, "environment": env,
         "seconds": round(time.perf_counter() - run.t_start, 2),
     })
+
+
+def _validate_unrunnable(run: ValidationRun, device, runtime_name: str, dataset) -> ValidationReport:
+    """An artifact whose runtime does not exist on this machine (Core ML off Apple's systems): its size is measured,
+    its latency estimated from its own graph, and accuracy, agreement, cold start and peak memory are not measured
+    (their budgets UNVERIFIED)."""
+    start_phase(run.progress, "estimating latency (roofline)")
+    stats, estimates = _estimate_latency(run, runtime_name)
+    from compress.runtimes.base import runtime_class
+
+    env = {"host": platform.node(), "machine": platform.machine(), "cpu": cpu_model(),
+           "python": platform.python_version(), "edgecompress": __version__,
+           "runtime": {"runtime": runtime_name, "version": runtime_class(runtime_name).version(), "ran": False,
+                       "format": str(run.art.format), "precision": str(run.art.precision)},
+           "measured_on": "not run: estimated"}
+    report = conclude(run, {}, stats, None, env)
+    report = report.model_copy(update={"data": _data_record(run.config, dataset)})
+    return mark_estimated(report, run, device, estimates,
+                          not_run=f"{runtime_name} does not run on this machine ({sys.platform})")
 
 
 def _note_device(report: ValidationReport, device) -> ValidationReport:

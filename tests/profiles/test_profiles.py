@@ -75,6 +75,8 @@ def test_every_builtin_loads(name):
         assert p.runtime.provider in ("CPU", "GPU", "NPU") and p.runtime.options == {"PERFORMANCE_HINT": "LATENCY"}
     elif p.runtime.name == "executorch":  # phones: XNNPACK chosen at export, the threads on the big cores only
         assert p.runtime.provider is None and p.runtime.threads is not None and p.hardware.arch == "arm64"
+    elif p.runtime.name == "coreml":  # an iPhone: Core ML picks its compute units and threads itself
+        assert p.runtime.provider is None and p.runtime.options["compute_units"] == "all" and p.hardware.arch == "arm64"
     else:
         assert p.runtime.name == "onnxruntime" and p.runtime.provider == "CPUExecutionProvider"
     assert p.runtime.threads is None or p.runtime.threads <= p.hardware.cores

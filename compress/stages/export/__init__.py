@@ -61,6 +61,10 @@ def export(
         from compress.stages.export.executorch import export_executorch
 
         return export_executorch(source, out, config, force=force)
+    if config.format is ExportFormat.coreml:
+        from compress.stages.export.coreml import export_coreml
+
+        return export_coreml(source, out, config, force=force)
     if config.format is ExportFormat.litert:
         from compress.stages.export.litert import export_litert
 

@@ -55,6 +55,16 @@ EXPORT_EXECUTORCH = StageSpec(
 )
 
 
+#: PyTorch -> a Core ML package (.mlpackage), FP16 or INT8 weights (compress.stages.export.coreml)
+EXPORT_COREML = StageSpec(
+    "export", "Core ML export", accepts=pairs(Format.pytorch, Precision.fp32),
+    produces=pairs(Format.coreml, Precision.fp16, Precision.int8), versions=("torch", "coremltools"),
+    hint="Core ML starts from the PyTorch model: pass the teacher checkpoint or a pytorch artifact",
+    precision_hint="pass the FP32 PyTorch model; --precision int8 stores INT8 weights",
+    config_version=CONFIG_VERSION,
+)
+
+
 #: PyTorch -> a LiteRT flatbuffer (.tflite) through litert-torch (compress.stages.export.litert), FP32
 EXPORT_LITERT = StageSpec(
     "export", "LiteRT export", accepts=pairs(Format.pytorch, Precision.fp32), produces=pairs(Format.litert, Precision.fp32),
@@ -76,6 +86,7 @@ class ExportFormat(StrEnum):
     tensorrt = "tensorrt"
     executorch = "executorch"
     litert = "litert"
+    coreml = "coreml"
 
 
 class Int8Mode(StrEnum):
@@ -144,7 +155,8 @@ class ExportConfig(BaseModel):
     precision: TrtPrecision | None = Field(
         None, description="TensorRT: fp16 (FP32 ONNX built with the FP16 flag; the default) or int8 (explicit "
         "QDQ quantization following TensorRT's rules, calibrated on --calibration). ExecuTorch: int8 (PT2E with "
-        "the XNNPACK quantizer before lowering); default FP32.",
+        "the XNNPACK quantizer before lowering); default FP32. Core ML: int8 (INT8 weights, FP16 arithmetic); default "
+        "FP16.",
     )
     int8_mode: Int8Mode | None = Field(
         None, description="ExecuTorch int8: static activations calibrated on --calibration (the default for "
