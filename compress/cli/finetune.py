@@ -24,7 +24,7 @@ def _freeze(value: str) -> int | str:
 @click.option("--train", required=True, type=click.Path(path_type=Path),
               help="Labelled training data: a table (CSV/TSV/JSONL) of texts and labels; for token-classification "
                    "a CoNLL / JSON lines file of words and tags; for an image base class folders, a table of "
-                   "path,label or an .npz.")
+                   "path,label or an .npz; for regression the label column (or an .npz's labels) holds numbers.")
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
               help="Labelled eval data: evaluated every --eval-every steps, the best checkpoint kept.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Fine-tuned checkpoint (artifact).")
@@ -67,7 +67,8 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
 
     \b
     BASE is a Hugging Face checkpoint directory (a text encoder, an image classifier or
-    backbone) or a timm checkpoint. A new head for the task and the data's labels, then one of:
+    backbone) or a timm checkpoint. A new head for the task and the data's labels (for
+    --task regression, one output per target, MSE loss, MAE the eval metric), then one of:
       (default)           every weight trains; learning rate 5e-5 (text), 5e-4 (images)
       --freeze N          the embeddings (a CNN's stem) and the first N layers (blocks) stay
                           as pretrained; --freeze all: only the new head trains
@@ -98,6 +99,8 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
             f"{m['parameters'] / 1e6:.1f}M parameters trained, {m['steps']} steps in {m['train_seconds']:.0f} s")
     if m.get("eval_metric") is not None:
         line += f"; eval {m['metric']} {m['eval_metric']:.4f} ({m['chosen']} checkpoint)"
+        if m.get("eval_scores"):  # a regressor: R² beside its MAE
+            line += f", R² {m['eval_scores']['r2']:.3f}"
     if m.get("forgetting"):
         f = m["forgetting"]
         line += (f"; kept of the base on {f['retain_rows']} retained rows: embedding cosine "

@@ -52,7 +52,8 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 def is_image_source(path: Path | str) -> bool:
-    """Does ``path`` hold an image teacher (a Hugging Face image classifier or a program directory)?"""
+    """Does ``path`` hold an image teacher (a Hugging Face image classifier or regressor, a timm checkpoint, or a
+    program directory)?"""
     p = Path(path)
     if p.is_file():
         return p.suffix in (".pt2", *MODULE_SUFFIXES)
@@ -61,7 +62,8 @@ def is_image_source(path: Path | str) -> bool:
     # a probe, not a loader: anything malformed is "not an image source", and the loader that reads it says why
     if (p / MANIFEST).is_file():
         manifest = _json_object(p / MANIFEST)
-        return manifest.get("task") == Task.image_classification
+        return manifest.get("task") == Task.image_classification or (
+            manifest.get("task") == Task.regression and (manifest.get("preprocess") or {}).get("kind") == "image")
     cfg = p / "config.json"
     if not cfg.is_file():
         return False
@@ -117,6 +119,12 @@ def _labels(config: dict[str, Any], where: str) -> list[str]:
     return [f"LABEL_{i}" for i in range(int(n))]
 
 
+def _task(config: dict[str, Any]) -> Task:
+    """A Hugging Face or timm image model's task: a regressor says ``problem_type: regression`` in its config (its
+    ``num_labels`` outputs are numbers, not class scores)."""
+    return Task.regression if config.get("problem_type") == "regression" else Task.image_classification
+
+
 def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ImageInfo:
     from compress.teachers.image_processors import preprocess_from_hf
     from compress.teachers.checkpoints import _read_json, inspect_weights
@@ -132,12 +140,12 @@ def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> Imag
         return ImageInfo(path=path, kind="timm", config={**config, "architectures": [config["architecture"]],
                                                          "model_type": "timm"},
                          labels=timm_labels(config, str(path)), preprocess=timm_preprocess(config, str(path)),
-                         weights=weights, pickled=pickled)
+                         weights=weights, pickled=pickled, task=_task(config))
     if (path / MANIFEST).is_file():  # an artifact (a distilled student): its manifest says how images are read
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         return ImageInfo(path=path, kind="hf", config=config, labels=_labels(config, str(path)),
                          preprocess=ImagePreprocess.model_validate(manifest["preprocess"]), weights=weights,
-                         pickled=pickled)
+                         pickled=pickled, task=_task(config))
     if not (path / PREPROCESSOR_CONFIG).is_file():
         raise ModelLoadError(f"{path}: no {PREPROCESSOR_CONFIG} (how images become pixel_values)",
                              hint="save the image processor with the model: processor.save_pretrained(DIR)")
@@ -147,7 +155,7 @@ def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> Imag
         preprocess = preprocess.model_copy(update={"channels": "L", "mean": preprocess.mean[:1],
                                                    "std": preprocess.std[:1]})
     return ImageInfo(path=path, kind="hf", config=config, labels=_labels(config, str(path)), preprocess=preprocess,
-                     weights=weights, pickled=pickled)
+                     weights=weights, pickled=pickled, task=_task(config))
 
 
 def _program_files(path: Path) -> tuple[Path, Path]:
@@ -282,8 +290,9 @@ class ImageTeacher(InfoTeacher):
         shape: list[int | str] = ["batch_size", c, h, w] if pp.layout == "NCHW" else ["batch_size", h, w, c]
         inputs = self.info.inputs or [TensorSpec(name=pp.input_name, dtype="float32", shape=shape)]
         root = self.path if self.path.is_dir() else self.path.parent
-        return Manifest(
-            task=self.task, format=Format.pytorch, precision=Precision.fp32, labels=self.info.labels,
+        return Manifest(  # a regressor's outputs are numbers, not classes: no labels
+            task=self.task, format=Format.pytorch, precision=Precision.fp32,
+            labels=None if self.task is Task.regression else self.info.labels,
             model_file=self.info.weights[0], inputs=inputs,
             outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch_size", len(self.info.labels)])],
             preprocess=pp, max_length=0, source=self.source(),

@@ -113,8 +113,12 @@ def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
     return Postprocess(pooling=pooling, normalize=normalize)
 
 
-#: the tasks a Hugging Face checkpoint's head gives, by the suffix of its architecture
-_HEADS = {Task.text_classification: "ForSequenceClassification", Task.token_classification: "ForTokenClassification"}
+#: the tasks a Hugging Face checkpoint's head gives, by the suffix of its architecture; a regression head is a
+#: sequence-classification head with ``problem_type: regression`` (``num_labels`` numbers out, no class names)
+_HEADS = {Task.text_classification: "ForSequenceClassification", Task.token_classification: "ForTokenClassification",
+          Task.regression: "ForSequenceClassification"}
+#: the tasks with one output row per text (not one per token)
+_PER_TEXT = (Task.text_classification, Task.regression)
 
 
 def inspect_checkpoint(
@@ -144,19 +148,23 @@ def inspect_checkpoint(
     architecture = (config.get("architectures") or [""])[0] or ""
     if task is None:
         task = next((t for t, suffix in _HEADS.items() if architecture.endswith(suffix)), Task.feature_extraction)
+        if task is Task.text_classification and config.get("problem_type") == "regression":
+            task = Task.regression
     task = Task(task)
     labels = None
     postprocess = Postprocess()
     if task in _HEADS:
         id2label = config.get("id2label") or {}
         if not architecture.endswith(_HEADS[task]):
-            kind = "sequence-classification" if task is Task.text_classification else "token-classification"
+            kind = "token-classification" if task is Task.token_classification else "sequence-classification"
             raise ModelLoadError(
                 f"{path}: {architecture or 'this model'} has no {kind} head",
                 hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
             )
         labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
-        if labels is None:
+        if task is Task.regression:  # numbers out: no class names
+            labels = None
+        elif labels is None:
             n = int(config.get("num_labels", 2))
             labels = [f"LABEL_{i}" for i in range(n)]
     else:
@@ -231,7 +239,7 @@ class Teacher(InfoTeacher):
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes = {n: {0: "batch_size", 1: "sequence_length"} for n in self.input_names}
-        axes[self.primary_output] = {0: "batch_size"} if self.task is Task.text_classification else \
+        axes[self.primary_output] = {0: "batch_size"} if self.task in _PER_TEXT else \
             {0: "batch_size", 1: "sequence_length"}
         return axes
 
@@ -249,8 +257,9 @@ class Teacher(InfoTeacher):
     def manifest(self) -> Manifest:
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
         out_name = self.primary_output
-        width = len(self.info.labels) if self.info.labels else self.model.config.hidden_size
-        out_shape: list[int | str] = ["batch_size", width] if self.task is Task.text_classification else \
+        width = len(self.info.labels) if self.info.labels else self.model.config.num_labels \
+            if self.task is Task.regression else self.model.config.hidden_size
+        out_shape: list[int | str] = ["batch_size", width] if self.task in _PER_TEXT else \
             ["batch_size", "sequence_length", width]
         return Manifest(
             task=self.task,
@@ -294,10 +303,11 @@ def load_teacher(
                               hint="set task: in the model.yaml beside it, or leave --task out")
         return teacher
     if (task is not None and Task(task) is Task.image_classification) or is_image_source(path):
-        if task is not None and Task(task) is not Task.image_classification:
-            raise ConfigError(f"{path} is an image classifier, not a {Task(task)} model",
-                              hint="leave --task out, or pass --task image-classification")
-        return load_image_teacher(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        image = load_image_teacher(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        if task is not None and Task(task) is not image.task:
+            raise ConfigError(f"{path} is an image {'regressor' if image.task is Task.regression else 'classifier'}, "
+                              f"not a {Task(task)} model", hint=f"leave --task out, or pass --task {image.task}")
+        return image
     info = inspect_checkpoint(path, task, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     from compress._optional import require
 
@@ -307,6 +317,7 @@ def load_teacher(
     transformers.utils.logging.disable_progress_bar()
 
     auto = {Task.text_classification: transformers.AutoModelForSequenceClassification,
+            Task.regression: transformers.AutoModelForSequenceClassification,
             Task.token_classification: transformers.AutoModelForTokenClassification}.get(info.task, transformers.AutoModel)
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
     if not any((info.path / name).is_file() for name in TOKENIZER_FILES):
@@ -333,7 +344,7 @@ def load_teacher(
             + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""),
             hint="for a classifier pass a fine-tuned checkpoint; for a bare encoder use --task feature-extraction",
         )
-    if info.task in _HEADS and model.config.num_labels != len(info.labels or []):
+    if info.labels is not None and model.config.num_labels != len(info.labels):
         raise ConfigError(f"{info.path}: num_labels and id2label disagree", hint="fix config.json")
     model.eval()
     return Teacher(info=info, model=model, tokenizer=tokenizer, sha256=digest_dir(info.path))

@@ -104,16 +104,19 @@ def load_timm_model(path: Path, config: dict[str, Any], weights: list[str], *, p
     return model.eval()
 
 
-def save_timm_model(model, config: dict[str, Any], labels: list[str], directory: Path) -> None:
+def save_timm_model(model, config: dict[str, Any], labels: list[str], directory: Path, *,
+                    regression: bool = False) -> None:
     """Write ``model`` in timm's hub format with timm's own writer (``save_for_hf``): ``config.json`` with the new
-    classes and the base's model arguments, and safetensors weights."""
+    classes and the base's model arguments, and safetensors weights. A regressor's ``config.json`` also says
+    ``problem_type: regression`` (as a Hugging Face regressor's does): its outputs are numbers, not class scores."""
     from timm.models import save_for_hf
 
     args = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}  # the base's classes
     # the base's preprocessing, not the architecture's default (a model built from a config.json carries the default)
     model.pretrained_cfg = {**config["pretrained_cfg"], "architecture": config["architecture"],
                             "num_classes": len(labels)}
-    save_for_hf(model, str(directory), model_config={"label_names": list(labels)}, model_args=args or None,
+    extra = {"problem_type": "regression"} if regression else {}
+    save_for_hf(model, str(directory), model_config={"label_names": list(labels), **extra}, model_args=args or None,
                 safe_serialization=True)
 
 

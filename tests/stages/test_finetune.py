@@ -134,11 +134,79 @@ def test_cli_errors_are_one_line(bert_encoder, tmp_path, capsys, args, words):
     assert not (tmp_path / "o").exists()
 
 
+#: test material: a number per sentence (2 + 3 × its sentiment, plus a small step), not a claim about real data
+TARGETS = [(f"{2.0 + 3.0 * lab + 0.1 * (i % 3):.2f}", text) for i, (lab, text) in enumerate(SENTENCES)]
+
+
+def test_a_text_regressor_learns_its_targets_and_is_a_regression_teacher(bert_encoder, tmp_path):
+    """The label column read as numbers, MSE loss, MAE the eval metric: lower is better, so the lowest evaluation is
+    the checkpoint kept; the artifact loads as a regression teacher that gives the same outputs."""
+    import numpy as np
+    import torch
+
+    from compress.teachers.load import load_teacher
+
+    data = write_tsv(tmp_path, TARGETS)
+    y = np.array([float(v) for v, _ in TARGETS])
+    r = finetune(bert_encoder, data, tmp_path / "reg", FinetuneConfig(task="regression", max_steps=20, batch_size=8,
+                 lr=1e-2, eval_every=5), eval_data=data)
+    m, met = r.artifact.manifest, r.metrics
+    assert (m.task, m.labels, m.outputs[0].shape) == ("regression", None, ["batch_size", 1])
+    assert (met["metric"], met["higher_is_better"], met["labels"]) == ("mae", False, None)
+    assert met["targets"]["mean"] == [pytest.approx(y.mean(), abs=1e-5)]
+    maes = [h["metric"] for h in met["history"]]
+    assert met["eval_metric"] == min(maes)  # the lowest error is the checkpoint kept, and what it scores on the CPU:
+    assert met["eval_scores"]["mae"] == pytest.approx(met["eval_metric"], abs=1e-4)
+    assert met["eval_metric"] < 0.5 * np.abs(y - y.mean()).mean()  # well under the mean predictor's error (1.5)
+    teacher = load_teacher(r.artifact.path)
+    assert teacher.task == "regression" and teacher.model.config.problem_type == "regression"
+    enc = teacher.tokenizer([t for _, t in TARGETS], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = teacher.model(**enc).logits[:, 0].numpy()
+    assert np.abs(out - y).mean() == pytest.approx(met["eval_scores"]["mae"], abs=1e-4)
+
+
+@pytest.mark.parametrize("rows, args, words", [
+    (NAMED, [], ["row 1", "'positive' is not a number"]),
+    ([("2.5", t) for _, t in NAMED], [], ["every target is 2.5"]),
+    (TARGETS, ["--labels", "low,high"], ["--labels", "regression head has none"]),
+])
+def test_regression_refuses_targets_that_are_no_numbers(bert_encoder, tmp_path, capsys, rows, args, words):
+    from tests.cli.test_cli import main_error
+
+    data = write_tsv(tmp_path, rows)
+    line = main_error(capsys, "finetune", bert_encoder, "--task", "regression", "--train", data, "--max-steps", "1",
+                      "--out", tmp_path / "o", *args)
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_base_with_no_regression_head_is_refused_in_one_line(bert_encoder, tmp_path, capsys):
+    """transformers builds no sequence-classification (so no regression) head for some encoders (CLIP's text tower)."""
+    import shutil
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tests.cli.test_cli import main_error
+
+    base = tmp_path / "clip-text"
+    shutil.copytree(bert_encoder, base, ignore=shutil.ignore_patterns("*.safetensors", "config.json", "modules.json",
+                                                                      "1_Pooling", "2_Normalize"))
+    CLIPTextModel(CLIPTextConfig(vocab_size=200, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=64)).save_pretrained(base)
+    capsys.readouterr()  # transformers' saving bar
+    line = main_error(capsys, "finetune", base, "--task", "regression", "--train", write_tsv(tmp_path, TARGETS),
+                      "--max-steps", "1", "--out", tmp_path / "o")
+    assert "--task regression" in line and "cannot take a regression head" in line, line
+
+
 def test_config_refuses_two_modes():
     with pytest.raises(ValueError, match="pick one"):
         FinetuneConfig(freeze=1, lora_rank=4)
     with pytest.raises(ValueError, match="task must be one of"):
-        FinetuneConfig(task="regression")
+        FinetuneConfig(task="object-detection")
+    with pytest.raises(ValueError, match="a regression head has none"):
+        FinetuneConfig(task="regression", labels=["a", "b"])
 
 
 def test_forgetting_is_measured_on_retained_texts(bert_encoder, tmp_path):

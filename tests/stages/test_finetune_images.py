@@ -108,6 +108,75 @@ def test_bad_image_fine_tunes_are_one_line_errors(bases, tmp_path, capsys):
     assert not any((tmp_path / n).exists() for n in "abcd")
 
 
+def _regression_set(bases, tmp_path) -> tuple[Path, Path]:
+    """The test images with a number each (test material: 0.5 × the class signal's index + 0.25): a path,label table
+    of the PNGs and an .npz of the same images."""
+    rows = ["path,label"] + [f"{bases['images'] / name / f'{k}.png'},{c * 0.5 + 0.25}"
+                             for c, name in enumerate(LABELS) for k in range(4)]
+    (tmp_path / "reg.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with np.load(bases["npz"]) as d:
+        np.savez(tmp_path / "reg.npz", images=d["images"], labels=d["labels"] * 0.5 + 0.25)
+    return tmp_path / "reg.csv", tmp_path / "reg.npz"
+
+
+def test_an_image_regressor_learns_from_a_path_table_and_exports(bases, tmp_path):
+    """A Hugging Face ViT gets a one-output regression head: trained on a path,label table of numbers, evaluated on an
+    .npz (MAE, the lowest kept); written as a regressor that loads as a regression teacher and exports."""
+    from compress.stages.export import export
+    from compress.teachers.load import load_teacher
+
+    table, npz = _regression_set(bases, tmp_path)
+    r = finetune(bases["vit"], table, tmp_path / "t", FinetuneConfig(task="regression", max_steps=6, batch_size=8,
+                 lr=1e-2, eval_every=3), eval_data=npz)
+    m, met = r.artifact.manifest, r.metrics
+    assert (m.task, m.labels, m.outputs[0].shape) == ("regression", None, ["batch_size", 1])
+    assert m.preprocess == load_teacher(bases["vit"]).info.preprocess
+    assert met["metric"] == "mae" and met["eval_metric"] == min(h["metric"] for h in met["history"])
+    assert met["eval_metric"] < 0.6 * 0.75  # the mean predictor's MAE on these targets is 0.75
+    tuned = load_teacher(r.artifact.path)
+    assert tuned.task == "regression" and tuned.model.config.problem_type == "regression"
+    onnx = export(r.artifact.path, tmp_path / "onnx")  # the chain takes it as it takes any image teacher
+    assert onnx.manifest.task == "regression" and onnx.manifest.labels is None
+
+
+def test_a_timm_regressor_says_so_in_its_config(bases, tmp_path):
+    import json
+
+    timm = pytest.importorskip("timm")
+    import torch
+    from timm.models import save_for_hf
+
+    from compress.teachers.load import load_teacher
+
+    args = dict(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=2)  # a tiny random timm ViT
+    torch.manual_seed(0)
+    base = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **args,
+                             pretrained_cfg_overlay={"input_size": (3, 16, 16), "crop_pct": 1.0})
+    save_for_hf(base.eval(), str(tmp_path / "base"), model_config={"label_names": ["a", "b", "c"]}, model_args=args,
+                safe_serialization=True)
+    _, npz = _regression_set(bases, tmp_path)
+    r = finetune(tmp_path / "base", npz, tmp_path / "t", FinetuneConfig(task="regression", max_steps=2, batch_size=8))
+    config = json.loads((r.artifact.path / "config.json").read_text(encoding="utf-8"))
+    assert (config["problem_type"], config["num_classes"]) == ("regression", 1)
+    tuned = load_teacher(r.artifact.path)
+    assert (tuned.task, tuned.info.kind, r.artifact.manifest.labels) == ("regression", "timm", None)
+
+
+def test_bad_image_regressions_are_one_line_errors(bases, tmp_path, capsys):
+    line = main_error(capsys, "finetune", bases["cnn"], "--task", "regression", "--train", bases["images"],
+                      "--out", tmp_path / "a")
+    assert "carries class names, not numbers" in line and ".npz" in line
+    table, npz = _regression_set(bases, tmp_path)
+    line = main_error(capsys, "finetune", bases["program"], "--task", "regression", "--train", npz,
+                      "--out", tmp_path / "b")
+    assert "torch.export program" in line and "head" in line
+    table.write_text(table.read_text(encoding="utf-8").replace(",0.25", ",low", 1), encoding="utf-8")
+    line = main_error(capsys, "finetune", bases["cnn"], "--task", "regression", "--train", table,
+                      "--out", tmp_path / "c")
+    assert "row 1: target 'low' is not a number" in line
+    assert not any((tmp_path / n).exists() for n in "abc")
+
+
 def test_cli_fine_tunes_an_image_base(bases, tmp_path):
     from click.testing import CliRunner
 

@@ -1,5 +1,6 @@
 """``edgecompress finetune``: a pretrained base (a Hugging Face text encoder such as all-MiniLM-L6-v2, a Hugging Face
-image classifier or backbone, a timm checkpoint) gets a new head for the task and the labels in the data and trains:
+image classifier or backbone, a timm checkpoint) gets a new head for the task and the labels in the data (or, for
+regression, the numbers in it: :mod:`compress.stages.finetune.regression`) and trains:
 the whole model, the first N layers frozen, or low-rank adapters (peft LoRA) merged into the weights before the
 checkpoint is written, so every later step sees a plain checkpoint.
 
@@ -21,7 +22,7 @@ import numpy as np
 from compress.artifact import Artifact, Task
 from compress.errors import ConfigError, DataError
 from compress.progress import Progress
-from compress.stages.finetune.config import FINETUNE, FinetuneConfig, Mode
+from compress.stages.finetune.config import FINETUNE, IMAGE_TASKS, TEXT_TASKS, FinetuneConfig, Mode
 
 log = logging.getLogger("compress.stages.finetune")
 
@@ -53,10 +54,10 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     if not images or (base / "config.json").is_file():  # programs say what they are when loaded
         _check_base(base)
     task = config.task or (Task.image_classification if images else Task.text_classification)
-    if images != (task is Task.image_classification):
+    takes = IMAGE_TASKS if images else TEXT_TASKS
+    if task not in takes:
         raise ConfigError(f"--task {task}: {base} is {'an image' if images else 'a text'} base",
-                          hint="leave --task out, or pass " + ("image-classification" if images else
-                                                               "text-classification or token-classification"))
+                          hint="leave --task out, or pass " + " or ".join(t.value for t in takes))
     config = config.model_copy(update={"task": task})
     run = Path(run_dir) if run_dir else default_run_dir(output.path)
     if images:
@@ -77,19 +78,26 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
 def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_data, retain_data, run: Path,
                    resume: bool, force: bool, progress) -> FinetuneResult:
     from compress.stages.finetune.loop import TrainLoop
+    from compress.stages.finetune.regression import METRIC, mae_metric, scores, target_record
     from compress.teachers.load import load_teacher
 
-    words = config.task is Task.token_classification
-    names = config.labels or _label_names(Path(train), words)
-    _check_labels(names, words, train)
+    words, regression = config.task is Task.token_classification, config.task is Task.regression
+    names = None if regression else config.labels or _label_names(Path(train), words)
+    if not regression:
+        _check_labels(names, words, train)
     base_teacher = load_teacher(base, allow_pickle=config.allow_pickle)  # the lineage's source; one-line load errors
-    train_set, eval_set, eval_labels = _data(base_teacher.tokenizer, names, train, eval_data, config, words)
+    if regression:
+        train_set, eval_set = _regression_data(base_teacher.tokenizer, train, eval_data, config)
+        evaluate = mae_metric(eval_set.outputs, eval_set.y) if eval_set else None
+    else:
+        train_set, eval_set, eval_labels = _data(base_teacher.tokenizer, names, train, eval_data, config, words)
+        evaluate = _text_metric(eval_set, eval_labels, names if words else None) if eval_set else None
     retain = _retain_texts(retain_data) if retain_data else None  # read now: a bad file fails before training
-    model, trainable, frozen = _model(base, names, config, words)
+    model, trainable, frozen = _model(base, names, config, words, train_set.y.mean(0) if regression else None)
     loop = TrainLoop(model, trainable, train_set, config, run, progress, lr=config.peak_lr(),
-                     loss=lambda m, batch: m(**batch).loss,
-                     evaluate=_text_metric(eval_set, eval_labels, names if words else None) if eval_set else None,
-                     metric_name="entity_f1" if words else "accuracy", frozen_modules=frozen)
+                     loss=lambda m, batch: m(**batch).loss, evaluate=evaluate,
+                     metric_name=METRIC if regression else "entity_f1" if words else "accuracy",
+                     frozen_modules=frozen, higher_is_better=not regression)
     loop.start(resume, force)
     loop.train()
     final = loop.finish()  # best weights, LoRA merged: a plain transformers model
@@ -98,6 +106,10 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": config.freeze,
                "labels": names, "base": str(base), "train_rows": len(train_set),
                "eval_rows": len(eval_set) if eval_set else 0, "data": data_record(train, eval_data)}
+    if regression:
+        metrics["targets"] = target_record(train_set.y)
+        if eval_set:
+            metrics["eval_scores"] = scores(eval_set.outputs(final), eval_set.y)
     if retain is not None:
         metrics["forgetting"] = forgetting(base_teacher.model.base_model, final.base_model, base_teacher.tokenizer,
                                            retain, config.max_length)
@@ -212,16 +224,51 @@ def _data(tokenizer, names, train, eval_data, config: FinetuneConfig, words: boo
     return train_set, rows(ev), (ev.labels if words else np.asarray(ev.labels))
 
 
-def _model(base: Path, names: list[str], config: FinetuneConfig, words: bool):
-    """The base with a new head (seeded), adapted: ``(model to train, its trainable parameters, frozen modules)``."""
+def _regression_data(tokenizer, train, eval_data, config: FinetuneConfig):
+    """Tokenised training and eval rows with their targets (:class:`compress.stages.finetune.regression.TargetRows`)."""
+    from compress.data.tables import load_dataset
+    from compress.stages.distill.losses import _encode, _TransferSet
+    from compress.stages.finetune.regression import TargetRows, check_targets, table_targets
+
+    def rows(path):
+        y = table_targets(path)  # first: a cell that is no number fails before any tokenising
+        ds = load_dataset(path, texts_only=True)
+        enc = _encode(tokenizer, ds.texts, config.max_length, ds.pairs)
+        return TargetRows(_TransferSet(enc, [0] * len(ds.texts), tokenizer.pad_token_id or 0), y)
+
+    train_set = rows(train)
+    check_targets(train_set.y, str(train))
+    return train_set, rows(eval_data) if eval_data is not None else None
+
+
+def _model(base: Path, names: list[str] | None, config: FinetuneConfig, words: bool, targets_mean=None):
+    """The base with a new head (seeded), adapted: ``(model to train, its trainable parameters, frozen modules)``.
+    ``names`` None: a regression head, one output per target, its bias the targets' mean."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     torch.manual_seed(config.seed)
     cls = AutoModelForTokenClassification if words else AutoModelForSequenceClassification
-    model = cls.from_pretrained(str(base), num_labels=len(names), id2label=dict(enumerate(names)),
-                                label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True,
-                                use_safetensors=not config.allow_pickle or None)
+    head = dict(num_labels=len(targets_mean), problem_type="regression") if names is None else dict(
+        num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    try:
+        model = cls.from_pretrained(str(base), **head, ignore_mismatched_sizes=True,
+                                    use_safetensors=not config.allow_pickle or None)
+    except ValueError as e:  # transformers has no such head for this model type
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        import json
+
+        kind = "token-classification" if words else "regression" if names is None else "sequence-classification"
+        model_type = json.loads((base / "config.json").read_text(encoding="utf-8")).get("model_type")
+        raise ConfigError(f"--task {config.task}: {base} ({model_type}) cannot take a {kind} head: transformers "
+                          f"has no {cls.__name__[len('AutoModel'):]} for it",
+                          hint="pass a base transformers builds that head for (BERT, MiniLM, RoBERTa, DistilBERT, "
+                          "...)") from None
+    if names is None:
+        from compress.stages.finetune.regression import init_head_bias
+
+        init_head_bias(model, targets_mean)
     frozen: list = []
     if config.freeze == "all":  # a linear probe: the encoder as pretrained, the new head trains
         frozen = [model.base_model]

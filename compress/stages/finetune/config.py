@@ -17,8 +17,10 @@ FINETUNE = StageSpec(
     "Hugging Face image classifier or backbone, or a timm checkpoint",
 )
 
-#: the tasks a base can be fine-tuned for (a new head on the base's encoder)
-TASKS = (Task.text_classification, Task.token_classification, Task.image_classification)
+#: the tasks a base can be fine-tuned for (a new head on the base's encoder), and which a text or an image base takes
+TASKS = (Task.text_classification, Task.token_classification, Task.image_classification, Task.regression)
+TEXT_TASKS = (Task.text_classification, Task.token_classification, Task.regression)
+IMAGE_TASKS = (Task.image_classification, Task.regression)
 #: peak learning rates by family and by how much trains: the transfer-learning guides' 2e-5..5e-5 for a whole text
 #: encoder, higher for low-rank adapters (few parameters move, from zero); an image backbone takes more (its
 #: BatchNorm layers and a new head on features far from the new task), a frozen one's head more again
@@ -36,10 +38,11 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Task | None = Field(None, description="text-classification (a label per text), token-classification (a tag "
-                              "per word: CoNLL or JSON lines data) or image-classification; default: "
-                              "image-classification for an image base, else text-classification.")
+                              "per word: CoNLL or JSON lines data), image-classification, or regression (a number "
+                              "per text or image: the label column read as numbers, MSE loss, judged by MAE); "
+                              "default: image-classification for an image base, else text-classification.")
     labels: list[str] | None = Field(None, description="Class names by id; default: the data's labels (names sorted, "
-                                     "or integer ids 0..k-1).")
+                                     "or integer ids 0..k-1). Not for regression.")
     freeze: NonNegativeInt | Literal["all"] = Field(0, description="Freeze the embeddings (a CNN's stem) and the "
                                                     "first N layers (blocks) of the base, the early layers kept; "
                                                     "'all': the whole base, only the new head trains (a linear "
@@ -74,6 +77,8 @@ class FinetuneConfig(BaseModel):
     def _one_mode(self) -> FinetuneConfig:
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(t.value for t in TASKS)}")
+        if self.task is Task.regression and self.labels:
+            raise ValueError("--labels names classes, and a regression head has none: leave --labels out")
         if self.freeze and self.lora_rank:
             raise ValueError("--freeze and --lora-rank are two ways of training less: pick one")
         return self

@@ -1,5 +1,6 @@
 """Fine-tuning an image base: a Hugging Face image classifier or backbone (MobileNetV2, ViT, ResNet, ConvNeXt, ...)
-or a timm checkpoint gets a new head for the data's classes and trains on the base's own preprocessing.
+or a timm checkpoint gets a new head for the data's classes (or, with ``--task regression``, one output per target:
+:mod:`compress.stages.finetune.regression`) and trains on the base's own preprocessing.
 
 * **Inputs** are made once by the base's pinned preprocessing (:class:`compress.device.shipped.ImageFeeds`, what every
   later step runs); each training batch is moved by a random shift of up to ``shift`` of the side (no flips).
@@ -26,7 +27,7 @@ import numpy as np
 
 from compress.artifact import Task
 from compress.errors import ConfigError
-from compress.stages.finetune.config import FinetuneConfig, Mode
+from compress.stages.finetune.config import IMAGE_TASKS, FinetuneConfig, Mode
 
 #: retained images measured at most (a deterministic sample beyond)
 RETAIN_IMAGES = 500
@@ -87,15 +88,15 @@ def _head_name(model) -> str:
     return "classifier"
 
 
-def _build(base_teacher, names: list[str], config: FinetuneConfig):
-    """The base with a new, seeded head for ``names``."""
+def _build(base_teacher, names: list[str] | None, config: FinetuneConfig, outputs: int = 1):
+    """The base with a new, seeded head for ``names`` (None: a regression head of ``outputs`` numbers)."""
     import torch
 
     info = base_teacher.info
     torch.manual_seed(config.seed)
     if info.kind == "timm":
         model = copy.deepcopy(base_teacher.model)
-        model.reset_classifier(len(names))
+        model.reset_classifier(outputs if names is None else len(names))
         return model
     if info.kind != "hf":
         what = "torch.export program" if info.kind == "program" else "TorchScript or pickled module"
@@ -105,10 +106,10 @@ def _build(base_teacher, names: list[str], config: FinetuneConfig):
                           "in PyTorch and export it again")
     from transformers import AutoModelForImageClassification
 
+    head = dict(num_labels=outputs, problem_type="regression") if names is None else dict(
+        num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     return AutoModelForImageClassification.from_pretrained(
-        str(info.path), num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, local_files_only=True,
-        use_safetensors=not info.pickled)
+        str(info.path), **head, ignore_mismatched_sizes=True, local_files_only=True, use_safetensors=not info.pickled)
 
 
 def block_stack(model) -> tuple[list[Any], list[Any]]:
@@ -186,14 +187,21 @@ def _lora(model, config: FinetuneConfig):
         target_modules=config.lora_targets or "all-linear", modules_to_save=[_head_name(model)]))
 
 
-def _encode(base_teacher, path, names: list[str], require_labels: bool = True, limit: int | None = None):
-    """The images of ``path`` through the base's preprocessing, and their class ids."""
+def _encode(base_teacher, path, names: list[str] | None, require_labels: bool = True, limit: int | None = None):
+    """The images of ``path`` through the base's preprocessing, and their class ids (``names`` None: their targets,
+    read as numbers)."""
     import torch
 
     from compress.data.images import load_image_dataset
     from compress.stages.distill.images import encode_all
 
-    ds = load_image_dataset(path, label2id={n: i for i, n in enumerate(names)}, require_labels=require_labels)
+    if names is None and require_labels:
+        from compress.stages.finetune.regression import image_targets
+
+        items, y = image_targets(path)
+        return encode_all(base_teacher.encoder(), items), torch.as_tensor(y)
+    label2id = {n: i for i, n in enumerate(names)} if names is not None else None
+    ds = load_image_dataset(path, label2id=label2id, require_labels=require_labels)
     if limit is not None and len(ds) > limit:
         ds = ds.sample(limit, seed=0)
     x = encode_all(base_teacher.encoder(), ds.items)
@@ -201,17 +209,23 @@ def _encode(base_teacher, path, names: list[str], require_labels: bool = True, l
     return x, y
 
 
-def _accuracy(x, y):
+def _outputs(model, x):
+    """The model's outputs (logits, or a regressor's numbers) on the pixel batches of ``x``, on the CPU."""
     import torch
 
-    def evaluate(model) -> float:
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            pred = torch.cat([logits_of(model, x[i:i + 128].to(device)).argmax(-1).cpu()
-                              for i in range(0, len(x), 128)])
-        return float((pred == y).float().mean())
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return torch.cat([logits_of(model, x[i:i + 128].to(device)).float().cpu() for i in range(0, len(x), 128)])
 
-    return evaluate
+
+def _accuracy(x, y):
+    return lambda model: float((_outputs(model, x).argmax(-1) == y).float().mean())
+
+
+def _mae(x, y):
+    from compress.stages.finetune.regression import mae_metric
+
+    return mae_metric(lambda model: _outputs(model, x).numpy(), y.numpy())
 
 
 def image_forgetting(base, tuned, x) -> dict[str, Any]:
@@ -255,20 +269,27 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
 
     from compress.stages.finetune import FinetuneResult, _check_labels, data_record, teacher_record
     from compress.stages.finetune.loop import TrainLoop
+    from compress.stages.finetune.regression import METRIC, check_targets, init_head_bias, mse, scores, target_record
     from compress.teachers.images import load_image_teacher
 
-    if config.task is not Task.image_classification:
-        raise ConfigError(f"--task {config.task}: an image base is fine-tuned for image-classification",
-                          hint="leave --task out")
-    names = config.labels or image_label_names(Path(train))
-    _check_labels(names, False, train)
+    if config.task not in IMAGE_TASKS:
+        raise ConfigError(f"--task {config.task}: an image base is fine-tuned for "
+                          f"{' or '.join(t.value for t in IMAGE_TASKS)}", hint="leave --task out")
+    regression = config.task is Task.regression
+    names = None if regression else config.labels or image_label_names(Path(train))
+    if not regression:
+        _check_labels(names, False, train)
     base_teacher = load_image_teacher(base, allow_pickle=config.allow_pickle)
-    model = _build(base_teacher, names, config)
     if progress:
         progress({"phase": "prepare", "label": "preprocessing images"})
     x, y = _encode(base_teacher, train, names)
+    if regression:
+        check_targets(y.numpy(), str(train))
+    model = _build(base_teacher, names, config, outputs=y.shape[-1] if regression else 1)
+    if regression:
+        init_head_bias(model, y.numpy().mean(0))
     x_eval, y_eval = _encode(base_teacher, eval_data, names) if eval_data is not None else (None, None)
-    evaluate = _accuracy(x_eval, y_eval) if x_eval is not None else None
+    evaluate = (_mae if regression else _accuracy)(x_eval, y_eval) if x_eval is not None else None
     retain = _encode(base_teacher, retain_data, names, require_labels=False, limit=RETAIN_IMAGES)[0] \
         if retain_data is not None else None
     frozen: list[Any] = []
@@ -277,10 +298,12 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     elif config.mode is Mode.lora:
         model = _lora(model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    criterion = mse if regression else F.cross_entropy
     loop = TrainLoop(model, trainable, ImageBatches(x, y, config.shift, config.seed), config, run, progress,
                      lr=config.peak_lr(images=True),
-                     loss=lambda m, b: F.cross_entropy(logits_of(m, b["pixel_values"]), b["labels"]),
-                     evaluate=evaluate, metric_name="accuracy", frozen_modules=frozen)
+                     loss=lambda m, b: criterion(logits_of(m, b["pixel_values"]), b["labels"]),
+                     evaluate=evaluate, metric_name=METRIC if regression else "accuracy", frozen_modules=frozen,
+                     higher_is_better=not regression)
     loop.start(resume, force)
     loop.train()
     final = loop.finish()
@@ -290,6 +313,10 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
                "labels": names, "base": str(base), "train_rows": len(x),
                "eval_rows": len(x_eval) if x_eval is not None else 0, "data": data_record(train, eval_data),
                "augmentation": f"random shift up to {config.shift:g} of the side, no flips"}
+    if regression:
+        metrics["targets"] = target_record(y.numpy())
+        if x_eval is not None:
+            metrics["eval_scores"] = scores(_outputs(final, x_eval).numpy(), y_eval.numpy())
     if retain is not None:
         metrics["forgetting"] = {**image_forgetting(base_teacher.model, final, retain), "data": str(retain_data)}
     with output.writing() as o:
@@ -300,15 +327,19 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     return FinetuneResult(output.artifact, metrics)
 
 
-def _write(model, base_teacher, names: list[str], directory: Path, probe):
-    """Save the fine-tuned classifier as its base's kind (Hugging Face or timm) with the base's preprocessing, prove
-    it reloads to the same logits, and describe it (source: the base)."""
+def _write(model, base_teacher, names: list[str] | None, directory: Path, probe):
+    """Save the fine-tuned classifier (``names`` None: regressor) as its base's kind (Hugging Face or timm) with the
+    base's preprocessing, prove it reloads to the same outputs, and describe it (source: the base)."""
     from compress.teachers.images import load_image_teacher, prove_reload
 
     if base_teacher.info.kind == "timm":
         from compress.teachers.timm_hub import save_timm_model
 
-        save_timm_model(model, base_teacher.info.config, names, directory)
+        if names is None:  # a regressor: its outputs are named as Hugging Face names them
+            names = [f"LABEL_{i}" for i in range(_outputs(model, probe).shape[-1])]
+            save_timm_model(model, base_teacher.info.config, names, directory, regression=True)
+        else:
+            save_timm_model(model, base_teacher.info.config, names, directory)
     else:
         model.save_pretrained(str(directory), safe_serialization=True)
         base_teacher.save_inputs(directory)

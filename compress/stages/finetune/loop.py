@@ -28,16 +28,18 @@ log = logging.getLogger("compress.stages.finetune")
 class TrainLoop:
     """Optimiser, schedule, data order and evaluation; the run directory holds the checkpoint a resumed run reads.
 
-    ``loss(model, batch)``: the batch's training loss; ``evaluate(model)``: the eval metric (higher is better), or
-    None without eval data; ``frozen_modules`` stay in eval mode while the rest trains (BatchNorm statistics and
+    ``loss(model, batch)``: the batch's training loss; ``evaluate(model)``: the eval metric, or None without eval
+    data; higher is better unless ``higher_is_better`` is False (an error such as a regressor's MAE: the best
+    checkpoint is then the lowest); ``frozen_modules`` stay in eval mode while the rest trains (BatchNorm statistics and
     dropout of frozen layers as pretrained)."""
 
     def __init__(self, model, trainable, data, config: FinetuneConfig, run: Path, progress: Progress | None, *,
                  lr: float, loss: Callable[[Any, dict], Any], evaluate: Callable[[Any], float] | None,
-                 metric_name: str, frozen_modules: list[Any] = ()) -> None:
+                 metric_name: str, frozen_modules: list[Any] = (), higher_is_better: bool = True) -> None:
         self.model, self.trainable, self.data, self.config = model, trainable, data, config
         self.run, self.progress, self.lr, self.loss, self.evaluate_fn = run, progress, lr, loss, evaluate
         self.metric_name, self.frozen_modules = metric_name, list(frozen_modules)
+        self.higher_is_better = higher_is_better
         from compress.stages.common import make_accelerator
 
         self.accelerator = make_accelerator("no")
@@ -167,7 +169,7 @@ class TrainLoop:
         self._train_mode()
         state = self.state
         state["history"].append({"step": state["step"], "metric": value})
-        if state["best"] is None or value > state["best"]:
+        if state["best"] is None or (value > state["best"] if self.higher_is_better else value < state["best"]):
             state["best"], state["best_step"], state["bad_evals"] = value, state["step"], 0
             if self.is_main:
                 torch.save(self._trainable_state(), self.run / "best.pt")
@@ -222,6 +224,7 @@ class TrainLoop:
                "steps_per_second": round(s["step"] / max(s["train_seconds"], 1e-9), 2), "lr": self.lr,
                "parameters": params, "trainable_parameters": trained, "trainable_share": trained / params,
                "device": str(self.device), "processes": self.processes, "metric": self.metric_name if self.evaluate_fn else None,
+               "higher_is_better": self.higher_is_better,
                "eval_metric": s["best"], "history": s["history"], "stopped": s["stopped"] or "completed",
                "chosen": f"best (step {s['best_step']})" if s["best_step"] else "last",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
