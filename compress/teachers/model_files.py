@@ -81,7 +81,8 @@ class ModelDescription(BaseModel):
     dims: dict[str, int] = Field(default_factory=dict, description="Values for symbolic dimensions (not the batch).")
     inputs: dict[str, DeclaredInput] | None = Field(
         None, description="A TorchScript archive's inputs, which it does not record: name -> shape (batch axis left "
-        "out) and dtype, in forward's order. Graphs and programs carry their own.")
+        "out) and dtype, in forward's order. Graphs and programs carry their own; a LiteRT file's are renamed by "
+        "position (a converter calls them args_0, args_1, ...: a text model needs the tokenizer's names).")
 
 
 def is_model_file(path: Path | str) -> bool:
@@ -277,6 +278,28 @@ def _read_tflite(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], Precis
             Precision.int8 if int8 else Precision.fp32)
 
 
+#: what a tokenizer feeds a text model (compress.device.shipped.TextFeeds)
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _named_inputs(path: Path, desc: ModelDescription, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """A converted LiteRT model's inputs (``serving_default_args_0``, ``..._args_1``, ...: the converter's names)
+    under the names ``model.yaml`` declares, in the file's order: what a tokenizer's outputs are fed by (the runtime
+    feeds them by position)."""
+    declared = list(desc.inputs.items())
+    yaml_file = description_file(path)
+    if len(declared) != len(inputs):
+        raise ConfigError(f"{yaml_file}: inputs names {len(declared)} input(s); {path.name} takes {len(inputs)}",
+                          hint="declare every input of the file, in its order")
+    named = []
+    for (name, d), t in zip(declared, inputs):
+        if [n for n in t.shape[1:]] != list(d.shape):
+            raise ConfigError(f"{yaml_file}: input {name} is declared {list(d.shape)} but {t.name} is "
+                              f"{t.shape[1:]} (batch axis left out)", hint="declare the shapes the file has")
+        named.append(TensorSpec(name=name, dtype=t.dtype, shape=t.shape))
+    return named
+
+
 def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
     spec = dict(desc.preprocess or {})
     kind = spec.pop("kind", "image" if "size" in spec else "text" if spec.get("tokenizer_file") else None)
@@ -295,6 +318,11 @@ def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
             if not (path.parent / pre.tokenizer_file).is_file():
                 raise ConfigError(f"{yaml_file}: text preprocessing needs {pre.tokenizer_file} beside {path.name}",
                                   hint="save the tokenizer there (tokenizer.save_pretrained(DIR))")
+            unfed = [t.name for t in inputs if t.name not in TOKENIZER_OUTPUTS]
+            if unfed:  # a converter's names (LiteRT: serving_default_args_0, ...): nothing says which tensor is which
+                raise ConfigError(f"{yaml_file}: input {unfed[0]} of {path.name} is not a tokenizer output "
+                                  f"({', '.join(TOKENIZER_OUTPUTS)})", hint="name the file's inputs in model.yaml, in "
+                                  "its order: inputs: {input_ids: {shape: [128], dtype: int32}, ...}")
             return pre
         if kind not in (None, "arrays"):
             raise ConfigError(f"{yaml_file}: preprocess kind {kind!r} is unknown", hint="kind: image, text or arrays")
@@ -351,6 +379,8 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
         opset = _check(p, model)
         (inputs, outputs), fmt = graph_specs(p, model), Format.onnx
     desc = read_description(p)
+    if fmt is Format.litert and desc.inputs:
+        inputs = _named_inputs(p, desc, inputs)
     task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
     return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
                          labels=labels, preprocess=preprocess, description=desc, external=external,

@@ -96,3 +96,21 @@ def test_head_pruning_is_refused_clearly_on_transformers5(bert_classifier, tmp_p
     with pytest.raises(ConfigError, match="--heads needs transformers 4"):
         prune(bert_classifier, tmp_path / "p", PruneConfig(heads=0.5, samples=4))
     assert not (tmp_path / "p").exists()
+
+
+def test_phone_exports_trace_the_inputs_in_the_order_the_model_reads_them(bert_classifier):
+    """ExecuTorch, Core ML and LiteRT trace one module of positional inputs: its example row must be in the module's
+    order (BERT's tokenizer returns attention_mask second, its forward takes token_type_ids second; a Core ML package
+    named its inputs after that row)."""
+    import torch
+
+    from compress.stages.export.executorch import example_rows, traced_module
+    from compress.teachers.load import load_teacher
+
+    teacher = load_teacher(bert_classifier)
+    names, example, _ = example_rows(teacher)
+    feeds = teacher.example_inputs()
+    assert names == teacher.input_names and set(names) == set(feeds)
+    with torch.no_grad():
+        expected = teacher.call(teacher.model, {n: v[:1] for n, v in feeds.items()})
+        torch.testing.assert_close(traced_module(teacher)(*example), expected)

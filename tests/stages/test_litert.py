@@ -69,3 +69,35 @@ def test_the_interpreter_gives_the_files_logits_for_any_batch(tflite, tmp_path):
 def test_a_tflite_is_not_converted(tflite, tmp_path, capsys):
     line = main_error(capsys, "export", tflite, "--format", "openvino", "--out", tmp_path / "x")
     assert "LiteRT model" in line and "adopted as it is" in line
+
+
+TEXT_ASSET = ASSET.with_name("tiny_bert_cls.tflite")  # a random tiny BERT classifier converted by litert-torch 0.10
+                                                      # (128 tokens; test material), its tokenizer and PyTorch logits
+
+
+def test_a_text_tflite_is_adopted_with_its_inputs_named_in_model_yaml(tmp_path, capsys):
+    import json
+
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export import export
+
+    expected = json.loads(TEXT_ASSET.with_name("tiny_bert_cls.expected.json").read_text())
+    f = tmp_path / "model.tflite"
+    shutil.copy2(TEXT_ASSET, f)
+    shutil.copy2(TEXT_ASSET.with_name("tiny_bert_cls.tokenizer.json"), tmp_path / "tokenizer.json")
+    desc = {"task": "text-classification", "labels": expected["labels"], "preprocess": {"kind": "text"},
+            "max_length": 128}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(desc))
+    line = main_error(capsys, "export", f, "--out", tmp_path / "no")  # the converter's names: args_0, ...
+    assert "serving_default_args_0" in line and "inputs:" in line and not (tmp_path / "no").exists()
+    # named in the file's order (the converted module's: input_ids, token_type_ids, attention_mask); the order
+    # a tokenizer returns them in (attention_mask second) gives other logits
+    desc["inputs"] = {n: {"shape": [128], "dtype": "int32"} for n in expected["inputs"]}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(desc, sort_keys=False))
+    art = export(f, tmp_path / "adopted")
+    assert [t.name for t in art.manifest.inputs] == expected["inputs"]
+    rt = load_runtime(art)
+    try:  # the tokenizer's tensors reach the right positions: PyTorch's logits
+        np.testing.assert_allclose(rt.predict_text(expected["texts"]), expected["logits"], atol=2e-6)
+    finally:
+        rt.close()

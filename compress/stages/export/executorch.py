@@ -63,8 +63,10 @@ def example_rows(teacher) -> tuple[list[str], tuple, Any]:
     import torch
 
     feeds = teacher.example_inputs()
-    names = list(feeds)
-    example = tuple(v[:BATCH].contiguous() for v in feeds.values())
+    # the order traced_module reads its inputs in (a tokenizer's outputs come in another: BERT's example feeds
+    # attention_mask second, its forward takes token_type_ids second)
+    names = list(teacher.input_names) if set(teacher.input_names) == set(feeds) else list(feeds)
+    example = tuple(feeds[n][:BATCH].contiguous() for n in names)
     if input_kind(teacher) != "text":  # images and arrays: the shape traced is the shape run
         return names, example, None
     top = max(int(teacher.info.max_length or 512), example[0].shape[1] + 1)
