@@ -170,6 +170,18 @@ def bert_classifier(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bert_regressor(tmp_path_factory) -> Path:
+    """A tiny BERT regressor: a one-output sequence-classification head with ``problem_type: regression``."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("bert-reg")
+    n = _save_wordpiece_tokenizer(d, "BertTokenizerFast")
+    torch.manual_seed(0)
+    return _save_model(BertForSequenceClassification(_bert_config(n, num_labels=1, problem_type="regression")), d)
+
+
+@pytest.fixture(scope="session")
 def distilbert_classifier(tmp_path_factory) -> Path:
     import torch
     from transformers import DistilBertConfig, DistilBertForSequenceClassification

@@ -5,11 +5,12 @@ Formats, chosen by what the path is:
 * a directory of ``class_name/*.png|jpg|jpeg|bmp|gif|webp|tif|tiff`` (the class is the folder's name);
 * a ``.csv`` / ``.tsv`` / ``.jsonl`` table with a path column (``path``, ``image``, ``file`` or ``filename``;
   relative paths are read against the table's folder) and an optional label column (``label``, ``labels``,
-  ``class``, ``target``): names or integer ids;
+  ``class``, ``target``): names or integer ids, or, for a regressor (``targets``), numbers;
 * boxes for object detection: a COCO-style ``.json`` or a ``.csv`` of ``image,x1,y1,x2,y2,label``
   (:mod:`compress.data.boxes`);
 * an ``.npz`` of an ``images`` array (``N×H×W`` or ``N×H×W×C``, uint8 or float in 0-255) and an optional
-  ``labels`` array (integer ids). Object arrays are pickles and are refused.
+  ``labels`` array (integer ids; for a regressor, a number or a row of numbers per image). Object arrays are pickles
+  and are refused.
 
 Every problem raises :class:`~compress.errors.DataError` naming the file (and row) and the fix: no images, a
 missing or unreadable image, a label the model does not know. Images are checked when the data set is loaded
@@ -32,10 +33,10 @@ __all__ = ["IMAGE_SUFFIXES", "ImageDataset", "load_image_dataset"]
 
 @dataclass
 class ImageDataset:
-    """Images (paths, or arrays for ``.npz``) with integer labels, in file order."""
+    """Images (paths, or arrays for ``.npz``) with integer labels (a regressor's: target values), in file order."""
 
     items: list[Any]
-    labels: list[int] | None
+    labels: list[Any] | None
     source: str
     label_names: list[str] | None = None
 
@@ -71,16 +72,21 @@ class ImageDataset:
 
 
 def load_image_dataset(path: Path | str, *, label2id: dict[str, int] | None = None, require_labels: bool = False,
-                       limit: int | None = None) -> ImageDataset:
+                       limit: int | None = None, targets: bool = False) -> ImageDataset:
     """Read an image data set (see the module doc). ``label2id`` maps class names to the model's ids; without it,
-    a folder's classes are numbered in sorted order. ``require_labels``: refuse unlabelled data."""
+    a folder's classes are numbered in sorted order. ``require_labels``: refuse unlabelled data. ``targets`` (a
+    regressor's data): a table's label column is read as numbers (:func:`compress.data.tables.map_targets`), not as
+    class names; a folder of classes, which has no numbers, is refused."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or directory", hint="check the path")
+    if p.is_dir() and targets:
+        raise DataError(f"{p}: a folder of classes carries class names, not the numbers a regressor is scored on",
+                        hint="give the targets as a path,label table of numbers or an .npz with a labels array")
     if p.is_dir():
         ds = _folder(p, label2id)
     elif p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
-        ds = _table(p, label2id)
+        ds = _table(p, label2id, targets)
     elif p.suffix.lower() == ".json":  # COCO-style boxes (object detection)
         from compress.data.boxes import load_boxes
 
@@ -91,6 +97,9 @@ def load_image_dataset(path: Path | str, *, label2id: dict[str, int] | None = No
         raise DataError(f"{p}: not an image data set",
                         hint="pass a folder of class_name/ images, a .csv/.tsv/.jsonl of path,label, an .npz, or boxes: "
                         "a COCO .json or a .csv of image,x1,y1,x2,y2,label")
+    if targets and ds.labels and isinstance(ds.labels[0], str):  # an .npz of strings (CTC's labels)
+        raise DataError(f"{p}: 'labels' holds strings, not the numbers a regressor is scored on",
+                        hint="np.savez(f, images=..., labels=float_targets)")
     if require_labels and ds.labels is None:
         raise DataError(f"{p}: the images have no labels",
                         hint="accuracy needs labels: class folders, a label column, or a labels array")
@@ -122,8 +131,8 @@ def _folder(root: Path, label2id: dict[str, int] | None) -> ImageDataset:
     return ImageDataset(items, labels, str(root), _names(label2id) or classes)
 
 
-def _table(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
-    from compress.data.tables import _map_labels
+def _table(file: Path, label2id: dict[str, int] | None, targets: bool = False) -> ImageDataset:
+    from compress.data.tables import _map_labels, map_targets
     from compress.data.readers import _open_table
 
     columns, read_rows = _open_table(file, None, str(file))  # the readers text data goes through, same errors
@@ -149,7 +158,9 @@ def _table(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
     if not items:
         raise DataError(f"{file}: no rows", hint="one row per image: path[,label]")
     labels = None
-    if label_col is not None:
+    if label_col is not None and targets:
+        labels = map_targets(raw, where, str(file), label_col, drop_if_unlabelled=False)
+    elif label_col is not None:
         names = label2id
         if names is None:  # no model labels: names are numbered in sorted order, as class folders are
             found = sorted({v for v in map(_name_or_none, raw) if isinstance(v, str)})

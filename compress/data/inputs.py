@@ -55,10 +55,12 @@ def is_image(preprocess: Any) -> bool:
 def load_inputs(path: Path | str, preprocess: Any = None, *, label2id: dict[str, int] | None = None,
                 num_labels: int | None = None, require_labels: bool = False, limit: int | None = None,
                 texts_only: bool = False, text_column: str | None = None, text_pair_column: str | None = None,
-                label_column: str | None = None):
+                label_column: str | None = None, targets: bool = False):
     """A data set for a model whose inputs ``preprocess`` describes: arrays (:mod:`compress.data.arrays`), images
     (:mod:`compress.data.images`) or texts
-    (:func:`compress.data.tables.load_dataset`; the column options apply to texts only)."""
+    (:func:`compress.data.tables.load_dataset`; the column options apply to texts only). ``targets``: the model is a
+    regressor, so a table's label column holds numbers (target values), not class names or ids; an ``.npz``'s
+    ``labels`` are read as numbers already when there are no class names."""
     if kind_of(preprocess) == "arrays":
         from compress.data.arrays import load_array_dataset
 
@@ -68,7 +70,8 @@ def load_inputs(path: Path | str, preprocess: Any = None, *, label2id: dict[str,
         from compress.data.images import load_image_dataset
 
         return load_image_dataset(path, label2id=None if texts_only else label2id,
-                                  require_labels=require_labels and not texts_only, limit=limit)
+                                  require_labels=require_labels and not texts_only, limit=limit,
+                                  targets=targets and not texts_only)
     if splits_words(preprocess):
         from compress.data.words import load_word_dataset
 
@@ -78,7 +81,7 @@ def load_inputs(path: Path | str, preprocess: Any = None, *, label2id: dict[str,
 
     return load_dataset(path, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
                         label2id=label2id, num_labels=num_labels, require_labels=require_labels, limit=limit,
-                        texts_only=texts_only)
+                        texts_only=texts_only, targets=targets)
 
 
 def synthetic_images(preprocess: Any, n: int, seed: int = 0) -> list[Any]:

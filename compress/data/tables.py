@@ -43,6 +43,7 @@ __all__ = [
     "TEXT_COLUMNS",
     "TextDataset",
     "load_dataset",
+    "map_targets",
     "sample_data_path",
 ]
 
@@ -72,7 +73,7 @@ class TextDataset:
 
     texts: list[str]
     pairs: list[str] | None = None  # second segment for sentence-pair tasks
-    labels: list[int] | None = None  # label ids (already mapped), or None when the file has no labels
+    labels: list[Any] | None = None  # label ids (already mapped), target rows (``targets``), or None: no labels
     source: str = "<memory>"  # path it came from
     text_column: str = "text"
     text_pair_column: str | None = None
@@ -179,6 +180,7 @@ def load_dataset(
     require_labels: bool = False,
     limit: int | None = None,
     texts_only: bool = False,
+    targets: bool = False,
 ) -> TextDataset:
     """Read texts (and labels, mapped to the model's ids) from ``path``.
 
@@ -190,7 +192,8 @@ def load_dataset(
     case-insensitive). An auto-detected label column that is entirely empty (or ``-1``, the
     datasets marker for "unlabelled") is dropped unless ``require_labels``. ``limit`` stops reading
     after that many rows. ``texts_only`` reads no labels at all (calibration, parity samples): a label
-    column of names is then no concern, whatever the model knows.
+    column of names is then no concern, whatever the model knows. ``targets`` (a regressor's data) reads the label
+    column as numbers instead (:func:`map_targets`): a row of target values per text, not a class id.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1, got {limit}", hint="pass a positive --limit or leave it out")
@@ -233,11 +236,12 @@ def load_dataset(
             hint="point at a file with at least one data row",
         )
 
-    labels: list[int] | None = None
+    labels: list[Any] | None = None
     if label_col is not None:
-        labels = _map_labels(
-            raw_labels, where, source, label_col, label2id, num_labels,
-            drop_if_unlabelled=not (require_labels or label_explicit),
+        drop = not (require_labels or label_explicit)
+        labels = (
+            map_targets(raw_labels, where, source, label_col, drop_if_unlabelled=drop) if targets
+            else _map_labels(raw_labels, where, source, label_col, label2id, num_labels, drop_if_unlabelled=drop)
         )  # fmt: skip
         if labels is None:
             log.warning("%s: column %r holds no labels; loading texts only", source, label_col)
@@ -456,3 +460,66 @@ def _map_labels(
             )
         ids.append(mapped)
     return ids
+
+
+def _target_row(value: Any) -> list[float] | None:
+    """A label cell as target values: a number, a string of numbers separated by spaces (``.csv``/``.tsv``), or a
+    list of numbers (``.jsonl``, ``.parquet``); None when missing; ValueError when it is anything else."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays from pandas / pyarrow
+        value = value.tolist()
+    if _is_missing(value):
+        return None
+    cells = value.split() if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    row = []
+    for cell in cells:
+        if isinstance(cell, bool) or not isinstance(cell, (int, float, str)):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            number = float(cell)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        row.append(number)
+    if not row:
+        raise ValueError(f"{value!r} holds no number")
+    return row
+
+
+def map_targets(
+    raw: list[Any],
+    where: list[tuple[int, int | None]],
+    source: str,
+    column: str,
+    *,
+    drop_if_unlabelled: bool,
+) -> list[list[float]] | None:
+    """Raw label cells -> a regressor's targets, a row of numbers per sample (every row as wide); None when the column
+    holds no values and may be dropped. A cell that is no number is an error naming its row: a class name read as a
+    number, or a number read as a class, would give a wrong metric and no error."""
+    rows: list[list[float] | None] = []
+    for value, (row_no, line_no) in zip(raw, where):
+        try:
+            rows.append(_target_row(value))
+        except ValueError as e:
+            raise DataError(
+                f"{_at(source, row_no, line_no)}: target {e} in column {column!r}",
+                hint="a regressor's targets are numbers: one per row, or k separated by spaces for k outputs",
+            ) from None
+    if all(r is None for r in rows):
+        if drop_if_unlabelled:
+            return None
+        raise DataError(f"{source}: column {column!r} holds no targets (every value is empty)",
+                        hint="give every row its target value(s)")
+    width = next(len(r) for r in rows if r is not None)
+    for r, (row_no, line_no) in zip(rows, where):
+        if r is None:
+            raise DataError(f"{_at(source, row_no, line_no)} has no target in column {column!r}",
+                            hint="fill in every target, or leave the label column out to load inputs only")
+        if len(r) != width:
+            raise DataError(
+                f"{_at(source, row_no, line_no)}: {len(r)} target value(s) in column {column!r}, the first row has "
+                f"{width}",
+                hint="every row gives as many target values as the model has outputs",
+            )
+    return rows  # type: ignore[return-value]

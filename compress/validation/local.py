@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
-from compress.artifact import Artifact, Format
+from compress.artifact import Artifact, Format, Task
 from compress.errors import MissingBackendError
 from compress.device.shipped import cpu_model
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
@@ -166,7 +166,7 @@ def validate(
         dataset = load_inputs(
             config.data, m.preprocess, text_column=config.text_column, text_pair_column=config.text_pair_column,
             label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if one_label else None,
-            require_labels=one_label, limit=config.limit,
+            require_labels=one_label, limit=config.limit, targets=m.task is Task.regression,
         )
     tdir = _teacher_dir(art, config.teacher)
     teacher = None

@@ -506,3 +506,26 @@ def test_texts_longer_than_128_kib_are_read_and_truncated_later(tmp_path, suffix
     f.write_text(f"label{sep}sentence\n1{sep}{long.strip()}\n0{sep}short\n", encoding="utf-8")
     ds = load_dataset(f)
     assert len(ds.texts[0]) == len(long.strip()) and ds.labels == [1, 0]
+
+
+# --- regression targets ---------------------------------------------------------------------------
+
+
+def test_a_regressors_label_column_is_read_as_numbers(tmp_path):
+    """``targets``: a row of numbers per text (one, or k separated by spaces; a JSON list in .jsonl), never a class."""
+    f = write(tmp_path / "t.tsv", "label\tsentence\n2.10\tgood\n-1\tbad\n3e-1\tok\n")
+    assert load_dataset(f, targets=True).labels == [[2.1], [-1.0], [0.3]]
+    assert load_dataset(write(tmp_path / "k.csv", "text,target\na,1.5 2\nb,0 -3.25\n"), targets=True).labels == \
+        [[1.5, 2.0], [0.0, -3.25]]
+    assert load_dataset(jsonl(tmp_path / "j.jsonl", [{"text": "a", "label": [1, 2.5]}, {"text": "b", "label": [0, 1]}]),
+                        targets=True).labels == [[1.0, 2.5], [0.0, 1.0]]
+    assert load_dataset(write(tmp_path / "e.tsv", "label\tsentence\n\tgood\n"), targets=True).labels is None
+    for body, words in (("2.1\tgood\npositive\tbad\n", ["row 2", "'positive' is not a number"]),
+                        ("2.1\tgood\nnan\tbad\n", ["row 2", "not a finite number"]),
+                        ("2.1\tgood\n\tbad\n", ["row 2", "has no target"]),
+                        ("2.1\tgood\n1 2\tbad\n", ["row 2", "2 target value(s)", "the first row has 1"])):
+        with pytest.raises(DataError) as e:
+            load_dataset(write(tmp_path / "bad.tsv", "label\tsentence\n" + body), targets=True)
+        assert all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(DataError, match="is a name"):  # without targets (a classifier's data), as before
+        load_dataset(f)

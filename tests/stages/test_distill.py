@@ -918,3 +918,23 @@ def test_a_sentence_encoders_search_keeps_its_width(bert_encoder, tmp_path):
     assert s.shape.embeds and s.space["width"] == [1.0] and any(ln.startswith("width: kept") for ln in lines)
     with pytest.raises(ConfigError, match="--space width"):
         Search(SearchConfig(**base, space={"width": [0.5]}), tmp_path / "b")
+
+
+
+def test_distill_and_prune_refuse_a_regression_teacher_in_one_line(bert_regressor, tmp_path, capsys):
+    """A regressor gives numbers, not logits or embeddings. A text one stopped both with an AttributeError (exit 3); an
+    image one was read as a text model ("unsupported data format '.npz'", "--channels ... for text models"). (prune's
+    own tests need transformers 4; this refusal does not.)"""
+    from tests.cli.test_cli import main_error
+    from tests.validation.test_value_tasks import write_image_regressor
+
+    image, _, npz = write_image_regressor(tmp_path)
+    capsys.readouterr()  # transformers' save bars
+    for teacher, data in ((bert_regressor, write_tsv(tmp_path, [("2.5", "fine."), ("0.5", "dull.")])), (image, npz)):
+        line = main_error(capsys, "distill", "--teacher", teacher, "--train", data, "--layers", "1",
+                          "--out", tmp_path / "s")
+        assert "distill does not take a regression teacher yet" in line and "quantize or export" in line, line
+    for source, option in ((bert_regressor, "--heads"), (image, "--channels")):
+        line = main_error(capsys, "prune", source, option, "0.5", "--out", tmp_path / "p")
+        assert "prune does not take a regression teacher yet" in line and "quantize or export" in line, line
+    assert not (tmp_path / "s").exists() and not (tmp_path / "p").exists()

@@ -48,10 +48,21 @@ def _adopt(d: Path, task: str, outputs: int, extra: str = "") -> tuple[Path, np.
     return f, x, y
 
 
-def _validate(art, data: Path):
+def _validate(art, data: Path, profile: str | None = None):
     from compress.validation.local import ValidateConfig, validate
 
-    return validate(art, ValidateConfig(data=str(data), cold_start=False, profile=FAST_HOST))
+    return validate(art, ValidateConfig(data=str(data), cold_start=False, profile=profile or FAST_HOST))
+
+
+@pytest.fixture(scope="module")
+def fast_torch(tmp_path_factory) -> str:
+    """The fast host profile in PyTorch: a checkpoint validated as it is, without an export."""
+    import yaml
+
+    p = tmp_path_factory.mktemp("profiles") / "fast-torch.yaml"
+    p.write_text(yaml.safe_dump({"name": "fast-torch", "extends": "host", "runtime": {"name": "torch"}, "measure": {
+        "warmup": 1, "min_runs": 3, "min_duration_s": 0.01, "eval_batch_size": 8}}), encoding="utf-8")
+    return str(p)
 
 
 def test_regression_is_judged_by_mae(tmp_path):
@@ -74,6 +85,74 @@ def test_regression_is_judged_by_mae(tmp_path):
     assert met["mae_increase"] == pytest.approx(met["metric"] / met["teacher_metric"] - 1)
     assert met["retention"] == pytest.approx(met["teacher_metric"] / met["metric"])
     assert 0.9 < met["agreement"] < 1.0
+
+
+def write_image_regressor(d: Path) -> tuple[Path, Path, Path]:
+    """A tiny random ViT regressor (16×16 RGB, one output; test material) and 12 images at its input size (no resize, so
+    every reader feeds it the same pixels) with decimal targets, twice: a ``path,label`` table of PNGs and an .npz."""
+    import transformers
+    from PIL import Image
+
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=1, problem_type="regression")).eval().save_pretrained(d / "vit-reg")
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(d / "vit-reg")
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    targets = [round(0.26 + 0.37 * i, 2) for i in range(12)]  # not whole numbers: a class-name reading would show
+    (d / "img").mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(d / "img" / f"{i}.png")
+    (d / "reg.csv").write_text("path,label\n" + "".join(f"img/{i}.png,{t}\n" for i, t in enumerate(targets)),
+                               encoding="utf-8")
+    np.savez(d / "reg.npz", images=images, labels=np.asarray(targets))
+    return d / "vit-reg", d / "reg.csv", d / "reg.npz"
+
+
+def test_an_image_regressor_scores_the_same_from_a_path_table_as_from_an_npz(tmp_path, capsys, fast_torch):
+    """A path,label table's numbers are targets, not class names numbered 0..n (which gave a wrong MAE, silently)."""
+    from tests.cli.test_cli import main_error
+
+    model, table, npz = write_image_regressor(tmp_path)
+    from_table, from_npz = _validate(model, table, fast_torch).metrics, _validate(model, npz, fast_torch).metrics
+    capsys.readouterr()  # transformers' own chatter outside the CLI (save bars, a deprecation)
+    assert from_table["metric_name"] == "mae" and from_table["eval_samples"] == 12
+    for k in ("metric", "rmse", "r2"):
+        assert from_table[k] == pytest.approx(from_npz[k], abs=1e-6), k
+    assert from_table["metric"] > 1.0  # random weights, targets 0.26..4.33: the figure is the targets', not 0..11's
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nimg/0.png,0.5\nimg/1.png,cat\n", encoding="utf-8")
+    line = main_error(capsys, "validate", model, "--data", bad, "--profile", fast_torch, "--no-cold-start")
+    assert "row 2" in line and "'cat' is not a number" in line, line
+    (tmp_path / "set" / "low").mkdir(parents=True)
+    (tmp_path / "img" / "0.png").rename(tmp_path / "set" / "low" / "0.png")
+    line = main_error(capsys, "validate", model, "--data", tmp_path / "set", "--profile", fast_torch, "--no-cold-start")
+    assert "folder of classes" in line and "regressor" in line, line
+
+
+def test_a_text_regressor_is_scored_on_a_table_of_decimal_targets(bert_regressor, tmp_path, capsys, fast_torch):
+    """A text table's label column read as numbers for a regressor (it was refused: "label '2.10' ... is a name")."""
+    from conftest import SENTENCES, write_tsv
+    from compress.teachers.load import load_teacher
+    from tests.cli.test_cli import main_error
+
+    rows = [(f"{2.0 + 3.0 * int(lab) + 0.1 * (i % 3):.2f}", text) for i, (lab, text) in enumerate(SENTENCES)]
+    met = _validate(bert_regressor, write_tsv(tmp_path, rows), fast_torch).metrics
+    teacher = load_teacher(bert_regressor)
+    enc = teacher.tokenizer([t for _, t in rows], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = teacher.model(**enc).logits[:, 0].numpy()
+    y = np.array([float(v) for v, _ in rows])
+    assert met["metric_name"] == "mae" and met["eval_samples"] == len(rows)
+    assert met["metric"] == pytest.approx(np.abs(out - y).mean(), abs=1e-4)
+
+    line = main_error(capsys, "validate", bert_regressor, "--data", write_tsv(tmp_path, [("positive", "fine.")], "n.tsv"),
+                      "--profile", fast_torch, "--no-cold-start")
+    assert "row 1" in line and "'positive' is not a number" in line, line
+    two = write_tsv(tmp_path, [("1.5 2", "fine."), ("0.5 1", "dull.")], "two.tsv")  # two targets a row, one output
+    line = main_error(capsys, "validate", bert_regressor, "--data", two, "--profile", fast_torch, "--no-cold-start")
+    assert "2 value(s) per sample" in line and "outputs 1" in line, line
 
 
 def test_max_mae_increase_budget_judges_regression():

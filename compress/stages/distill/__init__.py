@@ -101,6 +101,9 @@ def distill(
     if is_artifact(teacher_dir):
         DISTILL.check(load_artifact(teacher_dir))
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    if teacher.task is Task.regression:  # its outputs are numbers: no logits to match, no embeddings to pool
+        raise ConfigError(f"distill does not take a regression teacher yet ({teacher_dir} gives numbers, not class "
+                          "scores)", hint="quantize or export the regressor instead; validate scores it by MAE")
     if teacher.task is Task.image_classification:  # logits on shifted images (compress.stages.distill.images)
         from compress.stages.distill.images import distill_images
 

@@ -209,6 +209,9 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
+    if teacher.task is Task.regression:  # importance, layer choice and recovery all read class scores or embeddings
+        raise ConfigError(f"prune does not take a regression teacher yet ({source} gives numbers, not class scores)",
+                          hint="quantize or export the regressor instead; validate scores it by MAE")
     if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
         if config.recover_augment or config.recover_augment_join:
             raise ConfigError("--recover-augment and --recover-augment-join make new training texts; image models have "

@@ -111,7 +111,7 @@ def load_eval_set(
         label2id={name: i for i, name in enumerate(labels)} if labels else None,
         num_labels=len(labels) if labels and classification else None,
         require_labels=classification or task_scored,
-        limit=max(20 * n, 5000),
+        limit=max(20 * n, 5000), targets=manifest.task is Task.regression,
     )
     ds = ds.sample(n, seed=seed)
     if kind_of(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
