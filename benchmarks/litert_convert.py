@@ -7,7 +7,7 @@ For each model of the mobile benchmark: ``edgecompress export --format litert`` 
 against PyTorch FP32 in LiteRT's interpreter; text at 128 tokens), then ai-edge-quantizer's ``dynamic_wi8_afp32``
 recipe (INT8 weights, activations quantized at run time: the LiteRT counterpart of the dynamic INT8 the other two
 runtimes get for text). Writes ``WORK/<model>/tflite-int8/`` as a model file made elsewhere: ``model.tflite``, its
-``model.yaml`` and, for text, the tokenizer; ``benchmarks/mobile.py`` adopts it.
+``model.yaml`` (for text, with the inputs' names) and, for text, the tokenizer; ``benchmarks/mobile.py`` adopts it.
 
     python3 -m venv /tmp/litert && . /tmp/litert/bin/activate
     pip install torch==2.13.0 && pip install litert-torch==0.10.0 ai-edge-litert click rich pyyaml
@@ -43,14 +43,13 @@ def main() -> int:
     for name, m in models(args).items():
         d = args.work / name.split(" (")[0].replace(" ", "-").lower()
         fp32, out = d / "tflite-fp32", d / "tflite-int8"
-        if (out / "model.tflite").is_file():
-            continue
-        sample = str(DATA / "dev.tsv") if m["kind"] == "text" else None
-        art = export(m["source"], fp32, ExportConfig(format="litert", sample_data=sample), force=True)
-        qt = quantizer.Quantizer(str(art.model_path))
-        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-        out.mkdir(parents=True, exist_ok=True)
-        qt.quantize().export_model(str(out / "model.tflite"), overwrite=True)
+        if not (out / "model.tflite").is_file():  # converted once; its model.yaml is written every time
+            sample = str(DATA / "dev.tsv") if m["kind"] == "text" else None
+            art = export(m["source"], fp32, ExportConfig(format="litert", sample_data=sample), force=True)
+            qt = quantizer.Quantizer(str(art.model_path))
+            qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+            out.mkdir(parents=True, exist_ok=True)
+            qt.quantize().export_model(str(out / "model.tflite"), overwrite=True)
         man = load_artifact(fp32, verify=False).manifest
         desc = {"task": str(man.task), "labels": man.labels, "architecture": f"{name} (litert-torch, ai-edge-quantizer "
                 "dynamic_wi8_afp32)"}
@@ -59,6 +58,8 @@ def main() -> int:
                 shutil.copy2(f, out / f.name)
             desc["preprocess"] = {"kind": "text"}
             desc["max_length"] = man.max_length
+            # the converter names the inputs args_0, args_1, ...: the tokenizer's names, in the file's order
+            desc["inputs"] = {t.name: {"shape": list(t.shape[1:]), "dtype": "int32"} for t in man.inputs}
         else:
             desc["preprocess"] = man.preprocess.model_dump(mode="json", exclude={"kind", "input_name"})
         (out / "model.yaml").write_text(yaml.safe_dump(desc, sort_keys=False), encoding="utf-8")

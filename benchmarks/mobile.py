@@ -12,11 +12,11 @@ dynamic activations for text and static, calibrated on the same digits, for the 
 
     python benchmarks/mobile.py                      # results/mobile.json and the table
 
-LiteRT (``.tflite`` INT8, dynamic-range: INT8 weights) joins the CNN's rows when ``benchmarks/litert_convert.py`` has
+LiteRT (``.tflite`` INT8, dynamic-range: INT8 weights) joins each model's rows when ``benchmarks/litert_convert.py`` has
 made it in litert-torch's own environment (litert-torch cannot install beside this project's pins; docs/phones.md):
-the file is adopted as a model made elsewhere and run by LiteRT's interpreter. The text models' ``.tflite`` files are
-not adopted: their inputs are named ``args_0``, ``args_1``, ... by the converter, which an adopted text model cannot
-map to the tokenizer's outputs.
+the file is adopted as a model made elsewhere (a text model's ``model.yaml`` names its inputs, which the converter
+calls ``args_0``, ...) and run by LiteRT's interpreter. A text ``.tflite`` takes 128 tokens (litert-torch cannot
+convert a dynamic length): its runtime pads the 64-token timing input to 128.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def build(name: str, m: dict, work: Path) -> dict[str, Path]:
                                                                  calibration=calib, sample_data=sample), force=True),
     }
     tflite = d / "tflite-int8" / "model.tflite"  # made by benchmarks/litert_convert.py in litert-torch's environment
-    if tflite.is_file() and m["kind"] == "image":
+    if tflite.is_file():
         arts["tflite-int8"] = d / "tflite-int8-adopted"
         plans["tflite-int8"] = lambda o: export(tflite, o, force=True)
     for key, make in plans.items():

@@ -45,10 +45,31 @@ class LiteRTBackend(RuntimeBackend):
             return np.pad(value, ((0, 0), (0, shape[1] - value.shape[1])))
         return value
 
+    def fitted(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``inputs`` as the model takes them: its element types (float inputs quantized where a full-integer model
+        takes INT8), and a text padded or cut to a fixed length."""
+        static = {n: tuple(int(x) for x in d.get("shape_signature", d["shape"])) for n, d in self._inputs.items()}
+        out = {}
+        for n, d in self._inputs.items():
+            value = self._fit(n, inputs[n], static[n]) if -1 not in static[n] else inputs[n]
+            scale, zero = d.get("quantization", (0.0, 0))
+            if scale and np.issubdtype(np.asarray(value).dtype, np.floating):  # a float tensor into INT8 / UINT8
+                info = np.iinfo(d["dtype"])
+                value = np.clip(np.round(value / scale + zero), info.min, info.max)
+            out[n] = np.ascontiguousarray(value, dtype=d["dtype"])
+        return out
+
+    @staticmethod
+    def _float(value: np.ndarray, detail: dict) -> np.ndarray:
+        """An output as float32: a quantized output (a full-integer model's) dequantized with its scale."""
+        scale, zero = detail.get("quantization", (0.0, 0))
+        if scale and not np.issubdtype(value.dtype, np.floating):
+            return ((value.astype(np.float32) - zero) * scale).astype(np.float32)
+        return np.array(value, dtype=np.float32, copy=True)
+
     def _invoke(self, inputs: dict[str, np.ndarray]) -> None:
         it = self.interpreter
-        static = {n: tuple(int(x) for x in d.get("shape_signature", d["shape"])) for n, d in self._inputs.items()}
-        inputs = {n: self._fit(n, inputs[n], static[n]) if -1 not in static[n] else inputs[n] for n in self._inputs}
+        inputs = self.fitted(inputs)
         resized = False
         current = {d["index"]: tuple(d["shape"]) for d in it.get_input_details()}
         for name, d in self._inputs.items():
@@ -58,17 +79,16 @@ class LiteRTBackend(RuntimeBackend):
         if resized:
             it.allocate_tensors()
         for name, d in self._inputs.items():
-            it.set_tensor(d["index"], np.ascontiguousarray(inputs[name], dtype=d["dtype"]))
+            it.set_tensor(d["index"], inputs[name])
         it.invoke()
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         self._invoke(inputs)
-        return np.array(self.interpreter.get_tensor(self._primary["index"]), dtype=np.float32, copy=True)
+        return self._float(self.interpreter.get_tensor(self._primary["index"]), self._primary)
 
     def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._invoke(inputs)
-        return {d["name"]: np.array(self.interpreter.get_tensor(d["index"]), dtype=np.float32, copy=True)
-                for d in self._outputs}
+        return {d["name"]: self._float(self.interpreter.get_tensor(d["index"]), d) for d in self._outputs}
 
     @classmethod
     def version(cls) -> str | None:

@@ -101,3 +101,30 @@ def test_a_text_tflite_is_adopted_with_its_inputs_named_in_model_yaml(tmp_path, 
         np.testing.assert_allclose(rt.predict_text(expected["texts"]), expected["logits"], atol=2e-6)
     finally:
         rt.close()
+
+
+def test_a_tflite_is_quantized_to_int8_by_ai_edge_quantizer(tflite, tmp_path, capsys):
+    pytest.importorskip("ai_edge_quantizer")
+    from PIL import Image
+
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = export(tflite, tmp_path / "adopted")
+    images = tmp_path / "cal" / "any"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype("uint8")).save(images / f"{i}.png")
+    for name, cfg in {"dynamic_wi8_afp32": QuantizeConfig(), "weight_only_wi8_afp32": QuantizeConfig(weights_only=True),
+                      "static_wi8_ai8": QuantizeConfig(mode="static", calibration=str(tmp_path / "cal"))}.items():
+        q = quantize(art, tmp_path / name, cfg)
+        step = q.manifest.steps[-1]
+        assert (q.manifest.format, q.manifest.precision) == ("litert", "int8") and step.config["recipe"] == name
+        parity = step.metrics["parity_vs_input"]  # static INT8's inputs and outputs are INT8: fed and read through
+        assert parity["n"] > 0 and parity["cosine_mean"] > 0.95, (name, parity)  # the file's scales
+    assert step.config["calibration_samples"] == 6
+    assert "needs calibration data" in main_error(capsys, "quantize", art.path, "--mode", "static", "--out",
+                                                  tmp_path / "a")
+    assert "INT8" in main_error(capsys, "quantize", art.path, "--precision", "int4", "--out", tmp_path / "b")

@@ -1,9 +1,10 @@
-"""``quantize``: an FP32 ONNX or OpenVINO artifact to INT8 or INT4.
+"""``quantize``: an FP32 ONNX, OpenVINO or LiteRT artifact to INT8 (ONNX and OpenVINO: or INT4).
 
 The family in the shape NNCF gives its backends: the verb here checks what every backend shares (the input is
 something a backend declares it takes, the output is new) and dispatches on the artifact's format to one
 module per backend: ONNX Runtime in :mod:`.onnxruntime` (graph inspection and the request checks in
-:mod:`.graph`), OpenVINO in :mod:`.openvino` (the NNCF calls in :mod:`.nncf`). Calibration data for every
+:mod:`.graph`), OpenVINO in :mod:`.openvino` (the NNCF calls in :mod:`.nncf`), LiteRT in :mod:`.litert`
+(ai-edge-quantizer). Calibration data for every
 backend comes from :mod:`.calibration`. The settings and each backend's declaration live in the leaf
 :mod:`.config` and are re-exported here.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from compress.artifact import Artifact, check_output, load_artifact
 from compress.errors import ConfigError
 from compress.progress import Progress
-from compress.stages.quantize.config import QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
+from compress.stages.quantize.config import QUANTIZE_LITERT, QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
 from compress.stages.spec import spec_for
 
 
@@ -50,6 +51,10 @@ def quantize(
     spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")
+    if spec is QUANTIZE_LITERT:
+        from compress.stages.quantize.litert import quantize_litert
+
+        return quantize_litert(art, out, config, force=force)
     if spec is QUANTIZE_OPENVINO:
         if config.qat_steps:
             raise ConfigError("--qat-steps trains for ONNX Runtime's INT8 placement; OpenVINO artifacts use NNCF",

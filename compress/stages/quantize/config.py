@@ -26,7 +26,13 @@ QUANTIZE_OPENVINO = StageSpec(
     produces=pairs(Format.openvino, Precision.int8, Precision.int4), versions=("nncf", "openvino"),
     hint=_QUANTIZE_HINT, precision_hint=_QUANTIZED_HINT, config_version=CONFIG_VERSION,
 )
-QUANTIZE_SPECS = (QUANTIZE_ONNX, QUANTIZE_OPENVINO)
+#: ai-edge-quantizer INT8 (dynamic-range, weight-only or static), LiteRT in and out.
+QUANTIZE_LITERT = StageSpec(
+    "quantize", "quantize", accepts=pairs(Format.litert, Precision.fp32), produces=pairs(Format.litert, Precision.int8),
+    versions=("ai_edge_quantizer", "ai_edge_litert"), hint=_QUANTIZE_HINT, precision_hint=_QUANTIZED_HINT,
+    config_version=CONFIG_VERSION,
+)
+QUANTIZE_SPECS = (QUANTIZE_ONNX, QUANTIZE_OPENVINO, QUANTIZE_LITERT)
 
 
 class QuantPrecision(StrEnum):
@@ -135,7 +141,8 @@ class QuantizeConfig(BaseModel):
     )
     # OpenVINO / NNCF
     weights_only: bool = Field(
-        False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ."
+        False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ. "
+        "LiteRT: INT8 weights, float activations (ai-edge-quantizer's weight_only_wi8_afp32)."
     )
     # accuracy-aware
     max_drop: float | None = Field(

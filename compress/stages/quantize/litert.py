@@ -1,0 +1,133 @@
+"""Quantization of LiteRT (``.tflite``) artifacts with ai-edge-quantizer, Google's quantizer for LiteRT models.
+
+``compress.stages.quantize.quantize`` hands FP32 LiteRT artifacts (an exported or adopted ``.tflite``) to
+:func:`quantize_litert`, which applies one of ai-edge-quantizer's recipes:
+
+- INT8 ``--mode dynamic`` (the default): ``dynamic_wi8_afp32``, INT8 weights per output channel, activations quantized
+  at run time (XNNPACK's dynamic-range kernels). No data needed.
+- INT8 ``--weights-only``: ``weight_only_wi8_afp32``, INT8 weights expanded to float as they are used.
+- INT8 ``--mode static --calibration DATA``: ``static_wi8_ai8``, INT8 weights and activations, the activation ranges
+  calibrated on the data run through the float model (the full-integer model XNNPACK's INT8 kernels and NPUs run).
+  Its inputs and outputs are INT8 too: the ``litert`` runtime quantizes float inputs and dequantizes outputs with
+  the file's scales.
+
+The result is checked against the FP32 input in LiteRT's interpreter on the parity samples (argmax agreement, cosine)
+before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact, Precision, child_manifest, copy_tokenizer_files, library_versions
+from compress.data.inputs import sample_inputs
+from compress.errors import ConfigError, StageError
+from compress.stages.common import measure_parity
+from compress.stages.quantize.config import QUANTIZE_LITERT, QuantizeConfig
+from compress.stages.quantize.parity import check_collapse
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.tflite"
+
+
+def _recipe(config: QuantizeConfig) -> str:
+    """The ai-edge-quantizer recipe the settings ask for; refuses what it has none for, before any work."""
+    from compress.stages.quantize.config import QuantMode, QuantPrecision
+
+    if config.precision is not QuantPrecision.int8:
+        raise ConfigError("LiteRT quantization here is INT8", hint="drop --precision int4")
+    ignored = [o for o, v in (("--max-drop", config.max_drop), ("--min-retention", config.min_retention),
+                              ("--qat-steps", config.qat_steps), ("--speed-aware", config.speed_aware)) if v]
+    if ignored:
+        raise ConfigError(f"{ignored[0]} applies to ONNX and OpenVINO artifacts, not LiteRT",
+                          hint="drop it; quantize the model's ONNX export for accuracy- or speed-aware INT8")
+    if config.weights_only:
+        return "weight_only_wi8_afp32"
+    if config.mode is QuantMode.static:
+        if not config.calibration:
+            raise ConfigError("static INT8 of a LiteRT model needs calibration data",
+                              hint="pass --calibration DATA (inputs like the model's), or --mode dynamic")
+        return "static_wi8_ai8"
+    return "dynamic_wi8_afp32"
+
+
+def _calibration(art: Artifact, config: QuantizeConfig) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The calibration inputs as ai-edge-quantizer takes them: per signature, one dict of its inputs (``args_0``,
+    ...: the manifest's inputs in order) per sample, encoded and fitted as the runtime feeds them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from compress.runtimes.base import load_runtime
+
+    signatures = Interpreter(model_path=str(art.model_path)).get_signature_list()
+    key, sig = next(iter(signatures.items()))
+    runtime = load_runtime(art)
+    try:
+        rows = []
+        for item in sample_inputs(config.calibration, config.calibration_samples, art.manifest.preprocess):
+            feed = runtime.encode([item])
+            fitted = runtime.fitted(feed)
+            rows.append({arg: fitted[t.name] for arg, t in zip(sig["inputs"], art.manifest.inputs)})
+    finally:
+        runtime.close()
+    return {key: rows}
+
+
+def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+    """Quantize an FP32 LiteRT artifact with ai-edge-quantizer into a new artifact at ``out`` (see the module doc)."""
+    from compress._optional import require
+
+    recipe_name = _recipe(config)
+    require("ai_edge_quantizer", "LiteRT quantization (pip install 'edgecompress[litert]')")
+    from ai_edge_quantizer import quantizer, recipe
+
+    calibration = _calibration(art, config) if recipe_name.startswith("static") else None
+    t0 = time.perf_counter()
+    try:
+        qt = quantizer.Quantizer(str(art.model_path))
+        qt.load_quantization_recipe(getattr(recipe, recipe_name)())
+        with contextlib.redirect_stderr(io.StringIO()):  # its progress bars: quantize shows its own status
+            result = qt.quantize(qt.calibrate(calibration) if calibration else None, enable_progress_bar=False,
+                                 enable_progress_report=False)
+    except Exception as e:  # noqa: BLE001 - the quantizer raises many types; its first line names the operator
+        raise StageError(f"ai-edge-quantizer could not quantize {art.path} ({' '.join(str(e).split())[:200]})",
+                         hint="try --mode dynamic or --weights-only, or quantize the model's ONNX export") from e
+    seconds = round(time.perf_counter() - t0, 3)
+    resolved = {"precision": "int8", "recipe": recipe_name, "backend": "ai-edge-quantizer",
+                "calibration": config.calibration if calibration else None,
+                "calibration_samples": len(next(iter(calibration.values()))) if calibration else 0}
+    output = QUANTIZE_LITERT.output(out, resolved, force=force, t0=t0)
+    with output.writing() as o:
+        result.export_model(str(o.dir / MODEL_FILE), overwrite=True)
+        copy_tokenizer_files(art.path, o.dir)
+        manifest = child_manifest(art.manifest, precision=Precision.int8, model_file=MODEL_FILE)
+        manifest.versions = library_versions("ai_edge_litert", "ai_edge_quantizer")
+        step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps)
+        step.metrics = _parity(art, o.draft(), config)
+        before, after = art.size_bytes(), (o.dir / MODEL_FILE).stat().st_size
+        step.metrics.update({"quantizer_seconds": seconds, "size_bytes_before": before, "size_bytes_after": after,
+                             "compression": round(before / after, 3)})
+    log.info("wrote %s (%s)", out, recipe_name)
+    return output.artifact
+
+
+def _parity(art: Artifact, written: Artifact, config: QuantizeConfig) -> dict[str, Any]:
+    from compress.runtimes.base import load_runtime
+
+    samples = sample_inputs(config.sample_data or config.calibration, config.parity_samples, art.manifest.preprocess)
+    before, after = load_runtime(art), load_runtime(written)
+    try:
+        parity = measure_parity(before, after, samples, art.manifest.labels is not None)
+    finally:
+        before.close()
+        after.close()
+    collapsed = check_collapse(parity.as_dict(), strict=config.strict,
+                               remedies="--weights-only, or --mode dynamic instead of static")
+    return {"parity_vs_input": {**parity.as_dict(), "reference": f"{art.format} {art.precision} (LiteRT)",
+                                **({"collapsed": collapsed} if collapsed else {})}}
