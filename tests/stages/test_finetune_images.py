@@ -208,3 +208,15 @@ def test_the_best_checkpoint_keeps_its_batchnorm_statistics(tmp_path):
     loop._load_trainable(saved)
     # the loop moved the model to its device (CUDA where there is one); the saved state is on the CPU
     assert torch.equal(model[1].running_mean.cpu(), torch.zeros(4)) and torch.equal(model[0].weight.cpu(), saved["0.weight"])
+
+
+def test_augmentation_follows_the_batch_so_a_resumed_run_draws_the_same_shifts():
+    import torch
+
+    from compress.stages.finetune.images import ImageBatches
+
+    x = torch.arange(6 * 3 * 8 * 8, dtype=torch.float32).reshape(6, 3, 8, 8)
+    first, resumed = ImageBatches(x, torch.zeros(6), 0.25, 0), ImageBatches(x, torch.zeros(6), 0.25, 0)
+    first.collate([0, 1])  # a batch the resumed run does not draw again
+    a, b = first.collate([2, 3])["pixel_values"], resumed.collate([2, 3])["pixel_values"]
+    assert torch.equal(a, b) and not torch.equal(a, x[[2, 3]])  # shifted, and the same

@@ -39,7 +39,6 @@ class ImageBatches:
     def __init__(self, x, y, shift: float, seed: int) -> None:
         self.x, self.y, self.shift, self.seed = x, y, shift, seed
         self.lengths = np.zeros(len(x), dtype=np.int64)
-        self.calls = 0
 
     def __len__(self) -> int:
         return len(self.x)
@@ -47,8 +46,9 @@ class ImageBatches:
     def collate(self, idx: list[int]) -> dict[str, Any]:
         from compress.stages.distill.images import _shift
 
-        self.calls += 1
-        rng = np.random.default_rng([self.seed, int(idx[0]), self.calls])
+        # the shifts follow from the batch (its images, in the loop's seeded order), not from how many batches this
+        # process has drawn: a resumed run draws what the uninterrupted one would have
+        rng = np.random.default_rng([self.seed, *map(int, idx)])
         return {"pixel_values": _shift(self.x[list(idx)], rng, self.shift), "labels": self.y[list(idx)]}
 
 
