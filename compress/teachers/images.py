@@ -174,9 +174,12 @@ def _program_info(path: Path) -> ImageInfo:
         m = load_artifact(path).manifest
         if not isinstance(m.preprocess, ImagePreprocess):
             raise ModelLoadError(f"{path}: not an image artifact", hint="pass an image classifier")
+        task = Task.regression if m.task == Task.regression else Task.image_classification
+        labels = list(m.labels or []) if task is Task.image_classification else [  # a regressor's outputs, by number
+            f"LABEL_{i}" for i in range(int(m.outputs[0].shape[-1]) if m.outputs else 1)]
         return ImageInfo(path=path, kind="program", config={"architectures": [m.source.architecture]},
-                         labels=list(m.labels or []), preprocess=m.preprocess, weights=[m.model_file],
-                         inputs=list(m.inputs))
+                         labels=labels, preprocess=m.preprocess, weights=[m.model_file],
+                         inputs=list(m.inputs), task=task)
     if not yaml_file.is_file():
         raise ModelLoadError(
             f"{path}: no {yaml_file.name} beside {program_file.name} (task, labels and preprocessing)",
@@ -193,11 +196,13 @@ def _program_info(path: Path) -> ImageInfo:
     if unknown:
         raise ConfigError(f"{yaml_file}: unknown key {unknown[0]!r}", hint="known keys: task, labels, preprocess, architecture")
     task = meta.get("task", Task.image_classification)
-    if task != Task.image_classification:
-        raise ConfigError(f"{yaml_file}: task {task!r} is not supported for programs", hint="task: image-classification")
+    if task not in (Task.image_classification, Task.regression):
+        raise ConfigError(f"{yaml_file}: task {task!r} is not supported for programs",
+                          hint="task: image-classification (or regression)")
     labels = meta.get("labels")
-    if not isinstance(labels, list) or not labels:
-        raise ConfigError(f"{yaml_file}: labels must be a non-empty list of class names", hint="labels: [cat, dog]")
+    if not isinstance(labels, list) or not labels:  # a regressor names its outputs (finetune writes LABEL_0, ...)
+        raise ConfigError(f"{yaml_file}: labels must be a non-empty list of class names (a regressor's: one name per "
+                          "output)", hint="labels: [cat, dog]")
     from pydantic import ValidationError
 
     try:
@@ -209,7 +214,7 @@ def _program_info(path: Path) -> ImageInfo:
     arch = str(meta.get("architecture") or program_file.stem)
     kind = "program" if program_file.suffix == ".pt2" else "module"
     return ImageInfo(path=path, kind=kind, config={"architectures": [arch]}, labels=[str(x) for x in labels],
-                     preprocess=preprocess, weights=[program_file.name], pickled=kind == "module")
+                     preprocess=preprocess, weights=[program_file.name], pickled=kind == "module", task=Task(task))
 
 
 def inspect_image_source(path: Path | str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ImageInfo:

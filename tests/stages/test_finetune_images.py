@@ -1,6 +1,7 @@
-"""``edgecompress finetune`` on image bases (tiny random Hugging Face MobileNetV2 and ViT, a timm MobileNetV3; the
-images are generated test material): a new head for the data's classes, frozen stems and blocks that stay as
-pretrained (BatchNorm statistics included), LoRA merged, timm checkpoints written in timm's format, forgetting."""
+"""``edgecompress finetune`` on image bases (tiny random Hugging Face MobileNetV2 and ViT, a timm MobileNetV3, tiny
+``torch.export`` programs; the images are generated test material): a new head for the data's classes, frozen stems and
+blocks that stay as pretrained (BatchNorm statistics included), LoRA merged, timm checkpoints written in timm's format,
+programs with their head cut off and written back as programs, forgetting."""
 
 from __future__ import annotations
 
@@ -94,8 +95,6 @@ def test_a_timm_base_is_written_back_in_timms_format_with_the_new_classes(tmp_pa
 
 
 def test_bad_image_fine_tunes_are_one_line_errors(bases, tmp_path, capsys):
-    line = main_error(capsys, "finetune", bases["program"], "--train", bases["images"], "--out", tmp_path / "a")
-    assert "torch.export program" in line and "head" in line
     line = main_error(capsys, "finetune", bases["cnn"], "--train", bases["images"], "--task", "text-classification",
                       "--out", tmp_path / "b")
     assert "an image base" in line
@@ -105,7 +104,7 @@ def test_bad_image_fine_tunes_are_one_line_errors(bases, tmp_path, capsys):
     one = tmp_path / "one.npz"
     np.savez(one, images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(4, np.int64))
     assert "one label" in main_error(capsys, "finetune", bases["cnn"], "--train", one, "--out", tmp_path / "d")
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert not any((tmp_path / n).exists() for n in "bcd")
 
 
 def _regression_set(bases, tmp_path) -> tuple[Path, Path]:
@@ -166,15 +165,12 @@ def test_bad_image_regressions_are_one_line_errors(bases, tmp_path, capsys):
     line = main_error(capsys, "finetune", bases["cnn"], "--task", "regression", "--train", bases["images"],
                       "--out", tmp_path / "a")
     assert "carries class names, not numbers" in line and ".npz" in line
-    table, npz = _regression_set(bases, tmp_path)
-    line = main_error(capsys, "finetune", bases["program"], "--task", "regression", "--train", npz,
-                      "--out", tmp_path / "b")
-    assert "torch.export program" in line and "head" in line
+    table, _ = _regression_set(bases, tmp_path)
     table.write_text(table.read_text(encoding="utf-8").replace(",0.25", ",low", 1), encoding="utf-8")
     line = main_error(capsys, "finetune", bases["cnn"], "--task", "regression", "--train", table,
                       "--out", tmp_path / "c")
     assert "row 1: target 'low' is not a number" in line
-    assert not any((tmp_path / n).exists() for n in "abc")
+    assert not any((tmp_path / n).exists() for n in "ac")
 
 
 def test_cli_fine_tunes_an_image_base(bases, tmp_path):
@@ -220,3 +216,123 @@ def test_augmentation_follows_the_batch_so_a_resumed_run_draws_the_same_shifts()
     first.collate([0, 1])  # a batch the resumed run does not draw again
     a, b = first.collate([2, 3])["pixel_values"], resumed.collate([2, 3])["pixel_values"]
     assert torch.equal(a, b) and not torch.equal(a, x[[2, 3]])  # shifted, and the same
+
+
+def _program_weights(path: Path) -> dict:
+    from compress.teachers.programs import load_program
+
+    return {k: v.detach() for k, v in load_program(path / "model.pt2").state_dict.items()}
+
+
+def test_a_program_base_gets_a_new_head_trains_through_its_graph_and_is_written_as_a_program(bases, tmp_path):
+    """The program's head is cut off its graph, a new one for the data's classes trains with the backbone (gradients
+    through the graph: the convolution moves, the BatchNorm statistics stay as exported); the result is a model.pt2
+    with a model.yaml that loads as a program teacher reading images as the base does, and exports to ONNX."""
+    import torch
+
+    from compress.stages.export import export
+    from compress.teachers.load import load_teacher
+
+    losses: list[float] = []
+    r = finetune(bases["program"], bases["npz"], tmp_path / "t", FinetuneConfig(
+        max_steps=8, batch_size=24, lr=5e-2, shift=0, eval_every=4), eval_data=bases["npz"], retain_data=bases["npz"],
+        progress=lambda e: losses.append(e["loss"]) if e.get("phase") == "train" else None)
+    m, met, base = r.artifact.manifest, r.metrics, load_teacher(bases["program"])
+    labels = [str(i) for i in range(len(LABELS))]  # the .npz's class ids
+    assert (m.task, m.labels, m.model_file, m.outputs[0].shape) == ("image-classification", labels, "model.pt2",
+                                                                     ["batch_size", len(LABELS)])
+    assert m.source.sha256 == base.sha256 and m.preprocess == base.info.preprocess
+    assert losses[-1] < 0.9 * losses[0] and met["mode"] == "full" and met["trainable_share"] == 1
+    before, after = _program_weights(bases["program"]), _program_weights(r.artifact.path)
+    assert not torch.equal(before["conv.weight"], after["backbone.conv.weight"])
+    assert torch.equal(before["bn.running_var"], after["backbone.bn.running_var"])
+    assert 0 <= met["forgetting"]["head_agreement"] <= 1 and met["forgetting"]["embedding_cosine"] < 1
+    tuned = load_teacher(r.artifact.path)
+    assert (tuned.info.kind, tuned.info.labels, tuned.info.preprocess) == ("program", labels, base.info.preprocess)
+    x = tuned.example_inputs()["pixel_values"]
+    with torch.inference_mode():  # its batch is dynamic, as the base's
+        assert torch.allclose(tuned.model(x[:1]), tuned.model(x)[:1], atol=1e-5)
+    onnx = export(r.artifact.path, tmp_path / "onnx")
+    assert onnx.manifest.labels == labels and onnx.manifest.steps[0].stage == "finetune"
+
+
+def test_a_linear_probe_on_a_program_trains_only_the_new_head(bases, tmp_path):
+    r = finetune(bases["program"], bases["npz"], tmp_path / "t", FinetuneConfig(freeze="all", max_steps=2,
+                 batch_size=24, lr=1e-2), retain_data=bases["npz"])
+    import torch
+
+    before, after = _program_weights(bases["program"]), _program_weights(r.artifact.path)
+    assert {k for k in after if not k.startswith("backbone.")} == {"head.weight", "head.bias"}
+    kept = {f"backbone.{k}" for k in before if not k.startswith("fc.")}  # the base's head is cut off
+    assert kept == {k for k in after if k.startswith("backbone.")}
+    assert all(torch.equal(v, after[f"backbone.{k}"]) for k, v in before.items() if not k.startswith("fc."))
+    assert r.metrics["trainable_parameters"] == 8 * len(LABELS) + len(LABELS)
+    f = r.metrics["forgetting"]
+    assert f["embedding_cosine"] == pytest.approx(1.0, abs=1e-5) and f["head_agreement"] == 1.0
+
+
+def test_a_program_base_becomes_a_program_regressor(bases, tmp_path):
+    from compress.teachers.load import load_teacher
+
+    _, npz = _regression_set(bases, tmp_path)
+    r = finetune(bases["program"], npz, tmp_path / "t", FinetuneConfig(task="regression", max_steps=2, batch_size=24))
+    m = r.artifact.manifest
+    assert (m.task, m.labels, m.outputs[0].shape) == ("regression", None, ["batch_size", 1])
+    tuned = load_teacher(r.artifact.path)
+    assert (tuned.task, tuned.info.kind) == ("regression", "program")
+
+
+def _export_program(directory: Path, forward, yaml_file: Path, dynamic: bool = True) -> Path:
+    """A tiny conv + linear module with ``forward(module, x)``, saved as a program with ``yaml_file`` beside it."""
+    import shutil
+
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4, len(LABELS))
+
+        def forward(self, x):
+            return forward(self, x)
+
+    shapes = ({0: torch.export.Dim("batch", min=1, max=64)},) if dynamic else None
+    program = torch.export.export(Net().eval(), (torch.randn(2, 1, 16, 16),), dynamic_shapes=shapes)
+    directory.mkdir()
+    torch.export.save(program, directory / "model.pt2")
+    shutil.copy2(yaml_file, directory / "model.yaml")
+    return directory
+
+
+def test_program_bases_finetune_cannot_train_are_one_line_errors(bases, tmp_path, capsys):
+    import torch
+
+    def refused(base, *options) -> str:
+        return main_error(capsys, "finetune", base, "--train", bases["npz"], *options, "--out", tmp_path / "out")
+
+    line = refused(bases["program"], "--freeze", "2")
+    assert "--freeze 2" in line and "torch.export program" in line and "blocks" in line
+    assert "--lora-rank" in refused(bases["program"], "--lora-rank", "4")
+    yaml_file = bases["program"] / "model.yaml"
+    softmax = _export_program(tmp_path / "softmax", lambda m, x: torch.softmax(m.fc(m.conv(x).mean((2, 3))), -1),
+                              yaml_file)
+    static = _export_program(tmp_path / "static", lambda m, x: m.fc(m.conv(x).mean((2, 3))), yaml_file, dynamic=False)
+    line = refused(softmax)
+    assert "output comes from softmax" in line and "not a final linear layer" in line
+    assert "fixed batch of 2" in refused(static)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_decomposed_programs_addmm_head_is_cut_off_with_its_weights(bases):
+    """A program after run_decompositions() ends in addmm(bias, x, permute(weight)): the same head, the same logits."""
+    import torch
+
+    from compress.stages.finetune.programs import cut_head
+    from compress.teachers.programs import load_program
+
+    module = load_program(bases["program"] / "model.pt2").run_decompositions().module()
+    assert "addmm" in str([n.target for n in module.graph.nodes])
+    backbone, head = cut_head(module, "test")
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(head(backbone(x)), module(x), atol=1e-6) and head.out_features == len(LABELS)

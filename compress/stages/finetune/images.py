@@ -1,6 +1,7 @@
-"""Fine-tuning an image base: a Hugging Face image classifier or backbone (MobileNetV2, ViT, ResNet, ConvNeXt, ...)
-or a timm checkpoint gets a new head for the data's classes (or, with ``--task regression``, one output per target:
-:mod:`compress.stages.finetune.regression`) and trains on the base's own preprocessing.
+"""Fine-tuning an image base: a Hugging Face image classifier or backbone (MobileNetV2, ViT, ResNet, ConvNeXt, ...),
+a timm checkpoint or a ``torch.export`` program (:mod:`compress.stages.finetune.programs`) gets a new head for the
+data's classes (or, with ``--task regression``, one output per target: :mod:`compress.stages.finetune.regression`) and
+trains on the base's own preprocessing.
 
 * **Inputs** are made once by the base's pinned preprocessing (:class:`compress.device.shipped.ImageFeeds`, what every
   later step runs); each training batch is moved by a random shift of up to ``shift`` of the side (no flips).
@@ -14,7 +15,9 @@ or a timm checkpoint gets a new head for the data's classes (or, with ``--task r
   the fine-tuned backbone's pooled features with the base's, and, when the base is a trained classifier, how often
   the base's own head on the fine-tuned backbone still gives the base's answer (``head_agreement``).
 
-A ``torch.export`` program is an inference graph with its head inside: refused, with the way out named.
+A program base has its head cut off its graph and is written back as a program; its graph keeps the semantics it was
+exported with (BatchNorm statistics fixed, no dropout), and has no blocks for ``--freeze N`` or LoRA
+(:mod:`compress.stages.finetune.programs`). TorchScript and pickled modules are refused.
 """
 
 from __future__ import annotations
@@ -65,13 +68,17 @@ def image_label_names(train: Path) -> list[str]:
 
 
 def logits_of(model, x):
-    """A Hugging Face or timm classifier's logits for the pixel batch."""
+    """A Hugging Face, timm or program classifier's logits for the pixel batch."""
     out = model(pixel_values=x) if hasattr(model, "config") and hasattr(model.config, "to_dict") else model(x)
     return out.logits if hasattr(out, "logits") else out
 
 
 def features_of(model, x):
     """The backbone's pooled features (before the head): what transfer learning keeps or moves."""
+    from compress.stages.finetune.programs import is_program_classifier
+
+    if is_program_classifier(model):
+        return model.features(x)
     if hasattr(model, "forward_features"):  # timm
         return model.forward_head(model.forward_features(x), pre_logits=True)
     out = model.base_model(pixel_values=x)
@@ -83,27 +90,34 @@ def features_of(model, x):
 
 
 def _head_name(model) -> str:
+    from compress.stages.finetune.programs import is_program_classifier
+
+    if is_program_classifier(model):
+        return "head"
     if hasattr(model, "forward_features"):
         return model.pretrained_cfg.get("classifier", "head")
     return "classifier"
 
 
-def _build(base_teacher, names: list[str] | None, config: FinetuneConfig, outputs: int = 1):
-    """The base with a new, seeded head for ``names`` (None: a regression head of ``outputs`` numbers)."""
+def _build(base_teacher, names: list[str] | None, config: FinetuneConfig, outputs: int = 1, base_model=None):
+    """The base with a new, seeded head for ``names`` (None: a regression head of ``outputs`` numbers); a program's
+    ``base_model`` is its backbone with its own head (:func:`compress.stages.finetune.programs.program_base`)."""
     import torch
 
     info = base_teacher.info
     torch.manual_seed(config.seed)
+    if info.kind == "program":
+        from compress.stages.finetune.programs import with_new_head
+
+        return with_new_head(base_model, outputs if names is None else len(names))
     if info.kind == "timm":
         model = copy.deepcopy(base_teacher.model)
         model.reset_classifier(outputs if names is None else len(names))
         return model
     if info.kind != "hf":
-        what = "torch.export program" if info.kind == "program" else "TorchScript or pickled module"
-        raise ConfigError(f"{info.path} is a {what}: an inference graph with its head inside, which finetune cannot "
-                          "replace",
-                          hint="fine-tune the Hugging Face or timm checkpoint it came from, or train the nn.Module "
-                          "in PyTorch and export it again")
+        raise ConfigError(f"{info.path} is a TorchScript or pickled module: code finetune cannot cut the head off",
+                          hint="save it with torch.export.save as model.pt2 (a program base), or fine-tune the Hugging "
+                          "Face or timm checkpoint it came from")
     from transformers import AutoModelForImageClassification
 
     head = dict(num_labels=outputs, problem_type="regression") if names is None else dict(
@@ -157,7 +171,12 @@ def _timm_blocks(model) -> tuple[list[Any], list[Any]]:
 
 def freeze(model, n: int | str) -> list[Any]:
     """Freeze the stem and the first ``n`` blocks (:func:`block_stack`), or with ``"all"`` every module but the
-    head; returns the frozen modules (kept in eval mode while the rest trains)."""
+    head; returns the frozen modules (kept in eval mode while the rest trains; a program's graph has no mode)."""
+    from compress.stages.finetune.programs import is_program_classifier
+
+    if is_program_classifier(model):  # only "all" gets here (programs.program_base refuses N)
+        model.backbone.requires_grad_(False)
+        return []
     if n == "all":
         head = _head_name(model)
         for name, p in model.named_parameters():
@@ -256,6 +275,10 @@ def image_forgetting(base, tuned, x) -> dict[str, Any]:
 
 
 def _is_trained_classifier(model) -> bool:
+    from compress.stages.finetune.programs import is_program_classifier
+
+    if is_program_classifier(model):
+        return True  # its own head, cut off its graph
     if hasattr(model, "forward_features"):
         return True  # a timm checkpoint is saved with its classifier
     archs = getattr(model.config, "architectures", None) or []
@@ -280,12 +303,17 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     if not regression:
         _check_labels(names, False, train)
     base_teacher = load_image_teacher(base, allow_pickle=config.allow_pickle)
+    base_model = base_teacher.model
+    if base_teacher.info.kind == "program":  # its head cut off, or a one-line refusal, before any data is read
+        from compress.stages.finetune.programs import program_base
+
+        base_model = program_base(base_teacher, config)
     if progress:
         progress({"phase": "prepare", "label": "preprocessing images"})
     x, y = _encode(base_teacher, train, names)
     if regression:
         check_targets(y.numpy(), str(train))
-    model = _build(base_teacher, names, config, outputs=y.shape[-1] if regression else 1)
+    model = _build(base_teacher, names, config, outputs=y.shape[-1] if regression else 1, base_model=base_model)
     if regression:
         init_head_bias(model, y.numpy().mean(0))
     x_eval, y_eval = _encode(base_teacher, eval_data, names) if eval_data is not None else (None, None)
@@ -318,7 +346,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
         if x_eval is not None:
             metrics["eval_scores"] = scores(_outputs(final, x_eval).numpy(), y_eval.numpy())
     if retain is not None:
-        metrics["forgetting"] = {**image_forgetting(base_teacher.model, final, retain), "data": str(retain_data)}
+        metrics["forgetting"] = {**image_forgetting(base_model, final, retain), "data": str(retain_data)}
     with output.writing() as o:
         manifest = _write(final, base_teacher, names, o.dir, x[:2])
         metrics["teacher"] = teacher_record(output, o.dir)
@@ -328,11 +356,17 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
 
 
 def _write(model, base_teacher, names: list[str] | None, directory: Path, probe):
-    """Save the fine-tuned classifier (``names`` None: regressor) as its base's kind (Hugging Face or timm) with the
-    base's preprocessing, prove it reloads to the same outputs, and describe it (source: the base)."""
+    """Save the fine-tuned classifier (``names`` None: regressor) as its base's kind (Hugging Face, timm or a program)
+    with the base's preprocessing, prove it reloads to the same outputs, and describe it (source: the base)."""
     from compress.teachers.images import load_image_teacher, prove_reload
 
-    if base_teacher.info.kind == "timm":
+    if base_teacher.info.kind == "program":
+        from compress.stages.finetune.programs import save_program_classifier
+
+        labels = names or [f"LABEL_{i}" for i in range(_outputs(model, probe).shape[-1])]
+        save_program_classifier(model, base_teacher, labels, Task.regression if names is None
+                                else Task.image_classification, directory, probe)
+    elif base_teacher.info.kind == "timm":
         from compress.teachers.timm_hub import save_timm_model
 
         if names is None:  # a regressor: its outputs are named as Hugging Face names them
