@@ -46,7 +46,11 @@ def models(args) -> dict[str, dict]:
            "digits MobileNetV2": {"source": HERE / ".cache" / "images" / "cnn", "kind": "image"}}
     if student is not None and student.is_dir():
         out["SST-2 3-layer student"] = {"source": student, "kind": "text"}
-    return out
+    vit = HERE / ".cache" / "images" / "vit"  # python benchmarks/image_teachers.py --only vit
+    if (vit / "config.json").is_file():
+        out["digits ViT"] = {"source": vit, "kind": "image"}
+    only = getattr(args, "only", None)
+    return {k: v for k, v in out.items() if not only or k in only}
 
 
 def build(name: str, m: dict, work: Path) -> dict[str, Path]:
@@ -99,6 +103,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "mobile.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-duration", type=float, default=5.0, help="seconds of timed calls per runtime")
+    ap.add_argument("--only", action="append", help="measure this model only (repeatable); the JSON keeps the others' "
+                    "rows from an earlier run")
     args = ap.parse_args()
     import compress  # noqa: F401 - before torchvision-using imports
 
@@ -112,8 +118,10 @@ def main() -> int:
     from compress.runtimes.torch_backend import TorchBackend
     from compress.teachers.load import load_teacher
 
-    rows = []
-    for name, m in models(args).items():
+    chosen = models(args)
+    rows = [r for r in json.loads(args.out.read_text())["rows"] if r["model"] not in chosen] \
+        if args.only and args.out.is_file() else []
+    for name, m in chosen.items():
         arts = build(name, m, args.work)
         teacher = load_teacher(m["source"])
         ref_pred, labels = evaluate(TorchBackend.from_teacher(teacher, RuntimeSettings(threads=args.threads)), m)
