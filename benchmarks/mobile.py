@@ -5,8 +5,8 @@
 load, first inference).
 
 Models: the SST-2 MiniLM-L6 teacher (``benchmarks/teacher.py``) and its 3-layer student (the ``student`` step of
-``benchmarks/recipes/sst2.yaml``), judged on the SST-2 dev split (872 sentences); the digits MobileNetV2 of
-``benchmarks/image_teachers.py``, judged on the 360 test digits. INT8: ONNX Runtime's dynamic INT8 for text and
+``benchmarks/recipes/sst2.yaml``), judged on the SST-2 dev split (872 sentences); the digits MobileNetV2 and ViT of
+``benchmarks/image_teachers.py`` (``--only vit`` trains the ViT), judged on the 360 test digits. INT8: ONNX Runtime's dynamic INT8 for text and
 static QDQ (calibrated on the training digits) for the CNN, as ``quantize`` chooses; ExecuTorch's PT2E INT8,
 dynamic activations for text and static, calibrated on the same digits, for the CNN.
 
