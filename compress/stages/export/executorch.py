@@ -5,14 +5,15 @@ The path is ExecuTorch's own: ``torch.export`` of the model (one row per call, t
 ``max_length`` for text; a fixed image), ``to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` (what it
 cannot take stays in ExecuTorch's portable kernels), ``to_executorch()``. ``--precision int8`` quantizes first with
 PT2E and the ``XNNPACKQuantizer`` (symmetric, per-channel weights): **static** activations calibrated on
-``--calibration`` data (the default for images, and needed for them), or **dynamic** activations (per-row scales at
-run time: the default for text, no calibration). The written program is checked against the PyTorch model in
-ExecuTorch's own runtime on the parity samples: an FP32 program must match within ``--atol``; an INT8 program's
-agreement is recorded.
+``--calibration`` data (the default for images, and needed for them; mean-minmax ranges, and a layer's output
+quantized after its ReLU6, where XNNPACK fuses the clamp), or **dynamic** activations (per-row scales at run time:
+the default for text, no calibration). The written program is checked against the PyTorch model in ExecuTorch's own
+runtime on the parity samples: an FP32 program must match within ``--atol``; an INT8 program's agreement is recorded.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -129,14 +130,9 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
     import torch
 
     mode = int8_mode(teacher, config)
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=mode == "dynamic"))
+    quantizer = xnnpack_quantizer(dynamic=mode == "dynamic")
     prepared = prepare_pt2e(program.module(), quantizer)
     rows = _calibration_rows(teacher, config, names) if mode == "static" else [example]
     with torch.no_grad():
@@ -145,9 +141,116 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
     converted = convert_pt2e(prepared)
     # the converted graph takes its inputs flat, not as one *args tuple
     quantized = torch.export.export(converted, example, dynamic_shapes=dynamic[0] if dynamic else None)
-    return quantized, {"scheme": "PT2E XNNPACKQuantizer, symmetric, per-channel weights",
-                       "activations": mode, "calibration": config.calibration if mode == "static" else None,
-                       "calibration_rows": len(rows) if mode == "static" else 0}
+    record = {"scheme": "PT2E XNNPACKQuantizer, symmetric, per-channel weights", "activations": mode,
+              "calibration": config.calibration if mode == "static" else None,
+              "calibration_rows": len(rows) if mode == "static" else 0}
+    if mode == "static":
+        record |= {"calibration_method": CALIBRATION_METHOD, "clamps_fused": getattr(quantizer, "clamps_fused", 0)}
+    return quantized, record
+
+
+#: static INT8 activation ranges: each calibration row's extremes, averaged (ONNX Runtime's moving-average MinMax, NNCF's
+#: estimator for activations, ``quantize``'s default for image models), where XNNPACKQuantizer's HistogramObserver
+#: searches the range of least L2 error; the graph's outputs keep the extremes of the whole set (averaged, the largest
+#: logits, whose order is the prediction, would saturate and tie). docs/cnn-int8.md has the figures.
+CALIBRATION_METHOD = "mean-minmax"
+
+
+def xnnpack_quantizer(*, dynamic: bool):
+    """ExecuTorch's XNNPACKQuantizer, symmetric with per-channel weights; for static activations with two changes:
+    ranges by :data:`CALIBRATION_METHOD`, and a convolution's or linear layer's output quantized after the ReLU6 that
+    follows it (:func:`quantize_after_clamps`)."""
+    import dataclasses
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e import MinMaxObserver
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    if dynamic:
+        return XNNPACKQuantizer().set_global(config)
+    act, outputs = (dataclasses.replace(config.output_activation, observer_or_fake_quant_ctr=o.with_args(eps=2**-12))
+                    for o in (mean_minmax_observer(), MinMaxObserver))
+
+    class StaticQuantizer(XNNPACKQuantizer):
+        # without the conv-BN patterns of QAT, which cannot match here (prepare_pt2e has folded BatchNorm) and
+        # cost twelve torch.export calls, seconds, per prepare
+        SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if not p.is_qat]
+        clamps_fused = 0
+
+        def annotate(self, model):
+            model = super().annotate(model)
+            self.clamps_fused = quantize_after_clamps(model)
+            observe_outputs_with(model, outputs)
+            return model
+
+    return StaticQuantizer().set_global(dataclasses.replace(config, input_activation=act, output_activation=act))
+
+
+#: where PT2E keeps a node's quantization annotation (torchao.quantization.pt2e.quantizer.quantizer.Q_ANNOTATION_KEY)
+_ANNOTATION = "quantization_annotation"
+
+
+def quantize_after_clamps(model) -> int:
+    """Move the output quantizer of each convolution or linear layer whose one user is a hardtanh (ReLU6) onto the
+    hardtanh; how many moved. XNNPACK fuses the clamp into the layer and requantizes once, so the range that matters
+    is the clamped one; XNNPACKQuantizer does this for ReLU only and left ReLU6 sharing the unclamped output's range
+    (tens of units wide where [0, 6] is used)."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    layers = {torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}
+    clamps = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default}
+    moved = 0
+    for clamp in model.graph.nodes:
+        layer = clamp.args[0] if clamp.op == "call_function" and clamp.target in clamps else None
+        annotation = layer.meta.get(_ANNOTATION) if isinstance(layer, torch.fx.Node) else None
+        if annotation is None or annotation.output_qspec is None or layer.target not in layers or len(layer.users) != 1:
+            continue
+        clamp.meta[_ANNOTATION] = QuantizationAnnotation(output_qspec=annotation.output_qspec, _annotated=True)
+        annotation.output_qspec = None
+        moved += 1
+    return moved
+
+
+def observe_outputs_with(model, spec) -> None:
+    """The tensors the graph returns (through views sharing a producer's quantizer) observed with ``spec``."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec, SharedQuantizationSpec
+
+    returned: list = []
+    torch.fx.node.map_arg(next(n for n in model.graph.nodes if n.op == "output").args, returned.append)
+    for node in returned:
+        annotation = node.meta.get(_ANNOTATION)
+        while annotation is not None and isinstance(annotation.output_qspec, SharedQuantizationSpec):
+            source = annotation.output_qspec.edge_or_node
+            annotation = (source if isinstance(source, torch.fx.Node) else source[0]).meta.get(_ANNOTATION)
+        if annotation is not None and isinstance(annotation.output_qspec, QuantizationSpec):
+            annotation.output_qspec = spec
+
+
+@functools.cache
+def mean_minmax_observer():
+    """torchao's MinMaxObserver keeping the mean of each observed tensor's extremes (made once, on first use: torchao
+    is imported only here)."""
+    import torch
+    from torchao.quantization.pt2e import MinMaxObserver
+
+    class MeanMinMaxObserver(MinMaxObserver):
+        rows = 0
+
+        def forward(self, x):
+            if x.numel() == 0:
+                return x
+            low, high = torch.aminmax(x.detach().to(self.min_val.dtype))
+            seen, self.rows = self.rows, self.rows + 1
+            self.min_val.copy_(low if seen == 0 else (self.min_val * seen + low) / self.rows)
+            self.max_val.copy_(high if seen == 0 else (self.max_val * seen + high) / self.rows)
+            return x
+
+    return MeanMinMaxObserver
 
 
 def int8_mode(teacher, config: ExportConfig) -> str:
