@@ -385,6 +385,18 @@ def _known(label2id: dict[str, int], limit: int = 20) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
+def _parse_cells(raw: list[Any], where: list[tuple[int, int | None]], source: str, column: str, parse, what: str,
+                 hint: str) -> list[Any]:
+    """``parse`` of every cell of a label column; a cell it refuses (ValueError) is an error naming its row."""
+    parsed = []
+    for value, (row_no, line_no) in zip(raw, where):
+        try:
+            parsed.append(parse(value))
+        except ValueError as e:
+            raise DataError(f"{_at(source, row_no, line_no)}: {what} {e} in column {column!r}", hint=hint) from None
+    return parsed
+
+
 def _map_labels(
     raw: list[Any],
     where: list[tuple[int, int | None]],
@@ -396,15 +408,8 @@ def _map_labels(
     drop_if_unlabelled: bool,
 ) -> list[int] | None:
     """Raw label cells -> model label ids; None when the column holds no labels and may be dropped."""
-    parsed: list[int | str | None] = []
-    for value, (row_no, line_no) in zip(raw, where):
-        try:
-            parsed.append(_label_id(value))
-        except ValueError as e:
-            raise DataError(
-                f"{_at(source, row_no, line_no)}: label {e} in column {column!r}",
-                hint="labels must be integer ids or label names",
-            ) from None
+    parsed: list[int | str | None] = _parse_cells(raw, where, source, column, _label_id, "label",
+                                                  "labels must be integer ids or label names")
 
     if all(p is None or p == _UNLABELLED for p in parsed):
         if drop_if_unlabelled:
@@ -497,15 +502,9 @@ def map_targets(
     """Raw label cells -> a regressor's targets, a row of numbers per sample (every row as wide); None when the column
     holds no values and may be dropped. A cell that is no number is an error naming its row: a class name read as a
     number, or a number read as a class, would give a wrong metric and no error."""
-    rows: list[list[float] | None] = []
-    for value, (row_no, line_no) in zip(raw, where):
-        try:
-            rows.append(_target_row(value))
-        except ValueError as e:
-            raise DataError(
-                f"{_at(source, row_no, line_no)}: target {e} in column {column!r}",
-                hint="a regressor's targets are numbers: one per row, or k separated by spaces for k outputs",
-            ) from None
+    rows: list[list[float] | None] = _parse_cells(
+        raw, where, source, column, _target_row, "target",
+        "a regressor's targets are numbers: one per row, or k separated by spaces for k outputs")
     if all(r is None for r in rows):
         if drop_if_unlabelled:
             return None
