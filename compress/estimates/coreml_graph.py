@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import MissingBackendError
-from compress.estimates.cost import GraphCost, NodeCost
+from compress.estimates.cost import GraphCost, NodeCost, times_rows
 
 # MIL data types (coremltools' MIL.proto DataType): bytes per element
 _ITEMSIZE = {1: 1, 10: 2, 11: 4, 12: 8, 13: 2, 21: 1, 22: 2, 23: 4, 24: 8, 31: 1, 32: 2, 33: 4, 34: 8}
@@ -79,7 +79,7 @@ def coreml_cost(path: Path, batch: int, seq: int) -> GraphCost:
             nodes.append(NodeCost(out, op.type, dispatch=False))
             continue
         nodes.append(_cost(op.type, out, args, shapes, sizes, weights, values))
-    return GraphCost(str(path), batch, seq, [_times(n, batch) for n in nodes])
+    return GraphCost(str(path), batch, seq, [times_rows(n, batch) for n in nodes])
 
 
 def _dims(dimensions, seq: int) -> tuple[int, ...]:
@@ -210,10 +210,3 @@ def _cost(op: str, out: str, args: dict[str, list[str]], shapes, sizes, weights,
         flops = 0.0
     return NodeCost(out, op, flops=flops, bytes=weight + act_in + act_out, weight_bytes=weight)
 
-
-def _times(n: NodeCost, batch: int) -> NodeCost:
-    """One row's cost run ``batch`` times (a package takes one row per call; the weights are read each time)."""
-    if batch == 1:
-        return n
-    return NodeCost(n.name, n.op_type, flops=n.flops * batch, int8_ops=n.int8_ops * batch, bytes=n.bytes * batch,
-                    weight_bytes=n.weight_bytes, dispatch=n.dispatch)

@@ -108,3 +108,12 @@ def _bind_dim(name: str, position: int, batch: int, seq: int) -> int:
     if any(k in low for k in ("seq", "length", "token", "len")) or low in ("s", "t", "l"):
         return seq
     return batch if position == 0 else seq
+
+
+def times_rows(n: NodeCost, batch: int) -> NodeCost:
+    """One row's cost run ``batch`` times, for a model that takes one row per call (Core ML packages, ExecuTorch
+    programs, LiteRT files): the arithmetic and traffic scale, the weights occupy the same bytes."""
+    if batch == 1:
+        return n
+    return NodeCost(n.name, n.op_type, flops=n.flops * batch, int8_ops=n.int8_ops * batch, bytes=n.bytes * batch,
+                    weight_bytes=n.weight_bytes, dispatch=n.dispatch)

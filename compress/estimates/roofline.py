@@ -315,8 +315,12 @@ def graph_cost(artifact: Artifact | Path | str, batch_size: int, sequence_length
         from compress.estimates.coreml_graph import coreml_cost
 
         return coreml_cost(path, batch_size, sequence_length)
-    raise ArtifactError(f"cannot estimate {path.name}: only ONNX (.onnx), OpenVINO IR (.xml) and Core ML "
-                        "(.mlpackage) graphs are read",
+    if path.suffix == ".pte":
+        from compress.estimates.executorch_graph import executorch_cost
+
+        return executorch_cost(path, batch_size, sequence_length)
+    raise ArtifactError(f"cannot estimate {path.name}: only ONNX (.onnx), OpenVINO IR (.xml), Core ML (.mlpackage) "
+                        "and ExecuTorch (.pte) graphs are read",
                         hint="export the model to ONNX first (edgecompress export)")
 
 
@@ -334,11 +338,11 @@ def _model_path(artifact: Any) -> Path:
 
 
 def _find_model(d: Path) -> Path:
-    for pattern in ("*.onnx", "*.xml", "*.mlpackage"):
+    for pattern in ("*.onnx", "*.xml", "*.mlpackage", "*.pte", "*.tflite"):
         found = sorted(d.glob(pattern))
         if found:
             return found[0]
-    raise ArtifactError(f"{d}: no manifest.json and no .onnx, .xml or .mlpackage model in it")
+    raise ArtifactError(f"{d}: no manifest.json and no .onnx, .xml, .mlpackage, .pte or .tflite model in it")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,12 +23,20 @@ def images(tmp_path_factory):
     return {**write_hf_image_teachers(root / "t"), "set": root / "set"}
 
 
-def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_classifier, tmp_path):
+@pytest.fixture(scope="module")
+def programs(bert_classifier, tmp_path_factory):
+    """The tiny text classifier as an FP32 and an INT8 (dynamic) program."""
+    d = tmp_path_factory.mktemp("et-text")
+    return {"fp32": export(bert_classifier, d / "pte", ExportConfig(format="executorch")),
+            "int8": export(bert_classifier, d / "pte8", ExportConfig(format="executorch", precision="int8"))}
+
+
+def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_classifier, programs, tmp_path):
     import yaml
 
     from compress.validation.local import ValidateConfig, validate
 
-    art = export(bert_classifier, tmp_path / "pte", ExportConfig(format="executorch"))
+    art = programs["fp32"]
     m = art.manifest
     assert (m.format, m.precision, m.model_file) == ("executorch", "fp32", "model.pte")
     assert m.inputs[0].shape == [1, "sequence_length"] and (art.path / "model.pte").stat().st_size > 0
@@ -43,11 +51,47 @@ def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_cl
     assert report.metrics["agreement"] == 1.0 and report.environment["runtime"]["runtime"] == "executorch"
 
 
-def test_text_int8_is_dynamic_pt2e_and_agrees_with_the_teacher(bert_classifier, tmp_path):
-    art = export(bert_classifier, tmp_path / "pte8", ExportConfig(format="executorch", precision="int8"))
+def test_text_int8_is_dynamic_pt2e_and_agrees_with_the_teacher(programs):
+    art = programs["int8"]
     step = art.manifest.steps[-1].metrics
     assert art.manifest.precision == "int8" and step["quantization"]["activations"] == "dynamic"
     assert step["parity"]["argmax_agreement"] >= 0.75
+
+
+def _fc_arithmetic(tokens: int, hidden: int = 32, ffn: int = 64, layers: int = 2, labels: int = 2) -> float:
+    """The tiny BERT's fully connected layers (q, k, v, out, FFN up and down per layer; pooler and classifier on the
+    [CLS] row), two operations per multiply-add."""
+    return 2.0 * (tokens * layers * (4 * hidden * hidden + 2 * hidden * ffn) + hidden * hidden + hidden * labels)
+
+
+def test_a_programs_cost_is_read_from_its_xnnpack_graph_at_any_sequence_length(programs):
+    """The estimator reads the program's XNNPACK subgraphs and its portable kernels: the fully connected arithmetic is
+    the model's own at the length asked for (the file stores its dynamic sequence at the bound, 128), a batch is one
+    call per row, INT8 weights are counted as INT8 operations and bytes, and the total matches the ONNX reader's."""
+    from compress.estimates.executorch_graph import executorch_cost
+    from compress.estimates.roofline import graph_cost
+
+    fp32 = graph_cost(programs["fp32"], 1, 16)
+    fc = sum(n.flops for n in fp32.nodes if n.op_type == "XNNFullyConnected")
+    assert fc == pytest.approx(_fc_arithmetic(16))
+    at32 = executorch_cost(programs["fp32"].model_path, 1, 32)
+    assert sum(n.flops for n in at32.nodes if n.op_type == "XNNFullyConnected") == pytest.approx(_fc_arithmetic(32))
+    assert executorch_cost(programs["fp32"].model_path, 3, 16).flops == pytest.approx(3 * fp32.flops)
+    int8 = graph_cost(programs["int8"], 1, 16)
+    assert int8.int8_ops == pytest.approx(fc) and int8.flops < 0.2 * fp32.flops
+    assert int8.weight_bytes < 0.5 * fp32.weight_bytes  # the FC weights in one byte (the embeddings stay FP32)
+
+
+def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_classifier, programs, tmp_path):
+    from compress.validation.local import ValidateConfig, validate
+
+    report = validate(programs["int8"], ValidateConfig(profile="pixel-8", data=str(write_tsv(tmp_path)),
+                                                       teacher=str(bert_classifier), cold_start=False))
+    lat = report.metrics["latency_ms"]
+    assert lat["estimated"] and lat["p50"] > 0 and report.metrics["speedup"] > 0
+    assert report.metrics["estimate"]["int8_gops"] > 0
+    budget = next(b for b in report.budgets if b.name == "latency_p50_ms")
+    assert budget.estimated and budget.status == "unverified"
 
 
 def test_image_int8_is_static_and_needs_calibration(images, tmp_path):
