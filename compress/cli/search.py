@@ -32,8 +32,10 @@ F = SearchConfig.model_fields
 @click.option("--metric", metavar="MODULE:FUNCTION", help=F["metric"].description + " Name only code you trust.")
 @click.option("--space", "space_text", metavar="DIM=A,B;...",
               help="Narrow the space, e.g. 'layers=2,3;quant=int8-dynamic,int4'. Dimensions: text: layers, width, "
-                   "heads, ffn, vocab, quant, runtime, threads; ViT: layers, heads, ffn, quant, runtime, threads; "
-                   "CNN: channels, quant, runtime, threads.")
+                   "heads, ffn, vocab, quant, runtime, et_quant, threads; ViT: layers, heads, ffn, quant, runtime, "
+                   "et_quant, threads; CNN: channels, quant, runtime, et_quant, threads. runtime: onnxruntime, "
+                   "openvino, executorch (a phone profile's default: executorch and onnxruntime; et_quant: "
+                   "ExecuTorch's int8-dynamic or int8-static).")
 @click.option("--short-steps", type=int, default=F["short_steps"].default, show_default=True,
               help=F["short_steps"].description)
 @click.option("--short-recover-steps", type=int, default=F["short_recover_steps"].default, show_default=True,
@@ -68,7 +70,9 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     dynamic (INT8 or INT4 embeddings)/static, INT4. ViT teachers: depth, heads, FFN.
     CNN teachers: channel pruning, static INT8. Model files (ONNX, OpenVINO IR): nothing
     to train, so precision only (--train is their calibration data). All: ONNX Runtime
-    vs OpenVINO, and 1 or all intra-op threads. Optuna explores them (multi-objective TPE, the
+    vs OpenVINO, and 1 or all intra-op threads; on a phone's profile ExecuTorch programs
+    (INT8 PT2E, latency estimated on the phone's peaks) beside ONNX Runtime, elsewhere
+    with --space 'runtime=onnxruntime,executorch'. Optuna explores them (multi-objective TPE, the
     profile's budgets as constraints) in three fidelities:
       1. a roofline estimate skips candidates that cannot meet the size or p50 budget;
       2. short distillation and recovery rank the rest;

@@ -301,7 +301,7 @@ def estimate(
 
 
 def graph_cost(artifact: Artifact | Path | str, batch_size: int, sequence_length: int) -> GraphCost:
-    """Per-node costs of an artifact (or a bare .onnx / .xml file / .mlpackage) at ``batch_size`` × ``sequence_length``."""
+    """Per-node costs of an artifact (or a bare .onnx, .xml, .mlpackage, .pte or .tflite file) at ``batch_size`` × ``sequence_length``."""
     path = _model_path(artifact)
     if path.suffix == ".onnx":
         from compress.estimates.onnx_graph import onnx_cost
@@ -319,8 +319,12 @@ def graph_cost(artifact: Artifact | Path | str, batch_size: int, sequence_length
         from compress.estimates.executorch_graph import executorch_cost
 
         return executorch_cost(path, batch_size, sequence_length)
-    raise ArtifactError(f"cannot estimate {path.name}: only ONNX (.onnx), OpenVINO IR (.xml), Core ML (.mlpackage) "
-                        "and ExecuTorch (.pte) graphs are read",
+    if path.suffix == ".tflite":
+        from compress.estimates.tflite_graph import tflite_cost
+
+        return tflite_cost(path, batch_size, sequence_length)
+    raise ArtifactError(f"cannot estimate {path.name}: only ONNX (.onnx), OpenVINO IR (.xml), Core ML (.mlpackage), "
+                        "ExecuTorch (.pte) and LiteRT (.tflite) graphs are read",
                         hint="export the model to ONNX first (edgecompress export)")
 
 

@@ -135,7 +135,7 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
         if texts is None:
             texts = latency_texts(_eval_inputs(s.eval, art.manifest.preprocess), meas.batch_size,
                                   meas.sequence_length, art.manifest.preprocess)
-        rt = runtime or ("openvino" if str(art.format) == "openvino" else "onnxruntime")
+        rt = runtime or {"openvino": "openvino", "executorch": "executorch"}.get(str(art.format), "onnxruntime")
         opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
             {"provider": s.profile.runtime.provider, "options": dict(s.profile.runtime.options)}
         b = load_runtime(art, rt, RuntimeSettings(threads=threads or settings.threads, **opts))

@@ -104,11 +104,7 @@ class Search:
                               hint=f"use --objective latency or size for a {self.shape.kind} teacher")
         space = {k: list(v) for k, v in base.items()} | self.config.space
         notes = []
-        if self.profile.runtime.name not in ("onnxruntime", "openvino") or not is_available("openvino"):
-            space["runtime"] = [r for r in space["runtime"] if r == "onnxruntime"]
-            notes.append("runtime: ONNX Runtime only (OpenVINO not installed, or not this profile's kind of device)")
-        if self.profile.runtime.name == "openvino" and "runtime" not in self.config.space:
-            space["runtime"] = ["openvino"]
+        space["runtime"] = self._runtimes(space["runtime"], notes, is_available)
         if self.shape.embeds and any(w != 1.0 for w in space.get("width", [])):
             if "width" in self.config.space:
                 raise ConfigError("--space width: a sentence encoder's students keep its width (their embeddings are "
@@ -126,6 +122,31 @@ class Search:
         for n in notes:
             self.say(n)
         return space
+
+    def _runtimes(self, asked: list[str], notes: list[str], is_available) -> list[str]:
+        """The runtimes candidates run on: ONNX Runtime anywhere; OpenVINO on a CPU profile that runs ONNX Runtime or
+        OpenVINO; ExecuTorch on a CPU profile, where it is installed. By default a profile's own runtime leads
+        (OpenVINO's profile: OpenVINO alone; a phone's: ExecuTorch, then ONNX Runtime), and ExecuTorch is asked
+        for elsewhere (--space runtime=onnxruntime,executorch)."""
+        own = self.profile.runtime.name
+        why = {}
+        if own not in ("onnxruntime", "openvino"):
+            why["openvino"] = "not this profile's kind of device"
+        elif not is_available("openvino"):
+            why["openvino"] = "not installed: pip install 'edgecompress[openvino]'"
+        if own not in ("onnxruntime", "openvino", "executorch") or self.shape.kind == "file":
+            why["executorch"] = ("a model file is not a PyTorch model to export" if self.shape.kind == "file"
+                                 else "not this profile's kind of device")
+        elif not is_available("executorch"):
+            why["executorch"] = "not installed: pip install 'edgecompress[executorch]'"
+        if "runtime" not in self.config.space:
+            asked = {"openvino": ["openvino"], "executorch": ["executorch", "onnxruntime"]}.get(
+                own, [r for r in asked if r != "executorch"])
+        kept = [r for r in asked if r not in why]
+        for r in asked:
+            if r in why:
+                notes.append(f"runtime: no {r} candidates ({why[r]})")
+        return kept
 
     def _data(self) -> tuple[str, str]:
         ev = str(Path(self.config.eval).resolve())

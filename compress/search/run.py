@@ -44,7 +44,7 @@ from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
 from compress.progress import Progress
 from compress.search.directory import Search
-from compress.search.space import OPENVINO_QUANT, SHAPE_DIMS, Candidate, suggest, trial_params
+from compress.search.space import SHAPE_DIMS, Candidate, quant_choices, suggest, trial_params
 from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
 
 
@@ -131,8 +131,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     if not study.trials:
         # the plain INT8 teacher: where the search starts from
         runtime = s.space["runtime"][0]
-        reference = Candidate(s.shape.layers, runtime=runtime,
-                              quant=OPENVINO_QUANT[0] if runtime == "openvino" else s.space["quant"][0])
+        reference = Candidate(s.shape.layers, runtime=runtime, quant=quant_choices(runtime, s.space)[1][0])
         if all(getattr(reference, d) in s.space[d] for d in SHAPE_DIMS
                if d in s.space) and "quant" in s.space and "runtime" in s.space:
             study.enqueue_trial(trial_params(reference, s.space), user_attrs={"fidelity": "short", "reference": True})

@@ -1,8 +1,9 @@
 """The search space: what a candidate is, how Optuna samples one, the recipe that builds it, and its roofline.
 
 A candidate of a text (BERT-family) teacher is a student depth and width, head and FFN pruning levels, vocabulary
-pruning, a precision (INT8 dynamic with INT8 or INT4 embeddings, INT8 static, INT4), a runtime (ONNX Runtime, or
-OpenVINO where the profile's device runs it) and a number of intra-op threads. A ViT's is a depth, head and FFN
+pruning, a precision (INT8 dynamic with INT8 or INT4 embeddings, INT8 static, INT4), a runtime (ONNX Runtime;
+OpenVINO where the profile's device runs it; an ExecuTorch program, INT8 dynamic or static, on a phone's profile or
+where ``--space`` asks for it) and a number of intra-op threads. A ViT's is a depth, head and FFN
 pruning levels, static or dynamic INT8; a CNN's the share of its convolution channels pruned and static INT8. It
 becomes a recipe (:mod:`compress.recipes`) whose step names are the same in every candidate, so two candidates that
 share a step (the same student, pruned the same way) share its output in the search's store: no step is computed
@@ -31,7 +32,9 @@ TEXT_SPACE: dict[str, list[Any]] = {
     "vocab": [False, True],  # keep only the tokens the training texts use
     # ONNX Runtime; int8-dynamic-emb4: INT8 MatMuls with an INT4 embedding table (most of a small model's size)
     "quant": ["int8-dynamic", "int8-dynamic-emb4", "int8-static", "int4"],
-    "runtime": ["onnxruntime", "openvino"],
+    "runtime": ["onnxruntime", "openvino", "executorch"],
+    # ExecuTorch's INT8 (PT2E, lowered to XNNPACK): activations quantized per call, or calibrated
+    "et_quant": ["int8-dynamic", "int8-static"],
     # intra-op threads: 0 is the profile's (one per core); 1 saves a small model the threads' hand-offs
     "threads": [0, 1],
 }
@@ -42,7 +45,8 @@ VIT_SPACE: dict[str, list[Any]] = {
     "heads": [0.0, 0.25, 0.5],
     "ffn": [0.0, 0.3, 0.5, 0.7],
     "quant": ["int8-static", "int8-dynamic"],
-    "runtime": ["onnxruntime", "openvino"],
+    "runtime": ["onnxruntime", "openvino", "executorch"],
+    "et_quant": ["int8-static", "int8-dynamic"],
     "threads": [0, 1],
 }
 #: a convolutional teacher: the share of every convolution's output channels removed (Torch-Pruning, with the
@@ -50,12 +54,14 @@ VIT_SPACE: dict[str, list[Any]] = {
 CNN_SPACE: dict[str, list[Any]] = {
     "channels": [0.0, 0.25, 0.5, 0.75],
     "quant": ["int8-static"],
-    "runtime": ["onnxruntime", "openvino"],
+    "runtime": ["onnxruntime", "openvino", "executorch"],
+    "et_quant": ["int8-static"],  # XNNPACK's dynamic INT8 covers linear layers only: a conv net stays FP32
     "threads": [0, 1],
 }
 
 #: a model file (an adopted ONNX or OpenVINO IR): nothing to train, so precision, runtime and threads only; INT8
-#: dynamic applies to a text model's file (image and array models quantize statically)
+#: dynamic applies to a text model's file (image and array models quantize statically). No ExecuTorch: a program is
+#: exported from PyTorch, which a model file is not
 FILE_SPACE: dict[str, list[Any]] = {
     "quant": ["int8-static", "int8-dynamic"],
     "runtime": ["onnxruntime", "openvino"],
@@ -93,9 +99,22 @@ for _kind in KINDS.values():
 #: the dimensions that shape a candidate's model (the rest choose its precision, runtime and threads)
 SHAPE_DIMS = ("layers", "width", "heads", "ffn", "channels", "vocab")
 OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only
-#: how a candidate on the other CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
+#: how a candidate on another CPU runtime is run (the profile pins one runtime; the device and budgets are the same)
 RUNTIME_SETTINGS = {"onnxruntime": {"provider": "CPUExecutionProvider", "options": {}},
-                    "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}}}
+                    "openvino": {"provider": "CPU", "options": {"PERFORMANCE_HINT": "LATENCY"}},
+                    "executorch": {"provider": None, "options": {}}}
+#: how a candidate's label names its runtime (ONNX Runtime's candidates carry no prefix)
+_RUNTIME_PREFIX = {"openvino": "ov-", "executorch": "et-"}
+
+
+def quant_choices(runtime: str, space: dict[str, list[Any]]) -> tuple[str, list[Any]]:
+    """The Optuna parameter a candidate's precision is drawn as on ``runtime``, and its choices (each runtime has
+    its own: a parameter's choices must not change between trials)."""
+    if runtime == "openvino":
+        return "ov_quant", OPENVINO_QUANT
+    if runtime == "executorch":
+        return "et_quant", space.get("et_quant", ["int8-static"])
+    return "quant", space["quant"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +144,7 @@ class Candidate:
             parts.append("vocab")
         if not parts:
             parts.append("teacher")
-        parts.append(self.quant if self.runtime == "onnxruntime" else f"ov-{self.quant}")
+        parts.append(_RUNTIME_PREFIX.get(self.runtime, "") + self.quant)
         if self.threads:
             parts.append(f"{self.threads} thread{'s' if self.threads > 1 else ''}")
         return " ".join(parts)
@@ -213,10 +232,7 @@ def suggest(trial, space: dict[str, list[Any]], shape: TeacherShape) -> Candidat
     the dimensions of this kind of teacher's space are sampled; the others keep the candidate's defaults."""
     p = {dim: trial.suggest_categorical(dim, choices) for dim, choices in _shape_choices(space, shape).items()}
     p["runtime"] = trial.suggest_categorical("runtime", space["runtime"])
-    if p["runtime"] == "openvino":
-        p["quant"] = trial.suggest_categorical("ov_quant", OPENVINO_QUANT)
-    else:
-        p["quant"] = trial.suggest_categorical("quant", space["quant"])
+    p["quant"] = trial.suggest_categorical(*quant_choices(p["runtime"], space))
     p["threads"] = trial.suggest_categorical("threads", space["threads"])
     return Candidate(**p)
 
@@ -234,13 +250,14 @@ def all_candidates(space: dict[str, list[Any]], shape: TeacherShape) -> list[Can
     dims = _shape_choices(space, shape)
     return [Candidate(**dict(zip(dims, combo, strict=True)), runtime=runtime, quant=quant, threads=threads)
             for combo in itertools.product(*dims.values()) for runtime in space["runtime"]
-            for quant in (OPENVINO_QUANT if runtime == "openvino" else space["quant"]) for threads in space["threads"]]
+            for quant in quant_choices(runtime, space)[1] for threads in space["threads"]]
 
 
 def from_params(params: dict[str, Any]) -> Candidate:
     p = dict(params)
-    if "ov_quant" in p:
-        p["quant"] = p.pop("ov_quant")
+    for name in ("ov_quant", "et_quant"):
+        if name in p:
+            p["quant"] = p.pop(name)
     return Candidate(**{k: v for k, v in p.items() if k in Candidate.__dataclass_fields__})
 
 
@@ -248,7 +265,7 @@ def trial_params(c: Candidate, space: dict[str, list[Any]]) -> dict[str, Any]:
     """The Optuna parameters of a candidate in ``space`` (for ``enqueue_trial``)."""
     p = {d: getattr(c, d) for d in SHAPE_DIMS if d in space}
     p["runtime"] = c.runtime
-    p["ov_quant" if c.runtime == "openvino" else "quant"] = c.quant
+    p[quant_choices(c.runtime, space)[0]] = c.quant
     p["threads"] = c.threads
     return p
 
@@ -299,6 +316,11 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
         opts.update(fidelity.prune)
         steps["pruned"] = {"from": last, "prune": opts}
         last = "pruned"
+    if c.runtime == "executorch":  # PT2E INT8 is part of the export: the program is the deployable step
+        mode = c.quant.split("-")[1]
+        steps["model"] = {"from": last, "export": {"format": "executorch", "precision": "int8", "int8_mode": mode,
+                                                   **({"calibration": "calibration"} if mode == "static" else {})}}
+        return steps, "model"
     steps["onnx"] = {"from": last, "export": {"format": "openvino"} if c.runtime == "openvino" else {}}
     if c.runtime == "openvino":
         q = {"weights_only": True} if c.quant == "int8-weights" else {"calibration_samples": 300}

@@ -428,3 +428,102 @@ def test_a_pytorch_speedup_baseline_is_not_estimated(int8_artifact, bert_classif
     assert b.status == "unverified" and b.measured is None
     assert "speedup" not in r.metrics and "baseline_latency_ms" not in r.metrics
     assert any("speedup_baseline: pytorch" in w for w in r.warnings)
+
+
+# -- LiteRT files (compress.estimates.tflite_graph) ---------------------------------------------------------------------
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def _by_op(cost, op: str) -> list:
+    return [n for n in cost.nodes if n.op_type == op]
+
+
+def test_a_tflite_text_model_costs_its_own_fixed_shape():
+    """The tiny BERT of tests/assets (hidden 32, 2 layers, 2 heads, FFN 64, vocabulary 500, 2 labels), converted for
+    128 tokens: whatever length is asked, the file runs 128."""
+    pytest.importorskip("ai_edge_litert")
+    from compress.estimates.tflite_graph import tflite_cost
+
+    cost = tflite_cost(ASSETS / "tiny_bert_cls.tflite", 1, 16)
+    assert cost.sequence_length == 128 and cost.unknown == [] and cost.int8_ops == 0
+    assert cost.flops == tflite_cost(ASSETS / "tiny_bert_cls.tflite", 1, 128).flops
+    s, h, ffn, layers, heads = 128, 32, 64, 2, 2
+    fc = _by_op(cost, "FULLY_CONNECTED")  # per layer Q, K, V, output, FFN up and down; the pooler; the classifier
+    assert len(fc) == 6 * layers + 2
+    assert sum(n.flops for n in fc) == layers * 2 * s * (4 * h * h + 2 * h * ffn) + 2 * h * h + 2 * h * 2
+    assert sum(n.weight_bytes for n in fc) == 4 * (layers * (4 * h * h + 2 * h * ffn) + h * h + h * 2)
+    bmm = _by_op(cost, "BATCH_MATMUL")  # Q·Kᵀ and P·V, each head
+    assert sum(n.flops for n in bmm) == layers * 2 * (2 * heads * s * s * (h // heads))
+    words, types = _by_op(cost, "EMBEDDING_LOOKUP")  # the rows gathered, not the table; at most the table
+    assert (words.weight_bytes, types.weight_bytes) == (s * h * 4, 2 * h * 4) and words.flops == 0
+    softmax = _by_op(cost, "SOFTMAX")
+    assert sum(n.flops for n in softmax) == layers * 5 * heads * s * s
+    assert sum(n.flops for n in _by_op(cost, "GELU")) == layers * 8 * s * ffn
+    assert all(not n.dispatch and n.bytes == 0 for n in _by_op(cost, "RESHAPE"))
+
+
+def test_a_tflite_cnn_costs_follow_its_shapes_and_the_batch_is_calls():
+    """tiny_cnn.tflite: 3×16×16 -> conv 3×3 to 8 channels (batch norm folded) -> mean -> linear 8 -> 4."""
+    pytest.importorskip("ai_edge_litert")
+    from compress.estimates.tflite_graph import tflite_cost
+
+    one = tflite_cost(ASSETS / "tiny_cnn.tflite", 1, 64)
+    (conv,), (mean,), (fc,) = (_by_op(one, op) for op in ("CONV_2D", "MEAN", "FULLY_CONNECTED"))
+    assert conv.flops == 2 * (16 * 16 * 8) * (3 * 3 * 3) and conv.weight_bytes == (8 * 27 + 8) * 4
+    assert conv.bytes == conv.weight_bytes + 16 * 16 * 3 * 4 + 16 * 16 * 8 * 4
+    assert mean.flops == 5 * 8 * 16 * 16
+    assert fc.flops == 2 * 8 * 4 + 4 and fc.weight_bytes == (4 * 8 + 4) * 4  # the fused bias: one add per output
+    three = tflite_cost(ASSETS / "tiny_cnn.tflite", 3, 64)  # one row per call: three calls, the weights read each
+    assert three.batch_size == 3 and three.flops == 3 * one.flops and three.bytes == pytest.approx(3 * one.bytes)
+    assert three.weight_bytes == one.weight_bytes and three.dispatched == one.dispatched == 5
+
+
+@pytest.fixture(scope="module")
+def quantized_cnns(tmp_path_factory) -> dict[str, Path]:
+    """tiny_cnn.tflite through ai-edge-quantizer: dynamic-range INT8, weight-only INT8 and full-integer INT8."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("ai_edge_quantizer")
+    from ai_edge_quantizer import quantizer, recipe
+
+    root, rng = tmp_path_factory.mktemp("tflite-int8"), np.random.default_rng(0)
+    calibration = {"serving_default": [{"args_0": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+                                       for _ in range(4)]}
+    out = {}
+    for name in ("dynamic_wi8_afp32", "weight_only_wi8_afp32", "static_wi8_ai8"):
+        qt = quantizer.Quantizer(str(ASSETS / "tiny_cnn.tflite"))
+        qt.load_quantization_recipe(getattr(recipe, name)())
+        result = qt.quantize(qt.calibrate(calibration) if name.startswith("static") else None,
+                             enable_progress_bar=False, enable_progress_report=False)
+        result.export_model(str(root / f"{name}.tflite"), overwrite=True)
+        out[name] = root / f"{name}.tflite"
+    return out
+
+
+def test_int8_tflite_files_count_int8_operations(quantized_cnns):
+    from compress.estimates.tflite_graph import tflite_cost
+
+    fp32 = tflite_cost(ASSETS / "tiny_cnn.tflite", 1, 64)
+    conv_macs, int8_weights = 16 * 16 * 8 * 27, 8 * 27 + 4 * 8  # conv and linear filters, a byte each
+    dynamic = tflite_cost(quantized_cnns["dynamic_wi8_afp32"], 1, 64)  # INT8 filters, float activations
+    (conv,) = _by_op(dynamic, "CONV_2D")
+    assert conv.int8_ops == 2 * conv_macs and conv.flops == 16 * 16 * 3 + 16 * 16 * 8  # quantize in, dequantize out
+    assert conv.weight_bytes == 8 * 27 + 8 * 4 and _by_op(dynamic, "MEAN")[0].flops == 5 * 8 * 16 * 16
+    assert dynamic.weight_bytes == fp32.weight_bytes - 3 * int8_weights
+    static = tflite_cost(quantized_cnns["static_wi8_ai8"], 1, 64)  # full integer: no float arithmetic left
+    assert static.flops == 0 and static.int8_ops == 2 * conv_macs + 5 * 8 * 16 * 16 + 2 * 8 * 4
+    assert static.bytes < dynamic.bytes < fp32.bytes  # INT8 activations
+    weight_only = tflite_cost(quantized_cnns["weight_only_wi8_afp32"], 1, 64)  # expanded to float, float arithmetic
+    assert weight_only.flops == fp32.flops and weight_only.int8_ops == 0
+    assert weight_only.weight_bytes == dynamic.weight_bytes and weight_only.dispatched == fp32.dispatched
+    assert all(not n.dispatch and n.bytes == 0 for n in _by_op(weight_only, "DEQUANTIZE"))
+
+
+def test_a_tflite_without_ai_edge_litert_is_a_one_line_error(monkeypatch):
+    from compress.errors import MissingBackendError
+    from compress.estimates.tflite_graph import tflite_cost
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(MissingBackendError) as e:
+        tflite_cost(ASSETS / "tiny_cnn.tflite", 1, 64)
+    assert "\n" not in str(e.value) and "pip install 'edgecompress[litert]'" in str(e.value)
