@@ -42,17 +42,18 @@ def test_a_phone_profile_searches_executorch_programs_estimated_on_its_peaks(wor
     from compress.search.directory import Search
     from compress.search.run import run_search
 
-    space = {"layers": [2], "width": [1.0], "heads": [0.0], "ffn": [0.0, 0.5], "vocab": [False]}
-    cfg = config(workspace, "phone.yaml", space)
+    space = {"layers": [2], "width": [1.0], "heads": [0.0], "ffn": [0.0], "vocab": [False], "quant": ["int8-dynamic"],
+             "et_quant": ["int8-static"], "threads": [0]}  # the runtime left to the profile
+    cfg = config(workspace, "phone.yaml", space, trials=1)  # the reference: the teacher as the phone's INT8 program
     assert Search(cfg, workspace / "unused").space["runtime"] == ["executorch", "onnxruntime"]
     result = run_search(cfg, workspace / "phone-search", progress=lambda *a, **k: None)
     s = result.summary
-    programs = [p for p in s["measured"] if " et-int8-" in p["label"]]
-    assert programs, [p["label"] for p in s["measured"]]
+    programs = [p for p in s["measured"] if p["label"].endswith(" L2 et-int8-static")]
+    assert programs and s["chosen"], [p["label"] for p in s["measured"]]
     first = programs[0]
     steps = yaml.safe_load(Path(first["recipe"]).read_text())["steps"]
-    export = steps["model"]["export"]
-    assert export["format"] == "executorch" and export["precision"] == "int8" and "onnx" not in steps
+    assert steps["model"]["export"] == {"format": "executorch", "precision": "int8", "int8_mode": "static",
+                                        "calibration": "calibration"} and "onnx" not in steps
     report = yaml.safe_load(Path(first["report"]).read_text()) if first.get("report") else None
     assert first["p50_ms"] > 0 and first["estimated"], first  # the built program's graph on the phone's peaks
     assert report is None or report["metrics"]["latency_ms"]["estimated"]
