@@ -88,3 +88,12 @@ def to_lines(write: Callable[[str], None]) -> Progress:
             write(event["note"])
 
     return on_event
+
+
+def hidden_output(stream: str = "stderr"):
+    """A context in which a library's own progress bars and chatter on ``stream`` ("stderr" or "stdout") are dropped:
+    the command shows its own progress (coremltools' conversion passes, ai-edge-quantizer's and NNCF's bars)."""
+    import contextlib
+    import io
+
+    return (contextlib.redirect_stderr if stream == "stderr" else contextlib.redirect_stdout)(io.StringIO())

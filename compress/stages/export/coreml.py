@@ -23,6 +23,7 @@ from typing import Any
 
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
+from compress.progress import hidden_output
 from compress.stages.export.config import EXPORT_COREML, ExportConfig
 
 log = logging.getLogger("compress.stages.export")
@@ -56,7 +57,7 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
                           hint="Core ML conversion needs a model torch.export can trace; export it to ONNX "
                           "instead") from e
     try:
-        with _quiet():
+        with hidden_output():
                 model = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
                                minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET))
     except Exception as e:  # noqa: BLE001 - an operator coremltools cannot convert
@@ -70,7 +71,7 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
 
         import numpy as np
 
-        with np.errstate(divide="ignore", invalid="ignore"), _quiet():  # an all-zero row (a padding embedding) has scale 0:
+        with np.errstate(divide="ignore", invalid="ignore"), hidden_output():  # an all-zero row (a padding embedding) has scale 0:
             model = linear_quantize_weights(model, OptimizationConfig(global_config=OpLinearQuantizerConfig(  # it
                 mode="linear_symmetric", granularity="per_channel")))  # dequantizes to zeros whatever it stores
         record["quantization"] = {"scheme": "coremltools linear_quantize_weights, symmetric, per-channel (tensors of "
@@ -78,15 +79,6 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
                                   "weights": "int8", "activations": "fp16 (weights dequantized as used)"}
     record["convert_seconds"] = round(time.perf_counter() - t0, 1)
     return _renamed(model, names, teacher), record
-
-
-def _quiet():
-    """coremltools draws a progress bar per conversion pass on stderr: kept out of the command's output (the export
-    shows its own progress)."""
-    import contextlib
-    import io
-
-    return contextlib.redirect_stderr(io.StringIO())
 
 
 def _renamed(model, names: list[str], teacher):

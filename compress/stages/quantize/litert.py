@@ -17,8 +17,6 @@ before it is renamed into place.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest, copy_tokenizer_files, library_versions
 from compress.data.inputs import sample_inputs
 from compress.errors import ConfigError, StageError
+from compress.progress import hidden_output
 from compress.stages.common import measure_parity
 from compress.stages.quantize.config import QUANTIZE_LITERT, QuantizeConfig
 from compress.stages.quantize.parity import check_collapse
@@ -92,7 +91,7 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
     try:
         qt = quantizer.Quantizer(str(art.model_path))
         qt.load_quantization_recipe(getattr(recipe, recipe_name)())
-        with contextlib.redirect_stderr(io.StringIO()):  # its progress bars: quantize shows its own status
+        with hidden_output():  # its progress bars: quantize shows its own status
             result = qt.quantize(qt.calibrate(calibration) if calibration else None, enable_progress_bar=False,
                                  enable_progress_report=False)
     except Exception as e:  # noqa: BLE001 - the quantizer raises many types; its first line names the operator

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, EdgeCompressError, StageError
+from compress.progress import hidden_output
 from compress.stages.quantize.config import QuantizeConfig
 
 log = logging.getLogger("compress.stages.quantize.openvino")
@@ -165,7 +165,7 @@ def _nncf_logging(capture: logging.Handler | None = None) -> Iterator[None]:
     if capture is not None:
         nncf_logger.addHandler(capture)
         nncf_logger.setLevel(logging.INFO)
-    bars = contextlib.nullcontext() if log.isEnabledFor(logging.INFO) else contextlib.redirect_stdout(io.StringIO())
+    bars = contextlib.nullcontext() if log.isEnabledFor(logging.INFO) else hidden_output("stdout")
     try:
         with bars:
             yield
