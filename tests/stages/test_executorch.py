@@ -98,9 +98,10 @@ def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_
 
 def test_image_int8_is_static_and_needs_calibration(images, tmp_path):
     art = export(images["vit"], tmp_path / "vit8", ExportConfig(format="executorch", precision="int8",
-                                                              calibration=str(images["set"])))
+                                                              calibration=str(images["set"]),
+                                                              calibration_method="histogram"))
     q = art.manifest.steps[-1].metrics["quantization"]
-    assert q["activations"] == "static" and q["calibration_rows"] == 24
+    assert q["activations"] == "static" and q["calibration_rows"] == 24 and q["calibration_method"] == "histogram"
     proc = edgecompress("export", images["cnn"], "--format", "executorch", "--precision", "int8", "--out",
                         tmp_path / "no")
     assert_one_line_error(proc, "needs calibration data", "--calibration")
@@ -114,6 +115,14 @@ def test_cli_refuses_what_executorch_does_not_take(bert_classifier, tmp_path, ca
         capsys, "export", bert_classifier, "--format", "executorch", "--int8-mode", "static", "--out", tmp_path / "b")
     assert "--int8-mode" in main_error(capsys, "export", bert_classifier, "--int8-mode", "dynamic", "--out",
                                        tmp_path / "c")
+    assert "--calibration-method applies to static INT8" in main_error(
+        capsys, "export", bert_classifier, "--format", "executorch", "--precision", "int8", "--calibration-method",
+        "minmax", "--out", tmp_path / "d")  # text's default INT8 is dynamic: nothing to calibrate
+    assert "--calibration-method applies to --format executorch" in main_error(
+        capsys, "export", bert_classifier, "--calibration-method", "minmax", "--out", tmp_path / "e")
+    assert "--calibration-method applies to --precision int8" in main_error(
+        capsys, "export", bert_classifier, "--format", "executorch", "--calibration-method", "minmax", "--out",
+        tmp_path / "f")
 
 
 def test_a_torch_export_program_is_lowered_as_it_is_and_its_int8_refused(images, tmp_path, capsys):

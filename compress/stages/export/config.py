@@ -80,6 +80,14 @@ ADOPT_LITERT = StageSpec(
 )
 
 
+
+class RangeEstimator(StrEnum):
+    """How ExecuTorch's static INT8 sets each activation's range from the calibration rows."""
+
+    mean_minmax = "mean-minmax"
+    minmax = "minmax"
+    histogram = "histogram"
+
 class ExportFormat(StrEnum):
     onnx = "onnx"
     openvino = "openvino"
@@ -161,6 +169,11 @@ class ExportConfig(BaseModel):
     int8_mode: Int8Mode | None = Field(
         None, description="ExecuTorch int8: static activations calibrated on --calibration (the default for "
         "images) or dynamic (scales at run time, no calibration; the default for text).",
+    )
+    calibration_method: RangeEstimator | None = Field(
+        None, description="ExecuTorch static int8: the activation range estimator: mean-minmax (each calibration "
+        "row's extremes, averaged; the default), minmax (the whole set's extremes) or histogram (XNNPACKQuantizer's "
+        "own: the range of least L2 error). The logits keep the whole set's extremes in every case.",
     )
     calibration: str | None = Field(None, description="TensorRT and ExecuTorch int8: data file whose inputs "
                                     "calibrate activations.")

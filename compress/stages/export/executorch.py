@@ -132,7 +132,8 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
     mode = int8_mode(teacher, config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = xnnpack_quantizer(dynamic=mode == "dynamic")
+    method = str(config.calibration_method or CALIBRATION_METHOD)
+    quantizer = xnnpack_quantizer(dynamic=mode == "dynamic", method=method)
     prepared = prepare_pt2e(program.module(), quantizer)
     rows = _calibration_rows(teacher, config, names) if mode == "static" else [example]
     with torch.no_grad():
@@ -145,7 +146,7 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
               "calibration": config.calibration if mode == "static" else None,
               "calibration_rows": len(rows) if mode == "static" else 0}
     if mode == "static":
-        record |= {"calibration_method": CALIBRATION_METHOD, "clamps_fused": getattr(quantizer, "clamps_fused", 0)}
+        record |= {"calibration_method": method, "clamps_fused": getattr(quantizer, "clamps_fused", 0)}
     return quantized, record
 
 
@@ -156,10 +157,11 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
 CALIBRATION_METHOD = "mean-minmax"
 
 
-def xnnpack_quantizer(*, dynamic: bool):
+def xnnpack_quantizer(*, dynamic: bool, method: str = CALIBRATION_METHOD):
     """ExecuTorch's XNNPACKQuantizer, symmetric with per-channel weights; for static activations with two changes:
-    ranges by :data:`CALIBRATION_METHOD`, and a convolution's or linear layer's output quantized after the ReLU6 that
-    follows it (:func:`quantize_after_clamps`)."""
+    ranges by ``method`` (:data:`CALIBRATION_METHOD` unless asked; ``histogram`` is the quantizer's own), the graph's
+    outputs by their extremes, and a convolution's or linear layer's output quantized after the ReLU6 that follows it
+    (:func:`quantize_after_clamps`)."""
     import dataclasses
 
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -171,8 +173,11 @@ def xnnpack_quantizer(*, dynamic: bool):
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     if dynamic:
         return XNNPACKQuantizer().set_global(config)
-    act, outputs = (dataclasses.replace(config.output_activation, observer_or_fake_quant_ctr=o.with_args(eps=2**-12))
-                    for o in (mean_minmax_observer(), MinMaxObserver))
+    ranges = {"mean-minmax": mean_minmax_observer, "minmax": lambda: MinMaxObserver}.get(method)
+    act = dataclasses.replace(config.output_activation, observer_or_fake_quant_ctr=ranges().with_args(eps=2**-12)) \
+        if ranges else config.output_activation  # histogram: the config's own HistogramObserver
+    outputs = dataclasses.replace(config.output_activation,
+                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
 
     class StaticQuantizer(XNNPACKQuantizer):
         # without the conv-BN patterns of QAT, which cannot match here (prepare_pt2e has folded BatchNorm) and
@@ -262,6 +267,9 @@ def int8_mode(teacher, config: ExportConfig) -> str:
                           "export the nn.Module it came from")
     text = input_kind(teacher) == "text"
     mode = str(config.int8_mode or ("dynamic" if text else "static"))
+    if config.calibration_method and mode != "static":
+        raise ConfigError("--calibration-method applies to static INT8 (activations calibrated ahead of time)",
+                          hint="add --int8-mode static with --calibration, or drop --calibration-method")
     if mode == "static" and not config.calibration:
         raise ConfigError("static INT8 for ExecuTorch needs calibration data",
                           hint="pass --calibration DATA (inputs like the model's: texts, images or arrays)"
