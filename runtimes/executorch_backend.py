@@ -25,6 +25,10 @@ class ExecuTorchBackend(RuntimeBackend):
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
+        # ExecuTorch's quantized kernels (an INT8 program's embedding tables, quantized_decomposed::embedding_byte):
+        # importing the library registers them with the runtime, as an app links them
+        import executorch.kernels.quantized  # noqa: F401
+
         if self.settings.threads:
             portable_lib._unsafe_reset_threadpool(int(self.settings.threads))
         self.settings.threads = int(portable_lib._threadpool_get_thread_count())

@@ -40,6 +40,8 @@ from compress.stages.export.config import ExportConfig, Exporter, GraphOptimizat
 @click.option("--calibration-samples", type=int, help=ExportConfig.model_fields["calibration_samples"].description)
 @click.option("--calibration-method", type=click.Choice(["mean-minmax", "minmax", "histogram"]),
               help=ExportConfig.model_fields["calibration_method"].description)
+@click.option("--embedding-precision", type=click.Choice(["int8", "fp32"]),
+              help=ExportConfig.model_fields["embedding_precision"].description)
 @click.option("--dry-run", is_flag=True, help=ExportConfig.model_fields["dry_run"].description)
 @click.option("--profile", "-p", "profile_name", help=ExportConfig.model_fields["profile"].description)
 @click.option("--min-shape", help=ExportConfig.model_fields["min_shape"].description)
@@ -50,8 +52,9 @@ from compress.stages.export.config import ExportConfig, Exporter, GraphOptimizat
 @click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), help=ExportConfig.model_fields["via"].description)
 @force_option
 def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_samples, sample_data, allow_pickle,
-               trust_remote_code, precision, int8_mode, calibration, calibration_samples, calibration_method, dry_run, profile_name, min_shape,
-               opt_shape, max_shape, shape, timing_cache, via, force):
+               trust_remote_code, precision, int8_mode, calibration, calibration_samples, calibration_method,
+               embedding_precision, dry_run, profile_name, min_shape, opt_shape, max_shape, shape, timing_cache, via,
+               force):
     """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX, OpenVINO, TensorRT, ExecuTorch, LiteRT or Core ML
     artifact.
 
@@ -84,7 +87,7 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
         parity_samples=parity_samples, sample_data=str(sample_data) if sample_data else None,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         precision=precision, int8_mode=int8_mode, calibration=str(calibration) if calibration else None,
-        calibration_method=calibration_method,
+        calibration_method=calibration_method, embedding_precision=embedding_precision,
         calibration_samples=calibration_samples, dry_run=dry_run or None, profile=profile_name,
         min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, shape=shape,
         timing_cache=str(timing_cache) if timing_cache else None, via=via,
@@ -92,9 +95,10 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
     from compress.errors import ConfigError
 
     mobile = ("--precision", "--int8-mode", "--calibration", "--calibration-samples")
-    if calibration_method and fmt != "executorch":
-        raise ConfigError("--calibration-method applies to --format executorch (quantize has its own for ONNX Runtime)",
-                          hint="add --format executorch --precision int8, or drop it")
+    for option, value in (("--calibration-method", calibration_method), ("--embedding-precision", embedding_precision)):
+        if value and fmt != "executorch":
+            raise ConfigError(f"{option} applies to --format executorch (quantize has its own for ONNX Runtime)",
+                              hint="add --format executorch --precision int8, or drop it")
     if fmt != "tensorrt":
         used = [o for o, v in (("--precision", precision), ("--int8-mode", int8_mode), ("--calibration", calibration),
                                ("--dry-run", dry_run), ("--min-shape", min_shape), ("--opt-shape", opt_shape),
@@ -106,7 +110,8 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
             raise ConfigError(f"{used[0]} applies to --format tensorrt only", hint="add --format tensorrt or drop it")
     if fmt == "executorch" and precision == "fp16":
         raise ConfigError("--precision fp16 is not made for ExecuTorch here", hint="use int8, or leave it out (FP32)")
-    for option, value in (("--int8-mode", int8_mode), ("--calibration-method", calibration_method)):
+    for option, value in (("--int8-mode", int8_mode), ("--calibration-method", calibration_method),
+                          ("--embedding-precision", embedding_precision)):
         if value and precision != "int8":
             raise ConfigError(f"{option} applies to --precision int8", hint="add --precision int8 or drop it")
     if via == "torch-tensorrt":  # refused before the long phase, so the error is the one line the user sees

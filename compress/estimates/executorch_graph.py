@@ -49,7 +49,7 @@ _KERNEL_TRANSCENDENTAL = frozenset({"gelu", "tanh", "sigmoid", "exp", "erf", "lo
 #: views and metadata: no arithmetic (a copy an op's name ends in "_copy" for still moves its bytes)
 _KERNEL_FREE = frozenset({"et_view", "sym_size", "alias", "view", "_reshape_alias", "arange", "scalar_tensor", "full",
                           "zeros", "ones", "sym_numel", "sym_storage_offset", "sym_stride"})
-_KERNEL_GATHERS = frozenset({"embedding", "index", "gather", "index_select"})
+_KERNEL_GATHERS = frozenset({"embedding", "index", "gather", "index_select", "embedding_byte", "embedding_4bit"})
 
 
 def executorch_cost(path: Path, batch: int, seq: int) -> GraphCost:
@@ -178,6 +178,7 @@ def _kernel_node(name: str, op: str, args: list[Any], bound: int | None, seq: in
     """A portable kernel the runtime runs itself, at the cost of its kind over its largest activation (an out-variant
     kernel's output is its last tensor argument; a reduction's input is larger than its output)."""
     acts, weight = [], 0.0  # (elements, bytes) of each activation argument; bytes of the constant ones
+    table_itemsize = None  # a gather's table (its first argument): bytes per element; an INT8 table's rows are bytes
     for a in args:
         dims = getattr(a, "sizes", None)
         if dims is None:
@@ -187,14 +188,16 @@ def _kernel_node(name: str, op: str, args: list[Any], bound: int | None, seq: in
         n = math.prod(dims) if dims else 1
         if constant:
             weight += n * _SCALAR_ITEMSIZE.get(int(a.scalar_type), 4)
+            if table_itemsize is None:
+                table_itemsize = _SCALAR_ITEMSIZE.get(int(a.scalar_type), 4)
         else:
             acts.append((n, n * _SCALAR_ITEMSIZE.get(int(a.scalar_type), 4)))
     short = op.split("::")[-1]
     if short in _KERNEL_FREE:
         return NodeCost(name, op, dispatch=short not in ("et_view", "sym_size"))
     moved = float(sum(b for _, b in acts))
-    if short in _KERNEL_GATHERS and acts:  # reads the rows it gathers (as many bytes as it writes), not its table
-        weight = float(acts[-1][1])
+    if short in _KERNEL_GATHERS and acts:  # reads the rows it gathers (its output's elements), not its table
+        weight = float(acts[-1][0] * (table_itemsize or 4))
         return NodeCost(name, op, bytes=weight + moved, weight_bytes=weight)
     n = max((e for e, _ in acts), default=0)
     per = 5.0 if short in _KERNEL_NORMS else 8.0 if short in _KERNEL_TRANSCENDENTAL else 0.0 if short.endswith(

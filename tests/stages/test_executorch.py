@@ -58,6 +58,13 @@ def test_text_int8_is_dynamic_pt2e_and_agrees_with_the_teacher(programs):
     assert art.manifest.precision == "int8" and step["quantization"]["activations"] == "dynamic"
     assert step["parity"]["argmax_agreement"] >= 0.75
     assert step["parity"]["enforced"] is False  # INT8 is not held to --atol, and export does not say it is
+    # the word, position and token-type tables in INT8 too (XNNPACK's quantizer leaves embeddings in FP32)
+    assert step["quantization"]["embeddings"]["tables"] == 3
+    from compress.estimates.executorch_graph import executorch_cost
+
+    kernels = {n.op_type for n in executorch_cost(art.model_path, 1, 8).nodes}
+    assert "quantized_decomposed::embedding_byte" in kernels and "aten::embedding" not in kernels
+    assert art.model_path.stat().st_size < 0.5 * programs["fp32"].model_path.stat().st_size
 
 
 def _fc_arithmetic(tokens: int, hidden: int = 32, ffn: int = 64, layers: int = 2, labels: int = 2) -> float:
@@ -81,7 +88,7 @@ def test_a_programs_cost_is_read_from_its_xnnpack_graph_at_any_sequence_length(p
     assert executorch_cost(programs["fp32"].model_path, 3, 16).flops == pytest.approx(3 * fp32.flops)
     int8 = graph_cost(programs["int8"], 1, 16)
     assert int8.int8_ops == pytest.approx(fc) and int8.flops < 0.2 * fp32.flops
-    assert int8.weight_bytes < 0.5 * fp32.weight_bytes  # the FC weights in one byte (the embeddings stay FP32)
+    assert int8.weight_bytes < 0.5 * fp32.weight_bytes  # the FC weights in one byte (the embeddings' rows too)
 
 
 def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_classifier, programs, tmp_path):
@@ -120,6 +127,8 @@ def test_cli_refuses_what_executorch_does_not_take(bert_classifier, tmp_path, ca
         "minmax", "--out", tmp_path / "d")  # text's default INT8 is dynamic: nothing to calibrate
     assert "--calibration-method applies to --format executorch" in main_error(
         capsys, "export", bert_classifier, "--calibration-method", "minmax", "--out", tmp_path / "e")
+    assert "--embedding-precision applies to --format executorch" in main_error(
+        capsys, "export", bert_classifier, "--embedding-precision", "fp32", "--out", tmp_path / "g")
     assert "--calibration-method applies to --precision int8" in main_error(
         capsys, "export", bert_classifier, "--format", "executorch", "--calibration-method", "minmax", "--out",
         tmp_path / "f")

@@ -81,6 +81,13 @@ ADOPT_LITERT = StageSpec(
 
 
 
+class EmbeddingTables(StrEnum):
+    """How an ExecuTorch INT8 program stores its embedding tables."""
+
+    int8 = "int8"
+    fp32 = "fp32"
+
+
 class RangeEstimator(StrEnum):
     """How ExecuTorch's static INT8 sets each activation's range from the calibration rows."""
 
@@ -174,6 +181,10 @@ class ExportConfig(BaseModel):
         None, description="ExecuTorch static int8: the activation range estimator: mean-minmax (each calibration "
         "row's extremes, averaged; the default), minmax (the whole set's extremes) or histogram (XNNPACKQuantizer's "
         "own: the range of least L2 error). The logits keep the whole set's extremes in every case.",
+    )
+    embedding_precision: EmbeddingTables | None = Field(
+        None, description="ExecuTorch int8: embedding tables in int8 (one scale per row, read by ExecuTorch's "
+        "quantized kernels, which the app must link; the default) or fp32 (for a runner built without them).",
     )
     calibration: str | None = Field(None, description="TensorRT and ExecuTorch int8: data file whose inputs "
                                     "calibrate activations.")
