@@ -45,8 +45,6 @@ def _upgrade(model, opset: int, target: int, path: Path):
 def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = None, *, force: bool = False) -> Artifact:
     """Write the model file ``source`` (checked, its opset upgraded where needed) as an FP32 artifact at ``out``: ONNX,
     or OpenVINO for an IR."""
-    import onnx
-
     from compress.teachers.model_files import MIN_OPSET, load_model_file
     from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
@@ -68,6 +66,8 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
         elif lite:  # a LiteRT flatbuffer stays one
             shutil.copy2(info.path, tmp / "model.tflite")
         else:
+            import onnx  # here only: adopting an IR or a .tflite needs no onnx
+
             model = onnx.load(str(info.path))  # with its external data
             if upgraded:
                 log.info("upgrading %s from opset %d to %d", info.path.name, info.opset, MIN_OPSET)
