@@ -381,7 +381,8 @@ def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict
                 "energy_mj": None, "gops": None}
     s = candidate_shape(c, t)
     mm_b = _MATMUL_BYTES[c.quant]
-    emb_b = _EMBED_BYTES.get(c.quant, 1.0)
+    # an ExecuTorch program's INT8 keeps its tables in INT8 whatever the activations (export: quantize_embeddings)
+    emb_b = 1.0 if c.runtime == "executorch" else _EMBED_BYTES.get(c.quant, 1.0)
     if t.kind == "vit":  # tokens are the image's patches (and [CLS]); the patch embedding is a MatMul over pixels
         seq = t.positions
     tokens = batch * seq

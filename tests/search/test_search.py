@@ -657,3 +657,16 @@ def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_te
     assert report["metrics"]["metric_name"] == "entity_f1" and 0.0 <= report["metrics"]["metric"] <= 1.0
     assert [(p["label"].split(" ", 1)[1], p["fidelity"]) for p in result.summary["measured"]] == [
         ("L1 f0.5 vocab int8-dynamic", "short"), ("L1 f0.5 vocab int8-dynamic", "full")]  # distilled, pruned, recovered
+
+
+def test_an_executorch_candidates_size_counts_its_int8_embedding_tables():
+    """ONNX Runtime's static INT8 leaves the embedding table (a Gather) in FP32; an ExecuTorch INT8 program stores it
+    in INT8 with either activation mode, so the size check before training must not count it four times over."""
+    from compress.search.space import Candidate, TeacherShape, roofline
+
+    t = TeacherShape(layers=6, hidden=384, heads=12, ffn=1536, vocab=30522, positions=512, types=2, labels=2)
+    size = {(rt, q): roofline(Candidate(6, runtime=rt, quant=q), t, 1, 64, None)["size_mb"]
+            for rt in ("onnxruntime", "executorch") for q in ("int8-static", "int8-dynamic")}
+    assert size["executorch", "int8-static"] == pytest.approx(size["executorch", "int8-dynamic"])
+    assert size["executorch", "int8-static"] == pytest.approx(size["onnxruntime", "int8-dynamic"])
+    assert size["onnxruntime", "int8-static"] > size["executorch", "int8-static"] + 30  # the 45 MB FP32 table
