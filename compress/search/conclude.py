@@ -118,7 +118,7 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     from compress.artifact import load_artifact
     from compress.device.measure import measure_interleaved
     from compress.teachers.load import load_source
-    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.runtimes.base import DEFAULT_RUNTIME, RuntimeSettings, load_runtime
     from compress.validation.common import latency_texts
 
     if not trials or any(t.user_attrs.get("estimated") for t in trials):
@@ -135,7 +135,7 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
         if texts is None:
             texts = latency_texts(_eval_inputs(s.eval, art.manifest.preprocess), meas.batch_size,
                                   meas.sequence_length, art.manifest.preprocess)
-        rt = runtime or {"openvino": "openvino", "executorch": "executorch"}.get(str(art.format), "onnxruntime")
+        rt = runtime or DEFAULT_RUNTIME[art.format]
         opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
             {"provider": s.profile.runtime.provider, "options": dict(s.profile.runtime.options)}
         b = load_runtime(art, rt, RuntimeSettings(threads=threads or settings.threads, **opts))

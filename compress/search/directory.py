@@ -86,8 +86,6 @@ class Search:
                 "min_speedup": b.min_speedup}.get(name)
 
     def _space(self) -> dict[str, list[Any]]:
-        from compress._optional import is_available
-
         kind = KINDS[self.shape.kind]
         base = kind.space
         other = [k for k in self.config.space if k not in base]
@@ -104,7 +102,7 @@ class Search:
                               hint=f"use --objective latency or size for a {self.shape.kind} teacher")
         space = {k: list(v) for k, v in base.items()} | self.config.space
         notes = []
-        space["runtime"] = self._runtimes(space["runtime"], notes, is_available)
+        space["runtime"] = self._runtimes(space["runtime"], notes)
         if self.shape.embeds and any(w != 1.0 for w in space.get("width", [])):
             if "width" in self.config.space:
                 raise ConfigError("--space width: a sentence encoder's students keep its width (their embeddings are "
@@ -123,11 +121,13 @@ class Search:
             self.say(n)
         return space
 
-    def _runtimes(self, asked: list[str], notes: list[str], is_available) -> list[str]:
+    def _runtimes(self, asked: list[str], notes: list[str]) -> list[str]:
         """The runtimes candidates run on: ONNX Runtime anywhere; OpenVINO on a CPU profile that runs ONNX Runtime or
         OpenVINO; ExecuTorch on a CPU profile, where it is installed. By default a profile's own runtime leads
         (OpenVINO's profile: OpenVINO alone; a phone's: ExecuTorch, then ONNX Runtime), and ExecuTorch is asked
         for elsewhere (--space runtime=onnxruntime,executorch)."""
+        from compress._optional import is_available
+
         own = self.profile.runtime.name
         why = {}
         if own not in ("onnxruntime", "openvino"):

@@ -80,7 +80,6 @@ ADOPT_LITERT = StageSpec(
 )
 
 
-
 class EmbeddingTables(StrEnum):
     """How an ExecuTorch INT8 program stores its embedding tables."""
 
@@ -94,6 +93,7 @@ class RangeEstimator(StrEnum):
     mean_minmax = "mean-minmax"
     minmax = "minmax"
     histogram = "histogram"
+
 
 class ExportFormat(StrEnum):
     onnx = "onnx"
