@@ -306,6 +306,24 @@ GENEROUS_BUDGETS = {
     "max_cold_start_ms": 600000,
 }
 
+#: quick timing for profiles the tests validate against (enough calls for a median, a fraction of a second)
+QUICK_MEASURE = {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}
+
+
+def write_search_workspace(d: Path, teacher: Path) -> Path:
+    """A search's inputs in ``d``: a copy of ``teacher``, train/dev/test tables, and ``quick.yaml``, this machine with
+    generous budgets, timed briefly."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(teacher, d / "teacher")
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        write_tsv(d, name=name)
+    (d / "quick.yaml").write_text(yaml.safe_dump({"name": "quick", "extends": "host", "budgets": GENEROUS_BUDGETS,
+                                                  "measure": QUICK_MEASURE}), encoding="utf-8")
+    return d
+
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):

@@ -6,7 +6,6 @@ redoing finished work; unmet budgets get a diagnosis."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import yaml
 
 from compress.progress import to_lines
 from tests.cli.test_cli import assert_one_line_error, edgecompress
-from tests.conftest import GENEROUS_BUDGETS, write_tsv
+from tests.conftest import GENEROUS_BUDGETS, write_search_workspace, write_tsv
 
 pytest.importorskip("optuna")
 pytest.importorskip("jinja2")
@@ -27,14 +26,7 @@ SPACE = {"layers": [1, 2], "width": [1.0], "heads": [0.0], "ffn": [0.0, 0.5], "v
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, bert_classifier, home):
-    d = tmp_path_factory.mktemp("search")
-    shutil.copytree(bert_classifier, d / "teacher")
-    for name in ("train.tsv", "dev.tsv", "test.tsv"):
-        write_tsv(d, name=name)
-    (d / "quick.yaml").write_text(yaml.safe_dump({
-        "name": "quick", "extends": "host", "budgets": GENEROUS_BUDGETS,
-        "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}}), encoding="utf-8")
-    return d
+    return write_search_workspace(tmp_path_factory.mktemp("search"), bert_classifier)
 
 
 def config(ws: Path, **kw):

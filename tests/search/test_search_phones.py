@@ -4,13 +4,12 @@ machine's profile, asked for with ``--space``, programs are timed here beside th
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import GENEROUS_BUDGETS, write_tsv
+from tests.conftest import QUICK_MEASURE, write_search_workspace
 
 pytest.importorskip("optuna")
 pytest.importorskip("executorch")
@@ -18,14 +17,8 @@ pytest.importorskip("executorch")
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, bert_classifier, home):
-    d = tmp_path_factory.mktemp("search-phones")
-    shutil.copytree(bert_classifier, d / "teacher")
-    for name in ("train.tsv", "dev.tsv", "test.tsv"):
-        write_tsv(d, name=name)
-    measure = {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}
-    (d / "phone.yaml").write_text(yaml.safe_dump({"name": "phone", "extends": "pixel-8", "measure": measure}))
-    (d / "here.yaml").write_text(yaml.safe_dump({"name": "here", "extends": "host", "budgets": GENEROUS_BUDGETS,
-                                                 "measure": measure}))
+    d = write_search_workspace(tmp_path_factory.mktemp("search-phones"), bert_classifier)
+    (d / "phone.yaml").write_text(yaml.safe_dump({"name": "phone", "extends": "pixel-8", "measure": QUICK_MEASURE}))
     return d
 
 
@@ -66,7 +59,7 @@ def test_this_machines_profile_times_programs_beside_onnx_runtime_when_asked(wor
     space = {"layers": [2], "width": [1.0], "heads": [0.0], "ffn": [0.0], "vocab": [False],
              "quant": ["int8-dynamic"], "runtime": ["onnxruntime", "executorch"], "et_quant": ["int8-dynamic"],
              "threads": [0]}
-    result = run_search(config(workspace, "here.yaml", space), workspace / "here-search",
+    result = run_search(config(workspace, "quick.yaml", space), workspace / "quick-search",
                         progress=lambda *a, **k: None)
     s = result.summary
     labels = {p["label"].split(" ", 1)[1] for p in s["measured"]}
