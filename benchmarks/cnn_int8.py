@@ -41,15 +41,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from common import cached_step  # noqa: E402 - benchmarks/ on the path first
+from common import cached_step
 
 
 def build_family(name: str, teacher: Path, calibration: Path, work: Path, variants: set[str], *,
                  calibration_samples: int, threads: int, qat_steps: int = 100) -> dict[str, Path]:
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     w = work / name
     cal = dict(calibration=str(calibration), calibration_samples=calibration_samples)
@@ -81,9 +81,9 @@ def measure_family(name: str, arts: dict[str, Path], eval_data: Path, threads: i
     from compress.artifact import is_artifact, load_artifact
     from compress.data.inputs import load_inputs
     from compress.device.measure import measure_interleaved
-    from compress.teachers.load import load_teacher
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
 
     settings = RuntimeSettings(threads=threads)
     teacher = load_teacher(arts["teacher PyTorch FP32"])

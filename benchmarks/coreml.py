@@ -23,10 +23,10 @@ sys.path.insert(0, str(HERE))
 
 
 def main() -> int:
-    import compress  # noqa: F401
     from common import host_and_versions
     from mobile import models
 
+    import compress  # noqa: F401
     from compress.estimates.roofline import estimate
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from common import host_and_versions  # noqa: E402 - benchmarks/ on the path first
+from common import host_and_versions
 
 
 def _outputs(model_path: Path, images: np.ndarray) -> np.ndarray:
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "dense_map_int8.json")
     args = ap.parse_args(argv)
     from compress.artifact import load_artifact
-    from compress.validation.metrics import output_fidelity
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.validation.metrics import output_fidelity
 
     fp32 = load_artifact(args.work / "artifacts" / "mobilenet_v2_features" / "fp32")
     calibration_npz = args.work / "photos-calibration.npz"

@@ -58,8 +58,8 @@ def progress_printer(name: str):
 
 def run_distill(name, teacher_dir, train, dev, out, overrides, epochs, rebuild, eval_every, teacher_cache=None):
     from compress.artifact import is_artifact, load_artifact
-    from compress.stages.distill.config import DistillConfig
     from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
 
     if is_artifact(out) and not rebuild:
         art = load_artifact(out)
@@ -124,17 +124,16 @@ def main() -> None:
         ablation(args, teacher_dir)
         return
 
-    from compress.runtimes.base import RuntimeSettings, load_runtime
-
     from compress.artifact import is_artifact, load_artifact
     from compress.data.tables import load_dataset
     from compress.device.measure import measure_interleaved
-    from compress.teachers.load import load_teacher
+    from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.stages.distill.student import count_parameters
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.teachers.load import load_teacher
 
     dev_path, test_path = args.data / "dev.tsv", args.data / "test.tsv"
     teacher = load_teacher(teacher_dir)

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, Peaks, graph_cost, host_peaks, roofline
 from compress.estimates.cost import GraphCost
+from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, Peaks, graph_cost, host_peaks, roofline
 
 
 def _sgemm_gflops(threads: int) -> float:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from compress.artifact import load_artifact
-from compress.stages.export.config import ExportConfig
 from compress.stages.export import export
-from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.export.config import ExportConfig
 from compress.stages.quantize import quantize
+from compress.stages.quantize.config import QuantizeConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export_default.json"
 

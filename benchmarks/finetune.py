@@ -68,7 +68,6 @@ def one(mode: str, args) -> dict:
     import torch
 
     import compress  # noqa: F401
-
     from compress.stages.finetune import finetune
     from compress.stages.finetune.config import FinetuneConfig
 

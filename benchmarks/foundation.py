@@ -23,9 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
-from teacher import DEFAULT_DATA, ensure_teacher  # noqa: E402
+import numpy as np
+from teacher import DEFAULT_DATA, ensure_teacher
 
 
 def log(msg: str) -> None:
@@ -34,10 +33,10 @@ def log(msg: str) -> None:
 
 def build_artifacts(teacher_dir: Path, work: Path, data: Path, rebuild: bool) -> dict[str, Path]:
     from compress.artifact import is_artifact
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     dev = str(data / "dev.tsv")
     train = str(data / "train.tsv")
@@ -102,10 +101,10 @@ def main() -> None:
     from compress.artifact import load_artifact
     from compress.data.tables import load_dataset
     from compress.device.measure import measure_interleaved, probe_cold_start
-    from compress.teachers.load import load_teacher
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
 
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()

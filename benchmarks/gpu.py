@@ -211,7 +211,7 @@ def main() -> None:
             value = fn()
             log(f"{label}: {json.dumps(value, default=str)[:400]}")
             return value
-        except Exception as exc:  # one phase failing must not lose the others' figures
+        except Exception as exc:  # noqa: BLE001 - one phase failing must not lose the others' figures
             traceback.print_exc()
             result["errors"].append(f"{label}: {type(exc).__name__}: {exc}"[:2000])
             return None
@@ -227,7 +227,8 @@ def main() -> None:
                 continue
             for batch in (1, 32):
                 row = step(f"validate {name} b{batch}",
-                           lambda: validate_variant(teacher, dev, work, name, options, batch, args))
+                           lambda name=name, options=options, batch=batch: validate_variant(
+                               teacher, dev, work, name, options, batch, args))
                 if row:
                     result["validate"].append(row)
 

@@ -35,19 +35,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from common import cached_step  # noqa: E402 - benchmarks/ on the path first
+from common import cached_step
 
 
 def build(args) -> dict[str, dict[str, Path]]:
     """Every artifact of the benchmark: {family: {name: path}}."""
-    from compress.stages.distill.config import DistillConfig
     from compress.stages.distill import distill
-    from compress.stages.export.config import ExportConfig
+    from compress.stages.distill.config import DistillConfig
     from compress.stages.export import export
-    from compress.stages.prune.config import PruneConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.prune import prune
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.prune.config import PruneConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     train = args.digits / "train"
     w = args.work
@@ -104,9 +104,9 @@ def measure(families: dict[str, dict[str, Path]], test: Path, threads: int, seco
     from compress.artifact import is_artifact, load_artifact
     from compress.data.inputs import load_inputs
     from compress.device.measure import measure_interleaved
-    from compress.teachers.load import load_teacher
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
 
     settings = RuntimeSettings(threads=threads)
     rows, runs = {}, {}
@@ -130,7 +130,7 @@ def measure(families: dict[str, dict[str, Path]], test: Path, threads: int, seco
             one = backend.encode(ds.inputs[:1])
             runs[key] = (lambda b=backend, x=one: b.run(x))
         teacher_key = f"{family}: teacher PyTorch FP32"
-        for key, row in rows.items():
+        for row in rows.values():
             if row["family"] == family:
                 t = rows[teacher_key]
                 row["retention"] = row["accuracy"] / t["accuracy"]

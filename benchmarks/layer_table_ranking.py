@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import host_and_versions  # noqa: E402 - benchmarks/ on the path first
+from common import host_and_versions
 
 CACHE = HERE / ".cache"
 ADOPTED = CACHE / "adopted"

@@ -32,10 +32,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=HERE / ".cache" / "mobile")
     args = ap.parse_args()
-    import compress  # noqa: F401
     from ai_edge_quantizer import quantizer, recipe
     from mobile import DATA, models
 
+    import compress  # noqa: F401
     from compress.artifact import load_artifact
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig

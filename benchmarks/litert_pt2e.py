@@ -60,7 +60,6 @@ def machine() -> dict:
 def calibration_rows(teacher, kind: str, names: list[str], n: int, seed: int) -> list[tuple]:
     """``n`` seeded training rows (SST-2 train) or images (the training digits, all classes) as one-row inputs."""
     import torch
-
     from common import subset_tsv
     from mobile import DATA
 
@@ -143,10 +142,10 @@ def logits(backend, m: dict):
     """``(logits, labels)`` on the eval set: ``benchmarks/mobile.py``'s ``evaluate`` (same data, same 64-row calls),
     keeping the logits so that how far they moved from FP32 is measured too."""
     import numpy as np
+    from mobile import DATA
 
     from compress.data.images import load_image_dataset
     from compress.data.tables import load_dataset
-    from mobile import DATA
 
     ds = load_dataset(DATA / "dev.tsv", label2id={"negative": 0, "positive": 1}, num_labels=2) if m["kind"] == "text" \
         else load_image_dataset(HERE / ".cache" / "digits" / "test")
@@ -167,7 +166,7 @@ def score(art, m: dict, ref, labels, threads: int) -> dict:
     got, _ = logits(b, m)
     it = b.interpreter
     tensors = {t["index"]: t["dtype"].__name__ for t in it.get_tensor_details()}
-    ops = it._get_ops_details()  # noqa: SLF001 - the interpreter's one listing of operators
+    ops = it._get_ops_details()
     matmuls = Counter(f"{o['op_name']} {tensors[o['inputs'][0]]} x {tensors[o['inputs'][1]]}" for o in ops
                       if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL"))
     pred, ref_pred = got.argmax(-1), ref.argmax(-1)
@@ -247,8 +246,8 @@ def main() -> int:
                     "rows from an earlier run")
     args = ap.parse_args()
     import compress  # noqa: F401 - before torchvision-using imports
+    # isort: split
     import torch
-
     from mobile import models
 
     torch.set_num_threads(args.threads)

@@ -106,10 +106,9 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="measure this model only (repeatable); the JSON keeps the others' "
                     "rows from an earlier run")
     args = ap.parse_args()
-    import compress  # noqa: F401 - before torchvision-using imports
-
     from common import host_and_versions
 
+    import compress  # noqa: F401 - before torchvision-using imports
     from compress.artifact import load_artifact
     from compress.data.inputs import latency_inputs
     from compress.device.measure import probe_cold_start

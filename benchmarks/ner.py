@@ -36,8 +36,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import compress  # noqa: E402,F401 - edgecompress's torchvision hook, before transformers imports torchvision
-from common import host_and_versions  # noqa: E402 - benchmarks/ on the path first
+from common import host_and_versions
+
+import compress  # noqa: F401 - edgecompress's torchvision hook, before transformers imports torchvision
 
 DATA = HERE.parent.parent / "shared" / "data" / "conll2003"
 CACHE = HERE / ".cache"

@@ -50,10 +50,10 @@ def program_base(out: Path) -> Path:
 
 
 def main() -> int:
-    import compress  # noqa: F401 - torchvision's schemas before timm
     from common import host_and_versions
     from transfer_digits import test_accuracy
 
+    import compress  # noqa: F401 - torchvision's schemas before timm
     from compress.stages.finetune import finetune
     from compress.stages.finetune.config import FinetuneConfig
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -83,20 +83,19 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from compress.runtimes.base import RuntimeSettings, load_runtime
-    from compress.runtimes.torch_backend import TorchBackend
-
     from compress.artifact import is_artifact, load_artifact
     from compress.data.tables import load_dataset
     from compress.device.measure import measure_interleaved
-    from compress.teachers.load import load_teacher
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.distill.student import count_parameters
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.prune.config import PruneConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.prune import prune
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.prune.config import PruneConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.teachers.load import load_teacher
 
     t_all = time.perf_counter()
     teacher_dir = args.teacher if args.teacher != DEFAULT_OUT else ensure_teacher(args.data)

@@ -28,9 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
-from teacher import DEFAULT_DATA, ensure_teacher  # noqa: E402
+import numpy as np
+from teacher import DEFAULT_DATA, ensure_teacher
 
 
 def log(msg: str) -> None:
@@ -46,10 +45,10 @@ def timed(fn):
 def build(teacher_dir: Path, data: Path, work: Path, rebuild: bool, eval_samples: int) -> tuple[dict, dict]:
     from compress.artifact import is_artifact
     from compress.errors import EdgeCompressError
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     dev, train = str(data / "dev.tsv"), str(data / "train.tsv")
     plans = {
@@ -76,7 +75,7 @@ def build(teacher_dir: Path, data: Path, work: Path, rebuild: bool, eval_samples
             continue
         log(f"building {name}")
         try:
-            _, seconds[name] = timed(lambda: make(out))
+            _, seconds[name] = timed(lambda make=make, out=out: make(out))
         except EdgeCompressError as e:
             failures[name] = str(e)
             log(f"{name} failed: {e}")
@@ -204,10 +203,10 @@ def main() -> None:
     from compress.artifact import load_artifact
     from compress.data.tables import load_dataset
     from compress.device.measure import measure_interleaved
-    from compress.teachers.load import load_teacher
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.openvino_backend import OpenVINOBackend
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
 
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()

@@ -144,12 +144,12 @@ def main() -> None:
     results["slowed_fp32"] = gate_summary(fp32, base)
     log(f"pruned student left in FP32: {results['slowed_fp32']['verdict']}")
 
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.prune.config import PruneConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.prune import prune
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.prune.config import PruneConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     harsh = WORK / "harsh"
     if not (harsh / "int8" / "manifest.json").is_file():

@@ -64,8 +64,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import compress  # noqa: E402,F401 - edgecompress's torchvision hook, before anything imports torchvision
-from common import host_and_versions  # noqa: E402 - benchmarks/ on the path first
+from common import host_and_versions
+
+import compress  # noqa: F401 - edgecompress's torchvision hook, before anything imports torchvision
 
 CACHE = HERE / ".cache" / "tasks"
 RESULTS = HERE / "results" / "tasks.json"

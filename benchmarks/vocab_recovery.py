@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import host_and_versions  # noqa: E402
-from teacher import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher  # noqa: E402
+from common import host_and_versions
+from teacher import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 
 
 def log(msg: str) -> None:

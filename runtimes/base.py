@@ -18,9 +18,9 @@ import numpy as np
 
 from compress._optional import is_available, require
 from compress.artifact import Artifact, Format
-from compress.errors import ConfigError
-from compress.device.shipped import TextFeeds, first_subtokens, pool
 from compress.data.tokenization import encoder_for
+from compress.device.shipped import TextFeeds, first_subtokens, pool
+from compress.errors import ConfigError
 
 # runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here.
 RUNTIMES: dict[str, str] = {
@@ -106,7 +106,7 @@ class RuntimeBackend(ABC):
         cannot, validate estimates what it would measure."""
         return True
 
-    @classmethod
+    @classmethod  # noqa: B027 - optional: most need no check
     def check_settings(cls, settings: RuntimeSettings) -> None:
         """Fail fast (ConfigError) when ``settings`` name a device/provider this machine lacks."""
 
@@ -161,7 +161,7 @@ class RuntimeBackend(ABC):
             return first_subtokens(self.predict(feeds), word_ids)
         return self.predict(self.encode(texts, pairs))
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - optional: host runtimes are synchronous
         """Wait for asynchronous device work (GPU runtimes override); host runtimes are synchronous.
 
         Latency on a GPU is timed on the host (``compress.device.measure.measure_interleaved``) around
@@ -179,7 +179,7 @@ class RuntimeBackend(ABC):
             "precision": str(self.artifact.precision),
         }
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most sessions free themselves
         """Release the session/model."""
 
 

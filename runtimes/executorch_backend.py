@@ -21,13 +21,12 @@ class ExecuTorchBackend(RuntimeBackend):
     formats: ClassVar[frozenset[Format]] = frozenset({Format.executorch})
 
     def _load(self) -> None:
-        import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
-
         # ExecuTorch's quantized kernels (an INT8 program's embedding tables, quantized_decomposed::embedding_byte):
         # importing the library registers them with the runtime, as an app links them
         import executorch.kernels.quantized  # noqa: F401
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
 
         if self.settings.threads:
             portable_lib._unsafe_reset_threadpool(int(self.settings.threads))

@@ -6,7 +6,6 @@ Used by the TensorRT runtime adapter and by the export stage's parity check; it 
 from __future__ import annotations
 
 import importlib
-
 from pathlib import Path
 from typing import Any
 

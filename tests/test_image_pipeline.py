@@ -118,7 +118,7 @@ def test_teachers_of_every_kind_describe_their_inputs(teachers):
     from compress.artifact import ImagePreprocess, Task
     from compress.teachers.load import load_teacher
 
-    for kind, path in teachers.items():
+    for path in teachers.values():
         t = load_teacher(path)
         m = t.manifest()
         assert m.task is Task.image_classification and m.labels == LABELS
@@ -175,9 +175,9 @@ def test_torchscript_and_pickled_modules_load_only_when_opted_in(teachers, tmp_p
     import torch
 
     from compress.errors import ModelLoadError
-    from compress.teachers.load import load_teacher
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.teachers.load import load_teacher
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(4, len(LABELS))).eval()
@@ -213,8 +213,8 @@ def test_export_records_parity_and_the_processor_agreement(onnx_images):
 
 def test_a_processor_mismatch_fails_the_check(teachers):
     from compress.errors import ParityError
-    from compress.teachers.load import load_teacher
     from compress.stages.export.onnx import _processor_agreement
+    from compress.teachers.load import load_teacher
 
     t = load_teacher(teachers["cnn"])
     t.info.preprocess = t.info.preprocess.model_copy(update={"interpolation": "nearest"})
@@ -237,8 +237,8 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
     import onnx
 
     from compress.artifact import Precision
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(onnx_images["cnn"], tmp_path / "q", QuantizeConfig(calibration=str(images_dir / "set")))
     assert art.precision is Precision.int8
@@ -262,8 +262,8 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
 def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_group(onnx_images, images_dir, tmp_path):
     import onnx
 
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     cfg = QuantizeConfig(calibration=str(images_dir / "set"), data=str(images_dir / "set"), max_drop=0.9,
                          eval_samples=10)
@@ -282,9 +282,9 @@ def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_gr
 def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images, images_dir, tmp_path):
     import onnx
 
-    from compress.stages.quantize.granularity import swap_scales
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize.granularity import swap_scales
 
     pc = quantize(onnx_images["cnn"], tmp_path / "pc", QuantizeConfig(calibration=str(images_dir / "set")))
     pt = quantize(onnx_images["cnn"], tmp_path / "pt", QuantizeConfig(calibration=str(images_dir / "set"),
@@ -309,8 +309,8 @@ def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images
 
 def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_images, tmp_path):
     from compress.errors import ConfigError
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     with pytest.raises(ConfigError, match="dynamic INT8 does not quantize convolutions"):
         quantize(onnx_images["cnn"], tmp_path / "d", QuantizeConfig(mode="dynamic"))
@@ -330,10 +330,10 @@ def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(onnx_images, tmp_path):
 
 def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, images_dir, tmp_path):
     pytest.importorskip("nncf")
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     ov = export(onnx_images["cnn"], tmp_path / "ov", ExportConfig(format="openvino"))
     art = quantize(ov, tmp_path / "ov8", QuantizeConfig(calibration=str(images_dir / "set.npz")))
@@ -363,8 +363,8 @@ def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers
 
     from compress.artifact import Format
     from compress.stages.export import export
-    from compress.stages.prune.config import PruneConfig
     from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
 
     art = prune(teachers["cnn"], tmp_path / "p", PruneConfig(channels=0.5, recover_steps=4, recover_batch_size=8),
                 train=images_dir / "set", eval_data=images_dir / "set")
@@ -385,8 +385,8 @@ def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers
 def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
     pytest.importorskip("torch_pruning")
     from compress.errors import ConfigError
-    from compress.stages.prune.config import PruneConfig
     from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
 
     with pytest.raises(ConfigError, match="torch.export program"):
         prune(teachers["program"], tmp_path / "a", PruneConfig(channels=0.5))
@@ -398,10 +398,10 @@ def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
 
 @pytest.mark.transformers4
 def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, images_dir, tmp_path):
-    from compress.teachers.load import load_teacher
     from compress.stages.export import export
-    from compress.stages.prune.config import PruneConfig
     from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
+    from compress.teachers.load import load_teacher
 
     art = prune(teachers["vit"], tmp_path / "p", PruneConfig(heads=0.5, ffn=0.5, recover_steps=4, recover_batch_size=8,
                                                              samples=12),
@@ -416,9 +416,9 @@ def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, imag
 
 
 def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_path):
-    from compress.teachers.load import load_teacher
-    from compress.stages.distill.config import DistillConfig
     from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.teachers.load import load_teacher
 
     cfg = DistillConfig(layers=1, max_steps=6, batch_size=8, eval_every=3, lr=1e-3)
     res = distill(teachers["vit"], images_dir / "set", tmp_path / "s", cfg, eval_data=images_dir / "set",
@@ -439,8 +439,8 @@ def test_a_program_teacher_distils_into_a_users_checkpoint_that_reads_images_as_
     import transformers
 
     from compress.errors import ConfigError
-    from compress.stages.distill.config import DistillConfig
     from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
     from compress.stages.export import export
 
     with pytest.raises(ConfigError, match="no config to build a smaller student"):
@@ -476,8 +476,8 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
     import sys
     import zipfile
 
-    from compress.packaging.config import PackageConfig
     from compress.packaging.bundle import package
+    from compress.packaging.config import PackageConfig
     from tests.packaging.test_package import write_profile
 
     prof = write_profile(tmp_path, memory_mb=1024)

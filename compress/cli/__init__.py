@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo(f"interrupted ({interrupt.signal_name()}); no output was written", err=True)
         sys.exit(interrupt.exit_code())
-    except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
+    except Exception as e:
         if debug:
             raise
         env = storage_error(e)  # the user's environment (disk full, read-only, no permission): exit 2

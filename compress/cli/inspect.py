@@ -18,9 +18,9 @@ def inspect_cmd(artifact, as_json, no_verify):
     A model file (.onnx, an OpenVINO .xml, a .pt2 with its model.yaml) is shown as `export` would adopt it: its
     inputs, outputs, task and input description, after the same checks."""
     from compress.artifact import load_artifact
+    from compress.reports.render import render_manifest
     from compress.teachers.model_files import is_model_file
     from compress.teachers.program_files import is_program_file
-    from compress.reports.render import render_manifest
 
     model_file = is_model_file(artifact) or is_program_file(artifact)
     if model_file:

@@ -63,9 +63,9 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
     2 on bad input, and --unverified-exit-code (default 4) when none failed but some could not be measured
     (sizes with --no-download, cold start with --no-cold-start): UNVERIFIED, as in validate.
     """
+    from compress.packaging.bundle import package
     from compress.packaging.config import PackageConfig
     from compress.packaging.report import check_report_output, render_package_report, write_package_report
-    from compress.packaging.bundle import package
 
     config = build_config(
         PackageConfig, profile=profile, memory_mb=memory_mb, download=not no_download, cold_start=not no_cold_start,

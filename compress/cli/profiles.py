@@ -13,8 +13,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from compress.profiles.schema import DeviceProfile
 from compress.profiles.load import check_profile_file, list_profiles, load_profile
+from compress.profiles.schema import DeviceProfile
 
 
 def _console() -> Console:

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import DataError
-
 from compress.data.image_files import IMAGE_SUFFIXES, LABEL_COLUMNS, PATH_COLUMNS, _bomb, _check_image
+from compress.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageDataset", "load_image_dataset"]
 
@@ -132,8 +131,8 @@ def _folder(root: Path, label2id: dict[str, int] | None) -> ImageDataset:
 
 
 def _table(file: Path, label2id: dict[str, int] | None, targets: bool = False) -> ImageDataset:
-    from compress.data.tables import _map_labels, map_targets
     from compress.data.readers import _open_table
+    from compress.data.tables import _map_labels, map_targets
 
     columns, read_rows = _open_table(file, None, str(file))  # the readers text data goes through, same errors
     from compress.data.boxes import is_box_table, load_boxes

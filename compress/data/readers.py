@@ -262,7 +262,7 @@ def _open_parquet(file: Path) -> tuple[list[str], _RowReader]:
             f"pandas cannot read Parquet without an engine ({e})",
             hint="install it with: pip install 'edgecompress[data]'",
         ) from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged or foreign file
         raise DataError(f"{file}: not a readable Parquet file ({e})", hint="re-write the file") from None
     columns = [str(c) for c in frame.columns]
 
@@ -277,7 +277,7 @@ def _open_saved_dataset(directory: Path, split: str | None) -> tuple[list[str], 
     hf = require("datasets", "reading a dataset saved with save_to_disk")
     try:
         obj = hf.load_from_disk(str(directory))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - datasets raises many types for a directory it cannot read
         raise DataError(
             f"{directory}: could not load the saved dataset ({type(e).__name__}: {e})",
             hint="re-save it with datasets' save_to_disk",

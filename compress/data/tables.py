@@ -429,7 +429,7 @@ def _map_labels(
     id_hint = f"ids 0..{num_labels - 1}" if num_labels is not None else "ids"
 
     ids: list[int] = []
-    for p, value, (row_no, line_no) in zip(parsed, raw, where):
+    for p, (row_no, line_no) in zip(parsed, where):
         at = _at(source, row_no, line_no)
         if p is None:
             raise DataError(

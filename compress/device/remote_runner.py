@@ -139,7 +139,7 @@ def check_runtime(runtime, provider, fmt):
     try:
         import numpy
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken install (OSError on a shared library)
-        raise _import_failure("numpy", e)
+        raise _import_failure("numpy", e) from None
     machine = platform.machine().lower()
     info = {"runtime": runtime, "numpy": numpy.__version__}
     if fmt == "tensorrt":
@@ -149,7 +149,7 @@ def check_runtime(runtime, provider, fmt):
         try:
             import onnxruntime as ort
         except Exception as e:  # noqa: BLE001
-            raise _import_failure("onnxruntime", e)
+            raise _import_failure("onnxruntime", e) from None
         available = ort.get_available_providers()
         want = provider or "CPUExecutionProvider"
         if want not in available:
@@ -164,8 +164,8 @@ def check_runtime(runtime, provider, fmt):
         except Exception as e:  # noqa: BLE001
             if machine not in OPENVINO_ARCHES:
                 raise Fail(EXIT_ARCH, "wrong_arch", "an OpenVINO IR needs OpenVINO's CPU plugin, which is released "
-                           "for x86-64 and ARM64; this device is %s" % machine, arch=machine)
-            raise _import_failure("openvino", e)
+                           "for x86-64 and ARM64; this device is %s" % machine, arch=machine) from None
+            raise _import_failure("openvino", e) from None
         want = (provider or "CPU").split(".")[0]
         devices = list(ov.Core().available_devices)
         if want not in [d.split(".")[0] for d in devices]:
@@ -329,7 +329,7 @@ def _run(args, workdir, t_start):
             models[name] = Model(job, spec, workdir)
     except Exception as e:  # noqa: BLE001 - the runtime's own error, reported as such
         raise Fail(EXIT_LOAD, "load_failed", "%s could not load the %s model: %s: %s"
-                   % (job["runtime"], name, type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
+                   % (job["runtime"], name, type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")) from None
     phases["load_s"] = time.perf_counter() - t0
 
     art = models["artifact"]

@@ -112,7 +112,7 @@ def _first(args: dict[str, list[str]], key: str) -> str:
     return (args.get(key) or [""])[0]
 
 
-def _evaluate(op: str, args: dict[str, list[str]], values: dict, shapes: dict):  # noqa: C901 - a table
+def _evaluate(op: str, args: dict[str, list[str]], values: dict, shapes: dict):
     """The value of a shape computation (``shape`` of a tensor, then gathers, slices, concatenations, casts and
     integer arithmetic on it), so a reshape's target shape is known; None for anything else."""
     import numpy as np

@@ -134,7 +134,7 @@ def _delegate_nodes(graph: dict[str, Any], name: str, bound: int | None, seq: in
             for k, n in enumerate(graph.get("xnodes", []))]
 
 
-def _xnn_node(name: str, op: str, node: dict[str, Any], tensors) -> NodeCost:  # noqa: C901 - a table
+def _xnn_node(name: str, op: str, node: dict[str, Any], tensors) -> NodeCost:
     ins = [tensors[int(node[k])] for k in ("input_id", "input1_id", "input2_id", "input3_id", "input4_id",
                                            "input5_id", "filter_id", "bias_id")
            if k in node and int(node[k]) in tensors and not (k == "bias_id" and int(node[k]) == 0xFFFFFFFF)]

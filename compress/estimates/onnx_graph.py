@@ -10,18 +10,18 @@ from typing import Any
 
 from compress.errors import MissingBackendError
 from compress.estimates.cost import (
-    NodeCost,
-    GraphCost,
+    _BROADCAST,
     _FREE,
-    _NORMS,
-    _TRANSCENDENTAL,
     _INT8_MATMUL,
     _MATMUL,
+    _NORMS,
     _SAME_SHAPE,
-    _BROADCAST,
-    _numel,
-    _broadcast,
+    _TRANSCENDENTAL,
+    GraphCost,
+    NodeCost,
     _bind_dim,
+    _broadcast,
+    _numel,
 )
 
 log = logging.getLogger("compress.estimates.roofline")
@@ -222,7 +222,7 @@ def _onnx_flops(op, node, attrs, ins, in_shapes, outs, shapes, weight_alias, dty
 _SMALL = 4096  # largest tensor (elements) the shape-value evaluator keeps
 
 
-def _eval_small(op, attrs, ins, in_shapes, consts):  # noqa: C901 - a table
+def _eval_small(op, attrs, ins, in_shapes, consts):
     """Value of a small integer tensor computed from shapes and constants (position ids, reshape targets)."""
     import numpy as np
 
@@ -303,7 +303,7 @@ def _is_int8_weight(ins, weight_alias, dtypes) -> bool:
     return False
 
 
-def _onnx_rule(op, node, attrs, ins, in_shapes, outs, shapes, dtypes, consts) -> None:  # noqa: C901 - a table
+def _onnx_rule(op, node, attrs, ins, in_shapes, outs, shapes, dtypes, consts) -> None:
     """Fill in output shapes (and element types) ONNX's inference left unknown."""
     s0 = in_shapes[0] if in_shapes else None
     t0 = dtypes.get(ins[0], 1) if ins else 1

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from compress.errors import MissingBackendError
-from compress.estimates.cost import NodeCost, GraphCost, _numel
+from compress.estimates.cost import GraphCost, NodeCost, _numel
 
 log = logging.getLogger("compress.estimates.roofline")
 

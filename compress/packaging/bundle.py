@@ -44,28 +44,28 @@ from compress import __version__
 from compress.artifact import Artifact, Task, load_artifact
 from compress.device.shipped import cpu_model, sha256_file
 from compress.errors import ArtifactError, ConfigError, OutputExistsError
-from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
+from compress.packaging.coldstart import _cold_start
 from compress.packaging.config import (
     _ZIP_EPOCH,
     BUNDLE_INFO,
     KIND_DEPENDENCIES,
-    dependencies_for,
     MB,
     MODEL_DIR,
     PACKAGE,
     Contributor,
     PackageConfig,
     PackageReport,
+    dependencies_for,
 )
-from compress.packaging.coldstart import _cold_start
-from compress.progress import Progress, sink
 from compress.packaging.wheels import (
-    _shell,
     _pip_download,
     _pip_download_cmd,
+    _shell,
     _unpack_wheel,
     _wheel_name,
 )
+from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
+from compress.progress import Progress, sink
 
 log = logging.getLogger(__name__)
 

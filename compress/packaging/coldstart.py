@@ -18,12 +18,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-
 from compress.device.shipped import cpu_model
 from compress.errors import ConfigError, StageError
-
-from compress.packaging.config import (COLD_START_TIMEOUT_S, IMPORT_NAMES, MB, PackageConfig, _ARCH, _FORBIDDEN_IMPORTS,
-                                     first_request)
+from compress.packaging.config import (
+    _ARCH,
+    _FORBIDDEN_IMPORTS,
+    COLD_START_TIMEOUT_S,
+    IMPORT_NAMES,
+    MB,
+    PackageConfig,
+    first_request,
+)
 from compress.packaging.wheels import _pip_download, _pip_download_cmd, _unpack_wheel
 from compress.progress import Progress, silent
 

@@ -6,14 +6,12 @@ import logging
 import os
 from pathlib import Path
 
-
 from compress.artifact import (
     check_output,
     staged_dir,
 )
 from compress.errors import OutputExistsError
-
-from compress.packaging.config import Contributor, MB, PackageReport, TOP_CONTRIBUTORS
+from compress.packaging.config import MB, TOP_CONTRIBUTORS, Contributor, PackageReport
 
 log = logging.getLogger("compress.packaging.bundle")  # the verb's logger
 

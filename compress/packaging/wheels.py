@@ -11,9 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 from compress.errors import StageError
-
 from compress.packaging.config import _canonical
 
 log = logging.getLogger("compress.packaging.bundle")  # the verb's logger

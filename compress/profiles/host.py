@@ -12,12 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from compress.device.shipped import ARM_PARTS, arm_core, cpu_model, cpuinfo
 from compress.errors import ProfileError
-
-
-from compress.profiles.schema import Arch, DeviceProfile, HOST, HOST_BUDGETS, _ARCH_ALIASES, _ARM_KEEP, _CGROUP, _CPUINFO, _DEVICE_TREE_MODEL, _LIST_HINT, _SIMD_ALIASES, _X86_KEEP
+from compress.profiles.schema import (
+    _ARCH_ALIASES,
+    _ARM_KEEP,
+    _CGROUP,
+    _CPUINFO,
+    _DEVICE_TREE_MODEL,
+    _LIST_HINT,
+    _SIMD_ALIASES,
+    _X86_KEEP,
+    HOST,
+    HOST_BUDGETS,
+    Arch,
+    DeviceProfile,
+)
 
 log = logging.getLogger("compress.profiles.load")  # one logger for everything about profiles
 

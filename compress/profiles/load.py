@@ -29,15 +29,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from compress.errors import ProfileError
+from compress.profiles.host import (
+    _host_data,
+)
 from compress.profiles.schema import (
-    DeviceProfile,
-    HOST,
     _LIST_HINT,
     _MAX_EXTENDS_DEPTH,
     _SUFFIXES,
-)
-from compress.profiles.host import (
-    _host_data,
+    HOST,
+    DeviceProfile,
 )
 
 if TYPE_CHECKING:

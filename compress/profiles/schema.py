@@ -10,8 +10,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-
 log = logging.getLogger("compress.profiles.load")  # one logger for everything about profiles
 
 

@@ -32,10 +32,10 @@ from typing import Any
 from compress.errors import EdgeCompressError, OutputExistsError
 from compress.interrupt import ensure_signal_stack
 from compress.progress import Progress, sink
-from compress.validation.gate import RUN_INDEX, RUN_MARKER
 from compress.recipes.plan import Job, Plan, make_plan, rough_seconds
 from compress.recipes.schema import read_recipe
 from compress.recipes.verbs import VERBS, StepContext
+from compress.validation.gate import RUN_INDEX, RUN_MARKER
 
 log = logging.getLogger(__name__)
 

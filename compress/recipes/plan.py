@@ -18,9 +18,9 @@ from typing import Any
 
 from compress.artifact import MANIFEST
 from compress.errors import ConfigError
-from compress.teachers.images import MODULE_FILES, PROGRAM_FILE
 from compress.recipes.schema import FinetuneSpec, Recipe, resolve_path
 from compress.recipes.verbs import MEASURING_VERBS, TEACHER, VERBS
+from compress.teachers.images import MODULE_FILES, PROGRAM_FILE
 
 #: names in a path field that mean one of the recipe's data files
 DATA_NAMES = ("train", "eval", "calibration")

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import ConfigError
-from compress.profiles.load import looks_like_path, UniqueKeyLoader  # duplicate keys refused, as in profiles
+from compress.profiles.load import UniqueKeyLoader, looks_like_path  # duplicate keys refused, as in profiles
 from compress.recipes.verbs import MEASURING_VERBS, STEP_VERBS, TEACHER, VERBS
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"

@@ -117,8 +117,8 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
     from compress.artifact import load_artifact
     from compress.device.measure import measure_interleaved
-    from compress.teachers.load import load_source
     from compress.runtimes.base import DEFAULT_RUNTIME, RuntimeSettings, load_runtime
+    from compress.teachers.load import load_source
     from compress.validation.common import latency_texts
 
     if not trials or any(t.user_attrs.get("estimated") for t in trials):
@@ -229,8 +229,7 @@ def _dir_mb(d: Path) -> float:
 def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     """The chosen artifact validated on the held-out data, on the same profile."""
     from compress.reports.render import write_report
-    from compress.validation.local import validate
-    from compress.validation.local import ValidateConfig
+    from compress.validation.local import ValidateConfig, validate
 
     out = s.dir / "holdout"
     report_json = out / "report" / "report.json"
@@ -292,7 +291,7 @@ def diagnose(s, points: list[dict[str, Any]], skipped: list[dict[str, Any]] | No
     need = "; ".join(f"{n} {b['measured']:.4g} vs {b['comparison']} {b['limit']:g} "
                      f"({_needed(b)})" for n, b in missing)
     lines.append(f"closest: trial {best['trial']} ({best['label']}, {best['fidelity']} fidelity): {need}")
-    for n, b in missing:
+    for n, _ in missing:
         ok = [p for p in points if p["budgets"].get(n, {}).get("status") != "fail"]
         if ok:
             alt = min(ok, key=total)

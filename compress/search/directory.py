@@ -16,9 +16,20 @@ from compress.progress import Progress, note, sink
 from compress.search.conclude import TIMING_NOISE, violation
 from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
-from compress.search.space import (KINDS, RUNTIME_SETTINGS, Candidate, Fidelity, TeacherShape, all_candidates,
-                                   candidate_steps, from_params, roofline, trial_params)
+from compress.search.space import (
+    KINDS,
+    RUNTIME_SETTINGS,
+    Candidate,
+    Fidelity,
+    TeacherShape,
+    all_candidates,
+    candidate_steps,
+    from_params,
+    roofline,
+    trial_params,
+)
 from compress.search.trials import latency_ratio, teacher_fp32_ms, too_slow_like, typical_ratio
+
 
 class Search:
     """One search directory: its study, its store, its fidelities and its budgets."""

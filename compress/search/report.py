@@ -7,7 +7,7 @@ from typing import Any
 
 
 def write_search_html(search_dir: Path | str, summary: dict[str, Any]) -> Path:
-    from compress.reports.html import template_env, pareto, write_page
+    from compress.reports.html import pareto, template_env, write_page
 
     search_dir = Path(search_dir)
     measured = sorted(summary["measured"], key=lambda p: p["trial"])

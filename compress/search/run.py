@@ -39,14 +39,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compress.errors import EdgeCompressError, OutputExistsError
+from compress.progress import Progress
 from compress.recipes.execute import write_json_atomic
 from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
-from compress.progress import Progress
 from compress.search.directory import Search
 from compress.search.space import SHAPE_DIMS, Candidate, quant_choices, suggest, trial_params
 from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
-
 
 MARKER = ".edgecompress-search"
 #: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume

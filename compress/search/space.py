@@ -372,8 +372,9 @@ def candidate_shape(c: Candidate, t: TeacherShape) -> Shape:
 def roofline(c: Candidate, t: TeacherShape, batch: int, seq: int, peaks) -> dict[str, float | None]:
     """Size (MB), optimistic latency (ms, :mod:`compress.estimates.roofline`'s roofline with its calibrated efficiencies) and
     an energy proxy (mJ) of one inference of ``c``, from its shape alone. No ``peaks``: no latency (None)."""
-    from compress.estimates.roofline import DEFAULT_EFFICIENCY, roofline as graph_roofline
     from compress.estimates.cost import GraphCost, NodeCost
+    from compress.estimates.roofline import DEFAULT_EFFICIENCY
+    from compress.estimates.roofline import roofline as graph_roofline
 
     if t.kind in ("cnn", "file"):  # no analytic graph: the size from the parameters (a CNN's convs pruned at both ends)
         keep = 1.0 - c.channels

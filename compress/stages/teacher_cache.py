@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.progress import Progress
 from compress.errors import ConfigError, EdgeCompressError
+from compress.progress import Progress
 
 log = logging.getLogger(__name__)
 

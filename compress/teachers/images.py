@@ -40,8 +40,8 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.teachers.checkpoints import InfoTeacher, model_load_error
 from compress.errors import ConfigError, ModelLoadError
+from compress.teachers.checkpoints import InfoTeacher, model_load_error
 
 PROGRAM_FILE = "model.pt2"
 #: TorchScript archives and pickled nn.Modules: loading either runs code from the file, so only with --allow-pickle
@@ -126,8 +126,8 @@ def _task(config: dict[str, Any]) -> Task:
 
 
 def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ImageInfo:
-    from compress.teachers.image_processors import preprocess_from_hf
     from compress.teachers.checkpoints import _read_json, inspect_weights
+    from compress.teachers.image_processors import preprocess_from_hf
 
     config = _read_json(path / "config.json")
     if config.get("auto_map") and not trust_remote_code:
@@ -360,7 +360,7 @@ def load_image_teacher(path: Path | str, *, allow_pickle: bool = False, trust_re
     auto = transformers.AutoModelForImageClassification
     try:
         model = auto.from_pretrained(str(info.path), **kwargs)
-    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+    except Exception as e:
         raise model_load_error(auto, info.path, kwargs, e) from e
     processor = None
     try:
@@ -387,7 +387,7 @@ def _load_module(info: ImageInfo, allow_pickle: bool):
     except Exception:  # noqa: BLE001 - not TorchScript: a pickled module, perhaps
         try:
             model = torch.load(str(file), map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ModelLoadError(f"{file}: neither TorchScript nor a pickled module ({type(e).__name__})",
                                  hint="save the module with torch.export.save (model.pt2)") from e
     if not isinstance(model, torch.nn.Module):

@@ -26,8 +26,8 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
 from compress.errors import ConfigError, ModelLoadError
+from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +290,8 @@ def load_teacher(
 ) -> Teacher:
     """Load a fine-tuned teacher checkpoint for ``task`` (inferred from its architecture when None): a Hugging Face
     text model here, an image classifier (Hugging Face or a ``.pt2`` program) through :mod:`compress.teachers.images`."""
-    from compress.teachers.model_files import is_model_file, load_model_file
     from compress.teachers.images import is_image_source, load_image_teacher
-
+    from compress.teachers.model_files import is_model_file, load_model_file
     from compress.teachers.program_files import is_program_file, load_program_file
 
     if is_model_file(path) or is_program_file(path):  # a file made elsewhere: the FP32 reference itself
@@ -326,7 +325,7 @@ def load_teacher(
                              hint="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(info.path), use_fast=True, **kwargs)
-    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+    except Exception as e:
         raise ModelLoadError(
             f"{info.path}: cannot load the tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
             hint="the checkpoint needs tokenizer files (tokenizer.json or vocab) saved by save_pretrained()",
@@ -335,7 +334,7 @@ def load_teacher(
         raise ModelLoadError(f"{info.path}: no fast tokenizer available", hint="save the checkpoint with a fast tokenizer")
     try:
         model, loading = auto.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise model_load_error(auto, info.path, kwargs, e) from e
     missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
     if missing:

@@ -27,8 +27,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compress.artifact import (
-    Artifact,
     ArrayPreprocess,
+    Artifact,
     Format,
     ImagePreprocess,
     Manifest,
@@ -42,8 +42,8 @@ from compress.artifact import (
     library_versions,
 )
 from compress.device.shipped import sha256_file
-from compress.teachers.checkpoints import InfoTeacher
 from compress.errors import ConfigError, ModelLoadError, first_line
+from compress.teachers.checkpoints import InfoTeacher
 
 __all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
            "graph_specs", "inspect_model_file",
@@ -395,7 +395,7 @@ def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], o
     if task in (Task.text_classification, Task.image_classification, Task.object_detection) and not labels:
         raise ConfigError(f"{description_file(p)}: task {task} needs labels", hint="labels: [class names by id]")
     if task is Task.object_detection:  # the layout against the output's shape and the labels, before anything runs
-        from compress.validation.detection import check_preprocess, check_layout
+        from compress.validation.detection import check_layout, check_preprocess
 
         try:
             check_layout(desc.postprocess or Postprocess(), outputs[0].shape if outputs else [], len(labels))

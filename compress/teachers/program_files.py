@@ -89,7 +89,7 @@ class ProgramTeacher(DescribedModel):
 
 def load_program_file(path: Path | str, *, allow_pickle: bool = False) -> ProgramTeacher:
     """A program described by its ``model.yaml`` (see the module doc), loaded and checked."""
-    from compress.teachers.model_files import ModelFileInfo, description_file, describe_inputs, read_description
+    from compress.teachers.model_files import ModelFileInfo, describe_inputs, description_file, read_description
     from compress.teachers.programs import load_program, program_inputs, program_outputs, training_mode_ops
 
     p = Path(path)
@@ -137,7 +137,7 @@ def _torchscript(p: Path, desc, allow_pickle: bool):
                           hint="declare inputs: {NAME: {shape: [per-sample dims], dtype: float32}}, in forward's order")
     try:
         module = torch.jit.load(str(p), map_location="cpu").eval()
-    except Exception as e:  # noqa: BLE001 - torch.jit raises many types
+    except Exception as e:
         raise ModelLoadError(f"{p}: not a TorchScript archive ({type(e).__name__})",
                              hint="save it with torch.jit.save, or as a .pt2 program with torch.export.save") from e
     inputs = [TensorSpec(name=n, dtype=d.dtype, shape=["batch_size", *d.shape]) for n, d in desc.inputs.items()]
@@ -145,7 +145,7 @@ def _torchscript(p: Path, desc, allow_pickle: bool):
     try:
         with torch.no_grad():
             out = module(*zeros)
-    except Exception as e:  # noqa: BLE001 - the declared inputs do not fit the module
+    except Exception as e:
         raise ConfigError(f"{description_file(p)}: the module does not run on the declared inputs "
                           f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:160]})",
                           hint="declare each input's per-sample shape and dtype, in forward's order") from e

@@ -64,7 +64,7 @@ def load_program(path: Path | str, *, allow_pickle: bool = False):
             return torch.export.load(str(p))
     except ModelLoadError:
         raise
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad archive
+    except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelLoadError(f"{p}: cannot load the program ({type(e).__name__}: {first[:200]})",
                              hint="was it written by torch.export.save with this torch version?") from e

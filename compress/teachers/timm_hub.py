@@ -83,7 +83,7 @@ def load_timm_model(path: Path, config: dict[str, Any], weights: list[str], *, p
     kwargs.update(config.get("model_args") or {})
     try:
         model = timm.create_model(config["architecture"], pretrained=False, **kwargs)
-    except Exception as e:  # noqa: BLE001 - an unknown architecture or bad arguments
+    except Exception as e:
         raise ModelLoadError(f"{path}: timm cannot build {config['architecture']!r} ({type(e).__name__}: "
                              f"{first_line(e, 160, default='')})",
                              hint=f"check the architecture name against timm {timm.__version__}") from e

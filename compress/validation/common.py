@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from compress.artifact import Artifact, Format, load_artifact
-from compress.profiles.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
 from compress.device.measure import LatencyStats
+from compress.profiles.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
 from compress.profiles.schema import DeviceProfile
 from compress.progress import Progress
 from compress.runtimes.base import RuntimeSettings
@@ -70,9 +70,9 @@ def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: boo
     ``allow_pickle``: the teacher was loaded with it (a TorchScript archive, a pickled checkpoint), so is its export."""
     if art.format not in (Format.onnx, Format.openvino, Format.executorch, Format.coreml):
         return None
-    from compress.teachers.load import teacher_format
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.teachers.load import teacher_format
 
     if teacher_format(teacher) is not Format.pytorch:  # an adopted file: itself, or converted as the artifact was
         if teacher_format(teacher) is art.format:

@@ -46,6 +46,10 @@ class GateConfig:
     normalize: bool = True
 
 
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
 @dataclass
 class MetricResult:
     metric: str
@@ -84,9 +88,8 @@ class GateResult:
         if self.metrics:
             lines += ["| metric | verdict | new | baseline | change | p |", "|---|---|---|---|---|---|"]
             for m in self.metrics:
-                fmt = (lambda v: "" if v is None else f"{v:.4g}")
                 change = "" if m.change is None else f"{m.change:+.1%}"
-                lines.append(f"| {m.metric} | {m.verdict} | {fmt(m.new)} | {fmt(m.baseline)} | {change} | {fmt(m.p_value)} |")
+                lines.append(f"| {m.metric} | {m.verdict} | {_fmt(m.new)} | {_fmt(m.baseline)} | {change} | {_fmt(m.p_value)} |")
         return "\n".join(lines) + "\n"
 
     def junit(self) -> str:
@@ -375,7 +378,7 @@ def runs_markdown(rows: list[dict[str, Any]], *, new: str, baseline: str) -> str
     for r in rows:
         cells = {m["metric"].split()[0]: m for m in r.get("metrics", [])}
 
-        def cell(key: str) -> str:
+        def cell(key: str, cells: dict = cells) -> str:
             m = cells.get(key)
             if not m:
                 return ""

@@ -28,16 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
 from compress.artifact import Artifact, Format, Task
-from compress.errors import MissingBackendError
-from compress.device.shipped import cpu_model
-from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.device.measure import LatencyStats, measure_interleaved, probe_cold_start
-from compress.validation.metrics import prediction_metrics
-from compress.validation.values import VALUE_TASKS
+from compress.device.shipped import cpu_model
+from compress.errors import MissingBackendError
+from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
 from compress.validation.common import ValidationReport, ValidationRun, baseline_artifact, conclude, latency_texts
+from compress.validation.metrics import prediction_metrics
 from compress.validation.teacher_outputs import predict_all
+from compress.validation.values import VALUE_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,12 @@ def validate(
     ``progress`` receives :mod:`compress.progress` events, one phase after another (evaluating, timing, cold
     start, ...): counted by rows, or by the ``fraction`` reached; the CLI draws bars, library users can ignore it.
     """
-    from compress.validation.cache import usage as cache_usage
-    from compress.device.host_runtime import runtime_for
     from compress.data.inputs import load_inputs
-    from compress.teachers.load import load_teacher, teacher_format
+    from compress.device.host_runtime import runtime_for
     from compress.profiles.load import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
+    from compress.teachers.load import load_teacher, teacher_format
+    from compress.validation.cache import usage as cache_usage
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()
@@ -283,9 +283,9 @@ def _other_outputs(backend, run: ValidationRun, settings) -> dict[str, Any]:
     (an adopted file and its artifact: a detector's boxes beside its scores); one more pass over the eval rows."""
     import numpy as np
 
-    from compress.validation.metrics import output_fidelity
-    from compress.teachers.load import teacher_format
     from compress.runtimes.base import load_runtime
+    from compress.teachers.load import teacher_format
+    from compress.validation.metrics import output_fidelity
 
     teacher, dataset, batch_size = run.teacher, run.dataset, run.profile.measure.eval_batch_size
     if teacher_format(teacher) is Format.pytorch:  # a PyTorch teacher gives its primary output only

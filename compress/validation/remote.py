@@ -40,13 +40,20 @@ import numpy as np
 
 from compress import __version__
 from compress.artifact import Artifact
+from compress.device.measure import LatencyStats
 from compress.device.shipped import sha256_file
 from compress.interrupt import sigterm_as_interrupt
-from compress.device.measure import LatencyStats
 from compress.progress import start_phase
 from compress.validation.common import ValidationRun
-from compress.validation.ssh import (ARCH_NAMES, DEVICE, REMOTE_RUNTIMES, RUNNER, DeviceSession, RemoteError,
-                                   RemoteTarget)
+from compress.validation.ssh import (
+    ARCH_NAMES,
+    DEVICE,
+    REMOTE_RUNTIMES,
+    RUNNER,
+    DeviceSession,
+    RemoteError,
+    RemoteTarget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +186,8 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
 
 def validate_remote(target: RemoteTarget, run: ValidationRun):
     """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load)."""
-    from compress.validation.metrics import prediction_metrics
     from compress.validation.common import conclude
+    from compress.validation.metrics import prediction_metrics
 
     art, profile, settings, dataset, warnings = run.art, run.profile, run.settings, run.dataset, run.warnings
     m = art.manifest

@@ -140,9 +140,9 @@ def teacher_outputs(teacher, dataset, *, batch_size: int, threads: int | None, u
 
 def _run(teacher, dataset, batch_size: int, threads: int | None, progress: Progress | None) -> np.ndarray:
     from compress.artifact import Format
-    from compress.teachers.load import teacher_format
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import teacher_format
 
     tick = start_phase(progress, "evaluating the teacher", len(dataset)) if progress else None
     if teacher_format(teacher) is Format.pytorch:

@@ -36,7 +36,7 @@ class UserMetric:
     def __call__(self, outputs, labels) -> float:
         try:
             value = self.function(outputs, labels)
-        except Exception as e:  # noqa: BLE001 - the user's code may raise anything
+        except Exception as e:
             raise ConfigError(f"--metric {self.spec} raised {type(e).__name__}: {first_line(e, default='')}",
                               hint="it is called as function(outputs: numpy array [rows, ...], labels: numpy array or "
                                    "None) and returns a number") from e
@@ -66,7 +66,7 @@ def load_metric(spec: str) -> UserMetric:
         sys.path.insert(0, "")  # the current directory, as `python -m` searches it
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - an import runs the module: anything can go wrong
+    except Exception as e:
         raise ConfigError(f"--metric {spec}: cannot import {module_name} "
                           f"({type(e).__name__}: {first_line(e, default='')})",
                           hint="run from the folder that holds the module, or install it; check it imports with "

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from compress.device import shipped as device
 from compress.artifact import ImagePreprocess, Manifest
 from compress.data.images import load_image_dataset
+from compress.device import shipped as device
 from compress.errors import DataError
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow not installed (pip install 'edgecompress[images]')")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.device import shipped as device
 from compress.artifact import MANIFEST, Manifest, load_artifact
-from compress.errors import ArtifactError
 from compress.data.tokenization import encoder_for
+from compress.device import shipped as device
+from compress.errors import ArtifactError
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["a gripping, beautifully acted film.", "dull.", "the plot is thin " * 40]

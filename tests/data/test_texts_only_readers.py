@@ -8,13 +8,13 @@ samples and TensorRT INT8 calibration. Readers that score (validate) still map a
 from __future__ import annotations
 
 import pytest
+from conftest import SENTENCES, write_tsv
 
 from compress.errors import DataError
-from compress.stages.export.config import ExportConfig
 from compress.stages.export import export
-from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.export.config import ExportConfig
 from compress.stages.quantize import quantize
-from conftest import SENTENCES, write_tsv
+from compress.stages.quantize.config import QuantizeConfig
 
 
 @pytest.fixture(scope="module")

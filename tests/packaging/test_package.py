@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 from compress.cli import cli
 from compress.errors import OutputExistsError, Unverified
-from compress.packaging.config import KIND_DEPENDENCIES, PackageConfig
 from compress.packaging.bundle import package
+from compress.packaging.config import KIND_DEPENDENCIES, PackageConfig
 from compress.packaging.report import report_paths
 
 #: a text artifact's bundle: onnxruntime, tokenizers, numpy
@@ -224,10 +224,11 @@ def test_the_handler_of_a_token_classifier_returns_entities_with_offsets(ner_tea
     character offsets; the tags are those the artifact gives the same words in edgecompress."""
     import zipfile
 
+    from conftest import NER_SENTENCES, NER_TAGS
+
     from compress.runtimes.base import load_runtime
     from compress.stages.export import export
     from compress.validation.entities import tags_of
-    from conftest import NER_SENTENCES, NER_TAGS
 
     ner_onnx = export(ner_teacher, tmp_path / "ner-onnx")
 

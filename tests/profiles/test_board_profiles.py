@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from compress.errors import ProfileError
 from compress.profiles import host as H  # host detection reads its paths from here
 from compress.profiles import load as P
-from compress.errors import ProfileError
-from compress.profiles.schema import Arch
-from compress.profiles.load import check_profile_file, load_profile
 from compress.profiles.host import derive_peaks, flops_per_cycle, match_device
+from compress.profiles.load import check_profile_file, load_profile
+from compress.profiles.schema import Arch
 
 BOARDS = ["raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "intel-nuc", "cpu-arm64-graviton"]
 SERVERLESS = ["aws-lambda-x86_64", "aws-lambda-arm64", "gcp-cloud-run"]

@@ -15,11 +15,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from compress.profiles import host as H  # host detection reads its paths from here
-from compress.profiles import load as P
 from compress.cli.profiles import profiles as profiles_cli
 from compress.errors import ProfileError
+from compress.profiles import host as H  # host detection reads its paths from here
+from compress.profiles import load as P
+from compress.profiles.load import builtin_profile_names, check_profile_file, detect_host, load_profile
 from compress.profiles.schema import (
+    _ARM_KEEP,
+    _X86_KEEP,
     Arch,
     Budgets,
     DeviceProfile,
@@ -27,10 +30,7 @@ from compress.profiles.schema import (
     LatencyBudget,
     MeasureConfig,
     RuntimeConfig,
-    _ARM_KEEP,
-    _X86_KEEP,
 )
-from compress.profiles.load import builtin_profile_names, check_profile_file, detect_host, load_profile
 
 BUILTINS = ["cpu-arm64-neon", "cpu-x86-avx2", "cpu-x86-avx512-vnni"]
 REPO = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.recipes.demo import MARKER
 from compress.errors import MissingBackendError, OutputExistsError
+from compress.recipes.demo import MARKER
 from tests.cli.test_cli import assert_one_line_error, edgecompress
 
 

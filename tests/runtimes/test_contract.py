@@ -25,14 +25,14 @@ def artifacts(bert_classifier, onnx_artifact, tmp_path_factory):
 
     arts = {"torch": load_teacher(bert_classifier).as_artifact(), "onnxruntime": onnx_artifact}
     if importlib.util.find_spec("openvino") is not None:
-        from compress.stages.export.config import ExportConfig
         from compress.stages.export import export
+        from compress.stages.export.config import ExportConfig
 
         arts["openvino"] = export(bert_classifier, tmp_path_factory.mktemp("contract") / "ov",
                                   ExportConfig(format="openvino", parity_samples=2))
     if importlib.util.find_spec("executorch") is not None:
-        from compress.stages.export.config import ExportConfig
         from compress.stages.export import export
+        from compress.stages.export.config import ExportConfig
 
         arts["executorch"] = export(bert_classifier, tmp_path_factory.mktemp("contract") / "pte",
                                     ExportConfig(format="executorch", parity_samples=2))
@@ -41,8 +41,8 @@ def artifacts(bert_classifier, onnx_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(bert_classifier):
-    from compress.teachers.load import load_teacher
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
 
     return TorchBackend.from_teacher(load_teacher(bert_classifier)).predict_text(TEXTS)
 

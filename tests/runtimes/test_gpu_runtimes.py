@@ -11,6 +11,7 @@ import importlib.util
 import shutil
 
 import pytest
+
 from compress.artifact import Format, Manifest, Precision, load_artifact, write_manifest
 from compress.cli import main
 from compress.errors import ConfigError, MissingBackendError
@@ -151,8 +152,8 @@ def test_torch_dtype_options():
 def test_torch_bf16_on_cpu_runs_without_touching_the_callers_model(bert_classifier):
     import torch
 
-    from compress.teachers.load import load_teacher
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
 
     teacher = load_teacher(bert_classifier)
     b = TorchBackend.from_teacher(teacher, RuntimeSettings(options={"dtype": "bf16"}))
@@ -334,12 +335,12 @@ def test_validate_a_teacher_on_a_torch_cuda_profile(bert_classifier, tmp_path, d
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_distill_runs_on_the_gpu(bert_classifier, tmp_path, precision):
     import torch
+    from conftest import write_tsv
 
     from compress.artifact import load_artifact
     from compress.stages.distill import distill
     from compress.stages.distill.config import DistillConfig
     from compress.teachers.load import load_teacher
-    from conftest import write_tsv
 
     data = write_tsv(tmp_path / "data")
     r = distill(bert_classifier, data, tmp_path / "student", DistillConfig(layers=1, max_steps=6,

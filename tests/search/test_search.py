@@ -101,8 +101,8 @@ def test_resuming_a_finished_search_redoes_nothing_and_more_trials_continue_it(f
 
 
 def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, monkeypatch):
-    from compress.search.run import run_search
     from compress.search.directory import Search
+    from compress.search.run import run_search
 
     real = Search.measure
     calls = []
@@ -127,8 +127,8 @@ def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, mo
 def test_a_finished_search_given_more_time_builds_what_it_had_no_time_for(workspace, monkeypatch):
     """The diagnosis says "give the search more time": resuming with a larger --time-budget builds the promoted
     candidates that did not fit (here: a full candidate that costs more than the budget left)."""
-    from compress.search.run import run_search
     from compress.search.directory import Search
+    from compress.search.run import run_search
 
     real = Search.cost
     monkeypatch.setattr(Search, "cost", lambda *a, **k: 1e9)
@@ -187,8 +187,8 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
     """TPE learns which candidates cannot fit only by proposing them; the estimate knows already. After a wasted
     trial (skipped or a repeat) the next one is drawn from the untried candidates expected to fit, so each one
     that fits costs at most two new trials: all four that fit (of sixteen) are measured within nine."""
-    from compress.search.run import run_search
     from compress.search.directory import Search
+    from compress.search.run import run_search
     from compress.search.space import all_candidates, trial_params
 
     space = {**SPACE, "ffn": [0.0, 0.3, 0.5, 0.7], "threads": [0, 1]}
@@ -372,8 +372,8 @@ def test_a_cnn_teacher_is_searched_over_channel_pruning(image_workspace):
 
 
 def test_a_vit_teacher_is_searched_over_depth_and_its_estimate_counts_patches(image_workspace):
-    from compress.search.run import run_search
     from compress.search.directory import Search
+    from compress.search.run import run_search
 
     d, teachers = image_workspace
     space = {"layers": [1, 2], "heads": [0.0], "ffn": [0.0], "quant": ["int8-static"], "runtime": ["onnxruntime"],
@@ -619,10 +619,10 @@ def test_qat_steps_reach_only_full_fidelity_onnx_runtime_int8_candidates(workspa
 def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_teacher, tmp_path):
     """Named entities: a depth and FFN student of the tiny NER teacher, distilled per token, judged by entity F1; the
     CoNLL eval file is split by sentence into the ranked and held-out halves; the vocabulary is planned on its words."""
+    from compress.runtimes.torch_backend import TorchBackend
     from compress.search.config import SearchConfig
     from compress.search.run import run_search
     from compress.teachers.load import load_teacher
-    from compress.runtimes.torch_backend import TorchBackend
     from compress.validation.entities import tags_of
     from tests.conftest import NER_SENTENCES, NER_TAGS
 

@@ -85,8 +85,8 @@ def _optimized_ops(model_path: Path, tmp: Path) -> dict[str, int]:
 
 
 def test_default_static_int8_fuses_every_conv_and_relu6_into_integer_kernels(stack, tmp_path):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
     step = art.manifest.steps[-1]
@@ -106,8 +106,8 @@ def test_default_static_int8_fuses_every_conv_and_relu6_into_integer_kernels(sta
 
 
 def test_per_tensor_weights_collapse_and_the_manifest_says_so(stack, tmp_path):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), per_channel=False))
     parity = art.manifest.steps[-1].metrics["parity_vs_input"]
@@ -117,8 +117,8 @@ def test_per_tensor_weights_collapse_and_the_manifest_says_so(stack, tmp_path):
 
 def test_strict_refuses_a_collapsed_int8_and_writes_nothing(stack, tmp_path):
     from compress.errors import QuantizationCollapsed
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     with pytest.raises(QuantizationCollapsed, match="collapsed against its input") as e:
         quantize(stack["onnx"], tmp_path / "q",
@@ -137,8 +137,8 @@ def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
 
 
 def test_speed_aware_times_every_layer_group_and_reports_what_it_kept(stack, tmp_path):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), speed_aware=True,
                                                                   speed_threads=1, speed_seconds=0.2))
@@ -155,8 +155,8 @@ def test_speed_aware_times_every_layer_group_and_reports_what_it_kept(stack, tmp
 
 
 def test_small_gemms_stay_float_with_the_reason(stack, tmp_path):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
     m = art.manifest.steps[-1].metrics
@@ -191,10 +191,10 @@ def test_an_activation_on_a_graph_output_keeps_its_clamp(tmp_path):
     import numpy as np
     import torch
 
-    from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
-    from compress.stages.quantize import quantize
     from compress.runtimes.base import load_runtime
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU6(), torch.nn.Conv2d(32, 32, 3), torch.nn.ReLU6())

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("coremltools")
 
-from compress.stages.export import export  # noqa: E402
-from compress.stages.export.config import ExportConfig  # noqa: E402
-from tests.cli.test_cli import main_error  # noqa: E402
-from tests.conftest import write_tsv  # noqa: E402
+from compress.stages.export import export
+from compress.stages.export.config import ExportConfig
+from tests.cli.test_cli import main_error
+from tests.conftest import write_tsv
 
 OFF_APPLE = pytest.mark.skipif(sys.platform == "darwin", reason="describes a machine where Core ML cannot run")
 

@@ -29,12 +29,12 @@ from compress.artifact import Format, Task, load_artifact
 from compress.cli import cli
 from compress.cli import main as cli_main
 from compress.errors import ConfigError, DataError, OutputExistsError
-from compress.teachers.load import load_teacher
+from compress.stages.distill import distill
 from compress.stages.distill.config import DistillConfig, Interrupted
 from compress.stages.distill.losses import _Plan, distill_loss, join_augment, length_grouped_order, neighbour_augment
-from compress.stages.distill.student import build_student, count_parameters, evenly_spaced, layer_list, load_student
 from compress.stages.distill.run import default_run_dir
-from compress.stages.distill import distill
+from compress.stages.distill.student import build_student, count_parameters, evenly_spaced, layer_list, load_student
+from compress.teachers.load import load_teacher
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -230,8 +230,8 @@ def test_load_student_with_the_teachers_tokenizer(teacher, tmp_path):
 def test_student_with_another_tokenizer_takes_output_losses_only(teacher, tmp_path):
     """A student with its own tokenizer (a vocabulary-pruned one) is distilled on the outputs; intermediate
     losses, which compare token positions, are refused with the reason."""
-    from compress.stages.prune.config import PruneConfig
     from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
 
     small = tmp_path / "vocab"
     data = write_tsv(tmp_path / "d")
@@ -906,8 +906,8 @@ def test_a_narrower_student_of_a_sentence_encoder_is_refused_in_one_line(bert_en
 
 def test_a_sentence_encoders_search_keeps_its_width(bert_encoder, tmp_path):
     from compress.errors import ConfigError
-    from compress.search.config import SearchConfig
     from compress.progress import to_lines
+    from compress.search.config import SearchConfig
     from compress.search.directory import Search
     from tests.conftest import write_tsv
 

@@ -17,15 +17,15 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-import compress.stages.distill.training as distill_training_mod
 import compress.stages.distill.run as distill_run_mod
+import compress.stages.distill.training as distill_training_mod
 from compress.artifact import load_artifact
 from compress.data.tables import load_dataset
 from compress.stages import teacher_cache as tcache
-from compress.stages.distill.config import DistillConfig, Interrupted
-from compress.stages.distill.run import default_run_dir
 from compress.stages.distill import distill
+from compress.stages.distill.config import DistillConfig, Interrupted
 from compress.stages.distill.losses import length_grouped_order
+from compress.stages.distill.run import default_run_dir
 
 # 96 rows of varied lengths: two teacher batches of 64 and 32 rows.
 ROWS = [(lab, f"{text} {' and'.join(['' for _ in range(i % 5)])} take {i}") for i in range(8)

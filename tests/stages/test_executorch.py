@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("executorch")
 
-from compress.stages.export import export  # noqa: E402
-from compress.stages.export.config import ExportConfig  # noqa: E402
-from tests.cli.test_cli import assert_one_line_error, edgecompress, main_error  # noqa: E402
-from tests.conftest import write_tsv  # noqa: E402
+from compress.stages.export import export
+from compress.stages.export.config import ExportConfig
+from tests.cli.test_cli import assert_one_line_error, edgecompress, main_error
+from tests.conftest import write_tsv
 
 
 @pytest.fixture(scope="module")

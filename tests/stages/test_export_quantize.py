@@ -11,10 +11,10 @@ import pytest
 
 from compress.artifact import MANIFEST, Format, Precision, load_artifact
 from compress.errors import ArtifactError, ConfigError, IntegrityError, OutputExistsError, ParityError
-from compress.stages.export.config import ExportConfig
 from compress.stages.export import export
-from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.export.config import ExportConfig
 from compress.stages.quantize import quantize
+from compress.stages.quantize.config import QuantizeConfig
 
 
 def leftovers(parent: Path) -> list[str]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from compress.errors import ConfigError
-from compress.stages.export.config import ExportConfig
 from compress.stages.export import export
+from compress.stages.export.config import ExportConfig
 
 TRANSFORMERS_MAJOR = int(importlib.metadata.version("transformers").split(".")[0])
 
@@ -22,7 +22,7 @@ def _optimum_works() -> bool:
     if importlib.util.find_spec("optimum") is None:
         return False
     try:
-        importlib.import_module("optimum.exporters.onnx").onnx_export_from_model
+        _ = importlib.import_module("optimum.exporters.onnx").onnx_export_from_model
     except Exception:  # noqa: BLE001 - optimum-onnx beside an unsupported transformers fails at import
         return False
     return True
@@ -41,8 +41,8 @@ def _run(art, texts):
 def test_default_export_names_nodes_by_module_and_matches_pytorch(bert_classifier, tmp_path, sample_texts):
     import onnx
 
-    from compress.teachers.load import load_teacher
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.teachers.load import load_teacher
 
     art = export(bert_classifier, tmp_path / "onnx")
     step = art.manifest.steps[-1]

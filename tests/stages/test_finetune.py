@@ -8,8 +8,8 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from conftest import NER_SENTENCES, NER_TAGS, SENTENCES, write_tsv
+
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
 
@@ -231,10 +231,9 @@ def test_accelerate_launch_fine_tunes_on_two_cpu_processes(bert_encoder, tmp_pat
     import subprocess
     import sys
 
+    from compress.artifact import load_artifact
     from tests.cli.test_cli import ENV
     from tests.stages.test_distill import CPU_PROCESSES, free_port
-
-    from compress.artifact import load_artifact
 
     data = write_tsv(tmp_path, NAMED)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

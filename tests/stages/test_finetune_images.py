@@ -82,9 +82,8 @@ def test_lora_on_a_vit_is_merged_into_a_plain_checkpoint(bases, tmp_path):
 
 def test_a_timm_base_is_written_back_in_timms_format_with_the_new_classes(tmp_path, bases):
     pytest.importorskip("timm")
-    from tests.teachers.test_timm import save_timm
-
     from compress.teachers.load import load_teacher
+    from tests.teachers.test_timm import save_timm
 
     base = save_timm(tmp_path / "base", "resnet10t")
     r = finetune(base, bases["images"], tmp_path / "t", FinetuneConfig(freeze=1, **QUICK), retain_data=bases["npz"])

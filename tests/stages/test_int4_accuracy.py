@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LABELS, SAMPLES_TSV, write_tsv
 
 from compress.artifact import Precision, load_artifact
 from compress.errors import AccuracyBudgetError, ConfigError
-from compress.stages.export.config import ExportConfig
 from compress.stages.export import export
-from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.export.config import ExportConfig
 from compress.stages.quantize import quantize
-from conftest import LABELS, SAMPLES_TSV, write_tsv
+from compress.stages.quantize.config import QuantizeConfig
 
 SENSITIVE_LAYER = "/bert/encoder/layer.1/output/dense/MatMul"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
@@ -62,8 +62,8 @@ def run_all(art, texts):
 @pytest.fixture(scope="module")
 def unfused(bert_classifier, tmp_path_factory):
     """The tiny BERT classifier exported without ONNX Runtime fusions (plain MatMuls)."""
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
 
     return export(bert_classifier, tmp_path_factory.mktemp("int4") / "onnx", ExportConfig(optimize="none"))
 
@@ -83,11 +83,11 @@ def sensitive(tmp_path_factory):
     """``(artifact, eval.tsv)``: a tiny classifier with one layer that quantization ruins, and eval rows
     labelled with its own FP32 predictions (FP32 accuracy 1.0), keeping rows with a clear FP32 margin."""
     import torch
+    from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
+    from compress.stages.export.config import ExportConfig
 
     d = tmp_path_factory.mktemp("sensitive")
     ckpt = d / "ckpt"
@@ -435,8 +435,8 @@ def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(rank_by, sen
 
 
 def test_embedding_model_metric_is_cosine_to_fp32(bert_encoder, tmp_path):
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
 
     art = export(bert_encoder, tmp_path / "onnx", ExportConfig(optimize="none", parity_samples=2))
     data = write_tsv(tmp_path, [("", t) for t in [line.partition("\t")[2] for line in

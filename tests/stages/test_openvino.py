@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import SENTENCES, write_tsv
 
 from compress._optional import is_available
 from compress.artifact import Format, Precision, load_artifact
 from compress.errors import ConfigError
-
-from conftest import SENTENCES, write_tsv
 
 pytestmark = pytest.mark.skipif(
     not (is_available("openvino") and is_available("nncf")),
@@ -41,16 +40,16 @@ def data_tsv(work) -> Path:
 
 @pytest.fixture(scope="module")
 def ov_artifact(bert_classifier, work):
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
 
     return export(bert_classifier, work / "bert-ov", ExportConfig(format="openvino"))
 
 
 @pytest.fixture(scope="module")
 def ptq_artifact(ov_artifact, data_tsv, work):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     return quantize(ov_artifact, work / "bert-ov-int8",
                     QuantizeConfig(calibration=str(data_tsv), calibration_samples=36))
@@ -201,8 +200,8 @@ def test_the_layer_table_reads_the_quantized_model_it_describes(ptq_artifact, ov
 
 @pytest.mark.parametrize(("options", "kind"), [({"weights_only": True}, "int8"), ({"precision": "int4"}, "int4")])
 def test_weight_compression_shrinks_and_runs(options, kind, ov_artifact, work, sample_texts):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(ov_artifact, work / f"bert-ov-w-{kind}", QuantizeConfig(**options))
     assert art.precision == Precision(kind)
@@ -224,8 +223,8 @@ def test_weight_compression_shrinks_and_runs(options, kind, ov_artifact, work, s
 
 
 def test_accuracy_control_records_baseline_and_final_metric(ov_artifact, data_tsv, work):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(ov_artifact, work / "bert-ov-ac",
                    QuantizeConfig(max_drop=0.5, data=str(data_tsv), eval_samples=12))
@@ -248,8 +247,8 @@ def test_accuracy_budget_missed_writes_best_candidate_and_fails(ov_artifact, dat
     from compress import errors
     from compress.errors import EdgeCompressError
     from compress.stages.quantize import openvino as qov
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     real = qov._Evaluator.evaluate
     calls = []
@@ -296,8 +295,8 @@ def test_quantizing_an_int8_openvino_artifact_exits_2(ptq_artifact, tmp_path, ca
      ("--rank-by leave-one-out", "ONNX")),
 ])
 def test_options_nncf_cannot_honour_are_refused_before_any_work(options, words, ov_artifact, tmp_path):
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     with pytest.raises(ConfigError) as e:
         quantize(ov_artifact, tmp_path / "out", QuantizeConfig(**options))
@@ -316,8 +315,8 @@ def test_manifest_is_json_with_resolved_config(ptq_artifact):
 def test_nncf_progress_bars_stay_off_standard_output(ov_artifact, data_tsv, tmp_path, capfd):
     """NNCF draws rich progress bars on stdout ("Statistics collection", ...): they show only at INFO (-v), so a
     quiet run, or a search's log of many candidates, holds edgecompress's own lines alone."""
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     quantize(ov_artifact, tmp_path / "int8", QuantizeConfig(calibration=str(data_tsv), calibration_samples=12))
     out, err = capfd.readouterr()

@@ -23,10 +23,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from compress.artifact import Format, load_artifact
+from compress.stages.prune import prune
 from compress.stages.prune.config import SEMI_STRUCTURED, PruneConfig
 from compress.stages.prune.sparsity import Sparsifier, apply_sparsity, sparsity_report
 from compress.stages.prune.structured import drop_layers, encoder_linears, importance_scores, prune_heads_and_ffn
-from compress.stages.prune import prune
 
 HEADS, LAYERS, HEAD_DIM = 4, 3, 8
 
@@ -335,8 +335,8 @@ def test_recovery_on_joined_texts_writes_the_average_of_its_second_half(bert4, d
 def test_pruned_artifact_exports_to_onnx_and_int8(pruned, tmp_path):
     import onnx as onnx_lib
 
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
 
     onnx = export(pruned.path, tmp_path / "onnx", ExportConfig(optimize="O2"))  # per-layer head counts differ
@@ -448,8 +448,8 @@ def test_written_eval_predictions_keep_the_texts_order(bert4):
 
     import torch
 
-    from compress.teachers.load import load_teacher
     from compress.stages.prune.evaluation import predictions
+    from compress.teachers.load import load_teacher
 
     class ParityOfLength(torch.nn.Module):  # class = token count is odd: the answer depends on the row
         def forward(self, input_ids, attention_mask):

@@ -4,11 +4,11 @@ node names that are not in the graph, and a run that would quantize nothing (an 
 from __future__ import annotations
 
 import pytest
+from test_storage import one_line, run_cli
 
 from compress.errors import ConfigError
-from compress.stages.quantize.config import QuantizeConfig
 from compress.stages.quantize import quantize
-from test_storage import one_line, run_cli
+from compress.stages.quantize.config import QuantizeConfig
 
 
 @pytest.mark.parametrize("args, words", [

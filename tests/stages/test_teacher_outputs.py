@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from compress.validation import cache
-from compress.runtimes.torch_backend import TorchBackend
-
 from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
+
+from compress.runtimes.torch_backend import TorchBackend
+from compress.validation import cache
 
 FAST = {"warmup": 1, "min_runs": 3, "min_duration_s": 0.0, "max_runs": 3, "eval_batch_size": 8}
 NUMBERS = ("metric", "teacher_metric", "retention", "agreement", "macro_f1", "teacher_macro_f1", "eval_samples")
@@ -174,12 +173,12 @@ def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_
                                                             teacher_runs):
     """--remote runs the teacher here; its outputs come from the same cache (no ssh needed to check)."""
     from compress.data.tables import load_dataset
-    from compress.teachers.load import load_teacher
     from compress.profiles.load import load_profile
-    from compress.validation.remote import _prepare
     from compress.runtimes.base import RuntimeSettings
-    from compress.validation.local import ValidateConfig
+    from compress.teachers.load import load_teacher
     from compress.validation.common import ValidationRun
+    from compress.validation.local import ValidateConfig
+    from compress.validation.remote import _prepare
 
     prof = load_profile(str(profile))
     labels = int8_artifact.manifest.labels

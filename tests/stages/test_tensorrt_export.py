@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import shutil
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import types
@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 from compress.cli import cli
 from compress.errors import ArtifactError
-from compress.stages.export.config import ExportConfig
 from compress.stages.export import export
+from compress.stages.export.config import ExportConfig
 from compress.stages.export.tensorrt import check_tensorrt_qdq
 from compress.stages.export.tensorrt_shapes import parse_shape, resolve_shapes
 
@@ -116,8 +116,8 @@ def test_dry_run_int8_follows_tensorrt_rules(int8_dry, fp32_plain, sample_texts)
 def test_checker_flags_asymmetric_uint8_static_quantization(fp32_plain, calib, tmp_path):
     import onnx
 
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(fp32_plain, tmp_path / "static", QuantizeConfig(mode="static", calibration=str(calib)))
     bad = check_tensorrt_qdq(onnx.load(str(art.model_path)))

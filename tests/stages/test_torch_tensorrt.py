@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
-from compress.stages.export.config import ExportConfig
+from compress.runtimes.torch_tensorrt_program import ProgramRunner
 from compress.stages.export import export
+from compress.stages.export.config import ExportConfig
 from compress.stages.export.tensorrt_shapes import resolve_shapes
 from compress.stages.export.torch_tensorrt import PROGRAM, capture, check_request, export_torch_tensorrt
-from compress.runtimes.torch_tensorrt_program import ProgramRunner
 
 
 def _teacher(path):

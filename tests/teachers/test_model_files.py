@@ -59,8 +59,8 @@ def two_inputs(tmp_path_factory) -> Path:
 def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_inputs, tmp_path):
     from compress.artifact import load_artifact
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
     from compress.validation.local import ValidateConfig, validate
 
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
@@ -122,8 +122,8 @@ def test_output_fidelity_figures():
 def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, tmp_path, make_tsv):
     """A text model's ONNX file with tokenizer.json beside it and model.yaml naming its labels: accuracy and
     agreement against the file itself, run in ONNX Runtime."""
-    from compress.teachers.load import load_teacher
     from compress.stages.export import export
+    from compress.teachers.load import load_teacher
     from compress.validation.local import ValidateConfig, validate
 
     d = tmp_path / "zoo"
@@ -291,8 +291,8 @@ def test_a_user_metric_that_fails_is_a_one_line_error(spec, words, two_inputs, t
 def test_an_adopted_array_model_packages_and_its_handler_takes_json_arrays(two_inputs, tmp_path):
     import zipfile
 
-    from compress.packaging.config import PackageConfig
     from compress.packaging.bundle import package
+    from compress.packaging.config import PackageConfig
     from compress.runtimes.base import load_runtime
     from compress.stages.export import export
     from tests.packaging.test_package import run_handler, write_profile
@@ -370,10 +370,10 @@ def test_a_recipe_refuses_to_distill_a_model_file(two_inputs, tmp_path):
 def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
     from compress.validation.local import ValidateConfig, validate
 
     ov = export(two_inputs / "two.onnx", tmp_path / "ov", ExportConfig(format="openvino"))
@@ -390,8 +390,8 @@ def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tm
 def test_every_output_of_a_multi_output_file_is_compared(tmp_path, fixed_batch):
     """A detector-style file with two outputs (scores and boxes): the report compares each against the file's own."""
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
     from compress.validation.local import ValidateConfig, validate
 
     class TwoHeads(torch.nn.Module):
@@ -439,8 +439,8 @@ def two_ir(two_inputs, tmp_path_factory):
 
 def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, tmp_path):
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
     from compress.validation.local import ValidateConfig, validate
 
     art = export(two_ir / "two.xml", tmp_path / "ov")
@@ -476,8 +476,8 @@ def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs
     import yaml
 
     from compress.search.config import SearchConfig
-    from compress.search.run import run_search
     from compress.search.directory import Search
+    from compress.search.run import run_search
 
     d = _recipe_dir(two_inputs, tmp_path)
     (d / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
@@ -500,8 +500,8 @@ def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs
 def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, monkeypatch):
     from compress.errors import ConfigError
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
@@ -520,10 +520,10 @@ def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, 
 def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_inputs, tmp_path):
     """A .pt2 with a model.yaml that describes no image: the program is the FP32 reference, run in PyTorch."""
     pytest.importorskip("onnxscript")
-    from compress.teachers.load import load_teacher
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.teachers.load import load_teacher
     from compress.validation.local import ValidateConfig, validate
 
     torch.manual_seed(0)
@@ -548,11 +548,11 @@ def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_i
 def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declared(two_inputs, tmp_path):
     """TorchScript records no input signature: model.yaml declares it; loading runs code, so it is opted in."""
     from compress.errors import ConfigError, ModelLoadError
-    from compress.teachers.load import load_teacher
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.teachers.load import load_teacher
     from compress.validation.local import ValidateConfig, validate
 
     torch.manual_seed(0)

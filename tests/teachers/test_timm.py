@@ -39,8 +39,8 @@ def images_npz(path, n: int = 24, seed: int = 0):
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_a_timm_checkpoint_loads_and_exports_with_timms_own_preprocessing(arch, tmp_path):
-    from compress.teachers.load import load_teacher
     from compress.stages.export import export
+    from compress.teachers.load import load_teacher
 
     d = save_timm(tmp_path / arch, arch)
     teacher = load_teacher(d)
@@ -61,8 +61,8 @@ def test_a_timm_checkpoint_loads_and_exports_with_timms_own_preprocessing(arch, 
 def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
     from compress.artifact import load_artifact
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
     from compress.validation.local import ValidateConfig, validate
 
     d = save_timm(tmp_path / arch, arch)
@@ -78,8 +78,8 @@ def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
 
 
 def test_channel_pruning_takes_a_timm_model(tmp_path):
-    from compress.stages.prune.config import PruneConfig
     from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
 
     d = save_timm(tmp_path / "m", "mobilenetv3_small_050")
     out = prune(d, tmp_path / "pruned", PruneConfig(channels=0.25))

@@ -17,6 +17,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 import yaml
+from conftest import GENEROUS_BUDGETS, write_tsv
 
 from compress.errors import ConfigError
 from compress.estimates.roofline import (
@@ -25,13 +26,13 @@ from compress.estimates.roofline import (
     estimate,
     estimate_cold_start,
     graph_cost,
-    main as estimate_main,
     profile_peaks,
     roofline,
 )
+from compress.estimates.roofline import (
+    main as estimate_main,
+)
 from compress.profiles.load import load_profile
-
-from conftest import GENEROUS_BUDGETS, write_tsv
 
 IDEAL = Efficiency(compute_fp32=1.0, compute_int8=1.0, memory=1.0, overhead_us=0.0)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import SENTENCES, write_tsv
 
-from compress.profiles import load as P
 from compress._optional import is_available
 from compress.errors import ConfigError, MissingBackendError
+from compress.profiles import load as P
 from compress.profiles.schema import MeasureConfig
-
-from conftest import SENTENCES, write_tsv
 
 FAST_MEASURE = MeasureConfig(warmup=1, min_runs=3, min_duration_s=0.0, max_runs=3, eval_batch_size=8)
 
@@ -38,8 +37,8 @@ def data_tsv(tmp_path_factory) -> Path:
 def ov_artifact(bert_classifier, tmp_path_factory):
     if not is_available("openvino"):
         pytest.skip("openvino is not installed (pip install 'edgecompress[openvino]')")
-    from compress.stages.export.config import ExportConfig
     from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
 
     return export(bert_classifier, tmp_path_factory.mktemp("host-ov") / "bert-ov", ExportConfig(format="openvino"))
 

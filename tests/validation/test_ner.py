@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NER_SENTENCES as SENTENCES
+from conftest import NER_TAGS as TAGS
 
 from compress.errors import ConfigError, DataError
 
-from conftest import NER_SENTENCES as SENTENCES, NER_TAGS as TAGS
 
 def write_conll(path: Path, sentences: list[list[str]], tags: list[list[str]]) -> Path:
     lines = ["-DOCSTART- -X- -X- O", ""]

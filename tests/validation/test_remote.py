@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from compress.validation import remote, ssh
-from compress.errors import IntegrityError
-
 from conftest import GENEROUS_BUDGETS, write_tsv
+
+from compress.errors import IntegrityError
+from compress.validation import remote, ssh
 
 SSHD = Path("/usr/sbin/sshd")
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 4}
@@ -181,8 +180,8 @@ def remote_args(sshd: Loopback, *, config: Path | None = None, python: str | Non
 
 def _capture_predictions(monkeypatch) -> list[np.ndarray]:
     """Record the artifact outputs both paths hand to the shared metric code."""
-    import compress.validation.metrics
     import compress.validation.local as v
+    import compress.validation.metrics
 
     seen: list[np.ndarray] = []
     real = compress.validation.metrics.prediction_metrics
@@ -226,12 +225,13 @@ def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data
 def test_a_token_classifier_remote_equals_local(sshd, ner_teacher, profile, home, tmp_path, monkeypatch):
     """Named entities over SSH: the device returns per-token scores (NaN-padded across batches), the controller reads
     each word's and scores entity F1 exactly as a local run does."""
+    from conftest import NER_SENTENCES, NER_TAGS
+
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.export import export
     from compress.teachers.load import load_teacher
     from compress.validation.entities import tags_of
     from compress.validation.local import ValidateConfig, validate
-    from conftest import NER_SENTENCES, NER_TAGS
 
     scores = TorchBackend.from_teacher(load_teacher(ner_teacher)).predict_text(NER_SENTENCES)
     tags = tags_of(scores, NER_TAGS, [len(s) for s in NER_SENTENCES])
@@ -256,9 +256,10 @@ def test_a_detector_remote_equals_local(sshd, profile, home, tmp_path, monkeypat
     the boxes, suppresses and scores COCO mAP exactly as a local run does."""
     import json
 
+    from test_detection import _detector, _images, _own_boxes
+
     from compress.stages.export import export
     from compress.validation.local import ValidateConfig, validate
-    from test_detection import _detector, _images, _own_boxes
 
     images = _images(tmp_path, 6)
     art = export(_detector(tmp_path), tmp_path / "fp32")

@@ -21,14 +21,13 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 import yaml
-
-from compress.errors import OutputExistsError
-from compress.device.measure import LatencyStats, measure_interleaved, nearest_rank
-from compress.profiles.schema import Budgets, LatencyBudget
-from compress.profiles.budgets import judge
-from compress.validation.metrics import macro_f1, neighbour_agreement
-
 from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
+
+from compress.device.measure import LatencyStats, measure_interleaved, nearest_rank
+from compress.errors import OutputExistsError
+from compress.profiles.budgets import judge
+from compress.profiles.schema import Budgets, LatencyBudget
+from compress.validation.metrics import macro_f1, neighbour_agreement
 
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8}
 
@@ -516,8 +515,8 @@ def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
 
 
 def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
-    from compress.profiles.budgets import VERDICTS, BudgetResult, anomalous_latency, verdict_of
     from compress.device.measure import LatencyStats
+    from compress.profiles.budgets import VERDICTS, BudgetResult, anomalous_latency, verdict_of
 
     noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
     quiet = LatencyStats.from_samples([0.0100, 0.0101, 0.0099, 0.0100], batch_size=1)
@@ -544,9 +543,9 @@ def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
 
 
 def test_cli_ends_an_anomalous_verdict_with_exit_code_5_in_one_line():
-    from compress.profiles.budgets import BudgetResult, BudgetStatus
     from compress.cli._common import end_with_verdict
     from compress.errors import Anomalous
+    from compress.profiles.budgets import BudgetResult, BudgetStatus
 
     b = BudgetResult(name="latency_p95_ms", limit=10.0, measured=10.5, passed=False, status=BudgetStatus.anomalous)
     with pytest.raises(Anomalous) as e:

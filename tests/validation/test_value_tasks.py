@@ -134,6 +134,7 @@ def test_an_image_regressor_scores_the_same_from_a_path_table_as_from_an_npz(tmp
 def test_a_text_regressor_is_scored_on_a_table_of_decimal_targets(bert_regressor, tmp_path, capsys, fast_torch):
     """A text table's label column read as numbers for a regressor (it was refused: "label '2.10' ... is a name")."""
     from conftest import SENTENCES, write_tsv
+
     from compress.teachers.load import load_teacher
     from tests.cli.test_cli import main_error
 

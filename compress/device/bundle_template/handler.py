@@ -27,12 +27,11 @@ import base64
 import json
 import os
 
-import numpy as np
-import onnxruntime as ort
-
 # feeds (the tokenizer), pooling and session options shared with edgecompress's runtimes and its remote runner
 # (compress/device/shipped.py)
 import edgecompress_device as device
+import numpy as np
+import onnxruntime as ort
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(_HERE, "model_config.json"), encoding="utf-8") as _f:

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from compress.progress import Progress
 from compress.artifact import Task, is_artifact, library_versions, load_artifact
 from compress.errors import ConfigError
 from compress.interrupt import StopFlag as _StopFlag
+from compress.progress import Progress
 from compress.stages import teacher_cache as tcache
 from compress.stages.common import make_accelerator, save_checkpoint
 from compress.stages.distill.config import CONFIG_VERSION, DISTILL, DistillConfig, DistillResult

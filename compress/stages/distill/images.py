@@ -221,14 +221,14 @@ def image_data(path, teacher, *, require_labels: bool = False):
 def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir: Path | None = None,
                    resume: bool = False, force: bool = False, progress: Progress | None = None):
     """Distil an image classifier (see the module doc) into a student written as a pytorch artifact at ``out``."""
-    from compress.artifact import library_versions
-    from compress.errors import ConfigError
     from torch import no_grad as torch_no_grad
 
-    from compress.teachers.load import load_teacher
-    from compress.teachers.images import write_student
+    from compress.artifact import library_versions
+    from compress.errors import ConfigError
     from compress.stages.distill.config import DISTILL, DistillResult
     from compress.stages.distill.student import build_student, count_parameters
+    from compress.teachers.images import write_student
+    from compress.teachers.load import load_teacher
 
     check_image_options(config, "distillation of an image model", TEXT_ONLY)
     output = DISTILL.output(out, config, force=force)
@@ -269,7 +269,7 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
         shape = "x".join(str(d) for d in x_train.shape[1:])
         raise ConfigError(f"the student cannot read the teacher's input ({shape}): {type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0][:160]}",
-                          hint="give the student the teacher's channels and image size (num_channels, image_size)")
+                          hint="give the student the teacher's channels and image size (num_channels, image_size)") from None
     if student_logits.shape[-1] != len(teacher.info.labels):
         raise ConfigError(f"the student has {student_logits.shape[-1]} outputs, the teacher {len(teacher.info.labels)} "
                           "classes", hint="use a student with the same labels")

@@ -12,10 +12,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, StageError
-
-from compress.stages.distill.config import DistillConfig, Metric, _IGNORE
-
-
+from compress.stages.distill.config import _IGNORE, DistillConfig, Metric
 
 # ---------------------------------------------------------------------------------------------
 # Transfer data: tokenisation, augmentation, teacher targets

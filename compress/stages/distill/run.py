@@ -15,15 +15,27 @@ import numpy as np
 from compress.artifact import Task
 from compress.errors import ConfigError, DataError
 from compress.stages import teacher_cache as tcache
-
-from compress.stages.distill.config import CONFIG_VERSION, DistillConfig, Interrupted, Metric, MixedPrecision, RUN_CONFIG, _IGNORE
-from compress.stages.distill.student import build_student, evenly_spaced, layer_list, load_student
+from compress.stages.distill.config import (
+    _IGNORE,
+    CONFIG_VERSION,
+    RUN_CONFIG,
+    DistillConfig,
+    Interrupted,
+    Metric,
+    MixedPrecision,
+)
 from compress.stages.distill.losses import (
-    _Plan, _TransferSet, _ValueTap, _encode, _encode_words, _model_outputs, join_augment, length_grouped_order,
+    _encode,
+    _encode_words,
+    _model_outputs,
+    _Plan,
+    _TransferSet,
+    _ValueTap,
+    join_augment,
+    length_grouped_order,
     neighbour_augment,
 )
-
-
+from compress.stages.distill.student import build_student, evenly_spaced, layer_list, load_student
 
 # ---------------------------------------------------------------------------------------------
 # The run

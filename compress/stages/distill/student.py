@@ -6,15 +6,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
-
 from compress.artifact import (
     Task,
 )
 from compress.errors import ConfigError
-
 from compress.stages.distill.config import DistillConfig
-
-
 
 # ---------------------------------------------------------------------------------------------
 # Student construction

@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from compress.interrupt import StopFlag
-from compress.stages.distill.config import AVERAGE_FILE, RUN_STATE, DistillConfig, Interrupted
-from compress.stages.distill.losses import _Plan, _ValueTap, _model_outputs, _predict, distill_loss, length_grouped_order, score
-from compress.stages.distill.student import layer_list
 from compress.progress import Progress
+from compress.stages.distill.config import AVERAGE_FILE, RUN_STATE, DistillConfig, Interrupted
+from compress.stages.distill.losses import (
+    _model_outputs,
+    _Plan,
+    _predict,
+    _ValueTap,
+    distill_loss,
+    length_grouped_order,
+    score,
+)
+from compress.stages.distill.student import layer_list
 
 log = logging.getLogger("compress.stages.distill")  # the verb's logger
 

@@ -21,8 +21,8 @@ from compress.artifact import (
     check_output,
     copy_tokenizer_files,
 )
-from compress.errors import ModelLoadError, ParityError, first_line
 from compress.data.inputs import sample_inputs
+from compress.errors import ModelLoadError, ParityError, first_line
 from compress.stages.common import measure_parity
 from compress.stages.export.config import ADOPT_LITERT, EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
 
@@ -45,9 +45,9 @@ def _upgrade(model, opset: int, target: int, path: Path):
 def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = None, *, force: bool = False) -> Artifact:
     """Write the model file ``source`` (checked, its opset upgraded where needed) as an FP32 artifact at ``out``: ONNX,
     or OpenVINO for an IR."""
-    from compress.teachers.model_files import MIN_OPSET, load_model_file
     from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
+    from compress.teachers.model_files import MIN_OPSET, load_model_file
 
     config = config or ExportConfig()
     out = check_output(out, force)

@@ -52,7 +52,7 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
     try:
         program = torch.export.export(traced_module(teacher), example, dynamic_shapes=dynamic)
         program = program.run_decompositions({})
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the first line names the operator
+    except Exception as e:
         raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({_first(e)})",
                           hint="Core ML conversion needs a model torch.export can trace; export it to ONNX "
                           "instead") from e
@@ -60,16 +60,15 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
         with hidden_output():
                 model = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
                                minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET))
-    except Exception as e:  # noqa: BLE001 - an operator coremltools cannot convert
+    except Exception as e:
         raise ConfigError(f"coremltools cannot convert {type(teacher.model).__name__} ({_first(e)})",
                           hint="the operator named has no Core ML conversion; export to ONNX or ExecuTorch "
                           "instead") from e
     record: dict[str, Any] = {"converter": "coremltools", "compute_precision": "fp16",
                               "minimum_deployment_target": DEPLOYMENT_TARGET, "batch": 1}
     if int8:
-        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
-
         import numpy as np
+        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
         with np.errstate(divide="ignore", invalid="ignore"), hidden_output():  # an all-zero row (a padding embedding) has scale 0:
             model = linear_quantize_weights(model, OptimizationConfig(global_config=OpLinearQuantizerConfig(  # it

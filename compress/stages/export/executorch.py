@@ -107,7 +107,7 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
                                    allow_pickle=config.allow_pickle)
         else:
             program = torch.export.export(traced_module(teacher), example, dynamic_shapes=dynamic)
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the first line names the operator
+    except Exception as e:
         raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({_first(e)})",
                           hint="ExecuTorch needs a model torch.export can trace; export it to ONNX instead") from e
     if config.precision is not None and config.precision.value == "int8":
@@ -116,7 +116,7 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         record["delegated"] = _delegation(edge)
         executorch_program = edge.to_executorch()
-    except Exception as e:  # noqa: BLE001 - an operator no backend or kernel lowers
+    except Exception as e:
         raise ConfigError(f"ExecuTorch cannot lower {type(teacher.model).__name__} ({_first(e)})",
                           hint="the operator named is not supported by ExecuTorch's kernels; export to ONNX "
                           "instead") from e

@@ -57,7 +57,7 @@ def export_litert(source: Path | str, out: Path | str, config: ExportConfig, *, 
     with output.writing() as o:
         try:
             converted = litert_torch.convert(traced_module(teacher), example)
-        except Exception as e:  # noqa: BLE001 - the converter raises many types; its first line names the operator
+        except Exception as e:
             raise ConfigError(f"litert-torch cannot convert {type(teacher.model).__name__} "
                               f"({' '.join(str(e).split())[:200]})", hint="export to ONNX or ExecuTorch instead") from e
         converted.export(str(o.dir / MODEL_FILE))

@@ -27,8 +27,8 @@ from compress.artifact import (
     library_versions,
     load_artifact,
 )
-from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
 from compress.data.inputs import sample_inputs
+from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
 from compress.stages.common import measure_parity
 from compress.stages.export.config import (
     EXPORT_ONNX,
@@ -72,7 +72,7 @@ def _onnx_export(teacher, directory: Path, config: ExportConfig, optimize: Graph
                 _ort_optimize(teacher, model_file, optimize)
     except EdgeCompressError:
         raise
-    except Exception as e:  # noqa: BLE001 - the exporters raise many types
+    except Exception as e:
         _raise_if_storage(e)
         other = "torch" if config.exporter is not Exporter.torch else "dynamo"
         raise StageError(
@@ -229,7 +229,7 @@ def _to_openvino(onnx_file: Path, directory: Path) -> Path:
 
     try:
         model = ov.convert_model(str(onnx_file))
-    except Exception as e:  # noqa: BLE001 - the converter raises many types
+    except Exception as e:
         _raise_if_storage(e)
         raise StageError(
             f"OpenVINO cannot convert {onnx_file}: {type(e).__name__}: {str(e).strip().splitlines()[0]}",
@@ -279,8 +279,8 @@ def export_onnx(
     ONNX model in ONNX Runtime) within ``config.atol`` on the parity samples, else nothing is written.
     """
     from compress._optional import require
-    from compress.teachers.load import load_teacher
     from compress.runtimes.base import load_runtime
+    from compress.teachers.load import load_teacher
 
     config = config or ExportConfig()
     spec = EXPORT_OPENVINO if config.format is ExportFormat.openvino else EXPORT_ONNX
@@ -308,7 +308,6 @@ def export_onnx(
     require("onnxruntime", "checking the exported model")
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
-
     from compress.storage import tree_bytes
 
     need = tree_bytes(teacher_dir if source_art is None else source_art.path)  # FP32: about the source's size

@@ -43,10 +43,17 @@ from compress.artifact import (
     library_versions,
     load_artifact,
 )
+from compress.data.inputs import sample_texts
 from compress.errors import ArtifactError, ConfigError, StageError
 from compress.stages.common import measure_parity
-from compress.data.inputs import sample_texts
-from compress.stages.export.config import EXPORT_TENSORRT, ExportConfig, ExportFormat, GraphOptimization, TrtPrecision, TrtVia
+from compress.stages.export.config import (
+    EXPORT_TENSORRT,
+    ExportConfig,
+    ExportFormat,
+    GraphOptimization,
+    TrtPrecision,
+    TrtVia,
+)
 from compress.stages.export.tensorrt_shapes import (
     INT8_MIN_AGREEMENT,
     PLAN,

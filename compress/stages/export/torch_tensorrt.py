@@ -27,7 +27,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-
 from compress.artifact import (
     Artifact,
     Format,
@@ -37,9 +36,9 @@ from compress.artifact import (
     library_versions,
     load_artifact,
 )
+from compress.data.inputs import sample_texts
 from compress.errors import ConfigError, MissingBackendError, StageError, first_line
 from compress.runtimes.torch_tensorrt_program import ProgramRunner, install_hint
-from compress.data.inputs import sample_texts
 from compress.stages.export.config import EXPORT_TORCH_TENSORRT, ExportConfig, TrtPrecision
 
 log = logging.getLogger(__name__)
@@ -236,11 +235,11 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
     """
     import torch
 
-    from compress.teachers.load import load_teacher
+    from compress.device.shipped import pool
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.export.tensorrt_shapes import TIMING_CACHE, compare_in_range, require_agreement, resolve_shapes
-    from compress.device.shipped import pool
+    from compress.teachers.load import load_teacher
 
     check_request(config, device)
     output = EXPORT_TORCH_TENSORRT.output(out, config, force=force)

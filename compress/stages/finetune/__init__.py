@@ -201,7 +201,7 @@ def _data(tokenizer, names, train, eval_data, config: FinetuneConfig, words: boo
     """Tokenised training rows, eval rows and the eval labels (ids, or each sentence's tag ids)."""
     from compress.data.tables import load_dataset
     from compress.data.words import load_word_dataset
-    from compress.stages.distill.losses import _TransferSet, _encode, _encode_words
+    from compress.stages.distill.losses import _encode, _encode_words, _TransferSet
 
     label2id = {n: i for i, n in enumerate(names)}
 

@@ -59,13 +59,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.progress import Progress
 from compress.artifact import Artifact, Task, is_artifact, library_versions, load_artifact
 from compress.errors import ConfigError, StageError
-from compress.teachers.load import model_feed
+from compress.progress import Progress
 from compress.stages.common import save_checkpoint
 from compress.stages.prune.budget import search_budget
-from compress.stages.spec import StageOutput
 from compress.stages.prune.config import _RUNTIME_SPARSITY, PRUNE, SPARSITY_NOTE, PruneConfig
 from compress.stages.prune.sparsity import (
     Sparsifier,
@@ -75,9 +73,9 @@ from compress.stages.prune.sparsity import (
 )
 from compress.stages.prune.structured import (
     Importance,
+    _batches,
     _check_head_pruning,
     _plan_heads,
-    _batches,
     _pooled,
     drop_layers,
     encoder_linears,
@@ -86,8 +84,15 @@ from compress.stages.prune.structured import (
     original_heads,
     prune_heads_and_ffn,
 )
-from compress.stages.prune.vocab import (corpus_strings, plan_vocabulary, prove_vocabulary, prune_vocabulary,
-                                          vocabulary_coverage)
+from compress.stages.prune.vocab import (
+    corpus_strings,
+    plan_vocabulary,
+    prove_vocabulary,
+    prune_vocabulary,
+    vocabulary_coverage,
+)
+from compress.stages.spec import StageOutput
+from compress.teachers.load import model_feed
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +144,8 @@ def _outputs(model, tokenizer, texts: list[Any], max_length: int, classification
 def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: PruneConfig,
              sparsifier: Sparsifier | None, scratch: Path, progress) -> tuple[Any, dict[str, Any]]:
     """Short distillation from the unpruned model; returns the recovered model and the distill metrics."""
-    from compress.stages.distill.config import DistillConfig
     from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
 
     student_dir = scratch / "pruned"
     save_checkpoint(model, tokenizer, teacher, student_dir)
@@ -270,7 +275,7 @@ class _TextJob:
             return None
 
         def gen():
-            from compress.stages.distill.losses import _TransferSet, _encode_words
+            from compress.stages.distill.losses import _encode_words, _TransferSet
 
             for start in range(0, len(texts), batch_size):
                 rows = texts[start : start + batch_size]

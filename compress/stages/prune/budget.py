@@ -35,12 +35,12 @@ class _Search:
 def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: int, heads: float, ffn: float,
                        vocab: VocabPlan | None, config: PruneConfig, search: _Search, scratch: Path) -> dict[str, Any]:
     """Prune a copy of ``model`` at these ratios, export it (and quantize), measure size and estimated latency."""
-    from compress.profiles.budgets import MB
     from compress.estimates.roofline import estimate
-    from compress.stages.export.config import ExportConfig
+    from compress.profiles.budgets import MB
     from compress.stages.export import export
-    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
 
     cand = copy.deepcopy(model)
     imp = importance

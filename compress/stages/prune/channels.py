@@ -25,8 +25,8 @@ import numpy as np
 
 from compress.artifact import Artifact, Format, Precision, library_versions
 from compress.errors import ConfigError
-from compress.stages.prune.config import PRUNE, PruneConfig
 from compress.progress import Progress
+from compress.stages.prune.config import PRUNE, PruneConfig
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
@@ -66,9 +66,15 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     import torch
 
     from compress._optional import require
+    from compress.stages.distill.images import (
+        LogitTraining,
+        check_image_options,
+        encode_all,
+        image_data,
+        predict,
+        train_logits,
+    )
     from compress.teachers.programs import save_program
-    from compress.stages.distill.images import LogitTraining, check_image_options, encode_all, image_data, predict
-    from compress.stages.distill.images import train_logits
 
     check_image_options(config, "channel pruning of a CNN", NOT_FOR_CNN)
     output = PRUNE.output(out, config, force=force)

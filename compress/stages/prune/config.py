@@ -11,9 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from compress.artifact import Format, Precision
 from compress.stages.spec import StageSpec, pairs
 
-
-
-
 CONFIG_VERSION = 1
 #: Structured (heads, FFN, layers), vocabulary and sparsity pruning change a PyTorch model into a smaller one.
 PRUNE = StageSpec(

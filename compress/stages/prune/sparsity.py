@@ -6,9 +6,7 @@ import logging
 import zlib
 from typing import Any
 
-
 from compress.errors import ConfigError
-
 from compress.stages.prune.config import SEMI_STRUCTURED
 from compress.stages.prune.structured import encoder_linears
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from compress.progress import Progress
 from compress.errors import ConfigError, DataError
-from compress.teachers.load import model_feed
-
+from compress.progress import Progress
 from compress.stages.prune.config import _FFN_KEYS
+from compress.teachers.load import model_feed
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 

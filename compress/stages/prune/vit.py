@@ -18,8 +18,8 @@ import numpy as np
 
 from compress.artifact import Artifact, library_versions
 from compress.errors import ConfigError
-from compress.stages.prune.config import PRUNE, PruneConfig
 from compress.progress import Progress
+from compress.stages.prune.config import PRUNE, PruneConfig
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
@@ -34,8 +34,6 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
     """Remove ``config.heads`` of the heads, ``config.ffn`` of the FFN neurons and ``config.drop_layers`` layers."""
     import torch
 
-    from compress.teachers.images import prove_reload, write_student
-    from compress.stages.distill.student import count_parameters
     from compress.stages.distill.images import (
         LogitTraining,
         check_image_options,
@@ -45,12 +43,14 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
         predict,
         train_logits,
     )
+    from compress.stages.distill.student import count_parameters
     from compress.stages.prune.structured import (
         _check_head_pruning,
         drop_layers,
         importance_scores,
         prune_heads_and_ffn,
     )
+    from compress.teachers.images import prove_reload, write_student
 
     check_image_options(config, "head/FFN pruning of an image model", NOT_FOR_VIT)
     output = PRUNE.output(out, config, force=force)

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, DataError, StageError
-
 from compress.stages.prune.config import _PLACEHOLDER, _TOKEN_ID_KEYS
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger

@@ -206,8 +206,8 @@ class QuantizeConfig(BaseModel):
         min_accuracy_retention budget as the accuracy-aware target. ``profile``: a name, a file or a
         loaded profile."""
         from compress.device.cpu import has_vnni
-        from compress.profiles.schema import DeviceProfile
         from compress.profiles.load import load_profile
+        from compress.profiles.schema import DeviceProfile
 
         prof = profile if isinstance(profile, DeviceProfile) else load_profile(str(profile))
         settings = settings or {}

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Manifest, Task
-from compress.errors import ConfigError
 from compress.data.tables import TextDataset
+from compress.errors import ConfigError
 
 log = logging.getLogger("compress.stages.quantize.accuracy")
 
@@ -95,7 +95,6 @@ def load_eval_set(
     Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
     """
     from compress.data.inputs import kind_of, load_inputs, splits_words
-
     from compress.validation.values import VALUE_TASKS
 
     own_metric = (*VALUE_TASKS, Task.object_detection)  # judged by the task's own metric on labels

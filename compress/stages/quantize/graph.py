@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact
-from compress.errors import ConfigError
 from compress.data.inputs import is_image, kind_of
+from compress.errors import ConfigError
 from compress.stages.quantize.config import (
     CalibrationMethod,
     EmbeddingPrecision,
@@ -361,8 +361,9 @@ def _node_report(
     reasons: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Which weight-carrying nodes were quantized and which kept float (and why)."""
-    import onnx
     from collections import Counter
+
+    import onnx
 
     out_model = onnx.load(str(dst), load_external_data=False)
     used = {i for n in out_model.graph.node for i in n.input}

@@ -63,7 +63,7 @@ def unpack_int4_gathers(model) -> list[str]:
         p = f"{node.name}/"
         dtype = inits[scales].data_type
 
-        def const(name: str, value) -> str:
+        def const(name: str, value, p: str = p) -> str:
             graph.initializer.append(numpy_helper.from_array(np.asarray(value), p + name))
             return p + name
 

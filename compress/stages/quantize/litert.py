@@ -94,7 +94,7 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
         with hidden_output():  # its progress bars: quantize shows its own status
             result = qt.quantize(qt.calibrate(calibration) if calibration else None, enable_progress_bar=False,
                                  enable_progress_report=False)
-    except Exception as e:  # noqa: BLE001 - the quantizer raises many types; its first line names the operator
+    except Exception as e:
         raise StageError(f"ai-edge-quantizer could not quantize {art.path} ({' '.join(str(e).split())[:200]})",
                          hint="try --mode dynamic or --weights-only, or quantize the model's ONNX export") from e
     seconds = round(time.perf_counter() - t0, 3)

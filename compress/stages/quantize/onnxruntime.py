@@ -63,12 +63,10 @@ from compress.artifact import (
     is_artifact,
     library_versions,
 )
+from compress.data.inputs import sample_inputs
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
 from compress.progress import Progress
-from compress.data.inputs import sample_inputs
-from compress.stages.quantize.layer_errors import artifact_layer_errors
 from compress.stages.common import measure_parity
-from compress.stages.spec import StageOutput
 from compress.stages.quantize.calibration import CalibrationReader
 from compress.stages.quantize.config import (
     QUANTIZE_ONNX,
@@ -81,13 +79,10 @@ from compress.stages.quantize.config import (
 )
 from compress.stages.quantize.graph import (
     DYNAMIC_WEIGHT_OPS,
-    INT4_ACCURACY_LEVEL,
     IMAGE_STATIC_OPS,
+    INT4_ACCURACY_LEVEL,
     STATIC_DEFAULT_OPS,
     _block_padding,
-    warn_padding,
-    is_static_first,
-    static_mode,
     _check_applicable,
     _check_exclude_nodes,
     _check_int4_graph,
@@ -98,15 +93,20 @@ from compress.stages.quantize.graph import (
     _int4_op_types,
     _node_report,
     float_graph_outputs,
-    output_activations,
     initializer_bytes,
+    is_static_first,
+    output_activations,
     quantizable_layers,
     small_embedding_tables,
+    static_mode,
+    warn_padding,
 )
 from compress.stages.quantize.int4_gather import unpack_int4_gathers_file
+from compress.stages.quantize.layer_errors import artifact_layer_errors
+from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
 from compress.stages.quantize.parity import check_collapse
 from compress.stages.quantize.speed import SMALL_GEMM, small_gemm_layers, speed_search
-from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
+from compress.stages.spec import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class _OnnxQuantizer:
                 unpack_int4_gathers_file(dst, self.large)
         except EdgeCompressError:  # bad calibration data etc.: already a clear error
             raise
-        except Exception as e:  # noqa: BLE001 - ORT raises many types
+        except Exception as e:
             raise _ort_error(e) from e
 
     def _dynamic(self, dst: Path, exclude: list[str]) -> None:

@@ -52,13 +52,11 @@ from compress.artifact import (
     copy_tokenizer_files,
     library_versions,
 )
-from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.data.inputs import sample_inputs
+from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.common import measure_parity
-from compress.stages.quantize.parity import check_collapse
 from compress.stages.quantize.calibration import calibration_items
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
-from compress.stages.quantize.ov_layer_errors import openvino_layer_errors
 from compress.stages.quantize.nncf import (
     _compress_weights,
     _nncf_error,
@@ -67,6 +65,8 @@ from compress.stages.quantize.nncf import (
     _quantize_with_accuracy_control,
     graph_summary,
 )
+from compress.stages.quantize.ov_layer_errors import openvino_layer_errors
+from compress.stages.quantize.parity import check_collapse
 
 log = logging.getLogger(__name__)
 LAYER_TABLE_SAMPLES = 8  # inputs the per-layer error table runs on (as the ONNX Runtime table)
@@ -356,7 +356,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
                 )
     except EdgeCompressError:
         raise
-    except Exception as e:  # noqa: BLE001 - NNCF and OpenVINO raise many types
+    except Exception as e:
         raise _nncf_error(e, f"{method} of {art.path}") from e
     nncf_seconds = round(time.perf_counter() - t0, 3)
 
