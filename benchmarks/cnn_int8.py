@@ -24,7 +24,7 @@ Per model, every artifact is built through edgecompress's library API (what the 
 
 Measured: accuracy on the eval set, retention and agreement vs the FP32 PyTorch teacher, size, latency at batch 1
 (p50/p95, ``--threads`` threads), all models of a family timed in alternating rounds in one process
-(``compress.device.measure.measure_interleaved``), and each artifact's speed ratio to the FP32 model **of its own runtime**
+(``compress.host.measure.measure_interleaved``), and each artifact's speed ratio to the FP32 model **of its own runtime**
 (ONNX FP32 for ONNX Runtime rows, OpenVINO FP32 for OpenVINO rows). Results: ``benchmarks/results/cnn_int8.json``.
 """
 
@@ -80,7 +80,7 @@ def build_family(name: str, teacher: Path, calibration: Path, work: Path, varian
 def measure_family(name: str, arts: dict[str, Path], eval_data: Path, threads: int, seconds: float) -> dict:
     from compress.artifact import is_artifact, load_artifact
     from compress.data.inputs import load_inputs
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
     from compress.teachers.load import load_teacher

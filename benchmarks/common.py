@@ -34,7 +34,7 @@ def accuracy(backend, ds) -> float:
 
 def host_and_versions() -> dict:
     """``host`` (CPU model, Python) and ``versions`` (installed backends) entries for a results JSON."""
-    from compress.device.doctor import environment_report
+    from compress.reports.doctor import environment_report
 
     env = environment_report()
     return {

@@ -126,7 +126,7 @@ def main() -> None:
 
     from compress.artifact import is_artifact, load_artifact
     from compress.data.tables import load_dataset
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.stages.distill.student import count_parameters
     from compress.stages.export import export

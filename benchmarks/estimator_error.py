@@ -111,7 +111,7 @@ def _artifacts(data: Path, teacher: Path | None, work: Path, synthetic: bool) ->
 def _measure(arts: dict[str, Path], seqs: list[int], threads: int, min_runs: int, min_s: float,
              repeat: int = 1) -> dict:
     from compress.artifact import load_artifact
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
 
     text = "the quick brown fox jumps over the lazy dog " * 64

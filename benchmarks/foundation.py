@@ -100,7 +100,7 @@ def main() -> None:
 
     from compress.artifact import load_artifact
     from compress.data.tables import load_dataset
-    from compress.device.measure import measure_interleaved, probe_cold_start
+    from compress.host.measure import measure_interleaved, probe_cold_start
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.ort_backend import OrtBackend
     from compress.runtimes.torch_backend import TorchBackend
@@ -189,7 +189,7 @@ def main() -> None:
         results[name]["peak_rss_mb"] = mid["peak_rss_mb"]
         log(f"{name}: cold start {mid['process_wall_ms']:.0f} ms, peak RSS {mid['peak_rss_mb']:.0f} MB")
 
-    from compress.device.doctor import environment_report
+    from compress.reports.doctor import environment_report
 
     env = environment_report()
     payload = {

@@ -18,7 +18,7 @@ Pipelines, all through edgecompress's library API (what the CLI calls):
 
 Measured on the 360 test images: accuracy, retention (vs the FP32 PyTorch teacher of the same family), model size,
 and latency at batch 1 (p50/p95 in ms, 2 threads), all artifacts and the PyTorch teachers timed in alternating
-rounds in one process (``compress.device.measure.measure_interleaved``), so machine drift hits all alike. Artifacts are
+rounds in one process (``compress.host.measure.measure_interleaved``), so machine drift hits all alike. Artifacts are
 cached under ``--work``; delete it to rebuild. Results: ``benchmarks/results/images.json``.
 """
 
@@ -103,7 +103,7 @@ def build(args) -> dict[str, dict[str, Path]]:
 def measure(families: dict[str, dict[str, Path]], test: Path, threads: int, seconds: float) -> dict:
     from compress.artifact import is_artifact, load_artifact
     from compress.data.inputs import load_inputs
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
     from compress.teachers.load import load_teacher

@@ -111,8 +111,8 @@ def main() -> int:
     import compress  # noqa: F401 - before torchvision-using imports
     from compress.artifact import load_artifact
     from compress.data.inputs import latency_inputs
-    from compress.device.measure import probe_cold_start
     from compress.device.shipped import time_interleaved
+    from compress.host.measure import probe_cold_start
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
     from compress.teachers.load import load_teacher

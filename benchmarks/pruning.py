@@ -85,7 +85,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from compress.artifact import is_artifact, load_artifact
     from compress.data.tables import load_dataset
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.distill.student import count_parameters

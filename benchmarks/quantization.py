@@ -172,7 +172,7 @@ def ours_fresh(art_dir: Path, threads: int, seconds: int, inputs_dir: Path) -> d
 
 def _ours_main(art_dir: str, threads: str, seconds: str, inputs_dir: str) -> None:
     from compress.artifact import load_artifact
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
 
     b = load_runtime(load_artifact(art_dir), settings=RuntimeSettings(threads=int(threads)))
@@ -202,7 +202,7 @@ def main() -> None:
 
     from compress.artifact import load_artifact
     from compress.data.tables import load_dataset
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.runtimes.openvino_backend import OpenVINOBackend
     from compress.runtimes.torch_backend import TorchBackend

@@ -30,7 +30,7 @@ from teacher import DEFAULT_DATA
 def main(argv: list[str] | None = None) -> dict:
     from compress.artifact import load_artifact
     from compress.data.tables import load_dataset
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.teachers.load import load_source
     from compress.validation.common import latency_texts

@@ -163,7 +163,7 @@ def storage_error(exc: BaseException, out: Path | str | None = None, *,
 
 
 def _hint(path: Path | None, hint: str) -> str:
-    from compress.validation.cache import ENV_DIR, cache_root
+    from compress.cache import ENV_DIR, cache_root
 
     try:
         if path is not None and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(cache_root())):

@@ -164,7 +164,7 @@ class RuntimeBackend(ABC):
     def synchronize(self) -> None:  # noqa: B027 - optional: host runtimes are synchronous
         """Wait for asynchronous device work (GPU runtimes override); host runtimes are synchronous.
 
-        Latency on a GPU is timed on the host (``compress.device.measure.measure_interleaved``) around
+        Latency on a GPU is timed on the host (``compress.host.measure.measure_interleaved``) around
         ``run()`` followed by ``synchronize()``: the timer stops only after the device finished, so it
         times completed work (plus the host<->device copies a caller pays anyway), never an enqueue.
         """

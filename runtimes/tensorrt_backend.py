@@ -12,7 +12,7 @@ Buffers are torch CUDA tensors (no pycuda); each call sets the input shapes (wit
 optimisation profile), binds tensor addresses and enqueues with ``execute_async_v3`` on a torch CUDA
 stream. :meth:`TensorRTBackend.run` returns after copying the output to the host, which waits for that
 stream; :meth:`synchronize` syncs the stream explicitly, so a host timer around ``run()`` +
-``synchronize()`` (``compress.device.measure.measure_interleaved``) times finished device work.
+``synchronize()`` (``compress.host.measure.measure_interleaved``) times finished device work.
 """
 
 from __future__ import annotations

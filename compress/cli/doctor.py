@@ -12,7 +12,7 @@ from compress.cli._common import console
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor_cmd(as_json):
     """List installed backends, their versions, execution providers, devices and CPU features."""
-    from compress.device.doctor import environment_report
+    from compress.reports.doctor import environment_report
 
     info = environment_report()
     if as_json:

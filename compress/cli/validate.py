@@ -101,7 +101,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     write_report(report, report_dir, force=force)
     console().print(f"reports: {report_dir}/report.json, report.md, junit.xml")
     if report.environment.get("cache"):
-        from compress.validation.cache import describe
+        from compress.cache import describe
 
         console().print(describe(report.environment["cache"]), markup=False)
     end_with_verdict(report.verdict, report.budgets, where=f"on {report.profile['name']}",

@@ -1,1 +1,3 @@
-"""On-device code and host facts: what ships to a device, the remote runner, probes, measurement."""
+"""The code that ships to a device and runs there without edgecompress: shipped.py (feeds, pooling, session options,
+peak memory; shipped as edgecompress_device.py), remote_runner.py (the SSH runner), coldstart_driver.py (run beside a
+serverless bundle) and bundle_template/. It imports only numpy, the runtime and the standard library."""

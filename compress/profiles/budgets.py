@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, model_validator
 
-from compress.device.measure import LatencyStats
 from compress.errors import Anomalous, BudgetFailed, Infeasible, Unverified
+from compress.host.measure import LatencyStats
 
 MB = 1024 * 1024
 NOISY_CV = 0.15  # run-to-run coefficient of variation above which latency is called noisy

@@ -116,7 +116,7 @@ def teacher_entry(s) -> tuple[str, str]:
 def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
     from compress.artifact import load_artifact
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import DEFAULT_RUNTIME, RuntimeSettings, load_runtime
     from compress.teachers.load import load_source
     from compress.validation.common import latency_texts

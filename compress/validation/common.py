@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from compress.artifact import Artifact, Format, load_artifact
-from compress.device.measure import LatencyStats
+from compress.host.measure import LatencyStats
 from compress.profiles.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
 from compress.profiles.schema import DeviceProfile
 from compress.progress import Progress
@@ -66,7 +66,7 @@ class ValidationReport(BaseModel):
 
 
 def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: bool = False) -> Artifact | None:
-    """The teacher's FP32 model in the artifact's format, in the cache (compress.validation.cache: baselines/KEY).
+    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY).
     ``allow_pickle``: the teacher was loaded with it (a TorchScript archive, a pickled checkpoint), so is its export."""
     if art.format not in (Format.onnx, Format.openvino, Format.executorch, Format.coreml):
         return None
@@ -89,7 +89,7 @@ def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: boo
             optimize=export_cfg.get("optimize", "O2"),
             allow_pickle=allow_pickle,
         )
-    from compress.validation import cache as ec_cache
+    from compress import cache as ec_cache
 
     key = hashlib.sha256(f"{teacher.sha256}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
     cache = ec_cache.kind_dir("baselines") / key

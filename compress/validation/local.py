@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compress import __version__
 from compress.artifact import Artifact, Format, Task
-from compress.device.measure import LatencyStats, measure_interleaved, probe_cold_start
 from compress.device.shipped import cpu_model
 from compress.errors import MissingBackendError
+from compress.host.measure import LatencyStats, measure_interleaved, probe_cold_start
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
@@ -76,7 +76,7 @@ class ValidateConfig(BaseModel):
     allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
     trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
     cache: bool = Field(True, description="Reuse and store the teacher's outputs on the eval data in the cache "
-                        "(compress.validation.cache); False runs the teacher afresh and stores nothing.")
+                        "(compress.cache); False runs the teacher afresh and stores nothing.")
     remote: str | None = Field(
         None, description="Measure on a device over SSH, user@host[:port] (system ssh; ~/.ssh/config applies)."
     )
@@ -111,12 +111,12 @@ def validate(
     ``progress`` receives :mod:`compress.progress` events, one phase after another (evaluating, timing, cold
     start, ...): counted by rows, or by the ``fraction`` reached; the CLI draws bars, library users can ignore it.
     """
+    from compress.cache import usage as cache_usage
     from compress.data.inputs import load_inputs
-    from compress.device.host_runtime import runtime_for
     from compress.profiles.load import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
+    from compress.runtimes.host import runtime_for
     from compress.teachers.load import load_teacher, teacher_format
-    from compress.validation.cache import usage as cache_usage
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()

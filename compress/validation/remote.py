@@ -40,8 +40,8 @@ import numpy as np
 
 from compress import __version__
 from compress.artifact import Artifact
-from compress.device.measure import LatencyStats
 from compress.device.shipped import sha256_file
+from compress.host.measure import LatencyStats
 from compress.interrupt import sigterm_as_interrupt
 from compress.progress import start_phase
 from compress.validation.common import ValidationRun

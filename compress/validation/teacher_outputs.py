@@ -3,7 +3,7 @@
 The reference for retention and agreement is the PyTorch FP32 teacher run over every eval row: on
 SST-2 dev (872 sentences) about half of a validate run. Its outputs depend only on the teacher's
 files, the rows fed to it and how they are batched and run, so they are stored in
-``teacher-outputs/KEY.npz`` under the cache directory (:mod:`compress.validation.cache`), keyed by:
+``teacher-outputs/KEY.npz`` under the cache directory (:mod:`compress.cache`), keyed by:
 
 - the teacher directory's digest (weights, config and tokenizer files: tokenization and max length),
   its max length, input names and post-processing (pooling);
@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from compress import __version__
+from compress import __version__, cache
 from compress.device.shipped import concatenate_rows
 from compress.progress import Advance, Progress, start_phase
-from compress.validation import cache
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
 
-from compress.device.measure import LatencyStats, measure_interleaved, nearest_rank
 from compress.errors import OutputExistsError
+from compress.host.measure import LatencyStats, measure_interleaved, nearest_rank
 from compress.profiles.budgets import judge
 from compress.profiles.schema import Budgets, LatencyBudget
 from compress.validation.metrics import macro_f1, neighbour_agreement
@@ -498,7 +498,7 @@ def test_cli_bad_input_exits_2_with_one_line(case, int8_artifact, data_tsv, cli_
 
 
 def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
-    from compress.device.measure import LatencyStats
+    from compress.host.measure import LatencyStats
     from compress.profiles.budgets import BudgetResult, noise_warning
 
     noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
@@ -515,7 +515,7 @@ def test_noise_warning_only_when_noisy_and_near_a_latency_limit():
 
 
 def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
-    from compress.device.measure import LatencyStats
+    from compress.host.measure import LatencyStats
     from compress.profiles.budgets import VERDICTS, BudgetResult, anomalous_latency, verdict_of
 
     noisy = LatencyStats.from_samples([0.001, 0.002, 0.010, 0.001, 0.003], batch_size=1)
@@ -555,7 +555,7 @@ def test_cli_ends_an_anomalous_verdict_with_exit_code_5_in_one_line():
 
 
 def test_percentile_confidence_interval_brackets_the_percentile():
-    from compress.device.measure import LatencyStats, nearest_rank, quantile_ci
+    from compress.host.measure import LatencyStats, nearest_rank, quantile_ci
 
     values = [float(i) for i in range(1, 1001)]
     lo, hi = quantile_ci(values, 50)

@@ -205,7 +205,7 @@ class QuantizeConfig(BaseModel):
         for the INT4 checks, and, with eval data and no ``max_drop`` in ``settings``, its
         min_accuracy_retention budget as the accuracy-aware target. ``profile``: a name, a file or a
         loaded profile."""
-        from compress.device.cpu import has_vnni
+        from compress.host.cpu import has_vnni
         from compress.profiles.load import load_profile
         from compress.profiles.schema import DeviceProfile
 
@@ -228,7 +228,7 @@ class QuantizeConfig(BaseModel):
         return cls(**{**cls.profile_settings(profile, given), **given})
 
     def resolved_reduce_range(self) -> bool:
-        from compress.device.cpu import has_vnni, is_x86
+        from compress.host.cpu import has_vnni, is_x86
 
         if self.reduce_range is not None:
             return self.reduce_range

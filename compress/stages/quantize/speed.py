@@ -9,7 +9,7 @@ float, side by side on the target's runtime and threads, and the groups INT8 mak
   (:func:`compress.stages.quantize.accuracy.group_of`).
 * **The timing**: the INT8 model and one candidate per group (that group's weight nodes float, the rest as before)
   are loaded in ONNX Runtime with the target's threads and timed at batch 1 in alternating rounds
-  (:func:`compress.device.measure.measure_interleaved`), so machine drift hits them alike. A group goes back to float when
+  (:func:`compress.host.measure.measure_interleaved`), so machine drift hits them alike. A group goes back to float when
   its candidate's median is at least :data:`MIN_GAIN` faster than the INT8 model's; the chosen set is then timed
   once more against the INT8 model and kept only if it is still faster by that margin (otherwise nothing moves:
   noise is not a reason to give up INT8's size).
@@ -93,7 +93,7 @@ def layer_groups(model, layers: list) -> dict[str, list[str]]:
 
 def _time(models: dict[str, Path], manifest, items: list, threads: int | None, seconds: float) -> dict[str, float]:
     """p50 (ms) of each model file at batch 1, timed in alternating rounds."""
-    from compress.device.measure import measure_interleaved
+    from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.ort_backend import OrtBackend
 

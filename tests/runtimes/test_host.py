@@ -64,7 +64,7 @@ def test_host_validates_a_pytorch_checkpoint_in_torch(bert_classifier, data_tsv,
 
 
 def test_host_keeps_onnxruntime_for_onnx(int8_artifact):
-    from compress.device.host_runtime import runtime_for
+    from compress.runtimes.host import runtime_for
 
     host = P.load_profile("host")
     assert runtime_for(host, int8_artifact.format) is host
@@ -73,7 +73,7 @@ def test_host_keeps_onnxruntime_for_onnx(int8_artifact):
 
 def test_host_names_the_missing_runtime(monkeypatch):
     from compress import _optional
-    from compress.device.host_runtime import runtime_for
+    from compress.runtimes.host import runtime_for
 
     real = _optional.is_available
     monkeypatch.setattr(_optional, "is_available", lambda m: False if m == "openvino" else real(m))
@@ -83,7 +83,7 @@ def test_host_names_the_missing_runtime(monkeypatch):
 
 
 def test_a_named_profile_keeps_its_runtime_and_says_so():
-    from compress.device.host_runtime import runtime_for
+    from compress.runtimes.host import runtime_for
 
     with pytest.raises(ConfigError) as exc:
         runtime_for(P.load_profile("cpu-x86-avx2"), "openvino")

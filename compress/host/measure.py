@@ -138,9 +138,9 @@ def probe_cold_start(
     sequence_length: int,
     timeout_s: float = 600,
 ) -> dict[str, Any]:
-    """Run ``python -m compress.device.probe`` in a fresh process: phases of a cold start and peak RSS."""
+    """Run ``python -m compress.validation.probe`` in a fresh process: phases of a cold start and peak RSS."""
     cmd = [
-        sys.executable, "-m", "compress.device.probe", str(artifact_dir), "--runtime", runtime,
+        sys.executable, "-m", "compress.validation.probe", str(artifact_dir), "--runtime", runtime,
         "--batch-size", str(batch_size), "--sequence-length", str(sequence_length),
     ]
     if threads:

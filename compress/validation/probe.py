@@ -1,4 +1,4 @@
-"""Fresh-process probe: ``python -m compress.device.probe ARTIFACT --runtime R``.
+"""Fresh-process probe: ``python -m compress.validation.probe ARTIFACT --runtime R``.
 
 Times the cold phases (runtime import, session creation, first inference) and reports the peak
 resident memory of the process, as JSON on the last line of stdout. It imports only what the chosen
@@ -17,7 +17,7 @@ from compress.device.shipped import cold_start_record, peak_rss_mb
 
 def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
-    ap = argparse.ArgumentParser(prog="python -m compress.device.probe")
+    ap = argparse.ArgumentParser(prog="python -m compress.validation.probe")
     ap.add_argument("artifact")
     ap.add_argument("--runtime", required=True)
     ap.add_argument("--threads", type=int)

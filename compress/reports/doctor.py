@@ -7,8 +7,8 @@ from typing import Any
 
 from compress import __version__
 from compress._optional import BACKENDS, is_available, version_of
-from compress.device.cpu import cpu_flags, has_vnni
 from compress.device.shipped import cpu_model
+from compress.host.cpu import cpu_flags, has_vnni
 
 INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd",
                      "asimddp", "sve", "i8mm")
