@@ -9,18 +9,26 @@ from pydantic import BaseModel, ValidationError
 
 from compress.errors import ConfigError
 from compress.progress import counts
+from compress.settings import Settings, flag
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def build_config(model: type[M], **values: Any) -> M:
-    """Build a typed config from CLI values (None means 'not given'); errors name the option."""
+    """Build a typed config from CLI values (None means 'not given'), nested through the settings' ``MOVED`` table;
+    errors name the option's flag, and a rule's own message (an option that does not apply) stands as it is."""
     try:
+        if issubclass(model, Settings):
+            return model.from_flat(**values)
         return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
-        opt = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "option"
-        raise ConfigError(f"{opt}: {err['msg']}", hint=f"see `edgecompress {click.get_current_context().info_name} --help`") from e
+        hint = f"see `edgecompress {click.get_current_context().info_name} --help`"
+        if not err["loc"]:
+            raise ConfigError(err["msg"], hint=hint) from None
+        path = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        key = model.flat_key(path) if issubclass(model, Settings) else str(err["loc"][0])
+        raise ConfigError(f"{flag(key)}: {err['msg']}", hint=hint) from None
 
 
 def state() -> Any:

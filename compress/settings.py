@@ -1,0 +1,114 @@
+"""The base of every verb's settings: grouped in nested sub-models, checked in the library.
+
+A verb's settings (``ExportConfig``, ``QuantizeConfig``, ...) group the options of one backend or technique in a
+sub-model (``quantize.calibration``, ``export.tensorrt``), and say in a model validator which options do not apply
+to which choice (a TensorRT option with ``format: onnx``), so the CLI, a recipe and the Python API refuse the same
+things with the same one-line message. The CLI keeps its flat flags: :meth:`Settings.from_flat` nests them through
+the class's ``MOVED`` table, the same table that names the new home of a key written flat in a version-1 recipe::
+
+    class QuantizeConfig(Settings):
+        MOVED = {"calibration_method": "calibration.method"}   # --calibration-method, or a v1 recipe's key
+        calibration: Calibration = Field(default_factory=Calibration)
+
+    QuantizeConfig.from_flat(calibration_method="minmax")       # what the CLI builds
+    QuantizeConfig(calibration={"method": "minmax"})            # a recipe, the Python API
+    QuantizeConfig(calibration_method="minmax")                 # refused: `calibration_method` is now `calibration.method`
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def refuse(message: str) -> PydanticCustomError:
+    """A settings error whose text is ``message`` exactly (no "Value error, " prefix): raise it in a validator."""
+    return PydanticCustomError("not_applicable", message)
+
+
+def flag(key: str) -> str:
+    """The CLI flag of a flat key: ``calibration_method`` -> ``--calibration-method``."""
+    return "--" + key.replace("_", "-")
+
+
+class Section(BaseModel):
+    """A group of options of one backend or technique, nested in a verb's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Settings(BaseModel):
+    """A verb's settings. ``MOVED`` maps each flat key (a CLI flag, a version-1 recipe key) to its dotted path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: flat key -> dotted path of the nested field it sets (every option that lives in a sub-model)
+    MOVED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_flat_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key in cls.MOVED and key not in cls.model_fields:
+                    path = cls.MOVED[key]
+                    head, _, rest = path.partition(".")
+                    raise PydanticCustomError(
+                        "moved", "`{key}` is now `{path}` (settings version 2): write {example}",
+                        {"key": key, "path": path, "example": f"{head}: {{{rest}: ...}}" if rest else f"{head}: ..."})
+        return data
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> Self:
+        """Settings from flat keys (the CLI's flags; None means not given), nested through ``MOVED``."""
+        nested: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            *parents, leaf = cls.MOVED.get(key, key).split(".")
+            node = nested
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return cls.model_validate(nested)
+
+    @classmethod
+    def flat_key(cls, path: str) -> str:
+        """The flat key (CLI flag name) of a dotted path: the inverse of ``MOVED``."""
+        for key, p in cls.MOVED.items():
+            if p == path:
+                return key
+        return path.rsplit(".", 1)[-1]
+
+    @classmethod
+    def option(cls, path: str) -> str:
+        """How a message names an option: its recipe path and its CLI flag, ``calibration.method
+        (--calibration-method)``; a top-level option is named once."""
+        key = cls.flat_key(path)
+        return f"{path} ({flag(key)})" if "." in path else f"{path} ({flag(path)})"
+
+    def given(self) -> list[str]:
+        """The dotted paths of every option set explicitly (the CLI's given flags, a recipe's keys), in order."""
+        return list(_given(self, ""))
+
+    def refuse_unless(self, allowed: bool, prefixes: tuple[str, ...], applies_to: str, hint: str = "") -> None:
+        """Refuse every given option under ``prefixes`` (dotted paths or section names) unless ``allowed``:
+        ``<option> applies to <applies_to> only``."""
+        if allowed:
+            return
+        for path in self.given():
+            if any(path == p or path.startswith(p + ".") for p in prefixes):
+                raise refuse(f"{self.option(path)} applies to {applies_to} only" + (f"; {hint}" if hint else ""))
+
+
+def _given(model: BaseModel, prefix: str):
+    for name in model.model_fields:
+        if name not in model.model_fields_set:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, Section):
+            yield from _given(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name
