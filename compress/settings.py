@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 
@@ -73,6 +74,22 @@ class Settings(BaseModel):
                 node = node.setdefault(p, {})
             node[leaf] = value
         return cls.model_validate(nested)
+
+    @classmethod
+    def flat_fields(cls) -> dict[str, FieldInfo]:
+        """Every option's field by its flat key (a CLI flag's name), nested ones through ``MOVED``: where a command
+        reads its options' help texts and defaults."""
+        out: dict[str, FieldInfo] = {}
+        for name, info in cls.model_fields.items():
+            if not (isinstance(info.annotation, type) and issubclass(info.annotation, Section)):
+                out[name] = info
+        for key, path in cls.MOVED.items():
+            model: type[BaseModel] = cls
+            *parents, leaf = path.split(".")
+            for p in parents:
+                model = model.model_fields[p].annotation
+            out[key] = model.model_fields[leaf]
+        return out
 
     @classmethod
     def flat_key(cls, path: str) -> str:
