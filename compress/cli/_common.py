@@ -31,6 +31,12 @@ def build_config(model: type[M], **values: Any) -> M:
         raise ConfigError(f"{flag(key)}: {err['msg']}", hint=hint) from None
 
 
+def section_help(section: str, description: str | None) -> str:
+    """A nested option's help text for its flat flag, which no section names: ``Recovery: extra copies ...``."""
+    text = description or ""
+    return f"{section}: {text[:1].lower()}{text[1:]}"
+
+
 def state() -> Any:
     return click.get_current_context().find_root().obj
 
