@@ -64,16 +64,23 @@ class Settings(BaseModel):
     @classmethod
     def from_flat(cls, **values: Any) -> Self:
         """Settings from flat keys (the CLI's flags; None means not given), nested through ``MOVED``."""
+        return cls.model_validate(cls.nest({k: v for k, v in values.items() if v is not None}))
+
+    @classmethod
+    def nest(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with every flat key (a CLI flag's name, a version-1 key) moved to its place through ``MOVED``;
+        keys already nested are merged with them."""
         nested: dict[str, Any] = {}
         for key, value in values.items():
-            if value is None:
-                continue
             *parents, leaf = cls.MOVED.get(key, key).split(".")
             node = nested
             for p in parents:
                 node = node.setdefault(p, {})
-            node[leaf] = value
-        return cls.model_validate(nested)
+            if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+                node[leaf].update(value)
+            else:
+                node[leaf] = dict(value) if isinstance(value, dict) else value  # the caller's dict stays as it was
+        return nested
 
     @classmethod
     def flat_fields(cls) -> dict[str, FieldInfo]:
