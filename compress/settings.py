@@ -53,7 +53,7 @@ class Settings(BaseModel):
     def _refuse_flat_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for key in data:
-                if key in cls.MOVED and key not in cls.model_fields:
+                if cls._moves(key, data[key]):
                     path = cls.MOVED[key]
                     head, _, rest = path.partition(".")
                     raise PydanticCustomError(
@@ -72,7 +72,7 @@ class Settings(BaseModel):
         keys already nested are merged with them."""
         nested: dict[str, Any] = {}
         for key, value in values.items():
-            *parents, leaf = cls.MOVED.get(key, key).split(".")
+            *parents, leaf = (cls.MOVED[key] if cls._moves(key, value) else key).split(".")
             node = nested
             for p in parents:
                 node = node.setdefault(p, {})
@@ -81,6 +81,12 @@ class Settings(BaseModel):
             else:
                 node[leaf] = dict(value) if isinstance(value, dict) else value  # the caller's dict stays as it was
         return nested
+
+    @classmethod
+    def _moves(cls, key: str, value: Any) -> bool:
+        """Whether ``key: value`` is a flat key that moved: one ``MOVED`` lists, unless it is also the name of a
+        section given as one (``student: {layers: 3}`` beside a flat ``student: DIR`` now ``student.checkpoint``)."""
+        return key in cls.MOVED and (key not in cls.model_fields or not isinstance(value, dict))
 
     @classmethod
     def flat_fields(cls) -> dict[str, FieldInfo]:
