@@ -64,7 +64,7 @@ def run_distill(name, teacher_dir, train, dev, out, overrides, epochs, rebuild, 
     if is_artifact(out) and not rebuild:
         art = load_artifact(out)
         return art, art.manifest.steps[-1].metrics
-    cfg = DistillConfig(epochs=epochs, eval_every=eval_every, **overrides)
+    cfg = DistillConfig.from_flat(epochs=epochs, eval_every=eval_every, **overrides)
     log(f"{name}: distilling ({json.dumps(overrides)})")
     r = distill(teacher_dir, train, out, cfg, eval_data=dev, force=True, teacher_cache=teacher_cache,
                 progress=progress_printer(name))

@@ -73,7 +73,7 @@ def one(mode: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     out = args.work / mode
-    cfg = FinetuneConfig(labels=["negative", "positive"], epochs=args.epochs, max_steps=args.max_steps, batch_size=32,
+    cfg = FinetuneConfig.from_flat(labels=["negative", "positive"], epochs=args.epochs, max_steps=args.max_steps, batch_size=32,
                          max_length=64, eval_every=args.eval_every, seed=0, **MODES[mode])
     t0 = time.perf_counter()
     r = finetune(base_dir(args), args.data / "train.tsv", out, cfg, eval_data=args.data / "dev.tsv", force=True)

@@ -111,7 +111,7 @@ def distill_run(teacher: Path, data: Path, work: Path, precision: str, args) -> 
     from compress.stages.distill.config import DistillConfig
 
     out = work / f"student-L3-{precision}"
-    cfg = DistillConfig(layers=3, epochs=1.0, eval_every=300, mixed_precision=precision,
+    cfg = DistillConfig.from_flat(layers=3, epochs=1.0, eval_every=300, mixed_precision=precision,
                         max_steps=20 if args.smoke else None)
     train = data / "train.tsv"
     if args.smoke:

@@ -70,13 +70,13 @@ def build(args) -> dict[str, dict[str, Path]]:
         int8_family(teacher, kind, fam)
     pruned = cached_step("cnn pruned", w / "cnn-pruned", lambda: prune(
         args.teachers / "cnn", w / "cnn-pruned",
-        PruneConfig(channels=args.cnn_channels, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
+        PruneConfig.from_flat(channels=args.cnn_channels, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
                     recover_batch_size=64, seed=0),
         train=train, force=True))
     int8_family(pruned, "cnn-pruned", out["cnn"])
     student = cached_step("vit distilled", w / "vit-distilled", lambda: distill(
         args.teachers / "vit", train, w / "vit-distilled",
-        DistillConfig(layers=args.vit_layers, epochs=args.vit_epochs, batch_size=64, lr=1e-3, eval_every=10_000,
+        DistillConfig.from_flat(layers=args.vit_layers, epochs=args.vit_epochs, batch_size=64, lr=1e-3, eval_every=10_000,
                       seed=0), force=True))
     int8_family(student, "vit-distilled", out["vit"])
     # the program: a user's own smaller checkpoint (a 20k-parameter Hugging Face ResNet, random init) distilled from it
@@ -94,7 +94,7 @@ def build(args) -> dict[str, dict[str, Path]]:
         transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(init)  # unused: reads as the teacher
     small = cached_step("program distilled", w / "program-distilled", lambda: distill(
         args.teachers / "program", train, w / "program-distilled",
-        DistillConfig(student=str(init), epochs=args.program_epochs, batch_size=64, lr=3e-3, eval_every=10_000,
+        DistillConfig.from_flat(student=str(init), epochs=args.program_epochs, batch_size=64, lr=3e-3, eval_every=10_000,
                       seed=0), force=True))
     int8_family(small, "program-distilled", out["program"])
     return out

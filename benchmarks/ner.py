@@ -156,12 +156,12 @@ def artifacts(teacher: Path, work: Path, args) -> dict[str, Path]:
     plans = {
         "onnx-fp32": lambda o: export(teacher, o, force=True),
         "onnx-int8": int8("onnx-fp32"),
-        "student-L3": lambda o: distill(teacher, train, o, DistillConfig(
+        "student-L3": lambda o: distill(teacher, train, o, DistillConfig.from_flat(
             layers=3, epochs=args.student_epochs, batch_size=32, lr=1e-4, max_length=args.max_length,
             eval_every=200, eval_samples=1000, seed=args.seed), eval_data=dev, force=True),
         "student-L3-onnx": lambda o: export(work / "student-L3", o, force=True),
         "student-L3-int8": int8("student-L3-onnx"),
-        "student-L3-ffn50": lambda o: prune(work / "student-L3", o, PruneConfig(
+        "student-L3-ffn50": lambda o: prune(work / "student-L3", o, PruneConfig.from_flat(
             ffn=0.5, recover_steps=args.recover_steps, recover_batch_size=32, max_length=args.max_length,
             teacher=str(teacher)), train=train, eval_data=dev, force=True),
         "student-L3-ffn50-onnx": lambda o: export(work / "student-L3-ffn50", o, force=True),

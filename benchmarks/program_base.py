@@ -63,7 +63,7 @@ def main() -> int:
     for name, freeze, timm_key in (("whole", 0, "full fine-tune (pretrained) @ 10%"),
                                    ("--freeze all", "all", "frozen backbone (pretrained) @ 10%")):
         t0 = time.perf_counter()
-        r = finetune(base, WORK / "train-10.npz", WORK / f"program_{freeze or 'whole'}_10", FinetuneConfig(
+        r = finetune(base, WORK / "train-10.npz", WORK / f"program_{freeze or 'whole'}_10", FinetuneConfig.from_flat(
             max_steps=300, batch_size=32, freeze=freeze, labels=None, eval_every=300), force=True)
         rows[name] = {"test_accuracy": test_accuracy(r.artifact.path, HERE / ".cache" / "digits" / "test.npz"),
                       "timm_checkpoint_test_accuracy": timm_rows[timm_key]["test_accuracy"],

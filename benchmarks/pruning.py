@@ -127,11 +127,11 @@ def main() -> None:
             norec = args.work / f"{name}-norecovery"
             if args.rebuild or not is_artifact(norec):
                 log(f"{name}: pruning without recovery")
-                prune(src, norec, PruneConfig(**base), train=train, force=True)
+                prune(src, norec, PruneConfig.from_flat(**base), train=train, force=True)
             out = args.work / name
             if args.rebuild or not is_artifact(out):
                 log(f"{name}: pruning + {args.recover_steps} recovery steps")
-                cfg = PruneConfig(**base, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
+                cfg = PruneConfig.from_flat(**base, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
                                   recover_batch_size=args.batch_size,
                                   teacher_cache=str(args.work / "teacher-cache" / src_name))
                 prune(src, out, cfg, train=train, eval_data=dev_path, force=True, progress=progress_printer(name))

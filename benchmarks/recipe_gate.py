@@ -153,7 +153,7 @@ def main() -> None:
 
     harsh = WORK / "harsh"
     if not (harsh / "int8" / "manifest.json").is_file():
-        prune(artifact_of(r, "student"), harsh / "pruned", PruneConfig(heads=0.5, ffn=0.6, recover_steps=0), force=True)
+        prune(artifact_of(r, "student"), harsh / "pruned", PruneConfig.from_flat(heads=0.5, ffn=0.6, recover_steps=0), force=True)
         export(harsh / "pruned", harsh / "onnx", ExportConfig(), force=True)
         quantize(harsh / "onnx", harsh / "int8", QuantizeConfig(), force=True)
     worse = validate_to(harsh / "int8", "cpu-x86-avx2", WORK / "harsh-report", data, teacher)

@@ -154,7 +154,7 @@ def main() -> int:
             if key in results["runs"]:
                 continue
             out = args.work / key.replace(" ", "_").replace("(", "").replace(")", "").replace("@_", "")
-            config = FinetuneConfig(max_steps=args.steps, batch_size=32, freeze=freeze, lr=lr, labels=None,
+            config = FinetuneConfig.from_flat(max_steps=args.steps, batch_size=32, freeze=freeze, lr=lr, labels=None,
                                     eval_every=args.steps)
             log(f"{key}: {args.steps} steps on {train[f].name}")
             t0 = time.perf_counter()

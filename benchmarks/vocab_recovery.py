@@ -91,7 +91,7 @@ def main() -> None:
             out = args.work / name
             t0 = time.perf_counter()
             if not (out / "manifest.json").is_file():
-                cfg = PruneConfig(heads=args.heads, ffn=args.ffn, vocab_corpus=str(corpus),
+                cfg = PruneConfig.from_flat(heads=args.heads, ffn=args.ffn, vocab_corpus=str(corpus),
                                   recover_steps=args.recover_steps, recover_after_vocab=after, seed=seed,
                                   teacher_cache=str(args.work / f"teacher-cache-seed{seed}"))
                 prune(teacher, out, cfg, train=args.data / "train.tsv", eval_data=args.data / "dev.tsv", force=True)

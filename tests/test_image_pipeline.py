@@ -366,7 +366,7 @@ def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
 
-    art = prune(teachers["cnn"], tmp_path / "p", PruneConfig(channels=0.5, recover_steps=4, recover_batch_size=8),
+    art = prune(teachers["cnn"], tmp_path / "p", PruneConfig.from_flat(channels=0.5, recover_steps=4, recover_batch_size=8),
                 train=images_dir / "set", eval_data=images_dir / "set")
     assert art.format is Format.pytorch and art.manifest.model_file == "model.pt2"
     m = art.manifest.steps[-1].metrics
@@ -389,11 +389,11 @@ def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):
     from compress.stages.prune.config import PruneConfig
 
     with pytest.raises(ConfigError, match="torch.export program"):
-        prune(teachers["program"], tmp_path / "a", PruneConfig(channels=0.5))
+        prune(teachers["program"], tmp_path / "a", PruneConfig.from_flat(channels=0.5))
     with pytest.raises(ConfigError, match="does not use --heads"):
-        prune(teachers["cnn"], tmp_path / "b", PruneConfig(channels=0.5, heads=0.2))
+        prune(teachers["cnn"], tmp_path / "b", PruneConfig.from_flat(channels=0.5, heads=0.2))
     with pytest.raises(ConfigError, match="no transformer layers.*--channels"):
-        prune(teachers["cnn"], tmp_path / "c", PruneConfig(heads=0.5), train=teachers["cnn"])
+        prune(teachers["cnn"], tmp_path / "c", PruneConfig.from_flat(heads=0.5), train=teachers["cnn"])
 
 
 @pytest.mark.transformers4
@@ -403,7 +403,7 @@ def test_vit_heads_and_ffn_prune_through_the_text_path_and_reload(teachers, imag
     from compress.stages.prune.config import PruneConfig
     from compress.teachers.load import load_teacher
 
-    art = prune(teachers["vit"], tmp_path / "p", PruneConfig(heads=0.5, ffn=0.5, recover_steps=4, recover_batch_size=8,
+    art = prune(teachers["vit"], tmp_path / "p", PruneConfig.from_flat(heads=0.5, ffn=0.5, recover_steps=4, recover_batch_size=8,
                                                              samples=12),
                 train=images_dir / "set", eval_data=images_dir / "set")
     m = art.manifest.steps[-1].metrics
@@ -420,7 +420,7 @@ def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_pat
     from compress.stages.distill.config import DistillConfig
     from compress.teachers.load import load_teacher
 
-    cfg = DistillConfig(layers=1, max_steps=6, batch_size=8, eval_every=3, lr=1e-3)
+    cfg = DistillConfig.from_flat(layers=1, max_steps=6, batch_size=8, eval_every=3, lr=1e-3)
     res = distill(teachers["vit"], images_dir / "set", tmp_path / "s", cfg, eval_data=images_dir / "set",
                   run_dir=tmp_path / "run")
     student = load_teacher(res.artifact.path)
@@ -428,7 +428,8 @@ def test_vit_distils_into_fewer_layers_and_resumes(teachers, images_dir, tmp_pat
     assert res.metrics["student"]["kept_teacher_layers"] == [1] and res.metrics["steps"] == 6
     assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 6
     # a longer run resumes from the saved student at step 6
-    again = distill(teachers["vit"], images_dir / "set", tmp_path / "s2", cfg.model_copy(update={"max_steps": 8}),
+    longer = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 8})})
+    again = distill(teachers["vit"], images_dir / "set", tmp_path / "s2", longer,
                     run_dir=tmp_path / "run", resume=True)
     assert again.metrics["training"]["resumed_from"] == 6
 
@@ -444,7 +445,7 @@ def test_a_program_teacher_distils_into_a_users_checkpoint_that_reads_images_as_
     from compress.stages.export import export
 
     with pytest.raises(ConfigError, match="no config to build a smaller student"):
-        distill(teachers["program"], images_dir / "set", tmp_path / "x", DistillConfig(layers=1))
+        distill(teachers["program"], images_dir / "set", tmp_path / "x", DistillConfig.from_flat(layers=1))
     torch.manual_seed(0)
     common = dict(num_labels=len(LABELS), id2label=_ids(), label2id={v: k for k, v in _ids().items()})
     wrong = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
@@ -453,13 +454,13 @@ def test_a_program_teacher_distils_into_a_users_checkpoint_that_reads_images_as_
     transformers.MobileNetV2ImageProcessor().save_pretrained(tmp_path / "rgb-student")
     with pytest.raises(ConfigError, match="cannot read the teacher's input \\(1x16x16\\)"):
         distill(teachers["program"], images_dir / "set", tmp_path / "y",
-                DistillConfig(student=str(tmp_path / "rgb-student"), max_steps=2))
+                DistillConfig.from_flat(student=str(tmp_path / "rgb-student"), max_steps=2))
     grey = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
         num_channels=1, image_size=16, depth_multiplier=0.35, tf_padding=False, **common))
     grey.save_pretrained(tmp_path / "grey-student")
     transformers.MobileNetV2ImageProcessor().save_pretrained(tmp_path / "grey-student")
     res = distill(teachers["program"], images_dir / "set", tmp_path / "s",
-                  DistillConfig(student=str(tmp_path / "grey-student"), max_steps=4, batch_size=8))
+                  DistillConfig.from_flat(student=str(tmp_path / "grey-student"), max_steps=4, batch_size=8))
     m = res.artifact.manifest
     assert m.preprocess.channels == "L" and m.preprocess.size == [16, 16] and m.labels == LABELS
     assert res.metrics["student"]["init"] == "checkpoint"
@@ -543,7 +544,7 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
     recipe.write_text(yaml.safe_dump({
         "name": "cnn", "teacher": str(teachers["cnn"]),
         "data": {"train": str(images_dir / "set"), "eval": str(images_dir / "set")},
-        "steps": {"pruned": {"prune": {"channels": 0.5, "recover_steps": 2, "recover_batch_size": 8}},
+        "steps": {"pruned": {"prune": {"channels": 0.5, "recovery": {"steps": 2, "batch_size": 8}}},
                   "onnx": {"from": "pruned", "export": {}},
                   # strict: false: two recovery steps leave the pruned CNN random, and its INT8 really does collapse
                   # against it (a recipe's quantize is strict otherwise: tests/stages/test_cnn_int8.py)

@@ -9,7 +9,7 @@ from compress.cli._common import PhaseProgress, build_config, console, force_opt
 from compress.errors import ConfigError
 from compress.stages.distill.config import DistillConfig, Metric, MixedPrecision, Schedule
 
-F = DistillConfig.model_fields
+F = DistillConfig.flat_fields()
 
 
 def _layers(value: str | None) -> list[int] | None:

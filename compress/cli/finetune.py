@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import PhaseProgress, build_config, console, force_option
+from compress.cli._common import PhaseProgress, build_config, console, force_option, section_help
 from compress.stages.finetune.config import TASKS, FinetuneConfig
 
-F = FinetuneConfig.model_fields
+F = FinetuneConfig.flat_fields()
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -51,7 +51,8 @@ def _freeze(value: str) -> int | str:
               help=F["warmup_ratio"].description)
 @click.option("--max-length", type=int, default=F["max_length"].default, show_default=True,
               help=F["max_length"].description)
-@click.option("--shift", type=float, default=F["shift"].default, show_default=True, help=F["shift"].description)
+@click.option("--shift", type=float, default=F["shift"].default, show_default=True,
+              help=section_help("Images", F["shift"].description))
 @click.option("--eval-every", type=int, help=F["eval_every"].description)
 @click.option("--patience", type=int, help=F["patience"].description)
 @click.option("--save-every", type=int, help=F["save_every"].description)

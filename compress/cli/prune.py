@@ -4,10 +4,10 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import PhaseProgress, build_config, console, force_option
+from compress.cli._common import PhaseProgress, build_config, console, force_option, section_help
 from compress.stages.prune.config import PruneConfig
 
-F = PruneConfig.model_fields
+F = PruneConfig.flat_fields()
 
 
 @click.command("prune")
@@ -36,10 +36,11 @@ F = PruneConfig.model_fields
 @click.option("--teacher-cache", type=click.Path(path_type=Path), help=F["teacher_cache"].description)
 @click.option("--recover-lr", type=float, default=F["recover_lr"].default, show_default=True,
               help=F["recover_lr"].description)
-@click.option("--recover-augment", type=int, default=0, show_default=True, help=F["recover_augment"].description)
+@click.option("--recover-augment", type=int, default=0, show_default=True,
+              help=section_help("Recovery", F["recover_augment"].description))
 @click.option("--recover-augment-join", type=int, default=0, show_default=True,
-              help=F["recover_augment_join"].description)
-@click.option("--recover-average", is_flag=True, help=F["recover_average"].description)
+              help=section_help("Recovery", F["recover_augment_join"].description))
+@click.option("--recover-average", is_flag=True, help=section_help("Recovery", F["recover_average"].description))
 @click.option("--batch-size", type=int, default=F["recover_batch_size"].default, show_default=True,
               help=F["recover_batch_size"].description)
 @click.option("--max-length", type=int, default=F["max_length"].default, show_default=True,

@@ -25,10 +25,23 @@ def _name(stage: str, config: dict[str, Any], taken: set[str]) -> str:
 
 
 def _non_default(stage: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The recorded settings that differ from the defaults, nested (a version-1 record's flat keys moved to their
+    sections)."""
     model = VERBS[stage].config_model()
-    defaults = model().model_dump(mode="json")  # a step's settings: every option has a default
-    fields = model.model_fields
-    return {k: v for k, v in config.items() if k in fields and v != defaults.get(k)}
+    nest = getattr(model, "nest", None)
+    return _differing(nest(config) if nest else config, model().model_dump(mode="json"), model.model_fields)
+
+
+def _differing(config: dict[str, Any], defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        if k not in fields or v == defaults.get(k):  # a step's settings: every option has a default
+            continue
+        section = fields[k].annotation
+        if isinstance(v, dict) and isinstance(section, type) and hasattr(section, "model_fields"):
+            v = _differing(v, defaults.get(k) or {}, section.model_fields)
+        out[k] = v
+    return out
 
 
 def recipe_from_artifact(path: Path | str) -> str:

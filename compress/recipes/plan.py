@@ -87,18 +87,32 @@ class _Digests:
         return self.memo[path]
 
 
+def setting(settings: dict[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of nested settings (``recovery.teacher``), or None."""
+    node: Any = settings
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _with_setting(settings: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """``settings`` with ``value`` at a dotted ``path``: the dicts along it copied, the input left as it was."""
+    head, _, rest = path.partition(".")
+    return {**settings, head: _with_setting(settings.get(head) or {}, rest, value) if rest else value}
+
+
 def _resolve_settings(verb: str, settings: dict[str, Any], data: dict[str, str], base: Path) -> dict[str, Any]:
     out = dict(settings)
     for f in VERBS[verb].paths:
-        v = out.get(f)
+        v = setting(out, f)
         if isinstance(v, str):
             if v in DATA_NAMES:
                 if v not in data:
                     raise ConfigError(f"{verb}: {f}: {v} names the recipe's data.{v}, which is not set",
                                       hint=f"set data.{v} in the recipe, or give a path")
-                out[f] = data[v]
+                out = _with_setting(out, f, data[v])
             else:
-                out[f] = resolve_path(v, base)
+                out = _with_setting(out, f, resolve_path(v, base))
     return out
 
 
@@ -240,10 +254,11 @@ def _paths(job: Job, teacher: str) -> dict[str, str]:
     """Every file or directory the job reads besides its input."""
     out = dict(job.data)
     for f in VERBS[job.verb].paths:
-        if f == "teacher_cache":  # a cache of what the teacher and data already key: its content changes no output
-            continue
-        if isinstance(job.settings.get(f), str) and job.settings[f] != teacher:  # the teacher: in the parent chain
-            out[f] = job.settings[f]
+        if f.rpartition(".")[2] == "teacher_cache":  # a cache of what the teacher and data already key: its content
+            continue  # changes no output
+        v = setting(job.settings, f)
+        if isinstance(v, str) and v != teacher:  # the teacher: in the parent chain
+            out[f] = v
     return out
 
 

@@ -41,9 +41,11 @@ def run_finetune(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
 def run_prune(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
     from compress.stages.prune import prune
 
-    if config.teacher and not config.teacher_cache and Path(config.teacher).resolve() == Path(ctx.teacher).resolve():
+    rec = config.recovery
+    if rec.teacher and not rec.teacher_cache and Path(rec.teacher).resolve() == Path(ctx.teacher).resolve():
         # recoveries from the recipe's teacher share its outputs (apart from the students' cache: other rows)
-        config = config.model_copy(update={"teacher_cache": str(ctx.run / "teacher-cache-recovery")})
+        cache = rec.model_copy(update={"teacher_cache": str(ctx.run / "teacher-cache-recovery")})
+        config = config.model_copy(update={"recovery": cache})
     prune(source, out, config, train=ctx.data.get("train"), eval_data=ctx.data.get("eval_data"), force=ctx.force,
           progress=ctx.say)
     return _artifact_summary(out)

@@ -48,7 +48,7 @@ class Verb:
     config: str  #: "module:Class" of its settings model (pydantic)
     command: str  #: "module:attribute" of its Click command
     run: str  #: "module:function" the recipe executor calls: ``run(source, config, out, StepContext) -> summary``
-    paths: tuple[str, ...] = ()  #: settings that hold a path (relative to the recipe file; ``builtin:`` expanded)
+    paths: tuple[str, ...] = ()  #: settings (dotted) that hold a path: relative to the recipe file, ``builtin:`` expanded
     takes_from: tuple[str, ...] = ()  #: a step: the verbs (or the teacher) whose output it may take
     measures: bool = False  #: validate and package: run per artifact × profile, keyed with the profile and CPU
     section: str | None = None  #: a measuring verb: the Recipe field that lists its artifacts and profiles
@@ -87,11 +87,12 @@ class Verb:
 
 
 def _distill_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
-    if "max_steps" in settings:
-        return settings["max_steps"]
+    training, augmentation = settings.get("training") or {}, settings.get("augmentation") or {}
+    if "max_steps" in training:
+        return training["max_steps"]
     rows = min(_train_rows(data.get("train")), int(settings.get("max_train_rows") or 10**9))
-    return rows * (1 + int(settings.get("augment", 0)) + int(settings.get("augment_join", 0))) * float(
-        settings.get("epochs", 3.0)) / int(settings.get("batch_size", 32))
+    return rows * (1 + int(augmentation.get("copies", 0)) + int(augmentation.get("join", 0))) * float(
+        training.get("epochs", 3.0)) / int(training.get("batch_size", 32))
 
 
 def _qat_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
@@ -99,13 +100,14 @@ def _qat_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
 
 
 def _recover_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
-    return int(settings.get("recover_steps", 0))
+    return int((settings.get("recovery") or {}).get("steps", 0))
 
 
 def _finetune_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
-    if "max_steps" in settings:
-        return settings["max_steps"]
-    return _train_rows(data.get("train")) * float(settings.get("epochs", 3.0)) / int(settings.get("batch_size", 32))
+    training = settings.get("training") or {}
+    if "max_steps" in training:
+        return training["max_steps"]
+    return _train_rows(data.get("train")) * float(training.get("epochs", 3.0)) / int(training.get("batch_size", 32))
 
 
 def _train_rows(path: str | None) -> int:
@@ -125,12 +127,13 @@ _PARITY_DATA = {"sample_data": ("eval", "train")}
 VERBS: dict[str, Verb] = {
     "distill": Verb(
         config="compress.stages.distill.config:DistillConfig", command="compress.cli.distill:distill_cmd",
-        run="compress.recipes.steps:run_distill", paths=("student", "teacher_cache"), takes_from=(TEACHER,),
+        run="compress.recipes.steps:run_distill", paths=("student.checkpoint",), takes_from=(TEACHER,),
         trains=True, data=_TRAINING_DATA, needs={"train": "transfer data"}, train_steps=_distill_steps,
         step_name="student"),
     "prune": Verb(
         config="compress.stages.prune.config:PruneConfig", command="compress.cli.prune:prune_cmd",
-        run="compress.recipes.steps:run_prune", paths=("vocab_corpus", "importance_data", "teacher", "teacher_cache"),
+        run="compress.recipes.steps:run_prune", paths=("vocab.corpus", "importance.data", "recovery.teacher",
+                                                             "recovery.teacher_cache"),
         takes_from=(TEACHER, "distill", "prune"), trains=True, data=_TRAINING_DATA, seconds=60,
         train_steps=_recover_steps, step_name="pruned"),
     "export": Verb(

@@ -44,8 +44,9 @@ def recipe(**changes) -> dict:
         "teacher": "teacher",
         "data": {"train": "train.tsv", "eval": "dev.tsv"},
         "steps": {
-            "student": {"distill": {"layers": 1, "max_steps": 4, "eval_every": 2, "batch_size": 8}},
-            "pruned": {"from": "student", "prune": {"ffn": 0.5, "vocab_corpus": "train", "recover_steps": 2}},
+            "student": {"distill": {"student": {"layers": 1}, "training": {"max_steps": 4, "batch_size": 8},
+                                    "evaluation": {"every": 2}}},
+            "pruned": {"from": "student", "prune": {"ffn": 0.5, "vocab": {"corpus": "train"}, "recovery": {"steps": 2}}},
             "onnx": {"from": "pruned", "export": {}},
             "int8": {"from": "onnx", "quantize": {}},
         },
@@ -210,7 +211,8 @@ def test_from_artifact_writes_a_recipe_that_reproduces_the_lineage(first_run, wo
     assert proc.returncode == 0, proc.stderr
     r = read_recipe(out)
     assert [s.verb for s in r.steps.values()] == ["distill", "prune", "export", "quantize"]
-    assert r.steps["student"].distill == {"layers": 1, "max_steps": 4, "eval_every": 2, "batch_size": 8}
+    assert r.steps["student"].distill == {"student": {"layers": 1}, "training": {"max_steps": 4, "batch_size": 8},
+                                         "evaluation": {"every": 2}}
     assert r.steps["pruned"].prune["ffn"] == 0.5 and r.steps["pruned"].from_ == "student"
     assert Path(r.data.train) == (workspace / "train.tsv").resolve()
     assert Path(r.teacher) == (workspace / "teacher").resolve()
@@ -291,8 +293,10 @@ def test_a_recipe_fine_tunes_its_teacher_from_a_base_and_the_lineage_starts_ther
     from compress.teachers.load import load_teacher
 
     shutil.copytree(bert_encoder, workspace / "base", dirs_exist_ok=True)
-    tuned = recipe(name="tuned", teacher={"finetune": {"base": "base", "max_steps": 4, "batch_size": 8, "lr": 1e-3}},
-                   steps={"student": {"distill": {"layers": 1, "max_steps": 2, "batch_size": 8}},
+    tuned = recipe(name="tuned", teacher={"finetune": {"base": "base", "training": {"max_steps": 4, "batch_size": 8,
+                                                                                    "lr": 1e-3}}},
+                   steps={"student": {"distill": {"student": {"layers": 1},
+                                                  "training": {"max_steps": 2, "batch_size": 8}}},
                           "onnx": {"from": "student", "export": {}}, "int8": {"from": "onnx", "quantize": {}}})
     del tuned["gate"]
     path = write(workspace / "tuned.yaml", tuned)
@@ -314,7 +318,7 @@ def test_a_recipe_fine_tunes_its_teacher_from_a_base_and_the_lineage_starts_ther
     out = tmp_path / "again.yaml"
     assert edgecompress("run", "--from-artifact", int8.path, out).returncode == 0
     r = read_recipe(out)
-    assert r.teacher.finetune["max_steps"] == 4 and Path(r.teacher.base) == (workspace / "base").resolve()
+    assert r.teacher.finetune["training"]["max_steps"] == 4 and Path(r.teacher.base) == (workspace / "base").resolve()
     assert [s.verb for s in r.steps.values()] == ["distill", "export", "quantize"]
 
 

@@ -343,7 +343,7 @@ def test_distill_runs_on_the_gpu(bert_classifier, tmp_path, precision):
     from compress.teachers.load import load_teacher
 
     data = write_tsv(tmp_path / "data")
-    r = distill(bert_classifier, data, tmp_path / "student", DistillConfig(layers=1, max_steps=6,
+    r = distill(bert_classifier, data, tmp_path / "student", DistillConfig.from_flat(layers=1, max_steps=6,
                 mixed_precision=precision), eval_data=data)
     m = r.metrics
     assert m["steps"] == 6 and m["mixed_precision"] == precision

@@ -45,7 +45,7 @@ FAST = {"max_steps": 4, "batch_size": 4, "eval_every": 2, "max_length": 32}
 
 
 def cfg(**kw) -> DistillConfig:
-    return DistillConfig(**{**FAST, **kw})
+    return DistillConfig.from_flat(**{**FAST, **kw})
 
 
 def weights(directory: Path) -> dict:
@@ -127,7 +127,7 @@ def test_evenly_spaced_always_ends_with_the_last_layer():
 
 def test_layers_keeps_evenly_spaced_teacher_layers_with_their_weights():
     teacher_model = deep_bert(4)
-    student, desc = build_student(teacher_model, DistillConfig(layers=2))
+    student, desc = build_student(teacher_model, DistillConfig.from_flat(layers=2))
     assert desc["kept_teacher_layers"] == [1, 3]
     assert student.config.num_hidden_layers == 2 and len(layer_list(student)[1]) == 2
     assert desc["tensors_fresh"] == 0 and desc["tensors_sliced"] == 0
@@ -146,7 +146,7 @@ def test_layers_keeps_evenly_spaced_teacher_layers_with_their_weights():
 
 def test_keep_layers_picks_exactly_those_layers():
     teacher_model = deep_bert(4)
-    student, desc = build_student(teacher_model, DistillConfig(keep_layers=[2, 0]))
+    student, desc = build_student(teacher_model, DistillConfig.from_flat(keep_layers=[2, 0]))
     assert desc["kept_teacher_layers"] == [0, 2]
     assert student.config.num_hidden_layers == 2
     assert_initialised_from(student, teacher_model, [0, 2])
@@ -157,7 +157,7 @@ def test_build_student_on_each_architecture(fixture, request):
     loaded = load_teacher(request.getfixturevalue(fixture))
     teacher_model = loaded.model
     n = teacher_model.config.num_hidden_layers
-    student, desc = build_student(teacher_model, DistillConfig(layers=1))
+    student, desc = build_student(teacher_model, DistillConfig.from_flat(layers=1))
     assert type(student) is type(teacher_model)
     assert desc["kept_teacher_layers"] == [n - 1]
     assert len(layer_list(student)[1]) == 1
@@ -172,7 +172,7 @@ def test_build_student_on_each_architecture(fixture, request):
 @pytest.mark.parametrize("fixture", ["bert_classifier", "roberta_classifier"])
 def test_narrower_student_config_slices_the_teacher_weights(fixture, request):
     teacher_model = load_teacher(request.getfixturevalue(fixture)).model
-    config = DistillConfig(student_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1})
+    config = DistillConfig.from_flat(student_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1})
     student, desc = build_student(teacher_model, config)
     assert student.config.hidden_size == 16 and student.config.intermediate_size == 32
     assert student.config.num_hidden_layers == 1 and desc["kept_teacher_layers"] == [1]
@@ -186,23 +186,23 @@ def test_narrower_student_config_slices_the_teacher_weights(fixture, request):
 
 def test_distilbert_student_config_uses_transformers_names(distilbert_classifier):
     teacher_model = load_teacher(distilbert_classifier).model
-    student, _ = build_student(teacher_model, DistillConfig(student_config={"hidden_size": 16, "hidden_dim": 32}))
+    student, _ = build_student(teacher_model, DistillConfig.from_flat(student_config={"hidden_size": 16, "hidden_dim": 32}))
     assert student.config.dim == 16 and student.config.hidden_dim == 32
     assert_initialised_from(student, teacher_model, [0, 1])
     with pytest.raises(ConfigError, match="no setting 'intermediate_size'"):
-        build_student(teacher_model, DistillConfig(student_config={"intermediate_size": 32}))
+        build_student(teacher_model, DistillConfig.from_flat(student_config={"intermediate_size": 32}))
 
 
 @pytest.mark.parametrize("config, words", [
-    (DistillConfig(student_config={"intermediate_size": 128}), ["larger than the teacher"]),
-    (DistillConfig(student_config={"num_hidden_layers": 3}), ["larger than the teacher"]),
-    (DistillConfig(layers=3), ["--layers 3", "deeper than the teacher (2 layers)"]),
-    (DistillConfig(keep_layers=[0, 9]), ["--keep-layers 0,9", "9 is out of range", "0..1"]),
-    (DistillConfig(keep_layers=[-1]), ["-1 is out of range"]),
-    (DistillConfig(keep_layers=[1, 1]), ["repeated layer"]),
-    (DistillConfig(layers=1, keep_layers=[1]), ["--layers and --keep-layers both given"]),
-    (DistillConfig(student_config={"hidden_size": 24, "num_attention_heads": 5}), ["not divisible", "24", "5"]),
-    (DistillConfig(student_config={"hidden_sise": 16}), ["no setting 'hidden_sise'"]),
+    (DistillConfig.from_flat(student_config={"intermediate_size": 128}), ["larger than the teacher"]),
+    (DistillConfig.from_flat(student_config={"num_hidden_layers": 3}), ["larger than the teacher"]),
+    (DistillConfig.from_flat(layers=3), ["--layers 3", "deeper than the teacher (2 layers)"]),
+    (DistillConfig.from_flat(keep_layers=[0, 9]), ["--keep-layers 0,9", "9 is out of range", "0..1"]),
+    (DistillConfig.from_flat(keep_layers=[-1]), ["-1 is out of range"]),
+    (DistillConfig.from_flat(keep_layers=[1, 1]), ["repeated layer"]),
+    (DistillConfig.from_flat(layers=1, keep_layers=[1]), ["--layers and --keep-layers both given"]),
+    (DistillConfig.from_flat(student_config={"hidden_size": 24, "num_attention_heads": 5}), ["not divisible", "24", "5"]),
+    (DistillConfig.from_flat(student_config={"hidden_sise": 16}), ["no setting 'hidden_sise'"]),
 ])
 def test_build_student_refusals(teacher, config, words):
     with pytest.raises(ConfigError) as e:
@@ -216,7 +216,7 @@ def test_build_student_refusals(teacher, config, words):
 
 
 def test_load_student_with_the_teachers_tokenizer(teacher, tmp_path):
-    student, _ = build_student(teacher.model, DistillConfig(layers=1))
+    student, _ = build_student(teacher.model, DistillConfig.from_flat(layers=1))
     student.save_pretrained(str(tmp_path), safe_serialization=True)
     teacher.tokenizer.save_pretrained(str(tmp_path))
     model, desc, own_tokenizer = load_student(str(tmp_path), teacher, DistillConfig())
@@ -235,12 +235,12 @@ def test_student_with_another_tokenizer_takes_output_losses_only(teacher, tmp_pa
 
     small = tmp_path / "vocab"
     data = write_tsv(tmp_path / "d")
-    prune(teacher.path, small, PruneConfig(vocab_corpus=str(data), samples=4))
+    prune(teacher.path, small, PruneConfig.from_flat(vocab_corpus=str(data), samples=4))
     with pytest.raises(ConfigError, match="intermediate-layer losses compare token positions"):
-        load_student(str(small), teacher, DistillConfig(hidden_weight=1.0))
+        load_student(str(small), teacher, DistillConfig.from_flat(hidden_weight=1.0))
     model, desc, own_tokenizer = load_student(str(small), teacher, DistillConfig())
     assert desc["own_tokenizer"] is True and len(own_tokenizer) < len(teacher.tokenizer)
-    res = distill(teacher.path, data, tmp_path / "out", DistillConfig(student=str(small), max_steps=2, batch_size=4,
+    res = distill(teacher.path, data, tmp_path / "out", DistillConfig.from_flat(student=str(small), max_steps=2, batch_size=4,
                                                                      eval_every=2), eval_data=data)
     out = res.artifact
     from transformers import AutoTokenizer
@@ -250,7 +250,7 @@ def test_student_with_another_tokenizer_takes_output_losses_only(teacher, tmp_pa
 
 
 def test_load_student_with_other_labels_is_refused(teacher, tmp_path):
-    student, _ = build_student(teacher.model, DistillConfig(layers=1))
+    student, _ = build_student(teacher.model, DistillConfig.from_flat(layers=1))
     student.config.id2label = {0: "bad", 1: "good"}
     student.config.label2id = {"bad": 0, "good": 1}
     student.save_pretrained(str(tmp_path), safe_serialization=True)
@@ -282,7 +282,7 @@ def np_log_softmax(x: np.ndarray) -> np.ndarray:
 def test_soft_loss_is_zero_for_the_teachers_logits():
     torch.manual_seed(0)
     logits = torch.randn(4, 3) * 3
-    config = DistillConfig(soft_weight=1.0, hard_weight=0.0)
+    config = DistillConfig.from_flat(soft_weight=1.0, hard_weight=0.0)
     total, parts = distill_loss({"soft": logits.clone()}, {"soft": logits.clone()}, batch(), plan(), config, None)
     assert set(parts) == {"soft"}
     assert abs(parts["soft"]) < 1e-6 and abs(float(total)) < 1e-6
@@ -294,7 +294,7 @@ def test_soft_loss_is_zero_for_the_teachers_logits():
 def test_soft_loss_is_tempered_kl_times_t_squared(temperature):
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(4, 3)) * 2, rng.normal(size=(4, 3)) * 2
-    config = DistillConfig(temperature=temperature, soft_weight=0.5, hard_weight=0.0)
+    config = DistillConfig.from_flat(temperature=temperature, soft_weight=0.5, hard_weight=0.0)
     total, parts = distill_loss({"soft": torch.tensor(s)}, {"soft": torch.tensor(t)}, batch(), plan(), config, None)
     log_p, log_q = np_log_softmax(t / temperature), np_log_softmax(s / temperature)
     kl = float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
@@ -306,7 +306,7 @@ def test_hard_loss_ignores_unlabelled_rows():
     torch.manual_seed(0)
     s = torch.randn(4, 3)
     labels = [0, -100, 2, -100]
-    config = DistillConfig(soft_weight=0.0, hard_weight=1.0)
+    config = DistillConfig.from_flat(soft_weight=0.0, hard_weight=1.0)
     _, parts = distill_loss({"soft": s}, {"soft": s}, batch(labels=labels), plan(), config, None)
     log_q = np_log_softmax(s.numpy().astype(np.float64))
     want = -(log_q[0, 0] + log_q[2, 2]) / 2
@@ -330,7 +330,7 @@ def test_hidden_loss_projects_a_narrower_student_and_masks_padding():
         t_hidden = [proj[j](s_hidden[j + 1]).clone() for j in range(2)]
         for t in t_hidden:
             t[1, 3:] = 100.0  # padding: must not count
-    config = DistillConfig(soft_weight=0.0, hard_weight=0.0, hidden_weight=2.0)
+    config = DistillConfig.from_flat(soft_weight=0.0, hard_weight=0.0, hidden_weight=2.0)
     p = plan(hidden=True, mapping=[1, 3])
     total, parts = distill_loss({"soft": torch.zeros(2, 2), "hidden": s_hidden}, {"hidden": t_hidden}, b, p, config,
                                 proj)
@@ -355,7 +355,7 @@ def attention_maps(rows: int, heads: int, width: int, lengths: list[int], seed: 
 def test_attention_loss_is_zero_for_identical_maps():
     lengths = [5, 2]
     b = batch(rows=2, width=5, lengths=lengths)
-    config = DistillConfig(soft_weight=0.0, hard_weight=0.0, attention_weight=1.0)
+    config = DistillConfig.from_flat(soft_weight=0.0, hard_weight=0.0, attention_weight=1.0)
     p = plan(attention=True, mapping=[1])
     a = attention_maps(2, 2, 5, lengths, seed=0)
     s_out = {"soft": torch.zeros(2, 2), "attn": (a.clone(),)}
@@ -476,7 +476,7 @@ def test_distill_writes_a_student_artifact(distilled, bert_classifier):
     step = art.manifest.steps[-1]
     m = step.metrics
     assert m == result.metrics
-    assert step.config["layers"] == 1 and step.input_digest == load_teacher(bert_classifier).sha256
+    assert step.config["student"]["layers"] == 1 and step.input_digest == load_teacher(bert_classifier).sha256
     assert m["student_parameters"] < m["teacher_parameters"]
     assert m["steps"] == m["total_steps"] == 4 and m["processes"] == 1 and m["stopped"] == "completed"
     assert m["metric"] == "accuracy" and m["eval_rows"] == len(SENTENCES)
@@ -492,7 +492,7 @@ def test_distill_writes_a_student_artifact(distilled, bert_classifier):
     assert count_parameters(student.model) == m["student_parameters"]
     assert student.tokenizer.get_vocab() == load_teacher(bert_classifier).tokenizer.get_vocab()
     # and it was trained: not the initial copy of the teacher's layer any more
-    initial, _ = build_student(load_teacher(bert_classifier).model, DistillConfig(layers=1))
+    initial, _ = build_student(load_teacher(bert_classifier).model, DistillConfig.from_flat(layers=1))
     trained = weights(out)
     assert any(not torch.equal(trained[k], v) for k, v in initial.state_dict().items() if k in trained)
     # the run directory is removed after success; nothing else is left beside the artifact
@@ -790,7 +790,7 @@ def test_cli_distills(bert_classifier, data, tmp_path):
     assert text.startswith(f"wrote {out}:") and "2 steps" in text and "retention" in text
     assert text.count("wrote ") == 1
     step = load_artifact(out).manifest.steps[-1]
-    assert step.stage == "distill" and step.config["lr"] == 3e-4 and step.config["layers"] == 1
+    assert step.stage == "distill" and step.config["training"]["lr"] == 3e-4 and step.config["student"]["layers"] == 1
 
 
 @pytest.fixture

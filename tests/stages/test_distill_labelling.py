@@ -38,7 +38,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def cfg(**kw) -> DistillConfig:
-    return DistillConfig(**{"layers": 1, "batch_size": 8, "max_length": 32, "eval_every": 100, **kw})
+    return DistillConfig.from_flat(**{"layers": 1, "batch_size": 8, "max_length": 32, "eval_every": 100, **kw})
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def test_head_pruning_is_refused_clearly_on_transformers5(bert_classifier, tmp_p
     from compress import PruneConfig, prune
 
     with pytest.raises(ConfigError, match="--heads needs transformers 4"):
-        prune(bert_classifier, tmp_path / "p", PruneConfig(heads=0.5, samples=4))
+        prune(bert_classifier, tmp_path / "p", PruneConfig.from_flat(heads=0.5, samples=4))
     assert not (tmp_path / "p").exists()
 
 

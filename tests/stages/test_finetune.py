@@ -28,7 +28,7 @@ def test_a_base_gets_a_head_for_the_datas_labels_and_trains_whole(bert_encoder, 
     from compress.teachers.load import load_teacher
 
     data = write_tsv(tmp_path, NAMED)
-    r = finetune(bert_encoder, data, tmp_path / "teacher", FinetuneConfig(max_steps=6, batch_size=8, lr=1e-3,
+    r = finetune(bert_encoder, data, tmp_path / "teacher", FinetuneConfig.from_flat(max_steps=6, batch_size=8, lr=1e-3,
                  eval_every=3), eval_data=data)
     m = r.artifact.manifest
     assert (m.task, m.labels) == ("text-classification", ["negative", "positive"])
@@ -44,7 +44,7 @@ def test_a_base_gets_a_head_for_the_datas_labels_and_trains_whole(bert_encoder, 
 
 def test_frozen_layers_keep_the_bases_weights(bert_encoder, tmp_path):
     data = write_tsv(tmp_path, NAMED)
-    r = finetune(bert_encoder, data, tmp_path / "t", FinetuneConfig(freeze=1, max_steps=4, batch_size=8, lr=1e-2))
+    r = finetune(bert_encoder, data, tmp_path / "t", FinetuneConfig.from_flat(freeze=1, max_steps=4, batch_size=8, lr=1e-2))
     base, tuned = _weights(bert_encoder), _weights(r.artifact.path)
     assert r.metrics["frozen_layers"] == 1 and r.metrics["trainable_share"] < 1.0
     same = [k for k in base if k.replace("bert.", "") and f"bert.{k}" in tuned]
@@ -59,7 +59,7 @@ def test_lora_adapters_are_merged_into_a_plain_checkpoint(bert_encoder, tmp_path
     from compress.teachers.load import load_teacher
 
     data = write_tsv(tmp_path, NAMED)
-    r = finetune(bert_encoder, data, tmp_path / "t", FinetuneConfig(lora_rank=4, max_steps=6, batch_size=8),
+    r = finetune(bert_encoder, data, tmp_path / "t", FinetuneConfig.from_flat(lora_rank=4, max_steps=6, batch_size=8),
                  eval_data=data)
     met = r.metrics
     assert met["mode"] == "lora" and met["lora"] == {"rank": 4, "alpha": 8, "targets": "all-linear"}
@@ -77,7 +77,7 @@ def test_a_token_classifier_from_a_base(bert_encoder, tmp_path):
     data = tmp_path / "train.conll"
     data.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in
                                 zip(NER_SENTENCES, tags)) + "\n", encoding="utf-8")
-    r = finetune(bert_encoder, data, tmp_path / "ner", FinetuneConfig(task="token-classification", max_steps=4,
+    r = finetune(bert_encoder, data, tmp_path / "ner", FinetuneConfig.from_flat(task="token-classification", max_steps=4,
                  batch_size=8, eval_every=2), eval_data=data)
     m = r.artifact.manifest
     assert m.task == "token-classification" and m.labels == ["O", "B-PER"] and m.preprocess.words
@@ -89,7 +89,7 @@ def test_an_interrupted_run_resumes(bert_encoder, tmp_path):
     from compress.stages.distill.config import Interrupted
 
     data = write_tsv(tmp_path, NAMED)
-    cfg = FinetuneConfig(max_steps=4, batch_size=8, save_every=1)
+    cfg = FinetuneConfig.from_flat(max_steps=4, batch_size=8, save_every=1)
 
     def stop_at_2(event):  # Ctrl-C during step 2: a checkpoint at its end, then Interrupted
         if event["step"] == 2:
@@ -148,7 +148,7 @@ def test_a_text_regressor_learns_its_targets_and_is_a_regression_teacher(bert_en
 
     data = write_tsv(tmp_path, TARGETS)
     y = np.array([float(v) for v, _ in TARGETS])
-    r = finetune(bert_encoder, data, tmp_path / "reg", FinetuneConfig(task="regression", max_steps=20, batch_size=8,
+    r = finetune(bert_encoder, data, tmp_path / "reg", FinetuneConfig.from_flat(task="regression", max_steps=20, batch_size=8,
                  lr=1e-2, eval_every=5), eval_data=data)
     m, met = r.artifact.manifest, r.metrics
     assert (m.task, m.labels, m.outputs[0].shape) == ("regression", None, ["batch_size", 1])
@@ -202,11 +202,11 @@ def test_a_base_with_no_regression_head_is_refused_in_one_line(bert_encoder, tmp
 
 def test_config_refuses_two_modes():
     with pytest.raises(ValueError, match="pick one"):
-        FinetuneConfig(freeze=1, lora_rank=4)
+        FinetuneConfig.from_flat(freeze=1, lora_rank=4)
     with pytest.raises(ValueError, match="task must be one of"):
-        FinetuneConfig(task="object-detection")
+        FinetuneConfig.from_flat(task="object-detection")
     with pytest.raises(ValueError, match="a regression head has none"):
-        FinetuneConfig(task="regression", labels=["a", "b"])
+        FinetuneConfig.from_flat(task="regression", labels=["a", "b"])
 
 
 def test_forgetting_is_measured_on_retained_texts(bert_encoder, tmp_path):
@@ -216,11 +216,11 @@ def test_forgetting_is_measured_on_retained_texts(bert_encoder, tmp_path):
     retain = write_tsv(tmp_path, [(0, t) for t in ["a quiet morning by the sea", "the train was late again",
                                                    "prices rose in march", "she plays the violin",
                                                    "a storm is coming", "the match ended in a draw"]], name="own.tsv")
-    kept = finetune(bert_encoder, data, tmp_path / "frozen", FinetuneConfig(freeze=2, max_steps=3, batch_size=8),
+    kept = finetune(bert_encoder, data, tmp_path / "frozen", FinetuneConfig.from_flat(freeze=2, max_steps=3, batch_size=8),
                     retain_data=retain).metrics["forgetting"]
     assert kept["retain_rows"] == 6 and kept["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)
     assert kept["neighbour_agreement"] == 1.0
-    moved = finetune(bert_encoder, data, tmp_path / "full", FinetuneConfig(max_steps=6, batch_size=8, lr=5e-2),
+    moved = finetune(bert_encoder, data, tmp_path / "full", FinetuneConfig.from_flat(max_steps=6, batch_size=8, lr=5e-2),
                      retain_data=retain).metrics["forgetting"]
     assert moved["embedding_cosine"] < 0.999 and moved["data"] == str(retain)
 

@@ -36,7 +36,7 @@ def _weights(path: Path) -> dict:
 def test_an_image_base_gets_a_head_for_the_datas_classes_with_its_own_preprocessing(bases, tmp_path):
     from compress.teachers.load import load_teacher
 
-    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig(**QUICK), eval_data=bases["npz"])
+    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig.from_flat(**QUICK), eval_data=bases["npz"])
     m = r.artifact.manifest
     base = load_teacher(bases["cnn"])
     assert (m.task, m.labels, [s.stage for s in m.steps]) == ("image-classification", LABELS, ["finetune"])
@@ -48,7 +48,7 @@ def test_an_image_base_gets_a_head_for_the_datas_classes_with_its_own_preprocess
 
 
 def test_freeze_all_trains_only_the_head_and_keeps_the_bases_batchnorm_statistics(bases, tmp_path):
-    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig(freeze="all", lr=1e-2, **QUICK),
+    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig.from_flat(freeze="all", lr=1e-2, **QUICK),
                  retain_data=bases["images"])
     base, tuned = _weights(bases["cnn"]), _weights(r.artifact.path)
     changed = {k for k in base if k in tuned and base[k].shape == tuned[k].shape
@@ -60,7 +60,7 @@ def test_freeze_all_trains_only_the_head_and_keeps_the_bases_batchnorm_statistic
 
 
 def test_freeze_n_keeps_the_stem_and_the_first_n_blocks(bases, tmp_path):
-    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig(freeze=2, lr=1e-2, **QUICK))
+    r = finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig.from_flat(freeze=2, lr=1e-2, **QUICK))
     base, tuned = _weights(bases["cnn"]), _weights(r.artifact.path)
     for k in base:
         if k.endswith(".weight") and "mobilenet_v2." in k and "num_batches" not in k:
@@ -73,7 +73,7 @@ def test_freeze_n_keeps_the_stem_and_the_first_n_blocks(bases, tmp_path):
 def test_lora_on_a_vit_is_merged_into_a_plain_checkpoint(bases, tmp_path):
     from compress.teachers.load import load_teacher
 
-    r = finetune(bases["vit"], bases["images"], tmp_path / "t", FinetuneConfig(lora_rank=4, **QUICK))
+    r = finetune(bases["vit"], bases["images"], tmp_path / "t", FinetuneConfig.from_flat(lora_rank=4, **QUICK))
     assert r.metrics["mode"] == "lora" and r.metrics["trainable_share"] < 0.5
     names = set(_weights(r.artifact.path))
     assert not any("lora" in n for n in names) and "classifier.weight" in names
@@ -86,7 +86,7 @@ def test_a_timm_base_is_written_back_in_timms_format_with_the_new_classes(tmp_pa
     from tests.teachers.test_timm import save_timm
 
     base = save_timm(tmp_path / "base", "resnet10t")
-    r = finetune(base, bases["images"], tmp_path / "t", FinetuneConfig(freeze=1, **QUICK), retain_data=bases["npz"])
+    r = finetune(base, bases["images"], tmp_path / "t", FinetuneConfig.from_flat(freeze=1, **QUICK), retain_data=bases["npz"])
     tuned = load_teacher(r.artifact.path)
     assert tuned.info.kind == "timm" and tuned.info.labels == LABELS
     assert tuned.info.preprocess == load_teacher(base).info.preprocess
@@ -124,7 +124,7 @@ def test_an_image_regressor_learns_from_a_path_table_and_exports(bases, tmp_path
     from compress.teachers.load import load_teacher
 
     table, npz = _regression_set(bases, tmp_path)
-    r = finetune(bases["vit"], table, tmp_path / "t", FinetuneConfig(task="regression", max_steps=6, batch_size=8,
+    r = finetune(bases["vit"], table, tmp_path / "t", FinetuneConfig.from_flat(task="regression", max_steps=6, batch_size=8,
                  lr=1e-2, eval_every=3), eval_data=npz)
     m, met = r.artifact.manifest, r.metrics
     assert (m.task, m.labels, m.outputs[0].shape) == ("regression", None, ["batch_size", 1])
@@ -153,7 +153,7 @@ def test_a_timm_regressor_says_so_in_its_config(bases, tmp_path):
     save_for_hf(base.eval(), str(tmp_path / "base"), model_config={"label_names": ["a", "b", "c"]}, model_args=args,
                 safe_serialization=True)
     _, npz = _regression_set(bases, tmp_path)
-    r = finetune(tmp_path / "base", npz, tmp_path / "t", FinetuneConfig(task="regression", max_steps=2, batch_size=8))
+    r = finetune(tmp_path / "base", npz, tmp_path / "t", FinetuneConfig.from_flat(task="regression", max_steps=2, batch_size=8))
     config = json.loads((r.artifact.path / "config.json").read_text(encoding="utf-8"))
     assert (config["problem_type"], config["num_classes"]) == ("regression", 1)
     tuned = load_teacher(r.artifact.path)
@@ -194,7 +194,7 @@ def test_the_best_checkpoint_keeps_its_batchnorm_statistics(tmp_path):
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     loop = TrainLoop(model, list(model.parameters()), ImageBatches(torch.zeros(4, 3, 8, 8), torch.zeros(4), 0, 0),
-                     FinetuneConfig(max_steps=1), tmp_path / "run", None, lr=1e-3, loss=lambda m, b: None,
+                     FinetuneConfig.from_flat(max_steps=1), tmp_path / "run", None, lr=1e-3, loss=lambda m, b: None,
                      evaluate=None, metric_name="accuracy")
     saved = loop._trainable_state()
     with torch.no_grad():
@@ -233,7 +233,7 @@ def test_a_program_base_gets_a_new_head_trains_through_its_graph_and_is_written_
     from compress.teachers.load import load_teacher
 
     losses: list[float] = []
-    r = finetune(bases["program"], bases["npz"], tmp_path / "t", FinetuneConfig(
+    r = finetune(bases["program"], bases["npz"], tmp_path / "t", FinetuneConfig.from_flat(
         max_steps=8, batch_size=24, lr=5e-2, shift=0, eval_every=4), eval_data=bases["npz"], retain_data=bases["npz"],
         progress=lambda e: losses.append(e["loss"]) if e.get("phase") == "train" else None)
     m, met, base = r.artifact.manifest, r.metrics, load_teacher(bases["program"])
@@ -256,7 +256,7 @@ def test_a_program_base_gets_a_new_head_trains_through_its_graph_and_is_written_
 
 
 def test_a_linear_probe_on_a_program_trains_only_the_new_head(bases, tmp_path):
-    r = finetune(bases["program"], bases["npz"], tmp_path / "t", FinetuneConfig(freeze="all", max_steps=2,
+    r = finetune(bases["program"], bases["npz"], tmp_path / "t", FinetuneConfig.from_flat(freeze="all", max_steps=2,
                  batch_size=24, lr=1e-2), retain_data=bases["npz"])
     import torch
 
@@ -274,7 +274,7 @@ def test_a_program_base_becomes_a_program_regressor(bases, tmp_path):
     from compress.teachers.load import load_teacher
 
     _, npz = _regression_set(bases, tmp_path)
-    r = finetune(bases["program"], npz, tmp_path / "t", FinetuneConfig(task="regression", max_steps=2, batch_size=24))
+    r = finetune(bases["program"], npz, tmp_path / "t", FinetuneConfig.from_flat(task="regression", max_steps=2, batch_size=24))
     m = r.artifact.manifest
     assert (m.task, m.labels, m.outputs[0].shape) == ("regression", None, ["batch_size", 1])
     tuned = load_teacher(r.artifact.path)

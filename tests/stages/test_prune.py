@@ -75,7 +75,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pruned(bert4, data, tmp_path_factory):
     """bert4 with 40% of heads, half the FFN, one layer and the vocabulary outside the corpus removed."""
-    cfg = PruneConfig(heads=0.4, ffn=0.5, drop_layers=1, vocab_corpus=str(data), samples=24)
+    cfg = PruneConfig.from_flat(heads=0.4, ffn=0.5, drop_layers=1, vocab_corpus=str(data), samples=24)
     return prune(bert4, tmp_path_factory.mktemp("pruned") / "art", cfg, train=data, eval_data=data)
 
 
@@ -113,7 +113,7 @@ def test_pruned_model_has_smaller_tensors_reloads_and_runs(pruned, bert4):
 
 
 def test_pruning_a_pruned_artifact_keeps_lineage_and_head_indices(pruned, tmp_path):
-    again = prune(pruned.path, tmp_path / "again", PruneConfig(heads=0.4, samples=8))
+    again = prune(pruned.path, tmp_path / "again", PruneConfig.from_flat(heads=0.4, samples=8))
     assert [s.stage for s in again.manifest.steps] == ["prune", "prune"]
     assert again.manifest.source == pruned.manifest.source
     first = {int(k): set(v) for k, v in pruned.manifest.steps[-1].metrics["heads"]["removed"].items()}
@@ -192,7 +192,7 @@ def test_emptying_a_layer_is_refused_or_avoided(bert4):
 @pytest.mark.parametrize("fixture", ["distilbert_classifier", "roberta_classifier", "bert_encoder"])
 def test_other_architectures(request, fixture, data, tmp_path):
     src = request.getfixturevalue(fixture)
-    art = prune(src, tmp_path / "out", PruneConfig(heads=0.25, ffn=0.5, vocab_corpus=str(data), samples=12))
+    art = prune(src, tmp_path / "out", PruneConfig.from_flat(heads=0.25, ffn=0.5, vocab_corpus=str(data), samples=12))
     m = art.manifest.steps[-1].metrics
     assert m["heads"]["after"] == 3 and m["ffn"]["after"] == 32
     assert m["parameters_after"] < m["parameters_before"] and m["vocab"]["proof"]["identical"]
@@ -251,7 +251,7 @@ def test_vocabulary_floor_and_bpe_merges(bert4, roberta_classifier):
 
 
 def test_unstructured_sparsity_is_reported_honestly(bert4, tmp_path):
-    art = prune(bert4, tmp_path / "sparse", PruneConfig(sparsity=0.5))
+    art = prune(bert4, tmp_path / "sparse", PruneConfig.from_flat(sparsity=0.5))
     s = art.manifest.steps[-1].metrics["sparsity"]
     assert abs(s["achieved"] - 0.5) < 0.005 and s["mode"] == "unstructured"
     assert s["gzip_bytes_after"] < 0.8 * s["gzip_bytes_before"] and s["speedup"] is False
@@ -290,7 +290,7 @@ def test_cubic_schedule_reaches_the_target_and_never_regrows(bert4):
 
 
 def test_recovery_distils_and_keeps_2_4_masks(bert4, data, tmp_path):
-    cfg = PruneConfig(heads=0.25, sparsity="2:4", recover_steps=3, recover_batch_size=8, samples=12,
+    cfg = PruneConfig.from_flat(heads=0.25, sparsity="2:4", recover_steps=3, recover_batch_size=8, samples=12,
                       teacher_cache=str(tmp_path / "teacher-cache"))
     art = prune(bert4, tmp_path / "rec", cfg, train=data, eval_data=data)
     m = art.manifest.steps[-1].metrics
@@ -312,7 +312,7 @@ def test_recovery_from_a_teacher_on_augmented_texts(bert4, data, tmp_path):
     teacher = tmp_path / "teacher"
     shutil.copytree(bert4, teacher)
     rows = len(SENTENCES) * 2
-    cfg = PruneConfig(ffn=0.5, samples=8, recover_steps=2, recover_batch_size=4, recover_augment=1,
+    cfg = PruneConfig.from_flat(ffn=0.5, samples=8, recover_steps=2, recover_batch_size=4, recover_augment=1,
                       teacher=str(teacher))
     rec = prune(bert4, tmp_path / "rec", cfg, train=data).manifest.steps[-1].metrics["recovery"]
     assert rec["teacher"] == str(teacher.resolve())
@@ -322,7 +322,7 @@ def test_recovery_from_a_teacher_on_augmented_texts(bert4, data, tmp_path):
 def test_recovery_on_joined_texts_writes_the_average_of_its_second_half(bert4, data, tmp_path):
     """--recover-augment-join adds sentence-length rows (distill's --augment-join); --recover-average writes the
     mean of the snapshots over the recovery's second half (distill's --average)."""
-    cfg = PruneConfig(ffn=0.5, samples=8, recover_steps=4, recover_batch_size=4, recover_augment_join=1,
+    cfg = PruneConfig.from_flat(ffn=0.5, samples=8, recover_steps=4, recover_batch_size=4, recover_augment_join=1,
                       recover_average=True)
     rec = prune(bert4, tmp_path / "rec", cfg, train=data).manifest.steps[-1].metrics["recovery"]
     assert rec["transfer_rows"] == 2 * len(SENTENCES) * 2  # each text and its joined copy
@@ -359,7 +359,7 @@ def _profile(tmp_path: Path, **budgets) -> Path:
 
 
 def test_profile_budget_picks_the_least_pruning_that_fits(bert4, tmp_path):
-    cfg = PruneConfig(profile=str(_profile(tmp_path, max_model_size_mb=0.17)), budget_precision="fp32", samples=12)
+    cfg = PruneConfig.from_flat(profile=str(_profile(tmp_path, max_model_size_mb=0.17)), budget_precision="fp32", samples=12)
     art = prune(bert4, tmp_path / "fit", cfg)
     b = art.manifest.steps[-1].metrics["budget"]
     sizes = {(c["heads"], c["ffn"]): c["size_mb"] for c in b["candidates"]}
@@ -468,7 +468,7 @@ def test_recovery_runs_with_the_pruned_tokenizer(bert4, data, tmp_path, after):
     """By default the vocabulary is pruned first and recovery distils the student through its pruned tokenizer
     (the teacher through its own), so the model learns how text outside the corpus now splits."""
     corpus = write_tsv(tmp_path / "corpus", SENTENCES[: len(SENTENCES) // 2])
-    cfg = PruneConfig(ffn=0.5, vocab_corpus=str(corpus), samples=8, recover_steps=2, recover_batch_size=4,
+    cfg = PruneConfig.from_flat(ffn=0.5, vocab_corpus=str(corpus), samples=8, recover_steps=2, recover_batch_size=4,
                       recover_after_vocab=after)
     art = prune(bert4, tmp_path / "p", cfg, train=data, eval_data=data)
     m = art.manifest.steps[-1].metrics
@@ -487,7 +487,7 @@ def test_recovery_order_matters_only_outside_the_corpus(bert4, data, tmp_path):
     import hashlib
 
     def weights(corpus, after, name):
-        cfg = PruneConfig(ffn=0.5, vocab_corpus=str(corpus), samples=8, recover_steps=3, recover_batch_size=4,
+        cfg = PruneConfig.from_flat(ffn=0.5, vocab_corpus=str(corpus), samples=8, recover_steps=3, recover_batch_size=4,
                           recover_after_vocab=after)
         art = prune(bert4, tmp_path / name, cfg, train=data)
         return hashlib.sha256((art.path / "model.safetensors").read_bytes()).hexdigest()

@@ -96,9 +96,9 @@ def test_distill_and_prune(distilbert_bert_tokenizer, tmp_path):
     from compress import DistillConfig, PruneConfig, distill, prune
 
     data = write_tsv(tmp_path)
-    cfg = DistillConfig(layers=1, max_steps=2, batch_size=4, eval_every=2, max_length=32)
+    cfg = DistillConfig.from_flat(layers=1, max_steps=2, batch_size=4, eval_every=2, max_length=32)
     student = distill(distilbert_bert_tokenizer, data, tmp_path / "student", cfg, eval_data=data).artifact
-    pruned = prune(student.path, tmp_path / "pruned", PruneConfig(heads=0.5, ffn=0.5, samples=8), eval_data=data)
+    pruned = prune(student.path, tmp_path / "pruned", PruneConfig.from_flat(heads=0.5, ffn=0.5, samples=8), eval_data=data)
     assert pruned.path.is_dir()
 
 

@@ -82,5 +82,5 @@ def test_channel_pruning_takes_a_timm_model(tmp_path):
     from compress.stages.prune.config import PruneConfig
 
     d = save_timm(tmp_path / "m", "mobilenetv3_small_050")
-    out = prune(d, tmp_path / "pruned", PruneConfig(channels=0.25))
+    out = prune(d, tmp_path / "pruned", PruneConfig.from_flat(channels=0.25))
     assert (out.path / "model.pt2").is_file() and out.manifest.source.architecture == "mobilenetv3_small_050"

@@ -181,7 +181,7 @@ def test_distilling_a_token_classifier(ner_teacher, labelled, tmp_path, fast_hos
     from compress.validation.local import ValidateConfig, validate
 
     result = distill(ner_teacher, labelled, tmp_path / "student",
-                     DistillConfig(layers=1, epochs=3, batch_size=8, eval_every=5, lr=1e-3, seed=0),
+                     DistillConfig.from_flat(layers=1, epochs=3, batch_size=8, eval_every=5, lr=1e-3, seed=0),
                      eval_data=labelled)
     m = result.artifact.manifest
     assert (m.task, m.preprocess.words, m.labels) == ("token-classification", True, TAGS)
@@ -202,7 +202,7 @@ def test_pruning_a_token_classifier(ner_teacher, labelled, tmp_path):
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
 
-    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig(heads=0.5, ffn=0.5, recover_steps=4,
+    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig.from_flat(heads=0.5, ffn=0.5, recover_steps=4,
                                                              recover_batch_size=8), train=labelled)
     m = art.manifest
     assert (m.task, m.preprocess.words) == ("token-classification", True)
@@ -220,7 +220,7 @@ def test_pruning_a_token_classifiers_vocabulary(ner_teacher, labelled, tmp_path,
     from compress.stages.prune.config import PruneConfig
     from compress.validation.local import ValidateConfig, validate
 
-    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig(vocab_corpus=str(labelled), ffn=0.25),
+    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig.from_flat(vocab_corpus=str(labelled), ffn=0.25),
                 train=labelled, eval_data=labelled)
     vocab = art.manifest.steps[-1].metrics["vocab"]
     assert vocab["after"] < vocab["before"] and vocab["proof"]["identical"]
@@ -236,7 +236,7 @@ def test_dropping_layers_of_a_token_classifier(ner_teacher, labelled, tmp_path):
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
 
-    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig(drop_layers=1, ffn=0.25), train=labelled)
+    art = prune(ner_teacher, tmp_path / "pruned", PruneConfig.from_flat(drop_layers=1, ffn=0.25), train=labelled)
     met = art.manifest.steps[-1].metrics
     assert art.manifest.task == "token-classification" and met["architecture"]["layers"] == 1
     assert met["layers"]["dropped"] and met["reload_check"]["max_abs_diff"] <= 1e-4

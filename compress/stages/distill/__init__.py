@@ -110,7 +110,7 @@ def distill(
         return distill_images(teacher, train, out, config, eval_data=eval_data, run_dir=run, resume=resume,
                               force=force, progress=progress)
     tokens = teacher.task is Task.token_classification
-    if tokens and (config.augment or config.augment_join):
+    if tokens and (config.augmentation.copies or config.augmentation.join):
         raise ConfigError("--augment and --augment-join make new sentences, and a token classifier's sentences need "
                           "a tag per word", hint="drop them")
     classification = teacher.task in (Task.text_classification, Task.token_classification)
@@ -123,8 +123,8 @@ def distill(
         raise ConfigError("the student has its own tokenizer: a token classifier's student must read the words as "
                           "the teacher does", hint="pick a student that shares the teacher's tokenizer")
 
-    copies = " and ".join(f"{k} {what}" for k, what in ((config.augment, "augmented"), (config.augment_join, "joined"))
-                          if k)
+    aug = config.augmentation
+    copies = " and ".join(f"{k} {what}" for k, what in ((aug.copies, "augmented"), (aug.join, "joined")) if k)
     say("tokenise", f"tokenising {len(train_ds):,} training rows" + (f" and {copies} copies of each" if copies else ""))
     data, eval_set, texts, labels = _transfer_sets(teacher, train_ds, eval_ds, config, max_length, classification)
     # the student reads the same rows through its own tokenizer when it has one (a vocabulary-pruned student);
@@ -147,9 +147,9 @@ def distill(
 
     # --- teacher targets, computed once ----------------------------------------------------------
     n_proc = accelerator.num_processes
-    batches_per_epoch = math.ceil(len(data) / (config.batch_size * n_proc))
-    steps_per_epoch = max(1, batches_per_epoch // config.grad_accum)
-    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    batches_per_epoch = math.ceil(len(data) / (config.training.batch_size * n_proc))
+    steps_per_epoch = max(1, batches_per_epoch // config.training.grad_accum)
+    total_steps = config.training.max_steps or max(1, math.ceil(steps_per_epoch * config.training.epochs))
     targets = _teacher_targets(teacher, data, sdata, plan, config, accelerator, run, teacher_cache, total_steps,
                                max_length, texts, labels, progress)
     if eval_set is not None:
@@ -175,34 +175,13 @@ def distill(
 
     # --- the student artifact ----------------------------------------------------------------------
     final, chosen, final_score = trainer.final_weights()
-    state = trainer.state
     art = None
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
         final = final.to("cpu").float()
-        metrics = {
-            "teacher_parameters": count_parameters(teacher.model),
-            "student_parameters": count_parameters(final),
-            "steps": state["step"],
-            "total_steps": total_steps,
-            "epochs": round(state["step"] / steps_per_epoch, 3),
-            "transfer_rows": len(data),
-            "augmented_rows": len(train_ds) * config.augment,
-            "joined_rows": len(data) - len(train_ds) * (1 + config.augment),
-            "processes": n_proc,
-            "mixed_precision": accelerator.mixed_precision,
-            "teacher_cache_seconds": round(targets["seconds"], 1),
-            "teacher_labelled_rows": targets["rows"],
-            "train_seconds": round(state["train_seconds"], 1),
-            "stopped": state["stopped"] or "completed",
-            "chosen": chosen,
-            "metric": metric.value,
-            "history": state["history"],
-            "student": student_desc,
-            "layer_mapping": plan.mapping,
-            "cached_intermediate_targets": bool(targets["intermediate"] and plan.intermediate),
-            "data": {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None},
-        }
+        metrics = _run_metrics(trainer, final, chosen, steps_per_epoch, len(train_ds), targets, student_desc,
+                               {"train": str(Path(train).resolve()),
+                                "eval": str(Path(eval_data).resolve()) if eval_data else None})
         if final_score is not None:
             metrics.update({"eval_rows": len(eval_set), "eval_metric": final_score, "teacher_eval_metric": teacher_score,
                             "retention": final_score / teacher_score if teacher_score else None})
@@ -217,9 +196,39 @@ def distill(
     return DistillResult(art, metrics)
 
 
+def _run_metrics(trainer: Trainer, final, chosen: str, steps_per_epoch: int, train_rows: int,
+                 targets: dict[str, Any], student_desc: dict[str, Any], data: dict[str, str | None]) -> dict[str, Any]:
+    """The step's record of a finished run: sizes, steps, rows, timings, the checkpoint chosen, the student and how
+    it was taught (the eval scores are added after them)."""
+    state, plan, config, rows = trainer.state, trainer.plan, trainer.config, len(trainer.data)
+    return {
+        "teacher_parameters": count_parameters(trainer.teacher.model),
+        "student_parameters": count_parameters(final),
+        "steps": state["step"],
+        "total_steps": trainer.total_steps,
+        "epochs": round(state["step"] / steps_per_epoch, 3),
+        "transfer_rows": rows,
+        "augmented_rows": train_rows * config.augmentation.copies,
+        "joined_rows": rows - train_rows * (1 + config.augmentation.copies),
+        "processes": trainer.n_proc,
+        "mixed_precision": trainer.accelerator.mixed_precision,
+        "teacher_cache_seconds": round(targets["seconds"], 1),
+        "teacher_labelled_rows": targets["rows"],
+        "train_seconds": round(state["train_seconds"], 1),
+        "stopped": state["stopped"] or "completed",
+        "chosen": chosen,
+        "metric": trainer.metric.value,
+        "history": state["history"],
+        "student": student_desc,
+        "layer_mapping": plan.mapping,
+        "cached_intermediate_targets": bool(targets["intermediate"] and plan.intermediate),
+        "data": data,
+    }
+
+
 def _accelerator(config: DistillConfig):
     """Accelerate for this process (one of several under ``accelerate launch``)."""
-    return make_accelerator(_mixed_precision(config.mixed_precision), config.grad_accum)
+    return make_accelerator(_mixed_precision(config.training.mixed_precision), config.training.grad_accum)
 
 
 def _read_data(teacher, train, eval_data, config: DistillConfig, classification: bool):
@@ -239,10 +248,10 @@ def _read_data(teacher, train, eval_data, config: DistillConfig, classification:
     if eval_data is not None:
         eval_ds = load_dataset(eval_data, text_column=config.text_column, label_column=config.label_column,
                                label2id=label2id, num_labels=len(label2id) if label2id else None)
-        if config.eval_samples:
-            eval_ds = eval_ds.sample(config.eval_samples, seed=config.seed)
-    metric = _resolve_metric(config.metric, classification, eval_ds, eval_data)
-    if config.hard_weight and classification and train_ds.labels is None:
+        if config.evaluation.samples:
+            eval_ds = eval_ds.sample(config.evaluation.samples, seed=config.seed)
+    metric = _resolve_metric(config.evaluation.metric, classification, eval_ds, eval_data)
+    if config.loss.hard_weight and classification and train_ds.labels is None:
         log.warning("%s has no labels: training on the teacher's soft targets only", train)
     return train_ds, eval_ds, metric
 
@@ -257,10 +266,10 @@ def _read_words(teacher, train, eval_data, config: DistillConfig, label2id: dict
     eval_ds = None
     if eval_data is not None:
         eval_ds = load_word_dataset(eval_data, label2id=label2id)
-        if config.eval_samples:
-            eval_ds = eval_ds.sample(config.eval_samples, seed=config.seed)
-    metric = _resolve_metric(config.metric, True, eval_ds, eval_data)
-    if config.hard_weight and train_ds.labels is None:
+        if config.evaluation.samples:
+            eval_ds = eval_ds.sample(config.evaluation.samples, seed=config.seed)
+    metric = _resolve_metric(config.evaluation.metric, True, eval_ds, eval_data)
+    if config.loss.hard_weight and train_ds.labels is None:
         log.warning("%s has no tags: training on the teacher's soft targets only", train)
     return train_ds, eval_ds, metric
 
@@ -273,11 +282,11 @@ def _student_and_plan(teacher, config: DistillConfig, classification: bool):
     plan = _Plan(
         classification=classification, pooling=teacher.info.postprocess.pooling,
         normalize=teacher.info.postprocess.normalize, mapping=mapping,
-        hidden=config.hidden_weight > 0, attention=config.attention_weight > 0,
-        value_relation=config.value_relation_weight > 0, relation_heads=t_heads,
+        hidden=config.loss.hidden_weight > 0, attention=config.loss.attention_weight > 0,
+        value_relation=config.loss.value_relation_weight > 0, relation_heads=t_heads,
         tags=teacher.info.labels if teacher.task is Task.token_classification else None,
     )
-    if not classification and config.soft_weight and student.config.hidden_size != teacher.model.config.hidden_size:
+    if not classification and config.loss.soft_weight and student.config.hidden_size != teacher.model.config.hidden_size:
         # a sentence encoder's output is its embedding: a narrower student's cannot be compared with the teacher's,
         # nor stand in for it (an index built on 384-dim vectors does not take 192-dim ones)
         raise ConfigError(
@@ -309,14 +318,14 @@ def _teacher_targets(teacher, data, sdata, plan: _Plan, config: DistillConfig, a
                     "step for them", sum(est.values()) / 1e9, config.cache_limit_gb)
     rows = _rows_drawn(sdata, config, accelerator.num_processes, total_steps)
     t_cache = time.perf_counter()
-    needs_teacher = config.soft_weight > 0 or plan.intermediate
+    needs_teacher = config.loss.soft_weight > 0 or plan.intermediate
     cache_dir = Path(teacher_cache) if teacher_cache else run / "teacher-cache"
     teacher_rows = 0
     if needs_teacher:
         with _StopFlag() as flag:
             teacher_rows = _ensure_cache(cache_dir, teacher, data, plan, cache_intermediate, accelerator, max_length,
-                                         max(64, config.batch_size * 2), progress, _fingerprint(texts, labels), rows,
-                                         lambda: flag.requested)
+                                         max(64, config.training.batch_size * 2), progress, _fingerprint(texts, labels),
+                                         rows, lambda: flag.requested)
     cache = tcache.TeacherCache(cache_dir) if needs_teacher else None
     seconds = time.perf_counter() - t_cache
     teacher.model.to(accelerator.device)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import EdgeCompressError
+from compress.settings import Section, Settings, refuse
 from compress.stages.spec import StageSpec, pairs
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: options nested in sections (student, loss, augmentation, training, evaluation)
 #: A teacher checkpoint (or a PyTorch artifact) teaches a smaller PyTorch student.
 DISTILL = StageSpec(
     "distill", "distillation", accepts=pairs(Format.pytorch, Precision.fp32),
@@ -46,26 +47,29 @@ class Schedule(StrEnum):
     constant = "constant_with_warmup"
 
 
-class DistillConfig(BaseModel):
-    """Settings of ``edgecompress distill``. Defaults were chosen by measurement on SST-2 (see README)."""
+class Student(Section):
+    """Which student: a slice of the teacher (``layers``, ``keep_layers``), a narrower config, or a checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    # --- student -------------------------------------------------------------------------------------
     layers: int | None = Field(
         None, ge=1,
         description="Student depth: keep this many evenly spaced teacher layers (always the last one), "
         "copying their weights and the embeddings.",
     )
     keep_layers: list[int] | None = Field(None, description="Explicit teacher layer indices to keep (0-based).")
-    student_config: dict[str, Any] | None = Field(
+    config: dict[str, Any] | None = Field(
         None,
         description="transformers config overrides for the student (e.g. hidden_size, intermediate_size, "
         "num_attention_heads, num_hidden_layers); weights are initialised from the teacher's (evenly "
         "spaced layers, leading slices of narrower matrices).",
     )
-    student: str | None = Field(None, description="An existing student checkpoint that shares the teacher's tokenizer.")
-    # --- losses --------------------------------------------------------------------------------------
+    checkpoint: str | None = Field(
+        None, description="An existing student checkpoint that shares the teacher's tokenizer."
+    )
+
+
+class Loss(Section):
+    """The distillation loss: soft targets, labels and intermediate-layer terms, each with its weight."""
+
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft targets (loss scaled by T^2).")
     soft_weight: float = Field(
         0.7, ge=0,
@@ -78,36 +82,28 @@ class DistillConfig(BaseModel):
     value_relation_weight: float = Field(
         0.0, ge=0, description="Weight of MiniLM value-relation KL on the last layer."
     )
-    # --- data ----------------------------------------------------------------------------------------
-    max_length: int | None = Field(
-        128, ge=8, description="Truncate transfer texts to this many tokens (None: the teacher's maximum)."
-    )
-    text_column: str | None = Field(None, description="Text column of the data files (auto-detected).")
-    label_column: str | None = Field(None, description="Label column of the data files (auto-detected).")
-    augment: int = Field(
+
+
+class Augmentation(Section):
+    """New transfer rows made from the transfer texts (text teachers), labelled by the teacher."""
+
+    copies: int = Field(
         0, ge=0,
         description="Extra copies of every transfer sentence with words replaced by their nearest "
         "neighbours in the teacher's embedding space (unlabelled; the teacher supplies their targets).",
     )
-    augment_prob: float = Field(0.3, gt=0, le=1, description="Probability of replacing each word in a copy.")
-    augment_join: int = Field(
+    prob: float = Field(0.3, gt=0, le=1, description="Probability of replacing each word in a copy.")
+    join: int = Field(
         0, ge=0,
         description="Extra sentence-length rows: K copies of the transfer texts, each text joined by a comma to "
         "another of the same label (any other when unlabelled). For phrase-level training data such as SST-2's, "
         "whose dev and test sets are whole sentences twice as long.",
     )
-    eval_samples: int | None = Field(None, ge=1, description="Use at most this many eval rows.")
-    max_train_rows: int | None = Field(
-        None, ge=1,
-        description="Use at most this many training rows: a random subset fixed by --seed, in file order, "
-        "taken before augmentation (None: all rows).",
-    )
-    metric: Metric = Field(
-        Metric.auto,
-        description="Early-stopping metric: accuracy (needs labels), agreement with the teacher's argmax, "
-        "or cosine to the teacher's embedding; auto picks accuracy when the eval data has labels.",
-    )
-    # --- training ------------------------------------------------------------------------------------
+
+
+class Training(Section):
+    """The optimizer, its schedule and how long it runs."""
+
     epochs: float = Field(3.0, gt=0, description="Passes over the transfer set (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(32, ge=1, description="Rows per batch per process.")
@@ -117,11 +113,6 @@ class DistillConfig(BaseModel):
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
     schedule: Schedule = Field(Schedule.linear, description="Learning-rate decay after warm-up.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    eval_every: int = Field(500, ge=1, description="Evaluate (and checkpoint) every N optimizer steps.")
-    patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without improvement (None: never stop early)."
-    )
-    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: eval_every).")
     mixed_precision: MixedPrecision = Field(
         MixedPrecision.auto, description="auto: bf16 on GPUs that support it, else fp16 on GPUs, none on CPU."
     )
@@ -132,6 +123,57 @@ class DistillConfig(BaseModel):
         "second, constant-rate distillation of a student (--schedule constant_with_warmup, a lower --lr).",
     )
     average_start: float = Field(0.0, ge=0, lt=1, description="Share of the steps after which --average begins.")
+
+
+class Evaluation(Section):
+    """Evaluation during training: how often, on how many rows, by which metric; checkpoints and early stopping."""
+
+    every: int = Field(500, ge=1, description="Evaluate (and checkpoint) every N optimizer steps.")
+    samples: int | None = Field(None, ge=1, description="Use at most this many eval rows.")
+    metric: Metric = Field(
+        Metric.auto,
+        description="Early-stopping metric: accuracy (needs labels), agreement with the teacher's argmax, "
+        "or cosine to the teacher's embedding; auto picks accuracy when the eval data has labels.",
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement (None: never stop early)."
+    )
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: eval_every).")
+
+
+#: the settings a resumed run need not share with the interrupted one (when it evaluates and saves, what it may read)
+_RESUMABLE = {"evaluation": {"every", "save_every", "patience"}, "cache_limit_gb": None, "allow_pickle": None,
+              "trust_remote_code": None}
+
+
+class DistillConfig(Settings):
+    """Settings of ``edgecompress distill``. Defaults were chosen by measurement on SST-2 (see README)."""
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "layers": "student.layers", "keep_layers": "student.keep_layers", "student_config": "student.config",
+        "student": "student.checkpoint",
+        **{k: f"loss.{k}" for k in Loss.model_fields},
+        "augment": "augmentation.copies", "augment_prob": "augmentation.prob", "augment_join": "augmentation.join",
+        **{k: f"training.{k}" for k in Training.model_fields},
+        "eval_every": "evaluation.every", "eval_samples": "evaluation.samples", "metric": "evaluation.metric",
+        "patience": "evaluation.patience", "save_every": "evaluation.save_every",
+    }
+
+    student: Student = Field(default_factory=Student, description="Which student.")
+    loss: Loss = Field(default_factory=Loss, description="The distillation loss and its weights.")
+    augmentation: Augmentation = Field(default_factory=Augmentation, description="New transfer rows (text).")
+    training: Training = Field(default_factory=Training, description="The optimizer and how long it runs.")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation, checkpoints, early stop.")
+    max_length: int | None = Field(
+        128, ge=8, description="Truncate transfer texts to this many tokens (None: the teacher's maximum)."
+    )
+    text_column: str | None = Field(None, description="Text column of the data files (auto-detected).")
+    label_column: str | None = Field(None, description="Label column of the data files (auto-detected).")
+    max_train_rows: int | None = Field(
+        None, ge=1,
+        description="Use at most this many training rows: a random subset fixed by --seed, in file order, "
+        "taken before augmentation (None: all rows).",
+    )
     seed: int = Field(42, description="Seed for initialisation, data order, augmentation and dropout.")
     cache_limit_gb: float = Field(
         8.0, gt=0,
@@ -141,10 +183,23 @@ class DistillConfig(BaseModel):
     allow_pickle: bool = Field(False, description="Allow pickled (.bin) teacher/student weights.")
     trust_remote_code: bool = Field(False, description="Allow checkpoints with custom code (auto_map).")
 
+    @model_validator(mode="after")
+    def _one_student(self) -> DistillConfig:
+        s = self.student
+        if s.checkpoint and (s.layers or s.keep_layers or s.config):
+            raise refuse("--student and --layers/--keep-layers/--student-config (student.checkpoint and "
+                         "student.layers/keep_layers/config) both given: use one way")
+        return self
+
     def training_fields(self) -> dict[str, Any]:
         """The settings a resumed run must share with the interrupted one."""
-        skip = {"eval_every", "save_every", "patience", "cache_limit_gb", "allow_pickle", "trust_remote_code"}
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
+        out = {}
+        for k, v in self.model_dump(mode="json").items():
+            skip = _RESUMABLE.get(k, ())
+            if skip is None:
+                continue
+            out[k] = {n: x for n, x in v.items() if n not in skip} if skip else v
+        return out
 
 
 @dataclass

@@ -192,21 +192,36 @@ def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Call
 # The verb for image teachers (``distill`` dispatches here)
 # --------------------------------------------------------------------------------------------------
 
-#: DistillConfig settings that only text distillation reads: refused when given for an image teacher
-TEXT_ONLY = ("hidden_weight", "attention_weight", "value_relation_weight", "max_length", "text_column",
-             "label_column", "augment", "augment_prob", "augment_join", "average", "average_start", "max_train_rows",
-             "grad_accum", "mixed_precision", "cache_limit_gb", "patience", "save_every", "schedule", "warmup_ratio",
-             "metric")
+#: DistillConfig settings (dotted paths) that only text distillation reads: refused when given for an image teacher
+TEXT_ONLY = ("loss.hidden_weight", "loss.attention_weight", "loss.value_relation_weight", "max_length", "text_column",
+             "label_column", "augmentation", "training.average", "training.average_start", "max_train_rows",
+             "training.grad_accum", "training.mixed_precision", "cache_limit_gb", "evaluation.patience",
+             "evaluation.save_every", "training.schedule", "training.warmup_ratio", "evaluation.metric")
 
 
 def check_image_options(config, verb: str, text_only: tuple[str, ...]) -> None:
+    """Refuse the settings in ``text_only`` (dotted paths, or whole sections) that differ from their defaults."""
     from compress.errors import ConfigError
 
-    fields = type(config).model_fields
-    given = sorted(k for k in text_only if getattr(config, k) != fields[k].get_default(call_default_factory=True))
+    paths = []
+    for path in text_only:
+        *parents, leaf = path.split(".")
+        node = config
+        for p in parents:
+            node = getattr(node, p)
+        value = getattr(node, leaf)
+        if hasattr(value, "model_fields"):  # a whole section: each of its options
+            paths += [f"{path}.{k}" for k in value.model_fields if getattr(value, k) != _default(value, k)]
+        elif value != _default(node, leaf):
+            paths.append(path)
+    given = sorted(type(config).flat_key(p) for p in paths)
     if given:
         raise ConfigError(f"{verb} does not use --{given[0].replace('_', '-')}",
                           hint="leave it out (see the README's Images section for what applies to image models)")
+
+
+def _default(model, name: str):
+    return type(model).model_fields[name].get_default(call_default_factory=True)
 
 
 def image_data(path, teacher, *, require_labels: bool = False):
@@ -232,28 +247,29 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
 
     check_image_options(config, "distillation of an image model", TEXT_ONLY)
     output = DISTILL.output(out, config, force=force)
-    if teacher.info.kind != "hf" and not config.student:
+    if teacher.info.kind != "hf" and not config.student.checkpoint:
         raise ConfigError(f"{teacher.path} is a torch.export program: it has no config to build a smaller student from",
                           hint="pass --student DIR (a smaller Hugging Face image classifier), or prune it with "
                           "edgecompress prune --channels")
     train_ds = image_data(train, teacher)
     eval_ds = image_data(eval_data, teacher, require_labels=True) if eval_data is not None else None
-    if config.eval_samples and eval_ds is not None:
-        eval_ds = eval_ds.sample(config.eval_samples, seed=config.seed)
+    if config.evaluation.samples and eval_ds is not None:
+        eval_ds = eval_ds.sample(config.evaluation.samples, seed=config.seed)
     if progress:
         progress({"phase": "student", "label": "building the student"})
-    if config.student:
-        st = load_teacher(config.student, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    if config.student.checkpoint:
+        st = load_teacher(config.student.checkpoint, allow_pickle=config.allow_pickle,
+                          trust_remote_code=config.trust_remote_code)
         if st.task is not teacher.task or st.info.labels != teacher.info.labels:
             raise ConfigError(f"student labels {st.info.labels} differ from the teacher's {teacher.info.labels}",
                               hint="use a student with the same id2label")
         if st.info.kind != "hf":
-            raise ConfigError(f"{config.student} is a torch.export program: programs are inference graphs",
+            raise ConfigError(f"{config.student.checkpoint} is a torch.export program: programs are inference graphs",
                               hint="pass a Hugging Face image classifier as --student")
-        student, desc = st.model, {"init": "checkpoint", "student_path": str(Path(config.student).resolve()),
+        student, desc = st.model, {"init": "checkpoint", "student_path": str(Path(config.student.checkpoint).resolve()),
                                    "reads_images_as": "the teacher (its preprocessing is the student's)"}
     else:
-        if not hasattr(teacher.model.config, "num_hidden_layers") and config.layers is not None:
+        if not hasattr(teacher.model.config, "num_hidden_layers") and config.student.layers is not None:
             raise ConfigError(f"{teacher.info.architecture} has no layer stack for --layers",
                               hint="pass --student-config with a narrower setting (e.g. depth_multiplier) or prune "
                               "it with edgecompress prune --channels")
@@ -273,11 +289,12 @@ def distill_images(teacher, train, out: Path, config, *, eval_data=None, run_dir
     if student_logits.shape[-1] != len(teacher.info.labels):
         raise ConfigError(f"the student has {student_logits.shape[-1]} outputs, the teacher {len(teacher.info.labels)} "
                           "classes", hint="use a student with the same labels")
-    per_epoch = max(1, -(-len(x_train) // config.batch_size))
-    steps = config.max_steps or max(1, round(config.epochs * per_epoch))
-    settings = LogitTraining(steps=steps, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
-                             temperature=config.temperature, soft_weight=config.soft_weight,
-                             hard_weight=config.hard_weight, seed=config.seed, eval_every=config.eval_every)
+    per_epoch = max(1, -(-len(x_train) // config.training.batch_size))
+    steps = config.training.max_steps or max(1, round(config.training.epochs * per_epoch))
+    settings = LogitTraining(steps=steps, batch_size=config.training.batch_size, lr=config.training.lr,
+                             weight_decay=config.training.weight_decay,
+                             temperature=config.loss.temperature, soft_weight=config.loss.soft_weight,
+                             hard_weight=config.loss.hard_weight, seed=config.seed, eval_every=config.evaluation.every)
     teacher_call = lambda x: teacher.call(teacher.model, {name: x})  # noqa: E731
     record = train_logits(student, hf_logits(student), teacher_call,
                           x_train, train_ds.labels, x_eval, eval_ds.labels if eval_ds is not None else None, settings,

@@ -289,25 +289,25 @@ def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: _Plan, confi
     parts: dict[str, Any] = {}
     mask = batch["attention_mask"].float()
     if plan.tokens:  # per token: KL over the real tokens, cross-entropy on each word's first sub-token
-        temp = config.temperature
-        if config.soft_weight:
+        temp = config.loss.temperature
+        if config.loss.soft_weight:
             kl = F.kl_div(F.log_softmax(s["soft"].float() / temp, -1), F.softmax(t["soft"].float() / temp, -1),
                           reduction="none").sum(-1)
             parts["soft"] = (kl * mask).sum() / mask.sum().clamp(min=1) * temp * temp
         labels = batch["labels"]
-        if config.hard_weight and bool((labels != _IGNORE).any()):
+        if config.loss.hard_weight and bool((labels != _IGNORE).any()):
             parts["hard"] = F.cross_entropy(s["soft"].float().flatten(0, 1), labels.flatten(), ignore_index=_IGNORE)
     elif plan.classification:
-        if config.soft_weight:
-            temp = config.temperature
+        if config.loss.soft_weight:
+            temp = config.loss.temperature
             parts["soft"] = F.kl_div(
                 F.log_softmax(s["soft"].float() / temp, -1), F.softmax(t["soft"].float() / temp, -1),
                 reduction="batchmean",
             ) * temp * temp
         labels = batch["labels"]
-        if config.hard_weight and bool((labels != _IGNORE).any()):
+        if config.loss.hard_weight and bool((labels != _IGNORE).any()):
             parts["hard"] = F.cross_entropy(s["soft"].float(), labels, ignore_index=_IGNORE)
-    elif config.soft_weight:
+    elif config.loss.soft_weight:
         parts["soft"] = F.mse_loss(s["soft"].float(), t["soft"].float())
     if plan.hidden:
         terms = []
@@ -332,8 +332,8 @@ def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: _Plan, confi
         sv, tv = s["vr"], t["vr"].float()
         row_mask = mask[:, None, :].expand(sv.shape[0], sv.shape[1], sv.shape[2])
         parts["value_relation"] = _kl_rows(tv, torch.log(sv.clamp(min=1e-9)), row_mask)
-    weights = {"soft": config.soft_weight, "hard": config.hard_weight, "hidden": config.hidden_weight,
-               "attention": config.attention_weight, "value_relation": config.value_relation_weight}
+    weights = {"soft": config.loss.soft_weight, "hard": config.loss.hard_weight, "hidden": config.loss.hidden_weight,
+               "attention": config.loss.attention_weight, "value_relation": config.loss.value_relation_weight}
     total = sum(weights[k] * v for k, v in parts.items())
     if not parts:
         total = s["soft"].sum() * 0.0

@@ -47,9 +47,16 @@ def default_run_dir(out: Path | str) -> Path:
     return out.with_name(out.name + ".run")
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs, a section's by their dotted paths (``training.lr``)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict) and a != b:
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def _fingerprint(texts: list[str], labels: list[int] | None) -> str:
@@ -93,17 +100,15 @@ def _resolve_metric(metric: Metric, classification: bool, eval_ds, eval_data) ->
 def _choose_student(teacher, config: DistillConfig) -> tuple[Any, dict[str, Any], list[int], Any]:
     """The student (built, or loaded), its description, the teacher layer each student layer maps to, and the
     student's own tokenizer (None: the teacher's)."""
-    if config.student and (config.layers or config.keep_layers or config.student_config):
-        raise ConfigError("--student and --layers/--keep-layers/--student-config both given", hint="use one way")
     own_tokenizer = None
-    if config.student:
-        student, student_desc, own_tokenizer = load_student(config.student, teacher, config)
+    if config.student.checkpoint:
+        student, student_desc, own_tokenizer = load_student(config.student.checkpoint, teacher, config)
     else:
-        if not (config.layers or config.keep_layers or config.student_config):
+        if not (config.student.layers or config.student.keep_layers or config.student.config):
             raise ConfigError("no student given", hint="pass --layers N, --keep-layers I,J,..., --student-config FILE "
                               "or --student DIR")
         student, student_desc = build_student(teacher.model, config)
-    if student_desc.get("init") != "checkpoint" and config.student_config is None:
+    if student_desc.get("init") != "checkpoint" and config.student.config is None:
         mapping = student_desc["kept_teacher_layers"]
     else:
         mapping = evenly_spaced(teacher.model.config.num_hidden_layers, student.config.num_hidden_layers)
@@ -131,13 +136,14 @@ def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length
     labels = list(train_ds.labels) if train_ds.labels is not None else [_IGNORE] * len(texts)
     if not classification:
         labels = [_IGNORE] * len(texts)
-    if config.augment:
+    if config.augmentation.copies:
         emb = teacher.model.get_input_embeddings().weight.detach().float().numpy()
-        extra = neighbour_augment(train_ds.texts, teacher.tokenizer, emb, config.augment, config.augment_prob, config.seed)
+        extra = neighbour_augment(train_ds.texts, teacher.tokenizer, emb, config.augmentation.copies,
+                                  config.augmentation.prob, config.seed)
         texts += extra
         labels += [_IGNORE] * len(extra)
-    if config.augment_join:
-        joined, joined_labels = join_augment(list(train_ds.texts), labels[: len(train_ds)], config.augment_join,
+    if config.augmentation.join:
+        joined, joined_labels = join_augment(list(train_ds.texts), labels[: len(train_ds)], config.augmentation.join,
                                              config.seed)
         texts += joined
         labels += joined_labels
@@ -195,10 +201,10 @@ def _rows_drawn(data: _TransferSet, config: DistillConfig, n_proc: int, total_st
     Fewer draws than one epoch take a prefix of the first epoch's order (the same order training uses),
     so a short ``--max-steps`` run labels only those rows with the teacher.
     """
-    draws = total_steps * config.grad_accum * config.batch_size * n_proc
+    draws = total_steps * config.training.grad_accum * config.training.batch_size * n_proc
     if draws >= len(data):
         return None
-    order = length_grouped_order(data.lengths, config.batch_size * n_proc, config.seed)
+    order = length_grouped_order(data.lengths, config.training.batch_size * n_proc, config.seed)
     return np.array(order[:draws], dtype=np.int64)
 
 

@@ -60,10 +60,10 @@ def build_student(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, 
     n_teacher = getattr(teacher_model.config, "num_hidden_layers", None)
     if n_teacher is None:  # no layer stack (a CNN): a narrower config, initialised from the teacher's leading slices
         return _narrower(teacher_model, config)
-    if config.layers is not None and config.keep_layers is not None:
+    if config.student.layers is not None and config.student.keep_layers is not None:
         raise ConfigError("--layers and --keep-layers both given", hint="use one of them")
     cfg = copy.deepcopy(teacher_model.config)
-    overrides = dict(config.student_config or {})
+    overrides = dict(config.student.config or {})
     for key in overrides:
         if not hasattr(cfg, key):
             raise ConfigError(
@@ -72,16 +72,16 @@ def build_student(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, 
             )
     n_student = overrides.get("num_hidden_layers", n_teacher)
     keep: list[int]
-    if config.keep_layers is not None:
-        keep = _check_keep(list(config.keep_layers), n_teacher)
+    if config.student.keep_layers is not None:
+        keep = _check_keep(list(config.student.keep_layers), n_teacher)
         n_student = len(keep)
-    elif config.layers is not None:
-        if config.layers > n_teacher:
+    elif config.student.layers is not None:
+        if config.student.layers > n_teacher:
             raise ConfigError(
-                f"--layers {config.layers}: the student would be deeper than the teacher ({n_teacher} layers)",
+                f"--layers {config.student.layers}: the student would be deeper than the teacher ({n_teacher} layers)",
                 hint=f"pick at most {n_teacher} layers",
             )
-        n_student = config.layers
+        n_student = config.student.layers
         keep = evenly_spaced(n_teacher, n_student)
     else:
         keep = evenly_spaced(n_teacher, n_student) if n_student <= n_teacher else list(range(n_student))
@@ -123,9 +123,9 @@ def build_student(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, 
             hint="distillation makes models smaller: use fewer layers or a narrower student config",
         )
     desc = {
-        "init": "teacher layers" if not config.student_config else "teacher config overrides",
+        "init": "teacher layers" if not config.student.config else "teacher config overrides",
         "kept_teacher_layers": keep[:n_student],
-        "config_overrides": config.student_config or {},
+        "config_overrides": config.student.config or {},
         "tensors_copied": copied,
         "tensors_sliced": sliced,
         "tensors_fresh": fresh,
@@ -138,11 +138,11 @@ def _narrower(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, Any]
     ``depth_multiplier``), each tensor initialised from the leading slice of the teacher's where it fits."""
     import torch
 
-    if not config.student_config:
+    if not config.student.config:
         raise ConfigError(f"{type(teacher_model).__name__} has no layer stack to take layers from",
                           hint="pass --student-config with a narrower setting, --student DIR, or prune it instead")
     cfg = copy.deepcopy(teacher_model.config)
-    for key, value in config.student_config.items():
+    for key, value in config.student.config.items():
         if not hasattr(cfg, key):
             raise ConfigError(f"student config: {type(cfg).__name__} has no setting {key!r}",
                               hint="use the model's own config names (e.g. depth_multiplier)")
@@ -161,7 +161,7 @@ def _narrower(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, Any]
     student.load_state_dict(new_sd)
     if count_parameters(student) > count_parameters(teacher_model):
         raise ConfigError("the student is larger than the teacher", hint="pick a narrower --student-config")
-    return student, {"init": "teacher config overrides", "config_overrides": config.student_config,
+    return student, {"init": "teacher config overrides", "config_overrides": config.student.config,
                      "tensors_sliced": copied, "tensors_fresh": len(new_sd) - copied}
 
 
@@ -180,7 +180,7 @@ def load_student(path: str, teacher, config: DistillConfig) -> tuple[Any, dict[s
     own_tokenizer = None
     if t_vocab != s_vocab or teacher.tokenizer(probe)["input_ids"] != st.tokenizer(probe)["input_ids"]:
         own_tokenizer = st.tokenizer
-        if config.hidden_weight or config.attention_weight or config.value_relation_weight:
+        if config.loss.hidden_weight or config.loss.attention_weight or config.loss.value_relation_weight:
             raise ConfigError(
                 f"teacher and student tokenizers differ (vocabularies of {len(t_vocab):,} and {len(s_vocab):,} "
                 "tokens, or different normalisation): intermediate-layer losses compare token positions, which "

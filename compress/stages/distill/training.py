@@ -76,19 +76,20 @@ class Trainer:
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
         groups = [
             {"params": [p for n, p in module.named_parameters() if not any(k in n for k in no_decay)],
-             "weight_decay": config.weight_decay},
+             "weight_decay": config.training.weight_decay},
             {"params": [p for n, p in module.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr)
-        self.scheduler = get_scheduler(config.schedule.value, optimizer,
-                                       num_warmup_steps=int(config.warmup_ratio * self.total_steps),
+        optimizer = torch.optim.AdamW(groups, lr=config.training.lr)
+        self.scheduler = get_scheduler(config.training.schedule.value, optimizer,
+                                       num_warmup_steps=int(config.training.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         self.tap_s = _ValueTap(layer_list(student)[1][-1]) if plan.value_relation else None
         self.tap_t = (_ValueTap(layer_list(self.teacher.model)[1][-1])
                       if plan.value_relation and not self.cache_intermediate else None)
-        if config.average:  # stochastic weight averaging: the running mean of the snapshots, kept beside the checkpoint
+        # stochastic weight averaging: the running mean of the snapshots, kept beside the checkpoint
+        if config.training.average:
             from torch.optim.swa_utils import AveragedModel
 
             self.averaged = AveragedModel(student)
@@ -164,11 +165,13 @@ class Trainer:
             try:
                 while state["step"] < self.total_steps and state["stopped"] is None:
                     epoch = state["epoch"]
-                    order = length_grouped_order(self.sdata.lengths, config.batch_size * self.n_proc, config.seed + epoch)
+                    order = length_grouped_order(self.sdata.lengths, config.training.batch_size * self.n_proc,
+                                                 config.seed + epoch)
                     # Own generator: creating a DataLoader iterator draws a base seed from the global torch RNG
                     # otherwise, and a resumed run creates one more iterator (skip_first_batches) than an
                     # uninterrupted one, which would shift every later dropout mask.
-                    loader = torch.utils.data.DataLoader(order, batch_size=config.batch_size, collate_fn=self.sdata.collate,
+                    loader = torch.utils.data.DataLoader(order, batch_size=config.training.batch_size,
+                                                         collate_fn=self.sdata.collate,
                                                          generator=torch.Generator().manual_seed(config.seed + epoch))
                     loader = accelerator.prepare_data_loader(loader, device_placement=True)
                     skip = state["batch_in_epoch"]
@@ -223,7 +226,7 @@ class Trainer:
             loss, parts = distill_loss(s_out, t_out, batch, self.plan, self.config, proj)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(module.parameters(), self.config.max_grad_norm)
+                accelerator.clip_grad_norm_(module.parameters(), self.config.training.max_grad_norm)
             self.optimizer.step()
             if accelerator.sync_gradients:
                 self.scheduler.step()
@@ -241,8 +244,8 @@ class Trainer:
         state["train_seconds"] = time.perf_counter() - train_start
         step = state["step"]
         evaluated = None
-        snapshot = step % config.eval_every == 0 or step == total_steps
-        if self.averaged is not None and snapshot and step > config.average_start * total_steps:
+        snapshot = step % config.evaluation.every == 0 or step == total_steps
+        if self.averaged is not None and snapshot and step > config.training.average_start * total_steps:
             self.averaged.update_parameters(self.unwrap_student())
             state["averaged"] = state.get("averaged", 0) + 1
             state.setdefault("average_from", step)
@@ -255,13 +258,14 @@ class Trainer:
                 self.save_best()
             else:
                 state["bad_evals"] += 1
-                if config.patience and state["bad_evals"] >= config.patience:
-                    state["stopped"] = f"early stop at step {step}: no improvement in {config.patience} evaluations"
+                if config.evaluation.patience and state["bad_evals"] >= config.evaluation.patience:
+                    state["stopped"] = (f"early stop at step {step}: no improvement in {config.evaluation.patience} "
+                                        "evaluations")
         if self.progress and self.main:
             self.progress({"phase": "train", "step": step, "total": total_steps, "epoch": epoch,
                            "lr": self.scheduler.get_last_lr()[0], "eval": evaluated, "best": state["best"],
                            "metric": self.metric.value, **self.last_loss})
-        save_every = config.save_every or config.eval_every
+        save_every = config.evaluation.save_every or config.evaluation.every
         if step % save_every == 0 or state["stopped"] or step >= total_steps:
             self.save_checkpoint()
         if self.stop_requested(flag):

@@ -297,9 +297,9 @@ def _lora(model, config: FinetuneConfig, words: bool):
     from peft import LoraConfig, TaskType
 
     return wrap_lora(model, config, LoraConfig(
-        task_type=TaskType.TOKEN_CLS if words else TaskType.SEQ_CLS, r=config.lora_rank,
-        lora_alpha=config.lora_alpha or 2 * config.lora_rank, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_targets or "all-linear"))
+        task_type=TaskType.TOKEN_CLS if words else TaskType.SEQ_CLS, r=config.lora.rank,
+        lora_alpha=config.lora.alpha or 2 * config.lora.rank, lora_dropout=config.lora.dropout,
+        target_modules=config.lora.targets or "all-linear"))
 
 
 def wrap_lora(model, config: FinetuneConfig, lora):
@@ -309,7 +309,7 @@ def wrap_lora(model, config: FinetuneConfig, lora):
     try:
         return get_peft_model(model, lora)
     except (ValueError, TypeError) as e:
-        what = ", ".join(config.lora_targets or ["all-linear"])
+        what = ", ".join(config.lora.targets or ["all-linear"])
         raise ConfigError(f"--lora-targets {what}: peft cannot wrap them ({str(e).splitlines()[0][:160]})",
                           hint="name linear layers of the encoder, e.g. --lora-targets query,value") from None
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from compress.artifact import Format, Precision, Task
+from compress.settings import Section, Settings, refuse
 from compress.stages.spec import StageSpec, pairs
 
+CONFIG_VERSION = 2  # 2: options nested in sections (lora, training, evaluation, images)
 FINETUNE = StageSpec(
     stage="finetune", verb="finetune", accepts=pairs(Format.pytorch, Precision.fp32),
     produces=pairs(Format.pytorch, Precision.fp32), versions=("torch", "transformers", "peft"),
     hint="finetune takes a pretrained checkpoint directory: a Hugging Face text encoder (all-MiniLM-L6-v2), a "
-    "Hugging Face image classifier or backbone, or a timm checkpoint",
+    "Hugging Face image classifier or backbone, or a timm checkpoint", config_version=CONFIG_VERSION,
 )
 
 #: the tasks a base can be fine-tuned for (a new head on the base's encoder), and which a text or an image base takes
@@ -34,8 +36,57 @@ class Mode(StrEnum):
     lora = "lora"
 
 
-class FinetuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Lora(Section):
+    """Low-rank adapters (peft LoRA) trained instead of the weights."""
+
+    rank: int | None = Field(None, ge=1, description="Train low-rank adapters of this rank (peft LoRA) instead "
+                             "of the weights; merged into them before the checkpoint is written.")
+    alpha: int | None = Field(None, ge=1, description="LoRA scaling alpha (default: twice the rank).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    targets: list[str] | None = Field(None, description="Module names LoRA wraps (default: every linear layer "
+                                      "of the encoder, peft's all-linear).")
+
+
+class Training(Section):
+    """The optimizer and how long it runs."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    batch_size: int = Field(32, ge=1, description="Rows per batch.")
+    lr: float | None = Field(None, gt=0, description=f"Peak learning rate (default for text {FULL_LR:g}, "
+                             f"{LORA_LR:g} with LoRA; for images {IMAGE_LR['full']:g}, {IMAGE_LR['frozen']:g} "
+                             "frozen or LoRA).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of the steps warming the learning rate up, "
+                                "then linear decay.")
+
+
+class Evaluation(Section):
+    """Evaluation during training (with eval data): how often, early stopping, checkpoints."""
+
+    every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: 10 times a run); the "
+                              "best checkpoint is kept.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement.")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: at each evaluation).")
+
+
+class Images(Section):
+    """What only an image base reads."""
+
+    shift: float = Field(0.1, ge=0, lt=0.5, description="Each training image moved by a random shift of up "
+                         "to this fraction of its side, zeros filling in (no flips: they change what text or a digit "
+                         "means); 0 turns it off.")
+
+
+class FinetuneConfig(Settings):
+    """Settings of ``edgecompress finetune``."""
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "lora_rank": "lora.rank", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+        "lora_targets": "lora.targets", **{k: f"training.{k}" for k in Training.model_fields},
+        "eval_every": "evaluation.every", "patience": "evaluation.patience", "save_every": "evaluation.save_every",
+        "shift": "images.shift",
+    }
 
     task: Task | None = Field(None, description="text-classification (a label per text), token-classification (a tag "
                               "per word: CoNLL or JSON lines data), image-classification, or regression (a number "
@@ -47,50 +98,34 @@ class FinetuneConfig(BaseModel):
                                                     "first N layers (blocks) of the base, the early layers kept; "
                                                     "'all': the whole base, only the new head trains (a linear "
                                                     "probe).")
-    lora_rank: int | None = Field(None, ge=1, description="Train low-rank adapters of this rank (peft LoRA) instead "
-                                  "of the weights; merged into them before the checkpoint is written.")
-    lora_alpha: int | None = Field(None, ge=1, description="LoRA scaling alpha (default: twice the rank).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
-    lora_targets: list[str] | None = Field(None, description="Module names LoRA wraps (default: every linear layer "
-                                           "of the encoder, peft's all-linear).")
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
-    batch_size: int = Field(32, ge=1, description="Rows per batch.")
-    lr: float | None = Field(None, gt=0, description=f"Peak learning rate (default for text {FULL_LR:g}, "
-                             f"{LORA_LR:g} with LoRA; for images {IMAGE_LR['full']:g}, {IMAGE_LR['frozen']:g} "
-                             "frozen or LoRA).")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
-    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of the steps warming the learning rate up, "
-                                "then linear decay.")
+    lora: Lora = Field(default_factory=Lora, description="Low-rank adapters instead of the weights.")
+    training: Training = Field(default_factory=Training, description="The optimizer and how long it runs.")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation, checkpoints, early stop.")
     max_length: int = Field(128, ge=8, description="Longest token sequence (text).")
-    shift: float = Field(0.1, ge=0, lt=0.5, description="Images: each training image moved by a random shift of up "
-                         "to this fraction of its side, zeros filling in (no flips: they change what text or a digit "
-                         "means); 0 turns it off.")
-    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: 10 times a run); the "
-                                   "best checkpoint is kept.")
-    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement.")
-    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: at each evaluation).")
+    images: Images = Field(default_factory=Images, description="What only an image base reads.")
     seed: int = Field(0, description="Seed of the head's initialisation, the data order and dropout.")
     allow_pickle: bool = Field(False, description="Allow a pickled (.bin) base checkpoint.")
 
     @model_validator(mode="after")
     def _one_mode(self) -> FinetuneConfig:
         if self.task is not None and self.task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(t.value for t in TASKS)}")
+            raise refuse(f"task must be one of {', '.join(t.value for t in TASKS)}")
         if self.task is Task.regression and self.labels:
-            raise ValueError("--labels names classes, and a regression head has none: leave --labels out")
-        if self.freeze and self.lora_rank:
-            raise ValueError("--freeze and --lora-rank are two ways of training less: pick one")
+            raise refuse(f"{self.option('labels')} names classes, and a regression head has none: leave it out")
+        if self.freeze and self.lora.rank:
+            raise refuse("--freeze and --lora-rank (freeze and lora.rank) are two ways of training less: pick one")
+        self.refuse_unless(bool(self.lora.rank), ("lora.alpha", "lora.targets"), "LoRA",
+                           f"set {self.option('lora.rank')}, or leave it out")
         return self
 
     @property
     def mode(self) -> Mode:
-        return Mode.lora if self.lora_rank else Mode.frozen if self.freeze else Mode.full
+        return Mode.lora if self.lora.rank else Mode.frozen if self.freeze else Mode.full
 
     def peak_lr(self, images: bool = False) -> float:
         """The learning rate asked for, else the family's default for the mode."""
-        if self.lr:
-            return self.lr
+        if self.training.lr:
+            return self.training.lr
         if images:
             return IMAGE_LR[str(self.mode)]
-        return LORA_LR if self.lora_rank else FULL_LR
+        return LORA_LR if self.lora.rank else FULL_LR

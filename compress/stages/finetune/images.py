@@ -202,8 +202,8 @@ def _lora(model, config: FinetuneConfig):
     from compress.stages.finetune import wrap_lora
 
     return wrap_lora(model, config, LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_targets or "all-linear", modules_to_save=[_head_name(model)]))
+        r=config.lora.rank, lora_alpha=config.lora.alpha or 2 * config.lora.rank, lora_dropout=config.lora.dropout,
+        target_modules=config.lora.targets or "all-linear", modules_to_save=[_head_name(model)]))
 
 
 def _encode(base_teacher, path, names: list[str] | None, require_labels: bool = True, limit: int | None = None):
@@ -327,7 +327,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
         model = _lora(model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     criterion = mse if regression else F.cross_entropy
-    loop = TrainLoop(model, trainable, ImageBatches(x, y, config.shift, config.seed), config, run, progress,
+    loop = TrainLoop(model, trainable, ImageBatches(x, y, config.images.shift, config.seed), config, run, progress,
                      lr=config.peak_lr(images=True),
                      loss=lambda m, b: criterion(logits_of(m, b["pixel_values"]), b["labels"]),
                      evaluate=evaluate, metric_name=METRIC if regression else "accuracy", frozen_modules=frozen,
@@ -340,7 +340,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": config.freeze,
                "labels": names, "base": str(base), "train_rows": len(x),
                "eval_rows": len(x_eval) if x_eval is not None else 0, "data": data_record(train, eval_data),
-               "augmentation": f"random shift up to {config.shift:g} of the side, no flips"}
+               "augmentation": f"random shift up to {config.images.shift:g} of the side, no flips"}
     if regression:
         metrics["targets"] = target_record(y.numpy())
         if x_eval is not None:

@@ -47,10 +47,10 @@ class TrainLoop:
         self.device = self.accelerator.device
         self.model.to(self.device)
         self.ddp = self.accelerator.prepare(self.model) if self.processes > 1 else self.model
-        per_epoch = max(1, -(-len(data) // config.batch_size))
-        self.total = config.max_steps or max(1, int(round(config.epochs * per_epoch)))
+        per_epoch = max(1, -(-len(data) // config.training.batch_size))
+        self.total = config.training.max_steps or max(1, int(round(config.training.epochs * per_epoch)))
         self.per_epoch = per_epoch
-        self.eval_every = config.eval_every or max(1, self.total // 10)
+        self.eval_every = config.evaluation.every or max(1, self.total // 10)
         self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [],
                                       "train_seconds": 0.0, "stopped": None}
 
@@ -58,8 +58,9 @@ class TrainLoop:
         import torch
         from transformers import get_linear_schedule_with_warmup
 
-        self.opt = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.config.weight_decay)
-        self.sched = get_linear_schedule_with_warmup(self.opt, int(self.config.warmup_ratio * self.total), self.total)
+        self.opt = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.config.training.weight_decay)
+        self.sched = get_linear_schedule_with_warmup(self.opt, int(self.config.training.warmup_ratio * self.total),
+                                                     self.total)
         ckpt, run_config = self.run / "checkpoint.pt", self.config.model_dump(mode="json")
         if resume:
             if not ckpt.is_file():
@@ -112,7 +113,7 @@ class TrainLoop:
     def _order(self, epoch: int) -> list[int]:
         from compress.stages.distill.losses import length_grouped_order
 
-        return length_grouped_order(self.data.lengths, self.config.batch_size, self.config.seed + epoch)
+        return length_grouped_order(self.data.lengths, self.config.training.batch_size, self.config.seed + epoch)
 
     def train(self) -> None:
         import torch
@@ -120,7 +121,7 @@ class TrainLoop:
         from compress.interrupt import StopFlag
         from compress.stages.distill.config import Interrupted
 
-        state, bs = self.state, self.config.batch_size
+        state, bs = self.state, self.config.training.batch_size
         torch.manual_seed(self.config.seed + state["step"])
         self._train_mode()
         with StopFlag() as flag:
@@ -143,7 +144,7 @@ class TrainLoop:
                 if self.progress and self.is_main:
                     self.progress({"phase": "train", "step": step, "total": self.total, "loss": float(loss.detach()),
                                    "eval": evaluated, "best": state["best"], "metric": self.metric_name})
-                save_every = self.config.save_every or self.eval_every
+                save_every = self.config.evaluation.save_every or self.eval_every
                 if step % save_every == 0 or step == self.total or flag.requested or state["stopped"]:
                     self._save()
                 if flag.requested:
@@ -175,9 +176,9 @@ class TrainLoop:
                 torch.save(self._trainable_state(), self.run / "best.pt")
         else:
             state["bad_evals"] += 1
-            if self.config.patience and state["bad_evals"] >= self.config.patience:
-                state["stopped"] = f"early stop at step {state['step']}: no improvement in {self.config.patience} " \
-                                   "evaluations"
+            if self.config.evaluation.patience and state["bad_evals"] >= self.config.evaluation.patience:
+                state["stopped"] = (f"early stop at step {state['step']}: no improvement in "
+                                    f"{self.config.evaluation.patience} evaluations")
         return value
 
     def _save(self) -> None:
@@ -229,6 +230,6 @@ class TrainLoop:
                "chosen": f"best (step {s['best_step']})" if s["best_step"] else "last",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
         if self.config.mode is Mode.lora:
-            out["lora"] = {"rank": self.config.lora_rank, "alpha": self.config.lora_alpha or 2 * self.config.lora_rank,
-                           "targets": self.config.lora_targets or "all-linear"}
+            out["lora"] = {"rank": self.config.lora.rank, "alpha": self.config.lora.alpha or 2 * self.config.lora.rank,
+                           "targets": self.config.lora.targets or "all-linear"}
         return out

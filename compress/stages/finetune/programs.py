@@ -163,7 +163,8 @@ def program_base(base_teacher, config: FinetuneConfig):
     batch = base_teacher.info.inputs[0].shape[0] if base_teacher.info.inputs else None
     if not isinstance(batch, str):
         raise ConfigError(f"{where}: the program takes a fixed batch of {batch}; training feeds batches of "
-                          f"{config.batch_size}", hint="export it again with a dynamic batch: torch.export.export("
+                          f"{config.training.batch_size}",
+                          hint="export it again with a dynamic batch: torch.export.export("
                           "model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))")
     return _classifier_class()(*cut_head(base_teacher.model, where)).eval()
 

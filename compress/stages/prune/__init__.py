@@ -149,20 +149,20 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
 
     student_dir = scratch / "pruned"
     save_checkpoint(model, tokenizer, teacher, student_dir)
-    dcfg = DistillConfig(
-        student=str(student_dir), max_steps=config.recover_steps, lr=config.recover_lr,
-        batch_size=config.recover_batch_size, max_length=config.max_length,
+    dcfg = DistillConfig.from_flat(
+        student=str(student_dir), max_steps=config.recovery.steps, lr=config.recovery.lr,
+        batch_size=config.recovery.batch_size, max_length=config.max_length,
         # averaging: 8 snapshots over the second half (each also scored on the eval data)
-        eval_every=max(config.recover_steps // 16, 1) if config.recover_average else config.recover_steps,
-        augment=config.recover_augment, augment_join=config.recover_augment_join,
-        average=config.recover_average, average_start=0.5,
+        eval_every=max(config.recovery.steps // 16, 1) if config.recovery.average else config.recovery.steps,
+        augment=config.recovery.augment, augment_join=config.recovery.augment_join,
+        average=config.recovery.average, average_start=0.5,
         seed=config.seed, text_column=config.text_column, label_column=config.label_column,
         allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
     )
     kwargs: dict[str, Any] = {"on_step": sparsifier} if sparsifier is not None else {}
-    if config.teacher_cache:
-        kwargs["teacher_cache"] = config.teacher_cache
-    result = distill(config.teacher or source, train, scratch / "recovered", dcfg, eval_data=eval_data,
+    if config.recovery.teacher_cache:
+        kwargs["teacher_cache"] = config.recovery.teacher_cache
+    result = distill(config.recovery.teacher or source, train, scratch / "recovered", dcfg, eval_data=eval_data,
                      run_dir=scratch / "run", force=True, progress=progress, **kwargs)
     recovered = type(model).from_pretrained(str(result.artifact.path), local_files_only=True, use_safetensors=True)
     recovered.eval()
@@ -170,8 +170,9 @@ def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: 
     keys = ("steps", "train_seconds", "teacher_cache_seconds", "transfer_rows", "eval_rows", "metric", "eval_metric",
             "teacher_eval_metric", "retention", "stopped", "chosen")
     rec = {k: m[k] for k in keys if k in m}
-    rec["teacher"] = str(Path(config.teacher or source).resolve())
-    rec["loss"] = {"soft_weight": dcfg.soft_weight, "hard_weight": dcfg.hard_weight, "temperature": dcfg.temperature}
+    rec["teacher"] = str(Path(config.recovery.teacher or source).resolve())
+    rec["loss"] = {"soft_weight": dcfg.loss.soft_weight, "hard_weight": dcfg.loss.hard_weight,
+                   "temperature": dcfg.loss.temperature}
     if m.get("history"):
         rec["last_loss"] = {k: v for k, v in m["history"][-1].items() if k not in ("step", "metric")}
     return recovered, rec
@@ -218,7 +219,7 @@ def prune(
         raise ConfigError(f"prune does not take a regression teacher yet ({source} gives numbers, not class scores)",
                           hint="quantize or export the regressor instead; validate scores it by MAE")
     if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
-        if config.recover_augment or config.recover_augment_join:
+        if config.recovery.augment or config.recovery.augment_join:
             raise ConfigError("--recover-augment and --recover-augment-join make new training texts; image models have "
                               "none", hint="leave them out for image models")
         from compress.stages.prune.channels import prune_channels
@@ -293,19 +294,14 @@ class _TextJob:
 
 
 def _check_options(config: PruneConfig, train: Path | str | None) -> None:
-    """Refuse settings that contradict each other, before anything is loaded."""
-    if config.recover_steps and train is None:
-        raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train DATA")
-    for given, option in ((config.recover_augment, "--recover-augment"),
-                          (config.recover_augment_join, "--recover-augment-join"),
-                          (config.recover_average, "--recover-average")):
-        if given and not config.recover_steps:
-            raise ConfigError(f"{option} is a setting of the recovery, and there is no recovery",
-                              hint=f"add --recover-steps N, or leave {option} out")
-    if not (config.structural or config.vocab_corpus or config.sparsity is not None or config.channels):
+    """Refuse settings the data makes impossible or that leave nothing to do, before anything is loaded (settings
+    that contradict each other are refused by :class:`PruneConfig` itself)."""
+    if config.recovery.steps and train is None:
+        raise ConfigError(f"--recover-steps {config.recovery.steps} needs --train data", hint="pass --train DATA")
+    if not (config.structural or config.vocab.corpus or config.sparsity is not None or config.channels):
         raise ConfigError("nothing to prune", hint="give --heads, --ffn, --drop-layers, --vocab-corpus, --sparsity "
                           "or --profile (text), --channels (image CNNs)")
-    if train is not None and not config.recover_steps:
+    if train is not None and not config.recovery.steps:
         log.warning("--train is used for importance scores only (no --recover-steps)")
 
 
@@ -328,19 +324,19 @@ def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
     # --- vocabulary plan (first: its corpus errors are cheap to find) -----------------------------
     vocab_plan = None
     corpus_ds = None
-    if config.vocab_corpus:
+    if config.vocab.corpus:
         if progress:
-            progress({"phase": "vocab-plan", "label": f"planning the vocabulary on {config.vocab_corpus}"})
-        corpus_ds = job.texts(config.vocab_corpus)  # a token classifier's: sentences split into words
+            progress({"phase": "vocab-plan", "label": f"planning the vocabulary on {config.vocab.corpus}"})
+        corpus_ds = job.texts(config.vocab.corpus)  # a token classifier's: sentences split into words
         vocab_plan = plan_vocabulary(tokenizer, corpus_strings(corpus_ds.texts),
-                                     keep_alphabet=config.vocab_keep_alphabet, floor=config.vocab_floor,
-                                     model_config=model.config, source=config.vocab_corpus)
+                                     keep_alphabet=config.vocab.keep_alphabet, floor=config.vocab.floor,
+                                     model_config=model.config, source=config.vocab.corpus)
 
     importance = _importance(job, model, tokenizer, metrics)
 
     # --- budget -------------------------------------------------------------------------------------
     heads, ffn = config.heads, config.ffn
-    if config.profile:
+    if config.budget.profile:
         heads, ffn, metrics["budget"] = search_budget(model, tokenizer, teacher, importance, vocab_plan, config,
                                                       progress)
 
@@ -358,8 +354,8 @@ def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
     sparsifier = None
     gz_before = None
     if config.sparsity is not None:
-        if config.recover_steps:
-            sparsifier = Sparsifier(config.sparsity, config.recover_steps)
+        if config.recovery.steps:
+            sparsifier = Sparsifier(config.sparsity, config.recovery.steps)
             gz_before = _gzip_size([m.weight for _, m in encoder_linears(model)])
             if sparsifier.semi_structured:
                 sparsifier.apply(model)  # fixed 2:4 masks from the pruned weights, kept during recovery
@@ -369,12 +365,13 @@ def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
     proof_texts = corpus_strings(corpus_ds.texts) if corpus_ds is not None else []
     # a token classifier recovers before its vocabulary goes: its distillation reads the words the teacher's way,
     # token for token (the pruned vocabulary is proven exact on the corpus afterwards)
-    vocab_first = vocab_plan is not None and bool(config.recover_steps) and config.recover_after_vocab and not job.words
+    vocab_first = (vocab_plan is not None and bool(config.recovery.steps) and config.recovery.after_vocab
+                   and not job.words)
     new_tokenizer, vrec = tokenizer, None
     if vocab_first:  # prune the vocabulary now (proven exact on the corpus), so recovery learns the new splits
         new_tokenizer, vrec = _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts, progress)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".scratch", dir=out.parent) as tmp:
-        if config.recover_steps:
+        if config.recovery.steps:
             model = _recover_and_sparsify(job, model, new_tokenizer, sparsifier, gz_before, Path(tmp), metrics)
             metrics["recovery"]["tokenizer"] = "pruned vocabulary" if vocab_first else "original"
         if "sparsity" in metrics:
@@ -384,7 +381,7 @@ def _prune_text(job: _TextJob, output: StageOutput) -> Artifact:
         if progress:
             progress({"phase": "write", "label": f"writing {out} and checking it against the pruned model"})
         probe = (corpus_ds.texts[:64] if corpus_ds is not None else []) or \
-            job.texts(config.importance_data or job.train or _default_data(), 64).texts  # words for a token classifier
+            job.texts(config.importance.data or job.train or _default_data(), 64).texts  # words for a token classifier
         if vocab_plan is not None and not vocab_first:
             # outputs of the unpruned vocabulary: the written model must give the same on corpus texts
             before_out = job.outputs(model, tokenizer, probe)
@@ -402,7 +399,7 @@ def _importance(job: _TextJob, model, tokenizer, metrics: dict[str, Any]) -> Imp
     config = job.config
     if not config.structural:
         return None
-    data_path = config.importance_data or job.train or config.vocab_corpus
+    data_path = config.importance.data or job.train or config.vocab.corpus
     if data_path is None and job.words:
         raise ConfigError("a token classifier's importance scores need tagged sentences",
                           hint="pass --train (a CoNLL or JSON lines file)")
@@ -412,7 +409,7 @@ def _importance(job: _TextJob, model, tokenizer, metrics: dict[str, Any]) -> Imp
         data_path = sample_data_path()
         log.warning("no data given: importance scores use the built-in sample sentences (pass --train or --data)")
     classification = job.classification
-    ds = job.texts(data_path, config.samples)
+    ds = job.texts(data_path, config.importance.samples)
     labels = list(ds.labels) if classification and ds.labels is not None else None
     post = job.teacher.info.postprocess
     importance = importance_scores(
@@ -433,18 +430,18 @@ def _recover_and_sparsify(job: _TextJob, model, tokenizer, sparsifier: Sparsifie
     model, metrics["recovery"] = _recover(model, tokenizer, job.teacher, job.source, job.train, job.eval_data, config,
                                           sparsifier, scratch, job.progress)
     if sparsifier is not None:
-        sparsifier.total_steps = config.recover_steps
+        sparsifier.total_steps = config.recovery.steps
         if not sparsifier.semi_structured:
             sparsifier.apply(model)  # the final target (no-op when the schedule reached it)
         else:
-            sparsifier(model, config.recover_steps, config.recover_steps)
+            sparsifier(model, config.recovery.steps, config.recovery.steps)
         rec = sparsity_report(model, config.sparsity)
         linears = encoder_linears(model)
         rec.update({"skipped": sparsifier.skipped, "gzip_bytes_before": gz_before,
                     "gzip_bytes_after": _gzip_size([m.weight for _, m in linears]),
                     "dense_bytes": sum(m.weight.numel() * m.weight.element_size() for _, m in linears),
                     "schedule": "fixed 2:4 masks during recovery" if sparsifier.semi_structured
-                    else f"cubic over {config.recover_steps} recovery steps"})
+                    else f"cubic over {config.recovery.steps} recovery steps"})
         metrics["sparsity"] = rec
     return model
 
@@ -452,10 +449,10 @@ def _recover_and_sparsify(job: _TextJob, model, tokenizer, sparsifier: Sparsifie
 def _note_sparsity(sp: dict[str, Any], config: PruneConfig) -> None:
     """What the zeros buy on the profile's runtime (nothing in speed on dense CPU kernels)."""
     runtime = None
-    if config.profile:
+    if config.budget.profile:
         from compress.profiles.load import load_profile
 
-        runtime = str(load_profile(config.profile).runtime.name)
+        runtime = str(load_profile(config.budget.profile).runtime.name)
     sp["note"] = SPARSITY_NOTE
     sp["runtime"] = runtime
     sp["runtime_note"] = _RUNTIME_SPARSITY.get(runtime or "", None) if runtime else None
@@ -484,7 +481,7 @@ def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: l
         if vocab_plan is not None:
             vrec["proof"]["output_max_abs_diff"] = diff
             vrec["recovered_after_pruning"] = vocab_first
-            vrec["corpus"] = config.vocab_corpus
+            vrec["corpus"] = config.vocab.corpus
             if eval_data is not None:
                 ev = job.texts(eval_data)
                 vrec["eval_coverage"] = vocabulary_coverage(teacher.tokenizer, written.tokenizer, vocab_plan.keep,
@@ -518,7 +515,7 @@ def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: l
             prior = list(parent.manifest.steps)
         else:
             manifest.source, prior = teacher.lineage()
-        manifest.versions = library_versions("accelerate") if config.recover_steps else library_versions()
+        manifest.versions = library_versions("accelerate") if config.recovery.steps else library_versions()
         o.describe(manifest, input_digest=parent.digest if parent is not None else teacher.sha256, lineage=prior,
                    metrics=_jsonable(metrics))
         if progress:

@@ -53,7 +53,7 @@ def _measure_candidate(model, tokenizer, teacher, importance: Importance, drop: 
     ckpt = scratch / f"{tag}-pt"
     save_checkpoint(cand, tok, teacher, ckpt)
     art = export(ckpt, scratch / f"{tag}-onnx", ExportConfig(parity_samples=2), force=True)
-    if config.budget_precision is BudgetPrecision.int8:
+    if config.budget.precision is BudgetPrecision.int8:
         art = quantize(art, scratch / f"{tag}-int8", QuantizeConfig(parity_samples=2), force=True)
     res = {"heads": round(heads, 4), "ffn": round(ffn, 4), "size_mb": round(art.size_bytes() / MB, 3)}
     if search.latency_ms is not None:
@@ -70,7 +70,7 @@ def search_budget(model, tokenizer, teacher, importance: Importance, vocab: Voca
     from compress.estimates.roofline import profile_peaks
     from compress.profiles.load import load_profile
 
-    prof = load_profile(config.profile)
+    prof = load_profile(config.budget.profile)
     b = prof.budgets
     lat_given = [v for v in (b.latency_ms.p50, b.latency_ms.p95, b.latency_ms.p99) if v is not None]
     search = _Search(prof, b.max_model_size_mb, min(lat_given) if lat_given else None)
@@ -91,8 +91,8 @@ def search_budget(model, tokenizer, teacher, importance: Importance, vocab: Voca
     n_layers = len(importance.heads) - config.drop_layers
     heads_kept = sorted((len(h) for h in importance.heads), reverse=True)
     total_heads = sum(heads_kept[:n_layers]) if config.drop_layers else sum(heads_kept)
-    max_heads = min(config.max_ratio, math.floor((total_heads - n_layers) / total_heads * 100) / 100)
-    caps = {"heads": max_heads, "ffn": config.max_ratio}
+    max_heads = min(config.budget.max_ratio, math.floor((total_heads - n_layers) / total_heads * 100) / 100)
+    caps = {"heads": max_heads, "ffn": config.budget.max_ratio}
     start = {"heads": config.heads, "ffn": config.ffn}
     ladder: list[tuple[float, float]] = []
     for k in range(11):
@@ -123,7 +123,7 @@ def search_budget(model, tokenizer, teacher, importance: Importance, vocab: Voca
                 raise ConfigError(
                     f"profile {prof.name}: the budget cannot be met even at the most pruning allowed (heads "
                     f"{ladder[-1][0]:g}, ffn {ladder[-1][1]:g}{', drop-layers ' + str(config.drop_layers) if config.drop_layers else ''}"
-                    f", {config.budget_precision}): best reachable {' and '.join(parts)}",
+                    f", {config.budget.precision}): best reachable {' and '.join(parts)}",
                     hint="also drop layers (--drop-layers), prune the vocabulary (--vocab-corpus), distil a smaller "
                     "student first, or pick a larger device",
                 )
@@ -137,7 +137,7 @@ def search_budget(model, tokenizer, teacher, importance: Importance, vocab: Voca
             chosen = hi
     heads, ffn = ladder[chosen]
     record = {
-        "profile": prof.name, "precision": str(config.budget_precision),
+        "profile": prof.name, "precision": str(config.budget.precision),
         "budgets": {"max_model_size_mb": search.size_mb, "latency_ms": search.latency_ms},
         "searched": dims, "candidates": search.candidates, "chosen": {"heads": heads, "ffn": ffn},
         "latency": "roofline estimate (compress.estimates.roofline), not a measurement" if search.latency_ms else unchecked,

@@ -31,9 +31,8 @@ from compress.stages.prune.config import PRUNE, PruneConfig
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
 #: PruneConfig settings a CNN does not use (text pruning's, and the ViT's heads/FFN/layers)
-NOT_FOR_CNN = ("heads", "ffn", "drop_layers", "vocab_corpus", "vocab_keep_alphabet", "vocab_floor", "sparsity",
-             "max_length", "text_column", "label_column", "recover_after_vocab", "teacher_cache", "profile",
-             "budget_precision", "max_ratio", "importance_data", "teacher")
+NOT_FOR_CNN = ("heads", "ffn", "drop_layers", "vocab", "sparsity", "max_length", "text_column", "label_column",
+             "recovery.after_vocab", "recovery.teacher_cache", "budget", "importance.data", "recovery.teacher")
 ROUND_TO = 8
 
 
@@ -84,8 +83,8 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
         raise ConfigError(f"{teacher.path} is a torch.export program: its graph has no modules to remove channels from",
                           hint="prune the nn.Module before exporting it, or start from a Hugging Face checkpoint")
     tp = require("torch_pruning", "pruning the channels of an image model (pip install edgecompress[images])")
-    if config.recover_steps and train is None:
-        raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train IMAGES")
+    if config.recovery.steps and train is None:
+        raise ConfigError(f"--recover-steps {config.recovery.steps} needs --train data", hint="pass --train IMAGES")
     train_ds = image_data(train, teacher) if train is not None else None
     eval_ds = image_data(eval_data, teacher, require_labels=True) if eval_data is not None else None
 
@@ -126,11 +125,12 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     if eval_ds is not None:
         metrics["teacher_eval_accuracy"] = accuracy(teacher_call)
         metrics["eval_accuracy_before_recovery"] = accuracy(pruned.eval())
-    if config.recover_steps:
+    if config.recovery.steps:
         if progress:
             progress({"phase": "load", "label": "recovering by distillation from the unpruned teacher"})
-        settings = LogitTraining(steps=config.recover_steps, batch_size=config.recover_batch_size, lr=config.recover_lr,
-                                 seed=config.seed, eval_every=max(1, config.recover_steps // 5))
+        rec = config.recovery
+        settings = LogitTraining(steps=rec.steps, batch_size=rec.batch_size, lr=rec.lr, seed=config.seed,
+                                 eval_every=max(1, rec.steps // 5))
         metrics["recovery"] = train_logits(
             pruned, pruned, teacher_call, encode_all(encoder, train_ds.inputs), train_ds.labels, x_eval,
             eval_ds.labels if eval_ds is not None else None, settings, progress=progress)

@@ -24,9 +24,8 @@ from compress.stages.prune.config import PRUNE, PruneConfig
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
 
 #: PruneConfig settings a ViT does not use (text-only, or the CNN's --channels)
-NOT_FOR_VIT = ("vocab_corpus", "vocab_keep_alphabet", "vocab_floor", "sparsity", "max_length", "text_column",
-               "label_column", "recover_after_vocab", "teacher_cache", "profile", "budget_precision", "max_ratio",
-               "teacher", "channels")
+NOT_FOR_VIT = ("vocab", "sparsity", "max_length", "text_column", "label_column", "recovery.after_vocab",
+               "recovery.teacher_cache", "budget", "recovery.teacher", "channels")
 
 
 def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=None, force: bool = False,
@@ -57,16 +56,16 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
     if teacher.info.kind != "hf" or not hasattr(teacher.model.config, "num_hidden_layers"):
         raise ConfigError(f"{teacher.path} has no transformer layers (--heads/--ffn/--drop-layers prune ViTs)",
                           hint="for a CNN use --channels")
-    if config.recover_steps and train is None:
-        raise ConfigError(f"--recover-steps {config.recover_steps} needs --train data", hint="pass --train IMAGES")
-    data = config.importance_data or train
+    if config.recovery.steps and train is None:
+        raise ConfigError(f"--recover-steps {config.recovery.steps} needs --train data", hint="pass --train IMAGES")
+    data = config.importance.data or train
     if data is None:
         raise ConfigError("importance scores need images", hint="pass --train IMAGES (or --data IMAGES)")
     model = copy.deepcopy(teacher.model).eval()
     if config.heads:
         _check_head_pruning(model)
     encoder = teacher.encoder()
-    ds = image_data(data, teacher).sample(config.samples, seed=config.seed)
+    ds = image_data(data, teacher).sample(config.importance.samples, seed=config.seed)
     x = encode_all(encoder, ds.inputs)
     y = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64)) if ds.labels is not None else None
     name = teacher.input_names[0]
@@ -92,10 +91,11 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
     teacher_call = hf_logits(teacher.model)
     eval_ds = image_data(eval_data, teacher, require_labels=True) if eval_data is not None else None
     x_eval = encode_all(encoder, eval_ds.inputs) if eval_ds is not None else None
-    if config.recover_steps:
+    if config.recovery.steps:
         train_ds = image_data(train, teacher)
-        settings = LogitTraining(steps=config.recover_steps, batch_size=config.recover_batch_size, lr=config.recover_lr,
-                                 seed=config.seed, eval_every=max(1, config.recover_steps // 5))
+        rec = config.recovery
+        settings = LogitTraining(steps=rec.steps, batch_size=rec.batch_size, lr=rec.lr, seed=config.seed,
+                                 eval_every=max(1, rec.steps // 5))
         metrics["recovery"] = train_logits(model, hf_logits(model), teacher_call, encode_all(encoder, train_ds.inputs),
                                            train_ds.labels, None, None, settings, progress=progress)
     model.eval()
