@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.stages.distill.config import DistillConfig
+from compress.stages.prune.config import PruneConfig
+
 #: the dimensions a text search explores, with their choices (``--space`` may narrow them)
 TEXT_SPACE: dict[str, list[Any]] = {
     "layers": [1, 2, 3, 4, 6],  # student depth; the teacher's own depth keeps every layer (no distillation)
@@ -302,7 +305,7 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
         opts: dict[str, Any] = {"layers": c.layers or shape.layers, **fidelity.distill}
         if student_cfg:
             opts["student_config"] = student_cfg
-        steps["student"] = {"distill": opts}
+        steps["student"] = {"distill": DistillConfig.nest(opts)}  # settings version 2: flat options nested
         last = "student"
     if c.heads or c.ffn or c.vocab or c.channels:
         opts = {"channels": c.channels} if c.channels else {}
@@ -314,7 +317,7 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
             opts["vocab_corpus"] = "train"
         opts["recover_steps"] = fidelity.recover_steps
         opts.update(fidelity.prune)
-        steps["pruned"] = {"from": last, "prune": opts}
+        steps["pruned"] = {"from": last, "prune": PruneConfig.nest(opts)}
         last = "pruned"
     if c.runtime == "executorch":  # PT2E INT8 is part of the export: the program is the deployable step
         mode = c.quant.split("-")[1]

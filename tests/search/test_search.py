@@ -297,18 +297,20 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
     full, _ = candidate_steps(Candidate(1), s.shape, s.full)
     short, _ = candidate_steps(Candidate(1), s.shape, s.short)
     # --full-augment 1 and --full-average (defaults): the measured text recipe
-    assert full["student"]["distill"] == {"layers": 1, "epochs": 1, "augment": 1, "average": True, "average_start": 0.5}
-    assert "augment" not in short["student"]["distill"] and "average" not in short["student"]["distill"]
+    assert full["student"]["distill"] == {"student": {"layers": 1}, "augmentation": {"copies": 1},
+                                          "training": {"epochs": 1, "average": True, "average_start": 0.5}}
+    assert "augmentation" not in short["student"]["distill"] and "average" not in short["student"]["distill"]["training"]
     plain = Search(config(workspace, full_augment=0, full_augment_join=0, full_average=False), tmp_path / "s0").full
     assert "augment" not in plain.distill and "average" not in plain.distill
     assert not {"recover_augment", "recover_augment_join", "recover_average"} & set(plain.prune)
     # a pruned text candidate recovers from the teacher itself at full fidelity, on the augmented texts too
     full, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.full)
     short, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.short)
-    assert full["pruned"]["prune"]["teacher"] == str(Path(s.config.teacher).resolve())
-    assert full["pruned"]["prune"]["recover_augment"] == 1
-    assert full["pruned"]["prune"]["recover_augment_join"] == 1 and full["pruned"]["prune"]["recover_average"] is True
-    assert not {"teacher", "recover_augment", "recover_augment_join", "recover_average"} & set(short["pruned"]["prune"])
+    recovery, short_recovery = full["pruned"]["prune"]["recovery"], short["pruned"]["prune"]["recovery"]
+    assert recovery["teacher"] == str(Path(s.config.teacher).resolve())
+    assert recovery["augment"] == 1
+    assert recovery["augment_join"] == 1 and recovery["average"] is True
+    assert not {"teacher", "augment", "augment_join", "average"} & set(short_recovery)
     steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
     assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
     one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())
@@ -362,8 +364,8 @@ def test_a_cnn_teacher_is_searched_over_channel_pruning(image_workspace):
     labels = {p["label"].split(" ", 1)[1]: p for p in s["measured"] if p["fidelity"] == "short"}  # "#N ..."
     assert set(labels) == {"teacher int8-static", "c0.5 int8-static"}
     recipe = yaml.safe_load(Path(labels["c0.5 int8-static"]["recipe"]).read_text())
-    assert recipe["steps"]["pruned"]["prune"] == {"channels": 0.5, "recover_steps": 2, "recover_lr": 1e-3,
-                                                  "recover_batch_size": 8}
+    assert recipe["steps"]["pruned"]["prune"] == {"channels": 0.5, "recovery": {"steps": 2, "lr": 1e-3,
+                                                                                "batch_size": 8}}
     assert recipe["steps"]["model"]["quantize"] == {"mode": "static"}
     est = labels["c0.5 int8-static"]["estimate"]
     assert est["size_mb"] > 0 and est["p50_ms"] is None  # a CNN's size from its parameters; no analytic latency
