@@ -11,8 +11,8 @@ Example::
     teacher: ./teacher
     data: {train: data/train.tsv, eval: data/dev.tsv}
     steps:
-      student:  {distill: {layers: 3, epochs: 1}}
-      pruned:   {from: student, prune: {heads: 0.3, ffn: 0.3, recover_steps: 500}}
+      student:  {distill: {student: {layers: 3}, training: {epochs: 1}}}
+      pruned:   {from: student, prune: {heads: 0.3, ffn: 0.3, recovery: {steps: 500}}}
       onnx:     {from: pruned, export: {}}
       int8:     {from: onnx, quantize: {}}
     validate: {profiles: [cpu-x86-avx2], artifacts: [int8]}
@@ -22,7 +22,7 @@ The teacher may itself be made by the recipe, fine-tuned from a pretrained base 
 snake_case, on the recipe's ``data.train`` and ``data.eval``), cached and keyed like every step::
 
     teacher:
-      finetune: {base: builtin:all-MiniLM-L6-v2, epochs: 1, labels: [negative, positive]}
+      finetune: {base: builtin:all-MiniLM-L6-v2, training: {epochs: 1}, labels: [negative, positive]}
 """
 
 from __future__ import annotations

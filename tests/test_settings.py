@@ -1,0 +1,163 @@
+"""Verbs' settings (``compress.settings``): nested sections, flat CLI flags nested through ``MOVED``, a version-1 key
+refused naming its new home, and an option that does not apply refused alike by the Python API, a recipe and the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from compress.stages.distill.config import DistillConfig
+from compress.stages.finetune.config import FinetuneConfig
+from compress.stages.prune.config import PruneConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --- distill, prune, finetune --------------------------------------------------------------------------------------
+
+TRAINING = (DistillConfig, PruneConfig, FinetuneConfig)
+
+
+def _leaves(model, prefix: str = "") -> list[str]:
+    """Every option's dotted path (a section's options, not the section)."""
+    out = []
+    for name, info in model.model_fields.items():
+        sub = info.annotation
+        if isinstance(sub, type) and hasattr(sub, "model_fields"):
+            out += _leaves(sub, f"{prefix}{name}.")
+        else:
+            out.append(prefix + name)
+    return out
+
+
+@pytest.mark.parametrize("model, flat", [(DistillConfig, 38), (PruneConfig, 28), (FinetuneConfig, 20)])
+def test_training_settings_are_nested_and_every_flag_has_a_home(model, flat):
+    assert len(model.model_fields) <= 15
+    leaves = _leaves(model)
+    assert len(leaves) == len(model.flat_fields()) == flat  # no option lost, none added
+    nested = {p for p in leaves if "." in p}
+    assert set(model.MOVED.values()) == nested  # every nested option has its flat key (its CLI flag)
+    for key, path in model.MOVED.items():
+        assert model.flat_key(path) == key
+
+
+def _one_line_cli_error(capsys, *args) -> str:
+    from compress.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["-q", *map(str, args)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def _recipe(tmp_path: Path, verb: str, settings: dict) -> Path:
+    (tmp_path / "teacher").mkdir(exist_ok=True)
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    if verb == "finetune":
+        body = {"teacher": {"finetune": {"base": "teacher", **settings}}, "steps": {"onnx": {"export": {}}}}
+    else:
+        body = {"teacher": "teacher", "steps": {"step": {verb: settings}}}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "r", "data": {"train": "t.tsv"}, **body}, sort_keys=False))
+    return p
+
+
+NOT_APPLICABLE = [
+    # (verb, its settings as the Python API and a recipe write them, the CLI's flags, the one-line message)
+    ("prune", {"ffn": 0.3, "recovery": {"augment": 1}}, ["prune", "SRC", "--out", "OUT", "--ffn", "0.3",
+                                                         "--recover-augment", "1"],
+     "recovery.augment (--recover-augment) is a setting of the recovery, and there is no recovery"),
+    ("prune", {"ffn": 0.3, "recovery": {"average": True}}, ["prune", "SRC", "--out", "OUT", "--ffn", "0.3",
+                                                            "--recover-average"],
+     "recovery.average (--recover-average) is a setting of the recovery, and there is no recovery"),
+    ("distill", {"student": {"checkpoint": "s", "layers": 2}},
+     ["distill", "--teacher", "T", "--train", "D", "--out", "OUT", "--student", "s", "--layers", "2"],
+     "--student and --layers/--keep-layers/--student-config (student.checkpoint and student.layers/keep_layers/config) "
+     "both given"),
+    ("finetune", {"lora": {"alpha": 8}}, ["finetune", "BASE", "--train", "D", "--out", "OUT", "--lora-alpha", "8"],
+     "lora.alpha (--lora-alpha) applies to LoRA only; set lora.rank (--lora-rank), or leave it out"),
+]
+
+
+@pytest.mark.parametrize("verb, settings, args, message", NOT_APPLICABLE)
+def test_an_option_that_does_not_apply_is_refused_alike_everywhere(capsys, tmp_path, verb, settings, args, message):
+    from compress.recipes.verbs import VERBS
+
+    model = VERBS[verb].config_model()
+    with pytest.raises(ValidationError) as e:  # the Python API
+        model(**settings)
+    assert message in str(e.value)
+    recipe = _recipe(tmp_path, verb, settings)
+    line = _one_line_cli_error(capsys, "run", recipe, "--dry-run")  # a recipe: file:line, the step, the message
+    assert line.startswith(f"error: {recipe}:") and message in line, line
+    line = _one_line_cli_error(capsys, *[str(tmp_path / a) if a.isupper() else a for a in args])  # the CLI
+    assert message in line, line
+    assert not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize("verb, old, home", [
+    ("distill", {"layers": 3}, "`layers` is now `student.layers` (settings version 2): write student: {layers: ...}"),
+    ("distill", {"student": "small/"}, "`student` is now `student.checkpoint`"),
+    ("distill", {"eval_every": 100}, "`eval_every` is now `evaluation.every`"),
+    ("prune", {"recover_steps": 800}, "`recover_steps` is now `recovery.steps` (settings version 2): write "
+                                      "recovery: {steps: ...}"),
+    ("prune", {"vocab_corpus": "train"}, "`vocab_corpus` is now `vocab.corpus`"),
+    ("finetune", {"max_steps": 800}, "`max_steps` is now `training.max_steps`"),
+])
+def test_a_version_1_key_names_its_new_home(capsys, tmp_path, verb, old, home):
+    from compress.recipes.schema import RecipeError, read_recipe
+
+    recipe = _recipe(tmp_path, verb, old)
+    with pytest.raises(RecipeError) as e:
+        read_recipe(recipe)
+    assert home in str(e.value) and str(e.value).startswith(f"{recipe}:"), str(e.value)
+    assert home in _one_line_cli_error(capsys, "run", recipe, "--dry-run")
+
+
+def test_the_cli_nests_its_flat_flags():
+    cfg = DistillConfig.from_flat(layers=3, epochs=1.0, eval_every=300, augment=1, lr=None)  # None: not given
+    assert (cfg.student.layers, cfg.training.epochs, cfg.evaluation.every, cfg.augmentation.copies) == (3, 1.0, 300, 1)
+    assert cfg.given() == ["student.layers", "augmentation.copies", "training.epochs", "evaluation.every"]
+    assert DistillConfig.from_flat(student="s").student.checkpoint == "s"
+    assert PruneConfig.from_flat(recover_steps=5, teacher="t", profile="p").model_dump()["recovery"]["teacher"] == "t"
+
+
+#: the settings of every distill, prune and finetune job of benchmarks/recipes and the demo as version 1 wrote them
+#: (flat, before settings version 2): the nested recipes must plan the same options
+V1 = {
+    "benchmarks/recipes/sst2.yaml": {
+        "student": {"layers": 3, "epochs": 1, "eval_every": 300},
+        "pruned": {"heads": 0.3, "ffn": 0.3, "vocab_corpus": "train", "recover_steps": 800}},
+    "benchmarks/recipes/finetune-conll.yaml": {
+        "teacher": {"task": "token-classification", "epochs": 2, "lr": 1.0e-4, "batch_size": 16, "eval_every": 400},
+        "student": {"layers": 3, "epochs": 1, "lr": 1.0e-4, "eval_every": 200, "eval_samples": 1000}},
+    "benchmarks/recipes/finetune-digits.yaml": {
+        "teacher": {"max_steps": 300},
+        "pruned": {"channels": 0.3, "recover_steps": 300}},
+    "benchmarks/recipes/finetune-sst2.yaml": {
+        "teacher": {"labels": ["negative", "positive"], "max_steps": 800, "max_length": 64, "eval_every": 200},
+        "student": {"layers": 3, "max_steps": 600, "eval_every": 300, "max_length": 64}},
+    "compress/recipes/demo.yaml": {
+        "student": {"layers": 3, "epochs": 16, "augment": 3, "lr": 0.0003, "eval_every": 100},
+        "pruned": {"ffn": 0.3, "vocab_corpus": "train", "recover_steps": 200}},
+}
+
+
+@pytest.mark.parametrize("path", sorted(V1))
+def test_the_shipped_recipes_say_what_version_1_said(path):
+    from compress.recipes.schema import FinetuneSpec, read_recipe
+    from compress.recipes.verbs import VERBS
+
+    r = read_recipe(ROOT / path)
+    jobs = {name: (step.verb, step.settings) for name, step in r.steps.items() if step.verb in ("distill", "prune")}
+    if isinstance(r.teacher, FinetuneSpec):
+        jobs["teacher"] = ("finetune", r.teacher.settings)
+    assert set(jobs) == set(V1[path])
+    for name, (verb, settings) in jobs.items():
+        model = VERBS[verb].config_model()
+        assert model.model_validate(settings) == model.from_flat(**V1[path][name]), (path, name)
