@@ -387,7 +387,8 @@ def test_a_vit_teacher_is_searched_over_depth_and_its_estimate_counts_patches(im
     assert result.exit_code == 0
     one = next(p for p in s["measured"] if p["label"].endswith(" L1 int8-static"))
     student = yaml.safe_load(Path(one["recipe"]).read_text())["steps"]["student"]["distill"]
-    assert student["layers"] == 1 and student["lr"] == 1e-3 and "augment" not in student  # augment is for text
+    assert student["student"]["layers"] == 1 and student["training"]["lr"] == 1e-3 and "augmentation" not in student
+    # (augmentation is for text)
     assert one["estimate"]["p50_ms"] is None or one["estimate"]["p50_ms"] > 0
 
 
