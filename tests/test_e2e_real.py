@@ -31,8 +31,9 @@ def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     recipe = prepare_demo(tmp / "demo")
     r = yaml.safe_load(recipe.read_text())
-    r["steps"]["student"]["distill"].update(max_steps=8, eval_every=4)
-    r["steps"]["pruned"]["prune"].update(recover_steps=4)
+    r["steps"]["student"]["distill"]["training"].update(max_steps=8)
+    r["steps"]["student"]["distill"]["evaluation"].update(every=4)
+    r["steps"]["pruned"]["prune"]["recovery"].update(steps=4)
     recipe.write_text(yaml.safe_dump(r, sort_keys=False))
     (tmp / "demo" / "demo-host.yaml").write_text(yaml.safe_dump({
         "name": "demo-host", "extends": "host", "measure": {"min_runs": 30, "min_duration_s": 1.0},
