@@ -85,7 +85,7 @@ def render_manifest(art: Artifact, console: Console, verified: bool | None = Tru
     for col in ("#", "stage", "config", "checks", "seconds"):
         steps.add_column(col)
     for i, s in enumerate(m.steps, 1):
-        cfg = ", ".join(f"{k}={v}" for k, v in s.config.items() if v is not None and v != [] and v != {})
+        cfg = ", ".join(f"{k}={v}" for k, v in _dotted(s.config) if v is not None and v != [] and v != {})
         checks = _summarise_metrics(s.metrics)
         steps.add_row(str(i), s.stage, escape(cfg), escape(checks), f"{s.seconds:.1f}")
     console.print(steps)
@@ -98,6 +98,15 @@ def render_manifest(art: Artifact, console: Console, verified: bool | None = Tru
         p = art.path / name
         files.add_row(name, f"{p.stat().st_size:,}" if p.exists() else "missing", digest[:16] + "…")
     console.print(files)
+
+
+def _dotted(config: dict, prefix: str = ""):
+    """A step's recorded settings as (dotted path, value): a section's options by their paths (``recovery.steps``)."""
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            yield from _dotted(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k, v
 
 
 def _summarise_metrics(metrics: dict[str, Any]) -> str:
