@@ -21,8 +21,10 @@ from compress.artifact import Artifact, Format
 from compress.data.tokenization import encoder_for
 from compress.device.shipped import TextFeeds, first_subtokens, pool
 from compress.errors import ConfigError
+from compress.formats import FORMATS
 
-# runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here.
+# runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here; the runtime a format runs in when a
+# profile or the user names none is that format's entry in compress.formats.FORMATS.
 RUNTIMES: dict[str, str] = {
     "torch": "compress.runtimes.torch_backend:TorchBackend",
     "onnxruntime": "compress.runtimes.ort_backend:OrtBackend",
@@ -33,16 +35,6 @@ RUNTIMES: dict[str, str] = {
     "coreml": "compress.runtimes.coreml_backend:CoreMLBackend",
 }
 
-# the runtime used when a profile/user names none
-DEFAULT_RUNTIME: dict[Format, str] = {
-    Format.pytorch: "torch",
-    Format.onnx: "onnxruntime",
-    Format.openvino: "openvino",
-    Format.tensorrt: "tensorrt",
-    Format.executorch: "executorch",
-    Format.litert: "litert",
-    Format.coreml: "coreml",
-}
 
 
 @dataclass
@@ -211,8 +203,8 @@ def available_runtimes() -> dict[str, bool]:
 def load_runtime(
     artifact: Artifact, runtime: str | None = None, settings: RuntimeSettings | None = None
 ) -> RuntimeBackend:
-    """Load ``artifact`` in ``runtime`` (default: the natural runtime of its format)."""
-    name = runtime or DEFAULT_RUNTIME[artifact.format]
+    """Load ``artifact`` in ``runtime`` (default: the runtime of its format's :data:`~compress.formats.FORMATS` entry)."""
+    name = runtime or FORMATS[artifact.format].runtime
     if name not in RUNTIMES:
         raise ConfigError(
             f"no runtime adapter {name!r} for {artifact.format} artifacts in this version",

@@ -5,13 +5,25 @@ from pathlib import Path
 import click
 
 from compress.cli._common import build_config, console, force_option, status
+from compress.formats import export_formats
 from compress.stages.export.config import ExportConfig, Exporter, GraphOptimization
+
+
+class FormatChoice(click.Choice):
+    """``--format``'s choices: the formats :data:`compress.formats.FORMATS` exports, read whenever the command runs or
+    prints its help, so a format added to the table is a choice."""
+
+    def __init__(self) -> None:  # no fixed list to store
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(export_formats())
 
 
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path), metavar="SOURCE")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tensorrt", "executorch", "litert", "coreml"]),
-              default="onnx",
+@click.option("--format", "fmt", type=FormatChoice(), default="onnx",
               show_default=True,
               help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), "
               "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT; "

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 
 from compress.errors import ArtifactError, ConfigError
 from compress.estimates.cost import GraphCost, NodeCost
+from compress.formats import FORMATS, import_string
 
 if TYPE_CHECKING:
     from compress.artifact import Artifact
@@ -301,30 +302,14 @@ def estimate(
 
 
 def graph_cost(artifact: Artifact | Path | str, batch_size: int, sequence_length: int) -> GraphCost:
-    """Per-node costs of an artifact (or a bare .onnx, .xml, .mlpackage, .pte or .tflite file) at ``batch_size`` × ``sequence_length``."""
+    """Per-node costs of an artifact (or a bare model file: .onnx, .xml, .mlpackage, .pte, .tflite, any format's whose
+    entry of :data:`compress.formats.FORMATS` names a graph reader) at ``batch_size`` × ``sequence_length``."""
     path = _model_path(artifact)
-    if path.suffix == ".onnx":
-        from compress.estimates.onnx_graph import onnx_cost
-
-        return onnx_cost(path, batch_size, sequence_length)
-    if path.suffix == ".xml":
-        from compress.estimates.openvino_ir import openvino_cost
-
-        return openvino_cost(path, batch_size, sequence_length)
-    if path.suffix == ".mlpackage":
-        from compress.estimates.coreml_graph import coreml_cost
-
-        return coreml_cost(path, batch_size, sequence_length)
-    if path.suffix == ".pte":
-        from compress.estimates.executorch_graph import executorch_cost
-
-        return executorch_cost(path, batch_size, sequence_length)
-    if path.suffix == ".tflite":
-        from compress.estimates.tflite_graph import tflite_cost
-
-        return tflite_cost(path, batch_size, sequence_length)
-    raise ArtifactError(f"cannot estimate {path.name}: only ONNX (.onnx), OpenVINO IR (.xml), Core ML (.mlpackage), "
-                        "ExecuTorch (.pte) and LiteRT (.tflite) graphs are read",
+    for spec in FORMATS.values():
+        if spec.graph_reader and path.suffix == spec.suffix:
+            return import_string(spec.graph_reader)(path, batch_size, sequence_length)
+    read = [f"{spec.label} ({spec.suffix})" for spec in FORMATS.values() if spec.graph_reader]
+    raise ArtifactError(f"cannot estimate {path.name}: only {', '.join(read[:-1])} and {read[-1]} graphs are read",
                         hint="export the model to ONNX first (edgecompress export)")
 
 
@@ -342,11 +327,12 @@ def _model_path(artifact: Any) -> Path:
 
 
 def _find_model(d: Path) -> Path:
-    for pattern in ("*.onnx", "*.xml", "*.mlpackage", "*.pte", "*.tflite"):
-        found = sorted(d.glob(pattern))
+    suffixes = [spec.suffix for spec in FORMATS.values() if spec.graph_reader]
+    for suffix in suffixes:
+        found = sorted(d.glob(f"*{suffix}"))
         if found:
             return found[0]
-    raise ArtifactError(f"{d}: no manifest.json and no .onnx, .xml, .mlpackage, .pte or .tflite model in it")
+    raise ArtifactError(f"{d}: no manifest.json and no {', '.join(suffixes[:-1])} or {suffixes[-1]} model in it")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -108,7 +108,9 @@ def _eval_inputs(path: str, preprocess) -> list:
 def teacher_entry(s) -> tuple[str, str]:
     """How the teacher is named and run beside the candidates: PyTorch FP32, or a model file in its own runtime."""
     if s.shape.kind == "file":  # an OpenVINO IR (.xml) or an ONNX file (compress.teachers.model_files)
-        runtime = "openvino" if Path(s.config.teacher).suffix.lower() == ".xml" else "onnxruntime"
+        from compress.formats import FORMATS, file_format
+
+        runtime = FORMATS[file_format(s.config.teacher, adopted=True)].runtime
         return f"teacher (FP32 file in {runtime})", runtime
     return "teacher (PyTorch FP32)", "torch"
 
@@ -116,8 +118,9 @@ def teacher_entry(s) -> tuple[str, str]:
 def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
     from compress.artifact import load_artifact
+    from compress.formats import FORMATS
     from compress.host.measure import measure_interleaved
-    from compress.runtimes.base import DEFAULT_RUNTIME, RuntimeSettings, load_runtime
+    from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.teachers.load import load_source
     from compress.validation.common import latency_texts
 
@@ -135,7 +138,7 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
         if texts is None:
             texts = latency_texts(_eval_inputs(s.eval, art.manifest.preprocess), meas.batch_size,
                                   meas.sequence_length, art.manifest.preprocess)
-        rt = runtime or DEFAULT_RUNTIME[art.format]
+        rt = runtime or FORMATS[art.format].runtime
         opts = {} if rt == "torch" else dict(RUNTIME_SETTINGS[rt]) if rt != s.profile.runtime.name else \
             {"provider": s.profile.runtime.provider, "options": dict(s.profile.runtime.options)}
         b = load_runtime(art, rt, RuntimeSettings(threads=threads or settings.threads, **opts))

@@ -43,15 +43,13 @@ from compress.artifact import (
 )
 from compress.device.shipped import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
+from compress.formats import file_format
 from compress.teachers.checkpoints import InfoTeacher
 
-__all__ = ["MIN_OPSET", "MODEL_FILE_SUFFIXES", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
+__all__ = ["MIN_OPSET", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
            "graph_specs", "inspect_model_file",
            "is_model_file", "load_model_file"]
 
-#: ONNX graphs, OpenVINO IR (``model.xml`` with its ``model.bin``), which stays an OpenVINO artifact, and LiteRT
-#: flatbuffers (``.tflite``), which stay LiteRT artifacts
-MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".tflite")
 #: per-channel QuantizeLinear/DequantizeLinear (their ``axis``) arrived in opset 13: older graphs are upgraded
 MIN_OPSET = 13
 #: operator domains ONNX Runtime implements (com.microsoft: its own fused and contrib operators)
@@ -86,9 +84,10 @@ class ModelDescription(BaseModel):
 
 
 def is_model_file(path: Path | str) -> bool:
-    """Is ``path`` a model file edgecompress adopts (an ONNX graph, or an OpenVINO IR .xml)?"""
+    """Is ``path`` a model file edgecompress adopts (an ONNX graph, an OpenVINO IR .xml, a LiteRT .tflite: the formats
+    whose :data:`compress.formats.FORMATS` entry says ``adopt``)?"""
     p = Path(path)
-    return p.is_file() and p.suffix.lower() in MODEL_FILE_SUFFIXES
+    return p.is_file() and file_format(p, adopted=True) is not None
 
 
 def description_file(path: Path) -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from compress.artifact import Artifact, Format, load_artifact
+from compress.formats import FORMATS
 from compress.host.measure import LatencyStats
 from compress.profiles.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
 from compress.profiles.schema import DeviceProfile
@@ -66,9 +67,10 @@ class ValidationReport(BaseModel):
 
 
 def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: bool = False) -> Artifact | None:
-    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY).
-    ``allow_pickle``: the teacher was loaded with it (a TorchScript archive, a pickled checkpoint), so is its export."""
-    if art.format not in (Format.onnx, Format.openvino, Format.executorch, Format.coreml):
+    """The teacher's FP32 model in the artifact's format, in the cache (compress.cache: baselines/KEY); None for a
+    format whose :data:`~compress.formats.FORMATS` entry has no baseline. ``allow_pickle``: the teacher was loaded
+    with it (a TorchScript archive, a pickled checkpoint), so is its export."""
+    if not FORMATS[art.format].baseline:
         return None
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
@@ -78,8 +80,8 @@ def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: boo
         if teacher_format(teacher) is art.format:
             return teacher.as_artifact()
         cfg = ExportConfig(format=str(art.format))
-    elif art.format in (Format.executorch, Format.coreml):  # the FP32 program (Core ML: its FP16 package), as the
-        cfg = ExportConfig(format=str(art.format), task=teacher.task, allow_pickle=allow_pickle)  # artifact was
+    elif not FORMATS[art.format].via_onnx:  # the FP32 program (Core ML: its FP16 package), as the artifact was
+        cfg = ExportConfig(format=str(art.format), task=teacher.task, allow_pickle=allow_pickle)
     else:
         export_cfg = next((s.config for s in art.manifest.steps if s.stage == "export"), {})
         cfg = ExportConfig(

@@ -41,6 +41,7 @@ import numpy as np
 from compress import __version__
 from compress.artifact import Artifact
 from compress.device.shipped import sha256_file
+from compress.formats import remote_runtime
 from compress.host.measure import LatencyStats
 from compress.interrupt import sigterm_as_interrupt
 from compress.progress import start_phase
@@ -48,7 +49,6 @@ from compress.validation.common import ValidationRun
 from compress.validation.ssh import (
     ARCH_NAMES,
     DEVICE,
-    REMOTE_RUNTIMES,
     RUNNER,
     DeviceSession,
     RemoteError,
@@ -192,7 +192,7 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
     art, profile, settings, dataset, warnings = run.art, run.profile, run.settings, run.dataset, run.warnings
     m = art.manifest
     meas = profile.measure
-    runtime = REMOTE_RUNTIMES[art.format]
+    runtime = remote_runtime(art.format)
     device = DeviceSession(target)
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgecompress-remote-") as tmp:
         try:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format
+from compress.artifact import Artifact
 from compress.errors import ConfigError, EdgeCompressError, IntegrityError, MissingBackendError
+from compress.formats import FORMATS, remote_runtime
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ TRANSFER_TIMEOUT_S = 3600
 RUN_TIMEOUT_S = 3600
 CLEANUP_TIMEOUT_S = 60
 SSH_CONFIG_ENV = "EDGECOMPRESS_SSH_CONFIG"
-# the runtime that runs each format on the device; others are refused before connecting
-REMOTE_RUNTIMES = {Format.onnx: "onnxruntime", Format.openvino: "openvino"}
 # exit codes of the preflight shell script and of remote_runner.py
 EXIT_NO_PYTHON = 96
 EXIT_NO_MKTEMP = 97
@@ -101,21 +100,24 @@ def parse_remote(spec: str) -> tuple[str | None, str, int | None]:
 def remote_target(config, profile, art: Artifact) -> RemoteTarget:
     """Check a ``--remote`` request before any work: spec, artifact format, profile, ssh client."""
     user, host, port = parse_remote(config.remote)
-    if art.format not in REMOTE_RUNTIMES:
-        if art.format is Format.tensorrt:
+    runtime = remote_runtime(art.format)
+    if runtime is None:
+        spec = FORMATS[art.format]
+        if spec.built_for:
             raise ConfigError(
-                f"{art.path}: a TensorRT engine runs only on the GPU model and TensorRT version it was built with",
-                hint="build the engine on the device, or validate the ONNX artifact remotely",
+                f"{art.path}: a {spec.label} model runs only on {spec.built_for}",
+                hint="build it on the device, or validate the ONNX artifact remotely",
             )
+        remote = [FORMATS[f].label for f in FORMATS if remote_runtime(f)]
         raise ConfigError(
-            f"{art.path}: remote validation runs ONNX and OpenVINO artifacts, not {art.format}",
+            f"{art.path}: remote validation runs {', '.join(remote[:-1])} and {remote[-1]} artifacts, not {art.format}",
             hint="export it first: edgecompress export TEACHER --out DIR",
         )
-    if profile.runtime.name != REMOTE_RUNTIMES[art.format]:
+    if profile.runtime.name != runtime:
         raise ConfigError(
             f"profile {profile.name} runs {profile.runtime.name}; the remote runner runs {art.format} artifacts "
-            f"with {REMOTE_RUNTIMES[art.format]}",
-            hint=f"use a profile whose runtime is {REMOTE_RUNTIMES[art.format]}",
+            f"with {runtime}",
+            hint=f"use a profile whose runtime is {runtime}",
         )
     if profile.source == "detected" or profile.name == "host":
         raise ConfigError(

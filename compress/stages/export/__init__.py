@@ -1,9 +1,11 @@
-"""``export``: a teacher checkpoint (or a distilled/pruned student) to ONNX, OpenVINO IR or TensorRT.
+"""``export``: a teacher checkpoint (or a distilled/pruned student) to ONNX, OpenVINO IR, TensorRT, ExecuTorch, LiteRT
+or Core ML.
 
-The family in the shape NNCF gives its backends: the verb here dispatches on ``config.format`` to one module per
-backend, ONNX and OpenVINO IR (through ONNX) in :mod:`.onnx`, TensorRT in :mod:`.tensorrt` (shapes in
-:mod:`.tensorrt_shapes`) and :mod:`.torch_tensorrt` for ``--via torch-tensorrt``. The settings and each backend's
-declaration (what it accepts and produces) live in the leaf :mod:`.config` and are re-exported here.
+The family in the shape NNCF gives its backends: the verb here dispatches on ``config.format`` to the exporter that
+format's entry of :data:`compress.formats.FORMATS` names, one module per backend: ONNX and OpenVINO IR (through
+ONNX) in :mod:`.onnx`, TensorRT in :mod:`.tensorrt` (shapes in :mod:`.tensorrt_shapes`) and :mod:`.torch_tensorrt`
+for ``--via torch-tensorrt``, ExecuTorch in :mod:`.executorch`, LiteRT in :mod:`.litert`, Core ML in :mod:`.coreml`.
+The settings and each backend's declaration (what it accepts and produces) live in the leaf :mod:`.config`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.artifact import Artifact
-from compress.stages.export.config import ExportConfig, ExportFormat
+from compress.stages.export.config import ExportConfig
 
 
 def export(
@@ -29,46 +31,22 @@ def export(
     its reference within ``config.atol`` on the parity samples, else nothing is written.
     """
     config = config or ExportConfig()
+    from compress.formats import FORMATS, file_format, import_string
     from compress.teachers.model_files import is_model_file
 
+    fmt = str(config.format)
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.stages.export.adopt import adopt, adopt_then
 
-        if Path(source).suffix.lower() == ".tflite":  # a LiteRT model stays one
-            if config.format is not ExportFormat.onnx:
+        made = file_format(source, adopted=True)
+        if made != "onnx":  # an OpenVINO IR or a LiteRT model stays one
+            if fmt not in ("onnx", made):
                 from compress.errors import ConfigError
 
-                raise ConfigError(f"{source} is a LiteRT model: it is adopted as it is",
-                                  hint="leave --format out (a .tflite is not converted to another format)")
+                raise ConfigError(f"{source}: the {FORMATS[made].label} model is adopted as it is",
+                                  hint=f"leave --format out (a {Path(source).suffix} is not converted to another format)")
             return adopt(source, out, config, force=force)
-        if config.format is ExportFormat.onnx or Path(source).suffix.lower() == ".xml":  # an IR stays an IR
-            if Path(source).suffix.lower() == ".xml" and config.format is ExportFormat.tensorrt:
-                from compress.errors import ConfigError
-
-                raise ConfigError(f"{source} is an OpenVINO IR: TensorRT builds from ONNX",
-                                  hint="adopt the model's ONNX file instead")
+        if fmt == "onnx":
             return adopt(source, out, config, force=force)
-        if config.format is ExportFormat.tensorrt:
-            from compress.stages.export.tensorrt import export_tensorrt as then
-        else:
-            from compress.stages.export.onnx import export_onnx as then
-        return adopt_then(source, out, config, force=force, export_artifact=then)
-    if config.format is ExportFormat.tensorrt:
-        from compress.stages.export.tensorrt import export_tensorrt
-
-        return export_tensorrt(source, out, config, force=force)
-    if config.format is ExportFormat.executorch:
-        from compress.stages.export.executorch import export_executorch
-
-        return export_executorch(source, out, config, force=force)
-    if config.format is ExportFormat.coreml:
-        from compress.stages.export.coreml import export_coreml
-
-        return export_coreml(source, out, config, force=force)
-    if config.format is ExportFormat.litert:
-        from compress.stages.export.litert import export_litert
-
-        return export_litert(source, out, config, force=force)
-    from compress.stages.export.onnx import export_onnx
-
-    return export_onnx(source, out, config, force=force)
+        return adopt_then(source, out, config, force=force, export_artifact=import_string(FORMATS[fmt].exporter))
+    return import_string(FORMATS[fmt].exporter)(source, out, config, force=force)
