@@ -122,9 +122,9 @@ def _coco(path: Path, label2id: dict[str, int] | None):
 
 def _csv(path: Path, label2id: dict[str, int] | None):
     from compress.data.image_files import LABEL_COLUMNS, PATH_COLUMNS
-    from compress.data.readers import _open_table
+    from compress.data.readers import open_table
 
-    columns, read_rows = _open_table(path, None, str(path))
+    columns, read_rows = open_table(path, None, str(path))
     path_col = next((c for c in PATH_COLUMNS if c in columns), None)
     label_col = next((c for c in LABEL_COLUMNS if c in columns), None)
     if path_col is None or label_col is None:

@@ -131,10 +131,10 @@ def _folder(root: Path, label2id: dict[str, int] | None) -> ImageDataset:
 
 
 def _table(file: Path, label2id: dict[str, int] | None, targets: bool = False) -> ImageDataset:
-    from compress.data.readers import _open_table
+    from compress.data.readers import open_table
     from compress.data.tables import _map_labels, map_targets
 
-    columns, read_rows = _open_table(file, None, str(file))  # the readers text data goes through, same errors
+    columns, read_rows = open_table(file, None, str(file))  # the readers text data goes through, same errors
     from compress.data.boxes import is_box_table, load_boxes
 
     if is_box_table(columns):  # image,x1,y1,x2,y2,label: boxes (object detection)

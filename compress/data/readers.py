@@ -23,15 +23,15 @@ _DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _SPLIT_ORDER = ("validation", "test", "train")
 
 # A record as read: (row number from 1, line number in a text file or None, {column: value}).
-_Row = tuple[int, int | None, dict[str, Any]]
-_RowReader = Callable[[list[str]], Iterator[_Row]]
+Row = tuple[int, int | None, dict[str, Any]]
+RowReader = Callable[[list[str]], Iterator[Row]]
 
 
 def _names(columns: list[str]) -> str:
     return ", ".join(columns) if columns else "(none)"
 
 
-def _split_path(path: str | Path) -> tuple[Path, str | None]:
+def split_path(path: str | Path) -> tuple[Path, str | None]:
     """``dir::split`` -> (dir, split); a path that exists as written is never split."""
     p = Path(path)
     s = str(path)
@@ -43,7 +43,9 @@ def _split_path(path: str | Path) -> tuple[Path, str | None]:
     return p, None
 
 
-def _open_table(file: Path, split: str | None, source: str) -> tuple[list[str], _RowReader]:
+def open_table(file: Path, split: str | None, source: str) -> tuple[list[str], RowReader]:
+    """The columns of a data file (or a saved dataset's ``split``) and a reader of its rows: ``read(columns)`` yields
+    ``(row, line, {column: value})``. ``source`` is the path as the user wrote it, for the errors."""
     if not file.exists():
         raise DataError(f"{file}: no such file or directory", hint="check the path")
     if file.is_dir():
@@ -103,7 +105,7 @@ def _not_utf8(file: Path, offset: int, line_no: int, first: bytes) -> DataError:
     )
 
 
-def _open_delimited(file: Path, *, tsv: bool) -> tuple[list[str], _RowReader]:
+def _open_delimited(file: Path, *, tsv: bool) -> tuple[list[str], RowReader]:
     kind = "TSV" if tsv else "CSV"
     fmt: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"delimiter": ","}
     sep_hint = (
@@ -130,7 +132,7 @@ def _open_delimited(file: Path, *, tsv: bool) -> tuple[list[str], _RowReader]:
     header = [h.strip() for h in first[1]]
     _check_header(file, header, kind)
 
-    def read(needed: list[str]) -> Iterator[_Row]:
+    def read(needed: list[str]) -> Iterator[Row]:
         with contextlib.closing(records()) as recs:
             next(recs)  # header
             for row_no, (line_no, fields) in enumerate(recs, 1):
@@ -157,7 +159,7 @@ def _check_header(file: Path, header: list[str], kind: str) -> None:
         seen.add(name)
 
 
-def _open_json(file: Path) -> tuple[list[str], _RowReader]:
+def _open_json(file: Path) -> tuple[list[str], RowReader]:
     # A .json file may be one array of objects; everything else is read as JSON lines.
     with open(file, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -188,7 +190,7 @@ def _open_json(file: Path) -> tuple[list[str], _RowReader]:
         raise DataError(f"{file} has no rows (only blank lines)", hint="write one JSON object per line")
     columns = list(first[1])
 
-    def read(needed: list[str]) -> Iterator[_Row]:
+    def read(needed: list[str]) -> Iterator[Row]:
         with contextlib.closing(objects()) as objs:
             for row_no, (line_no, obj) in enumerate(objs, 1):
                 yield row_no, line_no, obj
@@ -196,7 +198,7 @@ def _open_json(file: Path) -> tuple[list[str], _RowReader]:
     return columns, read
 
 
-def _open_json_array(file: Path) -> tuple[list[str], _RowReader]:
+def _open_json_array(file: Path) -> tuple[list[str], RowReader]:
     data = file.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -222,7 +224,7 @@ def _open_json_array(file: Path) -> tuple[list[str], _RowReader]:
             )
     columns = list(items[0])
 
-    def read(needed: list[str]) -> Iterator[_Row]:
+    def read(needed: list[str]) -> Iterator[Row]:
         for row_no, obj in enumerate(items, 1):
             yield row_no, None, obj
 
@@ -232,7 +234,7 @@ def _open_json_array(file: Path) -> tuple[list[str], _RowReader]:
 # --- Parquet and datasets -----------------------------------------------------------------------
 
 
-def _open_parquet(file: Path) -> tuple[list[str], _RowReader]:
+def _open_parquet(file: Path) -> tuple[list[str], RowReader]:
     if is_available("pyarrow"):
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -243,7 +245,7 @@ def _open_parquet(file: Path) -> tuple[list[str], _RowReader]:
             raise DataError(f"{file}: not a readable Parquet file ({e})", hint="re-write the file") from None
         columns = list(pf.schema_arrow.names)
 
-        def read(needed: list[str]) -> Iterator[_Row]:
+        def read(needed: list[str]) -> Iterator[Row]:
             row_no = 0
             for batch in pf.iter_batches(batch_size=1024, columns=needed):
                 for rec in batch.to_pylist():
@@ -266,14 +268,14 @@ def _open_parquet(file: Path) -> tuple[list[str], _RowReader]:
         raise DataError(f"{file}: not a readable Parquet file ({e})", hint="re-write the file") from None
     columns = [str(c) for c in frame.columns]
 
-    def read_pandas(needed: list[str]) -> Iterator[_Row]:
+    def read_pandas(needed: list[str]) -> Iterator[Row]:
         for row_no, rec in enumerate(frame[needed].to_dict("records"), 1):
             yield row_no, None, rec
 
     return columns, read_pandas
 
 
-def _open_saved_dataset(directory: Path, split: str | None) -> tuple[list[str], _RowReader]:
+def _open_saved_dataset(directory: Path, split: str | None) -> tuple[list[str], RowReader]:
     hf = require("datasets", "reading a dataset saved with save_to_disk")
     try:
         obj = hf.load_from_disk(str(directory))
@@ -307,7 +309,7 @@ def _open_saved_dataset(directory: Path, split: str | None) -> tuple[list[str], 
         ds = obj
     columns = list(ds.column_names)
 
-    def read(needed: list[str]) -> Iterator[_Row]:
+    def read(needed: list[str]) -> Iterator[Row]:
         for row_no, rec in enumerate(ds.select_columns(needed), 1):
             yield row_no, None, rec
 

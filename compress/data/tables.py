@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.data.readers import _names, _open_table, _split_path
+from compress.data.readers import _names, open_table, split_path
 from compress.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,8 @@ def load_dataset(
     if num_labels is not None and num_labels < 1:
         raise ConfigError(f"num_labels must be >= 1, got {num_labels}", hint="check the model's config")
     source = str(path)
-    file, split = _split_path(path)
-    columns, read_rows = _open_table(file, split, source)
+    file, split = split_path(path)
+    columns, read_rows = open_table(file, split, source)
 
     text_col, pair_col, label_col, label_explicit = _resolve_columns(
         columns, source, text_column, text_pair_column, label_column

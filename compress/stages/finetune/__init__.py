@@ -173,10 +173,10 @@ def _label_names(train: Path, words: bool) -> list[str]:
 
         found = {t for sent in read_tags(train) for t in sent}
         return sorted(found, key=lambda t: (t != "O", t[2:], t[:2]))
-    from compress.data.readers import _open_table
+    from compress.data.readers import open_table
     from compress.data.tables import LABEL_COLUMNS
 
-    columns, rows = _open_table(train, None, str(train))
+    columns, rows = open_table(train, None, str(train))
     col = next((c for c in LABEL_COLUMNS if c in columns), None)
     if col is None:
         raise DataError(f"{train}: no label column (columns: {', '.join(columns)})",

@@ -57,11 +57,11 @@ def _label_column(columns: list[str], names: tuple[str, ...], source: str) -> st
 def table_targets(path: Path | str) -> np.ndarray:
     """The label column of a table of texts as numbers: ``[rows, 1]`` float32, in file order (the order
     :func:`compress.data.tables.load_dataset` reads the texts in)."""
-    from compress.data.readers import _open_table, _split_path
+    from compress.data.readers import open_table, split_path
     from compress.data.tables import LABEL_COLUMNS
 
-    file, split = _split_path(path)
-    columns, rows = _open_table(file, split, str(path))
+    file, split = split_path(path)
+    columns, rows = open_table(file, split, str(path))
     col = _label_column(columns, LABEL_COLUMNS, str(path))
     y = [_number(rec.get(col), f"{path}: row {row_no}") for row_no, _, rec in rows([col])]
     return _checked(np.asarray(y, dtype=np.float32)[:, None], str(path))
@@ -90,9 +90,9 @@ def image_targets(path: Path | str) -> tuple[list[Any], np.ndarray]:
                             hint="--task regression reads a number (or a row of numbers) per image")
         return ds.items, _checked(y.reshape(len(y), -1), str(p))
     from compress.data.image_files import LABEL_COLUMNS, PATH_COLUMNS
-    from compress.data.readers import _open_table
+    from compress.data.readers import open_table
 
-    columns, rows = _open_table(p, None, str(p))
+    columns, rows = open_table(p, None, str(p))
     path_col = next((c for c in PATH_COLUMNS if c in columns), None)
     if path_col is None:
         raise DataError(f"{p}: no path column (columns: {', '.join(columns) or '(none)'})",
