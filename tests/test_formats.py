@@ -130,3 +130,19 @@ def test_a_new_format_runs_in_its_runtime_here_and_remotely(tiny):
     assert isinstance(rt, TinyRuntime) and rt.artifact is artifact
     assert remote_runtime(tiny) == "tinyrt"
     assert baseline_artifact(None, "tinyrt", artifact) is None  # no baseline: validate times it alone
+
+
+@pytest.mark.parametrize(("file", "fmt", "says"), [
+    ("m.onnx", "executorch", "m.onnx: ExecuTorch starts from the PyTorch model, not an ONNX file"),
+    ("m.onnx", "coreml", "m.onnx: Core ML starts from the PyTorch model, not an ONNX file"),
+    ("m.xml", "tensorrt", "m.xml: the OpenVINO IR model is adopted as it is"),
+    ("m.tflite", "openvino", "m.tflite: the LiteRT model is adopted as it is"),
+])
+def test_a_model_file_is_converted_only_as_the_table_allows(tmp_path, monkeypatch, file, fmt, says):
+    from compress.errors import ConfigError
+    from compress.stages.export import export
+
+    monkeypatch.chdir(tmp_path)
+    Path(file).write_bytes(b"")  # refused before it is read
+    with pytest.raises(ConfigError, match=f"^{says}"):
+        export(file, tmp_path / "out", ExportConfig(format=fmt))

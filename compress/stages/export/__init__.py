@@ -36,17 +36,19 @@ def export(
 
     fmt = str(config.format)
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
+        from compress.errors import ConfigError
         from compress.stages.export.adopt import adopt, adopt_then
 
         made = file_format(source, adopted=True)
         if made != "onnx":  # an OpenVINO IR or a LiteRT model stays one
             if fmt not in ("onnx", made):
-                from compress.errors import ConfigError
-
                 raise ConfigError(f"{source}: the {FORMATS[made].label} model is adopted as it is",
                                   hint=f"leave --format out (a {Path(source).suffix} is not converted to another format)")
             return adopt(source, out, config, force=force)
         if fmt == "onnx":
             return adopt(source, out, config, force=force)
+        if not FORMATS[fmt].via_onnx:  # ExecuTorch, LiteRT, Core ML start from the PyTorch model
+            raise ConfigError(f"{source}: {FORMATS[fmt].label} starts from the PyTorch model, not an ONNX file",
+                              hint="pass the teacher checkpoint, or leave --format out to adopt the file")
         return adopt_then(source, out, config, force=force, export_artifact=import_string(FORMATS[fmt].exporter))
     return import_string(FORMATS[fmt].exporter)(source, out, config, force=force)
