@@ -83,6 +83,12 @@ def test_the_tables_facts():
     assert FORMATS["onnx"].suffix == ".onnx" and FORMATS["pytorch"].suffix is None
 
 
+def test_the_quantizers_take_what_quantize_declares():
+    from compress.stages.quantize.config import QUANTIZE_SPECS
+
+    assert {str(f) for spec in QUANTIZE_SPECS for f in spec.accepts} == {n for n in FORMATS if FORMATS[n].quantizer}
+
+
 def test_export_dispatches_to_a_new_formats_exporter(tiny, tmp_path):
     from compress.stages.export import export
 
