@@ -362,7 +362,7 @@ def test_a_recipe_refuses_to_distill_a_model_file(two_inputs, tmp_path):
     d = _recipe_dir(two_inputs, tmp_path)
     (d / "recipe.yaml").write_text(yaml.safe_dump({
         "name": "byom", "teacher": "two.onnx", "data": {"train": "two.npz", "eval": "two.npz"},
-        "steps": {"small": {"distill": {"layers": 1}}}}), encoding="utf-8")
+        "steps": {"small": {"distill": {"student": {"layers": 1}}}}}), encoding="utf-8")
     with pytest.raises(ConfigError, match="steps.small: distill needs a trainable teacher"):
         plan_recipe(d / "recipe.yaml")
 
