@@ -31,9 +31,10 @@ from compress.cli import main as cli_main
 from compress.errors import ConfigError, DataError, OutputExistsError
 from compress.stages.distill import distill
 from compress.stages.distill.config import DistillConfig, Interrupted
-from compress.stages.distill.losses import _Plan, distill_loss, join_augment, length_grouped_order, neighbour_augment
+from compress.stages.distill.losses import distill_loss, join_augment, neighbour_augment
 from compress.stages.distill.run import default_run_dir
 from compress.stages.distill.student import build_student, count_parameters, evenly_spaced, layer_list, load_student
+from compress.stages.training import OutputPlan, length_grouped_order
 from compress.teachers.load import load_teacher
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
@@ -262,10 +263,10 @@ def test_load_student_with_other_labels_is_refused(teacher, tmp_path):
 # --- losses -------------------------------------------------------------------------------------------
 
 
-def plan(**kw) -> _Plan:
+def plan(**kw) -> OutputPlan:
     base = {"classification": True, "pooling": None, "normalize": False, "mapping": [0], "hidden": False,
             "attention": False, "value_relation": False, "relation_heads": 2}
-    return _Plan(**{**base, **kw})
+    return OutputPlan(**{**base, **kw})
 
 
 def batch(rows: int = 4, width: int = 5, labels: list[int] | None = None, lengths: list[int] | None = None):

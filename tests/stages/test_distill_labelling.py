@@ -24,8 +24,8 @@ from compress.data.tables import load_dataset
 from compress.stages import teacher_cache as tcache
 from compress.stages.distill import distill
 from compress.stages.distill.config import DistillConfig, Interrupted
-from compress.stages.distill.losses import length_grouped_order
 from compress.stages.distill.run import default_run_dir
+from compress.stages.training import length_grouped_order
 
 # 96 rows of varied lengths: two teacher batches of 64 and 32 rows.
 ROWS = [(lab, f"{text} {' and'.join(['' for _ in range(i % 5)])} take {i}") for i in range(8)
@@ -45,15 +45,15 @@ def cfg(**kw) -> DistillConfig:
 def teacher_rows(monkeypatch):
     """Rows the teacher runs forward on (the student runs inside the trainable wrapper)."""
     seen: list[int] = []
-    real = distill_training_mod._model_outputs
+    real = distill_training_mod.model_outputs
 
     def counting(model, batch, plan, tap):
         if type(model).__name__ != "Trainable":
             seen.extend(batch["index"].tolist())
         return real(model, batch, plan, tap)
 
-    monkeypatch.setattr(distill_training_mod, "_model_outputs", counting)  # the training loop (online targets)
-    monkeypatch.setattr(distill_run_mod, "_model_outputs", counting)  # the teacher pass
+    monkeypatch.setattr(distill_training_mod, "model_outputs", counting)  # the training loop (online targets)
+    monkeypatch.setattr(distill_run_mod, "model_outputs", counting)  # the teacher pass
     return seen
 
 

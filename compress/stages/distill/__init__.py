@@ -32,7 +32,6 @@ from compress.progress import Progress
 from compress.stages import teacher_cache as tcache
 from compress.stages.common import make_accelerator, save_checkpoint
 from compress.stages.distill.config import CONFIG_VERSION, DISTILL, DistillConfig, DistillResult
-from compress.stages.distill.losses import _Plan, _predict, score
 from compress.stages.distill.run import (
     _choose_student,
     _ensure_cache,
@@ -48,6 +47,7 @@ from compress.stages.distill.run import (
 from compress.stages.distill.student import count_parameters
 from compress.stages.distill.training import Trainer
 from compress.stages.spec import StageOutput
+from compress.stages.training import OutputPlan, predict_rows, score
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def distill(
                                max_length, texts, labels, progress)
     if eval_set is not None:
         say("teacher-eval", f"scoring the teacher on {len(eval_set):,} eval rows")
-    teacher_eval = _predict(teacher.model, eval_set, plan, accelerator.device, 64) if eval_set is not None else None
+    teacher_eval = predict_rows(teacher.model, eval_set, plan, accelerator.device, 64) if eval_set is not None else None
     eval_labels = None
     if eval_ds is not None and eval_ds.labels is not None:  # (a token classifier's: a list of tag ids per sentence)
         eval_labels = eval_ds.labels if tokens else np.array(eval_ds.labels)
@@ -279,7 +279,7 @@ def _student_and_plan(teacher, config: DistillConfig, classification: bool):
     refuse a student the chosen losses cannot compare with the teacher."""
     student, student_desc, mapping, own_tokenizer = _choose_student(teacher, config)
     t_heads = teacher.model.config.num_attention_heads
-    plan = _Plan(
+    plan = OutputPlan(
         classification=classification, pooling=teacher.info.postprocess.pooling,
         normalize=teacher.info.postprocess.normalize, mapping=mapping,
         hidden=config.loss.hidden_weight > 0, attention=config.loss.attention_weight > 0,
@@ -306,7 +306,7 @@ def _student_and_plan(teacher, config: DistillConfig, classification: bool):
     return student, student_desc, plan, own_tokenizer
 
 
-def _teacher_targets(teacher, data, sdata, plan: _Plan, config: DistillConfig, accelerator, run: Path,
+def _teacher_targets(teacher, data, sdata, plan: OutputPlan, config: DistillConfig, accelerator, run: Path,
                      teacher_cache, total_steps: int, max_length: int, texts, labels, progress) -> dict[str, Any]:
     """Run the teacher once over the rows training will draw and cache its targets (intermediate ones only within
     ``cache_limit_gb``); leave the teacher on the device. Returns the cache, whether it holds the intermediate

@@ -24,7 +24,6 @@ DISTILL = StageSpec(
 RUN_STATE = "trainer_state.json"
 AVERAGE_FILE = "average.safetensors"  # the running weight average (--average), beside the checkpoint
 RUN_CONFIG = "run_config.json"
-_IGNORE = -100
 
 
 class MixedPrecision(StrEnum):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from compress.progress import Progress
+from compress.stages.training import encode_all, shift_images
 
 log = logging.getLogger("compress.stages.distill")  # the verb's logger
 
@@ -44,30 +45,7 @@ class LogitTraining:
     eval_every: int = 200
 
 
-def _shift(x, rng: np.random.Generator, fraction: float):
-    """The batch moved by one random (dy, dx) per image, zeros filling in (NCHW)."""
-    import torch
 
-    if fraction <= 0:
-        return x
-    h, w = x.shape[-2:]
-    my, mx = max(1, int(h * fraction)), max(1, int(w * fraction))
-    out = torch.zeros_like(x)
-    for i in range(x.shape[0]):
-        dy, dx = int(rng.integers(-my, my + 1)), int(rng.integers(-mx, mx + 1))
-        ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-        xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-        out[i, :, yd, xd] = x[i, :, ys, xs]
-    return out
-
-
-def encode_all(encoder, items: list[Any], batch_size: int = 256):
-    """Every image preprocessed once (float32 tensor, the model's layout): the transfer set fits in memory."""
-    import torch
-
-    name = encoder.input_names[0]
-    return torch.cat([torch.from_numpy(encoder.encode(items[i:i + batch_size])[name])
-                      for i in range(0, len(items), batch_size)])
 
 
 def predict(call: Callable[[Any], Any], x, batch_size: int = 256) -> np.ndarray:
@@ -150,7 +128,7 @@ def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Call
             order, pos = rng.permutation(len(x_train)), 0
         idx = order[pos:pos + settings.batch_size]
         pos += settings.batch_size
-        x = _shift(x_train[idx], rng, settings.shift)
+        x = shift_images(x_train[idx], rng, settings.shift)
         with torch.no_grad():
             t_logits = teacher_call(x).float()
         s_logits = student_call(x).float()

@@ -1,21 +1,18 @@
-"""What distillation compares: the transfer rows (tokenised, augmented), the teacher's and student's outputs,
-the losses, and evaluation."""
+"""What distillation compares: augmentation of the transfer rows and the losses between the teacher's and the
+student's outputs (the rows, the forward pass and evaluation: :mod:`compress.stages.training`)."""
 
 from __future__ import annotations
 
-import copy
-import math
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from compress.errors import ConfigError, StageError
-from compress.stages.distill.config import _IGNORE, DistillConfig, Metric
+from compress.stages.distill.config import DistillConfig
+from compress.stages.training import IGNORE_INDEX, OutputPlan
 
 # ---------------------------------------------------------------------------------------------
-# Transfer data: tokenisation, augmentation, teacher targets
+# Transfer data: augmentation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -85,188 +82,6 @@ def join_augment(texts: list[str], labels: list[int], copies: int, seed: int, mi
     return out_t, out_y
 
 
-def length_grouped_order(lengths: np.ndarray, batch_size: int, seed: int, window: int = 50) -> list[int]:
-    """A random epoch order whose consecutive ``batch_size`` chunks have similar lengths (less padding).
-
-    Shuffle, sort within windows of ``window`` batches by length, cut into batches, shuffle the batches
-    (the ``group_by_length`` idea of transformers' Trainer). Deterministic for a seed.
-    """
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(lengths))
-    span = batch_size * window
-    batches = []
-    for start in range(0, len(perm), span):
-        chunk = perm[start : start + span]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    # a short last batch stays last: anywhere else it would shift every later batch_size cut off the groups
-    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
-    rng.shuffle(batches)
-    batches += short
-    return np.concatenate(batches).tolist() if batches else []
-
-
-def _encode(tokenizer, texts: list[str], max_length: int,
-            pairs: list[str] | None = None) -> dict[str, list[list[int]]]:
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
-    return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
-
-
-def _encode_words(tokenizer, sentences: list[list[str]], tags: list[list[int]] | None, max_length: int):
-    """Sentences split into words, tokenised: ``(enc, token labels, word ids)``. A word's tag sits on its first
-    sub-token, -100 on the others, on special tokens and on every token of an unlabelled sentence; word ids are -1
-    on special tokens."""
-    enc = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length, padding=False)
-    labels, word_ids = [], []
-    for i in range(len(sentences)):
-        ids = [-1 if w is None else w for w in enc.word_ids(i)]
-        first = [w >= 0 and (j == 0 or ids[j - 1] != w) for j, w in enumerate(ids)]
-        labels.append([tags[i][w] if tags is not None and f else _IGNORE for w, f in zip(ids, first, strict=True)])
-        word_ids.append(ids)
-    return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}, labels, word_ids
-
-
-class _TransferSet:
-    """Tokenised rows (ids kept as lists) and their labels (-100 when unlabelled): a label per row, or for token
-    classification a label per token (``word_ids``: the word each token belongs to, -1 for special tokens)."""
-
-    def __init__(self, enc: dict[str, list[list[int]]], labels: list[Any], pad_id: int,
-                 word_ids: list[list[int]] | None = None) -> None:
-        self.enc = enc
-        self.labels = labels
-        self.word_ids = word_ids
-        self.pad_id = pad_id
-        self.lengths = np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])  # token offsets (hidden-state targets)
-        self.sq_offsets = np.concatenate([[0], np.cumsum(self.lengths**2)])  # L*L offsets (attention targets)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def collate(self, idx: list[int]) -> dict[str, Any]:
-        import torch
-
-        width = int(max(self.lengths[i] for i in idx))
-        batch: dict[str, Any] = {}
-        for key, rows in self.enc.items():
-            pad = self.pad_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in idx], dtype=torch.long)
-        batch["attention_mask"] = torch.tensor(
-            [[1] * int(self.lengths[i]) + [0] * (width - int(self.lengths[i])) for i in idx], dtype=torch.long
-        )
-        if self.word_ids is not None:  # a label per token, padded
-            batch["labels"] = torch.tensor([self.labels[i] + [_IGNORE] * (width - len(self.labels[i])) for i in idx],
-                                           dtype=torch.long)
-        else:
-            batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
-        batch["index"] = torch.tensor(idx, dtype=torch.long)
-        return batch
-
-
-@dataclass
-class _Plan:
-    """Which targets the losses need, and where the teacher's layers map to the student's."""
-
-    classification: bool
-    pooling: str | None
-    normalize: bool
-    mapping: list[int]  # student layer j -> teacher layer mapping[j]
-    hidden: bool
-    attention: bool
-    value_relation: bool
-    relation_heads: int
-    tags: list[str] | None = None  # token classification: the entity tags (targets and outputs are per token)
-
-    @property
-    def tokens(self) -> bool:
-        return self.tags is not None
-
-    @property
-    def needs_hidden_states(self) -> bool:
-        return self.hidden  # a feature-extraction student pools last_hidden_state, which every model returns
-
-    @property
-    def intermediate(self) -> bool:
-        return self.hidden or self.attention or self.value_relation
-
-
-def pool_hidden(last_hidden, mask, pooling: str | None, normalize: bool):
-    import torch
-
-    if pooling == "cls":
-        emb = last_hidden[:, 0]
-    else:
-        m = mask.unsqueeze(-1).to(last_hidden.dtype)
-        emb = (last_hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
-
-
-class _ValueTap:
-    """Forward hooks that capture the value projection output of one attention block."""
-
-    NAMES = ("value", "v_lin", "v_proj", "v")
-
-    def __init__(self, block) -> None:
-        from torch import nn
-
-        found = [m for name, m in block.named_modules() if name.rsplit(".", 1)[-1] in self.NAMES and isinstance(m, nn.Linear)]
-        if not found:
-            raise ConfigError(
-                f"value-relation loss: no value projection found in {type(block).__name__}",
-                hint="set --value-relation-weight 0 for this architecture",
-            )
-        self.value = None
-        self.handle = found[0].register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output) -> None:
-        self.value = output
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-
-def _relation(values, mask, heads: int):
-    """MiniLM value relation: softmax(V V^T / sqrt(d)) per relation head, padded keys masked."""
-    import torch
-
-    b, n, h = values.shape
-    v = values.float().view(b, n, heads, h // heads).transpose(1, 2)
-    scores = v @ v.transpose(-1, -2) / math.sqrt(h // heads)
-    scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
-    return scores.softmax(-1)
-
-
-def _model_outputs(model, batch, plan: _Plan, tap: _ValueTap | None) -> dict[str, Any]:
-    """Run ``model`` and extract what the losses compare: soft target, hidden states, attentions, relations."""
-    from compress.teachers.load import model_feed
-
-    out = model(**model_feed(model, batch), output_hidden_states=plan.needs_hidden_states, output_attentions=plan.attention)
-    for wanted, got in (("hidden states", plan.needs_hidden_states and out.hidden_states is None),
-                        ("attentions", plan.attention and out.attentions is None)):
-        if got:
-            import transformers
-
-            raise StageError(
-                f"{type(model).__name__} returned no {wanted} under transformers {transformers.__version__} "
-                "(a student built from teacher layers loses transformers 5's output capture)",
-                hint="distil with the default losses (logits, or pooled embeddings), or use transformers<5 for "
-                "intermediate-layer losses",
-            )
-    res: dict[str, Any] = {}
-    if plan.classification:
-        res["soft"] = out.logits
-    else:
-        res["soft"] = pool_hidden(out.last_hidden_state, batch["attention_mask"], plan.pooling, plan.normalize)
-    if plan.hidden:
-        res["hidden"] = out.hidden_states
-    if plan.attention:
-        res["attn"] = out.attentions
-    if plan.value_relation:
-        res["vr"] = _relation(tap.value, batch["attention_mask"], plan.relation_heads)
-    return res
-
-
-
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +95,7 @@ def _kl_rows(p_teacher, log_q_student, row_mask):
     return (kl * row_mask).sum() / row_mask.sum().clamp(min=1)
 
 
-def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: _Plan, config: DistillConfig,
+def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: OutputPlan, config: DistillConfig,
                  projections) -> tuple[Any, dict[str, float]]:
     """Weighted sum of the enabled losses; also returns each term's value."""
     import torch
@@ -295,8 +110,8 @@ def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: _Plan, confi
                           reduction="none").sum(-1)
             parts["soft"] = (kl * mask).sum() / mask.sum().clamp(min=1) * temp * temp
         labels = batch["labels"]
-        if config.loss.hard_weight and bool((labels != _IGNORE).any()):
-            parts["hard"] = F.cross_entropy(s["soft"].float().flatten(0, 1), labels.flatten(), ignore_index=_IGNORE)
+        if config.loss.hard_weight and bool((labels != IGNORE_INDEX).any()):
+            parts["hard"] = F.cross_entropy(s["soft"].float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
     elif plan.classification:
         if config.loss.soft_weight:
             temp = config.loss.temperature
@@ -305,8 +120,8 @@ def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: _Plan, confi
                 reduction="batchmean",
             ) * temp * temp
         labels = batch["labels"]
-        if config.loss.hard_weight and bool((labels != _IGNORE).any()):
-            parts["hard"] = F.cross_entropy(s["soft"].float(), labels, ignore_index=_IGNORE)
+        if config.loss.hard_weight and bool((labels != IGNORE_INDEX).any()):
+            parts["hard"] = F.cross_entropy(s["soft"].float(), labels, ignore_index=IGNORE_INDEX)
     elif config.loss.soft_weight:
         parts["soft"] = F.mse_loss(s["soft"].float(), t["soft"].float())
     if plan.hidden:
@@ -338,60 +153,3 @@ def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: _Plan, confi
     if not parts:
         total = s["soft"].sum() * 0.0
     return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-def _predict(model, data: _TransferSet, plan: _Plan, device, batch_size: int) -> np.ndarray:
-    import torch
-
-    eplan = copy.copy(plan)
-    eplan.hidden = eplan.attention = eplan.value_relation = False
-    was_training = model.training
-    model.eval()
-    order = np.argsort(data.lengths, kind="stable")
-    result: list[tuple[list[int], np.ndarray]] = []
-    with torch.inference_mode():
-        for start in range(0, len(data), batch_size):
-            idx = order[start : start + batch_size].tolist()
-            batch = {k: v.to(device) for k, v in data.collate(idx).items()}
-            soft = _model_outputs(model, batch, eplan, None)["soft"].float().cpu().numpy()
-            result.append((idx, soft))
-    model.train(was_training)
-    if plan.tokens:  # each word's scores at its first sub-token: [rows, words, tags], NaN beyond a row's words
-        from compress.device.shipped import first_subtokens
-
-        words = int(max((max(w) for w in data.word_ids if w), default=-1)) + 1
-        out = np.full((len(data), words, len(plan.tags)), np.nan, np.float32)
-        for idx, soft in result:
-            for r, i in enumerate(idx):
-                ids = np.asarray(data.word_ids[i])
-                row = first_subtokens(soft[r : r + 1, : len(ids)], ids[None])[0]
-                out[i, : row.shape[0]] = row
-        return out
-    width = result[0][1].shape[1]
-    out = np.zeros((len(data), width), np.float32)
-    for idx, soft in result:
-        out[idx] = soft
-    return out
-
-
-def score(pred: np.ndarray, teacher_pred: np.ndarray, labels, metric: Metric, tags: list[str] | None = None) -> float:
-    """The early-stopping metric: accuracy (for a token classifier: entity F1 against the labels), agreement with
-    the teacher (entity F1 against the teacher's entities), or cosine to the teacher's embeddings."""
-    if tags is not None:
-        from compress.validation.entities import entity_metrics
-
-        if metric is Metric.accuracy:
-            return entity_metrics(tags, pred, None, labels)["metric"]
-        return entity_metrics(tags, pred, teacher_pred, None)["agreement"]
-    if metric is Metric.accuracy:
-        return float((pred.argmax(-1) == labels).mean())
-    if metric is Metric.agreement:
-        return float((pred.argmax(-1) == teacher_pred.argmax(-1)).mean())
-    a = pred / np.clip(np.linalg.norm(pred, axis=-1, keepdims=True), 1e-12, None)
-    b = teacher_pred / np.clip(np.linalg.norm(teacher_pred, axis=-1, keepdims=True), 1e-12, None)
-    return float((a * b).sum(-1).mean())

@@ -16,7 +16,6 @@ from compress.artifact import Task
 from compress.errors import ConfigError, DataError
 from compress.stages import teacher_cache as tcache
 from compress.stages.distill.config import (
-    _IGNORE,
     CONFIG_VERSION,
     RUN_CONFIG,
     DistillConfig,
@@ -24,18 +23,18 @@ from compress.stages.distill.config import (
     Metric,
     MixedPrecision,
 )
-from compress.stages.distill.losses import (
-    _encode,
-    _encode_words,
-    _model_outputs,
-    _Plan,
-    _TransferSet,
-    _ValueTap,
-    join_augment,
-    length_grouped_order,
-    neighbour_augment,
-)
+from compress.stages.distill.losses import join_augment, neighbour_augment
 from compress.stages.distill.student import build_student, evenly_spaced, layer_list, load_student
+from compress.stages.training import (
+    IGNORE_INDEX,
+    OutputPlan,
+    TransferSet,
+    ValueTap,
+    encode_texts,
+    encode_words,
+    length_grouped_order,
+    model_outputs,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The run
@@ -119,12 +118,12 @@ def _word_sets(teacher, train_ds, eval_ds, max_length: int):
     """A token classifier's transfer and eval rows: sentences split into words, a tag on each word's first
     sub-token (-100 elsewhere, and on every token of an unlabelled sentence)."""
     pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
-    enc, labels, word_ids = _encode_words(teacher.tokenizer, train_ds.texts, train_ds.labels, max_length)
-    data = _TransferSet(enc, labels, pad_id, word_ids)
+    enc, labels, word_ids = encode_words(teacher.tokenizer, train_ds.texts, train_ds.labels, max_length)
+    data = TransferSet(enc, labels, pad_id, word_ids)
     eval_set = None
     if eval_ds is not None:
-        e_enc, e_labels, e_ids = _encode_words(teacher.tokenizer, eval_ds.texts, eval_ds.labels, max_length)
-        eval_set = _TransferSet(e_enc, e_labels, pad_id, e_ids)
+        e_enc, e_labels, e_ids = encode_words(teacher.tokenizer, eval_ds.texts, eval_ds.labels, max_length)
+        eval_set = TransferSet(e_enc, e_labels, pad_id, e_ids)
     return data, eval_set, [" ".join(t) for t in train_ds.texts], train_ds.labels
 
 
@@ -133,26 +132,26 @@ def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length
     if teacher.task is Task.token_classification:
         return _word_sets(teacher, train_ds, eval_ds, max_length)
     texts = list(train_ds.texts)
-    labels = list(train_ds.labels) if train_ds.labels is not None else [_IGNORE] * len(texts)
+    labels = list(train_ds.labels) if train_ds.labels is not None else [IGNORE_INDEX] * len(texts)
     if not classification:
-        labels = [_IGNORE] * len(texts)
+        labels = [IGNORE_INDEX] * len(texts)
     if config.augmentation.copies:
         emb = teacher.model.get_input_embeddings().weight.detach().float().numpy()
         extra = neighbour_augment(train_ds.texts, teacher.tokenizer, emb, config.augmentation.copies,
                                   config.augmentation.prob, config.seed)
         texts += extra
-        labels += [_IGNORE] * len(extra)
+        labels += [IGNORE_INDEX] * len(extra)
     if config.augmentation.join:
         joined, joined_labels = join_augment(list(train_ds.texts), labels[: len(train_ds)], config.augmentation.join,
                                              config.seed)
         texts += joined
         labels += joined_labels
     pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
-    data = _TransferSet(_encode(teacher.tokenizer, texts, max_length), labels, pad_id)
+    data = TransferSet(encode_texts(teacher.tokenizer, texts, max_length), labels, pad_id)
     eval_set = None
     if eval_ds is not None:
-        eval_set = _TransferSet(_encode(teacher.tokenizer, eval_ds.texts, max_length),
-                                list(eval_ds.labels) if eval_ds.labels is not None else [_IGNORE] * len(eval_ds),
+        eval_set = TransferSet(encode_texts(teacher.tokenizer, eval_ds.texts, max_length),
+                                list(eval_ds.labels) if eval_ds.labels is not None else [IGNORE_INDEX] * len(eval_ds),
                                 pad_id)
     return data, eval_set, texts, labels
 
@@ -160,8 +159,8 @@ def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length
 def _student_sets(tokenizer, texts: list[str], labels: list[int], eval_set, eval_ds, max_length: int):
     """The transfer and eval rows tokenised by the student's own tokenizer (same rows, same order)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sdata = _TransferSet(_encode(tokenizer, texts, max_length), labels, pad_id)
-    s_eval = None if eval_set is None else _TransferSet(_encode(tokenizer, eval_ds.texts, max_length),
+    sdata = TransferSet(encode_texts(tokenizer, texts, max_length), labels, pad_id)
+    s_eval = None if eval_set is None else TransferSet(encode_texts(tokenizer, eval_ds.texts, max_length),
                                                          eval_set.labels, pad_id)
     return sdata, s_eval
 
@@ -195,7 +194,7 @@ def _open_run(run: Path, run_config: dict[str, Any], accelerator, *, resume: boo
         accelerator.wait_for_everyone()
 
 
-def _rows_drawn(data: _TransferSet, config: DistillConfig, n_proc: int, total_steps: int) -> np.ndarray | None:
+def _rows_drawn(data: TransferSet, config: DistillConfig, n_proc: int, total_steps: int) -> np.ndarray | None:
     """The transfer rows the first ``total_steps`` optimizer steps draw (None: all of them).
 
     Fewer draws than one epoch take a prefix of the first epoch's order (the same order training uses),
@@ -208,7 +207,7 @@ def _rows_drawn(data: _TransferSet, config: DistillConfig, n_proc: int, total_st
     return np.array(order[:draws], dtype=np.int64)
 
 
-def _ensure_cache(cache_dir: Path, teacher, data: _TransferSet, plan: _Plan, cache_intermediate: bool, accelerator,
+def _ensure_cache(cache_dir: Path, teacher, data: TransferSet, plan: OutputPlan, cache_intermediate: bool, accelerator,
                   max_length: int, batch_size: int, progress, transfer_fingerprint: str, rows: np.ndarray | None,
                   stop: Callable[[], bool]) -> int:
     """Label the transfer ``rows`` (None: all) the teacher-output cache lacks; returns how many it labelled.
@@ -233,12 +232,12 @@ def _ensure_cache(cache_dir: Path, teacher, data: _TransferSet, plan: _Plan, cac
         t_plan = copy.copy(plan)
         if not cache_intermediate:
             t_plan.hidden = t_plan.attention = t_plan.value_relation = False
-        tap = _ValueTap(layer_list(teacher.model)[1][-1]) if t_plan.value_relation else None
+        tap = ValueTap(layer_list(teacher.model)[1][-1]) if t_plan.value_relation else None
         device = accelerator.device
         teacher.model.to(device)
 
         def forward(idx: list[int]) -> dict[str, Any]:
-            return _model_outputs(teacher.model, {k: v.to(device) for k, v in data.collate(idx).items()}, t_plan, tap)
+            return model_outputs(teacher.model, {k: v.to(device) for k, v in data.collate(idx).items()}, t_plan, tap)
 
         t_cfg = teacher.model.config
         width = t_cfg.num_labels if plan.classification else t_cfg.hidden_size

@@ -19,16 +19,9 @@ from typing import Any
 from compress.interrupt import StopFlag
 from compress.progress import Progress
 from compress.stages.distill.config import AVERAGE_FILE, RUN_STATE, DistillConfig, Interrupted
-from compress.stages.distill.losses import (
-    _model_outputs,
-    _Plan,
-    _predict,
-    _ValueTap,
-    distill_loss,
-    length_grouped_order,
-    score,
-)
+from compress.stages.distill.losses import distill_loss
 from compress.stages.distill.student import layer_list
+from compress.stages.training import OutputPlan, ValueTap, length_grouped_order, model_outputs, predict_rows, score
 
 log = logging.getLogger("compress.stages.distill")  # the verb's logger
 
@@ -40,7 +33,7 @@ class Trainer:
     run continues where the interrupted one stopped, with the same data order and dropout masks.
     """
 
-    def __init__(self, *, accelerator, run: Path, config: DistillConfig, plan: _Plan, teacher, student, data, sdata,
+    def __init__(self, *, accelerator, run: Path, config: DistillConfig, plan: OutputPlan, teacher, student, data, sdata,
                  eval_set, s_eval_set, teacher_eval, eval_labels, metric, cache, cache_intermediate: bool,
                  total_steps: int, progress: Progress | None,
                  on_step: Callable[[Any, int, int], None] | None) -> None:
@@ -85,8 +78,8 @@ class Trainer:
                                        num_training_steps=self.total_steps)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
-        self.tap_s = _ValueTap(layer_list(student)[1][-1]) if plan.value_relation else None
-        self.tap_t = (_ValueTap(layer_list(self.teacher.model)[1][-1])
+        self.tap_s = ValueTap(layer_list(student)[1][-1]) if plan.value_relation else None
+        self.tap_t = (ValueTap(layer_list(self.teacher.model)[1][-1])
                       if plan.value_relation and not self.cache_intermediate else None)
         # stochastic weight averaging: the running mean of the snapshots, kept beside the checkpoint
         if config.training.average:
@@ -133,7 +126,7 @@ class Trainer:
     def evaluate(self) -> float | None:
         if self.eval_set is None:
             return None
-        pred = _predict(self.unwrap_student(), self.s_eval_set, self.plan, self.device, 64)
+        pred = predict_rows(self.unwrap_student(), self.s_eval_set, self.plan, self.device, 64)
         return score(pred, self.teacher_eval, self.eval_labels, self.metric, self.plan.tags)
 
     def save_best(self) -> None:
@@ -204,7 +197,7 @@ class Trainer:
         if self.cache_intermediate or not plan.intermediate:
             return self.cache.targets(batch, self.data, plan, self.t_cfg, self.device)
         with torch.inference_mode():
-            online = _model_outputs(self.teacher.model, batch, plan, self.tap_t)
+            online = model_outputs(self.teacher.model, batch, plan, self.tap_t)
         t_out = self.cache.targets(batch, self.data, plan, self.t_cfg, self.device)
         if plan.hidden:
             t_out["hidden"] = [online["hidden"][t + 1].clone() for t in plan.mapping]
@@ -220,7 +213,7 @@ class Trainer:
 
         accelerator, module = self.accelerator, self.module
         with accelerator.accumulate(module):
-            s_out = _model_outputs(module, batch, self.plan, self.tap_s)
+            s_out = model_outputs(module, batch, self.plan, self.tap_s)
             t_out = self._teacher_outputs(batch)
             proj = accelerator.unwrap_model(module).proj
             loss, parts = distill_loss(s_out, t_out, batch, self.plan, self.config, proj)

@@ -6,33 +6,35 @@ checkpoint is written, so every later step sees a plain checkpoint.
 
 The written artifact is the teacher the rest of the chain starts from; its lineage starts at the base (``source``
 names it and its digest). The loop (:mod:`compress.stages.finetune.loop`) is one for every base; this module holds what
-text needs (tokenised, length-grouped batches), :mod:`compress.stages.finetune.images` what images need.
+text needs (tokenised, length-grouped batches), :mod:`compress.stages.finetune.images` what images need,
+:mod:`compress.stages.finetune.common` what both share (the result, the lineage's records, the labels, LoRA).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, Task
-from compress.errors import ConfigError, DataError
+from compress.artifact import Task
+from compress.errors import ConfigError
 from compress.progress import Progress
+from compress.stages.finetune.common import (
+    FinetuneResult,
+    check_labels,
+    data_record,
+    label_names,
+    teacher_record,
+    wrap_lora,
+)
 from compress.stages.finetune.config import FINETUNE, IMAGE_TASKS, TEXT_TASKS, FinetuneConfig, Mode
 
 log = logging.getLogger("compress.stages.finetune")
 
 __all__ = ["FinetuneResult", "finetune"]
-
-
-@dataclass
-class FinetuneResult:
-    artifact: Artifact
-    metrics: dict[str, Any]
 
 
 def finetune(base: Path | str, train: Path | str, out: Path | str, config: FinetuneConfig | None = None, *,
@@ -82,9 +84,9 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     from compress.teachers.load import load_teacher
 
     words, regression = config.task is Task.token_classification, config.task is Task.regression
-    names = None if regression else config.labels or _label_names(Path(train), words)
+    names = None if regression else config.labels or label_names(Path(train), words)
     if not regression:
-        _check_labels(names, words, train)
+        check_labels(names, words, train)
     base_teacher = load_teacher(base, allow_pickle=config.allow_pickle)  # the lineage's source; one-line load errors
     if regression:
         train_set, eval_set = _regression_data(base_teacher.tokenizer, train, eval_data, config)
@@ -126,30 +128,16 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     return FinetuneResult(output.artifact, metrics)
 
 
-def teacher_record(output, staged: Path) -> dict[str, str]:
-    """Where the fine-tuned teacher will be and its content hash (what load_teacher computes, the manifest excluded):
-    every artifact made from it is judged against it (``compress.validation.local.reference_teacher``)."""
-    from compress.artifact import digest_dir
-
-    return {"path": str(Path(output.path).resolve()), "sha256": digest_dir(staged)}
-
-
-def data_record(train, eval_data) -> dict[str, str | None]:
-    """The data a fine-tune read, as the lineage records it (a recipe rebuilt from the artifact reads it again)."""
-    return {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None}
-
-
 def _text_metric(eval_set, eval_labels, tags):
     """Accuracy (entity F1 for tags) of a text model on the tokenised eval rows."""
-    from compress.stages.distill.config import Metric
-    from compress.stages.distill.losses import _Plan, _predict, score
+    from compress.stages.training import OutputPlan, predict_rows, score
 
-    plan = _Plan(classification=True, pooling=None, normalize=False, mapping=[], hidden=False, attention=False,
-                 value_relation=False, relation_heads=0, tags=tags)
+    plan = OutputPlan(classification=True, pooling=None, normalize=False, mapping=[], hidden=False, attention=False,
+                      value_relation=False, relation_heads=0, tags=tags)
 
     def evaluate(model) -> float:
         device = next(model.parameters()).device
-        return score(_predict(model, eval_set, plan, device, 64), None, eval_labels, Metric.accuracy, tags)
+        return score(predict_rows(model, eval_set, plan, device, 64), None, eval_labels, "accuracy", tags)
 
     return evaluate
 
@@ -165,43 +153,11 @@ def _check_base(base: Path) -> None:
                           hint="a base is a pretrained checkpoint: download or save its weights beside config.json")
 
 
-def _label_names(train: Path, words: bool) -> list[str]:
-    """The data's labels: tags of a word file (O first, then by type, B- before I-), or a table's label column (names
-    sorted, or integer ids 0..k-1)."""
-    if words:
-        from compress.data.words import read_tags
-
-        found = {t for sent in read_tags(train) for t in sent}
-        return sorted(found, key=lambda t: (t != "O", t[2:], t[:2]))
-    from compress.data.readers import open_table
-    from compress.data.tables import LABEL_COLUMNS
-
-    columns, rows = open_table(train, None, str(train))
-    col = next((c for c in LABEL_COLUMNS if c in columns), None)
-    if col is None:
-        raise DataError(f"{train}: no label column (columns: {', '.join(columns)})",
-                        hint=f"name it one of {', '.join(LABEL_COLUMNS)}, or pass labelled data")
-    values = sorted({str(r[col]).strip() for _, _, r in rows([col]) if str(r.get(col) or "").strip()})
-    if values and all(v.isdigit() for v in values):
-        return [str(i) for i in range(max(int(v) for v in values) + 1)]
-    return values
-
-
-def _check_labels(names: list[str], words: bool, train) -> None:
-    if len(names) < 2:
-        raise DataError(f"{train}: one label ({', '.join(names) or 'none'}): a classifier needs at least two",
-                        hint="train on data with two or more labels")
-    if words:
-        from compress.validation.entities import check_scheme
-
-        check_scheme(names)
-
-
 def _data(tokenizer, names, train, eval_data, config: FinetuneConfig, words: bool):
     """Tokenised training rows, eval rows and the eval labels (ids, or each sentence's tag ids)."""
     from compress.data.tables import load_dataset
     from compress.data.words import load_word_dataset
-    from compress.stages.distill.losses import _encode, _encode_words, _TransferSet
+    from compress.stages.training import TransferSet, encode_texts, encode_words
 
     label2id = {n: i for i, n in enumerate(names)}
 
@@ -213,9 +169,9 @@ def _data(tokenizer, names, train, eval_data, config: FinetuneConfig, words: boo
     def rows(ds):
         pad = tokenizer.pad_token_id or 0
         if words:
-            enc, labels, word_ids = _encode_words(tokenizer, ds.texts, ds.labels, config.max_length)
-            return _TransferSet(enc, labels, pad, word_ids)
-        return _TransferSet(_encode(tokenizer, ds.texts, config.max_length, ds.pairs), list(ds.labels), pad)
+            enc, labels, word_ids = encode_words(tokenizer, ds.texts, ds.labels, config.max_length)
+            return TransferSet(enc, labels, pad, word_ids)
+        return TransferSet(encode_texts(tokenizer, ds.texts, config.max_length, ds.pairs), list(ds.labels), pad)
 
     train_set = rows(read(train))
     if eval_data is None:
@@ -227,14 +183,14 @@ def _data(tokenizer, names, train, eval_data, config: FinetuneConfig, words: boo
 def _regression_data(tokenizer, train, eval_data, config: FinetuneConfig):
     """Tokenised training and eval rows with their targets (:class:`compress.stages.finetune.regression.TargetRows`)."""
     from compress.data.tables import load_dataset
-    from compress.stages.distill.losses import _encode, _TransferSet
     from compress.stages.finetune.regression import TargetRows, check_targets, table_targets
+    from compress.stages.training import TransferSet, encode_texts
 
     def rows(path):
         y = table_targets(path)  # first: a cell that is no number fails before any tokenising
         ds = load_dataset(path, texts_only=True)
-        enc = _encode(tokenizer, ds.texts, config.max_length, ds.pairs)
-        return TargetRows(_TransferSet(enc, [0] * len(ds.texts), tokenizer.pad_token_id or 0), y)
+        enc = encode_texts(tokenizer, ds.texts, config.max_length, ds.pairs)
+        return TargetRows(TransferSet(enc, [0] * len(ds.texts), tokenizer.pad_token_id or 0), y)
 
     train_set = rows(train)
     check_targets(train_set.y, str(train))
@@ -302,18 +258,6 @@ def _lora(model, config: FinetuneConfig, words: bool):
         target_modules=config.lora.targets or "all-linear"))
 
 
-def wrap_lora(model, config: FinetuneConfig, lora):
-    """``model`` with peft's adapters as ``lora`` says; what peft cannot wrap is a one-line error."""
-    from peft import get_peft_model
-
-    try:
-        return get_peft_model(model, lora)
-    except (ValueError, TypeError) as e:
-        what = ", ".join(config.lora.targets or ["all-linear"])
-        raise ConfigError(f"--lora-targets {what}: peft cannot wrap them ({str(e).splitlines()[0][:160]})",
-                          hint="name linear layers of the encoder, e.g. --lora-targets query,value") from None
-
-
 # --- forgetting ----------------------------------------------------------------------------------------------------
 
 #: retained texts measured at most (a deterministic sample beyond)
@@ -333,7 +277,7 @@ def forgetting(base_encoder, tuned_encoder, tokenizer, texts: list[str], max_len
     whose nearest other text under the base is still among the 1 / 3 nearest under the fine-tune)."""
     import torch
 
-    from compress.stages.distill.losses import pool_hidden
+    from compress.stages.training import pool_hidden
     from compress.validation.metrics import neighbour_agreement, row_cosines
 
     def embed(encoder) -> np.ndarray:

@@ -47,12 +47,12 @@ class ImageBatches:
         return len(self.x)
 
     def collate(self, idx: list[int]) -> dict[str, Any]:
-        from compress.stages.distill.images import _shift
+        from compress.stages.training import shift_images
 
         # the shifts follow from the batch (its images, in the loop's seeded order), not from how many batches this
         # process has drawn: a resumed run draws what the uninterrupted one would have
         rng = np.random.default_rng([self.seed, *map(int, idx)])
-        return {"pixel_values": _shift(self.x[list(idx)], rng, self.shift), "labels": self.y[list(idx)]}
+        return {"pixel_values": shift_images(self.x[list(idx)], rng, self.shift), "labels": self.y[list(idx)]}
 
 
 def image_label_names(train: Path) -> list[str]:
@@ -62,9 +62,9 @@ def image_label_names(train: Path) -> list[str]:
     if train.is_dir() or train.suffix.lower() == ".npz":
         ds = load_image_dataset(train, require_labels=True)
         return ds.label_names or [str(i) for i in range(int(max(ds.labels)) + 1)]
-    from compress.stages.finetune import _label_names
+    from compress.stages.finetune.common import label_names
 
-    return _label_names(train, False)
+    return label_names(train, False)
 
 
 def logits_of(model, x):
@@ -199,7 +199,7 @@ def _lora(model, config: FinetuneConfig):
     require("peft", "--lora-rank (LoRA adapters)")
     from peft import LoraConfig
 
-    from compress.stages.finetune import wrap_lora
+    from compress.stages.finetune.common import wrap_lora
 
     return wrap_lora(model, config, LoraConfig(
         r=config.lora.rank, lora_alpha=config.lora.alpha or 2 * config.lora.rank, lora_dropout=config.lora.dropout,
@@ -212,7 +212,7 @@ def _encode(base_teacher, path, names: list[str] | None, require_labels: bool = 
     import torch
 
     from compress.data.images import load_image_dataset
-    from compress.stages.distill.images import encode_all
+    from compress.stages.training import encode_all
 
     if names is None and require_labels:
         from compress.stages.finetune.regression import image_targets
@@ -290,7 +290,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     """Fine-tune an image base (see the module doc) and write the checkpoint through ``output``."""
     import torch.nn.functional as F
 
-    from compress.stages.finetune import FinetuneResult, _check_labels, data_record, teacher_record
+    from compress.stages.finetune.common import FinetuneResult, check_labels, data_record, teacher_record
     from compress.stages.finetune.loop import TrainLoop
     from compress.stages.finetune.regression import METRIC, check_targets, init_head_bias, mse, scores, target_record
     from compress.teachers.images import load_image_teacher
@@ -301,7 +301,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     regression = config.task is Task.regression
     names = None if regression else config.labels or image_label_names(Path(train))
     if not regression:
-        _check_labels(names, False, train)
+        check_labels(names, False, train)
     base_teacher = load_image_teacher(base, allow_pickle=config.allow_pickle)
     base_model = base_teacher.model
     if base_teacher.info.kind == "program":  # its head cut off, or a one-line refusal, before any data is read

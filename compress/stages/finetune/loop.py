@@ -111,7 +111,7 @@ class TrainLoop:
             module.eval()
 
     def _order(self, epoch: int) -> list[int]:
-        from compress.stages.distill.losses import length_grouped_order
+        from compress.stages.training import length_grouped_order
 
         return length_grouped_order(self.data.lengths, self.config.training.batch_size, self.config.seed + epoch)
 

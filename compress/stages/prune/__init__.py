@@ -276,13 +276,13 @@ class _TextJob:
             return None
 
         def gen():
-            from compress.stages.distill.losses import _encode_words, _TransferSet
+            from compress.stages.training import TransferSet, encode_words
 
             for start in range(0, len(texts), batch_size):
                 rows = texts[start : start + batch_size]
-                enc, lab, word_ids = _encode_words(tokenizer, rows, labels[start : start + batch_size] if labels
-                                                   else None, self.config.max_length)
-                batch = _TransferSet(enc, lab, tokenizer.pad_token_id or 0, word_ids).collate(list(range(len(rows))))
+                enc, lab, word_ids = encode_words(tokenizer, rows, labels[start : start + batch_size] if labels
+                                                  else None, self.config.max_length)
+                batch = TransferSet(enc, lab, tokenizer.pad_token_id or 0, word_ids).collate(list(range(len(rows))))
                 del batch["index"]
                 yield batch, batch.pop("labels")
         return gen

@@ -68,11 +68,11 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
     from compress.stages.distill.images import (
         LogitTraining,
         check_image_options,
-        encode_all,
         image_data,
         predict,
         train_logits,
     )
+    from compress.stages.training import encode_all
     from compress.teachers.programs import save_program
 
     check_image_options(config, "channel pruning of a CNN", NOT_FOR_CNN)

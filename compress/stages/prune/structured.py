@@ -166,7 +166,7 @@ def _batches(tokenizer, texts: list[str], labels: list[int] | None, max_length: 
 
 
 def _pooled(out, mask, pooling: str | None, normalize: bool):
-    from compress.stages.distill.losses import pool_hidden
+    from compress.stages.training import pool_hidden
 
     return pool_hidden(out.last_hidden_state, mask, pooling or "mean", normalize)
 

@@ -1,0 +1,78 @@
+"""What the text and the image fine-tunes share: the result, what the lineage records (the written teacher, the data
+read), the labels of the training data, and LoRA adapters wrapped with a one-line error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import Artifact
+from compress.errors import ConfigError, DataError
+from compress.stages.finetune.config import FinetuneConfig
+
+
+@dataclass
+class FinetuneResult:
+    """What ``finetune`` returns: the written artifact and the metrics its lineage records."""
+
+    artifact: Artifact
+    metrics: dict[str, Any]
+
+
+def teacher_record(output, staged: Path) -> dict[str, str]:
+    """Where the fine-tuned teacher will be and its content hash (what load_teacher computes, the manifest excluded):
+    every artifact made from it is judged against it (``compress.validation.local.reference_teacher``)."""
+    from compress.artifact import digest_dir
+
+    return {"path": str(Path(output.path).resolve()), "sha256": digest_dir(staged)}
+
+
+def data_record(train, eval_data) -> dict[str, str | None]:
+    """The data a fine-tune read, as the lineage records it (a recipe rebuilt from the artifact reads it again)."""
+    return {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None}
+
+
+def label_names(train: Path, words: bool) -> list[str]:
+    """The data's labels: tags of a word file (O first, then by type, B- before I-), or a table's label column (names
+    sorted, or integer ids 0..k-1)."""
+    if words:
+        from compress.data.words import read_tags
+
+        found = {t for sent in read_tags(train) for t in sent}
+        return sorted(found, key=lambda t: (t != "O", t[2:], t[:2]))
+    from compress.data.readers import open_table
+    from compress.data.tables import LABEL_COLUMNS
+
+    columns, rows = open_table(train, None, str(train))
+    col = next((c for c in LABEL_COLUMNS if c in columns), None)
+    if col is None:
+        raise DataError(f"{train}: no label column (columns: {', '.join(columns)})",
+                        hint=f"name it one of {', '.join(LABEL_COLUMNS)}, or pass labelled data")
+    values = sorted({str(r[col]).strip() for _, _, r in rows([col]) if str(r.get(col) or "").strip()})
+    if values and all(v.isdigit() for v in values):
+        return [str(i) for i in range(max(int(v) for v in values) + 1)]
+    return values
+
+
+def check_labels(names: list[str], words: bool, train) -> None:
+    """A classifier's labels: at least two, and for words an entity tag scheme (``O``, ``B-PER``, ...)."""
+    if len(names) < 2:
+        raise DataError(f"{train}: one label ({', '.join(names) or 'none'}): a classifier needs at least two",
+                        hint="train on data with two or more labels")
+    if words:
+        from compress.validation.entities import check_scheme
+
+        check_scheme(names)
+
+
+def wrap_lora(model, config: FinetuneConfig, lora):
+    """``model`` with peft's adapters as ``lora`` says; what peft cannot wrap is a one-line error."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora)
+    except (ValueError, TypeError) as e:
+        what = ", ".join(config.lora.targets or ["all-linear"])
+        raise ConfigError(f"--lora-targets {what}: peft cannot wrap them ({str(e).splitlines()[0][:160]})",
+                          hint="name linear layers of the encoder, e.g. --lora-targets query,value") from None
