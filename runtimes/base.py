@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,79 @@ RUNTIMES: dict[str, str] = {
 }
 
 
+#: how an output that carries state is named beside the input it feeds back into: a transformers KV cache's
+#: ``present.N.key`` -> ``past_key_values.N.key``; Silero VAD's ``stateN`` -> ``state``; ``..._out`` -> ``..._in``
+_STATE_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^present(\W.*)$", r"past_key_values\1"),
+    (r"^present_(.*)$", r"past_\1"),
+    (r"^(.*)N$", r"\1"),
+    (r"^(.*)_out$", r"\1_in"),
+    (r"^(.*)_out$", r"\1"),
+)
+
+
+@dataclass(frozen=True)
+class StatePair:
+    """One piece of state a stateful step feeds back: the graph input that takes it, the output that returns its
+    next value, and its initial shape and dtype (a KV cache's past starts with 0 positions, a recurrent state with
+    zeros of its full size)."""
+
+    input: str
+    output: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def initial(self) -> np.ndarray:
+        return np.zeros(self.shape, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """The state a runtime feeds back between steps, one :class:`StatePair` per input/output pair.
+
+    Given (``StateSpec((StatePair(...), ...))``) or read from a manifest's tensors (:meth:`from_tensors`)."""
+
+    pairs: tuple[StatePair, ...]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [p.input for p in self.pairs]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [p.output for p in self.pairs]
+
+    def initial(self) -> dict[str, np.ndarray]:
+        """The state before the first step, by input name."""
+        return {p.input: p.initial() for p in self.pairs}
+
+    def split(self, outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """A step's outputs as (the outputs that are not state, the next state by input name)."""
+        state = {p.input: outputs[p.output] for p in self.pairs}
+        rest = {k: v for k, v in outputs.items() if k not in set(self.outputs)}
+        return rest, state
+
+    @classmethod
+    def from_tensors(cls, inputs: Sequence[Any], outputs: Sequence[Any],
+                     sizes: dict[str, int] | None = None) -> StateSpec | None:
+        """The pairs among a graph's tensors (:class:`~compress.artifact.TensorSpec`: name, dtype, shape) whose
+        output renamed (``present.N.key`` -> ``past_key_values.N.key``, ``stateN`` -> ``state``, ``x_out`` ->
+        ``x_in`` or ``x``) is an input; None when there are none. A symbolic dimension of the initial shape is
+        ``sizes[name]`` when given, else 1 for a batch axis and 0 for any other (a past that grows from nothing)."""
+        sizes = sizes or {}
+        by_name = {t.name: t for t in inputs}
+        pairs = []
+        for out in outputs:
+            for pattern, repl in _STATE_RENAMES:
+                name = re.sub(pattern, repl, out.name) if re.match(pattern, out.name) else None
+                if name in by_name:
+                    spec = by_name[name]
+                    shape = tuple(d if isinstance(d, int) and d >= 0 else
+                                  sizes.get(str(d), 1 if "batch" in str(d).lower() else 0) for d in spec.shape)
+                    pairs.append(StatePair(name, out.name, shape, spec.dtype))
+                    break
+        return cls(tuple(pairs)) if pairs else None
+
 
 @dataclass
 class RuntimeSettings:
@@ -52,6 +126,7 @@ class RuntimeBackend(ABC):
     name: ClassVar[str]
     module: ClassVar[str]  # the Python module this adapter needs
     formats: ClassVar[frozenset[Format]]
+    declared_state: StateSpec | None = None  # the state fed back between steps (see state_spec)
 
     def __init__(self, artifact: Artifact, settings: RuntimeSettings | None = None) -> None:
         if artifact.format not in self.formats:
@@ -173,6 +248,50 @@ class RuntimeBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: most sessions free themselves
         """Release the session/model."""
+
+    # -- a stateful step (a KV cache, a recurrent state fed back) ----------------------------------
+    def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Every output of one call by name, dtypes as the graph returns them (state is fed back as it came);
+        None where the adapter cannot. Adapters that run a stateful step implement it."""
+        return None
+
+    @property
+    def state_spec(self) -> StateSpec | None:
+        """The state this model feeds back between steps: given (``backend.declared_state = StateSpec(...)``), else
+        read from the manifest's tensors (:meth:`StateSpec.from_tensors`); None for a model of one forward pass."""
+        if self.declared_state is None:
+            m = self.artifact.manifest
+            self.declared_state = StateSpec.from_tensors(m.inputs, m.outputs) or StateSpec(())
+        return self.declared_state if self.declared_state.pairs else None
+
+    @property
+    def stateful(self) -> bool:
+        """Whether this runtime runs the model as a stateful step (:meth:`prefill` / :meth:`step`)."""
+        return self.state_spec is not None and type(self).run_named is not RuntimeBackend.run_named
+
+    def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The first step (a prompt, a stream's first chunk) from the initial state: (outputs, state)."""
+        spec = self._require_state()
+        return self.step(feeds, spec.initial())
+
+    def step(self, feeds: dict[str, np.ndarray],
+             state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One step with ``state`` (by input name) fed in: (the outputs that are not state, the next state)."""
+        spec = self._require_state()
+        outputs = self.run_named({**feeds, **state})
+        if outputs is None:
+            raise ConfigError(f"runtime {self.name} cannot run a stateful step")
+        return spec.split(outputs)
+
+    def _require_state(self) -> StateSpec:
+        spec = self.state_spec
+        if spec is None or not self.stateful:
+            raise ConfigError(
+                f"runtime {self.name} does not run {self.artifact.path} as a stateful step",
+                hint="a stateful model names state inputs and outputs fed back (present.N.key -> "
+                "past_key_values.N.key, stateN -> state); give others as backend.declared_state = StateSpec(...)",
+            )
+        return spec
 
 
 def _FORMATS_BY_RUNTIME() -> dict[str, frozenset[Format]]:

@@ -141,6 +141,12 @@ class OrtBackend(RuntimeBackend):
         names = [o.name for o in self.session.get_outputs()]
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, self.session.run(names, feed), strict=True)}
 
+    def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output by name as the graph returns it (a stateful step's state is fed back unconverted)."""
+        feed = {k: v for k, v in inputs.items() if k in self._input_names}
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed), strict=True))
+
     def synchronize(self) -> None:
         """Nothing to wait for: ``InferenceSession.run`` returns host outputs after the device finished."""
 

@@ -386,3 +386,88 @@ def fast_host(tmp_path_factory) -> str:
     p.write_text(yaml.safe_dump({"name": "fast-host", "extends": "host", "measure": {
         "warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8}}), encoding="utf-8")
     return str(p)
+
+
+# -- tiny stateful ONNX graphs (a state fed back from step to step), built with onnx.helper ----------------------
+
+def _onnx_artifact(d: Path, graph, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]],
+                   arrays: dict[str, tuple[list, str]]):
+    """An ONNX artifact of ``graph`` (generic task, fed as arrays) whose manifest lists its tensors."""
+    import onnx
+    from onnx import helper
+
+    from compress.artifact import (
+        ArrayPreprocess,
+        Artifact,
+        Format,
+        Manifest,
+        Precision,
+        SourceInfo,
+        Task,
+        TensorSpec,
+    )
+
+    d.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), d / "model.onnx")
+    manifest = Manifest(
+        task=Task.generic, format=Format.onnx, precision=Precision.fp32, model_file="model.onnx",
+        inputs=[TensorSpec(name=n, dtype=t, shape=s) for n, t, s in inputs],
+        outputs=[TensorSpec(name=n, dtype=t, shape=s) for n, t, s in outputs],
+        preprocess=ArrayPreprocess(shapes={k: v[0] for k, v in arrays.items()}, dtypes={k: v[1] for k, v in arrays.items()}),
+        source=SourceInfo(path=str(d), sha256="0" * 64),
+    )
+    return Artifact(d, manifest)
+
+
+@pytest.fixture(scope="session")
+def accumulator_artifact(tmp_path_factory):
+    """A recurrent accumulator: ``y = x + state`` and ``stateN = x + state`` (Silero VAD's naming), the state fed back."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "state"], ["sum"]), helper.make_node("Identity", ["sum"], ["y"]),
+         helper.make_node("Identity", ["sum"], ["stateN"])],
+        "accumulator",
+        [helper.make_tensor_value_info("x", f, ["batch", 4]), helper.make_tensor_value_info("state", f, ["batch", 4])],
+        [helper.make_tensor_value_info("y", f, ["batch", 4]), helper.make_tensor_value_info("stateN", f, ["batch", 4])],
+    )
+    return _onnx_artifact(tmp_path_factory.mktemp("accumulator"), graph,
+                          [("x", "float32", ["batch", 4]), ("state", "float32", [1, 4])],
+                          [("y", "float32", ["batch", 4]), ("stateN", "float32", ["batch", 4])],
+                          {"x": ([4], "float32")})
+
+
+KV_VOCAB, KV_WIDTH = 8, 4
+
+
+@pytest.fixture(scope="session")
+def kv_cache_artifact(tmp_path_factory):
+    """A toy causal LM with a one-layer KV cache: token embeddings are appended to ``past_key_values.0.key`` (the
+    past grows by the tokens fed, ``present.0.key`` returns it) and ``logits`` are the mean of the cache times an
+    output matrix (one position)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    emb = numpy_helper.from_array(rng.normal(size=(KV_VOCAB, KV_WIDTH)).astype(np.float32), "emb")
+    out = numpy_helper.from_array(rng.normal(size=(KV_WIDTH, KV_VOCAB)).astype(np.float32), "out")
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "input_ids"], ["tok"]),
+         helper.make_node("Concat", ["past_key_values.0.key", "tok"], ["present.0.key"], axis=1),
+         helper.make_node("ReduceMean", ["present.0.key"], ["mean"], axes=[1], keepdims=0),
+         helper.make_node("MatMul", ["mean", "out"], ["logits"])],
+        "kv_cache",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("past_key_values.0.key", f, ["batch", "past_sequence", KV_WIDTH])],
+        [helper.make_tensor_value_info("logits", f, ["batch", KV_VOCAB]),
+         helper.make_tensor_value_info("present.0.key", f, ["batch", "total_sequence", KV_WIDTH])],
+        initializer=[emb, out],
+    )
+    return _onnx_artifact(tmp_path_factory.mktemp("kv_cache"), graph,
+                          [("input_ids", "int64", ["batch", "sequence"]),
+                           ("past_key_values.0.key", "float32", ["batch", "past_sequence", KV_WIDTH])],
+                          [("logits", "float32", ["batch", KV_VOCAB]),
+                           ("present.0.key", "float32", ["batch", "total_sequence", KV_WIDTH])],
+                          {"input_ids": ([None], "int64")})

@@ -1,4 +1,5 @@
-"""Latency measurement and statistics, plus the fresh-process probe for cold start and peak memory.
+"""Latency measurement and statistics, the shapes of measurement (one forward pass, a prompt then N generated
+tokens, a stream of chunks: :class:`Measurement`), plus the fresh-process probe for cold start and peak memory.
 
 Percentiles use the nearest-rank definition: the p-th percentile of n sorted samples is the value at
 rank ceil(p/100 * n) (1-based). Every figure is reported with its run count and coefficient of variation.
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from compress.errors import StageError
 from compress.progress import Progress, start_phase
@@ -125,6 +126,146 @@ def measure_interleaved(
     samples = time_interleaved(runs, warmup, min_runs, min_duration_s, max_runs, rounds,
                                on_round=on_round if advance else None)
     return {name: LatencyStats.from_samples(s, batch_size) for name, s in samples.items()}
+
+
+# -- measurement shapes --------------------------------------------------------------------------
+#
+# A measurement is a shape of work timed on the host: one forward pass (validate's), a prompt then N generated
+# tokens, a stream of chunks with the state fed back. Each is built with what it times and returns its figures as
+# LatencyStats by name, so reports read them alike.
+
+
+@runtime_checkable
+class Measurement(Protocol):
+    """A shape of measurement: ``measure(progress)`` times its work and returns :class:`LatencyStats` by name."""
+
+    kind: ClassVar[str]
+
+    def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]: ...
+
+
+@dataclass
+class ForwardPass:
+    """One forward pass per call: each callable (an artifact's ``run`` then ``synchronize``, its baseline's) timed
+    in interleaved rounds by :func:`measure_interleaved`; the figures are each callable's by its name."""
+
+    kind: ClassVar[str] = "forward"
+    runs: dict[str, Callable[[], Any]]
+    batch_size: int
+    warmup: int = 10
+    min_runs: int = 100
+    min_duration_s: float = 5.0
+    max_runs: int = 10000
+    rounds: int = 10
+    phase: str = "timing"
+
+    def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]:
+        return measure_interleaved(
+            self.runs, batch_size=self.batch_size, warmup=self.warmup, min_runs=self.min_runs,
+            min_duration_s=self.min_duration_s, max_runs=self.max_runs, rounds=self.rounds, progress=progress,
+            phase=self.phase,
+        )
+
+
+def greedy_next(outputs: dict[str, Any], feeds: dict[str, Any]) -> dict[str, Any]:
+    """The next step's feeds of a causal LM decoded greedily: the arg-max token of the last position's ``logits``
+    as ``input_ids`` (one position per row); an ``attention_mask`` grows by one position."""
+    import numpy as np
+
+    logits = outputs["logits"]
+    last = logits[:, -1, :] if logits.ndim == 3 else logits
+    nxt = {"input_ids": np.argmax(last, axis=-1).astype(feeds["input_ids"].dtype)[:, None]}
+    if "attention_mask" in feeds:
+        mask = feeds["attention_mask"]
+        nxt["attention_mask"] = np.concatenate([mask, np.ones((len(mask), 1), dtype=mask.dtype)], axis=1)
+    return nxt
+
+
+@dataclass
+class Generation:
+    """A prompt, then ``new_tokens`` generated one at a time with the state (a KV cache) fed back: a runtime's
+    :meth:`~compress.runtimes.base.RuntimeBackend.prefill` then ``step``, repeated ``repeats`` times (after
+    ``warmup`` untimed ones).
+
+    Figures: ``time_to_first_token`` (the prefill, one sample per repeat) and ``decode`` (one sample per generated
+    token; its ``throughput`` is decode tokens per second over the batch's rows). ``next_feeds(outputs, feeds)``
+    makes a step's feeds from the last outputs (default :func:`greedy_next`)."""
+
+    kind: ClassVar[str] = "generation"
+    backend: Any
+    prompt: dict[str, Any]
+    new_tokens: int = 16
+    repeats: int = 5
+    warmup: int = 1
+    next_feeds: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = greedy_next
+
+    def generate(self) -> tuple[float, list[float], list[dict[str, Any]]]:
+        """One timed generation: (prefill seconds, each decode step's seconds, every call's outputs)."""
+        b = self.backend
+        t0 = time.perf_counter()
+        outputs, state = b.prefill(self.prompt)
+        b.synchronize()
+        first = time.perf_counter() - t0
+        seen, feeds, steps = [outputs], self.prompt, []
+        for _ in range(self.new_tokens):
+            feeds = self.next_feeds(outputs, feeds)
+            t0 = time.perf_counter()
+            outputs, state = b.step(feeds, state)
+            b.synchronize()
+            steps.append(time.perf_counter() - t0)
+            seen.append(outputs)
+        return first, steps, seen
+
+    def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]:
+        advance = start_phase(progress, "generation") if progress else None
+        for _ in range(self.warmup):
+            self.generate()
+        firsts, steps = [], []
+        for i in range(self.repeats):
+            first, decode, _ = self.generate()
+            firsts.append(first)
+            steps += decode
+            if advance:
+                advance((i + 1) / self.repeats)
+        rows = len(next(iter(self.prompt.values())))
+        return {"time_to_first_token": LatencyStats.from_samples(firsts, rows),
+                "decode": LatencyStats.from_samples(steps, rows)}
+
+
+@dataclass
+class Stream:
+    """A stream of chunks (audio frames, sensor windows) through a stateful step, the state fed back from chunk to
+    chunk: a runtime's ``prefill`` on the first chunk then ``step`` on each next one, the whole stream ``repeats``
+    times (after ``warmup`` untimed passes). Figures: ``chunk``, one sample per chunk."""
+
+    kind: ClassVar[str] = "stream"
+    backend: Any
+    chunks: list[dict[str, Any]]
+    repeats: int = 5
+    warmup: int = 1
+
+    def run_stream(self) -> tuple[list[float], list[dict[str, Any]]]:
+        """One timed pass over the stream: (each chunk's seconds, each chunk's outputs)."""
+        b, samples, seen, state = self.backend, [], [], None
+        for i, chunk in enumerate(self.chunks):
+            t0 = time.perf_counter()
+            outputs, state = b.prefill(chunk) if i == 0 else b.step(chunk, state)
+            b.synchronize()
+            samples.append(time.perf_counter() - t0)
+            seen.append(outputs)
+        return samples, seen
+
+    def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]:
+        advance = start_phase(progress, "stream") if progress else None
+        for _ in range(self.warmup):
+            self.run_stream()
+        samples = []
+        for i in range(self.repeats):
+            samples += self.run_stream()[0]
+            if advance:
+                advance((i + 1) / self.repeats)
+        rows = len(next(iter(self.chunks[0].values())))
+        return {"chunk": LatencyStats.from_samples(samples, rows)}
 
 
 # -- fresh-process probe -------------------------------------------------------------------------
