@@ -401,12 +401,15 @@ def test_every_page_has_a_title_and_a_summary(page):
 NOT_IN_THE_REPOSITORY = {"edgecompress_device.py", "model.yaml"}  # the name shipped to a device; the user's file
 
 
+def _folder_map() -> str:
+    """The code block under docs/architecture.md's "## Folder map"."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    return next(code for code, _ in _blocks_of(text[text.index("## Folder map"):]))
+
+
 def test_the_folder_map_names_files_that_exist():
     """docs/architecture.md's folder map: every file and folder it names exists (the layout moves; the map must follow)."""
-    page = ROOT / "docs" / "architecture.md"
-    text = page.read_text(encoding="utf-8")
-    section = text[text.index("## Folder map"):]
-    block = next(code for code, _ in _blocks_of(section))
+    block = _folder_map()
     tree = [p for base in ("compress", "runtimes", "tests", "benchmarks", "profiles", "docs", ".ci")
             for p in (ROOT / base).rglob("*") if "__pycache__" not in p.parts and ".cache" not in p.parts]
     names = {p.name for p in tree} | {p.name + "/" for p in tree if p.is_dir()}
@@ -423,3 +426,61 @@ def test_the_folder_map_names_files_that_exist():
 def _blocks_of(markdown: str):
     for m in FENCE.finditer(markdown):
         yield m.group(3), m.start(3)
+
+
+ENTRY_INDENT = 16  # a map line whose first name starts left of this column is an entry (a folder or a file), not
+#                    the continued description of the line above
+
+
+def mapped_modules(block: str) -> set[str]:
+    """The paths of the ``.py`` files the folder map names, each by its file name in its folder's lines: on the line of
+    the folder (``quantize/  onnxruntime.py (+ graph.py)``, continued lines included), or as an entry of its own
+    under that folder (``  artifact.py  the artifact ...``); a name with a folder (``bundle_template/handler.py``)
+    is relative to the folder of the line that names it."""
+    named: set[str] = set()
+    stack: list[tuple[int, str]] = []  # (indent, folder path): the folders enclosing the current line
+    here = ""  # the folder whose line this is (a file entry's: the folder it sits in)
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip())
+        text = line.strip()
+        if not text:
+            continue
+        if indent < ENTRY_INDENT:
+            entry, _, text = text.partition(" ")
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            parent = stack[-1][1] if stack else ""
+            if entry.endswith("/"):
+                here = parent + entry
+                stack.append((indent, here))
+            else:
+                here = parent
+                named.add(parent + entry)
+        named |= {here + name for name in re.findall(r"(?<![\w./-])([\w/-]+\.py)(?![\w])", text)}
+    return named
+
+
+def test_the_folder_map_names_every_module():
+    """Every module of the library (a ``.py`` under compress/ or runtimes/, packages' ``__init__.py`` aside) is named in
+    docs/architecture.md's folder map, under its folder's line: a module added, moved or renamed updates the map."""
+    named = mapped_modules(_folder_map())
+    modules = sorted(p.relative_to(ROOT).as_posix() for base in ("compress", "runtimes") for p in (ROOT / base).rglob("*.py")
+                     if p.name != "__init__.py" and "__pycache__" not in p.parts)
+    missing = [m for m in modules if m not in named]
+    assert not missing, f"docs/architecture.md's folder map does not name {missing}"
+
+
+def test_the_folder_map_reads_a_files_folder_from_its_line():
+    block = ("compress/                  the library\n"
+             "  artifact.py              the artifact (like runtimes/base.py's table)\n"
+             "  stages/                  the verbs\n"
+             "    export/                  onnx.py (ONNX), tensorrt.py +\n"
+             "                             shapes.py\n"
+             "    spec.py                  what each stage accepts\n"
+             "  device/                  shipped.py, bundle_template/handler.py\n"
+             "runtimes/                  base.py's interface; host.py\n")
+    assert mapped_modules(block) == {
+        "compress/artifact.py", "compress/runtimes/base.py", "compress/stages/export/onnx.py",
+        "compress/stages/export/tensorrt.py", "compress/stages/export/shapes.py", "compress/stages/spec.py",
+        "compress/device/shipped.py", "compress/device/bundle_template/handler.py", "runtimes/base.py",
+        "runtimes/host.py"}
