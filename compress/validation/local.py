@@ -30,14 +30,14 @@ from compress import __version__
 from compress.artifact import Artifact, Format, Task
 from compress.device.shipped import cpu_model
 from compress.errors import MissingBackendError
-from compress.host.measure import LatencyStats, measure_interleaved, probe_cold_start
+from compress.host.measure import ForwardPass, LatencyStats, probe_cold_start
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
+from compress.tasks.values import VALUE_TASKS
 from compress.validation.common import ValidationReport, ValidationRun, baseline_artifact, conclude, latency_texts
 from compress.validation.metrics import prediction_metrics
 from compress.validation.teacher_outputs import predict_all
-from compress.validation.values import VALUE_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def validate(
     from compress.profiles.load import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
     from compress.runtimes.host import runtime_for
-    from compress.teachers.load import load_teacher, teacher_format
+    from compress.teachers.load import load_teacher
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()
@@ -211,38 +211,18 @@ def validate(
     runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
     baseline_backend = None
     if config.baseline and teacher is not None and not estimating:
-        if art.format is Format.pytorch:
-            warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
-        elif meas.speedup_baseline is SpeedupBaseline.pytorch and teacher_format(teacher) is Format.pytorch:
-            # what the artifact replaces, on every core
-            baseline_backend = load_runtime(teacher.as_artifact(), "torch",
-                                            RuntimeSettings(threads=profile.hardware.cores))
-            metrics["speedup_baseline"] = f"teacher in PyTorch FP32 on {profile.hardware.cores} thread(s)"
-        else:
-            base_art = baseline_artifact(teacher, runtime_name, art, allow_pickle=config.allow_pickle)
-            if base_art is not None:
-                baseline_backend = load_runtime(base_art, runtime_name, settings)
+        baseline_backend = _baseline_backend(run, runtime_name, metrics)
         if baseline_backend is not None:
             runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
     if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
         start_phase(progress, "estimating latency (roofline)")
         stats, estimates = _estimate_latency(run, runtime_name)
     else:
-        stats = measure_interleaved(
+        stats = ForwardPass(
             runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
-            min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
-            progress=progress, phase=f"timing {' and '.join(runs)}",
-        )
-    env = {
-        "host": platform.node(),
-        "machine": platform.machine(),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
-        "edgecompress": __version__,
-        "runtime": backend.describe(),
-        "measured_on": "local",
-        "cache": {**cache_usage(), **cache_use},
-    }
+            min_duration_s=meas.min_duration_s, max_runs=meas.max_runs, phase=f"timing {' and '.join(runs)}",
+        ).measure(progress)
+    env = _environment(backend, {**cache_usage(), **cache_use})
     backend.close()
     if baseline_backend is not None:
         baseline_backend.close()
@@ -257,6 +237,39 @@ def validate(
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, run, device, estimates) if estimating else _note_device(report, device)
+
+
+def _baseline_backend(run: ValidationRun, runtime_name: str, metrics: dict[str, Any]):
+    """The teacher's FP32 baseline loaded for timing beside the artifact: in PyTorch on every core when the profile's
+    ``measure.speedup_baseline`` asks for what the artifact replaces, else in the artifact's runtime and settings
+    (the baseline exported once and cached: :func:`~compress.validation.common.baseline_artifact`); None where
+    there is none (the artifact is the PyTorch model itself: noted in the warnings)."""
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.teachers.load import teacher_format
+
+    art, teacher, profile = run.art, run.teacher, run.profile
+    if art.format is Format.pytorch:
+        run.warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
+        return None
+    if profile.measure.speedup_baseline is SpeedupBaseline.pytorch and teacher_format(teacher) is Format.pytorch:
+        metrics["speedup_baseline"] = f"teacher in PyTorch FP32 on {profile.hardware.cores} thread(s)"
+        return load_runtime(teacher.as_artifact(), "torch", RuntimeSettings(threads=profile.hardware.cores))
+    base_art = baseline_artifact(teacher, runtime_name, art, allow_pickle=run.config.allow_pickle)
+    return None if base_art is None else load_runtime(base_art, runtime_name, run.settings)
+
+
+def _environment(backend, cache: dict[str, Any]) -> dict[str, Any]:
+    """Where the figures were measured: this machine, its Python and edgecompress, the runtime, the cache."""
+    return {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "edgecompress": __version__,
+        "runtime": backend.describe(),
+        "measured_on": "local",
+        "cache": cache,
+    }
 
 
 def _accuracy(backend, run: ValidationRun, settings, cache_use: dict[str, Any]) -> dict[str, Any]:
