@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from compress.artifact import load_artifact
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.metrics import output_fidelity
+    from compress.tasks.outputs import output_fidelity
 
     fp32 = load_artifact(args.work / "artifacts" / "mobilenet_v2_features" / "fp32")
     calibration_npz = args.work / "photos-calibration.npz"

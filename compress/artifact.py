@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress import __version__
 from compress.device.shipped import sha256_file
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
+from compress.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +52,6 @@ class Precision(StrEnum):
     bf16 = "bf16"
     int8 = "int8"
     int4 = "int4"
-
-
-class Task(StrEnum):
-    text_classification = "text-classification"
-    feature_extraction = "feature-extraction"
-    image_classification = "image-classification"
-    #: a label per word (named entities): token-level class scores read at each word's first sub-token
-    token_classification = "token-classification"
-    #: numbers out (sensor readings, scores): judged by MAE, RMSE and R² against target values
-    regression = "regression"
-    #: any number of classes per sample: scores per class, each one in when its probability passes a threshold
-    multi_label_classification = "multi-label-classification"
-    #: a class per pixel: class scores on the class axis (``postprocess.class_axis``), judged by mean IoU
-    semantic_segmentation = "semantic-segmentation"
-    #: one probability per pixel (text or defect maps): binarised at a threshold, judged by IoU
-    probability_map = "probability-map"
-    #: a character sequence per sample (OCR lines, keyword spotting): CTC scores decoded greedily over an alphabet
-    ctc_recognition = "ctc-recognition"
-    #: boxes, scores and classes from a declared output layout (``postprocess.boxes``), judged by COCO mAP
-    object_detection = "object-detection"
-    #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
-    #: model (cosine, SNR) and by a user's --metric
-    generic = "generic"
 
 
 class TensorSpec(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.validation.metrics import row_cosines
+from compress.tasks.outputs import row_cosines
 
 
 @dataclass

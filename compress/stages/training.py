@@ -255,7 +255,7 @@ def score(pred: np.ndarray, teacher_pred: np.ndarray, labels, metric: str, tags:
     the teacher (entity F1 against the teacher's entities), or cosine to the teacher's embeddings. ``metric``:
     ``"accuracy"``, ``"agreement"`` or ``"cosine"`` (distill's ``Metric``)."""
     if tags is not None:
-        from compress.validation.entities import entity_metrics
+        from compress.tasks.entities import entity_metrics
 
         if metric == "accuracy":
             return entity_metrics(tags, pred, None, labels)["metric"]

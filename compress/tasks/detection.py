@@ -28,7 +28,7 @@ import numpy as np
 
 from compress.errors import ConfigError, DataError
 
-__all__ = ["check_layout", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
+__all__ = ["check_layout", "check_postprocess", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
 
 #: a teacher box counts as ground truth for agreement from this score on, unless postprocess.threshold says
 AGREEMENT_SCORE = 0.5
@@ -61,6 +61,16 @@ def check_layout(post, shape, num_classes: int | None) -> bool:
               f"{5 + num_classes}] (box, objectness, scores) or either transposed")
     raise ConfigError(f"output {list(shape)} does not fit object detection with {num_classes} labels: expected "
                       f"{expect}", hint="check labels (their number) and postprocess.nms in model.yaml")
+
+
+def check_postprocess(post, shape, labels: list[str] | None, preprocess, where: str) -> None:
+    """A model file's postprocess block (its output layout) against its output's ``shape`` and its labels, and its
+    preprocess (boxes map back through an exact or letterboxed resize); ConfigError starting with ``where`` if not."""
+    try:
+        check_layout(post, shape, len(labels or []))
+        check_preprocess(preprocess)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e.message}", hint=e.hint) from None
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from compress.errors import ConfigError, DataError
 
-__all__ = ["check_alphabet", "ctc_decode", "ctc_metrics"]
+__all__ = ["check_alphabet", "check_postprocess", "ctc_decode", "ctc_metrics"]
 
 
 def check_alphabet(postprocess, classes: int | None, where: str) -> None:
@@ -34,6 +34,12 @@ def check_alphabet(postprocess, classes: int | None, where: str) -> None:
     if not 0 <= postprocess.blank < len(postprocess.alphabet) + 1:
         raise ConfigError(f"{where}: blank class {postprocess.blank} is not one of the output's classes",
                           hint="blank: the class id of the CTC blank (usually 0)")
+
+
+def check_postprocess(postprocess, shape, labels: list[str] | None, preprocess, where: str) -> None:
+    """A model file's alphabet against its output's class count (the last axis of ``shape``, where known)."""
+    width = shape[-1] if shape else None
+    check_alphabet(postprocess, width if isinstance(width, int) else None, where)
 
 
 def ctc_decode(scores: np.ndarray, postprocess) -> list[str]:

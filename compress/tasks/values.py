@@ -1,7 +1,7 @@
 """Regression and multi-label classification: metrics from scikit-learn's ``sklearn.metrics``.
 
 * **Regression** (``task: regression``): MAE, RMSE and R² of the outputs against the target values. MAE is the
-  metric. Lower is better, so retention is the teacher's MAE over the artifact's (1.0 when they are equal, below 1
+  metric. Lower is better (its entry in :data:`compress.tasks.TASKS` says so), so retention is the teacher's MAE over the artifact's (1.0 when they are equal, below 1
   when the artifact is worse): ``min_accuracy_retention: 0.99`` allows about 1% more error. ``mae_increase`` is the
   relative increase (``max_mae_increase`` budgets it). Agreement is R² of the artifact's outputs against the
   teacher's.
@@ -17,14 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Task
 from compress.errors import DataError
 
-__all__ = ["VALUE_TASKS", "multilabel_metrics", "regression_metrics"]
-
-#: tasks whose labels are arrays or strings per sample (targets, 0/1 flags, label maps, texts), not one class id
-VALUE_TASKS = (Task.regression, Task.multi_label_classification, Task.semantic_segmentation, Task.probability_map,
-               Task.ctc_recognition)
+__all__ = ["multilabel_metrics", "regression_metrics"]
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -57,7 +52,7 @@ def regression_metrics(cand: np.ndarray, ref: np.ndarray | None, labels) -> dict
     agreement (R² against the teacher's outputs)."""
     sk = _sklearn()
     y, pred = _targets(labels, cand, "target values"), _rows(cand)
-    metrics: dict[str, Any] = {"metric_name": "mae", "lower_is_better": True}
+    metrics: dict[str, Any] = {"metric_name": "mae"}  # lower is better: TASKS says so
 
     def scores(p: np.ndarray) -> dict[str, float]:
         return {"mae": float(sk.mean_absolute_error(y, p)), "rmse": float(np.sqrt(sk.mean_squared_error(y, p))),

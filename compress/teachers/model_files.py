@@ -44,6 +44,7 @@ from compress.artifact import (
 from compress.device.shipped import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.formats import file_format
+from compress.tasks import TASKS, load
 from compress.teachers.checkpoints import InfoTeacher
 
 __all__ = ["MIN_OPSET", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
@@ -391,25 +392,16 @@ def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], o
     preprocess = _preprocess(p, desc, inputs)
     task = _task(desc, preprocess)
     labels = desc.labels
-    if task in (Task.text_classification, Task.image_classification, Task.object_detection) and not labels:
+    info = TASKS[task]
+    if info.needs_class_names and not labels:
         raise ConfigError(f"{description_file(p)}: task {task} needs labels", hint="labels: [class names by id]")
-    if task is Task.object_detection:  # the layout against the output's shape and the labels, before anything runs
-        from compress.validation.detection import check_layout, check_preprocess
-
-        try:
-            check_layout(desc.postprocess or Postprocess(), outputs[0].shape if outputs else [], len(labels))
-            check_preprocess(preprocess)
-        except ConfigError as e:
-            raise ConfigError(f"{description_file(p)}: {e.message}", hint=e.hint) from None
+    post = desc.postprocess or Postprocess()
+    if info.check is not None:  # the postprocess block against the output's shape and the labels, before anything runs
+        load(info.check)(post, outputs[0].shape if outputs else [], labels, preprocess, str(description_file(p)))
+    if info.labels == "boxes":  # no class axis: boxes, scores and classes
         return task, labels, preprocess, 0
-    if task is Task.ctc_recognition:
-        from compress.validation.sequences import check_alphabet
-
-        width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
-        check_alphabet(desc.postprocess or Postprocess(), width if isinstance(width, int) else None,
-                       str(description_file(p)))
-    axis = desc.postprocess.class_axis if desc.postprocess and desc.postprocess.class_axis is not None else \
-        1 if task is Task.semantic_segmentation else -1  # where the class scores are
+    axis = post.class_axis if post.class_axis is not None else \
+        info.class_axis if info.class_axis is not None else -1  # where the class scores are
     shape = outputs[0].shape if outputs else []
     width = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
     if labels and isinstance(width, int) and width != len(labels):

@@ -22,19 +22,20 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from compress import __version__
-from compress.artifact import Artifact, Format, Task
+from compress.artifact import Artifact, Format
 from compress.device.shipped import cpu_model
 from compress.errors import MissingBackendError
 from compress.host.measure import ForwardPass, LatencyStats, probe_cold_start
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
-from compress.tasks.values import VALUE_TASKS
+from compress.settings import Section, Settings
+from compress.tasks import TASKS
 from compress.validation.common import ValidationReport, ValidationRun, baseline_artifact, conclude, latency_texts
 from compress.validation.metrics import prediction_metrics
 from compress.validation.teacher_outputs import predict_all
@@ -51,10 +52,28 @@ class EstimateMode(StrEnum):
     never = "never"  # time on this machine whatever the profile says (its figures are this machine's)
 
 
-class ValidateConfig(BaseModel):
-    """Settings of ``edgecompress validate``."""
+#: 2: the measurement options nested in ``measure`` (baseline, cold_start, estimate); a flat v1 key names its new home
+CONFIG_VERSION = 2
 
-    model_config = ConfigDict(extra="forbid")
+
+class MeasureOptions(Section):
+    """What validate measures beside accuracy: the FP32 baseline, the cold start, and when latency is estimated."""
+
+    baseline: bool = Field(
+        True, description="Time the teacher's FP32 baseline (speedup; the profile's measure.speedup_baseline says which).")
+    cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
+    estimate: EstimateMode = Field(
+        EstimateMode.auto,
+        description="auto: estimate latency (roofline, UNVERIFIED) when this machine is not the profiled device; "
+        "always: estimate even on it; never: time on this machine regardless.",
+    )
+
+
+class ValidateConfig(Settings):
+    """Settings of ``edgecompress validate``; the measurement options in ``measure`` (the CLI's flat flags and a
+    version-1 recipe's keys ``baseline``, ``cold_start``, ``estimate`` nest there through ``MOVED``)."""
+
+    MOVED: ClassVar[dict[str, str]] = {k: f"measure.{k}" for k in MeasureOptions.model_fields}
 
     profile: str = Field("host", description="Built-in profile name, 'host', or a profile YAML path.")
     data: str | None = Field(None, description="Labelled eval data (CSV/TSV/JSONL/Parquet/datasets dir).")
@@ -65,14 +84,7 @@ class ValidateConfig(BaseModel):
     text_pair_column: str | None = Field(None, description="Second text column for pair tasks.")
     label_column: str | None = Field(None, description="Label column (auto-detected when omitted).")
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
-    baseline: bool = Field(
-        True, description="Time the teacher's FP32 baseline (speedup; the profile's measure.speedup_baseline says which).")
-    cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
-    estimate: EstimateMode = Field(
-        EstimateMode.auto,
-        description="auto: estimate latency (roofline, UNVERIFIED) when this machine is not the profiled device; "
-        "always: estimate even on it; never: time on this machine regardless.",
-    )
+    measure: MeasureOptions = Field(default_factory=MeasureOptions, description="What is measured beside accuracy.")
     allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
     trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
     cache: bool = Field(True, description="Reuse and store the teacher's outputs on the eval data in the cache "
@@ -161,12 +173,12 @@ def validate(
     # eval data and teacher
     dataset = None
     if config.data:
-        one_label = m.labels is not None and m.task not in VALUE_TASKS  # a class id per sample
+        one_label = m.labels is not None and TASKS[m.task].labels != "values"  # labels named by class
         label2id = {name: i for i, name in enumerate(m.labels)} if one_label else None
         dataset = load_inputs(
             config.data, m.preprocess, text_column=config.text_column, text_pair_column=config.text_pair_column,
             label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if one_label else None,
-            require_labels=one_label, limit=config.limit, targets=m.task is Task.regression,
+            require_labels=one_label, limit=config.limit, targets=TASKS[m.task].targets,
         )
     tdir = _teacher_dir(art, config.teacher)
     teacher = None
@@ -210,7 +222,7 @@ def validate(
     batch = backend.encode(texts, pad_to=meas.sequence_length)
     runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
     baseline_backend = None
-    if config.baseline and teacher is not None and not estimating:
+    if config.measure.baseline and teacher is not None and not estimating:
         baseline_backend = _baseline_backend(run, runtime_name, metrics)
         if baseline_backend is not None:
             runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
@@ -229,7 +241,7 @@ def validate(
 
     # cold start, peak memory
     cold = None
-    if config.cold_start:
+    if config.measure.cold_start:
         start_phase(progress, "cold start in a fresh process")
         cold = probe_cold_start(
             art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
@@ -297,8 +309,8 @@ def _other_outputs(backend, run: ValidationRun, settings) -> dict[str, Any]:
     import numpy as np
 
     from compress.runtimes.base import load_runtime
+    from compress.tasks.outputs import output_fidelity
     from compress.teachers.load import teacher_format
-    from compress.validation.metrics import output_fidelity
 
     teacher, dataset, batch_size = run.teacher, run.dataset, run.profile.measure.eval_batch_size
     if teacher_format(teacher) is Format.pytorch:  # a PyTorch teacher gives its primary output only
@@ -350,11 +362,11 @@ def _runner(backend, batch) -> Callable[[], Any]:
 # -- estimate mode: this machine is not the profiled device --------------------------------------
 
 def _device_check(profile, config: ValidateConfig, warnings: list[str]):
-    """(DeviceMatch, estimate?) for a local run of ``profile`` under ``config.estimate``."""
+    """(DeviceMatch, estimate?) for a local run of ``profile`` under ``config.measure.estimate``."""
     from compress.profiles.host import match_device
 
     device = match_device(profile)
-    mode = EstimateMode(config.estimate)
+    mode = EstimateMode(config.measure.estimate)
     if mode is EstimateMode.always:
         return device, True
     if device.is_device:
@@ -404,10 +416,10 @@ def _estimate_latency(run: ValidationRun, runtime_name: str) -> tuple[dict[str, 
         return {"artifact": _point_stats(float("nan"), meas.batch_size)}, {}
     out: dict[str, Any] = {"artifact": est}
     stats = {"artifact": _point_stats(est.latency_ms, meas.batch_size)}
-    if config.baseline and teacher is not None and profile.measure.speedup_baseline is SpeedupBaseline.pytorch:
+    if config.measure.baseline and teacher is not None and profile.measure.speedup_baseline is SpeedupBaseline.pytorch:
         warnings.append("speedup against the PyTorch teacher (measure.speedup_baseline: pytorch) is measured on the "
                         "device, not estimated: no speedup")
-    elif config.baseline and teacher is not None and art.format is not Format.pytorch:
+    elif config.measure.baseline and teacher is not None and art.format is not Format.pytorch:
         base_art = baseline_artifact(teacher, runtime_name, art, allow_pickle=config.allow_pickle)
         if base_art is not None:
             out["baseline"] = estimate(base_art, profile, peaks=peaks)

@@ -228,7 +228,7 @@ def test_the_handler_of_a_token_classifier_returns_entities_with_offsets(ner_tea
 
     from compress.runtimes.base import load_runtime
     from compress.stages.export import export
-    from compress.validation.entities import tags_of
+    from compress.tasks.entities import tags_of
 
     ner_onnx = export(ner_teacher, tmp_path / "ner-onnx")
 

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from compress.progress import to_lines
-from tests.cli.test_cli import assert_one_line_error, edgecompress
-from tests.conftest import GENEROUS_BUDGETS, write_search_workspace, write_tsv
+from tests.conftest import GENEROUS_BUDGETS, assert_one_line_error, edgecompress, write_search_workspace, write_tsv
 
 pytest.importorskip("optuna")
 pytest.importorskip("jinja2")
@@ -625,8 +624,8 @@ def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_te
     from compress.runtimes.torch_backend import TorchBackend
     from compress.search.config import SearchConfig
     from compress.search.run import run_search
+    from compress.tasks.entities import tags_of
     from compress.teachers.load import load_teacher
-    from compress.validation.entities import tags_of
     from tests.conftest import NER_SENTENCES, NER_TAGS
 
     sentences = NER_SENTENCES * 2  # 48 sentences: 24 ranked, 24 held out

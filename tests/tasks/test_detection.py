@@ -75,7 +75,7 @@ def _own_boxes(art, images: list[Path], cut: float = 0.5) -> dict:
     from PIL import Image
 
     from compress.runtimes.base import load_runtime
-    from compress.validation.detection import decode, to_image
+    from compress.tasks.detection import decode, to_image
 
     m = art.manifest
     backend = load_runtime(art)
@@ -96,7 +96,7 @@ def _own_boxes(art, images: list[Path], cut: float = 0.5) -> dict:
 def _validate(art, data: Path):
     from compress.validation.local import ValidateConfig, validate
 
-    return validate(art, ValidateConfig(data=str(data), cold_start=False, profile=FAST_HOST))
+    return validate(art, ValidateConfig.from_flat(data=str(data), cold_start=False, profile=FAST_HOST))
 
 
 def test_a_detector_goes_adopt_int8_validate_with_coco_map(tmp_path):
@@ -134,7 +134,7 @@ def test_a_detector_goes_adopt_int8_validate_with_coco_map(tmp_path):
 
 
 def test_nms_keeps_the_best_box_of_each_overlapping_group_per_class():
-    from compress.validation.detection import nms
+    from compress.tasks.detection import nms
 
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]], dtype=float)
     scores = np.array([0.9, 0.8, 0.7, 0.6])
@@ -147,7 +147,7 @@ def test_nms_keeps_the_best_box_of_each_overlapping_group_per_class():
 
 @pytest.mark.parametrize("layout", ["yolov8", "yolov8-transposed", "yolov5", "nms"])
 def test_each_output_layout_decodes_to_the_same_detection(layout):
-    from compress.validation.detection import decode
+    from compress.tasks.detection import decode
 
     logit = 4.0  # sigmoid 0.982
     box = [16.0, 12.0, 8.0, 6.0]  # cx, cy, w, h
@@ -169,7 +169,7 @@ def test_each_output_layout_decodes_to_the_same_detection(layout):
 
 def test_letterboxed_boxes_map_back_to_the_image():
     from compress.device.shipped import ImageFeeds
-    from compress.validation.detection import to_image
+    from compress.tasks.detection import to_image
 
     pre = ImagePreprocess(size=[32, 32], resize="letterbox")
     x = ImageFeeds.from_spec(pre.model_dump()).pixels(np.zeros((20, 40, 3), np.uint8))

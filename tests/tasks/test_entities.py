@@ -27,8 +27,8 @@ def write_conll(path: Path, sentences: list[list[str]], tags: list[list[str]]) -
 def labelled(ner_teacher, tmp_path_factory) -> Path:
     """CoNLL data whose tags are the teacher's own predictions."""
     from compress.runtimes.torch_backend import TorchBackend
+    from compress.tasks.entities import tags_of
     from compress.teachers.load import load_teacher
-    from compress.validation.entities import tags_of
 
     backend = TorchBackend.from_teacher(load_teacher(ner_teacher))
     scores = backend.predict_text(SENTENCES)
@@ -68,7 +68,7 @@ def test_first_subtokens_reads_each_word_once():
 def test_the_onnx_export_scores_the_teachers_entities(ner_onnx, labelled, fast_host):
     from compress.validation.local import ValidateConfig, validate
 
-    report = validate(ner_onnx, ValidateConfig(data=str(labelled), cold_start=False, profile=fast_host))
+    report = validate(ner_onnx, ValidateConfig.from_flat(data=str(labelled), cold_start=False, profile=fast_host))
     met = report.metrics
     assert met["metric_name"] == "entity_f1" and met["metric"] == 1.0 and met["teacher_metric"] == 1.0
     assert met["agreement"] == 1.0 and met["retention"] == 1.0
@@ -85,7 +85,7 @@ def test_int8_is_judged_by_its_entities(ner_onnx, labelled, tmp_path, fast_host)
     from compress.validation.local import ValidateConfig, validate
 
     q = quantize(ner_onnx, tmp_path / "int8", QuantizeConfig())
-    report = validate(q, ValidateConfig(data=str(labelled), cold_start=False, profile=fast_host))
+    report = validate(q, ValidateConfig.from_flat(data=str(labelled), cold_start=False, profile=fast_host))
     met = report.metrics
     assert met["metric_name"] == "entity_f1" and 0.0 <= met["metric"] <= 1.0
     assert met["agreement"] == met["metric"]  # the gold tags are the teacher's
@@ -108,7 +108,7 @@ def test_int4_and_openvino_keep_the_words(route, ner_teacher, ner_onnx, labelled
         q = quantize(ov, tmp_path / "q", QuantizeConfig(calibration=str(labelled)))
     assert q.manifest.preprocess.words and q.manifest.task == "token-classification"
     profile = fast_host if route == "int4" else "host"  # (host adapts to an OpenVINO artifact's runtime)
-    met = validate(q, ValidateConfig(data=str(labelled), cold_start=False, profile=profile)).metrics
+    met = validate(q, ValidateConfig.from_flat(data=str(labelled), cold_start=False, profile=profile)).metrics
     assert met["metric_name"] == "entity_f1" and met["agreement"] == met["metric"] and met["metric"] > 0.3
     assert q.manifest.steps[-1].metrics["layer_errors"]["count"] >= 12
 
@@ -153,7 +153,7 @@ def test_bad_conll_is_one_line(tmp_path, text, words):
 
 
 def test_labels_that_are_no_tag_scheme_are_refused():
-    from compress.validation.entities import check_scheme
+    from compress.tasks.entities import check_scheme
 
     check_scheme(TAGS)
     with pytest.raises(ConfigError, match="not an entity tag scheme"):
@@ -189,7 +189,7 @@ def test_distilling_a_token_classifier(ner_teacher, labelled, tmp_path, fast_hos
     assert met["metric"] == "accuracy" and met["teacher_eval_metric"] == 1.0  # the tags are the teacher's
     assert 0.0 <= met["eval_metric"] <= 1.0 and met["history"]
     onnx_student = export(result.artifact.path, tmp_path / "student-onnx")
-    rep = validate(onnx_student, ValidateConfig(data=str(labelled), teacher=str(ner_teacher), cold_start=False,
+    rep = validate(onnx_student, ValidateConfig.from_flat(data=str(labelled), teacher=str(ner_teacher), cold_start=False,
                                                 profile=fast_host))
     assert rep.metrics["metric_name"] == "entity_f1"
     assert rep.metrics["metric"] == pytest.approx(met["eval_metric"], abs=0.02)
@@ -226,7 +226,7 @@ def test_pruning_a_token_classifiers_vocabulary(ner_teacher, labelled, tmp_path,
     assert vocab["after"] < vocab["before"] and vocab["proof"]["identical"]
     assert vocab["eval_coverage"]["token_coverage"] == 1.0 and vocab["eval_coverage"]["texts_unchanged"] == 1.0
     onnx = export(art.path, tmp_path / "onnx")
-    met = validate(onnx, ValidateConfig(data=str(labelled), teacher=str(ner_teacher), cold_start=False,
+    met = validate(onnx, ValidateConfig.from_flat(data=str(labelled), teacher=str(ner_teacher), cold_start=False,
                                         profile=fast_host)).metrics
     assert met["metric_name"] == "entity_f1" and met["metric"] > 0.8 and met["agreement"] > 0.8
 

@@ -51,7 +51,7 @@ def _adopt(d: Path, task: str, outputs: int, extra: str = "") -> tuple[Path, np.
 def _validate(art, data: Path, profile: str | None = None):
     from compress.validation.local import ValidateConfig, validate
 
-    return validate(art, ValidateConfig(data=str(data), cold_start=False, profile=profile or FAST_HOST))
+    return validate(art, ValidateConfig.from_flat(data=str(data), cold_start=False, profile=profile or FAST_HOST))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def write_image_regressor(d: Path) -> tuple[Path, Path, Path]:
 
 def test_an_image_regressor_scores_the_same_from_a_path_table_as_from_an_npz(tmp_path, capsys, fast_torch):
     """A path,label table's numbers are targets, not class names numbered 0..n (which gave a wrong MAE, silently)."""
-    from tests.cli.test_cli import main_error
+    from tests.conftest import main_error
 
     model, table, npz = write_image_regressor(tmp_path)
     from_table, from_npz = _validate(model, table, fast_torch).metrics, _validate(model, npz, fast_torch).metrics
@@ -136,7 +136,7 @@ def test_a_text_regressor_is_scored_on_a_table_of_decimal_targets(bert_regressor
     from conftest import SENTENCES, write_tsv
 
     from compress.teachers.load import load_teacher
-    from tests.cli.test_cli import main_error
+    from tests.conftest import main_error
 
     rows = [(f"{2.0 + 3.0 * int(lab) + 0.1 * (i % 3):.2f}", text) for i, (lab, text) in enumerate(SENTENCES)]
     met = _validate(bert_regressor, write_tsv(tmp_path, rows), fast_torch).metrics
@@ -167,7 +167,7 @@ def test_max_mae_increase_budget_judges_regression():
 
 def test_multi_label_is_judged_by_micro_f1(tmp_path):
     from compress.stages.export import export
-    from compress.validation.values import multilabel_metrics
+    from compress.tasks.values import multilabel_metrics
 
     f, x, y = _adopt(tmp_path, "multi-label-classification", 5, "labels: [a, b, c, d, e]\n"
                      "postprocess: {threshold: 0.5}\n")
@@ -235,7 +235,7 @@ def test_segmentation_is_judged_by_mean_iou(tmp_path):
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.maps import segmentation_metrics
+    from compress.tasks.maps import segmentation_metrics
 
     f, x, y = _maps(tmp_path, "semantic-segmentation", 4, "labels: [road, car, person, sky]\n")
     data = tmp_path / "eval.npz"
@@ -260,7 +260,7 @@ def test_segmentation_is_judged_by_mean_iou(tmp_path):
 
 def test_probability_map_is_judged_by_iou(tmp_path):
     from compress.stages.export import export
-    from compress.validation.maps import probability_map_metrics
+    from compress.tasks.maps import probability_map_metrics
 
     f, x, y = _maps(tmp_path, "probability-map", 1, "postprocess: {threshold: 0.5}\n")
     data = tmp_path / "eval.npz"
@@ -311,7 +311,7 @@ def test_ctc_recognition_is_judged_by_character_error_rate(tmp_path):
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.sequences import ctc_decode, ctc_metrics
+    from compress.tasks.sequences import ctc_decode, ctc_metrics
 
     f, x, y = _reader(tmp_path, "ab12-")
     fp32 = export(f, tmp_path / "fp32")

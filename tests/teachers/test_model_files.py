@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli.test_cli import assert_one_line_error, edgecompress
+from tests.conftest import assert_one_line_error, edgecompress
 
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
@@ -81,7 +81,7 @@ def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_input
     snrs = [r["snr_db"] for r in table["layers"]]
     assert snrs == sorted(snrs)  # worst first
 
-    report = validate(load_artifact(tmp_path / "int8"), ValidateConfig(data=str(two_inputs / "two.npz"),
+    report = validate(load_artifact(tmp_path / "int8"), ValidateConfig.from_flat(data=str(two_inputs / "two.npz"),
                                                                        cold_start=False))
     met = report.metrics
     assert met["metric_name"] == "output_cosine" and met["eval_samples"] == 48
@@ -107,7 +107,7 @@ def test_output_budgets_judge_fidelity(two_inputs, tmp_path):
 
 
 def test_output_fidelity_figures():
-    from compress.validation.metrics import output_fidelity
+    from compress.tasks.outputs import output_fidelity
 
     ref = np.array([[1.0, 0.0], [0.0, 2.0]])
     same = output_fidelity(ref.copy(), ref, axis=-1)
@@ -136,7 +136,7 @@ def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, t
     assert teacher.task == "text-classification" and teacher.as_artifact().format == "onnx"
     art = export(d / "classifier.onnx", tmp_path / "adopted")
     assert (art.path / "tokenizer.json").is_file() and art.manifest.max_length == 64
-    report = validate(art, ValidateConfig(data=str(make_tsv(tmp_path)), cold_start=False))
+    report = validate(art, ValidateConfig.from_flat(data=str(make_tsv(tmp_path)), cold_start=False))
     assert report.metrics["metric_name"] == "accuracy"
     assert report.metrics["agreement"] == 1.0 and report.metrics["retention"] == 1.0
 
@@ -152,7 +152,7 @@ def test_a_file_fixed_to_batch_one_runs_larger_batches(tmp_path):
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32))
     art = export(tmp_path / "fixed.onnx", tmp_path / "a")
     assert art.manifest.inputs[0].shape == [1, 16]
-    report = validate(load_artifact(tmp_path / "a"), ValidateConfig(data=str(tmp_path / "x.npz"), cold_start=False))
+    report = validate(load_artifact(tmp_path / "a"), ValidateConfig.from_flat(data=str(tmp_path / "x.npz"), cold_start=False))
     assert report.metrics["eval_samples"] == 20 and report.metrics["output_cosine"] == pytest.approx(1.0)
 
 
@@ -267,7 +267,7 @@ def test_a_user_metric_replaces_the_task_metric(two_inputs, tmp_path, monkeypatc
     (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
-    report = validate(art, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False, baseline=False,
+    report = validate(art, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False, baseline=False,
                                           metric="my_metrics:mean_top_score"))
     met = report.metrics
     assert met["metric_name"] == "my_metrics:mean_top_score" and met["metric"] > 100
@@ -381,7 +381,7 @@ def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tm
     assert ov.manifest.source.path == str((two_inputs / "two.onnx").resolve())
     assert not list(tmp_path.glob(".ov.*"))  # the scratch adoption is gone
     q = quantize(ov, tmp_path / "ov-int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False))
+    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95
     assert report.metrics["speedup"] > 0  # against the file converted to OpenVINO FP32 (the baselines cache)
 
@@ -416,7 +416,7 @@ def test_every_output_of_a_multi_output_file_is_compared(tmp_path, fixed_batch):
     np.savez(tmp_path / "d.npz", image=rng.standard_normal((24, 3, 16, 16)).astype(np.float32))
     art = export(tmp_path / "det.onnx", tmp_path / "fp32")
     q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(tmp_path / "d.npz")))
-    report = validate(q, ValidateConfig(data=str(tmp_path / "d.npz"), cold_start=False, baseline=False))
+    report = validate(q, ValidateConfig.from_flat(data=str(tmp_path / "d.npz"), cold_start=False, baseline=False))
     fid = report.metrics["output_fidelity"]
     assert set(fid) == {"scores", "boxes"}  # a graph fixed to batch 1 is run one sample at a time, every output too
     assert q.manifest.inputs[0].shape[0] == (1 if fixed_batch else "b")
@@ -449,7 +449,7 @@ def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, t
     assert (art.path / "model.bin").is_file() and m.inputs[0].shape == ["batch", 6, "dim2"]
     assert m.steps[0].metrics["parity"]["max_abs_diff"] == 0.0
     q = quantize(art, tmp_path / "ov-int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False))
+    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95 and report.metrics["speedup"] > 0
     assert report.teacher["path"] == str((two_ir / "two.xml").resolve())
 
@@ -539,7 +539,7 @@ def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_i
     art = export(tmp_path / "sensor.pt2", tmp_path / "onnx")
     assert art.manifest.preprocess.kind == "arrays" and art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
     q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False))
+    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.teacher["path"] == str((tmp_path / "sensor.pt2").resolve())
     assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] < 1.0
     assert report.metrics["speedup"] > 0  # against the program exported to ONNX FP32 (the baselines cache)
@@ -568,7 +568,7 @@ def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declar
     assert art.manifest.preprocess.shapes == {"window": [6, 40], "feats": [24]}
     assert art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
     q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig(data=str(two_inputs / "two.npz"), cold_start=False, allow_pickle=True))
+    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False, allow_pickle=True))
     assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] <= 1.0
     yaml_file.write_text("inputs: {window: {shape: [6, 40]}, feats: {shape: [25]}}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="does not run on the declared inputs"):

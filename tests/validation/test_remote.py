@@ -200,8 +200,8 @@ def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data
 
     seen = _capture_predictions(monkeypatch)
     base = {"profile": str(profile), "data": str(data_tsv), "teacher": str(bert_classifier)}
-    local = validate(int8_artifact, ValidateConfig(**base))
-    rem = validate(int8_artifact, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+    local = validate(int8_artifact, ValidateConfig.from_flat(**base))
+    rem = validate(int8_artifact, ValidateConfig.from_flat(**base, remote=sshd.spec, remote_python=sys.executable,
                                                  ssh_config=str(sshd.ssh_config())))
     assert len(seen) == 2
     np.testing.assert_allclose(seen[1], seen[0], rtol=0, atol=1e-5)
@@ -229,8 +229,8 @@ def test_a_token_classifier_remote_equals_local(sshd, ner_teacher, profile, home
 
     from compress.runtimes.torch_backend import TorchBackend
     from compress.stages.export import export
+    from compress.tasks.entities import tags_of
     from compress.teachers.load import load_teacher
-    from compress.validation.entities import tags_of
     from compress.validation.local import ValidateConfig, validate
 
     scores = TorchBackend.from_teacher(load_teacher(ner_teacher)).predict_text(NER_SENTENCES)
@@ -241,8 +241,8 @@ def test_a_token_classifier_remote_equals_local(sshd, ner_teacher, profile, home
     art = export(ner_teacher, tmp_path / "onnx")
     seen = _capture_predictions(monkeypatch)
     base = {"profile": str(profile), "data": str(data), "teacher": str(ner_teacher), "cold_start": False}
-    local = validate(art, ValidateConfig(**base))
-    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+    local = validate(art, ValidateConfig.from_flat(**base))
+    rem = validate(art, ValidateConfig.from_flat(**base, remote=sshd.spec, remote_python=sys.executable,
                                        ssh_config=str(sshd.ssh_config())))
     np.testing.assert_allclose(seen[1], seen[0], rtol=0, atol=1e-5)  # NaN where a sentence has no such word
     for key in ("metric_name", "metric", "teacher_metric", "agreement", "retention", "entities"):
@@ -267,8 +267,8 @@ def test_a_detector_remote_equals_local(sshd, profile, home, tmp_path, monkeypat
     data.write_text(json.dumps(_own_boxes(art, images)))
     seen = _capture_predictions(monkeypatch)
     base = {"profile": str(profile), "data": str(data), "cold_start": False}
-    local = validate(art, ValidateConfig(**base))
-    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+    local = validate(art, ValidateConfig.from_flat(**base))
+    rem = validate(art, ValidateConfig.from_flat(**base, remote=sshd.spec, remote_python=sys.executable,
                                        ssh_config=str(sshd.ssh_config())))
     np.testing.assert_allclose(seen[1], seen[0], rtol=0, atol=1e-5)
     for key in ("metric_name", "metric", "map50", "teacher_metric", "agreement"):
@@ -306,13 +306,13 @@ def test_profile_identify_is_checked_against_the_device(sshd, int8_artifact, wor
     cfg = {"baseline": False, "cold_start": False, "remote": sshd.spec, "remote_python": sys.executable,
            "ssh_config": str(sshd.ssh_config())}
     other = write_profile(work / "profiles", "some-other-board", parent, hardware={"identify": "Raspberry Pi 5"})
-    rep = validate(int8_artifact, ValidateConfig(profile=str(other), **cfg))
+    rep = validate(int8_artifact, ValidateConfig.from_flat(profile=str(other), **cfg))
     assert rep.environment["device_match"]["how"] == "remote-not-identified"
     assert rep.environment["device_match"]["is_device"] is False
     assert any("does not match profile some-other-board's identify" in w for w in rep.warnings)
     cpu = rep.environment["remote"]["device"]["cpu"]
     this = write_profile(work / "profiles", "this-board", parent, hardware={"identify": re.escape(cpu)})
-    rep = validate(int8_artifact, ValidateConfig(profile=str(this), **cfg))
+    rep = validate(int8_artifact, ValidateConfig.from_flat(profile=str(this), **cfg))
     dm = rep.environment["device_match"]
     assert (dm["is_device"], dm["how"], dm["host_arch"]) == (True, "remote-identified", platform.machine())
     assert dm["host_model"] == rep.environment["remote"]["device"]["model"]
@@ -459,7 +459,7 @@ def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, pro
 
     monkeypatch.setattr(remote, "_after_transfer", corrupt)
     with pytest.raises(IntegrityError, match="inputs.npz"):
-        validate(int8_artifact, ValidateConfig(profile=str(profile), baseline=False, cold_start=False,
+        validate(int8_artifact, ValidateConfig.from_flat(profile=str(profile), baseline=False, cold_start=False,
                                                remote=sshd.spec, remote_python=sys.executable,
                                                ssh_config=str(sshd.ssh_config())))
     assert sshd.leftovers() == []
@@ -474,7 +474,7 @@ def test_ctrl_c_still_cleans_up(sshd, int8_artifact, profile, home, monkeypatch)
 
     monkeypatch.setattr(remote, "_after_transfer", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        validate(int8_artifact, ValidateConfig(profile=str(profile), baseline=False, cold_start=False,
+        validate(int8_artifact, ValidateConfig.from_flat(profile=str(profile), baseline=False, cold_start=False,
                                                remote=sshd.spec, remote_python=sys.executable,
                                                ssh_config=str(sshd.ssh_config())))
     assert sshd.leftovers() == []
@@ -573,8 +573,8 @@ def test_remote_run_of_an_image_model_matches_local(sshd, work, profile, home):
     data = write_image_set(work / "img-data") / "set"
     art = export(teacher, work / "img-onnx", force=True)
     base = {"profile": str(profile), "data": str(data), "teacher": str(teacher)}
-    local = validate(art, ValidateConfig(**base))
-    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+    local = validate(art, ValidateConfig.from_flat(**base))
+    rem = validate(art, ValidateConfig.from_flat(**base, remote=sshd.spec, remote_python=sys.executable,
                                        ssh_config=str(sshd.ssh_config())))
     for key in ("metric", "top5", "teacher_metric", "agreement", "eval_samples"):
         assert rem.metrics[key] == local.metrics[key], key
@@ -599,8 +599,8 @@ def test_remote_run_of_an_adopted_array_model_matches_local(sshd, work, profile,
              feats=rng.standard_normal((12, 24)).astype(np.float32))
     art = export(f, work / "two-adopted", force=True)
     base = {"profile": str(profile), "data": str(work / "two.npz")}
-    local = validate(art, ValidateConfig(**base))
-    rem = validate(art, ValidateConfig(**base, remote=sshd.spec, remote_python=sys.executable,
+    local = validate(art, ValidateConfig.from_flat(**base))
+    rem = validate(art, ValidateConfig.from_flat(**base, remote=sshd.spec, remote_python=sys.executable,
                                        ssh_config=str(sshd.ssh_config())))
     assert rem.metrics["output_fidelity"] == local.metrics["output_fidelity"]
     assert rem.metrics["input_shape"] == {"batch_size": 1, "inputs": {"window": "6x40", "feats": "24"}}

@@ -27,7 +27,8 @@ from compress.errors import OutputExistsError
 from compress.host.measure import LatencyStats, measure_interleaved, nearest_rank
 from compress.profiles.budgets import judge
 from compress.profiles.schema import Budgets, LatencyBudget
-from compress.validation.metrics import macro_f1, neighbour_agreement
+from compress.tasks.classification import macro_f1
+from compress.tasks.embeddings import neighbour_agreement
 
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8}
 
@@ -90,7 +91,7 @@ def failing_report(int8_artifact, data_tsv, work):
 
     budgets = {**GENEROUS, **NO_BASELINE_NO_PROBE, "max_model_size_mb": 0.0001}
     profile = write_profile(work / "profiles", "tiny-too-small", budgets, standalone=True)
-    return validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), baseline=False,
+    return validate(int8_artifact, ValidateConfig.from_flat(profile=str(profile), data=str(data_tsv), baseline=False,
                                                   cold_start=False))
 
 
@@ -297,7 +298,7 @@ def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifac
     budgets["latency_ms"] = GENEROUS["latency_ms"]
     budgets["min_accuracy_retention"] = 0.5
     profile = write_profile(tmp_path, "needs-teacher", budgets)
-    r = validate(art, ValidateConfig(profile=str(profile), data=str(data_tsv), cold_start=False))
+    r = validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(data_tsv), cold_start=False))
     assert r.teacher is None
     assert "metric" in r.metrics and "retention" not in r.metrics and "speedup" not in r.metrics
     retention = next(b for b in r.budgets if b.name == "min_accuracy_retention")
@@ -386,7 +387,7 @@ def test_embedding_model_metric_is_cosine_to_teacher(bert_encoder, tmp_path):
     data.write_text("sentence\n" + "".join(f"{t}\n" for _, t in SENTENCES), encoding="utf-8")  # unlabelled
     budgets = {**GENEROUS, **NO_BASELINE_NO_PROBE, "min_accuracy_retention": 0.999, "min_agreement": 0.9}
     profile = write_profile(tmp_path, "embedding", budgets)
-    r = validate(art, ValidateConfig(profile=str(profile), data=str(data), baseline=False, cold_start=False))
+    r = validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(data), baseline=False, cold_start=False))
     m = r.metrics
     assert m["metric_name"] == "cosine_to_teacher"
     assert m["metric"] >= 0.999 and m["cosine_min"] >= 0.999  # the FP32 export matches its teacher
@@ -605,7 +606,7 @@ def test_speedup_against_the_pytorch_teacher(int8_artifact, bert_classifier, dat
     monkeypatch.setattr(local, "baseline_artifact", no_export)
     budgets = {**GENEROUS, "max_peak_memory_mb": None, "max_cold_start_ms": None, "min_speedup": 0.001}
     profile = write_profile(work / "profiles", "tiny-vs-pytorch", budgets, speedup_baseline="pytorch")
-    r = validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv), teacher=str(bert_classifier),
+    r = validate(int8_artifact, ValidateConfig.from_flat(profile=str(profile), data=str(data_tsv), teacher=str(bert_classifier),
                                                cold_start=False))
     m = r.metrics
     assert m["speedup_baseline"] == "teacher in PyTorch FP32 on 2 thread(s)"  # cpu-x86-avx2: 2 cores

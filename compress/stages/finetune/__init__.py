@@ -278,7 +278,8 @@ def forgetting(base_encoder, tuned_encoder, tokenizer, texts: list[str], max_len
     import torch
 
     from compress.stages.training import pool_hidden
-    from compress.validation.metrics import neighbour_agreement, row_cosines
+    from compress.tasks.embeddings import neighbour_agreement
+    from compress.tasks.outputs import row_cosines
 
     def embed(encoder) -> np.ndarray:
         encoder.eval()

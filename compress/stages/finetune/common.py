@@ -61,7 +61,7 @@ def check_labels(names: list[str], words: bool, train) -> None:
         raise DataError(f"{train}: one label ({', '.join(names) or 'none'}): a classifier needs at least two",
                         hint="train on data with two or more labels")
     if words:
-        from compress.validation.entities import check_scheme
+        from compress.tasks.entities import check_scheme
 
         check_scheme(names)
 

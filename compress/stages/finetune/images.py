@@ -251,7 +251,8 @@ def image_forgetting(base, tuned, x) -> dict[str, Any]:
     """How much of the base the fine-tuned backbone kept on the images ``x`` (see the module doc)."""
     import torch
 
-    from compress.validation.metrics import neighbour_agreement, row_cosines
+    from compress.tasks.embeddings import neighbour_agreement
+    from compress.tasks.outputs import row_cosines
 
     def embed(model):
         with torch.inference_mode():

@@ -10,7 +10,7 @@ of a class, for a text or an image base alike.
   ``num_classes=k``). Its bias starts at the training targets' mean, so the first steps start from the mean predictor
   instead of from 0 (targets are not rescaled: the model predicts them as they are). The loss is the mean squared
   error.
-* **The metric** is validate's (:mod:`compress.validation.values`): the mean absolute error, lower is better (the best
+* **The metric** is validate's (:mod:`compress.tasks.values`): the mean absolute error, lower is better (the best
   checkpoint is the lowest); RMSE and R² of the chosen checkpoint beside it.
 """
 

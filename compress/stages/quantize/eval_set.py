@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Manifest, Task
+from compress.artifact import Manifest
 from compress.data.tables import TextDataset
 from compress.errors import ConfigError
 
@@ -95,22 +95,23 @@ def load_eval_set(
     Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
     """
     from compress.data.inputs import kind_of, load_inputs, splits_words
-    from compress.validation.values import VALUE_TASKS
+    from compress.tasks import TASKS
 
-    own_metric = (*VALUE_TASKS, Task.object_detection)  # judged by the task's own metric on labels
-    if manifest.task is Task.regression and user_metric is None:  # MAE: lower is better, which the search is not
+    info = TASKS[manifest.task]
+    own_metric = info.labels in ("values", "boxes")  # judged by the task's own metric on labels
+    if not info.higher_is_better and user_metric is None:  # MAE: lower is better, which the search is not
         raise ConfigError(f"accuracy-aware quantization of a {manifest.task} model is not built yet",
                           hint="pass --metric module:function (your metric, higher is better), or quantize without "
                                "--max-drop and validate the result")
-    task_scored = manifest.task in own_metric and user_metric is None
-    classification = manifest.labels is not None and manifest.task not in (Task.feature_extraction, *own_metric)
-    labels = manifest.labels if classification or manifest.task is Task.object_detection else None
+    task_scored = own_metric and user_metric is None
+    classification = manifest.labels is not None and info.labels in ("per-sample", "per-word")
+    labels = manifest.labels if classification or info.labels == "boxes" else None
     ds = load_inputs(
         path, manifest.preprocess,
         label2id={name: i for i, name in enumerate(labels)} if labels else None,
         num_labels=len(labels) if labels and classification else None,
         require_labels=classification or task_scored,
-        limit=max(20 * n, 5000), targets=manifest.task is Task.regression,
+        limit=max(20 * n, 5000), targets=info.targets,
     )
     ds = ds.sample(n, seed=seed)
     if kind_of(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
@@ -156,16 +157,16 @@ def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]
     (``--metric``) where one is given, else accuracy (classifiers) or the mean cosine to the FP32 outputs."""
     ref = eval_set.reference
     if eval_set.words and eval_set.user_metric is None:
-        from compress.validation.entities import entity_metrics
+        from compress.tasks.entities import entity_metrics
 
         error = 0.0 if ref is None else float(np.nanmean(np.abs(_softmax(outputs) - _softmax(ref))))
         return entity_metrics(eval_set.labels_names, outputs, None, eval_set.labels)["metric"], error
     if eval_set.task_manifest is not None:  # the task's metric on the labels; the output cosine orders the layers
-        from compress.validation.metrics import task_metrics
+        from compress.tasks import TASKS
 
         m = eval_set.task_manifest
         error = 0.0 if ref is None else float((1.0 - _cosine_rows(outputs, ref)).mean())
-        scored = task_metrics(m.task)(m, outputs, None, eval_set.labels)
+        scored = TASKS[m.task].metric_fn(m)(m, outputs, None, eval_set.labels)
         eval_set._task_metric_name = scored.get("metric_name")
         return float(scored["metric"]), error
     if ref is None and not eval_set.classification and eval_set.user_metric is None:
@@ -178,7 +179,7 @@ def score_outputs(outputs: np.ndarray, eval_set: EvalSet) -> tuple[float, float]
     if eval_set.user_metric is not None:  # the user's metric; the output error still orders the layers
         return eval_set.user_metric(outputs, eval_set.labels), error
     if eval_set.classification:
-        from compress.validation.metrics import accuracy
+        from compress.tasks.classification import accuracy
 
         return accuracy(outputs.argmax(-1), eval_set.labels), error
     return float(cos.mean()), error

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.validation.metrics import SNR_CAP_DB, row_cosines, snr_db
+from compress.tasks.outputs import SNR_CAP_DB, row_cosines, snr_db
 
 __all__ = ["INTEGER_OPS", "artifact_layer_errors", "layer_errors"]
 

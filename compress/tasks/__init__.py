@@ -1,0 +1,188 @@
+"""What edgecompress knows of each task, in one table: :data:`TASKS`, one :class:`TaskInfo` per :class:`Task`.
+
+A task's entry says what its labels are, where its class scores lie, the Hugging Face head it maps to, its metric
+(an import string ``"module:fn"``, with which direction is better), how agreement with the teacher is judged and
+how a model file's ``postprocess`` block is checked against its outputs and labels. Every layer asks the table
+(``TASKS[t].classifies``, ``TASKS[t].head``, ...) rather than naming tasks; the metrics live in the task modules
+beside it (:mod:`compress.tasks.classification`, :mod:`compress.tasks.detection`, ...). Adding a task is one module
+plus one entry here.
+
+A leaf: this package imports only the standard library, numpy and :mod:`compress.errors`
+(:mod:`compress.artifact` imports :class:`Task` from it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["TASKS", "StreamingMetric", "Task", "TaskInfo", "load"]
+
+
+class Task(StrEnum):
+    text_classification = "text-classification"
+    feature_extraction = "feature-extraction"
+    image_classification = "image-classification"
+    #: a label per word (named entities): token-level class scores read at each word's first sub-token
+    token_classification = "token-classification"
+    #: numbers out (sensor readings, scores): judged by MAE, RMSE and R² against target values
+    regression = "regression"
+    #: any number of classes per sample: scores per class, each one in when its probability passes a threshold
+    multi_label_classification = "multi-label-classification"
+    #: a class per pixel: class scores on the class axis (``postprocess.class_axis``), judged by mean IoU
+    semantic_segmentation = "semantic-segmentation"
+    #: one probability per pixel (text or defect maps): binarised at a threshold, judged by IoU
+    probability_map = "probability-map"
+    #: a character sequence per sample (OCR lines, keyword spotting): CTC scores decoded greedily over an alphabet
+    ctc_recognition = "ctc-recognition"
+    #: boxes, scores and classes from a declared output layout (``postprocess.boxes``), judged by COCO mAP
+    object_detection = "object-detection"
+    #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
+    #: model (cosine, SNR) and by a user's --metric
+    generic = "generic"
+
+
+#: what a task's labels are: a class id per sample, a tag per word, values per sample (targets, 0/1 flags, label
+#: maps, texts), boxes per image, or none (judged against the teacher only)
+Labels = Literal["per-sample", "per-word", "values", "boxes", "none"]
+
+
+def load(spec: str) -> Callable[..., Any]:
+    """The function an import string ``"module:fn"`` names."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task: what validate, the stages and the teachers read of it.
+
+    ``metric`` is ``"module:fn"``, called ``fn(first, cand, ref, labels)`` where ``first`` is what ``metric_takes``
+    names of the manifest (``"labels"``, ``"postprocess"``, ``"manifest"``; None: nothing, the call is
+    ``fn(cand, ref, labels)``). A classifying task whose manifest names no classes is judged by ``unlabelled`` (same
+    form) instead. ``check`` (``"module:fn"``, called ``fn(postprocess, output_shape, labels, preprocess)``)
+    refuses a model file's ``postprocess`` block that does not fit its outputs and labels."""
+
+    labels: Labels
+    #: the metric's import string and what of the manifest it takes first
+    metric: str
+    metric_takes: Literal["labels", "postprocess", "manifest"] | None = None
+    #: False where lower is better (an error such as MAE): retention is then the teacher's over the artifact's
+    higher_is_better: bool = True
+    #: the metric of a classifying task whose manifest names no classes
+    unlabelled: str | None = None
+    #: the axis of the primary output holding class scores, when it is not the last axis of a [batch, classes] output
+    class_axis: int | None = None
+    #: how agreement with the teacher is judged: the same top class over the class axis, the same nearest
+    #: neighbours (embeddings), or by the task's own metric against the teacher's outputs
+    agreement: Literal["top-class", "neighbours", "metric"] = "top-class"
+    #: the transformers ``AutoModelFor...`` class a checkpoint of the task loads with (None: none edgecompress loads)
+    head: str | None = None
+    #: a model file of this task must name its classes (``labels:`` in its model.yaml)
+    needs_class_names: bool = False
+    #: the check of a model file's postprocess block, ``"module:fn"``
+    check: str | None = None
+    #: the data's labels are target numbers (a regression's), read as floats rather than class names or ids
+    targets: bool = False
+
+    @property
+    def classifies(self) -> bool:
+        """The labels are one class id per sample (accuracy, macro-F1 and top-1 agreement judge it)."""
+        return self.labels == "per-sample"
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+    def metric_fn(self, m) -> Callable[[Any, np.ndarray, np.ndarray | None, Any], dict[str, Any]]:
+        """The metric for the manifest ``m`` as ``f(m, cand, ref, labels)``: the task's own, or ``unlabelled`` where
+        a classifying task's manifest names no classes."""
+        spec, first = self.metric, self.metric_takes
+        if self.unlabelled is not None and m.labels is None:
+            spec, first = self.unlabelled, "manifest"
+        fn = load(spec)
+
+        def call(m, cand, ref, labels):
+            head = [] if first is None else [m if first == "manifest" else getattr(m, first)]
+            return fn(*head, cand, ref, labels)
+
+        return call
+
+    def stream(self, m) -> StreamingMetric:
+        """The metric in its streaming form, for outputs that arrive batch by batch."""
+        return StreamingMetric(self.metric_fn(m), m)
+
+
+class StreamingMetric:
+    """A task's metric fed batch by batch: :meth:`update` with each batch's outputs (and the teacher's, and the
+    labels), :meth:`result` at the end, equal to the array form on the batches joined (the array form is one
+    update). Per-word and box labels are lists (one entry per sample), the rest arrays."""
+
+    def __init__(self, fn: Callable[..., dict[str, Any]], m) -> None:
+        self._fn, self._m = fn, m
+        self._cand: list[np.ndarray] = []
+        self._ref: list[np.ndarray] = []
+        self._labels: list[Any] = []
+        self._no_ref = self._no_labels = False
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        """Add one batch: the artifact's ``outputs``, their ``labels`` (None: none) and the teacher's ``ref``."""
+        self._cand.append(np.asarray(outputs))
+        self._no_ref |= ref is None
+        if ref is not None:
+            self._ref.append(np.asarray(ref))
+        self._no_labels |= labels is None
+        if labels is not None:
+            self._labels.extend(list(labels))
+
+    def result(self) -> dict[str, Any]:
+        """The metric over every batch given."""
+        cand = np.concatenate(self._cand) if self._cand else np.zeros((0,))
+        ref = None if self._no_ref or not self._ref else np.concatenate(self._ref)
+        labels = None if self._no_labels else self._labels
+        if labels is not None and labels and not isinstance(labels[0], (dict, list, str)):
+            labels = np.asarray(labels)
+        return self._fn(self._m, cand, ref, labels)
+
+
+_CLASSIFY = "compress.tasks.classification:classification_metrics"
+_EMBED = "compress.tasks.embeddings:embedding_metrics"
+
+#: every task edgecompress knows, and what it knows of it
+TASKS: dict[Task, TaskInfo] = {
+    Task.text_classification: TaskInfo(
+        labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED,
+        head="AutoModelForSequenceClassification", needs_class_names=True),
+    Task.feature_extraction: TaskInfo(labels="none", metric=_EMBED, metric_takes="manifest", agreement="neighbours",
+                                      head="AutoModel"),
+    Task.image_classification: TaskInfo(
+        labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED,
+        head="AutoModelForImageClassification", needs_class_names=True),
+    Task.token_classification: TaskInfo(
+        labels="per-word", metric="compress.tasks.entities:entity_metrics", metric_takes="labels", class_axis=-1,
+        agreement="metric", head="AutoModelForTokenClassification"),
+    Task.regression: TaskInfo(labels="values", metric="compress.tasks.values:regression_metrics",
+                              higher_is_better=False, agreement="metric", head="AutoModelForSequenceClassification",
+                              targets=True),
+    Task.multi_label_classification: TaskInfo(
+        labels="values", metric="compress.tasks.values:multilabel_metrics", metric_takes="postprocess",
+        agreement="metric"),
+    Task.semantic_segmentation: TaskInfo(
+        labels="values", metric="compress.tasks.maps:segmentation_metrics", metric_takes="postprocess",
+        class_axis=1, agreement="metric"),
+    Task.probability_map: TaskInfo(labels="values", metric="compress.tasks.maps:probability_map_metrics",
+                                   metric_takes="postprocess", agreement="metric"),
+    Task.ctc_recognition: TaskInfo(labels="values", metric="compress.tasks.sequences:ctc_metrics",
+                                   metric_takes="postprocess", agreement="metric",
+                                   check="compress.tasks.sequences:check_postprocess"),
+    Task.object_detection: TaskInfo(labels="boxes", metric="compress.tasks.detection:detection_metrics",
+                                    metric_takes="manifest", agreement="metric", needs_class_names=True,
+                                    check="compress.tasks.detection:check_postprocess"),
+    Task.generic: TaskInfo(labels="per-sample", metric=_CLASSIFY, metric_takes="manifest",
+                           unlabelled="compress.tasks.classification:output_cosine_metrics"),
+}
