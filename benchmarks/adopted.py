@@ -268,7 +268,7 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
                 rows.append({"model": name, "file_opset": opset, "quantize": LABELS[mode], "refused": str(e)})
                 continue
         print(f"validating {name} INT8 {mode} ...", flush=True)
-        report = validate(load_artifact(out), ValidateConfig(data=str(data), cold_start=False))
+        report = validate(load_artifact(out), ValidateConfig.from_flat(data=str(data), cold_start=False))
         m = report.metrics
         fid = next(iter(m["output_fidelity"].values()))
         hurts = (m.get("layer_errors") or {}).get("hurts_most") or [{}]

@@ -86,7 +86,7 @@ def validate_variant(teacher: Path, dev: Path, work: Path, name: str, options: d
     prof = profile_yaml(work, name, options, batch, provider, args.smoke)
     with_data = batch == 1
     t0 = time.perf_counter()
-    report = validate(teacher, ValidateConfig(
+    report = validate(teacher, ValidateConfig.from_flat(
         profile=str(prof), data=str(dev) if with_data else None, limit=args.limit, baseline=False,
         cold_start=with_data and name == "fp16" or (args.smoke and name == "fp32"), estimate="never"))
     m = report.metrics

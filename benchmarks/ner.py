@@ -191,7 +191,7 @@ def pytorch_baseline_profile(work: Path) -> Path:
 def row(name: str, split: str, art: Path, teacher: Path, profile: Path) -> dict:
     from compress.validation.local import ValidateConfig, validate
 
-    report = validate(art, ValidateConfig(data=str(DATA / f"{split}.txt"), teacher=str(teacher), baseline=True,
+    report = validate(art, ValidateConfig.from_flat(data=str(DATA / f"{split}.txt"), teacher=str(teacher), baseline=True,
                                           cold_start=False, profile=str(profile)))
     m = report.metrics
     return {"artifact": name, "split": split, "entity_f1": m.get("metric"), "teacher_f1": m.get("teacher_metric"),

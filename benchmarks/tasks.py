@@ -500,7 +500,7 @@ def _row(files: TaskFiles, which: str, art: Path, revalidate: bool) -> dict:
         return json.loads(cached.read_text(encoding="utf-8"))
     log(f"{files.name}: validating {which}")
     t0 = time.perf_counter()
-    report = validate(art, ValidateConfig(data=str(files.eval_data), profile="host", cold_start=False,
+    report = validate(art, ValidateConfig.from_flat(data=str(files.eval_data), profile="host", cold_start=False,
                                           baseline=which != "fp32"))
     m = report.metrics
     fid = next(iter((m.get("output_fidelity") or {}).values()), {})

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     onnx = cached_step("export", args.work / "onnx", lambda: export(teacher, args.work / "onnx"))
     int8 = cached_step("static INT8", args.work / "int8", lambda: quantize(
         load_artifact(onnx), args.work / "int8", QuantizeConfig(calibration=str(photos / "calibration.csv"))))
-    report = validate(load_artifact(int8), ValidateConfig(data=str(photos / "efficientnet_lite0.csv"),
+    report = validate(load_artifact(int8), ValidateConfig.from_flat(data=str(photos / "efficientnet_lite0.csv"),
                                                           cold_start=False))
     m = report.metrics
     export_step = load_artifact(onnx).manifest.steps[0].metrics

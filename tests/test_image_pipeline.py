@@ -322,7 +322,7 @@ def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_imag
 
 
 def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(onnx_images, tmp_path):
-    from tests.cli.test_cli import assert_one_line_error, edgecompress
+    from tests.conftest import assert_one_line_error, edgecompress
 
     proc = edgecompress("quantize", str(onnx_images["cnn"]), "--out", str(tmp_path / "x"), "--mode", "dynamic")
     assert "use --mode static --calibration" in assert_one_line_error(proc, "dynamic INT8", "convolutions")
@@ -345,7 +345,7 @@ def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, image
 def test_validate_reports_top1_top5_and_the_image_shape(onnx_images, images_dir, tmp_path):
     from compress.validation.local import ValidateConfig, validate
 
-    rep = validate(onnx_images["program"], ValidateConfig(profile="host", data=str(images_dir / "set"),
+    rep = validate(onnx_images["program"], ValidateConfig.from_flat(profile="host", data=str(images_dir / "set"),
                                                           cold_start=False))
     m = rep.metrics
     assert m["metric_name"] == "accuracy" and m["eval_samples"] == 24
@@ -510,7 +510,7 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
 
 def test_cli_prunes_channels_and_says_what_it_removed(teachers, tmp_path):
     pytest.importorskip("torch_pruning")
-    from tests.cli.test_cli import edgecompress
+    from tests.conftest import edgecompress
 
     proc = edgecompress("prune", teachers["cnn"], "--channels", "0.5", "--out", tmp_path / "p")
     assert proc.returncode == 0, proc.stderr
@@ -520,7 +520,7 @@ def test_cli_prunes_channels_and_says_what_it_removed(teachers, tmp_path):
 
 @pytest.mark.transformers4
 def test_cli_prunes_vit_heads_and_reports_the_accuracy(teachers, images_dir, tmp_path):
-    from tests.cli.test_cli import edgecompress
+    from tests.conftest import edgecompress
 
     proc = edgecompress("prune", teachers["vit"], "--heads", "0.5", "--train", images_dir / "set", "--eval",
                         images_dir / "set", "--out", tmp_path / "p")
@@ -564,7 +564,7 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
 def test_exporting_a_hugging_face_image_checkpoint_prints_no_third_party_chatter(teachers, tmp_path):
     """transformers 5 warned "The use_fast parameter is deprecated" (edgecompress passes use_fast itself) on every load
     of a Hugging Face image checkpoint, successes included: third-party notes belong to -v."""
-    from tests.cli.test_cli import edgecompress
+    from tests.conftest import edgecompress
 
     proc = edgecompress("export", teachers["cnn"], "--out", tmp_path / "e")
     assert proc.returncode == 0, proc.stderr

@@ -146,7 +146,7 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
     hashes: dict[str, str] = {}
     _ship_model(art, "artifact", files, hashes, tmpdir)
     base_art = None
-    if config.baseline and teacher is not None:
+    if config.measure.baseline and teacher is not None:
         if profile.budgets.min_speedup is not None:
             base_art = baseline_artifact(teacher, runtime, art, allow_pickle=config.allow_pickle)
         else:
@@ -176,7 +176,7 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
         "eval_batches": n_batches,
         "measure": {"warmup": meas.warmup, "min_runs": meas.min_runs, "min_duration_s": meas.min_duration_s,
                     "max_runs": meas.max_runs, "batch_size": meas.batch_size},
-        "cold_start": config.cold_start,
+        "cold_start": config.measure.cold_start,
         "files": hashes,
     }
     (tmpdir / "job.json").write_text(json.dumps(job, indent=1, default=str), encoding="utf-8")

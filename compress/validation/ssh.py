@@ -124,7 +124,7 @@ def remote_target(config, profile, art: Artifact) -> RemoteTarget:
             "--profile host describes this machine, not the remote device",
             hint="pass the device's profile (`edgecompress profiles list`) or a YAML file describing it",
         )
-    if config.baseline and profile.budgets.min_speedup is not None and profile.measure.speedup_baseline == "pytorch":
+    if config.measure.baseline and profile.budgets.min_speedup is not None and profile.measure.speedup_baseline == "pytorch":
         raise ConfigError(
             f"profile {profile.name}: measure -> speedup_baseline: pytorch times the teacher in PyTorch, which the "
             f"remote runner does not run (the device needs only numpy and the runtime)",

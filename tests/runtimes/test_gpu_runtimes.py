@@ -322,7 +322,7 @@ def test_validate_a_teacher_on_a_torch_cuda_profile(bert_classifier, tmp_path, d
         f"runtime: {{name: torch, provider: cuda, options: {{dtype: {dtype}}}}}\n"
         "measure: {warmup: 5, min_runs: 20, min_duration_s: 0.2}\n"
         "budgets: {min_accuracy_retention: 0.5, min_agreement: 0.5}\n")
-    report = validate(bert_classifier, ValidateConfig(profile=str(profile), data=str(write_tsv(tmp_path)),
+    report = validate(bert_classifier, ValidateConfig.from_flat(profile=str(profile), data=str(write_tsv(tmp_path)),
                                                       cold_start=False))
     m = report.metrics
     assert report.environment["runtime"]["device"] == "cuda:0" and report.environment["runtime"]["dtype"] == dtype

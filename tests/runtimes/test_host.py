@@ -46,7 +46,7 @@ def ov_artifact(bert_classifier, tmp_path_factory):
 def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_classifier, data_tsv, fast_host):
     from compress.validation.local import ValidateConfig, validate
 
-    r = validate(ov_artifact, ValidateConfig(profile="host", data=str(data_tsv), teacher=str(bert_classifier),
+    r = validate(ov_artifact, ValidateConfig.from_flat(profile="host", data=str(data_tsv), teacher=str(bert_classifier),
                                              baseline=False, cold_start=False))
     assert r.environment["runtime"]["runtime"] == "openvino"
     assert r.environment["runtime"]["device"] == "CPU"
@@ -57,7 +57,7 @@ def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_class
 def test_host_validates_a_pytorch_checkpoint_in_torch(bert_classifier, data_tsv, fast_host):
     from compress.validation.local import ValidateConfig, validate
 
-    r = validate(bert_classifier, ValidateConfig(profile="host", data=str(data_tsv), baseline=False,
+    r = validate(bert_classifier, ValidateConfig.from_flat(profile="host", data=str(data_tsv), baseline=False,
                                                  cold_start=False))
     assert r.environment["runtime"]["runtime"] == "torch"
     assert r.metrics["agreement"] == 1.0

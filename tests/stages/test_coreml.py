@@ -12,8 +12,7 @@ pytest.importorskip("coremltools")
 
 from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
-from tests.cli.test_cli import main_error
-from tests.conftest import write_tsv
+from tests.conftest import main_error, write_tsv
 
 OFF_APPLE = pytest.mark.skipif(sys.platform == "darwin", reason="describes a machine where Core ML cannot run")
 
@@ -62,7 +61,7 @@ def test_validate_on_an_iphone_estimates_latency_and_leaves_accuracy_unverified(
     art = packages["int8"]
     m = art.manifest.steps[-1].metrics
     assert m["parity"]["measured"] is False and "macOS" in m["parity"]["why"]
-    report = validate(art, ValidateConfig(profile="iphone-15", data=str(write_tsv(tmp_path)),
+    report = validate(art, ValidateConfig.from_flat(profile="iphone-15", data=str(write_tsv(tmp_path)),
                                           teacher=str(bert_classifier), cold_start=False, baseline=False))
     status = {b.name: (b.status, b.note) for b in report.budgets}
     assert report.verdict == "unverified" and report.metrics["not_run"].startswith("coreml does not run")

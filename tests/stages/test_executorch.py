@@ -10,8 +10,7 @@ pytest.importorskip("executorch")
 
 from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
-from tests.cli.test_cli import assert_one_line_error, edgecompress, main_error
-from tests.conftest import write_tsv
+from tests.conftest import assert_one_line_error, edgecompress, main_error, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_cl
     profile = tmp_path / "phone-here.yaml"  # this machine, running the phone's runtime, timed briefly
     profile.write_text(yaml.safe_dump({"name": "phone-here", "extends": "host", "runtime": {"name": "executorch"},
                                        "measure": {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05}}))
-    report = validate(art, ValidateConfig(profile=str(profile), data=str(data), teacher=str(bert_classifier),
+    report = validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(data), teacher=str(bert_classifier),
                                           cold_start=False))
     assert report.metrics["agreement"] == 1.0 and report.environment["runtime"]["runtime"] == "executorch"
 
@@ -94,7 +93,7 @@ def test_a_programs_cost_is_read_from_its_xnnpack_graph_at_any_sequence_length(p
 def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_classifier, programs, tmp_path):
     from compress.validation.local import ValidateConfig, validate
 
-    report = validate(programs["int8"], ValidateConfig(profile="pixel-8", data=str(write_tsv(tmp_path)),
+    report = validate(programs["int8"], ValidateConfig.from_flat(profile="pixel-8", data=str(write_tsv(tmp_path)),
                                                        teacher=str(bert_classifier), cold_start=False))
     lat = report.metrics["latency_ms"]
     assert lat["estimated"] and lat["p50"] > 0 and report.metrics["speedup"] > 0
@@ -104,7 +103,7 @@ def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_
 
 
 def test_image_int8_is_static_and_needs_calibration(images, tmp_path):
-    art = export(images["vit"], tmp_path / "vit8", ExportConfig(format="executorch", precision="int8",
+    art = export(images["vit"], tmp_path / "vit8", ExportConfig.from_flat(format="executorch", precision="int8",
                                                               calibration=str(images["set"]),
                                                               calibration_method="histogram"))
     q = art.manifest.steps[-1].metrics["quantization"]

@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("ai_edge_litert")
 
-from tests.cli.test_cli import main_error
+from tests.conftest import main_error
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_cnn.tflite"
 LABELS = ["a", "b", "c", "d"]
@@ -47,7 +47,7 @@ def test_a_tflite_file_is_adopted_and_validated_in_litert(tflite, tmp_path):
     profile = tmp_path / "litert-here.yaml"
     profile.write_text(yaml.safe_dump({"name": "litert-here", "extends": "host", "runtime": {"name": "litert"},
                                        "measure": {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05}}))
-    report = validate(art, ValidateConfig(profile=str(profile), data=str(tmp_path / "set"), cold_start=False))
+    report = validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(tmp_path / "set"), cold_start=False))
     assert report.environment["runtime"]["runtime"] == "litert" and report.metrics["eval_samples"] == 8
     assert report.metrics["latency_ms"]["p50"] > 0
 

@@ -121,7 +121,7 @@ def test_validate_openvino_artifact_against_openvino_fp32_baseline(ptq_artifact,
         "name": "tiny-intel-cpu", "extends": "intel-cpu-openvino", "description": "few runs",
         "measure": FAST_MEASURE,
     }), encoding="utf-8")
-    report = validate(ptq_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv),
+    report = validate(ptq_artifact, ValidateConfig.from_flat(profile=str(profile), data=str(data_tsv),
                                                    teacher=str(bert_classifier), cold_start=False))
     m = report.metrics
     assert m["metric_name"] == "accuracy" and 0 <= m["metric"] <= 1 and "retention" in m and "agreement" in m

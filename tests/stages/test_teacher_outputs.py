@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
 
+from compress import cache
 from compress.runtimes.torch_backend import TorchBackend
-from compress.validation import cache
 
 FAST = {"warmup": 1, "min_runs": 3, "min_duration_s": 0.0, "max_runs": 3, "eval_batch_size": 8}
 NUMBERS = ("metric", "teacher_metric", "retention", "agreement", "macro_f1", "teacher_macro_f1", "eval_samples")
@@ -53,7 +53,7 @@ def profile(tmp_path_factory) -> Path:
 def run(art, profile, data, teacher, **kw):
     from compress.validation.local import ValidateConfig, validate
 
-    return validate(art, ValidateConfig(profile=str(profile), data=str(data), teacher=str(teacher), baseline=False,
+    return validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(data), teacher=str(teacher), baseline=False,
                                         cold_start=False, **kw))
 
 
@@ -184,7 +184,7 @@ def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_
     labels = int8_artifact.manifest.labels
     data = load_dataset(write_tsv(tmp_path, SENTENCES), label2id={n: i for i, n in enumerate(labels)})
     teacher = load_teacher(bert_classifier)
-    config = ValidateConfig(profile=str(profile), baseline=False, cold_start=False)
+    config = ValidateConfig.from_flat(profile=str(profile), baseline=False, cold_start=False)
     refs = []
     for i in range(2):
         (tmp_path / str(i)).mkdir()

@@ -85,7 +85,7 @@ def test_export_int8_validate(distilbert_bert_tokenizer, tmp_path, home):
         "name": "p", "description": "test", "extends": "cpu-x86-avx2", "budgets": GENEROUS_BUDGETS,
         "measure": {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8},
     }), encoding="utf-8")
-    report = validate(int8, ValidateConfig(profile=str(profile), data=str(data), teacher=str(distilbert_bert_tokenizer),
+    report = validate(int8, ValidateConfig.from_flat(profile=str(profile), data=str(data), teacher=str(distilbert_bert_tokenizer),
                                            cold_start=False))
     assert report.metrics["agreement"] >= 0.5
     assert report.metrics["teacher_metric"] is not None

@@ -90,7 +90,7 @@ def test_no_raw_samples_is_inconclusive_not_a_pass():
 
 
 def test_cli_exit_codes_markdown_and_junit(tmp_path):
-    from tests.cli.test_cli import assert_one_line_error, edgecompress
+    from tests.conftest import assert_one_line_error, edgecompress
 
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "report.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
@@ -122,7 +122,7 @@ def test_validation_reports_keep_raw_latency_and_per_row_correctness(int8_artifa
     prof.write_text("name: fast\nextends: host\nmeasure: {min_runs: 200, min_duration_s: 0.5, warmup: 5}\n")
     reports = []
     for _ in range(2):
-        rep = validate(int8_artifact, ValidateConfig(profile=str(prof), data=str(data), cold_start=False,
+        rep = validate(int8_artifact, ValidateConfig.from_flat(profile=str(prof), data=str(data), cold_start=False,
                                                      baseline=False))
         m = rep.metrics
         assert len(m["latency_samples_ms"]["artifact"]) == m["latency_ms"]["n"] >= 200
@@ -159,7 +159,7 @@ def test_two_estimates_are_compared_by_the_threshold_alone():
 ])
 def test_a_malformed_report_is_one_line_naming_the_field(tmp_path, edit, words):
     """A report is input: the fields the gate reads are type-checked, a bad one named (not an unexpected crash)."""
-    from tests.cli.test_cli import assert_one_line_error, edgecompress
+    from tests.conftest import assert_one_line_error, edgecompress
 
     (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
     bad = report(noisy(5.0, seed=2))
@@ -170,7 +170,7 @@ def test_a_malformed_report_is_one_line_naming_the_field(tmp_path, edit, words):
 
 
 def test_an_unwritable_summary_is_refused_before_gating(tmp_path):
-    from tests.cli.test_cli import assert_one_line_error, edgecompress
+    from tests.conftest import assert_one_line_error, edgecompress
 
     (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
     (tmp_path / "new.json").write_text(json.dumps(report(noisy(5.0, seed=2))))
