@@ -69,7 +69,7 @@ def build(name: str, m: dict, work: Path) -> dict[str, Path]:
         "onnx-fp32": lambda o: export(m["source"], o, ExportConfig(sample_data=sample), force=True),
         "onnx-int8": lambda o: quantize(arts["onnx-fp32"], o, QuantizeConfig(
             **({"calibration": calib} if calib else {"sample_data": sample})), force=True),
-        "pte-int8": lambda o: export(m["source"], o, ExportConfig(format="executorch", precision="int8",
+        "pte-int8": lambda o: export(m["source"], o, ExportConfig.from_flat(format="executorch", precision="int8",
                                                                  calibration=calib, sample_data=sample), force=True),
     }
     tflite = d / "tflite-int8" / "model.tflite"  # made by benchmarks/litert_convert.py in litert-torch's environment

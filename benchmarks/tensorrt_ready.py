@@ -80,9 +80,9 @@ def main() -> None:
     import onnx
 
     for name, cfg in (
-        ("TensorRT-ready ONNX, fp16 build (FP32 graph)", ExportConfig(format="tensorrt", dry_run=True, profile=args.profile)),
+        ("TensorRT-ready ONNX, fp16 build (FP32 graph)", ExportConfig.from_flat(format="tensorrt", dry_run=True, profile=args.profile)),
         (f"TensorRT-ready INT8 QDQ ({args.calibration_rows} calibration rows)",
-         ExportConfig(format="tensorrt", dry_run=True, profile=args.profile, precision="int8",
+         ExportConfig.from_flat(format="tensorrt", dry_run=True, profile=args.profile, precision="int8",
                       calibration=str(calib), calibration_samples=args.calibration_rows,
                       sample_data=str(dev_sample), parity_samples=64)),
     ):
@@ -108,7 +108,7 @@ def main() -> None:
         })
         print(json.dumps(rows[-1], indent=1), flush=True)
 
-    shapes = resolve_shapes(ExportConfig(format="tensorrt", profile=args.profile), teacher.info.max_length)
+    shapes = resolve_shapes(ExportConfig.from_flat(format="tensorrt", profile=args.profile), teacher.info.max_length)
     t0 = time.perf_counter()
     program, _, dims = capture(teacher.model, teacher.input_names, shapes)
     cap = time.perf_counter() - t0

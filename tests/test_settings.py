@@ -161,3 +161,95 @@ def test_the_shipped_recipes_say_what_version_1_said(path):
     for name, (verb, settings) in jobs.items():
         model = VERBS[verb].config_model()
         assert model.model_validate(settings) == model.from_flat(**V1[path][name]), (path, name)
+
+
+# --- export --------------------------------------------------------------------------------------------------------
+
+
+def test_export_settings_are_nested_and_every_flag_has_a_home():
+    from compress.stages.export.config import ExportConfig
+
+    assert len(ExportConfig.model_fields) <= 15
+    leaves = _leaves(ExportConfig)
+    assert len(leaves) == len(ExportConfig.flat_fields()) == 24  # no option lost, none added
+    assert set(ExportConfig.MOVED.values()) == {p for p in leaves if "." in p}
+    for key, path in ExportConfig.MOVED.items():
+        assert ExportConfig.flat_key(path) == key
+
+
+EXPORT_NOT_APPLICABLE = [
+    # (settings as the Python API and a recipe write them, the CLI's flags, the one-line message)
+    ({"format": "onnx", "precision": "int8"}, ["--precision", "int8"],
+     "--precision applies to --format tensorrt, executorch or coreml; onnx exports are FP32"),
+    ({"format": "openvino", "tensorrt": {"dry_run": True}}, ["--format", "openvino", "--dry-run"],
+     "--dry-run applies to --format tensorrt only; add --format tensorrt or drop it (in a recipe: tensorrt.dry_run)"),
+    ({"format": "tensorrt", "executorch": {"calibration_method": "minmax"}},
+     ["--format", "tensorrt", "--calibration-method", "minmax"],
+     "--calibration-method applies to --format executorch (quantize has its own for ONNX Runtime)"),
+    ({"format": "executorch", "executorch": {"int8_mode": "static"}}, ["--format", "executorch", "--int8-mode", "static"],
+     "--int8-mode applies to --precision int8; add --precision int8 or drop it (in a recipe: executorch.int8_mode)"),
+    ({"format": "coreml", "precision": "int8", "calibration": {"data": "c.tsv"}},
+     ["--format", "coreml", "--precision", "int8", "--calibration", "c.tsv"],
+     "--calibration does not apply to Core ML"),
+    ({"format": "executorch", "precision": "fp16"}, ["--format", "executorch", "--precision", "fp16"],
+     "--precision fp16 is not made for ExecuTorch here"),
+]
+
+
+@pytest.mark.parametrize("settings, flags, message", EXPORT_NOT_APPLICABLE)
+def test_an_export_option_that_does_not_apply_is_refused_alike_everywhere(capsys, tmp_path, settings, flags, message):
+    from compress.stages.export.config import ExportConfig
+
+    with pytest.raises(ValidationError) as e:  # the Python API
+        ExportConfig(**settings)
+    assert message in str(e.value)
+    recipe = _recipe(tmp_path, "export", settings)
+    line = _one_line_cli_error(capsys, "run", recipe, "--dry-run")  # a recipe: exit 2, one line, file:line
+    assert line.startswith(f"error: {recipe}:") and message in line, line
+    line = _one_line_cli_error(capsys, "export", tmp_path / "teacher", "--out", tmp_path / "OUT", *flags)  # the CLI
+    assert message in line, line
+    assert not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize("old, home", [
+    ({"format": "tensorrt", "dry_run": True}, "`dry_run` is now `tensorrt.dry_run` (settings version 2): write "
+                                              "tensorrt: {dry_run: ...}"),
+    ({"format": "tensorrt", "calibration": "c.tsv"}, "`calibration` is now `calibration.data`"),
+    ({"format": "executorch", "int8_mode": "static"}, "`int8_mode` is now `executorch.int8_mode`"),
+])
+def test_a_version_1_export_key_names_its_new_home(capsys, tmp_path, old, home):
+    from compress.recipes.schema import RecipeError, read_recipe
+
+    recipe = _recipe(tmp_path, "export", old)
+    with pytest.raises(RecipeError) as e:
+        read_recipe(recipe)
+    assert home in str(e.value) and str(e.value).startswith(f"{recipe}:"), str(e.value)
+    assert home in _one_line_cli_error(capsys, "run", recipe, "--dry-run")
+
+
+def test_recorded_export_settings_read_back():
+    """A step's record dumps every option, defaults included: read back (a replay, QAD's re-export) it is not
+    refused for the options it did not set; a version-1 record's flat keys nest."""
+    from compress.stages.export.config import ExportConfig
+
+    cfg = ExportConfig.from_flat(format="tensorrt", precision="int8", calibration="c.tsv", dry_run=True, shape="1x8")
+    assert (cfg.calibration.data, cfg.tensorrt.dry_run, cfg.tensorrt.shape) == ("c.tsv", True, "1x8")
+    assert ExportConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    assert ExportConfig.model_validate(ExportConfig().model_dump(mode="json")) == ExportConfig()
+    v1 = {"format": "onnx", "precision": None, "calibration": None, "calibration_samples": 128, "dry_run": False,
+          "via": "onnx", "int8_mode": None, "opset": 17}
+    assert ExportConfig.model_validate(ExportConfig.nest(v1)) == ExportConfig(opset=17)
+
+
+def test_the_shipped_recipes_export_what_version_1_exported():
+    from compress.recipes.schema import read_recipe
+    from compress.stages.export.config import ExportConfig
+
+    v1 = {"benchmarks/recipes/sst2.yaml": {"teacher-onnx": {}, "openvino": {"format": "openvino"}, "pruned-onnx": {}},
+          "compress/recipes/demo.yaml": {"teacher-onnx": {}, "onnx": {}}}
+    for path, steps in v1.items():
+        r = read_recipe(ROOT / path)
+        exports = {name: step.settings for name, step in r.steps.items() if step.verb == "export"}
+        assert set(exports) == set(steps), path
+        for name, settings in exports.items():
+            assert ExportConfig.model_validate(settings) == ExportConfig.from_flat(**steps[name]), (path, name)

@@ -4,9 +4,13 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import build_config, console, force_option, status
+from compress.cli._common import build_config, console, force_option, section_help, status
 from compress.formats import export_formats
 from compress.stages.export.config import ExportConfig, Exporter, GraphOptimization
+
+F = ExportConfig.flat_fields()
+_TRT = "TensorRT"
+_INT8 = "TensorRT and ExecuTorch int8"
 
 
 class FormatChoice(click.Choice):
@@ -34,34 +38,34 @@ class FormatChoice(click.Choice):
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="New artifact directory.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]),
               help="Default: from the checkpoint (…ForSequenceClassification → text-classification).")
-@click.option("--opset", type=int, default=18, show_default=True, help=ExportConfig.model_fields["opset"].description)
+@click.option("--opset", type=int, default=18, show_default=True, help=F["opset"].description)
 @click.option("--optimize", type=click.Choice([o.value for o in GraphOptimization]), default="none", show_default=True,
-              help=ExportConfig.model_fields["optimize"].description)
+              help=F["optimize"].description)
 @click.option("--exporter", type=click.Choice([e.value for e in Exporter]), default="torch", show_default=True,
-              help=ExportConfig.model_fields["exporter"].description)
-@click.option("--atol", type=float, default=1e-4, show_default=True, help=ExportConfig.model_fields["atol"].description)
+              help=F["exporter"].description)
+@click.option("--atol", type=float, default=1e-4, show_default=True, help=F["atol"].description)
 @click.option("--parity-samples", type=int, default=8, show_default=True, help="Texts in the parity check.")
 @click.option("--sample-data", type=click.Path(path_type=Path), help="Data file for the parity texts.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights (can run arbitrary code).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the checkpoint's own Python code to run.")
 @click.option("--precision", type=click.Choice(["fp16", "int8"]),
-              help=ExportConfig.model_fields["precision"].description)
+              help=F["precision"].description)
 @click.option("--int8-mode", type=click.Choice(["static", "dynamic"]),
-              help=ExportConfig.model_fields["int8_mode"].description)
-@click.option("--calibration", type=click.Path(path_type=Path), help=ExportConfig.model_fields["calibration"].description)
-@click.option("--calibration-samples", type=int, help=ExportConfig.model_fields["calibration_samples"].description)
+              help=section_help("ExecuTorch int8", F["int8_mode"].description))
+@click.option("--calibration", type=click.Path(path_type=Path), help=section_help(_INT8, F["calibration"].description))
+@click.option("--calibration-samples", type=int, help=section_help(_INT8, F["calibration_samples"].description))
 @click.option("--calibration-method", type=click.Choice(["mean-minmax", "minmax", "histogram"]),
-              help=ExportConfig.model_fields["calibration_method"].description)
+              help=section_help("ExecuTorch static int8", F["calibration_method"].description))
 @click.option("--embedding-precision", type=click.Choice(["int8", "fp32"]),
-              help=ExportConfig.model_fields["embedding_precision"].description)
-@click.option("--dry-run", is_flag=True, help=ExportConfig.model_fields["dry_run"].description)
-@click.option("--profile", "-p", "profile_name", help=ExportConfig.model_fields["profile"].description)
-@click.option("--min-shape", help=ExportConfig.model_fields["min_shape"].description)
-@click.option("--opt-shape", help=ExportConfig.model_fields["opt_shape"].description)
-@click.option("--max-shape", help=ExportConfig.model_fields["max_shape"].description)
-@click.option("--shape", help=ExportConfig.model_fields["shape"].description)
-@click.option("--timing-cache", type=click.Path(path_type=Path), help=ExportConfig.model_fields["timing_cache"].description)
-@click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), help=ExportConfig.model_fields["via"].description)
+              help=section_help("ExecuTorch int8", F["embedding_precision"].description))
+@click.option("--dry-run", is_flag=True, help=section_help(_TRT, F["dry_run"].description))
+@click.option("--profile", "-p", "profile_name", help=section_help(_TRT, F["profile"].description))
+@click.option("--min-shape", help=section_help(_TRT, F["min_shape"].description))
+@click.option("--opt-shape", help=f"{_TRT}: " + F["opt_shape"].description)  # not section_help: BATCH keeps its capitals
+@click.option("--max-shape", help=section_help(_TRT, F["max_shape"].description))
+@click.option("--shape", help=section_help(_TRT, F["shape"].description))
+@click.option("--timing-cache", type=click.Path(path_type=Path), help=section_help(_TRT, F["timing_cache"].description))
+@click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), help=section_help(_TRT, F["via"].description))
 @force_option
 def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_samples, sample_data, allow_pickle,
                trust_remote_code, precision, int8_mode, calibration, calibration_samples, calibration_method,
@@ -104,28 +108,6 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
         min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, shape=shape,
         timing_cache=str(timing_cache) if timing_cache else None, via=via,
     )
-    from compress.errors import ConfigError
-
-    mobile = ("--precision", "--int8-mode", "--calibration", "--calibration-samples")
-    for option, value in (("--calibration-method", calibration_method), ("--embedding-precision", embedding_precision)):
-        if value and fmt != "executorch":
-            raise ConfigError(f"{option} applies to --format executorch (quantize has its own for ONNX Runtime)",
-                              hint="add --format executorch --precision int8, or drop it")
-    if fmt != "tensorrt":
-        used = [o for o, v in (("--precision", precision), ("--int8-mode", int8_mode), ("--calibration", calibration),
-                               ("--dry-run", dry_run), ("--min-shape", min_shape), ("--opt-shape", opt_shape),
-                               ("--max-shape", max_shape), ("--shape", shape), ("--timing-cache", timing_cache),
-                               ("--via", via), ("--calibration-samples", calibration_samples),
-                               ("--profile", profile_name))
-                if v and not (fmt == "executorch" and o in mobile) and not (fmt == "coreml" and o in mobile)]
-        if used:
-            raise ConfigError(f"{used[0]} applies to --format tensorrt only", hint="add --format tensorrt or drop it")
-    if fmt == "executorch" and precision == "fp16":
-        raise ConfigError("--precision fp16 is not made for ExecuTorch here", hint="use int8, or leave it out (FP32)")
-    for option, value in (("--int8-mode", int8_mode), ("--calibration-method", calibration_method),
-                          ("--embedding-precision", embedding_precision)):
-        if value and precision != "int8":
-            raise ConfigError(f"{option} applies to --precision int8", hint="add --precision int8 or drop it")
     if via == "torch-tensorrt":  # refused before the long phase, so the error is the one line the user sees
         from compress.stages.export.torch_tensorrt import check_request
 

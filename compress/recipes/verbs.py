@@ -138,7 +138,8 @@ VERBS: dict[str, Verb] = {
         train_steps=_recover_steps, step_name="pruned"),
     "export": Verb(
         config="compress.stages.export.config:ExportConfig", command="compress.cli.export:export_cmd",
-        run="compress.recipes.steps:run_export", paths=("sample_data", "calibration", "timing_cache"),
+        run="compress.recipes.steps:run_export",
+        paths=("sample_data", "calibration.data", "tensorrt.timing_cache"),
         takes_from=(TEACHER, "distill", "prune", "export"), deployable=True, format="onnx", format_option="format",
         defaults=_PARITY_DATA, seconds=30, step_name="{format}", name_defaults={"format": "onnx"}),
     "quantize": Verb(

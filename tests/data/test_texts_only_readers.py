@@ -42,7 +42,7 @@ def test_export_parity_samples_with_name_labels(bert_classifier, named, tmp_path
 
 
 def test_tensorrt_int8_calibration_with_name_labels(onnx_artifact, named, tmp_path):
-    art = export(onnx_artifact.path, tmp_path / "trt", ExportConfig(format="tensorrt", precision="int8", dry_run=True,
+    art = export(onnx_artifact.path, tmp_path / "trt", ExportConfig.from_flat(format="tensorrt", precision="int8", dry_run=True,
                                                                     calibration=str(named), calibration_samples=16))
     assert art.path.is_dir()
 

@@ -43,7 +43,7 @@ def calib(tmp_path_factory, make_tsv):
 
 @pytest.fixture(scope="module")
 def int8_dry(fp32_plain, calib, tmp_path_factory):
-    cfg = ExportConfig(format="tensorrt", precision="int8", dry_run=True, calibration=str(calib))
+    cfg = ExportConfig.from_flat(format="tensorrt", precision="int8", dry_run=True, calibration=str(calib))
     return export(fp32_plain.path, tmp_path_factory.mktemp("trt") / "int8", cfg)
 
 
@@ -57,7 +57,7 @@ def _logits(art, texts):
 
 
 def test_dry_run_fp16_from_teacher(bert_classifier, fp32_plain, tmp_path, sample_texts):
-    art = export(bert_classifier, tmp_path / "fp16", ExportConfig(format="tensorrt", dry_run=True))
+    art = export(bert_classifier, tmp_path / "fp16", ExportConfig.from_flat(format="tensorrt", dry_run=True))
     assert art.format == "onnx" and art.precision == "fp32"
     assert {"model.onnx", "manifest.json", "tokenizer.json"} <= {p.name for p in art.path.iterdir()}
     assert not (art.path / "model.plan").exists()
@@ -124,19 +124,19 @@ def test_checker_flags_asymmetric_uint8_static_quantization(fp32_plain, calib, t
     assert any("uint8" in b for b in bad), bad[:5]
     # and export refuses it as a TensorRT source, naming the way out
     with pytest.raises(ArtifactError, match="not TensorRT's explicit quantization"):
-        export(art.path, tmp_path / "x", ExportConfig(format="tensorrt", precision="int8", dry_run=True))
+        export(art.path, tmp_path / "x", ExportConfig.from_flat(format="tensorrt", precision="int8", dry_run=True))
     assert not (tmp_path / "x").exists()
 
 
 def test_int8_qdq_artifact_that_follows_the_rules_is_accepted(int8_dry, tmp_path):
-    art = export(int8_dry.path, tmp_path / "again", ExportConfig(format="tensorrt", precision="int8", dry_run=True))
+    art = export(int8_dry.path, tmp_path / "again", ExportConfig.from_flat(format="tensorrt", precision="int8", dry_run=True))
     assert art.precision == "int8" and check_tensorrt_qdq(__import__("onnx").load(str(art.model_path))) == []
 
 
 def test_fused_o2_input_refused(bert_classifier, tmp_path):
     fused = export(bert_classifier, tmp_path / "o2", ExportConfig(optimize="O2", parity_samples=2))
     with pytest.raises(ArtifactError, match="--optimize none") as e:
-        export(fused.path, tmp_path / "x", ExportConfig(format="tensorrt", dry_run=True))
+        export(fused.path, tmp_path / "x", ExportConfig.from_flat(format="tensorrt", dry_run=True))
     assert "com.microsoft" not in str(e.value) or "fused" in str(e.value)
     assert not (tmp_path / "x").exists()
 
@@ -165,11 +165,11 @@ def test_cli_dry_run_prints_trtexec_command(fp32_plain, calib, tmp_path):
 
 
 def test_shapes_from_options_and_static_shape():
-    cfg = ExportConfig(format="tensorrt", opt_shape="8x32", max_shape="16x64")
+    cfg = ExportConfig.from_flat(format="tensorrt", opt_shape="8x32", max_shape="16x64")
     assert resolve_shapes(cfg, 128) == {"min": (1, 1), "opt": (8, 32), "max": (16, 64)}
-    assert resolve_shapes(ExportConfig(format="tensorrt", shape="4x16"), 128) == {k: (4, 16) for k in ("min", "opt", "max")}
+    assert resolve_shapes(ExportConfig.from_flat(format="tensorrt", shape="4x16"), 128) == {k: (4, 16) for k in ("min", "opt", "max")}
     with pytest.raises(Exception, match="min <= opt <= max"):
-        resolve_shapes(ExportConfig(format="tensorrt", opt_shape="64x32"), 128)
+        resolve_shapes(ExportConfig.from_flat(format="tensorrt", opt_shape="64x32"), 128)
     assert parse_shape("2X8") == (2, 8)
 
 
@@ -272,7 +272,7 @@ def _fake_tensorrt(rec: _Recorder) -> types.ModuleType:
 
 def test_int8_without_calibration_refused(fp32_plain, tmp_path):
     with pytest.raises(Exception, match="--calibration"):
-        export(fp32_plain.path, tmp_path / "x", ExportConfig(format="tensorrt", precision="int8", dry_run=True))
+        export(fp32_plain.path, tmp_path / "x", ExportConfig.from_flat(format="tensorrt", precision="int8", dry_run=True))
     assert not (tmp_path / "x").exists()
 
 
@@ -280,7 +280,7 @@ def test_fake_tensorrt_build_records_our_calls(int8_dry, fp32_plain, tmp_path, m
     """Tests our calls (profile shapes, flags, timing cache, manifest), not TensorRT itself."""
     rec = _Recorder()
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(rec))
-    cfg = ExportConfig(format="tensorrt", precision="int8", opt_shape="4x32", max_shape="8x128")
+    cfg = ExportConfig.from_flat(format="tensorrt", precision="int8", opt_shape="4x32", max_shape="8x128")
     art = export(int8_dry.path, tmp_path / "engine", cfg)
     assert art.format == "tensorrt" and art.precision == "int8" and art.manifest.model_file == "model.plan"
     assert (art.path / "model.plan").read_bytes() == b"PLAN"
@@ -301,7 +301,7 @@ def test_fake_tensorrt_build_records_our_calls(int8_dry, fp32_plain, tmp_path, m
     rec.calls.clear()  # fp16 from the FP32 artifact, reusing the timing cache
     cache = tmp_path / "shared.cache"
     shutil.copyfile(art.path / "timing.cache", cache)
-    art16 = export(fp32_plain.path, tmp_path / "engine16", ExportConfig(format="tensorrt", timing_cache=str(cache)))
+    art16 = export(fp32_plain.path, tmp_path / "engine16", ExportConfig.from_flat(format="tensorrt", timing_cache=str(cache)))
     assert art16.precision == "fp16" and ("set_flag", "FP16") in rec.calls and ("set_flag", "INT8") not in rec.calls
     assert ("create_timing_cache", b"timing-cache") in rec.calls
 
@@ -345,7 +345,7 @@ def test_built_engine_is_checked_against_fp32(fp32_plain, tmp_path, monkeypatch,
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(_Recorder()))
     stand_in = type("EngineStandIn", (_EngineStandIn,), {"onnx_art": fp32_plain, "flip": flip, "shapes_seen": []})
     monkeypatch.setattr(tb, "TensorRTBackend", stand_in)
-    cfg = ExportConfig(format="tensorrt", max_shape="4x64")
+    cfg = ExportConfig.from_flat(format="tensorrt", max_shape="4x64")
     out = tmp_path / "engine"
     if flip:
         with pytest.raises(Exception, match="engine agrees with the FP32 ONNX model on 0% of samples"):

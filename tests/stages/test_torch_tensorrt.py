@@ -68,7 +68,7 @@ def test_captured_program_matches_the_model_at_every_shape_in_range(fixture, req
 
 def test_static_shape_captures_without_dims(bert_classifier, tmp_path, sample_texts):
     teacher = _teacher(bert_classifier)
-    shapes = resolve_shapes(ExportConfig(format="tensorrt", shape="4x32"), 128)
+    shapes = resolve_shapes(ExportConfig.from_flat(format="tensorrt", shape="4x32"), 128)
     runner, dims = _saved(teacher, shapes, tmp_path / PROGRAM)
     assert dims is None
     batch = teacher.encoder().encode(sample_texts[:4], pad_to=32)
@@ -79,11 +79,11 @@ def test_static_shape_captures_without_dims(bert_classifier, tmp_path, sample_te
 
 def test_requests_this_path_does_not_serve_are_refused():
     with pytest.raises(ConfigError, match="--dry-run writes TensorRT-ready ONNX"):
-        check_request(ExportConfig(format="tensorrt", via="torch-tensorrt", dry_run=True))
+        check_request(ExportConfig.from_flat(format="tensorrt", via="torch-tensorrt", dry_run=True))
     with pytest.raises(ConfigError, match="--via onnx --precision int8"):
-        check_request(ExportConfig(format="tensorrt", via="torch-tensorrt", precision="int8"))
+        check_request(ExportConfig.from_flat(format="tensorrt", via="torch-tensorrt", precision="int8"))
     with pytest.raises(ConfigError, match="ModelOpt"):
-        check_request(ExportConfig(format="tensorrt", via="torch-tensorrt", calibration="x.tsv"))
+        check_request(ExportConfig.from_flat(format="tensorrt", via="torch-tensorrt", calibration="x.tsv"))
 
 
 def test_missing_torch_tensorrt_names_the_matching_release(bert_classifier, tmp_path):
@@ -92,7 +92,7 @@ def test_missing_torch_tensorrt_names_the_matching_release(bert_classifier, tmp_
     import torch
 
     with pytest.raises(MissingBackendError) as e:
-        export(bert_classifier, tmp_path / "x", ExportConfig(format="tensorrt", via="torch-tensorrt"))
+        export(bert_classifier, tmp_path / "x", ExportConfig.from_flat(format="tensorrt", via="torch-tensorrt"))
     want = torch.__version__.split("+")[0]
     assert f'pip install "torch-tensorrt=={want}"' in e.value.hint and "--via onnx" in e.value.hint
     assert not (tmp_path / "x").exists()
@@ -107,7 +107,7 @@ def test_no_gpu_is_one_line(monkeypatch):
 
     monkeypatch.setattr(opt, "is_available", lambda m: True)
     with pytest.raises(ConfigError, match="--via torch-tensorrt needs CUDA device cuda:0.*sees no CUDA GPU"):
-        check_request(ExportConfig(format="tensorrt", via="torch-tensorrt"))
+        check_request(ExportConfig.from_flat(format="tensorrt", via="torch-tensorrt"))
 
 
 def test_onnx_source_is_refused(onnx_artifact, tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_onnx_source_is_refused(onnx_artifact, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ttrt, "check_request", lambda config, device: None)
     with pytest.raises(ArtifactError, match="torch-tensorrt takes pytorch fp32"):
-        export(onnx_artifact.path, tmp_path / "x", ExportConfig(format="tensorrt", via="torch-tensorrt"))
+        export(onnx_artifact.path, tmp_path / "x", ExportConfig.from_flat(format="tensorrt", via="torch-tensorrt"))
     assert not (tmp_path / "x").exists()
 
 
@@ -182,7 +182,7 @@ def test_fake_torch_tensorrt_build_records_our_calls(bert_classifier, tmp_path, 
     monkeypatch.setitem(sys.modules, "torch_tensorrt", ttrt)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(mod, "_check_device", lambda device: None)  # no GPU here: compile on the CPU
-    cfg = ExportConfig(format="tensorrt", via="torch-tensorrt", opt_shape="4x32", max_shape="8x64")
+    cfg = ExportConfig.from_flat(format="tensorrt", via="torch-tensorrt", opt_shape="4x32", max_shape="8x64")
     art = export_torch_tensorrt(bert_classifier, tmp_path / "prog", cfg, device="cpu")
 
     (compile_call,) = [c for c in calls if c[0] == "compile"]
@@ -220,7 +220,7 @@ def test_fake_build_static_shape_encoder(bert_encoder, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_tensorrt", ttrt)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(mod, "_check_device", lambda device: None)
-    art = export_torch_tensorrt(bert_encoder, tmp_path / "enc", ExportConfig(
+    art = export_torch_tensorrt(bert_encoder, tmp_path / "enc", ExportConfig.from_flat(
         format="tensorrt", via="torch-tensorrt", shape="4x32", parity_samples=10), device="cpu")
     assert art.manifest.target["static"] is True and art.manifest.inputs[0].shape == [4, 32]
     parity = art.manifest.steps[-1].metrics["parity"]

@@ -4,13 +4,15 @@ export verb and its backends import, never the other way round."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
 from compress.artifact import Format, Precision, Task
+from compress.settings import Section, Settings, flag, refuse
 from compress.stages.spec import StageSpec, pairs
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: options nested in sections (calibration, executorch, tensorrt)
 _FROM_CHECKPOINT = "export starts from a teacher checkpoint or a pytorch artifact (a distilled or pruned student)"
 _VERSIONS = ("optimum", "onnx", "onnxruntime", "openvino", "torch", "transformers")
 #: PyTorch -> ONNX (torch.onnx.export, its dynamo exporter, or Optimum), FP32, parity-checked.
@@ -131,10 +133,75 @@ class GraphOptimization(StrEnum):
     O2 = "O2"
 
 
-class ExportConfig(BaseModel):
+class Calibration(Section):
+    """The inputs that calibrate INT8 activations (TensorRT int8, ExecuTorch static int8)."""
+
+    data: str | None = Field(None, description="Data file whose inputs calibrate activations.")
+    samples: int = Field(128, ge=1, description="Number of calibration inputs.")
+
+
+class ExecuTorch(Section):
+    """ExecuTorch INT8 (``--format executorch --precision int8``): PT2E with the XNNPACK quantizer."""
+
+    int8_mode: Int8Mode | None = Field(
+        None, description="Static activations calibrated on --calibration (the default for "
+        "images) or dynamic (scales at run time, no calibration; the default for text).",
+    )
+    calibration_method: RangeEstimator | None = Field(
+        None, description="The activation range estimator: mean-minmax (each calibration "
+        "row's extremes, averaged; the default), minmax (the whole set's extremes) or histogram (XNNPACKQuantizer's "
+        "own: the range of least L2 error). The logits keep the whole set's extremes in every case.",
+    )
+    embedding_precision: EmbeddingTables | None = Field(
+        None, description="Embedding tables in int8 (one scale per row, read by ExecuTorch's "
+        "quantized kernels, which the app must link; the default) or fp32 (for a runner built without them).",
+    )
+
+
+class TensorRT(Section):
+    """TensorRT (``--format tensorrt``): the engine's build, its optimisation profile shapes, the builder."""
+
+    dry_run: bool = Field(
+        False, description="Write the TensorRT-ready ONNX artifact and print the trtexec command "
+        "instead of building an engine (needs no TensorRT).",
+    )
+    profile: str | None = Field(
+        None, description="Device profile (name or file) whose measure batch/sequence set the "
+        "optimisation profile shapes.",
+    )
+    min_shape: str | None = Field(None, pattern=r"^\d+[xX]\d+$", description="Smallest BATCHxSEQUENCE (default 1x1).")
+    opt_shape: str | None = Field(None, pattern=r"^\d+[xX]\d+$", description="BATCHxSEQUENCE tuned for (default: the profile's).")
+    max_shape: str | None = Field(
+        None, pattern=r"^\d+[xX]\d+$",
+        description="Largest BATCHxSEQUENCE (default max(4 x batch, 32) x max_length).",
+    )
+    shape: str | None = Field(
+        None, pattern=r"^\d+[xX]\d+$", description="One static BATCHxSEQUENCE (fixes the ONNX axes).",
+    )
+    timing_cache: str | None = Field(
+        None, description="Timing cache file to reuse and update (default: timing.cache in the output).",
+    )
+    via: TrtVia = Field(
+        TrtVia.onnx, description="Build from ONNX (default), or compile the PyTorch model with "
+        "Torch-TensorRT (fp16 only; needs torch-tensorrt matching torch, and a GPU).",
+    )
+
+
+#: the formats ``precision`` and ``calibration`` apply to
+_PRECISION_FORMATS = (ExportFormat.tensorrt, ExportFormat.executorch, ExportFormat.coreml)
+
+
+class ExportConfig(Settings):
     """Settings of ``edgecompress export``."""
 
-    model_config = ConfigDict(extra="forbid")
+    MOVED: ClassVar[dict[str, str]] = {
+        "calibration": "calibration.data", "calibration_samples": "calibration.samples",
+        "int8_mode": "executorch.int8_mode", "calibration_method": "executorch.calibration_method",
+        "embedding_precision": "executorch.embedding_precision",
+        "dry_run": "tensorrt.dry_run", "profile": "tensorrt.profile", "min_shape": "tensorrt.min_shape",
+        "opt_shape": "tensorrt.opt_shape", "max_shape": "tensorrt.max_shape", "shape": "tensorrt.shape",
+        "timing_cache": "tensorrt.timing_cache", "via": "tensorrt.via",
+    }
 
     format: ExportFormat = Field(ExportFormat.onnx, description="Target format.")
     task: Task | None = Field(None, description="Task; inferred from the checkpoint's architecture when omitted.")
@@ -166,51 +233,65 @@ class ExportConfig(BaseModel):
     sample_data: str | None = Field(None, description="Data file whose first texts are the parity samples.")
     allow_pickle: bool = Field(False, description="Allow loading pickled (.bin) weights.")
     trust_remote_code: bool = Field(False, description="Allow a checkpoint's own Python code to run.")
-    # --format tensorrt (compress.stages.export.tensorrt)
     precision: TrtPrecision | None = Field(
         None, description="TensorRT: fp16 (FP32 ONNX built with the FP16 flag; the default) or int8 (explicit "
         "QDQ quantization following TensorRT's rules, calibrated on --calibration). ExecuTorch: int8 (PT2E with "
         "the XNNPACK quantizer before lowering); default FP32. Core ML: int8 (INT8 weights, FP16 arithmetic); default "
         "FP16.",
     )
-    int8_mode: Int8Mode | None = Field(
-        None, description="ExecuTorch int8: static activations calibrated on --calibration (the default for "
-        "images) or dynamic (scales at run time, no calibration; the default for text).",
-    )
-    calibration_method: RangeEstimator | None = Field(
-        None, description="ExecuTorch static int8: the activation range estimator: mean-minmax (each calibration "
-        "row's extremes, averaged; the default), minmax (the whole set's extremes) or histogram (XNNPACKQuantizer's "
-        "own: the range of least L2 error). The logits keep the whole set's extremes in every case.",
-    )
-    embedding_precision: EmbeddingTables | None = Field(
-        None, description="ExecuTorch int8: embedding tables in int8 (one scale per row, read by ExecuTorch's "
-        "quantized kernels, which the app must link; the default) or fp32 (for a runner built without them).",
-    )
-    calibration: str | None = Field(None, description="TensorRT and ExecuTorch int8: data file whose inputs "
-                                    "calibrate activations.")
-    calibration_samples: int = Field(128, ge=1, description="TensorRT and ExecuTorch int8: number of calibration "
-                                     "inputs.")
-    dry_run: bool = Field(
-        False, description="TensorRT: write the TensorRT-ready ONNX artifact and print the trtexec command "
-        "instead of building an engine (needs no TensorRT).",
-    )
-    profile: str | None = Field(
-        None, description="TensorRT: device profile (name or file) whose measure batch/sequence set the "
-        "optimisation profile shapes.",
-    )
-    min_shape: str | None = Field(None, pattern=r"^\d+[xX]\d+$", description="TensorRT: smallest BATCHxSEQUENCE (default 1x1).")
-    opt_shape: str | None = Field(None, pattern=r"^\d+[xX]\d+$", description="TensorRT: BATCHxSEQUENCE tuned for (default: the profile's).")
-    max_shape: str | None = Field(
-        None, pattern=r"^\d+[xX]\d+$",
-        description="TensorRT: largest BATCHxSEQUENCE (default max(4 x batch, 32) x max_length).",
-    )
-    shape: str | None = Field(
-        None, pattern=r"^\d+[xX]\d+$", description="TensorRT: one static BATCHxSEQUENCE (fixes the ONNX axes).",
-    )
-    timing_cache: str | None = Field(
-        None, description="TensorRT: timing cache file to reuse and update (default: timing.cache in the output).",
-    )
-    via: TrtVia = Field(
-        TrtVia.onnx, description="TensorRT: build from ONNX (default), or compile the PyTorch model with "
-        "Torch-TensorRT (fp16 only; needs torch-tensorrt matching torch, and a GPU).",
-    )
+    calibration: Calibration = Field(default_factory=Calibration,
+                                     description="TensorRT and ExecuTorch int8: the calibration inputs.")
+    executorch: ExecuTorch = Field(default_factory=ExecuTorch, description="ExecuTorch int8.")
+    tensorrt: TensorRT = Field(default_factory=TensorRT, description="TensorRT's build.")
+
+
+    @model_validator(mode="after")
+    def _applies(self) -> ExportConfig:
+        """Options set for a format or a precision they do not apply to are refused (one line each, alike from the
+        CLI, a recipe and the Python API), rather than ignored. An option at its default is not "set": a step's
+        recorded settings (every option dumped) read back as they were."""
+        fmt, used = self.format, _changed(self)
+        for path in ("executorch.calibration_method", "executorch.embedding_precision", "executorch.int8_mode"):
+            if path in used and fmt is not ExportFormat.executorch:
+                if fmt is ExportFormat.coreml and path == "executorch.int8_mode":
+                    continue  # Core ML's own message, below
+                raise self._refuse(path, "applies to --format executorch (quantize has its own for ONNX Runtime); "
+                                   "add --format executorch --precision int8, or drop it")
+        for path in used:
+            if path.startswith("tensorrt.") and fmt is not ExportFormat.tensorrt:
+                raise self._refuse(path, "applies to --format tensorrt only; add --format tensorrt or drop it")
+            if (path == "precision" or path.startswith("calibration.")) and fmt not in _PRECISION_FORMATS:
+                raise self._refuse(path, f"applies to --format tensorrt, executorch or coreml; {fmt} exports are "
+                                   "FP32 (quantize one with `edgecompress quantize`), or drop it")
+        if fmt is ExportFormat.coreml:
+            wrong = [p for p in ("executorch.int8_mode", "calibration.data", "calibration.samples") if p in used]
+            if wrong:
+                raise self._refuse(wrong[0], "does not apply to Core ML: its INT8 is weights only (FP16 "
+                                   "arithmetic), which needs no calibration; drop it: --precision int8 alone stores "
+                                   "INT8 weights")
+        if fmt is ExportFormat.executorch and self.precision is TrtPrecision.fp16:
+            raise refuse("--precision fp16 is not made for ExecuTorch here; use int8, or leave it out (FP32)")
+        for path in ("executorch.int8_mode", "executorch.calibration_method", "executorch.embedding_precision"):
+            if path in used and self.precision is not TrtPrecision.int8:
+                raise self._refuse(path, "applies to --precision int8; add --precision int8 or drop it")
+        return self
+
+    @classmethod
+    def _refuse(cls, path: str, text: str):
+        """A refusal naming the option by its CLI flag first, and by its place in a recipe where that differs:
+        ``--dry-run applies to ...; ... (in a recipe: tensorrt.dry_run)``."""
+        key = cls.flat_key(path)
+        return refuse(f"{flag(key)} {text}" + ("" if path == key else f" (in a recipe: {path})"))
+
+
+def _changed(settings: Settings) -> list[str]:
+    """The dotted paths of the options whose value is not their default."""
+    out = []
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, Section):
+            out += [f"{name}.{n}" for n, sub in type(value).model_fields.items()
+                    if getattr(value, n) != sub.get_default(call_default_factory=True)]
+        elif value != info.get_default(call_default_factory=True):
+            out.append(name)
+    return out

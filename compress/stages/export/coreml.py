@@ -144,10 +144,7 @@ def export_coreml(source: Path | str, out: Path | str, config: ExportConfig, *, 
     from compress.stages.export.executorch import check_parity, describe_program, load_pytorch_source
 
     require("coremltools", "Core ML export (pip install 'edgecompress[coreml]')")
-    if config.int8_mode or config.calibration:
-        raise ConfigError(f"{'--int8-mode' if config.int8_mode else '--calibration'} does not apply to Core ML: its "
-                          "INT8 is weights only (FP16 arithmetic), which needs no calibration",
-                          hint="drop it; --precision int8 alone stores INT8 weights")
+    # --int8-mode and --calibration are refused by ExportConfig: Core ML's INT8 is weights only
     int8 = config.precision is not None and config.precision.value == "int8"
     precision = Precision.int8 if int8 else Precision.fp16
     output = EXPORT_COREML.output(out, config, force=force)

@@ -81,7 +81,7 @@ def _calibration_rows(teacher, config: ExportConfig, names: list[str]) -> list[t
 
     from compress.data.inputs import sample_inputs
 
-    items = sample_inputs(config.calibration, config.calibration_samples, teacher.manifest().preprocess)
+    items = sample_inputs(config.calibration.data, config.calibration.samples, teacher.manifest().preprocess)
     encoder = teacher.encoder()
     rows = []
     for item in items:
@@ -132,7 +132,7 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
     mode = int8_mode(teacher, config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    method = str(config.calibration_method or CALIBRATION_METHOD)
+    method = str(config.executorch.calibration_method or CALIBRATION_METHOD)
     quantizer = xnnpack_quantizer(dynamic=mode == "dynamic", method=method)
     prepared = prepare_pt2e(program.module(), quantizer)
     rows = _calibration_rows(teacher, config, names) if mode == "static" else [example]
@@ -140,11 +140,11 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
         for row in rows:
             prepared(*row)
     converted = convert_pt2e(prepared)
-    tables = quantize_embeddings(converted) if str(config.embedding_precision or "int8") == "int8" else 0
+    tables = quantize_embeddings(converted) if str(config.executorch.embedding_precision or "int8") == "int8" else 0
     # the converted graph takes its inputs flat, not as one *args tuple
     quantized = torch.export.export(converted, example, dynamic_shapes=dynamic[0] if dynamic else None)
     record = {"scheme": "PT2E XNNPACKQuantizer, symmetric, per-channel weights", "activations": mode,
-              "calibration": config.calibration if mode == "static" else None,
+              "calibration": config.calibration.data if mode == "static" else None,
               "calibration_rows": len(rows) if mode == "static" else 0,
               "embeddings": {"tables": tables, "weights": "int8, symmetric, one scale per row"} if tables else None}
     if mode == "static":
@@ -298,11 +298,11 @@ def int8_mode(teacher, config: ExportConfig) -> str:
                           "fails in XNNPACK when it runs", hint="export it in FP32 (drop --precision int8), or "
                           "export the nn.Module it came from")
     text = input_kind(teacher) == "text"
-    mode = str(config.int8_mode or ("dynamic" if text else "static"))
-    if config.calibration_method and mode != "static":
+    mode = str(config.executorch.int8_mode or ("dynamic" if text else "static"))
+    if config.executorch.calibration_method and mode != "static":
         raise ConfigError("--calibration-method applies to static INT8 (activations calibrated ahead of time)",
                           hint="add --int8-mode static with --calibration, or drop --calibration-method")
-    if mode == "static" and not config.calibration:
+    if mode == "static" and not config.calibration.data:
         raise ConfigError("static INT8 for ExecuTorch needs calibration data",
                           hint="pass --calibration DATA (inputs like the model's: texts, images or arrays)"
                           + (", or --int8-mode dynamic" if text else ""))

@@ -34,9 +34,7 @@ def export_litert(source: Path | str, out: Path | str, config: ExportConfig, *, 
         raise ConfigError(f"export --format litert needs litert-torch: {CONFLICT}",
                           hint="convert in an environment of its own (pip install litert-torch; litert_torch.convert"
                           "(model, example).export('model.tflite')), then adopt it: edgecompress export model.tflite")
-    if config.precision is not None:
-        raise ConfigError("--precision applies to TensorRT and ExecuTorch; a LiteRT export is FP32",
-                          hint="quantize with ai-edge-quantizer where litert-torch runs, then adopt the .tflite")
+    # --precision is refused by ExportConfig (a LiteRT export is FP32)
     import litert_torch
 
     from compress.stages.export.executorch import (

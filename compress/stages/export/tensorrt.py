@@ -219,7 +219,7 @@ def _quantize_int8(src: Artifact, dst: Path, config: ExportConfig) -> dict[str, 
     from compress.runtimes.ort_backend import OrtBackend
     from compress.stages.quantize.calibration import CalibrationReader
 
-    texts = sample_texts(config.calibration, config.calibration_samples)
+    texts = sample_texts(config.calibration.data, config.calibration.samples)
     runtime = OrtBackend(src)
     # the percentile calibrator stacks samples: one length for all
     reader = CalibrationReader(runtime.encoder, texts, set(runtime.input_names), same_length=True)
@@ -368,7 +368,7 @@ def _engine_builder(config: ExportConfig) -> str | None:
     """'python', 'trtexec', or None for a dry run; raises MissingBackendError before any work."""
     from compress._optional import is_available, require
 
-    if config.dry_run:
+    if config.tensorrt.dry_run:
         return None
     if is_available("tensorrt"):
         return "python"
@@ -379,12 +379,12 @@ def _engine_builder(config: ExportConfig) -> str | None:
 
 
 def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *, force: bool = False) -> Artifact:
-    """TensorRT-ready ONNX artifact (``config.dry_run``) or TensorRT engine artifact from ``source``.
+    """TensorRT-ready ONNX artifact (``config.tensorrt.dry_run``) or TensorRT engine artifact from ``source``.
 
     ``source``: a teacher checkpoint / pytorch artifact (exported to plain ONNX first), an unfused FP32
     ONNX artifact, or an INT8 QDQ ONNX artifact that already follows TensorRT's rules.
     """
-    if config.via is TrtVia.torch_tensorrt:
+    if config.tensorrt.via is TrtVia.torch_tensorrt:
         from compress.stages.export.torch_tensorrt import export_torch_tensorrt
 
         return export_torch_tensorrt(source, out, config, force=force)
@@ -419,7 +419,7 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
                 raise ConfigError(f"{source} is INT8 QDQ; --precision {precision} needs an FP32 source",
                                   hint="use --precision int8, or pass the FP32 artifact")
     needs_calibration = precision is TrtPrecision.int8 and (source_art is None or source_art.precision is Precision.fp32)
-    if needs_calibration and not config.calibration:
+    if needs_calibration and not config.calibration.data:
         raise ConfigError("--precision int8 needs calibration data for the activation ranges",
                           hint="pass --calibration DATA (a few hundred representative texts)")
     require("onnxruntime", "checking the TensorRT-ready ONNX")
@@ -486,13 +486,13 @@ def export_tensorrt(source: Path | str, out: Path | str, config: ExportConfig, *
             raise StageError(f"TensorRT-ready ONNX differs from FP32 by {parity.max_abs_diff:.3g}",
                              hint="report it with --debug")
 
-        timing_cache = Path(config.timing_cache) if config.timing_cache else out / TIMING_CACHE
+        timing_cache = Path(config.tensorrt.timing_cache) if config.tensorrt.timing_cache else out / TIMING_CACHE
         cmd = trtexec_command(out / "model.onnx", out / PLAN, input_names, shapes, precision, timing_cache)
         target: dict[str, Any] = {"precision": str(precision), "shapes": shape_rec, "static": shapes["min"] == shapes["max"]}
         if builder is None:
             manifest.target = {"tensorrt_ready": True, **target, "engine": None, "trtexec": shlex.join(cmd)}
         else:
-            built_cache = tmp / TIMING_CACHE if not config.timing_cache else timing_cache
+            built_cache = tmp / TIMING_CACHE if not config.tensorrt.timing_cache else timing_cache
             plan = tmp / PLAN
             if builder == "python":
                 version = build_engine_python(onnx_file, plan, input_names, shapes, precision, built_cache)

@@ -31,17 +31,17 @@ def resolve_shapes(config: ExportConfig, max_length: int) -> dict[str, Shape]:
     all three one static shape.
     """
     batch, seq, given = 1, 64, {}
-    if config.profile:
+    if config.tensorrt.profile:
         from compress.profiles.load import load_profile
 
-        measure = load_profile(config.profile).measure
+        measure = load_profile(config.tensorrt.profile).measure
         batch, seq = measure.batch_size, measure.sequence_length
         for key in ("min", "opt", "max"):
             v = getattr(measure, f"{key}_shape", None)
             if v:
                 given[key] = parse_shape(v) if isinstance(v, str) else tuple(v)
-    if config.shape:
-        s = parse_shape(config.shape)
+    if config.tensorrt.shape:
+        s = parse_shape(config.tensorrt.shape)
         return {"min": s, "opt": s, "max": s}
     shapes = {
         "min": given.get("min", (1, 1)),
@@ -49,8 +49,8 @@ def resolve_shapes(config: ExportConfig, max_length: int) -> dict[str, Shape]:
         "max": given.get("max", (max(4 * batch, 32), max_length)),
     }
     for key in ("min", "opt", "max"):
-        if getattr(config, f"{key}_shape"):
-            shapes[key] = parse_shape(getattr(config, f"{key}_shape"))
+        if getattr(config.tensorrt, f"{key}_shape"):
+            shapes[key] = parse_shape(getattr(config.tensorrt, f"{key}_shape"))
     lo, mid, hi = shapes["min"], shapes["opt"], shapes["max"]
     if not all(lo[i] <= mid[i] <= hi[i] for i in (0, 1)):
         raise ConfigError(

@@ -52,12 +52,12 @@ def check_request(config: ExportConfig, device: str = "cuda:0") -> None:
     """Refuse what this path does not do, and a machine that cannot run it, before any work."""
     from compress._optional import is_available
 
-    if config.dry_run:
+    if config.tensorrt.dry_run:
         raise ConfigError(
             "--dry-run writes TensorRT-ready ONNX, which --via torch-tensorrt does not use",
             hint="drop --dry-run (the build needs torch-tensorrt and a GPU), or use --via onnx --dry-run",
         )
-    if config.precision is TrtPrecision.int8 or config.calibration:
+    if config.precision is TrtPrecision.int8 or config.calibration.data:
         raise ConfigError(
             "--via torch-tensorrt builds FP16 engines; Torch-TensorRT's INT8 needs a model quantized with NVIDIA "
             "ModelOpt, which edgecompress does not make",
@@ -265,7 +265,7 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         reference = TorchBackend.from_teacher(teacher, RuntimeSettings(provider=device))
         log.info("torch.export over min %s / opt %s / max %s", shapes["min"], shapes["opt"], shapes["max"])
         program, examples, _ = capture(reference.model, names, shapes, device)
-        timing_cache = Path(config.timing_cache) if config.timing_cache else tmp / TIMING_CACHE
+        timing_cache = Path(config.tensorrt.timing_cache) if config.tensorrt.timing_cache else tmp / TIMING_CACHE
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         compiled = compile_program(program, names, shapes, timing_cache, device)
         save_program(compiled, tmp / PROGRAM, examples)

@@ -428,8 +428,10 @@ def _export_trained(art: Artifact, run: _Run, work: Path) -> Artifact:
     _save_like(run.student, run.source, dest, run.write_kind)
     onnx_dir = work / "onnx"
     adopted = adopted_file(art) is not None
-    settings = {"format": "onnx"} if adopted else dict(art.manifest.steps[-1].config)  # not a file's adoption settings
-    export(dest if run.source.is_dir() else dest / run.source.name, onnx_dir, ExportConfig(**settings), force=True)
+    # not a file's adoption settings; a version-1 record's flat keys nested
+    settings = {"format": "onnx"} if adopted else dict(art.manifest.steps[-1].config)
+    export(dest if run.source.is_dir() else dest / run.source.name, onnx_dir,
+           ExportConfig.model_validate(ExportConfig.nest(settings)), force=True)
     trained = load_artifact(onnx_dir)
     if adopted:  # our exporter names the graph's inputs and outputs its own way: the file's names are the contract
         _rename_io(trained, art)
