@@ -11,6 +11,9 @@ import importlib
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,71 @@ importlib.import_module("compress")  # first: installs the hook that lets torchv
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# --- running the CLI: helpers the test modules share ----------------------------------------------------
+
+#: the environment of a CLI subprocess: offline, quiet, no --debug tracebacks
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+ENV.pop("EDGECOMPRESS_DEBUG", None)
+
+
+def edgecompress(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real entry point (``python -m compress``) in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "compress", *map(str, args)],
+        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
+    """``proc`` failed with ``code`` and one ``error:`` line on stderr holding every one of ``words``, no traceback.
+    Returns the line."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    line = lines[0]
+    assert line.startswith("error: "), line
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in line, (w, line)
+    return line
+
+
+def main_error(capsys, *args, code: int = 2) -> str:
+    """The one-line error of ``edgecompress ARGS`` run in this process (no interpreter start: for the many refusal
+    tests): its exit code, one ``error:`` line on stderr, no traceback. Returns the line."""
+    from compress.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["-q", *map(str, args)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code and len(err) == 1 and err[0].startswith("error: "), (e.value.code, err)
+    return err[0]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (a launcher's main process port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# two processes on the CPU wherever the tests run: on a machine with one GPU, ACCELERATE_USE_CPU alone still sent
+# the second process to CUDA device 1 ("invalid device ordinal", seen on an H100); hiding the GPUs keeps both on the CPU
+CPU_PROCESSES = {"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def png_bytes(w: int, h: int, idat: bytes) -> bytes:
+    """A PNG with valid chunks and CRCs around ``idat`` (test material for broken and oversized files)."""
+    import struct
+    import zlib
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_TSV = ROOT / "compress" / "data" / "samples" / "sentiment.tsv"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -16,41 +15,7 @@ from click.testing import CliRunner
 import compress
 from compress.artifact import Precision, load_artifact
 from compress.cli import COMMANDS, cli
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-ENV.pop("EDGECOMPRESS_DEBUG", None)
-
-
-def edgecompress(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real entry point (``python -m compress``) in a fresh interpreter."""
-    return subprocess.run(
-        [sys.executable, "-m", "compress", *map(str, args)],
-        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300,
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    line = lines[0]
-    assert line.startswith("error: "), line
-    assert "Traceback" not in proc.stderr
-    for w in words:
-        assert w in line, (w, line)
-    return line
-
-
-def main_error(capsys, *args, code: int = 2) -> str:
-    """The one-line error of ``edgecompress ARGS`` run in this process (no interpreter start: for the many refusal
-    tests): its exit code, one ``error:`` line on stderr, no traceback. Returns the line."""
-    from compress.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(["-q", *map(str, args)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == code and len(err) == 1 and err[0].startswith("error: "), (e.value.code, err)
-    return err[0]
+from tests.conftest import ENV, assert_one_line_error, edgecompress
 
 
 def invoke(*args: str):

@@ -12,6 +12,7 @@ from compress.artifact import ImagePreprocess, Manifest
 from compress.data.images import load_image_dataset
 from compress.device import shipped as device
 from compress.errors import DataError
+from tests.conftest import png_bytes
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow not installed (pip install 'edgecompress[images]')")
 
@@ -221,21 +222,9 @@ def test_settings_we_cannot_reproduce_are_refused_by_name():
         preprocess_from_hf({"do_resize": False})
 
 
-def _png(w: int, h: int, idat: bytes) -> bytes:
-    """A PNG with valid chunks and CRCs around ``idat`` (test material for broken and oversized files)."""
-    import struct
-    import zlib
-
-    def chunk(t: bytes, d: bytes) -> bytes:
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("name, content, words", [
-    ("bomb.png", lambda: _png(60000, 60000, __import__("zlib").compress(b"\0" * 1000)), "larger than Pillow allows"),
-    ("garbage.png", lambda: _png(16, 16, b"\x78\x9c" + bytes(range(200))), "cannot be decoded"),
+    ("bomb.png", lambda: png_bytes(60000, 60000, __import__("zlib").compress(b"\0" * 1000)), "larger than Pillow allows"),
+    ("garbage.png", lambda: png_bytes(16, 16, b"\x78\x9c" + bytes(range(200))), "cannot be decoded"),
 ])
 def test_a_decompression_bomb_or_undecodable_image_is_named(tmp_path, name, content, words):
     """A 60000x60000 PNG of 1 KB, and a PNG whose chunks and CRCs are valid but whose pixels do not inflate (it

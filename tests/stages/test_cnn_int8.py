@@ -128,7 +128,7 @@ def test_strict_refuses_a_collapsed_int8_and_writes_nothing(stack, tmp_path):
 
 
 def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
-    from tests.cli.test_cli import assert_one_line_error, edgecompress
+    from tests.conftest import assert_one_line_error, edgecompress
 
     proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
                         "--out", tmp_path / "q")
@@ -172,13 +172,12 @@ def test_cli_names_an_undecodable_calibration_image(stack, tmp_path):
     suggestion of --mode dynamic (refused for conv nets)."""
     from PIL import Image
 
-    from tests.cli.test_cli import assert_one_line_error, edgecompress
-    from tests.data.test_images import _png
+    from tests.conftest import assert_one_line_error, edgecompress, png_bytes
 
     (tmp_path / "cal").mkdir()
     pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "cal" / "ok.png")
-    (tmp_path / "cal" / "broken.png").write_bytes(_png(16, 16, b"\x78\x9c" + bytes(range(200))))
+    (tmp_path / "cal" / "broken.png").write_bytes(png_bytes(16, 16, b"\x78\x9c" + bytes(range(200))))
     (tmp_path / "cal.csv").write_text("path\ncal/ok.png\ncal/broken.png\n")
     proc = edgecompress("quantize", stack["onnx"], "--calibration", tmp_path / "cal.csv", "--out", tmp_path / "q")
     line = assert_one_line_error(proc, "broken.png", "cannot be decoded", code=2)

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import warnings
@@ -36,6 +35,7 @@ from compress.stages.distill.run import default_run_dir
 from compress.stages.distill.student import build_student, count_parameters, evenly_spaced, layer_list, load_student
 from compress.stages.training import OutputPlan, length_grouped_order
 from compress.teachers.load import load_teacher
+from tests.conftest import CPU_PROCESSES, free_port
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -852,17 +852,6 @@ def test_cli_error_from_a_fresh_interpreter(bert_classifier, data, tmp_path):
 # --- several processes ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# two processes on the CPU wherever the tests run: on a machine with one GPU, ACCELERATE_USE_CPU alone still sent
-# the second process to CUDA device 1 ("invalid device ordinal", seen on an H100); hiding the GPUs keeps both on the CPU
-CPU_PROCESSES = {"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
-
-
 def test_accelerate_launch_two_cpu_processes(bert_classifier, data, tmp_path):
     """Two real processes on CPU (gloo). In accelerate 1.15 ``--cpu --num_processes 2`` starts *one* process
     unless an MPI hostfile is given; ``--multi_gpu`` starts two through torchrun, and ACCELERATE_USE_CPU=1 makes
@@ -894,8 +883,7 @@ def test_a_narrower_student_of_a_sentence_encoder_is_refused_in_one_line(bert_en
     to end in an unexpected RuntimeError from the loss), nor replace it. One line, exit 2, nothing written."""
     import json
 
-    from tests.cli.test_cli import assert_one_line_error, edgecompress
-    from tests.conftest import write_tsv
+    from tests.conftest import assert_one_line_error, edgecompress, write_tsv
 
     (tmp_path / "w.json").write_text(json.dumps({"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}))
     train = write_tsv(tmp_path)
@@ -926,8 +914,9 @@ def test_distill_and_prune_refuse_a_regression_teacher_in_one_line(bert_regresso
     """A regressor gives numbers, not logits or embeddings. A text one stopped both with an AttributeError (exit 3); an
     image one was read as a text model ("unsupported data format '.npz'", "--channels ... for text models"). (prune's
     own tests need transformers 4; this refusal does not.)"""
-    from tests.cli.test_cli import main_error
     from tests.validation.test_value_tasks import write_image_regressor
+
+    from tests.conftest import main_error
 
     image, _, npz = write_image_regressor(tmp_path)
     capsys.readouterr()  # transformers' save bars

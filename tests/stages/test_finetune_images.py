@@ -12,7 +12,7 @@ import pytest
 
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
-from tests.cli.test_cli import main_error
+from tests.conftest import main_error
 from tests.test_image_pipeline import LABELS, write_hf_image_teachers, write_image_set, write_program_teacher
 
 QUICK = dict(max_steps=3, batch_size=8, eval_every=3)
