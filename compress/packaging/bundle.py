@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from compress import __version__
-from compress.artifact import Artifact, Task, load_artifact
+from compress.artifact import Artifact, load_artifact
 from compress.device.shipped import cpu_model, sha256_file
 from compress.errors import ArtifactError, ConfigError, OutputExistsError
 from compress.packaging.coldstart import _cold_start
@@ -66,6 +66,7 @@ from compress.packaging.wheels import (
 )
 from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
 from compress.progress import Progress, sink
+from compress.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[s
             own[f"{MODEL_DIR}/{name}"] = "tokenizer" if name != "manifest.json" else "handler"
     model_config = {
         "task": str(m.task),
-        "labels": m.labels if m.task is not Task.feature_extraction else None,
+        "labels": m.labels if TASKS[m.task].labels != "none" else None,
         "model_file": f"{MODEL_DIR}/{m.model_file}",
         "preprocess": _preprocess(art),
         "input_names": [t.name for t in m.inputs],

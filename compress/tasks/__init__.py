@@ -87,6 +87,8 @@ class TaskInfo:
     needs_class_names: bool = False
     #: the check of a model file's postprocess block, ``"module:fn"``
     check: str | None = None
+    #: what the task's Hugging Face checkpoints read: texts, images, or either/neither (None)
+    inputs: Literal["text", "image"] | None = None
     #: the data's labels are target numbers (a regression's), read as floats rather than class names or ids
     targets: bool = False
 
@@ -157,15 +159,15 @@ _EMBED = "compress.tasks.embeddings:embedding_metrics"
 TASKS: dict[Task, TaskInfo] = {
     Task.text_classification: TaskInfo(
         labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED,
-        head="AutoModelForSequenceClassification", needs_class_names=True),
+        head="AutoModelForSequenceClassification", needs_class_names=True, inputs="text"),
     Task.feature_extraction: TaskInfo(labels="none", metric=_EMBED, metric_takes="manifest", agreement="neighbours",
                                       head="AutoModel"),
     Task.image_classification: TaskInfo(
         labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED,
-        head="AutoModelForImageClassification", needs_class_names=True),
+        head="AutoModelForImageClassification", needs_class_names=True, inputs="image"),
     Task.token_classification: TaskInfo(
         labels="per-word", metric="compress.tasks.entities:entity_metrics", metric_takes="labels", class_axis=-1,
-        agreement="metric", head="AutoModelForTokenClassification"),
+        agreement="metric", head="AutoModelForTokenClassification", inputs="text"),
     Task.regression: TaskInfo(labels="values", metric="compress.tasks.values:regression_metrics",
                               higher_is_better=False, agreement="metric", head="AutoModelForSequenceClassification",
                               targets=True),

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Task, is_artifact, library_versions, load_artifact
+from compress.artifact import is_artifact, library_versions, load_artifact
 from compress.errors import ConfigError
 from compress.interrupt import StopFlag as _StopFlag
 from compress.progress import Progress
@@ -48,6 +48,7 @@ from compress.stages.distill.student import count_parameters
 from compress.stages.distill.training import Trainer
 from compress.stages.spec import StageOutput
 from compress.stages.training import OutputPlan, predict_rows, score
+from compress.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +102,20 @@ def distill(
     if is_artifact(teacher_dir):
         DISTILL.check(load_artifact(teacher_dir))
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-    if teacher.task is Task.regression:  # its outputs are numbers: no logits to match, no embeddings to pool
-        raise ConfigError(f"distill does not take a regression teacher yet ({teacher_dir} gives numbers, not class "
+    task = TASKS[teacher.task]
+    if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
+        raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not class "
                           "scores)", hint="quantize or export the regressor instead; validate scores it by MAE")
-    if teacher.task is Task.image_classification:  # logits on shifted images (compress.stages.distill.images)
+    if task.inputs == "image":  # logits on shifted images (compress.stages.distill.images)
         from compress.stages.distill.images import distill_images
 
         return distill_images(teacher, train, out, config, eval_data=eval_data, run_dir=run, resume=resume,
                               force=force, progress=progress)
-    tokens = teacher.task is Task.token_classification
+    tokens = task.labels == "per-word"
     if tokens and (config.augmentation.copies or config.augmentation.join):
         raise ConfigError("--augment and --augment-join make new sentences, and a token classifier's sentences need "
                           "a tag per word", hint="drop them")
-    classification = teacher.task in (Task.text_classification, Task.token_classification)
+    classification = task.labels in ("per-sample", "per-word")
     max_length = min(config.max_length or teacher.info.max_length, teacher.info.max_length)
     train_ds, eval_ds, metric = _read_data(teacher, train, eval_data, config, classification)
 
@@ -236,7 +238,7 @@ def _read_data(teacher, train, eval_data, config: DistillConfig, classification:
     from compress.data.tables import load_dataset
 
     label2id = {name: i for i, name in enumerate(teacher.info.labels)} if teacher.info.labels else None
-    if teacher.task is Task.token_classification:  # sentences split into words, a tag per word
+    if TASKS[teacher.task].labels == "per-word":  # sentences split into words, a tag per word
         return _read_words(teacher, train, eval_data, config, label2id)
     train_ds = load_dataset(train, text_column=config.text_column, label_column=config.label_column,
                             label2id=label2id, num_labels=len(label2id) if label2id else None)
@@ -284,7 +286,7 @@ def _student_and_plan(teacher, config: DistillConfig, classification: bool):
         normalize=teacher.info.postprocess.normalize, mapping=mapping,
         hidden=config.loss.hidden_weight > 0, attention=config.loss.attention_weight > 0,
         value_relation=config.loss.value_relation_weight > 0, relation_heads=t_heads,
-        tags=teacher.info.labels if teacher.task is Task.token_classification else None,
+        tags=teacher.info.labels if TASKS[teacher.task].labels == "per-word" else None,
     )
     if not classification and config.loss.soft_weight and student.config.hidden_size != teacher.model.config.hidden_size:
         # a sentence encoder's output is its embedding: a narrower student's cannot be compared with the teacher's,

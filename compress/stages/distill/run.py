@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Task
 from compress.errors import ConfigError, DataError
 from compress.stages import teacher_cache as tcache
 from compress.stages.distill.config import (
@@ -35,6 +34,7 @@ from compress.stages.training import (
     length_grouped_order,
     model_outputs,
 )
+from compress.tasks import TASKS
 
 # ---------------------------------------------------------------------------------------------
 # The run
@@ -129,7 +129,7 @@ def _word_sets(teacher, train_ds, eval_ds, max_length: int):
 
 def _transfer_sets(teacher, train_ds, eval_ds, config: DistillConfig, max_length: int, classification: bool):
     """Tokenised transfer rows (augmented copies unlabelled), eval rows, and the transfer texts/labels."""
-    if teacher.task is Task.token_classification:
+    if TASKS[teacher.task].labels == "per-word":
         return _word_sets(teacher, train_ds, eval_ds, max_length)
     texts = list(train_ds.texts)
     labels = list(train_ds.labels) if train_ds.labels is not None else [IGNORE_INDEX] * len(texts)

@@ -6,11 +6,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import (
-    Task,
-)
 from compress.errors import ConfigError
 from compress.stages.distill.config import DistillConfig
+from compress.tasks import TASKS
 
 # ---------------------------------------------------------------------------------------------
 # Student construction
@@ -188,7 +186,7 @@ def load_student(path: str, teacher, config: DistillConfig) -> tuple[Any, dict[s
                 hint="distil on the outputs only (--hidden-weight 0 --attention-weight 0 --value-relation-weight 0),"
                 " or pick a student that shares the teacher's tokenizer",
             )
-    if teacher.task is Task.text_classification and st.info.labels != teacher.info.labels:
+    if TASKS[teacher.task].classifies and st.info.labels != teacher.info.labels:
         raise ConfigError(
             f"student labels {st.info.labels} differ from the teacher's {teacher.info.labels}",
             hint="use a student with the same id2label, or build one from the teacher with --layers",

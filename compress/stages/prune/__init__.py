@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, Task, is_artifact, library_versions, load_artifact
+from compress.artifact import Artifact, is_artifact, library_versions, load_artifact
 from compress.errors import ConfigError, StageError
 from compress.progress import Progress
 from compress.stages.common import save_checkpoint
@@ -92,6 +92,7 @@ from compress.stages.prune.vocab import (
     vocabulary_coverage,
 )
 from compress.stages.spec import StageOutput
+from compress.tasks import TASKS
 from compress.teachers.load import model_feed
 
 log = logging.getLogger(__name__)
@@ -215,10 +216,11 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
-    if teacher.task is Task.regression:  # importance, layer choice and recovery all read class scores or embeddings
-        raise ConfigError(f"prune does not take a regression teacher yet ({source} gives numbers, not class scores)",
+    task = TASKS[teacher.task]
+    if task.labels == "values":  # importance, layer choice and recovery all read class scores or embeddings
+        raise ConfigError(f"prune does not take a {teacher.task} teacher yet ({source} gives numbers, not class scores)",
                           hint="quantize or export the regressor instead; validate scores it by MAE")
-    if teacher.task is Task.image_classification:  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
+    if task.inputs == "image":  # a CNN's channels (.channels) or a ViT's heads/FFN/layers (.vit)
         if config.recovery.augment or config.recovery.augment_join:
             raise ConfigError("--recover-augment and --recover-augment-join make new training texts; image models have "
                               "none", hint="leave them out for image models")
@@ -249,12 +251,12 @@ class _TextJob:
 
     @property
     def classification(self) -> bool:
-        return self.teacher.task in (Task.text_classification, Task.token_classification)
+        return TASKS[self.teacher.task].labels in ("per-sample", "per-word")
 
     @property
     def words(self) -> bool:
         """A token classifier: sentences split into words, a tag per word."""
-        return self.teacher.task is Task.token_classification
+        return TASKS[self.teacher.task].labels == "per-word"
 
     @property
     def label2id(self) -> dict[str, int] | None:

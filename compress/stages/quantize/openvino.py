@@ -47,7 +47,6 @@ import numpy as np
 from compress.artifact import (
     Artifact,
     Precision,
-    Task,
     child_manifest,
     copy_tokenizer_files,
     library_versions,
@@ -67,6 +66,7 @@ from compress.stages.quantize.nncf import (
 )
 from compress.stages.quantize.ov_layer_errors import openvino_layer_errors
 from compress.stages.quantize.parity import check_collapse
+from compress.tasks import TASKS
 
 log = logging.getLogger(__name__)
 LAYER_TABLE_SAMPLES = 8  # inputs the per-layer error table runs on (as the ONNX Runtime table)
@@ -174,7 +174,7 @@ class _Evaluator:
     def __init__(self, art: Artifact, encoder, dataset, output_index: int, user_metric=None) -> None:
         from compress.data.inputs import kind_of
 
-        self.classification = art.manifest.labels is not None and art.task is not Task.feature_extraction
+        self.classification = art.manifest.labels is not None and TASKS[art.task].labels != "none"
         self.output_index = output_index
         self.items = list(enumerate(calibration_items(encoder, dataset.inputs, dataset.pairs)))
         self.labels = np.asarray(dataset.labels) if dataset.labels is not None else None
@@ -245,7 +245,7 @@ def _eval_dataset(art: Artifact, config: QuantizeConfig):
     label2id = {name: i for i, name in enumerate(m.labels)} if m.labels else None
     return load_dataset(
         config.data, label2id=label2id, num_labels=len(m.labels) if m.labels else None,
-        require_labels=m.task is Task.text_classification, limit=config.eval_samples,
+        require_labels=TASKS[m.task].classifies and TASKS[m.task].inputs == "text", limit=config.eval_samples,
     )
 
 

@@ -144,12 +144,12 @@ class _Data:
     the weights."""
 
     def __init__(self, art: Artifact, config: QuantizeConfig, teacher) -> None:
-        from compress.artifact import Task
         from compress.data.inputs import load_inputs
+        from compress.tasks import TASKS
 
         path = config.qat_data or config.calibration
-        labels = art.manifest.labels if art.manifest.task in (Task.text_classification,
-                                                               Task.image_classification) else None
+        task = TASKS[art.manifest.task]  # a classifier with a head of its own: its classes are trained on
+        labels = art.manifest.labels if task.classifies and task.head is not None else None
         ds = load_inputs(path, art.manifest.preprocess, label2id={n: i for i, n in enumerate(labels)} if labels else None,
                          texts_only=labels is None)
         self.items, self.labels = list(ds.inputs), getattr(ds, "labels", None)
