@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["TASKS", "StreamingMetric", "Task", "TaskInfo", "load"]
+__all__ = ["TASKS", "StreamingMetric", "Task", "TaskInfo", "load", "task_for"]
 
 
 class Task(StrEnum):
@@ -150,6 +150,15 @@ class StreamingMetric:
         if labels is not None and labels and not isinstance(labels[0], (dict, list, str)):
             labels = np.asarray(labels)
         return self._fn(self._m, cand, ref, labels)
+
+
+def task_for(inputs: str | None, *, numbers: bool = False) -> Task:
+    """The task of a model that reads ``inputs`` (``"text"``, ``"image"``) and gives one class per sample, or numbers
+    (``numbers``: a regressor, whatever it reads); ``generic`` where no task fits."""
+    for t, info in TASKS.items():
+        if info.targets if numbers else info.classifies and info.inputs is not None and info.inputs == inputs:
+            return t
+    return Task.generic
 
 
 _CLASSIFY = "compress.tasks.classification:classification_metrics"

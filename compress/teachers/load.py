@@ -27,6 +27,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
+from compress.tasks import TASKS, task_for
 from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,13 @@ def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
     return Postprocess(pooling=pooling, normalize=normalize)
 
 
-#: the tasks a Hugging Face checkpoint's head gives, by the suffix of its architecture; a regression head is a
-#: sequence-classification head with ``problem_type: regression`` (``num_labels`` numbers out, no class names)
-_HEADS = {Task.text_classification: "ForSequenceClassification", Task.token_classification: "ForTokenClassification",
-          Task.regression: "ForSequenceClassification"}
+#: the tasks a Hugging Face text checkpoint's head gives (their TASKS entry's head), by the suffix of its architecture;
+#: a regression head is a sequence-classification head with ``problem_type: regression`` (``num_labels`` numbers out,
+#: no class names)
+_HEADS = {t: info.head.removeprefix("AutoModel") for t, info in TASKS.items()
+          if info.head in ("AutoModelForSequenceClassification", "AutoModelForTokenClassification")}
 #: the tasks with one output row per text (not one per token)
-_PER_TEXT = (Task.text_classification, Task.regression)
+_PER_TEXT = tuple(t for t, suffix in _HEADS.items() if suffix == "ForSequenceClassification")
 
 
 def inspect_checkpoint(
@@ -148,21 +150,21 @@ def inspect_checkpoint(
     architecture = (config.get("architectures") or [""])[0] or ""
     if task is None:
         task = next((t for t, suffix in _HEADS.items() if architecture.endswith(suffix)), Task.feature_extraction)
-        if task is Task.text_classification and config.get("problem_type") == "regression":
-            task = Task.regression
+        if task in _PER_TEXT and config.get("problem_type") == "regression":
+            task = task_for("text", numbers=True)
     task = Task(task)
     labels = None
     postprocess = Postprocess()
     if task in _HEADS:
         id2label = config.get("id2label") or {}
         if not architecture.endswith(_HEADS[task]):
-            kind = "token-classification" if task is Task.token_classification else "sequence-classification"
+            kind = "token-classification" if TASKS[task].labels == "per-word" else "sequence-classification"
             raise ModelLoadError(
                 f"{path}: {architecture or 'this model'} has no {kind} head",
                 hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
             )
         labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
-        if task is Task.regression:  # numbers out: no class names
+        if TASKS[task].targets:  # numbers out: no class names
             labels = None
         elif labels is None:
             n = int(config.get("num_labels", 2))
@@ -258,7 +260,7 @@ class Teacher(InfoTeacher):
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
         out_name = self.primary_output
         width = len(self.info.labels) if self.info.labels else self.model.config.num_labels \
-            if self.task is Task.regression else self.model.config.hidden_size
+            if TASKS[self.task].targets else self.model.config.hidden_size
         out_shape: list[int | str] = ["batch_size", width] if self.task in _PER_TEXT else \
             ["batch_size", "sequence_length", width]
         return Manifest(
@@ -270,7 +272,7 @@ class Teacher(InfoTeacher):
             inputs=[TensorSpec(name=n, dtype="int64", shape=["batch_size", "sequence_length"]) for n in self.input_names],
             outputs=[TensorSpec(name=out_name, dtype="float32", shape=out_shape)],
             postprocess=self.info.postprocess,
-            preprocess=TextPreprocess(words=self.task is Task.token_classification),
+            preprocess=TextPreprocess(words=TASKS[self.task].labels == "per-word"),
             max_length=self.info.max_length,
             source=self.source(),
             files=hash_files(self.path),
@@ -301,10 +303,10 @@ def load_teacher(
             raise ConfigError(f"{path} is described as a {teacher.task} model, not {Task(task)}",
                               hint="set task: in the model.yaml beside it, or leave --task out")
         return teacher
-    if (task is not None and Task(task) is Task.image_classification) or is_image_source(path):
+    if (task is not None and TASKS[Task(task)].inputs == "image") or is_image_source(path):
         image = load_image_teacher(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         if task is not None and Task(task) is not image.task:
-            raise ConfigError(f"{path} is an image {'regressor' if image.task is Task.regression else 'classifier'}, "
+            raise ConfigError(f"{path} is an image {'regressor' if TASKS[image.task].targets else 'classifier'}, "
                               f"not a {Task(task)} model", hint=f"leave --task out, or pass --task {image.task}")
         return image
     info = inspect_checkpoint(path, task, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -315,9 +317,7 @@ def load_teacher(
     # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
     transformers.utils.logging.disable_progress_bar()
 
-    auto = {Task.text_classification: transformers.AutoModelForSequenceClassification,
-            Task.regression: transformers.AutoModelForSequenceClassification,
-            Task.token_classification: transformers.AutoModelForTokenClassification}.get(info.task, transformers.AutoModel)
+    auto = getattr(transformers, _HEADS.get(info.task) and TASKS[info.task].head or "AutoModel")
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
     if not any((info.path / name).is_file() for name in TOKENIZER_FILES):
         # transformers 5 builds an empty tokenizer (special tokens only) when there is none: every word would be [UNK]

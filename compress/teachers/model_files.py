@@ -44,7 +44,7 @@ from compress.artifact import (
 from compress.device.shipped import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.formats import file_format
-from compress.tasks import TASKS, load
+from compress.tasks import TASKS, load, task_for
 from compress.teachers.checkpoints import InfoTeacher
 
 __all__ = ["MIN_OPSET", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
@@ -352,10 +352,7 @@ def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
 def _task(desc: ModelDescription, preprocess) -> Task:
     if desc.task is not None:
         return desc.task
-    if desc.labels:
-        return Task.text_classification if preprocess.kind == "text" else Task.image_classification \
-            if preprocess.kind == "image" else Task.generic
-    return Task.generic
+    return task_for(preprocess.kind if desc.labels else None)  # classes named: a classifier of its inputs
 
 
 def inspect_model_file(path: Path | str) -> ModelFileInfo:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Format, Postprocess, Task, TextPreprocess, digest_of
+from compress.artifact import Format, Postprocess, TextPreprocess, digest_of
 from compress.device.shipped import sha256_file
 from compress.errors import ModelLoadError
+from compress.tasks import task_for
 from compress.teachers.model_files import DescribedModel
 
 __all__ = ["ProgramTeacher", "is_program_file", "load_program_file"]
@@ -47,7 +48,7 @@ def is_program_file(path: Path | str) -> bool:
     image = isinstance(pre, dict) and (pre.get("kind") == "image" or "size" in pre)
     if p.suffix != ".pt2" and not meta.get("inputs"):
         return False  # a checkpoint or an image classifier's TorchScript: the other loaders say what it is
-    return not image and meta.get("task") != Task.image_classification
+    return not image and meta.get("task") != task_for("image")
 
 
 @dataclass

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Task
 from compress.errors import ConfigError
 from compress.progress import Progress
 from compress.stages.finetune.common import (
@@ -31,6 +30,7 @@ from compress.stages.finetune.common import (
     wrap_lora,
 )
 from compress.stages.finetune.config import FINETUNE, IMAGE_TASKS, TEXT_TASKS, FinetuneConfig, Mode
+from compress.tasks import TASKS, task_for
 
 log = logging.getLogger("compress.stages.finetune")
 
@@ -55,7 +55,7 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     images = is_image_source(base)
     if not images or (base / "config.json").is_file():  # programs say what they are when loaded
         _check_base(base)
-    task = config.task or (Task.image_classification if images else Task.text_classification)
+    task = config.task or task_for("image" if images else "text")
     takes = IMAGE_TASKS if images else TEXT_TASKS
     if task not in takes:
         raise ConfigError(f"--task {task}: {base} is {'an image' if images else 'a text'} base",
@@ -83,7 +83,7 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     from compress.stages.finetune.regression import METRIC, mae_metric, scores, target_record
     from compress.teachers.load import load_teacher
 
-    words, regression = config.task is Task.token_classification, config.task is Task.regression
+    words, regression = TASKS[config.task].labels == "per-word", TASKS[config.task].targets
     names = None if regression else config.labels or label_names(Path(train), words)
     if not regression:
         check_labels(names, words, train)

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Task
 from compress.errors import ConfigError
 from compress.stages.finetune.config import IMAGE_TASKS, FinetuneConfig, Mode
+from compress.tasks import TASKS, task_for
 
 #: retained images measured at most (a deterministic sample beyond)
 RETAIN_IMAGES = 500
@@ -299,7 +299,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     if config.task not in IMAGE_TASKS:
         raise ConfigError(f"--task {config.task}: an image base is fine-tuned for "
                           f"{' or '.join(t.value for t in IMAGE_TASKS)}", hint="leave --task out")
-    regression = config.task is Task.regression
+    regression = TASKS[config.task].targets
     names = None if regression else config.labels or image_label_names(Path(train))
     if not regression:
         check_labels(names, False, train)
@@ -365,8 +365,8 @@ def _write(model, base_teacher, names: list[str] | None, directory: Path, probe)
         from compress.stages.finetune.programs import save_program_classifier
 
         labels = names or [f"LABEL_{i}" for i in range(_outputs(model, probe).shape[-1])]
-        save_program_classifier(model, base_teacher, labels, Task.regression if names is None
-                                else Task.image_classification, directory, probe)
+        save_program_classifier(model, base_teacher, labels, task_for("image", numbers=names is None), directory,
+                                probe)
     elif base_teacher.info.kind == "timm":
         from compress.teachers.timm_hub import save_timm_model
 
