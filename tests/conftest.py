@@ -89,6 +89,30 @@ def png_bytes(w: int, h: int, idat: bytes) -> bytes:
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
+def write_image_regressor(d: Path) -> tuple[Path, Path, Path]:
+    """A tiny random ViT regressor (16×16 RGB, one output; test material) and 12 images at its input size (no resize, so
+    every reader feeds it the same pixels) with decimal targets, twice: a ``path,label`` table of PNGs and an .npz."""
+    import numpy as np
+    import torch
+    import transformers
+    from PIL import Image
+
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=1, problem_type="regression")).eval().save_pretrained(d / "vit-reg")
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(d / "vit-reg")
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    targets = [round(0.26 + 0.37 * i, 2) for i in range(12)]  # not whole numbers: a class-name reading would show
+    (d / "img").mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(d / "img" / f"{i}.png")
+    (d / "reg.csv").write_text("path,label\n" + "".join(f"img/{i}.png,{t}\n" for i, t in enumerate(targets)),
+                               encoding="utf-8")
+    np.savez(d / "reg.npz", images=images, labels=np.asarray(targets))
+    return d / "vit-reg", d / "reg.csv", d / "reg.npz"
+
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_TSV = ROOT / "compress" / "data" / "samples" / "sentiment.tsv"
 

@@ -914,9 +914,7 @@ def test_distill_and_prune_refuse_a_regression_teacher_in_one_line(bert_regresso
     """A regressor gives numbers, not logits or embeddings. A text one stopped both with an AttributeError (exit 3); an
     image one was read as a text model ("unsupported data format '.npz'", "--channels ... for text models"). (prune's
     own tests need transformers 4; this refusal does not.)"""
-    from tests.validation.test_value_tasks import write_image_regressor
-
-    from tests.conftest import main_error
+    from tests.conftest import main_error, write_image_regressor
 
     image, _, npz = write_image_regressor(tmp_path)
     capsys.readouterr()  # transformers' save bars

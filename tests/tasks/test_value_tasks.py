@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from compress.errors import ConfigError, DataError
+from tests.conftest import write_image_regressor
 
 FAST_HOST: str = ""  # set by the autouse fixture below: this machine's profile with a short latency measurement
 
@@ -85,28 +86,6 @@ def test_regression_is_judged_by_mae(tmp_path):
     assert met["mae_increase"] == pytest.approx(met["metric"] / met["teacher_metric"] - 1)
     assert met["retention"] == pytest.approx(met["teacher_metric"] / met["metric"])
     assert 0.9 < met["agreement"] < 1.0
-
-
-def write_image_regressor(d: Path) -> tuple[Path, Path, Path]:
-    """A tiny random ViT regressor (16×16 RGB, one output; test material) and 12 images at its input size (no resize, so
-    every reader feeds it the same pixels) with decimal targets, twice: a ``path,label`` table of PNGs and an .npz."""
-    import transformers
-    from PIL import Image
-
-    torch.manual_seed(0)
-    transformers.ViTForImageClassification(transformers.ViTConfig(
-        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        num_labels=1, problem_type="regression")).eval().save_pretrained(d / "vit-reg")
-    transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(d / "vit-reg")
-    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
-    targets = [round(0.26 + 0.37 * i, 2) for i in range(12)]  # not whole numbers: a class-name reading would show
-    (d / "img").mkdir()
-    for i, img in enumerate(images):
-        Image.fromarray(img).save(d / "img" / f"{i}.png")
-    (d / "reg.csv").write_text("path,label\n" + "".join(f"img/{i}.png,{t}\n" for i, t in enumerate(targets)),
-                               encoding="utf-8")
-    np.savez(d / "reg.npz", images=images, labels=np.asarray(targets))
-    return d / "vit-reg", d / "reg.csv", d / "reg.npz"
 
 
 def test_an_image_regressor_scores_the_same_from_a_path_table_as_from_an_npz(tmp_path, capsys, fast_torch):
