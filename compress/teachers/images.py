@@ -41,6 +41,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
+from compress.tasks import TASKS, task_for
 from compress.teachers.checkpoints import InfoTeacher, model_load_error
 
 PROGRAM_FILE = "model.pt2"
@@ -62,8 +63,9 @@ def is_image_source(path: Path | str) -> bool:
     # a probe, not a loader: anything malformed is "not an image source", and the loader that reads it says why
     if (p / MANIFEST).is_file():
         manifest = _json_object(p / MANIFEST)
-        return manifest.get("task") == Task.image_classification or (
-            manifest.get("task") == Task.regression and (manifest.get("preprocess") or {}).get("kind") == "image")
+        return manifest.get("task") == task_for("image") or (
+            manifest.get("task") == task_for("image", numbers=True)
+            and (manifest.get("preprocess") or {}).get("kind") == "image")
     cfg = p / "config.json"
     if not cfg.is_file():
         return False
@@ -96,7 +98,7 @@ class ImageInfo:
     weights: list[str]
     pickled: bool = False
     inputs: list[TensorSpec] = field(default_factory=list)
-    task: Task = Task.image_classification
+    task: Task = task_for("image")
     postprocess: Postprocess = field(default_factory=Postprocess)
     max_length: int = 0  # no sequences
 
@@ -122,7 +124,7 @@ def _labels(config: dict[str, Any], where: str) -> list[str]:
 def _task(config: dict[str, Any]) -> Task:
     """A Hugging Face or timm image model's task: a regressor says ``problem_type: regression`` in its config (its
     ``num_labels`` outputs are numbers, not class scores)."""
-    return Task.regression if config.get("problem_type") == "regression" else Task.image_classification
+    return task_for("image", numbers=config.get("problem_type") == "regression")
 
 
 def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ImageInfo:
@@ -174,8 +176,8 @@ def _program_info(path: Path) -> ImageInfo:
         m = load_artifact(path).manifest
         if not isinstance(m.preprocess, ImagePreprocess):
             raise ModelLoadError(f"{path}: not an image artifact", hint="pass an image classifier")
-        task = Task.regression if m.task == Task.regression else Task.image_classification
-        labels = list(m.labels or []) if task is Task.image_classification else [  # a regressor's outputs, by number
+        task = task_for("image", numbers=TASKS[m.task].targets)
+        labels = list(m.labels or []) if not TASKS[task].targets else [  # a regressor's outputs, by number
             f"LABEL_{i}" for i in range(int(m.outputs[0].shape[-1]) if m.outputs else 1)]
         return ImageInfo(path=path, kind="program", config={"architectures": [m.source.architecture]},
                          labels=labels, preprocess=m.preprocess, weights=[m.model_file],
@@ -195,8 +197,8 @@ def _program_info(path: Path) -> ImageInfo:
     unknown = sorted(set(meta) - {"task", "labels", "preprocess", "architecture"})
     if unknown:
         raise ConfigError(f"{yaml_file}: unknown key {unknown[0]!r}", hint="known keys: task, labels, preprocess, architecture")
-    task = meta.get("task", Task.image_classification)
-    if task not in (Task.image_classification, Task.regression):
+    task = meta.get("task", task_for("image"))
+    if task not in (task_for("image"), task_for("image", numbers=True)):
         raise ConfigError(f"{yaml_file}: task {task!r} is not supported for programs",
                           hint="task: image-classification (or regression)")
     labels = meta.get("labels")
@@ -297,7 +299,7 @@ class ImageTeacher(InfoTeacher):
         root = self.path if self.path.is_dir() else self.path.parent
         return Manifest(  # a regressor's outputs are numbers, not classes: no labels
             task=self.task, format=Format.pytorch, precision=Precision.fp32,
-            labels=None if self.task is Task.regression else self.info.labels,
+            labels=None if TASKS[self.task].targets else self.info.labels,
             model_file=self.info.weights[0], inputs=inputs,
             outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch_size", len(self.info.labels)])],
             preprocess=pp, max_length=0, source=self.source(),
