@@ -613,3 +613,22 @@ def test_speedup_against_the_pytorch_teacher(int8_artifact, bert_classifier, dat
     assert m["baseline_latency_ms"]["n"] >= FAST_MEASURE["min_runs"]
     assert m["speedup"] == pytest.approx(m["baseline_latency_ms"]["p50"] / m["latency_ms"]["p50"], rel=1e-2)
     assert {b.name: b.passed for b in r.budgets}["min_speedup"]
+
+
+def test_the_fp32_baseline_is_exported_once_for_every_artifact_of_a_teacher(onnx_artifact, int8_artifact,
+                                                                            bert_classifier, tmp_path, monkeypatch):
+    """A second validate of another artifact of the same teacher reuses the cached baseline (no second export)."""
+    import compress.stages.export as export_stage
+    from compress.teachers.load import load_teacher
+    from compress.validation.common import baseline_artifact
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE_DIR", str(tmp_path))
+    teacher = load_teacher(bert_classifier, int8_artifact.task)
+    first = baseline_artifact(teacher, "onnxruntime", int8_artifact)
+
+    def no_second_export(*a, **k):
+        raise AssertionError("the baseline was exported again")
+
+    monkeypatch.setattr(export_stage, "export", no_second_export)
+    second = baseline_artifact(teacher, "onnxruntime", onnx_artifact)
+    assert second.path == first.path and second.path.parent == tmp_path / "baselines"
