@@ -632,3 +632,15 @@ def test_the_fp32_baseline_is_exported_once_for_every_artifact_of_a_teacher(onnx
     monkeypatch.setattr(export_stage, "export", no_second_export)
     second = baseline_artifact(teacher, "onnxruntime", onnx_artifact)
     assert second.path == first.path and second.path.parent == tmp_path / "baselines"
+
+
+def test_validate_settings_nest_the_measurement_options():
+    from pydantic import ValidationError
+
+    from compress.validation.local import ValidateConfig
+
+    flat = ValidateConfig.from_flat(baseline=False, cold_start=False, estimate="never")
+    assert flat == ValidateConfig(measure={"baseline": False, "cold_start": False, "estimate": "never"})
+    assert len(ValidateConfig.model_fields) <= 15
+    with pytest.raises(ValidationError, match=r"`cold_start` is now `measure.cold_start` \(settings version 2\)"):
+        ValidateConfig(cold_start=False)
