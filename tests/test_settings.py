@@ -253,3 +253,33 @@ def test_the_shipped_recipes_export_what_version_1_exported():
         assert set(exports) == set(steps), path
         for name, settings in exports.items():
             assert ExportConfig.model_validate(settings) == ExportConfig.from_flat(**steps[name]), (path, name)
+
+
+# --- search --------------------------------------------------------------------------------------------------------
+
+
+def test_search_settings_are_nested_and_every_flag_has_a_home():
+    from compress.search.config import SearchConfig
+
+    assert len(SearchConfig.model_fields) <= 15
+    leaves = _leaves(SearchConfig)
+    assert len(leaves) == len(SearchConfig.flat_fields()) == 25  # no option lost, none added
+    assert set(SearchConfig.MOVED.values()) == {p for p in leaves if "." in p}
+    for key, path in SearchConfig.MOVED.items():
+        assert SearchConfig.flat_key(path) == key
+    base = dict(teacher="t", profile="p", train="d", eval="e")
+    cfg = SearchConfig.from_flat(**base, short_steps=3, full_recover_steps=5, promote=1, seed=7, qat_steps=2)
+    assert (cfg.short.steps, cfg.full.recover_steps, cfg.full.promote, cfg.study.seed, cfg.full.qat_steps) == \
+        (3, 5, 1, 7, 2)
+    with pytest.raises(ValidationError, match="`short_steps` is now `short.steps`"):
+        SearchConfig(**base, short_steps=3)
+
+
+def test_a_search_candidates_executorch_step_is_written_nested():
+    from compress.search.space import Candidate, Fidelity, candidate_steps
+    from compress.stages.export.config import ExportConfig
+
+    shape = type("Shape", (), {"layers": 2, "heads": 4, "hidden": 64})()  # no student: the teacher's depth
+    steps, last = candidate_steps(Candidate(runtime="executorch", quant="int8-static"), shape, Fidelity("short", {}, 0))
+    assert ExportConfig.model_validate(steps[last]["export"]) == ExportConfig.from_flat(
+        format="executorch", precision="int8", int8_mode="static", calibration="calibration")

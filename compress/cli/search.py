@@ -9,7 +9,7 @@ from compress.cli._common import build_config, console
 from compress.progress import to_lines
 from compress.search.config import Objective, SearchConfig
 
-F = SearchConfig.model_fields
+F = SearchConfig.flat_fields()
 
 
 @click.command("search")

@@ -92,7 +92,7 @@ def promote(s, study) -> list[tuple[int, dict[str, Any]]]:
         if key not in seen:
             seen.add(key)
             out.append((t.number, t.params))
-        if len(out) >= s.config.promote:
+        if len(out) >= s.config.full.promote:
             break
     return out
 
@@ -205,8 +205,8 @@ def conclude(s, study) -> SearchResult:
         "trials": len(study.trials), "repeats": sum("duplicate_of" in t.user_attrs for t in study.trials),
         "measured": points, "skipped": skipped, "failed": failed,
         "promoted": study.user_attrs.get("promoted", []), "side_by_side": sbs, "chosen": chosen, "closest": closest,
-        "diagnosis": diagnosis, "storage": s.config.storage or str(s.dir / "study.db"),
-        "study": s.config.study_name,
+        "diagnosis": diagnosis, "storage": s.config.study.storage or str(s.dir / "study.db"),
+        "study": s.config.study.name,
     }
     return SearchResult(s.dir, summary, chosen, diagnosis)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from compress.errors import ConfigError
+from compress.settings import Section, Settings
 
 
 class Objective(StrEnum):
@@ -17,10 +18,59 @@ class Objective(StrEnum):
     energy_proxy = "energy-proxy"  # least estimated energy per inference (operation energies x counted ops and bytes)
 
 
-class SearchConfig(BaseModel):
+class Short(Section):
+    """Short fidelity: the quick trials the search explores the space with."""
+
+    trials: int | None = Field(None, ge=1, description="At most this many short-fidelity trials (default: time).")
+    explore_share: float = Field(0.5, gt=0, lt=1, description="Share of the time budget for short-fidelity trials.")
+    steps: int = Field(300, ge=1, description="Distillation steps of a short-fidelity student.")
+    recover_steps: int = Field(100, ge=0, description="Pruning recovery steps at short fidelity.")
+
+
+class Full(Section):
+    """Full fidelity: how the promoted candidates are built."""
+
+    promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")
+    epochs: float = Field(3.0, gt=0, description="Distillation epochs of a full-fidelity student.")
+    augment: int = Field(
+        1, ge=0, description="Embedding-neighbour copies of every training sentence, labelled by the teacher, for a "
+        "full-fidelity student (distill --augment): what lets a small student keep the teacher's accuracy.")
+    augment_join: int = Field(
+        1, ge=0, description="Sentence-length copies of the training texts (each joined to another of its label) in a "
+        "full-fidelity text recovery (prune --recover-augment-join): SST-2 trains on phrases and is judged on whole "
+        "sentences, and these copies are what raised a pruned 2-layer student's test retention.")
+    average: bool = Field(
+        True, description="Full-fidelity text students and recoveries keep the mean of their weights over the second "
+        "half of training (distill --average --average-start 0.5, prune --recover-average), not the last or best step.")
+    recover_steps: int = Field(
+        24000, ge=0,
+        description="Pruning recovery steps at full fidelity: text students distil from the teacher again, on the "
+        "--full-augment and --full-augment-join copies too. On SST-2, a 2-layer student pruned to half its heads and "
+        "15% of its FFN neurons kept 0.978 dev / 0.984 test retention (INT8) after 4,000 such steps and 0.9987 / 0.9848 "
+        "after 24,000 (about 50 min on 2 cores); with another seed 0.974 / 0.980.")
+    qat_steps: int = Field(
+        0, ge=0, description="Quantization-aware distillation steps (quantize --qat-steps) for each ONNX Runtime INT8 "
+        "candidate at full fidelity; 0: post-training INT8 only. A model file has nothing to train.")
+
+
+class Study(Section):
+    """The Optuna study: its sampler's seed and where it is stored."""
+
+    seed: int = Field(0, description="Sampler seed.")
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the search directory).")
+    name: str = Field("edgecompress-search", description="The study's name in the storage.")
+
+
+class SearchConfig(Settings):
     """What ``edgecompress search`` explores and how it spends its time. Budgets come from the profile."""
 
-    model_config = ConfigDict(extra="forbid")
+    MOVED: ClassVar[dict[str, str]] = {
+        "trials": "short.trials", "explore_share": "short.explore_share", "short_steps": "short.steps",
+        "short_recover_steps": "short.recover_steps", "promote": "full.promote", "full_epochs": "full.epochs",
+        "full_augment": "full.augment", "full_augment_join": "full.augment_join", "full_average": "full.average",
+        "full_recover_steps": "full.recover_steps", "qat_steps": "full.qat_steps", "seed": "study.seed",
+        "storage": "study.storage", "study_name": "study.name",
+    }
 
     teacher: str = Field(..., description="The fine-tuned teacher checkpoint directory, or a model file (.onnx, .xml).")
     profile: str = Field(..., description="Device profile (name or YAML): the budgets every candidate must meet.")
@@ -34,37 +84,12 @@ class SearchConfig(BaseModel):
         "which the search then does not rank on).")
     time_budget_s: float = Field(7200.0, gt=0, description="Wall-clock seconds the search may spend in all.")
     objective: Objective = Field(Objective.latency, description="What the chosen candidate minimises.")
-    trials: int | None = Field(None, ge=1, description="At most this many short-fidelity trials (default: time).")
-    explore_share: float = Field(0.5, gt=0, lt=1, description="Share of the time budget for short-fidelity trials.")
-    short_steps: int = Field(300, ge=1, description="Distillation steps of a short-fidelity student.")
-    short_recover_steps: int = Field(100, ge=0, description="Pruning recovery steps at short fidelity.")
-    full_epochs: float = Field(3.0, gt=0, description="Distillation epochs of a full-fidelity student.")
-    full_augment: int = Field(
-        1, ge=0, description="Embedding-neighbour copies of every training sentence, labelled by the teacher, for a "
-        "full-fidelity student (distill --augment): what lets a small student keep the teacher's accuracy.")
-    full_augment_join: int = Field(
-        1, ge=0, description="Sentence-length copies of the training texts (each joined to another of its label) in a "
-        "full-fidelity text recovery (prune --recover-augment-join): SST-2 trains on phrases and is judged on whole "
-        "sentences, and these copies are what raised a pruned 2-layer student's test retention.")
-    full_average: bool = Field(
-        True, description="Full-fidelity text students and recoveries keep the mean of their weights over the second "
-        "half of training (distill --average --average-start 0.5, prune --recover-average), not the last or best step.")
-    full_recover_steps: int = Field(
-        24000, ge=0,
-        description="Pruning recovery steps at full fidelity: text students distil from the teacher again, on the "
-        "--full-augment and --full-augment-join copies too. On SST-2, a 2-layer student pruned to half its heads and "
-        "15% of its FFN neurons kept 0.978 dev / 0.984 test retention (INT8) after 4,000 such steps and 0.9987 / 0.9848 "
-        "after 24,000 (about 50 min on 2 cores); with another seed 0.974 / 0.980.")
-    qat_steps: int = Field(
-        0, ge=0, description="Quantization-aware distillation steps (quantize --qat-steps) for each ONNX Runtime INT8 "
-        "candidate at full fidelity; 0: post-training INT8 only. A model file has nothing to train.")
     distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
     prune: dict[str, Any] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
-    promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")
     space: dict[str, list[Any]] = Field(default_factory=dict, description="Narrowed choices per dimension.")
-    seed: int = Field(0, description="Sampler seed.")
-    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the search directory).")
-    study_name: str = Field("edgecompress-search", description="The study's name in the storage.")
+    short: Short = Field(default_factory=Short, description="Short-fidelity trials.")
+    full: Full = Field(default_factory=Full, description="Full-fidelity candidates.")
+    study: Study = Field(default_factory=Study, description="The Optuna study.")
 
     @field_validator("space")
     @classmethod

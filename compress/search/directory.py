@@ -53,20 +53,20 @@ class Search:
         self.peaks = self._peaks()
         kind = KINDS[self.shape.kind]
         distill, prune = {**kind.distill, **config.distill}, {**kind.prune, **config.prune}
-        self.short = Fidelity("short", {"max_steps": config.short_steps, "eval_every": max(config.short_steps // 2, 1),
-                                        **distill}, config.short_recover_steps, prune)
-        augment = config.full_augment if kind.augments else 0
-        join = config.full_augment_join if kind.augments else 0
-        average = config.full_average and kind.averages
-        full = {"epochs": config.full_epochs, **({"augment": augment} if augment else {}),
+        self.short = Fidelity("short", {"max_steps": config.short.steps, "eval_every": max(config.short.steps // 2, 1),
+                                        **distill}, config.short.recover_steps, prune)
+        augment = config.full.augment if kind.augments else 0
+        join = config.full.augment_join if kind.augments else 0
+        average = config.full.average and kind.averages
+        full = {"epochs": config.full.epochs, **({"augment": augment} if augment else {}),
                 **({"average": True, "average_start": 0.5} if average else {})}
         # the pruned student's long recovery learns from the teacher itself, on the same augmented texts and on
         # sentence-length joined ones
         recovery = {"teacher": str(Path(config.teacher).resolve()), **({"recover_augment": augment} if augment else {}),
                     **({"recover_augment_join": join} if join else {}), **({"recover_average": True} if average else {})} \
             if kind.recovers_from_teacher else {}
-        self.full = Fidelity("full", {**full, **distill}, config.full_recover_steps, {**recovery, **prune},
-                             {"qat_steps": config.qat_steps} if config.qat_steps else {})
+        self.full = Fidelity("full", {**full, **distill}, config.full.recover_steps, {**recovery, **prune},
+                             {"qat_steps": config.full.qat_steps} if config.full.qat_steps else {})
         self.t0 = time.monotonic()
         self.spent_before = 0.0
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes
@@ -103,7 +103,7 @@ class Search:
         if other:
             raise ConfigError(f"--space {', '.join(other)}: not a dimension of a {self.shape.kind} teacher's search",
                               hint=f"a {self.shape.kind} teacher's dimensions: {', '.join(base)}")
-        if self.shape.kind == "file" and self.config.qat_steps:
+        if self.shape.kind == "file" and self.config.full.qat_steps:
             raise ConfigError("--qat-steps: a model file has no trainable source, so its candidates cannot be "
                               "distilled, quantization-aware or otherwise", hint="drop --qat-steps, or search from "
                               "the PyTorch checkpoint the file came from")
@@ -163,7 +163,7 @@ class Search:
         ev = str(Path(self.config.eval).resolve())
         if self.config.holdout:
             return ev, str(Path(self.config.holdout).resolve())
-        return split_eval(Path(ev), self.dir / "data", self.config.seed)
+        return split_eval(Path(ev), self.dir / "data", self.config.study.seed)
 
     def _shape(self) -> TeacherShape:
         from compress.teachers.model_files import is_model_file
@@ -318,7 +318,7 @@ class Search:
             return None, 0
         pool.sort(key=lambda x: -x[0])
         top = pool[: max(1, len(pool) // 10)]
-        return trial_params(random.Random(self.config.seed + len(trials)).choice(top)[1], self.space), len(pool)
+        return trial_params(random.Random(self.config.study.seed + len(trials)).choice(top)[1], self.space), len(pool)
 
     def cannot_meet(self, c: Candidate, trials: list, expected: bool = False) -> str | None:
         """Why ``c``'s optimistic estimate already misses a budget (None: it may meet them). The roofline is scaled by

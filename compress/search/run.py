@@ -17,7 +17,7 @@ Three fidelities, so the time budget buys the most:
 1. **estimate**: each sampled candidate's size and optimistic latency from its shape (:func:`space.roofline`); one
    whose optimistic figures cannot meet the size or p50 budget is skipped before anything is trained (Optuna
    records it as pruned, with the reason). The latency bound is recalibrated from the candidates measured so far.
-2. **short**: a student distilled for ``short_steps`` steps, a short pruning recovery, quantized and validated on
+2. **short**: a student distilled for ``short.steps`` steps, a short pruning recovery, quantized and validated on
    the profile. The sampler (multi-objective TPE, with the budgets as constraints) learns from these.
 3. **full**: the best short candidates (those meeting every budget but accuracy, best retention first; else the
    front) are rebuilt with full distillation and recovery, and validated.
@@ -71,8 +71,9 @@ def _optuna():
 
 def _open_dir(search_dir: Path, config: SearchConfig, force: bool) -> None:
     marker = search_dir / MARKER
-    ident = {k: str(Path(v).resolve()) if k in PATHS and v and Path(v).exists() else v
-             for k, v in config.model_dump(mode="json").items() if k in IDENTITY}
+    dump = config.model_dump(mode="json")
+    flat = {k: _at(dump, SearchConfig.MOVED.get(k, k)) for k in IDENTITY}  # by flat key: a search dir of v1 resumes
+    ident = {k: str(Path(v).resolve()) if k in PATHS and v and Path(v).exists() else v for k, v in flat.items()}
     if search_dir.exists() and any(search_dir.iterdir()):
         if not marker.is_file():
             raise OutputExistsError(f"{search_dir} exists and is not a search directory",
@@ -89,6 +90,13 @@ def _open_dir(search_dir: Path, config: SearchConfig, force: bool) -> None:
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     search_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, ident)
+
+
+def _at(settings: dict, path: str) -> object:
+    """The value at a dotted ``path`` of dumped settings."""
+    for part in path.split("."):
+        settings = settings[part]
+    return settings
 
 
 def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progress | None = None,
@@ -113,15 +121,15 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             shutil.rmtree(search_dir, ignore_errors=True)
         raise
     say = s.say
-    url = config.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
+    url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
     # heartbeats: a trial whose process died (kill -9, a lost machine) is failed after the grace period and queued
     # again; Ctrl-C and SIGTERM are handled by _requeue_interrupted
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2)) \
         if url.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else url
-    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=6,
+    sampler = optuna.samplers.TPESampler(seed=config.study.seed, n_startup_trials=6,
                                          constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * len(s.budgets)))
-    study = optuna.create_study(study_name=config.study_name, storage=storage, sampler=sampler, load_if_exists=True,
+    study = optuna.create_study(study_name=config.study.name, storage=storage, sampler=sampler, load_if_exists=True,
                                 directions=["maximize", "minimize", "minimize"])
     study.set_metric_names(["retention", "p50_ms", "size_mb"])
     s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
@@ -144,8 +152,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     phase = study.user_attrs.get("phase", "explore")
     if phase == "explore":
         def explored() -> bool:
-            return s.spent() >= config.explore_share * config.time_budget_s or exhausted(study) \
-                or bool(config.trials and len(new_shorts(study)) >= config.trials)
+            return s.spent() >= config.short.explore_share * config.time_budget_s or exhausted(study) \
+                or bool(config.short.trials and len(new_shorts(study)) >= config.short.trials)
 
         def stop_exploring(study, trial) -> None:
             record_time(study, trial)
@@ -166,15 +174,15 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             elif "duplicate_of" not in trial.user_attrs:
                 study.sampler = sampler
 
-        random_sampler = optuna.samplers.RandomSampler(seed=config.seed)
+        random_sampler = optuna.samplers.RandomSampler(seed=config.study.seed)
 
         if not explored():
-            steps = f"{config.short_steps} distillation steps, " if "layers" in s.space or "width" in s.space else ""
-            say(f"exploring at short fidelity ({steps}{config.short_recover_steps} recovery steps) for up to "
-                f"{max(config.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
+            steps = f"{config.short.steps} distillation steps, " if "layers" in s.space or "width" in s.space else ""
+            say(f"exploring at short fidelity ({steps}{config.short.recover_steps} recovery steps) for up to "
+                f"{max(config.short.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
             study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
-        why = ("its share of the time budget is spent" if s.spent() >= config.explore_share * config.time_budget_s
-               else f"{config.trials} trials done" if config.trials and len(new_shorts(study)) >= config.trials
+        why = ("its share of the time budget is spent" if s.spent() >= config.short.explore_share * config.time_budget_s
+               else f"{config.short.trials} trials done" if config.short.trials and len(new_shorts(study)) >= config.short.trials
                else "the space is used up (the last trials, random draws included, proposed only candidates tried "
                "already)")
         say(f"exploration ends: {why}")

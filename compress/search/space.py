@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.stages.distill.config import DistillConfig
+from compress.stages.export.config import ExportConfig
 from compress.stages.prune.config import PruneConfig
 
 #: the dimensions a text search explores, with their choices (``--space`` may narrow them)
@@ -321,8 +322,9 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
         last = "pruned"
     if c.runtime == "executorch":  # PT2E INT8 is part of the export: the program is the deployable step
         mode = c.quant.split("-")[1]
-        steps["model"] = {"from": last, "export": {"format": "executorch", "precision": "int8", "int8_mode": mode,
-                                                   **({"calibration": "calibration"} if mode == "static" else {})}}
+        steps["model"] = {"from": last, "export": ExportConfig.nest(
+            {"format": "executorch", "precision": "int8", "int8_mode": mode,
+             **({"calibration": "calibration"} if mode == "static" else {})})}
         return steps, "model"
     steps["onnx"] = {"from": last, "export": {"format": "openvino"} if c.runtime == "openvino" else {}}
     if c.runtime == "openvino":

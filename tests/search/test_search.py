@@ -34,7 +34,7 @@ def config(ws: Path, **kw):
     base = dict(teacher=str(ws / "teacher"), profile=str(ws / "quick.yaml"), train=str(ws / "train.tsv"),
                 eval=str(ws / "dev.tsv"), holdout=str(ws / "test.tsv"), time_budget_s=3600, trials=3,
                 short_steps=3, short_recover_steps=2, full_epochs=1, full_recover_steps=3, promote=1, space=SPACE)
-    return SearchConfig(**{**base, **kw})
+    return SearchConfig.from_flat(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +343,7 @@ def image_workspace(tmp_path_factory, home):
 def image_config(d: Path, teacher: Path, space: dict, **kw):
     from compress.search.config import SearchConfig
 
-    return SearchConfig(**{**dict(
+    return SearchConfig.from_flat(**{**dict(
         teacher=str(teacher), profile=str(d / "quick.yaml"), train=str(d / "set"), eval=str(d / "set"),
         holdout=str(d / "set.npz"), time_budget_s=3600, trials=2, short_steps=3, short_recover_steps=2, full_epochs=1,
         full_recover_steps=3, promote=1, space=space, prune={"recover_batch_size": 8}), **kw})
@@ -523,7 +523,7 @@ def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ru
                                "threads": [1]},
                         shape=TeacherShape(layers=6, hidden=64, heads=4, ffn=128, vocab=100, positions=64, types=2,
                                            labels=2),
-                        config=SimpleNamespace(seed=0),
+                        config=SimpleNamespace(study=SimpleNamespace(seed=0)),
                         estimate=lambda c: {"size_mb": 4.0, "p50_ms": roofline[c.layers], "gops": c.layers},
                         _budget={"min_speedup": 15.0}.get,
                         profile=SimpleNamespace(measure=SimpleNamespace(speedup_baseline="pytorch")))
@@ -640,9 +640,9 @@ def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_te
                                     "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}}))
     space = {"layers": [1], "ffn": [0.5], "width": [1.0], "heads": [0.0], "vocab": [True], "quant": ["int8-dynamic"],
              "runtime": ["onnxruntime"], "threads": [0]}
-    cfg = SearchConfig(teacher=str(ner_teacher), profile=str(prof), train=str(data), eval=str(data), trials=1,
-                       time_budget_s=3600, short_steps=3, short_recover_steps=2, full_epochs=1, full_recover_steps=2,
-                       promote=1, space=space)
+    cfg = SearchConfig.from_flat(teacher=str(ner_teacher), profile=str(prof), train=str(data), eval=str(data), trials=1,
+                                 time_budget_s=3600, short_steps=3, short_recover_steps=2, full_epochs=1, full_recover_steps=2,
+                                 promote=1, space=space)
     result = run_search(cfg, tmp_path / "s", html=False)
     held = (tmp_path / "s" / "data" / "holdout.conll").read_text(encoding="utf-8")
     assert held.count("\n\n") == 24 and "-DOCSTART-" not in held

@@ -25,7 +25,7 @@ def workspace(tmp_path_factory, bert_classifier, home):
 def config(ws: Path, profile: str, space: dict, **kw):
     from compress.search.config import SearchConfig
 
-    return SearchConfig(**{**dict(
+    return SearchConfig.from_flat(**{**dict(
         teacher=str(ws / "teacher"), profile=str(ws / profile), train=str(ws / "train.tsv"), eval=str(ws / "dev.tsv"),
         holdout=str(ws / "test.tsv"), time_budget_s=3600, trials=2, short_steps=3, short_recover_steps=2,
         full_epochs=1, full_recover_steps=3, promote=1, space=space), **kw})
@@ -45,8 +45,8 @@ def test_a_phone_profile_searches_executorch_programs_estimated_on_its_peaks(wor
     assert programs and s["chosen"], [p["label"] for p in s["measured"]]
     first = programs[0]
     steps = yaml.safe_load(Path(first["recipe"]).read_text())["steps"]
-    assert steps["model"]["export"] == {"format": "executorch", "precision": "int8", "int8_mode": "static",
-                                        "calibration": "calibration"} and "onnx" not in steps
+    assert steps["model"]["export"] == {"format": "executorch", "precision": "int8", "executorch": {"int8_mode": "static"},
+                                        "calibration": {"data": "calibration"}} and "onnx" not in steps
     report = yaml.safe_load(Path(first["report"]).read_text()) if first.get("report") else None
     assert first["p50_ms"] > 0 and first["estimated"], first  # the built program's graph on the phone's peaks
     assert report is None or report["metrics"]["latency_ms"]["estimated"]

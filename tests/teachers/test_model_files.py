@@ -482,9 +482,9 @@ def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs
     d = _recipe_dir(two_inputs, tmp_path)
     (d / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
     monkeypatch.chdir(d)
-    cfg = SearchConfig(teacher=str(d / "two.onnx"), profile=str(d / "quick.yaml"), train=str(d / "two.npz"),
-                       eval=str(d / "two.npz"), holdout=str(d / "two.npz"), time_budget_s=600, trials=2, promote=1,
-                       space={"runtime": ["onnxruntime"], "threads": [0, 1]}, metric="my_metrics:mean_top_score")
+    cfg = SearchConfig.from_flat(teacher=str(d / "two.onnx"), profile=str(d / "quick.yaml"), train=str(d / "two.npz"),
+                                 eval=str(d / "two.npz"), holdout=str(d / "two.npz"), time_budget_s=600, trials=2, promote=1,
+                                 space={"runtime": ["onnxruntime"], "threads": [0, 1]}, metric="my_metrics:mean_top_score")
     s = Search(cfg, tmp_path / "unused")
     assert s.shape.kind == "file" and s.space["quant"] == ["int8-static"]  # an array model: static INT8 only
     result = run_search(cfg, tmp_path / "search", html=False)
