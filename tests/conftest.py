@@ -488,16 +488,8 @@ def _onnx_artifact(d: Path, graph, inputs: list[tuple[str, str, list]], outputs:
     import onnx
     from onnx import helper
 
-    from compress.artifact import (
-        ArrayPreprocess,
-        Artifact,
-        Format,
-        Manifest,
-        Precision,
-        SourceInfo,
-        Task,
-        TensorSpec,
-    )
+    from compress.artifact import ArrayPreprocess, Artifact, Format, Manifest, Precision, SourceInfo, TensorSpec
+    from compress.tasks import Task
 
     d.mkdir(parents=True, exist_ok=True)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), d / "model.onnx")

@@ -115,7 +115,8 @@ def onnx_images(teachers, tmp_path_factory) -> dict[str, Path]:
 # --- teachers ------------------------------------------------------------------------------------------------
 
 def test_teachers_of_every_kind_describe_their_inputs(teachers):
-    from compress.artifact import ImagePreprocess, Task
+    from compress.artifact import ImagePreprocess
+    from compress.tasks import Task
     from compress.teachers.load import load_teacher
 
     for path in teachers.values():

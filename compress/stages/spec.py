@@ -28,7 +28,6 @@ from compress.artifact import (
     Manifest,
     Precision,
     StepRecord,
-    Task,
     check_output,
     digest_dir,
     load_artifact,
@@ -36,6 +35,7 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.errors import ArtifactError
+from compress.tasks import Task
 
 _ALL_TASKS = frozenset(Task)
 

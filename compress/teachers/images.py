@@ -34,14 +34,13 @@ from compress.artifact import (
     Postprocess,
     Precision,
     SourceInfo,
-    Task,
     TensorSpec,
     digest_dir,
     hash_files,
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, task_for
+from compress.tasks import TASKS, Task, task_for
 from compress.teachers.checkpoints import InfoTeacher, model_load_error
 
 PROGRAM_FILE = "model.pt2"

@@ -19,7 +19,6 @@ from compress.artifact import (
     Postprocess,
     Precision,
     SourceInfo,
-    Task,
     TensorSpec,
     TextPreprocess,
     digest_dir,
@@ -27,7 +26,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, task_for
+from compress.tasks import TASKS, Task, task_for
 from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
 
 log = logging.getLogger(__name__)

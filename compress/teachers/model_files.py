@@ -35,7 +35,6 @@ from compress.artifact import (
     Postprocess,
     Precision,
     SourceInfo,
-    Task,
     TensorSpec,
     TextPreprocess,
     digest_of,
@@ -44,7 +43,7 @@ from compress.artifact import (
 from compress.device.shipped import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.formats import file_format
-from compress.tasks import TASKS, load, task_for
+from compress.tasks import TASKS, Task, load, task_for
 from compress.teachers.checkpoints import InfoTeacher
 
 __all__ = ["MIN_OPSET", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",

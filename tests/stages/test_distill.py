@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from compress.artifact import Format, Task, load_artifact
+from compress.artifact import Format, load_artifact
 from compress.cli import cli
 from compress.cli import main as cli_main
 from compress.errors import ConfigError, DataError, OutputExistsError
@@ -34,6 +34,7 @@ from compress.stages.distill.losses import distill_loss, join_augment, neighbour
 from compress.stages.distill.run import default_run_dir
 from compress.stages.distill.student import build_student, count_parameters, evenly_spaced, layer_list, load_student
 from compress.stages.training import OutputPlan, length_grouped_order
+from compress.tasks import Task
 from compress.teachers.load import load_teacher
 from tests.conftest import CPU_PROCESSES, free_port
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.artifact import Format, Precision, StepRecord, Task, child_manifest
+from compress.artifact import Format, Precision, StepRecord, child_manifest
 from compress.errors import ArtifactError
 from compress.packaging.config import PACKAGE
 from compress.stages.distill.config import DISTILL
@@ -15,6 +15,7 @@ from compress.stages.export.config import EXPORT_ONNX, EXPORT_OPENVINO, EXPORT_T
 from compress.stages.prune.config import PRUNE
 from compress.stages.quantize.config import QUANTIZE_ONNX, QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
 from compress.stages.spec import spec_for
+from compress.tasks import Task
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL = [EXPORT_ONNX, EXPORT_OPENVINO, EXPORT_TENSORRT, EXPORT_TORCH_TENSORRT, QUANTIZE_ONNX, QUANTIZE_OPENVINO, PRUNE,

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.artifact import Format, Precision, Task, load_artifact
+from compress.artifact import Format, Precision, load_artifact
 from compress.errors import ModelLoadError
+from compress.tasks import Task
 from compress.teachers.load import inspect_checkpoint, load_teacher
 
 ARCHS = ["bert", "distilbert", "roberta", "bert-encoder"]

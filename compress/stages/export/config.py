@@ -8,9 +8,10 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from compress.artifact import Format, Precision, Task
+from compress.artifact import Format, Precision
 from compress.settings import Section, Settings, flag, refuse
 from compress.stages.spec import StageSpec, pairs
+from compress.tasks import Task
 
 CONFIG_VERSION = 2  # 2: options nested in sections (calibration, executorch, tensorrt)
 _FROM_CHECKPOINT = "export starts from a teacher checkpoint or a pytorch artifact (a distilled or pruned student)"

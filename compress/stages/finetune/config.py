@@ -7,9 +7,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, model_validator
 
-from compress.artifact import Format, Precision, Task
+from compress.artifact import Format, Precision
 from compress.settings import Section, Settings, refuse
 from compress.stages.spec import StageSpec, pairs
+from compress.tasks import Task
 
 CONFIG_VERSION = 2  # 2: options nested in sections (lora, training, evaluation, images)
 FINETUNE = StageSpec(
