@@ -13,59 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.builders.images import LABELS, _ids, write_hf_image_teachers, write_image_set, write_program_teacher
+
 pytest.importorskip("PIL")
 pytest.importorskip("onnxscript")
-
-LABELS = [f"c{i}" for i in range(6)]  # > 5 classes: top-5 is reported
-
-
-def _ids():
-    return {i: name for i, name in enumerate(LABELS)}
-
-
-def write_image_set(root: Path) -> Path:
-    """A class-folder image set (6 classes × 4 RGB images of different sizes) in ROOT/set and the same as ROOT/set.npz."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    arrays, labels = [], []
-    for c, name in enumerate(LABELS):
-        (root / "set" / name).mkdir(parents=True)
-        for k in range(4):
-            arr = rng.integers(0, 256, (20 + 3 * k, 24, 3), dtype=np.uint8)
-            arr[:, :, c % 3] = 40 * c  # a class signal
-            Image.fromarray(arr).save(root / "set" / name / f"{k}.png")
-            arrays.append(np.asarray(Image.fromarray(arr).resize((16, 16))))
-            labels.append(c)
-    np.savez(root / "set.npz", images=np.stack(arrays), labels=np.asarray(labels))
-    return root
-
-
-def write_program_teacher(directory: Path) -> Path:
-    """A plain nn.Module (conv, BatchNorm, linear) saved with torch.export, 16×16 grey, with its model.yaml."""
-    import torch
-    import yaml
-
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
-            self.bn = torch.nn.BatchNorm2d(8)
-            self.fc = torch.nn.Linear(8, len(LABELS))
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-    torch.manual_seed(0)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(Net().eval(), (torch.randn(2, 1, 16, 16),), dynamic_shapes=({0: batch},))
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, directory / "model.pt2")
-    (directory / "model.yaml").write_text(yaml.safe_dump({
-        "task": "image-classification", "labels": LABELS,
-        "preprocess": {"size": [16, 16], "channels": "L", "mean": [0.5], "std": [0.5]}}))
-    return directory
-
 
 @pytest.fixture(scope="session")
 def images_dir(tmp_path_factory) -> Path:
@@ -77,31 +28,6 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("image-teachers")
     write_program_teacher(root / "program")
     return {**write_hf_image_teachers(root), "program": root / "program"}
-
-
-def write_hf_image_teachers(root: Path) -> dict[str, Path]:
-    """A tiny MobileNetV2 (32×32 RGB) and a tiny ViT (16×16, 2 layers), random, with their image processors."""
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    common = dict(num_labels=len(LABELS), id2label=_ids(), label2id={v: k for k, v in _ids().items()})
-    cnn = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
-        num_channels=3, image_size=32, depth_multiplier=0.35, tf_padding=False, **common)).eval()
-    with torch.no_grad():  # random BatchNorm statistics, so the logits are not all ~0
-        for m in cnn.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-    cnn.save_pretrained(root / "cnn")
-    transformers.MobileNetV2ImageProcessor(size={"shortest_edge": 36},
-                                           crop_size={"height": 32, "width": 32}).save_pretrained(root / "cnn")
-    vit = transformers.ViTForImageClassification(transformers.ViTConfig(
-        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        **common)).eval()
-    vit.save_pretrained(root / "vit")
-    transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
-    return {"cnn": root / "cnn", "vit": root / "vit"}
 
 
 @pytest.fixture(scope="session")
@@ -480,7 +406,7 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
 
     from compress.packaging.bundle import package
     from compress.packaging.config import PackageConfig
-    from tests.packaging.test_package import write_profile
+    from tests.builders.bundles import write_profile
 
     prof = write_profile(tmp_path, memory_mb=1024)
     report = package(onnx_images["program"], tmp_path / "b.zip",

@@ -329,7 +329,7 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
 def image_workspace(tmp_path_factory, home):
     pytest.importorskip("PIL")
     pytest.importorskip("onnxscript")
-    from tests.test_image_pipeline import write_hf_image_teachers, write_image_set
+    from tests.builders.images import write_hf_image_teachers, write_image_set
 
     d = tmp_path_factory.mktemp("image-search")
     teachers = write_hf_image_teachers(d)

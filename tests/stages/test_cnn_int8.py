@@ -12,57 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.builders.images import depthwise_stack
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("PIL")
-
-
-def _depthwise_relu6_program(directory: Path) -> Path:
-    import torch
-    import yaml
-
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
-            self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
-            self.pw = torch.nn.Conv2d(8, 16, 1)
-            self.fc = torch.nn.Linear(16, 4)
-
-        def forward(self, x):
-            x = torch.nn.functional.relu6(self.stem(x))
-            x = torch.nn.functional.relu6(self.dw(x))
-            x = self.pw(x) + 0.0
-            return self.fc(x.mean((2, 3)))
-
-    torch.manual_seed(0)
-    net = Net().eval()
-    with torch.no_grad():
-        # depthwise channel 0 carries weights 10^4 times larger than the rest, on an input 10^4 times smaller (what
-        # BatchNorm folding leaves); the head ignores what comes of it, and no bias hides the other channels' signal
-        net.stem.weight[0] *= 1e-4
-        net.stem.bias[0] = 0.0
-        net.dw.weight[0] *= 1e4
-        net.pw.weight[:, 0] = 0.0
-        net.pw.bias.zero_()
-        net.fc.bias.zero_()
-    batch = torch.export.Dim("batch", min=1, max=256)
-    program = torch.export.export(net, (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, directory / "model.pt2")
-    (directory / "model.yaml").write_text(yaml.safe_dump({
-        "task": "image-classification", "labels": ["a", "b", "c", "d"],
-        "preprocess": {"size": [16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
-    return directory
-
-
-def depthwise_stack(root: Path, images: int) -> dict[str, Path]:
-    """The depthwise/ReLU6 program exported to ONNX, with ``images`` seeded noise images in an ``.npz``."""
-    from compress.stages.export import export
-
-    rng = np.random.default_rng(0)
-    np.savez(root / "images.npz", images=rng.integers(0, 256, (images, 16, 16, 3), dtype=np.uint8))
-    teacher = _depthwise_relu6_program(root / "teacher")
-    return {"onnx": export(teacher, root / "onnx").path, "images": root / "images.npz"}
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_refusals_are_one_line(packages, bert_classifier, tmp_path, capsys):
 
 
 def test_an_image_classifier_becomes_a_package(tmp_path):
-    from tests.test_image_pipeline import write_hf_image_teachers
+    from tests.builders.images import write_hf_image_teachers
 
     teachers = write_hf_image_teachers(tmp_path / "t")
     art = export(teachers["cnn"], tmp_path / "c", ExportConfig(format="coreml", precision="int8"))

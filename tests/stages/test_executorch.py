@@ -15,7 +15,7 @@ from tests.conftest import assert_one_line_error, edgecompress, main_error, writ
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from tests.test_image_pipeline import write_hf_image_teachers, write_image_set
+    from tests.builders.images import write_hf_image_teachers, write_image_set
 
     root = tmp_path_factory.mktemp("et-images")
     write_image_set(root)
@@ -134,7 +134,7 @@ def test_cli_refuses_what_executorch_does_not_take(bert_classifier, tmp_path, ca
 
 
 def test_a_torch_export_program_is_lowered_as_it_is_and_its_int8_refused(images, tmp_path, capsys):
-    from tests.test_image_pipeline import write_program_teacher
+    from tests.builders.images import write_program_teacher
 
     program = write_program_teacher(tmp_path / "prog")
     art = export(program, tmp_path / "pte", ExportConfig(format="executorch"))

@@ -12,8 +12,8 @@ import pytest
 
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
+from tests.builders.images import LABELS, write_hf_image_teachers, write_image_set, write_program_teacher
 from tests.conftest import main_error
-from tests.test_image_pipeline import LABELS, write_hf_image_teachers, write_image_set, write_program_teacher
 
 QUICK = dict(max_steps=3, batch_size=8, eval_every=3)
 
@@ -83,7 +83,7 @@ def test_lora_on_a_vit_is_merged_into_a_plain_checkpoint(bases, tmp_path):
 def test_a_timm_base_is_written_back_in_timms_format_with_the_new_classes(tmp_path, bases):
     pytest.importorskip("timm")
     from compress.teachers.load import load_teacher
-    from tests.teachers.test_timm import save_timm
+    from tests.builders.images import save_timm
 
     base = save_timm(tmp_path / "base", "resnet10t")
     r = finetune(base, bases["images"], tmp_path / "t", FinetuneConfig.from_flat(freeze=1, **QUICK), retain_data=bases["npz"])

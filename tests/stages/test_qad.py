@@ -17,7 +17,7 @@ pytest.importorskip("PIL")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, Path]:
-    from tests.stages.test_cnn_int8 import depthwise_stack
+    from tests.builders.images import depthwise_stack
 
     return depthwise_stack(tmp_path_factory.mktemp("qad"), 96)
 

@@ -14,32 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.builders.model_files import TwoInputs, torch_onnx_export
 from tests.conftest import assert_one_line_error, edgecompress
 
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
-
-
-class TwoInputs(torch.nn.Module):
-    """A sensor-style model: a window (channels x time) through a Conv1d, and a feature vector through a Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv1d(6, 32, 5)
-        self.dense = torch.nn.Linear(24, 32)
-        self.head = torch.nn.Linear(64, 4)
-
-    def forward(self, window, feats):
-        x = torch.relu(self.conv(window)).mean(-1)
-        return self.head(torch.cat([x, torch.relu(self.dense(feats))], -1))
-
-
-def _export(model, args, path: Path, names: list[str], dynamic: dict, opset: int = 12) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model.eval(), args, str(path), opset_version=opset, dynamo=False, input_names=names,
-                          output_names=["scores"], dynamic_axes=dynamic)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +26,7 @@ def two_inputs(tmp_path_factory) -> Path:
     """two.onnx (opset 12, symbolic batch and time), two.yaml fixing time, and two.npz with 48 samples and labels."""
     d = tmp_path_factory.mktemp("byom")
     torch.manual_seed(0)
-    _export(TwoInputs(), (torch.randn(2, 6, 40), torch.randn(2, 24)), d / "two.onnx", ["window", "feats"],
+    torch_onnx_export(TwoInputs(), (torch.randn(2, 6, 40), torch.randn(2, 24)), d / "two.onnx", ["window", "feats"],
             {"window": {0: "batch", 2: "time"}, "feats": {0: "batch"}, "scores": {0: "batch"}})
     (d / "two.yaml").write_text("dims: {time: 40}\n", encoding="utf-8")
     rng = np.random.default_rng(0)
@@ -148,7 +127,7 @@ def test_a_file_fixed_to_batch_one_runs_larger_batches(tmp_path):
 
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
-    _export(model, (torch.randn(1, 16),), tmp_path / "fixed.onnx", ["x"], {}, opset=13)
+    torch_onnx_export(model, (torch.randn(1, 16),), tmp_path / "fixed.onnx", ["x"], {}, opset=13)
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32))
     art = export(tmp_path / "fixed.onnx", tmp_path / "a")
     assert art.manifest.inputs[0].shape == [1, 16]
@@ -295,7 +274,7 @@ def test_an_adopted_array_model_packages_and_its_handler_takes_json_arrays(two_i
     from compress.packaging.config import PackageConfig
     from compress.runtimes.base import load_runtime
     from compress.stages.export import export
-    from tests.packaging.test_package import run_handler, write_profile
+    from tests.builders.bundles import run_handler, write_profile
 
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
     report = package(art, tmp_path / "b.zip", PackageConfig(profile=str(write_profile(tmp_path)), download=False,

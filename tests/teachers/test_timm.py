@@ -8,28 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from tests.builders.images import MODELS, save_timm
+
 timm = pytest.importorskip("timm", reason="the timm extra (pip install 'edgecompress[timm]')")
 torch = pytest.importorskip("torch")
-
-#: architecture -> (model arguments, input size): a MobileNetV3, an EfficientNet, a ResNet, a ViT
-MODELS = {
-    "mobilenetv3_small_050": ({}, 48),
-    "efficientnet_b0": ({}, 48),
-    "resnet10t": ({}, 48),
-    "vit_tiny_patch16_224": ({"img_size": 32}, 32),
-}
-
-
-def save_timm(directory, arch: str, labels=("cat", "dog", "fox")):
-    from timm.models import save_for_hf
-
-    args, size = MODELS[arch]
-    torch.manual_seed(0)
-    model = timm.create_model(arch, pretrained=False, num_classes=len(labels), **args,
-                              pretrained_cfg_overlay={"input_size": (3, size, size), "crop_pct": 0.875})
-    save_for_hf(model.eval(), str(directory), model_config={"label_names": list(labels)}, safe_serialization=True)
-    return directory
-
 
 def images_npz(path, n: int = 24, seed: int = 0):
     rng = np.random.default_rng(seed)

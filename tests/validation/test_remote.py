@@ -567,7 +567,7 @@ def test_remote_run_of_an_image_model_matches_local(sshd, work, profile, home):
     pytest.importorskip("onnxscript")
     from compress.stages.export import export
     from compress.validation.local import ValidateConfig, validate
-    from tests.test_image_pipeline import write_image_set, write_program_teacher
+    from tests.builders.images import write_image_set, write_program_teacher
 
     teacher = write_program_teacher(work / "img-teacher")
     data = write_image_set(work / "img-data") / "set"
@@ -588,12 +588,12 @@ def test_remote_run_of_an_adopted_array_model_matches_local(sshd, work, profile,
     per-output fidelity against the file is computed here from the device's outputs."""
     from compress.stages.export import export
     from compress.validation.local import ValidateConfig, validate
-    from tests.teachers.test_model_files import TwoInputs, _export
+    from tests.builders.model_files import TwoInputs, torch_onnx_export
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    f = _export(TwoInputs(), (torch.randn(2, 6, 40), torch.randn(2, 24)), work / "two.onnx", ["window", "feats"],
-                {"window": {0: "batch"}, "feats": {0: "batch"}, "scores": {0: "batch"}})
+    f = torch_onnx_export(TwoInputs(), (torch.randn(2, 6, 40), torch.randn(2, 24)), work / "two.onnx", ["window", "feats"],
+                             {"window": {0: "batch"}, "feats": {0: "batch"}, "scores": {0: "batch"}})
     rng = np.random.default_rng(0)
     np.savez(work / "two.npz", window=rng.standard_normal((12, 6, 40)).astype(np.float32),
              feats=rng.standard_normal((12, 24)).astype(np.float32))
