@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress import __version__
 from compress.device.shipped import sha256_file
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
+from compress.formats import FORMATS
 from compress.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,9 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 
 
-class Format(StrEnum):
-    pytorch = "pytorch"
-    onnx = "onnx"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
-    #: an ExecuTorch program (.pte), XNNPACK-delegated: what an Android or iOS app loads
-    executorch = "executorch"
-    #: a LiteRT (TensorFlow Lite) flatbuffer (.tflite), run by LiteRT's interpreter with XNNPACK
-    litert = "litert"
-    #: a Core ML package (.mlpackage, an ML program): what an iOS or macOS app loads; runs only on Apple's systems
-    coreml = "coreml"
+#: a model's format: one member per entry of :data:`compress.formats.FORMATS` (its files, runtime, exporter and
+#: where it runs are there), so a new format is one entry in that table
+Format = StrEnum("Format", {name: name for name in FORMATS})
 
 
 class Precision(StrEnum):

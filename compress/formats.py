@@ -5,9 +5,9 @@ Like :data:`compress.runtimes.base.RUNTIMES`, the table holds import strings onl
 this module is a leaf. ``export`` dispatches on it, the roofline estimate picks a graph reader by a model file's
 suffix from it, ``validate`` reads which formats get a cached FP32 baseline and which run on a remote device, a
 runtime is chosen for an artifact by its format's entry, model files made elsewhere are recognised by its suffixes,
-and ``export --format`` offers its exportable names. Adding a format is one entry here and its modules, plus its
-member of :class:`compress.artifact.Format` and of ``ExportFormat`` (the closed sets a manifest and the export
-settings are validated against; ``tests/test_formats.py`` checks that they name exactly these formats).
+and ``export --format`` offers its exportable names. Adding a format is one entry here and its modules:
+:class:`compress.artifact.Format` (what a manifest is validated against) and ``ExportFormat`` (export's settings) are
+made from this table.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The ``tiny`` format below is registered in a fixture (an entry of FORMATS and a runtime of RUNTIMES, monkeypatched) with
 a tiny exporter, graph reader and runtime defined here; export's dispatch, the estimate's reader, the default
 runtime, the remote runner's runtime, validate's baseline and ``export --format`` pick it up with no other edit.
-The closed sets :class:`compress.artifact.Format` and ``ExportFormat`` still need their member for a real format
-(a manifest and the export settings validate against them); the test builds its settings unvalidated instead, and
-checks below that both enums name exactly the table's formats.
+:class:`compress.artifact.Format` and ``ExportFormat`` are made from the table when they are first imported, so a
+real format's entry gives them its member; a format patched in after that import is not in them, so the test builds its
+settings unvalidated, and checks below that both enums name exactly the table's formats.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from compress.artifact import Format, Precision
+from compress.formats import export_formats
 from compress.settings import Section, Settings, flag, refuse
 from compress.stages.spec import StageSpec, pairs
 from compress.tasks import Task
@@ -98,13 +99,8 @@ class RangeEstimator(StrEnum):
     histogram = "histogram"
 
 
-class ExportFormat(StrEnum):
-    onnx = "onnx"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
-    executorch = "executorch"
-    litert = "litert"
-    coreml = "coreml"
+#: the formats export makes: those of :data:`compress.formats.FORMATS` with an exporter
+ExportFormat = StrEnum("ExportFormat", {name: name for name in export_formats()})
 
 
 class Int8Mode(StrEnum):
