@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["TASKS", "StreamingMetric", "Task", "TaskInfo", "load", "task_for"]
+__all__ = ["TASKS", "CollectedMetric", "StreamingMetric", "Task", "TaskInfo", "load", "task_for"]
 
 
 class Task(StrEnum):
@@ -91,6 +91,12 @@ class TaskInfo:
     inputs: Literal["text", "image"] | None = None
     #: the data's labels are target numbers (a regression's), read as floats rather than class names or ids
     targets: bool = False
+    #: the metric's streaming form, ``"module:Class"`` (a :class:`StreamingMetric` built with what ``metric_takes``
+    #: names, or with nothing), whose state does not grow with the batches; None: the batches are collected and the
+    #: array form runs once at the end (:class:`CollectedMetric`)
+    streaming: str | None = None
+    #: the streaming form of ``unlabelled`` (built with the manifest)
+    unlabelled_streaming: str | None = None
 
     @property
     def classifies(self) -> bool:
@@ -110,20 +116,60 @@ class TaskInfo:
         fn = load(spec)
 
         def call(m, cand, ref, labels):
-            head = [] if first is None else [m if first == "manifest" else getattr(m, first)]
-            return fn(*head, cand, ref, labels)
+            return fn(*_head(first, m), cand, ref, labels)
 
         return call
 
     def stream(self, m) -> StreamingMetric:
-        """The metric in its streaming form, for outputs that arrive batch by batch."""
-        return StreamingMetric(self.metric_fn(m), m)
+        """The metric in its streaming form, for outputs that arrive batch by batch: the task's own accumulating form
+        (``streaming``, or ``unlabelled_streaming`` where :meth:`metric_fn` picks ``unlabelled``), else the array
+        form on the batches collected."""
+        form, first = self.streaming, self.metric_takes
+        if self.unlabelled is not None and m.labels is None:
+            form, first = self.unlabelled_streaming, "manifest"
+        if form is None:
+            return CollectedMetric(self.metric_fn(m), m)
+        return load(form)(*_head(first, m))
+
+
+def _head(first: str | None, m) -> list[Any]:
+    """What a metric takes of the manifest ``m`` before the outputs (``TaskInfo.metric_takes``)."""
+    return [] if first is None else [m if first == "manifest" else getattr(m, first)]
 
 
 class StreamingMetric:
     """A task's metric fed batch by batch: :meth:`update` with each batch's outputs (and the teacher's, and the
     labels), :meth:`result` at the end, equal to the array form on the batches joined (the array form is one
-    update). Per-word and box labels are lists (one entry per sample), the rest arrays."""
+    update). Per-word and box labels are lists (one entry per sample), the rest arrays.
+
+    The base of every streaming form: a task's own (``TaskInfo.streaming``) keeps sums and counts whose size does not
+    grow with the number of batches, so memory is bounded by a batch; :class:`CollectedMetric` is the fallback for a
+    metric that needs every row at once. Labels and teacher outputs come with every batch or with none."""
+
+    has_labels = has_ref = False
+    batches = 0
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        """Add one batch: the artifact's ``outputs``, their ``labels`` (None: none) and the teacher's ``ref``."""
+        raise NotImplementedError
+
+    def result(self) -> dict[str, Any]:
+        """The metric over every batch given."""
+        raise NotImplementedError
+
+    def see(self, labels, ref) -> None:
+        """Note one batch's labels and teacher outputs as given or not; ValueError where a stream mixes both."""
+        has = (labels is not None, ref is not None)
+        if self.batches and has != (self.has_labels, self.has_ref):
+            raise ValueError("a streaming metric's labels and teacher outputs come with every batch or with none")
+        self.has_labels, self.has_ref = has
+        self.batches += 1
+
+
+class CollectedMetric(StreamingMetric):
+    """The streaming form of a metric that needs every row at once (COCO mAP over all images, nearest neighbours
+    across rows, a metric a task module gives no streaming form): the batches are kept and the array form runs once,
+    in :meth:`result`. Memory grows with the rows."""
 
     def __init__(self, fn: Callable[..., dict[str, Any]], m) -> None:
         self._fn, self._m = fn, m
@@ -163,37 +209,46 @@ def task_for(inputs: str | None, *, numbers: bool = False) -> Task:
 
 _CLASSIFY = "compress.tasks.classification:classification_metrics"
 _EMBED = "compress.tasks.embeddings:embedding_metrics"
+_CLASSIFY_STREAM = "compress.tasks.classification:ClassificationStream"
 
 #: every task edgecompress knows, and what it knows of it
 TASKS: dict[Task, TaskInfo] = {
     Task.text_classification: TaskInfo(
-        labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED,
+        labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED, streaming=_CLASSIFY_STREAM,
         head="AutoModelForSequenceClassification", needs_class_names=True, inputs="text"),
     Task.feature_extraction: TaskInfo(labels="none", metric=_EMBED, metric_takes="manifest", agreement="neighbours",
                                       head="AutoModel"),
     Task.image_classification: TaskInfo(
-        labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED,
+        labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED, streaming=_CLASSIFY_STREAM,
         head="AutoModelForImageClassification", needs_class_names=True, inputs="image"),
     Task.token_classification: TaskInfo(
         labels="per-word", metric="compress.tasks.entities:entity_metrics", metric_takes="labels", class_axis=-1,
+        streaming="compress.tasks.entities:EntityStream",
         agreement="metric", head="AutoModelForTokenClassification", inputs="text"),
     Task.regression: TaskInfo(labels="values", metric="compress.tasks.values:regression_metrics",
+                              streaming="compress.tasks.values:RegressionStream",
                               higher_is_better=False, agreement="metric", head="AutoModelForSequenceClassification",
                               targets=True),
     Task.multi_label_classification: TaskInfo(
         labels="values", metric="compress.tasks.values:multilabel_metrics", metric_takes="postprocess",
+        streaming="compress.tasks.values:MultiLabelStream",
         agreement="metric"),
     Task.semantic_segmentation: TaskInfo(
         labels="values", metric="compress.tasks.maps:segmentation_metrics", metric_takes="postprocess",
+        streaming="compress.tasks.maps:SegmentationStream",
         class_axis=1, agreement="metric"),
     Task.probability_map: TaskInfo(labels="values", metric="compress.tasks.maps:probability_map_metrics",
+                                   streaming="compress.tasks.maps:ProbabilityMapStream",
                                    metric_takes="postprocess", agreement="metric"),
     Task.ctc_recognition: TaskInfo(labels="values", metric="compress.tasks.sequences:ctc_metrics",
+                                   streaming="compress.tasks.sequences:CTCStream",
                                    metric_takes="postprocess", agreement="metric",
                                    check="compress.tasks.sequences:check_postprocess"),
     Task.object_detection: TaskInfo(labels="boxes", metric="compress.tasks.detection:detection_metrics",
                                     metric_takes="manifest", agreement="metric", needs_class_names=True,
                                     check="compress.tasks.detection:check_postprocess"),
     Task.generic: TaskInfo(labels="per-sample", metric=_CLASSIFY, metric_takes="manifest",
-                           unlabelled="compress.tasks.classification:output_cosine_metrics"),
+                           unlabelled="compress.tasks.classification:output_cosine_metrics",
+                           streaming=_CLASSIFY_STREAM,
+                           unlabelled_streaming="compress.tasks.classification:OutputCosineStream"),
 }

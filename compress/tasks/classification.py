@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.tasks.outputs import fidelity_of
+from compress.tasks import StreamingMetric
+from compress.tasks.outputs import FidelityStream, fidelity_of
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -67,3 +68,102 @@ def output_cosine_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -
             metrics["agreement"] = fid["top1_agreement"]
             metrics["agreement_definition"] = "share of outputs whose top class (over the class axis) is the teacher's"
     return metrics
+
+
+class _ClassCounts:
+    """One model's per-class counts against the labels: hits (the confusion matrix's diagonal), predictions and
+    labels per class (its margins), rows right; enough for accuracy and macro-F1."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.right = k, 0
+        self.tp, self.pred, self.true = (np.zeros(k, dtype=np.int64) for _ in range(3))
+
+    def add(self, pred: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """Count one batch; each row's hit (False throughout without labels, as the array form compares to None)."""
+        hit = np.zeros(len(pred), dtype=bool) if labels is None else pred == labels
+        self.right += int(hit.sum())
+        self.pred += np.bincount(pred[pred < self.k], minlength=self.k)[:self.k]
+        if labels is not None:
+            named = np.isin(labels, np.arange(self.k))
+            self.true += np.bincount(labels[named].astype(np.int64), minlength=self.k)[:self.k]
+            self.tp += np.bincount(pred[hit & (pred < self.k)], minlength=self.k)[:self.k]
+        return hit
+
+    def macro_f1(self) -> float:
+        """:func:`macro_f1` from the counts."""
+        tp, fp, fn = (self.tp.astype(float), (self.pred - self.tp).astype(float), (self.true - self.tp).astype(float))
+        seen = tp + fp + fn > 0
+        scores = 2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])
+        return float(np.mean(scores)) if scores.size else 0.0
+
+
+def _top_k_hits(scores: np.ndarray, labels: np.ndarray | None, k: int) -> int:
+    if labels is None:
+        return 0
+    return int((np.argsort(-scores, axis=-1)[:, :k] == labels[:, None]).any(axis=1).sum())
+
+
+class ClassificationStream(StreamingMetric):
+    """:func:`classification_metrics` batch by batch: per-class counts of the artifact and of the teacher
+    (:class:`_ClassCounts`: arrays of the class count), top-5 hits and top-class agreements, so the state does not
+    grow with the batches; the per-row ``correct`` string is the one part that does, one character per sample, as
+    the report holds it."""
+
+    def __init__(self, m) -> None:
+        self.k = len(m.labels or [])
+        self.rows = self.top5 = self.teacher_top5 = self.agree = 0
+        self.own, self.teacher = _ClassCounts(self.k), _ClassCounts(self.k)
+        self.correct = ""
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        self.see(labels, ref)
+        labels = None if labels is None else np.asarray(labels)
+        pred = outputs.argmax(-1)
+        self.rows += len(pred)
+        hit = self.own.add(pred, labels)
+        self.correct += "".join("1" if ok else "0" for ok in hit)
+        if self.k > 5:
+            self.top5 += _top_k_hits(outputs, labels, 5)
+        if ref is not None:
+            tpred = ref.argmax(-1)
+            self.teacher.add(tpred, labels)
+            self.agree += int((pred == tpred).sum())
+            if self.k > 5:
+                self.teacher_top5 += _top_k_hits(ref, labels, 5)
+
+    def result(self) -> dict[str, Any]:
+        n = self.rows
+        metrics: dict[str, Any] = {"metric_name": "accuracy", "metric": self.own.right / n,
+                                   "macro_f1": self.own.macro_f1(), "correct": self.correct}
+        if self.k > 5:
+            metrics["top5"] = self.top5 / n
+        if self.has_ref:
+            metrics["teacher_metric"] = self.teacher.right / n
+            metrics["teacher_macro_f1"] = self.teacher.macro_f1()
+            metrics["agreement"] = self.agree / n
+            if self.k > 5:
+                metrics["teacher_top5"] = self.teacher_top5 / n
+        return metrics
+
+
+class OutputCosineStream(StreamingMetric):
+    """:func:`output_cosine_metrics` batch by batch, through :class:`~compress.tasks.outputs.FidelityStream`."""
+
+    def __init__(self, m) -> None:
+        self.fidelity = FidelityStream(m)
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        self.see(labels, ref)
+        if ref is not None:
+            self.fidelity.update(outputs, ref)
+
+    def result(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"metric_name": "output_cosine"}
+        if self.has_ref:
+            fid = self.fidelity.result()
+            metrics["metric"] = fid["cosine"]
+            metrics["teacher_metric"] = 1.0
+            if "top1_agreement" in fid:
+                metrics["agreement"] = fid["top1_agreement"]
+                metrics["agreement_definition"] = "share of outputs whose top class (over the class axis) is the teacher's"
+        return metrics

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError
+from compress.tasks import StreamingMetric
 
-__all__ = ["check_scheme", "entity_metrics", "tags_of"]
+__all__ = ["EntityStream", "check_scheme", "entity_metrics", "tags_of"]
 
 _PREFIXES = ("B", "I", "E", "S", "L", "U")
 
@@ -82,3 +83,92 @@ def entity_metrics(labels: list[str], cand: np.ndarray, ref: np.ndarray | None,
         metrics["agreement"] = _scores(teacher, pred)["f1"]
         metrics["agreement_definition"] = "entity F1 of the artifact's entities against the teacher's (seqeval)"
     return metrics
+
+
+def _entities(tags: list[str]) -> dict[str, set[tuple[int, int]]]:
+    """One sentence's entities by type, as seqeval reads them (``get_entities``: its default, non-strict mode)."""
+    from compress._optional import require
+
+    require("seqeval", "entity F1 (token classification)")
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    out: dict[str, set[tuple[int, int]]] = {}
+    for kind, start, end in get_entities(tags):
+        out.setdefault(kind, set()).add((start, end))
+    return out
+
+
+class _EntityCounts:
+    """Per entity type: entities in both (true positives), predicted and true, summed sentence by sentence; seqeval's
+    scores (micro precision, recall and F1, and per type) from them. One row per type of the tag set."""
+
+    def __init__(self, kinds: list[str]) -> None:
+        self.counts: dict[str, np.ndarray] = {k: np.zeros(3, dtype=np.int64) for k in kinds}
+
+    def add(self, truth: list[list[str]], pred: list[list[str]]) -> None:
+        for t_row, p_row in zip(truth, pred, strict=True):
+            t, p = _entities(t_row), _entities(p_row)
+            for kind in set(t) | set(p):
+                a, b = t.get(kind, set()), p.get(kind, set())
+                self.counts.setdefault(kind, np.zeros(3, dtype=np.int64))
+                self.counts[kind] += (len(a & b), len(b), len(a))
+
+    @staticmethod
+    def _prf(tp: np.ndarray, pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """seqeval's precision, recall and F1 (``zero_division=0``), element by element."""
+        precision = np.where(pred == 0, 0.0, tp / np.where(pred == 0, 1, pred))
+        recall = np.where(true == 0, 0.0, tp / np.where(true == 0, 1, true))
+        denom = precision + recall
+        denom[denom == 0.0] = 1
+        return precision, recall, 2 * precision * recall / denom
+
+    def scores(self) -> dict[str, Any]:
+        """What :func:`_scores` gives on the sentences added."""
+        kinds = sorted(k for k, c in self.counts.items() if c[1] + c[2] > 0)
+        c = np.array([self.counts[k] for k in kinds], dtype=np.int64).reshape(-1, 3)
+        p, r, f = self._prf(c[:, 0], c[:, 1], c[:, 2])
+        per_type = {k: {"precision": round(float(p[i]), 6), "recall": round(float(r[i]), 6),
+                        "f1": round(float(f[i]), 6), "support": int(c[i, 2])} for i, k in enumerate(kinds)}
+        mp, mr, mf = self._prf(*(np.array([c[:, j].sum()]) for j in range(3)))
+        return {"f1": float(mf[0]), "precision": float(mp[0]), "recall": float(mr[0]), "per_type": per_type}
+
+
+class EntityStream(StreamingMetric):
+    """:func:`entity_metrics` batch by batch: each sentence's entities (seqeval's) reduced to TP, predicted and true
+    counts per entity type (:class:`_EntityCounts`) for the artifact and the teacher against the gold tags and for the
+    artifact against the teacher; one row per type of the tag set, whatever the number of batches."""
+
+    def __init__(self, labels: list[str]) -> None:
+        check_scheme(labels)
+        self.labels = labels
+        kinds = sorted({kind for tag in labels if tag != "O" for kind in _entities([tag])})
+        self.own, self.teacher, self.agree = (_EntityCounts(kinds) for _ in range(3))
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        self.see(labels, ref)
+        gold = labels
+        lengths = _lengths(outputs, gold)
+        pred = tags_of(outputs, self.labels, lengths)
+        truth = None if gold is None else [[self.labels[i] for i in row] for row in gold]
+        if truth is not None:
+            self.own.add(truth, pred)
+        if ref is not None:
+            teacher = tags_of(ref, self.labels, lengths)
+            if truth is not None:
+                self.teacher.add(truth, teacher)
+            self.agree.add(teacher, pred)
+
+    def result(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"metric_name": "entity_f1"}
+        if self.has_labels:
+            s = self.own.scores()
+            metrics.update(metric=s["f1"], entity_precision=s["precision"], entity_recall=s["recall"],
+                           per_type=s["per_type"])
+            metrics["entities"] = sum(v["support"] for v in s["per_type"].values())
+        if self.has_ref:
+            if self.has_labels:
+                t = self.teacher.scores()
+                metrics.update(teacher_metric=t["f1"], teacher_per_type=t["per_type"])
+            metrics["agreement"] = self.agree.scores()["f1"]
+            metrics["agreement_definition"] = "entity F1 of the artifact's entities against the teacher's (seqeval)"
+        return metrics

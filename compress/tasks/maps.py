@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from compress.errors import DataError
+from compress.tasks import StreamingMetric
 
-__all__ = ["probability_map_metrics", "segmentation_metrics"]
+__all__ = ["ProbabilityMapStream", "SegmentationStream", "probability_map_metrics", "segmentation_metrics"]
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -104,3 +105,110 @@ def probability_map_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | Non
         metrics["agreement"] = iou(tpred, pred)
         metrics["agreement_definition"] = "IoU of the artifact's binarised map against the teacher's"
     return metrics
+
+
+class _Overlap:
+    """Per class: the pixels where two maps both hold it (intersection) and where either does (union), summed over
+    the batches; IoU per class is their ratio."""
+
+    def __init__(self, classes: int) -> None:
+        self.classes = classes
+        self.inter = np.zeros(classes, dtype=np.int64)
+        self.union = np.zeros(classes, dtype=np.int64)
+        self.same = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        a, b = a.ravel(), b.ravel()
+        both = np.bincount(a[a == b], minlength=self.classes)
+        self.inter += both
+        self.union += np.bincount(a, minlength=self.classes) + np.bincount(b, minlength=self.classes) - both
+        self.same += int((a == b).sum())
+
+    def mean_iou(self) -> float:
+        """Mean IoU over the classes either map holds (``jaccard_score(..., labels=present, average="macro")``)."""
+        present = self.union > 0
+        return float(np.mean(self.inter[present] / self.union[present])) if present.any() else 0.0
+
+
+class SegmentationStream(StreamingMetric):
+    """:func:`segmentation_metrics` batch by batch: per-class intersection and union pixel counts (:class:`_Overlap`)
+    of the artifact's and the teacher's class maps against the labels and of the artifact's against the teacher's;
+    arrays of the class count, whatever the number of batches."""
+
+    def __init__(self, postprocess) -> None:
+        self.axis = postprocess.class_axis if postprocess.class_axis is not None else 1
+        self.classes = self.pixels = 0
+        self.own = self.teacher = self.agree = None
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        self.see(labels, ref)
+        pred = outputs.argmax(self.axis)
+        y = _label_maps(labels, pred.shape, "class ids")
+        y = None if y is None else y.astype(np.int64)
+        classes = outputs.shape[self.axis]
+        if y is not None and ((y < 0) | (y >= classes)).any():
+            raise DataError(f"the label maps hold class ids outside the model's {classes} classes",
+                            hint=f"class ids 0..{classes - 1} per pixel")
+        if self.own is None:
+            self.classes = classes
+            self.own, self.teacher, self.agree = _Overlap(classes), _Overlap(classes), _Overlap(classes)
+        self.pixels += pred.size
+        if y is not None:
+            self.own.add(y, pred)
+        if ref is not None:
+            tpred = ref.argmax(self.axis)
+            if y is not None:
+                self.teacher.add(y, tpred)
+            self.agree.add(tpred, pred)
+
+    def result(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"metric_name": "mean_iou", "classes": self.classes}
+        if self.has_labels:
+            metrics["metric"] = self.own.mean_iou()
+            metrics["pixel_accuracy"] = self.own.same / self.pixels
+        if self.has_ref:
+            if self.has_labels:
+                metrics["teacher_metric"] = self.teacher.mean_iou()
+                metrics["teacher_pixel_accuracy"] = self.teacher.same / self.pixels
+            metrics["agreement"] = self.agree.mean_iou()
+            metrics["agreement_definition"] = "mean IoU of the artifact's class map against the teacher's"
+        return metrics
+
+
+class ProbabilityMapStream(StreamingMetric):
+    """:func:`probability_map_metrics` batch by batch: the foreground's intersection and union pixel counts of the
+    artifact's and the teacher's binarised maps against the labels and of the artifact's against the teacher's."""
+
+    def __init__(self, postprocess) -> None:
+        self.post = postprocess
+        self.own, self.teacher, self.agree = _Overlap(2), _Overlap(2), _Overlap(2)
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        self.see(labels, ref)
+        pred = _binary(outputs, self.post)
+        y = _label_maps(labels, pred.shape, "0/1 flags")
+        if y is not None and not np.isin(y, (0, 1)).all():
+            raise DataError("probability-map labels must be 0 or 1 per pixel", hint="one 0/1 map per sample")
+        if y is not None:
+            self.own.add(y.astype(np.int64), pred)
+        if ref is not None:
+            tpred = _binary(ref, self.post)
+            if y is not None:
+                self.teacher.add(y.astype(np.int64), tpred)
+            self.agree.add(tpred, pred)
+
+    @staticmethod
+    def _iou(o: _Overlap) -> float:
+        """The foreground's IoU (``jaccard_score``, 1.0 where neither map holds any)."""
+        return float(o.inter[1] / o.union[1]) if o.union[1] else 1.0
+
+    def result(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"metric_name": "iou", "threshold": self.post.threshold or DEFAULT_THRESHOLD}
+        if self.has_labels:
+            metrics["metric"] = self._iou(self.own)
+        if self.has_ref:
+            if self.has_labels:
+                metrics["teacher_metric"] = self._iou(self.teacher)
+            metrics["agreement"] = self._iou(self.agree)
+            metrics["agreement_definition"] = "IoU of the artifact's binarised map against the teacher's"
+        return metrics

@@ -70,3 +70,48 @@ def fidelity_of(m, cand: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     task's agreement is judged otherwise (embeddings: by neighbours)."""
     axis = class_axis(m, cand.ndim) if TASKS[m.task].agreement != "neighbours" else None
     return output_fidelity(cand, ref, axis)
+
+
+class FidelityStream:
+    """:func:`fidelity_of` batch by batch: the sums and extremes it is made of (rows, summed and lowest per-row
+    cosine, signal and noise sums of squares, largest error, top-1 hits over the class axis), so its state does not
+    grow with the batches. Equal to the array form up to the order of float sums."""
+
+    def __init__(self, m) -> None:
+        self.m = m
+        self.rows = self.hits = self.positions = 0
+        self.cos_sum, self.cos_min, self.signal, self.noise, self.max_err = 0.0, np.inf, 0.0, 0.0, 0.0
+        self.axis: int | None = None
+        self.agrees = False
+
+    def update(self, cand: np.ndarray, ref: np.ndarray) -> None:
+        """Add one batch of the artifact's outputs and the teacher's."""
+        if not self.rows:
+            self.axis = class_axis(self.m, cand.ndim) if TASKS[self.m.task].agreement != "neighbours" else None
+            self.agrees = self.axis is not None and cand.shape[self.axis] > 1
+        valid = None
+        if np.isnan(ref).any() or np.isnan(cand).any():
+            valid = np.isfinite(ref) & np.isfinite(cand)
+            cand, ref = np.where(valid, cand, 0.0), np.where(valid, ref, 0.0)
+        diff = cand.astype(np.float64) - ref.astype(np.float64)
+        cos = row_cosines(cand, ref)
+        self.rows += len(cos)
+        self.cos_sum += float(cos.sum())
+        self.cos_min = min(self.cos_min, float(cos.min())) if len(cos) else self.cos_min
+        self.signal += float((ref.astype(np.float64) ** 2).sum())
+        self.noise += float((diff ** 2).sum())
+        self.max_err = max(self.max_err, float(np.abs(diff).max()) if diff.size else 0.0)
+        if self.agrees:
+            same = cand.argmax(self.axis) == ref.argmax(self.axis)
+            same = same if valid is None else same[valid.all(self.axis)]
+            self.hits += int(same.sum())
+            self.positions += same.size
+
+    def result(self) -> dict[str, Any]:
+        """What :func:`output_fidelity` gives on the batches joined."""
+        out: dict[str, Any] = {"cosine": self.cos_sum / self.rows if self.rows else float("nan"),
+                               "cosine_min": self.cos_min, "snr_db": snr_db(self.signal, self.noise),
+                               "max_abs_error": self.max_err}
+        if self.agrees:
+            out["top1_agreement"] = self.hits / self.positions if self.positions else float("nan")
+        return out

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, DataError
+from compress.tasks import StreamingMetric
 
-__all__ = ["check_alphabet", "check_postprocess", "ctc_decode", "ctc_metrics"]
+__all__ = ["CTCStream", "check_alphabet", "check_postprocess", "ctc_decode", "ctc_metrics"]
 
 
 def check_alphabet(postprocess, classes: int | None, where: str) -> None:
@@ -54,13 +55,7 @@ def ctc_decode(scores: np.ndarray, postprocess) -> list[str]:
 
 
 def _cer(pred: list[str], gold: list[str]) -> float:
-    from compress._optional import require
-
-    require("rapidfuzz", "character error rate (CTC recognition)")
-    from rapidfuzz.distance import Levenshtein
-
-    chars = sum(len(g) for g in gold)
-    return sum(Levenshtein.distance(p, g) for p, g in zip(pred, gold, strict=True)) / max(chars, 1)
+    return _distance(pred, gold) / max(sum(len(g) for g in gold), 1)
 
 
 def ctc_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
@@ -89,3 +84,62 @@ def ctc_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | None, labels) -
         metrics["agreement"] = float(np.mean([p == t for p, t in zip(pred, teacher, strict=True)]))
         metrics["agreement_definition"] = "share of samples decoded to exactly the teacher's string"
     return metrics
+
+
+def _distance(pred: list[str], gold: list[str]) -> int:
+    """The summed Levenshtein distance of each decoded string to its label (the numerator of :func:`_cer`)."""
+    from compress._optional import require
+
+    require("rapidfuzz", "character error rate (CTC recognition)")
+    from rapidfuzz.distance import Levenshtein
+
+    return sum(Levenshtein.distance(p, g) for p, g in zip(pred, gold, strict=True))
+
+
+class CTCStream(StreamingMetric):
+    """:func:`ctc_metrics` batch by batch: summed edit distances and label lengths (the CER's numerator and
+    denominator), exact matches and agreements of the artifact and the teacher; a few integers whatever the number
+    of batches."""
+
+    def __init__(self, postprocess) -> None:
+        self.post = postprocess
+        self.rows = self.chars = self.dist = self.exact = 0
+        self.teacher_dist = self.teacher_exact = self.agree = 0
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        self.see(labels, ref)
+        check_alphabet(self.post, outputs.shape[-1], "the model")
+        pred = ctc_decode(outputs, self.post)
+        self.rows += len(pred)
+        if labels is not None:
+            gold = [str(g) for g in labels]
+            if len(gold) != len(pred):
+                raise DataError(f"{len(gold)} label strings for {len(pred)} samples", hint="one string per sample")
+            extra = sorted(set("".join(gold)) - set(self.post.alphabet))
+            if extra:
+                raise DataError(f"the labels hold characters outside the model's alphabet ({''.join(extra[:10])!r})",
+                                hint="label with the alphabet's characters only")
+            self.chars += sum(len(g) for g in gold)
+            self.dist += _distance(pred, gold)
+            self.exact += sum(p == g for p, g in zip(pred, gold, strict=True))
+        if ref is not None:
+            teacher = ctc_decode(ref, self.post)
+            if labels is not None:
+                self.teacher_dist += _distance(teacher, gold)
+                self.teacher_exact += sum(t == g for t, g in zip(teacher, gold, strict=True))
+            self.agree += sum(p == t for p, t in zip(pred, teacher, strict=True))
+
+    def result(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"metric_name": "char_accuracy"}
+        n, chars = self.rows, max(self.chars, 1)
+        if self.has_labels:
+            cer = self.dist / chars
+            metrics.update(metric=max(0.0, 1.0 - cer), cer=cer, exact_match=self.exact / n)
+        if self.has_ref:
+            if self.has_labels:
+                tcer = self.teacher_dist / chars
+                metrics.update(teacher_metric=max(0.0, 1.0 - tcer), teacher_cer=tcer,
+                               teacher_exact_match=self.teacher_exact / n)
+            metrics["agreement"] = self.agree / n
+            metrics["agreement_definition"] = "share of samples decoded to exactly the teacher's string"
+        return metrics
