@@ -18,15 +18,26 @@ import shutil
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from compress import __version__
 from compress.device.shipped import sha256_file
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
 from compress.formats import FORMATS
-from compress.tasks import Task
+from compress.tasks import Task, postprocess_for, postprocess_models
 
 log = logging.getLogger(__name__)
 
@@ -132,35 +143,33 @@ class ArrayPreprocess(BaseModel):
         return self
 
 
-class Postprocess(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pooling: str | None = Field(None, description="'mean' (sentence-transformers) or None for logits.")
-    normalize: bool = Field(False, description="L2-normalise pooled embeddings.")
-    class_axis: int | None = Field(
-        None, description="The axis of the primary output that holds class scores, for top-1 agreement (a "
-        "segmentation map's channels: 1); None: the last axis of a [batch, classes] output.")
-    threshold: float | None = Field(
-        None, gt=0, lt=1, description="Multi-label classification and probability maps: a class (a pixel) is in "
-        "where its probability (the sigmoid of its score, unless scores_are_probabilities) passes this (default 0.5).")
-    scores_are_probabilities: bool = Field(
-        False, description="Multi-label classification and probability maps: the output holds probabilities already "
-        "(no sigmoid).")
-    alphabet: str | None = Field(
-        None, description="CTC recognition: the characters the non-blank classes stand for, in class order (the "
-        "output has len(alphabet) + 1 classes).")
-    blank: int = Field(0, ge=0, description="CTC recognition: the class id of the blank.")
-    boxes: Literal["xyxy", "cxcywh"] | None = Field(
-        None, description="Object detection: how a box is written (corners, or centre and size); required for it.")
-    normalized: bool = Field(
-        False, description="Object detection: box coordinates are fractions of the input's width and height, not pixels.")
-    nms: bool = Field(
-        False, description="Object detection: the graph ends in non-maximum suppression and outputs [batch, boxes, 6] "
-        "(box, score, class); else it outputs [batch, boxes, 4 + classes] (or 5 + classes with an objectness score, "
-        "or either transposed) and edgecompress suppresses with numpy.")
-    iou_threshold: float = Field(0.5, gt=0, lt=1, description="Object detection: the IoU above which NMS drops a box.")
-    score_threshold: float = Field(
-        0.001, ge=0, lt=1, description="Object detection: detections scoring less are dropped (low, as COCO mAP wants).")
-    max_detections: int = Field(100, ge=1, description="Object detection: the most boxes kept per image.")
+def _postprocess_tag(v: Any) -> str | None:
+    return type(v).__name__ if isinstance(v, BaseModel) else None
+
+
+#: What a model's outputs mean: one model per task, each in its task's module (``TASKS[task].postprocess``: a
+#: classifier's class axis, a feature extractor's pooling, a detector's box layout, ...). The discriminator is the
+#: manifest's ``task``, read by a callable: the block carries no tag of its own, so the manifest JSON keeps the field
+#: names it always had and a task is never written twice (where the two could disagree). :func:`task_postprocess`
+#: (the field's before-validator) makes a flat mapping the task's model; the callable then tags it by its class.
+Postprocess = Annotated[
+    Union[tuple(Annotated[m, Tag(m.__name__)] for m in postprocess_models())],  # built from the table
+    Discriminator(_postprocess_tag),
+]
+
+
+def task_postprocess(task: Task | str | None, v: Any, named: str | None = None) -> Any:
+    """A postprocess block (a mapping, a model, None) as ``task``'s model, for a validator: a field of another task is
+    refused in one line naming the task. ``v`` is left as it is where ``task`` is None (it did not validate: its own
+    error is reported)."""
+    if task is None:
+        return v
+    try:
+        return postprocess_for(task, v, named=named)
+    except ValueError as e:
+        if isinstance(e, ValidationError):
+            raise
+        raise PydanticCustomError("postprocess_task", str(e)) from None
 
 
 class SourceInfo(BaseModel):
@@ -198,7 +207,9 @@ class Manifest(BaseModel):
         description="How inputs are made from raw data (text: tokenizer, padding); the inputs list names what the "
         "graph takes. Manifests written before this field read as the text default.",
     )
-    postprocess: Postprocess = Field(default_factory=Postprocess)
+    postprocess: Postprocess = Field(
+        None, validate_default=True, description="What the outputs mean: the task's postprocess model (its fields "
+        "only). Manifests written before, with one flat block of every task's fields, read as the task's.")
     max_length: int = Field(512, description="Longest sequence the tokenizer produces (truncation).")
     source: SourceInfo
     steps: list[StepRecord] = Field(default_factory=list, description="Lineage, oldest first.")
@@ -210,6 +221,11 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file but the manifest.")
     versions: dict[str, str | None] = Field(default_factory=dict, description="Tool/library versions.")
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+
+    @field_validator("postprocess", mode="before")
+    @classmethod
+    def _task_postprocess(cls, v: Any, info: ValidationInfo) -> Any:
+        return task_postprocess(info.data.get("task"), v)
 
     @field_validator("model_file")
     @classmethod

@@ -23,6 +23,7 @@ from compress.data.tokenization import encoder_for
 from compress.device.shipped import TextFeeds, first_subtokens, pool
 from compress.errors import ConfigError
 from compress.formats import FORMATS
+from compress.tasks.embeddings import pooling_of
 
 # runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here; the runtime a format runs in when a
 # profile or the user names none is that format's entry in compress.formats.FORMATS.
@@ -209,11 +210,11 @@ class RuntimeBackend(ABC):
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Run and post-process: logits for classifiers, pooled sentence embeddings for encoders. A graph fixed to
         a batch size runs a larger batch in slices of that size."""
-        pp = self.artifact.manifest.postprocess
+        pooling, normalize = pooling_of(self.artifact.manifest.postprocess)
         parts = self._in_slices(self.run, inputs)
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if pp.pooling:
-            return pool(out, inputs["attention_mask"], pp.pooling, pp.normalize)
+        if pooling:
+            return pool(out, inputs["attention_mask"], pooling, normalize)
         return out
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None, pad_to: int | None = None):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
 from compress.artifact import staged_dir
+from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ def render_manifest(art: Artifact, console: Console, verified: bool | None = Tru
     head.add_row("format / precision", f"{m.format} / {m.precision}")
     if m.labels:
         head.add_row("labels", ", ".join(f"{i}={n}" for i, n in enumerate(m.labels)))
-    if m.postprocess.pooling:
-        head.add_row("pooling", f"{m.postprocess.pooling}{' + L2 normalise' if m.postprocess.normalize else ''}")
+    pooling, normalize = pooling_of(m.postprocess)
+    if pooling:
+        head.add_row("pooling", f"{pooling}{' + L2 normalise' if normalize else ''}")
     head.add_row("model file", f"{m.model_file} ({art.size_bytes() / 2**20:.1f} MB)")
     if m.preprocess.kind == "image":
         pp = m.preprocess

@@ -7,7 +7,8 @@ how a model file's ``postprocess`` block is checked against its outputs and labe
 beside it (:mod:`compress.tasks.classification`, :mod:`compress.tasks.detection`, ...). Adding a task is one module
 plus one entry here.
 
-A leaf: this package imports only the standard library, numpy and :mod:`compress.errors`
+A leaf: this package imports only the standard library, numpy, pydantic (each task's postprocess model) and
+:mod:`compress.errors`
 (:mod:`compress.artifact` imports :class:`Task` from it).
 """
 
@@ -21,7 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["TASKS", "CollectedMetric", "StreamingMetric", "Task", "TaskInfo", "load", "task_for"]
+__all__ = ["TASKS", "CollectedMetric", "StreamingMetric", "Task", "TaskInfo", "load", "postprocess_for", "postprocess_models",
+           "task_for"]
 
 
 class Task(StrEnum):
@@ -91,6 +93,8 @@ class TaskInfo:
     inputs: Literal["text", "image"] | None = None
     #: the data's labels are target numbers (a regression's), read as floats rather than class names or ids
     targets: bool = False
+    #: the pydantic model of the task's ``postprocess`` block (a manifest's, a model.yaml's), ``"module:Class"``
+    postprocess: str = "compress.tasks.classification:ClassPostprocess"
     #: the metric's streaming form, ``"module:Class"`` (a :class:`StreamingMetric` built with what ``metric_takes``
     #: names, or with nothing), whose state does not grow with the batches; None: the batches are collected and the
     #: array form runs once at the end (:class:`CollectedMetric`)
@@ -207,9 +211,37 @@ def task_for(inputs: str | None, *, numbers: bool = False) -> Task:
     return Task.generic
 
 
+def postprocess_models() -> list[type]:
+    """The postprocess models of every task, each once, in :data:`TASKS`' order: what ``Postprocess`` (in
+    :mod:`compress.artifact`) is the union of."""
+    return list(dict.fromkeys(load(info.postprocess) for info in TASKS.values()))
+
+
+def postprocess_for(task: Task | str, block: Any = None, *, named: str | None = None):
+    """``block`` as ``task``'s postprocess model: a mapping (a manifest's, a model.yaml's), another task's model, or
+    None (the defaults). A key only another task reads is dropped where it holds that task's default (a manifest
+    written when postprocess was one flat block of every task's fields) and refused otherwise, in one line naming the
+    task (``named``, if given, names it in the message instead)."""
+    model = load(TASKS[task].postprocess)
+    if block is None or isinstance(block, model):
+        return model() if block is None else block
+    if not isinstance(block, dict):  # another task's model: what it sets
+        block = block.model_dump(exclude_defaults=True) if hasattr(block, "model_dump") else block
+    if isinstance(block, dict):
+        owners = {k: f for m in postprocess_models() for k, f in m.model_fields.items()}
+        block = dict(block)
+        for key in [k for k in block if k not in model.model_fields and k in owners]:
+            if block[key] != owners[key].get_default(call_default_factory=True):
+                raise ValueError(f"{key} does not apply to task {named or task} (its postprocess takes "
+                                 f"{', '.join(model.model_fields) or 'nothing'})")
+            del block[key]
+    return model.model_validate(block)
+
+
 _CLASSIFY = "compress.tasks.classification:classification_metrics"
 _EMBED = "compress.tasks.embeddings:embedding_metrics"
 _CLASSIFY_STREAM = "compress.tasks.classification:ClassificationStream"
+_THRESHOLD = "compress.tasks.values:ThresholdPostprocess"
 
 #: every task edgecompress knows, and what it knows of it
 TASKS: dict[Task, TaskInfo] = {
@@ -217,7 +249,7 @@ TASKS: dict[Task, TaskInfo] = {
         labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED, streaming=_CLASSIFY_STREAM,
         head="AutoModelForSequenceClassification", needs_class_names=True, inputs="text"),
     Task.feature_extraction: TaskInfo(labels="none", metric=_EMBED, metric_takes="manifest", agreement="neighbours",
-                                      head="AutoModel"),
+                                      head="AutoModel", postprocess="compress.tasks.embeddings:EmbeddingPostprocess"),
     Task.image_classification: TaskInfo(
         labels="per-sample", metric=_CLASSIFY, metric_takes="manifest", unlabelled=_EMBED, streaming=_CLASSIFY_STREAM,
         head="AutoModelForImageClassification", needs_class_names=True, inputs="image"),
@@ -232,21 +264,23 @@ TASKS: dict[Task, TaskInfo] = {
     Task.multi_label_classification: TaskInfo(
         labels="values", metric="compress.tasks.values:multilabel_metrics", metric_takes="postprocess",
         streaming="compress.tasks.values:MultiLabelStream",
-        agreement="metric"),
+        agreement="metric", postprocess=_THRESHOLD),
     Task.semantic_segmentation: TaskInfo(
         labels="values", metric="compress.tasks.maps:segmentation_metrics", metric_takes="postprocess",
         streaming="compress.tasks.maps:SegmentationStream",
         class_axis=1, agreement="metric"),
     Task.probability_map: TaskInfo(labels="values", metric="compress.tasks.maps:probability_map_metrics",
                                    streaming="compress.tasks.maps:ProbabilityMapStream",
-                                   metric_takes="postprocess", agreement="metric"),
+                                   metric_takes="postprocess", agreement="metric", postprocess=_THRESHOLD),
     Task.ctc_recognition: TaskInfo(labels="values", metric="compress.tasks.sequences:ctc_metrics",
                                    streaming="compress.tasks.sequences:CTCStream",
                                    metric_takes="postprocess", agreement="metric",
-                                   check="compress.tasks.sequences:check_postprocess"),
+                                   check="compress.tasks.sequences:check_postprocess",
+                                   postprocess="compress.tasks.sequences:CTCPostprocess"),
     Task.object_detection: TaskInfo(labels="boxes", metric="compress.tasks.detection:detection_metrics",
                                     metric_takes="manifest", agreement="metric", needs_class_names=True,
-                                    check="compress.tasks.detection:check_postprocess"),
+                                    check="compress.tasks.detection:check_postprocess",
+                                    postprocess="compress.tasks.detection:DetectionPostprocess"),
     Task.generic: TaskInfo(labels="per-sample", metric=_CLASSIFY, metric_takes="manifest",
                            unlabelled="compress.tasks.classification:output_cosine_metrics",
                            streaming=_CLASSIFY_STREAM,

@@ -7,9 +7,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.tasks import StreamingMetric
 from compress.tasks.outputs import FidelityStream, fidelity_of
+
+
+class ClassPostprocess(BaseModel):
+    """The ``postprocess`` block of a task judged by class scores or by its outputs (text and image
+    classification, semantic segmentation, token classification, regression, generic): where the class scores lie."""
+
+    model_config = ConfigDict(extra="forbid")
+    class_axis: int | None = Field(
+        None, description="The axis of the primary output that holds class scores, for top-1 agreement (a "
+        "segmentation map's channels: 1); None: the task's (compress.tasks.TASKS), else the last axis of a "
+        "[batch, classes] output.")
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:

@@ -22,18 +22,41 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import ConfigError, DataError
 
-__all__ = ["check_layout", "check_postprocess", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
+__all__ = ["DetectionPostprocess", "check_layout", "check_postprocess", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
 
 #: a teacher box counts as ground truth for agreement from this score on, unless postprocess.threshold says
 AGREEMENT_SCORE = 0.5
 #: boxes considered by NMS per image at most (the best-scoring), as torchvision and ultralytics cap them
 MAX_CANDIDATES = 30000
+
+
+class DetectionPostprocess(BaseModel):
+    """The ``postprocess`` block of ``object-detection``: the output's layout, and how boxes are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    boxes: Literal["xyxy", "cxcywh"] | None = Field(
+        None, description="How a box is written (corners, or centre and size); required.")
+    normalized: bool = Field(
+        False, description="Box coordinates are fractions of the input's width and height, not pixels.")
+    nms: bool = Field(
+        False, description="The graph ends in non-maximum suppression and outputs [batch, boxes, 6] (box, score, "
+        "class); else it outputs [batch, boxes, 4 + classes] (or 5 + classes with an objectness score, or either "
+        "transposed) and edgecompress suppresses with numpy.")
+    iou_threshold: float = Field(0.5, gt=0, lt=1, description="The IoU above which NMS drops a box.")
+    score_threshold: float = Field(
+        0.001, ge=0, lt=1, description="Detections scoring less are dropped (low, as COCO mAP wants).")
+    max_detections: int = Field(100, ge=1, description="The most boxes kept per image.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Agreement: a teacher box counts as ground truth from this score on "
+        "(default AGREEMENT_SCORE, 0.5).")
+    scores_are_probabilities: bool = Field(False, description="The output holds probabilities already (no sigmoid).")
 
 
 def check_layout(post, shape, num_classes: int | None) -> bool:

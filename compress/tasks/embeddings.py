@@ -6,8 +6,26 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.tasks.outputs import unit
+
+
+class EmbeddingPostprocess(BaseModel):
+    """The ``postprocess`` block of ``feature-extraction``: how token states become one embedding per sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    pooling: str | None = Field(None, description="'mean' or 'cls' (sentence-transformers), or None: the output is "
+                                "the embedding already.")
+    normalize: bool = Field(False, description="L2-normalise pooled embeddings.")
+
+
+def pooling_of(postprocess) -> tuple[str | None, bool]:
+    """``(pooling, normalize)`` of a postprocess block: a feature extractor's, ``(None, False)`` for any other
+    task's (whose outputs are used as they are)."""
+    if isinstance(postprocess, EmbeddingPostprocess):
+        return postprocess.pooling, postprocess.normalize
+    return None, False
 
 
 def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 1) -> float:

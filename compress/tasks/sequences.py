@@ -16,11 +16,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import ConfigError, DataError
 from compress.tasks import StreamingMetric
 
-__all__ = ["CTCStream", "check_alphabet", "check_postprocess", "ctc_decode", "ctc_metrics"]
+__all__ = ["CTCPostprocess", "CTCStream", "check_alphabet", "check_postprocess", "ctc_decode", "ctc_metrics"]
+
+
+class CTCPostprocess(BaseModel):
+    """The ``postprocess`` block of ``ctc-recognition``: what the classes stand for."""
+
+    model_config = ConfigDict(extra="forbid")
+    alphabet: str | None = Field(
+        None, description="The characters the non-blank classes stand for, in class order (the output has "
+        "len(alphabet) + 1 classes).")
+    blank: int = Field(0, ge=0, description="The class id of the blank.")
 
 
 def check_alphabet(postprocess, classes: int | None, where: str) -> None:

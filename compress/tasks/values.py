@@ -16,13 +16,29 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import DataError
 from compress.tasks import StreamingMetric
 
-__all__ = ["MultiLabelStream", "RegressionStream", "multilabel_metrics", "regression_metrics"]
+__all__ = ["MultiLabelStream", "RegressionStream", "ThresholdPostprocess", "multilabel_metrics", "regression_metrics"]
 
 DEFAULT_THRESHOLD = 0.5
+
+
+class ThresholdPostprocess(BaseModel):
+    """The ``postprocess`` block of multi-label classification and probability maps: where a class (a pixel) is
+    in."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="A class (a pixel) is in where its probability (the sigmoid of its score, "
+        "unless scores_are_probabilities) passes this (default 0.5).")
+    scores_are_probabilities: bool = Field(False, description="The output holds probabilities already (no sigmoid).")
+    class_axis: int | None = Field(
+        None, description="The axis of the primary output that holds class scores, for top-1 agreement (a "
+        "segmentation map's channels: 1); None: the task's (compress.tasks.TASKS), else the last axis of a "
+        "[batch, classes] output.")
 
 
 def _sklearn():

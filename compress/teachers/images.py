@@ -41,6 +41,7 @@ from compress.artifact import (
 )
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, task_for
+from compress.tasks.classification import ClassPostprocess
 from compress.teachers.checkpoints import InfoTeacher, model_load_error
 
 PROGRAM_FILE = "model.pt2"
@@ -98,7 +99,7 @@ class ImageInfo:
     pickled: bool = False
     inputs: list[TensorSpec] = field(default_factory=list)
     task: Task = task_for("image")
-    postprocess: Postprocess = field(default_factory=Postprocess)
+    postprocess: Postprocess = field(default_factory=ClassPostprocess)
     max_length: int = 0  # no sequences
 
     @property

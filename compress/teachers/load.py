@@ -26,7 +26,8 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, Task, task_for
+from compress.tasks import TASKS, Task, postprocess_for, task_for
+from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class CheckpointInfo:
         return self.config.get("model_type")
 
 
-def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
+def _sentence_transformers_pooling(path: Path) -> EmbeddingPostprocess | None:
     """Pooling/normalisation from a sentence-transformers checkpoint's modules.json, if it has one."""
     modules_file = path / "modules.json"
     if not modules_file.is_file():
@@ -110,7 +111,7 @@ def _sentence_transformers_pooling(path: Path) -> Postprocess | None:
                     )
         elif kind.endswith("Normalize"):
             normalize = True
-    return Postprocess(pooling=pooling, normalize=normalize)
+    return EmbeddingPostprocess(pooling=pooling, normalize=normalize)
 
 
 #: the tasks a Hugging Face text checkpoint's head gives (their TASKS entry's head), by the suffix of its architecture;
@@ -153,7 +154,7 @@ def inspect_checkpoint(
             task = task_for("text", numbers=True)
     task = Task(task)
     labels = None
-    postprocess = Postprocess()
+    postprocess = postprocess_for(task)
     if task in _HEADS:
         id2label = config.get("id2label") or {}
         if not architecture.endswith(_HEADS[task]):
@@ -168,8 +169,8 @@ def inspect_checkpoint(
         elif labels is None:
             n = int(config.get("num_labels", 2))
             labels = [f"LABEL_{i}" for i in range(n)]
-    else:
-        postprocess = _sentence_transformers_pooling(path) or Postprocess(pooling="mean", normalize=False)
+    elif task is Task.feature_extraction:  # an encoder: its token states pooled
+        postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
 
     max_length = int(config.get("max_position_embeddings", 512))
     if (path / "sentence_bert_config.json").is_file():

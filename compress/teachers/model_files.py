@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from compress.artifact import (
     ArrayPreprocess,
@@ -39,11 +39,13 @@ from compress.artifact import (
     TextPreprocess,
     digest_of,
     library_versions,
+    task_postprocess,
 )
 from compress.device.shipped import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.formats import file_format
-from compress.tasks import TASKS, Task, load, task_for
+from compress.tasks import TASKS, Task, load, postprocess_for, task_for
+from compress.tasks.classification import ClassPostprocess
 from compress.teachers.checkpoints import InfoTeacher
 
 __all__ = ["MIN_OPSET", "DescribedModel", "FileTeacher", "ModelDescription", "ModelFileInfo",
@@ -73,7 +75,9 @@ class ModelDescription(BaseModel):
     preprocess: dict[str, Any] | None = Field(
         None, description="kind: image (size, mean, std, ... as ImagePreprocess), kind: text (tokenizer.json beside "
         "the file) or none: every input is an array.")
-    postprocess: Postprocess | None = Field(None, description="pooling: mean for token states of a sentence encoder.")
+    postprocess: Postprocess | None = Field(
+        None, description="What the outputs mean, the task's fields only (pooling: mean for token states of a sentence "
+        "encoder; boxes for a detector; ...).")
     max_length: int | None = Field(None, ge=1, description="Longest token sequence (text).")
     architecture: str | None = Field(None, description="A name for the model in reports (default: the file name).")
     dims: dict[str, int] = Field(default_factory=dict, description="Values for symbolic dimensions (not the batch).")
@@ -81,6 +85,14 @@ class ModelDescription(BaseModel):
         None, description="A TorchScript archive's inputs, which it does not record: name -> shape (batch axis left "
         "out) and dtype, in forward's order. Graphs and programs carry their own; a LiteRT file's are renamed by "
         "position (a converter calls them args_0, args_1, ...: a text model needs the tokenizer's names).")
+
+    @field_validator("postprocess", mode="before")
+    @classmethod
+    def _task_postprocess(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or "task" not in info.data:
+            return v
+        task = info.data["task"]  # none given: a classifier or generic, whose postprocess is the same (class_axis)
+        return task_postprocess(task or Task.generic, v, named=None if task else "generic (no task: given)")
 
 
 def is_model_file(path: Path | str) -> bool:
@@ -132,7 +144,7 @@ class ModelFileInfo:
     preprocess: TextPreprocess | ImagePreprocess | ArrayPreprocess
     description: ModelDescription
     external: list[str] = field(default_factory=list)  # external-data files, relative to the model's folder
-    postprocess: Postprocess = field(default_factory=Postprocess)
+    postprocess: Postprocess = field(default_factory=ClassPostprocess)
     max_length: int = 0
     kind: str = "file"  # "file" (ONNX, IR: run in its runtime) or "program" (a torch.export program: run in PyTorch)
     precision: Precision = Precision.fp32  # a .tflite may come quantized
@@ -380,7 +392,8 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
     task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
     return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
                          labels=labels, preprocess=preprocess, description=desc, external=external,
-                         postprocess=desc.postprocess or Postprocess(), max_length=max_length, precision=precision)
+                         postprocess=postprocess_for(task, desc.postprocess), max_length=max_length,
+                         precision=precision)
 
 
 def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], outputs: list[TensorSpec]):
@@ -391,12 +404,12 @@ def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], o
     info = TASKS[task]
     if info.needs_class_names and not labels:
         raise ConfigError(f"{description_file(p)}: task {task} needs labels", hint="labels: [class names by id]")
-    post = desc.postprocess or Postprocess()
+    post = postprocess_for(task, desc.postprocess)
     if info.check is not None:  # the postprocess block against the output's shape and the labels, before anything runs
         load(info.check)(post, outputs[0].shape if outputs else [], labels, preprocess, str(description_file(p)))
     if info.labels == "boxes":  # no class axis: boxes, scores and classes
         return task, labels, preprocess, 0
-    axis = post.class_axis if post.class_axis is not None else \
+    axis = post.class_axis if getattr(post, "class_axis", None) is not None else \
         info.class_axis if info.class_axis is not None else -1  # where the class scores are
     shape = outputs[0].shape if outputs else []
     width = shape[axis] if shape and -len(shape) <= axis < len(shape) else None

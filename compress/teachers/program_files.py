@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Format, Postprocess, TextPreprocess, digest_of
+from compress.artifact import Format, TextPreprocess, digest_of
 from compress.device.shipped import sha256_file
 from compress.errors import ModelLoadError
-from compress.tasks import task_for
+from compress.tasks import postprocess_for, task_for
 from compress.teachers.model_files import DescribedModel
 
 __all__ = ["ProgramTeacher", "is_program_file", "load_program_file"]
@@ -113,7 +113,7 @@ def load_program_file(path: Path | str, *, allow_pickle: bool = False) -> Progra
     task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
     info = ModelFileInfo(path=p, format=Format.pytorch, opset=0, inputs=inputs, outputs=outputs, task=task,
                          labels=labels, preprocess=preprocess, description=desc, max_length=max_length,
-                         postprocess=desc.postprocess or Postprocess(), kind=kind, weights=[p.name])
+                         postprocess=postprocess_for(task, desc.postprocess), kind=kind, weights=[p.name])
     names = [p.name, description_file(p).name]
     if isinstance(preprocess, TextPreprocess):
         names.append(preprocess.tokenizer_file)

@@ -45,6 +45,7 @@ from compress.formats import remote_runtime
 from compress.host.measure import LatencyStats
 from compress.interrupt import sigterm_as_interrupt
 from compress.progress import start_phase
+from compress.tasks.embeddings import pooling_of
 from compress.validation.common import ValidationRun
 from compress.validation.ssh import (
     ARCH_NAMES,
@@ -70,14 +71,15 @@ def _npz(arrays: dict[str, np.ndarray], path: Path) -> None:
 
 def _model_spec(art: Artifact, prefix: str) -> dict[str, Any]:
     m = art.manifest
+    pooling, normalize = pooling_of(m.postprocess)
     return {
         "path": f"{prefix}/{m.model_file}",
         "output": m.outputs[0].name if m.outputs else None,
         "input_names": [t.name for t in m.inputs],
         "format": str(m.format),
         "precision": str(m.precision),
-        "pooling": m.postprocess.pooling,
-        "normalize": m.postprocess.normalize,
+        "pooling": pooling,
+        "normalize": normalize,
     }
 
 

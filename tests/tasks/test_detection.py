@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from compress.artifact import ImagePreprocess, Postprocess
+from compress.artifact import ImagePreprocess
 from compress.errors import DataError
+from compress.tasks.detection import DetectionPostprocess
 
 LABELS = ["circle", "square"]
 FAST_HOST: str = ""
@@ -152,17 +153,17 @@ def test_each_output_layout_decodes_to_the_same_detection(layout):
     logit = 4.0  # sigmoid 0.982
     box = [16.0, 12.0, 8.0, 6.0]  # cx, cy, w, h
     if layout == "nms":
-        post = Postprocess(boxes="xyxy", nms=True)
+        post = DetectionPostprocess(boxes="xyxy", nms=True)
         out = np.array([[[12, 9, 20, 15, 0.9, 1], [0, 0, 0, 0, 0, 0]]], dtype=np.float32)
     else:
-        post = Postprocess(boxes="cxcywh")
+        post = DetectionPostprocess(boxes="cxcywh")
         head = [logit] if layout == "yolov5" else []
         out = np.array([[box + head + [-logit, logit], box + head + [-logit, 3.0]]], dtype=np.float32)
         if layout == "yolov8-transposed":
             out = out.transpose(0, 2, 1)
     [(boxes, scores, classes)] = decode(post, out, 2, (32, 32))
     assert boxes.tolist() == [[12, 9, 20, 15]] and classes.tolist() == [1] and scores[0] > 0.85  # overlap: one kept
-    norm = Postprocess(boxes="cxcywh", normalized=True, scores_are_probabilities=True)
+    norm = DetectionPostprocess(boxes="cxcywh", normalized=True, scores_are_probabilities=True)
     [(b, s, _)] = decode(norm, np.array([[[0.5, 0.5, 0.25, 0.5, 0.1, 0.8]]], dtype=np.float32), 2, (32, 64))
     assert b.tolist() == [[24, 8, 40, 24]] and s.tolist() == pytest.approx([0.8])
 

@@ -10,8 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from compress.artifact import ImagePreprocess, Postprocess
-from compress.tasks import TASKS, Task, TaskInfo
+from compress.artifact import ImagePreprocess
+from compress.tasks import TASKS, Task, TaskInfo, postprocess_for
+from compress.tasks.detection import DetectionPostprocess
+from compress.tasks.sequences import CTCPostprocess
+from compress.tasks.values import ThresholdPostprocess
 from compress.validation.metrics import prediction_metrics
 
 KEYPOINTS = '''
@@ -40,7 +43,7 @@ def keypoints(tmp_path, monkeypatch):
 
 
 def _manifest(task, labels=None, post=None, preprocess=None):
-    return SimpleNamespace(task=task, labels=labels, outputs=[], postprocess=post or Postprocess(),
+    return SimpleNamespace(task=task, labels=labels, outputs=[], postprocess=post or postprocess_for(task),
                            preprocess=preprocess)
 
 
@@ -84,16 +87,16 @@ def _cases():
         words + 0.5 * rng.standard_normal(words.shape), [list(rng.integers(0, 3, 5)) for _ in range(n)]
     target = rng.standard_normal((n, 2))
     yield "regression", _manifest(Task.regression), target + 0.1, target + 0.05, target
-    yield "multi-label", _manifest(Task.multi_label_classification, post=Postprocess(threshold=0.5)), scores, \
+    yield "multi-label", _manifest(Task.multi_label_classification, post=ThresholdPostprocess(threshold=0.5)), scores, \
         scores + 0.2, (scores > 0).astype(np.int64)
     maps = rng.standard_normal((n, 3, 4, 4))
     yield "segmentation", _manifest(Task.semantic_segmentation, ["a", "b", "c"]), maps, maps + 0.3, \
         maps.argmax(1)
     prob = rng.standard_normal((n, 1, 4, 4))
-    yield "probability map", _manifest(Task.probability_map, post=Postprocess(threshold=0.5)), prob, prob + 0.2, \
+    yield "probability map", _manifest(Task.probability_map, post=ThresholdPostprocess(threshold=0.5)), prob, prob + 0.2, \
         (prob[:, 0] > 0).astype(np.int64)
     steps = rng.standard_normal((n, 6, 4)) * 4
-    post = Postprocess(alphabet="abc")
+    post = CTCPostprocess(alphabet="abc")
     from compress.tasks.sequences import ctc_decode
 
     yield "ctc", _manifest(Task.ctc_recognition, post=post), steps, steps + 0.5, ctc_decode(steps + 0.3, post)
@@ -104,7 +107,7 @@ def _cases():
         boxes[i, 0] = [x, y, x + 10, y + 10, 0.9, i % 2]
         truth.append({"boxes": np.array([[x, y, x + 10 + (i % 3), y + 10]]), "classes": np.array([i % 2]),
                       "size": (32, 32)})
-    det = _manifest(Task.object_detection, ["a", "b"], Postprocess(boxes="xyxy", nms=True),
+    det = _manifest(Task.object_detection, ["a", "b"], DetectionPostprocess(boxes="xyxy", nms=True),
                     ImagePreprocess(size=[32, 32]))
     yield "detection", det, boxes, boxes, truth
 

@@ -49,6 +49,7 @@ from compress.stages.distill.training import Trainer
 from compress.stages.spec import StageOutput
 from compress.stages.training import OutputPlan, predict_rows, score
 from compress.tasks import TASKS
+from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)
 
@@ -281,9 +282,9 @@ def _student_and_plan(teacher, config: DistillConfig, classification: bool):
     refuse a student the chosen losses cannot compare with the teacher."""
     student, student_desc, mapping, own_tokenizer = _choose_student(teacher, config)
     t_heads = teacher.model.config.num_attention_heads
+    pooling, normalize = pooling_of(teacher.info.postprocess)
     plan = OutputPlan(
-        classification=classification, pooling=teacher.info.postprocess.pooling,
-        normalize=teacher.info.postprocess.normalize, mapping=mapping,
+        classification=classification, pooling=pooling, normalize=normalize, mapping=mapping,
         hidden=config.loss.hidden_weight > 0, attention=config.loss.attention_weight > 0,
         value_relation=config.loss.value_relation_weight > 0, relation_heads=t_heads,
         tags=teacher.info.labels if TASKS[teacher.task].labels == "per-word" else None,

@@ -40,6 +40,7 @@ from compress.data.inputs import sample_texts
 from compress.errors import ConfigError, MissingBackendError, StageError, first_line
 from compress.runtimes.torch_tensorrt_program import ProgramRunner, install_hint
 from compress.stages.export.config import EXPORT_TORCH_TENSORRT, ExportConfig, TrtPrecision
+from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +287,11 @@ def export_torch_tensorrt(source: Path | str, out: Path | str, config: ExportCon
         # the compiled program must agree with the PyTorch FP32 model on the same GPU
         texts = sample_texts(config.sample_data, max(config.parity_samples, 16, shapes["min"][0]))
         runner = ProgramRunner(tmp / PROGRAM, device, shape_rec)
-        pp = manifest.postprocess
+        pooling, normalize = pooling_of(manifest.postprocess)
 
         def candidate(batch):
             out = runner.run(batch)
-            return pool(out, batch["attention_mask"], pp.pooling, pp.normalize) if pp.pooling else out
+            return pool(out, batch["attention_mask"], pooling, normalize) if pooling else out
 
         parity = compare_in_range(reference, candidate, texts, shapes, manifest.labels is not None)
         reference.close()

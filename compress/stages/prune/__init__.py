@@ -93,6 +93,7 @@ from compress.stages.prune.vocab import (
 )
 from compress.stages.spec import StageOutput
 from compress.tasks import TASKS
+from compress.tasks.embeddings import pooling_of
 from compress.teachers.load import model_feed
 
 log = logging.getLogger(__name__)
@@ -290,9 +291,9 @@ class _TextJob:
         return gen
 
     def outputs(self, model, tokenizer, texts: list[Any]):
-        post = self.teacher.info.postprocess
-        return _outputs(model, tokenizer, texts, self.config.max_length, self.classification, post.pooling,
-                        post.normalize, self.batches(tokenizer, texts, None, 32))
+        pooling, normalize = pooling_of(self.teacher.info.postprocess)
+        return _outputs(model, tokenizer, texts, self.config.max_length, self.classification, pooling,
+                        normalize, self.batches(tokenizer, texts, None, 32))
 
 
 def _check_options(config: PruneConfig, train: Path | str | None) -> None:
@@ -413,10 +414,10 @@ def _importance(job: _TextJob, model, tokenizer, metrics: dict[str, Any]) -> Imp
     classification = job.classification
     ds = job.texts(data_path, config.importance.samples)
     labels = list(ds.labels) if classification and ds.labels is not None else None
-    post = job.teacher.info.postprocess
+    pooling, normalize = pooling_of(job.teacher.info.postprocess)
     importance = importance_scores(
-        model, tokenizer, ds.texts, labels, classification=classification, pooling=post.pooling,
-        normalize=post.normalize, max_length=config.max_length, seed=config.seed, progress=job.progress,
+        model, tokenizer, ds.texts, labels, classification=classification, pooling=pooling,
+        normalize=normalize, max_length=config.max_length, seed=config.seed, progress=job.progress,
         batches=job.batches(tokenizer, ds.texts, labels),
     )
     imp_rec = importance.summary()

@@ -67,6 +67,7 @@ from compress.stages.quantize.nncf import (
 from compress.stages.quantize.ov_layer_errors import openvino_layer_errors
 from compress.stages.quantize.parity import check_collapse
 from compress.tasks import TASKS
+from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)
 LAYER_TABLE_SAMPLES = 8  # inputs the per-layer error table runs on (as the ONNX Runtime table)
@@ -90,7 +91,7 @@ def _method(config: QuantizeConfig) -> str:
                 hint="use --precision int8 --max-drop X --data EVAL, or INT4 without --max-drop",
             )
         return "compress_weights"
-    if config.weights_only:
+    if config.int8.weights_only:
         if config.accuracy_aware:
             raise ConfigError(
                 "--weights-only and --max-drop cannot be combined: accuracy control reverts quantized "
@@ -100,7 +101,7 @@ def _method(config: QuantizeConfig) -> str:
         return "compress_weights"
     if config.accuracy_aware:
         return "quantize_with_accuracy_control"
-    if not config.calibration:
+    if not config.calibration.data:
         raise ConfigError(
             "OpenVINO INT8 post-training quantization (nncf.quantize) calibrates activation ranges "
             "and needs data",
@@ -115,21 +116,21 @@ def _check_onnx_only_options(config: QuantizeConfig) -> None:
     from compress.stages.quantize.config import CalibrationMethod, WeightType
 
     wrong = []
-    if config.calibration_method is not CalibrationMethod.minmax:
-        wrong.append(f"--calibration-method {config.calibration_method}")
-    if not config.per_channel:
+    if config.calibration.method is not CalibrationMethod.minmax:
+        wrong.append(f"--calibration-method {config.calibration.method}")
+    if not config.int8.per_channel:
         wrong.append("--per-tensor")
-    if config.weight_type is not WeightType.int8:
-        wrong.append(f"--weight-type {config.weight_type}")
-    if config.reduce_range:
+    if config.int8.weight_type is not WeightType.int8:
+        wrong.append(f"--weight-type {config.int8.weight_type}")
+    if config.int8.reduce_range:
         wrong.append("--reduce-range")
     if config.op_types:
         wrong.append("--op-types")
-    if config.speed_aware:
+    if config.speed.aware:
         wrong.append("--speed-aware")
-    if config.rank_by:
-        wrong.append(f"--rank-by {config.rank_by}")
-    target = getattr(config, "target_runtime", None)
+    if config.accuracy.rank_by:
+        wrong.append(f"--rank-by {config.accuracy.rank_by}")
+    target = config.target.runtime
     if target not in (None, "openvino"):
         raise ConfigError(
             f"the target profile runs {target}, but an OpenVINO artifact runs only in OpenVINO",
@@ -179,11 +180,11 @@ class _Evaluator:
         self.items = list(enumerate(calibration_items(encoder, dataset.inputs, dataset.pairs)))
         self.labels = np.asarray(dataset.labels) if dataset.labels is not None else None
         self.reference: np.ndarray | None = None
-        pp = art.manifest.postprocess
+        pooling, normalize = pooling_of(art.manifest.postprocess)
         # token states of a text encoder are pooled; any other output (an image or array model's) is compared whole
         text = kind_of(art.manifest.preprocess) == "text"
-        self.pooling = pp.pooling or ("mean" if not self.classification and text else None)
-        self.normalize = pp.normalize
+        self.pooling = pooling or ("mean" if not self.classification and text else None)
+        self.normalize = normalize
         self.user_metric = user_metric
         self.metric_name = user_metric.spec if user_metric is not None else \
             "accuracy" if self.classification else "cosine_to_fp32"
@@ -238,14 +239,14 @@ def _eval_dataset(art: Artifact, config: QuantizeConfig):
     except ImportError:  # pragma: no cover - older tree without the shared evaluation helpers
         load_eval_set = None
     if load_eval_set is not None:
-        return load_eval_set(config.data, art.manifest, config.eval_samples).dataset
+        return load_eval_set(config.accuracy.data, art.manifest, config.accuracy.samples).dataset
     from compress.data.tables import load_dataset
 
     m = art.manifest
     label2id = {name: i for i, name in enumerate(m.labels)} if m.labels else None
     return load_dataset(
-        config.data, label2id=label2id, num_labels=len(m.labels) if m.labels else None,
-        require_labels=TASKS[m.task].classifies and TASKS[m.task].inputs == "text", limit=config.eval_samples,
+        config.accuracy.data, label2id=label2id, num_labels=len(m.labels) if m.labels else None,
+        require_labels=TASKS[m.task].classifies and TASKS[m.task].inputs == "text", limit=config.accuracy.samples,
     )
 
 
@@ -277,7 +278,7 @@ def _write(
         step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps)
         written = o.draft()
 
-        texts = sample_inputs(config.sample_data or (None if config.weights_only else config.calibration),
+        texts = sample_inputs(config.sample_data or (None if config.int8.weights_only else config.calibration.data),
                               config.parity_samples, art.manifest.preprocess)
         parity = measure_parity(OpenVINOBackend(art), OpenVINOBackend(written), texts,
                                 art.manifest.labels is not None)
@@ -320,20 +321,20 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     encoder = _encoder(art)
     calibration = None
     calibration_source = None
-    if config.calibration:
-        calibration = calibration_items(encoder, sample_inputs(config.calibration, config.calibration_samples,
+    if config.calibration.data:
+        calibration = calibration_items(encoder, sample_inputs(config.calibration.data, config.calibration.samples,
                                                                art.manifest.preprocess))
-        calibration_source = config.calibration
+        calibration_source = config.calibration.data
     evaluator = None
     if method == "quantize_with_accuracy_control":
         dataset = _eval_dataset(art, config)
         if len(dataset) < 10:
-            raise ConfigError(f"{config.data} has {len(dataset)} rows; accuracy control needs at least 10",
+            raise ConfigError(f"{config.accuracy.data} has {len(dataset)} rows; accuracy control needs at least 10",
                               hint="pass a larger --data file")
         if calibration is None:  # NNCF's documented simplest case: calibrate on the validation texts
-            calibration = calibration_items(encoder, dataset.inputs[: config.calibration_samples],
-                                             dataset.pairs[: config.calibration_samples] if dataset.pairs else None)
-            calibration_source = f"{config.data} (eval texts; no --calibration given)"
+            calibration = calibration_items(encoder, dataset.inputs[: config.calibration.samples],
+                                             dataset.pairs[: config.calibration.samples] if dataset.pairs else None)
+            calibration_source = f"{config.accuracy.data} (eval texts; no --calibration given)"
 
     import openvino as ov
 
@@ -361,9 +362,10 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     nncf_seconds = round(time.perf_counter() - t0, 3)
 
     resolved = config.model_dump(mode="json")
-    for k in ("mode", "calibration_method", "percentile", "per_channel", "weight_type", "reduce_range", "op_types",
-              "target_vnni", "target_x86"):
-        resolved.pop(k, None)  # ONNX Runtime settings: not used by NNCF
+    for path in ("mode", "calibration.method", "calibration.percentile", "int8.per_channel", "int8.weight_type",
+                 "int8.reduce_range", "op_types", "target.vnni", "target.x86"):  # ONNX Runtime settings: not NNCF's
+        *section, key = path.split(".")
+        (resolved[section[0]] if section else resolved).pop(key, None)
     resolved.update({
         "backend": "nncf",
         "nncf_function": f"nncf.{method}",

@@ -49,9 +49,9 @@ def work_dir(out: Path) -> Path:
 def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
     """Refuse, before anything is trained or written, what QAD cannot do (one line each); the PyTorch source to train
     (:func:`trainable_source`, checked once, here), or None without ``qat_steps``."""
-    given = sorted(n for n in config.model_fields_set & {"qat_data", "qat_source", "qat_lr", "qat_batch_size"}
-                   if getattr(config, n) is not None)
-    if not config.qat_steps:
+    given = sorted(config.flat_key(p) for p in config.given()
+                   if p in ("qad.data", "qad.source", "qad.lr", "qad.batch_size") and getattr(config.qad, p[4:]) is not None)
+    if not config.qad.steps:
         if given:
             raise ConfigError(f"{', '.join('--' + n.replace('_', '-') for n in given)} apply to quantization-aware "
                               "distillation (it would be ignored)", hint="add --qat-steps N, or drop it")
@@ -59,7 +59,7 @@ def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
     if config.precision != "int8":
         raise ConfigError("--qat-steps trains for INT8 (weights and activations); INT4 is weight-only",
                           hint="drop --qat-steps, or use --precision int8")
-    if not (config.qat_data or config.calibration):
+    if not (config.qad.data or config.calibration.data):
         raise ConfigError("quantization-aware distillation trains on data, and none was given",
                           hint="pass --qat-data DATA (inputs like the model's; labels are used when present)")
     return trainable_source(art, config)
@@ -85,8 +85,8 @@ def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
                           f"was exported from, and this one's last step is {last.stage if last else 'none'}",
                           hint="quantize the FP32 ONNX artifact `edgecompress export` wrote")
     adopted = adopted_file(art)
-    path = Path(config.qat_source or last.metrics.get("exported_from") or art.manifest.source.path)
-    if adopted and not config.qat_source:
+    path = Path(config.qad.source or last.metrics.get("exported_from") or art.manifest.source.path)
+    if adopted and not config.qad.source:
         raise ConfigError(f"{art.path} was adopted from {adopted.name}, a model file with no trainable source: "
                           "quantization-aware distillation needs the PyTorch model",
                           hint="pass --qat-source with the .pt2 program or checkpoint the file was exported from, or "
@@ -116,7 +116,7 @@ def _check_same_outputs(art: Artifact, path: Path, config: QuantizeConfig) -> No
     from compress.stages.common import measure_parity
     from compress.teachers.load import load_teacher
 
-    items = sample_inputs(config.qat_data or config.calibration, 8, art.manifest.preprocess)
+    items = sample_inputs(config.qad.data or config.calibration.data, 8, art.manifest.preprocess)
     parity = measure_parity(OrtBackend(art), TorchBackend.from_teacher(load_teacher(path)), items,
                             art.manifest.labels is not None)
     if not parity.cosine_min >= 0.9999:
@@ -147,7 +147,7 @@ class _Data:
         from compress.data.inputs import load_inputs
         from compress.tasks import TASKS
 
-        path = config.qat_data or config.calibration
+        path = config.qad.data or config.calibration.data
         task = TASKS[art.manifest.task]  # a classifier with a head of its own: its classes are trained on
         labels = art.manifest.labels if task.classifies and task.head is not None else None
         ds = load_inputs(path, art.manifest.preprocess, label2id={n: i for i, n in enumerate(labels)} if labels else None,
@@ -214,16 +214,16 @@ class _Run:
         for p in self.params:
             p.requires_grad_(True)
         self.data = _Data(art, config, self.teacher)
-        self.classes = art.manifest.labels is not None and art.manifest.postprocess.class_axis is None
+        self.classes = art.manifest.labels is not None and getattr(art.manifest.postprocess, "class_axis", None) is None
         static = config.mode is QuantMode.static
-        self.fq = FakeQuant(per_channel=config.per_channel, reduce_range=reduce_range,
+        self.fq = FakeQuant(per_channel=config.int8.per_channel, reduce_range=reduce_range,
                             activations="static" if static else "dynamic",
-                            ranges=Ranges(mean=config.calibration_method is CalibrationMethod.mean_minmax))
-        self.batch_size = config.qat_batch_size
+                            ranges=Ranges(mean=config.calibration.method is CalibrationMethod.mean_minmax))
+        self.batch_size = config.qad.batch_size
         kind = getattr(art.manifest.preprocess, "kind", "text")
-        self.lr = config.qat_lr or DEFAULT_LR.get(kind, 1e-5)
+        self.lr = config.qad.lr or DEFAULT_LR.get(kind, 1e-5)
         self.opt = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0)
-        steps = config.qat_steps
+        steps = config.qad.steps
         warm = max(1, steps // 10)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -247,7 +247,7 @@ class _Run:
         fq.activations = "observe"
         try:
             with torch.no_grad():
-                for i in self.data.train[: self.config.calibration_samples]:
+                for i in self.data.train[: self.config.calibration.samples]:
                     fq.forward(self.student.call, self.student.model, self.data.batch([i])[0])
         finally:
             fq.activations = mode
@@ -307,7 +307,7 @@ class _Run:
         self.state = json.loads(saved["state"])
         self.fq.ranges.seen = {(int(k) if k.isdigit() else k): [tuple(r) for r in v]
                                for k, v in json.loads(saved["ranges"]).items()}
-        log.info("QAD: resuming at step %d of %d from %s", self.state["step"], self.config.qat_steps, self.work)
+        log.info("QAD: resuming at step %d of %d from %s", self.state["step"], self.config.qad.steps, self.work)
         return True
 
     # --- training --------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ class _Run:
         from compress.interrupt import StopFlag
         from compress.stages.distill.config import Interrupted
 
-        steps = self.config.qat_steps
+        steps = self.config.qad.steps
         every = max(1, min(50, steps // 5))
         if not self.resume():
             self.calibrate()
@@ -358,9 +358,9 @@ class _Run:
         if self._better(score, self.state["best"]):
             self.state["best"], self.state["best_step"] = score, step
             self.best_weights = self._weights()
-        log.info("QAD step %d/%d: loss %.4f, held-out %s (best at step %d)", step, self.config.qat_steps, loss, score,
+        log.info("QAD step %d/%d: loss %.4f, held-out %s (best at step %d)", step, self.config.qad.steps, loss, score,
                  self.state["best_step"])
-        self.say({"phase": "qad", "step": step, "total": self.config.qat_steps, "loss": loss, **score})
+        self.say({"phase": "qad", "step": step, "total": self.config.qad.steps, "loss": loss, **score})
         self.save()
 
     # --- the result --------------------------------------------------------------------------------------
@@ -372,7 +372,7 @@ class _Run:
             with torch.no_grad():
                 self.fq.forward(self.student.call, self.student.model, self.data.batch(self.data.held[:1])[0])
         return {
-            "steps": self.config.qat_steps, "source": str(self.source), "data": self.data.source,
+            "steps": self.config.qad.steps, "source": str(self.source), "data": self.data.source,
             "train_inputs": len(self.data.train), "held_out_inputs": len(self.data.held),
             "learning_rate": self.lr, "batch_size": self.batch_size,
             "activations": self.fq.activations, "per_channel": self.fq.per_channel,
@@ -386,7 +386,7 @@ class _Run:
 def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: Path, reduce_range: bool,
                                     progress: Progress | None = None, *,
                                     source: Path | None = None) -> tuple[Artifact, dict[str, Any]]:
-    """Train ``art``'s PyTorch source (``source`` when :func:`check_request` found it already) for ``config.qat_steps`` steps fake-quantized (see the module doc) and return
+    """Train ``art``'s PyTorch source (``source`` when :func:`check_request` found it already) for ``config.qad.steps`` steps fake-quantized (see the module doc) and return
     the FP32 ONNX artifact of the chosen weights (``art`` itself when no step beat the untrained model) and the
     record of the run."""
     from compress._optional import require
@@ -398,7 +398,7 @@ def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: 
     say({"phase": "qad-load", "label": "quantization-aware distillation: loading the model and data"})
     run = _Run(art, config, source, work, reduce_range)
     run.say = say
-    log.info("QAD: %d steps on %d inputs from %s (batch %d, lr %g, %s activations)", config.qat_steps,
+    log.info("QAD: %d steps on %d inputs from %s (batch %d, lr %g, %s activations)", config.qad.steps,
              len(run.data.train), run.data.source, run.batch_size, run.lr, run.fq.activations)
     run.train()
     record = run.record()
