@@ -15,7 +15,8 @@ against the labels (:mod:`compress.data.boxes`) by COCO's own evaluation, pycoco
 metric, mAP at IoU 0.5 beside it. Agreement is the same mAP of the artifact's boxes with the teacher's boxes that
 score at least ``threshold`` (default 0.5) as the ground truth. pycocotools is COCO's reference implementation;
 faster-coco-eval computes the same figures faster, which matters for tens of thousands of images, not for an eval
-set.
+set. Its streaming form keeps every batch (:class:`compress.tasks.CollectedMetric`): COCO's evaluation ranks the
+detections of all images together.
 """
 
 from __future__ import annotations

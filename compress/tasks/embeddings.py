@@ -1,5 +1,8 @@
 """Embeddings (``feature-extraction``, and a classifier whose manifest names no classes): judged against the teacher
-only, by the cosine of each sample's output to the teacher's (the metric) and by nearest-neighbour agreement."""
+only, by the cosine of each sample's output to the teacher's (the metric) and by nearest-neighbour agreement.
+
+Its streaming form keeps every row (:class:`compress.tasks.CollectedMetric`): a row's nearest neighbour is found among
+all the others, so the metric needs every row at once."""
 
 from __future__ import annotations
 
