@@ -12,6 +12,7 @@ import pytest
 from compress.artifact import Format, Precision, load_artifact
 from compress.errors import ModelLoadError
 from compress.tasks import Task
+from compress.tasks.embeddings import pooling_of
 from compress.teachers.load import inspect_checkpoint, load_teacher
 
 ARCHS = ["bert", "distilbert", "roberta", "bert-encoder"]
@@ -75,8 +76,8 @@ def test_load_teacher_infers_task_labels_pooling(arch, checkpoint):
     teacher = load_teacher(checkpoint)
     assert teacher.task is task
     assert teacher.info.labels == labels
-    assert teacher.info.postprocess.pooling == pooling
-    assert teacher.info.postprocess.normalize is normalize
+    assert pooling_of(teacher.info.postprocess)[0] == pooling  # a classifier's postprocess has none: (None, False)
+    assert pooling_of(teacher.info.postprocess)[1] is normalize
     assert teacher.info.model_type == model_type
     assert teacher.info.max_length == max_length
     assert teacher.info.pickled is False
@@ -93,7 +94,7 @@ def test_load_teacher_infers_task_labels_pooling(arch, checkpoint):
 def test_inspect_checkpoint_needs_no_torch_and_matches(arch, checkpoint):
     info = inspect_checkpoint(checkpoint)
     task, labels, pooling, normalize, *_ = EXPECTED[arch]
-    assert (info.task, info.labels, info.postprocess.pooling, info.postprocess.normalize) == (
+    assert (info.task, info.labels, *pooling_of(info.postprocess)) == (
         task, labels, pooling, normalize
     )
 
@@ -106,7 +107,7 @@ def test_export_matches_pytorch(arch, checkpoint, exported, sample_texts):
     art = exported(arch, checkpoint)
     m = art.manifest
     assert (m.format, m.precision, m.task, m.labels) == (Format.onnx, Precision.fp32, task, labels)
-    assert (m.postprocess.pooling, m.postprocess.normalize) == (pooling, normalize)
+    assert pooling_of(m.postprocess) == (pooling, normalize)
     assert m.max_length == max_length
     assert [s.stage for s in m.steps] == ["export"]
     assert m.steps[0].config["opset"] == 18 and m.steps[0].input_digest == m.source.sha256
