@@ -254,9 +254,9 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
             cached_step(f"{name} OpenVINO FP32", ov,
                         lambda ov=ov: export(fp32, ov, ExportConfig(format="openvino")))
             cached_step(f"{name} OpenVINO INT8", out, lambda out=out, ov=ov: quantize(
-                load_artifact(ov), out, QuantizeConfig(calibration=str(calibration))))
+                load_artifact(ov), out, QuantizeConfig.from_flat(calibration=str(calibration))))
         static = mode.startswith("static")
-        cfg = QuantizeConfig(mode=QuantMode.static if static else QuantMode.dynamic,
+        cfg = QuantizeConfig.from_flat(mode=QuantMode.static if static else QuantMode.dynamic,
                              **({"calibration": str(calibration)} if static else {}),
                              **({"speed_aware": True} if mode == "static-speed-aware" else {}),
                              **({"qat_steps": QAD_STEPS, "qat_source": str(qat_source)} if mode == "static-qad" else {}))

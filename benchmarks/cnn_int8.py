@@ -58,22 +58,22 @@ def build_family(name: str, teacher: Path, calibration: Path, work: Path, varian
     arts["ONNX FP32"] = onnx
     if "previous" in variants:
         arts["ONNX INT8 previous default"] = cached_step(f"{name} INT8 previous default", w / "int8-previous", lambda: quantize(
-            onnx, w / "int8-previous", QuantizeConfig(**cal, op_types=["Conv", "MatMul", "Gemm"],
+            onnx, w / "int8-previous", QuantizeConfig.from_flat(**cal, op_types=["Conv", "MatMul", "Gemm"],
                                                       calibration_method="minmax"), force=True))
     arts["ONNX INT8 default"] = cached_step(f"{name} INT8 default", w / "int8", lambda: quantize(
-        onnx, w / "int8", QuantizeConfig(**cal), force=True))
+        onnx, w / "int8", QuantizeConfig.from_flat(**cal), force=True))
     if "speed" in variants:
         arts["ONNX INT8 speed-aware"] = cached_step(f"{name} INT8 speed-aware", w / "int8-speed", lambda: quantize(
-            onnx, w / "int8-speed", QuantizeConfig(**cal, speed_aware=True, speed_threads=threads), force=True))
+            onnx, w / "int8-speed", QuantizeConfig.from_flat(**cal, speed_aware=True, speed_threads=threads), force=True))
     if "qad" in variants:  # quantization-aware distillation of the exported PyTorch model, then the default INT8
         arts["ONNX INT8 QAD"] = cached_step(f"{name} INT8 QAD", w / "int8-qad", lambda: quantize(
-            onnx, w / "int8-qad", QuantizeConfig(**cal, qat_steps=qat_steps, qat_source=str(teacher)), force=True))
+            onnx, w / "int8-qad", QuantizeConfig.from_flat(**cal, qat_steps=qat_steps, qat_source=str(teacher)), force=True))
     if "openvino" in variants:
         ov = cached_step(f"{name} OpenVINO", w / "ov", lambda: export(onnx, w / "ov", ExportConfig(format="openvino"),
                                                                 force=True))
         arts["OpenVINO FP32"] = ov
         arts["OpenVINO INT8"] = cached_step(f"{name} OpenVINO INT8", w / "ov-int8", lambda: quantize(
-            ov, w / "ov-int8", QuantizeConfig(**cal), force=True))
+            ov, w / "ov-int8", QuantizeConfig.from_flat(**cal), force=True))
     return arts
 
 

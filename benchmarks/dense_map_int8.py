@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("minmax", "mean-minmax", "entropy", "percentile"):
-            art = quantize(fp32, Path(tmp) / method, QuantizeConfig(calibration=str(calibration_npz),
+            art = quantize(fp32, Path(tmp) / method, QuantizeConfig.from_flat(calibration=str(calibration_npz),
                                                                     calibration_method=method))
             rows.append({"variant": f"edgecompress static INT8, {method}",
                          **output_fidelity(_outputs(art.model_path, images), reference)})

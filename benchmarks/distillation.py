@@ -166,7 +166,7 @@ def main() -> None:
         if args.rebuild or not is_artifact(fp32):
             export(src, fp32, ExportConfig(sample_data=str(dev_path), parity_samples=64), force=True)
         if args.rebuild or not is_artifact(int8):
-            quantize(fp32, int8, QuantizeConfig(sample_data=str(dev_path)), force=True)
+            quantize(fp32, int8, QuantizeConfig.from_flat(sample_data=str(dev_path)), force=True)
         arts[f"{name} fp32"], arts[f"{name} int8"] = fp32, int8
 
     settings = RuntimeSettings(threads=args.threads)

@@ -40,7 +40,7 @@ def main() -> None:
     for name, optimize in (("plain (new default)", "none"), ("O2 (old default)", "O2")):
         fp32_dir, int8_dir = args.work / f"{optimize}-fp32", args.work / f"{optimize}-int8"
         fp32 = load_artifact(fp32_dir) if fp32_dir.is_dir() else export(args.teacher, fp32_dir, ExportConfig(optimize=optimize))
-        int8 = load_artifact(int8_dir) if int8_dir.is_dir() else quantize(fp32, int8_dir, QuantizeConfig(mode="dynamic"))
+        int8 = load_artifact(int8_dir) if int8_dir.is_dir() else quantize(fp32, int8_dir, QuantizeConfig.from_flat(mode="dynamic"))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
         sess = ort.InferenceSession(str(int8.model_path), opts, providers=["CPUExecutionProvider"])

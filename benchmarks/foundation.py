@@ -53,13 +53,13 @@ def build_artifacts(teacher_dir: Path, work: Path, data: Path, rebuild: bool) ->
         export(teacher_dir, out["onnx-fp32-unfused"],
                ExportConfig(sample_data=dev, parity_samples=64, optimize="none"), force=True)
     if rebuild or not is_artifact(out["int8-dynamic"]):
-        quantize(out["onnx-fp32"], out["int8-dynamic"], QuantizeConfig(sample_data=dev), force=True)
+        quantize(out["onnx-fp32"], out["int8-dynamic"], QuantizeConfig.from_flat(sample_data=dev), force=True)
     if rebuild or not is_artifact(out["int8-dynamic-reduce-range"]):
         quantize(out["onnx-fp32"], out["int8-dynamic-reduce-range"],
-                 QuantizeConfig(sample_data=dev, reduce_range=True), force=True)
+                 QuantizeConfig.from_flat(sample_data=dev, reduce_range=True), force=True)
     if rebuild or not is_artifact(out["int8-static-qdq"]):
         quantize(out["onnx-fp32"], out["int8-static-qdq"],
-                 QuantizeConfig(mode="static", calibration=train, calibration_samples=256, sample_data=dev),
+                 QuantizeConfig.from_flat(mode="static", calibration=train, calibration_samples=256, sample_data=dev),
                  force=True)
     return out
 

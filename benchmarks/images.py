@@ -51,7 +51,7 @@ def build(args) -> dict[str, dict[str, Path]]:
 
     train = args.digits / "train"
     w = args.work
-    q8 = QuantizeConfig(calibration=str(train), calibration_samples=300)
+    q8 = QuantizeConfig.from_flat(calibration=str(train), calibration_samples=300)
     out: dict[str, dict[str, Path]] = {}
 
     def int8_family(src: Path, prefix: str, family: dict[str, Path]) -> None:

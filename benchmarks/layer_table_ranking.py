@@ -74,7 +74,7 @@ def run(name: str, case: dict, rank_by: str, work: Path) -> dict:
         shutil.rmtree(p, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        q = quantize(art, out, QuantizeConfig(rank_by=rank_by, **case["config"]))
+        q = quantize(art, out, QuantizeConfig.from_flat(rank_by=rank_by, **case["config"]))
         aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     except AccuracyBudgetError as e:
         aa = json.loads((Path(e.best_candidate) / "accuracy_report.json").read_text()) if e.best_candidate else {}

@@ -67,7 +67,7 @@ def build(name: str, m: dict, work: Path) -> dict[str, Path]:
     arts = {"onnx-fp32": d / "onnx-fp32", "onnx-int8": d / "onnx-int8", "pte-int8": d / "pte-int8"}
     plans = {
         "onnx-fp32": lambda o: export(m["source"], o, ExportConfig(sample_data=sample), force=True),
-        "onnx-int8": lambda o: quantize(arts["onnx-fp32"], o, QuantizeConfig(
+        "onnx-int8": lambda o: quantize(arts["onnx-fp32"], o, QuantizeConfig.from_flat(
             **({"calibration": calib} if calib else {"sample_data": sample})), force=True),
         "pte-int8": lambda o: export(m["source"], o, ExportConfig.from_flat(format="executorch", precision="int8",
                                                                  calibration=calib, sample_data=sample), force=True),

@@ -151,7 +151,7 @@ def artifacts(teacher: Path, work: Path, args) -> dict[str, Path]:
     train, dev = DATA / "train.txt", DATA / "dev.txt"
 
     def int8(src: str):
-        return lambda o: quantize(work / src, o, QuantizeConfig(sample_data=str(dev)), force=True)
+        return lambda o: quantize(work / src, o, QuantizeConfig.from_flat(sample_data=str(dev)), force=True)
 
     plans = {
         "onnx-fp32": lambda o: export(teacher, o, force=True),

@@ -163,7 +163,7 @@ def main() -> None:
         if args.rebuild or not is_artifact(fp32):
             export(src, fp32, ExportConfig(sample_data=str(dev_path), parity_samples=32), force=True)
         if args.rebuild or not is_artifact(int8):
-            quantize(fp32, int8, QuantizeConfig(sample_data=str(dev_path)), force=True)
+            quantize(fp32, int8, QuantizeConfig.from_flat(sample_data=str(dev_path)), force=True)
         arts[name] = int8
         results[name]["onnx_fp32_size_mb"] = load_artifact(fp32).size_bytes() / 2**20
         results[name]["int8_size_mb"] = load_artifact(int8).size_bytes() / 2**20

@@ -53,18 +53,18 @@ def build(teacher_dir: Path, data: Path, work: Path, rebuild: bool, eval_samples
     dev, train = str(data / "dev.tsv"), str(data / "train.tsv")
     plans = {
         "onnx-fp32": lambda o: export(teacher_dir, o, ExportConfig(optimize="none", sample_data=dev), force=True),
-        "onnx-int8": lambda o: quantize(work / "onnx-fp32", o, QuantizeConfig(sample_data=dev), force=True),
-        "onnx-int4": lambda o: quantize(work / "onnx-fp32", o, QuantizeConfig(precision="int4", sample_data=dev),
+        "onnx-int8": lambda o: quantize(work / "onnx-fp32", o, QuantizeConfig.from_flat(sample_data=dev), force=True),
+        "onnx-int4": lambda o: quantize(work / "onnx-fp32", o, QuantizeConfig.from_flat(precision="int4", sample_data=dev),
                                         force=True),
         "onnx-int8-acc-aware": lambda o: quantize(
-            work / "onnx-fp32", o, QuantizeConfig(max_drop=0.005, data=dev, eval_samples=eval_samples,
+            work / "onnx-fp32", o, QuantizeConfig.from_flat(max_drop=0.005, data=dev, eval_samples=eval_samples,
                                                   sample_data=dev), force=True),
         "ov-fp32": lambda o: export(teacher_dir, o, ExportConfig(format="openvino", sample_data=dev), force=True),
-        "ov-int8-nncf": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig(
+        "ov-int8-nncf": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig.from_flat(
             calibration=train, calibration_samples=300, sample_data=dev), force=True),
-        "ov-int4-weights": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig(precision="int4", sample_data=dev),
+        "ov-int4-weights": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig.from_flat(precision="int4", sample_data=dev),
                                               force=True),
-        "ov-int8-acc-aware": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig(
+        "ov-int8-acc-aware": lambda o: quantize(work / "ov-fp32", o, QuantizeConfig.from_flat(
             calibration=train, calibration_samples=300, max_drop=0.005, data=dev, eval_samples=eval_samples,
             sample_data=dev), force=True),
     }

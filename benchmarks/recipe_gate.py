@@ -107,7 +107,7 @@ def main() -> None:
     log(f"recipe as written: {secs} s, {set(statuses(first).values())}")
 
     edited = yaml.safe_load(RECIPE.read_text())
-    edited["steps"]["pruned-int8"]["quantize"] = {"per_channel": False}
+    edited["steps"]["pruned-int8"]["quantize"] = {"int8": {"per_channel": False}}
     edited_path = RECIPE.with_name("sst2-edited.yaml")
     edited_path.write_text(yaml.safe_dump(edited, sort_keys=False))
     try:
@@ -155,7 +155,7 @@ def main() -> None:
     if not (harsh / "int8" / "manifest.json").is_file():
         prune(artifact_of(r, "student"), harsh / "pruned", PruneConfig.from_flat(heads=0.5, ffn=0.6, recover_steps=0), force=True)
         export(harsh / "pruned", harsh / "onnx", ExportConfig(), force=True)
-        quantize(harsh / "onnx", harsh / "int8", QuantizeConfig(), force=True)
+        quantize(harsh / "onnx", harsh / "int8", QuantizeConfig.from_flat(), force=True)
     worse = validate_to(harsh / "int8", "cpu-x86-avx2", WORK / "harsh-report", data, teacher)
     results["lower_accuracy"] = gate_summary(worse, base)
     log(f"pruned harder, no recovery: {results['lower_accuracy']['verdict']}")

@@ -479,7 +479,7 @@ def artifacts(files: TaskFiles, work: Path) -> dict[str, Path]:
     fp32, int8 = base / "fp32", base / "int8"
     for label, out, make in (
         ("adopt (export)", fp32, lambda: export(files.model, fp32)),
-        ("static INT8 (quantize)", int8, lambda: quantize(load_artifact(fp32), int8, QuantizeConfig(
+        ("static INT8 (quantize)", int8, lambda: quantize(load_artifact(fp32), int8, QuantizeConfig.from_flat(
             mode=QuantMode.static, calibration=str(files.calib_data))))):
         if is_artifact(out):
             log(f"{files.name}: {label}: cached ({out})")

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     info = load_teacher(teacher).info
     onnx = cached_step("export", args.work / "onnx", lambda: export(teacher, args.work / "onnx"))
     int8 = cached_step("static INT8", args.work / "int8", lambda: quantize(
-        load_artifact(onnx), args.work / "int8", QuantizeConfig(calibration=str(photos / "calibration.csv"))))
+        load_artifact(onnx), args.work / "int8", QuantizeConfig.from_flat(calibration=str(photos / "calibration.csv"))))
     report = validate(load_artifact(int8), ValidateConfig.from_flat(data=str(photos / "efficientnet_lite0.csv"),
                                                           cold_start=False))
     m = report.metrics

@@ -167,10 +167,10 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    art = quantize(onnx_images["cnn"], tmp_path / "q", QuantizeConfig(calibration=str(images_dir / "set")))
+    art = quantize(onnx_images["cnn"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(images_dir / "set")))
     assert art.precision is Precision.int8
     step = art.manifest.steps[-1]
-    assert step.config["mode"] == "static" and step.config["per_channel"] is True
+    assert step.config["mode"] == "static" and step.config["int8"]["per_channel"] is True
     g = onnx.load(str(art.model_path)).graph
     inits = {i.name: i for i in g.initializer}
     convs = [n for n in g.node if n.op_type == "Conv"]
@@ -192,7 +192,7 @@ def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_gr
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    cfg = QuantizeConfig(calibration=str(images_dir / "set"), data=str(images_dir / "set"), max_drop=0.9,
+    cfg = QuantizeConfig.from_flat(calibration=str(images_dir / "set"), data=str(images_dir / "set"), max_drop=0.9,
                          eval_samples=10)
     art = quantize(onnx_images["cnn"], tmp_path / "q", cfg)
     rec = art.manifest.steps[-1].metrics["weight_scales"]
@@ -213,8 +213,8 @@ def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images
     from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize.granularity import swap_scales
 
-    pc = quantize(onnx_images["cnn"], tmp_path / "pc", QuantizeConfig(calibration=str(images_dir / "set")))
-    pt = quantize(onnx_images["cnn"], tmp_path / "pt", QuantizeConfig(calibration=str(images_dir / "set"),
+    pc = quantize(onnx_images["cnn"], tmp_path / "pc", QuantizeConfig.from_flat(calibration=str(images_dir / "set")))
+    pt = quantize(onnx_images["cnn"], tmp_path / "pt", QuantizeConfig.from_flat(calibration=str(images_dir / "set"),
                                                                       per_channel=False))
     a, b = onnx.load(str(pc.model_path)), onnx.load(str(pt.model_path))
     conv = next(n for n in a.graph.node if n.op_type == "Conv")
@@ -240,11 +240,11 @@ def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_imag
     from compress.stages.quantize.config import QuantizeConfig
 
     with pytest.raises(ConfigError, match="dynamic INT8 does not quantize convolutions"):
-        quantize(onnx_images["cnn"], tmp_path / "d", QuantizeConfig(mode="dynamic"))
+        quantize(onnx_images["cnn"], tmp_path / "d", QuantizeConfig.from_flat(mode="dynamic"))
     with pytest.raises(ConfigError, match="needs calibration images"):
         quantize(onnx_images["cnn"], tmp_path / "s", QuantizeConfig())
     with pytest.raises(ConfigError, match="convolutions hold .* would stay FP32"):
-        quantize(onnx_images["cnn"], tmp_path / "i4", QuantizeConfig(precision="int4"))
+        quantize(onnx_images["cnn"], tmp_path / "i4", QuantizeConfig.from_flat(precision="int4"))
     assert not any((tmp_path / n).exists() for n in ("d", "s", "i4"))
 
 
@@ -263,7 +263,7 @@ def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, image
     from compress.stages.quantize.config import QuantizeConfig
 
     ov = export(onnx_images["cnn"], tmp_path / "ov", ExportConfig(format="openvino"))
-    art = quantize(ov, tmp_path / "ov8", QuantizeConfig(calibration=str(images_dir / "set.npz")))
+    art = quantize(ov, tmp_path / "ov8", QuantizeConfig.from_flat(calibration=str(images_dir / "set.npz")))
     assert art.manifest.steps[-1].config["nncf_arguments"]["model_type"] == "default (convolutional)"
 
 
@@ -475,7 +475,7 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
                   "onnx": {"from": "pruned", "export": {}},
                   # strict: false: two recovery steps leave the pruned CNN random, and its INT8 really does collapse
                   # against it (a recipe's quantize is strict otherwise: tests/stages/test_cnn_int8.py)
-                  "int8": {"from": "onnx", "quantize": {"calibration_samples": 8, "strict": False}}},
+                  "int8": {"from": "onnx", "quantize": {"calibration": {"samples": 8}, "strict": False}}},
         "validate": {"profiles": ["quick.yaml"], "artifacts": ["int8"]},
     }, sort_keys=False))
     result = run_recipe(recipe, tmp_path / "run")
@@ -483,7 +483,7 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
     assert jobs["int8"]["precision"] == "int8" and jobs["validate/int8@quick"]["verdict"] == "pass"
     manifest = json.loads((tmp_path / "run" / jobs["int8"]["path"] / "manifest.json").read_text())
     quant = manifest["steps"][-1]["config"]
-    assert quant["mode"] == "static" and quant["calibration"] == str(images_dir / "set")
+    assert quant["mode"] == "static" and quant["calibration"]["data"] == str(images_dir / "set")
     report = json.loads((tmp_path / "run" / jobs["validate/int8@quick"]["report"]).read_text())
     assert report["metrics"]["input_shape"]["channels"] == 3 and report["artifact"]["lineage"][0]["stage"] == "prune"
 

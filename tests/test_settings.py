@@ -283,3 +283,71 @@ def test_a_search_candidates_executorch_step_is_written_nested():
     steps, last = candidate_steps(Candidate(runtime="executorch", quant="int8-static"), shape, Fidelity("short", {}, 0))
     assert ExportConfig.model_validate(steps[last]["export"]) == ExportConfig.from_flat(
         format="executorch", precision="int8", int8_mode="static", calibration="calibration")
+
+
+# --- quantize ------------------------------------------------------------------------------------------------------
+
+
+def test_quantize_settings_are_nested_and_every_flag_has_a_home():
+    from compress.stages.quantize.config import QuantizeConfig
+
+    assert len(QuantizeConfig.model_fields) <= 15
+    leaves = _leaves(QuantizeConfig)
+    assert len(leaves) == len(QuantizeConfig.flat_fields()) == 37  # no option lost, none added
+    assert set(QuantizeConfig.MOVED.values()) == {p for p in leaves if "." in p}
+    for key, path in QuantizeConfig.MOVED.items():
+        assert QuantizeConfig.flat_key(path) == key
+    cfg = QuantizeConfig.from_flat(calibration="c.tsv", calibration_method="entropy", qat_steps=4, block_size=64,
+                                   max_drop=0.01, data="d.tsv", eval_samples=20, speed_aware=True, target_x86=True)
+    assert (cfg.calibration.data, cfg.calibration.method, cfg.qad.steps, cfg.int4.block_size, cfg.accuracy.max_drop,
+            cfg.accuracy.data, cfg.accuracy.samples, cfg.speed.aware, cfg.target.x86) == \
+        ("c.tsv", "entropy", 4, 64, 0.01, "d.tsv", 20, True, True)
+    assert cfg.given_keys() == {"calibration", "calibration_method", "qat_steps", "block_size", "max_drop", "data",
+                                "eval_samples", "speed_aware", "target_x86"}
+
+
+@pytest.mark.parametrize("old, home", [
+    ({"calibration_samples": 300}, "`calibration_samples` is now `calibration.samples` (settings version 2): write "
+                                   "calibration: {samples: ...}"),
+    ({"calibration": "c.tsv"}, "`calibration` is now `calibration.data`"),
+    ({"qat_steps": 400}, "`qat_steps` is now `qad.steps`"),
+    ({"max_drop": 0.01, "data": "eval"}, "`max_drop` is now `accuracy.max_drop`"),
+])
+def test_a_version_1_quantize_key_names_its_new_home(capsys, tmp_path, old, home):
+    from compress.recipes.schema import RecipeError, read_recipe
+
+    recipe = _recipe(tmp_path, "quantize", old)
+    with pytest.raises(RecipeError) as e:
+        read_recipe(recipe)
+    assert home in str(e.value) and str(e.value).startswith(f"{recipe}:"), str(e.value)
+    assert home in _one_line_cli_error(capsys, "run", recipe, "--dry-run")
+
+
+def test_recorded_quantize_settings_read_back():
+    """A step's record (every option dumped) reads back as the settings it was; a version-1 record's flat keys
+    nest; a profile's implications are nested, and settings given beside them win."""
+    from compress.stages.quantize.config import QuantizeConfig
+
+    cfg = QuantizeConfig.from_flat(mode="static", calibration="c.tsv", calibration_samples=8, per_channel=False)
+    assert QuantizeConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    v1 = {"precision": "int8", "mode": "static", "calibration": "c.tsv", "calibration_samples": 8, "qat_steps": 0,
+          "reduce_range": True, "target_vnni": None}
+    assert QuantizeConfig.model_validate(QuantizeConfig.nest(v1)) == QuantizeConfig.from_flat(
+        mode="static", calibration="c.tsv", calibration_samples=8, reduce_range=True)
+    implied = QuantizeConfig.profile_settings("cpu-x86-avx2", {"speed_aware": True})
+    assert implied["target"]["x86"] is True and set(implied) <= {"target", "speed", "accuracy"}
+    assert QuantizeConfig.for_profile("cpu-x86-avx2", int8={"reduce_range": False}).int8.reduce_range is False
+
+
+def test_the_shipped_recipes_quantize_what_version_1_quantized():
+    from compress.recipes.schema import read_recipe
+    from compress.stages.quantize.config import QuantizeConfig
+
+    v1 = {"benchmarks/recipes/sst2.yaml": {"teacher-int8": {}, "openvino-int8": {"calibration_samples": 300},
+                                           "pruned-int8": {}, "pruned-qad-int8": {"qat_steps": 400}}}
+    for path, steps in v1.items():
+        r = read_recipe(ROOT / path)
+        jobs = {name: step.settings for name, step in r.steps.items() if step.verb == "quantize"}
+        assert set(jobs) == set(steps), path
+        for name, settings in jobs.items():
+            assert QuantizeConfig.model_validate(settings) == QuantizeConfig.from_flat(**steps[name]), (path, name)

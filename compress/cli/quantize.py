@@ -97,7 +97,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
               for k, v in values.items()}
     target = QuantizeConfig.profile_settings(profile_name, values) if profile_name else {}
     config = build_config(QuantizeConfig, **values, **target)
-    if config.qat_steps:
+    if config.qad.steps:
         with _Progress() as progress:
             art = quantize(artifact, out, config, force=force, progress=progress)
     else:

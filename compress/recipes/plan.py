@@ -229,8 +229,11 @@ def _inputs(step: str, verb: str, settings: dict[str, Any], data: dict[str, str]
     for name, what in VERBS[verb].needs.items():
         if name not in data:
             raise ConfigError(f"steps.{step}: {verb} needs {what}", hint=f"set data.{name} in the recipe")
-    # quantize's calibration: used where calibration applies (static, images)
-    return {key: data[name] for key, name in VERBS[verb].data.items() if key not in settings and data.get(name)}
+    # quantize's calibration: used where calibration applies (static, images), unless its settings name their own
+    # (a flat key read at its nested place: calibration.data)
+    moved = getattr(VERBS[verb].config_model(), "MOVED", {})
+    return {key: data[name] for key, name in VERBS[verb].data.items()
+            if (setting(settings, moved[key]) is None if key in moved else key not in settings) and data.get(name)}
 
 
 def _profile_label(profile: str) -> str:

@@ -65,9 +65,11 @@ def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
 
     parent = load_artifact(source)
     if ctx.data.get("calibration") and calibrates(parent, config):
-        config = config.model_copy(update={"calibration": ctx.data["calibration"]})
-    if config.qat_steps and not config.qat_data and not config.calibration and ctx.data.get("calibration"):
-        config = config.model_copy(update={"qat_data": ctx.data["calibration"]})  # QAD trains on the recipe's data
+        config = config.model_copy(
+            update={"calibration": config.calibration.model_copy(update={"data": ctx.data["calibration"]})})
+    if config.qad.steps and not config.qad.data and not config.calibration.data and ctx.data.get("calibration"):
+        # QAD trains on the recipe's data
+        config = config.model_copy(update={"qad": config.qad.model_copy(update={"data": ctx.data["calibration"]})})
     if "strict" not in config.model_fields_set:  # a recipe gates a release: a collapsed INT8 stops it
         config = config.model_copy(update={"strict": True})
     quantize(source, out, config, force=ctx.force, progress=ctx.say)

@@ -96,7 +96,7 @@ def _distill_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
 
 
 def _qat_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
-    return float(settings.get("qat_steps") or 0)
+    return float((settings.get("qad") or {}).get("steps") or 0)
 
 
 def _recover_steps(settings: dict[str, Any], data: dict[str, str]) -> float:
@@ -144,8 +144,8 @@ VERBS: dict[str, Verb] = {
         defaults=_PARITY_DATA, seconds=30, step_name="{format}", name_defaults={"format": "onnx"}),
     "quantize": Verb(
         config="compress.stages.quantize.config:QuantizeConfig", command="compress.cli.quantize:quantize_cmd",
-        run="compress.recipes.steps:run_quantize", paths=("calibration", "sample_data", "data", "qat_data",
-                                                          "qat_source"),
+        run="compress.recipes.steps:run_quantize",
+        paths=("calibration.data", "sample_data", "accuracy.data", "qad.data", "qad.source"),
         takes_from=("export",), deployable=True, format=None, data={"calibration": "calibration"},
         defaults=_PARITY_DATA, seconds=20, train_steps=_qat_steps, step_name="quantized-{precision}",
         name_defaults={"precision": "int8"}),

@@ -26,6 +26,7 @@ from typing import Any
 from compress.stages.distill.config import DistillConfig
 from compress.stages.export.config import ExportConfig
 from compress.stages.prune.config import PruneConfig
+from compress.stages.quantize.config import QuantizeConfig
 
 #: the dimensions a text search explores, with their choices (``--space`` may narrow them)
 TEXT_SPACE: dict[str, list[Any]] = {
@@ -335,7 +336,7 @@ def candidate_steps(c: Candidate, shape: TeacherShape, fidelity: Fidelity) -> tu
         q = {"mode": "dynamic", "embedding_precision": "int4", "block_size": EMB4_BLOCK}
     else:
         q = {"mode": c.quant.split("-")[1], **fidelity.quantize}
-    steps["model"] = {"from": "onnx", "quantize": q}
+    steps["model"] = {"from": "onnx", "quantize": QuantizeConfig.nest(q)}
     return steps, "model"
 
 

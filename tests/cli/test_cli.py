@@ -139,7 +139,7 @@ def test_cli_quantize_static(cli_onnx, tsv_file, tmp_path):
     )
     assert result.exit_code == 0, result.output
     cfg = load_artifact(out).manifest.steps[-1].config
-    assert (cfg["mode"], cfg["calibration"], cfg["calibration_samples"]) == ("static", str(tsv_file), 6)
+    assert (cfg["mode"], cfg["calibration"]["data"], cfg["calibration"]["samples"]) == ("static", str(tsv_file), 6)
 
 
 @pytest.mark.parametrize(("profile", "reduce_range"), [("cpu-x86-avx2", True), ("cpu-x86-avx512-vnni", False)])
@@ -147,7 +147,7 @@ def test_cli_quantize_profile_picks_reduce_range(cli_onnx, tmp_path, profile, re
     out = tmp_path / "int8"
     result = invoke("quantize", cli_onnx, "--profile", profile, "--out", out)
     assert result.exit_code == 0, result.output
-    assert load_artifact(out).manifest.steps[-1].config["reduce_range"] is reduce_range
+    assert load_artifact(out).manifest.steps[-1].config["int8"]["reduce_range"] is reduce_range
 
 
 def test_cli_quantize_options_reach_the_config(cli_onnx, tmp_path):
@@ -156,7 +156,8 @@ def test_cli_quantize_options_reach_the_config(cli_onnx, tmp_path):
                     "--op-types", "MatMul, Attention", "--out", out)
     assert result.exit_code == 0, result.output
     cfg = load_artifact(out).manifest.steps[-1].config
-    assert cfg["per_channel"] is False and cfg["reduce_range"] is False and cfg["weight_type"] == "uint8"
+    assert cfg["int8"]["per_channel"] is False and cfg["int8"]["reduce_range"] is False and \
+        cfg["int8"]["weight_type"] == "uint8"
     assert cfg["op_types"] == ["MatMul", "Attention"]
 
 

@@ -31,7 +31,7 @@ def test_sample_texts_ignore_label_names(named):
 
 
 def test_onnx_static_calibration_with_name_labels(onnx_artifact, named, tmp_path):
-    art = quantize(onnx_artifact, tmp_path / "static", QuantizeConfig(mode="static", calibration=str(named),
+    art = quantize(onnx_artifact, tmp_path / "static", QuantizeConfig.from_flat(mode="static", calibration=str(named),
                                                                       calibration_samples=16))
     assert art.manifest.precision == "int8"
 
@@ -51,7 +51,7 @@ def test_openvino_int8_calibration_with_name_labels(bert_classifier, named, tmp_
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     ov = export(bert_classifier, tmp_path / "ov", ExportConfig(format="openvino"))
-    art = quantize(ov, tmp_path / "ov-int8", QuantizeConfig(calibration=str(named), calibration_samples=16))
+    art = quantize(ov, tmp_path / "ov-int8", QuantizeConfig.from_flat(calibration=str(named), calibration_samples=16))
     assert art.manifest.precision == "int8"
 
 

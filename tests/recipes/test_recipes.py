@@ -140,7 +140,7 @@ def test_a_rerun_is_all_cached_and_an_edit_reruns_only_what_it_changes(first_run
     assert all(g["verdict"] == "pass" and "same (cached) measurement" in g["note"] for g in again.gate)
     # edit only the quantize step: distillation, pruning and export are reused
     r = recipe()
-    r["steps"]["int8"]["quantize"] = {"per_channel": False}
+    r["steps"]["int8"]["quantize"] = {"int8": {"per_channel": False}}
     write(path, r)
     _, _, rows = plan_recipe(path, workspace / "run")
     assert {x["name"]: x["cached"] for x in rows} == {

@@ -311,7 +311,7 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
     assert recovery["augment_join"] == 1 and recovery["average"] is True
     assert not {"teacher", "augment", "augment_join", "average"} & set(short_recovery)
     steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
-    assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "block_size": 64}
+    assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "int4": {"block_size": 64}}
     one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())
     assert one["runtime"] == {"threads": 1} and one["extends"] == str((workspace / "quick.yaml").resolve())
     from compress.profiles.load import load_profile
@@ -610,12 +610,12 @@ def test_qat_steps_reach_only_full_fidelity_onnx_runtime_int8_candidates(workspa
 
     s = Search(config(workspace, qat_steps=50), tmp_path / "s")
     full, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.shape, s.full)
-    assert full[last]["quantize"] == {"mode": "dynamic", "qat_steps": 50}
+    assert full[last]["quantize"] == {"mode": "dynamic", "qad": {"steps": 50}}
     short, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.shape, s.short)
     assert short[last]["quantize"] == {"mode": "dynamic"}  # short fidelity ranks post-training INT8
     for other in (Candidate(1, quant="int4"), Candidate(1, runtime="openvino", quant="int8")):
         steps, last = candidate_steps(other, s.shape, s.full)
-        assert "qat_steps" not in steps[last]["quantize"]
+        assert "qad" not in steps[last]["quantize"]
 
 
 def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_teacher, tmp_path):

@@ -41,9 +41,9 @@ def test_default_static_int8_fuses_every_conv_and_relu6_into_integer_kernels(sta
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"])))
     step = art.manifest.steps[-1]
-    assert step.config["calibration_method"] == "mean-minmax"  # the image default, recorded
+    assert step.config["calibration"]["method"] == "mean-minmax"  # the image default, recorded
     ops = _optimized_ops(art.model_path, tmp_path)
     # every convolution runs as QLinearConv: no float Conv, no ReLU6 (Clip) left between a dequantize and a quantize
     assert ops.get("QLinearConv") == 3, ops
@@ -62,7 +62,7 @@ def test_per_tensor_weights_collapse_and_the_manifest_says_so(stack, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), per_channel=False))
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"]), per_channel=False))
     parity = art.manifest.steps[-1].metrics["parity_vs_input"]
     assert parity["cosine_mean"] < 0.95
     assert parity["collapsed"]["below"] and "--max-drop" in parity["collapsed"]["remedies"]
@@ -75,7 +75,7 @@ def test_strict_refuses_a_collapsed_int8_and_writes_nothing(stack, tmp_path):
 
     with pytest.raises(QuantizationCollapsed, match="collapsed against its input") as e:
         quantize(stack["onnx"], tmp_path / "q",
-                 QuantizeConfig(calibration=str(stack["images"]), per_channel=False, strict=True))
+                 QuantizeConfig.from_flat(calibration=str(stack["images"]), per_channel=False, strict=True))
     assert e.value.exit_code == 1
     assert not (tmp_path / "q").exists() and list(tmp_path.iterdir()) == []
 
@@ -93,7 +93,7 @@ def test_speed_aware_times_every_layer_group_and_reports_what_it_kept(stack, tmp
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"]), speed_aware=True,
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"]), speed_aware=True,
                                                                   speed_threads=1, speed_seconds=0.2))
     m = art.manifest.steps[-1].metrics
     rec = m["speed_aware"]
@@ -111,7 +111,7 @@ def test_small_gemms_stay_float_with_the_reason(stack, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig(calibration=str(stack["images"])))
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"])))
     m = art.manifest.steps[-1].metrics
     (small,) = m["small_gemms_float"]
     assert small["op_type"] == "Gemm" and (small["K"], small["N"]) == (16, 4)
@@ -157,7 +157,7 @@ def test_an_activation_on_a_graph_output_keeps_its_clamp(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
     fp32 = export(tmp_path / "f.onnx", tmp_path / "fp32")
-    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(tmp_path / "c.npz")))
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(tmp_path / "c.npz")))
     feeds = {"x": rng.standard_normal((4, 3, 16, 16)).astype(np.float32)}
     got, ref = load_runtime(q).predict(feeds), load_runtime(fp32).predict(feeds)
     assert got.min() >= 0.0 and got.max() <= 6.0 + 1e-4
@@ -197,7 +197,7 @@ def test_accuracy_aware_candidates_keep_a_dense_outputs_relu6_clamp(tmp_path):
     x = np.random.default_rng(0).normal(size=(48, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "x.npz", image=x)
     art = export(tmp_path / "map.pt2", tmp_path / "onnx")
-    q = quantize(art, tmp_path / "q", QuantizeConfig(mode="static", calibration=str(tmp_path / "x.npz"),
+    q = quantize(art, tmp_path / "q", QuantizeConfig.from_flat(mode="static", calibration=str(tmp_path / "x.npz"),
                                                      data=str(tmp_path / "x.npz"), min_retention=0.995))
     backend = OrtBackend(q)
     try:

@@ -114,7 +114,7 @@ def test_dynamic_int8_is_smaller_and_agrees(onnx_artifact, int8_artifact, sample
     assert m.steps[0] == fp32.manifest.steps[0]
     q = m.steps[1]
     assert q.config["mode"] == "dynamic" and q.config["precision"] == "int8"
-    assert isinstance(q.config["reduce_range"], bool)
+    assert isinstance(q.config["int8"]["reduce_range"], bool)
     assert q.input_digest == fp32.digest
     assert q.metrics["size_bytes_before"] == fp32.size_bytes()
     assert q.metrics["size_bytes_after"] == int8.size_bytes()
@@ -156,7 +156,7 @@ def test_quantize_existing_output(onnx_artifact, tmp_path):
     out.mkdir()
     with pytest.raises(OutputExistsError):
         quantize(onnx_artifact, out)
-    quantize(onnx_artifact, out, QuantizeConfig(parity_samples=2), force=True)
+    quantize(onnx_artifact, out, QuantizeConfig.from_flat(parity_samples=2), force=True)
     assert load_artifact(out).precision is Precision.int8
     assert leftovers(tmp_path) == []
 
@@ -170,12 +170,12 @@ def test_static_int8_qdq_per_channel(onnx_artifact, tsv_file, tmp_path, sample_t
 
     from compress.runtimes.ort_backend import OrtBackend
 
-    cfg = QuantizeConfig(mode="static", calibration=str(tsv_file), calibration_samples=8, parity_samples=8)
+    cfg = QuantizeConfig.from_flat(mode="static", calibration=str(tsv_file), calibration_samples=8, parity_samples=8)
     art = quantize(onnx_artifact, tmp_path / "static", cfg)
     assert art.precision is Precision.int8
     step = art.manifest.steps[-1]
-    assert step.config["mode"] == "static" and step.config["calibration"] == str(tsv_file)
-    assert step.config["per_channel"] is True
+    assert step.config["mode"] == "static" and step.config["calibration"]["data"] == str(tsv_file)
+    assert step.config["int8"]["per_channel"] is True
 
     graph = onnx.load(str(art.model_path)).graph
     ops = [n.op_type for n in graph.node]
@@ -194,7 +194,7 @@ def test_static_int8_qdq_per_channel(onnx_artifact, tsv_file, tmp_path, sample_t
 
 def test_static_without_calibration_is_a_config_error(onnx_artifact, tmp_path):
     with pytest.raises(ConfigError, match="calibration"):
-        quantize(onnx_artifact, tmp_path / "s", QuantizeConfig(mode="static"))
+        quantize(onnx_artifact, tmp_path / "s", QuantizeConfig.from_flat(mode="static"))
     assert not (tmp_path / "s").exists()
 
 
@@ -202,7 +202,7 @@ def test_static_with_missing_calibration_file(onnx_artifact, tmp_path):
     from compress.errors import DataError
 
     with pytest.raises(DataError, match="no.tsv: no such file") as e:
-        quantize(onnx_artifact, tmp_path / "s", QuantizeConfig(mode="static", calibration=str(tmp_path / "no.tsv")))
+        quantize(onnx_artifact, tmp_path / "s", QuantizeConfig.from_flat(mode="static", calibration=str(tmp_path / "no.tsv")))
     assert "quantization failed" not in str(e.value)  # a data problem, not wrapped as a stage failure
     assert not (tmp_path / "s").exists()
     assert leftovers(tmp_path) == []
@@ -219,25 +219,25 @@ def test_static_with_missing_calibration_file(onnx_artifact, tmp_path):
     ],
 )
 def test_reduce_range_resolution(x86, vnni, weight_type, expected):
-    cfg = QuantizeConfig(target_x86=x86, target_vnni=vnni, weight_type=weight_type)
+    cfg = QuantizeConfig.from_flat(target_x86=x86, target_vnni=vnni, weight_type=weight_type)
     assert cfg.resolved_reduce_range() is expected
 
 
 def test_reduce_range_explicit_wins():
-    assert QuantizeConfig(reduce_range=False, target_x86=True, target_vnni=False).resolved_reduce_range() is False
-    assert QuantizeConfig(reduce_range=True, target_vnni=True).resolved_reduce_range() is True
+    assert QuantizeConfig.from_flat(reduce_range=False, target_x86=True, target_vnni=False).resolved_reduce_range() is False
+    assert QuantizeConfig.from_flat(reduce_range=True, target_vnni=True).resolved_reduce_range() is True
 
 
 def test_reduce_range_is_recorded(onnx_artifact, tmp_path):
-    art = quantize(onnx_artifact, tmp_path / "rr", QuantizeConfig(target_x86=True, target_vnni=False, parity_samples=2))
-    assert art.manifest.steps[-1].config["reduce_range"] is True
+    art = quantize(onnx_artifact, tmp_path / "rr", QuantizeConfig.from_flat(target_x86=True, target_vnni=False, parity_samples=2))
+    assert art.manifest.steps[-1].config["int8"]["reduce_range"] is True
 
 
 def test_quantize_config_rejects_unknown_key():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        QuantizeConfig(calibraton="x.tsv")
+        QuantizeConfig.from_flat(calibraton="x.tsv")
 
 
 # --- artifact integrity ---------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def unfused(bert_classifier, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int4_art(unfused, tmp_path_factory):
-    return quantize(unfused, tmp_path_factory.mktemp("int4") / "int4", QuantizeConfig(precision="int4", block_size=32))
+    return quantize(unfused, tmp_path_factory.mktemp("int4") / "int4", QuantizeConfig.from_flat(precision="int4", block_size=32))
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_embedding_precision_changes_the_gather(unfused, tmp_path, embedding, in
     import onnx
 
     art = int4_art if embedding == "int8" else quantize(
-        unfused, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32, embedding_precision=embedding))
+        unfused, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", block_size=32, embedding_precision=embedding))
     model = onnx.load(str(art.model_path))
     inits = {t.name: t for t in model.graph.initializer}
     word = word_gathers(model)
@@ -229,7 +229,7 @@ def _small_tables_are_int8(model, int8_tables):
 
 def test_embedding_int4_is_smallest(unfused, int4_art, tmp_path):
     sizes = {
-        e: quantize(unfused, tmp_path / e, QuantizeConfig(precision="int4", block_size=32, embedding_precision=e)).size_bytes()
+        e: quantize(unfused, tmp_path / e, QuantizeConfig.from_flat(precision="int4", block_size=32, embedding_precision=e)).size_bytes()
         for e in ("fp32", "int4")
     }
     assert sizes["int4"] < int4_art.size_bytes() < sizes["fp32"], sizes
@@ -242,7 +242,7 @@ def test_dynamic_int8_with_other_embedding_precision(unfused, int8_unfused, tmp_
     import onnx
 
     extra = {"block_size": 32} if embedding == "int4" else {}
-    art = quantize(unfused, tmp_path / "q", QuantizeConfig(embedding_precision=embedding, **extra))
+    art = quantize(unfused, tmp_path / "q", QuantizeConfig.from_flat(embedding_precision=embedding, **extra))
     model = onnx.load(str(art.model_path))
     ops = {n.op_type for n in model.graph.node}
     assert "MatMulInteger" in ops and "MatMulNBits" not in ops
@@ -266,9 +266,9 @@ def test_dynamic_int8_with_other_embedding_precision(unfused, int8_unfused, tmp_
 
 def test_block_settings_need_int4_somewhere(unfused, tmp_path):
     with pytest.raises(ConfigError, match="--block-size do"):
-        quantize(unfused, tmp_path / "q", QuantizeConfig(block_size=32))
+        quantize(unfused, tmp_path / "q", QuantizeConfig.from_flat(block_size=32))
     with pytest.raises(ConfigError, match="--embedding-precision do"):
-        quantize(unfused, tmp_path / "q", QuantizeConfig(mode="static", calibration="x.tsv", embedding_precision="int4"))
+        quantize(unfused, tmp_path / "q", QuantizeConfig.from_flat(mode="static", calibration="x.tsv", embedding_precision="int4"))
     assert not (tmp_path / "q").exists()
 
 
@@ -277,7 +277,7 @@ def test_block_size_not_dividing_k_is_zero_padded(unfused, tmp_path, caplog, sam
     import onnx
 
     with caplog.at_level("WARNING", logger="compress.stages.quantize"):
-        art = quantize(unfused, tmp_path / "q64", QuantizeConfig(precision="int4", block_size=64))
+        art = quantize(unfused, tmp_path / "q64", QuantizeConfig.from_flat(precision="int4", block_size=64))
     assert "zero-pads K" in caplog.text and "still INT4" in caplog.text
     padding = art.manifest.steps[-1].metrics["int4"]["block_padding"]
     assert {p["K"] for p in padding} == {32} and all(p["padded_K"] == 64 and p["padding_bytes"] > 0 for p in padding)
@@ -297,7 +297,7 @@ def test_block_size_not_dividing_k_is_zero_padded(unfused, tmp_path, caplog, sam
 def test_default_export_then_int4_needs_no_re_export(onnx_artifact, tmp_path):
     """The obvious sequence of defaults, `export` then `quantize --precision int4`, must work."""
     assert onnx_artifact.manifest.steps[0].config["optimize"] == "none"
-    art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
+    art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", block_size=32))
     assert art.precision == "int4" and art.size_bytes() < onnx_artifact.size_bytes()
 
 
@@ -305,7 +305,7 @@ def test_default_export_then_int4_needs_no_re_export(onnx_artifact, tmp_path):
 def test_int4_refuses_a_fused_o2_graph(bert_classifier, tmp_path):
     fused = export(bert_classifier, tmp_path / "o2", ExportConfig(optimize="O2", parity_samples=2))
     with pytest.raises(ConfigError, match=r"fused ONNX Runtime operators \(2 Attention\).*--optimize none") as e:
-        quantize(fused, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
+        quantize(fused, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", block_size=32))
     assert "INT8 works on this artifact" in str(e.value)
     assert not (tmp_path / "q").exists() and leftovers(tmp_path) == []
 
@@ -318,7 +318,7 @@ def test_int4_refuses_a_fused_o2_graph(bert_classifier, tmp_path):
 ])
 def test_int4_where_the_runtime_cannot_run_it(unfused, tmp_path, settings, words):
     with pytest.raises(ConfigError) as e:
-        quantize(unfused, tmp_path / "q", QuantizeConfig(precision="int4", **settings))
+        quantize(unfused, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", **settings))
     for w in words:
         assert w in str(e.value), (w, str(e.value))
     assert not (tmp_path / "q").exists()
@@ -343,13 +343,13 @@ def test_eval_helpers(sensitive):
 
 def test_accuracy_aware_needs_data(unfused, tmp_path):
     with pytest.raises(ConfigError, match="needs labelled eval data.*--data"):
-        quantize(unfused, tmp_path / "q", QuantizeConfig(max_drop=0.01))
+        quantize(unfused, tmp_path / "q", QuantizeConfig.from_flat(max_drop=0.01))
     assert not (tmp_path / "q").exists()
 
 
 def test_accuracy_aware_with_room_excludes_nothing(sensitive, tmp_path):
     art, data = sensitive
-    q = quantize(art, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32, max_drop=0.9, data=str(data),
+    q = quantize(art, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", block_size=32, max_drop=0.9, data=str(data),
                                                       eval_samples=50))
     aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     assert aa["budget_met"] and aa["excluded"] == [] and aa["kept_fp32"] == []
@@ -363,7 +363,7 @@ def test_the_layer_table_orders_the_search(sensitive, tmp_path):
     """By default the per-layer error table orders the float fallbacks: the layer quantization ruins adds the most
     error itself, goes first, and the budget holds with fewer candidates than ranking by leave-one-out."""
     art, data = sensitive
-    q = quantize(art, tmp_path / "q", QuantizeConfig(max_drop=0.0, data=str(data), eval_samples=200))
+    q = quantize(art, tmp_path / "q", QuantizeConfig.from_flat(max_drop=0.0, data=str(data), eval_samples=200))
     aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     assert aa["strategy"].startswith("per-layer error table")
     assert aa["budget_met"] and [k["node"] for k in aa["kept_fp32"]] == [SENSITIVE_LAYER]
@@ -379,7 +379,7 @@ def test_the_layer_table_orders_the_search(sensitive, tmp_path):
 def test_accuracy_aware_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path):
     art, data = sensitive
     out = tmp_path / "q"
-    q = quantize(art, out, QuantizeConfig(max_drop=0.0, data=str(data), eval_samples=200, rank_by="leave-one-out"))
+    q = quantize(art, out, QuantizeConfig.from_flat(max_drop=0.0, data=str(data), eval_samples=200, rank_by="leave-one-out"))
     step = q.manifest.steps[-1]
     aa = step.metrics["accuracy_aware"]
     full = aa["candidates"][0]
@@ -409,7 +409,7 @@ def test_unreachable_budget_writes_the_best_candidate_and_diagnoses(rank_by, sen
     art, data = sensitive
     out = tmp_path / "q"
     with pytest.raises(AccuracyBudgetError) as e:
-        quantize(art, out, QuantizeConfig(max_drop=0.0, max_fp32_fraction=0.03, data=str(data), eval_samples=200,
+        quantize(art, out, QuantizeConfig.from_flat(max_drop=0.0, max_fp32_fraction=0.03, data=str(data), eval_samples=200,
                                           rank_by=rank_by))
     err = e.value
     msg = str(err)
@@ -441,7 +441,7 @@ def test_embedding_model_metric_is_cosine_to_fp32(bert_encoder, tmp_path):
     art = export(bert_encoder, tmp_path / "onnx", ExportConfig(optimize="none", parity_samples=2))
     data = write_tsv(tmp_path, [("", t) for t in [line.partition("\t")[2] for line in
                                                   SAMPLES_TSV.read_text(encoding="utf-8").splitlines()[1:30]]])
-    q = quantize(art, tmp_path / "q", QuantizeConfig(min_retention=0.5, data=str(data), eval_samples=20))
+    q = quantize(art, tmp_path / "q", QuantizeConfig.from_flat(min_retention=0.5, data=str(data), eval_samples=20))
     aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     assert aa["metric"] == "cosine_to_fp32" and aa["baseline"] == 1.0
     assert aa["budget"]["min_metric"] == 0.5 and aa["budget_met"] and 0.5 < aa["final"]["metric"] <= 1.0 + 1e-9
@@ -460,7 +460,7 @@ def test_cli_quantize_int4(unfused, tmp_path):
     proc = edgecompress("quantize", unfused.path, "--precision", "int4", "--block-size", "32", "--out", out)
     assert proc.returncode == 0, proc.stderr
     art = load_artifact(out)
-    assert art.precision is Precision.int4 and art.manifest.steps[-1].config["block_size"] == 32
+    assert art.precision is Precision.int4 and art.manifest.steps[-1].config["int4"]["block_size"] == 32
     assert "int4" in proc.stdout and "smaller" in proc.stdout
 
 

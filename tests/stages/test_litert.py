@@ -117,14 +117,14 @@ def test_a_tflite_is_quantized_to_int8_by_ai_edge_quantizer(tflite, tmp_path, ca
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray((rng.random((16, 16, 3)) * 255).astype("uint8")).save(images / f"{i}.png")
-    for name, cfg in {"dynamic_wi8_afp32": QuantizeConfig(), "weight_only_wi8_afp32": QuantizeConfig(weights_only=True),
-                      "static_wi8_ai8": QuantizeConfig(mode="static", calibration=str(tmp_path / "cal"))}.items():
+    for name, cfg in {"dynamic_wi8_afp32": QuantizeConfig(), "weight_only_wi8_afp32": QuantizeConfig.from_flat(weights_only=True),
+                      "static_wi8_ai8": QuantizeConfig.from_flat(mode="static", calibration=str(tmp_path / "cal"))}.items():
         q = quantize(art, tmp_path / name, cfg)
         step = q.manifest.steps[-1]
         assert (q.manifest.format, q.manifest.precision) == ("litert", "int8") and step.config["recipe"] == name
         parity = step.metrics["parity_vs_input"]  # static INT8's inputs and outputs are INT8: fed and read through
         assert parity["n"] > 0 and parity["cosine_mean"] > 0.95, (name, parity)  # the file's scales
-    assert step.config["calibration_samples"] == 6
+    assert step.config["calibration"]["samples"] == 6
     assert "needs calibration data" in main_error(capsys, "quantize", art.path, "--mode", "static", "--out",
                                                   tmp_path / "a")
     assert "INT8" in main_error(capsys, "quantize", art.path, "--precision", "int4", "--out", tmp_path / "b")

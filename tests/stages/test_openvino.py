@@ -52,7 +52,7 @@ def ptq_artifact(ov_artifact, data_tsv, work):
     from compress.stages.quantize.config import QuantizeConfig
 
     return quantize(ov_artifact, work / "bert-ov-int8",
-                    QuantizeConfig(calibration=str(data_tsv), calibration_samples=36))
+                    QuantizeConfig.from_flat(calibration=str(data_tsv), calibration_samples=36))
 
 
 def op_types(art) -> collections.Counter:
@@ -203,7 +203,7 @@ def test_weight_compression_shrinks_and_runs(options, kind, ov_artifact, work, s
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    art = quantize(ov_artifact, work / f"bert-ov-w-{kind}", QuantizeConfig(**options))
+    art = quantize(ov_artifact, work / f"bert-ov-w-{kind}", QuantizeConfig.from_flat(**options))
     assert art.precision == Precision(kind)
     assert bin_size(art) < bin_size(ov_artifact)
     assert op_types(art)["FakeQuantize"] == 0  # weights only: activations stay float
@@ -227,7 +227,7 @@ def test_accuracy_control_records_baseline_and_final_metric(ov_artifact, data_ts
     from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(ov_artifact, work / "bert-ov-ac",
-                   QuantizeConfig(max_drop=0.5, data=str(data_tsv), eval_samples=12))
+                   QuantizeConfig.from_flat(max_drop=0.5, data=str(data_tsv), eval_samples=12))
     assert art.precision == Precision.int8 and op_types(art)["FakeQuantize"] > 0
     step = art.manifest.steps[-1]
     assert step.config["nncf_function"] == "nncf.quantize_with_accuracy_control"
@@ -261,7 +261,7 @@ def test_accuracy_budget_missed_writes_best_candidate_and_fails(ov_artifact, dat
     monkeypatch.setattr(qov._Evaluator, "evaluate", first_is_perfect)
     out = tmp_path / "ac"
     with pytest.raises(EdgeCompressError) as e:
-        quantize(ov_artifact, out, QuantizeConfig(min_retention=0.99, data=str(data_tsv), eval_samples=12))
+        quantize(ov_artifact, out, QuantizeConfig.from_flat(min_retention=0.99, data=str(data_tsv), eval_samples=12))
     msg = str(e.value)
     assert "retention >= 0.99" in msg and "FP32 accuracy 1.000000" in msg and "best reachable 0.500000" in msg
     best = tmp_path / "ac.best-candidate"
@@ -299,7 +299,7 @@ def test_options_nncf_cannot_honour_are_refused_before_any_work(options, words, 
     from compress.stages.quantize.config import QuantizeConfig
 
     with pytest.raises(ConfigError) as e:
-        quantize(ov_artifact, tmp_path / "out", QuantizeConfig(**options))
+        quantize(ov_artifact, tmp_path / "out", QuantizeConfig.from_flat(**options))
     for w in words:
         assert w in str(e.value), str(e.value)
     assert list(tmp_path.iterdir()) == []
@@ -308,8 +308,8 @@ def test_options_nncf_cannot_honour_are_refused_before_any_work(options, words, 
 def test_manifest_is_json_with_resolved_config(ptq_artifact):
     data = json.loads((ptq_artifact.path / "manifest.json").read_text())
     cfg = data["steps"][-1]["config"]
-    assert cfg["backend"] == "nncf" and cfg["precision"] == "int8" and cfg["calibration_samples"] == 36
-    assert "mode" not in cfg and "calibration_method" not in cfg  # ONNX Runtime settings are not recorded as used
+    assert cfg["backend"] == "nncf" and cfg["precision"] == "int8" and cfg["calibration"]["samples"] == 36
+    assert "mode" not in cfg and "method" not in cfg["calibration"]  # ONNX Runtime settings are not recorded as used
 
 
 def test_nncf_progress_bars_stay_off_standard_output(ov_artifact, data_tsv, tmp_path, capfd):
@@ -318,6 +318,6 @@ def test_nncf_progress_bars_stay_off_standard_output(ov_artifact, data_tsv, tmp_
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    quantize(ov_artifact, tmp_path / "int8", QuantizeConfig(calibration=str(data_tsv), calibration_samples=12))
+    quantize(ov_artifact, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(data_tsv), calibration_samples=12))
     out, err = capfd.readouterr()
     assert "Statistics collection" not in out + err

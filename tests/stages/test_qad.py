@@ -38,7 +38,7 @@ def _cli_error(capsys, args: list[str], *words: str) -> None:
 def _qad(stack, **kw):
     from compress.stages.quantize.config import QuantizeConfig
 
-    return QuantizeConfig(calibration=str(stack["images"]), per_channel=False, **kw)
+    return QuantizeConfig.from_flat(calibration=str(stack["images"]), per_channel=False, **kw)
 
 
 def test_qad_recovers_per_tensor_int8_that_post_training_collapses(stack, tmp_path):
@@ -58,7 +58,7 @@ def test_qad_recovers_per_tensor_int8_that_post_training_collapses(stack, tmp_pa
     assert qad["before"]["agreement"] < 0.5 <= qad["best"]["agreement"] and qad["best_step"] > 0
     assert qad["layers_fake_quantized"] == 3 and qad["activations"] == "static"  # the 3 convolutions; the tiny head is float
     assert [h["step"] for h in qad["history"]][0] == 0 and "kept" in qad
-    assert art.manifest.steps[-1].config["qat_steps"] == 60
+    assert art.manifest.steps[-1].config["qad"]["steps"] == 60
     assert not work_dir(tmp_path / "qad").exists()  # the run's state is gone once the artifact is written
 
 
@@ -98,7 +98,7 @@ def test_qad_trains_a_text_classifier_in_dynamic_mode(onnx_artifact, tmp_path, m
     from compress.stages.quantize.config import QuantizeConfig
 
     data = make_tsv(tmp_path)
-    art = quantize(onnx_artifact.path, tmp_path / "q", QuantizeConfig(qat_steps=4, qat_data=str(data), qat_batch_size=4))
+    art = quantize(onnx_artifact.path, tmp_path / "q", QuantizeConfig.from_flat(qat_steps=4, qat_data=str(data), qat_batch_size=4))
     qad = art.manifest.steps[-1].metrics["qad"]
     assert qad["activations"] == "dynamic" and qad["layers_fake_quantized"] > 0 and len(qad["history"]) >= 2
     assert art.precision == "int8" and art.manifest.steps[-1].metrics["parity_vs_input"]["n"] > 0
@@ -178,11 +178,11 @@ def test_an_adopted_file_trains_through_the_program_it_came_from(tmp_path):
     adopted = export(file, tmp_path / "adopted")
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32))
     cfg = dict(mode="static", calibration=str(tmp_path / "x.npz"), qat_steps=6)
-    art = quantize(adopted.path, tmp_path / "q", QuantizeConfig(**cfg, qat_source=str(program)))
+    art = quantize(adopted.path, tmp_path / "q", QuantizeConfig.from_flat(**cfg, qat_source=str(program)))
     step = art.manifest.steps[-1]
     assert step.metrics["qad"]["source"] == str(program) and step.metrics["qad"]["layers_fake_quantized"] == 2
     assert step.metrics["parity_vs_input"]["reference"] == "onnx fp32"  # against the file itself
     _, other = _mlp_file_and_program(tmp_path, seed=1)  # another model's program: refused, nothing written
     with pytest.raises(ConfigError, match="does not compute what"):
-        quantize(adopted.path, tmp_path / "q2", QuantizeConfig(**cfg, qat_source=str(other)))
+        quantize(adopted.path, tmp_path / "q2", QuantizeConfig.from_flat(**cfg, qat_source=str(other)))
     assert not (tmp_path / "q2").exists()

@@ -34,14 +34,14 @@ def test_cli_refuses_with_one_line_and_exit_2(onnx_artifact, tmp_path, capsys, a
 def test_excluding_every_quantizable_node_is_refused(onnx_artifact, tmp_path):
     from compress.stages.quantize.onnxruntime import _OnnxQuantizer
 
-    names = [lay.name for lay in _OnnxQuantizer(onnx_artifact, QuantizeConfig(op_types=["MatMul"])).layers()]
+    names = [lay.name for lay in _OnnxQuantizer(onnx_artifact, QuantizeConfig.from_flat(op_types=["MatMul"])).layers()]
     with pytest.raises(ConfigError, match="--exclude-nodes covers every quantizable node"):
-        quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(op_types=["MatMul"], exclude_nodes=names))
+        quantize(onnx_artifact, tmp_path / "q", QuantizeConfig.from_flat(op_types=["MatMul"], exclude_nodes=names))
     assert not (tmp_path / "q").exists()
 
 
 def test_known_op_types_still_quantize(onnx_artifact, tmp_path):
-    art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(op_types=["MatMul"]))
+    art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig.from_flat(op_types=["MatMul"]))
     assert art.manifest.steps[-1].metrics["nodes"]["quantized_count"] > 0
 
 
@@ -76,23 +76,23 @@ def test_quantize_config_for_profile():
     from compress.profiles.load import load_profile
 
     avx2 = QuantizeConfig.for_profile("cpu-x86-avx2")
-    assert (avx2.target_x86, avx2.target_vnni, avx2.target_runtime) == (True, False, "onnxruntime")
+    assert (avx2.target.x86, avx2.target.vnni, avx2.target.runtime) == (True, False, "onnxruntime")
     assert avx2.resolved_reduce_range() is True  # x86 without VNNI: 7-bit weights
     vnni = QuantizeConfig.for_profile(load_profile("cpu-x86-avx512-vnni"))
-    assert vnni.target_vnni is True and vnni.resolved_reduce_range() is False
+    assert vnni.target.vnni is True and vnni.resolved_reduce_range() is False
     arm = QuantizeConfig.for_profile("cpu-arm64-neon", reduce_range=True)  # given settings win
-    assert arm.target_x86 is False and arm.reduce_range is True
+    assert arm.target.x86 is False and arm.int8.reduce_range is True
     retention = load_profile("cpu-x86-avx2").budgets.min_accuracy_retention
     if retention is not None:
-        assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv").min_retention == min(retention, 1.0)
-        assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv", max_drop=0.01).min_retention is None
-    assert QuantizeConfig.for_profile("cpu-x86-avx2").min_retention is None  # no data: no accuracy target
+        assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv").accuracy.min_retention == min(retention, 1.0)
+        assert QuantizeConfig.for_profile("cpu-x86-avx2", data="dev.tsv", max_drop=0.01).accuracy.min_retention is None
+    assert QuantizeConfig.for_profile("cpu-x86-avx2").accuracy.min_retention is None  # no data: no accuracy target
 
 
 def test_python_api_refuses_what_would_be_ignored(onnx_artifact, tmp_path):
     """The same refusal from Python: an explicitly set INT4-only field on an INT8 run."""
     with pytest.raises(ConfigError, match="--symmetric .*do\\(es\\) not apply to dynamic INT8"):
-        quantize(onnx_artifact, tmp_path / "q", QuantizeConfig(symmetric=False))
+        quantize(onnx_artifact, tmp_path / "q", QuantizeConfig.from_flat(symmetric=False))
     # defaults are not "given": the plain call still works
     assert quantize(onnx_artifact, tmp_path / "ok", QuantizeConfig()).precision == "int8"
 
@@ -101,4 +101,4 @@ def test_int4_with_calibration_points_to_static_int8(unused_tmp=None):
     from compress.stages.quantize.graph import _check_applicable
 
     with pytest.raises(ConfigError, match="--precision int8 --mode static"):
-        _check_applicable(QuantizeConfig(precision="int4", calibration="x.tsv"))
+        _check_applicable(QuantizeConfig.from_flat(precision="int4", calibration="x.tsv"))

@@ -89,7 +89,7 @@ def test_record_derives_the_step_from_the_manifest_and_appends_it_to_the_lineage
     parent = int8_artifact.manifest
     child = child_manifest(parent, precision=Precision.int4)
     child.versions = {"onnxruntime": "9.9", "onnx": "1.0", "torch": "unrelated"}
-    step = QUANTIZE_ONNX.record(child, QuantizeConfig(precision="int4"), input_digest="abc", lineage=parent.steps,
+    step = QUANTIZE_ONNX.record(child, QuantizeConfig.from_flat(precision="int4"), input_digest="abc", lineage=parent.steps,
                                 extra_config={"reduce_range": False})
     assert child.steps == [*parent.steps, step]
     assert step.stage == "quantize" and step.input_digest == "abc"

@@ -119,7 +119,7 @@ def test_checker_flags_asymmetric_uint8_static_quantization(fp32_plain, calib, t
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    art = quantize(fp32_plain, tmp_path / "static", QuantizeConfig(mode="static", calibration=str(calib)))
+    art = quantize(fp32_plain, tmp_path / "static", QuantizeConfig.from_flat(mode="static", calibration=str(calib)))
     bad = check_tensorrt_qdq(onnx.load(str(art.model_path)))
     assert any("uint8" in b for b in bad), bad[:5]
     # and export refuses it as a TensorRT source, naming the way out

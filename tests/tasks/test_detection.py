@@ -123,12 +123,12 @@ def test_a_detector_goes_adopt_int8_validate_with_coco_map(tmp_path):
         rows.append(f"{doc['images'][a['image_id']]['file_name']},{x},{y},{x + w},{y + h},{LABELS[a['category_id'] - 7]}")
     csv.write_text("\n".join(rows) + "\n")
     assert _validate(fp32, csv).metrics["metric"] == pytest.approx(met["metric"])
-    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(coco)))
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(coco)))
     met8 = _validate(q, coco).metrics
     assert 0.2 < met8["metric"] <= 1.0 and 0.0 < met8["agreement"] <= 1.0 and met8["teacher_metric"] > 0.95
     assert met8["retention"] == pytest.approx(met8["metric"] / met8["teacher_metric"])
     # accuracy-aware: layers go back to float, in the per-layer table's order, until the mAP holds
-    aware = quantize(fp32, tmp_path / "aware", QuantizeConfig(calibration=str(coco), data=str(coco), max_drop=0.02))
+    aware = quantize(fp32, tmp_path / "aware", QuantizeConfig.from_flat(calibration=str(coco), data=str(coco), max_drop=0.02))
     search = aware.manifest.steps[-1].metrics["accuracy_aware"]
     assert search["metric"] == "mAP@[.5:.95]" and search["baseline"] > 0.95
     assert search["budget_met"] and search["final"]["metric_of_written_model"] >= search["baseline"] - 0.02

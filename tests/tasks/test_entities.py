@@ -102,10 +102,10 @@ def test_int4_and_openvino_keep_the_words(route, ner_teacher, ner_onnx, labelled
     from compress.validation.local import ValidateConfig, validate
 
     if route == "int4":
-        q = quantize(ner_onnx, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32))
+        q = quantize(ner_onnx, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", block_size=32))
     else:
         ov = export(ner_teacher, tmp_path / "ov", ExportConfig(format="openvino"))
-        q = quantize(ov, tmp_path / "q", QuantizeConfig(calibration=str(labelled)))
+        q = quantize(ov, tmp_path / "q", QuantizeConfig.from_flat(calibration=str(labelled)))
     assert q.manifest.preprocess.words and q.manifest.task == "token-classification"
     profile = fast_host if route == "int4" else "host"  # (host adapts to an OpenVINO artifact's runtime)
     met = validate(q, ValidateConfig.from_flat(data=str(labelled), cold_start=False, profile=profile)).metrics
@@ -117,7 +117,7 @@ def test_accuracy_aware_int4_holds_the_entity_f1(ner_onnx, labelled, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
-    q = quantize(ner_onnx, tmp_path / "q", QuantizeConfig(precision="int4", block_size=32, min_retention=0.95,
+    q = quantize(ner_onnx, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", block_size=32, min_retention=0.95,
                                                            data=str(labelled), eval_samples=24))
     aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     assert aa["metric"] == "entity_f1" and aa["baseline"] == 1.0 and aa["budget_met"]

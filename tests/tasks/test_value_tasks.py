@@ -81,7 +81,7 @@ def test_regression_is_judged_by_mae(tmp_path):
     assert met["metric"] == pytest.approx(0.05, abs=1e-4) and met["retention"] == pytest.approx(1.0, abs=1e-4)
     assert met["agreement"] == pytest.approx(1.0, abs=1e-6) and "rmse" in met and "r2" in met
 
-    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(data)))
     met = _validate(q, data).metrics
     assert met["mae_increase"] == pytest.approx(met["metric"] / met["teacher_metric"] - 1)
     assert met["retention"] == pytest.approx(met["teacher_metric"] / met["metric"])
@@ -180,7 +180,7 @@ def test_accuracy_aware_quantization_of_value_tasks_needs_a_metric(tmp_path):
     np.savez(data, window=x, labels=y)
     fp32 = export(f, tmp_path / "fp32")
     with pytest.raises(ConfigError, match="accuracy-aware quantization of a regression model is not built yet"):
-        quantize(fp32, tmp_path / "q", QuantizeConfig(calibration=str(data), data=str(data), max_drop=0.01))
+        quantize(fp32, tmp_path / "q", QuantizeConfig.from_flat(calibration=str(data), data=str(data), max_drop=0.01))
     assert not (tmp_path / "q").exists()
 
 
@@ -223,7 +223,7 @@ def test_segmentation_is_judged_by_mean_iou(tmp_path):
     met = _validate(fp32, data).metrics
     assert met["metric_name"] == "mean_iou" and met["metric"] == 1.0 and met["agreement"] == 1.0
     assert met["pixel_accuracy"] == 1.0 and met["classes"] == 4
-    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(data)))
     met = _validate(q, data).metrics
     assert 0.5 < met["metric"] <= 1.0 and met["agreement"] == pytest.approx(met["metric"])
 
@@ -302,7 +302,7 @@ def test_ctc_recognition_is_judged_by_character_error_rate(tmp_path):
     met = _validate(fp32, data).metrics
     assert met["metric_name"] == "char_accuracy" and met["metric"] == 1.0 and met["cer"] == 0.0
     assert met["exact_match"] == 1.0 and met["agreement"] == 1.0 and met["teacher_exact_match"] == 1.0
-    q = quantize(fp32, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
+    q = quantize(fp32, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(data)))
     met = _validate(q, data).metrics
     assert 0.5 < met["metric"] <= 1.0 and met["cer"] == pytest.approx(1 - met["metric"])
 

@@ -53,7 +53,7 @@ def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_input
     assert step.metrics["parity"]["max_abs_diff"] <= 1e-4
     assert m.source.path == str((two_inputs / "two.onnx").resolve())
 
-    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
     assert q.manifest.precision == "int8"
     table = q.manifest.steps[-1].metrics["layer_errors"]
     assert {r["node"] for r in table["layers"]} == {"/conv/Conv", "/dense/Gemm"}  # the head (N 4) stays float
@@ -359,7 +359,7 @@ def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tm
     assert ov.manifest.format == "openvino" and [s.stage for s in ov.manifest.steps] == ["export", "export"]
     assert ov.manifest.source.path == str((two_inputs / "two.onnx").resolve())
     assert not list(tmp_path.glob(".ov.*"))  # the scratch adoption is gone
-    q = quantize(ov, tmp_path / "ov-int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    q = quantize(ov, tmp_path / "ov-int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
     report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95
     assert report.metrics["speedup"] > 0  # against the file converted to OpenVINO FP32 (the baselines cache)
@@ -394,7 +394,7 @@ def test_every_output_of_a_multi_output_file_is_compared(tmp_path, fixed_batch):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", image=rng.standard_normal((24, 3, 16, 16)).astype(np.float32))
     art = export(tmp_path / "det.onnx", tmp_path / "fp32")
-    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(tmp_path / "d.npz")))
+    q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(tmp_path / "d.npz")))
     report = validate(q, ValidateConfig.from_flat(data=str(tmp_path / "d.npz"), cold_start=False, baseline=False))
     fid = report.metrics["output_fidelity"]
     assert set(fid) == {"scores", "boxes"}  # a graph fixed to batch 1 is run one sample at a time, every output too
@@ -427,7 +427,7 @@ def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, t
     assert (m.format, m.precision, m.model_file) == ("openvino", "fp32", "model.xml")
     assert (art.path / "model.bin").is_file() and m.inputs[0].shape == ["batch", 6, "dim2"]
     assert m.steps[0].metrics["parity"]["max_abs_diff"] == 0.0
-    q = quantize(art, tmp_path / "ov-int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    q = quantize(art, tmp_path / "ov-int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
     report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95 and report.metrics["speedup"] > 0
     assert report.teacher["path"] == str((two_ir / "two.xml").resolve())
@@ -486,12 +486,12 @@ def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, 
     monkeypatch.chdir(tmp_path)
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
     npz = str(two_inputs / "two.npz")
-    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=npz, data=npz, max_drop=0.5,
+    q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=npz, data=npz, max_drop=0.5,
                                                          metric="my_metrics:top1"))
     aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     assert aa["metric"] == "my_metrics:top1" and 0 <= aa["baseline"] <= 1, aa
     with pytest.raises(ConfigError, match="--metric applies to accuracy-aware"):
-        quantize(art, tmp_path / "x", QuantizeConfig(calibration=npz, metric="my_metrics:top1"))
+        quantize(art, tmp_path / "x", QuantizeConfig.from_flat(calibration=npz, metric="my_metrics:top1"))
 
 
 # -- torch.export programs that are not image classifiers ----------------------------------------------------------------
@@ -517,7 +517,7 @@ def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_i
     assert [t.name for t in teacher.info.inputs] == ["window", "feats"]
     art = export(tmp_path / "sensor.pt2", tmp_path / "onnx")
     assert art.manifest.preprocess.kind == "arrays" and art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
-    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
     report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.teacher["path"] == str((tmp_path / "sensor.pt2").resolve())
     assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] < 1.0
@@ -546,7 +546,7 @@ def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declar
     art = export(tmp_path / "sensor.pt", tmp_path / "onnx", ExportConfig(allow_pickle=True))
     assert art.manifest.preprocess.shapes == {"window": [6, 40], "feats": [24]}
     assert art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
-    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(two_inputs / "two.npz")))
+    q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
     report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False, allow_pickle=True))
     assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] <= 1.0
     yaml_file.write_text("inputs: {window: {shape: [6, 40]}, feats: {shape: [25]}}\n", encoding="utf-8")

@@ -79,7 +79,7 @@ def test_export_int8_validate(distilbert_bert_tokenizer, tmp_path, home):
     data = write_tsv(tmp_path)
     onnx = export(distilbert_bert_tokenizer, tmp_path / "onnx")
     assert [t.name for t in onnx.manifest.inputs] == ["input_ids", "attention_mask"]
-    int8 = quantize(onnx, tmp_path / "int8", QuantizeConfig(mode="dynamic"))
+    int8 = quantize(onnx, tmp_path / "int8", QuantizeConfig.from_flat(mode="dynamic"))
     profile = tmp_path / "p.yaml"
     profile.write_text(yaml.safe_dump({
         "name": "p", "description": "test", "extends": "cpu-x86-avx2", "budgets": GENEROUS_BUDGETS,

@@ -50,7 +50,7 @@ def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
     d = save_timm(tmp_path / arch, arch)
     data = images_npz(tmp_path / "images.npz")
     art = export(d, tmp_path / "onnx")
-    q = quantize(art, tmp_path / "int8", QuantizeConfig(calibration=str(data)))
+    q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(data)))
     report = validate(load_artifact(tmp_path / "int8"), ValidateConfig.from_flat(data=str(data), cold_start=False,
                                                                        baseline=False))
     met = report.metrics

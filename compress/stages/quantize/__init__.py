@@ -39,12 +39,12 @@ def quantize(
     config = config or QuantizeConfig()
     out = check_output(out, force)
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    if config.accuracy_aware and not config.data:
+    if config.accuracy_aware and not config.accuracy.data:
         raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
-    if config.metric and not config.accuracy_aware:
+    if config.accuracy.metric and not config.accuracy_aware:
         raise ConfigError("--metric applies to accuracy-aware quantization (it would be ignored)",
                           hint="add --max-drop or --min-retention with --data, or drop --metric")
-    if config.rank_by and not config.accuracy_aware:
+    if config.accuracy.rank_by and not config.accuracy_aware:
         raise ConfigError("--rank-by orders accuracy-aware quantization's float fallbacks (it would be ignored)",
                           hint="add --max-drop or --min-retention with --data, or drop --rank-by")
     config.user_metric()  # a metric that does not import fails before anything is quantized
@@ -56,7 +56,7 @@ def quantize(
 
         return quantize_litert(art, out, config, force=force)
     if spec is QUANTIZE_OPENVINO:
-        if config.qat_steps:
+        if config.qad.steps:
             raise ConfigError("--qat-steps trains for ONNX Runtime's INT8 placement; OpenVINO artifacts use NNCF",
                               hint="quantize the FP32 ONNX artifact with --qat-steps, or drop it")
         from compress.stages.quantize.openvino import quantize_openvino

@@ -4,14 +4,15 @@ quantize verb and its backends import, never the other way round."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from compress.artifact import Format, Precision
+from compress.settings import Section, Settings
 from compress.stages.spec import StageSpec, pairs
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: options nested in sections (calibration, int8, int4, qad, accuracy, speed, target)
 _QUANTIZE_HINT = "run `edgecompress export --format onnx|openvino` first"
 _QUANTIZED_HINT = "quantize the FP32 artifact it came from instead (see `edgecompress inspect`)"
 #: ONNX Runtime INT8 (dynamic/static, QDQ or QOperator) and INT4 weight-only, ONNX in and out.
@@ -66,25 +67,23 @@ class WeightType(StrEnum):
     uint8 = "uint8"
 
 
-class QuantizeConfig(BaseModel):
-    """Settings of ``edgecompress quantize``."""
+class Calibration(Section):
+    """The data that calibrates activation ranges: ONNX Runtime static INT8, OpenVINO INT8 (unless weights only),
+    LiteRT static INT8."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    precision: QuantPrecision = Field(QuantPrecision.int8, description="Target precision.")
-    mode: QuantMode = Field(
-        QuantMode.dynamic,
-        description="dynamic: no data needed, activations quantized at run time (best on CPUs); "
-        "static: activations calibrated on --calibration data, QDQ format (what TensorRT and NPUs need).",
-    )
-    calibration: str | None = Field(
+    data: str | None = Field(
         None, description="Data for static calibration: a text file (text column used) or, for image models, "
         "images (class folders, a path table or an .npz; labels are not read).")
-    calibration_samples: int = Field(128, ge=1, description="Number of calibration texts or images.")
-    calibration_method: CalibrationMethod = Field(
+    samples: int = Field(128, ge=1, description="Number of calibration texts or images.")
+    method: CalibrationMethod = Field(
         CalibrationMethod.minmax, description="Activation range estimator (static mode): minmax, mean-minmax (per-batch "
         "extremes averaged; the default for image models), entropy or percentile.")
     percentile: float = Field(99.999, gt=90, lt=100, description="Percentile for --calibration-method percentile.")
+
+
+class Int8(Section):
+    """INT8 weights: their scales, integer type and range; OpenVINO's and LiteRT's weights-only INT8."""
+
     per_channel: bool = Field(True, description="One scale per output channel of each weight.")
     weight_type: WeightType = Field(WeightType.int8, description="Weight integer type (s8, or u8 for U8U8).")
     reduce_range: bool | None = Field(
@@ -92,59 +91,51 @@ class QuantizeConfig(BaseModel):
         description="7-bit weights to avoid u8s8 saturation on CPUs without VNNI; default: on when the "
         "target CPU (profile, else this host) is x86 without VNNI.",
     )
-    op_types: list[str] | None = Field(
-        None,
-        description="Operator types to quantize. Default: ONNX Runtime's set for dynamic (MatMul, "
-        "Attention, Gather embeddings, ...); MatMul and Attention only for static (quantizing "
-        "Add/Softmax/LayerNorm inputs costs accuracy in transformers).",
-    )
-    exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
-    target_vnni: bool | None = Field(None, description="Target CPU has VNNI (set from a profile); None = this host.")
-    target_x86: bool | None = Field(None, description="Target CPU is x86 (set from a profile); None = this host.")
-    parity_samples: int = Field(32, ge=1, description="Inputs used to measure agreement with the input model.")
-    sample_data: str | None = Field(
-        None, description="Data file for the parity inputs (default: the calibration data in static mode, else "
-        "built-in texts or noise images).")
-    speed_aware: bool = Field(
-        False, description="INT8: time each layer group quantized and in float, side by side on the target's runtime "
-        "and threads (a --profile's, else the runtime's default), and return the groups INT8 makes slower to float.")
-    speed_threads: int | None = Field(None, gt=0, description="Speed-aware: intra-op threads (set from a profile).")
-    speed_seconds: float = Field(1.0, gt=0, description="Speed-aware: least timed seconds per candidate.")
-    strict: bool = Field(
-        False, description="Fail (exit code 1, nothing written) instead of warning when the parity check with the "
-        "input model collapses (mean output cosine < 0.95 or argmax agreement < 0.5); recipes set it.")
-
-    # quantization-aware distillation
-    qat_steps: int = Field(
-        0, ge=0, description="INT8 (ONNX Runtime): first train the PyTorch model the artifact was exported from for "
-        "this many steps, fake-quantized as ONNX Runtime will quantize it, to match its FP32 self (quantization-aware "
-        "distillation), then quantize the trained weights; 0: post-training only.")
-    qat_data: str | None = Field(
-        None, description="QAD: training inputs (a data file like --calibration; labels used when present). "
-        "Default: the calibration data.")
-    qat_source: str | None = Field(
-        None, description="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its "
-        "lineage's source is not it (checked by content).")
-    qat_lr: float | None = Field(
-        None, gt=0, description="QAD: peak learning rate (AdamW, warm-up then cosine decay); default 1e-5 for "
-        "images and arrays, 2e-5 for text.")
-    qat_batch_size: int = Field(16, ge=1, description="QAD: inputs per training step.")
-    # INT4 weight-only
-    block_size: int = Field(
-        128, description="INT4: weights per quantization block along the input dimension (32, 64 or 128)."
-    )
-    symmetric: bool = Field(True, description="INT4: symmetric blocks (zero point 0) instead of asymmetric.")
-    embedding_precision: EmbeddingPrecision = Field(
-        EmbeddingPrecision.int8,
-        description="INT4 and dynamic INT8: precision of the embedding table (Gather); int4 (--block-size values "
-        "along the hidden dimension, two per byte; only the gathered rows are unpacked) runs in onnxruntime.",
-    )
-    # OpenVINO / NNCF
     weights_only: bool = Field(
         False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ. "
         "LiteRT: INT8 weights, float activations (ai-edge-quantizer's weight_only_wi8_afp32)."
     )
-    # accuracy-aware
+
+
+class Int4(Section):
+    """INT4 weight-only blocks (and INT4 embedding tables)."""
+
+    block_size: int = Field(
+        128, description="INT4: weights per quantization block along the input dimension (32, 64 or 128)."
+    )
+    symmetric: bool = Field(True, description="INT4: symmetric blocks (zero point 0) instead of asymmetric.")
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, v: int) -> int:
+        if v not in (16, 32, 64, 128, 256):
+            raise ValueError("must be one of 32, 64, 128 (16 and 256 also accepted)")
+        return v
+
+
+class Qad(Section):
+    """Quantization-aware distillation before INT8 (ONNX Runtime)."""
+
+    steps: int = Field(
+        0, ge=0, description="INT8 (ONNX Runtime): first train the PyTorch model the artifact was exported from for "
+        "this many steps, fake-quantized as ONNX Runtime will quantize it, to match its FP32 self (quantization-aware "
+        "distillation), then quantize the trained weights; 0: post-training only.")
+    data: str | None = Field(
+        None, description="QAD: training inputs (a data file like --calibration; labels used when present). "
+        "Default: the calibration data.")
+    source: str | None = Field(
+        None, description="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its "
+        "lineage's source is not it (checked by content).")
+    lr: float | None = Field(
+        None, gt=0, description="QAD: peak learning rate (AdamW, warm-up then cosine decay); default 1e-5 for "
+        "images and arrays, 2e-5 for text.")
+    batch_size: int = Field(16, ge=1, description="QAD: inputs per training step.")
+
+
+class Accuracy(Section):
+    """Accuracy-aware quantization: the budget, the labelled eval data that measures it, how layers go back to
+    float."""
+
     max_drop: float | None = Field(
         None, ge=0, lt=1,
         description="Accuracy-aware: largest allowed absolute drop of the eval metric versus the input model; "
@@ -158,7 +149,7 @@ class QuantizeConfig(BaseModel):
     metric: str | None = Field(
         None, description="Accuracy-aware: your metric, module:function(outputs, labels) -> number (higher is better), "
         "instead of the task's; it runs that code (compress.validation.user_metric).")
-    eval_samples: int = Field(300, ge=10, description="Eval rows used by accuracy-aware quantization.")
+    samples: int = Field(300, ge=10, description="Eval rows used by accuracy-aware quantization.")
     max_fp32_fraction: float = Field(
         0.5, ge=0, le=1,
         description="Accuracy-aware: largest share of the quantizable weights that may stay in float; a budget "
@@ -172,66 +163,142 @@ class QuantizeConfig(BaseModel):
         "calibration samples); leave-one-out: by the eval metric of one candidate per layer (or block) kept in "
         "float alone (slower, measures the metric itself).",
     )
-    # target (set from a device profile)
-    target_runtime: str | None = Field(
+
+
+class Speed(Section):
+    """Speed-aware INT8: layer groups timed quantized and in float on the target's runtime."""
+
+    aware: bool = Field(
+        False, description="INT8: time each layer group quantized and in float, side by side on the target's runtime "
+        "and threads (a --profile's, else the runtime's default), and return the groups INT8 makes slower to float.")
+    threads: int | None = Field(None, gt=0, description="Speed-aware: intra-op threads (set from a profile).")
+    seconds: float = Field(1.0, gt=0, description="Speed-aware: least timed seconds per candidate.")
+
+
+class Target(Section):
+    """The device the artifact is for (set from a device profile; unset: this host)."""
+
+    vnni: bool | None = Field(None, description="Target CPU has VNNI (set from a profile); None = this host.")
+    x86: bool | None = Field(None, description="Target CPU is x86 (set from a profile); None = this host.")
+    runtime: str | None = Field(
         None, description="Runtime that will run the artifact (from a profile); INT4 MatMulNBits needs onnxruntime."
     )
-    target_provider: str | None = Field(
+    provider: str | None = Field(
         None, description="ONNX Runtime execution provider of the target (from a profile)."
     )
 
-    @field_validator("block_size")
-    @classmethod
-    def _block_size(cls, v: int) -> int:
-        if v not in (16, 32, 64, 128, 256):
-            raise ValueError("must be one of 32, 64, 128 (16 and 256 also accepted)")
-        return v
+
+class QuantizeConfig(Settings):
+    """Settings of ``edgecompress quantize``."""
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "calibration": "calibration.data", "calibration_samples": "calibration.samples",
+        "calibration_method": "calibration.method", "percentile": "calibration.percentile",
+        "per_channel": "int8.per_channel", "weight_type": "int8.weight_type", "reduce_range": "int8.reduce_range",
+        "weights_only": "int8.weights_only",
+        "block_size": "int4.block_size", "symmetric": "int4.symmetric",
+        "qat_steps": "qad.steps", "qat_data": "qad.data", "qat_source": "qad.source", "qat_lr": "qad.lr",
+        "qat_batch_size": "qad.batch_size",
+        "max_drop": "accuracy.max_drop", "min_retention": "accuracy.min_retention", "data": "accuracy.data",
+        "metric": "accuracy.metric", "eval_samples": "accuracy.samples",
+        "max_fp32_fraction": "accuracy.max_fp32_fraction", "rank_by": "accuracy.rank_by",
+        "speed_aware": "speed.aware", "speed_threads": "speed.threads", "speed_seconds": "speed.seconds",
+        "target_vnni": "target.vnni", "target_x86": "target.x86", "target_runtime": "target.runtime",
+        "target_provider": "target.provider",
+    }
+
+    precision: QuantPrecision = Field(QuantPrecision.int8, description="Target precision.")
+    mode: QuantMode = Field(
+        QuantMode.dynamic,
+        description="dynamic: no data needed, activations quantized at run time (best on CPUs); "
+        "static: activations calibrated on --calibration data, QDQ format (what TensorRT and NPUs need).",
+    )
+    op_types: list[str] | None = Field(
+        None,
+        description="Operator types to quantize. Default: ONNX Runtime's set for dynamic (MatMul, "
+        "Attention, Gather embeddings, ...); MatMul and Attention only for static (quantizing "
+        "Add/Softmax/LayerNorm inputs costs accuracy in transformers).",
+    )
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
+    parity_samples: int = Field(32, ge=1, description="Inputs used to measure agreement with the input model.")
+    sample_data: str | None = Field(
+        None, description="Data file for the parity inputs (default: the calibration data in static mode, else "
+        "built-in texts or noise images).")
+    strict: bool = Field(
+        False, description="Fail (exit code 1, nothing written) instead of warning when the parity check with the "
+        "input model collapses (mean output cosine < 0.95 or argmax agreement < 0.5); recipes set it.")
+    embedding_precision: EmbeddingPrecision = Field(
+        EmbeddingPrecision.int8,
+        description="INT4 and dynamic INT8: precision of the embedding table (Gather); int4 (--block-size values "
+        "along the hidden dimension, two per byte; only the gathered rows are unpacked) runs in onnxruntime.",
+    )
+    calibration: Calibration = Field(default_factory=Calibration, description="The calibration data.")
+    int8: Int8 = Field(default_factory=Int8, description="INT8 weights.")
+    int4: Int4 = Field(default_factory=Int4, description="INT4 weight-only blocks.")
+    qad: Qad = Field(default_factory=Qad, description="Quantization-aware distillation.")
+    accuracy: Accuracy = Field(default_factory=Accuracy, description="Accuracy-aware quantization.")
+    speed: Speed = Field(default_factory=Speed, description="Speed-aware INT8.")
+    target: Target = Field(default_factory=Target, description="The target device (from a profile).")
+
+    def given_keys(self) -> set[str]:
+        """The flat keys (CLI flag names) of the options set explicitly: what the stages' "would be ignored" checks
+        compare with."""
+        return {self.flat_key(path) for path in self.given()}
 
     @property
     def accuracy_aware(self) -> bool:
-        return self.max_drop is not None or self.min_retention is not None
+        return self.accuracy.max_drop is not None or self.accuracy.min_retention is not None
 
     def user_metric(self):
         """``metric`` imported (None when unset): :func:`compress.validation.user_metric.load_metric`."""
-        if not self.metric:
+        if not self.accuracy.metric:
             return None
         from compress.validation.user_metric import load_metric
 
-        return load_metric(self.metric)
+        return load_metric(self.accuracy.metric)
 
-    @staticmethod
-    def profile_settings(profile, settings: dict | None = None) -> dict:
-        """What a device profile implies: its CPU (VNNI, x86) for the INT8 defaults, its runtime and provider
-        for the INT4 checks, and, with eval data and no ``max_drop`` in ``settings``, its
-        min_accuracy_retention budget as the accuracy-aware target. ``profile``: a name, a file or a
-        loaded profile."""
+    @classmethod
+    def profile_settings(cls, profile, settings: dict | None = None) -> dict:
+        """What a device profile implies, nested as the settings nest it: its CPU (VNNI, x86) for the INT8 defaults,
+        its runtime and provider for the INT4 checks, its threads for speed-aware INT8, and, with eval data and no
+        ``max_drop`` in ``settings`` (flat keys or nested), its min_accuracy_retention budget as the accuracy-aware
+        target. ``profile``: a name, a file or a loaded profile."""
         from compress.host.cpu import has_vnni
         from compress.profiles.load import load_profile
         from compress.profiles.schema import DeviceProfile
 
         prof = profile if isinstance(profile, DeviceProfile) else load_profile(str(profile))
-        settings = settings or {}
-        out = {"target_vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
-               "target_x86": str(prof.hardware.arch) == "x86_64",
-               "target_runtime": prof.runtime.name, "target_provider": prof.runtime.provider}
-        if settings.get("speed_aware") and prof.runtime.threads:
-            out["speed_threads"] = prof.runtime.threads
-        if settings.get("data") and settings.get("max_drop") is None and \
+        given = cls.nest({k: v for k, v in (settings or {}).items() if v is not None})
+        accuracy, speed = given.get("accuracy") or {}, given.get("speed") or {}
+        target = {"vnni": prof.hardware.vnni or has_vnni(prof.hardware.simd),
+                  "x86": str(prof.hardware.arch) == "x86_64", "runtime": prof.runtime.name,
+                  "provider": prof.runtime.provider}
+        out: dict = {"target": {k: v for k, v in target.items() if v is not None}}
+        if speed.get("aware") and prof.runtime.threads:
+            out["speed"] = {"threads": prof.runtime.threads}
+        if accuracy.get("data") and accuracy.get("max_drop") is None and \
                 prof.budgets.min_accuracy_retention is not None:
-            out["min_retention"] = min(prof.budgets.min_accuracy_retention, 1.0)
+            out["accuracy"] = {"min_retention": min(prof.budgets.min_accuracy_retention, 1.0)}
         return out
 
     @classmethod
     def for_profile(cls, profile, **settings) -> QuantizeConfig:
-        """Settings for a device profile (see :meth:`profile_settings`); ``settings`` given here win."""
-        given = {k: v for k, v in settings.items() if v is not None}
-        return cls(**{**cls.profile_settings(profile, given), **given})
+        """Settings for a device profile (see :meth:`profile_settings`); ``settings`` (flat keys or nested) given
+        here win."""
+        given = cls.nest({k: v for k, v in settings.items() if v is not None})
+        merged = cls.profile_settings(profile, given)
+        for key, value in given.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        return cls.model_validate(merged)
 
     def resolved_reduce_range(self) -> bool:
         from compress.host.cpu import has_vnni, is_x86
 
-        if self.reduce_range is not None:
-            return self.reduce_range
-        vnni = has_vnni() if self.target_vnni is None else self.target_vnni
-        x86 = is_x86() if self.target_x86 is None else self.target_x86
-        return x86 and not vnni and self.weight_type is WeightType.int8
+        if self.int8.reduce_range is not None:
+            return self.int8.reduce_range
+        vnni = has_vnni() if self.target.vnni is None else self.target.vnni
+        x86 = is_x86() if self.target.x86 is None else self.target.x86
+        return x86 and not vnni and self.int8.weight_type is WeightType.int8

@@ -165,7 +165,7 @@ def _check_int4_request(config: QuantizeConfig) -> None:
             "activation-quantized QDQ INT8 models for TensorRT and NPUs",
             hint="drop --mode static for INT4 in onnxruntime, or use --precision int8 --mode static for TensorRT/NPUs",
         )
-    runtime = (config.target_runtime or "onnxruntime").lower()
+    runtime = (config.target.runtime or "onnxruntime").lower()
     if runtime != "onnxruntime":
         other = {
             "openvino": "for OpenVINO, export --format openvino and quantize that artifact to INT4 (NNCF "
@@ -177,10 +177,10 @@ def _check_int4_request(config: QuantizeConfig) -> None:
             f"target runtime {runtime} cannot run; only onnxruntime can (CPU and CUDA execution providers)",
             hint=f"target an onnxruntime profile; {other}",
         )
-    if config.target_provider and config.target_provider not in INT4_PROVIDERS:
+    if config.target.provider and config.target.provider not in INT4_PROVIDERS:
         log.warning(
             "%s does not implement MatMulNBits/GatherBlockQuantized (%s do): ONNX Runtime will run those nodes on "
-            "its CPU fallback provider", config.target_provider, " and ".join(INT4_PROVIDERS),
+            "its CPU fallback provider", config.target.provider, " and ".join(INT4_PROVIDERS),
         )
     _int4_op_types(config)  # --calibration with INT4 is refused by _check_applicable: weight-only needs no ranges
 
@@ -214,7 +214,7 @@ def _check_int4_graph(art: Artifact, model, layers: list) -> None:
 
 def _check_openvino_only_options(config: QuantizeConfig) -> None:
     """NNCF's options have no ONNX Runtime counterpart: refuse rather than ignore them."""
-    if config.weights_only:
+    if config.int8.weights_only:
         raise ConfigError(
             "--weights-only is OpenVINO's INT8 weight compression and does not apply to an ONNX artifact",
             hint="drop it (ONNX dynamic INT8 already needs no data), or use --precision int4 for weight-only "
@@ -240,7 +240,7 @@ def _check_applicable(config: QuantizeConfig) -> None:
     # dynamic INT8 with INT4 embeddings reads the INT4 block settings
     blocks = int4 or (not static and config.embedding_precision is EmbeddingPrecision.int4)
     ignored = [
-        name for name in sorted(config.model_fields_set & set(_ONLY_FOR))
+        name for name in sorted(config.given_keys() & set(_ONLY_FOR))
         if (_ONLY_FOR[name] == "--mode static" and (int4 or not static))
         or (_ONLY_FOR[name] == "--precision int4" and not blocks)
         or (_ONLY_FOR[name] == "--precision int4 or --mode dynamic" and static and not int4)
@@ -441,11 +441,12 @@ def static_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:
             log.info("%s model: static INT8 (QDQ, per-channel weights) calibrated on its data",
                      "image" if is_image(art.manifest.preprocess) else "array")
             config = config.model_copy(update={"mode": QuantMode.static})
-    if config.mode is QuantMode.static and "calibration_method" not in config.model_fields_set:
+    if config.mode is QuantMode.static and "calibration.method" not in config.given():
         # per-sample ranges averaged: one bright photo no longer stretches a layer's range for all the others
         # (MobileNetV2 on real photos: retention 0.965 -> 0.990 over min-max of the whole set)
-        config = config.model_copy(update={"calibration_method": CalibrationMethod.mean_minmax})
-    if config.mode is QuantMode.static and not config.calibration:
+        config = config.model_copy(update={"calibration": config.calibration.model_copy(
+            update={"method": CalibrationMethod.mean_minmax})})
+    if config.mode is QuantMode.static and not config.calibration.data:
         if not is_image(art.manifest.preprocess):
             raise ConfigError("static INT8 of an array model needs calibration data",
                               hint="pass --calibration DATA.npz: one array per input, 100-300 representative samples")

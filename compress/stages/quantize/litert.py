@@ -42,15 +42,15 @@ def _recipe(config: QuantizeConfig) -> str:
 
     if config.precision is not QuantPrecision.int8:
         raise ConfigError("LiteRT quantization here is INT8", hint="drop --precision int4")
-    ignored = [o for o, v in (("--max-drop", config.max_drop), ("--min-retention", config.min_retention),
-                              ("--qat-steps", config.qat_steps), ("--speed-aware", config.speed_aware)) if v]
+    ignored = [o for o, v in (("--max-drop", config.accuracy.max_drop), ("--min-retention", config.accuracy.min_retention),
+                              ("--qat-steps", config.qad.steps), ("--speed-aware", config.speed.aware)) if v]
     if ignored:
         raise ConfigError(f"{ignored[0]} applies to ONNX and OpenVINO artifacts, not LiteRT",
                           hint="drop it; quantize the model's ONNX export for accuracy- or speed-aware INT8")
-    if config.weights_only:
+    if config.int8.weights_only:
         return "weight_only_wi8_afp32"
     if config.mode is QuantMode.static:
-        if not config.calibration:
+        if not config.calibration.data:
             raise ConfigError("static INT8 of a LiteRT model needs calibration data",
                               hint="pass --calibration DATA (inputs like the model's), or --mode dynamic")
         return "static_wi8_ai8"
@@ -69,7 +69,7 @@ def _calibration(art: Artifact, config: QuantizeConfig) -> dict[str, list[dict[s
     runtime = load_runtime(art)
     try:
         rows = []
-        for item in sample_inputs(config.calibration, config.calibration_samples, art.manifest.preprocess):
+        for item in sample_inputs(config.calibration.data, config.calibration.samples, art.manifest.preprocess):
             feed = runtime.encode([item])
             fitted = runtime.fitted(feed)
             rows.append({arg: fitted[t.name] for arg, t in zip(sig["inputs"], art.manifest.inputs)})
@@ -99,8 +99,8 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
                          hint="try --mode dynamic or --weights-only, or quantize the model's ONNX export") from e
     seconds = round(time.perf_counter() - t0, 3)
     resolved = {"precision": "int8", "recipe": recipe_name, "backend": "ai-edge-quantizer",
-                "calibration": config.calibration if calibration else None,
-                "calibration_samples": len(next(iter(calibration.values()))) if calibration else 0}
+                "calibration": {"data": config.calibration.data if calibration else None,
+                                "samples": len(next(iter(calibration.values()))) if calibration else 0}}
     output = QUANTIZE_LITERT.output(out, resolved, force=force, t0=t0)
     with output.writing() as o:
         result.export_model(str(o.dir / MODEL_FILE), overwrite=True)
@@ -119,7 +119,7 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
 def _parity(art: Artifact, written: Artifact, config: QuantizeConfig) -> dict[str, Any]:
     from compress.runtimes.base import load_runtime
 
-    samples = sample_inputs(config.sample_data or config.calibration, config.parity_samples, art.manifest.preprocess)
+    samples = sample_inputs(config.sample_data or config.calibration.data, config.parity_samples, art.manifest.preprocess)
     before, after = load_runtime(art), load_runtime(written)
     try:
         parity = measure_parity(before, after, samples, art.manifest.labels is not None)

@@ -109,7 +109,7 @@ def _budget(config: QuantizeConfig):
     """The accuracy budget of an accuracy-control run (the ONNX search's Budget: same bounds, same wording)."""
     from compress.stages.quantize.accuracy import Budget
 
-    return Budget(max_drop=config.max_drop, min_retention=config.min_retention)
+    return Budget(max_drop=config.accuracy.max_drop, min_retention=config.accuracy.min_retention)
 
 
 def _weight_elements(model) -> dict[str, int]:
@@ -218,10 +218,10 @@ def _compress_weights(nncf, model, config: QuantizeConfig) -> tuple[Any, dict[st
         mode = nncf.CompressWeightsMode.INT8_ASYM
         kwargs: dict[str, Any] = {"mode": mode}
     else:
-        mode = nncf.CompressWeightsMode.INT4_SYM if config.symmetric else nncf.CompressWeightsMode.INT4_ASYM
+        mode = nncf.CompressWeightsMode.INT4_SYM if config.int4.symmetric else nncf.CompressWeightsMode.INT4_ASYM
         kwargs = {
             "mode": mode,
-            "group_size": config.block_size,
+            "group_size": config.int4.block_size,
             # 1.0 (NNCF's default): every eligible MatMul in INT4. Measured on the SST-2 MiniLM-L6 teacher
             # (dev, 872 rows, FP32 0.8865): ratio 1.0 -> 17.7 MB .bin, 0.8888; ratio 0.8 (data-free ranking)
             # -> 18.8 MB, 0.8876. The INT8 embeddings are most of what is left (12 MB).
@@ -229,14 +229,14 @@ def _compress_weights(nncf, model, config: QuantizeConfig) -> tuple[Any, dict[st
             "all_layers": config.embedding_precision is EmbeddingPrecision.int4,
             "advanced_parameters": AdvancedCompressionParameters(
                 group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
-                min_adjusted_group_size=min(MIN_ADJUSTED_GROUP_SIZE, config.block_size),
+                min_adjusted_group_size=min(MIN_ADJUSTED_GROUP_SIZE, config.int4.block_size),
             ),
         }
     scope = _ignored_scope(nncf, config, weight_compression=True)
     if scope is not None:
         kwargs["ignored_scope"] = scope
     log.info("nncf.compress_weights(mode=%s%s)", mode.value,
-             f", group_size={config.block_size}, ratio=1.0" if "group_size" in kwargs else "")
+             f", group_size={config.int4.block_size}, ratio=1.0" if "group_size" in kwargs else "")
     result = nncf.compress_weights(model, **kwargs)
     record = {k: (v.value if hasattr(v, "value") else v) for k, v in kwargs.items()
               if k not in ("advanced_parameters", "ignored_scope")}
@@ -258,14 +258,14 @@ def model_type(nncf, model):
 
 def _quantize(nncf, model, items, config: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
     kind = model_type(nncf, model)
-    kwargs: dict[str, Any] = {"subset_size": config.calibration_samples, "model_type": kind}
+    kwargs: dict[str, Any] = {"subset_size": config.calibration.samples, "model_type": kind}
     scope = _ignored_scope(nncf, config, weight_compression=False)
     if scope is not None:
         kwargs["ignored_scope"] = scope
     name = "transformer" if kind is not None else "default (convolutional)"
     log.info("nncf.quantize on %d calibration samples (model type %s)", len(items), name)
     result = nncf.quantize(model, nncf.Dataset(items), **kwargs)
-    record = {"subset_size": config.calibration_samples, "model_type": name,
+    record = {"subset_size": config.calibration.samples, "model_type": name,
               "calibration_items": len(items), "preset": f"NNCF default for {name} models"}
     if scope is not None:
         record["ignored_scope"] = {"names": scope.names}
@@ -295,7 +295,7 @@ def _quantize_with_accuracy_control(
     kwargs: dict[str, Any] = {
         "max_drop": max_drop,
         "drop_type": nncf.DropType.ABSOLUTE,
-        "subset_size": config.calibration_samples,
+        "subset_size": config.calibration.samples,
         "model_type": model_type(nncf, model),
         "advanced_accuracy_restorer_parameters": AdvancedAccuracyRestorerParameters(
             intermediate_model_dir=str(inter), ranking_subset_size=ranking
@@ -322,7 +322,7 @@ def _quantize_with_accuracy_control(
     full_ops = _quantized_operations(full_int8)
     weights = _weight_elements(full_int8)
     total_weights = sum(weights[n] for n in full_ops if n in weights) or 1
-    max_fp32 = getattr(config, "max_fp32_fraction", None)
+    max_fp32 = config.accuracy.max_fp32_fraction
 
     def describe(candidate, metric: float) -> dict[str, Any]:
         reverted = sorted(full_ops - _quantized_operations(candidate))
@@ -341,7 +341,7 @@ def _quantize_with_accuracy_control(
         "max_drop": max_drop,
         "drop_type": "absolute",
         "budget": budget.describe(),
-        "subset_size": config.calibration_samples,
+        "subset_size": config.calibration.samples,
         "model_type": "transformer" if kwargs["model_type"] is not None else "default (convolutional)",
         "calibration_items": len(calibration),
         "validation_items": len(evaluator.items),

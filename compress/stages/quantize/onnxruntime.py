@@ -176,7 +176,7 @@ class _OnnxQuantizer:
         return quantizable_layers(self.model, self.op_types(), dynamic_gemm=dynamic_gemm)
 
     def _weight_type(self, ortq):
-        return ortq.QuantType.QInt8 if self.config.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
+        return ortq.QuantType.QInt8 if self.config.int8.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
 
     def write(self, dst: Path, exclude: list[str]) -> None:
         import onnxruntime
@@ -221,7 +221,7 @@ class _OnnxQuantizer:
             str(src),
             str(dst),
             op_types_to_quantize=op_types,
-            per_channel=c.per_channel,
+            per_channel=c.int8.per_channel,
             reduce_range=self.reduce_range,
             weight_type=self._weight_type(ortq),
             nodes_to_exclude=exclude or None,
@@ -232,7 +232,7 @@ class _OnnxQuantizer:
     def _static(self, dst: Path, exclude: list[str], per_channel: bool | None = None) -> None:
         """Static QDQ INT8; with ``per_tensor_nodes`` (and per-channel scales), those layers' weight scales are taken
         from a per-tensor quantization of the same graph (compress.stages.quantize.granularity)."""
-        per_channel = self.config.per_channel if per_channel is None else per_channel
+        per_channel = self.config.int8.per_channel if per_channel is None else per_channel
         self._static_uniform(dst, exclude, per_channel)
         if per_channel and self.per_tensor_nodes:
             import onnx
@@ -251,22 +251,22 @@ class _OnnxQuantizer:
 
         c = self.config
         if self._reader is None:
-            texts = sample_inputs(c.calibration, c.calibration_samples, self.art.manifest.preprocess)
+            texts = sample_inputs(c.calibration.data, c.calibration.samples, self.art.manifest.preprocess)
             source = OrtBackend(self.art)
             self._reader = CalibrationReader(source.encoder, texts, set(source.input_names))
             source.close()
-            log.info("static INT8 QDQ quantization on %d samples (%s)", len(texts), c.calibration_method)
+            log.info("static INT8 QDQ quantization on %d samples (%s)", len(texts), c.calibration.method)
         self._reader.rewind()
         method = {
             CalibrationMethod.minmax: ortq.CalibrationMethod.MinMax,
             CalibrationMethod.mean_minmax: ortq.CalibrationMethod.MinMax,
             CalibrationMethod.entropy: ortq.CalibrationMethod.Entropy,
             CalibrationMethod.percentile: ortq.CalibrationMethod.Percentile,
-        }[c.calibration_method]
+        }[c.calibration.method]
         extra = {"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False, "DefaultTensorType": 1}
-        if c.calibration_method is CalibrationMethod.percentile:
-            extra["CalibPercentile"] = c.percentile
-        if c.calibration_method is CalibrationMethod.mean_minmax:
+        if c.calibration.method is CalibrationMethod.percentile:
+            extra["CalibPercentile"] = c.calibration.percentile
+        if c.calibration.method is CalibrationMethod.mean_minmax:
             extra["CalibMovingAverage"] = True
         kwargs = {}
         if self.calibration_cache is not None and "calibration_cache_path" in inspect.signature(ortq.quantize_static).parameters:
@@ -301,8 +301,8 @@ class _OnnxQuantizer:
 
         c = self.config
         algo = DefaultWeightOnlyQuantConfig(
-            block_size=c.block_size,
-            is_symmetric=c.symmetric,
+            block_size=c.int4.block_size,
+            is_symmetric=c.int4.symmetric,
             accuracy_level=INT4_ACCURACY_LEVEL,
             quant_format=ortq.QuantFormat.QOperator,
             op_types_to_quantize=nbits_ops,
@@ -389,11 +389,11 @@ def _write_artifact(
     manifest = child_manifest(art.manifest, precision=precision, model_file="model.onnx")
     manifest.versions = library_versions()
     step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,
-                      extra_config={"reduce_range": q.reduce_range})
+                      extra_config={"int8": {**config.int8.model_dump(mode="json"), "reduce_range": q.reduce_range}})
     written = o.draft()
 
     static = not q.int4 and config.mode is QuantMode.static
-    texts = sample_inputs(config.sample_data or (config.calibration if static else None), config.parity_samples,
+    texts = sample_inputs(config.sample_data or (config.calibration.data if static else None), config.parity_samples,
                           art.manifest.preprocess)
     parity = measure_parity(OrtBackend(art), OrtBackend(written), texts, art.manifest.labels is not None)
     collapsed = check_collapse(parity.as_dict(), strict=config.strict and strict, remedies=(
@@ -422,11 +422,11 @@ def _write_artifact(
         padding = _block_padding(
             [lay for lay in layers if lay.name not in exclude and lay.name not in int8_tables
              and (lay.op_type == "MatMul" or config.embedding_precision is EmbeddingPrecision.int4)],
-            q.model, config.block_size,
+            q.model, config.int4.block_size,
         )
         metrics["int4"] = {
-            "block_size": config.block_size,
-            "symmetric": config.symmetric,
+            "block_size": config.int4.block_size,
+            "symmetric": config.int4.symmetric,
             "accuracy_level": INT4_ACCURACY_LEVEL,
             "accuracy_level_meaning": "MatMulNBits quantizes activations to int8 per block and uses integer dot "
                                       "products (VNNI / AVX512 / Arm dot-product on CPU)",
@@ -438,7 +438,7 @@ def _write_artifact(
     elif config.mode is QuantMode.dynamic and "Gather" in op_types:
         metrics["embeddings"] = {"precision": str(config.embedding_precision)}
         if config.embedding_precision is EmbeddingPrecision.int4:
-            metrics["embeddings"].update(block_size=config.block_size, symmetric=config.symmetric,
+            metrics["embeddings"].update(block_size=config.int4.block_size, symmetric=config.int4.symmetric,
                                          op="Gather of packed INT4 rows and their scales, unpacked in standard ONNX "
                                             "operators (compress.stages.quantize.int4_gather)",
                                          int8_tables=int8_tables)
@@ -473,14 +473,14 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     else:
         _check_op_types(config)
     _check_applicable(config)
-    if config.precision is not QuantPrecision.int4 and config.mode is QuantMode.static and not config.calibration:
+    if config.precision is not QuantPrecision.int4 and config.mode is QuantMode.static and not config.calibration.data:
         raise ConfigError("static quantization needs calibration data", hint="pass --calibration DATA")
 
     require("onnxruntime", "INT4 quantization" if config.precision is QuantPrecision.int4 else "INT8 quantization")
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     source = art  # what is quantized: the artifact, or its QAD-trained re-export (parity stays against ``art``)
-    if config.qat_steps:
+    if config.qad.steps:
         from compress.stages.quantize.qad import quantization_aware_distillation
 
         source, extra["qad"] = quantization_aware_distillation(art, config, out, config.resolved_reduce_range(),
@@ -493,12 +493,12 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     if q.int4:
         log.info(
             "INT4 weight-only quantization: %d MatMul(s) with MatMulNBits (block %d, %s, accuracy_level %d), "
-            "embeddings %s", sum(lay.op_type == "MatMul" for lay in layers), config.block_size,
-            "symmetric" if config.symmetric else "asymmetric", INT4_ACCURACY_LEVEL,
+            "embeddings %s", sum(lay.op_type == "MatMul" for lay in layers), config.int4.block_size,
+            "symmetric" if config.int4.symmetric else "asymmetric", INT4_ACCURACY_LEVEL,
             config.embedding_precision if "Gather" in q.op_types() else "fp32",
         )
     elif config.mode is QuantMode.dynamic:
-        log.info("dynamic INT8 quantization (reduce_range=%s, per_channel=%s)", q.reduce_range, config.per_channel)
+        log.info("dynamic INT8 quantization (reduce_range=%s, per_channel=%s)", q.reduce_range, config.int8.per_channel)
 
     exclude = list(config.exclude_nodes)
     searched: list[str] = []
@@ -515,7 +515,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         if config.accuracy_aware:
             out.parent.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
-            if is_static_first(art) and config.mode is QuantMode.static and config.per_channel:
+            if is_static_first(art) and config.mode is QuantMode.static and config.int8.per_channel:
                 extra["weight_scales"] = granularity_search(art, q, scratch)
             result, eval_set = accuracy_search(art, q, layers, scratch, initial=exclude)
             if not result.met:
@@ -523,19 +523,19 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
             exclude = list(dict.fromkeys([*result.excluded, *exclude]))  # the search's layers, and what is fixed
             searched = [n for n in exclude if n not in config.exclude_nodes and n not in reasons]
             extra["accuracy_aware"] = result.to_dict()
-        if config.speed_aware:
+        if config.speed.aware:
             if scratch is None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
             if config.mode is QuantMode.static:
                 q.calibration_cache = q.calibration_cache or scratch / "calibration.json"
-            items = sample_inputs(config.calibration or config.sample_data, 1, art.manifest.preprocess)
+            items = sample_inputs(config.calibration.data or config.sample_data, 1, art.manifest.preprocess)
             extra["speed_aware"] = speed_search(art, q, layers, exclude, scratch, items)
             for name in extra["speed_aware"]["float_nodes"]:
                 exclude.append(name)
                 reasons[name] = "speed-aware: its layer group ran faster in float (see speed_aware.groups)"
         if q.int4:
-            warn_padding([lay for lay in q.layers() if lay.name not in exclude], q.model, config.block_size)
+            warn_padding([lay for lay in q.layers() if lay.name not in exclude], q.model, config.int4.block_size)
         others = art.size_bytes(model_only=False) - art.size_bytes()
         output = QUANTIZE_ONNX.output(out, config, force=force, t0=t0)
         with output.writing(need_bytes=art.size_bytes() // 4 + others) as o:  # about 4x smaller
@@ -545,7 +545,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    if config.qat_steps:
+    if config.qad.steps:
         from compress.stages.quantize.qad import finish
 
         finish(out)

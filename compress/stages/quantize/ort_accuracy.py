@@ -28,12 +28,12 @@ def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list
     from compress.stages.quantize.eval_set import load_eval_set
 
     config = q.config
-    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples, user_metric=config.user_metric())
+    eval_set = load_eval_set(config.accuracy.data, art.manifest, config.accuracy.samples, user_metric=config.user_metric())
     reference = OrtBackend(art)
     baseline = eval_set.set_reference(reference)
     reference.close()
     log.info("accuracy-aware: FP32 %s %.4f on %d rows of %s; budget %s", eval_set.metric_name, baseline,
-             len(eval_set), config.data, Budget(config.max_drop, config.min_retention).describe())
+             len(eval_set), config.accuracy.data, Budget(config.accuracy.max_drop, config.accuracy.min_retention).describe())
     candidate_dir = scratch / "candidate"
     candidate_dir.mkdir()
     copy_tokenizer_files(art.path, candidate_dir)
@@ -55,15 +55,15 @@ def accuracy_search(art: Artifact, q, layers: list, scratch: Path, initial: list
         """Own SNR per layer in the all-quantized model's per-layer table, on a few calibration (or eval) inputs."""
         (scratch / "table").mkdir()
         q.write(scratch / "table" / "model.onnx", [*initial_excluded, *fixed])
-        items = sample_inputs(config.sample_data or config.calibration or config.data, TABLE_SAMPLES,
+        items = sample_inputs(config.sample_data or config.calibration.data or config.accuracy.data, TABLE_SAMPLES,
                               art.manifest.preprocess)
         table = artifact_layer_errors(art, scratch / "table" / "model.onnx", items, n=TABLE_SAMPLES, top=None)
         return {r["node"]: r["own_snr_db"] for r in table["layers"]} if table else None
 
     result = search_exclusions(
-        layers, build, eval_set, Budget(config.max_drop, config.min_retention), baseline,
-        initial_excluded=initial_excluded, max_fp32_fraction=config.max_fp32_fraction,
-        layer_table=None if config.rank_by == "leave-one-out" else layer_table,
+        layers, build, eval_set, Budget(config.accuracy.max_drop, config.accuracy.min_retention), baseline,
+        initial_excluded=initial_excluded, max_fp32_fraction=config.accuracy.max_fp32_fraction,
+        layer_table=None if config.accuracy.rank_by == "leave-one-out" else layer_table,
     )
     return result, eval_set
 
@@ -77,7 +77,7 @@ def granularity_search(art: Artifact, q, scratch: Path) -> dict[str, Any]:
     from compress.stages.quantize.granularity import choose_granularity
 
     config = q.config
-    eval_set = load_eval_set(config.data, art.manifest, config.eval_samples, user_metric=config.user_metric())
+    eval_set = load_eval_set(config.accuracy.data, art.manifest, config.accuracy.samples, user_metric=config.user_metric())
     reference = OrtBackend(art)
     eval_set.set_reference(reference)
     reference.close()

@@ -17,6 +17,7 @@ Interrupted runs resume: the training state sits in ``OUT.qad/`` beside the outp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -230,10 +231,12 @@ class _Run:
         self.say: Progress = silent
         self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "history": [], "seconds": 0.0}
         self.best_weights: dict[str, Any] | None = None
+        dump = config.model_dump(mode="json")  # keyed by flat key, as version 1 was: an interrupted run resumes
+        keyed = {k: functools.reduce(lambda node, part: node[part], config.MOVED.get(k, k).split("."), dump)
+                 for k in ("qat_steps", "qat_data", "qat_lr", "qat_batch_size", "calibration", "calibration_method",
+                           "per_channel", "mode", "calibration_samples")}
         self.key = hashlib.sha256(json.dumps(
-            [str(source), art.digest, config.model_dump(mode="json", include={
-                "qat_steps", "qat_data", "qat_lr", "qat_batch_size", "calibration", "calibration_method",
-                "per_channel", "mode", "calibration_samples"}), reduce_range], sort_keys=True).encode()).hexdigest()
+            [str(source), art.digest, keyed, reduce_range], sort_keys=True).encode()).hexdigest()
 
     # --- ranges, scores, checkpoints ------------------------------------------------------------------
     def calibrate(self) -> None:

@@ -127,13 +127,13 @@ def speed_search(art: Artifact, q, layers: list, exclude: list[str], scratch: Pa
         return d / "model.onnx"
 
     log.info("speed-aware: timing the INT8 model against %d candidates (one layer group float each) on %s threads",
-             len(groups), config.speed_threads or "the runtime's default")
+             len(groups), config.speed.threads or "the runtime's default")
     models = {"int8": candidate("int8", exclude)}
     keys = {}
     for i, (group, names) in enumerate(groups.items()):
         keys[group] = f"g{i}"
         models[f"g{i}"] = candidate(f"g{i}", exclude + names)
-    p50 = _time(models, manifest, items, config.speed_threads, config.speed_seconds)
+    p50 = _time(models, manifest, items, config.speed.threads, config.speed.seconds)
     base = p50["int8"]
     rows = []
     chosen: list[str] = []
@@ -145,11 +145,11 @@ def speed_search(art: Artifact, q, layers: list, exclude: list[str], scratch: Pa
                      "kept": "float" if slower else "int8"})
         if slower:
             chosen += names
-    record: dict[str, Any] = {"threads": config.speed_threads, "min_gain": MIN_GAIN, "groups": rows, "float_nodes": []}
+    record: dict[str, Any] = {"threads": config.speed.threads, "min_gain": MIN_GAIN, "groups": rows, "float_nodes": []}
     if chosen:
         final = candidate("final", exclude + chosen)
-        check = _time({"int8": models["int8"], "final": final}, manifest, items, config.speed_threads,
-                      config.speed_seconds)
+        check = _time({"int8": models["int8"], "final": final}, manifest, items, config.speed.threads,
+                      config.speed.seconds)
         gain = 1 - check["final"] / check["int8"]
         record["final"] = {"p50_ms_int8": round(check["int8"], 4), "p50_ms_mixed": round(check["final"], 4),
                            "gain": round(gain, 4)}
