@@ -92,7 +92,7 @@ class ModelDescription(BaseModel):
         if v is None or "task" not in info.data:
             return v
         task = info.data["task"]  # none given: a classifier or generic, whose postprocess is the same (class_axis)
-        return task_postprocess(task or Task.generic, v, named=None if task else "generic (no task: given)")
+        return task_postprocess(task or task_for(None), v, named=None if task else "generic (no task: given)")
 
 
 def is_model_file(path: Path | str) -> bool:
