@@ -71,9 +71,13 @@ def classification_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) 
 def output_cosine_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels) -> dict[str, Any]:
     """A model without classes edgecompress can name: the output's cosine to the teacher's is the metric, top-1
     agreement over the class axis where it has one."""
+    return _cosine_metrics(fidelity_of(m, cand, ref) if ref is not None else None)
+
+
+def _cosine_metrics(fid: dict[str, Any] | None) -> dict[str, Any]:
+    """The output-cosine metric of a model without classes, from its fidelity to the teacher (None: no teacher)."""
     metrics: dict[str, Any] = {"metric_name": "output_cosine"}
-    if ref is not None:
-        fid = fidelity_of(m, cand, ref)
+    if fid is not None:
         metrics["metric"] = fid["cosine"]
         metrics["teacher_metric"] = 1.0
         if "top1_agreement" in fid:
@@ -170,12 +174,4 @@ class OutputCosineStream(StreamingMetric):
             self.fidelity.update(outputs, ref)
 
     def result(self) -> dict[str, Any]:
-        metrics: dict[str, Any] = {"metric_name": "output_cosine"}
-        if self.has_ref:
-            fid = self.fidelity.result()
-            metrics["metric"] = fid["cosine"]
-            metrics["teacher_metric"] = 1.0
-            if "top1_agreement" in fid:
-                metrics["agreement"] = fid["top1_agreement"]
-                metrics["agreement_definition"] = "share of outputs whose top class (over the class axis) is the teacher's"
-        return metrics
+        return _cosine_metrics(self.fidelity.result() if self.has_ref else None)

@@ -46,14 +46,20 @@ def snr_db(signal: float, noise: float) -> float:
     return SNR_CAP_DB if noise == 0 else float(min(SNR_CAP_DB, 10 * np.log10(max(signal, 1e-300) / noise)))
 
 
+def _masked(cand: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``cand`` and ``ref`` with the positions either leaves NaN (what a row does not have) zeroed, and the mask of
+    the valid ones (None when every position is)."""
+    if not (np.isnan(ref).any() or np.isnan(cand).any()):
+        return cand, ref, None
+    valid = np.isfinite(ref) & np.isfinite(cand)
+    return np.where(valid, cand, 0.0), np.where(valid, ref, 0.0), valid
+
+
 def output_fidelity(cand: np.ndarray, ref: np.ndarray, axis: int | None = None) -> dict[str, Any]:
     """How far an output is from the FP32 model's on the same rows: mean and lowest per-row cosine, SNR in dB over
     all values, largest absolute error, and top-1 agreement over ``axis`` (class scores) when given. NaN marks what a
     row does not have (per-word scores beyond its words): left out of every figure."""
-    valid = None
-    if np.isnan(ref).any() or np.isnan(cand).any():
-        valid = np.isfinite(ref) & np.isfinite(cand)
-        cand, ref = np.where(valid, cand, 0.0), np.where(valid, ref, 0.0)
+    cand, ref, valid = _masked(cand, ref)
     diff = cand.astype(np.float64) - ref.astype(np.float64)
     cos = row_cosines(cand, ref)
     out: dict[str, Any] = {"cosine": float(cos.mean()), "cosine_min": float(cos.min()),
@@ -89,10 +95,7 @@ class FidelityStream:
         if not self.rows:
             self.axis = class_axis(self.m, cand.ndim) if TASKS[self.m.task].agreement != "neighbours" else None
             self.agrees = self.axis is not None and cand.shape[self.axis] > 1
-        valid = None
-        if np.isnan(ref).any() or np.isnan(cand).any():
-            valid = np.isfinite(ref) & np.isfinite(cand)
-            cand, ref = np.where(valid, cand, 0.0), np.where(valid, ref, 0.0)
+        cand, ref, valid = _masked(cand, ref)
         diff = cand.astype(np.float64) - ref.astype(np.float64)
         cos = row_cosines(cand, ref)
         self.rows += len(cos)
