@@ -1,0 +1,57 @@
+"""Tiny causal language models for fast tests: a Hugging Face ``LlamaForCausalLM`` (or Qwen2) folder with random
+weights, grouped-query attention and tied embeddings, saved with a real tokenizer.
+
+The tokenizer is stories260K's (a 512-token sentencepiece vocabulary with byte fallback, as ``tokenizer.json``;
+``../shared/models/stories260K/hf``, which CI has beside the clone), so the tiny model's vocabulary is 512. Random
+weights are test material: they say nothing of any real model's quality. Text is real: the TinyStories sample in
+``../shared/data``, or :data:`STORY` where a test needs only a few sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+#: stories260K's Hugging Face folder (its tokenizer files are the tiny models' tokenizer)
+STORIES = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K" / "hf"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+#: a few sentences of the kind stories260K was trained on (written for these tests)
+STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+         "One day, she saw a big red ball under a tree. She ran to the ball and picked it up. "
+         "Her mom smiled and said, \"Let us play together.\" They played until the sun went down. ")
+
+
+def tiny_causal_lm(out: Path, *, arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 4,
+                   kv_heads: int = 2, intermediate: int = 128, context: int = 256, seed: int = 0,
+                   tied: bool = True) -> Path:
+    """Write a random ``…ForCausalLM`` checkpoint (``arch``: ``llama`` or ``qwen2``) with stories260K's tokenizer to
+    ``out`` and return ``out``. Deterministic for a ``seed``."""
+    import torch
+    import transformers
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(vocab_size=512, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=context,
+                  tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5)
+    if arch == "llama":
+        config = transformers.LlamaConfig(**common)
+        cls = transformers.LlamaForCausalLM
+    elif arch == "qwen2":
+        config = transformers.Qwen2Config(**common)
+        cls = transformers.Qwen2ForCausalLM
+    else:
+        raise ValueError(f"tiny_causal_lm: arch {arch!r} is llama or qwen2")
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # larger-than-init weights so that logits are not flat (a flat model agrees with anything)
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.08)
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        shutil.copy(STORIES / name, out / name)
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+    return out
