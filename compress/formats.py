@@ -41,6 +41,11 @@ class FormatSpec:
     baseline: bool = False  #: validate times an artifact against the teacher's FP32 export in this format (cached)
     runs_on: tuple[str, ...] = ("host",)  #: where it runs, from :data:`PLACES`
     built_for: str | None = None  #: what a model file runs on only, where it is built for one device
+    #: ``"module:fn"``, the exporter of a causal language model (task text-generation) with its KV cache, same
+    #: signature as ``exporter``; None: this format takes no generator
+    generator_exporter: str | None = None
+    #: ``"module:fn"``, the weight-only INT4/INT8 quantizer of a generator's artifacts in this format; None: none
+    generator_quantizer: str | None = None
 
     @property
     def suffix(self) -> str | None:
@@ -57,12 +62,16 @@ FORMATS: dict[str, FormatSpec] = {
         graph_reader="compress.estimates.onnx_graph:onnx_cost",
         quantizer="compress.stages.quantize.onnxruntime:quantize_onnxruntime",
         adopt=True, via_onnx=True, baseline=True, runs_on=("host", "remote"),
+        generator_exporter="compress.stages.export.genai:export_genai",
+        generator_quantizer="compress.stages.quantize.lm_onnx:quantize_lm_onnx",
     ),
     "openvino": FormatSpec(
         "OpenVINO IR", "openvino", model_files=("model.xml",), companions=(".bin",),
         exporter="compress.stages.export.onnx:export_onnx", graph_reader="compress.estimates.openvino_ir:openvino_cost",
         quantizer="compress.stages.quantize.openvino:quantize_openvino",
         adopt=True, via_onnx=True, baseline=True, runs_on=("host", "remote"),
+        generator_exporter="compress.stages.export.openvino_lm:export_openvino_lm",
+        generator_quantizer="compress.stages.quantize.lm_openvino:quantize_lm_openvino",
     ),
     "tensorrt": FormatSpec(
         "TensorRT", "tensorrt", model_files=("model.plan", "model.pt2"),
