@@ -32,6 +32,15 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--embedding-precision", type=click.Choice(["fp32", "int8", "int4"]), default="int8", show_default=True,
               help="INT4 and dynamic INT8: precision of the embedding table (int4: blocks of --block-size, two "
                    "weights per byte; the table is most of a small model's size).")
+@click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq", "gptq", "awq", "scale_estimation", "k_quant"]),
+              default="rtn", show_default=True,
+              help="Generators (causal LMs), weight-only INT4/INT8: rtn (round to nearest), hqq, gptq (calibrated "
+                   "on text windows), awq, scale_estimation, k_quant; each runtime takes its subset (ONNX Runtime: "
+                   "rtn, hqq, gptq, k_quant).")
+@click.option("--embeddings-bits", type=click.Choice(["4", "8", "32"]), default="8", show_default=True,
+              help="Generators: bits of the token embedding table (32: float).")
+@click.option("--lm-head-bits", type=click.Choice(["4", "8"]), default="8", show_default=True,
+              help="Generators: bits of the LM head.")
 @click.option("--weights-only", is_flag=True, help="OpenVINO INT8: compress weights only (nncf.compress_weights).")
 @click.option("--max-drop", type=float,
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
@@ -67,7 +76,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 weights_only, max_drop, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
+                 int4_algorithm, embeddings_bits, lm_head_bits, weights_only, max_drop, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
                  qat_lr, qat_batch_size, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
@@ -84,6 +93,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         op_types=[s.strip() for s in op_types.split(",") if s.strip()] if op_types else None,
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
+        int4_algorithm=int4_algorithm, embeddings_bits=int(embeddings_bits), lm_head_bits=int(lm_head_bits),
         weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, metric=metric,
         eval_samples=eval_samples, rank_by=rank_by,
         speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,

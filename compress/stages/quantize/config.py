@@ -104,6 +104,13 @@ class Int4(Section):
         128, description="INT4: weights per quantization block along the input dimension (32, 64 or 128)."
     )
     symmetric: bool = Field(True, description="INT4: symmetric blocks (zero point 0) instead of asymmetric.")
+    algorithm: Literal["rtn", "hqq", "gptq", "awq", "scale_estimation", "k_quant"] = Field(
+        "rtn", description="Generators (causal LMs), INT4/INT8 weight-only: how the blocks are chosen. rtn "
+        "(round to nearest), hqq, gptq (calibrated on text windows), awq, scale_estimation, k_quant; each backend "
+        "takes its subset (ONNX Runtime: rtn, hqq, gptq, k_quant) and refuses the others in one line.")
+    embeddings_bits: Literal[4, 8, 32] = Field(
+        8, description="Generators: bits of the token embedding table (Gather); 32 keeps it in float.")
+    lm_head_bits: Literal[4, 8] = Field(8, description="Generators: bits of the LM head (the last MatMul).")
 
     @field_validator("block_size")
     @classmethod
@@ -197,6 +204,7 @@ class QuantizeConfig(Settings):
         "per_channel": "int8.per_channel", "weight_type": "int8.weight_type", "reduce_range": "int8.reduce_range",
         "weights_only": "int8.weights_only",
         "block_size": "int4.block_size", "symmetric": "int4.symmetric",
+        "int4_algorithm": "int4.algorithm", "embeddings_bits": "int4.embeddings_bits", "lm_head_bits": "int4.lm_head_bits",
         "qat_steps": "qad.steps", "qat_data": "qad.data", "qat_source": "qad.source", "qat_lr": "qad.lr",
         "qat_batch_size": "qad.batch_size",
         "max_drop": "accuracy.max_drop", "min_retention": "accuracy.min_retention", "data": "accuracy.data",
