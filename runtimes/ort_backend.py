@@ -147,6 +147,17 @@ class OrtBackend(RuntimeBackend):
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed), strict=True))
 
+    def step(self, feeds: dict[str, np.ndarray],
+             state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One step of a graph with a KV cache (``past_key_values.N.*`` in, ``present.N.*`` out, fed back); a graph
+        that also takes ``position_ids`` (ONNX Runtime GenAI's MultiHeadAttention form) gets them from the attention
+        mask (the positions of the new tokens among the mask's ones)."""
+        if "position_ids" in self._input_names and "position_ids" not in feeds and "attention_mask" in feeds:
+            mask, new = feeds["attention_mask"], feeds["input_ids"].shape[1]
+            positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -new:]
+            feeds = {**feeds, "position_ids": positions.astype(np.int64)}
+        return super().step(feeds, state)
+
     def synchronize(self) -> None:
         """Nothing to wait for: ``InferenceSession.run`` returns host outputs after the device finished."""
 

@@ -35,6 +35,17 @@ def export(
     from compress.teachers.model_files import is_model_file
 
     fmt = str(config.format)
+    if generator_source(source):  # a causal LM: the format's exporter with a KV cache
+        from compress.errors import ConfigError
+
+        if config.task is not None and str(config.task) != "text-generation":
+            raise ConfigError(f"{source} is a causal language model: its task is text-generation, not {config.task}",
+                              hint="leave --task out")
+        made = [n for n, f in FORMATS.items() if f.generator_exporter]
+        if not FORMATS[fmt].generator_exporter:
+            raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
+                              hint=f"export it with --format {'|'.join(made)}")
+        return import_string(FORMATS[fmt].generator_exporter)(source, out, config, force=force)
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.errors import ConfigError
         from compress.stages.export.adopt import adopt, adopt_then
@@ -52,3 +63,21 @@ def export(
                               hint="pass the teacher checkpoint, or leave --format out to adopt the file")
         return adopt_then(source, out, config, force=force, export_artifact=import_string(FORMATS[fmt].exporter))
     return import_string(FORMATS[fmt].exporter)(source, out, config, force=force)
+
+
+def generator_source(source: Path | str) -> bool:
+    """Whether ``source`` is a causal language model checkpoint (a Hugging Face folder whose architecture ends in
+    ForCausalLM, or a pytorch artifact of task text-generation): export then takes the format's generator exporter."""
+    import json
+
+    path = Path(source)
+    manifest, config = path / "manifest.json", path / "config.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text(encoding="utf-8")).get("task") == "text-generation"
+    if not config.is_file():
+        return False
+    try:
+        archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except ValueError:
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in archs)
