@@ -114,6 +114,14 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         with status(f"quantizing {artifact} to {precision.upper()}"):
             art = quantize(artifact, out, config, force=force)
     m = art.manifest.steps[-1].metrics
+    if (g := m.get("generation_vs_input")) is not None:  # a generator (causal LM): weight-only, greedy continuations
+        console().print(
+            f"wrote [bold]{art.path}[/] ({art.precision} weight-only, {m['size_bytes_after'] / 1e6:.2f} MB, "
+            f"{m['compression']:.2f}x smaller); vs input: prompt top-1 agreement {g['prompt_top1_agreement']:.3f}, "
+            f"KL {g['prompt_kl_mean']:.4f}, greedy continuations equal for {g['continuation_agreement']:.1%}")
+        if g.get("collapsed"):
+            console().print(f"[bold red]WARNING[/]: the generator collapsed: {g['collapsed']} (--strict fails it)")
+        return
     p = m["parity_vs_input"]
     agree = f", argmax agreement {p['argmax_agreement']:.3f}" if "argmax_agreement" in p else ""
     console().print(

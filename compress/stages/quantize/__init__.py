@@ -48,6 +48,16 @@ def quantize(
         raise ConfigError("--rank-by orders accuracy-aware quantization's float fallbacks (it would be ignored)",
                           hint="add --max-drop or --min-retention with --data, or drop --rank-by")
     config.user_metric()  # a metric that does not import fails before anything is quantized
+    if str(art.task) == "text-generation":  # a causal LM: its format's weight-only generator quantizer
+        from compress.formats import FORMATS, import_string
+
+        ref = FORMATS[str(art.format)].generator_quantizer
+        if ref is None:
+            raise ConfigError(f"{art.path}: quantize takes no {FORMATS[str(art.format)].label} causal language model",
+                              hint="export the checkpoint with --format onnx, openvino or gguf and quantize that")
+        if Path(out).resolve() == art.path.resolve():
+            raise ConfigError("--out is the input artifact", hint="choose a new directory")
+        return import_string(ref)(art, out, config, force=force)
     spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")
