@@ -133,6 +133,13 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
             click.echo("build the engine on the target GPU with:")
             click.echo(target["trtexec"])
         return
+    if (gen := art.manifest.steps[-1].metrics.get("generation_parity")) is not None:  # a causal LM with a KV cache
+        console().print(
+            f"wrote [bold]{art.path}[/] ({art.format}/{art.precision}, {art.size_bytes() / 1e6:.1f} MB, text-generation); "
+            f"vs {gen['reference']}: prefill logits max |diff| {gen['prefill_max_abs_diff']:.2e} over "
+            f"{gen['prefill_tokens']} tokens, {gen['decode_steps']} greedy decode steps "
+            f"{'the same tokens' if gen['same_tokens'] else 'DIFFERENT tokens'}", highlight=False)
+        return
     parity = art.manifest.steps[-1].metrics["parity"]
     if parity.get("measured") is False:
         console().print(f"wrote [bold]{art.path}[/] ({art.format}/{art.precision}, {art.size_bytes() / 1e6:.1f} MB); "

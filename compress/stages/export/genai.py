@@ -1,0 +1,250 @@
+"""A causal language model (task text-generation) to ONNX with its KV cache, through ONNX Runtime GenAI's model
+builder (``onnxruntime_genai.models.builder.create_model``, called in-process: FP32, CPU execution provider).
+
+Why the builder's format: it is what ONNX Runtime GenAI's own ``og.Model`` runs (``genai_config.json`` beside the
+graph names the inputs, the cache and the search defaults), and plain ONNX Runtime runs the very same file, because
+the cache is ordinary graph inputs and outputs (``past_key_values.N.key/value`` in, ``present.N.key/value`` out):
+:class:`compress.runtimes.ort_backend.OrtBackend` feeds ``present`` back as the next step's ``past``
+(:meth:`~compress.runtimes.base.RuntimeBackend.prefill` / ``step``). The builder fuses what ONNX Runtime's CPU
+kernels want (GroupQueryAttention with rotary embedding inside, SkipSimplifiedLayerNormalization, one QKV MatMul), so
+the file is the fast one, not a traced graph that needs optimisation afterwards. Its tied embeddings stay tied
+(the embedding Gather reads the transposed LM head); :mod:`compress.stages.quantize.lm_onnx` unties them.
+
+ONNX Runtime's CPU GroupQueryAttention takes head sizes that are multiples of 16 only; a model with another head size
+(stories260K's is 8) is built with the builder's MultiHeadAttention path instead, which adds a ``position_ids``
+input (the ORT backend makes it from the attention mask). The step records which.
+
+The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within
+``--atol``) and ``DECODE_STEPS`` greedy decode steps through the cache (the same tokens). Batch 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact, Format, Precision, check_output
+from compress.errors import ConfigError, ParityError
+from compress.stages.export.config import ExportConfig
+from compress.stages.spec import StageSpec, pairs
+
+log = logging.getLogger(__name__)
+
+#: PyTorch causal LM -> ONNX with past_key_values (ONNX Runtime GenAI's builder), FP32, checked against PyTorch.
+EXPORT_GENAI = StageSpec(
+    "export", "ONNX export (ONNX Runtime GenAI builder)", accepts=pairs(Format.pytorch, Precision.fp32),
+    produces=pairs(Format.onnx, Precision.fp32), versions=("onnxruntime_genai", "onnxruntime", "onnx", "transformers"),
+    hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=2,
+)
+DECODE_STEPS = 8  #: greedy decode steps checked against PyTorch
+#: the parity prompt when no --sample-data is given
+PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+#: files the builder writes beside the graph, and the teacher's that travel with it
+_TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+           "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def hf_config(source: Path) -> dict[str, Any]:
+    """``config.json`` of a Hugging Face checkpoint folder (a one-line error when there is none)."""
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{source}: no config.json (not a Hugging Face checkpoint folder)",
+                          hint="pass the folder save_pretrained wrote")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def head_size(cfg: dict[str, Any]) -> int:
+    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+
+@contextlib.contextmanager
+def _attention(gqa: bool):
+    """The builder with GroupQueryAttention (its CPU default) or, where ORT's CPU kernel cannot take the head size,
+    MultiHeadAttention: the builder's own switch (``is_gqa_supported``), set for this call only."""
+    from onnxruntime_genai.models import builder
+
+    model_cls = sys.modules["builders.base"].Model
+    original = model_cls.is_gqa_supported
+    if not gqa:
+        model_cls.is_gqa_supported = lambda self: False
+    try:
+        yield builder
+    finally:
+        model_cls.is_gqa_supported = original
+
+
+def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
+    """Run the builder on the checkpoint ``source`` into ``out_dir`` (FP32, CPU); return what the step records."""
+    import os
+
+    import compress  # noqa: F401 - the torchvision shim before transformers, which the builder imports
+    from compress._optional import require
+
+    require("onnxruntime_genai", "the ONNX Runtime GenAI builder (export of a causal LM to ONNX)")
+    cfg = hf_config(source)
+    gqa = head_size(cfg) % 16 == 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with _attention(gqa) as builder, contextlib.redirect_stdout(sys.stderr):
+        builder.create_model(str(source), str(source), str(out_dir), "fp32", "cpu", str(cache_dir))
+    return {"builder": "onnxruntime_genai.models.builder", "precision": "fp32", "execution_provider": "cpu",
+            "attention": "GroupQueryAttention" if gqa else "MultiHeadAttention (head size not a multiple of 16)"}
+
+
+def graph_tensors(model_path: Path):
+    """The graph's inputs and outputs as :class:`~compress.artifact.TensorSpec` lists (numpy dtypes, named axes)."""
+    import onnx
+    from onnx import helper
+
+    from compress.artifact import TensorSpec
+
+    g = onnx.load(str(model_path), load_external_data=False).graph
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return TensorSpec(name=v.name, dtype=np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name, shape=shape)
+
+    return [spec(v) for v in g.input], [spec(v) for v in g.output]
+
+
+def generation_postprocess(cfg: dict[str, Any], gen: dict[str, Any]):
+    """The manifest's postprocess: bos/eos from generation_config.json (else config.json) and the KV cache."""
+    from compress.tasks.generation import GenerationPostprocess, KVCache
+
+    cache = KVCache(layers=cfg["num_hidden_layers"], kv_heads=cfg.get("num_key_value_heads") or
+                    cfg["num_attention_heads"], head_size=head_size(cfg), dtype="float32",
+                    max_length=cfg.get("max_position_embeddings") or 2048, layout="past_key_values",
+                    prefill=["input_ids", "attention_mask"], decode=["input_ids", "attention_mask"])
+    pick = lambda k: gen.get(k, cfg.get(k))  # noqa: E731
+    return GenerationPostprocess(bos_token_id=pick("bos_token_id"), eos_token_id=pick("eos_token_id"), cache=cache)
+
+
+def greedy_ort(backend, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+    """The prompt's logits [S, V], ``steps`` greedy tokens and each step's logits [V], through prefill/step."""
+    ids = np.asarray([prompt], dtype=np.int64)
+    out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    prefill = out["logits"][0]
+    tokens, logits = [], []
+    nxt, total = int(prefill[-1].argmax()), len(prompt)
+    for _ in range(steps):
+        tokens.append(nxt)
+        total += 1
+        out, state = backend.step({"input_ids": np.asarray([[nxt]], dtype=np.int64),
+                                   "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
+        logits.append(out["logits"][0, -1])
+        nxt = int(out["logits"][0, -1].argmax())
+    return prefill, tokens, logits
+
+
+def greedy_torch(source: Path, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+    """The same from the PyTorch checkpoint (transformers' own cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([prompt]), use_cache=True)
+        prefill, past = out.logits[0].numpy(), out.past_key_values
+        tokens, logits = [], []
+        nxt = int(prefill[-1].argmax())
+        for _ in range(steps):
+            tokens.append(nxt)
+            out = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits.append(out.logits[0, -1].numpy())
+            nxt = int(logits[-1].argmax())
+    return prefill, tokens, logits
+
+
+def compare_generation(ref, cand) -> dict[str, Any]:
+    """Prefill and decode agreement of two :func:`greedy_ort`/:func:`greedy_torch` results."""
+    (p0, t0, l0), (p1, t1, l1) = ref, cand
+    same = next((i for i, (a, b) in enumerate(zip(t0, t1, strict=True)) if a != b), len(t0))
+    # decode logits are comparable while the two fed the same tokens (up to and including the first divergence)
+    decode = max((float(np.abs(a - b).max()) for a, b in zip(l0[:same + 1], l1[:same + 1], strict=False)), default=0.0)
+    return {"prefill_tokens": int(p0.shape[0]), "prefill_max_abs_diff": float(np.abs(p0 - p1).max()),
+            "decode_steps": len(t0), "decode_max_abs_diff": decode, "same_tokens": t0 == t1,
+            "tokens_equal_before_divergence": same, "reference_tokens": t0, "tokens": t1}
+
+
+def prompt_ids(source: Path, sample_data: str | None) -> tuple[list[int], str]:
+    from tokenizers import Tokenizer
+
+    text = PROMPT
+    if sample_data:
+        from compress.data.text import read_texts
+
+        texts = read_texts(sample_data)
+        text = next((t for t in texts if t.strip()), PROMPT)[:2000]
+    tok = Tokenizer.from_file(str(Path(source) / "tokenizer.json"))
+    ids = tok.encode(text).ids
+    bos = hf_config(source).get("bos_token_id")
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids[:128], ("--sample-data's first text" if sample_data else "a built-in sentence")
+
+
+def export_genai(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
+                 force: bool = False) -> Artifact:
+    """Export the causal LM checkpoint ``source`` to an FP32 ONNX artifact with a KV cache at ``out``.
+
+    The artifact holds ``model.onnx`` + ``model.onnx.data``, ``genai_config.json``, the tokenizer files and
+    ``generation_config.json``; the manifest's postprocess describes the cache (layout ``past_key_values``). The
+    export step's metrics hold the check against PyTorch (``generation_parity``); a prefill difference above
+    ``config.atol`` or a different greedy token is a :class:`~compress.errors.ParityError` and nothing is written.
+    """
+    import tempfile
+
+    from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
+    from compress.runtimes.base import load_runtime
+    from compress.storage import tree_bytes
+    from compress.tasks import Task
+
+    config = config or ExportConfig()
+    source = Path(source)
+    out = check_output(out, force)
+    cfg = hf_config(source)
+    output = EXPORT_GENAI.output(out, config, force=force)
+    with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
+            tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
+        built = build_genai(source, o.dir, Path(cache))
+        for name in _TRAVEL:
+            if (source / name).is_file() and not (o.dir / name).exists():
+                shutil.copy2(source / name, o.dir / name)
+        gen_path = source / "generation_config.json"
+        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        inputs, outputs = graph_tensors(o.dir / "model.onnx")
+        manifest = Manifest(
+            task=Task.text_generation, format=Format.onnx, precision=Precision.fp32, model_file="model.onnx",
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=generation_postprocess(cfg, gen),
+            max_length=int(cfg.get("max_position_embeddings") or 2048),
+            source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
+                              architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
+            versions=library_versions("onnxruntime_genai"),
+        )
+        step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"builder": built})
+        prompt, said = prompt_ids(source, config.sample_data)
+        backend = load_runtime(o.draft(), "onnxruntime")
+        try:
+            cand = greedy_ort(backend, prompt, DECODE_STEPS)
+        finally:
+            backend.close()
+        check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
+            "prompt": said, "atol": config.atol, "reference": "PyTorch (transformers) FP32"}
+        step.metrics["generation_parity"] = check
+        if not (check["prefill_max_abs_diff"] <= config.atol and check["same_tokens"]):
+            raise ParityError(
+                f"the ONNX graph differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
+                f"{config.atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
+                f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=config.atol,
+                hint="raise --atol, or report it with --debug; no artifact was written")
+    log.info("exported %s to %s (prefill max |diff| %.2e, %d decode steps equal)", source, out,
+             check["prefill_max_abs_diff"], DECODE_STEPS)
+    return output.artifact
