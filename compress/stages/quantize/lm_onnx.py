@@ -1,0 +1,352 @@
+"""Weight-only INT4 / INT8 of a causal LM's ONNX artifact (ONNX Runtime GenAI's builder graph, task text-generation),
+through ONNX Runtime's ``MatMulNBitsQuantizer``.
+
+What is quantized, and how:
+
+- every MatMul with a constant weight (the fused QKV, o_proj, the MLP) to ``MatMulNBits`` at 4 bits (``--precision
+  int4``) or 8 (``int8``), in blocks of ``int4.block_size`` weights along the input dimension, by
+  ``int4.algorithm``: ``rtn`` (ONNX Runtime's own round-to-nearest, symmetric unless ``--asymmetric``), ``hqq``
+  (half-quadratic, asymmetric), ``gptq`` (calibrated on text windows: ``--calibration`` text, else the built-in
+  sentence), ``k_quant`` (llama.cpp's k-quant search). Others (awq, scale_estimation) are refused in one line.
+- the LM head (the MatMul that makes ``logits``) at ``int4.lm_head_bits`` (8 by default), round to nearest;
+- the token embedding table at ``int4.embeddings_bits`` (8 by default: int8 rows in blocks with a float scale each,
+  read by standard Gather/Cast/Mul; 4: ONNX Runtime's GatherBlockQuantized, rewritten to standard operators by
+  :mod:`.int4_gather`; 32: float). The builder ties the embedding to the LM head (a Gather of the transposed head
+  weight); it is untied first, so each gets its own precision.
+
+Generators default to blocks of 32 (:data:`GENERATOR_BLOCK`), as llama.cpp's Q4_0: on stories260K over the TinyStories
+sample (windows of 256) RTN with blocks of 128 loses more perplexity than with 32 (docs/generators.md has the
+figures); ``--block-size`` overrides it.
+
+After quantizing, greedy continuations of a few prompts through the quantized artifact (the ORT backend's prefill /
+step) are compared with the FP32 input's: the share of tokens equal before the first divergence, the prompt logits'
+top-1 agreement and KL, and a collapse (all one token, a repetition loop, KL far off) is a loud warning, or an error
+with ``--strict`` (nothing written). The step records the size before and after and what each weight became.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact, Precision, child_manifest
+from compress.errors import ConfigError, StageError
+from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig
+
+log = logging.getLogger(__name__)
+
+GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
+ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
+#: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
+_APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
+            "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
+PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
+           "Tom had a big red ball. He", "One day, a cat and a dog")
+_TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+           "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "config.json")
+
+
+def _producers(graph) -> dict[str, Any]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def untie_embeddings(model) -> str | None:
+    """Give the embedding Gather its own table where it reads a transposed initializer (the builder's tied
+    embeddings read the LM head's [H, V] weight through a Transpose): the [V, H] table becomes an initializer and the
+    Transpose goes. Returns the Gather's name (None when there is no tied embedding)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    made = _producers(graph)
+    for node in graph.node:
+        if node.op_type != "Gather" or node.input[0] in inits:
+            continue
+        tr = made.get(node.input[0])
+        if tr is None or tr.op_type != "Transpose" or tr.input[0] not in inits:
+            continue
+        table = numpy_helper.to_array(inits[tr.input[0]]).T.copy()
+        name = "model.embed_tokens.weight"
+        graph.initializer.append(numpy_helper.from_array(table, name))
+        node.input[0] = name
+        if not any(tr.output[0] in n.input for n in graph.node if n is not node):
+            graph.node.remove(tr)
+        return node.name
+    return None
+
+
+def embedding_gather(model) -> str | None:
+    """The token embedding Gather (its table a constant [V, H], indexed by ``input_ids``)."""
+    inits = {t.name for t in model.graph.initializer}
+    return next((n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits
+                 and n.input[1] == "input_ids"), None)
+
+
+def lm_head(model) -> str:
+    """The MatMul that makes the logits (the graph output ``logits``, else the last MatMul with a constant weight)."""
+    inits = {t.name for t in model.graph.initializer}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    if not matmuls:
+        raise StageError("no MatMul with a constant weight in the graph: nothing to quantize")
+    return next((n.name for n in matmuls if "logits" in n.output), matmuls[-1].name)
+
+
+def int8_gather(model, node_name: str, block: int) -> None:
+    """Replace the float table of the Gather ``node_name`` with int8 rows in blocks of ``block`` (one float scale per
+    block, symmetric) read by standard operators: Gather rows and scales, Cast, Mul, Reshape."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    node = next(n for n in graph.node if n.name == node_name)
+    init = next(t for t in graph.initializer if t.name == node.input[0])
+    table = numpy_helper.to_array(init).astype(np.float32)
+    vocab, width = table.shape
+    if width % block:
+        block = width
+    blocks = table.reshape(vocab, width // block, block)
+    scale = np.abs(blocks).max(axis=2, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(blocks / scale), -127, 127).astype(np.int8).reshape(vocab, width)
+    base = node.input[0]
+    graph.initializer.remove(init)
+    graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int8"),
+                              numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale"),
+                              numpy_helper.from_array(np.array([0, 0, width // block, block], np.int64), f"{base}_4d"),
+                              numpy_helper.from_array(np.array([0, 0, width], np.int64), f"{base}_3d")])
+    p, ids, out = f"{node_name}_int8", node.input[1], node.output[0]
+    new = [helper.make_node("Gather", [f"{base}_int8", ids], [f"{p}/rows"], name=f"{p}/rows"),
+           helper.make_node("Cast", [f"{p}/rows"], [f"{p}/rows_f"], name=f"{p}/cast", to=1),
+           helper.make_node("Reshape", [f"{p}/rows_f", f"{base}_4d"], [f"{p}/blocks"], name=f"{p}/blocks"),
+           helper.make_node("Gather", [f"{base}_scale", ids], [f"{p}/scales"], name=f"{p}/scales"),
+           helper.make_node("Mul", [f"{p}/blocks", f"{p}/scales"], [f"{p}/scaled"], name=f"{p}/mul"),
+           helper.make_node("Reshape", [f"{p}/scaled", f"{base}_3d"], [out], name=f"{p}/out")]
+    at = list(graph.node).index(node)
+    graph.node.remove(node)
+    for i, n in enumerate(new):
+        graph.node.insert(at + i, n)
+
+
+def _algo_config(algorithm: str, *, bits: int, block: int, symmetric: bool, reader=None):
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    if algorithm == "rtn":
+        return mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, bits=bits,
+                                                op_types_to_quantize=("MatMul",))
+    if algorithm == "hqq":
+        return mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits, op_types_to_quantize=("MatMul",))
+    if bits != 4:
+        raise ConfigError(f"--int4-algorithm {algorithm} makes 4-bit weights only in ONNX Runtime",
+                          hint="use rtn or hqq with --precision int8")
+    if algorithm == "gptq":
+        return mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=reader, block_size=block,
+                                             op_types_to_quantize=("MatMul",))
+    return mnq.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+
+
+def _matmuls(model) -> list[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+
+
+def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorithm: str = "rtn",
+                lm_head_bits: int = 8, embeddings_bits: int = 8, exclude: tuple[str, ...] = (),
+                reader=None) -> tuple[Any, dict[str, Any]]:
+    """Quantize the ONNX ``model`` (a ModelProto with its weights loaded) weight-only; return the new ModelProto and
+    what each weight became (``{"layers": {node: bits}, "lm_head": ..., "embeddings": ...}``)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"--int4-algorithm {algorithm} is not one ONNX Runtime's MatMulNBits quantizer runs here",
+                          hint=f"choose {', '.join(ALGORITHMS)}")
+    tied = untie_embeddings(model)
+    head = lm_head(model)
+    body = [n for n in _matmuls(model) if n != head and n not in exclude]
+    kept = [n for n in _matmuls(model) if n in exclude]
+    # the head first, round to nearest at its own bits: the body's algorithm then finds it already MatMulNBits
+    if head not in exclude:
+        q = MatMulNBitsQuantizer(model, bits=lm_head_bits, block_size=block, is_symmetric=symmetric,
+                                 nodes_to_exclude=[n for n in _matmuls(model) if n != head],
+                                 op_types_to_quantize=("MatMul",))
+        q.process()
+        model = q.model.model
+    if body:
+        cfg = _algo_config(algorithm, bits=bits, block=block, symmetric=symmetric, reader=reader)
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric,
+                                 nodes_to_exclude=list(exclude), algo_config=cfg)
+        q.process()
+        model = q.model.model
+    emb = embedding_gather(model)
+    if emb is not None and embeddings_bits == 8:
+        int8_gather(model, emb, block)
+    elif emb is not None and embeddings_bits == 4:
+        from compress.stages.quantize.int4_gather import unpack_int4_gathers
+
+        q = MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=True, op_types_to_quantize=("Gather",),
+                                 nodes_to_include=[emb], quant_axes=(("Gather", 1),))
+        q.process()
+        model = q.model.model
+        unpack_int4_gathers(model)
+    layers = {n: bits for n in body} | {n: 32 for n in kept}
+    return model, {"layers": layers, "lm_head": {"node": head, "bits": 32 if head in exclude else lm_head_bits},
+                   "embeddings": {"node": emb, "bits": embeddings_bits if emb else None, "untied": tied is not None},
+                   "algorithm": algorithm, "block_size": block}
+
+
+class _Windows:
+    """GPTQ's calibration reader: token windows fed with an empty cache (past length 0)."""
+
+    def __init__(self, windows: list[list[int]], state: dict[str, np.ndarray], inputs: set[str]):
+        self._it = iter(windows)
+        self._state, self._inputs = state, inputs
+
+    def get_next(self):
+        ids = next(self._it, None)
+        if ids is None:
+            return None
+        x = np.asarray([ids], dtype=np.int64)
+        feed = {"input_ids": x, "attention_mask": np.ones_like(x), **self._state}
+        if "position_ids" in self._inputs:
+            feed["position_ids"] = np.arange(x.shape[1], dtype=np.int64)[None]
+        return feed
+
+
+def calibration_windows(art: Artifact, config: QuantizeConfig, window: int = 128) -> list[list[int]]:
+    """Token windows for GPTQ: ``--calibration`` text cut into windows of ``window`` tokens (at most
+    ``--calibration-samples``), else the built-in prompts."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(art.path / "tokenizer.json"))
+    if config.calibration.data:
+        from compress.data.text import read_texts
+
+        ids = [i for t in read_texts(config.calibration.data) for i in tok.encode(t).ids]
+        wins = [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)][:config.calibration.samples]
+        if wins:
+            return wins
+    return [tok.encode(p).ids for p in PROMPTS]
+
+
+def _state_for(art: Artifact) -> dict[str, np.ndarray]:
+    from compress.runtimes.base import StateSpec
+
+    spec = StateSpec.from_tensors(art.manifest.inputs, art.manifest.outputs)
+    return spec.initial() if spec else {}
+
+
+def continuations(backend, prompts: list[list[int]], new_tokens: int) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Greedy continuations of ``prompts`` (token ids) through ``backend``'s prefill/step, and each prompt's logits."""
+    outs, logits = [], []
+    for prompt in prompts:
+        ids = np.asarray([prompt], dtype=np.int64)
+        out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        logits.append(out["logits"][0])
+        tokens, nxt, total = [], int(out["logits"][0, -1].argmax()), len(prompt)
+        for _ in range(new_tokens):
+            tokens.append(nxt)
+            total += 1
+            out, state = backend.step({"input_ids": np.asarray([[nxt]], dtype=np.int64),
+                                       "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
+            nxt = int(out["logits"][0, -1].argmax())
+        outs.append(tokens)
+    return outs, logits
+
+
+def _kl(ref: np.ndarray, cand: np.ndarray) -> float:
+    def log_softmax(x):
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(cand.astype(np.float64))
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
+def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32) -> dict[str, Any]:
+    """Greedy continuations of :data:`PROMPTS` through both artifacts (ONNX Runtime, batch 1): agreement before the
+    first divergence, the prompts' top-1 agreement and KL, and :func:`compress.tasks.generation.collapse`'s
+    reason (None when the continuations look sane)."""
+    from tokenizers import Tokenizer
+
+    from compress.runtimes.base import load_runtime
+    from compress.tasks.generation import collapse, continuation_agreement
+
+    tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
+    bos = reference.manifest.postprocess.bos_token_id
+    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
+    results = []
+    for art in (reference, candidate):
+        backend = load_runtime(art, "onnxruntime")
+        try:
+            results.append(continuations(backend, prompts, new_tokens))
+        finally:
+            backend.close()
+    (ref_tokens, ref_logits), (tokens, logits) = results
+    top1 = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref_logits, logits, strict=True)])
+    kl = float(np.mean([_kl(a, b) for a, b in zip(ref_logits, logits, strict=True)]))
+    return {"prompts": len(prompts), "new_tokens": new_tokens,
+            "continuation_agreement": float(continuation_agreement(tokens, ref_tokens)),
+            "prompt_top1_agreement": float(top1.mean()), "prompt_kl_mean": kl,
+            "collapsed": collapse(tokens, kl_mean=kl),
+            "continuations": [tok.decode(t) for t in tokens[:2]],
+            "reference_continuations": [tok.decode(t) for t in ref_tokens[:2]]}
+
+
+def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+    """Quantize the FP32 ONNX artifact ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
+    ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``."""
+    import onnx
+
+    from compress.storage import tree_bytes
+
+    given = config.given_keys()
+    ignored = sorted(given - _APPLIES)
+    if ignored:
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} would be ignored: a causal LM is "
+                          "quantized weight-only (MatMulNBits)", hint="drop it")
+    bits = 4 if config.precision == "int4" else 8
+    block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
+    algorithm = config.int4.algorithm
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"--int4-algorithm {algorithm}: ONNX Runtime's MatMulNBits quantizer takes "
+                          f"{', '.join(ALGORITHMS)}", hint="awq and scale_estimation are OpenVINO's (NNCF)")
+    if "calibration" in given and algorithm != "gptq":
+        raise ConfigError("--calibration calibrates GPTQ only (it would be ignored)",
+                          hint="add --int4-algorithm gptq, or drop --calibration")
+    src = art.path / art.manifest.model_file
+    output = QUANTIZE_ONNX.output(out, config, force=force)
+    with output.writing(need_bytes=tree_bytes(art.path)) as o:
+        model = onnx.load(str(src))
+        reader = None
+        if algorithm == "gptq":
+            names = {t.name for t in art.manifest.inputs}
+            reader = _Windows(calibration_windows(art, config), _state_for(art), names)
+        model, made = weight_only(model, bits=bits, block=block, symmetric=config.int4.symmetric,
+                                  algorithm=algorithm, lm_head_bits=config.int4.lm_head_bits,
+                                  embeddings_bits=config.int4.embeddings_bits, exclude=tuple(config.exclude_nodes),
+                                  reader=reader)
+        onnx.save(model, str(o.dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data", size_threshold=1024)
+        for name in _TRAVEL:
+            if (art.path / name).is_file():
+                shutil.copy2(art.path / name, o.dir / name)
+        manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file="model.onnx")
+        before, after = tree_bytes(art.path), tree_bytes(o.dir)
+        step = o.describe(manifest, input_digest=art.digest,
+                          lineage=art.manifest.steps, extra_config={"weights": {k: v for k, v in made.items()
+                                                                                if k != "layers"}})
+        step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
+                             "compression": round(before / max(after, 1), 3),
+                             "weights": {"bits": made["layers"], "lm_head": made["lm_head"],
+                                         "embeddings": made["embeddings"]}})
+        check = collapse_check(art, o.draft())
+        step.metrics["generation_vs_input"] = check
+        if check["collapsed"]:
+            if config.strict:
+                raise StageError(f"the {config.precision} generator collapsed: {check['collapsed']}",
+                                 hint="try --int4-algorithm hqq or gptq, --block-size 32, --embeddings-bits 8, or "
+                                 "--precision int8; nothing was written (--strict)")
+            log.warning("the %s generator collapsed: %s", config.precision, check["collapsed"])
+    return output.artifact
