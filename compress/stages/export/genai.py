@@ -64,20 +64,41 @@ def head_size(cfg: dict[str, Any]) -> int:
     return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
 
 
+_GENAI_BUILDERS: dict[str, Any] = {}  #: the builder's top-level ``builders`` modules, kept between calls
+
+
+def _ours(name: str) -> bool:
+    return name == "builders" or name.startswith("builders.")
+
+
 @contextlib.contextmanager
 def _attention(gqa: bool):
     """The builder with GroupQueryAttention (its CPU default) or, where ORT's CPU kernel cannot take the head size,
-    MultiHeadAttention: the builder's own switch (``is_gqa_supported``), set for this call only."""
-    from onnxruntime_genai.models import builder
+    MultiHeadAttention: the builder's own switch (``is_gqa_supported``), set for this call only.
 
-    model_cls = sys.modules["builders.base"].Model
-    original = model_cls.is_gqa_supported
-    if not gqa:
-        model_cls.is_gqa_supported = lambda self: False
+    The builder imports its classes as a top-level package ``builders`` (its folder on ``sys.path``); another
+    ``builders`` already imported or earlier on the path (a test suite's) is set aside for the call and put back."""
+    import importlib.util
+
+    models = str(Path(importlib.util.find_spec("onnxruntime_genai").origin).parent / "models")
+    others = {k: sys.modules.pop(k) for k in [k for k in sys.modules if _ours(k)]}
+    sys.modules.update(_GENAI_BUILDERS)
+    sys.path.insert(0, models)
+    original = None
     try:
+        from onnxruntime_genai.models import builder
+
+        model_cls = sys.modules["builders.base"].Model
+        original = model_cls.is_gqa_supported
+        if not gqa:
+            model_cls.is_gqa_supported = lambda self: False
         yield builder
     finally:
-        model_cls.is_gqa_supported = original
+        if original is not None:
+            sys.modules["builders.base"].Model.is_gqa_supported = original
+        _GENAI_BUILDERS.update({k: sys.modules.pop(k) for k in [k for k in sys.modules if _ours(k)]})
+        sys.modules.update(others)
+        sys.path.remove(models)
 
 
 def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:

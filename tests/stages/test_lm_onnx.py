@@ -1,0 +1,149 @@
+"""The ONNX Runtime route for causal LMs: export through ONNX Runtime GenAI's builder (KV cache as past_key_values),
+weight-only INT4/INT8 through MatMulNBits. Tiny random-weight Llamas from tests/builders are test material: they
+check plumbing and agreement with PyTorch, not any real model's quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+try:  # the builder imports transformers classes; in an env where it does not import, the route is skipped
+    import compress  # noqa: F401 - the torchvision shim before transformers
+    from compress.stages.export.genai import _attention
+
+    with _attention(True):
+        pass
+except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
+    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
+
+from compress.errors import ConfigError, OutputExistsError, StageError
+from tests.builders.causal_lm import tiny_causal_lm
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny Llama (head size 16: GroupQueryAttention) and its FP32 ONNX artifact."""
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    root = tmp_path_factory.mktemp("lm")
+    ckpt = tiny_causal_lm(root / "ckpt")
+    return ckpt, export(ckpt, root / "fp32", ExportConfig(format="onnx"))
+
+
+def test_export_writes_the_builder_graph_with_its_cache_checked_against_pytorch(exported):
+    ckpt, art = exported
+    m = art.manifest
+    assert (str(m.task), str(m.format), str(m.precision)) == ("text-generation", "onnx", "fp32")
+    assert {"model.onnx", "model.onnx.data", "genai_config.json", "generation_config.json", "tokenizer.json"} <= set(m.files)
+    cache = m.postprocess.cache
+    assert (cache.layers, cache.kv_heads, cache.head_size, cache.layout) == (2, 2, 16, "past_key_values")
+    names = [t.name for t in m.inputs]
+    assert names[:2] == ["input_ids", "attention_mask"] and "past_key_values.1.value" in names
+    assert [t.name for t in m.outputs][0] == "logits" and "present.0.key" in [t.name for t in m.outputs]
+    check = m.steps[-1].metrics["generation_parity"]
+    assert check["same_tokens"] and check["decode_steps"] == 8
+    assert check["prefill_max_abs_diff"] <= 1e-4 and check["decode_max_abs_diff"] <= 1e-3
+    assert json.loads((art.path / "genai_config.json").read_text())["model"]["decoder"]["inputs"]["past_key_names"] \
+        == "past_key_values.%d.key"
+
+
+def test_the_ort_backend_decodes_through_the_cache_as_one_long_prefill_does(exported):
+    from compress.runtimes.base import load_runtime
+
+    _, art = exported
+    backend = load_runtime(art, "onnxruntime")
+    ids = np.asarray([[1, 403, 407, 261, 378, 432, 383, 286]], dtype=np.int64)
+    whole, _ = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    out, state = backend.prefill({"input_ids": ids[:, :5], "attention_mask": np.ones((1, 5), np.int64)})
+    for t in range(5, 8):
+        out, state = backend.step({"input_ids": ids[:, t:t + 1], "attention_mask": np.ones((1, t + 1), np.int64)}, state)
+        np.testing.assert_allclose(out["logits"][0, -1], whole["logits"][0, t], atol=1e-4)
+    assert state["past_key_values.0.key"].shape == (1, 2, 8, 16)
+
+
+def test_a_head_size_ort_gqa_cannot_take_exports_with_multihead_attention(tmp_path):
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1, heads=8, kv_heads=4)  # head size 8, as stories260K's
+    art = export(ckpt, tmp_path / "fp32", ExportConfig(format="onnx"))
+    assert "MultiHeadAttention" in art.manifest.steps[-1].config["builder"]["attention"]
+    assert "position_ids" in [t.name for t in art.manifest.inputs]
+    assert art.manifest.steps[-1].metrics["generation_parity"]["same_tokens"]
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tmp_path, precision):
+    import onnx
+
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    q = quantize(art.path, tmp_path / precision, QuantizeConfig.from_flat(precision=precision))
+    assert str(q.manifest.precision) == precision and str(q.manifest.task) == "text-generation"
+    m = q.manifest.steps[-1].metrics
+    bits = 4 if precision == "int4" else 8
+    assert set(m["weights"]["bits"].values()) == {bits} and m["weights"]["lm_head"]["bits"] == 8
+    assert m["weights"]["embeddings"] == {"node": m["weights"]["embeddings"]["node"], "bits": 8, "untied": True}
+    assert m["size_bytes_after"] < m["size_bytes_before"]
+    graph = onnx.load(str(q.path / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert "MatMul" not in ops or all(n.input[1] not in {i.name for i in graph.initializer}
+                                      for n in graph.node if n.op_type == "MatMul")
+    assert ops.count("MatMulNBits") == 2 * 5 + 1  # per layer: the fused qkv, o, gate, up, down; and the head
+    g = m["generation_vs_input"]
+    assert g["collapsed"] is None and g["prompt_top1_agreement"] > (0.9 if bits == 8 else 0.5)
+    assert "genai_config.json" in q.manifest.files
+
+
+def test_untie_gives_the_embedding_its_own_table(exported):
+    import onnx
+    from onnx import numpy_helper
+
+    from compress.stages.quantize.lm_onnx import embedding_gather, lm_head, untie_embeddings
+
+    _, art = exported
+    model = onnx.load(str(art.path / "model.onnx"))
+    assert embedding_gather(model) is None  # tied: the Gather reads the transposed head weight
+    name = untie_embeddings(model)
+    assert name == embedding_gather(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    head = next(n for n in model.graph.node if n.name == lm_head(model))
+    np.testing.assert_array_equal(inits["model.embed_tokens.weight"], inits[head.input[1]].T)
+
+
+def test_refusals_are_one_line(exported, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    with pytest.raises(ConfigError, match="awq and scale_estimation are OpenVINO"):
+        quantize(art.path, tmp_path / "a", QuantizeConfig.from_flat(precision="int4", int4_algorithm="awq"))
+    with pytest.raises(ConfigError, match="calibrates GPTQ only"):
+        quantize(art.path, tmp_path / "b", QuantizeConfig.from_flat(precision="int4", calibration="x.txt"))
+    with pytest.raises(ConfigError, match="would be ignored"):
+        quantize(art.path, tmp_path / "c", QuantizeConfig.from_flat(precision="int8", mode="static"))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputExistsError):
+        quantize(art.path, tmp_path / "d", QuantizeConfig.from_flat(precision="int4"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_collapse_fails_with_strict_and_writes_nothing(exported, tmp_path, monkeypatch):
+    import compress.tasks.generation as generation
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    monkeypatch.setattr(generation, "collapse", lambda tokens, kl_mean=None: "all one token")
+    with pytest.raises(StageError, match="collapsed: all one token"):
+        quantize(art.path, tmp_path / "s", QuantizeConfig.from_flat(precision="int4", strict=True))
+    assert not (tmp_path / "s").exists()
+    q = quantize(art.path, tmp_path / "w", QuantizeConfig.from_flat(precision="int4"))  # without --strict: recorded
+    assert q.manifest.steps[-1].metrics["generation_vs_input"]["collapsed"] == "all one token"
