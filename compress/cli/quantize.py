@@ -44,6 +44,9 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--weights-only", is_flag=True, help="OpenVINO INT8: compress weights only (nncf.compress_weights).")
 @click.option("--max-drop", type=float,
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
+@click.option("--max-perplexity-increase", type=float,
+              help="Generators (causal LMs), accuracy-aware INT4: largest perplexity increase over the input (0.02 = "
+                   "+2%) on --data text; the MatMuls INT4 hurts most go back to 8 bits until it holds.")
 @click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path), help="Labelled eval data for --max-drop.")
 @click.option("--metric", metavar="MODULE:FUNCTION", help="Accuracy-aware: your metric, function(outputs, labels) -> "
               "number, higher is better, instead of the task's. Runs that code: name only code you trust.")
@@ -76,7 +79,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 int4_algorithm, embeddings_bits, lm_head_bits, weights_only, max_drop, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
+                 int4_algorithm, embeddings_bits, lm_head_bits, weights_only, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
                  qat_lr, qat_batch_size, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
@@ -94,7 +97,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         int4_algorithm=int4_algorithm, embeddings_bits=int(embeddings_bits), lm_head_bits=int(lm_head_bits),
-        weights_only=weights_only, max_drop=max_drop, data=str(data) if data else None, metric=metric,
+        weights_only=weights_only, max_drop=max_drop, max_perplexity_increase=max_perplexity_increase, data=str(data) if data else None, metric=metric,
         eval_samples=eval_samples, rank_by=rank_by,
         speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,
         qat_source=str(qat_source) if qat_source else None, qat_lr=qat_lr, qat_batch_size=qat_batch_size,

@@ -152,7 +152,12 @@ class Accuracy(Section):
         None, gt=0, le=1,
         description="Accuracy-aware, relative form (from a profile's min_accuracy_retention): metric / input metric.",
     )
-    data: str | None = Field(None, description="Labelled eval data for accuracy-aware quantization.")
+    data: str | None = Field(None, description="Labelled eval data for accuracy-aware quantization (a generator: "
+                             "plain text, cut into windows of the model's perplexity window).")
+    max_perplexity_increase: float | None = Field(
+        None, gt=0, description="Generators, accuracy-aware: largest allowed perplexity increase over the input "
+        "(0.02 = +2%) on --data text; the MatMuls whose INT4 errs most (the per-layer KL table) go back to 8 bits "
+        "until it holds.")
     metric: str | None = Field(
         None, description="Accuracy-aware: your metric, module:function(outputs, labels) -> number (higher is better), "
         "instead of the task's; it runs that code (compress.validation.user_metric).")
@@ -210,6 +215,7 @@ class QuantizeConfig(Settings):
         "max_drop": "accuracy.max_drop", "min_retention": "accuracy.min_retention", "data": "accuracy.data",
         "metric": "accuracy.metric", "eval_samples": "accuracy.samples",
         "max_fp32_fraction": "accuracy.max_fp32_fraction", "rank_by": "accuracy.rank_by",
+        "max_perplexity_increase": "accuracy.max_perplexity_increase",
         "speed_aware": "speed.aware", "speed_threads": "speed.threads", "speed_seconds": "speed.seconds",
         "target_vnni": "target.vnni", "target_x86": "target.x86", "target_runtime": "target.runtime",
         "target_provider": "target.provider",
