@@ -43,7 +43,8 @@ GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 gr
 ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
-            "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
+            "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data",
+            "max_perplexity_increase", "data", "eval_samples"}
 PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
            "Tom had a big red ball. He", "One day, a cat and a dog")
 _TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -154,9 +155,10 @@ def _matmuls(model) -> list[str]:
 
 def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorithm: str = "rtn",
                 lm_head_bits: int = 8, embeddings_bits: int = 8, exclude: tuple[str, ...] = (),
-                reader=None) -> tuple[Any, dict[str, Any]]:
+                at8: tuple[str, ...] = (), reader=None) -> tuple[Any, dict[str, Any]]:
     """Quantize the ONNX ``model`` (a ModelProto with its weights loaded) weight-only; return the new ModelProto and
-    what each weight became (``{"layers": {node: bits}, "lm_head": ..., "embeddings": ...}``)."""
+    what each weight became (``{"layers": {node: bits}, "lm_head": ..., "embeddings": ...}``). ``at8``: MatMuls kept
+    at 8 bits (round to nearest) whatever ``bits`` is (accuracy-aware INT4); ``exclude``: kept in float."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if algorithm not in ALGORITHMS:
@@ -170,6 +172,13 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
     if head not in exclude:
         q = MatMulNBitsQuantizer(model, bits=lm_head_bits, block_size=block, is_symmetric=symmetric,
                                  nodes_to_exclude=[n for n in _matmuls(model) if n != head],
+                                 op_types_to_quantize=("MatMul",))
+        q.process()
+        model = q.model.model
+    at8 = tuple(n for n in at8 if n in body)
+    if at8 and bits != 8:
+        q = MatMulNBitsQuantizer(model, bits=8, block_size=block, is_symmetric=symmetric,
+                                 nodes_to_exclude=[n for n in _matmuls(model) if n not in at8],
                                  op_types_to_quantize=("MatMul",))
         q.process()
         model = q.model.model
@@ -190,7 +199,7 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
         q.process()
         model = q.model.model
         unpack_int4_gathers(model)
-    layers = {n: bits for n in body} | {n: 32 for n in kept}
+    layers = {n: 8 if n in at8 else bits for n in body} | {n: 32 for n in kept}
     return model, {"layers": layers, "lm_head": {"node": head, "bits": 32 if head in exclude else lm_head_bits},
                    "embeddings": {"node": emb, "bits": embeddings_bits if emb else None, "untied": tied is not None},
                    "algorithm": algorithm, "block_size": block}
@@ -294,6 +303,119 @@ def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int 
             "reference_continuations": [tok.decode(t) for t in ref_tokens[:2]]}
 
 
+def text_windows(art: Artifact, path: str, window: int, limit: int) -> np.ndarray:
+    """Up to ``limit`` non-overlapping windows [N, window] of the text file ``path`` (.txt: one document; .jsonl:
+    each line's "text"), tokenized once, each window's first token BOS where the model has one (llama-perplexity's
+    windows)."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--data {path}: no such file", hint="pass a .txt or .jsonl text file")
+    raw = file.read_text(encoding="utf-8")
+    if file.suffix == ".jsonl":
+        rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        raw = "\n\n".join(r if isinstance(r, str) else str(r.get("text", "")) for r in rows)
+    ids = np.asarray(Tokenizer.from_file(str(art.path / "tokenizer.json")).encode(raw, add_special_tokens=False).ids,
+                     dtype=np.int64)
+    bos = art.manifest.postprocess.bos_token_id
+    n = min(len(ids) // window, limit)
+    if n == 0:
+        raise ConfigError(f"text shorter than one window of {window} tokens: give more text or a smaller --window")
+    windows = ids[:n * window].reshape(n, window).copy()
+    if bos is not None:  # llama-perplexity: each window's first token becomes BOS
+        windows[:, 0] = bos
+    return windows
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def window_scores(model, windows: np.ndarray, state: dict[str, np.ndarray],
+                  ref: list[np.ndarray] | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Perplexity of ``model`` (a ModelProto) on ``windows`` (the second half of each scored, llama-perplexity's
+    rule) and, with ``ref`` (the reference's log-probabilities per window), KL(ref || model) and top-1 agreement;
+    also this model's log-probabilities per window."""
+    import copy
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    if model.ByteSize() < 1_800_000_000:  # under protobuf's limit: from memory
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    else:  # saving with external data rewrites the proto's tensors: save a copy
+        with tempfile.TemporaryDirectory(prefix="lm-eval.") as tmp:
+            onnx.save(copy.deepcopy(model), f"{tmp}/m.onnx", save_as_external_data=True, location="m.data")
+            sess = ort.InferenceSession(f"{tmp}/m.onnx", providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    width = windows.shape[1]
+    first = width // 2
+    nll, kl, agree, count, out = 0.0, 0.0, 0, 0, []
+    for k, w in enumerate(windows):
+        feed = {"input_ids": w[None], "attention_mask": np.ones((1, width), np.int64), **state}
+        if "position_ids" in names:
+            feed["position_ids"] = np.arange(width, dtype=np.int64)[None]
+        lp = _log_softmax(sess.run(["logits"], feed)[0][0, first:width - 1])
+        target = w[first + 1:]
+        nll -= float(lp[np.arange(len(target)), target].sum())
+        count += len(target)
+        if ref is not None:
+            kl += float((np.exp(ref[k]) * (ref[k] - lp)).sum())
+            agree += int((ref[k].argmax(-1) == lp.argmax(-1)).sum())
+        out.append(lp)
+    scores = {"perplexity": float(np.exp(nll / count)), "tokens": count}
+    if ref is not None:
+        scores |= {"kl_mean": kl / count, "top1_agreement": agree / count}
+    return scores, out
+
+
+def accuracy_aware(fp32, windows: np.ndarray, state: dict[str, np.ndarray], budget: float, quantize_with,
+                   *, block: int, symmetric: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """INT4 within ``budget`` (the largest perplexity increase over ``fp32`` on ``windows``): the per-layer error
+    table (each MatMul alone at 4 bits, round to nearest: KL to FP32 on the first windows), then the MatMuls at the
+    top of the table back to 8 bits, a few at a time, until the budget holds. ``quantize_with(model, at8)`` makes one
+    candidate. Returns (model, what each weight became, the record: table, candidates tried, result)."""
+    import copy
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    base, ref = window_scores(fp32, windows, state)
+    few = windows[:max(1, min(2, len(windows)))]
+    _, ref_few = window_scores(fp32, few, state)
+    untied = copy.deepcopy(fp32)
+    untie_embeddings(untied)
+    head = lm_head(untied)
+    table = []
+    for name in [n for n in _matmuls(untied) if n != head]:
+        q = MatMulNBitsQuantizer(copy.deepcopy(untied), bits=4, block_size=block, is_symmetric=symmetric,
+                                 nodes_to_exclude=[n for n in _matmuls(untied) if n != name],
+                                 op_types_to_quantize=("MatMul",))
+        q.process()
+        scores, _ = window_scores(q.model.model, few, state, ref_few)
+        table.append({"node": name, "kl_mean": scores["kl_mean"]})
+    table.sort(key=lambda r: -r["kl_mean"])
+    order = [r["node"] for r in table]
+    chunk, at8, tried = max(1, len(order) // 8), 0, []
+    while True:
+        model, made = quantize_with(copy.deepcopy(fp32), tuple(order[:at8]))
+        scores, _ = window_scores(model, windows, state, ref)
+        increase = scores["perplexity"] / base["perplexity"] - 1
+        tried.append({"at_8_bits": at8, "perplexity": scores["perplexity"], "perplexity_increase": increase,
+                      "kl_mean": scores["kl_mean"], "top1_agreement": scores["top1_agreement"]})
+        if increase <= budget or at8 >= len(order):
+            break
+        at8 = min(len(order), at8 + chunk)
+    record = {"budget": budget, "windows": len(windows), "fp32_perplexity": base["perplexity"],
+              "layer_errors": table, "tried": tried, "held": tried[-1]["perplexity_increase"] <= budget,
+              "at_8_bits": order[:at8]}
+    return model, made, record
+
+
 def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
     """Quantize the FP32 ONNX artifact ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
     ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``."""
@@ -315,6 +437,12 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     if "calibration" in given and algorithm != "gptq":
         raise ConfigError("--calibration calibrates GPTQ only (it would be ignored)",
                           hint="add --int4-algorithm gptq, or drop --calibration")
+    budget = config.accuracy.max_perplexity_increase
+    if budget is not None and not config.accuracy.data:
+        raise ConfigError("--max-perplexity-increase measures perplexity on text", hint="pass --data TEXT")
+    if budget is not None and bits != 4:
+        raise ConfigError("--max-perplexity-increase moves INT4 layers back to 8 bits (it would be ignored for int8)",
+                          hint="add --precision int4, or drop it")
     src = art.path / art.manifest.model_file
     output = QUANTIZE_ONNX.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
@@ -323,10 +451,19 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         if algorithm == "gptq":
             names = {t.name for t in art.manifest.inputs}
             reader = _Windows(calibration_windows(art, config), _state_for(art), names)
-        model, made = weight_only(model, bits=bits, block=block, symmetric=config.int4.symmetric,
-                                  algorithm=algorithm, lm_head_bits=config.int4.lm_head_bits,
-                                  embeddings_bits=config.int4.embeddings_bits, exclude=tuple(config.exclude_nodes),
-                                  reader=reader)
+        def quantize_with(m, at8=()):
+            return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=algorithm,
+                               lm_head_bits=config.int4.lm_head_bits, embeddings_bits=config.int4.embeddings_bits,
+                               exclude=tuple(config.exclude_nodes), at8=at8, reader=reader)
+
+        record = None
+        if budget is not None:
+            window = art.manifest.postprocess.window
+            windows = text_windows(art, config.accuracy.data, window, max(1, min(config.accuracy.samples, 16)))
+            model, made, record = accuracy_aware(model, windows, _state_for(art), budget, quantize_with, block=block,
+                                                 symmetric=config.int4.symmetric)
+        else:
+            model, made = quantize_with(model)
         onnx.save(model, str(o.dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                   location="model.onnx.data", size_threshold=1024)
         for name in _TRAVEL:
@@ -341,6 +478,19 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
                              "compression": round(before / max(after, 1), 3),
                              "weights": {"bits": made["layers"], "lm_head": made["lm_head"],
                                          "embeddings": made["embeddings"]}})
+        if record is not None:
+            step.metrics["accuracy_aware"] = record
+            if not record["held"]:
+                from compress.errors import AccuracyBudgetError
+
+                last = record["tried"][-1]
+                raise AccuracyBudgetError(
+                    f"no INT4 mix holds perplexity within +{budget:.1%}: every MatMul at 8 bits still makes "
+                    f"{last['perplexity_increase']:+.1%}", metric="perplexity", baseline=record["fp32_perplexity"],
+                    best=last["perplexity"], allowed_min=record["fp32_perplexity"] * (1 + budget),
+                    costliest=[r["node"] for r in record["layer_errors"][:5]], best_candidate=None,
+                    hint="the LM head and embeddings stay at --lm-head-bits/--embeddings-bits: try --precision int8, "
+                    "or a larger budget; nothing was written")
         check = collapse_check(art, o.draft())
         step.metrics["generation_vs_input"] = check
         if check["collapsed"]:
