@@ -147,3 +147,24 @@ def test_a_collapse_fails_with_strict_and_writes_nothing(exported, tmp_path, mon
     assert not (tmp_path / "s").exists()
     q = quantize(art.path, tmp_path / "w", QuantizeConfig.from_flat(precision="int4"))  # without --strict: recorded
     assert q.manifest.steps[-1].metrics["generation_vs_input"]["collapsed"] == "all one token"
+
+
+def test_accuracy_aware_int4_records_the_layer_table_and_holds_the_budget(exported, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from tests.builders.causal_lm import STORY
+
+    _, art = exported
+    text = tmp_path / "story.txt"
+    text.write_text(STORY * 12)
+    with pytest.raises(ConfigError, match="measures perplexity on text"):
+        quantize(art.path, tmp_path / "x", QuantizeConfig.from_flat(precision="int4", max_perplexity_increase=0.02))
+    q = quantize(art.path, tmp_path / "aa", QuantizeConfig.from_flat(
+        precision="int4", max_perplexity_increase=0.01, data=str(text)))
+    rec = q.manifest.steps[-1].metrics["accuracy_aware"]
+    kls = [r["kl_mean"] for r in rec["layer_errors"]]
+    assert len(kls) == 10 and kls == sorted(kls, reverse=True)  # every body MatMul, worst first
+    assert rec["held"] and rec["tried"][-1]["perplexity_increase"] <= 0.01
+    assert rec["tried"][0]["at_8_bits"] == 0 and rec["windows"] >= 1
+    bits = q.manifest.steps[-1].metrics["weights"]["bits"]
+    assert {n for n, b in bits.items() if b == 8} == set(rec["at_8_bits"])
