@@ -114,7 +114,15 @@ class HardwareFacts(BaseModel):
         None, gt=0, description="Peak INT8 compute, GOP/s (roofline estimates of INT8 artifacts)."
     )
     memory_bandwidth_gbs: float | None = Field(
-        None, gt=0, description="Sustained memory bandwidth, GB/s (roofline estimates)."
+        None, gt=0, description="Sustained memory bandwidth, GB/s (roofline estimates; a generator's decode bound)."
+    )
+    memory_bandwidth_peak_gbs: float | None = Field(
+        None, gt=0,
+        description="Theoretical DRAM bandwidth, GB/s, from the vendor's spec sheet (transfer rate x bus width), "
+        "informational: estimates use the sustained memory_bandwidth_gbs.",
+    )
+    bandwidth_source: str | None = Field(
+        None, description="Where the bandwidth figures come from (spec sheet, a measured copy, an assumption).",
     )
     clock_ghz: float | None = Field(
         None, gt=0,
