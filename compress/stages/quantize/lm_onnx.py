@@ -222,6 +222,15 @@ class _Windows:
             feed["position_ids"] = np.arange(x.shape[1], dtype=np.int64)[None]
         return feed
 
+    def __iter__(self):  # GPTQ iterates the reader
+        return self
+
+    def __next__(self):
+        feed = self.get_next()
+        if feed is None:
+            raise StopIteration
+        return feed
+
 
 def calibration_windows(art: Artifact, config: QuantizeConfig, window: int = 128) -> list[list[int]]:
     """Token windows for GPTQ: ``--calibration`` text cut into windows of ``window`` tokens (at most
