@@ -19,7 +19,8 @@ from compress.host.measure import LatencyStats
 MB = 1024 * 1024
 NOISY_CV = 0.15  # run-to-run coefficient of variation above which latency is called noisy
 NEAR_LIMIT = 0.20  # a noisy latency within this fraction of its limit gets an "unreliable" warning
-LATENCY_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput")
+LATENCY_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput", "min_decode_tokens_per_s",
+                   "max_time_to_first_token_ms")
 # Budgets judged from timings on the device: an estimate makes them UNVERIFIED, never PASS.
 ESTIMATED_BUDGETS = (*LATENCY_BUDGETS, "min_speedup", "max_cold_start_ms")
 
@@ -133,6 +134,14 @@ def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
          "the teacher's FP32 baseline (--teacher)"),
         ("max_cold_start_ms", budgets.max_cold_start_ms, metrics.get("cold_start_ms"), "ms", "<=",
          "cold start (disabled)"),
+        ("min_decode_tokens_per_s", budgets.min_decode_tokens_per_s, metrics.get("decode_tokens_per_s"), "tokens/s",
+         ">=", "a text-generation artifact"),
+        ("max_time_to_first_token_ms", budgets.max_time_to_first_token_ms, metrics.get("time_to_first_token_ms"), "ms",
+         "<=", "a text-generation artifact"),
+        ("max_perplexity_increase", budgets.max_perplexity_increase, metrics.get("perplexity_increase"), "", "<=",
+         "--data text and the teacher"),
+        ("min_top1_agreement", budgets.min_top1_agreement, metrics.get("top1_agreement"), "", ">=",
+         "--data text and the teacher"),
     ]
     results = []
     for name, limit, measured, unit, cmp, needs in checks:

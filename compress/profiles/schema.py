@@ -324,6 +324,22 @@ class Budgets(BaseModel):
         None, gt=0,
         description="Maximum cold start in ms: process launch to first result (imports, session, first inference).",
     )
+    min_decode_tokens_per_s: float | None = Field(
+        None, gt=0, description="Text generators: minimum decode speed in tokens/s (batch 1; 1000 / the p50 of a "
+                                "generated token's step, timed over validate's --new-tokens).",
+    )
+    max_time_to_first_token_ms: float | None = Field(
+        None, gt=0, description="Text generators: maximum time to first token in ms (p50 of the prefill of "
+                                "validate's --prompt-tokens prompt, batch 1).",
+    )
+    max_perplexity_increase: float | None = Field(
+        None, ge=0, description="Text generators: largest relative perplexity increase over the teacher's on "
+                                "validate's --data text (0.05 = 5% higher; llama-perplexity's windows).",
+    )
+    min_top1_agreement: float | None = Field(
+        None, ge=0, le=1, description="Text generators: minimum share of scored positions whose most likely next "
+                                      "token is the teacher's (0..1).",
+    )
     max_package_zipped_mb: float | None = Field(
         None, gt=0, description="Serverless: maximum zipped size of the deployable bundle in MB (MiB)."
     )
