@@ -29,7 +29,7 @@ from pydantic import Field
 from compress import __version__
 from compress.artifact import Artifact, Format
 from compress.device.shipped import cpu_model
-from compress.errors import MissingBackendError
+from compress.errors import ConfigError, MissingBackendError
 from compress.host.measure import ForwardPass, LatencyStats, probe_cold_start
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.profiles.schema import SpeedupBaseline
@@ -99,6 +99,15 @@ class ValidateConfig(Settings):
     ssh_config: str | None = Field(
         None, description="ssh_config file for ssh -F (default: ssh's own, i.e. ~/.ssh/config)."
     )
+    prompts: str | None = Field(
+        None, description="Text generators: prompts to continue (.txt one a line, .jsonl prompt/text); default: the "
+        "first sentence of each --data document.")
+    prompt_tokens: int = Field(128, ge=1, description="Text generators: prompt length timed (TTFT, prefill tokens/s), "
+                               "capped by the model's context.")
+    new_tokens: int = Field(128, ge=1, description="Text generators: tokens generated per prompt (decode tokens/s, "
+                            "continuations).")
+    window: int | None = Field(None, ge=2, description="Text generators: perplexity window in tokens (default: the "
+                               "artifact's, 256).")
 
 
 # -- the check ----------------------------------------------------------------------------------
@@ -169,6 +178,14 @@ def validate(
                                       f"{profile.name} cannot be measured here",
                                       hint="run validate on the device (or --remote), or let it estimate "
                                       "(--estimate auto or always)")
+
+    if str(m.task) == "text-generation":  # a causal LM: prompts through its KV cache, tokens/s, perplexity
+        from compress.validation.generation import validate_generation
+
+        if remote is not None:
+            raise ConfigError("--remote does not measure a text generator yet", hint="run validate on the device")
+        run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start)
+        return validate_generation(art, run, runtime_name, run_settings, device, estimating)
 
     # eval data and teacher
     dataset = None
