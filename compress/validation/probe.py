@@ -51,10 +51,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from compress.data.inputs import latency_inputs
 
-    items = latency_inputs(None, args.batch_size, args.sequence_length, backend.artifact.manifest.preprocess)
-    batch = backend.encode(items, pad_to=args.sequence_length)
-    t0 = time.perf_counter()
-    out = backend.predict(batch)
+    if str(backend.artifact.manifest.task) == "text-generation":  # a causal LM: one prefill of a prompt
+        ids = np.ones((args.batch_size, args.sequence_length), dtype=np.int64)
+        t0 = time.perf_counter()
+        out = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]["logits"]
+    else:
+        items = latency_inputs(None, args.batch_size, args.sequence_length, backend.artifact.manifest.preprocess)
+        batch = backend.encode(items, pad_to=args.sequence_length)
+        t0 = time.perf_counter()
+        out = backend.predict(batch)
     backend.synchronize()
     t_first = time.perf_counter() - t0
     if not np.isfinite(out).all():

@@ -1,0 +1,495 @@
+"""``validate`` of a text generator (task text-generation: a causal LM with a KV cache), batch 1.
+
+What is measured (and how):
+- speed: a prompt of ``prompt_tokens`` tokens (capped so that prompt + ``new_tokens`` fit the model's context), then
+  ``new_tokens`` tokens decoded greedily one at a time through the runtime's ``prefill`` / ``step``
+  (:class:`compress.host.measure.Generation`). Time to first token (TTFT) is the prefill, one sample per round;
+  decode is one sample per generated token. Rounds of the artifact and of the teacher's FP32 export *in the same
+  runtime and threads* alternate (the order flips each round) until both have ``MIN_ROUNDS`` rounds and the
+  profile's ``measure.min_duration_s`` of timed work, so ratios are fair on a shared machine. Prefill tokens/s =
+  prompt tokens / TTFT p50; decode tokens/s = 1000 / decode p50 (ms per token). The report's ``latency_ms``,
+  ``throughput``, ``speedup`` and ``latency_samples_ms`` are the decode step's (ms per generated token), so a
+  profile's ``latency_ms`` budgets read ms per token and ``edgecompress gate`` tests decode speed.
+- quality against the teacher (PyTorch FP32): the ``--data`` text tokenized once and cut into windows of
+  ``--window`` tokens (llama.cpp's ``llama-perplexity`` definition, :mod:`compress.tasks.generation`): perplexity,
+  KL(teacher || artifact) and top-1 agreement of the next-token distributions over each window's second half;
+  then greedy continuations of ``--prompts`` (else the first sentence of each document or paragraph) by the
+  artifact and by the teacher: continuation agreement (tokens equal before the first divergence) and a collapse
+  check (one token, a repetition loop, or a KL far off); the continuations that diverge go into the report.
+- size, cold start and peak memory: as for any artifact (the fresh-process probe runs one prefill).
+
+Budgets (profile): ``min_decode_tokens_per_s``, ``max_time_to_first_token_ms`` (TTFT p50), ``max_perplexity_increase``
+(artifact / teacher perplexity - 1), ``min_top1_agreement``, plus size, memory, cold start, speedup (decode) and the
+latency percentiles (ms per token). The classifier budgets (retention, agreement, output cosine/SNR, MAE) do not
+apply to a generator and are not judged. A collapse is a failed check ``no_collapse`` whatever the profile.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact
+from compress.errors import ConfigError
+from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, verdict_of
+from compress.progress import Progress, start_phase
+
+log = logging.getLogger(__name__)
+
+#: budgets that read a classifier's or an embedder's outputs: not judged for a generator
+NOT_FOR_GENERATORS = ("min_accuracy_retention", "min_agreement", "min_output_cosine", "max_mae_increase",
+                      "min_output_snr_db")
+MIN_ROUNDS = 5  # timed generations of each side at least
+MAX_PROMPTS = 8  # prompts continued when neither --prompts nor --limit says how many
+DIVERGING_SHOWN = 10  # rows of the diverging-continuations table
+#: text to time on when no --data is given (a prompt only needs real tokens, not these words)
+_FILLER = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+           "One day, she saw a big red ball under a tree. She ran to the ball and picked it up. ")
+
+
+# -- text and tokens -------------------------------------------------------------------------------------------
+
+
+def _tokenizer(art: Artifact):
+    """The artifact's own tokenizer (its files travel with every generator artifact)."""
+    from compress._optional import require
+
+    require("transformers", "tokenizing text for a generator")
+    from transformers import AutoTokenizer  # compress is imported: its torchvision shim is in place
+
+    try:
+        return AutoTokenizer.from_pretrained(str(art.path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{art.path}: no tokenizer beside the model ({e})",
+                          hint="re-export the causal LM: its tokenizer files travel into the artifact") from None
+
+
+def first_sentences(texts: list[str], limit: int) -> list[str]:
+    """A prompt per document (or per paragraph of a long one): its first sentence, at most ``limit``."""
+    out: list[str] = []
+    for text in texts:
+        for para in re.split(r"\n\s*\n", text):
+            para = " ".join(para.split())
+            if not para:
+                continue
+            m = re.match(r"(.+?[.!?])(\s|$)", para)
+            out.append(m.group(1) if m else para[:200])
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def _encode(tok, text: str) -> list[int]:
+    return list(tok(text)["input_ids"])
+
+
+def _eos_ids(post) -> set[int]:
+    eos = getattr(post, "eos_token_id", None)
+    return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+
+
+def context_of(art: Artifact) -> int:
+    """The longest sequence the artifact takes: its KV cache's max length, else the manifest's."""
+    cache = getattr(art.manifest.postprocess, "cache", None)
+    return int(getattr(cache, "max_length", None) or art.manifest.max_length or 2048)
+
+
+def speed_prompt(tok, texts: list[str] | None, prompt_tokens: int, new_tokens: int, context: int,
+                 bos: int | None) -> tuple[list[int], int, list[str]]:
+    """The prompt to time (``prompt_tokens`` real tokens from the data, else a built-in story) and the new tokens,
+    both capped so that they fit ``context``; with the notes of what was capped."""
+    notes = []
+    if new_tokens >= context:
+        notes.append(f"--new-tokens {new_tokens} capped at {context // 2}: the model's context is {context} tokens")
+        new_tokens = context // 2
+    if prompt_tokens + new_tokens > context:
+        capped = context - new_tokens
+        notes.append(f"--prompt-tokens {prompt_tokens} capped at {capped}: with {new_tokens} new tokens the model's "
+                     f"context of {context} tokens is full")
+        prompt_tokens = capped
+    ids: list[int] = []
+    source = " ".join(texts) if texts else ""
+    if source:
+        ids = _encode(tok, source[: prompt_tokens * 16])
+    while len(ids) < prompt_tokens:
+        ids += _encode(tok, _FILLER)
+    ids = ids[:prompt_tokens]
+    if bos is not None and ids and ids[0] != bos:
+        ids[0] = bos
+    return ids, new_tokens, notes
+
+
+# -- the artifact's side ---------------------------------------------------------------------------------------
+
+
+def _feeds(ids: list[int]) -> dict[str, np.ndarray]:
+    arr = np.asarray([ids], dtype=np.int64)
+    return {"input_ids": arr, "attention_mask": np.ones_like(arr)}
+
+
+def greedy_artifact(backend, prompt: list[int], new_tokens: int, eos: set[int], context: int) -> list[int]:
+    """The artifact's greedy continuation of ``prompt`` through its KV cache (stops at an EOS token or the
+    context's end)."""
+    out, state = backend.prefill(_feeds(prompt))
+    made: list[int] = []
+    for _ in range(min(new_tokens, context - len(prompt))):
+        nxt = int(np.argmax(out["logits"][0, -1]))
+        made.append(nxt)
+        if nxt in eos or len(made) == new_tokens:
+            break
+        step = {"input_ids": np.asarray([[nxt]], np.int64),
+                "attention_mask": np.ones((1, len(prompt) + len(made)), np.int64)}
+        out, state = backend.step(step, state)
+    return made
+
+
+def window_logits(backend, windows: np.ndarray):
+    """The artifact's logits on each window (one prefill each, batch 1): an iterator of [1, T, V] float32."""
+    for row in windows:
+        out, _ = backend.prefill(_feeds(row.tolist()))
+        yield np.asarray(out["logits"], dtype=np.float32)
+
+
+# -- timing ----------------------------------------------------------------------------------------------------
+
+
+def time_generation(backends: dict[str, Any], prompt: list[int], new_tokens: int, *, warmup: int,
+                    min_duration_s: float, max_rounds: int, progress: Progress | None = None):
+    """TTFT and per-token decode samples of each backend, rounds alternating (the order flips every round):
+    {name: {"time_to_first_token": LatencyStats, "decode": LatencyStats}}."""
+    from compress.host.measure import Generation, LatencyStats
+
+    gens = {name: Generation(b, _feeds(prompt), new_tokens=new_tokens) for name, b in backends.items()}
+    for _ in range(warmup):
+        for g in gens.values():
+            g.generate()
+    firsts: dict[str, list[float]] = {n: [] for n in gens}
+    steps: dict[str, list[float]] = {n: [] for n in gens}
+    advance = start_phase(progress, f"timing generation ({' and '.join(gens)})") if progress else None
+    rounds, spent = 0, 0.0
+    while rounds < MIN_ROUNDS or (spent < min_duration_s and rounds < max_rounds):
+        order = list(gens) if rounds % 2 == 0 else list(reversed(gens))
+        for name in order:
+            first, decode, _ = gens[name].generate()
+            firsts[name].append(first)
+            steps[name] += decode
+            spent += first + sum(decode)
+        rounds += 1
+        if advance:
+            advance(min(1.0, min(rounds / MIN_ROUNDS, spent / min_duration_s if min_duration_s else 1.0)))
+    return {n: {"time_to_first_token": LatencyStats.from_samples(firsts[n], 1),
+                "decode": LatencyStats.from_samples(steps[n], 1)} for n in gens}
+
+
+def speed_figures(timed: dict[str, dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
+    """Tokens per second, TTFT and their ratios to the FP32 baseline, from :func:`time_generation`'s stats."""
+    out: dict[str, Any] = {}
+    for name, st in timed.items():
+        pre = "" if name == "artifact" else f"{name}_"
+        ttft, dec = st["time_to_first_token"], st["decode"]
+        out[f"{pre}time_to_first_token_ms"] = ttft.as_dict()
+        out[f"{pre}decode_ms_per_token"] = dec.as_dict()
+        out[f"{pre}prefill_tokens_per_s"] = round(prompt_tokens * 1000.0 / ttft.p50, 3) if ttft.p50 else None
+        out[f"{pre}decode_tokens_per_s"] = round(1000.0 / dec.p50, 3) if dec.p50 else None
+    if "baseline" in timed and out.get("prefill_tokens_per_s") and out.get("baseline_prefill_tokens_per_s"):
+        out["prefill_speedup"] = round(out["prefill_tokens_per_s"] / out["baseline_prefill_tokens_per_s"], 4)
+        out["decode_speedup"] = round(out["decode_tokens_per_s"] / out["baseline_decode_tokens_per_s"], 4)
+    return out
+
+
+# -- quality ---------------------------------------------------------------------------------------------------
+
+
+def quality(backend, teacher, windows: np.ndarray | None, post, progress: Progress | None = None) -> dict[str, Any]:
+    """Perplexity of the artifact on ``windows`` and, with a ``teacher``, KL and top-1 agreement against it."""
+    from compress.tasks.generation import GenerationStream
+
+    stream = GenerationStream(post)
+    tick = start_phase(progress, "perplexity windows", len(windows))
+    ours = window_logits(backend, windows)
+    if teacher is None:
+        for i, cand in enumerate(ours):
+            stream.update(outputs=cand, labels=windows[i:i + 1])
+            tick(1)
+        return dict(stream.result())
+    done = 0
+    for ref in teacher.logits(windows):
+        b = len(ref)
+        cand = np.concatenate([next(ours) for _ in range(b)])
+        stream.update(outputs=cand, labels=windows[done:done + b], ref=np.asarray(ref, dtype=np.float32))
+        done += b
+        tick(b)
+    return dict(stream.result())
+
+
+def continuations(backend, teacher, tok, prompts: list[str], new_tokens: int, post, context: int,
+                  kl_mean: float | None, progress: Progress | None = None) -> dict[str, Any]:
+    """Greedy continuations of ``prompts`` by the artifact (and the teacher): agreement, collapse, and the rows
+    that diverge from the teacher's (prompt, where, both texts)."""
+    from compress.tasks.generation import collapse, continuation_agreement
+
+    eos = _eos_ids(post)
+    tick = start_phase(progress, "continuing prompts", len(prompts))
+    cand, ref, rows = [], [], []
+    for text in prompts:
+        ids = _encode(tok, text)[: max(1, context - new_tokens)]
+        mine = greedy_artifact(backend, ids, new_tokens, eos, context)
+        cand.append(mine)
+        if teacher is not None:
+            theirs = list(teacher.greedy(ids, new_tokens, eos=sorted(eos) or None))
+            ref.append(theirs)
+            at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b),
+                      None if len(mine) == len(theirs) else min(len(mine), len(theirs)))
+            if at is not None:
+                rows.append({"prompt": text, "diverges_at": at,
+                             "teacher": tok.decode(theirs, skip_special_tokens=True),
+                             "artifact": tok.decode(mine, skip_special_tokens=True)})
+        tick(1)
+    out: dict[str, Any] = {"prompts": len(prompts), "collapse": collapse(cand, kl_mean=kl_mean)}
+    out["artifact_continuations"] = [tok.decode(c, skip_special_tokens=True) for c in cand[:DIVERGING_SHOWN]]
+    if teacher is not None:
+        out["continuation_agreement"] = round(float(continuation_agreement(cand, ref)), 6)
+        out["diverging"] = sorted(rows, key=lambda r: r["diverges_at"])[:DIVERGING_SHOWN]
+        out["diverging_count"] = len(rows)
+    return out
+
+
+# -- the whole check -------------------------------------------------------------------------------------------
+
+
+def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
+    """The causal LM teacher (PyTorch FP32), or None when it is not on this machine."""
+    if tdir is None:
+        warnings.append("no teacher: the recorded source is not on this machine; pass --teacher (perplexity is "
+                        "measured, KL, top-1 and continuation agreement are not)")
+        return None
+    from compress.teachers.causal_lm import CausalLM
+
+    return CausalLM.load(tdir, trust_remote_code=config.trust_remote_code)
+
+
+def _baseline(tdir: Path | None, art: Artifact, runtime_name: str, settings, warnings: list[str]):
+    """The teacher's FP32 export in the artifact's format (cached: compress.cache baselines/KEY), loaded in the same
+    runtime and settings; None when there is no teacher or the artifact is itself FP32 from it."""
+    import hashlib
+
+    from compress import cache as ec_cache
+    from compress.artifact import digest_dir, load_artifact
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    if tdir is None:
+        return None
+    if not art.manifest.steps or all(s.stage == "export" for s in art.manifest.steps):
+        warnings.append("the artifact is the FP32 export itself: no separate FP32 baseline timed")
+        return None
+    cfg = ExportConfig(format=str(art.format))
+    key = hashlib.sha256(f"generator{digest_dir(tdir)}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
+    where = ec_cache.kind_dir("baselines") / key
+    base = None
+    if (where / "manifest.json").is_file():
+        try:
+            base = load_artifact(where)
+            ec_cache.touch(where)
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            log.warning("rebuilding damaged baseline cache %s", where)
+    if base is None:
+        log.info("exporting the teacher's FP32 baseline to %s", where)
+        base = export(tdir, where, cfg, force=True)
+        ec_cache.enforce_limit(keep=where)
+    return load_runtime(base, runtime_name, settings)
+
+
+def _windows(tok, texts: list[str], window: int, limit: int | None, context: int) -> np.ndarray:
+    from compress.data.text import token_windows
+
+    if window > context:
+        raise ConfigError(f"--window {window} is longer than the model's context ({context} tokens)",
+                          hint=f"give --window {context} or less")
+    return token_windows(tok, texts, window, max_windows=limit)
+
+
+def validate_generation(art: Artifact, run, runtime_name: str, run_settings, device, estimating: bool):
+    """Validate a text-generation artifact (see the module doc); ``run`` is the
+    :class:`~compress.validation.common.ValidationRun` with the teacher unloaded (``run.teacher`` None)."""
+    from compress.host.measure import probe_cold_start
+    from compress.runtimes.base import load_runtime
+    from compress.validation.common import conclude
+    from compress.validation.local import _environment, _teacher_dir
+
+    config, profile, warnings, progress = run.config, run.profile, run.warnings, run.progress
+    post = art.manifest.postprocess
+    context = context_of(art)
+    tok = _tokenizer(art)
+    texts = None
+    if config.data:
+        from compress.data.text import read_texts
+
+        texts = read_texts(config.data)
+    windows = _windows(tok, texts, config.window or post.window, config.limit, context) if texts else None
+    prompts: list[str] = []
+    if config.prompts:
+        from compress.data.text import read_prompts
+
+        prompts = read_prompts(config.prompts)[: config.limit or None]
+    elif texts:
+        prompts = first_sentences(texts, config.limit or MAX_PROMPTS)
+    tdir = _teacher_dir(art, config.teacher)
+    teacher = _teacher(tdir, art, warnings, config) if (windows is not None or prompts) else None
+
+    backend = load_runtime(art, runtime_name, run_settings)
+    metrics: dict[str, Any] = {}
+    gen: dict[str, Any] = {"batch_size": 1}
+    if windows is not None:
+        q = quality(backend, teacher, windows, post.model_copy(update={"window": windows.shape[1]}), progress)
+        gen.update({"window": int(windows.shape[1]), "windows": int(len(windows)), **q})
+        for key in ("perplexity_increase", "top1_agreement", "kl_mean", "perplexity"):
+            if q.get(key) is not None:
+                metrics[key] = q[key]
+    if prompts:
+        gen.update(continuations(backend, teacher, tok, prompts, config.new_tokens, post, context,
+                                 gen.get("kl_mean"), progress))
+    elif windows is None:
+        warnings.append("no --data text nor --prompts: quality (perplexity, agreement, collapse) was not measured")
+
+    prompt, new_tokens, notes = speed_prompt(tok, texts, config.prompt_tokens, config.new_tokens, context,
+                                             getattr(post, "bos_token_id", None))
+    warnings += notes
+    backends = {"artifact": backend}
+    base_backend = _baseline(tdir, art, runtime_name, run_settings, warnings) if config.measure.baseline else None
+    if base_backend is not None:
+        backends["baseline"] = base_backend
+    meas = profile.measure
+    timed = time_generation(backends, prompt, new_tokens, warmup=1 if meas.warmup else 0,
+                            min_duration_s=meas.min_duration_s, max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens),
+                            progress=progress)
+    gen.update({"prompt_tokens": len(prompt), "new_tokens": new_tokens, **speed_figures(timed, len(prompt))})
+    metrics["decode_tokens_per_s"] = gen["decode_tokens_per_s"]
+    metrics["time_to_first_token_ms"] = timed["artifact"]["time_to_first_token"].p50
+    metrics["prefill_tokens_per_s"] = gen["prefill_tokens_per_s"]
+    metrics["generation"] = gen
+    if base_backend is not None:
+        metrics["speedup_baseline"] = "the teacher's FP32 export on the same runtime and threads (decode)"
+    env = _environment(backend, {})
+    backend.close()
+    if base_backend is not None:
+        base_backend.close()
+
+    cold = None
+    if config.measure.cold_start:
+        start_phase(progress, "cold start in a fresh process")
+        cold = probe_cold_start(art.path, runtime_name, run_settings.threads, run_settings.provider, 1,
+                                min(len(prompt), 64))
+    stats = {name: st["decode"] for name, st in timed.items()}
+    judged = run.profile.model_copy(update={"budgets": run.profile.budgets.model_copy(
+        update={k: None for k in NOT_FOR_GENERATORS})})
+    run.profile, run.teacher = judged, teacher
+    report = conclude(run, metrics, stats, cold, env)
+    if config.data:  # what the quality figures were measured on (the gate compares it)
+        import hashlib
+
+        raw = Path(config.data).read_bytes()
+        report = report.model_copy(update={"data": {
+            "path": str(Path(config.data).resolve()), "rows": gen.get("windows"), "limit": config.limit,
+            "sha256": hashlib.sha256(raw).hexdigest()}})
+    return _finish(report, timed, gen, new_tokens, estimating, device)
+
+
+def _finish(report, timed, gen: dict[str, Any], new_tokens: int, estimating: bool, device):
+    """The generator's own checks on top of :func:`~compress.validation.common.conclude`'s: TTFT noise, collapse,
+    the shape timed, and (away from the profiled device) the speed budgets UNVERIFIED."""
+    met = dict(report.metrics)
+    met["input_shape"] = {"batch_size": 1, "prompt_tokens": gen["prompt_tokens"], "new_tokens": new_tokens}
+    met["latency_unit"] = "ms per generated token (decode step)"
+    budgets = list(report.budgets)
+    warnings = list(report.warnings)
+    ttft = [b for b in budgets if b.name == "max_time_to_first_token_ms"]
+    for b in ttft:  # judged on TTFT's own spread, not the decode step's
+        if b.status is BudgetStatus.anomalous:
+            b.status, b.passed, b.note = (BudgetStatus.passed if b.measured <= b.limit else BudgetStatus.failed,
+                                          b.measured <= b.limit, None)
+    anomalous_latency(timed["artifact"]["time_to_first_token"], ttft)
+    if "collapse" in gen:
+        reason = gen["collapse"]
+        budgets.append(BudgetResult(name="no_collapse", limit=0, measured=1.0 if reason else 0.0, passed=not reason,
+                                    comparison="<=", note=f"generations collapse: {reason}" if reason else None))
+        if reason:
+            warnings.append(f"the artifact's generations collapse: {reason}")
+    if estimating:
+        for b in budgets:
+            if b.name in ("min_decode_tokens_per_s", "max_time_to_first_token_ms", "min_speedup", "latency_p50_ms",
+                          "latency_p95_ms", "latency_p99_ms", "min_throughput", "max_cold_start_ms"):
+                b.status, b.passed = BudgetStatus.unverified, False
+                b.note = f"timed on this host, not on the profiled device ({device.reason})"
+        warnings.insert(0, f"{device.reason}: generation speed was timed on this host (no estimate of a generator's "
+                        "speed yet); its budgets are UNVERIFIED")
+    return report.model_copy(update={"metrics": met, "budgets": budgets, "warnings": warnings,
+                                     "verdict": verdict_of(budgets)})
+
+
+def perplexity_line(gen: dict[str, Any]) -> str | None:
+    """One line of the text summary on quality (None when not measured)."""
+    if gen.get("perplexity") is None:
+        return None
+    line = f"perplexity {gen['perplexity']:.4g} on {gen.get('windows')} windows of {gen.get('window')} tokens"
+    if gen.get("teacher_perplexity") is not None:
+        line += (f" (teacher {gen['teacher_perplexity']:.4g}, {gen['perplexity_increase']:+.2%}); KL "
+                 f"{gen['kl_mean']:.4g} nats, top-1 agreement {gen['top1_agreement']:.4f}")
+    return line
+
+
+def summary_lines(met: dict[str, Any]) -> list[str]:
+    """The text summary's generator lines: speed, quality, continuations, collapse."""
+    gen = met.get("generation")
+    if not gen:
+        return []
+    lines = []
+    t = gen["time_to_first_token_ms"]
+    speed = (f"prompt {gen['prompt_tokens']} tokens: TTFT p50 {t['p50']:.2f} ms (n={t['n']}, CV {t['cv']:.1%}), "
+             f"prefill {gen['prefill_tokens_per_s']:.1f} tokens/s; decode {gen['new_tokens']} tokens: "
+             f"{gen['decode_tokens_per_s']:.1f} tokens/s (p50 {gen['decode_ms_per_token']['p50']:.3f} ms/token, "
+             f"CV {gen['decode_ms_per_token']['cv']:.1%})")
+    lines.append(speed)
+    if gen.get("baseline_decode_tokens_per_s"):
+        lines.append(f"FP32 export, same runtime and threads: prefill {gen['baseline_prefill_tokens_per_s']:.1f}, "
+                     f"decode {gen['baseline_decode_tokens_per_s']:.1f} tokens/s → prefill "
+                     f"{gen['prefill_speedup']:.2f}x, decode {gen['decode_speedup']:.2f}x")
+    if (ppl := perplexity_line(gen)) is not None:
+        lines.append(ppl)
+    if "prompts" in gen:
+        agree = gen.get("continuation_agreement")
+        lines.append(f"{gen['prompts']} prompts continued" + (
+            f": continuation agreement {agree:.4f}, {gen.get('diverging_count', 0)} diverge from the teacher"
+            if agree is not None else ""))
+        if gen.get("collapse"):
+            lines.append(f"COLLAPSE: {gen['collapse']}")
+    return lines
+
+
+def diverging_markdown(met: dict[str, Any]) -> list[str]:
+    """report.md's table of the continuations that diverge from the teacher's."""
+    rows = (met.get("generation") or {}).get("diverging") or []
+    if not rows:
+        return []
+
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")[:160]
+
+    out = ["", "## Continuations that diverge from the teacher", "",
+           "| prompt | diverges at token | teacher | artifact |", "|---|---|---|---|"]
+    out += [f"| {cell(r['prompt'])} | {r['diverges_at']} | {cell(r['teacher'])} | {cell(r['artifact'])} |"
+            for r in rows]
+    return out
+
+
+def is_generator(task: Any) -> bool:
+    return str(task) == "text-generation"
+
+
+__all__ = ["continuations", "diverging_markdown", "first_sentences", "greedy_artifact", "is_generator", "quality",
+           "speed_figures", "speed_prompt", "summary_lines", "time_generation", "validate_generation"]
