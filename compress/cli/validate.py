@@ -55,10 +55,19 @@ from compress.progress import counts
 @click.option("--remote-python", metavar="CMD", help="Python on the device [default: python3].")
 @click.option("--ssh-config", type=click.Path(path_type=Path), envvar="EDGECOMPRESS_SSH_CONFIG",
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
+@click.option("--prompts", type=click.Path(path_type=Path),
+              help="Text generators: prompts to continue (.txt one a line, .jsonl prompt/text) [default: the first "
+                   "sentence of each --data document].")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Text generators: prompt length timed for TTFT and prefill tokens/s (capped by the context).")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Text generators: tokens generated per prompt (decode tokens/s, continuations).")
+@click.option("--window", type=click.IntRange(min=2),
+              help="Text generators: perplexity window in tokens on --data text [default: the artifact's, 256].")
 @force_reports_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, metric, report_dir,
                  no_baseline, no_cold_start, estimate_mode, unverified_exit_code, no_cache, allow_pickle,
-                 trust_remote_code, remote, remote_python, ssh_config,
+                 trust_remote_code, remote, remote_python, ssh_config, prompts, prompt_tokens, new_tokens, window,
                  force):
     """Measure ARTIFACT on a device profile and judge it against the profile's budgets.
 
@@ -86,7 +95,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit, metric=metric,
         baseline=not no_baseline, cold_start=not no_cold_start, estimate=estimate_mode, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, cache=not no_cache, remote=remote, remote_python=remote_python,
-        ssh_config=str(ssh_config) if ssh_config else None,
+        ssh_config=str(ssh_config) if ssh_config else None, prompts=str(prompts) if prompts else None,
+        prompt_tokens=prompt_tokens, new_tokens=new_tokens, window=window,
     )
     if report_dir is None:
         report_dir = artifact.parent / f"{artifact.name}-report-{Path(profile).stem if profile.endswith(('.yaml', '.yml')) else profile}"

@@ -16,6 +16,10 @@ Then each metric is tested rather than two numbers compared:
   rows one report gets right and the other wrong (a binomial test on the discordant pairs). A significant drop is
   a regression; the profile's absolute retention budget still applies through each report's own verdict.
 * **size**: exact, no noise: bigger by more than ``size_threshold`` is a regression.
+* **text generators** (reports with ``metrics.generation``): the latency samples are the decode step's (ms per
+  generated token), so the latency test above is the decode-speed test ("decode ms/token"); and a release whose
+  generations collapse (``metrics.generation.collapse``: one token, a repetition loop, a KL far off) regressed,
+  whatever the baseline did, with the reason in the note.
 
 The verdict is the worst of the metrics: regressed > not comparable > inconclusive > improved/pass.
 """
@@ -283,6 +287,17 @@ def _size(new: dict, base: dict, cfg: GateConfig) -> MetricResult | None:
     return MetricResult("size MB", verdict, a, b, change, None, "exact")
 
 
+def _collapse(new: dict) -> MetricResult | None:
+    """A text generator's release whose generations collapse regressed (no noise: the check is on its tokens)."""
+    gen = new["metrics"].get("generation")
+    if not isinstance(gen, dict) or "collapse" not in gen:
+        return None
+    reason = gen.get("collapse")
+    if reason:
+        return MetricResult("generation collapse", "regressed", note=f"the release's generations collapse: {reason}")
+    return MetricResult("generation collapse", "pass", note="no collapse")
+
+
 def gate(new: Path | str | dict, baseline: Path | str | dict, config: GateConfig | None = None) -> GateResult:
     """Judge report ``new`` against report ``baseline`` (see the module doc)."""
     from compress._optional import require
@@ -296,9 +311,16 @@ def gate(new: Path | str | dict, baseline: Path | str | dict, config: GateConfig
     result = GateResult("pass", new=n.get("_path", ""), baseline=b.get("_path", ""))
     result.differences = comparability(n, b)
     if result.differences:
+        collapsed = _collapse(n)  # a collapse is the release's own failure, comparable or not
+        if collapsed is not None and collapsed.verdict == "regressed":
+            result.metrics, result.verdict = [collapsed], "regressed"
+            return result
         result.verdict = "not comparable"
         return result
-    result.metrics = [m for m in (_latency(n, b, cfg), _accuracy(n, b, cfg), _size(n, b, cfg)) if m is not None]
+    result.metrics = [m for m in (_latency(n, b, cfg), _accuracy(n, b, cfg), _size(n, b, cfg), _collapse(n))
+                      if m is not None]
+    if isinstance(n["metrics"].get("generation"), dict):  # a generator's latency samples are its decode steps
+        result.metrics[0].metric = "decode ms/token"
     order = {"regressed": 4, "not comparable": 3, "inconclusive": 2, "improved": 1, "pass": 0}
     worst = max((m.verdict for m in result.metrics), key=order.__getitem__, default="pass")
     result.verdict = worst
