@@ -173,7 +173,16 @@ def _accuracy_rows(m: dict[str, Any]) -> list[tuple[str, Any]]:
             ("top5", "artifact top-5"), ("teacher_top5", "teacher top-5"), ("macro_f1", "artifact macro F1"),
             ("teacher_macro_f1", "teacher macro F1"), ("cosine_min", "lowest cosine to the teacher"),
             ("eval_samples", "eval rows")]
-    return [(label, m[k]) for k, label in keys if m.get(k) is not None]
+    gen = m.get("generation") or {}
+    gen_keys = [("decode_tokens_per_s", "decode tokens/s"), ("baseline_decode_tokens_per_s", "FP32 decode tokens/s"),
+                ("prefill_tokens_per_s", "prefill tokens/s"), ("perplexity", "artifact perplexity"),
+                ("teacher_perplexity", "teacher perplexity"), ("perplexity_increase", "perplexity increase"),
+                ("kl_mean", "KL to the teacher (nats)"), ("top1_agreement", "top-1 agreement"),
+                ("continuation_agreement", "continuation agreement")]
+    rows = [(label, m[k]) for k, label in keys if m.get(k) is not None]
+    if gen.get("time_to_first_token_ms"):
+        rows.append(("time to first token p50 (ms)", gen["time_to_first_token_ms"]["p50"]))
+    return rows + [(label, gen[k]) for k, label in gen_keys if gen.get(k) is not None]
 
 
 def write_validation_html(report: dict[str, Any] | Any, path: Path | str, gate_baseline: dict | None = None) -> Path:

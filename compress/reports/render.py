@@ -27,6 +27,8 @@ def shape_text(shape: dict) -> str:
     (batch x each input's sample shape)."""
     if "inputs" in shape:
         return f"{shape.get('batch_size')} x ({', '.join(f'{k} {v}' for k, v in shape['inputs'].items())})"
+    if "new_tokens" in shape:  # a text generator: batch x prompt, then the tokens generated
+        return f"{shape.get('batch_size')}x{shape.get('prompt_tokens')} + {shape['new_tokens']} new tokens"
     keys = ("batch_size", "sequence_length") if "sequence_length" in shape else ("batch_size", "channels", "height", "width")
     return "x".join(str(shape.get(k)) for k in keys)
 
@@ -247,6 +249,10 @@ def render_report(report: ValidationReport, console: Console) -> None:
         if met.get("cold_start_ms") is not None and "cold_start_ms_this_host" in met:
             lines.append(f"cold start on {report.profile['name']}: ≈ {met['cold_start_ms']:.0f} ms (estimated: this "
                          "host's start-up scaled by clock, plus the estimated inference)")
+    if met.get("generation"):  # a text generator: tokens/s, TTFT, perplexity, continuations (ms above: per token)
+        from compress.validation.generation import summary_lines
+
+        lines += summary_lines(met)
     lines.append(f"model size {met['size_mb']:.1f} MB")
     for line in lines:
         console.print("  " + line)
@@ -288,6 +294,10 @@ def report_markdown(report: ValidationReport) -> str:
             f"| {b.name} | {b.comparison} {_fmt(b.limit, b.unit)} | {_measured_cell(b)} | {_status(b).upper()} |"
         )
     out += fidelity_markdown(met)
+    if met.get("generation"):
+        from compress.validation.generation import diverging_markdown, summary_lines
+
+        out += ["", "## Generation", ""] + [f"- {line}" for line in summary_lines(met)] + diverging_markdown(met)
     out += ["", "## Metrics", "", "```json", json.dumps(met, indent=2, default=str), "```"]
     if report.warnings:
         out += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
