@@ -44,6 +44,9 @@ class Task(StrEnum):
     ctc_recognition = "ctc-recognition"
     #: boxes, scores and classes from a declared output layout (``postprocess.boxes``), judged by COCO mAP
     object_detection = "object-detection"
+    #: a causal language model with a KV cache: next-token logits judged by perplexity on text windows (llama.cpp's
+    #: llama-perplexity), KL and top-1 agreement against the teacher
+    text_generation = "text-generation"
     #: a model whose task edgecompress does not know (an adopted file): judged by its outputs' fidelity to the FP32
     #: model (cosine, SNR) and by a user's --metric
     generic = "generic"
@@ -281,6 +284,11 @@ TASKS: dict[Task, TaskInfo] = {
                                     metric_takes="manifest", agreement="metric", needs_class_names=True,
                                     check="compress.tasks.detection:check_postprocess",
                                     postprocess="compress.tasks.detection:DetectionPostprocess"),
+    Task.text_generation: TaskInfo(labels="none", metric="compress.tasks.generation:generation_metrics",
+                                   metric_takes="postprocess", higher_is_better=False, agreement="metric",
+                                   head="AutoModelForCausalLM", inputs="text",
+                                   postprocess="compress.tasks.generation:GenerationPostprocess",
+                                   streaming="compress.tasks.generation:GenerationStream"),
     Task.generic: TaskInfo(labels="per-sample", metric=_CLASSIFY, metric_takes="manifest",
                            unlabelled="compress.tasks.classification:output_cosine_metrics",
                            streaming=_CLASSIFY_STREAM,

@@ -1,0 +1,189 @@
+"""Task ``text-generation``: a causal language model with a KV cache, judged on next-token prediction.
+
+The metric follows llama.cpp's ``llama-perplexity``: the text is tokenized once and cut into non-overlapping windows
+of ``window`` tokens (:func:`compress.data.text.token_windows`; each window's first token is BOS where the tokenizer
+has one); only the second half of a window is scored, so every scored token has at least ``window // 2`` tokens of
+context: the logits at positions ``window//2 .. window-2`` predict the tokens at ``window//2 + 1 .. window-1``.
+Perplexity is ``exp`` of the mean negative log-likelihood over the scored tokens. Against the teacher: the mean
+KL(teacher || artifact) of the next-token distributions (``llama-perplexity --kl-divergence``) and the share of
+scored positions whose most likely next token is the teacher's (top-1 agreement), over the same positions.
+
+Generations are judged by :func:`continuation_agreement` (greedy tokens equal to the teacher's before the first
+divergence) and :func:`collapse` (a one-line reason when they degenerate: one token, a repetition loop, or a KL far
+off).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress.tasks import StreamingMetric
+
+__all__ = ["KL_COLLAPSE", "GenerationPostprocess", "GenerationStream", "KVCache", "collapse",
+           "continuation_agreement", "generation_metrics", "scored_positions"]
+
+#: a mean KL (nats) above which a quantized generator's next-token distributions are called collapsed
+KL_COLLAPSE = 2.0
+
+
+class KVCache(BaseModel):
+    """The KV cache of a generator artifact: its dimensions and where it lives."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: int = Field(..., ge=1, description="Decoder layers (one key and one value tensor each).")
+    kv_heads: int = Field(..., ge=1, description="Key/value heads (grouped-query attention: fewer than the query "
+                          "heads).")
+    head_size: int = Field(..., ge=1, description="The size of one head (config head_dim, else hidden / heads).")
+    dtype: str = Field("float32", description="The cache tensors' element type.")
+    max_length: int = Field(..., ge=1, description="The longest sequence the cache holds (the model's context).")
+    layout: Literal["past_key_values", "stateful", "runtime"] = Field(
+        "past_key_values", description="past_key_values: ONNX inputs past_key_values.{i}.key/value and outputs "
+        "present.{i}.key/value; stateful: the model keeps it inside (OpenVINO); runtime: the runtime keeps it "
+        "(llama.cpp).")
+    prefill: list[str] = Field(default_factory=lambda: ["input_ids", "attention_mask"],
+                               description="The prefill entry point's input names.")
+    decode: list[str] = Field(default_factory=lambda: ["input_ids", "attention_mask"],
+                              description="The decode step's input names.")
+
+    def bytes_per_token(self) -> int:
+        """Bytes the cache grows by per token (keys and values of every layer)."""
+        return 2 * self.layers * self.kv_heads * self.head_size * np.dtype(self.dtype).itemsize
+
+
+class GenerationPostprocess(BaseModel):
+    """The ``postprocess`` block of ``text-generation``: the perplexity window, BOS/EOS and the KV cache."""
+
+    model_config = ConfigDict(extra="forbid")
+    window: int = Field(256, ge=4, description="The perplexity window in tokens (llama-perplexity's -c): the second "
+                        "half of each window is scored.")
+    bos_token_id: int | None = Field(None, description="The token each window starts with (None: no BOS).")
+    eos_token_id: int | list[int] | None = Field(None, description="The token(s) that end a generation.")
+    cache: KVCache | None = Field(None, description="The KV cache (None: not recorded).")
+
+    def eos_ids(self) -> list[int]:
+        """The end-of-sequence ids as a list (empty: none)."""
+        e = self.eos_token_id
+        return [] if e is None else [e] if isinstance(e, int) else list(e)
+
+
+def scored_positions(length: int) -> slice:
+    """The logit positions of a window of ``length`` tokens that are scored (each predicts the next token)."""
+    return slice(length // 2, length - 1)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64, copy=False)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class GenerationStream(StreamingMetric):
+    """Perplexity (and KL, top-1 agreement against the teacher) window batch by window batch; sums and counts only.
+
+    ``update(outputs=logits [B, T, V], labels=token ids [B, T], ref=teacher logits [B, T, V] or None)``: each row is
+    one window as the model saw it (``labels`` are its input ids: the targets are the ids shifted by one)."""
+
+    def __init__(self, postprocess: GenerationPostprocess | None = None) -> None:
+        self.post = postprocess
+        self.nll = self.teacher_nll = self.kl = 0.0
+        self.tokens = self.positions = self.agree = 0
+
+    def update(self, outputs: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        self.see(labels, ref)
+        logits = np.asarray(outputs)
+        if logits.ndim == 2:
+            logits = logits[None]
+        if logits.ndim != 3:
+            raise ValueError(f"text-generation outputs are logits [batch, tokens, vocabulary], got shape "
+                             f"{list(np.shape(outputs))}")
+        sl = scored_positions(logits.shape[1])
+        cand = _log_softmax(logits[:, sl])
+        if labels is not None:
+            ids = np.asarray(labels, dtype=np.int64).reshape(logits.shape[0], -1)
+            if ids.shape[1] != logits.shape[1]:
+                raise ValueError(f"{ids.shape[1]} token ids for {logits.shape[1]} logit positions per window")
+            targets = ids[:, sl.start + 1: sl.stop + 1]
+            self.nll -= float(np.take_along_axis(cand, targets[..., None], axis=-1).sum())
+            self.tokens += targets.size
+        if ref is not None:
+            ref = np.asarray(ref)
+            ref = ref[None] if ref.ndim == 2 else ref
+            if ref.shape != logits.shape:
+                raise ValueError(f"teacher logits {list(ref.shape)} and the artifact's {list(logits.shape)} differ")
+            teacher = _log_softmax(ref[:, sl])
+            self.kl += float((np.exp(teacher) * (teacher - cand)).sum())
+            self.agree += int((teacher.argmax(-1) == cand.argmax(-1)).sum())
+            self.positions += cand.shape[0] * cand.shape[1]
+            if labels is not None:
+                self.teacher_nll -= float(np.take_along_axis(teacher, targets[..., None], axis=-1).sum())
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.tokens:
+            nll = self.nll / self.tokens
+            out.update(perplexity=math.exp(nll), nll=nll, tokens=self.tokens)
+        if self.positions:
+            if self.tokens:
+                t = math.exp(self.teacher_nll / self.tokens)
+                out.update(teacher_perplexity=t, perplexity_increase=out["perplexity"] / t - 1.0)
+            out.update(kl_mean=self.kl / self.positions, top1_agreement=self.agree / self.positions)
+        return out
+
+
+def generation_metrics(postprocess: GenerationPostprocess | None, cand: np.ndarray, ref: np.ndarray | None,
+                       labels) -> dict[str, Any]:
+    """:class:`GenerationStream` on one batch: logits ``cand`` [N, T, V], teacher logits ``ref``, token ids
+    ``labels`` [N, T]."""
+    stream = GenerationStream(postprocess)
+    stream.update(cand, labels, ref)
+    return stream.result()
+
+
+def continuation_agreement(cand: list[list[int]], ref: list[list[int]]) -> float:
+    """The share of the teacher's generated tokens that the artifact generated alike before its first divergence
+    (per prompt), over all the teacher's generated tokens; 1.0 when the teacher generated nothing."""
+    if len(cand) != len(ref):
+        raise ValueError(f"{len(cand)} continuations for {len(ref)} teacher continuations")
+    total = sum(len(r) for r in ref)
+    same = 0
+    for c, r in zip(cand, ref, strict=True):
+        for a, b in zip(c, r):
+            if a != b:
+                break
+            same += 1
+    return same / total if total else 1.0
+
+
+def _loop(tokens: list[int], max_n: int = 8) -> int | None:
+    """The n (<= ``max_n``) of an n-gram that, repeated, makes up the last half of ``tokens``; None if none."""
+    half = tokens[len(tokens) - len(tokens) // 2:]
+    if len(half) < 4:
+        return None
+    for n in range(1, max_n + 1):
+        if len(half) >= 2 * n and all(half[i] == half[i - n] for i in range(n, len(half))):
+            return n
+    return None
+
+
+def collapse(tokens: list[list[int]], *, kl_mean: float | None = None) -> str | None:
+    """A one-line reason when generations have collapsed, else None: every continuation is one token repeated, the
+    last half of every continuation is one short n-gram (n <= 8) repeated, or the mean KL to the teacher is above
+    :data:`KL_COLLAPSE` nats."""
+    if kl_mean is not None and math.isfinite(kl_mean) and kl_mean > KL_COLLAPSE:
+        return f"next-token KL to the teacher is {kl_mean:.2f} nats (> {KL_COLLAPSE}): the distributions collapsed"
+    if kl_mean is not None and not math.isfinite(kl_mean):
+        return "next-token KL to the teacher is not finite: the logits collapsed (NaN or infinite)"
+    seqs = [list(t) for t in tokens if len(t) >= 8]
+    if not seqs:
+        return None
+    if all(len(set(s)) == 1 for s in seqs):
+        return f"every continuation is one token repeated (token {seqs[0][0]})"
+    loops = [_loop(s) for s in seqs]
+    if all(n is not None for n in loops):
+        return (f"every continuation ends in a repetition loop (a {max(loops)}-token or shorter sequence repeated "
+                f"over its last half)")
+    return None
