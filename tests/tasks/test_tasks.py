@@ -62,7 +62,7 @@ def test_the_table_answers_what_the_ladders_asked():
     assert set(TASKS) == set(Task)
     assert {t for t, i in TASKS.items() if i.classifies} == {
         Task.text_classification, Task.image_classification, Task.generic}
-    assert [t for t, i in TASKS.items() if not i.higher_is_better] == [Task.regression]
+    assert [t for t, i in TASKS.items() if not i.higher_is_better] == [Task.regression, Task.text_generation]
     assert TASKS[Task.token_classification].head == "AutoModelForTokenClassification"
     assert TASKS[Task.semantic_segmentation].class_axis == 1
     for info in TASKS.values():  # every import string names a function
