@@ -58,6 +58,7 @@ class OpenVINOBackend(RuntimeBackend):
         self.compiled = core.compile_model(str(self.artifact.model_path), device, config)
         self.request = self.compiled.create_infer_request()
         self._input_names = {p.get_any_name() for p in self.compiled.inputs}
+        self._has_variables = bool(self.request.query_state())  # a stateful IR (a generator's KV cache inside)
         wanted = self.artifact.manifest.outputs[0].name
         self._output = next(
             (o for o in self.compiled.outputs if wanted in o.get_names()), self.compiled.outputs[0]
@@ -70,6 +71,45 @@ class OpenVINOBackend(RuntimeBackend):
 
     def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: v for k, v in inputs.items() if k in self._input_names}
+        result = self.request.infer(feed, share_inputs=True, share_outputs=False)
+        return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
+
+    # -- a generator's stateful IR: the KV cache lives in the InferRequest's variables ----------------
+    @property
+    def stateful(self) -> bool:
+        """True for an IR with internal state (OpenVINO's make_stateful: ReadValue/Assign variables), else as the
+        base class says (state fed back as graph inputs/outputs)."""
+        if self._variables():
+            return True
+        return super().stateful
+
+    def _variables(self) -> bool:
+        return bool(getattr(self, "_has_variables", False))
+
+    def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
+        """A stateful IR: the request's variables reset (an empty KV cache), then the prompt in one call. Outputs:
+        ``logits`` [1, S, V] float32; the state is the InferRequest itself (opaque: pass it back to :meth:`step`)."""
+        if not self._variables():
+            return super().prefill(feeds)
+        self.request.reset_state()
+        return self._infer_step(feeds), self.request
+
+    def step(self, feeds: dict[str, np.ndarray], state: Any) -> tuple[dict[str, np.ndarray], Any]:
+        """A stateful IR: one more chunk (a decode token) on the cache the request holds. ``attention_mask`` covers
+        the past and the new tokens; ``position_ids`` come from it where the IR takes them, ``beam_idx`` is
+        0 (batch 1, no beams) where it takes one."""
+        if not self._variables():
+            return super().step(feeds, state)
+        return self._infer_step(feeds), state
+
+    def _infer_step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = dict(feeds)
+        if "position_ids" in self._input_names and "position_ids" not in feeds and "attention_mask" in feeds:
+            mask, new = feeds["attention_mask"], feeds["input_ids"].shape[1]
+            feeds["position_ids"] = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -new:].astype(np.int64)
+        if "beam_idx" in self._input_names and "beam_idx" not in feeds:
+            feeds["beam_idx"] = np.zeros(len(feeds["input_ids"]), dtype=np.int32)
+        feed = {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in self._input_names}
         result = self.request.infer(feed, share_inputs=True, share_outputs=False)
         return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
 

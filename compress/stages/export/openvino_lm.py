@@ -1,0 +1,209 @@
+"""A causal language model (task text-generation) to a stateful OpenVINO IR: the KV cache lives inside the model.
+
+How: ``openvino.convert_model`` on the PyTorch model itself, wrapped so that the cache is flat tensors
+(``past_key_values.N.key/value`` in, ``present.N.key/value`` out, [1, kv_heads, past, head_size]), then OpenVINO's
+own ``apply_make_stateful_transformation`` turns each past/present pair into a variable (ReadValue/Assign) that the
+InferRequest keeps between calls. The IR's inputs are ``input_ids``, ``attention_mask`` (past + new tokens) and
+``position_ids``; its output is ``logits`` [1, S, V]. :class:`compress.runtimes.openvino_backend.OpenVINOBackend`
+runs it: prefill = ``reset_state`` then the prompt, step = one token (the request is the state). This is the form
+OpenVINO GenAI's ``LLMPipeline`` and optimum-intel's ``OVModelForCausalLM`` run (they add a ``beam_idx`` input for
+beam search, which the backend feeds when an IR has it).
+
+Why this exporter and not optimum-intel's ``main_export``: optimum-intel 2.2 needs optimum 2.3 (``pip install
+--dry-run "optimum-intel[openvino]"`` would install openvino-tokenizers, optimum 2.3.0 and optimum-intel 2.2.0 over
+the optimum 2.1 that optimum-onnx 0.1 is pinned with for transformers < 4.58), a new dependency and a version move
+for one step; ``convert_model`` + ``make_stateful`` is in the openvino wheel the project already has, and the graph is
+the same kind (stateful, SDPA fused by OpenVINO's CPU plugin). Two things transformers 4.57 does that TorchScript
+tracing cannot follow are done here instead: the causal+padding mask is built as a 4-D float mask from
+``attention_mask`` (its vmap'd mask functions do not trace), and the cache layers are filled directly (its lazy
+``torch.cat`` onto an empty tensor converts to a rank-1 Concat). Weights are FP32 (no FP16 compression on save), the
+CPU plugin runs them in f32 (the backend's INFERENCE_PRECISION_HINT).
+
+The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within
+``--atol``) and ``DECODE_STEPS`` greedy decode steps through the stateful cache (the same tokens). Batch 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import Artifact, Format, Precision, check_output
+from compress.errors import ConfigError, ParityError
+from compress.stages.export.config import ExportConfig
+from compress.stages.export.genai import (
+    DECODE_STEPS,
+    compare_generation,
+    generation_postprocess,
+    greedy_ort,
+    greedy_torch,
+    head_size,
+    hf_config,
+    prompt_ids,
+)
+from compress.stages.spec import StageSpec, pairs
+
+log = logging.getLogger(__name__)
+
+#: PyTorch causal LM -> stateful OpenVINO IR (convert_model + make_stateful), FP32, checked against PyTorch.
+EXPORT_OPENVINO_LM = StageSpec(
+    "export", "OpenVINO export of a causal LM (stateful KV cache)", accepts=pairs(Format.pytorch, Precision.fp32),
+    produces=pairs(Format.openvino, Precision.fp32), versions=("openvino", "torch", "transformers"),
+    hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=1,
+)
+#: the teacher's files that travel with the IR
+TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json",
+          "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def cache_names(layers: int) -> dict[str, str]:
+    """past input -> present output, the pairs ``make_stateful`` turns into variables."""
+    return {f"past_key_values.{i}.{k}": f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")}
+
+
+def _wrapper(model, layers: int):
+    """``model`` as a module of flat tensors: (input_ids, attention_mask, position_ids, *past) -> (logits, *present)."""
+    import torch
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    class FlatCache(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache()
+            for i in range(layers):  # filled directly: DynamicLayer's first update concatenates onto torch.tensor([])
+                if len(cache.layers) <= i:
+                    cache.layers.append(DynamicLayer())
+                layer = cache.layers[i]
+                layer.dtype, layer.device, layer.is_initialized = past[2 * i].dtype, past[2 * i].device, True
+                layer.keys, layer.values = past[2 * i], past[2 * i + 1]
+            new, total = input_ids.shape[1], attention_mask.shape[1]
+            q = torch.arange(new)[:, None] + (total - new)
+            allowed = (torch.arange(total)[None, :] <= q)[None, None] & attention_mask[:, None, None, :].bool()
+            mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True)
+            flat = []
+            for layer in out.past_key_values.layers:
+                flat += [layer.keys, layer.values]
+            return (out.logits, *flat)
+
+    return FlatCache().eval()
+
+
+def convert_stateful(source: Path, cfg: dict[str, Any]):
+    """The checkpoint ``source`` as a stateful ``openvino.Model`` (FP32) and what the step records."""
+    import warnings
+
+    import openvino as ov
+    import torch
+    from openvino._offline_transformations import apply_make_stateful_transformation
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation="sdpa").eval()
+    layers, kv, hd = cfg["num_hidden_layers"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"], \
+        head_size(cfg)
+    past = [torch.zeros(1, kv, 2, hd) for _ in range(2 * layers)]
+    example = (torch.ones(1, 3, dtype=torch.long), torch.ones(1, 5, dtype=torch.long), torch.arange(2, 5)[None], *past)
+    shapes = [ov.PartialShape([1, -1])] * 3 + [ov.PartialShape([1, kv, -1, hd])] * (2 * layers)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's tracer warnings on transformers' Python branches
+        om = ov.convert_model(_wrapper(model, layers), example_input=example, input=shapes)
+    names = cache_names(layers)
+    for port, name in zip(om.inputs, [*INPUTS, *names], strict=True):
+        port.get_tensor().set_names({name})
+    for port, name in zip(om.outputs, ["logits", *names.values()], strict=True):
+        port.get_tensor().set_names({name})
+    apply_make_stateful_transformation(om, names)
+    return om, {"converter": "openvino.convert_model (TorchScript trace) + apply_make_stateful_transformation",
+                "precision": "fp32", "variables": len(names)}
+
+
+def ir_tensors(om):
+    """The stateful IR's inputs and outputs as :class:`~compress.artifact.TensorSpec` lists."""
+    from compress.artifact import TensorSpec
+
+    def spec(port) -> TensorSpec:
+        dtype = {"i64": "int64", "i32": "int32", "f32": "float32"}.get(port.get_element_type().get_type_name(),
+                                                                        port.get_element_type().get_type_name())
+        shape = [d.get_length() if d.is_static else ("batch" if i == 0 else "sequence")
+                 for i, d in enumerate(port.get_partial_shape())]
+        return TensorSpec(name=port.get_any_name(), dtype=dtype, shape=shape)
+
+    return [spec(p) for p in om.inputs], [spec(p) for p in om.outputs]
+
+
+def copy_travel(source: Path, out: Path) -> None:
+    for name in TRAVEL:
+        if (source / name).is_file() and not (out / name).exists():
+            shutil.copy2(source / name, out / name)
+
+
+def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
+                       force: bool = False) -> Artifact:
+    """Export the causal LM checkpoint ``source`` to an FP32 stateful OpenVINO IR at ``out``.
+
+    The artifact holds ``model.xml`` + ``model.bin``, the tokenizer files, ``generation_config.json`` and
+    ``config.json``; the manifest's postprocess describes the cache (layout ``stateful``). The export step's metrics
+    hold the check against PyTorch (``generation_parity``); a prefill difference above ``config.atol`` or a different
+    greedy token is a :class:`~compress.errors.ParityError` and nothing is written.
+    """
+    from compress._optional import require
+    from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
+    from compress.runtimes.base import load_runtime
+    from compress.storage import tree_bytes
+    from compress.tasks import Task
+
+    require("openvino", "OpenVINO export")
+    config = config or ExportConfig()
+    source = Path(source)
+    out = check_output(out, force)
+    if Path(out).resolve() == source.resolve():
+        raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
+    cfg = hf_config(source)
+    output = EXPORT_OPENVINO_LM.output(out, config, force=force)
+    with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o:
+        import openvino as ov
+
+        om, built = convert_stateful(source, cfg)
+        ov.save_model(om, str(o.dir / "model.xml"), compress_to_fp16=False)
+        copy_travel(source, o.dir)
+        gen_path = source / "generation_config.json"
+        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        post = generation_postprocess(cfg, gen)
+        # callers feed input_ids + attention_mask (the backend derives position_ids), as for the ONNX route
+        post.cache = post.cache.model_copy(update={"layout": "stateful"})
+        inputs, outputs = ir_tensors(om)
+        manifest = Manifest(
+            task=Task.text_generation, format=Format.openvino, precision=Precision.fp32, model_file="model.xml",
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
+            max_length=int(cfg.get("max_position_embeddings") or 2048),
+            source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
+                              architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
+            versions=library_versions("openvino"),
+        )
+        step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built})
+        prompt, said = prompt_ids(source, config.sample_data)
+        backend = load_runtime(o.draft(), "openvino")
+        try:
+            cand = greedy_ort(backend, prompt, DECODE_STEPS)
+        finally:
+            backend.close()
+        check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
+            "prompt": said, "atol": config.atol, "reference": "PyTorch (transformers) FP32"}
+        step.metrics["generation_parity"] = check
+        if not (check["prefill_max_abs_diff"] <= config.atol and check["same_tokens"]):
+            raise ParityError(
+                f"the OpenVINO IR differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
+                f"{config.atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
+                f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=config.atol,
+                hint="raise --atol, or report it with --debug; no artifact was written")
+    log.info("exported %s to %s (stateful IR; prefill max |diff| %.2e, %d decode steps equal)", source, out,
+             check["prefill_max_abs_diff"], DECODE_STEPS)
+    return output.artifact
