@@ -92,6 +92,13 @@ FORMATS: dict[str, FormatSpec] = {
         "Core ML", "coreml", model_files=("model.mlpackage",), exporter="compress.stages.export.coreml:export_coreml",
         graph_reader="compress.estimates.coreml_graph:coreml_cost", baseline=True, runs_on=("phone", "apple"),
     ),
+    # llama.cpp's file: causal LMs only (its exporter refuses others); converted by llama.cpp's own
+    # convert_hf_to_gguf.py, quantized by its quantizer (Q4_0, Q4_K_M, Q8_0), run by llama-cpp-python
+    "gguf": FormatSpec(
+        "GGUF (llama.cpp)", "llamacpp", model_files=("model.gguf",), exporter="compress.stages.export.gguf:export_gguf",
+        adopt=True, generator_exporter="compress.stages.export.gguf:export_gguf",
+        generator_quantizer="compress.stages.quantize.lm_gguf:quantize_gguf",
+    ),
 }
 
 

@@ -35,6 +35,7 @@ RUNTIMES: dict[str, str] = {
     "executorch": "compress.runtimes.executorch_backend:ExecuTorchBackend",
     "litert": "compress.runtimes.litert_backend:LiteRTBackend",
     "coreml": "compress.runtimes.coreml_backend:CoreMLBackend",
+    "llamacpp": "compress.runtimes.llamacpp_backend:LlamaCppBackend",
 }
 
 

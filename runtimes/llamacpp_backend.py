@@ -1,0 +1,117 @@
+"""llama.cpp through llama-cpp-python: runs a GGUF artifact (task text-generation) on this machine's CPU.
+
+llama.cpp keeps the KV cache inside its context (the manifest's ``KVCache`` layout ``runtime``), so the state that
+:meth:`prefill` and :meth:`step` hand back is opaque: the tokens the context holds. ``prefill`` clears the context and
+evaluates the prompt; ``step`` evaluates one token after them. When another prefill used the context in between (two
+generations interleaved), ``step`` evaluates the state's tokens again first, so a caller that passes back what it got
+always gets the right logits (at the cost of that re-evaluation).
+
+Logits of every prompt position are kept (``logits_all``: the perplexity windows score them), so the context holds
+``n_ctx x vocabulary`` floats beside the cache. Batch 1 only. Settings: ``threads`` (llama.cpp's ``n_threads`` and
+``n_threads_batch``), options ``n_ctx`` (default: the model's context, at most 2048), ``n_batch`` (512),
+``flash_attn`` (False).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compress.artifact import Format
+from compress.errors import ConfigError
+from compress.runtimes.base import RuntimeBackend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CTX = 2048  #: the context when neither the options nor a smaller model context say otherwise
+
+
+class LlamaCppState:
+    """The opaque state of a llama.cpp generation: the tokens its context holds (the KV cache is the context's)."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class LlamaCppBackend(RuntimeBackend):
+    name: ClassVar[str] = "llamacpp"
+    module: ClassVar[str] = "llama_cpp"
+    formats: ClassVar[frozenset[Format]] = frozenset({Format.gguf})
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        art, opts = self.artifact, self.settings.options
+        cache = getattr(art.manifest.postprocess, "cache", None)
+        model_ctx = getattr(cache, "max_length", None) or art.manifest.max_length or DEFAULT_CTX
+        self.n_ctx = int(opts.get("n_ctx") or min(int(model_ctx), DEFAULT_CTX))
+        threads = self.settings.threads
+        self.llm = Llama(model_path=str(art.path / art.manifest.model_file), n_ctx=self.n_ctx,
+                         n_batch=int(opts.get("n_batch", 512)), n_threads=threads, n_threads_batch=threads,
+                         logits_all=True, flash_attn=bool(opts.get("flash_attn", False)), verbose=False)
+        self.vocab = self.llm.n_vocab()
+
+    @classmethod
+    def version(cls) -> str | None:
+        from compress._optional import version_of
+
+        return version_of("llama_cpp")
+
+    # -- the stateful step ---------------------------------------------------------------------------------------
+    @property
+    def stateful(self) -> bool:
+        return True
+
+    def _eval(self, tokens: list[int], start: int) -> np.ndarray:
+        """Evaluate ``tokens`` after the context's first ``start`` tokens: their logits [len, V] float32."""
+        if start + len(tokens) > self.n_ctx:
+            raise ConfigError(f"{start + len(tokens)} tokens exceed the llama.cpp context of {self.n_ctx}",
+                              hint="give a larger runtime option n_ctx, or fewer tokens")
+        self.llm.n_tokens = start
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[start:start + len(tokens)], dtype=np.float32)
+
+    def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], LlamaCppState]:
+        tokens = _tokens(feeds)
+        logits = self._eval(tokens, 0)
+        return {"logits": logits[None]}, LlamaCppState(tokens)
+
+    def step(self, feeds: dict[str, np.ndarray], state: Any) -> tuple[dict[str, np.ndarray], LlamaCppState]:
+        if not isinstance(state, LlamaCppState):
+            raise ConfigError("llama.cpp's step takes the state its prefill or step returned")
+        tokens = _tokens(feeds)
+        held = self.llm.n_tokens
+        if held != len(state.tokens) or self.llm.input_ids[:held].tolist() != state.tokens:
+            self._eval(state.tokens, 0)  # the context moved on (another prefill): evaluate this generation again
+        logits = self._eval(tokens, len(state.tokens))
+        return {"logits": logits[None]}, LlamaCppState(state.tokens + tokens)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The logits [1, S, V] of one prompt (batch 1)."""
+        return self.prefill(inputs)[0]["logits"]
+
+    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"logits": self.run(inputs)}
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"n_ctx": self.n_ctx}
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+
+def _tokens(feeds: dict[str, np.ndarray]) -> list[int]:
+    ids = np.asarray(feeds["input_ids"])
+    if ids.ndim != 2 or ids.shape[0] != 1:
+        raise ConfigError(f"llama.cpp runs one sequence at a time (batch 1); got input_ids of shape {ids.shape}")
+    return [int(t) for t in ids[0]]
