@@ -1,0 +1,125 @@
+"""Plain text for causal language models: documents, prompts, and token windows for perplexity.
+
+* :func:`read_texts`: a ``.txt`` file is one document; a ``.jsonl`` file holds one per line (its ``"text"`` field,
+  or the line itself when it is a JSON string).
+* :func:`read_prompts`: a ``.txt`` file holds one prompt per non-empty line; a ``.jsonl`` file one per line
+  (``"prompt"``, else ``"text"``, else a JSON string).
+* :func:`token_windows`: the texts tokenized once and cut into non-overlapping windows as llama.cpp's
+  ``llama-perplexity`` does (each window's first token set to BOS where the tokenizer has one).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.errors import ConfigError, DataError
+
+__all__ = ["encode", "read_prompts", "read_texts", "token_windows"]
+
+#: the suffixes read_texts and read_prompts take
+SUFFIXES = (".txt", ".jsonl")
+
+
+def _lines(path: Path) -> list[tuple[int, Any]]:
+    """Each non-empty line of a JSONL file, parsed, with its line number."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not JSON ({e.msg})", hint="one JSON object or string per line") from None
+    return out
+
+
+def _field(path: Path, n: int, row: Any, keys: tuple[str, ...]) -> str:
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict):
+        for k in keys:
+            if isinstance(row.get(k), str):
+                return row[k]
+    raise DataError(f"{path}:{n}: no {' or '.join(repr(k) for k in keys)} string",
+                    hint=f"each line a JSON string or an object with a {keys[0]!r} field")
+
+
+def _checked(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file", hint="give a .txt or .jsonl text file")
+    if p.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{p}: text data is .txt or .jsonl, not {p.suffix or 'a file without a suffix'}",
+                        hint="a .txt file (one document, or one prompt per line) or .jsonl ({\"text\": ...} per line)")
+    return p
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """The documents of ``path``: a ``.txt`` file is one; a ``.jsonl`` file one per line (``"text"``)."""
+    p = _checked(path)
+    if p.suffix.lower() == ".txt":
+        texts = [p.read_text(encoding="utf-8")]
+    else:
+        texts = [_field(p, n, row, ("text",)) for n, row in _lines(p)]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError(f"{p}: no text", hint="give a file with text in it")
+    return texts
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompts of ``path``: a ``.txt`` file's non-empty lines; a ``.jsonl`` file's ``"prompt"`` (or ``"text"``)
+    per line."""
+    p = _checked(path)
+    if p.suffix.lower() == ".txt":
+        prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    else:
+        prompts = [_field(p, n, row, ("prompt", "text")) for n, row in _lines(p)]
+    prompts = [t for t in prompts if t.strip()]
+    if not prompts:
+        raise DataError(f"{p}: no prompts", hint="one prompt per non-empty line")
+    return prompts
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """``text``'s token ids, with the special tokens the tokenizer adds (BOS): a transformers tokenizer or a
+    ``tokenizers.Tokenizer``."""
+    if hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer: its post-processor adds BOS where configured
+        return list(tokenizer.encode(text).ids)
+    return list(tokenizer(text, verbose=False)["input_ids"])
+
+
+def _bos_of(tokenizer) -> int | None:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return int(bos) if bos is not None else None
+
+
+def token_windows(tokenizer, texts: list[str], window: int, *, max_windows: int | None = None,
+                  bos_token_id: int | None | str = "tokenizer", context: int | None = None) -> np.ndarray:
+    """``texts`` as token windows [N, window] int64 (llama-perplexity's cut): the documents joined by a blank line
+    and tokenized once, cut into non-overlapping windows of ``window`` tokens (a tail shorter than a window is
+    dropped), the first token of each set to BOS (``bos_token_id``; by default the tokenizer's, where it has one).
+    At most ``max_windows`` windows. ``context``: the model's max_position_embeddings (a longer window is refused).
+    """
+    if window < 4:
+        raise ConfigError(f"a perplexity window of {window} tokens is too short", hint="give --window 4 or more "
+                          "(llama.cpp's default is 512; 256 for small models)")
+    if context is not None and window > context:
+        raise ConfigError(f"a window of {window} tokens is longer than the model's context "
+                          f"(max_position_embeddings {context})", hint=f"give --window {context} or less")
+    bos = _bos_of(tokenizer) if bos_token_id == "tokenizer" else bos_token_id
+    ids = encode(tokenizer, "\n\n".join(t.strip("\n") for t in texts))
+    n = len(ids) // window
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise ConfigError(f"text shorter than one window of {window} tokens: give more text or a smaller --window",
+                          hint=f"the text has {len(ids)} tokens")
+    out = np.asarray(ids[: n * window], dtype=np.int64).reshape(n, window)
+    if bos is not None:
+        out[:, 0] = bos
+    return out
