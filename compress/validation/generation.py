@@ -230,7 +230,7 @@ def continuations(backend, teacher, tok, prompts: list[str], new_tokens: int, po
                   kl_mean: float | None, progress: Progress | None = None) -> dict[str, Any]:
     """Greedy continuations of ``prompts`` by the artifact (and the teacher): agreement, collapse, and the rows
     that diverge from the teacher's (prompt, where, both texts)."""
-    from compress.tasks.generation import collapse, continuation_agreement
+    from compress.tasks.generation import KL_COLLAPSE, collapse, continuation_agreement
 
     eos = _eos_ids(post)
     tick = start_phase(progress, "continuing prompts", len(prompts))
@@ -250,6 +250,9 @@ def continuations(backend, teacher, tok, prompts: list[str], new_tokens: int, po
                              "artifact": tok.decode(mine, skip_special_tokens=True)})
         tick(1)
     out: dict[str, Any] = {"prompts": len(prompts), "collapse": collapse(cand, kl_mean=kl_mean)}
+    if out["collapse"] and teacher is not None and collapse(ref) is not None and (kl_mean or 0.0) <= KL_COLLAPSE:
+        # the teacher's own greedy continuations loop alike (a small or random model): not the artifact's doing
+        out["teacher_collapse"], out["collapse"] = collapse(ref), None
     out["artifact_continuations"] = [tok.decode(c, skip_special_tokens=True) for c in cand[:DIVERGING_SHOWN]]
     if teacher is not None:
         out["continuation_agreement"] = round(float(continuation_agreement(cand, ref)), 6)
@@ -270,6 +273,20 @@ def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
     from compress.teachers.causal_lm import CausalLM
 
     return CausalLM.load(tdir, trust_remote_code=config.trust_remote_code)
+
+
+def _teacher_record(tdir: Path, art: Artifact, warnings: list[str]):
+    """The report's teacher (path, sha256); a warning when it is not the checkpoint the artifact was made from."""
+    from types import SimpleNamespace
+
+    from compress.artifact import digest_dir, reference_teacher
+
+    sha = digest_dir(tdir)
+    ref_path, ref_sha = reference_teacher(art.manifest)
+    if sha != ref_sha:
+        warnings.append(f"teacher {tdir} differs from the artifact's recorded teacher ({ref_path}, sha256 "
+                        f"{ref_sha[:12]}…): quality is measured against the teacher given")
+    return SimpleNamespace(path=Path(tdir), sha256=sha)
 
 
 def _baseline(tdir: Path | None, art: Artifact, runtime_name: str, settings, warnings: list[str]):
@@ -388,7 +405,7 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
     stats = {name: st["decode"] for name, st in timed.items()}
     judged = run.profile.model_copy(update={"budgets": run.profile.budgets.model_copy(
         update={k: None for k in NOT_FOR_GENERATORS})})
-    run.profile, run.teacher = judged, teacher
+    run.profile, run.teacher = judged, _teacher_record(tdir, art, warnings) if teacher is not None else None
     report = conclude(run, metrics, stats, cold, env)
     if config.data:  # what the quality figures were measured on (the gate compares it)
         import hashlib

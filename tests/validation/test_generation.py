@@ -1,0 +1,189 @@
+"""``validate`` of a text generator: speed (TTFT, prefill and decode tokens/s beside the FP32 export timed in the
+same runtime), quality against the teacher (perplexity, KL, top-1 on text windows; greedy continuations), budgets,
+reports and the CLI. The tiny random-weight Llama of tests/builders is test material: its figures check the
+plumbing and the arithmetic, not any real model's quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+pytest.importorskip("compress.tasks.generation")
+pytest.importorskip("compress.data.text")  # CORE: text data and the causal LM teacher
+pytest.importorskip("compress.teachers.causal_lm")
+try:
+    import compress  # noqa: F401 - the torchvision shim before transformers
+    from compress.stages.export.genai import _attention
+
+    with _attention(True):
+        pass
+except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
+    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
+
+from compress.errors import ConfigError
+from compress.profiles.budgets import judge
+from compress.profiles.schema import Budgets
+from tests.builders.causal_lm import STORY, tiny_causal_lm
+
+FAST = {"warmup": 1, "min_runs": 1, "min_duration_s": 0.0, "max_runs": 10000}
+
+
+def gen_profile(directory, name: str, **budgets):
+    """A standalone x86-64 class profile (this machine measures it) with fast measure settings and ``budgets``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {"name": name, "description": f"test profile {name}",
+            "hardware": {"arch": "x86_64", "cores": 2, "simd": [], "memory_mb": 4096},
+            "runtime": {"name": "onnxruntime", "provider": "CPUExecutionProvider", "threads": 1},
+            "measure": FAST, "budgets": {"min_speedup": None, **budgets}}
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory, home):
+    """A tiny Llama, its FP32 ONNX export and its weight-only INT8 artifact, a text file and a prompts file."""
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    root = tmp_path_factory.mktemp("gen")
+    ckpt = tiny_causal_lm(root / "ckpt")
+    fp32 = export(ckpt, root / "fp32", ExportConfig(format="onnx"))
+    int8 = quantize(fp32.path, root / "int8", QuantizeConfig.from_flat(precision="int8"))
+    text = root / "story.txt"
+    text.write_text("\n\n".join([STORY] * 4), encoding="utf-8")
+    prompts = root / "prompts.txt"
+    prompts.write_text("Once upon a time\nThe little dog\n", encoding="utf-8")
+    return {"root": root, "ckpt": ckpt, "fp32": fp32, "int8": int8, "text": text, "prompts": prompts}
+
+
+@pytest.fixture(scope="module")
+def int8_report(lm):
+    from compress.validation.local import ValidateConfig, validate
+
+    profile = gen_profile(lm["root"] / "profiles", "gen-ok", min_decode_tokens_per_s=1.0,
+                          max_time_to_first_token_ms=60000, max_perplexity_increase=0.05, min_top1_agreement=0.8)
+    cfg = ValidateConfig.from_flat(profile=str(profile), data=str(lm["text"]), teacher=str(lm["ckpt"]),
+                                   prompt_tokens=48, new_tokens=16, window=32)
+    return validate(lm["int8"].path, cfg)
+
+
+def test_a_generator_report_has_speed_beside_fp32_quality_and_its_budgets(int8_report):
+    r = int8_report
+    met, gen = r.metrics, r.metrics["generation"]
+    assert (gen["prompt_tokens"], gen["new_tokens"], gen["batch_size"]) == (48, 16, 1)
+    assert met["input_shape"] == {"batch_size": 1, "prompt_tokens": 48, "new_tokens": 16}
+    # speed: the artifact and the teacher's FP32 export, rounds alternating, the same runtime
+    ttft, dec = gen["time_to_first_token_ms"], gen["decode_ms_per_token"]
+    assert ttft["n"] >= 5 and dec["n"] == 16 * ttft["n"]
+    assert gen["baseline_decode_ms_per_token"]["n"] == dec["n"]
+    assert gen["decode_tokens_per_s"] == pytest.approx(1000 / dec["p50"], rel=1e-3)
+    assert gen["prefill_tokens_per_s"] == pytest.approx(48 * 1000 / ttft["p50"], rel=1e-3)
+    assert gen["decode_speedup"] == pytest.approx(gen["decode_tokens_per_s"] / gen["baseline_decode_tokens_per_s"],
+                                                  rel=1e-3)
+    assert met["latency_ms"]["p50"] == dec["p50"] and met["speedup"] > 0  # latency_ms is the decode step's
+    assert len(met["latency_samples_ms"]["artifact"]) == dec["n"] and "baseline" in met["latency_samples_ms"]
+    # quality: windows of 32 tokens of real text, against the PyTorch teacher
+    assert gen["window"] == 32 and gen["windows"] >= 3
+    assert gen["perplexity"] > 1 and gen["teacher_perplexity"] > 1
+    assert abs(gen["perplexity_increase"]) < 0.05 and gen["top1_agreement"] > 0.8 and gen["kl_mean"] < 0.05
+    assert gen["prompts"] >= 1 and 0 <= gen["continuation_agreement"] <= 1 and gen["collapse"] is None
+    budgets = {b.name: b for b in r.budgets}
+    assert {"min_decode_tokens_per_s", "max_time_to_first_token_ms", "max_perplexity_increase",
+            "min_top1_agreement", "no_collapse"} <= set(budgets)
+    assert budgets["min_decode_tokens_per_s"].measured == gen["decode_tokens_per_s"]
+    assert budgets["max_perplexity_increase"].measured == pytest.approx(gen["perplexity_increase"])
+    assert "min_accuracy_retention" not in budgets and "min_agreement" not in budgets  # a classifier's
+    assert budgets["no_collapse"].status == "pass"
+    assert r.verdict == "pass", [(b.name, b.status, b.note) for b in r.budgets]
+    assert r.metrics["peak_rss_mb"] > 0 and r.metrics["cold_start"]["first_inference_ms"] >= 0  # one prefill
+    assert r.data["sha256"] and r.teacher["path"].endswith("ckpt")
+
+
+def test_an_unreachable_decode_budget_fails_and_the_report_says_why(lm):
+    from compress.validation.local import ValidateConfig, validate
+
+    profile = gen_profile(lm["root"] / "profiles", "gen-fast", min_decode_tokens_per_s=1e9)
+    cfg = ValidateConfig.from_flat(profile=str(profile), teacher=str(lm["ckpt"]), prompt_tokens=16, new_tokens=8,
+                                   baseline=False, cold_start=False)
+    r = validate(lm["int8"].path, cfg)
+    b = next(b for b in r.budgets if b.name == "min_decode_tokens_per_s")
+    assert r.verdict == "fail" and b.status == "fail" and b.measured < 1e9
+    assert any("quality" in w and "not measured" in w for w in r.warnings)  # no --data, no --prompts
+
+
+def test_prompts_file_and_caps_on_the_context(lm):
+    from compress.validation.local import ValidateConfig, validate
+
+    profile = gen_profile(lm["root"] / "profiles", "gen-plain")
+    cfg = ValidateConfig.from_flat(profile=str(profile), teacher=str(lm["ckpt"]), prompts=str(lm["prompts"]),
+                                   prompt_tokens=1000, new_tokens=8, baseline=False, cold_start=False)
+    r = validate(lm["int8"].path, cfg)
+    gen = r.metrics["generation"]
+    assert gen["prompts"] == 2 and gen["prompt_tokens"] == 256 - 8  # the tiny model's context is 256
+    assert any("--prompt-tokens 1000 capped at 248" in w for w in r.warnings)
+    with pytest.raises(ConfigError, match="longer than the model's context"):
+        validate(lm["int8"].path, ValidateConfig.from_flat(profile=str(profile), data=str(lm["text"]), window=512,
+                                                           baseline=False, cold_start=False))
+
+
+def test_reports_show_tokens_per_second_and_the_diverging_continuations(int8_report, tmp_path):
+    from rich.console import Console
+
+    from compress.reports.html import write_validation_html
+    from compress.reports.render import render_report, write_report
+
+    con = Console(record=True, width=200)
+    render_report(int8_report, con)
+    text = con.export_text()
+    assert "tokens/s" in text and "TTFT p50" in text and "perplexity" in text and "continuation agreement" in text
+    out = write_report(int8_report, tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert "## Generation" in md and "decode" in md
+    report = json.loads((out / "report.json").read_text())
+    report["metrics"]["generation"]["diverging"] = [
+        {"prompt": "Once upon a time", "diverges_at": 3, "teacher": "there was a girl", "artifact": "there was a dog"}]
+    html = write_validation_html(report, tmp_path / "r.html").read_text()
+    assert "Continuations that diverge from the teacher" in html and "there was a dog" in html
+    assert "decode tokens/s" in html and "time to first token" in html
+
+
+def test_the_cli_validates_a_generator_with_its_flags(lm, tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import cli
+
+    profile = gen_profile(lm["root"] / "profiles", "gen-cli", min_decode_tokens_per_s=1.0)
+    res = CliRunner().invoke(cli, ["validate", str(lm["int8"].path), "--profile", str(profile), "--teacher",
+                                    str(lm["ckpt"]), "--prompts", str(lm["prompts"]), "--prompt-tokens", "16",
+                                    "--new-tokens", "8", "--no-baseline", "--no-cold-start",
+                                    "--report-dir", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "tokens/s" in res.output and "min_decode_tokens_per_s" in res.output
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["metrics"]["generation"]["new_tokens"] == 8
+    bad = CliRunner().invoke(cli, ["validate", str(lm["int8"].path), "--profile", str(profile), "--new-tokens", "0"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_first_sentences_and_budget_judging():
+    from compress.validation.generation import first_sentences
+
+    assert first_sentences(["One. Two.\n\nThree! Four", "Five"], 8) == ["One.", "Three!", "Five"]
+    assert first_sentences(["A. B.", "C."], 1) == ["A."]
+    b = Budgets(min_decode_tokens_per_s=10, max_time_to_first_token_ms=100, max_perplexity_increase=0.05,
+                min_top1_agreement=0.9, min_accuracy_retention=None, min_agreement=None, min_speedup=None)
+    res = {r.name: r for r in judge(b, {"decode_tokens_per_s": 9.5, "time_to_first_token_ms": 50.0,
+                                        "perplexity_increase": 0.06, "top1_agreement": 0.95})}
+    assert [res[n].passed for n in ("min_decode_tokens_per_s", "max_time_to_first_token_ms",
+                                    "max_perplexity_increase", "min_top1_agreement")] == [False, True, False, True]
+    missing = {r.name: r for r in judge(b, {})}
+    assert missing["max_perplexity_increase"].status == "unverified"
+    assert np.isfinite(b.min_decode_tokens_per_s)
