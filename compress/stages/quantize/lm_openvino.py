@@ -1,0 +1,214 @@
+"""Weight-only INT4 / INT8 of a causal LM's stateful OpenVINO IR (task text-generation), through
+``nncf.compress_weights``.
+
+What is quantized, and how:
+
+- ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_SYM (INT4_ASYM with
+  ``--asymmetric``) in groups of ``int4.block_size`` weights (generators default to 32, as the ONNX route:
+  :data:`compress.stages.quantize.lm_onnx.GENERATOR_BLOCK`), ratio 1.0; ``--precision int8``: every weight INT8_ASYM
+  per output channel.
+- the token embedding table and the LM head (the last MatMul): NNCF's backup mode, INT8_ASYM per channel, which is
+  ``int4.embeddings_bits`` 8 / ``int4.lm_head_bits`` 8, the defaults (the step records each weight's element type read
+  back from the IR, so that is checked, not assumed); 4 and 4 is NNCF's ``all_layers`` (both in INT4 groups); other
+  mixes and a float embedding table (32) are refused in one line (NNCF has no switch for them on a tied model).
+- ``int4.algorithm``: ``rtn`` (data-free round to nearest), or the data-aware ``awq``, ``scale_estimation``, ``gptq``
+  on text windows (``--calibration`` text cut into windows of 128 tokens, at most ``--calibration-samples``; else a
+  few built-in prompts): NNCF runs the stateful IR on each window after a state reset. ``awq`` also turns on scale
+  estimation, as optimum-intel's INT4 presets do; ``hqq`` and ``k_quant`` are refused (ONNX Runtime's).
+
+After quantizing, greedy continuations of a few prompts through the quantized IR and the FP32 input (the OpenVINO
+backend's prefill/step) are compared, as the ONNX route does: continuation agreement, the prompts' top-1 agreement and
+KL, and a collapse is a loud warning, or an error with ``--strict`` (nothing written). Batch 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact, Precision, child_manifest
+from compress.errors import ConfigError, StageError
+from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
+from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, PROMPTS, _kl, calibration_windows, continuations
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("rtn", "awq", "scale_estimation", "gptq")  #: what nncf.compress_weights takes here
+#: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
+_APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
+            "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
+TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json",
+          "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
+    """(bits, group size, algorithm) of a request, or a one-line :class:`ConfigError` for what NNCF cannot do here."""
+    given = config.given_keys()
+    ignored = sorted(given - _APPLIES)
+    if ignored:
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} would be ignored: a causal LM is "
+                          "quantized weight-only (nncf.compress_weights)", hint="drop it")
+    bits = 4 if config.precision == "int4" else 8
+    algorithm = config.int4.algorithm
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"--int4-algorithm {algorithm}: NNCF's weight compression takes {', '.join(ALGORITHMS)} here",
+                          hint="hqq and k_quant are ONNX Runtime's (export --format onnx)")
+    if bits == 8 and algorithm != "rtn":
+        raise ConfigError(f"--int4-algorithm {algorithm} applies to --precision int4 (INT8 is per-channel round to "
+                          "nearest)", hint="drop it, or add --precision int4")
+    if "calibration" in given and algorithm == "rtn":
+        raise ConfigError("--calibration feeds the data-aware algorithms only (it would be ignored)",
+                          hint="add --int4-algorithm awq, scale_estimation or gptq, or drop --calibration")
+    pair = (config.int4.embeddings_bits, config.int4.lm_head_bits)
+    if pair not in ((8, 8), (4, 4)):
+        raise ConfigError(f"--embeddings-bits {pair[0]} with --lm-head-bits {pair[1]}: NNCF takes both at 8 (its backup "
+                          "mode, the default) or both at 4 (all_layers)", hint="give 8 and 8, or 4 and 4")
+    if bits == 8 and pair != (8, 8):
+        raise ConfigError("--embeddings-bits/--lm-head-bits 4 apply to --precision int4", hint="drop them")
+    block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
+    return bits, block, algorithm
+
+
+def nncf_dataset(art: Artifact, config: QuantizeConfig):
+    """Text windows as an ``nncf.Dataset`` of the stateful IR's feeds (input_ids, attention_mask, position_ids,
+    beam_idx where it has one); NNCF resets the state before each."""
+    import nncf
+
+    names = {t.name for t in art.manifest.inputs}
+
+    def feeds(ids: list[int]) -> dict[str, np.ndarray]:
+        x = np.asarray([ids], dtype=np.int64)
+        f = {"input_ids": x, "attention_mask": np.ones_like(x), "position_ids": np.arange(x.shape[1])[None]}
+        if "beam_idx" in names:
+            f["beam_idx"] = np.zeros(1, dtype=np.int32)
+        return {k: v for k, v in f.items() if k in names}
+
+    windows = calibration_windows(art, config)
+    return nncf.Dataset(windows, feeds), len(windows)
+
+
+def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int, algorithm: str):
+    """``nncf.compress_weights`` on the ``openvino.Model``; (the model, what the step records)."""
+    import nncf
+
+    kwargs: dict[str, Any] = {}
+    if bits == 8:
+        kwargs["mode"] = nncf.CompressWeightsMode.INT8_ASYM
+    else:
+        kwargs.update(mode=nncf.CompressWeightsMode.INT4_SYM if config.int4.symmetric else
+                      nncf.CompressWeightsMode.INT4_ASYM, group_size=block, ratio=1.0,
+                      all_layers=config.int4.embeddings_bits == 4, backup_mode=nncf.BackupMode.INT8_ASYM)
+        if algorithm != "rtn":
+            dataset, n = nncf_dataset(art, config)
+            kwargs.update(dataset=dataset, subset_size=n, awq=algorithm == "awq",
+                          scale_estimation=algorithm in ("awq", "scale_estimation"), gptq=algorithm == "gptq")
+    if config.exclude_nodes:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(config.exclude_nodes), validate=False)
+    log.info("nncf.compress_weights(%s)", ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in kwargs.items()
+                                                    if k not in ("dataset", "ignored_scope")))
+    result = nncf.compress_weights(model, **kwargs)
+    record = {k: getattr(v, "value", v) for k, v in kwargs.items() if k not in ("dataset", "ignored_scope")}
+    if "dataset" in kwargs:
+        record["calibration_windows"] = kwargs["subset_size"]
+    return result, record
+
+
+def weight_types(model) -> dict[str, Any]:
+    """Each weight's element type as the compressed IR holds it: counts per type over the MatMul/Gather weights, and
+    the LM head's and the embedding table's own (the MatMul that makes ``logits``, the Gather of ``input_ids``)."""
+    order = ("u4", "i4", "u8", "i8", "f16", "bf16", "f32")
+
+    def const_type(node) -> str:
+        """The narrowest element type among the constants a weight input comes from (the quantized integers, not
+        their scales), through Convert/Subtract/Multiply/Reshape/Transpose; "none" for an activation."""
+        seen, found = [node], set()
+        while seen:
+            n = seen.pop()
+            if n.get_type_name() == "Constant" and n.get_output_partial_shape(0).rank.get_length() >= 2:
+                found.add(n.get_output_element_type(0).get_type_name())
+            elif n.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+                seen += [i.get_source_output().get_node() for i in n.inputs()]
+        return min(found, key=lambda t: order.index(t) if t in order else len(order)) if found else "none"
+
+    counts: dict[str, int] = {}
+    head = embed = None
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("MatMul", "Gather"):
+            continue
+        t = const_type(op.input(1 if kind == "MatMul" else 0).get_source_output().get_node())
+        if t == "none":
+            continue
+        counts[t] = counts.get(t, 0) + 1
+        if kind == "MatMul":
+            head = t  # the last MatMul with a constant weight (ordered ops: the head comes last)
+        elif embed is None:
+            embed = t
+    return {"matmul_and_gather_weights": counts, "lm_head": head, "embeddings": embed}
+
+
+def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32) -> dict[str, Any]:
+    """Greedy continuations of the built-in prompts through both IRs (OpenVINO, batch 1): agreement before the first
+    divergence, the prompts' top-1 agreement and KL, and :func:`compress.tasks.generation.collapse`'s reason."""
+    from tokenizers import Tokenizer
+
+    from compress.runtimes.base import load_runtime
+    from compress.tasks.generation import collapse, continuation_agreement
+
+    tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
+    bos = reference.manifest.postprocess.bos_token_id
+    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
+    results = []
+    for art in (reference, candidate):
+        backend = load_runtime(art, "openvino")
+        try:
+            results.append(continuations(backend, prompts, new_tokens))
+        finally:
+            backend.close()
+    (ref_tokens, ref_logits), (tokens, logits) = results
+    top1 = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref_logits, logits, strict=True)])
+    kl = float(np.mean([_kl(a, b) for a, b in zip(ref_logits, logits, strict=True)]))
+    return {"prompts": len(prompts), "new_tokens": new_tokens,
+            "continuation_agreement": float(continuation_agreement(tokens, ref_tokens)),
+            "prompt_top1_agreement": float(top1.mean()), "prompt_kl_mean": kl,
+            "collapsed": collapse(tokens, kl_mean=kl),
+            "continuations": [tok.decode(t) for t in tokens[:2]],
+            "reference_continuations": [tok.decode(t) for t in ref_tokens[:2]]}
+
+
+def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+    """Quantize the FP32 stateful OpenVINO IR ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
+    ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``."""
+    import openvino as ov
+
+    from compress.storage import tree_bytes
+
+    bits, block, algorithm = check_request(config)
+    output = QUANTIZE_OPENVINO.output(out, config, force=force)
+    with output.writing(need_bytes=tree_bytes(art.path)) as o:
+        model = ov.Core().read_model(str(art.model_path))
+        model, record = compress(model, art, config, bits, block, algorithm)
+        ov.save_model(model, str(o.dir / "model.xml"), compress_to_fp16=False)
+        for name in TRAVEL:
+            if (art.path / name).is_file():
+                shutil.copy2(art.path / name, o.dir / name)
+        made = weight_types(model)
+        manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file="model.xml")
+        before, after = tree_bytes(art.path), tree_bytes(o.dir)
+        step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,
+                          extra_config={"nncf": record})
+        step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
+                             "compression": round(before / max(after, 1), 3), "weights": made})
+        check = collapse_check(art, o.draft())
+        step.metrics["generation_vs_input"] = check
+        if check["collapsed"]:
+            if config.strict:
+                raise StageError(f"the {config.precision} generator collapsed: {check['collapsed']}",
+                                 hint="try --int4-algorithm awq or scale_estimation with --calibration text, "
+                                 "--block-size 32, or --precision int8; nothing was written (--strict)")
+            log.warning("the %s generator collapsed: %s", config.precision, check["collapsed"])
+    return output.artifact
