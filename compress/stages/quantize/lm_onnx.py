@@ -313,47 +313,30 @@ def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int 
 
 
 def text_windows(art: Artifact, path: str, window: int, limit: int) -> np.ndarray:
-    """Up to ``limit`` non-overlapping windows [N, window] of the text file ``path`` (.txt: one document; .jsonl:
-    each line's "text"), tokenized once, each window's first token BOS where the model has one (llama-perplexity's
-    windows)."""
-    import json
-
+    """Up to ``limit`` windows [N, window] of the text file ``path`` (:func:`compress.data.text.token_windows`:
+    llama-perplexity's cut, each window's first token BOS where the model has one)."""
     from tokenizers import Tokenizer
 
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--data {path}: no such file", hint="pass a .txt or .jsonl text file")
-    raw = file.read_text(encoding="utf-8")
-    if file.suffix == ".jsonl":
-        rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
-        raw = "\n\n".join(r if isinstance(r, str) else str(r.get("text", "")) for r in rows)
-    ids = np.asarray(Tokenizer.from_file(str(art.path / "tokenizer.json")).encode(raw, add_special_tokens=False).ids,
-                     dtype=np.int64)
-    bos = art.manifest.postprocess.bos_token_id
-    n = min(len(ids) // window, limit)
-    if n == 0:
-        raise ConfigError(f"text shorter than one window of {window} tokens: give more text or a smaller --window")
-    windows = ids[:n * window].reshape(n, window).copy()
-    if bos is not None:  # llama-perplexity: each window's first token becomes BOS
-        windows[:, 0] = bos
-    return windows
+    from compress.data.text import read_texts, token_windows
 
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    post = art.manifest.postprocess
+    return token_windows(Tokenizer.from_file(str(art.path / "tokenizer.json")), read_texts(path), window,
+                         max_windows=limit, bos_token_id=post.bos_token_id,
+                         context=post.cache.max_length if post.cache else None)
 
 
 def window_scores(model, windows: np.ndarray, state: dict[str, np.ndarray],
                   ref: list[np.ndarray] | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Perplexity of ``model`` (a ModelProto) on ``windows`` (the second half of each scored, llama-perplexity's
-    rule) and, with ``ref`` (the reference's log-probabilities per window), KL(ref || model) and top-1 agreement;
-    also this model's log-probabilities per window."""
+    """:class:`compress.tasks.generation.GenerationStream` of ``model`` (a ModelProto, run in ONNX Runtime) on
+    ``windows``: perplexity and, with ``ref`` (the reference's logits per window), KL and top-1 agreement; also this
+    model's logits per window ([1, T, V] each)."""
     import copy
     import tempfile
 
     import onnx
     import onnxruntime as ort
+
+    from compress.tasks.generation import GenerationStream
 
     if model.ByteSize() < 1_800_000_000:  # under protobuf's limit: from memory
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -363,24 +346,15 @@ def window_scores(model, windows: np.ndarray, state: dict[str, np.ndarray],
             sess = ort.InferenceSession(f"{tmp}/m.onnx", providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     width = windows.shape[1]
-    first = width // 2
-    nll, kl, agree, count, out = 0.0, 0.0, 0, 0, []
+    stream, out = GenerationStream(), []
     for k, w in enumerate(windows):
         feed = {"input_ids": w[None], "attention_mask": np.ones((1, width), np.int64), **state}
         if "position_ids" in names:
             feed["position_ids"] = np.arange(width, dtype=np.int64)[None]
-        lp = _log_softmax(sess.run(["logits"], feed)[0][0, first:width - 1])
-        target = w[first + 1:]
-        nll -= float(lp[np.arange(len(target)), target].sum())
-        count += len(target)
-        if ref is not None:
-            kl += float((np.exp(ref[k]) * (ref[k] - lp)).sum())
-            agree += int((ref[k].argmax(-1) == lp.argmax(-1)).sum())
-        out.append(lp)
-    scores = {"perplexity": float(np.exp(nll / count)), "tokens": count}
-    if ref is not None:
-        scores |= {"kl_mean": kl / count, "top1_agreement": agree / count}
-    return scores, out
+        logits = sess.run(["logits"], feed)[0]
+        stream.update(logits, w[None], None if ref is None else ref[k])
+        out.append(logits)
+    return stream.result(), out
 
 
 def accuracy_aware(fp32, windows: np.ndarray, state: dict[str, np.ndarray], budget: float, quantize_with,
