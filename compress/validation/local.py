@@ -185,7 +185,8 @@ def validate(
         if remote is not None:
             raise ConfigError("--remote does not measure a text generator yet", hint="run validate on the device")
         run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start)
-        return validate_generation(art, run, runtime_name, run_settings, device, estimating)
+        return validate_generation(art, run, runtime_name, run_settings, device, estimating,
+                                   tdir=_teacher_dir(art, config.teacher), environment=_environment)
 
     # eval data and teacher
     dataset = None
