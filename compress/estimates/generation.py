@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from compress.profiles.schema import DeviceProfile
 
 __all__ = ["ModelFacts", "GenerationEstimate", "model_facts", "kv_bytes_per_token", "estimate_generation",
-           "UNVERIFIED"]
+           "speed_estimate", "UNVERIFIED"]
 
 UNVERIFIED = ("UNVERIFIED: a bandwidth/compute roofline of the model's files on the profile's peaks, not a "
               "measurement on the device")
@@ -172,6 +172,21 @@ def estimate_generation(
         kv_mb_per_token=kv / 1e6, parameters=facts.parameters, peaks=asdict(peaks), efficiency=asdict(eff),
         facts=asdict(facts), profile=prof.name if prof else None,
     )
+
+
+def speed_estimate(art: Any, profile: DeviceProfile, prompt_tokens: int, new_tokens: int,
+                   warnings: list[str]) -> GenerationEstimate | None:
+    """``validate``'s estimate of a generator away from its device: on the profile's peaks (this host's, bandwidth
+    measured, for the detected ``host`` profile); None with the reason in ``warnings`` when it cannot be made."""
+    from compress.errors import EdgeCompressError
+    from compress.estimates.roofline import host_peaks
+
+    try:
+        peaks = host_peaks() if profile.source == "detected" else profile_peaks(profile)
+        return estimate_generation(art, profile, peaks=peaks, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    except EdgeCompressError as exc:
+        warnings.append(f"no estimate of the generator's speed on {profile.name}: {exc}")
+        return None
 
 
 def _attention_flops(facts: ModelFacts, position: int) -> float:

@@ -414,10 +414,15 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
         report = report.model_copy(update={"data": {
             "path": str(Path(config.data).resolve()), "rows": gen.get("windows"), "limit": config.limit,
             "sha256": hashlib.sha256(raw).hexdigest()}})
-    return _finish(report, timed, gen, new_tokens, estimating, device)
+    estimate = None
+    if estimating:  # away from the profiled device: the bandwidth/compute estimate (compress.estimates.generation)
+        from compress.estimates.generation import speed_estimate
+
+        estimate = speed_estimate(art, run.profile, gen["prompt_tokens"], new_tokens, report.warnings)
+    return _finish(report, timed, gen, new_tokens, estimating, device, estimate)
 
 
-def _finish(report, timed, gen: dict[str, Any], new_tokens: int, estimating: bool, device):
+def _finish(report, timed, gen: dict[str, Any], new_tokens: int, estimating: bool, device, estimate=None):
     """The generator's own checks on top of :func:`~compress.validation.common.conclude`'s: TTFT noise, collapse,
     the shape timed, and (away from the profiled device) the speed budgets UNVERIFIED."""
     met = dict(report.metrics)
@@ -438,13 +443,26 @@ def _finish(report, timed, gen: dict[str, Any], new_tokens: int, estimating: boo
         if reason:
             warnings.append(f"the artifact's generations collapse: {reason}")
     if estimating:
+        speed = {"min_decode_tokens_per_s": "decode_tokens_per_s", "max_time_to_first_token_ms": "time_to_first_token_ms"}
+        if estimate is not None:  # the device's figures are the estimate's; this host's timings stay beside them
+            met["estimate"] = estimate.as_dict()
+            for key in (*speed.values(), "prefill_tokens_per_s"):
+                met[f"{key}_this_host"] = met.get(key)
+                met[key] = getattr(estimate, key)
         for b in budgets:
-            if b.name in ("min_decode_tokens_per_s", "max_time_to_first_token_ms", "min_speedup", "latency_p50_ms",
+            if b.name in (*speed, "min_speedup", "latency_p50_ms",
                           "latency_p95_ms", "latency_p99_ms", "min_throughput", "max_cold_start_ms"):
                 b.status, b.passed = BudgetStatus.unverified, False
                 b.note = f"timed on this host, not on the profiled device ({device.reason})"
-        warnings.insert(0, f"{device.reason}: generation speed was timed on this host (no estimate of a generator's "
-                        "speed yet); its budgets are UNVERIFIED")
+                if estimate is not None and b.name in speed:
+                    b.measured, b.estimated, b.measured_on = met[speed[b.name]], True, "estimate (bandwidth roofline)"
+                    holds = b.measured <= b.limit if b.comparison == "<=" else b.measured >= b.limit
+                    b.note = ("estimated, not measured on the device: the estimate "
+                              + ("is within the limit" if holds else "misses the limit (likely to fail on the device)"))
+        warnings.insert(0, f"{device.reason}: " + (
+            "decode tokens/s, TTFT and prefill tokens/s are ESTIMATED (bandwidth / weight + KV bytes; prefill by "
+            "the roofline; this host's timings beside them as *_this_host)" if estimate is not None else
+            "generation speed was timed on this host (no estimate could be made)") + "; speed budgets are UNVERIFIED")
     return report.model_copy(update={"metrics": met, "budgets": budgets, "warnings": warnings,
                                      "verdict": verdict_of(budgets)})
 

@@ -173,3 +173,39 @@ def test_onnx_facts_fp32_and_int4_match_the_checkpoint(tiny, tmp_path):
     assert math.isclose(estimate_generation(fp32 / "model.onnx", peaks=peaks).parameters, f.parameters)
     assert (estimate_generation(int4 / "model.onnx", peaks=peaks).decode_tokens_per_s
             > 2 * estimate_generation(fp32 / "model.onnx", peaks=peaks).decode_tokens_per_s)
+
+
+def test_validate_away_from_the_device_reports_the_estimate_unverified(tiny, tmp_path):
+    """validate --estimate always of an ONNX generator: decode tokens/s and TTFT are the estimate's on the profile's
+    peaks (this host's timings beside them), their budgets UNVERIFIED with the estimate as the figure."""
+    pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("compress.teachers.causal_lm")
+    import yaml
+
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.validation.local import ValidateConfig, validate
+
+    art = export(tiny, tmp_path / "fp32", ExportConfig(format="onnx"))
+    profile = tmp_path / "board.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "board", "description": "an absent board",
+        "hardware": {"arch": "x86_64", "cores": 2, "memory_mb": 4096, "peak_gflops_fp32": 50.0,
+                     "memory_bandwidth_gbs": 5.0, "clock_ghz": 2.0},
+        "runtime": {"name": "onnxruntime", "provider": "CPUExecutionProvider", "threads": 1},
+        "measure": {"warmup": 1, "min_runs": 1, "min_duration_s": 0.0},
+        "budgets": {"min_speedup": None, "min_decode_tokens_per_s": 1e9, "max_time_to_first_token_ms": 60000}}))
+    cfg = ValidateConfig.from_flat(profile=str(profile), prompt_tokens=16, new_tokens=4, baseline=False,
+                                   cold_start=False, estimate="always")
+    r = validate(art.path, cfg)
+    met = r.metrics
+    expected = estimate_generation(art, peaks=Peaks(50.0, None, 5.0, 2.0), prompt_tokens=16, new_tokens=4)
+    assert met["estimate"]["label"].startswith("UNVERIFIED")
+    assert met["decode_tokens_per_s"] == pytest.approx(expected.decode_tokens_per_s)
+    assert met["time_to_first_token_ms"] == pytest.approx(expected.time_to_first_token_ms)
+    assert met["decode_tokens_per_s_this_host"] > 0  # the host's timing is kept beside it
+    budgets = {b.name: b for b in r.budgets}
+    dec, ttft = budgets["min_decode_tokens_per_s"], budgets["max_time_to_first_token_ms"]
+    assert dec.status == "unverified" and dec.estimated and dec.measured == met["decode_tokens_per_s"]
+    assert "misses the limit" in dec.note and "within the limit" in ttft.note
+    assert r.verdict != "pass" and any("ESTIMATED" in w for w in r.warnings)
