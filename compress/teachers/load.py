@@ -148,6 +148,16 @@ def inspect_checkpoint(
     weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
 
     architecture = (config.get("architectures") or [""])[0] or ""
+    from compress.teachers.causal_lm import is_causal_lm
+
+    if is_causal_lm(config):  # a decoder with a KV cache: next-token logits, judged on text, never on labels
+        if task is not None and Task(task) is not Task.text_generation:
+            raise ConfigError(f"{path} is a causal language model ({architecture}): its task is text-generation, "
+                              f"not {Task(task)}", hint="leave --task out (or pass --task text-generation)")
+        task = Task.text_generation
+    elif task is not None and Task(task) is Task.text_generation:
+        raise ModelLoadError(f"{path}: {architecture or 'this model'} is not a causal language model (…ForCausalLM)",
+                             hint="text-generation takes a Hugging Face …ForCausalLM checkpoint")
     if task is None:
         task = next((t for t, suffix in _HEADS.items() if architecture.endswith(suffix)), Task.feature_extraction)
         if task in _PER_TEXT and config.get("problem_type") == "regression":
@@ -169,6 +179,10 @@ def inspect_checkpoint(
         elif labels is None:
             n = int(config.get("num_labels", 2))
             labels = [f"LABEL_{i}" for i in range(n)]
+    elif task is Task.text_generation:  # BOS/EOS, the perplexity window, the KV cache's dimensions
+        from compress.teachers.causal_lm import postprocess_of
+
+        postprocess = postprocess_of(path, config)
     elif task is Task.feature_extraction:  # an encoder: its token states pooled
         postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
 
@@ -220,7 +234,7 @@ class Teacher(InfoTeacher):
 
     @property
     def primary_output(self) -> str:
-        return "logits" if self.task in _HEADS else "last_hidden_state"
+        return "logits" if self.task in _HEADS or self.task is Task.text_generation else "last_hidden_state"
 
     def call(self, model: Any, tensors: dict[str, Any]) -> Any:
         """The model's primary output (logits or token states) for ``tensors`` (feeds by input name)."""
@@ -248,6 +262,10 @@ class Teacher(InfoTeacher):
     def save_inputs(self, directory: Path) -> None:
         """Write what turns raw input into the model's feeds (the tokenizer files) into ``directory``."""
         self.tokenizer.save_pretrained(str(directory))
+        if self.task is Task.text_generation and (self.path / "generation_config.json").is_file():
+            import shutil  # BOS/EOS and the generation defaults travel with a causal LM's tokenizer
+
+            shutil.copy2(self.path / "generation_config.json", Path(directory) / "generation_config.json")
 
     def encoder(self):
         from compress.data.tokenization import TextEncoder
@@ -260,7 +278,8 @@ class Teacher(InfoTeacher):
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
         out_name = self.primary_output
         width = len(self.info.labels) if self.info.labels else self.model.config.num_labels \
-            if TASKS[self.task].targets else self.model.config.hidden_size
+            if TASKS[self.task].targets else self.model.config.vocab_size if self.task is Task.text_generation \
+            else self.model.config.hidden_size
         out_shape: list[int | str] = ["batch_size", width] if self.task in _PER_TEXT else \
             ["batch_size", "sequence_length", width]
         return Manifest(
@@ -317,7 +336,8 @@ def load_teacher(
     # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
     transformers.utils.logging.disable_progress_bar()
 
-    auto = getattr(transformers, _HEADS.get(info.task) and TASKS[info.task].head or "AutoModel")
+    generates = info.task is Task.text_generation
+    auto = getattr(transformers, (_HEADS.get(info.task) or generates) and TASKS[info.task].head or "AutoModel")
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
     if not any((info.path / name).is_file() for name in TOKENIZER_FILES):
         # transformers 5 builds an empty tokenizer (special tokens only) when there is none: every word would be [UNK]
@@ -343,6 +363,10 @@ def load_teacher(
             + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""),
             hint="for a classifier pass a fine-tuned checkpoint; for a bare encoder use --task feature-extraction",
         )
+    if generates:  # a tokenizer saved from another model would feed it nonsense without a word
+        from compress.teachers.causal_lm import check_special_tokens
+
+        check_special_tokens(info.path, tokenizer, info.postprocess.bos_token_id, info.postprocess.eos_token_id)
     if info.labels is not None and model.config.num_labels != len(info.labels):
         raise ConfigError(f"{info.path}: num_labels and id2label disagree", hint="fix config.json")
     model.eval()
