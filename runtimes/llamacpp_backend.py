@@ -58,6 +58,15 @@ class LlamaCppBackend(RuntimeBackend):
                          logits_all=True, flash_attn=bool(opts.get("flash_attn", False)), verbose=False)
         self.vocab = self.llm.n_vocab()
 
+    def _make_encoder(self):
+        """The teacher's tokenizer when it travelled with the file; None for a bare adopted GGUF (token ids in)."""
+        from compress.errors import ArtifactError
+
+        try:
+            return super()._make_encoder()
+        except ArtifactError:
+            return None
+
     @classmethod
     def version(cls) -> str | None:
         from compress._optional import version_of

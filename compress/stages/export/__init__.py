@@ -55,6 +55,8 @@ def export(
             if fmt not in ("onnx", made):
                 raise ConfigError(f"{source}: the {FORMATS[made].label} model is adopted as it is",
                                   hint=f"leave --format out (a {Path(source).suffix} is not converted to another format)")
+            if made == "gguf":  # llama.cpp's file: its exporter adopts it (header, one prefill through llama.cpp)
+                return import_string(FORMATS[made].exporter)(source, out, config, force=force)
             return adopt(source, out, config, force=force)
         if fmt == "onnx":
             return adopt(source, out, config, force=force)

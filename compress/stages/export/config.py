@@ -230,6 +230,10 @@ class ExportConfig(Settings):
     sample_data: str | None = Field(None, description="Data file whose first texts are the parity samples.")
     allow_pickle: bool = Field(False, description="Allow loading pickled (.bin) weights.")
     trust_remote_code: bool = Field(False, description="Allow a checkpoint's own Python code to run.")
+    llama_cpp: str | None = Field(
+        None, description="GGUF: the llama.cpp source tree whose convert_hf_to_gguf.py converts a causal LM (a "
+        "llama.cpp checkout or an extracted llama-cpp-python sdist's vendor/llama.cpp); default: "
+        "$EDGECOMPRESS_LLAMA_CPP.")
     precision: TrtPrecision | None = Field(
         None, description="TensorRT: fp16 (FP32 ONNX built with the FP16 flag; the default) or int8 (explicit "
         "QDQ quantization following TensorRT's rules, calibrated on --calibration). ExecuTorch: int8 (PT2E with "

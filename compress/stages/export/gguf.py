@@ -1,0 +1,283 @@
+"""A causal language model (task text-generation) to GGUF, llama.cpp's file, through llama.cpp's own converter.
+
+The converter, ``convert_hf_to_gguf.py``, ships in llama.cpp's source tree only (no wheel holds it). Like a compiler,
+it is the user's tool: :func:`llama_cpp_tree` finds the tree from the export setting ``llama_cpp`` (``--llama-cpp``)
+or the environment variable ``EDGECOMPRESS_LLAMA_CPP`` (a llama.cpp checkout, or an extracted llama-cpp-python sdist's
+``vendor/llama.cpp``), and a missing tree is a one-line error that names how to get one. It runs in a subprocess with
+the tree's own ``gguf-py`` first on ``PYTHONPATH`` (the converter and its gguf package move together), writing
+``--outtype f32`` (FP32; ``--precision fp16``: ``f16``): the floating-point artifact that
+:mod:`compress.stages.quantize.lm_gguf` quantizes with llama.cpp's quantizer.
+
+llama.cpp keeps the KV cache inside its context: the manifest's :class:`~compress.tasks.generation.KVCache` has the
+layout ``runtime`` and :class:`compress.runtimes.llamacpp_backend.LlamaCppBackend` runs the file. The teacher's
+tokenizer files and ``generation_config.json`` travel beside ``model.gguf``: edgecompress feeds token ids from the
+teacher's tokenizer (the GGUF's own vocabulary is llama.cpp's business, and its tokenization of a text may differ).
+
+Before anything is written the file is checked against PyTorch: the prompt's logits (max |diff| within ``--atol``,
+at least :data:`F32_ATOL` for FP32, :data:`F16_ATOL` for FP16: llama.cpp's kernels sum in another order) and
+:data:`~compress.stages.export.genai.DECODE_STEPS` greedy decode steps through llama.cpp's cache (the same tokens).
+
+A ``.gguf`` made elsewhere is adopted as it is (:func:`adopt_gguf`): its metadata gives the cache's shape and the
+precision; a teacher (the Hugging Face checkpoint it came from) is what validate compares it with, and an architecture
+transformers cannot read has none here. Batch 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import Artifact, Format, Precision, check_output
+from compress.errors import ConfigError, ParityError, StageError
+from compress.stages.export.config import ExportConfig
+from compress.stages.spec import StageSpec, pairs
+
+log = logging.getLogger(__name__)
+
+#: PyTorch causal LM -> GGUF (llama.cpp's converter), FP32 or FP16, checked against PyTorch.
+EXPORT_GGUF = StageSpec(
+    "export", "GGUF export (llama.cpp's convert_hf_to_gguf.py)", accepts=pairs(Format.pytorch, Precision.fp32),
+    produces={Format.gguf: frozenset({Precision.fp32, Precision.fp16})}, versions=("llama_cpp", "gguf", "transformers"),
+    hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=1,
+)
+#: a .gguf made elsewhere, adopted as it is
+ADOPT_GGUF = StageSpec(
+    "export", "GGUF adoption", accepts=pairs(Format.gguf, *Precision), produces=pairs(Format.gguf, *Precision),
+    versions=("llama_cpp", "gguf"), hint="a .gguf file is adopted as it is",
+)
+ENV = "EDGECOMPRESS_LLAMA_CPP"  #: the environment variable naming a llama.cpp source tree
+CONVERTER = "convert_hf_to_gguf.py"
+GET_TREE = ("pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36, extract it and pass "
+            f"--llama-cpp DIR/vendor/llama.cpp (or set {ENV}), or a llama.cpp checkout")
+F32_ATOL = 1e-2  #: the least prefill tolerance for an FP32 GGUF (llama.cpp's F32 kernels: ~1e-3 on tiny models)
+F16_ATOL = 5e-2  #: ... for an FP16 GGUF
+#: the teacher's files that travel beside model.gguf
+TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def llama_cpp_tree(setting: str | None = None) -> Path | None:
+    """The llama.cpp source tree holding :data:`CONVERTER`: ``setting`` (export's ``llama_cpp``), else
+    ``$EDGECOMPRESS_LLAMA_CPP``; a folder holding ``vendor/llama.cpp`` (an extracted sdist) counts too. None when
+    neither is set; a set location without the converter is a :class:`ConfigError`."""
+    given = setting or os.environ.get(ENV)
+    if not given:
+        return None
+    root = Path(given).expanduser()
+    for tree in (root, root / "vendor" / "llama.cpp"):
+        if (tree / CONVERTER).is_file():
+            return tree
+    raise ConfigError(f"{given}: no {CONVERTER} (not a llama.cpp source tree)", hint=GET_TREE)
+
+
+def require_tree(setting: str | None = None) -> Path:
+    """:func:`llama_cpp_tree`, or a one-line error naming how to get one."""
+    tree = llama_cpp_tree(setting)
+    if tree is None:
+        raise ConfigError(f"export --format gguf runs llama.cpp's {CONVERTER}, which no wheel ships: name a llama.cpp "
+                          f"source tree with --llama-cpp or {ENV}", hint=GET_TREE)
+    return tree
+
+
+def convert(source: Path, outfile: Path, *, outtype: str = "f32", tree: Path) -> dict[str, Any]:
+    """Run llama.cpp's converter on the checkpoint ``source`` (a subprocess, the tree's gguf-py first on the path);
+    return what the step records. A failure is a :class:`StageError` with the converter's last line."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_LOCAL_GGUF="")
+    gguf_py = tree / "gguf-py"
+    if gguf_py.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(gguf_py), *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, str(tree / CONVERTER), str(source), "--outtype", outtype, "--outfile", str(outfile)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not outfile.is_file():
+        lines = [ln for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
+        last = lines[-1].strip() if lines else f"exit code {done.returncode}"
+        missing = "sentencepiece" in last
+        raise StageError(f"llama.cpp's {CONVERTER} failed on {source}: {last}",
+                         hint="pip install sentencepiece (the converter imports it)" if missing else
+                         "the converter supports the architectures llama.cpp runs; see its output with --debug")
+    log.debug("converter output:\n%s", done.stderr)
+    return {"converter": str(tree / CONVERTER), "outtype": outtype, "gguf_py": str(gguf_py) if gguf_py.is_dir() else None}
+
+
+def gguf_postprocess(cfg: dict[str, Any], gen: dict[str, Any]):
+    """The manifest's postprocess: bos/eos and the KV cache (kept inside llama.cpp's context: layout ``runtime``)."""
+    from compress.stages.export.genai import generation_postprocess
+
+    post = generation_postprocess(cfg, gen)
+    return post.model_copy(update={"cache": post.cache.model_copy(update={"layout": "runtime"})})
+
+
+def tensors(vocab: int):
+    """The artifact's inputs and outputs as llama.cpp takes and returns them (batch 1)."""
+    from compress.artifact import TensorSpec
+
+    ids = [TensorSpec(name=n, dtype="int64", shape=[1, "sequence"]) for n in ("input_ids", "attention_mask")]
+    return ids, [TensorSpec(name="logits", dtype="float32", shape=[1, "sequence", vocab])]
+
+
+def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
+                force: bool = False) -> Artifact:
+    """Export the causal LM checkpoint ``source`` to an FP32 (``--precision fp16``: FP16) GGUF artifact at ``out``
+    through llama.cpp's converter (see the module's docstring); a ``.gguf`` file is adopted (:func:`adopt_gguf`).
+
+    The step's metrics hold the check against PyTorch (``generation_parity``); a prefill difference above the
+    tolerance or a different greedy token is a :class:`~compress.errors.ParityError` and nothing is written."""
+    import tempfile
+
+    from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export.genai import (
+        DECODE_STEPS,
+        compare_generation,
+        greedy_ort,
+        greedy_torch,
+        hf_config,
+        prompt_ids,
+    )
+    from compress.storage import tree_bytes
+    from compress.tasks import Task
+
+    config = config or ExportConfig()
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".gguf":
+        return adopt_gguf(source, out, config, force=force)
+    cfg = hf_config(source)
+    if not any(str(a).endswith("ForCausalLM") for a in cfg.get("architectures") or []):
+        raise ConfigError(f"{source}: GGUF (llama.cpp) takes causal language models only (…ForCausalLM)",
+                          hint="export it with --format onnx")
+    precision = str(config.precision) if config.precision else "fp32"
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"export --format gguf writes fp32 or fp16, not {precision}",
+                          hint="quantize the GGUF artifact: edgecompress quantize ART --precision int4|int8")
+    tree = require_tree(config.llama_cpp)
+    out = check_output(out, force)
+    outtype = "f16" if precision == "fp16" else "f32"
+    atol = max(config.atol, F16_ATOL if outtype == "f16" else F32_ATOL)
+    output = EXPORT_GGUF.output(out, config, force=force)
+    with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
+            tempfile.TemporaryDirectory(prefix=".gguf-convert.", dir=o.dir.parent) as scratch:
+        built = convert(source, Path(scratch) / "model.gguf", outtype=outtype, tree=tree)
+        shutil.move(str(Path(scratch) / "model.gguf"), o.dir / "model.gguf")
+        for name in TRAVEL:
+            if (source / name).is_file():
+                shutil.copy2(source / name, o.dir / name)
+        gen_path = source / "generation_config.json"
+        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        inputs, outputs = tensors(int(cfg["vocab_size"]))
+        manifest = Manifest(
+            task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=gguf_postprocess(cfg, gen),
+            max_length=int(cfg.get("max_position_embeddings") or 2048),
+            source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
+                              architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
+            versions=library_versions("llama_cpp", "gguf"),
+        )
+        step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built})
+        prompt, said = prompt_ids(source, config.sample_data)
+        backend = load_runtime(o.draft(), "llamacpp")
+        try:
+            cand = greedy_ort(backend, prompt, DECODE_STEPS)
+        finally:
+            backend.close()
+        check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
+            "prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
+        step.metrics["generation_parity"] = check
+        if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
+            raise ParityError(
+                f"the GGUF differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
+                f"{atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over {DECODE_STEPS} "
+                "steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
+                hint="raise --atol, or report it with --debug; no artifact was written")
+    log.info("exported %s to %s (GGUF %s, prefill max |diff| %.2e, %d decode steps equal)", source, out, outtype,
+             check["prefill_max_abs_diff"], DECODE_STEPS)
+    return output.artifact
+
+
+#: llama.cpp's file types (``general.file_type``) -> the precision a manifest names (Q5/Q6 blocks count as int8: more
+#: than four bits)
+_FILE_TYPES = {0: "fp32", 1: "fp16", 32: "bf16", 7: "int8", 8: "int8", 9: "int8", 16: "int8", 17: "int8", 18: "int8"}
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """What a GGUF's header says: architecture, file type, the cache's dimensions, context, vocabulary, bos/eos."""
+    from compress._optional import require
+
+    require("gguf", "reading a GGUF file's header")
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(path)).fields
+    except Exception as e:  # noqa: BLE001 - any parse failure: not a GGUF file llama.cpp would take
+        raise ConfigError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+    def get(key: str, default: Any = None) -> Any:
+        field = fields.get(key)
+        return field.contents() if field is not None else default
+
+    arch = get("general.architecture")
+    heads = get(f"{arch}.attention.head_count")
+    tokens = fields.get("tokenizer.ggml.tokens")
+    return {"architecture": arch, "file_type": get("general.file_type", 0), "layers": get(f"{arch}.block_count"),
+            "heads": heads, "kv_heads": get(f"{arch}.attention.head_count_kv", heads),
+            "head_size": get(f"{arch}.attention.key_length") or
+            (get(f"{arch}.embedding_length") // heads if heads else None),
+            "context": get(f"{arch}.context_length") or 2048,
+            "vocab": get(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None),
+            "bos_token_id": get("tokenizer.ggml.bos_token_id"), "eos_token_id": get("tokenizer.ggml.eos_token_id")}
+
+
+def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bool = False) -> Artifact:
+    """Adopt a ``.gguf`` file made elsewhere as it is: the manifest from its header (precision from its file type,
+    the cache's shape), checked by one prefill through llama.cpp (finite logits). Tokenizer files found beside it
+    travel; without them, and without the Hugging Face checkpoint it came from as a teacher, validate has nothing to
+    compare it with (an architecture transformers cannot read has no teacher here)."""
+    import numpy as np
+
+    from compress.artifact import Manifest, SourceInfo, TextPreprocess, library_versions, sha256_file
+    from compress.runtimes.base import load_runtime
+    from compress.tasks import Task
+    from compress.tasks.generation import GenerationPostprocess, KVCache
+
+    meta = gguf_metadata(source)
+    if not meta["layers"] or not meta["vocab"]:
+        raise ConfigError(f"{source}: its GGUF header names no block count or vocabulary (not a language model)")
+    ft = int(meta["file_type"])
+    precision = _FILE_TYPES.get(ft, "int4")
+    out = check_output(out, force)
+    cache = KVCache(layers=meta["layers"], kv_heads=meta["kv_heads"], head_size=meta["head_size"], dtype="float16",
+                    max_length=meta["context"], layout="runtime", prefill=["input_ids", "attention_mask"],
+                    decode=["input_ids", "attention_mask"])
+    inputs, outputs = tensors(int(meta["vocab"]))
+    output = ADOPT_GGUF.output(out, config, force=force)
+    with output.writing(need_bytes=source.stat().st_size + (1 << 20)) as o:
+        shutil.copy2(source, o.dir / "model.gguf")
+        for name in TRAVEL:
+            if (source.parent / name).is_file():
+                shutil.copy2(source.parent / name, o.dir / name)
+        manifest = Manifest(
+            task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(),
+            postprocess=GenerationPostprocess(bos_token_id=meta["bos_token_id"], eos_token_id=meta["eos_token_id"],
+                                              cache=cache),
+            max_length=int(meta["context"]),
+            source=SourceInfo(path=str(source.resolve()), sha256=sha256_file(source), architecture=meta["architecture"]),
+            versions=library_versions("llama_cpp", "gguf"),
+        )
+        step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"gguf": meta})
+        backend = load_runtime(o.draft(), "llamacpp")
+        try:
+            first = [meta["bos_token_id"]] if meta["bos_token_id"] is not None else []
+            logits = backend.prefill({"input_ids": np.asarray([[*first, 1, 2, 3]], dtype=np.int64)})[0]["logits"]
+        finally:
+            backend.close()
+        if not np.isfinite(logits).all():
+            raise ParityError(f"{source}: llama.cpp's logits are not finite", max_abs_diff=float("inf"), atol=0.0)
+        step.metrics["adopted"] = {"file_type": ft, "architecture": meta["architecture"], "logits_finite": True,
+                                   "teacher": "none: validate needs the Hugging Face checkpoint it came from"}
+    return output.artifact
