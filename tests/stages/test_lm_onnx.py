@@ -129,6 +129,8 @@ def test_refusals_are_one_line(exported, tmp_path):
         quantize(art.path, tmp_path / "b", QuantizeConfig.from_flat(precision="int4", calibration="x.txt"))
     with pytest.raises(ConfigError, match="would be ignored"):
         quantize(art.path, tmp_path / "c", QuantizeConfig.from_flat(precision="int8", mode="static"))
+    with pytest.raises(ConfigError, match="it would be ignored"):
+        quantize(art.path, tmp_path / "e", QuantizeConfig.from_flat(precision="int4", data="story.txt"))
     (tmp_path / "d").mkdir()
     with pytest.raises(OutputExistsError):
         quantize(art.path, tmp_path / "d", QuantizeConfig.from_flat(precision="int4"))

@@ -43,8 +43,7 @@ GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 gr
 ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
-            "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data",
-            "max_perplexity_increase", "data", "eval_samples"}
+            "calibration_samples", "exclude_nodes", "strict", "max_perplexity_increase", "data", "eval_samples"}
 PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
            "Tom had a big red ball. He", "One day, a cat and a dog")
 _TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -421,6 +420,9 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         raise ConfigError("--calibration calibrates GPTQ only (it would be ignored)",
                           hint="add --int4-algorithm gptq, or drop --calibration")
     budget = config.accuracy.max_perplexity_increase
+    if budget is None and config.accuracy.data:
+        raise ConfigError("--data measures accuracy-aware INT4's perplexity (it would be ignored)",
+                          hint="add --max-perplexity-increase, or drop --data")
     if budget is not None and not config.accuracy.data:
         raise ConfigError("--max-perplexity-increase measures perplexity on text", hint="pass --data TEXT")
     if budget is not None and bits != 4:
