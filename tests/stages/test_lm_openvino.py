@@ -1,0 +1,165 @@
+"""The OpenVINO route for causal LMs: export to a stateful IR (convert_model + make_stateful: the KV cache in the
+InferRequest's variables), weight-only INT4/INT8 through nncf.compress_weights. Tiny random-weight Llamas/Qwen2s from
+tests/builders are test material: they check plumbing and agreement with PyTorch, not any real model's quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+pytest.importorskip("torch")
+
+import compress  # noqa: F401 - the torchvision shim before transformers
+from compress.errors import ConfigError, OutputExistsError, StageError
+from tests.builders.causal_lm import tiny_causal_lm
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny Llama and its FP32 stateful OpenVINO artifact (through the export verb's generator dispatch)."""
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    root = tmp_path_factory.mktemp("ovlm")
+    ckpt = tiny_causal_lm(root / "ckpt")
+    return ckpt, export(ckpt, root / "fp32", ExportConfig(format="openvino"))
+
+
+def test_export_writes_a_stateful_ir_checked_against_pytorch(exported):
+    import openvino as ov
+
+    ckpt, art = exported
+    m = art.manifest
+    assert (str(m.task), str(m.format), str(m.precision)) == ("text-generation", "openvino", "fp32")
+    assert {"model.xml", "model.bin", "generation_config.json", "tokenizer.json"} <= set(m.files)
+    cache = m.postprocess.cache
+    assert (cache.layers, cache.kv_heads, cache.head_size, cache.layout) == (2, 2, 16, "stateful")
+    assert (m.postprocess.bos_token_id, m.postprocess.eos_token_id) == (1, 2)
+    assert [t.name for t in m.inputs] == ["input_ids", "attention_mask", "position_ids"]
+    assert [t.name for t in m.outputs] == ["logits"]
+    model = ov.Core().read_model(str(art.model_path))
+    assert len(model.get_sinks()) == 4  # one Assign (a cache variable) per layer's key and value
+    check = m.steps[-1].metrics["generation_parity"]
+    assert check["same_tokens"] and check["decode_steps"] == 8
+    assert check["prefill_max_abs_diff"] <= 1e-4 and check["decode_max_abs_diff"] <= 1e-3
+
+
+def test_prefill_then_steps_equal_one_long_prefill_and_prefill_resets_the_cache(exported):
+    from compress.runtimes.base import load_runtime
+
+    _, art = exported
+    backend = load_runtime(art, "openvino")
+    assert backend.stateful
+    ids = np.asarray([[1, 403, 407, 261, 378, 432, 383, 286]], dtype=np.int64)
+    whole, _ = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    whole = whole["logits"].copy()
+    assert whole.shape == (1, 8, 512)
+    for _ in range(2):  # the second time proves prefill starts from an empty cache again
+        out, state = backend.prefill({"input_ids": ids[:, :5], "attention_mask": np.ones((1, 5), np.int64)})
+        np.testing.assert_allclose(out["logits"][0], whole[0, :5], atol=1e-4)
+        for t in range(5, 8):
+            out, state = backend.step({"input_ids": ids[:, t:t + 1],
+                                       "attention_mask": np.ones((1, t + 1), np.int64)}, state)
+            np.testing.assert_allclose(out["logits"][0, -1], whole[0, t], atol=1e-4)
+
+
+def test_a_qwen2_with_head_size_8_exports_too(tmp_path):
+    from compress.stages.export.openvino_lm import export_openvino_lm
+
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", arch="qwen2", layers=1, heads=8, kv_heads=4, tied=False)
+    art = export_openvino_lm(ckpt, tmp_path / "fp32")
+    assert art.manifest.postprocess.cache.head_size == 8
+    assert art.manifest.steps[-1].metrics["generation_parity"]["same_tokens"]
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tmp_path, precision):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    q = quantize(art.path, tmp_path / precision, QuantizeConfig.from_flat(precision=precision))
+    assert str(q.manifest.precision) == precision and str(q.manifest.task) == "text-generation"
+    assert q.manifest.postprocess.cache.layout == "stateful"
+    m = q.manifest.steps[-1].metrics
+    w = m["weights"]
+    assert (w["lm_head"], w["embeddings"]) == ("u8", "u8")  # NNCF's backup mode INT8_ASYM, read back from the IR
+    assert w["matmul_and_gather_weights"].get("i4" if precision == "int4" else "u8", 0) >= 14
+    assert "f32" not in w["matmul_and_gather_weights"]
+    assert m["size_bytes_after"] < 0.6 * m["size_bytes_before"]
+    nncf = q.manifest.steps[-1].config["nncf"]
+    assert nncf["mode"] == ("int4_sym" if precision == "int4" else "int8_asym")
+    assert precision == "int8" or (nncf["group_size"], nncf["backup_mode"]) == (32, "int8_asym")
+    g = m["generation_vs_input"]
+    assert g["collapsed"] is None and g["prompt_top1_agreement"] > (0.9 if precision == "int8" else 0.5)
+    assert {"tokenizer.json", "generation_config.json"} <= set(q.manifest.files)
+
+
+def test_data_aware_awq_and_all_layers_at_4_bits(exported, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from tests.builders.causal_lm import STORY
+
+    _, art = exported
+    text = tmp_path / "calib.txt"
+    text.write_text(STORY * 20)
+    q = quantize(art.path, tmp_path / "awq", QuantizeConfig.from_flat(
+        precision="int4", int4_algorithm="awq", calibration=str(text), embeddings_bits=4, lm_head_bits=4))
+    nncf = q.manifest.steps[-1].config["nncf"]
+    assert nncf["awq"] and nncf["scale_estimation"] and nncf["all_layers"] and nncf["calibration_windows"] >= 2
+    w = q.manifest.steps[-1].metrics["weights"]
+    assert (w["lm_head"], w["embeddings"]) == ("i4", "i4")
+
+
+def test_refusals_are_one_line(exported, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    with pytest.raises(ConfigError, match="hqq and k_quant are ONNX Runtime"):
+        quantize(art.path, tmp_path / "a", QuantizeConfig.from_flat(precision="int4", int4_algorithm="hqq"))
+    with pytest.raises(ConfigError, match="data-aware algorithms only"):
+        quantize(art.path, tmp_path / "b", QuantizeConfig.from_flat(precision="int4", calibration="x.txt"))
+    with pytest.raises(ConfigError, match="both at 8"):
+        quantize(art.path, tmp_path / "c", QuantizeConfig.from_flat(precision="int4", embeddings_bits=32))
+    with pytest.raises(ConfigError, match="would be ignored"):
+        quantize(art.path, tmp_path / "e", QuantizeConfig.from_flat(precision="int8", mode="static"))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputExistsError):
+        quantize(art.path, tmp_path / "d", QuantizeConfig.from_flat(precision="int4"))
+    assert not any((tmp_path / n).exists() for n in "abce")
+
+
+def test_a_collapse_fails_with_strict_and_writes_nothing(exported, tmp_path, monkeypatch):
+    import compress.tasks.generation as generation
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    monkeypatch.setattr(generation, "collapse", lambda tokens, kl_mean=None: "all one token")
+    with pytest.raises(StageError, match="collapsed: all one token"):
+        quantize(art.path, tmp_path / "s", QuantizeConfig.from_flat(precision="int4", strict=True))
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_export_and_quantize(tmp_path, capsys):
+    from click.testing import CliRunner
+
+    from compress.cli import cli as app
+
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1)
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(ckpt), "--format", "openvino", "--out", str(tmp_path / "fp32")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["quantize", str(tmp_path / "fp32"), "--precision", "int4", "--out", str(tmp_path / "q")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "q" / "model.xml").is_file()
+    from compress.cli import main
+
+    with pytest.raises(SystemExit) as e:  # the console entry point: a one-line error, exit 2
+        main(["quantize", str(tmp_path / "fp32"), "--precision", "int4", "--int4-algorithm", "k_quant",
+              "--out", str(tmp_path / "k")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and "k_quant" in err and not (tmp_path / "k").exists()
