@@ -291,9 +291,9 @@ def test_a_search_candidates_executorch_step_is_written_nested():
 def test_quantize_settings_are_nested_and_every_flag_has_a_home():
     from compress.stages.quantize.config import QuantizeConfig
 
-    assert len(QuantizeConfig.model_fields) <= 15
+    assert len(QuantizeConfig.model_fields) <= 16  # 16: gguf (llama.cpp types, generators)
     leaves = _leaves(QuantizeConfig)
-    assert len(leaves) == len(QuantizeConfig.flat_fields()) == 41  # no option lost; 41: int4.algorithm, embeddings_bits, lm_head_bits, accuracy.max_perplexity_increase (generators)
+    assert len(leaves) == len(QuantizeConfig.flat_fields()) == 42  # no option lost; 42: int4.algorithm, embeddings_bits, lm_head_bits, accuracy.max_perplexity_increase, gguf.type (generators)
     assert set(QuantizeConfig.MOVED.values()) == {p for p in leaves if "." in p}
     for key, path in QuantizeConfig.MOVED.items():
         assert QuantizeConfig.flat_key(path) == key

@@ -120,6 +120,14 @@ class Int4(Section):
         return v
 
 
+class Gguf(Section):
+    """GGUF (llama.cpp) generators: the block type llama.cpp's quantizer writes."""
+
+    type: Literal["q4_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0"] | None = Field(
+        None, description="GGUF artifacts: llama.cpp's quantization type (q4_0, q4_k_m, q4_k_s, q5_k_m, q6_k, q8_0); "
+        "default q4_0 for --precision int4, q8_0 for int8. The precision must match (q5/q6/q8: int8).")
+
+
 class Qad(Section):
     """Quantization-aware distillation before INT8 (ONNX Runtime)."""
 
@@ -209,7 +217,7 @@ class QuantizeConfig(Settings):
         "per_channel": "int8.per_channel", "weight_type": "int8.weight_type", "reduce_range": "int8.reduce_range",
         "weights_only": "int8.weights_only",
         "block_size": "int4.block_size", "symmetric": "int4.symmetric",
-        "int4_algorithm": "int4.algorithm", "embeddings_bits": "int4.embeddings_bits", "lm_head_bits": "int4.lm_head_bits",
+        "int4_algorithm": "int4.algorithm", "gguf_type": "gguf.type", "embeddings_bits": "int4.embeddings_bits", "lm_head_bits": "int4.lm_head_bits",
         "qat_steps": "qad.steps", "qat_data": "qad.data", "qat_source": "qad.source", "qat_lr": "qad.lr",
         "qat_batch_size": "qad.batch_size",
         "max_drop": "accuracy.max_drop", "min_retention": "accuracy.min_retention", "data": "accuracy.data",
@@ -249,6 +257,7 @@ class QuantizeConfig(Settings):
     calibration: Calibration = Field(default_factory=Calibration, description="The calibration data.")
     int8: Int8 = Field(default_factory=Int8, description="INT8 weights.")
     int4: Int4 = Field(default_factory=Int4, description="INT4 weight-only blocks.")
+    gguf: Gguf = Field(default_factory=Gguf, description="GGUF (llama.cpp) quantization types.")
     qad: Qad = Field(default_factory=Qad, description="Quantization-aware distillation.")
     accuracy: Accuracy = Field(default_factory=Accuracy, description="Accuracy-aware quantization.")
     speed: Speed = Field(default_factory=Speed, description="Speed-aware INT8.")
