@@ -84,7 +84,9 @@ def first_sentences(texts: list[str], limit: int) -> list[str]:
 
 
 def _encode(tok, text: str) -> list[int]:
-    return list(tok(text)["input_ids"])
+    from compress.data.text import encode
+
+    return encode(tok, text)
 
 
 def _eos_ids(post) -> set[int]:
@@ -322,22 +324,23 @@ def _baseline(tdir: Path | None, art: Artifact, runtime_name: str, settings, war
     return load_runtime(base, runtime_name, settings)
 
 
-def _windows(tok, texts: list[str], window: int, limit: int | None, context: int) -> np.ndarray:
+def _windows(tok, texts: list[str], window: int, limit: int | None, context: int, bos: int | None) -> np.ndarray:
+    """llama-perplexity's windows of the text (:func:`compress.data.text.token_windows`), BOS first where the
+    artifact has one."""
     from compress.data.text import token_windows
 
-    if window > context:
-        raise ConfigError(f"--window {window} is longer than the model's context ({context} tokens)",
-                          hint=f"give --window {context} or less")
-    return token_windows(tok, texts, window, max_windows=limit)
+    return token_windows(tok, texts, window, max_windows=limit, context=context,
+                         bos_token_id="tokenizer" if bos is None else bos)
 
 
-def validate_generation(art: Artifact, run, runtime_name: str, run_settings, device, estimating: bool):
+def validate_generation(art: Artifact, run, runtime_name: str, run_settings, device, estimating: bool, *,
+                        tdir: Path | None, environment):
     """Validate a text-generation artifact (see the module doc); ``run`` is the
-    :class:`~compress.validation.common.ValidationRun` with the teacher unloaded (``run.teacher`` None)."""
+    :class:`~compress.validation.common.ValidationRun` with the teacher unloaded (``run.teacher`` None), ``tdir`` the
+    teacher checkpoint (None: not on this machine), ``environment(backend, cache)`` the report's environment."""
     from compress.host.measure import probe_cold_start
     from compress.runtimes.base import load_runtime
     from compress.validation.common import conclude
-    from compress.validation.local import _environment, _teacher_dir
 
     config, profile, warnings, progress = run.config, run.profile, run.warnings, run.progress
     post = art.manifest.postprocess
@@ -348,7 +351,8 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
         from compress.data.text import read_texts
 
         texts = read_texts(config.data)
-    windows = _windows(tok, texts, config.window or post.window, config.limit, context) if texts else None
+    windows = (_windows(tok, texts, config.window or post.window, config.limit, context, post.bos_token_id)
+               if texts else None)
     prompts: list[str] = []
     if config.prompts:
         from compress.data.text import read_prompts
@@ -356,7 +360,6 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
         prompts = read_prompts(config.prompts)[: config.limit or None]
     elif texts:
         prompts = first_sentences(texts, config.limit or MAX_PROMPTS)
-    tdir = _teacher_dir(art, config.teacher)
     teacher = _teacher(tdir, art, warnings, config) if (windows is not None or prompts) else None
 
     backend = load_runtime(art, runtime_name, run_settings)
@@ -392,7 +395,7 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
     metrics["generation"] = gen
     if base_backend is not None:
         metrics["speedup_baseline"] = "the teacher's FP32 export on the same runtime and threads (decode)"
-    env = _environment(backend, {})
+    env = environment(backend, {})
     backend.close()
     if base_backend is not None:
         base_backend.close()
