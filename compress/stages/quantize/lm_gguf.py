@@ -1,0 +1,156 @@
+"""Quantize a GGUF causal LM (task text-generation) with llama.cpp's own quantizer: ``llama_model_quantize`` through
+llama-cpp-python, the same code as llama.cpp's ``llama-quantize`` tool.
+
+Types (``--gguf-type``): ``q4_0`` (32-weight blocks, one FP16 scale: the default for ``--precision int4``),
+``q4_k_m`` / ``q4_k_s`` (k-quants: 256-weight super-blocks with 6-bit sub-block scales; ``_m`` keeps some tensors
+at higher precision), and for ``--precision int8``: ``q8_0`` (the default), ``q5_k_m``, ``q6_k`` (more than four
+bits, counted as int8 in the manifest). llama.cpp decides per tensor (the token embeddings and output take its
+defaults for the type, e.g. Q6_K output with k-quants); the step records the type and sizes. An importance matrix
+(``llama-imatrix``) is not wired here yet.
+
+Input: an FP32 or FP16 GGUF artifact (:mod:`compress.stages.export.gguf`). After quantizing, greedy continuations
+of a few prompts through both files (:class:`compress.runtimes.llamacpp_backend.LlamaCppBackend`) are compared: the
+prompts' top-1 agreement and KL, the continuations' agreement, and a collapse is a loud warning, an error with
+``--strict`` (nothing written). Batch 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact, Format, Precision, child_manifest
+from compress.errors import ConfigError, StageError
+from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.spec import StageSpec, pairs
+
+log = logging.getLogger(__name__)
+
+#: llama.cpp's quantizer, GGUF in and out
+QUANTIZE_GGUF = StageSpec(
+    "quantize", "quantize (llama.cpp)", accepts=pairs(Format.gguf, Precision.fp32, Precision.fp16),
+    produces=pairs(Format.gguf, Precision.int4, Precision.int8), versions=("llama_cpp", "gguf"),
+    hint="quantize starts from an FP32 or FP16 GGUF artifact (export --format gguf)",
+    precision_hint="the GGUF is already quantized: quantize its FP32 export", config_version=1,
+)
+#: --gguf-type -> (llama.cpp's LLAMA_FTYPE_MOSTLY_* name, the manifest's precision)
+TYPES: dict[str, tuple[str, str]] = {
+    "q4_0": ("LLAMA_FTYPE_MOSTLY_Q4_0", "int4"), "q4_k_m": ("LLAMA_FTYPE_MOSTLY_Q4_K_M", "int4"),
+    "q4_k_s": ("LLAMA_FTYPE_MOSTLY_Q4_K_S", "int4"), "q5_k_m": ("LLAMA_FTYPE_MOSTLY_Q5_K_M", "int8"),
+    "q6_k": ("LLAMA_FTYPE_MOSTLY_Q6_K", "int8"), "q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", "int8"),
+}
+DEFAULT_TYPE = {"int4": "q4_0", "int8": "q8_0"}
+#: the settings this quantizer reads (flat keys); any other given is refused
+_APPLIES = {"precision", "gguf_type", "strict"}
+_TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+           "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def gguf_type(config: QuantizeConfig) -> str:
+    """The llama.cpp type ``config`` asks for (its default for the precision), checked against the precision."""
+    precision = str(config.precision)
+    name = config.gguf.type or DEFAULT_TYPE[precision]
+    if TYPES[name][1] != precision:
+        raise ConfigError(f"--gguf-type {name} stores {TYPES[name][1]} weights, not {precision}",
+                          hint=f"add --precision {TYPES[name][1]}, or pick a type of {precision}: "
+                          f"{', '.join(k for k, v in TYPES.items() if v[1] == precision)}")
+    return name
+
+
+def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = None) -> None:
+    """Write ``dst``, ``src`` quantized to llama.cpp's type ``name`` (llama.cpp's own quantizer, quietly)."""
+    from compress._optional import require
+
+    llama_cpp = require("llama_cpp", "llama.cpp's quantizer (GGUF)")
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, TYPES[name][0])
+    params.nthread = threads or os.cpu_count() or 1
+    with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0 or not dst.is_file():
+        raise StageError(f"llama.cpp's quantizer failed on {src} (return code {rc})",
+                         hint="run with --debug to see llama.cpp's log")
+
+
+def _kl(ref: np.ndarray, cand: np.ndarray) -> float:
+    def log_softmax(x):
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(cand.astype(np.float64))
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
+def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32,
+                   runtime: str = "llamacpp") -> dict[str, Any]:
+    """Greedy continuations of a few prompts through both artifacts (``runtime``, batch 1): agreement before the
+    first divergence, the prompts' top-1 agreement and KL, and :func:`compress.tasks.generation.collapse`'s reason
+    (None when the continuations look sane)."""
+    from tokenizers import Tokenizer
+
+    from compress.runtimes.base import load_runtime
+    from compress.stages.quantize.lm_onnx import PROMPTS, continuations
+    from compress.tasks.generation import collapse, continuation_agreement
+
+    tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
+    bos = reference.manifest.postprocess.bos_token_id
+    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
+    results = []
+    for art in (reference, candidate):
+        backend = load_runtime(art, runtime)
+        try:
+            results.append(continuations(backend, prompts, new_tokens))
+        finally:
+            backend.close()
+    (ref_tokens, ref_logits), (tokens, logits) = results
+    top1 = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref_logits, logits, strict=True)])
+    kl = float(np.mean([_kl(a, b) for a, b in zip(ref_logits, logits, strict=True)]))
+    return {"prompts": len(prompts), "new_tokens": new_tokens,
+            "continuation_agreement": float(continuation_agreement(tokens, ref_tokens)),
+            "prompt_top1_agreement": float(top1.mean()), "prompt_kl_mean": kl,
+            "collapsed": collapse(tokens, kl_mean=kl),
+            "continuations": [tok.decode(t) for t in tokens[:2]],
+            "reference_continuations": [tok.decode(t) for t in ref_tokens[:2]]}
+
+
+def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+    """Quantize the FP32/FP16 GGUF artifact ``art`` of a causal LM with llama.cpp's quantizer into a new artifact at
+    ``out`` (see the module's docstring). A collapse is a warning (in the step's metrics), an error with ``strict``."""
+    from compress.storage import tree_bytes
+
+    ignored = sorted(config.given_keys() - _APPLIES)
+    if ignored:
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} would be ignored: a GGUF is "
+                          "quantized by llama.cpp's quantizer", hint="drop it; pick the type with --gguf-type")
+    QUANTIZE_GGUF.check(art)
+    name = gguf_type(config)
+    src = art.path / art.manifest.model_file
+    output = QUANTIZE_GGUF.output(out, config, force=force)
+    with output.writing(need_bytes=tree_bytes(art.path)) as o:
+        llama_quantize(src, o.dir / "model.gguf", name)
+        for travel in _TRAVEL:
+            if (art.path / travel).is_file():
+                shutil.copy2(art.path / travel, o.dir / travel)
+        manifest = child_manifest(art.manifest, precision=Precision(TYPES[name][1]), model_file="model.gguf")
+        before, after = tree_bytes(art.path), tree_bytes(o.dir)
+        step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,
+                          extra_config={"gguf_type": name, "llama_ftype": TYPES[name][0]})
+        step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
+                             "compression": round(before / max(after, 1), 3), "gguf_type": name,
+                             "model_bytes": (o.dir / "model.gguf").stat().st_size})
+        check = collapse_check(art, o.draft())
+        step.metrics["generation_vs_input"] = check
+        if check["collapsed"]:
+            if config.strict:
+                raise StageError(f"the {name} generator collapsed: {check['collapsed']}",
+                                 hint="try --gguf-type q4_k_m or --precision int8 (q8_0); nothing was written "
+                                 "(--strict)")
+            log.warning("the %s generator collapsed: %s", name, check["collapsed"])
+    return output.artifact
