@@ -16,13 +16,14 @@ def inspect_cmd(artifact, as_json, no_verify):
     """Show an artifact's manifest: format, precision, tensors, lineage, files.
 
     A model file (.onnx, an OpenVINO .xml, a .pt2 with its model.yaml) is shown as `export` would adopt it: its
-    inputs, outputs, task and input description, after the same checks."""
+    inputs, outputs, task and input description, after the same checks. So is a causal LM checkpoint folder
+    (a Hugging Face …ForCausalLM): task text-generation, its KV cache, BOS/EOS."""
     from compress.artifact import load_artifact
     from compress.reports.render import render_manifest
     from compress.teachers.model_files import is_model_file
     from compress.teachers.program_files import is_program_file
 
-    model_file = is_model_file(artifact) or is_program_file(artifact)
+    model_file = is_model_file(artifact) or is_program_file(artifact) or _causal_lm_folder(artifact)
     if model_file:
         from compress.teachers.load import load_source
 
@@ -43,3 +44,16 @@ def inspect_cmd(artifact, as_json, no_verify):
                       f"({m['parameter_ratio']:.2f}x)", highlight=False)
             for line in summary_lines(m):
                 con.print("  " + line, highlight=False)
+
+
+def _causal_lm_folder(path: Path) -> bool:
+    """A Hugging Face …ForCausalLM checkpoint folder (no manifest): inspect loads it as a text-generation teacher."""
+    cfg = path / "config.json"
+    if not path.is_dir() or (path / "manifest.json").exists() or not cfg.is_file():
+        return False
+    from compress.teachers.causal_lm import is_causal_lm
+
+    try:
+        return is_causal_lm(json.loads(cfg.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False

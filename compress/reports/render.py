@@ -64,6 +64,12 @@ def render_manifest(art: Artifact, console: Console, verified: bool | None = Tru
     pooling, normalize = pooling_of(m.postprocess)
     if pooling:
         head.add_row("pooling", f"{pooling}{' + L2 normalise' if normalize else ''}")
+    cache = getattr(m.postprocess, "cache", None)  # a text generator's KV cache, BOS/EOS
+    if cache is not None:
+        head.add_row("KV cache", f"{cache.layers} layers x {cache.kv_heads} KV heads x {cache.head_size} "
+                     f"({cache.dtype}, {cache.layout}; {cache.bytes_per_token() / 1024:.1f} KiB per token, up to "
+                     f"{cache.max_length} tokens)")
+        head.add_row("BOS / EOS", f"{m.postprocess.bos_token_id} / {m.postprocess.eos_token_id}")
     head.add_row("model file", f"{m.model_file} ({art.size_bytes() / 2**20:.1f} MB)")
     if m.preprocess.kind == "image":
         pp = m.preprocess
