@@ -5,8 +5,9 @@ What is quantized, and how:
 
 - ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_SYM (INT4_ASYM with
   ``--asymmetric``) in groups of ``int4.block_size`` weights (generators default to 32, as the ONNX route:
-  :data:`compress.stages.quantize.lm_onnx.GENERATOR_BLOCK`), ratio 1.0; ``--precision int8``: every weight INT8_ASYM
-  per output channel.
+  :data:`compress.stages.quantize.lm_onnx.GENERATOR_BLOCK`), ratio 1.0; a layer whose input width the group does not
+  divide takes the largest group of at least :data:`MIN_GROUP` that does (NNCF's ADJUST fallback), else INT8_ASYM
+  (ONNX Runtime pads the last block instead); ``--precision int8``: every weight INT8_ASYM per output channel.
 - the token embedding table and the LM head (the last MatMul): NNCF's backup mode, INT8_ASYM per channel, which is
   ``int4.embeddings_bits`` 8 / ``int4.lm_head_bits`` 8, the defaults (the step records each weight's element type read
   back from the IR, so that is checked, not assumed); 4 and 4 is NNCF's ``all_layers`` (both in INT4 groups); other
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
-from compress.errors import ConfigError, StageError
+from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
 from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, PROMPTS, _kl, calibration_windows, continuations
 
@@ -41,6 +42,9 @@ ALGORITHMS = ("rtn", "awq", "scale_estimation", "gptq")  #: what nncf.compress_w
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
+#: the smallest group NNCF may fall back to where the group size does not divide a layer's input width (stories260K's
+#: MLP down projection is 172 wide: no group of 16 or more divides it, so that layer goes to the backup INT8_ASYM)
+MIN_GROUP = 16
 TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json",
           "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
@@ -94,6 +98,9 @@ def nncf_dataset(art: Artifact, config: QuantizeConfig):
 def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int, algorithm: str):
     """``nncf.compress_weights`` on the ``openvino.Model``; (the model, what the step records)."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    from compress.stages.quantize.nncf import _nncf_error
 
     kwargs: dict[str, Any] = {}
     if bits == 8:
@@ -101,7 +108,10 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     else:
         kwargs.update(mode=nncf.CompressWeightsMode.INT4_SYM if config.int4.symmetric else
                       nncf.CompressWeightsMode.INT4_ASYM, group_size=block, ratio=1.0,
-                      all_layers=config.int4.embeddings_bits == 4, backup_mode=nncf.BackupMode.INT8_ASYM)
+                      all_layers=config.int4.embeddings_bits == 4, backup_mode=nncf.BackupMode.INT8_ASYM,
+                      advanced_parameters=AdvancedCompressionParameters(
+                          group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                          min_adjusted_group_size=min(MIN_GROUP, block)))
         if algorithm != "rtn":
             dataset, n = nncf_dataset(art, config)
             kwargs.update(dataset=dataset, subset_size=n, awq=algorithm == "awq",
@@ -109,9 +119,17 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     if config.exclude_nodes:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(config.exclude_nodes), validate=False)
     log.info("nncf.compress_weights(%s)", ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in kwargs.items()
-                                                    if k not in ("dataset", "ignored_scope")))
-    result = nncf.compress_weights(model, **kwargs)
-    record = {k: getattr(v, "value", v) for k, v in kwargs.items() if k not in ("dataset", "ignored_scope")}
+                                                    if k not in ("dataset", "ignored_scope", "advanced_parameters")))
+    try:
+        result = nncf.compress_weights(model, **kwargs)
+    except EdgeCompressError:
+        raise
+    except Exception as e:  # NNCF's own errors become one line
+        raise _nncf_error(e, "weight compression") from e
+    record = {k: getattr(v, "value", v) for k, v in kwargs.items()
+              if k not in ("dataset", "ignored_scope", "advanced_parameters")}
+    if "advanced_parameters" in kwargs:
+        record.update(group_size_fallback_mode="adjust", min_adjusted_group_size=min(MIN_GROUP, block))
     if "dataset" in kwargs:
         record["calibration_windows"] = kwargs["subset_size"]
     return result, record
