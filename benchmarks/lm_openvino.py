@@ -25,7 +25,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"  #: ../shared beside the
 def quality(WORK: Path) -> None:
     import json
     import time
-    from pathlib import Path
 
     import numpy as np
     from tokenizers import Tokenizer
@@ -93,7 +92,6 @@ def speed(WORK: Path, ARGS) -> None:
     import shutil
     import statistics
     import time
-    from pathlib import Path
 
     import numpy as np
     import torch
