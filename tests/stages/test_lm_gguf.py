@@ -1,0 +1,156 @@
+"""The GGUF route for causal LMs: export through llama.cpp's converter, quantize with llama.cpp's quantizer, run in
+llama.cpp (llama-cpp-python). Tiny random-weight Llamas from tests/builders are test material: they check plumbing
+and agreement with PyTorch, not any real model's quality.
+
+Needs llama-cpp-python (the llamacpp extra) and a llama.cpp source tree for the converter, named by
+EDGECOMPRESS_LLAMA_CPP (a llama.cpp checkout or an extracted llama-cpp-python sdist); skipped without them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'edgecompress[llamacpp]')")
+
+from compress.errors import ArtifactError, ConfigError, StageError
+from compress.stages.export.gguf import ENV, llama_cpp_tree
+from tests.builders.causal_lm import tiny_causal_lm
+
+TREE = llama_cpp_tree()
+needs_tree = pytest.mark.skipif(TREE is None, reason=f"no llama.cpp source tree for the converter: set {ENV}")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny Llama and its FP32 GGUF artifact."""
+    if TREE is None:
+        pytest.skip(f"no llama.cpp source tree for the converter: set {ENV}")
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    root = tmp_path_factory.mktemp("gguf")
+    ckpt = tiny_causal_lm(root / "ckpt")
+    return ckpt, export(ckpt, root / "fp32", ExportConfig(format="gguf"))
+
+
+def _quantize(art, out, **flat):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    return quantize(art.path, out, QuantizeConfig.from_flat(**flat))
+
+
+@needs_tree
+def test_export_writes_a_gguf_checked_against_pytorch(exported):
+    ckpt, art = exported
+    m = art.manifest
+    assert (str(m.format), str(m.precision), m.model_file) == ("gguf", "fp32", "model.gguf")
+    assert str(m.task) == "text-generation"
+    assert m.postprocess.cache.layout == "runtime" and m.postprocess.cache.layers == 2
+    assert (art.path / "tokenizer.json").is_file() and (art.path / "generation_config.json").is_file()
+    check = m.steps[-1].metrics["generation_parity"]
+    assert check["same_tokens"] and check["decode_steps"] == 8
+    assert check["prefill_max_abs_diff"] < 1e-2  # llama.cpp's F32 kernels: ~1e-3 here
+
+
+@needs_tree
+def test_llamacpp_prefill_and_steps_match_pytorch_and_one_long_prefill(exported):
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export.genai import greedy_ort, greedy_torch
+
+    ckpt, art = exported
+    prompt = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298]
+    ref = greedy_torch(ckpt, prompt, 6)
+    backend = load_runtime(art, "llamacpp")
+    try:
+        prefill, tokens, logits = greedy_ort(backend, prompt, 6)
+        assert np.abs(prefill - ref[0]).max() < 1e-2
+        assert tokens == ref[1]
+        # the cache is llama.cpp's: prefill + steps give what one prefill of the whole sequence gives
+        whole, _ = backend.prefill({"input_ids": np.asarray([prompt + tokens[:-1]], dtype=np.int64)})
+        assert np.abs(whole["logits"][0, -1] - logits[-2]).max() < 1e-3
+        # a generation interleaved with another prefill still steps on its own tokens
+        out, state = backend.prefill({"input_ids": np.asarray([prompt], dtype=np.int64)})
+        backend.prefill({"input_ids": np.asarray([[1, 5, 6, 7]], dtype=np.int64)})
+        nxt = int(out["logits"][0, -1].argmax())
+        step, state = backend.step({"input_ids": np.asarray([[nxt]], dtype=np.int64)}, state)
+        assert np.abs(step["logits"][0, -1] - logits[0]).max() < 1e-3 and len(state) == len(prompt) + 1
+        with pytest.raises(ConfigError, match="batch 1"):
+            backend.prefill({"input_ids": np.ones((2, 3), dtype=np.int64)})
+    finally:
+        backend.close()
+
+
+@needs_tree
+@pytest.mark.parametrize(("flat", "precision", "kind"), [
+    ({"precision": "int4"}, "int4", "q4_0"),
+    ({"precision": "int4", "gguf_type": "q4_k_m"}, "int4", "q4_k_m"),
+    ({"precision": "int8"}, "int8", "q8_0"),
+])
+def test_llamacpp_quantizer_shrinks_the_file_and_records_the_generations(exported, tmp_path, flat, precision, kind):
+    _, art = exported
+    q = _quantize(art, tmp_path / kind, **flat)
+    assert (str(q.format), str(q.precision)) == ("gguf", precision)
+    metrics = q.manifest.steps[-1].metrics
+    assert metrics["gguf_type"] == kind and metrics["size_bytes_after"] < metrics["size_bytes_before"]
+    assert (q.path / "model.gguf").stat().st_size < (art.path / "model.gguf").stat().st_size / (2 if
+                                                                                               precision == "int8" else 3)
+    g = metrics["generation_vs_input"]
+    assert 0.0 <= g["prompt_top1_agreement"] <= 1.0 and g["prompt_kl_mean"] >= 0.0
+    if kind == "q8_0":  # 8-bit blocks barely move the logits
+        assert g["prompt_top1_agreement"] > 0.9 and g["prompt_kl_mean"] < 1e-3
+
+
+@needs_tree
+def test_quantize_refusals(exported, tmp_path):
+    _, art = exported
+    with pytest.raises(ConfigError, match="--gguf-type q8_0 stores int8"):
+        _quantize(art, tmp_path / "a", precision="int4", gguf_type="q8_0")
+    with pytest.raises(ConfigError, match="--block-size would be ignored"):
+        _quantize(art, tmp_path / "b", precision="int4", block_size=64)
+    q = _quantize(art, tmp_path / "q4", precision="int4")
+    with pytest.raises(ArtifactError, match="already gguf int4"):
+        _quantize(q, tmp_path / "c", precision="int4")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@needs_tree
+def test_strict_fails_a_collapsed_generator_and_writes_nothing(exported, tmp_path, monkeypatch):
+    import compress.tasks.generation as generation
+
+    _, art = exported
+    monkeypatch.setattr(generation, "collapse", lambda tokens, kl_mean=None: "all one token")
+    with pytest.raises(StageError, match="collapsed: all one token"):
+        _quantize(art, tmp_path / "s", precision="int4", strict=True)
+    assert not (tmp_path / "s").exists()
+    q = _quantize(art, tmp_path / "w", precision="int4")  # without --strict: recorded
+    assert q.manifest.steps[-1].metrics["generation_vs_input"]["collapsed"] == "all one token"
+
+
+@needs_tree
+def test_a_gguf_file_is_adopted_from_its_header(exported, tmp_path):
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    _, art = exported
+    q = _quantize(art, tmp_path / "q8", precision="int8")
+    adopted = export(q.path / "model.gguf", tmp_path / "adopted", ExportConfig())
+    m = adopted.manifest
+    assert (str(m.format), str(m.precision), str(m.task)) == ("gguf", "int8", "text-generation")
+    assert (m.postprocess.cache.layers, m.postprocess.cache.kv_heads, m.postprocess.cache.head_size) == (2, 2, 16)
+    assert m.steps[-1].metrics["adopted"]["logits_finite"]
+
+
+def test_export_without_a_llama_cpp_tree_names_how_to_get_one(tmp_path, monkeypatch):
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    monkeypatch.delenv(ENV, raising=False)
+    ckpt = tiny_causal_lm(tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match="--llama-cpp") as e:
+        export(ckpt, tmp_path / "out", ExportConfig(format="gguf"))
+    assert "pip download --no-binary :all: --no-deps llama-cpp-python" in e.value.hint
+    with pytest.raises(ConfigError, match="not a llama.cpp source tree"):
+        export(ckpt, tmp_path / "out", ExportConfig(format="gguf", llama_cpp=str(tmp_path)))
+    assert not (tmp_path / "out").exists()
