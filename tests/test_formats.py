@@ -124,7 +124,7 @@ def test_the_cli_offers_a_new_format(tiny):
     fmt = next(p for p in export_cmd.params if p.name == "fmt")
     assert fmt.type.choices == (*[f.value for f in ExportFormat], "tiny")
     help_text = CliRunner().invoke(export_cmd, ["--help"], terminal_width=200).output
-    assert "[onnx|openvino|tensorrt|executorch|litert|coreml|tiny]" in help_text
+    assert "[onnx|openvino|tensorrt|executorch|litert|coreml|gguf|tiny]" in help_text
 
 
 def test_a_new_format_runs_in_its_runtime_here_and_remotely(tiny):
