@@ -232,7 +232,8 @@ def render_report(report: ValidationReport, console: Console) -> None:
         lines.append(
             f"latency @ {shape_text(shape)}: p50 {lat['p50']:.2f} ms{_ci(lat, 'p50')}, "
             f"p95 {lat['p95']:.2f}{_ci(lat, 'p95')}, p99 {lat['p99']:.2f}{_ci(lat, 'p99')} "
-            f"(n={lat['n']}, CV {lat['cv']:.1%}, nearest-rank, 95% CI); {met['throughput']:.1f} samples/s"
+            f"(n={lat['n']}, CV {lat['cv']:.1%}, nearest-rank, 95% CI); {met['throughput']:.1f} "
+            + ("tokens/s (decode step)" if met.get("generation") else "samples/s")
         )
     if met.get("baseline_latency_ms", {}).get("estimated"):
         lines.append(
