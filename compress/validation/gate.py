@@ -407,7 +407,8 @@ def runs_markdown(rows: list[dict[str, Any]], *, new: str, baseline: str) -> str
             change = "" if m.get("change") is None else f" {m['change']:+.1%}"
             return f"{m['verdict']}{change}"
 
-        lines.append(f"| {r['name'].split('/', 1)[-1]} | {r['verdict']} | {cell('latency')} | {cell('accuracy')} | "
+        lines.append(f"| {r['name'].split('/', 1)[-1]} | {r['verdict']} | {cell('latency') or cell('decode')} | "
+                     f"{cell('accuracy')} | "
                      f"{cell('size')} |")
     for r in rows:
         for d in r.get("differences", []):
