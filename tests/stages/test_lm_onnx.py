@@ -170,3 +170,24 @@ def test_accuracy_aware_int4_records_the_layer_table_and_holds_the_budget(export
     assert rec["tried"][0]["at_8_bits"] == 0 and rec["windows"] >= 1
     bits = q.manifest.steps[-1].metrics["weights"]["bits"]
     assert {n for n, b in bits.items() if b == 8} == set(rec["at_8_bits"])
+
+
+def test_the_cli_refuses_in_one_line_and_an_int4_generator_is_not_quantized_again(exported, tmp_path, capsys):
+    from compress.cli import main
+
+    _, art = exported
+
+    def run(*args) -> tuple[int, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["quantize", *map(str, args)])
+        out, err = capsys.readouterr()
+        return e.value.code, " ".join((out + err).split())  # the console wraps long lines
+
+    code, text = run(art.path, "--precision", "int4", "--int4-algorithm", "awq", "-o", tmp_path / "a")
+    assert code == 2 and "awq and scale_estimation are OpenVINO" in text and "Traceback" not in text
+    code, text = run(art.path, "--precision", "int4", "-o", tmp_path / "q")
+    assert code in (0, None), text
+    assert "int4 weight-only" in text and "greedy continuations equal" in text
+    code, text = run(tmp_path / "q", "--precision", "int4", "-o", tmp_path / "qq")
+    assert code == 2 and "already onnx int4" in text

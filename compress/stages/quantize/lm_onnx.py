@@ -405,6 +405,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
 
     from compress.storage import tree_bytes
 
+    QUANTIZE_ONNX.check(art)  # an INT4/INT8 generator again: refused naming the FP32 one it came from
     given = config.given_keys()
     ignored = sorted(given - _APPLIES)
     if ignored:
