@@ -360,8 +360,9 @@ def accuracy_aware(fp32, windows: np.ndarray, state: dict[str, np.ndarray], budg
                    *, block: int, symmetric: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """INT4 within ``budget`` (the largest perplexity increase over ``fp32`` on ``windows``): the per-layer error
     table (each MatMul alone at 4 bits, round to nearest: KL to FP32 on the first windows), then the MatMuls at the
-    top of the table back to 8 bits, a few at a time, until the budget holds. ``quantize_with(model, at8)`` makes one
-    candidate. Returns (model, what each weight became, the record: table, candidates tried, result)."""
+    top of the table back to 8 bits, an eighth of them at a time, until the budget holds, then the fewest that hold by
+    bisection since the last miss. ``quantize_with(model, at8)`` makes one candidate. Returns (model, what each weight
+    became, the record: table, candidates tried, result)."""
     import copy
 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -382,19 +383,31 @@ def accuracy_aware(fp32, windows: np.ndarray, state: dict[str, np.ndarray], budg
         table.append({"node": name, "kl_mean": scores["kl_mean"]})
     table.sort(key=lambda r: -r["kl_mean"])
     order = [r["node"] for r in table]
-    chunk, at8, tried = max(1, len(order) // 8), 0, []
-    while True:
+    chunk, tried = max(1, len(order) // 8), []
+
+    def candidate(at8: int):
         model, made = quantize_with(copy.deepcopy(fp32), tuple(order[:at8]))
         scores, _ = window_scores(model, windows, state, ref)
         increase = scores["perplexity"] / base["perplexity"] - 1
         tried.append({"at_8_bits": at8, "perplexity": scores["perplexity"], "perplexity_increase": increase,
                       "kl_mean": scores["kl_mean"], "top1_agreement": scores["top1_agreement"]})
-        if increase <= budget or at8 >= len(order):
-            break
-        at8 = min(len(order), at8 + chunk)
+        return model, made, increase <= budget
+
+    at8, last = 0, -1
+    model, made, held = candidate(0)
+    while not held and at8 < len(order):  # an eighth of the table at a time
+        last, at8 = at8, min(len(order), at8 + chunk)
+        model, made, held = candidate(at8)
+    lo = last  # then the fewest between the last miss and the first hold (bisection)
+    while held and at8 - lo > 1:
+        mid = (lo + at8) // 2
+        m, d, ok = candidate(mid)
+        if ok:
+            model, made, at8 = m, d, mid
+        else:
+            lo = mid
     record = {"budget": budget, "windows": len(windows), "fp32_perplexity": base["perplexity"],
-              "layer_errors": table, "tried": tried, "held": tried[-1]["perplexity_increase"] <= budget,
-              "at_8_bits": order[:at8]}
+              "layer_errors": table, "tried": tried, "held": held, "at_8_bits": order[:at8]}
     return model, made, record
 
 
