@@ -113,6 +113,26 @@ def test_data_aware_awq_and_all_layers_at_4_bits(exported, tmp_path):
     assert (w["lm_head"], w["embeddings"]) == ("i4", "i4")
 
 
+def test_gptq_runs_on_the_stateful_ir(exported, tmp_path):
+    """NNCF's GPTQ cuts stateless subgraphs out of the IR: the cache variables need an initial value (export gives
+    them zeros with no positions)."""
+    import openvino as ov
+
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from tests.builders.causal_lm import STORY
+
+    _, art = exported
+    model = ov.Core().read_model(str(art.model_path))
+    assert all(op.get_input_size() == 1 for op in model.get_ops() if op.get_type_name() == "ReadValue")
+    text = tmp_path / "calib.txt"
+    text.write_text(STORY * 20)
+    q = quantize(art.path, tmp_path / "gptq", QuantizeConfig.from_flat(
+        precision="int4", int4_algorithm="gptq", calibration=str(text), calibration_samples=4))
+    assert q.manifest.steps[-1].config["nncf"]["gptq"]
+    assert q.manifest.steps[-1].metrics["weights"]["matmul_and_gather_weights"]["i4"] == 14
+
+
 def test_refusals_are_one_line(exported, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig

@@ -16,7 +16,8 @@ for one step; ``convert_model`` + ``make_stateful`` is in the openvino wheel the
 the same kind (stateful, SDPA fused by OpenVINO's CPU plugin). Two things transformers 4.57 does that TorchScript
 tracing cannot follow are done here instead: the causal+padding mask is built as a 4-D float mask from
 ``attention_mask`` (its vmap'd mask functions do not trace), and the cache layers are filled directly (its lazy
-``torch.cat`` onto an empty tensor converts to a rank-1 Concat). Weights are FP32 (no FP16 compression on save), the
+``torch.cat`` onto an empty tensor converts to a rank-1 Concat). Each cache variable gets an initial value (zeros with
+no positions, the batch read from ``input_ids``), as optimum-intel's IRs have: NNCF's GPTQ needs it. Weights are FP32 (no FP16 compression on save), the
 CPU plugin runs them in f32 (the backend's INFERENCE_PRECISION_HINT).
 
 The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within
@@ -121,8 +122,27 @@ def convert_stateful(source: Path, cfg: dict[str, Any]):
     for port, name in zip(om.outputs, ["logits", *names.values()], strict=True):
         port.get_tensor().set_names({name})
     apply_make_stateful_transformation(om, names)
+    state_initializer(om)
     return om, {"converter": "openvino.convert_model (TorchScript trace) + apply_make_stateful_transformation",
                 "precision": "fp32", "variables": len(names)}
+
+
+def state_initializer(om) -> None:
+    """Give every ReadValue (a cache variable) an initial value: zeros [batch, kv_heads, 0, head_size], the batch read
+    from ``input_ids``, as optimum-intel's ``build_state_initializer`` does. OpenVINO's make_stateful leaves them
+    without one; NNCF's layer-wise algorithms (GPTQ) cut subgraphs out of the model and need it."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    batch = ops.gather(ops.shape_of(om.input("input_ids"), output_type="i64"), ops.constant([0]), ops.constant(0))
+    for op in om.get_ops():
+        if op.get_type_name() != "ReadValue":
+            continue
+        dims = [batch if i == 0 else ops.constant(np.array([d.min_length], dtype=np.int64))
+                for i, d in enumerate(op.get_output_partial_shape(0))]
+        zeros = ops.broadcast(ops.constant(0.0, dtype=op.get_output_element_type(0)), ops.concat(dims, axis=0))
+        op.set_arguments([zeros])
+    om.validate_nodes_and_infer_types()
 
 
 def ir_tensors(om):
