@@ -261,7 +261,9 @@ class ExportConfig(Settings):
         for path in used:
             if path.startswith("tensorrt.") and fmt is not ExportFormat.tensorrt:
                 raise self._refuse(path, "applies to --format tensorrt only; add --format tensorrt or drop it")
-            if (path == "precision" or path.startswith("calibration.")) and fmt not in _PRECISION_FORMATS:
+            gguf_fp16 = path == "precision" and fmt == "gguf"  # GGUF: --precision fp16 writes an F16 file
+            if (path == "precision" or path.startswith("calibration.")) and fmt not in _PRECISION_FORMATS \
+                    and not gguf_fp16:
                 raise self._refuse(path, f"applies to --format tensorrt, executorch or coreml; {fmt} exports are "
                                    "FP32 (quantize one with `edgecompress quantize`), or drop it")
         if fmt is ExportFormat.coreml:
