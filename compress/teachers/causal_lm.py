@@ -5,9 +5,9 @@ next-token logits over perplexity windows, batch by batch (:meth:`CausalLM.logit
 held at once), greedy continuations through the model's KV cache (:meth:`CausalLM.greedy`), and the manifest's
 ``postprocess`` (:meth:`CausalLM.postprocess`: BOS/EOS, the perplexity window, the KV cache's dimensions).
 
-Checks with one-line errors (:func:`check_special_tokens`, :func:`check_window`): the config's BOS/EOS ids must be
-tokens of the tokenizer's vocabulary (a tokenizer from another model would tokenize silently into nonsense), and a
-window may not be longer than ``max_position_embeddings``.
+Checks with one-line errors (in :mod:`compress.teachers.lm_config`, which load.py reads too): the config's BOS/EOS
+ids must be special tokens of the tokenizer (a tokenizer from another model would feed it nonsense without a word),
+and a window may not be longer than ``max_position_embeddings``.
 """
 
 from __future__ import annotations
@@ -18,104 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import ConfigError, ModelLoadError
 from compress.tasks.generation import GenerationPostprocess, KVCache
+from compress.teachers.lm_config import (
+    GENERATION_FILES,
+    cache_of,
+    check_special_tokens,
+    check_window,
+    generation_ids,
+    is_causal_lm,
+    postprocess_of,
+)
 
 __all__ = ["GENERATION_FILES", "CausalLM", "cache_of", "check_special_tokens", "check_window", "generation_ids",
            "is_causal_lm", "postprocess_of"]
-
-#: the files of a causal LM folder that travel into every artifact made from it (those present): its tokenizer and
-#: its generation defaults (BOS/EOS, which the runtimes and validate read)
-GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
-
-
-def is_causal_lm(config: dict[str, Any]) -> bool:
-    """A checkpoint config whose architecture is a ``…ForCausalLM``."""
-    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
-
-
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    return config.get("text_config") or config
-
-
-def head_size(config: dict[str, Any]) -> int:
-    """The attention head size: ``head_dim`` where the config names it (stories260K: 8 = 64 / 8), else hidden / heads."""
-    c = _text_config(config)
-    return int(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])
-
-
-def cache_of(config: dict[str, Any], *, layout: str = "past_key_values", dtype: str = "float32") -> KVCache:
-    """The KV cache dimensions of a checkpoint ``config`` (config.json as a dict)."""
-    c = _text_config(config)
-    try:
-        return KVCache(layers=int(c["num_hidden_layers"]),
-                       kv_heads=int(c.get("num_key_value_heads") or c["num_attention_heads"]),
-                       head_size=head_size(c), dtype=dtype, max_length=int(c.get("max_position_embeddings") or 2048),
-                       layout=layout)
-    except KeyError as e:
-        raise ModelLoadError(f"config.json has no {e.args[0]}: not a decoder edgecompress knows",
-                             hint="a Llama-, Qwen2-, Mistral- or Phi-like …ForCausalLM checkpoint") from None
-
-
-def generation_ids(path: Path | str, config: dict[str, Any]) -> tuple[int | None, int | list[int] | None]:
-    """BOS and EOS ids: generation_config.json's, else config.json's."""
-    import json
-
-    gen: dict[str, Any] = {}
-    p = Path(path) / "generation_config.json"
-    if p.is_file():
-        try:
-            gen = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"{p}: not JSON ({e.msg})", hint="fix or remove generation_config.json") from None
-    c = _text_config(config)
-    bos = gen.get("bos_token_id", c.get("bos_token_id", config.get("bos_token_id")))
-    eos = gen.get("eos_token_id", c.get("eos_token_id", config.get("eos_token_id")))
-    return bos, eos
-
-
-def postprocess_of(path: Path | str, config: dict[str, Any], *, window: int = 256) -> GenerationPostprocess:
-    """The manifest's postprocess of the causal LM at ``path``: BOS/EOS, the window (at most the context) and the
-    KV cache."""
-    cache = cache_of(config)
-    bos, eos = generation_ids(path, config)
-    return GenerationPostprocess(window=min(window, cache.max_length), bos_token_id=bos, eos_token_id=eos, cache=cache)
-
-
-def _special_ids(tokenizer) -> set[int]:
-    """The ids a transformers tokenizer treats as special (its BOS/EOS/PAD/UNK and added special tokens)."""
-    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    ids.update(int(i) for i, t in added.items() if getattr(t, "special", False))
-    return ids
-
-
-def check_special_tokens(path: Path | str, tokenizer, bos: int | None, eos: int | list[int] | None) -> None:
-    """Refuse a tokenizer that lacks the model's BOS or EOS token: the id is outside its vocabulary, or is an
-    ordinary token of it (the tokenizer belongs to another model and would feed it nonsense)."""
-    size = len(tokenizer)
-    special = _special_ids(tokenizer)
-    for name, ids in (("BOS", [bos]), ("EOS", eos if isinstance(eos, list) else [eos])):
-        for i in ids:
-            if i is None:
-                continue
-            if not 0 <= int(i) < size:
-                why = f"is not in its tokenizer's vocabulary ({size} tokens)"
-            elif special and int(i) not in special:
-                why = (f"is {tokenizer.convert_ids_to_tokens(int(i))!r} in its tokenizer, an ordinary token, not a "
-                       f"special one")
-            else:
-                continue
-            raise ModelLoadError(f"{path}: the model's {name} token id {i} {why}: the tokenizer is not this model's",
-                                 hint="save the model's own tokenizer beside it (tokenizer.save_pretrained)")
-
-
-def check_window(window: int, context: int) -> None:
-    """Refuse a perplexity window longer than the model's context (max_position_embeddings)."""
-    if window > context:
-        raise ConfigError(f"a window of {window} tokens is longer than the model's context "
-                          f"(max_position_embeddings {context})", hint=f"give --window {context} or less")
 
 
 class CausalLM:

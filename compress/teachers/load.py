@@ -148,7 +148,7 @@ def inspect_checkpoint(
     weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
 
     architecture = (config.get("architectures") or [""])[0] or ""
-    from compress.teachers.causal_lm import is_causal_lm
+    from compress.teachers.lm_config import is_causal_lm
 
     if is_causal_lm(config):  # a decoder with a KV cache: next-token logits, judged on text, never on labels
         if task is not None and Task(task) is not Task.text_generation:
@@ -180,7 +180,7 @@ def inspect_checkpoint(
             n = int(config.get("num_labels", 2))
             labels = [f"LABEL_{i}" for i in range(n)]
     elif task is Task.text_generation:  # BOS/EOS, the perplexity window, the KV cache's dimensions
-        from compress.teachers.causal_lm import postprocess_of
+        from compress.teachers.lm_config import postprocess_of
 
         postprocess = postprocess_of(path, config)
     elif task is Task.feature_extraction:  # an encoder: its token states pooled
@@ -364,7 +364,7 @@ def load_teacher(
             hint="for a classifier pass a fine-tuned checkpoint; for a bare encoder use --task feature-extraction",
         )
     if generates:  # a tokenizer saved from another model would feed it nonsense without a word
-        from compress.teachers.causal_lm import check_special_tokens
+        from compress.teachers.lm_config import check_special_tokens
 
         check_special_tokens(info.path, tokenizer, info.postprocess.bos_token_id, info.postprocess.eos_token_id)
     if info.labels is not None and model.config.num_labels != len(info.labels):
