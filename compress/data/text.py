@@ -37,10 +37,18 @@ def _lines(path: Path) -> list[tuple[int, Any]]:
     return out
 
 
+#: the fields of a labelled row (a classifier's data): a causal LM takes none
+LABEL_FIELDS = ("label", "labels", "tags", "target")
+
+
 def _field(path: Path, n: int, row: Any, keys: tuple[str, ...]) -> str:
     if isinstance(row, str):
         return row
     if isinstance(row, dict):
+        labelled = [k for k in LABEL_FIELDS if k in row]
+        if labelled:
+            raise DataError(f"{path}:{n}: a {labelled[0]!r} field: a causal LM takes plain text, not labelled data",
+                            hint="give documents as {\"text\": ...} (or prompts as {\"prompt\": ...}) without labels")
         for k in keys:
             if isinstance(row.get(k), str):
                 return row[k]
@@ -53,7 +61,8 @@ def _checked(path: str | Path) -> Path:
     if not p.is_file():
         raise DataError(f"{p}: no such file", hint="give a .txt or .jsonl text file")
     if p.suffix.lower() not in SUFFIXES:
-        raise DataError(f"{p}: text data is .txt or .jsonl, not {p.suffix or 'a file without a suffix'}",
+        raise DataError(f"{p}: text data is .txt or .jsonl, not {p.suffix or 'a file without a suffix'} (a causal LM "
+                        f"is judged on plain text, not labelled rows)",
                         hint="a .txt file (one document, or one prompt per line) or .jsonl ({\"text\": ...} per line)")
     return p
 

@@ -47,9 +47,12 @@ def test_read_texts_and_prompts(tmp_path):
                                       + json.dumps({"prompt": "three", "text": "x"}) + "\n")
     assert read_texts(tmp_path / "b.jsonl") == ["one", "two", "x"]
     assert read_prompts(tmp_path / "b.jsonl") == ["one", "two", "three"]
-    (tmp_path / "c.jsonl").write_text('{"label": 1}\n')
+    (tmp_path / "c.jsonl").write_text('{"title": "x"}\n')
     with pytest.raises(DataError, match=r"c.jsonl:1: no 'text' string"):
         read_texts(tmp_path / "c.jsonl")
+    (tmp_path / "l.jsonl").write_text(json.dumps({"text": "good film", "label": 1}) + "\n")
+    with pytest.raises(DataError, match=r"l.jsonl:1: a 'label' field: a causal LM takes plain text, not labelled"):
+        read_texts(tmp_path / "l.jsonl")
     (tmp_path / "d.csv").write_text("text\nhello\n")
     with pytest.raises(DataError, match="text data is .txt or .jsonl"):
         read_texts(tmp_path / "d.csv")
