@@ -47,7 +47,7 @@ from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, Peaks, p
 if TYPE_CHECKING:
     from compress.profiles.schema import DeviceProfile
 
-__all__ = ["ModelFacts", "GenerationEstimate", "model_facts", "kv_bytes_per_token", "estimate_generation",
+__all__ = ["ModelFacts", "GenerationEstimate", "model_facts", "kv_bytes_per_token", "estimate_generation", "main",
            "speed_estimate", "UNVERIFIED"]
 
 UNVERIFIED = ("UNVERIFIED: a bandwidth/compute roofline of the model's files on the profile's peaks, not a "
@@ -372,23 +372,37 @@ def _ir_facts(path: Path) -> ModelFacts:
 
     model = ov.Core().read_model(str(path))
     params = 0
-    for op in model.get_ordered_ops():
+    ops = model.get_ordered_ops()
+    for op in ops:
         if op.get_type_name() == "MatMul":
             shape = op.input(1).get_partial_shape()
             if shape.is_static and len(shape) == 2:
                 src = op.input_value(1).get_node()
                 if src.get_type_name() != "Parameter":
                     params += math.prod(d.get_length() for d in shape)
+    gathered = 0
+    for op in ops:  # a 2-D constant table only gathered (through a Convert at most): a row per token
+        if op.get_type_name() != "Gather":
+            continue
+        table = op.input_value(0).get_node()
+        if table.get_type_name() == "Convert":
+            table = table.input_value(0).get_node()
+        if table.get_type_name() != "Constant" or len(table.get_output_shape(0)) != 2:
+            continue
+        readers = {t.get_node().get_type_name() for t in table.output(0).get_target_inputs()}
+        if readers <= {"Gather", "Convert"}:
+            out = table.output(0)
+            gathered += math.prod(out.get_shape()) * out.get_element_type().size
     dims = _config_dims(path.parent)
     if not dims:
         raise ArtifactError(f"{path.name}: no KV cache dims (no config.json beside it)",
                             hint="give the artifact directory, whose manifest describes the cache")
     files = _weight_files(path)
-    return ModelFacts(weight_bytes=files, file_bytes=files, gathered_bytes=0, parameters=params,
+    return ModelFacts(weight_bytes=files - gathered, file_bytes=files, gathered_bytes=gathered, parameters=params,
                       layers=dims["layers"], kv_heads=dims["kv_heads"], head_size=dims["head_size"],
                       heads=dims["heads"], kv_dtype_bytes=4, model_file=path.name,
-                      source=["weight bytes: size on disk of the .xml and .bin (gathered embedding rows not "
-                              "subtracted)", "parameters: static 2-D weight inputs of MatMul",
+                      source=["weight bytes: size on disk of the .xml and .bin, minus constant tables only gathered",
+                              "parameters: static 2-D weight inputs of MatMul",
                               f"KV cache dims: {dims['from']}"])
 
 
@@ -417,3 +431,50 @@ def _safetensors_facts(folder: Path) -> ModelFacts:
                       heads=dims["heads"], kv_dtype_bytes=4, model_file="*.safetensors",
                       source=["weight bytes: size on disk of the safetensors, minus embed_tokens when lm_head is "
                               "separate", "parameters: 2-D tensors", "KV cache dims: config.json; FP32 cache"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m compress.estimates.generation MODEL --profile raspberry-pi-5``: the estimate, one figure a line."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m compress.estimates.generation",
+                                     description="Decode tokens/s, prefill tokens/s and TTFT of a text generator "
+                                     "(artifact, .onnx/.xml/.gguf, or a Hugging Face folder) on a device profile.")
+    parser.add_argument("model", help="artifact directory, model file, or Hugging Face folder of safetensors")
+    parser.add_argument("--profile", "-p", default="host",
+                        help="profile name or YAML path; 'host' uses this machine's derived peaks and measured bandwidth")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--context", type=int, help="tokens in the KV cache (default: prompt + new tokens / 2)")
+    parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    args = parser.parse_args(argv)
+    from compress.errors import EdgeCompressError
+    from compress.estimates.roofline import host_peaks
+    from compress.profiles.load import load_profile
+
+    try:
+        prof = load_profile(args.profile)
+        est = estimate_generation(args.model, prof, peaks=host_peaks() if prof.source == "detected" else None,
+                                  prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, context=args.context)
+    except EdgeCompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print(json.dumps(est.as_dict(), indent=2))
+        return 0
+    p = est.peaks
+    print(f"{args.model} on {prof.name} (ESTIMATED, {UNVERIFIED.split(':')[0]}):")
+    print(f"  decode  ≈ {est.decode_tokens_per_s:.1f} tokens/s ({est.decode_ms_per_token:.2f} ms/token, "
+          f"{est.decode_bound} bound; {est.weight_mb:.1f} MB weights + {est.kv_mb_per_token:.2f} MB KV cache at "
+          f"{est.context} tokens per token)")
+    print(f"  prefill ≈ {est.prefill_tokens_per_s:.1f} tokens/s; TTFT ≈ {est.time_to_first_token_ms:.1f} ms for "
+          f"{est.prompt_tokens} prompt tokens ({est.parameters / 1e6:.1f} M parameters in matrix products)")
+    print(f"  peaks: {p['fp32_gflops']} GFLOP/s fp32, {p['bandwidth_gbs']} GB/s ({p['source']})")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -209,3 +209,34 @@ def test_validate_away_from_the_device_reports_the_estimate_unverified(tiny, tmp
     assert dec.status == "unverified" and dec.estimated and dec.measured == met["decode_tokens_per_s"]
     assert "misses the limit" in dec.note and "within the limit" in ttft.note
     assert r.verdict != "pass" and any("ESTIMATED" in w for w in r.warnings)
+
+
+def test_openvino_ir_facts_match_the_checkpoint(tiny, tmp_path):
+    """The stateful IR of the tiny model: the MatMuls' static 2-D weights are the checkpoint's parameters; the tied
+    embedding table feeds the LM head, so nothing is subtracted as gathered; the cache dims are the manifest's."""
+    pytest.importorskip("openvino")
+    from compress.stages.export.openvino_lm import export_openvino_lm
+
+    art = export_openvino_lm(tiny, tmp_path / "ir")
+    f = model_facts(art.path)
+    assert f.parameters == _matmul_params(tied=True)
+    assert f.gathered_bytes == 0 and f.weight_bytes == f.file_bytes
+    assert f.file_bytes == (art.path / "model.xml").stat().st_size + (art.path / "model.bin").stat().st_size
+    assert (f.layers, f.kv_heads, f.head_size) == (LAYERS, KV, HEAD)
+    assert any("manifest" in s for s in f.source)
+
+
+def test_the_command_line_prints_the_estimate_and_refuses_bad_input_in_one_line(tiny, tmp_path, capsys):
+    import json
+
+    from compress.estimates.generation import main
+
+    assert main([str(tiny), "--profile", "raspberry-pi-5", "--prompt-tokens", "32", "--new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "raspberry-pi-5" in out and "UNVERIFIED" in out and "tokens/s" in out and "TTFT" in out
+    assert main([str(tiny), "-p", "raspberry-pi-5", "--json", "--context", "100"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["context"] == 100 and data["profile"] == "raspberry-pi-5" and data["estimated"] is True
+    assert main([str(tmp_path / "missing"), "-p", "raspberry-pi-5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no such" in err[0]
