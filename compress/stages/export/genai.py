@@ -15,7 +15,8 @@ ONNX Runtime's CPU GroupQueryAttention takes head sizes that are multiples of 16
 input (the ORT backend makes it from the attention mask). The step records which.
 
 The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within
-``--atol``) and ``DECODE_STEPS`` greedy decode steps through the cache (the same tokens). Batch 1.
+``--atol``; :data:`GENERATOR_ATOL` where it is left at its default) and ``DECODE_STEPS`` greedy decode steps through
+the cache (the same tokens). Batch 1.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ EXPORT_GENAI = StageSpec(
     hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=2,
 )
 DECODE_STEPS = 8  #: greedy decode steps checked against PyTorch
+#: the prefill logits' tolerance unless --atol is given: a deep generator's logits (30 layers, a vocabulary-wide head)
+#: differ from PyTorch's by more than a classifier's in FP32 alone (fused attention and normalisation kernels)
+GENERATOR_ATOL = 1e-3
 #: the parity prompt when no --sample-data is given
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 #: files the builder writes beside the graph, and the teacher's that travel with it
@@ -219,7 +223,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     The artifact holds ``model.onnx`` + ``model.onnx.data``, ``genai_config.json``, the tokenizer files and
     ``generation_config.json``; the manifest's postprocess describes the cache (layout ``past_key_values``). The
     export step's metrics hold the check against PyTorch (``generation_parity``); a prefill difference above
-    ``config.atol`` or a different greedy token is a :class:`~compress.errors.ParityError` and nothing is written.
+    the tolerance or a different greedy token is a :class:`~compress.errors.ParityError` and nothing is written.
     """
     import tempfile
 
@@ -257,14 +261,16 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
             cand = greedy_ort(backend, prompt, DECODE_STEPS)
         finally:
             backend.close()
+        default = type(config).model_fields["atol"].default  # the CLI passes its default as given: compare values
+        atol = GENERATOR_ATOL if config.atol == default else config.atol
         check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
-            "prompt": said, "atol": config.atol, "reference": "PyTorch (transformers) FP32"}
+            "prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
-        if not (check["prefill_max_abs_diff"] <= config.atol and check["same_tokens"]):
+        if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
             raise ParityError(
                 f"the ONNX graph differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
-                f"{config.atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
-                f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=config.atol,
+                f"{atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
+                f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
                 hint="raise --atol, or report it with --debug; no artifact was written")
     log.info("exported %s to %s (prefill max |diff| %.2e, %d decode steps equal)", source, out,
              check["prefill_max_abs_diff"], DECODE_STEPS)
