@@ -187,3 +187,24 @@ def test_first_sentences_and_budget_judging():
     missing = {r.name: r for r in judge(b, {})}
     assert missing["max_perplexity_increase"].status == "unverified"
     assert np.isfinite(b.min_decode_tokens_per_s)
+
+
+def test_an_openvino_generator_validates_through_its_stateful_cache(lm):
+    """The same check on another runtime: an OpenVINO IR keeps its KV cache inside the InferRequest (prefill resets
+    it, step continues it); its FP32 export agrees with the teacher exactly."""
+    pytest.importorskip("openvino")
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.validation.local import ValidateConfig, validate
+
+    ov = export(lm["ckpt"], lm["root"] / "ov", ExportConfig(format="openvino"))
+    profile = gen_profile(lm["root"] / "profiles", "gen-ov", max_perplexity_increase=0.001)
+    data = yaml.safe_load(profile.read_text())
+    data["runtime"] = {"name": "openvino", "provider": "CPU", "threads": 1}
+    profile.write_text(yaml.safe_dump(data), encoding="utf-8")
+    r = validate(ov.path, ValidateConfig.from_flat(profile=str(profile), data=str(lm["text"]), teacher=str(lm["ckpt"]),
+                                                   prompt_tokens=16, new_tokens=8, window=32, cold_start=False))
+    gen = r.metrics["generation"]
+    assert r.environment["runtime"]["runtime"] == "openvino"
+    assert gen["top1_agreement"] == 1.0 and gen["continuation_agreement"] == 1.0 and abs(gen["perplexity_increase"]) < 1e-3
+    assert gen["decode_tokens_per_s"] > 0 and r.verdict == "pass"
