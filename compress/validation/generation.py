@@ -228,21 +228,53 @@ def quality(backend, teacher, windows: np.ndarray | None, post, progress: Progre
     return dict(stream.result())
 
 
+def teacher_greedy(teacher, prompt_ids: list[list[int]], new_tokens: int, eos: set[int], *,
+                   use_cache: bool = True) -> list[list[int]]:
+    """The teacher's greedy continuations of ``prompt_ids``, from the cache (compress.cache, teacher-outputs/) when
+    this teacher already continued these prompts alike (the key: its sha256, the prompts' ids, the new tokens, EOS)."""
+    import hashlib
+    import json
+
+    from compress import cache as ec_cache
+    from compress.validation.teacher_outputs import KIND
+
+    sha = getattr(getattr(teacher, "teacher", None), "sha256", None)
+    key = json.dumps({"greedy": sha, "prompts": prompt_ids, "new_tokens": new_tokens, "eos": sorted(eos)})
+    path = ec_cache.kind_dir(KIND) / f"greedy-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    if use_cache and sha and path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("key") == key:
+                ec_cache.touch(path)
+                return stored["tokens"]
+        except (OSError, ValueError):  # a damaged entry is recomputed
+            pass
+    tokens = [list(teacher.greedy(ids, new_tokens, eos=sorted(eos) or None)) for ids in prompt_ids]
+    if use_cache and sha:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"key": key, "tokens": tokens}), encoding="utf-8")
+        tmp.replace(path)
+        ec_cache.enforce_limit(keep=path)
+    return tokens
+
+
 def continuations(backend, teacher, tok, prompts: list[str], new_tokens: int, post, context: int,
-                  kl_mean: float | None, progress: Progress | None = None) -> dict[str, Any]:
-    """Greedy continuations of ``prompts`` by the artifact (and the teacher): agreement, collapse, and the rows
-    that diverge from the teacher's (prompt, where, both texts)."""
+                  kl_mean: float | None, progress: Progress | None = None, *, use_cache: bool = True) -> dict[str, Any]:
+    """Greedy continuations of ``prompts`` by the artifact (and the teacher, :func:`teacher_greedy`): agreement,
+    collapse, and the rows that diverge from the teacher's (prompt, where, both texts)."""
     from compress.tasks.generation import KL_COLLAPSE, collapse, continuation_agreement
 
     eos = _eos_ids(post)
     tick = start_phase(progress, "continuing prompts", len(prompts))
+    prompt_ids = [_encode(tok, text)[: max(1, context - new_tokens)] for text in prompts]
+    theirs_all = teacher_greedy(teacher, prompt_ids, new_tokens, eos, use_cache=use_cache) if teacher else None
     cand, ref, rows = [], [], []
-    for text in prompts:
-        ids = _encode(tok, text)[: max(1, context - new_tokens)]
+    for i, (text, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
         mine = greedy_artifact(backend, ids, new_tokens, eos, context)
         cand.append(mine)
-        if teacher is not None:
-            theirs = list(teacher.greedy(ids, new_tokens, eos=sorted(eos) or None))
+        if theirs_all is not None:
+            theirs = theirs_all[i]
             ref.append(theirs)
             at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b),
                       None if len(mine) == len(theirs) else min(len(mine), len(theirs)))
@@ -373,7 +405,7 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
                 metrics[key] = q[key]
     if prompts:
         gen.update(continuations(backend, teacher, tok, prompts, config.new_tokens, post, context,
-                                 gen.get("kl_mean"), progress))
+                                 gen.get("kl_mean"), progress, use_cache=config.cache))
     elif windows is None:
         warnings.append("no --data text nor --prompts: quality (perplexity, agreement, collapse) was not measured")
 

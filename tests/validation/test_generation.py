@@ -208,3 +208,25 @@ def test_an_openvino_generator_validates_through_its_stateful_cache(lm):
     assert r.environment["runtime"]["runtime"] == "openvino"
     assert gen["top1_agreement"] == 1.0 and gen["continuation_agreement"] == 1.0 and abs(gen["perplexity_increase"]) < 1e-3
     assert gen["decode_tokens_per_s"] > 0 and r.verdict == "pass"
+
+
+def test_the_teachers_continuations_come_from_the_cache_the_second_time(home):
+    from types import SimpleNamespace
+
+    from compress.validation.generation import teacher_greedy
+
+    class Counting:
+        teacher = SimpleNamespace(sha256="ab" * 32)
+        calls = 0
+
+        def greedy(self, ids, n, eos=None):
+            Counting.calls += 1
+            return [ids[-1] + k for k in range(n)]
+
+    t = Counting()
+    first = teacher_greedy(t, [[1, 5], [1, 7]], 3, {2})
+    assert first == [[5, 6, 7], [7, 8, 9]] and Counting.calls == 2
+    assert teacher_greedy(t, [[1, 5], [1, 7]], 3, {2}) == first and Counting.calls == 2  # cached
+    assert teacher_greedy(t, [[1, 5], [1, 7]], 4, {2})[0] == [5, 6, 7, 8] and Counting.calls == 4  # another key
+    teacher_greedy(t, [[1, 5], [1, 7]], 3, {2}, use_cache=False)
+    assert Counting.calls == 6  # --no-cache runs it afresh
