@@ -158,6 +158,26 @@ def time_ort(onnx_dir: Path, prompt: list[int], new: int, repeats: int, threads:
     return runs[1:]
 
 
+def time_int4(onnx_dir: Path, out: Path, peaks, prompt: list[int], args) -> dict:
+    """The FP32 ONNX model's MatMuls to weight-only INT4 (MatMulNBits), then its estimate and decode timing."""
+    import shutil
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from compress.estimates.generation import estimate_generation
+
+    q = MatMulNBitsQuantizer(onnx.load(str(onnx_dir / "model.onnx")), block_size=32, is_symmetric=True,
+                             accuracy_level=4)
+    q.process()
+    out.mkdir()
+    shutil.copy(onnx_dir / "genai_config.json", out / "genai_config.json")
+    q.model.save_model_to_file(str(out / "model.onnx"), use_external_data_format=True)
+    est = estimate_generation(out / "model.onnx", peaks=peaks, prompt_tokens=args.prompt, new_tokens=args.new)
+    return {"quantizer": "MatMulNBits, 4 bits, blocks of 32, symmetric, accuracy_level 4", "estimate": est.as_dict(),
+            **summary(time_ort(out, prompt, args.new, args.repeats, args.threads), est)}
+
+
 def summary(runs: list[dict], est) -> dict:
     best = max(r["decode_tokens_per_s"] for r in runs)
     med = statistics.median(r["decode_tokens_per_s"] for r in runs)
@@ -180,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--copies", type=int, default=5)
     ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch (and the matvecs)")
+    ap.add_argument("--int4", action="store_true",
+                    help="also the ONNX model with weight-only INT4 MatMulNBits (blocks of 32, symmetric, "
+                    "accuracy_level 4), timed right after the FP32 one")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation_estimate.json")
     args = ap.parse_args(argv)
 
@@ -202,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         result["estimate_torch"] = est.as_dict()
         print(f"estimate (safetensors): {est.decode_tokens_per_s:.1f} tok/s decode, TTFT "
               f"{est.time_to_first_token_ms:.1f} ms ({est.weight_mb:.1f} MB weights)", flush=True)
-        result["matvecs_torch"] = time_matvecs(folder, args.threads)
-        print("matvecs alone:", json.dumps(result["matvecs_torch"]), flush=True)
-        result["pytorch_fp32"] = summary(time_torch(folder, prompt, args.new, args.repeats, args.threads), est)
-        print("pytorch:", json.dumps({k: v for k, v in result["pytorch_fp32"].items() if k != "runs"}), flush=True)
+        if not args.no_torch:
+            result["matvecs_torch"] = time_matvecs(folder, args.threads)
+            print("matvecs alone:", json.dumps(result["matvecs_torch"]), flush=True)
+            result["pytorch_fp32"] = summary(time_torch(folder, prompt, args.new, args.repeats, args.threads), est)
+            print("pytorch:", json.dumps({k: v for k, v in result["pytorch_fp32"].items() if k != "runs"}),
+                  flush=True)
         if not args.no_onnx:
             from compress.stages.export.genai import build_genai
 
@@ -222,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
                 time_ort(onnx_dir, prompt, args.new, args.repeats, args.threads), est_onnx)}
             print("onnxruntime:", json.dumps({k: v for k, v in result["onnxruntime_fp32"].items() if k != "runs"}),
                   flush=True)
+            if args.int4:
+                result["onnxruntime_int4"] = time_int4(onnx_dir, Path(tmp) / "int4", peaks, prompt, args)
+                print("onnxruntime int4:", json.dumps({k: v for k, v in result["onnxruntime_int4"].items()
+                                                       if k not in ("runs", "estimate")}), flush=True)
     result["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
