@@ -13,7 +13,7 @@ from compress.errors import ConfigError, ModelLoadError
 from compress.tasks.generation import GenerationPostprocess, KVCache
 
 __all__ = ["GENERATION_FILES", "cache_of", "check_special_tokens", "check_window", "generation_ids", "head_size",
-           "is_causal_lm", "postprocess_of"]
+           "is_causal_lm", "postprocess_of", "refuse_causal_lm"]
 
 #: the files of a causal LM folder that travel into every artifact made from it (those present): its tokenizer and
 #: its generation defaults (BOS/EOS, which the runtimes and validate read)
@@ -107,3 +107,11 @@ def check_window(window: int, context: int) -> None:
     if window > context:
         raise ConfigError(f"a window of {window} tokens is longer than the model's context "
                           f"(max_position_embeddings {context})", hint=f"give --window {context} or less")
+
+
+def refuse_causal_lm(teacher: Any, verb: str, what: str) -> None:
+    """Refuse a causal LM teacher (task text-generation) in a verb that takes none: ``what`` says what it takes."""
+    if str(getattr(teacher, "task", "")) == "text-generation":
+        raise ConfigError(f"{verb} takes {what}; {teacher.path} is a causal language model (text-generation), which "
+                          f"takes plain text and no labels",
+                          hint="export, quantize and validate it (--data a .txt or .jsonl of documents)")

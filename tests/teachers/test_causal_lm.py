@@ -20,7 +20,7 @@ from compress.teachers.causal_lm import GENERATION_FILES, CausalLM, cache_of
 from compress.teachers.load import load_teacher
 from tests.builders.causal_lm import STORIES, STORY, tiny_causal_lm
 
-DATA = STORIES.parents[3] / "data" / "tinystories" / "valid-first500.txt"
+DATA = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,16 @@ def test_inspect_shows_a_causal_lm_folder_and_bad_ones_in_one_line(tiny, tmp_pat
     assert "BOS token id 300" in out.err
 
 
-@pytest.mark.slow
+def test_a_causal_lm_given_labels_is_one_line(tiny, tmp_path, capsys):
+    labelled = tmp_path / "train.tsv"
+    labelled.write_text("label\ttext\n1\tgood\n0\tbad\n")
+    code, out = _cli(capsys, "finetune", tiny, "--train", labelled, "--out", tmp_path / "ft")
+    assert code == 2 and len(out.err.strip().splitlines()) == 1, out.err
+    assert "causal language model (text-generation), which takes plain text and no labels" in out.err
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.slow  # ~2 min on a busy 2-core VM
 @pytest.mark.skipif(not DATA.is_file(), reason="the TinyStories sample is not beside the clone")
 def test_stories260k_fp32_perplexity_over_tinystories_in_windows_of_256():
     """4.273 over 775 windows (98,425 scored tokens). The issue quotes llama.cpp's llama-perplexity at 4.522 (-c 256)
@@ -140,3 +149,4 @@ def test_stories260k_fp32_perplexity_over_tinystories_in_windows_of_256():
     out = stream.result()
     assert out["tokens"] == 775 * 127
     assert out["perplexity"] == pytest.approx(4.273, abs=0.01)
+

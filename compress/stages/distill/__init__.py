@@ -103,6 +103,9 @@ def distill(
     if is_artifact(teacher_dir):
         DISTILL.check(load_artifact(teacher_dir))
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    from compress.teachers.lm_config import refuse_causal_lm
+
+    refuse_causal_lm(teacher, "distill", "an encoder or image teacher (not yet a causal LM)")
     task = TASKS[teacher.task]
     if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
         raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not class "

@@ -88,6 +88,9 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     if not regression:
         check_labels(names, words, train)
     base_teacher = load_teacher(base, allow_pickle=config.allow_pickle)  # the lineage's source; one-line load errors
+    from compress.teachers.lm_config import refuse_causal_lm
+
+    refuse_causal_lm(base_teacher, "finetune", "a checkpoint to train on labelled data")
     if regression:
         train_set, eval_set = _regression_data(base_teacher.tokenizer, train, eval_data, config)
         evaluate = mae_metric(eval_set.outputs, eval_set.y) if eval_set else None

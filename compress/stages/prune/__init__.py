@@ -113,6 +113,9 @@ def _load_input(source: Path, config: PruneConfig):
         PRUNE.check(parent)
     teacher = load_teacher(source, parent.task if parent else None, allow_pickle=config.allow_pickle,
                            trust_remote_code=config.trust_remote_code)
+    from compress.teachers.lm_config import refuse_causal_lm
+
+    refuse_causal_lm(teacher, "prune", "encoders and image CNNs (not yet a causal LM)")
     return parent, teacher
 
 
