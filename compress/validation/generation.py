@@ -336,11 +336,12 @@ def _baseline(tdir: Path | None, art: Artifact, runtime_name: str, settings, war
 
     if tdir is None:
         return None
-    if not art.manifest.steps or all(s.stage == "export" for s in art.manifest.steps):
-        warnings.append("the artifact is the FP32 export itself: no separate FP32 baseline timed")
+    sha = digest_dir(tdir)
+    if all(s.stage == "export" for s in art.manifest.steps) and art.manifest.source.sha256 == sha:
+        warnings.append("the artifact is the teacher's FP32 export itself: no separate FP32 baseline timed")
         return None
     cfg = ExportConfig(format=str(art.format))
-    key = hashlib.sha256(f"generator{digest_dir(tdir)}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"generator{sha}{cfg.model_dump_json()}".encode()).hexdigest()[:20]
     where = ec_cache.kind_dir("baselines") / key
     base = None
     if (where / "manifest.json").is_file():

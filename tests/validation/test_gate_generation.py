@@ -103,6 +103,8 @@ def test_a_release_whose_decode_is_slower_beyond_noise_fails(releases):
 
     slow, good = releases["slow"], releases["good"]
     assert slow["metrics"]["generation"]["decode_tokens_per_s"] < good["metrics"]["generation"]["decode_tokens_per_s"]
+    assert "baseline" in slow["metrics"]["latency_samples_ms"]  # another model than the teacher: its FP32 timed
+    assert "baseline" not in good["metrics"]["latency_samples_ms"]  # the teacher's own export: no second copy
     result = gate(slow, good)
     dec = result.metrics[0]
     assert dec.metric == "decode ms/token" and dec.verdict == "regressed" and result.verdict == "regressed"
