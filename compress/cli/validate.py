@@ -62,7 +62,7 @@ from compress.progress import counts
               help="Text generators: prompt length timed for TTFT and prefill tokens/s (capped by the context).")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="Text generators: tokens generated per prompt (decode tokens/s, continuations).")
-@click.option("--window", type=click.IntRange(min=2),
+@click.option("--window", type=click.IntRange(min=4),
               help="Text generators: perplexity window in tokens on --data text [default: the artifact's, 256].")
 @force_reports_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, metric, report_dir,

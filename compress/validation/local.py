@@ -106,7 +106,7 @@ class ValidateConfig(Settings):
                                "capped by the model's context.")
     new_tokens: int = Field(128, ge=1, description="Text generators: tokens generated per prompt (decode tokens/s, "
                             "continuations).")
-    window: int | None = Field(None, ge=2, description="Text generators: perplexity window in tokens (default: the "
+    window: int | None = Field(None, ge=4, description="Text generators: perplexity window in tokens (default: the "
                                "artifact's, 256).")
 
 
