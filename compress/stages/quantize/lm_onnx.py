@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
 ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
+#: MatMulNBits' accuracy_level for generators: 4 = int8 activations in the CPU kernel, as ONNX Runtime GenAI's builder
+#: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 17 tokens/s in INT4 and 1.1 in INT8 on this VM
+#: (2 threads) against 26 and 22 at 4; stories260K's perplexity moves by < 0.1% (docs/generators.md)
+ACCURACY_LEVEL = 4
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "max_perplexity_increase", "data", "eval_samples"}
@@ -130,12 +134,13 @@ def int8_gather(model, node_name: str, block: int) -> None:
         graph.node.insert(at + i, n)
 
 
-def _algo_config(algorithm: str, *, bits: int, block: int, symmetric: bool, reader=None):
+def _algo_config(algorithm: str, *, bits: int, block: int, symmetric: bool, reader=None,
+                 accuracy_level: int | None = None):
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     if algorithm == "rtn":
         return mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, bits=bits,
-                                                op_types_to_quantize=("MatMul",))
+                                                op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level)
     if algorithm == "hqq":
         return mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits, op_types_to_quantize=("MatMul",))
     if bits != 4:
@@ -154,7 +159,7 @@ def _matmuls(model) -> list[str]:
 
 def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorithm: str = "rtn",
                 lm_head_bits: int = 8, embeddings_bits: int = 8, exclude: tuple[str, ...] = (),
-                at8: tuple[str, ...] = (), reader=None) -> tuple[Any, dict[str, Any]]:
+                at8: tuple[str, ...] = (), reader=None, accuracy_level: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Quantize the ONNX ``model`` (a ModelProto with its weights loaded) weight-only; return the new ModelProto and
     what each weight became (``{"layers": {node: bits}, "lm_head": ..., "embeddings": ...}``). ``at8``: MatMuls kept
     at 8 bits (round to nearest) whatever ``bits`` is (accuracy-aware INT4); ``exclude``: kept in float."""
@@ -171,18 +176,19 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
     if head not in exclude:
         q = MatMulNBitsQuantizer(model, bits=lm_head_bits, block_size=block, is_symmetric=symmetric,
                                  nodes_to_exclude=[n for n in _matmuls(model) if n != head],
-                                 op_types_to_quantize=("MatMul",))
+                                 op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level)
         q.process()
         model = q.model.model
     at8 = tuple(n for n in at8 if n in body)
     if at8 and bits != 8:
         q = MatMulNBitsQuantizer(model, bits=8, block_size=block, is_symmetric=symmetric,
                                  nodes_to_exclude=[n for n in _matmuls(model) if n not in at8],
-                                 op_types_to_quantize=("MatMul",))
+                                 op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level)
         q.process()
         model = q.model.model
     if body:
-        cfg = _algo_config(algorithm, bits=bits, block=block, symmetric=symmetric, reader=reader)
+        cfg = _algo_config(algorithm, bits=bits, block=block, symmetric=symmetric, reader=reader,
+                           accuracy_level=accuracy_level)
         q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric,
                                  nodes_to_exclude=list(exclude), algo_config=cfg)
         q.process()
@@ -198,10 +204,18 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
         q.process()
         model = q.model.model
         unpack_int4_gathers(model)
+    if accuracy_level is not None:  # every MatMulNBits, whichever algorithm made it (HQQ, GPTQ, k_quant set none)
+        from onnx import helper
+
+        for node in model.graph.node:
+            if node.op_type == "MatMulNBits":
+                keep = [a for a in node.attribute if a.name != "accuracy_level"]
+                del node.attribute[:]
+                node.attribute.extend([*keep, helper.make_attribute("accuracy_level", accuracy_level)])
     layers = {n: 8 if n in at8 else bits for n in body} | {n: 32 for n in kept}
     return model, {"layers": layers, "lm_head": {"node": head, "bits": 32 if head in exclude else lm_head_bits},
                    "embeddings": {"node": emb, "bits": embeddings_bits if emb else None, "untied": tied is not None},
-                   "algorithm": algorithm, "block_size": block}
+                   "algorithm": algorithm, "block_size": block, "accuracy_level": accuracy_level}
 
 
 class _Windows:
@@ -453,7 +467,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         def quantize_with(m, at8=()):
             return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=algorithm,
                                lm_head_bits=config.int4.lm_head_bits, embeddings_bits=config.int4.embeddings_bits,
-                               exclude=tuple(config.exclude_nodes), at8=at8, reader=reader)
+                               exclude=tuple(config.exclude_nodes), at8=at8, reader=reader,
+                               accuracy_level=ACCURACY_LEVEL)
 
         record = None
         if budget is not None:
