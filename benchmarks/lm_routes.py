@@ -1,0 +1,359 @@
+"""Issue 52's benchmark: every edgecompress route for a small causal LM beside PyTorch and llama.cpp itself.
+
+Speed model: a Llama with SmolLM2-135M's body (hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536) and a
+512-token vocabulary (stories260K's tokenizer), random weights: test material, its speed is a real 135M-class body's,
+its text is noise. Quality model: stories260K (a real, tiny TinyStories Llama), perplexity / KL / top-1 agreement
+against PyTorch FP32 on the TinyStories sample in windows of 256 (llama-perplexity's rule, GenerationStream).
+
+Routes (each skipped with a note when its pieces are missing): PyTorch FP32 (transformers, its KV cache); ONNX Runtime
+FP32 / INT4 / INT8 (export --format onnx + quantize); OpenVINO FP32 / INT4 (export --format openvino + quantize);
+GGUF F16 / Q4_0 / Q4_K_M through edgecompress's llamacpp runtime; and llama.cpp itself: llama-cpp-python's Llama on
+our Q4_0 GGUF, driven directly (only the last position's logits, no edgecompress wrapper) as the anchor.
+
+Figures per route: model size; cold start and peak RSS (a fresh process: import, load, one 8-token prefill);
+prefill tokens/s and TTFT at a 128-token prompt; decode tokens/s over 128 greedy tokens (medians over rounds, the
+routes timed alternately within each round); the decode's share of the memory-bandwidth bound (numpy copy
+bandwidth / model bytes). Batch 1, ``--threads`` threads everywhere. On a shared machine the timings are noisy.
+
+    EDGECOMPRESS_LLAMA_CPP=/path/llama.cpp python benchmarks/lm_routes.py --work /tmp/lm-routes --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import compress  # noqa: F401 - first: the torchvision shim before transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+STORIES = SHARED / "models" / "stories260K" / "hf"
+TEXT = SHARED / "data" / "tinystories" / "valid-first500.txt"
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # tests.builders, benchmarks' common.py
+BODY = dict(layers=30, hidden=576, heads=9, kv_heads=3, intermediate=1536, context=1024)  # SmolLM2-135M's body
+
+
+# --- building the routes' artifacts ----------------------------------------------------------------------------------
+def build(ckpt: Path, work: Path, routes: list[str]) -> tuple[dict[str, Path | None], dict[str, str]]:
+    """Each route's artifact under ``work`` (cached), and a note for each route that could not be built."""
+    from common import cached_step
+
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    made: dict[str, Path | None] = {"pytorch-fp32": ckpt}
+    notes: dict[str, str] = {}
+
+    def step(name: str, make) -> Path | None:
+        try:
+            return cached_step(name, work / name, lambda: make(work / name))
+        except Exception as e:  # noqa: BLE001 - a route whose pieces are missing is skipped with its reason
+            notes[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            return None
+
+    def exp(fmt: str, **kw):
+        return lambda out: export(ckpt, out, ExportConfig.from_flat(format=fmt, atol=1e-2, **kw), force=True)
+
+    def q(src: Path | None, **flat):
+        def make(out):
+            if src is None:
+                raise RuntimeError("its FP export is missing")
+            quantize(src, out, QuantizeConfig.from_flat(**flat), force=True)
+        return make
+
+    want = set(routes)
+    if want & {"onnx-fp32", "onnx-int4", "onnx-int8"}:
+        made["onnx-fp32"] = base = step("onnx-fp32", exp("onnx"))
+        made["onnx-int4"] = step("onnx-int4", q(base, precision="int4")) if "onnx-int4" in want else None
+        made["onnx-int8"] = step("onnx-int8", q(base, precision="int8")) if "onnx-int8" in want else None
+    if want & {"openvino-fp32", "openvino-int4"}:
+        made["openvino-fp32"] = base = step("openvino-fp32", exp("openvino"))
+        made["openvino-int4"] = step("openvino-int4", q(base, precision="int4")) if "openvino-int4" in want else None
+    if want & {"gguf-f16", "gguf-q4_0", "gguf-q4_k_m", "llama.cpp-q4_0"}:
+        made["gguf-f32"] = base = step("gguf-f32", exp("gguf"))
+        made["gguf-f16"] = step("gguf-f16", exp("gguf", precision="fp16"))
+        made["gguf-q4_0"] = step("gguf-q4_0", q(base, precision="int4", gguf_type="q4_0"))
+        made["gguf-q4_k_m"] = step("gguf-q4_k_m", q(base, precision="int4", gguf_type="q4_k_m"))
+        made["llama.cpp-q4_0"] = made["gguf-q4_0"]
+    return {r: made.get(r) for r in routes}, notes
+
+
+# --- running a route -------------------------------------------------------------------------------------------------
+class TorchGen:
+    """PyTorch FP32 through transformers with its KV cache, behind the runtime contract (prefill / step)."""
+
+    def __init__(self, ckpt: Path, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+
+    def prefill(self, feeds):
+        with self.torch.inference_mode():
+            out = self.model(self.torch.from_numpy(feeds["input_ids"]), use_cache=True)
+        return {"logits": out.logits.numpy()}, out.past_key_values
+
+    def step(self, feeds, state):
+        with self.torch.inference_mode():
+            out = self.model(self.torch.from_numpy(feeds["input_ids"]), past_key_values=state, use_cache=True)
+        return {"logits": out.logits.numpy()}, out.past_key_values
+
+    def close(self) -> None:
+        self.model = None
+
+
+class LlamaCppDirect:
+    """llama.cpp itself: llama-cpp-python's Llama evaluating tokens, only the last position's logits (its default),
+    none of edgecompress's code in the loop."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import llama_cpp
+
+        self.lib = llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                                   verbose=False)
+
+    def _last(self):
+        import numpy as np
+
+        ptr = self.lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))[None, None].copy()
+
+    def prefill(self, feeds):
+        self.llm.reset()
+        self.llm.eval([int(t) for t in feeds["input_ids"][0]])
+        return {"logits": self._last()}, None
+
+    def step(self, feeds, state):
+        self.llm.eval([int(feeds["input_ids"][0, -1])])
+        return {"logits": self._last()}, None
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def load(route: str, path: Path, threads: int):
+    if route == "pytorch-fp32":
+        return TorchGen(path, threads)
+    if route.startswith("llama.cpp"):
+        return LlamaCppDirect(path / "model.gguf", threads)
+    from compress.artifact import load_artifact
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+
+    return load_runtime(load_artifact(path), settings=RuntimeSettings(threads=threads))
+
+
+def model_bytes(route: str, path: Path) -> int:
+    if route == "pytorch-fp32":
+        return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin", ".gguf"))
+
+
+def generate(backend, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    """One greedy generation: (prefill seconds, decode seconds for ``new_tokens``, the tokens)."""
+    import numpy as np
+
+    ids = np.asarray([prompt], dtype=np.int64)
+    t0 = time.perf_counter()
+    out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    ttft = time.perf_counter() - t0
+    tokens, total = [int(out["logits"][0, -1].argmax())], len(prompt)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        total += 1
+        out, state = backend.step({"input_ids": np.asarray([[tokens[-1]]], dtype=np.int64),
+                                   "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
+        tokens.append(int(out["logits"][0, -1].argmax()))
+    return ttft, time.perf_counter() - t0, tokens
+
+
+def probe(route: str, path: str, threads: int) -> None:
+    """In a fresh process: import, load, one 8-token prefill; print cold start seconds and peak RSS (bytes)."""
+    import resource
+
+    import numpy as np
+
+    t0 = time.perf_counter()
+    b = load(route, Path(path), threads)
+    ids = np.asarray([[1, 2, 3, 4, 5, 6, 7, 8]], dtype=np.int64)
+    b.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    cold = time.perf_counter() - t0
+    print(json.dumps({"cold_start_s": cold, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def fresh(route: str, path: Path, threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, __file__, "--probe", route, str(path), "--threads", str(threads)],
+                          capture_output=True, text=True, env=env, check=False)
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:160]}
+
+
+def bandwidth_gbs(mb: int = 512, rounds: int = 5) -> float:
+    """This machine's memory bandwidth: numpy copy of ``mb`` MiB (read + write), best of ``rounds``."""
+    import numpy as np
+
+    a = np.ones(mb * (1 << 20) // 8)
+    b = np.empty_like(a)
+    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(rounds))
+    return 2 * a.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def speed(ckpt: Path, work: Path, routes: list[str], args) -> tuple[dict, dict]:
+    from tokenizers import Tokenizer
+
+    built, notes = build(ckpt, work, routes)
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    text = TEXT.read_text(encoding="utf-8")
+    prompt = ([1] + tok.encode(text).ids)[:args.prompt]
+    loaded = {}
+    for route, path in built.items():
+        if path is None:
+            notes.setdefault(route, "not built")
+            continue
+        try:
+            loaded[route] = load(route, path, args.threads)
+            generate(loaded[route], prompt, 4)  # warm-up
+        except Exception as e:  # noqa: BLE001
+            notes[route] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    samples: dict[str, dict[str, list[float]]] = {r: {"ttft": [], "decode": []} for r in loaded}
+    for i in range(args.rounds):  # the routes timed alternately, round by round
+        for route, backend in loaded.items():
+            ttft, dec, _ = generate(backend, prompt, args.new_tokens)
+            samples[route]["ttft"].append(ttft)
+            samples[route]["decode"].append(dec)
+        print(f"round {i + 1}/{args.rounds} done", flush=True)
+    rows = {}
+    for route, s in samples.items():
+        ttft, dec = statistics.median(s["ttft"]), statistics.median(s["decode"])
+        rows[route] = {"model_bytes": model_bytes(route, built[route]), "ttft_ms": 1000 * ttft,
+                       "prefill_tokens_per_s": len(prompt) / ttft, "decode_tokens_per_s": (args.new_tokens - 1) / dec,
+                       **fresh(route, built[route], args.threads)}
+        loaded[route].close()
+    return rows, notes
+
+
+# --- quality on stories260K ------------------------------------------------------------------------------------------
+def quality(work: Path, routes: list[str], args) -> tuple[dict, dict]:
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from compress.tasks.generation import GenerationPostprocess, GenerationStream
+
+    built, notes = build(STORIES, work, [r for r in routes if not r.startswith("llama.cpp")])
+    tok = Tokenizer.from_file(str(STORIES / "tokenizer.json"))
+    ids = [1] + tok.encode(TEXT.read_text(encoding="utf-8")).ids
+    w = args.window
+    windows = np.asarray([[1] + ids[i * w + 1:(i + 1) * w] for i in range(min(args.windows, len(ids) // w))],
+                         dtype=np.int64)
+    ref = TorchGen(STORIES, args.threads)
+    teacher = [ref.prefill({"input_ids": row[None]})[0]["logits"] for row in windows]
+    rows = {}
+    for route, path in built.items():
+        if path is None:
+            notes.setdefault(route, "not built")
+            continue
+        try:
+            backend = load(route, path, args.threads)
+            stream = GenerationStream(GenerationPostprocess(window=w))
+            for row, t in zip(windows, teacher, strict=True):
+                out, _ = backend.prefill({"input_ids": row[None], "attention_mask": np.ones((1, w), dtype=np.int64)})
+                stream.update(outputs=out["logits"], labels=row[None], ref=t)
+            backend.close()
+            r = stream.result()
+            rows[route] = {"perplexity": r["perplexity"], "kl_mean": r["kl_mean"], "top1": r["top1_agreement"],
+                           "teacher_perplexity": r["teacher_perplexity"], "windows": len(windows),
+                           "model_bytes": model_bytes(route, path)}
+        except Exception as e:  # noqa: BLE001
+            notes[route] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    return rows, notes
+
+
+# --- report ----------------------------------------------------------------------------------------------------------
+def table(speed_rows: dict, quality_rows: dict, bw: float) -> str:
+    def mb(b):
+        return f"{b / 1e6:.1f}" if b else "–"
+
+    lines = ["| route | size MB | peak RSS MB | cold start s | TTFT ms (128) | prefill tok/s | decode tok/s | "
+             "decode / bandwidth bound | ppl (stories260K) | KL | top-1 |", "|" + "---|" * 11]
+    for route in dict.fromkeys([*speed_rows, *quality_rows]):
+        s, q = speed_rows.get(route, {}), quality_rows.get(route, {})
+        s = s or {"model_bytes": q.get("model_bytes")}
+        bound = bw * 1e9 / s["model_bytes"] if s.get("model_bytes") else None
+        dec = s.get("decode_tokens_per_s")
+        lines.append(
+            f"| {route} | {mb(s.get('model_bytes'))} | {mb(s.get('peak_rss_bytes'))} | "
+            f"{s['cold_start_s']:.2f} | " if s.get("cold_start_s") is not None else f"| {route} | "
+            f"{mb(s.get('model_bytes'))} | {mb(s.get('peak_rss_bytes'))} | – | ")
+        lines[-1] += (f"{s['ttft_ms']:.0f} | {s['prefill_tokens_per_s']:.0f} | {dec:.1f} | "
+                      f"{dec / bound:.0%} of {bound:.0f} | " if dec else "– | – | – | – | ")
+        lines[-1] += (f"{q['perplexity']:.3f} | {q['kl_mean']:.4f} | {q['top1']:.3f} |" if q else "– | – | – |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lm-routes"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (TTFT, prefill)")
+    ap.add_argument("--new-tokens", type=int, default=128, help="greedy tokens decoded")
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--windows", type=int, default=16, help="perplexity windows of stories260K")
+    ap.add_argument("--routes", default="pytorch-fp32,onnx-fp32,onnx-int4,onnx-int8,openvino-fp32,openvino-int4,"
+                    "gguf-f16,gguf-q4_0,gguf-q4_k_m,llama.cpp-q4_0")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--probe", nargs=2, metavar=("ROUTE", "PATH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.probe:
+        return probe(args.probe[0], args.probe[1], args.threads)
+    from common import host_and_versions
+
+    from tests.builders.causal_lm import tiny_causal_lm
+
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    args.work.mkdir(parents=True, exist_ok=True)
+    bw = bandwidth_gbs()
+    speed_rows, notes = {}, {}
+    if not args.skip_speed:
+        body = args.work / "body"
+        if not (body / "config.json").is_file():
+            tiny_causal_lm(body, **BODY, tied=True)
+        speed_rows, notes = speed(body, args.work / "speed", routes, args)
+    quality_rows, qnotes = ({}, {}) if args.skip_quality else quality(args.work / "quality", routes, args)
+    info = host_and_versions()
+    md = table(speed_rows, quality_rows, bw)
+    print(f"\nmachine: {info['host']['cpu']}, {args.threads} threads, numpy copy bandwidth {bw:.1f} GB/s; "
+          f"{args.rounds} rounds, medians\n")
+    print(md)
+    for route, note in {**notes, **{f"{k} (quality)": v for k, v in qnotes.items()}}.items():
+        print(f"- skipped {route}: {note}")
+    out = ROOT / "benchmarks" / "results" / "lm_routes.json"
+    out.write_text(json.dumps({**info, "threads": args.threads, "bandwidth_gbs": bw, "rounds": args.rounds,
+                               "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "speed": speed_rows,
+                               "quality": quality_rows, "notes": notes, "quality_notes": qnotes, "table": md},
+                              indent=1, default=str))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
