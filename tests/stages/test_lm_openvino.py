@@ -65,6 +65,17 @@ def test_prefill_then_steps_equal_one_long_prefill_and_prefill_resets_the_cache(
             np.testing.assert_allclose(out["logits"][0, -1], whole[0, t], atol=1e-4)
 
 
+def test_an_export_that_misses_atol_writes_nothing(exported, tmp_path):
+    from compress.errors import ParityError
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    ckpt, _ = exported
+    with pytest.raises(ParityError, match="OpenVINO IR differs from PyTorch"):
+        export(ckpt, tmp_path / "strict", ExportConfig(format="openvino", atol=1e-12))
+    assert not (tmp_path / "strict").exists()
+
+
 def test_a_qwen2_with_head_size_8_exports_too(tmp_path):
     from compress.stages.export.openvino_lm import export_openvino_lm
 
