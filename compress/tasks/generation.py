@@ -76,16 +76,19 @@ def scored_positions(length: int) -> slice:
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64, copy=False)
+    """Log-softmax over the last axis in float32 (a real vocabulary is 150k wide: float64 would double the memory)."""
+    x = np.asarray(x, dtype=np.float32)
     x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
 
 
 class GenerationStream(StreamingMetric):
     """Perplexity (and KL, top-1 agreement against the teacher) window batch by window batch; sums and counts only.
 
     ``update(outputs=logits [B, T, V], labels=token ids [B, T], ref=teacher logits [B, T, V] or None)``: each row is
-    one window as the model saw it (``labels`` are its input ids: the targets are the ids shifted by one)."""
+    one window as the model saw it (``labels`` are its input ids: the targets are the ids shifted by one). Windows are
+    scored one at a time (float32 log-probabilities, float64 sums): memory is a few copies of one window's scored
+    logits whatever the batch."""
 
     def __init__(self, postprocess: GenerationPostprocess | None = None) -> None:
         self.post = postprocess
@@ -100,26 +103,33 @@ class GenerationStream(StreamingMetric):
         if logits.ndim != 3:
             raise ValueError(f"text-generation outputs are logits [batch, tokens, vocabulary], got shape "
                              f"{list(np.shape(outputs))}")
-        sl = scored_positions(logits.shape[1])
-        cand = _log_softmax(logits[:, sl])
+        ids = None
         if labels is not None:
             ids = np.asarray(labels, dtype=np.int64).reshape(logits.shape[0], -1)
             if ids.shape[1] != logits.shape[1]:
                 raise ValueError(f"{ids.shape[1]} token ids for {logits.shape[1]} logit positions per window")
-            targets = ids[:, sl.start + 1: sl.stop + 1]
-            self.nll -= float(np.take_along_axis(cand, targets[..., None], axis=-1).sum())
-            self.tokens += targets.size
         if ref is not None:
             ref = np.asarray(ref)
             ref = ref[None] if ref.ndim == 2 else ref
             if ref.shape != logits.shape:
                 raise ValueError(f"teacher logits {list(ref.shape)} and the artifact's {list(logits.shape)} differ")
-            teacher = _log_softmax(ref[:, sl])
-            self.kl += float((np.exp(teacher) * (teacher - cand)).sum())
+        sl = scored_positions(logits.shape[1])
+        for row in range(logits.shape[0]):
+            self._window(logits[row, sl], None if ids is None else ids[row, sl.start + 1: sl.stop + 1],
+                         None if ref is None else ref[row, sl])
+
+    def _window(self, logits: np.ndarray, targets: np.ndarray | None, ref: np.ndarray | None) -> None:
+        cand = _log_softmax(logits)
+        if targets is not None:
+            self.nll -= float(np.take_along_axis(cand, targets[:, None], axis=-1).sum(dtype=np.float64))
+            self.tokens += targets.size
+        if ref is not None:
+            teacher = _log_softmax(ref)
+            self.kl += float((np.exp(teacher) * (teacher - cand)).sum(dtype=np.float64))
             self.agree += int((teacher.argmax(-1) == cand.argmax(-1)).sum())
-            self.positions += cand.shape[0] * cand.shape[1]
-            if labels is not None:
-                self.teacher_nll -= float(np.take_along_axis(teacher, targets[..., None], axis=-1).sum())
+            self.positions += cand.shape[0]
+            if targets is not None:
+                self.teacher_nll -= float(np.take_along_axis(teacher, targets[:, None], axis=-1).sum(dtype=np.float64))
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

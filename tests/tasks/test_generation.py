@@ -42,14 +42,14 @@ def test_the_metric_is_llama_perplexitys_second_half_scored_by_torch():
     kl = F.kl_div(F.log_softmax(c, -1), F.log_softmax(r, -1), log_target=True, reduction="none").sum(-1).mean().item()
     top1 = (c.argmax(-1) == r.argmax(-1)).double().mean().item()
     assert out["tokens"] == 3 * (t - 1 - first) == 21
-    assert out["nll"] == pytest.approx(nll, rel=1e-9)
-    assert out["perplexity"] == pytest.approx(math.exp(nll), rel=1e-9)
-    assert out["teacher_perplexity"] == pytest.approx(math.exp(tnll), rel=1e-9)
-    assert out["perplexity_increase"] == pytest.approx(math.exp(nll) / math.exp(tnll) - 1, rel=1e-9)
-    assert out["kl_mean"] == pytest.approx(kl, rel=1e-9)
+    assert out["nll"] == pytest.approx(nll, rel=1e-6)
+    assert out["perplexity"] == pytest.approx(math.exp(nll), rel=1e-6)
+    assert out["teacher_perplexity"] == pytest.approx(math.exp(tnll), rel=1e-6)
+    assert out["perplexity_increase"] == pytest.approx(math.exp(nll) / math.exp(tnll) - 1, rel=1e-6)
+    assert out["kl_mean"] == pytest.approx(kl, rel=1e-6)
     assert out["top1_agreement"] == pytest.approx(top1)
     same = generation_metrics(None, ref, ref, ids)
-    assert same["kl_mean"] == pytest.approx(0.0, abs=1e-12) and same["top1_agreement"] == 1.0
+    assert same["kl_mean"] == pytest.approx(0.0, abs=1e-7) and same["top1_agreement"] == 1.0
 
 
 def test_the_stream_equals_one_update_and_keeps_sums_only():
