@@ -32,6 +32,9 @@ from compress.teachers.lm_config import (
 __all__ = ["GENERATION_FILES", "CausalLM", "cache_of", "check_special_tokens", "check_window", "generation_ids",
            "is_causal_lm", "postprocess_of"]
 
+#: the most bytes of logits :meth:`CausalLM.logits` yields in one batch by default
+BATCH_BYTES = 256 * 2**20
+
 
 class CausalLM:
     """A loaded causal LM teacher: the torch model (eval, FP32), its tokenizer and its config (a dict)."""
@@ -79,15 +82,18 @@ class CausalLM:
 
     # -- running it -----------------------------------------------------------------------------------------------
 
-    def logits(self, windows: np.ndarray, *, batch_size: int = 8) -> Iterator[np.ndarray]:
+    def logits(self, windows: np.ndarray, *, batch_size: int | None = None) -> Iterator[np.ndarray]:
         """Next-token logits of ``windows`` (token ids [N, T], each window from its own start, no cache), float32
-        [b, T, V] per batch of at most ``batch_size`` windows."""
+        [b, T, V] per batch of at most ``batch_size`` windows (default: up to 8, as many as keep a batch's logits
+        within :data:`BATCH_BYTES`)."""
         import torch
 
         windows = np.asarray(windows, dtype=np.int64)
         if windows.ndim != 2:
             raise ValueError(f"windows are token ids [N, T], got shape {list(windows.shape)}")
         check_window(windows.shape[1], self.context)
+        if batch_size is None:
+            batch_size = max(1, min(8, BATCH_BYTES // (4 * windows.shape[1] * self.vocab_size)))
         with torch.inference_mode():
             for i in range(0, len(windows), batch_size):
                 ids = torch.from_numpy(windows[i:i + batch_size])
