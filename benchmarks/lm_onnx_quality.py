@@ -1,6 +1,7 @@
 """The ONNX Runtime route's INT4/INT8 quality on stories260K: perplexity, KL and top-1 agreement with FP32 over the
 TinyStories sample in windows of 256 (llama-perplexity's rule: the second half of each window scored). Exports the
-checkpoint (ONNX Runtime GenAI's builder), quantizes it each way through ``weight_only``, scores each candidate
+checkpoint (ONNX Runtime GenAI's builder), quantizes it each way through ``weight_only`` (at quantize's
+MatMulNBits accuracy level), scores each candidate
 against the FP32 graph's log-probabilities. Writes benchmarks/results/lm_onnx_quality.json.
 
     python benchmarks/lm_onnx_quality.py --work /tmp/lm-onnx
@@ -56,7 +57,7 @@ def main() -> None:
         reader = None
         if kw.get("algorithm") == "gptq":
             reader = lm._Windows([list(w[:128]) for w in windows[:16]], state, {t.name for t in art.manifest.inputs})
-        model, _ = lm.weight_only(copy.deepcopy(fp32), reader=reader, **kw)
+        model, _ = lm.weight_only(copy.deepcopy(fp32), reader=reader, accuracy_level=lm.ACCURACY_LEVEL, **kw)
         s, _ = lm.window_scores(model, windows, state, ref)
         rows.append({"name": name, "perplexity": s["perplexity"], "increase": s["perplexity"] / base["perplexity"] - 1,
                      "kl_mean": s["kl_mean"], "top1_agreement": s["top1_agreement"], "weight_bytes": weights(model),

@@ -14,6 +14,7 @@ What is quantized, and how:
   :mod:`.int4_gather`; 32: float). The builder ties the embedding to the LM head (a Gather of the transposed head
   weight); it is untied first, so each gets its own precision.
 
+Every MatMulNBits gets accuracy level :data:`ACCURACY_LEVEL` (int8 activations in the CPU kernel: the fast one).
 Generators default to blocks of 32 (:data:`GENERATOR_BLOCK`), as llama.cpp's Q4_0: on stories260K over the TinyStories
 sample (windows of 256) RTN with blocks of 128 loses more perplexity than with 32 (docs/generators.md has the
 figures); ``--block-size`` overrides it.
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
 ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
 #: MatMulNBits' accuracy_level for generators: 4 = int8 activations in the CPU kernel, as ONNX Runtime GenAI's builder
-#: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 17 tokens/s in INT4 and 1.1 in INT8 on this VM
-#: (2 threads) against 26 and 22 at 4; stories260K's perplexity moves by < 0.1% (docs/generators.md)
+#: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 24 tokens/s in INT4 and 2 in INT8 on this VM
+#: (2 threads) against 37 and 32 at 4; stories260K's perplexity moves by < 0.1% (docs/generators.md)
 ACCURACY_LEVEL = 4
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
