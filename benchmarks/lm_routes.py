@@ -179,8 +179,6 @@ def generate(backend, prompt: list[int], new_tokens: int) -> tuple[float, float,
 
 def probe(route: str, path: str, threads: int) -> None:
     """In a fresh process: import, load, one 8-token prefill; print cold start seconds and peak RSS (bytes)."""
-    import resource
-
     import numpy as np
 
     t0 = time.perf_counter()
@@ -188,7 +186,10 @@ def probe(route: str, path: str, threads: int) -> None:
     ids = np.asarray([[1, 2, 3, 4, 5, 6, 7, 8]], dtype=np.int64)
     b.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
     cold = time.perf_counter() - t0
-    print(json.dumps({"cold_start_s": cold, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    # VmHWM: ru_maxrss carries the parent's peak across fork + exec
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    print(json.dumps({"cold_start_s": cold, "peak_rss_bytes": hwm * 1024}))
 
 
 def fresh(route: str, path: Path, threads: int) -> dict:

@@ -56,8 +56,10 @@ ENV = "EDGECOMPRESS_LLAMA_CPP"  #: the environment variable naming a llama.cpp s
 CONVERTER = "convert_hf_to_gguf.py"
 GET_TREE = ("pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36, extract it and pass "
             f"--llama-cpp DIR/vendor/llama.cpp (or set {ENV}), or a llama.cpp checkout")
-F32_REL = 2e-3  #: the least prefill tolerance of an FP32 GGUF, a share of the largest |logit| (FP16 KV cache)
-F16_REL = 1e-2  #: ... of an FP16 GGUF
+#: the least prefill tolerance of an FP32 GGUF, a share of the largest |logit| (FP16 KV cache: a random 30-layer
+#: SmolLM2-135M-bodied Llama differs by 0.75%, stories260K by 0.13%)
+F32_REL = 1e-2
+F16_REL = 3e-2  #: ... of an FP16 GGUF (the 30-layer body: 1.7%)
 #: the teacher's files that travel beside model.gguf
 TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
           "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
