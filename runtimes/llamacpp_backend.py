@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compress.artifact import Format
+from compress.device.shipped import decoder_tokens
 from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeBackend
 
@@ -97,7 +98,7 @@ class LlamaCppBackend(RuntimeBackend):
             raise ConfigError("llama.cpp's step takes the state its prefill or step returned")
         tokens = _tokens(feeds)
         held = self.llm.n_tokens
-        if held != len(state.tokens) or self.llm.input_ids[:held].tolist() != state.tokens:
+        if held != len(state.tokens) or list(self.llm.eval_tokens) != state.tokens:
             self._eval(state.tokens, 0)  # the context moved on (another prefill): evaluate this generation again
         logits = self._eval(tokens, len(state.tokens))
         return {"logits": logits[None]}, LlamaCppState(state.tokens + tokens)
@@ -120,7 +121,7 @@ class LlamaCppBackend(RuntimeBackend):
 
 
 def _tokens(feeds: dict[str, np.ndarray]) -> list[int]:
-    ids = np.asarray(feeds["input_ids"])
+    ids = np.asarray(decoder_tokens(feeds))
     if ids.ndim != 2 or ids.shape[0] != 1:
-        raise ConfigError(f"llama.cpp runs one sequence at a time (batch 1); got input_ids of shape {ids.shape}")
+        raise ConfigError(f"llama.cpp runs one sequence at a time (batch 1); got token ids of shape {ids.shape}")
     return [int(t) for t in ids[0]]

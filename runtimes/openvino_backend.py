@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compress.artifact import Format
+from compress.device.shipped import decoder_feeds
 from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeBackend
 
@@ -103,12 +104,7 @@ class OpenVINOBackend(RuntimeBackend):
         return self._infer_step(feeds), state
 
     def _infer_step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = dict(feeds)
-        if "position_ids" in self._input_names and "position_ids" not in feeds and "attention_mask" in feeds:
-            mask, new = feeds["attention_mask"], feeds["input_ids"].shape[1]
-            feeds["position_ids"] = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -new:].astype(np.int64)
-        if "beam_idx" in self._input_names and "beam_idx" not in feeds:
-            feeds["beam_idx"] = np.zeros(len(feeds["input_ids"]), dtype=np.int32)
+        feeds = decoder_feeds(feeds, self._input_names)
         feed = {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in self._input_names}
         result = self.request.infer(feed, share_inputs=True, share_outputs=False)
         return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compress.artifact import Format
+from compress.device.shipped import decoder_feeds
 from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings
 
@@ -152,11 +153,7 @@ class OrtBackend(RuntimeBackend):
         """One step of a graph with a KV cache (``past_key_values.N.*`` in, ``present.N.*`` out, fed back); a graph
         that also takes ``position_ids`` (ONNX Runtime GenAI's MultiHeadAttention form) gets them from the attention
         mask (the positions of the new tokens among the mask's ones)."""
-        if "position_ids" in self._input_names and "position_ids" not in feeds and "attention_mask" in feeds:
-            mask, new = feeds["attention_mask"], feeds["input_ids"].shape[1]
-            positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -new:]
-            feeds = {**feeds, "position_ids": positions.astype(np.int64)}
-        return super().step(feeds, state)
+        return super().step(decoder_feeds(feeds, self._input_names), state)
 
     def synchronize(self) -> None:
         """Nothing to wait for: ``InferenceSession.run`` returns host outputs after the device finished."""

@@ -323,6 +323,30 @@ def concatenate_rows(outs):
     return np.concatenate(outs, axis=0)
 
 
+def decoder_tokens(feeds):
+    """The token ids of a generator's step feeds (``[batch, tokens]``): what the tokenizer's ``input_ids`` holds."""
+    return feeds["input_ids"]
+
+
+def decoder_feeds(feeds, input_names):
+    """A generator's step feeds completed for a graph that takes more than the tokens and the attention mask:
+    ``position_ids`` made from the mask (the new tokens' positions among its ones: ONNX Runtime GenAI's
+    MultiHeadAttention form, OpenVINO's stateful IRs) and ``beam_idx`` 0 (batch rows, no beams) where the graph takes
+    them and the feeds lack them."""
+    import numpy as np
+
+    if "input_ids" not in feeds:  # not a generator's step (a recurrent state's chunk): nothing to complete
+        return feeds
+    feeds = dict(feeds)
+    tokens = decoder_tokens(feeds)
+    if "position_ids" in input_names and "position_ids" not in feeds and "attention_mask" in feeds:
+        positions = np.maximum(np.cumsum(feeds["attention_mask"], axis=1) - 1, 0)[:, -tokens.shape[1]:]
+        feeds["position_ids"] = positions.astype(np.int64)
+    if "beam_idx" in input_names and "beam_idx" not in feeds:
+        feeds["beam_idx"] = np.zeros(len(tokens), dtype=np.int32)
+    return feeds
+
+
 def first_subtokens(scores, word_ids):
     """Token-level scores ``[batch, tokens, labels]`` read at each word's first sub-token: ``[batch, words, labels]``
     (words: the most any row has), NaN where a row has fewer words or a word was cut off by truncation."""

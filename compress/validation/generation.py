@@ -384,13 +384,14 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
         from compress.data.text import read_texts
 
         texts = read_texts(config.data)
-    windows = (_windows(tok, texts, config.window or post.window, config.limit, context, post.bos_token_id)
+    opts = config.generation
+    windows = (_windows(tok, texts, opts.window or post.window, config.limit, context, post.bos_token_id)
                if texts else None)
     prompts: list[str] = []
-    if config.prompts:
+    if opts.prompts:
         from compress.data.text import read_prompts
 
-        prompts = read_prompts(config.prompts)[: config.limit or None]
+        prompts = read_prompts(opts.prompts)[: config.limit or None]
     elif texts:
         prompts = first_sentences(texts, config.limit or MAX_PROMPTS)
     teacher = _teacher(tdir, art, warnings, config) if (windows is not None or prompts) else None
@@ -405,12 +406,12 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
             if q.get(key) is not None:
                 metrics[key] = q[key]
     if prompts:
-        gen.update(continuations(backend, teacher, tok, prompts, config.new_tokens, post, context,
+        gen.update(continuations(backend, teacher, tok, prompts, opts.new_tokens, post, context,
                                  gen.get("kl_mean"), progress, use_cache=config.cache))
     elif windows is None:
         warnings.append("no --data text nor --prompts: quality (perplexity, agreement, collapse) was not measured")
 
-    prompt, new_tokens, notes = speed_prompt(tok, texts, config.prompt_tokens, config.new_tokens, context,
+    prompt, new_tokens, notes = speed_prompt(tok, texts, opts.prompt_tokens, opts.new_tokens, context,
                                              getattr(post, "bos_token_id", None))
     warnings += notes
     backends = {"artifact": backend}

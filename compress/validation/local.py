@@ -69,11 +69,27 @@ class MeasureOptions(Section):
     )
 
 
+class GenerationOptions(Section):
+    """Text generators (task text-generation): the prompts continued, the prompt and generation lengths timed, the
+    perplexity window."""
+
+    prompts: str | None = Field(
+        None, description="Prompts to continue (.txt one a line, .jsonl prompt/text); default: the "
+        "first sentence of each --data document.")
+    prompt_tokens: int = Field(128, ge=1, description="Prompt length timed (TTFT, prefill tokens/s), "
+                               "capped by the model's context.")
+    new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt (decode tokens/s, "
+                            "continuations).")
+    window: int | None = Field(None, ge=4, description="Perplexity window in tokens (default: the "
+                               "artifact's, 256).")
+
+
 class ValidateConfig(Settings):
     """Settings of ``edgecompress validate``; the measurement options in ``measure`` (the CLI's flat flags and a
     version-1 recipe's keys ``baseline``, ``cold_start``, ``estimate`` nest there through ``MOVED``)."""
 
-    MOVED: ClassVar[dict[str, str]] = {k: f"measure.{k}" for k in MeasureOptions.model_fields}
+    MOVED: ClassVar[dict[str, str]] = {**{k: f"measure.{k}" for k in MeasureOptions.model_fields},
+                                       **{k: f"generation.{k}" for k in GenerationOptions.model_fields}}
 
     profile: str = Field("host", description="Built-in profile name, 'host', or a profile YAML path.")
     data: str | None = Field(None, description="Labelled eval data (CSV/TSV/JSONL/Parquet/datasets dir).")
@@ -99,15 +115,8 @@ class ValidateConfig(Settings):
     ssh_config: str | None = Field(
         None, description="ssh_config file for ssh -F (default: ssh's own, i.e. ~/.ssh/config)."
     )
-    prompts: str | None = Field(
-        None, description="Text generators: prompts to continue (.txt one a line, .jsonl prompt/text); default: the "
-        "first sentence of each --data document.")
-    prompt_tokens: int = Field(128, ge=1, description="Text generators: prompt length timed (TTFT, prefill tokens/s), "
-                               "capped by the model's context.")
-    new_tokens: int = Field(128, ge=1, description="Text generators: tokens generated per prompt (decode tokens/s, "
-                            "continuations).")
-    window: int | None = Field(None, ge=4, description="Text generators: perplexity window in tokens (default: the "
-                               "artifact's, 256).")
+    generation: GenerationOptions = Field(default_factory=GenerationOptions,
+                                          description="Text generators: prompts, lengths, window.")
 
 
 # -- the check ----------------------------------------------------------------------------------

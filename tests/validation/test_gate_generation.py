@@ -26,7 +26,7 @@ except Exception as e:  # noqa: BLE001 - any import failure means the same: no b
     pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
 
 from tests.builders.causal_lm import STORY, tiny_causal_lm
-from tests.validation.test_generation import gen_profile
+from tests.validation.test_validate_generation import gen_profile
 
 
 def _zero_head(ckpt):

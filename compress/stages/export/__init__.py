@@ -74,12 +74,14 @@ def generator_source(source: Path | str) -> bool:
 
     path = Path(source)
     manifest, config = path / "manifest.json", path / "config.json"
-    if manifest.is_file():
-        return json.loads(manifest.read_text(encoding="utf-8")).get("task") == "text-generation"
-    if not config.is_file():
-        return False
+    found = manifest if manifest.is_file() else config if config.is_file() else None
     try:
-        archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        raw = json.loads(found.read_text(encoding="utf-8")) if found else None
     except ValueError:
         return False
-    return any(str(a).endswith("ForCausalLM") for a in archs)
+    if not isinstance(raw, dict):  # a malformed file: the loader names it
+        return False
+    if found is manifest:
+        return raw.get("task") == "text-generation"
+    archs = raw.get("architectures") or []
+    return isinstance(archs, list) and any(str(a).endswith("ForCausalLM") for a in archs)
