@@ -116,7 +116,10 @@ def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
     cfg = hf_config(source)
     gqa = head_size(cfg) % 16 == 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with _attention(gqa) as builder, contextlib.redirect_stdout(sys.stderr):
+    from compress.progress import hidden_output
+
+    # the builder's own chatter (a line per layer, a tqdm bar per tensor) is dropped: the command shows its progress
+    with _attention(gqa) as builder, hidden_output("stdout"), hidden_output("stderr"):
         builder.create_model(str(source), str(source), str(out_dir), "fp32", "cpu", str(cache_dir))
     return {"builder": "onnxruntime_genai.models.builder", "precision": "fp32", "execution_provider": "cpu",
             "attention": "GroupQueryAttention" if gqa else "MultiHeadAttention (head size not a multiple of 16)"}
