@@ -20,9 +20,6 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError, StageError
@@ -79,47 +76,6 @@ def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = Non
                          hint="run with --debug to see llama.cpp's log")
 
 
-def _kl(ref: np.ndarray, cand: np.ndarray) -> float:
-    def log_softmax(x):
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(cand.astype(np.float64))
-    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
-
-
-def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32,
-                   runtime: str = "llamacpp") -> dict[str, Any]:
-    """Greedy continuations of a few prompts through both artifacts (``runtime``, batch 1): agreement before the
-    first divergence, the prompts' top-1 agreement and KL, and :func:`compress.tasks.generation.collapse`'s reason
-    (None when the continuations look sane)."""
-    from tokenizers import Tokenizer
-
-    from compress.runtimes.base import load_runtime
-    from compress.stages.quantize.lm_onnx import PROMPTS, continuations
-    from compress.tasks.generation import collapse, continuation_agreement
-
-    tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
-    bos = reference.manifest.postprocess.bos_token_id
-    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
-    results = []
-    for art in (reference, candidate):
-        backend = load_runtime(art, runtime)
-        try:
-            results.append(continuations(backend, prompts, new_tokens))
-        finally:
-            backend.close()
-    (ref_tokens, ref_logits), (tokens, logits) = results
-    top1 = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref_logits, logits, strict=True)])
-    kl = float(np.mean([_kl(a, b) for a, b in zip(ref_logits, logits, strict=True)]))
-    return {"prompts": len(prompts), "new_tokens": new_tokens,
-            "continuation_agreement": float(continuation_agreement(tokens, ref_tokens)),
-            "prompt_top1_agreement": float(top1.mean()), "prompt_kl_mean": kl,
-            "collapsed": collapse(tokens, kl_mean=kl),
-            "continuations": [tok.decode(t) for t in tokens[:2]],
-            "reference_continuations": [tok.decode(t) for t in ref_tokens[:2]]}
-
-
 def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
     """Quantize the FP32/FP16 GGUF artifact ``art`` of a causal LM with llama.cpp's quantizer into a new artifact at
     ``out`` (see the module's docstring). A collapse is a warning (in the step's metrics), an error with ``strict``."""
@@ -145,7 +101,9 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3), "gguf_type": name,
                              "model_bytes": (o.dir / "model.gguf").stat().st_size})
-        check = collapse_check(art, o.draft())
+        from compress.stages.quantize.lm_onnx import collapse_check
+
+        check = collapse_check(art, o.draft(), runtime="llamacpp")
         step.metrics["generation_vs_input"] = check
         if check["collapsed"]:
             if config.strict:

@@ -296,8 +296,10 @@ def _kl(ref: np.ndarray, cand: np.ndarray) -> float:
     return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
 
 
-def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32) -> dict[str, Any]:
-    """Greedy continuations of :data:`PROMPTS` through both artifacts (ONNX Runtime, batch 1): agreement before the
+def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32,
+                   runtime: str = "onnxruntime") -> dict[str, Any]:
+    """Greedy continuations of :data:`PROMPTS` through both artifacts (``runtime``, batch 1; every generator quantizer
+    checks its output with it: ONNX Runtime, OpenVINO, llama.cpp): agreement before the
     first divergence, the prompts' top-1 agreement and KL, and :func:`compress.tasks.generation.collapse`'s
     reason (None when the continuations look sane)."""
     from tokenizers import Tokenizer
@@ -310,7 +312,7 @@ def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int 
     prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
     results = []
     for art in (reference, candidate):
-        backend = load_runtime(art, "onnxruntime")
+        backend = load_runtime(art, runtime)
         try:
             results.append(continuations(backend, prompts, new_tokens))
         finally:

@@ -34,7 +34,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
-from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, PROMPTS, _kl, calibration_windows, continuations
+from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, calibration_windows, collapse_check
 
 log = logging.getLogger(__name__)
 
@@ -169,35 +169,6 @@ def weight_types(model) -> dict[str, Any]:
     return {"matmul_and_gather_weights": counts, "lm_head": head, "embeddings": embed}
 
 
-def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32) -> dict[str, Any]:
-    """Greedy continuations of the built-in prompts through both IRs (OpenVINO, batch 1): agreement before the first
-    divergence, the prompts' top-1 agreement and KL, and :func:`compress.tasks.generation.collapse`'s reason."""
-    from tokenizers import Tokenizer
-
-    from compress.runtimes.base import load_runtime
-    from compress.tasks.generation import collapse, continuation_agreement
-
-    tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
-    bos = reference.manifest.postprocess.bos_token_id
-    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
-    results = []
-    for art in (reference, candidate):
-        backend = load_runtime(art, "openvino")
-        try:
-            results.append(continuations(backend, prompts, new_tokens))
-        finally:
-            backend.close()
-    (ref_tokens, ref_logits), (tokens, logits) = results
-    top1 = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref_logits, logits, strict=True)])
-    kl = float(np.mean([_kl(a, b) for a, b in zip(ref_logits, logits, strict=True)]))
-    return {"prompts": len(prompts), "new_tokens": new_tokens,
-            "continuation_agreement": float(continuation_agreement(tokens, ref_tokens)),
-            "prompt_top1_agreement": float(top1.mean()), "prompt_kl_mean": kl,
-            "collapsed": collapse(tokens, kl_mean=kl),
-            "continuations": [tok.decode(t) for t in tokens[:2]],
-            "reference_continuations": [tok.decode(t) for t in ref_tokens[:2]]}
-
-
 def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
     """Quantize the FP32 stateful OpenVINO IR ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
     ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``."""
@@ -221,7 +192,7 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
                           extra_config={"nncf": record})
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3), "weights": made})
-        check = collapse_check(art, o.draft())
+        check = collapse_check(art, o.draft(), runtime="openvino")
         step.metrics["generation_vs_input"] = check
         if check["collapsed"]:
             if config.strict:
