@@ -35,6 +35,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ParityError
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
+from compress.teachers.lm_config import head_size, postprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ def hf_config(source: Path) -> dict[str, Any]:
         raise ConfigError(f"{source}: no config.json (not a Hugging Face checkpoint folder)",
                           hint="pass the folder save_pretrained wrote")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def head_size(cfg: dict[str, Any]) -> int:
-    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
 
 
 _GENAI_BUILDERS: dict[str, Any] = {}  #: the builder's top-level ``builders`` modules, kept between calls
@@ -140,18 +137,6 @@ def graph_tensors(model_path: Path):
         return TensorSpec(name=v.name, dtype=np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name, shape=shape)
 
     return [spec(v) for v in g.input], [spec(v) for v in g.output]
-
-
-def generation_postprocess(cfg: dict[str, Any], gen: dict[str, Any]):
-    """The manifest's postprocess: bos/eos from generation_config.json (else config.json) and the KV cache."""
-    from compress.tasks.generation import GenerationPostprocess, KVCache
-
-    cache = KVCache(layers=cfg["num_hidden_layers"], kv_heads=cfg.get("num_key_value_heads") or
-                    cfg["num_attention_heads"], head_size=head_size(cfg), dtype="float32",
-                    max_length=cfg.get("max_position_embeddings") or 2048, layout="past_key_values",
-                    prefill=["input_ids", "attention_mask"], decode=["input_ids", "attention_mask"])
-    pick = lambda k: gen.get(k, cfg.get(k))  # noqa: E731
-    return GenerationPostprocess(bos_token_id=pick("bos_token_id"), eos_token_id=pick("eos_token_id"), cache=cache)
 
 
 def greedy_ort(backend, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
@@ -246,12 +231,10 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
         for name in _TRAVEL:
             if (source / name).is_file() and not (o.dir / name).exists():
                 shutil.copy2(source / name, o.dir / name)
-        gen_path = source / "generation_config.json"
-        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
         inputs, outputs = graph_tensors(o.dir / "model.onnx")
         manifest = Manifest(
             task=Task.text_generation, format=Format.onnx, precision=Precision.fp32, model_file="model.onnx",
-            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=generation_postprocess(cfg, gen),
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=postprocess_of(source, cfg),
             max_length=int(cfg.get("max_position_embeddings") or 2048),
             source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
                               architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),

@@ -25,7 +25,6 @@ transformers cannot read has none here. Batch 1.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -38,6 +37,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ParityError, StageError
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
+from compress.teachers.lm_config import postprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,9 @@ def convert(source: Path, outfile: Path, *, outtype: str = "f32", tree: Path) ->
     return {"converter": str(tree / CONVERTER), "outtype": outtype, "gguf_py": str(gguf_py) if gguf_py.is_dir() else None}
 
 
-def gguf_postprocess(cfg: dict[str, Any], gen: dict[str, Any]):
+def gguf_postprocess(source: Path, cfg: dict[str, Any]):
     """The manifest's postprocess: bos/eos and the KV cache (kept inside llama.cpp's context: layout ``runtime``)."""
-    from compress.stages.export.genai import generation_postprocess
-
-    post = generation_postprocess(cfg, gen)  # llama.cpp's cache: FP16 by default
+    post = postprocess_of(source, cfg)  # llama.cpp's cache: FP16 by default
     return post.model_copy(update={"cache": post.cache.model_copy(update={"layout": "runtime", "dtype": "float16"})})
 
 
@@ -169,12 +167,10 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
         for name in TRAVEL:
             if (source / name).is_file():
                 shutil.copy2(source / name, o.dir / name)
-        gen_path = source / "generation_config.json"
-        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
         inputs, outputs = tensors(int(cfg["vocab_size"]))
         manifest = Manifest(
             task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
-            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=gguf_postprocess(cfg, gen),
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=gguf_postprocess(source, cfg),
             max_length=int(cfg.get("max_position_embeddings") or 2048),
             source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
                               architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),

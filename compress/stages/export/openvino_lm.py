@@ -26,7 +26,6 @@ The result is checked against PyTorch before anything is written: the prompt's l
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -38,14 +37,13 @@ from compress.stages.export.config import ExportConfig
 from compress.stages.export.genai import (
     DECODE_STEPS,
     compare_generation,
-    generation_postprocess,
     greedy_ort,
     greedy_torch,
-    head_size,
     hf_config,
     prompt_ids,
 )
 from compress.stages.spec import StageSpec, pairs
+from compress.teachers.lm_config import head_size, postprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +192,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         om, built = convert_stateful(source, cfg)
         ov.save_model(om, str(o.dir / "model.xml"), compress_to_fp16=False)
         copy_travel(source, o.dir)
-        gen_path = source / "generation_config.json"
-        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
-        post = generation_postprocess(cfg, gen)
+        post = postprocess_of(source, cfg)
         # callers feed input_ids + attention_mask (the backend derives position_ids), as for the ONNX route
         post.cache = post.cache.model_copy(update={"layout": "stateful"})
         inputs, outputs = ir_tensors(om)
