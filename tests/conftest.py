@@ -39,13 +39,20 @@ def edgecompress(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
     )
 
 
+# The plain progress lines a phase that ran PhaseProgress.delay seconds leaves in a CI log (stderr not a terminal):
+# "LABEL ...", "LABEL: 3/10 (30%), 12s elapsed ...", "LABEL: stopped in 11s". On a loaded machine loading a checkpoint
+# can pass the delay before the load fails; those lines are progress, not a second error.
+PROGRESS_LINE = re.compile(r"^(?!error: ).+(?: \.\.\.|: \S.* elapsed.*|: (?:done|stopped) in \d\S*(?: \(.*)?)$")
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
     """``proc`` failed with ``code`` and one ``error:`` line on stderr holding every one of ``words``, no traceback.
     Returns the line."""
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not PROGRESS_LINE.match(ln)]
     assert len(lines) == 1, proc.stderr
     line = lines[0]
+    assert proc.stderr.strip().splitlines()[-1] == line, proc.stderr  # the error comes last
     assert line.startswith("error: "), line
     assert "Traceback" not in proc.stderr
     for w in words:
