@@ -159,8 +159,6 @@ def test_accuracy_aware_int4_records_the_layer_table_and_holds_the_budget(export
     _, art = exported
     text = tmp_path / "story.txt"
     text.write_text(STORY * 12)
-    with pytest.raises(ConfigError, match="measures perplexity on text"):
-        quantize(art.path, tmp_path / "x", QuantizeConfig.from_flat(precision="int4", max_perplexity_increase=0.02))
     q = quantize(art.path, tmp_path / "aa", QuantizeConfig.from_flat(
         precision="int4", max_perplexity_increase=0.01, data=str(text)))
     rec = q.manifest.steps[-1].metrics["accuracy_aware"]
@@ -173,6 +171,24 @@ def test_accuracy_aware_int4_records_the_layer_table_and_holds_the_budget(export
     assert rec["tried"][0]["at_8_bits"] == 0 and rec["windows"] >= 1
     bits = q.manifest.steps[-1].metrics["weights"]["bits"]
     assert {n for n, b in bits.items() if b == 8} == set(rec["at_8_bits"])
+
+
+def test_accuracy_aware_int4_without_text_judges_on_text_the_model_samples_itself(exported, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize.lm_onnx import SELF_WRITTEN_WINDOWS, self_written_windows
+
+    _, art = exported
+    post = art.manifest.postprocess
+    a = self_written_windows(art, 3, 24, seed=0)
+    assert a.shape == (3, 24) and (a[:, 0] == post.bos_token_id).all()
+    assert (a == self_written_windows(art, 3, 24, seed=0)).all()  # seeded: the same text every run
+    assert (a != self_written_windows(art, 3, 24, seed=1)).any() and len(set(a[:, 1:].ravel())) > 5  # sampled
+    q = quantize(art.path, tmp_path / "aa", QuantizeConfig.from_flat(precision="int4", max_perplexity_increase=0.05))
+    rec = q.manifest.steps[-1].metrics["accuracy_aware"]
+    assert rec["text"].startswith("self-written") and rec["windows"] == SELF_WRITTEN_WINDOWS
+    chosen = [t for t in rec["tried"] if t["at_8_bits"] == len(rec["at_8_bits"])]
+    assert rec["held"] and chosen[-1]["perplexity_increase"] <= 0.05
 
 
 def test_the_cli_refuses_in_one_line_and_an_int4_generator_is_not_quantized_again(exported, tmp_path, capsys):

@@ -46,6 +46,9 @@ ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBi
 #: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 24 tokens/s in INT4 and 2 in INT8 on this VM
 #: (2 threads) against 37 and 32 at 4; stories260K's perplexity moves by < 0.1% (docs/generators.md)
 ACCURACY_LEVEL = 4
+#: accuracy-aware INT4 without --data judges on this many windows the FP32 model samples itself (seed below)
+SELF_WRITTEN_WINDOWS = 16
+SELF_WRITTEN_SEED = 0
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "max_perplexity_increase", "data", "eval_samples"}
@@ -287,6 +290,38 @@ def continuations(backend, prompts: list[list[int]], new_tokens: int) -> tuple[l
     return outs, logits
 
 
+def self_written_windows(art: Artifact, count: int, window: int, *, seed: int = 0) -> np.ndarray:
+    """``count`` windows [count, window] of text the generator ``art`` writes itself through ONNX Runtime: each
+    starts at BOS (else EOS) and samples every next token from the model's distribution (temperature 1, ``seed``),
+    through the cache (prefill, then one step a token). Accuracy-aware INT4 judges on them when no text is given: in
+    the model's own domain by construction, though easier to predict than human text (a lower perplexity)."""
+    from compress.runtimes.base import load_runtime
+
+    post = art.manifest.postprocess
+    start = post.bos_token_id if post.bos_token_id is not None else post.eos_token_id
+    if start is None:
+        raise ConfigError("the model has neither a BOS nor an EOS token to start its own text from",
+                          hint="pass --data TEXT for the perplexity budget")
+    rng = np.random.default_rng(seed)
+    backend = load_runtime(art, "onnxruntime")
+    out = np.empty((count, window), dtype=np.int64)
+    try:
+        for row in out:
+            row[0] = start
+            ids = row[:1][None]
+            logits, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            for t in range(1, window):
+                z = logits["logits"][0, -1].astype(np.float64)
+                p = np.exp(z - z.max())
+                row[t] = rng.choice(p.size, p=p / p.sum())
+                if t + 1 < window:
+                    logits, state = backend.step({"input_ids": row[t:t + 1][None],
+                                                  "attention_mask": np.ones((1, t + 1), dtype=np.int64)}, state)
+    finally:
+        backend.close()
+    return out
+
+
 def _kl(ref: np.ndarray, cand: np.ndarray) -> float:
     def log_softmax(x):
         x = x - x.max(axis=-1, keepdims=True)
@@ -454,8 +489,6 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     if budget is None and config.accuracy.data:
         raise ConfigError("--data measures accuracy-aware INT4's perplexity (it would be ignored)",
                           hint="add --max-perplexity-increase, or drop --data")
-    if budget is not None and not config.accuracy.data:
-        raise ConfigError("--max-perplexity-increase measures perplexity on text", hint="pass --data TEXT")
     if budget is not None and bits != 4:
         raise ConfigError("--max-perplexity-increase moves INT4 layers back to 8 bits (it would be ignored for int8)",
                           hint="add --precision int4, or drop it")
@@ -476,9 +509,15 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         record = None
         if budget is not None:
             window = art.manifest.postprocess.window
-            windows = text_windows(art, config.accuracy.data, window, max(1, min(config.accuracy.samples, 16)))
+            if config.accuracy.data:
+                windows = text_windows(art, config.accuracy.data, window, max(1, min(config.accuracy.samples, 16)))
+            else:  # no text given: the FP32 model's own, sampled (it is the distribution the budget protects)
+                windows = self_written_windows(art, SELF_WRITTEN_WINDOWS, window, seed=SELF_WRITTEN_SEED)
             model, made, record = accuracy_aware(model, windows, _state_for(art), budget, quantize_with, block=block,
                                                  symmetric=config.int4.symmetric)
+            record["text"] = (str(config.accuracy.data) if config.accuracy.data else
+                              f"self-written: {len(windows)} windows sampled from the FP32 input "
+                              f"(temperature 1, seed {SELF_WRITTEN_SEED})")
         else:
             model, made = quantize_with(model)
         onnx.save(model, str(o.dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
