@@ -44,12 +44,16 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--gguf-type", type=click.Choice(["q4_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0"]),
               help="GGUF (llama.cpp) generators: llama.cpp's quantization type; default q4_0 for int4, q8_0 for "
                    "int8 (q5/q6/q8 with --precision int8).")
+@click.option("--imatrix", type=click.Path(path_type=Path),
+              help="GGUF: an importance matrix made by llama.cpp's llama-imatrix (imatrix.gguf or .dat) for its "
+                   "quantizer; or give --calibration TEXT and llama-imatrix makes one.")
 @click.option("--weights-only", is_flag=True, help="OpenVINO INT8: compress weights only (nncf.compress_weights).")
 @click.option("--max-drop", type=float,
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
 @click.option("--max-perplexity-increase", type=float,
               help="Generators (causal LMs), accuracy-aware INT4: largest perplexity increase over the input (0.02 = "
-                   "+2%) on --data text; the MatMuls INT4 hurts most go back to 8 bits until it holds.")
+                   "+2%) on --data text, or without it on text the FP32 model samples itself; the MatMuls INT4 hurts most "
+                   "go back to 8 bits until it holds.")
 @click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path), help="Labelled eval data for --max-drop.")
 @click.option("--metric", metavar="MODULE:FUNCTION", help="Accuracy-aware: your metric, function(outputs, labels) -> "
               "number, higher is better, instead of the task's. Runs that code: name only code you trust.")
@@ -82,7 +86,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 int4_algorithm, embeddings_bits, lm_head_bits, gguf_type, weights_only, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
+                 int4_algorithm, embeddings_bits, lm_head_bits, gguf_type, imatrix, weights_only, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
                  qat_lr, qat_batch_size, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
@@ -100,7 +104,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         exclude_nodes=[s.strip() for s in exclude_nodes.split(",") if s.strip()] if exclude_nodes else None,
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         int4_algorithm=int4_algorithm, embeddings_bits=int(embeddings_bits), lm_head_bits=int(lm_head_bits),
-        gguf_type=gguf_type,
+        gguf_type=gguf_type, imatrix=str(imatrix) if imatrix else None,
         weights_only=weights_only, max_drop=max_drop, max_perplexity_increase=max_perplexity_increase, data=str(data) if data else None, metric=metric,
         eval_samples=eval_samples, rank_by=rank_by,
         speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,

@@ -154,3 +154,106 @@ def test_export_without_a_llama_cpp_tree_names_how_to_get_one(tmp_path, monkeypa
     with pytest.raises(ConfigError, match="not a llama.cpp source tree"):
         export(ckpt, tmp_path / "out", ExportConfig(format="gguf", llama_cpp=str(tmp_path)))
     assert not (tmp_path / "out").exists()
+
+
+# -- llama.cpp's importance matrix ------------------------------------------------------------------------------
+
+
+def write_imatrix(model, path, *, rename: str = "", seed: int = 0):
+    """An importance matrix for the GGUF ``model`` in llama-imatrix's own file format (GGUF: ``NAME.in_sum2`` and
+    ``NAME.counts`` per weight matrix, the ``imatrix.*`` keys), with skewed column importances: what llama-imatrix
+    writes, without running it (the tool is not in any wheel)."""
+    from gguf import GGUFReader, GGUFWriter
+
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), "imatrix")
+    w.add_string("general.type", "imatrix")
+    w.add_array("imatrix.datasets", ["test"])
+    w.add_uint32("imatrix.chunk_count", 10)
+    w.add_uint32("imatrix.chunk_size", 64)
+    for t in GGUFReader(str(model)).tensors:
+        if len(t.shape) == 2 and t.name.startswith("blk."):
+            cols = int(t.shape[0])
+            w.add_tensor(rename + t.name + ".in_sum2", (640.0 * np.exp(2 * rng.standard_normal(cols)))[None]
+                         .astype(np.float32))
+            w.add_tensor(rename + t.name + ".counts", np.full((1, 1), 640.0, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@needs_tree
+def test_an_importance_matrix_changes_what_llamas_quantizer_writes(exported, tmp_path):
+    from gguf import GGUFReader
+
+    from compress.stages.quantize.gguf_imatrix import read_imatrix
+
+    _, art = exported
+    imatrix = write_imatrix(art.path / "model.gguf", tmp_path / "imatrix.gguf")
+    read = read_imatrix(imatrix)
+    assert read.chunks == 10 and len(read.entries) == 2 * 7  # q, k, v, o, gate, up, down per layer
+    plain = _quantize(art, tmp_path / "plain", precision="int4")
+    weighed = _quantize(art, tmp_path / "weighed", precision="int4", imatrix=str(imatrix))
+    blocks = [{t.name: bytes(t.data) for t in GGUFReader(str(q.path / "model.gguf")).tensors if t.name.startswith("blk.")}
+              for q in (plain, weighed)]
+    assert blocks[0].keys() == blocks[1].keys()  # the same Q4_0 weights, other block scales and values
+    assert sum(blocks[0][n] != blocks[1][n] for n in blocks[0]) >= 14
+    step = weighed.manifest.steps[-1]
+    assert step.metrics["imatrix"] and not plain.manifest.steps[-1].metrics["imatrix"]
+    record = step.config["imatrix"]
+    assert (record["covered"], record["entries"], record["chunks"]) == (14, 14, 10)
+    fields = GGUFReader(str(weighed.path / "model.gguf")).fields  # llama-quantize's provenance keys
+    assert fields["quantize.imatrix.entries_count"].contents() == 14
+    assert fields["quantize.imatrix.dataset"].contents() == "test"
+    assert step.metrics["generation_vs_input"]["prompt_top1_agreement"] > 0.5
+
+
+@needs_tree
+def test_importance_matrix_refusals(exported, tmp_path):
+    _, art = exported
+    model = art.path / "model.gguf"
+    with pytest.raises(ConfigError, match="another model"):
+        _quantize(art, tmp_path / "a", precision="int4",
+                  imatrix=str(write_imatrix(model, tmp_path / "other.gguf", rename="x.")))
+    with pytest.raises(ConfigError, match="not an importance matrix"):
+        _quantize(art, tmp_path / "b", precision="int4", imatrix=str(model))  # a GGUF, not llama-imatrix's
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"\x00" * 3)
+    with pytest.raises(ConfigError, match="not an importance matrix"):
+        _quantize(art, tmp_path / "c", precision="int4", imatrix=str(junk))
+    with pytest.raises(ConfigError, match="--imatrix and --calibration"):
+        _quantize(art, tmp_path / "d", precision="int4", imatrix=str(junk), calibration=str(junk))
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_calibration_text_without_llama_imatrix_names_how_to_build_it(tmp_path, monkeypatch):
+    from compress.stages.quantize.gguf_imatrix import compute_imatrix
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv(ENV, raising=False)
+    with pytest.raises(ConfigError, match="llama-imatrix, which no wheel ships") as e:
+        compute_imatrix(tmp_path / "m.gguf", ["text"], tmp_path / "i.gguf", context=64, chunks=4)
+    assert "--target llama-imatrix" in e.value.hint
+
+
+@needs_tree
+def test_calibration_text_makes_an_importance_matrix_with_llama_imatrix(exported, tmp_path):
+    from compress.stages.quantize.gguf_imatrix import imatrix_tool
+    from tests.builders.causal_lm import STORY
+
+    if imatrix_tool() is None:
+        pytest.skip(f"no llama-imatrix: build it in the {ENV} tree (cmake --build build --target llama-imatrix)")
+    _, art = exported
+    text = tmp_path / "story.txt"
+    text.write_text(STORY * 40)
+    q = _quantize(art, tmp_path / "q", precision="int4", gguf_type="q4_k_m", calibration=str(text),
+                  calibration_samples=4)
+    record = q.manifest.steps[-1].config["imatrix"]
+    assert record["made_by"] == "llama-imatrix" and record["covered"] == 14 and 2 <= record["chunks"] <= 4
+    assert record["datasets"] == [str(text.resolve())]
+    with pytest.raises(ConfigError, match="more --calibration text"):
+        text.write_text(STORY)
+        _quantize(art, tmp_path / "short", precision="int4", calibration=str(text))
+    assert not (tmp_path / "short").exists()

@@ -126,6 +126,10 @@ class Gguf(Section):
     type: Literal["q4_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0"] | None = Field(
         None, description="GGUF artifacts: llama.cpp's quantization type (q4_0, q4_k_m, q4_k_s, q5_k_m, q6_k, q8_0); "
         "default q4_0 for --precision int4, q8_0 for int8. The precision must match (q5/q6/q8: int8).")
+    imatrix: str | None = Field(
+        None, description="GGUF artifacts: an importance matrix made by llama.cpp's llama-imatrix (imatrix.gguf, or "
+        "the legacy .dat) for llama.cpp's quantizer; without it, --calibration text is run through llama-imatrix "
+        "(found in $EDGECOMPRESS_LLAMA_CPP/build/bin or on PATH) to make one.")
 
 
 class Qad(Section):
@@ -164,8 +168,8 @@ class Accuracy(Section):
                              "plain text, cut into windows of the model's perplexity window).")
     max_perplexity_increase: float | None = Field(
         None, gt=0, description="Generators, accuracy-aware: largest allowed perplexity increase over the input "
-        "(0.02 = +2%) on --data text; the MatMuls whose INT4 errs most (the per-layer KL table) go back to 8 bits "
-        "until it holds.")
+        "(0.02 = +2%) on --data text (without it: 16 windows of text the FP32 model samples itself); the MatMuls whose "
+        "INT4 errs most (the per-layer KL table) go back to 8 bits until it holds.")
     metric: str | None = Field(
         None, description="Accuracy-aware: your metric, module:function(outputs, labels) -> number (higher is better), "
         "instead of the task's; it runs that code (compress.validation.user_metric).")
@@ -217,7 +221,7 @@ class QuantizeConfig(Settings):
         "per_channel": "int8.per_channel", "weight_type": "int8.weight_type", "reduce_range": "int8.reduce_range",
         "weights_only": "int8.weights_only",
         "block_size": "int4.block_size", "symmetric": "int4.symmetric",
-        "int4_algorithm": "int4.algorithm", "gguf_type": "gguf.type", "embeddings_bits": "int4.embeddings_bits", "lm_head_bits": "int4.lm_head_bits",
+        "int4_algorithm": "int4.algorithm", "gguf_type": "gguf.type", "imatrix": "gguf.imatrix", "embeddings_bits": "int4.embeddings_bits", "lm_head_bits": "int4.lm_head_bits",
         "qat_steps": "qad.steps", "qat_data": "qad.data", "qat_source": "qad.source", "qat_lr": "qad.lr",
         "qat_batch_size": "qad.batch_size",
         "max_drop": "accuracy.max_drop", "min_retention": "accuracy.min_retention", "data": "accuracy.data",

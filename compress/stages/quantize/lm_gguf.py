@@ -5,8 +5,13 @@ Types (``--gguf-type``): ``q4_0`` (32-weight blocks, one FP16 scale: the default
 ``q4_k_m`` / ``q4_k_s`` (k-quants: 256-weight super-blocks with 6-bit sub-block scales; ``_m`` keeps some tensors
 at higher precision), and for ``--precision int8``: ``q8_0`` (the default), ``q5_k_m``, ``q6_k`` (more than four
 bits, counted as int8 in the manifest). llama.cpp decides per tensor (the token embeddings and output take its
-defaults for the type, e.g. Q6_K output with k-quants); the step records the type and sizes. An importance matrix
-(``llama-imatrix``) is not wired here yet.
+defaults for the type, e.g. Q6_K output with k-quants); the step records the type and sizes.
+
+An importance matrix (:mod:`compress.stages.quantize.gguf_imatrix`) weighs the rounding error of each weight column by
+how large its activations are on some text: ``--imatrix FILE`` (made by llama.cpp's ``llama-imatrix``), or
+``--calibration TEXT`` that ``llama-imatrix`` turns into one here (at most ``--calibration-samples`` windows of the
+model's context, up to 512 tokens). Its sha256, entries and chunks are recorded; the GGUF holds llama-quantize's
+``quantize.imatrix.*`` keys.
 
 Input: an FP32 or FP16 GGUF artifact (:mod:`compress.stages.export.gguf`). After quantizing, greedy continuations
 of a few prompts through both files (:class:`compress.runtimes.llamacpp_backend.LlamaCppBackend`) are compared: the
@@ -43,7 +48,8 @@ TYPES: dict[str, tuple[str, str]] = {
 }
 DEFAULT_TYPE = {"int4": "q4_0", "int8": "q8_0"}
 #: the settings this quantizer reads (flat keys); any other given is refused
-_APPLIES = {"precision", "gguf_type", "strict"}
+_APPLIES = {"precision", "gguf_type", "strict", "imatrix", "calibration", "calibration_samples"}
+IMATRIX_CONTEXT = 512  #: llama-imatrix's default window (tokens), capped by the model's context
 _TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
            "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
@@ -59,8 +65,9 @@ def gguf_type(config: QuantizeConfig) -> str:
     return name
 
 
-def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = None) -> None:
-    """Write ``dst``, ``src`` quantized to llama.cpp's type ``name`` (llama.cpp's own quantizer, quietly)."""
+def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = None, imatrix=None) -> None:
+    """Write ``dst``, ``src`` quantized to llama.cpp's type ``name`` (llama.cpp's own quantizer, quietly), weighed
+    by ``imatrix`` (:class:`~compress.stages.quantize.gguf_imatrix.Imatrix`) when given."""
     from compress._optional import require
 
     llama_cpp = require("llama_cpp", "llama.cpp's quantizer (GGUF)")
@@ -69,11 +76,58 @@ def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, TYPES[name][0])
     params.nthread = threads or os.cpu_count() or 1
+    alive: list = []  # the C arrays behind params.imatrix must outlive the call
+    if imatrix is not None:
+        from compress.stages.quantize.gguf_imatrix import quantize_params
+
+        alive = quantize_params(params, imatrix)
     with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    alive.clear()
     if rc != 0 or not dst.is_file():
         raise StageError(f"llama.cpp's quantizer failed on {src} (return code {rc})",
                          hint="run with --debug to see llama.cpp's log")
+
+
+def given_imatrix(config: QuantizeConfig, model: Path):
+    """The importance matrix of ``--imatrix`` (read and checked against ``model``) and what the step records;
+    ``(None, None)`` without one."""
+    from compress.stages.quantize.gguf_imatrix import check_against, read_imatrix
+
+    if config.gguf.imatrix and config.calibration.data:
+        raise ConfigError("--imatrix and --calibration both give the importance matrix",
+                          hint="give the matrix llama-imatrix made (--imatrix), or the text to make it from "
+                          "(--calibration), not both")
+    if not config.gguf.imatrix:
+        return None, None
+    imatrix = read_imatrix(config.gguf.imatrix)
+    return imatrix, imatrix.describe() | check_against(imatrix, model) | {"made_by": "given (--imatrix)"}
+
+
+def made_imatrix(art: Artifact, config: QuantizeConfig, scratch_parent: Path):
+    """An importance matrix made by llama.cpp's ``llama-imatrix`` from the ``--calibration`` text (windows of the
+    model's context up to :data:`IMATRIX_CONTEXT` tokens, at most ``--calibration-samples`` of them)."""
+    import tempfile
+
+    from compress.artifact import sha256_file
+    from compress.data.text import read_texts
+    from compress.stages.quantize.gguf_imatrix import check_against, compute_imatrix
+
+    texts = read_texts(config.calibration.data)
+    cache = getattr(art.manifest.postprocess, "cache", None)
+    context = min(int(getattr(cache, "max_length", None) or art.manifest.max_length or IMATRIX_CONTEXT),
+                  IMATRIX_CONTEXT)
+    src = art.path / art.manifest.model_file
+    with tempfile.TemporaryDirectory(prefix=".imatrix.", dir=scratch_parent.parent) as scratch:
+        imatrix = compute_imatrix(src, texts, Path(scratch) / "imatrix.gguf", context=context,
+                                  chunks=config.calibration.samples)
+        imatrix.datasets = [str(Path(config.calibration.data).resolve())]
+        record = imatrix.describe() | check_against(imatrix, src)
+    record |= {"path": None, "made_by": "llama-imatrix", "context": context,
+               "calibration_sha256": sha256_file(Path(config.calibration.data))}
+    log.info("importance matrix: %d weights over %d windows of %d tokens of %s", record["covered"], imatrix.chunks,
+             context, config.calibration.data)
+    return imatrix, record
 
 
 def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
@@ -88,19 +142,22 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
     QUANTIZE_GGUF.check(art)
     name = gguf_type(config)
     src = art.path / art.manifest.model_file
+    imatrix, record = given_imatrix(config, src)
     output = QUANTIZE_GGUF.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
-        llama_quantize(src, o.dir / "model.gguf", name)
+        if imatrix is None and config.calibration.data:
+            imatrix, record = made_imatrix(art, config, o.dir)
+        llama_quantize(src, o.dir / "model.gguf", name, imatrix=imatrix)
         for travel in _TRAVEL:
             if (art.path / travel).is_file():
                 shutil.copy2(art.path / travel, o.dir / travel)
         manifest = child_manifest(art.manifest, precision=Precision(TYPES[name][1]), model_file="model.gguf")
         before, after = tree_bytes(art.path), tree_bytes(o.dir)
         step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,
-                          extra_config={"gguf_type": name, "llama_ftype": TYPES[name][0]})
+                          extra_config={"gguf_type": name, "llama_ftype": TYPES[name][0], "imatrix": record})
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3), "gguf_type": name,
-                             "model_bytes": (o.dir / "model.gguf").stat().st_size})
+                             "model_bytes": (o.dir / "model.gguf").stat().st_size, "imatrix": bool(imatrix)})
         from compress.stages.quantize.lm_onnx import collapse_check
 
         check = collapse_check(art, o.draft(), runtime="llamacpp")
