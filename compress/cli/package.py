@@ -44,12 +44,15 @@ def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start and peak-memory measurement.")
 @click.option("--cold-start-runs", type=int, default=3, show_default=True,
               help="Fresh processes to time; the median is judged.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1),
+              help="Generators (text-generation): the most new tokens one request may ask for [default: 256, or "
+                   "less where the model's context is shorter].")
 @click.option("--report-dir", type=click.Path(path_type=Path),
               help="Where report.json, report.md and junit.xml go [default: beside the zip, OUT.report.json/.md, OUT.junit.xml].")
 @unverified_exit_code_option
 @force_option
-def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_start, cold_start_runs, report_dir,
-                unverified_exit_code, force):
+def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_start, cold_start_runs, max_new_tokens,
+                report_dir, unverified_exit_code, force):
     """Build a deployable serverless bundle (zip) for an ONNX ARTIFACT and judge it on the platform.
 
     The bundle holds the model, tokenizer, a minimal handler (onnxruntime + numpy + tokenizers or Pillow, no
@@ -58,6 +61,10 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
     true zipped and unzipped size against the platform's limits with the biggest contributors, and
     the cold start (imports, session, first request) and peak memory of fresh processes run under the
     function's memory and vCPUs.
+
+    A text-generation ARTIFACT (`edgecompress export CAUSAL_LM_DIR --format onnx`, quantized or not) gets a
+    generating handler: {"prompt": "...", "max_new_tokens": 32} in, the greedy continuation out, decoded through
+    the KV cache with onnxruntime; its cold start is the first generation (loading included).
 
     The zip is written even when a budget fails. Exit code 0 when every budget holds, 1 when one fails,
     2 on bad input, and --unverified-exit-code (default 4) when none failed but some could not be measured
@@ -69,7 +76,7 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
 
     config = build_config(
         PackageConfig, profile=profile, memory_mb=memory_mb, download=not no_download, cold_start=not no_cold_start,
-        cold_start_runs=cold_start_runs, pins=_parse_pins(pins),
+        cold_start_runs=cold_start_runs, pins=_parse_pins(pins), max_new_tokens=max_new_tokens,
     )
     if out.exists() and not force:
         from compress.errors import OutputExistsError

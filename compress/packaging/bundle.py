@@ -4,7 +4,8 @@ The bundle, as a zip deployment of AWS Lambda (and similar platforms) expects it
 the top level::
 
     handler.py               minimal handler: onnxruntime + numpy + tokenizers (text) or Pillow (images), session
-                             at module scope
+                             at module scope; for a generator (text-generation) the generating handler, greedy
+                             through the KV cache (compress/packaging/generator.py)
     edgecompress_device.py   pooling and session options, the same file the remote runner ships (compress/device/shipped.py)
     model_config.json        what the handler needs: task, labels, post-processing, inputs, threads, ...
     model/                   the model file(s), tokenizer.json, tokenizer_config.json, manifest.json
@@ -44,6 +45,7 @@ from compress import __version__
 from compress.artifact import Artifact, load_artifact
 from compress.device.shipped import cpu_model, sha256_file
 from compress.errors import ArtifactError, ConfigError, OutputExistsError
+from compress.packaging import generator as gen
 from compress.packaging.coldstart import _cold_start
 from compress.packaging.config import (
     _ZIP_EPOCH,
@@ -112,7 +114,10 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         root = work / "bundle"
         root.mkdir()
         say({"phase": "files", "label": "writing the model and the handler"})
-        own = _write_bundle_files(root, art, profile, sl, function, config, pins)
+        block = gen.generation_block(art, config.max_new_tokens) if gen.is_generator(art) else None
+        if block is not None:
+            notes.append(gen.describe(block))
+        own = _write_bundle_files(root, art, profile, sl, function, config, pins, block)
         deps, wheels, dist_files = _resolve_wheels(root, work, sl, config, pins, notes, say)
         if config.download:
             own = {**own, "requirements.txt": "handler", BUNDLE_INFO: "handler"}
@@ -122,7 +127,8 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         cold = None
         if config.cold_start:
             cold = _cold_start(zip_tmp, work, own, function, config, pins, function["arch"], sl.python_version,
-                               sl.handler, progress=say, preprocess=art.manifest.preprocess)
+                               sl.handler, progress=say, preprocess=art.manifest.preprocess,
+                               request=gen.first_generation(block) if block is not None else None)
             _mark_imported(cold, contributors, notes)
         budgets, verdict = _verdict(profile, bundle, cold, function["memory_mb"], config, notes, warnings)
         os.replace(zip_tmp, out)
@@ -171,6 +177,7 @@ def _check_inputs(artifact: Artifact | Path | str, out: Path, config: PackageCon
             hint="use a serverless profile such as aws-lambda-arm64 (`edgecompress profiles list`) or add serverless: to yours",
         )
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    gen.check_generator(art, config.max_new_tokens)  # before the format check: a generator's refusal names its route
     PACKAGE.check(art)
     if art.manifest.preprocess.kind == "text" and not (art.path / art.manifest.preprocess.tokenizer_file).is_file():
         raise ArtifactError(f"{art.path}: no tokenizer.json", hint="the handler needs a fast tokenizer (tokenizer.json)")
@@ -315,12 +322,13 @@ def _pins(config: PackageConfig, names: tuple[str, ...] = KIND_DEPENDENCIES["tex
     return pins
 
 
-def _handler_source(entry: str) -> tuple[str, str]:
-    """The handler module's file name and source; the entry point's function is aliased to ours."""
+def _handler_source(entry: str, template: str = "handler.py") -> tuple[str, str]:
+    """The handler module's file name and source (``template`` of compress/device/bundle_template/); the entry
+    point's function is aliased to ours."""
     module, _, func = entry.rpartition(".")
     if not module or not func or not all(p.isidentifier() for p in (*module.split("."), func)) or "." in module:
         raise ConfigError(f"serverless.handler {entry!r} is not MODULE.FUNCTION", hint="e.g. handler.handler")
-    src = (resources.files("compress.device") / "bundle_template" / "handler.py").read_text(encoding="utf-8")
+    src = (resources.files("compress.device") / "bundle_template" / template).read_text(encoding="utf-8")
     if func != "handler":
         src += f"\n\n{func} = handler  # the entry point named in the profile\n"
     return f"{module}.py", src
@@ -338,8 +346,10 @@ def _preprocess(art: Artifact) -> dict[str, Any]:
 
 
 def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[str, Any], config: PackageConfig,
-                        pins: dict[str, str]) -> dict[str, str]:
-    """Write handler, model config, model and tokenizer files; return {relative path: contributor kind}."""
+                        pins: dict[str, str], generation: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write handler, model config, model and tokenizer files; return {relative path: contributor kind}.
+    ``generation``: a generator's limits (:func:`compress.packaging.generator.generation_block`): its handler is the
+    generating one."""
     m = art.manifest
     own: dict[str, str] = {}
     mdir = root / MODEL_DIR
@@ -364,9 +374,11 @@ def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[s
         "threads": function["threads"],
         "max_batch_size": config.max_batch_size,
     }
+    if generation is not None:
+        model_config["generation"] = generation
     (root / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
     own["model_config.json"] = "handler"
-    fname, src = _handler_source(sl.handler)
+    fname, src = _handler_source(sl.handler, gen.TEMPLATE if generation is not None else "handler.py")
     (root / fname).write_text(src, encoding="utf-8")
     own[fname] = "handler"
     from compress.device.shipped import SHIPPED_NAME

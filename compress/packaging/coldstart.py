@@ -45,8 +45,10 @@ DRIVER = "coldstart_driver.py"
 
 def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[str, Any], config: PackageConfig,
                 pins: dict[str, str], target_arch: str, target_python: str, entry: str,
-                progress: Progress = silent, preprocess=None) -> dict[str, Any]:
-    """Unpack the zip, run the handler in fresh processes under the function's limits; phases and medians."""
+                progress: Progress = silent, preprocess=None, request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Unpack the zip, run the handler in fresh processes under the function's limits; phases and medians.
+    ``request``: the event each run sends (default: :func:`first_request` of ``preprocess``; a generator's: a
+    prompt and the new tokens, so the first request is a whole generation)."""
     host_arch = _ARCH.get(platform.machine().lower(), platform.machine())
     host_python = f"{sys.version_info.major}.{sys.version_info.minor}"
     native = config.download and host_arch == target_arch and host_python == target_python
@@ -104,7 +106,7 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         "LAMBDA_TASK_ROOT": str(task),
     }
     # -S: no site-packages of this environment, only the bundle (and the stand-in deps) on the path
-    request = first_request(preprocess)
+    request = request if request is not None else first_request(preprocess)
     modules = [IMPORT_NAMES.get(n, n) for n in pins]
     cmd = [sys.executable, "-S", str(driver), str(task), module, func, json.dumps(request), json.dumps(modules)]
     runs: list[dict[str, Any]] = []
@@ -161,7 +163,8 @@ def _cold_start(zip_path: Path, work: Path, own: dict[str, str], function: dict[
         "measured_on": {"host": platform.node(), "arch": host_arch, "python": platform.python_version(),
                         "cpu": cpu_model(), "load_avg_1m": _load_avg(),
                         "host_cores": os.cpu_count()},
-        "command": "python -S <driver> (imports, then `import handler`, then one invocation with one text or image)",
+        "command": "python -S <driver> (imports, then `import handler`, then one invocation with the first request"
+                   f"{': one generation' if 'prompt' in request else ''})",
         "notes": notes,
     }
 

@@ -98,6 +98,11 @@ class PackageConfig(BaseModel):
         description="Exact versions to pin instead of the installed ones, e.g. {onnxruntime: 1.20.1}.",
     )
     max_batch_size: int = Field(32, gt=0, description="Texts per model run inside the handler.")
+    max_new_tokens: int | None = Field(
+        None, gt=0,
+        description="Generators (text-generation): the most new tokens one request may ask for (default: 256, or "
+                    "less where the model's context is shorter).",
+    )
     pip_timeout_s: float = Field(900, gt=0, description="Give up on one pip download after this many seconds.")
 
     @field_validator("pins")

@@ -88,10 +88,12 @@ def _cold_lines(report: PackageReport) -> list[str]:
     m = c["median"]
     lim = c.get("limits", {})
     f = report.function
+    first = c.get("first_request") or {}
+    what = f" (a generation of up to {first['max_new_tokens']} new tokens)" if "prompt" in first else ""
     lines = [
         f"cold start (median of {c['n']} fresh process{'es' if c['n'] != 1 else ''}): {m['total_ms']:.0f} ms from "
         f"process launch to the first result; phase medians: interpreter {m['interpreter_start_ms']:.0f}, imports "
-        f"{m['imports_ms']:.0f}, tokenizer & session at module scope {m['session_ms']:.0f}, first request "
+        f"{m['imports_ms']:.0f}, tokenizer & session at module scope {m['session_ms']:.0f}, first request{what} "
         f"{m['first_inference_ms']:.0f} ms; peak RSS {m['peak_rss_mb']:.0f} MB (VmHWM)",
         f"limits: {f['memory_mb']} MB → {f['vcpus']:g} vCPU, {f['threads']} intra-op thread(s); "
         f"{lim.get('cpu_mechanism', '?')}; memory: {lim.get('memory_mechanism') or 'not enforced'}",
