@@ -304,6 +304,10 @@ def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher (perplexity is "
                         "measured, KL, top-1 and continuation agreement are not)")
         return None
+    from compress.validation.gguf_reference import GgufReference, is_gguf_file
+
+    if is_gguf_file(tdir):  # an adopted GGUF: the file itself in llama.cpp, as an adopted ONNX file in ONNX Runtime
+        return GgufReference.load(tdir)
     from compress.teachers.causal_lm import CausalLM
 
     return CausalLM.load(tdir, trust_remote_code=config.trust_remote_code)
@@ -313,9 +317,10 @@ def _teacher_record(tdir: Path, art: Artifact, warnings: list[str]):
     """The report's teacher (path, sha256); a warning when it is not the checkpoint the artifact was made from."""
     from types import SimpleNamespace
 
-    from compress.artifact import digest_dir, reference_teacher
+    from compress.artifact import reference_teacher
+    from compress.validation.gguf_reference import reference_sha256
 
-    sha = digest_dir(tdir)
+    sha = reference_sha256(tdir)
     ref_path, ref_sha = reference_teacher(art.manifest)
     if sha != ref_sha:
         warnings.append(f"teacher {tdir} differs from the artifact's recorded teacher ({ref_path}, sha256 "
@@ -329,14 +334,15 @@ def _baseline(tdir: Path | None, art: Artifact, runtime_name: str, settings, war
     import hashlib
 
     from compress import cache as ec_cache
-    from compress.artifact import digest_dir, load_artifact
+    from compress.artifact import load_artifact
     from compress.runtimes.base import load_runtime
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
+    from compress.validation.gguf_reference import reference_sha256
 
     if tdir is None:
         return None
-    sha = digest_dir(tdir)
+    sha = reference_sha256(tdir)
     if all(s.stage == "export" for s in art.manifest.steps) and art.manifest.source.sha256 == sha:
         warnings.append("the artifact is the teacher's FP32 export itself: no separate FP32 baseline timed")
         return None

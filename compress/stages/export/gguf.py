@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, check_output
-from compress.errors import ConfigError, ParityError, StageError
+from compress.errors import ConfigError, ParityError, StageError, first_line
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
 from compress.teachers.lm_config import postprocess_of
@@ -214,7 +214,9 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
     try:
         fields = GGUFReader(str(path)).fields
     except Exception as e:  # noqa: BLE001 - any parse failure: not a GGUF file llama.cpp would take
-        raise ConfigError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{path}: not a readable GGUF file ({type(e).__name__}: {first_line(e)})",
+                          hint="give a .gguf written by llama.cpp's tools (convert_hf_to_gguf.py, llama-quantize)"
+                          ) from None
 
     def get(key: str, default: Any = None) -> Any:
         field = fields.get(key)
@@ -232,11 +234,42 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
             "bos_token_id": get("tokenizer.ggml.bos_token_id"), "eos_token_id": get("tokenizer.ggml.eos_token_id")}
 
 
+def adopt_tokenizer(source: Path, dst: Path) -> str:
+    """Tokenizer files for the adopted GGUF in ``dst``: the Hugging Face files found beside ``source`` (copied by
+    the caller), else the GGUF's own vocabulary converted by transformers' GGUF loader (``gguf_file=``; llama, gpt2
+    and the other tokenizer models it knows). Returns where they came from ("none: ..." when neither)."""
+    if any((dst / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return "beside the file"
+    try:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # the merges it builds from the vocabulary: a bar per file
+        try:
+            tok = AutoTokenizer.from_pretrained(str(dst), gguf_file="model.gguf", local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        tok.save_pretrained(str(dst))
+    except Exception as e:  # noqa: BLE001 - transformers knows only some GGUF tokenizer models
+        log.warning("%s: its vocabulary could not be turned into a tokenizer (%s): validate needs tokenizer files "
+                    "beside the .gguf", source, first_line(e))
+        return f"none: transformers cannot convert its vocabulary ({first_line(e)})"
+    for extra in ("chat_template.jinja",):  # only what a tokenizer needs travels
+        (dst / extra).unlink(missing_ok=True)
+    return "the GGUF's own vocabulary (transformers' GGUF tokenizer conversion)"
+
+
 def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bool = False) -> Artifact:
     """Adopt a ``.gguf`` file made elsewhere as it is: the manifest from its header (precision from its file type,
-    the cache's shape), checked by one prefill through llama.cpp (finite logits). Tokenizer files found beside it
-    travel; without them, and without the Hugging Face checkpoint it came from as a teacher, validate has nothing to
-    compare it with (an architecture transformers cannot read has no teacher here)."""
+    the cache's shape, context, BOS/EOS), its tokenizer from the files beside it or its own vocabulary
+    (:func:`adopt_tokenizer`), checked by one prefill through llama.cpp (finite logits). Its reference in validate
+    is the file itself (as for an adopted ONNX file): perplexity and speed are measured, and artifacts quantized from
+    it are compared with it; give the Hugging Face checkpoint it came from as ``--teacher`` to compare with PyTorch.
+    A file that is not GGUF, or whose architecture llama.cpp cannot load, is a one-line error; nothing is written."""
     import numpy as np
 
     from compress.artifact import Manifest, SourceInfo, TextPreprocess, library_versions, sha256_file
@@ -245,8 +278,10 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
     from compress.tasks.generation import GenerationPostprocess, KVCache
 
     meta = gguf_metadata(source)
-    if not meta["layers"] or not meta["vocab"]:
-        raise ConfigError(f"{source}: its GGUF header names no block count or vocabulary (not a language model)")
+    if not meta["layers"] or not meta["vocab"] or not meta["heads"]:
+        raise ConfigError(f"{source}: its GGUF header names no block count, heads or vocabulary (architecture "
+                          f"{meta['architecture']}: not a language model llama.cpp generates with)",
+                          hint="adopt a causal language model's GGUF (llama.cpp's convert_hf_to_gguf.py writes one)")
     ft = int(meta["file_type"])
     precision = _FILE_TYPES.get(ft, "int4")
     out = check_output(out, force)
@@ -260,6 +295,7 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
         for name in TRAVEL:
             if (source.parent / name).is_file():
                 shutil.copy2(source.parent / name, o.dir / name)
+        tokenizer = adopt_tokenizer(source, o.dir)
         manifest = Manifest(
             task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(),
@@ -270,7 +306,7 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
             versions=library_versions("llama_cpp", "gguf"),
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"gguf": meta})
-        backend = load_runtime(o.draft(), "llamacpp")
+        backend = load_runtime(o.draft(), "llamacpp")  # an architecture llama.cpp cannot load: ModelLoadError
         try:
             first = [meta["bos_token_id"]] if meta["bos_token_id"] is not None else []
             logits = backend.prefill({"input_ids": np.asarray([[*first, 1, 2, 3]], dtype=np.int64)})[0]["logits"]
@@ -279,5 +315,11 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
         if not np.isfinite(logits).all():
             raise ParityError(f"{source}: llama.cpp's logits are not finite", max_abs_diff=float("inf"), atol=0.0)
         step.metrics["adopted"] = {"file_type": ft, "architecture": meta["architecture"], "logits_finite": True,
-                                   "teacher": "none: validate needs the Hugging Face checkpoint it came from"}
+                                   "tokenizer": tokenizer,
+                                   "reference": f"{source.name} itself in llama.cpp (--teacher: the Hugging Face "
+                                   "checkpoint it came from, for PyTorch)"}
+        step.metrics["parity"] = {"measured": False, "why": "an adopted GGUF is its own reference (one prefill "
+                                  "through llama.cpp gave finite logits)"}
+    log.info("adopted %s as %s (GGUF %s, %s, %d layers; tokenizer: %s)", source, out, precision, meta["architecture"],
+             meta["layers"], tokenizer)
     return output.artifact
