@@ -55,7 +55,7 @@ def check_generator(art: Artifact, max_new_tokens: int | None) -> None:
     m = art.manifest
     if m.format != Format.onnx:
         raise ArtifactError(
-            f"{art.path} is a {m.format} generator; package bundles a generator's ONNX Runtime artifact "
+            f"{art.path} is a generator in {m.format} format; package bundles a generator's ONNX Runtime artifact "
             "(the handler decodes with onnxruntime)",
             hint="export the causal LM with `edgecompress export CAUSAL_LM_DIR --format onnx` (then quantize it) "
                  "and package that",
