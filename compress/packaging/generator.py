@@ -4,10 +4,12 @@ The handler (``compress/device/bundle_template/generator.py``, written into the 
 module) decodes greedily through the KV cache with plain ONNX Runtime: the ONNX artifact's graph (ONNX Runtime GenAI's
 builder format) takes the cache as ``past_key_values.N.key/value`` inputs and returns ``present.N.key/value``, so the
 handler feeds them back itself, with ``position_ids`` from ``edgecompress_device.decoder_feeds`` (the one home of that
-rule, shared with edgecompress's ONNX Runtime backend). Why not onnxruntime-genai in the bundle: it runs the same
-graph but requires onnxruntime on top of its own 36 MB native library (0.18.0, manylinux aarch64: a 10.9 MB wheel,
-35.8 MB unzipped), where the ``tokenizers`` it would replace is 11 MB: about 25 MB more per bundle for the same
-tokens.
+rule, shared with edgecompress's ONNX Runtime backend). Why not onnxruntime-genai in the bundle (measured for
+manylinux aarch64, CPython 3.12): it requires onnxruntime too, so its closure (onnxruntime, onnxruntime-genai 0.18.0,
+numpy: 147.4 MB unzipped) is not smaller than the handler's (onnxruntime, tokenizers, numpy and what tokenizers pulls
+in: 142.6 MB); and GenAI's own tokenizer (0.12.2, installed here) encodes stories260K's prompts otherwise than the model's
+``tokenizer.json`` (no BOS, the first word in other pieces), so a GenAI bundle would carry ``tokenizers`` as well for
+the teacher's tokens: 36 MB more for the same greedy tokens.
 
 The limits go into ``model_config.json``'s ``generation`` block: the context (the KV cache's maximum length), the
 most new tokens one request may ask for (``--max-new-tokens``; default 256 or less, as the context allows), the
