@@ -167,6 +167,24 @@ def test_an_int4_bundle_decodes_as_the_ort_backend_does(lm, tmp_path):
     assert got[0]["token_ids"] == want and got[1] == 16
 
 
+def test_a_group_query_attention_graph_generates_the_teachers_tokens(tmp_path):
+    """Head size 16: the builder's GroupQueryAttention form (no position_ids), what real models' head sizes get."""
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1, seed=5)
+    art = export(ckpt, tmp_path / "fp32", ExportConfig(format="onnx"))
+    assert "position_ids" not in [t.name for t in art.manifest.inputs]
+    package(art, tmp_path / "gqa.zip", PackageConfig(profile=str(write_profile(tmp_path)), download=False,
+                                                     cold_start=False))
+    got = run_handler(_extract(tmp_path / "gqa.zip", tmp_path / "x"), """
+        import json, handler
+        print(json.dumps(handler.handler({"prompt": %r, "max_new_tokens": 20}, None)))
+    """ % PROMPTS[1])
+    (ids, text, _), = _teacher_continuations(ckpt, PROMPTS[1:], 20)
+    assert got["token_ids"] == ids and got["text"] == text
+
+
 def test_a_generator_of_another_runtime_is_refused_naming_the_onnx_route(lm, tmp_path):
     from compress.artifact import Artifact, Format
 
