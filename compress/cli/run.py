@@ -73,8 +73,12 @@ def print_summary(result) -> None:
     for j in result.index["jobs"]:
         if "verdict" in j:
             res = f"{j['verdict'].upper()} on {j.get('profile')}"
-            if j.get("p50_ms") is not None:
+            if j.get("p50_ms") is not None and j.get("decode_tokens_per_s") is None:
                 res += f": p50 {j['p50_ms']:.2f} ms"
+            if j.get("decode_tokens_per_s") is not None:  # a text generator: tokens/s, not ms per call
+                res += f": {j['decode_tokens_per_s']:.1f} tokens/s decode, TTFT {j['time_to_first_token_ms']:.1f} ms"
+                if j.get("perplexity_increase") is not None:
+                    res += f", perplexity {j['perplexity_increase']:+.2%}, top-1 {j['top1_agreement']:.3f}"
             if j.get("retention") is not None:
                 res += f", retention {j['retention']:.4f}"
             if j.get("zipped_mb") is not None:
@@ -92,7 +96,7 @@ def print_summary(result) -> None:
 
 
 @click.command("run")
-@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.argument("recipe", required=False)
 @click.option("--run-dir", type=click.Path(path_type=Path),
               help="Run directory: artifacts, reports and the cache of every step [default: runs/<recipe name>].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (jobs, cache hits, estimated cost) and stop.")
@@ -101,10 +105,18 @@ def print_summary(result) -> None:
                    "re-measure, which the gate then compares with the previous measurement.")
 @click.option("--from-artifact", "from_artifact", type=click.Path(path_type=Path),
               help="Write the recipe that reproduces this artifact from its lineage (to RECIPE, or stdout) and stop.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Set a recipe field for this run (repeatable; dotted KEY, VALUE read as YAML): e.g. --set "
+                   "teacher=./model --set data.eval=story.txt --set validate.budgets.min_top1_agreement=0.9. A path "
+                   "given here is relative to the current directory; index.json records what was set.")
 @click.option("--no-html", is_flag=True, help="Skip the HTML report.")
 @click.option("--force", is_flag=True, help="With --from-artifact: replace an existing RECIPE file.")
-def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, no_html, force):
+def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, sets, no_html, force):
     """Run a recipe: teacher → distill → prune → export → quantize → validate / package → gate.
+
+    RECIPE is a recipe file, or builtin:NAME, a recipe that ships with edgecompress:
+    builtin:demo (what `edgecompress demo` runs) and builtin:lm-stories (a small causal LM
+    to a gated INT4 ONNX artifact: --set teacher=DIR --set data.eval=TEXT).
 
     \b
     Every step's output is cached in the run directory under a hash of its inputs, its
@@ -123,6 +135,7 @@ def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, no_html, force):
         from compress.recipes.lineage import recipe_from_artifact
 
         text = recipe_from_artifact(from_artifact)
+        recipe = None if recipe is None else Path(recipe)
         if recipe is None:
             click.echo(text, nl=False)
             return
@@ -134,13 +147,15 @@ def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, no_html, force):
     if recipe is None:
         raise ConfigError("no recipe given", hint="edgecompress run RECIPE.yaml (see docs/recipes.md)")
     from compress.recipes.execute import plan_recipe, run_recipe
+    from compress.recipes.schema import parse_overrides
 
+    overrides = parse_overrides(sets)
     if dry_run:
-        _, run, rows = plan_recipe(recipe, run_dir, rerun)
+        _, run, rows = plan_recipe(recipe, run_dir, rerun, overrides)
         print_plan(rows, run)
         return
     with RunProgress() as progress:
-        result = run_recipe(recipe, run_dir, rerun=rerun, progress=progress, html=not no_html)
+        result = run_recipe(recipe, run_dir, rerun=rerun, progress=progress, html=not no_html, overrides=overrides)
     print_summary(result)
     end_run(result)
 

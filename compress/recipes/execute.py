@@ -33,7 +33,7 @@ from compress.errors import EdgeCompressError, OutputExistsError
 from compress.interrupt import ensure_signal_stack
 from compress.progress import Progress, sink
 from compress.recipes.plan import Job, Plan, make_plan, rough_seconds
-from compress.recipes.schema import read_recipe
+from compress.recipes.schema import read_recipe, recipe_file
 from compress.recipes.verbs import VERBS, StepContext
 from compress.validation.gate import RUN_INDEX, RUN_MARKER
 
@@ -108,10 +108,12 @@ def _output_path(run_dir: Path, job: Job) -> Path:
     return out
 
 
-def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, rerun: Iterable[str] = ()) -> tuple[Plan, Path, list[dict]]:
-    """The plan and, per job, whether it is cached and what it will cost (for --dry-run and the run itself)."""
-    recipe_path = Path(recipe_path)
-    recipe = read_recipe(recipe_path)
+def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, rerun: Iterable[str] = (),
+                overrides: dict[str, Any] | None = None) -> tuple[Plan, Path, list[dict]]:
+    """The plan and, per job, whether it is cached and what it will cost (for --dry-run and the run itself).
+    ``overrides``: {dotted key: value} over the recipe's (``--set``; :func:`compress.recipes.schema.apply_overrides`)."""
+    recipe_path = recipe_file(recipe_path)
+    recipe = read_recipe(recipe_path, overrides)
     run = Path(run_dir) if run_dir else default_run_dir(recipe.name)
     plan = make_plan(recipe, recipe_path.parent, run)
     previous = read_index(run) or {}
@@ -130,11 +132,13 @@ def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, reru
 
 
 def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, rerun: Iterable[str] = (),
-               progress: Progress | None = None, html: bool = True) -> RunResult:
-    """Run the recipe at ``recipe_path`` in ``run_dir`` (default runs/<name>), reusing every cached output."""
-    recipe_path = Path(recipe_path)
+               progress: Progress | None = None, html: bool = True,
+               overrides: dict[str, Any] | None = None) -> RunResult:
+    """Run the recipe at ``recipe_path`` (a file, or ``builtin:NAME``) in ``run_dir`` (default runs/<name>), reusing
+    every cached output; ``overrides`` set recipe fields by dotted key (``--set``; recorded in index.json)."""
+    recipe_path = recipe_file(recipe_path)
     rerun = tuple(rerun)
-    plan, run, rows = plan_recipe(recipe_path, run_dir, rerun)
+    plan, run, rows = plan_recipe(recipe_path, run_dir, rerun, overrides)
     if html:
         from compress._optional import require
 
@@ -150,6 +154,8 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, *, re
         "teacher_sha256": plan.teacher_digest, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "finished": None, "jobs": [], "verdict": None,
     }
+    if overrides:
+        index["overrides"] = overrides  # recipe.yaml is the file as written; these were set over it
     index["edgecompress"] = _version()
     entries = {row["name"]: {**row, "status": "pending"} for row in rows}
     index["jobs"] = list(entries.values())
@@ -229,11 +235,30 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
     else:
         src = plan.teacher if job.parent is None else str(run / completed_record(run, plan.job(job.parent))["path"])
     verb = VERBS[job.verb]
-    config = verb.config_model().model_validate(job.settings)
+    settings = job.settings
+    if job.budgets is not None:  # the recipe's budgets over the profile's: a profile that extends it, in the run
+        settings = {**settings, "profile": str(_budget_profile(run, job))}
+    config = verb.config_model().model_validate(settings)
     force = out.exists()  # a --rerun of a cached job, or a leftover of an interrupted one
     ctx = StepContext(run=run, work=run / "work" / job.dirname, teacher=plan.teacher, data=job.data, force=force,
                       say=say)
     return verb.runner()(src, config, out, ctx)
+
+
+def _budget_profile(run: Path, job: Job) -> Path:
+    """``run/profiles/<job>.yaml``: the job's profile with the recipe's budgets (its name kept: the gate compares
+    reports of the same profile)."""
+    import yaml
+
+    from compress.profiles.load import load_profile
+
+    base = job.settings["profile"]
+    path = run / "profiles" / f"{job.dirname}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    text = yaml.safe_dump({"name": load_profile(base).name, "extends": base, "budgets": job.budgets}, sort_keys=False)
+    path.write_text(f"# {job.name}: the recipe's budgets over {base}'s (written by edgecompress run)\n{text}",
+                    encoding="utf-8")
+    return path
 
 
 # -- the gate over a run ------------------------------------------------------------------------------------------

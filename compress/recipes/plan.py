@@ -43,6 +43,7 @@ class Job:
     settings: dict[str, Any]  #: the verb's options, paths resolved
     data: dict[str, str] = field(default_factory=dict)  #: train / eval_data passed beside the settings
     profile: str | None = None
+    budgets: dict[str, Any] | None = None  #: the recipe's budgets over the profile's (a measuring job)
     key: str = ""
 
     @property
@@ -61,6 +62,7 @@ class Plan:
     teacher: str
     teacher_digest: str
     jobs: list[Job]
+    generator: bool = False  #: the teacher is a causal LM: the steps run the generator routes (docs/generators.md)
 
     def job(self, name: str) -> Job:
         return next(j for j in self.jobs if j.name == name)
@@ -156,21 +158,26 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
                                "edgecompress artifact")
     if "calibration" not in data and "train" in data:
         data["calibration"] = data["train"]
+    from compress.recipes.generators import is_generator
+
+    generator = tune is None and is_generator(teacher)
     jobs: list[Job] = [tune] if tune else []
     for name, step in recipe.steps.items():
-        settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher)
+        settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher,
+                             _reads(generator, step.verb, recipe.format_of(name)))
         io = _inputs(name, step.verb, settings, data)
         settings = {k: v for k, v in settings.items() if v is not None}
         jobs.append(Job(name, step.verb, None if step.from_ == TEACHER else step.from_, settings, io))
     for verb, spec in [(v, t) for v in MEASURING_VERBS for t in recipe.targets(v)]:
         for art in spec.artifacts or recipe.deployable():
             for prof in spec.profiles:
-                settings = _defaults(verb, _resolve_settings(verb, spec.options, data, base), data, teacher)
+                settings = _defaults(verb, _resolve_settings(verb, spec.options, data, base), data, teacher,
+                                     _reads(generator, verb, recipe.format_of(art)))
                 settings = {k: v for k, v in settings.items() if v is not None}
                 name = f"{verb}/{art}@{_profile_label(prof)}"
                 if any(j.name == name for j in jobs):
                     raise ConfigError(f"{name} is listed twice", hint=f"list {art} under {prof} once")
-                jobs.append(Job(name, verb, art, settings, profile=prof))
+                jobs.append(Job(name, verb, art, settings, profile=prof, budgets=spec.budgets))
     teacher_digest = tune.key if tune else load_model_file(teacher).sha256 if model_file else digest(teacher)
     keys: dict[str | None, str] = {None: teacher_digest}
     profiles: dict[str, tuple[str, dict[str, Any]]] = {}  # each profile resolved once, however many jobs use it
@@ -194,13 +201,23 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
                 if j.profile not in profiles:
                     profiles[j.profile] = _profile_facts(j.profile, base)
                 pname, facts = profiles[j.profile]
+                if j.budgets is not None:  # judged against the recipe's budgets: they key the job like a profile's
+                    facts = {**facts, "budgets": with_budgets(facts["budgets"], j.budgets)}
                 payload |= {"profile": facts, "cpu": cpu_model()}
                 j.settings = {**j.settings, "profile": pname}
             j.key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
             keys[j.name] = j.key
     depth = {j.name: _depth(j, jobs) for j in jobs}
     jobs.sort(key=lambda j: depth[j.name])
-    return Plan(recipe, base, teacher, teacher_digest, jobs)
+    return Plan(recipe, base, teacher, teacher_digest, jobs, generator)
+
+
+def with_budgets(budgets: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A profile's ``budgets`` with a recipe's ``over`` them (``latency_ms`` merged key by key)."""
+    out = dict(budgets)
+    for k, v in over.items():
+        out[k] = {**(out.get(k) or {}), **v} if isinstance(v, dict) else v
+    return out
 
 
 def _finetune_job(spec: FinetuneSpec, data: dict[str, str], base: Path, digest: _Digests, version: str) -> Job:
@@ -216,10 +233,21 @@ def _finetune_job(spec: FinetuneSpec, data: dict[str, str], base: Path, digest: 
     return job
 
 
-def _defaults(verb: str, settings: dict[str, Any], data: dict[str, str], teacher: str) -> dict[str, Any]:
-    """``settings`` with the verb's unset options taken from the recipe's data (or its teacher), first set wins."""
+def _reads(generator: bool, verb: str, fmt: str) -> set[str] | None:
+    """The options a generator's ``verb`` reads (None: not a generator, or every one)."""
+    from compress.recipes.generators import reads
+
+    return reads(verb, fmt) if generator else None
+
+
+def _defaults(verb: str, settings: dict[str, Any], data: dict[str, str], teacher: str,
+              reads: set[str] | None = None) -> dict[str, Any]:
+    """``settings`` with the verb's unset options taken from the recipe's data (or its teacher), first set wins;
+    only those in ``reads`` when given (a generator's quantize reads no parity texts)."""
     given = {**data, TEACHER: teacher}
     for option, names in VERBS[verb].defaults.items():
+        if reads is not None and option not in reads:
+            continue
         settings.setdefault(option, next((given[n] for n in names if given.get(n)), None))
     return settings
 

@@ -114,6 +114,10 @@ class TargetsSpec(BaseModel):
     profiles: list[str] = Field(min_length=1, description="Profile names or YAML paths.")
     artifacts: list[str] | None = Field(None, description="Step names (default: every export and quantize step).")
     options: dict[str, Any] = Field(default_factory=dict, description="The verb's own options, snake_case.")
+    budgets: dict[str, Any] | None = Field(
+        None, description="Budgets that replace these profiles' own, as a profile's budgets: section writes them "
+        "(min_decode_tokens_per_s, max_time_to_first_token_ms, max_perplexity_increase, min_top1_agreement, ...; "
+        "null: not judged).")
 
 
 class GateSpec(BaseModel):
@@ -205,9 +209,79 @@ def _pydantic(label: str, root, err: ValidationError, prefix: tuple = (), hint: 
     _raise(label, root, loc, msg, hint or "see `edgecompress run --help` and the README's Recipes section")
 
 
-def read_recipe(path: Path | str) -> Recipe:
-    """Read and check a recipe file. Every problem is one :class:`RecipeError` naming file, line and field."""
-    p = Path(path)
+#: the recipes that ship with edgecompress (compress/recipes/NAME.yaml), run as ``edgecompress run builtin:NAME``
+SHIPPED = {"demo": "the demo (what `edgecompress demo` runs)",
+           "lm-stories": "a small causal LM to a gated INT4 ONNX artifact (--set teacher=DIR --set data.eval=TEXT)"}
+
+
+def recipe_file(value: Path | str) -> Path:
+    """The recipe file ``value`` names: a path, or ``builtin:NAME``, a recipe shipped with edgecompress."""
+    text = str(value)
+    if not text.startswith(BUILTIN):
+        return Path(value)
+    name = text[len(BUILTIN):].removesuffix(".yaml")
+    if name not in SHIPPED:
+        raise RecipeError(f"{text}: no such recipe ships with edgecompress",
+                          hint="shipped: " + "; ".join(f"builtin:{n} ({what})" for n, what in SHIPPED.items()))
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("compress") / "recipes" / f"{name}.yaml"))
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``--set``) as {dotted key: value}; each value read as YAML (numbers, null, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not re.match(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", key.strip()):
+            raise RecipeError(f"--set {pair}: expected KEY=VALUE with a dotted KEY",
+                              hint="e.g. --set teacher=./model --set validate.budgets.min_top1_agreement=0.9")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _is_path_key(parts: list[str]) -> bool:
+    """Whether a ``--set`` key names a path field: the teacher (or its base), a data file, a verb's path option."""
+    if parts in (["teacher"], ["teacher", "finetune", "base"], ["teacher", "finetune", "retain_data"]) or \
+            (len(parts) == 2 and parts[0] == "data"):
+        return True
+    if len(parts) >= 4 and parts[0] == "steps" and parts[2] in VERBS:
+        return ".".join(parts[3:]) in VERBS[parts[2]].paths
+    rest = parts[2:] if len(parts) > 2 and parts[1].isdigit() else parts[1:]
+    return parts[0] in ("validate", "package") and rest[:1] == ["options"] and ".".join(rest[1:]) in VERBS[parts[0]].paths
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """``data`` (a recipe as read) with each dotted key of ``overrides`` set; a relative path given for a path
+    field is taken relative to ``cwd`` (the current directory: where the user typed it), not the recipe file."""
+    cwd = Path.cwd() if cwd is None else cwd
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if isinstance(value, str) and _is_path_key(parts) and value not in ("train", "eval", "calibration") \
+                and not value.startswith(BUILTIN):
+            value = resolve_path(value, cwd)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node[int(part)] if isinstance(node, list) and part.isdigit() and int(part) < len(node) else \
+                node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(nxt, (dict, list)):
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a mapping in the recipe",
+                                  hint="set a field inside a mapping (steps.NAME.VERB.OPTION, data.eval, ...)")
+            node = nxt
+        if isinstance(node, list):
+            raise RecipeError(f"--set {key}: {'.'.join(parts[:-1])} is a list", hint="name one entry: KEY.0.FIELD")
+        node[parts[-1]] = value
+    return data
+
+
+def read_recipe(path: Path | str, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and check a recipe file. Every problem is one :class:`RecipeError` naming file, line and field.
+    ``overrides``: {dotted key: value} set over the file's (``edgecompress run --set``), paths relative to the
+    current directory."""
+    p = recipe_file(path)
     label = str(p)
     try:
         text = p.read_text(encoding="utf-8")
@@ -226,6 +300,11 @@ def read_recipe(path: Path | str) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{label}: expected a mapping with name, teacher, steps", hint="see the README's Recipes section")
     data.setdefault("name", re.sub(r"[^a-z0-9_-]+", "-", p.stem.lower()).strip("-_") or "recipe")
+    if overrides:
+        apply_overrides(data, overrides)
+    if "teacher" not in data:
+        raise RecipeError(f"{label}: teacher: required field missing",
+                          hint="name the checkpoint in the recipe, or give it: --set teacher=DIR")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
@@ -287,6 +366,14 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
             if "profile" in spec.options:
                 _raise(label, root, (*at, "options", "profile"), "the profiles are listed under profiles:",
                        "remove profile from options")
+            if spec.budgets is not None:
+                from compress.profiles.schema import Budgets
+
+                try:
+                    Budgets.model_validate(spec.budgets)
+                except ValidationError as e:
+                    _pydantic(label, root, e, (*at, "budgets"),
+                              hint="a profile's budgets (docs/profiles.md), e.g. min_decode_tokens_per_s: 20")
             try:
                 VERBS[verb].config_model().model_validate({"profile": spec.profiles[0], **spec.options})
             except ValidationError as e:
@@ -301,6 +388,18 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
                         _raise(label, root, (*at, "profiles", j), f"profile {prof} runs {runtime}, which cannot run "
                                f"{a!r} ({fmt})", f"list {fmt} artifacts under a profile for a runtime that runs them "
                                "(validate: and package: also take a list of {profiles, artifacts} entries)")
+
+
+    from compress.errors import EdgeCompressError
+    from compress.recipes.generators import problem
+
+    try:
+        teacher = None if isinstance(recipe.teacher, FinetuneSpec) else resolve_path(recipe.teacher, base)
+    except EdgeCompressError:  # a builtin: not installed: the plan names it
+        teacher = None
+    found = problem(recipe, base, teacher)  # a generator's options, verbs and formats (or a generator's elsewhere)
+    if found:
+        _raise(label, root, *found)
 
 
 def _profile_runtime(profile: str, base: Path) -> str | None:

@@ -60,11 +60,15 @@ def run_export(source: str, config, out: Path, ctx: StepContext) -> dict[str, An
 
 def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
     from compress.artifact import load_artifact
+    from compress.recipes.generators import calibration_for
     from compress.stages.quantize import quantize
     from compress.stages.quantize.static import calibrates
+    from compress.validation.generation import is_generator
 
     parent = load_artifact(source)
-    if ctx.data.get("calibration") and calibrates(parent, config):
+    if is_generator(parent.task):  # weight-only: the recipe's text calibrates only a data-aware INT4 algorithm
+        config = calibration_for(config, ctx.data, str(parent.format))
+    elif ctx.data.get("calibration") and calibrates(parent, config):
         config = config.model_copy(
             update={"calibration": config.calibration.model_copy(update={"data": ctx.data["calibration"]})})
     if config.qad.steps and not config.qad.data and not config.calibration.data and ctx.data.get("calibration"):
@@ -83,9 +87,17 @@ def run_validate(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
     report = validate(source, config, progress=ctx.say)
     write_report(report, out / "report")  # staged, then renamed; the job's record is written after it
     m = report.metrics
-    return {"verdict": report.verdict, "profile": report.profile.get("name"),
-            "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
-            "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(ctx.run))}
+    summary = {"verdict": report.verdict, "profile": report.profile.get("name"),
+               "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
+               "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(ctx.run))}
+    if m.get("generation") is not None:  # a text generator: its speed and quality figures (docs/generators.md)
+        summary |= {k: m.get(k) for k in GENERATOR_FIGURES}
+    return summary
+
+
+#: a generator validation's headline figures, as its report's metrics name them
+GENERATOR_FIGURES = ("decode_tokens_per_s", "time_to_first_token_ms", "prefill_tokens_per_s", "perplexity_increase",
+                     "top1_agreement")
 
 
 def run_package(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:

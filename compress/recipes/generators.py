@@ -1,0 +1,161 @@
+"""Recipes of text generators: what a causal LM's chain takes (export, quantize, validate, package, gate), checked at
+plan time.
+
+A recipe whose teacher is a causal language model (a Hugging Face ``…ForCausalLM`` folder, an artifact of task
+text-generation, a ``.gguf`` file) runs the generator routes of docs/generators.md: ``export`` with a KV cache (ONNX
+Runtime GenAI's builder, a stateful OpenVINO IR, GGUF through llama.cpp's converter), ``quantize`` weight-only (the
+format's generator quantizer: ``int4: {algorithm, block_size, embeddings_bits, lm_head_bits}``, ``gguf: {type}``,
+``accuracy: {max_perplexity_increase, data}``), ``validate`` with ``generation: {prompts, prompt_tokens, new_tokens,
+window}`` against the generator budgets, ``package`` of its ONNX artifact (a generating handler). An option that the
+generator's verb would not read, a verb or a format that takes no generator, and a generator's option in a recipe of
+another model, are each refused here, in one line naming the recipe's field and the command's flag, before any job
+runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: export's settings a generator exporter reads (flat keys); GGUF's converter also reads these
+_EXPORT_READS = {"format", "task", "atol", "sample_data"}
+_GGUF_EXPORT_READS = {"llama_cpp", "precision"}
+#: validate's settings a generator's validation reads (flat keys: the command's flags)
+_VALIDATE_READS = {"profile", "data", "teacher", "limit", "baseline", "cold_start", "estimate", "allow_pickle",
+                   "trust_remote_code", "cache", "prompts", "prompt_tokens", "new_tokens", "window"}
+#: settings only a generator reads (flat keys), per verb: refused in a recipe of another model
+_GENERATOR_ONLY = {
+    "quantize": {"int4_algorithm", "embeddings_bits", "lm_head_bits", "gguf_type", "max_perplexity_increase"},
+    "validate": {"prompts", "prompt_tokens", "new_tokens", "window"},
+}
+#: the INT4 algorithms that read calibration text (the recipe's data.calibration feeds them where the step names none)
+DATA_AWARE = ("gptq", "awq", "scale_estimation")
+GENERATOR = "causal LM (text-generation)"
+
+
+def is_generator(teacher: str | Path) -> bool:
+    """Whether the recipe's resolved ``teacher`` is a causal LM: a ``…ForCausalLM`` checkpoint or a text-generation
+    artifact (export's own probe), or a GGUF file (llama.cpp's: causal LMs only)."""
+    from compress.stages.export import generator_source
+
+    p = Path(teacher)
+    return p.suffix.lower() == ".gguf" or (p.is_dir() and generator_source(p))
+
+
+def reads(verb: str, fmt: str) -> set[str] | None:
+    """The settings (flat keys) a generator's ``verb`` reads for an artifact of format ``fmt``; None: every one."""
+    from compress.formats import FORMATS
+
+    if verb == "export":
+        return _EXPORT_READS | (_GGUF_EXPORT_READS if fmt == "gguf" else set())
+    if verb == "quantize":
+        ref = FORMATS[fmt].generator_quantizer
+        if ref is None:
+            return None
+        import importlib
+
+        # the quantizer's own list of the settings it reads (it refuses any other at run time, after the export)
+        return set(importlib.import_module(ref.partition(":")[0])._APPLIES)
+    if verb == "validate":
+        return set(_VALIDATE_READS)
+    return None
+
+
+def problem(recipe, base: Path, teacher: str | None) -> tuple[tuple, str, str] | None:
+    """The first thing in ``recipe`` that does not fit its teacher's kind (a generator or not), as ``(field location,
+    problem, hint)`` for the schema's one-line error; None when all fits. ``teacher``: the resolved teacher path
+    (None: the recipe fine-tunes its teacher, which is not a generator)."""
+    from compress.recipes.verbs import VERBS
+
+    generator = teacher is not None and is_generator(teacher)
+    for name, step in recipe.steps.items():
+        settings = VERBS[step.verb].config_model().model_validate(step.settings)
+        at = ("steps", name, step.verb)
+        if not generator:
+            found = _generator_only(step.verb, settings, at)
+            if found:
+                return found
+            continue
+        if step.verb not in ("export", "quantize"):
+            return (("steps", name), f"{step.verb} takes no {GENERATOR}, and the teacher is one",
+                    "a generator's chain is export, quantize, validate and gate (docs/generators.md)")
+        fmt = recipe.format_of(name)
+        found = _format(step.verb, fmt, at) or _ignored(step.verb, fmt, settings, at)
+        if found:
+            return found
+    for n, spec in enumerate(recipe.targets("validate")):
+        at = ("validate", n) if isinstance(recipe.validate_, list) else ("validate",)
+        settings = VERBS["validate"].config_model().model_validate({"profile": spec.profiles[0], **spec.options})
+        found = _ignored("validate", "", settings, (*at, "options")) if generator else \
+            _generator_only("validate", settings, (*at, "options"))
+        if found:
+            return found
+    for n, spec in enumerate(recipe.targets("package")):
+        at = ("package", n) if isinstance(recipe.package, list) else ("package",)
+        for i, art in enumerate(spec.artifacts or recipe.deployable()):
+            fmt = recipe.format_of(art)
+            if generator and fmt != "onnx":  # the bundle's generating handler decodes with ONNX Runtime
+                return ((*at, "artifacts", i) if spec.artifacts else at, f"{art!r} is a {fmt} generator; a "
+                        "generator's bundle runs its ONNX Runtime artifact", "package an export step with format: "
+                        "onnx (or a quantize step from it)")
+        if not generator and "max_new_tokens" in spec.options:
+            return ((*at, "options", "max_new_tokens"), "--max-new-tokens applies to text generators only; the "
+                    "teacher is not a causal LM", "drop it")
+    return None
+
+
+def _format(verb: str, fmt: str, at: tuple) -> tuple[tuple, str, str] | None:
+    from compress.formats import FORMATS
+
+    made = [n for n, f in FORMATS.items() if (f.generator_exporter if verb == "export" else f.generator_quantizer)]
+    if (FORMATS[fmt].generator_exporter if verb == "export" else FORMATS[fmt].generator_quantizer) is None:
+        what = f"{FORMATS[fmt].label} takes no {GENERATOR}" if verb == "export" else \
+            f"quantize takes no {FORMATS[fmt].label} {GENERATOR}"
+        return ((*at, "format") if verb == "export" else at, what,
+                f"export the teacher with format: {' | '.join(made)}")
+    return None
+
+
+def _ignored(verb: str, fmt: str, settings, at: tuple) -> tuple[tuple, str, str] | None:
+    """The first option given that a generator's ``verb`` would not read."""
+    wanted = reads(verb, fmt)
+    if wanted is None:
+        return None
+    for path in settings.given():
+        if type(settings).flat_key(path) not in wanted:
+            where = f" for {fmt}" if fmt else ""
+            return ((*at, *path.split(".")), f"{_flag(settings, path)} would be ignored{where}: the teacher is "
+                    f"a {GENERATOR}", f"drop it; {verb} of a generator reads {_names(settings, wanted)}")
+    if verb == "export" and settings.task is not None and str(settings.task) != "text-generation":
+        return ((*at, "task"), f"task {settings.task}: the teacher is a {GENERATOR}", "drop task:")
+    return None
+
+
+def _generator_only(verb: str, settings, at: tuple) -> tuple[tuple, str, str] | None:
+    only = _GENERATOR_ONLY.get(verb, set())
+    for path in settings.given():
+        if type(settings).flat_key(path) in only:
+            return ((*at, *path.split(".")), f"{_flag(settings, path)} applies to text generators only; the "
+                    "teacher is not a causal LM", "drop it, or point teacher: at a …ForCausalLM checkpoint")
+    return None
+
+
+def _flag(settings, path: str) -> str:
+    """The command's flag of a dotted option (the error's location already names the recipe's field)."""
+    from compress.settings import flag
+
+    return flag(type(settings).flat_key(path))
+
+
+def _names(settings, keys: set[str]) -> str:
+    """``keys`` as a recipe writes them (dotted paths)."""
+    moved = type(settings).MOVED
+    return ", ".join(sorted(moved.get(k, k) for k in keys))
+
+
+def calibration_for(config, data: dict[str, str], fmt: str) -> Any:
+    """A generator's quantize settings with the recipe's calibration text where a data-aware INT4 algorithm (GPTQ,
+    AWQ, scale estimation) reads it and the step names none; otherwise ``config`` as it is."""
+    if fmt == "gguf" or config.int4.algorithm not in DATA_AWARE or config.calibration.data or not data.get("calibration"):
+        return config
+    return config.model_copy(update={"calibration": config.calibration.model_copy(update={"data": data["calibration"]})})
