@@ -3,7 +3,8 @@ ONNX artifact whose source is the file itself (an OpenVINO IR, ``model.xml`` + `
 LiteRT ``.tflite``, FP32 or already quantized, as a LiteRT artifact).
 
 The checks are :func:`compress.teachers.model_files.inspect_model_file`'s. A graph below opset 13 is upgraded with onnx's
-version converter (per-channel Q/DQ needs 13) and the step records both opsets. The written graph must then match
+version converter (per-channel Q/DQ needs 13) and the step records both opsets; weights stored as ``Constant``
+nodes become initializers (:mod:`.onnx_normalize`, recorded as ``normalized``). The written graph must then match
 the file in ONNX Runtime within ``atol`` on the parity samples (the data given, else seeded inputs of the declared
 shapes), else nothing is written. OpenVINO IR and TensorRT start from the adopted artifact, as from any FP32 ONNX one.
 """
@@ -25,6 +26,7 @@ from compress.data.inputs import sample_inputs
 from compress.errors import ModelLoadError, ParityError, first_line
 from compress.stages.common import measure_parity
 from compress.stages.export.config import ADOPT_LITERT, EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
+from compress.stages.export.onnx_normalize import lift_constants
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
             if upgraded:
                 log.info("upgrading %s from opset %d to %d", info.path.name, info.opset, MIN_OPSET)
                 model = _upgrade(model, info.opset, MIN_OPSET, info.path)
+            model, normalized = lift_constants(model)  # weights stored as Constant nodes become initializers
             large = model.ByteSize() > _PROTOBUF_LIMIT
             onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=large, all_tensors_to_one_file=True,
                       location="model.onnx.data")
@@ -84,6 +87,8 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
                   "sample_data": config.sample_data}
         if not (ir or lite):
             record |= {"source_opset": info.opset, "opset": MIN_OPSET if upgraded else info.opset}
+            if normalized:
+                record["normalized"] = normalized
         step = o.describe(manifest, input_digest=teacher.sha256, config=record)
         items = sample_inputs(config.sample_data, config.parity_samples, manifest.preprocess)
         runtime = "openvino" if ir else "litert" if lite else "onnxruntime"
