@@ -28,8 +28,8 @@ from compress.artifact import Artifact, Format
 from compress.errors import ArtifactError, ConfigError
 from compress.tasks import Task
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS", "FIRST_PROMPT", "check_generator", "first_generation",
-           "generation_block", "is_generator"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS", "FIRST_PROMPT", "TEMPLATE", "check_generator", "describe",
+           "first_generation", "generation_block", "is_generator"]
 
 #: the most new tokens a request may ask for when --max-new-tokens is not given (capped by the context)
 DEFAULT_MAX_NEW_TOKENS = 256

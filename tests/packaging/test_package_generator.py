@@ -38,6 +38,7 @@ PROBE = """
     prompts, n = json.loads(sys.argv[1]) if len(sys.argv) > 1 else (%r, %d)
     out = [handler.handler({"prompt": p, "max_new_tokens": n}, None) for p in prompts]
     default = handler.handler({"prompt": prompts[0]}, None)
+    null = handler.handler({"prompt": prompts[0], "max_new_tokens": None}, None)
     http = handler.handler({"body": json.dumps({"prompt": prompts[0], "max_new_tokens": n})}, None)
     bad_events = [{}, {"prompt": ""}, {"prompt": 7}, {"prompt": "a", "max_new_tokens": 0},
                   {"prompt": "a", "max_new_tokens": handler.MAX_NEW_TOKENS + 1}, {"prompt": "a", "max_new_tokens": "8"},
@@ -50,7 +51,7 @@ PROBE = """
         except ValueError as e:
             errors.append(str(e))
     http_bad = handler.handler({"body": json.dumps({"max_new_tokens": 4})}, None)
-    print(json.dumps({"out": out, "default": default, "http": http, "errors": errors, "http_bad": http_bad,
+    print(json.dumps({"out": out, "default": default, "null": null, "http": http, "errors": errors, "http_bad": http_bad,
                       "limits": [handler.CONTEXT, handler.MAX_NEW_TOKENS, handler.DEFAULT_NEW_TOKENS],
                       "modules": sorted(m for m in ("torch", "transformers", "compress", "optimum", "onnxruntime_genai")
                                         if m in sys.modules)}))
@@ -109,8 +110,9 @@ def test_the_bundle_generates_the_teachers_greedy_continuation_without_torch(lm,
         assert res["finish_reason"] == ("eos" if ids[-1] == 2 else "length")
         assert res["timings"]["prefill_ms"] > 0 and res["timings"]["decode_ms"] > 0
     assert got["http"]["statusCode"] == 200 and json.loads(got["http"]["body"])["text"] == got["out"][0]["text"]
-    # no max_new_tokens: the default, 32 (the tiny model's context of 256 allows it)
+    # no max_new_tokens (or null): the default, 32 (the tiny model's context of 256 allows it)
     assert got["limits"] == [256, 255, 32] and got["default"]["new_tokens"] == 32
+    assert got["null"]["token_ids"] == got["default"]["token_ids"]
 
 
 def test_bad_events_are_one_clear_error_each(bundle):

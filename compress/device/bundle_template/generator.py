@@ -12,7 +12,7 @@ runtimes (``edgecompress_device.decoder_feeds``: ``position_ids`` from the atten
 
 Event (a direct invocation, or an HTTP event whose ``body`` is that JSON):
     {"prompt": "Once upon a time", "max_new_tokens": 32}
-    max_new_tokens is optional (default: model_config.json's generation.default_new_tokens) and at most
+    max_new_tokens is optional (absent or null: model_config.json's generation.default_new_tokens) and at most
     generation.max_new_tokens; the prompt's tokens (BOS included, as the tokenizer adds it) plus max_new_tokens must
     fit the model's context (generation.context tokens).
 Result:
@@ -50,8 +50,8 @@ DEFAULT_NEW_TOKENS = min(int(GEN["default_new_tokens"]), MAX_NEW_TOKENS)
 EOS = set(GEN.get("eos_token_ids") or [])
 #: the step's token ids and attention mask inputs, as the manifest's KV cache names them
 TOKENS, MASK = GEN["cache"]["decode"][:2]
-#: the graph's element types of the cache tensors, as numpy dtypes
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": np.float32}
+#: the cache tensors' element type (the manifest's KV cache)
+CACHE_DTYPE = np.dtype(GEN["cache"]["dtype"])
 
 TOKENIZER = Tokenizer.from_file(os.path.join(_HERE, CONFIG["preprocess"]["tokenizer_file"]))
 
@@ -79,7 +79,7 @@ def _empty_cache():
         if i.name in FEED_BACK.values():
             shape = [d if isinstance(d, int) and d >= 0 else 0 for d in i.shape]
             shape[0] = 1
-            out[i.name] = np.zeros(shape, dtype=_DTYPES.get(i.type, np.float32))
+            out[i.name] = np.zeros(shape, dtype=CACHE_DTYPE)
     return out
 
 
@@ -96,7 +96,8 @@ def _request(event):
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("the event has no 'prompt' (a non-empty string to continue)" if prompt is None else
                          "'prompt' must be a non-empty string")
-    n = event.get("max_new_tokens", DEFAULT_NEW_TOKENS)
+    n = event.get("max_new_tokens")
+    n = DEFAULT_NEW_TOKENS if n is None else n
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NEW_TOKENS:
         raise BadRequest("'max_new_tokens' must be a whole number from 1 to %d, got %s"
                          % (MAX_NEW_TOKENS, json.dumps(n)))
