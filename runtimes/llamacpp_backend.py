@@ -59,13 +59,13 @@ class LlamaCppBackend(RuntimeBackend):
             self.llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_batch=int(opts.get("n_batch", 512)),
                              n_threads=threads, n_threads_batch=threads, logits_all=True,
                              flash_attn=bool(opts.get("flash_attn", False)), verbose=log.isEnabledFor(logging.DEBUG))
-        except ValueError as e:  # llama-cpp-python's "Failed to load model from file" (the why: llama.cpp's log)
-            from compress.errors import ModelLoadError, first_line
+        except ValueError:  # llama-cpp-python's "Failed to load model from file" (the why: llama.cpp's log)
+            from compress.errors import ModelLoadError
 
             arch = getattr(art.manifest.source, "architecture", None)
             raise ModelLoadError(
                 f"{path}: llama.cpp (llama-cpp-python {self.version()}) cannot load this GGUF"
-                f"{f' (architecture {arch})' if arch else ''}: {first_line(e)}",
+                f"{f' (architecture {arch})' if arch else ''}",
                 hint="a newer llama-cpp-python may know the architecture; see llama.cpp's log with --debug") from None
         self.vocab = self.llm.n_vocab()
 

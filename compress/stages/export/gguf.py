@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, check_output
-from compress.errors import ConfigError, ParityError, StageError, first_line
+from compress.errors import ConfigError, ModelLoadError, ParityError, StageError, first_line
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
 from compress.teachers.lm_config import postprocess_of
@@ -295,7 +295,6 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
         for name in TRAVEL:
             if (source.parent / name).is_file():
                 shutil.copy2(source.parent / name, o.dir / name)
-        tokenizer = adopt_tokenizer(source, o.dir)
         manifest = Manifest(
             task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(),
@@ -306,7 +305,11 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
             versions=library_versions("llama_cpp", "gguf"),
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"gguf": meta})
-        backend = load_runtime(o.draft(), "llamacpp")  # an architecture llama.cpp cannot load: ModelLoadError
+        try:
+            backend = load_runtime(o.draft(), "llamacpp")
+        except ModelLoadError as e:  # an architecture llama.cpp does not know: named with the file given
+            raise ModelLoadError(f"{source}: " + e.message.removeprefix(f"{o.dir / 'model.gguf'}: "),
+                                 hint=e.hint) from None
         try:
             first = [meta["bos_token_id"]] if meta["bos_token_id"] is not None else []
             logits = backend.prefill({"input_ids": np.asarray([[*first, 1, 2, 3]], dtype=np.int64)})[0]["logits"]
@@ -314,6 +317,7 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
             backend.close()
         if not np.isfinite(logits).all():
             raise ParityError(f"{source}: llama.cpp's logits are not finite", max_abs_diff=float("inf"), atol=0.0)
+        tokenizer = adopt_tokenizer(source, o.dir)
         step.metrics["adopted"] = {"file_type": ft, "architecture": meta["architecture"], "logits_finite": True,
                                    "tokenizer": tokenizer,
                                    "reference": f"{source.name} itself in llama.cpp (--teacher: the Hugging Face "

@@ -1,0 +1,131 @@
+"""A GGUF made elsewhere, adopted as a model file (``export model.gguf``): the manifest from its header, its tokenizer
+from its own vocabulary, validate against the file itself in llama.cpp; a file that is not GGUF, or of an
+architecture llama.cpp cannot load, is a one-line error. The GGUF is made by the repo's own route (llama.cpp's
+converter) from a tiny random Llama of tests/builders: test material for the plumbing, not a real model's quality.
+
+Needs llama-cpp-python (the llamacpp extra) and a llama.cpp source tree for the converter (EDGECOMPRESS_LLAMA_CPP);
+skipped without them."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'edgecompress[llamacpp]')")
+pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'edgecompress[llamacpp]')")
+
+from compress.errors import ConfigError, ModelLoadError
+from compress.stages.export.gguf import ENV, llama_cpp_tree
+from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.conftest import assert_one_line_error, edgecompress
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, home):
+    """A tiny Llama's GGUF made by llama.cpp's converter, alone in a folder (no tokenizer files beside it), and its
+    adoption."""
+    tree = llama_cpp_tree()
+    if tree is None:
+        pytest.skip(f"no llama.cpp source tree for the converter: set {ENV}")
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    root = tmp_path_factory.mktemp("adopt")
+    ckpt = tiny_causal_lm(root / "ckpt")
+    converted = export(ckpt, root / "fp32", ExportConfig(format="gguf"))
+    (root / "elsewhere").mkdir()
+    bare = shutil.copy2(converted.path / "model.gguf", root / "elsewhere" / "tiny.gguf")
+    adopted = export(bare, root / "adopted", ExportConfig())
+    text = root / "story.txt"
+    text.write_text("\n\n".join([STORY] * 4), encoding="utf-8")
+    return {"root": root, "ckpt": ckpt, "bare": bare, "adopted": adopted, "text": text}
+
+
+def test_the_manifest_comes_from_the_gguf_header_and_the_tokenizer_from_its_vocabulary(made):
+    from transformers import AutoTokenizer
+
+    m = made["adopted"].manifest
+    assert (str(m.format), str(m.precision), str(m.task), m.model_file) == ("gguf", "fp32", "text-generation",
+                                                                           "model.gguf")
+    cache = m.postprocess.cache
+    assert (cache.layers, cache.kv_heads, cache.head_size, cache.max_length, cache.layout) == (2, 2, 16, 256, "runtime")
+    assert (m.postprocess.bos_token_id, m.postprocess.eos_token_id, m.max_length) == (1, 2, 256)
+    assert m.source.path == str(made["bare"].resolve()) and m.source.architecture == "llama"
+    adopted = m.steps[-1].metrics["adopted"]
+    assert adopted["tokenizer"].startswith("the GGUF's own vocabulary") and adopted["logits_finite"]
+    # the vocabulary turned into a tokenizer splits text as the checkpoint's own tokenizer does
+    ours = AutoTokenizer.from_pretrained(str(made["adopted"].path))
+    theirs = AutoTokenizer.from_pretrained(str(made["ckpt"]))
+    assert ours(STORY).input_ids == theirs(STORY).input_ids
+
+
+def test_validate_of_an_adopted_gguf_measures_speed_and_perplexity_against_the_file_itself(made):
+    from compress.validation.local import ValidateConfig, validate
+
+    cfg = ValidateConfig.from_flat(profile="host", data=str(made["text"]), prompt_tokens=24,
+                                   new_tokens=8, window=32, limit=3, cold_start=False)
+    report = validate(made["adopted"].path, cfg)
+    met, gen = report.metrics, report.metrics["generation"]
+    assert met["decode_tokens_per_s"] > 0 and gen["new_tokens"] == 8
+    assert met["perplexity"] > 1.0 and gen["teacher_perplexity"] == pytest.approx(met["perplexity"], rel=1e-4)
+    assert met["top1_agreement"] == 1.0 and met["kl_mean"] == pytest.approx(0.0, abs=1e-6)  # the file against itself
+    assert report.teacher["path"] == str(made["bare"])
+    assert not any("differs from" in w for w in report.warnings)  # the reference is the adopted file itself
+
+
+def test_a_quantized_adopted_gguf_is_compared_with_the_file_it_came_from(made, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.validation.local import ValidateConfig, validate
+
+    q = quantize(made["adopted"].path, tmp_path / "q4", QuantizeConfig.from_flat(precision="int4"))
+    cfg = ValidateConfig.from_flat(profile="host", data=str(made["text"]), prompt_tokens=24,
+                                   new_tokens=8, window=32, limit=3, cold_start=False, baseline=False)
+    report = validate(q.path, cfg)
+    met = report.metrics
+    assert met["kl_mean"] > 0 and met["top1_agreement"] < 1.0  # Q4_0 moved the logits of the F32 file
+    assert met["generation"]["teacher_perplexity"] != pytest.approx(met["perplexity"], rel=1e-6)
+
+
+def test_a_file_that_is_not_gguf_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"this is not a GGUF file at all" * 4)
+    proc = edgecompress("export", bad, "-o", tmp_path / "out")
+    assert_one_line_error(proc, "not a readable GGUF file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_architecture_llama_cpp_cannot_load_is_a_one_line_error(tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "strange.gguf"
+    w = GGUFWriter(str(path), "notanarch")
+    w.add_block_count(1)
+    w.add_uint32("notanarch.attention.head_count", 2)
+    w.add_uint32("notanarch.embedding_length", 8)
+    w.add_uint32("notanarch.vocab_size", 4)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    proc = edgecompress("export", path, "-o", tmp_path / "out")
+    assert_one_line_error(proc, "llama.cpp", "cannot load this GGUF", "notanarch")
+    assert not (tmp_path / "out").exists()
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    with pytest.raises(ModelLoadError):
+        export(path, tmp_path / "out", ExportConfig())
+    no_layers = tmp_path / "empty.gguf"
+    w = GGUFWriter(str(no_layers), "llama")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ConfigError, match="no block count"):
+        export(no_layers, tmp_path / "out", ExportConfig())
+    assert not (tmp_path / "out").exists()
