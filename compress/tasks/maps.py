@@ -8,8 +8,9 @@ sample together.
   the predictions is the metric (pixel accuracy beside it); agreement is the mean IoU of the artifact's map against
   the teacher's.
 * **Probability map** (``task: probability-map``): one probability per pixel (``[batch, height, width]``, or with a
-  channel axis of 1), the sigmoid of the output unless ``postprocess.scores_are_probabilities``, binarised at
-  ``postprocess.threshold`` (default 0.5). The labels are 0/1 per pixel. IoU of the foreground is the metric;
+  channel axis of 1: ``[batch, 1, height, width]``, or ``[batch, height, width, 1]`` as LiteRT files give), the
+  sigmoid of the output unless ``postprocess.scores_are_probabilities``, binarised at ``postprocess.threshold``
+  (default 0.5). The labels are 0/1 per pixel. IoU of the foreground is the metric;
   agreement is the IoU against the teacher's binarised map.
 """
 
@@ -77,8 +78,18 @@ def segmentation_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | None, 
     return metrics
 
 
+def _one_map(scores: np.ndarray) -> np.ndarray:
+    """``[batch, height, width]``: the map of a channel axis of one, first (``[batch, 1, h, w]``) or last
+    (``[batch, h, w, 1]``, channel-last as LiteRT and TensorFlow models give it)."""
+    if scores.ndim == 4 and scores.shape[1] == 1:
+        return scores[:, 0]
+    if scores.ndim == 4 and scores.shape[-1] == 1:
+        return scores[..., 0]
+    return scores
+
+
 def _binary(scores: np.ndarray, postprocess) -> np.ndarray:
-    maps = scores[:, 0] if scores.ndim == 4 and scores.shape[1] == 1 else scores
+    maps = _one_map(scores)
     probs = maps if postprocess.scores_are_probabilities else 1.0 / (1.0 + np.exp(-maps.astype(np.float64)))
     return (probs >= (postprocess.threshold or DEFAULT_THRESHOLD)).astype(np.int64)
 

@@ -11,8 +11,11 @@
   Its inputs and outputs are INT8 too: the ``litert`` runtime quantizes float inputs and dequantizes outputs with
   the file's scales.
 
-The result is checked against the FP32 input in LiteRT's interpreter on the parity samples (argmax agreement, cosine)
-before it is renamed into place.
+The file is first made ready for the quantizer (:mod:`.litert_graph`): FP16 weights behind ``DEQUANTIZE`` ops (the
+TFLite converter's float16 quantization, MediaPipe's models) are folded into the FP32 constants they compute, and a
+file without signature definitions gets one over its inputs and outputs. A quantization that adds no integer weight
+quantized nothing: an error, no artifact. The result is checked against the FP32 input in LiteRT's interpreter on the
+parity samples (argmax agreement, cosine) before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from compress.errors import ConfigError, StageError
 from compress.progress import hidden_output
 from compress.stages.common import measure_parity
 from compress.stages.quantize.config import QUANTIZE_LITERT, QuantizeConfig
+from compress.stages.quantize.litert_graph import Prepared, integer_weights, prepare
 from compress.stages.quantize.parity import check_collapse
 
 log = logging.getLogger(__name__)
@@ -57,22 +61,27 @@ def _recipe(config: QuantizeConfig) -> str:
     return "dynamic_wi8_afp32"
 
 
-def _calibration(art: Artifact, config: QuantizeConfig) -> dict[str, list[dict[str, np.ndarray]]]:
-    """The calibration inputs as ai-edge-quantizer takes them: per signature, one dict of its inputs (``args_0``,
-    ...: the manifest's inputs in order) per sample, encoded and fitted as the runtime feeds them."""
+def _calibration(art: Artifact, config: QuantizeConfig, model: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The calibration inputs as ai-edge-quantizer takes them: per signature of the prepared ``model`` (one is added
+    where the file has none), one dict of its inputs per sample, encoded and fitted as the runtime feeds them. A
+    signature input named as a manifest input takes that input; otherwise they pair in order (``args_0``, ...)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from compress.runtimes.base import load_runtime
 
-    signatures = Interpreter(model_path=str(art.model_path)).get_signature_list()
+    signatures = Interpreter(model_content=model).get_signature_list()
+    if not signatures:
+        raise ConfigError(f"static INT8 of {art.path} needs a signature, and its model has several subgraphs and none",
+                          hint="use --mode dynamic or --weights-only")
     key, sig = next(iter(signatures.items()))
+    names = [t.name for t in art.manifest.inputs]
+    args = sig["inputs"] if not set(sig["inputs"]) >= set(names) else names
     runtime = load_runtime(art)
     try:
         rows = []
         for item in sample_inputs(config.calibration.data, config.calibration.samples, art.manifest.preprocess):
-            feed = runtime.encode([item])
-            fitted = runtime.fitted(feed)
-            rows.append({arg: fitted[t.name] for arg, t in zip(sig["inputs"], art.manifest.inputs)})
+            fitted = runtime.fitted(runtime.encode([item]))
+            rows.append({arg: fitted[n] for arg, n in zip(args, names)})
     finally:
         runtime.close()
     return {key: rows}
@@ -86,10 +95,11 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
     require("ai_edge_quantizer", "LiteRT quantization (pip install 'edgecompress[litert]')")
     from ai_edge_quantizer import quantizer, recipe
 
-    calibration = _calibration(art, config) if recipe_name.startswith("static") else None
+    prepared = prepare(art.model_path)
+    calibration = _calibration(art, config, prepared.model) if recipe_name.startswith("static") else None
     t0 = time.perf_counter()
     try:
-        qt = quantizer.Quantizer(str(art.model_path))
+        qt = quantizer.Quantizer(bytearray(prepared.model))
         qt.load_quantization_recipe(getattr(recipe, recipe_name)())
         with hidden_output():  # its progress bars: quantize shows its own status
             result = qt.quantize(qt.calibrate(calibration) if calibration else None, enable_progress_bar=False,
@@ -98,7 +108,11 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
         raise StageError(f"ai-edge-quantizer could not quantize {art.path} ({' '.join(str(e).split())[:200]})",
                          hint="try --mode dynamic or --weights-only, or quantize the model's ONNX export") from e
     seconds = round(time.perf_counter() - t0, 3)
+    weights = _check_something_quantized(art, prepared, bytes(result.quantized_model), recipe_name)
+    for note in prepared.notes:
+        log.info("%s: %s", art.path, note)
     resolved = {"precision": "int8", "recipe": recipe_name, "backend": "ai-edge-quantizer",
+                "fp16_weights_dequantized": prepared.fp16_weights_dequantized,
                 "calibration": {"data": config.calibration.data if calibration else None,
                                 "samples": len(next(iter(calibration.values()))) if calibration else 0}}
     output = QUANTIZE_LITERT.output(out, resolved, force=force, t0=t0)
@@ -110,10 +124,21 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
         step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps)
         step.metrics = _parity(art, o.draft(), config)
         before, after = art.size_bytes(), (o.dir / MODEL_FILE).stat().st_size
-        step.metrics.update({"quantizer_seconds": seconds, "size_bytes_before": before, "size_bytes_after": after,
+        step.metrics.update({"quantizer_seconds": seconds, "integer_weights": weights, "size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / after, 3)})
     log.info("wrote %s (%s)", out, recipe_name)
     return output.artifact
+
+
+def _check_something_quantized(art: Artifact, prepared: Prepared, result: bytes, recipe_name: str) -> int:
+    """The integer weights the quantization added; none is an error (nothing was quantized), not an artifact labelled
+    INT8."""
+    added = integer_weights(result) - integer_weights(prepared.model)
+    if added > 0:
+        return added
+    raise ConfigError(f"nothing was quantized: ai-edge-quantizer's {recipe_name} left every weight of {art.path} as "
+                      "it was (no operator it quantizes carries a float constant weight); no artifact was written",
+                      hint="the LiteRT file is the one to deploy as it is, or quantize the model's ONNX export")
 
 
 def _parity(art: Artifact, written: Artifact, config: QuantizeConfig) -> dict[str, Any]:

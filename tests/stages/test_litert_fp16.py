@@ -1,0 +1,179 @@
+"""LiteRT files as MediaPipe and the TFLite converter's float16 quantization write them: every weight an FP16 constant
+behind a ``DEQUANTIZE`` op, and no signature definitions. ``tests/assets/tiny_cnn.tflite`` (a random 3-channel 16×16
+CNN, test material) is rewritten that way with LiteRT's own flatbuffer tools; quantize must quantize it for real, or
+say that nothing was quantized; static INT8 must calibrate without a signature; a ``[batch, H, W, 1]`` probability
+map is taken as the map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("ai_edge_quantizer")
+
+from tests.conftest import main_error
+
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_cnn.tflite"
+
+
+def fp16_weights(src: Path, dst: Path, *, signatures: bool = False, ops: tuple[str, ...] | None = None) -> int:
+    """``src`` with each float constant of more than one element (``ops``: only those read by these operators) stored
+    as FP16 behind a DEQUANTIZE op, as MediaPipe's files are; signature definitions dropped unless ``signatures``.
+    Returns how many constants were rewritten."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    model = fb.read_model(str(src))
+    sg = model.subgraphs[0]
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+    code.version = 3
+    model.operatorCodes.append(code)
+    deq = []
+    for op in list(sg.operators):
+        if ops and fb.opcode_to_name(model, op.opcodeIndex) not in ops:
+            continue
+        for t in op.inputs:
+            tensor = sg.tensors[t] if t >= 0 else None
+            data = None if tensor is None else model.buffers[tensor.buffer].data
+            if tensor is None or tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) <= 4:
+                continue
+            half = schema.TensorT()
+            half.name, half.shape, half.type = tensor.name + b"_fp16", list(tensor.shape), schema.TensorType.FLOAT16
+            half.buffer = len(model.buffers)
+            buf = schema.BufferT()
+            buf.data = np.frombuffer(np.asarray(data, np.uint8).view(np.float32).astype(np.float16).tobytes(), np.uint8)
+            model.buffers.append(buf)
+            tensor.buffer = 0
+            sg.tensors.append(half)
+            d = schema.OperatorT()
+            d.opcodeIndex, d.inputs, d.outputs = len(model.operatorCodes) - 1, [len(sg.tensors) - 1], [t]
+            deq.append(d)
+    sg.operators = deq + sg.operators
+    if not signatures:
+        model.signatureDefs = None
+    dst.write_bytes(fb.convert_object_to_bytearray(model))
+    return len(deq)
+
+
+def _adopted(tmp_path: Path, name: str, **kw):
+    from compress.stages.export import export
+
+    src = tmp_path / name / "model.tflite"
+    src.parent.mkdir(parents=True)
+    assert fp16_weights(ASSET, src, **kw) > 0
+    (src.parent / "model.yaml").write_text(yaml.safe_dump({
+        "task": "image-classification", "labels": ["a", "b", "c", "d"],
+        "preprocess": {"size": [16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    return export(src, tmp_path / f"{name}-adopted")
+
+
+@pytest.fixture()
+def calibration(tmp_path) -> Path:
+    from PIL import Image
+
+    images = tmp_path / "cal" / "any"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype("uint8")).save(images / f"{i}.png")
+    return tmp_path / "cal"
+
+
+def test_fp16_weights_behind_dequantize_are_quantized_for_real(tmp_path, calibration):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize.litert_graph import integer_weights, prepare
+
+    art = _adopted(tmp_path, "fp16")
+    prepared = prepare(art.model_path)  # the folded graph computes what the FP16 file computes, exactly
+    assert prepared.fp16_weights_dequantized == 4 and prepared.signature_added
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    outs = []
+    for kw in ({"model_path": str(art.model_path)}, {"model_content": prepared.model}):
+        it = Interpreter(**kw)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    for name, cfg in (("dynamic", QuantizeConfig()), ("static", QuantizeConfig.from_flat(
+            mode="static", calibration=str(calibration))), ("weights-only", QuantizeConfig.from_flat(weights_only=True))):
+        q = quantize(art, tmp_path / name, cfg)
+        step = q.manifest.steps[-1]
+        assert integer_weights(q.model_path.read_bytes()) >= 2 and step.metrics["integer_weights"] >= 2, name
+        assert step.config["fp16_weights_dequantized"] == 4
+        assert step.metrics["parity_vs_input"]["cosine_mean"] > 0.95, (name, step.metrics["parity_vs_input"])
+
+
+def test_static_int8_of_a_file_without_signatures(tmp_path, calibration):
+    """The FP32 CNN with its signature definitions dropped (as MediaPipe's files come) calibrates on its input."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    model = fb.read_model(str(ASSET))
+    model.signatureDefs = None
+    src = tmp_path / "src" / "model.tflite"
+    src.parent.mkdir()
+    src.write_bytes(fb.convert_object_to_bytearray(model))
+    (src.parent / "model.yaml").write_text(yaml.safe_dump({
+        "task": "image-classification", "labels": ["a", "b", "c", "d"],
+        "preprocess": {"size": [16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    art = export(src, tmp_path / "adopted")
+    q = quantize(art, tmp_path / "static", QuantizeConfig.from_flat(mode="static", calibration=str(calibration)))
+    step = q.manifest.steps[-1]
+    assert step.config["recipe"] == "static_wi8_ai8" and step.config["calibration"]["samples"] == 6
+    assert step.metrics["parity_vs_input"]["cosine_mean"] > 0.95, step.metrics["parity_vs_input"]
+
+
+def test_a_quantize_that_quantizes_nothing_is_an_error_not_an_artifact(tmp_path, capsys):
+    """A file with no weight ai-edge-quantizer quantizes (here the CNN cut after its first op, a TRANSPOSE) gets no
+    artifact labelled INT8."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from compress.stages.export import export
+
+    model = fb.read_model(str(ASSET))
+    sg = model.subgraphs[0]
+    sg.operators = sg.operators[:1]
+    sg.outputs = [sg.operators[0].outputs[0]]
+    model.signatureDefs = None
+    src = tmp_path / "src" / "model.tflite"
+    src.parent.mkdir()
+    src.write_bytes(fb.convert_object_to_bytearray(model))
+    art = export(src, tmp_path / "adopted")
+    for args in ((), ("--weights-only",)):
+        out = tmp_path / f"none{len(args)}"
+        line = main_error(capsys, "quantize", art.path, *args, "--out", out)
+        assert line.startswith("error: nothing was quantized") and "no artifact was written" in line, line
+        assert not out.exists()
+
+
+def test_a_channel_last_probability_map_is_taken_as_the_map():
+    """``[batch, H, W, 1]`` (a LiteRT segmenter's output) against ``[batch, H, W]`` labels, batch by batch and whole;
+    the channel-first ``[batch, 1, H, W]`` as before."""
+    from compress.tasks.maps import ProbabilityMapStream, probability_map_metrics
+    from compress.tasks.values import ThresholdPostprocess
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((4, 8, 6)).astype(np.float32)
+    cand = np.where(np.arange(6) < 3, ref, 1 - ref)  # the right half of every map inverted: IoU well below 1
+    labels = (ref >= 0.5).astype(np.int64)
+    post = ThresholdPostprocess(scores_are_probabilities=True)
+    want = probability_map_metrics(post, cand, ref, labels)
+    assert 0.1 < want["metric"] < 0.9 and want["teacher_metric"] == 1.0
+    for c, r in ((cand[..., None], ref[..., None]), (cand[:, None], ref[:, None])):
+        assert probability_map_metrics(post, c, r, labels) == want
+        stream = ProbabilityMapStream(post)
+        for k in (0, 2):
+            stream.update(c[k:k + 2], labels[k:k + 2], r[k:k + 2])
+        assert stream.result()["metric"] == pytest.approx(want["metric"])
