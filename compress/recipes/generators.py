@@ -54,8 +54,10 @@ def reads(verb: str, fmt: str) -> set[str] | None:
             return None
         import importlib
 
-        # the quantizer's own list of the settings it reads (it refuses any other at run time, after the export)
-        return set(importlib.import_module(ref.partition(":")[0])._APPLIES)
+        # the quantizer's own list of the settings it reads (it refuses any other at run time, after the export);
+        # a quantizer without one is left to refuse at run time
+        applies = getattr(importlib.import_module(ref.partition(":")[0]), "_APPLIES", None)
+        return None if applies is None else set(applies)
     if verb == "validate":
         return set(_VALIDATE_READS)
     return None
@@ -80,7 +82,8 @@ def problem(recipe, base: Path, teacher: str | None) -> tuple[tuple, str, str] |
             return (("steps", name), f"{step.verb} takes no {GENERATOR}, and the teacher is one",
                     "a generator's chain is export, quantize, validate and gate (docs/generators.md)")
         fmt = recipe.format_of(name)
-        found = _format(step.verb, fmt, at) or _ignored(step.verb, fmt, settings, at)
+        found = _format(step.verb, fmt, at) or _ignored(step.verb, fmt, settings, at) or \
+            (_quantizer_rules(fmt, settings, at) if step.verb == "quantize" else None)
         if found:
             return found
     for n, spec in enumerate(recipe.targets("validate")):
@@ -128,6 +131,32 @@ def _ignored(verb: str, fmt: str, settings, at: tuple) -> tuple[tuple, str, str]
                     f"a {GENERATOR}", f"drop it; {verb} of a generator reads {_names(settings, wanted)}")
     if verb == "export" and settings.task is not None and str(settings.task) != "text-generation":
         return ((*at, "task"), f"task {settings.task}: the teacher is a {GENERATOR}", "drop task:")
+    return None
+
+
+def _quantizer_rules(fmt: str, settings, at: tuple) -> tuple[tuple, str, str] | None:
+    """The format's generator quantizer's own checks of a request that need no artifact (its algorithms, NNCF's
+    pairings, llama.cpp's type for the precision), run now rather than after the export."""
+    from compress.errors import ConfigError
+
+    try:
+        if fmt == "onnx":
+            from compress.stages.quantize.lm_onnx import ALGORITHMS
+
+            if settings.int4.algorithm not in ALGORITHMS:
+                return ((*at, "int4", "algorithm"), f"--int4-algorithm {settings.int4.algorithm}: ONNX Runtime's "
+                        f"MatMulNBits quantizer takes {', '.join(ALGORITHMS)}",
+                        "awq and scale_estimation are OpenVINO's (NNCF): export with format: openvino")
+        elif fmt == "openvino":
+            from compress.stages.quantize.lm_openvino import check_request
+
+            check_request(settings)
+        elif fmt == "gguf":
+            from compress.stages.quantize.lm_gguf import gguf_type
+
+            gguf_type(settings)
+    except ConfigError as e:
+        return at, e.message, e.hint or "see docs/generators.md"
     return None
 
 

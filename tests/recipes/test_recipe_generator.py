@@ -51,7 +51,8 @@ def lm(tmp_path_factory, home):
     gen_profile(root, "gen-fast")
     recipe = {
         "name": "lm", "steps": {"onnx": {"export": {"format": "onnx"}},
-                                "int4": {"from": "onnx", "quantize": {"precision": "int4", "int4": {"algorithm": "rtn"}}}},
+                                "int4": {"from": "onnx", "quantize": {"precision": "int4", "int4": {"algorithm": "rtn"}}},
+                                "gptq": {"from": "onnx", "quantize": {"precision": "int4", "int4": {"algorithm": "gptq"}}}},
         "validate": {"profiles": ["gen-fast.yaml"], "artifacts": ["int4"], "budgets": BUDGETS,
                      "options": {"generation": {"prompts": "prompts.txt", "prompt_tokens": 48, "new_tokens": 16,
                                                 "window": 32}}},
@@ -59,7 +60,8 @@ def lm(tmp_path_factory, home):
     }
     (root / "lm.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return {"root": root, "ckpt": ckpt, "recipe": root / "lm.yaml", "text": root / "story.txt",
-            "sets": ("--set", f"teacher={ckpt}", "--set", f"data.eval={root / 'story.txt'}")}
+            "sets": ("--set", f"teacher={ckpt}", "--set", f"data.eval={root / 'story.txt'}",
+                     "--set", f"data.train={root / 'story.txt'}")}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def first(lm):
     from compress.recipes.schema import parse_overrides
 
     return run_recipe(lm["recipe"], lm["root"] / "run", html=False, overrides=parse_overrides(
-        [f"teacher={lm['ckpt']}", f"data.eval={lm['text']}"]))
+        [f"teacher={lm['ckpt']}", f"data.eval={lm['text']}", f"data.train={lm['text']}"]))
 
 
 def jobs(index: dict) -> dict[str, dict]:
@@ -81,11 +83,14 @@ def test_a_generator_recipe_exports_quantizes_validates_and_gates(lm, first):
 
     run_dir = lm["root"] / "run"
     j = jobs(first.index)
-    assert [j[n]["status"] for n in ("onnx", "int4", "validate/int4@gen-fast")] == ["ran"] * 3
+    assert [j[n]["status"] for n in ("onnx", "int4", "gptq", "validate/int4@gen-fast")] == ["ran"] * 4
     onnx, int4 = load_artifact(run_dir / j["onnx"]["path"]), load_artifact(run_dir / j["int4"]["path"])
     assert str(onnx.manifest.task) == "text-generation" and onnx.manifest.postprocess.cache is not None
     assert str(int4.manifest.precision) == "int4" and (int4.path / "genai_config.json").is_file()
     assert int4.manifest.steps[-1].config["int4"]["algorithm"] == "rtn"  # the step's option reached the quantizer
+    assert int4.manifest.steps[-1].config["calibration"]["data"] is None  # round to nearest reads no text
+    gptq = load_artifact(run_dir / j["gptq"]["path"]).manifest.steps[-1].config
+    assert gptq["int4"]["algorithm"] == "gptq" and gptq["calibration"]["data"] == str(lm["text"])  # data.train
     v = j["validate/int4@gen-fast"]
     assert v["verdict"] == "pass" and first.verdict == "pass" and first.exit_code == 0
     assert v["decode_tokens_per_s"] > 0 and v["time_to_first_token_ms"] > 0 and 0 <= v["top1_agreement"] <= 1
@@ -106,7 +111,8 @@ def test_a_failing_budget_fails_the_run_and_only_the_validation_runs_again(lm, f
     assert "budget failed: validate/int4@gen-fast" in err and "Traceback" not in err
     index = json.loads((lm["root"] / "run" / "index.json").read_text())
     j = jobs(index)
-    assert j["onnx"]["status"] == j["int4"]["status"] == "cached"  # the budget keys the validation only
+    assert j["onnx"]["status"] == j["int4"]["status"] == j["gptq"]["status"] == "cached"  # the budget keys the
+    # validation only
     assert j["validate/int4@gen-fast"]["status"] == "ran" and j["validate/int4@gen-fast"]["verdict"] == "fail"
     assert index["verdict"] == "fail" and "tokens/s decode" in out
     assert index["gate"]["results"][0]["verdict"] != "new"  # gated against the first run
@@ -117,8 +123,11 @@ def test_a_failing_budget_fails_the_run_and_only_the_validation_runs_again(lm, f
      ["lm.yaml:", "steps.int4.quantize.mode: --mode would be ignored for onnx", "causal LM"]),
     ({"steps": {"onnx": {"export": {"format": "onnx", "optimize": "O2"}}}},
      ["steps.onnx.export.optimize", "would be ignored", "causal LM"]),
+    ({"steps": {"int4": {"from": "onnx", "quantize": {"precision": "int4", "int4": {"algorithm": "awq"}}}}},
+     ["steps.int4.quantize.int4.algorithm: --int4-algorithm awq", "OpenVINO's"]),  # the quantizer's own rule, early
     ({"steps": {"student": {"distill": {}}}}, ["steps.student", "distill takes no causal LM"]),
-    ({"steps": {"onnx": {"export": {"format": "executorch"}}}}, ["steps.onnx.export.format", "ExecuTorch"]),
+    ({"steps": {"onnx": {"export": {"format": "tensorrt"}}}},
+     ["steps.onnx.export.format: TensorRT takes no causal LM", "format: onnx | openvino"]),
     ({"validate": {"profiles": ["host"], "options": {"label_column": "label"}}},
      ["validate.options.label_column", "would be ignored"]),
 ])
