@@ -35,7 +35,11 @@ F = SearchConfig.flat_fields()
                    "heads, ffn, vocab, quant, runtime, et_quant, threads; ViT: layers, heads, ffn, quant, runtime, "
                    "et_quant, threads; CNN: channels, quant, runtime, et_quant, threads. runtime: onnxruntime, "
                    "openvino, executorch (a phone profile's default: executorch and onnxruntime; et_quant: "
-                   "ExecuTorch's int8-dynamic or int8-static).")
+                   "ExecuTorch's int8-dynamic or int8-static). A causal LM (text generation): runtime "
+                   "(onnxruntime, openvino, llamacpp), algorithm (rtn, hqq, k_quant, gptq; rtn, awq, "
+                   "scale_estimation, gptq; q4_0, q4_k_s, q4_k_m), group (32, 64, 128), int8 (ONNX Runtime: "
+                   "MatMuls back to 8 bits until the perplexity increase is within it; 0: none), e.g. "
+                   "'runtime=onnxruntime;algorithm=rtn,hqq;group=32,128;int8=0,0.02'.")
 @click.option("--short-steps", type=int, default=F["short_steps"].default, show_default=True,
               help=F["short_steps"].description)
 @click.option("--short-recover-steps", type=int, default=F["short_recover_steps"].default, show_default=True,
@@ -54,6 +58,11 @@ F = SearchConfig.flat_fields()
 @click.option("--full-recover-steps", type=int, default=F["full_recover_steps"].default, show_default=True,
               help=F["full_recover_steps"].description)
 @click.option("--promote", type=int, default=F["promote"].default, show_default=True, help=F["promote"].description)
+@click.option("--limit", type=int, default=F["limit"].default, show_default=True, help=F["limit"].description)
+@click.option("--prompt-tokens", type=int, default=F["prompt_tokens"].default, show_default=True,
+              help=F["prompt_tokens"].description)
+@click.option("--new-tokens", type=int, default=F["new_tokens"].default, show_default=True,
+              help=F["new_tokens"].description)
 @click.option("--storage", help="Optuna storage URL (e.g. postgresql://...) so several machines work on one study "
                                 "[default: sqlite in --search-dir].")
 @click.option("--seed", type=int, default=0, show_default=True, help=F["seed"].description)
@@ -62,13 +71,19 @@ F = SearchConfig.flat_fields()
                                             "(the store of built steps is kept).")
 def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, metric, space_text,
                short_steps, short_recover_steps, full_epochs, full_augment, full_augment_join, full_average, explore_share,
-               full_recover_steps, qat_steps, promote, storage, seed, no_html, force):
+               full_recover_steps, qat_steps, promote, limit, prompt_tokens, new_tokens, storage, seed, no_html, force):
     """Find the smallest, fastest artifact that meets a device profile's budgets.
 
     \b
     Text teachers: student depth and width, head/FFN pruning, vocabulary pruning, INT8
     dynamic (INT8 or INT4 embeddings)/static, INT4. ViT teachers: depth, heads, FFN.
-    CNN teachers: channel pruning, static INT8. Model files (ONNX, OpenVINO IR): nothing
+    CNN teachers: channel pruning, static INT8. Causal LMs (text generation): runtime
+    (ONNX Runtime, OpenVINO, llama.cpp where installed) x INT4 algorithm x group size x
+    MatMuls back to 8 bits, each exported once per runtime, quantized per trial and
+    validated as validate does a generator (decode tokens/s, time to first token,
+    perplexity increase, top-1 agreement: the profile's budgets); --train is the
+    calibration text, --eval the text ranked on, the chosen one is checked on held-out
+    text (--holdout, else the second half of --eval). Model files (ONNX, OpenVINO IR): nothing
     to train, so precision only (--train is their calibration data). All: ONNX Runtime
     vs OpenVINO, and 1 or all intra-op threads; on a phone's profile ExecuTorch programs
     (INT8 PT2E, latency estimated on the phone's peaks) beside ONNX Runtime, elsewhere
@@ -97,6 +112,7 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
         full_augment=full_augment, full_augment_join=full_augment_join, full_average=full_average,
         explore_share=explore_share, full_recover_steps=full_recover_steps, qat_steps=qat_steps, promote=promote,
         space=parse_space(space_text) if space_text else None, storage=storage, seed=seed, metric=metric,
+        limit=limit, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
     )
     for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):
         if p is not None and not p.exists():
@@ -110,6 +126,8 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
         con.print(f"[{(time.monotonic() - start) / 60:5.1f} min] {line}", markup=False, highlight=False, soft_wrap=True)
 
     result = run_search(config, search_dir, progress=to_lines(say), force=force, html=not no_html)
+    if result.summary.get("generator"):
+        return _generator_outcome(result)
     print_result(result)
     if result.verdict == "fail":
         h = result.chosen["holdout"]
@@ -159,3 +177,48 @@ def print_result(result) -> None:
         click.echo(f"diagnosis: {line}")
     html = result.search_dir / "report.html"
     click.echo(f"summary: {result.search_dir / 'search.json'}" + (f"; report: {html}" if html.is_file() else ""))
+
+
+def _generator_outcome(result) -> None:
+    """A generator search's table, choice and exit code (1: the chosen one fails on held-out text, 6: none meets
+    every budget)."""
+    from compress.cli.run import table
+    from compress.errors import BudgetFailed, Infeasible
+
+    s = result.summary
+
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    rows = [(str(p["trial"]), p["label"], p["verdict"].upper(), f(p["decode_tokens_per_s"], ".1f")
+             + (" est." if p["estimated"] else ""), f(p["time_to_first_token_ms"], ".1f"),
+             f(p["perplexity_increase"], "+.2%"), f(p["top1_agreement"], ".3f"), f(p["size_mb"], ".3f"))
+            for p in sorted(s["measured"], key=lambda p: p["trial"])]
+    table(f"measured candidates ({s['trials']} trials: {len(s['measured'])} measured, {s['repeats']} repeats, "
+          f"{len(s['failed'])} failed; {s['spent_s'] / 60:.1f} min)",
+          ("trial", "candidate", "verdict", "decode tok/s", "TTFT ms", "perplexity", "top-1", "MB"), rows)
+    for p in s["failed"]:
+        click.echo(f"failed: trial {p['trial']} ({p['label']}): {p['error']}")
+    c = result.chosen or s.get("closest")
+    if c:
+        h = c.get("holdout") or {}
+        click.echo(f"{'chosen' if result.chosen else 'closest'}: trial {c['trial']} ({c['label']}): "
+                   f"{c['verdict'].upper()}, artifact {c['artifact']}"
+                   + (f"; held-out {h['verdict'].upper()}: perplexity {f(h.get('perplexity_increase'), '+.2%')}, "
+                      f"top-1 {f(h.get('top1_agreement'), '.3f')} ({h.get('windows')} windows)" if h else ""))
+        click.echo(f"  made by: edgecompress quantize {c['export']} "
+                   + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in c["quantize"].items() if v is not None)
+                   + " -o OUT")
+    for line in result.diagnosis:
+        click.echo(f"diagnosis: {line}")
+    click.echo(f"summary: {result.search_dir / 'search.json'}")
+    if result.verdict == "fail":
+        h = result.chosen["holdout"]
+        raise BudgetFailed(
+            f"the chosen candidate (trial {result.chosen['trial']}) fails on the held-out text: perplexity "
+            f"{f(h.get('perplexity_increase'), '+.2%')}, top-1 {f(h.get('top1_agreement'), '.3f')} (see {h['report']}); "
+            "do not ship it", hint="give more --eval text (or --limit windows), or tighten the profile's quality budgets")
+    if result.chosen is None:
+        raise Infeasible(f"no candidate met every budget of {s['profile']} (see {result.search_dir / 'search.json'})",
+                         hint="relax a budget or widen --space; the diagnosis lines above say which budget binds "
+                         "(exit code 6)")

@@ -53,6 +53,15 @@ class Full(Section):
         "candidate at full fidelity; 0: post-training INT8 only. A model file has nothing to train.")
 
 
+class Generation(Section):
+    """Generator searches (a causal LM teacher): how each candidate is validated (as validate's options)."""
+
+    limit: int = Field(16, ge=1, description="Generators: perplexity windows and prompts each candidate is validated "
+                       "on (validate --limit).")
+    prompt_tokens: int = Field(64, ge=1, description="Generators: prompt length timed (time to first token).")
+    new_tokens: int = Field(32, ge=1, description="Generators: tokens generated per prompt (decode tokens/s).")
+
+
 class Study(Section):
     """The Optuna study: its sampler's seed and where it is stored."""
 
@@ -70,6 +79,7 @@ class SearchConfig(Settings):
         "full_augment": "full.augment", "full_augment_join": "full.augment_join", "full_average": "full.average",
         "full_recover_steps": "full.recover_steps", "qat_steps": "full.qat_steps", "seed": "study.seed",
         "storage": "study.storage", "study_name": "study.name",
+        "limit": "generation.limit", "prompt_tokens": "generation.prompt_tokens", "new_tokens": "generation.new_tokens",
     }
 
     teacher: str = Field(..., description="The fine-tuned teacher checkpoint directory, or a model file (.onnx, .xml).")
@@ -90,6 +100,7 @@ class SearchConfig(Settings):
     short: Short = Field(default_factory=Short, description="Short-fidelity trials.")
     full: Full = Field(default_factory=Full, description="Full-fidelity candidates.")
     study: Study = Field(default_factory=Study, description="The Optuna study.")
+    generation: Generation = Field(default_factory=Generation, description="Generator searches: validation lengths.")
 
     @field_validator("space")
     @classmethod

@@ -150,6 +150,7 @@ class Search:
                                  else "not this profile's kind of device")
         elif not is_available("executorch"):
             why["executorch"] = "not installed: pip install 'edgecompress[executorch]'"
+        why["llamacpp"] = "GGUF (llama.cpp) is a causal LM's route: search a text-generation teacher for it"
         if "runtime" not in self.config.space:
             asked = {"openvino": ["openvino"], "executorch": ["executorch", "onnxruntime"]}.get(
                 own, [r for r in asked if r != "executorch"])

@@ -75,3 +75,34 @@ def _split_npz(path: Path, ranked: Path, held: Path, seed: int) -> tuple[str, st
         np.savez(tmp, **{k: a[idx] for k, a in arrays.items()})
         tmp.replace(target)
     return str(ranked.resolve()), str(held.resolve())
+
+
+def split_text(path: Path, out: Path) -> tuple[str, str]:
+    """Split a generator's text (a .txt, its blocks separated by blank lines; a .jsonl, its lines) in two: the first
+    half (by blocks, in order) the search ranks on, the rest held out. In order, not shuffled: a story's paragraphs
+    stay on one side."""
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in (".txt", ".jsonl"):
+        raise ConfigError(f"--eval {path}: a generator's text is a .txt or .jsonl file",
+                          hint="pass a .txt of documents (or .jsonl with \"text\"), or --holdout TEXT")
+    out.mkdir(parents=True, exist_ok=True)
+    ranked, held = out / f"search{suffix}", out / f"holdout{suffix}"
+    if ranked.is_file() and held.is_file():
+        return str(ranked.resolve()), str(held.resolve())
+    text = path.read_text(encoding="utf-8")
+    blocks = ([b.strip("\n") for b in re.split(r"\n\s*\n", text) if b.strip()] if suffix == ".txt"
+              else [ln for ln in text.splitlines() if ln.strip()])
+    if len(blocks) < 2:
+        raise DataError(f"--eval {path} has {len(blocks)} block of text: too few to split",
+                        hint="pass --holdout TEXT, or text with paragraphs separated by blank lines")
+    total, half, cut = sum(len(b) for b in blocks), 0, 0
+    while cut < len(blocks) - 1 and half + len(blocks[cut]) <= total / 2:
+        half += len(blocks[cut])
+        cut += 1
+    cut = max(cut, 1)
+    sep = "\n\n" if suffix == ".txt" else "\n"
+    for target, part in ((ranked, blocks[:cut]), (held, blocks[cut:])):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(sep.join(part) + "\n", encoding="utf-8")
+        tmp.replace(target)
+    return str(ranked.resolve()), str(held.resolve())

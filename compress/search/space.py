@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.search.generator_space import GENERATOR_SPACE
 from compress.stages.distill.config import DistillConfig
 from compress.stages.export.config import ExportConfig
 from compress.stages.prune.config import PruneConfig
@@ -101,6 +102,9 @@ for _kind in KINDS.values():
     for _dim, _choices in _kind.space.items():
         ALL_DIMENSIONS.setdefault(_dim, [])
         ALL_DIMENSIONS[_dim] += [c for c in _choices if c not in ALL_DIMENSIONS[_dim]]
+for _dim, _choices in GENERATOR_SPACE.items():  # a causal LM teacher's (compress.search.generator_space)
+    ALL_DIMENSIONS.setdefault(_dim, [])
+    ALL_DIMENSIONS[_dim] += [c for c in _choices if c not in ALL_DIMENSIONS[_dim]]
 #: the dimensions that shape a candidate's model (the rest choose its precision, runtime and threads)
 SHAPE_DIMS = ("layers", "width", "heads", "ffn", "channels", "vocab")
 OPENVINO_QUANT = ["int8", "int8-weights"]  # NNCF post-training INT8, or INT8 weight compression only

@@ -1,0 +1,147 @@
+"""`edgecompress search` of a text generator (a causal LM teacher): runtime x INT4 algorithm x group size x layers back
+to 8 bits. Each trial is the route's one FP32 export quantized by the route's quantizer and validated as `validate`
+does a generator; the pick meets every budget and is checked on held-out text; an impossible budget ends in the
+search's "no candidate passes" (exit 6); bad input is one line.
+
+Material: a tiny random Llama (tests/builders/causal_lm.py) and real text, the start of the TinyStories sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.errors import ConfigError
+
+pytest.importorskip("optuna")
+pytest.importorskip("onnxruntime")
+try:  # the ONNX route's export is ONNX Runtime GenAI's builder
+    import compress  # noqa: F401 - the torchvision shim before transformers
+    from compress.stages.export.genai import _attention  # noqa: F401
+except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
+    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
+
+from tests.builders.causal_lm import STORIES, tiny_causal_lm
+
+TINYSTORIES = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
+#: two algorithms x two group sizes of ONNX Runtime's INT4: four candidates, three measured
+SPACE = {"runtime": ["onnxruntime"], "algorithm": ["rtn", "hqq"], "group": [32, 128], "int8": [0.0]}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, home):
+    """The tiny Llama, a few stories of text, and a profile with a generator's quality budgets."""
+    if not TINYSTORIES.is_file():
+        pytest.skip(f"{TINYSTORIES} is not here")
+    root = tmp_path_factory.mktemp("gensearch")
+    tiny_causal_lm(root / "ckpt")
+    stories = TINYSTORIES.read_text(encoding="utf-8").split("\n\n")[1:40]  # the first starts mid-story
+    (root / "story.txt").write_text("\n\n".join(stories) + "\n", encoding="utf-8")
+    (root / "gen.yaml").write_text(yaml.safe_dump({
+        "name": "gen-test", "extends": "host", "measure": {"min_duration_s": 0.2, "warmup": 1, "min_runs": 5},
+        "budgets": {"max_perplexity_increase": 0.5, "min_top1_agreement": 0.3, "min_speedup": None,
+                    "max_peak_memory_mb": None, "max_model_size_mb": 64.0}}))
+    return root
+
+
+def config(ws: Path, **kw):
+    from compress.search.config import SearchConfig
+
+    base = dict(teacher=str(ws / "ckpt"), profile=str(ws / "gen.yaml"), train=str(ws / "story.txt"),
+                eval=str(ws / "story.txt"), time_budget_s=600, trials=3, space=SPACE, limit=2, prompt_tokens=16,
+                new_tokens=8)
+    return SearchConfig.from_flat(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def searched(ws):
+    from compress.progress import to_lines
+    from compress.search.run import run_search
+
+    lines: list[str] = []
+    result = run_search(config(ws), ws / "search", progress=to_lines(lines.append), html=False)
+    return result, lines
+
+
+def test_trials_are_real_quantizations_from_one_export_per_route(ws, searched):
+    from compress.artifact import load_artifact
+
+    result, lines = searched
+    s = result.summary
+    measured = s["measured"]
+    assert s["generator"] and len(measured) == 3 and len({p["label"] for p in measured}) == 3
+    assert [p.name for p in (ws / "search" / "exports").iterdir()] == ["onnx"]  # exported once for every trial
+    fp32 = load_artifact(ws / "search" / "exports" / "onnx")
+    for p in measured:
+        art = load_artifact(p["artifact"])
+        step = art.manifest.steps[-1]
+        assert step.stage == "quantize" and step.input_digest == fp32.digest
+        assert step.config["int4"]["algorithm"] == p["algorithm"] and step.config["int4"]["block_size"] == p["group"]
+        assert p["decode_tokens_per_s"] > 0 and p["time_to_first_token_ms"] > 0 and p["perplexity"] > 1
+    # the candidates differ in what they are: blocks of 128 pad the 64-wide layers (larger), HQQ keeps zero points
+    assert len({round(p["size_mb"], 6) for p in measured}) >= 2
+    assert len({round(p["perplexity"], 6) for p in measured}) >= 2
+    assert sum("exporting the teacher to onnx" in ln for ln in lines) == 1
+    assert sum(ln.startswith("[trial") and (": PASS" in ln or ": FAIL" in ln) for ln in lines) == 3, lines
+
+
+def test_the_pick_meets_every_budget_is_best_on_decode_and_is_checked_on_held_out_text(ws, searched):
+    result, _ = searched
+    c = result.chosen
+    assert result.verdict == "pass" and c is not None
+    assert all(b["status"] == "pass" for b in c["budgets"].values())
+    assert c["perplexity_increase"] <= 0.5 and c["top1_agreement"] >= 0.3
+    passing = [p for p in result.summary["measured"] if p["verdict"] == "pass"]
+    assert c["decode_tokens_per_s"] == max(p["decode_tokens_per_s"] for p in passing)
+    h = c["holdout"]
+    report = json.loads(Path(h["report"]).read_text())
+    assert report["data"]["path"].endswith("holdout.txt") and h["windows"] >= 1
+    assert h["perplexity"] == report["metrics"]["perplexity"] != c["perplexity"]  # other text, other figure
+    ranked = (ws / "search" / "data" / "search.txt").read_text()
+    held = (ws / "search" / "data" / "holdout.txt").read_text()
+    assert ranked and held and held not in ranked and ranked not in held
+    assert json.loads((ws / "search" / "search.json").read_text())["chosen"]["trial"] == c["trial"]
+
+
+def test_an_impossible_budget_finds_no_candidate_exit_6(ws, searched, capsys):
+    from compress.cli import main
+
+    (ws / "tight.yaml").write_text(yaml.safe_dump({
+        "name": "tight", "extends": str(ws / "gen.yaml"), "budgets": {"max_model_size_mb": 0.001}}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # the same directory over again (--force): the export is kept
+        main(["-q", "search", "-t", str(ws / "ckpt"), "-p", str(ws / "tight.yaml"), "--train", str(ws / "story.txt"),
+              "--eval", str(ws / "story.txt"), "--search-dir", str(ws / "search"), "--trials", "1", "--limit", "2",
+              "--prompt-tokens", "16", "--new-tokens", "8", "--no-html", "--force",
+              "--space", "runtime=onnxruntime;algorithm=rtn;group=32;int8=0"])
+    out = capsys.readouterr()
+    assert e.value.code == 6, out
+    assert "no candidate met every budget of tight" in out.err
+    assert "max_model_size_mb: 0 of 1 candidates meet it" in out.out + out.err
+    assert "exporting the teacher" not in out.out + out.err
+    s = json.loads((ws / "search" / "search.json").read_text())
+    assert s["chosen"] is None and s["closest"]["budgets"]["max_model_size_mb"]["status"] == "fail"
+    assert "max_model_size_mb" in s["closest"]["failed"]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"profile": "host"}, ("profile host states no budget a generator is measured by", "min_accuracy_retention")),
+    ({"space": {"layers": [1]}}, ("--space layers: not a dimension of a generator search",)),
+    ({"space": {"runtime": ["executorch"]}}, ("--space runtime=executorch: not a generator choice",)),
+    ({"short_steps": 10}, ("--short-steps: a generator search trains and labels nothing",)),
+    ({"metric": "m:f"}, ("--metric: a generator search",)),
+    ({"eval": "dev.tsv"}, ("--eval", "a generator search reads text")),
+])
+def test_bad_input_is_one_line_and_leaves_no_directory(ws, tmp_path, change, words):
+    from compress.search.run import run_search
+
+    if "eval" in change:
+        (tmp_path / "dev.tsv").write_text("label\tsentence\n1\tgood\n")
+        change = {"eval": str(tmp_path / "dev.tsv")}
+    with pytest.raises(ConfigError) as e:
+        run_search(config(ws, **change), tmp_path / "s", html=False)
+    msg = str(e.value)
+    assert all(w in msg for w in words), msg
+    assert "\n" not in msg and not (tmp_path / "s").exists()
