@@ -270,8 +270,20 @@ class Stream:
 
 # -- fresh-process probe -------------------------------------------------------------------------
 
+def probe_target(source: Any) -> Path:
+    """What the fresh process loads for ``source`` (an :class:`~compress.artifact.Artifact` or a path): an artifact's
+    directory; for a source measured as it is (a checkpoint, a model file: described as an artifact but not one on
+    disk) the checkpoint or file it was read from, which its manifest's ``source`` names."""
+    from compress.artifact import is_artifact
+
+    path = Path(getattr(source, "path", source))
+    if is_artifact(path) or not hasattr(source, "manifest") or source.manifest.source is None:
+        return path
+    return Path(source.manifest.source.path)
+
+
 def probe_cold_start(
-    artifact_dir: Path,
+    artifact: Any,
     runtime: str,
     threads: int | None,
     provider: str | None,
@@ -279,9 +291,11 @@ def probe_cold_start(
     sequence_length: int,
     timeout_s: float = 600,
 ) -> dict[str, Any]:
-    """Run ``python -m compress.validation.probe`` in a fresh process: phases of a cold start and peak RSS."""
+    """Run ``python -m compress.validation.probe`` in a fresh process: phases of a cold start and peak RSS.
+    ``artifact``: an :class:`~compress.artifact.Artifact` (or its directory), or a source measured as it is
+    (:func:`probe_target`)."""
     cmd = [
-        sys.executable, "-m", "compress.validation.probe", str(artifact_dir), "--runtime", runtime,
+        sys.executable, "-m", "compress.validation.probe", str(probe_target(artifact)), "--runtime", runtime,
         "--batch-size", str(batch_size), "--sequence-length", str(sequence_length),
     ]
     if threads:

@@ -271,7 +271,7 @@ def validate(
     if config.measure.cold_start:
         start_phase(progress, "cold start in a fresh process")
         cold = probe_cold_start(
-            art.path, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
+            art, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
         )
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})

@@ -1,5 +1,8 @@
 """Fresh-process probe: ``python -m compress.validation.probe ARTIFACT --runtime R``.
 
+ARTIFACT is an artifact directory, or a source measured as it is (a checkpoint, or a model file such as
+``model.onnx``, run in its own runtime): :func:`compress.host.measure.probe_target` says which.
+
 Times the cold phases (runtime import, session creation, first inference) and reports the peak
 resident memory of the process, as JSON on the last line of stdout. It imports only what the chosen
 runtime needs (no torch for ONNX Runtime artifacts).
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import numpy as np
 
-    from compress.artifact import is_artifact, load_artifact
+    from compress.artifact import Format, is_artifact, load_artifact
     from compress.runtimes.base import RuntimeSettings, runtime_class
 
     rss_before = peak_rss_mb()
@@ -43,10 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     if is_artifact(args.artifact):
         backend = cls(load_artifact(args.artifact, verify=False), settings)
-    else:  # a teacher checkpoint directory, run by the torch adapter
-        from compress.teachers.load import load_teacher
+    else:  # a source measured as it is: a checkpoint (the torch adapter wraps it) or a model file in its own runtime
+        from compress.teachers.load import load_teacher, teacher_format
 
-        backend = cls.from_teacher(load_teacher(args.artifact), settings)
+        teacher = load_teacher(args.artifact)  # a checkpoint's load is its session: timed
+        if teacher_format(teacher) is Format.pytorch:
+            backend = cls.from_teacher(teacher, settings)
+        else:  # a model file's checks are edgecompress's, not the runtime's: only its session is timed
+            described = teacher.as_artifact()
+            t0 = time.perf_counter()
+            backend = cls(described, settings)
     t_session = time.perf_counter() - t0
 
     from compress.data.inputs import latency_inputs
