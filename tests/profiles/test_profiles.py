@@ -75,6 +75,9 @@ def test_every_builtin_loads(name):
         assert p.runtime.provider in ("CPU", "GPU", "NPU") and p.runtime.options == {"PERFORMANCE_HINT": "LATENCY"}
     elif p.runtime.name == "executorch":  # phones: XNNPACK chosen at export, the threads on the big cores only
         assert p.runtime.provider is None and p.runtime.threads is not None and p.hardware.arch == "arm64"
+    elif p.runtime.name == "litert":  # a phone's LiteRT: XNNPACK is its default CPU delegate, threads on the big cores
+        assert p.runtime.provider is None and p.runtime.options == {} and p.runtime.threads is not None
+        assert p.hardware.arch == "arm64"
     elif p.runtime.name == "coreml":  # an iPhone: Core ML picks its compute units and threads itself
         assert p.runtime.provider is None and p.runtime.options["compute_units"] == "all" and p.hardware.arch == "arm64"
     else:
