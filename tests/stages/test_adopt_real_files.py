@@ -8,12 +8,15 @@ asset): test material, not claims about real models."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.builders.model_files import TwoInputs, torch_onnx_export
+from tests.conftest import assert_one_line_error, edgecompress, main_error
 
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
@@ -98,3 +101,141 @@ def test_constant_node_weights_are_normalised_and_quantize_like_their_initialize
     assert met["agreement"] == pytest.approx(twin_met["agreement"], abs=0.05)
     fid, twin_fid = met["output_fidelity"]["scores"], twin_met["output_fidelity"]["scores"]
     assert fid["cosine"] == pytest.approx(twin_fid["cosine"], abs=2e-3) and fid["cosine"] > 0.98
+
+
+# -- a bare model file validated as it is: its cold start in a fresh process -----------------------------------------
+
+LITE_ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_cnn.tflite"
+LITE_YAML = ("task: image-classification\nlabels: [a, b, c, d]\n"
+             "preprocess: {size: [16, 16], mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}\n")
+
+
+@pytest.fixture()
+def tflite(tmp_path) -> Path:
+    """tests/assets/tiny_cnn.tflite (made by litert-torch) with the model.yaml naming its classes and image size."""
+    pytest.importorskip("ai_edge_litert")
+    d = tmp_path / "lite"
+    d.mkdir()
+    shutil.copy2(LITE_ASSET, d / "model.tflite")
+    (d / "model.yaml").write_text(LITE_YAML, encoding="utf-8")
+    return d / "model.tflite"
+
+
+@pytest.mark.parametrize("kind", ["onnx", "tflite"])
+def test_a_bare_model_file_validates_with_its_cold_start_measured(kind, twins, request, tmp_path):
+    """`validate model.onnx --data eval.npz` (and a .tflite) with the default cold-start probe: the fresh process loads
+    the file itself in its own runtime (it used to take the file's folder for a PyTorch checkpoint: exit 2)."""
+    args = [twins / "two.onnx", "--data", twins / "two.npz"] if kind == "onnx" else [request.getfixturevalue("tflite")]
+    proc = edgecompress("validate", *args, "--report-dir", tmp_path / "r")
+    assert proc.returncode in (0, 1, 4), proc.stderr  # speed against itself is a coin toss; the probe is not
+    assert "probe failed" not in proc.stderr
+    metrics = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]
+    cold = metrics["cold_start"]
+    assert cold["runtime"] == ("onnxruntime" if kind == "onnx" else "litert") and not cold["torch_imported"]
+    assert metrics["cold_start_ms"] > 0 and metrics["peak_rss_mb"] > 0 and cold["session_create_ms"] > 0
+
+
+# -- an adopted .tflite on a phone --------------------------------------------------------------------------------------
+
+def test_an_adopted_tflite_has_a_phone_profile_and_pixel_8_names_it(tflite, tmp_path):
+    """pixel-8 runs ExecuTorch, which cannot load a .tflite: the refusal names pixel-8-litert, the same phone running
+    LiteRT, and that profile validates the file (latency estimated from the phone's peaks, exit 4 off the phone)."""
+    from compress.profiles.load import load_profile
+
+    phone, lite = load_profile("pixel-8"), load_profile("pixel-8-litert")
+    assert lite.runtime.name == "litert" and lite.runtime.threads == phone.runtime.threads
+    assert (lite.hardware, lite.budgets, lite.measure) == (phone.hardware, phone.budgets, phone.measure)
+
+    assert edgecompress("export", tflite, "--out", tmp_path / "a").returncode == 0
+    proc = edgecompress("validate", tmp_path / "a", "--profile", "pixel-8", "--no-cold-start",
+                        "--report-dir", tmp_path / "r8")
+    assert_one_line_error(proc, "profile pixel-8 runs executorch", "--profile pixel-8-litert")
+    assert not (tmp_path / "r8").exists()
+    proc = edgecompress("validate", tmp_path / "a", "--profile", "pixel-8-litert", "--no-cold-start",
+                        "--report-dir", tmp_path / "r")
+    assert proc.returncode == 4, proc.stderr  # the latency is the phone's roofline estimate: UNVERIFIED here
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["profile"]["name"] == "pixel-8-litert" and report["environment"]["runtime"]["runtime"] == "litert"
+    assert report["metrics"]["latency_ms"]["estimated"] is True
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "tensorrt", "executorch", "coreml"])
+def test_a_profile_that_cannot_run_a_format_names_one_that_can(fmt):
+    """The refusal names built-in profiles whose runtime runs the format, the same device's first."""
+    from compress.errors import ConfigError
+    from compress.formats import FORMATS
+    from compress.profiles.load import load_profile
+    from compress.runtimes.host import profiles_running, runtime_for
+
+    others = profiles_running(fmt)
+    assert others, f"no built-in profile runs {fmt}"
+    for name in others:
+        assert runtime_for(load_profile(name), fmt).runtime.name == FORMATS[fmt].runtime
+    wrong = load_profile(next(n for n in ("pixel-8-litert", "cpu-x86-avx2") if n not in others))
+    named = profiles_running(fmt, like=wrong) or others[:1]  # pixel-8-litert asked for a .pte: pixel-8
+    with pytest.raises(ConfigError) as e:
+        runtime_for(wrong, fmt)
+    assert all(f"{n}" in str(e.value) for n in named) and "\n" not in str(e.value)
+
+
+# -- an adopted file asked for another format ------------------------------------------------------------------------
+
+def _routes() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(every pair of an adoptable file's format and an export format that has no route: refused, the real routes:
+    the file's own format, and ONNX to the formats made through ONNX), read from compress.formats.FORMATS."""
+    from compress.formats import FORMATS, export_formats
+
+    refused, routes = [], []
+    for src, spec in FORMATS.items():
+        if not spec.adopt:
+            continue
+        for fmt in export_formats():
+            if fmt == "onnx" and src != "onnx":
+                continue  # --format's default: not asked, the file is adopted as it is
+            real = fmt == src or (src == "onnx" and FORMATS[fmt].via_onnx)
+            (routes if real else refused).append((src, fmt))
+    return refused, routes
+
+
+@pytest.mark.parametrize(("src", "fmt"), _routes()[0])
+def test_an_adopted_file_asked_for_a_format_it_has_no_route_to_is_refused_in_one_line(src, fmt, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """`export model.xml --format executorch` and every other such pair: one line naming the user's file and what to
+    do (no staging path, no exporter's inner words), exit 2, nothing written."""
+    from compress.formats import FORMATS
+
+    monkeypatch.chdir(tmp_path)
+    name = f"model{FORMATS[src].suffix}"
+    Path(name).write_bytes(b"")  # refused before it is read
+    line = main_error(capsys, "export", name, "--format", fmt, "--out", "o")
+    assert line.startswith(f"error: {name}: ") and "leave --format out" in line
+    assert ".adopt" not in line and "ONNX export" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_the_real_routes_write_the_format_asked_for(twins, tmp_path):
+    """Where a route exists (ONNX to OpenVINO IR) the artifact is that format, never the file's own."""
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    assert ("onnx", "openvino") in _routes()[1] and ("openvino", "executorch") in _routes()[0]
+    pytest.importorskip("openvino")
+    art = export(twins / "two.onnx", tmp_path / "ov", ExportConfig(format="openvino"))
+    assert art.format == "openvino" and art.model_path.name == "model.xml"
+
+
+def test_an_error_after_adoption_names_the_users_file_not_the_scratch_copy(twins, tmp_path):
+    """The conversion after adoption runs on a scratch copy; its errors name the file the user gave."""
+    from compress.errors import ConfigError
+    from compress.stages.export.adopt import adopt_then
+    from compress.stages.export.config import ExportConfig
+
+    def failing_exporter(path, out, config, *, force):
+        raise ConfigError(f"{path / 'model.onnx'} has no route here", hint=f"convert {path} yourself")
+
+    with pytest.raises(ConfigError) as e:
+        adopt_then(twins / "two.onnx", tmp_path / "o", ExportConfig(format="openvino"), force=False,
+                   export_artifact=failing_exporter)
+    said = str(e.value)
+    assert said == f"{twins / 'two.onnx'} has no route here; convert {twins / 'two.onnx'} yourself"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the scratch copy is gone, nothing written

@@ -23,7 +23,7 @@ from compress.artifact import (
     copy_tokenizer_files,
 )
 from compress.data.inputs import sample_inputs
-from compress.errors import ModelLoadError, ParityError, first_line
+from compress.errors import EdgeCompressError, ModelLoadError, ParityError, first_line
 from compress.stages.common import measure_parity
 from compress.stages.export.config import ADOPT_LITERT, EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
 from compress.stages.export.onnx_normalize import lift_constants
@@ -123,5 +123,11 @@ def adopt_then(source: Path | str, out: Path | str, config: ExportConfig, *, for
                                                                sample_data=config.sample_data))
         assert adopted.format is Format.onnx
         return export_artifact(adopted.path, out, config, force=force)
+    except EdgeCompressError as e:  # the user never saw the scratch copy: the error names their file
+        for staged in (str(scratch / "onnx" / "model.onnx"), str(scratch / "onnx")):
+            e.message = e.message.replace(staged, str(source))
+            e.hint = e.hint and e.hint.replace(staged, str(source))
+        e.args = (e.message, *e.args[1:])
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -60,7 +60,7 @@ def lift_constants(model) -> tuple[Any, dict[str, Any] | None]:
     left = len(_constants(out.graph))
     record = {"constants_to_initializers": len(found) - left, "float_weights": len(floats),
               "float_weight_elements": int(sum(a.size for a in floats)), "shapes_inferred": True, "tool": TOOL}
-    if left:  # a Constant that is a graph output stays a node (an initializer cannot be one)
+    if left:  # a graph output, or an empty tensor (Resize's unused roi), stays a Constant node
         record["constants_kept"] = left
     log.info("normalised the graph: %d Constant nodes (%d float weights) moved to initializers, shapes inferred",
              record["constants_to_initializers"], len(floats))
