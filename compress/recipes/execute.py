@@ -237,7 +237,7 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
     verb = VERBS[job.verb]
     settings = job.settings
     if job.budgets is not None:  # the recipe's budgets over the profile's: a profile that extends it, in the run
-        settings = {**settings, "profile": str(_budget_profile(run, job))}
+        settings = {**settings, "profile": str(_budget_profile(run, job, plan.recipe.format_of(job.parent)))}
     config = verb.config_model().model_validate(settings)
     force = out.exists()  # a --rerun of a cached job, or a leftover of an interrupted one
     ctx = StepContext(run=run, work=run / "work" / job.dirname, teacher=plan.teacher, data=job.data, force=force,
@@ -245,17 +245,23 @@ def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[
     return verb.runner()(src, config, out, ctx)
 
 
-def _budget_profile(run: Path, job: Job) -> Path:
+def _budget_profile(run: Path, job: Job, fmt: str) -> Path:
     """``run/profiles/<job>.yaml``: the job's profile with the recipe's budgets (its name kept: the gate compares
-    reports of the same profile)."""
+    reports of the same profile). Over ``host``, which runs each format in its own runtime, the runtime of the
+    artifact's format ``fmt`` is written in (a file that extends host pins host's)."""
     import yaml
 
+    from compress.formats import FORMATS
     from compress.profiles.load import load_profile
 
     base = job.settings["profile"]
+    profile = load_profile(base)
     path = run / "profiles" / f"{job.dirname}.yaml"
     path.parent.mkdir(exist_ok=True)
-    text = yaml.safe_dump({"name": load_profile(base).name, "extends": base, "budgets": job.budgets}, sort_keys=False)
+    data: dict[str, Any] = {"name": profile.name, "extends": base, "budgets": job.budgets}
+    if profile.source == "detected" and FORMATS[fmt].runtime != profile.runtime.name:
+        data["runtime"] = {"name": FORMATS[fmt].runtime, "provider": None, "options": {}}
+    text = yaml.safe_dump(data, sort_keys=False)
     path.write_text(f"# {job.name}: the recipe's budgets over {base}'s (written by edgecompress run)\n{text}",
                     encoding="utf-8")
     return path

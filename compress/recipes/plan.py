@@ -62,7 +62,6 @@ class Plan:
     teacher: str
     teacher_digest: str
     jobs: list[Job]
-    generator: bool = False  #: the teacher is a causal LM: the steps run the generator routes (docs/generators.md)
 
     def job(self, name: str) -> Job:
         return next(j for j in self.jobs if j.name == name)
@@ -160,7 +159,7 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
         data["calibration"] = data["train"]
     from compress.recipes.generators import is_generator
 
-    generator = tune is None and is_generator(teacher)
+    generator = tune is None and is_generator(teacher)  # a causal LM: its verbs read fewer defaults
     jobs: list[Job] = [tune] if tune else []
     for name, step in recipe.steps.items():
         settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher,
@@ -209,7 +208,7 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
             keys[j.name] = j.key
     depth = {j.name: _depth(j, jobs) for j in jobs}
     jobs.sort(key=lambda j: depth[j.name])
-    return Plan(recipe, base, teacher, teacher_digest, jobs, generator)
+    return Plan(recipe, base, teacher, teacher_digest, jobs)
 
 
 def with_budgets(budgets: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -128,6 +128,9 @@ def test_a_failing_budget_fails_the_run_and_only_the_validation_runs_again(lm, f
     ({"steps": {"student": {"distill": {}}}}, ["steps.student", "distill takes no causal LM"]),
     ({"steps": {"onnx": {"export": {"format": "tensorrt"}}}},
      ["steps.onnx.export.format: TensorRT takes no causal LM", "format: onnx | openvino"]),
+    ({"steps": {"onnx": {"export": {"format": "gguf"}}},  # llama.cpp's runtime: host picks it, a profile cannot
+      "validate": {"profiles": ["host"], "artifacts": ["int4"], "budgets": BUDGETS}},
+     ["validate.budgets: over host, 'int4' (gguf) runs in llamacpp, which a profile cannot name"]),
     ({"validate": {"profiles": ["host"], "options": {"label_column": "label"}}},
      ["validate.options.label_column", "would be ignored"]),
 ])
