@@ -82,6 +82,8 @@ FORMATS: dict[str, FormatSpec] = {
         "ExecuTorch", "executorch", model_files=("model.pte",),
         exporter="compress.stages.export.executorch:export_executorch",
         graph_reader="compress.estimates.executorch_graph:executorch_cost", baseline=True, runs_on=("host", "phone"),
+        generator_exporter="compress.stages.export.executorch_lm:export_executorch_lm",
+        generator_quantizer="compress.stages.quantize.lm_executorch:quantize_lm_executorch",
     ),
     "litert": FormatSpec(
         "LiteRT", "litert", model_files=("model.tflite",), exporter="compress.stages.export.litert:export_litert",
