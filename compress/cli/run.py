@@ -166,13 +166,15 @@ def end_run(result) -> None:
     from compress.errors import BudgetFailed
 
     failed = [j["name"] for j in result.index["jobs"] if j.get("verdict") == "fail"]
+    html = result.run_dir / "report.html"
+    see = html if html.is_file() else result.run_dir / "index.json"  # --no-html writes none
     if failed:
-        raise BudgetFailed(f"budget failed: {', '.join(failed)} (see {result.run_dir / 'report.html'})")
+        raise BudgetFailed(f"budget failed: {', '.join(failed)} (see {see})")
     raise_for_gate(result.gate)
     if result.verdict == "anomalous":
         from compress.errors import Anomalous
 
         noisy = [j["name"] for j in result.index["jobs"] if j.get("verdict") == "anomalous"]
-        raise Anomalous(f"latency too noisy to judge: {', '.join(noisy)} (see {result.run_dir / 'report.html'})",
+        raise Anomalous(f"latency too noisy to judge: {', '.join(noisy)} (see {see})",
                         hint="measure on a quieter machine or with more runs (exit code 5)")
     console().print(result.verdict.upper(), highlight=False)

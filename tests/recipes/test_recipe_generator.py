@@ -115,7 +115,9 @@ def test_a_failing_budget_fails_the_run_and_only_the_validation_runs_again(lm, f
     # validation only
     assert j["validate/int4@gen-fast"]["status"] == "ran" and j["validate/int4@gen-fast"]["verdict"] == "fail"
     assert index["verdict"] == "fail" and "tokens/s decode" in out
-    assert index["gate"]["results"][0]["verdict"] != "new"  # gated against the first run
+    gated = index["gate"]["results"][0]  # against the first run: the generator's own figures
+    assert gated["verdict"] != "new" and {"decode ms/token", "generation collapse"} <= {m["metric"] for m in gated["metrics"]}
+    assert "index.json" in err  # --no-html: the failure points at what was written
 
 
 @pytest.mark.parametrize("edit, words", [
