@@ -159,6 +159,27 @@ def test_a_generators_option_in_a_recipe_of_another_model_is_refused(bert_classi
     assert code == 2 and "steps.int4.quantize.int4.algorithm: --int4-algorithm applies to text generators only" in err
 
 
+def test_set_reads_yaml_values_and_takes_paths_from_the_current_directory(tmp_path, monkeypatch):
+    from compress.errors import ConfigError
+    from compress.recipes.schema import apply_overrides, parse_overrides
+
+    monkeypatch.chdir(tmp_path)
+    recipe = {"name": "x", "steps": {"q": {"from": "e", "quantize": {}}}, "validate": [{"profiles": ["host"]}]}
+    apply_overrides(recipe, parse_overrides([
+        "teacher=model", "data.eval=texts/story.txt", "steps.q.quantize.accuracy.data=eval",
+        "steps.q.quantize.accuracy.max_perplexity_increase=0.02", "validate.0.budgets.min_speedup=null",
+        "validate.0.options.generation.prompts=p.txt"]))
+    assert recipe["teacher"] == str(tmp_path / "model") and recipe["data"]["eval"] == str(tmp_path / "texts/story.txt")
+    q = recipe["steps"]["q"]["quantize"]["accuracy"]
+    assert q == {"data": "eval", "max_perplexity_increase": 0.02}  # a data name stays one; numbers are numbers
+    assert recipe["validate"][0]["budgets"] == {"min_speedup": None}
+    assert recipe["validate"][0]["options"]["generation"]["prompts"] == str(tmp_path / "p.txt")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["teacher"])
+    with pytest.raises(ConfigError, match="is a list"):
+        apply_overrides(recipe, {"validate.budgets": {}})
+
+
 def test_the_shipped_recipe_names_what_it_needs_in_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "builtin:lm-stories", "--dry-run")
     assert code == 2 and "teacher: required field missing" in err and "--set teacher=DIR" in err
