@@ -33,7 +33,7 @@ DATA_AWARE = ("gptq", "awq", "scale_estimation")
 GENERATOR = "causal LM (text-generation)"
 
 
-def is_generator(teacher: str | Path) -> bool:
+def generator_teacher(teacher: str | Path) -> bool:
     """Whether the recipe's resolved ``teacher`` is a causal LM: a ``…ForCausalLM`` checkpoint or a text-generation
     artifact (export's own probe), or a GGUF file (llama.cpp's: causal LMs only)."""
     from compress.stages.export import generator_source
@@ -69,7 +69,7 @@ def problem(recipe, base: Path, teacher: str | None) -> tuple[tuple, str, str] |
     (None: the recipe fine-tunes its teacher, which is not a generator)."""
     from compress.recipes.verbs import VERBS
 
-    generator = teacher is not None and is_generator(teacher)
+    generator = teacher is not None and generator_teacher(teacher)
     for name, step in recipe.steps.items():
         settings = VERBS[step.verb].config_model().model_validate(step.settings)
         at = ("steps", name, step.verb)

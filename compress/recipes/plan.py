@@ -157,9 +157,9 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
                                "edgecompress artifact")
     if "calibration" not in data and "train" in data:
         data["calibration"] = data["train"]
-    from compress.recipes.generators import is_generator
+    from compress.recipes.generators import generator_teacher
 
-    generator = tune is None and is_generator(teacher)  # a causal LM: its verbs read fewer defaults
+    generator = tune is None and generator_teacher(teacher)  # a causal LM: its verbs read fewer defaults
     jobs: list[Job] = [tune] if tune else []
     for name, step in recipe.steps.items():
         settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher,
