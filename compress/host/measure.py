@@ -290,10 +290,16 @@ def probe_cold_start(
     batch_size: int,
     sequence_length: int,
     timeout_s: float = 600,
+    feeds: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``python -m compress.validation.probe`` in a fresh process: phases of a cold start and peak RSS.
     ``artifact``: an :class:`~compress.artifact.Artifact` (or its directory), or a source measured as it is
-    (:func:`probe_target`)."""
+    (:func:`probe_target`). ``feeds``: the model's inputs to run (numpy arrays by input name: the batch the caller
+    timed), else the probe makes seeded ones of the declared shapes."""
+    import tempfile
+
+    import numpy as np
+
     cmd = [
         sys.executable, "-m", "compress.validation.probe", str(probe_target(artifact)), "--runtime", runtime,
         "--batch-size", str(batch_size), "--sequence-length", str(sequence_length),
@@ -303,9 +309,13 @@ def probe_cold_start(
     if provider:
         cmd += ["--provider", provider]
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="edgecompress-probe-") as tmp:
+        if feeds is not None:
+            np.savez(Path(tmp) / "feeds.npz", **{k: np.asarray(v) for k, v in feeds.items()})
+            cmd += ["--feeds", str(Path(tmp) / "feeds.npz")]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        wall = time.perf_counter() - t0
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise StageError(f"cold-start probe failed: {last}", hint="rerun with --debug")

@@ -271,11 +271,21 @@ def validate(
     if config.measure.cold_start:
         start_phase(progress, "cold start in a fresh process")
         cold = probe_cold_start(
-            art, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length
+            art, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length,
+            feeds=_plain_feeds(batch),
         )
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, run, device, estimates) if estimating else _note_device(report, device)
+
+
+def _plain_feeds(batch) -> dict[str, Any] | None:
+    """The timed batch for the cold-start probe when it is plain arrays by input name (else the probe makes its own)."""
+    import numpy as np
+
+    if isinstance(batch, dict) and batch and all(isinstance(v, np.ndarray) and v.dtype != object for v in batch.values()):
+        return batch
+    return None
 
 
 def _baseline_backend(run: ValidationRun, runtime_name: str, metrics: dict[str, Any]):

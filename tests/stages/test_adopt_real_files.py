@@ -135,6 +135,17 @@ def test_a_bare_model_file_validates_with_its_cold_start_measured(kind, twins, r
     assert metrics["cold_start_ms"] > 0 and metrics["peak_rss_mb"] > 0 and cold["session_create_ms"] > 0
 
 
+def test_the_cold_start_runs_the_batch_validate_timed(twins, tmp_path):
+    """A graph whose time axis is open (no dims in model.yaml: the data fixes it) is probed with the data's batch,
+    not seeded inputs the open axis refuses."""
+    d = tmp_path / "open"
+    d.mkdir()
+    shutil.copy2(twins / "two.onnx", d / "two.onnx")  # no two.yaml: the time axis stays open
+    proc = edgecompress("validate", d / "two.onnx", "--data", twins / "two.npz", "--report-dir", tmp_path / "r")
+    assert proc.returncode in (0, 1, 4), proc.stderr
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["cold_start_ms"] > 0
+
+
 # -- an adopted .tflite on a phone --------------------------------------------------------------------------------------
 
 def test_an_adopted_tflite_has_a_phone_profile_and_pixel_8_names_it(tflite, tmp_path):
