@@ -6,9 +6,18 @@
   FP32 constant a weight-carrying op reads: to it such a graph has no weights, and its "INT8" output is the input
   unchanged. :func:`prepare` folds each ``DEQUANTIZE`` of an FP16 constant into the FP32 constant it computes (the
   op removed, its output tensor holding the values), which is what the graph computed, exactly.
+* **Unfused activations.** A RELU or RELU6 op that alone reads a convolution's, fully connected layer's or addition's
+  output is fused into it (MediaPipe's graphs keep them apart; the TFLite converter fuses them), exact in float.
+  INT8 then quantizes the activation's output, not the raw sums whose negative half the activation discards:
+  MediaPipe's selfie segmenter statically quantized, mask IoU against FP32 0.90 unfused, 0.93 fused, and twice
+  as fast in XNNPACK.
 * **No signature.** ai-edge-quantizer calibrates through a signature runner; a file without signature definitions
   (MediaPipe's, and many older converters') gets one (``serving_default``) over its subgraph's inputs and outputs,
   each named as its tensor.
+* **Output activations.** :func:`output_activations` names the sigmoid, softmax or tanh ops that write a model output:
+  static INT8 keeps them float, since INT8 on their input (the logits over their whole range) costs resolution exactly
+  where the probability is thresholded (on MediaPipe's selfie segmenter, the mask's IoU against FP32 0.87 with it,
+  0.97 without).
 * **What was quantized.** :func:`integer_weights` counts the constant tensors a file stores as integers with a scale;
   a quantization that adds none quantized nothing.
 """
@@ -20,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SIGNATURE_KEY", "Prepared", "integer_weights", "prepare"]
+__all__ = ["SIGNATURE_KEY", "Prepared", "integer_weights", "output_activations", "prepare"]
 
 SIGNATURE_KEY = "serving_default"
 
@@ -31,6 +40,7 @@ class Prepared:
 
     model: bytes
     fp16_weights_dequantized: int = 0
+    activations_fused: int = 0
     signature_added: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -73,6 +83,35 @@ def _fold_fp16_dequantize(model, schema) -> int:
             keep.append(op)
         sg.operators = keep
     return folded
+
+
+def _fuse_activations(model, schema) -> int:
+    """Each RELU / RELU6 that is the only reader of a CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED or ADD output
+    without a fused activation is fused into it; the number fused."""
+    B = schema.BuiltinOperator
+    acts = {B.RELU: schema.ActivationFunctionType.RELU, B.RELU6: schema.ActivationFunctionType.RELU6}
+    fusable = {B.CONV_2D, B.DEPTHWISE_CONV_2D, B.FULLY_CONNECTED, B.ADD}
+    fused = 0
+    for sg in model.subgraphs:
+        readers: dict[int, list] = {}
+        for op in sg.operators:
+            for t in op.inputs or []:
+                readers.setdefault(t, []).append(op)
+        gone = set()
+        for op in sg.operators:
+            options = op.builtinOptions
+            if _opcode(model, op) not in fusable or len(op.outputs) != 1 or options is None or \
+                    getattr(options, "fusedActivationFunction", None) != schema.ActivationFunctionType.NONE:
+                continue
+            after = readers.get(op.outputs[0], [])
+            if len(after) != 1 or op.outputs[0] in (sg.outputs or []) or _opcode(model, after[0]) not in acts:
+                continue
+            options.fusedActivationFunction = acts[_opcode(model, after[0])]
+            op.outputs = list(after[0].outputs)
+            gone.add(id(after[0]))
+            fused += 1
+        sg.operators = [op for op in sg.operators if id(op) not in gone]
+    return fused
 
 
 def _drop_unused_tensors(model) -> None:
@@ -124,7 +163,8 @@ def _name(tensor) -> str:
 
 def prepare(path: Path | str) -> Prepared:
     """The LiteRT file at ``path`` as ai-edge-quantizer takes it: FP16 weights behind DEQUANTIZE folded into FP32
-    constants, a signature added where it has none (see the module doc). The file itself is not changed."""
+    constants, lone RELU / RELU6 ops fused into the op they follow, a signature added where it has none (see the
+    module doc). The file itself is not changed."""
     schema, fb = _schema()
     raw = Path(path).read_bytes()
     model = fb.read_model_from_bytearray(bytearray(raw))
@@ -133,10 +173,13 @@ def prepare(path: Path | str) -> Prepared:
     if out.fp16_weights_dequantized:
         out.notes.append(f"{out.fp16_weights_dequantized} FP16 weights behind DEQUANTIZE ops were dequantized to FP32 "
                          "first")
+    out.activations_fused = _fuse_activations(model, schema)
+    if out.activations_fused:
+        out.notes.append(f"{out.activations_fused} RELU / RELU6 ops were fused into the operators they follow")
     if not model.signatureDefs and len(model.subgraphs) == 1:
         _add_signature(model, schema)
         out.signature_added = True
-    if out.fp16_weights_dequantized or out.signature_added:
+    if out.fp16_weights_dequantized or out.activations_fused or out.signature_added:
         _drop_unused_tensors(model)
         out.model = bytes(fb.convert_object_to_bytearray(model))
     return out
@@ -156,3 +199,19 @@ def integer_weights(model_bytes: bytes) -> int:
                     _constant(model, t) is not None:
                 count += 1
     return count
+
+
+def output_activations(model_bytes: bytes) -> list[str]:
+    """The scopes (as ai-edge-quantizer names an op: its output tensors' names, each followed by ``;``) of the
+    LOGISTIC, SOFTMAX, LOG_SOFTMAX and TANH ops that write a model output."""
+    schema, fb = _schema()
+    model = fb.read_model_from_bytearray(bytearray(model_bytes))
+    B = schema.BuiltinOperator
+    kinds = {B.LOGISTIC, B.SOFTMAX, B.LOG_SOFTMAX, B.TANH}
+    scopes = []
+    for sg in model.subgraphs:
+        outputs = set(sg.outputs or [])
+        for op in sg.operators:
+            if _opcode(model, op) in kinds and outputs.intersection(op.outputs or []):
+                scopes.append("".join(_name(sg.tensors[t]) + ";" for t in op.outputs if t >= 0))
+    return scopes
