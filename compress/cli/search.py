@@ -63,6 +63,8 @@ F = SearchConfig.flat_fields()
               help=F["prompt_tokens"].description)
 @click.option("--new-tokens", type=int, default=F["new_tokens"].default, show_default=True,
               help=F["new_tokens"].description)
+@click.option("--calibration-samples", type=int, default=F["calibration_samples"].default, show_default=True,
+              help=F["calibration_samples"].description)
 @click.option("--storage", help="Optuna storage URL (e.g. postgresql://...) so several machines work on one study "
                                 "[default: sqlite in --search-dir].")
 @click.option("--seed", type=int, default=0, show_default=True, help=F["seed"].description)
@@ -71,7 +73,8 @@ F = SearchConfig.flat_fields()
                                             "(the store of built steps is kept).")
 def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, metric, space_text,
                short_steps, short_recover_steps, full_epochs, full_augment, full_augment_join, full_average, explore_share,
-               full_recover_steps, qat_steps, promote, limit, prompt_tokens, new_tokens, storage, seed, no_html, force):
+               full_recover_steps, qat_steps, promote, limit, prompt_tokens, new_tokens,
+               calibration_samples, storage, seed, no_html, force):
     """Find the smallest, fastest artifact that meets a device profile's budgets.
 
     \b
@@ -112,7 +115,7 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
         full_augment=full_augment, full_augment_join=full_augment_join, full_average=full_average,
         explore_share=explore_share, full_recover_steps=full_recover_steps, qat_steps=qat_steps, promote=promote,
         space=parse_space(space_text) if space_text else None, storage=storage, seed=seed, metric=metric,
-        limit=limit, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+        limit=limit, prompt_tokens=prompt_tokens, new_tokens=new_tokens, calibration_samples=calibration_samples,
     )
     for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):
         if p is not None and not p.exists():

@@ -60,6 +60,9 @@ class Generation(Section):
                        "on (validate --limit).")
     prompt_tokens: int = Field(64, ge=1, description="Generators: prompt length timed (time to first token).")
     new_tokens: int = Field(32, ge=1, description="Generators: tokens generated per prompt (decode tokens/s).")
+    calibration_samples: int = Field(
+        16, ge=1, description="Generators: windows of 128 tokens of --train that GPTQ, AWQ and scale estimation "
+        "calibrate on (quantize --calibration-samples; every accuracy-aware step calibrates again).")
 
 
 class Study(Section):
@@ -80,6 +83,7 @@ class SearchConfig(Settings):
         "full_recover_steps": "full.recover_steps", "qat_steps": "full.qat_steps", "seed": "study.seed",
         "storage": "study.storage", "study_name": "study.name",
         "limit": "generation.limit", "prompt_tokens": "generation.prompt_tokens", "new_tokens": "generation.new_tokens",
+        "calibration_samples": "generation.calibration_samples",
     }
 
     teacher: str = Field(..., description="The fine-tuned teacher checkpoint directory, or a model file (.onnx, .xml).")

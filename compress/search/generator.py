@@ -263,7 +263,9 @@ class GeneratorSearch:
 
         t = time.monotonic()
         fp32 = self.export(c.runtime)
-        settings = c.quantize_settings(calibration=self.train, data=self.eval, samples=self.config.generation.limit)
+        g = self.config.generation
+        settings = c.quantize_settings(calibration=self.train, windows=g.calibration_samples, data=self.eval,
+                                       samples=g.limit)
         out = self.dir / "candidates" / f"{number:04d}"
         art = quantize(fp32, out, QuantizeConfig.from_flat(**settings), force=True)
         report = self.validate(art, self.eval, runtime=c.runtime)

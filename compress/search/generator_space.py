@@ -74,15 +74,15 @@ class GenCandidate:
     def route(self) -> Route:
         return ROUTES[self.runtime]
 
-    def quantize_settings(self, *, calibration: str, data: str, samples: int) -> dict[str, Any]:
+    def quantize_settings(self, *, calibration: str, windows: int, data: str, samples: int) -> dict[str, Any]:
         """The flat quantize settings (``edgecompress quantize``'s options) that make this candidate from the route's
-        FP32 export. ``calibration``: text for the data-aware algorithms; ``data``: text the accuracy-aware target is
-        measured on (``samples`` windows)."""
+        FP32 export. ``calibration``: text for the data-aware algorithms (``windows`` windows); ``data``: text the
+        accuracy-aware target is measured on (``samples`` windows)."""
         if self.runtime == "llamacpp":
             return {"precision": "int4", "gguf_type": self.algorithm}
         s: dict[str, Any] = {"precision": "int4", "int4_algorithm": self.algorithm, "block_size": self.group}
         if self.algorithm in CALIBRATED:
-            s["calibration"] = calibration
+            s.update(calibration=calibration, calibration_samples=windows)
         if self.int8:
             s.update(max_perplexity_increase=self.int8, data=data, eval_samples=max(10, samples))
         return s
