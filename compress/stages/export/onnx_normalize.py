@@ -6,8 +6,8 @@ estimates look for weights among the graph's initializers, so a static INT8 of i
 ``Constant`` holds a float weight matrix or kernel (rank 2 or more, which PyTorch's exporter never writes as one),
 adoption lifts every tensor constant with ONNX IR's own pass (``onnx_ir.passes.common.LiftConstantsToInitializersPass``:
 the ONNX project's IR, which torch.onnx builds its graphs with; ``onnx-ir`` is already a dependency) and infers the
-shapes with onnx's shape inference (``onnx_ir``'s ``ShapeInferencePass``, which wraps ``onnx.shape_inference`` and
-skips graphs past the protobuf limit). Any other graph is left exactly as it came.
+shapes with ``onnx.shape_inference`` (partial where an operator's inference fails; recorded as not done where it
+cannot run, as past the protobuf limit). Any other graph is left exactly as it came.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 #: lift every tensor-valued Constant, a one-element bias included (ORT quantizes a bias only as an initializer)
 _SIZE_LIMIT = 1
-TOOL = "onnx_ir LiftConstantsToInitializersPass + ShapeInferencePass"
+TOOL = "onnx_ir LiftConstantsToInitializersPass + onnx.shape_inference"
 
 
 def _constants(graph) -> list:
@@ -45,8 +45,8 @@ def lift_constants(model) -> tuple[Any, dict[str, Any] | None]:
     or kernel)."""
     import numpy as np
     import onnx_ir as ir
-    from onnx import numpy_helper
-    from onnx_ir.passes.common import LiftConstantsToInitializersPass, ShapeInferencePass
+    from onnx import numpy_helper, shape_inference
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
     found = _constants(model.graph)
     arrays = [numpy_helper.to_array(n.attribute[0].t) for n in found]
@@ -55,13 +55,17 @@ def lift_constants(model) -> tuple[Any, dict[str, Any] | None]:
         return model, None
     ir_model = ir.serde.deserialize_model(model)
     LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=_SIZE_LIMIT)(ir_model)
-    ShapeInferencePass()(ir_model)
     out = ir.serde.serialize_model(ir_model)
+    try:  # partial where an operator's inference fails; a graph past the protobuf limit keeps its shapes as they were
+        out, inferred = shape_inference.infer_shapes(out, strict_mode=False, data_prop=True), True
+    except Exception as e:  # noqa: BLE001 - onnx raises several types (protobuf size, inference errors)
+        log.warning("shape inference failed (%s); the graph keeps the shapes it had", e)
+        inferred = False
     left = len(_constants(out.graph))
     record = {"constants_to_initializers": len(found) - left, "float_weights": len(floats),
-              "float_weight_elements": int(sum(a.size for a in floats)), "shapes_inferred": True, "tool": TOOL}
+              "float_weight_elements": int(sum(a.size for a in floats)), "shapes_inferred": bool(inferred), "tool": TOOL}
     if left:  # a graph output, or an empty tensor (Resize's unused roi), stays a Constant node
         record["constants_kept"] = left
-    log.info("normalised the graph: %d Constant nodes (%d float weights) moved to initializers, shapes inferred",
-             record["constants_to_initializers"], len(floats))
+    log.info("normalised the graph: %d Constant nodes (%d float weights) moved to initializers%s",
+             record["constants_to_initializers"], len(floats), ", shapes inferred" if inferred else "")
     return out, record
