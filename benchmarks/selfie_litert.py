@@ -9,9 +9,11 @@ model's guesses on what it was not made for, often near 0.5). Calibrated on 3 ot
 separately: other crops, the same photos). Labels: the FP32 file's own masks (probability >= 0.5), so IoU is that
 of the INT8 masks against the FP32 masks over every pixel of the set; the FP32 file's IoU is 1.0 by construction.
 
-Each goes ``export selfie_segmentation.tflite`` (adopt, with ``selfie_segmentation.yaml`` beside it: ``task: probability-map``) ->
-``quantize`` (``--mode dynamic``; ``--mode static --calibration``) -> ``validate --data eval.npz`` on a profile that
-runs LiteRT. Results: ``benchmarks/results/selfie_litert.json``.
+Each goes ``export selfie_segmentation.tflite`` (adopt, with ``selfie_segmentation.yaml`` beside it:
+``task: probability-map``) -> ``quantize`` (``--mode dynamic``; ``--mode static --calibration``) -> ``validate
+--data`` on a profile that runs LiteRT (latency: p50 at batch 1 on this machine, shared, so noisy). Then an ablation
+of each choice ``stages/quantize/litert.py`` makes over ai-edge-quantizer's own recipes, the same files and data
+through ai-edge-quantizer and LiteRT's interpreter directly. Results: ``benchmarks/results/selfie_litert.json``.
 
     python benchmarks/selfie_litert.py [--work DIR]
 """
@@ -29,6 +31,9 @@ import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import host_and_versions
+
 MODEL = HERE.parents[1] / "shared" / "models" / "selfie-segmentation" / "selfie_segmentation.tflite"
 SIZE = 256
 
@@ -60,7 +65,6 @@ def _masks(x: np.ndarray) -> np.ndarray:
 def write_data(work: Path, person_views: int, all_views: int, calibration_views: int) -> dict[str, Path]:
     """``people.npz``: views of the photos with a person; ``all.npz``: views of every photo (``input_1``; ``labels``:
     the FP32 file's masks); ``calibration.npz``: other views of every photo."""
-    sys.path.insert(0, str(HERE))
     from real_cnns import photos, views
 
     rng = np.random.default_rng(0)
@@ -76,6 +80,81 @@ def write_data(work: Path, person_views: int, all_views: int, calibration_views:
         np.savez(out[key], input_1=x, labels=_masks(x))
     np.savez(out["calibration"], input_1=_arrays(cal))
     return out
+
+
+def _iou(model: bytes, data: Path) -> float:
+    """IoU of ``model``'s masks against the labels of ``data`` (every pixel of every view together)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    d = np.load(data)
+    it = Interpreter(model_content=model, num_threads=1)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    masks = []
+    for row in d["input_1"]:
+        v = row[None]
+        if i["dtype"] != np.float32:  # a full-integer model's INT8 input
+            scale, zero = i["quantization"]
+            v = np.clip(np.round(v / scale + zero), -128, 127).astype(i["dtype"])
+        it.set_tensor(i["index"], v)
+        it.invoke()
+        r = it.get_tensor(o["index"])
+        if o["dtype"] != np.float32:
+            scale, zero = o["quantization"]
+            r = (r.astype(np.float32) - zero) * scale
+        masks.append(r[0, :, :, 0] >= 0.5)
+    a, b = np.stack(masks), d["labels"].astype(bool)
+    return round(float((a & b).sum() / (a | b).sum()), 4)
+
+
+def ablation(data: dict[str, Path]) -> list[dict]:
+    """ai-edge-quantizer's recipes as they are, then with each of edgecompress's choices added in turn."""
+    import re
+
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
+
+    from compress.stages.quantize.litert import activation_ranges
+    from compress.stages.quantize.litert_graph import output_activations, prepare
+
+    ops = qtyping.TFLOperationName
+    cal = {"serving_default": [{"input_1": r[None]} for r in np.load(data["calibration"])["input_1"]]}
+    unfused, fused = prepare(MODEL, fuse_activations=False).model, prepare(MODEL).model
+
+    def dynamic(model: bytes, depthwise_weight_only: bool) -> bytes:
+        qt = quantizer.Quantizer(bytearray(model))
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        if depthwise_weight_only:
+            qt.add_weight_only_config(regex=".*", operation_name=ops.DEPTHWISE_CONV_2D, num_bits=8)
+        return bytes(qt.quantize().quantized_model)
+
+    def static(model: bytes, output_float: bool, ranges: str) -> bytes:
+        qt = quantizer.Quantizer(bytearray(model))
+        qt.load_quantization_recipe(recipe.static_wi8_ai8())
+        for scope in output_activations(model) if output_float else []:
+            qt.update_quantization_recipe(regex=f"^{re.escape(scope)}$", operation_name=ops.ALL_SUPPORTED,
+                                          algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+        q = qt.calibrate(cal) if ranges == "ai-edge-quantizer's moving average" else \
+            activation_ranges(qt, model, cal, ranges)
+        return bytes(qt.quantize(q).quantized_model)
+
+    variants = [
+        ("dynamic: dynamic_wi8_afp32 as it is", lambda: dynamic(unfused, False)),
+        ("dynamic: + depthwise convolutions weight-only", lambda: dynamic(unfused, True)),
+        ("dynamic: + RELU fused (edgecompress's --mode dynamic)", lambda: dynamic(fused, True)),
+        ("static: static_wi8_ai8 as it is", lambda: static(unfused, False, "ai-edge-quantizer's moving average")),
+        ("static: + output sigmoid float", lambda: static(unfused, True, "ai-edge-quantizer's moving average")),
+        ("static: + RELU fused", lambda: static(fused, True, "ai-edge-quantizer's moving average")),
+        ("static: + mean-minmax ranges (edgecompress's --mode static)", lambda: static(fused, True, "mean-minmax")),
+        ("static: + minmax ranges instead", lambda: static(fused, True, "minmax")),
+    ]
+    rows = []
+    for name, make in variants:
+        model = make()
+        row = {"variant": name, "size_bytes": len(model), "iou_people": _iou(model, data["people"]),
+               "iou_all": _iou(model, data["all"])}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
 
 
 def _cli(*args, check: bool = True) -> None:
@@ -124,7 +203,8 @@ def main() -> None:
            "input_bytes": MODEL.stat().st_size,
            "people_views": int(len(np.load(data["people"])["labels"])),
            "all_views": int(len(np.load(data["all"])["labels"])),
-           "calibration_views": int(len(np.load(data["calibration"])["input_1"])), "results": rows}
+           "calibration_views": int(len(np.load(data["calibration"])["input_1"])), "results": rows,
+           "ablation": ablation(data), **host_and_versions()}
     (HERE / "results" / "selfie_litert.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

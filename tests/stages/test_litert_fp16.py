@@ -112,7 +112,7 @@ def test_fp16_weights_behind_dequantize_are_quantized_for_real(tmp_path, calibra
         assert step.metrics["parity_vs_input"]["cosine_mean"] > 0.95, (name, step.metrics["parity_vs_input"])
 
 
-def test_static_int8_of_a_file_without_signatures(tmp_path, calibration):
+def test_static_int8_of_a_file_without_signatures(tmp_path, calibration, capsys):
     """The FP32 CNN with its signature definitions dropped (as MediaPipe's files come) calibrates on its input."""
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
@@ -133,6 +133,10 @@ def test_static_int8_of_a_file_without_signatures(tmp_path, calibration):
     step = q.manifest.steps[-1]
     assert step.config["recipe"] == "static_wi8_ai8" and step.config["calibration"]["samples"] == 6
     assert step.metrics["parity_vs_input"]["cosine_mean"] > 0.95, step.metrics["parity_vs_input"]
+    assert step.config["calibration"]["method"] == "mean-minmax"
+    line = main_error(capsys, "quantize", art.path, "--mode", "static", "--calibration", calibration,
+                      "--calibration-method", "entropy", "--out", tmp_path / "e")
+    assert "--calibration-method entropy" in line and "mean-minmax or minmax" in line
 
 
 def test_a_quantize_that_quantizes_nothing_is_an_error_not_an_artifact(tmp_path, capsys):
@@ -177,3 +181,47 @@ def test_a_channel_last_probability_map_is_taken_as_the_map():
         for k in (0, 2):
             stream.update(c[k:k + 2], labels[k:k + 2], r[k:k + 2])
         assert stream.result()["metric"] == pytest.approx(want["metric"])
+
+
+def test_a_lone_relu_is_fused_into_the_convolution_it_follows(tmp_path):
+    """MediaPipe's graphs keep RELU apart from the convolution; prepared for the quantizer, it is fused (the INT8
+    range then covers what the activation keeps), and the graph computes the same."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from compress.stages.quantize.litert_graph import prepare
+
+    model = fb.read_model(str(ASSET))  # its CONV_2D has RELU fused: take it out into an op of its own
+    sg = model.subgraphs[0]
+    conv = next(op for op in sg.operators if fb.opcode_to_name(model, op.opcodeIndex) == "CONV_2D")
+    conv.builtinOptions.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    raw = schema.TensorT()
+    raw.name, raw.shape, raw.type = b"conv_raw", list(sg.tensors[conv.outputs[0]].shape), schema.TensorType.FLOAT32
+    raw.buffer = 0
+    sg.tensors.append(raw)
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.RELU
+    code.version = 1
+    model.operatorCodes.append(code)
+    relu = schema.OperatorT()
+    relu.opcodeIndex, relu.inputs, relu.outputs = len(model.operatorCodes) - 1, [len(sg.tensors) - 1], list(conv.outputs)
+    conv.outputs = [len(sg.tensors) - 1]
+    sg.operators.insert(sg.operators.index(conv) + 1, relu)
+    src = tmp_path / "unfused.tflite"
+    src.write_bytes(fb.convert_object_to_bytearray(model))
+    prepared = prepare(src)
+    assert prepared.activations_fused == 1 and prepared.fp16_weights_dequantized == 0
+    ready = fb.read_model_from_bytearray(bytearray(prepared.model))
+    assert [fb.opcode_to_name(ready, op.opcodeIndex) for op in ready.subgraphs[0].operators] == \
+        ["TRANSPOSE", "CONV_2D", "TRANSPOSE", "MEAN", "FULLY_CONNECTED"]
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    outs = []
+    for kw in ({"model_path": str(src)}, {"model_content": prepared.model}, {"model_path": str(ASSET)}):
+        it = Interpreter(**kw)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    np.testing.assert_allclose(outs[1], outs[2], atol=1e-6)
