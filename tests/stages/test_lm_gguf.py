@@ -257,3 +257,31 @@ def test_calibration_text_makes_an_importance_matrix_with_llama_imatrix(exported
         text.write_text(STORY)
         _quantize(art, tmp_path / "short", precision="int4", calibration=str(text))
     assert not (tmp_path / "short").exists()
+
+
+@needs_tree
+def test_an_imatrix_file_gives_what_llama_quantize_writes_with_it(exported, tmp_path):
+    """The in-process quantizer given llama-imatrix's file writes the tensors and keys llama.cpp's own tool does."""
+    import subprocess
+
+    from gguf import GGUFReader
+
+    from compress.stages.quantize.gguf_imatrix import imatrix_tool
+    from tests.builders.causal_lm import STORY
+
+    tool = imatrix_tool()
+    if tool is None or not (tool.parent / "llama-quantize").is_file():
+        pytest.skip(f"no llama-imatrix and llama-quantize: build them in the {ENV} tree")
+    _, art = exported
+    text, imatrix, theirs = tmp_path / "story.txt", tmp_path / "imatrix.gguf", tmp_path / "theirs.gguf"
+    text.write_text(STORY * 40)
+    subprocess.run([tool, "-m", art.path / "model.gguf", "-f", text, "-o", imatrix, "-c", "64", "--no-ppl"],
+                   check=True, capture_output=True)
+    subprocess.run([tool.parent / "llama-quantize", "--imatrix", imatrix, art.path / "model.gguf", theirs, "Q4_K_M"],
+                   check=True, capture_output=True)
+    ours = _quantize(art, tmp_path / "ours", precision="int4", gguf_type="q4_k_m", imatrix=str(imatrix))
+    read = [GGUFReader(str(p)) for p in (ours.path / "model.gguf", theirs)]
+    assert [{t.name: bytes(t.data) for t in r.tensors} for r in read][0] == {t.name: bytes(t.data)
+                                                                              for t in read[1].tensors}
+    keys = [{k: f.contents() for k, f in r.fields.items() if k.startswith("quantize.imatrix")} for r in read]
+    assert keys[0] == keys[1] and keys[0]["quantize.imatrix.entries_count"] == 14

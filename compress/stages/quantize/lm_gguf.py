@@ -104,7 +104,7 @@ def given_imatrix(config: QuantizeConfig, model: Path):
     return imatrix, imatrix.describe() | check_against(imatrix, model) | {"made_by": "given (--imatrix)"}
 
 
-def made_imatrix(art: Artifact, config: QuantizeConfig, scratch_parent: Path):
+def made_imatrix(art: Artifact, config: QuantizeConfig, scratch_dir: Path):
     """An importance matrix made by llama.cpp's ``llama-imatrix`` from the ``--calibration`` text (windows of the
     model's context up to :data:`IMATRIX_CONTEXT` tokens, at most ``--calibration-samples`` of them)."""
     import tempfile
@@ -118,11 +118,12 @@ def made_imatrix(art: Artifact, config: QuantizeConfig, scratch_parent: Path):
     context = min(int(getattr(cache, "max_length", None) or art.manifest.max_length or IMATRIX_CONTEXT),
                   IMATRIX_CONTEXT)
     src = art.path / art.manifest.model_file
-    with tempfile.TemporaryDirectory(prefix=".imatrix.", dir=scratch_parent.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=".imatrix.", dir=scratch_dir) as scratch:
         imatrix = compute_imatrix(src, texts, Path(scratch) / "imatrix.gguf", context=context,
                                   chunks=config.calibration.samples)
         imatrix.datasets = [str(Path(config.calibration.data).resolve())]
         record = imatrix.describe() | check_against(imatrix, src)
+    imatrix.path = Path(f"llama-imatrix on {Path(config.calibration.data).name}")  # the GGUF's quantize.imatrix.file
     record |= {"path": None, "made_by": "llama-imatrix", "context": context,
                "calibration_sha256": sha256_file(Path(config.calibration.data))}
     log.info("importance matrix: %d weights over %d windows of %d tokens of %s", record["covered"], imatrix.chunks,
@@ -146,7 +147,7 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
     output = QUANTIZE_GGUF.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         if imatrix is None and config.calibration.data:
-            imatrix, record = made_imatrix(art, config, o.dir)
+            imatrix, record = made_imatrix(art, config, o.dir.parent)
         llama_quantize(src, o.dir / "model.gguf", name, imatrix=imatrix)
         for travel in _TRAVEL:
             if (art.path / travel).is_file():
