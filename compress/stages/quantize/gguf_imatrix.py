@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -240,10 +241,11 @@ def compute_imatrix(model: Path, texts: list[str], out: Path, *, context: int, c
            "-t", str(threads or os.cpu_count() or 1), "--no-ppl", "--output-format", "gguf"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not out.is_file():
-        lines = [ln.strip() for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
-        why = next((ln for ln in reversed(lines) if "tokens" in ln or "error" in ln.lower()),
-                   lines[-1] if lines else f"exit code {done.returncode}")
-        short = "you need at least" in " ".join(lines)
+        lines = [ln.strip() for ln in f"{done.stderr}\n{done.stdout}".splitlines() if ln.strip()]
+        # llama.cpp's log lines: "0.00.020.641 E compute_imatrix: ..." (I, W, E: the level)
+        errors = [m.group(1) for ln in lines if (m := re.match(r"^[\d.]+ E (.*)", ln))]
+        why = "; ".join(errors[:2]) if errors else lines[-1] if lines else f"exit code {done.returncode}"
+        short = "you need at least" in why
         raise (ConfigError if short else StageError)(
             f"llama.cpp's {TOOL} failed: {why}",
             hint=f"give more --calibration text (at least two windows of {context} tokens)" if short else
