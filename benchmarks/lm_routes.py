@@ -7,7 +7,9 @@ against PyTorch FP32 on the TinyStories sample in windows of 256 (llama-perplexi
 
 Routes (each skipped with a note when its pieces are missing): PyTorch FP32 (transformers, its KV cache); ONNX Runtime
 FP32 / INT4 / INT8 (export --format onnx + quantize); OpenVINO FP32 / INT4 (export --format openvino + quantize);
-GGUF F16 / Q4_0 / Q4_K_M through edgecompress's llamacpp runtime; and llama.cpp itself: llama-cpp-python's Llama on
+GGUF F16 / Q4_0 / Q4_K_M through edgecompress's llamacpp runtime; ExecuTorch FP32 / INT4 (export --format executorch,
+a .pte lowered to XNNPACK with its KV cache inside, + quantize: torchao 8da4w, groups of 32; these need executorch and
+torchao, which the system python here lacks: run them with the tf5 venv); and llama.cpp itself: llama-cpp-python's Llama on
 our Q4_0 GGUF, driven directly (only the last position's logits, no edgecompress wrapper) as the anchor.
 
 Figures per route: model size; cold start and peak RSS (a fresh process: import, load, one 8-token prefill);
@@ -83,6 +85,16 @@ def build(ckpt: Path, work: Path, routes: list[str]) -> tuple[dict[str, Path | N
         made["gguf-q4_0"] = step("gguf-q4_0", q(base, precision="int4", gguf_type="q4_0"))
         made["gguf-q4_k_m"] = step("gguf-q4_k_m", q(base, precision="int4", gguf_type="q4_k_m"))
         made["llama.cpp-q4_0"] = made["gguf-q4_0"]
+    if want & {"executorch-fp32", "executorch-int4"}:
+        import importlib.util
+
+        if importlib.util.find_spec("executorch") is None or importlib.util.find_spec("torchao") is None:
+            for r in ("executorch-fp32", "executorch-int4"):
+                notes[r] = "executorch/torchao are not installed in this python (pip install executorch torchao)"
+        else:
+            made["executorch-fp32"] = base = step("executorch-fp32", exp("executorch"))
+            made["executorch-int4"] = (step("executorch-int4", q(base, precision="int4"))
+                                       if "executorch-int4" in want else None)
     return {r: made.get(r) for r in routes}, notes
 
 
@@ -156,7 +168,7 @@ def load(route: str, path: Path, threads: int):
 def model_bytes(route: str, path: Path) -> int:
     if route == "pytorch-fp32":
         return sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin", ".gguf"))
+    return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin", ".gguf", ".pte"))
 
 
 def generate(backend, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
@@ -320,7 +332,9 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--windows", type=int, default=16, help="perplexity windows of stories260K")
     ap.add_argument("--routes", default="pytorch-fp32,onnx-fp32,onnx-int4,onnx-int8,openvino-fp32,openvino-int4,"
-                    "gguf-f16,gguf-q4_0,gguf-q4_k_m,llama.cpp-q4_0")
+                    "gguf-f16,gguf-q4_0,gguf-q4_k_m,executorch-fp32,executorch-int4,llama.cpp-q4_0")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "lm_routes.json",
+                    help="where the results are written (a run of some routes: give another file)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--probe", nargs=2, metavar=("ROUTE", "PATH"), help=argparse.SUPPRESS)
@@ -348,7 +362,7 @@ def main() -> None:
     print(md)
     for route, note in {**notes, **{f"{k} (quality)": v for k, v in qnotes.items()}}.items():
         print(f"- skipped {route}: {note}")
-    out = ROOT / "benchmarks" / "results" / "lm_routes.json"
+    out = args.out
     out.write_text(json.dumps({**info, "threads": args.threads, "bandwidth_gbs": bw, "rounds": args.rounds,
                                "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "speed": speed_rows,
                                "quality": quality_rows, "notes": notes, "quality_notes": qnotes, "table": md},
