@@ -86,7 +86,8 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     validated as validate does a generator (decode tokens/s, time to first token,
     perplexity increase, top-1 agreement: the profile's budgets); --train is the
     calibration text, --eval the text ranked on, the chosen one is checked on held-out
-    text (--holdout, else the second half of --eval). Model files (ONNX, OpenVINO IR): nothing
+    text (--holdout, else the second half of --eval); one fidelity (nothing is trained),
+    search.json but no HTML report yet. Model files (ONNX, OpenVINO IR): nothing
     to train, so precision only (--train is their calibration data). All: ONNX Runtime
     vs OpenVINO, and 1 or all intra-op threads; on a phone's profile ExecuTorch programs
     (INT8 PT2E, latency estimated on the phone's peaks) beside ONNX Runtime, elsewhere

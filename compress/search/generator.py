@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from compress.errors import ConfigError, EdgeCompressError
+from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.progress import Progress, note, sink
 from compress.search.config import Objective, SearchConfig
 from compress.search.generator_space import (
@@ -402,6 +402,8 @@ def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Pr
 
 
 def _objective(optuna, s: GeneratorSearch):
+    from compress.profiles.budgets import BudgetStatus
+
     def objective(trial):
         c = suggest(trial, s.space)
         trial.set_user_attr("label", c.label)
@@ -441,9 +443,16 @@ def _objective(optuna, s: GeneratorSearch):
             trial.set_user_attr("error", str(e).splitlines()[0])
             s.say(f"{tag}: failed: {str(e).splitlines()[0]}")
             raise
+        except Exception as e:  # a quantizer's own bug fails this trial, not the search
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            trial.set_user_attr("error", why)
+            s.say(f"{tag}: failed: {why}")
+            raise StageError(f"{c.label}: {why}") from e
         for k, v in res.items():
             trial.set_user_attr(k, v)
-        fails = f" ({', '.join(res['failed'])})" if res["failed"] else ""
+        odd = [k if b["status"] == BudgetStatus.failed else f"{k} {b['status']}" for k, b in res["budgets"].items()
+               if b["status"] != BudgetStatus.passed]
+        fails = f" ({', '.join(odd)})" if odd else ""
         s.say(f"{tag}: {res['verdict'].upper()}{fails}: {line(res)} ({res['seconds']:.0f} s)")
         return (res["decode_tokens_per_s"] or 0.0,
                 res["perplexity_increase"] if res["perplexity_increase"] is not None else math.inf, res["size_mb"])
