@@ -15,7 +15,8 @@ log = logging.getLogger("compress.profiles.load")  # one logger for everything a
 
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # "_" only inside, as in x86_64 (a leading "_" marks abstract parents)
-RUNTIME_NAMES: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt", "torch", "executorch", "litert", "coreml")
+RUNTIME_NAMES: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt", "torch", "executorch", "litert", "coreml",
+                                  "llamacpp")
 HOST = "host"
 HOST_BUDGETS = "_host"  # profiles/_host.yaml: what `host` judges (absolute latency belongs to named devices)
 _SUFFIXES = (".yaml", ".yml")

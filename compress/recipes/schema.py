@@ -384,10 +384,6 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
                 runtime = _profile_runtime(prof, base)
                 for a in spec.artifacts or recipe.deployable():
                     fmt = recipe.format_of(a)
-                    if spec.budgets is not None and prof == "host" and not _nameable(fmt):
-                        _raise(label, root, (*at, "budgets"), f"over host, {a!r} ({fmt}) runs in "
-                               f"{_runtime_of(fmt)}, which a profile cannot name", "drop budgets: to judge it by "
-                               "host's own, or list it in an entry of its own without budgets:")
                     if runtime is not None and not _runs(runtime, fmt):
                         _raise(label, root, (*at, "profiles", j), f"profile {prof} runs {runtime}, which cannot run "
                                f"{a!r} ({fmt})", f"list {fmt} artifacts under a profile for a runtime that runs them "
@@ -427,13 +423,6 @@ def _runtime_of(fmt: str) -> str:
     from compress.formats import FORMATS
 
     return FORMATS[fmt].runtime
-
-
-def _nameable(fmt: str) -> bool:
-    """Whether a profile file can name the runtime of ``fmt`` (the recipe's budgets over host write one)."""
-    from compress.profiles.schema import RUNTIME_NAMES
-
-    return _runtime_of(fmt) in RUNTIME_NAMES
 
 
 def _runs(runtime: str, fmt: str) -> bool:

@@ -157,7 +157,7 @@ class GeneratorSearch:
         routes = [r for r in ROUTES if r in asked.get("runtime", list(ROUTES))]
         kept, skipped = [], []
         for name in routes:
-            why = _unavailable(name) or self._unprofiled(name)
+            why = _unavailable(name)
             if why:
                 skipped.append(f"{name}: {why}")
                 self._notes.append(f"runtime: no {name} candidates ({why})")
@@ -177,16 +177,6 @@ class GeneratorSearch:
             + (f" x 8-bit layers: {', '.join('none' if x == 0 else f'until +{x:.0%}' for x in d['int8'])}"
                if len(d["int8"]) > 1 else "") for rt, d in space.items()) + f" ({n} candidates)")
         return space
-
-    def _unprofiled(self, runtime: str) -> str | None:
-        """Why the profile cannot validate ``runtime``'s artifacts (None: it can): ``host`` runs each format in its
-        own runtime; another profile names one, and the profile schema may not know it (llama.cpp's)."""
-        from compress.profiles.schema import RUNTIME_NAMES
-
-        if self.profile.source == "detected" or runtime in RUNTIME_NAMES:
-            return None
-        return (f"profile {self.profile.name} runs {self.profile.runtime.name}, and a profile cannot name {runtime} "
-                "yet: validate runs its artifacts on --profile host only")
 
     def _data(self) -> tuple[str, str]:
         from compress.search.holdout import split_text

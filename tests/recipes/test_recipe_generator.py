@@ -130,9 +130,6 @@ def test_a_failing_budget_fails_the_run_and_only_the_validation_runs_again(lm, f
     ({"steps": {"student": {"distill": {}}}}, ["steps.student", "distill takes no causal LM"]),
     ({"steps": {"onnx": {"export": {"format": "tensorrt"}}}},
      ["steps.onnx.export.format: TensorRT takes no causal LM", "format: onnx | openvino"]),
-    ({"steps": {"onnx": {"export": {"format": "gguf"}}},  # llama.cpp's runtime: host picks it, a profile cannot
-      "validate": {"profiles": ["host"], "artifacts": ["int4"], "budgets": BUDGETS}},
-     ["validate.budgets: over host, 'int4' (gguf) runs in llamacpp, which a profile cannot name"]),
     ({"validate": {"profiles": ["host"], "options": {"label_column": "label"}}},
      ["validate.options.label_column", "would be ignored"]),
 ])
@@ -193,8 +190,10 @@ def test_the_shipped_recipe_names_what_it_needs_in_one_line(capsys, tmp_path):
 def test_stories260k_through_the_shipped_recipe(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)  # --set paths are relative to the current directory; runs/ lands here
+    # the shipped recipe as it is, but shorter timed generations (CI time): the quality figures are the recipe's own
     code, out, err = run(capsys, "builtin:lm-stories", "--no-html", "--set", f"teacher={STORIES}",
-                         "--set", f"data.eval={TINYSTORIES}")
+                         "--set", f"data.eval={TINYSTORIES}", "--set", "validate.options.generation.prompt_tokens=32",
+                         "--set", "validate.options.generation.new_tokens=16")
     index = json.loads(Path("runs/lm-stories/index.json").read_text())
     v = jobs(index)["validate/int4@host"]
     assert code == 0, (out, err, v)
