@@ -127,7 +127,8 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
     m = art.manifest.steps[-1].metrics
     if (g := m.get("generation_vs_input")) is not None:  # a generator (causal LM): weight-only, greedy continuations
         console().print(
-            f"wrote [bold]{art.path}[/] ({art.precision} weight-only, {m['size_bytes_after'] / 1e6:.2f} MB, "
+            f"wrote [bold]{art.path}[/] ({art.precision} {m.get('scheme', 'weight-only')}, "
+            f"{m['size_bytes_after'] / 1e6:.2f} MB, "
             f"{m['compression']:.2f}x smaller); vs input: prompt top-1 agreement {g['prompt_top1_agreement']:.3f}, "
             f"KL {g['prompt_kl_mean']:.4f}, greedy continuations equal for {g['continuation_agreement']:.1%}")
         if g.get("collapsed"):

@@ -54,7 +54,8 @@ def quantize(
         ref = FORMATS[str(art.format)].generator_quantizer
         if ref is None:
             raise ConfigError(f"{art.path}: quantize takes no {FORMATS[str(art.format)].label} causal language model",
-                              hint="export the checkpoint with --format onnx, openvino or gguf and quantize that")
+                              hint=f"export the checkpoint with --format "
+                              f"{' or '.join(n for n, f in FORMATS.items() if f.generator_quantizer)} and quantize that")
         if Path(out).resolve() == art.path.resolve():
             raise ConfigError("--out is the input artifact", hint="choose a new directory")
         return import_string(ref)(art, out, config, force=force)

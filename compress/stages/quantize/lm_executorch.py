@@ -117,7 +117,8 @@ def quantize_lm_executorch(art: Artifact, out: Path | str, config: QuantizeConfi
                           extra_config={"torchao": record, "lowering": lowering})
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3),
-                             "weights": lowering["quantized_weights"]})
+                             "weights": lowering["quantized_weights"],
+                             "scheme": f"{record['scheme']}, int8 activations at run time"})
         check = collapse_check(art, o.draft(), runtime="executorch")
         step.metrics["generation_vs_input"] = check
         if check["collapsed"]:
