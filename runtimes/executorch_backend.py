@@ -6,7 +6,7 @@ A program takes one row per call (``export --format executorch`` writes it so); 
 
 A causal LM's program (task text-generation, :mod:`compress.stages.export.executorch_lm`) keeps its KV cache in its
 mutable buffers, inside the loaded method (the manifest's ``KVCache`` layout ``stateful``), and takes
-``(input_ids [1, S], cache_position [S])``. :meth:`prefill` runs the prompt at positions 0.. (in chunks of at most
+the tokens ``[1, S]`` and ``cache_position [S]``. :meth:`prefill` runs the prompt at positions 0.. (in chunks of at most
 the program's planned tokens per call), :meth:`step` one more token after them; the state handed back is opaque: the
 tokens the cache holds. When another prefill used the program in between (two generations interleaved), ``step``
 runs the state's tokens again first, so a caller that passes back what it got always gets the right logits.

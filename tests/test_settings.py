@@ -263,7 +263,7 @@ def test_search_settings_are_nested_and_every_flag_has_a_home():
 
     assert len(SearchConfig.model_fields) <= 15
     leaves = _leaves(SearchConfig)
-    assert len(leaves) == len(SearchConfig.flat_fields()) == 25  # no option lost, none added
+    assert len(leaves) == len(SearchConfig.flat_fields()) == 29  # no option lost; 29: generation.limit, prompt_tokens, new_tokens, calibration_samples (generators)
     assert set(SearchConfig.MOVED.values()) == {p for p in leaves if "." in p}
     for key, path in SearchConfig.MOVED.items():
         assert SearchConfig.flat_key(path) == key
@@ -293,7 +293,7 @@ def test_quantize_settings_are_nested_and_every_flag_has_a_home():
 
     assert len(QuantizeConfig.model_fields) <= 16  # 16: gguf (llama.cpp types, generators)
     leaves = _leaves(QuantizeConfig)
-    assert len(leaves) == len(QuantizeConfig.flat_fields()) == 42  # no option lost; 42: int4.algorithm, embeddings_bits, lm_head_bits, accuracy.max_perplexity_increase, gguf.type (generators)
+    assert len(leaves) == len(QuantizeConfig.flat_fields()) == 43  # no option lost; 43: int4.algorithm, embeddings_bits, lm_head_bits, accuracy.max_perplexity_increase, gguf.type, gguf.imatrix (generators)
     assert set(QuantizeConfig.MOVED.values()) == {p for p in leaves if "." in p}
     for key, path in QuantizeConfig.MOVED.items():
         assert QuantizeConfig.flat_key(path) == key

@@ -315,11 +315,11 @@ def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Pr
     :class:`~compress.search.conclude.SearchResult` whose summary has ``generator: true``."""
     from compress.recipes.execute import write_json_atomic
     from compress.search.generator_conclude import conclude_generator
-    from compress.search.run import _open_dir, _optuna, _requeue_interrupted
+    from compress.search.study import open_dir, optuna_module, requeue_interrupted
 
-    optuna = _optuna()
+    optuna = optuna_module()
     created = not search_dir.exists() or not any(search_dir.iterdir())
-    _open_dir(search_dir, config, force)
+    open_dir(search_dir, config, force)
     try:  # bad input is refused before anything is built, and leaves no directory behind
         s = GeneratorSearch(config, search_dir, progress)
     except BaseException:
@@ -338,7 +338,7 @@ def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Pr
     study.set_metric_names(["decode_tokens_per_s", "perplexity_increase", "size_mb"])
     s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
     s.study = study
-    _requeue_interrupted(optuna, study, s.say)
+    requeue_interrupted(optuna, study, s.say)
     candidates = all_candidates(s.space)
     if not study.trials:  # the routes' plainest candidate first: round to nearest (or Q4_0), the smallest group
         for rt, d in s.space.items():

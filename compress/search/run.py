@@ -38,65 +38,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from compress.errors import EdgeCompressError, OutputExistsError
+from compress.errors import EdgeCompressError
 from compress.progress import Progress
 from compress.recipes.execute import write_json_atomic
 from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
 from compress.search.directory import Search
 from compress.search.space import SHAPE_DIMS, Candidate, quant_choices, suggest, trial_params
+from compress.search.study import open_dir, optuna_module, requeue_interrupted
 from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
-
-MARKER = ".edgecompress-search"
-#: the settings that define what a search directory searches; the rest (time, trials, ...) may change on resume
-IDENTITY = ("teacher", "profile", "train", "eval", "holdout", "space", "short_steps", "short_recover_steps",
-            "full_epochs", "full_augment", "full_augment_join", "full_average",
-            "full_recover_steps", "distill", "prune", "seed", "metric")
-PATHS = ("teacher", "profile", "train", "eval", "holdout")
-
-
-def _optuna():
-    from compress._optional import require
-
-    optuna = require("optuna", "edgecompress search")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the search says what happened to each trial itself
-    import warnings
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
-
-
-# -- the study ----------------------------------------------------------------------------------------------------
-
-
-def _open_dir(search_dir: Path, config: SearchConfig, force: bool) -> None:
-    marker = search_dir / MARKER
-    dump = config.model_dump(mode="json")
-    flat = {k: _at(dump, SearchConfig.MOVED.get(k, k)) for k in IDENTITY}  # by flat key: a search dir of v1 resumes
-    ident = {k: str(Path(v).resolve()) if k in PATHS and v and Path(v).exists() else v for k, v in flat.items()}
-    if search_dir.exists() and any(search_dir.iterdir()):
-        if not marker.is_file():
-            raise OutputExistsError(f"{search_dir} exists and is not a search directory",
-                                    hint="pass another --search-dir")
-        before = json.loads(marker.read_text(encoding="utf-8"))
-        if before != ident and not force:
-            diff = ", ".join(k for k in IDENTITY if before.get(k) != ident.get(k))
-            raise OutputExistsError(f"{search_dir} holds a search with other settings ({diff})",
-                                    hint="pass another --search-dir, the same settings to resume, or --force to "
-                                    "start over")
-        if before != ident:  # --force: a new study; the store (the step cache) stays useful
-            for p in ("study.db", "candidates", "chosen.yaml", "holdout", "search.json", "report.html", "data"):
-                target = search_dir / p
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    search_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, ident)
-
-
-def _at(settings: dict, path: str) -> object:
-    """The value at a dotted ``path`` of dumped settings."""
-    for part in path.split("."):
-        settings = settings[part]
-    return settings
 
 
 def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progress | None = None,
@@ -105,7 +55,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
     ``progress`` hears what the search does as ``note`` events, one line each (:func:`compress.progress.to_lines`).
     """
-    optuna = _optuna()
+    optuna = optuna_module()
     search_dir = Path(search_dir)
     from compress.search.generator import is_generator_teacher, run_generator_search
 
@@ -117,7 +67,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
         for module in ("jinja2", "matplotlib"):
             require(module, "the search's HTML report (or pass --no-html)")
     created = not search_dir.exists() or not any(search_dir.iterdir())
-    _open_dir(search_dir, config, force)
+    open_dir(search_dir, config, force)
     try:  # the inputs (profile, budgets, data, teacher) are checked here: a refused start leaves no directory behind
         s = Search(config, search_dir, progress)
     except BaseException:
@@ -127,7 +77,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     say = s.say
     url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
     # heartbeats: a trial whose process died (kill -9, a lost machine) is failed after the grace period and queued
-    # again; Ctrl-C and SIGTERM are handled by _requeue_interrupted
+    # again; Ctrl-C and SIGTERM are handled by requeue_interrupted
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2)) \
         if url.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else url
@@ -138,7 +88,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     study.set_metric_names(["retention", "p50_ms", "size_mb"])
     s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
     s.study = study
-    _requeue_interrupted(optuna, study, say)
+    requeue_interrupted(optuna, study, say)
     if not study.trials:
         # the plain INT8 teacher: where the search starts from
         runtime = s.space["runtime"][0]
@@ -229,27 +179,6 @@ def _requeue_for_time(optuna, study, say: Callable[[str], None]) -> None:
                                                       "promoted_from": t.user_attrs.get("promoted_from")})
             built.add(key)
             say(f"trial {t.number} had no time to be built: queued again ({t.user_attrs.get('label', t.params)})")
-
-
-def _requeue_interrupted(optuna, study, say: Callable[[str], None]) -> None:
-    """Trials a previous process left running or stopped by Ctrl-C are queued again (their finished steps are
-    in the store, so nothing done is redone); trials that failed with an error are not."""
-    from optuna.storages import fail_stale_trials
-
-    fail_stale_trials(study)
-    TS = optuna.trial.TrialState
-    done = {json.dumps(t.params, sort_keys=True) + t.user_attrs.get("fidelity", "short")
-            for t in study.trials if t.state in (TS.COMPLETE, TS.PRUNED, TS.WAITING)}
-    retried = set(study.user_attrs.get("requeued", []))
-    for t in study.trials:
-        key = json.dumps(t.params, sort_keys=True) + t.user_attrs.get("fidelity", "short")
-        if t.state == TS.FAIL and "error" not in t.user_attrs and t.number not in retried and key not in done and t.params:
-            study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items()
-                                                      if k in ("fidelity", "promoted_from", "reference")})
-            retried.add(t.number)
-            done.add(key)
-            say(f"trial {t.number} was interrupted: queued again ({t.user_attrs.get('label', t.params)})")
-    study.set_user_attr("requeued", sorted(retried))
 
 
 def _objective(optuna, s: Search):

@@ -37,6 +37,7 @@ from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, verdict_of
 from compress.progress import Progress, start_phase
+from compress.validation.decoding import context_of, greedy_artifact, prompt_feeds, window_logits
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,6 @@ def _eos_ids(post) -> set[int]:
     return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
 
 
-def context_of(art: Artifact) -> int:
-    """The longest sequence the artifact takes: its KV cache's max length, else the manifest's."""
-    cache = getattr(art.manifest.postprocess, "cache", None)
-    return int(getattr(cache, "max_length", None) or art.manifest.max_length or 2048)
-
-
 def speed_prompt(tok, texts: list[str] | None, prompt_tokens: int, new_tokens: int, context: int,
                  bos: int | None) -> tuple[list[int], int, list[str]]:
     """The prompt to time (``prompt_tokens`` real tokens from the data, else a built-in story) and the new tokens,
@@ -125,37 +120,6 @@ def speed_prompt(tok, texts: list[str] | None, prompt_tokens: int, new_tokens: i
     return ids, new_tokens, notes
 
 
-# -- the artifact's side ---------------------------------------------------------------------------------------
-
-
-def _feeds(ids: list[int]) -> dict[str, np.ndarray]:
-    arr = np.asarray([ids], dtype=np.int64)
-    return {"input_ids": arr, "attention_mask": np.ones_like(arr)}
-
-
-def greedy_artifact(backend, prompt: list[int], new_tokens: int, eos: set[int], context: int) -> list[int]:
-    """The artifact's greedy continuation of ``prompt`` through its KV cache (stops at an EOS token or the
-    context's end)."""
-    out, state = backend.prefill(_feeds(prompt))
-    made: list[int] = []
-    for _ in range(min(new_tokens, context - len(prompt))):
-        nxt = int(np.argmax(out["logits"][0, -1]))
-        made.append(nxt)
-        if nxt in eos or len(made) == new_tokens:
-            break
-        step = {"input_ids": np.asarray([[nxt]], np.int64),
-                "attention_mask": np.ones((1, len(prompt) + len(made)), np.int64)}
-        out, state = backend.step(step, state)
-    return made
-
-
-def window_logits(backend, windows: np.ndarray):
-    """The artifact's logits on each window (one prefill each, batch 1): an iterator of [1, T, V] float32."""
-    for row in windows:
-        out, _ = backend.prefill(_feeds(row.tolist()))
-        yield np.asarray(out["logits"], dtype=np.float32)
-
-
 # -- timing ----------------------------------------------------------------------------------------------------
 
 
@@ -165,7 +129,7 @@ def time_generation(backends: dict[str, Any], prompt: list[int], new_tokens: int
     {name: {"time_to_first_token": LatencyStats, "decode": LatencyStats}}."""
     from compress.host.measure import Generation, LatencyStats
 
-    gens = {name: Generation(b, _feeds(prompt), new_tokens=new_tokens) for name, b in backends.items()}
+    gens = {name: Generation(b, prompt_feeds(prompt), new_tokens=new_tokens) for name, b in backends.items()}
     for _ in range(warmup):
         for g in gens.values():
             g.generate()
@@ -569,5 +533,5 @@ def is_generator(task: Any) -> bool:
     return str(task) == "text-generation"
 
 
-__all__ = ["continuations", "diverging_markdown", "first_sentences", "greedy_artifact", "is_generator", "quality",
+__all__ = ["continuations", "diverging_markdown", "first_sentences", "is_generator", "quality",
            "speed_figures", "speed_prompt", "summary_lines", "time_generation", "validate_generation"]

@@ -49,7 +49,7 @@ class GgufReference:
         from compress.runtimes.base import load_runtime
         from compress.stages.export.config import ExportConfig
         from compress.stages.export.gguf import adopt_gguf
-        from compress.validation.generation import context_of
+        from compress.validation.decoding import context_of
 
         path = Path(path)
         where = ec_cache.kind_dir("baselines") / f"gguf-{reference_sha256(path)[:20]}"
@@ -67,13 +67,13 @@ class GgufReference:
 
     def logits(self, windows: np.ndarray) -> Iterator[np.ndarray]:
         """The file's next-token logits of each window (one prefill each): [1, T, V] float32 per window."""
-        from compress.validation.generation import window_logits
+        from compress.validation.decoding import window_logits
 
         yield from window_logits(self.backend, np.asarray(windows, dtype=np.int64))
 
     def greedy(self, prompt_ids: list[int], new_tokens: int, eos: int | list[int] | None = None) -> list[int]:
         """The file's greedy continuation of ``prompt_ids`` (stops after an ``eos`` token, included)."""
-        from compress.validation.generation import greedy_artifact
+        from compress.validation.decoding import greedy_artifact
 
         stop = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
         return greedy_artifact(self.backend, list(prompt_ids), new_tokens, stop, self.context)

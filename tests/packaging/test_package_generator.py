@@ -154,7 +154,7 @@ def test_an_int4_bundle_decodes_as_the_ort_backend_does(lm, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
     from compress.teachers.causal_lm import CausalLM
-    from compress.validation.generation import greedy_artifact
+    from compress.validation.decoding import greedy_artifact
 
     q = quantize(lm[1].path, tmp_path / "int4", QuantizeConfig.from_flat(precision="int4"))
     out = tmp_path / "int4.zip"
