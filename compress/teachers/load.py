@@ -379,6 +379,15 @@ def teacher_format(teacher: Any) -> Format:
     return getattr(teacher.info, "format", Format.pytorch)
 
 
+def source_digest(path: Path | str, **teacher_kwargs: Any) -> str:
+    """The content digest every stage records for a PyTorch source it read (an export's ``input_digest``, the
+    lineage's ``source.sha256``): the loaded teacher's own ``sha256`` (its weights with the description and tokenizer
+    beside them), for a checkpoint folder, a ``.pt2`` program file or a student artifact alike. Compare a source with
+    a recorded digest by this, never by ``load_source(path).digest`` (the digest of the files a teacher's manifest
+    lists, which for a program file leaves out its ``model.yaml``)."""
+    return load_teacher(path, **teacher_kwargs).sha256
+
+
 def load_source(path: Path | str, **teacher_kwargs: Any) -> Artifact:
     """An artifact directory, or a teacher checkpoint described as a (pytorch, fp32) artifact."""
     from compress.artifact import is_artifact, load_artifact

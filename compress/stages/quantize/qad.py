@@ -77,7 +77,7 @@ def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
     """The PyTorch model ``art`` was exported from: ``--qat-source`` or the lineage's source, checked by content; for
     a model file adopted as it is, ``--qat-source`` (the program or checkpoint the file was exported from) checked by
     its outputs, which must be the file's."""
-    from compress.teachers.load import load_source
+    from compress.teachers.load import source_digest
     from compress.teachers.model_files import is_model_file
 
     last = art.manifest.steps[-1] if art.manifest.steps else None
@@ -101,8 +101,7 @@ def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
     if adopted:
         _check_same_outputs(art, path, config)
         return path
-    digest = load_source(path).digest
-    if last.input_digest and digest != last.input_digest:
+    if last.input_digest and source_digest(path) != last.input_digest:  # what the export recorded, computed alike
         raise ConfigError(f"{path} is not the model {art.path} was exported from (its content differs)",
                           hint="pass --qat-source with the checkpoint, .pt2 program or distilled/pruned student "
                           "the artifact was exported from")
