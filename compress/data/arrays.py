@@ -18,7 +18,7 @@ import numpy as np
 
 from compress.errors import DataError
 
-__all__ = ["ArrayDataset", "LABELS", "label_array", "load_array_dataset", "synthetic_arrays"]
+__all__ = ["ArrayDataset", "LABELS", "label_array", "load_array_dataset", "read_npz", "synthetic_arrays"]
 
 #: the array that holds class ids, beside the inputs
 LABELS = "labels"
@@ -64,15 +64,33 @@ class ArrayDataset:
         return self._take(sorted(random.Random(seed).sample(range(len(self)), n)))
 
 
-def _read(file: Path) -> dict[str, np.ndarray]:
+def read_npz(file: Path, hint: str = "np.savez(f, INPUT_NAME=array, labels=int_array)") -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` ``file``, or a one-line :class:`DataError`: a file that is not a whole ``.npz``
+    (truncated, random bytes), object arrays (only a pickle loads them) and NaN or infinite values (no model input,
+    label or target means anything with them). The one reader of users' ``.npz`` data: inputs, images and labels.
+    ``hint``: how this kind of file is written."""
+    import zipfile
+    import zlib
+
     try:
         with np.load(file, allow_pickle=False) as npz:  # arrays are read lazily: load them all inside the try
-            return {name: npz[name] for name in npz.files}
-    except ValueError as e:  # object arrays need pickle
-        raise DataError(f"{file}: holds object arrays, which only a pickle can load ({e})",
-                        hint="save plain numeric arrays: np.savez(f, INPUT_NAME=array, labels=int_array)") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{file}: not a readable .npz ({e})", hint="write it with numpy.savez") from None
+            data = {name: npz[name] for name in npz.files}
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        raise DataError(f"{file}: not a readable .npz, truncated or not written by numpy ({type(e).__name__})",
+                        hint=f"write it again with {hint}") from None
+    except ValueError:  # a zip's object arrays need pickle; bytes that are no zip at all "need" it too
+        if not zipfile.is_zipfile(file):
+            raise DataError(f"{file}: not an .npz (no zip archive of arrays)", hint=f"write it with {hint}") from None
+        raise DataError(f"{file}: holds object arrays, which only a pickle can load",
+                        hint=f"save plain numeric arrays: {hint}") from None
+    for name, arr in data.items():
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = ~np.isfinite(arr.reshape(len(arr), -1) if arr.ndim > 1 else arr)
+            rows = np.flatnonzero(bad.any(axis=1) if bad.ndim > 1 else bad)
+            raise DataError(f"{file}: array {name!r} holds {int(bad.sum())} NaN or infinite value(s), in "
+                            f"{len(rows)} sample(s) (first: index {int(rows[0])})",
+                            hint="drop or repair those samples (np.isfinite(x).all(axis=...) finds them)")
+    return data
 
 
 def _check_dtype(file: Path, name: str, arr: np.ndarray, want: str) -> None:
@@ -95,7 +113,7 @@ def load_array_dataset(path: Path | str, preprocess: Any, *, label2id: dict[str,
         raise DataError(f"{p}: not an .npz of input arrays",
                         hint=f"np.savez(f, {', '.join(f'{n}=...' for n in spec['shapes'])}) with one sample per "
                              "first index")
-    data = _read(p)
+    data = read_npz(p)
     missing = [n for n in spec["shapes"] if n not in data]
     if missing:
         raise DataError(f"{p}: no array for input {missing[0]!r} (arrays: {', '.join(data) or '(none)'})",

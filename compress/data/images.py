@@ -169,16 +169,10 @@ def _table(file: Path, label2id: dict[str, int] | None, targets: bool = False) -
 
 
 def _arrays(file: Path, label2id: dict[str, int] | None) -> ImageDataset:
-    import numpy as np
 
-    try:
-        with np.load(file, allow_pickle=False) as npz:  # arrays are read lazily: load them all inside the try
-            data = {name: npz[name] for name in npz.files}
-    except ValueError as e:  # object arrays need pickle
-        raise DataError(f"{file}: holds object arrays, which only a pickle can load ({e})",
-                        hint="save plain numeric arrays: np.savez(f, images=uint8_array, labels=int_array)") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{file}: not a readable .npz ({e})", hint="write it with numpy.savez") from None
+    from compress.data.arrays import read_npz
+
+    data = read_npz(file, "np.savez(f, images=uint8_array, labels=int_array)")
     if "images" not in data:
         raise DataError(f"{file}: no 'images' array (arrays: {', '.join(data) or '(none)'})",
                         hint="np.savez(f, images=..., labels=...)")

@@ -2,7 +2,8 @@
 
 The family in the shape NNCF gives its backends: the verb here checks what every backend shares (the input is
 something a backend declares it takes, the output is new) and dispatches on the artifact's format to one
-module per backend: ONNX Runtime in :mod:`.onnxruntime` (graph inspection and the request checks in
+module per backend, each declaring the settings it reads (``_APPLIES``; any other given is refused here, the same way
+for every backend, by :func:`.config.refuse_ignored`): ONNX Runtime in :mod:`.onnxruntime` (graph inspection and the request checks in
 :mod:`.graph`), OpenVINO in :mod:`.openvino` (the NNCF calls in :mod:`.nncf`), LiteRT in :mod:`.litert`
 (ai-edge-quantizer). Calibration data for every
 backend comes from :mod:`.calibration`. The settings and each backend's declaration live in the leaf
@@ -16,7 +17,15 @@ from pathlib import Path
 from compress.artifact import Artifact, check_output, load_artifact
 from compress.errors import ConfigError
 from compress.progress import Progress
-from compress.stages.quantize.config import QUANTIZE_LITERT, QUANTIZE_OPENVINO, QUANTIZE_SPECS, QuantizeConfig
+from compress.stages.quantize.config import (
+    QUANTIZE_LITERT,
+    QUANTIZE_OPENVINO,
+    QUANTIZE_SPECS,
+    QuantizeConfig,
+    backend_of,
+    backends,
+    refuse_ignored,
+)
 from compress.stages.spec import spec_for
 
 
@@ -39,6 +48,9 @@ def quantize(
     config = config or QuantizeConfig()
     out = check_output(out, force)
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    backend = backend_of(str(art.format), str(art.task))
+    if backend in backends():  # what this backend does not read is refused, the same way for every backend
+        refuse_ignored(config, backend)
     if config.accuracy_aware and not config.accuracy.data:
         raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
     if config.accuracy.metric and not config.accuracy_aware:
@@ -67,9 +79,6 @@ def quantize(
 
         return quantize_litert(art, out, config, force=force)
     if spec is QUANTIZE_OPENVINO:
-        if config.qad.steps:
-            raise ConfigError("--qat-steps trains for ONNX Runtime's INT8 placement; OpenVINO artifacts use NNCF",
-                              hint="quantize the FP32 ONNX artifact with --qat-steps, or drop it")
         from compress.stages.quantize.openvino import quantize_openvino
 
         return quantize_openvino(art, out, config, force=force)

@@ -34,6 +34,14 @@ QUANTIZE_LITERT = StageSpec(
     config_version=CONFIG_VERSION,
 )
 QUANTIZE_SPECS = (QUANTIZE_ONNX, QUANTIZE_OPENVINO, QUANTIZE_LITERT)
+#: the quantize backends of models that are not causal LMs, by artifact format: the module that declares the settings
+#: the backend reads (``_APPLIES``, flat keys; a causal LM's quantizer module declares its own, see :func:`backends`)
+#: and how a message names its artifacts
+_BACKENDS = {"onnx": ("compress.stages.quantize.graph", "ONNX"),
+             "openvino": ("compress.stages.quantize.openvino", "OpenVINO"),
+             "litert": ("compress.stages.quantize.litert", "LiteRT")}
+#: the target device's description a --profile sets: context every backend is given, not an option a user gives
+PROFILE_KEYS = frozenset({"target_vnni", "target_x86", "target_runtime", "target_provider"})
 
 
 class QuantPrecision(StrEnum):
@@ -329,3 +337,46 @@ class QuantizeConfig(Settings):
         vnni = has_vnni() if self.target.vnni is None else self.target.vnni
         x86 = is_x86() if self.target.x86 is None else self.target.x86
         return x86 and not vnni and self.int8.weight_type is WeightType.int8
+
+
+def backends() -> dict[str, tuple[str, str]]:
+    """Every quantize backend: its name (an artifact format; ``FORMAT-causal-lm`` for a causal LM's weight-only
+    quantizer, the format's ``generator_quantizer``) -> (the module declaring ``_APPLIES``, how messages name it)."""
+    from compress.formats import FORMATS
+
+    out = dict(_BACKENDS)
+    for name, fmt in FORMATS.items():
+        if fmt.generator_quantizer:
+            out[f"{name}-causal-lm"] = (fmt.generator_quantizer.partition(":")[0], f"{fmt.label} causal-LM")
+    return out
+
+
+def backend_of(fmt: str, task: str) -> str:
+    """The backend (a key of :func:`backends`) that quantizes an artifact of format ``fmt`` and task ``task``."""
+    return f"{fmt}-causal-lm" if task == "text-generation" else fmt
+
+
+def applies(backend: str) -> frozenset[str]:
+    """The settings (flat keys) ``backend`` reads, as its module declares them (``_APPLIES``)."""
+    import importlib
+
+    return frozenset(importlib.import_module(backends()[backend][0])._APPLIES)
+
+
+def refuse_ignored(config: QuantizeConfig, backend: str) -> None:
+    """The one check every backend's request passes first: an option given explicitly (a flag, a recipe key, a
+    Python field) that ``backend`` does not read is refused in one line, naming the backends that do read it, instead
+    of being ignored. The profile's target description (:data:`PROFILE_KEYS`) is context, never refused here."""
+    from compress.errors import ConfigError
+    from compress.settings import flag
+
+    ignored = sorted(config.given_keys() - applies(backend) - PROFILE_KEYS)
+    if not ignored:
+        return
+    every = backends()
+    label = every[backend][1]
+    elsewhere = [every[b][1] for b in every if b != backend and ignored[0] in applies(b)]
+    article = "an" if label[0] in "AEIOU" else "a"
+    where = f" (it applies to {', '.join(elsewhere)} artifacts)" if elsewhere else ""
+    raise ConfigError(f"{', '.join(flag(k) for k in ignored)} would be ignored on {article} {label} artifact{where}",
+                      hint="drop it" + (f", or quantize the model's {elsewhere[0]} export" if elsewhere else ""))

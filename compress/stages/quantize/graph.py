@@ -222,6 +222,17 @@ def _check_openvino_only_options(config: QuantizeConfig) -> None:
         )
 
 
+#: the settings ONNX Runtime's quantization of a model that is not a causal LM reads (flat keys); any other given is
+#: refused by :func:`compress.stages.quantize.config.refuse_ignored`, and the kind-specific ones below by
+#: :func:`_check_applicable`
+_APPLIES = {
+    "precision", "mode", "op_types", "exclude_nodes", "parity_samples", "sample_data", "strict", "embedding_precision",
+    "calibration", "calibration_samples", "calibration_method", "percentile",
+    "per_channel", "weight_type", "reduce_range", "block_size", "symmetric",
+    "qat_steps", "qat_data", "qat_source", "qat_lr", "qat_batch_size",
+    "max_drop", "min_retention", "data", "metric", "eval_samples", "max_fp32_fraction", "rank_by",
+    "speed_aware", "speed_threads", "speed_seconds",
+}
 #: settings that only one kind of ONNX quantization reads, and which kind that is
 _ONLY_FOR = {
     "calibration": "--mode static", "calibration_samples": "--mode static", "calibration_method": "--mode static",

@@ -50,6 +50,12 @@ MODEL_FILE = "model.tflite"
 RANGES = ("mean-minmax", "minmax")
 
 
+#: the settings ai-edge-quantizer's quantization reads (flat keys); any other given is refused by
+#: :func:`compress.stages.quantize.config.refuse_ignored`
+_APPLIES = {"precision", "mode", "weights_only", "calibration", "calibration_samples", "calibration_method",
+            "parity_samples", "sample_data", "strict"}
+
+
 def _mean_extremes(qsv: dict, new: dict) -> dict:
     """ai-edge-quantizer's range update for ``mean-minmax``: the running mean of each sample's min and max."""
     if not qsv:

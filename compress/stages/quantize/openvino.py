@@ -79,10 +79,22 @@ LAYER_TABLE_SAMPLES = 8  # inputs the per-layer error table runs on (as the ONNX
 # --------------------------------------------------------------------------------------------------
 
 
+#: the settings NNCF's quantization of a model that is not a causal LM reads (flat keys); any other given is refused
+#: by :func:`compress.stages.quantize.config.refuse_ignored`
+_APPLIES = {"precision", "mode", "weights_only", "calibration", "calibration_samples", "block_size", "symmetric",
+            "embedding_precision", "exclude_nodes", "parity_samples", "sample_data", "strict",
+            "max_drop", "min_retention", "data", "metric", "eval_samples", "max_fp32_fraction"}
+
+
 def _method(config: QuantizeConfig) -> str:
     """The NNCF function this config maps to, or a ConfigError for combinations NNCF has no answer to."""
-    from compress.stages.quantize.config import QuantPrecision
+    from compress.stages.quantize.config import QuantMode, QuantPrecision
 
+    weight_only = config.precision is QuantPrecision.int4 or config.int8.weights_only
+    if "mode" in config.given() and (weight_only or config.mode is QuantMode.dynamic):
+        raise ConfigError(f"--mode {config.mode} would be ignored: NNCF's INT8 of an OpenVINO artifact calibrates its "
+                          "activations (static), its weight compression (INT4, --weights-only) has none",
+                          hint="drop --mode; --weights-only compresses weights without data")
     if config.precision is QuantPrecision.int4:
         if config.accuracy_aware:
             raise ConfigError(

@@ -14,6 +14,7 @@ MobileNetV2 (``benchmarks/cnn_int8.py``) over 32 calibration photos:
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from compress.errors import QuantizationCollapsed
@@ -25,9 +26,17 @@ COSINE_MEAN_FLOOR = 0.95
 ARGMAX_AGREEMENT_FLOOR = 0.5
 
 
+def not_measured(parity: dict[str, Any]) -> list[str]:
+    """The parity figures that are no number (NaN, infinite, or missing where a cosine must be): the quantized model's
+    outputs (or its input's) hold NaN or Inf, so nothing was measured; ``[]`` when every figure is a number."""
+    figures = {k: parity.get(k) for k in ("cosine_min", "cosine_mean", "argmax_agreement")}
+    return [k for k, v in figures.items() if (v is None and k == "cosine_min") or
+            (v is not None and not math.isfinite(float(v)))]
+
+
 def collapse(parity: dict[str, Any]) -> list[str]:
     """What fell below its floor, as phrases (``[]`` when nothing did)."""
-    out = []
+    out = [f"{k} is {parity.get(k)}" for k in not_measured(parity)]
     cos = parity.get("cosine_mean")
     if cos is not None and cos < COSINE_MEAN_FLOOR:
         out.append(f"mean output cosine {cos:.3f} < {COSINE_MEAN_FLOOR}")
@@ -39,12 +48,16 @@ def collapse(parity: dict[str, Any]) -> list[str]:
 
 def check_collapse(parity: dict[str, Any], *, strict: bool, remedies: str) -> dict[str, Any] | None:
     """Warn loudly (or, ``strict``, raise :class:`QuantizationCollapsed`) when the parity check collapsed; return the
-    record for the manifest (``None`` when it did not)."""
+    record for the manifest (``None`` when it did not). A parity that is no number (:func:`not_measured`) is an
+    error even without ``strict``: nothing is written with it."""
     below = collapse(parity)
     if not below:
         return None
     message = f"the quantized model collapsed against its input on {parity.get('n', '?')} parity samples: " + \
         "; ".join(below)
+    if not_measured(parity):
+        raise QuantizationCollapsed(message + " (its outputs hold NaN or Inf); no artifact was written",
+                                    hint=f"check the calibration and parity data for NaN/Inf values, or try {remedies}")
     if strict:
         raise QuantizationCollapsed(message, hint=f"try {remedies}")
     log.warning("%s. This artifact is unlikely to keep its accuracy; try: %s (--strict makes this an error)",

@@ -1,0 +1,223 @@
+"""Issue 53's bad inputs on the new surfaces: every quantize backend refuses, in one line, each option it does not read
+(the list generated from the settings model, so a new option is covered as soon as it exists); a truncated, random or
+NaN/Inf-holding ``.npz`` is one line wherever data files are read; a parity check that measured no number (NaN
+outputs) fails before anything is written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.errors import ConfigError, DataError, QuantizationCollapsed
+from compress.settings import flag
+from compress.stages.quantize.config import PROFILE_KEYS, QuantizeConfig, applies, backends, refuse_ignored
+from tests.conftest import main_error
+
+TFLITE = Path(__file__).resolve().parent / "assets" / "tiny_cnn.tflite"
+#: values tried in order for an option until one validates and differs from its default (a bool, an enum member, a
+#: number within the field's bounds, a path string, a list of names)
+_CANDIDATES = (True, False, 4, 64, 99.0, 0.05, 1e-4, "static", "int4", "fp32", "uint8", "entropy", "q4_0", "hqq",
+               "layer-errors", ["Node"])
+
+
+def _given(key: str) -> QuantizeConfig:
+    """Settings with ``key`` (a flat key) given explicitly, at a valid value other than its default."""
+    default = QuantizeConfig.flat_fields()[key].get_default(call_default_factory=True)
+    for value in _CANDIDATES:
+        if value == default:
+            continue
+        try:
+            config = QuantizeConfig.from_flat(**{key: value})
+        except ValueError:
+            continue
+        if key in config.given_keys():
+            return config
+    raise AssertionError(f"no candidate value validates for {key}: add one to _CANDIDATES")
+
+
+def _unread() -> list[tuple[str, str]]:
+    every = sorted(QuantizeConfig.flat_fields())
+    return [(b, k) for b in sorted(backends()) for k in every if k not in applies(b) and k not in PROFILE_KEYS]
+
+
+@pytest.mark.parametrize("backend, key", _unread(), ids=lambda v: v)
+def test_every_backend_refuses_each_option_it_does_not_read(backend, key):
+    with pytest.raises(ConfigError, match="would be ignored") as e:
+        refuse_ignored(_given(key), backend)
+    assert flag(key) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("backend", sorted(backends()))
+def test_each_backend_declares_real_options_and_takes_them(backend):
+    """A backend's declaration names options of the settings model, and what it declares passes the shared check."""
+    declared = applies(backend)
+    assert declared <= set(QuantizeConfig.flat_fields()), declared - set(QuantizeConfig.flat_fields())
+    for key in declared:
+        refuse_ignored(_given(key), backend)
+
+
+def test_every_format_quantize_takes_has_a_backend():
+    from compress.formats import FORMATS
+    from compress.stages.quantize.config import QUANTIZE_SPECS, backend_of
+
+    formats = {str(f) for spec in QUANTIZE_SPECS for f in spec.accepts}
+    assert {backend_of(f, "generic") for f in formats} <= set(backends())
+    assert {backend_of(n, "text-generation") for n, f in FORMATS.items() if f.generator_quantizer} <= set(backends())
+
+
+# --- the verb on real artifacts ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory) -> Path:
+    """mlp.onnx: x [batch, 16] -> MatMul -> Relu -> MatMul -> y [batch, 4], and calibration arrays for it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = tmp_path_factory.mktemp("mlp")
+    rng = np.random.default_rng(0)
+    w1, w2 = (numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+              for n, s in (("w1", (16, 32)), ("w2", (32, 4))))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), d / "mlp.onnx")
+    np.savez(d / "cal.npz", x=rng.standard_normal((24, 16)).astype(np.float32), labels=rng.integers(0, 4, 24))
+    return d
+
+
+@pytest.fixture(scope="module")
+def adopted(mlp, tmp_path_factory) -> dict[str, Path]:
+    """The MLP adopted as ONNX and as OpenVINO IR, and the tiny CNN .tflite adopted as LiteRT."""
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    d = tmp_path_factory.mktemp("adopted")
+    out = {"onnx": export(mlp / "mlp.onnx", d / "onnx").path,
+           "openvino": export(mlp / "mlp.onnx", d / "ov", ExportConfig(format="openvino")).path}
+    if _has("ai_edge_litert"):
+        shutil.copy2(TFLITE, d / "cnn.tflite")
+        out["litert"] = export(d / "cnn.tflite", d / "litert").path
+    return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("fmt, args, words", [
+    ("litert", ("--qat-lr", "1e-4"), ("--qat-lr would be ignored", "LiteRT", "ONNX")),
+    ("litert", ("--embedding-precision", "fp32"), ("--embedding-precision would be ignored", "LiteRT")),
+    ("litert", ("--exclude-nodes", "no/such/node"), ("--exclude-nodes would be ignored", "LiteRT")),
+    ("litert", ("--weight-type", "uint8"), ("--weight-type would be ignored", "LiteRT")),
+    ("openvino", ("--qat-lr", "1e-4"), ("--qat-lr would be ignored", "OpenVINO artifact")),
+    ("openvino", ("--calibration", "x.npz", "--mode", "dynamic"), ("--mode dynamic would be ignored",)),
+    ("onnx", ("--int4-algorithm", "hqq"), ("--int4-algorithm would be ignored", "ONNX artifact", "causal-LM")),
+])
+def test_quantize_refuses_what_its_backend_would_ignore(adopted, tmp_path, capsys, fmt, args, words):
+    if fmt not in adopted:
+        pytest.skip("ai-edge-litert is not installed")
+    line = main_error(capsys, "quantize", adopted[fmt], "--out", tmp_path / "q", *args)
+    for w in words:
+        assert w in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- data files: one reader, one line ---------------------------------------------------------------------------
+
+
+def _bad_npz(kind: str, directory: Path, good: Path) -> Path:
+    f = directory / f"{kind}.npz"
+    if kind == "truncated":
+        data = good.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+    elif kind == "random":
+        f.write_bytes(np.random.default_rng(1).bytes(4096))
+    else:
+        x = np.load(good)["x"].copy()
+        x[3, 5] = np.nan if kind == "nan" else np.inf
+        np.savez(f, x=x)
+    return f
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("truncated", ("not a readable .npz", "truncated")), ("random", ("not an .npz",)),
+    ("nan", ("'x' holds 1 NaN or infinite", "index 3")), ("inf", ("'x' holds 1 NaN or infinite",)),
+])
+def test_bad_calibration_npz_is_one_line_and_writes_nothing(adopted, mlp, tmp_path, capsys, kind, words):
+    data = _bad_npz(kind, tmp_path, mlp / "cal.npz")
+    out = tmp_path / "out"
+    line = main_error(capsys, "quantize", adopted["onnx"], "--mode", "static", "--calibration", data, "--out", out)
+    for w in words + (str(data),):
+        assert w in line, line
+    assert "allow_pickle" not in line and not out.exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_targets_are_refused_by_the_reader(mlp, tmp_path, bad):
+    """Regression targets (float labels) with NaN/Inf: refused where the file is read, for every consumer."""
+    from compress.data.arrays import load_array_dataset
+
+    y = np.linspace(0, 1, 24)
+    y[7] = bad
+    np.savez(tmp_path / "t.npz", x=np.load(mlp / "cal.npz")["x"], labels=y)
+    with pytest.raises(DataError, match="'labels' holds 1 NaN or infinite value.*index 7"):
+        load_array_dataset(tmp_path / "t.npz", {"shapes": {"x": [16]}, "dtypes": {"x": "float32"}})
+
+
+def test_images_npz_goes_through_the_same_reader(tmp_path):
+    from compress.data.images import _arrays
+
+    images = np.zeros((4, 8, 8, 3), np.float32)
+    images[2, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "i.npz", images=images)
+    with pytest.raises(DataError, match="'images' holds 1 NaN"):
+        _arrays(tmp_path / "i.npz", None)
+
+
+# --- parity that measured nothing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parity", [
+    {"n": 8, "cosine_min": float("nan"), "cosine_mean": float("nan"), "argmax_agreement": 1.0},
+    {"n": 8, "cosine_min": None},
+    {"n": 8, "cosine_min": 0.99, "cosine_mean": 0.99, "argmax_agreement": float("nan")},
+])
+def test_a_parity_that_is_no_number_fails_even_without_strict(parity):
+    from compress.stages.quantize.parity import check_collapse
+
+    with pytest.raises(QuantizationCollapsed, match="no artifact was written"):
+        check_collapse(parity, strict=False, remedies="x")
+
+
+def test_a_model_whose_outputs_are_nan_gets_no_artifact(mlp, tmp_path, capsys):
+    """A graph that computes NaN from finite data (the square root of a negative sum): quantize stops, nothing is
+    written (before: an artifact with a null parity, exit 0)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).uniform(0.1, 1, (16, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"), helper.make_node("Sqrt", ["h"], ["y"])], "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "n.onnx")
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    x = np.abs(np.load(mlp / "cal.npz")["x"])
+    np.savez(tmp_path / "pos.npz", x=x)  # adopted on inputs where its outputs are numbers
+    np.savez(tmp_path / "neg.npz", x=-x)  # calibrated and checked on inputs where they are not
+    art = export(tmp_path / "n.onnx", tmp_path / "fp32", ExportConfig(sample_data=str(tmp_path / "pos.npz")))
+    out = tmp_path / "int8"
+    line = main_error(capsys, "quantize", art.path, "--mode", "static", "--calibration", tmp_path / "neg.npz", "--out",
+                      out, code=1)
+    assert "no artifact was written" in line and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32", "n.onnx", "neg.npz", "pos.npz"]
