@@ -113,13 +113,13 @@ def _has(module: str) -> bool:
 
 
 @pytest.mark.parametrize("fmt, args, words", [
-    ("litert", ("--qat-lr", "1e-4"), ("--qat-lr would be ignored", "LiteRT", "ONNX")),
-    ("litert", ("--embedding-precision", "fp32"), ("--embedding-precision would be ignored", "LiteRT")),
-    ("litert", ("--exclude-nodes", "no/such/node"), ("--exclude-nodes would be ignored", "LiteRT")),
-    ("litert", ("--weight-type", "uint8"), ("--weight-type would be ignored", "LiteRT")),
-    ("openvino", ("--qat-lr", "1e-4"), ("--qat-lr would be ignored", "OpenVINO artifact")),
+    ("litert", ("--qat-lr", "1e-4"), ("--qat-lr 0.0001 would be ignored", "LiteRT", "ONNX")),
+    ("litert", ("--embedding-precision", "fp32"), ("--embedding-precision fp32 would be ignored", "LiteRT")),
+    ("litert", ("--exclude-nodes", "no/such/node"), ("--exclude-nodes no/such/node would be ignored", "LiteRT")),
+    ("litert", ("--weight-type", "uint8"), ("--weight-type uint8 would be ignored", "LiteRT")),
+    ("openvino", ("--qat-lr", "1e-4"), ("--qat-lr 0.0001 would be ignored", "OpenVINO artifact")),
     ("openvino", ("--calibration", "x.npz", "--mode", "dynamic"), ("--mode dynamic would be ignored",)),
-    ("onnx", ("--int4-algorithm", "hqq"), ("--int4-algorithm would be ignored", "ONNX artifact", "causal-LM")),
+    ("onnx", ("--int4-algorithm", "hqq"), ("--int4-algorithm hqq would be ignored", "ONNX artifact", "causal-LM")),
 ])
 def test_quantize_refuses_what_its_backend_would_ignore(adopted, tmp_path, capsys, fmt, args, words):
     if fmt not in adopted:

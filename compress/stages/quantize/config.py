@@ -368,7 +368,6 @@ def refuse_ignored(config: QuantizeConfig, backend: str) -> None:
     Python field) that ``backend`` does not read is refused in one line, naming the backends that do read it, instead
     of being ignored. The profile's target description (:data:`PROFILE_KEYS`) is context, never refused here."""
     from compress.errors import ConfigError
-    from compress.settings import flag
 
     ignored = sorted(config.given_keys() - applies(backend) - PROFILE_KEYS)
     if not ignored:
@@ -378,5 +377,19 @@ def refuse_ignored(config: QuantizeConfig, backend: str) -> None:
     elsewhere = [every[b][1] for b in every if b != backend and ignored[0] in applies(b)]
     article = "an" if label[0] in "AEIOU" else "a"
     where = f" (it applies to {', '.join(elsewhere)} artifacts)" if elsewhere else ""
-    raise ConfigError(f"{', '.join(flag(k) for k in ignored)} would be ignored on {article} {label} artifact{where}",
+    raise ConfigError(f"{', '.join(_shown(config, k) for k in ignored)} would be ignored on {article} {label} "
+                      f"artifact{where}",
                       hint="drop it" + (f", or quantize the model's {elsewhere[0]} export" if elsewhere else ""))
+
+
+def _shown(config: QuantizeConfig, key: str) -> str:
+    """How a refusal names a given option: its flag, with its value unless that is a switch (``--rank-by
+    leave-one-out``, ``--qat-lr 0.0001``, ``--weights-only``)."""
+    from compress.settings import flag
+
+    value = config
+    for part in config.MOVED.get(key, key).split("."):
+        value = getattr(value, part)
+    if isinstance(value, bool) or value is None:
+        return flag(key)
+    return f"{flag(key)} {','.join(map(str, value)) if isinstance(value, list) else value}"
