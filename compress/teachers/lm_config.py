@@ -12,8 +12,8 @@ from typing import Any
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks.generation import GenerationPostprocess, KVCache
 
-__all__ = ["GENERATION_FILES", "cache_of", "check_special_tokens", "check_window", "generation_ids", "head_size",
-           "is_causal_lm", "postprocess_of", "refuse_causal_lm"]
+__all__ = ["CAUSAL_LM_SUFFIXES", "GENERATION_FILES", "cache_of", "check_special_tokens", "check_window",
+           "generation_ids", "head_size", "is_causal_lm", "postprocess_of", "refuse_causal_lm"]
 
 #: the files of a causal LM folder that travel into every artifact made from it (those present): its tokenizer and
 #: its generation defaults (BOS/EOS, which the runtimes and validate read)
@@ -21,13 +21,24 @@ GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
+#: how transformers names a causal LM's class: ``…ForCausalLM`` (Llama, Qwen, Gemma, Phi, …) or, in its older
+#: families, ``…LMHeadModel`` (GPT-2's ``GPT2LMHeadModel``); both load with ``AutoModelForCausalLM``
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+#: config.json keys of the families that name their dimensions their own way (GPT-2: n_layer, n_head, n_embd,
+#: n_positions), read as the common names
+_ALIASES = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "n_embd",
+            "max_position_embeddings": "n_positions"}
+
+
 def is_causal_lm(config: dict[str, Any]) -> bool:
-    """A checkpoint config whose architecture is a ``…ForCausalLM``."""
-    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+    """A checkpoint config whose architecture is a causal LM (a ``…ForCausalLM`` or ``…LMHeadModel``)."""
+    archs = config.get("architectures") or []
+    return isinstance(archs, list) and any(str(a).endswith(CAUSAL_LM_SUFFIXES) for a in archs)
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    return config.get("text_config") or config
+    c = config.get("text_config") or config
+    return c | {k: c[alias] for k, alias in _ALIASES.items() if k not in c and alias in c}
 
 
 def head_size(config: dict[str, Any]) -> int:

@@ -23,10 +23,26 @@ STORY = ("Once upon a time, there was a little girl named Lily. She loved to pla
          "Her mom smiled and said, \"Let us play together.\" They played until the sun went down. ")
 
 
+#: ``arch`` -> (config class, model class) in transformers
+ARCHS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+         "phi3": ("Phi3Config", "Phi3ForCausalLM"), "gpt2": ("GPT2Config", "GPT2LMHeadModel")}
+#: what makes each family's tiny body that family's shape (beyond the common dimensions): Qwen3's head_dim apart from
+#: hidden / heads (and its q/k norms, built in); Gemma 3's head_dim and query scale, its sliding-window layers (five in
+#: six: give ``layers=6`` for a global one too) with their two RoPE bases (a window shorter than the parity prompt, so
+#: that it matters); Phi-4-mini's partial rotary embedding (RoPE on 3/4 of each head)
+FAMILY = {
+    "qwen3": {"head_dim": 32},
+    "gemma3": {"head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 8, "rope_local_base_freq": 10000.0,
+               "rope_theta": 1000000.0},
+    "phi3": {"partial_rotary_factor": 0.75, "original_max_position_embeddings": 256, "pad_token_id": 0},
+}
+
+
 def tiny_causal_lm(out: Path, *, arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 4,
                    kv_heads: int = 2, intermediate: int = 128, context: int = 256, seed: int = 0,
                    tied: bool = True) -> Path:
-    """Write a random ``…ForCausalLM`` checkpoint (``arch``: ``llama`` or ``qwen2``) with stories260K's tokenizer to
+    """Write a random ``…ForCausalLM`` checkpoint (``arch``: a key of :data:`ARCHS`) with stories260K's tokenizer to
     ``out`` and return ``out``. Deterministic for a ``seed``."""
     import torch
     import transformers
@@ -36,14 +52,15 @@ def tiny_causal_lm(out: Path, *, arch: str = "llama", layers: int = 2, hidden: i
     common = dict(vocab_size=512, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=context,
                   tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5)
-    if arch == "llama":
-        config = transformers.LlamaConfig(**common)
-        cls = transformers.LlamaForCausalLM
-    elif arch == "qwen2":
-        config = transformers.Qwen2Config(**common)
-        cls = transformers.Qwen2ForCausalLM
+    if arch not in ARCHS:
+        raise ValueError(f"tiny_causal_lm: arch {arch!r} is one of {', '.join(ARCHS)}")
+    config_cls, cls = (getattr(transformers, n) for n in ARCHS[arch])
+    if arch == "gpt2":  # GPT-2 names its dimensions its own way; no GQA, learned positions, LayerNorm
+        config = config_cls(vocab_size=512, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=context,
+                            n_ctx=context, n_inner=intermediate, tie_word_embeddings=tied, bos_token_id=1,
+                            eos_token_id=2)
     else:
-        raise ValueError(f"tiny_causal_lm: arch {arch!r} is llama or qwen2")
+        config = config_cls(**common, **FAMILY.get(arch, {}))
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():  # larger-than-init weights so that logits are not flat (a flat model agrees with anything)

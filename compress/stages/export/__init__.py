@@ -69,7 +69,8 @@ def export(
 
 def generator_source(source: Path | str) -> bool:
     """Whether ``source`` is a causal language model checkpoint (a Hugging Face folder whose architecture ends in
-    ForCausalLM, or a pytorch artifact of task text-generation): export then takes the format's generator exporter."""
+    ForCausalLM or LMHeadModel, or a pytorch artifact of task text-generation): export then takes the format's
+    generator exporter."""
     import json
 
     path = Path(source)
@@ -83,5 +84,6 @@ def generator_source(source: Path | str) -> bool:
         return False
     if found is manifest:
         return raw.get("task") == "text-generation"
-    archs = raw.get("architectures") or []
-    return isinstance(archs, list) and any(str(a).endswith("ForCausalLM") for a in archs)
+    from compress.teachers.lm_config import is_causal_lm
+
+    return is_causal_lm(raw)

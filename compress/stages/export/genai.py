@@ -102,6 +102,37 @@ def _attention(gqa: bool):
         sys.path.remove(models)
 
 
+#: where a causal LM goes when the GenAI builder does not take it
+OTHER_ROUTE = ("export it with --format openvino (a stateful IR converted from the PyTorch model), or --format gguf "
+               "where llama.cpp's converter takes the architecture")
+
+
+def _arch(cfg: dict[str, Any]) -> str:
+    return str((cfg.get("architectures") or ["an unnamed architecture"])[0])
+
+
+def gqa_kernel_takes(cfg: dict[str, Any]) -> bool:
+    """Whether ONNX Runtime's CPU GroupQueryAttention takes the model's heads: a head size that is a multiple of 16
+    and a rotary part (head size × ``partial_rotary_factor``: Phi-4-mini's 3/4) whose cos/sin caches are a multiple
+    of 8 wide. Otherwise the builder's MultiHeadAttention path is used."""
+    c = cfg.get("text_config") or cfg
+    size = head_size(cfg)
+    rotary = int(size * float(c.get("partial_rotary_factor") or 1.0))
+    return size % 16 == 0 and rotary % 16 == 0
+
+
+def check_builder_takes(source: Path, cfg: dict[str, Any]) -> None:
+    """Refuse what the builder would build wrongly without a word: a Gemma 3 whose ``layer_types`` are not Gemma 3's
+    five-local-one-global pattern (the builder places its sliding-window layers by that pattern, not by the config)."""
+    c = cfg.get("text_config") or cfg
+    types = c.get("layer_types")
+    if str(c.get("model_type", "")).startswith("gemma3") and types:
+        pattern = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(len(types))]
+        if list(types) != pattern:
+            raise ConfigError(f"{source}: {_arch(cfg)}'s layer_types are not Gemma 3's five sliding-window layers to "
+                              f"one global, the only pattern ONNX Runtime GenAI's builder builds", hint=OTHER_ROUTE)
+
+
 def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
     """Run the builder on the checkpoint ``source`` into ``out_dir`` (FP32, CPU); return what the step records."""
     import os
@@ -111,13 +142,18 @@ def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
 
     require("onnxruntime_genai", "the ONNX Runtime GenAI builder (export of a causal LM to ONNX)")
     cfg = hf_config(source)
-    gqa = head_size(cfg) % 16 == 0
+    check_builder_takes(source, cfg)
+    gqa = gqa_kernel_takes(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from compress.progress import hidden_output
 
     # the builder's own chatter (a line per layer, a tqdm bar per tensor) is dropped: the command shows its progress
     with _attention(gqa) as builder, hidden_output("stdout"), hidden_output("stderr"):
-        builder.create_model(str(source), str(source), str(out_dir), "fp32", "cpu", str(cache_dir))
+        try:
+            builder.create_model(str(source), str(source), str(out_dir), "fp32", "cpu", str(cache_dir))
+        except NotImplementedError as e:  # "The … model is not currently supported." (its architecture switch)
+            raise ConfigError(f"{source}: ONNX Runtime GenAI's builder does not take {_arch(cfg)} ({e})",
+                              hint=OTHER_ROUTE) from None
     return {"builder": "onnxruntime_genai.models.builder", "precision": "fp32", "execution_provider": "cpu",
             "attention": "GroupQueryAttention" if gqa else "MultiHeadAttention (head size not a multiple of 16)"}
 

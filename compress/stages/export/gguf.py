@@ -37,7 +37,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ModelLoadError, ParityError, StageError, first_line
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import postprocess_of
+from compress.teachers.lm_config import is_causal_lm, postprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,26 @@ def convert(source: Path, outfile: Path, *, outtype: str = "f32", tree: Path) ->
     if done.returncode != 0 or not outfile.is_file():
         lines = [ln for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else f"exit code {done.returncode}"
-        missing = "sentencepiece" in last
-        raise StageError(f"llama.cpp's {CONVERTER} failed on {source}: {last}",
-                         hint="pip install sentencepiece (the converter imports it)" if missing else
-                         "the converter supports the architectures llama.cpp runs; see its output with --debug")
+        if "is not supported" in last and "Model " in last:  # its architecture switch: a refusal, not a failure
+            raise ConfigError(f"{source}: llama.cpp's {CONVERTER} does not take this architecture ({last})",
+                              hint="export it with --format onnx or --format openvino")
+        raise StageError(f"llama.cpp's {CONVERTER} failed on {source}: {last}", hint=_converter_hint(last))
     log.debug("converter output:\n%s", done.stderr)
     return {"converter": str(tree / CONVERTER), "outtype": outtype, "gguf_py": str(gguf_py) if gguf_py.is_dir() else None}
+
+
+def _converter_hint(last: str) -> str:
+    """The fix for the converter's last line: its tokenizer checks are the usual cause besides the architecture."""
+    if "sentencepiece" in last and "Missing" not in last:
+        return "pip install sentencepiece (the converter imports it)"
+    if "pre-tokenizer was not recognized" in last:
+        return ("the converter knows a BPE tokenizer by its pre-tokenizer's hash and does not know this checkpoint's "
+                "tokenizer.json (another model's tokenizer, or newer than the llama.cpp tree): give the model's own "
+                "tokenizer or a newer tree, or export with --format onnx or --format openvino")
+    if "tokenizer.model" in last:
+        return ("this architecture's converter reads the sentencepiece tokenizer.model: save it beside the "
+                "checkpoint, or export with --format onnx or --format openvino")
+    return "the converter supports the architectures llama.cpp runs; see its output with --debug"
 
 
 def gguf_postprocess(source: Path, cfg: dict[str, Any]):
@@ -149,8 +163,8 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
     if source.is_file() and source.suffix.lower() == ".gguf":
         return adopt_gguf(source, out, config, force=force)
     cfg = hf_config(source)
-    if not any(str(a).endswith("ForCausalLM") for a in cfg.get("architectures") or []):
-        raise ConfigError(f"{source}: GGUF (llama.cpp) takes causal language models only (…ForCausalLM)",
+    if not is_causal_lm(cfg):
+        raise ConfigError(f"{source}: GGUF (llama.cpp) takes causal language models only (…ForCausalLM, …LMHeadModel)",
                           hint="export it with --format onnx")
     precision = str(config.precision) if config.precision else "fp32"
     if precision not in ("fp32", "fp16"):

@@ -43,7 +43,7 @@ from compress.stages.export.genai import (
     prompt_ids,
 )
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import head_size, postprocess_of
+from compress.teachers.lm_config import cache_of, postprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,30 @@ def cache_names(layers: int) -> dict[str, str]:
     return {f"past_key_values.{i}.{k}": f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")}
 
 
+def layer_masks(config, input_ids, attention_mask):
+    """The 4-D float attention mask(s) from ``attention_mask`` (past + new tokens): causal, and for a sliding-window
+    layer (Gemma 3's local layers, Mistral's) also no further back than ``sliding_window`` tokens, as transformers'
+    ``sliding_window_causal_mask_function``. A model whose config lists ``layer_types`` takes a dict by layer type;
+    one without takes the one mask its attention uses (sliding where the config names a window)."""
+    import torch
+
+    new, total = input_ids.shape[1], attention_mask.shape[1]
+    q = torch.arange(new)[:, None] + (total - new)
+    k = torch.arange(total)[None, :]
+    causal = (k <= q)[None, None] & attention_mask[:, None, None, :].bool()
+
+    def float_mask(allowed):
+        return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(c, "sliding_window", None)
+    sliding = float_mask(causal & (k > q - window)[None, None]) if window else None
+    types = getattr(c, "layer_types", None)
+    if types:
+        return {"full_attention": float_mask(causal), "sliding_attention": sliding if window else float_mask(causal)}
+    return sliding if sliding is not None else float_mask(causal)
+
+
 def _wrapper(model, layers: int):
     """``model`` as a module of flat tensors: (input_ids, attention_mask, position_ids, *past) -> (logits, *present)."""
     import torch
@@ -82,11 +106,8 @@ def _wrapper(model, layers: int):
                 layer = cache.layers[i]
                 layer.dtype, layer.device, layer.is_initialized = past[2 * i].dtype, past[2 * i].device, True
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
-            new, total = input_ids.shape[1], attention_mask.shape[1]
-            q = torch.arange(new)[:, None] + (total - new)
-            allowed = (torch.arange(total)[None, :] <= q)[None, None] & attention_mask[:, None, None, :].bool()
-            mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
-            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+            out = self.model(input_ids=input_ids, attention_mask=layer_masks(model.config, input_ids, attention_mask),
+                             position_ids=position_ids,
                              past_key_values=cache, use_cache=True)
             flat = []
             for layer in out.past_key_values.layers:
@@ -106,8 +127,8 @@ def convert_stateful(source: Path, cfg: dict[str, Any]):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation="sdpa").eval()
-    layers, kv, hd = cfg["num_hidden_layers"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"], \
-        head_size(cfg)
+    cache = cache_of(cfg)
+    layers, kv, hd = cache.layers, cache.kv_heads, cache.head_size
     past = [torch.zeros(1, kv, 2, hd) for _ in range(2 * layers)]
     example = (torch.ones(1, 3, dtype=torch.long), torch.ones(1, 5, dtype=torch.long), torch.arange(2, 5)[None], *past)
     shapes = [ov.PartialShape([1, -1])] * 3 + [ov.PartialShape([1, kv, -1, hd])] * (2 * layers)
@@ -199,7 +220,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         manifest = Manifest(
             task=Task.text_generation, format=Format.openvino, precision=Precision.fp32, model_file="model.xml",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
-            max_length=int(cfg.get("max_position_embeddings") or 2048),
+            max_length=post.cache.max_length,
             source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
                               architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
             versions=library_versions("openvino"),

@@ -1,0 +1,105 @@
+"""The causal LM families beyond Llama and Qwen2 through the export routes: Qwen3 (head_dim apart from hidden / heads,
+q/k norms), Gemma 3 (scaled embeddings, sliding-window layers with their own RoPE base, head_dim and query scale of its
+own), Phi-3/4 (Phi-4-mini's partial rotary embedding), GPT-2 (``GPT2LMHeadModel``, n_layer/n_head/n_embd, learned
+positions, no GQA). Each body is a tiny random one of that family's shape (tests/builders/causal_lm.py) with
+stories260K's tokenizer: the checks are agreement with PyTorch and the refusals, not any real model's quality.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import compress  # noqa: F401 - the torchvision shim before transformers
+from compress.errors import ConfigError
+from compress.stages.export import export, generator_source
+from compress.stages.export.config import ExportConfig
+from compress.teachers.lm_config import cache_of, is_causal_lm
+from tests.builders.causal_lm import tiny_causal_lm
+
+
+def _genai_builder() -> bool:
+    try:
+        from compress.stages.export.genai import _attention
+
+        with _attention(True):
+            return True
+    except Exception:  # noqa: BLE001 - any import failure means the same: no builder here
+        return False
+
+
+needs_builder = pytest.mark.skipif(not _genai_builder(), reason="onnxruntime-genai's builder does not import here")
+
+
+def _parity(art) -> dict:
+    return art.manifest.steps[-1].metrics["generation_parity"]
+
+
+# gemma3 at 6 layers: Gemma 3's five sliding-window layers (window 8 < the 32-token parity prompt) and a global one
+@needs_builder
+@pytest.mark.parametrize(("arch", "layers", "head"), [("qwen3", 1, 32), ("gemma3", 6, 32), ("phi3", 1, 16)])
+def test_the_families_export_to_onnx_in_step_with_pytorch(tmp_path, arch, layers, head):
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", arch=arch, layers=layers)
+    art = export(ckpt, tmp_path / "onnx", ExportConfig(format="onnx"))
+    check = _parity(art)
+    assert check["same_tokens"] and check["prefill_max_abs_diff"] <= 1e-4, check
+    cache = art.manifest.postprocess.cache
+    assert (cache.layers, cache.kv_heads, cache.head_size) == (layers, 2, head)
+
+
+def test_phi4_minis_partial_rotary_takes_the_attention_ort_runs():
+    """ORT's CPU GroupQueryAttention wants the rotary part's cos/sin caches a multiple of 8 wide: Phi-4-mini's
+    (head 128, 3/4 rotary: 48) are; a head of 16 at 3/4 (6) is not and goes the MultiHeadAttention way."""
+    from compress.stages.export.genai import gqa_kernel_takes
+
+    phi4 = {"hidden_size": 3072, "num_attention_heads": 24, "partial_rotary_factor": 0.75}
+    assert gqa_kernel_takes(phi4)
+    assert not gqa_kernel_takes(phi4 | {"hidden_size": 384})
+    assert not gqa_kernel_takes({"hidden_size": 64, "num_attention_heads": 8})  # stories260K's head of 8
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "gpt2"])
+def test_openvino_takes_gemma3s_sliding_window_and_gpt2(tmp_path, arch):
+    pytest.importorskip("openvino")
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", arch=arch, layers=1)  # gemma3's one layer: a sliding-window one
+    art = export(ckpt, tmp_path / "ov", ExportConfig(format="openvino"))
+    check = _parity(art)
+    assert check["same_tokens"] and check["prefill_max_abs_diff"] <= 1e-4, check
+    assert art.manifest.max_length == 256
+
+
+def test_gpt2_is_a_causal_lm_with_its_own_dimension_names(tmp_path):
+    ckpt = tiny_causal_lm(tmp_path / "gpt2", arch="gpt2", layers=1)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["architectures"] == ["GPT2LMHeadModel"] and is_causal_lm(cfg) and generator_source(ckpt)
+    cache = cache_of(cfg)
+    assert (cache.layers, cache.kv_heads, cache.head_size, cache.max_length) == (1, 4, 16, 256)
+    assert not is_causal_lm({"architectures": ["BertForSequenceClassification"]})
+
+
+@needs_builder
+def test_a_family_the_builder_does_not_take_is_a_one_line_refusal(tmp_path, capsys):
+    from compress.cli import main
+
+    ckpt = tiny_causal_lm(tmp_path / "gpt2", arch="gpt2", layers=1)
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "onnx")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    assert "does not take GPT2LMHeadModel" in err and "--format openvino" in err
+    assert not (tmp_path / "onnx").exists()
+
+
+@needs_builder
+def test_a_gemma3_whose_layer_types_the_builder_would_misplace_is_refused(tmp_path):
+    ckpt = tiny_causal_lm(tmp_path / "g", arch="gemma3", layers=2)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["layer_types"] = ["sliding_attention", "full_attention"]  # the builder would make both sliding-window layers
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="five sliding-window layers to one global") as e:
+        export(ckpt, tmp_path / "onnx", ExportConfig(format="onnx"))
+    assert "--format openvino" in e.value.hint and not (tmp_path / "onnx").exists()
