@@ -221,3 +221,44 @@ def test_a_model_whose_outputs_are_nan_gets_no_artifact(mlp, tmp_path, capsys):
                       out, code=1)
     assert "no artifact was written" in line and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32", "n.onnx", "neg.npz", "pos.npz"]
+
+
+# --- model.yaml's preprocess against the graph's input ----------------------------------------------------------
+
+
+def _image_graph(path: Path, shape: list) -> None:
+    """A graph averaging its image input into 4 scores: input ``pixel_values`` of ``shape``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((shape[1] if len(shape) == 4 else shape[-1], 4), np.float32), "w")
+    nodes = ([helper.make_node("GlobalAveragePool", ["pixel_values"], ["p"]),
+              helper.make_node("Flatten", ["p"], ["f"])] if len(shape) == 4 else
+             [helper.make_node("Identity", ["pixel_values"], ["f"])])
+    graph = helper.make_graph(nodes + [helper.make_node("MatMul", ["f", "w"], ["y"])], "img",
+                              [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+@pytest.mark.parametrize("shape, yaml, words", [
+    (["batch", 3, 32, 32], "{size: [64, 64]}", ("images of [3, 64, 64]", "takes [3, 32, 32]")),
+    (["batch", 3, 32, 32], "{size: [32, 32], layout: NHWC}", ("NHWC", "takes [3, 32, 32]")),
+    (["batch", 16], "{size: [32, 32]}", ("images of [3, 32, 32]", "takes [16]")),
+    (["batch", 1, 32, 32], "{size: [32, 32]}", ("RGB", "takes [1, 32, 32]")),
+])
+def test_a_preprocess_that_does_not_fit_the_graph_is_refused_at_adoption(tmp_path, capsys, shape, yaml, words):
+    _image_graph(tmp_path / "m.onnx", shape)
+    (tmp_path / "m.yaml").write_text(f"preprocess: {yaml}\n", encoding="utf-8")
+    line = main_error(capsys, "export", tmp_path / "m.onnx", "--out", tmp_path / "a")
+    for w in words + ("m.yaml",):
+        assert w in line, line
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_preprocess_that_fits_is_adopted(tmp_path):
+    from compress.stages.export import export
+
+    _image_graph(tmp_path / "m.onnx", ["batch", 3, "height", 32])  # an open dimension takes any size
+    (tmp_path / "m.yaml").write_text("preprocess: {size: [48, 32]}\n", encoding="utf-8")
+    assert export(tmp_path / "m.onnx", tmp_path / "a").manifest.preprocess.size == [48, 32]

@@ -311,6 +311,22 @@ def _named_inputs(path: Path, desc: ModelDescription, inputs: list[TensorSpec]) 
     return named
 
 
+def _check_image_input(yaml_file: Path, pre: ImagePreprocess, t: TensorSpec) -> None:
+    """The tensor ``pre`` makes of an image ([batch, C, H, W] or [batch, H, W, C]) fits the graph's input ``t``: its
+    rank, and every dimension the graph fixes; else one line here, not the runtime's INVALID_ARGUMENT at the first
+    run."""
+    hw = pre.crop or pre.size
+    made = [1 if pre.channels == "L" else 3, *hw] if pre.layout == "NCHW" else [*hw, 1 if pre.channels == "L" else 3]
+    takes = list(t.shape[1:])
+    fixed = [isinstance(g, int) and g > 0 for g in takes]
+    if len(takes) != len(made) or any(f and g != m for f, g, m in zip(fixed, takes, made)):
+        shown = ["?" if not f else g for f, g in zip(fixed, takes)]
+        raise ConfigError(f"{yaml_file}: preprocess makes {pre.layout} {pre.channels} images of {made} (batch axis "
+                          f"left out); input {t.name} takes {shown}",
+                          hint="set size/crop, layout and channels to the graph's input, or drop preprocess to feed "
+                          "it as arrays (.npz data)")
+
+
 def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
     spec = dict(desc.preprocess or {})
     kind = spec.pop("kind", "image" if "size" in spec else "text" if spec.get("tokenizer_file") else None)
@@ -323,7 +339,9 @@ def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
             if spec.setdefault("input_name", inputs[0].name) != inputs[0].name:
                 raise ConfigError(f"{yaml_file}: preprocess input_name {spec['input_name']!r} is not the graph's input "
                                   f"({inputs[0].name})", hint=f"drop input_name, or set it to {inputs[0].name}")
-            return ImagePreprocess.model_validate({"kind": "image", **spec})
+            pre = ImagePreprocess.model_validate({"kind": "image", **spec})
+            _check_image_input(yaml_file, pre, inputs[0])
+            return pre
         if kind == "text":
             pre = TextPreprocess.model_validate({"kind": "text", **spec})
             if not (path.parent / pre.tokenizer_file).is_file():
