@@ -67,7 +67,10 @@ def example_rows(teacher) -> tuple[list[str], tuple, Any]:
     # the order traced_module reads its inputs in (a tokenizer's outputs come in another: BERT's example feeds
     # attention_mask second, its forward takes token_type_ids second)
     names = list(teacher.input_names) if set(teacher.input_names) == set(feeds) else list(feeds)
-    example = tuple(feeds[n][:BATCH].contiguous() for n in names)
+    # in row-major strides: a one-channel image transposed from HWC has a channel stride of 1, which .contiguous()
+    # keeps (a size-1 dimension's stride is free), and torch.export then records the input as channels-last, which
+    # XNNPACK refuses at run time on a row-major tensor ("Propagating input shapes failed")
+    example = tuple(feeds[n][:BATCH].clone(memory_format=torch.contiguous_format) for n in names)
     if input_kind(teacher) != "text":  # images and arrays: the shape traced is the shape run
         return names, example, None
     top = max(int(teacher.info.max_length or 512), example[0].shape[1] + 1)
@@ -100,8 +103,8 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
     record: dict[str, Any] = {"backend": "xnnpack", "batch": BATCH}
     t0 = time.perf_counter()
     try:
-        if getattr(teacher.info, "kind", None) == "program":  # already a torch.export program: lowered as it is (its
-            from compress.teachers.programs import load_program  # module, exported again, fails in XNNPACK)
+        if getattr(teacher.info, "kind", None) == "program":  # already a torch.export program: FP32 lowered as it
+            from compress.teachers.programs import load_program  # is; INT8 quantizes its module, exported again
 
             program = load_program(teacher.path / teacher.info.weights[0] if teacher.path.is_dir() else teacher.path,
                                    allow_pickle=config.allow_pickle)
@@ -293,10 +296,6 @@ def mean_minmax_observer():
 def int8_mode(teacher, config: ExportConfig) -> str:
     """static or dynamic: asked for, else dynamic for text and static for other inputs (images: XNNPACK's convolutions
     need it); static needs calibration data."""
-    if getattr(teacher.info, "kind", None) == "program":
-        raise ConfigError("ExecuTorch INT8 of a torch.export program is not supported: the program quantized again "
-                          "fails in XNNPACK when it runs", hint="export it in FP32 (drop --precision int8), or "
-                          "export the nn.Module it came from")
     text = input_kind(teacher) == "text"
     mode = str(config.executorch.int8_mode or ("dynamic" if text else "static"))
     if config.executorch.calibration_method and mode != "static":
