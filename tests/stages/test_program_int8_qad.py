@@ -49,8 +49,8 @@ def sources(tmp_path_factory) -> dict[str, Path]:
             "images": root / "images.npz", "x": root / "x.npz"}
 
 
-@pytest.mark.parametrize("kind,data", [("image", "images"), ("arrays", "x")])
-def test_qad_trains_the_program_file_the_artifact_was_exported_from(sources, tmp_path, kind, data):
+@pytest.mark.parametrize("kind,data,named", [("image", "images", False), ("arrays", "x", True)])
+def test_qad_trains_the_program_file_the_artifact_was_exported_from(sources, tmp_path, kind, data, named):
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
@@ -59,11 +59,11 @@ def test_qad_trains_the_program_file_the_artifact_was_exported_from(sources, tmp
     program = sources[kind]
     fp32 = export(program, tmp_path / "fp32")
     assert fp32.manifest.steps[-1].input_digest == source_digest(program)  # one digest, recorded and checked
-    for given in (None, str(program)):  # found from the lineage, or named with --qat-source
-        cfg = QuantizeConfig.from_flat(mode="static", calibration=str(sources[data]), qat_steps=2, qat_source=given)
-        art = quantize(fp32.path, tmp_path / f"q{given is not None}", cfg)
-        qad = art.manifest.steps[-1].metrics["qad"]
-        assert qad["source"] == str(program) and len(qad["history"]) >= 1 and art.manifest.precision == "int8"
+    given = str(program) if named else None  # named with --qat-source, or found from the lineage
+    cfg = QuantizeConfig.from_flat(mode="static", calibration=str(sources[data]), qat_steps=2, qat_source=given)
+    art = quantize(fp32.path, tmp_path / "q", cfg)
+    qad = art.manifest.steps[-1].metrics["qad"]
+    assert qad["source"] == str(program) and len(qad["history"]) >= 1 and art.manifest.precision == "int8"
 
 
 def test_another_program_is_still_refused(sources, tmp_path):
