@@ -117,6 +117,7 @@ def _has(module: str) -> bool:
     ("litert", ("--embedding-precision", "fp32"), ("--embedding-precision fp32 would be ignored", "LiteRT")),
     ("litert", ("--exclude-nodes", "no/such/node"), ("--exclude-nodes no/such/node would be ignored", "LiteRT")),
     ("litert", ("--weight-type", "uint8"), ("--weight-type uint8 would be ignored", "LiteRT")),
+    ("litert", ("--speed-aware",), ("--speed-aware would be ignored", "(it applies to ONNX artifacts)")),
     ("openvino", ("--qat-lr", "1e-4"), ("--qat-lr 0.0001 would be ignored", "OpenVINO artifact")),
     ("openvino", ("--calibration", "x.npz", "--mode", "dynamic"), ("--mode dynamic would be ignored",)),
     ("onnx", ("--int4-algorithm", "hqq"), ("--int4-algorithm hqq would be ignored", "ONNX artifact", "causal-LM")),
