@@ -103,3 +103,19 @@ def test_a_gemma3_whose_layer_types_the_builder_would_misplace_is_refused(tmp_pa
     with pytest.raises(ConfigError, match="five sliding-window layers to one global") as e:
         export(ckpt, tmp_path / "onnx", ExportConfig(format="onnx"))
     assert "--format openvino" in e.value.hint and not (tmp_path / "onnx").exists()
+
+
+def test_an_architecture_llamas_converter_does_not_know_is_a_one_line_refusal(tmp_path):
+    """llama.cpp's converter exits at its architecture switch: a refusal naming the routes that convert from PyTorch,
+    not a converter failure."""
+    from compress.stages.export.gguf import ENV, llama_cpp_tree
+
+    tree = llama_cpp_tree()
+    if tree is None:
+        pytest.skip(f"no llama.cpp source tree for the converter: set {ENV}")
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(cfg | {"architectures": ["NotYetKnownForCausalLM"]}))
+    with pytest.raises(ConfigError, match="does not take this architecture .*NotYetKnownForCausalLM") as e:
+        export(ckpt, tmp_path / "gguf", ExportConfig(format="gguf", llama_cpp=str(tree)))
+    assert "--format onnx" in e.value.hint and not (tmp_path / "gguf").exists()

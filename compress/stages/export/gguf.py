@@ -182,17 +182,23 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
             if (source / name).is_file():
                 shutil.copy2(source / name, o.dir / name)
         inputs, outputs = tensors(int(cfg["vocab_size"]))
+        post = gguf_postprocess(source, cfg)
         manifest = Manifest(
             task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
-            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=gguf_postprocess(source, cfg),
-            max_length=int(cfg.get("max_position_embeddings") or 2048),
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
+            max_length=post.cache.max_length,
             source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
                               architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
             versions=library_versions("llama_cpp", "gguf"),
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built})
         prompt, said = prompt_ids(source, config.sample_data)
-        backend = load_runtime(o.draft(), "llamacpp")
+        try:
+            backend = load_runtime(o.draft(), "llamacpp")
+        except ModelLoadError as e:  # converted, yet llama.cpp cannot load it: named with the checkpoint given
+            raise ModelLoadError(f"{source}: converted, but " + e.message.removeprefix(f"{o.dir / 'model.gguf'}: "),
+                                 hint="export it with --format onnx or --format openvino; see llama.cpp's log with "
+                                      "--debug") from None
         try:
             cand = greedy_ort(backend, prompt, DECODE_STEPS)
         finally:
