@@ -16,6 +16,8 @@ from pathlib import Path
 #: stories260K's Hugging Face folder (its tokenizer files are the tiny models' tokenizer)
 STORIES = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K" / "hf"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+#: the same tokenizer as a sentencepiece model (llama.cpp's converters for Gemma and Phi read ``tokenizer.model``)
+SENTENCEPIECE = STORIES.parent / "original" / "tok512.model"
 
 #: a few sentences of the kind stories260K was trained on (written for these tests)
 STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
@@ -41,9 +43,9 @@ FAMILY = {
 
 def tiny_causal_lm(out: Path, *, arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 4,
                    kv_heads: int = 2, intermediate: int = 128, context: int = 256, seed: int = 0,
-                   tied: bool = True) -> Path:
+                   tied: bool = True, sentencepiece: bool = False) -> Path:
     """Write a random ``…ForCausalLM`` checkpoint (``arch``: a key of :data:`ARCHS`) with stories260K's tokenizer to
-    ``out`` and return ``out``. Deterministic for a ``seed``."""
+    ``out`` and return ``out``. Deterministic for a ``seed``. ``sentencepiece``: also its ``tokenizer.model``."""
     import torch
     import transformers
 
@@ -70,5 +72,7 @@ def tiny_causal_lm(out: Path, *, arch: str = "llama", layers: int = 2, hidden: i
     model.save_pretrained(out)
     for name in TOKENIZER_FILES:
         shutil.copy(STORIES / name, out / name)
+    if sentencepiece:
+        shutil.copy(SENTENCEPIECE, out / "tokenizer.model")
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
     return out

@@ -119,3 +119,19 @@ def test_an_architecture_llamas_converter_does_not_know_is_a_one_line_refusal(tm
     with pytest.raises(ConfigError, match="does not take this architecture .*NotYetKnownForCausalLM") as e:
         export(ckpt, tmp_path / "gguf", ExportConfig(format="gguf", llama_cpp=str(tree)))
     assert "--format onnx" in e.value.hint and not (tmp_path / "gguf").exists()
+
+
+def test_gemma3_converts_to_gguf_in_step_with_pytorch(tmp_path):
+    """llama.cpp's Gemma 3 (sliding-window layers with their own RoPE base, scaled embeddings) from the converter's
+    sentencepiece tokenizer.model."""
+    pytest.importorskip("llama_cpp")
+    from compress.stages.export.gguf import ENV, llama_cpp_tree
+    from tests.builders.causal_lm import SENTENCEPIECE
+
+    tree = llama_cpp_tree()
+    if tree is None or not SENTENCEPIECE.is_file():
+        pytest.skip(f"no llama.cpp source tree for the converter ({ENV}) or no {SENTENCEPIECE.name}")
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", arch="gemma3", layers=1, sentencepiece=True)
+    art = export(ckpt, tmp_path / "gguf", ExportConfig(format="gguf", llama_cpp=str(tree)))
+    check = _parity(art)
+    assert check["same_tokens"] and check["prefill_max_abs_diff"] <= check["atol"], check
