@@ -43,7 +43,14 @@ def _parity(art) -> dict:
 @needs_builder
 @pytest.mark.parametrize(("arch", "layers", "head"), [("qwen3", 1, 32), ("gemma3", 6, 32), ("phi3", 1, 16)])
 def test_the_families_export_to_onnx_in_step_with_pytorch(tmp_path, arch, layers, head):
+    import transformers
+
     ckpt = tiny_causal_lm(tmp_path / "ckpt", arch=arch, layers=layers)
+    if arch == "gemma3" and int(transformers.__version__.split(".")[0]) >= 5:  # rope_local_base_freq is gone
+        with pytest.raises(ConfigError, match="builder cannot read Gemma3ForCausalLM's config"):
+            export(ckpt, tmp_path / "onnx", ExportConfig(format="onnx"))
+        assert not (tmp_path / "onnx").exists()
+        return
     art = export(ckpt, tmp_path / "onnx", ExportConfig(format="onnx"))
     check = _parity(art)
     assert check["same_tokens"] and check["prefill_max_abs_diff"] <= 1e-4, check

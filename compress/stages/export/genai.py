@@ -154,6 +154,12 @@ def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
         except NotImplementedError as e:  # "The … model is not currently supported." (its architecture switch)
             raise ConfigError(f"{source}: ONNX Runtime GenAI's builder does not take {_arch(cfg)} ({e})",
                               hint=OTHER_ROUTE) from None
+        except AttributeError as e:  # a config field this transformers no longer has (Gemma 3's under transformers 5)
+            import transformers
+
+            raise ConfigError(f"{source}: ONNX Runtime GenAI's builder cannot read {_arch(cfg)}'s config as "
+                              f"transformers {transformers.__version__} loads it ({e})",
+                              hint=OTHER_ROUTE + ", or run the builder under the transformers it supports") from None
     return {"builder": "onnxruntime_genai.models.builder", "precision": "fp32", "execution_provider": "cpu",
             "attention": "GroupQueryAttention" if gqa else "MultiHeadAttention (head size not a multiple of 16)"}
 
