@@ -290,6 +290,8 @@ class Trainer:
 
             final.load_state_dict(load_file(str(self.run / "best" / "model.safetensors")), strict=False)
             chosen = f"best (step {state['best_step']})"
+        # every process has its weights before the main one writes the student and removes the run directory
+        self.accelerator.wait_for_everyone()
         return final, chosen, final_score
 
 
