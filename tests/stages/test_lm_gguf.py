@@ -107,7 +107,7 @@ def test_quantize_refusals(exported, tmp_path):
     _, art = exported
     with pytest.raises(ConfigError, match="--gguf-type q8_0 stores int8"):
         _quantize(art, tmp_path / "a", precision="int4", gguf_type="q8_0")
-    with pytest.raises(ConfigError, match="--block-size would be ignored"):
+    with pytest.raises(ConfigError, match="--block-size 64 would be ignored on a GGUF"):
         _quantize(art, tmp_path / "b", precision="int4", block_size=64)
     q = _quantize(art, tmp_path / "q4", precision="int4")
     with pytest.raises(ArtifactError, match="already gguf int4"):
