@@ -37,16 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, TensorSpec, check_output
-from compress.errors import ConfigError, ParityError
+from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.genai import (
     DECODE_STEPS,
-    GENERATOR_ATOL,
     compare_generation,
+    generator_atol,
     greedy_ort,
     greedy_torch,
     hf_config,
     prompt_ids,
+    require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
 from compress.teachers.lm_config import GENERATION_FILES, postprocess_of
@@ -280,16 +281,10 @@ def export_executorch_lm(source: Path | str, out: Path | str, config: ExportConf
         copy_travel(source, o.dir)
         manifest = lm_manifest(source, cfg, Precision.fp32, max_length)
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"lowering": record})
-        default = type(config).model_fields["atol"].default
-        atol = GENERATOR_ATOL if config.atol == default else config.atol
+        atol = generator_atol(config)
         check = check_against_torch(source, o.draft(), config, "export") | {"atol": atol}
         step.metrics["generation_parity"] = check
-        if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
-            raise ParityError(
-                f"the ExecuTorch program differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} "
-                f"(allowed {atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
-                f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
-                hint="raise --atol, or report it with --debug; no artifact was written")
+        require_generation_parity(check, atol, "the ExecuTorch program")
     log.info("exported %s to %s (ExecuTorch, XNNPACK; prefill max |diff| %.2e, %d decode steps equal)", source, out,
              check["prefill_max_abs_diff"], DECODE_STEPS)
     return output.artifact

@@ -218,6 +218,24 @@ def greedy_torch(source: Path, prompt: list[int], steps: int) -> tuple[np.ndarra
     return prefill, tokens, logits
 
 
+def generator_atol(config) -> float:
+    """The prefill tolerance of a generator's parity check: ``--atol`` when given, else :data:`GENERATOR_ATOL` (the CLI
+    passes its default as given: values are compared)."""
+    default = type(config).model_fields["atol"].default
+    return GENERATOR_ATOL if config.atol == default else config.atol
+
+
+def require_generation_parity(check: dict[str, Any], atol: float, what: str) -> None:
+    """``check`` (:func:`compare_generation`'s) within ``atol`` with the same greedy tokens, else the one
+    :class:`ParityError` every generator exporter raises (``what``: "the ONNX graph", ...; nothing is written)."""
+    if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
+        raise ParityError(
+            f"{what} differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
+            f"{atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
+            f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
+            hint="raise --atol, or report it with --debug; no artifact was written")
+
+
 def compare_generation(ref, cand) -> dict[str, Any]:
     """Prefill and decode agreement of two :func:`greedy_ort`/:func:`greedy_torch` results."""
     (p0, t0, l0), (p1, t1, l1) = ref, cand
@@ -289,17 +307,11 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
             cand = greedy_ort(backend, prompt, DECODE_STEPS)
         finally:
             backend.close()
-        default = type(config).model_fields["atol"].default  # the CLI passes its default as given: compare values
-        atol = GENERATOR_ATOL if config.atol == default else config.atol
+        atol = generator_atol(config)
         check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
             "prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
-        if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
-            raise ParityError(
-                f"the ONNX graph differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
-                f"{atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
-                f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
-                hint="raise --atol, or report it with --debug; no artifact was written")
+        require_generation_parity(check, atol, "the ONNX graph")
     log.info("exported %s to %s (prefill max |diff| %.2e, %d decode steps equal)", source, out,
              check["prefill_max_abs_diff"], DECODE_STEPS)
     return output.artifact

@@ -154,6 +154,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
         greedy_torch,
         hf_config,
         prompt_ids,
+        require_generation_parity,
     )
     from compress.storage import tree_bytes
     from compress.tasks import Task
@@ -208,12 +209,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
         check = compare_generation(ref, cand) | {"prompt": said, "atol": atol,
                                                  "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
-        if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
-            raise ParityError(
-                f"the GGUF differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
-                f"{atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over {DECODE_STEPS} "
-                "steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
-                hint="raise --atol, or report it with --debug; no artifact was written")
+        require_generation_parity(check, atol, "the GGUF")
     log.info("exported %s to %s (GGUF %s, prefill max |diff| %.2e, %d decode steps equal)", source, out, outtype,
              check["prefill_max_abs_diff"], DECODE_STEPS)
     return output.artifact

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, check_output
-from compress.errors import ConfigError, ParityError
+from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.genai import (
     DECODE_STEPS,
@@ -41,6 +41,7 @@ from compress.stages.export.genai import (
     greedy_torch,
     hf_config,
     prompt_ids,
+    require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
 from compress.teachers.lm_config import cache_of, postprocess_of
@@ -235,12 +236,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
             "prompt": said, "atol": config.atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
-        if not (check["prefill_max_abs_diff"] <= config.atol and check["same_tokens"]):
-            raise ParityError(
-                f"the OpenVINO IR differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
-                f"{config.atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
-                f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=config.atol,
-                hint="raise --atol, or report it with --debug; no artifact was written")
+        require_generation_parity(check, config.atol, "the OpenVINO IR")
     log.info("exported %s to %s (stateful IR; prefill max |diff| %.2e, %d decode steps equal)", source, out,
              check["prefill_max_abs_diff"], DECODE_STEPS)
     return output.artifact
