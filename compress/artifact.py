@@ -94,8 +94,12 @@ class ImagePreprocess(BaseModel):
     input_name: str = Field("pixel_values", description="The graph input the pixels feed.")
     resize: Literal["exact", "shortest_edge", "letterbox"] = Field(
         "exact", description="exact: to size [height, width]; shortest_edge: the shorter side to size[0], aspect kept; "
-        "letterbox: into size [height, width] with the aspect kept, centred, the margins filled with pad_value.")
+        "letterbox: into size [height, width] with the aspect kept, placed by letterbox_align, the margins filled with "
+        "pad_value.")
     pad_value: int = Field(114, ge=0, le=255, description="letterbox: the 0-255 value of the margins (YOLO's grey).")
+    letterbox_align: Literal["center", "top-left"] = Field(
+        "center", description="letterbox: where the resized image sits, centred (ultralytics) or at the top-left "
+        "corner with the margins right and below (YOLOX).")
     size: list[int] = Field(description="[height, width] (exact) or [shortest edge] (shortest_edge).")
     crop: list[int] | None = Field(None, description="Centre crop [height, width] after the resize.")
     crop_offset: Literal["floor", "round"] = Field(

@@ -407,11 +407,16 @@ def time_interleaved(runs, warmup=10, min_runs=100, min_duration_s=5.0, max_runs
     return samples
 
 
-def letterbox_geometry(w, h, height, width):
+def letterbox_geometry(w, h, height, width, align="center"):
     """(new_w, new_h, left, top) of a w x h image letterboxed into height x width: scaled by the smaller ratio to
-    new_w x new_h and pasted at (left, top). A point (x, y) of the image lands at (x * new_w / w + left, ...)."""
+    new_w x new_h and pasted at (left, top), centred or (``align="top-left"``, YOLOX's) at the corner. A point (x, y)
+    of the image lands at (x * new_w / w + left, ...)."""
+    if align not in ("center", "top-left"):
+        raise ValueError("letterbox_align must be center or top-left, not %r" % (align,))
     scale = min(float(height) / h, float(width) / w)
     new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    if align == "top-left":
+        return new_w, new_h, 0, 0
     return new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
 
 
@@ -426,10 +431,12 @@ class ImageFeeds(object):
 
     def __init__(self, input_name="pixel_values", size=(224, 224), resize="exact", crop=None, interpolation="bilinear",
                  rescale=1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channels="RGB", layout="NCHW",
-                 crop_offset="floor", pad_value=114):
+                 crop_offset="floor", pad_value=114, letterbox_align="center"):
         if resize not in ("exact", "shortest_edge", "letterbox"):
             raise ValueError("resize must be 'exact', 'shortest_edge' or 'letterbox', not %r" % (resize,))
         self.pad_value = int(pad_value)
+        letterbox_geometry(1, 1, 1, 1, letterbox_align)  # refuses an unknown alignment
+        self.letterbox_align = letterbox_align
         if interpolation not in self.FILTERS:
             raise ValueError("unknown interpolation %r (known: %s)" % (interpolation, ", ".join(sorted(self.FILTERS))))
         if channels not in ("RGB", "BGR", "L"):
@@ -452,7 +459,7 @@ class ImageFeeds(object):
     @classmethod
     def from_spec(cls, spec):
         keys = ("input_name", "size", "resize", "crop", "interpolation", "rescale", "mean", "std", "channels", "layout",
-                "crop_offset", "pad_value")
+                "crop_offset", "pad_value", "letterbox_align")
         return cls(**dict((k, spec[k]) for k in keys if spec.get(k) is not None))
 
     def output_shape(self):
@@ -523,7 +530,7 @@ class ImageFeeds(object):
         from PIL import Image
 
         height, width = self.size
-        new_w, new_h, left, top = letterbox_geometry(img.size[0], img.size[1], height, width)
+        new_w, new_h, left, top = letterbox_geometry(img.size[0], img.size[1], height, width, self.letterbox_align)
         fill = self.pad_value if img.mode == "L" else (self.pad_value,) * 3
         canvas = Image.new(img.mode, (width, height), fill)
         canvas.paste(img.resize((new_w, new_h), resample=resample), (left, top))

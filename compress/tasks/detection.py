@@ -168,7 +168,7 @@ def to_image(boxes: np.ndarray, size: tuple[int, int], preprocess) -> np.ndarray
     w, h = size
     height, width = preprocess.size
     if preprocess.resize == "letterbox":
-        new_w, new_h, left, top = letterbox_geometry(w, h, height, width)
+        new_w, new_h, left, top = letterbox_geometry(w, h, height, width, preprocess.letterbox_align)
         sx, sy, dx, dy = w / new_w, h / new_h, left, top
     else:
         sx, sy, dx, dy = w / width, h / height, 0, 0

@@ -180,6 +180,11 @@ def test_letterboxed_boxes_map_back_to_the_image():
                                                                                                 [10, 5, 20, 10]]
     exact = ImagePreprocess(size=[32, 32])
     assert to_image(np.array([[0.0, 0, 16, 16]]), (64, 32), exact).tolist() == [[0, 0, 32, 16]]
+    # YOLOX's letterbox: the image at the top-left corner, the grey margin below it
+    corner = ImagePreprocess(size=[32, 32], resize="letterbox", letterbox_align="top-left")
+    x = ImageFeeds.from_spec(corner.model_dump()).pixels(np.zeros((20, 40, 3), np.uint8))
+    assert x[0, 0, 0] == 0 and x[15, 31, 0] == 0 and x[16, 0, 0] == pytest.approx(114 / 255)
+    assert to_image(np.array([[0.0, 0, 32, 16]]), (40, 20), corner).tolist() == [[0, 0, 40, 20]]
 
 
 def test_box_data_errors_are_one_line_naming_the_annotation(tmp_path):
