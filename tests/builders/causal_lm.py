@@ -76,3 +76,24 @@ def tiny_causal_lm(out: Path, *, arch: str = "llama", layers: int = 2, hidden: i
         shutil.copy(SENTENCEPIECE, out / "tokenizer.model")
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
     return out
+
+
+def genai_builder_missing() -> str | None:
+    """Why ONNX Runtime GenAI's builder (the ONNX route of a causal LM) cannot run here, or None when it can: it
+    imports transformers' classes, and an environment where it does not import skips that route's tests."""
+    try:
+        import compress  # noqa: F401 - the torchvision shim before transformers
+        from compress.stages.export.genai import _attention
+
+        with _attention(True):
+            return None
+    except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
+        return f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})"
+
+
+def needs_genai_builder():
+    """A skip marker for a test (or, as ``pytestmark``, a module) that exports through the GenAI builder."""
+    import pytest
+
+    reason = genai_builder_missing()
+    return pytest.mark.skipif(reason is not None, reason=reason or "")

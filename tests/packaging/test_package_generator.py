@@ -13,20 +13,14 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
-try:  # the builder imports transformers classes; in an env where it does not import, the route is skipped
-    import compress  # noqa: F401 - the torchvision shim before transformers
-    from compress.stages.export.genai import _attention
-
-    with _attention(True):
-        pass
-except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
-    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
 
 from compress.errors import ArtifactError
 from compress.packaging.bundle import package
 from compress.packaging.config import PackageConfig
 from tests.builders.bundles import run_handler, write_profile
-from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+
+pytestmark = needs_genai_builder()
 
 PROMPTS = [STORY[:40], "Her mom smiled and said"]
 NEW_TOKENS = 24

@@ -13,17 +13,11 @@ import yaml
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
-try:  # the builder imports transformers classes; in an env where it does not import, the route is skipped
-    import compress  # noqa: F401 - the torchvision shim before transformers
-    from compress.stages.export.genai import _attention
 
-    with _attention(True):
-        pass
-except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
-    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
-
-from tests.builders.causal_lm import STORIES, STORY, tiny_causal_lm
+from tests.builders.causal_lm import STORIES, STORY, needs_genai_builder, tiny_causal_lm
 from tests.validation.test_validate_generation import gen_profile
+
+pytestmark = needs_genai_builder()
 
 TINYSTORIES = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
 BUDGETS = {"min_decode_tokens_per_s": 1.0, "max_time_to_first_token_ms": 60000, "max_perplexity_increase": 0.5,

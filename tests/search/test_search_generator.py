@@ -17,13 +17,10 @@ from compress.errors import ConfigError
 
 pytest.importorskip("optuna")
 pytest.importorskip("onnxruntime")
-try:  # the ONNX route's export is ONNX Runtime GenAI's builder
-    import compress  # noqa: F401 - the torchvision shim before transformers
-    from compress.stages.export.genai import _attention  # noqa: F401
-except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
-    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
 
-from tests.builders.causal_lm import STORIES, tiny_causal_lm
+from tests.builders.causal_lm import STORIES, needs_genai_builder, tiny_causal_lm
+
+pytestmark = needs_genai_builder()
 
 TINYSTORIES = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
 #: two algorithms x two group sizes of ONNX Runtime's INT4: four candidates, three measured

@@ -11,17 +11,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
-try:  # the builder imports transformers classes; in an env where it does not import, the route is skipped
-    import compress  # noqa: F401 - the torchvision shim before transformers
-    from compress.stages.export.genai import _attention
-
-    with _attention(True):
-        pass
-except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
-    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
 
 from compress.errors import ConfigError, OutputExistsError, StageError
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
+
+pytestmark = needs_genai_builder()
 
 
 @pytest.fixture(scope="module")

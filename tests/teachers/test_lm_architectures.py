@@ -19,20 +19,9 @@ from compress.errors import ConfigError
 from compress.stages.export import export, generator_source
 from compress.stages.export.config import ExportConfig
 from compress.teachers.lm_config import cache_of, is_causal_lm
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
 
-
-def _genai_builder() -> bool:
-    try:
-        from compress.stages.export.genai import _attention
-
-        with _attention(True):
-            return True
-    except Exception:  # noqa: BLE001 - any import failure means the same: no builder here
-        return False
-
-
-needs_builder = pytest.mark.skipif(not _genai_builder(), reason="onnxruntime-genai's builder does not import here")
+needs_builder = needs_genai_builder()
 
 
 def _parity(art) -> dict:

@@ -16,19 +16,13 @@ pytest.importorskip("torch")
 pytest.importorskip("compress.tasks.generation")
 pytest.importorskip("compress.data.text")  # CORE: text data and the causal LM teacher
 pytest.importorskip("compress.teachers.causal_lm")
-try:
-    import compress  # noqa: F401 - the torchvision shim before transformers
-    from compress.stages.export.genai import _attention
-
-    with _attention(True):
-        pass
-except Exception as e:  # noqa: BLE001 - any import failure means the same: no builder here
-    pytest.skip(f"onnxruntime-genai's builder does not import here ({type(e).__name__}: {e})", allow_module_level=True)
 
 from compress.errors import ConfigError
 from compress.profiles.budgets import judge
 from compress.profiles.schema import Budgets
-from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+
+pytestmark = needs_genai_builder()
 
 FAST = {"warmup": 1, "min_runs": 1, "min_duration_s": 0.0, "max_runs": 10000}
 
