@@ -30,7 +30,7 @@ from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError, StageError
-from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, collapse_check
 from compress.stages.spec import StageSpec, pairs
 
@@ -51,10 +51,7 @@ _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embedding
 def check_request(config: QuantizeConfig) -> tuple[int, int, int, int]:
     """(bits, group, embeddings bits, LM head bits) of a request, or a one-line :class:`ConfigError`."""
     given = config.given_keys()
-    ignored = sorted(given - _APPLIES)
-    if ignored:
-        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} would be ignored: a causal LM's "
-                          "ExecuTorch program is quantized by torchao (8da4w/8da8w, round to nearest)", hint="drop it")
+    refuse_ignored(config, "executorch-causal-lm")  # what this quantizer does not read, in one line
     if config.int4.algorithm != "rtn":
         raise ConfigError(f"--int4-algorithm {config.int4.algorithm}: the ExecuTorch route quantizes by round to "
                           "nearest (torchao's 8da4w)", hint="drop it, or use --format onnx or openvino for "

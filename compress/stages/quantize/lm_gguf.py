@@ -28,7 +28,7 @@ from pathlib import Path
 
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError, StageError
-from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
 from compress.stages.spec import StageSpec, pairs
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,7 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
     ``out`` (see the module's docstring). A collapse is a warning (in the step's metrics), an error with ``strict``."""
     from compress.storage import tree_bytes
 
-    ignored = sorted(config.given_keys() - _APPLIES)
-    if ignored:
-        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} would be ignored: a GGUF is "
-                          "quantized by llama.cpp's quantizer", hint="drop it; pick the type with --gguf-type")
+    refuse_ignored(config, "gguf-causal-lm")  # what this quantizer does not read, in one line
     QUANTIZE_GGUF.check(art)
     name = gguf_type(config)
     src = art.path / art.manifest.model_file

@@ -36,7 +36,7 @@ import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, StageError
-from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig
+from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig, refuse_ignored
 
 log = logging.getLogger(__name__)
 
@@ -472,10 +472,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
 
     QUANTIZE_ONNX.check(art)  # an INT4/INT8 generator again: refused naming the FP32 one it came from
     given = config.given_keys()
-    ignored = sorted(given - _APPLIES)
-    if ignored:
-        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} would be ignored: a causal LM is "
-                          "quantized weight-only (MatMulNBits)", hint="drop it")
+    refuse_ignored(config, "onnx-causal-lm")  # what this quantizer does not read, in one line
     bits = 4 if config.precision == "int4" else 8
     block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
     algorithm = config.int4.algorithm

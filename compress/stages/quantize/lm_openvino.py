@@ -33,7 +33,7 @@ import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError, StageError
-from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
+from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, calibration_windows, collapse_check
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_
 def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
     """(bits, group size, algorithm) of a request, or a one-line :class:`ConfigError` for what NNCF cannot do here."""
     given = config.given_keys()
-    ignored = sorted(given - _APPLIES)
-    if ignored:
-        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} would be ignored: a causal LM is "
-                          "quantized weight-only (nncf.compress_weights)", hint="drop it")
+    refuse_ignored(config, "openvino-causal-lm")  # what this quantizer does not read, in one line
     bits = 4 if config.precision == "int4" else 8
     algorithm = config.int4.algorithm
     if algorithm not in ALGORITHMS:
