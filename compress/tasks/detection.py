@@ -1,6 +1,10 @@
 """Object detection: boxes, scores and classes from a declared output layout, judged by COCO mAP.
 
-A detector declares its layout in ``postprocess`` (``model.yaml``):
+A detector declares its layout in ``postprocess`` (``model.yaml``): ``layout: decoded`` (the default) for boxes the
+graph already decoded, or the raw layout of a family whose rule :mod:`compress.tasks.box_layouts` implements with the
+parameters declared beside it: ``layout: yolox`` (grid offsets over ``strides``) or ``layout: ssd`` (a regression
+per anchor, the anchors generated from ``anchors``; keypoints beside the box, carried in the decoded detections).
+A decoded layout declares
 
 * ``boxes: xyxy | cxcywh`` and ``normalized`` (fractions of the input's width and height, else input pixels);
 * ``nms: true``: the graph ends in non-maximum suppression and outputs ``[batch, boxes, 6]`` (box, score, class);
@@ -29,21 +33,32 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import ConfigError, DataError
+from compress.tasks.box_layouts import SsdAnchors, anchor_decode, grid_cells, grid_decode, ssd_anchors
 
-__all__ = ["DetectionPostprocess", "check_layout", "check_postprocess", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
+__all__ = ["DetectionPostprocess", "LAYOUTS", "check_layout", "keypoints_to_image", "check_postprocess", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
 
 #: a teacher box counts as ground truth for agreement from this score on, unless postprocess.threshold says
 AGREEMENT_SCORE = 0.5
 #: boxes considered by NMS per image at most (the best-scoring), as torchvision and ultralytics cap them
 MAX_CANDIDATES = 30000
+#: the output layouts a detector may declare (``postprocess.layout``), and what each one reads
+LAYOUTS = {
+    "decoded": "boxes already decoded: [batch, boxes, 4 + classes] or [batch, boxes, 5 + classes] (either "
+               "transposed), or NMS'd [batch, boxes, 6]; declare boxes: xyxy or cxcywh",
+    "yolox": "YOLOX's grid offsets [batch, sum(cells), 5 + classes] over the declared strides; declare strides",
+    "ssd": "a box regression per anchor [batch, anchors, 4 + 2*keypoints (+ classes)], the anchors generated from "
+           "the declared anchors block (MediaPipe's SsdAnchorsCalculator); declare anchors and box_scale",
+}
 
 
 class DetectionPostprocess(BaseModel):
     """The ``postprocess`` block of ``object-detection``: the output's layout, and how boxes are kept."""
 
     model_config = ConfigDict(extra="forbid")
+    layout: str = Field("decoded", description="The output's layout: decoded (boxes as the graph wrote them), yolox "
+                        "(grid offsets over strides) or ssd (a regression per generated anchor).")
     boxes: Literal["xyxy", "cxcywh"] | None = Field(
-        None, description="How a box is written (corners, or centre and size); required.")
+        None, description="How a decoded box is written (corners, or centre and size); required by layout decoded.")
     normalized: bool = Field(
         False, description="Box coordinates are fractions of the input's width and height, not pixels.")
     nms: bool = Field(
@@ -58,12 +73,33 @@ class DetectionPostprocess(BaseModel):
         None, gt=0, lt=1, description="Agreement: a teacher box counts as ground truth from this score on "
         "(default AGREEMENT_SCORE, 0.5).")
     scores_are_probabilities: bool = Field(False, description="The output holds probabilities already (no sigmoid).")
+    strides: list[int] | None = Field(
+        None, description="yolox: the grids' strides, in the output's order ([8, 16, 32]); each grid is input // "
+        "stride cells per side.")
+    anchors: SsdAnchors | None = Field(None, description="ssd: how the anchors are generated (MediaPipe's "
+                                       "SsdAnchorsCalculator options, the input size being preprocess.size).")
+    box_scale: tuple[float, float, float, float] | None = Field(
+        None, description="ssd: x_scale, y_scale, w_scale, h_scale the raw regression is divided by (BlazeFace: "
+        "128 each, the input's size).")
+    box_order: Literal["yxhw", "xywh"] = Field(
+        "yxhw", description="ssd: the order of a box's four raw values (MediaPipe's default yxhw; BlazeFace and "
+        "palm: xywh), keypoints (y, x) or (x, y) alike.")
+    exponential_box_size: bool = Field(False, description="ssd: size = exp(raw / scale) * anchor size (SSD-MobileNet), "
+                                       "else raw / scale * anchor size (BlazeFace).")
+    keypoints: int = Field(0, ge=0, description="ssd: keypoints (x, y) after the box in each row.")
+    scores_output: str | None = Field(
+        None, description="ssd: the output holding the class scores [batch, anchors, classes]; none: they follow "
+        "the box and keypoints in the first output's rows.")
 
 
-def check_layout(post, shape, num_classes: int | None) -> bool:
+def check_layout(post, shape, num_classes: int | None, input_hw: tuple[int, int] | None = None) -> bool:
     """Whether an output of ``shape`` ([batch, a, b], dims may be None or names) is ``post``'s layout for
-    ``num_classes``; True when it is read transposed. Raises ConfigError naming the expected shapes when not."""
-    if post.boxes is None:
+    ``num_classes`` on an input of ``input_hw`` (needed by the yolox and ssd layouts); True when it is read
+    transposed. Raises ConfigError naming the expected shapes when not."""
+    if post.layout not in LAYOUTS:
+        raise ConfigError(f"unknown detection layout {post.layout!r}",
+                          hint=f"postprocess.layout is one of {', '.join(LAYOUTS)} (docs/tasks.md, Object detection)")
+    if post.layout == "decoded" and post.boxes is None:
         raise ConfigError("object detection needs postprocess.boxes (xyxy or cxcywh) to read the output",
                           hint="declare it in model.yaml: postprocess: {boxes: cxcywh, normalized: false}")
     if not num_classes:
@@ -72,6 +108,12 @@ def check_layout(post, shape, num_classes: int | None) -> bool:
     if len(shape) != 3:
         raise ConfigError(f"object detection reads a [batch, boxes, values] output; this one is {list(shape)}",
                           hint="make the boxes output the first one")
+    if post.layout == "yolox":
+        _check_grid(post, shape, num_classes, input_hw)
+        return False
+    if post.layout == "ssd":
+        _check_anchors(post, shape, num_classes, input_hw)
+        return False
     wanted = (6,) if post.nms else (4 + num_classes, 5 + num_classes)
     last, mid = shape[2], shape[1]
     if not isinstance(last, int) and not isinstance(mid, int):
@@ -87,12 +129,57 @@ def check_layout(post, shape, num_classes: int | None) -> bool:
                       f"{expect}", hint="check labels (their number) and postprocess.nms in model.yaml")
 
 
+def _check_grid(post, shape, num_classes: int, input_hw) -> None:
+    if not post.strides:
+        raise ConfigError("layout yolox needs postprocess.strides (the grids' strides, in the output's order)",
+                          hint="declare them in model.yaml: postprocess: {layout: yolox, strides: [8, 16, 32]}")
+    if input_hw is None:
+        return
+    cells = grid_cells(post.strides, input_hw)
+    rows = sum(r * c for r, c in cells)
+    mid, last = shape[1], shape[2]
+    if isinstance(mid, int) and mid != rows:
+        parts = " + ".join(f"{r}x{c}" for r, c in cells)
+        raise ConfigError(f"layout yolox: strides {post.strides} on the {input_hw[0]}x{input_hw[1]} input give "
+                          f"{rows} cells ({parts}), but the output {list(shape)} has {mid} rows",
+                          hint="declare the strides the model was built with (YOLOX: [8, 16, 32]) and its input "
+                          "size (preprocess.size)")
+    if isinstance(last, int) and last != 5 + num_classes:
+        raise ConfigError(f"layout yolox reads rows of [tx, ty, tw, th, obj, {num_classes} class scores] "
+                          f"({5 + num_classes} values), but the output {list(shape)} has {last}",
+                          hint="check labels (their number) in model.yaml")
+
+
+def _check_anchors(post, shape, num_classes: int, input_hw) -> None:
+    need = [k for k in ("anchors", "box_scale") if getattr(post, k) is None]
+    if need:
+        raise ConfigError(f"layout ssd needs postprocess.{' and postprocess.'.join(need)} to decode the boxes",
+                          hint="declare them in model.yaml, as BlazeFace's: anchors: {num_layers: 4, strides: [8, "
+                          "16, 16, 16], min_scale: 0.1484375, max_scale: 0.75, fixed_anchor_size: true}, box_scale: "
+                          "[128, 128, 128, 128]")
+    mid, last = shape[1], shape[2]
+    if input_hw is not None and isinstance(mid, int):
+        count = len(ssd_anchors(post.anchors, input_hw))
+        if mid != count:
+            raise ConfigError(f"layout ssd: the anchors declared give {count} anchors on the {input_hw[0]}x"
+                              f"{input_hw[1]} input, but the boxes output {list(shape)} has {mid} rows",
+                              hint="declare the anchor options the model was trained with (num_layers, strides, "
+                              "aspect_ratios, interpolated_scale_aspect_ratio, reduce_boxes_in_lowest_layer)")
+    coords = 4 + 2 * post.keypoints
+    want = coords if post.scores_output else coords + num_classes
+    if isinstance(last, int) and last != want:
+        what = (f"4 box values + {post.keypoints} keypoints x 2" if post.scores_output else
+                f"4 box values + {post.keypoints} keypoints x 2 + {num_classes} class scores")
+        raise ConfigError(f"layout ssd reads rows of {what} ({want} values), but the output {list(shape)} has {last}",
+                          hint="check postprocess.keypoints, postprocess.scores_output and labels in model.yaml")
+
+
 def check_postprocess(post, shape, labels: list[str] | None, preprocess, where: str) -> None:
     """A model file's postprocess block (its output layout) against its output's ``shape`` and its labels, and its
     preprocess (boxes map back through an exact or letterboxed resize); ConfigError starting with ``where`` if not."""
     try:
-        check_layout(post, shape, len(labels or []))
-        check_preprocess(preprocess)
+        hw = check_preprocess(preprocess)
+        check_layout(post, shape, len(labels or []), hw)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e.message}", hint=e.hint) from None
 
@@ -128,50 +215,111 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) 
     return np.asarray(keep, dtype=np.int64)
 
 
-def decode(post, out: np.ndarray, num_classes: int, input_hw: tuple[int, int]):
-    """Each image's (boxes xyxy in input pixels, scores, class ids) from the primary output."""
-    transposed = check_layout(post, out.shape, num_classes)
+def decode(post, out: np.ndarray, num_classes: int, input_hw: tuple[int, int], scores: np.ndarray | None = None,
+           keypoints: bool = False) -> list[tuple]:
+    """Each image's (boxes xyxy in input pixels, scores, class ids) from the primary output ``out`` by ``post``'s
+    layout; (..., keypoints [k, keypoints, 2] x, y in input pixels) with ``keypoints`` (empty for a layout without).
+    ``scores``: the ssd layout's scores output where ``post.scores_output`` names one."""
+    transposed = check_layout(post, out.shape, num_classes, input_hw)
     if transposed:
         out = out.transpose(0, 2, 1)
+    if post.layout == "ssd":
+        return _decode_anchors(post, out, num_classes, input_hw, scores, keypoints)
+    form = post.boxes
+    if post.layout == "yolox":
+        out, form = grid_decode(out, post.strides, input_hw), "cxcywh"
     height, width = input_hw
     scale = np.array([width, height, width, height], dtype=np.float64) if post.normalized else 1.0
     result = []
     for rows in out.astype(np.float64):
         if post.nms:
-            boxes, scores, classes = rows[:, :4], rows[:, 4], rows[:, 5].round().astype(np.int64)
+            boxes, conf, classes = rows[:, :4], rows[:, 4], rows[:, 5].round().astype(np.int64)
         else:
             obj = rows[:, 4] if rows.shape[1] == 5 + num_classes else None
-            cls = rows[:, -num_classes:]
-            if not post.scores_are_probabilities:
-                cls = _sigmoid(cls)
-                obj = None if obj is None else _sigmoid(obj)
-            classes = cls.argmax(axis=1)
-            scores = cls[np.arange(len(cls)), classes] * (1.0 if obj is None else obj)
+            conf, classes = _best_class(rows[:, -num_classes:], post)
+            if obj is not None:
+                conf = conf * (obj if post.scores_are_probabilities else _sigmoid(obj))
             boxes = rows[:, :4]
-        keep = scores >= post.score_threshold
-        boxes, scores, classes = _xyxy(boxes[keep], post.boxes) * scale, scores[keep], classes[keep]
-        if len(scores) > MAX_CANDIDATES:
-            top = np.argsort(-scores)[:MAX_CANDIDATES]
-            boxes, scores, classes = boxes[top], scores[top], classes[top]
-        if not post.nms:
-            kept = nms(boxes, scores, classes, post.iou_threshold)
-            boxes, scores, classes = boxes[kept], scores[kept], classes[kept]
-        top = np.argsort(-scores, kind="stable")[:post.max_detections]
-        result.append((boxes[top], scores[top], classes[top]))
+        boxes = _xyxy(boxes, form) * scale
+        kept = _select(post, boxes, conf, classes, suppress=not post.nms)
+        found = (boxes[kept], conf[kept], classes[kept])
+        result.append(found + (np.zeros((len(kept), 0, 2)),) if keypoints else found)
     return result
 
 
-def to_image(boxes: np.ndarray, size: tuple[int, int], preprocess) -> np.ndarray:
-    """Boxes in input pixels mapped to the pixels of the original ``size`` (w, h) image."""
+def _best_class(cls: np.ndarray, post) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best class score (through a sigmoid unless the scores are probabilities) and its class id."""
+    if not post.scores_are_probabilities:
+        cls = _sigmoid(cls)
+    classes = cls.argmax(axis=1)
+    return cls[np.arange(len(cls)), classes], classes
+
+
+def _select(post, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, suppress: bool) -> np.ndarray:
+    """The indices of the detections kept: scoring at least ``score_threshold``, the best ``MAX_CANDIDATES``, then
+    NMS per class (``suppress``), the best ``max_detections``, best first."""
+    idx = np.flatnonzero(scores >= post.score_threshold)
+    if len(idx) > MAX_CANDIDATES:
+        idx = idx[np.argsort(-scores[idx])[:MAX_CANDIDATES]]
+    if suppress:
+        idx = idx[nms(boxes[idx], scores[idx], classes[idx], post.iou_threshold)]
+    return idx[np.argsort(-scores[idx], kind="stable")[:post.max_detections]]
+
+
+def _decode_anchors(post, out: np.ndarray, num_classes: int, input_hw: tuple[int, int], scores, keypoints: bool):
+    """The ssd layout: MediaPipe's anchor rule (:func:`compress.tasks.box_layouts.anchor_decode`) per image."""
+    anchors = ssd_anchors(post.anchors, input_hw)
+    coords = 4 + 2 * post.keypoints
+    if post.scores_output:
+        if scores is None:
+            raise ConfigError(f"layout ssd reads the class scores from output {post.scores_output!r}, which was not "
+                              "given: validate judges the first output only",
+                              hint="export the scores after the box and keypoints in the first output's rows (no "
+                              "scores_output), or decode with compress.tasks.detection.decode(..., scores=...)")
+        scores = np.asarray(scores)
+        if scores.ndim == 2:  # [batch, anchors]: one class
+            scores = scores[..., None]
+        if scores.shape != (len(out), len(anchors), num_classes):
+            raise ConfigError(f"layout ssd: output {post.scores_output!r} is {list(scores.shape)}, expected "
+                              f"[{len(out)}, {len(anchors)}, {num_classes}] (a score per anchor and label)",
+                              hint="check postprocess.scores_output and labels in model.yaml")
+    height, width = input_hw
+    size = np.array([width, height], dtype=np.float64)
+    result = []
+    for i, rows in enumerate(out.astype(np.float64)):
+        boxes, points = anchor_decode(rows[:, :coords], anchors, post.box_scale, post.box_order,
+                                      post.exponential_box_size, post.keypoints)
+        conf, classes = _best_class(scores[i].astype(np.float64) if post.scores_output else rows[:, coords:], post)
+        boxes, points = boxes * np.tile(size, 2), points * size
+        valid = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])  # MediaPipe drops negative sizes
+        kept = _select(post, boxes, np.where(valid, conf, -1.0), classes, suppress=True)
+        found = (boxes[kept], conf[kept], classes[kept])
+        result.append(found + (points[kept],) if keypoints else found)
+    return result
+
+
+def _mapping(size: tuple[int, int], preprocess) -> tuple[float, float, float, float]:
+    """(sx, sy, dx, dy): input pixel (x, y) is image pixel ((x - dx)·sx, (y - dy)·sy)."""
     from compress.device.shipped import letterbox_geometry
 
     w, h = size
     height, width = preprocess.size
     if preprocess.resize == "letterbox":
         new_w, new_h, left, top = letterbox_geometry(w, h, height, width, preprocess.letterbox_align)
-        sx, sy, dx, dy = w / new_w, h / new_h, left, top
-    else:
-        sx, sy, dx, dy = w / width, h / height, 0, 0
+        return w / new_w, h / new_h, left, top
+    return w / width, h / height, 0, 0
+
+
+def keypoints_to_image(points: np.ndarray, size: tuple[int, int], preprocess) -> np.ndarray:
+    """Keypoints [..., 2] (x, y) in input pixels mapped to the pixels of the original ``size`` (w, h) image."""
+    sx, sy, dx, dy = _mapping(size, preprocess)
+    return (points - np.array([dx, dy])) * np.array([sx, sy])
+
+
+def to_image(boxes: np.ndarray, size: tuple[int, int], preprocess) -> np.ndarray:
+    """Boxes in input pixels mapped to the pixels of the original ``size`` (w, h) image."""
+    w, h = size
+    sx, sy, dx, dy = _mapping(size, preprocess)
     out = (boxes - np.array([dx, dy, dx, dy])) * np.array([sx, sy, sx, sy])
     return out.clip(0, [w, h, w, h])
 
