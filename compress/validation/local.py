@@ -43,7 +43,6 @@ from compress.validation.teacher_outputs import predict_all
 log = logging.getLogger(__name__)
 
 
-
 class EstimateMode(StrEnum):
     """When validate estimates latency instead of measuring it."""
 
@@ -199,7 +198,11 @@ def validate(
 
     # eval data and teacher
     dataset = None
-    if config.data:
+    if config.data and TASKS[m.task].labels == "spans":  # question answering: SQuAD-format JSON
+        from compress.data.squad import load_squad
+
+        dataset = load_squad(config.data, limit=config.limit)
+    elif config.data:
         one_label = m.labels is not None and TASKS[m.task].labels != "values"  # labels named by class
         label2id = {name: i for i, name in enumerate(m.labels)} if one_label else None
         dataset = load_inputs(
