@@ -165,6 +165,10 @@ def _open_json(file: Path) -> tuple[list[str], RowReader]:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if file.suffix.lower() == ".json" and head.startswith(b"["):
         return _open_json_array(file)
+    if file.suffix.lower() == ".json" and head.startswith(b"{") and b'"data"' in head:
+        squad = _open_squad(file)  # question-answering data: one row per question
+        if squad is not None:
+            return squad
 
     def objects() -> Iterator[tuple[int, dict[str, Any]]]:
         for line_no, line in enumerate(_utf8_lines(file), 1):
@@ -194,6 +198,23 @@ def _open_json(file: Path) -> tuple[list[str], RowReader]:
         with contextlib.closing(objects()) as objs:
             for row_no, (line_no, obj) in enumerate(objs, 1):
                 yield row_no, line_no, obj
+
+    return columns, read
+
+
+def _open_squad(file: Path) -> tuple[list[str], RowReader] | None:
+    """A SQuAD-format document's questions as rows (:func:`compress.data.squad.squad_rows`), None for any other
+    JSON object."""
+    from compress.data.squad import is_squad, read_json, squad_rows
+
+    doc = read_json(file)
+    if not is_squad(doc):
+        return None
+    columns, items = squad_rows(file, doc)
+
+    def read(needed: list[str]) -> Iterator[Row]:
+        for row_no, obj in enumerate(items, 1):
+            yield row_no, None, obj
 
     return columns, read
 

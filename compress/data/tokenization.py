@@ -2,13 +2,17 @@
 
 The feed builders themselves live in :mod:`compress.device.shipped`, the code shipped to boards and serverless bundles,
 so the host, the remote runner's controller and the bundle handler tokenise with one piece of code.
-:func:`encoder_for` is the seam every runtime adapter and stage goes through.
+:func:`encoder_for` is the seam every runtime adapter and stage goes through. :func:`qa_windows`: a question and
+its long context as overlapping windows (extractive question answering).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from compress.device.shipped import ImageFeeds, TextFeeds, make_feeds
 from compress.errors import ArtifactError
@@ -29,3 +33,73 @@ def encoder_for(artifact: Artifact) -> TextFeeds | ImageFeeds:
     except FileNotFoundError as e:
         raise ArtifactError(f"{artifact.path}: no {Path(e.args[0]).relative_to(artifact.path)}",
                             hint="re-create the artifact from a checkpoint with a fast tokenizer") from None
+
+
+@dataclass
+class QAWindows:
+    """Questions with their contexts as overlapping windows (:func:`qa_windows`): ``arrays`` (``input_ids``,
+    ``attention_mask``, ``token_type_ids``: ``[windows, tokens]``, padded to the longest), ``offsets`` (``[windows,
+    tokens, 2]``: each token's characters in its context, -1 outside it) and ``example`` (the question of each
+    window)."""
+
+    arrays: dict[str, np.ndarray]
+    offsets: np.ndarray
+    example: np.ndarray
+
+    def feeds(self, input_names: list[str]) -> dict[str, np.ndarray]:
+        """The inputs a graph takes, by name."""
+        return {n: self.arrays[n] for n in input_names}
+
+    def positions(self, starts: list[int], ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Each window's answer as token positions, given each question's answer in characters (``[start, end)``):
+        the tokens holding its first and last characters, or (0, 0) where the window does not hold the whole answer
+        (Hugging Face run_qa's training labels: the first token, [CLS], stands for "not in this window")."""
+        n = len(self.example)
+        s_pos, e_pos = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        for w in range(n):
+            a, b = starts[self.example[w]], ends[self.example[w]]
+            off = self.offsets[w]
+            inside = off[:, 0] >= 0
+            if not inside.any() or off[inside, 0].min() > a or off[inside, 1].max() < b:
+                continue
+            s_pos[w] = np.flatnonzero(inside & (off[:, 0] <= a))[-1]  # run_qa: the last token starting by a
+            e_pos[w] = np.flatnonzero(inside & (off[:, 1] >= b))[0]  # the first token ending at or after b
+        return s_pos, e_pos
+
+
+def qa_windows(tokenizer, questions: list[str], contexts: list[str], *, max_length: int, stride: int,
+               pad_id: int = 0) -> QAWindows:
+    """Each question with its context as windows of at most ``max_length`` tokens: the question first, the context
+    cut (truncation ``only_second``) into windows sharing ``stride`` tokens, as Hugging Face's fast tokenizers do
+    with ``return_overflowing_tokens`` (the same ``tokenizers`` code underneath). ``tokenizer``: a ``tokenizers``
+    Tokenizer (a feed builder's). A question too long to leave room for its context is a DataError."""
+    from compress.errors import DataError
+
+    specials = tokenizer.num_special_tokens_to_add(True)
+    tokenizer.no_padding()
+    rows, example = [], []
+    try:
+        for i, (q, c) in enumerate(zip(questions, contexts, strict=True)):
+            room = max_length - specials - len(tokenizer.encode(q, add_special_tokens=False).ids)
+            if room < 8:
+                raise DataError(f"question {i + 1} ({q[:50]!r}) leaves {max(room, 0)} of {max_length} tokens for its "
+                                "context", hint="shorten the question, or raise the window (postprocess.window)")
+            tokenizer.enable_truncation(max_length, stride=min(stride, room // 2), strategy="only_second")
+            enc = tokenizer.encode(q, c)
+            for e in [enc, *enc.overflowing]:
+                rows.append(e)
+                example.append(i)
+    finally:
+        tokenizer.no_truncation()
+    width = max((len(e.ids) for e in rows), default=0)
+    arrays = {k: np.full((len(rows), width), pad_id if k == "input_ids" else 0, dtype=np.int64)
+              for k in ("input_ids", "attention_mask", "token_type_ids")}
+    offsets = np.full((len(rows), width, 2), -1, dtype=np.int64)
+    for r, e in enumerate(rows):
+        n = len(e.ids)
+        arrays["input_ids"][r, :n] = e.ids
+        arrays["attention_mask"][r, :n] = e.attention_mask
+        arrays["token_type_ids"][r, :n] = e.type_ids
+        context = np.array([s == 1 for s in e.sequence_ids], dtype=bool)
+        offsets[r, :n][context] = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)[context]
+    return QAWindows(arrays, offsets, np.asarray(example, dtype=np.int64))

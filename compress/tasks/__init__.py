@@ -44,6 +44,9 @@ class Task(StrEnum):
     ctc_recognition = "ctc-recognition"
     #: boxes, scores and classes from a declared output layout (``postprocess.boxes``), judged by COCO mAP
     object_detection = "object-detection"
+    #: an answer span per question in its context (extractive QA, SQuAD): start and end logits per token over the
+    #: context's windows, judged by SQuAD's exact match and F1
+    question_answering = "question-answering"
     #: a causal language model with a KV cache: next-token logits judged by perplexity on text windows (llama.cpp's
     #: llama-perplexity), KL and top-1 agreement against the teacher
     text_generation = "text-generation"
@@ -53,8 +56,8 @@ class Task(StrEnum):
 
 
 #: what a task's labels are: a class id per sample, a tag per word, values per sample (targets, 0/1 flags, label
-#: maps, texts), boxes per image, or none (judged against the teacher only)
-Labels = Literal["per-sample", "per-word", "values", "boxes", "none"]
+#: maps, texts), boxes per image, answer spans in a context per question, or none (judged against the teacher only)
+Labels = Literal["per-sample", "per-word", "values", "boxes", "spans", "none"]
 
 
 def load(spec: str) -> Callable[..., Any]:
@@ -284,6 +287,9 @@ TASKS: dict[Task, TaskInfo] = {
                                     metric_takes="manifest", agreement="metric", needs_class_names=True,
                                     check="compress.tasks.detection:check_postprocess",
                                     postprocess="compress.tasks.detection:DetectionPostprocess"),
+    Task.question_answering: TaskInfo(labels="spans", metric="compress.tasks.qa:qa_metrics", agreement="metric",
+                                      head="AutoModelForQuestionAnswering", inputs="text",
+                                      postprocess="compress.tasks.qa:QAPostprocess"),
     Task.text_generation: TaskInfo(labels="none", metric="compress.tasks.generation:generation_metrics",
                                    metric_takes="postprocess", higher_is_better=False, agreement="metric",
                                    head="AutoModelForCausalLM", inputs="text",

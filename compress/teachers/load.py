@@ -118,7 +118,10 @@ def _sentence_transformers_pooling(path: Path) -> EmbeddingPostprocess | None:
 #: a regression head is a sequence-classification head with ``problem_type: regression`` (``num_labels`` numbers out,
 #: no class names)
 _HEADS = {t: info.head.removeprefix("AutoModel") for t, info in TASKS.items()
-          if info.head in ("AutoModelForSequenceClassification", "AutoModelForTokenClassification")}
+          if info.head in ("AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+                           "AutoModelForQuestionAnswering")}
+#: the outputs of an extractive question-answering head, start first (the primary output)
+QA_OUTPUTS = ("start_logits", "end_logits")
 #: the tasks with one output row per text (not one per token)
 _PER_TEXT = tuple(t for t, suffix in _HEADS.items() if suffix == "ForSequenceClassification")
 
@@ -168,13 +171,14 @@ def inspect_checkpoint(
     if task in _HEADS:
         id2label = config.get("id2label") or {}
         if not architecture.endswith(_HEADS[task]):
-            kind = "token-classification" if TASKS[task].labels == "per-word" else "sequence-classification"
+            kind = {"per-word": "token-classification", "spans": "question-answering"}.get(
+                TASKS[task].labels, "sequence-classification")
             raise ModelLoadError(
                 f"{path}: {architecture or 'this model'} has no {kind} head",
                 hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
             )
         labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
-        if TASKS[task].targets:  # numbers out: no class names
+        if TASKS[task].targets or TASKS[task].labels == "spans":  # numbers out, or answer spans: no class names
             labels = None
         elif labels is None:
             n = int(config.get("num_labels", 2))
@@ -234,12 +238,25 @@ class Teacher(InfoTeacher):
 
     @property
     def primary_output(self) -> str:
-        return "logits" if self.task in _HEADS or self.task is Task.text_generation else "last_hidden_state"
+        return self.output_names[0]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph's outputs: the primary one (logits or token states), or a QA head's start and end logits."""
+        if self.task is Task.question_answering:
+            return list(QA_OUTPUTS)
+        return ["logits" if self.task in _HEADS or self.task is Task.text_generation else "last_hidden_state"]
 
     def call(self, model: Any, tensors: dict[str, Any]) -> Any:
-        """The model's primary output (logits or token states) for ``tensors`` (feeds by input name)."""
+        """The model's primary output (logits, token states, a QA head's start logits) for ``tensors``."""
         out = model(**tensors)
-        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+        return getattr(out, self.primary_output) if self.task is Task.question_answering else \
+            out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+    def call_outputs(self, model: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Every output of the graph (:attr:`output_names`) by name, for ``tensors``."""
+        out = model(**tensors)
+        return {n: getattr(out, n) for n in self.output_names}
 
     def example_inputs(self) -> dict[str, Any]:
         """Two padded rows of different lengths, restricted to the inputs the model takes, in ``forward``'s
@@ -255,8 +272,8 @@ class Teacher(InfoTeacher):
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes = {n: {0: "batch_size", 1: "sequence_length"} for n in self.input_names}
-        axes[self.primary_output] = {0: "batch_size"} if self.task in _PER_TEXT else \
-            {0: "batch_size", 1: "sequence_length"}
+        for name in self.output_names:
+            axes[name] = {0: "batch_size"} if self.task in _PER_TEXT else {0: "batch_size", 1: "sequence_length"}
         return axes
 
     def save_inputs(self, directory: Path) -> None:
@@ -276,12 +293,13 @@ class Teacher(InfoTeacher):
 
     def manifest(self) -> Manifest:
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
-        out_name = self.primary_output
         width = len(self.info.labels) if self.info.labels else self.model.config.num_labels \
             if TASKS[self.task].targets else self.model.config.vocab_size if self.task is Task.text_generation \
             else self.model.config.hidden_size
         out_shape: list[int | str] = ["batch_size", width] if self.task in _PER_TEXT else \
             ["batch_size", "sequence_length", width]
+        if self.task is Task.question_answering:  # a logit per token, for the start and for the end
+            out_shape = ["batch_size", "sequence_length"]
         return Manifest(
             task=self.task,
             format=Format.pytorch,
@@ -289,7 +307,7 @@ class Teacher(InfoTeacher):
             labels=self.info.labels,
             model_file=self.info.weights[0],
             inputs=[TensorSpec(name=n, dtype="int64", shape=["batch_size", "sequence_length"]) for n in self.input_names],
-            outputs=[TensorSpec(name=out_name, dtype="float32", shape=out_shape)],
+            outputs=[TensorSpec(name=n, dtype="float32", shape=out_shape) for n in self.output_names],
             postprocess=self.info.postprocess,
             preprocess=TextPreprocess(words=TASKS[self.task].labels == "per-word"),
             max_length=self.info.max_length,

@@ -156,10 +156,50 @@ def _run(teacher, dataset, batch_size: int, threads: int | None, progress: Progr
 
 def predict_all(backend, dataset, batch_size: int, progress: Advance | None) -> np.ndarray:
     """A runtime backend's outputs on every row of ``dataset``, in order; ``progress(rows)`` after each batch (a
-    counted phase's :data:`compress.progress.Advance`)."""
+    counted phase's :data:`compress.progress.Advance`). A question-answering model gives each question's best answer
+    span over its context's windows (:func:`predict_answers`)."""
+    qa = str(backend.artifact.manifest.task) == "question-answering"
     outs = []
     for texts, pairs, _ in dataset.batches(batch_size):
-        outs.append(backend.predict_text(texts, pairs))
+        outs.append(predict_answers(backend, texts, pairs) if qa else backend.predict_text(texts, pairs))
         if progress:
             progress(len(texts))
     return concatenate_rows(outs)
+
+
+def qa_logits(backend, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A question-answering model's start and end logits (``[windows, tokens]``) on ``feeds``: a graph's two named
+    outputs, or a PyTorch model's (through its teacher's :meth:`~compress.teachers.load.Teacher.call_outputs`)."""
+    from compress.teachers.load import QA_OUTPUTS
+
+    teacher = getattr(backend, "teacher", None)
+    if teacher is not None and hasattr(teacher, "call_outputs"):  # the torch runtime: its model, on its device
+        import torch
+
+        with torch.inference_mode():
+            out = teacher.call_outputs(backend.model, {k: torch.from_numpy(v).to(backend.device)
+                                                       for k, v in feeds.items()})
+        return tuple(out[n].float().cpu().numpy() for n in QA_OUTPUTS)
+    named = backend.outputs(feeds)
+    if named is None or not set(QA_OUTPUTS) <= set(named):
+        from compress.errors import ConfigError
+
+        raise ConfigError(f"{backend.artifact.path}: a question-answering model must give outputs "
+                          f"{' and '.join(QA_OUTPUTS)} (it gives {', '.join(named or ['its primary output only'])})",
+                          hint="export the ...ForQuestionAnswering checkpoint with edgecompress export")
+    return named[QA_OUTPUTS[0]], named[QA_OUTPUTS[1]]
+
+
+def predict_answers(backend, questions: list[str], contexts: list[str]) -> np.ndarray:
+    """Each question's best answer in its context (:func:`compress.tasks.qa.best_spans` rows): the context cut into
+    overlapping windows as the manifest's postprocess says (:func:`compress.data.tokenization.qa_windows`), the
+    model run on every window, the best span over them."""
+    from compress.data.tokenization import qa_windows
+    from compress.tasks.qa import best_spans
+
+    m, enc = backend.artifact.manifest, backend.encoder
+    post = m.postprocess
+    windows = qa_windows(enc.tokenizer, list(questions), list(contexts), max_length=min(post.window, enc.max_length),
+                         stride=post.stride, pad_id=enc.pad_id)
+    start, end = qa_logits(backend, windows.feeds(enc.input_names))
+    return best_spans(start, end, windows.offsets, windows.example, len(questions), post)

@@ -97,6 +97,7 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
     import torch
 
     primary = teacher.primary_output
+    outputs = list(getattr(teacher, "output_names", [primary]))  # a QA head: start and end logits
     example = teacher.example_inputs()
     names = list(example)
     args = tuple(example.values())
@@ -125,7 +126,8 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
     )
     model.forward = forward
-    hook = model.register_forward_hook(lambda _m, _i, out: (out if torch.is_tensor(out) else out[primary],))
+    hook = model.register_forward_hook(
+        lambda _m, _i, out: (out,) if torch.is_tensor(out) else tuple(out[n] for n in outputs))
     axes = teacher.dynamic_axes()
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -136,13 +138,13 @@ def _torch_export(teacher, model_file: Path, config: ExportConfig) -> None:
                 require("onnxscript", "the dynamo ONNX exporter")
                 shapes = {n: {i: torch.export.Dim(a) for i, a in axes[n].items()} for n in names}
                 program = torch.onnx.export(
-                    model, args, None, input_names=names, output_names=[primary], opset_version=config.opset,
+                    model, args, None, input_names=names, output_names=outputs, opset_version=config.opset,
                     dynamo=True, external_data=False, dynamic_shapes=shapes,
                 )
                 program.save(str(model_file))
             else:
                 torch.onnx.export(
-                    model, args, str(model_file), input_names=names, output_names=[primary],
+                    model, args, str(model_file), input_names=names, output_names=outputs,
                     opset_version=config.opset, dynamo=False, do_constant_folding=True, dynamic_axes=axes,
                 )
     finally:
