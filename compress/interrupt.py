@@ -6,6 +6,13 @@ CI timeouts, ``timeout``, ``docker stop`` and Kubernetes stop a job with SIGTERM
 work directories deleted) and the process exits 128 + the signal: 130 for SIGINT, 143 for SIGTERM.
 Long work that can stop cleanly at a boundary (distillation) uses :class:`StopFlag` instead.
 
+A stopping signal that arrives while a library imports or runs can come back as another exception (a pybind11
+module's ``ImportError: initialization failed`` from the KeyboardInterrupt raised inside its initialisation):
+:func:`caused_by_signal` tells the CLI it was the interrupt, not a bug. A signal after the command's work ended
+(its output renamed into place and reported) meets :func:`finishing`'s handler, which says so and exits 128 + the
+signal instead of letting Python's default handler kill the process by the signal. Whatever was committed before an
+interrupt is recorded with :func:`note_written`, so the CLI's interrupted line says what is complete.
+
 Both first give the main thread an alternate signal stack of edgecompress's own (:func:`ensure_signal_stack`).
 Python runs its signal handlers on the alternate stack (``SA_ONSTACK``), and OpenVINO's CPU plugin swaps that stack
 for one of each compiled model's and restores the previous one when it is destroyed: destroyed in another order than
@@ -30,6 +37,7 @@ from typing import Any, Self
 log = logging.getLogger(__name__)
 
 _last_signal: int | None = None
+_written: list[str] = []  # outputs committed (renamed into place) during this command
 _signal_stack: tuple[Any, Any] | None = None  # (buffer, stack_t): allocated once, alive for the whole process
 
 
@@ -84,6 +92,58 @@ def signal_name() -> str:
 def reset() -> None:
     global _last_signal
     _last_signal = None
+    _written.clear()
+
+
+def note_written(path: os.PathLike | str) -> None:
+    """``path`` is complete and in place (renamed from its staging directory): an interrupt after this leaves it."""
+    _written.append(str(path))
+
+
+def written() -> list[str]:
+    """The outputs committed during this command (:func:`note_written`), in order."""
+    return list(_written)
+
+
+def caused_by_signal(exc: BaseException) -> bool:
+    """Did ``exc`` come from a stopping signal: one was received during the command, or a KeyboardInterrupt is in
+    its cause/context chain (a library that wrapped it: pybind11's ``ImportError: initialization failed``)?"""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return signal_received()
+
+
+def interrupted_line() -> str:
+    """The one line an interrupted command ends with: which signal, and what it left (complete outputs or none)."""
+    done = written()
+    left = f"{', '.join(done)} {'is' if len(done) == 1 else 'are'} complete" if done else "no output was written"
+    return f"interrupted ({signal_name()}); {left}"
+
+
+def finishing(ended: str) -> None:
+    """From here to the process's exit a stopping signal raises nothing: the command's work is over (``ended``: how,
+    for the line). It prints one line saying the signal came after the command had ended and exits 128 + the signal
+    at once (the output is complete, nothing is left to clean). Main thread only; the process's own entry calls it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def late(signum, frame) -> None:
+        note_signal(signum)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with contextlib.suppress(Exception):
+            os.write(2, f"interrupted ({signal_name()}) after the command had {ended}; nothing was left "
+                        "half-written\n".encode())
+        os._exit(exit_code())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, late)
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -109,9 +169,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-        if old_int is signal.default_int_handler:
+    finally:  # a handler set within the block (finishing's, to the process's exit) stays
+        if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+            signal.signal(signal.SIGTERM, old)
+        if old_int is signal.default_int_handler and signal.getsignal(signal.SIGINT) is _raise_interrupt:
             signal.signal(signal.SIGINT, old_int)
 
 

@@ -6,6 +6,9 @@ outputs) fails before anything is written."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 from compress.errors import ConfigError, DataError, QuantizationCollapsed
 from compress.settings import flag
 from compress.stages.quantize.config import PROFILE_KEYS, QuantizeConfig, applies, backends, refuse_ignored
-from tests.conftest import main_error
+from tests.conftest import ENV, main_error
 
 TFLITE = Path(__file__).resolve().parent / "assets" / "tiny_cnn.tflite"
 #: values tried in order for an option until one validates and differs from its default (a bool, an enum member, a
@@ -263,3 +266,63 @@ def test_a_preprocess_that_fits_is_adopted(tmp_path):
     _image_graph(tmp_path / "m.onnx", ["batch", 3, "height", 32])  # an open dimension takes any size
     (tmp_path / "m.yaml").write_text("preprocess: {size: [48, 32]}\n", encoding="utf-8")
     assert export(tmp_path / "m.onnx", tmp_path / "a").manifest.preprocess.size == [48, 32]
+
+
+# --- Ctrl-C at the edges of a command ---------------------------------------------------------------------------
+
+#: the real entry point (main(), as the console script calls it) with SIGINT sent at a set moment, deterministically:
+#: ``import:MODULE`` stands in for a native extension interrupted while it initialises (pybind11 raises
+#: ``ImportError: initialization failed`` from the KeyboardInterrupt); ``exit``: the command has ended, its artifact in
+#: place and reported, and the signal comes as the process exits
+SIGINT_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    sys.argv = ["edgecompress", *sys.argv[1:]]
+    point = os.environ["SIGINT_AT"]
+    if point.startswith("import:"):
+        class Interrupted:
+            def find_spec(self, name, path=None, target=None):
+                if name != point.partition(":")[2]:
+                    return None
+                sys.meta_path.remove(self)
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                except KeyboardInterrupt as e:
+                    raise ImportError("initialization failed") from e
+                raise AssertionError("SIGINT was not delivered")
+        sys.meta_path.insert(0, Interrupted())
+    else:
+        real_exit = sys.exit
+        def exit_interrupted(code=0):
+            os.kill(os.getpid(), signal.SIGINT)
+            real_exit(code)
+        sys.exit = exit_interrupted
+    from compress.cli import main
+    main()
+""")
+
+
+def _export_interrupted(at: str, mlp: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SIGINT_DRIVER, "export", str(mlp / "mlp.onnx"), "--out", str(out)],
+                          capture_output=True, text=True, env={**ENV, "SIGINT_AT": at}, timeout=240)
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime"])
+def test_ctrl_c_while_a_library_imports_is_an_interrupt(mlp, tmp_path, module):
+    """Before: exit 3 "unexpected ImportError: initialization failed" (onnx), exit 2 "onnxruntime is not installed"."""
+    proc = _export_interrupted(f"import:{module}", mlp, tmp_path / "out")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C); no output was written", proc.stderr
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_after_the_command_ended_exits_130_and_says_the_output_is_complete(mlp, tmp_path):
+    """Before: the process died by the signal (-2) with a traceback, the artifact in place and nothing said."""
+    from compress.artifact import load_artifact
+
+    proc = _export_interrupted("exit", mlp, tmp_path / "out")
+    assert proc.returncode == 130, proc.stderr
+    assert "wrote " in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("interrupted (Ctrl-C) after the command had ended; nothing was "
+                                                     "left half-written"), proc.stderr
+    load_artifact(tmp_path / "out", verify=True)  # complete: every file's sha256 as its manifest says

@@ -109,7 +109,30 @@ def _stderr():
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the group and turn library errors into one line + exit code."""
+    """Console-script entry point: run the group and turn library errors into one line + exit code.
+
+    ``argv`` None: this is the process's entry (the console script, ``python -m compress``), and a stopping signal
+    after the command ended exits 128 + the signal with one line (:func:`compress.interrupt.finishing`) instead of
+    killing the process by the signal. Given ``argv`` (a caller in the same process), the signal handlers are put
+    back as they were."""
+    from compress import interrupt
+
+    interrupt.reset()
+    with interrupt.sigterm_as_interrupt():  # SIGTERM cleans up like Ctrl-C (staged outputs removed)
+        try:
+            code = _run(argv)
+            if argv is None:
+                interrupt.finishing("ended" if code == 0 else "failed")
+        except KeyboardInterrupt:  # the signal came while the command's error line was being written
+            code = _interrupted()
+            if argv is None:
+                interrupt.finishing("failed")
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the command (inside :func:`main`'s signal handlers); its exit code, after its one error line if it
+    failed."""
     from compress.errors import EdgeCompressError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -119,34 +142,45 @@ def main(argv: list[str] | None = None) -> None:
     from compress.errors import StageError
     from compress.storage import storage_error
 
-    interrupt.reset()
     try:
-        with interrupt.sigterm_as_interrupt():  # SIGTERM cleans up like Ctrl-C (staged outputs removed)
-            rc = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+        if argv is None:  # the work is over: a signal from here on is answered by finishing's handler
+            interrupt.finishing("ended")
     except EdgeCompressError as e:
+        if e.exit_code != 130 and interrupt.caused_by_signal(e) and not debug:  # a wrapped KeyboardInterrupt
+            return _interrupted()
         if debug:
             raise
         if type(e) is StageError:  # a stage's wrapper around a full disk, a read-only location, ...
             e = storage_error(e) or e
         click.echo(f"{e.label}: {e}", err=True)
-        sys.exit(interrupt.exit_code() if e.exit_code == 130 else e.exit_code)
+        return interrupt.exit_code() if e.exit_code == 130 else e.exit_code
     except click.exceptions.Abort:  # Click's name for a KeyboardInterrupt (Ctrl-C, or SIGTERM via interrupt)
-        stopped = interrupt.signal_received()
-        click.echo(f"interrupted ({interrupt.signal_name()}); no output was written" if stopped else "aborted", err=True)
-        sys.exit(interrupt.exit_code())
+        if interrupt.signal_received():
+            return _interrupted()
+        click.echo("aborted", err=True)
+        return interrupt.exit_code()
     except click.ClickException as e:
         e.show()
-        sys.exit(2 if e.exit_code == 1 else e.exit_code)
+        return 2 if e.exit_code == 1 else e.exit_code
     except KeyboardInterrupt:
-        click.echo(f"interrupted ({interrupt.signal_name()}); no output was written", err=True)
-        sys.exit(interrupt.exit_code())
+        return _interrupted()
     except Exception as e:
+        if interrupt.caused_by_signal(e) and not debug:  # a library wrapped the interrupt (pybind11's ImportError)
+            return _interrupted()
         if debug:
             raise
         env = storage_error(e)  # the user's environment (disk full, read-only, no permission): exit 2
         if env is not None:
             click.echo(f"error: {env}", err=True)
-            sys.exit(env.exit_code)
+            return env.exit_code
         click.echo(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
-        sys.exit(3)
-    sys.exit(rc if isinstance(rc, int) else 0)
+        return 3
+    return rc if isinstance(rc, int) else 0
+
+
+def _interrupted() -> int:
+    from compress import interrupt
+
+    click.echo(interrupt.interrupted_line(), err=True)
+    return interrupt.exit_code()
