@@ -69,7 +69,9 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
     \b
     BASE is a Hugging Face checkpoint directory (a text encoder, an image classifier or
     backbone) or a timm checkpoint. A new head for the task and the data's labels (for
-    --task regression, one output per target, MSE loss, MAE the eval metric), then one of:
+    --task regression, one output per target, MSE loss, MAE the eval metric; for --task
+    question-answering, a span head trained on SQuAD-format JSON, contexts in windows of
+    --max-length tokens, SQuAD F1 the eval metric), then one of:
       (default)           every weight trains; learning rate 5e-5 (text), 5e-4 (images)
       --freeze N          the embeddings (a CNN's stem) and the first N layers (blocks) stay
                           as pretrained; --freeze all: only the new head trains
@@ -102,6 +104,8 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
         line += f"; eval {m['metric']} {m['eval_metric']:.4f} ({m['chosen']} checkpoint)"
         if m.get("eval_scores"):  # a regressor: R² beside its MAE
             line += f", R² {m['eval_scores']['r2']:.3f}"
+        if m.get("eval_squad"):  # a question answerer: exact match beside its F1
+            line += f", exact match {m['eval_squad']['exact_match']:.4f}"
     if m.get("forgetting"):
         f = m["forgetting"]
         line += (f"; kept of the base on {f['retain_rows']} retained rows: embedding cosine "

@@ -30,7 +30,7 @@ from compress.stages.finetune.common import (
     wrap_lora,
 )
 from compress.stages.finetune.config import FINETUNE, IMAGE_TASKS, TEXT_TASKS, FinetuneConfig, Mode
-from compress.tasks import TASKS, task_for
+from compress.tasks import TASKS, Task, task_for
 
 log = logging.getLogger("compress.stages.finetune")
 
@@ -62,7 +62,13 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
                           hint="leave --task out, or pass " + " or ".join(t.value for t in takes))
     config = config.model_copy(update={"task": task})
     run = Path(run_dir) if run_dir else default_run_dir(output.path)
-    if images:
+    if config.task is Task.question_answering:
+        from compress.stages.finetune.answers import finetune_answers
+
+        result = finetune_answers(base, train, output, config, build=lambda b, c: _model(b, None, c, False, qa=True),
+                                  eval_data=eval_data, retain_data=retain_data, run=run, resume=resume, force=force,
+                                  progress=progress)
+    elif images:
         from compress.stages.finetune.images import finetune_images
 
         result = finetune_images(base, train, output, config, eval_data=eval_data, retain_data=retain_data, run=run,
@@ -200,15 +206,22 @@ def _regression_data(tokenizer, train, eval_data, config: FinetuneConfig):
     return train_set, rows(eval_data) if eval_data is not None else None
 
 
-def _model(base: Path, names: list[str] | None, config: FinetuneConfig, words: bool, targets_mean=None):
+def _model(base: Path, names: list[str] | None, config: FinetuneConfig, words: bool, targets_mean=None, *,
+           qa: bool = False):
     """The base with a new head (seeded), adapted: ``(model to train, its trainable parameters, frozen modules)``.
-    ``names`` None: a regression head, one output per target, its bias the targets' mean."""
+    ``names`` None: a regression head, one output per target, its bias the targets' mean; ``qa``: a span head (a
+    start and an end logit per token)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     torch.manual_seed(config.seed)
-    cls = AutoModelForTokenClassification if words else AutoModelForSequenceClassification
-    head = dict(num_labels=len(targets_mean), problem_type="regression") if names is None else dict(
+    cls = AutoModelForQuestionAnswering if qa else AutoModelForTokenClassification if words else \
+        AutoModelForSequenceClassification
+    head = {} if qa else dict(num_labels=len(targets_mean), problem_type="regression") if names is None else dict(
         num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     try:
         model = cls.from_pretrained(str(base), **head, ignore_mismatched_sizes=True,
@@ -218,13 +231,14 @@ def _model(base: Path, names: list[str] | None, config: FinetuneConfig, words: b
             raise
         import json
 
-        kind = "token-classification" if words else "regression" if names is None else "sequence-classification"
+        kind = "question-answering" if qa else "token-classification" if words else "regression" if names is None \
+            else "sequence-classification"
         model_type = json.loads((base / "config.json").read_text(encoding="utf-8")).get("model_type")
         raise ConfigError(f"--task {config.task}: {base} ({model_type}) cannot take a {kind} head: transformers "
                           f"has no {cls.__name__[len('AutoModel'):]} for it",
                           hint="pass a base transformers builds that head for (BERT, MiniLM, RoBERTa, DistilBERT, "
                           "...)") from None
-    if names is None:
+    if names is None and not qa:
         from compress.stages.finetune.regression import init_head_bias
 
         init_head_bias(model, targets_mean)
@@ -244,19 +258,19 @@ def _model(base: Path, names: list[str] | None, config: FinetuneConfig, words: b
         for module in frozen:
             module.requires_grad_(False)
     elif config.mode is Mode.lora:
-        model = _lora(model, config, words)
+        model = _lora(model, config, "QUESTION_ANS" if qa else "TOKEN_CLS" if words else "SEQ_CLS")
     trainable = [p for p in model.parameters() if p.requires_grad]
     return model, trainable, frozen
 
 
-def _lora(model, config: FinetuneConfig, words: bool):
+def _lora(model, config: FinetuneConfig, task_type: str):
     from compress._optional import require
 
     require("peft", "--lora-rank (LoRA adapters)")
     from peft import LoraConfig, TaskType
 
     return wrap_lora(model, config, LoraConfig(
-        task_type=TaskType.TOKEN_CLS if words else TaskType.SEQ_CLS, r=config.lora.rank,
+        task_type=getattr(TaskType, task_type), r=config.lora.rank,
         lora_alpha=config.lora.alpha or 2 * config.lora.rank, lora_dropout=config.lora.dropout,
         target_modules=config.lora.targets or "all-linear"))
 

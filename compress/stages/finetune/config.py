@@ -21,8 +21,9 @@ FINETUNE = StageSpec(
 )
 
 #: the tasks a base can be fine-tuned for (a new head on the base's encoder), and which a text or an image base takes
-TASKS = (Task.text_classification, Task.token_classification, Task.image_classification, Task.regression)
-TEXT_TASKS = (Task.text_classification, Task.token_classification, Task.regression)
+TASKS = (Task.text_classification, Task.token_classification, Task.image_classification, Task.regression,
+         Task.question_answering)
+TEXT_TASKS = (Task.text_classification, Task.token_classification, Task.regression, Task.question_answering)
 IMAGE_TASKS = (Task.image_classification, Task.regression)
 #: peak learning rates by family and by how much trains: the transfer-learning guides' 2e-5..5e-5 for a whole text
 #: encoder, higher for low-rank adapters (few parameters move, from zero); an image backbone takes more (its
@@ -91,7 +92,9 @@ class FinetuneConfig(Settings):
 
     task: Task | None = Field(None, description="text-classification (a label per text), token-classification (a tag "
                               "per word: CoNLL or JSON lines data), image-classification, or regression (a number "
-                              "per text or image: the label column read as numbers, MSE loss, judged by MAE); "
+                              "per text or image: the label column read as numbers, MSE loss, judged by MAE), "
+                              "question-answering (an answer span per question: SQuAD-format JSON, judged by SQuAD "
+                              "F1; --max-length is the window, 384 as run_qa); "
                               "default: image-classification for an image base, else text-classification.")
     labels: list[str] | None = Field(None, description="Class names by id; default: the data's labels (names sorted, "
                                      "or integer ids 0..k-1). Not for regression.")
