@@ -326,3 +326,44 @@ def test_ctrl_c_after_the_command_ended_exits_130_and_says_the_output_is_complet
     assert proc.stderr.strip().splitlines()[-1] == ("interrupted (Ctrl-C) after the command had ended; nothing was "
                                                      "left half-written"), proc.stderr
     load_artifact(tmp_path / "out", verify=True)  # complete: every file's sha256 as its manifest says
+
+
+# --- messages that named the wrong problem ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linear_program(tmp_path_factory) -> Path:
+    """A Linear(6 -> 3) as a torch.export program (``model.pt2``, dynamic batch) and as a TorchScript archive
+    (``ts.pt``), random weights: test material."""
+    import torch
+
+    d = tmp_path_factory.mktemp("program")
+    torch.manual_seed(0)
+    module = torch.nn.Linear(6, 3).eval()
+    program = torch.export.export(module, (torch.randn(2, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(d / "model.pt2"))
+    torch.jit.save(torch.jit.script(module), str(d / "ts.pt"))
+    return d
+
+
+def test_a_directory_holding_a_generic_program_is_that_program(linear_program, tmp_path):
+    """Before: the directory was taken for an image program ("task 'generic' is not supported for programs")."""
+    from compress.teachers.load import load_teacher
+
+    d = tmp_path / "sensor"
+    d.mkdir()
+    shutil.copy2(linear_program / "model.pt2", d / "model.pt2")
+    (d / "model.yaml").write_text("task: generic\n", encoding="utf-8")
+    teacher = load_teacher(d)
+    assert teacher.info.kind == "program" and teacher.task == "generic" and teacher.info.outputs[0].shape[1:] == [3]
+
+
+@pytest.mark.parametrize("pickle", [(), ("--allow-pickle",)])
+def test_a_torchscript_archive_without_inputs_is_asked_for_them(linear_program, tmp_path, capsys, pickle):
+    """Before: "task 'generic' is not supported for programs"; without --allow-pickle it was told to pass it, then
+    refused anyway: the missing ``inputs:`` is named first, whatever the flags."""
+    shutil.copy2(linear_program / "ts.pt", tmp_path / "ts.pt")
+    (tmp_path / "ts.yaml").write_text("task: generic\n", encoding="utf-8")
+    line = main_error(capsys, "export", tmp_path / "ts.pt", "--out", tmp_path / "o", *pickle)
+    assert "ts.yaml: a TorchScript archive records no input signature" in line and "declare inputs:" in line, line
+    assert "--allow-pickle" not in line and not (tmp_path / "o").exists()

@@ -23,18 +23,31 @@ from compress.errors import ModelLoadError
 from compress.tasks import postprocess_for, task_for
 from compress.teachers.model_files import DescribedModel
 
-__all__ = ["ProgramTeacher", "is_program_file", "load_program_file"]
+__all__ = ["ProgramTeacher", "is_program_file", "load_program_file", "program_path"]
 
 
 #: TorchScript archives' usual suffixes (``torch.jit.save``): adopted as programs when their model.yaml declares inputs
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript")
 
 
-def is_program_file(path: Path | str) -> bool:
-    """A ``.pt2`` file whose ``model.yaml`` describes no image input (those are image classifiers' programs), or a
-    TorchScript archive whose ``model.yaml`` declares its ``inputs``."""
+def program_path(path: Path | str) -> Path | None:
+    """The program or TorchScript archive ``path`` names: the file itself, or a directory's ``model.pt2`` (else its
+    ``model.ts`` / ``model.pt``) when the directory is no artifact (an artifact has its manifest). None otherwise."""
+    from compress.artifact import MANIFEST
+    from compress.teachers.images import MODULE_FILES, PROGRAM_FILE
+
     p = Path(path)
-    if not (p.is_file() and p.suffix in (".pt2", *TORCHSCRIPT_SUFFIXES) and p.with_suffix(".yaml").is_file()):
+    if p.is_dir() and not (p / MANIFEST).is_file():
+        p = next((p / n for n in (PROGRAM_FILE, *MODULE_FILES) if (p / n).is_file()), p)
+    return p if p.is_file() and p.suffix in (".pt2", *TORCHSCRIPT_SUFFIXES) else None
+
+
+def is_program_file(path: Path | str) -> bool:
+    """A ``.pt2`` file (or a directory holding ``model.pt2``) whose ``model.yaml`` describes no image input (those are
+    image classifiers' programs), or a TorchScript archive whose ``model.yaml`` declares its ``inputs`` or names a task
+    no image classifier has (it is then asked for the ``inputs`` it lacks, not told the task is not an image's)."""
+    p = program_path(path)
+    if p is None or not p.with_suffix(".yaml").is_file():
         return False
     import yaml
 
@@ -46,7 +59,8 @@ def is_program_file(path: Path | str) -> bool:
         return False
     pre = meta.get("preprocess") or {}
     image = isinstance(pre, dict) and (pre.get("kind") == "image" or "size" in pre)
-    if p.suffix != ".pt2" and not meta.get("inputs"):
+    image_task = meta.get("task") in (None, task_for("image"), task_for("image", numbers=True))
+    if p.suffix != ".pt2" and not meta.get("inputs") and image_task:
         return False  # a checkpoint or an image classifier's TorchScript: the other loaders say what it is
     return not image and meta.get("task") != task_for("image")
 
@@ -93,7 +107,7 @@ def load_program_file(path: Path | str, *, allow_pickle: bool = False) -> Progra
     from compress.teachers.model_files import ModelFileInfo, describe_inputs, description_file, read_description
     from compress.teachers.programs import load_program, program_inputs, program_outputs, training_mode_ops
 
-    p = Path(path)
+    p = program_path(path) or Path(path)
     desc = read_description(p)
     if p.suffix != ".pt2":
         module, inputs, outputs = _torchscript(p, desc, allow_pickle)
@@ -129,13 +143,13 @@ def _torchscript(p: Path, desc, allow_pickle: bool):
     from compress.errors import ConfigError
     from compress.teachers.model_files import description_file
 
+    if not desc.inputs:  # first: --allow-pickle would not help
+        raise ConfigError(f"{description_file(p)}: a TorchScript archive records no input signature",
+                          hint="declare inputs: {NAME: {shape: [per-sample dims], dtype: float32}}, in forward's order")
     if not allow_pickle:
         raise ModelLoadError(f"{p} is a TorchScript archive: loading it runs code from the file",
                              hint="save the module with torch.export.save as a .pt2 program (loaded without running "
                              "code), or pass --allow-pickle if you trust where it came from")
-    if not desc.inputs:
-        raise ConfigError(f"{description_file(p)}: a TorchScript archive records no input signature",
-                          hint="declare inputs: {NAME: {shape: [per-sample dims], dtype: float32}}, in forward's order")
     try:
         module = torch.jit.load(str(p), map_location="cpu").eval()
     except Exception as e:
