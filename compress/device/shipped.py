@@ -596,3 +596,86 @@ class ArrayFeeds(object):
 
     def encode_with_mask(self, items, pairs=None, pad_to=None):
         return self.encode(items, pairs, pad_to), None
+
+
+# -- streams: a model called chunk by chunk, the state each call returns fed into the next ------------------------------
+
+class StreamCalls(object):
+    """A streaming model's calls (the manifest's ``stream``: Silero VAD's 512 new samples after the previous call's last
+    64, ``stateN`` fed back as ``state``, ``sr`` 16000 on every call), the one loop the host's runtimes, the remote
+    runner and the serverless handler run. ``spec`` is the manifest's ``stream`` and ``inputs`` its input tensors
+    (mappings of name, dtype, shape). A sequence is one stream: the state starts at zeros and resets per sequence."""
+
+    def __init__(self, spec, inputs):
+        self.input = spec["input"]
+        self.chunk = int(spec["chunk"])
+        self.context = int(spec.get("context") or 0)
+        self.state = dict(spec.get("state") or {})  # output -> the input it feeds on the next call
+        self.constants = dict(spec.get("constants") or {})
+        self.dtypes = dict((t["name"], t["dtype"]) for t in inputs)
+        self.shapes = dict((t["name"], list(t["shape"])) for t in inputs)
+
+    @classmethod
+    def from_manifest(cls, manifest):
+        """The calls of a manifest (a mapping, as ``manifest.json`` reads) that has a ``stream``, else None."""
+        return cls(manifest["stream"], manifest["inputs"]) if manifest.get("stream") else None
+
+    @property
+    def window(self):
+        return self.context + self.chunk
+
+    def split(self, values):
+        """A sequence (its new values along the last axis, ``[..., n]``) as the calls' inputs ``[calls, ...,
+        context + chunk]``: zeros before the first call's context, the last chunk padded with zeros."""
+        import numpy as np
+
+        x = np.asarray(values, dtype=self.dtypes[self.input])
+        n = x.shape[-1]
+        calls = max(1, -(-n // self.chunk))
+        lead = x.shape[:-1]
+        x = np.concatenate([np.zeros(lead + (self.context,), x.dtype), x,
+                            np.zeros(lead + (calls * self.chunk - n,), x.dtype)], axis=-1)
+        return np.stack([x[..., i * self.chunk:i * self.chunk + self.window] for i in range(calls)])
+
+    def initial_state(self, batch=1):
+        """The state before the first call, by input: zeros, a batch axis ``batch`` long, another open axis 0 long."""
+        import numpy as np
+
+        out = {}
+        for name in self.state.values():
+            shape = [d if isinstance(d, int) and d >= 0 else (batch if "batch" in str(d).lower() else 0)
+                     for d in self.shapes[name]]
+            out[name] = np.zeros(shape, dtype=self.dtypes[name])
+        return out
+
+    def constant_feeds(self):
+        import numpy as np
+
+        return dict((name, np.asarray(v, dtype=self.dtypes[name])) for name, v in self.constants.items())
+
+    def first_call(self, feeds):
+        """Feeds of the stream's input (a batch of calls) completed for one call from the initial state: what a model
+        run one call at a time (a parity sample, a timed batch, a cold start) takes."""
+        rows = len(feeds[self.input])
+        out = dict(feeds)
+        out.update(self.constant_feeds())
+        out.update(self.initial_state(rows))
+        return out
+
+    def run(self, call, values):
+        """Every call of one sequence in order, the state carried: ``call(feeds)`` returns the outputs by name; the
+        result is each output that is not state, the calls stacked: ``{name: [calls, ...]}`` (batch axis 1 dropped)."""
+        import numpy as np
+
+        state, seen = self.initial_state(), {}
+        constants = self.constant_feeds()
+        for x in self.split(values):
+            feeds = {self.input: x[None]}
+            feeds.update(constants)
+            feeds.update(state)
+            out = call(feeds)
+            state = dict((name, out[o]) for o, name in self.state.items())
+            for name, v in out.items():
+                if name not in self.state:
+                    seen.setdefault(name, []).append(np.asarray(v)[0])
+        return dict((name, np.stack(v)) for name, v in seen.items())
