@@ -1,10 +1,29 @@
 """One error hierarchy for the library; the CLI turns these into one line and an exit code.
 
-Exit codes: 2 for anything the user can fix (bad input, config, missing backend, existing output),
-1 for a validation that ran and found a budget failed.
+Exit codes (:data:`EXIT_CODES`, what ``edgecompress --help`` lists): 2 for anything the user can fix (bad input,
+config, missing backend, existing output), 1 for a validation that ran and found a budget failed, and the rest below.
 """
 
 from __future__ import annotations
+
+#: every exit code the CLI ends with -> what it means: ``edgecompress --help`` prints this table, and a test checks
+#: that each error class's ``exit_code`` has its entry
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "a budget failed: validate, run, gate (a regression), quantize (a collapse, the accuracy)",
+    2: "bad input, usage or environment (disk full, read-only output)",
+    3: "an unexpected error (a bug: rerun with --debug, report it); gate: reports not comparable",
+    4: "validate with only unverified budgets (--unverified-exit-code)",
+    5: "ANOMALOUS: none failed, but a latency near its limit is too noisy to judge (validate, run)",
+    6: "INFEASIBLE: search measured candidates and none meets every budget",
+    130: "Ctrl-C",
+    143: "SIGTERM (partial outputs are removed on either signal)",
+}
+
+
+def exit_codes_help() -> str:
+    """The exit-code block of the CLI's help (Click keeps a ``\\b`` paragraph's lines), from :data:`EXIT_CODES`."""
+    return "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
 
 
 class EdgeCompressError(Exception):

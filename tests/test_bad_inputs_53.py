@@ -367,3 +367,36 @@ def test_a_torchscript_archive_without_inputs_is_asked_for_them(linear_program, 
     line = main_error(capsys, "export", tmp_path / "ts.pt", "--out", tmp_path / "o", *pickle)
     assert "ts.yaml: a TorchScript archive records no input signature" in line and "declare inputs:" in line, line
     assert "--allow-pickle" not in line and not (tmp_path / "o").exists()
+
+
+def _declared_exit_codes() -> set[int]:
+    """Every ``exit_code = N`` an error class of the package declares (read from the source: modules not imported yet
+    count too)."""
+    import ast
+
+    import compress
+
+    codes = set()
+    for f in Path(compress.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                codes |= {stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                          and any(isinstance(t, ast.Name) and t.id == "exit_code" for t in stmt.targets)
+                          and isinstance(stmt.value, ast.Constant)}
+    return codes
+
+
+def test_top_level_help_lists_every_exit_code(capsys):
+    """Before: 5 (ANOMALOUS) and 6 (INFEASIBLE) were missing from ``edgecompress --help``."""
+    from compress.cli import main
+    from compress.errors import EXIT_CODES
+
+    declared = _declared_exit_codes()
+    assert {1, 2, 3, 4, 5, 6, 130} <= declared, declared
+    assert declared | {0, 143} <= set(EXIT_CODES), declared - set(EXIT_CODES)
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for code, meaning in EXIT_CODES.items():
+        assert f"  {code:<4} {meaning}" in out, (code, out)

@@ -8,6 +8,7 @@ Every library error becomes one line on stderr and exit code 2 (1 for a failed b
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ import sys
 import click
 
 from compress import __version__
+from compress.errors import exit_codes_help
 from compress.recipes.verbs import VERBS
 
 # command name -> "module:attribute": the recipe verbs' from their table, then the commands that are only commands
@@ -70,10 +72,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
       edgecompress quantize model-onnx --precision int8 --out model-int8
       edgecompress validate model-int8 --profile host --data dev.tsv --teacher TEACHER_DIR
 
-    Exit codes: 0 success, 1 a budget failed, 2 bad input, usage or environment (disk full,
-    read-only output), 3 an unexpected error (a bug: rerun with --debug and report it), 4 validate
-    with only unverified budgets (--unverified-exit-code), 130 Ctrl-C, 143 SIGTERM (partial outputs
-    are removed either way).
+    (The exit codes follow, from compress.errors.EXIT_CODES.)
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     from rich.logging import RichHandler
@@ -93,6 +92,10 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
 
         warnings.filterwarnings("ignore")  # exporter tracer/deprecation chatter; -v shows it
     ctx.obj = State(debug=debug, verbosity=-1 if quiet else verbose)
+
+
+cli.help = inspect.cleandoc(cli.help or "").replace("(The exit codes follow, from compress.errors.EXIT_CODES.)",
+                                                    exit_codes_help())
 
 
 def _own_warnings_only(record: logging.LogRecord) -> bool:
