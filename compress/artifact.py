@@ -147,6 +147,30 @@ class ArrayPreprocess(BaseModel):
         return self
 
 
+class StreamSpec(BaseModel):
+    """A streaming model (``model.yaml``'s ``stream``): every call takes the next chunk of a sequence plus the state the
+    previous call returned (Silero VAD: 512 new samples with the previous 64 before them, ``stateN`` fed back as
+    ``state``, ``sr`` always 16000). Validate, calibration, parity, the remote runner and the serverless handler run
+    each sequence (a ``.wav`` file, an ``.npz``) call by call in order, the state carried; it resets per sequence."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str = Field(description="The graph input the chunks feed.")
+    chunk: int = Field(ge=1, description="New values per call, along the input's last axis (audio samples).")
+    context: int = Field(0, ge=0, description="Values of the previous call's input kept before the new ones (zeros "
+                         "before the first call): the input's last axis takes context + chunk.")
+    state: dict[str, str] = Field(
+        default_factory=dict, description="Which output feeds which input on the next call: {stateN: state}. Empty: "
+        "read from the graph's names (stateN -> state, present.N.key -> past_key_values.N.key, x_out -> x_in).")
+    constants: dict[str, float | int | list] = Field(
+        default_factory=dict, description="Inputs fed the same value on every call: {sr: 16000} (the graph's dtype).")
+    sample_rate: int | None = Field(None, ge=1, description="Audio: the sample rate a .wav must have (Hz).")
+
+    @property
+    def window(self) -> int:
+        """What the input's last axis takes per call: context + chunk."""
+        return self.context + self.chunk
+
+
 def _postprocess_tag(v: Any) -> str | None:
     return type(v).__name__ if isinstance(v, BaseModel) else None
 
@@ -215,6 +239,9 @@ class Manifest(BaseModel):
         None, validate_default=True, description="What the outputs mean: the task's postprocess model (its fields "
         "only). Manifests written before, with one flat block of every task's fields, read as the task's.")
     max_length: int = Field(512, description="Longest sequence the tokenizer produces (truncation).")
+    stream: StreamSpec | None = Field(
+        None, description="A streaming model's calls (chunk, context, state fed back, constant inputs); None: one "
+        "forward pass per sample. Manifests written before this field read as None.")
     source: SourceInfo
     steps: list[StepRecord] = Field(default_factory=list, description="Lineage, oldest first.")
     target: dict[str, Any] = Field(

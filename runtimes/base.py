@@ -20,7 +20,7 @@ import numpy as np
 from compress._optional import is_available, require
 from compress.artifact import Artifact, Format
 from compress.data.tokenization import encoder_for
-from compress.device.shipped import TextFeeds, first_subtokens, pool
+from compress.device.shipped import StreamCalls, TextFeeds, first_subtokens, pool
 from compress.errors import ConfigError
 from compress.formats import FORMATS
 from compress.tasks.embeddings import pooling_of
@@ -186,7 +186,9 @@ class RuntimeBackend(ABC):
 
     # -- shared ---------------------------------------------------------------------------------
     def _make_encoder(self) -> TextFeeds:
-        return encoder_for(self.artifact)
+        encoder = encoder_for(self.artifact)
+        calls = self.stream_calls
+        return encoder if calls is None else FirstCallFeeds(encoder, calls)
 
     @property
     def input_names(self) -> list[str]:
@@ -260,11 +262,36 @@ class RuntimeBackend(ABC):
     @property
     def state_spec(self) -> StateSpec | None:
         """The state this model feeds back between steps: given (``backend.declared_state = StateSpec(...)``), else
-        read from the manifest's tensors (:meth:`StateSpec.from_tensors`); None for a model of one forward pass."""
+        a streaming model's (the manifest's ``stream.state``), else read from the manifest's tensors
+        (:meth:`StateSpec.from_tensors`); None for a model of one forward pass."""
         if self.declared_state is None:
             m = self.artifact.manifest
-            self.declared_state = StateSpec.from_tensors(m.inputs, m.outputs) or StateSpec(())
+            calls = self.stream_calls
+            if calls is not None:
+                initial = calls.initial_state()
+                self.declared_state = StateSpec(tuple(StatePair(i, o, initial[i].shape, str(initial[i].dtype))
+                                                      for o, i in calls.state.items()))
+            else:
+                self.declared_state = StateSpec.from_tensors(m.inputs, m.outputs) or StateSpec(())
         return self.declared_state if self.declared_state.pairs else None
+
+    @property
+    def stream_calls(self) -> StreamCalls | None:
+        """A streaming model's calls (:class:`~compress.device.shipped.StreamCalls`, from the manifest's ``stream``);
+        None for any other."""
+        return StreamCalls.from_manifest(self.artifact.manifest.model_dump(mode="json"))
+
+    def run_stream(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """One sequence (a ``.wav``'s samples, an ``.npz``'s rows joined) through a streaming model call by call, the
+        state carried: every output that is not state, ``[calls, ...]``."""
+        calls = self.stream_calls
+        if calls is None:
+            raise ConfigError(f"{self.artifact.path} is not a streaming model (its manifest has no stream)",
+                              hint="describe the stream in model.yaml's stream: block and adopt the file again")
+        if type(self).run_named is RuntimeBackend.run_named:
+            raise ConfigError(f"runtime {self.name} cannot run a streaming model (no call returns its state)",
+                              hint="run it in onnxruntime or openvino")
+        return calls.run(self.run_named, values)
 
     @property
     def stateful(self) -> bool:
@@ -294,6 +321,20 @@ class RuntimeBackend(ABC):
                 "past_key_values.N.key, stateN -> state); give others as backend.declared_state = StateSpec(...)",
             )
         return spec
+
+
+class FirstCallFeeds:
+    """A streaming model's feeds for one call from the initial state (a parity sample, a timed batch, the cold-start
+    probe): the chunks' feeds with the constants and a zero state added (:meth:`StreamCalls.first_call`)."""
+
+    def __init__(self, encoder: Any, calls: StreamCalls) -> None:
+        self.encoder, self.calls = encoder, calls
+
+    def encode(self, items, pairs=None, pad_to=None):
+        return self.calls.first_call(self.encoder.encode(items, pairs, pad_to))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.encoder, name)
 
 
 def _FORMATS_BY_RUNTIME() -> dict[str, frozenset[Format]]:

@@ -75,6 +75,12 @@ class OpenVINOBackend(RuntimeBackend):
         result = self.request.infer(feed, share_inputs=True, share_outputs=False)
         return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
 
+    def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output by name as the IR returns it (a streaming model's state is fed back unconverted)."""
+        feed = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in self._input_names}
+        result = self.request.infer(feed, share_inputs=True, share_outputs=False)
+        return {o.get_any_name(): np.array(result[o]) for o in self.compiled.outputs}
+
     # -- a generator's stateful IR: the KV cache lives in the InferRequest's variables ----------------
     @property
     def stateful(self) -> bool:

@@ -35,6 +35,7 @@ from compress.artifact import (
     Postprocess,
     Precision,
     SourceInfo,
+    StreamSpec,
     TensorSpec,
     TextPreprocess,
     digest_of,
@@ -85,6 +86,9 @@ class ModelDescription(BaseModel):
         None, description="A TorchScript archive's inputs, which it does not record: name -> shape (batch axis left "
         "out) and dtype, in forward's order. Graphs and programs carry their own; a LiteRT file's are renamed by "
         "position (a converter calls them args_0, args_1, ...: a text model needs the tokenizer's names).")
+    stream: StreamSpec | None = Field(
+        None, description="A streaming model: the input its chunks feed, chunk and context sizes, which outputs feed "
+        "which inputs on the next call ({stateN: state}), constant inputs ({sr: 16000}) and an audio sample rate.")
 
     @field_validator("postprocess", mode="before")
     @classmethod
@@ -149,6 +153,7 @@ class ModelFileInfo:
     kind: str = "file"  # "file" (ONNX, IR: run in its runtime) or "program" (a torch.export program: run in PyTorch)
     precision: Precision = Precision.fp32  # a .tflite may come quantized
     weights: list[str] = field(default_factory=list)  # a program's file, as the exporters read it
+    stream: StreamSpec | None = None  # a streaming model's calls (model.yaml's stream, its state pairs resolved)
 
     @property
     def architecture(self) -> str:
@@ -407,11 +412,63 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
     desc = read_description(p)
     if fmt is Format.litert and desc.inputs:
         inputs = _named_inputs(p, desc, inputs)
-    task, labels, preprocess, max_length = describe_inputs(p, desc, inputs, outputs)
+    stream = check_stream(p, desc.stream, inputs, outputs) if desc.stream is not None else None
+    task, labels, preprocess, max_length = describe_inputs(p, desc, stream_fed(stream, inputs), outputs)
     return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
                          labels=labels, preprocess=preprocess, description=desc, external=external,
                          postprocess=postprocess_for(task, desc.postprocess), max_length=max_length,
-                         precision=precision)
+                         precision=precision, stream=stream)
+
+
+def check_stream(path: Path, stream: StreamSpec, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> StreamSpec:
+    """``model.yaml``'s ``stream`` against the graph, before anything runs: the chunked input, every state pair (an
+    output fed back into an input; read from the names, ``stateN -> state``, when none is declared), every constant,
+    and a fixed last axis that takes ``context + chunk``; the spec with its state pairs resolved."""
+    yaml_file = description_file(path)
+    ins, outs = {t.name: t for t in inputs}, {t.name: t for t in outputs}
+    if stream.input not in ins:
+        raise ConfigError(f"{yaml_file}: stream input {stream.input!r} is not an input of {path.name}",
+                          hint=f"its inputs: {', '.join(ins)}")
+    state = dict(stream.state)
+    if not state:
+        from compress.runtimes.base import StateSpec
+
+        found = StateSpec.from_tensors(inputs, outputs)
+        state = {p.output: p.input for p in found.pairs} if found else {}
+    if not state:
+        raise ConfigError(f"{yaml_file}: stream names no state and none of {path.name}'s outputs is named as a state "
+                          "fed back (stateN -> state)", hint="name it: stream: {state: {OUTPUT: INPUT}}")
+    for out, inp in state.items():
+        if out not in outs:
+            raise ConfigError(f"{yaml_file}: stream state output {out!r} is not an output of {path.name}",
+                              hint=f"its outputs: {', '.join(outs)}")
+        if inp not in ins:
+            raise ConfigError(f"{yaml_file}: state output {out!r} has no matching input: {inp!r} is not an input of "
+                              f"{path.name}", hint=f"feed it into one of its inputs: {', '.join(ins)}")
+    for name in stream.constants:
+        if name not in ins:
+            raise ConfigError(f"{yaml_file}: stream constant {name!r} is not an input of {path.name}",
+                              hint=f"its inputs: {', '.join(ins)}")
+    fed = {stream.input, *state.values(), *stream.constants}
+    unfed = [n for n in ins if n not in fed]
+    if unfed:
+        raise ConfigError(f"{yaml_file}: input {unfed[0]!r} of {path.name} is neither the stream's input, a state fed "
+                          "back nor a constant", hint=f"give it a value: stream: {{constants: {{{unfed[0]}: ...}}}}")
+    last = ins[stream.input].shape[-1] if ins[stream.input].shape else None
+    if isinstance(last, int) and last > 0 and last != stream.window:
+        raise ConfigError(f"{yaml_file}: stream chunk {stream.chunk} + context {stream.context} makes "
+                          f"{stream.window} values per call, but input {stream.input!r} of {path.name} takes {last} "
+                          "on its last axis", hint=f"set chunk and context so that they add up to {last}")
+    return stream.model_copy(update={"state": state})
+
+
+def stream_fed(stream: StreamSpec | None, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """The inputs data feeds: all of them, or a stream's chunked input alone, its last axis ``context + chunk``
+    (state and constants are the stream's own)."""
+    if stream is None:
+        return inputs
+    t = next(t for t in inputs if t.name == stream.input)
+    return [TensorSpec(name=t.name, dtype=t.dtype, shape=[*t.shape[:-1], stream.window])]
 
 
 def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], outputs: list[TensorSpec]):
@@ -473,7 +530,7 @@ class DescribedModel(InfoTeacher):
             task=self.task, format=self.info.format, precision=self.info.precision, labels=self.info.labels,
             model_file=self.path.name, inputs=list(self.info.inputs), outputs=list(self.info.outputs),
             preprocess=self.info.preprocess, postprocess=self.info.postprocess, max_length=self.info.max_length,
-            source=self.source(), files=files, versions=library_versions(),
+            stream=self.info.stream, source=self.source(), files=files, versions=library_versions(),
         )
 
     def as_artifact(self) -> Artifact:
