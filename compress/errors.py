@@ -6,6 +6,8 @@ config, missing backend, existing output), 1 for a validation that ran and found
 
 from __future__ import annotations
 
+import re
+
 #: every exit code the CLI ends with -> what it means: ``edgecompress --help`` prints this table, and a test checks
 #: that each error class's ``exit_code`` has its entry
 EXIT_CODES: dict[int, str] = {
@@ -173,8 +175,15 @@ class AccuracyBudgetError(StageError):
         self.best_candidate = best_candidate
 
 
+#: a line that only says where in a native library an error was raised (OpenVINO's "Exception from
+#: src/inference/src/cpp/core.cpp:84:", "Check 'res.status == pugi::status_ok' failed at src/.../input_model.cpp:219:")
+_WHERE_ONLY = re.compile(r"^(?:Exception from \S+:\d+:?|Check '.*' failed at \S+:\d+:?)$")
+
+
 def first_line(e: BaseException, limit: int = 200, default: str | None = None) -> str:
-    """The first line of an exception's message, at most ``limit`` characters, for a one-line error: a library's
-    message can run to pages. ``default`` stands in for an empty message (None: the exception's type name)."""
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__ if default is None else default)[:limit]
+    """The first line of an exception's message that says what went wrong, at most ``limit`` characters, for a
+    one-line error: a library's message can run to pages, and a native library's starts with the source locations it
+    passed through (skipped). ``default`` stands in for an empty message (None: the exception's type name)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if not _WHERE_ONLY.match(ln)] or lines
+    return (said[0] if said else type(e).__name__ if default is None else default)[:limit]

@@ -400,3 +400,27 @@ def test_top_level_help_lists_every_exit_code(capsys):
     assert e.value.code == 0
     for code, meaning in EXIT_CODES.items():
         assert f"  {code:<4} {meaning}" in out, (code, out)
+
+
+@pytest.mark.parametrize("cut", [10, 200])
+def test_a_truncated_ir_gives_its_detail_and_no_native_chatter(adopted, tmp_path, capfd, cut):
+    """OpenVINO's message on a truncated .xml starts with source locations ("Exception from .../core.cpp:84:", before:
+    the whole detail shown), and its TensorFlow frontend logs absl lines to descriptor 2 first: first_line gives the
+    line that says what is wrong, captured_stderr keeps the rest off the terminal."""
+    import openvino as ov
+
+    from compress.errors import first_line
+    from compress.native_stderr import captured_stderr
+
+    xml = tmp_path / "model.xml"
+    xml.write_bytes((adopted["openvino"] / "model.xml").read_bytes()[:cut])
+    shutil.copy2(adopted["openvino"] / "model.bin", tmp_path / "model.bin")
+    capfd.readouterr()
+    with captured_stderr() as native, pytest.raises(Exception) as e:
+        ov.Core().read_model(str(xml))
+    assert capfd.readouterr().err == ""
+    detail = first_line(e.value)
+    assert not detail.startswith(("Exception from", "Check ")) and detail, str(e.value)
+    assert ("Unable to read the model" if cut == 10 else "Error parsing") in detail, detail
+    if cut == 10:  # the TensorFlow frontend's absl lines were written, and kept
+        assert "tensorflow.GraphDef" in native.text, native.text
