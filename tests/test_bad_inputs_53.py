@@ -424,3 +424,18 @@ def test_a_truncated_ir_gives_its_detail_and_no_native_chatter(adopted, tmp_path
     assert ("Unable to read the model" if cut == 10 else "Error parsing") in detail, detail
     if cut == 10:  # the TensorFlow frontend's absl lines were written, and kept
         assert "tensorflow.GraphDef" in native.text, native.text
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("truncated", ("not a readable .npz",)), ("random", ("not an .npz",)), ("nan", ("'x' holds 1 NaN or infinite",)),
+])
+def test_search_splits_its_eval_npz_through_the_one_reader(mlp, tmp_path, kind, words):
+    """search's held-out split read --eval .npz with np.load itself: BadZipFile (exit 3), numpy's allow_pickle
+    advice on random bytes, NaN rows split into both halves."""
+    from compress.search.holdout import split_eval
+
+    data = _bad_npz(kind, tmp_path, mlp / "cal.npz")
+    with pytest.raises(DataError) as e:
+        split_eval(data, tmp_path / "split", seed=0)
+    assert all(w in str(e.value) for w in words) and "allow_pickle" not in str(e.value), str(e.value)
+    assert list((tmp_path / "split").iterdir()) == []

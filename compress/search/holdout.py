@@ -62,8 +62,9 @@ def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
 def _split_npz(path: Path, ranked: Path, held: Path, seed: int) -> tuple[str, str]:
     import numpy as np
 
-    with np.load(path, allow_pickle=False) as z:  # object arrays are pickles: refused, as everywhere
-        arrays = {k: z[k] for k in z.files}
+    from compress.data.arrays import read_npz
+
+    arrays = read_npz(path)  # the one reader of users' .npz: truncated, random bytes, object arrays, NaN/Inf
     n = len(next(iter(arrays.values()), []))
     if n < 20 or any(len(a) != n for a in arrays.values()):
         raise DataError(f"--eval {path}: {n} rows (or arrays of unequal length): cannot split it",
