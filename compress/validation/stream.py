@@ -1,0 +1,184 @@
+"""``validate`` of a streaming model (the manifest's ``stream``: Silero VAD and any model called chunk by chunk with a
+recurrent state fed back).
+
+Every sequence of ``--data`` (a ``.wav`` or a folder of them, an ``.npz`` of ordered rows:
+:func:`compress.data.streams.read_sequences`) runs call by call through the artifact and through the FP32 teacher, the
+state each call returns fed into the next and reset per sequence (:meth:`~compress.runtimes.base.RuntimeBackend
+.run_stream`). What is judged:
+
+- **decisions**: for a per-call probability (``task: multi-label-classification`` with its ``postprocess.threshold``,
+  default 0.5), the share of calls whose thresholded decision (speech / no speech) is the teacher's:
+  ``decision_agreement``, the report's ``agreement``. Without labels it is also the metric (the teacher's is 1.0,
+  retention = agreement); with per-call ``labels`` (an ``.npz``) the task's own metric (micro F1) is the metric;
+- **fidelity** of the primary output's trace over each sequence (cosine of the whole trace, ``cosine_min`` the lowest sequence's, SNR
+  in dB, largest and mean absolute error), for any task;
+- **latency per call** (one chunk with the state fed back, :class:`compress.host.measure.Stream`) of the artifact and
+  of the teacher's FP32 model in the same runtime and threads, p50/p90 side by side; the cold start of one call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.host.measure import Stream, probe_cold_start
+from compress.progress import start_phase
+from compress.tasks.outputs import output_fidelity
+from compress.validation.common import ValidationRun, baseline_artifact, conclude
+from compress.validation.metrics import prediction_metrics
+
+__all__ = ["decisions", "stream_figures", "stream_outputs", "validate_stream"]
+
+#: the calls of the first sequence timed per pass (and passes), enough for stable percentiles on a small model
+TIMED_CALLS = 256
+TIMED_PASSES = 3
+
+
+def decisions(m, values: np.ndarray) -> np.ndarray | None:
+    """The per-call decisions of a probability output: ``postprocess.threshold`` (default 0.5) on the probability
+    (the sigmoid of a score unless ``scores_are_probabilities``); None for a task without a threshold."""
+    post = m.postprocess
+    if not hasattr(post, "threshold"):
+        return None
+    x = values.reshape(len(values), -1).astype(np.float64)
+    probs = x if post.scores_are_probabilities else 1.0 / (1.0 + np.exp(-x))
+    return probs >= (post.threshold or 0.5)
+
+
+def stream_outputs(backend, sequences, progress=None, phase: str = "streaming") -> list[np.ndarray]:
+    """The primary output of every call of each sequence, ``[calls, ...]`` per sequence, the state carried."""
+    name = backend.artifact.manifest.outputs[0].name
+    chunk = backend.artifact.manifest.stream.chunk
+    tick = start_phase(progress, phase, sum(s.calls(chunk) for s in sequences)) if progress else None
+    out = []
+    for seq in sequences:
+        out.append(np.asarray(backend.run_stream(seq.values)[name], dtype=np.float32))
+        if tick:
+            tick(len(out[-1]))
+    return out
+
+
+def stream_figures(m, cand: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
+    """How far the artifact's traces are from the teacher's, sequence by sequence: decision agreement at the
+    threshold (where the task has one) and the traces' fidelity."""
+    a, b = np.concatenate(cand), np.concatenate(ref)
+    fid = output_fidelity(a.reshape(1, -1), b.reshape(1, -1))  # the whole trace as one row: its cosine, SNR, errors
+    fid["cosine_min"] = min(float(output_fidelity(c.reshape(1, -1), r.reshape(1, -1))["cosine"])
+                                     for c, r in zip(cand, ref, strict=True))
+    fid["mean_abs_error"] = float(np.abs(a.astype(np.float64) - b).mean())
+    out: dict[str, Any] = {"fidelity": fid}
+    da, db = decisions(m, a), decisions(m, b)
+    if da is not None:
+        same = (da == db).all(axis=1)
+        out.update({"threshold": m.postprocess.threshold or 0.5, "decision_agreement": float(same.mean()),
+                    "calls_changed": int((~same).sum()), "positive_share": float(da.mean()),
+                    "teacher_positive_share": float(db.mean())})
+    return out
+
+
+def _metrics(m, cand: list[np.ndarray], ref: list[np.ndarray] | None, labels, user_metric) -> dict[str, Any]:
+    a = np.concatenate(cand)
+    metrics = prediction_metrics(m, a, None if ref is None else np.concatenate(ref), labels, user_metric)
+    if ref is None:
+        return metrics
+    figures = stream_figures(m, cand, ref)
+    name = m.outputs[0].name
+    metrics["output_fidelity"] = {name: figures["fidelity"]}
+    metrics["output_cosine"], metrics["output_snr_db"] = figures["fidelity"]["cosine"], figures["fidelity"]["snr_db"]
+    if "decision_agreement" in figures:
+        if "agreement" in metrics:
+            metrics["agreement_f1"] = metrics.pop("agreement")
+        metrics["agreement"] = figures["decision_agreement"]
+        metrics["agreement_definition"] = (f"share of calls whose decision at threshold {figures['threshold']} is the "
+                                           "teacher's (the state carried through each sequence)")
+        if labels is None and user_metric is None:  # no labels: agreeing with the FP32 decisions is the measure
+            metrics.update({"metric_name": "decision_agreement", "metric": figures["decision_agreement"],
+                            "teacher_metric": 1.0, "retention": figures["decision_agreement"]})
+    metrics["stream"] = {k: v for k, v in figures.items() if k != "fidelity"}
+    return metrics
+
+
+def _timed(backend, sequences, calls) -> Any:
+    """Per-call latency over the first sequence's first calls, the state fed back (:class:`Stream`)."""
+    windows = calls.split(sequences[0].values)[:TIMED_CALLS]
+    constants = calls.constant_feeds()
+    chunks = [{calls.input: w[None], **constants} for w in windows]
+    return Stream(backend, chunks, repeats=TIMED_PASSES, warmup=1).measure()["chunk"]
+
+
+def validate_stream(art, run: ValidationRun, runtime_name: str, run_settings, device, estimating: bool, *,
+                    tdir: Path | None, environment):
+    """Validate a streaming artifact (see the module doc); ``run`` is the
+    :class:`~compress.validation.common.ValidationRun` without data or teacher, ``tdir`` the teacher (None: not on
+    this machine), ``environment(backend, cache)`` the report's environment."""
+    from compress.data.streams import read_sequences
+    from compress.runtimes.base import load_runtime
+    from compress.teachers.load import load_teacher
+
+    config, warnings, progress, m = run.config, run.warnings, run.progress, art.manifest
+    if estimating:
+        warnings.append(f"{device.reason}: a stream's per-call latency is timed on this machine, not estimated")
+    sequences = None
+    if config.data:
+        sequences = read_sequences(config.data, m.stream, m.preprocess.shapes[m.stream.input],
+                                   m.preprocess.dtypes[m.stream.input], limit=config.limit)
+    teacher = load_teacher(tdir, m.task, allow_pickle=config.allow_pickle) if tdir is not None else None
+    if teacher is None:
+        warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
+    run.teacher = teacher
+    backend = load_runtime(art, runtime_name, run_settings)
+    calls = backend.stream_calls
+    ref_backend = None
+    if teacher is not None:
+        base = baseline_artifact(teacher, runtime_name, art, allow_pickle=config.allow_pickle)
+        ref_backend = load_runtime(base or teacher.as_artifact(), runtime_name if base else None, run_settings)
+    metrics: dict[str, Any] = {}
+    if sequences is not None:
+        cand = stream_outputs(backend, sequences, progress, "streaming the artifact")
+        ref = stream_outputs(ref_backend, sequences, progress, "streaming the teacher") if ref_backend else None
+        labels = [row for s in sequences for row in s.labels] if all(s.labels is not None for s in sequences) else None
+        metrics.update(_metrics(m, cand, ref, labels, run.user_metric))
+        metrics.setdefault("stream", {}).update({
+            "sequences": len(sequences), "calls": int(sum(len(c) for c in cand)), "chunk": calls.chunk,
+            "context": calls.context, "state": {o: i for o, i in calls.state.items()}, "state_carried": True,
+            "first_outputs": [float(v) for v in cand[0].reshape(len(cand[0]), -1)[:4, 0]]})
+    else:
+        from compress.data.arrays import synthetic_arrays
+
+        warnings.append("no --data: accuracy, agreement and fidelity were not measured (pass a .wav, a folder of "
+                        "them, or an .npz of the calls' rows)")
+        from compress.data.streams import Sequence
+
+        noise = synthetic_arrays({"shapes": {"x": [calls.chunk * TIMED_CALLS]}, "dtypes": {"x": "float32"}}, 1)
+        sequences = [Sequence("seeded noise", 0.1 * noise[0]["x"])]
+
+    start_phase(progress, "timing calls with the state fed back")
+    stats = {"artifact": _timed(backend, sequences, calls)}
+    if ref_backend is not None and config.measure.baseline:
+        stats["baseline"] = _timed(ref_backend, sequences, calls)
+        metrics["speedup_baseline"] = "the teacher's FP32 model, same runtime and threads, per call"
+    env = environment(backend, {})
+    backend.close()
+    if ref_backend is not None:
+        ref_backend.close()
+    cold = None
+    if config.measure.cold_start:
+        start_phase(progress, "cold start in a fresh process")
+        first = calls.first_call({calls.input: calls.split(sequences[0].values)[:1]})
+        cold = probe_cold_start(art, runtime_name, run.settings.threads, run.settings.provider, 1, calls.window,
+                                feeds=first)
+    report = conclude(run, metrics, stats, cold, env)
+    return report.model_copy(update={"data": _data_record(config, sequences, calls.chunk) if config.data else None})
+
+
+def _data_record(config, sequences, chunk: int) -> dict[str, Any]:
+    h = hashlib.sha256()
+    for s in sequences:
+        h.update(s.name.encode())
+        h.update(np.ascontiguousarray(s.values).tobytes())
+    return {"path": str(Path(config.data).resolve()), "rows": int(sum(s.calls(chunk) for s in sequences)),
+            "sequences": [s.name for s in sequences], "limit": config.limit, "sha256": h.hexdigest()}
+
