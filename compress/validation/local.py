@@ -196,6 +196,15 @@ def validate(
         return validate_generation(art, run, runtime_name, run_settings, device, estimating,
                                    tdir=_teacher_dir(art, config.teacher), environment=_environment)
 
+    if m.stream is not None:  # a streaming model: each sequence call by call, the state carried
+        from compress.validation.stream import validate_stream
+
+        if remote is not None:
+            raise ConfigError("--remote does not run a streaming model yet", hint="run validate on the device")
+        run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start, user_metric)
+        return validate_stream(art, run, runtime_name, run_settings, device, estimating,
+                               tdir=_teacher_dir(art, config.teacher), environment=_environment)
+
     # eval data and teacher
     dataset = None
     if config.data and TASKS[m.task].labels == "spans":  # question answering: SQuAD-format JSON
