@@ -98,7 +98,7 @@ def load_eval_set(
     from compress.tasks import TASKS
 
     info = TASKS[manifest.task]
-    own_metric = info.labels in ("values", "boxes")  # judged by the task's own metric on labels
+    own_metric = info.labels in ("values", "boxes", "spans")  # judged by the task's own metric on labels
     if not info.higher_is_better and user_metric is None:  # MAE: lower is better, which the search is not
         raise ConfigError(f"accuracy-aware quantization of a {manifest.task} model is not built yet",
                           hint="pass --metric module:function (your metric, higher is better), or quantize without "
@@ -106,6 +106,12 @@ def load_eval_set(
     task_scored = own_metric and user_metric is None
     classification = manifest.labels is not None and info.labels in ("per-sample", "per-word")
     labels = manifest.labels if classification or info.labels == "boxes" else None
+    if info.labels == "spans":  # question answering: SQuAD-format JSON, questions with contexts and answers
+        from compress.data.squad import load_squad
+
+        ds = load_squad(path, limit=max(20 * n, 5000)).sample(n, seed=seed)
+        return EvalSet(dataset=ds, classification=False, batch_size=batch_size, source=str(path),
+                       user_metric=user_metric, task_manifest=manifest if task_scored else None)
     ds = load_inputs(
         path, manifest.preprocess,
         label2id={name: i for i, name in enumerate(labels)} if labels else None,
@@ -130,9 +136,15 @@ def load_eval_set(
 
 
 def predict_outputs(backend, eval_set: EvalSet) -> np.ndarray:
-    """``backend.predict`` over the eval rows (logits, pooled embeddings, or each word's scores), in eval-set order."""
+    """``backend.predict`` over the eval rows (logits, pooled embeddings, each word's scores, or each question's answer
+    span), in eval-set order."""
     from compress.device.shipped import concatenate_rows, first_subtokens
 
+    if str(backend.artifact.manifest.task) == "question-answering":  # each question's best span over its windows
+        from compress.validation.teacher_outputs import predict_answers
+
+        return concatenate_rows([predict_answers(backend, q, c) for q, c, _ in eval_set.dataset.batches(
+            eval_set.batch_size)])
     if eval_set.words:
         return concatenate_rows([first_subtokens(backend.predict(f), w) for f, w in eval_set.encoded(backend)])
     return np.concatenate([backend.predict(b) for b in eval_set.encoded(backend)], axis=0)
