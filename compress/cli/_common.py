@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import click
@@ -29,6 +30,34 @@ def build_config(model: type[M], **values: Any) -> M:
         path = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
         key = model.flat_key(path) if issubclass(model, Settings) else str(err["loc"][0])
         raise ConfigError(f"{flag(key)}: {err['msg']}", hint=hint) from None
+
+
+class InputPath(click.Path):
+    """A path a command reads. One that does not exist is one line naming it and what the argument takes (Click's
+    ``exists=True`` prints a three-line usage error; left to the loaders, a missing ``model.onnx`` was told to be "the
+    directory of a Hugging Face checkpoint"). ``takes``: what to pass, or ``"model"`` for :func:`model_sources`."""
+
+    def __init__(self, takes: str) -> None:
+        super().__init__(path_type=Path)
+        self.takes = takes
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if not Path(path).exists():
+            takes = model_sources() if self.takes == "model" else self.takes
+            what = "file" if Path(path).suffix else "directory"  # as the path reads: model.onnx, teacher-dir
+            raise ConfigError(f"{path}: no such {what}", hint=f"check the path; pass {takes}")
+        return path
+
+
+def model_sources() -> str:
+    """What a command that takes any model reads: the model files edgecompress adopts (by their suffixes, from
+    :data:`compress.formats.FORMATS`), a program, an artifact or a checkpoint directory."""
+    from compress.formats import FORMATS
+
+    suffixes = ", ".join(f.suffix for f in FORMATS.values() if f.adopt and f.suffix)
+    return (f"a model file ({suffixes}, or a .pt2 program with its model.yaml), an artifact directory or a Hugging Face "
+            "checkpoint directory")
 
 
 def section_help(section: str, description: str | None) -> str:

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import PhaseProgress, build_config, console, force_option, status
+from compress.cli._common import InputPath, PhaseProgress, build_config, console, force_option, status
 from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 
 
 @click.command("quantize")
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifact", type=InputPath("an artifact directory (what export wrote)"))
 @click.option("--precision", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
               help="int8: weights and activations (ONNX Runtime / NNCF); int4: weight-only (MatMulNBits / NNCF).")
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
