@@ -183,7 +183,17 @@ _WHERE_ONLY = re.compile(r"^(?:Exception from \S+:\d+:?|Check '.*' failed at \S+
 def first_line(e: BaseException, limit: int = 200, default: str | None = None) -> str:
     """The first line of an exception's message that says what went wrong, at most ``limit`` characters, for a
     one-line error: a library's message can run to pages, and a native library's starts with the source locations it
-    passed through (skipped). ``default`` stands in for an empty message (None: the exception's type name)."""
+    passed through (skipped). A longer line is cut at a word's end, marked "…". ``default`` stands in for an empty
+    message (None: the exception's type name)."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     said = [ln for ln in lines if not _WHERE_ONLY.match(ln)] or lines
-    return (said[0] if said else type(e).__name__ if default is None else default)[:limit]
+    return shorten(said[0] if said else type(e).__name__ if default is None else default, limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: whole, or cut at the end of a word (not mid-word) and marked "…"."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:.") + "…"

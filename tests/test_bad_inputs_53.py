@@ -457,3 +457,16 @@ def test_a_path_that_does_not_exist_is_named_with_what_the_command_takes(mlp, tm
     for w in words:
         assert w in line, line
     assert "Hugging Face checkpoint\"" not in line and not (tmp_path / "o").exists()
+
+
+def test_a_long_library_message_is_cut_at_a_word_not_mid_word():
+    """peft's "Target modules ... not found" reached the user cut mid-word (``[:160]``)."""
+    from compress.errors import first_line
+
+    message = ("Target modules {'query', 'value'} not found in the base model. Please check the target modules and "
+               "try again. " * 3)
+    line = first_line(ValueError(message), limit=80)
+    assert len(line) <= 80 and line.endswith("…") and message.startswith(line[:-1]), line
+    assert message[len(line) - 1] in " ,;:." or line[-2] in ".", line  # the last word kept is whole
+    assert first_line(ValueError("short"), limit=80) == "short"
+    assert first_line(ValueError("/a/very/long/path/without/spaces" * 10), limit=40).endswith("…")
