@@ -226,3 +226,27 @@ def test_finetune_trains_a_span_head_on_squad_data(qa_teacher, labelled, tmp_pat
     assert tuned.task == "question-answering" and tuned.output_names == ["start_logits", "end_logits"]
     assert result.metrics["train_windows"] > len(QUESTIONS)  # the long contexts were windowed
     assert 0.0 <= result.metrics["eval_squad"]["f1"] <= 1.0 and result.metrics["eval_squad"]["questions"] == 5
+
+
+def test_distill_matches_the_teachers_start_and_end_logits(qa_teacher, labelled, tmp_path):
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+    from compress.teachers.load import load_teacher
+
+    result = distill(qa_teacher, labelled, tmp_path / "student", DistillConfig.from_flat(
+        layers=1, max_steps=4, batch_size=4, eval_every=2), eval_data=labelled)
+    student = load_teacher(result.artifact.path)
+    m = result.metrics
+    assert student.task == "question-answering" and student.model.config.num_hidden_layers == 1
+    assert m["student_parameters"] < m["teacher_parameters"] and m["transfer_windows"] > len(QUESTIONS)
+    assert m["teacher_eval_metric"] == pytest.approx(1.0)  # the gold answers are the teacher's own
+    assert m["retention"] == pytest.approx(m["eval_metric"]) and 0.0 <= m["eval_metric"] <= 1.0
+
+
+def test_distill_refuses_losses_a_span_head_has_no_use_for(qa_teacher, labelled, tmp_path):
+    from compress.errors import ConfigError
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+
+    with pytest.raises(ConfigError, match="start and end logits"):
+        distill(qa_teacher, labelled, tmp_path / "s", DistillConfig.from_flat(layers=1, hidden_weight=1.0))

@@ -110,6 +110,14 @@ def distill(
     if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
         raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not class "
                           "scores)", hint="quantize or export the regressor instead; validate scores it by MAE")
+    if task.labels == "spans":  # question answering: start and end logits over SQuAD windows
+        from compress.stages.distill.answers import distill_answers
+
+        result = distill_answers(teacher, train, output, config, eval_data=eval_data, run=run, resume=resume,
+                                 force=force, progress=progress, choose_student=_choose_student, write=_write_student)
+        if not keep_run:
+            shutil.rmtree(run, ignore_errors=True)
+        return result
     if task.inputs == "image":  # logits on shifted images (compress.stages.distill.images)
         from compress.stages.distill.images import distill_images
 

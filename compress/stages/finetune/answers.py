@@ -19,15 +19,16 @@ from compress.errors import ConfigError
 from compress.stages.finetune.common import FinetuneResult, data_record, teacher_record
 from compress.stages.finetune.config import FinetuneConfig
 
-__all__ = ["QAWindowSet", "finetune_answers", "squad_f1"]
+__all__ = ["QAWindowSet", "finetune_answers", "squad_f1", "training_rows"]
 
 
 class QAWindowSet:
     """Training windows (:class:`compress.data.tokenization.QAWindows`) with their answer positions, as the training
     loop reads rows: ``len``, ``lengths`` (tokens per window) and ``collate`` (a batch trimmed to its longest)."""
 
-    def __init__(self, windows, starts: np.ndarray, ends: np.ndarray) -> None:
+    def __init__(self, windows, starts: np.ndarray, ends: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> None:
         self.windows, self.starts, self.ends = windows, starts, ends
+        self.extra = dict(extra or {})  # more per-token arrays a batch carries (a teacher's logits to distil)
         self.lengths = windows.arrays["attention_mask"].sum(1).astype(np.int64)
 
     def __len__(self) -> int:
@@ -40,11 +41,13 @@ class QAWindowSet:
         batch = {k: torch.from_numpy(v[idx, :width]) for k, v in self.windows.arrays.items()}
         batch["start_positions"] = torch.from_numpy(self.starts[idx])
         batch["end_positions"] = torch.from_numpy(self.ends[idx])
+        batch.update({k: torch.from_numpy(v[idx, :width]) for k, v in self.extra.items()})
         batch["index"] = torch.tensor(idx, dtype=torch.long)
         return batch
 
 
-def _training_rows(tokenizer, ds, max_length: int, stride: int) -> QAWindowSet:
+def training_rows(tokenizer, ds, max_length: int, stride: int) -> QAWindowSet:
+    """``ds``'s questions as training windows labelled with their first gold answer's token positions."""
     from compress.data.tokenization import qa_windows
 
     windows = qa_windows(tokenizer.backend_tokenizer, ds.questions, ds.contexts, max_length=max_length,
@@ -103,7 +106,7 @@ def finetune_answers(base: Path, train, output, config: FinetuneConfig, *, build
     refuse_causal_lm(base_teacher, "finetune", "a checkpoint to train on labelled data")
     tokenizer = base_teacher.tokenizer
     post = QAPostprocess(window=config.max_length)
-    train_set = _training_rows(tokenizer, train_ds, config.max_length, post.stride)
+    train_set = training_rows(tokenizer, train_ds, config.max_length, post.stride)
     evaluate = (lambda model: squad_f1(model, tokenizer, eval_ds, config.max_length, post)["metric"]) \
         if eval_ds is not None else None
     model, trainable, frozen = build(base, config)
