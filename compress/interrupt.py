@@ -97,7 +97,8 @@ def reset() -> None:
 
 def note_written(path: os.PathLike | str) -> None:
     """``path`` is complete and in place (renamed from its staging directory): an interrupt after this leaves it."""
-    _written.append(str(path))
+    if str(path) not in _written:
+        _written.append(str(path))
 
 
 def written() -> list[str]:

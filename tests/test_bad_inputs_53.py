@@ -272,8 +272,9 @@ def test_a_preprocess_that_fits_is_adopted(tmp_path):
 
 #: the real entry point (main(), as the console script calls it) with SIGINT sent at a set moment, deterministically:
 #: ``import:MODULE`` stands in for a native extension interrupted while it initialises (pybind11 raises
-#: ``ImportError: initialization failed`` from the KeyboardInterrupt); ``exit``: the command has ended, its artifact in
-#: place and reported, and the signal comes as the process exits
+#: ``ImportError: initialization failed`` from the KeyboardInterrupt); ``renamed``: the instant the artifact ``out`` was
+#: renamed into place; ``exit``: the command has ended, its artifact in place and reported, and the signal comes as the
+#: process exits
 SIGINT_DRIVER = textwrap.dedent("""
     import os, signal, sys
     sys.argv = ["edgecompress", *sys.argv[1:]]
@@ -290,6 +291,13 @@ SIGINT_DRIVER = textwrap.dedent("""
                     raise ImportError("initialization failed") from e
                 raise AssertionError("SIGINT was not delivered")
         sys.meta_path.insert(0, Interrupted())
+    elif point == "renamed":
+        real_replace = os.replace
+        def replace_interrupted(src, dst, *args, **kwargs):
+            real_replace(src, dst, *args, **kwargs)
+            if os.path.basename(os.fspath(dst)) == "out":
+                os.kill(os.getpid(), signal.SIGINT)
+        os.replace = replace_interrupted
     else:
         real_exit = sys.exit
         def exit_interrupted(code=0):
