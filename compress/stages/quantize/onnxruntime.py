@@ -67,7 +67,7 @@ from compress.data.inputs import sample_inputs
 from compress.errors import AccuracyBudgetError, ConfigError, EdgeCompressError, StageError
 from compress.progress import Progress
 from compress.stages.common import measure_parity
-from compress.stages.quantize.calibration import CalibrationReader
+from compress.stages.quantize.calibration import CalibrationReader, StreamCalibrationReader
 from compress.stages.quantize.config import (
     QUANTIZE_ONNX,
     CalibrationMethod,
@@ -104,7 +104,7 @@ from compress.stages.quantize.graph import (
 from compress.stages.quantize.int4_gather import unpack_int4_gathers_file
 from compress.stages.quantize.layer_errors import artifact_layer_errors
 from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
-from compress.stages.quantize.parity import check_collapse
+from compress.stages.quantize.parity import check_collapse, stream_parity
 from compress.stages.quantize.speed import SMALL_GEMM, small_gemm_layers, speed_search
 from compress.stages.spec import StageOutput
 
@@ -250,6 +250,8 @@ class _OnnxQuantizer:
         from compress.runtimes.ort_backend import OrtBackend
 
         c = self.config
+        if self._reader is None and self.art.manifest.stream is not None:  # calls in stream order, state carried
+            self._reader = StreamCalibrationReader(OrtBackend(self.art), c.calibration.data, c.calibration.samples)
         if self._reader is None:
             texts = sample_inputs(c.calibration.data, c.calibration.samples, self.art.manifest.preprocess)
             source = OrtBackend(self.art)
@@ -393,9 +395,13 @@ def _write_artifact(
     written = o.draft()
 
     static = not q.int4 and config.mode is QuantMode.static
-    texts = sample_inputs(config.sample_data or (config.calibration.data if static else None), config.parity_samples,
-                          art.manifest.preprocess)
-    parity = measure_parity(OrtBackend(art), OrtBackend(written), texts, art.manifest.labels is not None)
+    if art.manifest.stream is not None:  # a streaming model: its sequences call by call, the state carried
+        parity = stream_parity(OrtBackend(art), OrtBackend(written), config.sample_data or config.calibration.data)
+        texts = []  # no per-layer table: its samples are fed one call from a zero state
+    else:
+        texts = sample_inputs(config.sample_data or (config.calibration.data if static else None),
+                              config.parity_samples, art.manifest.preprocess)
+        parity = measure_parity(OrtBackend(art), OrtBackend(written), texts, art.manifest.labels is not None)
     collapsed = check_collapse(parity.as_dict(), strict=config.strict and strict, remedies=(
         "--max-drop with --data (keeps the sensitive layers float), --precision int8" if q.int4 else
         "--mode static --calibration DATA with per-channel weights, or OpenVINO (export --format openvino) "
