@@ -20,7 +20,7 @@ from compress.data.arrays import LABELS, read_npz
 from compress.data.audio import read_wav
 from compress.errors import DataError
 
-__all__ = ["Sequence", "read_sequences"]
+__all__ = ["Sequence", "read_sequences", "seeded_sequence", "sequences_for"]
 
 SUFFIXES = (".wav", ".npz")
 
@@ -99,3 +99,19 @@ def _head(seq: Sequence, calls: int, chunk: int) -> Sequence:
         return seq
     labels = None if seq.labels is None else seq.labels[:calls]
     return Sequence(seq.name, seq.values[..., :calls * chunk], labels)
+
+
+def sequences_for(m: Any, path: Path | str | None, limit: int | None = None) -> list[Sequence]:
+    """The sequences at ``path`` for the streaming manifest ``m`` (its ``stream`` and its chunked input's shape and
+    dtype); without a path, one :func:`seeded_sequence`."""
+    stream = m.stream
+    if path is None:
+        return [seeded_sequence(stream.chunk, limit or 64)]
+    return read_sequences(path, stream, m.preprocess.shapes[stream.input], m.preprocess.dtypes[stream.input], limit)
+
+
+def seeded_sequence(chunk: int, calls: int, seed: int = 0) -> Sequence:
+    """Test material where no data is given: ``calls`` chunks of seeded noise (standard normal x 0.1, in [-1, 1] as
+    audio is), for numerical parity and timing, not for meaning."""
+    values = np.clip(0.1 * np.random.default_rng(seed).standard_normal(chunk * calls), -1, 1).astype(np.float32)
+    return Sequence("seeded noise", values)

@@ -6,6 +6,8 @@ Every sequence of ``--data`` (a ``.wav`` or a folder of them, an ``.npz`` of ord
 state each call returns fed into the next and reset per sequence (:meth:`~compress.runtimes.base.RuntimeBackend
 .run_stream`). What is judged:
 
+Both figures are :mod:`compress.tasks.streams`':
+
 - **decisions**: for a per-call probability (``task: multi-label-classification`` with its ``postprocess.threshold``,
   default 0.5), the share of calls whose thresholded decision (speech / no speech) is the teacher's:
   ``decision_agreement``, the report's ``agreement``. Without labels it is also the metric (the teacher's is 1.0,
@@ -26,26 +28,15 @@ import numpy as np
 
 from compress.host.measure import Stream, probe_cold_start
 from compress.progress import start_phase
-from compress.tasks.outputs import output_fidelity
+from compress.tasks.streams import stream_figures
 from compress.validation.common import ValidationRun, baseline_artifact, conclude
 from compress.validation.metrics import prediction_metrics
 
-__all__ = ["decisions", "stream_figures", "stream_outputs", "validate_stream"]
+__all__ = ["stream_outputs", "validate_stream"]
 
 #: the calls of the first sequence timed per pass (and passes), enough for stable percentiles on a small model
 TIMED_CALLS = 256
 TIMED_PASSES = 3
-
-
-def decisions(m, values: np.ndarray) -> np.ndarray | None:
-    """The per-call decisions of a probability output: ``postprocess.threshold`` (default 0.5) on the probability
-    (the sigmoid of a score unless ``scores_are_probabilities``); None for a task without a threshold."""
-    post = m.postprocess
-    if not hasattr(post, "threshold"):
-        return None
-    x = values.reshape(len(values), -1).astype(np.float64)
-    probs = x if post.scores_are_probabilities else 1.0 / (1.0 + np.exp(-x))
-    return probs >= (post.threshold or 0.5)
 
 
 def stream_outputs(backend, sequences, progress=None, phase: str = "streaming") -> list[np.ndarray]:
@@ -58,24 +49,6 @@ def stream_outputs(backend, sequences, progress=None, phase: str = "streaming") 
         out.append(np.asarray(backend.run_stream(seq.values)[name], dtype=np.float32))
         if tick:
             tick(len(out[-1]))
-    return out
-
-
-def stream_figures(m, cand: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
-    """How far the artifact's traces are from the teacher's, sequence by sequence: decision agreement at the
-    threshold (where the task has one) and the traces' fidelity."""
-    a, b = np.concatenate(cand), np.concatenate(ref)
-    fid = output_fidelity(a.reshape(1, -1), b.reshape(1, -1))  # the whole trace as one row: its cosine, SNR, errors
-    fid["cosine_min"] = min(float(output_fidelity(c.reshape(1, -1), r.reshape(1, -1))["cosine"])
-                                     for c, r in zip(cand, ref, strict=True))
-    fid["mean_abs_error"] = float(np.abs(a.astype(np.float64) - b).mean())
-    out: dict[str, Any] = {"fidelity": fid}
-    da, db = decisions(m, a), decisions(m, b)
-    if da is not None:
-        same = (da == db).all(axis=1)
-        out.update({"threshold": m.postprocess.threshold or 0.5, "decision_agreement": float(same.mean()),
-                    "calls_changed": int((~same).sum()), "positive_share": float(da.mean()),
-                    "teacher_positive_share": float(db.mean())})
     return out
 
 
@@ -114,17 +87,14 @@ def validate_stream(art, run: ValidationRun, runtime_name: str, run_settings, de
     """Validate a streaming artifact (see the module doc); ``run`` is the
     :class:`~compress.validation.common.ValidationRun` without data or teacher, ``tdir`` the teacher (None: not on
     this machine), ``environment(backend, cache)`` the report's environment."""
-    from compress.data.streams import read_sequences
+    from compress.data.streams import sequences_for
     from compress.runtimes.base import load_runtime
     from compress.teachers.load import load_teacher
 
     config, warnings, progress, m = run.config, run.warnings, run.progress, art.manifest
     if estimating:
         warnings.append(f"{device.reason}: a stream's per-call latency is timed on this machine, not estimated")
-    sequences = None
-    if config.data:
-        sequences = read_sequences(config.data, m.stream, m.preprocess.shapes[m.stream.input],
-                                   m.preprocess.dtypes[m.stream.input], limit=config.limit)
+    sequences = sequences_for(m, config.data, config.limit) if config.data else None
     teacher = load_teacher(tdir, m.task, allow_pickle=config.allow_pickle) if tdir is not None else None
     if teacher is None:
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
@@ -146,14 +116,11 @@ def validate_stream(art, run: ValidationRun, runtime_name: str, run_settings, de
             "context": calls.context, "state": {o: i for o, i in calls.state.items()}, "state_carried": True,
             "first_outputs": [float(v) for v in cand[0].reshape(len(cand[0]), -1)[:4, 0]]})
     else:
-        from compress.data.arrays import synthetic_arrays
+        from compress.data.streams import seeded_sequence
 
         warnings.append("no --data: accuracy, agreement and fidelity were not measured (pass a .wav, a folder of "
                         "them, or an .npz of the calls' rows)")
-        from compress.data.streams import Sequence
-
-        noise = synthetic_arrays({"shapes": {"x": [calls.chunk * TIMED_CALLS]}, "dtypes": {"x": "float32"}}, 1)
-        sequences = [Sequence("seeded noise", 0.1 * noise[0]["x"])]
+        sequences = [seeded_sequence(calls.chunk, TIMED_CALLS)]
 
     start_phase(progress, "timing calls with the state fed back")
     stats = {"artifact": _timed(backend, sequences, calls)}

@@ -9,6 +9,10 @@ MobileNetV2 (``benchmarks/cnn_int8.py``) over 32 calibration photos:
   0.877, against 0.981 for the fixed default that keeps 0.990 of the teacher's accuracy: the floor is **0.95**;
 * argmax agreement: 0.31 / 0.25 against 0.66 (photos on which a 1,000-class teacher is unsure flip easily, so
   argmax is a weak signal there): the floor is **0.5**, a coin toss.
+
+A streaming model (the manifest's ``stream``) is compared sequence by sequence, call by call with the state carried
+(:func:`stream_parity`): the cosine is that of each sequence's trace, and the per-call decisions at the task's
+threshold are compared beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
+
 from compress.errors import QuantizationCollapsed
+from compress.stages.common import Parity
 
 log = logging.getLogger("compress.stages.quantize")
 
@@ -64,3 +71,31 @@ def check_collapse(parity: dict[str, Any], *, strict: bool, remedies: str) -> di
                 message, remedies)
     return {"floors": {"cosine_mean": COSINE_MEAN_FLOOR, "argmax_agreement": ARGMAX_AGREEMENT_FLOOR},
             "below": below, "remedies": remedies}
+
+
+#: at most this many calls of the parity data are streamed through both models
+STREAM_PARITY_CALLS = 4096
+
+
+def stream_parity(reference, candidate, data) -> Parity:
+    """A streaming model's parity: the sequences of ``data`` (seeded noise without it) through both runtime backends
+    call by call, the state carried (:meth:`~compress.runtimes.base.RuntimeBackend.run_stream`); the traces compared
+    (:func:`compress.tasks.streams.stream_figures`); both backends closed."""
+    from compress.data.streams import sequences_for
+    from compress.tasks.streams import stream_figures
+
+    m = reference.artifact.manifest
+    name = m.outputs[0].name
+    try:
+        sequences = sequences_for(m, data, STREAM_PARITY_CALLS)
+        ref = [np.asarray(reference.run_stream(s.values)[name], dtype=np.float32) for s in sequences]
+        cand = [np.asarray(candidate.run_stream(s.values)[name], dtype=np.float32) for s in sequences]
+    finally:
+        reference.close()
+        candidate.close()
+    figures = stream_figures(m, cand, ref)
+    fid = figures.pop("fidelity")
+    extra = {"sequences": len(sequences), "state_carried": True, "snr_db": fid["snr_db"],
+             **{k: figures[k] for k in ("threshold", "decision_agreement", "calls_changed") if k in figures}}
+    return Parity(fid["max_abs_error"], fid["mean_abs_error"], fid["cosine_min"], None, int(sum(map(len, ref))),
+                  cosine_mean=fid["cosine"], extra=extra)
