@@ -37,6 +37,7 @@ from typing import Any, Self
 log = logging.getLogger(__name__)
 
 _last_signal: int | None = None
+_raised = False  # a stopping signal was raised into the running code (not a StopFlag's request)
 _written: list[str] = []  # outputs committed (renamed into place) during this command
 _signal_stack: tuple[Any, Any] | None = None  # (buffer, stack_t): allocated once, alive for the whole process
 
@@ -90,8 +91,9 @@ def signal_name() -> str:
 
 
 def reset() -> None:
-    global _last_signal
+    global _last_signal, _raised
     _last_signal = None
+    _raised = False
     _written.clear()
 
 
@@ -107,8 +109,10 @@ def written() -> list[str]:
 
 
 def caused_by_signal(exc: BaseException) -> bool:
-    """Did ``exc`` come from a stopping signal: one was received during the command, or a KeyboardInterrupt is in
-    its cause/context chain (a library that wrapped it: pybind11's ``ImportError: initialization failed``)?"""
+    """Did ``exc`` come from a stopping signal: a KeyboardInterrupt is in its cause/context chain (a library that
+    wrapped it: pybind11's ``ImportError: initialization failed``), or one was raised into the running code during
+    the command (a library swallowed it: ``require`` then found the half-imported module "not installed")? A
+    StopFlag's first Ctrl-C only asks for a checkpoint: an error after it is still that error."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -116,7 +120,7 @@ def caused_by_signal(exc: BaseException) -> bool:
             return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__
-    return signal_received()
+    return _raised
 
 
 def interrupted_line() -> str:
@@ -148,13 +152,19 @@ def finishing(ended: str) -> None:
 
 
 def _raise_interrupt(signum, frame) -> None:
-    note_signal(signum)
+    _note_raised(signum)
     raise KeyboardInterrupt
 
 
 def _raise_terminated(signum, frame) -> None:
-    note_signal(signum)
+    _note_raised(signum)
     raise Terminated
+
+
+def _note_raised(signum: int) -> None:
+    global _raised
+    note_signal(signum)
+    _raised = True
 
 
 @contextlib.contextmanager
@@ -194,6 +204,7 @@ class StopFlag:
     def _handle(self, signum, frame) -> None:
         note_signal(signum)
         if self.requested:
+            _note_raised(signum)
             raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
         log.warning("interrupt received: saving a checkpoint at the end of this step (Ctrl-C again to abort)")

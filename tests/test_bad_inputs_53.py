@@ -478,3 +478,27 @@ def test_a_long_library_message_is_cut_at_a_word_not_mid_word():
     assert message[len(line) - 1] in " ,;:." or line[-2] in ".", line  # the last word kept is whole
     assert first_line(ValueError("short"), limit=80) == "short"
     assert first_line(ValueError("/a/very/long/path/without/spaces" * 10), limit=40).endswith("…")
+
+
+def test_an_error_after_a_checkpoint_request_is_that_error_not_an_interrupt():
+    """A StopFlag's first Ctrl-C asks for a checkpoint at the next step: a disk-full error while saving it must reach
+    the user as itself, while an error that a raised Ctrl-C caused (a library swallowed it) is the interrupt."""
+    import signal
+
+    from compress import interrupt
+    from compress.errors import StorageError
+
+    interrupt.reset()
+    try:
+        with interrupt.StopFlag() as flag:
+            flag._handle(signal.SIGINT, None)  # as the interpreter calls it (a real signal would hit the test runner)
+            assert not interrupt.caused_by_signal(StorageError("disk full"))
+            with pytest.raises(KeyboardInterrupt):
+                flag._handle(signal.SIGINT, None)  # the second one aborts
+            assert interrupt.caused_by_signal(StorageError("disk full"))
+    finally:
+        interrupt.reset()
+    try:
+        raise ImportError("initialization failed") from KeyboardInterrupt()
+    except ImportError as e:
+        assert interrupt.caused_by_signal(e)

@@ -150,7 +150,7 @@ def _run(argv: list[str] | None) -> int:
         if argv is None:  # the work is over: a signal from here on is answered by finishing's handler
             interrupt.finishing("ended")
     except EdgeCompressError as e:
-        if e.exit_code != 130 and interrupt.caused_by_signal(e) and not debug:  # a wrapped KeyboardInterrupt
+        if e.exit_code != 130 and interrupt.caused_by_signal(e) and not debug:  # a wrapped or swallowed Ctrl-C
             return _interrupted()
         if debug:
             raise
