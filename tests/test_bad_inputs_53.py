@@ -398,8 +398,9 @@ def test_top_level_help_lists_every_exit_code(capsys):
     """Before: 5 (ANOMALOUS) and 6 (INFEASIBLE) were missing from ``edgecompress --help``."""
     from compress.cli import main
     from compress.errors import EXIT_CODES
+    from compress.profiles.budgets import VERDICTS
 
-    declared = _declared_exit_codes()
+    declared = _declared_exit_codes() | {code for code, _ in VERDICTS.values()}  # and every verdict's code
     assert {1, 2, 3, 4, 5, 6, 130} <= declared, declared
     assert declared | {0, 143} <= set(EXIT_CODES), declared - set(EXIT_CODES)
     with pytest.raises(SystemExit) as e:
