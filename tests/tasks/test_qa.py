@@ -250,3 +250,28 @@ def test_distill_refuses_losses_a_span_head_has_no_use_for(qa_teacher, labelled,
 
     with pytest.raises(ConfigError, match="start and end logits"):
         distill(qa_teacher, labelled, tmp_path / "s", DistillConfig.from_flat(layers=1, hidden_weight=1.0))
+
+
+def test_prune_scores_heads_on_spans_recovers_and_reports_squad_f1(qa_teacher, labelled, tmp_path):
+    from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
+    from compress.teachers.load import load_teacher
+
+    art = prune(qa_teacher, tmp_path / "pruned", PruneConfig.from_flat(heads=0.5, ffn=0.5, recover_steps=2,
+                                                                       recover_batch_size=4, max_length=128),
+                train=labelled, eval_data=labelled)
+    m = art.manifest.steps[-1].metrics
+    assert load_teacher(art.path).task == "question-answering"
+    assert m["parameters_after"] < m["parameters_before"] and m["reload_check"]["max_abs_diff"] <= 1e-4
+    assert m["importance"]["loss"].startswith("cross entropy with labels")  # the gold spans drove the scores
+    assert m["eval"]["metric"] == "f1" and m["eval"]["unpruned"] == pytest.approx(1.0)
+    assert m["eval"]["retention_vs_unpruned"] == pytest.approx(m["eval"]["written"])
+
+
+def test_prune_refuses_vocabulary_pruning_of_a_question_answerer(qa_teacher, labelled, tmp_path):
+    from compress.errors import ConfigError
+    from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
+
+    with pytest.raises(ConfigError, match="vocabulary pruning of a question-answering model"):
+        prune(qa_teacher, tmp_path / "p", PruneConfig.from_flat(vocab_corpus=str(labelled)), train=labelled)

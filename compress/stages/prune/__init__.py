@@ -130,19 +130,24 @@ def _texts(path: str | Path | None, config: PruneConfig, label2id, n: int | None
 
 
 def _outputs(model, tokenizer, texts: list[Any], max_length: int, classification: bool, pooling, normalize,
-             batches=None):
-    """The model's outputs on ``texts`` (``batches``: a token classifier's word batches; its per-token scores are
-    padded with zeros to ``max_length`` tokens)."""
+             batches=None, spans: bool = False):
+    """The model's outputs on ``texts`` (``batches``: a token classifier's word batches, its per-token scores padded
+    with zeros to ``max_length`` tokens; ``spans``: a question answerer's windows, its start and end rows padded to
+    ``max_length`` tokens)."""
     import torch
+
+    from compress.stages.prune.structured import class_scores
 
     res = []
     with torch.inference_mode():
         for enc, _ in (batches() if batches else _batches(tokenizer, texts, None, max_length, 32)):
             out = model(**model_feed(model, enc))
-            res.append(out.logits.float() if classification
+            res.append(class_scores(out, enc["attention_mask"]) if classification
                        else _pooled(out, enc["attention_mask"], pooling, normalize).float())
     if res and res[0].dim() == 3:
         res = [torch.nn.functional.pad(r, (0, 0, 0, max_length - r.shape[1])) for r in res]
+    if spans:
+        res = [torch.nn.functional.pad(r, (0, max_length - r.shape[-1]), value=-1e4) for r in res]
     return torch.cat(res) if res else None
 
 
@@ -235,6 +240,9 @@ def prune(
         return verb(teacher, out, config, train=train, eval_data=eval_data, force=force, progress=progress)
     if config.channels:
         raise ConfigError("--channels prunes the convolutions of image models", hint="for text models use --heads/--ffn")
+    if task.labels == "spans" and config.vocab.corpus:
+        raise ConfigError("vocabulary pruning of a question-answering model is not built (its proof reads single "
+                          "texts)", hint="leave --vocab-corpus out; --heads, --ffn, --drop-layers and --sparsity apply")
     if out.resolve() == teacher.path.resolve():
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
     job = _TextJob(teacher, parent, source, config, train, eval_data, progress)
@@ -255,7 +263,11 @@ class _TextJob:
 
     @property
     def classification(self) -> bool:
-        return TASKS[self.teacher.task].labels in ("per-sample", "per-word")
+        return TASKS[self.teacher.task].labels in ("per-sample", "per-word", "spans")
+
+    @property
+    def spans(self) -> bool:  # a question answerer: questions with contexts in windows, start and end over the tokens
+        return TASKS[self.teacher.task].labels == "spans"
 
     @property
     def words(self) -> bool:
@@ -268,6 +280,10 @@ class _TextJob:
         return {name: i for i, name in enumerate(labels)} if labels else None
 
     def texts(self, path: str | Path | None, n: int | None = None):
+        if self.spans:
+            from compress.stages.prune.evaluation import span_rows
+
+            return span_rows(path, n, self.config.seed)
         if self.words:
             from compress.data.words import load_word_dataset
 
@@ -278,6 +294,11 @@ class _TextJob:
     def batches(self, tokenizer, texts: list[Any], labels: list[Any] | None, batch_size: int = 16):
         """None for sentence-level models (the tokenizer's own batches); a token classifier's ``(encoding, labels per
         token)`` batches of sentences split into words (tags on each word's first sub-token)."""
+        if self.spans:
+            from compress.stages.prune.evaluation import span_batches
+
+            stride = self.teacher.info.postprocess.stride
+            return lambda: span_batches(tokenizer, texts, labels, self.config.max_length, stride, batch_size)
         if not self.words:
             return None
 
@@ -296,7 +317,7 @@ class _TextJob:
     def outputs(self, model, tokenizer, texts: list[Any]):
         pooling, normalize = pooling_of(self.teacher.info.postprocess)
         return _outputs(model, tokenizer, texts, self.config.max_length, self.classification, pooling,
-                        normalize, self.batches(tokenizer, texts, None, 32))
+                        normalize, self.batches(tokenizer, texts, None, 32), spans=self.spans)
 
 
 def _check_options(config: PruneConfig, train: Path | str | None) -> None:
@@ -409,6 +430,9 @@ def _importance(job: _TextJob, model, tokenizer, metrics: dict[str, Any]) -> Imp
     if data_path is None and job.words:
         raise ConfigError("a token classifier's importance scores need tagged sentences",
                           hint="pass --train (a CoNLL or JSON lines file)")
+    if data_path is None and job.spans:
+        raise ConfigError("a question answerer's importance scores need questions with their contexts",
+                          hint="pass --train (a SQuAD-format .json file)")
     if data_path is None:
         from compress.data.tables import sample_data_path
 
@@ -493,7 +517,10 @@ def _write_pruned(job: _TextJob, output: StageOutput, model, tokenizer, probe: l
                 vrec["eval_coverage"] = vocabulary_coverage(teacher.tokenizer, written.tokenizer, vocab_plan.keep,
                                                             corpus_strings(ev.texts))
             metrics["vocab"] = vrec
-        if eval_data is not None and job.classification and not job.words:
+        if eval_data is not None and job.spans:  # SQuAD F1 of the written model against the unpruned one
+            from compress.stages.prune.evaluation import written_squad
+            metrics["eval"] = written_squad(written, teacher, eval_data, config.max_length)
+        elif eval_data is not None and job.classification and not job.words:
             from compress.stages.prune.evaluation import written_eval
 
             if progress:

@@ -8,6 +8,7 @@ written model itself.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,61 @@ def written_eval(written, unpruned, eval_ds, max_length: int, original_teacher: 
     if rec.get("teacher"):
         rec["retention_vs_teacher"] = rec["written"] / rec["teacher"]
     return rec
+
+
+# -- question answering ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SpanRows:
+    """A question answerer's rows for pruning: ``texts`` (question, context) pairs and ``labels`` each first gold
+    answer's ``(start, end)`` characters."""
+
+    texts: list[tuple[str, str]]
+    labels: list[tuple[int, int]]
+
+
+def span_rows(path, n: int | None, seed: int) -> SpanRows:
+    """The questions of a SQuAD-format file (``n``: a deterministic sample) as :class:`SpanRows`."""
+    from compress.data.squad import load_squad
+
+    ds = load_squad(path)
+    ds = ds.sample(n, seed=seed) if n is not None else ds
+    return SpanRows(list(zip(ds.questions, ds.contexts, strict=True)),
+                    [(s[0], s[0] + len(a.answers[0])) for s, a in zip(ds.starts, ds.labels, strict=True)])
+
+
+def span_batches(tokenizer, texts: list[tuple[str, str]], labels: list[tuple[int, int]] | None, max_length: int,
+                 stride: int, batch_size: int):
+    """``(feeds, labels)`` batches of the windows of ``texts`` (:func:`compress.data.tokenization.qa_windows`): labels
+    are each window's answer start and end positions, interleaved (start, end of window 0, ...) as
+    :func:`compress.stages.prune.structured.class_scores` lays its rows out; None without labels."""
+    import torch
+
+    from compress.data.tokenization import qa_windows
+
+    for i in range(0, len(texts), batch_size):
+        rows = texts[i:i + batch_size]
+        w = qa_windows(tokenizer.backend_tokenizer, [q for q, _ in rows], [c for _, c in rows], max_length=max_length,
+                       stride=stride, pad_id=tokenizer.pad_token_id or 0)
+        width = int(w.arrays["attention_mask"].sum(1).max())
+        feeds = {k: torch.from_numpy(v[:, :width]) for k, v in w.arrays.items()}
+        lab = None
+        if labels is not None:
+            part = labels[i:i + batch_size]
+            s, e = w.positions([a for a, _ in part], [b for _, b in part])
+            lab = torch.from_numpy(np.stack([s, e], 1).reshape(-1))
+        yield feeds, lab
+
+
+def written_squad(written, unpruned, eval_data, max_length: int) -> dict[str, Any]:
+    """SQuAD F1 and exact match of the written question answerer and of the unpruned one on ``eval_data``."""
+    from compress.data.squad import load_squad
+    from compress.stages.finetune.answers import squad_f1
+
+    ds = load_squad(eval_data)
+    post = written.info.postprocess
+    own = squad_f1(written.model, written.tokenizer, ds, max_length, post)
+    ref = squad_f1(unpruned.model, unpruned.tokenizer, ds, max_length, post)
+    return {"metric": "f1", "rows": len(ds), "written": own["metric"], "written_exact_match": own["exact_match"],
+            "unpruned": ref["metric"], "unpruned_exact_match": ref["exact_match"],
+            "retention_vs_unpruned": own["metric"] / ref["metric"] if ref["metric"] else None}

@@ -165,6 +165,18 @@ def _batches(tokenizer, texts: list[str], labels: list[int] | None, max_length: 
         yield enc, lab
 
 
+def class_scores(out, mask):
+    """A model's class scores: its logits, or a span head's start and end logits as two rows of scores over the tokens
+    (``[2 * batch, tokens]``, start then end of each row, padding at -1e4): a question answerer's "classes" are the
+    positions of its context."""
+    if getattr(out, "start_logits", None) is not None:
+        import torch
+
+        s = torch.stack([out.start_logits, out.end_logits], 1).float()
+        return s.masked_fill(mask[:, None, :] == 0, -1e4).flatten(0, 1)
+    return out.logits.float()
+
+
 def _pooled(out, mask, pooling: str | None, normalize: bool):
     from compress.stages.training import pool_hidden
 
@@ -223,7 +235,7 @@ def importance_scores(
             saved.clear()
             out = model(**model_feed(model, enc))
             if classification:
-                logits = out.logits.float()
+                logits = class_scores(out, enc["attention_mask"])
                 target = logits.argmax(-1)
                 if lab is not None:
                     known = lab >= 0
@@ -280,7 +292,7 @@ def _layer_skip_scores(model, tokenizer, texts, classification, pooling, normali
         with torch.inference_mode():
             for enc, _ in (batches() if batches else _batches(tokenizer, texts, None, max_length, batch_size)):
                 out = model(**model_feed(model, enc))
-                res.append(out.logits.float().log_softmax(-1) if classification
+                res.append(class_scores(out, enc["attention_mask"]).log_softmax(-1) if classification
                            else _pooled(out, enc["attention_mask"], pooling, normalize).float())
         return res
 
