@@ -386,7 +386,10 @@ def _declared_exit_codes() -> set[int]:
 
     codes = set()
     for f in Path(compress.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        text = f.read_text(encoding="utf-8")
+        if "exit_code =" not in text:
+            continue
+        for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ClassDef):
                 codes |= {stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
                           and any(isinstance(t, ast.Name) and t.id == "exit_code" for t in stmt.targets)
