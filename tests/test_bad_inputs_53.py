@@ -459,6 +459,9 @@ def test_search_splits_its_eval_npz_through_the_one_reader(mlp, tmp_path, kind, 
     (("export", "{d}/m.onnx", "--out", "{d}/o"), ("m.onnx: no such file", ".onnx, .xml, .tflite", "checkpoint")),
     (("quantize", "{d}/a", "--out", "{d}/o"), ("a: no such directory", "an artifact directory")),
     (("prune", "{d}/a", "--out", "{d}/o", "--heads", "2"), ("a: no such directory", "checkpoint directory")),
+    (("inspect", "{d}/m.onnx"), ("m.onnx: no such file", "a model file")),  # was "no such artifact directory"
+    (("distill", "--teacher", "{d}/t", "--train", "{d}/x.tsv", "--out", "{d}/o"), ("t: no such directory",
+                                                                                   "fine-tuned checkpoint")),
 ])
 def test_a_path_that_does_not_exist_is_named_with_what_the_command_takes(mlp, tmp_path, capsys, args, words):
     """Before: `validate DIR` (and export of a missing model.onnx) said "pass the directory of a Hugging Face

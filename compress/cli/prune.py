@@ -32,7 +32,7 @@ F = PruneConfig.flat_fields()
               help="Transfer data for recovery (and the default importance sample); labels optional.")
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
               help="Eval data: recovery metric vs the teacher, and vocabulary coverage of held-out text.")
-@click.option("--teacher", "-t", type=click.Path(path_type=Path), help=F["teacher"].description)
+@click.option("--teacher", "-t", type=InputPath("a fine-tuned checkpoint directory"), help=F["teacher"].description)
 @click.option("--teacher-cache", type=click.Path(path_type=Path), help=F["teacher_cache"].description)
 @click.option("--recover-lr", type=float, default=F["recover_lr"].default, show_default=True,
               help=F["recover_lr"].description)

@@ -74,7 +74,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
                    "resumable. 0: post-training only.")
 @click.option("--qat-data", type=click.Path(path_type=Path),
               help="QAD training inputs (like --calibration; labels used when present). Default: --calibration.")
-@click.option("--qat-source", type=click.Path(path_type=Path),
+@click.option("--qat-source", type=InputPath("model"),
               help="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its lineage "
                    "does not name it (a distilled or pruned student).")
 @click.option("--qat-lr", type=float, help="QAD peak learning rate (default 1e-5 images, 2e-5 text).")
