@@ -58,6 +58,7 @@ from compress.packaging.config import (
     PackageConfig,
     PackageReport,
     dependencies_for,
+    first_stream_request,
 )
 from compress.packaging.wheels import (
     _pip_download,
@@ -128,7 +129,8 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         if config.cold_start:
             cold = _cold_start(zip_tmp, work, own, function, config, pins, function["arch"], sl.python_version,
                                sl.handler, progress=say, preprocess=art.manifest.preprocess,
-                               request=gen.first_generation(block) if block is not None else None)
+                               request=gen.first_generation(block) if block is not None else
+                               first_stream_request(art.manifest))
             _mark_imported(cold, contributors, notes)
         budgets, verdict = _verdict(profile, bundle, cold, function["memory_mb"], config, notes, warnings)
         os.replace(zip_tmp, out)
@@ -376,6 +378,9 @@ def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[s
     }
     if generation is not None:
         model_config["generation"] = generation
+    if m.stream is not None:  # a streaming model: the handler runs each sequence call by call, the state carried
+        model_config["stream"] = m.stream.model_dump()
+        model_config["inputs"] = [t.model_dump() for t in m.inputs]
     (root / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
     own["model_config.json"] = "handler"
     fname, src = _handler_source(sl.handler, gen.TEMPLATE if generation is not None else "handler.py")

@@ -64,6 +64,16 @@ def first_request(preprocess) -> dict:
     buf = io.BytesIO()
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
     return {"image": base64.b64encode(buf.getvalue()).decode("ascii")}
+def first_stream_request(m) -> dict | None:
+    """The event the cold-start runs send a streaming model (the manifest ``m`` has a ``stream``): one sequence of four
+    chunks of seeded noise, run call by call with the state carried; None for any other model."""
+    if m.stream is None:
+        return None
+    from compress.data.streams import seeded_sequence
+
+    return {"sequence": seeded_sequence(m.stream.chunk, 4).values.tolist()}
+
+
 _FORBIDDEN_IMPORTS = ("torch", "transformers", "optimum", "compress")
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 

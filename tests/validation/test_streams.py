@@ -193,3 +193,29 @@ def test_static_int8_calibrates_and_checks_parity_on_the_stream(vad, tmp_path, c
     parity = manifest["steps"][-1]["metrics"]["parity_vs_input"]
     assert parity["state_carried"] and parity["n"] == 50 and parity["sequences"] == 1
     assert parity["decision_agreement"] >= 0.9 and parity["cosine_mean"] > 0.95
+
+
+def test_the_serverless_handler_streams_each_sequence(vad, tmp_path):
+    import zipfile
+
+    from compress.packaging.bundle import package
+    from compress.packaging.config import PackageConfig
+    from tests.builders.bundles import run_handler, write_profile
+
+    prof = write_profile(tmp_path / "profiles")
+    report = package(vad, tmp_path / "b.zip", PackageConfig(profile=str(prof), download=False, cold_start_runs=1))
+    assert report.cold_start is not None  # its first request: one sequence of seeded chunks, streamed
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        zf.extractall(tmp_path / "x")
+    values = speechy()
+    out = run_handler(tmp_path / "x", f"""
+        import json, handler
+        one = handler.handler({{"sequence": {values.tolist()!r}}}, None)
+        two = handler.handler({{"body": json.dumps({{"sequences": [{values.tolist()!r}, [0.5] * 20]}})}}, None)
+        bad = handler.handler({{"body": json.dumps({{"sequence": "nope"}})}}, None)
+        print(json.dumps({{"one": one, "two": json.loads(two["body"]), "bad": bad["statusCode"]}}))
+    """)
+    np.testing.assert_allclose(np.array(out["one"]["outputs"][0])[:, 0], expected(values), rtol=1e-5)
+    assert out["one"]["calls"] == [25] and out["one"]["decisions"][0] == [[int(p >= 0.5)] for p in expected(values)]
+    assert out["two"]["calls"] == [25, 3] and out["two"]["outputs"][0] == out["one"]["outputs"][0]  # state reset
+    assert out["bad"] == 400

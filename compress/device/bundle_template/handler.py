@@ -12,6 +12,9 @@ Event (a direct invocation, or an HTTP event whose ``body`` is that JSON):
     image models: {"images": ["<base64 of a PNG/JPEG file>", ...]}   or   {"image": "<base64>"}
     array models (an adopted file fed arrays): {"samples": [{"INPUT": [[...]], ...}, ...]}   or   {"inputs": {...}}
         (one nested JSON list per graph input and sample, of the model's per-sample shape)
+    streaming models (a manifest with a stream: Silero VAD): {"sequence": [v0, v1, ...]}   or
+        {"sequences": [[...], ...]}: each sequence (audio samples in [-1, 1]) is run call by call, chunk after
+        context, the state each call returns fed into the next and reset per sequence
 Result:
     classifiers: {"predictions": [{"label": "positive", "score": 0.97, "scores": {...}}, ...]}
     token classifiers (named entities): {"entities": [[{"type": "PER", "text": "Peter Blackburn", "start": 0,
@@ -19,6 +22,8 @@ Result:
     encoders:    {"embeddings": [[...], ...], "dimension": 384}
     other models: {"outputs": [...], "shape": [...]}  (the first output, one entry per sample: a detector's boxes
         before NMS, a segmenter's maps, a regressor's values, CTC scores)
+    streaming models: {"outputs": [[...per call...], ...], "calls": [n, ...]}  (one list per sequence; with a
+        threshold in the postprocess, "decisions": [[0/1 per call], ...] too)
 
 Environment overrides: EDGECOMPRESS_THREADS (intra-op threads), EDGECOMPRESS_MAX_BATCH.
 """
@@ -60,6 +65,9 @@ INPUT_NAMES = [i.name for i in SESSION.get_inputs()]
 # the feeds as edgecompress builds them everywhere, from the artifact's input description (compress/device/shipped.py)
 FEEDS = device.make_feeds(_HERE, CONFIG["preprocess"], INPUT_NAMES, CONFIG["max_length"])
 OUTPUT_NAME = CONFIG.get("output_name") or SESSION.get_outputs()[0].name
+# a streaming model's calls (compress/device/shipped.py: StreamCalls), None for any other
+STREAM = device.StreamCalls(CONFIG["stream"], CONFIG["inputs"]) if CONFIG.get("stream") else None
+STREAM_OUTPUTS = [o.name for o in SESSION.get_outputs()]
 
 
 class BadRequest(ValueError):
@@ -97,7 +105,40 @@ def _arrays(event):
         raise BadRequest(str(e)) from None
 
 
+def _sequences(event):
+    """A streaming model's sequences from {"sequence": [...]} or {"sequences": [[...], ...]}."""
+    if not isinstance(event, dict):
+        raise BadRequest("the event must be a JSON object with 'sequence' (a list of numbers) or 'sequences'")
+    items = event["sequences"] if "sequences" in event else [event["sequence"]] if "sequence" in event else None
+    if not isinstance(items, list) or not items:
+        raise BadRequest("the event has neither 'sequence' (a list of numbers, e.g. audio samples in [-1, 1]) nor "
+                         "'sequences' (a list of such lists)")
+    try:
+        values = [np.asarray(v, dtype=np.float64) for v in items]
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"a sequence is not a list of numbers: {e}") from None
+    if any(v.ndim != 1 or not v.size or not np.isfinite(v).all() for v in values):
+        raise BadRequest("each sequence must be a non-empty flat list of finite numbers")
+    return values, None
+
+
+def _stream_result(sequences, _pairs=None):
+    """Each sequence call by call, the state carried: the first output per call (and decisions at the threshold)."""
+    def call(feed):
+        return dict(zip(STREAM_OUTPUTS, SESSION.run(STREAM_OUTPUTS, feed)))
+
+    outs = [STREAM.run(call, v)[OUTPUT_NAME].astype(np.float64) for v in sequences]
+    result = {"outputs": [o.tolist() for o in outs], "calls": [len(o) for o in outs]}
+    post = CONFIG.get("postprocess") or {}
+    if "threshold" in post:
+        probs = [o if post.get("scores_are_probabilities") else 1 / (1 + np.exp(-o)) for o in outs]
+        result["decisions"] = [(p >= (post.get("threshold") or 0.5)).astype(int).tolist() for p in probs]
+    return result
+
+
 def _inputs(event):
+    if STREAM is not None:
+        return _sequences(event)
     if FEEDS.kind == "arrays":
         return _arrays(event)
     return _images(event) if FEEDS.kind == "image" else _texts(event)
@@ -183,7 +224,7 @@ def _result(texts, pairs):
 def handler(event, context=None):
     """Entry point (module.function = handler.handler)."""
     http = isinstance(event, dict) and "body" in event and not {"texts", "text", "images", "image", "samples",
-                                                                "inputs"} & set(event)
+                                                                "inputs", "sequence", "sequences"} & set(event)
     try:
         if http:
             body = event.get("body") or ""
@@ -193,7 +234,7 @@ def handler(event, context=None):
                 event = json.loads(body)
             except ValueError as e:
                 raise BadRequest(f"the request body is not JSON: {e}") from None
-        result = _result(*_inputs(event))
+        result = (_stream_result if STREAM is not None else _result)(*_inputs(event))
     except BadRequest as e:
         if http:
             return {"statusCode": 400, "headers": {"content-type": "application/json"},
