@@ -199,11 +199,10 @@ def validate(
     if m.stream is not None:  # a streaming model: each sequence call by call, the state carried
         from compress.validation.stream import validate_stream
 
-        if remote is not None:
-            raise ConfigError("--remote does not run a streaming model yet", hint="run validate on the device")
         run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start, user_metric)
-        return validate_stream(art, run, runtime_name, run_settings, device, estimating,
-                               tdir=_teacher_dir(art, config.teacher), environment=_environment)
+        return validate_stream(art, run, runtime_name, None if remote else run_settings, None if remote else device,
+                               False if remote else estimating, tdir=_teacher_dir(art, config.teacher),
+                               environment=_environment, remote=remote)
 
     # eval data and teacher
     dataset = None
