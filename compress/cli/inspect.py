@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import console
+from compress.cli._common import InputPath, console
 
 
 @click.command("inspect")
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifact", type=InputPath("model"))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the files.")
 def inspect_cmd(artifact, as_json, no_verify):

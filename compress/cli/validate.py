@@ -6,6 +6,7 @@ from typing import Any
 import click
 
 from compress.cli._common import (
+    InputPath,
     build_config,
     console,
     end_with_verdict,
@@ -17,12 +18,12 @@ from compress.progress import counts
 
 
 @click.command("validate")
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifact", type=InputPath("model"))
 @click.option("--profile", "-p", default="host", show_default=True,
               help="Device profile: a built-in name (`edgecompress profiles list`), 'host', or a YAML path.")
 @click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path),
               help="Labelled eval data (CSV, TSV, JSONL, Parquet, datasets directory).")
-@click.option("--teacher", "-t", type=click.Path(path_type=Path),
+@click.option("--teacher", "-t", type=InputPath("model"),
               help="Teacher checkpoint (default: the source recorded in the manifest, if present).")
 @click.option("--text-column", help="Text column (auto-detected: text, sentence, ...).")
 @click.option("--text-pair-column", help="Second text column for sentence-pair tasks.")
