@@ -457,15 +457,11 @@ def test_search_splits_its_eval_npz_through_the_one_reader(mlp, tmp_path, kind, 
     (("validate", "{d}/no-such-dir"), ("no-such-dir: no such directory", ".onnx", "an artifact directory")),
     (("validate", "{d}/m.onnx", "--teacher", "{d}/gone"), ("gone: no such directory", "a model file")),
     (("export", "{d}/m.onnx", "--out", "{d}/o"), ("m.onnx: no such file", ".onnx, .xml, .tflite", "checkpoint")),
-    (("quantize", "{d}/a", "--out", "{d}/o"), ("a: no such directory", "an artifact directory")),
-    (("prune", "{d}/a", "--out", "{d}/o", "--heads", "2"), ("a: no such directory", "checkpoint directory")),
     (("inspect", "{d}/m.onnx"), ("m.onnx: no such file", "a model file")),  # was "no such artifact directory"
-    (("distill", "--teacher", "{d}/t", "--train", "{d}/x.tsv", "--out", "{d}/o"), ("t: no such directory",
-                                                                                   "fine-tuned checkpoint")),
 ])
 def test_a_path_that_does_not_exist_is_named_with_what_the_command_takes(mlp, tmp_path, capsys, args, words):
     """Before: `validate DIR` (and export of a missing model.onnx) said "pass the directory of a Hugging Face
-    checkpoint", whatever the command takes."""
+    checkpoint", whatever the command takes. Checked after the options and the output (their refusals come first)."""
     if "--teacher" in args:  # the artifact is there, its teacher is not
         shutil.copy2(mlp / "mlp.onnx", tmp_path / "m.onnx")
     line = main_error(capsys, *(a.format(d=tmp_path) for a in args))

@@ -8,7 +8,7 @@ from typing import Any, Self, TypeVar
 import click
 from pydantic import BaseModel, ValidationError
 
-from compress.errors import ConfigError
+from compress.errors import ConfigError, EdgeCompressError, ModelLoadError
 from compress.progress import counts
 from compress.settings import Settings, flag
 
@@ -32,22 +32,15 @@ def build_config(model: type[M], **values: Any) -> M:
         raise ConfigError(f"{flag(key)}: {err['msg']}", hint=hint) from None
 
 
-class InputPath(click.Path):
-    """A path a command reads. One that does not exist is one line naming it and what the argument takes (Click's
-    ``exists=True`` prints a three-line usage error; left to the loaders, a missing ``model.onnx`` was told to be "the
-    directory of a Hugging Face checkpoint"). ``takes``: what to pass, or ``"model"`` for :func:`model_sources`."""
-
-    def __init__(self, takes: str) -> None:
-        super().__init__(path_type=Path)
-        self.takes = takes
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = super().convert(value, param, ctx)
-        if not Path(path).exists():
-            takes = model_sources() if self.takes == "model" else self.takes
-            what = "file" if Path(path).suffix else "directory"  # as the path reads: model.onnx, teacher-dir
-            raise ConfigError(f"{path}: no such {what}", hint=f"check the path; pass {takes}")
-        return path
+def require_input(path: Path | None, takes: str, error: type[EdgeCompressError] = ModelLoadError) -> None:
+    """A path the command reads that does not exist: one line naming it and what the command takes (``takes``, or
+    ``"model"`` for :func:`model_sources`). Called once the options and the output are checked (their refusals come
+    first, as in the library); left to the loaders, a missing ``model.onnx`` or artifact was told to be "the directory
+    of a Hugging Face checkpoint"."""
+    if path is not None and not Path(path).exists():
+        what = "file" if Path(path).suffix else "directory"  # as the path reads: model.onnx, teacher-dir
+        raise error(f"{path}: no such {what}",
+                    hint=f"check the path; pass {model_sources() if takes == 'model' else takes}")
 
 
 def model_sources() -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import InputPath, PhaseProgress, build_config, console, force_option
+from compress.cli._common import PhaseProgress, build_config, console, force_option
 from compress.errors import ConfigError
 from compress.stages.distill.config import DistillConfig, Metric, MixedPrecision, Schedule
 
@@ -36,7 +36,7 @@ def _student_config(path: Path | None) -> dict | None:
 
 
 @click.command("distill")
-@click.option("--teacher", "-t", required=True, type=InputPath("a fine-tuned checkpoint directory or a .pt2 image program"),
+@click.option("--teacher", "-t", required=True, type=click.Path(path_type=Path),
               help="Fine-tuned teacher checkpoint directory (Hugging Face transformers).")
 @click.option("--train", required=True, type=click.Path(path_type=Path),
               help="Transfer data (CSV/TSV/JSONL/Parquet/datasets dir); labels optional: the teacher supplies targets.")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import InputPath, build_config, console, force_option, section_help, status
+from compress.cli._common import build_config, console, force_option, require_input, section_help, status
 from compress.formats import export_formats
 from compress.stages.export.config import ExportConfig, Exporter, GraphOptimization
 
@@ -26,7 +26,7 @@ class FormatChoice(click.Choice):
 
 
 @click.command("export")
-@click.argument("source", type=InputPath("model"), metavar="SOURCE")
+@click.argument("source", type=click.Path(path_type=Path), metavar="SOURCE")
 @click.option("--format", "fmt", type=FormatChoice(), default="onnx",
               show_default=True,
               help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), "
@@ -114,6 +114,7 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
         from compress.stages.export.torch_tensorrt import check_request
 
         check_request(config)
+    require_input(source, "model")
     with status(f"exporting {source} to {fmt}"):
         art = export(source, out, config, force=force)
     if fmt == "tensorrt":

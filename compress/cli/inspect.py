@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import InputPath, console
+from compress.cli._common import console, require_input
 
 
 @click.command("inspect")
-@click.argument("artifact", type=InputPath("model"))
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the files.")
 def inspect_cmd(artifact, as_json, no_verify):
@@ -19,10 +19,12 @@ def inspect_cmd(artifact, as_json, no_verify):
     inputs, outputs, task and input description, after the same checks. So is a causal LM checkpoint folder
     (a Hugging Face …ForCausalLM): task text-generation, its KV cache, BOS/EOS."""
     from compress.artifact import load_artifact
+    from compress.errors import ArtifactError
     from compress.reports.render import render_manifest
     from compress.teachers.model_files import is_model_file
     from compress.teachers.program_files import is_program_file
 
+    require_input(artifact, "model", ArtifactError)
     model_file = is_model_file(artifact) or is_program_file(artifact) or _causal_lm_folder(artifact)
     if model_file:
         from compress.teachers.load import load_source

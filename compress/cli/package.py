@@ -5,7 +5,6 @@ from pathlib import Path
 import click
 
 from compress.cli._common import (
-    InputPath,
     PhaseProgress,
     build_config,
     console,
@@ -31,7 +30,7 @@ def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
 
 
 @click.command("package")
-@click.argument("artifact", type=InputPath("an artifact directory (what export or quantize wrote)"))
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--profile", "-p", required=True,
               help="Serverless profile: a built-in name (e.g. aws-lambda-arm64, aws-lambda-x86_64, gcp-cloud-run) "
                    "or a YAML path with a serverless: section.")

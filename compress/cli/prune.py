@@ -4,14 +4,14 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import InputPath, PhaseProgress, build_config, console, force_option, section_help
+from compress.cli._common import PhaseProgress, build_config, console, force_option, section_help
 from compress.stages.prune.config import PruneConfig
 
 F = PruneConfig.flat_fields()
 
 
 @click.command("prune")
-@click.argument("source", type=InputPath("a fine-tuned checkpoint directory or an artifact directory"))
+@click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Pruned (PyTorch) artifact directory.")
 @click.option("--channels", type=float, help=F["channels"].description)
 @click.option("--heads", type=float, help=F["heads"].description)
@@ -32,7 +32,7 @@ F = PruneConfig.flat_fields()
               help="Transfer data for recovery (and the default importance sample); labels optional.")
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
               help="Eval data: recovery metric vs the teacher, and vocabulary coverage of held-out text.")
-@click.option("--teacher", "-t", type=InputPath("a fine-tuned checkpoint directory"), help=F["teacher"].description)
+@click.option("--teacher", "-t", type=click.Path(path_type=Path), help=F["teacher"].description)
 @click.option("--teacher-cache", type=click.Path(path_type=Path), help=F["teacher_cache"].description)
 @click.option("--recover-lr", type=float, default=F["recover_lr"].default, show_default=True,
               help=F["recover_lr"].description)

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import InputPath, PhaseProgress, build_config, console, force_option, status
+from compress.cli._common import PhaseProgress, build_config, console, force_option, status
 from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 
 
 @click.command("quantize")
-@click.argument("artifact", type=InputPath("an artifact directory (what export wrote)"))
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
               help="int8: weights and activations (ONNX Runtime / NNCF); int4: weight-only (MatMulNBits / NNCF).")
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
@@ -74,7 +74,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
                    "resumable. 0: post-training only.")
 @click.option("--qat-data", type=click.Path(path_type=Path),
               help="QAD training inputs (like --calibration; labels used when present). Default: --calibration.")
-@click.option("--qat-source", type=InputPath("model"),
+@click.option("--qat-source", type=click.Path(path_type=Path),
               help="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its lineage "
                    "does not name it (a distilled or pruned student).")
 @click.option("--qat-lr", type=float, help="QAD peak learning rate (default 1e-5 images, 2e-5 text).")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import InputPath, build_config, console
+from compress.cli._common import build_config, console
 from compress.progress import to_lines
 from compress.search.config import Objective, SearchConfig
 
@@ -13,7 +13,7 @@ F = SearchConfig.flat_fields()
 
 
 @click.command("search")
-@click.option("--teacher", "-t", required=True, type=InputPath("model"), help=F["teacher"].description)
+@click.option("--teacher", "-t", required=True, type=click.Path(path_type=Path), help=F["teacher"].description)
 @click.option("--profile", "-p", required=True, help=F["profile"].description)
 @click.option("--train", required=True, type=click.Path(path_type=Path), help=F["train"].description)
 @click.option("--eval", "--eval-data", "-d", "eval_data", required=True, type=click.Path(path_type=Path),

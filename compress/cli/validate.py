@@ -6,24 +6,24 @@ from typing import Any
 import click
 
 from compress.cli._common import (
-    InputPath,
     build_config,
     console,
     end_with_verdict,
     force_reports_option,
     live_console,
+    require_input,
     unverified_exit_code_option,
 )
 from compress.progress import counts
 
 
 @click.command("validate")
-@click.argument("artifact", type=InputPath("model"))
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--profile", "-p", default="host", show_default=True,
               help="Device profile: a built-in name (`edgecompress profiles list`), 'host', or a YAML path.")
 @click.option("--data", "--eval-data", "-d", "data", type=click.Path(path_type=Path),
               help="Labelled eval data (CSV, TSV, JSONL, Parquet, datasets directory).")
-@click.option("--teacher", "-t", type=InputPath("model"),
+@click.option("--teacher", "-t", type=click.Path(path_type=Path),
               help="Teacher checkpoint (default: the source recorded in the manifest, if present).")
 @click.option("--text-column", help="Text column (auto-detected: text, sentence, ...).")
 @click.option("--text-pair-column", help="Second text column for sentence-pair tasks.")
@@ -102,6 +102,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     if report_dir is None:
         report_dir = artifact.parent / f"{artifact.name}-report-{Path(profile).stem if profile.endswith(('.yaml', '.yml')) else profile}"
     check_output(report_dir, force)
+    require_input(artifact, "model")
+    require_input(teacher, "model")
     with _Progress() as progress:
         report = validate(artifact, config, progress=progress)
     render_report(report, console())
