@@ -95,7 +95,8 @@ def _iou(model: bytes, data: Path) -> float:
         v = row[None]
         if i["dtype"] != np.float32:  # a full-integer model's INT8 input
             scale, zero = i["quantization"]
-            v = np.clip(np.round(v / scale + zero), -128, 127).astype(i["dtype"])
+            info = np.iinfo(i["dtype"])
+            v = np.clip(np.round(v / scale + zero), info.min, info.max).astype(i["dtype"])
         it.set_tensor(i["index"], v)
         it.invoke()
         r = it.get_tensor(o["index"])
