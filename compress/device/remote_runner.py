@@ -230,6 +230,21 @@ class Model(object):
         self.request.infer(feed)
         return np.asarray(self.request.get_tensor(self.ov_output).data, dtype=np.float32).copy()
 
+    def run_named(self, feed):
+        """Every output of one call by name, as the graph returns it (a streaming model's state is fed back)."""
+        feed = dict((k, v) for k, v in feed.items() if k in self.input_names)
+        if self.runtime == "onnxruntime":
+            names = [o.name for o in self.session.get_outputs()]
+            return dict(zip(names, self.session.run(names, feed)))
+        result = self.request.infer(feed, share_outputs=False)
+        return dict((o.get_any_name(), self.np.array(result[o])) for o in self.compiled.outputs)
+
+    def stream(self, values):
+        """One sequence call by call, the state carried (compress/device/shipped.py: StreamCalls): the first output
+        of every call, ``[calls, ...]``."""
+        calls = _device().StreamCalls(self.spec["stream"], self.spec["inputs"])
+        return calls.run(self.run_named, values)[self.spec["output"]].astype(self.np.float32)
+
     def predict(self, feed):
         """Run and post-process like edgecompress: pooled sentence embeddings for encoders, else logits."""
         out = self.run(feed)
@@ -342,6 +357,15 @@ def _run(args, workdir, t_start):
         outputs = _device().concatenate_rows(outs)  # (a token classifier's per-token scores, NaN-padded)
         phases["predict_s"] = time.perf_counter() - t0
 
+    stream_calls = None
+    if job.get("stream_sequences"):  # a streaming model: each sequence call by call, the state carried
+        say("streaming %d sequences" % job["stream_sequences"])
+        t0 = time.perf_counter()
+        outs = [art.stream(data["seq.%d" % i]) for i in range(job["stream_sequences"])]
+        stream_calls = [len(o) for o in outs]
+        outputs = np.concatenate(outs)
+        phases["stream_s"] = time.perf_counter() - t0
+
     meas = job["measure"]
     runs = {}
     for name, model in models.items():
@@ -383,6 +407,7 @@ def _run(args, workdir, t_start):
         "runtime": describe,
         "numpy": runtime_info.get("numpy"),
         "outputs_npy_b64": base64.b64encode(buf.getvalue()).decode("ascii") if outputs is not None else None,
+        "stream_calls": stream_calls,
         "latency_s": samples,
         "cold_start": cold,
         "verified_files": len(job["files"]),

@@ -80,7 +80,34 @@ def _model_spec(art: Artifact, prefix: str) -> dict[str, Any]:
         "precision": str(m.precision),
         "pooling": pooling,
         "normalize": normalize,
+        # a streaming model: the device runs each sequence call by call (compress.device.shipped.StreamCalls)
+        **({"stream": m.stream.model_dump(), "inputs": [t.model_dump() for t in m.inputs]} if m.stream else {}),
     }
+
+
+def _feeds_for(art: Artifact):
+    """The artifact's feed builder; a streaming model's feeds one call from the initial state (its constants and a
+    zero state added: what a timed call takes)."""
+    from compress.data.tokenization import encoder_for
+    from compress.device.shipped import StreamCalls
+    from compress.runtimes.base import FirstCallFeeds
+
+    calls = StreamCalls.from_manifest(art.manifest.model_dump(mode="json"))
+    return encoder_for(art) if calls is None else FirstCallFeeds(encoder_for(art), calls)
+
+
+def _stream_reference(run: ValidationRun) -> list[np.ndarray] | None:
+    """A streaming model's reference here: the teacher's primary output on each sequence, the state carried."""
+    from compress.runtimes.base import load_runtime
+    from compress.validation.stream import stream_outputs
+
+    if run.teacher is None:
+        return None
+    backend = load_runtime(run.teacher.as_artifact(), settings=run.settings)
+    try:
+        return stream_outputs(backend, run.dataset, run.progress, "streaming the teacher")
+    finally:
+        backend.close()
 
 
 def _ship_model(art: Artifact, prefix: str, files: dict[str, Path], hashes: dict[str, str], tmpdir: Path) -> None:
@@ -112,16 +139,20 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
     outputs on the eval data (None without data or teacher). For a token classifier each eval batch's word ids are
     appended to ``word_ids``: the device returns per-token scores, and each word's are read here.
     """
-    from compress.data.tokenization import encoder_for
     from compress.validation.common import baseline_artifact, latency_texts
 
     art, profile, settings, config = run.art, run.profile, run.settings, run.config
     dataset, teacher = run.dataset, run.teacher
     meas = profile.measure
-    encoder = encoder_for(art)
+    encoder = _feeds_for(art)
     arrays: dict[str, np.ndarray] = {}
-    n_batches = 0
+    n_batches = n_sequences = 0
     ref = None
+    if dataset is not None and art.manifest.stream is not None:  # sequences (compress.data.streams), streamed there
+        for n_sequences, seq in enumerate(dataset, 1):
+            arrays[f"seq.{n_sequences - 1}"] = seq.values
+        ref = _stream_reference(run)
+        dataset = None
     if dataset is not None:  # the exact batches a local run feeds (same padding), tokenized here
         words = getattr(art.manifest.preprocess, "words", False)
         for texts, pairs, _ in dataset.batches(meas.eval_batch_size):
@@ -156,7 +187,7 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
     if base_art is not None:
         models["baseline"] = _model_spec(base_art, "baseline")
         _ship_model(base_art, "baseline", files, hashes, tmpdir)
-        for name, arr in encoder_for(base_art).encode(lat_texts, pad_to=meas.sequence_length).items():
+        for name, arr in _feeds_for(base_art).encode(lat_texts, pad_to=meas.sequence_length).items():
             arrays[f"lat.baseline.{name}"] = arr
 
     _npz(arrays, tmpdir / "inputs.npz")
@@ -176,6 +207,7 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
         "options": settings.options,
         "models": models,
         "eval_batches": n_batches,
+        "stream_sequences": n_sequences,
         "measure": {"warmup": meas.warmup, "min_runs": meas.min_runs, "min_duration_s": meas.min_duration_s,
                     "max_runs": meas.max_runs, "batch_size": meas.batch_size},
         "cold_start": config.measure.cold_start,
@@ -223,7 +255,14 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
             device.cleanup()
 
     metrics: dict[str, Any] = {}
-    if dataset is not None:
+    if dataset is not None and m.stream is not None:  # the device's outputs, call by call, split by sequence
+        from compress.validation.stream import stream_metrics
+
+        cand = np.load(io.BytesIO(base64.b64decode(res["outputs_npy_b64"])), allow_pickle=False)
+        cand = np.split(cand, np.cumsum(res["stream_calls"])[:-1])
+        labels = [r for s in dataset for r in s.labels] if all(s.labels is not None for s in dataset) else None
+        metrics.update(stream_metrics(m, cand, ref, labels, run.user_metric))
+    elif dataset is not None:
         cand = np.load(io.BytesIO(base64.b64decode(res["outputs_npy_b64"])), allow_pickle=False)
         if word_ids:  # per-token scores from the device: each word's, at its first sub-token
             cand = _words_of(cand, word_ids)

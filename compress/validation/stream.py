@@ -32,7 +32,7 @@ from compress.tasks.streams import stream_figures
 from compress.validation.common import ValidationRun, baseline_artifact, conclude
 from compress.validation.metrics import prediction_metrics
 
-__all__ = ["stream_outputs", "validate_stream"]
+__all__ = ["stream_metrics", "stream_outputs", "validate_stream"]
 
 #: the calls of the first sequence timed per pass (and passes), enough for stable percentiles on a small model
 TIMED_CALLS = 256
@@ -52,9 +52,13 @@ def stream_outputs(backend, sequences, progress=None, phase: str = "streaming") 
     return out
 
 
-def _metrics(m, cand: list[np.ndarray], ref: list[np.ndarray] | None, labels, user_metric) -> dict[str, Any]:
+def stream_metrics(m, cand: list[np.ndarray], ref: list[np.ndarray] | None, labels, user_metric) -> dict[str, Any]:
+    """The report's metrics from the artifact's outputs on each sequence (``cand``) and the teacher's (``ref``, None
+    without a teacher), local or remote: the task's, then the stream's figures (see the module doc)."""
     a = np.concatenate(cand)
     metrics = prediction_metrics(m, a, None if ref is None else np.concatenate(ref), labels, user_metric)
+    metrics["stream"] = {"sequences": len(cand), "calls": int(len(a)), "state_carried": True,
+                         "first_outputs": [float(v) for v in cand[0].reshape(len(cand[0]), -1)[:4, 0]]}
     if ref is None:
         return metrics
     figures = stream_figures(m, cand, ref)
@@ -70,7 +74,7 @@ def _metrics(m, cand: list[np.ndarray], ref: list[np.ndarray] | None, labels, us
         if labels is None and user_metric is None:  # no labels: agreeing with the FP32 decisions is the measure
             metrics.update({"metric_name": "decision_agreement", "metric": figures["decision_agreement"],
                             "teacher_metric": 1.0, "retention": figures["decision_agreement"]})
-    metrics["stream"] = {k: v for k, v in figures.items() if k != "fidelity"}
+    metrics["stream"].update({k: v for k, v in figures.items() if k != "fidelity"})
     return metrics
 
 
@@ -83,10 +87,12 @@ def _timed(backend, sequences, calls) -> Any:
 
 
 def validate_stream(art, run: ValidationRun, runtime_name: str, run_settings, device, estimating: bool, *,
-                    tdir: Path | None, environment):
+                    tdir: Path | None, environment, remote=None):
     """Validate a streaming artifact (see the module doc); ``run`` is the
     :class:`~compress.validation.common.ValidationRun` without data or teacher, ``tdir`` the teacher (None: not on
-    this machine), ``environment(backend, cache)`` the report's environment."""
+    this machine), ``environment(backend, cache)`` the report's environment. ``remote``
+    (:class:`~compress.validation.ssh.RemoteTarget`): the device streams the sequences and times the calls
+    (:func:`compress.validation.remote.validate_remote`), the teacher streams here."""
     from compress.data.streams import sequences_for
     from compress.runtimes.base import load_runtime
     from compress.teachers.load import load_teacher
@@ -99,6 +105,13 @@ def validate_stream(art, run: ValidationRun, runtime_name: str, run_settings, de
     if teacher is None:
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
     run.teacher = teacher
+    if remote is not None:
+        from compress.validation.remote import validate_remote
+
+        run.dataset = sequences
+        report = validate_remote(remote, run)
+        chunk = m.stream.chunk
+        return report.model_copy(update={"data": _data_record(config, sequences, chunk) if config.data else None})
     backend = load_runtime(art, runtime_name, run_settings)
     calls = backend.stream_calls
     ref_backend = None
@@ -110,11 +123,9 @@ def validate_stream(art, run: ValidationRun, runtime_name: str, run_settings, de
         cand = stream_outputs(backend, sequences, progress, "streaming the artifact")
         ref = stream_outputs(ref_backend, sequences, progress, "streaming the teacher") if ref_backend else None
         labels = [row for s in sequences for row in s.labels] if all(s.labels is not None for s in sequences) else None
-        metrics.update(_metrics(m, cand, ref, labels, run.user_metric))
-        metrics.setdefault("stream", {}).update({
-            "sequences": len(sequences), "calls": int(sum(len(c) for c in cand)), "chunk": calls.chunk,
-            "context": calls.context, "state": {o: i for o, i in calls.state.items()}, "state_carried": True,
-            "first_outputs": [float(v) for v in cand[0].reshape(len(cand[0]), -1)[:4, 0]]})
+        metrics.update(stream_metrics(m, cand, ref, labels, run.user_metric))
+        metrics.setdefault("stream", {}).update({"chunk": calls.chunk, "context": calls.context,
+                                                 "state": dict(calls.state)})
     else:
         from compress.data.streams import seeded_sequence
 

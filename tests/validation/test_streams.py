@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_remote import profile, sshd, work  # noqa: F401 - the loopback sshd and its profile, as fixtures
 
 from tests.conftest import main_error
 
@@ -219,3 +220,22 @@ def test_the_serverless_handler_streams_each_sequence(vad, tmp_path):
     assert out["one"]["calls"] == [25] and out["one"]["decisions"][0] == [[int(p >= 0.5)] for p in expected(values)]
     assert out["two"]["calls"] == [25, 3] and out["two"]["outputs"][0] == out["one"]["outputs"][0]  # state reset
     assert out["bad"] == 400
+
+
+def test_remote_streams_on_the_device(vad, tmp_path, sshd, profile, home):  # noqa: F811 - fixtures
+    """Over SSH (test_remote's loopback sshd): the device streams the sequence with the state carried (its outputs are
+    the recurrence's) and times the calls."""
+    import sys
+
+    from compress.validation.local import ValidateConfig, validate
+
+    values = speechy()
+    write_wav(tmp_path / "a.wav", values)
+    rem = validate(vad, ValidateConfig.from_flat(
+        profile=str(profile), data=str(tmp_path / "a.wav"), cold_start=False, baseline=False, remote=sshd.spec,
+        remote_python=sys.executable, ssh_config=str(sshd.ssh_config())))
+    assert rem.environment["measured_on"].startswith("remote: ")
+    assert rem.metrics["stream"]["calls"] == 25 and rem.metrics["agreement"] == 1.0
+    np.testing.assert_allclose(rem.metrics["stream"]["first_outputs"],
+                               expected(np.round(values * 32767) / 32768)[:4], rtol=1e-4)
+    assert rem.metrics["latency_ms"]["n"] > 0 and sshd.leftovers() == []
