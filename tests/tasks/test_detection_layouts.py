@@ -180,6 +180,14 @@ def test_ssd_anchors_and_decoding_follow_mediapipe(tmp_path):
         for b, s, p in zip(boxes, scores, points):
             match = next(r for r in ref if abs(r[4] - s) < 1e-9)
             assert np.allclose(b / 32, match[:4], atol=1e-6) and np.allclose(p / 32, match[5], atol=1e-6)
+    # keypoints map back to the image as the boxes do (here through YOLOX's top-left letterbox of a 64x40 image)
+    from compress.artifact import ImagePreprocess
+    from compress.tasks.detection import keypoints_to_image, to_image
+
+    pre = ImagePreprocess(size=[32, 32], resize="letterbox", letterbox_align="top-left")
+    pts = got[0][3][:3].reshape(-1, 2).clip(0, [32, 20])
+    assert np.allclose(keypoints_to_image(pts, (64, 40), pre), to_image(np.tile(pts, 2), (64, 40), pre)[:, :2])
+    assert keypoints_to_image(np.array([[32.0, 20.0]]), (64, 40), pre).tolist() == [[64, 40]]
     # the same rows with the scores after the box and keypoints in one output: the same detections
     post1 = post.model_copy(update={"scores_output": None})
     one = decode(post1, np.concatenate([raw, logits], -1), 1, (32, 32), keypoints=True)

@@ -1,0 +1,192 @@
+"""YOLOX-Nano (Megvii's COCO weights, ``../shared/models/yolox-nano/yolox_nano.onnx``) adopted with its raw grid
+layout declared in a model.yaml (``postprocess.layout: yolox``), quantized to INT8 by ``edgecompress quantize`` and
+validated by COCO mAP against the FP32 file's own boxes (issue 54, item 2).
+
+1. **Decoding check**: ``dog.jpg`` (YOLOX's demo image) through the adopted file's preprocess (BGR, raw 0-255,
+   letterboxed at the top-left, margins 114) and the yolox layout: its detections scoring >= 0.3, to set beside the
+   README's (dog 0.83, car 0.81, bicycle 0.81).
+2. **Data**, all real photographs: ``dog.jpg`` and the colour photos scikit-image and scikit-learn ship
+   (``real_cnns.photos``: astronaut, coffee, chelsea, rocket, the stereo motorcycle pair, the two sklearn photos, ...)
+   as they are, plus ``--views`` random views of each (crops of 40-100% of the shorter side, flipped half the time;
+   ``real_cnns.views``); calibration on ``--calibration-views`` other views of each, drawn separately (the same
+   photos, other crops). Labels: the FP32 file's boxes scoring >= 0.5 (its own agreement threshold), as COCO JSON in
+   each image's pixels, so the FP32 file scores mAP 1.0 by construction and an INT8 artifact's mAP is its agreement
+   with the FP32 boxes.
+3. ``edgecompress export yolox_nano.onnx`` (adopt) -> ``quantize`` (static, the defaults: QDQ, per-channel, minmax;
+   then each ``--calibration-method``; dynamic) -> ``validate --data boxes.json --profile host`` (p50 at batch 1 on
+   this machine's cores, the FP32 file timed in alternating rounds with it: medians side by side; cold start off).
+
+Results: ``benchmarks/results/yolox_nano.json``.
+
+    python benchmarks/yolox_nano.py [--work DIR] [--views 4] [--calibration-views 3] [--methods minmax,entropy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import host_and_versions
+
+FOLDER = HERE.parents[1] / "shared" / "models" / "yolox-nano"
+MODEL, DOG = FOLDER / "yolox_nano.onnx", FOLDER / "dog.jpg"
+COCO = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+        "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+        "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis",
+        "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+        "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+        "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+        "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+        "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+        "hair drier", "toothbrush"]
+#: the model.yaml written beside the file: what /work/shared/models/README.md says of its input and output
+DESCRIPTION = {
+    "task": "object-detection",
+    "labels": COCO,
+    "preprocess": {"size": [416, 416], "resize": "letterbox", "letterbox_align": "top-left", "pad_value": 114,
+                   "channels": "BGR", "rescale": 1, "mean": [0, 0, 0], "std": [1, 1, 1]},
+    "postprocess": {"layout": "yolox", "strides": [8, 16, 32], "scores_are_probabilities": True,
+                    "iou_threshold": 0.45},
+}
+
+
+def _cli(*args, check: bool = True) -> int:
+    cmd = ["edgecompress", *map(str, args)]
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, check=check).returncode
+
+
+def _detect(model: Path, paths: list[Path]) -> list[tuple]:
+    """The adopted file's detections per image (boxes in each image's pixels, scores, classes), by the library."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from compress.device.shipped import ImageFeeds
+    from compress.tasks.detection import decode, to_image
+    from compress.teachers.model_files import inspect_model_file
+
+    info = inspect_model_file(model)
+    feeds = ImageFeeds.from_spec({**info.preprocess.model_dump(), "input_name": "images"})
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    out = []
+    for p in paths:
+        [(b, s, c)] = decode(info.postprocess, sess.run(None, feeds.encode([p]))[0], len(COCO), (416, 416))
+        out.append((to_image(b, Image.open(p).size, info.preprocess), s, c))
+    return out
+
+
+def _boxes_json(paths: list[Path], out: Path) -> dict[str, int]:
+    """``out``: COCO JSON of ``paths`` labelled with the FP32 file's boxes scoring >= 0.5 (in each image's pixels);
+    returns the boxes per class."""
+    from PIL import Image
+
+    doc = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(COCO)]}
+    per_class: dict[str, int] = {}
+    for i, (p, (boxes, scores, classes)) in enumerate(zip(paths, _detect(out.parents[1] / "src" / MODEL.name, paths))):
+        w, h = Image.open(p).size
+        doc["images"].append({"id": i, "file_name": p.name, "width": w, "height": h})
+        for b, c in zip(boxes[scores >= 0.5], classes[scores >= 0.5]):
+            if b[2] - b[0] > 1 and b[3] - b[1] > 1:
+                doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": i, "category_id": int(c) + 1,
+                                           "bbox": [round(float(v), 2) for v in (b[0], b[1], b[2] - b[0],
+                                                                                 b[3] - b[1])]})
+                per_class[COCO[c]] = per_class.get(COCO[c], 0) + 1
+    out.write_text(json.dumps(doc))
+    return dict(sorted(per_class.items(), key=lambda kv: -kv[1]))
+
+
+def write_data(work: Path, n_views: int, n_cal: int) -> tuple[Path, Path, dict]:
+    """``images/`` (the photos and their views) with ``boxes.json``, and ``calibration/`` (other views) with
+    ``calibration.json``, both labelled with the FP32 file's boxes >= 0.5 (calibration reads only the images; the
+    accuracy-aware search judges on them, never on the eval images)."""
+    from PIL import Image
+    from real_cnns import photos, views
+
+    rng = np.random.default_rng(0)
+    for d in ("images", "calibration"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(DOG, work / "images" / "dog.jpg")
+    dog = np.asarray(Image.open(DOG).convert("RGB"))
+    evals, cals = [work / "images" / "dog.jpg"], []
+    for name, img in {"dog": dog, **photos()}.items():
+        if name != "dog":
+            Image.fromarray(img).save(work / "images" / f"{name}.png")
+            evals.append(work / "images" / f"{name}.png")
+        for i, v in enumerate(views(img, rng, n_views)):
+            evals.append(work / "images" / f"{name}-{i}.png")
+            Image.fromarray(np.ascontiguousarray(v)).save(evals[-1])
+        for i, v in enumerate(views(img, rng, n_cal)):
+            cals.append(work / "calibration" / f"{name}-{i}.png")
+            Image.fromarray(np.ascontiguousarray(v)).save(cals[-1])
+    per_class = _boxes_json(evals, work / "images" / "boxes.json")
+    cal_classes = _boxes_json(cals, work / "calibration" / "calibration.json")
+    stats = {"eval_images": len(evals), "calibration_images": len(cals), "fp32_boxes": sum(per_class.values()),
+             "fp32_boxes_per_class": per_class, "calibration_fp32_boxes": sum(cal_classes.values())}
+    return work / "images" / "boxes.json", work / "calibration" / "calibration.json", stats
+
+
+def dog_check(model: Path) -> list[dict]:
+    [(boxes, scores, classes)] = _detect(model, [DOG])
+    return [{"class": COCO[c], "score": round(float(s), 3), "box": [round(float(v), 1) for v in b]}
+            for b, s, c in zip(boxes, scores, classes) if s >= 0.3]
+
+
+def _row(work: Path, name: str, data: Path, profile: str) -> dict:
+    report = work / f"{name}.report"
+    _cli("validate", work / name, "--data", data, "--profile", profile, "--no-cold-start", "--report-dir", report,
+         check=False)  # the host profile's budgets are not what is judged here
+    m = json.loads((report / "report.json").read_text())["metrics"]
+    row = {"map_vs_fp32_boxes": m.get("metric"), "map50_vs_fp32_boxes": m.get("map50"),
+           "fp32_map": m.get("teacher_metric"), "boxes_per_image": m.get("boxes_per_image"),
+           "output_cosine": m.get("output_cosine"), "size_bytes": sum(
+               f.stat().st_size for f in (work / name).iterdir() if f.suffix in (".onnx", ".data")),
+           "p50_ms": m.get("latency_ms", {}).get("p50"),
+           "fp32_p50_ms": (m.get("baseline_latency_ms") or {}).get("p50"), "speedup": m.get("speedup")}
+    print(name, row, flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/yolox_nano"))
+    ap.add_argument("--views", type=int, default=4, help="random views of each photo judged beside it")
+    ap.add_argument("--calibration-views", type=int, default=3, help="other views of each photo (calibration)")
+    ap.add_argument("--methods", default="minmax,entropy,percentile", help="static calibration methods to compare")
+    ap.add_argument("--profile", default="host")
+    args = ap.parse_args()
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "src").mkdir(parents=True)
+    shutil.copy2(MODEL, work / "src" / MODEL.name)  # a copy: the teacher is read with the model.yaml beside it
+    (work / "src" / "yolox_nano.yaml").write_text(yaml.safe_dump(DESCRIPTION, sort_keys=False, width=120))
+    dog = dog_check(work / "src" / MODEL.name)
+    print("dog.jpg:", dog, flush=True)
+    data, cal, stats = write_data(work, args.views, args.calibration_views)
+    print(stats, flush=True)
+    _cli("export", work / "src" / MODEL.name, "--out", work / "fp32")
+    rows = {"fp32": _row(work, "fp32", data, args.profile)}
+    for method in args.methods.split(","):
+        name = f"int8-static-{method}"
+        _cli("quantize", work / "fp32", "--mode", "static", "--calibration", cal, "--calibration-method", method,
+             "--out", work / name)
+        rows[name] = _row(work, name, data, args.profile)
+    if _cli("quantize", work / "fp32", "--mode", "dynamic", "--out", work / "int8-dynamic", check=False) == 0:
+        rows["int8-dynamic"] = _row(work, "int8-dynamic", data, args.profile)
+    out = {"model": "YOLOX-Nano (Megvii's COCO weights), yolox_nano.onnx, opset 11", "model_yaml": DESCRIPTION,
+           "dog_jpg_fp32_detections": dog, "data": stats, "labels": "the FP32 file's boxes scoring >= 0.5",
+           "results": rows, **host_and_versions()}
+    (HERE / "results" / "yolox_nano.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
