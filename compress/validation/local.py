@@ -30,13 +30,14 @@ from compress import __version__
 from compress.artifact import Artifact, Format
 from compress.device.shipped import cpu_model
 from compress.errors import ConfigError, MissingBackendError
-from compress.host.measure import ForwardPass, LatencyStats, probe_cold_start
+from compress.host.measure import ForwardPass, probe_cold_start
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
 from compress.settings import Section, Settings
 from compress.tasks import TASKS
 from compress.validation.common import ValidationReport, ValidationRun, baseline_artifact, conclude, latency_texts
+from compress.validation.estimated import estimate_latency
 from compress.validation.metrics import prediction_metrics
 from compress.validation.teacher_outputs import predict_all
 
@@ -164,6 +165,9 @@ def validate(
     cls = runtime_class(runtime_name)
     remote = None
     if config.remote:  # checked before any data or teacher is loaded
+        if TASKS[art.manifest.task].labels == "spans":
+            raise ConfigError("--remote does not measure a question-answering model yet (its windows and best spans "
+                              "are read here)", hint="validate on the host, or run validate on the device itself")
         from compress.validation.ssh import remote_target
 
         remote = remote_target(config, profile, art)
@@ -266,7 +270,7 @@ def validate(
             runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
     if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
         start_phase(progress, "estimating latency (roofline)")
-        stats, estimates = _estimate_latency(run, runtime_name)
+        stats, estimates = estimate_latency(run, runtime_name)
     else:
         stats = ForwardPass(
             runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
@@ -443,38 +447,6 @@ def _host_settings(settings):
     return dataclasses.replace(settings, threads=min(settings.threads or cores, cores))
 
 
-def _point_stats(ms: float, batch_size: int) -> LatencyStats:
-    """A LatencyStats holding one estimated figure (no runs, no spread)."""
-    return LatencyStats(n=0, p50=ms, p90=ms, p95=ms, p99=ms, mean=ms, std=0.0, min=ms, max=ms, cv=0.0, total_s=0.0,
-                        batch_size=batch_size, throughput=batch_size * 1000.0 / ms if ms > 0 else 0.0)
-
-
-def _estimate_latency(run: ValidationRun, runtime_name: str) -> tuple[dict[str, LatencyStats], dict[str, Any]]:
-    """Roofline estimates of the artifact (and the teacher's FP32 baseline) on the profile's peaks."""
-    from compress.errors import EdgeCompressError
-    from compress.estimates.roofline import estimate, host_peaks, profile_peaks
-
-    art, profile, teacher, config, warnings = run.art, run.profile, run.teacher, run.config, run.warnings
-    meas = profile.measure
-    try:
-        peaks = host_peaks() if profile.source == "detected" else profile_peaks(profile)
-        est = estimate(art, profile, peaks=peaks)
-    except EdgeCompressError as exc:
-        warnings.append(f"no latency estimate: {exc}")
-        return {"artifact": _point_stats(float("nan"), meas.batch_size)}, {}
-    out: dict[str, Any] = {"artifact": est}
-    stats = {"artifact": _point_stats(est.latency_ms, meas.batch_size)}
-    if config.measure.baseline and teacher is not None and profile.measure.speedup_baseline is SpeedupBaseline.pytorch:
-        warnings.append("speedup against the PyTorch teacher (measure.speedup_baseline: pytorch) is measured on the "
-                        "device, not estimated: no speedup")
-    elif config.measure.baseline and teacher is not None and art.format is not Format.pytorch:
-        base_art = baseline_artifact(teacher, runtime_name, art, allow_pickle=config.allow_pickle)
-        if base_art is not None:
-            out["baseline"] = estimate(base_art, profile, peaks=peaks)
-            stats["baseline"] = _point_stats(out["baseline"].latency_ms, meas.batch_size)
-    return stats, out
-
-
 def _estimated_latency(est, label: str) -> dict[str, Any]:
     ms = round(est.latency_ms, 4)
     return {"p50": ms, "p90": ms, "p95": ms, "p99": ms, "mean": ms, "n": 0, "estimated": True, "measured_on": label,
@@ -584,7 +556,7 @@ def _validate_unrunnable(run: ValidationRun, device, runtime_name: str, dataset)
     its latency estimated from its own graph, and accuracy, agreement, cold start and peak memory are not measured
     (their budgets UNVERIFIED)."""
     start_phase(run.progress, "estimating latency (roofline)")
-    stats, estimates = _estimate_latency(run, runtime_name)
+    stats, estimates = estimate_latency(run, runtime_name)
     from compress.runtimes.base import runtime_class
 
     env = {"host": platform.node(), "machine": platform.machine(), "cpu": cpu_model(),
