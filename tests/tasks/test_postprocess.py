@@ -14,6 +14,7 @@ from compress.tasks.classification import ClassPostprocess
 from compress.tasks.detection import DetectionPostprocess
 from compress.tasks.embeddings import EmbeddingPostprocess, pooling_of
 from compress.tasks.generation import GenerationPostprocess, KVCache
+from compress.tasks.qa import QAPostprocess
 from compress.tasks.sequences import CTCPostprocess
 from compress.tasks.values import ThresholdPostprocess
 from compress.teachers.model_files import read_description
@@ -36,6 +37,7 @@ SET = {
     Task.ctc_recognition: CTCPostprocess(alphabet="0123456789", blank=10),
     Task.object_detection: DetectionPostprocess(boxes="cxcywh", normalized=True, nms=True, iou_threshold=0.6,
                                                 score_threshold=0.25, max_detections=10, threshold=0.4),
+    Task.question_answering: QAPostprocess(window=256, stride=64, max_answer_length=20, n_best=10),
     Task.text_generation: GenerationPostprocess(window=128, bos_token_id=1, eos_token_id=[2, 7], cache=KVCache(
         layers=2, kv_heads=2, head_size=8, max_length=256, layout="stateful")),
     Task.generic: ClassPostprocess(class_axis=1),
