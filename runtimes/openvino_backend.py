@@ -77,9 +77,11 @@ class OpenVINOBackend(RuntimeBackend):
 
     def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output by name as the IR returns it (a streaming model's state is fed back unconverted)."""
-        feed = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in self._input_names}
+        feed = {k: np.require(v, requirements='C') for k, v in inputs.items() if k in self._input_names}
         result = self.request.infer(feed, share_inputs=True, share_outputs=False)
-        return {o.get_any_name(): np.array(result[o]) for o in self.compiled.outputs}
+        wanted = [t.name for t in self.artifact.manifest.outputs]  # an output's names may list others before it
+        return {next((n for n in wanted if n in o.get_names()), o.get_any_name()): np.array(result[o])
+                for o in self.compiled.outputs}
 
     # -- a generator's stateful IR: the KV cache lives in the InferRequest's variables ----------------
     @property
@@ -111,12 +113,12 @@ class OpenVINOBackend(RuntimeBackend):
 
     def _infer_step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = decoder_feeds(feeds, self._input_names)
-        feed = {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in self._input_names}
+        feed = {k: np.require(v, requirements='C') for k, v in feeds.items() if k in self._input_names}
         result = self.request.infer(feed, share_inputs=True, share_outputs=False)
         return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: np.ascontiguousarray(v) for k, v in inputs.items() if k in self._input_names}
+        feed = {k: np.require(v, requirements='C') for k, v in inputs.items() if k in self._input_names}
         # zero-copy in and out (the output buffer is reused by the next call, hence the final copy)
         result = self.request.infer(feed, share_inputs=True, share_outputs=True)
         return np.array(result[self._output], dtype=np.float32, copy=True)

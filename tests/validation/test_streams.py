@@ -117,6 +117,26 @@ def test_the_state_is_carried_from_call_to_call(vad):
     assert vad.manifest.stream.state == {"stateN": "state"} and vad.manifest.preprocess.shapes == {"input": [10]}
 
 
+def test_openvino_carries_the_state_too(vad, tmp_path):
+    """The adopted graph converted to an OpenVINO IR streams the same (its scalar sr stays a scalar)."""
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    ir = export(vad.path, tmp_path / "ov", ExportConfig(format="openvino"))
+    assert ir.manifest.stream == vad.manifest.stream
+    got = load_runtime(ir, "openvino").run_stream(speechy())
+    np.testing.assert_allclose(got["output"][:, 0], expected(speechy()), rtol=1e-5)
+
+
+def test_old_manifests_read_without_a_stream(vad):
+    from compress.artifact import Manifest
+
+    data = vad.manifest.model_dump(mode="json")
+    del data["stream"]
+    assert Manifest.model_validate(data).stream is None
+
+
 def test_a_state_output_with_no_matching_input_is_refused(tmp_path, capsys):
     f = write_vad(tmp_path, YAML.replace("{stateN: state}", "{stateN: hidden}"))
     line = main_error(capsys, "export", f, "--out", tmp_path / "out")
