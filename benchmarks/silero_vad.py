@@ -18,7 +18,7 @@ samples), every call with the state the previous one returned:
 Routes: ONNX Runtime dynamic INT8; ONNX Runtime static INT8 with the defaults; static INT8 with min-max ranges on the
 convolutions, the STFT and the first encoder convolution kept float; OpenVINO (``export --format openvino``).
 
-    python benchmarks/silero_vad.py            # about 2 minutes on 2 cores
+    python benchmarks/silero_vad.py            # a few minutes on 2 cores
 """
 
 from __future__ import annotations
