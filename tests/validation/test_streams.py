@@ -150,6 +150,25 @@ def test_a_chunk_the_fixed_input_cannot_take_is_refused(tmp_path, capsys):
     assert "chunk 8 + context 2 makes 10 values per call, but input 'input' of vad.onnx takes 12" in line
 
 
+def test_an_input_the_stream_does_not_feed_is_refused(tmp_path, capsys):
+    f = write_vad(tmp_path, YAML.replace(f"  constants: {{sr: {RATE}}}\n", ""))
+    line = main_error(capsys, "export", f, "--out", tmp_path / "out")
+    assert "input 'sr' of vad.onnx is neither the stream's input, a state fed back nor a constant" in line
+
+
+def test_npz_rows_are_each_calls_new_values(vad, tmp_path):
+    from compress.data.streams import sequences_for
+    from compress.errors import DataError
+
+    values = speechy()
+    np.savez(tmp_path / "ok.npz", input=values.reshape(25, CHUNK))
+    (seq,) = sequences_for(vad.manifest, tmp_path / "ok.npz")
+    np.testing.assert_allclose(seq.values, values, rtol=1e-6)  # rows joined: the context comes from the row before
+    np.savez(tmp_path / "bad.npz", input=np.zeros((25, CHUNK + CONTEXT), np.float32))
+    with pytest.raises(DataError, match=r"array 'input' has shape \[25, 10\]; expected \[calls, 8\]"):
+        sequences_for(vad.manifest, tmp_path / "bad.npz")
+
+
 def test_wav_files_are_read_and_bad_ones_refused(tmp_path):
     from compress.data.audio import read_wav
     from compress.errors import DataError
