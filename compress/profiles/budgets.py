@@ -144,12 +144,13 @@ def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
          "--data text and the teacher"),
     ]
     results = []
+    why = metrics.get("not_measured") or {}  # a budget the metrics could not measure though its inputs were given
     for name, limit, measured, unit, cmp, needs in checks:
         if limit is None:
             continue
         if measured is None:  # not measured is not a failure, and never a pass
             results.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit=unit,
-                                        comparison=cmp, note=f"not measured: needs {needs}",
+                                        comparison=cmp, note=f"not measured: {why.get(name) or 'needs ' + needs}",
                                         status=BudgetStatus.unverified))
             continue
         ok = measured <= limit if cmp == "<=" else measured >= limit

@@ -46,8 +46,13 @@ def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user
         metrics.pop("teacher_metric", None)
         if ref is not None:
             metrics["teacher_metric"] = user_metric(ref, lab)
-    if "retention" not in metrics and metrics.get("teacher_metric") and metrics["teacher_metric"] > 0:
-        metrics["retention"] = metrics["metric"] / metrics["teacher_metric"]
+    teacher = metrics.get("teacher_metric")
+    if "retention" not in metrics and teacher is not None and teacher > 0:
+        metrics["retention"] = metrics["metric"] / teacher
+    elif "retention" not in metrics and teacher is not None:  # both given, yet no ratio: say why, not "needs --data"
+        metrics.setdefault("not_measured", {})["min_accuracy_retention"] = (
+            f"the teacher scores {teacher:g} ({metrics.get('metric_name', 'its metric')}) on the eval data, so "
+            "retention, a ratio to it, is undefined: check that the eval labels are what the teacher predicts")
     return metrics
 
 

@@ -128,3 +128,17 @@ def test_a_streaming_metric_equals_its_array_form(case, batch):
             assert math.isclose(streamed[k], v, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(v) and math.isnan(streamed[k])), k
         else:
             assert streamed[k] == v, k
+
+
+def test_a_teacher_scoring_zero_leaves_retention_unmeasured_and_says_why():
+    """Both --data and --teacher given, the teacher's accuracy 0: retention is undefined, and the budget's note says
+    that, not "needs --data, --teacher" (issue 53)."""
+    from compress.profiles.budgets import judge
+    from compress.profiles.schema import Budgets
+
+    ref = np.tile([[5.0, 0.0]], (8, 1))  # the teacher always says class 0
+    cand = ref + 0.1
+    met = prediction_metrics(_manifest(Task.text_classification, labels=["a", "b"]), cand, ref, np.ones(8, int))
+    assert met["teacher_metric"] == 0 and "retention" not in met
+    [b] = [r for r in judge(Budgets(min_accuracy_retention=0.99), met) if r.name == "min_accuracy_retention"]
+    assert b.status == "unverified" and "the teacher scores 0" in b.note and "--data" not in b.note
