@@ -505,3 +505,13 @@ def test_an_error_after_a_checkpoint_request_is_that_error_not_an_interrupt():
         raise ImportError("initialization failed") from KeyboardInterrupt()
     except ImportError as e:
         assert interrupt.caused_by_signal(e)
+
+
+@pytest.mark.parametrize("fmt", ["executorch", "litert", "coreml"])
+def test_an_onnx_artifact_to_a_format_that_starts_from_pytorch_is_refused_naming_its_model(adopted, fmt, tmp_path,
+                                                                                          capsys):
+    """Before: 'executorch is not installed ... pip install' (or the exporter's own failure), advice that would not
+    help: those formats start from the PyTorch model."""
+    line = main_error(capsys, "export", adopted["onnx"], "--format", fmt, "--out", tmp_path / "o")
+    assert "starts from the PyTorch model, not an ONNX artifact" in line and "not installed" not in line
+    assert not (tmp_path / "o").exists()

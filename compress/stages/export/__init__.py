@@ -64,7 +64,23 @@ def export(
             raise ConfigError(f"{source}: {FORMATS[fmt].label} starts from the PyTorch model, not an ONNX file",
                               hint="pass the teacher checkpoint, or leave --format out to adopt the file")
         return adopt_then(source, out, config, force=force, export_artifact=import_string(FORMATS[fmt].exporter))
+    if not FORMATS[fmt].via_onnx and fmt != "onnx" and (Path(source) / "manifest.json").is_file():
+        _refuse_non_pytorch_artifact(source, fmt)
     return import_string(FORMATS[fmt].exporter)(source, out, config, force=force)
+
+
+def _refuse_non_pytorch_artifact(source: Path | str, fmt: str) -> None:
+    """ExecuTorch, LiteRT and Core ML start from the PyTorch model: an artifact of another format as ``source`` is one
+    line naming the model it came from (the exporter would say its package is missing, advice that would not help)."""
+    from compress.artifact import load_artifact
+    from compress.errors import ConfigError
+    from compress.formats import FORMATS
+
+    m = load_artifact(source, verify=False).manifest
+    if str(m.format) != "pytorch":
+        made = FORMATS[str(m.format)].label if str(m.format) in FORMATS else str(m.format)
+        raise ConfigError(f"{source}: {FORMATS[fmt].label} starts from the PyTorch model, not an {made} artifact",
+                          hint=f"pass the model it was exported from ({m.source.path})")
 
 
 def generator_source(source: Path | str) -> bool:
