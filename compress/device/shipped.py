@@ -279,6 +279,46 @@ class TextFeeds(object):
         arrays = self.arrays(list(texts), spans=True)
         return self._feeds(arrays), arrays["word_ids"], arrays["spans"]
 
+    def windows(self, questions, contexts, max_length, stride):
+        """``(arrays, offsets, example)`` of questions with their contexts for extractive question answering: each
+        pair as windows of at most ``max_length`` tokens, the question first, the context cut (``only_second``) into
+        windows sharing ``stride`` tokens (Hugging Face's ``return_overflowing_tokens`` with ``stride``: the same
+        ``tokenizers`` code). ``arrays``: every tensor the tokenizer makes, ``[windows, tokens]`` padded to the
+        longest; ``offsets``: ``[windows, tokens, 2]`` each token's characters in its context, -1 outside it;
+        ``example``: the question of each window. A question that leaves its context fewer than 8 tokens is a
+        ValueError."""
+        import numpy as np
+
+        tok = self.tokenizer
+        specials = tok.num_special_tokens_to_add(True)
+        tok.no_padding()
+        rows, example = [], []
+        try:
+            for i, (q, c) in enumerate(zip(questions, contexts)):
+                room = max_length - specials - len(tok.encode(q, add_special_tokens=False).ids)
+                if room < 8:
+                    raise ValueError("question %d (%r) leaves %d of %d tokens for its context"
+                                     % (i + 1, q[:50], max(room, 0), max_length))
+                tok.enable_truncation(max_length, stride=min(stride, room // 2), strategy="only_second")
+                enc = tok.encode(q, c)
+                for e in [enc] + list(enc.overflowing):
+                    rows.append(e)
+                    example.append(i)
+        finally:
+            tok.no_truncation()
+        width = max([len(e.ids) for e in rows] or [0])
+        arrays = {}
+        for name, attr in (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids")):
+            arr = np.full((len(rows), width), self.pad_id if attr == "ids" else 0, dtype=np.int64)
+            for r, e in enumerate(rows):
+                arr[r, :len(e.ids)] = getattr(e, attr)
+            arrays[name] = arr
+        offsets = np.full((len(rows), width, 2), -1, dtype=np.int64)
+        for r, e in enumerate(rows):
+            context = np.array([s == 1 for s in e.sequence_ids], dtype=bool)
+            offsets[r, :len(e.ids)][context] = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)[context]
+        return arrays, offsets, np.asarray(example, dtype=np.int64)
+
 
 def _word_spans(encoding):
     """Each word's (start, end) characters, from its tokens' offsets."""
