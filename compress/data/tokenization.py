@@ -37,8 +37,8 @@ def encoder_for(artifact: Artifact) -> TextFeeds | ImageFeeds:
 
 @dataclass
 class QAWindows:
-    """Questions with their contexts as overlapping windows (:func:`qa_windows`): ``arrays`` (``input_ids``,
-    ``attention_mask``, ``token_type_ids``: ``[windows, tokens]``, padded to the longest), ``offsets`` (``[windows,
+    """Questions with their contexts as overlapping windows (:func:`qa_windows`): ``arrays`` (every tensor the
+    tokenizer makes, ``[windows, tokens]``, padded to the longest), ``offsets`` (``[windows,
     tokens, 2]``: each token's characters in its context, -1 outside it) and ``example`` (the question of each
     window)."""
 
@@ -69,37 +69,15 @@ class QAWindows:
 
 def qa_windows(tokenizer, questions: list[str], contexts: list[str], *, max_length: int, stride: int,
                pad_id: int = 0) -> QAWindows:
-    """Each question with its context as windows of at most ``max_length`` tokens: the question first, the context
-    cut (truncation ``only_second``) into windows sharing ``stride`` tokens, as Hugging Face's fast tokenizers do
-    with ``return_overflowing_tokens`` (the same ``tokenizers`` code underneath). ``tokenizer``: a ``tokenizers``
-    Tokenizer (a feed builder's). A question too long to leave room for its context is a DataError."""
+    """Each question with its context as windows of at most ``max_length`` tokens sharing ``stride`` context tokens
+    (:meth:`compress.device.shipped.TextFeeds.windows`, the feed builder devices run); ``tokenizer``: a ``tokenizers``
+    Tokenizer. A question too long to leave room for its context is a DataError."""
     from compress.errors import DataError
 
-    specials = tokenizer.num_special_tokens_to_add(True)
-    tokenizer.no_padding()
-    rows, example = [], []
     try:
-        for i, (q, c) in enumerate(zip(questions, contexts, strict=True)):
-            room = max_length - specials - len(tokenizer.encode(q, add_special_tokens=False).ids)
-            if room < 8:
-                raise DataError(f"question {i + 1} ({q[:50]!r}) leaves {max(room, 0)} of {max_length} tokens for its "
-                                "context", hint="shorten the question, or raise the window (postprocess.window)")
-            tokenizer.enable_truncation(max_length, stride=min(stride, room // 2), strategy="only_second")
-            enc = tokenizer.encode(q, c)
-            for e in [enc, *enc.overflowing]:
-                rows.append(e)
-                example.append(i)
-    finally:
-        tokenizer.no_truncation()
-    width = max((len(e.ids) for e in rows), default=0)
-    arrays = {k: np.full((len(rows), width), pad_id if k == "input_ids" else 0, dtype=np.int64)
-              for k in ("input_ids", "attention_mask", "token_type_ids")}
-    offsets = np.full((len(rows), width, 2), -1, dtype=np.int64)
-    for r, e in enumerate(rows):
-        n = len(e.ids)
-        arrays["input_ids"][r, :n] = e.ids
-        arrays["attention_mask"][r, :n] = e.attention_mask
-        arrays["token_type_ids"][r, :n] = e.type_ids
-        context = np.array([s == 1 for s in e.sequence_ids], dtype=bool)
-        offsets[r, :n][context] = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)[context]
-    return QAWindows(arrays, offsets, np.asarray(example, dtype=np.int64))
+        arrays, offsets, example = TextFeeds(tokenizer, (), max_length, pad_id).windows(
+            list(questions), list(contexts), max_length, stride)
+    except ValueError as e:
+        raise DataError(str(e), hint="shorten the question, or raise the window (postprocess.window, --max-length)") \
+            from None
+    return QAWindows(arrays, offsets, example)
