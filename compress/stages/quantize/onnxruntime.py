@@ -106,6 +106,7 @@ from compress.stages.quantize.layer_errors import artifact_layer_errors
 from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
 from compress.stages.quantize.parity import check_collapse, stream_parity
 from compress.stages.quantize.speed import SMALL_GEMM, small_gemm_layers, speed_search
+from compress.stages.quantize.subgraphs import subgraph_read_activations
 from compress.stages.spec import StageOutput
 
 log = logging.getLogger(__name__)
@@ -516,6 +517,9 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     if not q.int4 and config.mode is QuantMode.static and (last := output_activations(q.model, q.op_types())):
         exclude += [n for n in last if n not in exclude]  # its clamp must survive the float graph outputs
         reasons.update({n: "the graph output's activation: its clamp must survive the float output" for n in last})
+    if not q.int4 and config.mode is QuantMode.static and (read := subgraph_read_activations(q.model, q.op_types())):
+        exclude += [n for n in read if n not in exclude]  # ONNX Runtime's fold would hand the subgraph it unclamped
+        reasons.update({n: "an If/Loop subgraph reads its output (compress.stages.quantize.subgraphs)" for n in read})
     scratch = None
     try:
         if config.accuracy_aware:
