@@ -48,11 +48,20 @@ def calibration_items(encoder, texts: list[str], pairs: list[str] | None = None)
     return [encoder.encode([t], [p]) for t, p in zip(texts, pairs, strict=True)]
 
 
+#: calls stacked into one calibration batch of a streaming model (where its batch axes are open)
+STREAM_BATCH = 16
+
+
 class StreamCalibrationReader:
     """ONNX Runtime CalibrationDataReader over a streaming model's calls (the manifest's ``stream``): each sequence of
     ``data`` (:func:`compress.data.streams.sequences_for`) runs call by call through ``backend`` (the FP32 model), the
     state carried; every call's whole feeds (chunk, state, constants) are kept in stream order, and ``samples`` of them
-    spread evenly over the stream are read (every call when there are fewer)."""
+    spread evenly over the stream are read (every call when there are fewer).
+
+    The calls are read :data:`STREAM_BATCH` at a time, stacked on the batch axes (each call is independent once its
+    state is given), where the graph leaves them open: a moving-average calibrator (``mean-minmax``) averages each
+    batch's extremes, and over one call at a time a one-value tensor (Silero's speech logit) would get the mean of its
+    values as its range, clipping every negative logit."""
 
     def __init__(self, backend, data, samples: int) -> None:
         from compress.data.streams import sequences_for
@@ -67,7 +76,9 @@ class StreamCalibrationReader:
         for seq in sequences_for(backend.artifact.manifest, data):
             calls.run(call, seq.values)
         self.calls = len(seen)
-        self._items = seen[::max(1, math.ceil(len(seen) / samples))]
+        picked = seen[::max(1, math.ceil(len(seen) / samples))]
+        self.samples = len(picked)
+        self._items = _stacked(picked, calls)
         self._it = iter(self._items)
 
     def __len__(self) -> int:
@@ -78,3 +89,17 @@ class StreamCalibrationReader:
 
     def rewind(self) -> None:
         self._it = iter(self._items)
+
+
+def _stacked(items: list[dict[str, np.ndarray]], calls) -> list[dict[str, np.ndarray]]:
+    """``items`` (one call's feeds each) in batches of :data:`STREAM_BATCH` calls of one size (histogram calibrators
+    stack them), each input stacked on its batch axis (a dimension named like ``batch``; the chunked input's first);
+    the calls one at a time where an axis is fixed or has no name."""
+    axes = {calls.input: 0 if not isinstance(calls.shapes[calls.input][0], int) else None}
+    for name in calls.state.values():
+        axes[name] = next((i for i, d in enumerate(calls.shapes[name]) if "batch" in str(d).lower()), None)
+    if any(a is None for a in axes.values()) or len(items) < STREAM_BATCH:
+        return items
+    whole = len(items) // STREAM_BATCH * STREAM_BATCH
+    return [{**group[0], **{name: np.concatenate([g[name] for g in group], axis=axis) for name, axis in axes.items()}}
+            for group in (items[i:i + STREAM_BATCH] for i in range(0, whole, STREAM_BATCH))]
