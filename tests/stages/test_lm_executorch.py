@@ -151,3 +151,19 @@ def test_quantize_refuses_a_program_whose_teacher_changed(lm, tmp_path):
     with pytest.raises(ConfigError, match="is not on this machine"):
         quantize(moved, tmp_path / "q", QuantizeConfig.from_flat(precision="int4"))
     assert not (tmp_path / "q").exists()
+
+
+def test_int4_takes_8_bits_where_a_layer_input_is_not_a_multiple_of_the_group(tmp_path):
+    """stories260K's FFN reads 172 features: torchao's INT4 groups of 32 cannot tile it (an AssertionError before).
+    Those layers take 8 bits per channel, named in the record; the rest stay INT4."""
+    import torch
+
+    from compress.stages.export.executorch_lm import load_lm, torchao_quantize
+
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1, intermediate=40)
+    model = load_lm(ckpt)
+    record = torchao_quantize(model, 4, 32, 8, 8)
+    assert record["at_8_bits_indivisible"] == ["model.layers.0.mlp.down_proj"]
+    with torch.no_grad():
+        out = model(torch.tensor([[1, 5, 9, 30]])).logits
+    assert torch.isfinite(out).all()
