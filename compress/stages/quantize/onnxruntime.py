@@ -519,6 +519,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         reasons.update({n: "the graph output's activation: its clamp must survive the float output" for n in last})
     if not q.int4 and config.mode is QuantMode.static and (read := subgraph_read_activations(q.model, q.op_types())):
         exclude += [n for n in read if n not in exclude]  # ONNX Runtime's fold would hand the subgraph it unclamped
+        extra["activations_float_for_subgraphs"] = read
         reasons.update({n: "an If/Loop subgraph reads its output (compress.stages.quantize.subgraphs)" for n in read})
     scratch = None
     try:
