@@ -148,6 +148,11 @@ def test_yolox_layout_decodes_as_yolox_does(tmp_path):
         for b, s, c in zip(boxes, scores, classes):
             match = next(r for r in ref if abs(r[4] - s) < 1e-9)
             assert np.allclose(b, match[:4], atol=1e-4) and c == match[5]
+    # a graph of symbolic shapes is checked on its first output: strides that do not give its rows are refused
+    from compress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"strides \[8, 16\] on the 32x32 input give 20 cells .* has 21 rows"):
+        decode(post.model_copy(update={"strides": [8, 16]}), out, 2, (32, 32))
 
 
 def test_ssd_anchors_and_decoding_follow_mediapipe(tmp_path):
