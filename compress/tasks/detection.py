@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compress.errors import ConfigError, DataError
 from compress.tasks.box_layouts import SsdAnchors, anchor_decode, grid_cells, grid_decode, ssd_anchors
 
-__all__ = ["DetectionPostprocess", "LAYOUTS", "check_layout", "keypoints_to_image", "check_postprocess", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
+__all__ = ["DetectionPostprocess", "LAYOUTS", "check_layout", "join_scores", "keypoints_to_image", "check_postprocess", "check_preprocess", "decode", "detection_metrics", "nms", "to_image"]
 
 #: a teacher box counts as ground truth for agreement from this score on, unless postprocess.threshold says
 AGREEMENT_SCORE = 0.5
@@ -166,12 +166,13 @@ def _check_anchors(post, shape, num_classes: int, input_hw) -> None:
                               hint="declare the anchor options the model was trained with (num_layers, strides, "
                               "aspect_ratios, interpolated_scale_aspect_ratio, reduce_boxes_in_lowest_layer)")
     coords = 4 + 2 * post.keypoints
-    want = coords if post.scores_output else coords + num_classes
-    if isinstance(last, int) and last != want:
+    want = (coords, coords + num_classes) if post.scores_output else (coords + num_classes,)  # joined: join_scores
+    if isinstance(last, int) and last not in want:
         what = (f"4 box values + {post.keypoints} keypoints x 2" if post.scores_output else
                 f"4 box values + {post.keypoints} keypoints x 2 + {num_classes} class scores")
-        raise ConfigError(f"layout ssd reads rows of {what} ({want} values), but the output {list(shape)} has {last}",
-                          hint="check postprocess.keypoints, postprocess.scores_output and labels in model.yaml")
+        raise ConfigError(f"layout ssd reads rows of {what} ({want[0]} values), but the output {list(shape)} has "
+                          f"{last}", hint="check postprocess.keypoints, postprocess.scores_output and labels in "
+                          "model.yaml")
 
 
 def check_postprocess(post, shape, labels: list[str] | None, preprocess, where: str) -> None:
@@ -270,10 +271,12 @@ def _decode_anchors(post, out: np.ndarray, num_classes: int, input_hw: tuple[int
     """The ssd layout: MediaPipe's anchor rule (:func:`compress.tasks.box_layouts.anchor_decode`) per image."""
     anchors = ssd_anchors(post.anchors, input_hw)
     coords = 4 + 2 * post.keypoints
+    if post.scores_output and scores is None and out.shape[2] == coords + num_classes:
+        out, scores = out[..., :coords], out[..., coords:]  # joined by join_scores
     if post.scores_output:
         if scores is None:
             raise ConfigError(f"layout ssd reads the class scores from output {post.scores_output!r}, which was not "
-                              "given: validate judges the first output only",
+                              "given (validate reads the first output only)",
                               hint="export the scores after the box and keypoints in the first output's rows (no "
                               "scores_output), or decode with compress.tasks.detection.decode(..., scores=...)")
         scores = np.asarray(scores)
@@ -296,6 +299,21 @@ def _decode_anchors(post, out: np.ndarray, num_classes: int, input_hw: tuple[int
         found = (boxes[kept], conf[kept], classes[kept])
         result.append(found + (points[kept],) if keypoints else found)
     return result
+
+
+def join_scores(post, outputs: dict[str, np.ndarray], primary: str) -> np.ndarray:
+    """What the metric reads of a detector's named ``outputs``: the ``primary`` one, with the ``ssd`` layout's
+    ``scores_output`` joined after each row's box and keypoints (decoded as if given apart). A runtime that hands
+    validate one array per batch calls this; the other layouts read the primary output alone."""
+    out = outputs[primary]
+    name = getattr(post, "scores_output", None) if getattr(post, "layout", None) == "ssd" else None
+    if not name:
+        return out
+    if name not in outputs:
+        raise ConfigError(f"layout ssd reads the class scores from output {name!r}, but the model's outputs are "
+                          f"{', '.join(outputs)}", hint="name one of them as postprocess.scores_output in model.yaml")
+    scores = outputs[name]
+    return np.concatenate([out, scores[..., None] if scores.ndim == 2 else scores], axis=-1)
 
 
 def _mapping(size: tuple[int, int], preprocess) -> tuple[float, float, float, float]:

@@ -193,10 +193,14 @@ def test_ssd_anchors_and_decoding_follow_mediapipe(tmp_path):
     pts = got[0][3][:3].reshape(-1, 2).clip(0, [32, 20])
     assert np.allclose(keypoints_to_image(pts, (64, 40), pre), to_image(np.tile(pts, 2), (64, 40), pre)[:, :2])
     assert keypoints_to_image(np.array([[32.0, 20.0]]), (64, 40), pre).tolist() == [[64, 40]]
-    # the same rows with the scores after the box and keypoints in one output: the same detections
+    # the same rows with the scores after the box and keypoints in one output (a model exported so, or the two
+    # outputs joined by join_scores for a metric that reads one array): the same detections
+    from compress.tasks.detection import join_scores
+
+    joined = join_scores(post, {"regressors": raw, "classificators": logits}, "regressors")
     post1 = post.model_copy(update={"scores_output": None})
-    one = decode(post1, np.concatenate([raw, logits], -1), 1, (32, 32), keypoints=True)
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[3], b[3]) for a, b in zip(got, one))
+    for again in (decode(post1, joined, 1, (32, 32), keypoints=True), decode(post, joined, 1, (32, 32), keypoints=True)):
+        assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[3], b[3]) for a, b in zip(got, again))
 
 
 def test_a_yolox_layout_goes_adopt_int8_validate_through_the_cli(tmp_path, fast_host, capsys):
