@@ -261,3 +261,37 @@ def test_bad_layouts_are_refused_in_one_line(tmp_path, capsys):
     line = refused(tmp_path / "f", ssd % json.dumps(SSD_ANCHORS).replace("16, 16]", "16, 16, 16]"), TinySsd(),
                     ("regressors", "classificators"))
     assert "num_layers is 4 but 5 strides are listed" in line
+
+
+YOLOX_NANO = Path(__file__).resolve().parents[3] / "shared" / "models" / "yolox-nano"
+
+
+@pytest.mark.skipif(not (YOLOX_NANO / "yolox_nano.onnx").is_file(), reason="../shared/models/yolox-nano is not here")
+def test_yolox_nano_declared_in_model_yaml_finds_yoloxs_own_detections_on_dog_jpg(tmp_path):
+    """Megvii's YOLOX-Nano, adopted as a user would (BGR, raw 0-255, top-left letterbox, layout yolox), gives the
+    detections YOLOX's README shows for its demo image: dog 0.83, car 0.81, bicycle 0.81."""
+    import shutil
+
+    from PIL import Image
+
+    from compress.runtimes.base import load_runtime
+    from compress.stages.export import export
+    from compress.tasks.detection import to_image
+
+    shutil.copy2(YOLOX_NANO / "yolox_nano.onnx", tmp_path / "yolox_nano.onnx")
+    labels = [f"class{i}" for i in range(80)]  # COCO's 80 in order: 1 bicycle, 2 car, 16 dog
+    (tmp_path / "yolox_nano.yaml").write_text(
+        f"task: object-detection\nlabels: {json.dumps(labels)}\npreprocess: {{size: [416, 416], resize: letterbox, "
+        "letterbox_align: top-left, channels: BGR, rescale: 1, mean: [0, 0, 0], std: [1, 1, 1]}\n"
+        "postprocess: {layout: yolox, strides: [8, 16, 32], scores_are_probabilities: true, iou_threshold: 0.45}\n")
+    art = export(tmp_path / "yolox_nano.onnx", tmp_path / "fp32")
+    m, dog = art.manifest, YOLOX_NANO / "dog.jpg"
+    backend = load_runtime(art)
+    out = backend.run(backend.encode([dog]))
+    backend.close()
+    [(boxes, scores, classes)] = decode(m.postprocess, out, 80, (416, 416))
+    found = {int(c): round(float(s), 2) for s, c in zip(scores, classes) if s >= 0.5}
+    assert found == {16: 0.83, 2: 0.81, 1: 0.81}
+    w, h = Image.open(dog).size
+    box = to_image(boxes[classes == 16][:1], (w, h), m.preprocess)[0]
+    assert 100 < box[0] < 160 and 480 < box[3] <= h  # the dog, bottom left, in the photo's pixels
