@@ -12,13 +12,20 @@ validated by COCO mAP against the FP32 file's own boxes (issue 54, item 2).
    photos, other crops). Labels: the FP32 file's boxes scoring >= 0.5 (its own agreement threshold), as COCO JSON in
    each image's pixels, so the FP32 file scores mAP 1.0 by construction and an INT8 artifact's mAP is its agreement
    with the FP32 boxes.
-3. ``edgecompress export yolox_nano.onnx`` (adopt) -> ``quantize`` (static, the defaults: QDQ, per-channel, minmax;
-   then each ``--calibration-method``; dynamic) -> ``validate --data boxes.json --profile host`` (p50 at batch 1 on
-   this machine's cores, the FP32 file timed in alternating rounds with it: medians side by side; cold start off).
+3. ``edgecompress export yolox_nano.onnx`` (adopt) -> ``quantize --mode static`` by each route of :data:`ROUTES` (the
+   default mean-minmax ranges, each other ``--calibration-method``, and the stem's and head's convolutions kept float
+   by ``--exclude-nodes``); ``--mode dynamic`` is tried and recorded as refused -> ``validate --data boxes.json
+   --profile host`` (p50 at batch 1 on this machine's cores, the FP32 file timed in alternating rounds with it:
+   medians side by side; cold start off).
+4. **Ablation** (:func:`ablation`): which convolutions kept float bring the mAP back, through ONNX Runtime's
+   quantize_static directly (the same ranges for every set), judged on the calibration views and on the eval images.
+
+The work dir is kept: a rerun reuses the data, the artifacts and each report that has the FP32 timing (``--fresh``
+starts over; about 15 minutes from nothing on 2 shared cores).
 
 Results: ``benchmarks/results/yolox_nano.json``.
 
-    python benchmarks/yolox_nano.py [--work DIR] [--views 4] [--calibration-views 3] [--methods minmax,entropy]
+    python benchmarks/yolox_nano.py [--work DIR] [--fresh] [--views 4] [--calibration-views 3] [--routes a,b]
 """
 
 from __future__ import annotations
