@@ -1,6 +1,7 @@
 """``edgecompress finetune``: a pretrained base (a Hugging Face text encoder such as all-MiniLM-L6-v2, a Hugging Face
 image classifier or backbone, a timm checkpoint) gets a new head for the task and the labels in the data (or, for
-regression, the numbers in it: :mod:`compress.stages.finetune.regression`) and trains:
+regression, the numbers in it: :mod:`compress.stages.finetune.regression`; for question answering, a span head on
+SQuAD-format data: :mod:`compress.stages.finetune.answers`) and trains:
 the whole model, the first N layers frozen, or low-rank adapters (peft LoRA) merged into the weights before the
 checkpoint is written, so every later step sees a plain checkpoint.
 
