@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_detection import _images
+from test_detection import _images, _own_boxes
 from test_storage import one_line, run_cli
 
 from compress.tasks.box_layouts import SsdAnchors, ssd_anchors
@@ -50,18 +50,18 @@ class TinyYolox(torch.nn.Module):
 
 class TinySsd(torch.nn.Module):
     """32x32 input -> BlazeFace's layout on 56 anchors: ``regressors`` [batch, 56, 4 + 2·2] (x, y, w, h and two
-    keypoints, in input pixels relative to the anchor) and ``classificators`` [batch, 56, 1] (a logit)."""
+    keypoints, in input pixels relative to the anchor) and ``classificators`` [batch, 56, 2] (a logit per class)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 2, 1),
                                         torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
-        self.fine, self.coarse = torch.nn.Conv2d(8, 2 * 9, 1), torch.nn.Conv2d(8, 6 * 9, 1)
+        self.fine, self.coarse = torch.nn.Conv2d(8, 2 * 10, 1), torch.nn.Conv2d(8, 6 * 10, 1)
 
     def forward(self, image):
         f = self.stem(image)
-        a = self.fine(f).permute(0, 2, 3, 1).reshape(len(image), -1, 9)  # 4x4 cells x 2 anchors
-        b = self.coarse(torch.nn.functional.avg_pool2d(f, 2)).permute(0, 2, 3, 1).reshape(len(image), -1, 9)
+        a = self.fine(f).permute(0, 2, 3, 1).unflatten(-1, (2, 10)).flatten(1, 3)  # 4x4 cells x 2 anchors
+        b = self.coarse(torch.nn.functional.avg_pool2d(f, 2)).permute(0, 2, 3, 1).unflatten(-1, (6, 10)).flatten(1, 3)
         p = torch.cat([a, b], 1)
         box = torch.cat([p[..., :2] * 4.0, 8.0 + 4.0 * torch.sigmoid(p[..., 2:4]), p[..., 4:8] * 4.0], -1)
         return box, p[..., 8:] * 4.0
@@ -104,13 +104,15 @@ def _yolox_reference(rows: np.ndarray, strides, size: int):
 
 
 def _mediapipe_reference(raw: np.ndarray, logits: np.ndarray, anchors: list, scale: float):
-    """MediaPipe's DecodeBoxes (XYWH) + sigmoid scores, per anchor: [(x1, y1, x2, y2, score, [(kx, ky)...])]."""
+    """MediaPipe's DecodeBoxes (XYWH) + the best class's sigmoid score, per anchor:
+    [(x1, y1, x2, y2, score, [(kx, ky)...], class)]."""
     out = []
     for (ax, ay, aw, ah), row, logit in zip(anchors, raw.tolist(), logits.tolist()):
         cx, cy = row[0] / scale * aw + ax, row[1] / scale * ah + ay
         w, h = row[2] / scale * aw, row[3] / scale * ah
         kps = [(row[4 + 2 * k] / scale * aw + ax, row[5 + 2 * k] / scale * ah + ay) for k in range(2)]
-        out.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, 1 / (1 + math.exp(-logit[0])), kps))
+        k = int(np.argmax(logit))
+        out.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, 1 / (1 + math.exp(-logit[k])), kps, k))
     return out
 
 
@@ -178,13 +180,14 @@ def test_ssd_anchors_and_decoding_follow_mediapipe(tmp_path):
     assert np.allclose(ssd_anchors(SsdAnchors(**SSD_ANCHORS), (32, 32)), anchors)
     post = DetectionPostprocess(layout="ssd", anchors=SSD_ANCHORS, box_scale=(32, 32, 32, 32), box_order="xywh",
                                 keypoints=2, scores_output="classificators", iou_threshold=0.99, max_detections=1000)
-    got = decode(post, raw, 1, (32, 32), scores=logits, keypoints=True)
+    got = decode(post, raw, 2, (32, 32), scores=logits, keypoints=True)
     for i, (boxes, scores, classes, points) in enumerate(got):
         ref = _mediapipe_reference(raw[i], logits[i], anchors, 32.0)
-        assert len(boxes) >= 20 and points.shape == (len(boxes), 2, 2) and set(classes.tolist()) == {0}
-        for b, s, p in zip(boxes, scores, points):
+        assert len(boxes) >= 20 and points.shape == (len(boxes), 2, 2) and set(classes.tolist()) == {0, 1}
+        for b, s, p, c in zip(boxes, scores, points, classes):
             match = next(r for r in ref if abs(r[4] - s) < 1e-9)
             assert np.allclose(b / 32, match[:4], atol=1e-6) and np.allclose(p / 32, match[5], atol=1e-6)
+            assert c == match[6]
     # keypoints map back to the image as the boxes do (here through YOLOX's top-left letterbox of a 64x40 image)
     from compress.artifact import ImagePreprocess
     from compress.tasks.detection import keypoints_to_image, to_image
@@ -199,34 +202,16 @@ def test_ssd_anchors_and_decoding_follow_mediapipe(tmp_path):
 
     joined = join_scores(post, {"regressors": raw, "classificators": logits}, "regressors")
     post1 = post.model_copy(update={"scores_output": None})
-    for again in (decode(post1, joined, 1, (32, 32), keypoints=True), decode(post, joined, 1, (32, 32), keypoints=True)):
+    for again in (decode(post1, joined, 2, (32, 32), keypoints=True), decode(post, joined, 2, (32, 32), keypoints=True)):
         assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[3], b[3]) for a, b in zip(got, again))
 
 
 def test_a_yolox_layout_goes_adopt_int8_validate_through_the_cli(tmp_path, fast_host, capsys):
-    from PIL import Image
-
     from compress.artifact import load_artifact
-    from compress.runtimes.base import load_runtime
-    from compress.tasks.detection import to_image
 
     images = _images(tmp_path)
     assert run_cli(capsys, "export", _yolox(tmp_path), "--out", tmp_path / "fp32")[0] == 0
-    fp32 = load_artifact(tmp_path / "fp32")
-    m = fp32.manifest
-    backend = load_runtime(fp32)
-    out = backend.run(backend.encode(images))
-    backend.close()
-    assert out.shape == (len(images), 21, 7)
-    doc = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(LABELS)]}
-    for i, (p, (b, s, c)) in enumerate(zip(images, decode(m.postprocess, out, 2, (32, 32)))):
-        w, h = Image.open(p).size
-        doc["images"].append({"id": i, "file_name": p.name, "width": w, "height": h})
-        for box, cls in zip(to_image(b[s >= 0.5], (w, h), m.preprocess), c[s >= 0.5]):
-            if box[2] - box[0] > 1 and box[3] - box[1] > 1:
-                doc["annotations"].append({"id": len(doc["annotations"]), "image_id": i, "category_id": int(cls) + 1,
-                                           "bbox": [float(v) for v in (box[0], box[1], box[2] - box[0],
-                                                                       box[3] - box[1])]})
+    doc = _own_boxes(load_artifact(tmp_path / "fp32"), images)  # the FP32 file's confident boxes as labels
     assert len(doc["annotations"]) >= 12
     coco = tmp_path / "boxes.json"
     coco.write_text(json.dumps(doc))
@@ -237,6 +222,32 @@ def test_a_yolox_layout_goes_adopt_int8_validate_through_the_cli(tmp_path, fast_
     met = json.loads((tmp_path / "rep" / "report.json").read_text())["metrics"]
     assert met["metric_name"] == "mAP@[.5:.95]" and met["teacher_metric"] > 0.95  # its own boxes
     assert 0.8 < met["metric"] <= 1.0 and 0.8 < met["agreement"] <= 1.0  # INT8 of 21 boxes per image
+
+
+class JoinedSsd(TinySsd):
+    """TinySsd with the scores after the box and keypoints in one output: [batch, 56, 8 + 2]."""
+
+    def forward(self, image):
+        return torch.cat(super().forward(image), -1)
+
+
+def test_an_ssd_layout_with_its_scores_in_the_rows_validates(tmp_path, fast_host):
+    from compress.stages.export import export
+    from compress.validation.local import ValidateConfig, validate
+
+    images = _images(tmp_path)
+    post = {"layout": "ssd", "anchors": SSD_ANCHORS, "box_scale": [32, 32, 32, 32], "box_order": "xywh",
+            "keypoints": 2}
+    torch.manual_seed(0)
+    f = _export(JoinedSsd(), tmp_path, "ssd", ["detections"], "preprocess: {size: [32, 32], resize: letterbox}\n"
+                f"postprocess: {json.dumps(post)}\n", "image")
+    fp32 = export(f, tmp_path / "fp32")
+    doc = _own_boxes(fp32, images)
+    assert len(doc["annotations"]) >= 12
+    (tmp_path / "boxes.json").write_text(json.dumps(doc))
+    met = validate(fp32, ValidateConfig.from_flat(data=str(tmp_path / "boxes.json"), cold_start=False,
+                                                  profile=fast_host)).metrics
+    assert met["metric"] == met["teacher_metric"] == 1.0 and met["agreement"] == 1.0  # its own boxes, mapped back
 
 
 def test_bad_layouts_are_refused_in_one_line(tmp_path, capsys):
