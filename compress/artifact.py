@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 from collections.abc import Iterator
 from enum import StrEnum
@@ -145,6 +146,26 @@ class ArrayPreprocess(BaseModel):
         if not self.shapes or set(self.shapes) != set(self.dtypes):
             raise ValueError("shapes and dtypes must name the same, non-empty set of inputs")
         return self
+
+
+#: how an output that carries state is named beside the input it feeds back into: a transformers KV cache's
+#: ``present.N.key`` -> ``past_key_values.N.key``; Silero VAD's ``stateN`` -> ``state``; ``..._out`` -> ``..._in``
+STATE_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^present(\W.*)$", r"past_key_values\1"),
+    (r"^present_(.*)$", r"past_\1"),
+    (r"^(.*)N$", r"\1"),
+    (r"^(.*)_out$", r"\1_in"),
+    (r"^(.*)_out$", r"\1"),
+)
+
+
+def state_input_of(output: str, inputs) -> str | None:
+    """The input (among ``inputs``' names) that the output named ``output`` feeds back into by its name
+    (:data:`STATE_RENAMES`), else None."""
+    for pattern, repl in STATE_RENAMES:
+        if re.match(pattern, output) and (name := re.sub(pattern, repl, output)) in inputs:
+            return name
+    return None
 
 
 class StreamSpec(BaseModel):

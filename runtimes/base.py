@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compress._optional import is_available, require
-from compress.artifact import Artifact, Format
+from compress.artifact import Artifact, Format, state_input_of
 from compress.data.tokenization import encoder_for
 from compress.device.shipped import StreamCalls, TextFeeds, first_subtokens, pool
 from compress.errors import ConfigError
@@ -37,17 +36,6 @@ RUNTIMES: dict[str, str] = {
     "coreml": "compress.runtimes.coreml_backend:CoreMLBackend",
     "llamacpp": "compress.runtimes.llamacpp_backend:LlamaCppBackend",
 }
-
-
-#: how an output that carries state is named beside the input it feeds back into: a transformers KV cache's
-#: ``present.N.key`` -> ``past_key_values.N.key``; Silero VAD's ``stateN`` -> ``state``; ``..._out`` -> ``..._in``
-_STATE_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^present(\W.*)$", r"past_key_values\1"),
-    (r"^present_(.*)$", r"past_\1"),
-    (r"^(.*)N$", r"\1"),
-    (r"^(.*)_out$", r"\1_in"),
-    (r"^(.*)_out$", r"\1"),
-)
 
 
 @dataclass(frozen=True)
@@ -102,14 +90,12 @@ class StateSpec:
         by_name = {t.name: t for t in inputs}
         pairs = []
         for out in outputs:
-            for pattern, repl in _STATE_RENAMES:
-                name = re.sub(pattern, repl, out.name) if re.match(pattern, out.name) else None
-                if name in by_name:
-                    spec = by_name[name]
-                    shape = tuple(d if isinstance(d, int) and d >= 0 else
-                                  sizes.get(str(d), 1 if "batch" in str(d).lower() else 0) for d in spec.shape)
-                    pairs.append(StatePair(name, out.name, shape, spec.dtype))
-                    break
+            name = state_input_of(out.name, by_name)
+            if name is not None:
+                spec = by_name[name]
+                shape = tuple(d if isinstance(d, int) and d >= 0 else
+                              sizes.get(str(d), 1 if "batch" in str(d).lower() else 0) for d in spec.shape)
+                pairs.append(StatePair(name, out.name, shape, spec.dtype))
         return cls(tuple(pairs)) if pairs else None
 
 

@@ -40,6 +40,7 @@ from compress.artifact import (
     TextPreprocess,
     digest_of,
     library_versions,
+    state_input_of,
     task_postprocess,
 )
 from compress.device.shipped import sha256_file
@@ -430,11 +431,8 @@ def check_stream(path: Path, stream: StreamSpec, inputs: list[TensorSpec], outpu
         raise ConfigError(f"{yaml_file}: stream input {stream.input!r} is not an input of {path.name}",
                           hint=f"its inputs: {', '.join(ins)}")
     state = dict(stream.state)
-    if not state:
-        from compress.runtimes.base import StateSpec
-
-        found = StateSpec.from_tensors(inputs, outputs)
-        state = {p.output: p.input for p in found.pairs} if found else {}
+    if not state:  # read from the names: stateN -> state, present.N.key -> past_key_values.N.key, x_out -> x_in
+        state = {t.name: name for t in outputs if (name := state_input_of(t.name, ins)) is not None}
     if not state:
         raise ConfigError(f"{yaml_file}: stream names no state and none of {path.name}'s outputs is named as a state "
                           "fed back (stateN -> state)", hint="name it: stream: {state: {OUTPUT: INPUT}}")
