@@ -99,7 +99,7 @@ def _feeds_for(art: Artifact):
 def _stream_reference(run: ValidationRun) -> list[np.ndarray] | None:
     """A streaming model's reference here: the teacher's primary output on each sequence, the state carried."""
     from compress.runtimes.base import load_runtime
-    from compress.validation.stream import stream_outputs
+    from compress.validation.stream_metrics import stream_outputs
 
     if run.teacher is None:
         return None
@@ -256,7 +256,7 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
 
     metrics: dict[str, Any] = {}
     if dataset is not None and m.stream is not None:  # the device's outputs, call by call, split by sequence
-        from compress.validation.stream import stream_metrics
+        from compress.validation.stream_metrics import stream_metrics
 
         cand = np.load(io.BytesIO(base64.b64decode(res["outputs_npy_b64"])), allow_pickle=False)
         cand = np.split(cand, np.cumsum(res["stream_calls"])[:-1])
