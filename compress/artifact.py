@@ -479,7 +479,7 @@ def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None =
     :class:`~compress.errors.StorageError` naming ``out`` (``need_bytes``: what the step expects to
     write, for the message), whatever wrapper the failure came through.
     """
-    from compress import storage
+    from compress import interrupt, storage
 
     out = check_output(out, force)
     try:
@@ -503,8 +503,12 @@ def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None =
             os.replace(out, old / "x")
             try:
                 os.replace(tmp, out)
+                interrupt.note_written(out)
             except BaseException:
-                os.replace(old / "x", out)  # put the previous output back
+                if tmp.exists():  # not renamed: put the previous output back
+                    os.replace(old / "x", out)
+                else:  # renamed, then interrupted: the new output stands, complete; the previous one goes
+                    shutil.rmtree(old, ignore_errors=True)
                 raise
             finally:
                 if not (old / "x").exists():
@@ -512,7 +516,10 @@ def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None =
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+            interrupt.note_written(out)
     except BaseException as e:
+        if not tmp.exists() and out.exists():  # renamed into place, then interrupted: complete, and said so
+            interrupt.note_written(out)
         found = storage.classify(e, out) if isinstance(e, Exception) else None  # before the space is freed
         written = storage.tree_bytes(tmp) if found else 0
         shutil.rmtree(tmp, ignore_errors=True)

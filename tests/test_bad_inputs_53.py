@@ -336,6 +336,17 @@ def test_ctrl_c_after_the_command_ended_exits_130_and_says_the_output_is_complet
     load_artifact(tmp_path / "out", verify=True)  # complete: every file's sha256 as its manifest says
 
 
+def test_ctrl_c_the_instant_the_artifact_is_renamed_says_it_is_complete(mlp, tmp_path):
+    """Before: "interrupted (Ctrl-C); no output was written", with the complete artifact in place."""
+    from compress.artifact import load_artifact
+
+    proc = _export_interrupted("renamed", mlp, tmp_path / "out")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"interrupted (Ctrl-C); {tmp_path / 'out'} is complete", proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    load_artifact(tmp_path / "out", verify=True)
+
+
 # --- messages that named the wrong problem ----------------------------------------------------------------------
 
 
