@@ -17,7 +17,7 @@ import pytest
 from compress.errors import ConfigError, DataError, QuantizationCollapsed
 from compress.settings import flag
 from compress.stages.quantize.config import PROFILE_KEYS, QuantizeConfig, applies, backends, refuse_ignored
-from tests.conftest import ENV, main_error
+from tests.conftest import ENV, assert_one_line_error, edgecompress, main_error
 
 TFLITE = Path(__file__).resolve().parent / "assets" / "tiny_cnn.tflite"
 #: values tried in order for an option until one validates and differs from its default (a bool, an enum member, a
@@ -526,3 +526,34 @@ def test_an_onnx_artifact_to_a_format_that_starts_from_pytorch_is_refused_naming
     line = main_error(capsys, "export", adopted["onnx"], "--format", fmt, "--out", tmp_path / "o")
     assert "starts from the PyTorch model, not an ONNX artifact" in line and "not installed" not in line
     assert not (tmp_path / "o").exists()
+
+
+def test_export_of_a_truncated_ir_is_one_line_with_no_native_chatter(adopted, tmp_path):
+    """Before: three absl/TensorFlow-frontend lines on the terminal before the error."""
+    (tmp_path / "cut.xml").write_bytes((adopted["openvino"] / "model.xml").read_bytes()[:10])
+    shutil.copy2(adopted["openvino"] / "model.bin", tmp_path / "cut.bin")
+    proc = edgecompress("export", tmp_path / "cut.xml", "--out", tmp_path / "o")
+    assert_one_line_error(proc, "not a readable OpenVINO IR", "Unable to read the model")
+    assert "absl" not in proc.stderr and "GraphDef" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("declared, words", [
+    ("{wrong: {shape: [16]}}", ("inputs declares wrong", "takes x")),
+    ("{x: {shape: [17]}}", ("input x is declared [17]", "[16]")),
+    ("{x: {shape: [4, 4]}}", ("input x is declared [4, 4]",)),
+])
+def test_declared_inputs_that_contradict_the_graph_are_refused(mlp, tmp_path, capsys, declared, words):
+    """Before: model.yaml's inputs: beside an ONNX file was silently ignored (exported, exit 0)."""
+    shutil.copy2(mlp / "mlp.onnx", tmp_path / "m.onnx")
+    (tmp_path / "m.yaml").write_text(f"inputs: {declared}\n", encoding="utf-8")
+    line = main_error(capsys, "export", tmp_path / "m.onnx", "--out", tmp_path / "o")
+    assert "m.yaml" in line and all(w in line for w in words), line
+    assert not (tmp_path / "o").exists()
+
+
+def test_declared_inputs_that_agree_with_the_graph_are_taken(mlp, tmp_path):
+    from compress.stages.export import export
+
+    shutil.copy2(mlp / "mlp.onnx", tmp_path / "m.onnx")
+    (tmp_path / "m.yaml").write_text("inputs: {x: {shape: [16]}}\n", encoding="utf-8")
+    assert [t.name for t in export(tmp_path / "m.onnx", tmp_path / "o").manifest.inputs] == ["x"]

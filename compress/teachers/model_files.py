@@ -256,8 +256,11 @@ def _read_ir(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     if not weights.is_file():
         raise ModelLoadError(f"{path}: its weights live in {weights.name}, which is missing",
                              hint=f"copy {weights.name} beside {path.name} (openvino.save_model writes both)")
+    from compress.native_stderr import captured_stderr
+
     try:
-        model = ov.Core().read_model(str(path))
+        with captured_stderr():  # the TensorFlow frontend's absl lines, tried on a file the IR reader refused
+            model = ov.Core().read_model(str(path))
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and friends for a bad or truncated IR
         raise ModelLoadError(f"{path}: not a readable OpenVINO IR, truncated or with operators this OpenVINO lacks "
                              f"({first_line(e)})", hint="convert the model again with this OpenVINO version") from None
@@ -315,6 +318,24 @@ def _named_inputs(path: Path, desc: ModelDescription, inputs: list[TensorSpec]) 
                               f"{t.shape[1:]} (batch axis left out)", hint="declare the shapes the file has")
         named.append(TensorSpec(name=name, dtype=t.dtype, shape=t.shape))
     return named
+
+
+def _check_declared(path: Path, desc: ModelDescription, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """``inputs:`` beside a file that records its own (ONNX, IR): it must say what the graph says (the same names,
+    per-sample shapes that agree wherever the graph fixes a dimension), else one line; it was silently ignored."""
+    yaml_file = description_file(path)
+    graph = {t.name: t for t in inputs}
+    if set(desc.inputs) != set(graph):
+        raise ConfigError(f"{yaml_file}: inputs declares {', '.join(desc.inputs)}; {path.name} takes "
+                          f"{', '.join(graph)}", hint=f"declare the graph's own inputs (edgecompress inspect "
+                          f"{path.name} shows them), or leave inputs: out: {path.suffix} files record them")
+    for name, d in desc.inputs.items():
+        takes = graph[name].shape[1:]
+        if len(takes) != len(d.shape) or any(isinstance(g, int) and g > 0 and g != n for g, n in zip(takes, d.shape)):
+            raise ConfigError(f"{yaml_file}: input {name} is declared {list(d.shape)} but {path.name} takes "
+                              f"{takes} (batch axis left out)", hint="declare the shapes the file has, or leave "
+                              "inputs: out")
+    return inputs
 
 
 def _check_image_input(yaml_file: Path, pre: ImagePreprocess, t: TensorSpec) -> None:
@@ -411,8 +432,8 @@ def inspect_model_file(path: Path | str) -> ModelFileInfo:
         opset = _check(p, model)
         (inputs, outputs), fmt = graph_specs(p, model), Format.onnx
     desc = read_description(p)
-    if fmt is Format.litert and desc.inputs:
-        inputs = _named_inputs(p, desc, inputs)
+    if desc.inputs:  # a LiteRT file's converter names are renamed; a graph that records its own is checked
+        inputs = _named_inputs(p, desc, inputs) if fmt is Format.litert else _check_declared(p, desc, inputs)
     stream = check_stream(p, desc.stream, inputs, outputs) if desc.stream is not None else None
     task, labels, preprocess, max_length = describe_inputs(p, desc, stream_fed(stream, inputs), outputs)
     return ModelFileInfo(path=p, format=fmt, opset=opset, inputs=inputs, outputs=outputs, task=task,
