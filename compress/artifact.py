@@ -38,7 +38,7 @@ from compress import __version__
 from compress.device.shipped import sha256_file
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
 from compress.formats import FORMATS
-from compress.tasks import Task, postprocess_for, postprocess_models
+from compress.tasks import Task, postprocess_for, postprocess_models, repeated_class_name
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,14 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file but the manifest.")
     versions: dict[str, str | None] = Field(default_factory=dict, description="Tool/library versions.")
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, v: list[str] | None) -> list[str] | None:
+        why = repeated_class_name(v)
+        if why:
+            raise ValueError(why)
+        return v
 
     @field_validator("postprocess", mode="before")
     @classmethod

@@ -557,3 +557,25 @@ def test_declared_inputs_that_agree_with_the_graph_are_taken(mlp, tmp_path):
     shutil.copy2(mlp / "mlp.onnx", tmp_path / "m.onnx")
     (tmp_path / "m.yaml").write_text("inputs: {x: {shape: [16]}}\n", encoding="utf-8")
     assert [t.name for t in export(tmp_path / "m.onnx", tmp_path / "o").manifest.inputs] == ["x"]
+
+
+def test_a_class_name_given_twice_is_refused_where_labels_enter(mlp, tmp_path, capsys):
+    """Before: labels [cat, cat, bird, dog] adopted, exit 0: name -> id ambiguous, one 'cat' never scored."""
+    shutil.copy2(mlp / "mlp.onnx", tmp_path / "m.onnx")
+    (tmp_path / "m.yaml").write_text("labels: [cat, cat, bird, dog]\n", encoding="utf-8")
+    line = main_error(capsys, "export", tmp_path / "m.onnx", "--out", tmp_path / "o")
+    assert "m.yaml" in line and "'cat' is given twice (ids 0 and 1)" in line and not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_whose_id2label_repeats_a_name_is_refused(bert_classifier, tmp_path):
+    import json
+
+    from compress.errors import ModelLoadError
+    from compress.teachers.load import inspect_checkpoint
+
+    shutil.copytree(bert_classifier, tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg["id2label"], cfg["label2id"] = {"0": "neg", "1": "neg"}, {"neg": 1}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="'neg' is given twice"):
+        inspect_checkpoint(tmp_path / "ckpt")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = ["TASKS", "CollectedMetric", "StreamingMetric", "Task", "TaskInfo", "load", "postprocess_for", "postprocess_models",
-           "task_for"]
+           "repeated_class_name", "task_for"]
 
 
 class Task(StrEnum):
@@ -206,6 +206,18 @@ class CollectedMetric(StreamingMetric):
         if labels is not None and labels and not isinstance(labels[0], (dict, list, str)):
             labels = np.asarray(labels)
         return self._fn(self._m, cand, ref, labels)
+
+
+def repeated_class_name(labels: list[str] | None) -> str | None:
+    """Why ``labels`` (class names by id) cannot name classes, or None: a name given twice (``[cat, cat, bird]``)
+    makes name -> id ambiguous, so one of the two ids would never be scored. Every place a label list enters (a
+    model.yaml, a manifest, a checkpoint's id2label, a program's yaml) asks this."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(labels or []):
+        if name in seen:
+            return f"class name {name!r} is given twice (ids {seen[name]} and {i}): give each class its own name"
+        seen[name] = i
+    return None
 
 
 def task_for(inputs: str | None, *, numbers: bool = False) -> Task:

@@ -40,7 +40,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, Task, task_for
+from compress.tasks import TASKS, Task, repeated_class_name, task_for
 from compress.tasks.classification import ClassPostprocess
 from compress.teachers.checkpoints import InfoTeacher, model_load_error
 
@@ -205,6 +205,9 @@ def _program_info(path: Path) -> ImageInfo:
     if not isinstance(labels, list) or not labels:  # a regressor names its outputs (finetune writes LABEL_0, ...)
         raise ConfigError(f"{yaml_file}: labels must be a non-empty list of class names (a regressor's: one name per "
                           "output)", hint="labels: [cat, dog]")
+    if repeated_class_name([str(x) for x in labels]):
+        raise ConfigError(f"{yaml_file}: labels: {repeated_class_name([str(x) for x in labels])}",
+                          hint="labels: [cat, dog]")
     from pydantic import ValidationError
 
     try:

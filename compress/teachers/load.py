@@ -26,7 +26,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, Task, postprocess_for, task_for
+from compress.tasks import TASKS, Task, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
 
@@ -183,6 +183,9 @@ def inspect_checkpoint(
         elif labels is None:
             n = int(config.get("num_labels", 2))
             labels = [f"LABEL_{i}" for i in range(n)]
+        elif repeated_class_name(labels):
+            raise ModelLoadError(f"{path}/config.json: id2label: {repeated_class_name(labels)}",
+                                 hint="fix id2label in config.json")
     elif task is Task.text_generation:  # BOS/EOS, the perplexity window, the KV cache's dimensions
         from compress.teachers.lm_config import postprocess_of
 

@@ -46,7 +46,7 @@ from compress.artifact import (
 from compress.device.shipped import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.formats import file_format
-from compress.tasks import TASKS, Task, load, postprocess_for, task_for
+from compress.tasks import TASKS, Task, load, postprocess_for, repeated_class_name, task_for
 from compress.tasks.classification import ClassPostprocess
 from compress.teachers.checkpoints import InfoTeacher
 
@@ -90,6 +90,14 @@ class ModelDescription(BaseModel):
     stream: StreamSpec | None = Field(
         None, description="A streaming model: the input its chunks feed, chunk and context sizes, which outputs feed "
         "which inputs on the next call ({stateN: state}), constant inputs ({sr: 16000}) and an audio sample rate.")
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, v: list[str] | None) -> list[str] | None:
+        why = repeated_class_name(v)
+        if why:
+            raise ValueError(why)
+        return v
 
     @field_validator("postprocess", mode="before")
     @classmethod
