@@ -168,7 +168,7 @@ def _batches(tokenizer, texts: list[str], labels: list[int] | None, max_length: 
 def class_scores(out, mask):
     """A model's class scores: its logits, or a span head's start and end logits as two rows of scores over the tokens
     (``[2 * batch, tokens]``, start then end of each row, padding at -1e4): a question answerer's "classes" are the
-    positions of its context."""
+    positions of its context. ``mask``: the batch's attention mask (None for an image model: no padding)."""
     if getattr(out, "start_logits", None) is not None:
         import torch
 
@@ -235,7 +235,7 @@ def importance_scores(
             saved.clear()
             out = model(**model_feed(model, enc))
             if classification:
-                logits = class_scores(out, enc["attention_mask"])
+                logits = class_scores(out, enc.get("attention_mask"))
                 target = logits.argmax(-1)
                 if lab is not None:
                     known = lab >= 0
@@ -292,7 +292,7 @@ def _layer_skip_scores(model, tokenizer, texts, classification, pooling, normali
         with torch.inference_mode():
             for enc, _ in (batches() if batches else _batches(tokenizer, texts, None, max_length, batch_size)):
                 out = model(**model_feed(model, enc))
-                res.append(class_scores(out, enc["attention_mask"]).log_softmax(-1) if classification
+                res.append(class_scores(out, enc.get("attention_mask")).log_softmax(-1) if classification
                            else _pooled(out, enc["attention_mask"], pooling, normalize).float())
         return res
 
