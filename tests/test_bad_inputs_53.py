@@ -22,7 +22,7 @@ from tests.conftest import ENV, assert_one_line_error, edgecompress, main_error
 TFLITE = Path(__file__).resolve().parent / "assets" / "tiny_cnn.tflite"
 #: values tried in order for an option until one validates and differs from its default (a bool, an enum member, a
 #: number within the field's bounds, a path string, a list of names)
-_CANDIDATES = (True, False, 4, 64, 99.0, 0.05, 1e-4, "static", "int4", "fp32", "uint8", "entropy", "q4_0", "hqq",
+_CANDIDATES = (True, False, 4, 16, 64, 99.0, 0.05, 1e-4, "static", "int4", "fp32", "uint8", "entropy", "q4_0", "hqq",
                "layer-errors", ["Node"])
 
 
@@ -579,3 +579,35 @@ def test_a_checkpoint_whose_id2label_repeats_a_name_is_refused(bert_classifier, 
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ModelLoadError, match="'neg' is given twice"):
         inspect_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_tagger_labelled_label_n_is_refused_when_it_is_read(ner_teacher, tmp_path, capsys):
+    """Before: exported (exit 0), then every validate refused it: its tags are no entity scheme."""
+    import json
+
+    shutil.copytree(ner_teacher, tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    n = len(cfg["id2label"])
+    cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
+    cfg["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    line = main_error(capsys, "export", tmp_path / "ckpt", "--out", tmp_path / "o")
+    assert "not an entity tag scheme" in line and "id2label" in line and not (tmp_path / "o").exists()
+
+
+def test_the_teacher_output_cache_goes_through_the_one_npz_reader(tmp_path, caplog):
+    """A damaged cache file is recomputed (one warning, no numpy allow_pickle advice); a tagger's outputs keep the NaN
+    they hold by design past each row's words."""
+    import json
+    import logging
+
+    from compress.validation.teacher_outputs import _read
+
+    key = {"rows": 2}
+    (tmp_path / "bad.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    with caplog.at_level(logging.WARNING):
+        assert _read(tmp_path / "bad.npz", key) is None
+    assert "ignoring damaged teacher-output cache" in caplog.text and "allow_pickle" not in caplog.text
+    outputs = np.array([[1.0, np.nan], [2.0, 3.0]], dtype=np.float32)
+    np.savez(tmp_path / "ok.npz", key=json.dumps(key), outputs=outputs)
+    np.testing.assert_array_equal(_read(tmp_path / "ok.npz", key), outputs)

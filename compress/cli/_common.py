@@ -96,6 +96,11 @@ def status(message: str):
     return lines()
 
 
+def retention_text(value: float | None) -> str:
+    """A retention for a summary line: three decimals, or why there is none (the reference scored 0: no ratio)."""
+    return f"{value:.3f}" if value is not None else "undefined: the reference scores 0"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import PhaseProgress, build_config, console, force_option
+from compress.cli._common import PhaseProgress, build_config, console, force_option, retention_text
 from compress.errors import ConfigError
 from compress.stages.distill.config import DistillConfig, Metric, MixedPrecision, Schedule
 
@@ -169,7 +169,7 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, student_con
             f"in {m['train_seconds']:.0f} s")
     if m.get("eval_metric") is not None:
         line += (f"; eval {m['metric']} {m['eval_metric']:.4f} vs teacher {m['teacher_eval_metric']:.4f} "
-                 f"(retention {m['retention']:.3f}, {m['chosen']} checkpoint)")
+                 f"(retention {retention_text(m.get('retention'))}, {m['chosen']} checkpoint)")
     console().print(line)
 
 

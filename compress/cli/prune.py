@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import PhaseProgress, build_config, console, force_option, section_help
+from compress.cli._common import PhaseProgress, build_config, console, force_option, retention_text, section_help
 from compress.stages.prune.config import PruneConfig
 
 F = PruneConfig.flat_fields()
@@ -145,14 +145,14 @@ def summary_lines(m: dict) -> list[str]:
         ev = ""
         if r.get("eval_metric") is not None and "eval" not in m:  # superseded by the written model's score
             ev = (f"; eval {r['metric']} {r['eval_metric']:.4f} vs unpruned {r['teacher_eval_metric']:.4f} "
-                  f"(retention {r['retention']:.3f})")
+                  f"(retention {retention_text(r.get('retention'))})")
         lines.append(f"recovery: {r['steps']} distillation steps in {r['train_seconds']:.0f} s{ev}")
     if "eval" in m:  # the written model with its own tokenizer: the accuracy the artifact has
         e = m["eval"]
         vs_t = (f", original teacher {e['teacher']:.4f} (retention {e['retention_vs_teacher']:.3f})"
                 if e.get("teacher_path") and e.get("retention_vs_teacher") is not None else "")
         lines.append(f"written model: eval {e['metric']} {e['written']:.4f} on {e['rows']} rows vs unpruned "
-                     f"{e['unpruned']:.4f} (retention {e['retention_vs_unpruned']:.3f}){vs_t}")
+                     f"{e['unpruned']:.4f} (retention {retention_text(e.get('retention_vs_unpruned'))}){vs_t}")
     return lines
 
 

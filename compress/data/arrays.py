@@ -64,11 +64,13 @@ class ArrayDataset:
         return self._take(sorted(random.Random(seed).sample(range(len(self)), n)))
 
 
-def read_npz(file: Path, hint: str = "np.savez(f, INPUT_NAME=array, labels=int_array)") -> dict[str, np.ndarray]:
+def read_npz(file: Path, hint: str = "np.savez(f, INPUT_NAME=array, labels=int_array)", *,
+             finite: bool = True) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` ``file``, or a one-line :class:`DataError`: a file that is not a whole ``.npz``
     (truncated, random bytes), object arrays (only a pickle loads them) and NaN or infinite values (no model input,
-    label or target means anything with them). The one reader of users' ``.npz`` data: inputs, images and labels.
-    ``hint``: how this kind of file is written."""
+    label or target means anything with them; ``finite=False`` lets them through, for arrays that hold NaN by design,
+    such as a tagger's outputs past a row's words). The one reader of ``.npz`` data: users' inputs, images and labels,
+    and the files edgecompress writes for itself. ``hint``: how this kind of file is written."""
     import zipfile
     import zlib
 
@@ -83,7 +85,7 @@ def read_npz(file: Path, hint: str = "np.savez(f, INPUT_NAME=array, labels=int_a
             raise DataError(f"{file}: not an .npz (no zip archive of arrays)", hint=f"write it with {hint}") from None
         raise DataError(f"{file}: holds object arrays, which only a pickle can load",
                         hint=f"save plain numeric arrays: {hint}") from None
-    for name, arr in data.items():
+    for name, arr in data.items() if finite else ():
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
             bad = ~np.isfinite(arr.reshape(len(arr), -1) if arr.ndim > 1 else arr)
             rows = np.flatnonzero(bad.any(axis=1) if bad.ndim > 1 else bad)

@@ -186,6 +186,14 @@ def inspect_checkpoint(
         elif repeated_class_name(labels):
             raise ModelLoadError(f"{path}/config.json: id2label: {repeated_class_name(labels)}",
                                  hint="fix id2label in config.json")
+        if TASKS[task].labels == "per-word":  # a tagger is judged by entities: its tags must be a scheme seqeval reads
+            from compress.tasks.entities import check_scheme
+
+            try:
+                check_scheme(labels)
+            except ConfigError as e:
+                raise ModelLoadError(f"{path}: {e.message}", hint="set config.json's id2label to IOB2 tags (O, B-PER, "
+                                     "I-PER, ...), or fine-tune it with --task token-classification") from None
     elif task is Task.text_generation:  # BOS/EOS, the perplexity window, the KV cache's dimensions
         from compress.teachers.lm_config import postprocess_of
 

@@ -506,6 +506,14 @@ def describe_inputs(p: Path, desc: ModelDescription, inputs: list[TensorSpec], o
     info = TASKS[task]
     if info.needs_class_names and not labels:
         raise ConfigError(f"{description_file(p)}: task {task} needs labels", hint="labels: [class names by id]")
+    if info.labels == "per-word" and labels:  # a tagger is judged by entities: its tags must be a scheme
+        from compress.tasks.entities import check_scheme
+
+        try:
+            check_scheme(labels)
+        except ConfigError as e:
+            raise ConfigError(f"{description_file(p)}: {e.message}", hint="labels: [O, B-PER, I-PER, ...] (IOB2 "
+                              "tags)") from None
     post = postprocess_for(task, desc.postprocess)
     if info.check is not None:  # the postprocess block against the output's shape and the labels, before anything runs
         load(info.check)(post, outputs[0].shape if outputs else [], labels, preprocess, str(description_file(p)))

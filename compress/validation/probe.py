@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         out = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]["logits"]
     elif args.feeds:  # the batch validate timed (an open dimension is fixed by the data, not the graph)
-        with np.load(args.feeds, allow_pickle=False) as f:
-            batch = {k: f[k] for k in f.files}
+        from compress.data.arrays import read_npz
+
+        batch = read_npz(args.feeds)
         t0 = time.perf_counter()
         out = backend.predict(batch)
     else:

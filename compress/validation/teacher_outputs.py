@@ -87,11 +87,12 @@ def _path(key: dict[str, Any]) -> Path:
 def _read(path: Path, key: dict[str, Any]) -> np.ndarray | None:
     if not path.is_file():
         return None
+    from compress.data.arrays import read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            stored = json.loads(str(f["key"]))
-            outputs = f["outputs"]
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file (BadZipFile, ...) is recomputed
+        f = read_npz(path, finite=False)  # NaN by design: a tagger's outputs past each row's words
+        stored, outputs = json.loads(str(f["key"])), f["outputs"]
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file (DataError, KeyError, ...) is recomputed
         log.warning("ignoring damaged teacher-output cache %s (%s)", path, exc)
         return None
     if stored != key or len(outputs) != key["rows"]:

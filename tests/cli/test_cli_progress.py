@@ -133,3 +133,14 @@ def test_export_and_quantize_say_what_they_do_without_a_terminal(bert_classifier
     result = CliRunner().invoke(cli, ["-q", "quantize", str(tmp_path / "onnx"), "--out", str(tmp_path / "int8")],
                                 catch_exceptions=False)
     assert result.exit_code == 0 and "quantizing" not in result.stderr  # -q: no progress
+
+
+def test_a_prune_summary_with_a_teacher_scoring_zero_says_retention_is_undefined():
+    """Before: a TypeError formatting retention None (a question-answering teacher whose F1 on --eval was 0)."""
+    from compress.cli.prune import summary_lines
+
+    lines = summary_lines({"recovery": {"steps": 4, "train_seconds": 1.0, "eval_metric": 0.0, "metric": "f1",
+                                        "teacher_eval_metric": 0.0, "retention": None},
+                           "eval": {"metric": "f1", "written": 0.0, "rows": 8, "unpruned": 0.0,
+                                    "retention_vs_unpruned": None}})
+    assert sum("retention undefined: the reference scores 0" in ln for ln in lines) == 1, lines

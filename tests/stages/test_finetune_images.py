@@ -335,3 +335,29 @@ def test_a_decomposed_programs_addmm_head_is_cut_off_with_its_weights(bases):
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(head(backbone(x)), module(x), atol=1e-6) and head.out_features == len(LABELS)
+
+
+def test_lora_on_a_cnn_whose_only_linear_layer_is_its_head_is_refused_in_one_line(bases, tmp_path):
+    """Before: peft's message cut mid-word, and a hint naming query,value (a text encoder's layers)."""
+    from compress.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        finetune(bases["cnn"], bases["images"], tmp_path / "t", FinetuneConfig.from_flat(lora_rank=4, **QUICK))
+    assert "no linear layer besides its head" in str(e.value) and "query" not in str(e.value)
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("pickle", [[], ["--allow-pickle"]])
+def test_a_torchscript_base_is_refused_once_with_the_reason_whatever_allow_pickle_says(bases, tmp_path, capsys,
+                                                                                      pickle):
+    """Before: without --allow-pickle, told to pass it; with it, refused anyway (its head cannot be cut off)."""
+    import shutil
+
+    import torch
+
+    module = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()))
+    torch.jit.save(module, str(tmp_path / "img.pt"))
+    shutil.copy2(bases["program"] / "model.yaml", tmp_path / "img.yaml")
+    line = main_error(capsys, "finetune", tmp_path / "img.pt", "--train", bases["images"], "--out", tmp_path / "o",
+                      *pickle)
+    assert "cannot cut the head off" in line and "--allow-pickle" not in line and not (tmp_path / "o").exists()

@@ -68,11 +68,23 @@ def check_labels(names: list[str], words: bool, train) -> None:
 
 def wrap_lora(model, config: FinetuneConfig, lora):
     """``model`` with peft's adapters as ``lora`` says; what peft cannot wrap is a one-line error."""
+    import torch
     from peft import get_peft_model
 
+    from compress.errors import first_line
+
+    head = set(getattr(lora, "modules_to_save", None) or [])
+    linear = sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                    and n.rsplit(".", 1)[-1] not in head and n not in head)
+    if not config.lora.targets and not linear:
+        raise ConfigError(f"--lora-rank {config.lora.rank}: {type(model).__name__} has no linear layer besides its "
+                          "head (its layers are convolutions): LoRA would adapt nothing",
+                          hint="leave --lora-rank out (every weight trains), or --freeze N to train the last blocks")
     try:
         return get_peft_model(model, lora)
     except (ValueError, TypeError) as e:
         what = ", ".join(config.lora.targets or ["all-linear"])
-        raise ConfigError(f"--lora-targets {what}: peft cannot wrap them ({str(e).splitlines()[0][:160]})",
-                          hint="name linear layers of the encoder, e.g. --lora-targets query,value") from None
+        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise ConfigError(f"--lora-targets {what}: peft cannot wrap them ({first_line(e, 160)})",
+                          hint="name linear layers of this model with --lora-targets (it has: "
+                          f"{', '.join(names[:6]) or 'none'})") from None

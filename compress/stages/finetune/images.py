@@ -114,10 +114,6 @@ def _build(base_teacher, names: list[str] | None, config: FinetuneConfig, output
         model = copy.deepcopy(base_teacher.model)
         model.reset_classifier(outputs if names is None else len(names))
         return model
-    if info.kind != "hf":
-        raise ConfigError(f"{info.path} is a TorchScript or pickled module: code finetune cannot cut the head off",
-                          hint="save it with torch.export.save as model.pt2 (a program base), or fine-tune the Hugging "
-                          "Face or timm checkpoint it came from")
     from transformers import AutoModelForImageClassification
 
     head = dict(num_labels=outputs, problem_type="regression") if names is None else dict(
@@ -294,7 +290,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     from compress.stages.finetune.common import FinetuneResult, check_labels, data_record, teacher_record
     from compress.stages.finetune.loop import TrainLoop
     from compress.stages.finetune.regression import METRIC, check_targets, init_head_bias, mse, scores, target_record
-    from compress.teachers.images import load_image_teacher
+    from compress.teachers.images import inspect_image_source, load_image_teacher
 
     if config.task not in IMAGE_TASKS:
         raise ConfigError(f"--task {config.task}: an image base is fine-tuned for "
@@ -303,6 +299,10 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     names = None if regression else config.labels or image_label_names(Path(train))
     if not regression:
         check_labels(names, False, train)
+    if inspect_image_source(base, allow_pickle=config.allow_pickle).kind not in ("hf", "timm", "program"):  # runs no code
+        raise ConfigError(f"{base} is a TorchScript or pickled module: code finetune cannot cut the head off",
+                          hint="save it with torch.export.save as model.pt2 (a program base), or fine-tune the Hugging "
+                          "Face or timm checkpoint it came from")
     base_teacher = load_image_teacher(base, allow_pickle=config.allow_pickle)
     base_model = base_teacher.model
     if base_teacher.info.kind == "program":  # its head cut off, or a one-line refusal, before any data is read
