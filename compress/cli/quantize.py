@@ -48,6 +48,9 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
               help="GGUF: an importance matrix made by llama.cpp's llama-imatrix (imatrix.gguf or .dat) for its "
                    "quantizer; or give --calibration TEXT and llama-imatrix makes one.")
 @click.option("--weights-only", is_flag=True, help="OpenVINO INT8: compress weights only (nncf.compress_weights).")
+@click.option("--activation-bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
+              help="LiteRT static INT8: bits of the activations (16: INT8 weights with 16-bit activations, "
+                   "ai-edge-quantizer's w8a16, for NPUs; slow on CPUs).")
 @click.option("--max-drop", type=float,
               help="Accuracy-aware: largest allowed absolute drop of the eval metric (e.g. 0.01); needs --data.")
 @click.option("--max-perplexity-increase", type=float,
@@ -86,7 +89,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 int4_algorithm, embeddings_bits, lm_head_bits, gguf_type, imatrix, weights_only, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
+                 int4_algorithm, embeddings_bits, lm_head_bits, gguf_type, imatrix, weights_only, activation_bits, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
                  qat_lr, qat_batch_size, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
@@ -105,7 +108,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         block_size=int(block_size), symmetric=symmetric, embedding_precision=embedding_precision,
         int4_algorithm=int4_algorithm, embeddings_bits=int(embeddings_bits), lm_head_bits=int(lm_head_bits),
         gguf_type=gguf_type, imatrix=str(imatrix) if imatrix else None,
-        weights_only=weights_only, max_drop=max_drop, max_perplexity_increase=max_perplexity_increase, data=str(data) if data else None, metric=metric,
+        weights_only=weights_only, activation_bits=int(activation_bits), max_drop=max_drop, max_perplexity_increase=max_perplexity_increase, data=str(data) if data else None, metric=metric,
         eval_samples=eval_samples, rank_by=rank_by,
         speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,
         qat_source=str(qat_source) if qat_source else None, qat_lr=qat_lr, qat_batch_size=qat_batch_size,

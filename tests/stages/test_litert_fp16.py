@@ -225,3 +225,28 @@ def test_a_lone_relu_is_fused_into_the_convolution_it_follows(tmp_path):
         outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
     np.testing.assert_allclose(outs[1], outs[2], atol=1e-6)
+
+
+def test_activation_bits_16_gives_w8a16_closer_to_fp32_than_int8(tmp_path, calibration, capsys):
+    """--activation-bits 16: ai-edge-quantizer's static_wi8_ai16 (INT8 weights, 16-bit activations, as NPUs run
+    w8a16), at least as close to the FP32 file as static INT8; refused where no activation is calibrated."""
+    from compress.stages.export import export
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.tflite").write_bytes(ASSET.read_bytes())
+    (tmp_path / "src" / "model.yaml").write_text(yaml.safe_dump({
+        "task": "image-classification", "labels": ["a", "b", "c", "d"],
+        "preprocess": {"size": [16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    art = export(tmp_path / "src" / "model.tflite", tmp_path / "adopted")
+    cosine = {}
+    for bits in (8, 16):
+        q = quantize(art, tmp_path / f"a{bits}", QuantizeConfig.from_flat(mode="static", calibration=str(calibration),
+                                                                          activation_bits=bits))
+        step = q.manifest.steps[-1]
+        assert step.config["recipe"] == f"static_wi8_ai{bits}"
+        cosine[bits] = step.metrics["parity_vs_input"]["cosine_mean"]
+    assert cosine[16] >= cosine[8] - 1e-4 and cosine[16] > 0.99, cosine
+    line = main_error(capsys, "quantize", art.path, "--activation-bits", "16", "--out", tmp_path / "d")
+    assert "--activation-bits 16" in line and "--mode static" in line

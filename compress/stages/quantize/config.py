@@ -103,6 +103,10 @@ class Int8(Section):
         False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ. "
         "LiteRT: INT8 weights, float activations (ai-edge-quantizer's weight_only_wi8_afp32)."
     )
+    activation_bits: Literal[8, 16] = Field(
+        8, description="LiteRT static INT8: bits of the activations; 16 is ai-edge-quantizer's static_wi8_ai16 (INT8 "
+        "weights, 16-bit activations: closer to FP32, for NPUs that run w8a16; XNNPACK on CPUs has no 16-bit kernels "
+        "and runs it many times slower).")
 
 
 class Int4(Section):
@@ -227,7 +231,7 @@ class QuantizeConfig(Settings):
         "calibration": "calibration.data", "calibration_samples": "calibration.samples",
         "calibration_method": "calibration.method", "percentile": "calibration.percentile",
         "per_channel": "int8.per_channel", "weight_type": "int8.weight_type", "reduce_range": "int8.reduce_range",
-        "weights_only": "int8.weights_only",
+        "weights_only": "int8.weights_only", "activation_bits": "int8.activation_bits",
         "block_size": "int4.block_size", "symmetric": "int4.symmetric",
         "int4_algorithm": "int4.algorithm", "gguf_type": "gguf.type", "imatrix": "gguf.imatrix", "embeddings_bits": "int4.embeddings_bits", "lm_head_bits": "int4.lm_head_bits",
         "qat_steps": "qad.steps", "qat_data": "qad.data", "qat_source": "qad.source", "qat_lr": "qad.lr",

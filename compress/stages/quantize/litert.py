@@ -52,7 +52,7 @@ RANGES = ("mean-minmax", "minmax")
 
 #: the settings ai-edge-quantizer's quantization reads (flat keys); any other given is refused by
 #: :func:`compress.stages.quantize.config.refuse_ignored`
-_APPLIES = {"precision", "mode", "weights_only", "calibration", "calibration_samples", "calibration_method",
+_APPLIES = {"precision", "mode", "weights_only", "activation_bits", "calibration", "calibration_samples", "calibration_method",
             "parity_samples", "sample_data", "strict"}
 
 
@@ -101,7 +101,10 @@ def _recipe(config: QuantizeConfig) -> str:
         if "calibration.method" in config.given() and config.calibration.method not in RANGES:
             raise ConfigError(f"--calibration-method {config.calibration.method} is not one ai-edge-quantizer has",
                               hint=f"use {' or '.join(RANGES)} for LiteRT (default mean-minmax)")
-        return "static_wi8_ai8"
+        return "static_wi8_ai16" if config.int8.activation_bits == 16 else "static_wi8_ai8"
+    if "activation_bits" in config.given_keys():
+        raise ConfigError(f"--activation-bits {config.int8.activation_bits} sets static INT8's activations (it would "
+                          "be ignored)", hint="add --mode static --calibration DATA, or drop it")
     return "dynamic_wi8_afp32"
 
 
