@@ -199,7 +199,12 @@ class RuntimeBackend(ABC):
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Run and post-process: logits for classifiers, pooled sentence embeddings for encoders. A graph fixed to
         a batch size runs a larger batch in slices of that size."""
-        pooling, normalize = pooling_of(self.artifact.manifest.postprocess)
+        post = self.artifact.manifest.postprocess
+        if getattr(post, "scores_output", None):  # an ssd detector's class scores are a second output
+            from compress.tasks.detection import join_scores
+
+            return join_scores(post, self.outputs(inputs), self.artifact.manifest.outputs[0].name)
+        pooling, normalize = pooling_of(post)
         parts = self._in_slices(self.run, inputs)
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if pooling:

@@ -276,9 +276,8 @@ def _decode_anchors(post, out: np.ndarray, num_classes: int, input_hw: tuple[int
     if post.scores_output:
         if scores is None:
             raise ConfigError(f"layout ssd reads the class scores from output {post.scores_output!r}, which was not "
-                              "given (validate reads the first output only)",
-                              hint="export the scores after the box and keypoints in the first output's rows (no "
-                              "scores_output), or decode with compress.tasks.detection.decode(..., scores=...)")
+                              "given", hint="decode with compress.tasks.detection.decode(..., scores=...), or join the "
+                              "outputs first (join_scores)")
         scores = np.asarray(scores)
         if scores.ndim == 2:  # [batch, anchors]: one class
             scores = scores[..., None]

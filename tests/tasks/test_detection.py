@@ -80,7 +80,7 @@ def _own_boxes(art, images: list[Path], cut: float = 0.5) -> dict:
 
     m = art.manifest
     backend = load_runtime(art)
-    out = backend.run(backend.encode(images))
+    out = backend.predict(backend.encode(images))  # what validate reads (an ssd scores output joined)
     backend.close()
     doc = {"images": [], "annotations": [], "categories": [{"id": i + 7, "name": n} for i, n in enumerate(LABELS)]}
     for i, (p, (b, s, c)) in enumerate(zip(images, decode(m.postprocess, out, 2, (32, 32)))):

@@ -231,7 +231,8 @@ class JoinedSsd(TinySsd):
         return torch.cat(super().forward(image), -1)
 
 
-def test_an_ssd_layout_with_its_scores_in_the_rows_validates(tmp_path, fast_host):
+@pytest.mark.parametrize("scores", ["in the rows", "a second output"])
+def test_an_ssd_layout_validates_with_its_scores_in_the_rows_or_apart(tmp_path, fast_host, scores):
     from compress.stages.export import export
     from compress.validation.local import ValidateConfig, validate
 
@@ -239,8 +240,13 @@ def test_an_ssd_layout_with_its_scores_in_the_rows_validates(tmp_path, fast_host
     post = {"layout": "ssd", "anchors": SSD_ANCHORS, "box_scale": [32, 32, 32, 32], "box_order": "xywh",
             "keypoints": 2}
     torch.manual_seed(0)
-    f = _export(JoinedSsd(), tmp_path, "ssd", ["detections"], "preprocess: {size: [32, 32], resize: letterbox}\n"
-                f"postprocess: {json.dumps(post)}\n", "image")
+    pre = "preprocess: {size: [32, 32], resize: letterbox}\n"
+    if scores == "in the rows":
+        f = _export(JoinedSsd(), tmp_path, "ssd", ["detections"], pre + f"postprocess: {json.dumps(post)}\n", "image")
+    else:  # BlazeFace's form: the runtime joins the scores output to the boxes for the metric
+        post["scores_output"] = "classificators"
+        f = _export(TinySsd(), tmp_path, "ssd", ["regressors", "classificators"],
+                    pre + f"postprocess: {json.dumps(post)}\n", "image")
     fp32 = export(f, tmp_path / "fp32")
     doc = _own_boxes(fp32, images)
     assert len(doc["annotations"]) >= 12
