@@ -9,12 +9,14 @@ Routes (each skipped with a note when its pieces are missing): PyTorch FP32 (tra
 FP32 / INT4 / INT8 (export --format onnx + quantize); OpenVINO FP32 / INT4 (export --format openvino + quantize);
 GGUF F16 / Q4_0 / Q4_K_M through edgecompress's llamacpp runtime; ExecuTorch FP32 / INT4 (export --format executorch,
 a .pte lowered to XNNPACK with its KV cache inside, + quantize: torchao 8da4w, groups of 32; these need executorch and
-torchao, which the system python here lacks: run them with the tf5 venv); and llama.cpp itself: llama-cpp-python's Llama on
+torchao, which the system python here lacks: run the whole benchmark with the tf5 venv, where llama-cpp-python is
+installed from the wheel built here, so that every route is timed in one run); and llama.cpp itself: llama-cpp-python's Llama on
 our Q4_0 GGUF, driven directly (only the last position's logits, no edgecompress wrapper) as the anchor.
 
 Figures per route: model size; cold start and peak RSS (a fresh process: import, load, one 8-token prefill);
 prefill tokens/s and TTFT at a 128-token prompt; decode tokens/s over 128 greedy tokens (medians over rounds, the
-routes timed alternately within each round); the decode's share of the memory-bandwidth bound (numpy copy
+routes timed alternately within each round, each route and round in a process of its own, after a warm-up: in one
+process the runtimes' worker threads slow each other); the decode's share of the memory-bandwidth bound (numpy copy
 bandwidth / model bytes). Batch 1, ``--threads`` threads everywhere. On a shared machine the timings are noisy.
 
     EDGECOMPRESS_LLAMA_CPP=/path/llama.cpp python benchmarks/lm_routes.py --work /tmp/lm-routes --threads 2
@@ -204,14 +206,29 @@ def probe(route: str, path: str, threads: int) -> None:
     print(json.dumps({"cold_start_s": cold, "peak_rss_bytes": hwm * 1024}))
 
 
-def fresh(route: str, path: Path, threads: int) -> dict:
+def timed(route: str, path: str, threads: int, prompt: str, new_tokens: int) -> None:
+    """In a process of its own: load the route, warm it up, time one greedy generation of ``new_tokens`` after the
+    comma-separated ``prompt`` ids; print (TTFT seconds, decode seconds) as JSON. One runtime per process: a runtime's
+    worker threads (OpenMP's, ONNX Runtime's spinning pool, XNNPACK's) then cannot slow the next one down."""
+    b = load(route, Path(path), threads)
+    ids = [int(t) for t in prompt.split(",")]
+    generate(b, ids, 4)
+    ttft, dec, _ = generate(b, ids, new_tokens)
+    print(json.dumps({"ttft": ttft, "decode": dec}))
+
+
+def _child(*args: str) -> dict:
+    """Run this script with ``args`` in a fresh process; its last stdout line as JSON, or an ``error``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, __file__, "--probe", route, str(path), "--threads", str(threads)],
-                          capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, check=False)
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:160]}
+
+
+def fresh(route: str, path: Path, threads: int) -> dict:
+    return _child("--probe", route, str(path), "--threads", str(threads))
 
 
 def bandwidth_gbs(mb: int = 512, rounds: int = 5) -> float:
@@ -237,20 +254,31 @@ def speed(ckpt: Path, work: Path, routes: list[str], args) -> tuple[dict, dict]:
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
     text = TEXT.read_text(encoding="utf-8")
     prompt = ([1] + tok.encode(text).ids)[:args.prompt]
+    for route in (r for r, path in built.items() if path is None):
+        notes.setdefault(route, "not built")
+    routes_built = [r for r, path in built.items() if path is not None]
+    samples: dict[str, dict[str, list[float]]] = {r: {"ttft": [], "decode": []} for r in routes_built}
     loaded = {}
-    for route, path in built.items():
-        if path is None:
-            notes.setdefault(route, "not built")
-            continue
-        try:
-            loaded[route] = load(route, path, args.threads)
-            generate(loaded[route], prompt, 4)  # warm-up
-        except Exception as e:  # noqa: BLE001
-            notes[route] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-    samples: dict[str, dict[str, list[float]]] = {r: {"ttft": [], "decode": []} for r in loaded}
+    if not args.isolate:  # every runtime in this process, loaded once
+        for route in routes_built:
+            try:
+                loaded[route] = load(route, built[route], args.threads)
+                generate(loaded[route], prompt, 4)  # warm-up
+            except Exception as e:  # noqa: BLE001
+                notes[route] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                samples.pop(route)
     for i in range(args.rounds):  # the routes timed alternately, round by round
-        for route, backend in loaded.items():
-            ttft, dec, _ = generate(backend, prompt, args.new_tokens)
+        for route in list(samples):
+            if args.isolate:  # a process per route and round: no runtime's threads beside another's
+                got = _child("--time", route, str(built[route]), "--threads", str(args.threads), "--prompt-ids",
+                             ",".join(map(str, prompt)), "--new-tokens", str(args.new_tokens))
+                if "error" in got:
+                    notes[route] = got["error"]
+                    samples.pop(route)
+                    continue
+                ttft, dec = got["ttft"], got["decode"]
+            else:
+                ttft, dec, _ = generate(loaded[route], prompt, args.new_tokens)
             samples[route]["ttft"].append(ttft)
             samples[route]["decode"].append(dec)
         print(f"round {i + 1}/{args.rounds} done", flush=True)
@@ -260,7 +288,8 @@ def speed(ckpt: Path, work: Path, routes: list[str], args) -> tuple[dict, dict]:
         rows[route] = {"model_bytes": model_bytes(route, built[route]), "ttft_ms": 1000 * ttft,
                        "prefill_tokens_per_s": len(prompt) / ttft, "decode_tokens_per_s": (args.new_tokens - 1) / dec,
                        **fresh(route, built[route], args.threads)}
-        loaded[route].close()
+        if route in loaded:
+            loaded[route].close()
     return rows, notes
 
 
@@ -337,16 +366,35 @@ def main() -> None:
                     help="where the results are written (a run of some routes: give another file)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build (and cache under --work) every route's artifacts, time nothing: the timed run can then "
+                         "wait for a quiet machine")
+    ap.add_argument("--in-process", dest="isolate", action="store_false",
+                    help="time every route in this one process (each runtime's worker threads then run beside the "
+                         "others': llama.cpp's decode fell from 179 to 73 tok/s that way); default: a process per "
+                         "route and round")
     ap.add_argument("--probe", nargs=2, metavar=("ROUTE", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--time", nargs=2, metavar=("ROUTE", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.probe:
         return probe(args.probe[0], args.probe[1], args.threads)
+    if args.time:
+        return timed(args.time[0], args.time[1], args.threads, args.prompt_ids, args.new_tokens)
     from common import host_and_versions
 
     from tests.builders.causal_lm import tiny_causal_lm
 
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.build_only:
+        body = args.work / "body"
+        if not (body / "config.json").is_file():
+            tiny_causal_lm(body, **BODY, tied=True)
+        notes = {**build(body, args.work / "speed", routes)[1],
+                 **build(STORIES, args.work / "quality", [r for r in routes if not r.startswith("llama.cpp")])[1]}
+        print("built under", args.work, "; not built:", notes or "none")
+        return
     bw = bandwidth_gbs()
     speed_rows, notes = {}, {}
     if not args.skip_speed:
