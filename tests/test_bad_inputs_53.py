@@ -277,6 +277,9 @@ def test_a_preprocess_that_fits_is_adopted(tmp_path):
 #: process exits
 SIGINT_DRIVER = textwrap.dedent("""
     import os, signal, sys
+    # as a terminal's Ctrl-C finds it: a process started in the background by a non-interactive shell (a CI runner's
+    # `cmd &`) inherits SIGINT ignored, and Python then leaves it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = ["edgecompress", *sys.argv[1:]]
     point = os.environ["SIGINT_AT"]
     if point.startswith("import:"):
