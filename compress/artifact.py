@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -84,6 +85,17 @@ class TextPreprocess(BaseModel):
     @classmethod
     def _tokenizer_inside(cls, v: str) -> str:
         return _inside(v)
+
+
+def _distinct(names: list[str] | None) -> list[str] | None:
+    why = repeated_class_name(names)
+    if why:
+        raise ValueError(why)
+    return names
+
+
+#: class names by id, each once: the ``labels`` of a manifest and of a model.yaml
+ClassNames = Annotated[list[str] | None, AfterValidator(_distinct)]
 
 
 class ImagePreprocess(BaseModel):
@@ -247,7 +259,7 @@ class Manifest(BaseModel):
     task: Task
     format: Format
     precision: Precision
-    labels: list[str] | None = Field(None, description="Class names by id (classification only).")
+    labels: ClassNames = Field(None, description="Class names by id (classification only).")
     model_file: str = Field(description="Main model file, relative to the artifact directory.")
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
@@ -273,14 +285,6 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file but the manifest.")
     versions: dict[str, str | None] = Field(default_factory=dict, description="Tool/library versions.")
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-
-    @field_validator("labels")
-    @classmethod
-    def _distinct_labels(cls, v: list[str] | None) -> list[str] | None:
-        why = repeated_class_name(v)
-        if why:
-            raise ValueError(why)
-        return v
 
     @field_validator("postprocess", mode="before")
     @classmethod

@@ -205,8 +205,8 @@ def _program_info(path: Path) -> ImageInfo:
     if not isinstance(labels, list) or not labels:  # a regressor names its outputs (finetune writes LABEL_0, ...)
         raise ConfigError(f"{yaml_file}: labels must be a non-empty list of class names (a regressor's: one name per "
                           "output)", hint="labels: [cat, dog]")
-    if repeated_class_name([str(x) for x in labels]):
-        raise ConfigError(f"{yaml_file}: labels: {repeated_class_name([str(x) for x in labels])}",
+    if why := repeated_class_name([str(x) for x in labels]):
+        raise ConfigError(f"{yaml_file}: labels: {why}",
                           hint="labels: [cat, dog]")
     from pydantic import ValidationError
 

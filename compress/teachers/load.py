@@ -183,8 +183,8 @@ def inspect_checkpoint(
         elif labels is None:
             n = int(config.get("num_labels", 2))
             labels = [f"LABEL_{i}" for i in range(n)]
-        elif repeated_class_name(labels):
-            raise ModelLoadError(f"{path}/config.json: id2label: {repeated_class_name(labels)}",
+        elif why := repeated_class_name(labels):
+            raise ModelLoadError(f"{path}/config.json: id2label: {why}",
                                  hint="fix id2label in config.json")
         if TASKS[task].labels == "per-word":  # a tagger is judged by entities: its tags must be a scheme seqeval reads
             from compress.tasks.entities import check_scheme

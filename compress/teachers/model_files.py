@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from compress.artifact import (
     ArrayPreprocess,
     Artifact,
+    ClassNames,
     Format,
     ImagePreprocess,
     Manifest,
@@ -46,7 +47,7 @@ from compress.artifact import (
 from compress.device.shipped import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.formats import file_format
-from compress.tasks import TASKS, Task, load, postprocess_for, repeated_class_name, task_for
+from compress.tasks import TASKS, Task, load, postprocess_for, task_for
 from compress.tasks.classification import ClassPostprocess
 from compress.teachers.checkpoints import InfoTeacher
 
@@ -73,7 +74,7 @@ class ModelDescription(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     task: Task | None = Field(None, description="Default: *-classification when labels are given, else generic.")
-    labels: list[str] | None = Field(None, description="Class names by id (classifiers).")
+    labels: ClassNames = Field(None, description="Class names by id (classifiers).")
     preprocess: dict[str, Any] | None = Field(
         None, description="kind: image (size, mean, std, ... as ImagePreprocess), kind: text (tokenizer.json beside "
         "the file) or none: every input is an array.")
@@ -90,14 +91,6 @@ class ModelDescription(BaseModel):
     stream: StreamSpec | None = Field(
         None, description="A streaming model: the input its chunks feed, chunk and context sizes, which outputs feed "
         "which inputs on the next call ({stateN: state}), constant inputs ({sr: 16000}) and an audio sample rate.")
-
-    @field_validator("labels")
-    @classmethod
-    def _distinct_labels(cls, v: list[str] | None) -> list[str] | None:
-        why = repeated_class_name(v)
-        if why:
-            raise ValueError(why)
-        return v
 
     @field_validator("postprocess", mode="before")
     @classmethod
