@@ -27,8 +27,8 @@ from compress.stages.finetune.common import (
     check_labels,
     data_record,
     label_names,
-    teacher_record,
     wrap_lora,
+    write_checkpoint,
 )
 from compress.stages.finetune.config import FINETUNE, IMAGE_TASKS, TEXT_TASKS, FinetuneConfig, Mode
 from compress.tasks import TASKS, Task, task_for
@@ -126,16 +126,9 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
         metrics["forgetting"] = forgetting(base_teacher.model.base_model, final.base_model, base_teacher.tokenizer,
                                            retain, config.max_length)
         metrics["forgetting"]["data"] = str(retain_data)
-    with output.writing() as o:
-        final.save_pretrained(str(o.dir), safe_serialization=True)
-        base_teacher.tokenizer.save_pretrained(str(o.dir))
-        metrics["teacher"] = teacher_record(output, o.dir)
-        written = load_teacher(o.dir, config.task)
-        manifest = written.manifest()
-        manifest.source, prior = base_teacher.lineage()
-        o.describe(manifest, input_digest=base_teacher.sha256, lineage=prior, metrics=metrics)
+    artifact = write_checkpoint(output, final, base_teacher.tokenizer, base_teacher, config.task, metrics)
     loop.written()
-    return FinetuneResult(output.artifact, metrics)
+    return FinetuneResult(artifact, metrics)
 
 
 def _text_metric(eval_set, eval_labels, tags):

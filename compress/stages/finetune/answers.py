@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError
-from compress.stages.finetune.common import FinetuneResult, data_record, teacher_record
+from compress.stages.finetune.common import FinetuneResult, data_record, write_checkpoint
 from compress.stages.finetune.config import FinetuneConfig
 
 __all__ = ["QAWindowSet", "finetune_answers", "squad_f1", "training_rows"]
@@ -126,13 +126,6 @@ def finetune_answers(base: Path, train, output, config: FinetuneConfig, *, build
         scores = squad_f1(final, tokenizer, eval_ds, config.max_length, post)
         metrics["eval_squad"] = {"f1": scores["metric"], "exact_match": scores["exact_match"],
                                  "questions": scores["questions"]}
-    with output.writing() as o:
-        final.save_pretrained(str(o.dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(o.dir))
-        metrics["teacher"] = teacher_record(output, o.dir)
-        written = load_teacher(o.dir, Task.question_answering)
-        manifest = written.manifest()
-        manifest.source, prior = base_teacher.lineage()
-        o.describe(manifest, input_digest=base_teacher.sha256, lineage=prior, metrics=metrics)
+    artifact = write_checkpoint(output, final, tokenizer, base_teacher, Task.question_answering, metrics)
     loop.written()
-    return FinetuneResult(output.artifact, metrics)
+    return FinetuneResult(artifact, metrics)

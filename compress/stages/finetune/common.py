@@ -28,6 +28,21 @@ def teacher_record(output, staged: Path) -> dict[str, str]:
     return {"path": str(Path(output.path).resolve()), "sha256": digest_dir(staged)}
 
 
+def write_checkpoint(output, model, tokenizer, base_teacher, task, metrics: dict[str, Any]) -> Artifact:
+    """Save a fine-tuned Hugging Face ``model`` and its ``tokenizer`` as the artifact ``output`` stages: a plain
+    checkpoint every later step reads as a teacher of ``task``, its lineage the base's, ``metrics`` in its step."""
+    from compress.teachers.load import load_teacher
+
+    with output.writing() as o:
+        model.save_pretrained(str(o.dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(o.dir))
+        metrics["teacher"] = teacher_record(output, o.dir)
+        manifest = load_teacher(o.dir, task).manifest()
+        manifest.source, prior = base_teacher.lineage()
+        o.describe(manifest, input_digest=base_teacher.sha256, lineage=prior, metrics=metrics)
+    return output.artifact
+
+
 def data_record(train, eval_data) -> dict[str, str | None]:
     """The data a fine-tune read, as the lineage records it (a recipe rebuilt from the artifact reads it again)."""
     return {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None}
