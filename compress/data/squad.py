@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.data.tables import RowSubsets
 from compress.errors import ConfigError, DataError
 from compress.tasks.qa import Answers
 
@@ -30,7 +30,7 @@ _LAYOUT = ('{"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [{"i
 
 
 @dataclass
-class SquadDataset:
+class SquadDataset(RowSubsets):
     """Questions, their contexts and gold answers, in file order; ``titles``: each question's article."""
 
     questions: list[str]
@@ -63,16 +63,6 @@ class SquadDataset:
         return dataclasses.replace(self, questions=pick(self.questions), contexts=pick(self.contexts),
                                    labels=pick(self.labels), ids=pick(self.ids), titles=pick(self.titles),
                                    starts=pick(self.starts))
-
-    def head(self, n: int) -> SquadDataset:
-        """The first ``n`` questions."""
-        return self if n >= len(self) else self._subset(range(n))
-
-    def sample(self, n: int, seed: int = 0) -> SquadDataset:
-        """A deterministic random subset of ``n`` questions, kept in file order."""
-        if n >= len(self):
-            return self
-        return self._subset(sorted(random.Random(seed).sample(range(len(self)), n)))
 
     def articles(self, titles: list[str] | set[str]) -> SquadDataset:
         """The questions of the articles named ``titles`` (a split by article)."""
