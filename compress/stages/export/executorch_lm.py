@@ -136,13 +136,15 @@ def torchao_quantize(model, bits: int, group: int, embeddings_bits: int, lm_head
     # INT4 groups must tile a layer's input: a layer whose input is not a multiple of the group (stories260K's FFN
     # down projection reads 172) takes 8 bits per channel instead, as llama.cpp falls back to a wider type there
     # (ExecuTorch's own LLM export leaves such layers float)
-    at8 = sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head
-                 and bits == 4 and m.in_features % group)
-    wider = {id(m) for n, m in model.named_modules() if n in set(at8)}
+    def untileable(m) -> bool:
+        return m.in_features % group != 0
+
+    at8 = {n: m for n, m in model.named_modules()
+           if isinstance(m, torch.nn.Linear) and m is not head and bits == 4 and untileable(m)}
+    wider = {id(m) for m in at8.values()}
+    head_bits = 8 if head is not None and lm_head_bits == 4 and untileable(head) else lm_head_bits
     for b, pick in ((bits, lambda m, _: isinstance(m, torch.nn.Linear) and m is not head and id(m) not in wider),
-                    (8, lambda m, _: id(m) in wider),
-                    (lm_head_bits if head is None or lm_head_bits != 4 or head.in_features % group == 0 else 8,
-                     lambda m, _: m is head)):
+                    (8, lambda m, _: id(m) in wider), (head_bits, lambda m, _: m is head)):
         if b != 32:
             dtype, granularity = weights(b)
             quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity),
@@ -150,7 +152,7 @@ def torchao_quantize(model, bits: int, group: int, embeddings_bits: int, lm_head
     return {"library": "torchao", "scheme": f"8da{bits}w", "linear_bits": bits,
             "group_size": group if bits == 4 else None, "symmetric": True, "activations": "int8 per token, dynamic",
             "lm_head_bits": lm_head_bits, "embeddings_bits": embeddings_bits,
-            "at_8_bits_indivisible": at8,
+            "at_8_bits_indivisible": sorted(at8),
             "configs": ["Int8DynamicActivationIntxWeightConfig", "IntxWeightOnlyConfig (embedding)"]}
 
 
