@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.data.tables import RowSubsets
+from compress.data import RowSubsets
 from compress.errors import ConfigError, DataError
 from compress.tasks.qa import Answers
 

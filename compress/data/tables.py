@@ -22,13 +22,13 @@ import dataclasses
 import importlib.resources
 import logging
 import math
-import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from compress.data import RowSubsets
 from compress.data.readers import _names, open_table, split_path
 from compress.errors import ConfigError, DataError
 
@@ -65,28 +65,6 @@ LABEL_COLUMNS = ("label", "labels", "target", "class")
 # ---------------------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------------------
-
-
-class RowSubsets:
-    """``head`` and ``sample`` of a data set of ``len()`` rows that makes a subset of itself from row indices
-    (``_subset``): the one rule for which rows a limit keeps (text tables, SQuAD questions)."""
-
-    def _subset(self, idx: list[int] | range) -> Self:
-        raise NotImplementedError
-
-    def head(self, n: int) -> Self:
-        """The first ``n`` rows (all of them when ``n >= len``)."""
-        if n < 0:
-            raise ValueError(f"head: n must be >= 0, got {n}")
-        return self if n >= len(self) else self._subset(range(n))
-
-    def sample(self, n: int, seed: int = 0) -> Self:
-        """A deterministic random subset of ``n`` rows, kept in file order; ``self`` when ``n >= len``."""
-        if n < 0:
-            raise ValueError(f"sample: n must be >= 0, got {n}")
-        if n >= len(self):
-            return self
-        return self._subset(sorted(random.Random(seed).sample(range(len(self)), n)))
 
 
 @dataclass
