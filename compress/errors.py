@@ -18,6 +18,7 @@ EXIT_CODES: dict[int, str] = {
     4: "validate with only unverified budgets (--unverified-exit-code)",
     5: "ANOMALOUS: none failed, but a latency near its limit is too noisy to judge (validate, run)",
     6: "INFEASIBLE: search measured candidates and none meets every budget",
+    7: "INCOMPLETE: validate on several devices: one did not answer (the others' verdicts are in the report); none failed",
     130: "Ctrl-C",
     143: "SIGTERM (partial outputs are removed on either signal)",
 }
@@ -143,6 +144,14 @@ class Infeasible(EdgeCompressError):
 
     exit_code = 6
     label = "INFEASIBLE"
+
+
+class Incomplete(EdgeCompressError):
+    """Validation on several devices: a device did not answer (unreachable, or dropped off mid-run) and none of the
+    others failed (exit code 7): INCOMPLETE. The others' verdicts are kept in the report."""
+
+    exit_code = 7
+    label = "INCOMPLETE"
 
 
 class AccuracyBudgetError(StageError):
