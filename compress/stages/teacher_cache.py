@@ -247,3 +247,66 @@ class TeacherCache:
             else:
                 res[key] = t
         return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-row arrays (a causal LM's top-k next-token targets per window)
+# ---------------------------------------------------------------------------------------------
+
+
+def fill_rows(directory: Path, key: dict[str, Any], shapes: dict[str, tuple[tuple[int, ...], Any]],
+              rows: np.ndarray | None, forward: Callable[[list[int]], dict[str, np.ndarray]], batch_size: int,
+              progress: Progress | None = None, stop: Callable[[], bool] = lambda: False) -> tuple[int, int, bool]:
+    """Label ``rows`` (None: all) of a cache whose every array's first axis is the row (``shapes``: name ->
+    (shape, dtype)); ``forward(idx)`` returns each array's values for the rows ``idx``. The same directory
+    layout, key check, progress marker and stop as :func:`fill` (rows in index order). Returns (rows labelled by
+    this call, rows wanted, complete)."""
+    n = next(iter(shapes.values()))[0][0]
+    if not _valid(directory, key, shapes, n):
+        if (directory / KEY).is_file():
+            log.info("teacher cache %s belongs to other settings or is damaged: rebuilding it", directory)
+        _create(directory, key, shapes, n)
+    labelled = _labelled(directory, n)
+    want = np.zeros(n, bool)
+    want[slice(None) if rows is None else rows] = True
+    missing = np.flatnonzero(want & ~labelled)
+    total = int(want.sum())
+    if not len(missing):
+        log.info("reusing teacher outputs cached in %s", directory)
+        return 0, total, True
+    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r+") for name in shapes}
+    done, marked = total - len(missing), time.monotonic()
+    for start in range(0, len(missing), batch_size):
+        idx = missing[start : start + batch_size].tolist()
+        for name, values in forward(idx).items():
+            arrays[name][idx] = values
+        labelled[idx] = True
+        done += len(idx)
+        if progress:
+            progress({"phase": "teacher", "done": done, "total": total})
+        stopping = stop()
+        if stopping or done == total or time.monotonic() - marked >= CHECKPOINT_SECONDS:
+            _mark(directory, arrays, labelled)
+            marked = time.monotonic()
+        if stopping and done < total:
+            return done - (total - len(missing)), total, False
+    return len(missing), total, True
+
+
+class RowCache:
+    """Reads the rows of a cache :func:`fill_rows` filled (refusing rows it never labelled)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.arrays = {f.stem: np.load(f, mmap_mode="r") for f in directory.glob("*.npy") if f.name != LABELLED}
+        self.labelled = _labelled(directory, len(next(iter(self.arrays.values()))))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def rows(self, idx: list[int]) -> dict[str, np.ndarray]:
+        if self.labelled is None or not self.labelled[idx].all():
+            raise EdgeCompressError(f"teacher cache {self.dir}: rows {idx} were drawn but never labelled",
+                                    hint="rerun with --force to rebuild the run (this is a bug: please report it)")
+        return {name: np.asarray(a[idx]) for name, a in self.arrays.items()}

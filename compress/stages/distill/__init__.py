@@ -103,9 +103,16 @@ def distill(
     if is_artifact(teacher_dir):
         DISTILL.check(load_artifact(teacher_dir))
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-    from compress.teachers.lm_config import refuse_causal_lm
+    if str(teacher.task) == "text-generation":  # a causal LM: top-k logit distillation on text windows
+        from compress.stages.distill.causal_lm import distill_causal_lm
 
-    refuse_causal_lm(teacher, "distill", "an encoder or image teacher (not yet a causal LM)")
+        result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
+                                   teacher_cache=teacher_cache, resume=resume, force=force, progress=progress,
+                                   choose_student=_choose_student, write=_write_student)
+        if not keep_run:
+            shutil.rmtree(run, ignore_errors=True)
+        return result
+    _refuse_lm_options(config, teacher.task)
     task = TASKS[teacher.task]
     if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
         raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not class "
@@ -208,6 +215,18 @@ def distill(
         art = load_artifact(out, verify=False)
         metrics = art.manifest.steps[-1].metrics
     return DistillResult(art, metrics)
+
+
+def _refuse_lm_options(config: DistillConfig, task) -> None:
+    """Refuse the options only a causal LM's distillation reads."""
+    from compress.stages.distill.config import Divergence, LayerChoice
+
+    for bad, flag in ((config.loss.divergence is not Divergence.forward, "--divergence"),
+                      (config.loss.on_policy > 0, "--on-policy"),
+                      (config.student.layer_choice is not LayerChoice.evenly, "--layer-choice")):
+        if bad:
+            raise ConfigError(f"{flag} is for causal LM teachers (text-generation); this teacher is {task}",
+                              hint=f"drop {flag}")
 
 
 def _run_metrics(trainer: Trainer, final, chosen: str, steps_per_epoch: int, train_rows: int,
@@ -351,6 +370,8 @@ def _write_student(model, teacher, output: StageOutput, metrics: dict[str, Any],
 
     with output.writing() as o:
         save_checkpoint(model, tokenizer or teacher.tokenizer, teacher, o.dir)
+        if (teacher.path / "generation_config.json").is_file() and str(teacher.task) == "text-generation":
+            shutil.copy2(teacher.path / "generation_config.json", o.dir / "generation_config.json")  # its defaults
         size = sum(f.stat().st_size for f in o.dir.glob("*.safetensors"))
         metrics["size_bytes"] = size
         metrics["teacher_size_bytes"] = sum(teacher.path.joinpath(w).stat().st_size for w in teacher.info.weights)

@@ -40,6 +40,16 @@ class Metric(StrEnum):
     cosine = "cosine"
 
 
+class Divergence(StrEnum):
+    forward = "forward"
+    reverse = "reverse"
+
+
+class LayerChoice(StrEnum):
+    evenly = "evenly"
+    scored = "scored"
+
+
 class Schedule(StrEnum):
     linear = "linear"
     cosine = "cosine"
@@ -64,6 +74,12 @@ class Student(Section):
     checkpoint: str | None = Field(
         None, description="An existing student checkpoint that shares the teacher's tokenizer."
     )
+    layer_choice: LayerChoice = Field(
+        LayerChoice.evenly,
+        description="Which teacher layers --layers keeps: evenly spaced (always the last), or scored on the transfer "
+        "text (a causal LM: the layers whose removal alone changes the teacher's next-token distributions most, "
+        "Minitron's depth-pruning importance).",
+    )
 
 
 class Loss(Section):
@@ -80,6 +96,24 @@ class Loss(Section):
     attention_weight: float = Field(0.0, ge=0, description="Weight of attention-distribution KL on mapped layers.")
     value_relation_weight: float = Field(
         0.0, ge=0, description="Weight of MiniLM value-relation KL on the last layer."
+    )
+    divergence: Divergence = Field(
+        Divergence.forward,
+        description="A causal LM's soft-target divergence: forward KL(teacher || student), mode covering, or "
+        "reverse KL(student || teacher), mode seeking (MiniLLM; GKD's beta=1).",
+    )
+    top_k: int = Field(
+        32, ge=1, le=4096,
+        description="A causal LM's teacher targets: the K most likely next tokens per position (their log-"
+        "probabilities, cached on disk) plus one tail bucket holding the rest of the probability mass.",
+    )
+    on_policy: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of a causal LM's batches trained on the student's own samples (each window's first half "
+        "as the prompt, the continuation sampled from the student and scored by the teacher: GKD's lambda).",
+    )
+    on_policy_tokens: int | None = Field(
+        None, ge=1, description="Tokens the student samples per on-policy window (default: half the window)."
     )
 
 
@@ -151,6 +185,7 @@ class DistillConfig(Settings):
     MOVED: ClassVar[dict[str, str]] = {
         "layers": "student.layers", "keep_layers": "student.keep_layers", "student_config": "student.config",
         "student": "student.checkpoint",
+        "layer_choice": "student.layer_choice",
         **{k: f"loss.{k}" for k in Loss.model_fields},
         "augment": "augmentation.copies", "augment_prob": "augmentation.prob", "augment_join": "augmentation.join",
         **{k: f"training.{k}" for k in Training.model_fields},
@@ -188,6 +223,9 @@ class DistillConfig(Settings):
         if s.checkpoint and (s.layers or s.keep_layers or s.config):
             raise refuse("--student and --layers/--keep-layers/--student-config (student.checkpoint and "
                          "student.layers/keep_layers/config) both given: use one way")
+        if s.layer_choice is LayerChoice.scored and not s.layers:
+            raise refuse("--layer-choice scored (student.layer_choice) picks which layers --layers N keeps: give "
+                         "--layers N")
         return self
 
     def training_fields(self) -> dict[str, Any]:

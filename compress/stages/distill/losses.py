@@ -153,3 +153,47 @@ def distill_loss(s: dict[str, Any], t: dict[str, Any], batch, plan: OutputPlan, 
     if not parts:
         total = s["soft"].sum() * 0.0
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal LMs: next-token distributions as the teacher's top k plus a tail bucket
+# ---------------------------------------------------------------------------------------------
+
+
+def _log1mexp(x):
+    """log(1 - exp(x)) for x <= 0, stable at both ends (Mächler's log1mexp); x -> 0 gives log(1e-12), not -inf."""
+    import math
+
+    import torch
+
+    x = x.clamp(max=-1e-12)
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x))).clamp(min=-27.6)
+
+
+def teacher_topk(logits, k: int, temperature: float) -> dict[str, Any]:
+    """The teacher's targets at each position of ``logits`` [..., V]: the ``k`` most likely tokens' ids
+    (``topk_index``, int32) and log-probabilities at ``temperature`` (``topk_logp``), and the log of the mass
+    outside them (``tail_logp``): a distribution over k + 1 outcomes that sums to one."""
+    import torch
+
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    vals, idx = logp.topk(min(k, logp.shape[-1]), -1)
+    return {"topk_index": idx.to(torch.int32), "topk_logp": vals, "tail_logp": _log1mexp(torch.logsumexp(vals, -1))}
+
+
+def topk_divergence(student_logits, target: dict[str, Any], mask, temperature: float, reverse: bool = False):
+    """The mean over ``mask``ed positions of KL between the teacher's and the student's next-token distributions,
+    both coarsened to the teacher's top k tokens plus one tail bucket (the rest of the mass), at ``temperature``
+    (scaled by T², as Hinton's soft targets). Forward: KL(teacher || student); ``reverse``: KL(student || teacher).
+
+    Coarsening both sides the same way keeps it a true KL (zero exactly when the coarsened distributions agree,
+    never negative), where renormalising the top k alone would ignore the mass the student puts elsewhere."""
+    import torch
+
+    s_all = torch.log_softmax(student_logits.float() / temperature, -1)
+    s_top = s_all.gather(-1, target["topk_index"].long())
+    s = torch.cat([s_top, _log1mexp(torch.logsumexp(s_top, -1)).unsqueeze(-1)], -1)
+    t = torch.cat([target["topk_logp"].float(), target["tail_logp"].float().unsqueeze(-1)], -1)
+    kl = (s.exp() * (s - t)).sum(-1) if reverse else (t.exp() * (t - s)).sum(-1)
+    mask = mask.float()
+    return (kl * mask).sum() / mask.sum().clamp(min=1) * temperature * temperature

@@ -86,6 +86,9 @@ def build_student(teacher_model, config: DistillConfig) -> tuple[Any, dict[str, 
     overrides["num_hidden_layers"] = n_student
     for key, value in overrides.items():
         setattr(cfg, key, value)
+    kinds = getattr(cfg, "layer_types", None)  # per-layer attention kinds (Qwen2, Gemma 3: sliding or full)
+    if isinstance(kinds, list) and len(kinds) == n_teacher and "layer_types" not in (config.student.config or {}):
+        cfg.layer_types = [kinds[i] for i in keep[:n_student]] if len(keep) >= n_student else kinds[:n_student]
     if getattr(cfg, "hidden_size", 1) % max(getattr(cfg, "num_attention_heads", 1), 1):
         raise ConfigError(
             f"student hidden_size {cfg.hidden_size} is not divisible by num_attention_heads {cfg.num_attention_heads}",
