@@ -15,7 +15,15 @@ from pydantic import BaseModel, Field
 from compress.artifact import Artifact, Format, load_artifact
 from compress.formats import FORMATS
 from compress.host.measure import LatencyStats
-from compress.profiles.budgets import MB, BudgetResult, anomalous_latency, judge, noise_warning, verdict_of
+from compress.profiles.budgets import (
+    MB,
+    BudgetResult,
+    anomalous_latency,
+    emulated_timings,
+    judge,
+    noise_warning,
+    verdict_of,
+)
 from compress.profiles.schema import DeviceProfile
 from compress.progress import Progress
 from compress.runtimes.base import RuntimeSettings
@@ -156,6 +164,8 @@ def conclude(run: ValidationRun, metrics: dict[str, Any], stats: dict[str, Laten
         metrics["peak_rss_mb"] = cold["peak_rss_mb"]
 
     budgets = judge(profile.budgets, metrics)
+    if (emulated := emulated_timings(profile, budgets)) is not None:  # an emulator's timings: never judged
+        warnings.append(emulated)
     if (noisy := noise_warning(lat, budgets)) is not None:
         warnings.append(noisy)
     anomalous_latency(lat, budgets)
