@@ -1,8 +1,8 @@
 """Budget judging every layer shares: results, statuses, the verdict, and the noise warning.
 
 A budget is PASS, FAIL, ANOMALOUS (measured, but the timing spread is too wide to tell pass from fail) or UNVERIFIED
-(not measured, or only estimated: never a pass). Validation (local and remote) and packaging judge with these; a
-search that finds nothing meeting its budgets ends INFEASIBLE. Every verdict, its meaning and its exit code:
+(not measured, only estimated, or timed on an emulated device: never a pass). Validation (local and remote) and
+packaging judge with these; a search that finds nothing meeting its budgets ends INFEASIBLE. Every verdict, its meaning and its exit code:
 :data:`VERDICTS` (the README's exit-code table lists the same).
 """
 
@@ -73,7 +73,7 @@ def noise_warning(lat: LatencyStats, budgets: list[BudgetResult]) -> str | None:
     if lat.cv <= NOISY_CV:
         return None
     close = [b.name for b in budgets if b.name in LATENCY_BUDGETS and b.measured is not None
-             and abs(b.measured / b.limit - 1) < NEAR_LIMIT]
+             and b.status is not BudgetStatus.unverified and abs(b.measured / b.limit - 1) < NEAR_LIMIT]
     if not close:
         return None
     return (
@@ -97,6 +97,28 @@ def anomalous_latency(lat: LatencyStats, budgets: list[BudgetResult]) -> list[st
             b.status, b.passed = BudgetStatus.anomalous, False
             names.append(b.name)
     return names
+
+
+def emulated_timings(profile, budgets: list[BudgetResult]) -> str | None:
+    """On an emulated device (the profile's ``hardware.emulated``) mark every budget judged from a timing
+    (:data:`ESTIMATED_BUDGETS`: latency, throughput, speedup, cold start) UNVERIFIED in place, its figure kept: an
+    emulator runs the device's instructions, so outputs and accuracy are the device's, but its speed is the
+    emulator's. Returns the report's warning, or None (not emulated, or no timing budget measured)."""
+    if not profile.hardware.emulated:
+        return None
+    names = []
+    for b in budgets:
+        if b.name in ESTIMATED_BUDGETS and b.measured is not None and b.status is not BudgetStatus.unverified:
+            b.note = (f"measured under emulation ({'within' if b.passed else 'outside'} the limit): profile "
+                      f"{profile.name} is an emulated device (hardware.emulated), whose timings are the emulator's, "
+                      "not the chip's")
+            b.status, b.passed = BudgetStatus.unverified, False
+            names.append(b.name)
+    if not names:
+        return None
+    return (f"{profile.name} is an emulated device: {', '.join(names)} {'is' if len(names) == 1 else 'are'} "
+            "UNVERIFIED (the emulator's speed, not the device's); accuracy and outputs are the device's instruction "
+            "set's own")
 
 
 def verdict_of(budgets: list[BudgetResult]) -> str:

@@ -133,6 +133,12 @@ class HardwareFacts(BaseModel):
         None,
         description="The NVIDIA GPU the runtime uses (GPU profiles only); the other hardware facts then describe the host CPU.",
     )
+    emulated: bool = Field(
+        False,
+        description="The device is an emulator (e.g. qemu-system-aarch64 without KVM): its accuracy and outputs are "
+        "the real instruction set's, its timings are the emulator's, so every latency, speedup and cold-start "
+        "budget is UNVERIFIED however it measures.",
+    )
     identify: str | None = Field(
         None,
         description=(
