@@ -15,6 +15,7 @@ F = PruneConfig.flat_fields()
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Pruned (PyTorch) artifact directory.")
 @click.option("--channels", type=float, help=F["channels"].description)
 @click.option("--heads", type=float, help=F["heads"].description)
+@click.option("--head-unit", type=click.Choice(["query", "group"]), help=F["head_unit"].description)
 @click.option("--ffn", type=float, help=F["ffn"].description)
 @click.option("--drop-layers", type=int, help=F["drop_layers"].description)
 @click.option("--vocab-corpus", type=click.Path(path_type=Path), help=F["vocab_corpus"].description)
@@ -54,7 +55,7 @@ F = PruneConfig.flat_fields()
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) weights.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow checkpoints with custom code.")
 @force_option
-def prune_cmd(source, out, channels, heads, ffn, drop_layers, vocab_corpus, no_alphabet, vocab_floor, sparsity, samples, importance_data,
+def prune_cmd(source, out, channels, heads, head_unit, ffn, drop_layers, vocab_corpus, no_alphabet, vocab_floor, sparsity, samples, importance_data,
               recover_steps, recover_before_vocab, train, eval_data, teacher, teacher_cache, recover_lr, recover_augment, recover_augment_join, recover_average, batch_size, max_length, profile_name,
               budget_precision, seed, text_column, label_column, allow_pickle, trust_remote_code, force):
     """Prune SOURCE (a fine-tuned checkpoint or a PyTorch artifact) into a smaller model.
@@ -69,6 +70,10 @@ def prune_cmd(source, out, channels, heads, ffn, drop_layers, vocab_corpus, no_a
       --vocab-corpus DATA
     Sparsity (zeros: smaller when compressed, not faster on CPU runtimes):
       --sparsity 0.5 | --sparsity 2:4
+    Causal LMs (Llama, Qwen2, Qwen3; scored on --train/--data text, perplexity on --eval):
+      --heads R        remove fraction R of every layer's query heads, --head-unit query|group
+                       (evenly from every key/value group, or whole groups)
+      --ffn, --drop-layers, --vocab-corpus TEXT as above (embedding and LM head shrink together)
     Image CNNs (channels removed with their BatchNorm and residual partners, Torch-Pruning):
       --channels R     remove fraction R of every convolution's channels; the result is a .pt2 program
     Recovery: --recover-steps N --train DATA distils from the unpruned model.
@@ -78,7 +83,7 @@ def prune_cmd(source, out, channels, heads, ffn, drop_layers, vocab_corpus, no_a
     from compress.stages.prune import prune
 
     config = build_config(
-        PruneConfig, channels=channels, heads=heads, ffn=ffn, drop_layers=drop_layers,
+        PruneConfig, channels=channels, heads=heads, head_unit=head_unit, ffn=ffn, drop_layers=drop_layers,
         vocab_corpus=str(vocab_corpus) if vocab_corpus else None, vocab_keep_alphabet=not no_alphabet,
         vocab_floor=vocab_floor, sparsity=sparsity, samples=samples,
         importance_data=str(importance_data) if importance_data else None,
@@ -120,7 +125,8 @@ def summary_lines(m: dict) -> list[str]:
         lines.append(f"layers: {m['layers']['before']} -> {m['layers']['after']} (dropped {m['layers']['dropped']})")
     if "heads" in m:
         h = m["heads"]
-        lines.append(f"heads: {h['before']} -> {h['after']} (per layer {h['per_layer_after']})")
+        kv = f", key/value heads {h['kv_heads_before']} -> {h['kv_heads_after']} ({h['unit']}-wise)" if "unit" in h else ""
+        lines.append(f"heads: {h['before']} -> {h['after']} (per layer {h['per_layer_after']}){kv}")
         lines += [f"  note: {n}" for n in h.get("notes", [])]
     if "ffn" in m:
         lines.append(f"ffn: {m['ffn']['before']} -> {m['ffn']['after']} neurons per layer")
@@ -147,6 +153,12 @@ def summary_lines(m: dict) -> list[str]:
             ev = (f"; eval {r['metric']} {r['eval_metric']:.4f} vs unpruned {r['teacher_eval_metric']:.4f} "
                   f"(retention {retention_text(r.get('retention'))})")
         lines.append(f"recovery: {r['steps']} distillation steps in {r['train_seconds']:.0f} s{ev}")
+    if "perplexity" in m:  # a causal LM's, each model with its own tokenizer
+        p = m["perplexity"]
+        vs = p.get("vs_unpruned")
+        agree = f"; top-1 agreement with the unpruned {vs['top1_agreement']:.3f}" if vs else ""
+        lines.append(f"perplexity {p['written']['perplexity']:.3f} (unpruned {p['unpruned']['perplexity']:.3f}, "
+                     f"{p['perplexity_increase']:+.1%}) on {p['written']['windows']} windows of {p['window']}{agree}")
     if "eval" in m:  # the written model with its own tokenizer: the accuracy the artifact has
         e = m["eval"]
         vs_t = (f", original teacher {e['teacher']:.4f} (retention {e['retention_vs_teacher']:.3f})"

@@ -65,6 +65,7 @@ from compress.progress import Progress
 from compress.stages.common import save_checkpoint
 from compress.stages.prune.budget import search_budget
 from compress.stages.prune.config import _RUNTIME_SPARSITY, PRUNE, SPARSITY_NOTE, PruneConfig
+from compress.stages.prune.recovery import recover
 from compress.stages.prune.sparsity import (
     Sparsifier,
     _gzip_size,
@@ -113,9 +114,6 @@ def _load_input(source: Path, config: PruneConfig):
         PRUNE.check(parent)
     teacher = load_teacher(source, parent.task if parent else None, allow_pickle=config.allow_pickle,
                            trust_remote_code=config.trust_remote_code)
-    from compress.teachers.lm_config import refuse_causal_lm
-
-    refuse_causal_lm(teacher, "prune", "encoders and image CNNs (not yet a causal LM)")
     return parent, teacher
 
 
@@ -149,43 +147,6 @@ def _outputs(model, tokenizer, texts: list[Any], max_length: int, classification
     if spans:
         res = [torch.nn.functional.pad(r, (0, max_length - r.shape[-1]), value=-1e4) for r in res]
     return torch.cat(res) if res else None
-
-
-def _recover(model, tokenizer, teacher, source: Path, train, eval_data, config: PruneConfig,
-             sparsifier: Sparsifier | None, scratch: Path, progress) -> tuple[Any, dict[str, Any]]:
-    """Short distillation from the unpruned model; returns the recovered model and the distill metrics."""
-    from compress.stages.distill import distill
-    from compress.stages.distill.config import DistillConfig
-
-    student_dir = scratch / "pruned"
-    save_checkpoint(model, tokenizer, teacher, student_dir)
-    dcfg = DistillConfig.from_flat(
-        student=str(student_dir), max_steps=config.recovery.steps, lr=config.recovery.lr,
-        batch_size=config.recovery.batch_size, max_length=config.max_length,
-        # averaging: 8 snapshots over the second half (each also scored on the eval data)
-        eval_every=max(config.recovery.steps // 16, 1) if config.recovery.average else config.recovery.steps,
-        augment=config.recovery.augment, augment_join=config.recovery.augment_join,
-        average=config.recovery.average, average_start=0.5,
-        seed=config.seed, text_column=config.text_column, label_column=config.label_column,
-        allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
-    )
-    kwargs: dict[str, Any] = {"on_step": sparsifier} if sparsifier is not None else {}
-    if config.recovery.teacher_cache:
-        kwargs["teacher_cache"] = config.recovery.teacher_cache
-    result = distill(config.recovery.teacher or source, train, scratch / "recovered", dcfg, eval_data=eval_data,
-                     run_dir=scratch / "run", force=True, progress=progress, **kwargs)
-    recovered = type(model).from_pretrained(str(result.artifact.path), local_files_only=True, use_safetensors=True)
-    recovered.eval()
-    m = result.metrics
-    keys = ("steps", "train_seconds", "teacher_cache_seconds", "transfer_rows", "eval_rows", "metric", "eval_metric",
-            "teacher_eval_metric", "retention", "stopped", "chosen")
-    rec = {k: m[k] for k in keys if k in m}
-    rec["teacher"] = str(Path(config.recovery.teacher or source).resolve())
-    rec["loss"] = {"soft_weight": dcfg.loss.soft_weight, "hard_weight": dcfg.loss.hard_weight,
-                   "temperature": dcfg.loss.temperature}
-    if m.get("history"):
-        rec["last_loss"] = {k: v for k, v in m["history"][-1].items() if k not in ("step", "metric")}
-    return recovered, rec
 
 
 def _prune_vocab_and_prove(model, tokenizer, vocab_plan, proof_texts: list[str], progress) -> tuple[Any, dict]:
@@ -225,6 +186,10 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
+    if teacher.task == "text-generation":  # a decoder's heads (GQA), FFN, layers, vocabulary: .causal_lm
+        from compress.stages.prune.causal_lm import prune_causal_lm
+
+        return prune_causal_lm(teacher, parent, output, config, train=train, eval_data=eval_data, progress=progress)
     task = TASKS[teacher.task]
     if task.labels == "values":  # importance, layer choice and recovery all read class scores or embeddings
         raise ConfigError(f"prune does not take a {teacher.task} teacher yet ({source} gives numbers, not class scores)",
@@ -457,7 +422,7 @@ def _recover_and_sparsify(job: _TextJob, model, tokenizer, sparsifier: Sparsifie
                           scratch: Path, metrics: dict[str, Any]):
     """Recover by distillation (sparsity masks kept applied), then bring the sparsity to its final target."""
     config = job.config
-    model, metrics["recovery"] = _recover(model, tokenizer, job.teacher, job.source, job.train, job.eval_data, config,
+    model, metrics["recovery"] = recover(model, tokenizer, job.teacher, job.source, job.train, job.eval_data, config,
                                           sparsifier, scratch, job.progress)
     if sparsifier is not None:
         sparsifier.total_steps = config.recovery.steps

@@ -42,6 +42,13 @@ _TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"
                   "mask_token_id")
 
 
+class HeadUnit(StrEnum):
+    """How query heads leave a causal LM's grouped-query attention layer."""
+
+    query = "query"  # the same number of query heads from every key/value group; the KV cache keeps its size
+    group = "group"  # whole key/value groups with all their query heads; the KV cache shrinks
+
+
 class BudgetPrecision(StrEnum):
     fp32 = "fp32"
     int8 = "int8"
@@ -158,7 +165,14 @@ class PruneConfig(Settings):
     heads: float = Field(
         0.0, ge=0, lt=1,
         description="Fraction of all attention heads to remove, least important first (Taylor importance, "
-        "normalised per layer); every layer keeps at least one head.",
+        "normalised per layer); every layer keeps at least one head. Causal LMs: the fraction of every layer's query "
+        "heads (one head count for all layers), by --head-unit.",
+    )
+    head_unit: HeadUnit | None = Field(
+        None,
+        description="Causal LMs with grouped-query attention: 'query' removes the same number of query heads from "
+        "every key/value group (the KV cache keeps its size), 'group' whole groups with their key/value heads (the "
+        "KV cache shrinks); default: 'query' where --heads allows it, else 'group'.",
     )
     ffn: float = Field(
         0.0, ge=0, lt=1,

@@ -61,8 +61,9 @@ def corpus_strings(texts: list[Any]) -> list[str]:
 
 
 def plan_vocabulary(tokenizer, texts: list[str], *, keep_alphabet: bool = True, floor: int = 0, model_config=None,
-                    source: str | None = None) -> VocabPlan:
-    """Token ids to keep: those ``texts`` tokenise to, special/added tokens, ids the model config names,
+                    source: str | None = None, keep_ids: list[int] = ()) -> VocabPlan:
+    """Token ids to keep: those ``texts`` tokenise to, special/added tokens, ids the model config names (and
+    ``keep_ids``: a causal LM's generation config's BOS/EOS),
     the single-character alphabet (``keep_alphabet``), the ``floor`` lowest-id ordinary tokens and, for
     BPE, every token a kept token is merged from."""
     texts = [t for t in texts if t and t.strip()]
@@ -87,8 +88,8 @@ def plan_vocabulary(tokenizer, texts: list[str], *, keep_alphabet: bool = True, 
         special_ids.add(tid)
     special_ids |= {t["id"] for t in data.get("added_tokens", [])}
     if model_config is not None:
-        special_ids |= {v for k in _TOKEN_ID_KEYS if isinstance(v := getattr(model_config, k, None), int)
-                        and 0 <= v < old_size}
+        special_ids |= {v for k in _TOKEN_ID_KEYS for v in _ids(getattr(model_config, k, None)) if 0 <= v < old_size}
+    special_ids |= {int(v) for v in keep_ids if 0 <= int(v) < old_size}
     if mtype == "WordPiece":
         unk = data["model"].get("unk_token")
         if unk is None or unk not in vocab:
@@ -120,6 +121,12 @@ def plan_vocabulary(tokenizer, texts: list[str], *, keep_alphabet: bool = True, 
     return VocabPlan(keep_sorted, old_size, len(corpus - special_ids), len(special_ids),
                      len(alphabet - corpus - special_ids), len(low - corpus - special_ids - alphabet), len(texts), tokens)
 
+
+
+def _ids(value: Any) -> list[int]:
+    """A config's token id setting as a list (a causal LM's EOS may be several)."""
+    return [value] if isinstance(value, int) else [v for v in value if isinstance(v, int)] \
+        if isinstance(value, list) else []
 
 
 def _merge_pair(m) -> tuple[str, str]:
@@ -225,17 +232,23 @@ def prune_vocabulary(model, tokenizer, plan: VocabPlan):
         new_emb.weight.copy_(emb.weight[idx])
     model.set_input_embeddings(new_emb)
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if out is not None:
+    if out is not None and getattr(cfg, "tie_word_embeddings", False):  # a causal LM's tied head: the same rows
+        out.weight = new_emb.weight
+        out.out_features = len(keep)
+    elif out is not None:
         with torch.no_grad():
             out.weight = nn.Parameter(out.weight[idx].clone())
             if getattr(out, "bias", None) is not None:
                 out.bias = nn.Parameter(out.bias[idx].clone())
             out.out_features = len(keep)
     cfg.vocab_size = len(keep)
-    for key in _TOKEN_ID_KEYS:
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value in old2new:
-            setattr(cfg, key, old2new[value])
+    for c in (cfg, getattr(model, "generation_config", None)):  # a causal LM's generation config names BOS/EOS too
+        for key in _TOKEN_ID_KEYS if c is not None else ():
+            value = getattr(c, key, None)
+            if isinstance(value, int) and value in old2new:
+                setattr(c, key, old2new[value])
+            elif isinstance(value, list):
+                setattr(c, key, [old2new[v] for v in value if v in old2new])
     if new_pad is not None:  # e.g. RoBERTa's embeddings compute position ids from their padding_idx
         for m in model.modules():
             if isinstance(getattr(m, "padding_idx", None), int) and not isinstance(m, nn.Embedding):
