@@ -24,7 +24,9 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
     """Is report NEW worse than BASELINE beyond noise? Tests, not two numbers compared.
 
     NEW and BASELINE are two validation reports, or two run directories of `edgecompress run`
-    (every validation of NEW is gated against the same artifact @ profile of BASELINE).
+    (every validation of NEW is gated against the same artifact @ profile of BASELINE), or two
+    reports of a validation on several devices (validate --remote A,B or a fleet file: each
+    device against the same device of BASELINE; one that did not answer now is not comparable).
 
     \b
     Latency: median slower by more than --threshold AND a one-sided Mann-Whitney U test on
@@ -39,12 +41,14 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
     import json
 
     from compress.errors import NotComparable, Regressed
-    from compress.validation.gate import GateConfig, gate, is_run_dir
+    from compress.validation.gate import GateConfig, gate, gate_fleets, gate_runs, is_run_dir, read_fleet
 
     config = GateConfig(latency_threshold=threshold, alpha=alpha, normalize=not raw_latency)
     _check_outputs({"--markdown": markdown, "--junit": junit, "--json": json_out})
     if is_run_dir(new) or is_run_dir(baseline):
-        return _gate_runs(new, baseline, config, markdown, junit, json_out)
+        return _gate_rows(gate_runs(new, baseline, config), new, baseline, markdown, junit, json_out)
+    if read_fleet(new) is not None or read_fleet(baseline) is not None:
+        return _gate_rows(gate_fleets(new, baseline, config), new, baseline, markdown, junit, json_out)
     result = gate(new, baseline, config)
     _write_outputs(((markdown, result.markdown()), (junit, result.junit()),
                     (json_out, json.dumps(result.as_dict(), indent=2) + "\n")))
@@ -65,12 +69,12 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
     con.print(result.verdict.upper(), highlight=False)
 
 
-def _gate_runs(new, baseline, config, markdown, junit, json_out):
+def _gate_rows(rows, new, baseline, markdown, junit, json_out):
+    """Two runs' or two fleets' gate: a row per validation (or device), the worst verdict, its exit."""
     import json
 
-    from compress.validation.gate import gate_runs, row_line, runs_junit, runs_markdown, worst
+    from compress.validation.gate import row_line, runs_junit, runs_markdown, worst
 
-    rows = gate_runs(new, baseline, config)
     verdict = worst(rows)
     _write_outputs(((markdown, runs_markdown(rows, new=str(new), baseline=str(baseline))), (junit, runs_junit(rows)),
                     (json_out, json.dumps({"verdict": verdict, "results": rows}, indent=2) + "\n")))
@@ -91,7 +95,7 @@ def raise_for_gate(rows: list[dict]) -> None:
                         + ", ".join(r["name"] for r in rows if r["verdict"] == "regressed"))
     if verdict == "not comparable":
         raise NotComparable("not comparable: " + ", ".join(r["name"] for r in rows if r["verdict"] == "not comparable"),
-                            hint="gate runs from the same profile, runtime, machine and data")
+                            hint="gate runs (or devices) measured with the same profile, runtime, machine and data")
 
 
 def _check_outputs(outputs: dict[str, Path | None]) -> None:

@@ -50,9 +50,12 @@ from compress.progress import counts
                    "recently used first out; delete the directory to clear it.")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pickled teacher checkpoint.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the teacher's own Python code to run.")
-@click.option("--remote", metavar="USER@HOST[:PORT]",
+@click.option("--remote", multiple=True, metavar="USER@HOST[:PORT]|FLEET.yaml",
               help="Measure on a device over SSH (system ssh: ~/.ssh/config, keys, agent and ProxyJump apply; "
-                   "the device needs Python 3, numpy and the runtime). The teacher runs here.")
+                   "the device needs Python 3, numpy and the runtime). The teacher runs here. Several devices "
+                   "(repeat it, or a comma list, or a fleet YAML file of hosts with their profile, user, port, key) "
+                   "are measured at once: a verdict per device and the worst overall; a device that does not answer "
+                   "is marked and the others kept (exit code 7 when none failed).")
 @click.option("--remote-python", metavar="CMD", help="Python on the device [default: python3].")
 @click.option("--ssh-config", type=click.Path(path_type=Path), envvar="EDGECOMPRESS_SSH_CONFIG",
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
@@ -95,17 +98,27 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, limit=limit, metric=metric,
         baseline=not no_baseline, cold_start=not no_cold_start, estimate=estimate_mode, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, cache=not no_cache, remote=remote, remote_python=remote_python,
+        trust_remote_code=trust_remote_code, cache=not no_cache, remote=",".join(remote) or None,
+        remote_python=remote_python,
         ssh_config=str(ssh_config) if ssh_config else None, prompts=str(prompts) if prompts else None,
         prompt_tokens=prompt_tokens, new_tokens=new_tokens, window=window,
     )
+    from compress.validation.fleet import FleetReport, is_fleet
+
+    fleet = is_fleet(config.remote)
     if report_dir is None:
-        report_dir = artifact.parent / f"{artifact.name}-report-{Path(profile).stem if profile.endswith(('.yaml', '.yml')) else profile}"
+        name = Path(profile).stem if profile.endswith(('.yaml', '.yml')) else profile
+        if fleet:
+            files = [Path(r).stem for r in ",".join(remote).split(",") if r.strip().lower().endswith((".yaml", ".yml"))]
+            name = files[0] if len(files) == 1 else "fleet"
+        report_dir = artifact.parent / f"{artifact.name}-report-{name}"
     check_output(report_dir, force)
     require_input(artifact, "model")
     require_input(teacher, "model")
     with _Progress() as progress:
         report = validate(artifact, config, progress=progress)
+    if isinstance(report, FleetReport):
+        return _end_fleet(report, report_dir, force, unverified_exit_code)
     render_report(report, console())
     if report.environment.get("remote"):
         from rich.markup import escape
@@ -119,6 +132,31 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         console().print(describe(report.environment["cache"]), markup=False)
     end_with_verdict(report.verdict, report.budgets, where=f"on {report.profile['name']}",
                      unverified_exit_code=unverified_exit_code)
+
+
+def _end_fleet(report, report_dir: Path, force: bool, unverified_exit_code: int) -> None:
+    """A validation on several devices: the table, the fleet's reports, and its exit: 1 when a device failed a
+    budget, 7 (INCOMPLETE) when none failed but a device did not answer, then as one device's (5, 4, 0)."""
+    from compress.errors import BudgetFailed, Incomplete
+    from compress.reports.fleet import render_fleet, write_fleet_report
+    from compress.reports.render import failed_summary
+
+    render_fleet(report, console())
+    write_fleet_report(report, report_dir, force=force)
+    console().print(f"reports: {report_dir}/report.json, report.md, junit.xml, report.html; each device's under "
+                    f"{report_dir}/devices/")
+    judged = [d for d in report.devices if d.report is not None]
+    if report.verdict == "fail":
+        raise BudgetFailed("budget failed on " + "; ".join(f"{d.name}: {failed_summary(d.report.budgets)}"
+                                                           for d in judged if d.status == "fail"))
+    if report.verdict == "incomplete":
+        lost = report.lost
+        raise Incomplete(f"{len(lost)} of {len(report.devices)} devices did not answer or failed there: "
+                         + "; ".join(f"{d.name} ({d.status} while {d.phase}: {d.message})" for d in lost)
+                         + f"; none of the other {len(judged)} failed",
+                         hint=f"their verdicts are in {report_dir}/report.json (exit code 7)")
+    end_with_verdict(report.verdict, [b for d in judged for b in d.report.budgets],
+                     where=f"on {len(report.devices)} devices", unverified_exit_code=unverified_exit_code)
 
 
 class _Progress:

@@ -201,6 +201,21 @@ def _title(report: dict[str, Any]) -> str:
     return f"{Path(a.get('path', 'artifact')).name} on {(report.get('profile') or {}).get('name')}: {report.get('verdict', '').upper()}"
 
 
+# -- a validation on several devices ---------------------------------------------------------------------------
+
+
+def write_fleet_html(fleet: dict[str, Any], path: Path | str) -> Path:
+    """The page of a validation on several devices (the fleet's report.json as a dict): the overall verdict, a row
+    per device (its verdict, headline figures, why it did not answer), each linking to its own page."""
+    rows = fleet.get("devices") or []
+    for r in rows:  # the device's own page, beside its report.json
+        r["page"] = r["report"].rsplit("/", 1)[0] + "/report.html" if r.get("report") else None
+    title = f"{Path((fleet.get('artifact') or {}).get('path', 'artifact')).name} on {len(rows)} devices: " \
+            f"{fleet.get('verdict', '').upper()}"
+    html = template_env().get_template(TEMPLATE).render(kind="fleet", title=title, fleet=fleet, v=None, run=None)
+    return write_page(Path(path), html)
+
+
 # -- a run -----------------------------------------------------------------------------------------------------
 
 

@@ -431,3 +431,48 @@ def runs_junit(rows: list[dict[str, Any]]) -> str:
     failures = sum(r["verdict"] in ("regressed", "not comparable") for r in rows)
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="edgecompress gate" tests="{len(cases)}" '
             f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+# -- validations on several devices (validate --remote A,B,C or a fleet file) -----------------------------------
+
+
+def read_fleet(path: Path | str) -> dict[str, Any] | None:
+    """A fleet's report.json (``kind: fleet``, written by ``validate`` on several devices), or None when ``path`` is
+    another report (or none)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("kind") != "fleet" or not isinstance(data.get("devices"), list):
+        return None
+    data["_dir"] = str(p.parent)
+    return data
+
+
+def gate_fleets(new: Path | str, baseline: Path | str, config: GateConfig | None = None) -> list[dict[str, Any]]:
+    """``edgecompress gate FLEET_REPORT --baseline LAST_RELEASE_FLEET_REPORT``: each device's report against the same
+    device's (paired by name) in the baseline. A device that did not answer now is "not comparable" (nothing was
+    measured there); one the baseline lacks (or did not reach) is "new"."""
+    n, b = read_fleet(new), read_fleet(baseline)
+    for path, f in ((new, n), (baseline, b)):
+        if f is None:
+            raise DataError(f"{path}: not the report of a validation on several devices",
+                            hint="gate two fleet reports (validate --remote A,B or a fleet file), or two reports")
+    base = {d.get("name"): d for d in b["devices"]}
+    rows = []
+    for d in n["devices"]:
+        name, old = d.get("name"), base.get(d.get("name"))
+        if not d.get("report"):
+            rows.append({"name": name, "verdict": "not comparable", "metrics": [], "note": "",
+                         "differences": [f"{name} was not measured in this run ({d.get('status')}: {d.get('message')})"]})
+        elif old is None or not old.get("report"):
+            rows.append({"name": name, "verdict": "new", "metrics": [], "differences": [],
+                         "note": "no such device in the baseline" if old is None
+                         else f"the baseline did not measure it ({old.get('status')})"})
+        else:
+            result = gate(Path(n["_dir"]) / d["report"], Path(b["_dir"]) / old["report"], config)
+            rows.append({"name": name, **result.as_dict(), "note": ""})
+    return rows

@@ -33,6 +33,7 @@ import platform
 import re
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from compress.host.measure import LatencyStats
 from compress.interrupt import sigterm_as_interrupt
 from compress.progress import start_phase
 from compress.tasks.embeddings import pooling_of
-from compress.validation.common import ValidationRun
+from compress.validation.common import ValidationReport, ValidationRun
 from compress.validation.ssh import (
     ARCH_NAMES,
     DEVICE,
@@ -218,42 +219,86 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
     return files, sha256_file(tmpdir / "job.json"), ref
 
 
-def validate_remote(target: RemoteTarget, run: ValidationRun):
-    """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load)."""
-    from compress.validation.common import conclude
-    from compress.validation.metrics import prediction_metrics
+@dataclass
+class Job:
+    """What the controller prepared for one profile, sent to every device measured on it: the files (remote relative
+    path -> local path), job.json's sha256, the teacher's outputs (None without data or teacher), a token
+    classifier's word ids per eval batch, and the bytes to send."""
 
-    art, profile, settings, dataset, warnings = run.art, run.profile, run.settings, run.dataset, run.warnings
-    m = art.manifest
-    meas = profile.measure
-    runtime = remote_runtime(art.format)
+    files: dict[str, Path]
+    sha256: str
+    ref: Any
+    word_ids: list[np.ndarray]
+    total: int
+
+
+def prepare_job(run: ValidationRun, runtime: str, tmpdir: Path) -> Job:
+    """Tokenize, run the teacher, export the baseline, write the job into ``tmpdir`` (see :func:`_prepare`)."""
+    word_ids: list[np.ndarray] = []
+    files, sha, ref = _prepare(tmpdir, run, runtime, word_ids)
+    return Job(files, sha, ref, word_ids, sum(p.stat().st_size for p in files.values()))
+
+
+def check_device(device: DeviceSession, run: ValidationRun, runtime: str) -> None:
+    """Preflight ``device`` (Python, numpy, runtime, work dir, free space), then check the profile's architecture
+    against the device's ``uname -m`` and its ``hardware.identify`` (a mismatch is a warning in ``run.warnings``);
+    ``device.device_match`` is set."""
+    target = device.target
+    start_phase(run.progress, f"checking {target.spec}")
+    device.preflight(runtime, run.settings.provider, str(run.art.format))
+    check_arch(target, run.profile, device.facts)
+    device.device_match = _identify(target, run.profile, device.facts, run.warnings)
+
+
+def measure_on(device: DeviceSession, job: Job, progress=None) -> tuple[dict[str, Any], float]:
+    """Send ``job`` to the checked ``device`` (after checking its free space) and run it; (the runner's result,
+    seconds the transfer took). The caller cleans the device up."""
+    target = device.target
+    need = job.total + max(1 << 20, job.total // 20)
+    if device.avail_bytes is not None and device.avail_bytes < need:
+        raise RemoteError(
+            f"not enough free space on {target.spec}: {device.avail_bytes / 2**20:.1f} MiB free under "
+            f"{os.path.dirname(device.workdir)}, {need / 2**20:.1f} MiB needed",
+            hint="free space there, or point TMPDIR on the device at a bigger disk",
+        )
+    start_phase(progress, f"sending {job.total / 2**20:.1f} MiB to {target.spec}")
+    transfer_s = device.send(job.files)
+    if _after_transfer is not None:
+        _after_transfer(target, device.workdir)
+    start_phase(progress, f"measuring on {target.spec}")
+    return device.run(job.sha256), transfer_s
+
+
+def validate_remote(target, run: ValidationRun):
+    """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load).
+    ``target``: a :class:`RemoteTarget`, or a :class:`compress.validation.fleet.Fleet` (several devices, in
+    parallel: a :class:`compress.validation.fleet.FleetReport`)."""
+    from compress.validation.fleet import Fleet, validate_fleet
+
+    if isinstance(target, Fleet):
+        return validate_fleet(target, run)
+    runtime = remote_runtime(run.art.format)
     device = DeviceSession(target)
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgecompress-remote-") as tmp:
         try:
             # the device first: a missing runtime or a wrong architecture fails before any work here
-            start_phase(run.progress, f"checking {target.spec}")
-            device.preflight(runtime, settings.provider, str(art.format))
-            _check_arch(target, profile, device.facts)
-            device_match = _identify(target, profile, device.facts, warnings)
-            word_ids: list[np.ndarray] = []
-            files, job_sha, ref = _prepare(Path(tmp), run, runtime, word_ids)
-            total = sum(p.stat().st_size for p in files.values())
-            need = total + max(1 << 20, total // 20)
-            if device.avail_bytes is not None and device.avail_bytes < need:
-                raise RemoteError(
-                    f"not enough free space on {target.spec}: {device.avail_bytes / 2**20:.1f} MiB free under "
-                    f"{os.path.dirname(device.workdir)}, {need / 2**20:.1f} MiB needed",
-                    hint="free space there, or point TMPDIR on the device at a bigger disk",
-                )
-            start_phase(run.progress, f"sending {total / 2**20:.1f} MiB to {target.spec}")
-            transfer_s = device.send(files)
-            if _after_transfer is not None:
-                _after_transfer(target, device.workdir)
-            start_phase(run.progress, f"measuring on {target.spec}")
-            res = device.run(job_sha)
+            check_device(device, run, runtime)
+            job = prepare_job(run, runtime, Path(tmp))
+            res, transfer_s = measure_on(device, job, run.progress)
         finally:
             device.cleanup()
+    return judge(run, device, job, res, transfer_s)
 
+
+def judge(run: ValidationRun, device: DeviceSession, job: Job, res: dict[str, Any],
+          transfer_s: float) -> ValidationReport:
+    """The report of one device's measurement: its outputs scored against the reference here, its latency and
+    cold start judged against ``run.profile``'s budgets, where each number was measured."""
+    from compress.validation.common import conclude
+    from compress.validation.metrics import prediction_metrics
+
+    target, ref, word_ids, total = device.target, job.ref, job.word_ids, job.total
+    dataset, m, meas = run.dataset, run.art.manifest, run.profile.measure
     metrics: dict[str, Any] = {}
     if dataset is not None and m.stream is not None:  # the device's outputs, call by call, split by sequence
         from compress.validation.stream_metrics import stream_metrics
@@ -291,7 +336,7 @@ def validate_remote(target: RemoteTarget, run: ValidationRun):
             "files_verified_on_device": res.get("verified_files"),
             "runner_phases_s": res.get("phases_s"),
         },
-        "device_match": device_match,
+        "device_match": device.device_match,
         "controller": {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version()},
         "measured_where": {
             "artifact_outputs_and_metric": where,
@@ -330,8 +375,8 @@ def _identify(target: RemoteTarget, profile, facts: dict[str, Any], warnings: li
     return out
 
 
-def _check_arch(target: RemoteTarget, profile, facts: dict[str, Any]) -> None:
-    """The profile must describe a device of the architecture we reached."""
+def check_arch(target: RemoteTarget, profile, facts: dict[str, Any]) -> None:
+    """The profile must describe a device of the architecture we reached (``uname -m`` there)."""
     machine = str(facts.get("machine", "")).lower()
     arch = ARCH_NAMES.get(machine, machine)
     want = str(profile.hardware.arch)

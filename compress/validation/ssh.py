@@ -51,6 +51,11 @@ class RemoteError(EdgeCompressError):
     """The device could not be reached or logged into, or a step on it failed."""
 
 
+class DeviceUnreachable(RemoteError):
+    """The device did not answer: connection refused, timed out, no route, or the connection dropped mid-run. In a
+    validation on several devices (:mod:`compress.validation.fleet`) this one device is marked, not the run failed."""
+
+
 # -- the target ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class RemoteTarget:
     port: int | None
     python: str = "python3"
     ssh_config: str | None = None
+    identity: str | None = None  # a private key for ssh -i (a fleet file's ``key``); None: ssh_config's
 
     @property
     def destination(self) -> str:
@@ -73,6 +79,8 @@ class RemoteTarget:
         cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
         if self.ssh_config:
             cmd += ["-F", self.ssh_config]
+        if self.identity:
+            cmd += ["-i", self.identity]
         if self.port:
             cmd += ["-p", str(self.port)]
         return [*cmd, "--", self.destination, remote_command]
@@ -97,9 +105,25 @@ def parse_remote(spec: str) -> tuple[str | None, str, int | None]:
     return match["user"], host[1:-1] if host.startswith("[") else host, port
 
 
-def remote_target(config, profile, art: Artifact) -> RemoteTarget:
-    """Check a ``--remote`` request before any work: spec, artifact format, profile, ssh client."""
+def remote_target(config, profile, art: Artifact):
+    """Check a ``--remote`` request before any work: spec, artifact format, profile, ssh client.
+
+    One ``user@host[:port]``: its :class:`RemoteTarget`. Several devices (a comma list, a fleet YAML file: see
+    :func:`compress.validation.fleet.is_fleet`): a :class:`compress.validation.fleet.Fleet`, each device checked
+    the same way against its own profile."""
+    from compress.validation.fleet import fleet_of, is_fleet
+
+    if is_fleet(config.remote):
+        return fleet_of(config, profile, art)
     user, host, port = parse_remote(config.remote)
+    check_remote_profile(config, profile, art)
+    python, ssh_config = ssh_setup(config)
+    return RemoteTarget(spec=config.remote.strip(), user=user, host=host, port=port, python=python,
+                        ssh_config=ssh_config)
+
+
+def check_remote_profile(config, profile, art: Artifact) -> str:
+    """The artifact can be measured remotely and ``profile`` describes a device that runs it; its runtime."""
     runtime = remote_runtime(art.format)
     if runtime is None:
         spec = FORMATS[art.format]
@@ -130,9 +154,21 @@ def remote_target(config, profile, art: Artifact) -> RemoteTarget:
             f"remote runner does not run (the device needs only numpy and the runtime)",
             hint="use speedup_baseline: runtime (the teacher's FP32 export on the device's runtime) with --remote",
         )
-    python = (config.remote_python or "").strip()
-    if not python or any(c in python for c in "\n\r\0"):
-        raise ConfigError(f"--remote-python {config.remote_python!r}: expected a command or path such as python3")
+    return runtime
+
+
+def check_python(python: str | None, option: str = "--remote-python") -> str:
+    """The device's Python command, stripped; one line naming ``option`` when it is empty or spans lines."""
+    word = (python or "").strip()
+    if not word or any(c in word for c in "\n\r\0"):
+        raise ConfigError(f"{option} {python!r}: expected a command or path such as python3")
+    return word
+
+
+def ssh_setup(config) -> tuple[str, str | None]:
+    """The device's Python and the ssh_config file (``--ssh-config``, else $EDGECOMPRESS_SSH_CONFIG) checked, and the
+    ssh client found."""
+    python = check_python(config.remote_python)
     ssh_config = config.ssh_config or os.environ.get(SSH_CONFIG_ENV) or None
     if ssh_config and not Path(ssh_config).expanduser().is_file():
         raise ConfigError(f"--ssh-config {ssh_config}: no such file")
@@ -141,10 +177,7 @@ def remote_target(config, profile, art: Artifact) -> RemoteTarget:
             "the OpenSSH client (ssh) is not installed on this machine",
             hint="install it: apt-get install openssh-client (or your system's package)",
         )
-    return RemoteTarget(
-        spec=config.remote.strip(), user=user, host=host, port=port, python=python,
-        ssh_config=str(Path(ssh_config).expanduser()) if ssh_config else None,
-    )
+    return python, str(Path(ssh_config).expanduser()) if ssh_config else None
 
 
 # -- ssh ----------------------------------------------------------------------------------------------
@@ -159,12 +192,12 @@ def _ssh_failure(target: RemoteTarget, stderr: str, what: str) -> RemoteError:
         return RemoteError(f"cannot reach {target.spec}: unknown host {target.host}",
                            hint="check the name, or define it as a Host in ~/.ssh/config")
     if "connection refused" in low:
-        return RemoteError(f"cannot reach {target.spec}: connection refused by {where}",
+        return DeviceUnreachable(f"cannot reach {target.spec}: connection refused by {where}",
                            hint="is sshd running there, and is the port right?")
     if "timed out" in low or "no route to host" in low or "network is unreachable" in low:
         reason = "timed out" if "timed out" in low else ("no route to host" if "no route" in low
                                                           else "network unreachable")
-        return RemoteError(f"cannot reach {target.spec}: connection {reason}",
+        return DeviceUnreachable(f"cannot reach {target.spec}: connection {reason}",
                            hint="check that the device is on and reachable from here (VPN, ProxyJump)")
     if "host key verification failed" in low or "remote host identification has changed" in low:
         return RemoteError(f"host key of {target.host} is not trusted (unknown or changed)",
@@ -176,7 +209,7 @@ def _ssh_failure(target: RemoteTarget, stderr: str, what: str) -> RemoteError:
                            hint="set up key login (ssh-copy-id, an agent or IdentityFile in ~/.ssh/config); "
                            "passwords cannot be prompted for in batch mode")
     if "connection closed" in low or "connection reset" in low or "broken pipe" in low:
-        return RemoteError(f"{what} on {target.spec} failed: the connection was closed ({lines[-1]})",
+        return DeviceUnreachable(f"{what} on {target.spec} failed: the connection was closed ({lines[-1]})",
                            hint="retry; check the link to the device")
     last = lines[-1] if lines else "ssh exited with status 255"
     return RemoteError(f"{what} on {target.spec} failed: {last}")
@@ -190,7 +223,7 @@ def _run_ssh(target: RemoteTarget, command: str, what: str, *, timeout: float, s
         proc = subprocess.run(argv, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
                               capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        raise RemoteError(f"{what} on {target.spec} did not finish within {timeout:.0f} s",
+        raise DeviceUnreachable(f"{what} on {target.spec} did not finish within {timeout:.0f} s",
                           hint="check the device's load and the link") from e
     if proc.returncode == 255:
         raise _ssh_failure(target, proc.stderr.decode(errors="replace"), what)
@@ -264,6 +297,7 @@ class DeviceSession:
         self.facts: dict[str, Any] = {}
         self.runtime_info: dict[str, Any] = {}
         self.avail_bytes: int | None = None
+        self.device_match: dict[str, Any] = {}  # set by compress.validation.remote.check_device
 
     def preflight(self, runtime: str, provider: str | None, fmt: str) -> None:
         """Python, numpy, runtime and architecture (runner piped to ``python -``); then mktemp and df."""
@@ -336,7 +370,7 @@ class DeviceSession:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-                    raise RemoteError(f"sending files to {self.target.spec} did not finish within "
+                    raise DeviceUnreachable(f"sending files to {self.target.spec} did not finish within "
                                       f"{TRANSFER_TIMEOUT_S} s") from None
             err.seek(0)
             stderr = err.read().decode(errors="replace")

@@ -1,7 +1,7 @@
 """``validate --remote``: measuring over SSH against a real ``sshd`` on 127.0.0.1.
 
 The module starts its own sshd (``/usr/sbin/sshd -D`` on a free port, with a host key, a client key,
-``authorized_keys`` and a pid file in a temporary directory) and a client ``ssh_config`` passed with
+``authorized_keys`` and a pid file in a temporary directory: tests/builders/sshd.py) and a client ``ssh_config`` passed with
 ``--ssh-config``: the host key is pinned in a temporary ``known_hosts`` and ``StrictHostKeyChecking``
 stays on. ``SetEnv TMPDIR=...`` (accepted by the test sshd) gives the "device" its own $TMPDIR, so the
 tests can check that no ``edgecompress.*`` work directory is left behind. Skipped with the reason when
@@ -11,15 +11,12 @@ sshd is not installed (``.ci/run`` installs openssh-server, so CI runs these for
 from __future__ import annotations
 
 import ast
-import getpass
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,98 +26,20 @@ from conftest import GENEROUS_BUDGETS, write_tsv
 
 from compress.errors import IntegrityError
 from compress.validation import remote, ssh
+from tests.builders.sshd import Loopback, running_sshd
+from tests.builders.sshd import free_port as _free_port
 
-SSHD = Path("/usr/sbin/sshd")
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 4}
 GENEROUS = GENEROUS_BUDGETS
 
 
-# --- the loopback sshd -----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Loopback:
-    """A running test sshd and what clients need to reach it."""
-
-    def __init__(self, root: Path, port: int, user: str) -> None:
-        self.root = root
-        self.port = port
-        self.user = user
-        self.remote_tmp = root / "device-tmp"  # the device's $TMPDIR
-        self.remote_tmp.mkdir()
-        self.spec = f"{user}@127.0.0.1:{port}"
-
-    def ssh_config(self, name: str = "ssh_config", key: str = "client_key", tmpdir: Path | None = None,
-                   known_hosts: str = "known_hosts") -> Path:
-        path = self.root / name
-        path.write_text(
-            "Host *\n"
-            f"  IdentityFile {self.root / key}\n"
-            "  IdentitiesOnly yes\n"
-            f"  UserKnownHostsFile {self.root / known_hosts}\n"
-            "  GlobalKnownHostsFile /dev/null\n"
-            "  StrictHostKeyChecking yes\n"
-            "  LogLevel ERROR\n"
-            f"  SetEnv TMPDIR={tmpdir or self.remote_tmp}\n",
-            encoding="utf-8",
-        )
-        return path
-
-    def leftovers(self, tmpdir: Path | None = None) -> list[str]:
-        return sorted(p.name for p in (tmpdir or self.remote_tmp).glob("edgecompress.*"))
+# --- the loopback sshd (tests/builders/sshd.py) -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    for tool in ("ssh", "ssh-keygen"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"OpenSSH client tool {tool} not installed (apt-get install openssh-client)")
-    if not SSHD.is_file():
-        pytest.skip("sshd not installed (apt-get install openssh-server; .ci/run does this)")
-    root = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key", "wrong_key", "other_host_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
-    shutil.copy(root / "client_key.pub", root / "authorized_keys")
-    port = _free_port()
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
-        "AcceptEnv TMPDIR\nMaxStartups 50\nMaxSessions 50\n",
-        encoding="utf-8",
-    )
-    host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
-    other_pub = " ".join((root / "other_host_key.pub").read_text().split()[:2])
-    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n", encoding="utf-8")
-    (root / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {other_pub}\n", encoding="utf-8")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
-    proc = subprocess.Popen([str(SSHD), "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    lb = Loopback(root, port, getpass.getuser())
-    config = lb.ssh_config()
-    deadline = time.monotonic() + 20
-    while True:
-        probe = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-p", str(port),
-                                f"{lb.user}@127.0.0.1", "echo ok"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log = (root / "sshd.log").read_text() if (root / "sshd.log").exists() else ""
-            pytest.skip(f"could not start a test sshd: {(log or probe.stderr).strip()[-300:]}")
-        time.sleep(0.2)
-    yield lb
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as lb:
+        yield lb
 
 
 @pytest.fixture(scope="module")
