@@ -32,7 +32,8 @@ F = PruneConfig.flat_fields()
 @click.option("--train", type=click.Path(path_type=Path),
               help="Transfer data for recovery (and the default importance sample); labels optional.")
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
-              help="Eval data: recovery metric vs the teacher, and vocabulary coverage of held-out text.")
+              help="Eval data: recovery metric vs the teacher, and vocabulary coverage of held-out text (causal LMs: "
+                   "perplexity before and after).")
 @click.option("--teacher", "-t", type=click.Path(path_type=Path), help=F["teacher"].description)
 @click.option("--teacher-cache", type=click.Path(path_type=Path), help=F["teacher_cache"].description)
 @click.option("--recover-lr", type=float, default=F["recover_lr"].default, show_default=True,
@@ -149,7 +150,11 @@ def summary_lines(m: dict) -> list[str]:
     if "recovery" in m:
         r = m["recovery"]
         ev = ""
-        if r.get("eval_metric") is not None and "eval" not in m:  # superseded by the written model's score
+        if r.get("after") and r.get("before"):  # a causal LM's: against the unpruned model on the eval windows
+            ev = (f"; top-1 agreement with the unpruned {r['before']['top1_agreement']:.3f} -> "
+                  f"{r['after']['top1_agreement']:.3f}, perplexity {r['before']['perplexity']:.3f} -> "
+                  f"{r['after']['perplexity']:.3f}")
+        elif r.get("eval_metric") is not None and "eval" not in m:  # superseded by the written model's score
             ev = (f"; eval {r['metric']} {r['eval_metric']:.4f} vs unpruned {r['teacher_eval_metric']:.4f} "
                   f"(retention {retention_text(r.get('retention'))})")
         lines.append(f"recovery: {r['steps']} distillation steps in {r['train_seconds']:.0f} s{ev}")

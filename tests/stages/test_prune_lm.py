@@ -110,13 +110,14 @@ def test_head_plans_respect_key_value_groups():
 
 @pytest.fixture(scope="module")
 def pruned(gqa, root):
-    """Heads (whole groups), FFN, a layer and the vocabulary of the GQA model, through the verb."""
+    """Heads (whole groups), FFN, a layer and the vocabulary of the GQA model, through the verb, recovered by two
+    distillation steps from the unpruned model."""
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
 
     text = root / "story.txt"
     cfg = PruneConfig(heads=0.5, head_unit="group", ffn=0.25, drop_layers=1, vocab={"corpus": str(text)},
-                      max_length=32, importance={"samples": 4})
+                      max_length=32, importance={"samples": 4}, recovery={"steps": 2, "batch_size": 4})
     return prune(gqa, root / "pruned", cfg, train=text, eval_data=text)
 
 
@@ -135,6 +136,14 @@ def test_pruned_lm_is_a_plain_smaller_checkpoint(pruned, gqa, root):
     assert m["layers"]["after"] == 2 and m["parameters_after"] < m["parameters_before"] / 2
     p = m["perplexity"]
     assert p["written"]["perplexity"] > 1 and p["unpruned"]["perplexity"] > 1 and p["vs_unpruned"]["windows"] > 0
+    r = m["recovery"]  # distilled from the unpruned model before the vocabulary went (same ids for both)
+    assert r["steps"] == 2 and r["after"]["tokens"] > 0 and r["tokenizer"].startswith("original")
+    from compress.cli.prune import summary_lines
+
+    text = "\n".join(summary_lines(m))
+    for part in ("heads: 8 -> 4", "key/value heads 2 -> 1 (group-wise)", "ffn: 48 -> 36", "layers: 3 -> 2",
+                 "perplexity ", "recovery: 2 distillation steps", "top-1 agreement with the unpruned"):
+        assert part in text, text
     # the rewritten tokenizer reads the corpus as the old one did, id for kept id
     old, new = AutoTokenizer.from_pretrained(str(gqa)), AutoTokenizer.from_pretrained(str(pruned.path))
     text = (root / "story.txt").read_text()

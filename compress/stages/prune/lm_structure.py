@@ -9,7 +9,8 @@ reads key/value group ``h // G`` (``G`` = num_attention_heads / num_key_value_he
   label). A head's Taylor importance is ``|sum context * d loss / d context|`` over its slice of the attention output
   projection's input, per window (Michel et al. 2019, as for encoders); an FFN neuron's is the same product on the
   input of ``down_proj`` (``act(gate) * up``); a layer's is the KL divergence of the next-token distribution when the
-  layer is skipped, per scored token.
+  layer is left out, per token (:func:`compress.stages.distill.causal_lm.score_layers`, which distill's
+  ``--layer-choice scored`` reads too).
 * **Heads** (:func:`plan_lm_heads`): the config holds one head count for every layer, so every layer loses the same
   number of query heads, each layer its least important. Either query heads evenly from every key/value group (the KV
   cache keeps its size) or whole groups, their key/value heads with them (the KV cache shrinks); a ratio that would
@@ -136,7 +137,7 @@ def lm_importance(model, windows: np.ndarray, *, batch_size: int = 8, progress: 
     for i, layer in enumerate(layers):
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(keep("head", i)))
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(keep("ffn", i)))
-    done, total = 0, len(windows) * 2
+    done, total = 0, len(windows)
     try:
         for ids in _batches(windows, batch_size):
             saved.clear()
@@ -160,42 +161,12 @@ def lm_importance(model, windows: np.ndarray, *, batch_size: int = 8, progress: 
             h.remove()
         saved.clear()
     n = len(windows)
-    scores = layer_skip_kl(model, windows, batch_size=batch_size, progress=progress)
+    from compress.stages.distill.causal_lm import score_layers  # Minitron's depth score, as distill chooses layers
+
+    scores = np.asarray(score_layers(model, windows, batch_size=batch_size))
     model.train(was_training)
     return Importance([h / n for h in heads], [f / n for f in ffn], scores, n,
                       "next-token cross entropy of the text windows", "KL(full || layer skipped) per token")
-
-
-def layer_skip_kl(model, windows: np.ndarray, *, batch_size: int = 8, progress: Progress | None = None) -> np.ndarray:
-    """Mean KL divergence per token of the next-token distribution when each layer in turn is the identity."""
-    import torch
-    import torch.nn.functional as F
-
-    layers = decoder_layers(model)
-
-    def outputs() -> list[Any]:
-        with torch.inference_mode():
-            return [_forward(model, ids).float().log_softmax(-1) for ids in _batches(windows, batch_size)]
-
-    def skip(module, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    full = outputs()
-    tokens = windows.size
-    scores = np.zeros(len(layers))
-    for i, layer in enumerate(layers):
-        handle = layer.register_forward_hook(skip, with_kwargs=True)
-        try:
-            skipped = outputs()
-        finally:
-            handle.remove()
-        scores[i] = sum(float(F.kl_div(b, a, log_target=True, reduction="sum")) for a, b in
-                        zip(full, skipped, strict=True)) / tokens
-        if progress:
-            progress({"phase": "importance", "done": len(windows) * (1 + (i + 1) / len(layers)),
-                      "total": len(windows) * 2})
-    return scores
 
 
 # ---------------------------------------------------------------------------------------------

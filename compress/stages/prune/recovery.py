@@ -38,7 +38,8 @@ def recover(model, tokenizer, teacher, source: Path, train, eval_data, config: P
     recovered.eval()
     m = result.metrics
     keys = ("steps", "train_seconds", "teacher_cache_seconds", "transfer_rows", "eval_rows", "metric", "eval_metric",
-            "teacher_eval_metric", "retention", "stopped", "chosen")
+            "teacher_eval_metric", "retention", "stopped", "chosen",
+            "window", "transfer_windows", "eval_windows", "before", "after")  # the last: a causal LM's
     rec = {k: m[k] for k in keys if k in m}
     rec["teacher"] = str(Path(config.recovery.teacher or source).resolve())
     rec["loss"] = {"soft_weight": dcfg.loss.soft_weight, "hard_weight": dcfg.loss.hard_weight,
