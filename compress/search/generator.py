@@ -1,22 +1,26 @@
 """Search a text generator: a causal LM teacher (task text-generation) over runtime × INT4 algorithm × group size ×
-layers back to 8 bits, each candidate measured as ``validate`` measures a generator and judged against the profile's
-budgets.
+layers back to 8 bits, and where ``--space`` names them the model's shape (layers kept, query heads and FFN neurons
+removed, the vocabulary cut to --train's tokens), each candidate measured as ``validate`` measures a generator and
+judged against the profile's budgets.
 
 The search directory::
 
     SEARCH/study.db                  the Optuna study (as the encoders' search)
-    SEARCH/exports/FORMAT/           the teacher's FP32 export, once per route: every candidate of a route is quantized
-                                     from it
+    SEARCH/shapes/KEY/               a shape's checkpoint (``prune`` of the teacher, recovered by distillation from it
+                                     over --short-recover-steps steps of --train), once per shape
+    SEARCH/exports/FORMAT[-KEY]/     the teacher's (or a shape's) FP32 export, once per route and shape: every candidate
+                                     of a route and shape is quantized from it
     SEARCH/candidates/NNNN/          trial NNNN's INT4 artifact; NNNN.json its validation report on the ranking text
     SEARCH/data/                     --eval's two halves (the first ranks, the second is held out) without --holdout
     SEARCH/profiles/                 the profile on another runtime (same device and budgets), where a route needs it
     SEARCH/holdout/report.json       the chosen artifact validated on the held-out text
     SEARCH/search.json               every trial, the choice (or the closest and a diagnosis)
 
-A trial is: the route's FP32 export (made the first time the route is drawn), quantized with the candidate's settings
+A trial is: the shape's checkpoint (the teacher itself, or pruned the first time the shape is drawn), the route's
+FP32 export of it (made the first time the route and shape are drawn), quantized with the candidate's settings
 through the route's own quantizer (``edgecompress quantize``'s library function), then validated on the profile
 (:func:`compress.validation.local.validate`: decode tokens/s, time to first token, perplexity increase and top-1
-agreement against the PyTorch teacher on the ranking text, size, and what else the profile budgets). The sampler is
+agreement against the PyTorch teacher (the unpruned one: a shape's loss counts) on the ranking text, size, and what else the profile budgets). The sampler is
 Optuna's multi-objective TPE (decode tokens/s up, perplexity increase down, size down) with the budgets as
 constraints; a candidate drawn again reuses its figures, and then an untried one is queued instead. The search stops
 after ``--trials`` measured candidates, when the time budget is spent, or when every candidate is measured. The chosen
@@ -44,9 +48,11 @@ from compress.search.generator_space import (
     GENERATOR_BUDGETS,
     GENERATOR_SPACE,
     ROUTES,
+    SHAPE_DEFAULTS,
     GenCandidate,
     all_candidates,
     params_of,
+    shapes_for,
     space_for,
     suggest,
 )
@@ -73,16 +79,17 @@ def _refuse_encoder_options(config: SearchConfig) -> None:
     """One line for the first option a generator search would ignore (distillation, pruning, labels, images)."""
     from compress.search.config import Full, Short
 
+    shaped = any(k in config.space for k in SHAPE_DEFAULTS)  # a shape is recovered over --short-recover-steps
     flag = next((f for f, bad in (
         ("--metric", config.metric), ("distill options", config.distill), ("prune options", config.prune),
         ("--short-steps", config.short.steps != Short.model_fields["steps"].default),
-        ("--short-recover-steps", config.short.recover_steps != Short.model_fields["recover_steps"].default),
+        ("--short-recover-steps", not shaped and config.short.recover_steps != Short.model_fields["recover_steps"].default),
         *((f"--{k.replace('_', '-')}" if k != "epochs" else "--full-epochs",
            getattr(config.full, k) != Full.model_fields[k].default) for k in Full.model_fields),
     ) if bad), None)
     if flag:
-        raise ConfigError(f"{flag}: a generator search trains and labels nothing (it explores runtime, INT4 "
-                          "algorithm, group size and 8-bit layers)", hint="drop it")
+        raise ConfigError(f"{flag}: a generator search labels nothing and trains only the shapes --space names "
+                          "(layers, heads, ffn, vocab: recovered over --short-recover-steps)", hint="drop it")
     if config.objective is Objective.energy_proxy:
         raise ConfigError("--objective energy-proxy counts an encoder's operations; a generator search ranks by "
                           "decode tokens/s or size", hint="use --objective latency or size")
@@ -114,6 +121,7 @@ class GeneratorSearch:
         self.budgets = self._budget_names()
         self.eval, self.holdout = self._data()
         self.space = self._space()
+        self.teacher_layers, self.shapes = self._shapes()
         for line in self._notes:
             self.say(line)
         self.train = str(Path(config.train).resolve())
@@ -121,6 +129,7 @@ class GeneratorSearch:
         self.spent_before = 0.0
         self.study = None
         self._exports: dict[str, Any] = {}
+        self._shaped: dict[str, str] = {}
 
     def say(self, line: str) -> None:
         note(self.progress, line, phase="search")
@@ -178,6 +187,24 @@ class GeneratorSearch:
                if len(d["int8"]) > 1 else "") for rt, d in space.items()) + f" ({n} candidates)")
         return space
 
+    def _shapes(self) -> tuple[int, dict[str, list[Any]]]:
+        """The teacher's depth and the shapes to search (the teacher's own unless --space names a dimension)."""
+        cfg = json.loads((Path(self.config.teacher) / "config.json").read_text(encoding="utf-8"))
+        layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0)
+        shapes = shapes_for(self.config.space, layers)
+        n = math.prod(len(v) for v in shapes.values())
+        if n > 1:
+            try:
+                from compress.stages.prune.causal_lm import prune_causal_lm  # noqa: F401 - prune of a causal LM
+            except ImportError:
+                raise ConfigError("--space layers/heads/ffn/vocab: this edgecompress cannot prune a causal LM",
+                                  hint="search the INT4 dimensions only (runtime, algorithm, group, int8)") from None
+            self._notes.append(f"shapes ({n}, each pruned from the teacher and recovered over "
+                               f"{self.config.short.recover_steps} steps of --train): " + "; ".join(
+                                   f"{k} {', '.join('all' if c is None else str(c) for c in v)}"
+                                   for k, v in shapes.items() if v != [SHAPE_DEFAULTS[k]]))
+        return layers, shapes
+
     def _data(self) -> tuple[str, str]:
         from compress.search.holdout import split_text
 
@@ -207,37 +234,63 @@ class GeneratorSearch:
 
     # -- one trial ----------------------------------------------------------------------------------------------
 
-    def export(self, runtime: str):
-        """The route's FP32 export of the teacher, made once (SEARCH/exports/FORMAT)."""
+    def shaped(self, c: GenCandidate) -> str:
+        """The checkpoint of ``c``'s shape: the teacher, or its pruned and recovered copy, made once
+        (SEARCH/shapes/KEY)."""
+        from compress.stages.prune import prune
+        from compress.stages.prune.config import PruneConfig
+
+        key = c.shape_key
+        if key is None:
+            return self.config.teacher
+        if key not in self._shaped:
+            where = self.dir / "shapes" / key
+            if not _complete(where):
+                settings = c.prune_settings(teacher_layers=self.teacher_layers, train=self.train,
+                                            recover_steps=self.config.short.recover_steps)
+                self.say(f"pruning the teacher to {key} (once for every candidate of that shape) ...")
+                t = time.monotonic()
+                prune(self.config.teacher, where, PruneConfig.from_flat(**settings), train=self.train,
+                      eval_data=self.eval, force=True)
+                self.say(f"pruned {where} ({time.monotonic() - t:.0f} s)")
+            self._shaped[key] = str(where)
+        return self._shaped[key]
+
+    def export(self, c: GenCandidate):
+        """The route's FP32 export of ``c``'s shape, made once (SEARCH/exports/FORMAT[-KEY])."""
         from compress.artifact import load_artifact
         from compress.stages.export import export
         from compress.stages.export.config import ExportConfig
 
-        fmt = ROUTES[runtime].format
-        if fmt not in self._exports:
-            where = self.dir / "exports" / fmt
-            art = None
-            if (where / "manifest.json").is_file():
-                try:
-                    art = load_artifact(where)
-                except EdgeCompressError:
-                    art = None
+        fmt = ROUTES[c.runtime].format
+        name = fmt + (f"-{c.shape_key}" if c.shape_key else "")
+        if name not in self._exports:
+            where = self.dir / "exports" / name
+            art = load_artifact(where) if _complete(where) else None
             if art is None:
-                self.say(f"exporting the teacher to {fmt} (FP32, once for every {runtime} candidate) ...")
+                source = self.shaped(c)
+                what = f"the {c.shape_key} shape" if c.shape_key else "the teacher"
+                self.say(f"exporting {what} to {fmt} (FP32, once for every such {c.runtime} candidate) ...")
                 t = time.monotonic()
-                art = export(self.config.teacher, where, ExportConfig(format=fmt), force=True)
+                art = export(source, where, ExportConfig(format=fmt), force=True)
                 self.say(f"exported {where} ({time.monotonic() - t:.0f} s)")
-            self._exports[fmt] = art
-        return self._exports[fmt]
+            self._exports[name] = art
+        return self._exports[name]
 
-    def validate(self, art, data: str, *, runtime: str, timing: bool = True):
-        """Validate ``art`` on the profile with ``data`` text, as ``edgecompress validate`` does a generator."""
+    def reference(self, c: GenCandidate) -> str:
+        """What ``c`` is compared with: the teacher, or where ``c`` cuts the vocabulary its own shape's checkpoint
+        (the teacher's token ids are others: its logits would be read at the wrong rows)."""
+        return str(Path(self.shaped(c) if c.vocab else self.config.teacher).resolve())
+
+    def validate(self, art, data: str, *, runtime: str, timing: bool = True, teacher: str | None = None):
+        """Validate ``art`` on the profile with ``data`` text, as ``edgecompress validate`` does a generator, against
+        ``teacher`` (default: the search's)."""
         from compress.validation.local import ValidateConfig, validate
 
         g = self.config.generation
         names = set(self.budgets)
         cfg = ValidateConfig.from_flat(
-            profile=self.profile_for(runtime), data=data, teacher=str(Path(self.config.teacher).resolve()),
+            profile=self.profile_for(runtime), data=data, teacher=teacher or str(Path(self.config.teacher).resolve()),
             limit=g.limit, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
             baseline=timing and "min_speedup" in names,
             cold_start=timing and bool(names & {"max_cold_start_ms", "max_peak_memory_mb"}))
@@ -252,13 +305,13 @@ class GeneratorSearch:
         from compress.stages.quantize.config import QuantizeConfig
 
         t = time.monotonic()
-        fp32 = self.export(c.runtime)
+        fp32 = self.export(c)
         g = self.config.generation
         settings = c.quantize_settings(calibration=self.train, windows=g.calibration_samples, data=self.eval,
                                        samples=g.limit)
         out = self.dir / "candidates" / f"{number:04d}"
         art = quantize(fp32, out, QuantizeConfig.from_flat(**settings), force=True)
-        report = self.validate(art, self.eval, runtime=c.runtime)
+        report = self.validate(art, self.eval, runtime=c.runtime, teacher=self.reference(c))
         (out.parent / f"{number:04d}.json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
         m = report.metrics
         budgets = {b.name: {"limit": b.limit, "measured": b.measured, "status": str(b.status),
@@ -268,6 +321,8 @@ class GeneratorSearch:
         bits = (step.get("weights") or {}).get("bits") or {}
         return {
             "label": c.label, "runtime": c.runtime, "algorithm": c.algorithm, "group": c.group, "int8": c.int8,
+            "shape": c.shape_key, "layers": c.layers or self.teacher_layers, "heads": c.heads, "ffn": c.ffn,
+            "vocab": c.vocab, "reference": self.reference(c), "pruned": _prune_figures(self.shaped(c)),
             "artifact": str(out), "report": str(out.parent / f"{number:04d}.json"),
             "export": str(fp32.path), "quantize": settings,
             "verdict": report.verdict, "decode_tokens_per_s": m.get("decode_tokens_per_s"),
@@ -283,6 +338,30 @@ class GeneratorSearch:
             + [1.0 if budgets.get("no_collapse", {}).get("status") == BudgetStatus.failed else 0.0],
             "seconds": round(time.monotonic() - t, 1),
         }
+
+
+def _prune_figures(path: str) -> dict[str, Any] | None:
+    """A shape's prune step's figures (its perplexity before and after on --eval), None for the teacher's."""
+    from compress.artifact import load_artifact
+
+    if not (Path(path) / "manifest.json").is_file():
+        return None
+    step = load_artifact(path, verify=False).manifest.steps[-1]
+    return {k: v for k, v in step.metrics.items() if isinstance(v, (int, float, str, dict)) and "perplexity" in k
+            or k in ("parameters", "parameters_before", "vocab", "layers")} if step.stage == "prune" else None
+
+
+def _complete(where: Path) -> bool:
+    """Whether ``where`` holds an artifact that loads (a search resumed reuses it)."""
+    from compress.artifact import load_artifact
+
+    if not (where / "manifest.json").is_file():
+        return False
+    try:
+        load_artifact(where)
+    except EdgeCompressError:
+        return False
+    return True
 
 
 def _unavailable(runtime: str) -> str | None:
@@ -339,11 +418,16 @@ def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Pr
     s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
     s.study = study
     requeue_interrupted(optuna, study, s.say)
-    candidates = all_candidates(s.space)
-    if not study.trials:  # the routes' plainest candidate first: round to nearest (or Q4_0), the smallest group
-        for rt, d in s.space.items():
-            c = GenCandidate(rt, d["algorithm"][0], d["group"][0], d["int8"][0])
-            study.enqueue_trial(params_of(c, s.space))
+    candidates = all_candidates(s.space, s.shapes)
+    if not study.trials:  # the routes' plainest candidate first: round to nearest (or Q4_0), the smallest group,
+        first = {k: v[0] for k, v in s.shapes.items()}  # of the first shape; then each other shape's on one route
+        plain = {rt: GenCandidate(rt, d["algorithm"][0], d["group"][0], d["int8"][0], **first)
+                 for rt, d in s.space.items()}
+        others = [replace(next(iter(plain.values())), layers=n, heads=h, ffn=f, vocab=v)
+                  for n in s.shapes["layers"] for h in s.shapes["heads"] for f in s.shapes["ffn"]
+                  for v in s.shapes["vocab"] if (n, h, f, v) != tuple(first.values())]
+        for c in [*plain.values(), *others]:
+            study.enqueue_trial(params_of(c, s.space, s.shapes))
     s.say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "
           f"{config.time_budget_s / 60:.0f} min spent; objective {config.objective.value}; profile {s.profile.name}; "
           f"budgets {', '.join(s.budgets)}")
@@ -378,7 +462,7 @@ def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Pr
             seen = tried()
             untried = [c for c in candidates if c.label not in seen]
             if untried:
-                study.enqueue_trial(params_of(rng.choice(untried), s.space))
+                study.enqueue_trial(params_of(rng.choice(untried), s.space, s.shapes))
 
     objective = _objective(optuna, s)
     if not done():
@@ -395,7 +479,7 @@ def _objective(optuna, s: GeneratorSearch):
     from compress.profiles.budgets import BudgetStatus
 
     def objective(trial):
-        c = suggest(trial, s.space)
+        c = suggest(trial, s.space, s.shapes)
         trial.set_user_attr("label", c.label)
         tag = f"[trial {trial.number}] {c.label}"
         twin = next((t for t in trial.study.get_trials(deepcopy=False)

@@ -75,7 +75,8 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     from compress.recipes.execute import write_json_atomic
 
     s.say(f"held-out check: trial {chosen['trial']} on {s.holdout} ...")
-    report = s.validate(load_artifact(chosen["artifact"]), s.holdout, runtime=chosen["runtime"], timing=False)
+    report = s.validate(load_artifact(chosen["artifact"]), s.holdout, runtime=chosen["runtime"], timing=False,
+                        teacher=chosen.get("reference"))
     out = s.dir / "holdout"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report.model_dump(mode="json"))

@@ -1,7 +1,8 @@
 """`edgecompress search` of a text generator (a causal LM teacher): runtime x INT4 algorithm x group size x layers back
-to 8 bits. Each trial is the route's one FP32 export quantized by the route's quantizer and validated as `validate`
-does a generator; the pick meets every budget and is checked on held-out text; an impossible budget ends in the
-search's "no candidate passes" (exit 6); bad input is one line.
+to 8 bits, and the model's shape where --space names it (layers kept, heads and FFN removed, the vocabulary). Each trial
+is the route's one FP32 export (of the teacher, or of a shape pruned from it once) quantized by the route's quantizer
+and validated as `validate` does a generator; the pick meets every budget and is checked on held-out text; an
+impossible budget ends in the search's "no candidate passes" (exit 6); bad input is one line.
 
 Material: a tiny random Llama (tests/builders/causal_lm.py) and real text, the start of the TinyStories sample."""
 
@@ -125,9 +126,10 @@ def test_an_impossible_budget_finds_no_candidate_exit_6(ws, searched, capsys):
 
 @pytest.mark.parametrize("change, words", [
     ({"profile": "host"}, ("profile host states no budget a generator is measured by", "min_accuracy_retention")),
-    ({"space": {"layers": [1]}}, ("--space layers: not a dimension of a generator search",)),
+    ({"space": {"width": [0.5]}}, ("--space width: not a dimension of a generator search",)),
+    ({"short_recover_steps": 5}, ("--short-recover-steps: a generator search", "only the shapes --space names")),
     ({"space": {"runtime": ["executorch"]}}, ("--space runtime=executorch: not a generator choice",)),
-    ({"short_steps": 10}, ("--short-steps: a generator search trains and labels nothing",)),
+    ({"short_steps": 10}, ("--short-steps: a generator search labels nothing",)),
     ({"metric": "m:f"}, ("--metric: a generator search",)),
     ({"eval": "dev.tsv"}, ("--eval", "a generator search reads text")),
 ])
@@ -142,3 +144,46 @@ def test_bad_input_is_one_line_and_leaves_no_directory(ws, tmp_path, change, wor
     msg = str(e.value)
     assert all(w in msg for w in words), msg
     assert "\n" not in msg and not (tmp_path / "s").exists()
+
+
+def test_shape_candidates_name_what_prune_makes():
+    from compress.search.generator_space import GenCandidate, all_candidates, shapes_for, space_for
+
+    shapes = shapes_for({"layers": [12, 4, 8], "ffn": [0.0, 0.3]}, teacher_layers=8)
+    assert shapes == {"layers": [None, 4], "heads": [0.0], "ffn": [0.0, 0.3], "vocab": [False]}  # 8 and 12: all
+    space = space_for({"algorithm": ["rtn"], "group": [32], "int8": [0.0]}, ["onnxruntime"])
+    cands = all_candidates(space, shapes)
+    assert [c.label for c in cands] == ["onnxruntime rtn g32", "[f30] onnxruntime rtn g32",
+                                        "[L4] onnxruntime rtn g32", "[L4-f30] onnxruntime rtn g32"]
+    c = GenCandidate("onnxruntime", "rtn", 32, layers=4, heads=0.25, ffn=0.3, vocab=True)
+    assert c.prune_settings(teacher_layers=8, train="t.txt", recover_steps=7) == {
+        "recover_steps": 7, "importance_data": "t.txt", "drop_layers": 4, "heads": 0.25, "ffn": 0.3,
+        "vocab_corpus": "t.txt"}
+    assert GenCandidate("onnxruntime", "rtn", 32).shape_key is None  # the teacher itself: nothing pruned
+
+
+@pytest.fixture(scope="module")
+def shaped(ws):
+    """A search over the tiny Llama's depth (2 layers: all, or 1) at one INT4 setting: two candidates, two shapes."""
+    pytest.importorskip("compress.stages.prune.causal_lm")
+    from compress.search.run import run_search
+
+    space = {**SPACE, "algorithm": ["rtn"], "group": [32], "layers": [2, 1]}
+    result = run_search(config(ws, space=space, trials=2, short_recover_steps=2), ws / "shaped", html=False)
+    return result
+
+
+def test_a_shape_is_pruned_once_from_the_teacher_and_judged_against_the_teacher(ws, shaped):
+    from compress.artifact import load_artifact
+
+    measured = {p["shape"]: p for p in shaped.summary["measured"]}
+    assert set(measured) == {None, "L1"}
+    assert sorted(p.name for p in (ws / "shaped" / "exports").iterdir()) == ["onnx", "onnx-L1"]
+    pruned = load_artifact(ws / "shaped" / "shapes" / "L1")
+    assert pruned.manifest.steps[-1].stage == "prune"
+    assert json.loads((pruned.path / "config.json").read_text())["num_hidden_layers"] == 1
+    one, full = measured["L1"], measured[None]
+    assert one["layers"] == 1 and full["layers"] == 2 and one["size_mb"] < full["size_mb"]
+    # both judged against the unpruned teacher: dropping a layer costs more agreement than INT4 alone
+    assert one["reference"] == full["reference"] == str((ws / "ckpt").resolve())
+    assert one["top1_agreement"] < full["top1_agreement"]
