@@ -38,8 +38,10 @@ F = SearchConfig.flat_fields()
                    "ExecuTorch's int8-dynamic or int8-static). A causal LM (text generation): runtime "
                    "(onnxruntime, openvino, llamacpp), algorithm (rtn, hqq, k_quant, gptq; rtn, awq, "
                    "scale_estimation, gptq; q4_0, q4_k_s, q4_k_m), group (32, 64, 128), int8 (ONNX Runtime: "
-                   "MatMuls back to 8 bits until the perplexity increase is within it; 0: none), e.g. "
-                   "'runtime=onnxruntime;algorithm=rtn,hqq;group=32,128;int8=0,0.02'.")
+                   "MatMuls back to 8 bits until the perplexity increase is within it; 0: none), and its shape "
+                   "where named (layers kept, heads and ffn removed, vocab: each shape pruned from the teacher and "
+                   "recovered over --short-recover-steps), e.g. "
+                   "'runtime=onnxruntime;algorithm=rtn,hqq;group=32,128;int8=0,0.02;layers=8,4;ffn=0,0.3'.")
 @click.option("--short-steps", type=int, default=F["short_steps"].default, show_default=True,
               help=F["short_steps"].description)
 @click.option("--short-recover-steps", type=int, default=F["short_recover_steps"].default, show_default=True,
@@ -82,7 +84,8 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
     dynamic (INT8 or INT4 embeddings)/static, INT4. ViT teachers: depth, heads, FFN.
     CNN teachers: channel pruning, static INT8. Causal LMs (text generation): runtime
     (ONNX Runtime, OpenVINO, llama.cpp where installed) x INT4 algorithm x group size x
-    MatMuls back to 8 bits, each exported once per runtime, quantized per trial and
+    MatMuls back to 8 bits (and, with --space layers/heads/ffn/vocab, the model's shape,
+    pruned once per shape), each exported once per runtime, quantized per trial and
     validated as validate does a generator (decode tokens/s, time to first token,
     perplexity increase, top-1 agreement: the profile's budgets); --train is the
     calibration text, --eval the text ranked on, the chosen one is checked on held-out
