@@ -91,7 +91,8 @@ class Loss(Section):
         description="Weight of the soft-target loss (KL to the teacher's tempered distribution; MSE to the "
         "teacher's sentence embedding for feature-extraction teachers).",
     )
-    hard_weight: float = Field(0.3, ge=0, description="Weight of cross entropy on the labels (labelled rows only).")
+    hard_weight: float = Field(0.3, ge=0, description="Weight of cross entropy on the labels (labelled rows only; "
+                               "a causal LM's: on the text's next tokens).")
     hidden_weight: float = Field(0.0, ge=0, description="Weight of hidden-state MSE on mapped layers.")
     attention_weight: float = Field(0.0, ge=0, description="Weight of attention-distribution KL on mapped layers.")
     value_relation_weight: float = Field(

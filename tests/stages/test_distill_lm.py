@@ -1,0 +1,176 @@
+"""Distilling a causal LM (task text-generation): a half-depth student from a tiny random Llama (test material: random
+weights say nothing of quality, only that distillation moves the student towards its teacher), forward and reverse
+KL on the teacher's cached top-k targets, on-policy batches, resume, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from tests.builders.causal_lm import tiny_causal_lm
+from tests.conftest import main_error
+
+TEXT = "/work/shared/data/tinystories/valid-first500.txt"
+#: the settings every run here shares: 32-token windows, 8 per batch, soft targets only at T=1 (agreement with a
+#: random teacher is what moves, not perplexity on the text)
+BASE = dict(layers=2, max_length=32, batch_size=8, lr=3e-3, temperature=1.0, soft_weight=1.0, hard_weight=0.0,
+            top_k=16, eval_every=100)
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+
+    root = tmp_path_factory.mktemp("distill-lm")
+    teacher = tiny_causal_lm(root / "teacher", layers=4)
+    text = open(TEXT, encoding="utf-8").read()
+    (root / "train.txt").write_text(text[:12000], encoding="utf-8")  # real text (TinyStories), ~3,900 tokens
+    (root / "eval.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in text[-4000:].split("\n\n")) + "\n")
+    result = distill(teacher, root / "train.txt", root / "student", DistillConfig.from_flat(**BASE, max_steps=24),
+                     eval_data=root / "eval.jsonl", teacher_cache=root / "cache")
+    return {"root": root, "teacher": teacher, "result": result}
+
+
+def test_a_half_depth_student_moves_towards_its_teacher_and_is_written_as_a_causal_lm(lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compress.artifact import load_artifact
+
+    m = lm["result"].metrics
+    assert m["student"]["kept_teacher_layers"] == [1, 3] and m["student"]["layer_choice"] == "evenly"
+    assert m["student_parameters"] < m["teacher_parameters"]
+    before, after = m["before"], m["after"]
+    assert after["kl_mean"] < 0.8 * before["kl_mean"], (before, after)
+    assert after["top1_agreement"] > before["top1_agreement"] + 0.05, (before, after)
+    assert before["teacher_perplexity"] == after["teacher_perplexity"]  # the same eval windows, the same teacher
+    out = lm["root"] / "student"
+    art = load_artifact(out)
+    assert str(art.manifest.task) == "text-generation"
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok("Once upon a time")["input_ids"][0] == 1  # BOS, as the teacher's tokenizer adds it
+    assert not (lm["root"] / "student.run").exists()  # the run directory goes after success
+
+
+def test_the_teacher_cache_holds_top_k_per_position_and_is_reused(lm):
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+
+    cache = lm["root"] / "cache"
+    index = np.load(cache / "topk_index.npy", mmap_mode="r")
+    logp = np.load(cache / "topk_logp.npy", mmap_mode="r")
+    tail = np.load(cache / "tail_logp.npy", mmap_mode="r")
+    assert index.shape[1:] == (32, 16) and logp.shape == index.shape and tail.shape == index.shape[:2]
+    labelled = np.load(cache / "labelled.npy")
+    assert labelled.sum() == min(len(labelled), 24 * 8)  # only the windows 24 steps of 8 draw
+    row = int(np.flatnonzero(labelled)[0])
+    total = np.exp(logp[row]).sum(-1) + np.exp(tail[row])  # top k + the tail bucket: a distribution
+    np.testing.assert_allclose(total, 1.0, atol=1e-4)
+    assert (np.diff(logp[row], axis=-1) <= 0).all()  # most likely first
+    # reverse KL, same targets: the teacher does not run again
+    r = distill(lm["teacher"], lm["root"] / "train.txt", lm["root"] / "reverse",
+                DistillConfig.from_flat(**BASE, max_steps=6, divergence="reverse"), eval_data=lm["root"] / "eval.jsonl",
+                teacher_cache=cache)
+    assert r.metrics["teacher_labelled_rows"] == 0 and r.metrics["divergence"] == "reverse"
+    assert r.metrics["after"]["kl_mean"] < r.metrics["before"]["kl_mean"]
+
+
+def test_topk_divergence_is_the_kl_of_the_coarsened_distributions():
+    import torch
+
+    from compress.stages.distill.losses import teacher_topk, topk_divergence
+
+    torch.manual_seed(0)
+    t, s = torch.randn(2, 5, 40) * 3, torch.randn(2, 5, 40) * 3
+    mask = torch.ones(2, 5)
+    full = teacher_topk(t, 40, 1.0)  # k = V: the exact KL
+    lt, ls = torch.log_softmax(t, -1), torch.log_softmax(s, -1)
+    exact = (lt.exp() * (lt - ls)).sum(-1).mean()
+    assert torch.allclose(topk_divergence(s, full, mask, 1.0), exact, atol=1e-4)
+    exact_rev = (ls.exp() * (ls - lt)).sum(-1).mean()
+    assert torch.allclose(topk_divergence(s, full, mask, 1.0, reverse=True), exact_rev, atol=1e-4)
+    top = teacher_topk(t, 8, 2.0)
+    assert float(topk_divergence(t, top, mask, 2.0)) == pytest.approx(0.0, abs=1e-5)  # the teacher itself
+    assert 0 < float(topk_divergence(s, top, mask, 2.0)) < 4 * float(exact)  # coarser: a lower bound, same scale
+    half = torch.tensor([[1.0] * 5, [0.0] * 5])  # masked positions do not count
+    assert torch.allclose(topk_divergence(s, full, half, 1.0), (lt.exp() * (lt - ls)).sum(-1)[0].mean(), atol=1e-4)
+
+
+def test_on_policy_batches_train_on_the_students_samples_without_a_cache(lm):
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig
+
+    r = distill(lm["teacher"], lm["root"] / "train.txt", lm["root"] / "on-policy",
+                DistillConfig.from_flat(**BASE, max_steps=6, on_policy=1.0, on_policy_tokens=8),
+                eval_data=lm["root"] / "eval.jsonl")
+    m = r.metrics
+    assert m["on_policy"] == 1.0 and m["teacher_cache_bytes"] == 0 and m["steps"] == 6
+    assert m["after"]["kl_mean"] < m["before"]["kl_mean"]
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(lm, tmp_path):
+    from safetensors.torch import load_file
+
+    from compress.stages.distill import distill
+    from compress.stages.distill.config import DistillConfig, Interrupted
+
+    def interrupt(event):
+        if event.get("phase") == "train" and event["step"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the loop checkpoints at the step boundary
+
+    args = (lm["teacher"], lm["root"] / "train.txt", tmp_path / "student", DistillConfig.from_flat(**BASE, max_steps=24))
+    with pytest.raises(Interrupted):
+        distill(*args, eval_data=lm["root"] / "eval.jsonl", progress=interrupt)
+    assert (tmp_path / "student.run" / "checkpoint.pt").is_file() and not (tmp_path / "student").exists()
+    r = distill(*args, eval_data=lm["root"] / "eval.jsonl", resume=True)
+    assert r.metrics["teacher_labelled_rows"] == 0  # the cached targets carried over
+    resumed = load_file(tmp_path / "student" / "model.safetensors")
+    whole = load_file(lm["root"] / "student" / "model.safetensors")
+    for name, w in whole.items():
+        assert np.allclose(resumed[name].numpy(), w.numpy(), atol=1e-5), name
+
+
+def test_scored_layers_keep_the_layers_that_matter(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compress.stages.distill.causal_lm import score_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm(tmp_path / "t", layers=3))
+    with torch.no_grad():  # layer 1 adds nothing to the residual stream: removing it changes nothing
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[1].mlp.down_proj.weight.zero_()
+    scores = score_layers(model, np.random.default_rng(0).integers(3, 512, (4, 16)))
+    assert scores[1] == pytest.approx(0.0, abs=1e-6) and min(scores[0], scores[2]) > 1e-3
+    assert model.config.num_hidden_layers == 3 and len(model.model.layers) == 3  # put back
+
+
+def test_bad_input_is_refused_in_one_line(lm, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    root = lm["root"]
+    short = tmp_path / "short.txt"
+    short.write_text("Once upon a time.")
+    err = main_error(capsys, "distill", "-t", lm["teacher"], "--train", short, "-o", tmp_path / "a", "--layers", "2")
+    assert "shorter than one window" in err and "--max-length" in err
+    other = AutoModelForCausalLM.from_pretrained(lm["teacher"])
+    other.resize_token_embeddings(640)  # another vocabulary
+    other.model.layers = other.model.layers[:1]
+    other.config.num_hidden_layers = 1
+    other.save_pretrained(tmp_path / "other")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / "other" / name).write_bytes((lm["teacher"] / name).read_bytes())
+    err = main_error(capsys, "distill", "-t", lm["teacher"], "--train", root / "train.txt", "-o", tmp_path / "b",
+                     "--student", tmp_path / "other", "--max-length", "32")
+    assert "vocabulary" in err and "640" in err
+    err = main_error(capsys, "distill", "-t", lm["teacher"], "--train", root / "train.txt", "-o", tmp_path / "c",
+                     "--layers", "2", "--hidden-weight", "1")
+    assert "next-token distributions only" in err
+    assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
