@@ -24,14 +24,17 @@ def _freeze(value: str) -> int | str:
 @click.option("--train", required=True, type=click.Path(path_type=Path),
               help="Labelled training data: a table (CSV/TSV/JSONL) of texts and labels; for token-classification "
                    "a CoNLL / JSON lines file of words and tags; for an image base class folders, a table of "
-                   "path,label or an .npz; for regression the label column (or an .npz's labels) holds numbers.")
+                   "path,label or an .npz; for regression the label column (or an .npz's labels) holds numbers; for "
+                   "a causal LM text: a .txt file or JSON lines of {\"text\": ...} (every token trained), or JSON "
+                   "lines of {\"prompt\": ..., \"response\": ...} (the loss on the response only).")
 @click.option("--eval", "--eval-data", "-d", "eval_data", type=click.Path(path_type=Path),
-              help="Labelled eval data: evaluated every --eval-every steps, the best checkpoint kept.")
+              help="Labelled eval data (for a causal LM, text as --train: judged by perplexity): evaluated every "
+                   "--eval-every steps, the best checkpoint kept.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Fine-tuned checkpoint (artifact).")
 @click.option("--retain-data", type=click.Path(path_type=Path),
               help="Data of the base's own domain (texts, or images): how much of its behaviour the fine-tune kept "
                    "is measured on it (embedding cosine, neighbour agreement; for an image classifier base, its own "
-                   "head's agreement) and recorded as forgetting.")
+                   "head's agreement; for a causal LM, its perplexity before and after) and recorded as forgetting.")
 @click.option("--task", type=click.Choice([t.value for t in TASKS]), help=F["task"].description)
 @click.option("--labels", help="Comma-separated class names by id (default: the data's).")
 @click.option("--freeze", default="0", show_default=True, metavar="N|all", help=F["freeze"].description)
@@ -39,7 +42,13 @@ def _freeze(value: str) -> int | str:
 @click.option("--lora-alpha", type=int, help=F["lora_alpha"].description)
 @click.option("--lora-dropout", type=float, default=F["lora_dropout"].default, show_default=True,
               help=F["lora_dropout"].description)
-@click.option("--lora-targets", help="Comma-separated module names LoRA wraps (default: every linear layer).")
+@click.option("--lora-targets", help="Comma-separated module names LoRA wraps, or all-linear (default: every linear "
+              "layer of an encoder, a causal LM's attention projections as peft seeds them: q_proj,v_proj for Llama).")
+@click.option("--qlora", is_flag=True, help=F["qlora"].description)
+@click.option("--prompt-field", help=section_help("Causal LMs", F["prompt_field"].description)
+              + f" [default: {F['prompt_field'].default}]")
+@click.option("--response-field", help=section_help("Causal LMs", F["response_field"].description)
+              + f" [default: {F['response_field'].default}]")
 @click.option("--epochs", type=float, default=F["epochs"].default, show_default=True, help=F["epochs"].description)
 @click.option("--max-steps", type=int, help=F["max_steps"].description)
 @click.option("--batch-size", type=int, default=F["batch_size"].default, show_default=True,
@@ -61,22 +70,29 @@ def _freeze(value: str) -> int | str:
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in the run directory.")
 @click.option("--allow-pickle", is_flag=True, help=F["allow_pickle"].description)
 @force_option
-def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze, lora_rank, lora_alpha, lora_dropout, lora_targets,
-                 epochs, max_steps, batch_size, lr, weight_decay, warmup_ratio, max_length, shift, eval_every, patience,
+def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze, lora_rank, lora_alpha, lora_dropout,
+                 lora_targets, qlora, prompt_field, response_field, epochs, max_steps, batch_size, lr, weight_decay, warmup_ratio, max_length, shift, eval_every, patience,
                  save_every, seed, run_dir, resume, allow_pickle, force):
-    """Fine-tune a pretrained BASE (all-MiniLM-L6-v2, an ImageNet CNN, a ViT) into the teacher the chain starts from.
+    """Fine-tune a pretrained BASE (all-MiniLM-L6-v2, a causal LM, an ImageNet CNN, a ViT) into the teacher the chain
+    starts from.
 
     \b
-    BASE is a Hugging Face checkpoint directory (a text encoder, an image classifier or
-    backbone) or a timm checkpoint. A new head for the task and the data's labels (for
+    BASE is a Hugging Face checkpoint directory (a text encoder, a causal LM, an image
+    classifier or backbone) or a timm checkpoint. A causal LM (task text-generation)
+    keeps its head and learns the --train text (documents, or prompt/response rows with
+    the loss on the response only), judged by perplexity. Others get a new head for the
+    task and the data's labels (for
     --task regression, one output per target, MSE loss, MAE the eval metric; for --task
     question-answering, a span head trained on SQuAD-format JSON, contexts in windows of
     --max-length tokens, SQuAD F1 the eval metric), then one of:
       (default)           every weight trains; learning rate 5e-5 (text), 5e-4 (images)
       --freeze N          the embeddings (a CNN's stem) and the first N layers (blocks) stay
                           as pretrained; --freeze all: only the new head trains
-      --lora-rank R       low-rank adapters (peft LoRA, every linear layer), learning rate 5e-4,
-                          merged into the weights before the checkpoint is written
+      --lora-rank R       low-rank adapters (peft LoRA, every linear layer; a causal LM's
+                          attention projections), learning rate 5e-4, merged into the weights
+                          before the checkpoint is written
+      --lora-rank R --qlora   the same adapters over a causal LM held in 4 bits (NF4,
+                          bitsandbytes), merged into the dequantized FP32 weights
 
     AdamW with linear warm-up (--warmup-ratio) and decay; with --eval, the best checkpoint is
     kept and --patience stops early. Runs on a CUDA GPU when there is one, else the CPU. Ctrl-C
@@ -87,7 +103,8 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
 
     config = build_config(
         FinetuneConfig, task=task, labels=_names(labels), freeze=_freeze(freeze), lora_rank=lora_rank,
-        lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=_names(lora_targets), epochs=epochs,
+        lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=_names(lora_targets), qlora=qlora or None,
+        prompt_field=prompt_field, response_field=response_field, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
         max_length=max_length, shift=shift, eval_every=eval_every, patience=patience, save_every=save_every, seed=seed,
         allow_pickle=allow_pickle,
@@ -106,8 +123,15 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
             line += f", R² {m['eval_scores']['r2']:.3f}"
         if m.get("eval_squad"):  # a question answerer: exact match beside its F1
             line += f", exact match {m['eval_squad']['exact_match']:.4f}"
-    if m.get("forgetting"):
-        f = m["forgetting"]
+    if m.get("eval_perplexity") is not None:  # a causal LM: the base's perplexity beside the fine-tune's
+        line += f", the base's {m['base_eval_perplexity']:.4g}"
+    if m.get("memory") and m["mode"] in ("lora", "qlora"):
+        line += f"; base held in {m['memory']['base_weight_bytes'] / 2**20:.1f} MiB"
+    f = m.get("forgetting")
+    if f and "perplexity" in f:
+        line += (f"; retained text's perplexity {f['base_perplexity']:.4g} -> {f['perplexity']:.4g} "
+                 f"({f['perplexity_increase']:+.1%}) on {f['retain_windows']} windows")
+    elif f:
         line += (f"; kept of the base on {f['retain_rows']} retained rows: embedding cosine "
                  f"{f['embedding_cosine']:.3f}, neighbour agreement {f['neighbour_agreement']:.3f}")
         if f.get("head_agreement") is not None:

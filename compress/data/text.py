@@ -4,6 +4,9 @@
   or the line itself when it is a JSON string).
 * :func:`read_prompts`: a ``.txt`` file holds one prompt per non-empty line; a ``.jsonl`` file one per line
   (``"prompt"``, else ``"text"``, else a JSON string).
+* :func:`read_training_texts`: what a causal LM fine-tunes on: a ``.txt`` file or ``{"text": ...}`` lines are documents
+  (continuation: every token is trained), ``{"prompt": ..., "response": ...}`` lines instruction rows
+  (:class:`PromptResponse`: only the response's tokens are trained).
 * :func:`token_windows`: the texts tokenized once and cut into non-overlapping windows as llama.cpp's
   ``llama-perplexity`` does (each window's first token set to BOS where the tokenizer has one).
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import numpy as np
 
 from compress.errors import ConfigError, DataError
 
-__all__ = ["encode", "read_prompts", "read_texts", "token_windows"]
+__all__ = ["PromptResponse", "encode", "read_prompts", "read_texts", "read_training_texts", "token_windows"]
 
 #: the suffixes read_texts and read_prompts take
 SUFFIXES = (".txt", ".jsonl")
@@ -92,6 +96,43 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise DataError(f"{p}: no prompts", hint="one prompt per non-empty line")
     return prompts
+
+
+@dataclass(frozen=True)
+class PromptResponse:
+    """An instruction row: the model reads ``prompt`` and is trained to answer ``response``."""
+
+    prompt: str
+    response: str
+
+
+def read_training_texts(path: str | Path, *, prompt_field: str = "prompt",
+                        response_field: str = "response") -> list[str] | list[PromptResponse]:
+    """What a causal LM fine-tunes on: documents (a ``.txt`` file is one; ``.jsonl`` lines with a ``"text"`` field or
+    JSON strings), or instruction rows when the lines carry ``prompt_field`` (each must then carry ``response_field``
+    too, both strings: the data says which part is the answer)."""
+    p = _checked(path)
+    rows = _lines(p) if p.suffix.lower() == ".jsonl" else []
+    if not any(isinstance(row, dict) and prompt_field in row for _, row in rows):
+        return read_texts(p)
+    out = []
+    for n, row in rows:
+        if not isinstance(row, dict) or prompt_field not in row:
+            raise DataError(f"{p}:{n}: no {prompt_field!r} field, and other lines are instruction rows",
+                            hint=f"give every line a {prompt_field!r} and a {response_field!r}, or documents only "
+                            "({\"text\": ...} per line)")
+        if response_field not in row:
+            fields = ", ".join(repr(k) for k in row)
+            raise DataError(f"{p}:{n}: no {response_field!r} field (the line has {fields}): an instruction row needs "
+                            "the response the model is trained to give",
+                            hint="name the response's field with --response-field, or give documents as "
+                            "{\"text\": ...} (every token trained)")
+        prompt, response = _field(p, n, row, (prompt_field,)), _field(p, n, row, (response_field,))
+        if response.strip():
+            out.append(PromptResponse(prompt, response))
+    if not out:
+        raise DataError(f"{p}: every {response_field!r} is empty", hint="give responses to train on")
+    return out
 
 
 def encode(tokenizer, text: str) -> list[int]:

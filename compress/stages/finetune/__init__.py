@@ -1,7 +1,8 @@
 """``edgecompress finetune``: a pretrained base (a Hugging Face text encoder such as all-MiniLM-L6-v2, a Hugging Face
 image classifier or backbone, a timm checkpoint) gets a new head for the task and the labels in the data (or, for
 regression, the numbers in it: :mod:`compress.stages.finetune.regression`; for question answering, a span head on
-SQuAD-format data: :mod:`compress.stages.finetune.answers`) and trains:
+SQuAD-format data: :mod:`compress.stages.finetune.answers`; a causal LM keeps its own head and learns the task's
+text, LoRA or QLoRA among its modes: :mod:`compress.stages.finetune.causal_lm`) and trains:
 the whole model, the first N layers frozen, or low-rank adapters (peft LoRA) merged into the weights before the
 checkpoint is written, so every later step sees a plain checkpoint.
 
@@ -27,6 +28,7 @@ from compress.stages.finetune.common import (
     check_labels,
     data_record,
     label_names,
+    lora_targets,
     wrap_lora,
     write_checkpoint,
 )
@@ -56,14 +58,22 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     images = is_image_source(base)
     if not images or (base / "config.json").is_file():  # programs say what they are when loaded
         _check_base(base)
-    task = config.task or task_for("image" if images else "text")
+    task = config.task or (Task.text_generation if _causal_lm_base(base) else task_for("image" if images else "text"))
     takes = IMAGE_TASKS if images else TEXT_TASKS
     if task not in takes:
         raise ConfigError(f"--task {task}: {base} is {'an image' if images else 'a text'} base",
                           hint="leave --task out, or pass " + " or ".join(t.value for t in takes))
+    if config.lora.qlora and task is not Task.text_generation:
+        raise ConfigError(f"--qlora: QLoRA adapts a causal LM (task text-generation), not a {task} base",
+                          hint="train LoRA over the FP32 base: --lora-rank without --qlora")
     config = config.model_copy(update={"task": task})
     run = Path(run_dir) if run_dir else default_run_dir(output.path)
-    if config.task is Task.question_answering:
+    if config.task is Task.text_generation:
+        from compress.stages.finetune.causal_lm import finetune_causal_lm
+
+        result = finetune_causal_lm(base, train, output, config, eval_data=eval_data, retain_data=retain_data,
+                                    run=run, resume=resume, force=force, progress=progress)
+    elif config.task is Task.question_answering:
         from compress.stages.finetune.answers import finetune_answers
 
         result = finetune_answers(base, train, output, config, build=lambda b, c: _model(b, None, c, False, qa=True),
@@ -146,6 +156,18 @@ def _text_metric(eval_set, eval_labels, tags):
 
 
 # --- inputs --------------------------------------------------------------------------------------------------------
+
+def _causal_lm_base(base: Path) -> bool:
+    """Whether ``base``'s config.json names a causal LM architecture (its default task is then text-generation)."""
+    import json
+
+    from compress.teachers.lm_config import is_causal_lm
+
+    try:
+        return is_causal_lm(json.loads((base / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
+
 
 def _check_base(base: Path) -> None:
     if not (base / "config.json").is_file():
@@ -266,7 +288,7 @@ def _lora(model, config: FinetuneConfig, task_type: str):
     return wrap_lora(model, config, LoraConfig(
         task_type=getattr(TaskType, task_type), r=config.lora.rank,
         lora_alpha=config.lora.alpha or 2 * config.lora.rank, lora_dropout=config.lora.dropout,
-        target_modules=config.lora.targets or "all-linear"))
+        target_modules=lora_targets(config, "all-linear")))
 
 
 # --- forgetting ----------------------------------------------------------------------------------------------------

@@ -28,14 +28,22 @@ def teacher_record(output, staged: Path) -> dict[str, str]:
     return {"path": str(Path(output.path).resolve()), "sha256": digest_dir(staged)}
 
 
-def write_checkpoint(output, model, tokenizer, base_teacher, task, metrics: dict[str, Any]) -> Artifact:
+def write_checkpoint(output, model, tokenizer, base_teacher, task, metrics: dict[str, Any], *,
+                     travel: tuple[str, ...] = ()) -> Artifact:
     """Save a fine-tuned Hugging Face ``model`` and its ``tokenizer`` as the artifact ``output`` stages: a plain
-    checkpoint every later step reads as a teacher of ``task``, its lineage the base's, ``metrics`` in its step."""
+    checkpoint every later step reads as a teacher of ``task``, its lineage the base's, ``metrics`` in its step.
+    ``travel``: files of the base copied beside them where saving wrote none (a causal LM's sentencepiece model,
+    its generation defaults)."""
+    import shutil
+
     from compress.teachers.load import load_teacher
 
     with output.writing() as o:
         model.save_pretrained(str(o.dir), safe_serialization=True)
         tokenizer.save_pretrained(str(o.dir))
+        for name in travel:
+            if (base_teacher.path / name).is_file() and not (o.dir / name).exists():
+                shutil.copy(base_teacher.path / name, o.dir / name)
         metrics["teacher"] = teacher_record(output, o.dir)
         manifest = load_teacher(o.dir, task).manifest()
         manifest.source, prior = base_teacher.lineage()
@@ -79,6 +87,15 @@ def check_labels(names: list[str], words: bool, train) -> None:
         from compress.tasks.entities import check_scheme
 
         check_scheme(names)
+
+
+def lora_targets(config: FinetuneConfig, default: str | list[str] | None) -> str | list[str] | None:
+    """The modules LoRA wraps, as peft takes them: ``--lora-targets`` (``all-linear`` as peft's keyword), else
+    ``default`` (None: peft's own choice for the model type)."""
+    targets = config.lora.targets
+    if not targets:
+        return default
+    return "all-linear" if targets == ["all-linear"] else targets
 
 
 def wrap_lora(model, config: FinetuneConfig, lora):

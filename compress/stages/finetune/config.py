@@ -16,14 +16,16 @@ CONFIG_VERSION = 2  # 2: options nested in sections (lora, training, evaluation,
 FINETUNE = StageSpec(
     stage="finetune", verb="finetune", accepts=pairs(Format.pytorch, Precision.fp32),
     produces=pairs(Format.pytorch, Precision.fp32), versions=("torch", "transformers", "peft"),
-    hint="finetune takes a pretrained checkpoint directory: a Hugging Face text encoder (all-MiniLM-L6-v2), a "
-    "Hugging Face image classifier or backbone, or a timm checkpoint", config_version=CONFIG_VERSION,
+    hint="finetune takes a pretrained checkpoint directory: a Hugging Face text encoder (all-MiniLM-L6-v2) or causal "
+    "LM, a Hugging Face image classifier or backbone, or a timm checkpoint", config_version=CONFIG_VERSION,
 )
 
-#: the tasks a base can be fine-tuned for (a new head on the base's encoder), and which a text or an image base takes
+#: the tasks a base can be fine-tuned for (a new head on the base's encoder; a causal LM's own head for
+#: text-generation), and which a text or an image base takes
 TASKS = (Task.text_classification, Task.token_classification, Task.image_classification, Task.regression,
-         Task.question_answering)
-TEXT_TASKS = (Task.text_classification, Task.token_classification, Task.regression, Task.question_answering)
+         Task.question_answering, Task.text_generation)
+TEXT_TASKS = (Task.text_classification, Task.token_classification, Task.regression, Task.question_answering,
+              Task.text_generation)
 IMAGE_TASKS = (Task.image_classification, Task.regression)
 #: peak learning rates by family and by how much trains: the transfer-learning guides' 2e-5..5e-5 for a whole text
 #: encoder, higher for low-rank adapters (few parameters move, from zero); an image backbone takes more (its
@@ -45,8 +47,12 @@ class Lora(Section):
                              "of the weights; merged into them before the checkpoint is written.")
     alpha: int | None = Field(None, ge=1, description="LoRA scaling alpha (default: twice the rank).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
-    targets: list[str] | None = Field(None, description="Module names LoRA wraps (default: every linear layer "
-                                      "of the encoder, peft's all-linear).")
+    targets: list[str] | None = Field(None, description="Module names LoRA wraps, or all-linear (every linear "
+                                      "layer but the output head); default: an encoder's every linear layer, a causal "
+                                      "LM's attention projections as peft seeds them (q_proj and v_proj for Llama).")
+    qlora: bool = Field(False, description="QLoRA: hold the base in 4 bits (NF4, double-quantized scales, through "
+                        "bitsandbytes) under the adapters; the adapters train in FP32 and are merged into the "
+                        "dequantized base, so the checkpoint is plain FP32. Causal LMs.")
 
 
 class Training(Section):
@@ -80,6 +86,15 @@ class Images(Section):
                          "means); 0 turns it off.")
 
 
+class Instructions(Section):
+    """What only a causal LM base reads: the fields of instruction rows."""
+
+    prompt_field: str = Field("prompt", min_length=1, description="The field of a JSON lines row the model reads; a "
+                              "file whose rows carry it is instruction data, the loss on the response's tokens only.")
+    response_field: str = Field("response", min_length=1, description="The field of an instruction row the model "
+                                "is trained to answer with (an end-of-sequence token after it).")
+
+
 class FinetuneConfig(Settings):
     """Settings of ``edgecompress finetune``."""
 
@@ -87,7 +102,8 @@ class FinetuneConfig(Settings):
         "lora_rank": "lora.rank", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
         "lora_targets": "lora.targets", **{k: f"training.{k}" for k in Training.model_fields},
         "eval_every": "evaluation.every", "patience": "evaluation.patience", "save_every": "evaluation.save_every",
-        "shift": "images.shift",
+        "shift": "images.shift", "qlora": "lora.qlora", "prompt_field": "instructions.prompt_field",
+        "response_field": "instructions.response_field",
     }
 
     task: Task | None = Field(None, description="text-classification (a label per text), token-classification (a tag "
@@ -95,7 +111,9 @@ class FinetuneConfig(Settings):
                               "per text or image: the label column read as numbers, MSE loss, judged by MAE), "
                               "question-answering (an answer span per question: SQuAD-format JSON, judged by SQuAD "
                               "F1; --max-length is the window, 384 as run_qa); "
-                              "default: image-classification for an image base, else text-classification.")
+                              "text-generation (a causal LM on documents or prompt/response rows, judged by "
+                              "perplexity); default: image-classification for an image base, text-generation for a "
+                              "causal LM, else text-classification.")
     labels: list[str] | None = Field(None, description="Class names by id; default: the data's labels (names sorted, "
                                      "or integer ids 0..k-1). Not for regression.")
     freeze: NonNegativeInt | Literal["all"] = Field(0, description="Freeze the embeddings (a CNN's stem) and the "
@@ -107,6 +125,7 @@ class FinetuneConfig(Settings):
     evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation, checkpoints, early stop.")
     max_length: int = Field(128, ge=8, description="Longest token sequence (text).")
     images: Images = Field(default_factory=Images, description="What only an image base reads.")
+    instructions: Instructions = Field(default_factory=Instructions, description="What only a causal LM reads.")
     seed: int = Field(0, description="Seed of the head's initialisation, the data order and dropout.")
     allow_pickle: bool = Field(False, description="Allow a pickled (.bin) base checkpoint.")
 
@@ -118,7 +137,7 @@ class FinetuneConfig(Settings):
             raise refuse(f"{self.option('labels')} names classes, and a regression head has none: leave it out")
         if self.freeze and self.lora.rank:
             raise refuse("--freeze and --lora-rank (freeze and lora.rank) are two ways of training less: pick one")
-        self.refuse_unless(bool(self.lora.rank), ("lora.alpha", "lora.targets"), "LoRA",
+        self.refuse_unless(bool(self.lora.rank), ("lora.alpha", "lora.targets", "lora.qlora"), "LoRA",
                            f"set {self.option('lora.rank')}, or leave it out")
         return self
 
