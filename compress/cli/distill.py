@@ -52,11 +52,11 @@ def _student_config(path: Path | None) -> dict | None:
               help="JSON file of transformers config overrides for a narrower student, e.g. "
                    '{"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4}.')
 @click.option("--student", type=click.Path(path_type=Path), help=F["student"].description)
-@click.option("--temperature", "-T", type=float, default=F["temperature"].default, show_default=True,
+@click.option("--temperature", "-T", type=float, show_default=f'{F["temperature"].default}; a causal LM: 1.0',
               help=F["temperature"].description)
-@click.option("--soft-weight", type=float, default=F["soft_weight"].default, show_default=True,
+@click.option("--soft-weight", type=float, show_default=f'{F["soft_weight"].default}; a causal LM: 1.0',
               help=F["soft_weight"].description)
-@click.option("--hard-weight", type=float, default=F["hard_weight"].default, show_default=True,
+@click.option("--hard-weight", type=float, show_default=f'{F["hard_weight"].default}; a causal LM: 0.0',
               help=F["hard_weight"].description)
 @click.option("--hidden-weight", type=float, default=F["hidden_weight"].default, show_default=True,
               help=F["hidden_weight"].description)

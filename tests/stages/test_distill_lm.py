@@ -174,3 +174,14 @@ def test_bad_input_is_refused_in_one_line(lm, tmp_path, capsys):
                      "--layers", "2", "--hidden-weight", "1")
     assert "next-token distributions only" in err
     assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
+
+
+def test_a_causal_lms_loss_defaults_apply_only_where_the_settings_leave_them():
+    from compress.stages.distill.causal_lm import lm_defaults
+    from compress.stages.distill.config import DistillConfig
+
+    plain = lm_defaults(DistillConfig.from_flat(layers=2)).loss
+    assert (plain.temperature, plain.soft_weight, plain.hard_weight) == (1.0, 1.0, 0.0)
+    given = lm_defaults(DistillConfig.from_flat(layers=2, temperature=2.0, hard_weight=0.5)).loss
+    assert (given.temperature, given.soft_weight, given.hard_weight) == (2.0, 1.0, 0.5)
+    assert DistillConfig.from_flat(layers=2).loss.temperature == 2.0  # an encoder's stay as measured on SST-2

@@ -7,6 +7,9 @@ layers (with learned projections when widths differ), attention-distribution KL 
 MiniLM's value-relation KL on the last layer. Teacher outputs are computed once over the transfer set
 and cached on disk in the run directory, so epochs after the first do not run the teacher.
 
+A causal LM teacher (task text-generation) is distilled on text windows by KL on its top-k next tokens, optionally
+on the student's own samples (:mod:`compress.stages.distill.causal_lm`).
+
 Training runs on Hugging Face Accelerate (CPU, one GPU, or ``accelerate launch`` over several
 processes), checkpoints into a run directory that ``resume=True`` continues, and writes the final
 student artifact only at the end (staged directory + rename).

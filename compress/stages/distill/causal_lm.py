@@ -47,11 +47,23 @@ from compress.stages.distill.config import (
     Metric,
 )
 
-__all__ = ["distill_causal_lm", "score_layers"]
+__all__ = ["LM_LOSS", "distill_causal_lm", "evaluate_lm", "lm_defaults", "score_layers"]
 
 log = logging.getLogger("compress.stages.distill")
 
 LM_CONFIG = "distill_config.json"  # beside the loop's run_config.json: the settings a resumed run must share
+
+
+#: a causal LM's loss where the settings leave it: KL alone at T = 1 (Minitron's logit distillation); on
+#: stories260K (5 -> 3 layers) it gave a higher top-1 agreement than the encoders' T = 2 with 0.3 cross entropy
+LM_LOSS = {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": 0.0}
+
+
+def lm_defaults(config: DistillConfig) -> DistillConfig:
+    """``config`` with a causal LM's loss defaults (:data:`LM_LOSS`) where it does not set them."""
+    given = set(config.given())
+    update = {k: v for k, v in LM_LOSS.items() if f"loss.{k}" not in given}
+    return config.model_copy(update={"loss": config.loss.model_copy(update=update)}) if update else config
 
 
 def _refuse(config: DistillConfig) -> None:
@@ -332,6 +344,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     from compress.teachers.causal_lm import CausalLM
 
     _refuse(config)
+    config = lm_defaults(config)
     lm = CausalLM.from_teacher(teacher)
     window = min(config.max_length or lm.context, lm.context)
     ids = _windows(lm.tokenizer, train, window, lm.context, config.max_train_rows, config.seed)
