@@ -157,15 +157,15 @@ def m_keep(old, new) -> list[int]:
     return [ov[t] for t, _ in sorted(new.get_vocab().items(), key=lambda kv: kv[1])]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # tied head; an untied one with its own rows
-def test_vocabulary_pruning_is_exact_on_the_corpus(arch, root):
+@pytest.mark.parametrize("tied", [True, False])  # the head is the embedding; a head with its own rows
+def test_vocabulary_pruning_is_exact_on_the_corpus(tied, root):
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
 
-    src = tiny_causal_lm(root / f"v-{arch}", arch=arch, layers=1, heads=4, kv_heads=2, hidden=32, intermediate=32,
-                         tied=arch == "llama", seed=1)
+    src = tiny_causal_lm(root / f"v-{tied}", layers=1, heads=4, kv_heads=2, hidden=32, intermediate=32, tied=tied,
+                         seed=1)
     text = root / "story.txt"
-    art = prune(src, root / f"v-{arch}-out", PruneConfig(vocab={"corpus": str(text)}, max_length=32))
+    art = prune(src, root / f"v-{tied}-out", PruneConfig(vocab={"corpus": str(text)}, max_length=32))
     old, new = _load(src), _load(art.path)
     from transformers import AutoTokenizer
 
@@ -175,7 +175,8 @@ def test_vocabulary_pruning_is_exact_on_the_corpus(arch, root):
     ids_new = torch.tensor([tok_new(STORY)["input_ids"]])
     assert torch.equal(torch.tensor(keep)[ids_new], ids_old)
     assert torch.allclose(_logits(new, ids_new), _logits(old, ids_old)[..., keep], atol=1e-6)
-    assert new.config.tie_word_embeddings == (arch == "llama") and new.lm_head.weight.shape[0] == len(keep)
+    assert new.config.tie_word_embeddings == tied and new.lm_head.weight.shape[0] == len(keep)
+    assert (new.lm_head.weight.data_ptr() == new.get_input_embeddings().weight.data_ptr()) == tied
     assert art.manifest.steps[-1].metrics["vocab"]["proof"]["logits_max_abs_diff"] == 0.0
 
 

@@ -44,6 +44,8 @@ log = logging.getLogger("compress.stages.prune")  # the verb's logger
 EVAL_WINDOWS = 256
 #: the corpus windows the written model's logits are checked on
 PROBE_WINDOWS = 16
+#: windows per forward pass
+BATCH = 8
 
 
 def _refuse(config: PruneConfig) -> None:
@@ -67,7 +69,7 @@ def windows_of(tokenizer, path: str | Path, window: int, limit: int | None, cont
     return token_windows(tokenizer, read_texts(path), window, max_windows=limit, context=context)
 
 
-def _logits(model, windows: np.ndarray, batch_size: int = 8):
+def _logits(model, windows: np.ndarray, batch_size: int = BATCH):
     import torch
 
     with torch.inference_mode():
@@ -87,7 +89,7 @@ def perplexity(model, windows: np.ndarray, ref_model=None, keep: list[int] | Non
     refs = _logits(ref_model, windows if ref_windows is None else ref_windows) if ref_model is not None else None
     for i, out in enumerate(_logits(model, windows)):
         ref = next(refs) if refs is not None else None
-        stream.update(out, windows[i * 8:i * 8 + len(out)], ref if keep is None or ref is None else ref[..., keep])
+        stream.update(out, windows[i * BATCH:i * BATCH + len(out)], ref if keep is None or ref is None else ref[..., keep])
     return stream.result()
 
 
@@ -150,14 +152,12 @@ def prune_causal_lm(teacher, parent: Artifact | None, output: StageOutput, confi
         tokenizer, keep, before = teacher.tokenizer, None, None
         if corpus is not None:
             texts, probe = corpus
-            before = [x[..., :] for x in _logits(model, probe)]
+            before = list(_logits(model, probe))
             tokenizer, keep, metrics["vocab"] = _vocabulary(model, teacher, texts, config, progress)
             probe = np.searchsorted(np.asarray(keep), probe)  # the corpus's ids are all kept: their new ids
             before = [b[..., keep] for b in before]
-        else:
-            probe = windows_of(tokenizer, _importance_path(config, train) or eval_data, config.max_length,
-                               PROBE_WINDOWS, shape_context(teacher)) if (config.importance.data or train or eval_data) \
-                else np.asarray([[teacher.tokenizer.bos_token_id or 0] * 8], dtype=np.int64)
+        else:  # structural pruning only: the importance text's first windows
+            probe = _probe(tokenizer, _importance_path(config, train), config.max_length, _context(teacher))
             before = list(_logits(model, probe))
         _write(teacher, parent, output, model, tokenizer, probe, before, keep, config, eval_data, metrics, progress)
     art = output.artifact
@@ -166,8 +166,19 @@ def prune_causal_lm(teacher, parent: Artifact | None, output: StageOutput, confi
     return art
 
 
-def shape_context(teacher) -> int:
+def _context(teacher) -> int:
     return int(teacher.model.config.max_position_embeddings)
+
+
+def _probe(tokenizer, path, window: int, context: int) -> np.ndarray:
+    """The first windows of the text ``path`` the written model's logits are checked on (one window of all of it
+    when it is shorter than one)."""
+    from compress.data.text import encode, read_texts
+
+    try:
+        return windows_of(tokenizer, path, min(window, context), PROBE_WINDOWS, context)
+    except ConfigError:
+        return np.asarray([encode(tokenizer, "\n\n".join(read_texts(path)))], dtype=np.int64)
 
 
 def _check_request(shape: Shape, config: PruneConfig) -> None:
@@ -194,7 +205,7 @@ def _structure(teacher, shape: Shape, config: PruneConfig, train, metrics: dict[
     if path is None:
         raise ConfigError("a causal LM's importance scores need text", hint="pass --train or --data (a .txt or "
                           ".jsonl of documents the model will see)")
-    windows = windows_of(teacher.tokenizer, path, config.max_length, config.importance.samples, shape_context(teacher))
+    windows = windows_of(teacher.tokenizer, path, config.max_length, config.importance.samples, _context(teacher))
     importance = lm_importance(teacher.model, windows, progress=progress)
     rec = importance.summary()
     rec.update(data=str(path), windows=len(windows), window=config.max_length)
@@ -230,14 +241,7 @@ def _corpus(teacher, config: PruneConfig) -> tuple[list[str], np.ndarray]:
     texts = read_texts(config.vocab.corpus)
     if len(texts) > 1:
         texts = [*texts, "\n\n".join(t.strip("\n") for t in texts)]
-    window = min(config.max_length, shape_context(teacher))
-    try:
-        probe = windows_of(teacher.tokenizer, config.vocab.corpus, window, PROBE_WINDOWS, shape_context(teacher))
-    except ConfigError:  # a corpus shorter than one window: one window of all of it
-        from compress.data.text import encode
-
-        probe = np.asarray([encode(teacher.tokenizer, texts[-1])[:window]], dtype=np.int64)
-    return texts, probe
+    return texts, _probe(teacher.tokenizer, config.vocab.corpus, config.max_length, _context(teacher))
 
 
 def _vocabulary(model, teacher, texts: list[str], config: PruneConfig, progress) -> tuple[Any, list[int], dict]:
