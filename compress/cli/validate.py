@@ -88,11 +88,13 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
 
     Exit code 0 when every budget holds, 1 when one fails, 2 on bad input, 5 (ANOMALOUS) when none
     failed but a latency budget sits inside its measurement's noise, and --unverified-exit-code
-    (default 4) when none failed but some are UNVERIFIED.
+    (default 4) when none failed but some are UNVERIFIED. On several devices: the worst device's,
+    and 7 (INCOMPLETE) when a device did not answer and none of the others failed.
     """
     from compress.artifact import check_output
     from compress.reports.render import render_report, write_report
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.fleet import validate_on_devices
+    from compress.validation.local import ValidateConfig
 
     config = build_config(
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
@@ -116,7 +118,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     require_input(artifact, "model")
     require_input(teacher, "model")
     with _Progress() as progress:
-        report = validate(artifact, config, progress=progress)
+        report = validate_on_devices(artifact, config, progress=progress)
     if isinstance(report, FleetReport):
         return _end_fleet(report, report_dir, force, unverified_exit_code)
     render_report(report, console())

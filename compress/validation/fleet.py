@@ -27,6 +27,7 @@ import dataclasses
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ MAX_PARALLEL = 32  # devices measured at once (each is a thread waiting on ssh)
 #: a device's status, worst first; the overall verdict is the worst device's (unreachable/error -> incomplete)
 ORDER = ("fail", "error", "unreachable", "anomalous", "unverified", "pass")
 LOST = ("unreachable", "error")
+# set by validate_on_devices: plain validate() (a recipe's step, a search) returns one device's ValidationReport
+_ACCEPT_FLEET: ContextVar[bool] = ContextVar("edgecompress_accept_fleet", default=False)
 
 
 # -- the fleet ------------------------------------------------------------------------------------------------
@@ -109,6 +112,19 @@ class Fleet:
 
     devices: list[FleetDevice]
     source: str  # what named them: the --remote list, or the fleet file
+
+
+def validate_on_devices(artifact, config, *, progress=None):
+    """:func:`compress.validation.local.validate` that also measures on several devices: with ``config.remote`` a
+    comma list or a fleet file it returns a :class:`FleetReport` (what ``edgecompress validate`` calls); plain
+    ``validate`` refuses several devices, since its callers (a recipe's step, a search) read one device's report."""
+    from compress.validation.local import validate
+
+    token = _ACCEPT_FLEET.set(True)
+    try:
+        return validate(artifact, config, progress=progress)
+    finally:
+        _ACCEPT_FLEET.reset(token)
 
 
 def is_fleet(remote: str | None) -> bool:
@@ -167,6 +183,11 @@ def fleet_of(config, default_profile, art) -> Fleet:
     from compress.profiles.load import load_profile
     from compress.runtimes.host import runtime_for
 
+    if not _ACCEPT_FLEET.get():
+        raise ConfigError(f"remote {config.remote!r} names several devices; this validation (a recipe's step, "
+                          "validate()) measures on one",
+                          hint="use `edgecompress validate --remote ...` (or compress.validation.fleet."
+                          "validate_on_devices) for several devices, or name one user@host[:port]")
     python, ssh_config = ssh_setup(config)
     devices: list[FleetDevice] = []
     seen: dict[tuple[str, int | None], str] = {}
@@ -349,7 +370,7 @@ def validate_fleet(fleet: Fleet, run: ValidationRun) -> FleetReport:
                     start_phase(run.progress, f"preparing the job for {runs[n].profile.name}")
                     folder = Path(tmp) / f"job{len(jobs)}"
                     folder.mkdir()
-                    jobs[key] = prepare_job(runs[n], runtime, folder)
+                    jobs[key] = prepare_job(dataclasses.replace(runs[n], progress=run.progress), runtime, folder)
             phases["preparing"] = round(time.perf_counter() - t1, 3)
             t2 = time.perf_counter()
             start_phase(run.progress, f"sending and measuring on {len(alive)} devices")
