@@ -132,6 +132,29 @@ def test_three_devices_in_parallel_one_drops_off(devices, int8_artifact, bert_cl
     assert "board2: REGRESSED" in stdout
 
 
+def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home, tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT to the main thread, waiting on the devices) once both devices have their files: the runs there
+    are stopped and both work directories removed before KeyboardInterrupt reaches the caller."""
+    import signal
+
+    from compress.validation.fleet import validate_on_devices
+    from compress.validation.local import ValidateConfig
+
+    barrier = threading.Barrier(2, timeout=60)
+
+    def interrupt(target, workdir):
+        assert Path(workdir).is_dir()  # the device's files are on this machine
+        if barrier.wait() == 0:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    monkeypatch.setattr(remote, "_after_transfer", interrupt)
+    cfg = ValidateConfig.from_flat(baseline=False, cold_start=False,
+                                   remote=str(fleet_file(tmp_path / "fleet.yaml", devices[:2], fleet_profile)))
+    with pytest.raises(KeyboardInterrupt):
+        validate_on_devices(int8_artifact, cfg)
+    assert devices[0].leftovers() == [] and devices[1].leftovers() == []
+
+
 def test_a_host_named_twice_is_refused(int8_artifact, fleet_profile, tmp_path, capsys, home):
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump({"profile": str(fleet_profile), "devices": [
