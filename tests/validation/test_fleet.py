@@ -82,7 +82,10 @@ def test_three_devices_in_parallel_one_drops_off(devices, int8_artifact, bert_cl
     out = tmp_path / "report"
     code, stdout, err = cli(capsys, "validate", int8_artifact.path, "--data", data, "--teacher", bert_classifier,
                             "--no-baseline", "--no-cold-start", "--report-dir", out,
-                            "--remote", fleet_file(tmp_path / "fleet.yaml", devices, fleet_profile))
+                            "--remote", fleet_file(tmp_path / "fleet.yaml", devices, fleet_profile, {1: {
+                                # board2's ssh_config offers a key it refuses: its fleet entry's key: gets it in
+                                "ssh_config": str(devices[1].ssh_config("ssh_config_wrong_key", key="wrong_key")),
+                                "key": str(devices[1].root / "client_key")}}))
     assert code == 7, (code, err)
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("INCOMPLETE: 1 of 3 devices did not answer or failed there: "), err
