@@ -136,6 +136,7 @@ def test_pruned_lm_is_a_plain_smaller_checkpoint(pruned, gqa, root):
     assert m["layers"]["after"] == 2 and m["parameters_after"] < m["parameters_before"] / 2
     p = m["perplexity"]
     assert p["written"]["perplexity"] > 1 and p["unpruned"]["perplexity"] > 1 and p["vs_unpruned"]["windows"] > 0
+    assert m["vocab"]["eval_coverage"] == {"texts": 1, "token_coverage": 1.0, "texts_unchanged": 1.0}  # the corpus
     r = m["recovery"]  # distilled from the unpruned model before the vocabulary went (same ids for both)
     assert r["steps"] == 2 and r["after"]["tokens"] > 0 and r["tokenizer"].startswith("original")
     from compress.cli.prune import summary_lines

@@ -35,7 +35,7 @@ from compress.stages.prune.lm_structure import (
     plan_lm_heads,
     rebuild,
 )
-from compress.stages.prune.vocab import plan_vocabulary, prove_vocabulary, prune_vocabulary
+from compress.stages.prune.vocab import plan_vocabulary, prove_vocabulary, prune_vocabulary, vocabulary_coverage
 from compress.stages.spec import StageOutput
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
@@ -295,6 +295,11 @@ def _write(teacher, parent, output: StageOutput, model, tokenizer, probe: np.nda
             if progress:
                 progress({"phase": "written-eval", "label": "perplexity of the written and the unpruned model"})
             metrics["perplexity"] = lm_eval(written, teacher, eval_data, config.max_length, keep)
+            if keep is not None:  # how the eval text fares: its tokens kept, its texts read as before
+                from compress.data.text import read_texts
+
+                metrics["vocab"]["eval_coverage"] = vocabulary_coverage(teacher.tokenizer, tokenizer, keep,
+                                                                        read_texts(eval_data))
         metrics["parameters_after"] = count_parameters(written.model)
         metrics["parameter_ratio"] = metrics["parameters_after"] / metrics["parameters_before"]
         metrics["size_bytes_after"] = sum(f.stat().st_size for f in stage.glob("*.safetensors"))
