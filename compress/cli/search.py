@@ -67,8 +67,14 @@ F = SearchConfig.flat_fields()
               help=F["new_tokens"].description)
 @click.option("--calibration-samples", type=int, default=F["calibration_samples"].default, show_default=True,
               help=F["calibration_samples"].description)
-@click.option("--storage", help="Optuna storage URL (e.g. postgresql://...) so several machines work on one study "
-                                "[default: sqlite in --search-dir].")
+@click.option("--storage", metavar="URL",
+              help="The study's database, e.g. postgresql://USER:PASSWORD@HOST/DB (with the postgres extra): start the "
+                   "same command on several machines and they work on one search, each building its trials in its "
+                   "own --search-dir [default: sqlite in --search-dir].")
+@click.option("--artifact-store", metavar="DIR|s3://BUCKET", help=F["artifact_store"].description
+              + " Not needed when every worker's --search-dir is on one shared filesystem.")
+@click.option("--heartbeat", "heartbeat_s", type=int, default=F["heartbeat_s"].default, show_default=True,
+              metavar="SECONDS", help=F["heartbeat_s"].description)
 @click.option("--seed", type=int, default=0, show_default=True, help=F["seed"].description)
 @click.option("--no-html", is_flag=True, help="Skip the HTML report.")
 @click.option("--force", is_flag=True, help="Start over in a --search-dir that holds a search with other settings "
@@ -76,7 +82,7 @@ F = SearchConfig.flat_fields()
 def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objective, search_dir, trials, metric, space_text,
                short_steps, short_recover_steps, full_epochs, full_augment, full_augment_join, full_average, explore_share,
                full_recover_steps, qat_steps, promote, limit, prompt_tokens, new_tokens,
-               calibration_samples, storage, seed, no_html, force):
+               calibration_samples, storage, artifact_store, heartbeat_s, seed, no_html, force):
     """Find the smallest, fastest artifact that meets a device profile's budgets.
 
     \b
@@ -118,7 +124,8 @@ def search_cmd(teacher, profile, train, eval_data, holdout, time_budget, objecti
         trials=trials, short_steps=short_steps, short_recover_steps=short_recover_steps, full_epochs=full_epochs,
         full_augment=full_augment, full_augment_join=full_augment_join, full_average=full_average,
         explore_share=explore_share, full_recover_steps=full_recover_steps, qat_steps=qat_steps, promote=promote,
-        space=parse_space(space_text) if space_text else None, storage=storage, seed=seed, metric=metric,
+        space=parse_space(space_text) if space_text else None, storage=storage, artifact_store=artifact_store,
+        heartbeat_s=heartbeat_s, seed=seed, metric=metric,
         limit=limit, prompt_tokens=prompt_tokens, new_tokens=new_tokens, calibration_samples=calibration_samples,
     )
     for label, p in (("--teacher", teacher), ("--train", train), ("--eval", eval_data), ("--holdout", holdout)):

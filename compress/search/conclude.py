@@ -11,6 +11,7 @@ from typing import Any
 
 from compress.search.config import Objective
 from compress.search.space import RUNTIME_SETTINGS, from_params
+from compress.search.study import public_url
 
 ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement", "min_output_cosine", "min_output_snr_db")
 TIMING_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput", "min_speedup")
@@ -115,8 +116,23 @@ def teacher_entry(s) -> tuple[str, str]:
     return "teacher (PyTorch FP32)", "torch"
 
 
-def _side_by_side(s, trials: list) -> dict[str, Any] | None:
-    """The full candidates and the PyTorch FP32 teacher timed in alternating rounds in one process."""
+def _locate(s, full: list) -> dict[int, Path | None]:
+    """Where this machine finds each full candidate's artifact: where it was built, or a verified copy fetched from the
+    artifact store into ``SEARCH/fetched``; None when neither (:func:`compress.search.artifacts.locate`)."""
+    from compress.search.artifacts import locate
+
+    out = {}
+    for t in full:
+        out[t.number] = locate(s.artifacts, t.user_attrs, s.dir / "fetched")
+        if out[t.number] is not None and out[t.number] != Path(t.user_attrs["artifact"]):
+            s.say(f"trial {t.number}: built by {t.user_attrs.get('built_by')}, fetched from the artifact store "
+                  f"({out[t.number]})")
+    return out
+
+
+def _side_by_side(s, trials: list, where: dict[int, Path | None]) -> dict[str, Any] | None:
+    """The full candidates (their artifacts at ``where``) and the PyTorch FP32 teacher timed in alternating rounds in
+    one process."""
     from compress.artifact import load_artifact
     from compress.formats import FORMATS
     from compress.host.measure import measure_interleaved
@@ -130,7 +146,7 @@ def _side_by_side(s, trials: list) -> dict[str, Any] | None:
     settings = RuntimeSettings(threads=s.profile.runtime.threads or s.profile.hardware.cores)
     backends, runs = [], {}
     texts = None
-    entries = [(f"trial {t.number}", load_artifact(t.user_attrs["artifact"]), None, t.params.get("threads"))
+    entries = [(f"trial {t.number}", load_artifact(where[t.number]), None, t.params.get("threads"))
                for t in trials]
     key, teacher_runtime = teacher_entry(s)
     entries.append((key, load_source(s.config.teacher), teacher_runtime, None))
@@ -161,17 +177,22 @@ def conclude(s, study) -> SearchResult:
     points = [_point(t) for t in done]
     front_names = pareto_front([p for p in points if p["retention"] is not None])
     full = measured(study, "full")
-    elsewhere = [t.number for t in full if not Path(t.user_attrs["artifact"]).exists()]
-    if elsewhere:  # a shared study: other machines built these in their own search directories
-        s.say(f"trials {', '.join(map(str, elsewhere))} were built on another machine: judged by their reports, "
-              "not timed side by side here")
-    sbs = _side_by_side(s, [t for t in full if t.number not in elsewhere])
+    where = _locate(s, full)
+    elsewhere = [t.number for t in full if where[t.number] is None]
+    if elsewhere:  # a shared study: other machines built these, and neither a shared filesystem nor a store has them
+        s.say(f"trials {', '.join(map(str, elsewhere))} were built on another machine and are not reachable from here "
+              "(no shared search directory, no --artifact-store): judged by their reports, not chosen")
+    sbs = _side_by_side(s, [t for t in full if t.number not in elsewhere], where)
     teacher_key = teacher_entry(s)[0]
     for p, t in zip(points, done):
         p["front"] = p["name"] in front_names
         if sbs and f"trial {t.number}" in sbs:
             p["side_by_side_p50_ms"] = sbs[f"trial {t.number}"]["p50_ms"]
     by_number = {p["trial"]: p for p in points}
+    for t in full:
+        if where[t.number] is not None and where[t.number] != Path(t.user_attrs["artifact"]):  # fetched from the store
+            by_number[t.number]["artifact"] = str(where[t.number])
+            by_number[t.number]["recipe"] = str(s.recipe(t.number, from_params(t.params), s.full))  # paths of here
     passing = [by_number[t.number] for t in full if t.user_attrs["verdict"] in ("pass", "unverified")
                and t.number not in elsewhere]
     chosen = min(passing, key=lambda p: objective_value(s, p)) if passing else None
@@ -205,8 +226,10 @@ def conclude(s, study) -> SearchResult:
         "trials": len(study.trials), "repeats": sum("duplicate_of" in t.user_attrs for t in study.trials),
         "measured": points, "skipped": skipped, "failed": failed,
         "promoted": study.user_attrs.get("promoted", []), "side_by_side": sbs, "chosen": chosen, "closest": closest,
-        "diagnosis": diagnosis, "storage": s.config.study.storage or str(s.dir / "study.db"),
-        "study": s.config.study.name,
+        "diagnosis": diagnosis, "storage": public_url(s.config.study.storage) if s.config.study.storage
+        else str(s.dir / "study.db"), "study": s.config.study.name, "artifact_store": s.config.study.artifact_store,
+        "worker": s.worker, "workers": sorted({t.user_attrs["built_by"] for t in done if t.user_attrs.get("built_by")}),
+        "not_reachable": elsewhere,
     }
     return SearchResult(s.dir, summary, chosen, diagnosis)
 
@@ -217,7 +240,8 @@ def _point(t) -> dict[str, Any]:
             "fidelity": a["fidelity"], "retention": a["retention"], "agreement": a["agreement"],
             "p50_ms": a["p50_ms"], "size_mb": a["size_mb"], "estimated": a.get("estimated", False),
             "verdict": a["verdict"], "budgets": a["budgets"], "recipe": a["recipe"], "report": a["report"],
-            "artifact": a["artifact"], "estimate": a["estimate"], "seconds": a["seconds"], "params": t.params}
+            "artifact": a["artifact"], "estimate": a["estimate"], "seconds": a["seconds"], "params": t.params,
+            "built_by": a.get("built_by")}
 
 
 def _dir_mb(d: Path) -> float:

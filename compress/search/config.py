@@ -71,6 +71,13 @@ class Study(Section):
     seed: int = Field(0, description="Sampler seed.")
     storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the search directory).")
     name: str = Field("edgecompress-search", description="The study's name in the storage.")
+    heartbeat_s: int = Field(
+        30, ge=1, description="Seconds between a worker's heartbeats in the study: a trial whose worker has been "
+        "silent for four of them (its machine died, or was killed) is failed and queued again, for any worker.")
+    artifact_store: str | None = Field(
+        None, description="A directory every worker of a shared study can reach (a network mount), or s3://BUCKET: "
+        "each full-fidelity artifact is uploaded there (Optuna's artifact store), so the worker that ends the search "
+        "times and chooses among the candidates built on every machine.")
 
 
 class SearchConfig(Settings):
@@ -81,7 +88,8 @@ class SearchConfig(Settings):
         "short_recover_steps": "short.recover_steps", "promote": "full.promote", "full_epochs": "full.epochs",
         "full_augment": "full.augment", "full_augment_join": "full.augment_join", "full_average": "full.average",
         "full_recover_steps": "full.recover_steps", "qat_steps": "full.qat_steps", "seed": "study.seed",
-        "storage": "study.storage", "study_name": "study.name",
+        "storage": "study.storage", "study_name": "study.name", "heartbeat_s": "study.heartbeat_s",
+        "artifact_store": "study.artifact_store",
         "limit": "generation.limit", "prompt_tokens": "generation.prompt_tokens", "new_tokens": "generation.new_tokens",
         "calibration_samples": "generation.calibration_samples",
     }

@@ -13,6 +13,7 @@ import yaml
 
 from compress.errors import ConfigError, EdgeCompressError
 from compress.progress import Progress, note, sink
+from compress.search.artifacts import digest
 from compress.search.conclude import TIMING_NOISE, violation
 from compress.search.config import Objective, SearchConfig
 from compress.search.holdout import split_eval
@@ -28,6 +29,7 @@ from compress.search.space import (
     roofline,
     trial_params,
 )
+from compress.search.study import worker_name
 from compress.search.trials import latency_ratio, teacher_fp32_ms, too_slow_like, typical_ratio
 
 
@@ -70,6 +72,8 @@ class Search:
         self.t0 = time.monotonic()
         self.spent_before = 0.0
         self.study = None  # set by run_search: the time spent is recorded in it as the search goes
+        self.artifacts = None  # set by run_search: the Optuna artifact store full candidates are uploaded to (or None)
+        self.worker = worker_name(search_dir)  # who builds this process's trials, as the study records it
         self._recorded = 0.0
         self._estimates: dict[Candidate, dict[str, float | None]] = {}
 
@@ -272,7 +276,8 @@ class Search:
         budgets = {b["name"]: b for b in report["budgets"]}
         return {
             "fidelity": fid.name, "label": c.label, "recipe": str(path), "report": str(self.store / job["report"]),
-            "artifact": report["artifact"]["path"], "verdict": report["verdict"],
+            "artifact": report["artifact"]["path"], "artifact_digest": digest(Path(report["artifact"]["path"])),
+            "built_by": self.worker, "verdict": report["verdict"],
             "retention": m.get("retention"), "agreement": m.get("agreement"), "metric": m.get("metric"),
             "p50_ms": lat.get("p50"), "p95_ms": lat.get("p95"), "size_mb": m.get("size_mb"),
             "speedup": m.get("speedup"), "peak_rss_mb": m.get("peak_rss_mb"), "cold_start_ms": m.get("cold_start_ms"),

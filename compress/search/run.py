@@ -41,11 +41,20 @@ from pathlib import Path
 from compress.errors import EdgeCompressError
 from compress.progress import Progress
 from compress.recipes.execute import write_json_atomic
+from compress.search.artifacts import open_store, publish
 from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
 from compress.search.directory import Search
 from compress.search.space import SHAPE_DIMS, Candidate, quant_choices, suggest, trial_params
-from compress.search.study import open_dir, optuna_module, requeue_interrupted
+from compress.search.study import (
+    drain,
+    is_queued,
+    open_dir,
+    open_storage,
+    optuna_module,
+    public_url,
+    requeue_interrupted,
+)
 from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
 
 
@@ -68,19 +77,18 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             require(module, "the search's HTML report (or pass --no-html)")
     created = not search_dir.exists() or not any(search_dir.iterdir())
     open_dir(search_dir, config, force)
-    try:  # the inputs (profile, budgets, data, teacher) are checked here: a refused start leaves no directory behind
+    try:  # the inputs (profile, budgets, data, teacher, the study's database) are checked here: a refused start leaves
+        # no directory behind
+        url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
+        storage = open_storage(optuna, url, config.study.heartbeat_s)
+        artifacts = open_store(config.study.artifact_store)
         s = Search(config, search_dir, progress)
+        s.artifacts = artifacts
     except BaseException:
         if created:
             shutil.rmtree(search_dir, ignore_errors=True)
         raise
     say = s.say
-    url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
-    # heartbeats: a trial whose process died (kill -9, a lost machine) is failed after the grace period and queued
-    # again; Ctrl-C and SIGTERM are handled by requeue_interrupted
-    storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                                         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2)) \
-        if url.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else url
     sampler = optuna.samplers.TPESampler(seed=config.study.seed, n_startup_trials=6,
                                          constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * len(s.budgets)))
     study = optuna.create_study(study_name=config.study.name, storage=storage, sampler=sampler, load_if_exists=True,
@@ -90,12 +98,17 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     s.study = study
     requeue_interrupted(optuna, study, say)
     if not study.trials:
-        # the plain INT8 teacher: where the search starts from
+        # the plain INT8 teacher: where the search starts from (another worker starting at the same moment queues
+        # it too: skip_if_exists keeps one)
         runtime = s.space["runtime"][0]
         reference = Candidate(s.shape.layers, runtime=runtime, quant=quant_choices(runtime, s.space)[1][0])
         if all(getattr(reference, d) in s.space[d] for d in SHAPE_DIMS
                if d in s.space) and "quant" in s.space and "runtime" in s.space:
-            study.enqueue_trial(trial_params(reference, s.space), user_attrs={"fidelity": "short", "reference": True})
+            study.enqueue_trial(trial_params(reference, s.space), user_attrs={"fidelity": "short", "reference": True},
+                                skip_if_exists=True)
+    if config.study.storage:
+        say(f"shared study {config.study.name!r} in {public_url(config.study.storage)}: this worker is {s.worker}"
+            + (f"; full-fidelity artifacts go to {config.study.artifact_store}" if config.study.artifact_store else ""))
     say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "
         f"{config.time_budget_s / 60:.0f} min spent; objective {config.objective.value}; profile {s.profile.name}")
 
@@ -103,6 +116,11 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
         s.record_time(force=True)
 
     objective = _objective(optuna, s)
+
+    def run_queued() -> None:
+        study.optimize(_queued_only(optuna, objective), n_trials=1, callbacks=[record_time], catch=(EdgeCompressError,))
+
+    poll_s = max(1.0, min(5.0, config.study.heartbeat_s / 2))
     phase = study.user_attrs.get("phase", "explore")
     if phase == "explore":
         def explored() -> bool:
@@ -111,7 +129,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
         def stop_exploring(study, trial) -> None:
             record_time(study, trial)
-            if explored():
+            if explored() or study.user_attrs.get("phase", "explore") != "explore":  # (or another worker's search)
                 study.stop()
                 return
             trials = study.get_trials(deepcopy=False)
@@ -140,6 +158,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
                else "the space is used up (the last trials, random draws included, proposed only candidates tried "
                "already)")
         say(f"exploration ends: {why}")
+        # what other workers are still measuring counts for the promotion: every worker promotes the same candidates
+        drain(optuna, study, run_queued, say, poll_s)
         promoted = promote(s, study)
         queued = {json.dumps(t.params, sort_keys=True) for t in study.trials
                   if t.user_attrs.get("fidelity") == "full" and t.state != optuna.trial.TrialState.FAIL}
@@ -151,9 +171,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
         say(f"full fidelity for trials {', '.join(map(str, (n for n, _ in promoted))) or '(none measured)'}")
     elif phase == "final":
         _requeue_for_time(optuna, study, say)
-    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
-    if waiting:
-        study.optimize(objective, n_trials=len(waiting), callbacks=[record_time], catch=(EdgeCompressError,))
+    drain(optuna, study, run_queued, say, poll_s)  # the full candidates, whichever worker builds them
     study.set_user_attr("phase", "final")
     result = conclude(s, study)
     record_time(study, None)
@@ -181,10 +199,29 @@ def _requeue_for_time(optuna, study, say: Callable[[str], None]) -> None:
             say(f"trial {t.number} had no time to be built: queued again ({t.user_attrs.get('label', t.params)})")
 
 
+def _queued_only(optuna, objective):
+    """``objective`` for a trial taken from the queue; a trial sampled because another worker took the last queued
+    one first (the queue is shared) is dropped at once."""
+    def run(trial):
+        if not is_queued(trial):
+            trial.set_user_attr("fidelity", "none")
+            trial.set_user_attr("unqueued", True)
+            raise optuna.TrialPruned("another worker took the queued trial first")
+        return objective(trial)
+
+    return run
+
+
 def _objective(optuna, s: Search):
     def objective(trial):
         fid = s.full if trial.user_attrs.get("fidelity") == "full" else s.short
         trial.set_user_attr("fidelity", fid.name)
+        dead = trial.user_attrs.get("worker")  # only a copy Optuna queued again carries its first worker's name
+        trial.set_user_attr("worker", s.worker)
+        if dead:
+            first = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+            s.say(f"[trial {trial.number}] retries trial {first.system_attrs.get('failed_trial')}, whose worker "
+                  f"stopped answering ({dead}: no heartbeat for {4 * s.config.study.heartbeat_s} s)")
         c = suggest(trial, s.space, s.shape)
         trial.set_user_attr("label", c.label)
         est = s.estimate(c)
@@ -193,10 +230,18 @@ def _objective(optuna, s: Search):
         twin = measured_twin(trial, fid.name)
         if twin is not None:  # sampled before: the same recipe, the same cached figures
             for k, v in twin.user_attrs.items():
-                trial.set_user_attr(k, v)
+                if k != "worker":
+                    trial.set_user_attr(k, v)
             trial.set_user_attr("duplicate_of", twin.number)
             s.say(f"{tag}: as trial {twin.number} (measured already)")
             return twin.values
+        running = next((t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                        if t.number != trial.number and t.params == trial.params
+                        and t.user_attrs.get("fidelity") == fid.name), None)
+        if running is not None:  # a shared study: another worker is measuring it right now
+            trial.set_user_attr("duplicate_of", running.number)
+            s.say(f"{tag}: as trial {running.number} (being measured by {running.user_attrs.get('worker')})")
+            raise optuna.TrialPruned(f"being measured in trial {running.number}")
         if fid is s.short:
             why = s.cannot_meet(c, trial.study.get_trials(deepcopy=False))
             if why:
@@ -226,6 +271,8 @@ def _objective(optuna, s: Search):
             trial.set_user_attr("error", str(e))
             s.say(f"{tag}: failed: {e}")
             raise
+        if fid is s.full and s.artifacts is not None:  # for the worker that ends the search, wherever it runs
+            res |= publish(s.artifacts, trial, Path(res["artifact"]))
         for k, v in res.items():
             trial.set_user_attr(k, v)
         s.say(f"{tag}: {res['verdict'].upper()}: retention {_f(res['retention'])}, p50 {_f(res['p50_ms'], 2)} ms"
