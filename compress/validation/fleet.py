@@ -194,43 +194,40 @@ def fleet_of(config, default_profile, art) -> Fleet:
     names: dict[str, str] = {}
     profiles: dict[str, Any] = {}
     for where, e, base, file in _entries(config):
-        d = file or FleetFile(devices=[e])
-        if base is not None:
-            user, host, port = parse_remote(e.host)
-            if user or port:
-                raise ConfigError(f"{where}: host {e.host!r} carries a user or port",
-                                  hint="give them as their own keys: user: and port:")
-        user = e.user or (d.user if file else None)
-        port = e.port or (d.port if file else None)
-        key = _resolve(e.key or (d.key if file else None), base or Path.cwd())
-        if key and not Path(key).is_file():
-            raise ConfigError(f"{where}: key {key}: no such file")
+        d = file or FleetFile(devices=[e])  # the file's defaults (none for a --remote item)
+        if base is not None and any(parse_remote(e.host)[0::2]):
+            raise ConfigError(f"{where}: host {e.host!r} carries a user or port",
+                              hint="give them as their own keys: user: and port:")
+        user, port = e.user or d.user, e.port or d.port
         spec = f"{user + '@' if user else ''}{e.host}{f':{port}' if port else ''}"
         name = e.name or spec
-        ident = (e.host.lower(), port)
+        ident = (e.host.lower(), port or 22)  # ssh's default port: board and board:22 are one device
         if ident in seen:
-            raise ConfigError(f"{where}: host {e.host}{f' port {port}' if port else ''} is named twice (first as "
-                              f"{seen[ident]})", hint="name each device once")
+            raise ConfigError(f"{where}: host {e.host} port {port or 22} is named twice (first as {seen[ident]})",
+                              hint="name each device once")
         if name in names:
             raise ConfigError(f"{where}: device name {name!r} is used twice (first by {names[name]})",
                               hint="give each device its own name:")
         seen[ident], names[name] = where, where
-        prof_name = e.profile or (d.profile if file else None)
-        if prof_name and base is not None and prof_name.lower().endswith(FLEET_SUFFIXES):
-            prof_name = _resolve(prof_name, base)
-        profile = default_profile
-        if prof_name:
-            if prof_name not in profiles:
-                profiles[prof_name] = runtime_for(load_profile(prof_name), art.format)
-            profile = profiles[prof_name]
         try:
+            key = _resolve(e.key or d.key, base or Path.cwd())
+            if key and not Path(key).is_file():
+                raise ConfigError(f"key {key}: no such file")
+            cfg = _resolve(e.ssh_config or d.ssh_config, base or Path.cwd()) or ssh_config
+            if cfg and not Path(cfg).is_file():
+                raise ConfigError(f"ssh_config {cfg}: no such file")
+            profile = default_profile
+            if prof_name := e.profile or d.profile:
+                if base is not None and prof_name.lower().endswith(FLEET_SUFFIXES):
+                    prof_name = _resolve(prof_name, base)
+                if prof_name not in profiles:
+                    profiles[prof_name] = runtime_for(load_profile(prof_name), art.format)
+                profile = profiles[prof_name]
             check_remote_profile(config, profile, art)
-            dev_python = check_python(e.python or (d.python if file else None) or python, f"{where}: python")
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err.message}", hint=err.hint) from None
-        cfg = _resolve(e.ssh_config or (d.ssh_config if file else None), base or Path.cwd()) or ssh_config
-        if cfg and not Path(cfg).is_file():
-            raise ConfigError(f"{where}: ssh_config {cfg}: no such file")
+            dev_python = check_python(e.python or d.python or python, "python")
+        except EdgeCompressError as err:  # the same error, naming the device
+            err.message = f"{where}: {err.message}"
+            raise
         devices.append(FleetDevice(name, RemoteTarget(spec=spec, user=user, host=e.host, port=port, python=dev_python,
                                                       ssh_config=cfg, identity=key), profile))
     return Fleet(devices, config.remote.strip())

@@ -163,10 +163,13 @@ def test_a_host_named_twice_is_refused(int8_artifact, fleet_profile, tmp_path, c
     path.write_text(yaml.safe_dump({"profile": str(fleet_profile), "devices": [
         {"host": "10.0.0.11"}, {"host": "board.lan", "port": 2222}, {"host": "10.0.0.11", "user": "pi"}]}))
     code, _, err = cli(capsys, "validate", int8_artifact.path, "--remote", path)
-    line = assert_one_line_error(code, err, "device 3", "host 10.0.0.11 is named twice", "name each device once")
+    line = assert_one_line_error(code, err, "device 3", "host 10.0.0.11 port 22 is named twice", "name each device once")
     assert "device 1" in line
     code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", fleet_profile,
                        "--remote", "pi@board:22", "--remote", "root@board:22")
+    assert_one_line_error(code, err, "host board port 22 is named twice")
+    code, _, err = cli(capsys, "validate", int8_artifact.path, "--profile", fleet_profile,
+                       "--remote", "pi@board,root@board:22")  # ssh's default port: the same device
     assert_one_line_error(code, err, "host board port 22 is named twice")
 
 
@@ -176,6 +179,7 @@ def test_a_host_named_twice_is_refused(int8_artifact, fleet_profile, tmp_path, c
     ({"devices": [{"host": "pi@b:22"}]}, ["carries a user or port", "user: and port:"]),
     ({"devices": [{"host": "b", "key": "no-such-key"}]}, ["key", "no such file"]),
     ({"devices": [{"host": "b"}]}, ["--profile host describes this machine"]),
+    ({"devices": [{"host": "b", "profile": "no-such-board"}]}, ["device 1 (b)", "no-such-board"]),
 ])
 def test_a_bad_fleet_file_is_one_line(content, words, int8_artifact, tmp_path, capsys, home):
     path = tmp_path / "fleet.yml"
