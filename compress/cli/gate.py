@@ -48,7 +48,7 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
     if is_run_dir(new) or is_run_dir(baseline):
         return _gate_rows(gate_runs(new, baseline, config), new, baseline, markdown, junit, json_out)
     if read_fleet(new) is not None or read_fleet(baseline) is not None:
-        return _gate_rows(gate_fleets(new, baseline, config), new, baseline, markdown, junit, json_out)
+        return _gate_rows(gate_fleets(new, baseline, config), new, baseline, markdown, junit, json_out, "device")
     result = gate(new, baseline, config)
     _write_outputs(((markdown, result.markdown()), (junit, result.junit()),
                     (json_out, json.dumps(result.as_dict(), indent=2) + "\n")))
@@ -69,14 +69,14 @@ def gate_cmd(new, baseline, threshold, alpha, raw_latency, markdown, junit, json
     con.print(result.verdict.upper(), highlight=False)
 
 
-def _gate_rows(rows, new, baseline, markdown, junit, json_out):
+def _gate_rows(rows, new, baseline, markdown, junit, json_out, what="artifact @ profile"):
     """Two runs' or two fleets' gate: a row per validation (or device), the worst verdict, its exit."""
     import json
 
     from compress.validation.gate import row_line, runs_junit, runs_markdown, worst
 
     verdict = worst(rows)
-    _write_outputs(((markdown, runs_markdown(rows, new=str(new), baseline=str(baseline))), (junit, runs_junit(rows)),
+    _write_outputs(((markdown, runs_markdown(rows, new=str(new), baseline=str(baseline), what=what)), (junit, runs_junit(rows)),
                     (json_out, json.dumps({"verdict": verdict, "results": rows}, indent=2) + "\n")))
     for r in rows:
         click.echo(row_line(r))

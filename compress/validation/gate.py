@@ -393,10 +393,11 @@ def row_line(row: dict[str, Any]) -> str:
             + (f": not comparable: {diffs}" if diffs else "") + (f" [{row['note']}]" if row.get("note") else ""))
 
 
-def runs_markdown(rows: list[dict[str, Any]], *, new: str, baseline: str) -> str:
-    """One Markdown summary (a CI step summary) of a run's gate: a line per validation, then each one's metrics."""
+def runs_markdown(rows: list[dict[str, Any]], *, new: str, baseline: str, what: str = "artifact @ profile") -> str:
+    """One Markdown summary (a CI step summary) of a run's (or a fleet's) gate: a line per validation (``what``:
+    "device" for a fleet), then each one's metrics."""
     lines = [f"## edgecompress gate: **{worst(rows)}**", "", f"new: `{new}`  ", f"baseline: `{baseline}`", "",
-             "| artifact @ profile | verdict | latency | accuracy | size |", "|---|---|---|---|---|"]
+             f"| {what} | verdict | latency | accuracy | size |", "|---|---|---|---|---|"]
     for r in rows:
         cells = {m["metric"].split()[0]: m for m in r.get("metrics", [])}
 

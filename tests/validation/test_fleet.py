@@ -126,13 +126,15 @@ def test_three_devices_in_parallel_one_drops_off(devices, int8_artifact, bert_cl
     old["metrics"]["latency_samples_ms"]["artifact"] = [x / 3 for x in old["metrics"]["latency_samples_ms"]["artifact"]]
     b2.write_text(json.dumps(old))
     gj = tmp_path / "gate.json"
-    code, stdout, err = cli(capsys, "gate", out, "--baseline", base, "--json", gj)
+    code, stdout, err = cli(capsys, "gate", out, "--baseline", base, "--json", gj, "--markdown", tmp_path / "gate.md")
     assert code == 1, (code, stdout, err)
     by = {r["name"]: r for r in json.loads(gj.read_text())["results"]}
     assert by["board1"]["verdict"] in ("pass", "inconclusive")  # the same measurement on both sides
     assert by["board2"]["verdict"] == "regressed"
     assert by["board3"]["verdict"] == "not comparable" and "not measured in this run" in by["board3"]["differences"][0]
     assert "board2: REGRESSED" in stdout
+    summary = (tmp_path / "gate.md").read_text()
+    assert "| device | verdict |" in summary and "| board2 | regressed |" in summary
 
 
 def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home, tmp_path, monkeypatch):
