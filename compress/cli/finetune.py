@@ -45,10 +45,10 @@ def _freeze(value: str) -> int | str:
 @click.option("--lora-targets", help="Comma-separated module names LoRA wraps, or all-linear (default: every linear "
               "layer of an encoder, a causal LM's attention projections as peft seeds them: q_proj,v_proj for Llama).")
 @click.option("--qlora", is_flag=True, help=F["qlora"].description)
-@click.option("--prompt-field", help=section_help("Causal LMs", F["prompt_field"].description)
-              + f" [default: {F['prompt_field'].default}]")
-@click.option("--response-field", help=section_help("Causal LMs", F["response_field"].description)
-              + f" [default: {F['response_field'].default}]")
+@click.option("--prompt-field", default=F["prompt_field"].default, show_default=True,
+              help=section_help("Causal LMs", F["prompt_field"].description))
+@click.option("--response-field", default=F["response_field"].default, show_default=True,
+              help=section_help("Causal LMs", F["response_field"].description))
 @click.option("--epochs", type=float, default=F["epochs"].default, show_default=True, help=F["epochs"].description)
 @click.option("--max-steps", type=int, help=F["max_steps"].description)
 @click.option("--batch-size", type=int, default=F["batch_size"].default, show_default=True,
@@ -79,12 +79,12 @@ def finetune_cmd(base, train, eval_data, out, retain_data, task, labels, freeze,
     \b
     BASE is a Hugging Face checkpoint directory (a text encoder, a causal LM, an image
     classifier or backbone) or a timm checkpoint. A causal LM (task text-generation)
-    keeps its head and learns the --train text (documents, or prompt/response rows with
-    the loss on the response only), judged by perplexity. Others get a new head for the
-    task and the data's labels (for
-    --task regression, one output per target, MSE loss, MAE the eval metric; for --task
-    question-answering, a span head trained on SQuAD-format JSON, contexts in windows of
-    --max-length tokens, SQuAD F1 the eval metric), then one of:
+    keeps its own head and learns the --train text (documents, or prompt/response rows
+    with the loss on the response only), judged by perplexity. Other bases get a new
+    head for the task and the data's labels (for --task regression, one output per
+    target, MSE loss, MAE the eval metric; for --task question-answering, a span head
+    trained on SQuAD-format JSON, contexts in windows of --max-length tokens, SQuAD F1
+    the eval metric). Then one of:
       (default)           every weight trains; learning rate 5e-5 (text), 5e-4 (images)
       --freeze N          the embeddings (a CNN's stem) and the first N layers (blocks) stay
                           as pretrained; --freeze all: only the new head trains

@@ -221,7 +221,9 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
                           "train_peak_rss_mb": train_peak}}
     if config.mode is Mode.lora:
         metrics["lora"]["targets"] = targets
-    if backend is not None:
+    if backend is not None:  # the loop counted the 4-bit weights' packed codes: count the model's parameters
+        metrics["parameters"] = sum(p.numel() for p in final.parameters()) + metrics["trainable_parameters"]
+        metrics["trainable_share"] = metrics["trainable_parameters"] / metrics["parameters"]
         metrics["lora"]["base"] = {"bits": 4, "quant_type": "nf4", "double_quant": True,
                                    "backend": f"bitsandbytes {backend}", "merged_into": "the dequantized base, FP32"}
     if eval_set is not None:
