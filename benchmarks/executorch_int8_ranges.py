@@ -15,7 +15,10 @@ Per model and estimator: retention (INT8 accuracy / the program's FP32 accuracy)
 program, export seconds. Results: ``benchmarks/results/executorch_int8_ranges.json``. Needs executorch (the CI's
 transformers-5 environment has it)::
 
-    nice -n 5 .venv-ci-tf5/bin/python benchmarks/executorch_int8_ranges.py [--methods mean-minmax,histogram,minmax]
+    nice -n 5 .venv-ci-tf5/bin/python benchmarks/executorch_int8_ranges.py [--methods auto,mean-minmax,histogram,minmax]
+
+``auto`` is export's default: both mean-minmax and histogram calibrated, the one whose INT8 outputs on the calibration
+rows have the higher SQNR against the FP32 program kept (the row records which and both SQNRs).
 """
 
 from __future__ import annotations
@@ -77,7 +80,13 @@ def digits(work: Path, method: str) -> dict:
     acc32, acc8 = float((fp32 == test["labels"]).mean()), float((int8 == test["labels"]).mean())
     return {"views": len(x), "fp32_accuracy": round(acc32, 4), "int8_accuracy": round(acc8, 4),
             "retention": round(acc8 / acc32, 4), "agreement": round(float((int8 == fp32).mean()), 4),
-            "export_s": seconds}
+            "export_s": seconds, **_choice(art)}
+
+
+def _choice(art) -> dict:
+    """The estimator ``auto`` kept and the SQNR of each it tried (empty for a method asked by name)."""
+    q = art.manifest.steps[-1].metrics["quantization"]
+    return {"chosen": q["calibration_method"], **q["range_choice"]} if q.get("range_choice") else {}
 
 
 def mobilenet(work: Path, real: Path, method: str, folds: list[int], samples: int) -> dict:
@@ -103,7 +112,8 @@ def mobilenet(work: Path, real: Path, method: str, folds: list[int], samples: in
         x = feeds.encode([r["path"] for r in rows])[info.preprocess.input_name]
         top = _predict(art, x).argmax(1)
         hits = int((top == np.array([int(r["label"]) for r in rows])).sum())
-        per_fold[fold] = {"views": len(rows), "agreement": round(hits / len(rows), 4), "export_s": seconds}
+        per_fold[fold] = {"views": len(rows), "agreement": round(hits / len(rows), 4), "export_s": seconds,
+                          **_choice(art)}
         # a second figure: every judging view (other folds' photos gave calibration views too: not held out)
         every = [r for r in split["views"] if r["role"] == "judging" and r["confidence"] >= split["min_confidence"]]
         x = feeds.encode([r["path"] for r in every])[info.preprocess.input_name]
@@ -118,7 +128,7 @@ def mobilenet(work: Path, real: Path, method: str, folds: list[int], samples: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="mean-minmax,histogram,minmax")
+    ap.add_argument("--methods", default="auto,mean-minmax,histogram,minmax")
     ap.add_argument("--models", default="digits,mobilenet_v2")
     ap.add_argument("--folds", default="0,1,2")
     ap.add_argument("--calibration-samples", type=int, default=128)

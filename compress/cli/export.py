@@ -54,7 +54,7 @@ class FormatChoice(click.Choice):
               help=section_help("ExecuTorch int8", F["int8_mode"].description))
 @click.option("--calibration", type=click.Path(path_type=Path), help=section_help(_INT8, F["calibration"].description))
 @click.option("--calibration-samples", type=int, help=section_help(_INT8, F["calibration_samples"].description))
-@click.option("--calibration-method", type=click.Choice(["mean-minmax", "minmax", "histogram"]),
+@click.option("--calibration-method", type=click.Choice(["auto", "mean-minmax", "minmax", "histogram"]),
               help=section_help("ExecuTorch static int8", F["calibration_method"].description))
 @click.option("--embedding-precision", type=click.Choice(["int8", "fp32"]),
               help=section_help("ExecuTorch int8", F["embedding_precision"].description))

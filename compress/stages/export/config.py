@@ -94,6 +94,7 @@ class EmbeddingTables(StrEnum):
 class RangeEstimator(StrEnum):
     """How ExecuTorch's static INT8 sets each activation's range from the calibration rows."""
 
+    auto = "auto"
     mean_minmax = "mean-minmax"
     minmax = "minmax"
     histogram = "histogram"
@@ -145,9 +146,11 @@ class ExecuTorch(Section):
         "images) or dynamic (scales at run time, no calibration; the default for text).",
     )
     calibration_method: RangeEstimator | None = Field(
-        None, description="The activation range estimator: mean-minmax (each calibration "
-        "row's extremes, averaged; the default), minmax (the whole set's extremes) or histogram (XNNPACKQuantizer's "
-        "own: the range of least L2 error). The logits keep the whole set's extremes in every case.",
+        None, description="The activation range estimator: auto (the default: mean-minmax and "
+        "histogram both calibrated, the one whose INT8 outputs on the calibration rows are closer to FP32 kept), "
+        "mean-minmax (each calibration row's extremes, averaged), minmax (the whole set's extremes) or histogram "
+        "(XNNPACKQuantizer's own: the range of least L2 error). The logits keep the whole set's extremes in every "
+        "case.",
     )
     embedding_precision: EmbeddingTables | None = Field(
         None, description="Embedding tables in int8 (one scale per row, read by ExecuTorch's "
