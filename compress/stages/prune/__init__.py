@@ -1,4 +1,6 @@
 """Pruning: make a fine-tuned encoder physically smaller (fewer heads, neurons, layers, tokens), then recover.
+Causal LMs (task text-generation) take their own path, :mod:`compress.stages.prune.causal_lm`; image models
+:mod:`~compress.stages.prune.channels` and :mod:`~compress.stages.prune.vit`.
 
 What this stage removes, and how it chooses:
 
