@@ -184,6 +184,8 @@ def test_vocabulary_pruning_is_exact_on_the_corpus(tied, root):
 @pytest.mark.parametrize(("args", "words"), [
     (["--heads", "0.25"], ["--heads 0.25", "across a key/value group", "--head-unit"]),
     (["--heads", "0.5", "--sparsity", "0.5"], ["--sparsity", "causal LMs"]),
+    (["--ffn", "0.5", "--recover-steps", "2", "--recover-average", "--train", "STORY"],
+     ["--recover-average", "causal LMs"]),
     (["--ffn", "0.5"], ["importance scores need text", "--train"]),
     (["--drop-layers", "3", "--data", "STORY"], ["--drop-layers 3", "3 layers"]),
 ])

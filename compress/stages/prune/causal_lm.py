@@ -56,7 +56,9 @@ def _refuse(config: PruneConfig) -> None:
                (bool(config.budget.profile), "--profile", "search a causal LM's dimensions under a profile's budgets "
                 "with `edgecompress search`; give prune the ratios"),
                (bool(config.recovery.augment or config.recovery.augment_join), "--recover-augment(-join)",
-                "they make labelled sentence copies; a causal LM recovers on the --train text as it is")]
+                "they make labelled sentence copies; a causal LM recovers on the --train text as it is"),
+               (config.recovery.average, "--recover-average", "distill keeps a causal LM's best evaluated weights "
+                "(give --eval); drop --recover-average")]
     for bad, option, hint in refused:
         if bad:
             raise ConfigError(f"{option} is not built for causal LMs", hint=hint)
