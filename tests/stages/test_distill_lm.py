@@ -23,17 +23,25 @@ BASE = dict(layers=2, max_length=32, batch_size=8, lr=3e-3, temperature=1.0, sof
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
-    from compress.stages.distill import distill
-    from compress.stages.distill.config import DistillConfig
+    from click.testing import CliRunner
+
+    from compress.artifact import load_artifact
+    from compress.cli import cli
 
     root = tmp_path_factory.mktemp("distill-lm")
     teacher = tiny_causal_lm(root / "teacher", layers=4)
     text = open(TEXT, encoding="utf-8").read()
     (root / "train.txt").write_text(text[:12000], encoding="utf-8")  # real text (TinyStories), ~3,900 tokens
     (root / "eval.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in text[-4000:].split("\n\n")) + "\n")
-    result = distill(teacher, root / "train.txt", root / "student", DistillConfig.from_flat(**BASE, max_steps=24),
-                     eval_data=root / "eval.jsonl", teacher_cache=root / "cache")
-    return {"root": root, "teacher": teacher, "result": result}
+    # the command, with a causal LM's loss defaults (KL alone at T=1: BASE's); the other runs call the library
+    result = CliRunner().invoke(cli, [
+        "-q", "distill", "-t", str(teacher), "--train", str(root / "train.txt"), "--eval", str(root / "eval.jsonl"),
+        "-o", str(root / "student"), "--layers", "2", "--max-length", "32", "--batch-size", "8", "--lr", "3e-3",
+        "--top-k", "16", "--eval-every", "100", "--max-steps", "24", "--teacher-cache", str(root / "cache")],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = load_artifact(root / "student").manifest.steps[-1].metrics
+    return {"root": root, "teacher": teacher, "metrics": metrics, "output": " ".join(result.output.split())}
 
 
 def test_a_half_depth_student_moves_towards_its_teacher_and_is_written_as_a_causal_lm(lm):
@@ -41,7 +49,7 @@ def test_a_half_depth_student_moves_towards_its_teacher_and_is_written_as_a_caus
 
     from compress.artifact import load_artifact
 
-    m = lm["result"].metrics
+    m = lm["metrics"]
     assert m["student"]["kept_teacher_layers"] == [1, 3] and m["student"]["layer_choice"] == "evenly"
     assert m["student_parameters"] < m["teacher_parameters"]
     before, after = m["before"], m["after"]
@@ -57,9 +65,14 @@ def test_a_half_depth_student_moves_towards_its_teacher_and_is_written_as_a_caus
     tok = AutoTokenizer.from_pretrained(out)
     assert tok("Once upon a time")["input_ids"][0] == 1  # BOS, as the teacher's tokenizer adds it
     assert not (lm["root"] / "student.run").exists()  # the run directory goes after success
+    said = lm["output"]
+    assert said.startswith(f"wrote {out}:") and "24 steps" in said
+    assert f"top-1 agreement {before['top1_agreement']:.3f} -> {after['top1_agreement']:.3f}" in said, said
 
 
 def test_the_teacher_cache_holds_top_k_per_position_and_is_reused(lm):
+    from safetensors.torch import load_file
+
     from compress.stages.distill import distill
     from compress.stages.distill.config import DistillConfig
 
@@ -74,12 +87,21 @@ def test_the_teacher_cache_holds_top_k_per_position_and_is_reused(lm):
     total = np.exp(logp[row]).sum(-1) + np.exp(tail[row])  # top k + the tail bucket: a distribution
     np.testing.assert_allclose(total, 1.0, atol=1e-4)
     assert (np.diff(logp[row], axis=-1) <= 0).all()  # most likely first
-    # reverse KL, same targets: the teacher does not run again
+    # reverse KL, same targets: the teacher does not run again; a hook after every step (prune's sparsity masks)
+    steps = []
+
+    def mask(student, step, total):
+        steps.append((step, total))
+        student.model.layers[0].mlp.down_proj.weight[:, :16] = 0.0
+
     r = distill(lm["teacher"], lm["root"] / "train.txt", lm["root"] / "reverse",
                 DistillConfig.from_flat(**BASE, max_steps=6, divergence="reverse"), eval_data=lm["root"] / "eval.jsonl",
-                teacher_cache=cache)
+                teacher_cache=cache, on_step=mask)
     assert r.metrics["teacher_labelled_rows"] == 0 and r.metrics["divergence"] == "reverse"
     assert r.metrics["after"]["kl_mean"] < r.metrics["before"]["kl_mean"]
+    assert [s for s, _ in steps] == [1, 2, 3, 4, 5, 6] and {t for _, t in steps} == {6}  # (6: on the weights written)
+    written = load_file(lm["root"] / "reverse" / "model.safetensors")
+    assert not written["model.layers.0.mlp.down_proj.weight"][:, :16].any()
 
 
 def test_topk_divergence_is_the_kl_of_the_coarsened_distributions():

@@ -111,7 +111,7 @@ def distill(
 
         result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
                                    teacher_cache=teacher_cache, resume=resume, force=force, progress=progress,
-                                   choose_student=_choose_student, write=_write_student)
+                                   choose_student=_choose_student, write=_write_student, on_step=on_step)
         if not keep_run:
             shutil.rmtree(run, ignore_errors=True)
         return result

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,9 +253,9 @@ def _fill_cache(loop, teacher, data: Windows, config: DistillConfig, cache_dir: 
     return labelled, time.perf_counter() - t0
 
 
-def _loss(teacher, config: DistillConfig, window: int, context: int):
+def _loss(teacher, config: DistillConfig, window: int, context: int, after_step: Callable[[], None] | None = None):
     """The batch loss: the soft-target divergence (cached targets, or the teacher online on the student's samples)
-    and cross entropy on the text."""
+    and cross entropy on the text. ``after_step()`` runs first (the previous optimizer step's hook)."""
     import torch
     import torch.nn.functional as F
 
@@ -294,6 +295,8 @@ def _loss(teacher, config: DistillConfig, window: int, context: int):
         return seq, mask, target
 
     def loss(model, batch: dict[str, Any]):
+        if after_step is not None:
+            after_step()  # the hook of the optimizer step before this batch (e.g. sparsity masks kept applied)
         rows = batch.pop("rows").tolist()
         target = {key: batch.pop(key) for key in ("topk_index", "topk_logp", "tail_logp") if key in batch}
         ids = batch["input_ids"]
@@ -335,9 +338,14 @@ def evaluate_lm(model, teacher_model, windows: np.ndarray, device, batch_size: i
 
 
 def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_data, run: Path, teacher_cache,
-                      resume: bool, force: bool, progress, choose_student, write) -> DistillResult:
+                      resume: bool, force: bool, progress, choose_student, write,
+                      on_step: Callable[[Any, int, int], None] | None = None) -> DistillResult:
     """Distil the causal LM ``teacher`` on the text ``train`` into the student ``choose_student(teacher, config)``
-    gives (or the scored layers of the teacher); ``write(model, teacher, output, metrics)`` writes its artifact."""
+    gives (or the scored layers of the teacher); ``write(model, teacher, output, metrics)`` writes its artifact.
+    ``on_step(student, step, total)`` runs after every optimizer step (before the next batch's forward pass, and on
+    the weights written), under ``torch.no_grad``."""
+    import torch
+
     from compress.stages.distill.student import count_parameters
     from compress.stages.finetune.config import FinetuneConfig
     from compress.stages.finetune.loop import TrainLoop
@@ -368,9 +376,14 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
         evaluated.update(evaluate_lm(model, teacher.model, eval_ids, loop.device))
         return evaluated["top1_agreement"]
 
+    def after_step() -> None:
+        if loop.state["step"]:
+            with torch.no_grad():
+                on_step(student, loop.state["step"], loop.total)
+
     loop = TrainLoop(student, [p for p in student.parameters() if p.requires_grad], data, loop_config, run, progress,
-                     lr=tc.lr, loss=_loss(teacher, config, window, lm.context), evaluate=agreement if eval_ids is not None
-                     else None, metric_name="agreement")
+                     lr=tc.lr, loss=_loss(teacher, config, window, lm.context, after_step if on_step else None),
+                     evaluate=agreement if eval_ids is not None else None, metric_name="agreement")
     teacher.model.to(loop.device).eval()
     before = evaluate_lm(student, teacher.model, eval_ids, loop.device) if eval_ids is not None else None
     loop.start(resume, force)
@@ -388,6 +401,9 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
             raise
     loop.train()
     final = loop.finish()
+    if on_step is not None:
+        with torch.no_grad():
+            on_step(final, loop.total, loop.total)
     if not loop.is_main:
         art, metrics = loop.follow(output)
         return DistillResult(art, metrics)
