@@ -1,8 +1,11 @@
-"""Recipes of text generators: what a causal LM's chain takes (export, quantize, validate, package, gate), checked at
-plan time.
+"""Recipes of text generators: what a causal LM's chain takes (finetune, distill, prune, export, quantize, validate,
+package, gate), checked at plan time.
 
 A recipe whose teacher is a causal language model (a Hugging Face ``…ForCausalLM`` folder, an artifact of task
-text-generation, a ``.gguf`` file) runs the generator routes of docs/generators.md: ``export`` with a KV cache (ONNX
+text-generation, a ``.gguf`` file, or ``teacher: {finetune: {base: ...}}`` from such a base) may first make it smaller in
+PyTorch (``distill``: a student of the teacher's layers; ``prune``: heads, FFN neurons, layers, the vocabulary; each
+verb refuses at run time, in one line, what a causal LM does not take), then runs the generator routes of
+docs/generators.md: ``export`` with a KV cache (ONNX
 Runtime GenAI's builder, a stateful OpenVINO IR, GGUF through llama.cpp's converter), ``quantize`` weight-only (the
 format's generator quantizer: ``int4: {algorithm, block_size, embeddings_bits, lm_head_bits}``, ``gguf: {type}``,
 ``accuracy: {max_perplexity_increase, data}``), ``validate`` with ``generation: {prompts, prompt_tokens, new_tokens,
@@ -63,13 +66,33 @@ def reads(verb: str, fmt: str) -> set[str] | None:
     return None
 
 
+#: the verbs of a generator's chain that make a smaller PyTorch model (their options are the verbs' own to check)
+SHRINKING = ("distill", "prune")
+
+
+def recipe_generator(recipe, base: Path, teacher: str | None) -> bool:
+    """Whether ``recipe``'s teacher is a causal LM: ``teacher`` (resolved; None where the recipe fine-tunes it, or it
+    cannot be resolved) is one, or the base the recipe fine-tunes it from is."""
+    from compress.errors import EdgeCompressError
+    from compress.recipes.schema import FinetuneSpec, resolve_path
+
+    if teacher is not None:
+        return generator_teacher(teacher)
+    if isinstance(recipe.teacher, FinetuneSpec):
+        try:
+            return generator_teacher(resolve_path(recipe.teacher.base, base))
+        except EdgeCompressError:  # a builtin not installed: the plan names it
+            return False
+    return False
+
+
 def problem(recipe, base: Path, teacher: str | None) -> tuple[tuple, str, str] | None:
     """The first thing in ``recipe`` that does not fit its teacher's kind (a generator or not), as ``(field location,
     problem, hint)`` for the schema's one-line error; None when all fits. ``teacher``: the resolved teacher path
-    (None: the recipe fine-tunes its teacher, which is not a generator)."""
+    (None: the recipe fine-tunes its teacher, a generator where its base is, :func:`recipe_generator`)."""
     from compress.recipes.verbs import VERBS
 
-    generator = teacher is not None and generator_teacher(teacher)
+    generator = recipe_generator(recipe, base, teacher)
     for name, step in recipe.steps.items():
         settings = VERBS[step.verb].config_model().model_validate(step.settings)
         at = ("steps", name, step.verb)
@@ -78,9 +101,12 @@ def problem(recipe, base: Path, teacher: str | None) -> tuple[tuple, str, str] |
             if found:
                 return found
             continue
+        if step.verb in SHRINKING:
+            continue
         if step.verb not in ("export", "quantize"):
             return (("steps", name), f"{step.verb} takes no {GENERATOR}, and the teacher is one",
-                    "a generator's chain is export, quantize, validate and gate (docs/generators.md)")
+                    "a generator's chain is distill, prune, export, quantize, validate and gate "
+                    "(docs/generators.md)")
         fmt = recipe.format_of(name)
         found = _format(step.verb, fmt, at) or _ignored(step.verb, fmt, settings, at) or \
             (_quantizer_rules(fmt, settings, at) if step.verb == "quantize" else None)

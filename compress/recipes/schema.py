@@ -211,7 +211,9 @@ def _pydantic(label: str, root, err: ValidationError, prefix: tuple = (), hint: 
 
 #: the recipes that ship with edgecompress (compress/recipes/NAME.yaml), run as ``edgecompress run builtin:NAME``
 SHIPPED = {"demo": "the demo (what `edgecompress demo` runs)",
-           "lm-stories": "a small causal LM to a gated INT4 ONNX artifact (--set teacher=DIR --set data.eval=TEXT)"}
+           "lm-stories": "a small causal LM to a gated INT4 ONNX artifact (--set teacher=DIR --set data.eval=TEXT)",
+           "lm-smaller": "a causal LM from its pretrained base: LoRA fine-tune, half-depth student, pruned, INT4, "
+                         "gated (--set teacher.finetune.base=DIR --set data.train=TEXT --set data.eval=TEXT)"}
 
 
 def recipe_file(value: Path | str) -> Path:

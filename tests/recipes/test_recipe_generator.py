@@ -121,7 +121,6 @@ def test_a_failing_budget_fails_the_run_and_only_the_validation_runs_again(lm, f
      ["steps.onnx.export.optimize", "would be ignored", "causal LM"]),
     ({"steps": {"int4": {"from": "onnx", "quantize": {"precision": "int4", "int4": {"algorithm": "awq"}}}}},
      ["steps.int4.quantize.int4.algorithm: --int4-algorithm awq", "OpenVINO's"]),  # the quantizer's own rule, early
-    ({"steps": {"student": {"distill": {}}}}, ["steps.student", "distill takes no causal LM"]),
     ({"steps": {"onnx": {"export": {"format": "tensorrt"}}}},
      ["steps.onnx.export.format: TensorRT takes no causal LM", "format: onnx | openvino"]),
     ({"validate": {"profiles": ["host"], "options": {"label_column": "label"}}},
