@@ -140,6 +140,7 @@ def test_on_policy_batches_train_on_the_students_samples_without_a_cache(lm):
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(lm, tmp_path):
     from safetensors.torch import load_file
 
+    from compress.errors import ConfigError
     from compress.stages.distill import distill
     from compress.stages.distill.config import DistillConfig, Interrupted
 
@@ -151,6 +152,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(lm, tmp_path):
     with pytest.raises(Interrupted):
         distill(*args, eval_data=lm["root"] / "eval.jsonl", progress=interrupt)
     assert (tmp_path / "student.run" / "checkpoint.pt").is_file() and not (tmp_path / "student").exists()
+    with pytest.raises(ConfigError, match=r"used different settings \(loss.divergence: 'forward' -> 'reverse'\)"):
+        distill(*args[:3], DistillConfig.from_flat(**BASE, max_steps=24, divergence="reverse"), resume=True,
+                eval_data=lm["root"] / "eval.jsonl")
     r = distill(*args, eval_data=lm["root"] / "eval.jsonl", resume=True)
     assert r.metrics["teacher_labelled_rows"] == 0  # the cached targets carried over
     resumed = load_file(tmp_path / "student" / "model.safetensors")
@@ -207,3 +211,11 @@ def test_a_causal_lms_loss_defaults_apply_only_where_the_settings_leave_them():
     given = lm_defaults(DistillConfig.from_flat(layers=2, temperature=2.0, hard_weight=0.5)).loss
     assert (given.temperature, given.soft_weight, given.hard_weight) == (2.0, 1.0, 0.5)
     assert DistillConfig.from_flat(layers=2).loss.temperature == 2.0  # an encoder's stay as measured on SST-2
+
+
+def test_a_causal_lms_options_are_refused_for_an_encoder(bert_classifier, tsv_file, tmp_path, capsys):
+    for flag, value in (("--divergence", "reverse"), ("--on-policy", "0.5"), ("--layer-choice", "scored")):
+        err = main_error(capsys, "distill", "-t", bert_classifier, "--train", tsv_file, "-o", tmp_path / "s",
+                         "--layers", "1", flag, value)
+        assert f"{flag} is for causal LM teachers" in err and f"drop {flag}" in err
+    assert not (tmp_path / "s").exists()
