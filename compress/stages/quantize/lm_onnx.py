@@ -51,7 +51,8 @@ SELF_WRITTEN_WINDOWS = 16
 SELF_WRITTEN_SEED = 0
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
-            "calibration_samples", "exclude_nodes", "strict", "max_perplexity_increase", "data", "eval_samples"}
+            "calibration_samples", "exclude_nodes", "strict", "max_perplexity_increase", "data", "eval_samples",
+            "qat_steps", "qat_data", "qat_source", "qat_lr", "qat_batch_size", "qat_lora_rank"}  # QAT: .lm_qat
 PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
            "Tom had a big red ball. He", "One day, a cat and a dog")
 _TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -463,9 +464,12 @@ def accuracy_aware(fp32, windows: np.ndarray, state: dict[str, np.ndarray], budg
     return model, made, record
 
 
-def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False,
+                     trained: Artifact | None = None, qat: dict[str, Any] | None = None) -> Artifact:
     """Quantize the FP32 ONNX artifact ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
-    ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``."""
+    ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``.
+    ``trained``: quantization-aware INT4's re-export of ``art`` (:mod:`.lm_qat`), whose graph is quantized instead,
+    its run's record ``qat`` in the step's metrics; lineage and checks stay ``art``'s."""
     import onnx
 
     from compress.storage import tree_bytes
@@ -489,7 +493,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     if budget is not None and bits != 4:
         raise ConfigError("--max-perplexity-increase moves INT4 layers back to 8 bits (it would be ignored for int8)",
                           hint="add --precision int4, or drop it")
-    src = art.path / art.manifest.model_file
+    src = (trained or art).path / (trained or art).manifest.model_file
     output = QUANTIZE_ONNX.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = onnx.load(str(src))
@@ -531,6 +535,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
                              "compression": round(before / max(after, 1), 3),
                              "weights": {"bits": made["layers"], "lm_head": made["lm_head"],
                                          "embeddings": made["embeddings"]}})
+        if qat is not None:
+            step.metrics["qat"] = qat
         if record is not None:
             step.metrics["accuracy_aware"] = record
             if not record["held"]:
