@@ -409,7 +409,7 @@ def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: 
         return art, record
     run.student.model.load_state_dict(run.best_weights)
     say({"phase": "qad-export", "label": f"exporting the weights of step {run.state['best_step']}"})
-    trained = _export_trained(art, run, work)
+    trained = export_trained(art, run, work)
     record["kept"] = f"the weights of step {run.state['best_step']}"
     return trained, record
 
@@ -419,8 +419,10 @@ def finish(out: Path) -> None:
     shutil.rmtree(work_dir(out), ignore_errors=True)
 
 
-def _export_trained(art: Artifact, run: _Run, work: Path) -> Artifact:
-    """Write the trained model the way its source was written, and export it with the artifact's own settings."""
+def export_trained(art: Artifact, run, work: Path) -> Artifact:
+    """Write the trained model the way its source was written, and export it with the artifact's own settings.
+    ``run``: a :class:`_Run`, or anything with its ``student`` (a loaded teacher), ``source`` and ``write_kind``
+    (quantization-aware INT4 of a causal LM, :mod:`.lm_qat`)."""
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
 
@@ -432,6 +434,7 @@ def _export_trained(art: Artifact, run: _Run, work: Path) -> Artifact:
     adopted = adopted_file(art) is not None
     # not a file's adoption settings; a version-1 record's flat keys nested
     settings = {"format": "onnx"} if adopted else dict(art.manifest.steps[-1].config)
+    settings = {k: v for k, v in settings.items() if k in ExportConfig.model_fields}  # not what it recorded besides
     export(dest if run.source.is_dir() else dest / run.source.name, onnx_dir,
            ExportConfig.model_validate(ExportConfig.nest(settings)), force=True)
     trained = load_artifact(onnx_dir)
