@@ -72,16 +72,23 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
               help="Fail (exit code 1, nothing written) when the parity check with the input collapses (mean "
                    "output cosine < 0.95 or argmax agreement < 0.5) instead of warning.")
 @click.option("--qat-steps", type=int, default=0, show_default=True,
-              help="INT8: first train the PyTorch model the artifact was exported from for N steps, fake-quantized as "
-                   "ONNX Runtime will quantize it, to match its FP32 self (quantization-aware distillation); "
-                   "resumable. 0: post-training only.")
+              help="INT8, and INT4 of a causal LM's ONNX artifact: first train the PyTorch model the artifact was "
+                   "exported from for N steps, fake-quantized exactly as ONNX Runtime will quantize it, to match its "
+                   "FP32 self (quantization-aware distillation; a causal LM: KL of the next-token distributions on "
+                   "--qat-data text); resumable. 0: post-training only.")
 @click.option("--qat-data", type=click.Path(path_type=Path),
-              help="QAD training inputs (like --calibration; labels used when present). Default: --calibration.")
+              help="QAD training inputs (like --calibration; labels used when present; a causal LM: text, .txt or "
+                   ".jsonl). Default: --calibration.")
 @click.option("--qat-source", type=click.Path(path_type=Path),
               help="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its lineage "
                    "does not name it (a distilled or pruned student).")
-@click.option("--qat-lr", type=float, help="QAD peak learning rate (default 1e-5 images, 2e-5 text).")
-@click.option("--qat-batch-size", type=int, default=16, show_default=True, help="QAD inputs per step.")
+@click.option("--qat-lr", type=float, help="QAD peak learning rate (default 1e-5 images, 2e-5 text; a causal LM's "
+              "INT4: 3e-4, with --qat-lora-rank 1e-3).")
+@click.option("--qat-batch-size", type=int, default=16, show_default=True,
+              help="QAD inputs per step (a causal LM: text windows).")
+@click.option("--qat-lora-rank", type=int,
+              help="Quantization-aware INT4 of a causal LM: train LoRA adapters of rank R on every linear layer "
+                   "(under the fake quantizer, merged before export) instead of the weights.")
 @click.option("--profile", "-p", "profile_name",
               help="Target device profile: its CPU (VNNI or not) picks the defaults; with --data, its "
                    "min_accuracy_retention budget drives accuracy-aware quantization.")
@@ -90,7 +97,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
                  int4_algorithm, embeddings_bits, lm_head_bits, gguf_type, imatrix, weights_only, activation_bits, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
-                 qat_lr, qat_batch_size, profile_name, out, force):
+                 qat_lr, qat_batch_size, qat_lora_rank, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
     ONNX artifacts use ONNX Runtime's quantizers (dynamic/static INT8, MatMulNBits INT4);
@@ -112,6 +119,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         eval_samples=eval_samples, rank_by=rank_by,
         speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,
         qat_source=str(qat_source) if qat_source else None, qat_lr=qat_lr, qat_batch_size=qat_batch_size,
+        qat_lora_rank=qat_lora_rank,
     )
     # only what the user gave: the stage refuses settings the chosen quantization would ignore
     from click.core import ParameterSource
@@ -134,6 +142,9 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
             f"{m['size_bytes_after'] / 1e6:.2f} MB, "
             f"{m['compression']:.2f}x smaller); vs input: prompt top-1 agreement {g['prompt_top1_agreement']:.3f}, "
             f"KL {g['prompt_kl_mean']:.4f}, greedy continuations equal for {g['continuation_agreement']:.1%}")
+        if (qat := m.get("qat")) is not None:
+            console().print(f"quantization-aware INT4: held-out KL of the simulated INT4 to FP32 "
+                            f"{qat['before']['kl_mean']:.4f} before, {qat['best']['kl_mean']:.4f} kept ({qat['kept']})")
         if g.get("collapsed"):
             console().print(f"[bold red]WARNING[/]: the generator collapsed: {g['collapsed']} (--strict fails it)")
         return
@@ -166,4 +177,6 @@ class _Progress(PhaseProgress):
             info = f"loss {d['loss']:.4f}" if "loss" in d else ""
             if "cosine" in d:
                 info += f", held-out {_score(d)}"
+            elif "kl_mean" in d:  # a causal LM's quantization-aware INT4
+                info += f", held-out KL {d['kl_mean']:.4f}"
             self.bar.update(self.task("qad", self.labels["qad"], d["total"]), completed=d["step"], info=info)

@@ -145,12 +145,14 @@ class Gguf(Section):
 
 
 class Qad(Section):
-    """Quantization-aware distillation before INT8 (ONNX Runtime)."""
+    """Quantization-aware distillation before INT8 (ONNX Runtime), and quantization-aware INT4 of a causal LM (its
+    ONNX artifact: :mod:`compress.stages.quantize.lm_qat`)."""
 
     steps: int = Field(
-        0, ge=0, description="INT8 (ONNX Runtime): first train the PyTorch model the artifact was exported from for "
-        "this many steps, fake-quantized as ONNX Runtime will quantize it, to match its FP32 self (quantization-aware "
-        "distillation), then quantize the trained weights; 0: post-training only.")
+        0, ge=0, description="INT8 (ONNX Runtime), and INT4 of a causal LM's ONNX artifact: first train the PyTorch "
+        "model the artifact was exported from for this many steps, fake-quantized as ONNX Runtime will quantize it, to "
+        "match its FP32 self (quantization-aware distillation), then quantize the trained weights; 0: post-training "
+        "only.")
     data: str | None = Field(
         None, description="QAD: training inputs (a data file like --calibration; labels used when present). "
         "Default: the calibration data.")
@@ -159,8 +161,11 @@ class Qad(Section):
         "lineage's source is not it (checked by content).")
     lr: float | None = Field(
         None, gt=0, description="QAD: peak learning rate (AdamW, warm-up then cosine decay); default 1e-5 for "
-        "images and arrays, 2e-5 for text.")
-    batch_size: int = Field(16, ge=1, description="QAD: inputs per training step.")
+        "images and arrays, 2e-5 for text; a causal LM's INT4: 3e-4 (weights), 1e-3 (LoRA adapters).")
+    batch_size: int = Field(16, ge=1, description="QAD: inputs per training step (a causal LM: text windows).")
+    lora_rank: int | None = Field(
+        None, ge=1, description="Quantization-aware INT4 of a causal LM: train LoRA adapters of this rank on every "
+        "linear layer (under the fake quantizer; merged before export) instead of the weights.")
 
 
 class Accuracy(Section):
@@ -235,7 +240,7 @@ class QuantizeConfig(Settings):
         "block_size": "int4.block_size", "symmetric": "int4.symmetric",
         "int4_algorithm": "int4.algorithm", "gguf_type": "gguf.type", "imatrix": "gguf.imatrix", "embeddings_bits": "int4.embeddings_bits", "lm_head_bits": "int4.lm_head_bits",
         "qat_steps": "qad.steps", "qat_data": "qad.data", "qat_source": "qad.source", "qat_lr": "qad.lr",
-        "qat_batch_size": "qad.batch_size",
+        "qat_batch_size": "qad.batch_size", "qat_lora_rank": "qad.lora_rank",
         "max_drop": "accuracy.max_drop", "min_retention": "accuracy.min_retention", "data": "accuracy.data",
         "metric": "accuracy.metric", "eval_samples": "accuracy.samples",
         "max_fp32_fraction": "accuracy.max_fp32_fraction", "rank_by": "accuracy.rank_by",
