@@ -199,7 +199,10 @@ def test_bad_input_is_refused_in_one_line(lm, tmp_path, capsys):
     err = main_error(capsys, "distill", "-t", lm["teacher"], "--train", root / "train.txt", "-o", tmp_path / "c",
                      "--layers", "2", "--hidden-weight", "1")
     assert "next-token distributions only" in err
-    assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
+    err = main_error(capsys, "distill", "-t", lm["teacher"], "--train", root / "train.txt", "-o", tmp_path / "d",
+                     "--layers", "4", "--layer-choice", "scored", "--max-length", "32")
+    assert "as deep as the teacher (4 layers)" in err and "at most 3 layers" in err
+    assert not any((tmp_path / n).exists() for n in ("a", "b", "c", "d"))
 
 
 def test_a_causal_lms_loss_defaults_apply_only_where_the_settings_leave_them():

@@ -173,6 +173,10 @@ def _student(teacher, config: DistillConfig, windows: np.ndarray, choose_student
     from compress.stages.distill.student import build_student
 
     if config.student.layer_choice is LayerChoice.scored:
+        n_teacher = teacher.model.config.num_hidden_layers
+        if config.student.layers >= n_teacher:
+            raise ConfigError(f"--layers {config.student.layers}: the student would be as deep as the teacher "
+                              f"({n_teacher} layers) or deeper", hint=f"pick at most {n_teacher - 1} layers")
         sample = windows[np.random.default_rng(config.seed).permutation(len(windows))[:32]]
         scores = score_layers(teacher.model, sample)
         keep = sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[: config.student.layers])
