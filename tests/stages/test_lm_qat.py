@@ -167,3 +167,39 @@ def test_the_cli_refuses_in_one_line_with_exit_2(lm, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert e.value.code == 2 and "Traceback" not in out + err
     assert "trains a causal LM for INT4" in " ".join((out + err).split()) and not (tmp_path / "c").exists()
+
+
+def test_an_interrupted_run_resumes_where_it_stopped_and_its_state_goes_with_the_artifact(lm, tmp_path, monkeypatch,
+                                                                                         caplog):
+    import compress.interrupt as interrupt
+    from compress.errors import EdgeCompressError
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+    from compress.stages.quantize.lm_qat import STATE
+    from compress.stages.quantize.qad import work_dir
+
+    class StopAt(interrupt.StopFlag):  # as if Ctrl-C arrived during step 2
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAt.checks += 1
+            return StopAt.checks >= 2
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    _, art, text = lm
+    config = QuantizeConfig.from_flat(precision="int4", qat_steps=4, qat_data=str(text), qat_batch_size=2)
+    monkeypatch.setattr(interrupt, "StopFlag", StopAt)
+    out = tmp_path / "q"
+    with pytest.raises(EdgeCompressError, match="stopped at step 2 of 4") as e:
+        quantize(art.path, out, config)
+    assert e.value.exit_code == 130 and not out.exists() and (work_dir(out) / STATE).is_file()
+    monkeypatch.undo()
+    caplog.set_level("INFO", logger="compress.stages.quantize")
+    q = quantize(art.path, out, config)
+    assert "resuming at step 2 of 4" in caplog.text
+    assert [h["step"] for h in q.manifest.steps[-1].metrics["qat"]["history"]] == [0, 1, 2, 3, 4]
+    assert str(q.manifest.precision) == "int4" and not work_dir(out).exists()
