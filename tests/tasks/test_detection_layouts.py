@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_detection import _images, _own_boxes
 from test_storage import one_line, run_cli
 
 from compress.tasks.box_layouts import SsdAnchors, ssd_anchors
 from compress.tasks.detection import DetectionPostprocess, decode
+from tests.tasks.test_detection import _images, _own_boxes
 
 LABELS = ["circle", "square"]
 #: YOLOX's letterbox and feed: BGR, raw 0-255, the image at the top-left corner

@@ -175,10 +175,9 @@ def test_a_detector_remote_equals_local(sshd, profile, home, tmp_path, monkeypat
     the boxes, suppresses and scores COCO mAP exactly as a local run does."""
     import json
 
-    from test_detection import _detector, _images, _own_boxes
-
     from compress.stages.export import export
     from compress.validation.local import ValidateConfig, validate
+    from tests.tasks.test_detection import _detector, _images, _own_boxes
 
     images = _images(tmp_path, 6)
     art = export(_detector(tmp_path), tmp_path / "fp32")
