@@ -50,22 +50,32 @@ def trained(lm, tmp_path_factory):
     return art, fp32, record, quantize_lm_onnx(art, out, config, trained=fp32, qat=record)
 
 
-def test_the_fake_quantizer_is_onnx_runtimes_round_to_nearest_bit_for_bit():
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_fake_quantizer_is_onnx_runtimes_round_to_nearest_bit_for_bit(bits):
+    """MLAS's block quantizer (what MatMulNBitsQuantizer's round to nearest calls), symmetric and not, a padded last
+    block, an all-zero block, and enough weights for ties (8 bits: rounded half away from zero, not to even)."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     from compress.stages.quantize.lm_fake_quant import rtn_grid
 
-    k, n, block = 72, 6, 32  # a padded last block
-    w = np.random.default_rng(0).normal(size=(k, n)).astype(np.float32)
+    k, n, block = 72, 512, 32
+    w = np.random.default_rng(bits).normal(size=(k, n)).astype(np.float32)
+    w[:32, 0] = 0
+    w[:32, 1] = np.clip(w[:32, 1], -1.9, 1.9)  # a tie: -2 sets the scale 2 / 2**(bits-1), a power of two
+    w[0, 1], w[1, 1] = -2.0, (2.5 if bits == 4 else 52.5) * 2.0 / 2 ** (bits - 1)  # on x.5 steps: 3, not 2
+    blocks, per = -(-k // block), 8 // bits
     for symmetric in (True, False):
-        blocks = -(-k // block)
-        packed, scales = np.zeros((n, blocks, block // 2), np.uint8), np.zeros(n * blocks, np.float32)
-        zp = np.zeros((n, (blocks + 1) // 2), np.uint8)
-        quantize_matmul_4bits(packed, w, scales, zp, block, n, k, symmetric)
-        q = np.stack([packed & 15, packed >> 4], -1).reshape(n, blocks, block).astype(np.float32)
-        zero = np.stack([zp & 15, zp >> 4], -1).reshape(n, -1)[:, :blocks, None] if not symmetric else 8
+        packed, scales = np.zeros((n, blocks, block * bits // 8), np.uint8), np.zeros(n * blocks, np.float32)
+        zp = np.zeros((n, -(-blocks // per)), np.uint8)
+        (quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits)(packed, w, scales, zp, block, n, k, symmetric)
+        if bits == 4:
+            q = np.stack([packed & 15, packed >> 4], -1).reshape(n, blocks, block).astype(np.float32)
+            zero = np.stack([zp & 15, zp >> 4], -1).reshape(n, -1)[:, :blocks, None]
+        else:
+            q, zero = packed.reshape(n, blocks, block).astype(np.float32), zp.reshape(n, blocks, 1)
+        zero = 2 ** (bits - 1) if symmetric else zero.astype(np.float32)
         ort = ((q - zero) * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, :k]
-        ours = rtn_grid(torch.from_numpy(w.T.copy()), 4, block, symmetric).numpy()
+        ours = rtn_grid(torch.from_numpy(w.T.copy()), bits, block, symmetric).numpy()
         np.testing.assert_array_equal(ours, ort)
 
 

@@ -5,9 +5,10 @@ ONNX Runtime's ``MatMulNBitsQuantizer`` (round to nearest, :mod:`.lm_onnx`) quan
 blocks of ``block`` along the input dimension K (the last block padded with zeros), per output column:
 
 - symmetric (the default): the block's value of largest magnitude *with its sign* ``m`` gives the scale
-  ``m / -2**(bits-1)``, so that value lands on the grid's end -8 (or -128 at 8 bits); ``q = clip(round(w / scale),
-  -8, 7)``;
-- asymmetric: ``scale = (max(w, 0) - min(w, 0)) / (2**bits - 1)``, zero point ``clip(round(-min / scale))``.
+  ``m / -2**(bits-1)``, so that value lands on the grid's end -8 (or -128 at 8 bits); zero point 8 (128);
+- asymmetric: ``scale = (max(w, 0) - min(w, 0)) / (2**bits - 1)``, zero point ``roundf(-min / scale)``;
+- ``q = clip(roundf(w * (1 / scale) + zero point), 0, 2**bits - 1)``, rounded half away from zero (C's ``roundf``,
+  not ``torch.round``'s half to even: ties are rare, but 8-bit heads have thousands of weights).
 
 This is MLAS's ``quantize_matmul_{4,8}bits``; :func:`rtn_grid` reproduces it bit for bit (checked against
 ``onnxruntime.capi._pybind_state.quantize_matmul_4bits`` and on whole artifacts by
@@ -45,28 +46,33 @@ class Scheme:
     embeddings_bits: int = 8  #: 32: float
 
 
+def _round_half_away(x):
+    """C's ``roundf`` (half away from zero), exactly: ``torch.round`` rounds half to even."""
+    whole = torch.trunc(x)
+    return whole + torch.sign(x) * ((x - whole).abs() >= 0.5)
+
+
 def rtn_grid(w, bits: int, block: int, symmetric: bool):
     """``w`` [N, K] (a torch Linear's weight: one row per output) rounded to ONNX Runtime's MatMulNBits grid, blocks
-    of ``block`` along K, and dequantized back to float (see the module's docstring)."""
+    of ``block`` along K, and dequantized back to float (see the module's docstring). As MLAS computes it, in float32:
+    ``q = clip(roundf(w * (1 / scale) + zero_point))``, the zero point 2**(bits-1) when symmetric."""
     import torch.nn.functional as F
 
     n, k = w.shape
     blocks = -(-k // block)
     wb = F.pad(w, (0, blocks * block - k)).reshape(n, blocks, block)
+    qmax = 2 ** bits - 1
     if symmetric:
-        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         lo, hi = wb.amin(-1, keepdim=True), wb.amax(-1, keepdim=True)
-        scale = torch.where(lo.abs() >= hi.abs(), lo, hi) / qmin
-        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-        q = torch.clamp(torch.round(wb / safe), qmin, qmax) * scale
+        scale = torch.where(lo.abs() >= hi.abs(), lo, hi) / -(2 ** (bits - 1))
     else:
-        qmax = 2 ** bits - 1
         lo, hi = wb.amin(-1, keepdim=True).clamp(max=0), wb.amax(-1, keepdim=True).clamp(min=0)
         scale = (hi - lo) / qmax
-        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-        zero = torch.clamp(torch.round(-lo / safe), 0, qmax)
-        q = (torch.clamp(torch.round(wb / safe) + zero, 0, qmax) - zero) * scale
-    return q.reshape(n, blocks * block)[:, :k]
+    inverse = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / torch.where(scale == 0, 1.0, scale))
+    zero = (torch.full_like(scale, 2 ** (bits - 1)) if symmetric
+            else torch.clamp(_round_half_away(-lo * inverse), 0, qmax))
+    q = torch.clamp(_round_half_away(wb * inverse + zero), 0, qmax)
+    return ((q - zero) * scale).reshape(n, blocks * block)[:, :k]
 
 
 def embedding_grid(w, block: int):
