@@ -188,9 +188,11 @@ def test_vocabulary_pruning_is_exact_on_the_corpus(tied, root):
      ["--recover-average", "causal LMs"]),
     (["--ffn", "0.5"], ["importance scores need text", "--train"]),
     (["--drop-layers", "3", "--data", "STORY"], ["--drop-layers 3", "3 layers"]),
+    (["--ffn", "0.5", "--data", "STORY", "--vocab-corpus", "story.tsv"], ["story.tsv", ".txt or .jsonl"]),
 ])
 def test_cli_bad_input_is_one_line(capsys, gqa, root, args, words):
-    args = [str(root / "story.txt") if a == "STORY" else a for a in args]
+    (root / "story.tsv").write_text("label\ttext\n1\ta labelled row\n")
+    args = [str(root / "story.txt") if a == "STORY" else str(root / a) if a == "story.tsv" else a for a in args]
     line = main_error(capsys, "prune", gqa, "--out", root / "never", *args)
     assert all(w in line for w in words), line
     assert not (root / "never").exists()

@@ -35,7 +35,13 @@ from compress.stages.prune.lm_structure import (
     plan_lm_heads,
     rebuild,
 )
-from compress.stages.prune.vocab import plan_vocabulary, prove_vocabulary, prune_vocabulary, vocabulary_coverage
+from compress.stages.prune.vocab import (
+    VocabPlan,
+    plan_vocabulary,
+    prove_vocabulary,
+    prune_vocabulary,
+    vocabulary_coverage,
+)
 from compress.stages.spec import StageOutput
 
 log = logging.getLogger("compress.stages.prune")  # the verb's logger
@@ -43,7 +49,7 @@ log = logging.getLogger("compress.stages.prune")  # the verb's logger
 #: the most eval windows perplexity is measured on (the first ones of the eval text)
 EVAL_WINDOWS = 256
 #: the corpus windows the written model's logits are checked on
-PROBE_WINDOWS = 16
+PROBE_WINDOWS = 8
 #: windows per forward pass
 BATCH = 8
 
@@ -139,6 +145,7 @@ def prune_causal_lm(teacher, parent: Artifact | None, output: StageOutput, confi
                  "eval": str(Path(eval_data).resolve()) if eval_data else None},
     }
     corpus = _corpus(teacher, config) if config.vocab.corpus else None
+    vocab = _plan_vocabulary(teacher, corpus[0], config, progress) if corpus else None  # cheap errors first
     plan = _structure(teacher, shape, config, train, metrics, progress)
     model = rebuild(teacher.model, plan)
     metrics["parameters_structural"] = count_parameters(model)
@@ -154,13 +161,12 @@ def prune_causal_lm(teacher, parent: Artifact | None, output: StageOutput, confi
         tokenizer, keep, before = teacher.tokenizer, None, None
         if corpus is not None:
             texts, probe = corpus
-            before = list(_logits(model, probe))
-            tokenizer, keep, metrics["vocab"] = _vocabulary(model, teacher, texts, config, progress)
+            keep = vocab.keep
+            before = [b[..., keep] for b in _logits(model, probe)]  # the kept tokens' logits only (a real vocabulary
+            tokenizer, metrics["vocab"] = _vocabulary(model, teacher, vocab, texts, config, progress)  # is wide)
             probe = np.searchsorted(np.asarray(keep), probe)  # the corpus's ids are all kept: their new ids
-            before = [b[..., keep] for b in before]
-        else:  # structural pruning only: the importance text's first windows
+        else:  # structural pruning only: the importance text's first windows, against the model in memory
             probe = _probe(tokenizer, _importance_path(config, train), config.max_length, _context(teacher))
-            before = list(_logits(model, probe))
         _write(teacher, parent, output, model, tokenizer, probe, before, keep, config, eval_data, metrics, progress)
     art = output.artifact
     log.info("wrote %s (%s -> %s parameters)", out, f"{metrics['parameters_before']:,}",
@@ -246,18 +252,22 @@ def _corpus(teacher, config: PruneConfig) -> tuple[list[str], np.ndarray]:
     return texts, _probe(teacher.tokenizer, config.vocab.corpus, config.max_length, _context(teacher))
 
 
-def _vocabulary(model, teacher, texts: list[str], config: PruneConfig, progress) -> tuple[Any, list[int], dict]:
-    """Prune ``model``'s vocabulary to the corpus's tokens in place; the new tokenizer, the kept ids and the record
-    with its proof (the corpus's texts give the same embedding rows through the new tokenizer)."""
+def _plan_vocabulary(teacher, texts: list[str], config: PruneConfig, progress) -> VocabPlan:
+    """The token ids to keep: the corpus's, the special tokens, the generation config's BOS/EOS, the alphabet."""
     from compress.teachers.lm_config import generation_ids
 
     if progress:
         progress({"phase": "vocab-plan", "label": f"planning the vocabulary on {config.vocab.corpus}"})
     bos, eos = generation_ids(teacher.path, teacher.info.config)
     extra = [i for i in [bos, *(eos if isinstance(eos, list) else [eos])] if isinstance(i, int)]
-    plan = plan_vocabulary(teacher.tokenizer, texts, keep_alphabet=config.vocab.keep_alphabet,
-                           floor=config.vocab.floor, model_config=model.config, source=config.vocab.corpus,
+    return plan_vocabulary(teacher.tokenizer, texts, keep_alphabet=config.vocab.keep_alphabet,
+                           floor=config.vocab.floor, model_config=teacher.model.config, source=config.vocab.corpus,
                            keep_ids=extra)
+
+
+def _vocabulary(model, teacher, plan: VocabPlan, texts: list[str], config: PruneConfig, progress) -> tuple[Any, dict]:
+    """Prune ``model``'s vocabulary to ``plan`` in place; the new tokenizer and the record with its proof (the
+    corpus's texts give the same embedding rows through the new tokenizer)."""
     old_emb = model.get_input_embeddings().weight.detach().clone()
     tokenizer = prune_vocabulary(model, teacher.tokenizer, plan)
     if progress:
@@ -267,13 +277,14 @@ def _vocabulary(model, teacher, texts: list[str], config: PruneConfig, progress)
                                     texts)
     rec["corpus"] = config.vocab.corpus
     rec["tied_head"] = bool(getattr(model.config, "tie_word_embeddings", False))
-    return tokenizer, plan.keep, rec
+    return tokenizer, rec
 
 
-def _write(teacher, parent, output: StageOutput, model, tokenizer, probe: np.ndarray, before: list[np.ndarray],
-           keep: list[int] | None, config: PruneConfig, eval_data, metrics: dict[str, Any], progress) -> None:
+def _write(teacher, parent, output: StageOutput, model, tokenizer, probe: np.ndarray,
+           before: list[np.ndarray] | None, keep: list[int] | None, config: PruneConfig, eval_data,
+           metrics: dict[str, Any], progress) -> None:
     """Write the checkpoint, reload it as a text-generation teacher and check its logits on ``probe`` against
-    ``before`` (the model before its vocabulary went, at the kept tokens); describe it."""
+    ``before`` (the model before its vocabulary went, at the kept tokens; None: ``model``'s own); describe it."""
     from compress.stages.distill.student import count_parameters
     from compress.tasks import Task
     from compress.teachers.load import load_teacher
@@ -284,7 +295,8 @@ def _write(teacher, parent, output: StageOutput, model, tokenizer, probe: np.nda
         stage = o.dir
         save_checkpoint(model, tokenizer, teacher, stage)
         written = load_teacher(stage, Task.text_generation)
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(before, _logits(written.model, probe), strict=True))
+        ref = before if before is not None else _logits(model, probe)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, _logits(written.model, probe), strict=True))
         metrics["reload_check"] = {"windows": len(probe), "max_abs_diff": diff,
                                    "against": "the unpruned vocabulary's logits at the kept tokens" if keep
                                    else "the pruned model in memory"}
