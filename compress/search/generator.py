@@ -347,8 +347,8 @@ def _prune_figures(path: str) -> dict[str, Any] | None:
     if not (Path(path) / "manifest.json").is_file():
         return None
     step = load_artifact(path, verify=False).manifest.steps[-1]
-    return {k: v for k, v in step.metrics.items() if isinstance(v, (int, float, str, dict)) and "perplexity" in k
-            or k in ("parameters", "parameters_before", "vocab", "layers")} if step.stage == "prune" else None
+    keep = ("perplexity", "parameters_before", "parameters_after", "parameter_ratio", "vocab", "recovery")
+    return {k: v for k, v in step.metrics.items() if k in keep} if step.stage == "prune" else None
 
 
 def _complete(where: Path) -> bool:
