@@ -202,3 +202,15 @@ def test_other_families_are_refused_in_one_line(capsys, root):
     src = tiny_causal_lm(root / "gpt2", arch="gpt2", layers=1, heads=2, hidden=32, intermediate=32)
     line = main_error(capsys, "prune", src, "--out", root / "never2", "--ffn", "0.5", "--data", root / "story.txt")
     assert "Llama, Qwen2 and Qwen3" in line and "gpt2" in line
+
+
+def test_a_pruned_lm_prunes_again_keeping_its_lineage(pruned, root):
+    from compress.stages.prune import prune
+    from compress.stages.prune.config import PruneConfig
+
+    again = prune(pruned.path, root / "again", PruneConfig(drop_layers=1, max_length=32, importance={"samples": 2}),
+                  train=root / "story.txt")
+    assert [s.stage for s in again.manifest.steps] == ["prune", "prune"]
+    assert again.manifest.source == pruned.manifest.source
+    assert json.loads((again.path / "config.json").read_text())["num_hidden_layers"] == 1
+    assert again.manifest.steps[-1].metrics["reload_check"]["max_abs_diff"] <= 1e-4

@@ -80,10 +80,11 @@ def windows_of(tokenizer, path: str | Path, window: int, limit: int | None, cont
 def _logits(model, windows: np.ndarray, batch_size: int = BATCH):
     import torch
 
-    with torch.inference_mode():
-        for i in range(0, len(windows), batch_size):
-            ids = torch.from_numpy(np.ascontiguousarray(windows[i:i + batch_size]))
-            yield model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits.float().numpy()
+    for i in range(0, len(windows), batch_size):
+        ids = torch.from_numpy(np.ascontiguousarray(windows[i:i + batch_size]))
+        with torch.inference_mode():  # not around the yield: two interleaved generators would leave it on
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits.float().numpy()
+        yield out
 
 
 def perplexity(model, windows: np.ndarray, ref_model=None, keep: list[int] | None = None,

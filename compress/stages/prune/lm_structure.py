@@ -133,7 +133,8 @@ def lm_importance(model, windows: np.ndarray, *, batch_size: int = 8, progress: 
             saved[(kind, i)] = args[0]
         return hook
 
-    handles = []
+    # the activations carry gradients whatever the parameters' requires_grad (a caller may have frozen them)
+    handles = [model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.detach().requires_grad_())]
     for i, layer in enumerate(layers):
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(keep("head", i)))
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(keep("ffn", i)))
@@ -141,10 +142,11 @@ def lm_importance(model, windows: np.ndarray, *, batch_size: int = 8, progress: 
     try:
         for ids in _batches(windows, batch_size):
             saved.clear()
-            logits = _forward(model, ids)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum")
-            keys = list(saved)
-            grads = torch.autograd.grad(loss, [saved[k] for k in keys])
+            with torch.enable_grad():  # also when called under no_grad
+                logits = _forward(model, ids)
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum")
+                keys = list(saved)
+                grads = torch.autograd.grad(loss, [saved[k] for k in keys])
             with torch.no_grad():
                 for (kind, i), g in zip(keys, grads, strict=True):
                     prod = (saved[(kind, i)] * g).float()
