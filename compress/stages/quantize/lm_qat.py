@@ -59,8 +59,9 @@ def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
     given = sorted(config.flat_key(p) for p in config.given() if p in _OPTIONS)
     if not config.qad.steps:
         if given:
-            raise ConfigError(f"{', '.join('--' + n.replace('_', '-') for n in given)} apply to quantization-aware "
-                              "INT4 (it would be ignored)", hint="add --qat-steps N, or drop it")
+            raise ConfigError(f"{', '.join('--' + n.replace('_', '-') for n in given)} appl"
+                              f"{'ies' if len(given) == 1 else 'y'} to quantization-aware INT4 (it would be ignored)",
+                              hint="add --qat-steps N, or drop it")
         return None
     if config.precision != "int4":
         raise ConfigError("--qat-steps trains a causal LM for INT4 weights (INT8 weight-only loses next to nothing)",
