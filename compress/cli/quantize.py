@@ -83,7 +83,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
               help="QAD: the checkpoint, .pt2 program or student the artifact was exported from, when its lineage "
                    "does not name it (a distilled or pruned student).")
 @click.option("--qat-lr", type=float, help="QAD peak learning rate (default 1e-5 images, 2e-5 text; a causal LM's "
-              "INT4: 3e-4, with --qat-lora-rank 1e-3).")
+              "INT4: 3e-4, with --qat-lora-rank 3e-3).")
 @click.option("--qat-batch-size", type=int, default=16, show_default=True,
               help="QAD inputs per step (a causal LM: text windows).")
 @click.option("--qat-lora-rank", type=int,

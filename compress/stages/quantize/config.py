@@ -161,7 +161,7 @@ class Qad(Section):
         "lineage's source is not it (checked by content).")
     lr: float | None = Field(
         None, gt=0, description="QAD: peak learning rate (AdamW, warm-up then cosine decay); default 1e-5 for "
-        "images and arrays, 2e-5 for text; a causal LM's INT4: 3e-4 (weights), 1e-3 (LoRA adapters).")
+        "images and arrays, 2e-5 for text; a causal LM's INT4: 3e-4 (weights), 3e-3 (LoRA adapters).")
     batch_size: int = Field(16, ge=1, description="QAD: inputs per training step (a causal LM: text windows).")
     lora_rank: int | None = Field(
         None, ge=1, description="Quantization-aware INT4 of a causal LM: train LoRA adapters of this rank on every "
