@@ -200,7 +200,9 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     retain = _retain_windows(tokenizer, retain_data, context) if retain_data is not None else None
     before = _measure(base_teacher.model, tokenizer, model_config, base, eval_set, retain)  # the base's figures
     model, trainable, frozen, targets = _model(base_teacher, config)
+    _release_freed_memory()
     _reset_peak_rss()
+    start_rss = _current_rss()
     held = held_bytes(model)
     loop = TrainLoop(model, trainable, train_set, config, run, progress, lr=config.peak_lr(),
                      loss=lambda m, batch: m(**batch).loss,
@@ -218,11 +220,11 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
                "train": train_set.record(), "train_rows": train_set.rows, "eval_rows": eval_set.rows if eval_set else 0,
                "data": data_record(train, eval_data),
                "memory": {"base_weight_bytes": held["base"], "trained_bytes": held["trained"],
-                          "train_peak_rss_mb": train_peak}}
+                          "train_start_rss_mb": start_rss, "train_peak_rss_mb": train_peak}}
     if config.mode is Mode.lora:
         metrics["lora"]["targets"] = targets
-    if backend is not None:  # the loop counted the 4-bit weights' packed codes: count the model's parameters
-        metrics["parameters"] = sum(p.numel() for p in final.parameters()) + metrics["trainable_parameters"]
+    if backend is not None:  # the loop counted the 4-bit weights' packed codes: count the merged model's, as for LoRA
+        metrics["parameters"] = sum(p.numel() for p in final.parameters())
         metrics["trainable_share"] = metrics["trainable_parameters"] / metrics["parameters"]
         metrics["lora"]["base"] = {"bits": 4, "quant_type": "nf4", "double_quant": True,
                                    "backend": f"bitsandbytes {backend}", "merged_into": "the dequantized base, FP32"}
@@ -323,6 +325,30 @@ def _qlora(base: Path, config: FinetuneConfig):
     model = NF4Adapters(peft_model, load_fp32)
     model.train()
     return model, [p for p in model.parameters() if p.requires_grad], [], targets
+
+
+def _release_freed_memory() -> None:
+    """Collect the released FP32 model and hand the heap's free pages back to the system (glibc's ``malloc_trim``),
+    so that the resident memory QLoRA trains in is not the FP32 copy's, freed but still held by the allocator."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
+        pass
+
+
+def _current_rss() -> float:
+    """This process's resident memory now (Linux VmRSS), MB; 0.0 where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return 0.0
 
 
 def _reset_peak_rss() -> None:
