@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +39,9 @@ from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.progress import Progress, silent, sink
 from compress.stages.quantize.config import QuantizeConfig
-from compress.stages.quantize.lm_fake_quant import Scheme
+
+if TYPE_CHECKING:  # torch is imported when a run starts, not when quantize checks a request
+    from compress.stages.quantize.lm_fake_quant import Scheme
 
 log = logging.getLogger("compress.stages.quantize")
 
@@ -83,6 +85,7 @@ def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
 
 def scheme_of(config: QuantizeConfig) -> Scheme:
     """The grid the ONNX route's INT4 writes for ``config`` (:func:`.lm_onnx.quantize_lm_onnx`'s defaults)."""
+    from compress.stages.quantize.lm_fake_quant import Scheme
     from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK
 
     block = config.int4.block_size if "block_size" in config.given_keys() else GENERATOR_BLOCK
