@@ -85,7 +85,7 @@ def log(msg: str) -> None:
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     log("$ " + " ".join(map(str, cmd)))
-    return subprocess.run(cmd, check=True, **kw)
+    return subprocess.run(cmd, **{"check": True, **kw})
 
 
 class Board:
