@@ -149,6 +149,7 @@ def test_bad_requests_are_refused_in_one_line_before_anything_runs(lm, tmp_path)
     _, art, text = lm
     cases = [({"precision": "int8", "qat_steps": 5, "qat_data": str(text)}, "trains a causal LM for INT4"),
              ({"precision": "int4", "qat_steps": 5}, "pass --qat-data"),
+             ({"precision": "int4", "qat_steps": 5, "calibration": str(text)}, "trains on --qat-data"),
              ({"precision": "int4", "qat_lora_rank": 4}, "--qat-lora-rank applies to quantization-aware INT4"),
              ({"precision": "int4", "qat_steps": 5, "qat_data": str(text), "int4_algorithm": "hqq"}, "another grid"),
              ({"precision": "int4", "qat_steps": 5, "qat_data": str(text), "max_perplexity_increase": 0.02},

@@ -77,7 +77,10 @@ def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
     if config.exclude_nodes:
         raise ConfigError("--exclude-nodes with --qat-steps: the trained model is fake-quantized in every linear layer",
                           hint="drop --exclude-nodes")
-    if not (config.qad.data or config.calibration.data):
+    if config.calibration.data:
+        raise ConfigError("--calibration calibrates GPTQ, which --qat-steps does not run: quantization-aware INT4 "
+                          "trains on --qat-data", hint="pass the text as --qat-data")
+    if not config.qad.data:
         raise ConfigError("quantization-aware INT4 distils from the FP32 model on text, and none was given",
                           hint="pass --qat-data TEXT (.txt or .jsonl, text like the model's use)")
     return trainable_source(art, config)
@@ -141,7 +144,7 @@ class _Run:
         self.teacher.model.eval().requires_grad_(False)
         self.student.model.eval()  # no dropout: only the weights move
         self.scheme, self.rank = scheme_of(config), config.qad.lora_rank
-        self.data = _Windows(art, config.qad.data or config.calibration.data)
+        self.data = _Windows(art, config.qad.data)
         made = attach(self.student.model, self.scheme, lora_rank=self.rank)
         self.layers = made["layers"]
         self.student.model.requires_grad_(not self.rank)
