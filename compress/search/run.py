@@ -125,7 +125,13 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     if phase == "explore":
         def explored() -> bool:
             return s.spent() >= config.short.explore_share * config.time_budget_s or exhausted(study) \
-                or bool(config.short.trials and len(new_shorts(study)) >= config.short.trials)
+                or bool(config.short.trials and len(new_shorts(study)) + others_shorts() >= config.short.trials)
+
+        def others_shorts() -> int:
+            """Short trials other workers are running (between this worker's trials, none is its own): with them
+            the --trials cap holds however many workers share the study."""
+            return sum(t.user_attrs.get("fidelity", "short") == "short" and "duplicate_of" not in t.user_attrs
+                       for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
         def stop_exploring(study, trial) -> None:
             record_time(study, trial)
@@ -155,6 +161,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
         why = ("its share of the time budget is spent" if s.spent() >= config.short.explore_share * config.time_budget_s
                else f"{config.short.trials} trials done" if config.short.trials and len(new_shorts(study)) >= config.short.trials
+               else f"{config.short.trials} trials done or running on other workers" if config.short.trials
+               and len(new_shorts(study)) + others_shorts() >= config.short.trials
                else "the space is used up (the last trials, random draws included, proposed only candidates tried "
                "already)")
         say(f"exploration ends: {why}")

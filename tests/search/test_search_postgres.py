@@ -155,6 +155,18 @@ def test_two_workers_share_one_search_and_a_dead_workers_trial_is_retried(worksp
                 fetched += 1
     assert fetched == (len(fulls) if hosts.isolated else 0)  # each fetched by the host that did not build it
 
+    # a store copy that is not what its worker built is refused, not used
+    from compress.errors import IntegrityError
+    from compress.search.artifacts import locate, open_store
+
+    attrs = {**best.user_attrs, "artifact": str(workspace / "elsewhere" / Path(best.user_attrs["artifact"]).name)}
+    stored = workspace / "artifact-store" / attrs["artifact_id"]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="does not match the sha256 its worker recorded"):
+        locate(open_store(str(workspace / "artifact-store")), attrs, workspace / "fetch-again")
+
 
 def test_an_unreachable_database_is_one_line_naming_it_without_the_password(workspace, tmp_path):
     url = f"postgresql://edge:s3cret@127.0.0.1:{free_port()}/search"
