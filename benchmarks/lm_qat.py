@@ -28,6 +28,7 @@ VARIANTS = {  # name -> quantize's QAT settings (flat keys)
     "QAT INT4, all weights": dict(qat_steps=400, qat_batch_size=4),
     "QAT INT4, LoRA rank 8": dict(qat_steps=400, qat_batch_size=4, qat_lora_rank=8, qat_lr=1e-3),
     "QAT INT4, LoRA rank 8, lr 3e-3": dict(qat_steps=400, qat_batch_size=4, qat_lora_rank=8, qat_lr=3e-3),
+    "QAT INT4, LoRA rank 8, lr 1e-2": dict(qat_steps=400, qat_batch_size=4, qat_lora_rank=8, qat_lr=1e-2),
 }
 
 
