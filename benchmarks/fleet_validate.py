@@ -66,8 +66,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from compress.stages.export import export
-    from compress.validation.fleet import validate_on_devices
-    from compress.validation.local import ValidateConfig
+    from compress.validation.local import ValidateConfig, validate_on_devices
     from tests.builders.sshd import make_netns, running_sshd
 
     teacher = CNNS / "mobilenet_v2" / "model.pt2"

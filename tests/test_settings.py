@@ -33,9 +33,11 @@ def _leaves(model, prefix: str = "") -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("model, flat", [(DistillConfig, 38), (PruneConfig, 28), (FinetuneConfig, 20)])
-def test_training_settings_are_nested_and_every_flag_has_a_home(model, flat):
-    assert len(model.model_fields) <= 15
+# 43: distill's causal-LM options (divergence, top_k, on_policy, on_policy_tokens, layer_choice); 23: finetune's
+# lora.qlora and instructions.prompt_field/response_field; prune's head_unit sits beside heads (16 top-level fields)
+@pytest.mark.parametrize("model, flat, top", [(DistillConfig, 43, 15), (PruneConfig, 29, 16), (FinetuneConfig, 23, 15)])
+def test_training_settings_are_nested_and_every_flag_has_a_home(model, flat, top):
+    assert len(model.model_fields) <= top
     leaves = _leaves(model)
     assert len(leaves) == len(model.flat_fields()) == flat  # no option lost, none added
     nested = {p for p in leaves if "." in p}
@@ -263,7 +265,7 @@ def test_search_settings_are_nested_and_every_flag_has_a_home():
 
     assert len(SearchConfig.model_fields) <= 15
     leaves = _leaves(SearchConfig)
-    assert len(leaves) == len(SearchConfig.flat_fields()) == 29  # no option lost; 29: generation.limit, prompt_tokens, new_tokens, calibration_samples (generators)
+    assert len(leaves) == len(SearchConfig.flat_fields()) == 31  # no option lost; generation.limit, prompt_tokens, new_tokens, calibration_samples (generators); study.artifact_store, study.heartbeat (several workers)
     assert set(SearchConfig.MOVED.values()) == {p for p in leaves if "." in p}
     for key, path in SearchConfig.MOVED.items():
         assert SearchConfig.flat_key(path) == key

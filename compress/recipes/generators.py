@@ -70,29 +70,22 @@ def reads(verb: str, fmt: str) -> set[str] | None:
 SHRINKING = ("distill", "prune")
 
 
-def recipe_generator(recipe, base: Path, teacher: str | None) -> bool:
-    """Whether ``recipe``'s teacher is a causal LM: ``teacher`` (resolved; None where the recipe fine-tunes it, or it
-    cannot be resolved) is one, or the base the recipe fine-tunes it from is."""
-    from compress.errors import EdgeCompressError
-    from compress.recipes.schema import FinetuneSpec, resolve_path
-
+def recipe_generator(teacher: str | None, tuned_base: str | None) -> bool:
+    """Whether a recipe's teacher is a causal LM: ``teacher`` (resolved; None where the recipe fine-tunes it, or it
+    cannot be resolved) is one, or ``tuned_base``, the base the recipe fine-tunes it from
+    (:func:`compress.recipes.schema.finetune_base`), is."""
     if teacher is not None:
         return generator_teacher(teacher)
-    if isinstance(recipe.teacher, FinetuneSpec):
-        try:
-            return generator_teacher(resolve_path(recipe.teacher.base, base))
-        except EdgeCompressError:  # a builtin not installed: the plan names it
-            return False
-    return False
+    return tuned_base is not None and generator_teacher(tuned_base)
 
 
-def problem(recipe, base: Path, teacher: str | None) -> tuple[tuple, str, str] | None:
+def problem(recipe, teacher: str | None, tuned_base: str | None) -> tuple[tuple, str, str] | None:
     """The first thing in ``recipe`` that does not fit its teacher's kind (a generator or not), as ``(field location,
     problem, hint)`` for the schema's one-line error; None when all fits. ``teacher``: the resolved teacher path
-    (None: the recipe fine-tunes its teacher, a generator where its base is, :func:`recipe_generator`)."""
+    (None: the recipe fine-tunes its teacher from ``tuned_base``, a generator where that is, :func:`recipe_generator`)."""
     from compress.recipes.verbs import VERBS
 
-    generator = recipe_generator(recipe, base, teacher)
+    generator = recipe_generator(teacher, tuned_base)
     for name, step in recipe.steps.items():
         settings = VERBS[step.verb].config_model().model_validate(step.settings)
         at = ("steps", name, step.verb)

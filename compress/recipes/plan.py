@@ -18,7 +18,7 @@ from typing import Any
 
 from compress.artifact import MANIFEST
 from compress.errors import ConfigError
-from compress.recipes.schema import FinetuneSpec, Recipe, resolve_path
+from compress.recipes.schema import FinetuneSpec, Recipe, finetune_base, resolve_path
 from compress.recipes.verbs import MEASURING_VERBS, TEACHER, VERBS
 from compress.teachers.images import MODULE_FILES, PROGRAM_FILE
 
@@ -160,7 +160,7 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
     from compress.recipes.generators import recipe_generator
 
     # a causal LM (or a recipe that fine-tunes one from a causal LM base): its verbs read fewer defaults
-    generator = recipe_generator(recipe, base, None if tune else teacher)
+    generator = recipe_generator(None if tune else teacher, finetune_base(recipe, base))
     jobs: list[Job] = [tune] if tune else []
     for name, step in recipe.steps.items():
         settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher,

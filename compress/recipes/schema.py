@@ -399,7 +399,7 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
         teacher = None if isinstance(recipe.teacher, FinetuneSpec) else resolve_path(recipe.teacher, base)
     except EdgeCompressError:  # a builtin: not installed: the plan names it
         teacher = None
-    found = problem(recipe, base, teacher)  # a generator's options, verbs and formats (or a generator's elsewhere)
+    found = problem(recipe, teacher, finetune_base(recipe, base))  # a generator's options, verbs and formats (or a generator's elsewhere)
     if found:
         _raise(label, root, *found)
 
@@ -432,6 +432,19 @@ def _runs(runtime: str, fmt: str) -> bool:
     from compress.runtimes.base import RUNTIMES, runtime_class
 
     return runtime not in RUNTIMES or Format(fmt) in runtime_class(runtime).formats
+
+
+def finetune_base(recipe, base: Path) -> str | None:
+    """The resolved base ``recipe`` fine-tunes its teacher from; None when it names its teacher (or a builtin base that
+    is not installed: the plan names it)."""
+    from compress.errors import EdgeCompressError
+
+    if not isinstance(recipe.teacher, FinetuneSpec):
+        return None
+    try:
+        return resolve_path(recipe.teacher.base, base)
+    except EdgeCompressError:
+        return None
 
 
 def resolve_path(value: str, base: Path) -> str:

@@ -46,6 +46,7 @@ from compress.validation.ssh import (
     check_python,
     check_remote_profile,
     parse_remote,
+    remote_target,
     ssh_setup,
 )
 
@@ -55,7 +56,7 @@ MAX_PARALLEL = 32  # devices measured at once (each is a thread waiting on ssh)
 #: a device's status, worst first; the overall verdict is the worst device's (unreachable/error -> incomplete)
 ORDER = ("fail", "error", "unreachable", "anomalous", "unverified", "pass")
 LOST = ("unreachable", "error")
-# set by validate_on_devices: plain validate() (a recipe's step, a search) returns one device's ValidationReport
+# set by local.validate_on_devices: plain validate() (a recipe's step, a search) returns one device's ValidationReport
 _ACCEPT_FLEET: ContextVar[bool] = ContextVar("edgecompress_accept_fleet", default=False)
 
 
@@ -114,17 +115,32 @@ class Fleet:
     source: str  # what named them: the --remote list, or the fleet file
 
 
-def validate_on_devices(artifact, config, *, progress=None):
-    """:func:`compress.validation.local.validate` that also measures on several devices: with ``config.remote`` a
-    comma list or a fleet file it returns a :class:`FleetReport` (what ``edgecompress validate`` calls); plain
-    ``validate`` refuses several devices, since its callers (a recipe's step, a search) read one device's report."""
-    from compress.validation.local import validate
+def accepting_fleets():
+    """A context in which :func:`fleet_of` takes several devices (:func:`compress.validation.local.validate_on_devices`)."""
+    import contextlib
 
-    token = _ACCEPT_FLEET.set(True)
-    try:
-        return validate(artifact, config, progress=progress)
-    finally:
-        _ACCEPT_FLEET.reset(token)
+    @contextlib.contextmanager
+    def scope():
+        token = _ACCEPT_FLEET.set(True)
+        try:
+            yield
+        finally:
+            _ACCEPT_FLEET.reset(token)
+
+    return scope()
+
+
+def remote_of(config, profile, art):
+    """What ``config.remote`` names, checked before any work: one device's
+    :class:`compress.validation.ssh.RemoteTarget`, or a :class:`Fleet` of several (a comma list, a fleet file)."""
+    return fleet_of(config, profile, art) if is_fleet(config.remote) else remote_target(config, profile, art)
+
+
+def measure_remote(target, run: ValidationRun):
+    """Measure ``run`` on ``target`` (:func:`remote_of`'s): one device's report, or a :class:`FleetReport`."""
+    from compress.validation.remote import validate_remote
+
+    return validate_fleet(target, run) if isinstance(target, Fleet) else validate_remote(target, run)
 
 
 def is_fleet(remote: str | None) -> bool:
@@ -186,7 +202,7 @@ def fleet_of(config, default_profile, art) -> Fleet:
     if not _ACCEPT_FLEET.get():
         raise ConfigError(f"remote {config.remote!r} names several devices; this validation (a recipe's step, "
                           "validate()) measures on one",
-                          hint="use `edgecompress validate --remote ...` (or compress.validation.fleet."
+                          hint="use `edgecompress validate --remote ...` (or compress.validation.local."
                           "validate_on_devices) for several devices, or name one user@host[:port]")
     python, ssh_config = ssh_setup(config)
     devices: list[FleetDevice] = []

@@ -168,9 +168,9 @@ def validate(
         if TASKS[art.manifest.task].labels == "spans":
             raise ConfigError("--remote does not measure a question-answering model yet (its windows and best spans "
                               "are read here)", hint="validate on the host, or run validate on the device itself")
-        from compress.validation.ssh import remote_target
+        from compress.validation.fleet import remote_of
 
-        remote = remote_target(config, profile, art)
+        remote = remote_of(config, profile, art)
     # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
     settings = RuntimeSettings(
         threads=profile.runtime.threads or profile.hardware.cores,
@@ -241,9 +241,9 @@ def validate(
 
     run = ValidationRun(art, profile, config, settings, dataset, teacher, warnings, progress, t_start, user_metric)
     if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
-        from compress.validation.remote import validate_remote
+        from compress.validation.fleet import measure_remote
 
-        report = validate_remote(remote, run)
+        report = measure_remote(remote, run)
         return report.model_copy(update={"data": _data_record(config, dataset)})
 
     if not cls.runs_here():  # Core ML away from Apple's systems: nothing runs, the latency is estimated
@@ -292,6 +292,16 @@ def validate(
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, run, device, estimates) if estimating else _note_device(report, device)
+
+
+def validate_on_devices(artifact, config, *, progress=None):
+    """:func:`validate` that also measures on several devices: with ``config.remote`` a comma list or a fleet file it
+    returns a :class:`compress.validation.fleet.FleetReport` (what ``edgecompress validate`` calls); plain
+    ``validate`` refuses several devices, since its callers (a recipe's step, a search) read one device's report."""
+    from compress.validation.fleet import accepting_fleets
+
+    with accepting_fleets():
+        return validate(artifact, config, progress=progress)
 
 
 def _plain_feeds(batch) -> dict[str, Any] | None:

@@ -271,12 +271,7 @@ def measure_on(device: DeviceSession, job: Job, progress=None) -> tuple[dict[str
 
 def validate_remote(target, run: ValidationRun):
     """The remote half of :func:`compress.validation.validate` (called from it after data and teacher load).
-    ``target``: a :class:`RemoteTarget`, or a :class:`compress.validation.fleet.Fleet` (several devices, in
-    parallel: a :class:`compress.validation.fleet.FleetReport`)."""
-    from compress.validation.fleet import Fleet, validate_fleet
-
-    if isinstance(target, Fleet):
-        return validate_fleet(target, run)
+    ``target``: one device's :class:`RemoteTarget` (several devices: :func:`compress.validation.fleet.measure_remote`)."""
     runtime = remote_runtime(run.art.format)
     device = DeviceSession(target)
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgecompress-remote-") as tmp:

@@ -108,13 +108,8 @@ def parse_remote(spec: str) -> tuple[str | None, str, int | None]:
 def remote_target(config, profile, art: Artifact):
     """Check a ``--remote`` request before any work: spec, artifact format, profile, ssh client.
 
-    One ``user@host[:port]``: its :class:`RemoteTarget`. Several devices (a comma list, a fleet YAML file: see
-    :func:`compress.validation.fleet.is_fleet`): a :class:`compress.validation.fleet.Fleet`, each device checked
-    the same way against its own profile."""
-    from compress.validation.fleet import fleet_of, is_fleet
-
-    if is_fleet(config.remote):
-        return fleet_of(config, profile, art)
+    One ``user@host[:port]``: its :class:`RemoteTarget` (several devices are
+    :func:`compress.validation.fleet.remote_of`'s)."""
     user, host, port = parse_remote(config.remote)
     check_remote_profile(config, profile, art)
     python, ssh_config = ssh_setup(config)

@@ -75,10 +75,10 @@ def validate_stream(art, run: ValidationRun, runtime_name: str, run_settings, de
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
     run.teacher = teacher
     if remote is not None:
-        from compress.validation.remote import validate_remote
+        from compress.validation.fleet import measure_remote
 
         run.dataset = sequences
-        report = validate_remote(remote, run)
+        report = measure_remote(remote, run)
         chunk = m.stream.chunk
         return report.model_copy(update={"data": _data_record(config, sequences, chunk) if config.data else None})
     backend = load_runtime(art, runtime_name, run_settings)

@@ -142,8 +142,7 @@ def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home,
     are stopped and both work directories removed before KeyboardInterrupt reaches the caller."""
     import signal
 
-    from compress.validation.fleet import validate_on_devices
-    from compress.validation.local import ValidateConfig
+    from compress.validation.local import ValidateConfig, validate_on_devices
 
     barrier = threading.Barrier(2, timeout=60)
 
