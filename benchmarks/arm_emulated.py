@@ -23,8 +23,8 @@ Building the board (each step skipped when its output exists; root, Debian's pac
 The artifacts (built once under benchmarks/.cache/arm_emulated): the SST-2 teacher, all-MiniLM-L6-v2 fine-tuned on
 SST-2 train by ``benchmarks/teacher.py`` for ``--sst2-steps`` steps (a short fine-tune: the point is Arm vs x86 on the
 same model, not the best teacher), exported to ONNX and quantized with ONNX Runtime's dynamic INT8; the digits
-MobileNetV2 of ``benchmarks/image_teachers.py`` (trained from scratch on the digits train split), static QDQ INT8
-calibrated on the training digits. Eval: SST-2 dev (872 sentences, or the first ``--sst2-limit``) and the 360 test
+MobileNetV2 of ``benchmarks/image_teachers.py`` (trained from scratch on the digits train split: its 25 epochs, or
+``--cnn-epochs N`` trained here), static QDQ INT8 calibrated on the training digits. Eval: SST-2 dev (872 sentences, or the first ``--sst2-limit``) and the 360 test
 digits. Timing under emulation means nothing: the profile ``qemu-arm64`` says the device is emulated, and its latency
 and cold-start budgets come out UNVERIFIED.
 
@@ -262,7 +262,7 @@ def models(args) -> dict[str, dict]:
 
         teacher = ensure_teacher(SST2, CACHE / f"sst2-teacher-{args.sst2_steps}steps", max_steps=args.sst2_steps)
         data = SST2 / "dev.tsv"
-        fp32, int8 = CACHE / "sst2-onnx-fp32", CACHE / "sst2-onnx-int8"
+        fp32, int8 = CACHE / f"sst2-{args.sst2_steps}steps-onnx-fp32", CACHE / f"sst2-{args.sst2_steps}steps-onnx-int8"
         if not is_artifact(int8):
             export(teacher, fp32, ExportConfig(sample_data=str(data)), force=True)
             quantize(fp32, int8, QuantizeConfig.from_flat(sample_data=str(data)), force=True)
@@ -272,15 +272,19 @@ def models(args) -> dict[str, dict]:
         digits = HERE / ".cache" / "digits"
         if not (digits / "test").is_dir():
             run([sys.executable, str(HERE / "digits.py"), "--out", str(digits)])
-        cnn = HERE / ".cache" / "images" / "cnn"
+        # the image benchmarks' teacher (25 epochs), or a shorter training of the same network kept here
+        where = HERE / ".cache" / "images" if args.cnn_epochs is None else CACHE / f"cnn-{args.cnn_epochs}epochs"
+        cnn = where / "cnn"
         if not (cnn / "config.json").is_file():
-            run([sys.executable, str(HERE / "image_teachers.py"), "--digits", str(digits), "--out", str(cnn.parent),
-                 "--only", "cnn"], cwd=REPO)
-        fp32, int8 = CACHE / "digits-cnn-onnx-fp32", CACHE / "digits-cnn-onnx-int8"
+            run([sys.executable, str(HERE / "image_teachers.py"), "--digits", str(digits), "--out", str(where),
+                 "--only", "cnn", *(["--epochs", str(args.cnn_epochs)] if args.cnn_epochs else [])], cwd=REPO)
+        tag = "" if args.cnn_epochs is None else f"-{args.cnn_epochs}epochs"
+        fp32, int8 = CACHE / f"digits-cnn{tag}-onnx-fp32", CACHE / f"digits-cnn{tag}-onnx-int8"
         if not is_artifact(int8):
             export(cnn, fp32, ExportConfig(), force=True)
             quantize(fp32, int8, QuantizeConfig.from_flat(calibration=str(digits / "train")), force=True)
-        out["digits"] = {"name": "digits MobileNetV2, ONNX static QDQ INT8", "teacher": cnn, "artifact": int8,
+        epochs = f"{args.cnn_epochs} epochs" if args.cnn_epochs else "25 epochs"
+        out["digits"] = {"name": f"digits MobileNetV2 ({epochs}), ONNX static QDQ INT8", "teacher": cnn, "artifact": int8,
                          "data": digits / "test", "limit": None}
     return out
 
@@ -393,6 +397,8 @@ def main() -> int:
     ap.add_argument("--only", choices=("sst2", "digits"))
     ap.add_argument("--sst2-steps", type=int, default=100, help="fine-tuning steps of the SST-2 teacher")
     ap.add_argument("--sst2-limit", type=int, default=None, help="first N SST-2 dev rows (default all 872)")
+    ap.add_argument("--cnn-epochs", type=int, default=None, help="train the digits MobileNetV2 this many epochs "
+                    "(kept under benchmarks/.cache/arm_emulated) instead of using the image benchmarks' (25 epochs)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the logits comparison")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "arm_emulated.json")
     ap.add_argument("--build-only", action="store_true", help="build and boot the board, then stop")
