@@ -123,7 +123,7 @@ def test_a_causal_lm_given_labels_is_one_line(tiny, tmp_path, capsys):
     labelled.write_text("label\ttext\n1\tgood\n0\tbad\n")
     code, out = _cli(capsys, "finetune", tiny, "--train", labelled, "--out", tmp_path / "ft")
     assert code == 2 and len(out.err.strip().splitlines()) == 1, out.err
-    assert "causal language model (text-generation), which takes plain text and no labels" in out.err
+    assert "train.tsv: text data is .txt or .jsonl" in out.err and "not labelled rows" in out.err
     assert not (tmp_path / "ft").exists()
 
 
