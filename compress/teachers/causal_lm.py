@@ -94,11 +94,14 @@ class CausalLM:
         check_window(windows.shape[1], self.context)
         if batch_size is None:
             batch_size = max(1, min(8, BATCH_BYTES // (4 * windows.shape[1] * self.vocab_size)))
-        with torch.inference_mode():
-            for i in range(0, len(windows), batch_size):
+        for i in range(0, len(windows), batch_size):
+            # inference mode per batch, not around the yield: a generator suspended inside it leaves it on for its
+            # caller (and, two interleaved, for the whole process: a later training step then fails)
+            with torch.inference_mode():
                 ids = torch.from_numpy(windows[i:i + batch_size])
                 out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-                yield out.logits.float().numpy()
+                batch = out.logits.float().numpy()
+            yield batch
 
     def greedy(self, prompt_ids: list[int], new_tokens: int, eos: int | list[int] | None = None) -> list[int]:
         """The ``new_tokens`` tokens greedy decoding adds to ``prompt_ids`` (one prefill, then one step per token

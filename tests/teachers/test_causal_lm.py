@@ -151,3 +151,17 @@ def test_stories260k_fp32_perplexity_over_tinystories_in_windows_of_256():
     assert out["tokens"] == 775 * 127
     assert out["perplexity"] == pytest.approx(4.273, abs=0.01)
 
+
+
+def test_logits_leave_inference_mode_off_between_batches(tiny):
+    """A caller that reads the logits batch by batch (two interleaved evaluations, as prune's scoring did) trains in
+    between: the generator must not keep torch's inference mode on while it is suspended."""
+    import torch
+
+    lm = CausalLM.load(tiny)
+    batches = lm.logits(np.ones((4, 8), dtype=np.int64), batch_size=1)
+    first = next(batches)
+    assert first.shape[:2] == (1, 8) and not torch.is_inference_mode_enabled()
+    w = torch.ones(2, requires_grad=True)
+    (w * 2).sum().backward()  # a training step between batches
+    assert w.grad is not None and len(list(batches)) == 3
