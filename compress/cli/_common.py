@@ -325,7 +325,7 @@ def end_with_verdict(verdict: str, budgets: list, *, where: str, unverified_exit
     if verdict != "unverified":
         return
     names = unverified_names(budgets)
-    message = f"{len(names)} budget(s) not measured {where}: {', '.join(names)}; none failed (the report says why)"
+    message = f"{len(names)} budget(s) not judged {where} (not measured, or measured under emulation): {', '.join(names)}; none failed (the report says why)"
     if unverified_exit_code == 0:
         console(stderr=True).print(f"UNVERIFIED: {message} (exit code 0: --unverified-exit-code 0)", markup=False)
         return

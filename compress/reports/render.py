@@ -270,7 +270,7 @@ def render_report(report: ValidationReport, console: Console) -> None:
     noisy = [b.name for b in report.budgets if _status(b) == "anomalous"]
     unverified = [b.name for b in report.budgets if _status(b) == "unverified"]
     tail = ", ".join(failed) if failed else (f"{', '.join(noisy)} too noisy to judge" if noisy else (
-        f"{', '.join(unverified)} not measured on the device" if unverified else ""))
+        f"{', '.join(unverified)} not judged (not measured on the device, or under emulation)" if unverified else ""))
     console.print(f"[bold {colour}]{report.verdict.upper()}[/]" + (f": {tail}" if tail else ""))
 
 

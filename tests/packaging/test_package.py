@@ -281,7 +281,7 @@ def test_cli_existing_output_needs_force(int8_artifact, tmp_path):
                                    "--no-download", "--no-cold-start", "--force", "--report-dir", str(tmp_path / "rep")])
     # unverified (sizes without the dependencies, no cold start): not a pass, UNVERIFIED's exit code 4, as validate
     assert isinstance(res.exception, Unverified) and res.exception.exit_code == 4, res.output
-    assert "not measured for" in str(res.exception) and "none failed" in str(res.exception)
+    assert "not judged for" in str(res.exception) and "none failed" in str(res.exception)
     assert zipfile.is_zipfile(out) and (tmp_path / "rep" / "report.json").is_file()
     assert 'failures="0"' in (tmp_path / "rep" / "junit.xml").read_text()
 

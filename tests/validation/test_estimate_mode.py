@@ -202,7 +202,7 @@ def test_cli_unverified_exit_code(flag, code, int8_artifact, data_tsv, tmp_path,
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "UNVERIFIED" in proc.stdout and "(estimated)" in proc.stdout
-    assert "UNVERIFIED: " in proc.stderr and "not measured on cli-board" in proc.stderr
+    assert "UNVERIFIED: " in proc.stderr and "not judged on cli-board" in proc.stderr
     assert "latency_p50_ms" in proc.stderr and "error" not in proc.stderr
     assert json.loads((rep / "report.json").read_text())["verdict"] == "unverified"
 
