@@ -1,3 +1,3 @@
-from compress.cli import main
+from compress._entry import main
 
 main()

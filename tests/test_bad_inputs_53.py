@@ -270,9 +270,10 @@ def test_a_preprocess_that_fits_is_adopted(tmp_path):
 
 # --- Ctrl-C at the edges of a command ---------------------------------------------------------------------------
 
-#: the real entry point (main(), as the console script calls it) with SIGINT sent at a set moment, deterministically:
-#: ``import:MODULE`` stands in for a native extension interrupted while it initialises (pybind11 raises
-#: ``ImportError: initialization failed`` from the KeyboardInterrupt); ``renamed``: the instant the artifact ``out`` was
+#: the real entry point (``compress._entry.main``, as the console script calls it) with SIGINT sent at a set moment,
+#: deterministically: ``import:MODULE`` stands in for a native extension interrupted while it initialises (pybind11
+#: raises ``ImportError: initialization failed`` from the KeyboardInterrupt); ``importing:MODULE``: a pure-Python
+#: module interrupted as it imports (the KeyboardInterrupt goes through the import); ``renamed``: the instant the artifact ``out`` was
 #: renamed into place; ``exit``: the command has ended, its artifact in place and reported, and the signal comes as the
 #: process exits
 SIGINT_DRIVER = textwrap.dedent("""
@@ -282,7 +283,7 @@ SIGINT_DRIVER = textwrap.dedent("""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = ["edgecompress", *sys.argv[1:]]
     point = os.environ["SIGINT_AT"]
-    if point.startswith("import:"):
+    if point.startswith("import"):
         class Interrupted:
             def find_spec(self, name, path=None, target=None):
                 if name != point.partition(":")[2]:
@@ -291,6 +292,8 @@ SIGINT_DRIVER = textwrap.dedent("""
                 try:
                     os.kill(os.getpid(), signal.SIGINT)
                 except KeyboardInterrupt as e:
+                    if point.startswith("importing:"):
+                        raise
                     raise ImportError("initialization failed") from e
                 raise AssertionError("SIGINT was not delivered")
         sys.meta_path.insert(0, Interrupted())
@@ -307,7 +310,7 @@ SIGINT_DRIVER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGINT)
             real_exit(code)
         sys.exit = exit_interrupted
-    from compress.cli import main
+    from compress._entry import main
     main()
 """)
 
@@ -325,6 +328,26 @@ def test_ctrl_c_while_a_library_imports_is_an_interrupt(mlp, tmp_path, module):
     assert proc.stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C); no output was written", proc.stderr
     assert "Traceback" not in proc.stderr and "error" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", ["compress.cli", "click"])
+def test_ctrl_c_while_the_command_line_imports_is_an_interrupt(mlp, tmp_path, module):
+    """The first ~0.2 s of every command. Before: Python's traceback ending in KeyboardInterrupt, exit 1."""
+    proc = _export_interrupted(f"importing:{module}", mlp, tmp_path / "out")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["interrupted (Ctrl-C); no output was written"], proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_console_script_runs_through_the_guarded_entry():
+    """``edgecompress`` (pip's console script) and ``python -m compress`` start at the entry that answers an early
+    Ctrl-C, not at ``compress.cli.main`` (whose import is the window it guards)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts["edgecompress"] == "compress._entry:main"
+    assert "from compress._entry import main" in (root / "compress" / "__main__.py").read_text(encoding="utf-8")
 
 
 def test_ctrl_c_after_the_command_ended_exits_130_and_says_the_output_is_complete(mlp, tmp_path):
