@@ -39,6 +39,7 @@ from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.progress import Progress, silent, sink
 from compress.stages.quantize.config import QuantizeConfig
+from compress.stages.quantize.train_state import Resumable
 
 if TYPE_CHECKING:  # torch is imported when a run starts, not when quantize checks a request
     from compress.stages.quantize.lm_fake_quant import Scheme
@@ -128,8 +129,10 @@ def _kl(student, teacher):
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-class _Run:
+class _Run(Resumable):
     """One run: the FP32 teacher, the fake-quantized student, the optimiser, and the state a resume needs."""
+
+    STATE, LABEL = STATE, "QAT"
 
     write_kind = "hf"  # what :func:`.qad.export_trained` writes the student back as
 
@@ -186,37 +189,6 @@ class _Run:
         pairs = tokens - len(self.data.held)
         return {"kl_mean": round(kl / tokens, 6), "top1_agreement": round(agree / tokens, 6),
                 "perplexity": round(math.exp(nll / pairs), 5)}
-
-    def _weights(self) -> dict[str, Any]:
-        return {k: v.detach().clone() for k, v in self.student.model.state_dict().items()}
-
-    def save(self) -> None:
-        import torch
-
-        self.work.mkdir(parents=True, exist_ok=True)
-        tmp = self.work / (STATE + ".tmp")
-        torch.save({"key": self.key, "state": json.dumps(self.state), "model": self.student.model.state_dict(),
-                    "best_model": self.best_weights, "opt": self.opt.state_dict(), "sched": self.sched.state_dict()},
-                   tmp)
-        tmp.replace(self.work / STATE)
-
-    def resume(self) -> bool:
-        import torch
-
-        file = self.work / STATE
-        if not file.is_file():
-            return False
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-        if saved.get("key") != self.key:
-            log.warning("%s holds another run's state (other settings or model): starting over", self.work)
-            return False
-        self.student.model.load_state_dict(saved["model"])
-        self.best_weights = saved["best_model"]
-        self.opt.load_state_dict(saved["opt"])
-        self.sched.load_state_dict(saved["sched"])
-        self.state = json.loads(saved["state"])
-        log.info("QAT: resuming at step %d of %d from %s", self.state["step"], self.config.qad.steps, self.work)
-        return True
 
     def train(self) -> None:
         import torch
@@ -275,7 +247,7 @@ class _Run:
         self.state["history"].append({"step": step, "loss": round(loss, 6), **score})
         if score["kl_mean"] < self.state["best"]["kl_mean"]:
             self.state["best"], self.state["best_step"] = score, step
-            self.best_weights = self._weights()
+            self.best_weights = self.weights()
         log.info("QAT step %d/%d: loss %.4f, held-out %s (best at step %d)", step, self.config.qad.steps, loss, score,
                  self.state["best_step"])
         self.say({"phase": "qad", "step": step, "total": self.config.qad.steps, "loss": loss, **score})

@@ -34,6 +34,7 @@ from compress.errors import ConfigError
 from compress.progress import Progress, silent, sink
 from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig, QuantMode
 from compress.stages.quantize.fake_quant import FakeQuant, Ranges
+from compress.stages.quantize.train_state import Resumable
 
 log = logging.getLogger("compress.stages.quantize")
 
@@ -195,8 +196,10 @@ def _loss(s, t, labels, classes: bool):
     return F.mse_loss(s.float(), t.float()) / (t.float().var() + 1e-8)
 
 
-class _Run:
+class _Run(Resumable):
     """One QAD run: the teacher, the student being trained, the fake-quantizer, and the state a resume needs."""
+
+    STATE, LABEL = STATE, "QAD"
 
     def __init__(self, art: Artifact, config: QuantizeConfig, source: Path, work: Path, reduce_range: bool) -> None:
         import torch
@@ -279,38 +282,12 @@ class _Run:
             return True
         return (a.get("agreement", 0.0), a["cosine"]) > (b.get("agreement", 0.0), b["cosine"])
 
-    def _weights(self) -> dict[str, Any]:
-        return {k: v.detach().clone() for k, v in self.student.model.state_dict().items()}
+    def extra_state(self) -> dict[str, Any]:
+        return {"ranges": json.dumps({str(k): v for k, v in self.fq.ranges.seen.items()})}
 
-    def save(self) -> None:
-        import torch
-
-        self.work.mkdir(parents=True, exist_ok=True)
-        tmp = self.work / (STATE + ".tmp")
-        torch.save({"key": self.key, "state": json.dumps(self.state), "model": self.student.model.state_dict(),
-                    "best_model": self.best_weights, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    "ranges": json.dumps({str(k): v for k, v in self.fq.ranges.seen.items()})}, tmp)
-        tmp.replace(self.work / STATE)
-
-    def resume(self) -> bool:
-        import torch
-
-        file = self.work / STATE
-        if not file.is_file():
-            return False
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-        if saved.get("key") != self.key:
-            log.warning("%s holds another QAD run's state (other settings or model): starting over", self.work)
-            return False
-        self.student.model.load_state_dict(saved["model"])
-        self.best_weights = saved["best_model"]
-        self.opt.load_state_dict(saved["opt"])
-        self.sched.load_state_dict(saved["sched"])
-        self.state = json.loads(saved["state"])
+    def restore_extra(self, saved: dict[str, Any]) -> None:
         self.fq.ranges.seen = {(int(k) if k.isdigit() else k): [tuple(r) for r in v]
                                for k, v in json.loads(saved["ranges"]).items()}
-        log.info("QAD: resuming at step %d of %d from %s", self.state["step"], self.config.qad.steps, self.work)
-        return True
 
     # --- training --------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -359,7 +336,7 @@ class _Run:
         self.state["history"].append({"step": step, "loss": round(loss, 6), **score})
         if self._better(score, self.state["best"]):
             self.state["best"], self.state["best_step"] = score, step
-            self.best_weights = self._weights()
+            self.best_weights = self.weights()
         log.info("QAD step %d/%d: loss %.4f, held-out %s (best at step %d)", step, self.config.qad.steps, loss, score,
                  self.state["best_step"])
         self.say({"phase": "qad", "step": step, "total": self.config.qad.steps, "loss": loss, **score})
