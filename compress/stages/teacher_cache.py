@@ -120,21 +120,16 @@ def check_directory(directory: Path) -> None:
                           hint="pass a new or empty directory")
 
 
-def fill(directory: Path, key: dict[str, Any], data, plan, intermediate: bool, t_cfg, soft_width: int,
-         rows: np.ndarray | None, forward: Callable[[list[int]], dict[str, Any]], batch_size: int,
-         progress: Progress | None = None,
-         stop: Callable[[], bool] = lambda: False) -> tuple[int, int, bool]:
-    """Label ``rows`` of ``data`` (None: all) that the cache in ``directory`` lacks.
-
-    ``forward(idx)`` runs the teacher on the rows ``idx`` and returns ``compress.stages.training.model_outputs``' dict. The
-    cache is created (or recreated, when its key or arrays do not match) first. Returns (rows labelled
-    by this call, rows wanted, complete); complete is False when ``stop()`` turned true, after the
-    labelled rows were flushed and marked.
-    """
-    import torch
-
-    n = len(data)
-    shapes = layout(data, plan, intermediate, t_cfg, soft_width)
+def _label(directory: Path, key: dict[str, Any], shapes: dict[str, tuple[tuple[int, ...], Any]], n: int,
+           rows: np.ndarray | None, batch_size: int, label_batch: Callable[[list[int], dict[str, np.ndarray]], None],
+           order: Callable[[np.ndarray], np.ndarray] = lambda missing: missing, progress: Progress | None = None,
+           stop: Callable[[], bool] = lambda: False) -> tuple[int, int, bool]:
+    """The fill loop :func:`fill` and :func:`fill_rows` share: the cache in ``directory`` (``n`` rows, ``shapes``:
+    name -> (shape, dtype)) created or recreated when its key or arrays do not match, then the wanted ``rows``
+    (None: all) it lacks, in ``order(missing)``, a batch at a time: ``label_batch(idx, arrays)`` runs the teacher on
+    the rows ``idx`` and writes their targets into the memmaps. Progress after every batch; the memmaps flushed and
+    the marker moved at least every :data:`CHECKPOINT_SECONDS`, at the end and when ``stop()`` turns true, which
+    returns early. Returns (rows labelled by this call, rows wanted, complete)."""
     if not _valid(directory, key, shapes, n):
         if (directory / KEY).is_file():
             log.info("teacher cache %s belongs to other settings or is damaged: rebuilding it", directory)
@@ -149,51 +144,80 @@ def fill(directory: Path, key: dict[str, Any], data, plan, intermediate: bool, t
         return 0, total, True
     if len(missing) < total:
         log.info("continuing the teacher outputs in %s: %d of %d rows already done", directory, total - len(missing), total)
-    order = missing[np.argsort(data.lengths[missing], kind="stable")]
+    ordered = order(missing)
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r+") for name in shapes}
+    done, marked = total - len(missing), time.monotonic()
+    for start in range(0, len(ordered), batch_size):
+        idx = ordered[start : start + batch_size].tolist()
+        label_batch(idx, arrays)
+        labelled[idx] = True
+        done += len(idx)
+        if progress:
+            progress({"phase": "teacher", "done": done, "total": total})
+        stopping = stop()
+        if stopping or done == total or time.monotonic() - marked >= CHECKPOINT_SECONDS:
+            _mark(directory, arrays, labelled)
+            marked = time.monotonic()
+        if stopping and done < total:
+            return done - (total - len(missing)), total, False
+    return len(missing), total, True
+
+
+def fill(directory: Path, key: dict[str, Any], data, plan, intermediate: bool, t_cfg, soft_width: int,
+         rows: np.ndarray | None, forward: Callable[[list[int]], dict[str, Any]], batch_size: int,
+         progress: Progress | None = None,
+         stop: Callable[[], bool] = lambda: False) -> tuple[int, int, bool]:
+    """Label ``rows`` of ``data`` (None: all) that the cache in ``directory`` lacks, in length-sorted batches.
+
+    ``forward(idx)`` runs the teacher on the rows ``idx`` and returns ``compress.stages.training.model_outputs``' dict. The
+    cache is created (or recreated, when its key or arrays do not match) first. Returns (rows labelled
+    by this call, rows wanted, complete); complete is False when ``stop()`` turned true, after the
+    labelled rows were flushed and marked.
+    """
+    import torch
+
     tplan = copy.copy(plan)
     if not intermediate:
         tplan.hidden = tplan.attention = tplan.value_relation = False
-    sq_off = data.sq_offsets
-    done, marked = total - len(missing), time.monotonic()
+
+    def label_batch(idx: list[int], arrays: dict[str, np.ndarray]) -> None:
+        _write_targets(arrays, forward(idx), idx, data, plan, tplan)
+
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size].tolist()
-            res = forward(idx)
-            soft = res["soft"].float().cpu().numpy()
-            if getattr(plan, "tokens", False):
-                for row, i in enumerate(idx):
-                    arrays["soft"][data.offsets[i] : data.offsets[i + 1]] = soft[row, : int(data.lengths[i])]
-            else:
-                arrays["soft"][idx] = soft
-            if tplan.hidden:
-                hs = torch.stack([res["hidden"][t + 1] for t in plan.mapping], 2).half().cpu().numpy()
-            if tplan.attention:
-                at = torch.stack([res["attn"][t] for t in plan.mapping], 1).half().cpu().numpy()
-                heads_l = at.shape[1] * at.shape[2]
-            if tplan.value_relation:
-                vr = res["vr"].half().cpu().numpy()
-            for row, i in enumerate(idx):
-                ln = int(data.lengths[i])
-                if tplan.hidden:
-                    arrays["hidden"][data.offsets[i] : data.offsets[i + 1]] = hs[row, :ln]
-                if tplan.attention:
-                    a = at[row, :, :, :ln, :ln].reshape(-1)
-                    arrays["attn"][sq_off[i] * heads_l : sq_off[i] * heads_l + a.size] = a
-                if tplan.value_relation:
-                    v = vr[row, :, :ln, :ln].reshape(-1)
-                    arrays["vr"][sq_off[i] * plan.relation_heads : sq_off[i] * plan.relation_heads + v.size] = v
-            labelled[idx] = True
-            done += len(idx)
-            if progress:
-                progress({"phase": "teacher", "done": done, "total": total})
-            stopping = stop()
-            if stopping or done == total or time.monotonic() - marked >= CHECKPOINT_SECONDS:
-                _mark(directory, arrays, labelled)
-                marked = time.monotonic()
-            if stopping and done < total:
-                return done - (total - len(missing)), total, False
-    return len(missing), total, True
+        return _label(directory, key, layout(data, plan, intermediate, t_cfg, soft_width), len(data), rows,
+                      batch_size, label_batch, lambda missing: missing[np.argsort(data.lengths[missing], kind="stable")],
+                      progress, stop)
+
+
+def _write_targets(arrays: dict[str, np.ndarray], res: dict[str, Any], idx: list[int], data, plan, tplan) -> None:
+    """The teacher's outputs ``res`` for the rows ``idx`` written into the cache's flat memmaps (``tplan``: the
+    intermediate targets kept)."""
+    import torch
+
+    sq_off = data.sq_offsets
+    soft = res["soft"].float().cpu().numpy()
+    if getattr(plan, "tokens", False):
+        for row, i in enumerate(idx):
+            arrays["soft"][data.offsets[i] : data.offsets[i + 1]] = soft[row, : int(data.lengths[i])]
+    else:
+        arrays["soft"][idx] = soft
+    if tplan.hidden:
+        hs = torch.stack([res["hidden"][t + 1] for t in plan.mapping], 2).half().cpu().numpy()
+    if tplan.attention:
+        at = torch.stack([res["attn"][t] for t in plan.mapping], 1).half().cpu().numpy()
+        heads_l = at.shape[1] * at.shape[2]
+    if tplan.value_relation:
+        vr = res["vr"].half().cpu().numpy()
+    for row, i in enumerate(idx):
+        ln = int(data.lengths[i])
+        if tplan.hidden:
+            arrays["hidden"][data.offsets[i] : data.offsets[i + 1]] = hs[row, :ln]
+        if tplan.attention:
+            a = at[row, :, :, :ln, :ln].reshape(-1)
+            arrays["attn"][sq_off[i] * heads_l : sq_off[i] * heads_l + a.size] = a
+        if tplan.value_relation:
+            v = vr[row, :, :ln, :ln].reshape(-1)
+            arrays["vr"][sq_off[i] * plan.relation_heads : sq_off[i] * plan.relation_heads + v.size] = v
 
 
 class TeacherCache:
@@ -261,36 +285,13 @@ def fill_rows(directory: Path, key: dict[str, Any], shapes: dict[str, tuple[tupl
     (shape, dtype)); ``forward(idx)`` returns each array's values for the rows ``idx``. The same directory
     layout, key check, progress marker and stop as :func:`fill` (rows in index order). Returns (rows labelled by
     this call, rows wanted, complete)."""
-    n = next(iter(shapes.values()))[0][0]
-    if not _valid(directory, key, shapes, n):
-        if (directory / KEY).is_file():
-            log.info("teacher cache %s belongs to other settings or is damaged: rebuilding it", directory)
-        _create(directory, key, shapes, n)
-    labelled = _labelled(directory, n)
-    want = np.zeros(n, bool)
-    want[slice(None) if rows is None else rows] = True
-    missing = np.flatnonzero(want & ~labelled)
-    total = int(want.sum())
-    if not len(missing):
-        log.info("reusing teacher outputs cached in %s", directory)
-        return 0, total, True
-    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r+") for name in shapes}
-    done, marked = total - len(missing), time.monotonic()
-    for start in range(0, len(missing), batch_size):
-        idx = missing[start : start + batch_size].tolist()
+
+    def label_batch(idx: list[int], arrays: dict[str, np.ndarray]) -> None:
         for name, values in forward(idx).items():
             arrays[name][idx] = values
-        labelled[idx] = True
-        done += len(idx)
-        if progress:
-            progress({"phase": "teacher", "done": done, "total": total})
-        stopping = stop()
-        if stopping or done == total or time.monotonic() - marked >= CHECKPOINT_SECONDS:
-            _mark(directory, arrays, labelled)
-            marked = time.monotonic()
-        if stopping and done < total:
-            return done - (total - len(missing)), total, False
-    return len(missing), total, True
+
+    return _label(directory, key, shapes, next(iter(shapes.values()))[0][0], rows, batch_size, label_batch,
+                  progress=progress, stop=stop)
 
 
 class RowCache:
