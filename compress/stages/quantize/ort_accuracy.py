@@ -1,8 +1,8 @@
 """Accuracy-aware ONNX Runtime quantization: which layers stay in float (``max_drop`` / ``min_retention``), per-channel
 or per-tensor weight scales per layer group (static INT8 of image models), and the check of the written artifact.
 
-``q`` is the :class:`compress.stages.quantize.onnxruntime._OnnxQuantizer` of the run: these functions ask it to write
-candidates and read its config; they never import it (it imports them).
+``q`` is the :class:`compress.stages.quantize.ort_quantizer.OnnxQuantizer` of the run: these functions ask it to
+write candidates and read its config; they never import it (the stage, onnxruntime.py, imports both).
 """
 
 from __future__ import annotations
