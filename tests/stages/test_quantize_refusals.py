@@ -32,9 +32,9 @@ def test_cli_refuses_with_one_line_and_exit_2(onnx_artifact, tmp_path, capsys, a
 
 
 def test_excluding_every_quantizable_node_is_refused(onnx_artifact, tmp_path):
-    from compress.stages.quantize.onnxruntime import _OnnxQuantizer
+    from compress.stages.quantize.ort_quantizer import OnnxQuantizer
 
-    names = [lay.name for lay in _OnnxQuantizer(onnx_artifact, QuantizeConfig.from_flat(op_types=["MatMul"])).layers()]
+    names = [lay.name for lay in OnnxQuantizer(onnx_artifact, QuantizeConfig.from_flat(op_types=["MatMul"])).layers()]
     with pytest.raises(ConfigError, match="--exclude-nodes covers every quantizable node"):
         quantize(onnx_artifact, tmp_path / "q", QuantizeConfig.from_flat(op_types=["MatMul"], exclude_nodes=names))
     assert not (tmp_path / "q").exists()
