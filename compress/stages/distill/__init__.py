@@ -106,33 +106,12 @@ def distill(
     if is_artifact(teacher_dir):
         DISTILL.check(load_artifact(teacher_dir))
     teacher = load_teacher(teacher_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-    if str(teacher.task) == "text-generation":  # a causal LM: top-k logit distillation on text windows
-        from compress.stages.distill.causal_lm import distill_causal_lm
-
-        result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
-                                   teacher_cache=teacher_cache, resume=resume, force=force, progress=progress,
-                                   choose_student=_choose_student, write=_write_student, on_step=on_step)
-        if not keep_run:
-            shutil.rmtree(run, ignore_errors=True)
-        return result
-    _refuse_lm_options(config, teacher.task)
+    delegated = _distill_by_task(teacher, teacher_dir, train, output, config, eval_data=eval_data, run=run,
+                                 teacher_cache=teacher_cache, resume=resume, force=force, keep_run=keep_run,
+                                 progress=progress, on_step=on_step)
+    if delegated is not None:
+        return delegated
     task = TASKS[teacher.task]
-    if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
-        raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not class "
-                          "scores)", hint="quantize or export the regressor instead; validate scores it by MAE")
-    if task.labels == "spans":  # question answering: start and end logits over SQuAD windows
-        from compress.stages.distill.answers import distill_answers
-
-        result = distill_answers(teacher, train, output, config, eval_data=eval_data, run=run, resume=resume,
-                                 force=force, progress=progress, choose_student=_choose_student, write=_write_student)
-        if not keep_run:
-            shutil.rmtree(run, ignore_errors=True)
-        return result
-    if task.inputs == "image":  # logits on shifted images (compress.stages.distill.images)
-        from compress.stages.distill.images import distill_images
-
-        return distill_images(teacher, train, out, config, eval_data=eval_data, run_dir=run, resume=resume,
-                              force=force, progress=progress)
     tokens = task.labels == "per-word"
     if tokens and (config.augmentation.copies or config.augmentation.join):
         raise ConfigError("--augment and --augment-join make new sentences, and a token classifier's sentences need "
@@ -178,12 +157,8 @@ def distill(
                                max_length, texts, labels, progress)
     if eval_set is not None:
         say("teacher-eval", f"scoring the teacher on {len(eval_set):,} eval rows")
-    teacher_eval = predict_rows(teacher.model, eval_set, plan, accelerator.device, 64) if eval_set is not None else None
-    eval_labels = None
-    if eval_ds is not None and eval_ds.labels is not None:  # (a token classifier's: a list of tag ids per sentence)
-        eval_labels = eval_ds.labels if tokens else np.array(eval_ds.labels)
-    teacher_score = score(teacher_eval, teacher_eval, eval_labels, metric, plan.tags) if teacher_eval is not None \
-        else None
+    teacher_eval, eval_labels, teacher_score = _score_teacher(teacher, eval_set, eval_ds, plan, metric, tokens,
+                                                              accelerator.device)
     if targets["intermediate"] or not plan.intermediate:
         teacher.model.to("cpu")
 
@@ -198,24 +173,84 @@ def distill(
     trainer.train()
 
     # --- the student artifact ----------------------------------------------------------------------
+    sources = {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None}
+    return _write_result(trainer, teacher, output, targets, student_desc, own_tokenizer, sources=sources,
+                         steps_per_epoch=steps_per_epoch, train_rows=len(train_ds), teacher_score=teacher_score,
+                         run=run, keep_run=keep_run, say=say)
+
+
+def _distill_by_task(teacher, teacher_dir, train, output: StageOutput, config: DistillConfig, *, eval_data, run: Path,
+                     teacher_cache, resume: bool, force: bool, keep_run: bool, progress: Progress | None,
+                     on_step) -> DistillResult | None:
+    """A teacher whose task has a distillation of its own, distilled there: a causal LM (top-k logit KL on text
+    windows), question answering (start and end logits over SQuAD windows), an image classifier (logits on shifted
+    images); a regressor refused. None for the text classifiers and encoders :func:`distill` trains itself."""
+    if str(teacher.task) == "text-generation":  # a causal LM: top-k logit distillation on text windows
+        from compress.stages.distill.causal_lm import distill_causal_lm
+
+        result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
+                                   teacher_cache=teacher_cache, resume=resume, force=force, progress=progress,
+                                   choose_student=_choose_student, write=_write_student, on_step=on_step)
+    else:
+        _refuse_lm_options(config, teacher.task)
+        task = TASKS[teacher.task]
+        if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
+            raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not "
+                              "class scores)", hint="quantize or export the regressor instead; validate scores it by MAE")
+        if task.labels == "spans":  # question answering: start and end logits over SQuAD windows
+            from compress.stages.distill.answers import distill_answers
+
+            result = distill_answers(teacher, train, output, config, eval_data=eval_data, run=run, resume=resume,
+                                     force=force, progress=progress, choose_student=_choose_student,
+                                     write=_write_student)
+        elif task.inputs == "image":  # logits on shifted images (compress.stages.distill.images)
+            from compress.stages.distill.images import distill_images
+
+            return distill_images(teacher, train, output.path, config, eval_data=eval_data, run_dir=run,
+                                  resume=resume, force=force, progress=progress)
+        else:
+            return None
+    if not keep_run:
+        shutil.rmtree(run, ignore_errors=True)
+    return result
+
+
+def _score_teacher(teacher, eval_set, eval_ds, plan: OutputPlan, metric, tokens: bool, device):
+    """The teacher's predictions on the eval rows, the eval labels (a token classifier's: a list of tag ids per
+    sentence) and the teacher's metric on them; Nones without eval data (or, for the labels and the metric,
+    without labels)."""
+    teacher_eval = predict_rows(teacher.model, eval_set, plan, device, 64) if eval_set is not None else None
+    eval_labels = None
+    if eval_ds is not None and eval_ds.labels is not None:
+        eval_labels = eval_ds.labels if tokens else np.array(eval_ds.labels)
+    teacher_score = score(teacher_eval, teacher_eval, eval_labels, metric, plan.tags) if teacher_eval is not None \
+        else None
+    return teacher_eval, eval_labels, teacher_score
+
+
+def _write_result(trainer: Trainer, teacher, output: StageOutput, targets: dict[str, Any], student_desc,
+                  own_tokenizer, *, sources: dict[str, str | None], steps_per_epoch: int, train_rows: int,
+                  teacher_score, run: Path, keep_run: bool, say: Callable[[str, str], None]) -> DistillResult:
+    """The trained student's chosen weights written as the artifact (by the main process, which then drops the run
+    directory unless ``keep_run``); every process returns it with its metrics."""
     final, chosen, final_score = trainer.final_weights()
+    accelerator = trainer.accelerator
     art = None
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
         final = final.to("cpu").float()
-        metrics = _run_metrics(trainer, final, chosen, steps_per_epoch, len(train_ds), targets, student_desc,
-                               {"train": str(Path(train).resolve()),
-                                "eval": str(Path(eval_data).resolve()) if eval_data else None})
+        metrics = _run_metrics(trainer, final, chosen, steps_per_epoch, train_rows, targets, student_desc, sources)
         if final_score is not None:
-            metrics.update({"eval_rows": len(eval_set), "eval_metric": final_score, "teacher_eval_metric": teacher_score,
+            metrics.update({"eval_rows": len(trainer.eval_set), "eval_metric": final_score,
+                            "teacher_eval_metric": teacher_score,
                             "retention": final_score / teacher_score if teacher_score else None})
-        say("write", f"writing the student to {out}")
+        say("write", f"writing the student to {output.path}")
         art = _write_student(final, teacher, output, metrics, tokenizer=own_tokenizer)
         if not keep_run:
             shutil.rmtree(run, ignore_errors=True)
     accelerator.wait_for_everyone()
     if art is None:
-        art = load_artifact(out, verify=False)
+        art = load_artifact(output.path, verify=False)
         metrics = art.manifest.steps[-1].metrics
     return DistillResult(art, metrics)
 
