@@ -250,3 +250,43 @@ def test_activation_bits_16_gives_w8a16_closer_to_fp32_than_int8(tmp_path, calib
     assert cosine[16] >= cosine[8] - 1e-4 and cosine[16] > 0.99, cosine
     line = main_error(capsys, "quantize", art.path, "--activation-bits", "16", "--out", tmp_path / "d")
     assert "--activation-bits 16" in line and "--mode static" in line
+
+
+def test_static_int8_keeps_float_the_operators_the_calibration_rows_name(monkeypatch):
+    """The rule behind static INT8's float operators (``litert_sensitivity``), on rows where most of the values fall
+    below one step of the INT8 scale (one huge pixel among small ones, as a raw-pixel stem sees; test material): the
+    operators the sensitivity table names, each with its neighbours, kept float until the output SQNR on the rows
+    reaches the bar; at most the share allowed (none kept when nothing within it helps, and the bar recorded as not
+    met); nothing kept where INT8 meets the bar."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    from compress.stages.quantize import litert_sensitivity as sens
+    from compress.stages.quantize.litert import _build, activation_ranges
+    from compress.stages.quantize.litert_graph import SIGNATURE_KEY, prepare
+
+    model = prepare(ASSET).model  # TRANSPOSE, CONV_2D, TRANSPOSE, MEAN, FULLY_CONNECTED
+    arg = next(iter(Interpreter(model_content=model).get_signature_list()[SIGNATURE_KEY]["inputs"]))
+    x = np.random.default_rng(0).standard_normal((8, 1, 3, 16, 16)).astype(np.float32) * 0.01
+    x[:, :, :, 0, 0] = 200.0
+    rows = {SIGNATURE_KEY: [{arg: r} for r in x]}
+    qt = quantizer.Quantizer(bytearray(model))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    ranges = activation_ranges(qt, model, rows, "mean-minmax")
+
+    def choose():
+        return sens.choose_float_ops(model, lambda **kw: _build(model, ranges, **kw), rows, kept=[])
+
+    capped = choose()  # 25% of five operators: the first unit only (the spike runs through all but the last)
+    assert capped.int8_sqnr_db < min(capped.int16_sqnr_db - sens.MARGIN_DB, sens.GOOD_DB)
+    assert capped.float_ops == [] and not capped.record()["bar_met"] and capped.chosen_sqnr_db == capped.int8_sqnr_db
+    graph = sens.operator_scopes(model)
+    first = capped.most_sensitive[0]["op"]
+    assert first in graph and first.startswith("__main__.Net;;")  # the convolution: its output is the spiky tensor
+    monkeypatch.setattr(sens, "MAX_FLOAT_SHARE", 1.0)
+    free = choose()
+    assert free.record()["bar_met"] and free.chosen_sqnr_db >= sens.GOOD_DB > free.int8_sqnr_db + 5, free.record()
+    assert {first, *graph[first]} <= set(free.float_ops) <= set(graph)
+    monkeypatch.setattr(sens, "GOOD_DB", free.int8_sqnr_db - 1)  # INT8 good enough: nothing kept float, no table
+    again = choose()
+    assert again.float_ops == [] and again.met and again.most_sensitive == []

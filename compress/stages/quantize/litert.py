@@ -14,7 +14,10 @@
   Its inputs and outputs are INT8 too: the ``litert`` runtime quantizes float inputs and dequantizes outputs with
   the file's scales. Activation ranges: ``--calibration-method mean-minmax`` (the default: each sample's extremes,
   averaged) or ``minmax`` (the whole set's). A sigmoid, softmax or tanh that writes a model output stays float (its output then float):
-  INT8 on the logits it reads costs the resolution where its probability is thresholded.
+  INT8 on the logits it reads costs the resolution where its probability is thresholded. Operators that the
+  calibration rows name too sensitive for one INT8 scale stay float with their neighbours
+  (:mod:`.litert_sensitivity`: chosen by output SQNR against FP32 and 16-bit activations; recorded in the manifest's
+  ``float_ops_chosen``).
 
 The file is first made ready for the quantizer (:mod:`.litert_graph`): FP16 weights behind ``DEQUANTIZE`` ops (the
 TFLite converter's float16 quantization, MediaPipe's models) are folded into the FP32 constants they compute, and a
@@ -39,6 +42,7 @@ from compress.progress import hidden_output
 from compress.stages.common import measure_parity
 from compress.stages.quantize.config import QUANTIZE_LITERT, QuantizeConfig
 from compress.stages.quantize.litert_graph import Prepared, integer_weights, output_activations, prepare
+from compress.stages.quantize.litert_sensitivity import choose_float_ops, scope_regex
 from compress.stages.quantize.parity import check_collapse
 
 log = logging.getLogger(__name__)
@@ -152,6 +156,8 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
         method = str(config.calibration.method) if "calibration.method" in config.given() else "mean-minmax"
         with hidden_output():  # its progress bars: quantize shows its own status
             ranges = activation_ranges(qt, prepared.model, calibration, method) if calibration else None
+            if recipe_name == "static_wi8_ai8":
+                kept["float_ops_chosen"] = _keep_sensitive_float(qt, prepared.model, ranges, calibration)
             result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
     except Exception as e:
         raise StageError(f"ai-edge-quantizer could not quantize {art.path} ({' '.join(str(e).split())[:200]})",
@@ -199,6 +205,36 @@ def _refine(qt, recipe_name: str, model: bytes) -> dict[str, Any]:
                                           algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
         return {"float_ops": [s.rstrip(";") for s in scopes]}
     return {}
+
+
+def _build(model: bytes, ranges: dict, *, float_scopes=(), only: str | None = None, int16: bool = False) -> bytes:
+    """``model`` quantized with ``ranges``: static INT8 (or 16-bit activations) with the output activations and
+    ``float_scopes`` float, or only the operator ``only`` quantized (the sensitivity table's models)."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
+
+    ops, no = qtyping.TFLOperationName, algorithm_manager.AlgorithmName.NO_QUANTIZE
+    qt = quantizer.Quantizer(bytearray(model))
+    qt.load_quantization_recipe(recipe.static_wi8_ai16() if int16 else recipe.static_wi8_ai8())
+    if only is not None:
+        qt.update_quantization_recipe(regex=".*", operation_name=ops.ALL_SUPPORTED, algorithm_key=no)
+        qt.add_static_config(regex=scope_regex(only), operation_name=ops.ALL_SUPPORTED, activation_num_bits=8,
+                             weight_num_bits=8)
+    for scope in [*output_activations(model), *float_scopes]:
+        qt.update_quantization_recipe(regex=scope_regex(scope), operation_name=ops.ALL_SUPPORTED, algorithm_key=no)
+    return bytes(qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+
+def _keep_sensitive_float(qt, model: bytes, ranges: dict, calibration: dict) -> dict[str, Any]:
+    """Static INT8's operators that the calibration rows name too sensitive for one INT8 scale, kept float in ``qt``
+    (:mod:`.litert_sensitivity`); the choice and its measurements, for the manifest."""
+    from ai_edge_quantizer import algorithm_manager, qtyping
+
+    choice = choose_float_ops(model, lambda **kw: _build(model, ranges, **kw), calibration,
+                              kept=output_activations(model))
+    for op in choice.float_ops:
+        qt.update_quantization_recipe(regex=scope_regex(op), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                      algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    return choice.record()
 
 
 def _check_something_quantized(art: Artifact, prepared: Prepared, result: bytes, recipe_name: str) -> int:
