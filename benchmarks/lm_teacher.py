@@ -25,7 +25,11 @@ a warmup + cosine schedule over the *wall time* given (``--minutes``), as the ma
 vary. Writes a Hugging Face checkpoint folder (``config.json``, ``model.safetensors``, the tokenizer,
 ``generation_config.json``) and ``pretraining.json`` (split, steps, tokens, held-out perplexity) to ``--out``.
 
-    nice -n 5 python benchmarks/lm_teacher.py --out /tmp/s61/lm-teacher --minutes 55
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/lm_teacher.py --out /tmp/s62/lm-teacher --minutes 35 --threads 1
+
+Threads: on two cores shared with other sessions, one torch thread ran a step in ~1 s where two took ~8 s (the
+threads wait for each other on oversubscribed cores): the first teacher (/tmp/s61/lm-teacher, two threads, 55
+minutes) made 131 steps.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     p.add_argument("--batch", type=int, default=8, help="windows of 128 tokens per step")
     p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 where the cores are shared: see above)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = p.parse_args(argv)
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"what": "test material: a small Llama-architecture LM pretrained here on two shared CPU cores",
               "parameters": params, "shape": SHAPE, "vocab": len(tok), "window": WINDOW, "steps": step,
               "tokens_seen": tokens, "train_tokens": len(train), "minutes": a.minutes, "bf16_autocast": bf16,
+              "threads": a.threads,
               "split": {"pretraining": "wikitext-2/wiki.valid.raw + tiny-shakespeare lines [0, 90%)",
                         "heldout_wiki": "wikitext-2/wiki.test.raw",
                         "heldout_shakespeare": "tiny-shakespeare lines [90%, 100%)",
