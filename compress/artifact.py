@@ -36,7 +36,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from compress import __version__
-from compress.device.shipped import sha256_file
+from compress.device.facts import sha256_file
 from compress.errors import ArtifactError, IntegrityError, OutputExistsError
 from compress.formats import FORMATS
 from compress.tasks import Task, postprocess_for, postprocess_models, repeated_class_name

@@ -73,14 +73,14 @@ def say(msg):
 # -- the device ------------------------------------------------------------------------------------
 
 def device_facts():
-    device = _device()
-    board = device.read_text("/proc/device-tree/model").strip("\x00 \n")
+    host = _facts()
+    board = host.read_text("/proc/device-tree/model").strip("\x00 \n")
     facts = {
         "hostname": socket.gethostname(),
         "machine": platform.machine(),
         "system": platform.system(),
         "release": platform.release(),
-        "cpu": device.cpu_model(board=board),
+        "cpu": host.cpu_model(board=board),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "python_executable": sys.executable,
@@ -89,7 +89,7 @@ def device_facts():
         facts["cores_usable"] = len(os.sched_getaffinity(0))
     if board:
         facts["board"] = board
-    product = device.read_text("/sys/class/dmi/id/product_name").strip()
+    product = host.read_text("/sys/class/dmi/id/product_name").strip()
     if product:
         facts["product"] = product
     # what a profile's hardware.identify regex is matched against (as edgecompress does on a local machine)
@@ -98,7 +98,7 @@ def device_facts():
         if part and part not in parts:
             parts.append(part)
     facts["model"] = "; ".join(parts) or facts["machine"]
-    for line in device.read_text("/proc/meminfo").splitlines():
+    for line in host.read_text("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
             facts["memory_mb"] = int(line.split()[1]) // 1024
     return facts
@@ -115,8 +115,18 @@ def _device():
     return device
 
 
+def _facts():
+    """The host facts shipped beside the device code (compress/device/facts.py): edgecompress_facts.py beside this
+    file or in sys.modules, as :func:`_device`'s; compress.device.facts inside edgecompress."""
+    try:
+        import edgecompress_facts as facts
+    except ImportError:
+        from compress.device import facts
+    return facts
+
+
 def peak_rss_mb():
-    return _device().peak_rss_mb()
+    return _facts().peak_rss_mb()
 
 
 # -- runtime checks --------------------------------------------------------------------------------
@@ -438,7 +448,7 @@ def cmd_probe(args):
     t_first = time.perf_counter() - t0
     if not np.isfinite(out).all():
         raise Fail(EXIT_LOAD, "non_finite", "the model produced non-finite outputs on the device")
-    emit({"ok": True, **_device().cold_start_record(job["runtime"], t_start, t_import, t_session, t_first, rss_before),
+    emit({"ok": True, **_facts().cold_start_record(job["runtime"], t_start, t_import, t_session, t_first, rss_before),
           "probe": "edgecompress remote runner: numpy + runtime, inputs tokenized on the controller"})
 
 

@@ -7,6 +7,7 @@ the top level::
                              at module scope; for a generator (text-generation) the generating handler, greedy
                              through the KV cache (compress/packaging/generator.py)
     edgecompress_device.py   pooling and session options, the same file the remote runner ships (compress/device/shipped.py)
+    edgecompress_facts.py    peak memory and the host facts, for the cold start (compress/device/facts.py), likewise
     model_config.json        what the handler needs: task, labels, post-processing, inputs, threads, ...
     model/                   the model file(s), tokenizer.json, tokenizer_config.json, manifest.json
     requirements.txt         exact pins (==) of the direct dependencies and, when resolved, their closure
@@ -43,7 +44,7 @@ from typing import Any
 
 from compress import __version__
 from compress.artifact import Artifact, load_artifact
-from compress.device.shipped import cpu_model, sha256_file
+from compress.device.facts import cpu_model, sha256_file
 from compress.errors import ArtifactError, ConfigError, OutputExistsError
 from compress.packaging import generator as gen
 from compress.packaging.coldstart import _cold_start
@@ -386,11 +387,12 @@ def _write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[s
     fname, src = _handler_source(sl.handler, gen.TEMPLATE if generation is not None else "handler.py")
     (root / fname).write_text(src, encoding="utf-8")
     own[fname] = "handler"
-    from compress.device.shipped import SHIPPED_NAME
+    from compress.device.shipped import SHIPPED_FILES
 
-    # the device code the handler shares with the runtimes and the remote runner, byte for byte
-    (root / SHIPPED_NAME).write_bytes((resources.files("compress.device") / "shipped.py").read_bytes())
-    own[SHIPPED_NAME] = "handler"
+    # the device code the handler shares with the runtimes and the remote runner, byte for byte, every part of it
+    for name, source in SHIPPED_FILES.items():
+        (root / name).write_bytes((resources.files("compress.device") / source).read_bytes())
+        own[name] = "handler"
     _write_requirements(root, pins, None, sl)
     own["requirements.txt"] = "handler"
     info = {

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from compress.device.shipped import cpu_model
+from compress.device.facts import cpu_model
 from compress.errors import ConfigError, StageError
 from compress.packaging.config import (
     _ARCH,

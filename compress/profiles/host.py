@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.device.shipped import ARM_PARTS, arm_core, cpu_model, cpuinfo
+from compress.device.facts import ARM_PARTS, arm_core, cpu_model, cpuinfo
 from compress.errors import ProfileError
 from compress.profiles.schema import (
     _ARCH_ALIASES,

@@ -76,7 +76,7 @@ class _Digests:
     def __call__(self, path: str) -> str:
         if path not in self.memo:
             from compress.artifact import digest_dir
-            from compress.device.shipped import sha256_file
+            from compress.device.facts import sha256_file
 
             p = Path(path)
             if p.is_dir():
@@ -196,7 +196,7 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
             if REVISIONS.get(j.verb):
                 payload["revision"] = REVISIONS[j.verb]
             if j.measures:
-                from compress.device.shipped import cpu_model
+                from compress.device.facts import cpu_model
 
                 if j.profile not in profiles:
                     profiles[j.profile] = _profile_facts(j.profile, base)

@@ -7,7 +7,7 @@ from typing import Any
 
 from compress import __version__
 from compress._optional import BACKENDS, is_available, version_of
-from compress.device.shipped import cpu_model
+from compress.device.facts import cpu_model
 from compress.host.cpu import cpu_flags, has_vnni
 
 INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd",

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compress.device.shipped import sha256_file
+from compress.device.facts import sha256_file
 from compress.errors import ConfigError, IntegrityError
 
 

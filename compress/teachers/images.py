@@ -318,7 +318,7 @@ def _digest(info: ImageInfo) -> str:
     if info.path.is_dir():
         return digest_dir(info.path)
     from compress.artifact import digest_of
-    from compress.device.shipped import sha256_file
+    from compress.device.facts import sha256_file
 
     program_file, yaml_file = _program_files(info.path)
     return digest_of({p.name: sha256_file(p) for p in (program_file, yaml_file) if p.is_file()})

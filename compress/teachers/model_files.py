@@ -44,7 +44,7 @@ from compress.artifact import (
     state_input_of,
     task_postprocess,
 )
-from compress.device.shipped import sha256_file
+from compress.device.facts import sha256_file
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.formats import file_format
 from compress.tasks import TASKS, Task, load, postprocess_for, task_for

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Format, TextPreprocess, digest_of
-from compress.device.shipped import sha256_file
+from compress.device.facts import sha256_file
 from compress.errors import ModelLoadError
 from compress.tasks import postprocess_for, task_for
 from compress.teachers.model_files import DescribedModel

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from compress import __version__
 from compress.artifact import Artifact, Format
-from compress.device.shipped import cpu_model
+from compress.device.facts import cpu_model
 from compress.errors import ConfigError, MissingBackendError
 from compress.host.measure import ForwardPass, probe_cold_start
 from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from compress.device.shipped import cold_start_record, peak_rss_mb
+from compress.device.facts import cold_start_record, peak_rss_mb
 
 
 def main(argv: list[str] | None = None) -> None:

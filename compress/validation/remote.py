@@ -41,7 +41,7 @@ import numpy as np
 
 from compress import __version__
 from compress.artifact import Artifact
-from compress.device.shipped import sha256_file
+from compress.device.facts import sha256_file
 from compress.formats import remote_runtime
 from compress.host.measure import LatencyStats
 from compress.interrupt import sigterm_as_interrupt
@@ -196,10 +196,11 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
     hashes["inputs.npz"] = sha256_file(tmpdir / "inputs.npz")
     files["runner.py"] = RUNNER
     hashes["runner.py"] = sha256_file(RUNNER)
-    from compress.device.shipped import SHIPPED_NAME
+    from compress.device.shipped import SHIPPED_FILES
 
-    files[SHIPPED_NAME] = DEVICE
-    hashes[SHIPPED_NAME] = sha256_file(DEVICE)
+    for name, source in SHIPPED_FILES.items():  # the device code beside the runner, every part of it
+        files[name] = DEVICE.parent / source
+        hashes[name] = sha256_file(files[name])
     job = {
         "version": 1,
         "runtime": runtime,

@@ -265,17 +265,21 @@ def _runner_failure(target: RemoteTarget, proc: subprocess.CompletedProcess, wha
 
 
 def preflight_program() -> bytes:
-    """What ``python -`` runs on the device for ``check``, before anything is sent: the device module (the device
-    facts, such as the CPU's name, are read there) registered as ``edgecompress_device``, then the runner as
-    ``__main__``, both compiled from their sources; nothing is written on the device."""
-    from compress.device.shipped import SHIPPED_NAME
+    """What ``python -`` runs on the device for ``check``, before anything is sent: every part of the device code (the
+    device facts, such as the CPU's name, are read there) registered under the name it ships as
+    (``edgecompress_device``, ``edgecompress_facts``), then the runner as ``__main__``, all compiled from their
+    sources; nothing is written on the device."""
+    from compress.device.shipped import SHIPPED_FILES
 
-    name = SHIPPED_NAME.rpartition(".")[0]
+    lines = ["import sys, types"]
+    for shipped, source in SHIPPED_FILES.items():
+        name = shipped.rpartition(".")[0]
+        lines += [f"part = types.ModuleType({name!r})",
+                  f"exec(compile({(DEVICE.parent / source).read_text(encoding='utf-8')!r}, {shipped!r}, 'exec'), "
+                  "part.__dict__)",
+                  f"sys.modules[{name!r}] = part"]
     return "\n".join([
-        "import sys, types",
-        f"device = types.ModuleType({name!r})",
-        f"exec(compile({DEVICE.read_text(encoding='utf-8')!r}, {SHIPPED_NAME!r}, 'exec'), device.__dict__)",
-        f"sys.modules[{name!r}] = device",
+        *lines,
         f"exec(compile({RUNNER.read_text(encoding='utf-8')!r}, 'remote_runner.py', 'exec'), {{'__name__': '__main__'}})",
         "",
     ]).encode("utf-8")

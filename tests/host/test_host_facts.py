@@ -1,4 +1,4 @@
-"""Host facts have one home, compress/device/shipped.py (shipped to devices as edgecompress_device.py): the CPU's
+"""Host facts have one home, compress/device/facts.py (shipped to devices as edgecompress_facts.py): the CPU's
 name, the one table of Arm cores, peak memory and file hashes; this machine and a device read them alike."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compress.device import shipped
-from compress.device.shipped import ARM_PARTS, arm_core, cpu_model, cpuinfo, peak_rss_mb, sha256_file
+from compress.device import facts
+from compress.device.facts import ARM_PARTS, arm_core, cpu_model, cpuinfo, peak_rss_mb, sha256_file
 from compress.validation.ssh import MARKER, preflight_program
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_one_table_of_arm_parts():
                 keys = [k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
                 if sum(bool(PART.match(k)) for k in keys) >= 3:
                     tables.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert len(tables) == 1 and tables[0].startswith("compress/device/shipped.py:"), tables
+    assert len(tables) == 1 and tables[0].startswith("compress/device/facts.py:"), tables
 
 
 def test_one_definition_of_each_host_fact():
@@ -37,13 +37,13 @@ def test_one_definition_of_each_host_fact():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.FunctionDef) and re.search(r"cpu_model|peak_rss|hwm|sha256", node.name):
                 defined.setdefault(node.name.lstrip("_"), []).append(str(path.relative_to(ROOT)))
-    assert defined.get("cpu_model") == ["compress/device/shipped.py"], defined
-    # the runner's peak_rss_mb calls the device module's
-    assert sorted(defined.get("peak_rss_mb", [])) == ["compress/device/remote_runner.py", "compress/device/shipped.py"]
-    # the runner's own sha256_file verifies the shipped files (edgecompress_device.py among them) before importing any
-    assert sorted(defined.get("sha256_file", [])) == ["compress/device/remote_runner.py", "compress/device/shipped.py"]
+    assert defined.get("cpu_model") == ["compress/device/facts.py"], defined
+    # the runner's peak_rss_mb calls the shipped facts'
+    assert sorted(defined.get("peak_rss_mb", [])) == ["compress/device/facts.py", "compress/device/remote_runner.py"]
+    # the runner's own sha256_file verifies the shipped files (edgecompress_facts.py among them) before importing any
+    assert sorted(defined.get("sha256_file", [])) == ["compress/device/facts.py", "compress/device/remote_runner.py"]
     readers = [str(p.relative_to(ROOT)) for p in SOURCES if "VmHWM:" in p.read_text(encoding="utf-8")]
-    assert readers == ["compress/device/shipped.py"], readers
+    assert readers == ["compress/device/facts.py"], readers
 
 
 def test_arm_parts_follow_the_kernel_numbering():
@@ -63,9 +63,9 @@ def test_cpu_model_most_informative_first(monkeypatch):
     assert cpu_model({"hardware": "BCM2835", **arm}, board="Raspberry Pi 5") == "BCM2835"
     assert cpu_model(arm, board="Raspberry Pi 5 Model B") == "Cortex-A76"
     assert cpu_model({"cpu part": "0xd0b"}, board="Raspberry Pi 5 Model B") == "Raspberry Pi 5 Model B"
-    monkeypatch.setattr(shipped.sys, "platform", "linux")
-    monkeypatch.setattr(shipped.platform, "processor", lambda: "")
-    assert cpu_model({}, board="") == shipped.platform.machine()
+    monkeypatch.setattr(facts.sys, "platform", "linux")
+    monkeypatch.setattr(facts.platform, "processor", lambda: "")
+    assert cpu_model({}, board="") == facts.platform.machine()
 
 
 def test_sha256_and_peak_memory(tmp_path):
@@ -78,7 +78,7 @@ def test_sha256_and_peak_memory(tmp_path):
 
 
 def test_preflight_program_carries_the_device_module():
-    """``check`` runs piped to ``python -`` before anything is sent: the device facts come from the device module
+    """``check`` runs piped to ``python -`` before anything is sent: the device facts come from the device code's parts
     compiled into the program, not from an installed edgecompress."""
     no_edgecompress = b"import sys\nsys.modules['compress'] = None\n"  # as on a board: not importable
     proc = subprocess.run([sys.executable, "-", "check", "--runtime", "onnxruntime"],

@@ -389,16 +389,17 @@ def test_out_of_memory_under_the_function_limit_is_a_failure(int8_artifact, tmp_
 
 
 def test_device_code_has_one_source(offline_bundle):
-    """The bundle handler and the remote runner ship the same device module (compress/device/shipped.py), byte for
-    byte, and neither carries its own pooling or session options."""
+    """The bundle handler and the remote runner ship the same device code (compress/device/shipped.py and facts.py),
+    byte for byte, and neither carries its own pooling or session options."""
     from importlib import resources
 
-    from compress.device.shipped import SHIPPED_NAME
+    from compress.device.shipped import SHIPPED_FILES, SHIPPED_NAME
     from compress.validation.ssh import DEVICE
 
     _, _, extracted = offline_bundle
-    source = (resources.files("compress.device") / "shipped.py").read_bytes()
-    assert (extracted / SHIPPED_NAME).read_bytes() == source == DEVICE.read_bytes()
+    assert (extracted / SHIPPED_NAME).read_bytes() == DEVICE.read_bytes()
+    for name, source in SHIPPED_FILES.items():
+        assert (extracted / name).read_bytes() == (resources.files("compress.device") / source).read_bytes()
     for shipped in (extracted / "handler.py", Path(__file__).resolve().parents[2] / "compress" / "device" / "remote_runner.py"):
         text = shipped.read_text()
         assert "GraphOptimizationLevel" not in text and "np.linalg.norm" not in text, shipped

@@ -447,13 +447,16 @@ def test_runner_is_standalone():
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
     third_party = top - set(sys.stdlib_module_names) - {"__future__"}
-    # edgecompress_device: the shared device code shipped beside it (compress.device.shipped when run inside edgecompress)
-    assert third_party <= {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}, third_party
+    # edgecompress_device, edgecompress_facts: the shared device code shipped beside it (compress.device.shipped and
+    # compress.device.facts when run inside edgecompress)
+    shipped = {"edgecompress_device", "edgecompress_facts"}
+    assert third_party <= {"numpy", "onnxruntime", "openvino", "compress", *shipped}, third_party
     module_level = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    assert not module_level & {"numpy", "onnxruntime", "openvino", "edgecompress_device", "compress"}
-    device = ast.parse(ssh.DEVICE.read_text(encoding="utf-8"))
-    used = {a.name.split(".")[0] for n in ast.walk(device) if isinstance(n, ast.Import) for a in n.names}
-    assert used - set(sys.stdlib_module_names) <= {"numpy"}, used
+    assert not module_level & {"numpy", "onnxruntime", "openvino", "compress", *shipped}
+    for part in (ssh.DEVICE, ssh.DEVICE.parent / "facts.py"):
+        device = ast.parse(part.read_text(encoding="utf-8"))
+        used = {a.name.split(".")[0] for n in ast.walk(device) if isinstance(n, ast.Import) for a in n.names}
+        assert used - set(sys.stdlib_module_names) <= {"numpy"}, (part.name, used)
 
 
 def test_runner_refuses_openvino_on_an_unsupported_architecture(monkeypatch):

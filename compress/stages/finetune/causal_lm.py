@@ -362,6 +362,6 @@ def _reset_peak_rss() -> None:
 
 
 def _peak_rss() -> float:
-    from compress.device.shipped import peak_rss_mb
+    from compress.device.facts import peak_rss_mb
 
     return round(peak_rss_mb(), 1)
