@@ -142,11 +142,9 @@ def validate(
     start, ...): counted by rows, or by the ``fraction`` reached; the CLI draws bars, library users can ignore it.
     """
     from compress.cache import usage as cache_usage
-    from compress.data.inputs import load_inputs
     from compress.profiles.load import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
     from compress.runtimes.host import runtime_for
-    from compress.teachers.load import load_teacher
 
     t_start = time.perf_counter()
     config = config or ValidateConfig()
@@ -208,37 +206,8 @@ def validate(
                                False if remote else estimating, tdir=_teacher_dir(art, config.teacher),
                                environment=_environment, remote=remote)
 
-    # eval data and teacher
-    dataset = None
-    if config.data and TASKS[m.task].labels == "spans":  # question answering: SQuAD-format JSON
-        from compress.data.squad import load_squad
-
-        dataset = load_squad(config.data, limit=config.limit)
-    elif config.data:
-        one_label = m.labels is not None and TASKS[m.task].labels != "values"  # labels named by class
-        label2id = {name: i for i, name in enumerate(m.labels)} if one_label else None
-        dataset = load_inputs(
-            config.data, m.preprocess, text_column=config.text_column, text_pair_column=config.text_pair_column,
-            label_column=config.label_column, label2id=label2id, num_labels=len(m.labels) if one_label else None,
-            require_labels=one_label, limit=config.limit, targets=TASKS[m.task].targets,
-        )
-    tdir = _teacher_dir(art, config.teacher)
-    teacher = None
-    if tdir is not None:
-        teacher = load_teacher(
-            tdir, m.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
-        )
-        from compress.artifact import reference_teacher
-
-        ref_path, ref_sha = reference_teacher(m)
-        if teacher.sha256 != ref_sha:
-            warnings.append(
-                f"teacher {tdir} differs from the artifact's recorded teacher ({ref_path}, "
-                f"sha256 {ref_sha[:12]}…): retention is measured against the teacher given"
-            )
-    elif config.teacher is None:
-        warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
-
+    dataset = _eval_data(config, m)
+    teacher = _teacher(art, config, warnings)
     run = ValidationRun(art, profile, config, settings, dataset, teacher, warnings, progress, t_start, user_metric)
     if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
         from compress.validation.fleet import measure_remote
@@ -258,40 +227,82 @@ def validate(
         metrics.update(_accuracy(backend, run, run_settings, cache_use))
 
     # latency: artifact and the teacher's FP32 baseline, interleaved, same runtime and settings
-    meas = profile.measure
-    texts = latency_texts(dataset.inputs if dataset is not None else None, meas.batch_size, meas.sequence_length,
-                          m.preprocess)
-    batch = backend.encode(texts, pad_to=meas.sequence_length)
-    runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
-    baseline_backend = None
-    if config.measure.baseline and teacher is not None and not estimating:
-        baseline_backend = _baseline_backend(run, runtime_name, metrics)
-        if baseline_backend is not None:
-            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
-    if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
-        start_phase(progress, "estimating latency (roofline)")
-        stats, estimates = estimate_latency(run, runtime_name)
-    else:
-        stats = ForwardPass(
-            runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
-            min_duration_s=meas.min_duration_s, max_runs=meas.max_runs, phase=f"timing {' and '.join(runs)}",
-        ).measure(progress)
+    stats, estimates, batch = _latency(backend, run, runtime_name, metrics, estimating)
     env = _environment(backend, {**cache_usage(), **cache_use})
     backend.close()
-    if baseline_backend is not None:
-        baseline_backend.close()
 
     # cold start, peak memory
     cold = None
     if config.measure.cold_start:
         start_phase(progress, "cold start in a fresh process")
-        cold = probe_cold_start(
-            art, runtime_name, settings.threads, settings.provider, meas.batch_size, meas.sequence_length,
-            feeds=_plain_feeds(batch),
-        )
+        cold = probe_cold_start(art, runtime_name, settings.threads, settings.provider, profile.measure.batch_size,
+                                profile.measure.sequence_length, feeds=_plain_feeds(batch))
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, run, device, estimates) if estimating else _note_device(report, device)
+
+
+def _eval_data(config: ValidateConfig, m):
+    """``config.data`` read as the manifest ``m`` describes inputs and labels (SQuAD JSON for QA); None without."""
+    from compress.data.inputs import load_inputs
+
+    if config.data and TASKS[m.task].labels == "spans":  # question answering: SQuAD-format JSON
+        from compress.data.squad import load_squad
+
+        return load_squad(config.data, limit=config.limit)
+    if not config.data:
+        return None
+    one_label = m.labels is not None and TASKS[m.task].labels != "values"  # labels named by class
+    label2id = {name: i for i, name in enumerate(m.labels)} if one_label else None
+    return load_inputs(config.data, m.preprocess, text_column=config.text_column,
+                       text_pair_column=config.text_pair_column, label_column=config.label_column, label2id=label2id,
+                       num_labels=len(m.labels) if one_label else None, require_labels=one_label, limit=config.limit,
+                       targets=TASKS[m.task].targets)
+
+
+def _teacher(art: Artifact, config: ValidateConfig, warnings: list[str]):
+    """The teacher (``--teacher``, else the recorded source if it is here), with a warning when it is not the recorded
+    one or there is none (None)."""
+    from compress.artifact import reference_teacher
+    from compress.teachers.load import load_teacher
+
+    m = art.manifest
+    tdir = _teacher_dir(art, config.teacher)
+    if tdir is None:
+        if config.teacher is None:
+            warnings.append("no teacher: the recorded source is not on this machine; pass --teacher")
+        return None
+    teacher = load_teacher(tdir, m.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    ref_path, ref_sha = reference_teacher(m)
+    if teacher.sha256 != ref_sha:
+        warnings.append(f"teacher {tdir} differs from the artifact's recorded teacher ({ref_path}, "
+                        f"sha256 {ref_sha[:12]}…): retention is measured against the teacher given")
+    return teacher
+
+
+def _latency(backend, run: ValidationRun, runtime_name: str, metrics: dict[str, Any], estimating: bool):
+    """The artifact's and its FP32 baseline's latency (same runtime and settings) timed interleaved, or estimated
+    (roofline): (stats, estimates or None, the artifact's batch)."""
+    meas, m, dataset = run.profile.measure, run.art.manifest, run.dataset
+    texts = latency_texts(dataset.inputs if dataset is not None else None, meas.batch_size, meas.sequence_length,
+                          m.preprocess)
+    batch = backend.encode(texts, pad_to=meas.sequence_length)
+    if estimating:  # roofline of the artifact (and the FP32 baseline) against the profile's peaks
+        start_phase(run.progress, "estimating latency (roofline)")
+        stats, estimates = estimate_latency(run, runtime_name)
+        return stats, estimates, batch
+    runs: dict[str, Callable[[], Any]] = {"artifact": _runner(backend, batch)}
+    baseline_backend = None
+    if run.config.measure.baseline and run.teacher is not None:
+        baseline_backend = _baseline_backend(run, runtime_name, metrics)
+        if baseline_backend is not None:
+            runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
+    stats = ForwardPass(runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
+                        min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
+                        phase=f"timing {' and '.join(runs)}").measure(run.progress)
+    if baseline_backend is not None:
+        baseline_backend.close()
+    return stats, None, batch
 
 
 def validate_on_devices(artifact, config, *, progress=None):
