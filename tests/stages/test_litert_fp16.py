@@ -256,8 +256,8 @@ def test_static_int8_keeps_float_the_operators_the_calibration_rows_name(monkeyp
     """The rule behind static INT8's float operators (``litert_sensitivity``), on rows where most of the values fall
     below one step of the INT8 scale (one huge pixel among small ones, as a raw-pixel stem sees; test material): the
     operators the sensitivity table names, each with its neighbours, kept float until the output SQNR on the rows
-    reaches the bar; at most the share allowed (none kept when nothing within it helps, and the bar recorded as not
-    met); nothing kept where INT8 meets the bar."""
+    reaches the bar; at most the share allowed and while the model stays smaller than its source (none kept when
+    nothing within them helps, and the bar recorded as not met); nothing kept where INT8 meets the bar."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
@@ -287,6 +287,9 @@ def test_static_int8_keeps_float_the_operators_the_calibration_rows_name(monkeyp
     free = choose()
     assert free.record()["bar_met"] and free.chosen_sqnr_db >= sens.GOOD_DB > free.int8_sqnr_db + 5, free.record()
     assert {first, *graph[first]} <= set(free.float_ops) <= set(graph)
+    small = sens.choose_float_ops(model, lambda **kw: _build(model, ranges, **kw), rows, kept=[],
+                                  max_bytes=len(_build(model, ranges)) + 1)  # float weights would not fit
+    assert small.float_ops == [] and not small.met and small.most_sensitive
     monkeypatch.setattr(sens, "GOOD_DB", free.int8_sqnr_db - 1)  # INT8 good enough: nothing kept float, no table
     again = choose()
     assert again.float_ops == [] and again.met and again.most_sensitive == []

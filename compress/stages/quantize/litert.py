@@ -157,7 +157,8 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
         with hidden_output():  # its progress bars: quantize shows its own status
             ranges = activation_ranges(qt, prepared.model, calibration, method) if calibration else None
             if recipe_name == "static_wi8_ai8":
-                kept["float_ops_chosen"] = _keep_sensitive_float(qt, prepared.model, ranges, calibration)
+                kept["float_ops_chosen"] = _keep_sensitive_float(qt, prepared.model, ranges, calibration,
+                                                                 max_bytes=art.size_bytes())
             result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
     except Exception as e:
         raise StageError(f"ai-edge-quantizer could not quantize {art.path} ({' '.join(str(e).split())[:200]})",
@@ -224,13 +225,13 @@ def _build(model: bytes, ranges: dict, *, float_scopes=(), only: str | None = No
     return bytes(qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
 
-def _keep_sensitive_float(qt, model: bytes, ranges: dict, calibration: dict) -> dict[str, Any]:
+def _keep_sensitive_float(qt, model: bytes, ranges: dict, calibration: dict, *, max_bytes: int) -> dict[str, Any]:
     """Static INT8's operators that the calibration rows name too sensitive for one INT8 scale, kept float in ``qt``
     (:mod:`.litert_sensitivity`); the choice and its measurements, for the manifest."""
     from ai_edge_quantizer import algorithm_manager, qtyping
 
     choice = choose_float_ops(model, lambda **kw: _build(model, ranges, **kw), calibration,
-                              kept=output_activations(model))
+                              kept=output_activations(model), max_bytes=max_bytes)
     for op in choice.float_ops:
         qt.update_quantization_recipe(regex=scope_regex(op), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                       algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)

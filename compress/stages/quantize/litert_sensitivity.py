@@ -13,7 +13,8 @@ ai-edge-quantizer's own means and keeps them float (``NO_QUANTIZE`` scopes of th
    output tensors leave (the per-layer table of AIMET's or ONNX Runtime's QDQ debugging). Lowest first.
 3. **Greedy.** The most sensitive operator kept float together with its neighbours (a tensor is quantized while any
    operator that writes or reads it is), then the next, until the INT8 model's SQNR reaches the bar, at most
-   :data:`MAX_FLOAT_SHARE` of the operators; the best model of the walk is kept when the bar is out of reach
+   :data:`MAX_FLOAT_SHARE` of the operators and while the model stays smaller than the file it is made from (FP16
+   weights kept float grow to FP32); the best model of the walk is kept when the bar is out of reach
    (recorded as not met).
 
 Everything is measured on the calibration rows only (never on the data a result is judged on); the choice, the SQNRs
@@ -133,16 +134,22 @@ def spaced(rows: Rows, n: int = ROWS) -> Rows:
     return {key: [batch[i] for i in pick]}
 
 
-def choose_float_ops(model: bytes, build: Callable[..., bytes], rows: Rows, *, kept: list[str]) -> Choice:
+def choose_float_ops(model: bytes, build: Callable[..., bytes], rows: Rows, *, kept: list[str],
+                     max_bytes: int | None = None) -> Choice:
     """The operators of ``model`` to keep float under static INT8 (see the module doc). ``build(float_scopes=...,
     only=None, int16=False)`` returns the quantized model: INT8 with ``float_scopes`` float, or only the scope ``only``
-    quantized, or 16-bit activations; ``kept``: scopes float already (the recipe's own exceptions)."""
+    quantized, or 16-bit activations; ``kept``: scopes float already (the recipe's own exceptions); ``max_bytes``: the
+    walk stops before a model this large (an INT8 artifact stays smaller than the file it was made from)."""
     rows = spaced(rows)
     reference = outputs(model, rows)
     choice = Choice(rows=len(next(iter(rows.values()))))
 
     def score(**kw) -> float:
         return sqnr_db(reference, outputs(build(**kw), rows))
+
+    def walk_score(scopes: list[str]) -> float | None:
+        built = build(float_scopes=scopes)
+        return None if max_bytes is not None and len(built) >= max_bytes else sqnr_db(reference, outputs(built, rows))
 
     choice.int8_sqnr_db = choice.chosen_sqnr_db = score(float_scopes=[])
     choice.int16_sqnr_db = score(int16=True)
@@ -160,7 +167,9 @@ def choose_float_ops(model: bytes, build: Callable[..., bytes], rows: Rows, *, k
         if chosen and len(chosen) + len(unit) > limit:  # the first unit whatever its size
             break
         chosen += unit
-        s = score(float_scopes=chosen)
+        s = walk_score(chosen)
+        if s is None:  # as large as the file it is made from: no further
+            break
         if s > best:
             best, choice.float_ops = s, list(chosen)
         if s >= bar:
