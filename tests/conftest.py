@@ -23,6 +23,10 @@ importlib.import_module("compress")  # first: installs the hook that lets torchv
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # parallel workers (the README's `-n 2`) share the cores: one PyTorch (OpenMP) thread in each worker and in the CLI
+    # processes it starts; torch's default of one thread per core put 4+ threads on 2 cores whenever both computed
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # --- running the CLI: helpers the test modules share ----------------------------------------------------
 
