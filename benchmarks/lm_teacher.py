@@ -25,11 +25,12 @@ a warmup + cosine schedule over the *wall time* given (``--minutes``), as the ma
 vary. Writes a Hugging Face checkpoint folder (``config.json``, ``model.safetensors``, the tokenizer,
 ``generation_config.json``) and ``pretraining.json`` (split, steps, tokens, held-out perplexity) to ``--out``.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/lm_teacher.py --out /tmp/s62/lm-teacher --minutes 35 --threads 1
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/lm_teacher.py --out /tmp/s62/lm-teacher --minutes 33 --threads 1
 
 Threads: on two cores shared with other sessions, one torch thread ran a step in ~1 s where two took ~8 s (the
 threads wait for each other on oversubscribed cores): the first teacher (/tmp/s61/lm-teacher, two threads, 55
-minutes) made 131 steps.
+minutes) made 131 steps (held-out perplexity 738 on WikiText-2 test: near-unigram); one thread for 33 minutes
+(/tmp/s62/lm-teacher) made 3,620 steps, 3.7M tokens (85.5 on WikiText-2 test, 42.8 on the held-out Shakespeare).
 """
 
 from __future__ import annotations
