@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from compress.progress import to_lines
-from tests.conftest import GENEROUS_BUDGETS, assert_one_line_error, edgecompress, write_search_workspace, write_tsv
+from tests.conftest import (
+    GENEROUS_BUDGETS,
+    assert_one_line_error,
+    edgecompress,
+    main_error,
+    write_search_workspace,
+    write_tsv,
+)
 
 pytest.importorskip("optuna")
 pytest.importorskip("jinja2")
@@ -209,20 +216,25 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
     assert any("drawn from the" in ln and "expected to fit" in ln for ln in lines)
 
 
-def test_cli_errors_are_one_line_exit_2(workspace, tmp_path):
+def test_cli_errors_are_one_line_exit_2(first, workspace, tmp_path, capsys):
     base = ["search", "--teacher", workspace / "teacher", "--profile", workspace / "quick.yaml",
             "--train", workspace / "train.tsv", "--eval", workspace / "dev.tsv", "--search-dir", tmp_path / "x"]
-    assert_one_line_error(edgecompress(*base, "--time-budget", "soon"), "time budget", "2h")
-    assert_one_line_error(edgecompress(*base, "--space", "depth=2"), "--space", "layers")
-    assert_one_line_error(edgecompress(*base[:-2], "--search-dir", workspace / "s1", "--seed", "7"),
-                          "other settings", "seed")
+
+    def error(*args, words):
+        line = main_error(capsys, *args)
+        assert all(w in line for w in words), (words, line)
+
+    error(*base, "--time-budget", "soon", words=("time budget", "2h"))
+    error(*base, "--space", "depth=2", words=("--space", "layers"))
+    # the first search (the `first` fixture) was started with other settings
+    error(*base[:-2], "--search-dir", workspace / "s1", "--seed", "7", words=("other settings", "seed"))
     # a refused start leaves no search directory behind (it used to leave its marker, before the inputs were checked)
     for args, words in ((("--profile", "no-such-board"), ("unknown profile",)),
                         (("--profile", tmp_path / "missing.yaml"), ("not found",))):
-        assert_one_line_error(edgecompress(*base[:3], *args, *base[5:]), *words)
+        error(*base[:3], *args, *base[5:], words=words)
         assert not (tmp_path / "x").exists()
     tiny = write_tsv(tmp_path, [(0, "one"), (1, "two")], name="tiny.tsv")
-    assert_one_line_error(edgecompress(*base[:8], tiny, *base[9:]), "too few to split")
+    error(*base[:8], tiny, *base[9:], words=("too few to split",))
     assert not (tmp_path / "x").exists()
 
 
