@@ -8,7 +8,7 @@ tiny-shakespeare, on two CPU cores shared with seven other sessions: a real LM o
 
 * task (fine-tune data, distillation and recovery transfer text, QAT data): TinyStories ``valid-first500.txt``,
   which neither the teacher nor its tokenizer saw: its first ``TASK_CHARS`` characters after the first (partial)
-  story;
+  story (``--transfer-chars N``: the distillation reads the first N instead, the task text and more);
 * task held out (every perplexity, KL and top-1 agreement): the file's last ``EVAL_CHARS`` characters, cut at a
   paragraph;
 * forgetting (the base's own domain, held out from pretraining): the first ``RETAIN_CHARS`` of WikiText-2's test split.
@@ -63,8 +63,10 @@ PHONE = {"name": "pixel-8-onnxruntime", "extends": "pixel-8",
          "budgets": {"max_perplexity_increase": 1.0, "min_decode_tokens_per_s": 1.0}}
 
 
-def split_text(data: Path, work: Path) -> dict[str, str]:
-    """Write the task, held-out and retained texts (see the module's docstring) under ``work``; their paths."""
+def split_text(data: Path, work: Path, transfer_chars: int | None = None) -> dict[str, str]:
+    """Write the task, held-out and retained texts (see the module's docstring) under ``work``; their paths. With
+    ``transfer_chars``, also the distillation's transfer text: the stories' first ``transfer_chars`` characters
+    (the task text and more; never the held-out part)."""
     stories = (data / "tinystories" / "valid-first500.txt").read_text(encoding="utf-8")
     stories = stories[stories.index("\n\n") + 2:]  # the first story starts mid-way
     cut = stories.rfind("\n\n", 0, len(stories) - EVAL_CHARS)
@@ -72,6 +74,10 @@ def split_text(data: Path, work: Path) -> dict[str, str]:
     head = stories.rfind("\n\n", 0, TASK_CHARS)
     texts = {"task": stories[:head].strip() + "\n", "eval": stories[cut:].strip() + "\n",
              "retain": retain[:retain.rfind("\n")] + "\n"}
+    if transfer_chars:
+        if transfer_chars > cut:
+            raise SystemExit(f"--transfer-chars {transfer_chars}: at most {cut} (the held-out text follows)")
+        texts["transfer"] = stories[:stories.rfind("\n\n", 0, transfer_chars)].strip() + "\n"
     work.mkdir(parents=True, exist_ok=True)
     out = {}
     for k, v in texts.items():
@@ -178,7 +184,7 @@ def distill_stage(a, texts, teacher: str, layers: int) -> dict[str, Any]:
     options = distill_options(a)
     cfg = DistillConfig.from_flat(layers=layers, max_steps=a.distill_steps, batch_size=a.batch,
                                   lr=a.distill_lr, max_length=a.window, eval_every=a.distill_steps, seed=0, **options)
-    res, s = timed(distill, teacher, texts["task"], out, cfg, eval_data=texts["eval"], run_dir=a.work / "runs" / "student",
+    res, s = timed(distill, teacher, texts.get("transfer", texts["task"]), out, cfg, eval_data=texts["eval"], run_dir=a.work / "runs" / "student",
                    teacher_cache=a.work / "teacher-cache", force=True)
     return {"path": str(out), "seconds": s, "layers": layers, "steps": a.distill_steps, "lr": a.distill_lr,
             "options": options, "metrics": _plain(res.metrics)}
@@ -342,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-lr", type=float, default=2e-3)
     p.add_argument("--distill-steps", type=int, default=20)
     p.add_argument("--distill-lr", type=float, default=2e-3)
+    p.add_argument("--transfer-chars", type=int, help="distil on the stories' first N characters (default: the "
+                   f"task text, {TASK_CHARS:,})")
     p.add_argument("--layer-choice", choices=("evenly", "scored"), help="distill --layer-choice (default evenly)")
     p.add_argument("--divergence", choices=("forward", "reverse"), help="distill --divergence (default forward)")
     p.add_argument("--top-k", type=int, help="distill --top-k: the teacher's tokens cached per position (default 32)")
@@ -359,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     a.work.mkdir(parents=True, exist_ok=True)
-    texts = split_text(a.data, a.work / "data")
+    texts = split_text(a.data, a.work / "data", a.transfer_chars)
     phone = a.work / "pixel-8-onnxruntime.yaml"
     import torch
     import yaml
