@@ -124,9 +124,11 @@ def kept_float(path: Path) -> dict:
             "accuracy_search": metrics.get("accuracy") or metrics.get("accuracy_aware")}
 
 
-def retention_intervals(held_out: Path, fp32: Path, paths: dict[str, Path], rounds: int = 2000) -> dict[str, dict]:
+def retention_intervals(held_out: Path, fp32: Path, paths: dict[str, Path], batch: int,
+                        rounds: int = 2000) -> dict[str, dict]:
     """Each artifact's F1 retention with a 95% paired bootstrap interval over the held-out questions (resampled with
-    their FP32 and INT8 answers together): how far one test set of 265 questions can tell 0.99 from 1.0."""
+    their FP32 and INT8 answers together): how far one test set of 265 questions can tell 0.99 from 1.0. ``batch``
+    questions run together: dynamic INT8 scales each activation over the whole batch, so its answers depend on it."""
     import numpy as np
 
     from compress.artifact import load_artifact
@@ -135,7 +137,7 @@ def retention_intervals(held_out: Path, fp32: Path, paths: dict[str, Path], roun
     from compress.tasks.qa import answer_texts, token_f1
 
     ref = load_artifact(fp32)
-    eval_set = load_eval_set(held_out, ref.manifest, 100000)
+    eval_set = load_eval_set(held_out, ref.manifest, 100000, batch_size=batch)
     labels = list(eval_set.dataset.labels)
 
     def per_question(art) -> np.ndarray:
@@ -154,7 +156,7 @@ def retention_intervals(held_out: Path, fp32: Path, paths: dict[str, Path], roun
         boot = f1[draws].mean(axis=1) / base[draws].mean(axis=1)
         out[name] = {"retention": float(f1.mean() / base.mean()), "retention_ci95": [
             float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "questions_changed_f1": int((f1 != base).sum()), "questions": len(base)}
+            "questions_changed_f1": int((f1 != base).sum()), "questions": len(base), "batch": batch}
         log(f"{name}: retention {out[name]['retention']:.4f}, 95% interval {out[name]['retention_ci95']}")
     return out
 
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "qa_xquad.json")
     ap.add_argument("--intervals-only", action="store_true",
                     help="add bootstrap intervals of retention to the rows of an existing --out (artifacts cached)")
+    ap.add_argument("--interval-batch", type=int, default=1,
+                    help="questions per call in --intervals-only (1: one question at a time, as a device answers)")
     args = ap.parse_args(argv)
     args.work = args.work or CACHE / (f"qa_xquad_e{args.epochs:g}_lr{args.lr:g}_b{args.batch_size}_w{args.max_length}"
                                       f"_wu{args.warmup_ratio:g}_a{args.train_articles}")
@@ -202,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads(args.out.read_text())
         paths = {r["artifact"]: args.work / r["artifact"] for r in doc["rows"] if r["artifact"] != "onnx-fp32"}
         paths = {k: v if v.is_dir() else v.with_name(f"{v.name}.best-candidate") for k, v in paths.items()}
-        found = retention_intervals(held_out, args.work / "onnx-fp32", paths)
-        doc["rows"] = [{**r, "bootstrap": found.get(r["artifact"])} for r in doc["rows"]]
+        found = retention_intervals(held_out, args.work / "onnx-fp32", paths, args.interval_batch)
+        key = f"bootstrap_batch{args.interval_batch}"
+        doc["rows"] = [{**r, key: found.get(r["artifact"])} for r in doc["rows"]]
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
         log(f"wrote {args.out}")
         return 0
