@@ -24,8 +24,8 @@ estimate; the student's top-1 agreement also window by window with a bootstrap i
 "why": ...}``; ``--stop-at`` records the stages not begun by then as not run. Nothing is guessed.
 
     OMP_NUM_THREADS=1 PYTHONPATH=/path/to/bitsandbytes nice -n 10 python benchmarks/lm_smaller.py \
-        --teacher /tmp/s62/lm-teacher --work /tmp/s62/lm-smaller --distill-steps 1000 --layer-choice scored \
-        --recover-steps 20 --qat-steps 20
+        --teacher /tmp/s62/lm-teacher --work /tmp/s62/lm-smaller-t3 --distill-steps 1000 --layer-choice scored \
+        --top-k 128 --transfer-chars 120000 --recover-steps 20 --qat-steps 20
 
 One torch thread (``OMP_NUM_THREADS=1``) on two cores shared with other sessions: the 200-step distillation took
 482 s with two threads, 56 s with one.
