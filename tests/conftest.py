@@ -240,9 +240,33 @@ def _bert_config(vocab_size: int, **kw):
 
 
 
+#: the test modules that take longest (tens of seconds each on the 2-core VM: searches, real models, ExecuTorch
+#: lowering, subprocess-heavy CLI files), run first so that two workers (``-n 2 --dist loadfile``) finish together
+#: rather than one running a long module alone at the end (longest first; measured with ``--durations=0``)
+SLOWEST_MODULES = (
+    "tests/search/test_search.py", "tests/test_e2e_real.py", "tests/search/test_search_phones.py",
+    "tests/test_image_pipeline.py", "tests/stages/test_executorch.py", "tests/stages/test_distill.py",
+    "tests/teachers/test_model_files.py", "tests/validation/test_remote.py", "tests/validation/test_validate.py",
+    "tests/cli/test_cli.py", "tests/stages/test_lm_executorch.py", "tests/stages/test_prune.py",
+    "tests/search/test_search_postgres.py", "tests/stages/test_teacher_outputs.py",
+    "tests/recipes/test_recipe_generator.py", "tests/stages/test_adopt_real_files.py",
+    "tests/stages/test_int4_accuracy.py", "tests/recipes/test_recipes.py",
+)
+
+
+def pytest_configure(config):
+    # the order of the modules is SLOWEST_MODULES' (pytest-xdist would otherwise reorder them by their number of tests)
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``transformers4`` are skipped, with the reason, where transformers 5 is installed."""
+    """The slowest modules first (:data:`SLOWEST_MODULES`; the rest keep pytest's order); tests marked
+    ``transformers4`` are skipped, with the reason, where transformers 5 is installed."""
     import importlib.metadata
+
+    rank = {m: i for i, m in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
     try:
         major = int(importlib.metadata.version("transformers").split(".")[0])
