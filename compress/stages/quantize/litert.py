@@ -191,21 +191,26 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
 def _refine(qt, recipe_name: str, model: bytes) -> dict[str, Any]:
     """The recipe's exceptions (see the module doc): depthwise convolutions weight-only under ``dynamic_wi8_afp32``,
     output activations float under ``static_wi8_ai8``. Returns them, for the manifest."""
-    import re
+    from ai_edge_quantizer import qtyping
 
-    from ai_edge_quantizer import algorithm_manager, qtyping
-
-    ops = qtyping.TFLOperationName
     if recipe_name == "dynamic_wi8_afp32":
-        qt.add_weight_only_config(regex=".*", operation_name=ops.DEPTHWISE_CONV_2D, num_bits=8)
+        qt.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.DEPTHWISE_CONV_2D, num_bits=8)
         return {"weight_only_ops": ["DEPTHWISE_CONV_2D"]}
     if recipe_name == "static_wi8_ai8":
         scopes = output_activations(model)
-        for scope in scopes:
-            qt.update_quantization_recipe(regex=f"^{re.escape(scope)}$", operation_name=ops.ALL_SUPPORTED,
-                                          algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+        _keep_float(qt, scopes)
         return {"float_ops": [s.rstrip(";") for s in scopes]}
     return {}
+
+
+def _keep_float(qt, scopes) -> None:
+    """Each operator of ``scopes`` (ai-edge-quantizer's scopes: output tensors' names, each followed by ``;``) left
+    float in ``qt``'s recipe."""
+    from ai_edge_quantizer import algorithm_manager, qtyping
+
+    for scope in scopes:
+        qt.update_quantization_recipe(regex=scope_regex(scope), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                      algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
 
 
 def _build(model: bytes, ranges: dict, *, float_scopes=(), only: str | None = None, int16: bool = False) -> bytes:
@@ -220,21 +225,16 @@ def _build(model: bytes, ranges: dict, *, float_scopes=(), only: str | None = No
         qt.update_quantization_recipe(regex=".*", operation_name=ops.ALL_SUPPORTED, algorithm_key=no)
         qt.add_static_config(regex=scope_regex(only), operation_name=ops.ALL_SUPPORTED, activation_num_bits=8,
                              weight_num_bits=8)
-    for scope in [*output_activations(model), *float_scopes]:
-        qt.update_quantization_recipe(regex=scope_regex(scope), operation_name=ops.ALL_SUPPORTED, algorithm_key=no)
+    _keep_float(qt, [*output_activations(model), *float_scopes])
     return bytes(qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
 
 def _keep_sensitive_float(qt, model: bytes, ranges: dict, calibration: dict, *, max_bytes: int) -> dict[str, Any]:
     """Static INT8's operators that the calibration rows name too sensitive for one INT8 scale, kept float in ``qt``
     (:mod:`.litert_sensitivity`); the choice and its measurements, for the manifest."""
-    from ai_edge_quantizer import algorithm_manager, qtyping
-
     choice = choose_float_ops(model, lambda **kw: _build(model, ranges, **kw), calibration,
                               kept=output_activations(model), max_bytes=max_bytes)
-    for op in choice.float_ops:
-        qt.update_quantization_recipe(regex=scope_regex(op), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                      algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    _keep_float(qt, choice.float_ops)
     return choice.record()
 
 
