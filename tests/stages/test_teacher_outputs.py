@@ -149,24 +149,37 @@ def test_bad_cache_limit_is_a_one_line_error(monkeypatch):
         cache.limit_mb()
 
 
-def test_cli_says_where_the_cache_is_and_how_big(int8_artifact, bert_classifier, profile, tmp_path, home, _cache_dir):
+def test_cli_says_where_the_cache_is_and_how_big(int8_artifact, bert_classifier, profile, tmp_path, home, _cache_dir,
+                                                 capsys, monkeypatch):
+    """The first validate is the real entry point in its own interpreter (the CLI contract: exit 0, the cache line);
+    the second and the --no-cache one run the same entry in this process (an interpreter start each saved)."""
+    from compress.cli import main
+
     data = write_tsv(tmp_path, SENTENCES)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HOME=str(home), COLUMNS="300")
     env.pop("EDGECOMPRESS_DEBUG", None)
-    outs = []
-    for i, flags in enumerate(([], [], ["--no-cache"])):
-        proc = subprocess.run(
-            [sys.executable, "-m", "compress", "-v", "validate", str(int8_artifact.path), "-p", str(profile),
-             "-d", str(data), "-t", str(bert_classifier), "--no-baseline", "--no-cold-start",
-             "--report-dir", str(tmp_path / f"rep{i}"), *flags],
-            capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        outs.append(proc)
-    line = [x for x in outs[0].stdout.splitlines() if x.startswith("cache: ")]
+
+    def args(i, *flags):
+        return ["-v", "validate", str(int8_artifact.path), "-p", str(profile), "-d", str(data), "-t",
+                str(bert_classifier), "--no-baseline", "--no-cold-start", "--report-dir", str(tmp_path / f"rep{i}"),
+                *flags]
+
+    proc = subprocess.run([sys.executable, "-m", "compress", *args(0)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = [x for x in proc.stdout.splitlines() if x.startswith("cache: ")]
     assert line and str(_cache_dir) in line[0] and "MB of 2048 MB" in line[0] and "stored" in line[0]
-    assert "reused" in outs[1].stdout
-    assert "reused from" in outs[1].stderr and str(_cache_dir) in outs[1].stderr  # the -v log names the file
-    assert "--no-cache" in " ".join(outs[2].stdout.split()) and "reused from" not in outs[2].stderr
+    monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.delenv("EDGECOMPRESS_DEBUG", raising=False)
+    outs = []
+    for i, flags in ((1, []), (2, ["--no-cache"])):
+        with pytest.raises(SystemExit) as e:
+            main(args(i, *flags))
+        outs.append(capsys.readouterr())
+        assert e.value.code == 0, outs[-1].err
+    assert "reused" in outs[0].out
+    assert "reused from" in outs[0].err and str(_cache_dir) in outs[0].err  # the -v log names the file
+    assert "--no-cache" in " ".join(outs[1].out.split()) and "reused from" not in outs[1].err
 
 
 def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_classifier, profile, tmp_path,
