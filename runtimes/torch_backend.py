@@ -11,6 +11,11 @@ Settings: ``provider`` ``cpu`` (default), ``cuda`` or ``cuda:N``; ``options``:
 On CUDA, :meth:`TorchBackend.run` copies the output to the host (which waits for it) and
 :meth:`TorchBackend.synchronize` calls ``torch.cuda.synchronize``, so host timing around
 ``run()`` + ``synchronize()`` times finished GPU work.
+
+A causal LM (task text-generation) runs as a stateful step: :meth:`TorchBackend.prefill` takes the prompt,
+:meth:`TorchBackend.step` one token, the state is transformers' own KV cache (``past_key_values``, kept on the device
+and opaque to the caller); both return ``logits`` [1, S, V] as float32 on the host, as the ONNX Runtime and OpenVINO
+backends do, so a time to first token includes bringing the prompt's logits back.
 """
 
 from __future__ import annotations
@@ -120,6 +125,39 @@ class TorchBackend(RuntimeBackend):
         with torch.inference_mode():
             out = self.teacher.call(self.model, {k: tensor(v) for k, v in inputs.items()})
         return out.float().cpu().numpy()  # .cpu() waits for the GPU
+
+    @property
+    def stateful(self) -> bool:
+        return self._generator or super().stateful
+
+    @property
+    def _generator(self) -> bool:
+        from compress.tasks import Task
+
+        return self.teacher is not None and self.teacher.task is Task.text_generation
+
+    def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
+        """A causal LM's prompt from an empty KV cache: (``logits`` [1, S, V] float32, the cache)."""
+        if not self._generator:
+            return super().prefill(feeds)
+        return self._decode(feeds, None)
+
+    def step(self, feeds: dict[str, np.ndarray], state: Any) -> tuple[dict[str, np.ndarray], Any]:
+        """The next token(s) on the cache ``state`` that :meth:`prefill` or the last step returned;
+        ``attention_mask`` covers the past and the new tokens."""
+        if not self._generator:
+            return super().step(feeds, state)
+        return self._decode(feeds, state)
+
+    def _decode(self, feeds: dict[str, np.ndarray], past: Any) -> tuple[dict[str, np.ndarray], Any]:
+        import torch
+
+        ids = torch.from_numpy(np.asarray(feeds["input_ids"], dtype=np.int64)).to(self.device)
+        mask = feeds.get("attention_mask")
+        mask = torch.from_numpy(np.asarray(mask, dtype=np.int64)).to(self.device) if mask is not None else None
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=True)
+        return {"logits": out.logits.float().cpu().numpy()}, out.past_key_values
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
