@@ -195,6 +195,17 @@ def conclude(run: ValidationRun, metrics: dict[str, Any], stats: dict[str, Laten
     )
 
 
+def scoring_batch(manifest, measure) -> int:
+    """How many eval rows share one call when the artifact is scored: the profile's ``eval_batch_size``, except for an
+    artifact whose activation scales are computed per call (ONNX Runtime's dynamic INT8: one scale per tensor over the
+    whole call, the other rows and their padding included), whose answers depend on what shares its call. That one is
+    scored at ``measure.batch_size``, the batch the device runs (1 by default), as it will answer there."""
+    per_call = manifest.format is Format.onnx and any(
+        s.stage == "quantize" and s.config.get("mode") == "dynamic" and s.config.get("precision") == "int8"
+        for s in manifest.steps)
+    return measure.batch_size if per_call else measure.eval_batch_size
+
+
 def latency_texts(texts: list | None, batch_size: int, seq_len: int, preprocess=None) -> list:
     """One batch of raw inputs to time: texts long enough to fill ``seq_len`` tokens after padding/truncation, or
     images for an image model (:func:`compress.data.inputs.latency_inputs`)."""

@@ -36,7 +36,14 @@ from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
 from compress.settings import Section, Settings
 from compress.tasks import TASKS
-from compress.validation.common import ValidationReport, ValidationRun, baseline_artifact, conclude, latency_texts
+from compress.validation.common import (
+    ValidationReport,
+    ValidationRun,
+    baseline_artifact,
+    conclude,
+    latency_texts,
+    scoring_batch,
+)
 from compress.validation.estimated import estimate_latency
 from compress.validation.metrics import prediction_metrics
 from compress.validation.teacher_outputs import predict_all
@@ -360,57 +367,20 @@ def _environment(backend, cache: dict[str, Any]) -> dict[str, Any]:
 def _accuracy(backend, run: ValidationRun, settings, cache_use: dict[str, Any]) -> dict[str, Any]:
     """The artifact's outputs on the eval rows against the teacher's (from the cache when this teacher already ran
     on these rows): the task metric (or the user's), agreement, retention, and every output's fidelity."""
-    from compress.validation.teacher_outputs import teacher_outputs
+    from compress.validation.teacher_outputs import other_outputs_fidelity, teacher_outputs
 
     m = backend.artifact.manifest
-    teacher, dataset, bs = run.teacher, run.dataset, run.profile.measure.eval_batch_size
+    teacher, dataset, bs = run.teacher, run.dataset, scoring_batch(m, run.profile.measure)
     cand = predict_all(backend, dataset, bs, start_phase(run.progress, "evaluating the artifact", len(dataset)))
     ref = None
     if teacher is not None:
         ref, cache_use["teacher_outputs"] = teacher_outputs(
-            teacher, dataset, batch_size=bs, threads=settings.threads, use_cache=run.config.cache,
-            progress=run.progress)
-    metrics = prediction_metrics(m, cand, ref, dataset.labels, run.user_metric)
+            teacher, dataset, batch_size=run.profile.measure.eval_batch_size, threads=settings.threads,
+            use_cache=run.config.cache, progress=run.progress)
+    metrics = {**prediction_metrics(m, cand, ref, dataset.labels, run.user_metric), "eval_batch_size": bs}
     if len(m.outputs) > 1 and teacher is not None and "output_fidelity" in metrics:
-        metrics["output_fidelity"].update(_other_outputs(backend, run, settings))
+        metrics["output_fidelity"].update(other_outputs_fidelity(backend, run, settings))
     return metrics
-
-
-def _other_outputs(backend, run: ValidationRun, settings) -> dict[str, Any]:
-    """Fidelity of every output but the first against the teacher's same output, where both run their graphs' outputs
-    (an adopted file and its artifact: a detector's boxes beside its scores); one more pass over the eval rows."""
-    import numpy as np
-
-    from compress.runtimes.base import load_runtime
-    from compress.tasks.outputs import output_fidelity
-    from compress.teachers.load import teacher_format
-
-    teacher, dataset, batch_size = run.teacher, run.dataset, run.profile.measure.eval_batch_size
-    if teacher_format(teacher) is Format.pytorch:  # a PyTorch teacher gives its primary output only
-        return {}
-    ref_backend = load_runtime(teacher.as_artifact(), settings=settings)
-    got: dict[str, list] = {}
-    want: dict[str, list] = {}
-    tick = start_phase(run.progress, "comparing the other outputs", len(dataset))
-    try:
-        for items, pairs, _ in dataset.batches(batch_size):
-            feeds = backend.encode(items, pairs)
-            a, b = backend.outputs(feeds), ref_backend.outputs(feeds)
-            if a is None or b is None:
-                return {}
-            for name in a.keys() & b.keys():
-                got.setdefault(name, []).append(a[name])
-                want.setdefault(name, []).append(b[name])
-            tick(len(items))
-    finally:
-        ref_backend.close()
-    primary = backend.artifact.manifest.outputs[0].name
-    out = {}
-    for name in [n for n in got if n != primary]:
-        cand, ref = np.concatenate(got[name]), np.concatenate(want[name])
-        if cand.shape == ref.shape:
-            out[name] = output_fidelity(cand, ref)
-    return out
 
 
 def _data_record(config: ValidateConfig, dataset) -> dict[str, Any] | None:

@@ -140,7 +140,7 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
     outputs on the eval data (None without data or teacher). For a token classifier each eval batch's word ids are
     appended to ``word_ids``: the device returns per-token scores, and each word's are read here.
     """
-    from compress.validation.common import baseline_artifact, latency_texts
+    from compress.validation.common import baseline_artifact, latency_texts, scoring_batch
 
     art, profile, settings, config = run.art, run.profile, run.settings, run.config
     dataset, teacher = run.dataset, run.teacher
@@ -156,7 +156,7 @@ def _prepare(tmpdir: Path, run: ValidationRun, runtime: str,
         dataset = None
     if dataset is not None:  # the exact batches a local run feeds (same padding), tokenized here
         words = getattr(art.manifest.preprocess, "words", False)
-        for texts, pairs, _ in dataset.batches(meas.eval_batch_size):
+        for texts, pairs, _ in dataset.batches(scoring_batch(art.manifest, meas)):
             feeds = encoder.encode(texts, pairs)
             if words:
                 feeds, ids = encoder.encode_words(texts)

@@ -204,3 +204,41 @@ def predict_answers(backend, questions: list[str], contexts: list[str]) -> np.nd
                          stride=post.stride, pad_id=enc.pad_id)
     start, end = qa_logits(backend, windows.feeds(enc.input_names))
     return best_spans(start, end, windows.offsets, windows.example, len(questions), post)
+
+
+def other_outputs_fidelity(backend, run, settings) -> dict[str, Any]:
+    """Fidelity of every output but the first against the teacher's same output, where both run their graphs' outputs
+    (an adopted file and its artifact: a detector's boxes beside its scores); one more pass over the eval rows."""
+    from compress.artifact import Format
+    from compress.runtimes.base import load_runtime
+    from compress.tasks.outputs import output_fidelity
+    from compress.teachers.load import teacher_format
+    from compress.validation.common import scoring_batch
+
+    teacher, dataset = run.teacher, run.dataset
+    batch_size = scoring_batch(backend.artifact.manifest, run.profile.measure)
+    if teacher_format(teacher) is Format.pytorch:  # a PyTorch teacher gives its primary output only
+        return {}
+    ref_backend = load_runtime(teacher.as_artifact(), settings=settings)
+    got: dict[str, list] = {}
+    want: dict[str, list] = {}
+    tick = start_phase(run.progress, "comparing the other outputs", len(dataset))
+    try:
+        for items, pairs, _ in dataset.batches(batch_size):
+            feeds = backend.encode(items, pairs)
+            a, b = backend.outputs(feeds), ref_backend.outputs(feeds)
+            if a is None or b is None:
+                return {}
+            for name in a.keys() & b.keys():
+                got.setdefault(name, []).append(a[name])
+                want.setdefault(name, []).append(b[name])
+            tick(len(items))
+    finally:
+        ref_backend.close()
+    primary = backend.artifact.manifest.outputs[0].name
+    out = {}
+    for name in [n for n in got if n != primary]:
+        cand, ref = np.concatenate(got[name]), np.concatenate(want[name])
+        if cand.shape == ref.shape:
+            out[name] = output_fidelity(cand, ref)
+    return out

@@ -244,6 +244,7 @@ def test_full_report_metrics(full_report, int8_artifact, data_tsv):
     assert lat["total_s"] >= FAST_MEASURE["min_duration_s"] * 0.99  # as_dict rounds to 4 decimals
     assert m["throughput"] > 0
     assert m["input_shape"]["batch_size"] == 1
+    assert m["eval_batch_size"] == 1  # dynamic INT8: scored one call per row, as the device runs it
 
     assert m["size_mb"] == pytest.approx(int8_artifact.model_path.stat().st_size / 2**20)
     assert m["package_size_mb"] >= m["size_mb"]
@@ -281,6 +282,17 @@ def test_failing_budget_gives_fail_verdict(failing_report):
     assert [b.name for b in r.budgets if not b.passed] == ["max_model_size_mb"]
     assert r.profile["name"] == "tiny-too-small" and r.profile["extends"] is None
     assert "speedup" not in r.metrics and "cold_start" not in r.metrics
+
+
+def test_only_an_artifact_with_per_call_scales_is_scored_at_the_device_batch(int8_artifact, onnx_artifact):
+    """Dynamic INT8 computes each activation's scale over the whole call (padding and other rows included), so its
+    answers depend on what shares the call: it is scored at the profile's batch_size; FP32 at eval_batch_size."""
+    from compress.profiles.schema import MeasureConfig
+    from compress.validation.common import scoring_batch
+
+    meas = MeasureConfig(batch_size=2, eval_batch_size=16)
+    assert scoring_batch(int8_artifact.manifest, meas) == 2
+    assert scoring_batch(onnx_artifact.manifest, meas) == 16
 
 
 def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifact, data_tsv, tmp_path):
