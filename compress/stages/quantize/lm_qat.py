@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,12 +131,11 @@ def _kl(student, teacher):
 class _Run(Resumable):
     """One run: the FP32 teacher, the fake-quantized student, the optimiser, and the state a resume needs."""
 
-    STATE, LABEL = STATE, "QAT"
+    STATE, LABEL, WHAT = STATE, "QAT", "quantization-aware INT4"
 
     write_kind = "hf"  # what :func:`.qad.export_trained` writes the student back as
 
     def __init__(self, art: Artifact, config: QuantizeConfig, source: Path, work: Path) -> None:
-        import torch
 
         from compress.stages.quantize.lm_fake_quant import attach
         from compress.teachers.causal_lm import CausalLM
@@ -156,15 +154,9 @@ class _Run(Resumable):
         self.params = [p for p in self.student.model.parameters() if p.requires_grad]
         self.lr = config.qad.lr or DEFAULT_LR["lora" if self.rank else "weights"]
         self.batch_size = config.qad.batch_size
-        self.opt = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0)
-        steps = config.qad.steps
-        warm = max(1, steps // 10)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        self.start_training(self.params, self.lr)
         self.say: Progress = silent
-        self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "history": [], "seconds": 0.0}
-        self.best_weights: dict[str, Any] | None = None
-        settings = [steps, self.data.source, self.lr, self.batch_size, self.rank, self.scheme.__dict__]
+        settings = [config.qad.steps, self.data.source, self.lr, self.batch_size, self.rank, self.scheme.__dict__]
         self.key = hashlib.sha256(json.dumps([str(source), art.digest, settings], sort_keys=True,
                                              default=str).encode()).hexdigest()
 
@@ -190,44 +182,23 @@ class _Run(Resumable):
         return {"kl_mean": round(kl / tokens, 6), "top1_agreement": round(agree / tokens, 6),
                 "perplexity": round(math.exp(nll / pairs), 5)}
 
-    def train(self) -> None:
+    def begin(self) -> None:
+        self.state["best"] = self.state["before"] = self.score()
+        self.state["teacher_perplexity"] = self._teacher_perplexity()
+        self.state["history"].append({"step": 0, **self.state["before"]})
+        log.info("QAT: fake-quantized before training: %s on %d held-out windows", self.state["before"],
+                 len(self.data.held))
+
+    def loss_at(self, step: int):
         import torch
 
-        from compress.interrupt import StopFlag
-        from compress.stages.distill.config import Interrupted
+        x = torch.from_numpy(self.data.at_step(step, self.batch_size))
+        with torch.no_grad():
+            t = self.teacher.model(input_ids=x, use_cache=False).logits
+        return _kl(self.student.model(input_ids=x, use_cache=False).logits, t)
 
-        steps = self.config.qad.steps
-        every = max(1, min(50, steps // 5))
-        if not self.resume():
-            self.state["best"] = self.state["before"] = self.score()
-            self.state["teacher_perplexity"] = self._teacher_perplexity()
-            self.state["history"].append({"step": 0, **self.state["before"]})
-            log.info("QAT: fake-quantized before training: %s on %d held-out windows", self.state["before"],
-                     len(self.data.held))
-        self.say({"phase": "qad", "total": steps})
-        t0 = time.perf_counter()
-        with StopFlag() as stop:
-            while self.state["step"] < steps:
-                step = self.state["step"]
-                x = torch.from_numpy(self.data.at_step(step, self.batch_size))
-                with torch.no_grad():
-                    t = self.teacher.model(input_ids=x, use_cache=False).logits
-                loss = _kl(self.student.model(input_ids=x, use_cache=False).logits, t)
-                loss.backward()
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.sched.step()
-                self.state["step"] = step = step + 1
-                last, stopping = float(loss.detach()), stop.requested
-                if step % every == 0 or step == steps or stopping:
-                    self._evaluate(step, last, t0)
-                    t0 = time.perf_counter()
-                else:
-                    self.say({"phase": "qad", "step": step, "total": steps, "loss": last})
-                if stopping:
-                    self.save()
-                    raise Interrupted(f"quantization-aware INT4 stopped at step {step} of {steps}",
-                                      hint="run the same command again to resume")
+    def better(self, score: dict[str, float], best: dict[str, float] | None) -> bool:
+        return best is None or score["kl_mean"] < best["kl_mean"]
 
     def _teacher_perplexity(self) -> float:
         import torch
@@ -240,18 +211,6 @@ class _Run(Resumable):
                 t = self.teacher.model(input_ids=x, use_cache=False).logits.float()
                 nll += float(F.cross_entropy(t[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
         return round(math.exp(nll / (self.data.held.size - len(self.data.held))), 5)
-
-    def _evaluate(self, step: int, loss: float, t0: float) -> None:
-        self.state["seconds"] += time.perf_counter() - t0
-        score = self.score()
-        self.state["history"].append({"step": step, "loss": round(loss, 6), **score})
-        if score["kl_mean"] < self.state["best"]["kl_mean"]:
-            self.state["best"], self.state["best_step"] = score, step
-            self.best_weights = self.weights()
-        log.info("QAT step %d/%d: loss %.4f, held-out %s (best at step %d)", step, self.config.qad.steps, loss, score,
-                 self.state["best_step"])
-        self.say({"phase": "qad", "step": step, "total": self.config.qad.steps, "loss": loss, **score})
-        self.save()
 
     def record(self) -> dict[str, Any]:
         s = self.state

@@ -21,9 +21,7 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +197,9 @@ def _loss(s, t, labels, classes: bool):
 class _Run(Resumable):
     """One QAD run: the teacher, the student being trained, the fake-quantizer, and the state a resume needs."""
 
-    STATE, LABEL = STATE, "QAD"
+    STATE, LABEL, WHAT = STATE, "QAD", "quantization-aware distillation"
 
     def __init__(self, art: Artifact, config: QuantizeConfig, source: Path, work: Path, reduce_range: bool) -> None:
-        import torch
 
         from compress.teachers.load import load_teacher
 
@@ -225,14 +222,8 @@ class _Run(Resumable):
         self.batch_size = config.qad.batch_size
         kind = getattr(art.manifest.preprocess, "kind", "text")
         self.lr = config.qad.lr or DEFAULT_LR.get(kind, 1e-5)
-        self.opt = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0)
-        steps = config.qad.steps
-        warm = max(1, steps // 10)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        self.start_training(self.params, self.lr)
         self.say: Progress = silent
-        self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "history": [], "seconds": 0.0}
-        self.best_weights: dict[str, Any] | None = None
         dump = config.model_dump(mode="json")  # keyed by flat key, as version 1 was: an interrupted run resumes
         keyed = {k: functools.reduce(lambda node, part: node[part], config.MOVED.get(k, k).split("."), dump)
                  for k in ("qat_steps", "qat_data", "qat_lr", "qat_batch_size", "calibration", "calibration_method",
@@ -276,11 +267,10 @@ class _Run(Resumable):
             out["agreement"] = round(agree / n, 6)
         return out
 
-    @staticmethod
-    def _better(a: dict[str, float], b: dict[str, float] | None) -> bool:
-        if b is None:
+    def better(self, score: dict[str, float], best: dict[str, float] | None) -> bool:
+        if best is None:
             return True
-        return (a.get("agreement", 0.0), a["cosine"]) > (b.get("agreement", 0.0), b["cosine"])
+        return (score.get("agreement", 0.0), score["cosine"]) > (best.get("agreement", 0.0), best["cosine"])
 
     def extra_state(self) -> dict[str, Any]:
         return {"ranges": json.dumps({str(k): v for k, v in self.fq.ranges.seen.items()})}
@@ -290,57 +280,21 @@ class _Run(Resumable):
                                for k, v in json.loads(saved["ranges"]).items()}
 
     # --- training --------------------------------------------------------------------------------------
-    def train(self) -> None:
+    def begin(self) -> None:
+        self.calibrate()
+        self.state["best"] = self.state["before"] = self.score()
+        self.state["history"].append({"step": 0, **self.state["before"]})
+        log.info("QAD: fake-quantized before training: %s on %d held-out inputs", self.state["before"],
+                 len(self.data.held))
+
+    def loss_at(self, step: int):
         import torch
 
-        from compress.interrupt import StopFlag
-        from compress.stages.distill.config import Interrupted
-
-        steps = self.config.qad.steps
-        every = max(1, min(50, steps // 5))
-        if not self.resume():
-            self.calibrate()
-            self.state["best"] = self.state["before"] = self.score()
-            self.state["history"].append({"step": 0, **self.state["before"]})
-            log.info("QAD: fake-quantized before training: %s on %d held-out inputs", self.state["before"],
-                     len(self.data.held))
-        self.say({"phase": "qad", "total": steps})
-        t0, last = time.perf_counter(), None
-        with StopFlag() as stop:
-            while self.state["step"] < steps:
-                step = self.state["step"]
-                x, labels = self.data.batch(self.data.at_step(step, self.batch_size))
-                s = self.fq.forward(self.student.call, self.student.model, x)
-                with torch.no_grad():
-                    t = self.teacher.call(self.teacher.model, x)
-                loss = _loss(s, t, labels, self.classes)
-                loss.backward()
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.sched.step()
-                self.state["step"] = step = step + 1
-                last, stopping = float(loss.detach()), stop.requested
-                if step % every == 0 or step == steps or stopping:
-                    self._evaluate(step, last, t0)
-                    t0 = time.perf_counter()
-                else:
-                    self.say({"phase": "qad", "step": step, "total": steps, "loss": last})
-                if stopping:
-                    self.save()
-                    raise Interrupted(f"quantization-aware distillation stopped at step {step} of {steps}",
-                                      hint="run the same command again to resume")
-
-    def _evaluate(self, step: int, loss: float, t0: float) -> None:
-        self.state["seconds"] += time.perf_counter() - t0
-        score = self.score()
-        self.state["history"].append({"step": step, "loss": round(loss, 6), **score})
-        if self._better(score, self.state["best"]):
-            self.state["best"], self.state["best_step"] = score, step
-            self.best_weights = self.weights()
-        log.info("QAD step %d/%d: loss %.4f, held-out %s (best at step %d)", step, self.config.qad.steps, loss, score,
-                 self.state["best_step"])
-        self.say({"phase": "qad", "step": step, "total": self.config.qad.steps, "loss": loss, **score})
-        self.save()
+        x, labels = self.data.batch(self.data.at_step(step, self.batch_size))
+        s = self.fq.forward(self.student.call, self.student.model, x)
+        with torch.no_grad():
+            t = self.teacher.call(self.teacher.model, x)
+        return _loss(s, t, labels, self.classes)
 
     # --- the result --------------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
