@@ -152,11 +152,13 @@ class TorchBackend(RuntimeBackend):
     def _decode(self, feeds: dict[str, np.ndarray], past: Any) -> tuple[dict[str, np.ndarray], Any]:
         import torch
 
-        ids = torch.from_numpy(np.asarray(feeds["input_ids"], dtype=np.int64)).to(self.device)
+        from compress.device.shipped import decoder_tokens
+
+        ids = torch.from_numpy(np.asarray(decoder_tokens(feeds), dtype=np.int64)).to(self.device)
         mask = feeds.get("attention_mask")
         mask = torch.from_numpy(np.asarray(mask, dtype=np.int64)).to(self.device) if mask is not None else None
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=True)
+            out = self.model(ids, attention_mask=mask, past_key_values=past, use_cache=True)  # ids: forward's first
         return {"logits": out.logits.float().cpu().numpy()}, out.past_key_values
 
     def synchronize(self) -> None:

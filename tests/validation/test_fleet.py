@@ -154,8 +154,14 @@ def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home,
     monkeypatch.setattr(remote, "_after_transfer", interrupt)
     cfg = ValidateConfig.from_flat(baseline=False, cold_start=False,
                                    remote=str(fleet_file(tmp_path / "fleet.yaml", devices[:2], fleet_profile)))
-    with pytest.raises(KeyboardInterrupt):
-        validate_on_devices(int8_artifact, cfg)
+    # as a terminal's Ctrl-C finds it: a test run started in the background by a non-interactive shell (`cmd &`)
+    # inherits SIGINT ignored, and an ignored signal rightly stops nothing
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            validate_on_devices(int8_artifact, cfg)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert devices[0].leftovers() == [] and devices[1].leftovers() == []
 
 
