@@ -158,7 +158,9 @@ ROUTES = {
     "int8-static-percentile": ["--calibration-method", "percentile"],
     "int8-static-entropy": ["--calibration-method", "entropy"],
     # the remedy the per-layer analysis points to (below): the stem's and the head's convolutions kept float
-    "int8-stem-head-float": ["--exclude-nodes", "FIRST:12,LAST:36"],
+    # (first:12,last:36: quantize's own positional names for the first 12 and the last 36 quantizable layers; here
+    # the same 48 convolutions as FIRST:12,LAST:36 of the ablation)
+    "int8-stem-head-float": ["--exclude-nodes", "first:12,last:36"],
     # the automatic route: accuracy-aware, mAP against the FP32 boxes on the calibration views (CALIBRATION: their
     # boxes JSON, never the eval images) may drop at most 0.05; the search picks the convolutions kept float
     "int8-accuracy-aware": ["--max-drop", "0.05", "--data", "CALIBRATION"],

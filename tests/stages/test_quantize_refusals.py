@@ -40,6 +40,22 @@ def test_excluding_every_quantizable_node_is_refused(onnx_artifact, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_first_and_last_n_layers_kept_float_by_position(onnx_artifact, tmp_path):
+    """``--exclude-nodes first:N,last:M``: the graph's first N and last M quantizable layers, in graph order (a stem
+    and a head), recorded by name; a name given as well is kept once."""
+    from compress.stages.quantize.ort_quantizer import OnnxQuantizer
+
+    names = [lay.name for lay in OnnxQuantizer(onnx_artifact, QuantizeConfig.from_flat(op_types=["MatMul"])).layers()]
+    art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig.from_flat(
+        op_types=["MatMul"], exclude_nodes=["first:2", names[1], "LAST:1"]))
+    step = art.manifest.steps[-1]
+    assert step.config["exclude_nodes"] == [names[0], names[1], names[-1]]
+    kept = {k["node"] for k in step.metrics["nodes"]["kept_float"]}
+    assert {names[0], names[1]} <= kept and names[2] not in kept  # (the last, a rewritten Gemm, reported as the Gemm)
+    with pytest.raises(ConfigError, match="names no node.*first:N"):
+        quantize(onnx_artifact, tmp_path / "r", QuantizeConfig.from_flat(exclude_nodes=["first:x"]))
+
+
 def test_known_op_types_still_quantize(onnx_artifact, tmp_path):
     art = quantize(onnx_artifact, tmp_path / "q", QuantizeConfig.from_flat(op_types=["MatMul"]))
     assert art.manifest.steps[-1].metrics["nodes"]["quantized_count"] > 0

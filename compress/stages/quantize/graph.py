@@ -284,9 +284,24 @@ def _check_op_types(config: QuantizeConfig) -> None:
         )
 
 
-def _check_exclude_nodes(names: list[str], model, layers: list) -> None:
-    """Every --exclude-nodes name must be a node of the graph (or the name quantize gives a rewritten Gemm)."""
+def resolve_exclude_nodes(names: list[str], model, layers: list) -> list[str]:
+    """--exclude-nodes as node names: ``first:N`` / ``last:N`` stand for the graph's first / last N quantizable
+    layers in graph order (the stem and the head, which the field's advice keeps in higher precision); every other
+    entry must be a node of the graph (or the name quantize gives a rewritten Gemm)."""
     known = {node.name for node in model.graph.node} | {lay.name for lay in layers}
+    out: list[str] = []
+    for name in names:
+        where, _, count = name.partition(":")
+        if name not in known and where.lower() in ("first", "last") and count.isdigit() and int(count) > 0:
+            chosen = layers[:int(count)] if where.lower() == "first" else layers[-int(count):]
+            out += [lay.name for lay in chosen if lay.name not in out]
+        elif name not in out:
+            out.append(name)
+    _check_exclude_nodes(out, known, layers)
+    return out
+
+
+def _check_exclude_nodes(names: list[str], known: set[str], layers: list) -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
         import difflib
@@ -295,7 +310,8 @@ def _check_exclude_nodes(names: list[str], model, layers: list) -> None:
         examples = near or [lay.name for lay in layers[:3]]
         raise ConfigError(
             f"--exclude-nodes names no node of the graph: {', '.join(unknown)}",
-            hint=f"use node names as `edgecompress inspect` lists them, e.g. {', '.join(examples)}",
+            hint=f"use node names as `edgecompress inspect` lists them, e.g. {', '.join(examples)}, or first:N / "
+            "last:N for the first or last N quantizable layers",
         )
 
 

@@ -73,7 +73,6 @@ from compress.stages.quantize.graph import (
     INT4_ACCURACY_LEVEL,
     _block_padding,
     _check_applicable,
-    _check_exclude_nodes,
     _check_int4_graph,
     _check_int4_request,
     _check_op_types,
@@ -84,6 +83,7 @@ from compress.stages.quantize.graph import (
     is_static_first,
     output_activations,
     quantizable_layers,
+    resolve_exclude_nodes,
     static_mode,
     warn_padding,
 )
@@ -242,7 +242,9 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     layers = q.layers()
     if q.int4:
         _check_int4_graph(art, q.model, layers)
-    _check_exclude_nodes(config.exclude_nodes, q.model, layers)
+    resolved = resolve_exclude_nodes(config.exclude_nodes, q.model, layers)
+    if resolved != config.exclude_nodes:  # first:N / last:N as the names they stand for, for every later step
+        config = q.config = config.model_copy(update={"exclude_nodes": resolved})
     if q.int4:
         log.info(
             "INT4 weight-only quantization: %d MatMul(s) with MatMulNBits (block %d, %s, accuracy_level %d), "
