@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from compress import __version__, cache
+from compress.artifact import Format
 from compress.device.shipped import concatenate_rows
 from compress.progress import Advance, Progress, start_phase
+from compress.validation.common import scoring_batch
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +211,9 @@ def predict_answers(backend, questions: list[str], contexts: list[str]) -> np.nd
 def other_outputs_fidelity(backend, run, settings) -> dict[str, Any]:
     """Fidelity of every output but the first against the teacher's same output, where both run their graphs' outputs
     (an adopted file and its artifact: a detector's boxes beside its scores); one more pass over the eval rows."""
-    from compress.artifact import Format
     from compress.runtimes.base import load_runtime
     from compress.tasks.outputs import output_fidelity
     from compress.teachers.load import teacher_format
-    from compress.validation.common import scoring_batch
 
     teacher, dataset = run.teacher, run.dataset
     batch_size = scoring_batch(backend.artifact.manifest, run.profile.measure)

@@ -136,7 +136,6 @@ class _Run(Resumable):
     write_kind = "hf"  # what :func:`.qad.export_trained` writes the student back as
 
     def __init__(self, art: Artifact, config: QuantizeConfig, source: Path, work: Path) -> None:
-
         from compress.stages.quantize.lm_fake_quant import attach
         from compress.teachers.causal_lm import CausalLM
 

@@ -200,7 +200,6 @@ class _Run(Resumable):
     STATE, LABEL, WHAT = STATE, "QAD", "quantization-aware distillation"
 
     def __init__(self, art: Artifact, config: QuantizeConfig, source: Path, work: Path, reduce_range: bool) -> None:
-
         from compress.teachers.load import load_teacher
 
         self.art, self.config, self.source, self.work = art, config, source, work

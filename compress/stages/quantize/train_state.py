@@ -34,7 +34,6 @@ class Resumable:
     opt: Any
     sched: Any
     config: Any
-
     say: Any
 
     def start_training(self, params: list, lr: float) -> None:
