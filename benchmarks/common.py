@@ -1,11 +1,15 @@
-"""Helpers the benchmark scripts share: data subsets, accuracy through a runtime adapter, host facts."""
+"""Helpers the benchmark scripts share: data subsets, accuracy through a runtime adapter, host facts, phases that
+save their figures as they go."""
 
 from __future__ import annotations
 
 import csv
+import json
 import platform
 import random
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +56,44 @@ def cached_step(label: str, out: Path, make) -> Path:
     make()
     print(f"built: {label} in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
+
+
+class Phases:
+    """A benchmark's phases on a machine lent for minutes: the result file is written after every phase, a phase
+    that fails costs only its own figures (its traceback printed, its error in ``result["errors"]``), and none starts
+    after ``budget_s`` seconds."""
+
+    def __init__(self, result: dict, out: Path, budget_s: float, tag: str, t0: float | None = None):
+        self.result, self.out, self.budget_s, self.tag = result, out, budget_s, tag
+        self.t0 = time.perf_counter() if t0 is None else t0  # the budget counts from t0 (perf_counter)
+        result.setdefault("errors", [])
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.tag}] {msg}", file=sys.stderr, flush=True)
+
+    def save(self) -> None:
+        self.result["seconds"] = round(time.perf_counter() - self.t0, 1)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.result, indent=2, default=str) + "\n")
+
+    def run(self, label: str, fn):
+        """``fn()``'s value, or None where it failed or the budget was spent."""
+        if time.perf_counter() - self.t0 > self.budget_s:
+            self.log(f"skipped {label}: over --budget-s")
+            self.result["errors"].append(f"{label}: skipped (time budget)")
+            return None
+        self.log(f"{label} ...")
+        try:
+            value = fn()
+            self.log(f"{label}: {json.dumps(value, default=str)[:400]}")
+            return value
+        except Exception as exc:  # noqa: BLE001 - one phase failing must not lose the others' figures
+            traceback.print_exc()
+            self.result["errors"].append(f"{label}: {type(exc).__name__}: {exc}"[:2000])
+            return None
+        finally:
+            self.save()
+
+    def done(self) -> None:
+        self.save()
+        self.log(f"wrote {self.out} in {self.result['seconds']} s; errors: {self.result['errors'] or 'none'}")

@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,10 +35,6 @@ VARIANTS = [  # (name, options)
     ("fp32+compile", {"dtype": "fp32", "compile": True}),
 ]
 CPU_DISTILL = HERE / "results" / "distillation.json"  # the CPU run this one is compared with
-
-
-def log(msg: str) -> None:
-    print(f"[gpu] {msg}", file=sys.stderr, flush=True)
 
 
 def fp32_teacher(src: Path, dst: Path) -> Path:
@@ -184,6 +179,8 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     t_all = time.perf_counter()
+    from common import Phases
+
     import compress  # noqa: F401  (before torchvision-touching imports)
 
     if args.smoke:
@@ -196,27 +193,7 @@ def main() -> None:
     result = {"benchmark": "gpu", "machine": machine(), "teacher": str(args.teacher), "data": str(args.data),
               "validate": [], "distill": {}, "cpu_distill": cpu_reference(), "errors": []}
 
-    def save():
-        result["seconds"] = round(time.perf_counter() - t_all, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-
-    def step(label, fn):
-        if time.perf_counter() - t_all > args.budget_s:
-            log(f"skipped {label}: over --budget-s")
-            result["errors"].append(f"{label}: skipped (time budget)")
-            return None
-        log(f"{label} ...")
-        try:
-            value = fn()
-            log(f"{label}: {json.dumps(value, default=str)[:400]}")
-            return value
-        except Exception as exc:  # noqa: BLE001 - one phase failing must not lose the others' figures
-            traceback.print_exc()
-            result["errors"].append(f"{label}: {type(exc).__name__}: {exc}"[:2000])
-            return None
-        finally:
-            save()
+    run = Phases(result, args.out, args.budget_s, "gpu", t0=t_all)
 
     phases = args.phases.split(",")
     dev = args.data / "dev.tsv"
@@ -226,7 +203,7 @@ def main() -> None:
             if name not in names:
                 continue
             for batch in (1, 32):
-                row = step(f"validate {name} b{batch}",
+                row = run.run(f"validate {name} b{batch}",
                            lambda name=name, options=options, batch=batch: validate_variant(
                                teacher, dev, work, name, options, batch, args))
                 if row:
@@ -237,13 +214,12 @@ def main() -> None:
         run_variants(plain)
     if "distill" in phases:
         auto = "no" if args.smoke else "bf16"
-        result["distill"][auto] = step(f"distill L3 ({auto})", lambda: distill_run(teacher, args.data, work, auto, args))
+        result["distill"][auto] = run.run(f"distill L3 ({auto})", lambda: distill_run(teacher, args.data, work, auto, args))
     if "distill-fp32" in phases and not args.smoke:
-        result["distill"]["no"] = step("distill L3 (fp32)", lambda: distill_run(teacher, args.data, work, "no", args))
+        result["distill"]["no"] = run.run("distill L3 (fp32)", lambda: distill_run(teacher, args.data, work, "no", args))
     if "compile" in phases:
         run_variants([n for n, o in VARIANTS if o.get("compile")])
-    save()
-    log(f"wrote {args.out} in {result['seconds']} s; errors: {result['errors'] or 'none'}")
+    run.done()
 
 
 if __name__ == "__main__":

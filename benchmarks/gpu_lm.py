@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,10 +45,6 @@ SHAPES = {
 VARIANTS = [("fp16", {"dtype": "fp16"}), ("bf16", {"dtype": "bf16"}), ("fp16+compile", {"dtype": "fp16", "compile": True})]
 PROMPTS = (128, 512)
 TRAIN = dict(batch_size=8, max_length=256, lr=1e-4)
-
-
-def log(msg: str) -> None:
-    print(f"[gpu-lm] {msg}", file=sys.stderr, flush=True)
 
 
 def checkpoint(work: Path, name: str, small: bool) -> Path:
@@ -158,6 +153,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
     t_all = time.perf_counter()
+    from common import Phases
     from gpu import machine
 
     import compress  # noqa: F401  (before torchvision-touching imports)
@@ -168,25 +164,12 @@ def main() -> None:
               "cpu_training": json.loads(cpu_ref.read_text())["training"] if cpu_ref.is_file() else None,
               "errors": []}
 
-    def save():
-        result["seconds"] = round(time.perf_counter() - t_all, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    run = Phases(result, args.out, args.budget_s, "gpu-lm", t0=t_all)
 
     def step(label, fn, into):
-        if time.perf_counter() - t_all > args.budget_s:
-            result["errors"].append(f"{label}: skipped (time budget)")
-            return
-        log(f"{label} ...")
-        try:
-            row = fn()
+        row = run.run(label, fn)
+        if row is not None:
             into.append(row)
-            log(f"{label}: {json.dumps(row, default=str)[:300]}")
-        except Exception as exc:  # noqa: BLE001 - one run failing must not lose the others' figures
-            traceback.print_exc()
-            result["errors"].append(f"{label}: {type(exc).__name__}: {exc}"[:1500])
-        finally:
-            save()
 
     parts = args.parts.split(",")
     variants = [v for v in VARIANTS if v[0] in args.variants.split(",")]
@@ -208,8 +191,7 @@ def main() -> None:
                 step(f"generate {name} {variant} prompt {prompt}",
                      lambda c=ckpt, v=variant, o=options, p=prompt: generation_row(c, args.work, v, o, p, args.device),
                      result["generation"])
-    save()
-    log(f"wrote {args.out} in {result['seconds']} s; errors: {result['errors'] or 'none'}")
+    run.done()
 
 
 if __name__ == "__main__":
