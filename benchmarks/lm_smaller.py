@@ -169,7 +169,8 @@ def distill_options(a) -> dict[str, Any]:
     """The distill settings (flat names) this run's options give; the loss defaults (a causal LM's: KL at T = 1)
     stay the library's where an option is not given."""
     flat = {"layer_choice": a.layer_choice, "divergence": a.divergence, "top_k": a.top_k, "on_policy": a.on_policy,
-            "temperature": a.distill_temperature, "hard_weight": a.distill_hard_weight}
+            "teacher_samples": a.teacher_samples, "temperature": a.distill_temperature,
+            "hard_weight": a.distill_hard_weight}
     return {k: v for k, v in flat.items() if v is not None}
 
 
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--divergence", choices=("forward", "reverse"), help="distill --divergence (default forward)")
     p.add_argument("--top-k", type=int, help="distill --top-k: the teacher's tokens cached per position (default 32)")
     p.add_argument("--on-policy", type=float, help="distill --on-policy: share of batches on the student's samples")
+    p.add_argument("--teacher-samples", type=int, help="distill --teacher-samples: windows the teacher writes")
     p.add_argument("--distill-temperature", type=float, help="distill --temperature (a causal LM's default 1)")
     p.add_argument("--distill-hard-weight", type=float, help="distill --hard-weight (a causal LM's default 0)")
     p.add_argument("--recover-steps", type=int, default=8)

@@ -73,6 +73,7 @@ def _student_config(path: Path | None) -> dict | None:
 @click.option("--augment-prob", type=float, default=F["augment_prob"].default, show_default=True,
               help=F["augment_prob"].description)
 @click.option("--augment-join", type=int, default=0, show_default=True, help=F["augment_join"].description)
+@click.option("--teacher-samples", type=int, default=0, show_default=True, help=F["teacher_samples"].description)
 @click.option("--average", is_flag=True, help=F["average"].description)
 @click.option("--average-start", type=float, default=F["average_start"].default, show_default=True,
               help=F["average_start"].description)
@@ -118,7 +119,7 @@ def _student_config(path: Path | None) -> dict | None:
 def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, layer_choice, student_config, student, temperature,
                 soft_weight, hard_weight, hidden_weight, attention_weight, value_relation_weight, divergence, top_k,
                 on_policy, on_policy_tokens, augment,
-                augment_prob, augment_join, average, average_start, epochs, max_steps, max_train_rows, batch_size, grad_accum, lr, weight_decay, warmup_ratio, schedule,
+                augment_prob, augment_join, teacher_samples, average, average_start, epochs, max_steps, max_train_rows, batch_size, grad_accum, lr, weight_decay, warmup_ratio, schedule,
                 max_length, eval_every, eval_samples, metric, patience, save_every, mixed_precision, seed,
                 text_column, label_column, cache_limit_gb, run_dir, teacher_cache, resume, keep_run, allow_pickle,
                 trust_remote_code, force):
@@ -136,7 +137,8 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, layer_choic
     tokens: KL on its top --top-k next tokens plus a tail bucket (cached on disk), forward
     or --divergence reverse, plus cross entropy on the text (--hard-weight); --on-policy P
     trains that share of the batches on the student's own samples scored by the teacher
-    (GKD). --eval text gives perplexity and top-1 agreement before and after.
+    (GKD); --teacher-samples N adds N windows the teacher writes itself (sequence-level
+    distillation). --eval text gives perplexity and top-1 agreement before and after.
 
     \b
     Defaults (measured on SST-2 with a 6-layer MiniLM teacher, 3-layer student, see docs/results.md):
@@ -166,7 +168,7 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, layer_choic
         hard_weight=hard_weight, hidden_weight=hidden_weight, attention_weight=attention_weight,
         value_relation_weight=value_relation_weight, divergence=divergence, top_k=top_k, on_policy=on_policy,
         on_policy_tokens=on_policy_tokens, augment=augment, augment_prob=augment_prob,
-        augment_join=augment_join, average=average, average_start=average_start, epochs=epochs,
+        augment_join=augment_join, teacher_samples=teacher_samples, average=average, average_start=average_start, epochs=epochs,
         max_steps=max_steps, max_train_rows=max_train_rows, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, max_length=max_length, eval_every=eval_every,
         eval_samples=eval_samples, metric=metric, patience=patience, save_every=save_every,
@@ -199,11 +201,11 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, layer_choic
 class _Progress(PhaseProgress):
     """Teacher caching, then training with loss, best eval metric and ETA."""
 
-    labels = {"teacher": "teacher outputs", "train": "distilling"}
+    labels = {"samples": "the teacher's samples", "teacher": "teacher outputs", "train": "distilling"}
 
     def show(self, d: dict) -> None:
-        if d["phase"] == "teacher":
-            self.bar.update(self.task("teacher", "teacher outputs", d["total"]), completed=d["done"])
+        if d["phase"] in ("samples", "teacher"):
+            self.bar.update(self.task(d["phase"], self.labels[d["phase"]], d["total"]), completed=d["done"])
             return
         best = f" best {d['metric']} {d['best']:.4f}" if d.get("best") is not None else ""
         bar = self.task("train", "distilling", d["total"], completed=d["step"] - 1)

@@ -137,6 +137,41 @@ def test_on_policy_batches_train_on_the_students_samples_without_a_cache(lm):
     assert m["after"]["kl_mean"] < m["before"]["kl_mean"]
 
 
+def test_teacher_samples_add_windows_the_teacher_wrote_and_are_kept_for_resume(lm, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compress.stages.distill import distill
+    from compress.stages.distill.causal_lm import SAMPLES, sample_windows
+    from compress.stages.distill.config import DistillConfig, Interrupted
+
+    teacher = AutoModelForCausalLM.from_pretrained(lm["teacher"])
+    windows = np.random.default_rng(0).integers(3, 512, (3, 32))
+    state = torch.random.get_rng_state()
+    a = sample_windows(teacher, windows, 5, seed=7, device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
+    assert a.shape == (5, 32) and (a[:, :4] == windows[[0, 1, 2, 0, 1], :4]).all()  # an eighth of each as the prompt
+    assert (a == sample_windows(teacher, windows, 5, seed=7, device="cpu")).all()  # seeded
+    assert (a[:, 4:] != sample_windows(teacher, windows, 5, seed=8, device="cpu")[:, 4:]).any()
+    eos = teacher.generation_config.eos_token_id
+    assert eos is None or not np.isin(a[:, 4:], eos).any()  # a window runs on to its end
+
+    def interrupt(event):
+        if event.get("phase") == "train" and event["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    phases = []
+    args = (lm["teacher"], lm["root"] / "train.txt", tmp_path / "student",
+            DistillConfig.from_flat(**BASE, max_steps=6, teacher_samples=40))
+    with pytest.raises(Interrupted):
+        distill(*args, progress=lambda e: (phases.append(e.get("phase")), interrupt(e)))
+    assert "samples" in phases and (tmp_path / "student.run" / SAMPLES).is_file()
+    phases.clear()
+    m = distill(*args, resume=True, progress=lambda e: phases.append(e.get("phase"))).metrics
+    assert "samples" not in phases  # the resumed run reads the samples the first one wrote
+    assert m["teacher_samples"] == 40 and m["teacher_labelled_rows"] == 0 and m["steps"] == 6
+
+
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(lm, tmp_path):
     from safetensors.torch import load_file
 
@@ -217,7 +252,8 @@ def test_a_causal_lms_loss_defaults_apply_only_where_the_settings_leave_them():
 
 
 def test_a_causal_lms_options_are_refused_for_an_encoder(bert_classifier, tsv_file, tmp_path, capsys):
-    for flag, value in (("--divergence", "reverse"), ("--on-policy", "0.5"), ("--layer-choice", "scored")):
+    for flag, value in (("--divergence", "reverse"), ("--on-policy", "0.5"), ("--teacher-samples", "8"),
+                        ("--layer-choice", "scored")):
         err = main_error(capsys, "distill", "-t", bert_classifier, "--train", tsv_file, "-o", tmp_path / "s",
                          "--layers", "1", flag, value)
         assert f"{flag} is for causal LM teachers" in err and f"drop {flag}" in err

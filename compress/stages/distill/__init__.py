@@ -261,6 +261,7 @@ def _refuse_lm_options(config: DistillConfig, task) -> None:
 
     for bad, flag in ((config.loss.divergence is not Divergence.forward, "--divergence"),
                       (config.loss.on_policy > 0, "--on-policy"),
+                      (config.augmentation.teacher_samples > 0, "--teacher-samples"),
                       (config.student.layer_choice is not LayerChoice.evenly, "--layer-choice")):
         if bad:
             raise ConfigError(f"{flag} is for causal LM teachers (text-generation); this teacher is {task}",

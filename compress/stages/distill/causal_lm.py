@@ -13,6 +13,10 @@ window starts with BOS, as the perplexity metric reads text). The loss per windo
 * on-policy (``--on-policy P``, GKD's lambda): that share of the batches is the student's own continuation of each
   window's first half, sampled from the student and scored by the teacher online (the same top-k divergence, on the
   sampled tokens up to the first EOS; no cross entropy, the text being the student's).
+* the teacher's own text (``--teacher-samples N``, sequence-level distillation: TRL's ``seq_kd``, the synthetic
+  transfer data of Minitron-style recipes): N more windows, each the first eighth of a transfer window continued by
+  sampling from the teacher at temperature 1 (:func:`sample_windows`), generated once before training (kept in the
+  run directory for ``--resume``) and taught like the text's windows, from the cached targets.
 
 TRL's GKD trainer implements the same objective (its ``beta`` 0 and 1 are the forward and reverse KL here) but is a
 ``transformers.Trainer`` with its own loop, checkpoints and chat-format datasets, and scores the whole vocabulary
@@ -48,11 +52,12 @@ from compress.stages.distill.config import (
     Metric,
 )
 
-__all__ = ["LM_LOSS", "distill_causal_lm", "evaluate_lm", "lm_defaults", "score_layers"]
+__all__ = ["LM_LOSS", "distill_causal_lm", "evaluate_lm", "lm_defaults", "sample_windows", "score_layers"]
 
 log = logging.getLogger("compress.stages.distill")
 
 LM_CONFIG = "distill_config.json"  # beside the loop's run_config.json: the settings a resumed run must share
+SAMPLES = "teacher_samples.npz"  # the --teacher-samples windows, kept for --resume
 
 
 #: a causal LM's loss where the settings leave it: KL alone at T = 1 (Minitron's logit distillation); on
@@ -198,6 +203,82 @@ def _student(teacher, config: DistillConfig, windows: np.ndarray, choose_student
         raise ConfigError(f"the student is a {type(student).__name__}, not a causal LM",
                           hint="give a …ForCausalLM checkpoint with the teacher's tokenizer, or --layers N")
     return student, desc
+
+
+def sample_windows(model, windows: np.ndarray, n: int, seed: int, device, progress=None,
+                   batch_size: int = 32) -> np.ndarray:
+    """``n`` windows of ``windows``' width written by the causal LM ``model``: the first eighth of each window in
+    turn (BOS first) continued by sampling at temperature 1 (no top-k or top-p cut) to the full width, end-of-text
+    suppressed (a window runs on through the text as the transfer windows do). The same model, windows, ``n`` and
+    ``seed`` give the same samples; the global random state is left as it was."""
+    import torch
+
+    from compress.progress import start_phase
+
+    width = windows.shape[1]
+    prompt, new = max(1, width // 8), width - max(1, width // 8)
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        eos = model.generation_config.eos_token_id
+        pad = (eos if isinstance(eos, int) else eos[0]) if eos is not None else 0
+    advance = start_phase(progress, "samples", n)
+    out = np.empty((n, width), dtype=windows.dtype)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []), \
+            torch.inference_mode():
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(n, start + batch_size)) % len(windows)
+            ids = torch.from_numpy(windows[rows, :prompt]).to(device)
+            seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                                 top_p=1.0, temperature=1.0, max_new_tokens=new, min_new_tokens=new,
+                                 pad_token_id=pad)
+            out[start:start + len(rows)] = seq.cpu().numpy()
+            advance(len(rows))
+    model.train(was_training)
+    return out
+
+
+def _teacher_samples(teacher, ids: np.ndarray, config: DistillConfig, run: Path, resume: bool,
+                     progress) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The ``--teacher-samples`` windows (None when not asked for) and what identifies them: made by the main
+    process (or read from the run being resumed) and sent to the others of ``accelerate launch``."""
+    import time
+
+    n = config.augmentation.teacher_samples
+    meta = {"teacher": teacher.sha256, "windows": _fingerprint(ids), "samples": n, "seed": config.seed}
+    if not n:
+        return None, meta
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state, got = PartialState(), [None]
+    if state.is_main_process:
+        saved = run / SAMPLES
+        if resume and saved.is_file():
+            with np.load(saved) as z:
+                if str(z["meta"]) == json.dumps(meta, sort_keys=True):
+                    got[0] = z["samples"]
+        if got[0] is None:
+            t0 = time.perf_counter()
+            teacher.model.to(state.device)
+            got[0] = sample_windows(teacher.model, ids, n, config.seed, state.device, progress)
+            meta["seconds"] = round(time.perf_counter() - t0, 1)
+    if state.num_processes > 1:
+        broadcast_object_list(got)
+    return got[0], meta
+
+
+def _keep_samples(run: Path, samples: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write the teacher's samples into the run directory (atomically) for ``--resume``."""
+    import os
+
+    tmp = run / f".{SAMPLES}"
+    with open(tmp, "wb") as f:
+        np.savez(f, samples=samples, meta=np.array(json.dumps({k: v for k, v in meta.items() if k != "seconds"},
+                                                              sort_keys=True)))
+    os.replace(tmp, run / SAMPLES)
 
 
 def _check_resume(run: Path, record: dict[str, Any], resume: bool) -> None:
@@ -367,13 +448,15 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     record = {"config": config.training_fields(), "teacher": teacher.sha256, "train": _fingerprint(ids),
               "eval": _fingerprint(eval_ids) if eval_ids is not None else None}
     _check_resume(run, record, resume)
+    samples, sample_meta = _teacher_samples(teacher, ids, config, run, resume, progress)
+    train_ids = ids if samples is None else np.concatenate([ids, samples])
 
     tc = config.training
     loop_config = FinetuneConfig.from_flat(
         epochs=tc.epochs, max_steps=tc.max_steps, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
         warmup_ratio=tc.warmup_ratio, eval_every=config.evaluation.every, patience=config.evaluation.patience,
         save_every=config.evaluation.save_every, max_length=window, seed=config.seed)
-    data = Windows(ids)
+    data = Windows(train_ids)
     evaluated: dict[str, Any] = {}
 
     def agreement(model) -> float:
@@ -393,9 +476,12 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     loop.start(resume, force)
     if loop.is_main:
         (run / LM_CONFIG).write_text(json.dumps(record, indent=1) + "\n")
+        if samples is not None:
+            _keep_samples(run, samples, sample_meta)
     labelled, cache_seconds = 0, 0.0
     if config.loss.soft_weight and config.loss.on_policy < 1:
-        key = {"teacher": teacher.sha256, "windows": record["train"], "top_k": config.loss.top_k,
+        windows = record["train"] if samples is None else _fingerprint(train_ids)
+        key = {"teacher": teacher.sha256, "windows": windows, "top_k": config.loss.top_k,
                "temperature": config.loss.temperature, "kind": "causal-lm-top-k"}
         cache_dir = Path(teacher_cache) if teacher_cache else run / "teacher-cache"
         try:
@@ -415,7 +501,8 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
         **loop.record(), "teacher_parameters": count_parameters(teacher.model),
         "student_parameters": count_parameters(final), "student": desc, "window": window,
         "transfer_windows": len(ids), "transfer_tokens": int(ids.size), "divergence": config.loss.divergence.value,
-        "top_k": config.loss.top_k, "on_policy": config.loss.on_policy, "teacher_labelled_rows": labelled,
+        "top_k": config.loss.top_k, "on_policy": config.loss.on_policy, "teacher_samples": len(train_ids) - len(ids),
+        "teacher_sample_seconds": sample_meta.get("seconds"), "teacher_labelled_rows": labelled,
         "teacher_cache_seconds": round(cache_seconds, 1),
         "teacher_cache_bytes": data.cache.nbytes if data.cache is not None else 0,
         "data": {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None}}

@@ -133,6 +133,13 @@ class Augmentation(Section):
         "another of the same label (any other when unlabelled). For phrase-level training data such as SST-2's, "
         "whose dev and test sets are whole sentences twice as long.",
     )
+    teacher_samples: int = Field(
+        0, ge=0,
+        description="A causal LM's extra transfer windows written by the teacher itself (sequence-level distillation, "
+        "TRL's seq_kd): each the first eighth of a transfer window, in turn, continued by sampling from the teacher "
+        "to a whole window; generated once (kept for --resume) and taught from the teacher's cached targets like the "
+        "text's windows.",
+    )
 
 
 class Training(Section):
@@ -189,6 +196,7 @@ class DistillConfig(Settings):
         "layer_choice": "student.layer_choice",
         **{k: f"loss.{k}" for k in Loss.model_fields},
         "augment": "augmentation.copies", "augment_prob": "augmentation.prob", "augment_join": "augmentation.join",
+        "teacher_samples": "augmentation.teacher_samples",
         **{k: f"training.{k}" for k in Training.model_fields},
         "eval_every": "evaluation.every", "eval_samples": "evaluation.samples", "metric": "evaluation.metric",
         "patience": "evaluation.patience", "save_every": "evaluation.save_every",
