@@ -15,7 +15,8 @@ tiny-shakespeare, on two CPU cores shared with seven other sessions: a real LM o
 
 Every step goes through the library's API (the same functions the CLI verbs call): ``finetune`` (``--lora-rank 32
 --lora-alpha 64``, and ``--qlora``: bitsandbytes on ``PYTHONPATH`` where it is not installed), ``distill``
-(``--layers N``, evenly spaced or ``--layer-choice scored``; ``--divergence``, ``--top-k``, ``--on-policy`` passed on),
+(``--layers N``, evenly spaced or ``--layer-choice scored``; ``--divergence``, ``--top-k``, ``--on-policy``,
+``--teacher-samples`` passed on),
 ``prune`` (``--heads --ffn --vocab-corpus --recover-steps``), ``export --format onnx``, ``quantize --precision int4``
 (post-training, and ``--qat-steps``), ``validate`` (on a profile that extends pixel-8 with ONNX Runtime: quality
 measured on this host against the step's reference, its timings taken here, ``*_this_host``, beside the phone's
@@ -23,12 +24,12 @@ estimate; the student's top-1 agreement also window by window with a bootstrap i
 :func:`agreement_spread`). A step whose API or backend is not here is recorded as ``{"status": "not available",
 "why": ...}``; ``--stop-at`` records the stages not begun by then as not run. Nothing is guessed.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=/path/to/bitsandbytes nice -n 10 python benchmarks/lm_smaller.py \
-        --teacher /tmp/s62/lm-teacher --work /tmp/s62/lm-smaller-t3 --distill-steps 1000 --layer-choice scored \
-        --top-k 128 --transfer-chars 120000 --recover-steps 20 --qat-steps 20
+    OMP_NUM_THREADS=2 PYTHONPATH=/path/to/bitsandbytes python benchmarks/lm_smaller.py \
+        --teacher /tmp/s62/lm-teacher --work /tmp/s64/chain --distill-steps 12000 --layer-choice scored \
+        --top-k 128 --transfer-chars 377000 --teacher-samples 6000 --recover-steps 20 --qat-steps 20
 
-One torch thread (``OMP_NUM_THREADS=1``) on two cores shared with other sessions: the 200-step distillation took
-482 s with two threads, 56 s with one.
+Two torch threads on an otherwise idle VM (20 minutes); where other sessions share the two cores, one thread
+(``OMP_NUM_THREADS=1``): the 200-step distillation took 482 s with two threads there, 56 s with one.
 """
 
 from __future__ import annotations
