@@ -141,6 +141,7 @@ def test_teacher_samples_add_windows_the_teacher_wrote_and_are_kept_for_resume(l
     import torch
     from transformers import AutoModelForCausalLM
 
+    from compress.errors import ConfigError
     from compress.stages.distill import distill
     from compress.stages.distill.causal_lm import SAMPLES, sample_windows
     from compress.stages.distill.config import DistillConfig, Interrupted
@@ -167,6 +168,9 @@ def test_teacher_samples_add_windows_the_teacher_wrote_and_are_kept_for_resume(l
         distill(*args, progress=lambda e: (phases.append(e.get("phase")), interrupt(e)))
     assert "samples" in phases and (tmp_path / "student.run" / SAMPLES).is_file()
     phases.clear()
+    with pytest.raises(ConfigError, match="holds an unfinished run"):  # refused before the teacher writes again
+        distill(*args, progress=lambda e: phases.append(e.get("phase")))
+    assert "samples" not in phases
     m = distill(*args, resume=True, progress=lambda e: phases.append(e.get("phase"))).metrics
     assert "samples" not in phases  # the resumed run reads the samples the first one wrote
     assert m["teacher_samples"] == 40 and m["teacher_labelled_rows"] == 0 and m["steps"] == 6

@@ -433,7 +433,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
 
     from compress.stages.distill.student import count_parameters
     from compress.stages.finetune.config import FinetuneConfig
-    from compress.stages.finetune.loop import TrainLoop
+    from compress.stages.finetune.loop import TrainLoop, refuse_unfinished
     from compress.teachers.causal_lm import CausalLM
 
     _refuse(config)
@@ -448,6 +448,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     record = {"config": config.training_fields(), "teacher": teacher.sha256, "train": _fingerprint(ids),
               "eval": _fingerprint(eval_ids) if eval_ids is not None else None}
     _check_resume(run, record, resume)
+    refuse_unfinished(run, resume, force)  # before the teacher writes its samples, not after
     samples, sample_meta = _teacher_samples(teacher, ids, config, run, resume, progress)
     train_ids = ids if samples is None else np.concatenate([ids, samples])
 

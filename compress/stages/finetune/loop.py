@@ -25,6 +25,13 @@ from compress.stages.finetune.config import FinetuneConfig, Mode
 log = logging.getLogger("compress.stages.finetune")
 
 
+def refuse_unfinished(run: Path, resume: bool, force: bool) -> None:
+    """Refuse to start afresh over an interrupted run in ``run`` unless ``--force`` (or ``--resume`` continues it);
+    callers with slow work before the loop starts ask this first."""
+    if not resume and not force and (run / "checkpoint.pt").is_file():
+        raise ConfigError(f"{run} holds an unfinished run", hint="add --resume to continue it, or --force")
+
+
 class TrainLoop:
     """Optimiser, schedule, data order and evaluation; the run directory holds the checkpoint a resumed run reads.
 
@@ -77,8 +84,7 @@ class TrainLoop:
             self.state = json.loads(saved["state"])
             log.info("resuming at step %d of %d", self.state["step"], self.total)
             return
-        if self.run.exists() and (self.run / "checkpoint.pt").is_file() and not force:
-            raise ConfigError(f"{self.run} holds an unfinished run", hint="add --resume to continue it, or --force")
+        refuse_unfinished(self.run, resume, force)
         self.accelerator.wait_for_everyone()  # every process has looked before the main one clears it
         if self.is_main:
             shutil.rmtree(self.run, ignore_errors=True)
