@@ -57,7 +57,7 @@ __all__ = ["LM_LOSS", "distill_causal_lm", "evaluate_lm", "lm_defaults", "sample
 log = logging.getLogger("compress.stages.distill")
 
 LM_CONFIG = "distill_config.json"  # beside the loop's run_config.json: the settings a resumed run must share
-SAMPLES = "teacher_samples.npz"  # the --teacher-samples windows, kept for --resume
+SAMPLES = "teacher_samples.npy"  # the --teacher-samples windows, kept for --resume
 
 
 #: a causal LM's loss where the settings leave it: KL alone at T = 1 (Minitron's logit distillation); on
@@ -205,6 +205,12 @@ def _student(teacher, config: DistillConfig, windows: np.ndarray, choose_student
     return student, desc
 
 
+def _eos_ids(model) -> list[int]:
+    """The model's end-of-text token ids (its config's ``eos_token_id``: one, several or none)."""
+    eos = model.config.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
 def sample_windows(model, windows: np.ndarray, n: int, seed: int, device, progress=None,
                    batch_size: int = 32) -> np.ndarray:
     """``n`` windows of ``windows``' width written by the causal LM ``model``: the first eighth of each window in
@@ -216,11 +222,9 @@ def sample_windows(model, windows: np.ndarray, n: int, seed: int, device, progre
     from compress.progress import start_phase
 
     width = windows.shape[1]
-    prompt, new = max(1, width // 8), width - max(1, width // 8)
-    pad = model.generation_config.pad_token_id
-    if pad is None:
-        eos = model.generation_config.eos_token_id
-        pad = (eos if isinstance(eos, int) else eos[0]) if eos is not None else 0
+    prompt = max(1, width // 8)
+    new = width - prompt
+    eos = _eos_ids(model)
     advance = start_phase(progress, "samples", n)
     out = np.empty((n, width), dtype=windows.dtype)
     was_training = model.training
@@ -233,7 +237,7 @@ def sample_windows(model, windows: np.ndarray, n: int, seed: int, device, progre
             ids = torch.from_numpy(windows[rows, :prompt]).to(device)
             seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
                                  top_p=1.0, temperature=1.0, max_new_tokens=new, min_new_tokens=new,
-                                 pad_token_id=pad)
+                                 pad_token_id=eos[0] if eos else 0)
             out[start:start + len(rows)] = seq.cpu().numpy()
             advance(len(rows))
     model.train(was_training)
@@ -241,43 +245,39 @@ def sample_windows(model, windows: np.ndarray, n: int, seed: int, device, progre
 
 
 def _teacher_samples(teacher, ids: np.ndarray, config: DistillConfig, run: Path, resume: bool,
-                     progress) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """The ``--teacher-samples`` windows (None when not asked for) and what identifies them: made by the main
-    process (or read from the run being resumed) and sent to the others of ``accelerate launch``."""
+                     progress) -> tuple[np.ndarray | None, float | None]:
+    """The ``--teacher-samples`` windows (None when not asked for) and the seconds writing them took (None when
+    read back): made by the main process, or read from the run being resumed (whose settings, teacher and text
+    :func:`_check_resume` found unchanged), and sent to the others of ``accelerate launch``."""
     import time
 
-    n = config.augmentation.teacher_samples
-    meta = {"teacher": teacher.sha256, "windows": _fingerprint(ids), "samples": n, "seed": config.seed}
-    if not n:
-        return None, meta
+    if not config.augmentation.teacher_samples:
+        return None, None
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    state, got = PartialState(), [None]
+    state, got, seconds = PartialState(), [None], None
     if state.is_main_process:
-        saved = run / SAMPLES
-        if resume and saved.is_file():
-            with np.load(saved) as z:
-                if str(z["meta"]) == json.dumps(meta, sort_keys=True):
-                    got[0] = z["samples"]
-        if got[0] is None:
+        if resume and (run / SAMPLES).is_file():
+            got[0] = np.load(run / SAMPLES)
+        else:
             t0 = time.perf_counter()
             teacher.model.to(state.device)
-            got[0] = sample_windows(teacher.model, ids, n, config.seed, state.device, progress)
-            meta["seconds"] = round(time.perf_counter() - t0, 1)
+            got[0] = sample_windows(teacher.model, ids, config.augmentation.teacher_samples, config.seed,
+                                    state.device, progress)
+            seconds = round(time.perf_counter() - t0, 1)
     if state.num_processes > 1:
         broadcast_object_list(got)
-    return got[0], meta
+    return got[0], seconds
 
 
-def _keep_samples(run: Path, samples: np.ndarray, meta: dict[str, Any]) -> None:
+def _keep_samples(run: Path, samples: np.ndarray) -> None:
     """Write the teacher's samples into the run directory (atomically) for ``--resume``."""
     import os
 
     tmp = run / f".{SAMPLES}"
     with open(tmp, "wb") as f:
-        np.savez(f, samples=samples, meta=np.array(json.dumps({k: v for k, v in meta.items() if k != "seconds"},
-                                                              sort_keys=True)))
+        np.save(f, samples)
     os.replace(tmp, run / SAMPLES)
 
 
@@ -354,8 +354,7 @@ def _loss(teacher, config: DistillConfig, window: int, context: int, after_step:
     if loss_cfg.on_policy and prompt + new > context:
         raise ConfigError(f"--on-policy-tokens {new} after a prompt of {prompt} tokens is longer than the teacher's "
                           f"context ({context})", hint=f"give --on-policy-tokens {context - prompt} or less")
-    eos = teacher.model.config.eos_token_id
-    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    eos_ids = _eos_ids(teacher.model)
 
     def on_policy(rows) -> bool:
         return loss_cfg.on_policy > 0 and random.Random(f"{config.seed}:{rows}").random() < loss_cfg.on_policy
@@ -449,7 +448,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
               "eval": _fingerprint(eval_ids) if eval_ids is not None else None}
     _check_resume(run, record, resume)
     refuse_unfinished(run, resume, force)  # before the teacher writes its samples, not after
-    samples, sample_meta = _teacher_samples(teacher, ids, config, run, resume, progress)
+    samples, sample_seconds = _teacher_samples(teacher, ids, config, run, resume, progress)
     train_ids = ids if samples is None else np.concatenate([ids, samples])
 
     tc = config.training
@@ -478,7 +477,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     if loop.is_main:
         (run / LM_CONFIG).write_text(json.dumps(record, indent=1) + "\n")
         if samples is not None:
-            _keep_samples(run, samples, sample_meta)
+            _keep_samples(run, samples)
     labelled, cache_seconds = 0, 0.0
     if config.loss.soft_weight and config.loss.on_policy < 1:
         windows = record["train"] if samples is None else _fingerprint(train_ids)
@@ -503,7 +502,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
         "student_parameters": count_parameters(final), "student": desc, "window": window,
         "transfer_windows": len(ids), "transfer_tokens": int(ids.size), "divergence": config.loss.divergence.value,
         "top_k": config.loss.top_k, "on_policy": config.loss.on_policy, "teacher_samples": len(train_ids) - len(ids),
-        "teacher_sample_seconds": sample_meta.get("seconds"), "teacher_labelled_rows": labelled,
+        "teacher_sample_seconds": sample_seconds, "teacher_labelled_rows": labelled,
         "teacher_cache_seconds": round(cache_seconds, 1),
         "teacher_cache_bytes": data.cache.nbytes if data.cache is not None else 0,
         "data": {"train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()) if eval_data else None}}
