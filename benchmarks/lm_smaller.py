@@ -8,7 +8,7 @@ tiny-shakespeare, on two CPU cores shared with seven other sessions: a real LM o
 
 * task (fine-tune data, distillation and recovery transfer text, QAT data): TinyStories ``valid-first500.txt``,
   which neither the teacher nor its tokenizer saw: its first ``TASK_CHARS`` characters after the first (partial)
-  story (``--transfer-chars N``: the distillation reads the first N instead, the task text and more);
+  story (``--task-chars N``: the first N; ``--transfer-chars N``: the distillation reads the first N instead);
 * task held out (every perplexity, KL and top-1 agreement): the file's last ``EVAL_CHARS`` characters, cut at a
   paragraph;
 * forgetting (the base's own domain, held out from pretraining): the first ``RETAIN_CHARS`` of WikiText-2's test split.
@@ -64,7 +64,8 @@ PHONE = {"name": "pixel-8-onnxruntime", "extends": "pixel-8",
          "budgets": {"max_perplexity_increase": 1.0, "min_decode_tokens_per_s": 1.0}}
 
 
-def split_text(data: Path, work: Path, transfer_chars: int | None = None) -> dict[str, str]:
+def split_text(data: Path, work: Path, transfer_chars: int | None = None,
+               task_chars: int = TASK_CHARS) -> dict[str, str]:
     """Write the task, held-out and retained texts (see the module's docstring) under ``work``; their paths. With
     ``transfer_chars``, also the distillation's transfer text: the stories' first ``transfer_chars`` characters
     (the task text and more; never the held-out part)."""
@@ -72,12 +73,12 @@ def split_text(data: Path, work: Path, transfer_chars: int | None = None) -> dic
     stories = stories[stories.index("\n\n") + 2:]  # the first story starts mid-way
     cut = stories.rfind("\n\n", 0, len(stories) - EVAL_CHARS)
     retain = (data / "wikitext-2" / "wiki.test.raw").read_text(encoding="utf-8")[:RETAIN_CHARS]
-    head = stories.rfind("\n\n", 0, TASK_CHARS)
+    if max(task_chars, transfer_chars or 0) > cut:
+        raise SystemExit(f"--task-chars/--transfer-chars: at most {cut} (the held-out text follows)")
+    head = stories.rfind("\n\n", 0, task_chars)
     texts = {"task": stories[:head].strip() + "\n", "eval": stories[cut:].strip() + "\n",
              "retain": retain[:retain.rfind("\n")] + "\n"}
     if transfer_chars:
-        if transfer_chars > cut:
-            raise SystemExit(f"--transfer-chars {transfer_chars}: at most {cut} (the held-out text follows)")
         texts["transfer"] = stories[:stories.rfind("\n\n", 0, transfer_chars)].strip() + "\n"
     work.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -192,31 +193,53 @@ def distill_stage(a, texts, teacher: str, layers: int) -> dict[str, Any]:
             "options": options, "metrics": _plain(res.metrics)}
 
 
+#: the margin between the teacher's two likeliest next tokens that splits positions into groups (agreement_spread)
+MARGINS = (0.0, 0.1, 0.25, 0.5)
+
+
 def agreement_spread(student: str, teacher: str, eval_text: str, window: int, limit: int, *,
                      resamples: int = 2000) -> dict[str, Any]:
     """Top-1 agreement of the PyTorch ``student`` with ``teacher`` window by window on the windows validate reads
-    (llama-perplexity's cut of ``eval_text``, BOS first, the second half of each scored: the library's
-    :func:`~compress.stages.distill.causal_lm.evaluate_lm`), and a bootstrap 95 % interval of the pooled figure
-    over windows (``resamples`` draws of as many windows, with replacement; seed 0)."""
+    (llama-perplexity's cut of ``eval_text``, BOS first, the library's scored positions: the second half of each, as
+    :func:`~compress.stages.distill.causal_lm.evaluate_lm` scores them), a bootstrap 95 % interval of the pooled figure
+    over windows (``resamples`` draws of as many windows, with replacement; seed 0), and the agreement by how decided
+    the teacher is (the margin between its two likeliest tokens, groups from :data:`MARGINS`: where a weak teacher's
+    top two are nearly tied, which one a student ranks first is close to a coin toss)."""
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compress.data.text import read_texts, token_windows
-    from compress.stages.distill.causal_lm import evaluate_lm
+    from compress.tasks.generation import scored_positions
 
     tok = AutoTokenizer.from_pretrained(teacher)
     t = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     s = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
     ids = token_windows(tok, read_texts(eval_text), window, max_windows=limit,
                         context=t.config.max_position_embeddings)
-    per = np.array([evaluate_lm(s, t, ids[i:i + 1], "cpu")["top1_agreement"] for i in range(len(ids))])
+    agree, margin = [], []
+    with torch.inference_mode():
+        for w in torch.from_numpy(np.asarray(ids)):
+            sl = scored_positions(len(w))
+            lt, ls = (m(input_ids=w[None], use_cache=False).logits[0, sl].float() for m in (t, s))
+            top2 = lt.softmax(-1).topk(2, -1).values
+            agree.append((lt.argmax(-1) == ls.argmax(-1)).numpy())
+            margin.append((top2[:, 0] - top2[:, 1]).numpy())
+    per = np.array([a.mean() for a in agree])
     boot = per[np.random.default_rng(0).integers(0, len(per), (resamples, len(per)))].mean(1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"windows": len(per), "positions_per_window": window - 1 - window // 2, "top1_agreement": float(per.mean()),
+    a, m = np.concatenate(agree), np.concatenate(margin)
+    groups = {}
+    for low, high in zip(MARGINS, (*MARGINS[1:], 1.0), strict=True):
+        k = (m >= low) & (m < high) if high < 1 else m >= low
+        groups[f"{low}-{high}"] = {"share": round(float(k.mean()), 3),
+                                   "agreement": round(float(a[k].mean()), 3) if k.any() else None}
+    return {"windows": len(per), "positions_per_window": len(agree[0]), "top1_agreement": float(a.mean()),
             "bootstrap_95": [round(float(lo), 4), round(float(hi), 4)], "bootstrap_resamples": resamples,
             "per_window": {"min": round(float(per.min()), 4), "median": round(float(np.median(per)), 4),
                            "max": round(float(per.max()), 4), "std": round(float(per.std(ddof=1)), 4)},
+            "by_teacher_margin": {"what": "positions by the teacher's top-1 minus top-2 probability: their share and "
+                                  "the student's top-1 agreement there", **groups},
             "measured_on": "the PyTorch checkpoints (validate's figure is the exported ONNX model's)",
             "per_window_agreement": [round(float(x), 4) for x in per]}
 
@@ -350,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-lr", type=float, default=2e-3)
     p.add_argument("--distill-steps", type=int, default=20)
     p.add_argument("--distill-lr", type=float, default=2e-3)
+    p.add_argument("--task-chars", type=int, default=TASK_CHARS, help="the fine-tunes read the stories' first N "
+                   "characters (default %(default)s)")
     p.add_argument("--transfer-chars", type=int, help="distil on the stories' first N characters (default: the "
                    f"task text, {TASK_CHARS:,})")
     p.add_argument("--layer-choice", choices=("evenly", "scored"), help="distill --layer-choice (default evenly)")
@@ -367,10 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-at", help="HH:MM (UTC): stages not begun by then are recorded as not run")
     p.add_argument("--only", default="", help="comma-separated stages to run again (lora, qlora, distill, prune, "
                    "validate, validate_student_fp32, int4), the others' figures kept from --out (default: all)")
+    p.add_argument("--agreement", nargs=2, metavar=("STUDENT", "EVAL_TEXT"), help="only measure STUDENT's top-1 "
+                   "agreement with --teacher on EVAL_TEXT (the spread and the groups by the teacher's margin), print it")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if a.agreement:
+        spread = agreement_spread(a.agreement[0], str(a.teacher), a.agreement[1], a.window, a.limit)
+        print(json.dumps({k: v for k, v in spread.items() if k != "per_window_agreement"}, indent=1))
+        return 0
     a.work.mkdir(parents=True, exist_ok=True)
-    texts = split_text(a.data, a.work / "data", a.transfer_chars)
+    texts = split_text(a.data, a.work / "data", a.transfer_chars, a.task_chars)
     phone = a.work / "pixel-8-onnxruntime.yaml"
     import torch
     import yaml

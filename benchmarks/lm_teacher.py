@@ -25,12 +25,14 @@ a warmup + cosine schedule over the *wall time* given (``--minutes``), as the ma
 vary. Writes a Hugging Face checkpoint folder (``config.json``, ``model.safetensors``, the tokenizer,
 ``generation_config.json``) and ``pretraining.json`` (split, steps, tokens, held-out perplexity) to ``--out``.
 
+    pip install sentencepiece  # the tokenizer's trainer (not one of edgecompress's dependencies)
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/lm_teacher.py --out /tmp/s62/lm-teacher --minutes 33 --threads 1
 
 Threads: on two cores shared with other sessions, one torch thread ran a step in ~1 s where two took ~8 s (the
 threads wait for each other on oversubscribed cores): the first teacher (/tmp/s61/lm-teacher, two threads, 55
 minutes) made 131 steps (held-out perplexity 738 on WikiText-2 test: near-unigram); one thread for 33 minutes
-(/tmp/s62/lm-teacher) made 3,620 steps, 3.7M tokens (85.5 on WikiText-2 test, 42.8 on the held-out Shakespeare).
+(/tmp/s62/lm-teacher) made 3,620 steps, 3.7M tokens (85.5 on WikiText-2 test, 42.8 on the held-out Shakespeare);
+one thread for 36 minutes on an idle VM (/tmp/s65/lm-teacher) made 5,183 steps, 5.3M tokens (92.1 and 40.4).
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ def split(data: Path) -> dict[str, str]:
 
 def train_tokenizer(text: str, work: Path):
     """A sentencepiece BPE (byte fallback, Llama 2's settings) on ``text``, as a Hugging Face fast tokenizer."""
-    import sentencepiece as spm
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        raise SystemExit("lm_teacher.py trains its tokenizer with sentencepiece: pip install sentencepiece") from None
     from transformers import LlamaTokenizerFast
 
     corpus = work / "corpus.txt"
