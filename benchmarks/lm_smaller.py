@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task-chars", type=int, default=TASK_CHARS, help="the fine-tunes read the stories' first N "
                    "characters (default %(default)s)")
     p.add_argument("--transfer-chars", type=int, help="distil on the stories' first N characters (default: the "
-                   f"task text, {TASK_CHARS:,})")
+                   "task text, --task-chars)")
     p.add_argument("--layer-choice", choices=("evenly", "scored"), help="distill --layer-choice (default evenly)")
     p.add_argument("--divergence", choices=("forward", "reverse"), help="distill --divergence (default forward)")
     p.add_argument("--top-k", type=int, help="distill --top-k: the teacher's tokens cached per position (default 32)")
