@@ -91,8 +91,8 @@ def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
 
 def _scripted_timings(monkeypatch, first: dict[str, float], final: float, real: list | None = None):
     """Replace speed-aware's timing by set medians (ms), so which group INT8 makes slower does not depend on the
-    CPU (on AVX2 without VNNI every group is slower in INT8; on VNNI CPUs few are). With ``real``, the real timing
-    runs first and its medians are appended there."""
+    CPU and its load (on the CI machine every group once timed faster in float, and INT8 was refused). With
+    ``real``, the real timing runs first and its medians are appended there."""
     from compress.stages.quantize import speed
 
     measured = speed._time
