@@ -1,10 +1,12 @@
 """Tiny causal language models for fast tests: a Hugging Face ``LlamaForCausalLM`` (or Qwen2) folder with random
 weights, grouped-query attention and tied embeddings, saved with a real tokenizer.
 
-The tokenizer is stories260K's (a 512-token sentencepiece vocabulary with byte fallback, as ``tokenizer.json``;
-``../shared/models/stories260K/hf``, which CI has beside the clone), so the tiny model's vocabulary is 512. Random
-weights are test material: they say nothing of any real model's quality. Text is real: the TinyStories sample in
-``../shared/data``, or :data:`STORY` where a test needs only a few sentences.
+The tokenizer is stories260K's (a 512-token sentencepiece vocabulary with byte fallback, as ``tokenizer.json``), kept
+in ``tests/assets/stories260K`` (MIT, from llama2.c), so the tiny model's vocabulary is 512 and a fresh clone needs
+nothing beside it. Random weights are test material: they say nothing of any real model's quality. Text is real: the
+TinyStories sample in ``../shared/data`` (:data:`TINYSTORIES`; tests that read it, or the real stories260K of
+:data:`STORIES`, skip without ``../shared``: ``tests/builders/shared.py``), or :data:`STORY` where a test needs only
+a few sentences.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import json
 import shutil
 from pathlib import Path
 
-#: stories260K's Hugging Face folder (its tokenizer files are the tiny models' tokenizer)
-STORIES = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K" / "hf"
+from tests.builders.shared import SHARED
+
+#: stories260K's small files in the repository: its tokenizer (the tiny models' tokenizer) and its config.json
+STORIES_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "stories260K"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 #: the same tokenizer as a sentencepiece model (llama.cpp's converters for Gemma and Phi read ``tokenizer.model``)
-SENTENCEPIECE = STORIES.parent / "original" / "tok512.model"
+SENTENCEPIECE = STORIES_ASSETS / "tok512.model"
+#: the real stories260K, weights and all, as a Hugging Face folder (``../shared``: mark its tests ``needs_shared``)
+STORIES = SHARED / "models" / "stories260K" / "hf"
+#: the first 500 stories of TinyStories' validation split, stories260K's own domain (``../shared`` too)
+TINYSTORIES = SHARED / "data" / "tinystories" / "valid-first500.txt"
 
 #: a few sentences of the kind stories260K was trained on (written for these tests)
 STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
@@ -71,7 +79,7 @@ def tiny_causal_lm(out: Path, *, arch: str = "llama", layers: int = 2, hidden: i
                 p.normal_(0.0, 0.08)
     model.save_pretrained(out)
     for name in TOKENIZER_FILES:
-        shutil.copy(STORIES / name, out / name)
+        shutil.copy(STORIES_ASSETS / name, out / name)
     if sentencepiece:
         shutil.copy(SENTENCEPIECE, out / "tokenizer.model")
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")

@@ -14,12 +14,12 @@ import yaml
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from tests.builders.causal_lm import STORIES, STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.causal_lm import STORIES, STORY, TINYSTORIES, needs_genai_builder, tiny_causal_lm
+from tests.builders.shared import needs_shared
 from tests.validation.test_validate_generation import gen_profile
 
 pytestmark = needs_genai_builder()
 
-TINYSTORIES = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
 BUDGETS = {"min_decode_tokens_per_s": 1.0, "max_time_to_first_token_ms": 60000, "max_perplexity_increase": 0.5,
            "min_top1_agreement": 0.3}
 
@@ -178,8 +178,7 @@ def test_the_shipped_recipe_names_what_it_needs_in_one_line(capsys, tmp_path):
 
 
 @pytest.mark.slow  # about 2 minutes on 2 cores: export, accuracy-aware INT4, validation of the real model
-@pytest.mark.skipif(not (STORIES / "config.json").is_file() or not TINYSTORIES.is_file(),
-                    reason="stories260K and the TinyStories sample are not beside the clone (../shared)")
+@needs_shared(STORIES, TINYSTORIES)
 def test_stories260k_through_the_shipped_recipe(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)  # --set paths are relative to the current directory; runs/ lands here

@@ -19,11 +19,11 @@ from compress.errors import ConfigError
 pytest.importorskip("optuna")
 pytest.importorskip("onnxruntime")
 
-from tests.builders.causal_lm import STORIES, needs_genai_builder, tiny_causal_lm
+from tests.builders.causal_lm import TINYSTORIES, needs_genai_builder, tiny_causal_lm
+from tests.builders.shared import shared_file
 
 pytestmark = needs_genai_builder()
 
-TINYSTORIES = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
 #: two algorithms x two group sizes of ONNX Runtime's INT4: four candidates, three measured
 SPACE = {"runtime": ["onnxruntime"], "algorithm": ["rtn", "hqq"], "group": [32, 128], "int8": [0.0]}
 
@@ -31,11 +31,10 @@ SPACE = {"runtime": ["onnxruntime"], "algorithm": ["rtn", "hqq"], "group": [32, 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, home):
     """The tiny Llama, a few stories of text, and a profile with a generator's quality budgets."""
-    if not TINYSTORIES.is_file():
-        pytest.skip(f"{TINYSTORIES} is not here")
+    text = shared_file(TINYSTORIES).read_text(encoding="utf-8")
     root = tmp_path_factory.mktemp("gensearch")
     tiny_causal_lm(root / "ckpt")
-    stories = TINYSTORIES.read_text(encoding="utf-8").split("\n\n")[1:40]  # the first starts mid-story
+    stories = text.split("\n\n")[1:40]  # the first starts mid-story
     (root / "story.txt").write_text("\n\n".join(stories) + "\n", encoding="utf-8")
     (root / "gen.yaml").write_text(yaml.safe_dump({
         "name": "gen-test", "extends": "host", "measure": {"min_duration_s": 0.2, "warmup": 1, "min_runs": 5},

@@ -11,10 +11,10 @@ import signal
 import numpy as np
 import pytest
 
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.causal_lm import TINYSTORIES, tiny_causal_lm
+from tests.builders.shared import shared_file
 from tests.conftest import main_error
 
-TEXT = "/work/shared/data/tinystories/valid-first500.txt"
 #: the settings every run here shares: 32-token windows, 8 per batch, soft targets only at T=1 (agreement with a
 #: random teacher is what moves, not perplexity on the text)
 BASE = dict(layers=2, max_length=32, batch_size=8, lr=3e-3, temperature=1.0, soft_weight=1.0, hard_weight=0.0,
@@ -28,9 +28,9 @@ def lm(tmp_path_factory):
     from compress.artifact import load_artifact
     from compress.cli import cli
 
+    text = shared_file(TINYSTORIES).read_text(encoding="utf-8")
     root = tmp_path_factory.mktemp("distill-lm")
     teacher = tiny_causal_lm(root / "teacher", layers=4)
-    text = open(TEXT, encoding="utf-8").read()
     (root / "train.txt").write_text(text[:12000], encoding="utf-8")  # real text (TinyStories), ~3,900 tokens
     (root / "eval.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in text[-4000:].split("\n\n")) + "\n")
     # the command, with a causal LM's loss defaults (KL alone at T=1: BASE's); the other runs call the library

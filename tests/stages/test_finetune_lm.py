@@ -18,7 +18,8 @@ from conftest import main_error
 
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
-from tests.builders.causal_lm import STORIES, STORY, tiny_causal_lm
+from tests.builders.causal_lm import STORIES, STORY, TINYSTORIES, tiny_causal_lm
+from tests.builders.shared import needs_shared
 
 pytest.importorskip("peft")
 
@@ -187,14 +188,11 @@ def test_bad_input_is_one_line(lm, tmp_path, capsys, rows, args, words):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.skipif(not STORIES.is_dir(), reason="stories260K is not beside the clone (../shared/models)")
+@needs_shared(STORIES, TINYSTORIES)
 def test_stories260k_keeps_its_domain_under_lora(tmp_path):
     """A real LM: its perplexity on TinyStories (its own domain, measured as validate does) is the published loss's
     level, and a few LoRA steps on more of that text, merged, keep it within a few percent."""
-    stories = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
-    if not stories.is_file():
-        pytest.skip("../shared/data/tinystories is not beside the clone")
-    text = stories.read_text(encoding="utf-8").split("\n\n")
+    text = TINYSTORIES.read_text(encoding="utf-8").split("\n\n")
     train, retain = tmp_path / "train.jsonl", tmp_path / "retain.jsonl"
     train.write_text("".join(json.dumps({"text": t}) + "\n" for t in text[200:216]))
     retain.write_text("".join(json.dumps({"text": t}) + "\n" for t in text[:40]))  # 16 windows of 256 tokens

@@ -17,6 +17,7 @@ from test_storage import one_line, run_cli
 
 from compress.tasks.box_layouts import SsdAnchors, ssd_anchors
 from compress.tasks.detection import DetectionPostprocess, decode
+from tests.builders.shared import SHARED, needs_shared
 from tests.tasks.test_detection import _images, _own_boxes
 
 LABELS = ["circle", "square"]
@@ -280,10 +281,10 @@ def test_bad_layouts_are_refused_in_one_line(tmp_path, capsys):
     assert "num_layers is 4 but 5 strides are listed" in line
 
 
-YOLOX_NANO = Path(__file__).resolve().parents[3] / "shared" / "models" / "yolox-nano"
+YOLOX_NANO = SHARED / "models" / "yolox-nano"
 
 
-@pytest.mark.skipif(not (YOLOX_NANO / "yolox_nano.onnx").is_file(), reason="../shared/models/yolox-nano is not here")
+@needs_shared(YOLOX_NANO / "yolox_nano.onnx", YOLOX_NANO / "dog.jpg")
 def test_yolox_nano_declared_in_model_yaml_finds_yoloxs_own_detections_on_dog_jpg(tmp_path):
     """Megvii's YOLOX-Nano, adopted as a user would (BGR, raw 0-255, top-left letterbox, layout yolox), gives the
     detections YOLOX's README shows for its demo image: dog 0.83, car 0.81, bicycle 0.81."""

@@ -18,9 +18,8 @@ from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import Task
 from compress.teachers.causal_lm import GENERATION_FILES, CausalLM, cache_of
 from compress.teachers.load import load_teacher
-from tests.builders.causal_lm import STORIES, STORY, tiny_causal_lm
-
-DATA = STORIES.parents[2] / "data" / "tinystories" / "valid-first500.txt"
+from tests.builders.causal_lm import STORIES, STORIES_ASSETS, STORY, TINYSTORIES, tiny_causal_lm
+from tests.builders.shared import needs_shared
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def test_a_causal_lm_loads_as_text_generation_with_its_cache(tiny):
     assert (post.bos_token_id, post.eos_token_id, post.window) == (1, 2, 256)
     assert (post.cache.layers, post.cache.kv_heads, post.cache.head_size, post.cache.max_length) == (2, 2, 16, 256)
     # stories260K names head_dim (8 = 64 / 8 heads); GQA 8 query heads over 4 KV heads
-    real = cache_of(json.loads((STORIES / "config.json").read_text()))
+    real = cache_of(json.loads((STORIES_ASSETS / "config.json").read_text()))
     assert (real.layers, real.kv_heads, real.head_size, real.max_length) == (5, 4, 8, 512)
     assert "generation_config.json" in GENERATION_FILES and "tokenizer.json" in GENERATION_FILES
 
@@ -128,7 +127,7 @@ def test_a_causal_lm_given_labels_is_one_line(tiny, tmp_path, capsys):
 
 
 @pytest.mark.slow  # ~2 min on a busy 2-core VM
-@pytest.mark.skipif(not DATA.is_file(), reason="the TinyStories sample is not beside the clone")
+@needs_shared(STORIES, TINYSTORIES)
 def test_stories260k_fp32_perplexity_over_tinystories_in_windows_of_256():
     """4.273 over 775 windows (98,425 scored tokens). The issue quotes llama.cpp's llama-perplexity at 4.522 (-c 256).
     Not a difference of arithmetic: llama.cpp (llama-cpp-python 0.3.36, an F32 GGUF converted with tok512.model) gives
@@ -140,7 +139,7 @@ def test_stories260k_fp32_perplexity_over_tinystories_in_windows_of_256():
     from compress.tasks.generation import GenerationStream
 
     lm = CausalLM.load(STORIES)
-    windows = token_windows(lm.tokenizer, read_texts(DATA), 256, context=lm.context)
+    windows = token_windows(lm.tokenizer, read_texts(TINYSTORIES), 256, context=lm.context)
     assert windows.shape == (775, 256) and (windows[:, 0] == 1).all()
     stream = GenerationStream(lm.postprocess())
     done = 0
