@@ -239,6 +239,9 @@ class SourceInfo(BaseModel):
     sha256: str = Field(description="Content hash of the teacher directory (see digest_dir).")
     architecture: str | None = Field(None, description="transformers architecture class name.")
     model_type: str | None = Field(None, description="transformers config.model_type.")
+    origin: dict[str, Any] | None = Field(
+        None, description="The model file the checkpoint was made from: a GGUF dequantized by transformers' GGUF "
+                          "loader (its path, sha256, llama.cpp file type and tensor types).")
 
 
 class StepRecord(BaseModel):

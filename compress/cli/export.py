@@ -27,9 +27,9 @@ class FormatChoice(click.Choice):
 
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path), metavar="SOURCE")
-@click.option("--format", "fmt", type=FormatChoice(), default="onnx",
-              show_default=True,
-              help="onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), "
+@click.option("--format", "fmt", type=FormatChoice(),
+              help="Default: onnx (a model file made elsewhere: adopted as it is; a .gguf given a --format is "
+              "exported from the checkpoint it dequantizes to). onnx, openvino (IR .xml/.bin via openvino.convert_model; SOURCE may be an ONNX artifact), "
               "tensorrt (engine model.plan; SOURCE may be an unfused ONNX artifact; --dry-run needs no TensorRT; "
               "--via torch-tensorrt: a Torch-TensorRT program model.pt2), executorch (a phone's model.pte, "
               "XNNPACK; --precision int8 quantizes it first), litert (model.tflite through litert-torch, where "
@@ -77,7 +77,9 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
 
     SOURCE may also be a model file made elsewhere: an ONNX graph (adopted: checked, upgraded to opset 13 when
     older; a model.yaml beside it says what the graph cannot), an OpenVINO IR (.xml with its .bin), or a .pt2
-    program with its model.yaml. See docs/model-files.md.
+    program with its model.yaml. See docs/model-files.md. A llama.cpp .gguf is adopted as it is; given a --format
+    (onnx, openvino, executorch, gguf) it is dequantized by transformers' GGUF loader into the checkpoint that
+    format is exported from (once per file, cached). See docs/generators.md.
 
     Uses PyTorch's ONNX exporter (dynamic batch and sequence axes; transformers 4 and 5), optionally
     ONNX Runtime's transformer fusions (--optimize), then checks FP32 parity with PyTorch; a miss beyond
@@ -115,6 +117,7 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
 
         check_request(config)
     require_input(source, "model")
+    fmt = str(config.format)
     with status(f"exporting {source} to {fmt}"):
         art = export(source, out, config, force=force)
     if fmt == "tensorrt":

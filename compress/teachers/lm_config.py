@@ -12,8 +12,9 @@ from typing import Any
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks.generation import GenerationPostprocess, KVCache
 
-__all__ = ["CAUSAL_LM_SUFFIXES", "GENERATION_FILES", "cache_of", "check_special_tokens", "check_window",
-           "generation_ids", "head_size", "is_causal_lm", "postprocess_of", "refuse_causal_lm"]
+__all__ = ["CAUSAL_LM_SUFFIXES", "GENERATION_FILES", "GGUF_ORIGIN", "gguf_origin", "source_info", "cache_of", "check_special_tokens", "check_window",
+           "config_kwargs", "generation_ids", "head_size", "is_causal_lm", "legacy_rope", "load_tokenizer", "portable_config", "portable_tokenizer_config",
+           "postprocess_of", "refuse_causal_lm", "refuse_remote_code", "rope_of"]
 
 #: the files of a causal LM folder that travel into every artifact made from it (those present): its tokenizer and
 #: its generation defaults (BOS/EOS, which the runtimes and validate read)
@@ -30,6 +31,28 @@ _ALIASES = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hi
             "max_position_embeddings": "n_positions"}
 
 
+#: the file in a checkpoint folder made from a GGUF (:mod:`compress.teachers.gguf_checkpoint`) that names the file
+GGUF_ORIGIN = "gguf_origin.json"
+
+
+def gguf_origin(folder: Path | str) -> dict[str, Any] | None:
+    """What :data:`GGUF_ORIGIN` in a checkpoint folder says (None when the folder was not made from a GGUF)."""
+    import json
+
+    p = Path(folder) / GGUF_ORIGIN
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def source_info(source: Path, config: dict[str, Any]):
+    """The lineage's :class:`~compress.artifact.SourceInfo` of the causal LM checkpoint ``source`` (``config``: its
+    config.json): path, content digest, architecture, and the GGUF it was dequantized from, if any."""
+    from compress.artifact import SourceInfo, digest_dir
+
+    return SourceInfo(path=str(Path(source).resolve()), sha256=digest_dir(Path(source)),
+                      architecture=(config.get("architectures") or [None])[0], model_type=config.get("model_type"),
+                      origin=gguf_origin(source))
+
+
 def is_causal_lm(config: dict[str, Any]) -> bool:
     """A checkpoint config whose architecture is a causal LM (a ``…ForCausalLM`` or ``…LMHeadModel``)."""
     archs = config.get("architectures") or []
@@ -39,6 +62,88 @@ def is_causal_lm(config: dict[str, Any]) -> bool:
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     c = config.get("text_config") or config
     return c | {k: c[alias] for k, alias in _ALIASES.items() if k not in c and alias in c}
+
+
+# -- RoPE and the two transformers majors ----------------------------------------------------------------------
+#
+# transformers 4 writes a checkpoint's RoPE as ``rope_theta`` (+ ``rope_scaling`` when scaled; Gemma 3's local layers:
+# ``rope_local_base_freq``); transformers 5 as ``rope_parameters``: one dict (``rope_type``, ``rope_theta``, the
+# scaling's fields) or, for models with layers of two kinds (Gemma 3), one per layer type (``full_attention``,
+# ``sliding_attention``). transformers 5 reads both forms; transformers 4 ignores ``rope_parameters`` without a word
+# (RoPE base 10,000 in PyTorch too), and tools written against 4's attributes (ONNX Runtime GenAI's builder reads
+# ``config.rope_theta``) build base 10,000 from a config 5 loaded. Every real Llama, Qwen, Gemma or Phi has another
+# base (SmolLM2 100,000, Qwen3 1,000,000, Llama 3.2 500,000 with llama3 scaling).
+
+
+def rope_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint config's RoPE in one form, whichever major wrote it: ``{"theta", "scaling", "local_theta"}`` —
+    the (global layers') base, their scaling (``{"rope_type": ..., "factor": ...}``, None when unscaled), the local
+    layers' base (Gemma 3's sliding-window layers; None elsewhere)."""
+    c = _text_config(config)
+    params = c.get("rope_parameters")
+    if isinstance(params, dict) and ("full_attention" in params or "sliding_attention" in params):
+        full, local = params.get("full_attention") or {}, params.get("sliding_attention") or {}
+        return {"theta": full.get("rope_theta", c.get("rope_theta")), "scaling": _scaling(full),
+                "local_theta": local.get("rope_theta", c.get("rope_local_base_freq"))}
+    if isinstance(params, dict):
+        return {"theta": params.get("rope_theta", c.get("rope_theta")), "scaling": _scaling(params),
+                "local_theta": c.get("rope_local_base_freq")}
+    legacy = c.get("rope_scaling")
+    return {"theta": c.get("rope_theta"), "scaling": _scaling(legacy) if isinstance(legacy, dict) else None,
+            "local_theta": c.get("rope_local_base_freq")}
+
+
+def _scaling(params: dict[str, Any]) -> dict[str, Any] | None:
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return None
+    return {"rope_type": kind, **{k: v for k, v in params.items() if k not in ("rope_theta", "rope_type", "type")}}
+
+
+def legacy_rope(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys transformers 4 reads for the RoPE of ``config`` (either major's form): ``rope_theta``, ``rope_scaling``
+    (None when unscaled) and, where there are local layers, ``rope_local_base_freq``; {} when the config names no
+    RoPE base (the model's own default then holds in both majors)."""
+    rope = rope_of(config)
+    if rope["theta"] is None:
+        return {}
+    out: dict[str, Any] = {"rope_theta": float(rope["theta"]), "rope_scaling": rope["scaling"]}
+    if rope["local_theta"] is not None:
+        out["rope_local_base_freq"] = float(rope["local_theta"])
+    return out
+
+
+def portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` as both majors read it: transformers 5's ``rope_parameters`` kept, transformers 4's keys
+    (:func:`legacy_rope`) added beside them where missing. A config with a ``text_config`` gets them there too."""
+    out = dict(config)
+    if isinstance(out.get("text_config"), dict):
+        out["text_config"] = portable_config(out["text_config"])
+    if isinstance(out.get("rope_parameters"), dict):
+        out.update({k: v for k, v in legacy_rope(out).items() if k not in out or out[k] is None})
+    return out
+
+
+#: tokenizer classes transformers 5 writes that transformers 4 does not know, and the class 4 reads the same
+#: tokenizer.json with (5 still reads it too)
+_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``tokenizer_config.json`` as both majors read it: a class only transformers 5 knows becomes the one both read
+    (``TokenizersBackend`` -> ``PreTrainedTokenizerFast``, the same tokenizer.json), and 5's list of
+    ``extra_special_tokens`` (4 reads a dict there) moves to ``additional_special_tokens``."""
+    out = dict(config)
+    cls = out.get("tokenizer_class")
+    if cls in _TOKENIZER_CLASSES:
+        out["tokenizer_class"] = _TOKENIZER_CLASSES[cls]
+    extra = out.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del out["extra_special_tokens"]
+        if extra:
+            out["additional_special_tokens"] = list(dict.fromkeys([*(out.get("additional_special_tokens") or []),
+                                                                    *extra]))
+    return out
 
 
 def head_size(config: dict[str, Any]) -> int:
@@ -120,9 +225,70 @@ def check_window(window: int, context: int) -> None:
                           f"(max_position_embeddings {context})", hint=f"give --window {context} or less")
 
 
+def refuse_remote_code(path: Path | str, config: dict[str, Any], trusted: bool) -> None:
+    """Refuse a checkpoint whose config names its own Python code (``auto_map``) unless ``trusted``
+    (``--trust-remote-code``): every loader, transformers and ONNX Runtime GenAI's builder alike, would run it."""
+    if config.get("auto_map") and not trusted:
+        raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
+                             hint="review that code, then pass --trust-remote-code to run it")
+
+
 def refuse_causal_lm(teacher: Any, verb: str, what: str) -> None:
     """Refuse a causal LM teacher (task text-generation) in a verb that takes none: ``what`` says what it takes."""
     if str(getattr(teacher, "task", "")) == "text-generation":
         raise ConfigError(f"{verb} takes {what}; {teacher.path} is a causal language model (text-generation), which "
                           f"takes plain text and no labels",
                           hint="export, quantize and validate it (--data a .txt or .jsonl of documents)")
+
+
+# -- loading a checkpoint the other major wrote -------------------------------------------------------------------
+
+
+def _major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def config_kwargs(path: Path | str) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that make this transformers read the checkpoint at ``path`` as written:
+    under transformers 4, a config that transformers 5 wrote (``rope_parameters``, no ``rope_theta``) is loaded with
+    4's RoPE keys set from it (``{"config": ...}``); {} where ``from_pretrained`` reads it right by itself."""
+    import json
+
+    p = Path(path) / "config.json"
+    if _major() >= 5 or not p.is_file():
+        return {}
+    raw = json.loads(p.read_text(encoding="utf-8"))
+    text = _text_config(raw)
+    legacy = legacy_rope(raw)
+    if not isinstance(text.get("rope_parameters"), dict) or not legacy or text.get("rope_theta") is not None:
+        return {}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    target = getattr(config, "text_config", None) or config
+    for key, value in legacy.items():
+        setattr(target, key, value)
+    return {"config": config}
+
+
+def load_tokenizer(path: Path | str, **kwargs: Any):
+    """``AutoTokenizer.from_pretrained(path, **kwargs)``, also for a tokenizer transformers 5 wrote and 4 reads
+    (:func:`portable_tokenizer_config`: read from a copy of its files with the portable config)."""
+    import json
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    p = Path(path) / "tokenizer_config.json"
+    raw = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    if _major() >= 5 or raw is None or portable_tokenizer_config(raw) == raw:
+        return AutoTokenizer.from_pretrained(str(path), **kwargs)
+    with tempfile.TemporaryDirectory(prefix="edgecompress-tokenizer-") as tmp:
+        for name in GENERATION_FILES:
+            if (Path(path) / name).is_file():
+                shutil.copy(Path(path) / name, Path(tmp) / name)
+        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(portable_tokenizer_config(raw)), encoding="utf-8")
+        return AutoTokenizer.from_pretrained(tmp, **kwargs)

@@ -29,6 +29,14 @@ from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
+from compress.teachers.lm_config import (
+    check_special_tokens,
+    config_kwargs,
+    is_causal_lm,
+    load_tokenizer,
+    postprocess_of,
+    refuse_remote_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +151,10 @@ def inspect_checkpoint(
     config = _read_json(path / "config.json")
     if "model_type" not in config:
         raise ModelLoadError(f"{path}/config.json has no model_type", hint="pass a transformers checkpoint")
-    if config.get("auto_map") and not trust_remote_code:
-        raise ModelLoadError(
-            f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
-            hint="review that code, then pass --trust-remote-code to run it",
-        )
+    refuse_remote_code(path, config, trust_remote_code)
     weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
 
     architecture = (config.get("architectures") or [""])[0] or ""
-    from compress.teachers.lm_config import is_causal_lm
-
     if is_causal_lm(config):  # a decoder with a KV cache: next-token logits, judged on text, never on labels
         if task is not None and Task(task) is not Task.text_generation:
             raise ConfigError(f"{path} is a causal language model ({architecture}): its task is text-generation, "
@@ -195,8 +197,6 @@ def inspect_checkpoint(
                 raise ModelLoadError(f"{path}: {e.message}", hint="set config.json's id2label to IOB2 tags (O, B-PER, "
                                      "I-PER, ...), or fine-tune it with --task token-classification") from None
     elif task is Task.text_generation:  # BOS/EOS, the perplexity window, the KV cache's dimensions
-        from compress.teachers.lm_config import postprocess_of
-
         postprocess = postprocess_of(path, config)
     elif task is Task.feature_extraction:  # an encoder: its token states pooled
         postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
@@ -373,7 +373,7 @@ def load_teacher(
         raise ModelLoadError(f"{info.path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)",
                              hint="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(info.path), use_fast=True, **kwargs)
+        tokenizer = load_tokenizer(info.path, use_fast=True, **kwargs)
     except Exception as e:
         raise ModelLoadError(
             f"{info.path}: cannot load the tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
@@ -382,7 +382,8 @@ def load_teacher(
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{info.path}: no fast tokenizer available", hint="save the checkpoint with a fast tokenizer")
     try:
-        model, loading = auto.from_pretrained(str(info.path), output_loading_info=True, **kwargs)
+        model, loading = auto.from_pretrained(str(info.path), output_loading_info=True, **kwargs,
+                                              **config_kwargs(info.path))
     except Exception as e:
         raise model_load_error(auto, info.path, kwargs, e) from e
     missing = [k for k in loading.get("missing_keys", []) if "position_ids" not in k]
@@ -393,8 +394,6 @@ def load_teacher(
             hint="for a classifier pass a fine-tuned checkpoint; for a bare encoder use --task feature-extraction",
         )
     if generates:  # a tokenizer saved from another model would feed it nonsense without a word
-        from compress.teachers.lm_config import check_special_tokens
-
         check_special_tokens(info.path, tokenizer, info.postprocess.bos_token_id, info.postprocess.eos_token_id)
     if info.labels is not None and model.config.num_labels != len(info.labels):
         raise ConfigError(f"{info.path}: num_labels and id2label disagree", hint="fix config.json")

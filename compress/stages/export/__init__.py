@@ -35,12 +35,23 @@ def export(
     from compress.teachers.model_files import is_model_file
 
     fmt = str(config.format)
+    if _gguf_teacher(source, config):  # a GGUF given a --format: its dequantized checkpoint is the teacher
+        from compress.teachers.gguf_checkpoint import gguf_checkpoint
+
+        source = gguf_checkpoint(source)
     if generator_source(source):  # a causal LM: the format's exporter with a KV cache
         from compress.errors import ConfigError
 
         if config.task is not None and str(config.task) != "text-generation":
             raise ConfigError(f"{source} is a causal language model: its task is text-generation, not {config.task}",
                               hint="leave --task out")
+        from compress.teachers.lm_config import refuse_remote_code
+
+        if (Path(source) / "config.json").is_file():
+            import json
+
+            refuse_remote_code(source, json.loads((Path(source) / "config.json").read_text(encoding="utf-8")),
+                               config.trust_remote_code)
         made = [n for n, f in FORMATS.items() if f.generator_exporter]
         if not FORMATS[fmt].generator_exporter:
             raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
@@ -67,6 +78,14 @@ def export(
     if not FORMATS[fmt].via_onnx and fmt != "onnx" and (Path(source) / "manifest.json").is_file():
         _refuse_non_pytorch_artifact(source, fmt)
     return import_string(FORMATS[fmt].exporter)(source, out, config, force=force)
+
+
+def _gguf_teacher(source: Path | str, config: ExportConfig) -> bool:
+    """A ``.gguf`` file with ``--format`` given: exported from the checkpoint it dequantizes to
+    (:mod:`compress.teachers.gguf_checkpoint`); without one it is adopted as it is."""
+    from compress.teachers.gguf_checkpoint import is_gguf
+
+    return is_gguf(source) and "format" in config.model_fields_set
 
 
 def _refuse_non_pytorch_artifact(source: Path | str, fmt: str) -> None:

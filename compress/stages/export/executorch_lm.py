@@ -50,7 +50,7 @@ from compress.stages.export.genai import (
     require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import GENERATION_FILES, postprocess_of
+from compress.teachers.lm_config import GENERATION_FILES, config_kwargs, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_lm(source: Path):
     from transformers import AutoModelForCausalLM
 
     _register_attention()
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **config_kwargs(source)).eval()
     model.set_attn_implementation(ATTENTION)
     return model
 
@@ -217,7 +217,7 @@ def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
 
 def lm_manifest(source: Path, cfg: dict[str, Any], precision: Precision, max_length: int):
     """The manifest of a generator program: the entry point's tensors and the cache (layout ``stateful``)."""
-    from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
+    from compress.artifact import Manifest, TextPreprocess, library_versions
     from compress.tasks import Task
 
     post = postprocess_of(source, cfg)
@@ -231,8 +231,7 @@ def lm_manifest(source: Path, cfg: dict[str, Any], precision: Precision, max_len
                 TensorSpec(name="cache_position", dtype="int64", shape=["sequence"])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=[1, "sequence", vocab])],
         preprocess=TextPreprocess(), postprocess=post, max_length=max_length,
-        source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
-                          architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
+        source=source_info(source, cfg),
         versions=library_versions("executorch", "torchao"),
     )
 

@@ -35,7 +35,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ParityError
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import head_size, postprocess_of
+from compress.teachers.lm_config import config_kwargs, head_size, legacy_rope, postprocess_of, rope_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ DECODE_STEPS = 8  #: greedy decode steps checked against PyTorch
 #: the prefill logits' tolerance unless --atol is given: a deep generator's logits (30 layers, a vocabulary-wide head)
 #: differ from PyTorch's by more than a classifier's in FP32 alone (fused attention and normalisation kernels)
 GENERATOR_ATOL = 1e-3
+#: ... or this share of the largest reference logit where that is more: Gemma 3 bodies (head 64 or 256, its scaled
+#: embeddings and four norms a layer) differ from PyTorch by 4e-4 of it in the builder's graph, one layer or six
+GENERATOR_REL = 1e-3
 #: the parity prompt when no --sample-data is given
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 #: files the builder writes beside the graph, and the teacher's that travel with it
@@ -121,9 +124,20 @@ def gqa_kernel_takes(cfg: dict[str, Any]) -> bool:
     return size % 16 == 0 and rotary % 16 == 0
 
 
+#: RoPE scalings the builder builds (llama3's rescaled frequencies, YaRN, Phi's long/short factors); it leaves any
+#: other (linear, dynamic) out without a word
+_BUILT_SCALINGS = ("llama3", "yarn", "longrope", "su")
+
+
 def check_builder_takes(source: Path, cfg: dict[str, Any]) -> None:
-    """Refuse what the builder would build wrongly without a word: a Gemma 3 whose ``layer_types`` are not Gemma 3's
-    five-local-one-global pattern (the builder places its sliding-window layers by that pattern, not by the config)."""
+    """Refuse what the builder would build wrongly without a word: a RoPE scaling it does not build, a Gemma 3 whose
+    ``layer_types`` are not Gemma 3's five-local-one-global pattern (the builder places its sliding-window layers by
+    that pattern, not by the config)."""
+    scaling = rope_of(cfg)["scaling"]
+    if scaling is not None and scaling["rope_type"] not in _BUILT_SCALINGS:
+        raise ConfigError(f"{source}: {_arch(cfg)}'s RoPE scaling {scaling['rope_type']!r} is one ONNX Runtime "
+                          f"GenAI's builder does not build (it builds {', '.join(_BUILT_SCALINGS)})",
+                          hint=OTHER_ROUTE)
     c = cfg.get("text_config") or cfg
     types = c.get("layer_types")
     if str(c.get("model_type", "")).startswith("gemma3") and types:
@@ -133,8 +147,41 @@ def check_builder_takes(source: Path, cfg: dict[str, Any]) -> None:
                               f"one global, the only pattern ONNX Runtime GenAI's builder builds", hint=OTHER_ROUTE)
 
 
-def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
-    """Run the builder on the checkpoint ``source`` into ``out_dir`` (FP32, CPU); return what the step records."""
+@contextlib.contextmanager
+def _portable_rope(builder, cfg: dict[str, Any]):
+    """The builder reads RoPE by transformers 4's names (``config.rope_theta``, Gemma 3's ``rope_local_base_freq``),
+    which a config loaded by transformers 5 lacks (it then builds base 10,000), and which transformers 4 fills with
+    its defaults from a config transformers 5 wrote: for this call its ``AutoConfig`` gives configs with those set
+    from the checkpoint's own RoPE (:func:`~compress.teachers.lm_config.legacy_rope`). llama3 scaling's original
+    context too: the builder reads it only as ``config.original_max_position_embeddings`` (Llama 3.2 keeps it in
+    ``rope_scaling``, under either major) and otherwise takes the whole context (131,072), which moves every
+    rescaled frequency."""
+    real = builder.AutoConfig
+    written = cfg.get("text_config") or cfg
+    legacy = {k: v for k, v in legacy_rope(cfg).items() if k != "rope_scaling"}  # 5's alias of rope_parameters
+    scaling = rope_of(cfg)["scaling"] or {}
+    if "original_max_position_embeddings" in scaling:  # llama3's: the builder looks for it as a top-level attribute
+        legacy.setdefault("original_max_position_embeddings", scaling["original_max_position_embeddings"])
+
+    class PortableConfig:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            config = real.from_pretrained(*args, **kwargs)
+            for key, value in legacy.items():
+                if getattr(config, key, None) is None or key not in written:
+                    setattr(config, key, value)
+            return config
+
+    builder.AutoConfig = PortableConfig
+    try:
+        yield
+    finally:
+        builder.AutoConfig = real
+
+
+def build_genai(source: Path, out_dir: Path, cache_dir: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Run the builder on the checkpoint ``source`` into ``out_dir`` (FP32, CPU); return what the step records. The
+    checkpoint's own code (``auto_map``) runs only when ``trust_remote_code`` (the builder's default trusts it)."""
     import os
 
     import compress  # noqa: F401 - the torchvision shim before transformers, which the builder imports
@@ -148,9 +195,10 @@ def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
     from compress.progress import hidden_output
 
     # the builder's own chatter (a line per layer, a tqdm bar per tensor) is dropped: the command shows its progress
-    with _attention(gqa) as builder, hidden_output("stdout"), hidden_output("stderr"):
+    with _attention(gqa) as builder, _portable_rope(builder, cfg), hidden_output("stdout"), hidden_output("stderr"):
         try:
-            builder.create_model(str(source), str(source), str(out_dir), "fp32", "cpu", str(cache_dir))
+            builder.create_model(str(source), str(source), str(out_dir), "fp32", "cpu", str(cache_dir),
+                                 hf_remote=trust_remote_code)
         except NotImplementedError as e:  # "The … model is not currently supported." (its architecture switch)
             raise ConfigError(f"{source}: ONNX Runtime GenAI's builder does not take {_arch(cfg)} ({e})",
                               hint=OTHER_ROUTE) from None
@@ -161,6 +209,7 @@ def build_genai(source: Path, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
                               f"transformers {transformers.__version__} loads it ({e})",
                               hint=OTHER_ROUTE + ", or run the builder under the transformers it supports") from None
     return {"builder": "onnxruntime_genai.models.builder", "precision": "fp32", "execution_provider": "cpu",
+            "rope": legacy_rope(cfg) or "the architecture's default",
             "attention": "GroupQueryAttention" if gqa else "MultiHeadAttention (head size not a multiple of 16)"}
 
 
@@ -201,9 +250,11 @@ def greedy_ort(backend, prompt: list[int], steps: int) -> tuple[np.ndarray, list
 def greedy_torch(source: Path, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
     """The same from the PyTorch checkpoint (transformers' own cache)."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
+    transformers.utils.logging.disable_progress_bar()  # transformers 5's "Loading weights" bar: export shows its own
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **config_kwargs(source)).eval()
     with torch.no_grad():
         out = model(torch.tensor([prompt]), use_cache=True)
         prefill, past = out.logits[0].numpy(), out.past_key_values
@@ -218,11 +269,15 @@ def greedy_torch(source: Path, prompt: list[int], steps: int) -> tuple[np.ndarra
     return prefill, tokens, logits
 
 
-def generator_atol(config) -> float:
-    """The prefill tolerance of a generator's parity check: ``--atol`` when given, else :data:`GENERATOR_ATOL` (the CLI
-    passes its default as given: values are compared)."""
+def generator_atol(config, reference: np.ndarray | None = None) -> float:
+    """The prefill tolerance of a generator's parity check: ``--atol`` when given, else :data:`GENERATOR_ATOL`, or
+    :data:`GENERATOR_REL` of the ``reference`` logits' largest magnitude where that is more (the CLI passes its default
+    as given: values are compared)."""
     default = type(config).model_fields["atol"].default
-    return GENERATOR_ATOL if config.atol == default else config.atol
+    if config.atol != default:
+        return config.atol
+    scale = float(np.abs(reference).max()) if reference is not None and reference.size else 0.0
+    return max(GENERATOR_ATOL, GENERATOR_REL * scale)
 
 
 def require_generation_parity(check: dict[str, Any], atol: float, what: str) -> None:
@@ -275,7 +330,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     """
     import tempfile
 
-    from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
+    from compress.artifact import Manifest, TextPreprocess, library_versions
     from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
     from compress.tasks import Task
@@ -287,7 +342,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     output = EXPORT_GENAI.output(out, config, force=force)
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
-        built = build_genai(source, o.dir, Path(cache))
+        built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code)
         for name in _TRAVEL:
             if (source / name).is_file() and not (o.dir / name).exists():
                 shutil.copy2(source / name, o.dir / name)
@@ -296,8 +351,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
             task=Task.text_generation, format=Format.onnx, precision=Precision.fp32, model_file="model.onnx",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=postprocess_of(source, cfg),
             max_length=int(cfg.get("max_position_embeddings") or 2048),
-            source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
-                              architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
+            source=source_info(source, cfg),
             versions=library_versions("onnxruntime_genai"),
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"builder": built})
@@ -307,9 +361,9 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
             cand = greedy_ort(backend, prompt, DECODE_STEPS)
         finally:
             backend.close()
-        atol = generator_atol(config)
-        check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
-            "prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
+        ref = greedy_torch(source, prompt, DECODE_STEPS)
+        atol = generator_atol(config, ref[0])
+        check = compare_generation(ref, cand) | {"prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
         require_generation_parity(check, atol, "the ONNX graph")
     log.info("exported %s to %s (prefill max |diff| %.2e, %d decode steps equal)", source, out,

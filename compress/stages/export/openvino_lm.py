@@ -44,7 +44,7 @@ from compress.stages.export.genai import (
     require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import cache_of, postprocess_of
+from compress.teachers.lm_config import cache_of, config_kwargs, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def convert_stateful(source: Path, cfg: dict[str, Any]):
     from openvino._offline_transformations import apply_make_stateful_transformation
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation="sdpa",
+                                                 **config_kwargs(source)).eval()
     cache = cache_of(cfg)
     layers, kv, hd = cache.layers, cache.kv_heads, cache.head_size
     past = [torch.zeros(1, kv, 2, hd) for _ in range(2 * layers)]
@@ -195,7 +196,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
     greedy token is a :class:`~compress.errors.ParityError` and nothing is written.
     """
     from compress._optional import require
-    from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
+    from compress.artifact import Manifest, TextPreprocess, library_versions
     from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
     from compress.tasks import Task
@@ -222,8 +223,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
             task=Task.text_generation, format=Format.openvino, precision=Precision.fp32, model_file="model.xml",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
             max_length=post.cache.max_length,
-            source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
-                              architecture=(cfg.get("architectures") or [None])[0], model_type=cfg.get("model_type")),
+            source=source_info(source, cfg),
             versions=library_versions("openvino"),
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built})

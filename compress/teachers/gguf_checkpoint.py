@@ -1,0 +1,158 @@
+"""A ``.gguf`` file as a teacher: the Hugging Face checkpoint it dequantizes to, which every route takes.
+
+Most small LMs are handed around as a GGUF (llama.cpp's file), not as a checkpoint folder. transformers' GGUF loader
+reads one (``from_pretrained(folder, gguf_file=name)``: llama, qwen2/3, gemma3, phi3, ... dequantized to FP32 in
+memory, the tokenizer rebuilt from the file's vocabulary), but ``save_pretrained`` refuses such a model ("quantized
+with gguf"). :func:`gguf_checkpoint` writes the folder the routes take instead: the same weights copied into a model
+built from the same config (its logits are the loaded model's, bit for bit), the tokenizer, ``generation_config.json``
+with the file's BOS/EOS, and ``gguf_origin.json``: the source file, its sha256, its llama.cpp file type and the
+count of each tensor type. The config is written in the form both transformers majors read
+(:func:`compress.teachers.lm_config.portable_config`).
+
+The folder lives in edgecompress's cache (``gguf-checkpoints/SHA``, made once per file, written under a staging name
+and renamed into place), so ``export model.gguf --format onnx`` and then ``validate`` on the result read the same
+checkpoint; when the cache has dropped it, it is made again from the recorded file.
+
+What the source costs: the checkpoint carries the file's rounding. A Q4_1 or K-quant GGUF is already a 4-bit model,
+so its FP32 form is the quantized model's, not the original's (docs/generators.md measures what a second
+quantization then costs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from compress.errors import ConfigError, ModelLoadError, first_line
+from compress.teachers.lm_config import GGUF_ORIGIN, portable_config, portable_tokenizer_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["gguf_checkpoint", "is_gguf"]
+
+KIND = "gguf-checkpoints"  #: the cache's folder of dequantized checkpoints
+
+
+def is_gguf(path: Path | str) -> bool:
+    """A ``.gguf`` file (by its suffix; the header is read when it is used)."""
+    p = Path(path)
+    return p.suffix.lower() == ".gguf" and p.is_file()
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    """The file's llama.cpp file type and tensor types, as names (``MOSTLY_Q4_1``; ``Q4_1: 211, F32: 61``)."""
+    from compress._optional import require
+
+    require("gguf", "reading a GGUF file (pip install 'edgecompress[llamacpp]')")
+    from gguf import GGUFReader, LlamaFileType
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure: not a GGUF file
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {first_line(e)})",
+                             hint="give a .gguf written by llama.cpp's tools") from None
+    field = reader.fields.get("general.file_type")
+    ft = int(field.contents()) if field is not None else 0
+    try:
+        ft_name = LlamaFileType(ft).name
+    except ValueError:
+        ft_name = f"file type {ft}"
+    arch = reader.fields.get("general.architecture")
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    return {"file_type": ft, "file_type_name": ft_name, "architecture": arch.contents() if arch else None,
+            "tensor_types": dict(types.most_common())}
+
+
+def gguf_checkpoint(path: Path | str) -> Path:
+    """The Hugging Face checkpoint folder the GGUF file at ``path`` dequantizes to (made once, then read from the
+    cache). One-line errors: a file that is not GGUF, an architecture transformers' GGUF loader does not read."""
+    from compress import cache as ec_cache
+    from compress.device.facts import sha256_file
+
+    src = Path(path).resolve()
+    if not src.is_file():
+        raise ModelLoadError(f"{path}: no such file", hint="pass the .gguf file")
+    sha = sha256_file(src)
+    folder = ec_cache.kind_dir(KIND) / sha[:24]
+    if (folder / GGUF_ORIGIN).is_file():
+        ec_cache.touch(folder)
+        return folder
+    about = _describe(src) | {"path": str(src), "sha256": sha}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("dequantizing %s (%s) into a checkpoint (once per file; cached in %s)", src.name,
+             about["file_type_name"], folder.parent)
+    try:
+        _write(src, staging, about)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    ec_cache.enforce_limit(keep=folder)
+    return folder
+
+
+def _load(src: Path):
+    """transformers' GGUF loader on ``src``: the model (FP32) and its tokenizer, its chatter silenced."""
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from compress.progress import hidden_output
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with hidden_output("stderr"):  # its bar of the tensors dequantized draws whatever the setting
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name,
+                                                                      dtype=torch.float32, local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name,
+                                                                   local_files_only=True)
+    except (ValueError, KeyError, NotImplementedError) as e:  # an architecture or tokenizer its loader lacks
+        raise ModelLoadError(f"{src}: transformers {transformers.__version__} cannot read this GGUF "
+                             f"({first_line(e)})",
+                             hint="export the Hugging Face checkpoint it came from, or adopt the file as it is "
+                                  "(leave --format out)") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval(), tokenizer
+
+
+def _write(src: Path, out: Path, about: dict[str, Any]) -> None:
+    """Write the dequantized checkpoint of ``src`` into ``out``."""
+    import torch
+
+    loaded, tokenizer = _load(src)
+    config = loaded.config
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # what made save_pretrained refuse it: the weights are plain FP32 now
+    with torch.device("meta"):
+        model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    from compress.progress import hidden_output
+
+    with hidden_output("stderr"):  # "Writing model shards" (transformers 5)
+        model.eval().save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    raw = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    (out / "config.json").write_text(json.dumps(portable_config(raw), indent=2) + "\n", encoding="utf-8")
+    tok_cfg = out / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        data = json.loads(tok_cfg.read_text(encoding="utf-8"))
+        tok_cfg.write_text(json.dumps(portable_tokenizer_config(data), indent=2) + "\n", encoding="utf-8")
+    gen = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+           if getattr(config, k, None) is not None}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+    if not (out / "model.safetensors").is_file() and not list(out.glob("model-*.safetensors")):
+        raise ConfigError(f"{src}: the dequantized checkpoint has no weights file", hint="report it with --debug")
+    (out / GGUF_ORIGIN).write_text(json.dumps(about, indent=2) + "\n", encoding="utf-8")
