@@ -34,8 +34,8 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
               help="INT4 and dynamic INT8: precision of the embedding table (int4: blocks of --block-size, two "
                    "weights per byte; the table is most of a small model's size).")
 @click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq", "gptq", "awq", "scale_estimation", "k_quant"]),
-              default="rtn", show_default=True,
-              help="Generators (causal LMs), weight-only INT4/INT8: rtn (round to nearest), hqq, gptq (calibrated "
+              help="Generators (causal LMs), weight-only INT4/INT8 (default: hqq for ONNX Runtime INT4, rtn "
+                   "elsewhere and for INT8): rtn (round to nearest), hqq, gptq (calibrated "
                    "on text windows), awq, scale_estimation, k_quant; each runtime takes its subset (ONNX Runtime: "
                    "rtn, hqq, gptq, k_quant).")
 @click.option("--embeddings-bits", type=click.Choice(["4", "8", "32"]), default="8", show_default=True,

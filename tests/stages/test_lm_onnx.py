@@ -84,7 +84,9 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     m = q.manifest.steps[-1].metrics
     bits = 4 if precision == "int4" else 8
     assert set(m["weights"]["bits"].values()) == {bits} and m["weights"]["lm_head"]["bits"] == 8
-    assert m["weights"]["embeddings"] == {"node": m["weights"]["embeddings"]["node"], "bits": 8, "untied": True}
+    # the tied table is written once: the embedding reads the 8-bit head's rows (and scales)
+    assert m["weights"]["embeddings"] == {"node": m["weights"]["embeddings"]["node"], "bits": 8, "untied": True,
+                                          "shared_with_lm_head": True}
     assert m["size_bytes_after"] < m["size_bytes_before"]
     graph = onnx.load(str(q.path / "model.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
@@ -94,6 +96,73 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     g = m["generation_vs_input"]
     assert g["collapsed"] is None and g["prompt_top1_agreement"] > (0.9 if bits == 8 else 0.5)
     assert "genai_config.json" in q.manifest.files
+
+
+def test_the_default_int4_is_hqq_folded_into_the_fast_kernel_with_fp16_scales(exported, tmp_path):
+    """quantize's generator INT4 default, as the step records it (HQQ in blocks of 32, not the image default of 128):
+    no MatMulNBits keeps HQQ's float zero points (ONNX Runtime's slow path), the body's scales are FP16, and the tied
+    embedding has no table of its own."""
+    import onnx
+    from onnx import TensorProto
+
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    q = quantize(art.path, tmp_path / "int4", QuantizeConfig.from_flat(precision="int4"))
+    step = q.manifest.steps[-1]
+    assert (step.config["int4"]["algorithm"], step.config["int4"]["block_size"]) == ("hqq", 32)
+    weights = step.config["weights"]
+    assert weights["scales"] == "float16" and weights["zero_points_folded"] == 2 * 5
+    model = onnx.load(str(q.path / "model.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert all(len(n.input) < 4 or not n.input[3] or inits[n.input[3]].data_type == TensorProto.UINT8 for n in nbits)
+    body = [n for n in nbits if "lm_head" not in n.name]
+    assert {inits[n.input[2]].data_type for n in body} == {TensorProto.FLOAT16}
+    assert "model.embed_tokens.weight" not in inits and "model.embed_tokens.weight_int8" not in inits
+
+
+def _one_matmul(k: int = 64, n: int = 48, seed: int = 0):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).normal(0, 0.1, (k, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "one",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, n])],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), w
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_folding_hqqs_zero_points_out_keeps_the_same_product():
+    """(q - z)·s = (q - 8)·s + (8 - z)·s: the node with the default zero point plus each block's input sum times the
+    offsets gives HQQ's own product (its float zero points, ONNX Runtime's slow path), in FP32 and with FP16 scales."""
+    import copy
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from compress.stages.quantize.lm_onnx import fold_zero_points, half_scales
+
+    model, w = _one_matmul()
+    q = MatMulNBitsQuantizer(model, block_size=32, algo_config=HQQWeightOnlyQuantConfig(block_size=32))
+    q.process()
+    hqq = q.model.model
+    x = np.random.default_rng(1).normal(0, 1, (1, 3, 64)).astype(np.float32)
+    ref = _run(hqq, x)
+    folded = copy.deepcopy(hqq)
+    assert fold_zero_points(folded, offsets_fp16=False) == 1
+    assert len(next(n for n in folded.graph.node if n.op_type == "MatMulNBits").input) == 3  # no zero points left
+    np.testing.assert_allclose(_run(folded, x), ref, rtol=1e-4, atol=1e-4)
+    half = copy.deepcopy(hqq)
+    assert fold_zero_points(half) == 1 and half_scales(half) == 1
+    np.testing.assert_allclose(_run(half, x), ref, rtol=2e-2, atol=2e-2)
+    assert np.abs(ref - x @ w).max() < 0.2  # and it is a 4-bit product of the weights
 
 
 def test_untie_gives_the_embedding_its_own_table(exported):

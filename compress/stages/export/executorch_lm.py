@@ -98,8 +98,10 @@ def _register_attention() -> None:
 def load_lm(source: Path):
     """The checkpoint as an FP32 transformers model whose attention is ExecuTorch's custom SDPA."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()  # transformers 5's "Loading weights" bar: export shows its own
     _register_attention()
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **config_kwargs(source)).eval()
     model.set_attn_implementation(ATTENTION)

@@ -125,8 +125,10 @@ def convert_stateful(source: Path, cfg: dict[str, Any]):
     import openvino as ov
     import torch
     from openvino._offline_transformations import apply_make_stateful_transformation
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()  # transformers 5's "Loading weights" bar: export shows its own
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation="sdpa",
                                                  **config_kwargs(source)).eval()
     cache = cache_of(cfg)

@@ -41,6 +41,9 @@ from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig, refus
 log = logging.getLogger(__name__)
 
 GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
+#: the generators' default INT4 algorithm: HQQ (asymmetric, float zero points, folded out of the nodes), the best of
+#: the four on stories260K and the only one that keeps SmolLM2's weights (docs/generators.md, "The default INT4")
+GENERATOR_ALGORITHM = "hqq"
 ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
 #: MatMulNBits' accuracy_level for generators: 4 = int8 activations in the CPU kernel, as ONNX Runtime GenAI's builder
 #: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 24 tokens/s in INT4 and 2 in INT8 on this VM
@@ -139,6 +142,125 @@ def int8_gather(model, node_name: str, block: int) -> None:
         graph.node.insert(at + i, n)
 
 
+def shared_int8_gather(model, node_name: str, head_name: str) -> bool:
+    """Make the embedding Gather ``node_name`` read its rows from the 8-bit LM head ``head_name`` (a symmetric
+    ``MatMulNBits`` whose weight is [V, blocks, block] uint8, zero point 128, one float scale per block: the same
+    table, written once) through standard operators: Gather rows and scales, Cast, Sub, Mul, Reshape. The Gather's own
+    table is removed. Returns False (nothing changed) where the head is not such a node."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    node, head = nodes.get(node_name), nodes.get(f"{head_name}_Q8") or nodes.get(head_name)
+    if node is None or head is None or head.op_type != "MatMulNBits" or len(head.input) > 3 and head.input[3]:
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    inits = {t.name: t for t in graph.initializer}
+    table, weight = inits.get(node.input[0]), inits.get(head.input[1])
+    if attrs.get("bits") != 8 or table is None or weight is None or list(weight.dims)[0] != table.dims[0]:
+        return False
+    vocab, width = table.dims
+    blocks, block = list(weight.dims)[1:]
+    if blocks * block != width:  # the head's last block padded (a width the block does not divide): rows differ
+        return False
+    base, ids, out, p = head.input[1], node.input[1], node.output[0], f"{node_name}_shared"
+    graph.initializer.remove(table)
+    graph.initializer.extend([numpy_helper.from_array(np.array([vocab, blocks, 1], np.int64), f"{p}/scale_shape"),
+                              numpy_helper.from_array(np.array(128.0, np.float32), f"{p}/zero"),
+                              numpy_helper.from_array(np.array([0, 0, width], np.int64), f"{p}/3d")])
+    new = [helper.make_node("Gather", [base, ids], [f"{p}/rows"], name=f"{p}/rows"),
+           helper.make_node("Cast", [f"{p}/rows"], [f"{p}/rows_f"], name=f"{p}/cast", to=1),
+           helper.make_node("Sub", [f"{p}/rows_f", f"{p}/zero"], [f"{p}/centred"], name=f"{p}/sub"),
+           helper.make_node("Reshape", [head.input[2], f"{p}/scale_shape"], [f"{p}/scale_table"],
+                            name=f"{p}/scale_table"),
+           helper.make_node("Gather", [f"{p}/scale_table", ids], [f"{p}/scales"], name=f"{p}/scales"),
+           helper.make_node("Mul", [f"{p}/centred", f"{p}/scales"], [f"{p}/scaled"], name=f"{p}/mul"),
+           helper.make_node("Reshape", [f"{p}/scaled", f"{p}/3d"], [out], name=f"{p}/out")]
+    at = list(graph.node).index(node)
+    graph.node.remove(node)
+    for i, n in enumerate(new):
+        graph.node.insert(at + i, n)
+    return True
+
+
+def fold_zero_points(model, *, offsets_fp16: bool = True) -> int:
+    """Move the float zero points HQQ writes out of every ``MatMulNBits`` that has them: ONNX Runtime runs a
+    MatMulNBits with float zero points on a slow path (20-50x slower decode here than with integer ones), so the node
+    keeps its 4-bit weights and scales with the default zero point (8) and the difference is added beside it.
+
+    ``w = (q - z)·s = (q - 8)·s + (8 - z)·s``, so ``y = x·W = MatMulNBits(x) + Σ_b (Σ_{k in block b} x_k)·c[b, n]``
+    with ``c = (8 - z)·s``: each block's input sum (Reshape, ReduceSum) times a [blocks, N] matrix, as exact as the
+    float zero point (one value per block: 1 bit a weight in FP32, half in FP16 where ``offsets_fp16``). A node whose
+    input width the block does not divide is left as it is. Returns the number of nodes folded."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    folded = 0
+    for node in [n for n in graph.node if n.op_type == "MatMulNBits"]:
+        zp = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        if zp is None or zp.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16) or len(node.input) > 4:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k, n, bits, block = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
+        if k % block:
+            continue
+        blocks = k // block
+        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(n, blocks)
+        zero = numpy_helper.to_array(zp).astype(np.float32).reshape(n, blocks)
+        offset = ((2 ** (bits - 1) - zero) * scale).T.copy()  # [blocks, N]
+        p = f"{node.name}/zero_fold"
+        c = numpy_helper.from_array(offset.astype(np.float16 if offsets_fp16 else np.float32), f"{p}/offsets")
+        graph.initializer.extend([c, numpy_helper.from_array(np.array([0, 0, blocks, block], np.int64),
+                                                             f"{p}/blocks_shape"),
+                                  numpy_helper.from_array(np.array([-1], np.int64), f"{p}/last_axis")])
+        del node.input[3:]
+        graph.initializer.remove(zp)
+        src, dst = node.input[0], node.output[0]
+        node.output[0] = f"{p}/main"
+        weights = f"{p}/offsets"
+        new = [helper.make_node("Reshape", [src, f"{p}/blocks_shape"], [f"{p}/x_blocks"], name=f"{p}/x_blocks"),
+               helper.make_node("ReduceSum", [f"{p}/x_blocks", f"{p}/last_axis"], [f"{p}/x_sums"],
+                                name=f"{p}/x_sums", keepdims=0)]
+        if offsets_fp16:
+            new.append(helper.make_node("Cast", [weights], [f"{p}/offsets_f"], name=f"{p}/offsets_f",
+                                        to=TensorProto.FLOAT))
+            weights = f"{p}/offsets_f"
+        new += [helper.make_node("MatMul", [f"{p}/x_sums", weights], [f"{p}/correction"], name=f"{p}/correction"),
+                helper.make_node("Add", [f"{p}/main", f"{p}/correction"], [dst], name=f"{p}/add")]
+        at = list(graph.node).index(node)
+        for i, extra in enumerate(new):
+            graph.node.insert(at + 1 + i, extra)
+        folded += 1
+    return folded
+
+
+def half_scales(model, keep: tuple[str, ...] = ()) -> int:
+    """Store the scales (and float zero points) of every ``MatMulNBits`` but those in ``keep`` in FP16, as llama.cpp's
+    blocks do: the node runs in FP16 between two Casts (its input to FP16, its output back), so the graph's other
+    nodes stay FP32. A block of 32 4-bit weights then costs 5 bits a weight, not 6 with FP32 scale and zero point
+    (HQQ's zero points are floats). Returns the number of nodes changed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    changed = 0
+    for node in [n for n in graph.node if n.op_type == "MatMulNBits" and n.name not in keep]:
+        for i in (2, 3):  # scales, zero points (a float tensor for HQQ; packed uint8 for RTN's, left as they are)
+            t = inits.get(node.input[i]) if len(node.input) > i else None
+            if t is not None and t.data_type == TensorProto.FLOAT:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+        src, dst = node.input[0], node.output[0]
+        node.input[0], node.output[0] = f"{node.name}/input_fp16", f"{node.name}/output_fp16"
+        at = list(graph.node).index(node)
+        graph.node.insert(at, helper.make_node("Cast", [src], [node.input[0]], name=f"{node.name}/to_fp16",
+                                               to=TensorProto.FLOAT16))
+        graph.node.insert(at + 2, helper.make_node("Cast", [node.output[0]], [dst], name=f"{node.name}/to_fp32",
+                                                   to=TensorProto.FLOAT))
+        changed += 1
+    return changed
+
+
 def _algo_config(algorithm: str, *, bits: int, block: int, symmetric: bool, reader=None,
                  accuracy_level: int | None = None):
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
@@ -162,12 +284,35 @@ def _matmuls(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
+def more_bits_layers(layers: int) -> list[int]:
+    """The layers llama.cpp's Q4_K_M gives more bits (``use_more_bits`` in its quantizer: the first and last eighth,
+    and every third layer between)."""
+    return [i for i in range(layers) if i < layers // 8 or i >= 7 * layers // 8 or (i - layers // 8) % 3 == 2]
+
+
+#: the builder graph's MatMuls of a layer that Q4_K_M's rule gives more bits: ffn_down, and the fused QKV (llama.cpp
+#: raises attn_v; the builder fuses V into one MatMul with Q and K)
+_MORE_BITS = {"down": ("mlp/down_proj",), "down+qkv": ("mlp/down_proj", "attn/qkv_proj")}
+
+
+def more_bits_nodes(model, layers: int, which: str = "down") -> tuple[str, ...]:
+    """The MatMuls of ``model`` (a builder graph) that Q4_K_M's rule raises (``which``: a key of :data:`_MORE_BITS`)
+    in :func:`more_bits_layers`."""
+    wanted = {f"/model/layers.{i}/{part}/MatMul" for i in more_bits_layers(layers) for part in _MORE_BITS[which]}
+    return tuple(n for n in _matmuls(model) if n in wanted)
+
+
 def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorithm: str = "rtn",
                 lm_head_bits: int = 8, embeddings_bits: int = 8, exclude: tuple[str, ...] = (),
-                at8: tuple[str, ...] = (), reader=None, accuracy_level: int | None = None) -> tuple[Any, dict[str, Any]]:
+                at8: tuple[str, ...] = (), reader=None, accuracy_level: int | None = None,
+                share_tied: bool = True, fp16_scales: bool = False) -> tuple[Any, dict[str, Any]]:
     """Quantize the ONNX ``model`` (a ModelProto with its weights loaded) weight-only; return the new ModelProto and
     what each weight became (``{"layers": {node: bits}, "lm_head": ..., "embeddings": ...}``). ``at8``: MatMuls kept
-    at 8 bits (round to nearest) whatever ``bits`` is (accuracy-aware INT4); ``exclude``: kept in float."""
+    at 8 bits (round to nearest) whatever ``bits`` is (accuracy-aware INT4); ``exclude``: kept in float.
+    ``share_tied``: a tied embedding at 8 bits reads the 8-bit LM head's table (:func:`shared_int8_gather`, the table
+    written once) instead of a copy of its own. HQQ's float zero points are folded out of the nodes
+    (:func:`fold_zero_points`: ONNX Runtime's fast kernels take integer ones only); ``fp16_scales``: the body's
+    scales (and those offsets) in FP16 (:func:`half_scales`), the LM head's kept FP32."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if algorithm not in ALGORITHMS:
@@ -179,7 +324,9 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
     kept = [n for n in _matmuls(model) if n in exclude]
     # the head first, round to nearest at its own bits: the body's algorithm then finds it already MatMulNBits
     if head not in exclude:
-        q = MatMulNBitsQuantizer(model, bits=lm_head_bits, block_size=block, is_symmetric=symmetric,
+        # symmetric at 8 bits whatever the body is: the tied embedding reads the same table (shared_int8_gather)
+        q = MatMulNBitsQuantizer(model, bits=lm_head_bits, block_size=block,
+                                 is_symmetric=symmetric or lm_head_bits == 8,
                                  nodes_to_exclude=[n for n in _matmuls(model) if n != head],
                                  op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level)
         q.process()
@@ -199,7 +346,11 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
         q.process()
         model = q.model.model
     emb = embedding_gather(model)
-    if emb is not None and embeddings_bits == 8:
+    shared = (share_tied and emb is not None and tied is not None and embeddings_bits == 8 and lm_head_bits == 8
+              and head not in exclude and shared_int8_gather(model, emb, head))
+    if shared:
+        pass  # the tied table is written once: the head's 8-bit weight, read by the embedding too
+    elif emb is not None and embeddings_bits == 8:
         int8_gather(model, emb, block)
     elif emb is not None and embeddings_bits == 4:
         from compress.stages.quantize.int4_gather import unpack_int4_gathers
@@ -209,6 +360,9 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
         q.process()
         model = q.model.model
         unpack_int4_gathers(model)
+    folded = fold_zero_points(model, offsets_fp16=fp16_scales) if algorithm == "hqq" else 0
+    heads = tuple(n.name for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith(f"{head}_Q"))
+    halved = half_scales(model, keep=heads) if fp16_scales else 0
     if accuracy_level is not None:  # every MatMulNBits, whichever algorithm made it (HQQ, GPTQ, k_quant set none)
         from onnx import helper
 
@@ -219,8 +373,11 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
                 node.attribute.extend([*keep, helper.make_attribute("accuracy_level", accuracy_level)])
     layers = {n: 8 if n in at8 else bits for n in body} | {n: 32 for n in kept}
     return model, {"layers": layers, "lm_head": {"node": head, "bits": 32 if head in exclude else lm_head_bits},
-                   "embeddings": {"node": emb, "bits": embeddings_bits if emb else None, "untied": tied is not None},
-                   "algorithm": algorithm, "block_size": block, "accuracy_level": accuracy_level}
+                   "embeddings": {"node": emb, "bits": embeddings_bits if emb else None, "untied": tied is not None,
+                                  "shared_with_lm_head": bool(shared)},
+                   "algorithm": algorithm, "block_size": block, "accuracy_level": accuracy_level,
+                   "scales": "float16" if fp16_scales else "float32", "zero_points_folded": folded,
+                   "fp16_nodes": halved}
 
 
 class _Windows:
@@ -479,7 +636,9 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     refuse_ignored(config, "onnx-causal-lm")  # what this quantizer does not read, in one line
     bits = 4 if config.precision == "int4" else 8
     block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
-    algorithm = config.int4.algorithm
+    algorithm = config.int4.algorithm if "int4_algorithm" in given else GENERATOR_ALGORITHM if bits == 4 else "rtn"
+    config = config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
+                                                                              "algorithm": algorithm})})
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"--int4-algorithm {algorithm}: ONNX Runtime's MatMulNBits quantizer takes "
                           f"{', '.join(ALGORITHMS)}", hint="awq and scale_estimation are OpenVINO's (NNCF)")
@@ -505,7 +664,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=algorithm,
                                lm_head_bits=config.int4.lm_head_bits, embeddings_bits=config.int4.embeddings_bits,
                                exclude=tuple(config.exclude_nodes), at8=at8, reader=reader,
-                               accuracy_level=ACCURACY_LEVEL)
+                               accuracy_level=ACCURACY_LEVEL, fp16_scales=True)
 
         record = None
         if budget is not None:
