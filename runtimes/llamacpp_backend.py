@@ -10,11 +10,20 @@ Logits of every prompt position are kept (``logits_all``: the perplexity windows
 ``n_ctx x vocabulary`` floats beside the cache. Batch 1 only. Settings: ``threads`` (llama.cpp's ``n_threads`` and
 ``n_threads_batch``), options ``n_ctx`` (default: the model's context, at most 2048), ``n_batch`` (512),
 ``flash_attn`` (False).
+
+:meth:`~LlamaCppBackend.close` frees the model at once (callers close in a ``finally``, so an interrupt frees it
+too); a backend still open when the interpreter exits is closed by an ``atexit`` hook, before the interpreter tears
+its modules down. Left to ``Llama.__del__``, the model was freed during that teardown or wherever the collector ran,
+and a SIGTERM arriving then printed a traceback from ``Llama.__del__`` ("Exception ignored in ...") instead of the
+CLI's one line.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +36,15 @@ from compress.runtimes.base import RuntimeBackend
 log = logging.getLogger(__name__)
 
 DEFAULT_CTX = 2048  #: the context when neither the options nor a smaller model context say otherwise
+_OPEN: weakref.WeakSet[LlamaCppBackend] = weakref.WeakSet()  #: backends whose model is loaded and not closed
+
+
+@atexit.register
+def _close_open() -> None:
+    """At the interpreter's exit, before its modules are torn down: free the models still open (see the module doc)."""
+    for backend in list(_OPEN):
+        with contextlib.suppress(Exception):
+            backend.close()
 
 
 class LlamaCppState:
@@ -67,6 +85,7 @@ class LlamaCppBackend(RuntimeBackend):
                 f"{path}: llama.cpp (llama-cpp-python {self.version()}) cannot load this GGUF"
                 f"{f' (architecture {arch})' if arch else ''}",
                 hint="a newer llama-cpp-python may know the architecture; see llama.cpp's log with --debug") from None
+        _OPEN.add(self)
         self.vocab = self.llm.n_vocab()
 
     def _make_encoder(self):
@@ -124,10 +143,12 @@ class LlamaCppBackend(RuntimeBackend):
         return super().describe() | {"n_ctx": self.n_ctx}
 
     def close(self) -> None:
+        """Free the model and its context now (again: nothing to do); ``Llama.__del__`` then has nothing left."""
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.close()
             self.llm = None
+        _OPEN.discard(self)
 
 
 def _tokens(feeds: dict[str, np.ndarray]) -> list[int]:

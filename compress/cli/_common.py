@@ -120,8 +120,9 @@ class PhaseProgress:
     (quicker phases stay quiet, so input errors found early stay one-line errors). An event
     ``{"phase": key, "label": "loading the teacher"}`` (no counts) names a stretch of work without a
     count: a spinner in a terminal, lines as above otherwise. ``labels`` names the counted phases in
-    plain lines; ``note`` turns an event into a one-off line. ``fraction`` events and the announcement of a
-    counted phase before its first item (``total`` without ``done``) are not shown.
+    plain lines; ``note`` turns an event into a one-off line. ``fraction`` events are not shown; the announcement of
+    a counted phase before its first item (``total`` without ``done``) starts the phase's plain lines at 0 of total
+    (a first item that takes minutes is not silent) and no bar.
     """
 
     labels: dict[str, str] = {}
@@ -182,7 +183,11 @@ class PhaseProgress:
         return self.tasks[key]
 
     def __call__(self, d: dict) -> None:
-        if "fraction" in d or ("total" in d and "done" not in d and "step" not in d):
+        if "total" in d and "done" not in d and "step" not in d and "fraction" not in d:  # a counted phase announced
+            if self.plain:  # it starts now (its first item may take minutes): at 0 of total, as a line once it lasts
+                self._plain({**d, "done": 0})
+            return
+        if "fraction" in d:
             return
         labelled = "label" in d and counts(d)[0] is None
         if self.bar is not None:

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from compress.cli._common import (
+    PhaseProgress,
     build_config,
     console,
     end_with_verdict,
     force_reports_option,
-    live_console,
     require_input,
     unverified_exit_code_option,
 )
@@ -28,7 +27,8 @@ from compress.progress import counts
 @click.option("--text-column", help="Text column (auto-detected: text, sentence, ...).")
 @click.option("--text-pair-column", help="Second text column for sentence-pair tasks.")
 @click.option("--label-column", help="Label column (auto-detected: label, labels, ...); names or ids.")
-@click.option("--limit", type=int, help="Evaluate at most this many rows.")
+@click.option("--limit", type=int, help="Evaluate at most this many rows. Text generators: at most this many "
+              "perplexity windows and prompts [default: 16 windows, 8 prompts].")
 @click.option("--metric", metavar="MODULE:FUNCTION",
               help="Your metric instead of the task's: function(outputs, labels) -> number, higher is better, on the "
                    "artifact's and the teacher's outputs (retention is their ratio). Runs that code: name only code you "
@@ -60,14 +60,16 @@ from compress.progress import counts
 @click.option("--ssh-config", type=click.Path(path_type=Path), envvar="EDGECOMPRESS_SSH_CONFIG",
               help="ssh_config file for ssh -F [default: ssh's own, ~/.ssh/config; env EDGECOMPRESS_SSH_CONFIG].")
 @click.option("--prompts", type=click.Path(path_type=Path),
-              help="Text generators: prompts to continue (.txt one a line, .jsonl prompt/text) [default: the first "
-                   "sentence of each --data document].")
+              help="Text generators: prompts to continue (.txt one a line, .jsonl prompt/text; at most --limit, "
+                   "default 8) [default: the first sentence of each --data document or paragraph].")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="Text generators: prompt length timed for TTFT and prefill tokens/s (capped by the context).")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Text generators: tokens generated per prompt (decode tokens/s, continuations).")
+              help="Text generators: tokens generated per prompt (decode tokens/s, continuations); capped at half "
+                   "the model's context when it leaves no room for a prompt.")
 @click.option("--window", type=click.IntRange(min=4),
-              help="Text generators: perplexity window in tokens on --data text [default: the artifact's, 256].")
+              help="Text generators: perplexity window in tokens on --data text [default: the artifact's, 256, cut "
+                   "to the model's context; a longer one given here is refused].")
 @force_reports_option
 def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column, label_column, limit, metric, report_dir,
                  no_baseline, no_cold_start, estimate_mode, unverified_exit_code, no_cache, allow_pickle,
@@ -160,44 +162,26 @@ def _end_fleet(report, report_dir: Path, force: bool, unverified_exit_code: int)
                      where=f"on {len(report.devices)} devices", unverified_exit_code=unverified_exit_code)
 
 
-class _Progress:
-    """rich progress bars for validate's phases (its :data:`compress.progress.Progress` events); silent with -q
-    or without a terminal. A bar per phase: counted phases by items, the others by ``fraction``."""
+class _Progress(PhaseProgress):
+    """validate's phases (its :data:`compress.progress.Progress` events): in a terminal a bar per phase (counted
+    phases by items, the timing rounds by ``fraction``, the others a spinner); without one (a CI log, a pipe) plain
+    lines (:class:`~compress.cli._common.PhaseProgress`); notes (a generator's bounds) as lines in both; off with -q."""
 
-    def __enter__(self):
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+    def note(self, d: dict) -> str | None:
+        return d.get("note")
 
-        con = live_console()
-        self.enabled = con is not None
-        self.tasks: dict[str, Any] = {}
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=con or console(stderr=True), transient=True)
-        if self.enabled:
-            self.progress.__enter__()
-        return self
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if not self.enabled:
+    def __call__(self, d: dict) -> None:
+        if self.bar is not None and "fraction" in d:  # the running labelled phase measured as a share
+            if self._spinner is not None:
+                self.bar.update(self._spinner, total=1.0, completed=float(d["fraction"]))
             return
-        name = event["phase"]
-        done, total = counts(event)
-        if done is None and "fraction" not in event or name not in self.tasks:  # a phase starts
-            total = event.get("total")
-            self.tasks[name] = self.progress.add_task(name, total=total if total else 1.0)
-        if done is not None:
-            self.progress.update(self.tasks[name], completed=done)
-        elif "fraction" in event:
-            self.progress.update(self.tasks[name], completed=event["fraction"])
+        super().__call__(d)
 
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.progress.__exit__(*exc)
-        return False
+    def show(self, d: dict) -> None:
+        if d.get("note"):
+            self.bar.console.print(d["note"], markup=False, highlight=False)
+            return
+        done, total = counts(d)
+        if done is not None:
+            label = d.get("label") or d["phase"]
+            self.bar.update(self.task(d["phase"], label, total), completed=done)

@@ -11,12 +11,18 @@ What is measured (and how):
   ``throughput``, ``speedup`` and ``latency_samples_ms`` are the decode step's (ms per generated token), so a
   profile's ``latency_ms`` budgets read ms per token and ``edgecompress gate`` tests decode speed.
 - quality against the teacher (PyTorch FP32): the ``--data`` text tokenized once and cut into windows of
-  ``--window`` tokens (llama.cpp's ``llama-perplexity`` definition, :mod:`compress.tasks.generation`): perplexity,
+  ``--window`` tokens (llama.cpp's ``llama-perplexity`` definition, :mod:`compress.tasks.generation`; how many
+  windows and prompts, and how long, is bounded by default: :mod:`compress.validation.generation_plan`): perplexity,
   KL(teacher || artifact) and top-1 agreement of the next-token distributions over each window's second half;
   then greedy continuations of ``--prompts`` (else the first sentence of each document or paragraph) by the
   artifact and by the teacher: continuation agreement (tokens equal before the first divergence) and a collapse
   check (one token, a repetition loop, or a KL far off); the continuations that diverge go into the report.
 - size, cold start and peak memory: as for any artifact (the fresh-process probe runs one prefill).
+
+Every phase reports to the run's progress (the CLI shows bars in a terminal, plain lines in a CI log): the text's
+tokenizing, loading, the perplexity windows, each side's continuations a prompt at a time, the FP32 baseline, the
+timing rounds, cold start; the bounds come first, in one line. The models are closed on the way out whatever ends
+the work (an interrupt included).
 
 Budgets (profile): ``min_decode_tokens_per_s``, ``max_time_to_first_token_ms`` (TTFT p50), ``max_perplexity_increase``
 (artifact / teacher perplexity - 1), ``min_top1_agreement``, plus size, memory, cold start, speedup (decode) and the
@@ -26,18 +32,18 @@ apply to a generator and are not judged. A collapse is a failed check ``no_colla
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compress.artifact import Artifact
-from compress.errors import ConfigError
 from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, verdict_of
-from compress.progress import Progress, start_phase
+from compress.progress import Advance, Progress, start_phase
 from compress.validation.decoding import context_of, greedy_artifact, prompt_feeds, window_logits
+from compress.validation.generation_plan import GenerationPlan, announce, encode, plan_generation
 
 log = logging.getLogger(__name__)
 
@@ -45,79 +51,12 @@ log = logging.getLogger(__name__)
 NOT_FOR_GENERATORS = ("min_accuracy_retention", "min_agreement", "min_output_cosine", "max_mae_increase",
                       "min_output_snr_db")
 MIN_ROUNDS = 5  # timed generations of each side at least
-MAX_PROMPTS = 8  # prompts continued when neither --prompts nor --limit says how many
 DIVERGING_SHOWN = 10  # rows of the diverging-continuations table
-#: text to time on when no --data is given (a prompt only needs real tokens, not these words)
-_FILLER = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
-           "One day, she saw a big red ball under a tree. She ran to the ball and picked it up. ")
-
-
-# -- text and tokens -------------------------------------------------------------------------------------------
-
-
-def _tokenizer(art: Artifact):
-    """The artifact's own tokenizer (its files travel with every generator artifact)."""
-    from compress._optional import require
-
-    require("transformers", "tokenizing text for a generator")
-    from transformers import AutoTokenizer  # compress is imported: its torchvision shim is in place
-
-    try:
-        return AutoTokenizer.from_pretrained(str(art.path), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{art.path}: no tokenizer beside the model ({e})",
-                          hint="re-export the causal LM: its tokenizer files travel into the artifact") from None
-
-
-def first_sentences(texts: list[str], limit: int) -> list[str]:
-    """A prompt per document (or per paragraph of a long one): its first sentence, at most ``limit``."""
-    out: list[str] = []
-    for text in texts:
-        for para in re.split(r"\n\s*\n", text):
-            para = " ".join(para.split())
-            if not para:
-                continue
-            m = re.match(r"(.+?[.!?])(\s|$)", para)
-            out.append(m.group(1) if m else para[:200])
-            if len(out) >= limit:
-                return out
-    return out
-
-
-def _encode(tok, text: str) -> list[int]:
-    from compress.data.text import encode
-
-    return encode(tok, text)
 
 
 def _eos_ids(post) -> set[int]:
     eos = getattr(post, "eos_token_id", None)
     return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
-
-
-def speed_prompt(tok, texts: list[str] | None, prompt_tokens: int, new_tokens: int, context: int,
-                 bos: int | None) -> tuple[list[int], int, list[str]]:
-    """The prompt to time (``prompt_tokens`` real tokens from the data, else a built-in story) and the new tokens,
-    both capped so that they fit ``context``; with the notes of what was capped."""
-    notes = []
-    if new_tokens >= context:
-        notes.append(f"--new-tokens {new_tokens} capped at {context // 2}: the model's context is {context} tokens")
-        new_tokens = context // 2
-    if prompt_tokens + new_tokens > context:
-        capped = context - new_tokens
-        notes.append(f"--prompt-tokens {prompt_tokens} capped at {capped}: with {new_tokens} new tokens the model's "
-                     f"context of {context} tokens is full")
-        prompt_tokens = capped
-    ids: list[int] = []
-    source = " ".join(texts) if texts else ""
-    if source:
-        ids = _encode(tok, source[: prompt_tokens * 16])
-    while len(ids) < prompt_tokens:
-        ids += _encode(tok, _FILLER)
-    ids = ids[:prompt_tokens]
-    if bos is not None and ids and ids[0] != bos:
-        ids[0] = bos
-    return ids, new_tokens, notes
 
 
 # -- timing ----------------------------------------------------------------------------------------------------
@@ -130,12 +69,13 @@ def time_generation(backends: dict[str, Any], prompt: list[int], new_tokens: int
     from compress.host.measure import Generation, LatencyStats
 
     gens = {name: Generation(b, prompt_feeds(prompt), new_tokens=new_tokens) for name, b in backends.items()}
-    for _ in range(warmup):
+    advance = start_phase(progress, f"timing generation ({' and '.join(gens)}: a {len(prompt)}-token prompt + "
+                                    f"{new_tokens} new tokens, at least {MIN_ROUNDS} rounds)") if progress else None
+    for _ in range(warmup):  # inside the phase: a warm-up generation of a real model takes a while too
         for g in gens.values():
             g.generate()
     firsts: dict[str, list[float]] = {n: [] for n in gens}
     steps: dict[str, list[float]] = {n: [] for n in gens}
-    advance = start_phase(progress, f"timing generation ({' and '.join(gens)})") if progress else None
     rounds, spent = 0, 0.0
     while rounds < MIN_ROUNDS or (spent < min_duration_s and rounds < max_rounds):
         order = list(gens) if rounds % 2 == 0 else list(reversed(gens))
@@ -171,11 +111,13 @@ def speed_figures(timed: dict[str, dict[str, Any]], prompt_tokens: int) -> dict[
 
 
 def quality(backend, teacher, windows: np.ndarray | None, post, progress: Progress | None = None) -> dict[str, Any]:
-    """Perplexity of the artifact on ``windows`` and, with a ``teacher``, KL and top-1 agreement against it."""
+    """Perplexity of the artifact on ``windows`` and, with a ``teacher``, KL and top-1 agreement against it (the
+    teacher's logits of a batch of windows, then the artifact's of the same windows: one counted phase)."""
     from compress.tasks.generation import GenerationStream
 
     stream = GenerationStream(post)
-    tick = start_phase(progress, "perplexity windows", len(windows))
+    who = "artifact and teacher logits" if teacher is not None else "artifact logits"
+    tick = start_phase(progress, f"perplexity windows of {windows.shape[1]} tokens ({who})", len(windows))
     ours = window_logits(backend, windows)
     if teacher is None:
         for i, cand in enumerate(ours):
@@ -184,18 +126,19 @@ def quality(backend, teacher, windows: np.ndarray | None, post, progress: Progre
         return dict(stream.result())
     done = 0
     for ref in teacher.logits(windows):
-        b = len(ref)
-        cand = np.concatenate([next(ours) for _ in range(b)])
-        stream.update(outputs=cand, labels=windows[done:done + b], ref=np.asarray(ref, dtype=np.float32))
-        done += b
-        tick(b)
+        ref = np.asarray(ref, dtype=np.float32)
+        for row in range(len(ref)):  # a tick per window: a batch of a real model's windows takes a while
+            stream.update(outputs=next(ours), labels=windows[done:done + 1], ref=ref[row:row + 1])
+            done += 1
+            tick(1)
     return dict(stream.result())
 
 
 def teacher_greedy(teacher, prompt_ids: list[list[int]], new_tokens: int, eos: set[int], *,
-                   use_cache: bool = True) -> list[list[int]]:
+                   use_cache: bool = True, progress: Progress | None = None) -> list[list[int]]:
     """The teacher's greedy continuations of ``prompt_ids``, from the cache (compress.cache, teacher-outputs/) when
-    this teacher already continued these prompts alike (the key: its sha256, the prompts' ids, the new tokens, EOS)."""
+    this teacher already continued these prompts alike (the key: its sha256, the prompts' ids, the new tokens, EOS);
+    ``progress`` hears a counted phase, a prompt at a time, when the teacher runs."""
     import hashlib
     import json
 
@@ -213,7 +156,11 @@ def teacher_greedy(teacher, prompt_ids: list[list[int]], new_tokens: int, eos: s
                 return stored["tokens"]
         except (OSError, ValueError):  # a damaged entry is recomputed
             pass
-    tokens = [list(teacher.greedy(ids, new_tokens, eos=sorted(eos) or None)) for ids in prompt_ids]
+    tick = start_phase(progress, f"the teacher's continuations ({new_tokens} new tokens each)", len(prompt_ids))
+    tokens = []
+    for ids in prompt_ids:
+        tokens.append(list(teacher.greedy(ids, new_tokens, eos=sorted(eos) or None)))
+        tick(1)
     if use_cache and sha:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -230,9 +177,10 @@ def continuations(backend, teacher, tok, prompts: list[str], new_tokens: int, po
     from compress.tasks.generation import KL_COLLAPSE, collapse, continuation_agreement
 
     eos = _eos_ids(post)
-    tick = start_phase(progress, "continuing prompts", len(prompts))
-    prompt_ids = [_encode(tok, text)[: max(1, context - new_tokens)] for text in prompts]
-    theirs_all = teacher_greedy(teacher, prompt_ids, new_tokens, eos, use_cache=use_cache) if teacher else None
+    prompt_ids = [encode(tok, text)[: max(1, context - new_tokens)] for text in prompts]
+    theirs_all = (teacher_greedy(teacher, prompt_ids, new_tokens, eos, use_cache=use_cache, progress=progress)
+                  if teacher else None)
+    tick: Advance = start_phase(progress, f"the artifact's continuations ({new_tokens} new tokens each)", len(prompts))
     cand, ref, rows = [], [], []
     for i, (text, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
         mine = greedy_artifact(backend, ids, new_tokens, eos, context)
@@ -275,6 +223,22 @@ def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
     from compress.teachers.causal_lm import CausalLM
 
     return CausalLM.load(tdir, trust_remote_code=config.trust_remote_code)
+
+
+def reference_of(tdir: Path, teacher) -> str:
+    """What the quality figures were measured against, in words: a GGUF file itself in llama.cpp, the checkpoint a
+    GGUF dequantizes to in PyTorch (the file named), or a checkpoint in PyTorch."""
+    from compress.teachers.lm_config import gguf_origin
+    from compress.validation.gguf_reference import GgufReference
+
+    if isinstance(teacher, GgufReference):
+        return f"{Path(tdir).name} itself in llama.cpp"
+    origin = gguf_origin(tdir)
+    if origin:
+        return (f"PyTorch FP32 of {Path(origin['path']).name} ({origin['file_type_name']}) as transformers' GGUF "
+                f"loader dequantizes it ({tdir}); --teacher {Path(origin['path']).name} compares with the file in "
+                "llama.cpp")
+    return f"PyTorch FP32 of {tdir}"
 
 
 def _teacher_record(tdir: Path, art: Artifact, warnings: list[str]):
@@ -327,82 +291,79 @@ def _baseline(tdir: Path | None, art: Artifact, runtime_name: str, settings, war
     return load_runtime(base, runtime_name, settings)
 
 
-def _windows(tok, texts: list[str], window: int, limit: int | None, context: int, bos: int | None) -> np.ndarray:
-    """llama-perplexity's windows of the text (:func:`compress.data.text.token_windows`), BOS first where the
-    artifact has one."""
-    from compress.data.text import token_windows
-
-    return token_windows(tok, texts, window, max_windows=limit, context=context,
-                         bos_token_id="tokenizer" if bos is None else bos)
-
-
-def validate_generation(art: Artifact, run, runtime_name: str, run_settings, device, estimating: bool, *,
-                        tdir: Path | None, environment):
-    """Validate a text-generation artifact (see the module doc); ``run`` is the
-    :class:`~compress.validation.common.ValidationRun` with the teacher unloaded (``run.teacher`` None), ``tdir`` the
-    teacher checkpoint (None: not on this machine), ``environment(backend, cache)`` the report's environment."""
-    from compress.host.measure import probe_cold_start
-    from compress.runtimes.base import load_runtime
-    from compress.validation.common import conclude
-
-    config, profile, warnings, progress = run.config, run.profile, run.warnings, run.progress
-    post = art.manifest.postprocess
-    context = context_of(art)
-    tok = _tokenizer(art)
-    texts = None
-    if config.data:
-        from compress.data.text import read_texts
-
-        texts = read_texts(config.data)
-    opts = config.generation
-    windows = (_windows(tok, texts, opts.window or post.window, config.limit, context, post.bos_token_id)
-               if texts else None)
-    prompts: list[str] = []
-    if opts.prompts:
-        from compress.data.text import read_prompts
-
-        prompts = read_prompts(opts.prompts)[: config.limit or None]
-    elif texts:
-        prompts = first_sentences(texts, config.limit or MAX_PROMPTS)
-    teacher = _teacher(tdir, art, warnings, config) if (windows is not None or prompts) else None
-
-    backend = load_runtime(art, runtime_name, run_settings)
+def _quality(plan: GenerationPlan, backend, teacher, post, config, warnings: list[str],
+             progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The quality half: perplexity windows, then greedy continuations of the prompts; (generation figures, the
+    report's top-level metrics)."""
     metrics: dict[str, Any] = {}
     gen: dict[str, Any] = {"batch_size": 1}
+    windows = plan.windows
     if windows is not None:
         q = quality(backend, teacher, windows, post.model_copy(update={"window": windows.shape[1]}), progress)
         gen.update({"window": int(windows.shape[1]), "windows": int(len(windows)), **q})
         for key in ("perplexity_increase", "top1_agreement", "kl_mean", "perplexity"):
             if q.get(key) is not None:
                 metrics[key] = q[key]
-    if prompts:
-        gen.update(continuations(backend, teacher, tok, prompts, opts.new_tokens, post, context,
+    if plan.prompts:
+        gen.update(continuations(backend, teacher, plan.tokenizer, plan.prompts, plan.new_tokens, post, plan.context,
                                  gen.get("kl_mean"), progress, use_cache=config.cache))
     elif windows is None:
         warnings.append("no --data text nor --prompts: quality (perplexity, agreement, collapse) was not measured")
+    return gen, metrics
 
-    prompt, new_tokens, notes = speed_prompt(tok, texts, opts.prompt_tokens, opts.new_tokens, context,
-                                             getattr(post, "bos_token_id", None))
-    warnings += notes
-    backends = {"artifact": backend}
-    base_backend = _baseline(tdir, art, runtime_name, run_settings, warnings) if config.measure.baseline else None
-    if base_backend is not None:
-        backends["baseline"] = base_backend
-    meas = profile.measure
-    timed = time_generation(backends, prompt, new_tokens, warmup=1 if meas.warmup else 0,
-                            min_duration_s=meas.min_duration_s, max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens),
-                            progress=progress)
-    gen.update({"prompt_tokens": len(prompt), "new_tokens": new_tokens, **speed_figures(timed, len(prompt))})
-    metrics["decode_tokens_per_s"] = gen["decode_tokens_per_s"]
-    metrics["time_to_first_token_ms"] = timed["artifact"]["time_to_first_token"].p50
-    metrics["prefill_tokens_per_s"] = gen["prefill_tokens_per_s"]
-    metrics["generation"] = gen
-    if base_backend is not None:
-        metrics["speedup_baseline"] = "the teacher's FP32 export on the same runtime and threads (decode)"
-    env = environment(backend, {})
-    backend.close()
-    if base_backend is not None:
-        base_backend.close()
+
+def _closed_with(held: contextlib.ExitStack, model):
+    """``model``, its ``close`` called when ``held`` ends (also on Ctrl-C or SIGTERM: llama.cpp's model freed then,
+    not by its destructor at the interpreter's exit, where it printed a traceback)."""
+    close = getattr(model, "close", None)
+    if callable(close):
+        held.callback(close)
+    return model
+
+
+def validate_generation(art: Artifact, run, runtime_name: str, run_settings, device, estimating: bool, *,
+                        tdir: Path | None, environment):
+    """Validate a text-generation artifact (see the module doc); ``run`` is the
+    :class:`~compress.validation.common.ValidationRun` with the teacher unloaded (``run.teacher`` None), ``tdir`` the
+    teacher checkpoint (None: not on this machine), ``environment(backend, cache)`` the report's environment.
+    Every phase reports to ``run.progress``; the bounds (:mod:`compress.validation.generation_plan`) are said first."""
+    from compress.host.measure import probe_cold_start
+    from compress.runtimes.base import load_runtime
+    from compress.validation.common import conclude
+
+    config, profile, warnings, progress = run.config, run.profile, run.warnings, run.progress
+    post = art.manifest.postprocess
+    plan = plan_generation(art, config, context_of(art), progress)
+    warnings += plan.notes
+    announce(plan, MIN_ROUNDS, progress)
+    prompt, new_tokens = plan.speed_prompt, plan.new_tokens
+    with contextlib.ExitStack() as held:  # every model is closed here, whatever ends the work
+        teacher = None
+        if plan.windows is not None or plan.prompts:
+            start_phase(progress, "loading the teacher")
+            teacher = _closed_with(held, _teacher(tdir, art, warnings, config))
+        start_phase(progress, "loading the artifact")
+        backend = _closed_with(held, load_runtime(art, runtime_name, run_settings))
+        gen, metrics = _quality(plan, backend, teacher, post, config, warnings, progress)
+        if teacher is not None:
+            gen["reference"] = reference_of(tdir, teacher)
+        backends = {"artifact": backend}
+        if config.measure.baseline:
+            start_phase(progress, "the teacher's FP32 baseline (exported once, then cached)")
+            base_backend = _closed_with(held, _baseline(tdir, art, runtime_name, run_settings, warnings))
+            if base_backend is not None:
+                backends["baseline"] = base_backend
+                metrics["speedup_baseline"] = "the teacher's FP32 export on the same runtime and threads (decode)"
+        meas = profile.measure
+        timed = time_generation(backends, prompt, new_tokens, warmup=1 if meas.warmup else 0,
+                                min_duration_s=meas.min_duration_s,
+                                max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens), progress=progress)
+        gen.update({"prompt_tokens": len(prompt), "new_tokens": new_tokens, **speed_figures(timed, len(prompt))})
+        metrics["decode_tokens_per_s"] = gen["decode_tokens_per_s"]
+        metrics["time_to_first_token_ms"] = timed["artifact"]["time_to_first_token"].p50
+        metrics["prefill_tokens_per_s"] = gen["prefill_tokens_per_s"]
+        metrics["generation"] = gen
+        env = environment(backend, {})
 
     cold = None
     if config.measure.cold_start:
@@ -410,7 +371,8 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
         cold = probe_cold_start(art.path, runtime_name, run_settings.threads, run_settings.provider, 1,
                                 min(len(prompt), 64))
     stats = {name: st["decode"] for name, st in timed.items()}
-    judged = run.profile.model_copy(update={"budgets": run.profile.budgets.model_copy(
+    # a generator's own budgets (the profile's generator_budgets over its budgets), the classifiers' left out
+    judged = run.profile.model_copy(update={"budgets": run.profile.generator_limits().model_copy(
         update={k: None for k in NOT_FOR_GENERATORS})})
     run.profile, run.teacher = judged, _teacher_record(tdir, art, warnings) if teacher is not None else None
     report = conclude(run, metrics, stats, cold, env)
@@ -503,6 +465,8 @@ def summary_lines(met: dict[str, Any]) -> list[str]:
                      f"{gen['prefill_speedup']:.2f}x, decode {gen['decode_speedup']:.2f}x")
     if (ppl := perplexity_line(gen)) is not None:
         lines.append(ppl)
+    if gen.get("reference"):
+        lines.append(f"quality against {gen['reference']}")
     if "prompts" in gen:
         agree = gen.get("continuation_agreement")
         lines.append(f"{gen['prompts']} prompts continued" + (
@@ -533,5 +497,5 @@ def is_generator(task: Any) -> bool:
     return str(task) == "text-generation"
 
 
-__all__ = ["continuations", "diverging_markdown", "first_sentences", "is_generator", "quality",
-           "speed_figures", "speed_prompt", "summary_lines", "time_generation", "validate_generation"]
+__all__ = ["continuations", "diverging_markdown", "is_generator", "quality", "speed_figures", "summary_lines",
+           "time_generation", "validate_generation"]

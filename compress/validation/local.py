@@ -81,14 +81,14 @@ class GenerationOptions(Section):
     perplexity window."""
 
     prompts: str | None = Field(
-        None, description="Prompts to continue (.txt one a line, .jsonl prompt/text); default: the "
-        "first sentence of each --data document.")
+        None, description="Prompts to continue (.txt one a line, .jsonl prompt/text; at most `limit`, default 8); "
+        "default: the first sentence of each --data document or paragraph.")
     prompt_tokens: int = Field(128, ge=1, description="Prompt length timed (TTFT, prefill tokens/s), "
                                "capped by the model's context.")
     new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt (decode tokens/s, "
-                            "continuations).")
+                            "continuations), capped at half the model's context when it leaves no room for a prompt.")
     window: int | None = Field(None, ge=4, description="Perplexity window in tokens (default: the "
-                               "artifact's, 256).")
+                               "artifact's, 256, cut to the model's context; a longer one given is refused).")
 
 
 class ValidateConfig(Settings):
@@ -106,7 +106,8 @@ class ValidateConfig(Settings):
     text_column: str | None = Field(None, description="Text column (auto-detected when omitted).")
     text_pair_column: str | None = Field(None, description="Second text column for pair tasks.")
     label_column: str | None = Field(None, description="Label column (auto-detected when omitted).")
-    limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows.")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows (text generators: perplexity "
+                              "windows and prompts; default 16 windows, 8 prompts).")
     measure: MeasureOptions = Field(default_factory=MeasureOptions, description="What is measured beside accuracy.")
     allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
     trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
@@ -134,6 +135,13 @@ def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
     from compress.artifact import reference_teacher
 
     src = Path(reference_teacher(art.manifest)[0])
+    origin = art.manifest.source.origin or {}
+    if not src.exists() and Path(origin.get("path", "")).is_file():  # the checkpoint a GGUF dequantized to, dropped
+        from compress.device.facts import sha256_file  # from the cache: made again from the file, if it is the same
+        from compress.teachers.gguf_checkpoint import gguf_checkpoint
+
+        if sha256_file(origin["path"]) == origin.get("sha256"):
+            return gguf_checkpoint(origin["path"])
     return src if src.exists() else None  # a checkpoint directory, or an adopted model file
 
 

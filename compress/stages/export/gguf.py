@@ -4,7 +4,8 @@ The converter, ``convert_hf_to_gguf.py``, ships in llama.cpp's source tree only 
 it is the user's tool: :func:`llama_cpp_tree` finds the tree from the export setting ``llama_cpp`` (``--llama-cpp``)
 or the environment variable ``EDGECOMPRESS_LLAMA_CPP`` (a llama.cpp checkout, or an extracted llama-cpp-python sdist's
 ``vendor/llama.cpp``), and a missing tree is a one-line error that names how to get one. It runs in a subprocess with
-the tree's own ``gguf-py`` first on ``PYTHONPATH`` (the converter and its gguf package move together), writing
+the tree's own ``gguf-py`` first on ``PYTHONPATH`` (the converter and its gguf package move together), started through
+``import compress`` so that it gets the same torchvision shim as this process (:func:`converter_command`), writing
 ``--outtype f32`` (FP32; ``--precision fp16``: ``f16``): the floating-point artifact that
 :mod:`compress.stages.quantize.lm_gguf` quantizes with llama.cpp's quantizer.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +90,27 @@ def require_tree(setting: str | None = None) -> Path:
     return tree
 
 
+#: how the converter is started: ``import compress`` first, so that the subprocess gets the torchvision shim the CLI's
+#: process has (:mod:`compress._optional`: PyPI's torchvision beside the CPU torch wheel does not import without it, and
+#: with it transformers' ``LlamaConfig``), then the script as ``python convert_hf_to_gguf.py ARGS`` runs it (its folder
+#: first on the path: it imports its ``conversion`` package from there). ``where`` (appended: it shadows nothing) is
+#: the folder holding the ``compress`` package, for a checkout that is not installed.
+_LAUNCHER = ("import runpy, sys\n"
+             "sys.argv = sys.argv[1:]\n"
+             "sys.path.append({where!r})\n"
+             "import compress\n"
+             "sys.path[0] = {tree!r}\n"
+             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def converter_command(tree: Path, *args: str) -> list[str]:
+    """The command line that runs llama.cpp's converter in ``tree`` with ``args`` (see :data:`_LAUNCHER`)."""
+    import compress
+
+    where = str(Path(compress.__file__).resolve().parent.parent)
+    return [sys.executable, "-c", _LAUNCHER.format(where=where, tree=str(tree)), str(tree / CONVERTER), *args]
+
+
 def convert(source: Path, outfile: Path, *, outtype: str = "f32", tree: Path) -> dict[str, Any]:
     """Run llama.cpp's converter on the checkpoint ``source`` (a subprocess, the tree's gguf-py first on the path);
     return what the step records. A failure is a :class:`StageError` with the converter's last line."""
@@ -95,23 +118,51 @@ def convert(source: Path, outfile: Path, *, outtype: str = "f32", tree: Path) ->
     gguf_py = tree / "gguf-py"
     if gguf_py.is_dir():
         env["PYTHONPATH"] = os.pathsep.join([str(gguf_py), *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [sys.executable, str(tree / CONVERTER), str(source), "--outtype", outtype, "--outfile", str(outfile)]
+    cmd = converter_command(tree, str(source), "--outtype", outtype, "--outfile", str(outfile))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not outfile.is_file():
-        lines = [ln for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
-        last = lines[-1].strip() if lines else f"exit code {done.returncode}"
+        output = done.stderr or done.stdout or ""
+        log.debug("converter output:\n%s", output)
+        last, cause = converter_error(output, done.returncode)
         if "is not supported" in last and "Model " in last:  # its architecture switch: a refusal, not a failure
             raise ConfigError(f"{source}: llama.cpp's {CONVERTER} does not take this architecture ({last})",
                               hint="export it with --format onnx or --format openvino")
-        raise StageError(f"llama.cpp's {CONVERTER} failed on {source}: {last}", hint=_converter_hint(last))
+        said = f"{last} (caused by {cause})" if cause else last
+        raise StageError(f"llama.cpp's {CONVERTER} failed on {source}: {said}", hint=_converter_hint(last))
     log.debug("converter output:\n%s", done.stderr)
     return {"converter": str(tree / CONVERTER), "outtype": outtype, "gguf_py": str(gguf_py) if gguf_py.is_dir() else None}
 
 
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+#: the last line of an error that only says an import failed: its cause is the news
+_IMPORT_FAILURE = ("ModuleNotFoundError", "ImportError", "Could not import module")
+
+
+def converter_error(output: str, returncode: int) -> tuple[str, str | None]:
+    """The converter's error from its output: its last line, and, when that line only says an import failed
+    (transformers' ``Could not import module 'LlamaConfig'``), the exception that caused it (Python prints a chain
+    cause first: the error line before the "direct cause" separator that precedes the last traceback), else None."""
+    lines = [ln.rstrip() for ln in output.splitlines() if ln.strip()]
+    last = lines[-1].strip() if lines else f"exit code {returncode}"
+    if not any(k in last for k in _IMPORT_FAILURE):
+        return last, None
+    separators = [i for i, ln in enumerate(lines) if ln.startswith(("The above exception was the direct cause",
+                                                                       "During handling of the above exception"))]
+    if not separators or not lines[separators[-1]].startswith("The above exception was the direct cause"):
+        return last, None  # raised on its own, or while handling another error (that one is not its cause)
+    before = [ln.strip() for ln in lines[:separators[-1]] if _ERROR_LINE.match(ln)]
+    return last, before[-1] if before else None
+
+
 def _converter_hint(last: str) -> str:
-    """The fix for the converter's last line: its tokenizer checks are the usual cause besides the architecture."""
+    """The fix for the converter's last line: its tokenizer checks are the usual cause besides the architecture; an
+    import failure is the environment's, whatever the architecture."""
     if "sentencepiece" in last and "Missing" not in last:
-        return "pip install sentencepiece (the converter imports it)"
+        return "pip install 'edgecompress[llamacpp]' (it installs sentencepiece, which the converter imports)"
+    if any(k in last for k in _IMPORT_FAILURE):
+        return (f"the converter's Python ({sys.executable}) could not import what it needs: a missing, broken or "
+                "mismatched package in this environment (the error above says which), not the model's architecture; "
+                "see the converter's whole output with -vv")
     if "pre-tokenizer was not recognized" in last:
         return ("the converter knows a BPE tokenizer by its pre-tokenizer's hash and does not know this checkpoint's "
                 "tokenizer.json (another model's tokenizer, or newer than the llama.cpp tree): give the model's own "
@@ -119,7 +170,7 @@ def _converter_hint(last: str) -> str:
     if "tokenizer.model" in last:
         return ("this architecture's converter reads the sentencepiece tokenizer.model: save it beside the "
                 "checkpoint, or export with --format onnx or --format openvino")
-    return "the converter supports the architectures llama.cpp runs; see its output with --debug"
+    return "the converter supports the architectures llama.cpp runs; see its output with -vv"
 
 
 def gguf_postprocess(source: Path, cfg: dict[str, Any]):
