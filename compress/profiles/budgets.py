@@ -164,6 +164,7 @@ def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
          "--data text and the teacher"),
         ("min_top1_agreement", budgets.min_top1_agreement, metrics.get("top1_agreement"), "", ">=",
          "--data text and the teacher"),
+        ("max_kl", budgets.max_kl, metrics.get("kl_mean"), "nats", "<=", "--data text and the teacher"),
     ]
     results = []
     why = metrics.get("not_measured") or {}  # a budget the metrics could not measure though its inputs were given

@@ -299,7 +299,16 @@ def _resolve(src: _Source, chain: tuple[_Source, ...] = (), referrer: _Source | 
     pdata, porigins = _resolve(parent, (*chain, src), src)
     pdata.pop("name", None)  # a name belongs to one profile; never inherit it
     porigins.pop(("name",), None)
-    return _deep_merge(pdata, data), _merge_origins(porigins, data, src.label)
+    merged = _deep_merge(pdata, data)
+    inherited = merged.get("generator_budgets")
+    if isinstance(inherited, dict) and isinstance(data.get("budgets"), dict):
+        # a budget this layer writes holds for generators too, over a parent's generator_budgets of the same name
+        # (the layer's own generator_budgets still win): the profile a user writes says what it means
+        own = data.get("generator_budgets") if isinstance(data.get("generator_budgets"), dict) else {}
+        for key in data["budgets"]:
+            if key not in own:
+                inherited.pop(key, None)
+    return merged, _merge_origins(porigins, data, src.label)
 
 
 # --------------------------------------------------------------------------------------------------

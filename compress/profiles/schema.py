@@ -347,6 +347,10 @@ class Budgets(BaseModel):
         None, ge=0, le=1, description="Text generators: minimum share of scored positions whose most likely next "
                                       "token is the teacher's (0..1).",
     )
+    max_kl: float | None = Field(
+        None, ge=0, description="Text generators: largest mean KL(teacher || artifact) of the next-token "
+                                "distributions over validate's --data windows, in nats.",
+    )
     max_package_zipped_mb: float | None = Field(
         None, gt=0, description="Serverless: maximum zipped size of the deployable bundle in MB (MiB)."
     )
@@ -413,12 +417,26 @@ class DeviceProfile(BaseModel):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="The inference runtime and its settings.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="How to measure latency and accuracy.")
     budgets: Budgets = Field(default_factory=Budgets, description="Pass/fail limits for an artifact.")
+    generator_budgets: Budgets | None = Field(
+        None, description="A text generator's (task text-generation) budgets in place of those of budgets: with the "
+                          "same names: only the keys written here replace them (null clears one), so a profile "
+                          "calibrated for a small classifier judges a generator by limits of its own class. A "
+                          "budget a profile writes under budgets: holds for generators too over its parents' "
+                          "generator_budgets (not over its own).")
     serverless: ServerlessLimits | None = Field(
         None, description="Serverless platform limits and function configuration (serverless profiles only)."
     )
     source: str | None = Field(
         None, description="Where the profile was loaded from: 'builtin:NAME', a file path, or 'detected'."
     )
+
+    def generator_limits(self) -> Budgets:
+        """The budgets a text generator is judged by: ``budgets`` with what ``generator_budgets`` writes in their
+        place (its keys given, nested ``latency_ms`` included)."""
+        if self.generator_budgets is None:
+            return self.budgets
+        given = self.generator_budgets.model_fields_set
+        return self.budgets.model_copy(update={k: getattr(self.generator_budgets, k) for k in given})
 
     @model_validator(mode="after")
     def _threads_vs_cores(self) -> DeviceProfile:

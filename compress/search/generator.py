@@ -147,7 +147,7 @@ class GeneratorSearch:
         from compress.profiles.budgets import judge
         from compress.validation.generation import NOT_FOR_GENERATORS
 
-        names = [b.name for b in judge(self.profile.budgets, {})]
+        names = [b.name for b in judge(self.profile.generator_limits(), {})]
         ours = [n for n in names if n in GENERATOR_BUDGETS]
         theirs = [n for n in names if n in NOT_FOR_GENERATORS]
         if not ours:

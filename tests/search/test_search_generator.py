@@ -124,7 +124,7 @@ def test_an_impossible_budget_finds_no_candidate_exit_6(ws, searched, capsys):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"profile": "host"}, ("profile host states no budget a generator is measured by", "min_accuracy_retention")),
+    ({"profile": "quiet.yaml"}, ("profile quiet states no budget a generator is measured by", "min_accuracy_retention")),
     ({"space": {"width": [0.5]}}, ("--space width: not a dimension of a generator search",)),
     ({"short_recover_steps": 5}, ("--short-recover-steps: a generator search", "only the shapes --space names")),
     ({"space": {"runtime": ["executorch"]}}, ("--space runtime=executorch: not a generator choice",)),
@@ -138,6 +138,10 @@ def test_bad_input_is_one_line_and_leaves_no_directory(ws, tmp_path, change, wor
     if "eval" in change:
         (tmp_path / "dev.tsv").write_text("label\tsentence\n1\tgood\n")
         change = {"eval": str(tmp_path / "dev.tsv")}
+    if change.get("profile") == "quiet.yaml":  # host with its generator budgets cleared (they are set by default)
+        (tmp_path / "quiet.yaml").write_text("name: quiet\nextends: host\ngenerator_budgets: {max_perplexity_increase: "
+                                             "null, min_top1_agreement: null, max_kl: null}\n")
+        change = {"profile": str(tmp_path / "quiet.yaml")}
     with pytest.raises(ConfigError) as e:
         run_search(config(ws, **change), tmp_path / "s", html=False)
     msg = str(e.value)
