@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm_int4_openvino_real.json"
 #: name -> quantize's flat options (the CLI's flags)
 VARIANTS = {
-    "INT4_SYM g32 RTN (quantize's default)": {},
+    "HQQ g32: NNCF's INT4_ASYM groups with HQQ's values (quantize's default)": {},
+    "INT4_SYM g32 RTN (the default before HQQ)": {"int4_algorithm": "rtn"},
     "INT4_ASYM g32 RTN": {"symmetric": False},
     "INT4_ASYM g32 scale estimation": {"symmetric": False, "int4_algorithm": "scale_estimation"},
     "INT4_ASYM g32 AWQ + scale estimation": {"symmetric": False, "int4_algorithm": "awq"},
@@ -83,7 +84,7 @@ def main() -> None:
     for name, flags in VARIANTS.items():
         if args.only is not None and not any(s in name for s in args.only):
             continue
-        out = work / name.split(" (")[0].replace(" ", "_").replace("+", "and")
+        out = work / name.split(" (")[0].split(":")[0].replace(" ", "_").replace("+", "and")
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         data = {"calibration": str(calib), "calibration_samples": args.calibration_samples} \

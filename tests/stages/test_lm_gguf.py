@@ -84,8 +84,8 @@ def test_llamacpp_prefill_and_steps_match_pytorch_and_one_long_prefill(exported)
 
 @needs_tree
 @pytest.mark.parametrize(("flat", "precision", "kind"), [
-    ({"precision": "int4"}, "int4", "q4_0"),
-    ({"precision": "int4", "gguf_type": "q4_k_m"}, "int4", "q4_k_m"),
+    ({"precision": "int4"}, "int4", "q4_k_m"),  # the INT4 default: llama.cpp's recommended 4-bit
+    ({"precision": "int4", "gguf_type": "q4_0"}, "int4", "q4_0"),
     ({"precision": "int8"}, "int8", "q8_0"),
 ])
 def test_llamacpp_quantizer_shrinks_the_file_and_records_the_generations(exported, tmp_path, flat, precision, kind):
@@ -194,8 +194,8 @@ def test_an_importance_matrix_changes_what_llamas_quantizer_writes(exported, tmp
     imatrix = write_imatrix(art.path / "model.gguf", tmp_path / "imatrix.gguf")
     read = read_imatrix(imatrix)
     assert read.chunks == 10 and len(read.entries) == 2 * 7  # q, k, v, o, gate, up, down per layer
-    plain = _quantize(art, tmp_path / "plain", precision="int4")
-    weighed = _quantize(art, tmp_path / "weighed", precision="int4", imatrix=str(imatrix))
+    plain = _quantize(art, tmp_path / "plain", precision="int4", gguf_type="q4_0")
+    weighed = _quantize(art, tmp_path / "weighed", precision="int4", gguf_type="q4_0", imatrix=str(imatrix))
     blocks = [{t.name: bytes(t.data) for t in GGUFReader(str(q.path / "model.gguf")).tensors if t.name.startswith("blk.")}
               for q in (plain, weighed)]
     assert blocks[0].keys() == blocks[1].keys()  # the same Q4_0 weights, other block scales and values

@@ -97,11 +97,14 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     m = q.manifest.steps[-1].metrics
     w = m["weights"]
     assert (w["lm_head"], w["embeddings"]) == ("u8", "u8")  # NNCF's backup mode INT8_ASYM, read back from the IR
-    assert w["matmul_and_gather_weights"].get("i4" if precision == "int4" else "u8", 0) >= 14
+    assert w["matmul_and_gather_weights"].get("u4" if precision == "int4" else "u8", 0) >= 14
     assert "f32" not in w["matmul_and_gather_weights"]
     assert m["size_bytes_after"] < 0.6 * m["size_bytes_before"]
     nncf = q.manifest.steps[-1].config["nncf"]
-    assert nncf["mode"] == ("int4_sym" if precision == "int4" else "int8_asym")
+    assert nncf["mode"] == ("int4_asym" if precision == "int4" else "int8_asym")
+    # the INT4 default: NNCF's asymmetric groups with HQQ's values, a float (FP16) zero point per group
+    assert precision == "int8" or (nncf["algorithm"], nncf["hqq_groups"], nncf["zero_points"]) == ("hqq", 14, "float16")
+    assert q.manifest.steps[-1].config["int4"]["algorithm"] == ("hqq" if precision == "int4" else "rtn")
     assert precision == "int8" or (nncf["group_size"], nncf["backup_mode"]) == (32, "int8_asym")
     g = m["generation_vs_input"]
     assert g["collapsed"] is None and g["prompt_top1_agreement"] > (0.9 if precision == "int8" else 0.5)
@@ -149,8 +152,8 @@ def test_refusals_are_one_line(exported, tmp_path):
     from compress.stages.quantize.config import QuantizeConfig
 
     _, art = exported
-    with pytest.raises(ConfigError, match="hqq and k_quant are ONNX Runtime"):
-        quantize(art.path, tmp_path / "a", QuantizeConfig.from_flat(precision="int4", int4_algorithm="hqq"))
+    with pytest.raises(ConfigError, match="k_quant is ONNX Runtime"):
+        quantize(art.path, tmp_path / "a", QuantizeConfig.from_flat(precision="int4", int4_algorithm="k_quant"))
     with pytest.raises(ConfigError, match="data-aware algorithms only"):
         quantize(art.path, tmp_path / "b", QuantizeConfig.from_flat(precision="int4", calibration="x.txt"))
     with pytest.raises(ConfigError, match="both at 8"):

@@ -124,8 +124,8 @@ def convert_stateful(source: Path, cfg: dict[str, Any]):
 
     import openvino as ov
     import torch
-    from openvino._offline_transformations import apply_make_stateful_transformation
     import transformers
+    from openvino._offline_transformations import apply_make_stateful_transformation
     from transformers import AutoModelForCausalLM
 
     transformers.utils.logging.disable_progress_bar()  # transformers 5's "Loading weights" bar: export shows its own

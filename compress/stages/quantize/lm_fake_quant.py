@@ -13,9 +13,10 @@ blocks of ``block`` along the input dimension K (the last block padded with zero
 This is MLAS's ``quantize_matmul_{4,8}bits``; :func:`rtn_grid` reproduces it bit for bit (checked against
 ``onnxruntime.capi._pybind_state.quantize_matmul_4bits`` and on whole artifacts by
 :func:`dequantized_model` in tests/stages/test_lm_qat.py). The LM head is quantized the same way at its own bits
-(``--lm-head-bits``), the token embedding table by :func:`.lm_onnx.int8_gather`'s rule (:func:`embedding_grid`:
-symmetric int8 rows in blocks along the hidden dimension, ``absmax / 127``) or, at 4 bits, as a symmetric 4-bit
-block along the hidden dimension.
+(``--lm-head-bits``; symmetric at 8 bits whatever the body is), the token embedding table by
+:func:`.lm_onnx.int8_gather`'s rule (:func:`embedding_grid`: symmetric int8 rows in blocks along the hidden dimension,
+``absmax / 127``) or, at 4 bits, as a symmetric 4-bit block along the hidden dimension; a tied table at 8 and 8 bits
+is written once and read by both (:func:`.lm_onnx.shared_int8_gather`), so both uses see the head's grid.
 
 The fake quantizer is a ``torch.nn.utils.parametrize`` parametrization of a module's ``weight``: the forward sees the
 grid, the gradient passes straight through (the straight-through estimator). Tied embeddings (one Parameter shared by
@@ -138,6 +139,11 @@ def attach(model, scheme: Scheme, *, lora_rank: int | None = None, lora_alpha: f
     from torch.nn.utils import parametrize
 
     made: dict[str, Any] = {"layers": {}, "lora": []}
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    # a tied table at 8 and 8 bits is written once, the embedding reading the 8-bit head's rows
+    # (:func:`.lm_onnx.shared_int8_gather`): it is on the head's grid
+    shared = (head is not None and emb is not None and head.weight is emb.weight and scheme.lm_head_bits == 8
+              and scheme.embeddings_bits == 8 and emb.weight.shape[1] % scheme.block == 0)
     for name, (module, role) in quantized_modules(model).items():
         bits = {"body": scheme.bits, "head": scheme.lm_head_bits, "embedding": scheme.embeddings_bits}[role]
         if role == "body" and lora_rank:
@@ -145,8 +151,10 @@ def attach(model, scheme: Scheme, *, lora_rank: int | None = None, lora_alpha: f
             parametrize.register_parametrization(module, "weight", lora)
             made["lora"] += [lora.a, lora.b]
         if bits < 32:
-            symmetric = True if role == "embedding" else scheme.symmetric
-            parametrize.register_parametrization(module, "weight", FakeQuant(role, bits, scheme.block, symmetric))
+            # the 8-bit head is symmetric whatever the body is (.lm_onnx.weight_only), as the embedding's rows
+            symmetric = True if role == "embedding" or (role == "head" and bits == 8) else scheme.symmetric
+            kind = "head" if role == "embedding" and shared else role
+            parametrize.register_parametrization(module, "weight", FakeQuant(kind, bits, scheme.block, symmetric))
         made["layers"][name] = bits
     return made
 

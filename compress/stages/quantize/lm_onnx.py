@@ -197,6 +197,7 @@ def fold_zero_points(model, *, offsets_fp16: bool = True) -> int:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     folded = 0
+    sums: dict[tuple[str, int], str] = {}  # (input, block) -> its block sums: gate and up read the same input
     for node in [n for n in graph.node if n.op_type == "MatMulNBits"]:
         zp = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         if zp is None or zp.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16) or len(node.input) > 4:
@@ -210,23 +211,27 @@ def fold_zero_points(model, *, offsets_fp16: bool = True) -> int:
         zero = numpy_helper.to_array(zp).astype(np.float32).reshape(n, blocks)
         offset = ((2 ** (bits - 1) - zero) * scale).T.copy()  # [blocks, N]
         p = f"{node.name}/zero_fold"
-        c = numpy_helper.from_array(offset.astype(np.float16 if offsets_fp16 else np.float32), f"{p}/offsets")
-        graph.initializer.extend([c, numpy_helper.from_array(np.array([0, 0, blocks, block], np.int64),
-                                                             f"{p}/blocks_shape"),
-                                  numpy_helper.from_array(np.array([-1], np.int64), f"{p}/last_axis")])
+        graph.initializer.append(numpy_helper.from_array(offset.astype(np.float16 if offsets_fp16 else np.float32),
+                                                         f"{p}/offsets"))
         del node.input[3:]
         graph.initializer.remove(zp)
         src, dst = node.input[0], node.output[0]
         node.output[0] = f"{p}/main"
         weights = f"{p}/offsets"
-        new = [helper.make_node("Reshape", [src, f"{p}/blocks_shape"], [f"{p}/x_blocks"], name=f"{p}/x_blocks"),
-               helper.make_node("ReduceSum", [f"{p}/x_blocks", f"{p}/last_axis"], [f"{p}/x_sums"],
-                                name=f"{p}/x_sums", keepdims=0)]
+        new = []
+        if (src, block) not in sums:
+            sums[src, block] = f"{p}/x_sums"
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array([0, 0, blocks, block], np.int64), f"{p}/blocks_shape"),
+                numpy_helper.from_array(np.array([-1], np.int64), f"{p}/last_axis")])
+            new += [helper.make_node("Reshape", [src, f"{p}/blocks_shape"], [f"{p}/x_blocks"], name=f"{p}/x_blocks"),
+                    helper.make_node("ReduceSum", [f"{p}/x_blocks", f"{p}/last_axis"], [f"{p}/x_sums"],
+                                     name=f"{p}/x_sums", keepdims=0)]
         if offsets_fp16:
             new.append(helper.make_node("Cast", [weights], [f"{p}/offsets_f"], name=f"{p}/offsets_f",
                                         to=TensorProto.FLOAT))
             weights = f"{p}/offsets_f"
-        new += [helper.make_node("MatMul", [f"{p}/x_sums", weights], [f"{p}/correction"], name=f"{p}/correction"),
+        new += [helper.make_node("MatMul", [sums[src, block], weights], [f"{p}/correction"], name=f"{p}/correction"),
                 helper.make_node("Add", [f"{p}/main", f"{p}/correction"], [dst], name=f"{p}/add")]
         at = list(graph.node).index(node)
         for i, extra in enumerate(new):
@@ -636,7 +641,9 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     refuse_ignored(config, "onnx-causal-lm")  # what this quantizer does not read, in one line
     bits = 4 if config.precision == "int4" else 8
     block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
-    algorithm = config.int4.algorithm if "int4_algorithm" in given else GENERATOR_ALGORITHM if bits == 4 else "rtn"
+    # quantization-aware weights (trained) were trained for round to nearest's grid, with FP32 scales
+    algorithm = (config.int4.algorithm if "int4_algorithm" in given or trained is not None
+                 else GENERATOR_ALGORITHM if bits == 4 else "rtn")
     config = config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
                                                                               "algorithm": algorithm})})
     if algorithm not in ALGORITHMS:
@@ -664,7 +671,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=algorithm,
                                lm_head_bits=config.int4.lm_head_bits, embeddings_bits=config.int4.embeddings_bits,
                                exclude=tuple(config.exclude_nodes), at8=at8, reader=reader,
-                               accuracy_level=ACCURACY_LEVEL, fp16_scales=True)
+                               accuracy_level=ACCURACY_LEVEL, fp16_scales=trained is None)
 
         record = None
         if budget is not None:

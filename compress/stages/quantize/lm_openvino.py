@@ -3,8 +3,8 @@
 
 What is quantized, and how:
 
-- ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_SYM (INT4_ASYM with
-  ``--asymmetric``) in groups of ``int4.block_size`` weights (generators default to 32, as the ONNX route:
+- ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_ASYM with HQQ's
+  values by default (INT4_SYM for ``rtn``, INT4_ASYM with ``--asymmetric``) in groups of ``int4.block_size`` weights (generators default to 32, as the ONNX route:
   :data:`compress.stages.quantize.lm_onnx.GENERATOR_BLOCK`), ratio 1.0; a layer whose input width the group does not
   divide takes the largest group of at least :data:`MIN_GROUP` that does (NNCF's ADJUST fallback), else INT8_ASYM
   (ONNX Runtime pads the last block instead); ``--precision int8``: every weight INT8_ASYM per output channel.
@@ -12,10 +12,13 @@ What is quantized, and how:
   ``int4.embeddings_bits`` 8 / ``int4.lm_head_bits`` 8, the defaults (the step records each weight's element type read
   back from the IR, so that is checked, not assumed); 4 and 4 is NNCF's ``all_layers`` (both in INT4 groups); other
   mixes and a float embedding table (32) are refused in one line (NNCF has no switch for them on a tied model).
-- ``int4.algorithm``: ``rtn`` (data-free round to nearest), or the data-aware ``awq``, ``scale_estimation``, ``gptq``
-  on text windows (``--calibration`` text cut into windows of 128 tokens, at most ``--calibration-samples``; else a
+- ``int4.algorithm``: ``hqq`` (the INT4 default; data-free): NNCF's INT4_ASYM groups with HQQ's values written in
+  (:func:`hqq_groups`: ONNX Runtime's HQQ quantizer fits each group's scale and a float zero point, kept in FP16);
+  ``rtn`` (data-free round to nearest), or the data-aware ``awq``, ``scale_estimation``, ``gptq`` on text windows (``--calibration`` text cut into windows of 128 tokens, at most ``--calibration-samples``; else a
   few built-in prompts): NNCF runs the stateful IR on each window after a state reset. ``awq`` also turns on scale
-  estimation, as optimum-intel's INT4 presets do; ``hqq`` and ``k_quant`` are refused (ONNX Runtime's).
+  estimation, as optimum-intel's INT4 presets do; ``k_quant`` is refused (ONNX Runtime's). On SmolLM2-135M from its
+  Q4_1 GGUF (WikiText-2): hqq +0.17% perplexity, top-1 0.969; NNCF's best, AWQ with scale estimation, +15.5%, 0.759
+  (benchmarks/results/lm_int4_openvino_real.json).
 
 After quantizing, greedy continuations of a few prompts through the quantized IR and the FP32 input (the OpenVINO
 backend's prefill/step) are compared, as the ONNX route does: continuation agreement, the prompts' top-1 agreement and
@@ -34,11 +37,11 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
-from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, calibration_windows, collapse_check
+from compress.stages.quantize.lm_onnx import GENERATOR_ALGORITHM, GENERATOR_BLOCK, calibration_windows, collapse_check
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("rtn", "awq", "scale_estimation", "gptq")  #: what nncf.compress_weights takes here
+ALGORITHMS = ("hqq", "rtn", "awq", "scale_estimation", "gptq")  #: hqq: below; the others nncf.compress_weights's
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
@@ -54,14 +57,17 @@ def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
     given = config.given_keys()
     refuse_ignored(config, "openvino-causal-lm")  # what this quantizer does not read, in one line
     bits = 4 if config.precision == "int4" else 8
-    algorithm = config.int4.algorithm
+    algorithm = config.int4.algorithm if "int4_algorithm" in given else GENERATOR_ALGORITHM if bits == 4 else "rtn"
     if algorithm not in ALGORITHMS:
-        raise ConfigError(f"--int4-algorithm {algorithm}: NNCF's weight compression takes {', '.join(ALGORITHMS)} here",
-                          hint="hqq and k_quant are ONNX Runtime's (export --format onnx)")
+        raise ConfigError(f"--int4-algorithm {algorithm}: OpenVINO's INT4 here takes {', '.join(ALGORITHMS)}",
+                          hint="k_quant is ONNX Runtime's (export --format onnx)")
+    if algorithm == "hqq" and "symmetric" in given and config.int4.symmetric:
+        raise ConfigError("--int4-algorithm hqq is asymmetric (a float zero point per group)",
+                          hint="drop --symmetric, or choose rtn")
     if bits == 8 and algorithm != "rtn":
         raise ConfigError(f"--int4-algorithm {algorithm} applies to --precision int4 (INT8 is per-channel round to "
                           "nearest)", hint="drop it, or add --precision int4")
-    if "calibration" in given and algorithm == "rtn":
+    if "calibration" in given and algorithm in ("rtn", "hqq"):
         raise ConfigError("--calibration feeds the data-aware algorithms only (it would be ignored)",
                           hint="add --int4-algorithm awq, scale_estimation or gptq, or drop --calibration")
     pair = (config.int4.embeddings_bits, config.int4.lm_head_bits)
@@ -102,14 +108,14 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     kwargs: dict[str, Any] = {}
     if bits == 8:
         kwargs["mode"] = nncf.CompressWeightsMode.INT8_ASYM
-    else:
-        kwargs.update(mode=nncf.CompressWeightsMode.INT4_SYM if config.int4.symmetric else
+    else:  # hqq: NNCF's INT4_ASYM groups, their values then HQQ's (hqq_groups)
+        kwargs.update(mode=nncf.CompressWeightsMode.INT4_SYM if config.int4.symmetric and algorithm != "hqq" else
                       nncf.CompressWeightsMode.INT4_ASYM, group_size=block, ratio=1.0,
                       all_layers=config.int4.embeddings_bits == 4, backup_mode=nncf.BackupMode.INT8_ASYM,
                       advanced_parameters=AdvancedCompressionParameters(
                           group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
                           min_adjusted_group_size=min(MIN_GROUP, block)))
-        if algorithm != "rtn":
+        if algorithm not in ("rtn", "hqq"):
             dataset, n = nncf_dataset(art, config)
             kwargs.update(dataset=dataset, subset_size=n, awq=algorithm == "awq",
                           scale_estimation=algorithm in ("awq", "scale_estimation"), gptq=algorithm == "gptq")
@@ -130,6 +136,49 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     if "dataset" in kwargs:
         record["calibration_windows"] = kwargs["subset_size"]
     return result, record
+
+
+def hqq_groups(model, weights: dict[str, np.ndarray]) -> int:
+    """Give every INT4 group NNCF wrote (``u4`` weights, ``Convert -> Subtract(zero point) -> Multiply(scale)``) the
+    values of HQQ instead (half-quadratic: scale and a *float* zero point per group fitted to the weight, ONNX
+    Runtime's ``HQQWeightOnlyQuantizer`` on the FP32 weight ``weights[name]``): the zero point becomes an FP16 constant,
+    which OpenVINO's CPU plugin reads as it reads NNCF's. On weights that already carry a 4-bit grid with a float
+    minimum (a Q4_1 GGUF's) HQQ finds that grid; integer zero points (NNCF's) cannot. Returns the groups' count."""
+    import openvino as ov
+    import torch
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, HQQWeightOnlyQuantizer
+    from openvino import opset13 as ops
+
+    done = 0
+    for op in list(model.get_ordered_ops()):
+        if op.get_type_name() != "Multiply":
+            continue
+        sub, scale = (i.get_source_output().get_node() for i in op.inputs())
+        if sub.get_type_name() != "Subtract" or scale.get_type_name() != "Constant":
+            continue
+        wconv = sub.input(0).get_source_output().get_node()
+        const = wconv.input(0).get_source_output().get_node() if wconv.get_type_name() == "Convert" else None
+        if const is None or const.get_output_element_type(0) != ov.Type.u4:
+            continue
+        n, groups, group = (int(d) for d in const.get_output_shape(0))
+        w = weights.get(const.get_friendly_name())
+        if w is None or w.shape != (n, groups * group):
+            continue
+        q, s, z = HQQWeightOnlyQuantizer(HQQWeightOnlyQuantConfig(block_size=group)).quantize_internal(
+            torch.from_numpy(np.array(w, dtype=np.float32)), bits=4, group_size=group, axis=1)
+        q = q.numpy().astype(np.uint8).reshape(-1)
+        wconv.input(0).replace_source_output(ov.op.Constant(ov.Type.u4, ov.Shape([n, groups, group]), q.tolist()).output(0))
+        sub.input(1).replace_source_output(ops.constant(z.numpy().reshape(n, groups, 1).astype(np.float16)).output(0))
+        op.input(1).replace_source_output(ops.constant(s.numpy().reshape(n, groups, 1).astype(np.float16)).output(0))
+        done += 1
+    return done
+
+
+def float_weights(model) -> dict[str, np.ndarray]:
+    """The FP32 IR's 2-D weight constants by name (what :func:`hqq_groups` fits HQQ to)."""
+    return {op.get_friendly_name(): op.get_data() for op in model.get_ordered_ops()
+            if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).rank.get_length() == 2
+            and op.get_output_element_type(0).get_type_name() == "f32"}
 
 
 def weight_types(model) -> dict[str, Any]:
@@ -174,10 +223,16 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
     from compress.storage import tree_bytes
 
     bits, block, algorithm = check_request(config)
+    config = config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
+                                                                              "algorithm": algorithm})})
     output = QUANTIZE_OPENVINO.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = ov.Core().read_model(str(art.model_path))
+        weights = float_weights(model) if algorithm == "hqq" else {}
         model, record = compress(model, art, config, bits, block, algorithm)
+        if algorithm == "hqq":
+            record.update(algorithm="hqq", hqq_groups=hqq_groups(model, weights), zero_points="float16")
+            del weights
         ov.save_model(model, str(o.dir / "model.xml"), compress_to_fp16=False)
         for name in TRAVEL:
             if (art.path / name).is_file():
