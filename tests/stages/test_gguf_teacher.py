@@ -103,3 +103,28 @@ def test_the_cli_adopts_a_gguf_without_a_format_and_exports_it_with_one(files, t
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "ov" / "manifest.json").read_text())
     assert m["format"] == "openvino" and m["source"]["origin"]["file_type_name"] == "ALL_F32"
+
+
+@needs_genai_builder()
+def test_validate_says_it_compares_with_the_dequantized_checkpoint_and_makes_it_again(files, tmp_path):
+    """The report names the reference; with the cached checkpoint gone, validate makes it again from the recorded
+    file (the same sha256) rather than going without a teacher."""
+    from pathlib import Path
+
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.validation.local import ValidateConfig, validate
+    from tests.builders.causal_lm import STORY
+
+    art = export(files["f32"], tmp_path / "onnx", ExportConfig(format="onnx"))
+    text = tmp_path / "story.txt"
+    text.write_text("\n\n".join([STORY] * 4), encoding="utf-8")
+    cfg = ValidateConfig.from_flat(profile="host", data=str(text), prompt_tokens=16, new_tokens=4, window=32, limit=2,
+                                   cold_start=False)
+    first = validate(art.path, cfg).metrics["generation"]["reference"]
+    assert "tiny.gguf (ALL_F32) as transformers' GGUF loader dequantizes it" in first
+    ckpt = Path(art.manifest.source.path)
+    shutil.rmtree(ckpt)
+    again = validate(art.path, cfg)
+    assert (ckpt / "gguf_origin.json").is_file() and again.metrics["generation"]["reference"] == first
+    assert not any("no teacher" in w for w in again.warnings)

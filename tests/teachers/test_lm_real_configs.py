@@ -47,8 +47,6 @@ def test_a_real_config_exports_in_step_with_pytorch(tmp_path, family, route):
         pytest.skip(why)
     if route == "gguf" and family == "qwen3-0.6b":
         pytest.skip("llama.cpp's converter knows Qwen's BPE tokenizer by its hash; the test tokenizer is not Qwen's")
-    if route == "executorch" and family == "gemma-3-270m":
-        pytest.skip("ExecuTorch's LM route takes Llama-, Qwen- and Phi-shaped decoders (docs/phones.md)")
     ckpt = real_config_lm(tmp_path / "ckpt", family)
     art = export(ckpt, tmp_path / route, ExportConfig(format=route))
     check = art.manifest.steps[-1].metrics["generation_parity"]

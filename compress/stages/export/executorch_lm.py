@@ -293,8 +293,9 @@ def export_executorch_lm(source: Path | str, out: Path | str, config: ExportConf
         copy_travel(source, o.dir)
         manifest = lm_manifest(source, cfg, Precision.fp32, max_length)
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"lowering": record})
-        atol = generator_atol(config)
-        check = check_against_torch(source, o.draft(), config, "export") | {"atol": atol}
+        check = check_against_torch(source, o.draft(), config, "export")
+        atol = generator_atol(config, check)
+        check["atol"] = atol
         step.metrics["generation_parity"] = check
         require_generation_parity(check, atol, "the ExecuTorch program")
     log.info("exported %s to %s (ExecuTorch, XNNPACK; prefill max |diff| %.2e, %d decode steps equal)", source, out,

@@ -269,15 +269,14 @@ def greedy_torch(source: Path, prompt: list[int], steps: int) -> tuple[np.ndarra
     return prefill, tokens, logits
 
 
-def generator_atol(config, reference: np.ndarray | None = None) -> float:
+def generator_atol(config, check: dict[str, Any] | None = None) -> float:
     """The prefill tolerance of a generator's parity check: ``--atol`` when given, else :data:`GENERATOR_ATOL`, or
-    :data:`GENERATOR_REL` of the ``reference`` logits' largest magnitude where that is more (the CLI passes its default
-    as given: values are compared)."""
+    :data:`GENERATOR_REL` of the reference's largest |logit| (``check``, :func:`compare_generation`'s) where that is
+    more (the CLI passes its default as given: values are compared)."""
     default = type(config).model_fields["atol"].default
     if config.atol != default:
         return config.atol
-    scale = float(np.abs(reference).max()) if reference is not None and reference.size else 0.0
-    return max(GENERATOR_ATOL, GENERATOR_REL * scale)
+    return max(GENERATOR_ATOL, GENERATOR_REL * float((check or {}).get("reference_max_abs_logit", 0.0)))
 
 
 def require_generation_parity(check: dict[str, Any], atol: float, what: str) -> None:
@@ -298,6 +297,7 @@ def compare_generation(ref, cand) -> dict[str, Any]:
     # decode logits are comparable while the two fed the same tokens (up to and including the first divergence)
     decode = max((float(np.abs(a - b).max()) for a, b in zip(l0[:same + 1], l1[:same + 1], strict=False)), default=0.0)
     return {"prefill_tokens": int(p0.shape[0]), "prefill_max_abs_diff": float(np.abs(p0 - p1).max()),
+            "reference_max_abs_logit": float(np.abs(p0).max()),
             "decode_steps": len(t0), "decode_max_abs_diff": decode, "same_tokens": t0 == t1,
             "tokens_equal_before_divergence": same, "reference_tokens": t0, "tokens": t1}
 
@@ -361,9 +361,9 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
             cand = greedy_ort(backend, prompt, DECODE_STEPS)
         finally:
             backend.close()
-        ref = greedy_torch(source, prompt, DECODE_STEPS)
-        atol = generator_atol(config, ref[0])
-        check = compare_generation(ref, cand) | {"prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
+        check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand)
+        atol = generator_atol(config, check)
+        check |= {"prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
         require_generation_parity(check, atol, "the ONNX graph")
     log.info("exported %s to %s (prefill max |diff| %.2e, %d decode steps equal)", source, out,
