@@ -144,6 +144,9 @@ def _write(src: Path, out: Path, about: dict[str, Any]) -> None:
     with hidden_output("stderr"):  # "Writing model shards" (transformers 5)
         model.eval().save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    spm = out / "tokenizer.model"
+    if spm.is_file() and spm.read_bytes()[:4] == b"GGUF":  # transformers 4 "saves" the .gguf itself as the slow
+        spm.unlink()  # tokenizer's vocabulary file (98 MB for SmolLM2); tokenizer.json is the tokenizer
     raw = json.loads((out / "config.json").read_text(encoding="utf-8"))
     (out / "config.json").write_text(json.dumps(portable_config(raw), indent=2) + "\n", encoding="utf-8")
     tok_cfg = out / "tokenizer_config.json"

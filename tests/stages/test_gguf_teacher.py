@@ -77,6 +77,8 @@ def test_the_dequantized_checkpoint_is_made_once_and_reads_under_either_major(fi
     tok = json.loads((first / "tokenizer_config.json").read_text())
     assert tok.get("tokenizer_class") in (None, "PreTrainedTokenizerFast", "LlamaTokenizerFast", "LlamaTokenizer")
     assert not list(first.parent.glob(".*.partial"))
+    spm = first / "tokenizer.model"  # transformers 4 copies the .gguf itself there: it does not travel
+    assert not spm.is_file() or spm.read_bytes()[:4] != b"GGUF"
 
 
 def test_an_f32_ggufs_checkpoint_has_the_weights_it_was_made_from(files):

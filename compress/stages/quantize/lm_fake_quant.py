@@ -14,9 +14,9 @@ This is MLAS's ``quantize_matmul_{4,8}bits``; :func:`rtn_grid` reproduces it bit
 ``onnxruntime.capi._pybind_state.quantize_matmul_4bits`` and on whole artifacts by
 :func:`dequantized_model` in tests/stages/test_lm_qat.py). The LM head is quantized the same way at its own bits
 (``--lm-head-bits``; symmetric at 8 bits whatever the body is), the token embedding table by
-:func:`.lm_onnx.int8_gather`'s rule (:func:`embedding_grid`: symmetric int8 rows in blocks along the hidden dimension,
+:func:`.matmul_nbits_graph.int8_gather`'s rule (:func:`embedding_grid`: symmetric int8 rows in blocks along the hidden dimension,
 ``absmax / 127``) or, at 4 bits, as a symmetric 4-bit block along the hidden dimension; a tied table at 8 and 8 bits
-is written once and read by both (:func:`.lm_onnx.shared_int8_gather`), so both uses see the head's grid.
+is written once and read by both (:func:`.matmul_nbits_graph.shared_int8_gather`), so both uses see the head's grid.
 
 The fake quantizer is a ``torch.nn.utils.parametrize`` parametrization of a module's ``weight``: the forward sees the
 grid, the gradient passes straight through (the straight-through estimator). Tied embeddings (one Parameter shared by
@@ -77,7 +77,7 @@ def rtn_grid(w, bits: int, block: int, symmetric: bool):
 
 
 def embedding_grid(w, block: int):
-    """The embedding table ``w`` [V, H] as :func:`.lm_onnx.int8_gather` stores it: int8 rows in blocks of ``block``
+    """The embedding table ``w`` [V, H] as :func:`.matmul_nbits_graph.int8_gather` stores it: int8 rows in blocks of ``block``
     along H (one block per row when ``block`` does not divide H), scale ``absmax / 127``, dequantized back."""
     vocab, width = w.shape
     if width % block:
@@ -141,7 +141,7 @@ def attach(model, scheme: Scheme, *, lora_rank: int | None = None, lora_alpha: f
     made: dict[str, Any] = {"layers": {}, "lora": []}
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
     # a tied table at 8 and 8 bits is written once, the embedding reading the 8-bit head's rows
-    # (:func:`.lm_onnx.shared_int8_gather`): it is on the head's grid
+    # (:func:`.matmul_nbits_graph.shared_int8_gather`): it is on the head's grid
     shared = (head is not None and emb is not None and head.weight is emb.weight and scheme.lm_head_bits == 8
               and scheme.embeddings_bits == 8 and emb.weight.shape[1] % scheme.block == 0)
     for name, (module, role) in quantized_modules(model).items():
