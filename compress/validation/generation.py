@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Artifact
+from compress.errors import ConfigError
 from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, verdict_of
 from compress.progress import Advance, Progress, start_phase
 from compress.validation.decoding import context_of, greedy_artifact, prompt_feeds, window_logits
@@ -256,6 +257,22 @@ def _teacher_record(tdir: Path, art: Artifact, warnings: list[str]):
     return SimpleNamespace(path=Path(tdir), sha256=sha)
 
 
+def _check_baseline(art: Artifact, tdir: Path | None, config) -> None:
+    """A GGUF artifact's FP32 baseline is exported by llama.cpp's converter, from a source tree: without one, a
+    one-line refusal before the work (with the way around it), not an error after the quality windows."""
+    from compress.validation.gguf_reference import is_gguf_file
+
+    if not config.measure.baseline or tdir is None or str(art.manifest.format) != "gguf" or is_gguf_file(tdir):
+        return
+    from compress.stages.export.gguf import ENV, llama_cpp_tree
+
+    if llama_cpp_tree() is None:
+        raise ConfigError(f"the FP32 baseline a GGUF artifact's speedup is timed against is exported by llama.cpp's "
+                          f"converter, and no llama.cpp source tree is named ({ENV})",
+                          hint=f"pass --no-baseline (no speedup judged), or set {ENV} to a llama.cpp tree (pip download "
+                               "--no-binary :all: --no-deps llama-cpp-python==0.3.36, extract it: its vendor/llama.cpp)")
+
+
 def _baseline(tdir: Path | None, art: Artifact, runtime_name: str, settings, warnings: list[str]):
     """The teacher's FP32 export in the artifact's format (cached: compress.cache baselines/KEY), loaded in the same
     runtime and settings; None when there is no teacher or the artifact is itself FP32 from it."""
@@ -332,6 +349,7 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
     from compress.validation.common import conclude
 
     config, profile, warnings, progress = run.config, run.profile, run.warnings, run.progress
+    _check_baseline(art, tdir, config)  # refused before any work, not after the windows
     post = art.manifest.postprocess
     plan = plan_generation(art, config, context_of(art), progress)
     warnings += plan.notes

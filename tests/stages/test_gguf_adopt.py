@@ -176,3 +176,21 @@ def test_a_signal_during_validate_of_a_gguf_ends_in_one_line(made, tmp_path, sig
     assert "Traceback" not in rest and "Exception ignored" not in rest, rest
     assert rest.strip().splitlines()[-1] == f"interrupted ({name}); no output was written", rest
     assert not (tmp_path / "r").exists()
+
+
+def test_a_gguf_artifacts_baseline_without_a_llama_cpp_tree_is_refused_before_the_work(made, tmp_path, monkeypatch):
+    """Its FP32 baseline is exported by llama.cpp's converter: without a tree, one line (exit 2) before any window is
+    scored, naming --no-baseline; nothing is written."""
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    q8 = quantize(made["root"] / "fp32", tmp_path / "q8", QuantizeConfig.from_flat(precision="int8"))
+    env = {k: v for k, v in __import__("os").environ.items() if k != ENV}
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(q8.path), "-p", "host", "--data",
+                           str(made["text"]), "--report-dir", str(tmp_path / "r")], capture_output=True, text=True,
+                          env=env | {"HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert_one_line_error(proc, "no llama.cpp source tree", "--no-baseline")
+    assert "perplexity windows" not in proc.stderr and not (tmp_path / "r").exists()
