@@ -203,7 +203,9 @@ def _routes() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         for fmt in export_formats():
             if fmt == "onnx" and src != "onnx":
                 continue  # --format's default: not asked, the file is adopted as it is
-            real = fmt == src or (src == "onnx" and FORMATS[fmt].via_onnx)
+            # a .gguf given a format with a generator route is exported from the checkpoint it dequantizes to
+            real = fmt == src or (src == "onnx" and FORMATS[fmt].via_onnx) or (
+                src == "gguf" and bool(FORMATS[fmt].generator_exporter))
             (routes if real else refused).append((src, fmt))
     return refused, routes
 

@@ -36,8 +36,14 @@ def export(
 
     fmt = str(config.format)
     if _gguf_teacher(source, config):  # a GGUF given a --format: its dequantized checkpoint is the teacher
+        from compress.errors import ConfigError
         from compress.teachers.gguf_checkpoint import gguf_checkpoint
 
+        if not FORMATS[fmt].generator_exporter:  # refused before the file is read (or dequantized)
+            made = [n for n, f in FORMATS.items() if f.generator_exporter]
+            raise ConfigError(f"{source}: a .gguf is a causal language model, which {FORMATS[fmt].label} takes none of",
+                              hint=f"export it with --format {'|'.join(made)}, or leave --format out to adopt it as "
+                                   "it is")
         source = gguf_checkpoint(source)
     if generator_source(source):  # a causal LM: the format's exporter with a KV cache
         from compress.errors import ConfigError
