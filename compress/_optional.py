@@ -25,7 +25,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "nncf": (("nncf",), "pip install 'edgecompress[openvino]'"),
     "onnxruntime_genai": (("onnxruntime-genai",), "pip install 'edgecompress[genai]' (0.12: 0.13+ needs transformers 5)"),
     "llama_cpp": (("llama-cpp-python",), "pip install 'edgecompress[llamacpp]' (builds llama.cpp from source)"),
-    "gguf": (("gguf",), "pip install 'edgecompress[llamacpp]'"),
+    "gguf": (("gguf",), "pip install 'edgecompress[gguf]' (in all; llamacpp has it too)"),
     "tensorrt": (("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "pip install 'edgecompress[tensorrt]'"),
     # torch-tensorrt pins torch exactly; compress.stages.export.torch_tensorrt.install_hint() names the matching release
     "torch_tensorrt": (("torch-tensorrt", "torch_tensorrt"), "pip install torch-tensorrt==<your torch version>"),

@@ -47,7 +47,7 @@ def _describe(path: Path) -> dict[str, Any]:
     """The file's llama.cpp file type and tensor types, as names (``MOSTLY_Q4_1``; ``Q4_1: 211, F32: 61``)."""
     from compress._optional import require
 
-    require("gguf", "reading a GGUF file (pip install 'edgecompress[llamacpp]')")
+    require("gguf", "reading a GGUF file")
     from gguf import GGUFReader, LlamaFileType
 
     try:
