@@ -4,7 +4,9 @@ What it holds, one folder per kind under the cache directory:
 
 - ``baselines/KEY/``: the teacher's FP32 export that ``validate`` times beside the artifact (speedup);
 - ``teacher-outputs/KEY.npz``: the teacher's (PyTorch FP32) outputs on an eval set, so a second
-  ``validate`` on the same teacher and data does not run the teacher again.
+  ``validate`` on the same teacher and data does not run the teacher again;
+- ``gguf-checkpoints/SHA/``: the checkpoint a ``.gguf`` dequantizes to (``compress.teachers.gguf_checkpoint``), made
+  again from the file when it has been removed.
 
 Where: ``$EDGECOMPRESS_CACHE_DIR``, default ``~/.cache/edgecompress``. Size: capped at
 ``$EDGECOMPRESS_CACHE_MB`` MiB (default 2048); after each write the least recently used entries are
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 ENV_DIR = "EDGECOMPRESS_CACHE_DIR"
 ENV_LIMIT = "EDGECOMPRESS_CACHE_MB"
 DEFAULT_LIMIT_MB = 2048
-KINDS = ("baselines", "teacher-outputs")
+KINDS = ("baselines", "teacher-outputs", "gguf-checkpoints")
 MB = 1024 * 1024
 STALE_PARTIAL_S = 3600.0  # a staging file this old belongs to a writer that died
 

@@ -92,6 +92,8 @@ def gguf_checkpoint(path: Path | str) -> Path:
         staging.rename(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if (folder / GGUF_ORIGIN).is_file():  # another process made it meanwhile (the rename found it there)
+            return folder
         raise
     ec_cache.enforce_limit(keep=folder)
     return folder
@@ -130,6 +132,8 @@ def _write(src: Path, out: Path, about: dict[str, Any]) -> None:
     """Write the dequantized checkpoint of ``src`` into ``out``."""
     import torch
 
+    from compress.progress import hidden_output
+
     loaded, tokenizer = _load(src)
     config = loaded.config
     if getattr(config, "quantization_config", None) is not None:
@@ -139,8 +143,6 @@ def _write(src: Path, out: Path, about: dict[str, Any]) -> None:
     model.load_state_dict(loaded.state_dict(), assign=True)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
-    from compress.progress import hidden_output
-
     with hidden_output("stderr"):  # "Writing model shards" (transformers 5)
         model.eval().save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
