@@ -35,14 +35,14 @@ def export(
     from compress.teachers.model_files import is_model_file
 
     fmt = str(config.format)
+    lm_formats = [n for n, f in FORMATS.items() if f.generator_exporter]  # the formats a causal LM exports to
     if _gguf_teacher(source, config):  # a GGUF given a --format: its dequantized checkpoint is the teacher
         from compress.errors import ConfigError
         from compress.teachers.gguf_checkpoint import gguf_checkpoint
 
         if not FORMATS[fmt].generator_exporter:  # refused before the file is read (or dequantized)
-            made = [n for n, f in FORMATS.items() if f.generator_exporter]
             raise ConfigError(f"{source}: a .gguf is a causal language model, which {FORMATS[fmt].label} takes none of",
-                              hint=f"export it with --format {'|'.join(made)}, or leave --format out to adopt it as "
+                              hint=f"export it with --format {'|'.join(lm_formats)}, or leave --format out to adopt it as "
                                    "it is")
         source = gguf_checkpoint(source)
     if generator_source(source):  # a causal LM: the format's exporter with a KV cache
@@ -58,10 +58,9 @@ def export(
 
             refuse_remote_code(source, json.loads((Path(source) / "config.json").read_text(encoding="utf-8")),
                                config.trust_remote_code)
-        made = [n for n, f in FORMATS.items() if f.generator_exporter]
         if not FORMATS[fmt].generator_exporter:
             raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
-                              hint=f"export it with --format {'|'.join(made)}")
+                              hint=f"export it with --format {'|'.join(lm_formats)}")
         return import_string(FORMATS[fmt].generator_exporter)(source, out, config, force=force)
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.errors import ConfigError
