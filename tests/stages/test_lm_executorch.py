@@ -22,14 +22,21 @@ from tests.builders.causal_lm import STORY, tiny_causal_lm
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
-    """A tiny 1-layer Llama (head size 16, GQA 4/2, tied embeddings), its FP32 program and its INT4 program."""
+    """A tiny 1-layer Llama (head size 16, GQA 4/2, tied embeddings, a pad token), its FP32 program and its INT4
+    program."""
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
+    import json
+
     root = tmp_path_factory.mktemp("lm-et")
     ckpt = tiny_causal_lm(root / "ckpt", layers=1)
+    # a pad token as real configs name one (SmolLM2's pad_token_id is its EOS, 2): the embedding then has a padding_idx,
+    # which once left torchao's 8-bit table out of ExecuTorch's quant fusion ("Missing out variants")
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(config | {"pad_token_id": 2}))
     fp32 = export(ckpt, root / "fp32", ExportConfig(format="executorch"))
     int4 = quantize(fp32.path, root / "int4", QuantizeConfig.from_flat(precision="int4"))
     text = root / "story.txt"

@@ -105,6 +105,12 @@ def load_lm(source: Path):
     _register_attention()
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **config_kwargs(source)).eval()
     model.set_attn_implementation(ATTENTION)
+    # an embedding's padding_idx (a config's pad_token_id: SmolLM2's 2) only keeps that row's gradient at zero; in the
+    # graph it is an argument ExecuTorch's quant fusion does not match, which left torchao's 8-bit table unfused
+    # ("Missing out variants: torchao::dequantize_affine"). The forward is the same without it
+    emb = model.get_input_embeddings()
+    if getattr(emb, "padding_idx", None) is not None:
+        emb.padding_idx = None
     return model
 
 
