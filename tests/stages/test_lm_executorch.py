@@ -24,12 +24,12 @@ from tests.builders.causal_lm import STORY, tiny_causal_lm
 def lm(tmp_path_factory):
     """A tiny 1-layer Llama (head size 16, GQA 4/2, tied embeddings, a pad token), its FP32 program and its INT4
     program."""
+    import json
+
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-
-    import json
 
     root = tmp_path_factory.mktemp("lm-et")
     ckpt = tiny_causal_lm(root / "ckpt", layers=1)
