@@ -22,6 +22,17 @@ def _producers(graph) -> dict[str, Any]:
     return {o: n for n in graph.node for o in n.output}
 
 
+def _splice(graph, node, before=(), after=(), *, replace: bool = False) -> None:
+    """Put ``before`` and ``after`` around ``node`` in the graph's (topological) order; ``replace``: ``node`` goes."""
+    at = list(graph.node).index(node)
+    for i, n in enumerate(after):
+        graph.node.insert(at + 1 + i, n)
+    for i, n in enumerate(before):
+        graph.node.insert(at + i, n)
+    if replace:
+        graph.node.remove(node)
+
+
 def untie_embeddings(model) -> str | None:
     """Give the embedding Gather its own table where it reads a transposed initializer (the builder's tied
     embeddings read the LM head's [H, V] weight through a Transpose): the [V, H] table becomes an initializer and the
@@ -92,10 +103,7 @@ def int8_gather(model, node_name: str, block: int) -> None:
            helper.make_node("Gather", [f"{base}_scale", ids], [f"{p}/scales"], name=f"{p}/scales"),
            helper.make_node("Mul", [f"{p}/blocks", f"{p}/scales"], [f"{p}/scaled"], name=f"{p}/mul"),
            helper.make_node("Reshape", [f"{p}/scaled", f"{base}_3d"], [out], name=f"{p}/out")]
-    at = list(graph.node).index(node)
-    graph.node.remove(node)
-    for i, n in enumerate(new):
-        graph.node.insert(at + i, n)
+    _splice(graph, node, before=new, replace=True)
 
 
 def shared_int8_gather(model, node_name: str, head_name: str) -> bool:
@@ -132,10 +140,7 @@ def shared_int8_gather(model, node_name: str, head_name: str) -> bool:
            helper.make_node("Gather", [f"{p}/scale_table", ids], [f"{p}/scales"], name=f"{p}/scales"),
            helper.make_node("Mul", [f"{p}/centred", f"{p}/scales"], [f"{p}/scaled"], name=f"{p}/mul"),
            helper.make_node("Reshape", [f"{p}/scaled", f"{p}/3d"], [out], name=f"{p}/out")]
-    at = list(graph.node).index(node)
-    graph.node.remove(node)
-    for i, n in enumerate(new):
-        graph.node.insert(at + i, n)
+    _splice(graph, node, before=new, replace=True)
     return True
 
 
@@ -189,9 +194,7 @@ def fold_zero_points(model, *, offsets_fp16: bool = True) -> int:
             weights = f"{p}/offsets_f"
         new += [helper.make_node("MatMul", [sums[src, block], weights], [f"{p}/correction"], name=f"{p}/correction"),
                 helper.make_node("Add", [f"{p}/main", f"{p}/correction"], [dst], name=f"{p}/add")]
-        at = list(graph.node).index(node)
-        for i, extra in enumerate(new):
-            graph.node.insert(at + 1 + i, extra)
+        _splice(graph, node, after=new)
         folded += 1
     return folded
 
@@ -213,10 +216,10 @@ def half_scales(model, keep: tuple[str, ...] = ()) -> int:
                 t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
         src, dst = node.input[0], node.output[0]
         node.input[0], node.output[0] = f"{node.name}/input_fp16", f"{node.name}/output_fp16"
-        at = list(graph.node).index(node)
-        graph.node.insert(at, helper.make_node("Cast", [src], [node.input[0]], name=f"{node.name}/to_fp16",
-                                               to=TensorProto.FLOAT16))
-        graph.node.insert(at + 2, helper.make_node("Cast", [node.output[0]], [dst], name=f"{node.name}/to_fp32",
-                                                   to=TensorProto.FLOAT))
+        _splice(graph, node,
+                before=[helper.make_node("Cast", [src], [node.input[0]], name=f"{node.name}/to_fp16",
+                                         to=TensorProto.FLOAT16)],
+                after=[helper.make_node("Cast", [node.output[0]], [dst], name=f"{node.name}/to_fp32",
+                                        to=TensorProto.FLOAT)])
         changed += 1
     return changed
