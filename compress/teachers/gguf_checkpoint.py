@@ -37,10 +37,9 @@ __all__ = ["gguf_checkpoint", "is_gguf"]
 KIND = "gguf-checkpoints"  #: the cache's folder of dequantized checkpoints
 
 
-def is_gguf(path: Path | str) -> bool:
+def is_gguf(path: Path | str | None) -> bool:
     """A ``.gguf`` file (by its suffix; the header is read when it is used)."""
-    p = Path(path)
-    return p.suffix.lower() == ".gguf" and p.is_file()
+    return path is not None and Path(path).suffix.lower() == ".gguf" and Path(path).is_file()
 
 
 def _describe(path: Path) -> dict[str, Any]:

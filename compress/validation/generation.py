@@ -217,9 +217,10 @@ def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
         warnings.append("no teacher: the recorded source is not on this machine; pass --teacher (perplexity is "
                         "measured, KL, top-1 and continuation agreement are not)")
         return None
-    from compress.validation.gguf_reference import GgufReference, is_gguf_file
+    from compress.teachers.gguf_checkpoint import is_gguf
+    from compress.validation.gguf_reference import GgufReference
 
-    if is_gguf_file(tdir):  # an adopted GGUF: the file itself in llama.cpp, as an adopted ONNX file in ONNX Runtime
+    if is_gguf(tdir):  # an adopted GGUF: the file itself in llama.cpp, as an adopted ONNX file in ONNX Runtime
         return GgufReference.load(tdir)
     from compress.teachers.causal_lm import CausalLM
 
@@ -260,9 +261,9 @@ def _teacher_record(tdir: Path, art: Artifact, warnings: list[str]):
 def _check_baseline(art: Artifact, tdir: Path | None, config) -> None:
     """A GGUF artifact's FP32 baseline is exported by llama.cpp's converter, from a source tree: without one, a
     one-line refusal before the work (with the way around it), not an error after the quality windows."""
-    from compress.validation.gguf_reference import is_gguf_file
+    from compress.teachers.gguf_checkpoint import is_gguf
 
-    if not config.measure.baseline or tdir is None or str(art.manifest.format) != "gguf" or is_gguf_file(tdir):
+    if not config.measure.baseline or tdir is None or str(art.manifest.format) != "gguf" or is_gguf(tdir):
         return
     from compress.stages.export.gguf import ENV, llama_cpp_tree
 

@@ -22,11 +22,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def is_gguf_file(path: Path | None) -> bool:
-    """Whether a validate reference ``path`` is a bare ``.gguf`` file (an adopted GGUF's source)."""
-    return path is not None and Path(path).is_file() and Path(path).suffix.lower() == ".gguf"
-
-
 def reference_sha256(path: Path) -> str:
     """The sha256 a reference is known by: of the file (a ``.gguf``), else of the checkpoint folder."""
     from compress.artifact import digest_dir, sha256_file

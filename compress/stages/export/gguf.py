@@ -39,6 +39,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ModelLoadError, ParityError, StageError, first_line
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
+from compress.teachers.gguf_checkpoint import is_gguf
 from compress.teachers.lm_config import is_causal_lm, postprocess_of
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
 
     config = config or ExportConfig()
     source = Path(source)
-    if source.is_file() and source.suffix.lower() == ".gguf":
+    if is_gguf(source):
         return adopt_gguf(source, out, config, force=force)
     cfg = hf_config(source)
     if not is_causal_lm(cfg):
