@@ -13,6 +13,15 @@ from compress.errors import ModelLoadError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def refuse_remote_code(path: Path | str, config: dict[str, Any], trusted: bool) -> None:
+    """Refuse a checkpoint whose config names its own Python code (``auto_map``) unless ``trusted``
+    (``--trust-remote-code``): every loader (text, image, causal LM), transformers and ONNX Runtime GenAI's builder
+    alike, would run it."""
+    if config.get("auto_map") and not trusted:
+        raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
+                             hint="review that code, then pass --trust-remote-code to run it")
+
+
 class InfoTeacher:
     """What every loaded teacher shares (Hugging Face, image, timm, program, adopted file): its ``info``, read before
     anything loaded, gives its path and task."""

@@ -128,13 +128,11 @@ def _task(config: dict[str, Any]) -> Task:
 
 
 def _hf_info(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ImageInfo:
-    from compress.teachers.checkpoints import _read_json, inspect_weights
+    from compress.teachers.checkpoints import _read_json, inspect_weights, refuse_remote_code
     from compress.teachers.image_processors import preprocess_from_hf
 
     config = _read_json(path / "config.json")
-    if config.get("auto_map") and not trust_remote_code:
-        raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
-                             hint="review that code, then pass --trust-remote-code to run it")
+    refuse_remote_code(path, config, trust_remote_code)
     weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
     from compress.teachers.timm_hub import is_timm_config, timm_labels, timm_preprocess
 

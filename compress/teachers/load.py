@@ -28,14 +28,19 @@ from compress.artifact import (
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
-from compress.teachers.checkpoints import InfoTeacher, _read_json, inspect_weights, model_load_error
+from compress.teachers.checkpoints import (
+    InfoTeacher,
+    _read_json,
+    inspect_weights,
+    model_load_error,
+    refuse_remote_code,
+)
 from compress.teachers.lm_config import (
     check_special_tokens,
     config_kwargs,
     is_causal_lm,
     load_tokenizer,
     postprocess_of,
-    refuse_remote_code,
 )
 
 log = logging.getLogger(__name__)

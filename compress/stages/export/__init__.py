@@ -51,7 +51,7 @@ def export(
         if config.task is not None and str(config.task) != "text-generation":
             raise ConfigError(f"{source} is a causal language model: its task is text-generation, not {config.task}",
                               hint="leave --task out")
-        from compress.teachers.lm_config import refuse_remote_code
+        from compress.teachers.checkpoints import refuse_remote_code
 
         if (Path(source) / "config.json").is_file():
             import json
