@@ -12,9 +12,10 @@ from typing import Any
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks.generation import GenerationPostprocess, KVCache
 
-__all__ = ["CAUSAL_LM_SUFFIXES", "GENERATION_FILES", "GGUF_ORIGIN", "gguf_origin", "source_info", "cache_of", "check_special_tokens", "check_window",
-           "config_kwargs", "generation_ids", "head_size", "is_causal_lm", "legacy_rope", "load_tokenizer", "portable_config", "portable_tokenizer_config",
-           "postprocess_of", "refuse_causal_lm", "refuse_remote_code", "rope_of"]
+__all__ = ["CAUSAL_LM_SUFFIXES", "GENERATION_FILES", "GGUF_ORIGIN", "cache_of", "check_special_tokens", "check_window",
+           "config_kwargs", "from_pretrained_lm", "generation_ids", "gguf_origin", "head_size", "is_causal_lm",
+           "legacy_rope", "load_tokenizer", "portable_config", "portable_tokenizer_config", "postprocess_of",
+           "refuse_causal_lm", "rope_of", "source_info"]
 
 #: the files of a causal LM folder that travel into every artifact made from it (those present): its tokenizer and
 #: its generation defaults (BOS/EOS, which the runtimes and validate read)
@@ -225,14 +226,6 @@ def check_window(window: int, context: int) -> None:
                           f"(max_position_embeddings {context})", hint=f"give --window {context} or less")
 
 
-def refuse_remote_code(path: Path | str, config: dict[str, Any], trusted: bool) -> None:
-    """Refuse a checkpoint whose config names its own Python code (``auto_map``) unless ``trusted``
-    (``--trust-remote-code``): every loader, transformers and ONNX Runtime GenAI's builder alike, would run it."""
-    if config.get("auto_map") and not trusted:
-        raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
-                             hint="review that code, then pass --trust-remote-code to run it")
-
-
 def refuse_causal_lm(teacher: Any, verb: str, what: str) -> None:
     """Refuse a causal LM teacher (task text-generation) in a verb that takes none: ``what`` says what it takes."""
     if str(getattr(teacher, "task", "")) == "text-generation":
@@ -292,3 +285,15 @@ def load_tokenizer(path: Path | str, **kwargs: Any):
                 shutil.copy(Path(path) / name, Path(tmp) / name)
         (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(portable_tokenizer_config(raw)), encoding="utf-8")
         return AutoTokenizer.from_pretrained(tmp, **kwargs)
+
+
+def from_pretrained_lm(path: Path | str, **kwargs: Any):
+    """``AutoModelForCausalLM.from_pretrained(path, dtype=float32, **kwargs)`` as every export route loads its
+    reference: the config read as written whichever major wrote it (:func:`config_kwargs`), and transformers 5's
+    "Loading weights" bar off (the command shows its own progress)."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs,
+                                                             **config_kwargs(path)).eval()

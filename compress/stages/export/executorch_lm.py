@@ -50,7 +50,7 @@ from compress.stages.export.genai import (
     require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import GENERATION_FILES, config_kwargs, postprocess_of, source_info
+from compress.teachers.lm_config import GENERATION_FILES, from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,8 @@ def _register_attention() -> None:
 
 def load_lm(source: Path):
     """The checkpoint as an FP32 transformers model whose attention is ExecuTorch's custom SDPA."""
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    transformers.utils.logging.disable_progress_bar()  # transformers 5's "Loading weights" bar: export shows its own
     _register_attention()
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **config_kwargs(source)).eval()
+    model = from_pretrained_lm(source)
     model.set_attn_implementation(ATTENTION)
     # an embedding's padding_idx (a config's pad_token_id: SmolLM2's 2) only keeps that row's gradient at zero; in the
     # graph it is an argument ExecuTorch's quant fusion does not match, which left torchao's 8-bit table unfused

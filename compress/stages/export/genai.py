@@ -35,7 +35,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ParityError
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import config_kwargs, head_size, legacy_rope, postprocess_of, rope_of, source_info
+from compress.teachers.lm_config import from_pretrained_lm, head_size, legacy_rope, postprocess_of, rope_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +250,8 @@ def greedy_ort(backend, prompt: list[int], steps: int) -> tuple[np.ndarray, list
 def greedy_torch(source: Path, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
     """The same from the PyTorch checkpoint (transformers' own cache)."""
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
 
-    transformers.utils.logging.disable_progress_bar()  # transformers 5's "Loading weights" bar: export shows its own
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **config_kwargs(source)).eval()
+    model = from_pretrained_lm(source)
     with torch.no_grad():
         out = model(torch.tensor([prompt]), use_cache=True)
         prefill, past = out.logits[0].numpy(), out.past_key_values

@@ -44,7 +44,7 @@ from compress.stages.export.genai import (
     require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import cache_of, config_kwargs, postprocess_of, source_info
+from compress.teachers.lm_config import cache_of, from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,9 @@ def convert_stateful(source: Path, cfg: dict[str, Any]):
 
     import openvino as ov
     import torch
-    import transformers
     from openvino._offline_transformations import apply_make_stateful_transformation
-    from transformers import AutoModelForCausalLM
 
-    transformers.utils.logging.disable_progress_bar()  # transformers 5's "Loading weights" bar: export shows its own
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation="sdpa",
-                                                 **config_kwargs(source)).eval()
+    model = from_pretrained_lm(source, attn_implementation="sdpa")
     cache = cache_of(cfg)
     layers, kv, hd = cache.layers, cache.kv_heads, cache.head_size
     past = [torch.zeros(1, kv, 2, hd) for _ in range(2 * layers)]
