@@ -94,6 +94,18 @@ def _matmuls(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
+def resolve_int4(config: QuantizeConfig, bits: int, *, rtn: bool = False) -> QuantizeConfig:
+    """``config`` with the block size and algorithm a generator's weight-only quantization uses written in (what the
+    step records): those given, else blocks of :data:`GENERATOR_BLOCK` and :data:`GENERATOR_ALGORITHM` for INT4, round
+    to nearest for INT8 (and where ``rtn``: weights trained for its grid)."""
+    given = config.given_keys()
+    block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
+    algorithm = (config.int4.algorithm if "int4_algorithm" in given or rtn
+                 else GENERATOR_ALGORITHM if bits == 4 else "rtn")
+    return config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
+                                                                            "algorithm": algorithm})})
+
+
 def more_bits_layers(layers: int) -> list[int]:
     """The layers llama.cpp's Q4_K_M gives more bits (``use_more_bits`` in its quantizer: the first and last eighth,
     and every third layer between)."""
@@ -445,12 +457,9 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     given = config.given_keys()
     refuse_ignored(config, "onnx-causal-lm")  # what this quantizer does not read, in one line
     bits = 4 if config.precision == "int4" else 8
-    block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
     # quantization-aware weights (trained) were trained for round to nearest's grid, with FP32 scales
-    algorithm = (config.int4.algorithm if "int4_algorithm" in given or trained is not None
-                 else GENERATOR_ALGORITHM if bits == 4 else "rtn")
-    config = config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
-                                                                              "algorithm": algorithm})})
+    config = resolve_int4(config, bits, rtn=trained is not None)
+    block, algorithm = config.int4.block_size, config.int4.algorithm
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"--int4-algorithm {algorithm}: ONNX Runtime's MatMulNBits quantizer takes "
                           f"{', '.join(ALGORITHMS)}", hint="awq and scale_estimation are OpenVINO's (NNCF)")

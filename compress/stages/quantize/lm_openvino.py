@@ -4,9 +4,9 @@
 What is quantized, and how:
 
 - ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_ASYM with HQQ's
-  values by default (INT4_SYM for ``rtn``, INT4_ASYM with ``--asymmetric``) in groups of ``int4.block_size`` weights (generators default to 32, as the ONNX route:
-  :data:`compress.stages.quantize.lm_onnx.GENERATOR_BLOCK`), ratio 1.0; a layer whose input width the group does not
-  divide takes the largest group of at least :data:`MIN_GROUP` that does (NNCF's ADJUST fallback), else INT8_ASYM
+  values by default (INT4_SYM for ``rtn``, INT4_ASYM with ``--asymmetric``) in groups of ``int4.block_size`` weights
+  (generators default to 32, as the ONNX route: :func:`compress.stages.quantize.lm_onnx.resolve_int4`), ratio 1.0; a
+  layer whose input width the group does not divide takes the largest group of at least :data:`MIN_GROUP` that does (NNCF's ADJUST fallback), else INT8_ASYM
   (ONNX Runtime pads the last block instead); ``--precision int8``: every weight INT8_ASYM per output channel.
 - the token embedding table and the LM head (the last MatMul): NNCF's backup mode, INT8_ASYM per channel, which is
   ``int4.embeddings_bits`` 8 / ``int4.lm_head_bits`` 8, the defaults (the step records each weight's element type read
@@ -14,8 +14,9 @@ What is quantized, and how:
   mixes and a float embedding table (32) are refused in one line (NNCF has no switch for them on a tied model).
 - ``int4.algorithm``: ``hqq`` (the INT4 default; data-free): NNCF's INT4_ASYM groups with HQQ's values written in
   (:func:`hqq_groups`: ONNX Runtime's HQQ quantizer fits each group's scale and a float zero point, kept in FP16);
-  ``rtn`` (data-free round to nearest), or the data-aware ``awq``, ``scale_estimation``, ``gptq`` on text windows (``--calibration`` text cut into windows of 128 tokens, at most ``--calibration-samples``; else a
-  few built-in prompts): NNCF runs the stateful IR on each window after a state reset. ``awq`` also turns on scale
+  ``rtn`` (data-free round to nearest), or the data-aware ``awq``, ``scale_estimation``, ``gptq`` on text windows
+  (``--calibration`` text cut into windows of 128 tokens, at most ``--calibration-samples``; else a few built-in
+  prompts): NNCF runs the stateful IR on each window after a state reset. ``awq`` also turns on scale
   estimation, as optimum-intel's INT4 presets do; ``k_quant`` is refused (ONNX Runtime's). On SmolLM2-135M from its
   Q4_1 GGUF (WikiText-2): hqq +0.17% perplexity, top-1 0.969; NNCF's best, AWQ with scale estimation, +15.5%, 0.759
   (benchmarks/results/lm_int4_openvino_real.json).
@@ -37,7 +38,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
-from compress.stages.quantize.lm_onnx import GENERATOR_ALGORITHM, GENERATOR_BLOCK, calibration_windows, collapse_check
+from compress.stages.quantize.lm_onnx import calibration_windows, collapse_check, resolve_int4
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
     given = config.given_keys()
     refuse_ignored(config, "openvino-causal-lm")  # what this quantizer does not read, in one line
     bits = 4 if config.precision == "int4" else 8
-    algorithm = config.int4.algorithm if "int4_algorithm" in given else GENERATOR_ALGORITHM if bits == 4 else "rtn"
+    resolved = resolve_int4(config, bits)
+    algorithm = resolved.int4.algorithm
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"--int4-algorithm {algorithm}: OpenVINO's INT4 here takes {', '.join(ALGORITHMS)}",
                           hint="k_quant is ONNX Runtime's (export --format onnx)")
@@ -76,8 +78,7 @@ def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
                           "mode, the default) or both at 4 (all_layers)", hint="give 8 and 8, or 4 and 4")
     if bits == 8 and pair != (8, 8):
         raise ConfigError("--embeddings-bits/--lm-head-bits 4 apply to --precision int4", hint="drop them")
-    block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
-    return bits, block, algorithm
+    return bits, resolved.int4.block_size, algorithm
 
 
 def nncf_dataset(art: Artifact, config: QuantizeConfig):
@@ -167,7 +168,8 @@ def hqq_groups(model, weights: dict[str, np.ndarray]) -> int:
         q, s, z = HQQWeightOnlyQuantizer(HQQWeightOnlyQuantConfig(block_size=group)).quantize_internal(
             torch.from_numpy(np.array(w, dtype=np.float32)), bits=4, group_size=group, axis=1)
         q = q.numpy().astype(np.uint8).reshape(-1)
-        wconv.input(0).replace_source_output(ov.op.Constant(ov.Type.u4, ov.Shape([n, groups, group]), q.tolist()).output(0))
+        packed = ov.op.Constant(ov.Type.u4, ov.Shape([n, groups, group]), q.tolist())
+        wconv.input(0).replace_source_output(packed.output(0))
         sub.input(1).replace_source_output(ops.constant(z.numpy().reshape(n, groups, 1).astype(np.float16)).output(0))
         op.input(1).replace_source_output(ops.constant(s.numpy().reshape(n, groups, 1).astype(np.float16)).output(0))
         done += 1
@@ -223,8 +225,7 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
     from compress.storage import tree_bytes
 
     bits, block, algorithm = check_request(config)
-    config = config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
-                                                                              "algorithm": algorithm})})
+    config = resolve_int4(config, bits)
     output = QUANTIZE_OPENVINO.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = ov.Core().read_model(str(art.model_path))
