@@ -35,11 +35,12 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS":
 ENV.pop("EDGECOMPRESS_DEBUG", None)
 
 
-def edgecompress(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real entry point (``python -m compress``) in a fresh interpreter."""
+def edgecompress(*args: str, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real entry point (``python -m compress``) in a fresh interpreter (``env``: instead of :data:`ENV`)."""
     return subprocess.run(
         [sys.executable, "-m", "compress", *map(str, args)],
-        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300,
+        capture_output=True, text=True, env=ENV if env is None else env, cwd=cwd, timeout=300,
     )
 
 

@@ -20,6 +20,7 @@ pytest.importorskip("gguf", reason="the gguf package is not installed (pip insta
 from compress.errors import ConfigError, ModelLoadError
 from compress.stages.export.gguf import ENV, llama_cpp_tree
 from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.conftest import ENV as CLI_ENV
 from tests.conftest import assert_one_line_error, edgecompress
 
 
@@ -185,12 +186,7 @@ def test_a_gguf_artifacts_baseline_without_a_llama_cpp_tree_is_refused_before_th
     from compress.stages.quantize.config import QuantizeConfig
 
     q8 = quantize(made["root"] / "fp32", tmp_path / "q8", QuantizeConfig.from_flat(precision="int8"))
-    env = {k: v for k, v in __import__("os").environ.items() if k != ENV}
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(q8.path), "-p", "host", "--data",
-                           str(made["text"]), "--report-dir", str(tmp_path / "r")], capture_output=True, text=True,
-                          env=env | {"HF_HUB_OFFLINE": "1"}, timeout=300)
+    proc = edgecompress("validate", q8.path, "-p", "host", "--data", made["text"], "--report-dir", tmp_path / "r",
+                        env={k: v for k, v in CLI_ENV.items() if k != ENV})
     assert_one_line_error(proc, "no llama.cpp source tree", "--no-baseline")
     assert "perplexity windows" not in proc.stderr and not (tmp_path / "r").exists()
