@@ -97,3 +97,32 @@ class Phases:
     def done(self) -> None:
         self.save()
         self.log(f"wrote {self.out} in {self.result['seconds']} s; errors: {self.result['errors'] or 'none'}")
+
+
+def text_window_options(ap) -> None:
+    """The scored-text options of the LM quality benchmarks (WikiText-2's first CHARS characters, in windows)."""
+    ap.add_argument("--text", required=True, help="WikiText-2 test (wiki.test.raw)")
+    ap.add_argument("--chars", type=int, default=120_000, help="the text's first CHARS characters")
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--windows", type=int, default=16)
+
+
+def text_windows(art, args) -> np.ndarray:
+    """The windows those options name, cut by the artifact's tokenizer (llama-perplexity's rule)."""
+    import tempfile
+
+    from compress.stages.quantize.lm_onnx import text_windows as cut
+
+    text = Path(tempfile.mkdtemp()) / "scored.txt"
+    text.write_text(Path(args.text).read_text(encoding="utf-8")[:args.chars], encoding="utf-8")
+    return cut(art, str(text), args.window, args.windows)
+
+
+def scored(logits, windows: np.ndarray, ref: list | None = None) -> dict:
+    """Perplexity of ``logits`` (one [1, T, V] per window) and, with ``ref`` (the reference's), KL and top-1."""
+    from compress.tasks.generation import GenerationStream
+
+    stream = GenerationStream()
+    for k, (w, cand) in enumerate(zip(windows, logits, strict=True)):
+        stream.update(cand, w[None], None if ref is None else ref[k])
+    return stream.result()

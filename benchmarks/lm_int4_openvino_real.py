@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import scored, text_window_options, text_windows
+
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,30 +39,22 @@ VARIANTS = {
 def main() -> None:
     from compress.artifact import load_artifact
     from compress.runtimes.base import load_runtime
-    from compress.stages.quantize import lm_onnx as lm
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
     from compress.storage import tree_bytes
-    from compress.tasks.generation import GenerationStream
     from compress.validation.decoding import window_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp32", required=True, help="the FP32 OpenVINO artifact (export --format openvino)")
-    ap.add_argument("--text", required=True, help="WikiText-2 test (wiki.test.raw)")
-    ap.add_argument("--chars", type=int, default=120_000, help="the text's first CHARS characters")
-    ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--windows", type=int, default=16)
+    text_window_options(ap)
     ap.add_argument("--calibration-samples", type=int, default=32, help="windows of 128 the data-aware ones see")
     ap.add_argument("--work", default="/tmp/smol-ov-int4")
     ap.add_argument("--only", nargs="*", help="variant names (substrings) to run")
     args = ap.parse_args()
     art = load_artifact(args.fp32)
-    text = Path(tempfile.mkdtemp()) / "wiki.txt"
-    full = Path(args.text).read_text(encoding="utf-8")
-    text.write_text(full[:args.chars], encoding="utf-8")
     calib = Path(tempfile.mkdtemp()) / "calib.txt"  # from later in the file: the scored text is not calibrated on
-    calib.write_text(full[args.chars:args.chars + 60_000], encoding="utf-8")
-    windows = lm.text_windows(art, str(text), args.window, args.windows)
+    calib.write_text(Path(args.text).read_text(encoding="utf-8")[args.chars:args.chars + 60_000], encoding="utf-8")
+    windows = text_windows(art, args)
 
     def logits_of(a):
         backend = load_runtime(a, "openvino")
@@ -71,10 +65,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ref = logits_of(art)
-    base = GenerationStream()
-    for k, w in enumerate(windows):
-        base.update(ref[k], w[None], None)
-    base = base.result()
+    base = scored(ref, windows)
     rows = json.loads(OUT.read_text())["rows"] if OUT.is_file() and args.only else []
     rows = [r for r in rows if not r["name"].startswith("FP32")]
     rows.insert(0, {"name": "FP32 (stateful IR)", "perplexity": base["perplexity"],
@@ -88,13 +79,10 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         data = {"calibration": str(calib), "calibration_samples": args.calibration_samples} \
-            if flags.get("int4_algorithm") else {}
+            if flags.get("int4_algorithm") not in (None, "rtn", "hqq") else {}  # the data-aware ones only
         q = quantize(art.path, out, QuantizeConfig.from_flat(precision="int4", **flags, **data))
         made = time.perf_counter() - t0
-        stream = GenerationStream()
-        for k, (w, cand) in enumerate(zip(windows, logits_of(q), strict=True)):
-            stream.update(cand, w[None], ref[k])
-        s = stream.result()
+        s = scored(logits_of(q), windows, ref)
         rows[:] = [r for r in rows if r["name"] != name]
         rows.append({"name": name, "perplexity": s["perplexity"], "increase": s["perplexity"] / base["perplexity"] - 1,
                      "kl_mean": s["kl_mean"], "top1_agreement": s["top1_agreement"],

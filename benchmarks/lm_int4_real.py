@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import tempfile
 import time
 from pathlib import Path
+
+from common import scored, text_window_options, text_windows
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
@@ -51,7 +52,6 @@ def variants(layers: int) -> dict[str, dict]:
 def main() -> None:
     import logging
 
-    import numpy as np
     import onnx
 
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # the quantizer's line per node
@@ -60,17 +60,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp32", required=True, help="the FP32 ONNX artifact (export --format onnx)")
-    ap.add_argument("--text", required=True, help="WikiText-2 test (wiki.test.raw)")
-    ap.add_argument("--chars", type=int, default=120_000, help="the text's first CHARS characters")
-    ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--windows", type=int, default=16)
+    text_window_options(ap)
     ap.add_argument("--only", nargs="*", help="variant names (substrings) to run")
     ap.add_argument("--gguf", nargs="*", default=[], help="GGUF artifacts of the same weights to score too")
     args = ap.parse_args()
     art = load_artifact(args.fp32)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(Path(args.text).read_text(encoding="utf-8")[:args.chars])
-    windows = lm.text_windows(art, f.name, args.window, args.windows)
+    windows = text_windows(art, args)
     state = lm._state_for(art)
     fp32 = onnx.load(str(art.path / "model.onnx"))
     t0 = time.perf_counter()
@@ -115,20 +110,17 @@ def main() -> None:
             seconds=round(time.perf_counter() - t0, 1))
     for path in args.gguf:
         from compress.runtimes.base import load_runtime
-        from compress.tasks.generation import GenerationStream
+        from compress.validation.decoding import window_logits
 
         g = load_artifact(path)
         backend = load_runtime(g, "llamacpp")
-        stream = GenerationStream()
         t0 = time.perf_counter()
         try:
-            for k, w in enumerate(windows):
-                out, _ = backend.prefill({"input_ids": w[None], "attention_mask": np.ones((1, len(w)), np.int64)})
-                stream.update(out["logits"], w[None], ref[k])
+            s = scored(window_logits(backend, windows), windows, ref)
         finally:
             backend.close()
         add(f"llama.cpp {g.manifest.steps[-1].config.get('gguf_type') or g.manifest.precision} ({Path(path).name})",
-            stream.result(), weight_bytes=g.size_bytes(), seconds=round(time.perf_counter() - t0, 1))
+            s, weight_bytes=g.size_bytes(), seconds=round(time.perf_counter() - t0, 1))
 
 
 if __name__ == "__main__":
