@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print("pytorch:", json.dumps({k: v for k, v in result["pytorch_fp32"].items() if k != "runs"}),
                   flush=True)
         if not args.no_onnx:
-            from compress.stages.export.genai import build_genai
+            from compress.stages.export.lm.onnx import build_genai
 
             onnx_dir = Path(tmp) / "onnx"
             onnx_dir.mkdir()

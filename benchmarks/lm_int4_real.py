@@ -29,7 +29,7 @@ OUT = ROOT / "benchmarks" / "results" / "lm_int4_real.json"
 
 def variants(layers: int) -> dict[str, dict]:
     """name -> weight_only's arguments (``more_bits``: llama.cpp's Q4_K_M rule for which layers' ffn_down get more
-    bits, :func:`compress.stages.quantize.lm_onnx.more_bits_layers`)."""
+    bits, :func:`compress.stages.quantize.lm.onnx.more_bits_layers`)."""
     return {
         "quantize's default: HQQ 32, zero points folded, FP16 scales, tied table once": dict(
             bits=4, block=32, algorithm="hqq", fp16_scales=True),
@@ -56,7 +56,7 @@ def main() -> None:
 
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # the quantizer's line per node
     from compress.artifact import load_artifact
-    from compress.stages.quantize import lm_onnx as lm
+    from compress.stages.quantize.lm import onnx as lm
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp32", required=True, help="the FP32 ONNX artifact (export --format onnx)")

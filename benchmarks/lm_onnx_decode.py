@@ -48,7 +48,7 @@ def main() -> None:
 
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from compress.stages.quantize.lm_onnx import weight_only
+    from compress.stages.quantize.lm.onnx import weight_only
 
     sys.path.insert(0, str(ROOT))
     from tests.builders.causal_lm import tiny_causal_lm

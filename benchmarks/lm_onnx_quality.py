@@ -36,7 +36,7 @@ def main() -> None:
     from compress.artifact import load_artifact
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from compress.stages.quantize import lm_onnx as lm
+    from compress.stages.quantize.lm import onnx as lm
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(SHARED / "models" / "stories260K" / "hf"))

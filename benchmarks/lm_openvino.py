@@ -32,7 +32,7 @@ def quality(WORK: Path) -> None:
     from compress.artifact import load_artifact
     from compress.data.text import read_texts, token_windows
     from compress.runtimes.base import load_runtime
-    from compress.stages.export.openvino_lm import export_openvino_lm
+    from compress.stages.export.lm.openvino import export_openvino_lm
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
     from compress.tasks.generation import GenerationStream
@@ -99,7 +99,7 @@ def speed(WORK: Path, ARGS) -> None:
 
     from compress.artifact import load_artifact
     from compress.runtimes.base import RuntimeSettings, load_runtime
-    from compress.stages.export.openvino_lm import export_openvino_lm
+    from compress.stages.export.lm.openvino import export_openvino_lm
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 

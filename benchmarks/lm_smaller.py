@@ -245,7 +245,7 @@ def agreement_spread(student: str, teacher: str, eval_text: str, window: int, li
 
 
 def prune_stage(a, texts, source: str) -> dict[str, Any]:
-    needs("compress.stages.prune.causal_lm", "prune_causal_lm")
+    needs("compress.stages.prune.lm.prune", "prune_causal_lm")
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
 
@@ -273,7 +273,7 @@ def int4_stage(a, texts, onnx: str, qat: bool) -> dict[str, Any]:
 
     flat: dict[str, Any] = {"precision": "int4", "int4_algorithm": "rtn", "block_size": 32}
     if qat:
-        needs("compress.stages.quantize.lm_qat")
+        needs("compress.stages.quantize.lm.qat")
         needs("compress.stages.quantize.config", field=("QuantizeConfig", "qat_steps"))
         flat |= {"qat_steps": a.qat_steps, "qat_data": texts["task"], "qat_batch_size": a.batch}
     out = a.work / ("int4-qat" if qat else "int4-ptq")

@@ -62,16 +62,16 @@ FORMATS: dict[str, FormatSpec] = {
         graph_reader="compress.estimates.onnx_graph:onnx_cost",
         quantizer="compress.stages.quantize.onnxruntime:quantize_onnxruntime",
         adopt=True, via_onnx=True, baseline=True, runs_on=("host", "remote"),
-        generator_exporter="compress.stages.export.genai:export_genai",
-        generator_quantizer="compress.stages.quantize.lm_onnx:quantize_lm_onnx",
+        generator_exporter="compress.stages.export.lm.onnx:export_genai",
+        generator_quantizer="compress.stages.quantize.lm.onnx:quantize_lm_onnx",
     ),
     "openvino": FormatSpec(
         "OpenVINO IR", "openvino", model_files=("model.xml",), companions=(".bin",),
         exporter="compress.stages.export.onnx:export_onnx", graph_reader="compress.estimates.openvino_ir:openvino_cost",
         quantizer="compress.stages.quantize.openvino:quantize_openvino",
         adopt=True, via_onnx=True, baseline=True, runs_on=("host", "remote"),
-        generator_exporter="compress.stages.export.openvino_lm:export_openvino_lm",
-        generator_quantizer="compress.stages.quantize.lm_openvino:quantize_lm_openvino",
+        generator_exporter="compress.stages.export.lm.openvino:export_openvino_lm",
+        generator_quantizer="compress.stages.quantize.lm.openvino:quantize_lm_openvino",
     ),
     "tensorrt": FormatSpec(
         "TensorRT", "tensorrt", model_files=("model.plan", "model.pt2"),
@@ -82,8 +82,8 @@ FORMATS: dict[str, FormatSpec] = {
         "ExecuTorch", "executorch", model_files=("model.pte",),
         exporter="compress.stages.export.executorch:export_executorch",
         graph_reader="compress.estimates.executorch_graph:executorch_cost", baseline=True, runs_on=("host", "phone"),
-        generator_exporter="compress.stages.export.executorch_lm:export_executorch_lm",
-        generator_quantizer="compress.stages.quantize.lm_executorch:quantize_lm_executorch",
+        generator_exporter="compress.stages.export.lm.executorch:export_executorch_lm",
+        generator_quantizer="compress.stages.quantize.lm.executorch:quantize_lm_executorch",
     ),
     "litert": FormatSpec(
         "LiteRT", "litert", model_files=("model.tflite",), exporter="compress.stages.export.litert:export_litert",
@@ -97,9 +97,9 @@ FORMATS: dict[str, FormatSpec] = {
     # llama.cpp's file: causal LMs only (its exporter refuses others); converted by llama.cpp's own
     # convert_hf_to_gguf.py, quantized by its quantizer (Q4_0, Q4_K_M, Q8_0), run by llama-cpp-python
     "gguf": FormatSpec(
-        "GGUF (llama.cpp)", "llamacpp", model_files=("model.gguf",), exporter="compress.stages.export.gguf:export_gguf",
-        adopt=True, generator_exporter="compress.stages.export.gguf:export_gguf",
-        generator_quantizer="compress.stages.quantize.lm_gguf:quantize_gguf",
+        "GGUF (llama.cpp)", "llamacpp", model_files=("model.gguf",), exporter="compress.stages.export.lm.gguf:export_gguf",
+        adopt=True, generator_exporter="compress.stages.export.lm.gguf:export_gguf",
+        generator_quantizer="compress.stages.quantize.lm.gguf:quantize_gguf",
     ),
 }
 

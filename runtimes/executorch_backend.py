@@ -4,7 +4,7 @@ phone app embeds (here its Python bindings on the host CPU).
 Settings: ``threads`` sizes ExecuTorch's thread pool (XNNPACK runs on it); there is no provider and no options.
 A program takes one row per call (``export --format executorch`` writes it so); a larger batch runs row by row.
 
-A causal LM's program (task text-generation, :mod:`compress.stages.export.executorch_lm`) keeps its KV cache in its
+A causal LM's program (task text-generation, :mod:`compress.stages.export.lm.executorch`) keeps its KV cache in its
 mutable buffers, inside the loaded method (the manifest's ``KVCache`` layout ``stateful``), and takes
 the tokens ``[1, S]`` and ``cache_position [S]``. :meth:`prefill` runs the prompt at positions 0.. (in chunks of at most
 the program's planned tokens per call), :meth:`step` one more token after them; the state handed back is opaque: the

@@ -160,18 +160,18 @@ def _quantizer_rules(fmt: str, settings, at: tuple) -> tuple[tuple, str, str] | 
 
     try:
         if fmt == "onnx":
-            from compress.stages.quantize.lm_onnx import ALGORITHMS
+            from compress.stages.quantize.lm.onnx import ALGORITHMS
 
             if settings.int4.algorithm not in ALGORITHMS:
                 return ((*at, "int4", "algorithm"), f"--int4-algorithm {settings.int4.algorithm}: ONNX Runtime's "
                         f"MatMulNBits quantizer takes {', '.join(ALGORITHMS)}",
                         "awq and scale_estimation are OpenVINO's (NNCF): export with format: openvino")
         elif fmt == "openvino":
-            from compress.stages.quantize.lm_openvino import check_request
+            from compress.stages.quantize.lm.openvino import check_request
 
             check_request(settings)
         elif fmt == "gguf":
-            from compress.stages.quantize.lm_gguf import gguf_type
+            from compress.stages.quantize.lm.gguf import gguf_type
 
             gguf_type(settings)
     except ConfigError as e:

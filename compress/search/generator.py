@@ -195,7 +195,7 @@ class GeneratorSearch:
         n = math.prod(len(v) for v in shapes.values())
         if n > 1:
             try:
-                from compress.stages.prune.causal_lm import prune_causal_lm  # noqa: F401 - prune of a causal LM
+                from compress.stages.prune.lm.prune import prune_causal_lm  # noqa: F401 - prune of a causal LM
             except ImportError:
                 raise ConfigError("--space layers/heads/ffn/vocab: this edgecompress cannot prune a causal LM",
                                   hint="search the INT4 dimensions only (runtime, algorithm, group, int8)") from None
@@ -373,7 +373,7 @@ def _unavailable(runtime: str) -> str | None:
     if runtime == "openvino":
         return None if is_available("openvino") and is_available("nncf") else \
             f"not installed: {ROUTES[runtime].install}"
-    from compress.stages.export.gguf import llama_cpp_tree
+    from compress.stages.export.lm.gguf import llama_cpp_tree
 
     try:
         tree = llama_cpp_tree()

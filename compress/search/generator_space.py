@@ -3,9 +3,9 @@ heads and FFN neurons removed, the vocabulary cut to the tokens the training tex
 format), each route's INT4 algorithms, group sizes, and how far layers go back to 8 bits; one candidate's prune and
 quantize settings.
 
-Every quantization choice is what the route's own quantizer takes (:mod:`compress.stages.quantize.lm_onnx`,
-``lm_openvino``, ``lm_gguf``); every shape is what ``prune`` of a causal LM makes (:mod:`compress.stages.prune.
-causal_lm`: scored on the text, recovered by distillation from the unpruned model). Nothing here prunes or quantizes.
+Every quantization choice is what the route's own quantizer takes (:mod:`compress.stages.quantize.lm.onnx`,
+``lm.openvino``, ``lm.gguf``); every shape is what ``prune`` of a causal LM makes (:mod:`compress.stages.prune.
+lm.prune`: scored on the text, recovered by distillation from the unpruned model). Nothing here prunes or quantizes.
 The shape's dimensions are searched only where ``--space`` names them: each shape costs a pruning and its recovery.
 """
 

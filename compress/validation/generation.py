@@ -265,7 +265,7 @@ def _check_baseline(art: Artifact, tdir: Path | None, config) -> None:
 
     if not config.measure.baseline or tdir is None or str(art.manifest.format) != "gguf" or is_gguf(tdir):
         return
-    from compress.stages.export.gguf import ENV, llama_cpp_tree
+    from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
 
     if llama_cpp_tree() is None:
         raise ConfigError(f"the FP32 baseline a GGUF artifact's speedup is timed against is exported by llama.cpp's "

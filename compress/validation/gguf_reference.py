@@ -43,7 +43,7 @@ class GgufReference:
         from compress.artifact import load_artifact
         from compress.runtimes.base import load_runtime
         from compress.stages.export.config import ExportConfig
-        from compress.stages.export.gguf import adopt_gguf
+        from compress.stages.export.lm.gguf import adopt_gguf
         from compress.validation.decoding import context_of
 
         path = Path(path)

@@ -91,7 +91,7 @@ def genai_builder_missing() -> str | None:
     imports transformers' classes, and an environment where it does not import skips that route's tests."""
     try:
         import compress  # noqa: F401 - the torchvision shim before transformers
-        from compress.stages.export.genai import _attention
+        from compress.stages.export.lm.onnx import _attention
 
         with _attention(True):
             return None

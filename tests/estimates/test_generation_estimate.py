@@ -146,7 +146,7 @@ def test_onnx_facts_fp32_and_int4_match_the_checkpoint(tiny, tmp_path):
     """The ONNX Runtime GenAI export of the tiny model: the same parameters as the checkpoint; its INT4
     (MatMulNBits) form counts K x N per product and its bytes shrink, so the INT4 decode estimate is faster."""
     pytest.importorskip("onnxruntime_genai")
-    from compress.stages.export.genai import build_genai
+    from compress.stages.export.lm.onnx import build_genai
 
     fp32 = tmp_path / "fp32"
     fp32.mkdir()
@@ -215,7 +215,7 @@ def test_openvino_ir_facts_match_the_checkpoint(tiny, tmp_path):
     """The stateful IR of the tiny model: the MatMuls' static 2-D weights are the checkpoint's parameters; the tied
     embedding table feeds the LM head, so nothing is subtracted as gathered; the cache dims are the manifest's."""
     pytest.importorskip("openvino")
-    from compress.stages.export.openvino_lm import export_openvino_lm
+    from compress.stages.export.lm.openvino import export_openvino_lm
 
     art = export_openvino_lm(tiny, tmp_path / "ir")
     f = model_facts(art.path)

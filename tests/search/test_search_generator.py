@@ -168,7 +168,7 @@ def test_shape_candidates_name_what_prune_makes():
 @pytest.fixture(scope="module")
 def shaped(ws):
     """A search over the tiny Llama's depth (2 layers: all, or 1) at one INT4 setting: two candidates, two shapes."""
-    pytest.importorskip("compress.stages.prune.causal_lm")
+    pytest.importorskip("compress.stages.prune.lm.prune")
     from compress.search.run import run_search
 
     space = {**SPACE, "algorithm": ["rtn"], "group": [32], "layers": [2, 1]}

@@ -18,7 +18,7 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'edgecompress[llamacpp]')")
 
 from compress.errors import ConfigError, ModelLoadError
-from compress.stages.export.gguf import ENV, llama_cpp_tree
+from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
 from tests.builders.causal_lm import STORY, tiny_causal_lm
 from tests.conftest import ENV as CLI_ENV
 from tests.conftest import assert_one_line_error, edgecompress

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from compress.errors import StageError
-from compress.stages.export.gguf import CONVERTER, convert, converter_error
+from compress.stages.export.lm.gguf import CONVERTER, convert, converter_error
 
 #: a converter that imports what llama.cpp's does at its top (its ``conversion`` package from its folder; torch and
 #: transformers' LlamaConfig, which import torchvision where it is installed) and records what it saw

@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'edgecompress[llamacpp]')")
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'edgecompress[llamacpp]')")
 
-from compress.stages.export.gguf import ENV, llama_cpp_tree
+from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
 from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
 from tests.conftest import edgecompress
 

@@ -165,7 +165,7 @@ def test_int4_takes_8_bits_where_a_layer_input_is_not_a_multiple_of_the_group(tm
     Those layers take 8 bits per channel, named in the record; the rest stay INT4."""
     import torch
 
-    from compress.stages.export.executorch_lm import load_lm, torchao_quantize
+    from compress.stages.export.lm.executorch import load_lm, torchao_quantize
 
     ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1, intermediate=40)
     model = load_lm(ckpt)

@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'edgecompress[llamacpp]')")
 
 from compress.errors import ArtifactError, ConfigError, StageError
-from compress.stages.export.gguf import ENV, llama_cpp_tree
+from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
 from tests.builders.causal_lm import tiny_causal_lm
 
 TREE = llama_cpp_tree()
@@ -57,7 +57,7 @@ def test_export_writes_a_gguf_checked_against_pytorch(exported):
 @needs_tree
 def test_llamacpp_prefill_and_steps_match_pytorch_and_one_long_prefill(exported):
     from compress.runtimes.base import load_runtime
-    from compress.stages.export.genai import greedy_ort, greedy_torch
+    from compress.stages.export.lm.onnx import greedy_ort, greedy_torch
 
     ckpt, art = exported
     prompt = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298]
@@ -188,7 +188,7 @@ def write_imatrix(model, path, *, rename: str = "", seed: int = 0):
 def test_an_importance_matrix_changes_what_llamas_quantizer_writes(exported, tmp_path):
     from gguf import GGUFReader
 
-    from compress.stages.quantize.gguf_imatrix import read_imatrix
+    from compress.stages.quantize.lm.gguf_imatrix import read_imatrix
 
     _, art = exported
     imatrix = write_imatrix(art.path / "model.gguf", tmp_path / "imatrix.gguf")
@@ -229,7 +229,7 @@ def test_importance_matrix_refusals(exported, tmp_path):
 
 
 def test_calibration_text_without_llama_imatrix_names_how_to_build_it(tmp_path, monkeypatch):
-    from compress.stages.quantize.gguf_imatrix import compute_imatrix
+    from compress.stages.quantize.lm.gguf_imatrix import compute_imatrix
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv(ENV, raising=False)
@@ -240,7 +240,7 @@ def test_calibration_text_without_llama_imatrix_names_how_to_build_it(tmp_path, 
 
 @needs_tree
 def test_calibration_text_makes_an_importance_matrix_with_llama_imatrix(exported, tmp_path):
-    from compress.stages.quantize.gguf_imatrix import imatrix_tool
+    from compress.stages.quantize.lm.gguf_imatrix import imatrix_tool
     from tests.builders.causal_lm import STORY
 
     if imatrix_tool() is None:
@@ -266,7 +266,7 @@ def test_an_imatrix_file_gives_what_llama_quantize_writes_with_it(exported, tmp_
 
     from gguf import GGUFReader
 
-    from compress.stages.quantize.gguf_imatrix import imatrix_tool
+    from compress.stages.quantize.lm.gguf_imatrix import imatrix_tool
     from tests.builders.causal_lm import STORY
 
     tool = imatrix_tool()

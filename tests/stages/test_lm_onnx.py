@@ -147,7 +147,7 @@ def test_folding_hqqs_zero_points_out_keeps_the_same_product():
 
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    from compress.stages.quantize.matmul_nbits_graph import fold_zero_points, half_scales
+    from compress.stages.quantize.lm.matmul_nbits_graph import fold_zero_points, half_scales
 
     model, w = _one_matmul()
     q = MatMulNBitsQuantizer(model, block_size=32, algo_config=HQQWeightOnlyQuantConfig(block_size=32))
@@ -169,7 +169,7 @@ def test_untie_gives_the_embedding_its_own_table(exported):
     import onnx
     from onnx import numpy_helper
 
-    from compress.stages.quantize.matmul_nbits_graph import embedding_gather, lm_head, untie_embeddings
+    from compress.stages.quantize.lm.matmul_nbits_graph import embedding_gather, lm_head, untie_embeddings
 
     _, art = exported
     model = onnx.load(str(art.path / "model.onnx"))
@@ -239,7 +239,7 @@ def test_accuracy_aware_int4_records_the_layer_table_and_holds_the_budget(export
 def test_accuracy_aware_int4_without_text_judges_on_text_the_model_samples_itself(exported, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.stages.quantize.lm_onnx import SELF_WRITTEN_WINDOWS, self_written_windows
+    from compress.stages.quantize.lm.onnx import SELF_WRITTEN_WINDOWS, self_written_windows
 
     _, art = exported
     post = art.manifest.postprocess

@@ -77,7 +77,7 @@ def test_an_export_that_misses_atol_writes_nothing(exported, tmp_path):
 
 
 def test_a_qwen2_with_head_size_8_exports_too(tmp_path):
-    from compress.stages.export.openvino_lm import export_openvino_lm
+    from compress.stages.export.lm.openvino import export_openvino_lm
 
     ckpt = tiny_causal_lm(tmp_path / "ckpt", arch="qwen2", layers=1, heads=8, kv_heads=4, tied=False)
     art = export_openvino_lm(ckpt, tmp_path / "fp32")

@@ -38,8 +38,8 @@ def trained(lm, tmp_path_factory):
     """A QAT run's trained FP32 re-export and its INT4 artifact (the library's two halves, so that the trained
     weights can be read before the work directory goes)."""
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.stages.quantize.lm_onnx import quantize_lm_onnx
-    from compress.stages.quantize.lm_qat import check_request, quantization_aware_int4
+    from compress.stages.quantize.lm.onnx import quantize_lm_onnx
+    from compress.stages.quantize.lm.qat import check_request, quantization_aware_int4
 
     ckpt, art, text = lm
     out = tmp_path_factory.mktemp("qat-out") / "int4"
@@ -56,7 +56,7 @@ def test_the_fake_quantizer_is_onnx_runtimes_round_to_nearest_bit_for_bit(bits):
     block, an all-zero block, and enough weights for ties (8 bits: rounded half away from zero, not to even)."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
-    from compress.stages.quantize.lm_fake_quant import rtn_grid
+    from compress.stages.quantize.lm.fake_quant import rtn_grid
 
     k, n, block = 72, 512, 32
     w = np.random.default_rng(bits).normal(size=(k, n)).astype(np.float32)
@@ -86,9 +86,9 @@ def test_the_int4_artifact_holds_the_weights_training_saw(trained):
     import onnxruntime as ort
 
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.stages.quantize.lm_fake_quant import attach, dequantized_model
-    from compress.stages.quantize.lm_onnx import _state_for
-    from compress.stages.quantize.lm_qat import scheme_of
+    from compress.stages.quantize.lm.fake_quant import attach, dequantized_model
+    from compress.stages.quantize.lm.onnx import _state_for
+    from compress.stages.quantize.lm.qat import scheme_of
     from compress.teachers.causal_lm import CausalLM
 
     art, fp32, _, q = trained
@@ -124,7 +124,7 @@ def test_the_run_comes_closer_to_the_teacher_and_is_recorded_in_the_artifact(tra
 
 
 def test_lora_adapters_train_under_the_quantizer_and_merge():
-    from compress.stages.quantize.lm_fake_quant import Scheme, attach, detach
+    from compress.stages.quantize.lm.fake_quant import Scheme, attach, detach
 
     model = torch.nn.Sequential(torch.nn.Embedding(16, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 16))
     model.get_input_embeddings, model.get_output_embeddings = lambda: model[0], lambda: model[2]
@@ -134,7 +134,7 @@ def test_lora_adapters_train_under_the_quantizer_and_merge():
         made["lora"][1].normal_()  # B: the adapter now changes the weight
     base = model[1].parametrizations.weight.original.detach().clone()
     merged = base + made["lora"][1] @ made["lora"][0] * 2.0  # alpha 2R: scale 2
-    from compress.stages.quantize.lm_fake_quant import rtn_grid
+    from compress.stages.quantize.lm.fake_quant import rtn_grid
 
     torch.testing.assert_close(model[1].weight, rtn_grid(merged, 4, 16, True))
     detach(model)
@@ -186,7 +186,7 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_its_state_goes_with_the
     from compress.errors import EdgeCompressError
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.stages.quantize.lm_qat import STATE
+    from compress.stages.quantize.lm.qat import STATE
     from compress.stages.quantize.qad import work_dir
 
     class StopAt(interrupt.StopFlag):  # as if Ctrl-C arrived during step 2

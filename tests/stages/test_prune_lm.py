@@ -59,7 +59,7 @@ def _masked(model, heads_removed=None, neurons_removed=None):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_rebuild_is_exact_for_heads_groups_neurons_and_layers(arch, root):
-    from compress.stages.prune.lm_structure import LMPlan, rebuild
+    from compress.stages.prune.lm.structure import LMPlan, rebuild
 
     model = _load(tiny_causal_lm(root / f"r-{arch}", arch=arch, layers=3, heads=4, kv_heads=2, hidden=32,
                                  intermediate=48, seed=3))
@@ -93,7 +93,7 @@ def test_rebuild_is_exact_for_heads_groups_neurons_and_layers(arch, root):
 def test_head_plans_respect_key_value_groups():
     from compress.errors import ConfigError
     from compress.stages.prune.config import HeadUnit
-    from compress.stages.prune.lm_structure import Shape, plan_lm_heads
+    from compress.stages.prune.lm.structure import Shape, plan_lm_heads
     from compress.stages.prune.structured import Importance
 
     shape = Shape(layers=1, heads=8, kv_heads=2, head_dim=4, ffn=8)  # 2 groups of 4 query heads

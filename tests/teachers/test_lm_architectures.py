@@ -45,7 +45,7 @@ def test_the_families_export_to_onnx_in_step_with_pytorch(tmp_path, arch, layers
 def test_phi4_minis_partial_rotary_takes_the_attention_ort_runs():
     """ORT's CPU GroupQueryAttention wants the rotary part's cos/sin caches a multiple of 8 wide: Phi-4-mini's
     (head 128, 3/4 rotary: 48) are; a head of 16 at 3/4 (6) is not and goes the MultiHeadAttention way."""
-    from compress.stages.export.genai import gqa_kernel_takes
+    from compress.stages.export.lm.onnx import gqa_kernel_takes
 
     phi4 = {"hidden_size": 3072, "num_attention_heads": 24, "partial_rotary_factor": 0.75}
     assert gqa_kernel_takes(phi4)
@@ -99,7 +99,7 @@ def test_a_gemma3_whose_layer_types_the_builder_would_misplace_is_refused(tmp_pa
 def test_an_architecture_llamas_converter_does_not_know_is_a_one_line_refusal(tmp_path):
     """llama.cpp's converter exits at its architecture switch: a refusal naming the routes that convert from PyTorch,
     not a converter failure."""
-    from compress.stages.export.gguf import ENV, llama_cpp_tree
+    from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
 
     tree = llama_cpp_tree()
     if tree is None:
@@ -116,7 +116,7 @@ def test_gemma3_converts_to_gguf_in_step_with_pytorch(tmp_path):
     """llama.cpp's Gemma 3 (sliding-window layers with their own RoPE base, scaled embeddings) from the converter's
     sentencepiece tokenizer.model."""
     pytest.importorskip("llama_cpp")
-    from compress.stages.export.gguf import ENV, llama_cpp_tree
+    from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
 
     tree = llama_cpp_tree()
     if tree is None:

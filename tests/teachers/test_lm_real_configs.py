@@ -32,7 +32,7 @@ def _route_missing(route: str) -> str | None:
         return None if importlib.util.find_spec("openvino") else "openvino is not installed"
     if route == "executorch":
         return None if importlib.util.find_spec("executorch") else "executorch is not installed (its CI job has it)"
-    from compress.stages.export.gguf import ENV, llama_cpp_tree
+    from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
 
     if importlib.util.find_spec("llama_cpp") is None:
         return "llama-cpp-python is not installed"

@@ -45,7 +45,7 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
     import coremltools as ct
     import torch
 
-    from compress.stages.export.executorch import _first, example_rows, traced_module
+    from compress.stages.export.executorch import example_rows, short_error, traced_module
 
     names, example, dynamic = example_rows(teacher)
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
         program = torch.export.export(traced_module(teacher), example, dynamic_shapes=dynamic)
         program = program.run_decompositions({})
     except Exception as e:
-        raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({_first(e)})",
+        raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({short_error(e)})",
                           hint="Core ML conversion needs a model torch.export can trace; export it to ONNX "
                           "instead") from e
     try:
@@ -61,7 +61,7 @@ def _convert(teacher, int8: bool) -> tuple[Any, dict[str, Any]]:
                 model = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
                                minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET))
     except Exception as e:
-        raise ConfigError(f"coremltools cannot convert {type(teacher.model).__name__} ({_first(e)})",
+        raise ConfigError(f"coremltools cannot convert {type(teacher.model).__name__} ({short_error(e)})",
                           hint="the operator named has no Core ML conversion; export to ONNX or ExecuTorch "
                           "instead") from e
     record: dict[str, Any] = {"converter": "coremltools", "compute_precision": "fp16",

@@ -113,16 +113,16 @@ def lower(teacher, config: ExportConfig, out_file: Path) -> dict[str, Any]:
         else:
             program = torch.export.export(traced_module(teacher), example, dynamic_shapes=dynamic)
     except Exception as e:
-        raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({_first(e)})",
+        raise ConfigError(f"torch.export cannot capture {type(teacher.model).__name__} ({short_error(e)})",
                           hint="ExecuTorch needs a model torch.export can trace; export it to ONNX instead") from e
     if config.precision is not None and config.precision.value == "int8":
         program, record["quantization"] = _quantize(program, teacher, config, names, example, dynamic)
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        record["delegated"] = _delegation(edge)
+        record["delegated"] = delegation_of(edge)
         executorch_program = edge.to_executorch()
     except Exception as e:
-        raise ConfigError(f"ExecuTorch cannot lower {type(teacher.model).__name__} ({_first(e)})",
+        raise ConfigError(f"ExecuTorch cannot lower {type(teacher.model).__name__} ({short_error(e)})",
                           hint="the operator named is not supported by ExecuTorch's kernels; export to ONNX "
                           "instead") from e
     out_file.write_bytes(executorch_program.buffer)
@@ -351,7 +351,7 @@ def input_kind(teacher) -> str:
     return kind_of(getattr(teacher.info, "preprocess", None))
 
 
-def _delegation(edge) -> dict[str, Any]:
+def delegation_of(edge) -> dict[str, Any]:
     """How much of the graph XNNPACK took: delegated calls, and the operators left to the portable kernels."""
     graph = edge.exported_program().graph_module.graph
     calls = [n for n in graph.nodes if n.op == "call_function"]
@@ -360,7 +360,8 @@ def _delegation(edge) -> dict[str, Any]:
     return {"delegate_calls": len(delegated), "portable_operators": other}
 
 
-def _first(e: Exception) -> str:
+def short_error(e: Exception) -> str:
+    """An exception as one short line (its type and first 200 characters), for an error message."""
     text = " ".join(str(e).split())
     return (f"{type(e).__name__}: {text}")[:200]
 

@@ -1,5 +1,5 @@
 """Pruning: make a fine-tuned encoder physically smaller (fewer heads, neurons, layers, tokens), then recover.
-Causal LMs (task text-generation) take their own path, :mod:`compress.stages.prune.causal_lm`; image models
+Causal LMs (task text-generation) take their own path, :mod:`compress.stages.prune.lm.prune`; image models
 :mod:`~compress.stages.prune.channels` and :mod:`~compress.stages.prune.vit`.
 
 What this stage removes, and how it chooses:
@@ -189,7 +189,7 @@ def prune(
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
     if teacher.task == "text-generation":  # a decoder's heads (GQA), FFN, layers, vocabulary: .causal_lm
-        from compress.stages.prune.causal_lm import prune_causal_lm
+        from compress.stages.prune.lm.prune import prune_causal_lm
 
         return prune_causal_lm(teacher, parent, output, config, train=train, eval_data=eval_data, progress=progress)
     task = TASKS[teacher.task]

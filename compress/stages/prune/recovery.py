@@ -1,5 +1,5 @@
 """Recovery after pruning: a short distillation from the unpruned model (``compress.stages.distill``), for the text
-encoders' path and the causal LMs' (:mod:`compress.stages.prune.causal_lm`)."""
+encoders' path and the causal LMs' (:mod:`compress.stages.prune.lm.prune`)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def quantize(
     eval metric meets the budget; if no mix within ``max_fp32_fraction`` does, the best candidate is
     written to ``OUT.best-candidate/`` (with ``accuracy_report.json``) and
     :class:`~compress.errors.AccuracyBudgetError` is raised. ``progress`` hears quantization-aware distillation's
-    steps (``qat_steps``; a causal LM's ONNX artifact: quantization-aware INT4, :mod:`.lm_qat`).
+    steps (``qat_steps``; a causal LM's ONNX artifact: quantization-aware INT4, :mod:`.lm.qat`).
     """
     config = config or QuantizeConfig()
     out = check_output(out, force)
@@ -70,8 +70,8 @@ def quantize(
                               f"{' or '.join(n for n, f in FORMATS.items() if f.generator_quantizer)} and quantize that")
         if Path(out).resolve() == art.path.resolve():
             raise ConfigError("--out is the input artifact", hint="choose a new directory")
-        from compress.stages.quantize.lm_qat import check_request as qat_request
-        from compress.stages.quantize.lm_qat import quantize_lm_qat
+        from compress.stages.quantize.lm.qat import check_request as qat_request
+        from compress.stages.quantize.lm.qat import quantize_lm_qat
 
         if (qat_source := qat_request(art, config)) is not None:  # quantization-aware INT4 (ONNX): trained first
             return quantize_lm_qat(art, out, config, source=qat_source, force=force, progress=progress)

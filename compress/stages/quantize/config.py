@@ -146,7 +146,7 @@ class Gguf(Section):
 
 class Qad(Section):
     """Quantization-aware distillation before INT8 (ONNX Runtime), and quantization-aware INT4 of a causal LM (its
-    ONNX artifact: :mod:`compress.stages.quantize.lm_qat`)."""
+    ONNX artifact: :mod:`compress.stages.quantize.lm.qat`)."""
 
     steps: int = Field(
         0, ge=0, description="INT8 (ONNX Runtime), and INT4 of a causal LM's ONNX artifact: first train the PyTorch "

@@ -194,7 +194,9 @@ def _ignored_scope(nncf, config: QuantizeConfig, weight_compression: bool):
     return nncf.IgnoredScope(names=names, types=types, validate=bool(names) and not types)
 
 
-def _nncf_error(e: Exception, what: str) -> EdgeCompressError:
+def nncf_error(e: Exception, what: str) -> EdgeCompressError:
+    """An NNCF failure as one of ours: the environment's storage error, a ConfigError for rejected options, else a
+    StageError."""
     import nncf
 
     from compress.storage import storage_error

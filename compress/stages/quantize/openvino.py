@@ -58,11 +58,11 @@ from compress.stages.quantize.calibration import calibration_items
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig
 from compress.stages.quantize.nncf import (
     _compress_weights,
-    _nncf_error,
     _nncf_logging,
     _quantize,
     _quantize_with_accuracy_control,
     graph_summary,
+    nncf_error,
 )
 from compress.stages.quantize.ov_layer_errors import openvino_layer_errors
 from compress.stages.quantize.parity import check_collapse
@@ -370,7 +370,7 @@ def quantize_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *,
     except EdgeCompressError:
         raise
     except Exception as e:
-        raise _nncf_error(e, f"{method} of {art.path}") from e
+        raise nncf_error(e, f"{method} of {art.path}") from e
     nncf_seconds = round(time.perf_counter() - t0, 3)
 
     resolved = config.model_dump(mode="json")

@@ -352,7 +352,7 @@ def finish(out: Path) -> None:
 def export_trained(art: Artifact, run, work: Path) -> Artifact:
     """Write the trained model the way its source was written, and export it with the artifact's own settings.
     ``run``: a :class:`_Run`, or anything with its ``student`` (a loaded teacher), ``source`` and ``write_kind``
-    (quantization-aware INT4 of a causal LM, :mod:`.lm_qat`)."""
+    (quantization-aware INT4 of a causal LM, :mod:`.lm.qat`)."""
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
 

@@ -1,4 +1,4 @@
-"""A fake-quantized training run (:mod:`.qad`, :mod:`.lm_qat`): its loop (AdamW, warm-up then cosine decay, the
+"""A fake-quantized training run (:mod:`.qad`, :mod:`.lm.qat`): its loop (AdamW, warm-up then cosine decay, the
 held-out score every few steps, the best weights kept, Ctrl-C saves and stops) and the state an interrupted run
 resumes from: one file in the run's work directory, written beside itself then renamed (never half-written), keyed by
 the run's settings and model (another run's state is not resumed), holding the student's weights, the best weights so

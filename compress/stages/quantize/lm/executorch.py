@@ -3,7 +3,7 @@ program lowered again.
 
 An ExecuTorch program is not quantized after lowering: its weights are packed inside XNNPACK's delegate blobs. So, as
 ExecuTorch's own LLM export does, the PyTorch model is quantized with torchao first and then exported and lowered
-(:func:`compress.stages.export.executorch_lm.lower_lm`); the model is the teacher the FP32 program's manifest
+(:func:`compress.stages.export.lm.executorch.lower_lm`); the model is the teacher the FP32 program's manifest
 records (its ``source``), checked to be the same files (sha256) before anything runs. The cache length is the FP32
 program's.
 
@@ -18,7 +18,7 @@ default; 4: groups; 32: float), which ExecuTorch's quant fusion turns into ``qua
 zero point.
 
 After quantizing, greedy continuations of a few prompts through the new program and the FP32 one are compared, as
-every generator quantizer does (:func:`compress.stages.quantize.lm_onnx.collapse_check`); a collapse is a loud
+every generator quantizer does (:func:`compress.stages.quantize.lm.onnx.collapse_check`); a collapse is a loud
 warning, an error with ``--strict`` (nothing written). Batch 1.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError, StageError
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
-from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK, collapse_check
+from compress.stages.quantize.lm.onnx import GENERATOR_BLOCK, collapse_check
 from compress.stages.spec import StageSpec, pairs
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def quantize_lm_executorch(art: Artifact, out: Path | str, config: QuantizeConfi
     artifact at ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with
     ``strict``."""
     from compress._optional import require
-    from compress.stages.export.executorch_lm import copy_travel, load_lm, lower_lm, torchao_quantize
+    from compress.stages.export.lm.executorch import copy_travel, load_lm, lower_lm, torchao_quantize
     from compress.storage import tree_bytes
 
     require("torchao", "ExecuTorch INT4/INT8 of a causal LM")

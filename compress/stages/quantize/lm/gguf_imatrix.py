@@ -212,7 +212,7 @@ def quantize_params(params, imatrix: Imatrix) -> list[Any]:
 
 def imatrix_tool() -> Path | None:
     """``llama-imatrix``: in the llama.cpp tree of ``$EDGECOMPRESS_LLAMA_CPP`` (``build/bin``), else on ``PATH``."""
-    from compress.stages.export.gguf import ENV
+    from compress.stages.export.lm.gguf import ENV
 
     given = os.environ.get(ENV)
     if given:

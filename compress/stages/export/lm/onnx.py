@@ -8,7 +8,7 @@ the cache is ordinary graph inputs and outputs (``past_key_values.N.key/value`` 
 (:meth:`~compress.runtimes.base.RuntimeBackend.prefill` / ``step``). The builder fuses what ONNX Runtime's CPU
 kernels want (GroupQueryAttention with rotary embedding inside, SkipSimplifiedLayerNormalization, one QKV MatMul), so
 the file is the fast one, not a traced graph that needs optimisation afterwards. Its tied embeddings stay tied
-(the embedding Gather reads the transposed LM head); :mod:`compress.stages.quantize.matmul_nbits_graph` unties them.
+(the embedding Gather reads the transposed LM head); :mod:`compress.stages.quantize.lm.matmul_nbits_graph` unties them.
 
 ONNX Runtime's CPU GroupQueryAttention takes head sizes that are multiples of 16 only; a model with another head size
 (stories260K's is 8) is built with the builder's MultiHeadAttention path instead, which adds a ``position_ids``

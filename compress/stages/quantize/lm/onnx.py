@@ -37,7 +37,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, StageError
 from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig, refuse_ignored
-from compress.stages.quantize.matmul_nbits_graph import (
+from compress.stages.quantize.lm.matmul_nbits_graph import (
     embedding_gather,
     fold_zero_points,
     half_scales,
@@ -64,7 +64,7 @@ SELF_WRITTEN_SEED = 0
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "max_perplexity_increase", "data", "eval_samples",
-            "qat_steps", "qat_data", "qat_source", "qat_lr", "qat_batch_size", "qat_lora_rank"}  # QAT: .lm_qat
+            "qat_steps", "qat_data", "qat_source", "qat_lr", "qat_batch_size", "qat_lora_rank"}  # QAT: .qat
 PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
            "Tom had a big red ball. He", "One day, a cat and a dog")
 _TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -447,7 +447,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
                      trained: Artifact | None = None, qat: dict[str, Any] | None = None) -> Artifact:
     """Quantize the FP32 ONNX artifact ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
     ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``.
-    ``trained``: quantization-aware INT4's re-export of ``art`` (:mod:`.lm_qat`), whose graph is quantized instead,
+    ``trained``: quantization-aware INT4's re-export of ``art`` (:mod:`.qat`), whose graph is quantized instead,
     its run's record ``qat`` in the step's metrics; lineage and checks stay ``art``'s."""
     import onnx
 

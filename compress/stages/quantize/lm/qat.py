@@ -1,6 +1,6 @@
 """Quantization-aware INT4 for causal LMs (``quantize LM-ARTIFACT --precision int4 --qat-steps N --qat-data TEXT``):
 when post-training INT4 loses perplexity, train the checkpoint the FP32 artifact was exported from with its weights
-fake-quantized at exactly the grid the INT4 artifact will hold (:mod:`.lm_fake_quant`: bits 4, ``--block-size``,
+fake-quantized at exactly the grid the INT4 artifact will hold (:mod:`.fake_quant`: bits 4, ``--block-size``,
 ``--symmetric``, the LM head at ``--lm-head-bits`` and the embedding table at ``--embeddings-bits``, 8 by default),
 gradients through the rounding by the straight-through estimator, distilling from the FP32 model itself: the loss is
 the KL divergence of the next-token distributions (teacher's to student's) at every position of ``--qat-data`` text
@@ -9,7 +9,7 @@ the weights (NNCF's FQ_LORA and torchao's QAT + LoRA recipe); they are merged be
 
 The held-out tenth of the windows (at most 32) chooses the weights: the step whose fake-quantized model is closest to
 the teacher there (mean KL); they are exported again with the artifact's own export settings, and the format's
-post-training quantizer (ONNX Runtime's round to nearest, :func:`.lm_onnx.quantize_lm_onnx`) quantizes them. The
+post-training quantizer (ONNX Runtime's round to nearest, :func:`.onnx.quantize_lm_onnx`) quantizes them. The
 grid is the same by construction: round to nearest derives each block's scale from the weights alone, and those are
 the weights training saw on the grid. The lineage, the collapse check and every comparison stay against the
 original FP32 artifact.
@@ -41,7 +41,7 @@ from compress.stages.quantize.config import QuantizeConfig
 from compress.stages.quantize.train_state import Resumable
 
 if TYPE_CHECKING:  # torch is imported when a run starts, not when quantize checks a request
-    from compress.stages.quantize.lm_fake_quant import Scheme
+    from compress.stages.quantize.lm.fake_quant import Scheme
 
 log = logging.getLogger("compress.stages.quantize")
 
@@ -87,9 +87,9 @@ def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
 
 
 def scheme_of(config: QuantizeConfig) -> Scheme:
-    """The grid the ONNX route's INT4 writes for ``config`` (:func:`.lm_onnx.quantize_lm_onnx`'s defaults)."""
-    from compress.stages.quantize.lm_fake_quant import Scheme
-    from compress.stages.quantize.lm_onnx import GENERATOR_BLOCK
+    """The grid the ONNX route's INT4 writes for ``config`` (:func:`.onnx.quantize_lm_onnx`'s defaults)."""
+    from compress.stages.quantize.lm.fake_quant import Scheme
+    from compress.stages.quantize.lm.onnx import GENERATOR_BLOCK
 
     block = config.int4.block_size if "block_size" in config.given_keys() else GENERATOR_BLOCK
     return Scheme(bits=4, block=block, symmetric=config.int4.symmetric, lm_head_bits=config.int4.lm_head_bits,
@@ -100,7 +100,7 @@ class _Windows:
     """The transfer text as token windows, a held-out tenth (at most :data:`MAX_HELD`) apart."""
 
     def __init__(self, art: Artifact, path: str) -> None:
-        from compress.stages.quantize.lm_onnx import text_windows
+        from compress.stages.quantize.lm.onnx import text_windows
 
         windows = text_windows(art, path, art.manifest.postprocess.window, None)
         if len(windows) < 2:
@@ -136,7 +136,7 @@ class _Run(Resumable):
     write_kind = "hf"  # what :func:`.qad.export_trained` writes the student back as
 
     def __init__(self, art: Artifact, config: QuantizeConfig, source: Path, work: Path) -> None:
-        from compress.stages.quantize.lm_fake_quant import attach
+        from compress.stages.quantize.lm.fake_quant import attach
         from compress.teachers.causal_lm import CausalLM
 
         self.art, self.config, self.source, self.work = art, config, source, work
@@ -231,7 +231,7 @@ def quantization_aware_int4(art: Artifact, config: QuantizeConfig, out: Path, so
     """Train ``source`` (the checkpoint ``art`` was exported from) for ``config.qad.steps`` steps fake-quantized at
     the INT4 artifact's grid (see the module doc); return the FP32 ONNX artifact of the chosen weights (``art``
     itself when no step came closer to the teacher than the untrained model) and the record of the run."""
-    from compress.stages.quantize.lm_fake_quant import detach
+    from compress.stages.quantize.lm.fake_quant import detach
     from compress.stages.quantize.qad import export_trained, work_dir
 
     say = sink(progress)
@@ -257,9 +257,9 @@ def quantization_aware_int4(art: Artifact, config: QuantizeConfig, out: Path, so
 def quantize_lm_qat(art: Artifact, out: Path, config: QuantizeConfig, *, source: Path, force: bool = False,
                     progress: Progress | None = None) -> Artifact:
     """Quantization-aware INT4 of the FP32 ONNX causal-LM artifact ``art`` into a new artifact at ``out``: train
-    (:func:`quantization_aware_int4`), then :func:`.lm_onnx.quantize_lm_onnx` on the trained weights, the run's
+    (:func:`quantization_aware_int4`), then :func:`.onnx.quantize_lm_onnx` on the trained weights, the run's
     record in the step's ``qat`` metrics. ``source``: what :func:`check_request` returned."""
-    from compress.stages.quantize.lm_onnx import quantize_lm_onnx
+    from compress.stages.quantize.lm.onnx import quantize_lm_onnx
     from compress.stages.quantize.qad import finish
 
     trained, record = quantization_aware_int4(art, config, Path(out), source, progress)

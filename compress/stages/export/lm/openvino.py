@@ -34,7 +34,7 @@ from typing import Any
 from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
-from compress.stages.export.genai import (
+from compress.stages.export.lm.onnx import (
     DECODE_STEPS,
     compare_generation,
     greedy_ort,

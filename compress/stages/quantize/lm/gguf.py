@@ -7,13 +7,13 @@ super-blocks with 6-bit sub-block scales and mins; ``_m`` keeps some tensors at 
 bits, counted as int8 in the manifest). llama.cpp decides per tensor (the token embeddings and output take its
 defaults for the type, e.g. Q6_K output with k-quants); the step records the type and sizes.
 
-An importance matrix (:mod:`compress.stages.quantize.gguf_imatrix`) weighs the rounding error of each weight column by
+An importance matrix (:mod:`compress.stages.quantize.lm.gguf_imatrix`) weighs the rounding error of each weight column by
 how large its activations are on some text: ``--imatrix FILE`` (made by llama.cpp's ``llama-imatrix``), or
 ``--calibration TEXT`` that ``llama-imatrix`` turns into one here (at most ``--calibration-samples`` windows of the
 model's context, up to 512 tokens). Its sha256, entries and chunks are recorded; the GGUF holds llama-quantize's
 ``quantize.imatrix.*`` keys.
 
-Input: an FP32 or FP16 GGUF artifact (:mod:`compress.stages.export.gguf`). After quantizing, greedy continuations
+Input: an FP32 or FP16 GGUF artifact (:mod:`compress.stages.export.lm.gguf`). After quantizing, greedy continuations
 of a few prompts through both files (:class:`compress.runtimes.llamacpp_backend.LlamaCppBackend`) are compared: the
 prompts' top-1 agreement and KL, the continuations' agreement, and a collapse is a loud warning, an error with
 ``--strict`` (nothing written). Batch 1.
@@ -69,7 +69,7 @@ def gguf_type(config: QuantizeConfig) -> str:
 
 def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = None, imatrix=None) -> None:
     """Write ``dst``, ``src`` quantized to llama.cpp's type ``name`` (llama.cpp's own quantizer, quietly), weighed
-    by ``imatrix`` (:class:`~compress.stages.quantize.gguf_imatrix.Imatrix`) when given."""
+    by ``imatrix`` (:class:`~compress.stages.quantize.lm.gguf_imatrix.Imatrix`) when given."""
     from compress._optional import require
 
     llama_cpp = require("llama_cpp", "llama.cpp's quantizer (GGUF)")
@@ -80,7 +80,7 @@ def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = Non
     params.nthread = threads or os.cpu_count() or 1
     alive: list = []  # the C arrays behind params.imatrix must outlive the call
     if imatrix is not None:
-        from compress.stages.quantize.gguf_imatrix import quantize_params
+        from compress.stages.quantize.lm.gguf_imatrix import quantize_params
 
         alive = quantize_params(params, imatrix)
     with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
@@ -94,7 +94,7 @@ def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = Non
 def given_imatrix(config: QuantizeConfig, model: Path):
     """The importance matrix of ``--imatrix`` (read and checked against ``model``) and what the step records;
     ``(None, None)`` without one."""
-    from compress.stages.quantize.gguf_imatrix import check_against, read_imatrix
+    from compress.stages.quantize.lm.gguf_imatrix import check_against, read_imatrix
 
     if config.gguf.imatrix and config.calibration.data:
         raise ConfigError("--imatrix and --calibration both give the importance matrix",
@@ -113,7 +113,7 @@ def made_imatrix(art: Artifact, config: QuantizeConfig, scratch_dir: Path):
 
     from compress.artifact import sha256_file
     from compress.data.text import read_texts
-    from compress.stages.quantize.gguf_imatrix import check_against, compute_imatrix
+    from compress.stages.quantize.lm.gguf_imatrix import check_against, compute_imatrix
 
     texts = read_texts(config.calibration.data)
     cache = getattr(art.manifest.postprocess, "cache", None)
@@ -158,7 +158,7 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3), "gguf_type": name,
                              "model_bytes": (o.dir / "model.gguf").stat().st_size, "imatrix": bool(imatrix)})
-        from compress.stages.quantize.lm_onnx import collapse_check
+        from compress.stages.quantize.lm.onnx import collapse_check
 
         check = collapse_check(art, o.draft(), runtime="llamacpp")
         step.metrics["generation_vs_input"] = check

@@ -7,7 +7,7 @@ or the environment variable ``EDGECOMPRESS_LLAMA_CPP`` (a llama.cpp checkout, or
 the tree's own ``gguf-py`` first on ``PYTHONPATH`` (the converter and its gguf package move together), started through
 ``import compress`` so that it gets the same torchvision shim as this process (:func:`converter_command`), writing
 ``--outtype f32`` (FP32; ``--precision fp16``: ``f16``): the floating-point artifact that
-:mod:`compress.stages.quantize.lm_gguf` quantizes with llama.cpp's quantizer.
+:mod:`compress.stages.quantize.lm.gguf` quantizes with llama.cpp's quantizer.
 
 llama.cpp keeps the KV cache inside its context: the manifest's :class:`~compress.tasks.generation.KVCache` has the
 layout ``runtime`` and :class:`compress.runtimes.llamacpp_backend.LlamaCppBackend` runs the file. The teacher's
@@ -17,7 +17,7 @@ teacher's tokenizer (the GGUF's own vocabulary is llama.cpp's business, and its 
 Before anything is written the file is checked against PyTorch: the prompt's logits (max |diff| within ``--atol``,
 at least :data:`F32_REL` (FP32) or :data:`F16_REL` (FP16) of the largest reference logit: llama.cpp keeps its KV
 cache in FP16 by default and its kernels sum in another order) and
-:data:`~compress.stages.export.genai.DECODE_STEPS` greedy decode steps through llama.cpp's cache (the same tokens).
+:data:`~compress.stages.export.lm.onnx.DECODE_STEPS` greedy decode steps through llama.cpp's cache (the same tokens).
 
 A ``.gguf`` made elsewhere is adopted as it is (:func:`adopt_gguf`): its metadata gives the cache's shape and the
 precision; a teacher (the Hugging Face checkpoint it came from) is what validate compares it with, and an architecture
@@ -199,7 +199,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
 
     from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
     from compress.runtimes.base import load_runtime
-    from compress.stages.export.genai import (
+    from compress.stages.export.lm.onnx import (
         DECODE_STEPS,
         compare_generation,
         greedy_ort,

@@ -5,7 +5,7 @@ What is quantized, and how:
 
 - ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_ASYM with HQQ's
   values by default (INT4_SYM for ``rtn``, INT4_ASYM with ``--asymmetric``) in groups of ``int4.block_size`` weights
-  (generators default to 32, as the ONNX route: :func:`compress.stages.quantize.lm_onnx.resolve_int4`), ratio 1.0; a
+  (generators default to 32, as the ONNX route: :func:`compress.stages.quantize.lm.onnx.resolve_int4`), ratio 1.0; a
   layer whose input width the group does not divide takes the largest group of at least :data:`MIN_GROUP` that does (NNCF's ADJUST fallback), else INT8_ASYM
   (ONNX Runtime pads the last block instead); ``--precision int8``: every weight INT8_ASYM per output channel.
 - the token embedding table and the LM head (the last MatMul): NNCF's backup mode, INT8_ASYM per channel, which is
@@ -38,7 +38,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
-from compress.stages.quantize.lm_onnx import calibration_windows, collapse_check, resolve_int4
+from compress.stages.quantize.lm.onnx import calibration_windows, collapse_check, resolve_int4
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    from compress.stages.quantize.nncf import _nncf_error
+    from compress.stages.quantize.nncf import nncf_error
 
     kwargs: dict[str, Any] = {}
     if bits == 8:
@@ -129,7 +129,7 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     except EdgeCompressError:
         raise
     except Exception as e:  # NNCF's own errors become one line
-        raise _nncf_error(e, "weight compression") from e
+        raise nncf_error(e, "weight compression") from e
     record = {k: getattr(v, "value", v) for k, v in kwargs.items()
               if k not in ("dataset", "ignored_scope", "advanced_parameters")}
     if "advanced_parameters" in kwargs:

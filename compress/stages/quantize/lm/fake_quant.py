@@ -1,7 +1,7 @@
-"""The INT4 grid a causal LM's ONNX artifact gets, simulated in PyTorch: quantization-aware INT4 (:mod:`.lm_qat`)
+"""The INT4 grid a causal LM's ONNX artifact gets, simulated in PyTorch: quantization-aware INT4 (:mod:`.qat`)
 trains on exactly the weights the artifact will hold.
 
-ONNX Runtime's ``MatMulNBitsQuantizer`` (round to nearest, :mod:`.lm_onnx`) quantizes each MatMul weight [K, N] in
+ONNX Runtime's ``MatMulNBitsQuantizer`` (round to nearest, :mod:`.onnx`) quantizes each MatMul weight [K, N] in
 blocks of ``block`` along the input dimension K (the last block padded with zeros), per output column:
 
 - symmetric (the default): the block's value of largest magnitude *with its sign* ``m`` gives the scale
@@ -151,7 +151,7 @@ def attach(model, scheme: Scheme, *, lora_rank: int | None = None, lora_alpha: f
             parametrize.register_parametrization(module, "weight", lora)
             made["lora"] += [lora.a, lora.b]
         if bits < 32:
-            # the 8-bit head is symmetric whatever the body is (.lm_onnx.weight_only), as the embedding's rows
+            # the 8-bit head is symmetric whatever the body is (.onnx.weight_only), as the embedding's rows
             symmetric = True if role == "embedding" or (role == "head" and bits == 8) else scheme.symmetric
             kind = "head" if role == "embedding" and shared else role
             parametrize.register_parametrization(module, "weight", FakeQuant(kind, bits, scheme.block, symmetric))

@@ -2,7 +2,7 @@
 where ONNX Runtime's quantizer leaves it short of a device artifact: the tied embedding untied for its own bits
 (:func:`untie_embeddings`) or read from the 8-bit LM head's own table (:func:`shared_int8_gather`: written once), an
 embedding table in int8 rows (:func:`int8_gather`), HQQ's float zero points folded out of the nodes onto the fast
-kernel (:func:`fold_zero_points`), scales in FP16 (:func:`half_scales`). :mod:`.lm_onnx` calls them; each one
+kernel (:func:`fold_zero_points`), scales in FP16 (:func:`half_scales`). :mod:`.onnx` calls them; each one
 changes a ``ModelProto`` in place and says what it did.
 """
 

@@ -1,5 +1,5 @@
 """``prune`` of a causal LM (task text-generation; the Llama, Qwen2 and Qwen3 families): query heads or whole
-key/value groups, FFN neurons and whole layers scored on text windows (:mod:`compress.stages.prune.lm_structure`),
+key/value groups, FFN neurons and whole layers scored on text windows (:mod:`compress.stages.prune.lm.structure`),
 recovery by distillation from the unpruned model, then the vocabulary (:mod:`compress.stages.prune.vocab`: the tokens
 a corpus uses; the embedding and the LM head, tied or not, shrink together and the tokenizer is rebuilt).
 
@@ -24,7 +24,7 @@ from compress.errors import ConfigError, StageError
 from compress.progress import Progress
 from compress.stages.common import save_checkpoint
 from compress.stages.prune.config import PruneConfig
-from compress.stages.prune.lm_structure import (
+from compress.stages.prune.lm.structure import (
     LMPlan,
     Shape,
     head_unit_for,

@@ -20,7 +20,7 @@ How, with the maintained pieces of the field:
 
 Weight-only quantization cannot be done to a lowered program: :func:`lower_lm` quantizes the PyTorch model first
 with torchao (:func:`torchao_quantize`: ExecuTorch's standard LLM scheme, ``8da4w``) and then lowers it; the
-quantize verb's generator quantizer (:mod:`compress.stages.quantize.lm_executorch`) calls it on the teacher the FP32
+quantize verb's generator quantizer (:mod:`compress.stages.quantize.lm.executorch`) calls it on the teacher the FP32
 artifact records. Export writes FP32.
 
 The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within ``--atol``)
@@ -39,7 +39,7 @@ from typing import Any
 from compress.artifact import Artifact, Format, Precision, TensorSpec, check_output
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
-from compress.stages.export.genai import (
+from compress.stages.export.lm.onnx import (
     DECODE_STEPS,
     compare_generation,
     generator_atol,
@@ -188,7 +188,7 @@ def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
     from transformers import GenerationConfig
     from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
 
-    from compress.stages.export.executorch import _delegation, _first
+    from compress.stages.export.executorch import delegation_of, short_error
 
     t0 = time.perf_counter()
     model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static")
@@ -204,12 +204,12 @@ def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
             weights = quantized_weights(program)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                                compile_config=EdgeCompileConfig(_check_ir_validity=False))
-            delegated = _delegation(edge)
+            delegated = delegation_of(edge)
             # the cache tensors the program writes (functionalized by to_edge: the program's mutable buffers)
             mutable = sorted(edge.exported_program().graph_signature.buffers_to_mutate.values())
             made = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
     except Exception as e:
-        raise ConfigError(f"ExecuTorch cannot export {type(model).__name__} with its KV cache ({_first(e)})",
+        raise ConfigError(f"ExecuTorch cannot export {type(model).__name__} with its KV cache ({short_error(e)})",
                           hint="export it with --format onnx, openvino or gguf instead") from e
     return made.buffer, {
         "wrapper": "transformers.integrations.executorch.TorchExportableModuleWithStaticCache",
