@@ -111,7 +111,7 @@ def text_windows(art, args) -> np.ndarray:
     """The windows those options name, cut by the artifact's tokenizer (llama-perplexity's rule)."""
     import tempfile
 
-    from compress.stages.quantize.lm.onnx import text_windows as cut
+    from compress.stages.quantize.lm.common import text_windows as cut
 
     text = Path(tempfile.mkdtemp()) / "scored.txt"
     text.write_text(Path(args.text).read_text(encoding="utf-8")[:args.chars], encoding="utf-8")

@@ -37,6 +37,7 @@ def main() -> None:
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize.lm import onnx as lm
+    from compress.stages.quantize.lm.common import text_windows
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(SHARED / "models" / "stories260K" / "hf"))
@@ -46,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     fp32_dir = Path(args.work) / "fp32"
     art = load_artifact(fp32_dir) if fp32_dir.exists() else export(args.model, fp32_dir, ExportConfig(format="onnx"))
-    windows = lm.text_windows(art, args.text, args.window, 100_000)
+    windows = text_windows(art, args.text, args.window, 100_000)
     state = lm._state_for(art)
     fp32 = onnx.load(str(art.path / "model.onnx"))
     base, ref = lm.window_scores(fp32, windows, state)

@@ -41,6 +41,7 @@ def main() -> None:
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
     from compress.stages.quantize.lm import onnx as lm
+    from compress.stages.quantize.lm.common import text_windows
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(SHARED / "models" / "stories260K" / "hf"))
@@ -55,7 +56,7 @@ def main() -> None:
     (work / "eval.txt").write_text("".join(lines[SPLIT:]), encoding="utf-8")
     fp32_dir = work / "fp32"
     art = load_artifact(fp32_dir) if fp32_dir.exists() else export(args.model, fp32_dir, ExportConfig(format="onnx"))
-    windows = lm.text_windows(art, str(work / "eval.txt"), 256, 100_000)
+    windows = text_windows(art, str(work / "eval.txt"), 256, 100_000)
     state = lm._state_for(art)
     base, ref = lm.window_scores(onnx.load(str(art.path / "model.onnx")), windows, state)
     rows = [{"name": "FP32 (GenAI builder)", "perplexity": base["perplexity"]}]

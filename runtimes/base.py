@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from compress.device.shipped import StreamCalls, TextFeeds, first_subtokens, poo
 from compress.errors import ConfigError
 from compress.formats import FORMATS
 from compress.tasks.embeddings import pooling_of
+from compress.tasks.generation import Generated
 
 # runtime name -> "module:Class". New runtimes (openvino, tensorrt) register here; the runtime a format runs in when a
 # profile or the user names none is that format's entry in compress.formats.FORMATS.
@@ -302,6 +303,33 @@ class RuntimeBackend(ABC):
         if outputs is None:
             raise ConfigError(f"runtime {self.name} cannot run a stateful step")
         return spec.split(outputs)
+
+    def generate(self, prompt_ids: Sequence[int], new_tokens: int, *, eos: Collection[int] = (),
+                 context: int | None = None, logits: bool = False) -> Generated:
+        """Greedy decoding of ``prompt_ids`` (batch 1) through the cache: one :meth:`prefill`, then one :meth:`step` a
+        token, each the arg-max of the last logits. It stops after ``new_tokens`` tokens, an ``eos`` token (kept) or
+        the ``context``'s end. ``logits``: also each made token's step logits (every token is then fed back, the last
+        one too). The one greedy loop of the runtimes: a backend whose runtime has its own overrides it.
+        """
+        prompt = list(prompt_ids)
+        ids = np.asarray([prompt], dtype=np.int64)
+        out, state = self.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        made = Generated(out["logits"][0], [], [])
+        limit = new_tokens if context is None else min(new_tokens, context - len(prompt))
+        for _ in range(limit):
+            nxt = int(np.argmax(out["logits"][0, -1]))
+            made.tokens.append(nxt)
+            last = nxt in eos or len(made.tokens) == new_tokens
+            if last and not logits:
+                break
+            out, state = self.step({"input_ids": np.asarray([[nxt]], dtype=np.int64),
+                                    "attention_mask": np.ones((1, len(prompt) + len(made.tokens)), dtype=np.int64)},
+                                   state)
+            if logits:
+                made.step_logits.append(out["logits"][0, -1])
+            if last:
+                break
+        return made
 
     def _require_state(self) -> StateSpec:
         spec = self.state_spec

@@ -10,21 +10,28 @@ scored positions whose most likely next token is the teacher's (top-1 agreement)
 
 Generations are judged by :func:`continuation_agreement` (greedy tokens equal to the teacher's before the first
 divergence) and :func:`collapse` (a one-line reason when they degenerate: one token, a repetition loop, or a KL far
-off).
+off). The generator stages' judgements live here too: an export's greedy run against PyTorch's
+(:func:`compare_generation`, :func:`require_generation_parity`), a quantized generator's continuations against its
+input's (:func:`judge_continuations`, :func:`require_no_collapse`); and the one list of files that travel with a
+causal LM (:data:`GENERATION_FILES`, :data:`LM_TRAVEL`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from compress.errors import ParityError, StageError
 from compress.tasks import StreamingMetric
 
-__all__ = ["KL_COLLAPSE", "GenerationPostprocess", "GenerationStream", "KVCache", "collapse",
-           "continuation_agreement", "generation_metrics", "scored_positions"]
+__all__ = ["DECODE_STEPS", "GENERATION_FILES", "KL_COLLAPSE", "LM_TRAVEL", "Generated", "GenerationPostprocess",
+           "GenerationStream", "KVCache", "collapse", "compare_generation", "continuation_agreement",
+           "generation_metrics", "generator_atol", "judge_continuations", "require_generation_parity",
+           "require_no_collapse", "scored_positions"]
 
 #: a mean KL (nats) above which a quantized generator's next-token distributions are called collapsed
 KL_COLLAPSE = 2.0
@@ -197,3 +204,101 @@ def collapse(tokens: list[list[int]], *, kl_mean: float | None = None) -> str | 
         return (f"every continuation ends in a repetition loop (a {max(loops)}-token or shorter sequence repeated "
                 f"over its last half)")
     return None
+
+
+# -- the files that travel with a causal LM -----------------------------------------------------------------------
+
+#: the files that travel with a causal LM beside its model file, copied from its source where there: the tokenizer's,
+#: the generation defaults, the chat template and ONNX Runtime GenAI's config (every route's one list)
+GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+                    "genai_config.json")
+#: ... and the checkpoint's ``config.json``: what a generator artifact carries, except the GenAI builder's ONNX (whose
+#: dimensions its genai_config.json states) and a fine-tuned checkpoint (which writes its own)
+LM_TRAVEL = (*GENERATION_FILES, "config.json")
+
+
+# -- a greedy run, and the generator stages' judgements on it -----------------------------------------------------
+
+DECODE_STEPS = 8  #: greedy decode steps an exported generator is checked on against PyTorch
+#: the prefill logits' tolerance unless --atol is given: a deep generator's logits (30 layers, a vocabulary-wide head)
+#: differ from PyTorch's by more than a classifier's in FP32 alone (fused attention and normalisation kernels)
+GENERATOR_ATOL = 1e-3
+#: ... or this share of the largest reference logit where that is more: Gemma 3 bodies (head 64 or 256, its scaled
+#: embeddings and four norms a layer) differ from PyTorch by 4e-4 of it in the builder's graph, one layer or six
+GENERATOR_REL = 1e-3
+
+
+class Generated(NamedTuple):
+    """A greedy run of a prompt through a KV cache (a runtime's ``generate``, PyTorch's ``greedy_decode``): the
+    prompt's logits [S, V], the tokens made, and each made token's step logits [V] (the logits once it was fed back;
+    empty unless asked for)."""
+
+    prompt_logits: np.ndarray
+    tokens: list[int]
+    step_logits: list[np.ndarray]
+
+
+def compare_generation(ref: Generated, cand: Generated) -> dict[str, Any]:
+    """Prefill and decode agreement of two greedy runs with step logits (PyTorch's and an artifact's)."""
+    (p0, t0, l0), (p1, t1, l1) = ref, cand
+    same = next((i for i, (a, b) in enumerate(zip(t0, t1, strict=True)) if a != b), len(t0))
+    # decode logits are comparable while the two fed the same tokens (up to and including the first divergence)
+    decode = max((float(np.abs(a - b).max()) for a, b in zip(l0[:same + 1], l1[:same + 1], strict=False)), default=0.0)
+    return {"prefill_tokens": int(p0.shape[0]), "prefill_max_abs_diff": float(np.abs(p0 - p1).max()),
+            "reference_max_abs_logit": float(np.abs(p0).max()),
+            "decode_steps": len(t0), "decode_max_abs_diff": decode, "same_tokens": t0 == t1,
+            "tokens_equal_before_divergence": same, "reference_tokens": t0, "tokens": t1}
+
+
+def generator_atol(config, check: dict[str, Any] | None = None) -> float:
+    """The prefill tolerance of a generator's parity check: ``--atol`` when given, else :data:`GENERATOR_ATOL`, or
+    :data:`GENERATOR_REL` of the reference's largest |logit| (``check``, :func:`compare_generation`'s) where that is
+    more (the CLI passes its default as given: values are compared)."""
+    default = type(config).model_fields["atol"].default
+    if config.atol != default:
+        return config.atol
+    return max(GENERATOR_ATOL, GENERATOR_REL * float((check or {}).get("reference_max_abs_logit", 0.0)))
+
+
+def require_generation_parity(check: dict[str, Any], atol: float, what: str) -> None:
+    """``check`` (:func:`compare_generation`'s) within ``atol`` with the same greedy tokens, else the one
+    :class:`ParityError` every generator exporter raises (``what``: "the ONNX graph", ...; nothing is written)."""
+    if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
+        raise ParityError(
+            f"{what} differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
+            f"{atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
+            f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
+            hint="raise --atol, or report it with --debug; no artifact was written")
+
+
+def _kl(ref: np.ndarray, cand: np.ndarray) -> float:
+    def log_softmax(x):
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(cand.astype(np.float64))
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
+def judge_continuations(ref: list[Generated], cand: list[Generated]) -> dict[str, Any]:
+    """A quantized generator's greedy runs ``cand`` against its input's ``ref`` (the same prompts): agreement before
+    the first divergence, the prompts' top-1 agreement and KL, and :func:`collapse`'s reason (None when sane)."""
+    ref_tokens, tokens = [r.tokens for r in ref], [c.tokens for c in cand]
+    pairs = list(zip([r.prompt_logits for r in ref], [c.prompt_logits for c in cand], strict=True))
+    top1 = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in pairs])
+    kl = float(np.mean([_kl(a, b) for a, b in pairs]))
+    return {"prompts": len(ref), "continuation_agreement": float(continuation_agreement(tokens, ref_tokens)),
+            "prompt_top1_agreement": float(top1.mean()), "prompt_kl_mean": kl,
+            "collapsed": collapse(tokens, kl_mean=kl)}
+
+
+def require_no_collapse(check: dict[str, Any], what: str, *, strict: bool, hint: str,
+                        log: logging.Logger) -> None:
+    """A collapse (``check["collapsed"]``, :func:`judge_continuations`'s) fails ``--strict`` (a
+    :class:`StageError` naming ``what``, "the int4 generator", with ``hint``; nothing is written), else is warned
+    about and recorded."""
+    if check["collapsed"]:
+        if strict:
+            raise StageError(f"{what} collapsed: {check['collapsed']}", hint=hint)
+        log.warning("%s collapsed: %s", what, check["collapsed"])

@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.tasks.generation import GenerationPostprocess, KVCache
+from compress.tasks.generation import Generated, GenerationPostprocess, KVCache
 from compress.teachers.lm_config import (
-    GENERATION_FILES,
     cache_of,
     check_special_tokens,
     check_window,
@@ -29,8 +28,38 @@ from compress.teachers.lm_config import (
     postprocess_of,
 )
 
-__all__ = ["GENERATION_FILES", "CausalLM", "cache_of", "check_special_tokens", "check_window", "generation_ids",
+__all__ = ["CausalLM", "cache_of", "check_special_tokens", "check_window", "generation_ids", "greedy_decode",
            "is_causal_lm", "postprocess_of"]
+
+
+def greedy_decode(model, prompt_ids: list[int], new_tokens: int, *, eos: set[int] | frozenset[int] = frozenset(),
+                  logits: bool = False) -> Generated:
+    """PyTorch's greedy loop (transformers' own KV cache, batch 1): the prompt in one call, then one call a token, each
+    the arg-max of the last logits; it stops after ``new_tokens`` tokens or an ``eos`` token (kept). ``logits``: also
+    each made token's step logits (every token is then fed back, the last one too). The runtimes' loop is
+    :meth:`compress.runtimes.base.RuntimeBackend.generate`; this is the one that needs no runtime."""
+    import torch
+
+    with torch.inference_mode():
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        mask = torch.ones_like(ids)
+        res = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        made = Generated(res.logits[0].float().numpy(), [], [])
+        for _ in range(new_tokens):
+            nxt = int(res.logits[0, -1].argmax())
+            made.tokens.append(nxt)
+            last = nxt in eos or len(made.tokens) == new_tokens
+            if last and not logits:
+                break
+            mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=1)
+            res = model(input_ids=torch.tensor([[nxt]], dtype=torch.long), attention_mask=mask,
+                        past_key_values=res.past_key_values, use_cache=True)
+            if logits:
+                made.step_logits.append(res.logits[0, -1].float().numpy())
+            if last:
+                break
+    return made
+
 
 #: the most bytes of logits :meth:`CausalLM.logits` yields in one batch by default
 BATCH_BYTES = 256 * 2**20
@@ -106,25 +135,9 @@ class CausalLM:
     def greedy(self, prompt_ids: list[int], new_tokens: int, eos: int | list[int] | None = None) -> list[int]:
         """The ``new_tokens`` tokens greedy decoding adds to ``prompt_ids`` (one prefill, then one step per token
         through the KV cache); it stops after an ``eos`` token (that token included, as ``generate`` does)."""
-        import torch
-
         if not prompt_ids:
             raise ValueError("greedy: the prompt has no tokens")
         stop = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
         if len(prompt_ids) + new_tokens > self.context:
             check_window(len(prompt_ids) + new_tokens, self.context)
-        out: list[int] = []
-        with torch.inference_mode():
-            ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
-            mask = torch.ones_like(ids)
-            past = None
-            for _ in range(new_tokens):
-                res = self.model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=True)
-                past = res.past_key_values
-                nxt = int(res.logits[0, -1].argmax())
-                out.append(nxt)
-                if nxt in stop:
-                    break
-                ids = torch.tensor([[nxt]], dtype=torch.long)
-                mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=1)
-        return out
+        return greedy_decode(self.model, prompt_ids, new_tokens, eos=stop).tokens

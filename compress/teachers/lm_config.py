@@ -10,17 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks.generation import GenerationPostprocess, KVCache
+from compress.tasks.generation import GENERATION_FILES, GenerationPostprocess, KVCache
 
-__all__ = ["CAUSAL_LM_SUFFIXES", "GENERATION_FILES", "GGUF_ORIGIN", "cache_of", "check_special_tokens", "check_window",
+__all__ = ["CAUSAL_LM_SUFFIXES", "GGUF_ORIGIN", "cache_of", "check_special_tokens", "check_window",
            "config_kwargs", "from_pretrained_lm", "generation_ids", "gguf_origin", "head_size", "is_causal_lm",
            "legacy_rope", "load_tokenizer", "portable_config", "portable_tokenizer_config", "postprocess_of",
            "refuse_causal_lm", "rope_of", "source_info"]
 
-#: the files of a causal LM folder that travel into every artifact made from it (those present): its tokenizer and
-#: its generation defaults (BOS/EOS, which the runtimes and validate read)
-GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
 #: how transformers names a causal LM's class: ``…ForCausalLM`` (Llama, Qwen, Gemma, Phi, …) or, in its older

@@ -1,6 +1,6 @@
 """A generator artifact's side of validation, through its runtime backend's ``prefill`` / ``step`` (batch 1): the
-context it takes, greedy continuations through its KV cache, logits on perplexity windows. Shared by
-:mod:`compress.validation.generation` and :mod:`compress.validation.gguf_reference`."""
+context it takes, greedy continuations through its KV cache (its runtime's ``generate``), logits on perplexity
+windows. Shared by :mod:`compress.validation.generation` and :mod:`compress.validation.gguf_reference`."""
 
 from __future__ import annotations
 
@@ -23,18 +23,8 @@ def prompt_feeds(ids: list[int]) -> dict[str, np.ndarray]:
 
 def greedy_artifact(backend, prompt: list[int], new_tokens: int, eos: set[int], context: int) -> list[int]:
     """The artifact's greedy continuation of ``prompt`` through its KV cache (stops at an EOS token or the
-    context's end)."""
-    out, state = backend.prefill(prompt_feeds(prompt))
-    made: list[int] = []
-    for _ in range(min(new_tokens, context - len(prompt))):
-        nxt = int(np.argmax(out["logits"][0, -1]))
-        made.append(nxt)
-        if nxt in eos or len(made) == new_tokens:
-            break
-        step = {"input_ids": np.asarray([[nxt]], np.int64),
-                "attention_mask": np.ones((1, len(prompt) + len(made)), np.int64)}
-        out, state = backend.step(step, state)
-    return made
+    context's end): its runtime's :meth:`~compress.runtimes.base.RuntimeBackend.generate`."""
+    return backend.generate(prompt, new_tokens, eos=eos, context=context).tokens
 
 
 def window_logits(backend, windows: np.ndarray):

@@ -57,14 +57,14 @@ def test_export_writes_a_gguf_checked_against_pytorch(exported):
 @needs_tree
 def test_llamacpp_prefill_and_steps_match_pytorch_and_one_long_prefill(exported):
     from compress.runtimes.base import load_runtime
-    from compress.stages.export.lm.onnx import greedy_ort, greedy_torch
+    from compress.stages.export.lm.common import greedy_torch
 
     ckpt, art = exported
     prompt = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298]
     ref = greedy_torch(ckpt, prompt, 6)
     backend = load_runtime(art, "llamacpp")
     try:
-        prefill, tokens, logits = greedy_ort(backend, prompt, 6)
+        prefill, tokens, logits = backend.generate(prompt, 6, logits=True)
         assert np.abs(prefill - ref[0]).max() < 1e-2
         assert tokens == ref[1]
         # the cache is llama.cpp's: prefill + steps give what one prefill of the whole sequence gives

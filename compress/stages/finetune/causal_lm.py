@@ -179,7 +179,8 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     from compress.stages.finetune.loop import TrainLoop
     from compress.stages.finetune.qlora import held_bytes
     from compress.tasks import Task
-    from compress.teachers.causal_lm import GENERATION_FILES, cache_of
+    from compress.tasks.generation import GENERATION_FILES
+    from compress.teachers.causal_lm import cache_of
     from compress.teachers.load import load_teacher
 
     _check(config)

@@ -39,18 +39,16 @@ from typing import Any
 from compress.artifact import Artifact, Format, Precision, TensorSpec, check_output
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
-from compress.stages.export.lm.onnx import (
+from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
+from compress.stages.spec import StageSpec, pairs
+from compress.tasks.generation import (
     DECODE_STEPS,
+    LM_TRAVEL,
     compare_generation,
     generator_atol,
-    greedy_ort,
-    greedy_torch,
-    hf_config,
-    prompt_ids,
     require_generation_parity,
 )
-from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import GENERATION_FILES, from_pretrained_lm, postprocess_of, source_info
+from compress.teachers.lm_config import from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,6 @@ INPUTS = ("input_ids", "cache_position")
 #: the transformers attention function name under which ExecuTorch's custom SDPA is registered
 ATTENTION = "executorch_custom_sdpa"
 #: the files of the teacher that travel with the program (config.json too: the quantizer reads the model's shape)
-TRAVEL = (*GENERATION_FILES, "config.json")
 
 
 def _custom_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -247,7 +244,7 @@ def check_against_torch(source: Path, draft: Artifact, config, what: str) -> dic
     prompt = prompt[:draft.manifest.postprocess.cache.max_length - DECODE_STEPS - 1]
     backend = load_runtime(draft, "executorch")
     try:
-        cand = greedy_ort(backend, prompt, DECODE_STEPS)
+        cand = backend.generate(prompt, DECODE_STEPS, logits=True)
     finally:
         backend.close()
     return compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
@@ -305,6 +302,6 @@ def export_executorch_lm(source: Path | str, out: Path | str, config: ExportConf
 
 
 def copy_travel(source: Path, out: Path) -> None:
-    for name in TRAVEL:
+    for name in LM_TRAVEL:
         if (source / name).is_file() and not (out / name).exists():
             shutil.copy2(source / name, out / name)

@@ -17,7 +17,7 @@ teacher's tokenizer (the GGUF's own vocabulary is llama.cpp's business, and its 
 Before anything is written the file is checked against PyTorch: the prompt's logits (max |diff| within ``--atol``,
 at least :data:`F32_REL` (FP32) or :data:`F16_REL` (FP16) of the largest reference logit: llama.cpp keeps its KV
 cache in FP16 by default and its kernels sum in another order) and
-:data:`~compress.stages.export.lm.onnx.DECODE_STEPS` greedy decode steps through llama.cpp's cache (the same tokens).
+:data:`~compress.tasks.generation.DECODE_STEPS` greedy decode steps through llama.cpp's cache (the same tokens).
 
 A ``.gguf`` made elsewhere is adopted as it is (:func:`adopt_gguf`): its metadata gives the cache's shape and the
 precision; a teacher (the Hugging Face checkpoint it came from) is what validate compares it with, and an architecture
@@ -39,6 +39,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ModelLoadError, ParityError, StageError, first_line
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
+from compress.tasks.generation import LM_TRAVEL
 from compress.teachers.gguf_checkpoint import is_gguf
 from compress.teachers.lm_config import is_causal_lm, postprocess_of
 
@@ -63,9 +64,6 @@ GET_TREE = ("pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36, 
 #: SmolLM2-135M-bodied Llama differs by 0.75%, stories260K by 0.13%)
 F32_REL = 1e-2
 F16_REL = 3e-2  #: ... of an FP16 GGUF (the 30-layer body: 1.7%)
-#: the teacher's files that travel beside model.gguf
-TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-          "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 def llama_cpp_tree(setting: str | None = None) -> Path | None:
@@ -199,17 +197,10 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
 
     from compress.artifact import Manifest, SourceInfo, TextPreprocess, digest_dir, library_versions
     from compress.runtimes.base import load_runtime
-    from compress.stages.export.lm.onnx import (
-        DECODE_STEPS,
-        compare_generation,
-        greedy_ort,
-        greedy_torch,
-        hf_config,
-        prompt_ids,
-        require_generation_parity,
-    )
+    from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
     from compress.storage import tree_bytes
     from compress.tasks import Task
+    from compress.tasks.generation import DECODE_STEPS, compare_generation, require_generation_parity
 
     config = config or ExportConfig()
     source = Path(source)
@@ -231,7 +222,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
             tempfile.TemporaryDirectory(prefix=".gguf-convert.", dir=o.dir.parent) as scratch:
         built = convert(source, Path(scratch) / "model.gguf", outtype=outtype, tree=tree)
         shutil.move(str(Path(scratch) / "model.gguf"), o.dir / "model.gguf")
-        for name in TRAVEL:
+        for name in LM_TRAVEL:
             if (source / name).is_file():
                 shutil.copy2(source / name, o.dir / name)
         inputs, outputs = tensors(int(cfg["vocab_size"]))
@@ -253,7 +244,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
                                  hint="export it with --format onnx or --format openvino; see llama.cpp's log with "
                                       "--debug") from None
         try:
-            cand = greedy_ort(backend, prompt, DECODE_STEPS)
+            cand = backend.generate(prompt, DECODE_STEPS, logits=True)
         finally:
             backend.close()
         ref = greedy_torch(source, prompt, DECODE_STEPS)
@@ -360,7 +351,7 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
     output = ADOPT_GGUF.output(out, config, force=force)
     with output.writing(need_bytes=source.stat().st_size + (1 << 20)) as o:
         shutil.copy2(source, o.dir / "model.gguf")
-        for name in TRAVEL:
+        for name in LM_TRAVEL:
             if (source.parent / name).is_file():
                 shutil.copy2(source.parent / name, o.dir / name)
         manifest = Manifest(

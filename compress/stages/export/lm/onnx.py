@@ -15,14 +15,13 @@ ONNX Runtime's CPU GroupQueryAttention takes head sizes that are multiples of 16
 input (the ORT backend makes it from the attention mask). The step records which.
 
 The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within
-``--atol``; :data:`GENERATOR_ATOL` where it is left at its default) and ``DECODE_STEPS`` greedy decode steps through
+``--atol``; :data:`compress.tasks.generation.GENERATOR_ATOL` where it is left at its default) and ``DECODE_STEPS`` greedy decode steps through
 the cache (the same tokens). Batch 1.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import sys
@@ -32,10 +31,18 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Artifact, Format, Precision, check_output
-from compress.errors import ConfigError, ParityError
+from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
+from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
-from compress.teachers.lm_config import from_pretrained_lm, head_size, legacy_rope, postprocess_of, rope_of, source_info
+from compress.tasks.generation import (
+    DECODE_STEPS,
+    GENERATION_FILES,
+    compare_generation,
+    generator_atol,
+    require_generation_parity,
+)
+from compress.teachers.lm_config import head_size, legacy_rope, postprocess_of, rope_of, source_info
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +52,6 @@ EXPORT_GENAI = StageSpec(
     produces=pairs(Format.onnx, Precision.fp32), versions=("onnxruntime_genai", "onnxruntime", "onnx", "transformers"),
     hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=2,
 )
-DECODE_STEPS = 8  #: greedy decode steps checked against PyTorch
-#: the prefill logits' tolerance unless --atol is given: a deep generator's logits (30 layers, a vocabulary-wide head)
-#: differ from PyTorch's by more than a classifier's in FP32 alone (fused attention and normalisation kernels)
-GENERATOR_ATOL = 1e-3
-#: ... or this share of the largest reference logit where that is more: Gemma 3 bodies (head 64 or 256, its scaled
-#: embeddings and four norms a layer) differ from PyTorch by 4e-4 of it in the builder's graph, one layer or six
-GENERATOR_REL = 1e-3
-#: the parity prompt when no --sample-data is given
-PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
-#: files the builder writes beside the graph, and the teacher's that travel with it
-_TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-           "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
-
-
-def hf_config(source: Path) -> dict[str, Any]:
-    """``config.json`` of a Hugging Face checkpoint folder (a one-line error when there is none)."""
-    path = Path(source) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{source}: no config.json (not a Hugging Face checkpoint folder)",
-                          hint="pass the folder save_pretrained wrote")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 _GENAI_BUILDERS: dict[str, Any] = {}  #: the builder's top-level ``builders`` modules, kept between calls
 
 
@@ -230,92 +214,6 @@ def graph_tensors(model_path: Path):
     return [spec(v) for v in g.input], [spec(v) for v in g.output]
 
 
-def greedy_ort(backend, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
-    """The prompt's logits [S, V], ``steps`` greedy tokens and each step's logits [V], through prefill/step."""
-    ids = np.asarray([prompt], dtype=np.int64)
-    out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    prefill = out["logits"][0]
-    tokens, logits = [], []
-    nxt, total = int(prefill[-1].argmax()), len(prompt)
-    for _ in range(steps):
-        tokens.append(nxt)
-        total += 1
-        out, state = backend.step({"input_ids": np.asarray([[nxt]], dtype=np.int64),
-                                   "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
-        logits.append(out["logits"][0, -1])
-        nxt = int(out["logits"][0, -1].argmax())
-    return prefill, tokens, logits
-
-
-def greedy_torch(source: Path, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
-    """The same from the PyTorch checkpoint (transformers' own cache)."""
-    import torch
-
-    model = from_pretrained_lm(source)
-    with torch.no_grad():
-        out = model(torch.tensor([prompt]), use_cache=True)
-        prefill, past = out.logits[0].numpy(), out.past_key_values
-        tokens, logits = [], []
-        nxt = int(prefill[-1].argmax())
-        for _ in range(steps):
-            tokens.append(nxt)
-            out = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits.append(out.logits[0, -1].numpy())
-            nxt = int(logits[-1].argmax())
-    return prefill, tokens, logits
-
-
-def generator_atol(config, check: dict[str, Any] | None = None) -> float:
-    """The prefill tolerance of a generator's parity check: ``--atol`` when given, else :data:`GENERATOR_ATOL`, or
-    :data:`GENERATOR_REL` of the reference's largest |logit| (``check``, :func:`compare_generation`'s) where that is
-    more (the CLI passes its default as given: values are compared)."""
-    default = type(config).model_fields["atol"].default
-    if config.atol != default:
-        return config.atol
-    return max(GENERATOR_ATOL, GENERATOR_REL * float((check or {}).get("reference_max_abs_logit", 0.0)))
-
-
-def require_generation_parity(check: dict[str, Any], atol: float, what: str) -> None:
-    """``check`` (:func:`compare_generation`'s) within ``atol`` with the same greedy tokens, else the one
-    :class:`ParityError` every generator exporter raises (``what``: "the ONNX graph", ...; nothing is written)."""
-    if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
-        raise ParityError(
-            f"{what} differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "
-            f"{atol:g}), greedy tokens {'equal' if check['same_tokens'] else 'differ'} over "
-            f"{DECODE_STEPS} steps", max_abs_diff=check["prefill_max_abs_diff"], atol=atol,
-            hint="raise --atol, or report it with --debug; no artifact was written")
-
-
-def compare_generation(ref, cand) -> dict[str, Any]:
-    """Prefill and decode agreement of two :func:`greedy_ort`/:func:`greedy_torch` results."""
-    (p0, t0, l0), (p1, t1, l1) = ref, cand
-    same = next((i for i, (a, b) in enumerate(zip(t0, t1, strict=True)) if a != b), len(t0))
-    # decode logits are comparable while the two fed the same tokens (up to and including the first divergence)
-    decode = max((float(np.abs(a - b).max()) for a, b in zip(l0[:same + 1], l1[:same + 1], strict=False)), default=0.0)
-    return {"prefill_tokens": int(p0.shape[0]), "prefill_max_abs_diff": float(np.abs(p0 - p1).max()),
-            "reference_max_abs_logit": float(np.abs(p0).max()),
-            "decode_steps": len(t0), "decode_max_abs_diff": decode, "same_tokens": t0 == t1,
-            "tokens_equal_before_divergence": same, "reference_tokens": t0, "tokens": t1}
-
-
-def prompt_ids(source: Path, sample_data: str | None) -> tuple[list[int], str]:
-    from tokenizers import Tokenizer
-
-    text = PROMPT
-    if sample_data:
-        from compress.data.text import read_texts
-
-        texts = read_texts(sample_data)
-        text = next((t for t in texts if t.strip()), PROMPT)[:2000]
-    tok = Tokenizer.from_file(str(Path(source) / "tokenizer.json"))
-    ids = tok.encode(text).ids
-    bos = hf_config(source).get("bos_token_id")
-    if bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    return ids[:128], ("--sample-data's first text" if sample_data else "a built-in sentence")
-
-
 def export_genai(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
                  force: bool = False) -> Artifact:
     """Export the causal LM checkpoint ``source`` to an FP32 ONNX artifact with a KV cache at ``out``.
@@ -340,7 +238,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
         built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code)
-        for name in _TRAVEL:
+        for name in GENERATION_FILES:  # config.json stays out: genai_config.json states the graph's dimensions
             if (source / name).is_file() and not (o.dir / name).exists():
                 shutil.copy2(source / name, o.dir / name)
         inputs, outputs = graph_tensors(o.dir / "model.onnx")
@@ -355,7 +253,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
         prompt, said = prompt_ids(source, config.sample_data)
         backend = load_runtime(o.draft(), "onnxruntime")
         try:
-            cand = greedy_ort(backend, prompt, DECODE_STEPS)
+            cand = backend.generate(prompt, DECODE_STEPS, logits=True)
         finally:
             backend.close()
         check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand)

@@ -34,16 +34,9 @@ from typing import Any
 from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
-from compress.stages.export.lm.onnx import (
-    DECODE_STEPS,
-    compare_generation,
-    greedy_ort,
-    greedy_torch,
-    hf_config,
-    prompt_ids,
-    require_generation_parity,
-)
+from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
+from compress.tasks.generation import DECODE_STEPS, LM_TRAVEL, compare_generation, require_generation_parity
 from compress.teachers.lm_config import cache_of, from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
@@ -54,9 +47,6 @@ EXPORT_OPENVINO_LM = StageSpec(
     produces=pairs(Format.openvino, Precision.fp32), versions=("openvino", "torch", "transformers"),
     hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=1,
 )
-#: the teacher's files that travel with the IR
-TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json",
-          "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
@@ -179,7 +169,7 @@ def ir_tensors(om):
 
 
 def copy_travel(source: Path, out: Path) -> None:
-    for name in TRAVEL:
+    for name in LM_TRAVEL:
         if (source / name).is_file() and not (out / name).exists():
             shutil.copy2(source / name, out / name)
 
@@ -228,7 +218,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         prompt, said = prompt_ids(source, config.sample_data)
         backend = load_runtime(o.draft(), "openvino")
         try:
-            cand = greedy_ort(backend, prompt, DECODE_STEPS)
+            cand = backend.generate(prompt, DECODE_STEPS, logits=True)
         finally:
             backend.close()
         check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, child_manifest
-from compress.errors import ConfigError, StageError
+from compress.errors import ConfigError
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
-from compress.stages.quantize.lm.onnx import GENERATOR_BLOCK, collapse_check
+from compress.stages.quantize.lm.common import GENERATOR_BLOCK, collapse_check
 from compress.stages.spec import StageSpec, pairs
+from compress.tasks.generation import require_no_collapse
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,7 @@ def quantize_lm_executorch(art: Artifact, out: Path | str, config: QuantizeConfi
                              "scheme": f"{record['scheme']}, int8 activations at run time"})
         check = collapse_check(art, o.draft(), runtime="executorch")
         step.metrics["generation_vs_input"] = check
-        if check["collapsed"]:
-            if config.strict:
-                raise StageError(f"the {config.precision} generator collapsed: {check['collapsed']}",
-                                 hint="try --precision int8, --block-size 32 or --lm-head-bits 8; nothing was "
-                                 "written (--strict)")
-            log.warning("the %s generator collapsed: %s", config.precision, check["collapsed"])
+        require_no_collapse(check, f"the {config.precision} generator", strict=config.strict, log=log,
+                            hint="try --precision int8, --block-size 32 or --lm-head-bits 8; nothing was "
+                            "written (--strict)")
     return output.artifact

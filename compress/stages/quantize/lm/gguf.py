@@ -29,7 +29,9 @@ from pathlib import Path
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError, StageError
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
+from compress.stages.quantize.lm.common import collapse_check
 from compress.stages.spec import StageSpec, pairs
+from compress.tasks.generation import LM_TRAVEL, require_no_collapse
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ DEFAULT_TYPE = {"int4": "q4_k_m", "int8": "q8_0"}
 #: the settings this quantizer reads (flat keys); any other given is refused
 _APPLIES = {"precision", "gguf_type", "strict", "imatrix", "calibration", "calibration_samples"}
 IMATRIX_CONTEXT = 512  #: llama-imatrix's default window (tokens), capped by the model's context
-_TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-           "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 def gguf_type(config: QuantizeConfig) -> str:
@@ -148,7 +148,7 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
         if imatrix is None and config.calibration.data:
             imatrix, record = made_imatrix(art, config, o.dir.parent)
         llama_quantize(src, o.dir / "model.gguf", name, imatrix=imatrix)
-        for travel in _TRAVEL:
+        for travel in LM_TRAVEL:
             if (art.path / travel).is_file():
                 shutil.copy2(art.path / travel, o.dir / travel)
         manifest = child_manifest(art.manifest, precision=Precision(TYPES[name][1]), model_file="model.gguf")
@@ -158,14 +158,9 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3), "gguf_type": name,
                              "model_bytes": (o.dir / "model.gguf").stat().st_size, "imatrix": bool(imatrix)})
-        from compress.stages.quantize.lm.onnx import collapse_check
-
         check = collapse_check(art, o.draft(), runtime="llamacpp")
         step.metrics["generation_vs_input"] = check
-        if check["collapsed"]:
-            if config.strict:
-                raise StageError(f"the {name} generator collapsed: {check['collapsed']}",
-                                 hint="try --gguf-type q4_k_m or --precision int8 (q8_0); nothing was written "
-                                 "(--strict)")
-            log.warning("the %s generator collapsed: %s", name, check["collapsed"])
+        require_no_collapse(check, f"the {name} generator", strict=config.strict, log=log,
+                            hint="try --gguf-type q4_k_m or --precision int8 (q8_0); nothing was written "
+                            "(--strict)")
     return output.artifact

@@ -15,7 +15,7 @@ What is quantized, and how:
   weight); it is untied first, so each gets its own precision.
 
 Every MatMulNBits gets accuracy level :data:`ACCURACY_LEVEL` (int8 activations in the CPU kernel: the fast one).
-Generators default to blocks of 32 (:data:`GENERATOR_BLOCK`), as llama.cpp's Q4_0: on stories260K over the TinyStories
+Generators default to blocks of 32 (:data:`compress.stages.quantize.lm.common.GENERATOR_BLOCK`), as llama.cpp's Q4_0: on stories260K over the TinyStories
 sample (windows of 256) RTN with blocks of 128 loses more perplexity than with 32 (docs/generators.md has the
 figures); ``--block-size`` overrides it.
 
@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
-from compress.errors import ConfigError, StageError
+from compress.errors import ConfigError
 from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig, refuse_ignored
+from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4, text_windows
 from compress.stages.quantize.lm.matmul_nbits_graph import (
     embedding_gather,
     fold_zero_points,
@@ -46,13 +47,10 @@ from compress.stages.quantize.lm.matmul_nbits_graph import (
     shared_int8_gather,
     untie_embeddings,
 )
+from compress.tasks.generation import LM_TRAVEL, require_no_collapse
 
 log = logging.getLogger(__name__)
 
-GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
-#: the generators' default INT4 algorithm: HQQ (asymmetric, float zero points, folded out of the nodes), the best of
-#: the four on stories260K and the only one that keeps SmolLM2's weights (docs/generators.md, "The default INT4")
-GENERATOR_ALGORITHM = "hqq"
 ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
 #: MatMulNBits' accuracy_level for generators: 4 = int8 activations in the CPU kernel, as ONNX Runtime GenAI's builder
 #: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 24 tokens/s in INT4 and 2 in INT8 on this VM
@@ -65,10 +63,6 @@ SELF_WRITTEN_SEED = 0
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "max_perplexity_increase", "data", "eval_samples",
             "qat_steps", "qat_data", "qat_source", "qat_lr", "qat_batch_size", "qat_lora_rank"}  # QAT: .qat
-PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
-           "Tom had a big red ball. He", "One day, a cat and a dog")
-_TRAVEL = ("genai_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-           "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "config.json")
 
 
 def _algo_config(algorithm: str, *, bits: int, block: int, symmetric: bool, reader=None,
@@ -92,18 +86,6 @@ def _algo_config(algorithm: str, *, bits: int, block: int, symmetric: bool, read
 def _matmuls(model) -> list[str]:
     inits = {t.name for t in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-
-
-def resolve_int4(config: QuantizeConfig, bits: int, *, rtn: bool = False) -> QuantizeConfig:
-    """``config`` with the block size and algorithm a generator's weight-only quantization uses written in (what the
-    step records): those given, else blocks of :data:`GENERATOR_BLOCK` and :data:`GENERATOR_ALGORITHM` for INT4, round
-    to nearest for INT8 (and where ``rtn``: weights trained for its grid)."""
-    given = config.given_keys()
-    block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
-    algorithm = (config.int4.algorithm if "int4_algorithm" in given or rtn
-                 else GENERATOR_ALGORITHM if bits == 4 else "rtn")
-    return config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
-                                                                            "algorithm": algorithm})})
 
 
 def more_bits_layers(layers: int) -> list[int]:
@@ -229,45 +211,11 @@ class _Windows:
         return feed
 
 
-def calibration_windows(art: Artifact, config: QuantizeConfig, window: int = 128) -> list[list[int]]:
-    """Token windows for GPTQ: ``--calibration`` text cut into windows of ``window`` tokens (at most
-    ``--calibration-samples``), else the built-in prompts."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(art.path / "tokenizer.json"))
-    if config.calibration.data:
-        from compress.data.text import read_texts
-
-        ids = [i for t in read_texts(config.calibration.data) for i in tok.encode(t).ids]
-        wins = [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)][:config.calibration.samples]
-        if wins:
-            return wins
-    return [tok.encode(p).ids for p in PROMPTS]
-
-
 def _state_for(art: Artifact) -> dict[str, np.ndarray]:
     from compress.runtimes.base import StateSpec
 
     spec = StateSpec.from_tensors(art.manifest.inputs, art.manifest.outputs)
     return spec.initial() if spec else {}
-
-
-def continuations(backend, prompts: list[list[int]], new_tokens: int) -> tuple[list[list[int]], list[np.ndarray]]:
-    """Greedy continuations of ``prompts`` (token ids) through ``backend``'s prefill/step, and each prompt's logits."""
-    outs, logits = [], []
-    for prompt in prompts:
-        ids = np.asarray([prompt], dtype=np.int64)
-        out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-        logits.append(out["logits"][0])
-        tokens, nxt, total = [], int(out["logits"][0, -1].argmax()), len(prompt)
-        for _ in range(new_tokens):
-            tokens.append(nxt)
-            total += 1
-            out, state = backend.step({"input_ids": np.asarray([[nxt]], dtype=np.int64),
-                                       "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
-            nxt = int(out["logits"][0, -1].argmax())
-        outs.append(tokens)
-    return outs, logits
 
 
 def self_written_windows(art: Artifact, count: int, window: int, *, seed: int = 0) -> np.ndarray:
@@ -300,60 +248,6 @@ def self_written_windows(art: Artifact, count: int, window: int, *, seed: int = 
     finally:
         backend.close()
     return out
-
-
-def _kl(ref: np.ndarray, cand: np.ndarray) -> float:
-    def log_softmax(x):
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(cand.astype(np.float64))
-    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
-
-
-def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32,
-                   runtime: str = "onnxruntime") -> dict[str, Any]:
-    """Greedy continuations of :data:`PROMPTS` through both artifacts (``runtime``, batch 1; every generator quantizer
-    checks its output with it: ONNX Runtime, OpenVINO, llama.cpp): agreement before the
-    first divergence, the prompts' top-1 agreement and KL, and :func:`compress.tasks.generation.collapse`'s
-    reason (None when the continuations look sane)."""
-    from tokenizers import Tokenizer
-
-    from compress.runtimes.base import load_runtime
-    from compress.tasks.generation import collapse, continuation_agreement
-
-    tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
-    bos = reference.manifest.postprocess.bos_token_id
-    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
-    results = []
-    for art in (reference, candidate):
-        backend = load_runtime(art, runtime)
-        try:
-            results.append(continuations(backend, prompts, new_tokens))
-        finally:
-            backend.close()
-    (ref_tokens, ref_logits), (tokens, logits) = results
-    top1 = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref_logits, logits, strict=True)])
-    kl = float(np.mean([_kl(a, b) for a, b in zip(ref_logits, logits, strict=True)]))
-    return {"prompts": len(prompts), "new_tokens": new_tokens,
-            "continuation_agreement": float(continuation_agreement(tokens, ref_tokens)),
-            "prompt_top1_agreement": float(top1.mean()), "prompt_kl_mean": kl,
-            "collapsed": collapse(tokens, kl_mean=kl),
-            "continuations": [tok.decode(t) for t in tokens[:2]],
-            "reference_continuations": [tok.decode(t) for t in ref_tokens[:2]]}
-
-
-def text_windows(art: Artifact, path: str, window: int, limit: int) -> np.ndarray:
-    """Up to ``limit`` windows [N, window] of the text file ``path`` (:func:`compress.data.text.token_windows`:
-    llama-perplexity's cut, each window's first token BOS where the model has one)."""
-    from tokenizers import Tokenizer
-
-    from compress.data.text import read_texts, token_windows
-
-    post = art.manifest.postprocess
-    return token_windows(Tokenizer.from_file(str(art.path / "tokenizer.json")), read_texts(path), window,
-                         max_windows=limit, bos_token_id=post.bos_token_id,
-                         context=post.cache.max_length if post.cache else None)
 
 
 def window_scores(model, windows: np.ndarray, state: dict[str, np.ndarray],
@@ -503,7 +397,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             model, made = quantize_with(model)
         onnx.save(model, str(o.dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                   location="model.onnx.data", size_threshold=1024)
-        for name in _TRAVEL:
+        for name in LM_TRAVEL:
             if (art.path / name).is_file():
                 shutil.copy2(art.path / name, o.dir / name)
         manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file="model.onnx")
@@ -532,10 +426,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
                     "or a larger budget; nothing was written")
         check = collapse_check(art, o.draft())
         step.metrics["generation_vs_input"] = check
-        if check["collapsed"]:
-            if config.strict:
-                raise StageError(f"the {config.precision} generator collapsed: {check['collapsed']}",
-                                 hint="try --int4-algorithm hqq or gptq, --block-size 32, --embeddings-bits 8, or "
-                                 "--precision int8; nothing was written (--strict)")
-            log.warning("the %s generator collapsed: %s", config.precision, check["collapsed"])
+        require_no_collapse(check, f"the {config.precision} generator", strict=config.strict, log=log,
+                            hint="try --int4-algorithm hqq or gptq, --block-size 32, --embeddings-bits 8, or "
+                            "--precision int8; nothing was written (--strict)")
     return output.artifact

@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
-from compress.errors import ConfigError, EdgeCompressError, StageError
+from compress.errors import ConfigError, EdgeCompressError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
-from compress.stages.quantize.lm.onnx import calibration_windows, collapse_check, resolve_int4
+from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4
+from compress.tasks.generation import LM_TRAVEL, require_no_collapse
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embedding
 #: the smallest group NNCF may fall back to where the group size does not divide a layer's input width (stories260K's
 #: MLP down projection is 172 wide: no group of 16 or more divides it, so that layer goes to the backup INT8_ASYM)
 MIN_GROUP = 16
-TRAVEL = ("generation_config.json", "config.json", "tokenizer.json", "tokenizer_config.json",
-          "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
@@ -235,7 +234,7 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
             record.update(algorithm="hqq", hqq_groups=hqq_groups(model, weights), zero_points="float16")
             del weights
         ov.save_model(model, str(o.dir / "model.xml"), compress_to_fp16=False)
-        for name in TRAVEL:
+        for name in LM_TRAVEL:
             if (art.path / name).is_file():
                 shutil.copy2(art.path / name, o.dir / name)
         made = weight_types(model)
@@ -247,10 +246,7 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
                              "compression": round(before / max(after, 1), 3), "weights": made})
         check = collapse_check(art, o.draft(), runtime="openvino")
         step.metrics["generation_vs_input"] = check
-        if check["collapsed"]:
-            if config.strict:
-                raise StageError(f"the {config.precision} generator collapsed: {check['collapsed']}",
-                                 hint="try --int4-algorithm awq or scale_estimation with --calibration text, "
-                                 "--block-size 32, or --precision int8; nothing was written (--strict)")
-            log.warning("the %s generator collapsed: %s", config.precision, check["collapsed"])
+        require_no_collapse(check, f"the {config.precision} generator", strict=config.strict, log=log,
+                            hint="try --int4-algorithm awq or scale_estimation with --calibration text, "
+                            "--block-size 32, or --precision int8; nothing was written (--strict)")
     return output.artifact

@@ -88,8 +88,8 @@ def check_request(art: Artifact, config: QuantizeConfig) -> Path | None:
 
 def scheme_of(config: QuantizeConfig) -> Scheme:
     """The grid the ONNX route's INT4 writes for ``config`` (:func:`.onnx.quantize_lm_onnx`'s defaults)."""
+    from compress.stages.quantize.lm.common import GENERATOR_BLOCK
     from compress.stages.quantize.lm.fake_quant import Scheme
-    from compress.stages.quantize.lm.onnx import GENERATOR_BLOCK
 
     block = config.int4.block_size if "block_size" in config.given_keys() else GENERATOR_BLOCK
     return Scheme(bits=4, block=block, symmetric=config.int4.symmetric, lm_head_bits=config.int4.lm_head_bits,
@@ -100,7 +100,7 @@ class _Windows:
     """The transfer text as token windows, a held-out tenth (at most :data:`MAX_HELD`) apart."""
 
     def __init__(self, art: Artifact, path: str) -> None:
-        from compress.stages.quantize.lm.onnx import text_windows
+        from compress.stages.quantize.lm.common import text_windows
 
         windows = text_windows(art, path, art.manifest.postprocess.window, None)
         if len(windows) < 2:

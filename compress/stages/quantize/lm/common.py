@@ -1,0 +1,92 @@
+"""What every causal-LM quantizer shares, neutral of any format (each format's module imports this, never another
+format's): the generators' INT4 defaults, the calibration and evaluation windows cut from text, and the collapse
+check every quantized generator gets (greedy continuations through its runtime against its input's; the judgement is
+:func:`compress.tasks.generation.judge_continuations`'s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact
+from compress.stages.quantize.config import QuantizeConfig
+
+GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
+#: the generators' default INT4 algorithm: HQQ (asymmetric, float zero points, folded out of the nodes), the best of
+#: the four on stories260K and the only one that keeps SmolLM2's weights (docs/generators.md, "The default INT4")
+GENERATOR_ALGORITHM = "hqq"
+#: the prompts a quantized generator's continuations are checked on (:func:`collapse_check`), and GPTQ's calibration
+#: without --calibration
+PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
+           "Tom had a big red ball. He", "One day, a cat and a dog")
+
+
+def resolve_int4(config: QuantizeConfig, bits: int, *, rtn: bool = False) -> QuantizeConfig:
+    """``config`` with the block size and algorithm a generator's weight-only quantization uses written in (what the
+    step records): those given, else blocks of :data:`GENERATOR_BLOCK` and :data:`GENERATOR_ALGORITHM` for INT4, round
+    to nearest for INT8 (and where ``rtn``: weights trained for its grid)."""
+    given = config.given_keys()
+    block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
+    algorithm = (config.int4.algorithm if "int4_algorithm" in given or rtn
+                 else GENERATOR_ALGORITHM if bits == 4 else "rtn")
+    return config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
+                                                                            "algorithm": algorithm})})
+
+
+def calibration_windows(art: Artifact, config: QuantizeConfig, window: int = 128) -> list[list[int]]:
+    """Token windows for GPTQ: ``--calibration`` text cut into windows of ``window`` tokens (at most
+    ``--calibration-samples``), else the built-in prompts."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(art.path / "tokenizer.json"))
+    if config.calibration.data:
+        from compress.data.text import read_texts
+
+        ids = [i for t in read_texts(config.calibration.data) for i in tok.encode(t).ids]
+        wins = [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)][:config.calibration.samples]
+        if wins:
+            return wins
+    return [tok.encode(p).ids for p in PROMPTS]
+
+
+def text_windows(art: Artifact, path: str, window: int, limit: int | None) -> np.ndarray:
+    """Up to ``limit`` windows [N, window] of the text file ``path`` (:func:`compress.data.text.token_windows`:
+    llama-perplexity's cut, each window's first token BOS where the model has one)."""
+    from tokenizers import Tokenizer
+
+    from compress.data.text import read_texts, token_windows
+
+    post = art.manifest.postprocess
+    return token_windows(Tokenizer.from_file(str(art.path / "tokenizer.json")), read_texts(path), window,
+                         max_windows=limit, bos_token_id=post.bos_token_id,
+                         context=post.cache.max_length if post.cache else None)
+
+
+def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32,
+                   runtime: str = "onnxruntime") -> dict[str, Any]:
+    """Greedy continuations of :data:`PROMPTS` through both artifacts (``runtime``'s ``generate``, batch 1; every
+    generator quantizer checks its output with it: ONNX Runtime, OpenVINO, llama.cpp, ExecuTorch), judged by
+    :func:`compress.tasks.generation.judge_continuations`: agreement before the first divergence, the prompts' top-1
+    agreement and KL, and :func:`compress.tasks.generation.collapse`'s reason (None when the continuations look
+    sane)."""
+    from tokenizers import Tokenizer
+
+    from compress.runtimes.base import load_runtime
+    from compress.tasks.generation import judge_continuations
+
+    tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
+    bos = reference.manifest.postprocess.bos_token_id
+    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
+    runs = []
+    for art in (reference, candidate):
+        backend = load_runtime(art, runtime)
+        try:
+            runs.append([backend.generate(p, new_tokens) for p in prompts])
+        finally:
+            backend.close()
+    ref, cand = runs
+    judged = judge_continuations(ref, cand)
+    return {"prompts": judged.pop("prompts"), "new_tokens": new_tokens, **judged,
+            "continuations": [tok.decode(c.tokens) for c in cand[:2]],
+            "reference_continuations": [tok.decode(r.tokens) for r in ref[:2]]}
