@@ -74,7 +74,8 @@ def quantize(
         from compress.stages.quantize.lm.qat import quantize_lm_qat
 
         if (qat_source := qat_request(art, config)) is not None:  # quantization-aware INT4 (ONNX): trained first
-            return quantize_lm_qat(art, out, config, source=qat_source, force=force, progress=progress)
+            return quantize_lm_qat(art, out, config, source=qat_source, quantizer=import_string(ref), force=force,
+                                   progress=progress)
         return import_string(ref)(art, out, config, force=force)
     spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,15 +255,15 @@ def quantization_aware_int4(art: Artifact, config: QuantizeConfig, out: Path, so
     return trained, record
 
 
-def quantize_lm_qat(art: Artifact, out: Path, config: QuantizeConfig, *, source: Path, force: bool = False,
-                    progress: Progress | None = None) -> Artifact:
+def quantize_lm_qat(art: Artifact, out: Path, config: QuantizeConfig, *, source: Path, quantizer: Callable[..., Artifact],
+                    force: bool = False, progress: Progress | None = None) -> Artifact:
     """Quantization-aware INT4 of the FP32 ONNX causal-LM artifact ``art`` into a new artifact at ``out``: train
-    (:func:`quantization_aware_int4`), then :func:`.onnx.quantize_lm_onnx` on the trained weights, the run's
-    record in the step's ``qat`` metrics. ``source``: what :func:`check_request` returned."""
-    from compress.stages.quantize.lm.onnx import quantize_lm_onnx
+    (:func:`quantization_aware_int4`), then the format's generator quantizer ``quantizer`` (its ``FORMATS`` entry:
+    :func:`compress.stages.quantize.lm.onnx.quantize_lm_onnx`) on the trained weights, the run's record in the step's
+    ``qat`` metrics. ``source``: what :func:`check_request` returned."""
     from compress.stages.quantize.qad import finish
 
     trained, record = quantization_aware_int4(art, config, Path(out), source, progress)
-    result = quantize_lm_onnx(art, out, config, force=force, trained=trained, qat=record)
+    result = quantizer(art, out, config, force=force, trained=trained, qat=record)
     finish(Path(out))
     return result
