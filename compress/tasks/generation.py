@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -29,7 +31,7 @@ from compress.errors import ParityError, StageError
 from compress.tasks import StreamingMetric
 
 __all__ = ["DECODE_STEPS", "GENERATION_FILES", "KL_COLLAPSE", "LM_TRAVEL", "Generated", "GenerationPostprocess",
-           "GenerationStream", "KVCache", "collapse", "compare_generation", "continuation_agreement",
+           "GenerationStream", "KVCache", "collapse", "compare_generation", "continuation_agreement", "copy_travel",
            "generation_metrics", "generator_atol", "judge_continuations", "require_generation_parity",
            "require_no_collapse", "scored_positions"]
 
@@ -216,6 +218,14 @@ GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 #: ... and the checkpoint's ``config.json``: what a generator artifact carries, except the GenAI builder's ONNX (whose
 #: dimensions its genai_config.json states) and a fine-tuned checkpoint (which writes its own)
 LM_TRAVEL = (*GENERATION_FILES, "config.json")
+
+
+def copy_travel(source: Path, out: Path, names: tuple[str, ...] = LM_TRAVEL) -> None:
+    """Copy the travel files ``names`` that ``source`` holds (and ``out`` does not yet) from the folder ``source`` into
+    the folder ``out``."""
+    for name in names:
+        if (Path(source) / name).is_file() and not (Path(out) / name).exists():
+            shutil.copy2(Path(source) / name, Path(out) / name)
 
 
 # -- a greedy run, and the generator stages' judgements on it -----------------------------------------------------

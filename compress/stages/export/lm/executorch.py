@@ -30,7 +30,6 @@ and ``DECODE_STEPS`` greedy decode steps through the program's cache (the same t
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,8 +42,8 @@ from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
 from compress.tasks.generation import (
     DECODE_STEPS,
-    LM_TRAVEL,
     compare_generation,
+    copy_travel,
     generator_atol,
     require_generation_parity,
 )
@@ -300,8 +299,3 @@ def export_executorch_lm(source: Path | str, out: Path | str, config: ExportConf
              check["prefill_max_abs_diff"], DECODE_STEPS)
     return output.artifact
 
-
-def copy_travel(source: Path, out: Path) -> None:
-    for name in LM_TRAVEL:
-        if (source / name).is_file() and not (out / name).exists():
-            shutil.copy2(source / name, out / name)

@@ -39,7 +39,7 @@ from compress.artifact import Artifact, Format, Precision, check_output
 from compress.errors import ConfigError, ModelLoadError, ParityError, StageError, first_line
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
-from compress.tasks.generation import LM_TRAVEL
+from compress.tasks.generation import copy_travel
 from compress.teachers.gguf_checkpoint import is_gguf
 from compress.teachers.lm_config import is_causal_lm, postprocess_of
 
@@ -222,9 +222,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
             tempfile.TemporaryDirectory(prefix=".gguf-convert.", dir=o.dir.parent) as scratch:
         built = convert(source, Path(scratch) / "model.gguf", outtype=outtype, tree=tree)
         shutil.move(str(Path(scratch) / "model.gguf"), o.dir / "model.gguf")
-        for name in LM_TRAVEL:
-            if (source / name).is_file():
-                shutil.copy2(source / name, o.dir / name)
+        copy_travel(source, o.dir)
         inputs, outputs = tensors(int(cfg["vocab_size"]))
         post = gguf_postprocess(source, cfg)
         manifest = Manifest(
@@ -351,9 +349,7 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
     output = ADOPT_GGUF.output(out, config, force=force)
     with output.writing(need_bytes=source.stat().st_size + (1 << 20)) as o:
         shutil.copy2(source, o.dir / "model.gguf")
-        for name in LM_TRAVEL:
-            if (source.parent / name).is_file():
-                shutil.copy2(source.parent / name, o.dir / name)
+        copy_travel(source.parent, o.dir)
         manifest = Manifest(
             task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from compress.tasks.generation import (
     DECODE_STEPS,
     GENERATION_FILES,
     compare_generation,
+    copy_travel,
     generator_atol,
     require_generation_parity,
 )
@@ -238,9 +238,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
         built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code)
-        for name in GENERATION_FILES:  # config.json stays out: genai_config.json states the graph's dimensions
-            if (source / name).is_file() and not (o.dir / name).exists():
-                shutil.copy2(source / name, o.dir / name)
+        copy_travel(source, o.dir, GENERATION_FILES)  # not config.json: genai_config.json states the graph's shape
         inputs, outputs = graph_tensors(o.dir / "model.onnx")
         manifest = Manifest(
             task=Task.text_generation, format=Format.onnx, precision=Precision.fp32, model_file="model.onnx",

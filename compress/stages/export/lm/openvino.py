@@ -27,7 +27,6 @@ The result is checked against PyTorch before anything is written: the prompt's l
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
-from compress.tasks.generation import DECODE_STEPS, LM_TRAVEL, compare_generation, require_generation_parity
+from compress.tasks.generation import DECODE_STEPS, compare_generation, copy_travel, require_generation_parity
 from compress.teachers.lm_config import cache_of, from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
@@ -166,12 +165,6 @@ def ir_tensors(om):
         return TensorSpec(name=port.get_any_name(), dtype=dtype, shape=shape)
 
     return [spec(p) for p in om.inputs], [spec(p) for p in om.outputs]
-
-
-def copy_travel(source: Path, out: Path) -> None:
-    for name in LM_TRAVEL:
-        if (source / name).is_file() and not (out / name).exists():
-            shutil.copy2(source / name, out / name)
 
 
 def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,

@@ -33,7 +33,7 @@ from compress.errors import ConfigError
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm.common import GENERATOR_BLOCK, collapse_check
 from compress.stages.spec import StageSpec, pairs
-from compress.tasks.generation import require_no_collapse
+from compress.tasks.generation import copy_travel, require_no_collapse
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def quantize_lm_executorch(art: Artifact, out: Path | str, config: QuantizeConfi
     artifact at ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with
     ``strict``."""
     from compress._optional import require
-    from compress.stages.export.lm.executorch import copy_travel, load_lm, lower_lm, torchao_quantize
+    from compress.stages.export.lm.executorch import load_lm, lower_lm, torchao_quantize
     from compress.storage import tree_bytes
 
     require("torchao", "ExecuTorch INT4/INT8 of a causal LM")

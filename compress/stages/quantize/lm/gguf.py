@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from compress.artifact import Artifact, Format, Precision, child_manifest
@@ -31,7 +30,7 @@ from compress.errors import ConfigError, StageError
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm.common import collapse_check
 from compress.stages.spec import StageSpec, pairs
-from compress.tasks.generation import LM_TRAVEL, require_no_collapse
+from compress.tasks.generation import copy_travel, require_no_collapse
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +147,7 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
         if imatrix is None and config.calibration.data:
             imatrix, record = made_imatrix(art, config, o.dir.parent)
         llama_quantize(src, o.dir / "model.gguf", name, imatrix=imatrix)
-        for travel in LM_TRAVEL:
-            if (art.path / travel).is_file():
-                shutil.copy2(art.path / travel, o.dir / travel)
+        copy_travel(art.path, o.dir)
         manifest = child_manifest(art.manifest, precision=Precision(TYPES[name][1]), model_file="model.gguf")
         before, after = tree_bytes(art.path), tree_bytes(o.dir)
         step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,

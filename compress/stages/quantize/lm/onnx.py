@@ -28,7 +28,6 @@ with ``--strict`` (nothing written). The step records the size before and after 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from compress.stages.quantize.lm.matmul_nbits_graph import (
     shared_int8_gather,
     untie_embeddings,
 )
-from compress.tasks.generation import LM_TRAVEL, require_no_collapse
+from compress.tasks.generation import copy_travel, require_no_collapse
 
 log = logging.getLogger(__name__)
 
@@ -397,9 +396,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             model, made = quantize_with(model)
         onnx.save(model, str(o.dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                   location="model.onnx.data", size_threshold=1024)
-        for name in LM_TRAVEL:
-            if (art.path / name).is_file():
-                shutil.copy2(art.path / name, o.dir / name)
+        copy_travel(art.path, o.dir)
         manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file="model.onnx")
         before, after = tree_bytes(art.path), tree_bytes(o.dir)
         step = o.describe(manifest, input_digest=art.digest,

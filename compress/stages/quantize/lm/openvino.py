@@ -29,7 +29,6 @@ KL, and a collapse is a loud warning, or an error with ``--strict`` (nothing wri
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4
-from compress.tasks.generation import LM_TRAVEL, require_no_collapse
+from compress.tasks.generation import copy_travel, require_no_collapse
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +233,7 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
             record.update(algorithm="hqq", hqq_groups=hqq_groups(model, weights), zero_points="float16")
             del weights
         ov.save_model(model, str(o.dir / "model.xml"), compress_to_fp16=False)
-        for name in LM_TRAVEL:
-            if (art.path / name).is_file():
-                shutil.copy2(art.path / name, o.dir / name)
+        copy_travel(art.path, o.dir)
         made = weight_types(model)
         manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file="model.xml")
         before, after = tree_bytes(art.path), tree_bytes(o.dir)
