@@ -97,7 +97,8 @@ FORMATS: dict[str, FormatSpec] = {
     # llama.cpp's file: causal LMs only (its exporter refuses others); converted by llama.cpp's own
     # convert_hf_to_gguf.py, quantized by its quantizer (Q4_0, Q4_K_M, Q8_0), run by llama-cpp-python
     "gguf": FormatSpec(
-        "GGUF (llama.cpp)", "llamacpp", model_files=("model.gguf",), exporter="compress.stages.export.lm.gguf:export_gguf",
+        "GGUF (llama.cpp)", "llamacpp", model_files=("model.gguf",),
+        exporter="compress.stages.export.lm.gguf:export_gguf",
         adopt=True, generator_exporter="compress.stages.export.lm.gguf:export_gguf",
         generator_quantizer="compress.stages.quantize.lm.gguf:quantize_gguf",
     ),

@@ -15,8 +15,8 @@ ONNX Runtime's CPU GroupQueryAttention takes head sizes that are multiples of 16
 input (the ORT backend makes it from the attention mask). The step records which.
 
 The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within
-``--atol``; :data:`compress.tasks.generation.GENERATOR_ATOL` where it is left at its default) and ``DECODE_STEPS`` greedy decode steps through
-the cache (the same tokens). Batch 1.
+``--atol``; :data:`compress.tasks.generation.GENERATOR_ATOL` where it is left at its default) and ``DECODE_STEPS``
+greedy decode steps through the cache (the same tokens). Batch 1.
 """
 
 from __future__ import annotations

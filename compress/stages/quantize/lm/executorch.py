@@ -18,7 +18,7 @@ default; 4: groups; 32: float), which ExecuTorch's quant fusion turns into ``qua
 zero point.
 
 After quantizing, greedy continuations of a few prompts through the new program and the FP32 one are compared, as
-every generator quantizer does (:func:`compress.stages.quantize.lm.onnx.collapse_check`); a collapse is a loud
+every generator quantizer does (:func:`compress.stages.quantize.lm.common.collapse_check`); a collapse is a loud
 warning, an error with ``--strict`` (nothing written). Batch 1.
 """
 

@@ -11,13 +11,13 @@ What is quantized, and how:
 - the LM head (the MatMul that makes ``logits``) at ``int4.lm_head_bits`` (8 by default), round to nearest;
 - the token embedding table at ``int4.embeddings_bits`` (8 by default: int8 rows in blocks with a float scale each,
   read by standard Gather/Cast/Mul; 4: ONNX Runtime's GatherBlockQuantized, rewritten to standard operators by
-  :mod:`.int4_gather`; 32: float). The builder ties the embedding to the LM head (a Gather of the transposed head
+  :mod:`compress.stages.quantize.int4_gather`; 32: float). The builder ties the embedding to the LM head (a Gather of the transposed head
   weight); it is untied first, so each gets its own precision.
 
 Every MatMulNBits gets accuracy level :data:`ACCURACY_LEVEL` (int8 activations in the CPU kernel: the fast one).
-Generators default to blocks of 32 (:data:`compress.stages.quantize.lm.common.GENERATOR_BLOCK`), as llama.cpp's Q4_0: on stories260K over the TinyStories
-sample (windows of 256) RTN with blocks of 128 loses more perplexity than with 32 (docs/generators.md has the
-figures); ``--block-size`` overrides it.
+Generators default to blocks of 32 (:data:`compress.stages.quantize.lm.common.GENERATOR_BLOCK`), as llama.cpp's
+Q4_0: on stories260K over the TinyStories sample (windows of 256) RTN with blocks of 128 loses more perplexity than
+with 32 (docs/generators.md has the figures); ``--block-size`` overrides it.
 
 After quantizing, greedy continuations of a few prompts through the quantized artifact (the ORT backend's prefill /
 step) are compared with the FP32 input's: the share of tokens equal before the first divergence, the prompt logits'

@@ -5,7 +5,7 @@ What is quantized, and how:
 
 - ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_ASYM with HQQ's
   values by default (INT4_SYM for ``rtn``, INT4_ASYM with ``--asymmetric``) in groups of ``int4.block_size`` weights
-  (generators default to 32, as the ONNX route: :func:`compress.stages.quantize.lm.onnx.resolve_int4`), ratio 1.0; a
+  (generators default to 32, as the ONNX route: :func:`compress.stages.quantize.lm.common.resolve_int4`), ratio 1.0; a
   layer whose input width the group does not divide takes the largest group of at least :data:`MIN_GROUP` that does (NNCF's ADJUST fallback), else INT8_ASYM
   (ONNX Runtime pads the last block instead); ``--precision int8``: every weight INT8_ASYM per output channel.
 - the token embedding table and the LM head (the last MatMul): NNCF's backup mode, INT8_ASYM per channel, which is

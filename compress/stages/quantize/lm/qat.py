@@ -255,8 +255,9 @@ def quantization_aware_int4(art: Artifact, config: QuantizeConfig, out: Path, so
     return trained, record
 
 
-def quantize_lm_qat(art: Artifact, out: Path, config: QuantizeConfig, *, source: Path, quantizer: Callable[..., Artifact],
-                    force: bool = False, progress: Progress | None = None) -> Artifact:
+def quantize_lm_qat(art: Artifact, out: Path, config: QuantizeConfig, *, source: Path,
+                    quantizer: Callable[..., Artifact], force: bool = False,
+                    progress: Progress | None = None) -> Artifact:
     """Quantization-aware INT4 of the FP32 ONNX causal-LM artifact ``art`` into a new artifact at ``out``: train
     (:func:`quantization_aware_int4`), then the format's generator quantizer ``quantizer`` (its ``FORMATS`` entry:
     :func:`compress.stages.quantize.lm.onnx.quantize_lm_onnx`) on the trained weights, the run's record in the step's
