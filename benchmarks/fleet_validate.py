@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate_on_devices
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate_on_devices
     from tests.builders.sshd import make_netns, running_sshd
 
     teacher = CNNS / "mobilenet_v2" / "model.pt2"

@@ -95,7 +95,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     """
     from compress.artifact import check_output
     from compress.reports.render import render_report, write_report
-    from compress.validation.local import ValidateConfig, validate_on_devices
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate_on_devices
 
     config = build_config(
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,

@@ -115,7 +115,8 @@ def _capture_predictions(monkeypatch) -> list[np.ndarray]:
 
 
 def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data_tsv, profile, home, monkeypatch):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     seen = _capture_predictions(monkeypatch)
     base = {"profile": str(profile), "data": str(data_tsv), "teacher": str(bert_classifier)}
@@ -150,7 +151,8 @@ def test_a_token_classifier_remote_equals_local(sshd, ner_teacher, profile, home
     from compress.stages.export import export
     from compress.tasks.entities import tags_of
     from compress.teachers.load import load_teacher
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     scores = TorchBackend.from_teacher(load_teacher(ner_teacher)).predict_text(NER_SENTENCES)
     tags = tags_of(scores, NER_TAGS, [len(s) for s in NER_SENTENCES])
@@ -176,7 +178,8 @@ def test_a_detector_remote_equals_local(sshd, profile, home, tmp_path, monkeypat
     import json
 
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
     from tests.tasks.test_detection import _detector, _images, _own_boxes
 
     images = _images(tmp_path, 6)
@@ -218,7 +221,8 @@ def test_profile_identify_is_checked_against_the_device(sshd, int8_artifact, wor
     """A profile naming another board (same arch) still measures, with a warning in the report."""
     import platform
 
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     parent = yaml.safe_load(profile.read_text())["extends"]
     cfg = {"baseline": False, "cold_start": False, "remote": sshd.spec, "remote_python": sys.executable,
@@ -369,7 +373,8 @@ def test_interrupted_transfer_is_detected_on_the_device(sshd, int8_artifact, pro
 
 
 def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     def corrupt(target, workdir):
         with open(Path(workdir) / "inputs.npz", "ab") as f:
@@ -384,7 +389,8 @@ def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, pro
 
 
 def test_ctrl_c_still_cleans_up(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     def interrupt(target, workdir):
         assert Path(workdir).is_dir()
@@ -487,7 +493,8 @@ def test_remote_run_of_an_image_model_matches_local(sshd, work, profile, home):
     pytest.importorskip("PIL")
     pytest.importorskip("onnxscript")
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
     from tests.builders.images import write_image_set, write_program_teacher
 
     teacher = write_program_teacher(work / "img-teacher")
@@ -508,7 +515,8 @@ def test_remote_run_of_an_adopted_array_model_matches_local(sshd, work, profile,
     """An ONNX file made elsewhere, fed arrays: the controller stacks the samples, the device runs them, and the
     per-output fidelity against the file is computed here from the device's outputs."""
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
     from tests.builders.model_files import TwoInputs, torch_onnx_export
 
     torch = pytest.importorskip("torch")
