@@ -556,7 +556,8 @@ def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
     anomalous_latency(noisy, mixed)
     assert verdict_of(mixed) == "fail"
     assert {v: c for v, (c, _) in VERDICTS.items()} == {"pass": 0, "fail": 1, "anomalous": 5, "unverified": 4,
-                                                         "infeasible": 6}
+                                                         "infeasible": 6, "incomplete": 7, "improved": 0,
+                                                         "inconclusive": 0, "regressed": 1, "not comparable": 3}
 
 
 def test_cli_ends_an_anomalous_verdict_with_exit_code_5_in_one_line():
