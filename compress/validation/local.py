@@ -11,6 +11,9 @@ What is measured (and how):
   run count and duration; nearest-rank percentiles with run count and coefficient of variation;
 - model size on disk, and a fresh process that loads the artifact and runs one inference:
   import, session creation and first-inference times, and its peak resident memory.
+
+:func:`validate` measures here or on one device (``--remote user@host``); :func:`validate_fleet` on several devices
+at once (:mod:`compress.validation.fleet`), a report per device and the worst verdict.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compress import __version__
 from compress.artifact import Artifact, Format
@@ -51,6 +54,9 @@ from compress.validation.estimated import (
 from compress.validation.metrics import prediction_metrics
 from compress.validation.teacher_outputs import predict_all
 
+if TYPE_CHECKING:
+    from compress.validation.fleet import FleetReport
+
 log = logging.getLogger(__name__)
 
 
@@ -78,18 +84,40 @@ def validate(
     *,
     progress: Progress | None = None,
 ) -> ValidationReport:
-    """Measure ``artifact`` on ``config.profile`` and judge it. Raises only for bad input.
+    """Measure ``artifact`` on ``config.profile`` (here, or on the one device ``config.remote`` names) and judge it.
+    Raises only for bad input; a ``config.remote`` naming several devices is refused (:func:`validate_fleet`).
 
     ``progress`` receives :mod:`compress.progress` events, one phase after another (evaluating, timing, cold
     start, ...): counted by rows, or by the ``fraction`` reached; the CLI draws bars, library users can ignore it.
     """
+    return _validate(artifact, config or ValidateConfig(), progress, fleet=False)
+
+
+def validate_fleet(
+    artifact: Artifact | Path | str,
+    config: ValidateConfig,
+    *,
+    progress: Progress | None = None,
+) -> FleetReport:
+    """Measure ``artifact`` on every device ``config.remote`` names (a comma list of ``user@host[:port]`` and fleet
+    files; one device is a fleet of one) at once over SSH and judge each against its own profile: a
+    :class:`~compress.validation.fleet.FleetReport`, a row per device and the worst verdict (what
+    ``edgecompress validate`` calls when ``--remote`` names several devices). ``progress`` as :func:`validate`'s."""
+    if not config.remote:
+        raise ConfigError("validate_fleet measures on the devices config.remote names, and it names none",
+                          hint="name them (remote='pi@board1,pi@board2', or a fleet YAML file), or call validate()")
+    return _validate(artifact, config, progress, fleet=True)
+
+
+def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress: Progress | None, *, fleet: bool):
+    """:func:`validate`, or with ``fleet`` :func:`validate_fleet`: the same checks and preparation, then the
+    measurement here, on one device or on the fleet."""
     from compress.cache import usage as cache_usage
     from compress.profiles.load import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
     from compress.runtimes.host import runtime_for
 
     t_start = time.perf_counter()
-    config = config or ValidateConfig()
     profile = load_profile(config.profile)
     from compress.validation.user_metric import load_metric
 
@@ -110,7 +138,7 @@ def validate(
                               "are read here)", hint="validate on the host, or run validate on the device itself")
         from compress.validation.fleet import remote_of
 
-        remote = remote_of(config, profile, art)
+        remote = remote_of(config, profile, art, fleet=fleet)
     # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
     settings = RuntimeSettings(
         threads=profile.runtime.threads or profile.hardware.cores,
@@ -246,16 +274,6 @@ def _latency(backend, run: ValidationRun, runtime_name: str, metrics: dict[str, 
     if baseline_backend is not None:
         baseline_backend.close()
     return stats, None, batch
-
-
-def validate_on_devices(artifact, config, *, progress=None):
-    """:func:`validate` that also measures on several devices: with ``config.remote`` a comma list or a fleet file it
-    returns a :class:`compress.validation.fleet.FleetReport` (what ``edgecompress validate`` calls); plain
-    ``validate`` refuses several devices, since its callers (a recipe's step, a search) read one device's report."""
-    from compress.validation.fleet import accepting_fleets
-
-    with accepting_fleets():
-        return validate(artifact, config, progress=progress)
 
 
 def _plain_feeds(batch) -> dict[str, Any] | None:

@@ -143,7 +143,7 @@ def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home,
     import signal
 
     from compress.validation.config import ValidateConfig
-    from compress.validation.local import validate_on_devices
+    from compress.validation.local import validate_fleet
 
     barrier = threading.Barrier(2, timeout=60)
 
@@ -160,7 +160,7 @@ def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home,
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            validate_on_devices(int8_artifact, cfg)
+            validate_fleet(int8_artifact, cfg)
     finally:
         signal.signal(signal.SIGINT, old)
     assert devices[0].leftovers() == [] and devices[1].leftovers() == []
@@ -216,7 +216,7 @@ def test_plain_validate_refuses_several_devices(int8_artifact, fleet_profile, ho
     from compress.validation.config import ValidateConfig
     from compress.validation.local import validate
 
-    with pytest.raises(ConfigError, match="names several devices.*validate_on_devices"):
+    with pytest.raises(ConfigError, match="names several devices.*validate_fleet"):
         validate(int8_artifact, ValidateConfig.from_flat(profile=str(fleet_profile), remote="pi@board1,pi@board2"))
 
 
