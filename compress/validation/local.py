@@ -51,8 +51,7 @@ from compress.validation.estimated import (
     note_device,
     validate_unrunnable,
 )
-from compress.validation.metrics import prediction_metrics
-from compress.validation.teacher_outputs import predict_all
+from compress.validation.metrics import Scores
 
 if TYPE_CHECKING:
     from compress.validation.fleet import FleetReport
@@ -319,19 +318,24 @@ def _environment(backend, cache: dict[str, Any]) -> dict[str, Any]:
 
 
 def _accuracy(backend, run: ValidationRun, settings, cache_use: dict[str, Any]) -> dict[str, Any]:
-    """The artifact's outputs on the eval rows against the teacher's (from the cache when this teacher already ran
-    on these rows): the task metric (or the user's), agreement, retention, and every output's fidelity."""
-    from compress.validation.teacher_outputs import other_outputs_fidelity, teacher_outputs
+    """The artifact's outputs on the eval rows scored batch by batch as they come (:class:`Scores`, through the
+    task's streaming form) against the teacher's (from the cache when this teacher already ran on these rows): the
+    task metric (or the user's), agreement, retention, and every output's fidelity."""
+    from compress.validation.teacher_outputs import other_outputs_fidelity, predict_batches, teacher_outputs
 
     m = backend.artifact.manifest
     teacher, dataset, bs = run.teacher, run.dataset, scoring_batch(m, run.profile.measure)
-    cand = predict_all(backend, dataset, bs, start_phase(run.progress, "evaluating the artifact", len(dataset)))
     ref = None
     if teacher is not None:
         ref, cache_use["teacher_outputs"] = teacher_outputs(
             teacher, dataset, batch_size=run.profile.measure.eval_batch_size, threads=settings.threads,
             use_cache=run.config.cache, progress=run.progress)
-    metrics = {**prediction_metrics(m, cand, ref, dataset.labels, run.user_metric), "eval_batch_size": bs}
+    scores, done = Scores(m, run.user_metric), 0
+    for cand, labels in predict_batches(backend, dataset, bs,
+                                        start_phase(run.progress, "evaluating the artifact", len(dataset))):
+        scores.update(cand, labels, None if ref is None else ref[done:done + len(cand)])
+        done += len(cand)
+    metrics = {**scores.result(), "eval_batch_size": bs}
     if len(m.outputs) > 1 and teacher is not None and "output_fidelity" in metrics:
         metrics["output_fidelity"].update(other_outputs_fidelity(backend, run, settings))
     return metrics

@@ -98,19 +98,24 @@ def remote_args(sshd: Loopback, *, config: Path | None = None, python: str | Non
 
 
 def _capture_predictions(monkeypatch) -> list[np.ndarray]:
-    """Record the artifact outputs both paths hand to the shared metric code."""
-    import compress.validation.local as v
-    import compress.validation.metrics
+    """Record the artifact outputs both paths hand to the shared metric code (batch by batch: one array per run)."""
+    from compress.device.shipped import concatenate_rows
+    from compress.validation.metrics import Scores
 
     seen: list[np.ndarray] = []
-    real = compress.validation.metrics.prediction_metrics
+    batches: dict[int, list[np.ndarray]] = {}
+    update, result = Scores.update, Scores.result
 
-    def spy(m, cand, ref, labels, user_metric=None):
-        seen.append(np.array(cand))
-        return real(m, cand, ref, labels, user_metric)
+    def spy_update(self, cand, labels=None, ref=None):
+        batches.setdefault(id(self), []).append(np.array(cand))
+        return update(self, cand, labels, ref)
 
-    monkeypatch.setattr(v, "prediction_metrics", spy)  # local validation's reference
-    monkeypatch.setattr(compress.validation.metrics, "prediction_metrics", spy)  # what remote validation imports
+    def spy_result(self):
+        seen.append(concatenate_rows(batches.pop(id(self))))
+        return result(self)
+
+    monkeypatch.setattr(Scores, "update", spy_update)  # local validation and remote validation score through it
+    monkeypatch.setattr(Scores, "result", spy_result)
     return seen
 
 
