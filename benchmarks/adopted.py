@@ -241,7 +241,8 @@ def run_model(name: str, file: Path, work: Path, data: Path, calibration: Path, 
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig, QuantMode
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     base = work / "artifacts" / name
     fp32 = cached_step(f"{name} adopted", base / "fp32", lambda: export(file, base / "fp32"))

@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate_on_devices
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate_fleet
     from tests.builders.sshd import make_netns, running_sshd
 
     teacher = CNNS / "mobilenet_v2" / "model.pt2"
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
                                            remote=str(fleets[size]))
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
-            rep = validate_on_devices(art, cfg)
+            rep = validate_fleet(art, cfg)
             wall = time.perf_counter() - t0
             row = {"devices": int(size), "wall_s": round(wall, 2), "verdict": rep.verdict,
                    "phases_s": rep.phases_s, "load_average_1min_before": round(load, 1),

@@ -75,7 +75,8 @@ def profile_yaml(work: Path, name: str, options: dict, batch: int, provider: str
 
 
 def validate_variant(teacher: Path, dev: Path, work: Path, name: str, options: dict, batch: int, args) -> dict:
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     provider = "cpu" if args.smoke else "cuda"
     prof = profile_yaml(work, name, options, batch, provider, args.smoke)

@@ -73,7 +73,8 @@ def checkpoint(work: Path, name: str, small: bool) -> Path:
 def generation_row(ckpt: Path, work: Path, variant: str, options: dict, prompt: int, device: str) -> dict:
     import yaml
 
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     doc = {"name": f"torch-{device}-{variant.replace('+', '-')}", "extends": "nvidia-h100",
            "runtime": {"name": "torch", "provider": device, "options": options, "threads": os.cpu_count()},

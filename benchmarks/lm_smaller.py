@@ -285,7 +285,8 @@ def int4_stage(a, texts, onnx: str, qat: bool) -> dict[str, Any]:
 def validate_stage(a, texts, artifact: str, teacher: str, phone: Path) -> dict[str, Any]:
     """Quality against ``teacher`` on the held-out text, timings on this host, the phone's speed estimated."""
     from compress.artifact import load_artifact
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     cfg = ValidateConfig.from_flat(profile=str(phone), data=texts["eval"], teacher=teacher, limit=a.limit,
                                    prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, window=a.window,

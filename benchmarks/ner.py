@@ -189,7 +189,8 @@ def pytorch_baseline_profile(work: Path) -> Path:
 
 
 def row(name: str, split: str, art: Path, teacher: Path, profile: Path) -> dict:
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     report = validate(art, ValidateConfig.from_flat(data=str(DATA / f"{split}.txt"), teacher=str(teacher), baseline=True,
                                           cold_start=False, profile=str(profile)))

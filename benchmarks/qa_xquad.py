@@ -83,7 +83,8 @@ def profile(work: Path) -> Path:
 
 
 def row(name: str, art: Path, teacher: Path, data: Path, prof: Path) -> dict:
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     t0 = time.perf_counter()
     report = validate(art, ValidateConfig.from_flat(data=str(data), teacher=str(teacher), baseline=True,

@@ -55,7 +55,8 @@ def artifact_of(result, name: str) -> Path:
 
 def validate_to(art: Path, profile: str, out: Path, dev: str, teacher: str) -> Path:
     from compress.reports.render import write_report
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     report = validate(art, ValidateConfig(profile=profile, data=dev, teacher=teacher))
     write_report(report, out, force=True)

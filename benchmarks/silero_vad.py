@@ -89,7 +89,8 @@ def stateless(art, values: np.ndarray) -> np.ndarray:
 
 
 def judged(art, data: Path, baseline: bool = True) -> dict:
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     cfg = ValidateConfig.model_validate({"data": str(data), "profile": "host",
                                          "measure": {"cold_start": False, "baseline": baseline}})

@@ -492,7 +492,8 @@ def artifacts(files: TaskFiles, work: Path) -> dict[str, Path]:
 
 def _row(files: TaskFiles, which: str, art: Path, revalidate: bool) -> dict:
     """Validate ``art`` on ``host`` with the eval npz (the FP32 file is the teacher; INT8 also times it alongside)."""
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     cached = art.parent / f"row-{which}.json"
     if cached.is_file() and not revalidate:

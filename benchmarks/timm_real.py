@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
     from compress.teachers.load import load_teacher
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     photos = REAL / "photos"
     teacher = timm_dir(args.work / "efficientnet_lite0")

@@ -23,7 +23,7 @@ _LAZY = {
     "quantize": ("compress.stages.quantize", "quantize"),
     "QuantizeConfig": ("compress.stages.quantize.config", "QuantizeConfig"),
     "validate": ("compress.validation.local", "validate"),
-    "ValidateConfig": ("compress.validation.local", "ValidateConfig"),
+    "ValidateConfig": ("compress.validation.config", "ValidateConfig"),
     "load_artifact": ("compress.artifact", "load_artifact"),
     "Artifact": ("compress.artifact", "Artifact"),
     "load_profile": ("compress.profiles.load", "load_profile"),

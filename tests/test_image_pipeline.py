@@ -270,7 +270,8 @@ def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, image
 # --- validate ------------------------------------------------------------------------------------------------
 
 def test_validate_reports_top1_top5_and_the_image_shape(onnx_images, images_dir, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     rep = validate(onnx_images["program"], ValidateConfig.from_flat(profile="host", data=str(images_dir / "set"),
                                                           cold_start=False))

@@ -180,7 +180,7 @@ def test_the_layers_are_read_from_the_docs():
 def test_the_walker_sees_function_level_imports():
     g = import_graph()
     assert "compress.validation.common" in g["compress.validation.remote"]  # imported inside a function
-    assert "compress.profiles.budgets" in g["compress.validation.local"]
+    assert "compress.profiles.budgets" in g["compress.validation.estimated"]
 
 
 def test_no_import_points_up_the_layers():

@@ -95,7 +95,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     """
     from compress.artifact import check_output
     from compress.reports.render import render_report, write_report
-    from compress.validation.local import ValidateConfig, validate_on_devices
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate, validate_fleet
 
     config = build_config(
         ValidateConfig, profile=profile, data=str(data) if data else None, teacher=str(teacher) if teacher else None,
@@ -106,7 +107,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         ssh_config=str(ssh_config) if ssh_config else None, prompts=str(prompts) if prompts else None,
         prompt_tokens=prompt_tokens, new_tokens=new_tokens, window=window,
     )
-    from compress.validation.fleet import FleetReport, is_fleet
+    from compress.validation.fleet import is_fleet
 
     fleet = is_fleet(config.remote)
     if report_dir is None:
@@ -119,8 +120,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     require_input(artifact, "model")
     require_input(teacher, "model")
     with _Progress() as progress:
-        report = validate_on_devices(artifact, config, progress=progress)
-    if isinstance(report, FleetReport):
+        report = (validate_fleet if fleet else validate)(artifact, config, progress=progress)
+    if fleet:
         return _end_fleet(report, report_dir, force, unverified_exit_code)
     render_report(report, console())
     if report.environment.get("remote"):

@@ -2,8 +2,9 @@
 
 A budget is PASS, FAIL, ANOMALOUS (measured, but the timing spread is too wide to tell pass from fail) or UNVERIFIED
 (not measured, only estimated, or timed on an emulated device: never a pass). Validation (local and remote) and
-packaging judge with these; a search that finds nothing meeting its budgets ends INFEASIBLE. Every verdict, its meaning and its exit code:
-:data:`VERDICTS` (the README's exit-code table lists the same).
+packaging judge with these; a search that finds nothing meeting its budgets ends INFEASIBLE, a validation on several
+devices one of which did not answer INCOMPLETE, the gate REGRESSED, NOT COMPARABLE, INCONCLUSIVE or IMPROVED. Every
+verdict, its meaning and its exit code: :data:`VERDICTS` (the README's exit-code table lists the same).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, model_validator
 
-from compress.errors import Anomalous, BudgetFailed, Infeasible, Unverified
+from compress.errors import Anomalous, BudgetFailed, Incomplete, Infeasible, NotComparable, Regressed, Unverified
 from compress.host.measure import LatencyStats
 
 MB = 1024 * 1024
@@ -32,7 +33,8 @@ class BudgetStatus(StrEnum):
     unverified = "unverified"  # judged from an estimate, not a measurement on the device: never a pass
 
 
-#: verdict -> (exit code, meaning): the one table of them (each code is its error class's, compress.errors)
+#: verdict -> (exit code, meaning): the one table of every verdict a command ends with (validate's, a fleet's,
+#: a search's, the gate's; each code is its error class's, compress.errors), where every exit code of one is read
 VERDICTS: dict[str, tuple[int, str]] = {
     "pass": (0, "every budget was measured and holds"),
     "fail": (BudgetFailed.exit_code, "a budget was measured and missed (or the gate found a regression)"),
@@ -44,6 +46,13 @@ VERDICTS: dict[str, tuple[int, str]] = {
                    "no budget failed, but some were not measured (estimates, or measurements switched off); "
                    "--unverified-exit-code changes the code"),
     "infeasible": (Infeasible.exit_code, "a search measured candidates and none meets every budget"),
+    "incomplete": (Incomplete.exit_code, "validate on several devices: a device did not answer or failed there, and "
+                   "none of the others failed (their verdicts are in the report)"),
+    # the gate's (a new report against a baseline's)
+    "improved": (0, "the gate found a metric better than the baseline's beyond noise, and none worse"),
+    "inconclusive": (0, "the gate saw a large change that its test cannot tell from noise, and none worse"),
+    "regressed": (Regressed.exit_code, "the gate found a metric worse than the baseline's beyond noise"),
+    "not comparable": (NotComparable.exit_code, "the gate's two reports were measured under different conditions"),
 }
 
 

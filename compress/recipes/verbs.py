@@ -155,7 +155,7 @@ VERBS: dict[str, Verb] = {
         run="compress.recipes.steps:run_finetune", trains=True, data=_TRAINING_DATA, needs={"train": "training data"},
         seconds=30, train_steps=_finetune_steps, step_name="teacher"),
     "validate": Verb(
-        config="compress.validation.local:ValidateConfig", command="compress.cli.validate:validate_cmd",
+        config="compress.validation.config:ValidateConfig", command="compress.cli.validate:validate_cmd",
         run="compress.recipes.steps:run_validate", paths=("data", "teacher", "ssh_config", "generation.prompts"), measures=True,
         section="validate_", defaults={"data": ("eval",), "teacher": (TEACHER,)}, stamped=True, seconds=90),
     "package": Verb(

@@ -256,7 +256,8 @@ def _dir_mb(d: Path) -> float:
 def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     """The chosen artifact validated on the held-out data, on the same profile."""
     from compress.reports.render import write_report
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     out = s.dir / "holdout"
     report_json = out / "report" / "report.json"

@@ -285,7 +285,8 @@ class GeneratorSearch:
     def validate(self, art, data: str, *, runtime: str, timing: bool = True, teacher: str | None = None):
         """Validate ``art`` on the profile with ``data`` text, as ``edgecompress validate`` does a generator, against
         ``teacher`` (default: the search's)."""
-        from compress.validation.local import ValidateConfig, validate
+        from compress.validation.config import ValidateConfig
+        from compress.validation.local import validate
 
         g = self.config.generation
         names = set(self.budgets)

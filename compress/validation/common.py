@@ -45,7 +45,7 @@ class ValidationRun:
 
     art: Artifact
     profile: DeviceProfile  # its runtime resolved for the artifact's format
-    config: Any  # compress.validation.local.ValidateConfig (local imports this module)
+    config: Any  # compress.validation.config.ValidateConfig
     settings: RuntimeSettings
     dataset: Any | None  # the eval rows (compress.data.inputs), None without --data
     teacher: Any | None  # the loaded teacher, None when it is not on this machine

@@ -27,7 +27,6 @@ import dataclasses
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,8 +55,6 @@ MAX_PARALLEL = 32  # devices measured at once (each is a thread waiting on ssh)
 #: a device's status, worst first; the overall verdict is the worst device's (unreachable/error -> incomplete)
 ORDER = ("fail", "error", "unreachable", "anomalous", "unverified", "pass")
 LOST = ("unreachable", "error")
-# set by local.validate_on_devices: plain validate() (a recipe's step, a search) returns one device's ValidationReport
-_ACCEPT_FLEET: ContextVar[bool] = ContextVar("edgecompress_accept_fleet", default=False)
 
 
 # -- the fleet ------------------------------------------------------------------------------------------------
@@ -115,32 +112,26 @@ class Fleet:
     source: str  # what named them: the --remote list, or the fleet file
 
 
-def accepting_fleets():
-    """A context in which :func:`fleet_of` takes several devices (:func:`compress.validation.local.validate_on_devices`)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def scope():
-        token = _ACCEPT_FLEET.set(True)
-        try:
-            yield
-        finally:
-            _ACCEPT_FLEET.reset(token)
-
-    return scope()
-
-
-def remote_of(config, profile, art):
-    """What ``config.remote`` names, checked before any work: one device's
-    :class:`compress.validation.ssh.RemoteTarget`, or a :class:`Fleet` of several (a comma list, a fleet file)."""
-    return fleet_of(config, profile, art) if is_fleet(config.remote) else remote_target(config, profile, art)
+def remote_of(config, profile, art, *, fleet: bool):
+    """What ``config.remote`` names, checked before any work: a :class:`Fleet` of the devices it names (``fleet``:
+    :func:`compress.validation.local.validate_fleet`, one device included), else one device's
+    :class:`compress.validation.ssh.RemoteTarget` (:func:`compress.validation.local.validate`, which refuses several:
+    its callers, a recipe's step and a search, read one device's report)."""
+    if fleet:
+        return fleet_of(config, profile, art)
+    if is_fleet(config.remote):
+        raise ConfigError(f"remote {config.remote!r} names several devices; this validation (a recipe's step, "
+                          "validate()) measures on one",
+                          hint="use `edgecompress validate --remote ...` (or compress.validation.local."
+                          "validate_fleet) for several devices, or name one user@host[:port]")
+    return remote_target(config, profile, art)
 
 
 def measure_remote(target, run: ValidationRun):
     """Measure ``run`` on ``target`` (:func:`remote_of`'s): one device's report, or a :class:`FleetReport`."""
     from compress.validation.remote import validate_remote
 
-    return validate_fleet(target, run) if isinstance(target, Fleet) else validate_remote(target, run)
+    return measure_fleet(target, run) if isinstance(target, Fleet) else validate_remote(target, run)
 
 
 def is_fleet(remote: str | None) -> bool:
@@ -199,11 +190,6 @@ def fleet_of(config, default_profile, art) -> Fleet:
     from compress.profiles.load import load_profile
     from compress.runtimes.host import runtime_for
 
-    if not _ACCEPT_FLEET.get():
-        raise ConfigError(f"remote {config.remote!r} names several devices; this validation (a recipe's step, "
-                          "validate()) measures on one",
-                          hint="use `edgecompress validate --remote ...` (or compress.validation.local."
-                          "validate_on_devices) for several devices, or name one user@host[:port]")
     python, ssh_config = ssh_setup(config)
     devices: list[FleetDevice] = []
     seen: dict[tuple[str, int | None], str] = {}
@@ -334,7 +320,7 @@ def _bad_input(errors: dict[str, EdgeCompressError], devices: dict[str, FleetDev
     return err
 
 
-def validate_fleet(fleet: Fleet, run: ValidationRun) -> FleetReport:
+def measure_fleet(fleet: Fleet, run: ValidationRun) -> FleetReport:
     """Measure ``run.art`` on every device of ``fleet`` at once and judge each against its profile (module doc)."""
     import tempfile
 

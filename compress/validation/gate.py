@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compress.errors import ConfigError, DataError
 
-VERDICTS = ("pass", "improved", "inconclusive", "regressed", "not comparable")
-#: exit codes of `edgecompress gate`: 0 pass/improved/inconclusive, 1 regressed, 3 not comparable (2: bad input)
-EXIT_CODES = {"pass": 0, "improved": 0, "inconclusive": 0, "regressed": 1, "not comparable": 3}
+#: the verdicts of `edgecompress gate`; their exit codes (0 pass/improved/inconclusive, 1 regressed, 3 not comparable;
+#: 2: bad input) are read from :data:`compress.profiles.budgets.VERDICTS`
+GATE_VERDICTS = ("pass", "improved", "inconclusive", "regressed", "not comparable")
 
 
 @dataclass
@@ -78,7 +78,9 @@ class GateResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.verdict]
+        from compress.profiles.budgets import VERDICTS
+
+        return VERDICTS[self.verdict][0]
 
     def as_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "new": self.new, "baseline": self.baseline,

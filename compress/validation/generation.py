@@ -113,10 +113,12 @@ def speed_figures(timed: dict[str, dict[str, Any]], prompt_tokens: int) -> dict[
 
 def quality(backend, teacher, windows: np.ndarray | None, post, progress: Progress | None = None) -> dict[str, Any]:
     """Perplexity of the artifact on ``windows`` and, with a ``teacher``, KL and top-1 agreement against it (the
-    teacher's logits of a batch of windows, then the artifact's of the same windows: one counted phase)."""
-    from compress.tasks.generation import GenerationStream
+    teacher's logits of a batch of windows, then the artifact's of the same windows: one counted phase), through the
+    task's streaming form (:meth:`compress.tasks.TaskInfo.stream`)."""
+    from compress.tasks import TASKS
 
-    stream = GenerationStream(post)
+    m = backend.artifact.manifest
+    stream = TASKS[m.task].stream(m.model_copy(update={"postprocess": post}))
     who = "artifact and teacher logits" if teacher is not None else "artifact logits"
     tick = start_phase(progress, f"perplexity windows of {windows.shape[1]} tokens ({who})", len(windows))
     ours = window_logits(backend, windows)

@@ -11,6 +11,9 @@ What is measured (and how):
   run count and duration; nearest-rank percentiles with run count and coefficient of variation;
 - model size on disk, and a fresh process that loads the artifact and runs one inference:
   import, session creation and first-inference times, and its peak resident memory.
+
+:func:`validate` measures here or on one device (``--remote user@host``); :func:`validate_fleet` on several devices
+at once (:mod:`compress.validation.fleet`), a report per device and the worst verdict.
 """
 
 from __future__ import annotations
@@ -20,21 +23,16 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import Field
+from typing import TYPE_CHECKING, Any
 
 from compress import __version__
 from compress.artifact import Artifact, Format
 from compress.device.facts import cpu_model
 from compress.errors import ConfigError, MissingBackendError
 from compress.host.measure import ForwardPass, probe_cold_start
-from compress.profiles.budgets import ESTIMATED_BUDGETS, BudgetStatus, judge, verdict_of
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
-from compress.settings import Section, Settings
 from compress.tasks import TASKS
 from compress.validation.common import (
     ValidationReport,
@@ -44,87 +42,21 @@ from compress.validation.common import (
     latency_texts,
     scoring_batch,
 )
-from compress.validation.estimated import estimate_latency
-from compress.validation.metrics import prediction_metrics
-from compress.validation.teacher_outputs import predict_all
+from compress.validation.config import ValidateConfig
+from compress.validation.estimated import (
+    device_check,
+    estimate_latency,
+    host_settings,
+    mark_estimated,
+    note_device,
+    validate_unrunnable,
+)
+from compress.validation.metrics import Scores
+
+if TYPE_CHECKING:
+    from compress.validation.fleet import FleetReport
 
 log = logging.getLogger(__name__)
-
-
-class EstimateMode(StrEnum):
-    """When validate estimates latency instead of measuring it."""
-
-    auto = "auto"  # estimate when this machine is not the profiled device (arch or identify differs)
-    always = "always"  # estimate even on the device (e.g. to compare the estimator with a measurement)
-    never = "never"  # time on this machine whatever the profile says (its figures are this machine's)
-
-
-#: 2: the measurement options nested in ``measure`` (baseline, cold_start, estimate); a flat v1 key names its new home
-CONFIG_VERSION = 2
-
-
-class MeasureOptions(Section):
-    """What validate measures beside accuracy: the FP32 baseline, the cold start, and when latency is estimated."""
-
-    baseline: bool = Field(
-        True, description="Time the teacher's FP32 baseline (speedup; the profile's measure.speedup_baseline says which).")
-    cold_start: bool = Field(True, description="Measure cold start and peak memory in a fresh process.")
-    estimate: EstimateMode = Field(
-        EstimateMode.auto,
-        description="auto: estimate latency (roofline, UNVERIFIED) when this machine is not the profiled device; "
-        "always: estimate even on it; never: time on this machine regardless.",
-    )
-
-
-class GenerationOptions(Section):
-    """Text generators (task text-generation): the prompts continued, the prompt and generation lengths timed, the
-    perplexity window."""
-
-    prompts: str | None = Field(
-        None, description="Prompts to continue (.txt one a line, .jsonl prompt/text; at most `limit`, default 8); "
-        "default: the first sentence of each --data document or paragraph.")
-    prompt_tokens: int = Field(128, ge=1, description="Prompt length timed (TTFT, prefill tokens/s), "
-                               "capped by the model's context.")
-    new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt (decode tokens/s, "
-                            "continuations), capped at half the model's context when it leaves no room for a prompt.")
-    window: int | None = Field(None, ge=4, description="Perplexity window in tokens (default: the "
-                               "artifact's, 256, cut to the model's context; a longer one given is refused).")
-
-
-class ValidateConfig(Settings):
-    """Settings of ``edgecompress validate``; the measurement options in ``measure`` (the CLI's flat flags and a
-    version-1 recipe's keys ``baseline``, ``cold_start``, ``estimate`` nest there through ``MOVED``)."""
-
-    MOVED: ClassVar[dict[str, str]] = {**{k: f"measure.{k}" for k in MeasureOptions.model_fields},
-                                       **{k: f"generation.{k}" for k in GenerationOptions.model_fields}}
-
-    profile: str = Field("host", description="Built-in profile name, 'host', or a profile YAML path.")
-    data: str | None = Field(None, description="Labelled eval data (CSV/TSV/JSONL/Parquet/datasets dir).")
-    teacher: str | None = Field(
-        None, description="Teacher checkpoint; default: the source recorded in the artifact's manifest."
-    )
-    text_column: str | None = Field(None, description="Text column (auto-detected when omitted).")
-    text_pair_column: str | None = Field(None, description="Second text column for pair tasks.")
-    label_column: str | None = Field(None, description="Label column (auto-detected when omitted).")
-    limit: int | None = Field(None, ge=1, description="Evaluate at most this many rows (text generators: perplexity "
-                              "windows and prompts; default 16 windows, 8 prompts).")
-    measure: MeasureOptions = Field(default_factory=MeasureOptions, description="What is measured beside accuracy.")
-    allow_pickle: bool = Field(False, description="Allow a pickled teacher checkpoint.")
-    trust_remote_code: bool = Field(False, description="Allow the teacher's own Python code to run.")
-    cache: bool = Field(True, description="Reuse and store the teacher's outputs on the eval data in the cache "
-                        "(compress.cache); False runs the teacher afresh and stores nothing.")
-    remote: str | None = Field(
-        None, description="Measure on a device over SSH, user@host[:port] (system ssh; ~/.ssh/config applies)."
-    )
-    metric: str | None = Field(
-        None, description="A user's metric, module:function, called with the outputs and labels (higher is better); "
-        "it runs that code (compress.validation.user_metric).")
-    remote_python: str = Field("python3", description="Python 3 on the remote device (with numpy and the runtime).")
-    ssh_config: str | None = Field(
-        None, description="ssh_config file for ssh -F (default: ssh's own, i.e. ~/.ssh/config)."
-    )
-    generation: GenerationOptions = Field(default_factory=GenerationOptions,
-                                          description="Text generators: prompts, lengths, window.")
 
 
 # -- the check ----------------------------------------------------------------------------------
@@ -151,18 +83,40 @@ def validate(
     *,
     progress: Progress | None = None,
 ) -> ValidationReport:
-    """Measure ``artifact`` on ``config.profile`` and judge it. Raises only for bad input.
+    """Measure ``artifact`` on ``config.profile`` (here, or on the one device ``config.remote`` names) and judge it.
+    Raises only for bad input; a ``config.remote`` naming several devices is refused (:func:`validate_fleet`).
 
     ``progress`` receives :mod:`compress.progress` events, one phase after another (evaluating, timing, cold
     start, ...): counted by rows, or by the ``fraction`` reached; the CLI draws bars, library users can ignore it.
     """
+    return _validate(artifact, config or ValidateConfig(), progress, fleet=False)
+
+
+def validate_fleet(
+    artifact: Artifact | Path | str,
+    config: ValidateConfig,
+    *,
+    progress: Progress | None = None,
+) -> FleetReport:
+    """Measure ``artifact`` on every device ``config.remote`` names (a comma list of ``user@host[:port]`` and fleet
+    files; one device is a fleet of one) at once over SSH and judge each against its own profile: a
+    :class:`~compress.validation.fleet.FleetReport`, a row per device and the worst verdict (what
+    ``edgecompress validate`` calls when ``--remote`` names several devices). ``progress`` as :func:`validate`'s."""
+    if not config.remote:
+        raise ConfigError("validate_fleet measures on the devices config.remote names, and it names none",
+                          hint="name them (remote='pi@board1,pi@board2', or a fleet YAML file), or call validate()")
+    return _validate(artifact, config, progress, fleet=True)
+
+
+def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress: Progress | None, *, fleet: bool):
+    """:func:`validate`, or with ``fleet`` :func:`validate_fleet`: the same checks and preparation, then the
+    measurement here, on one device or on the fleet."""
     from compress.cache import usage as cache_usage
     from compress.profiles.load import load_profile
     from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
     from compress.runtimes.host import runtime_for
 
     t_start = time.perf_counter()
-    config = config or ValidateConfig()
     profile = load_profile(config.profile)
     from compress.validation.user_metric import load_metric
 
@@ -183,7 +137,7 @@ def validate(
                               "are read here)", hint="validate on the host, or run validate on the device itself")
         from compress.validation.fleet import remote_of
 
-        remote = remote_of(config, profile, art)
+        remote = remote_of(config, profile, art, fleet=fleet)
     # threads: the profile's, else one per core of the profiled device (the target's parallelism, not ours)
     settings = RuntimeSettings(
         threads=profile.runtime.threads or profile.hardware.cores,
@@ -195,8 +149,8 @@ def validate(
     if remote is None:
         # Is this machine the profiled device? If not, latency is a roofline estimate (UNVERIFIED) while
         # accuracy is still measured here: the artifact's arithmetic is the same on any CPU.
-        device, estimating = _device_check(profile, config, warnings)
-        run_settings = _host_settings(settings) if estimating else settings
+        device, estimating = device_check(profile, config, warnings)
+        run_settings = host_settings(settings) if estimating else settings
         cls.check_artifact(art, run_settings)  # a missing device/provider/engine target fails before data loads
         if not cls.runs_here() and not estimating:
             raise MissingBackendError(f"{runtime_name} does not run on this machine ({sys.platform}), so "
@@ -231,7 +185,8 @@ def validate(
         return report.model_copy(update={"data": _data_record(config, dataset)})
 
     if not cls.runs_here():  # Core ML away from Apple's systems: nothing runs, the latency is estimated
-        return _validate_unrunnable(run, device, runtime_name, dataset)
+        report = validate_unrunnable(run, device, runtime_name)
+        return report.model_copy(update={"data": _data_record(config, dataset)})
     log.info("loading %s in %s", art.path, runtime_name)
     backend = load_runtime(art, runtime_name, run_settings)
     metrics: dict[str, Any] = {}
@@ -254,7 +209,7 @@ def validate(
                                 profile.measure.sequence_length, feeds=_plain_feeds(batch))
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
-    return mark_estimated(report, run, device, estimates) if estimating else _note_device(report, device)
+    return mark_estimated(report, run, device, estimates) if estimating else note_device(report, device)
 
 
 def _eval_data(config: ValidateConfig, m):
@@ -320,16 +275,6 @@ def _latency(backend, run: ValidationRun, runtime_name: str, metrics: dict[str, 
     return stats, None, batch
 
 
-def validate_on_devices(artifact, config, *, progress=None):
-    """:func:`validate` that also measures on several devices: with ``config.remote`` a comma list or a fleet file it
-    returns a :class:`compress.validation.fleet.FleetReport` (what ``edgecompress validate`` calls); plain
-    ``validate`` refuses several devices, since its callers (a recipe's step, a search) read one device's report."""
-    from compress.validation.fleet import accepting_fleets
-
-    with accepting_fleets():
-        return validate(artifact, config, progress=progress)
-
-
 def _plain_feeds(batch) -> dict[str, Any] | None:
     """The timed batch for the cold-start probe when it is plain arrays by input name (else the probe makes its own)."""
     import numpy as np
@@ -373,19 +318,24 @@ def _environment(backend, cache: dict[str, Any]) -> dict[str, Any]:
 
 
 def _accuracy(backend, run: ValidationRun, settings, cache_use: dict[str, Any]) -> dict[str, Any]:
-    """The artifact's outputs on the eval rows against the teacher's (from the cache when this teacher already ran
-    on these rows): the task metric (or the user's), agreement, retention, and every output's fidelity."""
-    from compress.validation.teacher_outputs import other_outputs_fidelity, teacher_outputs
+    """The artifact's outputs on the eval rows scored batch by batch as they come (:class:`Scores`, through the
+    task's streaming form) against the teacher's (from the cache when this teacher already ran on these rows): the
+    task metric (or the user's), agreement, retention, and every output's fidelity."""
+    from compress.validation.teacher_outputs import other_outputs_fidelity, predict_batches, teacher_outputs
 
     m = backend.artifact.manifest
     teacher, dataset, bs = run.teacher, run.dataset, scoring_batch(m, run.profile.measure)
-    cand = predict_all(backend, dataset, bs, start_phase(run.progress, "evaluating the artifact", len(dataset)))
     ref = None
     if teacher is not None:
         ref, cache_use["teacher_outputs"] = teacher_outputs(
             teacher, dataset, batch_size=run.profile.measure.eval_batch_size, threads=settings.threads,
             use_cache=run.config.cache, progress=run.progress)
-    metrics = {**prediction_metrics(m, cand, ref, dataset.labels, run.user_metric), "eval_batch_size": bs}
+    scores, done = Scores(m, run.user_metric), 0
+    for cand, labels in predict_batches(backend, dataset, bs,
+                                        start_phase(run.progress, "evaluating the artifact", len(dataset))):
+        scores.update(cand, labels, None if ref is None else ref[done:done + len(cand)])
+        done += len(cand)
+    metrics = {**scores.result(), "eval_batch_size": bs}
     if len(m.outputs) > 1 and teacher is not None and "output_fidelity" in metrics:
         metrics["output_fidelity"].update(other_outputs_fidelity(backend, run, settings))
     return metrics
@@ -408,169 +358,3 @@ def _runner(backend, batch) -> Callable[[], Any]:
         return out
 
     return run
-
-
-# -- estimate mode: this machine is not the profiled device --------------------------------------
-
-def _device_check(profile, config: ValidateConfig, warnings: list[str]):
-    """(DeviceMatch, estimate?) for a local run of ``profile`` under ``config.measure.estimate``."""
-    from compress.profiles.host import match_device
-
-    device = match_device(profile)
-    mode = EstimateMode(config.measure.estimate)
-    if mode is EstimateMode.always:
-        return device, True
-    if device.is_device:
-        if device.how == "class":
-            from compress.profiles.load import detect_host
-
-            missing = [f for f in profile.hardware.simd if f not in detect_host().hardware.simd]
-            if missing:
-                warnings.append(
-                    f"this machine lacks {', '.join(missing)} that {profile.name} lists: its timings may not be "
-                    f"representative of {profile.name}")
-        return device, False
-    if mode is EstimateMode.never:
-        warnings.append(f"{device.reason}: latency and cold start were timed on this machine, not on {profile.name} "
-                        "(--estimate never)")
-        return device, False
-    return device, True
-
-
-def _host_settings(settings):
-    """The profile's runtime settings with threads capped at this machine's cores (accuracy runs here)."""
-    import dataclasses
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return dataclasses.replace(settings, threads=min(settings.threads or cores, cores))
-
-
-def _estimated_latency(est, label: str) -> dict[str, Any]:
-    ms = round(est.latency_ms, 4)
-    return {"p50": ms, "p90": ms, "p95": ms, "p99": ms, "mean": ms, "n": 0, "estimated": True, "measured_on": label,
-            "note": "a roofline gives one figure: p90/p95/p99 equal p50 (no tail)"}
-
-
-def mark_estimated(report: ValidationReport, run: ValidationRun, device, estimates: dict[str, Any], *,
-                   not_run: str | None = None) -> ValidationReport:
-    """Turn a local run's report into an estimate-mode report.
-
-    Latency, throughput, speedup and cold start become the roofline estimates, flagged ``estimated``
-    with where they come from; their budgets are UNVERIFIED (never PASS). Accuracy, agreement and
-    size stay measured (the arithmetic and the files are the same on any CPU). Peak memory is this
-    host's measurement: judged when the device has this machine's arch, UNVERIFIED otherwise (another
-    arch runs another build of the runtime). Verdict: fail if a measured budget fails, else
-    unverified if any budget is, else pass. ``not_run`` (why the artifact could not run here at all): only its size
-    was measured; every other budget is UNVERIFIED with that reason.
-    """
-    from compress.estimates.roofline import MEASURED_ERROR, estimate_cold_start
-    from compress.profiles.load import detect_host
-
-    profile = run.profile
-    met = dict(report.metrics)
-    env = dict(report.environment)
-    label = f"estimate (roofline from {profile.name} peaks)"
-    host = f"this host ({env.get('cpu')}, {device.host_arch})"
-    same_arch = device.host_arch == profile.hardware.arch.value
-    est = estimates.get("artifact")
-    estimated: list[str] = []
-    if est is None:
-        for key in ("latency_ms", "throughput", "baseline_latency_ms", "speedup"):
-            met.pop(key, None)
-    else:
-        met["latency_ms"] = _estimated_latency(est, label)
-        met["throughput"] = est.throughput
-        met["estimate"] = {**est.as_dict(), "estimated": True, "measured_on": label}
-        if MEASURED_ERROR:
-            met["estimate"]["error_on_calibration_host"] = dict(MEASURED_ERROR)
-        estimated += ["latency_ms", "throughput"]
-        if "baseline" in estimates:
-            met["baseline_latency_ms"] = _estimated_latency(estimates["baseline"], label)
-            met["speedup"] = estimates["baseline"].latency_ms / est.latency_ms
-            estimated.append("speedup")
-        else:
-            met.pop("baseline_latency_ms", None)
-            met.pop("speedup", None)
-    if "cold_start" in met:
-        met["cold_start"] = {**met["cold_start"], "measured_on": host}
-        met["cold_start_ms_this_host"] = met.pop("cold_start_ms", None)
-        if est is not None:
-            met["cold_start_ms"] = round(estimate_cold_start(
-                met["cold_start"], detect_host().hardware.clock_ghz, profile.hardware.clock_ghz, est.latency_ms), 2)
-            estimated.append("cold_start_ms")
-    met["estimated"] = True
-    met["measured_on"] = label
-    met["estimated_metrics"] = estimated
-    met["measured_on_this_host"] = [k for k in ("metric", "agreement", "retention", "size_mb", "peak_rss_mb")
-                                    if k in met]
-    if not_run:
-        met["not_run"] = not_run
-
-    budgets = judge(profile.budgets, met)
-    for b in budgets:
-        if b.name in ESTIMATED_BUDGETS:
-            b.status, b.passed = BudgetStatus.unverified, False
-            b.measured_on = label if b.measured is not None else None
-            b.estimated = b.measured is not None
-            if b.measured is None:
-                b.note = f"no estimate ({b.note or 'not available'}); not measured on {profile.name}"
-            else:
-                holds = b.measured <= b.limit if b.comparison == "<=" else b.measured >= b.limit
-                b.note = (f"estimated, not measured on {profile.name}: the estimate "
-                          + ("is within the limit" if holds else "misses the limit (likely to fail on the device)"))
-        elif not_run and b.measured is None:
-            b.note = f"not measured: {not_run}"
-        elif b.name == "max_peak_memory_mb" and not same_arch:  # another build of the runtime: not ours to judge
-            b.status, b.passed = BudgetStatus.unverified, False
-            b.measured_on = host if b.measured is not None else None
-            b.note = (f"{'measured on this host' if b.measured is not None else 'not measured'} "
-                      f"({device.host_arch}); {profile.name} is {profile.hardware.arch.value}, whose runtime build "
-                      "differs")
-        elif b.name == "max_peak_memory_mb" and b.measured is not None:
-            b.measured_on = host
-            b.note = f"measured on this host, same arch as {profile.name}"
-    unmeasured = [b.name for b in budgets] if not_run else ESTIMATED_BUDGETS  # their notes say why
-    warnings = [w for w in report.warnings
-                if not any(w.startswith(f"budget {n} could not be measured") for n in unmeasured)]
-    warnings.insert(0, (
-        f"{not_run}: latency, throughput and speedup are ESTIMATED from {profile.name}'s peaks (roofline of the "
-        "artifact's own graph) and their budgets are UNVERIFIED, as are accuracy, agreement, cold start and peak "
-        "memory, which were not measured; only the size was. Run validate on the device for real figures."
-    ) if not_run else (
-        f"{device.reason}: latency, throughput, speedup and cold start are ESTIMATED from {profile.name}'s peaks "
-        "(roofline, compress.estimates.roofline) and their budgets are UNVERIFIED; accuracy, agreement, size and peak memory "
-        f"were measured on this host. For real figures run on the device or pass --remote user@host."))
-    verdict = verdict_of(budgets)
-    env["device_match"] = device.as_dict()
-    env["latency_source"] = label
-    return report.model_copy(update={
-        "verdict": verdict, "budgets": budgets, "metrics": met, "warnings": warnings, "environment": env,
-        "seconds": round(time.perf_counter() - run.t_start, 2),
-    })
-
-
-def _validate_unrunnable(run: ValidationRun, device, runtime_name: str, dataset) -> ValidationReport:
-    """An artifact whose runtime does not exist on this machine (Core ML off Apple's systems): its size is measured,
-    its latency estimated from its own graph, and accuracy, agreement, cold start and peak memory are not measured
-    (their budgets UNVERIFIED)."""
-    start_phase(run.progress, "estimating latency (roofline)")
-    stats, estimates = estimate_latency(run, runtime_name)
-    from compress.runtimes.base import runtime_class
-
-    env = {"host": platform.node(), "machine": platform.machine(), "cpu": cpu_model(),
-           "python": platform.python_version(), "edgecompress": __version__,
-           "runtime": {"runtime": runtime_name, "version": runtime_class(runtime_name).version(), "ran": False,
-                       "format": str(run.art.format), "precision": str(run.art.precision)},
-           "measured_on": "not run: estimated"}
-    report = conclude(run, {}, stats, None, env)
-    report = report.model_copy(update={"data": _data_record(run.config, dataset)})
-    return mark_estimated(report, run, device, estimates,
-                          not_run=f"{runtime_name} does not run on this machine ({sys.platform})")
-
-
-def _note_device(report: ValidationReport, device) -> ValidationReport:
-    """Record which machine measured a local run (for a class profile: this host's CPU)."""
-    env = dict(report.environment)
-    env["device_match"] = device.as_dict()
-    return report.model_copy(update={"environment": env})

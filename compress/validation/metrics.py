@@ -10,50 +10,125 @@ import numpy as np
 
 from compress.errors import DataError
 from compress.tasks import TASKS
-from compress.tasks.outputs import fidelity_of
+from compress.tasks.outputs import FidelityStream
 
 
-def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user_metric=None) -> dict[str, Any]:
-    """Task metric, teacher metric, agreement and retention from the artifact's outputs ``cand`` and the
-    teacher's ``ref`` (None: no teacher) on the eval rows; shared by local and remote validation.
+def prediction_metrics(m, cand: np.ndarray, ref: np.ndarray | None, labels, user_metric=None, *,
+                       batch_size: int | None = None) -> dict[str, Any]:
+    """:class:`Scores` of the artifact's outputs ``cand`` on every eval row and the teacher's ``ref`` (None: no
+    teacher), fed in slices of ``batch_size`` rows (None: all at once): what remote validation gives the outputs a
+    device returned, in the batches a local run scores (so both give the same figures), and a streaming model's
+    calls."""
+    scores = Scores(m, user_metric)
+    step = batch_size or max(len(cand), 1)
+    for i in range(0, max(len(cand), 1), step):
+        scores.update(cand[i:i + step], None if labels is None else labels[i:i + step],
+                      None if ref is None else ref[i:i + step])
+    return scores.result()
 
-    Whatever the task, the primary output's fidelity to the teacher's (:func:`compress.tasks.outputs.output_fidelity`)
-    is reported as ``output_fidelity`` with ``output_cosine`` and ``output_snr_db`` for budgets. The task's metric and
-    its direction come from its entry in :data:`compress.tasks.TASKS`; for a ``generic`` model (an adopted file whose
-    task edgecompress does not know) the output cosine is the metric, unless labels make it a classifier.
-    ``user_metric`` (``--metric``, :class:`compress.validation.user_metric.UserMetric`) replaces the task metric; the
-    task's own stays under ``task_metric``."""
-    info = TASKS[m.task]
-    metrics: dict[str, Any] = {"eval_samples": len(cand)}
-    if ref is not None:
-        name = m.outputs[0].name if m.outputs else "output"
-        fid = fidelity_of(m, cand, ref)
-        metrics["output_fidelity"] = {name: fid}
-        metrics["output_cosine"], metrics["output_snr_db"] = fid["cosine"], fid["snr_db"]
-    if info.labels != "boxes" and labels is not None and len(labels) and isinstance(labels[0], dict):
-        raise DataError(f"the eval data holds boxes, but the model is a {m.task} model",
-                        hint="boxes are for task: object-detection; pass the data its task reads")
-    metrics.update(info.metric_fn(m)(m, cand, ref, labels))
-    if not info.higher_is_better:
-        metrics["lower_is_better"] = True
-    if user_metric is not None:
+
+class Scores:
+    """Task metric, teacher metric, agreement and retention of an artifact's outputs against the teacher's, fed batch
+    by batch as the outputs arrive (:meth:`update`) and read at the end (:meth:`result`); shared by local and remote
+    validation.
+
+    The task's metric and its direction come from its entry in :data:`compress.tasks.TASKS`, scored through its
+    streaming form (:meth:`~compress.tasks.TaskInfo.stream`: sums and counts, or the batches kept where the metric
+    needs every row); for a ``generic`` model (an adopted file whose task edgecompress does not know) the output
+    cosine is the metric, unless labels make it a classifier. Whatever the task, the primary output's fidelity to the
+    teacher's (:class:`compress.tasks.outputs.FidelityStream`) is reported as ``output_fidelity`` with
+    ``output_cosine`` and ``output_snr_db`` for budgets. ``user_metric`` (``--metric``,
+    :class:`compress.validation.user_metric.UserMetric`), the user's function of every output and label, replaces
+    the task metric (the outputs are then kept for it); the task's own stays under ``task_metric``."""
+
+    def __init__(self, m, user_metric=None) -> None:
+        self.m, self.info, self.user_metric = m, TASKS[m.task], user_metric
+        self.task = self.info.stream(m)
+        self.fidelity = FidelityStream(m)
+        self.rows = 0
+        self.has_ref = False
+        # the outputs, the teacher's and the labels, kept for a user's metric only (a function of every row)
+        self.kept: list[np.ndarray] = []
+        self.kept_ref: list[np.ndarray] = []
+        self.kept_labels: list[Any] | None = []
+
+    def update(self, cand: np.ndarray, labels=None, ref: np.ndarray | None = None) -> None:
+        """Add one batch: the artifact's outputs ``cand``, their ``labels`` (None: none) and the teacher's ``ref``
+        (None: no teacher). Per-word outputs as wide as their batch's longest row are padded with NaN to the
+        teacher's (as wide as every row's)."""
+        if self.info.labels != "boxes" and labels is not None and len(labels) and isinstance(labels[0], dict):
+            raise DataError(f"the eval data holds boxes, but the model is a {self.m.task} model",
+                            hint="boxes are for task: object-detection; pass the data its task reads")
+        self.rows += len(cand)
+        if self.user_metric is not None:
+            self._keep(cand, labels, ref)
+        if ref is not None:
+            cand, ref = _as_wide(cand, ref)
+            self.has_ref = True
+            self.fidelity.update(cand, ref)
+        self.task.update(cand, labels, ref)
+
+    def _keep(self, cand: np.ndarray, labels, ref: np.ndarray | None) -> None:
+        self.kept.append(np.asarray(cand))
+        if ref is not None:
+            self.kept_ref.append(np.asarray(ref))
+        if labels is None:
+            self.kept_labels = None
+        elif self.kept_labels is not None:
+            self.kept_labels.extend(labels)
+
+    def result(self) -> dict[str, Any]:
+        """The report's prediction metrics over every batch given."""
+        m, info = self.m, self.info
+        metrics: dict[str, Any] = {"eval_samples": self.rows}
+        if self.has_ref:
+            name = m.outputs[0].name if m.outputs else "output"
+            fid = self.fidelity.result()
+            metrics["output_fidelity"] = {name: fid}
+            metrics["output_cosine"], metrics["output_snr_db"] = fid["cosine"], fid["snr_db"]
+        metrics.update(self.task.result())
+        if not info.higher_is_better:
+            metrics["lower_is_better"] = True
+        if self.user_metric is not None:
+            self._user_metric(metrics)
+        teacher = metrics.get("teacher_metric")
+        if "retention" not in metrics and teacher is not None and teacher > 0:
+            metrics["retention"] = metrics["metric"] / teacher
+        elif "retention" not in metrics and teacher is not None:  # both given, yet no ratio: say why, not "needs --data"
+            metrics.setdefault("not_measured", {})["min_accuracy_retention"] = (
+                f"the teacher scores {teacher:g} ({metrics.get('metric_name', 'its metric')}) on the eval data, so "
+                "retention, a ratio to it, is undefined: check that the eval labels are what the teacher predicts")
+        return metrics
+
+    def _user_metric(self, metrics: dict[str, Any]) -> None:
+        """The user's metric of every output (and of the teacher's) in place of the task's."""
+        from compress.device.shipped import concatenate_rows
+
         if "metric" in metrics:
             metrics["task_metric"] = {"name": metrics["metric_name"], "artifact": metrics["metric"],
                                       "teacher": metrics.get("teacher_metric")}
-        lab = None if labels is None else labels if info.labels == "per-word" else np.asarray(labels)
-        metrics["metric_name"] = user_metric.spec
-        metrics["metric"] = user_metric(cand, lab)
+        labels = self.kept_labels
+        lab = None if labels is None else labels if self.info.labels == "per-word" else np.asarray(labels)
+        metrics["metric_name"] = self.user_metric.spec
+        metrics["metric"] = self.user_metric(concatenate_rows(self.kept), lab)
         metrics.pop("teacher_metric", None)
-        if ref is not None:
-            metrics["teacher_metric"] = user_metric(ref, lab)
-    teacher = metrics.get("teacher_metric")
-    if "retention" not in metrics and teacher is not None and teacher > 0:
-        metrics["retention"] = metrics["metric"] / teacher
-    elif "retention" not in metrics and teacher is not None:  # both given, yet no ratio: say why, not "needs --data"
-        metrics.setdefault("not_measured", {})["min_accuracy_retention"] = (
-            f"the teacher scores {teacher:g} ({metrics.get('metric_name', 'its metric')}) on the eval data, so "
-            "retention, a ratio to it, is undefined: check that the eval labels are what the teacher predicts")
-    return metrics
+        if self.has_ref:
+            metrics["teacher_metric"] = self.user_metric(concatenate_rows(self.kept_ref), lab)
+
+
+def _as_wide(cand: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``cand`` and ``ref`` with the narrower per-token or per-word output (``[batch, tokens, labels]``, as wide as
+    its batch's longest row) padded with NaN to the other's width, as
+    :func:`compress.device.shipped.concatenate_rows` pads."""
+    if cand.ndim < 3 or ref.ndim != cand.ndim or cand.shape[1] == ref.shape[1]:
+        return cand, ref
+    width = max(cand.shape[1], ref.shape[1])
+
+    def wide(x: np.ndarray) -> np.ndarray:
+        return x if x.shape[1] == width else np.pad(x.astype(np.float32, copy=False), [(0, 0), (0, width - x.shape[1])]
+                                                    + [(0, 0)] * (x.ndim - 2), constant_values=np.nan)
+
+    return wide(cand), wide(ref)
 
 
 #: ONNX op types, by what the weights they read are for (the size breakdown's groups)

@@ -290,7 +290,7 @@ def judge(run: ValidationRun, device: DeviceSession, job: Job, res: dict[str, An
           transfer_s: float) -> ValidationReport:
     """The report of one device's measurement: its outputs scored against the reference here, its latency and
     cold start judged against ``run.profile``'s budgets, where each number was measured."""
-    from compress.validation.common import conclude
+    from compress.validation.common import conclude, scoring_batch
     from compress.validation.metrics import prediction_metrics
 
     target, ref, word_ids, total = device.target, job.ref, job.word_ids, job.total
@@ -309,7 +309,8 @@ def judge(run: ValidationRun, device: DeviceSession, job: Job, res: dict[str, An
             cand = _words_of(cand, word_ids)
         if len(cand) != len(dataset):
             raise RemoteError(f"the device returned {len(cand)} outputs for {len(dataset)} eval rows")
-        metrics.update(prediction_metrics(m, cand, ref, dataset.labels, run.user_metric))
+        metrics.update(prediction_metrics(m, cand, ref, dataset.labels, run.user_metric,
+                                          batch_size=scoring_batch(m, meas)))  # the batches a local run scores
     stats = {name: LatencyStats.from_samples(s, meas.batch_size) for name, s in res["latency_s"].items()}
     dev = res.get("device") or device.facts
     rt = res.get("runtime") or {}

@@ -158,16 +158,21 @@ def _run(teacher, dataset, batch_size: int, threads: int | None, progress: Progr
 
 
 def predict_all(backend, dataset, batch_size: int, progress: Advance | None) -> np.ndarray:
-    """A runtime backend's outputs on every row of ``dataset``, in order; ``progress(rows)`` after each batch (a
-    counted phase's :data:`compress.progress.Advance`). A question-answering model gives each question's best answer
-    span over its context's windows (:func:`predict_answers`)."""
+    """A runtime backend's outputs on every row of ``dataset``, in order (:func:`predict_batches` joined)."""
+    return concatenate_rows([out for out, _ in predict_batches(backend, dataset, batch_size, progress)])
+
+
+def predict_batches(backend, dataset, batch_size: int, progress: Advance | None):
+    """A runtime backend's outputs on ``dataset``, batch by batch in order: ``(outputs, labels)`` of each batch of
+    ``batch_size`` rows (labels None when the data has none); ``progress(rows)`` after each batch (a counted phase's
+    :data:`compress.progress.Advance`). A question-answering model gives each question's best answer span over its
+    context's windows (:func:`predict_answers`)."""
     qa = str(backend.artifact.manifest.task) == "question-answering"
-    outs = []
-    for texts, pairs, _ in dataset.batches(batch_size):
-        outs.append(predict_answers(backend, texts, pairs) if qa else backend.predict_text(texts, pairs))
+    for texts, pairs, labels in dataset.batches(batch_size):
+        out = predict_answers(backend, texts, pairs) if qa else backend.predict_text(texts, pairs)
         if progress:
             progress(len(texts))
-    return concatenate_rows(outs)
+        yield out, labels
 
 
 def qa_logits(backend, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

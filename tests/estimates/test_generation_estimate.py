@@ -184,7 +184,8 @@ def test_validate_away_from_the_device_reports_the_estimate_unverified(tiny, tmp
 
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = export(tiny, tmp_path / "fp32", ExportConfig(format="onnx"))
     profile = tmp_path / "board.yaml"

@@ -68,7 +68,8 @@ def test_emulated_slowness_is_not_a_failure_but_a_real_miss_is():
 @pytest.fixture(scope="module")
 def emulated_report(int8_artifact, tmp_path_factory):
     """A local validation of the tiny INT8 classifier against a profile of this machine marked emulated."""
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     d = tmp_path_factory.mktemp("emulated")
     prof = d / "emulated-host.yaml"

@@ -314,7 +314,8 @@ def test_torch_cuda_matches_the_cpu_fp32_teacher(bert_classifier, dtype, compile
 def test_validate_a_teacher_on_a_torch_cuda_profile(bert_classifier, tmp_path, dtype):
     from conftest import write_tsv
 
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = tmp_path / "h100-torch.yaml"
     profile.write_text(

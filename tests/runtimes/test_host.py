@@ -44,7 +44,8 @@ def ov_artifact(bert_classifier, tmp_path_factory):
 
 
 def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_classifier, data_tsv, fast_host):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     r = validate(ov_artifact, ValidateConfig.from_flat(profile="host", data=str(data_tsv), teacher=str(bert_classifier),
                                              baseline=False, cold_start=False))
@@ -55,7 +56,8 @@ def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_class
 
 
 def test_host_validates_a_pytorch_checkpoint_in_torch(bert_classifier, data_tsv, fast_host):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     r = validate(bert_classifier, ValidateConfig.from_flat(profile="host", data=str(data_tsv), baseline=False,
                                                  cold_start=False))

@@ -55,7 +55,8 @@ def test_torch_runtime_decodes_a_causal_lm_as_transformers_does(lm):
 
 
 def test_validate_times_a_checkpoint_in_the_torch_runtime(lm, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = tmp_path / "torch-cpu.yaml"
     profile.write_text("name: torch-cpu\nextends: cpu-x86-avx512-vnni\nruntime: {name: torch, threads: 1}\n"

@@ -65,7 +65,8 @@ def test_constant_node_weights_are_normalised_and_quantize_like_their_initialize
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     n_weights = len(onnx.load(str(twins / "two.onnx")).graph.initializer)
     calib = QuantizeConfig.from_flat(calibration=str(twins / "two.npz"), mode="static")

@@ -56,7 +56,8 @@ def test_int8_stores_int8_weights(packages):
 
 @OFF_APPLE
 def test_validate_on_an_iphone_estimates_latency_and_leaves_accuracy_unverified(packages, bert_classifier, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = packages["int8"]
     m = art.manifest.steps[-1].metrics

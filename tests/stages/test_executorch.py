@@ -33,7 +33,8 @@ def programs(bert_classifier, tmp_path_factory):
 def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_classifier, programs, tmp_path):
     import yaml
 
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = programs["fp32"]
     m = art.manifest
@@ -91,7 +92,8 @@ def test_a_programs_cost_is_read_from_its_xnnpack_graph_at_any_sequence_length(p
 
 
 def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_classifier, programs, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     report = validate(programs["int8"], ValidateConfig.from_flat(profile="pixel-8", data=str(write_tsv(tmp_path)),
                                                        teacher=str(bert_classifier), cold_start=False))

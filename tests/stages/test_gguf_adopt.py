@@ -72,7 +72,8 @@ def test_the_manifest_comes_from_the_gguf_header_and_the_tokenizer_from_its_voca
 
 
 def test_validate_of_an_adopted_gguf_measures_speed_and_perplexity_against_the_file_itself(made):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     cfg = ValidateConfig.from_flat(profile="host", data=str(made["text"]), prompt_tokens=24,
                                    new_tokens=8, window=32, limit=3, cold_start=False)
@@ -88,7 +89,8 @@ def test_validate_of_an_adopted_gguf_measures_speed_and_perplexity_against_the_f
 def test_a_quantized_adopted_gguf_is_compared_with_the_file_it_came_from(made, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     q = quantize(made["adopted"].path, tmp_path / "q4", QuantizeConfig.from_flat(precision="int4"))
     cfg = ValidateConfig.from_flat(profile="host", data=str(made["text"]), prompt_tokens=24,

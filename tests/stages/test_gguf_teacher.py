@@ -119,7 +119,8 @@ def test_validate_says_it_compares_with_the_dequantized_checkpoint_and_makes_it_
 
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
     from tests.builders.causal_lm import STORY
 
     art = export(files["f32"], tmp_path / "onnx", ExportConfig(format="onnx"))

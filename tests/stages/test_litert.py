@@ -33,7 +33,8 @@ def test_a_tflite_file_is_adopted_and_validated_in_litert(tflite, tmp_path):
     from PIL import Image
 
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = export(tflite, tmp_path / "adopted")
     m = art.manifest

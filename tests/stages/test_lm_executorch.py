@@ -101,7 +101,8 @@ def test_int4_is_8da4w_in_groups_of_32_smaller_and_still_generates(lm):
 
 
 def test_validate_runs_the_decode_loop_on_the_int4_program(lm):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = lm["root"] / "et.yaml"
     profile.write_text(yaml.safe_dump({

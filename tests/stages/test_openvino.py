@@ -114,7 +114,8 @@ def test_adapter_predicts_like_onnx_runtime_fp32(ov_artifact, onnx_artifact, sam
 
 def test_validate_openvino_artifact_against_openvino_fp32_baseline(ptq_artifact, bert_classifier, data_tsv, work,
                                                                    home):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = work / "tiny-intel-cpu.yaml"
     profile.write_text(yaml.safe_dump({

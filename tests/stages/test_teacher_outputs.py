@@ -51,7 +51,8 @@ def profile(tmp_path_factory) -> Path:
 
 
 def run(art, profile, data, teacher, **kw):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     return validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(data), teacher=str(teacher), baseline=False,
                                         cold_start=False, **kw))
@@ -190,7 +191,7 @@ def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_
     from compress.runtimes.base import RuntimeSettings
     from compress.teachers.load import load_teacher
     from compress.validation.common import ValidationRun
-    from compress.validation.local import ValidateConfig
+    from compress.validation.config import ValidateConfig
     from compress.validation.remote import _prepare
 
     prof = load_profile(str(profile))

@@ -95,7 +95,8 @@ def _own_boxes(art, images: list[Path], cut: float = 0.5) -> dict:
 
 
 def _validate(art, data: Path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     return validate(art, ValidateConfig.from_flat(data=str(data), cold_start=False, profile=FAST_HOST))
 

@@ -235,7 +235,8 @@ class JoinedSsd(TinySsd):
 @pytest.mark.parametrize("scores", ["in the rows", "a second output"])
 def test_an_ssd_layout_validates_with_its_scores_in_the_rows_or_apart(tmp_path, fast_host, scores):
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     images = _images(tmp_path)
     post = {"layout": "ssd", "anchors": SSD_ANCHORS, "box_scale": [32, 32, 32, 32], "box_order": "xywh",

@@ -66,7 +66,8 @@ def test_first_subtokens_reads_each_word_once():
 
 
 def test_the_onnx_export_scores_the_teachers_entities(ner_onnx, labelled, fast_host):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     report = validate(ner_onnx, ValidateConfig.from_flat(data=str(labelled), cold_start=False, profile=fast_host))
     met = report.metrics
@@ -82,7 +83,8 @@ def test_the_onnx_export_scores_the_teachers_entities(ner_onnx, labelled, fast_h
 def test_int8_is_judged_by_its_entities(ner_onnx, labelled, tmp_path, fast_host):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     q = quantize(ner_onnx, tmp_path / "int8", QuantizeConfig())
     report = validate(q, ValidateConfig.from_flat(data=str(labelled), cold_start=False, profile=fast_host))
@@ -99,7 +101,8 @@ def test_int4_and_openvino_keep_the_words(route, ner_teacher, ner_onnx, labelled
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     if route == "int4":
         q = quantize(ner_onnx, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", block_size=32))
@@ -178,7 +181,8 @@ def test_distilling_a_token_classifier(ner_teacher, labelled, tmp_path, fast_hos
     from compress.stages.distill import distill
     from compress.stages.distill.config import DistillConfig
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     result = distill(ner_teacher, labelled, tmp_path / "student",
                      DistillConfig.from_flat(layers=1, epochs=3, batch_size=8, eval_every=5, lr=1e-3, seed=0),
@@ -218,7 +222,8 @@ def test_pruning_a_token_classifiers_vocabulary(ner_teacher, labelled, tmp_path,
     from compress.stages.export import export
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = prune(ner_teacher, tmp_path / "pruned", PruneConfig.from_flat(vocab_corpus=str(labelled), ffn=0.25),
                 train=labelled, eval_data=labelled)

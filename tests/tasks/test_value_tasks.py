@@ -50,7 +50,8 @@ def _adopt(d: Path, task: str, outputs: int, extra: str = "") -> tuple[Path, np.
 
 
 def _validate(art, data: Path, profile: str | None = None):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     return validate(art, ValidateConfig.from_flat(data=str(data), cold_start=False, profile=profile or FAST_HOST))
 

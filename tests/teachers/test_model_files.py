@@ -40,7 +40,8 @@ def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_input
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
     m = art.manifest
@@ -103,7 +104,8 @@ def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, t
     agreement against the file itself, run in ONNX Runtime."""
     from compress.stages.export import export
     from compress.teachers.load import load_teacher
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     d = tmp_path / "zoo"
     d.mkdir()
@@ -123,7 +125,8 @@ def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, t
 def test_a_file_fixed_to_batch_one_runs_larger_batches(tmp_path):
     from compress.artifact import load_artifact
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
@@ -241,7 +244,8 @@ def top1(outputs, labels):
 
 def test_a_user_metric_replaces_the_task_metric(two_inputs, tmp_path, monkeypatch):
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
@@ -353,7 +357,8 @@ def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tm
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     ov = export(two_inputs / "two.onnx", tmp_path / "ov", ExportConfig(format="openvino"))
     assert ov.manifest.format == "openvino" and [s.stage for s in ov.manifest.steps] == ["export", "export"]
@@ -371,7 +376,8 @@ def test_every_output_of_a_multi_output_file_is_compared(tmp_path, fixed_batch):
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     class TwoHeads(torch.nn.Module):
         def __init__(self) -> None:
@@ -420,7 +426,8 @@ def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, t
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = export(two_ir / "two.xml", tmp_path / "ov")
     m = art.manifest
@@ -503,7 +510,8 @@ def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_i
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
     from compress.teachers.load import load_teacher
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     torch.manual_seed(0)
     model = TwoInputs().eval()
@@ -532,7 +540,8 @@ def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declar
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
     from compress.teachers.load import load_teacher
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     torch.manual_seed(0)
     torch.jit.save(torch.jit.script(TwoInputs().eval()), str(tmp_path / "sensor.pt"))

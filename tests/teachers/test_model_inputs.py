@@ -74,7 +74,8 @@ def test_export_int8_validate(distilbert_bert_tokenizer, tmp_path, home):
 
     from compress import export, quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     data = write_tsv(tmp_path)
     onnx = export(distilbert_bert_tokenizer, tmp_path / "onnx")

@@ -45,7 +45,8 @@ def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     d = save_timm(tmp_path / arch, arch)
     data = images_npz(tmp_path / "images.npz")

@@ -44,7 +44,8 @@ def data_tsv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def estimated_report(int8_artifact, bert_classifier, data_tsv, tmp_path_factory, home):
     """Full validation (baseline, cold start) against an x86 board this machine is not."""
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = board(tmp_path_factory.mktemp("profiles"), "other-x86-board")
     return validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv),
@@ -114,7 +115,8 @@ def test_render_shows_estimates(estimated_report):
 
 
 def test_other_arch_makes_peak_memory_unverified(int8_artifact, data_tsv, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = board(tmp_path, "arm-board", arch="arm64")
     r = validate(int8_artifact, ValidateConfig.from_flat(profile=str(profile), data=str(data_tsv), baseline=False,
@@ -126,7 +128,8 @@ def test_other_arch_makes_peak_memory_unverified(int8_artifact, data_tsv, tmp_pa
 
 
 def test_a_measured_failure_still_fails(int8_artifact, data_tsv, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = board(tmp_path, "tiny-board", budgets={"max_model_size_mb": 0.0001, "max_peak_memory_mb": None})
     r = validate(int8_artifact, ValidateConfig.from_flat(profile=str(profile), data=str(data_tsv), baseline=False,
@@ -136,7 +139,8 @@ def test_a_measured_failure_still_fails(int8_artifact, data_tsv, tmp_path):
 
 
 def test_profile_without_peaks_gives_unverified_without_figures(int8_artifact, data_tsv, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     path = tmp_path / "arm-class.yaml"
     path.write_text(yaml.safe_dump({"name": "arm-class", "extends": "cpu-arm64-neon", "measure": FAST,
@@ -149,7 +153,8 @@ def test_profile_without_peaks_gives_unverified_without_figures(int8_artifact, d
 
 
 def test_class_profile_on_this_arch_is_measured_as_before(int8_artifact, data_tsv, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     path = tmp_path / "cls.yaml"
     path.write_text(yaml.safe_dump({"name": "cls", "extends": "cpu-x86-avx2", "measure": FAST,
@@ -172,7 +177,8 @@ def test_class_profile_on_this_arch_is_measured_as_before(int8_artifact, data_ts
 
 
 def test_estimate_never_measures_here_with_a_warning(int8_artifact, data_tsv, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = board(tmp_path, "never-board", budgets={"min_speedup": None, "max_cold_start_ms": None,
                                                       "max_peak_memory_mb": None})
@@ -210,7 +216,8 @@ def test_cli_unverified_exit_code(flag, code, int8_artifact, data_tsv, tmp_path,
 def test_a_pytorch_speedup_baseline_is_not_estimated(int8_artifact, bert_classifier, data_tsv, tmp_path):
     """speedup_baseline: pytorch on an absent board: no roofline stands for PyTorch eager, so there is no speedup
     figure (the budget is unverified, with nothing measured) and a warning says why."""
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     path = board(tmp_path, "other-x86-vs-pytorch")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -142,7 +142,8 @@ def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home,
     are stopped and both work directories removed before KeyboardInterrupt reaches the caller."""
     import signal
 
-    from compress.validation.local import ValidateConfig, validate_on_devices
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate_fleet
 
     barrier = threading.Barrier(2, timeout=60)
 
@@ -159,7 +160,7 @@ def test_ctrl_c_cleans_every_device(devices, int8_artifact, fleet_profile, home,
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            validate_on_devices(int8_artifact, cfg)
+            validate_fleet(int8_artifact, cfg)
     finally:
         signal.signal(signal.SIGINT, old)
     assert devices[0].leftovers() == [] and devices[1].leftovers() == []
@@ -212,9 +213,10 @@ def test_a_profile_for_another_architecture_is_refused_before_any_work(devices, 
 def test_plain_validate_refuses_several_devices(int8_artifact, fleet_profile, home):
     """validate() (a recipe's step, a search) reads one device's report: several devices are refused before any work."""
     from compress.errors import ConfigError
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
-    with pytest.raises(ConfigError, match="names several devices.*validate_on_devices"):
+    with pytest.raises(ConfigError, match="names several devices.*validate_fleet"):
         validate(int8_artifact, ValidateConfig.from_flat(profile=str(fleet_profile), remote="pi@board1,pi@board2"))
 
 

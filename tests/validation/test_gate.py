@@ -113,8 +113,9 @@ def test_cli_exit_codes_markdown_and_junit(tmp_path):
 
 def test_validation_reports_keep_raw_latency_and_per_row_correctness(int8_artifact, tmp_path):
     """What the gate needs is in every report validate writes; two runs of the same artifact pass the gate."""
+    from compress.validation.config import ValidateConfig
     from compress.validation.gate import GateConfig, gate
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.local import validate
     from tests.conftest import write_tsv
 
     data = write_tsv(tmp_path / "data")

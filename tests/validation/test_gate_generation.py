@@ -41,7 +41,8 @@ def releases(tmp_path_factory, home):
     collapsed one (LM head zeroed) and a slow one (8 layers instead of 2); their validation reports."""
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     root = tmp_path_factory.mktemp("gate-gen")
     teacher = tiny_causal_lm(root / "teacher", tied=False)

@@ -98,24 +98,30 @@ def remote_args(sshd: Loopback, *, config: Path | None = None, python: str | Non
 
 
 def _capture_predictions(monkeypatch) -> list[np.ndarray]:
-    """Record the artifact outputs both paths hand to the shared metric code."""
-    import compress.validation.local as v
-    import compress.validation.metrics
+    """Record the artifact outputs both paths hand to the shared metric code (batch by batch: one array per run)."""
+    from compress.device.shipped import concatenate_rows
+    from compress.validation.metrics import Scores
 
     seen: list[np.ndarray] = []
-    real = compress.validation.metrics.prediction_metrics
+    batches: dict[int, list[np.ndarray]] = {}
+    update, result = Scores.update, Scores.result
 
-    def spy(m, cand, ref, labels, user_metric=None):
-        seen.append(np.array(cand))
-        return real(m, cand, ref, labels, user_metric)
+    def spy_update(self, cand, labels=None, ref=None):
+        batches.setdefault(id(self), []).append(np.array(cand))
+        return update(self, cand, labels, ref)
 
-    monkeypatch.setattr(v, "prediction_metrics", spy)  # local validation's reference
-    monkeypatch.setattr(compress.validation.metrics, "prediction_metrics", spy)  # what remote validation imports
+    def spy_result(self):
+        seen.append(concatenate_rows(batches.pop(id(self))))
+        return result(self)
+
+    monkeypatch.setattr(Scores, "update", spy_update)  # local validation and remote validation score through it
+    monkeypatch.setattr(Scores, "result", spy_result)
     return seen
 
 
 def test_remote_run_matches_local_run(sshd, int8_artifact, bert_classifier, data_tsv, profile, home, monkeypatch):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     seen = _capture_predictions(monkeypatch)
     base = {"profile": str(profile), "data": str(data_tsv), "teacher": str(bert_classifier)}
@@ -150,7 +156,8 @@ def test_a_token_classifier_remote_equals_local(sshd, ner_teacher, profile, home
     from compress.stages.export import export
     from compress.tasks.entities import tags_of
     from compress.teachers.load import load_teacher
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     scores = TorchBackend.from_teacher(load_teacher(ner_teacher)).predict_text(NER_SENTENCES)
     tags = tags_of(scores, NER_TAGS, [len(s) for s in NER_SENTENCES])
@@ -176,7 +183,8 @@ def test_a_detector_remote_equals_local(sshd, profile, home, tmp_path, monkeypat
     import json
 
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
     from tests.tasks.test_detection import _detector, _images, _own_boxes
 
     images = _images(tmp_path, 6)
@@ -218,7 +226,8 @@ def test_profile_identify_is_checked_against_the_device(sshd, int8_artifact, wor
     """A profile naming another board (same arch) still measures, with a warning in the report."""
     import platform
 
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     parent = yaml.safe_load(profile.read_text())["extends"]
     cfg = {"baseline": False, "cold_start": False, "remote": sshd.spec, "remote_python": sys.executable,
@@ -369,7 +378,8 @@ def test_interrupted_transfer_is_detected_on_the_device(sshd, int8_artifact, pro
 
 
 def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     def corrupt(target, workdir):
         with open(Path(workdir) / "inputs.npz", "ab") as f:
@@ -384,7 +394,8 @@ def test_interrupted_transfer_raises_an_integrity_error(sshd, int8_artifact, pro
 
 
 def test_ctrl_c_still_cleans_up(sshd, int8_artifact, profile, home, monkeypatch):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     def interrupt(target, workdir):
         assert Path(workdir).is_dir()
@@ -487,7 +498,8 @@ def test_remote_run_of_an_image_model_matches_local(sshd, work, profile, home):
     pytest.importorskip("PIL")
     pytest.importorskip("onnxscript")
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
     from tests.builders.images import write_image_set, write_program_teacher
 
     teacher = write_program_teacher(work / "img-teacher")
@@ -508,7 +520,8 @@ def test_remote_run_of_an_adopted_array_model_matches_local(sshd, work, profile,
     """An ONNX file made elsewhere, fed arrays: the controller stacks the samples, the device runs them, and the
     per-output fidelity against the file is computed here from the device's outputs."""
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
     from tests.builders.model_files import TwoInputs, torch_onnx_export
 
     torch = pytest.importorskip("torch")

@@ -266,7 +266,8 @@ def test_remote_streams_on_the_device(vad, tmp_path, sshd, profile, home):  # no
     the recurrence's) and times the calls."""
     import sys
 
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     values = speechy()
     write_wav(tmp_path / "a.wav", values)

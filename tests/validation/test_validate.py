@@ -77,7 +77,8 @@ def data_tsv(work) -> Path:
 @pytest.fixture(scope="module")
 def full_report(int8_artifact, bert_classifier, data_tsv, work, home):
     """A complete validation (eval, FP32 baseline, cold-start probe) of the tiny INT8 classifier."""
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = write_profile(work / "profiles", "tiny-generous", GENEROUS)
     return validate(int8_artifact, ValidateConfig(profile=str(profile), data=str(data_tsv),
@@ -87,7 +88,8 @@ def full_report(int8_artifact, bert_classifier, data_tsv, work, home):
 @pytest.fixture(scope="module")
 def failing_report(int8_artifact, data_tsv, work):
     """A fast validation (no baseline, no probe) against a standalone profile whose size budget cannot hold."""
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     budgets = {**GENEROUS, **NO_BASELINE_NO_PROBE, "max_model_size_mb": 0.0001}
     profile = write_profile(work / "profiles", "tiny-too-small", budgets, standalone=True)
@@ -296,7 +298,8 @@ def test_only_an_artifact_with_per_call_scales_is_scored_at_the_device_batch(int
 
 
 def test_retention_budget_without_teacher_is_not_measured_and_fails(int8_artifact, data_tsv, tmp_path):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     # the same artifact, with a recorded source that does not exist on this machine (the manifest is
     # not part of the sha256 check)
@@ -390,7 +393,8 @@ def test_write_report_refuses_an_existing_directory(full_report, tmp_path):
 
 def test_embedding_model_metric_is_cosine_to_teacher(bert_encoder, tmp_path):
     from compress.stages.export import export
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     art = export(bert_encoder, tmp_path / "encoder-onnx")
     assert str(art.task) == "feature-extraction"
@@ -552,7 +556,8 @@ def test_a_noisy_latency_near_its_limit_is_anomalous_not_pass_or_fail():
     anomalous_latency(noisy, mixed)
     assert verdict_of(mixed) == "fail"
     assert {v: c for v, (c, _) in VERDICTS.items()} == {"pass": 0, "fail": 1, "anomalous": 5, "unverified": 4,
-                                                         "infeasible": 6}
+                                                         "infeasible": 6, "incomplete": 7, "improved": 0,
+                                                         "inconclusive": 0, "regressed": 1, "not comparable": 3}
 
 
 def test_cli_ends_an_anomalous_verdict_with_exit_code_5_in_one_line():
@@ -610,7 +615,8 @@ def test_speedup_against_the_pytorch_teacher(int8_artifact, bert_classifier, dat
     """measure.speedup_baseline: pytorch times the teacher checkpoint in PyTorch (on every core) beside the
     artifact, instead of exporting its FP32 ONNX twin."""
     import compress.validation.local as local
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     def no_export(*a, **k):
         raise AssertionError("the runtime baseline was exported")
@@ -649,7 +655,7 @@ def test_the_fp32_baseline_is_exported_once_for_every_artifact_of_a_teacher(onnx
 def test_validate_settings_nest_the_measurement_options():
     from pydantic import ValidationError
 
-    from compress.validation.local import ValidateConfig
+    from compress.validation.config import ValidateConfig
 
     flat = ValidateConfig.from_flat(baseline=False, cold_start=False, estimate="never")
     assert flat == ValidateConfig(measure={"baseline": False, "cold_start": False, "estimate": "never"})

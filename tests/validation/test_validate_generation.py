@@ -60,7 +60,8 @@ def lm(tmp_path_factory, home):
 
 @pytest.fixture(scope="module")
 def int8_report(lm):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = gen_profile(lm["root"] / "profiles", "gen-ok", min_decode_tokens_per_s=1.0,
                           max_time_to_first_token_ms=60000, max_perplexity_increase=0.05, min_top1_agreement=0.8)
@@ -103,7 +104,8 @@ def test_a_generator_report_has_speed_beside_fp32_quality_and_its_budgets(int8_r
 
 
 def test_an_unreachable_decode_budget_fails_and_the_report_says_why(lm):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = gen_profile(lm["root"] / "profiles", "gen-fast", min_decode_tokens_per_s=1e9)
     cfg = ValidateConfig.from_flat(profile=str(profile), teacher=str(lm["ckpt"]), prompt_tokens=16, new_tokens=8,
@@ -115,7 +117,8 @@ def test_an_unreachable_decode_budget_fails_and_the_report_says_why(lm):
 
 
 def test_prompts_file_and_caps_on_the_context(lm):
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     profile = gen_profile(lm["root"] / "profiles", "gen-plain")
     cfg = ValidateConfig.from_flat(profile=str(profile), teacher=str(lm["ckpt"]), prompts=str(lm["prompts"]),
@@ -190,7 +193,8 @@ def test_an_openvino_generator_validates_through_its_stateful_cache(lm):
     pytest.importorskip("openvino")
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     ov = export(lm["ckpt"], lm["root"] / "ov", ExportConfig(format="openvino"))
     profile = gen_profile(lm["root"] / "profiles", "gen-ov", max_perplexity_increase=0.001)
@@ -273,8 +277,9 @@ def test_a_model_with_a_short_context_validates_with_the_defaults_and_says_its_b
 def test_windows_and_prompts_are_bounded_by_default_and_limit_sets_both(lm, tmp_path):
     """A large text gives at most 16 windows and 8 prompts unless --limit says otherwise; the warnings-free bounds
     line says how many the text holds."""
+    from compress.validation.config import ValidateConfig
     from compress.validation.generation_plan import MAX_PROMPTS, MAX_WINDOWS
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.local import validate
 
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join([STORY] * 24), encoding="utf-8")
@@ -296,7 +301,8 @@ def test_every_model_is_closed_when_an_interrupt_stops_the_validation(lm, monkey
     validate opened) on the way out, instead of leaving it to a destructor at the interpreter's exit."""
     import compress.runtimes.base as base
     import compress.validation.generation as generation
-    from compress.validation.local import ValidateConfig, validate
+    from compress.validation.config import ValidateConfig
+    from compress.validation.local import validate
 
     opened = []
     real = base.load_runtime
