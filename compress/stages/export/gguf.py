@@ -209,7 +209,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
         require_generation_parity,
     )
     from compress.storage import tree_bytes
-    from compress.tasks import Task
+    from compress.tasks import task_for
 
     config = config or ExportConfig()
     source = Path(source)
@@ -237,7 +237,8 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
         inputs, outputs = tensors(int(cfg["vocab_size"]))
         post = gguf_postprocess(source, cfg)
         manifest = Manifest(
-            task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
+            task=task_for("text", kind="generation"), format=Format.gguf, precision=Precision(precision),
+            model_file="model.gguf",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
             max_length=post.cache.max_length,
             source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
@@ -342,7 +343,7 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
 
     from compress.artifact import Manifest, SourceInfo, TextPreprocess, library_versions, sha256_file
     from compress.runtimes.base import load_runtime
-    from compress.tasks import Task
+    from compress.tasks import task_for
     from compress.tasks.generation import GenerationPostprocess, KVCache
 
     meta = gguf_metadata(source)
@@ -364,7 +365,8 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
             if (source.parent / name).is_file():
                 shutil.copy2(source.parent / name, o.dir / name)
         manifest = Manifest(
-            task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
+            task=task_for("text", kind="generation"), format=Format.gguf, precision=Precision(precision),
+            model_file="model.gguf",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(),
             postprocess=GenerationPostprocess(bos_token_id=meta["bos_token_id"], eos_token_id=meta["eos_token_id"],
                                               cache=cache),

@@ -95,7 +95,7 @@ from compress.stages.prune.vocab import (
     vocabulary_coverage,
 )
 from compress.stages.spec import StageOutput
-from compress.tasks import TASKS
+from compress.tasks import TASKS, kind_of
 from compress.tasks.embeddings import pooling_of
 from compress.teachers.load import model_feed
 
@@ -188,7 +188,7 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
-    if teacher.task == "text-generation":  # a decoder's heads (GQA), FFN, layers, vocabulary: .causal_lm
+    if kind_of(teacher) == "generation":  # a decoder's heads (GQA), FFN, layers, vocabulary: .causal_lm
         from compress.stages.prune.causal_lm import prune_causal_lm
 
         return prune_causal_lm(teacher, parent, output, config, train=train, eval_data=eval_data, progress=progress)
