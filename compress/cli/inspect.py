@@ -50,12 +50,8 @@ def inspect_cmd(artifact, as_json, no_verify):
 
 def _causal_lm_folder(path: Path) -> bool:
     """A Hugging Face …ForCausalLM checkpoint folder (no manifest): inspect loads it as a text-generation teacher."""
-    cfg = path / "config.json"
-    if not path.is_dir() or (path / "manifest.json").exists() or not cfg.is_file():
+    if not path.is_dir() or (path / "manifest.json").exists():
         return False
-    from compress.teachers.causal_lm import is_causal_lm
+    from compress.teachers.kinds import source_kind
 
-    try:
-        return is_causal_lm(json.loads(cfg.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return False
+    return source_kind(path) == "generation"
