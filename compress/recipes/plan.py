@@ -272,7 +272,7 @@ def _profile_label(profile: str) -> str:
 
 
 def _depth(job: Job, jobs: list[Job]) -> int:
-    if job.verb == "finetune":
+    if VERBS[job.verb].makes_teacher:
         return -1  # the teacher, before every job that takes it
     d, cur = 0, job
     while cur.parent is not None:
