@@ -21,11 +21,15 @@ def inspect_cmd(artifact, as_json, no_verify):
     from compress.artifact import load_artifact
     from compress.errors import ArtifactError
     from compress.reports.render import render_manifest
+    from compress.teachers.kinds import source_kind
     from compress.teachers.model_files import is_model_file
     from compress.teachers.program_files import is_program_file
 
     require_input(artifact, "model", ArtifactError)
-    model_file = is_model_file(artifact) or is_program_file(artifact) or _causal_lm_folder(artifact)
+    # a Hugging Face …ForCausalLM folder (no manifest) is shown as its text-generation teacher
+    checkpoint = artifact.is_dir() and not (artifact / "manifest.json").exists()
+    model_file = is_model_file(artifact) or is_program_file(artifact) or \
+        (checkpoint and source_kind(artifact) == "generation")
     if model_file:
         from compress.teachers.load import load_source
 
@@ -46,12 +50,3 @@ def inspect_cmd(artifact, as_json, no_verify):
                       f"({m['parameter_ratio']:.2f}x)", highlight=False)
             for line in summary_lines(m):
                 con.print("  " + line, highlight=False)
-
-
-def _causal_lm_folder(path: Path) -> bool:
-    """A Hugging Face …ForCausalLM checkpoint folder (no manifest): inspect loads it as a text-generation teacher."""
-    if not path.is_dir() or (path / "manifest.json").exists():
-        return False
-    from compress.teachers.kinds import source_kind
-
-    return source_kind(path) == "generation"
