@@ -41,11 +41,21 @@ class FormatSpec:
     baseline: bool = False  #: validate times an artifact against the teacher's FP32 export in this format (cached)
     runs_on: tuple[str, ...] = ("host",)  #: where it runs, from :data:`PLACES`
     built_for: str | None = None  #: what a model file runs on only, where it is built for one device
-    #: ``"module:fn"``, the exporter of a causal language model (task text-generation) with its KV cache, same
+    #: ``"module:fn"``, the exporter of a causal language model (a generation) with its KV cache, same
     #: signature as ``exporter``; None: this format takes no generator
     generator_exporter: str | None = None
     #: ``"module:fn"``, the weight-only INT4/INT8 quantizer of a generator's artifacts in this format; None: none
     generator_quantizer: str | None = None
+
+    def exporter_for(self, kind: str) -> str | None:
+        """The exporter of a model of ``kind`` (:func:`compress.tasks.kind_of`): a generation's own
+        (``generator_exporter``, with its KV cache), else the format's ``exporter`` (a stream's too)."""
+        return self.generator_exporter if kind == "generation" else self.exporter
+
+    def quantizer_for(self, kind: str) -> str | None:
+        """The quantizer of an artifact of ``kind``: a generation's weight-only one (``generator_quantizer``), else the
+        format's ``quantizer``."""
+        return self.generator_quantizer if kind == "generation" else self.quantizer
 
     @property
     def suffix(self) -> str | None:

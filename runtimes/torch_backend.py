@@ -132,9 +132,9 @@ class TorchBackend(RuntimeBackend):
 
     @property
     def _generator(self) -> bool:
-        from compress.tasks import Task
+        from compress.tasks import kind_of
 
-        return self.teacher is not None and self.teacher.task is Task.text_generation
+        return self.teacher is not None and kind_of(self.teacher) == "generation"
 
     def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
         """A causal LM's prompt from an empty KV cache: (``logits`` [1, S, V] float32, the cache)."""

@@ -21,11 +21,15 @@ def inspect_cmd(artifact, as_json, no_verify):
     from compress.artifact import load_artifact
     from compress.errors import ArtifactError
     from compress.reports.render import render_manifest
+    from compress.teachers.kinds import source_kind
     from compress.teachers.model_files import is_model_file
     from compress.teachers.program_files import is_program_file
 
     require_input(artifact, "model", ArtifactError)
-    model_file = is_model_file(artifact) or is_program_file(artifact) or _causal_lm_folder(artifact)
+    # a Hugging Face …ForCausalLM folder (no manifest) is shown as its text-generation teacher
+    checkpoint = artifact.is_dir() and not (artifact / "manifest.json").exists()
+    model_file = is_model_file(artifact) or is_program_file(artifact) or \
+        (checkpoint and source_kind(artifact) == "generation")
     if model_file:
         from compress.teachers.load import load_source
 
@@ -46,16 +50,3 @@ def inspect_cmd(artifact, as_json, no_verify):
                       f"({m['parameter_ratio']:.2f}x)", highlight=False)
             for line in summary_lines(m):
                 con.print("  " + line, highlight=False)
-
-
-def _causal_lm_folder(path: Path) -> bool:
-    """A Hugging Face …ForCausalLM checkpoint folder (no manifest): inspect loads it as a text-generation teacher."""
-    cfg = path / "config.json"
-    if not path.is_dir() or (path / "manifest.json").exists() or not cfg.is_file():
-        return False
-    from compress.teachers.causal_lm import is_causal_lm
-
-    try:
-        return is_causal_lm(json.loads(cfg.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return False

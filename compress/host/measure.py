@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from compress.errors import StageError
 from compress.progress import Progress, start_phase
+from compress.tasks import Kind
 
 
 def nearest_rank(sorted_values: list[float], p: float) -> float:
@@ -139,7 +140,7 @@ def measure_interleaved(
 class Measurement(Protocol):
     """A shape of measurement: ``measure(progress)`` times its work and returns :class:`LatencyStats` by name."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[Kind]  #: the kind of model it times (compress.tasks.kind_of)
 
     def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]: ...
 
@@ -149,7 +150,7 @@ class ForwardPass:
     """One forward pass per call: each callable (an artifact's ``run`` then ``synchronize``, its baseline's) timed
     in interleaved rounds by :func:`measure_interleaved`; the figures are each callable's by its name."""
 
-    kind: ClassVar[str] = "forward"
+    kind: ClassVar[Kind] = "forward"
     runs: dict[str, Callable[[], Any]]
     batch_size: int
     warmup: int = 10
@@ -191,7 +192,7 @@ class Generation:
     token; its ``throughput`` is decode tokens per second over the batch's rows). ``next_feeds(outputs, feeds)``
     makes a step's feeds from the last outputs (default :func:`greedy_next`)."""
 
-    kind: ClassVar[str] = "generation"
+    kind: ClassVar[Kind] = "generation"
     backend: Any
     prompt: dict[str, Any]
     new_tokens: int = 16
@@ -238,7 +239,7 @@ class Stream:
     chunk: a runtime's ``prefill`` on the first chunk then ``step`` on each next one, the whole stream ``repeats``
     times (after ``warmup`` untimed passes). Figures: ``chunk``, one sample per chunk."""
 
-    kind: ClassVar[str] = "stream"
+    kind: ClassVar[Kind] = "stream"
     backend: Any
     chunks: list[dict[str, Any]]
     repeats: int = 5

@@ -70,7 +70,7 @@ from compress.packaging.wheels import (
 )
 from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
 from compress.progress import Progress, sink
-from compress.tasks import TASKS
+from compress.tasks import TASKS, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         root = work / "bundle"
         root.mkdir()
         say({"phase": "files", "label": "writing the model and the handler"})
-        block = gen.generation_block(art, config.max_new_tokens) if gen.is_generator(art) else None
+        block = gen.generation_block(art, config.max_new_tokens) if kind_of(art) == "generation" else None
         if block is not None:
             notes.append(gen.describe(block))
         own = _write_bundle_files(root, art, profile, sl, function, config, pins, block)

@@ -26,10 +26,10 @@ from typing import Any
 
 from compress.artifact import Artifact, Format
 from compress.errors import ArtifactError, ConfigError
-from compress.tasks import Task
+from compress.tasks import kind_of
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS", "FIRST_PROMPT", "TEMPLATE", "check_generator", "describe",
-           "first_generation", "generation_block", "is_generator"]
+           "first_generation", "generation_block"]
 
 #: the most new tokens a request may ask for when --max-new-tokens is not given (capped by the context)
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -41,15 +41,11 @@ FIRST_PROMPT = "Once upon a time, there was a little girl who"
 TEMPLATE = "generator.py"
 
 
-def is_generator(art: Artifact) -> bool:
-    return art.manifest.task == Task.text_generation
-
-
 def check_generator(art: Artifact, max_new_tokens: int | None) -> None:
     """Refuse what the generating handler cannot run (one line, the legal next step): a generator of another format
     than ONNX, an ONNX graph without the past_key_values cache, ``max_new_tokens`` beyond the context; and
     ``max_new_tokens`` for an artifact that does not generate."""
-    if not is_generator(art):
+    if kind_of(art) != "generation":
         if max_new_tokens is not None:
             raise ConfigError(f"--max-new-tokens is for text-generation artifacts; {art.path} is a "
                               f"{art.manifest.task} model", hint="drop --max-new-tokens")

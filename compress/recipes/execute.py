@@ -125,7 +125,7 @@ def plan_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, reru
         forced = any(fnmatch.fnmatch(job.name, pat) for pat in rerun)
         cached = rec is not None and not forced
         known = (rec or {}).get("seconds") or (before.get(job.name) or {}).get("build_seconds")
-        origin = "base" if job.verb == "finetune" else job.parent or "teacher"
+        origin = "base" if VERBS[job.verb].makes_teacher else job.parent or "teacher"
         rows.append({"name": job.name, "verb": job.verb, "from": origin, "key": job.key[:12],
                      "cached": cached, "estimate_s": 0.0 if cached else float(known or rough_seconds(job)),
                      "estimate_from": "cached" if cached else ("an earlier run" if known else "rough")})
@@ -231,7 +231,7 @@ def _verdict(jobs: list[dict[str, Any]], gate_rows: list[dict[str, Any]]) -> str
 
 
 def _run_job(plan: Plan, job: Job, run: Path, out: Path, say: Progress) -> dict[str, Any]:
-    if job.verb == "finetune":  # the recipe's teacher, from its base
+    if VERBS[job.verb].makes_teacher:  # the recipe's teacher, from its base
         src = job.data["base"]
     else:
         src = plan.teacher if job.parent is None else str(run / completed_record(run, plan.job(job.parent))["path"])

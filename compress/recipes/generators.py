@@ -17,8 +17,11 @@ runs.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from compress.tasks import Kind, kind_of
 
 #: export's settings a generator exporter reads (flat keys); GGUF's converter also reads these
 _EXPORT_READS = {"format", "task", "atol", "sample_data"}
@@ -36,56 +39,54 @@ DATA_AWARE = ("gptq", "awq", "scale_estimation")
 GENERATOR = "causal LM (text-generation)"
 
 
-def generator_teacher(teacher: str | Path) -> bool:
-    """Whether the recipe's resolved ``teacher`` is a causal LM: a ``…ForCausalLM`` checkpoint or a text-generation
-    artifact (export's own probe), or a GGUF file (llama.cpp's: causal LMs only)."""
-    from compress.stages.export import generator_source
+def _export_reads(fmt: str) -> set[str]:
+    return _EXPORT_READS | (_GGUF_EXPORT_READS if fmt == "gguf" else set())
 
-    p = Path(teacher)
-    return p.suffix.lower() == ".gguf" or (p.is_dir() and generator_source(p))
+
+def _quantize_reads(fmt: str) -> set[str] | None:
+    from compress.formats import FORMATS
+
+    ref = FORMATS[fmt].quantizer_for("generation")
+    if ref is None:
+        return None
+    import importlib
+
+    # the quantizer's own list of the settings it reads (it refuses any other at run time, after the export);
+    # a quantizer without one is left to refuse at run time
+    applies = getattr(importlib.import_module(ref.partition(":")[0]), "_APPLIES", None)
+    return None if applies is None else set(applies)
+
+
+#: what a generator's verb reads of its settings (flat keys) for an artifact of a format, per verb (None: every one)
+_READS = {"export": _export_reads, "quantize": _quantize_reads, "validate": lambda fmt: set(_VALIDATE_READS)}
 
 
 def reads(verb: str, fmt: str) -> set[str] | None:
     """The settings (flat keys) a generator's ``verb`` reads for an artifact of format ``fmt``; None: every one."""
-    from compress.formats import FORMATS
-
-    if verb == "export":
-        return _EXPORT_READS | (_GGUF_EXPORT_READS if fmt == "gguf" else set())
-    if verb == "quantize":
-        ref = FORMATS[fmt].generator_quantizer
-        if ref is None:
-            return None
-        import importlib
-
-        # the quantizer's own list of the settings it reads (it refuses any other at run time, after the export);
-        # a quantizer without one is left to refuse at run time
-        applies = getattr(importlib.import_module(ref.partition(":")[0]), "_APPLIES", None)
-        return None if applies is None else set(applies)
-    if verb == "validate":
-        return set(_VALIDATE_READS)
-    return None
+    return _READS[verb](fmt) if verb in _READS else None
 
 
 #: the verbs of a generator's chain that make a smaller PyTorch model (their options are the verbs' own to check)
 SHRINKING = ("distill", "prune")
 
 
-def recipe_generator(teacher: str | None, tuned_base: str | None) -> bool:
-    """Whether a recipe's teacher is a causal LM: ``teacher`` (resolved; None where the recipe fine-tunes it, or it
-    cannot be resolved) is one, or ``tuned_base``, the base the recipe fine-tunes it from
-    (:func:`compress.recipes.schema.finetune_base`), is."""
-    if teacher is not None:
-        return generator_teacher(teacher)
-    return tuned_base is not None and generator_teacher(tuned_base)
+def recipe_kind(teacher: str | None, tuned_base: str | None) -> Kind:
+    """The kind of a recipe's model (:func:`compress.teachers.kinds.source_kind`): its ``teacher``'s (resolved; None
+    where the recipe fine-tunes it, or it cannot be resolved), else that of ``tuned_base``, the base the recipe
+    fine-tunes it from (:func:`compress.recipes.schema.finetune_base`); one forward pass where neither is known."""
+    from compress.teachers.kinds import source_kind
+
+    model = teacher if teacher is not None else tuned_base
+    return "forward" if model is None else source_kind(model)
 
 
 def problem(recipe, teacher: str | None, tuned_base: str | None) -> tuple[tuple, str, str] | None:
     """The first thing in ``recipe`` that does not fit its teacher's kind (a generator or not), as ``(field location,
     problem, hint)`` for the schema's one-line error; None when all fits. ``teacher``: the resolved teacher path
-    (None: the recipe fine-tunes its teacher from ``tuned_base``, a generator where that is, :func:`recipe_generator`)."""
+    (None: the recipe fine-tunes its teacher from ``tuned_base``, a generator where that is, :func:`recipe_kind`)."""
     from compress.recipes.verbs import VERBS
 
-    generator = recipe_generator(teacher, tuned_base)
+    generator = recipe_kind(teacher, tuned_base) == "generation"
     for name, step in recipe.steps.items():
         settings = VERBS[step.verb].config_model().model_validate(step.settings)
         at = ("steps", name, step.verb)
@@ -102,7 +103,7 @@ def problem(recipe, teacher: str | None, tuned_base: str | None) -> tuple[tuple,
                     "(docs/generators.md)")
         fmt = recipe.format_of(name)
         found = _format(step.verb, fmt, at) or _ignored(step.verb, fmt, settings, at) or \
-            (_quantizer_rules(fmt, settings, at) if step.verb == "quantize" else None)
+            _DOORS[step.verb].rules(fmt, settings, at)
         if found:
             return found
     for n, spec in enumerate(recipe.targets("validate")):
@@ -129,11 +130,10 @@ def problem(recipe, teacher: str | None, tuned_base: str | None) -> tuple[tuple,
 def _format(verb: str, fmt: str, at: tuple) -> tuple[tuple, str, str] | None:
     from compress.formats import FORMATS
 
-    made = [n for n, f in FORMATS.items() if (f.generator_exporter if verb == "export" else f.generator_quantizer)]
-    if (FORMATS[fmt].generator_exporter if verb == "export" else FORMATS[fmt].generator_quantizer) is None:
-        what = f"{FORMATS[fmt].label} takes no {GENERATOR}" if verb == "export" else \
-            f"quantize takes no {FORMATS[fmt].label} {GENERATOR}"
-        return ((*at, "format") if verb == "export" else at, what,
+    door = _DOORS[verb]
+    made = [n for n, f in FORMATS.items() if door.module(f, "generation")]
+    if door.module(FORMATS[fmt], "generation") is None:
+        return ((*at, *door.at), door.refusal.format(label=FORMATS[fmt].label, what=GENERATOR),
                 f"export the teacher with format: {' | '.join(made)}")
     return None
 
@@ -148,7 +148,7 @@ def _ignored(verb: str, fmt: str, settings, at: tuple) -> tuple[tuple, str, str]
             where = f" for {fmt}" if fmt else ""
             return ((*at, *path.split(".")), f"{_flag(settings, path)} would be ignored{where}: the teacher is "
                     f"a {GENERATOR}", f"drop it; {verb} of a generator reads {_names(settings, wanted)}")
-    if verb == "export" and settings.task is not None and str(settings.task) != "text-generation":
+    if getattr(settings, "task", None) is not None and kind_of(settings.task) != "generation":  # export's --task
         return ((*at, "task"), f"task {settings.task}: the teacher is a {GENERATOR}", "drop task:")
     return None
 
@@ -177,6 +177,26 @@ def _quantizer_rules(fmt: str, settings, at: tuple) -> tuple[tuple, str, str] | 
     except ConfigError as e:
         return at, e.message, e.hint or "see docs/generators.md"
     return None
+
+
+@dataclass(frozen=True)
+class _Door:
+    """How a generator's export or quantize step is checked against its format: the format's module for a generation
+    (:meth:`compress.formats.FormatSpec.exporter_for`, ``quantizer_for``), how a format without one is refused and at
+    which of the step's fields, and the format's own checks of the request."""
+
+    module: Callable[[Any, str], str | None]
+    refusal: str
+    at: tuple[str, ...] = ()
+    rules: Callable[[str, Any, tuple], tuple[tuple, str, str] | None] = lambda fmt, settings, at: None
+
+
+#: a generator's export and quantize steps, by verb
+_DOORS = {
+    "export": _Door(lambda f, kind: f.exporter_for(kind), "{label} takes no {what}", ("format",)),
+    "quantize": _Door(lambda f, kind: f.quantizer_for(kind), "quantize takes no {label} {what}",
+                      rules=_quantizer_rules),
+}
 
 
 def _generator_only(verb: str, settings, at: tuple) -> tuple[tuple, str, str] | None:

@@ -157,10 +157,10 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
                                "edgecompress artifact")
     if "calibration" not in data and "train" in data:
         data["calibration"] = data["train"]
-    from compress.recipes.generators import recipe_generator
+    from compress.recipes.generators import recipe_kind
 
     # a causal LM (or a recipe that fine-tunes one from a causal LM base): its verbs read fewer defaults
-    generator = recipe_generator(None if tune else teacher, finetune_base(recipe, base))
+    generator = recipe_kind(None if tune else teacher, finetune_base(recipe, base)) == "generation"
     jobs: list[Job] = [tune] if tune else []
     for name, step in recipe.steps.items():
         settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher,
@@ -272,7 +272,7 @@ def _profile_label(profile: str) -> str:
 
 
 def _depth(job: Job, jobs: list[Job]) -> int:
-    if job.verb == "finetune":
+    if VERBS[job.verb].makes_teacher:
         return -1  # the teacher, before every job that takes it
     d, cur = 0, job
     while cur.parent is not None:

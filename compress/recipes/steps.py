@@ -63,10 +63,10 @@ def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
     from compress.recipes.generators import calibration_for
     from compress.stages.quantize import quantize
     from compress.stages.quantize.static import calibrates
-    from compress.validation.generation import is_generator
+    from compress.tasks import kind_of
 
     parent = load_artifact(source)
-    if is_generator(parent.task):  # weight-only: the recipe's text calibrates only a data-aware INT4 algorithm
+    if kind_of(parent) == "generation":  # weight-only: the recipe's text calibrates only a data-aware INT4 algorithm
         config = calibration_for(config, ctx.data, str(parent.format))
     elif ctx.data.get("calibration") and calibrates(parent, config):
         config = config.model_copy(

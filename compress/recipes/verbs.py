@@ -53,6 +53,7 @@ class Verb:
     measures: bool = False  #: validate and package: run per artifact × profile, keyed with the profile and CPU
     section: str | None = None  #: a measuring verb: the Recipe field that lists its artifacts and profiles
     trains: bool = False  #: needs a trainable teacher (a checkpoint, not a model file) when it takes the teacher
+    makes_teacher: bool = False  #: it makes the recipe's teacher from a base (``data["base"]``), before every step
     deployable: bool = False  #: its output can be validated and packaged
     format: str | None = "pytorch"  #: the format of its output; None: its input's
     format_option: str | None = None  #: the setting that names its output's format (``format``: its default)
@@ -152,8 +153,8 @@ VERBS: dict[str, Verb] = {
     # the recipe's teacher when the recipe fine-tunes it (teacher: {finetune: {base: ...}}): a job, not a step
     "finetune": Verb(
         config="compress.stages.finetune.config:FinetuneConfig", command="compress.cli.finetune:finetune_cmd",
-        run="compress.recipes.steps:run_finetune", trains=True, data=_TRAINING_DATA, needs={"train": "training data"},
-        seconds=30, train_steps=_finetune_steps, step_name="teacher"),
+        run="compress.recipes.steps:run_finetune", trains=True, makes_teacher=True, data=_TRAINING_DATA,
+        needs={"train": "training data"}, seconds=30, train_steps=_finetune_steps, step_name="teacher"),
     "validate": Verb(
         config="compress.validation.config:ValidateConfig", command="compress.cli.validate:validate_cmd",
         run="compress.recipes.steps:run_validate", paths=("data", "teacher", "ssh_config", "generation.prompts"), measures=True,

@@ -62,19 +62,6 @@ from compress.search.space import RUNTIME_SETTINGS
 _RUNTIME = {**RUNTIME_SETTINGS, "llamacpp": {"provider": None, "options": {}}}
 
 
-def is_generator_teacher(teacher: str | Path) -> bool:
-    """A Hugging Face checkpoint folder whose config.json names a ``…ForCausalLM``."""
-    from compress.teachers.lm_config import is_causal_lm
-
-    cfg = Path(teacher) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return is_causal_lm(json.loads(cfg.read_text(encoding="utf-8")))
-    except ValueError:
-        return False
-
-
 def _refuse_encoder_options(config: SearchConfig) -> None:
     """One line for the first option a generator search would ignore (distillation, pruning, labels, images)."""
     from compress.search.config import Full, Short
@@ -546,4 +533,4 @@ def line(p: dict[str, Any]) -> str:
             f"{f(p['size_mb'], '.3f')} MB" + (f", {p['at_8_bits']} MatMuls at 8 bits" if p.get("at_8_bits") else ""))
 
 
-__all__ = ["GeneratorSearch", "is_generator_teacher", "line", "run_generator_search"]
+__all__ = ["GeneratorSearch", "line", "run_generator_search"]

@@ -66,9 +66,11 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     """
     optuna = optuna_module()
     search_dir = Path(search_dir)
-    from compress.search.generator import is_generator_teacher, run_generator_search
+    from compress.search.generator import run_generator_search
+    from compress.teachers.kinds import source_kind
 
-    if is_generator_teacher(config.teacher):  # a causal LM: runtime x INT4 algorithm x group x 8-bit layers
+    # a causal LM's folder (its routes start from the checkpoint): runtime x INT4 algorithm x group x 8-bit layers
+    if Path(config.teacher).is_dir() and source_kind(config.teacher) == "generation":
         return run_generator_search(config, search_dir, progress=progress, force=force)
     if html:
         from compress._optional import require

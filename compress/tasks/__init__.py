@@ -1,9 +1,10 @@
 """What edgecompress knows of each task, in one table: :data:`TASKS`, one :class:`TaskInfo` per :class:`Task`.
 
-A task's entry says what its labels are, where its class scores lie, the Hugging Face head it maps to, its metric
-(an import string ``"module:fn"``, with which direction is better), how agreement with the teacher is judged and
-how a model file's ``postprocess`` block is checked against its outputs and labels. Every layer asks the table
-(``TASKS[t].classifies``, ``TASKS[t].head``, ...) rather than naming tasks; the metrics live in the task modules
+A task's entry says what kind of model does it (one forward pass, a generation: :data:`Kind`), what its labels are,
+where its class scores lie, the Hugging Face head it maps to, its metric (an import string ``"module:fn"``, with
+which direction is better), how agreement with the teacher is judged and how a model file's ``postprocess`` block
+is checked against its outputs and labels. Every layer asks the table (``TASKS[t].classifies``, ``TASKS[t].head``,
+:func:`kind_of`, ...) rather than naming tasks; the metrics live in the task modules
 beside it (:mod:`compress.tasks.classification`, :mod:`compress.tasks.detection`, ...). Adding a task is one module
 plus one entry here.
 
@@ -22,8 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["TASKS", "CollectedMetric", "StreamingMetric", "Task", "TaskInfo", "load", "postprocess_for", "postprocess_models",
-           "repeated_class_name", "task_for"]
+__all__ = ["KINDS", "TASKS", "CollectedMetric", "Kind", "StreamingMetric", "Task", "TaskInfo", "kind_of", "load",
+           "postprocess_for", "postprocess_models", "repeated_class_name", "task_for"]
 
 
 class Task(StrEnum):
@@ -58,6 +59,12 @@ class Task(StrEnum):
 #: what a task's labels are: a class id per sample, a tag per word, values per sample (targets, 0/1 flags, label
 #: maps, texts), boxes per image, answer spans in a context per question, or none (judged against the teacher only)
 Labels = Literal["per-sample", "per-word", "values", "boxes", "spans", "none"]
+
+#: what one use of a model is, the words :mod:`compress.host.measure` times by: one forward pass per batch, a
+#: generation (a prompt's prefill, then one step per new token through a KV cache), or a stream (chunks of a sequence,
+#: call by call, the state fed back: a manifest's ``stream``)
+Kind = Literal["forward", "generation", "stream"]
+KINDS: tuple[Kind, ...] = ("forward", "generation", "stream")
 
 
 def load(spec: str) -> Callable[..., Any]:
@@ -107,6 +114,9 @@ class TaskInfo:
     streaming: str | None = None
     #: the streaming form of ``unlabelled`` (built with the manifest)
     unlabelled_streaming: str | None = None
+    #: what kind of model does the task: a generation (a causal LM's) or one forward pass per batch (a model of such a
+    #: task whose manifest has a ``stream`` is a stream: :func:`kind_of`)
+    kind: Kind = "forward"
 
     @property
     def classifies(self) -> bool:
@@ -220,13 +230,40 @@ def repeated_class_name(labels: list[str] | None) -> str | None:
     return None
 
 
-def task_for(inputs: str | None, *, numbers: bool = False) -> Task:
+def task_for(inputs: str | None, *, numbers: bool = False, kind: Kind = "forward") -> Task:
     """The task of a model that reads ``inputs`` (``"text"``, ``"image"``) and gives one class per sample, or numbers
-    (``numbers``: a regressor, whatever it reads); ``generic`` where no task fits."""
+    (``numbers``: a regressor, whatever it reads), or of a model of another ``kind`` that reads them (``"generation"``
+    and ``"text"``: text-generation); ``generic`` where no task fits."""
     for t, info in TASKS.items():
-        if info.targets if numbers else info.classifies and info.inputs is not None and info.inputs == inputs:
+        if kind != "forward":
+            if info.kind == kind and info.inputs == inputs:
+                return t
+        elif info.targets if numbers else info.classifies and info.inputs is not None and info.inputs == inputs:
             return t
     return Task.generic
+
+
+def kind_of(what: Any) -> Kind:
+    """What kind of model ``what`` is: a task (a :class:`Task` or its name), a manifest (its ``task`` and ``stream``:
+    a manifest's, a raw ``manifest.json`` mapping's), an artifact (its ``manifest``) or a teacher (its ``task``).
+
+    The task's :attr:`TaskInfo.kind`, except that a forward model whose manifest has a ``stream`` is a stream;
+    ``"forward"`` for what names no task edgecompress knows. The one answer to "is this a generator?"
+    (``kind_of(x) == "generation"``); a source on disk (a checkpoint folder, a ``.gguf``) is probed by
+    :func:`compress.teachers.kinds.source_kind`, which asks this of a manifest."""
+    if isinstance(what, dict):
+        task, stream = what.get("task"), what.get("stream")
+    elif isinstance(what, str):
+        task, stream = what, None
+    else:
+        m = getattr(what, "manifest", None)  # an artifact's; a teacher's is a method that writes one
+        m = what if m is None or callable(m) else m
+        task, stream = getattr(m, "task", None), getattr(m, "stream", None)
+    try:
+        kind = TASKS[Task(task)].kind
+    except ValueError:  # no task, or one edgecompress does not know
+        kind = "forward"
+    return "stream" if kind == "forward" and stream is not None else kind
 
 
 def postprocess_models() -> list[type]:
@@ -302,8 +339,8 @@ TASKS: dict[Task, TaskInfo] = {
     Task.question_answering: TaskInfo(labels="spans", metric="compress.tasks.qa:qa_metrics", agreement="metric",
                                       head="AutoModelForQuestionAnswering", inputs="text",
                                       postprocess="compress.tasks.qa:QAPostprocess"),
-    Task.text_generation: TaskInfo(labels="none", metric="compress.tasks.generation:generation_metrics",
-                                   metric_takes="postprocess", higher_is_better=False, agreement="metric",
+    Task.text_generation: TaskInfo(labels="none", kind="generation",
+                                   metric="compress.tasks.generation:generation_metrics", metric_takes="postprocess", higher_is_better=False, agreement="metric",
                                    head="AutoModelForCausalLM", inputs="text",
                                    postprocess="compress.tasks.generation:GenerationPostprocess",
                                    streaming="compress.tasks.generation:GenerationStream"),

@@ -74,10 +74,10 @@ class CausalLM:
     @classmethod
     def load(cls, path: Path | str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> CausalLM:
         """Load the ``…ForCausalLM`` folder at ``path`` (one-line errors: not a causal LM, a foreign tokenizer)."""
-        from compress.tasks import Task
+        from compress.tasks import task_for
         from compress.teachers.load import load_teacher
 
-        teacher = load_teacher(path, Task.text_generation, allow_pickle=allow_pickle,
+        teacher = load_teacher(path, task_for("text", kind="generation"), allow_pickle=allow_pickle,
                                trust_remote_code=trust_remote_code)
         return cls.from_teacher(teacher)
 

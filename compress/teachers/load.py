@@ -26,7 +26,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, Task, postprocess_for, repeated_class_name, task_for
+from compress.tasks import TASKS, Task, kind_of, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import (
     InfoTeacher,
@@ -161,11 +161,11 @@ def inspect_checkpoint(
 
     architecture = (config.get("architectures") or [""])[0] or ""
     if is_causal_lm(config):  # a decoder with a KV cache: next-token logits, judged on text, never on labels
-        if task is not None and Task(task) is not Task.text_generation:
+        if task is not None and kind_of(Task(task)) != "generation":
             raise ConfigError(f"{path} is a causal language model ({architecture}): its task is text-generation, "
                               f"not {Task(task)}", hint="leave --task out (or pass --task text-generation)")
-        task = Task.text_generation
-    elif task is not None and Task(task) is Task.text_generation:
+        task = task_for("text", kind="generation")
+    elif task is not None and kind_of(Task(task)) == "generation":
         raise ModelLoadError(f"{path}: {architecture or 'this model'} is not a causal language model (…ForCausalLM)",
                              hint="text-generation takes a Hugging Face …ForCausalLM checkpoint")
     if task is None:
@@ -201,7 +201,7 @@ def inspect_checkpoint(
             except ConfigError as e:
                 raise ModelLoadError(f"{path}: {e.message}", hint="set config.json's id2label to IOB2 tags (O, B-PER, "
                                      "I-PER, ...), or fine-tune it with --task token-classification") from None
-    elif task is Task.text_generation:  # BOS/EOS, the perplexity window, the KV cache's dimensions
+    elif kind_of(task) == "generation":  # BOS/EOS, the perplexity window, the KV cache's dimensions
         postprocess = postprocess_of(path, config)
     elif task is Task.feature_extraction:  # an encoder: its token states pooled
         postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
@@ -261,7 +261,7 @@ class Teacher(InfoTeacher):
         """The graph's outputs: the primary one (logits or token states), or a QA head's start and end logits."""
         if self.task is Task.question_answering:
             return list(QA_OUTPUTS)
-        return ["logits" if self.task in _HEADS or self.task is Task.text_generation else "last_hidden_state"]
+        return ["logits" if self.task in _HEADS or kind_of(self.task) == "generation" else "last_hidden_state"]
 
     def call(self, model: Any, tensors: dict[str, Any]) -> Any:
         """The model's primary output (logits, token states, a QA head's start logits) for ``tensors``."""
@@ -295,7 +295,7 @@ class Teacher(InfoTeacher):
     def save_inputs(self, directory: Path) -> None:
         """Write what turns raw input into the model's feeds (the tokenizer files) into ``directory``."""
         self.tokenizer.save_pretrained(str(directory))
-        if self.task is Task.text_generation and (self.path / "generation_config.json").is_file():
+        if kind_of(self.task) == "generation" and (self.path / "generation_config.json").is_file():
             import shutil  # BOS/EOS and the generation defaults travel with a causal LM's tokenizer
 
             shutil.copy2(self.path / "generation_config.json", Path(directory) / "generation_config.json")
@@ -310,7 +310,7 @@ class Teacher(InfoTeacher):
     def manifest(self) -> Manifest:
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
         width = len(self.info.labels) if self.info.labels else self.model.config.num_labels \
-            if TASKS[self.task].targets else self.model.config.vocab_size if self.task is Task.text_generation \
+            if TASKS[self.task].targets else self.model.config.vocab_size if kind_of(self.task) == "generation" \
             else self.model.config.hidden_size
         out_shape: list[int | str] = ["batch_size", width] if self.task in _PER_TEXT else \
             ["batch_size", "sequence_length", width]
@@ -370,7 +370,7 @@ def load_teacher(
     # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
     transformers.utils.logging.disable_progress_bar()
 
-    generates = info.task is Task.text_generation
+    generates = kind_of(info.task) == "generation"
     auto = getattr(transformers, (_HEADS.get(info.task) or generates) and TASKS[info.task].head or "AutoModel")
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
     if not any((info.path / name).is_file() for name in TOKENIZER_FILES):

@@ -514,9 +514,5 @@ def diverging_markdown(met: dict[str, Any]) -> list[str]:
     return out
 
 
-def is_generator(task: Any) -> bool:
-    return str(task) == "text-generation"
-
-
-__all__ = ["continuations", "diverging_markdown", "is_generator", "quality", "speed_figures", "summary_lines",
+__all__ = ["continuations", "diverging_markdown", "quality", "speed_figures", "summary_lines",
            "time_generation", "validate_generation"]

@@ -33,7 +33,7 @@ from compress.errors import ConfigError, MissingBackendError
 from compress.host.measure import ForwardPass, probe_cold_start
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
-from compress.tasks import TASKS
+from compress.tasks import TASKS, kind_of
 from compress.validation.common import (
     ValidationReport,
     ValidationRun,
@@ -158,22 +158,9 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
                                       hint="run validate on the device (or --remote), or let it estimate "
                                       "(--estimate auto or always)")
 
-    if str(m.task) == "text-generation":  # a causal LM: prompts through its KV cache, tokens/s, perplexity
-        from compress.validation.generation import validate_generation
-
-        if remote is not None:
-            raise ConfigError("--remote does not measure a text generator yet", hint="run validate on the device")
-        run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start)
-        return validate_generation(art, run, runtime_name, run_settings, device, estimating,
-                                   tdir=_teacher_dir(art, config.teacher), environment=_environment)
-
-    if m.stream is not None:  # a streaming model: each sequence call by call, the state carried
-        from compress.validation.stream import validate_stream
-
+    if (kind := kind_of(m)) in _KINDS:  # a generation or a stream: measured its own way
         run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start, user_metric)
-        return validate_stream(art, run, runtime_name, None if remote else run_settings, None if remote else device,
-                               False if remote else estimating, tdir=_teacher_dir(art, config.teacher),
-                               environment=_environment, remote=remote)
+        return _KINDS[kind](run, runtime_name, remote, None if remote else (run_settings, device, estimating))
 
     dataset = _eval_data(config, m)
     teacher = _teacher(art, config, warnings)
@@ -210,6 +197,31 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, run, device, estimates) if estimating else note_device(report, device)
+
+
+def _validate_generation(run: ValidationRun, runtime_name: str, remote, here) -> ValidationReport:
+    """A causal LM: prompts through its KV cache, tokens/s, perplexity (``here``: the run settings, device and whether
+    latency is estimated, for a run on this machine)."""
+    from compress.validation.generation import validate_generation
+
+    if remote is not None:
+        raise ConfigError("--remote does not measure a text generator yet", hint="run validate on the device")
+    return validate_generation(run.art, run, runtime_name, *here, tdir=_teacher_dir(run.art, run.config.teacher),
+                               environment=_environment)
+
+
+def _validate_stream(run: ValidationRun, runtime_name: str, remote, here) -> ValidationReport:
+    """A streaming model: each sequence call by call, the state carried (here or on the ``remote`` device)."""
+    from compress.validation.stream import validate_stream
+
+    run_settings, device, estimating = here or (None, None, False)
+    return validate_stream(run.art, run, runtime_name, run_settings, device, estimating,
+                           tdir=_teacher_dir(run.art, run.config.teacher), environment=_environment, remote=remote)
+
+
+#: how validate measures a model of each kind other than one forward pass (:func:`compress.tasks.kind_of`); a forward
+#: model's rows are predicted and scored in :func:`validate` itself
+_KINDS: dict[str, Callable[..., ValidationReport]] = {"generation": _validate_generation, "stream": _validate_stream}
 
 
 def _eval_data(config: ValidateConfig, m):

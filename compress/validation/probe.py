@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     t_session = time.perf_counter() - t0
 
     from compress.data.inputs import latency_inputs
+    from compress.tasks import kind_of
 
-    if str(backend.artifact.manifest.task) == "text-generation":  # a causal LM: one prefill of a prompt
+    if kind_of(backend.artifact) == "generation":  # a causal LM: one prefill of a prompt
         ids = np.ones((args.batch_size, args.sequence_length), dtype=np.int64)
         t0 = time.perf_counter()
         out = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]["logits"]

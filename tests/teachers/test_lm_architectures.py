@@ -16,8 +16,9 @@ pytest.importorskip("onnxruntime")
 
 import compress  # noqa: F401 - the torchvision shim before transformers
 from compress.errors import ConfigError
-from compress.stages.export import export, generator_source
+from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
+from compress.teachers.kinds import source_kind
 from compress.teachers.lm_config import cache_of, is_causal_lm
 from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
 
@@ -66,7 +67,7 @@ def test_openvino_takes_gemma3s_sliding_window_and_gpt2(tmp_path, arch):
 def test_gpt2_is_a_causal_lm_with_its_own_dimension_names(tmp_path):
     ckpt = tiny_causal_lm(tmp_path / "gpt2", arch="gpt2", layers=1)
     cfg = json.loads((ckpt / "config.json").read_text())
-    assert cfg["architectures"] == ["GPT2LMHeadModel"] and is_causal_lm(cfg) and generator_source(ckpt)
+    assert cfg["architectures"] == ["GPT2LMHeadModel"] and is_causal_lm(cfg) and source_kind(ckpt) == "generation"
     cache = cache_of(cfg)
     assert (cache.layers, cache.kv_heads, cache.head_size, cache.max_length) == (1, 4, 16, 256)
     assert not is_causal_lm({"architectures": ["BertForSequenceClassification"]})

@@ -51,7 +51,7 @@ from compress.stages.distill.student import count_parameters
 from compress.stages.distill.training import Trainer
 from compress.stages.spec import StageOutput
 from compress.stages.training import OutputPlan, predict_rows, score
-from compress.tasks import TASKS
+from compress.tasks import TASKS, kind_of
 from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def _distill_by_task(teacher, teacher_dir, train, output: StageOutput, config: D
     """A teacher whose task has a distillation of its own, distilled there: a causal LM (top-k logit KL on text
     windows), question answering (start and end logits over SQuAD windows), an image classifier (logits on shifted
     images); a regressor refused. None for the text classifiers and encoders :func:`distill` trains itself."""
-    if str(teacher.task) == "text-generation":  # a causal LM: top-k logit distillation on text windows
+    if kind_of(teacher) == "generation":  # a causal LM: top-k logit distillation on text windows
         from compress.stages.distill.causal_lm import distill_causal_lm
 
         result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
@@ -409,7 +409,7 @@ def _write_student(model, teacher, output: StageOutput, metrics: dict[str, Any],
 
     with output.writing() as o:
         save_checkpoint(model, tokenizer or teacher.tokenizer, teacher, o.dir)
-        if (teacher.path / "generation_config.json").is_file() and str(teacher.task) == "text-generation":
+        if (teacher.path / "generation_config.json").is_file() and kind_of(teacher) == "generation":
             shutil.copy2(teacher.path / "generation_config.json", o.dir / "generation_config.json")  # its defaults
         size = sum(f.stat().st_size for f in o.dir.glob("*.safetensors"))
         metrics["size_bytes"] = size

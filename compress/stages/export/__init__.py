@@ -32,23 +32,27 @@ def export(
     """
     config = config or ExportConfig()
     from compress.formats import FORMATS, file_format, import_string
+    from compress.tasks import kind_of
+    from compress.teachers.kinds import source_kind
     from compress.teachers.model_files import is_model_file
 
     fmt = str(config.format)
-    lm_formats = [n for n, f in FORMATS.items() if f.generator_exporter]  # the formats a causal LM exports to
+    lm_formats = [n for n, f in FORMATS.items() if f.exporter_for("generation")]  # the formats a causal LM exports to
     if _gguf_teacher(source, config):  # a GGUF given a --format: its dequantized checkpoint is the teacher
         from compress.errors import ConfigError
         from compress.teachers.gguf_checkpoint import gguf_checkpoint
 
-        if not FORMATS[fmt].generator_exporter:  # refused before the file is read (or dequantized)
+        if not FORMATS[fmt].exporter_for("generation"):  # refused before the file is read (or dequantized)
             raise ConfigError(f"{source}: a .gguf is a causal language model, which {FORMATS[fmt].label} takes none of",
                               hint=f"export it with --format {'|'.join(lm_formats)}, or leave --format out to adopt it as "
                                    "it is")
         source = gguf_checkpoint(source)
-    if generator_source(source):  # a causal LM: the format's exporter with a KV cache
+    # a causal LM (a checkpoint folder or a pytorch artifact; a bare .gguf is adopted below): the format's exporter
+    # with a KV cache
+    if Path(source).is_dir() and (kind := source_kind(source)) == "generation":
         from compress.errors import ConfigError
 
-        if config.task is not None and str(config.task) != "text-generation":
+        if config.task is not None and kind_of(config.task) != kind:
             raise ConfigError(f"{source} is a causal language model: its task is text-generation, not {config.task}",
                               hint="leave --task out")
         from compress.teachers.checkpoints import refuse_remote_code
@@ -58,10 +62,10 @@ def export(
 
             refuse_remote_code(source, json.loads((Path(source) / "config.json").read_text(encoding="utf-8")),
                                config.trust_remote_code)
-        if not FORMATS[fmt].generator_exporter:
+        if not FORMATS[fmt].exporter_for(kind):
             raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
                               hint=f"export it with --format {'|'.join(lm_formats)}")
-        return import_string(FORMATS[fmt].generator_exporter)(source, out, config, force=force)
+        return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force)
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.errors import ConfigError
         from compress.stages.export.adopt import adopt, adopt_then
@@ -106,24 +110,3 @@ def _refuse_non_pytorch_artifact(source: Path | str, fmt: str) -> None:
         raise ConfigError(f"{source}: {FORMATS[fmt].label} starts from the PyTorch model, not an {made} artifact",
                           hint=f"pass the model it was exported from ({m.source.path})")
 
-
-def generator_source(source: Path | str) -> bool:
-    """Whether ``source`` is a causal language model checkpoint (a Hugging Face folder whose architecture ends in
-    ForCausalLM or LMHeadModel, or a pytorch artifact of task text-generation): export then takes the format's
-    generator exporter."""
-    import json
-
-    path = Path(source)
-    manifest, config = path / "manifest.json", path / "config.json"
-    found = manifest if manifest.is_file() else config if config.is_file() else None
-    try:
-        raw = json.loads(found.read_text(encoding="utf-8")) if found else None
-    except ValueError:
-        return False
-    if not isinstance(raw, dict):  # a malformed file: the loader names it
-        return False
-    if found is manifest:
-        return raw.get("task") == "text-generation"
-    from compress.teachers.lm_config import is_causal_lm
-
-    return is_causal_lm(raw)

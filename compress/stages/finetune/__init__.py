@@ -33,7 +33,8 @@ from compress.stages.finetune.common import (
     write_checkpoint,
 )
 from compress.stages.finetune.config import FINETUNE, IMAGE_TASKS, TEXT_TASKS, FinetuneConfig, Mode
-from compress.tasks import TASKS, Task, task_for
+from compress.tasks import TASKS, Task, kind_of, task_for
+from compress.teachers.kinds import source_kind
 
 log = logging.getLogger("compress.stages.finetune")
 
@@ -58,17 +59,18 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     images = is_image_source(base)
     if not images or (base / "config.json").is_file():  # programs say what they are when loaded
         _check_base(base)
-    task = config.task or (Task.text_generation if _causal_lm_base(base) else task_for("image" if images else "text"))
+    generates = source_kind(base) == "generation"  # a causal LM base: its default task is text-generation
+    task = config.task or (task_for("text", kind="generation") if generates else task_for("image" if images else "text"))
     takes = IMAGE_TASKS if images else TEXT_TASKS
     if task not in takes:
         raise ConfigError(f"--task {task}: {base} is {'an image' if images else 'a text'} base",
                           hint="leave --task out, or pass " + " or ".join(t.value for t in takes))
-    if config.lora.qlora and task is not Task.text_generation:
+    if config.lora.qlora and kind_of(task) != "generation":
         raise ConfigError(f"--qlora: QLoRA adapts a causal LM (task text-generation), not a {task} base",
                           hint="train LoRA over the FP32 base: --lora-rank without --qlora")
     config = config.model_copy(update={"task": task})
     run = Path(run_dir) if run_dir else default_run_dir(output.path)
-    if config.task is Task.text_generation:
+    if kind_of(config.task) == "generation":
         from compress.stages.finetune.causal_lm import finetune_causal_lm
 
         result = finetune_causal_lm(base, train, output, config, eval_data=eval_data, retain_data=retain_data,
@@ -156,18 +158,6 @@ def _text_metric(eval_set, eval_labels, tags):
 
 
 # --- inputs --------------------------------------------------------------------------------------------------------
-
-def _causal_lm_base(base: Path) -> bool:
-    """Whether ``base``'s config.json names a causal LM architecture (its default task is then text-generation)."""
-    import json
-
-    from compress.teachers.lm_config import is_causal_lm
-
-    try:
-        return is_causal_lm(json.loads((base / "config.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return False
-
 
 def _check_base(base: Path) -> None:
     if not (base / "config.json").is_file():

@@ -178,7 +178,6 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     from compress.data.text import read_training_texts
     from compress.stages.finetune.loop import TrainLoop
     from compress.stages.finetune.qlora import held_bytes
-    from compress.tasks import Task
     from compress.tasks.generation import GENERATION_FILES
     from compress.teachers.causal_lm import cache_of
     from compress.teachers.load import load_teacher
@@ -192,7 +191,7 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     fields = dict(prompt_field=config.instructions.prompt_field, response_field=config.instructions.response_field)
     train_texts = read_training_texts(train, **fields)
     eval_texts = read_training_texts(eval_data, **fields) if eval_data is not None else None
-    base_teacher = load_teacher(base, Task.text_generation, allow_pickle=config.allow_pickle)
+    base_teacher = load_teacher(base, config.task, allow_pickle=config.allow_pickle)
     tokenizer, model_config = base_teacher.tokenizer, base_teacher.info.config
     context = cache_of(model_config).max_length
     length = min(config.max_length, context)
@@ -236,7 +235,7 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
                                  "base_perplexity": before["retain"], "perplexity": after["retain"],
                                  "perplexity_increase": after["retain"] / before["retain"] - 1.0,
                                  "data": str(retain_data)}
-    artifact = write_checkpoint(output, final, tokenizer, base_teacher, Task.text_generation, metrics,
+    artifact = write_checkpoint(output, final, tokenizer, base_teacher, config.task, metrics,
                                 travel=GENERATION_FILES)
     loop.written()
     return FinetuneResult(artifact, metrics)

@@ -58,7 +58,7 @@ from compress.errors import ConfigError
 from compress.progress import Progress
 from compress.stages.prune.config import PRUNE, PruneConfig
 from compress.stages.prune.text import TextJob, prune_text
-from compress.tasks import TASKS
+from compress.tasks import TASKS, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def prune(
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
-    if teacher.task == "text-generation":  # a decoder's heads (GQA), FFN, layers, vocabulary: .lm.prune
+    if kind_of(teacher) == "generation":  # a decoder's heads (GQA), FFN, layers, vocabulary: .lm.prune
         from compress.stages.prune.lm.prune import prune_causal_lm
 
         return prune_causal_lm(teacher, parent, output, config, train=train, eval_data=eval_data, progress=progress)

@@ -27,6 +27,7 @@ from compress.stages.quantize.config import (
     refuse_ignored,
 )
 from compress.stages.spec import spec_for
+from compress.tasks import kind_of
 
 
 def quantize(
@@ -60,14 +61,14 @@ def quantize(
         raise ConfigError("--rank-by orders accuracy-aware quantization's float fallbacks (it would be ignored)",
                           hint="add --max-drop or --min-retention with --data, or drop --rank-by")
     config.user_metric()  # a metric that does not import fails before anything is quantized
-    if str(art.task) == "text-generation":  # a causal LM: its format's weight-only generator quantizer
+    if (kind := kind_of(art)) == "generation":  # a causal LM: its format's weight-only generator quantizer
         from compress.formats import FORMATS, import_string
 
-        ref = FORMATS[str(art.format)].generator_quantizer
+        ref = FORMATS[str(art.format)].quantizer_for(kind)
         if ref is None:
             raise ConfigError(f"{art.path}: quantize takes no {FORMATS[str(art.format)].label} causal language model",
                               hint=f"export the checkpoint with --format "
-                              f"{' or '.join(n for n, f in FORMATS.items() if f.generator_quantizer)} and quantize that")
+                              f"{' or '.join(n for n, f in FORMATS.items() if f.quantizer_for(kind))} and quantize that")
         if Path(out).resolve() == art.path.resolve():
             raise ConfigError("--out is the input artifact", hint="choose a new directory")
         from compress.stages.quantize.lm.qat import check_request as qat_request

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from compress.artifact import Format, Precision
 from compress.settings import Section, Settings
 from compress.stages.spec import StageSpec, pairs
+from compress.tasks import kind_of
 
 CONFIG_VERSION = 2  # 2: options nested in sections (calibration, int8, int4, qad, accuracy, speed, target)
 _QUANTIZE_HINT = "run `edgecompress export --format onnx|openvino` first"
@@ -355,14 +356,14 @@ def backends() -> dict[str, tuple[str, str]]:
 
     out = dict(_BACKENDS)
     for name, fmt in FORMATS.items():
-        if fmt.generator_quantizer:
-            out[f"{name}-causal-lm"] = (fmt.generator_quantizer.partition(":")[0], f"{fmt.label} causal-LM")
+        if ref := fmt.quantizer_for("generation"):
+            out[f"{name}-causal-lm"] = (ref.partition(":")[0], f"{fmt.label} causal-LM")
     return out
 
 
 def backend_of(fmt: str, task: str) -> str:
     """The backend (a key of :func:`backends`) that quantizes an artifact of format ``fmt`` and task ``task``."""
-    return f"{fmt}-causal-lm" if task == "text-generation" else fmt
+    return f"{fmt}-causal-lm" if kind_of(task) == "generation" else fmt
 
 
 def applies(backend: str) -> frozenset[str]:

@@ -217,7 +217,7 @@ def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
 def lm_manifest(source: Path, cfg: dict[str, Any], precision: Precision, max_length: int):
     """The manifest of a generator program: the entry point's tensors and the cache (layout ``stateful``)."""
     from compress.artifact import Manifest, TextPreprocess, library_versions
-    from compress.tasks import Task
+    from compress.tasks import task_for
 
     post = postprocess_of(source, cfg)
     post.cache = post.cache.model_copy(update={"layout": "stateful", "max_length": max_length,
@@ -225,7 +225,8 @@ def lm_manifest(source: Path, cfg: dict[str, Any], precision: Precision, max_len
     post.window = min(post.window, max_length)
     vocab = int((cfg.get("text_config") or cfg)["vocab_size"])
     return Manifest(
-        task=Task.text_generation, format=Format.executorch, precision=precision, model_file="model.pte",
+        task=task_for("text", kind="generation"), format=Format.executorch, precision=precision,
+        model_file="model.pte",
         inputs=[TensorSpec(name="input_ids", dtype="int64", shape=[1, "sequence"]),
                 TensorSpec(name="cache_position", dtype="int64", shape=["sequence"])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=[1, "sequence", vocab])],

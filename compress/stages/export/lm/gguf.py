@@ -199,7 +199,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
     from compress.runtimes.base import load_runtime
     from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
     from compress.storage import tree_bytes
-    from compress.tasks import Task
+    from compress.tasks import task_for
     from compress.tasks.generation import DECODE_STEPS, compare_generation, require_generation_parity
 
     config = config or ExportConfig()
@@ -226,7 +226,8 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
         inputs, outputs = tensors(int(cfg["vocab_size"]))
         post = gguf_postprocess(source, cfg)
         manifest = Manifest(
-            task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
+            task=task_for("text", kind="generation"), format=Format.gguf, precision=Precision(precision),
+            model_file="model.gguf",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
             max_length=post.cache.max_length,
             source=SourceInfo(path=str(source.resolve()), sha256=digest_dir(source),
@@ -331,7 +332,7 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
 
     from compress.artifact import Manifest, SourceInfo, TextPreprocess, library_versions, sha256_file
     from compress.runtimes.base import load_runtime
-    from compress.tasks import Task
+    from compress.tasks import task_for
     from compress.tasks.generation import GenerationPostprocess, KVCache
 
     meta = gguf_metadata(source)
@@ -351,7 +352,8 @@ def adopt_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bo
         shutil.copy2(source, o.dir / "model.gguf")
         copy_travel(source.parent, o.dir)
         manifest = Manifest(
-            task=Task.text_generation, format=Format.gguf, precision=Precision(precision), model_file="model.gguf",
+            task=task_for("text", kind="generation"), format=Format.gguf, precision=Precision(precision),
+            model_file="model.gguf",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(),
             postprocess=GenerationPostprocess(bos_token_id=meta["bos_token_id"], eos_token_id=meta["eos_token_id"],
                                               cache=cache),

@@ -228,7 +228,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     from compress.artifact import Manifest, TextPreprocess, library_versions
     from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
-    from compress.tasks import Task
+    from compress.tasks import task_for
 
     config = config or ExportConfig()
     source = Path(source)
@@ -241,7 +241,8 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
         copy_travel(source, o.dir, GENERATION_FILES)  # not config.json: genai_config.json states the graph's shape
         inputs, outputs = graph_tensors(o.dir / "model.onnx")
         manifest = Manifest(
-            task=Task.text_generation, format=Format.onnx, precision=Precision.fp32, model_file="model.onnx",
+            task=task_for("text", kind="generation"), format=Format.onnx, precision=Precision.fp32,
+            model_file="model.onnx",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=postprocess_of(source, cfg),
             max_length=int(cfg.get("max_position_embeddings") or 2048),
             source=source_info(source, cfg),

@@ -180,7 +180,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
     from compress.artifact import Manifest, TextPreprocess, library_versions
     from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
-    from compress.tasks import Task
+    from compress.tasks import task_for
 
     require("openvino", "OpenVINO export")
     config = config or ExportConfig()
@@ -201,7 +201,8 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         post.cache = post.cache.model_copy(update={"layout": "stateful"})
         inputs, outputs = ir_tensors(om)
         manifest = Manifest(
-            task=Task.text_generation, format=Format.openvino, precision=Precision.fp32, model_file="model.xml",
+            task=task_for("text", kind="generation"), format=Format.openvino, precision=Precision.fp32,
+            model_file="model.xml",
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
             max_length=post.cache.max_length,
             source=source_info(source, cfg),

@@ -287,7 +287,6 @@ def _write(teacher, parent, output: StageOutput, model, tokenizer, probe: np.nda
     """Write the checkpoint, reload it as a text-generation teacher and check its logits on ``probe`` against
     ``before`` (the model before its vocabulary went, at the kept tokens; None: ``model``'s own); describe it."""
     from compress.stages.distill.student import count_parameters
-    from compress.tasks import Task
     from compress.teachers.load import load_teacher
 
     if progress:
@@ -295,7 +294,7 @@ def _write(teacher, parent, output: StageOutput, model, tokenizer, probe: np.nda
     with output.writing() as o:
         stage = o.dir
         save_checkpoint(model, tokenizer, teacher, stage)
-        written = load_teacher(stage, Task.text_generation)
+        written = load_teacher(stage, teacher.task)
         ref = before if before is not None else _logits(model, probe)
         diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, _logits(written.model, probe), strict=True))
         metrics["reload_check"] = {"windows": len(probe), "max_abs_diff": diff,
