@@ -96,9 +96,9 @@ class Search:
         return [b.name for b in judge(self.profile.budgets, {})]
 
     def _budget(self, name: str) -> float | None:
-        b = self.profile.budgets
-        return {"latency_p50_ms": b.latency_ms.p50, "max_model_size_mb": b.max_model_size_mb,
-                "min_speedup": b.min_speedup}.get(name)
+        from compress.profiles.budgets import BUDGETS
+
+        return BUDGETS[name].limit_in(self.profile.budgets)
 
     def _space(self) -> dict[str, list[Any]]:
         kind = KINDS[self.shape.kind]

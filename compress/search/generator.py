@@ -45,7 +45,6 @@ from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.progress import Progress, note, sink
 from compress.search.config import Objective, SearchConfig
 from compress.search.generator_space import (
-    GENERATOR_BUDGETS,
     GENERATOR_SPACE,
     ROUTES,
     SHAPE_DEFAULTS,
@@ -144,22 +143,21 @@ class GeneratorSearch:
     # -- setting up -------------------------------------------------------------------------------------------
 
     def _budget_names(self) -> list[str]:
-        from compress.profiles.budgets import judge
-        from compress.validation.generation import NOT_FOR_GENERATORS
+        from compress.profiles.budgets import budgets_of, judge, judged_for
 
         names = [b.name for b in judge(self.profile.generator_limits(), {})]
-        ours = [n for n in names if n in GENERATOR_BUDGETS]
-        theirs = [n for n in names if n in NOT_FOR_GENERATORS]
+        ours = [n for n in names if n in budgets_of("generation")]
+        theirs = [n for n in names if n not in judged_for("generation")]
         if not ours:
             raise ConfigError(
                 f"profile {self.profile.name} states no budget a generator is measured by ("
-                + ", ".join(GENERATOR_BUDGETS) + ")" + (f"; its {', '.join(theirs)} read an encoder's or a "
+                + ", ".join(budgets_of("generation")) + ")" + (f"; its {', '.join(theirs)} read an encoder's or a "
                                                           "classifier's outputs" if theirs else ""),
                 hint=f"give a profile YAML with extends: {self.profile.name} and budgets such as "
                      "max_perplexity_increase: 0.1, min_decode_tokens_per_s: 50 (docs/profiles.md)")
         if theirs:
             self._notes.append(f"budgets {', '.join(theirs)} read an encoder's outputs: not judged for a generator")
-        return [n for n in names if n not in NOT_FOR_GENERATORS]
+        return [n for n in names if n in judged_for("generation")]
 
     def _space(self) -> dict[str, dict[str, list[Any]]]:
         asked = self.config.space

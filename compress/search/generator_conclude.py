@@ -8,7 +8,6 @@ from typing import Any
 
 from compress.search.conclude import SearchResult, violation
 from compress.search.config import Objective
-from compress.search.generator_space import QUALITY_BUDGETS
 
 
 def _points(study) -> list[dict[str, Any]]:
@@ -71,7 +70,7 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     """Validate the chosen artifact on the held-out text (quality only: its speed was measured on the ranking run) and
     judge the profile's perplexity and top-1 budgets there."""
     from compress.artifact import load_artifact
-    from compress.profiles.budgets import BudgetStatus
+    from compress.profiles.budgets import BudgetStatus, quality_of
     from compress.recipes.execute import write_json_atomic
 
     s.say(f"held-out check: trial {chosen['trial']} on {s.holdout} ...")
@@ -80,7 +79,7 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     out = s.dir / "holdout"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report.model_dump(mode="json"))
-    judged = [b for b in report.budgets if b.name in QUALITY_BUDGETS]
+    judged = [b for b in report.budgets if b.name in quality_of("generation")]
     m = report.metrics
     return {"verdict": "fail" if any(b.status == BudgetStatus.failed for b in judged) else "pass",
             "perplexity": m.get("perplexity"), "perplexity_increase": m.get("perplexity_increase"),
