@@ -1,6 +1,6 @@
 """The end of a generator search: the choice among the candidates meeting every budget (or the closest and which budget
-binds), and the chosen artifact's perplexity and top-1 agreement on held-out text. ``s`` is the
-:class:`compress.search.generator.GeneratorSearch`."""
+binds), and the chosen artifact's perplexity and top-1 agreement on held-out text. ``s`` is the search
+(:class:`compress.search.directory.Search`) over a :class:`compress.search.generator.GeneratorSpace`."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     from compress.recipes.execute import write_json_atomic
 
     s.say(f"held-out check: trial {chosen['trial']} on {s.holdout} ...")
-    report = s.validate(load_artifact(chosen["artifact"]), s.holdout, runtime=chosen["runtime"], timing=False,
+    report = s.space.validate(load_artifact(chosen["artifact"]), s.holdout, runtime=chosen["runtime"], timing=False,
                         teacher=chosen.get("reference"))
     out = s.dir / "holdout"
     out.mkdir(parents=True, exist_ok=True)
