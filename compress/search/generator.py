@@ -20,12 +20,16 @@ A trial is: the shape's checkpoint (the teacher itself, or pruned the first time
 FP32 export of it (made the first time the route and shape are drawn), quantized with the candidate's settings
 through the route's own quantizer (``edgecompress quantize``'s library function), then validated on the profile
 (:func:`compress.validation.local.validate`: decode tokens/s, time to first token, perplexity increase and top-1
-agreement against the PyTorch teacher (the unpruned one: a shape's loss counts) on the ranking text, size, and what else the profile budgets). The sampler is
+agreement against the PyTorch teacher (the unpruned one: a shape's loss counts) on the ranking text, size, and what
+else the profile budgets). The sampler is
 Optuna's multi-objective TPE (decode tokens/s up, perplexity increase down, size down) with the budgets as
 constraints; a candidate drawn again reuses its figures, and then an untried one is queued instead. The search stops
 after ``--trials`` measured candidates, when the time budget is spent, or when every candidate is measured. The chosen
 candidate meets every budget and is best on the objective (latency: the most decode tokens/s; size: the smallest);
 its perplexity and top-1 agreement are then measured again on held-out text the search never ranked on.
+
+:class:`GeneratorSpace` is this search's space under the one driver (:class:`compress.search.directory.Search`); its
+study is :func:`compress.search.generator_run.run_generator_search`, its end :mod:`compress.search.generator_conclude`.
 """
 
 from __future__ import annotations
