@@ -17,7 +17,7 @@ from compress.search.config import SearchConfig
 from compress.search.encoder import EncoderSpace
 from compress.search.holdout import split_eval, split_text
 from compress.search.space import RUNTIME_SETTINGS, Space
-from compress.search.study import worker_name
+from compress.search.study import requeue_interrupted, worker_name
 from compress.settings import flag
 
 #: how a runtime runs on a profile that names another (the device and budgets stay the profile's)
@@ -55,6 +55,22 @@ class Search:
         for line in self.notes:
             self.say(line)
         self.t0 = time.monotonic()
+
+    def open_study(self, optuna, storage):
+        """The Optuna study in ``storage`` (made, or loaded to resume): multi-objective TPE over the space's
+        objectives, the budgets (and the space's own checks) as constraints; the time it recorded is this search's
+        so far, and the trials an interrupted process left are queued again."""
+        space = type(self.space)
+        n = len(self.budgets) + space.own_constraints
+        sampler = optuna.samplers.TPESampler(seed=self.config.study.seed, n_startup_trials=space.startup_trials,
+                                             constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * n))
+        study = optuna.create_study(study_name=self.config.study.name, storage=storage, sampler=sampler,
+                                    load_if_exists=True, directions=[d for _, d in space.objectives])
+        study.set_metric_names([m for m, _ in space.objectives])
+        self.spent_before = float(study.user_attrs.get("spent_s", 0.0))
+        self.study = study
+        requeue_interrupted(optuna, study, self.say)
+        return study
 
     def say(self, line: str) -> None:
         """One line of the search's narration, as a ``note`` event."""

@@ -40,6 +40,9 @@ class EncoderSpace(Space):
     kind = "forward"
     detected_runs_any = False  # a detected profile (host) still names the runtime its candidates run on
     ignores = "this teacher's search generates no text (it is a causal LM teacher's option)"
+    objectives = (("retention", "maximize"), ("p50_ms", "minimize"), ("size_mb", "minimize"))
+    startup_trials = 6
+    own_constraints = 0
 
     def __init__(self, s) -> None:
         self.search = s

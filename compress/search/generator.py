@@ -76,6 +76,9 @@ class GeneratorSpace(Space):
     detected_runs_any = True  # a detected profile (host) runs whatever runtime a route's artifact needs
     ignores = ("a generator search labels nothing and trains only the shapes --space names (layers, heads, ffn, "
                "vocab: recovered over --short-recover-steps)")
+    objectives = (("decode_tokens_per_s", "maximize"), ("perplexity_increase", "minimize"), ("size_mb", "minimize"))
+    startup_trials = 4
+    own_constraints = 1  # validate's collapse check (a budget of its own, limit 0)
 
     def __init__(self, s) -> None:
         self.search = s

@@ -19,7 +19,7 @@ from compress.search.directory import Search
 from compress.search.generator import GeneratorSpace
 from compress.search.generator_conclude import conclude_generator
 from compress.search.generator_space import GenCandidate, all_candidates, params_of, suggest
-from compress.search.study import open_dir, optuna_module, requeue_interrupted
+from compress.search.study import open_dir, optuna_module
 
 
 def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Progress | None = None,
@@ -40,15 +40,7 @@ def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Pr
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2)) \
         if url.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else url
-    sampler = optuna.samplers.TPESampler(
-        seed=config.study.seed, n_startup_trials=4,
-        constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * (len(s.budgets) + 1)))
-    study = optuna.create_study(study_name=config.study.name, storage=storage, sampler=sampler, load_if_exists=True,
-                                directions=["maximize", "minimize", "minimize"])
-    study.set_metric_names(["decode_tokens_per_s", "perplexity_increase", "size_mb"])
-    s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
-    s.study = study
-    requeue_interrupted(optuna, study, s.say)
+    study = s.open_study(optuna, storage)
     shapes = s.space.shapes
     candidates = all_candidates(s.space, shapes)
     if not study.trials:  # the routes' plainest candidate first: round to nearest (or Q4_0), the smallest group,

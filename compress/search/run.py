@@ -53,7 +53,6 @@ from compress.search.study import (
     open_storage,
     optuna_module,
     public_url,
-    requeue_interrupted,
 )
 from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
 
@@ -90,14 +89,8 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             shutil.rmtree(search_dir, ignore_errors=True)
         raise
     say = s.say
-    sampler = optuna.samplers.TPESampler(seed=config.study.seed, n_startup_trials=6,
-                                         constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * len(s.budgets)))
-    study = optuna.create_study(study_name=config.study.name, storage=storage, sampler=sampler, load_if_exists=True,
-                                directions=["maximize", "minimize", "minimize"])
-    study.set_metric_names(["retention", "p50_ms", "size_mb"])
-    s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
-    s.study = study
-    requeue_interrupted(optuna, study, say)
+    study = s.open_study(optuna, storage)
+    sampler = study.sampler
     if not study.trials:
         # the plain INT8 teacher: where the search starts from (another worker starting at the same moment queues
         # it too: skip_if_exists keeps one)

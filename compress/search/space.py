@@ -40,6 +40,9 @@ class Space(Mapping):
     kind: ClassVar[str]  # the task table's kind of the models it searches
     detected_runs_any: ClassVar[bool]  # a detected profile (host) runs whatever runtime a candidate's artifact needs
     ignores: ClassVar[str]  # what the search says of an option it would ignore (one the settings mark for another kind)
+    objectives: ClassVar[tuple[tuple[str, str], ...]]  # the study's (metric, direction) per objective
+    startup_trials: ClassVar[int]  # trials the sampler draws at random before it models the space
+    own_constraints: ClassVar[int]  # constraints after the budgets' (each trial's "constraints" holds them all)
     choices: dict[str, Any]
 
     @classmethod
