@@ -50,6 +50,11 @@ class Space(Mapping):
     def judged(cls, profile, notes: list[str]) -> list[str]:
         """The budgets its candidates are judged by (what the search should say about them appended to ``notes``)."""
 
+    @abstractmethod
+    def measure(self, number: int, c: Any, *fidelity: Any) -> dict[str, Any]:
+        """Build candidate ``c`` (trial ``number``; a kind with fidelities: at the one given) and validate it: its
+        figures, the budgets' results and the constraints the sampler reads."""
+
     def __getitem__(self, key: str) -> Any:
         return self.choices[key]
 
