@@ -6,18 +6,21 @@ settings and shapes). :mod:`compress.search.run` drives the Optuna study over it
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from compress.errors import ConfigError
 from compress.progress import Progress, note, sink
+from compress.search.artifacts import open_store
 from compress.search.config import SearchConfig
 from compress.search.encoder import EncoderSpace
 from compress.search.holdout import split_eval, split_text
 from compress.search.space import RUNTIME_SETTINGS, Space
-from compress.search.study import requeue_interrupted, worker_name
+from compress.search.study import open_dir, open_storage, requeue_interrupted, worker_name
 from compress.settings import flag
 
 #: how a runtime runs on a profile that names another (the device and budgets stay the profile's)
@@ -47,14 +50,34 @@ class Search:
         self.budgets = kind.judged(self.profile, self.notes)
         self.eval = self.holdout = ""  # set by split(), where the space reads the data
         self.spent_before = 0.0
-        self.study = None  # set by run_search: the time spent is recorded in it as the search goes
-        self.artifacts = None  # set by run_search: the Optuna artifact store full candidates are uploaded to (or None)
+        self.study = None  # set by open_study: the time spent is recorded in it as the search goes
+        self.artifacts = None  # set by open: the Optuna artifact store full candidates are uploaded to (or None)
         self.worker = worker_name(search_dir)  # who builds this process's trials, as the study records it
         self._recorded = 0.0
         self.space = kind(self)
         for line in self.notes:
             self.say(line)
         self.t0 = time.monotonic()
+
+    @classmethod
+    def open(cls, optuna, config: SearchConfig, search_dir: Path, progress: Progress | None = None, *,
+             force: bool = False, kind: type[Space] = EncoderSpace) -> tuple[Search, Any]:
+        """The search in ``search_dir`` (a new one, or the one there resumed with the same settings; ``force``: over
+        one with other settings) and its study's storage (SQLite there, or --storage's database). The inputs (profile,
+        budgets, data, teacher, the study's database) are checked here: a refused start leaves no directory behind."""
+        created = not search_dir.exists() or not any(search_dir.iterdir())
+        open_dir(search_dir, config, force)
+        try:
+            url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
+            storage = open_storage(optuna, url, config.study.heartbeat_s)
+            artifacts = open_store(config.study.artifact_store)
+            s = cls(config, search_dir, progress, kind)
+            s.artifacts = artifacts
+        except BaseException:
+            if created:
+                shutil.rmtree(search_dir, ignore_errors=True)
+            raise
+        return s, storage
 
     def open_study(self, optuna, storage):
         """The Optuna study in ``storage`` (made, or loaded to resume): multi-objective TPE over the space's

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from compress.search.directory import Search
 from compress.search.generator import GeneratorSpace
 from compress.search.generator_conclude import conclude_generator
 from compress.search.generator_space import GenCandidate, all_candidates, params_of, suggest
-from compress.search.study import open_dir, optuna_module
+from compress.search.study import optuna_module
 
 
 def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Progress | None = None,
@@ -28,18 +27,7 @@ def run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Pr
     best on ``config.objective``; see the module's docstring. Returns a
     :class:`~compress.search.conclude.SearchResult` whose summary has ``generator: true``."""
     optuna = optuna_module()
-    created = not search_dir.exists() or not any(search_dir.iterdir())
-    open_dir(search_dir, config, force)
-    try:  # bad input is refused before anything is built, and leaves no directory behind
-        s = Search(config, search_dir, progress, GeneratorSpace)
-    except BaseException:
-        if created:
-            shutil.rmtree(search_dir, ignore_errors=True)
-        raise
-    url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
-    storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                                         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2)) \
-        if url.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else url
+    s, storage = Search.open(optuna, config, search_dir, progress, force=force, kind=GeneratorSpace)
     study = s.open_study(optuna, storage)
     shapes = s.space.shapes
     candidates = all_candidates(s.space, shapes)

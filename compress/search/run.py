@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from compress.errors import EdgeCompressError
 from compress.progress import Progress
 from compress.recipes.execute import write_json_atomic
-from compress.search.artifacts import open_store, publish
+from compress.search.artifacts import publish
 from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
 from compress.search.directory import Search
@@ -49,8 +48,6 @@ from compress.search.space import SHAPE_DIMS, Candidate, quant_choices, suggest,
 from compress.search.study import (
     drain,
     is_queued,
-    open_dir,
-    open_storage,
     optuna_module,
     public_url,
 )
@@ -75,19 +72,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
         for module in ("jinja2", "matplotlib"):
             require(module, "the search's HTML report (or pass --no-html)")
-    created = not search_dir.exists() or not any(search_dir.iterdir())
-    open_dir(search_dir, config, force)
-    try:  # the inputs (profile, budgets, data, teacher, the study's database) are checked here: a refused start leaves
-        # no directory behind
-        url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
-        storage = open_storage(optuna, url, config.study.heartbeat_s)
-        artifacts = open_store(config.study.artifact_store)
-        s = Search(config, search_dir, progress)
-        s.artifacts = artifacts
-    except BaseException:
-        if created:
-            shutil.rmtree(search_dir, ignore_errors=True)
-        raise
+    s, storage = Search.open(optuna, config, search_dir, progress, force=force)
     say = s.say
     study = s.open_study(optuna, storage)
     sampler = study.sampler
