@@ -29,6 +29,23 @@ def refuse(message: str) -> PydanticCustomError:
     return PydanticCustomError("not_applicable", message)
 
 
+class For:
+    """A mark on a settings field: the kinds of model (the task table's: ``forward``, ``generation``) whose work reads
+    it; a field without one is read for every kind::
+
+        metric: Annotated[str | None, For("forward")] = Field(None, description=...)
+
+    :meth:`Settings.set_for_others` names the options given for another kind."""
+
+    __slots__ = ("kinds",)
+
+    def __init__(self, *kinds: str) -> None:
+        self.kinds = kinds
+
+    def __repr__(self) -> str:
+        return f"For{self.kinds!r}"
+
+
 def flag(key: str) -> str:
     """The CLI flag of a flat key: ``calibration_method`` -> ``--calibration-method``."""
     return "--" + key.replace("_", "-")
@@ -118,6 +135,21 @@ class Settings(BaseModel):
         (--calibration-method)``; a top-level option is named once."""
         key = cls.flat_key(path)
         return f"{path} ({flag(key)})" if "." in path else f"{path} ({flag(path)})"
+
+    def set_for_others(self, kind: str) -> list[str]:
+        """The flat keys (CLI flags' names) of the options marked :class:`For` kinds other than ``kind`` whose values
+        differ from their defaults, in order: what a ``kind`` model's work would ignore."""
+        out = []
+        for key, info in type(self).flat_fields().items():
+            marks = [m for m in info.metadata if isinstance(m, For)]
+            if not marks or any(kind in m.kinds for m in marks):
+                continue
+            value: Any = self
+            for part in type(self).MOVED.get(key, key).split("."):
+                value = getattr(value, part)
+            if value != info.get_default(call_default_factory=True):
+                out.append(key)
+        return out
 
     def given(self) -> list[str]:
         """The dotted paths of every option set explicitly (the CLI's given flags, a recipe's keys), in order."""

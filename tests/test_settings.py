@@ -277,6 +277,26 @@ def test_search_settings_are_nested_and_every_flag_has_a_home():
         SearchConfig(**base, short_steps=3)
 
 
+def test_a_search_option_is_marked_with_the_kinds_of_model_that_read_it(tmp_path):
+    """The settings' For marks say which kind of teacher's search reads an option; one set away from its default
+    for another kind is refused in one line naming its flag, before anything is read."""
+    from compress.errors import ConfigError
+    from compress.search.config import SearchConfig
+    from compress.search.directory import Search
+    from compress.search.generator import GeneratorSpace
+
+    base = dict(teacher="t", profile="host", train="d", eval="e")
+    cfg = SearchConfig.from_flat(**base, short_steps=10, limit=3, distill={"a": 1}, short_recover_steps=5)
+    assert cfg.set_for_others("generation") == ["distill", "short_steps"]  # a shape's recovery steps: both kinds
+    assert cfg.set_for_others("forward") == ["limit"]
+    assert SearchConfig.from_flat(**base, short_steps=300, limit=16).set_for_others("forward") == []  # the defaults
+    with pytest.raises(ConfigError, match="--limit: this teacher's search generates no text"):
+        Search(SearchConfig.from_flat(**base, limit=3), tmp_path / "s")
+    with pytest.raises(ConfigError, match="--full-augment: a generator search labels nothing"):
+        Search(SearchConfig.from_flat(**base, full_augment=0), tmp_path / "s", kind=GeneratorSpace)
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_search_candidates_executorch_step_is_written_nested():
     from compress.search.space import Candidate, Fidelity, candidate_steps
     from compress.stages.export.config import ExportConfig

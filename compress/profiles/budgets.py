@@ -9,6 +9,7 @@ verdict, its meaning and its exit code: :data:`VERDICTS` (the README's exit-code
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -140,52 +141,93 @@ def verdict_of(budgets: list[BudgetResult]) -> str:
     return "pass"
 
 
+@dataclass(frozen=True)
+class Budget:
+    """One row of :data:`BUDGETS`: what a budget limits, how it is compared, what measuring it needs, and which kind
+    of model it judges (the task table's kinds: ``forward`` for one forward pass's outputs, ``generation`` for a
+    generator's; None: any)."""
+
+    limit: str  # the profile's field (a dotted path into ``budgets``)
+    metric: str  # the report's metric (a dotted path into the metrics)
+    unit: str
+    comparison: str  # "<=" or ">="
+    needs: str  # what measuring it needs (an unmeasured budget's note)
+    kind: str | None = None  # the one kind it reads the outputs of (None: every kind's)
+    quality: bool = False  # judged on held-out data (quality, not speed, size or memory)
+
+    def limit_in(self, budgets) -> float | None:
+        """The limit ``budgets`` (a profile's) sets, or None."""
+        value = budgets
+        for part in self.limit.split("."):
+            value = getattr(value, part)
+        return value
+
+    def measured_in(self, metrics: dict[str, Any]) -> Any:
+        """The figure ``metrics`` (a report's) measured, or None."""
+        value: Any = metrics
+        for part in self.metric.split("."):
+            value = (value or {}).get(part)
+        return value
+
+
+_DATA, _TEXT = "eval data and teacher (--data, --teacher)", "--data text and the teacher"
+#: name -> what it limits: the one table of budgets (judged in this order)
+BUDGETS: dict[str, Budget] = {
+    "latency_p50_ms": Budget("latency_ms.p50", "latency_ms.p50", "ms", "<=", "latency"),
+    "latency_p95_ms": Budget("latency_ms.p95", "latency_ms.p95", "ms", "<=", "latency"),
+    "latency_p99_ms": Budget("latency_ms.p99", "latency_ms.p99", "ms", "<=", "latency"),
+    "min_throughput": Budget("min_throughput", "throughput", "samples/s", ">=", "latency"),
+    "max_model_size_mb": Budget("max_model_size_mb", "size_mb", "MB", "<=", "size"),
+    "max_peak_memory_mb": Budget("max_peak_memory_mb", "peak_rss_mb", "MB", "<=", "cold start (disabled)"),
+    "min_accuracy_retention": Budget("min_accuracy_retention", "retention", "", ">=", _DATA, "forward", True),
+    "min_agreement": Budget("min_agreement", "agreement", "", ">=", _DATA, "forward", True),
+    "min_output_cosine": Budget("min_output_cosine", "output_cosine", "", ">=", _DATA, "forward", True),
+    "min_output_snr_db": Budget("min_output_snr_db", "output_snr_db", "dB", ">=", _DATA, "forward", True),
+    "max_mae_increase": Budget("max_mae_increase", "mae_increase", "", "<=",
+                               "regression targets in the eval data, and the teacher", "forward", True),
+    "min_speedup": Budget("min_speedup", "speedup", "x", ">=", "the teacher's FP32 baseline (--teacher)"),
+    "max_cold_start_ms": Budget("max_cold_start_ms", "cold_start_ms", "ms", "<=", "cold start (disabled)"),
+    "min_decode_tokens_per_s": Budget("min_decode_tokens_per_s", "decode_tokens_per_s", "tokens/s", ">=",
+                                      "a text-generation artifact", "generation"),
+    "max_time_to_first_token_ms": Budget("max_time_to_first_token_ms", "time_to_first_token_ms", "ms", "<=",
+                                         "a text-generation artifact", "generation"),
+    "max_perplexity_increase": Budget("max_perplexity_increase", "perplexity_increase", "", "<=", _TEXT,
+                                      "generation", True),
+    "min_top1_agreement": Budget("min_top1_agreement", "top1_agreement", "", ">=", _TEXT, "generation", True),
+    "max_kl": Budget("max_kl", "kl_mean", "nats", "<=", _TEXT, "generation", True),
+}
+
+
+def budgets_of(kind: str) -> tuple[str, ...]:
+    """The budgets that read only a ``kind`` model's outputs (a generator's: decode speed, time to first token,
+    perplexity, top-1 agreement, KL)."""
+    return tuple(n for n, b in BUDGETS.items() if b.kind == kind)
+
+
+def judged_for(kind: str) -> tuple[str, ...]:
+    """The budgets a ``kind`` model is judged by: those of every kind and its own."""
+    return tuple(n for n, b in BUDGETS.items() if b.kind in (None, kind))
+
+
+def quality_of(kind: str) -> tuple[str, ...]:
+    """The budgets a ``kind`` model's held-out data judges: quality, not speed (measured on the ranking run)."""
+    return tuple(n for n in judged_for(kind) if BUDGETS[n].quality)
+
+
 def judge(budgets, metrics: dict[str, Any]) -> list[BudgetResult]:
     """One result per budget the profile sets; an unmeasurable budget is UNVERIFIED (CI must not pass blind)."""
-    lat = metrics.get("latency_ms", {})
-    checks: list[tuple[str, float | None, float | None, str, str, str]] = [
-        ("latency_p50_ms", budgets.latency_ms.p50, lat.get("p50"), "ms", "<=", "latency"),
-        ("latency_p95_ms", budgets.latency_ms.p95, lat.get("p95"), "ms", "<=", "latency"),
-        ("latency_p99_ms", budgets.latency_ms.p99, lat.get("p99"), "ms", "<=", "latency"),
-        ("min_throughput", budgets.min_throughput, metrics.get("throughput"), "samples/s", ">=", "latency"),
-        ("max_model_size_mb", budgets.max_model_size_mb, metrics.get("size_mb"), "MB", "<=", "size"),
-        ("max_peak_memory_mb", budgets.max_peak_memory_mb, metrics.get("peak_rss_mb"), "MB", "<=",
-         "cold start (disabled)"),
-        ("min_accuracy_retention", budgets.min_accuracy_retention, metrics.get("retention"), "", ">=",
-         "eval data and teacher (--data, --teacher)"),
-        ("min_agreement", budgets.min_agreement, metrics.get("agreement"), "", ">=",
-         "eval data and teacher (--data, --teacher)"),
-        ("min_output_cosine", budgets.min_output_cosine, metrics.get("output_cosine"), "", ">=",
-         "eval data and teacher (--data, --teacher)"),
-        ("min_output_snr_db", budgets.min_output_snr_db, metrics.get("output_snr_db"), "dB", ">=",
-         "eval data and teacher (--data, --teacher)"),
-        ("max_mae_increase", budgets.max_mae_increase, metrics.get("mae_increase"), "", "<=",
-         "regression targets in the eval data, and the teacher"),
-        ("min_speedup", budgets.min_speedup, metrics.get("speedup"), "x", ">=",
-         "the teacher's FP32 baseline (--teacher)"),
-        ("max_cold_start_ms", budgets.max_cold_start_ms, metrics.get("cold_start_ms"), "ms", "<=",
-         "cold start (disabled)"),
-        ("min_decode_tokens_per_s", budgets.min_decode_tokens_per_s, metrics.get("decode_tokens_per_s"), "tokens/s",
-         ">=", "a text-generation artifact"),
-        ("max_time_to_first_token_ms", budgets.max_time_to_first_token_ms, metrics.get("time_to_first_token_ms"), "ms",
-         "<=", "a text-generation artifact"),
-        ("max_perplexity_increase", budgets.max_perplexity_increase, metrics.get("perplexity_increase"), "", "<=",
-         "--data text and the teacher"),
-        ("min_top1_agreement", budgets.min_top1_agreement, metrics.get("top1_agreement"), "", ">=",
-         "--data text and the teacher"),
-        ("max_kl", budgets.max_kl, metrics.get("kl_mean"), "nats", "<=", "--data text and the teacher"),
-    ]
     results = []
     why = metrics.get("not_measured") or {}  # a budget the metrics could not measure though its inputs were given
-    for name, limit, measured, unit, cmp, needs in checks:
+    for name, b in BUDGETS.items():
+        limit, measured = b.limit_in(budgets), b.measured_in(metrics)
         if limit is None:
             continue
         if measured is None:  # not measured is not a failure, and never a pass
-            results.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit=unit,
-                                        comparison=cmp, note=f"not measured: {why.get(name) or 'needs ' + needs}",
+            results.append(BudgetResult(name=name, limit=limit, measured=None, passed=False, unit=b.unit,
+                                        comparison=b.comparison, note=f"not measured: {why.get(name) or 'needs ' + b.needs}",
                                         status=BudgetStatus.unverified))
             continue
-        ok = measured <= limit if cmp == "<=" else measured >= limit
-        results.append(BudgetResult(name=name, limit=limit, measured=float(measured), passed=ok, unit=unit,
-                                    comparison=cmp))
+        ok = measured <= limit if b.comparison == "<=" else measured >= limit
+        results.append(BudgetResult(name=name, limit=limit, measured=float(measured), passed=ok, unit=b.unit,
+                                    comparison=b.comparison))
     return results

@@ -108,7 +108,7 @@ def _eval_inputs(path: str, preprocess) -> list:
 
 def teacher_entry(s) -> tuple[str, str]:
     """How the teacher is named and run beside the candidates: PyTorch FP32, or a model file in its own runtime."""
-    if s.shape.kind == "file":  # an OpenVINO IR (.xml) or an ONNX file (compress.teachers.model_files)
+    if s.space.shape.kind == "file":  # an OpenVINO IR (.xml) or an ONNX file (compress.teachers.model_files)
         from compress.formats import FORMATS, file_format
 
         runtime = FORMATS[file_format(s.config.teacher, adopted=True)].runtime
@@ -192,7 +192,8 @@ def conclude(s, study) -> SearchResult:
     for t in full:
         if where[t.number] is not None and where[t.number] != Path(t.user_attrs["artifact"]):  # fetched from the store
             by_number[t.number]["artifact"] = str(where[t.number])
-            by_number[t.number]["recipe"] = str(s.recipe(t.number, from_params(t.params), s.full))  # paths of here
+            # paths of here
+            by_number[t.number]["recipe"] = str(s.space.recipe(t.number, from_params(t.params), s.space.full))
     passing = [by_number[t.number] for t in full if t.user_attrs["verdict"] in ("pass", "unverified")
                and t.number not in elsewhere]
     chosen = min(passing, key=lambda p: objective_value(s, p)) if passing else None
@@ -222,7 +223,7 @@ def conclude(s, study) -> SearchResult:
         "search_dir": str(s.dir), "profile": s.profile.name, "objective": s.config.objective.value,
         "budgets": {b.name: {"limit": b.limit, "comparison": b.comparison} for b in judge(s.profile.budgets, {})},
         "teacher": str(Path(s.config.teacher).resolve()), "eval": s.eval, "holdout": s.holdout,
-        "space": s.space, "fidelities": {"short": s.short.__dict__, "full": s.full.__dict__},
+        "space": s.space.choices, "fidelities": {"short": s.space.short.__dict__, "full": s.space.full.__dict__},
         "trials": len(study.trials), "repeats": sum("duplicate_of" in t.user_attrs for t in study.trials),
         "measured": points, "skipped": skipped, "failed": failed,
         "promoted": study.user_attrs.get("promoted", []), "side_by_side": sbs, "chosen": chosen, "closest": closest,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from compress.errors import ConfigError
-from compress.settings import Section, Settings
+from compress.settings import For, Section, Settings
 
 
 class Objective(StrEnum):
@@ -23,32 +23,36 @@ class Short(Section):
 
     trials: int | None = Field(None, ge=1, description="At most this many short-fidelity trials (default: time).")
     explore_share: float = Field(0.5, gt=0, lt=1, description="Share of the time budget for short-fidelity trials.")
-    steps: int = Field(300, ge=1, description="Distillation steps of a short-fidelity student.")
-    recover_steps: int = Field(100, ge=0, description="Pruning recovery steps at short fidelity.")
+    steps: Annotated[int, For("forward")] = Field(300, ge=1, description="Distillation steps of a short-fidelity student.")
+    # a generator search reads it where --space names a shape (each shape is recovered over it)
+    recover_steps: Annotated[int, For("forward", "generation")] = Field(
+        100, ge=0, description="Pruning recovery steps at short fidelity.")
 
 
 class Full(Section):
     """Full fidelity: how the promoted candidates are built."""
 
-    promote: int = Field(3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")
-    epochs: float = Field(3.0, gt=0, description="Distillation epochs of a full-fidelity student.")
-    augment: int = Field(
+    promote: Annotated[int, For("forward")] = Field(
+        3, ge=1, description="Short-fidelity candidates retrained at full fidelity.")
+    epochs: Annotated[float, For("forward")] = Field(
+        3.0, gt=0, description="Distillation epochs of a full-fidelity student.")
+    augment: Annotated[int, For("forward")] = Field(
         1, ge=0, description="Embedding-neighbour copies of every training sentence, labelled by the teacher, for a "
         "full-fidelity student (distill --augment): what lets a small student keep the teacher's accuracy.")
-    augment_join: int = Field(
+    augment_join: Annotated[int, For("forward")] = Field(
         1, ge=0, description="Sentence-length copies of the training texts (each joined to another of its label) in a "
         "full-fidelity text recovery (prune --recover-augment-join): SST-2 trains on phrases and is judged on whole "
         "sentences, and these copies are what raised a pruned 2-layer student's test retention.")
-    average: bool = Field(
+    average: Annotated[bool, For("forward")] = Field(
         True, description="Full-fidelity text students and recoveries keep the mean of their weights over the second "
         "half of training (distill --average --average-start 0.5, prune --recover-average), not the last or best step.")
-    recover_steps: int = Field(
+    recover_steps: Annotated[int, For("forward")] = Field(
         24000, ge=0,
         description="Pruning recovery steps at full fidelity: text students distil from the teacher again, on the "
         "--full-augment and --full-augment-join copies too. On SST-2, a 2-layer student pruned to half its heads and "
         "15% of its FFN neurons kept 0.978 dev / 0.984 test retention (INT8) after 4,000 such steps and 0.9987 / 0.9848 "
         "after 24,000 (about 50 min on 2 cores); with another seed 0.974 / 0.980.")
-    qat_steps: int = Field(
+    qat_steps: Annotated[int, For("forward")] = Field(
         0, ge=0, description="Quantization-aware distillation steps (quantize --qat-steps) for each ONNX Runtime INT8 "
         "candidate at full fidelity; 0: post-training INT8 only. A model file has nothing to train.")
 
@@ -56,11 +60,14 @@ class Full(Section):
 class Generation(Section):
     """Generator searches (a causal LM teacher): how each candidate is validated (as validate's options)."""
 
-    limit: int = Field(16, ge=1, description="Generators: perplexity windows and prompts each candidate is validated "
-                       "on (validate --limit).")
-    prompt_tokens: int = Field(64, ge=1, description="Generators: prompt length timed (time to first token).")
-    new_tokens: int = Field(32, ge=1, description="Generators: tokens generated per prompt (decode tokens/s).")
-    calibration_samples: int = Field(
+    limit: Annotated[int, For("generation")] = Field(
+        16, ge=1, description="Generators: perplexity windows and prompts each candidate is validated on (validate "
+        "--limit).")
+    prompt_tokens: Annotated[int, For("generation")] = Field(
+        64, ge=1, description="Generators: prompt length timed (time to first token).")
+    new_tokens: Annotated[int, For("generation")] = Field(
+        32, ge=1, description="Generators: tokens generated per prompt (decode tokens/s).")
+    calibration_samples: Annotated[int, For("generation")] = Field(
         16, ge=1, description="Generators: windows of 128 tokens of --train that GPTQ, AWQ and scale estimation "
         "calibrate on (quantize --calibration-samples; every accuracy-aware step calibrates again).")
 
@@ -96,7 +103,7 @@ class SearchConfig(Settings):
 
     teacher: str = Field(..., description="The fine-tuned teacher checkpoint directory, or a model file (.onnx, .xml).")
     profile: str = Field(..., description="Device profile (name or YAML): the budgets every candidate must meet.")
-    metric: str | None = Field(
+    metric: Annotated[str | None, For("forward")] = Field(
         None, description="Your metric, module:function(outputs, labels) -> number (higher is better), that candidates "
         "are validated with instead of the task's; it runs that code (compress.validation.user_metric).")
     train: str = Field(..., description="Transfer data: distillation, pruning recovery, vocabulary; calibration (a model file's only use of it).")
@@ -106,8 +113,8 @@ class SearchConfig(Settings):
         "which the search then does not rank on).")
     time_budget_s: float = Field(7200.0, gt=0, description="Wall-clock seconds the search may spend in all.")
     objective: Objective = Field(Objective.latency, description="What the chosen candidate minimises.")
-    distill: dict[str, Any] = Field(default_factory=dict, description="Other distill options for every student.")
-    prune: dict[str, Any] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
+    distill: Annotated[dict[str, Any], For("forward")] = Field(default_factory=dict, description="Other distill options for every student.")
+    prune: Annotated[dict[str, Any], For("forward")] = Field(default_factory=dict, description="Other prune options for every pruned candidate.")
     space: dict[str, list[Any]] = Field(default_factory=dict, description="Narrowed choices per dimension.")
     short: Short = Field(default_factory=Short, description="Short-fidelity trials.")
     full: Full = Field(default_factory=Full, description="Full-fidelity candidates.")

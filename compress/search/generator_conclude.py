@@ -1,6 +1,6 @@
 """The end of a generator search: the choice among the candidates meeting every budget (or the closest and which budget
-binds), and the chosen artifact's perplexity and top-1 agreement on held-out text. ``s`` is the
-:class:`compress.search.generator.GeneratorSearch`."""
+binds), and the chosen artifact's perplexity and top-1 agreement on held-out text. ``s`` is the search
+(:class:`compress.search.directory.Search`) over a :class:`compress.search.generator.GeneratorSpace`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 from compress.search.conclude import SearchResult, violation
 from compress.search.config import Objective
-from compress.search.generator_space import QUALITY_BUDGETS
 
 
 def _points(study) -> list[dict[str, Any]]:
@@ -71,16 +70,16 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
     """Validate the chosen artifact on the held-out text (quality only: its speed was measured on the ranking run) and
     judge the profile's perplexity and top-1 budgets there."""
     from compress.artifact import load_artifact
-    from compress.profiles.budgets import BudgetStatus
+    from compress.profiles.budgets import BudgetStatus, quality_of
     from compress.recipes.execute import write_json_atomic
 
     s.say(f"held-out check: trial {chosen['trial']} on {s.holdout} ...")
-    report = s.validate(load_artifact(chosen["artifact"]), s.holdout, runtime=chosen["runtime"], timing=False,
+    report = s.space.validate(load_artifact(chosen["artifact"]), s.holdout, runtime=chosen["runtime"], timing=False,
                         teacher=chosen.get("reference"))
     out = s.dir / "holdout"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report.model_dump(mode="json"))
-    judged = [b for b in report.budgets if b.name in QUALITY_BUDGETS]
+    judged = [b for b in report.budgets if b.name in quality_of("generation")]
     m = report.metrics
     return {"verdict": "fail" if any(b.status == BudgetStatus.failed for b in judged) else "pass",
             "perplexity": m.get("perplexity"), "perplexity_increase": m.get("perplexity_increase"),

@@ -14,13 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-#: the budgets a generator's validation measures that say how it generates (compress.validation.generation); a
-#: generator search needs at least one of them
-GENERATOR_BUDGETS = ("min_decode_tokens_per_s", "max_time_to_first_token_ms", "max_perplexity_increase",
-                     "min_top1_agreement", "max_kl")
-#: the budgets the held-out text judges (quality, not speed: the speed was measured on the ranking run)
-QUALITY_BUDGETS = ("max_perplexity_increase", "min_top1_agreement", "max_kl")
-
 
 @dataclass(frozen=True)
 class Route:

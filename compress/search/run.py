@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from compress.errors import EdgeCompressError
 from compress.progress import Progress
 from compress.recipes.execute import write_json_atomic
-from compress.search.artifacts import open_store, publish
+from compress.search.artifacts import publish
 from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
 from compress.search.directory import Search
@@ -49,11 +48,8 @@ from compress.search.space import SHAPE_DIMS, Candidate, quant_choices, suggest,
 from compress.search.study import (
     drain,
     is_queued,
-    open_dir,
-    open_storage,
     optuna_module,
     public_url,
-    requeue_interrupted,
 )
 from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
 
@@ -66,7 +62,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     """
     optuna = optuna_module()
     search_dir = Path(search_dir)
-    from compress.search.generator import run_generator_search
+    from compress.search.generator_run import run_generator_search
     from compress.teachers.kinds import source_kind
 
     # a causal LM's folder (its routes start from the checkpoint): runtime x INT4 algorithm x group x 8-bit layers
@@ -77,33 +73,15 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
         for module in ("jinja2", "matplotlib"):
             require(module, "the search's HTML report (or pass --no-html)")
-    created = not search_dir.exists() or not any(search_dir.iterdir())
-    open_dir(search_dir, config, force)
-    try:  # the inputs (profile, budgets, data, teacher, the study's database) are checked here: a refused start leaves
-        # no directory behind
-        url = config.study.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
-        storage = open_storage(optuna, url, config.study.heartbeat_s)
-        artifacts = open_store(config.study.artifact_store)
-        s = Search(config, search_dir, progress)
-        s.artifacts = artifacts
-    except BaseException:
-        if created:
-            shutil.rmtree(search_dir, ignore_errors=True)
-        raise
+    s, storage = Search.open(optuna, config, search_dir, progress, force=force)
     say = s.say
-    sampler = optuna.samplers.TPESampler(seed=config.study.seed, n_startup_trials=6,
-                                         constraints_func=lambda t: t.user_attrs.get("constraints", [1.0] * len(s.budgets)))
-    study = optuna.create_study(study_name=config.study.name, storage=storage, sampler=sampler, load_if_exists=True,
-                                directions=["maximize", "minimize", "minimize"])
-    study.set_metric_names(["retention", "p50_ms", "size_mb"])
-    s.spent_before = float(study.user_attrs.get("spent_s", 0.0))
-    s.study = study
-    requeue_interrupted(optuna, study, say)
+    study = s.open_study(optuna, storage)
+    sampler = study.sampler
     if not study.trials:
         # the plain INT8 teacher: where the search starts from (another worker starting at the same moment queues
         # it too: skip_if_exists keeps one)
         runtime = s.space["runtime"][0]
-        reference = Candidate(s.shape.layers, runtime=runtime, quant=quant_choices(runtime, s.space)[1][0])
+        reference = Candidate(s.space.shape.layers, runtime=runtime, quant=quant_choices(runtime, s.space)[1][0])
         if all(getattr(reference, d) in s.space[d] for d in SHAPE_DIMS
                if d in s.space) and "quant" in s.space and "runtime" in s.space:
             study.enqueue_trial(trial_params(reference, s.space), user_attrs={"fidelity": "short", "reference": True},
@@ -145,7 +123,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             if wasted and not any(t.state == optuna.trial.TrialState.WAITING for t in trials):
                 # the sampler proposed a candidate tried already or one its estimate rules out: the next trial is
                 # one that may fit instead
-                params, pool = s.draw_feasible(trials)
+                params, pool = s.space.draw_feasible(trials)
                 if params is not None:
                     study.enqueue_trial(params, user_attrs={"fidelity": "short", "drawn_from": pool})
                     return
@@ -224,7 +202,7 @@ def _queued_only(optuna, objective):
 
 def _objective(optuna, s: Search):
     def objective(trial):
-        fid = s.full if trial.user_attrs.get("fidelity") == "full" else s.short
+        fid = s.space.full if trial.user_attrs.get("fidelity") == "full" else s.space.short
         trial.set_user_attr("fidelity", fid.name)
         dead = trial.user_attrs.get("worker")  # only a copy Optuna queued again carries its first worker's name
         trial.set_user_attr("worker", s.worker)
@@ -232,9 +210,9 @@ def _objective(optuna, s: Search):
             first = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
             s.say(f"[trial {trial.number}] retries trial {first.system_attrs.get('failed_trial')}, whose worker "
                   f"stopped answering ({dead}: no heartbeat for {4 * s.config.study.heartbeat_s} s)")
-        c = suggest(trial, s.space, s.shape)
+        c = suggest(trial, s.space, s.space.shape)
         trial.set_user_attr("label", c.label)
-        est = s.estimate(c)
+        est = s.space.estimate(c)
         trial.set_user_attr("estimate", {k: None if v is None else round(v, 4) for k, v in est.items()})
         tag = f"[trial {trial.number}, {fid.name}] {c.label}"
         twin = measured_twin(trial, fid.name)
@@ -252,8 +230,8 @@ def _objective(optuna, s: Search):
             trial.set_user_attr("duplicate_of", running.number)
             s.say(f"{tag}: as trial {running.number} (being measured by {running.user_attrs.get('worker')})")
             raise optuna.TrialPruned(f"being measured in trial {running.number}")
-        if fid is s.short:
-            why = s.cannot_meet(c, trial.study.get_trials(deepcopy=False))
+        if fid is s.space.short:
+            why = s.space.cannot_meet(c, trial.study.get_trials(deepcopy=False))
             if why:
                 trial.set_user_attr("skipped", why)
                 before = skipped_before(trial)
@@ -263,7 +241,7 @@ def _objective(optuna, s: Search):
                     s.say(f"{tag}: skipped before training: {why}")
                 raise optuna.TrialPruned(why)
         else:
-            need = s.cost(trial.number, c, fid, trial.user_attrs.get("promoted_from"))
+            need = s.space.cost(trial.number, c, fid, trial.user_attrs.get("promoted_from"))
             if need > s.left():
                 why = f"needs ~{need / 60:.0f} min, {max(s.left(), 0) / 60:.0f} min of the time budget left"
                 trial.set_user_attr("skipped", why)
@@ -274,14 +252,14 @@ def _objective(optuna, s: Search):
         s.say(f"{tag}: building and validating" + (f" (drawn from the {drawn} untried candidates expected to fit)"
                                                   if drawn else "") + " ...")
         try:
-            res = s.measure(trial.number, c, fid)
+            res = s.space.measure(trial.number, c, fid)
         except EdgeCompressError as e:
             if getattr(e, "exit_code", None) == 130:  # Ctrl-C or SIGTERM inside a step: stop the search, not the trial
                 raise KeyboardInterrupt(str(e)) from e
             trial.set_user_attr("error", str(e))
             s.say(f"{tag}: failed: {e}")
             raise
-        if fid is s.full and s.artifacts is not None:  # for the worker that ends the search, wherever it runs
+        if fid is s.space.full and s.artifacts is not None:  # for the worker that ends the search, wherever it runs
             res |= publish(s.artifacts, trial, Path(res["artifact"]))
         for k, v in res.items():
             trial.set_user_attr(k, v)

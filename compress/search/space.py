@@ -19,15 +19,51 @@ each candidate it measures.
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from compress.search.generator_space import GENERATOR_SPACE
 from compress.stages.distill.config import DistillConfig
 from compress.stages.export.config import ExportConfig
 from compress.stages.prune.config import PruneConfig
 from compress.stages.quantize.config import QuantizeConfig
+
+
+class Space(Mapping):
+    """What the search of one kind of teacher explores: its choices (the mapping: ``space["runtime"]``), the hooks the
+    driver (:class:`compress.search.directory.Search`) reads, and how one candidate is built and measured, each kind
+    its own (:class:`compress.search.encoder.EncoderSpace`, :class:`compress.search.generator.GeneratorSpace`)."""
+
+    kind: ClassVar[str]  # the task table's kind of the models it searches
+    detected_runs_any: ClassVar[bool]  # a detected profile (host) runs whatever runtime a candidate's artifact needs
+    ignores: ClassVar[str]  # what the search says of an option it would ignore (one the settings mark for another kind)
+    objectives: ClassVar[tuple[tuple[str, str], ...]]  # the study's (metric, direction) per objective
+    startup_trials: ClassVar[int]  # trials the sampler draws at random before it models the space
+    own_constraints: ClassVar[int]  # constraints after the budgets' (each trial's "constraints" holds them all)
+    choices: dict[str, Any]
+
+    @classmethod
+    @abstractmethod
+    def judged(cls, profile, notes: list[str]) -> list[str]:
+        """The budgets its candidates are judged by (what the search should say about them appended to ``notes``)."""
+
+    @abstractmethod
+    def measure(self, number: int, c: Any, *fidelity: Any) -> dict[str, Any]:
+        """Build candidate ``c`` (trial ``number``; a kind with fidelities: at the one given) and validate it: its
+        figures, the budgets' results and the constraints the sampler reads."""
+
+    def __getitem__(self, key: str) -> Any:
+        return self.choices[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.choices)
+
+    def __len__(self) -> int:
+        return len(self.choices)
+
 
 #: the dimensions a text search explores, with their choices (``--space`` may narrow them)
 TEXT_SPACE: dict[str, list[Any]] = {

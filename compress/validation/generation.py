@@ -41,16 +41,13 @@ import numpy as np
 
 from compress.artifact import Artifact
 from compress.errors import ConfigError
-from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, verdict_of
+from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, budgets_of, verdict_of
 from compress.progress import Advance, Progress, start_phase
 from compress.validation.decoding import context_of, greedy_artifact, prompt_feeds, window_logits
 from compress.validation.generation_plan import GenerationPlan, announce, encode, plan_generation
 
 log = logging.getLogger(__name__)
 
-#: budgets that read a classifier's or an embedder's outputs: not judged for a generator
-NOT_FOR_GENERATORS = ("min_accuracy_retention", "min_agreement", "min_output_cosine", "max_mae_increase",
-                      "min_output_snr_db")
 MIN_ROUNDS = 5  # timed generations of each side at least
 DIVERGING_SHOWN = 10  # rows of the diverging-continuations table
 
@@ -392,9 +389,10 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
         cold = probe_cold_start(art.path, runtime_name, run_settings.threads, run_settings.provider, 1,
                                 min(len(prompt), 64))
     stats = {name: st["decode"] for name, st in timed.items()}
-    # a generator's own budgets (the profile's generator_budgets over its budgets), the classifiers' left out
+    # a generator's own budgets (the profile's generator_budgets over its budgets), those that read a classifier's or
+    # an embedder's outputs (a forward pass's) left out
     judged = run.profile.model_copy(update={"budgets": run.profile.generator_limits().model_copy(
-        update={k: None for k in NOT_FOR_GENERATORS})})
+        update={k: None for k in budgets_of("forward")})})
     run.profile, run.teacher = judged, _teacher_record(tdir, art, warnings) if teacher is not None else None
     report = conclude(run, metrics, stats, cold, env)
     if config.data:  # what the quality figures were measured on (the gate compares it)

@@ -66,3 +66,19 @@ def test_a_budget_a_user_writes_holds_for_generators_too(tmp_path):
                     "generator_budgets: {max_model_size_mb: 110}\n")
     assert load_profile(str(both)).generator_limits().max_model_size_mb == 110
     assert load_profile(str(both)).budgets.max_model_size_mb == 120
+
+
+def test_the_budget_table_says_which_kind_of_model_each_budget_reads():
+    """One table (BUDGETS) says what each budget reads: a generator's own budgets, the quality ones its held-out text
+    judges, and those that read a forward pass's outputs (never judged for a generator) are its columns."""
+    from compress.profiles.budgets import BUDGETS, budgets_of, judged_for, quality_of
+
+    assert budgets_of("generation") == ("min_decode_tokens_per_s", "max_time_to_first_token_ms",
+                                        "max_perplexity_increase", "min_top1_agreement", "max_kl")
+    assert quality_of("generation") == QUALITY
+    assert set(budgets_of("forward")) == {"min_accuracy_retention", "min_agreement", "min_output_cosine",
+                                          "min_output_snr_db", "max_mae_increase"}
+    assert not set(judged_for("generation")) & set(budgets_of("forward"))
+    assert set(judged_for("forward")) | set(judged_for("generation")) == set(BUDGETS)
+    b = load_profile("host").budgets
+    assert BUDGETS["latency_p50_ms"].limit_in(b) == b.latency_ms.p50

@@ -107,10 +107,10 @@ def test_resuming_a_finished_search_redoes_nothing_and_more_trials_continue_it(f
 
 
 def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, monkeypatch):
-    from compress.search.directory import Search
+    from compress.search.encoder import EncoderSpace
     from compress.search.run import run_search
 
-    real = Search.measure
+    real = EncoderSpace.measure
     calls = []
 
     def interrupt_second(self, number, c, fid):
@@ -119,10 +119,10 @@ def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, mo
             raise KeyboardInterrupt
         return real(self, number, c, fid)
 
-    monkeypatch.setattr(Search, "measure", interrupt_second)
+    monkeypatch.setattr(EncoderSpace, "measure", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         run_search(config(workspace, trials=2, promote=1), workspace / "s2", html=False)
-    monkeypatch.setattr(Search, "measure", real)
+    monkeypatch.setattr(EncoderSpace, "measure", real)
     lines: list[str] = []
     result = run_search(config(workspace, trials=2, promote=1), workspace / "s2", progress=to_lines(lines.append), html=False)
     assert any("interrupted: queued again" in ln for ln in lines)
@@ -132,14 +132,14 @@ def test_an_interrupted_trial_is_queued_again_and_reuses_its_steps(workspace, mo
 
 @pytest.fixture(scope="module")
 def used_up(workspace):
-    """A search of a one-candidate space whose full candidate cost more than the time budget left (Search.cost made
+    """A search of a one-candidate space whose full candidate cost more than the time budget left (EncoderSpace.cost made
     huge): the first run of the resumed search below. (result, progress lines)"""
-    from compress.search.directory import Search
+    from compress.search.encoder import EncoderSpace
     from compress.search.run import run_search
 
     lines: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Search, "cost", lambda *a, **k: 1e9)
+        mp.setattr(EncoderSpace, "cost", lambda *a, **k: 1e9)
         result = run_search(config(workspace, space=ONE_CANDIDATE, trials=None), workspace / "s-more-time",
                             progress=to_lines(lines.append), html=False)
     return result, lines
@@ -225,11 +225,11 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
 
     space = {**SPACE, "ffn": [0.0, 0.3, 0.5, 0.7], "threads": [0, 1]}
     probe = Search(config(workspace, space=space), workspace / "unused")
-    cands = all_candidates(space, probe.shape)
+    cands = all_candidates(space, probe.space.shape)
     assert len(set(cands)) == len(cands) == 16
-    sizes = sorted({probe.estimate(c)["size_mb"] for c in cands})
+    sizes = sorted({probe.space.estimate(c)["size_mb"] for c in cands})
     limit = 0.9 * (sizes[1] + sizes[2]) / 2  # the two smallest shapes fit, on either thread count
-    fits = {json.dumps(trial_params(c, space), sort_keys=True) for c in cands if probe.estimate(c)["size_mb"] * 0.9 <= limit}
+    fits = {json.dumps(trial_params(c, space), sort_keys=True) for c in cands if probe.space.estimate(c)["size_mb"] * 0.9 <= limit}
     assert len(fits) == 4
     small = workspace / "small.yaml"
     small.write_text(yaml.safe_dump({"name": "small", "extends": str(workspace / "quick.yaml"),
@@ -319,24 +319,24 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
     from compress.search.space import Candidate, candidate_steps, roofline
 
     s = Search(config(workspace), tmp_path / "s")
-    full, _ = candidate_steps(Candidate(1), s.shape, s.full)
-    short, _ = candidate_steps(Candidate(1), s.shape, s.short)
+    full, _ = candidate_steps(Candidate(1), s.space.shape, s.space.full)
+    short, _ = candidate_steps(Candidate(1), s.space.shape, s.space.short)
     # --full-augment 1 and --full-average (defaults): the measured text recipe
     assert full["student"]["distill"] == {"student": {"layers": 1}, "augmentation": {"copies": 1},
                                           "training": {"epochs": 1, "average": True, "average_start": 0.5}}
     assert "augmentation" not in short["student"]["distill"] and "average" not in short["student"]["distill"]["training"]
-    plain = Search(config(workspace, full_augment=0, full_augment_join=0, full_average=False), tmp_path / "s0").full
+    plain = Search(config(workspace, full_augment=0, full_augment_join=0, full_average=False), tmp_path / "s0").space.full
     assert "augment" not in plain.distill and "average" not in plain.distill
     assert not {"recover_augment", "recover_augment_join", "recover_average"} & set(plain.prune)
     # a pruned text candidate recovers from the teacher itself at full fidelity, on the augmented texts too
-    full, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.full)
-    short, _ = candidate_steps(Candidate(1, ffn=0.5), s.shape, s.short)
+    full, _ = candidate_steps(Candidate(1, ffn=0.5), s.space.shape, s.space.full)
+    short, _ = candidate_steps(Candidate(1, ffn=0.5), s.space.shape, s.space.short)
     recovery, short_recovery = full["pruned"]["prune"]["recovery"], short["pruned"]["prune"]["recovery"]
     assert recovery["teacher"] == str(Path(s.config.teacher).resolve())
     assert recovery["augment"] == 1
     assert recovery["augment_join"] == 1 and recovery["average"] is True
     assert not {"teacher", "augment", "augment_join", "average"} & set(short_recovery)
-    steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.shape, s.short)
+    steps, last = candidate_steps(Candidate(1, quant="int8-dynamic-emb4"), s.space.shape, s.space.short)
     assert steps[last]["quantize"] == {"mode": "dynamic", "embedding_precision": "int4", "int4": {"block_size": 64}}
     one = yaml.safe_load(Path(s.profile_for(Candidate(1, threads=1))).read_text())
     assert one["runtime"] == {"threads": 1} and one["extends"] == str((workspace / "quick.yaml").resolve())
@@ -344,7 +344,7 @@ def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profi
 
     assert load_profile(s.profile_for(Candidate(1, threads=1))).runtime.threads == 1
     assert s.profile_for(Candidate(1)) == s.profile_ref
-    sizes = {q: roofline(Candidate(1, quant=q), s.shape, 1, 64, None)["size_mb"] for q in ("int8-dynamic", "int8-dynamic-emb4")}
+    sizes = {q: roofline(Candidate(1, quant=q), s.space.shape, 1, 64, None)["size_mb"] for q in ("int8-dynamic", "int8-dynamic-emb4")}
     assert sizes["int8-dynamic-emb4"] < sizes["int8-dynamic"]
 
 
@@ -408,7 +408,7 @@ def test_a_vit_teacher_is_searched_over_depth_and_its_estimate_counts_patches(im
     space = {"layers": [1, 2], "heads": [0.0], "ffn": [0.0], "quant": ["int8-static"], "runtime": ["onnxruntime"],
              "threads": [0]}
     cfg = image_config(d, teachers["vit"], space)
-    assert Search(cfg, d / "unused").shape.positions == (16 // 4) ** 2 + 1
+    assert Search(cfg, d / "unused").space.shape.positions == (16 // 4) ** 2 + 1
     result = run_search(cfg, d / "vit-search")
     s = result.summary
     assert result.exit_code == 0
@@ -455,7 +455,7 @@ def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
     would skip nearly all of them)."""
     from types import SimpleNamespace
 
-    from compress.search.directory import Search
+    from compress.search.encoder import EncoderSpace
     from compress.search.trials import teacher_fp32_ms
 
     def trial(est, measured, speedup, runtime="onnxruntime"):
@@ -476,18 +476,18 @@ def test_a_speedup_budget_skips_the_same_candidates_on_a_busy_machine():
                     for e in (0.3, 1.0))
     for trials in (quiet, busy):
         s = search(5.0)
-        assert Search.cannot_meet(s, small, trials) is None
-        assert "speedup at most" in Search.cannot_meet(s, large, trials)
-    assert Search.cannot_meet(search(5.0), large, []) is None  # nothing timed yet: no bound
+        assert EncoderSpace.cannot_meet(s, small, trials) is None
+        assert "speedup at most" in EncoderSpace.cannot_meet(s, large, trials)
+    assert EncoderSpace.cannot_meet(search(5.0), large, []) is None  # nothing timed yet: no bound
     # the absolute budget that matched the speedup on the quiet machine skips the small one too when busy
-    assert Search.cannot_meet(search(None, p50=1.2), small, quiet) is None
-    assert "p50 at least" in Search.cannot_meet(search(None, p50=1.2), small, busy)
+    assert EncoderSpace.cannot_meet(search(None, p50=1.2), small, quiet) is None
+    assert "p50 at least" in EncoderSpace.cannot_meet(search(None, p50=1.2), small, busy)
     # the PyTorch teacher (speedup_baseline: pytorch) is one baseline, timed beside every candidate: a one-thread
     # candidate is bounded by what the others measured (the ONNX Runtime one has no one-thread baseline of its own)
     assert teacher_fp32_ms(quiet, None) == pytest.approx(6.0)  # the median of 6.0, 5.76 and 6.12
     one_thread = SimpleNamespace(est=1.5, runtime="onnxruntime", threads=1, quant="int8-dynamic", layers=2)
-    assert Search.cannot_meet(search(5.0), one_thread, quiet) is None
-    assert "speedup at most ~4.0x" in Search.cannot_meet(search(5.0, baseline="pytorch"), one_thread, quiet)
+    assert EncoderSpace.cannot_meet(search(5.0), one_thread, quiet) is None
+    assert "speedup at most ~4.0x" in EncoderSpace.cannot_meet(search(5.0, baseline="pytorch"), one_thread, quiet)
 
 
 def test_a_candidate_no_faster_than_one_measured_too_slow_is_skipped():
@@ -496,7 +496,7 @@ def test_a_candidate_no_faster_than_one_measured_too_slow_is_skipped():
     larger roofline may still be faster (per-operator overhead), so it is not ruled out, nor is a near miss."""
     from types import SimpleNamespace
 
-    from compress.search.directory import Search
+    from compress.search.encoder import EncoderSpace
 
     def trial(number, layers, est, speedup, quant="int8-dynamic-emb4"):
         return SimpleNamespace(number=number, params={"runtime": "onnxruntime", "threads": 1, "quant": quant,
@@ -514,14 +514,14 @@ def test_a_candidate_no_faster_than_one_measured_too_slow_is_skipped():
     narrow_l3 = trial(7, layers=3, est=0.47, speedup=8.0)  # 1.0 ms: far too slow
     near_miss = trial(8, layers=2, est=0.20, speedup=13.0)  # within the 25% noise of 15x
     trials = [narrow_l3, near_miss]
-    why = Search.cannot_meet(s, cand(4, 0.50), trials)
+    why = EncoderSpace.cannot_meet(s, cand(4, 0.50), trials)
     assert "no faster than trial 7" in why and "min_speedup" in why
-    assert Search.cannot_meet(s, cand(3, 0.47), trials) is not None  # the same depth and roofline
-    assert Search.cannot_meet(s, cand(2, 0.60), trials) is None  # shallower: its overhead is smaller
-    assert Search.cannot_meet(s, cand(4, 0.40), trials) is None  # less work
-    assert Search.cannot_meet(s, cand(4, 0.50, quant="int8-dynamic"), trials) is None  # another precision
-    assert Search.cannot_meet(s, cand(4, 0.50, threads=0), trials) is None  # another thread count
-    assert Search.cannot_meet(s, cand(2, 0.30), trials) is None  # near miss: noise, not proof
+    assert EncoderSpace.cannot_meet(s, cand(3, 0.47), trials) is not None  # the same depth and roofline
+    assert EncoderSpace.cannot_meet(s, cand(2, 0.60), trials) is None  # shallower: its overhead is smaller
+    assert EncoderSpace.cannot_meet(s, cand(4, 0.40), trials) is None  # less work
+    assert EncoderSpace.cannot_meet(s, cand(4, 0.50, quant="int8-dynamic"), trials) is None  # another precision
+    assert EncoderSpace.cannot_meet(s, cand(4, 0.50, threads=0), trials) is None  # another thread count
+    assert EncoderSpace.cannot_meet(s, cand(2, 0.30), trials) is None  # near miss: noise, not proof
 
 
 def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ruling_any_out():
@@ -533,7 +533,7 @@ def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ru
     candidates that may."""
     from types import SimpleNamespace
 
-    from compress.search.directory import Search
+    from compress.search.encoder import EncoderSpace
     from compress.search.space import Candidate, TeacherShape, from_params
     from compress.search.trials import typical_ratio
 
@@ -549,7 +549,7 @@ def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ru
     assert typical_ratio(trials[:1], "onnxruntime", 1) is None  # one is not a pattern
 
     roofline = {1: 0.22, 2: 0.26, 3: 0.45}  # by depth; the budget (8 ms teacher / 15x) is 0.533 ms
-    s = SimpleNamespace(space={"layers": [1, 2, 3], "ffn": [0.0], "quant": ["int8-dynamic"], "runtime": ["onnxruntime"],
+    s = SimpleNamespace(choices={"layers": [1, 2, 3], "ffn": [0.0], "quant": ["int8-dynamic"], "runtime": ["onnxruntime"],
                                "threads": [1]},
                         shape=TeacherShape(layers=6, hidden=64, heads=4, ffn=128, vocab=100, positions=64, types=2,
                                            labels=2),
@@ -557,16 +557,16 @@ def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ru
                         estimate=lambda c: {"size_mb": 4.0, "p50_ms": roofline[c.layers], "gops": c.layers},
                         _budget={"min_speedup": 15.0}.get,
                         profile=SimpleNamespace(measure=SimpleNamespace(speedup_baseline="pytorch")))
-    s.cannot_meet = lambda c, t, expected=False: Search.cannot_meet(s, c, t, expected)
+    s.cannot_meet = lambda c, t, expected=False: EncoderSpace.cannot_meet(s, c, t, expected)
     large, middle = Candidate(3, quant="int8-dynamic", threads=1), Candidate(2, quant="int8-dynamic", threads=1)
-    assert Search.cannot_meet(s, large, trials) is None  # 0.45 ms bare roofline: may fit, so never skipped
-    assert "speedup at most ~8.9x" in Search.cannot_meet(s, large, trials, expected=True)  # 0.9 ms expected
-    assert Search.cannot_meet(s, middle, trials, expected=True) is None  # 0.52 ms expected: fits
-    params, pool = Search.draw_feasible(s, trials)
+    assert EncoderSpace.cannot_meet(s, large, trials) is None  # 0.45 ms bare roofline: may fit, so never skipped
+    assert "speedup at most ~8.9x" in EncoderSpace.cannot_meet(s, large, trials, expected=True)  # 0.9 ms expected
+    assert EncoderSpace.cannot_meet(s, middle, trials, expected=True) is None  # 0.52 ms expected: fits
+    params, pool = EncoderSpace.draw_feasible(s, trials)
     assert from_params(params) == middle and pool == 2  # the largest expected to fit (of layers 1 and 2), not L3
     # the budget tightened so that none is expected to fit: the draw takes what may still fit
     s._budget = {"min_speedup": 30.0}.get
-    params, pool = Search.draw_feasible(s, trials)
+    params, pool = EncoderSpace.draw_feasible(s, trials)
     assert from_params(params) == middle and pool == 2  # L1 and L2 may fit on their bare roofline; L3 cannot
 
 
@@ -617,7 +617,7 @@ def test_label_names_the_teacher_knows_are_accepted(workspace, tmp_path):
     assert "positive" in (tmp_path / "named.tsv").read_text()
     s = Search(config(workspace, train=str(tmp_path / "named.tsv"), space={**SPACE, "vocab": [False, True]}),
                tmp_path / "x")
-    assert 0 < s.shape.vocab_kept < 500
+    assert 0 < s.space.shape.vocab_kept < 500
 
 
 def test_when_every_candidate_is_skipped_the_diagnosis_names_the_budget_not_the_time():
@@ -639,12 +639,12 @@ def test_qat_steps_reach_only_full_fidelity_onnx_runtime_int8_candidates(workspa
     from compress.search.space import Candidate, candidate_steps
 
     s = Search(config(workspace, qat_steps=50), tmp_path / "s")
-    full, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.shape, s.full)
+    full, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.space.shape, s.space.full)
     assert full[last]["quantize"] == {"mode": "dynamic", "qad": {"steps": 50}}
-    short, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.shape, s.short)
+    short, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.space.shape, s.space.short)
     assert short[last]["quantize"] == {"mode": "dynamic"}  # short fidelity ranks post-training INT8
     for other in (Candidate(1, quant="int4"), Candidate(1, runtime="openvino", quant="int8")):
-        steps, last = candidate_steps(other, s.shape, s.full)
+        steps, last = candidate_steps(other, s.space.shape, s.space.full)
         assert "qad" not in steps[last]["quantize"]
 
 

@@ -905,7 +905,7 @@ def test_a_sentence_encoders_search_keeps_its_width(bert_encoder, tmp_path):
     base = dict(teacher=str(bert_encoder), profile="host", train=str(train), eval=str(train), holdout=str(train))
     lines: list[str] = []
     s = Search(SearchConfig(**base), tmp_path / "a", to_lines(lines.append))
-    assert s.shape.embeds and s.space["width"] == [1.0] and any(ln.startswith("width: kept") for ln in lines)
+    assert s.space.shape.embeds and s.space["width"] == [1.0] and any(ln.startswith("width: kept") for ln in lines)
     with pytest.raises(ConfigError, match="--space width"):
         Search(SearchConfig(**base, space={"width": [0.5]}), tmp_path / "b")
 

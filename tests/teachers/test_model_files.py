@@ -472,7 +472,7 @@ def test_search_takes_a_model_file_over_precision_runtime_and_threads(two_inputs
                                  eval=str(d / "two.npz"), holdout=str(d / "two.npz"), time_budget_s=600, trials=2, promote=1,
                                  space={"runtime": ["onnxruntime"], "threads": [0, 1]}, metric="my_metrics:mean_top_score")
     s = Search(cfg, tmp_path / "unused")
-    assert s.shape.kind == "file" and s.space["quant"] == ["int8-static"]  # an array model: static INT8 only
+    assert s.space.shape.kind == "file" and s.space["quant"] == ["int8-static"]  # an array model: static INT8 only
     result = run_search(cfg, tmp_path / "search", html=False)
     summary = result.summary
     assert result.exit_code == 0, summary.get("diagnosis")
