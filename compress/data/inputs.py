@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_SAMPLES", "is_image", "kind_of", "splits_words", "latency_inputs", "load_inputs", "sample_inputs", "sample_texts", "synthetic_images"]
+__all__ = ["DEFAULT_SAMPLES", "is_image", "preprocess_kind", "splits_words", "latency_inputs", "load_inputs", "sample_inputs", "sample_texts", "synthetic_images"]
 
 
 # Texts used when the user gives no sample data: varied lengths so padding is exercised.
@@ -36,7 +36,7 @@ def sample_texts(path: Path | str | None, n: int) -> list[str]:
     return load_dataset(path, limit=n, texts_only=True).texts
 
 
-def kind_of(preprocess: Any) -> str:
+def preprocess_kind(preprocess: Any) -> str:
     """The input kind (``text``, ``image``, ``arrays``) of a manifest's ``preprocess``, as a model or a dict; None reads as text."""
     if isinstance(preprocess, dict):
         return preprocess.get("kind", "text")
@@ -49,7 +49,7 @@ def splits_words(preprocess: Any) -> bool:
 
 
 def is_image(preprocess: Any) -> bool:
-    return kind_of(preprocess) == "image"
+    return preprocess_kind(preprocess) == "image"
 
 
 def load_inputs(path: Path | str, preprocess: Any = None, *, label2id: dict[str, int] | None = None,
@@ -61,7 +61,7 @@ def load_inputs(path: Path | str, preprocess: Any = None, *, label2id: dict[str,
     (:func:`compress.data.tables.load_dataset`; the column options apply to texts only). ``targets``: the model is a
     regressor, so a table's label column holds numbers (target values), not class names or ids; an ``.npz``'s
     ``labels`` are read as numbers already when there are no class names."""
-    if kind_of(preprocess) == "arrays":
+    if preprocess_kind(preprocess) == "arrays":
         from compress.data.arrays import load_array_dataset
 
         return load_array_dataset(path, preprocess, label2id=None if texts_only else label2id,
@@ -99,11 +99,11 @@ def sample_inputs(path: Path | str | None, n: int, preprocess: Any = None) -> li
     """``n`` raw inputs from a data file (labels are not read), or the built-in ones: texts, or seeded noise images
     at the input size (numerical parity needs inputs of the right shape, not meaningful ones); for an array model,
     seeded arrays of its input shapes (:func:`compress.data.arrays.synthetic_arrays`)."""
-    if kind_of(preprocess) == "arrays" and path is None:
+    if preprocess_kind(preprocess) == "arrays" and path is None:
         from compress.data.arrays import synthetic_arrays
 
         return synthetic_arrays(preprocess, n)
-    if kind_of(preprocess) == "text" and not (path is not None and splits_words(preprocess)):
+    if preprocess_kind(preprocess) == "text" and not (path is not None and splits_words(preprocess)):
         return sample_texts(path, n)
     if path is None:
         return synthetic_images(preprocess, n)
@@ -113,7 +113,7 @@ def sample_inputs(path: Path | str | None, n: int, preprocess: Any = None) -> li
 def latency_inputs(inputs: list[Any] | None, batch_size: int, sequence_length: int, preprocess: Any = None) -> list[Any]:
     """One batch of raw inputs for timing: texts long enough to fill ``sequence_length`` tokens, or ``batch_size``
     images (the data set's first, else noise at the input size; every image is resized to the same shape)."""
-    if kind_of(preprocess) != "text":
+    if preprocess_kind(preprocess) != "text":
         items = list(inputs[:batch_size]) if inputs else []
         while items and len(items) < batch_size:
             items += items[: batch_size - len(items)]

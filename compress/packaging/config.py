@@ -37,19 +37,19 @@ _FIRST_TEXT = "the bundle starts cold and answers its first request."
 
 def dependencies_for(preprocess) -> tuple[str, ...]:
     """The handler's direct dependencies for an artifact whose inputs ``preprocess`` describes."""
-    from compress.data.inputs import kind_of
+    from compress.data.inputs import preprocess_kind
 
-    return KIND_DEPENDENCIES[kind_of(preprocess)]
+    return KIND_DEPENDENCIES[preprocess_kind(preprocess)]
 
 
 def first_request(preprocess) -> dict:
     """The event the cold-start runs send: one text, one PNG image (base64) at the model's input size, or one sample
     of arrays (JSON lists) at the input shapes."""
-    from compress.data.inputs import kind_of
+    from compress.data.inputs import preprocess_kind
 
-    if kind_of(preprocess) == "text":
+    if preprocess_kind(preprocess) == "text":
         return {"text": _FIRST_TEXT}
-    if kind_of(preprocess) == "arrays":
+    if preprocess_kind(preprocess) == "arrays":
         from compress.data.arrays import synthetic_arrays
 
         return {"inputs": {k: v.tolist() for k, v in synthetic_arrays(preprocess, 1)[0].items()}}

@@ -118,9 +118,9 @@ def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: boo
 
 def input_shape(m, batch_size: int, sequence_length: int) -> dict[str, Any]:
     """The shape latency was timed at: batch x sequence for text, batch x channels x height x width for images."""
-    from compress.data.inputs import is_image, kind_of
+    from compress.data.inputs import is_image, preprocess_kind
 
-    if kind_of(m.preprocess) == "arrays":  # each input's per-sample shape, as timed
+    if preprocess_kind(m.preprocess) == "arrays":  # each input's per-sample shape, as timed
         return {"batch_size": batch_size,
                 "inputs": {n: "x".join("?" if d is None else str(d) for d in s) for n, s in m.preprocess.shapes.items()}}
     if not is_image(m.preprocess):

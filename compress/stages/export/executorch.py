@@ -346,9 +346,9 @@ def int8_mode(teacher, config: ExportConfig) -> str:
 
 def input_kind(teacher) -> str:
     """What the teacher reads, from its input description (a checkpoint with a tokenizer has none: text)."""
-    from compress.data.inputs import kind_of
+    from compress.data.inputs import preprocess_kind
 
-    return kind_of(getattr(teacher.info, "preprocess", None))
+    return preprocess_kind(getattr(teacher.info, "preprocess", None))
 
 
 def delegation_of(edge) -> dict[str, Any]:

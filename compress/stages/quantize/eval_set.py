@@ -94,7 +94,7 @@ def load_eval_set(
     taken from its first ``max(20 n, 5000)`` rows. Rows are sorted by length so batches pad little.
     Raises :class:`~compress.errors.DataError` for a missing/unreadable file or missing labels.
     """
-    from compress.data.inputs import kind_of, load_inputs, splits_words
+    from compress.data.inputs import load_inputs, preprocess_kind, splits_words
     from compress.tasks import TASKS
 
     info = TASKS[manifest.task]
@@ -120,7 +120,7 @@ def load_eval_set(
         limit=max(20 * n, 5000), targets=info.targets,
     )
     ds = ds.sample(n, seed=seed)
-    if kind_of(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
+    if preprocess_kind(manifest.preprocess) == "text":  # texts sorted by length, so batches pad little
         order = sorted(range(len(ds)), key=lambda i: (len(ds.texts[i]) + len(ds.pairs[i] if ds.pairs else ""), i))
         ds = dataclasses.replace(
             ds,

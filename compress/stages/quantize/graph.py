@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact
-from compress.data.inputs import is_image, kind_of
+from compress.data.inputs import is_image, preprocess_kind
 from compress.errors import ConfigError
 from compress.stages.quantize.config import (
     CalibrationMethod,
@@ -440,7 +440,7 @@ def is_static_first(art: Artifact) -> bool:
     """Is INT8 of ``art`` static by default? Models fed images or arrays (conv nets, sensor and audio models, MLPs):
     their activations are calibrated once. Text transformers keep dynamic INT8, whose per-batch activation ranges
     suit token states."""
-    return kind_of(art.manifest.preprocess) != "text"
+    return preprocess_kind(art.manifest.preprocess) != "text"
 
 
 def static_mode(art: Artifact, config: QuantizeConfig) -> QuantizeConfig:

@@ -185,7 +185,7 @@ class _Evaluator:
     """
 
     def __init__(self, art: Artifact, encoder, dataset, output_index: int, user_metric=None) -> None:
-        from compress.data.inputs import kind_of
+        from compress.data.inputs import preprocess_kind
 
         self.classification = art.manifest.labels is not None and TASKS[art.task].labels != "none"
         self.output_index = output_index
@@ -194,7 +194,7 @@ class _Evaluator:
         self.reference: np.ndarray | None = None
         pooling, normalize = pooling_of(art.manifest.postprocess)
         # token states of a text encoder are pooled; any other output (an image or array model's) is compared whole
-        text = kind_of(art.manifest.preprocess) == "text"
+        text = preprocess_kind(art.manifest.preprocess) == "text"
         self.pooling = pooling or ("mean" if not self.classification and text else None)
         self.normalize = normalize
         self.user_metric = user_metric
