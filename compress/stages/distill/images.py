@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from compress.progress import Progress
-from compress.stages.training import encode_all, shift_images
+from compress.stages.transfer import encode_all, shift_images
 
 log = logging.getLogger("compress.stages.distill")  # the verb's logger
 

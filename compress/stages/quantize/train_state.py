@@ -68,7 +68,7 @@ class Resumable:
         """The steps left (all, or those after a resumed state), the held-out score every ``min(50, steps / 5)``
         steps and at the end; Ctrl-C saves the state and stops with :class:`Interrupted` (the same command resumes)."""
         from compress.interrupt import StopFlag
-        from compress.stages.distill.config import Interrupted
+        from compress.stages.training import Interrupted
 
         steps = self.config.qad.steps
         every = max(1, min(50, steps // 5))
