@@ -152,13 +152,15 @@ class TrainLoop:
         with StopFlag() as flag:
             if state["step"] >= self.total or state.get("stopped"):
                 return
+            t0 = None  # the step's start: its first accumulated batch
             for batch in self.batches():
-                t0 = time.perf_counter()
+                t0 = t0 or time.perf_counter()
                 loss, parts, synced = self._pass(batch)
                 if not synced:
                     continue
                 state["step"] += 1
                 state[self.clock] += time.perf_counter() - t0
+                t0 = None
                 if self._after_step(float(loss.detach()), parts, flag):
                     break
 
