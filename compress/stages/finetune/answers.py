@@ -6,7 +6,8 @@ Training rows are Hugging Face ``run_qa``'s: each question with its context cut 
 ``--max-length`` tokens (:func:`compress.data.tokenization.qa_windows`, the stride of the task's postprocess), the
 labels the tokens holding the answer's first and last characters, or the first token ([CLS]) in a window that does
 not hold the whole answer. The eval metric is SQuAD's F1 (:func:`compress.tasks.qa.qa_metrics`) of the best span
-over each question's windows."""
+over each question's windows. Both are :mod:`compress.stages.transfer`'s (``training_rows``, ``squad_f1``), which
+distill reads too."""
 
 from __future__ import annotations
 
