@@ -112,7 +112,7 @@ def test_accuracy(artifact: Path, test: Path) -> float:
 
     from compress.data.images import load_image_dataset
     from compress.stages.finetune.images import logits_of
-    from compress.stages.training import encode_all
+    from compress.stages.transfer import encode_all
     from compress.teachers.images import load_image_teacher
 
     teacher = load_image_teacher(artifact)

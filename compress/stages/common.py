@@ -1,4 +1,5 @@
-"""What every stage shares: parity measurement, sample inputs, step records, writing a checkpoint."""
+"""What every stage shares: parity measurement, sample inputs, step records, writing a checkpoint, a transformer's
+layer list, Accelerate."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.errors import ConfigError
 from compress.tasks.outputs import row_cosines
 
 
@@ -79,6 +81,20 @@ def save_checkpoint(model, tokenizer, teacher, directory: Path) -> None:
             shutil.copytree(teacher.path / name, directory / name)
 
 
+def layer_list(model) -> tuple[str, Any]:
+    """The ``nn.ModuleList`` of transformer blocks (found by structure, not by module names)."""
+    from torch import nn
+
+    n = model.config.num_hidden_layers
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if not found:
+        raise ConfigError(
+            f"cannot find the {n} transformer layers of {type(model).__name__}",
+            hint="pass an existing student checkpoint with --student instead",
+        )
+    return max(found, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+
+
 def make_accelerator(precision: str = "no", grad_accum: int = 1):
     """Accelerate for this process (one of several under ``accelerate launch``): distillation's and fine-tuning's."""
     import os
@@ -96,8 +112,6 @@ def make_accelerator(precision: str = "no", grad_accum: int = 1):
         mixed_precision=precision, gradient_accumulation_steps=grad_accum, kwargs_handlers=[kwargs],
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
-        from compress.errors import ConfigError
-
         raise ConfigError(
             f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate runs each alone (no GPU for --multi_gpu)",
             hint="on CPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...",

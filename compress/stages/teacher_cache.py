@@ -169,7 +169,7 @@ def fill(directory: Path, key: dict[str, Any], data, plan, intermediate: bool, t
          stop: Callable[[], bool] = lambda: False) -> tuple[int, int, bool]:
     """Label ``rows`` of ``data`` (None: all) that the cache in ``directory`` lacks, in length-sorted batches.
 
-    ``forward(idx)`` runs the teacher on the rows ``idx`` and returns ``compress.stages.training.model_outputs``' dict. The
+    ``forward(idx)`` runs the teacher on the rows ``idx`` and returns ``compress.stages.transfer.model_outputs``' dict. The
     cache is created (or recreated, when its key or arrays do not match) first. Returns (rows labelled
     by this call, rows wanted, complete); complete is False when ``stop()`` turned true, after the
     labelled rows were flushed and marked.

@@ -28,12 +28,13 @@ from compress.artifact import Format, load_artifact
 from compress.cli import cli
 from compress.cli import main as cli_main
 from compress.errors import ConfigError, DataError, OutputExistsError
+from compress.stages.common import layer_list
 from compress.stages.distill import distill
-from compress.stages.distill.config import DistillConfig, Interrupted
+from compress.stages.distill.config import DistillConfig
 from compress.stages.distill.losses import distill_loss, join_augment, neighbour_augment
-from compress.stages.distill.run import default_run_dir
-from compress.stages.distill.student import build_student, count_parameters, evenly_spaced, layer_list, load_student
-from compress.stages.training import OutputPlan, length_grouped_order
+from compress.stages.distill.student import build_student, count_parameters, evenly_spaced, load_student
+from compress.stages.training import Interrupted, default_run_dir
+from compress.stages.transfer import OutputPlan, length_grouped_order
 from compress.tasks import Task
 from compress.teachers.load import load_teacher
 from tests.conftest import CPU_PROCESSES, free_port

@@ -23,9 +23,9 @@ from compress.artifact import load_artifact
 from compress.data.tables import load_dataset
 from compress.stages import teacher_cache as tcache
 from compress.stages.distill import distill
-from compress.stages.distill.config import DistillConfig, Interrupted
-from compress.stages.distill.run import default_run_dir
-from compress.stages.training import length_grouped_order
+from compress.stages.distill.config import DistillConfig
+from compress.stages.training import Interrupted, default_run_dir
+from compress.stages.transfer import length_grouped_order
 
 # 96 rows of varied lengths: two teacher batches of 64 and 32 rows.
 ROWS = [(lab, f"{text} {' and'.join(['' for _ in range(i % 5)])} take {i}") for i in range(8)

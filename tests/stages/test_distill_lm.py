@@ -144,7 +144,8 @@ def test_teacher_samples_add_windows_the_teacher_wrote_and_are_kept_for_resume(l
     from compress.errors import ConfigError
     from compress.stages.distill import distill
     from compress.stages.distill.causal_lm import SAMPLES, sample_windows
-    from compress.stages.distill.config import DistillConfig, Interrupted
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.training import Interrupted
 
     teacher = AutoModelForCausalLM.from_pretrained(lm["teacher"])
     windows = np.random.default_rng(0).integers(3, 512, (3, 32))
@@ -181,7 +182,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(lm, tmp_path):
 
     from compress.errors import ConfigError
     from compress.stages.distill import distill
-    from compress.stages.distill.config import DistillConfig, Interrupted
+    from compress.stages.distill.config import DistillConfig
+    from compress.stages.training import Interrupted
 
     def interrupt(event):
         if event.get("phase") == "train" and event["step"] == 10:

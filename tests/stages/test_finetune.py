@@ -86,7 +86,7 @@ def test_a_token_classifier_from_a_base(bert_encoder, tmp_path):
 
 
 def test_an_interrupted_run_resumes(bert_encoder, tmp_path):
-    from compress.stages.distill.config import Interrupted
+    from compress.stages.training import Interrupted
 
     data = write_tsv(tmp_path, NAMED)
     cfg = FinetuneConfig.from_flat(max_steps=4, batch_size=8, save_every=1)

@@ -189,18 +189,18 @@ def test_the_best_checkpoint_keeps_its_batchnorm_statistics(tmp_path):
     parameters (they move in training; restoring the parameters alone gives another model)."""
     import torch
 
+    from compress.stages.finetune.common import train_loop
     from compress.stages.finetune.images import ImageBatches
-    from compress.stages.finetune.loop import TrainLoop
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    loop = TrainLoop(model, list(model.parameters()), ImageBatches(torch.zeros(4, 3, 8, 8), torch.zeros(4), 0, 0),
-                     FinetuneConfig.from_flat(max_steps=1), tmp_path / "run", None, lr=1e-3, loss=lambda m, b: None,
-                     evaluate=None, metric_name="accuracy")
-    saved = loop._trainable_state()
+    loop = train_loop(model, list(model.parameters()), ImageBatches(torch.zeros(4, 3, 8, 8), torch.zeros(4), 0, 0),
+                      FinetuneConfig.from_flat(max_steps=1), tmp_path / "run", None, lr=1e-3, loss=lambda m, b: None,
+                      evaluate=None, metric_name="accuracy")
+    saved = loop.trainable_state()
     with torch.no_grad():
         model[1].running_mean.add_(1.0)
         model[0].weight.add_(1.0)
-    loop._load_trainable(saved)
+    loop.load_trainable(saved)
     # the loop moved the model to its device (CUDA where there is one); the saved state is on the CPU
     assert torch.equal(model[1].running_mean.cpu(), torch.zeros(4)) and torch.equal(model[0].weight.cpu(), saved["0.weight"])
 

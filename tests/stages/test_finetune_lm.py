@@ -100,7 +100,7 @@ def test_the_loss_is_on_the_response_tokens_only(lm):
 
 
 def test_a_full_fine_tune_on_documents_resumes(lm):
-    from compress.stages.distill.config import Interrupted
+    from compress.stages.training import Interrupted
 
     cfg = FinetuneConfig.from_flat(max_steps=2, batch_size=4, max_length=32, save_every=1)
 

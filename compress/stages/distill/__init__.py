@@ -45,12 +45,12 @@ from compress.stages.distill.run import (
     _rows_drawn,
     _student_sets,
     _transfer_sets,
-    default_run_dir,
 )
 from compress.stages.distill.student import count_parameters
-from compress.stages.distill.training import Trainer
+from compress.stages.distill.training import Distillation
 from compress.stages.spec import StageOutput
-from compress.stages.training import OutputPlan, predict_rows, score
+from compress.stages.training import default_run_dir
+from compress.stages.transfer import OutputPlan, predict_rows, score
 from compress.tasks import TASKS, kind_of
 from compress.tasks.embeddings import pooling_of
 
@@ -164,11 +164,11 @@ def distill(
 
     # --- training ------------------------------------------------------------------------------------
     say("prepare", "resuming from the checkpoint" if resume else "preparing training")
-    trainer = Trainer(accelerator=accelerator, run=run, config=config, plan=plan, teacher=teacher, student=student,
-                      data=data, sdata=sdata, eval_set=eval_set, s_eval_set=s_eval_set, teacher_eval=teacher_eval,
-                      eval_labels=eval_labels, metric=metric, cache=targets["cache"],
-                      cache_intermediate=targets["intermediate"], total_steps=total_steps, progress=progress,
-                      on_step=on_step)
+    trainer = Distillation(accelerator=accelerator, run=run, config=config, plan=plan, teacher=teacher,
+                           student=student, data=data, sdata=sdata, eval_set=eval_set, s_eval_set=s_eval_set,
+                           teacher_eval=teacher_eval, eval_labels=eval_labels, metric=metric, cache=targets["cache"],
+                           cache_intermediate=targets["intermediate"], total_steps=total_steps, progress=progress,
+                           on_step=on_step)
     trainer.prepare(resume)
     trainer.train()
 
@@ -228,7 +228,7 @@ def _score_teacher(teacher, eval_set, eval_ds, plan: OutputPlan, metric, tokens:
     return teacher_eval, eval_labels, teacher_score
 
 
-def _write_result(trainer: Trainer, teacher, output: StageOutput, targets: dict[str, Any], student_desc,
+def _write_result(trainer: Distillation, teacher, output: StageOutput, targets: dict[str, Any], student_desc,
                   own_tokenizer, *, sources: dict[str, str | None], steps_per_epoch: int, train_rows: int,
                   teacher_score, run: Path, keep_run: bool, say: Callable[[str, str], None]) -> DistillResult:
     """The trained student's chosen weights written as the artifact (by the main process, which then drops the run
@@ -268,7 +268,7 @@ def _refuse_lm_options(config: DistillConfig, task) -> None:
                               hint=f"drop {flag}")
 
 
-def _run_metrics(trainer: Trainer, final, chosen: str, steps_per_epoch: int, train_rows: int,
+def _run_metrics(trainer: Distillation, final, chosen: str, steps_per_epoch: int, train_rows: int,
                  targets: dict[str, Any], student_desc: dict[str, Any], data: dict[str, str | None]) -> dict[str, Any]:
     """The step's record of a finished run: sizes, steps, rows, timings, the checkpoint chosen, the student and how
     it was taught (the eval scores are added after them)."""

@@ -1,12 +1,12 @@
 """Distilling a question-answering teacher (``...ForQuestionAnswering``) into a smaller student on SQuAD-format data.
 
-The transfer rows are the training questions' windows (:func:`compress.stages.finetune.answers.training_rows`, the
+The transfer rows are the training questions' windows (:func:`compress.stages.transfer.training_rows`, the
 teacher's postprocess stride); the teacher's start and end logits on every window are computed once. The loss is the
 soft-target KL at temperature T (scaled by T²) between the student's and the teacher's distributions over the window's
 tokens, for the start and for the end, plus cross entropy on the gold answer's positions (``--hard-weight``), as
 DistilBERT's SQuAD distillation does. The student is built as for any text teacher (``--layers``, ``--keep-layers``,
 ``--student-config``, a checkpoint sharing the tokenizer); the loop is the fine-tune's
-(:class:`compress.stages.finetune.loop.TrainLoop`: evaluation every ``--eval-every`` steps on SQuAD F1, the best
+(:class:`compress.stages.training.TrainLoop`: evaluation every ``--eval-every`` steps on SQuAD F1, the best
 weights kept, checkpoints, ``--resume``)."""
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def distill_answers(teacher, train, output, config: DistillConfig, *, eval_data,
     description, layer mapping, own tokenizer)``) on SQuAD-format ``train``; ``write(model, teacher, output,
     metrics)`` writes the student's artifact."""
     from compress.data.squad import load_squad
-    from compress.stages.finetune.answers import squad_f1, training_rows
-    from compress.stages.finetune.config import FinetuneConfig
-    from compress.stages.finetune.loop import TrainLoop
+    from compress.stages.distill.run import loop_settings
+    from compress.stages.training import run_loop, settings_record
+    from compress.stages.transfer import squad_f1, training_rows
 
     _refuse(config)
     post = teacher.info.postprocess
@@ -105,15 +105,11 @@ def distill_answers(teacher, train, output, config: DistillConfig, *, eval_data,
     rows = training_rows(teacher.tokenizer, train_ds, window, post.stride)
     t_start, t_end = _teacher_logits(teacher.model, rows.windows)
     rows.extra = {"teacher_start": t_start, "teacher_end": t_end}
-    tc = config.training
-    loop_config = FinetuneConfig.from_flat(
-        task="question-answering", epochs=tc.epochs, max_steps=tc.max_steps, batch_size=tc.batch_size, lr=tc.lr,
-        weight_decay=tc.weight_decay, warmup_ratio=tc.warmup_ratio, eval_every=config.evaluation.every,
-        patience=config.evaluation.patience, save_every=config.evaluation.save_every, max_length=window,
-        seed=config.seed)
+    tc, settings = config.training, loop_settings(config)
     evaluate = (lambda m: squad_f1(m, teacher.tokenizer, eval_ds, window, post)["metric"]) if eval_ds else None
-    loop = TrainLoop(student, [p for p in student.parameters() if p.requires_grad], rows, loop_config, run, progress,
-                     lr=tc.lr, loss=_loss(config), evaluate=evaluate, metric_name="f1")
+    loop = run_loop(student, [p for p in student.parameters() if p.requires_grad], rows, settings, run, progress,
+                    lr=tc.lr, loss=_loss(config), evaluate=evaluate, metric_name="f1",
+                    run_config={**settings_record(settings), "lr": tc.lr, "max_length": window})
     loop.start(resume, force)
     loop.train()
     final = loop.finish()

@@ -20,7 +20,7 @@ window starts with BOS, as the perplexity metric reads text). The loss per windo
 
 TRL's GKD trainer implements the same objective (its ``beta`` 0 and 1 are the forward and reverse KL here) but is a
 ``transformers.Trainer`` with its own loop, checkpoints and chat-format datasets, and scores the whole vocabulary
-online every step; here the loss runs in the fine-tune's Accelerate loop (:class:`compress.stages.finetune.loop.
+online every step; here the loss runs in the one training loop, the fine-tune's (:class:`compress.stages.training.
 TrainLoop`: checkpoints, ``--resume``, the best evaluated weights kept) with the cached top-k targets.
 
 The student is a slice of the teacher's layers (``--layers N`` evenly spaced, always the last; ``--layer-choice
@@ -47,10 +47,10 @@ from compress.stages.distill.config import (
     DistillConfig,
     DistillResult,
     Divergence,
-    Interrupted,
     LayerChoice,
     Metric,
 )
+from compress.stages.training import Interrupted
 
 __all__ = ["LM_LOSS", "distill_causal_lm", "evaluate_lm", "lm_defaults", "sample_windows", "score_layers"]
 
@@ -141,7 +141,7 @@ def score_layers(model, windows: np.ndarray, *, batch_size: int = 8) -> list[flo
     over ``windows`` (Minitron's depth-pruning score; one forward pass per layer and batch)."""
     import torch
 
-    from compress.stages.distill.student import layer_list
+    from compress.stages.common import layer_list
 
     name, layers = layer_list(model)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
@@ -306,7 +306,7 @@ def _fill_cache(loop, teacher, data: Windows, config: DistillConfig, cache_dir: 
     from compress.interrupt import StopFlag
     from compress.stages import teacher_cache as tcache
     from compress.stages.distill.losses import teacher_topk
-    from compress.stages.training import length_grouped_order
+    from compress.stages.transfer import length_grouped_order
 
     n, window, k = len(data), data.ids.shape[1], min(config.loss.top_k, teacher.model.config.vocab_size)
     shapes = {"topk_index": ((n, window, k), np.int32), "topk_logp": ((n, window, k), np.float32),
@@ -430,9 +430,9 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     the weights written), under ``torch.no_grad``."""
     import torch
 
+    from compress.stages.distill.run import loop_settings
     from compress.stages.distill.student import count_parameters
-    from compress.stages.finetune.config import FinetuneConfig
-    from compress.stages.finetune.loop import TrainLoop, refuse_unfinished
+    from compress.stages.training import refuse_unfinished, run_loop, settings_record
     from compress.teachers.causal_lm import CausalLM
 
     _refuse(config)
@@ -452,10 +452,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     train_ids = ids if samples is None else np.concatenate([ids, samples])
 
     tc = config.training
-    loop_config = FinetuneConfig.from_flat(
-        epochs=tc.epochs, max_steps=tc.max_steps, batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
-        warmup_ratio=tc.warmup_ratio, eval_every=config.evaluation.every, patience=config.evaluation.patience,
-        save_every=config.evaluation.save_every, max_length=window, seed=config.seed)
+    settings = loop_settings(config)
     data = Windows(train_ids)
     evaluated: dict[str, Any] = {}
 
@@ -468,9 +465,10 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
             with torch.no_grad():
                 on_step(student, loop.state["step"], loop.total)
 
-    loop = TrainLoop(student, [p for p in student.parameters() if p.requires_grad], data, loop_config, run, progress,
-                     lr=tc.lr, loss=_loss(teacher, config, window, lm.context, after_step if on_step else None),
-                     evaluate=agreement if eval_ids is not None else None, metric_name="agreement")
+    loop = run_loop(student, [p for p in student.parameters() if p.requires_grad], data, settings, run, progress,
+                    lr=tc.lr, loss=_loss(teacher, config, window, lm.context, after_step if on_step else None),
+                    evaluate=agreement if eval_ids is not None else None, metric_name="agreement",
+                    run_config={**settings_record(settings), "lr": tc.lr, "max_length": window})
     teacher.model.to(loop.device).eval()
     before = evaluate_lm(student, teacher.model, eval_ids, loop.device) if eval_ids is not None else None
     loop.start(resume, force)
@@ -487,7 +485,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
         try:
             labelled, cache_seconds = _fill_cache(loop, teacher, data, config, cache_dir, key, progress)
         except Interrupted:
-            loop._save()  # (step 0) so that --resume finds the run and continues the teacher's outputs
+            loop.store.save(loop)  # (step 0) so that --resume finds the run and continues the teacher's outputs
             raise
     loop.train()
     final = loop.finish()

@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from compress.artifact import Artifact, Format, Precision
-from compress.errors import EdgeCompressError
 from compress.settings import Section, Settings, refuse
 from compress.stages.spec import StageSpec, pairs
 
@@ -252,9 +251,3 @@ class DistillConfig(Settings):
 class DistillResult:
     artifact: Artifact
     metrics: dict[str, Any]
-
-
-class Interrupted(EdgeCompressError):
-    """Training stopped by Ctrl-C/SIGTERM after saving a resumable checkpoint."""
-
-    exit_code = 130

@@ -1,7 +1,8 @@
 """Distillation for any image classifier: the student learns the teacher's logits on an augmented transfer set.
 
-One loop serves ``distill`` (a student with fewer ViT layers copied from the teacher, a narrower config, or the
-user's own checkpoint or ``.pt2`` program) and ``prune``'s recovery of a channel-pruned CNN. Each step draws a
+One loss on the one training loop (:class:`compress.stages.training.TrainLoop`) serves ``distill`` (a student with
+fewer ViT layers copied from the teacher, a narrower config, or the user's own checkpoint or ``.pt2`` program) and
+``prune``'s recovery of a channel-pruned CNN. Each step draws a
 batch of transfer images, applies the same random shift to the teacher's and the student's input (up to an
 eighth of the side, zeros filling in; no flips, which would change what a digit or a printed label means), and
 minimises ``soft_weight · T² · KL(teacher_T ‖ student_T) + hard_weight · CE(labels)``. The teacher runs on the
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from compress.progress import Progress
-from compress.stages.training import encode_all, shift_images
+from compress.stages.transfer import encode_all, shift_images
 
 log = logging.getLogger("compress.stages.distill")  # the verb's logger
 
@@ -63,10 +64,13 @@ def hf_logits(model) -> Callable[[Any], Any]:
 def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Callable[[Any], Any], x_train, y_train,
                  x_eval, y_eval, settings: LogitTraining, *, run_dir: Path | None = None, resume: bool = False,
                  progress: Progress | None = None) -> dict[str, Any]:
-    """Train ``student`` in place on the teacher's logits; returns the training record (eval accuracy and agreement
-    with the teacher on ``x_eval`` when given, best weights kept)."""
+    """Train ``student`` in place on the teacher's logits, on the one training loop
+    (:class:`compress.stages.training.TrainLoop`); returns the training record (eval accuracy and agreement with the
+    teacher on ``x_eval`` when given, best weights kept)."""
     import torch
     import torch.nn.functional as F
+
+    from compress.stages.training import Cadence, TrainLoop
 
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
@@ -94,76 +98,124 @@ def train_logits(student, student_call: Callable[[Any], Any], teacher_call: Call
 
     teacher_eval = predict(teacher_call, x_eval) if x_eval is not None else None
     best = {"step": start, "accuracy": -1.0, "agreement": None}
-    best_state = None
     temp = settings.temperature
     y_train = torch.as_tensor(np.asarray(y_train, dtype=np.int64)) if y_train is not None else None
     t0 = time.perf_counter()
-    loss_value = float("nan")
+    last = {"loss": float("nan"), "agreement": None, "weights": None}
 
-    def evaluate(step: int) -> None:
-        nonlocal best_state
-        if x_eval is None:
-            return
-        student.eval()
+    def ten_steps(step: int) -> dict[str, Any] | None:
+        """The report every ten steps."""
+        if not step % 10 == 0:
+            return None
+        return {"phase": "train", "step": step, "total": total, "loss": last["loss"],
+                **({"metric": "accuracy", "best": best["accuracy"]} if best["accuracy"] >= 0 else {})}
+
+    def evaluate() -> float:
+        step = loop.state["step"]
+        if progress and (event := ten_steps(step)):
+            progress(event)
         pred = predict(student_call, x_eval).argmax(-1)
-        student.train()
         acc = float((pred == np.asarray(y_eval)).mean()) if y_eval is not None else None
-        agree = float((pred == teacher_eval.argmax(-1)).mean())
-        score = acc if acc is not None else agree
-        if score > best["accuracy"]:
-            best.update(step=step, accuracy=score, agreement=agree)
-            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        last["agreement"] = agree = float((pred == teacher_eval.argmax(-1)).mean())
+        value = acc if acc is not None else agree
         if progress:
-            progress({"phase": "train", "step": step, "total": total, "loss": loss_value, "metric": "accuracy",
-                      "best": best["accuracy"]})
-        log.info("step %d/%d: loss %.4f, eval %s %.4f, agreement %.4f", step, total, loss_value,
-                 "accuracy" if acc is not None else "agreement", score, agree)
+            progress({"phase": "train", "step": step, "total": total, "loss": last["loss"], "metric": "accuracy",
+                      "best": max(best["accuracy"], value)})
+        log.info("step %d/%d: loss %.4f, eval %s %.4f, agreement %.4f", step, total, last["loss"],
+                 "accuracy" if acc is not None else "agreement", value, agree)
+        return value
 
-    per_epoch = max(1, (len(x_train) + settings.batch_size - 1) // settings.batch_size)
-    student.train()
-    order = rng.permutation(len(x_train))
-    pos = 0
-    for step in range(start, total):
-        if pos + settings.batch_size > len(order):
-            order, pos = rng.permutation(len(x_train)), 0
-        idx = order[pos:pos + settings.batch_size]
-        pos += settings.batch_size
-        x = shift_images(x_train[idx], rng, settings.shift)
+    def batches():
+        order, pos, bs = rng.permutation(len(x_train)), 0, settings.batch_size
+        while True:
+            if pos + bs > len(order):
+                order, pos = rng.permutation(len(x_train)), 0
+            idx = order[pos:pos + bs]
+            pos += bs
+            yield idx, shift_images(x_train[idx], rng, settings.shift)
+
+    def loss(model, batch):
+        idx, x = batch
         with torch.no_grad():
             t_logits = teacher_call(x).float()
         s_logits = student_call(x).float()
-        loss = settings.soft_weight * temp * temp * F.kl_div(
+        value = settings.soft_weight * temp * temp * F.kl_div(
             F.log_softmax(s_logits / temp, -1), F.softmax(t_logits / temp, -1), reduction="batchmean")
         if settings.hard_weight and y_train is not None:
-            loss = loss + settings.hard_weight * F.cross_entropy(s_logits, y_train[idx])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        loss_value = float(loss.item())
-        done = step + 1
-        if progress and done % 10 == 0:
-            progress({"phase": "train", "step": done, "total": total, "loss": loss_value,
-                      **({"metric": "accuracy", "best": best["accuracy"]} if best["accuracy"] >= 0 else {})})
-        if done % settings.eval_every == 0 or done == total:
-            evaluate(done)
-        if run_dir is not None and (done % per_epoch == 0 or done == total):
-            from safetensors.torch import save_file
+            value = value + settings.hard_weight * F.cross_entropy(s_logits, y_train[idx])
+        last["loss"] = float(value.item())
+        return value
 
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, str(weights))
-            state.write_text(json.dumps({"step": done}))
-    if best_state is not None:
-        student.load_state_dict(best_state)
+    per_epoch = max(1, (len(x_train) + settings.batch_size - 1) // settings.batch_size)
+    loop = TrainLoop(student, params, Cadence(total, settings.eval_every, per_epoch), loss=loss, batches=batches,
+                     store=_StudentFile(run_dir, best, last), optimizer=opt, scheduler=_Rates(opt, lr_at, start),
+                     evaluate=evaluate if x_eval is not None else None, progress=progress, clip=1.0,
+                     event=lambda step, value, parts, evaluated: None if evaluated is not None else ten_steps(step),
+                     state={"step": start, "best": None, "best_step": None, "history": [], "train_seconds": 0.0,
+                            "stopped": None})
+    loop.train()
+    if last["weights"] is not None:
+        student.load_state_dict(last["weights"])
     student.eval()
     return {"steps": total, "resumed_from": start or None, "train_seconds": round(time.perf_counter() - t0, 1),
-            "final_loss": loss_value, "best_step": best["step"],
+            "final_loss": last["loss"], "best_step": best["step"],
             "eval_accuracy": best["accuracy"] if y_eval is not None and best["accuracy"] >= 0 else None,
             "eval_agreement": best["agreement"],
             "augmentation": f"random shift up to {settings.shift:.3g} of the side, no flips",
             "temperature": temp, "soft_weight": settings.soft_weight, "hard_weight": settings.hard_weight}
+
+
+class _Rates:
+    """The learning rate of each step as ``lr_at(step)`` says, set before the step (the loop's ``scheduler``)."""
+
+    def __init__(self, opt, lr_at: Callable[[int], float], step: int) -> None:
+        self.opt, self.lr_at, self.next = opt, lr_at, step
+        self._set()
+
+    def _set(self) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.next)
+
+    def step(self) -> None:
+        self.next += 1
+        self._set()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.opt.param_groups]
+
+
+class _StudentFile:
+    """Where :func:`train_logits` keeps its run (the loop's ``store``): the student's weights (safetensors) and the
+    step count, every epoch, in ``run_dir`` (none without one); the best weights in memory."""
+
+    def __init__(self, run_dir: Path | None, best: dict[str, Any], last: dict[str, Any]) -> None:
+        self.run_dir, self.best, self.last = run_dir, best, last
+
+    def save(self, loop) -> None:
+        if self.run_dir is None:
+            return
+        from safetensors.torch import save_file
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in loop.model.state_dict().items()},
+                  str(self.run_dir / "student.safetensors"))
+        (self.run_dir / "state.json").write_text(json.dumps({"step": loop.state["step"]}))
+
+    def save_best(self, loop) -> None:
+        self.best.update(step=loop.state["step"], accuracy=loop.state["best"], agreement=self.last["agreement"])
+        self.last["weights"] = {k: v.detach().clone() for k, v in loop.model.state_dict().items()}
+
+    def interrupted(self, loop) -> BaseException:
+        """Ctrl-C or SIGTERM: the run stops at the end of the step, saved in the run directory; without one (prune's
+        recovery), as the signal would have stopped it."""
+        if self.run_dir is None:
+            from compress.interrupt import Terminated, signal_name
+
+            return Terminated() if signal_name() == "SIGTERM" else KeyboardInterrupt()
+        from compress.stages.training import Interrupted
+
+        return Interrupted(f"interrupted at step {loop.state['step']}/{loop.total}; the run is saved in "
+                           f"{self.run_dir}", hint="run the same command with --resume to continue")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What distillation compares: augmentation of the transfer rows and the losses between the teacher's and the
-student's outputs (the rows, the forward pass and evaluation: :mod:`compress.stages.training`)."""
+student's outputs (the rows, the forward pass and evaluation: :mod:`compress.stages.transfer`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from compress.stages.distill.config import DistillConfig
-from compress.stages.training import IGNORE_INDEX, OutputPlan
+from compress.stages.transfer import IGNORE_INDEX, OutputPlan
 
 # ---------------------------------------------------------------------------------------------
 # Transfer data: augmentation

@@ -14,17 +14,18 @@ import numpy as np
 
 from compress.errors import ConfigError, DataError
 from compress.stages import teacher_cache as tcache
+from compress.stages.common import layer_list
 from compress.stages.distill.config import (
     CONFIG_VERSION,
     RUN_CONFIG,
     DistillConfig,
-    Interrupted,
     Metric,
     MixedPrecision,
 )
 from compress.stages.distill.losses import join_augment, neighbour_augment
-from compress.stages.distill.student import build_student, evenly_spaced, layer_list, load_student
-from compress.stages.training import (
+from compress.stages.distill.student import build_student, evenly_spaced, load_student
+from compress.stages.training import Interrupted, LoopSettings
+from compress.stages.transfer import (
     IGNORE_INDEX,
     OutputPlan,
     TransferSet,
@@ -41,9 +42,13 @@ from compress.tasks import TASKS
 # ---------------------------------------------------------------------------------------------
 
 
-def default_run_dir(out: Path | str) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".run")
+def loop_settings(config: DistillConfig) -> LoopSettings:
+    """What the one training loop reads of distill's settings, for the students it trains on a run directory
+    (a causal LM's, a span head's: :func:`compress.stages.training.run_loop`)."""
+    tc, ev = config.training, config.evaluation
+    return LoopSettings(epochs=tc.epochs, max_steps=tc.max_steps, batch_size=tc.batch_size,
+                        weight_decay=tc.weight_decay, warmup_ratio=tc.warmup_ratio, eval_every=ev.every,
+                        save_every=ev.save_every, patience=ev.patience, seed=config.seed)
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -7,26 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError
+from compress.stages.common import layer_list
 from compress.stages.distill.config import DistillConfig
 from compress.tasks import TASKS
 
 # ---------------------------------------------------------------------------------------------
 # Student construction
 # ---------------------------------------------------------------------------------------------
-
-
-def layer_list(model) -> tuple[str, Any]:
-    """The ``nn.ModuleList`` of transformer blocks (found by structure, not by module names)."""
-    from torch import nn
-
-    n = model.config.num_hidden_layers
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    if not found:
-        raise ConfigError(
-            f"cannot find the {n} transformer layers of {type(model).__name__}",
-            hint="pass an existing student checkpoint with --student instead",
-        )
-    return max(found, key=lambda item: sum(p.numel() for p in item[1].parameters()))
 
 
 def evenly_spaced(n_teacher: int, n_student: int) -> list[int]:

@@ -7,7 +7,7 @@ the whole model, the first N layers frozen, or low-rank adapters (peft LoRA) mer
 checkpoint is written, so every later step sees a plain checkpoint.
 
 The written artifact is the teacher the rest of the chain starts from; its lineage starts at the base (``source``
-names it and its digest). The loop (:mod:`compress.stages.finetune.loop`) is one for every base; this module holds what
+names it and its digest). The loop (:mod:`compress.stages.training`) is one for every base; this module holds what
 text needs (tokenised, length-grouped batches), :mod:`compress.stages.finetune.images` what images need,
 :mod:`compress.stages.finetune.common` what both share (the result, the lineage's records, the labels, LoRA).
 """
@@ -29,6 +29,8 @@ from compress.stages.finetune.common import (
     data_record,
     label_names,
     lora_targets,
+    run_record,
+    train_loop,
     wrap_lora,
     write_checkpoint,
 )
@@ -50,7 +52,7 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     ``retain_data``: data of the base's own domain (texts, or images); how much of the base's behaviour the
     fine-tune kept on it is measured (:func:`forgetting`, :func:`compress.stages.finetune.images.image_forgetting`)
     and recorded."""
-    from compress.stages.distill.run import default_run_dir
+    from compress.stages.training import default_run_dir
     from compress.teachers.images import is_image_source
 
     config = config or FinetuneConfig()
@@ -98,7 +100,6 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
 
 def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_data, retain_data, run: Path,
                    resume: bool, force: bool, progress) -> FinetuneResult:
-    from compress.stages.finetune.loop import TrainLoop
     from compress.stages.finetune.regression import METRIC, mae_metric, scores, target_record
     from compress.teachers.load import load_teacher
 
@@ -118,7 +119,7 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
         evaluate = _text_metric(eval_set, eval_labels, names if words else None) if eval_set else None
     retain = _retain_texts(retain_data) if retain_data else None  # read now: a bad file fails before training
     model, trainable, frozen = _model(base, names, config, words, train_set.y.mean(0) if regression else None)
-    loop = TrainLoop(model, trainable, train_set, config, run, progress, lr=config.peak_lr(),
+    loop = train_loop(model, trainable, train_set, config, run, progress, lr=config.peak_lr(),
                      loss=lambda m, batch: m(**batch).loss, evaluate=evaluate,
                      metric_name=METRIC if regression else "entity_f1" if words else "accuracy",
                      frozen_modules=frozen, higher_is_better=not regression)
@@ -127,7 +128,7 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
     final = loop.finish()  # best weights, LoRA merged: a plain transformers model
     if not loop.is_main:
         return FinetuneResult(*loop.follow(output))
-    metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": config.freeze,
+    metrics = {**run_record(loop, config), "mode": str(config.mode), "frozen_layers": config.freeze,
                "labels": names, "base": str(base), "train_rows": len(train_set),
                "eval_rows": len(eval_set) if eval_set else 0, "data": data_record(train, eval_data)}
     if regression:
@@ -145,7 +146,7 @@ def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_da
 
 def _text_metric(eval_set, eval_labels, tags):
     """Accuracy (entity F1 for tags) of a text model on the tokenised eval rows."""
-    from compress.stages.training import OutputPlan, predict_rows, score
+    from compress.stages.transfer import OutputPlan, predict_rows, score
 
     plan = OutputPlan(classification=True, pooling=None, normalize=False, mapping=[], hidden=False, attention=False,
                       value_relation=False, relation_heads=0, tags=tags)
@@ -172,7 +173,7 @@ def _data(tokenizer, names, train, eval_data, config: FinetuneConfig, words: boo
     """Tokenised training rows, eval rows and the eval labels (ids, or each sentence's tag ids)."""
     from compress.data.tables import load_dataset
     from compress.data.words import load_word_dataset
-    from compress.stages.training import TransferSet, encode_texts, encode_words
+    from compress.stages.transfer import TransferSet, encode_texts, encode_words
 
     label2id = {n: i for i, n in enumerate(names)}
 
@@ -199,7 +200,7 @@ def _regression_data(tokenizer, train, eval_data, config: FinetuneConfig):
     """Tokenised training and eval rows with their targets (:class:`compress.stages.finetune.regression.TargetRows`)."""
     from compress.data.tables import load_dataset
     from compress.stages.finetune.regression import TargetRows, check_targets, table_targets
-    from compress.stages.training import TransferSet, encode_texts
+    from compress.stages.transfer import TransferSet, encode_texts
 
     def rows(path):
         y = table_targets(path)  # first: a cell that is no number fails before any tokenising
@@ -253,7 +254,7 @@ def _model(base: Path, names: list[str] | None, config: FinetuneConfig, words: b
         frozen = [model.base_model]
         model.base_model.requires_grad_(False)
     elif config.mode is Mode.frozen:
-        from compress.stages.distill.student import layer_list
+        from compress.stages.common import layer_list
 
         _, layers = layer_list(model)
         if config.freeze > len(layers):
@@ -300,7 +301,7 @@ def forgetting(base_encoder, tuned_encoder, tokenizer, texts: list[str], max_len
     whose nearest other text under the base is still among the 1 / 3 nearest under the fine-tune)."""
     import torch
 
-    from compress.stages.training import pool_hidden
+    from compress.stages.transfer import pool_hidden
     from compress.tasks.embeddings import neighbour_agreement
     from compress.tasks.outputs import row_cosines
 

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, DataError
-from compress.stages.finetune.common import FinetuneResult, data_record, lora_targets, wrap_lora, write_checkpoint
+from compress.stages.finetune.common import (
+    FinetuneResult,
+    data_record,
+    lora_targets,
+    run_record,
+    train_loop,
+    wrap_lora,
+    write_checkpoint,
+)
 from compress.stages.finetune.config import FinetuneConfig, Mode
 
 log = logging.getLogger("compress.stages.finetune")
@@ -176,7 +184,6 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     """Fine-tune the causal LM at ``base`` on ``train`` (documents or prompt/response rows) and write the merged FP32
     checkpoint (a text-generation teacher, with the base's tokenizer and generation defaults)."""
     from compress.data.text import read_training_texts
-    from compress.stages.finetune.loop import TrainLoop
     from compress.stages.finetune.qlora import held_bytes
     from compress.tasks.generation import GENERATION_FILES
     from compress.teachers.causal_lm import cache_of
@@ -204,7 +211,7 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     _reset_peak_rss()
     start_rss = _current_rss()
     held = held_bytes(model)
-    loop = TrainLoop(model, trainable, train_set, config, run, progress, lr=config.peak_lr(),
+    loop = train_loop(model, trainable, train_set, config, run, progress, lr=config.peak_lr(),
                      loss=lambda m, batch: m(**batch).loss,
                      evaluate=(lambda m: rows_perplexity(m, eval_set)) if eval_set is not None else None,
                      metric_name="perplexity", frozen_modules=frozen, higher_is_better=False)
@@ -215,7 +222,7 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     if not loop.is_main:
         return FinetuneResult(*loop.follow(output))
     after = _measure(final, tokenizer, model_config, base, eval_set, retain)
-    metrics = {**loop.record(), "mode": "qlora" if config.lora.qlora else str(config.mode),
+    metrics = {**run_record(loop, config), "mode": "qlora" if config.lora.qlora else str(config.mode),
                "frozen_layers": config.freeze, "base": str(base), "window": length,
                "train": train_set.record(), "train_rows": train_set.rows, "eval_rows": eval_set.rows if eval_set else 0,
                "data": data_record(train, eval_data),
@@ -270,7 +277,7 @@ def _model(base_teacher, config: FinetuneConfig):
 
 
 def _freeze(model, n: int) -> list:
-    from compress.stages.distill.student import layer_list
+    from compress.stages.common import layer_list
 
     _, layers = layer_list(model)
     if n > len(layers):

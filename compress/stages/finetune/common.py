@@ -1,5 +1,6 @@
-"""What the text and the image fine-tunes share: the result, what the lineage records (the written teacher, the data
-read), the labels of the training data, and LoRA adapters wrapped with a one-line error."""
+"""What the text and the image fine-tunes share: the result, the training loop on the run directory, what the lineage
+records (the run, the written teacher, the data read), the labels of the training data, and LoRA adapters wrapped
+with a one-line error."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.errors import ConfigError, DataError
-from compress.stages.finetune.config import FinetuneConfig
+from compress.stages.finetune.config import FinetuneConfig, Mode
 
 
 @dataclass
@@ -18,6 +19,28 @@ class FinetuneResult:
 
     artifact: Artifact
     metrics: dict[str, Any]
+
+
+def train_loop(model, trainable, data, config: FinetuneConfig, run: Path, progress, **kwargs):
+    """The training loop (:func:`compress.stages.training.run_loop`) on ``run`` with ``config``'s settings, which a
+    resumed run must share."""
+    from compress.stages.training import LoopSettings, run_loop
+
+    t, e = config.training, config.evaluation
+    settings = LoopSettings(epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, weight_decay=t.weight_decay,
+                            warmup_ratio=t.warmup_ratio, eval_every=e.every, save_every=e.save_every,
+                            patience=e.patience, seed=config.seed)
+    return run_loop(model, trainable, data, settings, run, progress, run_config=config.model_dump(mode="json"),
+                    **kwargs)
+
+
+def run_record(loop, config: FinetuneConfig) -> dict[str, Any]:
+    """The loop's record, and LoRA's settings when adapters trained."""
+    out = loop.record()
+    if config.mode is Mode.lora:
+        out["lora"] = {"rank": config.lora.rank, "alpha": config.lora.alpha or 2 * config.lora.rank,
+                       "targets": config.lora.targets or "all-linear"}
+    return out
 
 
 def teacher_record(output, staged: Path) -> dict[str, str]:

@@ -47,7 +47,7 @@ class ImageBatches:
         return len(self.x)
 
     def collate(self, idx: list[int]) -> dict[str, Any]:
-        from compress.stages.training import shift_images
+        from compress.stages.transfer import shift_images
 
         # the shifts follow from the batch (its images, in the loop's seeded order), not from how many batches this
         # process has drawn: a resumed run draws what the uninterrupted one would have
@@ -208,7 +208,7 @@ def _encode(base_teacher, path, names: list[str] | None, require_labels: bool = 
     import torch
 
     from compress.data.images import load_image_dataset
-    from compress.stages.training import encode_all
+    from compress.stages.transfer import encode_all
 
     if names is None and require_labels:
         from compress.stages.finetune.regression import image_targets
@@ -287,8 +287,14 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     """Fine-tune an image base (see the module doc) and write the checkpoint through ``output``."""
     import torch.nn.functional as F
 
-    from compress.stages.finetune.common import FinetuneResult, check_labels, data_record, teacher_record
-    from compress.stages.finetune.loop import TrainLoop
+    from compress.stages.finetune.common import (
+        FinetuneResult,
+        check_labels,
+        data_record,
+        run_record,
+        teacher_record,
+        train_loop,
+    )
     from compress.stages.finetune.regression import METRIC, check_targets, init_head_bias, mse, scores, target_record
     from compress.teachers.images import inspect_image_source, load_image_teacher
 
@@ -328,7 +334,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
         model = _lora(model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     criterion = mse if regression else F.cross_entropy
-    loop = TrainLoop(model, trainable, ImageBatches(x, y, config.images.shift, config.seed), config, run, progress,
+    loop = train_loop(model, trainable, ImageBatches(x, y, config.images.shift, config.seed), config, run, progress,
                      lr=config.peak_lr(images=True),
                      loss=lambda m, b: criterion(logits_of(m, b["pixel_values"]), b["labels"]),
                      evaluate=evaluate, metric_name=METRIC if regression else "accuracy", frozen_modules=frozen,
@@ -338,7 +344,7 @@ def finetune_images(base: Path, train, output, config: FinetuneConfig, *, eval_d
     final = loop.finish()
     if not loop.is_main:
         return FinetuneResult(*loop.follow(output))
-    metrics = {**loop.record(), "mode": str(config.mode), "frozen_layers": config.freeze,
+    metrics = {**run_record(loop, config), "mode": str(config.mode), "frozen_layers": config.freeze,
                "labels": names, "base": str(base), "train_rows": len(x),
                "eval_rows": len(x_eval) if x_eval is not None else 0, "data": data_record(train, eval_data),
                "augmentation": f"random shift up to {config.images.shift:g} of the side, no flips"}

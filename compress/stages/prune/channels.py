@@ -72,7 +72,7 @@ def prune_channels(teacher, out: Path, config: PruneConfig, *, train=None, eval_
         predict,
         train_logits,
     )
-    from compress.stages.training import encode_all
+    from compress.stages.transfer import encode_all
     from compress.teachers.programs import save_program
 
     check_image_options(config, "channel pruning of a CNN", NOT_FOR_CNN)

@@ -116,7 +116,7 @@ def span_batches(tokenizer, texts: list[tuple[str, str]], labels: list[tuple[int
 def written_squad(written, unpruned, eval_data, max_length: int) -> dict[str, Any]:
     """SQuAD F1 and exact match of the written question answerer and of the unpruned one on ``eval_data``."""
     from compress.data.squad import load_squad
-    from compress.stages.finetune.answers import squad_f1
+    from compress.stages.transfer import squad_f1
 
     ds = load_squad(eval_data)
     post = written.info.postprocess

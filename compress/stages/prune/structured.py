@@ -62,7 +62,7 @@ def layer_parts(model) -> list[LayerParts]:
     """Attention and FFN parts of every layer; ConfigError naming what is missing for other architectures."""
     from torch import nn
 
-    from compress.stages.distill.student import layer_list
+    from compress.stages.common import layer_list
 
     cfg = model.config
     _, layers = layer_list(model)
@@ -107,7 +107,7 @@ def encoder_linears(model) -> list[tuple[str, Any]]:
     """(name, Linear) of every Linear inside the transformer layers: what sparsity applies to."""
     from torch import nn
 
-    from compress.stages.distill.student import layer_list
+    from compress.stages.common import layer_list
 
     prefix, layers = layer_list(model)
     return [(f"{prefix}.{n}", m) for n, m in layers.named_modules() if isinstance(m, nn.Linear)]
@@ -178,7 +178,7 @@ def class_scores(out, mask):
 
 
 def _pooled(out, mask, pooling: str | None, normalize: bool):
-    from compress.stages.training import pool_hidden
+    from compress.stages.transfer import pool_hidden
 
     return pool_hidden(out.last_hidden_state, mask, pooling or "mean", normalize)
 
@@ -334,7 +334,7 @@ def drop_layers(model, importance: Importance, n: int) -> dict[str, Any]:
     """Remove the ``n`` layers whose skipping changed the outputs least; returns what was removed."""
     from torch import nn
 
-    from compress.stages.distill.student import layer_list
+    from compress.stages.common import layer_list
 
     prefix, layers = layer_list(model)
     total = len(layers)

@@ -155,7 +155,7 @@ class TextJob:
             return None
 
         def gen():
-            from compress.stages.training import TransferSet, encode_words
+            from compress.stages.transfer import TransferSet, encode_words
 
             for start in range(0, len(texts), batch_size):
                 rows = texts[start : start + batch_size]

@@ -48,7 +48,7 @@ def prune_vit(teacher, out: Path, config: PruneConfig, *, train=None, eval_data=
         importance_scores,
         prune_heads_and_ffn,
     )
-    from compress.stages.training import encode_all
+    from compress.stages.transfer import encode_all
     from compress.teachers.images import prove_reload, write_student
 
     check_image_options(config, "head/FFN pruning of an image model", NOT_FOR_VIT)

@@ -32,7 +32,7 @@ from compress.errors import ConfigError
 from compress.progress import Progress, silent, sink
 from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig, QuantMode
 from compress.stages.quantize.fake_quant import FakeQuant, Ranges
-from compress.stages.quantize.train_state import Resumable
+from compress.stages.quantize.train_state import train_run
 
 log = logging.getLogger("compress.stages.quantize")
 
@@ -194,7 +194,7 @@ def _loss(s, t, labels, classes: bool):
     return F.mse_loss(s.float(), t.float()) / (t.float().var() + 1e-8)
 
 
-class _Run(Resumable):
+class _Run:
     """One QAD run: the teacher, the student being trained, the fake-quantizer, and the state a resume needs."""
 
     STATE, LABEL, WHAT = STATE, "QAD", "quantization-aware distillation"
@@ -221,7 +221,6 @@ class _Run(Resumable):
         self.batch_size = config.qad.batch_size
         kind = getattr(art.manifest.preprocess, "kind", "text")
         self.lr = config.qad.lr or DEFAULT_LR.get(kind, 1e-5)
-        self.start_training(self.params, self.lr)
         self.say: Progress = silent
         dump = config.model_dump(mode="json")  # keyed by flat key, as version 1 was: an interrupted run resumes
         keyed = {k: functools.reduce(lambda node, part: node[part], config.MOVED.get(k, k).split("."), dump)
@@ -332,7 +331,7 @@ def quantization_aware_distillation(art: Artifact, config: QuantizeConfig, out: 
     run.say = say
     log.info("QAD: %d steps on %d inputs from %s (batch %d, lr %g, %s activations)", config.qad.steps,
              len(run.data.train), run.data.source, run.batch_size, run.lr, run.fq.activations)
-    run.train()
+    train_run(run)
     record = run.record()
     if not run.state["best_step"]:
         record["kept"] = "the original weights: no step agreed better with the teacher than the untrained model"

@@ -39,7 +39,7 @@ from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.progress import Progress, silent, sink
 from compress.stages.quantize.config import QuantizeConfig
-from compress.stages.quantize.train_state import Resumable
+from compress.stages.quantize.train_state import train_run
 
 if TYPE_CHECKING:  # torch is imported when a run starts, not when quantize checks a request
     from compress.stages.quantize.lm.fake_quant import Scheme
@@ -129,7 +129,7 @@ def _kl(student, teacher):
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-class _Run(Resumable):
+class _Run:
     """One run: the FP32 teacher, the fake-quantized student, the optimiser, and the state a resume needs."""
 
     STATE, LABEL, WHAT = STATE, "QAT", "quantization-aware INT4"
@@ -154,7 +154,6 @@ class _Run(Resumable):
         self.params = [p for p in self.student.model.parameters() if p.requires_grad]
         self.lr = config.qad.lr or DEFAULT_LR["lora" if self.rank else "weights"]
         self.batch_size = config.qad.batch_size
-        self.start_training(self.params, self.lr)
         self.say: Progress = silent
         settings = [config.qad.steps, self.data.source, self.lr, self.batch_size, self.rank, self.scheme.__dict__]
         self.key = hashlib.sha256(json.dumps([str(source), art.digest, settings], sort_keys=True,
@@ -242,7 +241,7 @@ def quantization_aware_int4(art: Artifact, config: QuantizeConfig, out: Path, so
     log.info("QAT: %d steps on %d windows of %d tokens from %s (batch %d, lr %g, %s)", config.qad.steps,
              len(run.data.train), run.data.train.shape[1], run.data.source, run.batch_size, run.lr,
              f"LoRA rank {run.rank}" if run.rank else "all weights")
-    run.train()
+    train_run(run)
     record = run.record()
     if not run.state["best_step"]:
         record["kept"] = "the original weights: no step came closer to the teacher than the untrained model"
