@@ -19,7 +19,7 @@ import numpy as np
 from compress._optional import is_available, require
 from compress.artifact import Artifact, Format, state_input_of
 from compress.data.tokenization import encoder_for
-from compress.device.shipped import StreamCalls, TextFeeds, first_subtokens, pool
+from compress.device.shipped import StreamCalls, TextFeeds, first_subtokens, pool, token_feeds
 from compress.errors import ConfigError
 from compress.formats import FORMATS
 from compress.tasks.embeddings import pooling_of
@@ -312,8 +312,7 @@ class RuntimeBackend(ABC):
         one too). The one greedy loop of the runtimes: a backend whose runtime has its own overrides it.
         """
         prompt = list(prompt_ids)
-        ids = np.asarray([prompt], dtype=np.int64)
-        out, state = self.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        out, state = self.prefill(token_feeds([prompt], len(prompt)))
         made = Generated(out["logits"][0], [], [])
         limit = new_tokens if context is None else min(new_tokens, context - len(prompt))
         for _ in range(limit):
@@ -322,9 +321,7 @@ class RuntimeBackend(ABC):
             last = nxt in eos or len(made.tokens) == new_tokens
             if last and not logits:
                 break
-            out, state = self.step({"input_ids": np.asarray([[nxt]], dtype=np.int64),
-                                    "attention_mask": np.ones((1, len(prompt) + len(made.tokens)), dtype=np.int64)},
-                                   state)
+            out, state = self.step(token_feeds([[nxt]], len(prompt) + len(made.tokens)), state)
             if logits:
                 made.step_logits.append(out["logits"][0, -1])
             if last:

@@ -246,6 +246,15 @@ def decoder_tokens(feeds):
     return feeds["input_ids"]
 
 
+def token_feeds(ids, attended):
+    """A generator's step feeds for the token ids ``ids`` (``[batch, tokens]``) with ``attended`` positions in the
+    attention mask (the cache's and these)."""
+    import numpy as np
+
+    ids = np.asarray(ids, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones((len(ids), attended), dtype=np.int64)}
+
+
 def decoder_feeds(feeds, input_names):
     """A generator's step feeds completed for a graph that takes more than the tokens and the attention mask:
     ``position_ids`` made from the mask (the new tokens' positions among its ones: ONNX Runtime GenAI's
