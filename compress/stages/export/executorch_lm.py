@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format, Precision, TensorSpec, check_output
+from compress.artifact import Artifact, Format, Precision, TensorSpec
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.genai import (
@@ -50,6 +50,7 @@ from compress.stages.export.genai import (
     require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
+from compress.storage import check_output
 from compress.teachers.lm_config import GENERATION_FILES, from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)

@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, Format, Precision, check_output
+from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError, ParityError
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
+from compress.storage import check_output
 from compress.teachers.lm_config import from_pretrained_lm, head_size, legacy_rope, postprocess_of, rope_of, source_info
 
 log = logging.getLogger(__name__)

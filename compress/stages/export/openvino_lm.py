@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format, Precision, check_output
+from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.genai import (
@@ -44,6 +44,7 @@ from compress.stages.export.genai import (
     require_generation_parity,
 )
 from compress.stages.spec import StageSpec, pairs
+from compress.storage import check_output
 from compress.teachers.lm_config import cache_of, from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
