@@ -44,7 +44,7 @@ def test_a_manifest_written_before_the_description_reads_as_text_and_feeds_the_s
 
 def test_the_bundle_handler_and_the_runtimes_build_identical_feeds(onnx_artifact, tmp_path):
     """What package writes for the handler (tokenizer inside model/, pad id resolved) feeds like the runtimes."""
-    from compress.packaging.bundle import _preprocess
+    from compress.packaging.contents import _preprocess
 
     bundle = tmp_path / "bundle"
     (bundle / "model").mkdir(parents=True)
