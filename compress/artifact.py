@@ -68,7 +68,7 @@ class TextPreprocess(BaseModel):
     """How raw text becomes the model's inputs: the ``text`` kind of input description.
 
     Every runtime adapter, the remote runner's controller and the serverless handler build feeds from this
-    (``compress.device.shipped.make_feeds``); an image preprocessor is a second kind beside it."""
+    (``compress.device.feeds.make_feeds``); an image preprocessor is a second kind beside it."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["text"] = "text"
@@ -97,7 +97,7 @@ ClassNames = Annotated[list[str] | None, AfterValidator(_distinct)]
 
 class ImagePreprocess(BaseModel):
     """How an image becomes the model's input tensor: the ``image`` kind of input description, applied alike by
-    every runtime, the remote runner and the serverless handler (``compress.device.shipped.ImageFeeds``: numpy + Pillow)."""
+    every runtime, the remote runner and the serverless handler (``compress.device.feeds.ImageFeeds``: numpy + Pillow)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["image"] = "image"
@@ -143,7 +143,7 @@ class ArrayPreprocess(BaseModel):
 
     ``shapes`` is each input's per-sample shape (the first, batch axis left out) with the symbolic dimensions the
     graph leaves open resolved from ``model.yaml``'s ``dims`` (None where nothing fixes them: data must say);
-    ``dtypes`` is what each input is fed as. ``compress.device.shipped.ArrayFeeds`` stacks samples into batches."""
+    ``dtypes`` is what each input is fed as. ``compress.device.feeds.ArrayFeeds`` stacks samples into batches."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["arrays"] = "arrays"

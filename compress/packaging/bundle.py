@@ -7,6 +7,7 @@ the top level::
                              at module scope; for a generator (text-generation) the generating handler, greedy
                              through the KV cache (compress/packaging/generator.py)
     edgecompress_device.py   pooling and session options, the same file the remote runner ships (compress/device/shipped.py)
+    edgecompress_feeds.py    the feeds from the input description (compress/device/feeds.py), likewise
     edgecompress_facts.py    peak memory and the host facts, for the cold start (compress/device/facts.py), likewise
     model_config.json        what the handler needs: task, labels, post-processing, inputs, threads, ...
     model/                   the model file(s), tokenizer.json, tokenizer_config.json, manifest.json

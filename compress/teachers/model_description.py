@@ -97,7 +97,7 @@ def read_description(path: Path) -> ModelDescription:
         raise ConfigError(f"{yaml_file}: {where}: {err['msg']}", hint="see docs/model-files.md") from e
 
 
-#: what a tokenizer feeds a text model (compress.device.shipped.TextFeeds)
+#: what a tokenizer feeds a text model (compress.device.feeds.TextFeeds)
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 

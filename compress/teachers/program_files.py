@@ -75,7 +75,7 @@ class ProgramTeacher(DescribedModel):
     processor: Any = None
 
     def encoder(self):
-        from compress.device.shipped import make_feeds
+        from compress.device.feeds import make_feeds
 
         return make_feeds(self.path.parent, self.info.preprocess.model_dump(), self.input_names, self.info.max_length)
 

@@ -11,7 +11,7 @@ import pytest
 
 from compress.artifact import MANIFEST, Manifest, load_artifact
 from compress.data.tokenization import encoder_for
-from compress.device import shipped as device
+from compress.device import feeds as device
 from compress.errors import ArtifactError
 
 ROOT = Path(__file__).resolve().parents[2]
