@@ -20,10 +20,11 @@ from compress._optional import is_available
 from compress.artifact import Format, Precision, load_artifact
 from compress.errors import ConfigError
 
-pytestmark = pytest.mark.skipif(
-    not (is_available("openvino") and is_available("nncf")),
-    reason="openvino and nncf are not installed (pip install 'edgecompress[openvino]')",
-)
+pytestmark = [
+    pytest.mark.skipif(not (is_available("openvino") and is_available("nncf")),
+                       reason="openvino and nncf are not installed (pip install 'edgecompress[openvino]')"),
+    pytest.mark.slow,
+]
 
 FAST_MEASURE = {"warmup": 1, "min_runs": 5, "min_duration_s": 0.02, "max_runs": 50, "eval_batch_size": 8}
 
