@@ -422,6 +422,19 @@ def int8_artifact(onnx_artifact, tmp_path_factory):
     return quantize(onnx_artifact, tmp_path_factory.mktemp("artifacts") / "bert-int8")
 
 
+@pytest.fixture(scope="session")
+def ov_artifact(bert_classifier, tmp_path_factory):
+    """The tiny BERT classifier exported to an OpenVINO IR (FP32, default settings): built once for the modules that
+    run one (it was an export in each)."""
+    from compress._optional import is_available
+
+    if not is_available("openvino"):
+        pytest.skip("openvino is not installed (pip install 'edgecompress[openvino]')")
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    return export(bert_classifier, tmp_path_factory.mktemp("artifacts") / "bert-ov", ExportConfig(format="openvino"))
+
 
 # --- data files -----------------------------------------------------------------------------------------
 

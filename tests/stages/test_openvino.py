@@ -40,14 +40,6 @@ def data_tsv(work) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ov_artifact(bert_classifier, work):
-    from compress.stages.export import export
-    from compress.stages.export.config import ExportConfig
-
-    return export(bert_classifier, work / "bert-ov", ExportConfig(format="openvino"))
-
-
-@pytest.fixture(scope="module")
 def ptq_artifact(ov_artifact, data_tsv, work):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
