@@ -2,7 +2,7 @@
 short distillation on a third of its sentences, against a profile whose budgets noise cannot fail, run twice (the
 second time all cached).
 
-Not marked slow: 25 s of a 3,250 s suite (0.75%, under tests/conftest.py's SLOW_SHARE), measured with --durations.
+Slow (two to three minutes on 2 cores): deselect with ``-m 'not slow'``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from tests.conftest import GENEROUS_BUDGETS
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
