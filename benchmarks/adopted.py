@@ -139,7 +139,7 @@ def photo_arrays(csv_file: Path, out: Path, limit: int | None = None) -> Path:
         return out
     import yaml
 
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
 
     meta = yaml.safe_load((REAL / "mobilenet_v2" / "model.yaml").read_text(encoding="utf-8"))
     feeds = ImageFeeds.from_spec({**meta["preprocess"], "input_name": "image"})

@@ -78,7 +78,7 @@ def teacher_top1(teacher: Path, paths: list[str]) -> tuple[np.ndarray, np.ndarra
     """The FP32 program's top-1 class and its probability for each image."""
     import torch
 
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
     from compress.teachers.images import inspect_image_source
     from compress.teachers.programs import load_program
 

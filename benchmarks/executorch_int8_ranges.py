@@ -94,7 +94,7 @@ def mobilenet(work: Path, real: Path, method: str, folds: list[int], samples: in
 
     from cnn_int8_heldout import fold_files
 
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
     from compress.teachers.images import inspect_image_source
 
     heldout = ROOT / ".cache" / "cnn-int8-heldout"

@@ -10,7 +10,7 @@ the fixed digits train split (1,437 images), the test split (360) is never seen.
 * ``program``: a plain ``nn.Module`` (convolutions, BatchNorm, a residual block), 16×16 grey, saved with
   ``torch.export.save`` as ``model.pt2`` plus the ``model.yaml`` that says what the program cannot.
 
-Inputs are made by the same code edgecompress runs (``compress.device.shipped.ImageFeeds`` with each teacher's pinned
+Inputs are made by the same code edgecompress runs (``compress.device.feeds.ImageFeeds`` with each teacher's pinned
 preprocessing), with random shifts of up to 1 pixel (at 8×8 scale, before upscaling: 4 pixels at 32×32) as augmentation.
 
     python benchmarks/digits.py
@@ -30,7 +30,7 @@ LABELS = [str(i) for i in range(10)]
 
 
 def _feeds_for(kind: str):
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
 
     if kind == "program":
         return ImageFeeds(size=(16, 16), channels="L", mean=(0.5,), std=(0.5,), interpolation="bilinear")

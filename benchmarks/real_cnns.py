@@ -208,7 +208,7 @@ def label_views(teacher: Path, photos_dir: Path, *, min_confidence: float) -> No
     """``photos_dir/<teacher name>.csv``: the views the FP32 teacher is confident on, labelled with its top-1."""
     import torch
 
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
     from compress.teachers.images import inspect_image_source
     from compress.teachers.programs import load_program
 

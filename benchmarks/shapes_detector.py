@@ -124,7 +124,7 @@ def train_detector(train_json: Path, seconds: float, seed: int = 0, log=print):
     import torch
 
     from compress.artifact import ImagePreprocess
-    from compress.device.shipped import ImageFeeds, letterbox_geometry
+    from compress.device.feeds import ImageFeeds, letterbox_geometry
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)

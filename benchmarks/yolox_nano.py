@@ -79,7 +79,7 @@ def _detect(model: Path, paths: list[Path]) -> list[tuple]:
     import onnxruntime as ort
     from PIL import Image
 
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
     from compress.tasks.detection import decode, to_image
     from compress.teachers.model_files import inspect_model_file
 
@@ -191,7 +191,7 @@ def ablation(work: Path) -> list[dict]:
     import onnxruntime.quantization as ortq
     from PIL import Image
 
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
     from compress.tasks.detection import _coco_map, decode, to_image
     from compress.teachers.model_files import inspect_model_file
 

@@ -1,22 +1,19 @@
 """The artifact: a directory with model file(s), tokenizer files and a schema-versioned ``manifest.json``.
 
 Every stage reads an artifact and writes a *new* one. Outputs are staged in a temporary sibling
-directory and renamed into place only when complete, so an interrupted run never leaves a
-half-written directory that looks valid.
+directory and renamed into place only when complete (:func:`compress.storage.staged_dir`), so an interrupted run
+never leaves a half-written directory that looks valid.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import platform
 import re
 import shutil
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
@@ -37,7 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from compress import __version__
 from compress.device.facts import sha256_file
-from compress.errors import ArtifactError, IntegrityError, OutputExistsError
+from compress.errors import ArtifactError, IntegrityError
 from compress.formats import FORMATS
 from compress.tasks import Task, postprocess_for, postprocess_models, repeated_class_name
 
@@ -71,7 +68,7 @@ class TextPreprocess(BaseModel):
     """How raw text becomes the model's inputs: the ``text`` kind of input description.
 
     Every runtime adapter, the remote runner's controller and the serverless handler build feeds from this
-    (``compress.device.shipped.make_feeds``); an image preprocessor is a second kind beside it."""
+    (``compress.device.feeds.make_feeds``); an image preprocessor is a second kind beside it."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["text"] = "text"
@@ -100,7 +97,7 @@ ClassNames = Annotated[list[str] | None, AfterValidator(_distinct)]
 
 class ImagePreprocess(BaseModel):
     """How an image becomes the model's input tensor: the ``image`` kind of input description, applied alike by
-    every runtime, the remote runner and the serverless handler (``compress.device.shipped.ImageFeeds``: numpy + Pillow)."""
+    every runtime, the remote runner and the serverless handler (``compress.device.feeds.ImageFeeds``: numpy + Pillow)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["image"] = "image"
@@ -146,7 +143,7 @@ class ArrayPreprocess(BaseModel):
 
     ``shapes`` is each input's per-sample shape (the first, batch axis left out) with the symbolic dimensions the
     graph leaves open resolved from ``model.yaml``'s ``dims`` (None where nothing fixes them: data must say);
-    ``dtypes`` is what each input is fed as. ``compress.device.shipped.ArrayFeeds`` stacks samples into batches."""
+    ``dtypes`` is what each input is fed as. ``compress.device.feeds.ArrayFeeds`` stacks samples into batches."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["arrays"] = "arrays"
@@ -466,81 +463,6 @@ def load_artifact(path: Path | str, verify: bool = True) -> Artifact:
     if verify:
         art.verify()
     return art
-
-
-def check_output(out: Path | str, force: bool) -> Path:
-    """Fail early when ``out`` exists and ``force`` is off; return it as a Path."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
-    parent = out.parent
-    while parent != parent.parent and not parent.exists():
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputExistsError(f"cannot write {out}: {parent} is a file, not a directory",
-                                hint="choose an --out whose parent is a directory")
-    return out
-
-
-@contextlib.contextmanager
-def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None = None) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out``; rename it to ``out`` only if the block succeeds.
-
-    The staging directory is removed on any error, Ctrl-C or SIGTERM (the CLI turns SIGTERM into
-    KeyboardInterrupt), and staging directories of an earlier run of the same output that was killed
-    are removed first. A full disk, a quota, a read-only or unwritable location raises
-    :class:`~compress.errors.StorageError` naming ``out`` (``need_bytes``: what the step expects to
-    write, for the message), whatever wrapper the failure came through.
-    """
-    from compress import interrupt, storage
-
-    out = check_output(out, force)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        storage.sweep_stale(out)
-        tmp = storage.make_staging(out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-    except OSError as e:  # the location cannot be written at all: name it, not the staging directory
-        found = storage.classify(e)
-        if found is None:
-            raise
-        where = out.parent if out.parent.is_dir() else out
-        raise storage.describe((found[0], None), where, need_bytes=need_bytes) from e
-    try:
-        yield tmp
-        storage.release(tmp)
-        if out.exists():
-            old = storage.make_staging(out, ".old")
-            os.replace(out, old / "x")
-            try:
-                os.replace(tmp, out)
-                interrupt.note_written(out)
-            except BaseException:
-                if tmp.exists():  # not renamed: put the previous output back
-                    os.replace(old / "x", out)
-                else:  # renamed, then interrupted: the new output stands, complete; the previous one goes
-                    shutil.rmtree(old, ignore_errors=True)
-                raise
-            finally:
-                if not (old / "x").exists():
-                    shutil.rmtree(old, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-            interrupt.note_written(out)
-    except BaseException as e:
-        if not tmp.exists() and out.exists():  # renamed into place, then interrupted: complete, and said so
-            interrupt.note_written(out)
-        found = storage.classify(e, out) if isinstance(e, Exception) else None  # before the space is freed
-        written = storage.tree_bytes(tmp) if found else 0
-        shutil.rmtree(tmp, ignore_errors=True)
-        if found is not None:
-            raise storage.describe(found, out, need_bytes=need_bytes, written_bytes=written, scratch=tmp) from e
-        raise
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:

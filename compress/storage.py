@@ -4,8 +4,10 @@ environment (a read-only or full disk, no permission, a quota) told apart from a
 - :func:`storage_error` turns an ``OSError`` (or a library error caused by one, or a C++ exception
   whose text is ``No space left on device``) into one :class:`~compress.errors.StorageError` naming
   the path, the free space there and roughly what was needed. Everything that writes output maps
-  its errors through it (``artifact.staged_dir``; the CLI for the rest), so a full disk is never
+  its errors through it (:func:`staged_dir`; the CLI for the rest), so a full disk is never
   reported as an unsupported architecture.
+- :func:`staged_dir` is where every command writes a new output: a staging directory beside it, renamed into place
+  only when complete (:func:`check_output` refuses an existing one without ``--force`` before any work).
 - :func:`make_staging` creates a hidden ``.NAME.XXXX.partial`` (or ``.old``) sibling with an owner
   record (pid, host); :func:`sweep_stale` removes the siblings of a previous run of the same output
   that was killed (its pid is gone), and nothing else.
@@ -21,9 +23,11 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from compress.errors import StorageError
+from compress import interrupt
+from compress.errors import OutputExistsError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +230,76 @@ def sweep_stale(out: Path) -> list[Path]:
             removed.append(p)
             log.info("removed %s, left by an earlier run (pid %d) that was killed", p, pid)
     return removed
+
+
+def check_output(out: Path | str, force: bool) -> Path:
+    """Fail early when ``out`` exists and ``force`` is off; return it as a Path."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
+    parent = out.parent
+    while parent != parent.parent and not parent.exists():
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputExistsError(f"cannot write {out}: {parent} is a file, not a directory",
+                                hint="choose an --out whose parent is a directory")
+    return out
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; rename it to ``out`` only if the block succeeds.
+
+    The staging directory is removed on any error, Ctrl-C or SIGTERM (the CLI turns SIGTERM into
+    KeyboardInterrupt), and staging directories of an earlier run of the same output that was killed
+    are removed first. A full disk, a quota, a read-only or unwritable location raises
+    :class:`~compress.errors.StorageError` naming ``out`` (``need_bytes``: what the step expects to
+    write, for the message), whatever wrapper the failure came through.
+    """
+    out = check_output(out, force)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(out)
+        tmp = make_staging(out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+    except OSError as e:  # the location cannot be written at all: name it, not the staging directory
+        found = classify(e)
+        if found is None:
+            raise
+        where = out.parent if out.parent.is_dir() else out
+        raise describe((found[0], None), where, need_bytes=need_bytes) from e
+    try:
+        yield tmp
+        release(tmp)
+        if out.exists():
+            old = make_staging(out, ".old")
+            os.replace(out, old / "x")
+            try:
+                os.replace(tmp, out)
+                interrupt.note_written(out)
+            except BaseException:
+                if tmp.exists():  # not renamed: put the previous output back
+                    os.replace(old / "x", out)
+                else:  # renamed, then interrupted: the new output stands, complete; the previous one goes
+                    shutil.rmtree(old, ignore_errors=True)
+                raise
+            finally:
+                if not (old / "x").exists():
+                    shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+            interrupt.note_written(out)
+    except BaseException as e:
+        if not tmp.exists() and out.exists():  # renamed into place, then interrupted: complete, and said so
+            interrupt.note_written(out)
+        found = classify(e, out) if isinstance(e, Exception) else None  # before the space is freed
+        written = tree_bytes(tmp) if found else 0
+        shutil.rmtree(tmp, ignore_errors=True)
+        if found is not None:
+            raise describe(found, out, need_bytes=need_bytes, written_bytes=written, scratch=tmp) from e
+        raise

@@ -19,7 +19,8 @@ import numpy as np
 from compress._optional import is_available, require
 from compress.artifact import Artifact, Format, state_input_of
 from compress.data.tokenization import encoder_for
-from compress.device.shipped import StreamCalls, TextFeeds, first_subtokens, pool, token_feeds
+from compress.device.feeds import TextFeeds
+from compress.device.shipped import StreamCalls, first_subtokens, pool, token_feeds
 from compress.errors import ConfigError
 from compress.formats import FORMATS
 from compress.tasks.embeddings import pooling_of

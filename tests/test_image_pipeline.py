@@ -15,6 +15,8 @@ import pytest
 
 from tests.builders.images import LABELS, _ids, write_hf_image_teachers, write_image_set, write_program_teacher
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("PIL")
 pytest.importorskip("onnxscript")
 

@@ -17,6 +17,10 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 ROOTS = ((ROOT / "compress", "compress"), (ROOT / "runtimes", "compress.runtimes"))
 ARCHITECTURE = ROOT / "docs" / "architecture.md"

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from compress import interrupt, storage
-from compress.artifact import staged_dir
 from compress.errors import StorageError
+from compress.storage import staged_dir
+
+pytestmark = pytest.mark.slow
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 ENV.pop("EDGECOMPRESS_DEBUG", None)

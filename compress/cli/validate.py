@@ -93,8 +93,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
     (default 4) when none failed but some are UNVERIFIED. On several devices: the worst device's,
     and 7 (INCOMPLETE) when a device did not answer and none of the others failed.
     """
-    from compress.artifact import check_output
     from compress.reports.render import render_report, write_report
+    from compress.storage import check_output
     from compress.validation.config import ValidateConfig
     from compress.validation.local import validate, validate_fleet
 

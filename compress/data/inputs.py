@@ -3,7 +3,7 @@
 The one place that knows a text model reads a table of texts and an image model reads images; stages, validation
 and the remote controller ask here with the artifact's ``preprocess`` description and get a data set with the
 shared face (``inputs``, ``pairs``, ``labels``, ``batches``, ``head``, ``sample``) or a list of raw inputs that
-the model's feed builder (:func:`compress.device.shipped.make_feeds`) encodes.
+the model's feed builder (:func:`compress.device.feeds.make_feeds`) encodes.
 """
 
 from __future__ import annotations

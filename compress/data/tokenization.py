@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compress.device.shipped import ImageFeeds, TextFeeds, make_feeds
+from compress.device.feeds import ImageFeeds, TextFeeds, make_feeds
 from compress.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class QAWindows:
 def qa_windows(tokenizer, questions: list[str], contexts: list[str], *, max_length: int, stride: int,
                pad_id: int = 0) -> QAWindows:
     """Each question with its context as windows of at most ``max_length`` tokens sharing ``stride`` context tokens
-    (:meth:`compress.device.shipped.TextFeeds.windows`, the feed builder devices run); ``tokenizer``: a ``tokenizers``
+    (:meth:`compress.device.feeds.TextFeeds.windows`, the feed builder devices run); ``tokenizer``: a ``tokenizers``
     Tokenizer. A question too long to leave room for its context is a DataError."""
     from compress.errors import DataError
 

@@ -6,12 +6,9 @@ import logging
 import os
 from pathlib import Path
 
-from compress.artifact import (
-    check_output,
-    staged_dir,
-)
 from compress.errors import OutputExistsError
 from compress.packaging.config import MB, TOP_CONTRIBUTORS, Contributor, PackageReport
+from compress.storage import check_output, staged_dir
 
 log = logging.getLogger("compress.packaging.bundle")  # the verb's logger
 

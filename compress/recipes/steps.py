@@ -101,9 +101,9 @@ GENERATOR_FIGURES = ("decode_tokens_per_s", "time_to_first_token_ms", "prefill_t
 
 
 def run_package(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
-    from compress.artifact import staged_dir
     from compress.packaging.bundle import package
     from compress.packaging.report import write_package_report
+    from compress.storage import staged_dir
 
     say = ctx.say
     with staged_dir(out, force=True) as tmp:  # bundle and reports appear together, or not at all

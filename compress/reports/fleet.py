@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from compress.artifact import staged_dir
+from compress.storage import staged_dir
 from compress.validation.fleet import FleetReport, device_dir_name
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
-from compress.artifact import staged_dir
+from compress.storage import staged_dir
 from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)

@@ -28,13 +28,12 @@ from compress.artifact import (
     Manifest,
     Precision,
     StepRecord,
-    check_output,
     digest_dir,
     load_artifact,
-    staged_dir,
     write_manifest,
 )
 from compress.errors import ArtifactError
+from compress.storage import check_output, staged_dir
 from compress.tasks import Task
 
 _ALL_TASKS = frozenset(Task)
@@ -131,7 +130,7 @@ class StageOutput:
         return output.artifact        # sealed (time, output digest), manifest written, renamed, loaded
 
     Nothing is at ``out`` unless the block finishes: an error, Ctrl-C or SIGTERM removes the staging directory
-    (:func:`~compress.artifact.staged_dir`). Long work that resumes (distillation's run directory) happens
+    (:func:`~compress.storage.staged_dir`). Long work that resumes (distillation's run directory) happens
     before :meth:`writing`, outside the output.
     """
 

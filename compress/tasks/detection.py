@@ -317,7 +317,7 @@ def join_scores(post, outputs: dict[str, np.ndarray], primary: str) -> np.ndarra
 
 def _mapping(size: tuple[int, int], preprocess) -> tuple[float, float, float, float]:
     """(sx, sy, dx, dy): input pixel (x, y) is image pixel ((x - dx)·sx, (y - dy)·sy)."""
-    from compress.device.shipped import letterbox_geometry
+    from compress.device.feeds import letterbox_geometry
 
     w, h = size
     height, width = preprocess.size

@@ -5,7 +5,7 @@ matches it.
 MobileNet, EfficientNet, ... image processors: resize by ``size`` / ``shortest_edge`` / ``crop_pct``, centre crop,
 rescale, normalise) into :class:`~compress.artifact.ImagePreprocess`. A setting it cannot reproduce exactly is
 refused by name rather than approximated. :func:`processor_agreement` runs the teacher's processor and
-:class:`compress.device.shipped.ImageFeeds` on the same images and reports the largest difference; a mismatch is a
+:class:`compress.device.feeds.ImageFeeds` on the same images and reports the largest difference; a mismatch is a
 failed check, not a note.
 """
 
@@ -77,7 +77,7 @@ def processor_agreement(processor, preprocess: ImagePreprocess, images: Sequence
     """Run the teacher's processor and ours on ``images``; the largest and mean absolute difference per pixel."""
     import numpy as np
 
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
 
     feeds = ImageFeeds.from_spec(preprocess.model_dump())
     ours = feeds.encode(list(images))[preprocess.input_name]

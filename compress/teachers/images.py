@@ -253,7 +253,7 @@ class ImageTeacher(InfoTeacher):
     primary_output = "logits"
 
     def encoder(self):
-        from compress.device.shipped import ImageFeeds
+        from compress.device.feeds import ImageFeeds
 
         return ImageFeeds.from_spec(self.info.preprocess.model_dump())
 

@@ -1,7 +1,7 @@
 """``torch.export`` programs and TorchScript archives that are not image classifiers: a ``.pt2`` file (or a
 TorchScript ``.pt``/``.ts``) with a ``model.yaml`` beside it whose preprocessing is not an image's (arrays: several
 inputs, sensor windows, a regression or a dense output; or text, a ``tokenizer.json`` beside the file) is a teacher
-like an adopted ONNX file, described by the same :class:`compress.teachers.model_files.ModelDescription`, but run in
+like an adopted ONNX file, described by the same :class:`compress.teachers.model_description.ModelDescription`, but run in
 PyTorch and exported to ONNX from its own graph.
 
 A program is loaded without unpickling (:func:`compress.teachers.programs.load_program`); a program exported in
@@ -75,7 +75,7 @@ class ProgramTeacher(DescribedModel):
     processor: Any = None
 
     def encoder(self):
-        from compress.device.shipped import make_feeds
+        from compress.device.feeds import make_feeds
 
         return make_feeds(self.path.parent, self.info.preprocess.model_dump(), self.input_names, self.info.max_length)
 
@@ -104,7 +104,8 @@ class ProgramTeacher(DescribedModel):
 
 def load_program_file(path: Path | str, *, allow_pickle: bool = False) -> ProgramTeacher:
     """A program described by its ``model.yaml`` (see the module doc), loaded and checked."""
-    from compress.teachers.model_files import ModelFileInfo, describe_inputs, description_file, read_description
+    from compress.teachers.model_description import describe_inputs, description_file, read_description
+    from compress.teachers.model_files import ModelFileInfo
     from compress.teachers.programs import load_program, program_inputs, program_outputs, training_mode_ops
 
     p = program_path(path) or Path(path)
@@ -141,7 +142,7 @@ def _torchscript(p: Path, desc, allow_pickle: bool):
 
     from compress.artifact import TensorSpec
     from compress.errors import ConfigError
-    from compress.teachers.model_files import description_file
+    from compress.teachers.model_description import description_file
 
     if not desc.inputs:  # first: --allow-pickle would not help
         raise ConfigError(f"{description_file(p)}: a TorchScript archive records no input signature",

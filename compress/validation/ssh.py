@@ -267,8 +267,8 @@ def _runner_failure(target: RemoteTarget, proc: subprocess.CompletedProcess, wha
 def preflight_program() -> bytes:
     """What ``python -`` runs on the device for ``check``, before anything is sent: every part of the device code (the
     device facts, such as the CPU's name, are read there) registered under the name it ships as
-    (``edgecompress_device``, ``edgecompress_facts``), then the runner as ``__main__``, all compiled from their
-    sources; nothing is written on the device."""
+    (``edgecompress_device``, ``edgecompress_feeds``, ``edgecompress_facts``), then the runner as ``__main__``, all
+    compiled from their sources; nothing is written on the device."""
     from compress.device.shipped import SHIPPED_FILES
 
     lines = ["import sys, types"]

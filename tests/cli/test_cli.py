@@ -17,6 +17,8 @@ from compress.artifact import Precision, load_artifact
 from compress.cli import COMMANDS, cli
 from tests.conftest import ENV, assert_one_line_error, edgecompress
 
+pytestmark = pytest.mark.slow
+
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=False)

@@ -10,7 +10,7 @@ import pytest
 
 from compress.artifact import ImagePreprocess, Manifest
 from compress.data.images import load_image_dataset
-from compress.device import shipped as device
+from compress.device import feeds as device
 from compress.errors import DataError
 from tests.conftest import png_bytes
 

@@ -11,7 +11,7 @@ import pytest
 
 from compress.artifact import MANIFEST, Manifest, load_artifact
 from compress.data.tokenization import encoder_for
-from compress.device import shipped as device
+from compress.device import feeds as device
 from compress.errors import ArtifactError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_a_manifest_written_before_the_description_reads_as_text_and_feeds_the_s
 
 def test_the_bundle_handler_and_the_runtimes_build_identical_feeds(onnx_artifact, tmp_path):
     """What package writes for the handler (tokenizer inside model/, pad id resolved) feeds like the runtimes."""
-    from compress.packaging.bundle import _preprocess
+    from compress.packaging.contents import _preprocess
 
     bundle = tmp_path / "bundle"
     (bundle / "model").mkdir(parents=True)

@@ -47,10 +47,10 @@ def test_tensorrt_int8_calibration_with_name_labels(onnx_artifact, named, tmp_pa
     assert art.path.is_dir()
 
 
-def test_openvino_int8_calibration_with_name_labels(bert_classifier, named, tmp_path):
+def test_openvino_int8_calibration_with_name_labels(ov_artifact, named, tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    ov = export(bert_classifier, tmp_path / "ov", ExportConfig(format="openvino"))
+    ov = ov_artifact
     art = quantize(ov, tmp_path / "ov-int8", QuantizeConfig.from_flat(calibration=str(named), calibration_samples=16))
     assert art.manifest.precision == "int8"
 

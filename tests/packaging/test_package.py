@@ -25,6 +25,8 @@ from compress.packaging.config import PackageConfig
 from compress.packaging.report import report_paths
 from tests.builders.bundles import DIRECT_DEPENDENCIES, run_handler, write_profile
 
+pytestmark = pytest.mark.slow
+
 TEXTS = ["a gripping, beautifully acted film.", "the plot is thin and the jokes fall flat."]
 
 

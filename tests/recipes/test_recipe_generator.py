@@ -18,7 +18,7 @@ from tests.builders.causal_lm import STORIES, STORY, TINYSTORIES, needs_genai_bu
 from tests.builders.shared import needs_shared
 from tests.validation.test_validate_generation import gen_profile
 
-pytestmark = needs_genai_builder()
+pytestmark = [needs_genai_builder(), pytest.mark.slow]
 
 BUDGETS = {"min_decode_tokens_per_s": 1.0, "max_time_to_first_token_ms": 60000, "max_perplexity_increase": 0.5,
            "min_top1_agreement": 0.3}
@@ -177,7 +177,7 @@ def test_the_shipped_recipe_names_what_it_needs_in_one_line(capsys, tmp_path):
     assert code == 2 and "builtin:lm-stories" in err
 
 
-@pytest.mark.slow  # about 2 minutes on 2 cores: export, accuracy-aware INT4, validation of the real model
+# about 2 minutes on 2 cores: export, accuracy-aware INT4, validation of the real model
 @needs_shared(STORIES, TINYSTORIES)
 def test_stories260k_through_the_shipped_recipe(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

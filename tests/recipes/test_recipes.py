@@ -14,6 +14,8 @@ import yaml
 
 from tests.conftest import GENEROUS_BUDGETS, assert_one_line_error, edgecompress, write_tsv
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("jinja2")
 pytest.importorskip("matplotlib")
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from conftest import SENTENCES, write_tsv
 
-from compress._optional import is_available
 from compress.errors import ConfigError, MissingBackendError
 from compress.profiles import load as P
 from compress.profiles.schema import MeasureConfig
@@ -31,16 +30,6 @@ def fast_host(monkeypatch):
 @pytest.fixture(scope="module")
 def data_tsv(tmp_path_factory) -> Path:
     return write_tsv(tmp_path_factory.mktemp("host-data"), SENTENCES)
-
-
-@pytest.fixture(scope="module")
-def ov_artifact(bert_classifier, tmp_path_factory):
-    if not is_available("openvino"):
-        pytest.skip("openvino is not installed (pip install 'edgecompress[openvino]')")
-    from compress.stages.export import export
-    from compress.stages.export.config import ExportConfig
-
-    return export(bert_classifier, tmp_path_factory.mktemp("host-ov") / "bert-ov", ExportConfig(format="openvino"))
 
 
 def test_host_validates_an_openvino_artifact_in_openvino(ov_artifact, bert_classifier, data_tsv, fast_host):

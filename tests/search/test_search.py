@@ -21,6 +21,8 @@ from tests.conftest import (
     write_tsv,
 )
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("optuna")
 pytest.importorskip("jinja2")
 pytest.importorskip("matplotlib")

@@ -14,6 +14,8 @@ from tests.conftest import QUICK_MEASURE, write_search_workspace
 pytest.importorskip("optuna")
 pytest.importorskip("executorch")
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, bert_classifier, home):

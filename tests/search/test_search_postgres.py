@@ -22,6 +22,8 @@ from tests.builders.postgres import running_postgres
 from tests.builders.sshd import free_port, make_netns
 from tests.conftest import assert_one_line_error, write_search_workspace
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("optuna")
 
 #: two candidates that need no training (the tiny teacher's own depth): INT8 with FP32 or INT4 embeddings; the

@@ -18,6 +18,8 @@ import pytest
 from tests.builders.model_files import TwoInputs, torch_onnx_export
 from tests.conftest import assert_one_line_error, edgecompress, main_error
 
+pytestmark = pytest.mark.slow
+
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 

@@ -39,6 +39,8 @@ from compress.tasks import Task
 from compress.teachers.load import load_teacher
 from tests.conftest import CPU_PROCESSES, free_port
 
+pytestmark = pytest.mark.slow
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 ENV.pop("EDGECOMPRESS_DEBUG", None)

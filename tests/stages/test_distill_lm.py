@@ -15,6 +15,8 @@ from tests.builders.causal_lm import TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import shared_file
 from tests.conftest import main_error
 
+pytestmark = pytest.mark.slow
+
 #: the settings every run here shares: 32-token windows, 8 per batch, soft targets only at T=1 (agreement with a
 #: random teacher is what moves, not perplexity on the text)
 BASE = dict(layers=2, max_length=32, batch_size=8, lr=3e-3, temperature=1.0, soft_weight=1.0, hard_weight=0.0,

@@ -12,6 +12,8 @@ from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
 from tests.conftest import assert_one_line_error, edgecompress, main_error, write_tsv
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):

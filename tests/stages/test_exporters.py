@@ -15,6 +15,8 @@ from compress.errors import ConfigError
 from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
 
+pytestmark = pytest.mark.slow
+
 TRANSFORMERS_MAJOR = int(importlib.metadata.version("transformers").split(".")[0])
 
 

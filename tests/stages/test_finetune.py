@@ -13,6 +13,8 @@ from conftest import NER_SENTENCES, NER_TAGS, SENTENCES, write_tsv
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("peft")
 
 NAMED = [("negative" if lab in (0, "0") else "positive", text) for lab, text in SENTENCES]

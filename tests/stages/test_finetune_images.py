@@ -15,6 +15,8 @@ from compress.stages.finetune.config import FinetuneConfig
 from tests.builders.images import LABELS, write_hf_image_teachers, write_image_set, write_program_teacher
 from tests.conftest import main_error
 
+pytestmark = pytest.mark.slow
+
 QUICK = dict(max_steps=3, batch_size=8, eval_every=3)
 
 

@@ -21,6 +21,8 @@ from compress.stages.finetune.config import FinetuneConfig
 from tests.builders.causal_lm import STORIES, STORY, TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import needs_shared
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("peft")
 
 NF4 = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,

@@ -25,6 +25,8 @@ from compress.stages.export.config import ExportConfig
 from compress.stages.quantize import quantize
 from compress.stages.quantize.config import QuantizeConfig
 
+pytestmark = pytest.mark.slow
+
 SENSITIVE_LAYER = "/bert/encoder/layer.1/output/dense/MatMul"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 ENV.pop("EDGECOMPRESS_DEBUG", None)

@@ -19,6 +19,8 @@ pytest.importorskip("torchao", reason="torchao is not installed (pip install tor
 from compress.errors import ConfigError, OutputExistsError
 from tests.builders.causal_lm import STORY, tiny_causal_lm
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):

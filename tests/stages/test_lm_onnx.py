@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 from compress.errors import ConfigError, OutputExistsError, StageError
 from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
 
-pytestmark = needs_genai_builder()
+pytestmark = [needs_genai_builder(), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import compress  # noqa: F401 - the torchvision shim before transformers
 from compress.errors import ConfigError, OutputExistsError, StageError
 from tests.builders.causal_lm import tiny_causal_lm
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

@@ -17,7 +17,7 @@ from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
 
 torch = pytest.importorskip("torch")
 
-pytestmark = needs_genai_builder()
+pytestmark = [needs_genai_builder(), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,11 @@ from compress._optional import is_available
 from compress.artifact import Format, Precision, load_artifact
 from compress.errors import ConfigError
 
-pytestmark = pytest.mark.skipif(
-    not (is_available("openvino") and is_available("nncf")),
-    reason="openvino and nncf are not installed (pip install 'edgecompress[openvino]')",
-)
+pytestmark = [
+    pytest.mark.skipif(not (is_available("openvino") and is_available("nncf")),
+                       reason="openvino and nncf are not installed (pip install 'edgecompress[openvino]')"),
+    pytest.mark.slow,
+]
 
 FAST_MEASURE = {"warmup": 1, "min_runs": 5, "min_duration_s": 0.02, "max_runs": 50, "eval_batch_size": 8}
 
@@ -36,14 +37,6 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def data_tsv(work) -> Path:
     return write_tsv(work / "data", SENTENCES * 3)
-
-
-@pytest.fixture(scope="module")
-def ov_artifact(bert_classifier, work):
-    from compress.stages.export import export
-    from compress.stages.export.config import ExportConfig
-
-    return export(bert_classifier, work / "bert-ov", ExportConfig(format="openvino"))
 
 
 @pytest.fixture(scope="module")

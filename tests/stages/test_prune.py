@@ -30,7 +30,7 @@ from compress.stages.prune.structured import drop_layers, encoder_linears, impor
 
 HEADS, LAYERS, HEAD_DIM = 4, 3, 8
 
-pytestmark = pytest.mark.transformers4  # head pruning throughout: transformers 5 removed prune_heads
+pytestmark = [pytest.mark.transformers4, pytest.mark.slow]  # head pruning throughout: transformers 5 removed prune_heads
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

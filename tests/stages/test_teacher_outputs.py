@@ -17,6 +17,8 @@ from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
 from compress import cache
 from compress.runtimes.torch_backend import TorchBackend
 
+pytestmark = pytest.mark.slow
+
 FAST = {"warmup": 1, "min_runs": 3, "min_duration_s": 0.0, "max_runs": 3, "eval_batch_size": 8}
 NUMBERS = ("metric", "teacher_metric", "retention", "agreement", "macro_f1", "teacher_macro_f1", "eval_samples")
 

@@ -26,6 +26,8 @@ from compress.stages.export.config import ExportConfig
 from compress.stages.export.tensorrt_shapes import resolve_shapes
 from compress.stages.export.torch_tensorrt import PROGRAM, capture, check_request, export_torch_tensorrt
 
+pytestmark = pytest.mark.slow
+
 
 def _teacher(path):
     from compress.teachers.load import load_teacher

@@ -170,7 +170,7 @@ def test_each_output_layout_decodes_to_the_same_detection(layout):
 
 
 def test_letterboxed_boxes_map_back_to_the_image():
-    from compress.device.shipped import ImageFeeds
+    from compress.device.feeds import ImageFeeds
     from compress.tasks.detection import to_image
 
     pre = ImagePreprocess(size=[32, 32], resize="letterbox")

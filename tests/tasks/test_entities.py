@@ -14,6 +14,8 @@ from conftest import NER_TAGS as TAGS
 
 from compress.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.slow
+
 
 def write_conll(path: Path, sentences: list[list[str]], tags: list[list[str]]) -> Path:
     lines = ["-DOCSTART- -X- -X- O", ""]

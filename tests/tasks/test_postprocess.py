@@ -17,7 +17,7 @@ from compress.tasks.generation import GenerationPostprocess, KVCache
 from compress.tasks.qa import QAPostprocess
 from compress.tasks.sequences import CTCPostprocess
 from compress.tasks.values import ThresholdPostprocess
-from compress.teachers.model_files import read_description
+from compress.teachers.model_description import read_description
 
 #: the block every manifest held before postprocess was per task: every task's fields, at their defaults
 FLAT = {"pooling": None, "normalize": False, "class_axis": None, "threshold": None, "scores_are_probabilities": False,

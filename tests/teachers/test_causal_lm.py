@@ -22,6 +22,8 @@ from compress.teachers.load import load_teacher
 from tests.builders.causal_lm import STORIES, STORIES_ASSETS, STORY, TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import needs_shared
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -127,7 +129,7 @@ def test_a_causal_lm_given_labels_is_one_line(tiny, tmp_path, capsys):
     assert not (tmp_path / "ft").exists()
 
 
-@pytest.mark.slow  # ~2 min on a busy 2-core VM
+# ~2 min on a busy 2-core VM
 @needs_shared(STORIES, TINYSTORIES)
 def test_stories260k_fp32_perplexity_over_tinystories_in_windows_of_256():
     """4.273 over 775 windows (98,425 scored tokens). The issue quotes llama.cpp's llama-perplexity at 4.522 (-c 256).

@@ -22,6 +22,8 @@ from compress.teachers.kinds import source_kind
 from compress.teachers.lm_config import cache_of, is_causal_lm
 from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
 
+pytestmark = pytest.mark.slow
+
 needs_builder = needs_genai_builder()
 
 

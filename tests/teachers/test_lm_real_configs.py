@@ -22,6 +22,8 @@ from compress.teachers.lm_config import legacy_rope, portable_config, portable_t
 from tests.builders.causal_lm import genai_builder_missing, tiny_causal_lm
 from tests.builders.lm_families import REAL, real_config_lm
 
+pytestmark = pytest.mark.slow
+
 
 def _route_missing(route: str) -> str | None:
     import importlib.util

@@ -17,6 +17,8 @@ import pytest
 from tests.builders.model_files import TwoInputs, torch_onnx_export
 from tests.conftest import assert_one_line_error, edgecompress
 
+pytestmark = pytest.mark.slow
+
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 

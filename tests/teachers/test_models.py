@@ -15,6 +15,8 @@ from compress.tasks import Task
 from compress.tasks.embeddings import pooling_of
 from compress.teachers.load import inspect_checkpoint, load_teacher
 
+pytestmark = pytest.mark.slow
+
 ARCHS = ["bert", "distilbert", "roberta", "bert-encoder"]
 FIXTURE = {
     "bert": "bert_classifier",

@@ -10,6 +10,8 @@ import pytest
 
 from tests.builders.images import MODELS, save_timm
 
+pytestmark = pytest.mark.slow
+
 timm = pytest.importorskip("timm", reason="the timm extra (pip install 'edgecompress[timm]')")
 torch = pytest.importorskip("torch")
 

@@ -17,6 +17,8 @@ from conftest import GENEROUS_BUDGETS, write_tsv
 
 from compress.profiles.load import load_profile
 
+pytestmark = pytest.mark.slow
+
 # ----------------------------------------------------------------------------------- validate: estimates
 
 FAST = {"warmup": 1, "min_runs": 5, "min_duration_s": 0.01, "eval_batch_size": 8}

@@ -29,6 +29,8 @@ from compress.validation import remote, ssh
 from tests.builders.sshd import Loopback, running_sshd
 from tests.builders.sshd import free_port as _free_port
 
+pytestmark = pytest.mark.slow
+
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 4}
 GENEROUS = GENEROUS_BUDGETS
 

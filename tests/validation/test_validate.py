@@ -30,6 +30,8 @@ from compress.profiles.schema import Budgets, LatencyBudget
 from compress.tasks.classification import macro_f1
 from compress.tasks.embeddings import neighbour_agreement
 
+pytestmark = pytest.mark.slow
+
 FAST_MEASURE = {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8}
 
 GENEROUS = GENEROUS_BUDGETS

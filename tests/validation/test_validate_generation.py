@@ -22,7 +22,7 @@ from compress.profiles.budgets import judge
 from compress.profiles.schema import Budgets
 from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
 
-pytestmark = needs_genai_builder()
+pytestmark = [needs_genai_builder(), pytest.mark.slow]
 
 FAST = {"warmup": 1, "min_runs": 1, "min_duration_s": 0.0, "max_runs": 10000}
 

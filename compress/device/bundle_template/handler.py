@@ -32,9 +32,10 @@ import base64
 import json
 import os
 
-# feeds (the tokenizer), pooling and session options shared with edgecompress's runtimes and its remote runner
-# (compress/device/shipped.py)
+# pooling, session options and streaming calls shared with edgecompress's runtimes and its remote runner
+# (compress/device/shipped.py), and the feeds (the tokenizer, images) they build (compress/device/feeds.py)
 import edgecompress_device as device
+import edgecompress_feeds as feeds
 import numpy as np
 import onnxruntime as ort
 
@@ -62,8 +63,8 @@ def _session():
 
 SESSION = _session()
 INPUT_NAMES = [i.name for i in SESSION.get_inputs()]
-# the feeds as edgecompress builds them everywhere, from the artifact's input description (compress/device/shipped.py)
-FEEDS = device.make_feeds(_HERE, CONFIG["preprocess"], INPUT_NAMES, CONFIG["max_length"])
+# the feeds as edgecompress builds them everywhere, from the artifact's input description (compress/device/feeds.py)
+FEEDS = feeds.make_feeds(_HERE, CONFIG["preprocess"], INPUT_NAMES, CONFIG["max_length"])
 OUTPUT_NAME = CONFIG.get("output_name") or SESSION.get_outputs()[0].name
 # a streaming model's calls (compress/device/shipped.py: StreamCalls), None for any other
 STREAM = device.StreamCalls(CONFIG["stream"], CONFIG["inputs"]) if CONFIG.get("stream") else None

@@ -15,18 +15,13 @@ import logging
 import shutil
 from pathlib import Path
 
-from compress.artifact import (
-    Artifact,
-    Format,
-    TextPreprocess,
-    check_output,
-    copy_tokenizer_files,
-)
+from compress.artifact import Artifact, Format, TextPreprocess, copy_tokenizer_files
 from compress.data.inputs import sample_inputs
 from compress.errors import EdgeCompressError, ModelLoadError, ParityError, first_line
 from compress.stages.common import measure_parity
 from compress.stages.export.config import ADOPT_LITERT, EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
 from compress.stages.export.onnx_normalize import lift_constants
+from compress.storage import check_output
 
 log = logging.getLogger(__name__)
 

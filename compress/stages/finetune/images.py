@@ -3,7 +3,7 @@ a timm checkpoint or a ``torch.export`` program (:mod:`compress.stages.finetune.
 data's classes (or, with ``--task regression``, one output per target: :mod:`compress.stages.finetune.regression`) and
 trains on the base's own preprocessing.
 
-* **Inputs** are made once by the base's pinned preprocessing (:class:`compress.device.shipped.ImageFeeds`, what every
+* **Inputs** are made once by the base's pinned preprocessing (:class:`compress.device.feeds.ImageFeeds`, what every
   later step runs); each training batch is moved by a random shift of up to ``shift`` of the side (no flips).
 * **``--freeze N``** keeps the stem and the first N blocks as pretrained, in eval mode (their BatchNorm statistics
   and dropout too). A timm model's stem and blocks are timm's own (``group_matcher``: a ResNet's 4 stages,

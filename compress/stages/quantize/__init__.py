@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.artifact import Artifact, check_output, load_artifact
+from compress.artifact import Artifact, load_artifact
 from compress.errors import ConfigError
 from compress.progress import Progress
 from compress.stages.quantize.config import (
@@ -27,6 +27,7 @@ from compress.stages.quantize.config import (
     refuse_ignored,
 )
 from compress.stages.spec import spec_for
+from compress.storage import check_output
 from compress.tasks import kind_of
 
 

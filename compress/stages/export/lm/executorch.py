@@ -35,11 +35,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format, Precision, TensorSpec, check_output
+from compress.artifact import Artifact, Format, Precision, TensorSpec
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
+from compress.storage import check_output
 from compress.tasks.generation import (
     DECODE_STEPS,
     compare_generation,

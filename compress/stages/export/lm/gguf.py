@@ -35,10 +35,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format, Precision, check_output
+from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError, ModelLoadError, ParityError, StageError, first_line
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
+from compress.storage import check_output
 from compress.tasks.generation import copy_travel
 from compress.teachers.gguf_checkpoint import is_gguf
 from compress.teachers.lm_config import is_causal_lm, postprocess_of

@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, Format, Precision, check_output
+from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
+from compress.storage import check_output
 from compress.tasks.generation import (
     DECODE_STEPS,
     GENERATION_FILES,

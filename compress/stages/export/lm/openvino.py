@@ -30,11 +30,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format, Precision, check_output
+from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
+from compress.storage import check_output
 from compress.tasks.generation import DECODE_STEPS, compare_generation, copy_travel, require_generation_parity
 from compress.teachers.lm_config import cache_of, from_pretrained_lm, postprocess_of, source_info
 
