@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -305,29 +306,55 @@ class RuntimeBackend(ABC):
             raise ConfigError(f"runtime {self.name} cannot run a stateful step")
         return spec.split(outputs)
 
+    def run_steps(self, feeds: dict[str, np.ndarray], steps: int,
+                  next_feeds: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray] | None], *,
+                  timed: bool = False) -> tuple[list[dict[str, np.ndarray]], list[float]]:
+        """The one loop through a stateful model's state (a KV cache, a recurrent state): :meth:`prefill` on ``feeds``,
+        then up to ``steps`` :meth:`step` calls, each fed ``next_feeds(outputs, feeds)`` of the call before (None:
+        stop there). Returns every call's outputs and, ``timed``, each call's seconds (the call and
+        :meth:`synchronize`; making the next feeds is not timed). :meth:`generate` and the timed generation
+        (:class:`compress.host.measure.Generation`) run on it."""
+        seen, seconds = [], []
+        t0 = time.perf_counter()
+        outputs, state = self.prefill(feeds)
+        if timed:
+            self.synchronize()
+            seconds.append(time.perf_counter() - t0)
+        seen.append(outputs)
+        for _ in range(steps):
+            feeds = next_feeds(outputs, feeds)
+            if feeds is None:
+                break
+            t0 = time.perf_counter()
+            outputs, state = self.step(feeds, state)
+            if timed:
+                self.synchronize()
+                seconds.append(time.perf_counter() - t0)
+            seen.append(outputs)
+        return seen, seconds
+
     def generate(self, prompt_ids: Sequence[int], new_tokens: int, *, eos: Collection[int] = (),
                  context: int | None = None, logits: bool = False) -> Generated:
-        """Greedy decoding of ``prompt_ids`` (batch 1) through the cache: one :meth:`prefill`, then one :meth:`step` a
-        token, each the arg-max of the last logits. It stops after ``new_tokens`` tokens, an ``eos`` token (kept) or
-        the ``context``'s end. ``logits``: also each made token's step logits (every token is then fed back, the last
-        one too). The one greedy loop of the runtimes: a backend whose runtime has its own overrides it.
+        """Greedy decoding of ``prompt_ids`` (batch 1) through the cache (:meth:`run_steps`): each token the arg-max
+        of the last logits. It stops after ``new_tokens`` tokens, an ``eos`` token (kept) or the ``context``'s end.
+        ``logits``: also each made token's step logits (every token is then fed back, the last one too). A backend
+        whose runtime has its own generation loop overrides it.
         """
         prompt = list(prompt_ids)
-        out, state = self.prefill(token_feeds([prompt], len(prompt)))
-        made = Generated(out["logits"][0], [], [])
+        tokens: list[int] = []
         limit = new_tokens if context is None else min(new_tokens, context - len(prompt))
-        for _ in range(limit):
+
+        def pick(out, _feeds):
+            if tokens and (tokens[-1] in eos or len(tokens) == new_tokens):  # the last token was fed back: done
+                return None
             nxt = int(np.argmax(out["logits"][0, -1]))
-            made.tokens.append(nxt)
-            last = nxt in eos or len(made.tokens) == new_tokens
-            if last and not logits:
-                break
-            out, state = self.step(token_feeds([[nxt]], len(prompt) + len(made.tokens)), state)
-            if logits:
-                made.step_logits.append(out["logits"][0, -1])
-            if last:
-                break
-        return made
+            tokens.append(nxt)
+            if (nxt in eos or len(tokens) == new_tokens) and not logits:
+                return None
+            return token_feeds([[nxt]], len(prompt) + len(tokens))
+
+        seen, _ = self.run_steps(token_feeds([prompt], len(prompt)), max(limit, 0), pick)
+        return Generated(seen[0]["logits"][0], tokens, [o["logits"][0, -1] for o in seen[1:]] if logits else [])
 
     def _require_state(self) -> StateSpec:
         spec = self.state_spec

@@ -201,21 +201,10 @@ class Generation:
     next_feeds: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = greedy_next
 
     def generate(self) -> tuple[float, list[float], list[dict[str, Any]]]:
-        """One timed generation: (prefill seconds, each decode step's seconds, every call's outputs)."""
-        b = self.backend
-        t0 = time.perf_counter()
-        outputs, state = b.prefill(self.prompt)
-        b.synchronize()
-        first = time.perf_counter() - t0
-        seen, feeds, steps = [outputs], self.prompt, []
-        for _ in range(self.new_tokens):
-            feeds = self.next_feeds(outputs, feeds)
-            t0 = time.perf_counter()
-            outputs, state = b.step(feeds, state)
-            b.synchronize()
-            steps.append(time.perf_counter() - t0)
-            seen.append(outputs)
-        return first, steps, seen
+        """One timed generation: (prefill seconds, each decode step's seconds, every call's outputs), through the
+        runtime's loop (:meth:`~compress.runtimes.base.RuntimeBackend.run_steps`)."""
+        seen, seconds = self.backend.run_steps(self.prompt, self.new_tokens, self.next_feeds, timed=True)
+        return seconds[0], seconds[1:], seen
 
     def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]:
         advance = start_phase(progress, "generation") if progress else None
@@ -246,15 +235,12 @@ class Stream:
     warmup: int = 1
 
     def run_stream(self) -> tuple[list[float], list[dict[str, Any]]]:
-        """One timed pass over the stream: (each chunk's seconds, each chunk's outputs)."""
-        b, samples, seen, state = self.backend, [], [], None
-        for i, chunk in enumerate(self.chunks):
-            t0 = time.perf_counter()
-            outputs, state = b.prefill(chunk) if i == 0 else b.step(chunk, state)
-            b.synchronize()
-            samples.append(time.perf_counter() - t0)
-            seen.append(outputs)
-        return samples, seen
+        """One timed pass over the stream: (each chunk's seconds, each chunk's outputs), through the runtime's loop
+        (:meth:`~compress.runtimes.base.RuntimeBackend.run_steps`)."""
+        rest = iter(self.chunks[1:])
+        seen, seconds = self.backend.run_steps(self.chunks[0], len(self.chunks) - 1, lambda _out, _feeds: next(rest),
+                                               timed=True)
+        return seconds, seen
 
     def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]:
         advance = start_phase(progress, "stream") if progress else None
