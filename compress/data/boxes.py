@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.data.utf8 import read_utf8
 from compress.errors import DataError
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
@@ -77,9 +78,10 @@ def _one(boxes: list, classes: list, size: tuple[int, int]) -> dict[str, Any]:
 
 
 def _coco(path: Path, label2id: dict[str, int] | None):
+    text = read_utf8(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: not a readable JSON file ({e})", hint="write COCO-style JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(f"{path}: no 'images' list", hint="a COCO-style file has images, annotations and categories")

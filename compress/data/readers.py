@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compress._optional import is_available, require
+from compress.data.utf8 import read_utf8, utf8_lines
 from compress.errors import DataError, MissingBackendError
 
 log = logging.getLogger("compress.data.tables")
@@ -79,32 +80,6 @@ def open_table(file: Path, split: str | None, source: str) -> tuple[list[str], R
 # --- text files ---------------------------------------------------------------------------------
 
 
-def _utf8_lines(file: Path) -> Iterator[str]:
-    """Lines of ``file`` decoded as UTF-8 (line endings kept, BOM dropped); bad bytes -> DataError."""
-    offset = 0
-    with open(file, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _not_utf8(file, offset + e.start, line_no, raw if line_no == 1 else b"") from None
-            if line_no == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            offset += len(raw)
-            yield line
-
-
-def _not_utf8(file: Path, offset: int, line_no: int, first: bytes) -> DataError:
-    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
-        what = " (it looks like UTF-16)"
-    else:
-        what = ""
-    return DataError(
-        f"{file} is not valid UTF-8{what}: undecodable byte at offset {offset} (line {line_no})",
-        hint=f"re-encode it as UTF-8, e.g. iconv -f cp1252 -t utf-8 {file.name} > utf8-{file.name}",
-    )
-
-
 def _open_delimited(file: Path, *, tsv: bool) -> tuple[list[str], RowReader]:
     kind = "TSV" if tsv else "CSV"
     fmt: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"delimiter": ","}
@@ -117,7 +92,7 @@ def _open_delimited(file: Path, *, tsv: bool) -> tuple[list[str], RowReader]:
     def records() -> Iterator[tuple[int, list[str]]]:
         # csv refuses fields over 128 KiB by default; a long text is truncated by the tokenizer like any other
         csv.field_size_limit(2**31 - 1)
-        reader = csv.reader(_utf8_lines(file), **fmt)
+        reader = csv.reader(utf8_lines(file), **fmt)
         try:
             for fields in reader:
                 if fields:  # blank lines are skipped
@@ -171,7 +146,7 @@ def _open_json(file: Path) -> tuple[list[str], RowReader]:
             return squad
 
     def objects() -> Iterator[tuple[int, dict[str, Any]]]:
-        for line_no, line in enumerate(_utf8_lines(file), 1):
+        for line_no, line in enumerate(utf8_lines(file), 1):
             if not line.strip():
                 continue
             try:
@@ -220,11 +195,7 @@ def _open_squad(file: Path) -> tuple[list[str], RowReader] | None:
 
 
 def _open_json_array(file: Path) -> tuple[list[str], RowReader]:
-    data = file.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise _not_utf8(file, e.start, data.count(b"\n", 0, e.start) + 1, data[:2]) from None
+    text = read_utf8(file)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.data import RowSubsets
+from compress.data.utf8 import read_utf8
 from compress.errors import ConfigError, DataError
 from compress.tasks.qa import Answers
 
@@ -84,9 +85,7 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: no such file", hint="pass a SQuAD-format .json file")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", hint="save it as UTF-8") from None
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}, column {e.colno})",
                         hint="fix the JSON; SQuAD's layout is " + _LAYOUT) from None

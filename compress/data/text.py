@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.data.utf8 import read_utf8
 from compress.errors import ConfigError, DataError
 
 __all__ = ["PromptResponse", "encode", "read_prompts", "read_texts", "read_training_texts", "token_windows"]
@@ -31,7 +32,7 @@ SUFFIXES = (".txt", ".jsonl")
 def _lines(path: Path) -> list[tuple[int, Any]]:
     """Each non-empty line of a JSONL file, parsed, with its line number."""
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -75,7 +76,7 @@ def read_texts(path: str | Path) -> list[str]:
     """The documents of ``path``: a ``.txt`` file is one; a ``.jsonl`` file one per line (``"text"``)."""
     p = _checked(path)
     if p.suffix.lower() == ".txt":
-        texts = [p.read_text(encoding="utf-8")]
+        texts = [read_utf8(p)]
     else:
         texts = [_field(p, n, row, ("text",)) for n, row in _lines(p)]
     texts = [t for t in texts if t.strip()]
@@ -89,7 +90,7 @@ def read_prompts(path: str | Path) -> list[str]:
     per line."""
     p = _checked(path)
     if p.suffix.lower() == ".txt":
-        prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+        prompts = [line.strip() for line in read_utf8(p).splitlines()]
     else:
         prompts = [_field(p, n, row, ("prompt", "text")) for n, row in _lines(p)]
     prompts = [t for t in prompts if t.strip()]

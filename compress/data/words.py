@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.data.tables import TextDataset
+from compress.data.utf8 import utf8_lines
 from compress.errors import DataError
 
 __all__ = ["load_word_dataset", "read_tags"]
@@ -36,24 +37,23 @@ def _conll(file: Path) -> tuple[list[list[str]], list[list[str]] | None, list[in
     words: list[str] = []
     sent_tags: list[str] = []
     columns = None
-    with file.open(encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or parts[0] == "-DOCSTART-":
-                if words:
-                    sentences.append(words)
-                    tags.append(sent_tags)
-                    words, sent_tags = [], []
-                continue
-            if columns is None:
-                columns = len(parts)
-            elif len(parts) != columns:
-                raise DataError(f"{file}:{no}: {len(parts)} columns where the file's first word line has {columns}",
-                                hint="CoNLL: one word a line, the same columns on every line (word ... tag)")
-            if not words:
-                lines.append(no)
-            words.append(parts[0])
-            sent_tags.append(parts[-1])
+    for no, line in enumerate(utf8_lines(file), 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if words:
+                sentences.append(words)
+                tags.append(sent_tags)
+                words, sent_tags = [], []
+            continue
+        if columns is None:
+            columns = len(parts)
+        elif len(parts) != columns:
+            raise DataError(f"{file}:{no}: {len(parts)} columns where the file's first word line has {columns}",
+                            hint="CoNLL: one word a line, the same columns on every line (word ... tag)")
+        if not words:
+            lines.append(no)
+        words.append(parts[0])
+        sent_tags.append(parts[-1])
     if words:
         sentences.append(words)
         tags.append(sent_tags)
@@ -64,25 +64,24 @@ def _jsonl(file: Path) -> tuple[list[list[str]], list[list[Any]] | None, list[in
     sentences: list[list[str]] = []
     tags: list[list[Any]] = []
     lines: list[int] = []
-    with file.open(encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{file}:{no}: not JSON ({e.msg})", hint="one JSON object a line") from None
-            words = next((rec[k] for k in _TOKENS if k in rec), None) if isinstance(rec, dict) else None
-            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                raise DataError(f"{file}:{no}: no list of words (a 'tokens' or 'words' field of strings)",
-                                hint='one object a line: {"tokens": ["EU", "rejects", ...], "ner_tags": [...]}')
-            t = next((rec[k] for k in _TAGS if k in rec), None)
-            if t is not None and (not isinstance(t, list) or len(t) != len(words)):
-                raise DataError(f"{file}:{no}: {len(words)} words but the tags are not a list of {len(words)}",
-                                hint="one tag per word")
-            sentences.append(words)
-            tags.append(t)
-            lines.append(no)
+    for no, line in enumerate(utf8_lines(file), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{file}:{no}: not JSON ({e.msg})", hint="one JSON object a line") from None
+        words = next((rec[k] for k in _TOKENS if k in rec), None) if isinstance(rec, dict) else None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise DataError(f"{file}:{no}: no list of words (a 'tokens' or 'words' field of strings)",
+                            hint='one object a line: {"tokens": ["EU", "rejects", ...], "ner_tags": [...]}')
+        t = next((rec[k] for k in _TAGS if k in rec), None)
+        if t is not None and (not isinstance(t, list) or len(t) != len(words)):
+            raise DataError(f"{file}:{no}: {len(words)} words but the tags are not a list of {len(words)}",
+                            hint="one tag per word")
+        sentences.append(words)
+        tags.append(t)
+        lines.append(no)
     have = [t is not None for t in tags]
     if any(have) and not all(have):
         no = lines[have.index(False)]

@@ -7,6 +7,7 @@ import random
 import re
 from pathlib import Path
 
+from compress.data.utf8 import read_utf8, utf8_lines
 from compress.errors import ConfigError, DataError
 
 #: CoNLL files (words and tags, a blank line between sentences), split by sentence
@@ -28,16 +29,16 @@ def split_eval(path: Path, out: Path, seed: int) -> tuple[str, str]:
         return _split_npz(path, ranked, held, seed)
     conll = path.suffix.lower() in CONLL_SUFFIXES
     if conll:  # a row is a sentence: its lines up to a blank line (document markers left out)
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path)
         header, rows = [], [b.strip("\n") for b in re.split(r"\n\s*\n", text)
                             if b.strip() and not b.lstrip().startswith("-DOCSTART-")]
     elif path.suffix.lower() == ".jsonl":
-        header, rows = [], [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        header, rows = [], [ln for ln in read_utf8(path).splitlines() if ln.strip()]
     else:
-        with open(path, newline="", encoding="utf-8") as f:
-            delim = "\t" if path.suffix.lower() == ".tsv" else ","
-            reader = csv.reader(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
-            all_rows = list(reader)
+        delim = "\t" if path.suffix.lower() == ".tsv" else ","
+        reader = csv.reader(utf8_lines(path), delimiter=delim,
+                            quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
+        all_rows = list(reader)
         header, rows = all_rows[:1], all_rows[1:]
     if len(rows) < 20:
         raise DataError(f"--eval {path} has {len(rows)} rows: too few to split", hint="pass --holdout FILE")
@@ -90,7 +91,7 @@ def split_text(path: Path, out: Path) -> tuple[str, str]:
     ranked, held = out / f"search{suffix}", out / f"holdout{suffix}"
     if ranked.is_file() and held.is_file():
         return str(ranked.resolve()), str(held.resolve())
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     blocks = ([b.strip("\n") for b in re.split(r"\n\s*\n", text) if b.strip()] if suffix == ".txt"
               else [ln for ln in text.splitlines() if ln.strip()])
     if len(blocks) < 2:
