@@ -43,4 +43,7 @@ def read_wav(path: Path | str, sample_rate: int) -> np.ndarray:
                         "out.wav)")
     if not raw:
         raise DataError(f"{p}: no samples", hint="record or export the audio again")
+    if len(raw) % 2:  # the file ends inside a sample: cut short while it was written or copied
+        raise DataError(f"{p}: cut mid-sample ({len(raw)} bytes of 16-bit samples, an odd count; the header promises "
+                        f"{frames} samples)", hint="copy or export the .wav again (the file is truncated)")
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
