@@ -17,7 +17,7 @@ A leaf of :mod:`compress.tasks`: numpy and pydantic only.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,7 +52,7 @@ class SsdAnchors(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     num_layers: int = Field(ge=1, description="Feature layers; one stride per layer.")
-    strides: list[int] = Field(min_length=1, description="The stride of each layer (consecutive equal strides share "
+    strides: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="The stride of each layer (consecutive equal strides share "
                                "one grid, their anchors interleaved per cell).")
     min_scale: float = Field(gt=0, description="The anchor scale of the first layer (a fraction of the input).")
     max_scale: float = Field(gt=0, description="The anchor scale of the last layer.")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +48,13 @@ LAYOUTS = {
     "yolox": "YOLOX's grid offsets [batch, sum(cells), 5 + classes] over the declared strides; declare strides",
     "ssd": "a box regression per anchor [batch, anchors, 4 + 2*keypoints (+ classes)], the anchors generated from "
            "the declared anchors block (MediaPipe's SsdAnchorsCalculator); declare anchors and box_scale",
+}
+#: the postprocess fields only one layout reads (docs/tasks.md's table); the thresholds, max_detections and
+#: scores_are_probabilities apply to every layout
+LAYOUT_FIELDS = {
+    "decoded": ("boxes", "normalized", "nms"),
+    "yolox": ("strides",),
+    "ssd": ("anchors", "box_scale", "box_order", "exponential_box_size", "keypoints", "scores_output"),
 }
 
 
@@ -73,7 +80,7 @@ class DetectionPostprocess(BaseModel):
         None, gt=0, lt=1, description="Agreement: a teacher box counts as ground truth from this score on "
         "(default AGREEMENT_SCORE, 0.5).")
     scores_are_probabilities: bool = Field(False, description="The output holds probabilities already (no sigmoid).")
-    strides: list[int] | None = Field(
+    strides: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="yolox: the grids' strides, in the output's order ([8, 16, 32]); each grid is input // "
         "stride cells per side.")
     anchors: SsdAnchors | None = Field(None, description="ssd: how the anchors are generated (MediaPipe's "
@@ -99,6 +106,7 @@ def check_layout(post, shape, num_classes: int | None, input_hw: tuple[int, int]
     if post.layout not in LAYOUTS:
         raise ConfigError(f"unknown detection layout {post.layout!r}",
                           hint=f"postprocess.layout is one of {', '.join(LAYOUTS)} (docs/tasks.md, Object detection)")
+    _check_fields(post)
     if post.layout == "decoded" and post.boxes is None:
         raise ConfigError("object detection needs postprocess.boxes (xyxy or cxcywh) to read the output",
                           hint="declare it in model.yaml: postprocess: {boxes: cxcywh, normalized: false}")
@@ -127,6 +135,22 @@ def check_layout(post, shape, num_classes: int | None, input_hw: tuple[int, int]
               f"{5 + num_classes}] (box, objectness, scores) or either transposed")
     raise ConfigError(f"output {list(shape)} does not fit object detection with {num_classes} labels: expected "
                       f"{expect}", hint="check labels (their number) and postprocess.nms in model.yaml")
+
+
+def _check_fields(post) -> None:
+    """Refuse a parameter another layout reads, set to other than its default (it would be silently ignored)."""
+    fields = type(post).model_fields
+    for layout, names in LAYOUT_FIELDS.items():
+        if layout == post.layout:
+            continue
+        for name in names:
+            value = getattr(post, name)
+            if value != fields[name].get_default(call_default_factory=True):
+                own = ", ".join(LAYOUT_FIELDS[post.layout])
+                raise ConfigError(f"postprocess.{name} ({value}) does not apply to layout {post.layout}: it is read "
+                                  f"by layout {layout} only (layout {post.layout} reads {own})",
+                                  hint=f"remove {name} from model.yaml's postprocess block, or declare the layout "
+                                  "the model's output has (docs/tasks.md, Object detection)")
 
 
 def _check_grid(post, shape, num_classes: int, input_hw) -> None:
