@@ -177,9 +177,28 @@ def _run(argv: list[str] | None) -> int:
         if env is not None:
             click.echo(f"error: {env}", err=True)
             return env.exit_code
+        invalid = _invalid_value(e)
+        if invalid is not None:  # a value an option led to, refused by a model the command built from it
+            click.echo(f"error: {invalid}", err=True)
+            return 2
         click.echo(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         return 3
     return rc if isinstance(rc, int) else 0
+
+
+def _invalid_value(e: Exception) -> str | None:
+    """pydantic's several-line ValidationError as one line (its first error: the model, the field, the rule); None
+    for any other exception. The settings' own errors name their flags (cli._common.build_config); this is the net
+    under a model a stage builds from an option's value."""
+    from pydantic import ValidationError
+
+    if not isinstance(e, ValidationError):
+        return None
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return (f"{e.title}{' ' + where if where else ''}: {err['msg']}{more}; check the option that sets it "
+            "(rerun with --debug for the traceback)")
 
 
 def _interrupted() -> int:

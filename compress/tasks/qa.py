@@ -29,15 +29,19 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Answers", "QAPostprocess", "answer_texts", "best_spans", "exact_match", "normalize_answer", "qa_metrics",
+__all__ = ["MIN_WINDOW", "Answers", "QAPostprocess", "answer_texts", "best_spans", "exact_match", "normalize_answer", "qa_metrics",
            "token_f1"]
+
+
+#: the fewest tokens a window holds: the question, some context and the special tokens
+MIN_WINDOW = 16
 
 
 class QAPostprocess(BaseModel):
     """The ``postprocess`` block of ``question-answering``: how a long context is windowed and an answer chosen."""
 
     model_config = ConfigDict(extra="forbid")
-    window: int = Field(384, ge=16, description="Tokens per window (question, context and special tokens), capped "
+    window: int = Field(384, ge=MIN_WINDOW, description="Tokens per window (question, context and special tokens), capped "
                         "by the model's max length.")
     stride: int = Field(128, ge=0, description="Context tokens two consecutive windows share.")
     max_answer_length: int = Field(30, ge=1, description="Longest answer, in tokens.")

@@ -11,6 +11,7 @@ from compress.artifact import Format, Precision
 from compress.settings import Section, Settings, refuse
 from compress.stages.spec import StageSpec, pairs
 from compress.tasks import Task
+from compress.tasks.qa import MIN_WINDOW
 
 CONFIG_VERSION = 2  # 2: options nested in sections (lora, training, evaluation, images)
 FINETUNE = StageSpec(
@@ -135,6 +136,10 @@ class FinetuneConfig(Settings):
             raise refuse(f"task must be one of {', '.join(t.value for t in TASKS)}")
         if self.task is Task.regression and self.labels:
             raise refuse(f"{self.option('labels')} names classes, and a regression head has none: leave it out")
+        if self.task is Task.question_answering and self.max_length < MIN_WINDOW:
+            raise refuse(f"{self.option('max_length')} {self.max_length} is too short for question-answering: a window "
+                         f"holds the question, some of the context and the special tokens; give {MIN_WINDOW} or more "
+                         "(run_qa's default: 384)")
         if self.freeze and self.lora.rank:
             raise refuse("--freeze and --lora-rank (freeze and lora.rank) are two ways of training less: pick one")
         self.refuse_unless(bool(self.lora.rank), ("lora.alpha", "lora.targets", "lora.qlora"), "LoRA",
