@@ -219,6 +219,18 @@ def test_validate_streams_a_wav_and_an_npz(vad, tmp_path, capsys, fast_host):
     assert "sampled at 8000 Hz; the model takes 16000 Hz" in line
 
 
+def test_a_wav_cut_mid_sample_is_one_line_in_validate_and_quantize(vad, tmp_path, capsys, fast_host):
+    """Issue 69: a .wav whose last sample is cut in half (a copy stopped short) was numpy's 'buffer size must be a
+    multiple of element size', exit 3."""
+    cut = write_wav(tmp_path / "cut.wav", speechy())
+    cut.write_bytes(cut.read_bytes()[:-1])
+    line = main_error(capsys, "validate", vad.path, "--data", cut, "--profile", fast_host, "--report-dir",
+                      tmp_path / "rep")
+    assert "cut.wav: cut mid-sample" in line and not (tmp_path / "rep").exists()
+    line = main_error(capsys, "quantize", vad.path, "--mode", "static", "--calibration", cut, "--out", tmp_path / "q")
+    assert "cut.wav: cut mid-sample" in line and not (tmp_path / "q").exists()
+
+
 def test_static_int8_calibrates_and_checks_parity_on_the_stream(vad, tmp_path, capsys):
     from compress.cli import main
 
