@@ -132,3 +132,22 @@ def test_a_layout_refuses_a_zero_stride_and_what_another_layout_reads(detector, 
     proc = edgecompress("export", model, "--out", tmp_path / "fp32")
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "fp32").exists()
+
+
+def test_a_validation_error_a_stage_raises_is_one_line_naming_the_field(monkeypatch, capsys):
+    """The net under the settings' own checks: a model a stage builds from an option's value (finetune's QA window
+    was one) refuses it in one line, exit 2, not pydantic's several lines after 'unexpected ValidationError'."""
+    from pydantic import BaseModel, Field
+
+    import compress.cli
+    from tests.conftest import main_error
+
+    class Window(BaseModel):
+        window: int = Field(384, ge=16)
+
+    def build(*args, **kwargs):
+        Window(window=8)
+
+    monkeypatch.setattr(compress.cli.cli, "main", build)
+    line = main_error(capsys, "finetune")
+    assert "Window window: Input should be greater than or equal to 16" in line and "unexpected" not in line
