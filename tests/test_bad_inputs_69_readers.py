@@ -151,3 +151,23 @@ def test_a_validation_error_a_stage_raises_is_one_line_naming_the_field(monkeypa
     monkeypatch.setattr(compress.cli.cli, "main", build)
     line = main_error(capsys, "finetune")
     assert "Window window: Input should be greater than or equal to 16" in line and "unexpected" not in line
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
+def test_a_model_yaml_that_is_not_utf8_is_one_line(tmp_path, suffix):
+    """model.yaml beside an adopted file or a program goes through the same decoder (a .pt2's was 'unexpected
+    UnicodeDecodeError', exit 3)."""
+    model = tmp_path / f"m{suffix}"
+    if suffix == ".onnx":  # read before its yaml: a real graph
+        onnx = pytest.importorskip("onnx")
+        from onnx import TensorProto, helper
+
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("x", "y")]
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    else:
+        model.write_bytes(b"\x08\x01" + bytes(range(256)))
+    model.with_suffix(".yaml").write_bytes(b"task: image-classification\nlabels: [" + LATIN1.strip() + b"]\n")
+    proc = edgecompress("export", model, "--out", tmp_path / "out")
+    assert_one_line_error(proc, "m.yaml", "not valid UTF-8", "iconv")
+    assert not (tmp_path / "out").exists()

@@ -39,6 +39,7 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
+from compress.data.utf8 import read_utf8
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, repeated_class_name, task_for
 from compress.tasks.classification import ClassPostprocess
@@ -187,8 +188,8 @@ def _program_info(path: Path) -> ImageInfo:
     import yaml
 
     try:
-        meta = yaml.safe_load(yaml_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
+        meta = yaml.safe_load(read_utf8(yaml_file)) or {}
+    except yaml.YAMLError as e:
         raise ModelLoadError(f"{yaml_file}: unreadable YAML ({e})", hint="fix the file") from e
     if not isinstance(meta, dict):
         raise ModelLoadError(f"{yaml_file}: expected a mapping", hint="task, labels and preprocess as keys")

@@ -22,6 +22,7 @@ from compress.artifact import (
     state_input_of,
     task_postprocess,
 )
+from compress.data.utf8 import read_utf8
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.tasks import TASKS, Task, load, postprocess_for, task_for
 
@@ -81,8 +82,8 @@ def read_description(path: Path) -> ModelDescription:
     import yaml
 
     try:
-        meta = yaml.safe_load(yaml_file.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        meta = yaml.safe_load(read_utf8(yaml_file)) or {}
+    except yaml.YAMLError as e:
         raise ConfigError(f"{yaml_file}: unreadable YAML ({first_line(e)})", hint="fix the file") from e
     if not isinstance(meta, dict):
         raise ConfigError(f"{yaml_file}: expected a mapping", hint="task, labels, preprocess, dims as keys")
