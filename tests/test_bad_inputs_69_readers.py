@@ -171,3 +171,13 @@ def test_a_model_yaml_that_is_not_utf8_is_one_line(tmp_path, suffix):
     proc = edgecompress("export", model, "--out", tmp_path / "out")
     assert_one_line_error(proc, "m.yaml", "not valid UTF-8", "iconv")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["eval.tsv", "eval.csv", "eval.jsonl", "eval.conll", "text.txt"])
+def test_a_search_splits_its_eval_text_through_the_one_decoder(tmp_path, name):
+    from compress.search.holdout import split_eval, split_text
+
+    path = _write(tmp_path / name, "", LATIN1 * 30)
+    with pytest.raises(DataError, match="not valid UTF-8") as e:
+        (split_text(path, tmp_path / "split") if name == "text.txt" else split_eval(path, tmp_path / "split", 0))
+    assert name in str(e.value)
