@@ -37,6 +37,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
+from compress.stages.quantize.graph import resolve_exclude_nodes
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4
 from compress.tasks.generation import copy_travel, require_no_collapse
 
@@ -118,8 +119,10 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
             dataset, n = nncf_dataset(art, config)
             kwargs.update(dataset=dataset, subset_size=n, awq=algorithm == "awq",
                           scale_estimation=algorithm in ("awq", "scale_estimation"), gptq=algorithm == "gptq")
-    if config.exclude_nodes:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(config.exclude_nodes), validate=False)
+    if config.exclude_nodes:  # first:N / last:N as the MatMuls they stand for; an unknown name refused
+        names = resolve_exclude_nodes(config.exclude_nodes, weight_matmuls(model),
+                                      {op.get_friendly_name() for op in model.get_ordered_ops()})
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
     log.info("nncf.compress_weights(%s)", ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in kwargs.items()
                                                     if k not in ("dataset", "ignored_scope", "advanced_parameters")))
     try:
@@ -135,6 +138,21 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     if "dataset" in kwargs:
         record["calibration_windows"] = kwargs["subset_size"]
     return result, record
+
+
+def weight_matmuls(model) -> list[str]:
+    """The IR's MatMuls with a constant weight (through Convert: FP16-compressed IRs), in graph order: the layers
+    --exclude-nodes names, ``first:N`` / ``last:N`` counting among them."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        src = op.input(1).get_source_output().get_node()
+        while src.get_type_name() in ("Convert", "Reshape", "Transpose") and src.inputs():
+            src = src.input(0).get_source_output().get_node()
+        if src.get_type_name() == "Constant":
+            out.append(op.get_friendly_name())
+    return out
 
 
 def hqq_groups(model, weights: dict[str, np.ndarray]) -> int:
