@@ -54,3 +54,19 @@ def test_exclude_nodes_first_and_last_keep_that_many_matmuls_of_a_causal_lm_floa
                     "/lm_head/MatMul"], bits  # the first two MatMuls and the last (the LM head)
     assert manifest["steps"][-1]["metrics"]["weights"]["lm_head"]["bits"] == 32
     assert manifest["steps"][-1]["config"]["exclude_nodes"] == kept
+
+
+@pytest.mark.parametrize("option", [("--top-k", "8"), ("--on-policy-tokens", "8")])
+def test_an_encoder_teachers_distill_refuses_a_causal_lms_option(bert_classifier, tsv_file, tmp_path, option):
+    proc = edgecompress("distill", "-t", bert_classifier, "--train", tsv_file, "-o", tmp_path / "s", "--layers", "1",
+                        *option)
+    assert_one_line_error(proc, f"{option[0]} is for causal LM teachers", f"drop {option[0]}")
+    assert not (tmp_path / "s").exists()
+
+
+def test_on_policy_tokens_without_on_policy_is_refused(ckpt, tmp_path):
+    (tmp_path / "train.txt").write_text("Once upon a time there was a little cat. " * 200, encoding="utf-8")
+    proc = edgecompress("distill", "-t", ckpt, "--train", tmp_path / "train.txt", "-o", tmp_path / "s",
+                        "--layers", "1", "--max-length", "32", "--on-policy-tokens", "8")
+    assert_one_line_error(proc, "--on-policy-tokens 8", "--on-policy is 0", "add --on-policy")
+    assert not (tmp_path / "s").exists()
