@@ -70,3 +70,13 @@ def test_on_policy_tokens_without_on_policy_is_refused(ckpt, tmp_path):
                         "--layers", "1", "--max-length", "32", "--on-policy-tokens", "8")
     assert_one_line_error(proc, "--on-policy-tokens 8", "--on-policy is 0", "add --on-policy")
     assert not (tmp_path / "s").exists()
+
+
+def test_accuracy_aware_int4_on_too_short_data_names_data_not_a_window_option(lm_onnx, tmp_path):
+    """The window is the artifact's perplexity window: quantize has no --window to offer."""
+    (tmp_path / "short.txt").write_text("Once upon a time.", encoding="utf-8")
+    proc = edgecompress("quantize", lm_onnx.path, "--precision", "int4", "--max-perplexity-increase", "0.05",
+                        "--data", tmp_path / "short.txt", "--out", tmp_path / "q")
+    line = assert_one_line_error(proc, "shorter than one window", "give --data a longer text")
+    assert "--window" not in line
+    assert not (tmp_path / "q").exists()

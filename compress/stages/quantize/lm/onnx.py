@@ -389,7 +389,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         if budget is not None:
             window = art.manifest.postprocess.window
             if config.accuracy.data:
-                windows = text_windows(art, config.accuracy.data, window, max(1, min(config.accuracy.samples, 16)))
+                windows = text_windows(art, config.accuracy.data, window, max(1, min(config.accuracy.samples, 16)),
+                                       "--data")
             else:  # no text given: the FP32 model's own, sampled (it is the distribution the budget protects)
                 windows = self_written_windows(art, SELF_WRITTEN_WINDOWS, window, seed=SELF_WRITTEN_SEED)
             model, made, record = accuracy_aware(model, windows, _state_for(art), budget, quantize_with, block=block,
