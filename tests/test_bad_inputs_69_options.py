@@ -80,3 +80,39 @@ def test_accuracy_aware_int4_on_too_short_data_names_data_not_a_window_option(lm
     line = assert_one_line_error(proc, "shorter than one window", "give --data a longer text")
     assert "--window" not in line
     assert not (tmp_path / "q").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_named_so_not_sent_to_raise_atol(ckpt, tmp_path):
+    if genai_builder_missing():
+        pytest.skip(genai_builder_missing())
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    for f in ckpt.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
+            (tmp_path / "nan" / f.name).write_bytes(f.read_bytes())
+    proc = edgecompress("export", tmp_path / "nan", "--out", tmp_path / "o")
+    line = assert_one_line_error(proc, "weights hold NaN or Inf", "re-save or re-download")
+    assert "--atol" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_encoder_checkpoint_with_nan_weights_is_named_so(bert_classifier, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(bert_classifier)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    for f in bert_classifier.iterdir():
+        if f.is_file() and not f.name.startswith(("model", "config")):
+            (tmp_path / "nan" / f.name).write_bytes(f.read_bytes())
+    proc = edgecompress("export", tmp_path / "nan", "--out", tmp_path / "o")
+    line = assert_one_line_error(proc, "weights hold NaN or Inf", "re-save or re-download")
+    assert "--atol" not in line and "--optimize" not in line
+    assert not (tmp_path / "o").exists()
