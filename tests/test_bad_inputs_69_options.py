@@ -116,3 +116,14 @@ def test_an_encoder_checkpoint_with_nan_weights_is_named_so(bert_classifier, tmp
     line = assert_one_line_error(proc, "weights hold NaN or Inf", "re-save or re-download")
     assert "--atol" not in line and "--optimize" not in line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("task", ["question-answering", "text-classification"])
+def test_finetune_of_a_causal_lm_with_another_task_says_it_fine_tunes_with_text_generation(ckpt, tmp_path, task):
+    (tmp_path / "train.json").write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{
+        "context": "The cat sat on the mat.", "qas": [{"id": "1", "question": "Where did the cat sit?",
+                                                   "answers": [{"text": "on the mat", "answer_start": 12}]}]}]}]}))
+    proc = edgecompress("finetune", ckpt, "--task", task, "--train", tmp_path / "train.json", "-o", tmp_path / "ft",
+                        "--max-steps", "2")
+    assert_one_line_error(proc, f"--task {task}", "causal LM", "fine-tunes with text-generation", "leave --task out")
+    assert not (tmp_path / "ft").exists()
