@@ -127,3 +127,12 @@ def test_finetune_of_a_causal_lm_with_another_task_says_it_fine_tunes_with_text_
                         "--max-steps", "2")
     assert_one_line_error(proc, f"--task {task}", "causal LM", "fine-tunes with text-generation", "leave --task out")
     assert not (tmp_path / "ft").exists()
+
+
+def test_instruction_rows_in_alpacas_shape_are_pointed_at_prompt_field(ckpt, tmp_path):
+    rows = [{"instruction": "Name a colour.", "input": "", "output": "Blue."}] * 40
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    proc = edgecompress("finetune", ckpt, "--train", tmp_path / "alpaca.jsonl", "-o", tmp_path / "ft",
+                        "--max-steps", "2")
+    assert_one_line_error(proc, "instruction rows", "--prompt-field instruction --response-field output")
+    assert not (tmp_path / "ft").exists()
