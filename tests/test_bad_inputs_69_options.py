@@ -136,3 +136,11 @@ def test_instruction_rows_in_alpacas_shape_are_pointed_at_prompt_field(ckpt, tmp
                         "--max-steps", "2")
     assert_one_line_error(proc, "instruction rows", "--prompt-field instruction --response-field output")
     assert not (tmp_path / "ft").exists()
+
+
+def test_validate_refuses_an_existing_report_dir_first_naming_report_dir(tmp_path):
+    """Checked before the artifact is even looked at (here: one that does not exist), naming the option to change."""
+    (tmp_path / "r").mkdir()
+    proc = edgecompress("validate", tmp_path / "no-artifact", "--profile", "cpu-x86-avx2", "--report-dir", tmp_path / "r")
+    line = assert_one_line_error(proc, "already exists", "choose another --report-dir")
+    assert "--out" not in line
