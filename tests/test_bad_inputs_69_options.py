@@ -144,3 +144,19 @@ def test_validate_refuses_an_existing_report_dir_first_naming_report_dir(tmp_pat
     proc = edgecompress("validate", tmp_path / "no-artifact", "--profile", "cpu-x86-avx2", "--report-dir", tmp_path / "r")
     line = assert_one_line_error(proc, "already exists", "choose another --report-dir")
     assert "--out" not in line
+
+
+def test_package_of_a_question_answering_model_is_refused_until_the_handler_serves_spans(tmp_path):
+    import torch
+    from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
+    from transformers import BertForQuestionAnswering
+
+    n = _save_wordpiece_tokenizer(tmp_path / "qa")
+    torch.manual_seed(0)
+    teacher = _save_model(BertForQuestionAnswering(_bert_config(n)).eval(), tmp_path / "qa")
+    proc = edgecompress("export", teacher, "--out", tmp_path / "fp32")
+    assert proc.returncode == 0, proc.stderr
+    proc = edgecompress("package", tmp_path / "fp32", "--profile", "aws-lambda-arm64", "--out", tmp_path / "b.zip",
+                        "--no-download", "--no-cold-start")
+    assert_one_line_error(proc, "question-answering", "does not serve answer spans", "start logits only")
+    assert not (tmp_path / "b.zip").exists() and not list(tmp_path.glob("b.*"))
