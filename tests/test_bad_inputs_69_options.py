@@ -160,3 +160,34 @@ def test_package_of_a_question_answering_model_is_refused_until_the_handler_serv
                         "--no-download", "--no-cold-start")
     assert_one_line_error(proc, "question-answering", "does not serve answer spans", "start logits only")
     assert not (tmp_path / "b.zip").exists() and not list(tmp_path.glob("b.*"))
+
+
+@pytest.mark.parametrize("names, ok", [("first:1,last:1", True), ("no_such_matmul", False)])
+def test_openvino_encoders_exclude_nodes_take_first_last_and_refuse_unknown_names(ov_artifact, tmp_path, names, ok):
+    proc = edgecompress("quantize", ov_artifact.path, "--weights-only", "--exclude-nodes", names,
+                        "--out", tmp_path / "q")
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert_one_line_error(proc, "--exclude-nodes names no node of the graph: no_such_matmul", "first:N")
+        assert not (tmp_path / "q").exists()
+
+
+@pytest.fixture(scope="module")
+def lm_openvino(ckpt, tmp_path_factory):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    return export(ckpt, tmp_path_factory.mktemp("lm69ov") / "fp32", ExportConfig(format="openvino"))
+
+
+def test_openvino_causal_lms_exclude_nodes_resolve_first_and_refuse_unknown_names(lm_openvino, tmp_path):
+    proc = edgecompress("quantize", lm_openvino.path, "--precision", "int4", "--exclude-nodes", "no_such_matmul",
+                        "--out", tmp_path / "q")
+    assert_one_line_error(proc, "--exclude-nodes names no node of the graph: no_such_matmul", "first:N")
+    assert not (tmp_path / "q").exists()
+    proc = edgecompress("quantize", lm_openvino.path, "--precision", "int4", "--exclude-nodes", "first:2",
+                        "--out", tmp_path / "q")
+    assert proc.returncode == 0, proc.stderr

@@ -103,7 +103,7 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    from compress.stages.quantize.nncf import nncf_error
+    from compress.stages.quantize.nncf import nncf_error, weight_layers
 
     kwargs: dict[str, Any] = {}
     if bits == 8:
@@ -120,7 +120,7 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
             kwargs.update(dataset=dataset, subset_size=n, awq=algorithm == "awq",
                           scale_estimation=algorithm in ("awq", "scale_estimation"), gptq=algorithm == "gptq")
     if config.exclude_nodes:  # first:N / last:N as the MatMuls they stand for; an unknown name refused
-        names = resolve_exclude_nodes(config.exclude_nodes, weight_matmuls(model),
+        names = resolve_exclude_nodes(config.exclude_nodes, weight_layers(model, ("MatMul",)),
                                       {op.get_friendly_name() for op in model.get_ordered_ops()})
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
     log.info("nncf.compress_weights(%s)", ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in kwargs.items()
@@ -138,21 +138,6 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     if "dataset" in kwargs:
         record["calibration_windows"] = kwargs["subset_size"]
     return result, record
-
-
-def weight_matmuls(model) -> list[str]:
-    """The IR's MatMuls with a constant weight (through Convert: FP16-compressed IRs), in graph order: the layers
-    --exclude-nodes names, ``first:N`` / ``last:N`` counting among them."""
-    out = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        src = op.input(1).get_source_output().get_node()
-        while src.get_type_name() in ("Convert", "Reshape", "Transpose") and src.inputs():
-            src = src.input(0).get_source_output().get_node()
-        if src.get_type_name() == "Constant":
-            out.append(op.get_friendly_name())
-    return out
 
 
 def hqq_groups(model, weights: dict[str, np.ndarray]) -> int:
