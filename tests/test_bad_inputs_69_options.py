@@ -19,7 +19,8 @@ def ckpt(tmp_path_factory):
     return tiny_causal_lm(tmp_path_factory.mktemp("lm69") / "ckpt")
 
 
-@pytest.mark.parametrize("option", [("--optimize", "O2"), ("--exporter", "dynamo"), ("--opset", "17")])
+@pytest.mark.parametrize("option", [("--optimize", "O2"), ("--exporter", "dynamo"), ("--opset", "17"),
+                                    ("--parity-samples", "2")])
 def test_a_causal_lms_export_refuses_an_encoder_exporters_option(ckpt, tmp_path, option):
     proc = edgecompress("export", ckpt, "--out", tmp_path / "o", *option)
     assert_one_line_error(proc, option[0], "would be ignored", f"drop {option[0]}")

@@ -97,6 +97,8 @@ _ENCODER_ONLY = {
                  "SkipSimplifiedLayerNorm)"),
     "exporter": ("--exporter", "a causal LM is exported by its format's own builder"),
     "opset": ("--opset", "a causal LM's builder chooses the opset its fused operators need"),
+    "parity_samples": ("--parity-samples", "a causal LM's parity check is one prompt's prefill and greedy decode "
+                       "(--sample-data chooses the prompt)"),
 }
 
 
