@@ -232,19 +232,20 @@ def sweep_stale(out: Path) -> list[Path]:
     return removed
 
 
-def check_output(out: Path | str, force: bool) -> Path:
-    """Fail early when ``out`` exists and ``force`` is off; return it as a Path."""
+def check_output(out: Path | str, force: bool, flag: str = "--out") -> Path:
+    """Fail early when ``out`` exists and ``force`` is off; return it as a Path. ``flag``: the option that named it
+    (what the message tells the user to change)."""
     out = Path(out)
     if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force to replace it")
+        raise OutputExistsError(f"{out} already exists", hint=f"choose another {flag} or pass --force to replace it")
     if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
+        raise OutputExistsError(f"{out} exists and is not a directory", hint=f"choose another {flag}")
     parent = out.parent
     while parent != parent.parent and not parent.exists():
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
         raise OutputExistsError(f"cannot write {out}: {parent} is a file, not a directory",
-                                hint="choose an --out whose parent is a directory")
+                                hint=f"choose a {flag} whose parent is a directory")
     return out
 
 

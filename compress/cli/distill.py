@@ -66,7 +66,7 @@ def _student_config(path: Path | None) -> dict | None:
               help=F["value_relation_weight"].description)
 @click.option("--divergence", type=click.Choice([d.value for d in Divergence]), default="forward",
               show_default=True, help=F["divergence"].description)
-@click.option("--top-k", type=int, default=F["top_k"].default, show_default=True, help=F["top_k"].description)
+@click.option("--top-k", type=int, help=f"{F['top_k'].description}  [default: {F['top_k'].default}]")
 @click.option("--on-policy", type=float, default=0.0, show_default=True, help=F["on_policy"].description)
 @click.option("--on-policy-tokens", type=int, help=F["on_policy_tokens"].description)
 @click.option("--augment", type=int, default=0, show_default=True, help=F["augment"].description)

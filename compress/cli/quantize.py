@@ -25,7 +25,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--reduce-range/--full-range", default=None,
               help="7-bit weights. Default: on for x86 targets without VNNI (avoids u8s8 saturation).")
 @click.option("--op-types", help="Comma-separated operator types to quantize (default: see docs).")
-@click.option("--exclude-nodes", help="Comma-separated node names to keep in float; on ONNX artifacts first:N / last:N "
+@click.option("--exclude-nodes", help="Comma-separated node names to keep in float; first:N / last:N "
               "name the first / last N quantizable layers (e.g. first:12,last:36: a stem and a head).")
 @click.option("--block-size", type=click.Choice(["32", "64", "128"]), default="128", show_default=True,
               help="INT4 (and INT4 embeddings): weights per quantization block.")

@@ -116,7 +116,7 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
             files = [Path(r).stem for r in ",".join(remote).split(",") if r.strip().lower().endswith((".yaml", ".yml"))]
             name = files[0] if len(files) == 1 else "fleet"
         report_dir = artifact.parent / f"{artifact.name}-report-{name}"
-    check_output(report_dir, force)
+    check_output(report_dir, force, "--report-dir")  # before any work: a refusal after minutes of measuring helps no one
     require_input(artifact, "model")
     require_input(teacher, "model")
     with _Progress() as progress:

@@ -115,6 +115,7 @@ def read_training_texts(path: str | Path, *, prompt_field: str = "prompt",
     p = _checked(path)
     rows = _lines(p) if p.suffix.lower() == ".jsonl" else []
     if not any(isinstance(row, dict) and prompt_field in row for _, row in rows):
+        _refuse_unnamed_instructions(p, rows, prompt_field)
         return read_texts(p)
     out = []
     for n, row in rows:
@@ -134,6 +135,27 @@ def read_training_texts(path: str | Path, *, prompt_field: str = "prompt",
     if not out:
         raise DataError(f"{p}: every {response_field!r} is empty", hint="give responses to train on")
     return out
+
+
+#: the fields instruction data in the common shapes (Alpaca's instruction/input/output, question/answer, ...) names
+#: its prompt and its response with, most specific first
+PROMPT_FIELDS = ("instruction", "prompt", "question", "query")
+RESPONSE_FIELDS = ("output", "response", "answer", "completion")
+
+
+def _refuse_unnamed_instructions(p: Path, rows: list[tuple[int, Any]], prompt_field: str) -> None:
+    """Rows without a ``"text"`` that carry a prompt and a response under other names (Alpaca's shape) are instruction
+    data whose fields were not named: one line that names the options, not "no 'text' string"."""
+    for n, row in rows:
+        if not isinstance(row, dict) or isinstance(row.get("text"), str):
+            continue
+        prompt = next((k for k in PROMPT_FIELDS if isinstance(row.get(k), str)), None)
+        response = next((k for k in RESPONSE_FIELDS if isinstance(row.get(k), str)), None)
+        if prompt is None or response is None:
+            return
+        extra = "; Alpaca's 'input' is not read: join it into the instruction first" if row.get("input") else ""
+        raise DataError(f"{p}:{n}: instruction rows ({', '.join(repr(k) for k in row)}) whose prompt field is not "
+                        f"{prompt_field!r}", hint=f"pass --prompt-field {prompt} --response-field {response}{extra}")
 
 
 def encode(tokenizer, text: str) -> list[int]:

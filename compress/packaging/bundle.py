@@ -68,7 +68,7 @@ from compress.packaging.wheels import (
 )
 from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
 from compress.progress import Progress, sink
-from compress.tasks import kind_of
+from compress.tasks import TASKS, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,11 @@ def _check_inputs(artifact: Artifact | Path | str, out: Path, config: PackageCon
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     gen.check_generator(art, config.max_new_tokens)  # before the format check: a generator's refusal names its route
     PACKAGE.check(art)
+    if TASKS[art.manifest.task].labels == "spans":  # its handler would return the start logits alone
+        raise ConfigError(f"{art.path}: a {art.manifest.task} model: the serverless handler does not serve answer "
+                          "spans yet (it would return the start logits only, no end logits and no answer text)",
+                          hint="deploy it with a handler of your own (the artifact's model file and tokenizer.json); "
+                          "package serves classifiers, token classifiers, encoders and generators")
     if art.manifest.preprocess.kind == "text" and not (art.path / art.manifest.preprocess.tokenizer_file).is_file():
         raise ArtifactError(f"{art.path}: no tokenizer.json", hint="the handler needs a fast tokenizer (tokenizer.json)")
     if out.suffix.lower() != ".zip":

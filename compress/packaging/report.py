@@ -33,7 +33,7 @@ def report_paths(out: Path | str, report_dir: Path | str | None = None) -> tuple
 def check_report_output(out: Path | str, report_dir: Path | str | None, force: bool) -> None:
     """Fail early when a report would overwrite something without ``force``."""
     if report_dir is not None:
-        check_output(report_dir, force)
+        check_output(report_dir, force, "--report-dir")
         return
     for p in report_paths(out):
         if p.exists() and not force:

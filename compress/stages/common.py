@@ -25,6 +25,8 @@ class Parity:
     n: int
     cosine_mean: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: every reference output a number (False: the source model itself gives NaN/Inf, no tolerance can help)
+    reference_finite: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         d = {
@@ -37,6 +39,8 @@ class Parity:
             d["cosine_mean"] = self.cosine_mean
         if self.argmax_agreement is not None:
             d["argmax_agreement"] = self.argmax_agreement
+        if not self.reference_finite:
+            d["reference_finite"] = False
         d.update(self.extra)
         return d
 
@@ -48,7 +52,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classification
     cos = row_cosines(cand, ref)  # one cosine per sample, even of a map
     agree = float((ref.argmax(-1) == cand.argmax(-1)).mean()) if classification else None
     return Parity(float(diff.max()), float(diff.mean()), float(cos.min()), agree, int(ref.shape[0]),
-                  cosine_mean=float(cos.mean()))
+                  cosine_mean=float(cos.mean()), reference_finite=bool(np.isfinite(ref).all()))
 
 
 def measure_parity(reference, candidate, texts: list[str], classification: bool, *, pad_to: int | None = None) -> Parity:

@@ -27,7 +27,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from compress.errors import ParityError, StageError
+from compress.errors import ModelLoadError, ParityError, StageError
 from compress.tasks import StreamingMetric
 
 __all__ = ["DECODE_STEPS", "GENERATION_FILES", "KL_COLLAPSE", "LM_TRAVEL", "Generated", "GenerationPostprocess",
@@ -274,6 +274,11 @@ def generator_atol(config, check: dict[str, Any] | None = None) -> float:
 def require_generation_parity(check: dict[str, Any], atol: float, what: str) -> None:
     """``check`` (:func:`compare_generation`'s) within ``atol`` with the same greedy tokens, else the one
     :class:`ParityError` every generator exporter raises (``what``: "the ONNX graph", ...; nothing is written)."""
+    if not np.isfinite(check["reference_max_abs_logit"]):  # no tolerance helps: the checkpoint itself is broken
+        raise ModelLoadError(
+            "the checkpoint's weights hold NaN or Inf: PyTorch's own FP32 logits of it are not finite, so no export "
+            "can match them", hint="re-save or re-download the checkpoint (check the training run that wrote it); no "
+            "artifact was written")
     if not (check["prefill_max_abs_diff"] <= atol and check["same_tokens"]):
         raise ParityError(
             f"{what} differs from PyTorch: prefill logits by {check['prefill_max_abs_diff']:.3g} (allowed "

@@ -259,8 +259,11 @@ def _refuse_lm_options(config: DistillConfig, task) -> None:
     """Refuse the options only a causal LM's distillation reads."""
     from compress.stages.distill.config import Divergence, LayerChoice
 
+    given = set(config.given())
     for bad, flag in ((config.loss.divergence is not Divergence.forward, "--divergence"),
+                      ("loss.top_k" in given, "--top-k"),
                       (config.loss.on_policy > 0, "--on-policy"),
+                      (config.loss.on_policy_tokens is not None, "--on-policy-tokens"),
                       (config.augmentation.teacher_samples > 0, "--teacher-samples"),
                       (config.student.layer_choice is not LayerChoice.evenly, "--layer-choice")):
         if bad:

@@ -83,6 +83,9 @@ def _refuse(config: DistillConfig) -> None:
             "use --metric agreement (or auto)"),
            (config.text_column or config.label_column, "--text-column/--label-column: a causal LM reads plain text "
             "(.txt, or .jsonl with a \"text\" field)", "drop them"),
+           (loss.on_policy_tokens is not None and not loss.on_policy,
+            f"--on-policy-tokens {loss.on_policy_tokens} sizes the student's own samples, and --on-policy is 0: none "
+            "are drawn (it would be ignored)", "add --on-policy (e.g. 0.5), or drop --on-policy-tokens"),
            (tr.average, "--average is not available for a causal LM", "drop it"),
            (tr.grad_accum > 1, "--grad-accum is not available for a causal LM", "raise --batch-size instead"),
            (tr.schedule.value != "linear", "a causal LM trains with a linear schedule", "drop --schedule"),

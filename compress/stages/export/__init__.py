@@ -65,6 +65,7 @@ def export(
         if not FORMATS[fmt].exporter_for(kind):
             raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
                               hint=f"export it with --format {'|'.join(lm_formats)}")
+        _refuse_encoder_options(config)
         return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force)
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.errors import ConfigError
@@ -87,6 +88,30 @@ def export(
     if not FORMATS[fmt].via_onnx and fmt != "onnx" and (Path(source) / "manifest.json").is_file():
         _refuse_non_pytorch_artifact(source, fmt)
     return import_string(FORMATS[fmt].exporter)(source, out, config, force=force)
+
+
+#: the encoder exporters' options a causal LM's exporters (ONNX Runtime GenAI's builder, optimum-intel, llama.cpp,
+#: ExecuTorch) do not read: (flag, why); given at another value than the default, they are refused, not ignored
+_ENCODER_ONLY = {
+    "optimize": ("--optimize", "the builder writes a causal LM's graph already fused (GroupQueryAttention, "
+                 "SkipSimplifiedLayerNorm)"),
+    "exporter": ("--exporter", "a causal LM is exported by its format's own builder"),
+    "opset": ("--opset", "a causal LM's builder chooses the opset its fused operators need"),
+    "parity_samples": ("--parity-samples", "a causal LM's parity check is one prompt's prefill and greedy decode "
+                       "(--sample-data chooses the prompt)"),
+}
+
+
+def _refuse_encoder_options(config: ExportConfig) -> None:
+    """A causal LM's export given an option only the encoder exporters read: one line, before any work."""
+    from compress.errors import ConfigError
+
+    for key, (flag, why) in _ENCODER_ONLY.items():
+        value, default = getattr(config, key), ExportConfig.model_fields[key].get_default()
+        if value != default:
+            shown = getattr(value, "value", value)
+            raise ConfigError(f"{flag} {shown} applies to encoder exports only (it would be ignored): {why}",
+                              hint=f"drop {flag}")
 
 
 def _gguf_teacher(source: Path | str, config: ExportConfig) -> bool:

@@ -28,7 +28,7 @@ from compress.artifact import (
     load_artifact,
 )
 from compress.data.inputs import sample_inputs
-from compress.errors import ConfigError, EdgeCompressError, ParityError, StageError
+from compress.errors import ConfigError, EdgeCompressError, ModelLoadError, ParityError, StageError
 from compress.stages.common import measure_parity
 from compress.stages.export.config import (
     EXPORT_ONNX,
@@ -361,6 +361,11 @@ def export_onnx(
             step.metrics["exported_from"] = str(Path(teacher_dir).resolve())
         if getattr(teacher, "processor", None) is not None:  # our preprocessing against the teacher's own
             step.metrics["preprocess_agreement"] = _processor_agreement(teacher)
+        if not parity.reference_finite:  # no tolerance helps: the source itself is broken
+            raise ModelLoadError(
+                f"{source}: the model's weights hold NaN or Inf: its own outputs ({ref_name}) are not finite, so no "
+                "export can match them", hint="re-save or re-download the checkpoint (check the training run that "
+                "wrote it); no artifact was written")
         if not parity.max_abs_diff <= config.atol:
             raise ParityError(
                 f"{config.format} output differs from {ref_name} by {parity.max_abs_diff:.3g} "

@@ -67,6 +67,10 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     if task not in takes:
         raise ConfigError(f"--task {task}: {base} is {'an image' if images else 'a text'} base",
                           hint="leave --task out, or pass " + " or ".join(t.value for t in takes))
+    if generates and kind_of(task) != "generation":  # before its data is read: the data's form follows the task
+        raise ConfigError(f"--task {task}: {base} is a causal LM, which fine-tunes with text-generation (plain text, "
+                          "or prompt/response rows for instructions)",
+                          hint=f"leave --task out; for {task}, fine-tune an encoder base (BERT, MiniLM, RoBERTa, ...)")
     if config.lora.qlora and kind_of(task) != "generation":
         raise ConfigError(f"--qlora: QLoRA adapts a causal LM (task text-generation), not a {task} base",
                           hint="train LoRA over the FP32 base: --lora-rank without --qlora")

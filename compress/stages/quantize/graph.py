@@ -284,30 +284,31 @@ def _check_op_types(config: QuantizeConfig) -> None:
         )
 
 
-def resolve_exclude_nodes(names: list[str], model, layers: list) -> list[str]:
-    """--exclude-nodes as node names: ``first:N`` / ``last:N`` stand for the graph's first / last N quantizable
-    layers in graph order (the stem and the head, which the field's advice keeps in higher precision); every other
-    entry must be a node of the graph (or the name quantize gives a rewritten Gemm)."""
-    known = {node.name for node in model.graph.node} | {lay.name for lay in layers}
+def resolve_exclude_nodes(names: list[str], layers: list[str], known: set[str] | None = None) -> list[str]:
+    """--exclude-nodes as node names, the one resolver every backend uses: ``first:N`` / ``last:N`` stand for the
+    first / last N of ``layers`` (the quantizable layers' names in graph order: the stem and the head, which the
+    field's advice keeps in higher precision); every other entry must be one of ``known`` (the graph's node names;
+    ``layers`` when not given), else one line names it and the names it may have meant."""
+    known = set(layers) | set(known or ())
     out: list[str] = []
     for name in names:
         where, _, count = name.partition(":")
         if name not in known and where.lower() in ("first", "last") and count.isdigit() and int(count) > 0:
             chosen = layers[:int(count)] if where.lower() == "first" else layers[-int(count):]
-            out += [lay.name for lay in chosen if lay.name not in out]
+            out += [lay for lay in chosen if lay not in out]
         elif name not in out:
             out.append(name)
     _check_exclude_nodes(out, known, layers)
     return out
 
 
-def _check_exclude_nodes(names: list[str], known: set[str], layers: list) -> None:
+def _check_exclude_nodes(names: list[str], known: set[str], layers: list[str]) -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
         import difflib
 
         near = [m for n in unknown for m in difflib.get_close_matches(n, sorted(known), n=2)]
-        examples = near or [lay.name for lay in layers[:3]]
+        examples = near or layers[:3]
         raise ConfigError(
             f"--exclude-nodes names no node of the graph: {', '.join(unknown)}",
             hint=f"use node names as `edgecompress inspect` lists them, e.g. {', '.join(examples)}, or first:N / "

@@ -182,10 +182,33 @@ def _nncf_logging(capture: logging.Handler | None = None) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _ignored_scope(nncf, config: QuantizeConfig, weight_compression: bool):
+#: the OpenVINO operations with a weight that NNCF quantizes, in graph order: what --exclude-nodes first:N / last:N count
+WEIGHT_OPS = ("MatMul", "Convolution", "GroupConvolution")
+
+
+def weight_layers(model, types: tuple[str, ...] = WEIGHT_OPS) -> list[str]:
+    """The ``openvino.Model``'s operations of ``types`` whose weight is a constant (through Convert/Reshape/Transpose:
+    FP16-compressed IRs), in graph order, by friendly name: the layers --exclude-nodes names."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in types or len(op.inputs()) < 2:
+            continue
+        src = op.input(1).get_source_output().get_node()
+        while src.get_type_name() in ("Convert", "Reshape", "Transpose") and src.inputs():
+            src = src.input(0).get_source_output().get_node()
+        if src.get_type_name() == "Constant":
+            out.append(op.get_friendly_name())
+    return out
+
+
+def _ignored_scope(nncf, model, config: QuantizeConfig, weight_compression: bool):
     from compress.stages.quantize.config import EmbeddingPrecision
+    from compress.stages.quantize.graph import resolve_exclude_nodes
 
     names = list(config.exclude_nodes or [])
+    if names:  # first:N / last:N as the layers they stand for; an unknown name refused in our words
+        names = resolve_exclude_nodes(names, weight_layers(model),
+                                      {op.get_friendly_name() for op in model.get_ordered_ops()})
     types = []
     if weight_compression and config.embedding_precision is EmbeddingPrecision.fp32:
         types.append("Gather")
@@ -234,7 +257,7 @@ def _compress_weights(nncf, model, config: QuantizeConfig) -> tuple[Any, dict[st
                 min_adjusted_group_size=min(MIN_ADJUSTED_GROUP_SIZE, config.int4.block_size),
             ),
         }
-    scope = _ignored_scope(nncf, config, weight_compression=True)
+    scope = _ignored_scope(nncf, model, config, weight_compression=True)
     if scope is not None:
         kwargs["ignored_scope"] = scope
     log.info("nncf.compress_weights(mode=%s%s)", mode.value,
@@ -261,7 +284,7 @@ def model_type(nncf, model):
 def _quantize(nncf, model, items, config: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
     kind = model_type(nncf, model)
     kwargs: dict[str, Any] = {"subset_size": config.calibration.samples, "model_type": kind}
-    scope = _ignored_scope(nncf, config, weight_compression=False)
+    scope = _ignored_scope(nncf, model, config, weight_compression=False)
     if scope is not None:
         kwargs["ignored_scope"] = scope
     name = "transformer" if kind is not None else "default (convolutional)"
@@ -303,7 +326,7 @@ def _quantize_with_accuracy_control(
             intermediate_model_dir=str(inter), ranking_subset_size=ranking
         ),
     }
-    scope = _ignored_scope(nncf, config, weight_compression=False)
+    scope = _ignored_scope(nncf, model, config, weight_compression=False)
     if scope is not None:
         kwargs["ignored_scope"] = scope
     validation = nncf.Dataset(evaluator.items, lambda item: item[1])

@@ -242,7 +242,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     layers = q.layers()
     if q.int4:
         _check_int4_graph(art, q.model, layers)
-    resolved = resolve_exclude_nodes(config.exclude_nodes, q.model, layers)
+    resolved = resolve_exclude_nodes(config.exclude_nodes, [lay.name for lay in layers],
+                                     {node.name for node in q.model.graph.node})
     if resolved != config.exclude_nodes:  # first:N / last:N as the names they stand for, for every later step
         config = q.config = config.model_copy(update={"exclude_nodes": resolved})
     if q.int4:

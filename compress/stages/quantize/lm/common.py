@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from compress.artifact import Artifact
+from compress.errors import ConfigError
 from compress.stages.quantize.config import QuantizeConfig
 
 GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
@@ -50,17 +51,24 @@ def calibration_windows(art: Artifact, config: QuantizeConfig, window: int = 128
     return [tok.encode(p).ids for p in PROMPTS]
 
 
-def text_windows(art: Artifact, path: str, window: int, limit: int | None) -> np.ndarray:
+def text_windows(art: Artifact, path: str, window: int, limit: int | None, flag: str) -> np.ndarray:
     """Up to ``limit`` windows [N, window] of the text file ``path`` (:func:`compress.data.text.token_windows`:
-    llama-perplexity's cut, each window's first token BOS where the model has one)."""
+    llama-perplexity's cut, each window's first token BOS where the model has one). ``window`` is the artifact's, not
+    an option quantize has: a text shorter than one window is refused naming ``flag``, the option that gave it."""
     from tokenizers import Tokenizer
 
     from compress.data.text import read_texts, token_windows
 
     post = art.manifest.postprocess
-    return token_windows(Tokenizer.from_file(str(art.path / "tokenizer.json")), read_texts(path), window,
-                         max_windows=limit, bos_token_id=post.bos_token_id,
-                         context=post.cache.max_length if post.cache else None)
+    try:
+        return token_windows(Tokenizer.from_file(str(art.path / "tokenizer.json")), read_texts(path), window,
+                             max_windows=limit, bos_token_id=post.bos_token_id,
+                             context=post.cache.max_length if post.cache else None)
+    except ConfigError as e:
+        if "shorter than one window" not in e.message:
+            raise
+        raise ConfigError(f"{path}: text shorter than one window of {window} tokens (the artifact's perplexity "
+                          f"window)", hint=f"give {flag} a longer text ({e.hint})") from None
 
 
 def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int = 32,

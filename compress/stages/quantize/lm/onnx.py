@@ -36,6 +36,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError
 from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig, refuse_ignored
+from compress.stages.quantize.graph import resolve_exclude_nodes
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4, text_windows
 from compress.stages.quantize.lm.matmul_nbits_graph import (
     embedding_gather,
@@ -370,6 +371,10 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     output = QUANTIZE_ONNX.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = onnx.load(str(src))
+        if config.exclude_nodes:  # first:N / last:N as the MatMuls they stand for; an unknown name refused
+            config = config.model_copy(update={"exclude_nodes": resolve_exclude_nodes(
+                config.exclude_nodes, _matmuls(model), {n.name for n in model.graph.node})})
+            o.config = config  # the step records the names they stood for
         reader = None
         if algorithm == "gptq":
             names = {t.name for t in art.manifest.inputs}
@@ -384,7 +389,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         if budget is not None:
             window = art.manifest.postprocess.window
             if config.accuracy.data:
-                windows = text_windows(art, config.accuracy.data, window, max(1, min(config.accuracy.samples, 16)))
+                windows = text_windows(art, config.accuracy.data, window, max(1, min(config.accuracy.samples, 16)),
+                                       "--data")
             else:  # no text given: the FP32 model's own, sampled (it is the distribution the budget protects)
                 windows = self_written_windows(art, SELF_WRITTEN_WINDOWS, window, seed=SELF_WRITTEN_SEED)
             model, made, record = accuracy_aware(model, windows, _state_for(art), budget, quantize_with, block=block,

@@ -37,6 +37,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
+from compress.stages.quantize.graph import resolve_exclude_nodes
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4
 from compress.tasks.generation import copy_travel, require_no_collapse
 
@@ -102,7 +103,7 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    from compress.stages.quantize.nncf import nncf_error
+    from compress.stages.quantize.nncf import nncf_error, weight_layers
 
     kwargs: dict[str, Any] = {}
     if bits == 8:
@@ -118,8 +119,10 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
             dataset, n = nncf_dataset(art, config)
             kwargs.update(dataset=dataset, subset_size=n, awq=algorithm == "awq",
                           scale_estimation=algorithm in ("awq", "scale_estimation"), gptq=algorithm == "gptq")
-    if config.exclude_nodes:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(config.exclude_nodes), validate=False)
+    if config.exclude_nodes:  # first:N / last:N as the MatMuls they stand for; an unknown name refused
+        names = resolve_exclude_nodes(config.exclude_nodes, weight_layers(model, ("MatMul",)),
+                                      {op.get_friendly_name() for op in model.get_ordered_ops()})
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
     log.info("nncf.compress_weights(%s)", ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in kwargs.items()
                                                     if k not in ("dataset", "ignored_scope", "advanced_parameters")))
     try:

@@ -103,7 +103,7 @@ class _Windows:
     def __init__(self, art: Artifact, path: str) -> None:
         from compress.stages.quantize.lm.common import text_windows
 
-        windows = text_windows(art, path, art.manifest.postprocess.window, None)
+        windows = text_windows(art, path, art.manifest.postprocess.window, None, "--qat-data")
         if len(windows) < 2:
             raise ConfigError(f"{path}: one window of {windows.shape[1]} tokens; quantization-aware INT4 needs "
                               "at least two (one held out)", hint="give more text with --qat-data")
