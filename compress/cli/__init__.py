@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
             code = _interrupted()
             if argv is None:
                 interrupt.finishing("failed")
+    if interrupt.signal_received():
+        interrupt.answered()
+        if argv is not None:  # a caller in this process goes on: a later library call must not see this signal
+            interrupt.reset()
     sys.exit(code)
 
 
@@ -147,6 +151,8 @@ def _run(argv: list[str] | None) -> int:
 
     try:
         rc = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+        if interrupt.swallowed():  # a library ate the Ctrl-C and the command carried on: it still ends as interrupted
+            return _interrupted()
         if argv is None:  # the work is over: a signal from here on is answered by finishing's handler
             interrupt.finishing("ended")
     except EdgeCompressError as e:
