@@ -113,3 +113,61 @@ def test_a_ctrl_c_out_of_execd_code_exits_130_not_by_the_signal(bert_classifier,
     assert proc.returncode == 130, (proc.returncode, proc.stderr)
     assert proc.stderr.strip().splitlines() == [INTERRUPTED], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- native chatter ----------------------------------------------------------------------------------------------
+
+#: ``export``'s first step replaced by a checkpoint load through transformers (what every load path does) or an ONNX
+#: Runtime session that fails (a Gather index past its table, as a 512-token tokenizer over 256 positions does)
+_NATIVE = '''
+import sys
+import compress.cli.export as e
+
+CHECKPOINT = sys.argv[2]
+
+def load(*a, **k):
+    from transformers import AutoModelForSequenceClassification
+    from compress.errors import ConfigError
+    AutoModelForSequenceClassification.from_pretrained(CHECKPOINT)
+    raise ConfigError("stopped after the load", hint="none")
+
+def gather(*a, **k):
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    table = numpy_helper.from_array(np.zeros((4, 2), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Gather", ["W", "idx"], ["y"])], "g",
+                              [helper.make_tensor_value_info("idx", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session.run(None, {"idx": np.array([9], np.int64)})
+
+e.require_input = {"load": load, "gather": gather}[sys.argv[1]]
+sys.argv = ["edgecompress", *sys.argv[3:-1], "export", sys.argv[2], "--out", sys.argv[-1]]
+from compress._entry import main
+main()
+'''
+
+
+@pytest.mark.parametrize(("what", "chatter", "code"), [("load", "Loading weights", 2), ("gather", "[E:onnxruntime", 3)])
+def test_native_libraries_log_lines_stay_off_stderr_unless_asked_for(bert_classifier, tmp_path, what, chatter, code):
+    """transformers 5's "Loading weights" bar at a checkpoint load and ONNX Runtime's ``[E:onnxruntime:...]`` lines
+    before the exception it raises were on stderr above the one line; now only with -v (or --debug)."""
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "native69.py").write_text(_NATIVE, encoding="utf-8")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "mod"), ENV.get("PYTHONPATH")]))}
+
+    def run(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "native69", what, str(bert_classifier), *flags,
+                               str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+
+    quiet = run()
+    assert quiet.returncode == code, quiet.stderr
+    assert chatter not in quiet.stderr, quiet.stderr
+    assert [ln for ln in quiet.stderr.splitlines() if ln.strip()][0].startswith("error: "), quiet.stderr
+    shown = run("-v")
+    assert shown.returncode == code, shown.stderr
+    assert chatter in shown.stderr, shown.stderr
+    assert not (tmp_path / "out").exists()

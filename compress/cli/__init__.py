@@ -87,6 +87,10 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     for noisy in ("accelerate", "onnx_model", "fusion_base", "onnx_model_bert", "transformers", "optimum", "nncf",
                   "onnxruntime", "optimum.onnxruntime", "optimum.exporters"):
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
+    if verbose < 1 and not debug:  # transformers' "Loading weights" bar, ONNX Runtime's [E:onnxruntime:...] lines
+        from compress.native_stderr import quiet_native_logs
+
+        quiet_native_logs()
     if verbose < 1:
         import warnings
 
