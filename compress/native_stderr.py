@@ -57,7 +57,7 @@ def _quiet_onnxruntime(ort) -> None:
 
 class _AfterImport(importlib.abc.MetaPathFinder):
     """A finder that finds what the others find for ``name``, and runs ``then(module)`` once the module has executed;
-    it removes itself on first use."""
+    it removes itself then (not on a mere look-up: ``importlib.util.find_spec`` asks it too)."""
 
     def __init__(self, name: str, then: Callable) -> None:
         self.name, self.then = name, then
@@ -65,16 +65,20 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != self.name:
             return None
-        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
-        spec = importlib.util.find_spec(fullname)
+        spec = None
+        for finder in [f for f in sys.meta_path if f is not self and hasattr(f, "find_spec")]:
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
         loader = spec.loader if spec is not None else None
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        run, then = loader.exec_module, self.then
+        run, hook = loader.exec_module, self
 
         def exec_module(module) -> None:
             run(module)
-            then(module)
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not hook]
+            hook.then(module)
 
         loader.exec_module = exec_module
         return spec
