@@ -256,3 +256,5 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self.requested and exc[0] is None:  # asked for after the last boundary that looked: still a Ctrl-C (check)
+            _note_raised(_last_signal or signal.SIGINT)

@@ -171,3 +171,19 @@ def test_native_libraries_log_lines_stay_off_stderr_unless_asked_for(bert_classi
     assert shown.returncode == code, shown.stderr
     assert chatter in shown.stderr, shown.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_request_no_boundary_looked_at_is_still_honoured():
+    """A Ctrl-C that reached a StopFlag after its last step boundary had looked (the training's end) was dropped:
+    the command went on to write its output and exit 0. It now counts as the interrupt it was."""
+    from compress import interrupt
+
+    interrupt.reset()
+    try:
+        with interrupt.StopFlag() as flag:
+            flag._handle(signal.SIGINT, None)  # as the interpreter calls it (a real signal would hit the test runner)
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        assert interrupt.exit_code() == 130
+    finally:
+        interrupt.reset()
