@@ -155,6 +155,11 @@ main()
 def test_native_libraries_log_lines_stay_off_stderr_unless_asked_for(bert_classifier, tmp_path, what, chatter, code):
     """transformers 5's "Loading weights" bar at a checkpoint load and ONNX Runtime's ``[E:onnxruntime:...]`` lines
     before the exception it raises were on stderr above the one line; now only with -v (or --debug)."""
+    if what == "load":
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            pytest.skip("transformers 4 draws no bar at a load")
     (tmp_path / "mod").mkdir()
     (tmp_path / "mod" / "native69.py").write_text(_NATIVE, encoding="utf-8")
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "mod"), ENV.get("PYTHONPATH")]))}
