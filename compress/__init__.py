@@ -40,10 +40,17 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 # after the names, before any torchvision import
-from compress._optional import install_torchvision_hook, quiet_import_warnings  # noqa: E402
+try:
+    from compress._optional import install_torchvision_hook, quiet_import_warnings
 
-install_torchvision_hook()
-quiet_import_warnings()
+    install_torchvision_hook()
+    quiet_import_warnings()
+except KeyboardInterrupt:  # a Ctrl-C in the command line's first instant, before compress._entry runs: one line, 130
+    import compress.interrupt
+
+    if not compress.interrupt.is_command_line():
+        raise
+    compress.interrupt.exit_interrupted()
 
 
 def __getattr__(name: str):

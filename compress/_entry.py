@@ -1,7 +1,9 @@
 """The ``edgecompress`` console script's entry: a Ctrl-C while the command line itself imports (``compress.cli`` and
 Click, the first ~0.2 s of every command) ends in one line and exit 130, as one later in the command does, not in
-Python's traceback. Nothing else is imported before the guard: the window it leaves is the interpreter's start and
-the ``compress`` package's own import."""
+Python's traceback. Nothing else is imported before the guard; the ``compress`` package's own import (before this
+module runs) answers one the same way (:func:`compress.interrupt.exit_interrupted`, when
+:func:`compress.interrupt.is_command_line`): the window left is the interpreter's own start (its ``site`` and
+``runpy`` imports)."""
 
 import sys
 
@@ -13,6 +15,9 @@ def main() -> None:
 
         cli_main()
     except KeyboardInterrupt:  # cli_main answers its own; this is one that came before or as it started
-        interrupt = sys.modules.get("compress.interrupt")  # imported: it knows the signal and any output written
-        sys.stderr.write(f"{interrupt.interrupted_line() if interrupt else 'interrupted (Ctrl-C); no output was written'}\n")
-        sys.exit(interrupt.exit_code() if interrupt else 130)
+        try:
+            from compress.interrupt import exit_interrupted
+        except BaseException:  # noqa: BLE001 - a second signal while it imports: the plain line
+            sys.stderr.write("interrupted (Ctrl-C); no output was written\n")
+            sys.exit(130)
+        exit_interrupted()

@@ -123,6 +123,50 @@ def caused_by_signal(exc: BaseException) -> bool:
     return _raised
 
 
+def swallowed() -> bool:
+    """Was a stopping signal raised into the running code during this command (not a StopFlag's first request)? A
+    library that catches it while it imports (``except BaseException``, or a native module's initialisation that
+    turns it into an ImportError a caller then treats as "not available") lets the command carry on as if no one had
+    pressed Ctrl-C; :func:`check` and the CLI's end ask this."""
+    return _raised
+
+
+def check() -> None:
+    """Raise the stopping signal again if one was raised into the running code and swallowed there (:func:`swallowed`):
+    called before an output is renamed into place, so a Ctrl-C a library ate is still honoured and nothing that
+    looks complete is left."""
+    if _raised:
+        raise Terminated if _last_signal == signal.SIGTERM else KeyboardInterrupt
+
+
+def answered() -> None:
+    """The interrupt has been answered (its line written, its exit code chosen): forget CPython's own mark of an
+    unhandled one. CPython 3.11 sets that mark whenever a KeyboardInterrupt leaves code run by ``exec`` of a string
+    (dataclasses and namedtuple build their methods so, as pydantic imports), even when it is caught further up,
+    and at exit kills the process by SIGINT instead of exiting with the code asked for (seen: a Ctrl-C at 0.2 s of
+    ``export`` ended by the signal, returncode -2, after its one line). Where the mark is not reachable, nothing."""
+    with contextlib.suppress(Exception):
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+
+
+def exit_interrupted() -> None:
+    """Write :func:`interrupted_line` and exit 128 + the signal, the interrupt answered (:func:`answered`): the end of
+    a Ctrl-C that came before the CLI took over the signals (``compress._entry``, and ``compress/__init__.py`` while
+    the package itself imports, when :func:`is_command_line`)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"{interrupted_line()}\n")
+    answered()
+    sys.exit(exit_code())
+
+
+def is_command_line() -> bool:
+    """Is this process the command line (``python -m compress``, the ``edgecompress`` script), not a program that
+    imports the library?"""
+    argv = list(getattr(sys, "orig_argv", []))
+    return any(a == "-m" and b == "compress" for a, b in zip(argv, argv[1:], strict=False)) or \
+        (bool(sys.argv) and sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("edgecompress", "edgecompress.exe"))
+
+
 def interrupted_line() -> str:
     """The one line an interrupted command ends with: which signal, and what it left (complete outputs or none)."""
     done = written()
@@ -212,3 +256,5 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self.requested and exc[0] is None:  # asked for after the last boundary that looked: still a Ctrl-C (check)
+            _note_raised(_last_signal or signal.SIGINT)

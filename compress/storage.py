@@ -275,6 +275,7 @@ def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None =
         raise describe((found[0], None), where, need_bytes=need_bytes) from e
     try:
         yield tmp
+        interrupt.check()  # a Ctrl-C a library swallowed while the output was made: it is not committed
         release(tmp)
         if out.exists():
             old = make_staging(out, ".old")

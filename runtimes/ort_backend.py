@@ -27,6 +27,7 @@ import numpy as np
 from compress.artifact import Format
 from compress.device.shipped import decoder_feeds
 from compress.errors import ConfigError
+from compress.native_stderr import ort_log_severity
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class OrtBackend(RuntimeBackend):
 
         opts = ort_session_options(ort, self.settings.threads, self.settings.options.get("graph_optimization_level", "all"),
                                    self.settings.options.get("session_config"))
+        opts.log_severity_level = ort_log_severity()  # errors, or none once the CLI keeps native lines off stderr
         provider = provider_name(self.settings.provider)
         available = set(ort.get_available_providers())
         wanted = [(p, o) for p, o in provider_list(provider, self.settings.options) if p in available]

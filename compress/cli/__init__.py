@@ -87,6 +87,10 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     for noisy in ("accelerate", "onnx_model", "fusion_base", "onnx_model_bert", "transformers", "optimum", "nncf",
                   "onnxruntime", "optimum.onnxruntime", "optimum.exporters"):
         logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
+    if verbose < 1 and not debug:  # transformers' "Loading weights" bar, ONNX Runtime's [E:onnxruntime:...] lines
+        from compress.native_stderr import quiet_native_logs
+
+        quiet_native_logs()
     if verbose < 1:
         import warnings
 
@@ -130,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
             code = _interrupted()
             if argv is None:
                 interrupt.finishing("failed")
+    if interrupt.signal_received():
+        interrupt.answered()
+        if argv is not None:  # a caller in this process goes on: a later library call must not see this signal
+            interrupt.reset()
     sys.exit(code)
 
 
@@ -147,6 +155,8 @@ def _run(argv: list[str] | None) -> int:
 
     try:
         rc = cli.main(args=argv, prog_name="edgecompress", standalone_mode=False)
+        if interrupt.swallowed():  # a library ate the Ctrl-C and the command carried on: it still ends as interrupted
+            return _interrupted()
         if argv is None:  # the work is over: a signal from here on is answered by finishing's handler
             interrupt.finishing("ended")
     except EdgeCompressError as e:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.native_stderr import ort_log_severity
 from compress.tasks.outputs import SNR_CAP_DB, row_cosines, snr_db
 
 __all__ = ["INTEGER_OPS", "artifact_layer_errors", "layer_errors"]
@@ -124,7 +125,7 @@ def _session(model_bytes: bytes, threads: int | None):
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor exists as written
-    opts.log_severity_level = 3
+    opts.log_severity_level = ort_log_severity()
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])

@@ -17,6 +17,7 @@ import numpy as np
 from compress.artifact import Artifact
 from compress.data.inputs import sample_inputs
 from compress.errors import EdgeCompressError, StageError
+from compress.native_stderr import ort_log_severity
 from compress.stages.quantize.calibration import CalibrationReader, StreamCalibrationReader
 from compress.stages.quantize.config import (
     CalibrationMethod,
@@ -107,7 +108,7 @@ class OnnxQuantizer:
     def write(self, dst: Path, exclude: list[str]) -> None:
         import onnxruntime
 
-        onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours
+        onnxruntime.set_default_logger_severity(ort_log_severity())  # the quantizer's own sessions, as ours
         try:
             if self.int4:
                 self._int4(dst, exclude)
