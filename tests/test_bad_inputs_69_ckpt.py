@@ -129,6 +129,20 @@ def test_a_context_shorter_than_the_parity_prompt_cuts_the_prompt(tmp_path, samp
     assert parity["prefill_tokens"] + parity["decode_steps"] <= 16 and parity["same_tokens"], parity
 
 
+@needs_genai_builder()
+@pytest.mark.parametrize("how", [(), ("--precision", "int4", "--int4-algorithm", "gptq", "--calibration", "TEXT")])
+def test_quantize_of_a_short_context_model_cuts_its_calibration_windows_and_prompts(tmp_path, how):
+    """GPTQ's calibration windows and the collapse check's prompts (with their continuations) fit the context."""
+    d = tiny_causal_lm(tmp_path / "ctx16", **SMALL, context=16)
+    assert edgecompress("export", d, "--out", tmp_path / "fp32").returncode == 0
+    (tmp_path / "t.txt").write_text(STORY * 3, encoding="utf-8")
+    args = [str(tmp_path / "t.txt") if a == "TEXT" else a for a in how]
+    proc = edgecompress("quantize", tmp_path / "fp32", "--out", tmp_path / "q", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "cos_cache" not in proc.stderr and "onnxruntime" not in proc.stderr
+    assert (tmp_path / "q" / "manifest.json").is_file()
+
+
 def test_a_context_too_short_for_any_parity_prompt_is_one_line(tmp_path):
     d = tiny_causal_lm(tmp_path / "ctx8", **SMALL, context=8)
     proc = edgecompress("export", d, "--out", tmp_path / "out")
