@@ -148,3 +148,16 @@ def test_a_context_too_short_for_any_parity_prompt_is_one_line(tmp_path):
     proc = edgecompress("export", d, "--out", tmp_path / "out")
     assert_one_line_error(proc, "context of 8 tokens", "max_position_embeddings")
     assert not (tmp_path / "out").exists()
+
+
+def test_prune_of_a_short_context_model_cuts_its_windows_or_names_max_length(tmp_path):
+    """prune's text windows (--max-length, 128 by default) are cut to a 16-token context when left at the default;
+    one given longer than the context is one line naming --max-length (not a --window prune does not have)."""
+    d = tiny_causal_lm(tmp_path / "ctx16", **SMALL, context=16)
+    (tmp_path / "t.txt").write_text(STORY * 3, encoding="utf-8")
+    proc = edgecompress("prune", d, "--ffn", "0.5", "--data", tmp_path / "t.txt", "-o", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    proc = edgecompress("prune", d, "--ffn", "0.5", "--data", tmp_path / "t.txt", "-o", tmp_path / "q",
+                        "--max-length", "64")
+    assert_one_line_error(proc, "--max-length 64", "context", "--max-length 16 or less")
+    assert not (tmp_path / "q").exists()
