@@ -107,7 +107,7 @@ def test_distill_from_a_teacher_whose_tokenizer_is_past_its_vocabulary_is_one_li
     _small_vocab(d)
     (tmp_path / "train.txt").write_text(STORY * 10, encoding="utf-8")
     proc = edgecompress("distill", "-t", d, "--train", tmp_path / "train.txt", "-o", tmp_path / "student",
-                        "--max-steps", "1", "--max-length", "16")
+                        "--layers", "1", "--max-steps", "1", "--max-length", "16")
     assert_one_line_error(proc, "vocab_size is 256", "tokenizer")
     assert not (tmp_path / "student").exists()
 
