@@ -81,8 +81,12 @@ def prune_cmd(source, out, channels, heads, head_unit, ffn, drop_layers, vocab_c
 
     The artifact is a Hugging Face checkpoint: `edgecompress export` turns it into ONNX.
     """
+    from click.core import ParameterSource
+
     from compress.stages.prune import prune
 
+    if click.get_current_context().get_parameter_source("max_length") is ParameterSource.DEFAULT:
+        max_length = None  # left at its default: cut to a causal LM's context rather than refused
     config = build_config(
         PruneConfig, channels=channels, heads=heads, head_unit=head_unit, ffn=ffn, drop_layers=drop_layers,
         vocab_corpus=str(vocab_corpus) if vocab_corpus else None, vocab_keep_alphabet=not no_alphabet,

@@ -1,6 +1,11 @@
 """Checkpoint files, read without importing torch: JSON configs, and weights that are safe to load (safetensors,
 checked to hold every byte they declare) or pickles (refused unless opted in). Shared by the text and the image
-teacher loaders."""
+teacher loaders.
+
+:func:`check_checkpoint` is the one check of a Hugging Face checkpoint folder before any third-party loader
+(transformers, ONNX Runtime GenAI's builder, ONNX Runtime) reads it: config.json readable with a ``model_type``
+transformers knows, no remote code unless trusted, weights safe and whole, and for a causal LM its tokenizer files
+present and fitting ``vocab_size``."""
 
 from __future__ import annotations
 
@@ -11,6 +16,83 @@ from typing import Any
 from compress.errors import ModelLoadError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: what a text checkpoint's tokenizer is saved as (fast tokenizer, WordPiece/BPE vocabularies, SentencePiece models)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def check_checkpoint(path: Path | str, *, allow_pickle: bool = False,
+                     trust_remote_code: bool = False) -> tuple[dict[str, Any], list[str], bool]:
+    """Check the Hugging Face checkpoint folder ``path`` before transformers or ONNX Runtime reads it, each fault one
+    line (:class:`~compress.errors.ModelLoadError`): config.json readable, its ``model_type`` one transformers knows
+    (or its own code, trusted), no remote code unless ``trust_remote_code``, weights safe and whole
+    (:func:`inspect_weights`: pickles refused unless ``allow_pickle``, safetensors headers read); for a causal LM its
+    tokenizer files present and no token id past ``vocab_size``. Returns ``(config, weight files, pickled)``."""
+    from compress.teachers.lm_config import is_causal_lm
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: not a Hugging Face checkpoint (no config.json)",
+                             hint="pass a directory written by save_pretrained()")
+    config = _read_json(path / "config.json")
+    if "model_type" not in config:
+        raise ModelLoadError(f"{path}/config.json has no model_type", hint="pass a transformers checkpoint")
+    refuse_remote_code(path, config, trust_remote_code)
+    _check_model_type(path, config, trust_remote_code)
+    weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
+    if is_causal_lm(config):
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelLoadError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)",
+                                 hint="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
+        _check_vocab(path, config)
+    return config, weights, pickled
+
+
+def _check_model_type(path: Path, config: dict[str, Any], trusted: bool) -> None:
+    """``model_type`` must be one the installed transformers knows (a checkpoint bringing its own code, trusted,
+    names its own)."""
+    if config.get("auto_map") and trusted:
+        return
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:  # no transformers: the loader that needs it says so
+        return
+    kind = config.get("model_type")
+    if kind not in CONFIG_MAPPING_NAMES:
+        import transformers
+
+        raise ModelLoadError(f"{path}/config.json: model_type {kind!r} is not one transformers "
+                             f"{transformers.__version__} knows",
+                             hint="fix model_type in config.json, or install the transformers release that added it")
+
+
+def _tokenizer_top_id(path: Path) -> int | None:
+    """The largest token id the checkpoint's tokenizer can emit, read from tokenizer.json (else vocab.json); None
+    when neither is there (a SentencePiece model: its loader reads it)."""
+    if (path / "tokenizer.json").is_file():
+        data = _read_json(path / "tokenizer.json")
+        vocab = (data.get("model") or {}).get("vocab")
+        ids = list(vocab.values()) if isinstance(vocab, dict) else \
+            [len(vocab) - 1] if isinstance(vocab, list) and vocab else []
+        ids += [t.get("id", -1) for t in data.get("added_tokens") or [] if isinstance(t, dict)]
+        ints = [i for i in ids if isinstance(i, int)]
+        return max(ints) if ints else None
+    if (path / "vocab.json").is_file():
+        ints = [i for i in _read_json(path / "vocab.json").values() if isinstance(i, int)]
+        return max(ints) if ints else None
+    return None
+
+
+def _check_vocab(path: Path, config: dict[str, Any]) -> None:
+    """A causal LM's tokenizer may not emit a token id its embedding has no row for (``vocab_size``): ONNX Runtime
+    would fail on the first prompt with an out-of-bounds Gather, transformers with an IndexError."""
+    c = config.get("text_config") or config
+    size = c.get("vocab_size")
+    top = _tokenizer_top_id(path)
+    if isinstance(size, int) and top is not None and top >= size:
+        raise ModelLoadError(f"{path}: the tokenizer has ids up to {top} but the model's vocab_size is {size} "
+                             "(a tokenizer saved from another model)",
+                             hint="save the model's own tokenizer beside it: tokenizer.save_pretrained(DIR)")
 
 
 def refuse_remote_code(path: Path | str, config: dict[str, Any], trusted: bool) -> None:

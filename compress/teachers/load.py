@@ -29,11 +29,11 @@ from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, kind_of, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import (
+    TOKENIZER_FILES,
     InfoTeacher,
     _read_json,
-    inspect_weights,
+    check_checkpoint,
     model_load_error,
-    refuse_remote_code,
 )
 from compress.teachers.lm_config import (
     check_special_tokens,
@@ -45,10 +45,6 @@ from compress.teachers.lm_config import (
 
 log = logging.getLogger(__name__)
 
-
-#: what a text checkpoint's tokenizer is saved as (fast tokenizer, WordPiece/BPE vocabularies, SentencePiece models)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
 
 
 def forward_inputs(model: Any) -> frozenset[str] | None:
@@ -148,16 +144,7 @@ def inspect_checkpoint(
         raise ModelLoadError(f"{path}: no such directory", hint="pass the directory of a Hugging Face checkpoint")
     if not path.is_dir():
         raise ModelLoadError(f"{path}: not a directory", hint="pass the directory of a Hugging Face checkpoint")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"{path}: not a Hugging Face checkpoint (no config.json)",
-            hint="pass a directory written by save_pretrained()",
-        )
-    config = _read_json(path / "config.json")
-    if "model_type" not in config:
-        raise ModelLoadError(f"{path}/config.json has no model_type", hint="pass a transformers checkpoint")
-    refuse_remote_code(path, config, trust_remote_code)
-    weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
+    config, weights, pickled = check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
     architecture = (config.get("architectures") or [""])[0] or ""
     if is_causal_lm(config):  # a decoder with a KV cache: next-token logits, judged on text, never on labels

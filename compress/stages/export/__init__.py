@@ -55,13 +55,10 @@ def export(
         if config.task is not None and kind_of(config.task) != kind:
             raise ConfigError(f"{source} is a causal language model: its task is text-generation, not {config.task}",
                               hint="leave --task out")
-        from compress.teachers.checkpoints import refuse_remote_code
+        from compress.teachers.checkpoints import check_checkpoint
 
-        if (Path(source) / "config.json").is_file():
-            import json
-
-            refuse_remote_code(source, json.loads((Path(source) / "config.json").read_text(encoding="utf-8")),
-                               config.trust_remote_code)
+        if (Path(source) / "config.json").is_file():  # before transformers or ONNX Runtime reads a byte of it
+            check_checkpoint(source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
         if not FORMATS[fmt].exporter_for(kind):
             raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
                               hint=f"export it with --format {'|'.join(lm_formats)}")

@@ -26,8 +26,18 @@ def hf_config(source: Path) -> dict[str, Any]:
 
 def prompt_ids(source: Path, sample_data: str | None) -> tuple[list[int], str]:
     """The parity prompt's token ids (``--sample-data``'s first text, else :data:`PROMPT`; BOS first where the model
-    has one; at most 128) and what it was."""
+    has one; at most 128, and cut so that the prompt and the :data:`~compress.tasks.generation.DECODE_STEPS` steps
+    checked after it fit the model's context) and what it was."""
     from tokenizers import Tokenizer
+
+    from compress.tasks.generation import DECODE_STEPS
+    from compress.teachers.lm_config import cache_of
+
+    context = cache_of(hf_config(source)).max_length
+    if context < DECODE_STEPS + 2:
+        raise ConfigError(f"{source}: a context of {context} tokens (max_position_embeddings) leaves no room for a "
+                          f"parity prompt and its {DECODE_STEPS} checked decode steps",
+                          hint="export a model with a longer context")
 
     text = PROMPT
     if sample_data:
@@ -40,7 +50,7 @@ def prompt_ids(source: Path, sample_data: str | None) -> tuple[list[int], str]:
     bos = hf_config(source).get("bos_token_id")
     if bos is not None and (not ids or ids[0] != bos):
         ids = [bos, *ids]
-    return ids[:128], ("--sample-data's first text" if sample_data else "a built-in sentence")
+    return ids[:min(128, context - DECODE_STEPS)], ("--sample-data's first text" if sample_data else "a built-in sentence")
 
 
 def greedy_torch(source: Path, prompt: list[int], steps: int) -> Generated:

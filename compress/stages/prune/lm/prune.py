@@ -179,6 +179,16 @@ def _context(teacher) -> int:
     return int(teacher.model.config.max_position_embeddings)
 
 
+def _window(teacher, config: PruneConfig) -> int:
+    """The text windows' length: ``--max-length``, cut to the model's context when left at its default; one given
+    longer than the context is refused."""
+    context = _context(teacher)
+    if "max_length" in config.model_fields_set and config.max_length > context:
+        raise ConfigError(f"--max-length {config.max_length} is longer than the model's context "
+                          f"(max_position_embeddings {context})", hint=f"give --max-length {context} or less")
+    return min(config.max_length, context)
+
+
 def _probe(tokenizer, path, window: int, context: int) -> np.ndarray:
     """The first windows of the text ``path`` the written model's logits are checked on (one window of all of it
     when it is shorter than one)."""
@@ -214,10 +224,11 @@ def _structure(teacher, shape: Shape, config: PruneConfig, train, metrics: dict[
     if path is None:
         raise ConfigError("a causal LM's importance scores need text", hint="pass --train or --data (a .txt or "
                           ".jsonl of documents the model will see)")
-    windows = windows_of(teacher.tokenizer, path, config.max_length, config.importance.samples, _context(teacher))
+    window = _window(teacher, config)
+    windows = windows_of(teacher.tokenizer, path, window, config.importance.samples, _context(teacher))
     importance = lm_importance(teacher.model, windows, progress=progress)
     rec = importance.summary()
-    rec.update(data=str(path), windows=len(windows), window=config.max_length)
+    rec.update(data=str(path), windows=len(windows), window=window)
     metrics["importance"] = rec
     if progress:
         progress({"phase": "structure", "label": "removing layers, heads and neurons"})
@@ -308,7 +319,7 @@ def _write(teacher, parent, output: StageOutput, model, tokenizer, probe: np.nda
         if eval_data is not None:
             if progress:
                 progress({"phase": "written-eval", "label": "perplexity of the written and the unpruned model"})
-            metrics["perplexity"] = lm_eval(written, teacher, eval_data, config.max_length, keep)
+            metrics["perplexity"] = lm_eval(written, teacher, eval_data, _window(teacher, config), keep)
             if keep is not None:  # how the eval text fares: its tokens kept, its texts read as before
                 from compress.data.text import read_texts
 

@@ -37,10 +37,13 @@ def resolve_int4(config: QuantizeConfig, bits: int, *, rtn: bool = False) -> Qua
 
 def calibration_windows(art: Artifact, config: QuantizeConfig, window: int = 128) -> list[list[int]]:
     """Token windows for GPTQ: ``--calibration`` text cut into windows of ``window`` tokens (at most
-    ``--calibration-samples``), else the built-in prompts."""
+    ``--calibration-samples``), else the built-in prompts; windows and prompts no longer than the model's context."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(art.path / "tokenizer.json"))
+    cache = art.manifest.postprocess.cache if art.manifest.postprocess is not None else None
+    context = cache.max_length if cache is not None else window
+    window = min(window, context)
     if config.calibration.data:
         from compress.data.text import read_texts
 
@@ -48,7 +51,7 @@ def calibration_windows(art: Artifact, config: QuantizeConfig, window: int = 128
         wins = [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)][:config.calibration.samples]
         if wins:
             return wins
-    return [tok.encode(p).ids for p in PROMPTS]
+    return [tok.encode(p).ids[:context] for p in PROMPTS]
 
 
 def text_windows(art: Artifact, path: str, window: int, limit: int | None, flag: str) -> np.ndarray:
@@ -77,7 +80,7 @@ def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int 
     generator quantizer checks its output with it: ONNX Runtime, OpenVINO, llama.cpp, ExecuTorch), judged by
     :func:`compress.tasks.generation.judge_continuations`: agreement before the first divergence, the prompts' top-1
     agreement and KL, and :func:`compress.tasks.generation.collapse`'s reason (None when the continuations look
-    sane)."""
+    sane). Prompts and continuations are cut to fit the model's context together."""
     from tokenizers import Tokenizer
 
     from compress.runtimes.base import load_runtime
@@ -85,7 +88,11 @@ def collapse_check(reference: Artifact, candidate: Artifact, *, new_tokens: int 
 
     tok = Tokenizer.from_file(str(candidate.path / "tokenizer.json"))
     bos = reference.manifest.postprocess.bos_token_id
-    prompts = [([bos] if bos is not None else []) + tok.encode(p).ids for p in PROMPTS]
+    cache = reference.manifest.postprocess.cache
+    if cache is not None:  # prompt and continuation within the model's context (a short one halves them)
+        new_tokens = min(new_tokens, cache.max_length // 2)
+    prompts = [(([bos] if bos is not None else []) + tok.encode(p).ids)[:None if cache is None else
+                                                                      cache.max_length - new_tokens] for p in PROMPTS]
     runs = []
     for art in (reference, candidate):
         backend = load_runtime(art, runtime)
