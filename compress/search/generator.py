@@ -103,21 +103,21 @@ class GeneratorSpace(Space):
     def _routes(self) -> dict[str, dict[str, list[Any]]]:
         asked = self.config.space
         routes = [r for r in ROUTES if r in asked.get("runtime", list(ROUTES))]
-        kept, skipped = [], []
+        kept, skipped, missing = [], [], []
         for name in routes:
             why = _unavailable(name)
             if why:
                 skipped.append(f"{name}: {why}")
+                missing.append(f"{name}: {ROUTES[name].install}")
                 self.search.notes.append(f"runtime: no {name} candidates ({why})")
             else:
                 kept.append(name)
         space = space_for(asked, kept)
-        if not space:
+        if not space:  # the install hint names only the routes asked for that are not here
             narrowed = ";".join(f"{k}={','.join(map(str, v))}" for k, v in asked.items())
             raise ConfigError("no generator route is left to search" + (f" in --space {narrowed}" if asked else "")
                               + (f" ({'; '.join(skipped)})" if skipped else ""),
-                              hint="widen --space, or install a route: "
-                                   + "; ".join(f"{r.runtime}: {r.install}" for r in ROUTES.values()))
+                              hint="widen --space" + (f", or install a route: {'; '.join(missing)}" if missing else ""))
         n = len(all_candidates(space))
         self.search.notes.append("generator search: " + "; ".join(
             f"{rt}: {', '.join(d['algorithm'])}" + (f" x groups {', '.join(map(str, d['group']))}"

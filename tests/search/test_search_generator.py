@@ -149,6 +149,20 @@ def test_bad_input_is_one_line_and_leaves_no_directory(ws, tmp_path, change, wor
     assert "\n" not in msg and not (tmp_path / "s").exists()
 
 
+def test_a_space_no_installed_route_can_take_names_no_install_it_does_not_need(ws, tmp_path):
+    """Issue 69: a --space that leaves no candidate on routes that are installed told the user to install every
+    route; only the routes asked for that are missing are named (here none: widen --space)."""
+    from compress._optional import is_available
+    from compress.search.run import run_search
+
+    if not is_available("onnxruntime_genai"):
+        pytest.skip("the ONNX Runtime route is not installed here")
+    with pytest.raises(ConfigError) as e:  # awq is OpenVINO's algorithm: the ONNX Runtime route has none of it
+        run_search(config(ws, space={"runtime": ["onnxruntime"], "algorithm": ["awq"]}), tmp_path / "s", html=False)
+    assert "no generator route is left to search" in str(e.value)
+    assert e.value.hint == "widen --space" and not (tmp_path / "s").exists()
+
+
 def test_shape_candidates_name_what_prune_makes():
     from compress.search.generator_space import GenCandidate, all_candidates, shapes_for, space_for
 
