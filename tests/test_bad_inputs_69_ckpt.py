@@ -21,6 +21,8 @@ from compress.errors import ModelLoadError
 from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
 from tests.conftest import assert_one_line_error, edgecompress
 
+pytestmark = pytest.mark.slow
+
 SMALL = dict(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64)
 
 

@@ -11,6 +11,8 @@ import pytest
 from tests.builders.causal_lm import genai_builder_missing, tiny_causal_lm
 from tests.conftest import assert_one_line_error, edgecompress
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("torch")
 
 

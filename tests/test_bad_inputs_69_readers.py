@@ -16,6 +16,8 @@ from compress.data.audio import read_wav
 from compress.errors import DataError
 from tests.conftest import assert_one_line_error, edgecompress
 
+pytestmark = pytest.mark.slow
+
 LATIN1 = "Caf\u00e9 cr\u00e8me, na\u00efve fa\u00e7ade.\n".encode("latin-1")
 BINARY = b"\x00\x01\x02ELF\x00\x00\x00binary\n"
 

@@ -61,8 +61,8 @@ def _check_model_type(path: Path, config: dict[str, Any], trusted: bool) -> None
     if kind not in CONFIG_MAPPING_NAMES:
         import transformers
 
-        raise ModelLoadError(f"{path}/config.json: model_type {kind!r} is not one transformers "
-                             f"{transformers.__version__} knows",
+        raise ModelLoadError(f"cannot load the model in {path}: model_type {kind!r} in its config.json is not one "
+                             f"transformers {transformers.__version__} knows",
                              hint="fix model_type in config.json, or install the transformers release that added it")
 
 
