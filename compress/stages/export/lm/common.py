@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError
-from compress.tasks.generation import Generated
+from compress.tasks.generation import DECODE_STEPS, Generated, compare_generation
 
 #: the parity prompt when no --sample-data is given
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
@@ -60,3 +60,16 @@ def greedy_torch(source: Path, prompt: list[int], steps: int) -> Generated:
     from compress.teachers.lm_config import from_pretrained_lm
 
     return greedy_decode(from_pretrained_lm(source), prompt, steps, logits=True)
+
+
+def draft_against_torch(draft, runtime: str, source: Path, prompt: list[int]) -> dict[str, Any]:
+    """The exported ``draft`` run in ``runtime`` (prefill, then :data:`DECODE_STEPS` greedy steps through its cache)
+    beside :func:`greedy_torch` on ``prompt``: :func:`~compress.tasks.generation.compare_generation`'s figures."""
+    from compress.runtimes.base import load_runtime
+
+    backend = load_runtime(draft, runtime)
+    try:
+        cand = backend.generate(prompt, DECODE_STEPS, logits=True)
+    finally:
+        backend.close()
+    return compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand)

@@ -38,12 +38,11 @@ from typing import Any
 from compress.artifact import Artifact, Format, Precision, TensorSpec
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
-from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
+from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
 from compress.storage import check_output
 from compress.tasks.generation import (
     DECODE_STEPS,
-    compare_generation,
     copy_travel,
     generator_atol,
     require_generation_parity,
@@ -239,16 +238,10 @@ def lm_manifest(source: Path, cfg: dict[str, Any], precision: Precision, max_len
 
 def check_against_torch(source: Path, draft: Artifact, config, what: str) -> dict[str, Any]:
     """Prefill logits and :data:`DECODE_STEPS` greedy steps of the program ``draft`` against PyTorch FP32."""
-    from compress.runtimes.base import load_runtime
 
     prompt, said = prompt_ids(source, getattr(config, "sample_data", None))
     prompt = prompt[:draft.manifest.postprocess.cache.max_length - DECODE_STEPS - 1]
-    backend = load_runtime(draft, "executorch")
-    try:
-        cand = backend.generate(prompt, DECODE_STEPS, logits=True)
-    finally:
-        backend.close()
-    return compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
+    return draft_against_torch(draft, "executorch", source, prompt) | {
         "prompt": said, "reference": "PyTorch (transformers) FP32", "checked": what}
 
 

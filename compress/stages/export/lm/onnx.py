@@ -32,13 +32,12 @@ import numpy as np
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
-from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
+from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
 from compress.storage import check_output
 from compress.tasks.generation import (
     DECODE_STEPS,
     GENERATION_FILES,
-    compare_generation,
     copy_travel,
     generator_atol,
     require_generation_parity,
@@ -227,7 +226,6 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     import tempfile
 
     from compress.artifact import Manifest, TextPreprocess, library_versions
-    from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
     from compress.tasks import task_for
 
@@ -251,12 +249,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"builder": built})
         prompt, said = prompt_ids(source, config.sample_data)
-        backend = load_runtime(o.draft(), "onnxruntime")
-        try:
-            cand = backend.generate(prompt, DECODE_STEPS, logits=True)
-        finally:
-            backend.close()
-        check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand)
+        check = draft_against_torch(o.draft(), "onnxruntime", source, prompt)
         atol = generator_atol(config, check)
         check |= {"prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check

@@ -33,10 +33,10 @@ from typing import Any
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
 from compress.stages.export.config import ExportConfig
-from compress.stages.export.lm.common import greedy_torch, hf_config, prompt_ids
+from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
 from compress.storage import check_output
-from compress.tasks.generation import DECODE_STEPS, compare_generation, copy_travel, require_generation_parity
+from compress.tasks.generation import DECODE_STEPS, copy_travel, require_generation_parity
 from compress.teachers.lm_config import cache_of, from_pretrained_lm, postprocess_of, source_info
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,6 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
     """
     from compress._optional import require
     from compress.artifact import Manifest, TextPreprocess, library_versions
-    from compress.runtimes.base import load_runtime
     from compress.storage import tree_bytes
     from compress.tasks import task_for
 
@@ -211,12 +210,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built})
         prompt, said = prompt_ids(source, config.sample_data)
-        backend = load_runtime(o.draft(), "openvino")
-        try:
-            cand = backend.generate(prompt, DECODE_STEPS, logits=True)
-        finally:
-            backend.close()
-        check = compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand) | {
+        check = draft_against_torch(o.draft(), "openvino", source, prompt) | {
             "prompt": said, "atol": config.atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
         require_generation_parity(check, config.atol, "the OpenVINO IR")
