@@ -118,6 +118,13 @@ class RuntimeBackend(ABC):
     module: ClassVar[str]  # the Python module this adapter needs
     formats: ClassVar[frozenset[Format]]
     declared_state: StateSpec | None = None  # the state fed back between steps (see state_spec)
+    #: the loop a generator's tokens are made in here, as a report names it: edgecompress's own (:meth:`generate` on
+    #: :meth:`run_steps`: a call per token, numpy feeds) unless the adapter runs its runtime's own loop
+    generation_loop: ClassVar[str] = "edgecompress run_steps (prefill, then one runtime call per token; numpy feeds)"
+    #: whether a step of that loop copies the whole KV cache (state fed back as fresh arrays each call): the report's
+    #: bytes moved per token count it
+    copies_cache: ClassVar[bool] = True
+    native_seconds: float = 0.0  # seconds spent in the runtime's own calls so far (see native)
 
     def __init__(self, artifact: Artifact, settings: RuntimeSettings | None = None) -> None:
         if artifact.format not in self.formats:
@@ -334,27 +341,49 @@ class RuntimeBackend(ABC):
         return seen, seconds
 
     def generate(self, prompt_ids: Sequence[int], new_tokens: int, *, eos: Collection[int] = (),
-                 context: int | None = None, logits: bool = False) -> Generated:
+                 context: int | None = None, logits: bool = False, timed: bool = False) -> Generated:
         """Greedy decoding of ``prompt_ids`` (batch 1) through the cache (:meth:`run_steps`): each token the arg-max
         of the last logits. It stops after ``new_tokens`` tokens, an ``eos`` token (kept) or the ``context``'s end.
-        ``logits``: also each made token's step logits (every token is then fed back, the last one too). A backend
-        whose runtime has its own generation loop overrides it.
+        ``logits``: also each made token's step logits (every token is then fed back, the last one too). ``timed``:
+        the seconds of each token made and the runtime's share of them (:class:`Generated`; the runtime's share is
+        what the adapter's calls spent in :meth:`native`). A backend whose runtime has its own generation loop
+        overrides it (and names it in :attr:`generation_loop`): what a device runs is what gets timed.
         """
         prompt = list(prompt_ids)
         tokens: list[int] = []
         limit = new_tokens if context is None else min(new_tokens, context - len(prompt))
+        seconds: list[float] = []
+        native: list[float] = []
+        mark = [time.perf_counter(), self.native_seconds]
 
         def pick(out, _feeds):
             if tokens and (tokens[-1] in eos or len(tokens) == new_tokens):  # the last token was fed back: done
                 return None
             nxt = int(np.argmax(out["logits"][0, -1]))
             tokens.append(nxt)
+            if timed:
+                self.synchronize()
+                now = time.perf_counter()
+                seconds.append(now - mark[0])
+                native.append(self.native_seconds - mark[1])
+                mark[:] = [now, self.native_seconds]
             if (nxt in eos or len(tokens) == new_tokens) and not logits:
                 return None
             return token_feeds([[nxt]], len(prompt) + len(tokens))
 
         seen, _ = self.run_steps(token_feeds([prompt], len(prompt)), max(limit, 0), pick)
-        return Generated(seen[0]["logits"][0], tokens, [o["logits"][0, -1] for o in seen[1:]] if logits else [])
+        return Generated(seen[0]["logits"][0], tokens, [o["logits"][0, -1] for o in seen[1:]] if logits else [],
+                         tuple(seconds), tuple(native))
+
+    def native(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)``, the runtime's own work (a session's run, a request's infer, a context's eval),
+        its seconds added to :attr:`native_seconds`: a timed :meth:`generate` reports the rest of each token's time
+        as the host's overhead (Python, feeds, copies). Adapters route their runtime call through it."""
+        t0 = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self.native_seconds += time.perf_counter() - t0
 
     def _require_state(self) -> StateSpec:
         spec = self.state_spec

@@ -41,6 +41,8 @@ class ExecuTorchBackend(RuntimeBackend):
     name: ClassVar[str] = "executorch"
     module: ClassVar[str] = "executorch"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.executorch})
+    generation_loop: ClassVar[str] = "ExecuTorch program (a call per token, the KV cache in the program's buffers)"
+    copies_cache: ClassVar[bool] = False
 
     def _load(self) -> None:
         # ExecuTorch's quantized kernels (an INT8 program's embedding tables, quantized_decomposed::embedding_byte):
@@ -104,7 +106,7 @@ class ExecuTorchBackend(RuntimeBackend):
         for i in range(0, len(tokens), self.chunk):
             part = tokens[i:i + self.chunk]
             pos = torch.arange(start + i, start + i + len(part), dtype=torch.long)
-            logits = self.method.execute([torch.tensor([part], dtype=torch.long), pos])[0]
+            logits = self.native(self.method.execute, [torch.tensor([part], dtype=torch.long), pos])[0]
             out.append(logits[0].numpy().astype(np.float32, copy=True))
         self._held += tokens
         return np.concatenate(out) if len(out) > 1 else out[0]

@@ -63,6 +63,8 @@ class LlamaCppBackend(RuntimeBackend):
     name: ClassVar[str] = "llamacpp"
     module: ClassVar[str] = "llama_cpp"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.gguf})
+    generation_loop: ClassVar[str] = "llama.cpp context (llama-cpp-python eval per token, the KV cache in the context)"
+    copies_cache: ClassVar[bool] = False
 
     def _load(self) -> None:
         from llama_cpp import Llama
@@ -114,7 +116,7 @@ class LlamaCppBackend(RuntimeBackend):
             raise ConfigError(f"{start + len(tokens)} tokens exceed the llama.cpp context of {self.n_ctx}",
                               hint="give a larger runtime option n_ctx, or fewer tokens")
         self.llm.n_tokens = start
-        self.llm.eval(tokens)
+        self.native(self.llm.eval, tokens)
         return np.array(self.llm.scores[start:start + len(tokens)], dtype=np.float32)
 
     def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], LlamaCppState]:

@@ -27,6 +27,10 @@ class OpenVINOBackend(RuntimeBackend):
     name: ClassVar[str] = "openvino"
     module: ClassVar[str] = "openvino"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.openvino})
+    #: a stateful IR's loop: a request per token, the KV cache in the request's variables (a generator IR of this
+    #: project is stateful; one that feeds its cache back as inputs is copied as the base class says)
+    generation_loop: ClassVar[str] = "OpenVINO stateful InferRequest (a request per token, the KV cache in its variables)"
+    copies_cache: ClassVar[bool] = False
 
     @classmethod
     def check_settings(cls, settings) -> None:
@@ -114,7 +118,7 @@ class OpenVINOBackend(RuntimeBackend):
     def _infer_step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = decoder_feeds(feeds, self._input_names)
         feed = {k: np.require(v, requirements='C') for k, v in feeds.items() if k in self._input_names}
-        result = self.request.infer(feed, share_inputs=True, share_outputs=False)
+        result = self.native(self.request.infer, feed, share_inputs=True, share_outputs=False)
         return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -148,7 +148,7 @@ class OrtBackend(RuntimeBackend):
         """Every output by name as the graph returns it (a stateful step's state is fed back unconverted)."""
         feed = {k: v for k, v in inputs.items() if k in self._input_names}
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed), strict=True))
+        return dict(zip(names, self.native(self.session.run, names, feed), strict=True))
 
     def step(self, feeds: dict[str, np.ndarray],
              state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

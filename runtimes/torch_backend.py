@@ -57,6 +57,8 @@ class TorchBackend(RuntimeBackend):
     name: ClassVar[str] = "torch"
     module: ClassVar[str] = "torch"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.pytorch})
+    generation_loop: ClassVar[str] = "PyTorch (transformers' KV cache, a forward per token)"
+    copies_cache: ClassVar[bool] = False
 
     teacher: Any = None
 
@@ -158,7 +160,7 @@ class TorchBackend(RuntimeBackend):
         mask = feeds.get("attention_mask")
         mask = torch.from_numpy(np.asarray(mask, dtype=np.int64)).to(self.device) if mask is not None else None
         with torch.inference_mode():
-            out = self.model(ids, attention_mask=mask, past_key_values=past, use_cache=True)  # ids: forward's first
+            out = self.native(self.model, ids, attention_mask=mask, past_key_values=past, use_cache=True)  # ids first
         return {"logits": out.logits.float().cpu().numpy()}, out.past_key_values
 
     def synchronize(self) -> None:

@@ -197,6 +197,15 @@ def _attention_flops(facts: ModelFacts, position: int) -> float:
 
 # --------------------------------------------------------------------------------------------------
 # What the files say
+def bytes_per_token(facts: ModelFacts, context: int, copies_cache: bool) -> dict[str, Any]:
+    """An estimate of the bytes one decode token moves at ``context`` tokens: the weights read once (gathered
+    embedding rows left out), the KV cache read, and, in a loop that feeds the cache back as fresh arrays each step
+    (``copies_cache``), the cache written again."""
+    kv = kv_bytes_per_token(facts, context)
+    return {"weights": facts.weight_bytes, "kv_cache": kv, "cache_copies": kv if copies_cache else 0,
+            "context": int(context), "estimated": True}
+
+
 # --------------------------------------------------------------------------------------------------
 
 

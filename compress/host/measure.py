@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -168,58 +168,61 @@ class ForwardPass:
         )
 
 
-def greedy_next(outputs: dict[str, Any], feeds: dict[str, Any]) -> dict[str, Any]:
-    """The next step's feeds of a causal LM decoded greedily: the arg-max token of the last position's ``logits``
-    as ``input_ids`` (one position per row); an ``attention_mask`` grows by one position."""
-    import numpy as np
-
-    logits = outputs["logits"]
-    last = logits[:, -1, :] if logits.ndim == 3 else logits
-    nxt = {"input_ids": np.argmax(last, axis=-1).astype(feeds["input_ids"].dtype)[:, None]}
-    if "attention_mask" in feeds:
-        mask = feeds["attention_mask"]
-        nxt["attention_mask"] = np.concatenate([mask, np.ones((len(mask), 1), dtype=mask.dtype)], axis=1)
-    return nxt
-
-
 @dataclass
 class Generation:
-    """A prompt, then ``new_tokens`` generated one at a time with the state (a KV cache) fed back: a runtime's
-    :meth:`~compress.runtimes.base.RuntimeBackend.prefill` then ``step``, repeated ``repeats`` times (after
-    ``warmup`` untimed ones).
+    """A prompt, then ``new_tokens`` generated greedily, through the backend's generation loop (its
+    :meth:`~compress.runtimes.base.RuntimeBackend.generate`, timed: the runtime's own loop where the adapter runs it,
+    else edgecompress's prefill/step loop), repeated ``repeats`` times after ``warmup`` untimed ones.
 
-    Figures: ``time_to_first_token`` (the prefill, one sample per repeat) and ``decode`` (one sample per generated
-    token; its ``throughput`` is decode tokens per second over the batch's rows). ``next_feeds(outputs, feeds)``
-    makes a step's feeds from the last outputs (default :func:`greedy_next`)."""
+    Figures: ``time_to_first_token`` (the prefill and the first pick, one sample per repeat), ``decode`` (one sample
+    per further token; its ``throughput`` is decode tokens per second) and ``decode_host`` (each decode token's time
+    outside the runtime's own calls: Python, feeds, copies)."""
 
     kind: ClassVar[Kind] = "generation"
     backend: Any
-    prompt: dict[str, Any]
+    prompt: list[int]
     new_tokens: int = 16
     repeats: int = 5
     warmup: int = 1
-    next_feeds: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = greedy_next
 
-    def generate(self) -> tuple[float, list[float], list[dict[str, Any]]]:
-        """One timed generation: (prefill seconds, each decode step's seconds, every call's outputs), through the
-        runtime's loop (:meth:`~compress.runtimes.base.RuntimeBackend.run_steps`)."""
-        seen, seconds = self.backend.run_steps(self.prompt, self.new_tokens, self.next_feeds, timed=True)
-        return seconds[0], seconds[1:], seen
+    def generate(self) -> Any:
+        """One timed generation (:class:`~compress.tasks.generation.Generated`, its ``seconds`` and
+        ``native_seconds`` filled): the first token from the prompt, then ``new_tokens`` decode steps."""
+        return self.backend.generate(self.prompt, self.new_tokens + 1, timed=True)
 
     def measure(self, progress: Progress | None = None) -> dict[str, LatencyStats]:
         advance = start_phase(progress, "generation") if progress else None
         for _ in range(self.warmup):
             self.generate()
-        firsts, steps = [], []
+        samples = GenerationSamples()
         for i in range(self.repeats):
-            first, decode, _ = self.generate()
-            firsts.append(first)
-            steps += decode
+            samples.add(self.generate())
             if advance:
                 advance((i + 1) / self.repeats)
-        rows = len(next(iter(self.prompt.values())))
-        return {"time_to_first_token": LatencyStats.from_samples(firsts, rows),
-                "decode": LatencyStats.from_samples(steps, rows)}
+        return samples.stats()
+
+
+@dataclass
+class GenerationSamples:
+    """Timed generations' samples, gathered: each run's first token, its further tokens, and their host overhead."""
+
+    first: list[float] = field(default_factory=list)
+    decode: list[float] = field(default_factory=list)
+    host: list[float] = field(default_factory=list)
+
+    def add(self, made: Any) -> float:
+        """One timed generation's samples; returns its seconds in all."""
+        self.first.append(made.seconds[0])
+        self.decode += made.seconds[1:]
+        self.host += [max(0.0, t - n) for t, n in zip(made.seconds[1:], made.native_seconds[1:], strict=True)]
+        return float(sum(made.seconds))
+
+    def stats(self) -> dict[str, LatencyStats]:
+        out = {"time_to_first_token": LatencyStats.from_samples(self.first, 1),
+               "decode": LatencyStats.from_samples(self.decode, 1)}
+        if self.host:
+            out["decode_host"] = LatencyStats.from_samples(self.host, 1)
+        return out
 
 
 @dataclass

@@ -242,16 +242,24 @@ GENERATOR_REL = 1e-3
 class Generated(NamedTuple):
     """A greedy run of a prompt through a KV cache (a runtime's ``generate``, PyTorch's ``greedy_decode``): the
     prompt's logits [S, V], the tokens made, and each made token's step logits [V] (the logits once it was fed back;
-    empty unless asked for)."""
+    empty unless asked for).
 
-    prompt_logits: np.ndarray
+    Timed (``generate(..., timed=True)``): ``seconds`` has one entry per token made, the first the time to first token
+    (the prompt's prefill and its pick), each next one the loop's time for one more token (its step, the pick, the
+    next feeds); ``native_seconds`` the part of each spent inside the runtime's own calls, so that ``seconds -
+    native_seconds`` is the host's overhead (Python, copies). Both empty when not timed. A prompt_logits of None: the
+    runtime's loop does not return the prompt's logits (a timed run in ONNX Runtime GenAI's generator)."""
+
+    prompt_logits: np.ndarray | None
     tokens: list[int]
     step_logits: list[np.ndarray]
+    seconds: tuple[float, ...] = ()
+    native_seconds: tuple[float, ...] = ()
 
 
 def compare_generation(ref: Generated, cand: Generated) -> dict[str, Any]:
     """Prefill and decode agreement of two greedy runs with step logits (PyTorch's and an artifact's)."""
-    (p0, t0, l0), (p1, t1, l1) = ref, cand
+    (p0, t0, l0), (p1, t1, l1) = ref[:3], cand[:3]
     same = next((i for i, (a, b) in enumerate(zip(t0, t1, strict=True)) if a != b), len(t0))
     # decode logits are comparable while the two fed the same tokens (up to and including the first divergence)
     decode = max((float(np.abs(a - b).max()) for a, b in zip(l0[:same + 1], l1[:same + 1], strict=False)), default=0.0)

@@ -43,7 +43,7 @@ from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, budgets_of, verdict_of
 from compress.progress import Advance, Progress, start_phase
-from compress.validation.decoding import context_of, greedy_artifact, prompt_feeds, window_logits
+from compress.validation.decoding import context_of, greedy_artifact, window_logits
 from compress.validation.generation_plan import GenerationPlan, announce, encode, plan_generation
 
 log = logging.getLogger(__name__)
@@ -62,31 +62,27 @@ def _eos_ids(post) -> set[int]:
 
 def time_generation(backends: dict[str, Any], prompt: list[int], new_tokens: int, *, warmup: int,
                     min_duration_s: float, max_rounds: int, progress: Progress | None = None):
-    """TTFT and per-token decode samples of each backend, rounds alternating (the order flips every round):
-    {name: {"time_to_first_token": LatencyStats, "decode": LatencyStats}}."""
-    from compress.host.measure import Generation, LatencyStats
+    """TTFT and per-token decode samples of each backend (and each decode token's host overhead), through each
+    backend's generation loop, rounds alternating (the order flips every round):
+    {name: {"time_to_first_token": LatencyStats, "decode": LatencyStats, "decode_host": LatencyStats}}."""
+    from compress.host.measure import Generation, GenerationSamples
 
-    gens = {name: Generation(b, prompt_feeds(prompt), new_tokens=new_tokens) for name, b in backends.items()}
+    gens = {name: Generation(b, prompt, new_tokens=new_tokens) for name, b in backends.items()}
     advance = start_phase(progress, f"timing generation ({' and '.join(gens)}: a {len(prompt)}-token prompt + "
                                     f"{new_tokens} new tokens, at least {MIN_ROUNDS} rounds)") if progress else None
     for _ in range(warmup):  # inside the phase: a warm-up generation of a real model takes a while too
         for g in gens.values():
             g.generate()
-    firsts: dict[str, list[float]] = {n: [] for n in gens}
-    steps: dict[str, list[float]] = {n: [] for n in gens}
+    samples = {n: GenerationSamples() for n in gens}
     rounds, spent = 0, 0.0
     while rounds < MIN_ROUNDS or (spent < min_duration_s and rounds < max_rounds):
         order = list(gens) if rounds % 2 == 0 else list(reversed(gens))
         for name in order:
-            first, decode, _ = gens[name].generate()
-            firsts[name].append(first)
-            steps[name] += decode
-            spent += first + sum(decode)
+            spent += samples[name].add(gens[name].generate())
         rounds += 1
         if advance:
             advance(min(1.0, min(rounds / MIN_ROUNDS, spent / min_duration_s if min_duration_s else 1.0)))
-    return {n: {"time_to_first_token": LatencyStats.from_samples(firsts[n], 1),
-                "decode": LatencyStats.from_samples(steps[n], 1)} for n in gens}
+    return {n: s.stats() for n, s in samples.items()}
 
 
 def speed_figures(timed: dict[str, dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
@@ -99,9 +95,25 @@ def speed_figures(timed: dict[str, dict[str, Any]], prompt_tokens: int) -> dict[
         out[f"{pre}decode_ms_per_token"] = dec.as_dict()
         out[f"{pre}prefill_tokens_per_s"] = round(prompt_tokens * 1000.0 / ttft.p50, 3) if ttft.p50 else None
         out[f"{pre}decode_tokens_per_s"] = round(1000.0 / dec.p50, 3) if dec.p50 else None
+        host = st.get("decode_host")
+        if host is not None:  # each decode token's time outside the runtime's own calls (Python, feeds, copies)
+            out[f"{pre}decode_host_ms_per_token"] = round(host.p50, 4)
+            out[f"{pre}decode_host_share"] = round(host.p50 / dec.p50, 4) if dec.p50 else None
     if "baseline" in timed and out.get("prefill_tokens_per_s") and out.get("baseline_prefill_tokens_per_s"):
         out["prefill_speedup"] = round(out["prefill_tokens_per_s"] / out["baseline_prefill_tokens_per_s"], 4)
         out["decode_speedup"] = round(out["decode_tokens_per_s"] / out["baseline_decode_tokens_per_s"], 4)
+    return out
+
+
+def loops_of(backends: dict[str, Any], art: Artifact, context: int) -> dict[str, Any]:
+    """Which loop each side was timed in (the runtime's own, or edgecompress's prefill/step loop), and the artifact's
+    bytes moved per decode token at ``context`` tokens (an estimate, :func:`~compress.estimates.generation.
+    bytes_per_token`): a slow route says why."""
+    from compress.estimates.generation import bytes_per_token, model_facts
+
+    out: dict[str, Any] = {f"{'' if n == 'artifact' else n + '_'}loop": b.generation_loop for n, b in backends.items()}
+    with contextlib.suppress(Exception):  # a file the estimate cannot read leaves the figure out, not the report
+        out["bytes_per_token"] = bytes_per_token(model_facts(art), context, backends["artifact"].copies_cache)
     return out
 
 
@@ -376,7 +388,8 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
         timed = time_generation(backends, prompt, new_tokens, warmup=1 if meas.warmup else 0,
                                 min_duration_s=meas.min_duration_s,
                                 max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens), progress=progress)
-        gen.update({"prompt_tokens": len(prompt), "new_tokens": new_tokens, **speed_figures(timed, len(prompt))})
+        gen.update({"prompt_tokens": len(prompt), "new_tokens": new_tokens, **speed_figures(timed, len(prompt)),
+                    **loops_of(backends, art, len(prompt) + new_tokens // 2)})
         metrics["decode_tokens_per_s"] = gen["decode_tokens_per_s"]
         metrics["time_to_first_token_ms"] = timed["artifact"]["time_to_first_token"].p50
         metrics["prefill_tokens_per_s"] = gen["prefill_tokens_per_s"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.host.measure import ForwardPass, Generation, LatencyStats, Measurement, Stream, greedy_next
+from compress.host.measure import ForwardPass, Generation, LatencyStats, Measurement, Stream
 from compress.runtimes.base import load_runtime
 
 
 def test_every_shape_is_a_measurement(kv_cache_artifact):
     backend = load_runtime(kv_cache_artifact, "onnxruntime")
     shapes = [ForwardPass({"a": lambda: None}, batch_size=1),
-              Generation(backend, {"input_ids": np.array([[1, 2]], dtype=np.int64)}),
+              Generation(backend, [1, 2]),
               Stream(backend, [{"input_ids": np.array([[1]], dtype=np.int64)}])]
     assert all(isinstance(s, Measurement) for s in shapes)
     assert [s.kind for s in shapes] == ["forward", "generation", "stream"]
@@ -25,20 +25,21 @@ def test_a_forward_pass_times_each_callable():
 
 def test_generation_times_the_prompt_then_each_token(kv_cache_artifact):
     backend = load_runtime(kv_cache_artifact, "onnxruntime")
-    prompt = {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)}
-    shape = Generation(backend, prompt, new_tokens=6, repeats=3, warmup=1)
-    _, steps, outputs = shape.generate()
-    assert len(steps) == 6 and len(outputs) == 7 and all(o["logits"].shape == (1, 8) for o in outputs)
+    shape = Generation(backend, [1, 2, 3], new_tokens=6, repeats=3, warmup=1)
+    made = shape.generate()
+    assert len(made.tokens) == 7 and len(made.seconds) == 7 and len(made.native_seconds) == 7  # the first + 6
+    # the runtime's share of each token's time is inside it; the rest is the host's overhead
+    assert all(0 < n <= t for t, n in zip(made.seconds, made.native_seconds, strict=True))
     stats = shape.measure()
-    ttft, decode = stats["time_to_first_token"], stats["decode"]
-    assert isinstance(ttft, LatencyStats) and ttft.n == 3 and decode.n == 18
+    ttft, decode, host = stats["time_to_first_token"], stats["decode"], stats["decode_host"]
+    assert isinstance(ttft, LatencyStats) and ttft.n == 3 and decode.n == 18 and host.n == 18
     assert ttft.p50 > 0 and decode.p50 > 0 and decode.throughput > 0  # decode tokens per second
+    assert host.p50 < decode.p50
 
 
-def test_greedy_next_feeds_the_arg_max_token():
-    feeds = {"input_ids": np.array([[5]], dtype=np.int64), "attention_mask": np.ones((1, 1), dtype=np.int64)}
-    nxt = greedy_next({"logits": np.array([[0.1, 0.9, 0.2]])}, feeds)
-    assert nxt["input_ids"].tolist() == [[1]] and nxt["attention_mask"].shape == (1, 2)
+def test_an_untimed_generation_carries_no_seconds(kv_cache_artifact):
+    made = load_runtime(kv_cache_artifact, "onnxruntime").generate([1, 2, 3], 4)
+    assert len(made.tokens) == 4 and made.seconds == () and made.native_seconds == ()
 
 
 def test_a_stream_feeds_the_state_from_chunk_to_chunk(accumulator_artifact):

@@ -85,6 +85,11 @@ def test_a_generator_report_has_speed_beside_fp32_quality_and_its_budgets(int8_r
     assert gen["decode_speedup"] == pytest.approx(gen["decode_tokens_per_s"] / gen["baseline_decode_tokens_per_s"],
                                                   rel=1e-3)
     assert met["latency_ms"]["p50"] == dec["p50"] and met["speedup"] > 0  # latency_ms is the decode step's
+    # why a route is as fast as it is: the loop timed, the host's share of a token, the bytes a token moves
+    assert gen["loop"].startswith("edgecompress run_steps") and gen["baseline_loop"] == gen["loop"]
+    assert 0 < gen["decode_host_ms_per_token"] < dec["p50"] and 0 < gen["decode_host_share"] < 1
+    moved = gen["bytes_per_token"]
+    assert moved["weights"] > 0 and moved["kv_cache"] > 0 and moved["cache_copies"] == moved["kv_cache"]
     assert len(met["latency_samples_ms"]["artifact"]) == dec["n"] and "baseline" in met["latency_samples_ms"]
     # quality: windows of 32 tokens of real text, against the PyTorch teacher
     assert gen["window"] == 32 and gen["windows"] >= 3
