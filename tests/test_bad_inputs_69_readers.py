@@ -183,3 +183,13 @@ def test_a_search_splits_its_eval_text_through_the_one_decoder(tmp_path, name):
     with pytest.raises(DataError, match="not valid UTF-8") as e:
         (split_text(path, tmp_path / "split") if name == "text.txt" else split_eval(path, tmp_path / "split", 0))
     assert name in str(e.value)
+
+
+def test_an_alpaca_rows_input_is_part_of_its_prompt(tmp_path):
+    from compress.data.text import PromptResponse, read_training_texts
+
+    rows = tmp_path / "alpaca.jsonl"
+    rows.write_text('{"instruction": "Sum these.", "input": "2 and 3", "output": "5"}\n'
+                    '{"instruction": "Say hi.", "input": "", "output": "hi"}\n', encoding="utf-8")
+    got = read_training_texts(rows, prompt_field="instruction", response_field="output")
+    assert got == [PromptResponse("Sum these.\n\n2 and 3", "5"), PromptResponse("Say hi.", "hi")]

@@ -111,7 +111,9 @@ def read_training_texts(path: str | Path, *, prompt_field: str = "prompt",
                         response_field: str = "response") -> list[str] | list[PromptResponse]:
     """What a causal LM fine-tunes on: documents (a ``.txt`` file is one; ``.jsonl`` lines with a ``"text"`` field or
     JSON strings), or instruction rows when the lines carry ``prompt_field`` (each must then carry ``response_field``
-    too, both strings: the data says which part is the answer)."""
+    too, both strings: the data says which part is the answer). An Alpaca row's ``input`` (the context an
+    ``instruction`` works on) is part of its prompt: joined after the instruction by a blank line, as Alpaca's own
+    template does, when the prompt field is ``instruction``."""
     p = _checked(path)
     rows = _lines(p) if p.suffix.lower() == ".jsonl" else []
     if not any(isinstance(row, dict) and prompt_field in row for _, row in rows):
@@ -130,6 +132,9 @@ def read_training_texts(path: str | Path, *, prompt_field: str = "prompt",
                             hint="name the response's field with --response-field, or give documents as "
                             "{\"text\": ...} (every token trained)")
         prompt, response = _field(p, n, row, (prompt_field,)), _field(p, n, row, (response_field,))
+        extra = row.get("input") if prompt_field == "instruction" else None
+        if isinstance(extra, str) and extra.strip():
+            prompt = f"{prompt}\n\n{extra}"
         if response.strip():
             out.append(PromptResponse(prompt, response))
     if not out:
@@ -153,9 +158,8 @@ def _refuse_unnamed_instructions(p: Path, rows: list[tuple[int, Any]], prompt_fi
         response = next((k for k in RESPONSE_FIELDS if isinstance(row.get(k), str)), None)
         if prompt is None or response is None:
             return
-        extra = "; Alpaca's 'input' is not read: join it into the instruction first" if row.get("input") else ""
         raise DataError(f"{p}:{n}: instruction rows ({', '.join(repr(k) for k in row)}) whose prompt field is not "
-                        f"{prompt_field!r}", hint=f"pass --prompt-field {prompt} --response-field {response}{extra}")
+                        f"{prompt_field!r}", hint=f"pass --prompt-field {prompt} --response-field {response}")
 
 
 def encode(tokenizer, text: str) -> list[int]:
