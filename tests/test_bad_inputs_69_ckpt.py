@@ -163,3 +163,16 @@ def test_prune_of_a_short_context_model_cuts_its_windows_or_names_max_length(tmp
                         "--max-length", "64")
     assert_one_line_error(proc, "--max-length 64", "context", "--max-length 16 or less")
     assert not (tmp_path / "q").exists()
+
+
+def test_an_encoder_whose_wordpiece_vocabulary_is_past_its_vocab_size_is_one_line(bert_classifier, tmp_path):
+    """Not only a causal LM's: a BERT whose vocab.txt has more tokens than its embedding has rows."""
+    from compress.teachers.checkpoints import check_checkpoint
+
+    d = Path(shutil.copytree(bert_classifier, tmp_path / "bert"))
+    rows = (d / "vocab.txt").read_text(encoding="utf-8").count("\n")
+    c = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(c | {"vocab_size": rows // 2}))
+    with pytest.raises(ModelLoadError, match=f"vocab_size is {rows // 2}"):
+        check_checkpoint(d)
+    check_checkpoint(bert_classifier)  # the fixture itself fits

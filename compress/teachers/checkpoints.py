@@ -4,8 +4,8 @@ teacher loaders.
 
 :func:`check_checkpoint` is the one check of a Hugging Face checkpoint folder before any third-party loader
 (transformers, ONNX Runtime GenAI's builder, ONNX Runtime) reads it: config.json readable with a ``model_type``
-transformers knows, no remote code unless trusted, weights safe and whole, and for a causal LM its tokenizer files
-present and fitting ``vocab_size``."""
+transformers knows, no remote code unless trusted, weights safe and whole, a text model's tokenizer fitting
+``vocab_size``, and for a causal LM its tokenizer files present."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def check_checkpoint(path: Path | str, *, allow_pickle: bool = False,
     """Check the Hugging Face checkpoint folder ``path`` before transformers or ONNX Runtime reads it, each fault one
     line (:class:`~compress.errors.ModelLoadError`): config.json readable, its ``model_type`` one transformers knows
     (or its own code, trusted), no remote code unless ``trust_remote_code``, weights safe and whole
-    (:func:`inspect_weights`: pickles refused unless ``allow_pickle``, safetensors headers read); for a causal LM its
-    tokenizer files present and no token id past ``vocab_size``. Returns ``(config, weight files, pickled)``."""
+    (:func:`inspect_weights`: pickles refused unless ``allow_pickle``, safetensors headers read); no token id of the
+    tokenizer past ``vocab_size``; for a causal LM its tokenizer files present. Returns ``(config, weight files, pickled)``."""
     from compress.teachers.lm_config import is_causal_lm
 
     path = Path(path)
@@ -40,11 +40,10 @@ def check_checkpoint(path: Path | str, *, allow_pickle: bool = False,
     refuse_remote_code(path, config, trust_remote_code)
     _check_model_type(path, config, trust_remote_code)
     weights, pickled = inspect_weights(path, allow_pickle=allow_pickle)
-    if is_causal_lm(config):
-        if not any((path / name).is_file() for name in TOKENIZER_FILES):
-            raise ModelLoadError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)",
-                                 hint="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
-        _check_vocab(path, config)
+    if is_causal_lm(config) and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)",
+                             hint="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
+    _check_vocab(path, config)
     return config, weights, pickled
 
 
@@ -67,8 +66,8 @@ def _check_model_type(path: Path, config: dict[str, Any], trusted: bool) -> None
 
 
 def _tokenizer_top_id(path: Path) -> int | None:
-    """The largest token id the checkpoint's tokenizer can emit, read from tokenizer.json (else vocab.json); None
-    when neither is there (a SentencePiece model: its loader reads it)."""
+    """The largest token id the checkpoint's tokenizer can emit, read from tokenizer.json (else vocab.json, else
+    vocab.txt: WordPiece's, a token a line); None when none is there (a SentencePiece model: its loader reads it)."""
     if (path / "tokenizer.json").is_file():
         data = _read_json(path / "tokenizer.json")
         vocab = (data.get("model") or {}).get("vocab")
@@ -80,12 +79,16 @@ def _tokenizer_top_id(path: Path) -> int | None:
     if (path / "vocab.json").is_file():
         ints = [i for i in _read_json(path / "vocab.json").values() if isinstance(i, int)]
         return max(ints) if ints else None
+    if (path / "vocab.txt").is_file():
+        with open(path / "vocab.txt", "rb") as f:
+            lines = sum(1 for _ in f)
+        return lines - 1 if lines else None
     return None
 
 
 def _check_vocab(path: Path, config: dict[str, Any]) -> None:
-    """A causal LM's tokenizer may not emit a token id its embedding has no row for (``vocab_size``): ONNX Runtime
-    would fail on the first prompt with an out-of-bounds Gather, transformers with an IndexError."""
+    """A text model's tokenizer may not emit a token id its embedding has no row for (``vocab_size``): ONNX Runtime
+    would fail on the first input with an out-of-bounds Gather, transformers with an IndexError."""
     c = config.get("text_config") or config
     size = c.get("vocab_size")
     top = _tokenizer_top_id(path)
