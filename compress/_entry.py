@@ -5,11 +5,22 @@ module runs) answers one the same way (:func:`compress.interrupt.exit_interrupte
 :func:`compress.interrupt.is_command_line`): the window left is the interpreter's own start (its ``site`` and
 ``runpy`` imports)."""
 
+import os
 import sys
+
+
+def passive_waits() -> None:
+    """OpenMP threads that sleep instead of spinning when they wait (``OMP_WAIT_POLICY=PASSIVE``), unless the user
+    chose a policy. libgomp (PyTorch's OpenMP) reads it once, when it loads, so this runs before anything imports
+    torch. Spinning barriers on a busy machine wait for a thread the kernel has parked behind other work: PyTorch
+    training steps of the demo's student ran 1.5x slower at a load of 4 with spinning than with PASSIVE, and
+    their quiet speed is the same (benchmarks/busy_host.py; docs/validation.md "Busy machines")."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main() -> None:
     """Import and run :func:`compress.cli.main`; an interrupt before it has taken over the signals exits 130."""
+    passive_waits()
     try:
         from compress.cli import main as cli_main
 

@@ -41,8 +41,8 @@ VERDICTS: dict[str, tuple[int, str]] = {
     "fail": (BudgetFailed.exit_code, "a budget was measured and missed (or the gate found a regression)"),
     "anomalous": (Anomalous.exit_code,
                   "no budget failed, but a latency measurement is not trustworthy: its run-to-run spread (CV > 15%) "
-                  "is wider than its distance to the limit (within 20%), so noise could flip it; measure on a quieter "
-                  "machine or with more runs"),
+                  "is wider than its distance to the limit (within 20%), so noise could flip it, or it failed while "
+                  "the machine was busy (host_load); measure on a quieter machine or with more runs"),
     "unverified": (Unverified.exit_code,
                    "no budget failed, but some were not measured (estimates, or measurements switched off); "
                    "--unverified-exit-code changes the code"),
