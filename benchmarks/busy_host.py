@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--conditions", default="quiet,busy")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the busy loops (finally below)
     if a.what == "train":
         import importlib.util
 

@@ -85,3 +85,28 @@ def test_load_sampler_without_proc_says_so(tmp_path):
     assert s.result.other_cpu_share is None and not s.result.busy
     assert "no /proc figures" in HostLoad(**s.result.as_dict()).summary()
     assert host_load_line(None) is None
+
+
+def test_the_command_line_makes_openmp_waits_passive_unless_the_user_chose(monkeypatch):
+    from compress._entry import passive_waits
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    passive_waits()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    passive_waits()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_command_runs_with_passive_openmp_waits(tmp_path):
+    """The entry sets it before anything imports torch (libgomp reads it once, when it loads)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, os; sys.argv = ['edgecompress', '--help']\n"
+            "from compress._entry import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('POLICY', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert "POLICY PASSIVE False" in out
