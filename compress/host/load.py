@@ -39,7 +39,7 @@ class HostLoad:
         parts = []
         if self.other_cpu_share is not None:
             parts.append(f"other processes used {self.other_cpu_share:.0%} of its {self.cpus} CPU(s)")
-        if self.steal_share:
+        if self.steal_share and self.steal_share >= 0.005:  # a rounded "steal 0%" says nothing
             parts.append(f"steal {self.steal_share:.0%}")
         if self.load_average is not None:
             parts.append(f"load average {self.load_average:.2f}")
