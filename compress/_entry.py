@@ -5,11 +5,23 @@ module runs) answers one the same way (:func:`compress.interrupt.exit_interrupte
 :func:`compress.interrupt.is_command_line`): the window left is the interpreter's own start (its ``site`` and
 ``runpy`` imports)."""
 
+import os
 import sys
+
+
+def passive_waits() -> None:
+    """OpenMP threads that sleep instead of spinning when they wait (``OMP_WAIT_POLICY=PASSIVE``), unless the user
+    chose a policy. libgomp (PyTorch's OpenMP) reads it once, when it loads, so this runs before anything imports
+    torch. Spinning barriers on a busy machine wait for a thread the kernel has parked behind other work: training
+    steps of the demo's student on 2 threads took 3.88 s spinning vs 1.42 s passive (medians of 3, a 2-core VM at a
+    load of 4-15), 8.2-8.8 vs 3.0-3.4 s beside two more busy loops (benchmarks/busy_host.py; docs/validate.md "Busy
+    machines")."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main() -> None:
     """Import and run :func:`compress.cli.main`; an interrupt before it has taken over the signals exits 130."""
+    passive_waits()
     try:
         from compress.cli import main as cli_main
 

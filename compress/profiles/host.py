@@ -4,7 +4,6 @@ given profile's device."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import re
@@ -14,6 +13,7 @@ from typing import Any
 
 from compress.device.facts import ARM_PARTS, arm_core, cpu_model, cpuinfo
 from compress.errors import ProfileError
+from compress.host.cpu import usable_cpus
 from compress.profiles.schema import (
     _ARCH_ALIASES,
     _ARM_KEEP,
@@ -51,25 +51,6 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _host_cores() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    quota: float | None = None
-    try:  # cgroup v2
-        q, period = (_CGROUP / "cpu.max").read_text().split()[:2]
-        if q != "max":
-            quota = int(q) / int(period)
-    except (OSError, ValueError):
-        q1, p1 = _read_int(_CGROUP / "cpu" / "cpu.cfs_quota_us"), _read_int(_CGROUP / "cpu" / "cpu.cfs_period_us")
-        if q1 and p1 and q1 > 0:
-            quota = q1 / p1
-    if quota:
-        cores = min(cores, max(1, math.ceil(quota)))
-    return max(1, cores)
 
 
 def _host_memory_mb() -> int:
@@ -119,7 +100,7 @@ def _host_data() -> dict[str, Any]:
             hint=f"profiles support x86_64 and arm64; pass a built-in profile name or a profile file ({_LIST_HINT})",
         )
     info = _read_cpuinfo()
-    cores = _host_cores()
+    cores = usable_cpus()
     simd = _host_simd(arch, info)
     cpu = cpu_model(info, _read_text_quiet(_DEVICE_TREE_MODEL) or "")
     clock = _host_clock_ghz(info)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compress._optional import require
+from compress.host.load import host_load_line
 
 TEMPLATE = "report.html.j2"
 COLORS = {"artifact": "#1f6feb", "baseline": "#8b949e", "gate baseline": "#d29922"}
@@ -163,6 +164,7 @@ def validation_context(report: dict[str, Any], gate_baseline: dict[str, Any] | N
         "size_svg": size_bars(art.get("size_breakdown") or []),
         "estimated": bool(m.get("estimate")) or any(b.get("estimated") for b in report.get("budgets") or []),
         "accuracy": _accuracy_rows(m),
+        "host_load": host_load_line(report.get("host_load")),
     }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
+from compress.host.load import host_load_line
 from compress.storage import staged_dir
 from compress.tasks.embeddings import pooling_of
 
@@ -190,6 +191,8 @@ def render_report(report: ValidationReport, console: Console) -> None:
         f"— {report.environment['runtime'].get('runtime')} {report.environment['runtime'].get('version')}, "
         f"{report.environment['cpu']}"
     )
+    if (load := host_load_line(report.host_load)) is not None:
+        console.print(f"[magenta]{escape(load)}[/]" if report.host_load.get("busy") else f"[dim]{escape(load)}[/]")
     t = Table(title="budgets", title_justify="left")
     for col in ("budget", "limit", "measured", "result"):
         t.add_column(col, justify="right" if col in ("limit", "measured") else "left")
@@ -286,6 +289,8 @@ def report_markdown(report: ValidationReport) -> str:
         f"{report.environment['runtime'].get('runtime')} {report.environment['runtime'].get('version')}, "
         f"threads {report.environment['runtime'].get('threads')}",
     ]
+    if (load := host_load_line(report.host_load)) is not None:
+        out.append(f"- host load: {'**busy**' if report.host_load.get('busy') else 'quiet'} — {load}")
     if (data := report.data) is not None:
         out.append(f"- eval data: `{data['path']}` ({data['rows']} rows, sha256 {data['sha256'][:12]}…)")
     if (device := _device_line(report)) is not None:

@@ -120,4 +120,10 @@ def make_accelerator(precision: str = "no", grad_accum: int = 1):
             f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate runs each alone (no GPU for --multi_gpu)",
             hint="on CPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...",
         )
+    if accelerator.num_processes == 1 and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        from compress.host.cpu import usable_cpus
+
+        torch.set_num_threads(usable_cpus())  # the CPUs this process may use (a cgroup quota too), not the host's
     return accelerator

@@ -53,6 +53,7 @@ class ValidationRun:
     progress: Progress | None
     t_start: float
     user_metric: Callable | None = None
+    host_load: Any | None = None  # compress.host.load.HostLoad over the timing phase, once timed here
 
 
 class ValidationReport(BaseModel):
@@ -68,6 +69,10 @@ class ValidationReport(BaseModel):
     seconds: float = 0.0
     data: dict[str, Any] | None = Field(
         None, description="The eval data the metrics were measured on: path, rows, sha256 of the rows' texts.")
+    host_load: dict[str, Any] | None = Field(
+        None, description="How busy the machine was while it timed (compress.host.load.HostLoad): seconds, cpus, "
+        "load_average, other_cpu_share (CPU time other processes took on this process's CPUs), steal_share, busy "
+        "(those two shares reach 25%). None where nothing was timed here (estimates, a remote device).")
 
     @property
     def passed(self) -> bool:
@@ -168,7 +173,11 @@ def conclude(run: ValidationRun, metrics: dict[str, Any], stats: dict[str, Laten
         warnings.append(emulated)
     if (noisy := noise_warning(lat, budgets)) is not None:
         warnings.append(noisy)
-    anomalous_latency(lat, budgets)
+    load = run.host_load
+    if load is not None and load.busy:
+        warnings.append(f"{load.summary()}: its timings are the queue's as much as the model's; latency budgets it "
+                        "fails are ANOMALOUS, not FAIL (measure again on a quiet machine)")
+    anomalous_latency(lat, budgets, busy=load is not None and load.busy)
     for b in budgets:
         if b.measured is None:
             warnings.append(f"budget {b.name} could not be measured: {b.note}")
@@ -192,6 +201,7 @@ def conclude(run: ValidationRun, metrics: dict[str, Any], stats: dict[str, Laten
         profile=profile.model_dump(mode="json"),
         environment=env,
         seconds=round(time.perf_counter() - run.t_start, 2),
+        host_load=load.as_dict() if load is not None else None,
     )
 
 

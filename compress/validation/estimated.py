@@ -85,11 +85,13 @@ def device_check(profile, config: ValidateConfig, warnings: list[str]):
 
 
 def host_settings(settings):
-    """The profile's runtime settings with threads capped at this machine's cores (accuracy runs here)."""
+    """The profile's runtime settings with threads capped at the CPUs this process may use (affinity and cgroup
+    quota: :func:`compress.host.cpu.usable_cpus`): what runs on this machine runs no more threads than it has."""
     import dataclasses
-    import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from compress.host.cpu import usable_cpus
+
+    cores = usable_cpus()
     return dataclasses.replace(settings, threads=min(settings.threads or cores, cores))
 
 

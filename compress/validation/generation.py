@@ -41,6 +41,7 @@ import numpy as np
 
 from compress.artifact import Artifact
 from compress.errors import ConfigError
+from compress.host.load import LoadSampler
 from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, budgets_of, verdict_of
 from compress.progress import Advance, Progress, start_phase
 from compress.validation.decoding import context_of, greedy_artifact, window_logits
@@ -385,9 +386,11 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
                 backends["baseline"] = base_backend
                 metrics["speedup_baseline"] = "the teacher's FP32 export on the same runtime and threads (decode)"
         meas = profile.measure
-        timed = time_generation(backends, prompt, new_tokens, warmup=1 if meas.warmup else 0,
-                                min_duration_s=meas.min_duration_s,
-                                max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens), progress=progress)
+        with LoadSampler() as load:  # how busy the machine was while it timed (the report's host_load)
+            timed = time_generation(backends, prompt, new_tokens, warmup=1 if meas.warmup else 0,
+                                    min_duration_s=meas.min_duration_s,
+                                    max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens), progress=progress)
+        run.host_load = load.result
         gen.update({"prompt_tokens": len(prompt), "new_tokens": new_tokens, **speed_figures(timed, len(prompt)),
                     **loops_of(backends, art, len(prompt) + new_tokens // 2)})
         metrics["decode_tokens_per_s"] = gen["decode_tokens_per_s"]
@@ -436,7 +439,7 @@ def _finish(report, timed, gen: dict[str, Any], new_tokens: int, estimating: boo
         if b.status is BudgetStatus.anomalous:
             b.status, b.passed, b.note = (BudgetStatus.passed if b.measured <= b.limit else BudgetStatus.failed,
                                           b.measured <= b.limit, None)
-    anomalous_latency(timed["artifact"]["time_to_first_token"], ttft)
+    anomalous_latency(timed["artifact"]["time_to_first_token"], ttft, busy=bool((report.host_load or {}).get("busy")))
     if "collapse" in gen:
         reason = gen["collapse"]
         budgets.append(BudgetResult(name="no_collapse", limit=0, measured=1.0 if reason else 0.0, passed=not reason,

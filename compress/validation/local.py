@@ -30,6 +30,7 @@ from compress import __version__
 from compress.artifact import Artifact, Format
 from compress.device.facts import cpu_model
 from compress.errors import ConfigError, MissingBackendError
+from compress.host.load import LoadSampler
 from compress.host.measure import ForwardPass, probe_cold_start
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
@@ -150,7 +151,9 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
         # Is this machine the profiled device? If not, latency is a roofline estimate (UNVERIFIED) while
         # accuracy is still measured here: the artifact's arithmetic is the same on any CPU.
         device, estimating = device_check(profile, config, warnings)
-        run_settings = host_settings(settings) if estimating else settings
+        run_settings = host_settings(settings)  # no more threads than this process may use (affinity, cgroup)
+        if not estimating:  # this machine is the device: what it runs is what it is
+            settings = run_settings
         cls.check_artifact(art, run_settings)  # a missing device/provider/engine target fails before data loads
         if not cls.runs_here() and not estimating:
             raise MissingBackendError(f"{runtime_name} does not run on this machine ({sys.platform}), so "
@@ -279,9 +282,11 @@ def _latency(backend, run: ValidationRun, runtime_name: str, metrics: dict[str, 
         baseline_backend = _baseline_backend(run, runtime_name, metrics)
         if baseline_backend is not None:
             runs["baseline"] = _runner(baseline_backend, baseline_backend.encode(texts, pad_to=meas.sequence_length))
-    stats = ForwardPass(runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
-                        min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
-                        phase=f"timing {' and '.join(runs)}").measure(run.progress)
+    with LoadSampler() as load:  # how busy the machine was while it timed (the report's host_load)
+        stats = ForwardPass(runs, batch_size=meas.batch_size, warmup=meas.warmup, min_runs=meas.min_runs,
+                            min_duration_s=meas.min_duration_s, max_runs=meas.max_runs,
+                            phase=f"timing {' and '.join(runs)}").measure(run.progress)
+    run.host_load = load.result
     if baseline_backend is not None:
         baseline_backend.close()
     return stats, None, batch
@@ -309,8 +314,9 @@ def _baseline_backend(run: ValidationRun, runtime_name: str, metrics: dict[str, 
         run.warnings.append("the artifact is the PyTorch model itself: no separate FP32 baseline")
         return None
     if profile.measure.speedup_baseline is SpeedupBaseline.pytorch and teacher_format(teacher) is Format.pytorch:
-        metrics["speedup_baseline"] = f"teacher in PyTorch FP32 on {profile.hardware.cores} thread(s)"
-        return load_runtime(teacher.as_artifact(), "torch", RuntimeSettings(threads=profile.hardware.cores))
+        threads = host_settings(RuntimeSettings(threads=profile.hardware.cores)).threads
+        metrics["speedup_baseline"] = f"teacher in PyTorch FP32 on {threads} thread(s)"
+        return load_runtime(teacher.as_artifact(), "torch", RuntimeSettings(threads=threads))
     base_art = baseline_artifact(teacher, runtime_name, art, allow_pickle=run.config.allow_pickle)
     return None if base_art is None else load_runtime(base_art, runtime_name, run.settings)
 

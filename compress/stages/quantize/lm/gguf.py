@@ -22,11 +22,11 @@ prompts' top-1 agreement and KL, the continuations' agreement, and a collapse is
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError, StageError
+from compress.host.cpu import usable_cpus
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm.common import collapse_check
 from compress.stages.spec import StageSpec, pairs
@@ -76,7 +76,7 @@ def llama_quantize(src: Path, dst: Path, name: str, *, threads: int | None = Non
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, TYPES[name][0])
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or usable_cpus()
     alive: list = []  # the C arrays behind params.imatrix must outlive the call
     if imatrix is not None:
         from compress.stages.quantize.lm.gguf_imatrix import quantize_params

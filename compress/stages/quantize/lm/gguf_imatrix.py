@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ConfigError, StageError
+from compress.host.cpu import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def compute_imatrix(model: Path, texts: list[str], out: Path, *, context: int, c
     text = out.with_suffix(".txt")
     text.write_text("\n\n".join(texts), encoding="utf-8")
     cmd = [str(tool), "-m", str(model), "-f", str(text), "-o", str(out), "-c", str(context), "--chunks", str(chunks),
-           "-t", str(threads or os.cpu_count() or 1), "--no-ppl", "--output-format", "gguf"]
+           "-t", str(threads or usable_cpus()), "--no-ppl", "--output-format", "gguf"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not out.is_file():
         lines = [ln.strip() for ln in f"{done.stderr}\n{done.stdout}".splitlines() if ln.strip()]
