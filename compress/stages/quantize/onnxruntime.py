@@ -69,6 +69,13 @@ from compress.stages.quantize.config import (
     QuantMode,
     QuantPrecision,
 )
+from compress.stages.quantize.fallback import (
+    FallBack,
+    HeldOutCheck,
+    copy_candidate,
+    fall_back,
+    split_calibration,
+)
 from compress.stages.quantize.graph import (
     INT4_ACCURACY_LEVEL,
     _block_padding,
@@ -86,13 +93,6 @@ from compress.stages.quantize.graph import (
     resolve_exclude_nodes,
     static_mode,
     warn_padding,
-)
-from compress.stages.quantize.fallback import (
-    FallBack,
-    HeldOutCheck,
-    copy_candidate,
-    fall_back,
-    split_calibration,
 )
 from compress.stages.quantize.layer_errors import artifact_layer_errors
 from compress.stages.quantize.ort_accuracy import accuracy_search, granularity_search, verify_final
