@@ -153,7 +153,9 @@ def dog_check(model: Path) -> list[dict]:
 #: LAST:n name the graph's first and last n convolutions (YOLOX-Nano's stem and dark2; its head is the last 36: per
 #: level a 1x1 stem, two depthwise-separable cls and reg convs each, and the cls/reg/obj predictions)
 ROUTES = {
-    "int8-static-default": [],  # mean-minmax: per-batch extremes averaged, the default for image models
+    # the default: mean-minmax ranges (per-batch extremes averaged) on 3/4 of the calibration views, checked on the
+    # other 1/4 and falling back to float by itself where the check fails (compress.stages.quantize.fallback)
+    "int8-static-default": [],
     "int8-static-minmax": ["--calibration-method", "minmax"],
     "int8-static-percentile": ["--calibration-method", "percentile"],
     "int8-static-entropy": ["--calibration-method", "entropy"],
@@ -281,6 +283,14 @@ def _row(work: Path, name: str, data: Path, profile: str) -> dict:
            "fp32_p50_ms": (m.get("baseline_latency_ms") or {}).get("p50"), "speedup": m.get("speedup"),
            "worst_layers": [(r["node"], r["snr_db"], r.get("own_snr_db"))
                             for r in (m.get("layer_errors") or {}).get("layers", [])[:5]]}
+    if fb := (step.get("metrics") or {}).get("fallback"):
+        row["fallback"] = {"held_out": fb["held_out"], "needed": fb["needed"], "held": fb.get("held"),
+                           "seconds": fb["seconds"], "float_layer_count": len(fb.get("float_nodes") or []),
+                           "float_weight_share": fb.get("float_weight_share"),
+                           "held_out_before": {k: fb["before"].get(k) for k in ("cosine_mean", "score_cosine",
+                                                                                "box_iou")},
+                           "held_out_after": {k: (fb.get("after") or fb["before"]).get(k)
+                                              for k in ("cosine_mean", "score_cosine", "box_iou")}}
     if aware:
         row["float_layers"] = aware.get("excluded") or aware.get("final", {}).get("excluded")
         row["float_layer_count"] = len(row["float_layers"] or [])
@@ -350,6 +360,8 @@ def main() -> None:
     previous = HERE / "results" / "yolox_nano.json"  # --no-ablation keeps the table measured before, if any
     abl = ablation(work) if args.ablation else (
         json.loads(previous.read_text()).get("float_convs_ablation") if previous.is_file() else None)
+    if previous.is_file():  # the routes not run this time keep their last figures
+        rows = {**json.loads(previous.read_text()).get("results", {}), **rows}
     out = {"model": "YOLOX-Nano (Megvii's COCO weights), yolox_nano.onnx, opset 11", "model_yaml": DESCRIPTION,
            "dog_jpg_fp32_detections": dog, "data": stats, "labels": "the FP32 file's boxes scoring >= 0.5",
            "dynamic_int8": dynamic, "results": rows, "float_convs_ablation": abl, **host_and_versions()}

@@ -114,6 +114,10 @@ class TaskInfo:
     streaming: str | None = None
     #: the streaming form of ``unlabelled`` (built with the manifest)
     unlabelled_streaming: str | None = None
+    #: the task's own figures of agreement with the teacher from outputs alone, no labels (``"module:fn"``, called
+    #: ``fn(m, cand, ref) -> {name: value}``): what quantize's held-out check judges beside the output cosine
+    #: (:mod:`compress.stages.quantize.fallback`); None: the output cosine (and top-1 agreement) alone
+    output_agreement: str | None = None
     #: what kind of model does the task: a generation (a causal LM's) or one forward pass per batch (a model of such a
     #: task whose manifest has a ``stream`` is a stream: :func:`kind_of`)
     kind: Kind = "forward"
@@ -335,6 +339,7 @@ TASKS: dict[Task, TaskInfo] = {
     Task.object_detection: TaskInfo(labels="boxes", metric="compress.tasks.detection:detection_metrics",
                                     metric_takes="manifest", agreement="metric", needs_class_names=True,
                                     check="compress.tasks.detection:check_postprocess",
+                                    output_agreement="compress.tasks.detection:score_agreement",
                                     postprocess="compress.tasks.detection:DetectionPostprocess"),
     Task.question_answering: TaskInfo(labels="spans", metric="compress.tasks.qa:qa_metrics", agreement="metric",
                                       head="AutoModelForQuestionAnswering", inputs="text",

@@ -1,5 +1,7 @@
 """Static INT8 of a depthwise / ReLU6 stack, the shape of MobileNet-class models: the default fuses into ONNX
-Runtime's integer kernels and keeps the model's outputs, per-tensor weights provably collapse on it, and the
+Runtime's integer kernels and keeps the model's outputs, checked on calibration rows held out from calibration;
+per-tensor weights provably collapse on it, and the default falls back by itself (the depthwise layer back to float,
+fidelity restored); where it cannot (a float share it may not exceed, or the user's own --exclude-nodes) the
 collapse is said (a warning recorded in the manifest) or, with ``strict``, refused with nothing written.
 
 The model and images are test material: random weights shaped so the depthwise channels' weight ranges differ
@@ -56,37 +58,81 @@ def test_default_static_int8_fuses_every_conv_and_relu6_into_integer_kernels(sta
     assert producer[g.output[0].name].op_type != "DequantizeLinear"
     parity = step.metrics["parity_vs_input"]
     assert "collapsed" not in parity and parity["cosine_mean"] > 0.95, parity
+    # judged on rows held out from calibration (48 images: every 4th held out), and healthy: no fall-back
+    fb = step.metrics["fallback"]
+    assert fb["held_out"] == {"calibration_rows": 36, "held_out_rows": 12, "disjoint": True, "rows_judged": 12,
+                              "split": "every 4th of 48 rows held out (12), the other 36 calibrate"}
+    assert fb["needed"] is False and "float_nodes" not in fb and parity["n"] == 12
+    assert not [k for k in step.metrics["nodes"]["kept_float"] if "fall-back" in k["reason"]]
 
 
-def test_per_tensor_weights_collapse_and_the_manifest_says_so(stack, tmp_path):
+def test_per_tensor_collapse_falls_back_to_float_and_fidelity_returns(stack, tmp_path):
+    """Per-tensor weights ruin the depthwise layer (its channels' weights differ by 10^4): the held-out check fails,
+    the runs of layers are quantized one at a time, the worst (the depthwise conv) goes back to float, and the
+    written model keeps its outputs; the manifest says what was kept float, why, and the figures before and after."""
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
     art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"]), per_channel=False))
-    parity = art.manifest.steps[-1].metrics["parity_vs_input"]
+    m = art.manifest.steps[-1].metrics
+    fb, parity = m["fallback"], m["parity_vs_input"]
+    assert fb["needed"] and fb["held"] and fb["before"]["cosine_mean"] < 0.95 <= fb["after"]["cosine_mean"]
+    assert "collapsed" not in parity and parity["cosine_mean"] == fb["after"]["cosine_mean"]
+    assert len(fb["runs"]) == 3 and max(fb["runs"], key=lambda r: r["shortfall_alone"])["first"] in fb["float_nodes"]
+    floated = {k["node"]: k["reason"] for k in m["nodes"]["kept_float"]}
+    assert all("fall-back" in floated[n] for n in fb["float_nodes"])
+    assert 0 < fb["float_weight_share"] <= fb["max_float_share"] == 0.5
+    assert m["nodes"]["quantized"]["Conv"]  # the others stay INT8
+
+
+def test_a_collapse_the_fall_back_cannot_mend_is_said_in_the_manifest(stack, tmp_path):
+    """Test material for an unfixable case: the float share allowed (max_fp32_fraction) is below the depthwise
+    layer's, so the fall-back cannot float it; the artifact is written with the collapse recorded and the remedies."""
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(
+        calibration=str(stack["images"]), per_channel=False, max_fp32_fraction=0.01))
+    m = art.manifest.steps[-1].metrics
+    assert m["fallback"]["needed"] and not m["fallback"]["held"] and not m["fallback"]["float_nodes"]
+    parity = m["parity_vs_input"]
     assert parity["cosine_mean"] < 0.95
-    assert parity["collapsed"]["below"] and "--max-drop" in parity["collapsed"]["remedies"]
+    assert parity["collapsed"]["below"] and "fall-back" in parity["collapsed"]["remedies"]
+    assert "--exclude-nodes first:N,last:M" in parity["collapsed"]["remedies"]
 
 
-def test_strict_refuses_a_collapsed_int8_and_writes_nothing(stack, tmp_path):
+def test_strict_refuses_a_collapse_the_fall_back_cannot_mend_and_writes_nothing(stack, tmp_path):
     from compress.errors import QuantizationCollapsed
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
 
     with pytest.raises(QuantizationCollapsed, match="collapsed against its input") as e:
-        quantize(stack["onnx"], tmp_path / "q",
-                 QuantizeConfig.from_flat(calibration=str(stack["images"]), per_channel=False, strict=True))
+        quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(
+            calibration=str(stack["images"]), per_channel=False, max_fp32_fraction=0.01, strict=True))
     assert e.value.exit_code == 1
     assert not (tmp_path / "q").exists() and list(tmp_path.iterdir()) == []
 
 
 def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
+    """The user's own --exclude-nodes keeps today's behaviour: no fall-back, the collapse refused in one line."""
+    import onnx
+
     from tests.conftest import assert_one_line_error, edgecompress
+
+    stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
+                        "--exclude-nodes", stem, "--out", tmp_path / "q")
+    assert_one_line_error(proc, "collapsed against its input", "try --max-drop", code=1)
+    assert not (tmp_path / "q").exists()
+
+
+def test_cli_default_falls_back_where_per_tensor_collapses(stack, tmp_path):
+    from tests.conftest import edgecompress
 
     proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
                         "--out", tmp_path / "q")
-    assert_one_line_error(proc, "collapsed against its input", "try --max-drop", code=1)
-    assert not (tmp_path / "q").exists()
+    assert proc.returncode == 0, proc.stderr
+    assert "fails its check on 12 held-out rows" in " ".join(proc.stderr.split())
 
 
 def _scripted_timings(monkeypatch, first: dict[str, float], final: float, real: list | None = None):

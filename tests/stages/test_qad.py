@@ -49,7 +49,9 @@ def test_qad_recovers_per_tensor_int8_that_post_training_collapses(stack, tmp_pa
     from compress.stages.quantize import quantize
     from compress.stages.quantize.qad import work_dir
 
-    ptq = quantize(stack["onnx"], tmp_path / "ptq", _qad(stack)).manifest.steps[-1].metrics["parity_vs_input"]
+    # post-training INT8 without the default's fall-back to float (no float share allowed): what QAD starts from
+    ptq = quantize(stack["onnx"], tmp_path / "ptq", _qad(stack, max_fp32_fraction=0.0)).manifest.steps[-1].metrics[
+        "parity_vs_input"]
     assert ptq["collapsed"] and ptq["argmax_agreement"] < 0.5  # the weights of 7 of 8 depthwise channels round to 0
 
     art = quantize(stack["onnx"], tmp_path / "qad", _qad(stack, qat_steps=60, qat_lr=1e-3))

@@ -195,7 +195,8 @@ class Accuracy(Section):
     max_fp32_fraction: float = Field(
         0.5, ge=0, le=1,
         description="Accuracy-aware: largest share of the quantizable weights that may stay in float; a budget "
-        "that needs more counts as unreachable (the best candidate is written beside the output).",
+        "that needs more counts as unreachable (the best candidate is written beside the output). Also the cap of "
+        "the default static INT8's fall-back to float where its held-out check fails.",
     )
     rank_by: Literal["layer-errors", "leave-one-out"] | None = Field(
         None,

@@ -69,6 +69,13 @@ from compress.stages.quantize.config import (
     QuantMode,
     QuantPrecision,
 )
+from compress.stages.quantize.fallback import (
+    FallBack,
+    HeldOutCheck,
+    copy_candidate,
+    fall_back,
+    split_calibration,
+)
 from compress.stages.quantize.graph import (
     INT4_ACCURACY_LEVEL,
     _block_padding,
@@ -114,11 +121,15 @@ def _write_artifact(
     extra_files: dict[str, str] | None = None,
     reasons: dict[str, str] | None = None,
     strict: bool = True,
+    fallback: FallBack | None = None,
+    check: HeldOutCheck | None = None,
 ):
     """Quantize into the output ``o`` (inside its ``writing``) and describe it with parity and size; return its
     manifest. ``reasons``:
     why nodes in ``exclude`` beyond the user's and the accuracy search's stay float (small GEMMs, speed-aware);
-    ``strict``: whether ``config.strict`` may refuse a collapse (not for a failed search's best candidate)."""
+    ``strict``: whether ``config.strict`` may refuse a collapse (not for a failed search's best candidate);
+    ``fallback``: the default static INT8's checked candidate (:mod:`.fallback`), copied when ``exclude`` is its own,
+    its held-out figures the parity; ``check``: the held-out rows' check, for a candidate written here."""
     import onnx
 
     from compress.runtimes.ort_backend import OrtBackend
@@ -127,7 +138,11 @@ def _write_artifact(
     precision = Precision.int4 if q.int4 else Precision.int8
     tmp = o.dir
     dst = tmp / "model.onnx"
-    q.write(dst, exclude)
+    reuse = fallback is not None and list(exclude) == fallback.exclude
+    if reuse:
+        copy_candidate(fallback, dst)
+    else:
+        q.write(dst, exclude)
     copy_tokenizer_files(art.path, tmp)
     for extra_file in ("ort_config.json",):
         if (art.path / extra_file).is_file():
@@ -142,24 +157,30 @@ def _write_artifact(
     written = o.draft()
 
     static = not q.int4 and config.mode is QuantMode.static
-    if art.manifest.stream is not None:  # a streaming model: its sequences call by call, the state carried
+    if check is not None:  # the default static INT8: judged on the rows held out from calibration
+        texts = check.rows
+        parity_figures = fallback.figures if reuse else check.measure(dst)
+    elif art.manifest.stream is not None:  # a streaming model: its sequences call by call, the state carried
         parity = stream_parity(OrtBackend(art), OrtBackend(written), config.sample_data or config.calibration.data)
         texts = []  # no per-layer table: its samples are fed one call from a zero state
     else:
         texts = sample_inputs(config.sample_data or (config.calibration.data if static else None),
                               config.parity_samples, art.manifest.preprocess)
         parity = measure_parity(OrtBackend(art), OrtBackend(written), texts, art.manifest.labels is not None)
-    collapsed = check_collapse(parity.as_dict(), strict=config.strict and strict, remedies=(
+    if check is None:
+        parity_figures = parity.as_dict()
+    collapsed = check_collapse(parity_figures, strict=config.strict and strict, remedies=(
         "--max-drop with --data (keeps the sensitive layers float), --precision int8" if q.int4 else
         "--mode static --calibration DATA with per-channel weights, or OpenVINO (export --format openvino) "
         "with NNCF" if config.mode is QuantMode.dynamic else
-        "--max-drop with --data (keeps the sensitive layers float), more --calibration-samples, or OpenVINO "
-        "(export --format openvino) with NNCF"))
+        ("the automatic fall-back kept its share of float layers and still fails: " if check is not None else "")
+        + "--max-drop with --data (keeps the sensitive layers float), --exclude-nodes first:N,last:M, more "
+        "--calibration-samples, or OpenVINO (export --format openvino) with NNCF"))
     before = art.size_bytes()
     after = written.size_bytes()
     op_types = q.op_types()
     metrics: dict[str, Any] = {
-        "parity_vs_input": {**parity.as_dict(), "reference": f"{art.format} {art.precision}",
+        "parity_vs_input": {**parity_figures, "reference": f"{art.format} {art.precision}",
                             **({"collapsed": collapsed} if collapsed else {})},
         "size_bytes_before": before,
         "size_bytes_after": after,
@@ -271,7 +292,20 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         extra["activations_float_for_subgraphs"] = read
         reasons.update({n: "an If/Loop subgraph reads its output (compress.stages.quantize.subgraphs)" for n in read})
     scratch = None
+    fallback = check = None
     try:
+        if falls_back(art, config):  # the default static INT8: checked on held-out rows, falling back where it fails
+            out.parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".check", dir=out.parent))
+            split = split_calibration(config, art.manifest.preprocess)
+            log.info("static INT8: %s", split.how)
+            q.calibration_rows, q.calibration_cache = split.calibration, scratch / "calibration.json"
+            fallback = fall_back(art, q, layers, exclude, split, scratch)
+            check = fallback.check
+            for name in fallback.exclude[len(exclude):]:
+                reasons[name] = "fall-back: its run of layers cost most in the held-out check (fallback.runs)"
+            exclude = list(fallback.exclude)
+            extra["fallback"] = fallback.record
         if config.accuracy_aware:
             out.parent.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".search", dir=out.parent))
@@ -299,7 +333,8 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         others = art.size_bytes(model_only=False) - art.size_bytes()
         output = QUANTIZE_ONNX.output(out, config, force=force, t0=t0)
         with output.writing(need_bytes=art.size_bytes() // 4 + others) as o:  # about 4x smaller
-            manifest = _write_artifact(art, o, q, exclude, searched, extra_metrics=extra, reasons=reasons)
+            manifest = _write_artifact(art, o, q, exclude, searched, extra_metrics=extra, reasons=reasons,
+                                       fallback=fallback, check=check)
             if config.accuracy_aware:
                 verify_final(o.dir, manifest, eval_set, manifest.steps[-1].metrics["accuracy_aware"])
     finally:
@@ -312,6 +347,14 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     m = manifest.steps[-1].metrics
     log.info("wrote %s (%.1f MB -> %.1f MB)", out, m["size_bytes_before"] / 1e6, m["size_bytes_after"] / 1e6)
     return output.artifact
+
+
+def falls_back(art: Artifact, config: QuantizeConfig) -> bool:
+    """Is this the default static INT8 that checks itself on held-out rows and falls back (:mod:`.fallback`)? Static
+    INT8 of a model that is not streamed, without the user's own choice of float layers (``--exclude-nodes``, an
+    accuracy budget) or QAD, which keep their behaviour."""
+    return config.precision is QuantPrecision.int8 and config.mode is QuantMode.static and art.manifest.stream is None \
+        and not config.exclude_nodes and not config.accuracy_aware and not config.qad.steps
 
 
 def _fail_budget(art: Artifact, q: OnnxQuantizer, out: Path, result, t0: float, reasons: dict[str, str]) -> None:

@@ -63,6 +63,7 @@ class OnnxQuantizer:
         self.config = config
         self.reduce_range = config.resolved_reduce_range()
         self.calibration_cache: Path | None = None  # static mode: ranges computed once, reused per candidate
+        self.calibration_rows: list | None = None  # static: the rows that calibrate (None: the data's first samples)
         self.per_tensor_nodes: set[str] = set()  # static: layers given per-tensor weight scales (granularity search)
         self._model = None
         self._reader = None
@@ -180,7 +181,8 @@ class OnnxQuantizer:
         if self._reader is None and self.art.manifest.stream is not None:  # calls in stream order, state carried
             self._reader = StreamCalibrationReader(OrtBackend(self.art), c.calibration.data, c.calibration.samples)
         if self._reader is None:
-            texts = sample_inputs(c.calibration.data, c.calibration.samples, self.art.manifest.preprocess)
+            texts = self.calibration_rows if self.calibration_rows is not None else \
+                sample_inputs(c.calibration.data, c.calibration.samples, self.art.manifest.preprocess)
             source = OrtBackend(self.art)
             self._reader = CalibrationReader(source.encoder, texts, set(source.input_names))
             source.close()
