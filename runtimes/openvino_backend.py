@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from compress.artifact import Format
+from compress.artifact import Format, Precision
 from compress.device.shipped import decoder_feeds
 from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeBackend
@@ -18,11 +18,40 @@ def available_devices() -> list[str]:
     return list(ov.Core().available_devices)
 
 
+def attention_path(compiled) -> dict[str, Any]:
+    """Which attention a compiled model runs, read from its runtime graph (``get_runtime_model()``, each node's
+    ``layerType``): ``sdpa_kv_cache`` when the plugin fused a stateful cache into its attention node (the CPU plugin's
+    ScaledDotProductAttentionWithKVCache: the node reads the cache variables and writes their new values, so no
+    Concat per step), ``sdpa`` for a fused attention without the cache, ``decomposed`` for MatMul + Softmax,
+    ``none`` where there is no attention. With ``kv_cache_precision``, the CPU plugin's KV_CACHE_PRECISION (the
+    element type a fused cache is stored in; the decomposed path keeps the variables in their own type)."""
+    nodes = list(compiled.get_runtime_model().get_ops())
+
+    def kind(op) -> str:
+        info = op.get_rt_info()
+        return info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+
+    sdpa = [op for op in nodes if kind(op) == "ScaledDotProductAttention"]
+    cached = [op for op in sdpa if any(kind(i.get_source_output().get_node()) == "MemoryInput" for i in op.inputs())]
+    softmax = sum(kind(op) == "Softmax" for op in nodes)
+    path = ("sdpa_kv_cache" if cached and len(cached) == len(sdpa) and not softmax
+            else "sdpa" if sdpa and not softmax and not cached else "decomposed" if softmax or sdpa else "none")
+    out: dict[str, Any] = {"attention": path, "sdpa_nodes": len(sdpa), "sdpa_with_kv_cache": len(cached),
+                           "softmax_nodes": softmax}
+    if _has_property(compiled, "KV_CACHE_PRECISION"):
+        out["kv_cache_precision"] = _type_name(compiled.get_property("KV_CACHE_PRECISION"))
+    return out
+
+
 class OpenVINOBackend(RuntimeBackend):
     """Settings: ``provider`` is the OpenVINO device (CPU, GPU, GPU.1, NPU; default CPU); ``threads`` sets
     INFERENCE_NUM_THREADS; ``options`` are OpenVINO properties (e.g. PERFORMANCE_HINT: THROUGHPUT,
-    NUM_STREAMS, INFERENCE_PRECISION_HINT). Defaults: PERFORMANCE_HINT LATENCY, and on CPU
-    INFERENCE_PRECISION_HINT f32, so an FP32 artifact is not silently run in bf16 on CPUs that have it."""
+    NUM_STREAMS, INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION). Defaults: PERFORMANCE_HINT LATENCY, and on CPU
+    INFERENCE_PRECISION_HINT f32, so an FP32 artifact is not silently run in bf16 on CPUs that have it; for an FP32
+    artifact also KV_CACHE_PRECISION f32, so a generator's cache (fused into the attention, see
+    :func:`attention_path`) is not silently stored in u8. A quantized artifact keeps the CPU plugin's default cache
+    precision (u8 on x86, what OpenVINO GenAI runs): it is a lossy artifact already, and the u8 cache is a quarter of
+    the memory."""
 
     name: ClassVar[str] = "openvino"
     module: ClassVar[str] = "openvino"
@@ -56,6 +85,8 @@ class OpenVINOBackend(RuntimeBackend):
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if device.startswith("CPU"):
             config["INFERENCE_PRECISION_HINT"] = "f32"
+            if self.artifact.manifest.precision == Precision.fp32:  # its KV cache too (the plugin's default is u8)
+                config["KV_CACHE_PRECISION"] = "f32"
             if self.settings.threads:
                 config["INFERENCE_NUM_THREADS"] = int(self.settings.threads)
         config.update({str(k): v for k, v in self.settings.options.items()})
@@ -69,8 +100,9 @@ class OpenVINOBackend(RuntimeBackend):
             (o for o in self.compiled.outputs if wanted in o.get_names()), self.compiled.outputs[0]
         )
         self.properties = {
-            k: str(self.compiled.get_property(k))
-            for k in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT")
+            k: _type_name(self.compiled.get_property(k))  # an element type as f32, u8 (not "<Type: 'float32'>")
+            for k in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT",
+                      "KV_CACHE_PRECISION")
             if _has_property(self.compiled, k)
         }
 
@@ -138,6 +170,8 @@ class OpenVINOBackend(RuntimeBackend):
         d["device"] = self.settings.provider
         d["device_name"] = _device_name(self.core, self.settings.provider)
         d["properties"] = self.properties
+        if self._variables():  # a generator's stateful IR: did the plugin fuse the cache into its attention?
+            d["attention"] = attention_path(self.compiled)
         return d
 
     def close(self) -> None:
@@ -150,6 +184,11 @@ def _has_property(compiled, key: str) -> bool:
         return key in [str(p) for p in compiled.get_property("SUPPORTED_PROPERTIES")]
     except Exception:  # noqa: BLE001
         return False
+
+
+def _type_name(value) -> str:
+    """An OpenVINO element type as its short name (u8, f16, f32); other values as ``str``."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
 def _device_name(core, device: str) -> str | None:

@@ -18,6 +18,18 @@ from tests.builders.causal_lm import tiny_causal_lm
 pytestmark = pytest.mark.slow
 
 
+def attention_of(art) -> dict:
+    """:func:`~compress.runtimes.openvino_backend.attention_path` of the artifact compiled by the backend."""
+    from compress.runtimes.base import load_runtime
+    from compress.runtimes.openvino_backend import attention_path
+
+    backend = load_runtime(art, "openvino")
+    try:
+        return attention_path(backend.compiled)
+    finally:
+        backend.close()
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny Llama and its FP32 stateful OpenVINO artifact (through the export verb's generator dispatch)."""
@@ -39,10 +51,15 @@ def test_export_writes_a_stateful_ir_checked_against_pytorch(exported):
     cache = m.postprocess.cache
     assert (cache.layers, cache.kv_heads, cache.head_size, cache.layout) == (2, 2, 16, "stateful")
     assert (m.postprocess.bos_token_id, m.postprocess.eos_token_id) == (1, 2)
-    assert [t.name for t in m.inputs] == ["input_ids", "attention_mask", "position_ids"]
+    assert [t.name for t in m.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
     assert [t.name for t in m.outputs] == ["logits"]
     model = ov.Core().read_model(str(art.model_path))
     assert len(model.get_sinks()) == 4  # one Assign (a cache variable) per layer's key and value
+    # each variable is read through Gather(beam_idx): the CPU plugin's stateful SDPA fusion needs that pattern
+    reads = [op for op in model.get_ops() if op.get_type_name() == "ReadValue"]
+    users = [u.get_node() for op in reads for u in op.output(0).get_target_inputs()]
+    assert len(users) == 4 and all(u.get_type_name() == "Gather" for u in users)
+    assert all(u.input_value(1).get_node().get_friendly_name() == "beam_idx" for u in users)
     check = m.steps[-1].metrics["generation_parity"]
     assert check["same_tokens"] and check["decode_steps"] == 8
     assert check["prefill_max_abs_diff"] <= 1e-4 and check["decode_max_abs_diff"] <= 1e-3
@@ -67,6 +84,22 @@ def test_prefill_then_steps_equal_one_long_prefill_and_prefill_resets_the_cache(
             np.testing.assert_allclose(out["logits"][0, -1], whole[0, t], atol=1e-4)
 
 
+def test_the_cpu_plugin_fuses_the_cache_into_the_attention(exported):
+    """The compiled IR runs the CPU plugin's ScaledDotProductAttentionWithKVCache (one per layer: it reads and writes
+    the cache variables itself) rather than MatMul + Softmax with a Concat per step; an FP32 artifact's cache is f32."""
+    from compress.runtimes.base import load_runtime
+
+    _, art = exported
+    backend = load_runtime(art, "openvino")
+    try:
+        d = backend.describe()
+    finally:
+        backend.close()
+    assert d["attention"] == {"attention": "sdpa_kv_cache", "sdpa_nodes": 2, "sdpa_with_kv_cache": 2,
+                              "softmax_nodes": 0, "kv_cache_precision": "f32"}
+    assert d["properties"]["KV_CACHE_PRECISION"] == "f32"
+
+
 def test_an_export_that_misses_atol_writes_nothing(exported, tmp_path):
     from compress.errors import ParityError
     from compress.stages.export import export
@@ -85,6 +118,7 @@ def test_a_qwen2_with_head_size_8_exports_too(tmp_path):
     art = export_openvino_lm(ckpt, tmp_path / "fp32")
     assert art.manifest.postprocess.cache.head_size == 8
     assert art.manifest.steps[-1].metrics["generation_parity"]["same_tokens"]
+    assert attention_of(art)["attention"] == "sdpa_kv_cache"
 
 
 @pytest.mark.parametrize("precision", ["int4", "int8"])
@@ -108,6 +142,9 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     assert precision == "int8" or (nncf["algorithm"], nncf["hqq_groups"], nncf["zero_points"]) == ("hqq", 14, "float16")
     assert q.manifest.steps[-1].config["int4"]["algorithm"] == ("hqq" if precision == "int4" else "rtn")
     assert precision == "int8" or (nncf["group_size"], nncf["backup_mode"]) == (32, "int8_asym")
+    # the NNCF-compressed IR keeps the fused attention; its cache takes the plugin's default (u8 on x86)
+    path = attention_of(q)
+    assert path["attention"] == "sdpa_kv_cache" and path["sdpa_with_kv_cache"] == 2
     g = m["generation_vs_input"]
     assert g["collapsed"] is None and g["prompt_top1_agreement"] > (0.9 if precision == "int8" else 0.5)
     assert {"tokenizer.json", "generation_config.json"} <= set(q.manifest.files)

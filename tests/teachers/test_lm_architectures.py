@@ -64,6 +64,11 @@ def test_openvino_takes_gemma3s_sliding_window_and_gpt2(tmp_path, arch):
     check = _parity(art)
     assert check["same_tokens"] and check["prefill_max_abs_diff"] <= 1e-4, check
     assert art.manifest.max_length == 256
+    from compress.runtimes.base import load_runtime
+
+    backend = load_runtime(art, "openvino")  # the fused SDPA with its KV cache, a sliding window's mask and all
+    assert backend.describe()["attention"]["attention"] == "sdpa_kv_cache"
+    backend.close()
 
 
 def test_gpt2_is_a_causal_lm_with_its_own_dimension_names(tmp_path):

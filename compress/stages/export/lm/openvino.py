@@ -3,22 +3,30 @@
 How: ``openvino.convert_model`` on the PyTorch model itself, wrapped so that the cache is flat tensors
 (``past_key_values.N.key/value`` in, ``present.N.key/value`` out, [1, kv_heads, past, head_size]), then OpenVINO's
 own ``apply_make_stateful_transformation`` turns each past/present pair into a variable (ReadValue/Assign) that the
-InferRequest keeps between calls. The IR's inputs are ``input_ids``, ``attention_mask`` (past + new tokens) and
-``position_ids``; its output is ``logits`` [1, S, V]. :class:`compress.runtimes.openvino_backend.OpenVINOBackend`
-runs it: prefill = ``reset_state`` then the prompt, step = one token (the request is the state). This is the form
-OpenVINO GenAI's ``LLMPipeline`` and optimum-intel's ``OVModelForCausalLM`` run (they add a ``beam_idx`` input for
-beam search, which the backend feeds when an IR has it).
+InferRequest keeps between calls. Before that, every past tensor is read through ``Gather(past, beam_idx, 0)`` with a
+new ``beam_idx`` input (the cache reorder of beam search, as optimum-intel's IRs have it; the backend feeds 0): the
+CPU plugin's StatefulSDPAFusion matches ReadValue -> Gather(beam_idx) -> Concat -> [GQA Unsqueeze/Broadcast/Reshape]
+-> ScaledDotProductAttention with the Concat's Assign, and only then runs one ScaledDotProductAttentionWithKVCache per
+layer (the cache read and appended inside the attention, stored in KV_CACHE_PRECISION); without the Gather it
+decomposes the attention into MatMul + Softmax with a Concat of the whole cache per step, about half the decode speed
+(:func:`compress.runtimes.openvino_backend.attention_path` reports which path a compiled IR took). The IR's inputs are
+``input_ids``, ``attention_mask`` (past + new tokens), ``position_ids`` and ``beam_idx``; its output is ``logits``
+[1, S, V] (every position: the parity check and quantize's comparison read the prompt's; a step feeds one token).
+:class:`compress.runtimes.openvino_backend.OpenVINOBackend` runs it: prefill = ``reset_state`` then the prompt, step =
+one token (the request is the state). This is the form OpenVINO GenAI's ``LLMPipeline`` and optimum-intel's
+``OVModelForCausalLM`` run.
 
 Why this exporter and not optimum-intel's ``main_export``: optimum-intel 2.2 needs optimum 2.3 (``pip install
 --dry-run "optimum-intel[openvino]"`` would install openvino-tokenizers, optimum 2.3.0 and optimum-intel 2.2.0 over
 the optimum 2.1 that optimum-onnx 0.1 is pinned with for transformers < 4.58), a new dependency and a version move
 for one step; ``convert_model`` + ``make_stateful`` is in the openvino wheel the project already has, and the graph is
-the same kind (stateful, SDPA fused by OpenVINO's CPU plugin). Two things transformers 4.57 does that TorchScript
+the same kind (stateful, the SDPA and its cache fused by OpenVINO's CPU plugin). Two things transformers 4.57 does that TorchScript
 tracing cannot follow are done here instead: the causal+padding mask is built as a 4-D float mask from
 ``attention_mask`` (its vmap'd mask functions do not trace), and the cache layers are filled directly (its lazy
 ``torch.cat`` onto an empty tensor converts to a rank-1 Concat). Each cache variable gets an initial value (zeros with
-no positions, the batch read from ``input_ids``), as optimum-intel's IRs have: NNCF's GPTQ needs it. Weights are FP32 (no FP16 compression on save), the
-CPU plugin runs them in f32 (the backend's INFERENCE_PRECISION_HINT).
+no positions, the batch read from ``input_ids``), as optimum-intel's IRs have: NNCF's GPTQ needs it. Weights are
+FP32 (no FP16 compression on save), the CPU plugin runs them and the cache in f32 (the backend's
+INFERENCE_PRECISION_HINT and, for an FP32 artifact, KV_CACHE_PRECISION).
 
 The result is checked against PyTorch before anything is written: the prompt's logits (max |diff| within
 ``--atol``) and ``DECODE_STEPS`` greedy decode steps through the stateful cache (the same tokens). Batch 1.
@@ -47,7 +55,7 @@ EXPORT_OPENVINO_LM = StageSpec(
     produces=pairs(Format.openvino, Precision.fp32), versions=("openvino", "torch", "transformers"),
     hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=1,
 )
-INPUTS = ("input_ids", "attention_mask", "position_ids")
+INPUTS = ("input_ids", "attention_mask", "position_ids")  # then beam_idx, added by beam_gather
 
 
 def cache_names(layers: int) -> dict[str, str]:
@@ -130,10 +138,31 @@ def convert_stateful(source: Path, cfg: dict[str, Any]):
         port.get_tensor().set_names({name})
     for port, name in zip(om.outputs, ["logits", *names.values()], strict=True):
         port.get_tensor().set_names({name})
+    beam_gather(om, list(names))
     apply_make_stateful_transformation(om, names)
     state_initializer(om)
     return om, {"converter": "openvino.convert_model (TorchScript trace) + apply_make_stateful_transformation",
                 "precision": "fp32", "variables": len(names)}
+
+
+def beam_gather(om, past: list[str]) -> None:
+    """Add a ``beam_idx`` input (i32 [batch]) and read every past tensor through ``Gather(past, beam_idx, axis 0)``
+    (the cache rows reordered for beam search: identity for batch 1 with ``beam_idx`` 0). Run before make_stateful.
+    Without it the CPU plugin's StatefulSDPAFusion, whose pattern is ReadValue -> Gather(beam_idx) -> Concat -> SDPA
+    with the Concat's Assign, does not match and the attention runs decomposed (MatMul, Softmax, a Concat per step)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    beam = ops.parameter(ov.PartialShape([om.input("input_ids").get_partial_shape()[0]]), ov.Type.i32, name="beam_idx")
+    beam.output(0).get_tensor().set_names({"beam_idx"})
+    om.add_parameters([beam])
+    for name in past:
+        port = om.input(name)
+        users = port.get_target_inputs()
+        gathered = ops.gather(port, beam, ops.constant(0))
+        for user in users:
+            user.replace_source_output(gathered.output(0))
+    om.validate_nodes_and_infer_types()
 
 
 def state_initializer(om) -> None:
