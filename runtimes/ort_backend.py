@@ -311,11 +311,14 @@ class OrtBackend(RuntimeBackend):
         """Greedy decoding as :meth:`RuntimeBackend.generate` says, in ONNX Runtime GenAI's generator where the
         artifact can run there (:attr:`generation_loop` names the loop), else in edgecompress's prefill/step loop with
         the cache IO-bound (:class:`BoundCache`)."""
-        if self.genai_version:
-            return self._genai_generate(list(prompt_ids), new_tokens, set(eos), context, logits, timed)
-        shares = not self.copies_cache
-        capacity = len(prompt_ids) + max(0, new_tokens if context is None else min(new_tokens, context - len(prompt_ids))) + 1
-        self._bound = BoundCache(self.session, self._require_state(), capacity if shares else None)
+        limit = max(0, new_tokens if context is None else min(new_tokens, context - len(prompt_ids)))
+        span = len(prompt_ids) + limit + 1  # the last token fed back too
+        longest = (self._genai_config() or {}).get("model", {}).get("context_length") or span
+        # the generator holds at most the model's context; the last token's step logits need one position more
+        if self.genai_version and (span <= longest or not logits):
+            return self._genai_generate(list(prompt_ids), limit, set(eos), min(span, longest), logits, timed)
+        shares = self._shares_buffer()
+        self._bound = BoundCache(self.session, self._require_state(), span if shares else None)
         try:
             return super().generate(prompt_ids, new_tokens, eos=eos, context=context, logits=logits, timed=timed)
         finally:
@@ -324,7 +327,9 @@ class OrtBackend(RuntimeBackend):
     # -- ONNX Runtime GenAI's loop -------------------------------------------------------------------------------
     def genai_model(self) -> Any:
         """ONNX Runtime GenAI's model of the artifact (loaded once), its decoder session given this adapter's
-        settings (:func:`genai_overlay`; the artifact's genai_config.json is not changed) and provider."""
+        settings (:func:`genai_overlay`; the artifact's genai_config.json is not changed) and provider, and no end
+        token of its own: the generator would stop there by itself (the token not even kept), where :meth:`generate`
+        stops at its caller's ``eos`` only (a timed run gives none: it makes every token asked for)."""
         if self._genai_model is None:
             import onnxruntime_genai as og
 
@@ -335,36 +340,36 @@ class OrtBackend(RuntimeBackend):
                 for key, value in provider_options(self.settings.options).items():
                     config.set_provider_option("cuda", key, value)
             entries = list(self.settings.options.get("session_config") or {})
-            config.overlay(json.dumps(genai_overlay(self._session_options, entries, self.artifact.manifest.model_file)))
+            overlay = genai_overlay(self._session_options, entries, self.artifact.manifest.model_file)
+            overlay["model"]["eos_token_id"] = -1  # no token has it (a number replaces a list; a list would be merged)
+            config.overlay(json.dumps(overlay))
             self._genai_model = og.Model(config)
         return self._genai_model
 
-    def _genai_generate(self, prompt: list[int], new_tokens: int, eos: set[int], context: int | None, logits: bool,
+    def _genai_generate(self, prompt: list[int], limit: int, eos: set[int], max_length: int, logits: bool,
                         timed: bool) -> Generated:
-        """:meth:`generate` in ``og.Generator``: the prompt appended (the prefill), then ``generate_next_token`` per
-        token, arg-max (``do_sample`` off, no penalties). Each token's seconds count from the previous token (the
+        """:meth:`generate` in ``og.Generator`` (``limit`` tokens at most, the generator ``max_length`` long): the
+        prompt appended (the prefill), then ``generate_next_token`` per token, arg-max (``do_sample`` off, no penalties). Each token's seconds count from the previous token (the
         first: from the generator's creation, which allocates its cache), the og calls' share its native seconds. The
-        generator stops at the model's own end token; a caller that does not stop there gets that token fed back
-        (rewound one token, appended again) and the loop goes on. ``logits``: each made token's step logits are read
-        with ``get_logits`` (which runs the model on the pending token); timed runs leave the prompt's logits out."""
+        stop tokens are the caller's ``eos`` alone (:meth:`genai_model` gives the generator none of its own).
+        ``logits``: each made token's step logits are read with ``get_logits`` (which runs the model on the pending
+        token); timed runs leave the prompt's logits out."""
         import onnxruntime_genai as og
 
         model = self.genai_model()
-        limit = max(0, new_tokens if context is None else min(new_tokens, context - len(prompt)))
+        limit = min(limit, max_length - len(prompt))  # a generator at its max_length makes no more
         tokens: list[int] = []
         step_logits: list[np.ndarray] = []
         seconds: list[float] = []
         native: list[float] = []
         mark = [time.perf_counter(), self.native_seconds]
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(prompt) + limit + 1, min_length=0, do_sample=False, num_beams=1,
+        params.set_search_options(max_length=max_length, min_length=0, do_sample=False, num_beams=1,
                                   repetition_penalty=1.0)
         gen = self.native(og.Generator, model, params)
         self.native(gen.append_tokens, prompt)
         prompt_logits = None if timed else np.array(gen.get_output("logits")[0], dtype=np.float32)
         while len(tokens) < limit:
-            if tokens and self.native(gen.is_done):  # stopped at the model's end token: this caller goes on
-                self._refeed(gen, tokens[-1])
             self.native(gen.generate_next_token)
             tokens.append(int(self.native(gen.get_next_tokens)[0]))
             if timed:
@@ -372,18 +377,11 @@ class OrtBackend(RuntimeBackend):
                 seconds.append(now - mark[0])
                 native.append(self.native_seconds - mark[1])
                 mark[:] = [now, self.native_seconds]
-            if logits:
-                if self.native(gen.is_done):
-                    self._refeed(gen, tokens[-1])
+            if logits:  # get_logits runs the model on the pending token (the one just made)
                 step_logits.append(np.array(self.native(gen.get_logits)[0, -1], dtype=np.float32))
             if tokens[-1] in eos:
                 break
         return Generated(prompt_logits, tokens, step_logits, tuple(seconds), tuple(native))
-
-    def _refeed(self, gen: Any, token: int) -> None:
-        """Feed ``token`` (the last one made, where the generator stopped) to the model: rewound one token, appended."""
-        self.native(gen.rewind_to, gen.token_count() - 1)
-        self.native(gen.append_tokens, [token])
 
     def synchronize(self) -> None:
         """Nothing to wait for: ``InferenceSession.run`` returns host outputs after the device finished."""
