@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTES = ("og", "steps", "bound")  #: the ONNX routes; "llamacpp" is the GGUF's
+#: the ONNX routes' runtime options (og-spin: og with worker threads left spinning between tokens)
+OPTIONS = {"og": {}, "og-spin": {"session_config": {"session.force_spinning_stop": "0"}},
+           "steps": {"genai_loop": False}, "bound": {"genai_loop": False}}
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "wiki.test.raw"
 
 
@@ -62,8 +65,7 @@ def one_route(route: str, path: str, prompt: list[int], new: int, threads: int, 
         from compress.artifact import load_artifact
         from compress.runtimes.base import RuntimeBackend, RuntimeSettings, load_runtime
 
-        backend = load_runtime(load_artifact(path),
-                               settings=RuntimeSettings(threads=threads, options={"genai_loop": route == "og"}))
+        backend = load_runtime(load_artifact(path), settings=RuntimeSettings(threads=threads, options=OPTIONS[route]))
         loop = RuntimeBackend.generate if route == "steps" else type(backend).generate
 
         def generate() -> list[float]:

@@ -245,11 +245,14 @@ class OrtBackend(RuntimeBackend):
             self.copies_cache = not shares  # a concatenating attention writes past and new into a new present
 
     def _genai_config(self) -> dict[str, Any] | None:
-        path = self.artifact.path / GENAI_CONFIG
-        try:
-            return json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, ValueError):
-            return None
+        """The artifact's genai_config.json (read once), None where it has none."""
+        if not hasattr(self, "_genai_cfg"):
+            path = self.artifact.path / GENAI_CONFIG
+            try:
+                self._genai_cfg = json.loads(path.read_text()) if path.is_file() else None
+            except (OSError, ValueError):
+                self._genai_cfg = None
+        return self._genai_cfg
 
     def _genai_route(self, provider: str) -> str | None:
         """ONNX Runtime GenAI's version where :meth:`generate` runs in its loop (the artifact carries
@@ -349,9 +352,9 @@ class OrtBackend(RuntimeBackend):
     def _genai_generate(self, prompt: list[int], limit: int, eos: set[int], max_length: int, logits: bool,
                         timed: bool) -> Generated:
         """:meth:`generate` in ``og.Generator`` (``limit`` tokens at most, the generator ``max_length`` long): the
-        prompt appended (the prefill), then ``generate_next_token`` per token, arg-max (``do_sample`` off, no penalties). Each token's seconds count from the previous token (the
-        first: from the generator's creation, which allocates its cache), the og calls' share its native seconds. The
-        stop tokens are the caller's ``eos`` alone (:meth:`genai_model` gives the generator none of its own).
+        prompt appended (the prefill), then ``generate_next_token`` per token, arg-max (``do_sample`` off, no
+        penalties). Each token's seconds count from the previous token (the first: from the generator's creation,
+        which allocates its cache), the og calls' share its native seconds. The stop tokens are the caller's ``eos`` alone (:meth:`genai_model` gives the generator none of its own).
         ``logits``: each made token's step logits are read with ``get_logits`` (which runs the model on the pending
         token); timed runs leave the prompt's logits out."""
         import onnxruntime_genai as og
