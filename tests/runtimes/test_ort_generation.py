@@ -110,3 +110,19 @@ def test_the_genai_session_takes_the_adapters_threads_and_session_config():
     assert (session["intra_op_num_threads"], session["inter_op_num_threads"]) == (2, 1)
     assert session["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
     assert session["session.intra_op.allow_spinning"] == "0" and session["session.force_spinning_stop"] == "1"
+
+
+def test_an_artifact_without_genai_config_runs_the_io_bound_loop_without_a_shared_buffer(fp32, tmp_path):
+    from compress.artifact import load_artifact
+
+    copy = tmp_path / "bare"
+    shutil.copytree(fp32.path, copy)
+    (copy / "genai_config.json").unlink()
+    backend = load_runtime(load_artifact(copy, verify=False), "onnxruntime", RuntimeSettings(threads=1))
+    assert backend.generation_loop.startswith("edgecompress run_steps with ONNX Runtime IO binding")
+    assert "sharing" not in backend.generation_loop and backend.copies_cache  # the attention concatenates
+    ref = _plain(fp32, logits=True)
+    got = backend.generate(PROMPT, 12, logits=True)
+    assert got.tokens == ref.tokens
+    for a, b in zip(got.step_logits, ref.step_logits, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
