@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -97,7 +98,9 @@ def main() -> None:
     if args.gguf:
         jobs.append(("llamacpp", args.gguf))
     samples: dict[str, dict[str, list[float]]] = {f"{r} {p}": {"ttft_ms": [], "decode_tok_s": []} for r, p in jobs}
+    load = []  # the machine's 1-minute load average at each round's start (a shared machine's noise, said)
     for rnd in range(args.rounds):
+        load.append(round(os.getloadavg()[0], 2))
         for route, path in (jobs if rnd % 2 == 0 else list(reversed(jobs))):
             cmd = [sys.executable, __file__, "--child", route, path, *sum(
                 ([f"--{k}", str(getattr(args, k))] for k in ("prompt", "new", "threads", "repeats")), []),
@@ -116,7 +119,7 @@ def main() -> None:
             row["decode_vs_llamacpp"] = round(row["decode_tok_s"] / ref["decode_tok_s"], 3)
             row["ttft_vs_llamacpp"] = round(row["ttft_ms"] / ref["ttft_ms"], 3)
     result = {"prompt_tokens": len(prompt), "new_tokens": args.new, "threads": args.threads, "rounds": args.rounds,
-              "repeats": args.repeats, "routes": table}
+              "repeats": args.repeats, "load_average": load, "routes": table}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for k, v in table.items():
