@@ -40,8 +40,8 @@ def prompt_ids(tokenizer_dir: Path, length: int) -> list[int]:
     return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(text).ids[:length]
 
 
-def one_route(route: str, path: str, prompt: list[int], new: int, threads: int, repeats: int) -> dict:
-    """Run in the child process: the route's timed generations, {"ttft_ms": [...], "decode_tok_s": [...]}."""
+def generator(route: str, path: str, prompt: list[int], new: int, threads: int):
+    """A function that makes one generation by ``route`` and returns each token's seconds (the first: TTFT)."""
     if route == "llamacpp":
         import llama_cpp
         import numpy as np
@@ -71,10 +71,46 @@ def one_route(route: str, path: str, prompt: list[int], new: int, threads: int, 
 
         def generate() -> list[float]:
             return list(loop(backend, prompt, new, timed=True).seconds)
+    return generate
+
+
+def figures(seconds: list[float]) -> tuple[float, float]:
+    """(TTFT ms, decode tokens/s) of one generation's per-token seconds."""
+    return seconds[0] * 1000, (len(seconds) - 1) / sum(seconds[1:])
+
+
+def one_route(route: str, path: str, prompt: list[int], new: int, threads: int, repeats: int) -> dict:
+    """Run in the child process: the route's timed generations, {"ttft_ms": [...], "decode_tok_s": [...]}."""
+    generate = generator(route, path, prompt, new, threads)
     generate()
-    runs = [generate() for _ in range(repeats)]
-    return {"ttft_ms": [r[0] * 1000 for r in runs],
-            "decode_tok_s": [(len(r) - 1) / sum(r[1:]) for r in runs]}
+    runs = [figures(generate()) for _ in range(repeats)]
+    return {"ttft_ms": [r[0] for r in runs], "decode_tok_s": [r[1] for r in runs]}
+
+
+def paired(jobs: list[tuple[str, str]], prompt: list[int], args) -> dict:
+    """Every route loaded in this one process, one generation of each per round (the order flipping each round), so
+    each round's routes meet the same machine load: per round, each route's decode rate and TTFT as ratios to
+    llama.cpp's in that round; the medians over rounds (and of the raw figures)."""
+    gens = {f"{r} {p}": generator(r, p, prompt, args.new, args.threads) for r, p in jobs}
+    for g in gens.values():
+        g()
+    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in gens}
+    for rnd in range(args.paired):
+        for key in (list(gens) if rnd % 2 == 0 else list(reversed(gens))):
+            rows[key].append(figures(gens[key]()))
+    ref = next((k for k in gens if k.startswith("llamacpp")), None)
+    out = {}
+    for key, vals in rows.items():
+        row = {"ttft_ms": round(statistics.median(v[0] for v in vals), 1),
+               "decode_tok_s": round(statistics.median(v[1] for v in vals), 1),
+               "best_decode_tok_s": round(max(v[1] for v in vals), 1), "best_ttft_ms": round(min(v[0] for v in vals), 1)}
+        if ref:
+            row["decode_vs_llamacpp"] = round(statistics.median(a[1] / b[1] for a, b in zip(vals, rows[ref],
+                                                                                              strict=True)), 3)
+            row["ttft_vs_llamacpp"] = round(statistics.median(a[0] / b[0] for a, b in zip(vals, rows[ref],
+                                                                                            strict=True)), 3)
+        out[key] = row
+    return out
 
 
 def main() -> None:
@@ -88,6 +124,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_generation_loops.json"))
+    ap.add_argument("--paired", type=int, default=0, help="ROUNDS in one process, every route loaded (ratios per "
+                    "round); 0: a process per route and round")
     ap.add_argument("--child", nargs=2, metavar=("ROUTE", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     prompt = prompt_ids(Path(args.onnx[0]) if args.onnx else Path(args.gguf).parent, args.prompt)
@@ -97,6 +135,17 @@ def main() -> None:
     jobs = [(r, p) for p in args.onnx for r in args.routes.split(",")]
     if args.gguf:
         jobs.append(("llamacpp", args.gguf))
+    if args.paired:
+        load = os.getloadavg()[0]
+        table = paired(jobs, prompt, args)
+        result = {"prompt_tokens": len(prompt), "new_tokens": args.new, "threads": args.threads,
+                  "paired_rounds": args.paired, "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
+                  "routes": table}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        for k, v in table.items():
+            print(k, v)
+        return
     samples: dict[str, dict[str, list[float]]] = {f"{r} {p}": {"ttft_ms": [], "decode_tok_s": []} for r, p in jobs}
     load = []  # the machine's 1-minute load average at each round's start (a shared machine's noise, said)
     for rnd in range(args.rounds):
