@@ -2,8 +2,10 @@
 
 What is measured (and how):
 - speed: a prompt of ``prompt_tokens`` tokens (capped so that prompt + ``new_tokens`` fit the model's context), then
-  ``new_tokens`` tokens decoded greedily one at a time through the runtime's ``prefill`` / ``step``
-  (:class:`compress.host.measure.Generation`). Time to first token (TTFT) is the prefill, one sample per round;
+  ``new_tokens`` tokens decoded greedily one at a time through the backend's ``generate``
+  (:class:`compress.host.measure.Generation`): the runtime's own loop where the adapter runs it (ONNX Runtime GenAI's
+  generator for an ONNX artifact with genai_config.json, llama.cpp's context, OpenVINO's stateful request), else
+  edgecompress's ``prefill`` / ``step`` loop; the report's ``loop`` names it (:func:`loops_of`). Time to first token (TTFT) is the prefill, one sample per round;
   decode is one sample per generated token. Rounds of the artifact and of the teacher's FP32 export *in the same
   runtime and threads* alternate (the order flips each round) until both have ``MIN_ROUNDS`` rounds and the
   profile's ``measure.min_duration_s`` of timed work, so ratios are fair on a shared machine. Prefill tokens/s =

@@ -17,6 +17,7 @@ pytest.importorskip("compress.tasks.generation")
 pytest.importorskip("compress.data.text")  # CORE: text data and the causal LM teacher
 pytest.importorskip("compress.teachers.causal_lm")
 
+from compress._optional import is_available
 from compress.errors import ConfigError
 from compress.profiles.budgets import judge
 from compress.profiles.schema import Budgets
@@ -86,10 +87,13 @@ def test_a_generator_report_has_speed_beside_fp32_quality_and_its_budgets(int8_r
                                                   rel=1e-3)
     assert met["latency_ms"]["p50"] == dec["p50"] and met["speedup"] > 0  # latency_ms is the decode step's
     # why a route is as fast as it is: the loop timed, the host's share of a token, the bytes a token moves
-    assert gen["loop"].startswith("edgecompress run_steps") and gen["baseline_loop"] == gen["loop"]
-    assert 0 < gen["decode_host_ms_per_token"] < dec["p50"] and 0 < gen["decode_host_share"] < 1
+    # (the builder's export carries genai_config.json: ONNX Runtime GenAI's own generator where it is installed, else
+    # edgecompress's loop with the cache IO-bound; either way the cache is not copied per token)
+    loop = "ONNX Runtime GenAI" if is_available("onnxruntime_genai") else "edgecompress run_steps with ONNX Runtime IO"
+    assert gen["loop"].startswith(loop) and gen["baseline_loop"] == gen["loop"]
+    assert 0 <= gen["decode_host_ms_per_token"] < dec["p50"] and 0 <= gen["decode_host_share"] < 1
     moved = gen["bytes_per_token"]
-    assert moved["weights"] > 0 and moved["kv_cache"] > 0 and moved["cache_copies"] == moved["kv_cache"]
+    assert moved["weights"] > 0 and moved["kv_cache"] > 0 and moved["cache_copies"] == 0
     assert len(met["latency_samples_ms"]["artifact"]) == dec["n"] and "baseline" in met["latency_samples_ms"]
     # quality: windows of 32 tokens of real text, against the PyTorch teacher
     assert gen["window"] == 32 and gen["windows"] >= 3
