@@ -3,6 +3,7 @@ quantize verb and its backends import, never the other way round."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Literal
 
@@ -94,11 +95,15 @@ class Int8(Section):
     """INT8 weights: their scales, integer type and range; OpenVINO's and LiteRT's weights-only INT8."""
 
     per_channel: bool = Field(True, description="One scale per output channel of each weight.")
-    weight_type: WeightType = Field(WeightType.int8, description="Weight integer type (s8, or u8 for U8U8).")
+    weight_type: WeightType | None = Field(
+        None, description="Weight integer type: int8 (ONNX Runtime's U8S8 kernels) or uint8 (U8U8). Default: from the "
+        "target, never from the host that quantizes: int8 where a --profile's CPU sums u8 x s8 products exactly (x86 "
+        "with VNNI, or not x86); uint8 otherwise (x86 without VNNI, or no --profile), which no x86 kernel saturates.")
     reduce_range: bool | None = Field(
         None,
-        description="7-bit weights to avoid u8s8 saturation on CPUs without VNNI; default: on when the "
-        "target CPU (profile, else this host) is x86 without VNNI.",
+        description="7-bit weights (an int8 weight's range halved: cannot saturate ONNX Runtime's AVX2 U8S8 kernels). "
+        "Default: off, unless int8 weights are given for a target that may saturate them (x86 without VNNI, or no "
+        "--profile).",
     )
     weights_only: bool = Field(
         False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ. "
@@ -340,14 +345,46 @@ class QuantizeConfig(Settings):
                 merged[key] = value
         return cls.model_validate(merged)
 
-    def resolved_reduce_range(self) -> bool:
-        from compress.host.cpu import has_vnni, is_x86
+    def weight_range(self) -> WeightRange:
+        """The INT8 weights' type and range, decided by the target device, never by the host that quantizes (one
+        artifact whichever machine builds it). ONNX Runtime's x86 U8S8 kernels without VNNI (AVX2: VPMADDUBSW) add
+        two u8 x s8 products into a saturating int16; its U8U8 kernels widen first and cannot saturate. So s8 weights
+        at full range only where the target sums them exactly (a --profile's x86 CPU with VNNI, or a CPU that is not
+        x86), u8 weights where it may not, or where no target is named (measured on the ImageNet MobileNetV2:
+        ``benchmarks/weight_range.py``, docs/quantize.md). Options given win; s8 weights given for a target that may
+        saturate them are 7-bit unless ``reduce_range`` says otherwise."""
+        exact = self.target.vnni is True or self.target.x86 is False
+        named = self.target.vnni is not None or self.target.x86 is not None
+        target = ("the target (x86 with VNNI)" if self.target.vnni else "the target (not x86)") if exact else \
+            "the target (x86 without VNNI)" if named else "no target named (no --profile)"
+        wt, rr = self.int8.weight_type, self.int8.reduce_range
+        if wt is None:
+            wt = WeightType.int8 if exact or rr else WeightType.uint8
+        if rr is None:
+            rr = not exact and wt is WeightType.int8
+        given = [k for k, v in (("weight_type", self.int8.weight_type), ("reduce_range", self.int8.reduce_range))
+                 if v is not None]
+        why = f"{', '.join(given)} given; " if given else ""
+        return WeightRange(wt, rr, why + f"{target}: " + (
+            "s8 x u8 products are summed exactly" if exact else
+            "ONNX Runtime's AVX2 U8S8 kernels (no VNNI) can saturate; its U8U8 kernels cannot"))
 
-        if self.int8.reduce_range is not None:
-            return self.int8.reduce_range
-        vnni = has_vnni() if self.target.vnni is None else self.target.vnni
-        x86 = is_x86() if self.target.x86 is None else self.target.x86
-        return x86 and not vnni and self.int8.weight_type is WeightType.int8
+    def resolved_reduce_range(self) -> bool:
+        return self.weight_range().reduce_range
+
+
+@dataclass(frozen=True)
+class WeightRange:
+    """The INT8 weights as :meth:`QuantizeConfig.weight_range` decided them, and why (the manifest's
+    ``weight_range``)."""
+
+    weight_type: WeightType
+    reduce_range: bool
+    why: str
+
+    def record(self) -> dict:
+        return {"weight_type": str(self.weight_type), "bits": 7 if self.reduce_range else 8,
+                "reduce_range": self.reduce_range, "decided_by": self.why}
 
 
 def backends() -> dict[str, tuple[str, str]]:
