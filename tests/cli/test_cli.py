@@ -144,13 +144,14 @@ def test_cli_quantize_static(cli_onnx, tsv_file, tmp_path):
     assert (cfg["mode"], cfg["calibration"]["data"], cfg["calibration"]["samples"]) == ("static", str(tsv_file), 6)
 
 
-@pytest.mark.parametrize(("profile", "weight_type"), [("cpu-x86-avx2", "uint8"), ("cpu-x86-avx512-vnni", "int8")])
-def test_cli_quantize_profile_picks_the_weights(cli_onnx, tmp_path, profile, weight_type):
+@pytest.mark.parametrize(("profile", "reduce_range"), [("cpu-x86-avx2", True), ("cpu-x86-avx512-vnni", False)])
+def test_cli_quantize_profile_picks_reduce_range(cli_onnx, tmp_path, profile, reduce_range):
     out = tmp_path / "int8"
     result = invoke("quantize", cli_onnx, "--profile", profile, "--out", out)
     assert result.exit_code == 0, result.output
-    int8 = load_artifact(out).manifest.steps[-1].config["int8"]
-    assert (int8["weight_type"], int8["reduce_range"]) == (weight_type, False)
+    step = load_artifact(out).manifest.steps[-1]
+    assert step.config["int8"]["reduce_range"] is step.metrics["weight_range"]["reduce_range"] is reduce_range
+    assert "--profile" in step.metrics["weight_range"]["decided_by"]
 
 
 def test_cli_quantize_options_reach_the_config(cli_onnx, tmp_path):

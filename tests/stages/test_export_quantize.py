@@ -211,21 +211,17 @@ def test_static_with_missing_calibration_file(onnx_artifact, tmp_path):
 @pytest.mark.parametrize(
     ("x86", "vnni", "weight_type", "expected"),
     [
-        (True, False, None, ("uint8", False)),   # AVX2-only x86: U8U8 cannot saturate
-        (True, True, None, ("int8", False)),     # VNNI: s8 full range is exact
-        (False, True, None, ("int8", False)),    # Arm dot-product
-        (False, False, None, ("int8", False)),   # not x86: no VPMADDUBSW
-        (None, None, None, ("uint8", False)),    # no profile: exact on every x86 host
-        (True, False, "int8", ("int8", True)),   # s8 given for a target that may saturate it: 7-bit
-        (None, None, "int8", ("int8", True)),
-        (True, False, "uint8", ("uint8", False)),
+        (True, False, "int8", True),    # AVX2-only x86: 7-bit weights avoid u8s8 saturation
+        (True, True, "int8", False),    # VNNI: full range is exact
+        (False, True, "int8", False),   # Arm dot-product
+        (False, False, "int8", False),  # not x86: no VPMADDUBSW
+        (None, None, "int8", True),     # no profile: 7-bit, the same on every host (never this host's CPU)
+        (True, False, "uint8", False),  # u8u8 does not saturate
     ],
 )
-def test_weight_range_resolution(x86, vnni, weight_type, expected):
+def test_reduce_range_resolution(x86, vnni, weight_type, expected):
     cfg = QuantizeConfig.from_flat(target_x86=x86, target_vnni=vnni, weight_type=weight_type)
-    wr = cfg.weight_range()
-    assert (str(wr.weight_type), wr.reduce_range) == expected
-    assert cfg.resolved_reduce_range() is expected[1]
+    assert cfg.resolved_reduce_range() is expected
 
 
 @pytest.mark.parametrize(("host_x86", "host_vnni"), [(True, False), (True, True), (False, True), (False, False)])
@@ -238,30 +234,29 @@ def test_weight_range_does_not_follow_the_host(monkeypatch, host_x86, host_vnni)
     monkeypatch.setattr(cpu, "has_vnni", lambda flags=None: host_vnni if flags is None else any("vnni" in f for f in flags))
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"} if host_vnni else {"avx2"}))
     default = QuantizeConfig.from_flat().weight_range()
-    assert (str(default.weight_type), default.reduce_range) == ("uint8", False)
+    assert (str(default.weight_type), default.reduce_range) == ("int8", True)
     assert "no --profile" in default.why
-    avx2, vnni = QuantizeConfig.for_profile("cpu-x86-avx2"), QuantizeConfig.for_profile("cpu-x86-avx512-vnni")
-    assert str(avx2.weight_range().weight_type) == "uint8" and str(vnni.weight_range().weight_type) == "int8"
-    assert not avx2.resolved_reduce_range() and not vnni.resolved_reduce_range()
+    assert QuantizeConfig.for_profile("cpu-x86-avx2").resolved_reduce_range() is True
+    assert QuantizeConfig.for_profile("cpu-x86-avx512-vnni").resolved_reduce_range() is False
+    assert QuantizeConfig.for_profile("cpu-arm64-neon").resolved_reduce_range() is False
 
 
 def test_reduce_range_explicit_wins():
     assert QuantizeConfig.from_flat(reduce_range=False, target_x86=True, target_vnni=False).resolved_reduce_range() is False
     assert QuantizeConfig.from_flat(reduce_range=True, target_vnni=True).resolved_reduce_range() is True
-    given = QuantizeConfig.from_flat(weight_type="int8", reduce_range=False).weight_range()
-    assert (str(given.weight_type), given.reduce_range) == ("int8", False) and "given" in given.why
+    assert "given" in QuantizeConfig.from_flat(reduce_range=False).weight_range().why
 
 
-@pytest.mark.parametrize(("target", "weights", "why"), [
-    ({}, ("uint8", False), "no --profile"),
-    ({"target_x86": True, "target_vnni": False}, ("uint8", False), "x86 without VNNI"),
-    ({"target_x86": True, "target_vnni": True}, ("int8", False), "x86 with VNNI"),
+@pytest.mark.parametrize(("target", "reduce_range", "why"), [
+    ({}, True, "no --profile"),
+    ({"target_x86": True, "target_vnni": False}, True, "x86 CPU without VNNI"),
+    ({"target_x86": True, "target_vnni": True}, False, "x86 CPU with VNNI"),
 ])
-def test_weight_range_is_recorded(onnx_artifact, tmp_path, target, weights, why):
+def test_weight_range_is_recorded(onnx_artifact, tmp_path, target, reduce_range, why):
     step = quantize(onnx_artifact, tmp_path / "rr", QuantizeConfig.from_flat(parity_samples=2, **target)).manifest.steps[-1]
-    assert (step.config["int8"]["weight_type"], step.config["int8"]["reduce_range"]) == weights
+    assert step.config["int8"]["reduce_range"] is reduce_range
     record = step.metrics["weight_range"]
-    assert (record["weight_type"], record["reduce_range"], record["bits"]) == (*weights, 8)
+    assert (record["weight_type"], record["reduce_range"], record["bits"]) == ("int8", reduce_range, 7 if reduce_range else 8)
     assert why in record["decided_by"]
 
 

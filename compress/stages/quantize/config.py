@@ -95,15 +95,12 @@ class Int8(Section):
     """INT8 weights: their scales, integer type and range; OpenVINO's and LiteRT's weights-only INT8."""
 
     per_channel: bool = Field(True, description="One scale per output channel of each weight.")
-    weight_type: WeightType | None = Field(
-        None, description="Weight integer type: int8 (ONNX Runtime's U8S8 kernels) or uint8 (U8U8). Default: from the "
-        "target, never from the host that quantizes: int8 where a --profile's CPU sums u8 x s8 products exactly (x86 "
-        "with VNNI, or not x86); uint8 otherwise (x86 without VNNI, or no --profile), which no x86 kernel saturates.")
+    weight_type: WeightType = Field(WeightType.int8, description="Weight integer type (s8, or u8 for U8U8).")
     reduce_range: bool | None = Field(
         None,
-        description="7-bit weights (an int8 weight's range halved: cannot saturate ONNX Runtime's AVX2 U8S8 kernels). "
-        "Default: off, unless int8 weights are given for a target that may saturate them (x86 without VNNI, or no "
-        "--profile).",
+        description="7-bit weights, which cannot saturate ONNX Runtime's u8s8 kernels on x86 without VNNI. Default: "
+        "decided by the target, never by the host that quantizes: off where a --profile's CPU sums u8 x s8 products "
+        "exactly (x86 with VNNI, or not x86); on for x86 without VNNI and when no --profile names the target.",
     )
     weights_only: bool = Field(
         False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ. "
@@ -348,26 +345,25 @@ class QuantizeConfig(Settings):
     def weight_range(self) -> WeightRange:
         """The INT8 weights' type and range, decided by the target device, never by the host that quantizes (one
         artifact whichever machine builds it). ONNX Runtime's x86 U8S8 kernels without VNNI (AVX2: VPMADDUBSW) add
-        two u8 x s8 products into a saturating int16; its U8U8 kernels widen first and cannot saturate. So s8 weights
-        at full range only where the target sums them exactly (a --profile's x86 CPU with VNNI, or a CPU that is not
-        x86), u8 weights where it may not, or where no target is named (measured on the ImageNet MobileNetV2:
-        ``benchmarks/weight_range.py``, docs/quantize.md). Options given win; s8 weights given for a target that may
-        saturate them are 7-bit unless ``reduce_range`` says otherwise."""
+        two u8 x s8 products into a saturating int16; 7-bit weights cannot saturate it. So s8 weights at full range
+        only where the target sums them exactly (a --profile's x86 CPU with VNNI, or a CPU that is not x86), 7-bit
+        where it may not, or where no target is named. U8U8 (``weight_type`` uint8) cannot saturate either, but ran
+        slower than FP32 (measured on the ImageNet MobileNetV2: ``benchmarks/weight_range.py``, docs/quantize.md).
+        Options given win."""
         exact = self.target.vnni is True or self.target.x86 is False
         named = self.target.vnni is not None or self.target.x86 is not None
-        target = ("the target (x86 with VNNI)" if self.target.vnni else "the target (not x86)") if exact else \
-            "the target (x86 without VNNI)" if named else "no target named (no --profile)"
-        wt, rr = self.int8.weight_type, self.int8.reduce_range
-        if wt is None:
-            wt = WeightType.int8 if exact or rr else WeightType.uint8
-        if rr is None:
-            rr = not exact and wt is WeightType.int8
-        given = [k for k, v in (("weight_type", self.int8.weight_type), ("reduce_range", self.int8.reduce_range))
-                 if v is not None]
-        why = f"{', '.join(given)} given; " if given else ""
-        return WeightRange(wt, rr, why + f"{target}: " + (
-            "s8 x u8 products are summed exactly" if exact else
-            "ONNX Runtime's AVX2 U8S8 kernels (no VNNI) can saturate; its U8U8 kernels cannot"))
+        if self.int8.reduce_range is not None:
+            why = "reduce_range given"
+            reduce_range = self.int8.reduce_range
+        elif self.int8.weight_type is WeightType.uint8:
+            why, reduce_range = "uint8 weights given: ONNX Runtime's U8U8 kernels cannot saturate", False
+        else:
+            target = ("a --profile's x86 CPU with VNNI" if self.target.vnni else "a --profile's CPU that is not x86") \
+                if exact else "a --profile's x86 CPU without VNNI" if named else "no --profile names the target"
+            why = f"{target}: " + ("u8 x s8 products are summed exactly" if exact else
+                                   "ONNX Runtime's u8 x s8 kernels without VNNI (AVX2) can saturate full-range weights")
+            reduce_range = not exact
+        return WeightRange(self.int8.weight_type, reduce_range, why)
 
     def resolved_reduce_range(self) -> bool:
         return self.weight_range().reduce_range

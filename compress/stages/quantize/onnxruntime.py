@@ -12,10 +12,10 @@ fails with ``strict`` (:mod:`compress.stages.quantize.parity`).
 
 INT8 weights (:meth:`QuantizeConfig.weight_range`, recorded as the step's ``weight_range``): decided by the target
 device, never by the host that quantizes. x86 CPUs without VNNI (AVX2) compute u8 x s8 products with VPMADDUBSW,
-whose 16-bit intermediate saturates (the ImageNet MobileNetV2's s8 artifact keeps 0.83 of its top-1 there, 0.985
-with VNNI); ONNX Runtime's U8U8 kernels widen before multiplying and cannot. So: s8 full-range weights for a
-``--profile`` whose CPU sums them exactly (x86 with VNNI, Arm); u8 full-range weights for x86 without VNNI and when
-no profile names the target (exact on every x86 host: ``benchmarks/weight_range.py``).
+whose 16-bit intermediate saturates (the ImageNet MobileNetV2's full-range artifact keeps 0.835 of its top-1 there,
+0.990 with VNNI); 7-bit weights (``reduce_range``) cannot. So: full-range weights for a ``--profile`` whose CPU sums
+them exactly (x86 with VNNI, Arm); 7-bit weights for x86 without VNNI and when no profile names the target (the same
+figures on every x86 host: ``benchmarks/weight_range.py``). U8U8 cannot saturate either but ran slower than FP32.
 
 INT4 (weight-only): ONNX Runtime's ``MatMulNBitsQuantizer`` turns every MatMul with a constant weight
 into a ``com.microsoft.MatMulNBits`` node: blocks of ``block_size`` weights along the input dimension K,
@@ -156,8 +156,7 @@ def _write_artifact(
     manifest = child_manifest(art.manifest, precision=precision, model_file="model.onnx")
     manifest.versions = library_versions()
     step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,
-                      extra_config={"int8": {**config.int8.model_dump(mode="json"), "reduce_range": q.reduce_range,
-                                             "weight_type": str(q.weights.weight_type)}})
+                      extra_config={"int8": {**config.int8.model_dump(mode="json"), "reduce_range": q.reduce_range}})
     written = o.draft()
 
     static = not q.int4 and config.mode is QuantMode.static

@@ -132,7 +132,7 @@ def _check_onnx_only_options(config: QuantizeConfig) -> None:
         wrong.append(f"--calibration-method {config.calibration.method}")
     if not config.int8.per_channel:
         wrong.append("--per-tensor")
-    if config.int8.weight_type is WeightType.uint8:
+    if config.int8.weight_type is not WeightType.int8:
         wrong.append(f"--weight-type {config.int8.weight_type}")
     if config.int8.reduce_range:
         wrong.append("--reduce-range")
