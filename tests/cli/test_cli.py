@@ -149,7 +149,9 @@ def test_cli_quantize_profile_picks_reduce_range(cli_onnx, tmp_path, profile, re
     out = tmp_path / "int8"
     result = invoke("quantize", cli_onnx, "--profile", profile, "--out", out)
     assert result.exit_code == 0, result.output
-    assert load_artifact(out).manifest.steps[-1].config["int8"]["reduce_range"] is reduce_range
+    step = load_artifact(out).manifest.steps[-1]
+    assert step.config["int8"]["reduce_range"] is step.metrics["weight_range"]["reduce_range"] is reduce_range
+    assert "--profile" in step.metrics["weight_range"]["decided_by"]
 
 
 def test_cli_quantize_options_reach_the_config(cli_onnx, tmp_path):

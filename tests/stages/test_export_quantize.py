@@ -211,10 +211,11 @@ def test_static_with_missing_calibration_file(onnx_artifact, tmp_path):
 @pytest.mark.parametrize(
     ("x86", "vnni", "weight_type", "expected"),
     [
-        (True, False, "int8", True),   # AVX2-only x86: 7-bit weights avoid u8s8 saturation
-        (True, True, "int8", False),   # VNNI: full range is exact
-        (False, True, "int8", False),  # Arm dot-product
+        (True, False, "int8", True),    # AVX2-only x86: 7-bit weights avoid u8s8 saturation
+        (True, True, "int8", False),    # VNNI: full range is exact
+        (False, True, "int8", False),   # Arm dot-product
         (False, False, "int8", False),  # not x86: no VPMADDUBSW
+        (None, None, "int8", True),     # no profile: 7-bit, the same on every host (never this host's CPU)
         (True, False, "uint8", False),  # u8u8 does not saturate
     ],
 )
@@ -223,14 +224,40 @@ def test_reduce_range_resolution(x86, vnni, weight_type, expected):
     assert cfg.resolved_reduce_range() is expected
 
 
+@pytest.mark.parametrize(("host_x86", "host_vnni"), [(True, False), (True, True), (False, True), (False, False)])
+def test_weight_range_does_not_follow_the_host(monkeypatch, host_x86, host_vnni):
+    """Without a profile the weights are the same whichever machine quantizes (issue 69): the host's CPU is never
+    read; with one, its VNNI flag decides."""
+    import compress.host.cpu as cpu
+
+    monkeypatch.setattr(cpu, "is_x86", lambda arch=None: host_x86)
+    monkeypatch.setattr(cpu, "has_vnni", lambda flags=None: host_vnni if flags is None else any("vnni" in f for f in flags))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"} if host_vnni else {"avx2"}))
+    default = QuantizeConfig.from_flat().weight_range()
+    assert (str(default.weight_type), default.reduce_range) == ("int8", True)
+    assert "no --profile" in default.why
+    assert QuantizeConfig.for_profile("cpu-x86-avx2").resolved_reduce_range() is True
+    assert QuantizeConfig.for_profile("cpu-x86-avx512-vnni").resolved_reduce_range() is False
+    assert QuantizeConfig.for_profile("cpu-arm64-neon").resolved_reduce_range() is False
+
+
 def test_reduce_range_explicit_wins():
     assert QuantizeConfig.from_flat(reduce_range=False, target_x86=True, target_vnni=False).resolved_reduce_range() is False
     assert QuantizeConfig.from_flat(reduce_range=True, target_vnni=True).resolved_reduce_range() is True
+    assert "given" in QuantizeConfig.from_flat(reduce_range=False).weight_range().why
 
 
-def test_reduce_range_is_recorded(onnx_artifact, tmp_path):
-    art = quantize(onnx_artifact, tmp_path / "rr", QuantizeConfig.from_flat(target_x86=True, target_vnni=False, parity_samples=2))
-    assert art.manifest.steps[-1].config["int8"]["reduce_range"] is True
+@pytest.mark.parametrize(("target", "reduce_range", "why"), [
+    ({}, True, "no --profile"),
+    ({"target_x86": True, "target_vnni": False}, True, "x86 CPU without VNNI"),
+    ({"target_x86": True, "target_vnni": True}, False, "x86 CPU with VNNI"),
+])
+def test_weight_range_is_recorded(onnx_artifact, tmp_path, target, reduce_range, why):
+    step = quantize(onnx_artifact, tmp_path / "rr", QuantizeConfig.from_flat(parity_samples=2, **target)).manifest.steps[-1]
+    assert step.config["int8"]["reduce_range"] is reduce_range
+    record = step.metrics["weight_range"]
+    assert (record["weight_type"], record["reduce_range"], record["bits"]) == ("int8", reduce_range, 7 if reduce_range else 8)
+    assert why in record["decided_by"]
 
 
 def test_quantize_config_rejects_unknown_key():

@@ -3,6 +3,7 @@ quantize verb and its backends import, never the other way round."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Literal
 
@@ -97,8 +98,9 @@ class Int8(Section):
     weight_type: WeightType = Field(WeightType.int8, description="Weight integer type (s8, or u8 for U8U8).")
     reduce_range: bool | None = Field(
         None,
-        description="7-bit weights to avoid u8s8 saturation on CPUs without VNNI; default: on when the "
-        "target CPU (profile, else this host) is x86 without VNNI.",
+        description="7-bit weights, which cannot saturate ONNX Runtime's u8s8 kernels on x86 without VNNI. Default: "
+        "decided by the target, never by the host that quantizes: off where a --profile's CPU sums u8 x s8 products "
+        "exactly (x86 with VNNI, or not x86); on for x86 without VNNI and when no --profile names the target.",
     )
     weights_only: bool = Field(
         False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ. "
@@ -340,14 +342,45 @@ class QuantizeConfig(Settings):
                 merged[key] = value
         return cls.model_validate(merged)
 
-    def resolved_reduce_range(self) -> bool:
-        from compress.host.cpu import has_vnni, is_x86
-
+    def weight_range(self) -> WeightRange:
+        """The INT8 weights' type and range, decided by the target device, never by the host that quantizes (one
+        artifact whichever machine builds it). ONNX Runtime's x86 U8S8 kernels without VNNI (AVX2: VPMADDUBSW) add
+        two u8 x s8 products into a saturating int16; 7-bit weights cannot saturate it. So s8 weights at full range
+        only where the target sums them exactly (a --profile's x86 CPU with VNNI, or a CPU that is not x86), 7-bit
+        where it may not, or where no target is named. U8U8 (``weight_type`` uint8) cannot saturate either, but ran
+        slower than FP32 (measured on the ImageNet MobileNetV2: ``benchmarks/weight_range.py``, docs/quantize.md).
+        Options given win."""
+        exact = self.target.vnni is True or self.target.x86 is False
+        named = self.target.vnni is not None or self.target.x86 is not None
         if self.int8.reduce_range is not None:
-            return self.int8.reduce_range
-        vnni = has_vnni() if self.target.vnni is None else self.target.vnni
-        x86 = is_x86() if self.target.x86 is None else self.target.x86
-        return x86 and not vnni and self.int8.weight_type is WeightType.int8
+            why = "reduce_range given"
+            reduce_range = self.int8.reduce_range
+        elif self.int8.weight_type is WeightType.uint8:
+            why, reduce_range = "uint8 weights given: ONNX Runtime's U8U8 kernels cannot saturate", False
+        else:
+            target = ("a --profile's x86 CPU with VNNI" if self.target.vnni else "a --profile's CPU that is not x86") \
+                if exact else "a --profile's x86 CPU without VNNI" if named else "no --profile names the target"
+            why = f"{target}: " + ("u8 x s8 products are summed exactly" if exact else
+                                   "ONNX Runtime's u8 x s8 kernels without VNNI (AVX2) can saturate full-range weights")
+            reduce_range = not exact
+        return WeightRange(self.int8.weight_type, reduce_range, why)
+
+    def resolved_reduce_range(self) -> bool:
+        return self.weight_range().reduce_range
+
+
+@dataclass(frozen=True)
+class WeightRange:
+    """The INT8 weights as :meth:`QuantizeConfig.weight_range` decided them, and why (the manifest's
+    ``weight_range``)."""
+
+    weight_type: WeightType
+    reduce_range: bool
+    why: str
+
+    def record(self) -> dict:
+        return {"weight_type": str(self.weight_type), "bits": 7 if self.reduce_range else 8,
+                "reduce_range": self.reduce_range, "decided_by": self.why}
 
 
 def backends() -> dict[str, tuple[str, str]]:

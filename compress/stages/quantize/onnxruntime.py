@@ -10,9 +10,12 @@ Every INT8 mode leaves GEMMs with K or N under 16 float, and ``speed_aware`` ret
 slower to float (:mod:`compress.stages.quantize.speed`); the parity check against the input warns on a collapse, or
 fails with ``strict`` (:mod:`compress.stages.quantize.parity`).
 
-CPUs without VNNI (AVX2-only x86) compute u8 x s8 products with VPMADDUBSW, whose 16-bit intermediate
-can saturate and cost accuracy. There we default to 7-bit weights (``reduce_range``), which cannot
-saturate; with VNNI (or Arm dot-product) full-range weights are exact and faster.
+INT8 weights (:meth:`QuantizeConfig.weight_range`, recorded as the step's ``weight_range``): decided by the target
+device, never by the host that quantizes. x86 CPUs without VNNI (AVX2) compute u8 x s8 products with VPMADDUBSW,
+whose 16-bit intermediate saturates (the ImageNet MobileNetV2's full-range artifact keeps 0.835 of its top-1 there,
+0.990 with VNNI); 7-bit weights (``reduce_range``) cannot. So: full-range weights for a ``--profile`` whose CPU sums
+them exactly (x86 with VNNI, Arm); 7-bit weights for x86 without VNNI and when no profile names the target (the same
+figures on every x86 host: ``benchmarks/weight_range.py``). U8U8 cannot saturate either but ran slower than FP32.
 
 INT4 (weight-only): ONNX Runtime's ``MatMulNBitsQuantizer`` turns every MatMul with a constant weight
 into a ``com.microsoft.MatMulNBits`` node: blocks of ``block_size`` weights along the input dimension K,
@@ -260,6 +263,9 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         source, extra["qad"] = quantization_aware_distillation(art, config, out, config.resolved_reduce_range(),
                                                                 progress, source=qad_source)
     q = OnnxQuantizer(source, config)
+    if not q.int4:
+        extra["weight_range"] = q.weights.record()
+        log.info("INT8 weights: %s, %d bits (%s)", q.weights.weight_type, 7 if q.reduce_range else 8, q.weights.why)
     layers = q.layers()
     if q.int4:
         _check_int4_graph(art, q.model, layers)
@@ -379,7 +385,7 @@ def _fail_budget(art: Artifact, q: OnnxQuantizer, out: Path, result, t0: float, 
         with output.writing(load=False) as o:
             manifest = _write_artifact(
                 art, o, q, excluded, searched,
-                extra_metrics={"accuracy_aware": record},
+                extra_metrics={"accuracy_aware": record, "weight_range": q.weights.record()},
                 extra_files={"accuracy_report.json": json.dumps(report, indent=2) + "\n"},
                 reasons=reasons, strict=False,
             )

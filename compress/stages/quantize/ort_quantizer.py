@@ -61,7 +61,8 @@ class OnnxQuantizer:
     def __init__(self, art: Artifact, config: QuantizeConfig) -> None:
         self.art = art
         self.config = config
-        self.reduce_range = config.resolved_reduce_range()
+        self.weights = config.weight_range()  # decided by the target, never by this host
+        self.reduce_range = self.weights.reduce_range
         self.calibration_cache: Path | None = None  # static mode: ranges computed once, reused per candidate
         self.calibration_rows: list | None = None  # static: the rows that calibrate (None: the data's first samples)
         self.per_tensor_nodes: set[str] = set()  # static: layers given per-tensor weight scales (granularity search)
@@ -104,7 +105,7 @@ class OnnxQuantizer:
         return quantizable_layers(self.model, self.op_types(), dynamic_gemm=dynamic_gemm)
 
     def _weight_type(self, ortq):
-        return ortq.QuantType.QInt8 if self.config.int8.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
+        return ortq.QuantType.QInt8 if self.weights.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
 
     def write(self, dst: Path, exclude: list[str]) -> None:
         import onnxruntime
