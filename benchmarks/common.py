@@ -115,7 +115,7 @@ def text_windows(art, args) -> np.ndarray:
 
     text = Path(tempfile.mkdtemp()) / "scored.txt"
     text.write_text(Path(args.text).read_text(encoding="utf-8")[:args.chars], encoding="utf-8")
-    return cut(art, str(text), args.window, args.windows)
+    return cut(art, str(text), args.window, args.windows, "--text")
 
 
 def scored(logits, windows: np.ndarray, ref: list | None = None) -> dict:

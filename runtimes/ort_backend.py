@@ -46,13 +46,12 @@ from compress.device.shipped import decoder_feeds
 from compress.errors import ConfigError
 from compress.native_stderr import ort_log_severity
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings, StateSpec
-from compress.tasks.generation import Generated
+from compress.tasks.generation import GENAI_CONFIG, Generated
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-GENAI_CONFIG = "genai_config.json"  #: ONNX Runtime GenAI's description of a generator, beside the builder's graph
 #: the loops :meth:`OrtBackend.generate` times, as a report names them
 GENAI_LOOP = ("ONNX Runtime GenAI {version} generator (og.Generator: the prompt appended, then generate_next_token "
               "per token; the KV cache in the runtime, past and present sharing one buffer)")

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from compress.errors import ArtifactError, ConfigError
 from compress.estimates.cost import GraphCost, NodeCost
 from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, Peaks, profile_peaks, roofline
+from compress.tasks.generation import GENAI_CONFIG
 
 if TYPE_CHECKING:
     from compress.profiles.schema import DeviceProfile
@@ -271,7 +272,7 @@ def _weight_files(path: Path) -> int:
 
 def _config_dims(folder: Path) -> dict[str, Any]:
     """layers, kv_heads, head_size, heads from config.json or genai_config.json in ``folder`` ({} when neither)."""
-    cfg_path, gen_path = folder / "config.json", folder / "genai_config.json"
+    cfg_path, gen_path = folder / "config.json", folder / GENAI_CONFIG
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         cfg = cfg.get("text_config", cfg)

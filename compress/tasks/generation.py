@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compress.errors import ModelLoadError, ParityError, StageError
 from compress.tasks import StreamingMetric
 
-__all__ = ["DECODE_STEPS", "GENERATION_FILES", "KL_COLLAPSE", "LM_TRAVEL", "Generated", "GenerationPostprocess",
+__all__ = ["DECODE_STEPS", "GENAI_CONFIG", "GENERATION_FILES", "KL_COLLAPSE", "LM_TRAVEL", "Generated", "GenerationPostprocess",
            "GenerationStream", "KVCache", "collapse", "compare_generation", "continuation_agreement", "copy_travel",
            "generation_metrics", "generator_atol", "judge_continuations", "require_generation_parity",
            "require_no_collapse", "scored_positions"]
@@ -212,9 +212,10 @@ def collapse(tokens: list[list[int]], *, kl_mean: float | None = None) -> str | 
 
 #: the files that travel with a causal LM beside its model file, copied from its source where there: the tokenizer's,
 #: the generation defaults, the chat template and ONNX Runtime GenAI's config (every route's one list)
+GENAI_CONFIG = "genai_config.json"  #: ONNX Runtime GenAI's description of a generator, beside the builder's graph
 GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
-                    "genai_config.json")
+                    GENAI_CONFIG)
 #: ... and the checkpoint's ``config.json``: what a generator artifact carries, except the GenAI builder's ONNX (whose
 #: dimensions its genai_config.json states) and a fine-tuned checkpoint (which writes its own)
 LM_TRAVEL = (*GENERATION_FILES, "config.json")
