@@ -263,7 +263,10 @@ def _check_routes(art: Artifact, config: QuantizeConfig, prepared: bytes, model:
         graph = operator_scopes(prepared) if ranking else {}
         scopes = list(chosen["float_ops"])
         for scope in [s for s in ranking if s not in scopes][:MORE_FLOAT_STEPS]:
-            scopes += [s for s in (scope, *sorted(graph.get(scope, ()))) if s not in scopes and s in graph]
+            unit = [s for s in (scope, *sorted(graph.get(scope, ()))) if s not in scopes and s in graph]
+            if not unit:
+                continue
+            scopes += unit
             candidate = _build(prepared, ranges, float_scopes=scopes)
             if len(candidate) >= art.size_bytes():
                 routes.append({"route": f"static INT8, {len(scopes)} operators float", "skipped":
