@@ -17,7 +17,9 @@
   INT8 on the logits it reads costs the resolution where its probability is thresholded. Operators that the
   calibration rows name too sensitive for one INT8 scale stay float with their neighbours
   (:mod:`.litert_sensitivity`: chosen by output SQNR against FP32 and 16-bit activations; recorded in the manifest's
-  ``float_ops_chosen``).
+  ``float_ops_chosen``). With INT8 activations and the default ranges it is checked against FP32 on calibration rows
+  held out from calibration (:mod:`.fallback`'s split and check; a segmenter's mask IoU) and, where it misses, more
+  operators are kept float, then dynamic INT8 is taken (:func:`_check_routes`; the manifest's ``fallback``).
 
 The file is first made ready for the quantizer (:mod:`.litert_graph`): FP16 weights behind ``DEQUANTIZE`` ops (the
 TFLite converter's float16 quantization, MediaPipe's models) are folded into the FP32 constants they compute, and a
