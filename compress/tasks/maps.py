@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from compress.errors import DataError
-from compress.tasks import StreamingMetric
+from compress.tasks import StreamingMetric, postprocess_for
 
-__all__ = ["ProbabilityMapStream", "SegmentationStream", "probability_map_metrics", "segmentation_metrics"]
+__all__ = ["ProbabilityMapStream", "SegmentationStream", "mask_agreement", "probability_map_metrics",
+           "segmentation_metrics"]
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -116,6 +117,16 @@ def probability_map_metrics(postprocess, cand: np.ndarray, ref: np.ndarray | Non
         metrics["agreement"] = iou(tpred, pred)
         metrics["agreement_definition"] = "IoU of the artifact's binarised map against the teacher's"
     return metrics
+
+
+def mask_agreement(m, cand: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    """How closely a probability map follows the teacher's on the same inputs, without labels: the IoU of the
+    foreground of the maps binarised at the task's threshold (``mask_iou``; 1.0 when neither holds any), what
+    quantize's held-out check judges beside the output cosine (``TaskInfo.output_agreement``)."""
+    post = postprocess_for(m.task, m.postprocess)
+    a, b = _binary(cand, post).astype(bool), _binary(ref, post).astype(bool)
+    union = int((a | b).sum())
+    return {"mask_iou": float((a & b).sum() / union) if union else 1.0}
 
 
 class _Overlap:

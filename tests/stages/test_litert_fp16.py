@@ -293,3 +293,45 @@ def test_static_int8_keeps_float_the_operators_the_calibration_rows_name(monkeyp
     monkeypatch.setattr(sens, "GOOD_DB", free.int8_sqnr_db - 1)  # INT8 good enough: nothing kept float, no table
     again = choose()
     assert again.float_ops == [] and again.met and again.most_sensitive == []
+
+
+def test_the_default_static_int8_falls_back_to_the_route_that_holds_on_held_out_rows(tmp_path, monkeypatch, capsys):
+    """Static INT8 is checked against FP32 on calibration rows held out from calibration (issue 69): where it holds it
+    is written; where it misses (here: a cosine floor between static's and dynamic's on the tiny CNN) the route that
+    holds, dynamic INT8, is written and the manifest says which and why; ``--strict`` with a miss no route fixes
+    writes nothing; 16-bit activations, asked for, keep their behaviour."""
+    from PIL import Image
+
+    from compress.stages.quantize import parity, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = _adopted(tmp_path, "fp16")
+    images = tmp_path / "cal16" / "any"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype("uint8")).save(images / f"{i}.png")
+    static = QuantizeConfig.from_flat(mode="static", calibration=str(tmp_path / "cal16"))
+    step = quantize(art, tmp_path / "holds", static).manifest.steps[-1]
+    fb = step.metrics["fallback"]
+    assert step.config["recipe"] == "static_wi8_ai8" and fb["needed"] is False and fb["route"] == "static INT8"
+    assert fb["held_out"]["held_out_rows"] == 4 and fb["held_out"]["calibration_rows"] == 12
+    assert step.config["calibration"]["samples"] == 12  # the held-out rows do not calibrate
+
+    monkeypatch.setattr(parity, "COSINE_MEAN_FLOOR", 0.9999)  # static INT8 0.9996 here, dynamic 0.99999
+    step = quantize(art, tmp_path / "falls", static).manifest.steps[-1]
+    fb = step.metrics["fallback"]
+    assert step.config["recipe"] == "dynamic_wi8_afp32" and fb["needed"] and fb["held"], fb
+    assert fb["route"] == "dynamic INT8" and fb["routes"][0]["below"] and "0.9999" in fb["why"]
+    assert fb["after"]["cosine_mean"] >= 0.9999 > fb["before"]["cosine_mean"]
+    assert step.config["calibration"]["data"] is None  # dynamic INT8 calibrates nothing
+
+    w8a16 = QuantizeConfig.from_flat(mode="static", activation_bits=16, calibration=str(tmp_path / "cal16"))
+    step = quantize(art, tmp_path / "asked", w8a16).manifest.steps[-1]
+    assert step.config["recipe"] == "static_wi8_ai16" and "fallback" not in step.metrics
+
+    monkeypatch.setattr(parity, "COSINE_MEAN_FLOOR", 1.01)  # no route holds
+    out = tmp_path / "strict"
+    line = main_error(capsys, "quantize", art.path, "--mode", "static", "--calibration", tmp_path / "cal16",
+                      "--strict", "--out", out, code=1)
+    assert "no route holds" in line and "dynamic INT8" in line and not out.exists(), line

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,16 @@ def split_calibration(config, preprocess) -> CalibrationSplit:
 
 
 class HeldOutCheck:
-    """The FP32 model's outputs on some rows, kept, to judge quantized candidates against (:meth:`measure`)."""
+    """The FP32 model's outputs on some rows, kept, to judge quantized candidates against (:meth:`measure`), both run
+    in ``runtime`` (a runtime backend's class, or :func:`~compress.runtimes.base.load_runtime`; ONNX Runtime's unless
+    given)."""
 
-    def __init__(self, art: Artifact, rows: list[Any]) -> None:
-        from compress.runtimes.ort_backend import OrtBackend
+    def __init__(self, art: Artifact, rows: list[Any], runtime: Callable[[Artifact], Any] | None = None) -> None:
+        if runtime is None:
+            from compress.runtimes.ort_backend import OrtBackend as runtime
 
-        self.art = art
-        reference = OrtBackend(art)
+        self.art, self.runtime = art, runtime
+        reference = runtime(art)
         try:
             self.batch = reference.encode(rows)
             self.ref = reference.predict(self.batch)
@@ -108,11 +112,9 @@ class HeldOutCheck:
         self.agreement = load(spec) if spec else None
 
     def measure(self, model: Path) -> dict[str, Any]:
-        """The parity figures (and the task's own) of the ONNX model at ``model`` (a candidate of ``art``)."""
-        from compress.runtimes.ort_backend import OrtBackend
-
+        """The parity figures (and the task's own) of the model file at ``model`` (a candidate of ``art``)."""
         copy_tokenizer_files(self.art.path, model.parent)
-        candidate = OrtBackend(Artifact(model.parent, self.art.manifest.model_copy(update={"model_file": model.name})))
+        candidate = self.runtime(Artifact(model.parent, self.art.manifest.model_copy(update={"model_file": model.name})))
         try:
             cand = candidate.predict(self.batch)
         finally:
@@ -124,10 +126,10 @@ class HeldOutCheck:
         return figures
 
 
-def _shortfall(figures: dict[str, Any]) -> float:
+def shortfall(figures: dict[str, Any]) -> float:
     """How far ``figures`` are from agreeing with the FP32 model: the worst of 1 - each cosine-like figure (a run
     quantized alone is ranked by it)."""
-    keys = ("cosine_mean", "score_cosine", "box_iou", "argmax_agreement")
+    keys = ("cosine_mean", "score_cosine", "box_iou", "mask_iou", "argmax_agreement")
     return max(1.0 - float(figures[k]) for k in keys if figures.get(k) is not None)
 
 
@@ -171,7 +173,7 @@ def fall_back(art: Artifact, q, layers: list, base: list[str], split: Calibratio
     for run in runs:  # each run quantized alone: what it does to the output, amplification included
         names = {lay.name for lay in run}
         q.write(probe, list(dict.fromkeys([*base, *(lay.name for lay in free if lay.name not in names)])))
-        costs.append(_shortfall(ranker.measure(probe)))
+        costs.append(shortfall(ranker.measure(probe)))
     order = sorted(range(len(runs)), key=lambda i: -costs[i])
     kept: list[str] = []
     steps = []
@@ -208,4 +210,5 @@ def copy_candidate(fb: FallBack, dst: Path) -> None:
         shutil.copyfile(extra, dst.parent / extra.name)
 
 
-__all__ = ["CalibrationSplit", "FallBack", "HeldOutCheck", "copy_candidate", "fall_back", "split_calibration"]
+__all__ = ["CalibrationSplit", "FallBack", "HeldOutCheck", "copy_candidate", "fall_back", "shortfall",
+           "split_calibration"]

@@ -17,7 +17,9 @@
   INT8 on the logits it reads costs the resolution where its probability is thresholded. Operators that the
   calibration rows name too sensitive for one INT8 scale stay float with their neighbours
   (:mod:`.litert_sensitivity`: chosen by output SQNR against FP32 and 16-bit activations; recorded in the manifest's
-  ``float_ops_chosen``).
+  ``float_ops_chosen``). With INT8 activations and the default ranges it is checked against FP32 on calibration rows
+  held out from calibration (:mod:`.fallback`'s split and check; a segmenter's mask IoU) and, where it misses, more
+  operators are kept float, then dynamic INT8 is taken (:func:`_check_routes`; the manifest's ``fallback``).
 
 The file is first made ready for the quantizer (:mod:`.litert_graph`): FP16 weights behind ``DEQUANTIZE`` ops (the
 TFLite converter's float16 quantization, MediaPipe's models) are folded into the FP32 constants they compute, and a
@@ -29,6 +31,8 @@ parity samples (argmax agreement, cosine) before it is renamed into place.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,13 +41,14 @@ import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest, copy_tokenizer_files, library_versions
 from compress.data.inputs import sample_inputs
-from compress.errors import ConfigError, StageError
+from compress.errors import ConfigError, QuantizationCollapsed, StageError
 from compress.progress import hidden_output
 from compress.stages.common import measure_parity
 from compress.stages.quantize.config import QUANTIZE_LITERT, QuantizeConfig
+from compress.stages.quantize.fallback import HeldOutCheck, shortfall, split_calibration
 from compress.stages.quantize.litert_graph import Prepared, integer_weights, output_activations, prepare
-from compress.stages.quantize.litert_sensitivity import choose_float_ops, scope_regex
-from compress.stages.quantize.parity import check_collapse
+from compress.stages.quantize.litert_sensitivity import choose_float_ops, operator_scopes, scope_regex
+from compress.stages.quantize.parity import check_collapse, collapse
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.tflite"
@@ -52,6 +57,9 @@ MODEL_FILE = "model.tflite"
 #: mask IoU 0.946, against 0.944 with ai-edge-quantizer's own order-dependent moving average and 0.906 with the
 #: whole set's extremes), or the whole set's (``minmax``)
 RANGES = ("mean-minmax", "minmax")
+#: the default static INT8's fall-back: at most this many more operators (with their neighbours) kept float, by the
+#: sensitivity ranking, before dynamic INT8 is tried
+MORE_FLOAT_STEPS = 3
 
 
 #: the settings ai-edge-quantizer's quantization reads (flat keys); any other given is refused by
@@ -112,10 +120,12 @@ def _recipe(config: QuantizeConfig) -> str:
     return "dynamic_wi8_afp32"
 
 
-def _calibration(art: Artifact, config: QuantizeConfig, model: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
+def _calibration(art: Artifact, config: QuantizeConfig, model: bytes,
+                 items: list | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """The calibration inputs as ai-edge-quantizer takes them: per signature of the prepared ``model`` (one is added
-    where the file has none), one dict of its inputs per sample, encoded and fitted as the runtime feeds them. A
-    signature input named as a manifest input takes that input; otherwise they pair in order (``args_0``, ...)."""
+    where the file has none), one dict of its inputs per sample (``items``, or the calibration data's), encoded and
+    fitted as the runtime feeds them. A signature input named as a manifest input takes that input; otherwise they
+    pair in order (``args_0``, ...)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from compress.runtimes.base import load_runtime
@@ -130,7 +140,9 @@ def _calibration(art: Artifact, config: QuantizeConfig, model: bytes) -> dict[st
     runtime = load_runtime(art)
     try:
         rows = []
-        for item in sample_inputs(config.calibration.data, config.calibration.samples, art.manifest.preprocess):
+        if items is None:
+            items = sample_inputs(config.calibration.data, config.calibration.samples, art.manifest.preprocess)
+        for item in items:
             fitted = runtime.fitted(runtime.encode([item]))
             rows.append({arg: fitted[n] for arg, n in zip(args, names)})
     finally:
@@ -144,48 +156,163 @@ def quantize_litert(art: Artifact, out: Path | str, config: QuantizeConfig, *, f
 
     recipe_name = _recipe(config)
     require("ai_edge_quantizer", "LiteRT quantization (pip install 'edgecompress[litert]')")
-    from ai_edge_quantizer import quantizer, recipe
 
     prepared = prepare(art.model_path)
-    calibration = _calibration(art, config, prepared.model) if recipe_name.startswith("static") else None
+    split = split_calibration(config, art.manifest.preprocess) if falls_back(config) else None
+    calibration = _calibration(art, config, prepared.model, split.calibration if split else None) \
+        if recipe_name.startswith("static") else None
+    method = str(config.calibration.method) if "calibration.method" in config.given() else "mean-minmax"
     t0 = time.perf_counter()
     try:
-        qt = quantizer.Quantizer(bytearray(prepared.model))
-        qt.load_quantization_recipe(getattr(recipe, recipe_name)())
-        kept = _refine(qt, recipe_name, prepared.model)
-        method = str(config.calibration.method) if "calibration.method" in config.given() else "mean-minmax"
-        with hidden_output():  # its progress bars: quantize shows its own status
-            ranges = activation_ranges(qt, prepared.model, calibration, method) if calibration else None
-            if recipe_name == "static_wi8_ai8":
-                kept["float_ops_chosen"] = _keep_sensitive_float(qt, prepared.model, ranges, calibration,
-                                                                 max_bytes=art.size_bytes())
-            result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
+        model, kept, ranges = _quantize(prepared.model, recipe_name, calibration, method, max_bytes=art.size_bytes())
     except Exception as e:
         raise StageError(f"ai-edge-quantizer could not quantize {art.path} ({' '.join(str(e).split())[:200]})",
                          hint="try --mode dynamic or --weights-only, or quantize the model's ONNX export") from e
+    record = None
+    if split is not None:  # the default static INT8: checked on held-out rows, another route where it fails
+        log.info("static INT8: %s", split.how)
+        model, recipe_name, kept, record = _check_routes(art, config, prepared.model, model, kept, ranges, split,
+                                                         Path(out))
     seconds = round(time.perf_counter() - t0, 3)
-    weights = _check_something_quantized(art, prepared, bytes(result.quantized_model), recipe_name)
+    weights = _check_something_quantized(art, prepared, model, recipe_name)
     for note in prepared.notes:
         log.info("%s: %s", art.path, note)
+    calibrated = calibration and recipe_name.startswith("static")
     resolved = {"precision": "int8", "recipe": recipe_name, "backend": "ai-edge-quantizer",
                 "fp16_weights_dequantized": prepared.fp16_weights_dequantized, **kept,
                 "activations_fused": prepared.activations_fused,
-                "calibration": {"data": config.calibration.data if calibration else None,
-                                "method": method if calibration else None,
-                                "samples": len(next(iter(calibration.values()))) if calibration else 0}}
+                "calibration": {"data": config.calibration.data if calibrated else None,
+                                "method": method if calibrated else None,
+                                "samples": len(next(iter(calibration.values()))) if calibrated else 0}}
     output = QUANTIZE_LITERT.output(out, resolved, force=force, t0=t0)
     with output.writing() as o:
-        result.export_model(str(o.dir / MODEL_FILE), overwrite=True)
+        (o.dir / MODEL_FILE).write_bytes(model)
         copy_tokenizer_files(art.path, o.dir)
         manifest = child_manifest(art.manifest, precision=Precision.int8, model_file=MODEL_FILE)
         manifest.versions = library_versions("ai_edge_litert", "ai_edge_quantizer")
         step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps)
         step.metrics = _parity(art, o.draft(), config)
+        if record is not None:
+            step.metrics["fallback"] = record
         before, after = art.size_bytes(), (o.dir / MODEL_FILE).stat().st_size
         step.metrics.update({"quantizer_seconds": seconds, "integer_weights": weights, "size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / after, 3)})
     log.info("wrote %s (%s)", out, recipe_name)
     return output.artifact
+
+
+def falls_back(config: QuantizeConfig) -> bool:
+    """Is this the default static INT8 that checks itself on held-out rows and takes another route where the check
+    fails (:func:`_check_routes`)? ``--mode static`` with INT8 activations and the default ranges; 16-bit
+    activations, ``--calibration-method`` or ``--weights-only`` keep their behaviour."""
+    from compress.stages.quantize.config import QuantMode
+
+    return config.mode is QuantMode.static and not config.int8.weights_only and config.int8.activation_bits != 16 \
+        and "calibration.method" not in config.given()
+
+
+def _quantize(model: bytes, recipe_name: str, calibration: dict | None, method: str, *,
+              max_bytes: int) -> tuple[bytes, dict[str, Any], dict | None]:
+    """``model`` quantized by the recipe ``recipe_name`` with its exceptions (:func:`_refine`, the sensitive
+    operators kept float under static INT8); the recipe's record for the manifest and the activation ranges."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(bytearray(model))
+    qt.load_quantization_recipe(getattr(recipe, recipe_name)())
+    kept = _refine(qt, recipe_name, model)
+    with hidden_output():  # its progress bars: quantize shows its own status
+        ranges = activation_ranges(qt, model, calibration, method) if calibration else None
+        if recipe_name == "static_wi8_ai8":
+            kept["float_ops_chosen"] = _keep_sensitive_float(qt, model, ranges, calibration, max_bytes=max_bytes)
+        result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
+    return bytes(result.quantized_model), kept, ranges
+
+
+def _check_routes(art: Artifact, config: QuantizeConfig, prepared: bytes, model: bytes, kept: dict[str, Any],
+                  ranges: dict, split, out: Path) -> tuple[bytes, str, dict[str, Any], dict[str, Any]]:
+    """Static INT8's ``model`` checked against FP32 on ``split``'s held-out rows (the parity floors and the task's
+    own: a segmenter's mask IoU, :mod:`.parity`); where it fails, the routes in turn until one holds: more operators
+    kept float by the sensitivity ranking (at most :data:`MORE_FLOAT_STEPS` more, while the file stays smaller than
+    its input), then dynamic INT8. Returns the model, its recipe, the recipe's record and the manifest's
+    ``fallback`` record; ``--strict`` raises when no route holds (nothing written), otherwise the route that comes
+    closest is written with a warning."""
+    from compress.runtimes.base import load_runtime
+
+    t0 = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".check", dir=out.parent)) \
+        if out.parent.is_dir() else Path(tempfile.mkdtemp(suffix=".check"))
+    try:
+        check = HeldOutCheck(art, split.held_out, load_runtime)
+
+        def measure(candidate: bytes, name: str) -> dict[str, Any]:
+            path = scratch / name / MODEL_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(candidate)
+            return check.measure(path)
+
+        figures = measure(model, "static")
+        below = collapse(figures)
+        record: dict[str, Any] = {"held_out": {**split.record(), "rows_judged": check.n}, "before": figures}
+        routes = [{"route": "static INT8", "figures": figures, "below": below}]
+        if not below:
+            return model, "static_wi8_ai8", kept, {**record, "needed": False, "route": "static INT8",
+                                                   "seconds": round(time.perf_counter() - t0, 2)}
+        log.warning("static INT8 fails its check on %d held-out rows (%s): trying more operators float, then dynamic "
+                    "INT8", check.n, "; ".join(below))
+        best = ("static INT8", model, "static_wi8_ai8", kept, figures, below)
+        chosen = kept["float_ops_chosen"]
+        ranking = [r["op"] for r in chosen.get("most_sensitive", [])]
+        graph = operator_scopes(prepared) if ranking else {}
+        scopes = list(chosen["float_ops"])
+        for scope in [s for s in ranking if s not in scopes][:MORE_FLOAT_STEPS]:
+            unit = [s for s in (scope, *sorted(graph.get(scope, ()))) if s not in scopes and s in graph]
+            if not unit:
+                continue
+            scopes += unit
+            candidate = _build(prepared, ranges, float_scopes=scopes)
+            if len(candidate) >= art.size_bytes():
+                routes.append({"route": f"static INT8, {len(scopes)} operators float", "skipped":
+                               "as large as the input file"})
+                break
+            figures = measure(candidate, f"float{len(scopes)}")
+            below = collapse(figures)
+            routes.append({"route": f"static INT8, {len(scopes)} operators float", "float_ops": list(scopes),
+                           "figures": figures, "below": below})
+            if not below or _closer(figures, best[4]):
+                best = (routes[-1]["route"], candidate, "static_wi8_ai8", {**kept, "float_ops_fallback": list(scopes)},
+                        figures, below)
+            if not below:
+                break
+        if not ranking:
+            routes.append({"route": "more operators float", "skipped": "no sensitivity ranking: INT8 met the SQNR bar "
+                           "on the calibration rows"})
+        if best[5]:
+            dynamic, dkept, _ = _quantize(prepared, "dynamic_wi8_afp32", None, "", max_bytes=art.size_bytes())
+            figures = measure(dynamic, "dynamic")
+            below = collapse(figures)
+            routes.append({"route": "dynamic INT8", "figures": figures, "below": below})
+            if not below or _closer(figures, best[4]):
+                best = ("dynamic INT8", dynamic, "dynamic_wi8_afp32", dkept, figures, below)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    taken, model, recipe_name, kept, figures, below = best
+    record.update(needed=True, held=not below, route=taken, after=figures, routes=routes,
+                  why="static INT8 fell below its floors on the held-out rows: " + "; ".join(routes[0]["below"]),
+                  seconds=round(time.perf_counter() - t0, 2))
+    if below:
+        message = f"no route holds on {check.n} held-out rows (the closest, {taken}: {'; '.join(below)})"
+        if config.strict:
+            raise QuantizationCollapsed(message + "; no artifact was written",
+                                        hint="try --activation-bits 16, or quantize the model's ONNX export")
+        log.warning("%s: writing it (--strict makes this an error)", message)
+    else:
+        log.info("fall-back: %s holds on the held-out rows", taken)
+    return model, recipe_name, kept, record
+
+
+def _closer(figures: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Are ``figures`` nearer FP32 than ``than`` (the smaller worst shortfall of the judged figures)?"""
+    return shortfall(figures) < shortfall(than)
 
 
 def _refine(qt, recipe_name: str, model: bytes) -> dict[str, Any]:
