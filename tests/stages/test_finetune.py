@@ -194,7 +194,7 @@ def test_a_base_with_no_regression_head_is_refused_in_one_line(bert_encoder, tmp
     base = tmp_path / "clip-text"
     shutil.copytree(bert_encoder, base, ignore=shutil.ignore_patterns("*.safetensors", "config.json", "modules.json",
                                                                       "1_Pooling", "2_Normalize"))
-    CLIPTextModel(CLIPTextConfig(vocab_size=200, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+    CLIPTextModel(CLIPTextConfig(vocab_size=512, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=64)).save_pretrained(base)
     capsys.readouterr()  # transformers' saving bar
     line = main_error(capsys, "finetune", base, "--task", "regression", "--train", write_tsv(tmp_path, TARGETS),
