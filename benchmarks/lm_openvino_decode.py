@@ -27,41 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class LlamaCpp:
-    """llama-cpp-python's Llama on a GGUF, evaluating tokens; the last position's logits."""
-
-    def __init__(self, path: Path, threads: int) -> None:
-        import llama_cpp
-
-        self.lib = llama_cpp
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-                                   verbose=False)
-
-    def _last(self):
-        import numpy as np
-
-        ptr = self.lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))[None, None].copy()
-
-    def prefill(self, feeds):
-        self.llm.reset()
-        self.llm.eval([int(t) for t in feeds["input_ids"][0]])
-        return {"logits": self._last()}, None
-
-    def step(self, feeds, state):
-        self.llm.eval([int(feeds["input_ids"][0, -1])])
-        return {"logits": self._last()}, None
-
-    def close(self) -> None:
-        self.llm.close()
 
 
 class GenAI:
@@ -102,20 +72,10 @@ def openvino(spec: str, threads: int):
 
 def generate(backend, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
     """One greedy generation: (prefill seconds, tokens/s of the ``new_tokens - 1`` decode steps, the tokens)."""
-    import numpy as np
+    from common import greedy_steps
 
-    ids = np.asarray([prompt], dtype=np.int64)
-    t0 = time.perf_counter()
-    out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    ttft = time.perf_counter() - t0
-    tokens, total = [int(out["logits"][0, -1].argmax())], len(prompt)
-    t0 = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        total += 1
-        out, state = backend.step({"input_ids": np.asarray([[tokens[-1]]], dtype=np.int64),
-                                   "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
-        tokens.append(int(out["logits"][0, -1].argmax()))
-    return ttft, (new_tokens - 1) / (time.perf_counter() - t0), tokens
+    ttft, decode, tokens = greedy_steps(backend, prompt, new_tokens - 1)
+    return ttft, (new_tokens - 1) / decode, tokens
 
 
 def prompt_ids(spec: str, text: str | None, length: int) -> list[int]:
@@ -135,7 +95,9 @@ def serve(name: str, spec: str, threads: int, prompt: list[int], new_tokens: int
     """A route's process: load it, report what it compiled and its greedy tokens (the warm-up), then one timed
     generation per message until ``None``."""
     if name == "llama.cpp":
-        backend, info = LlamaCpp(Path(spec), threads), {"gguf": spec}
+        from common import LlamaCppDirect
+
+        backend, info = LlamaCppDirect(Path(spec), threads), {"gguf": spec}
     elif spec.startswith("genai:"):
         backend, info = GenAI(Path(spec[6:]), threads, new_tokens), {"genai": spec[6:]}
     else:

@@ -137,42 +137,12 @@ class TorchGen:
         self.model = None
 
 
-class LlamaCppDirect:
-    """llama.cpp itself: llama-cpp-python's Llama evaluating tokens, only the last position's logits (its default),
-    none of edgecompress's code in the loop."""
-
-    loop = "llama.cpp (llama-cpp-python Llama.eval per token; this script's loop)"
-
-    def __init__(self, path: Path, threads: int) -> None:
-        import llama_cpp
-
-        self.lib = llama_cpp
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-                                   verbose=False)
-
-    def _last(self):
-        import numpy as np
-
-        ptr = self.lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))[None, None].copy()
-
-    def prefill(self, feeds):
-        self.llm.reset()
-        self.llm.eval([int(t) for t in feeds["input_ids"][0]])
-        return {"logits": self._last()}, None
-
-    def step(self, feeds, state):
-        self.llm.eval([int(feeds["input_ids"][0, -1])])
-        return {"logits": self._last()}, None
-
-    def close(self) -> None:
-        self.llm.close()
-
-
 def load(route: str, path: Path, threads: int):
     if route == "pytorch-fp32":
         return TorchGen(path, threads)
     if route.startswith("llama.cpp"):
+        from common import LlamaCppDirect
+
         return LlamaCppDirect(path / "model.gguf", threads)
     from compress.artifact import load_artifact
     from compress.runtimes.base import RuntimeSettings, load_runtime
@@ -195,20 +165,10 @@ def generate(backend, prompt: list[int], new_tokens: int) -> dict:
         host = sum(t - n for t, n in zip(made.seconds[1:], made.native_seconds[1:], strict=True))
         return {"ttft": made.seconds[0], "decode": sum(made.seconds[1:]), "host": host, "tokens": made.tokens,
                 "loop": backend.generation_loop}
-    import numpy as np
+    from common import greedy_steps
 
-    ids = np.asarray([prompt], dtype=np.int64)
-    t0 = time.perf_counter()
-    out, state = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    tokens, total = [int(out["logits"][0, -1].argmax())], len(prompt)
-    ttft = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(new_tokens):
-        total += 1
-        out, state = backend.step({"input_ids": np.asarray([[tokens[-1]]], dtype=np.int64),
-                                   "attention_mask": np.ones((1, total), dtype=np.int64)}, state)
-        tokens.append(int(out["logits"][0, -1].argmax()))
-    return {"ttft": ttft, "decode": time.perf_counter() - t0, "host": None, "tokens": tokens, "loop": backend.loop}
+    ttft, decode, tokens = greedy_steps(backend, prompt, new_tokens)
+    return {"ttft": ttft, "decode": decode, "host": None, "tokens": tokens, "loop": backend.loop}
 
 
 def probe(route: str, path: str, threads: int) -> None:
