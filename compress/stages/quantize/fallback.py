@@ -37,6 +37,7 @@ from typing import Any
 
 from compress.artifact import Artifact, copy_tokenizer_files
 from compress.data.inputs import sample_inputs
+from compress.progress import Progress, start_phase
 from compress.stages.common import compare_outputs
 from compress.stages.quantize.parity import collapse
 from compress.tasks import TASKS, load
@@ -145,10 +146,12 @@ class FallBack:
     check: HeldOutCheck
 
 
-def fall_back(art: Artifact, q, layers: list, base: list[str], split: CalibrationSplit, scratch: Path) -> FallBack:
+def fall_back(art: Artifact, q, layers: list, base: list[str], split: CalibrationSplit, scratch: Path,
+              progress: Progress | None = None) -> FallBack:
     """Quantize ``art`` with ``q`` (``base`` kept float), check it on ``split``'s held-out rows, and where the check
     fails put runs of layers back to float until it holds (see the module docstring). Returns the candidate to write;
-    its ``record`` says what was decided and why (``held`` False: even the last candidate fails the check)."""
+    its ``record`` says what was decided and why (``held`` False: even the last candidate fails the check).
+    ``progress`` hears the ranking (a tick per run quantized alone) and the steps back to float (a tick per step)."""
     t0 = time.perf_counter()
     check = HeldOutCheck(art, split.held_out)
     dst = scratch / "candidate" / art.manifest.model_file
@@ -170,10 +173,13 @@ def fall_back(art: Artifact, q, layers: list, base: list[str], split: Calibratio
     probe = scratch / "probe" / art.manifest.model_file
     probe.parent.mkdir(parents=True, exist_ok=True)
     costs = []
+    tick = start_phase(progress, f"fall-back: each of {k} runs of layers quantized alone", k)
     for run in runs:  # each run quantized alone: what it does to the output, amplification included
         names = {lay.name for lay in run}
         q.write(probe, list(dict.fromkeys([*base, *(lay.name for lay in free if lay.name not in names)])))
         costs.append(shortfall(ranker.measure(probe)))
+        tick(1)
+    tick = start_phase(progress, "fall-back: the costliest runs back to float until the check holds", k)
     order = sorted(range(len(runs)), key=lambda i: -costs[i])
     kept: list[str] = []
     steps = []
@@ -191,6 +197,7 @@ def fall_back(art: Artifact, q, layers: list, base: list[str], split: Calibratio
         steps.append({"run": i, "first": runs[i][0].name, "last": runs[i][-1].name, "layers": len(runs[i]),
                       "float_weight_share": round(share, 4), "figures": figures})
         best = (figures, dst)
+        tick(1)
         if not below:
             break
     record.update(needed=True, held=not below, after=best[0], float_nodes=kept,

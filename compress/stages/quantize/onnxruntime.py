@@ -306,7 +306,7 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
             split = split_calibration(config, art.manifest.preprocess)
             log.info("static INT8: %s", split.how)
             q.calibration_rows, q.calibration_cache = split.calibration, scratch / "calibration.json"
-            fallback = fall_back(art, q, layers, exclude, split, scratch)
+            fallback = fall_back(art, q, layers, exclude, split, scratch, progress)
             check = fallback.check
             for name in fallback.exclude[len(exclude):]:
                 reasons[name] = "fall-back: its run of layers cost most in the held-out check (fallback.runs)"
