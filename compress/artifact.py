@@ -286,6 +286,24 @@ class Manifest(BaseModel):
     versions: dict[str, str | None] = Field(default_factory=dict, description="Tool/library versions.")
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
+    def collapsed(self) -> str | None:
+        """Why the quantize step that made this model found it no longer computing what its input computes, in one
+        phrase, else None: its parity check (``parity_vs_input``) or a generator's continuations
+        (``generation_vs_input``) fell below the floors, or its static INT8 fall-back held on no candidate. quantize
+        writes such a model only without ``--strict``; ``validate`` fails it (``no_collapse``) unless an accuracy
+        budget measured on data holds, and ``package`` refuses it unless told ``--allow-collapsed``."""
+        step = next((s for s in reversed(self.steps) if s.stage == "quantize"), None)
+        if step is None:
+            return None
+        for key in ("parity_vs_input", "generation_vs_input"):
+            found = (step.metrics.get(key) or {}).get("collapsed")
+            if found:
+                return "; ".join(found["below"]) if isinstance(found, dict) else str(found)
+        fallback = step.metrics.get("fallback")
+        if isinstance(fallback, dict) and fallback.get("needed") and fallback.get("held") is False:
+            return "its INT8 check on held-out rows fails on every candidate its fall-back tried"
+        return None
+
     @field_validator("postprocess", mode="before")
     @classmethod
     def _task_postprocess(cls, v: Any, info: ValidationInfo) -> Any:

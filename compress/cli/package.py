@@ -49,10 +49,13 @@ def _parse_pins(values: tuple[str, ...]) -> dict[str, str] | None:
                    "less where the model's context is shorter].")
 @click.option("--report-dir", type=click.Path(path_type=Path),
               help="Where report.json, report.md and junit.xml go [default: beside the zip, OUT.report.json/.md, OUT.junit.xml].")
+@click.option("--allow-collapsed", is_flag=True,
+              help="Package a model that quantize's own check found collapsed against its input (refused otherwise; "
+                   "prove it first with validate --data).")
 @unverified_exit_code_option
 @force_option
 def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_start, cold_start_runs, max_new_tokens,
-                report_dir, unverified_exit_code, force):
+                report_dir, allow_collapsed, unverified_exit_code, force):
     """Build a deployable serverless bundle (zip) for an ONNX ARTIFACT and judge it on the platform.
 
     The bundle holds the model, tokenizer, a minimal handler (onnxruntime + numpy + tokenizers or Pillow, no
@@ -77,6 +80,7 @@ def package_cmd(artifact, profile, out, memory_mb, pins, no_download, no_cold_st
     config = build_config(
         PackageConfig, profile=profile, memory_mb=memory_mb, download=not no_download, cold_start=not no_cold_start,
         cold_start_runs=cold_start_runs, pins=_parse_pins(pins), max_new_tokens=max_new_tokens,
+        allow_collapsed=allow_collapsed,
     )
     if out.exists() and not force:
         from compress.errors import OutputExistsError

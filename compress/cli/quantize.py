@@ -147,8 +147,7 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         if (qat := m.get("qat")) is not None:
             console().print(f"quantization-aware INT4: held-out KL of the simulated INT4 to FP32 "
                             f"{qat['before']['kl_mean']:.4f} before, {qat['best']['kl_mean']:.4f} kept ({qat['kept']})")
-        if g.get("collapsed"):
-            console().print(f"[bold red]WARNING[/]: the generator collapsed: {g['collapsed']} (--strict fails it)")
+        _not_shippable(art)
         return
     p = m["parity_vs_input"]
     agree = f", argmax agreement {p['argmax_agreement']:.3f}" if "argmax_agreement" in p else ""
@@ -159,9 +158,16 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
     if (qad := m.get("qad")) is not None:
         console().print(f"quantization-aware distillation: held-out agreement of the simulated INT8 with FP32 "
                         f"{_score(qad['before'])} before, {_score(qad['best'])} kept ({qad['kept']})")
-    if p.get("collapsed"):
-        console().print(f"[bold red]WARNING[/]: collapsed against its input ({'; '.join(p['collapsed']['below'])}); "
-                        f"try {p['collapsed']['remedies']}")
+    _not_shippable(art, p.get("collapsed", {}).get("remedies"))
+
+
+def _not_shippable(art, remedies: str | None = None) -> None:
+    """One loud line when quantize's own check found the model it wrote collapsed (written only without --strict)."""
+    if (reason := art.manifest.collapsed()) is None:
+        return
+    console().print(f"[bold red]NOT SHIPPABLE[/]: its own check found it collapsed against its input ({reason}); "
+                    "validate fails it unless --data proves its accuracy, package refuses it"
+                    + (f"; try {remedies}" if remedies else "") + " (--strict writes nothing instead)")
 
 
 def _score(score: dict) -> str:

@@ -179,6 +179,11 @@ def _check_inputs(artifact: Artifact | Path | str, out: Path, config: PackageCon
         )
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     gen.check_generator(art, config.max_new_tokens)  # before the format check: a generator's refusal names its route
+    if (collapsed := art.manifest.collapsed()) is not None and not config.allow_collapsed:
+        raise ArtifactError(f"{art.path}: quantize's own check found this model collapsed against its input "
+                            f"({collapsed}), so it is not packaged",
+                            hint="quantize it again with what its warning named, or, once validate --data shows its "
+                            "accuracy holds, pass --allow-collapsed")
     PACKAGE.check(art)
     if TASKS[art.manifest.task].labels == "spans":  # its handler would return the start logits alone
         raise ConfigError(f"{art.path}: a {art.manifest.task} model: the serverless handler does not serve answer "

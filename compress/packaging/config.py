@@ -114,6 +114,9 @@ class PackageConfig(BaseModel):
                     "less where the model's context is shorter).",
     )
     pip_timeout_s: float = Field(900, gt=0, description="Give up on one pip download after this many seconds.")
+    allow_collapsed: bool = Field(
+        False, description="Package a model that quantize's own check found collapsed against its input (refused "
+        "otherwise: prove it first with validate --data).")
 
     @field_validator("pins")
     @classmethod

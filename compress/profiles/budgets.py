@@ -155,6 +155,25 @@ def emulated_timings(profile, budgets: list[BudgetResult]) -> str | None:
             "set's own")
 
 
+def own_check(manifest, budgets: list[BudgetResult]) -> tuple[BudgetResult | None, str | None]:
+    """What quantize's own check (``manifest.collapsed()``) adds to a verdict: a failed ``no_collapse`` when it found
+    the model collapsed and no quality budget measured on the eval data holds (the check is then the only evidence
+    of its fidelity), else only a warning (the data measured it: its quality budgets decide). ``(None, None)`` when
+    the check held."""
+    reason = manifest.collapsed()
+    if reason is None:
+        return None, None
+    held = [b.name for b in budgets if b.name in BUDGETS and BUDGETS[b.name].quality and b.status is BudgetStatus.passed]
+    if held:
+        return None, (f"quantize's own check found this model collapsed against its input ({reason}); "
+                      f"{', '.join(held)}, measured on the eval data, hold")
+    return (BudgetResult(name="no_collapse", limit=0, measured=1.0, passed=False, comparison="<=",
+                         note=f"quantize's own check found it collapsed against its input: {reason}; quantize it "
+                         "again (its warning named what to try), or prove it on data: --data with "
+                         "min_accuracy_retention or min_agreement in the profile"),
+            f"not shippable as measured: quantize's own check found this model collapsed ({reason})")
+
+
 def verdict_of(budgets: list[BudgetResult]) -> str:
     """fail when a budget failed; else anomalous when a measurement cannot be trusted; else unverified when one was
     not measured (or only estimated); else pass."""

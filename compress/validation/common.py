@@ -22,6 +22,7 @@ from compress.profiles.budgets import (
     emulated_timings,
     judge,
     noise_warning,
+    own_check,
     verdict_of,
 )
 from compress.profiles.schema import DeviceProfile
@@ -169,6 +170,10 @@ def conclude(run: ValidationRun, metrics: dict[str, Any], stats: dict[str, Laten
         metrics["peak_rss_mb"] = cold["peak_rss_mb"]
 
     budgets = judge(profile.budgets, metrics)
+    if "collapse" not in (metrics.get("generation") or {}):  # measured here (a generator's continuations): decides
+        failed, said = own_check(m, budgets)
+        budgets += [failed] if failed is not None else []
+        warnings += [said] if said is not None else []
     if (emulated := emulated_timings(profile, budgets)) is not None:  # an emulator's timings: never judged
         warnings.append(emulated)
     if (noisy := noise_warning(lat, budgets)) is not None:

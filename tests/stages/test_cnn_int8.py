@@ -126,6 +126,38 @@ def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_a_collapse_written_without_strict_is_not_shippable(stack, tmp_path):
+    """Without --strict the collapsed model is written (for a look), but nothing ships it as it stands: quantize's
+    last line says NOT SHIPPABLE; validate without data fails it (``no_collapse``, exit 1); package refuses it in one
+    line (exit 2, nothing written) unless --allow-collapsed."""
+    import json
+
+    import onnx
+
+    from tests.conftest import assert_one_line_error, edgecompress
+
+    stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
+    q = tmp_path / "q"
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor",
+                        "--exclude-nodes", stem, "--out", q)
+    assert proc.returncode == 0, proc.stderr
+    assert "NOT SHIPPABLE" in proc.stdout and "mean output cosine" in " ".join(proc.stdout.split())
+    proc = edgecompress("validate", q, "--profile", "cpu-x86-avx2", "--no-cold-start", "--no-baseline",
+                        "--report-dir", tmp_path / "r")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    failed = [b for b in report["budgets"] if b["name"] == "no_collapse"]
+    assert report["verdict"] == "fail" and failed and "mean output cosine" in failed[0]["note"], report["budgets"]
+    out = tmp_path / "bundle.zip"
+    proc = edgecompress("package", q, "--profile", "aws-lambda-x86_64", "--out", out, "--no-download", "--no-cold-start")
+    assert_one_line_error(proc, "collapsed against its input", "--allow-collapsed")
+    assert not out.exists()
+    proc = edgecompress("package", q, "--profile", "aws-lambda-x86_64", "--out", out, "--no-download", "--no-cold-start",
+                        "--allow-collapsed")
+    assert proc.returncode in (0, 4), proc.stderr
+    assert out.is_file()
+
+
 def test_cli_default_falls_back_where_per_tensor_collapses(stack, tmp_path):
     from tests.conftest import edgecompress
 
