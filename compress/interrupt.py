@@ -10,7 +10,8 @@ A stopping signal that arrives while a library imports or runs can come back as 
 module's ``ImportError: initialization failed`` from the KeyboardInterrupt raised inside its initialisation):
 :func:`caused_by_signal` tells the CLI it was the interrupt, not a bug. A signal after the command's work ended
 (its output renamed into place and reported) meets :func:`finishing`'s handler, which says so and exits 128 + the
-signal instead of letting Python's default handler kill the process by the signal. Whatever was committed before an
+signal instead of letting Python's default handler kill the process by the signal; from Python's own exit on, a
+Ctrl-C is ignored (the command's exit code stands). Whatever was committed before an
 interrupt is recorded with :func:`note_written`, so the CLI's interrupted line says what is complete.
 
 Both first give the main thread an alternate signal stack of edgecompress's own (:func:`ensure_signal_stack`).
@@ -24,6 +25,7 @@ earlier job's models can be destroyed out of order after the handlers are in pla
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -193,6 +195,17 @@ def finishing(ended: str) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, late)
+    atexit.register(_ignore_late_ctrl_c)
+
+
+def _ignore_late_ctrl_c() -> None:
+    """Python's own exit (the atexit handlers this one precedes, then the teardown of every module) is the command's
+    last instant: there CPython puts a handler it installed back to the default, so a Ctrl-C would kill the process
+    by the signal (returncode -2, no line; seen 60-100 ms after export's last line). Ignored from here on, the exit
+    code stays the command's (its output complete). SIGTERM keeps its default: a process manager's stop still ends
+    it."""
+    with contextlib.suppress(Exception):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _raise_interrupt(signum, frame) -> None:

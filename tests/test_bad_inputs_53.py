@@ -304,6 +304,13 @@ SIGINT_DRIVER = textwrap.dedent("""
             if os.path.basename(os.fspath(dst)) == "out":
                 os.kill(os.getpid(), signal.SIGINT)
         os.replace = replace_interrupted
+    elif point == "teardown":  # Python's exit, as it tears its modules down (after its signal handling ended)
+        import time
+        class Teardown:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        sys.modules["__main__"].teardown = Teardown()
     else:
         real_exit = sys.exit
         def exit_interrupted(code=0):
@@ -360,6 +367,18 @@ def test_ctrl_c_after_the_command_ended_exits_130_and_says_the_output_is_complet
     assert proc.stderr.strip().splitlines()[-1] == ("interrupted (Ctrl-C) after the command had ended; nothing was "
                                                      "left half-written"), proc.stderr
     load_artifact(tmp_path / "out", verify=True)  # complete: every file's sha256 as its manifest says
+
+
+def test_ctrl_c_in_the_last_instant_of_python_s_exit_leaves_the_command_s_exit_code(mlp, tmp_path):
+    """Issue 69: a Ctrl-C while Python tears its modules down (60-100 ms after export's last line) found CPython's
+    default handler back in place: the process died by the signal (returncode -2, no line). It is ignored there: the
+    export's own exit code, its artifact complete."""
+    from compress.artifact import load_artifact
+
+    proc = _export_interrupted("teardown", mlp, tmp_path / "out")
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    load_artifact(tmp_path / "out", verify=True)
 
 
 def test_ctrl_c_the_instant_the_artifact_is_renamed_says_it_is_complete(mlp, tmp_path):
