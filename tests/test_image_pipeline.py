@@ -79,6 +79,14 @@ def test_a_program_without_its_yaml_is_refused_with_the_fix(teachers, tmp_path):
     (bare / "model.yaml").write_text("labels: [a]\nprocess: {}\n")
     with pytest.raises(ConfigError, match="unknown key 'process'"):
         load_teacher(bare)
+    # the one model.yaml reader (a file beside an ONNX model reads the same): its first line, not the parser's story
+    (bare / "model.yaml").write_text("labels: [a\n  b: {\n")
+    with pytest.raises(ConfigError, match=r"model.yaml: unreadable YAML \(while parsing") as e:
+        load_teacher(bare)
+    assert "\n" not in str(e.value)
+    (bare / "model.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="model.yaml: expected a mapping"):
+        load_teacher(bare)
 
 
 def test_a_program_exported_in_training_mode_is_refused(tmp_path):

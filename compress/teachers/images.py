@@ -39,7 +39,6 @@ from compress.artifact import (
     hash_files,
     library_versions,
 )
-from compress.data.utf8 import read_utf8
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, repeated_class_name, task_for
 from compress.tasks.classification import ClassPostprocess
@@ -185,14 +184,9 @@ def _program_info(path: Path) -> ImageInfo:
         raise ModelLoadError(
             f"{path}: no {yaml_file.name} beside {program_file.name} (task, labels and preprocessing)",
             hint=f"write {yaml_file.name} with task: image-classification, labels: [...] and preprocess: {{size: [H, W]}}")
-    import yaml
+    from compress.teachers.model_description import read_yaml_mapping
 
-    try:
-        meta = yaml.safe_load(read_utf8(yaml_file)) or {}
-    except yaml.YAMLError as e:
-        raise ModelLoadError(f"{yaml_file}: unreadable YAML ({e})", hint="fix the file") from e
-    if not isinstance(meta, dict):
-        raise ModelLoadError(f"{yaml_file}: expected a mapping", hint="task, labels and preprocess as keys")
+    meta = read_yaml_mapping(yaml_file, "task, labels and preprocess")
     unknown = sorted(set(meta) - {"task", "labels", "preprocess", "architecture"})
     if unknown:
         raise ConfigError(f"{yaml_file}: unknown key {unknown[0]!r}", hint="known keys: task, labels, preprocess, architecture")

@@ -74,11 +74,9 @@ def description_file(path: Path) -> Path:
     return path.with_suffix(".yaml")
 
 
-def read_description(path: Path) -> ModelDescription:
-    """The ``model.yaml`` beside ``path`` (an empty description when there is none)."""
-    yaml_file = description_file(path)
-    if not yaml_file.is_file():
-        return ModelDescription()
+def read_yaml_mapping(yaml_file: Path, keys: str) -> dict[str, Any]:
+    """A ``model.yaml``'s mapping (empty for an empty file); a file that is no YAML mapping is a one-line
+    :class:`ConfigError` (``keys``: the keys the hint names)."""
     import yaml
 
     try:
@@ -86,7 +84,16 @@ def read_description(path: Path) -> ModelDescription:
     except yaml.YAMLError as e:
         raise ConfigError(f"{yaml_file}: unreadable YAML ({first_line(e)})", hint="fix the file") from e
     if not isinstance(meta, dict):
-        raise ConfigError(f"{yaml_file}: expected a mapping", hint="task, labels, preprocess, dims as keys")
+        raise ConfigError(f"{yaml_file}: expected a mapping", hint=f"{keys} as keys")
+    return meta
+
+
+def read_description(path: Path) -> ModelDescription:
+    """The ``model.yaml`` beside ``path`` (an empty description when there is none)."""
+    yaml_file = description_file(path)
+    if not yaml_file.is_file():
+        return ModelDescription()
+    meta = read_yaml_mapping(yaml_file, "task, labels, preprocess, dims")
     try:
         return ModelDescription.model_validate(meta)
     except ValidationError as e:
