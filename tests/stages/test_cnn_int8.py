@@ -85,6 +85,26 @@ def test_per_tensor_collapse_falls_back_to_float_and_fidelity_returns(stack, tmp
     assert m["nodes"]["quantized"]["Conv"]  # the others stay INT8
 
 
+def test_a_run_too_big_to_float_is_halved_until_a_part_that_mends_it_fits(stack, tmp_path, monkeypatch):
+    """One run of all three convolutions (GROUPS 1) is over the float cap (half the weights): before, the fall-back
+    stopped there and the collapse stood. The run left is halved and ranked again: the stem alone costs nothing, the
+    depthwise + pointwise half costs most and fits, and the check holds."""
+    from compress.stages.quantize import fallback, quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    monkeypatch.setattr(fallback, "GROUPS", 1)
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"]),
+                                                                         per_channel=False))
+    m = art.manifest.steps[-1].metrics
+    fb = m["fallback"]
+    assert fb["needed"] and fb["held"] and "collapsed" not in m["parity_vs_input"], fb
+    assert [(r.get("refined", 0), r["layers"]) for r in fb["runs"]] == [(0, 3), (1, 1), (1, 2)]
+    stem, rest = fb["runs"][1:]
+    assert rest["shortfall_alone"] > stem["shortfall_alone"] and stem["first"] not in fb["float_nodes"]
+    assert len(fb["float_nodes"]) == 2 and fb["float_weight_share"] <= 0.5
+    assert [s.get("refined") for s in fb["steps"]] == [1]
+
+
 def test_a_collapse_the_fall_back_cannot_mend_is_said_in_the_manifest(stack, tmp_path):
     """Test material for an unfixable case: the float share allowed (max_fp32_fraction) is below the depthwise
     layer's, so the fall-back cannot float it; the artifact is written with the collapse recorded and the remedies."""

@@ -13,8 +13,11 @@
    order, are cut into :data:`GROUPS` runs; each run is quantized *alone* (every other layer float) and its shortfall
    measured on a few calibration rows; the runs go back to float worst first, each step re-quantized and checked on
    the held-out rows, until the check holds or the float layers would exceed ``accuracy.max_fp32_fraction`` (0.5
-   by default, the accuracy-aware search's cap) of the quantizable weights. What is kept float, why, and the figures before and after go to the manifest
-   (``fallback``).
+   by default, the accuracy-aware search's cap) of the quantizable weights. Where the cap stops a run and the check
+   still fails, the runs left are halved, ranked and stepped through the same way (:data:`REFINE` times): a part of
+   a run too big to float may fit. What is kept float, why, and the figures before and after go to the manifest
+   (``fallback``). (A run whose cost alone is small is not skipped: on the depthwise test stack the pointwise layer
+   costs 0.06 alone against the depthwise one's 1.0, and the check holds only with both float.)
 
 Why runs of layers and not the per-layer error table's own-SNR ranking: on YOLOX-Nano (``benchmarks/yolox_nano.py``)
 the table blames layers all over the graph, and keeping 107 of its 113 convolutions float in the table's order still
@@ -166,48 +169,81 @@ def fall_back(art: Artifact, q, layers: list, base: list[str], split: Calibratio
     log.warning("static INT8 fails its check on %d held-out rows (%s): putting the layers that cost most back to "
                 "float", check.n, "; ".join(below))
     free = [lay for lay in layers if lay.name not in base]
-    total = sum(lay.params for lay in free) or 1
     k = min(GROUPS, len(free))
     runs = [free[i * len(free) // k:(i + 1) * len(free) // k] for i in range(k)]
+    steps = _Steps(q, check, dst, base, sum(lay.params for lay in free) or 1, figures)
     ranker = HeldOutCheck(art, split.calibration[:RANK_ROWS]) if split.disjoint else check
+    ranked: list[dict[str, Any]] = []
+    for depth in range(REFINE + 1):  # runs first; where the cap stops them, the runs left halved
+        costs = _rank(art, q, runs, [*base, *(lay.name for lay in free)], ranker, scratch, progress, depth)
+        ranked += [{"first": r[0].name, "last": r[-1].name, "layers": len(r), "shortfall_alone": round(c, 6),
+                    **({"refined": depth} if depth else {})} for r, c in zip(runs, costs)]
+        if steps.float_worst_first(runs, costs, progress, depth):
+            break
+        runs = [half for r in runs if r[0].name not in steps.kept and len(r) > 1
+                for half in (r[:len(r) // 2], r[len(r) // 2:])]
+        if not runs:
+            break
+    held = not collapse(steps.figures)
+    record.update(needed=True, held=held, after=steps.figures, float_nodes=steps.kept,
+                  float_weight_share=round(steps.share, 4), max_float_share=steps.cap, runs=ranked, steps=steps.done,
+                  seconds=round(time.perf_counter() - t0, 2))
+    log.info("fall-back: %d layer(s) float (%.0f%% of the quantizable weights) in %.0f s: %s", len(steps.kept),
+             100 * steps.share, record["seconds"], "the check holds" if held else "the check still fails")
+    return FallBack(list(dict.fromkeys([*base, *steps.kept])), dst, steps.figures, record, check)
+
+
+#: times the runs the float cap left are halved and ranked again when the check still fails
+REFINE = 2
+
+
+def _rank(art: Artifact, q, runs: list[list], every: list[str], ranker: HeldOutCheck, scratch: Path,
+          progress: Progress | None, depth: int) -> list[float]:
+    """Each run of ``runs`` quantized alone (every other layer of ``every`` float): its shortfall on the ranker's
+    rows, amplification by the layers after it included."""
     probe = scratch / "probe" / art.manifest.model_file
     probe.parent.mkdir(parents=True, exist_ok=True)
+    what = "runs of layers" if not depth else f"halves of the runs left (refinement {depth})"
+    tick = start_phase(progress, f"fall-back: each of {len(runs)} {what} quantized alone", len(runs))
     costs = []
-    tick = start_phase(progress, f"fall-back: each of {k} runs of layers quantized alone", k)
-    for run in runs:  # each run quantized alone: what it does to the output, amplification included
+    for run in runs:
         names = {lay.name for lay in run}
-        q.write(probe, list(dict.fromkeys([*base, *(lay.name for lay in free if lay.name not in names)])))
+        q.write(probe, list(dict.fromkeys(n for n in every if n not in names)))
         costs.append(shortfall(ranker.measure(probe)))
         tick(1)
-    tick = start_phase(progress, "fall-back: the costliest runs back to float until the check holds", k)
-    order = sorted(range(len(runs)), key=lambda i: -costs[i])
-    kept: list[str] = []
-    steps = []
-    share, cap = 0.0, q.config.accuracy.max_fp32_fraction
-    best = (figures, dst)
-    for i in order:
-        run_share = sum(lay.params for lay in runs[i]) / total
-        if share + run_share > cap:
-            continue  # a cheaper run further down may still fit
-        share += run_share
-        kept += [lay.name for lay in runs[i]]
-        q.write(dst, list(dict.fromkeys([*base, *kept])))
-        figures = check.measure(dst)
-        below = collapse(figures)
-        steps.append({"run": i, "first": runs[i][0].name, "last": runs[i][-1].name, "layers": len(runs[i]),
-                      "float_weight_share": round(share, 4), "figures": figures})
-        best = (figures, dst)
-        tick(1)
-        if not below:
-            break
-    record.update(needed=True, held=not below, after=best[0], float_nodes=kept,
-                  float_weight_share=round(share, 4), max_float_share=cap,
-                  runs=[{"first": r[0].name, "last": r[-1].name, "layers": len(r),
-                         "shortfall_alone": round(c, 6)} for r, c in zip(runs, costs)],
-                  steps=steps, seconds=round(time.perf_counter() - t0, 2))
-    log.info("fall-back: %d layer(s) float (%.0f%% of the quantizable weights) in %.0f s: %s", len(kept),
-             100 * share, record["seconds"], "the check holds" if not below else "the check still fails")
-    return FallBack(list(dict.fromkeys([*base, *kept])), best[1], best[0], record, check)
+    return costs
+
+
+class _Steps:
+    """The steps back to float: each run added to the float layers, the candidate re-quantized into ``dst`` and
+    checked on the held-out rows, while the float share stays under ``accuracy.max_fp32_fraction``."""
+
+    def __init__(self, q, check: HeldOutCheck, dst: Path, base: list[str], total: int, figures: dict[str, Any]):
+        self.q, self.check, self.dst, self.base, self.total = q, check, dst, base, total
+        self.cap = q.config.accuracy.max_fp32_fraction
+        self.kept: list[str] = []
+        self.share = 0.0
+        self.figures = figures
+        self.done: list[dict[str, Any]] = []
+
+    def float_worst_first(self, runs: list[list], costs: list[float], progress: Progress | None, depth: int) -> bool:
+        """``runs`` back to float, costliest first, each that fits under the cap; True once the check holds."""
+        tick = start_phase(progress, "fall-back: the costliest runs back to float until the check holds", len(runs))
+        for i in sorted(range(len(runs)), key=lambda j: -costs[j]):
+            run_share = sum(lay.params for lay in runs[i]) / self.total
+            if self.share + run_share > self.cap:
+                continue  # a cheaper run further down may still fit
+            self.share += run_share
+            self.kept += [lay.name for lay in runs[i]]
+            self.q.write(self.dst, list(dict.fromkeys([*self.base, *self.kept])))
+            self.figures = self.check.measure(self.dst)
+            self.done.append({"run": i, "first": runs[i][0].name, "last": runs[i][-1].name, "layers": len(runs[i]),
+                              **({"refined": depth} if depth else {}), "float_weight_share": round(self.share, 4),
+                              "figures": self.figures})
+            tick(1)
+            if not collapse(self.figures):
+                return True
+        return False
 
 
 def copy_candidate(fb: FallBack, dst: Path) -> None:
