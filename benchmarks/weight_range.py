@@ -12,10 +12,15 @@ whose CPUID makes MLAS take its AVX2 kernels for real. :func:`saturation_probe` 
 Candidates (each the library's default static INT8, ``compress.stages.quantize.quantize``, its held-out check and
 fall-back included, with one option set):
 
+* ``default (no profile)``: what no ``--profile`` (or an x86 one without VNNI) gets: int8 weights, 7 bits in the
+  GEMM-based layers (``reduce_range``: cannot saturate anywhere), 8 bits in the depthwise convolutions, whose x86
+  kernels widen to 16 bits before multiplying (``compress.stages.quantize.ort_quantizer.depthwise_convs``);
 * ``s8 full range``: int8 weights, 8 bits (``--weight-type int8 --full-range``): exact with VNNI, can saturate on AVX2;
-* ``s8 reduce_range``: int8 weights, 7 bits (``--weight-type int8 --reduce-range``): cannot saturate anywhere, one bit coarser;
 * ``u8 weights (U8U8)``: uint8 weights, 8 bits (``--weight-type uint8``): MLAS's U8U8 kernels widen to int16 before
   multiplying, exact on both.
+
+Rows of earlier runs stay in the results (``s8 reduce_range``, ``s8 reduce_range + 64 calibration views``: 7 bits
+in every layer, the rule before depthwise convolutions kept 8; their ``measured_with`` says so).
 
 The split is ``benchmarks/cnn_int8_heldout.py``'s (its ``draw_views``/``fold_files``: 3 folds cut by source photo;
 calibration, tuning and judging views disjoint; judged: the views the FP32 teacher is confident on, labelled with
@@ -31,9 +36,10 @@ only). Figures, pooled over the folds:
 
     python benchmarks/real_cnns.py            # the MobileNetV2 program (once)
     apt-get install qemu-user                 # qemu-x86_64 (Debian 12: QEMU 7.2, the first with AVX2 in TCG)
-    nice -n 19 python benchmarks/weight_range.py [--candidates ...] [--no-emulate]
+    nice -n 19 python benchmarks/weight_range.py [--candidates ...] [--no-emulate] [--views tuning]
 
-Results: ``benchmarks/results/weight_range.json``.
+Results: ``benchmarks/results/weight_range.json`` (judging views), ``weight_range_tuning.json`` (``--views tuning``: what
+a setting is chosen on).
 """
 
 from __future__ import annotations
@@ -55,10 +61,9 @@ sys.path.insert(0, str(ROOT))
 from common import cached_step, host_and_versions
 
 CANDIDATES = {
+    "default (no profile)": {},
     "s8 full range": {"weight_type": "int8", "reduce_range": False},
-    "s8 reduce_range": {"weight_type": "int8", "reduce_range": True},
     "u8 weights (U8U8)": {"weight_type": "uint8", "reduce_range": False},
-    "s8 reduce_range + 64 calibration views": {"weight_type": "int8", "reduce_range": True, "calibration_samples": 64},
 }
 #: the emulated host: QEMU's Haswell model (AVX2, FMA3; no AVX-512, no VNNI)
 EMULATED_CPU = "Haswell"
@@ -105,15 +110,15 @@ def saturation_probe(work: Path, emulate: bool) -> dict:
     return {"exact": 255 * 127 * k, "got": got, "saturates": got != 255 * 127 * k}
 
 
-def judging_feeds(onnx_art: Path, files: dict, dst: Path) -> tuple[Path, np.ndarray]:
-    """A fold's judging views (``judging.csv``: the ones the teacher is confident on) preprocessed as the FP32 artifact
-    does (``dst``, .npz), and the teacher's labels."""
+def judging_feeds(onnx_art: Path, files: dict, dst: Path, role: str = "judging") -> tuple[Path, np.ndarray]:
+    """A fold's judging views (``judging.csv``: the ones the teacher is confident on; or its ``tuning`` views)
+    preprocessed as the FP32 artifact does (``dst``, .npz), and the teacher's labels."""
     import csv
 
     from compress.artifact import load_artifact
     from compress.runtimes.ort_backend import OrtBackend
 
-    with open(files["judging"], encoding="utf-8") as f:
+    with open(files[role], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     backend = OrtBackend(load_artifact(onnx_art))
     x = np.concatenate([backend.encode([r["path"] for r in rows[k:k + 32]])[backend.input_names[0]]
@@ -135,7 +140,9 @@ def pooled(per_fold: list[dict], fp32_per_fold: list[dict]) -> dict:
     return {"retention": round(sum(f["correct"] for f in per_fold) / sum(f["correct"] for f in fp32_per_fold), 4),
             "agreement": round(sum(f["agree_fp32"] for f in per_fold) / views, 4),
             "logit_cosine": round(sum(f["cosine_sum"] for f in per_fold) / views, 4), "views": views,
-            "worst_fold_agreement": round(min(f["agree_fp32"] / f["views"] for f in per_fold), 4)}
+            "worst_fold_agreement": round(min(f["agree_fp32"] / f["views"] for f in per_fold), 4),
+            "per_fold": [{"correct": f["correct"], "fp32_correct": r["correct"], "agree_fp32": f["agree_fp32"],
+                          "views": f["views"]} for f, r in zip(per_fold, fp32_per_fold)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-emulate", action="store_true", help="judge natively only (no qemu-x86_64)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "weight_range.json")
+    ap.add_argument("--views", choices=("judging", "tuning"), default="judging",
+                    help="judge on each fold's judging views (photos no calibration or tuning view came from), or on "
+                    "its tuning views (other views of the calibration photos: what a setting is chosen on)")
+    ap.add_argument("--out", type=Path, help="default: results/weight_range.json (judging views), "
+                    "results/weight_range_tuning.json (tuning views)")
     args = ap.parse_args(argv)
+    args.out = args.out or ROOT / "results" / ("weight_range.json" if args.views == "judging" else
+                                               "weight_range_tuning.json")
     if args.worker:
         worker(*args.worker, args.threads)
         return 0
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for fold in range(args.folds):
         files = fold_files(args.work, split, fold)
         d = args.work / f"fold{fold}"
-        feeds, labels = judging_feeds(onnx, files, d / "judging.npz")
+        feeds, labels = judging_feeds(onnx, files, d / f"{args.views}.npz", args.views)
         models = {"ONNX FP32": onnx / "model.onnx"}
         for c in names:
             t = time.perf_counter()
@@ -213,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/weight_range.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1), "saturation_probe": probes,
         "split": {"seed": split["seed"], "folds": split["folds"], "from": "benchmarks/cnn_int8_heldout.py",
-                  "judged": "judging views the FP32 teacher is confident on (top-1 probability >= 0.5)",
+                  "judged": f"{args.views} views the FP32 teacher is confident on (top-1 probability >= 0.5)",
                   "retention": "INT8 top-1 = the teacher's top-1, over FP32 ONNX's own score",
                   "agreement": "INT8 top-1 = FP32 ONNX top-1 (FP32 run natively)"},
         "fp32_onnx_p50_ms": p50["ONNX FP32"], "rows": rows, **host_and_versions()}, indent=2) + "\n")

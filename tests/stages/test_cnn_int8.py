@@ -303,3 +303,48 @@ def test_accuracy_aware_candidates_keep_a_dense_outputs_relu6_clamp(tmp_path):
     assert out.max() <= 6.0 + 1e-3 and out.min() >= -1e-3, (out.min(), out.max())
     aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     assert min(t["metric"] for t in aa["candidates"]) > 0.9, aa["candidates"]  # no candidate lost its clamp
+
+
+def _weight_codes(model_path: Path) -> dict[str, tuple[str, int]]:
+    """Each quantized Conv's (group, largest |integer weight|), by node name (the QDQ graph as written)."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(model_path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    out = {}
+    for n in g.node:
+        dq = producer.get(n.input[1]) if n.op_type == "Conv" else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            out[n.name] = ("depthwise" if group > 1 else "gemm", int(np.abs(inits[dq.input[0]].astype(np.int32)).max()))
+    return out
+
+
+@pytest.mark.parametrize("target", [{}, {"target_x86": True, "target_vnni": False}])
+def test_seven_bit_weights_only_where_the_kernel_can_saturate(stack, tmp_path, target):
+    """Without VNNI (or without a profile) the weights are 7-bit where ONNX Runtime's u8 x s8 GEMM kernels could
+    saturate; depthwise convolutions, whose x86 kernels widen to 16 bits first, keep all 8 bits; recorded."""
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"]), **target))
+    codes = _weight_codes(art.model_path)
+    assert sorted(kind for kind, _ in codes.values()) == ["depthwise", "gemm", "gemm"]
+    assert all(top <= 64 for kind, top in codes.values() if kind == "gemm"), codes  # 7-bit: -64..64
+    assert all(top == 127 for kind, top in codes.values() if kind == "depthwise"), codes  # symmetric, 8-bit
+    record = art.manifest.steps[-1].metrics["weight_range"]
+    assert record["bits"] == 7 and record["depthwise_bits"] == 8
+    assert [n for n, (kind, _) in codes.items() if kind == "depthwise"] == record["full_range_nodes"]
+
+
+def test_full_range_everywhere_for_a_vnni_target(stack, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(
+        calibration=str(stack["images"]), target_x86=True, target_vnni=True))
+    assert {top for _, top in _weight_codes(art.model_path).values()} == {127}
+    record = art.manifest.steps[-1].metrics["weight_range"]
+    assert record["bits"] == 8 and "full_range_nodes" not in record

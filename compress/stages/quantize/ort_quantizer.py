@@ -55,6 +55,24 @@ def ort_error(e: Exception) -> EdgeCompressError:
     )
 
 
+def depthwise_convs(model) -> dict[str, str]:
+    """The depthwise convolutions of ``model`` (one input and one output channel per group: ONNX Runtime's
+    ``is_depthwise_conv``), node name -> weight name. ONNX Runtime's x86 kernels for them (``MlasConvDepthwise``; AVX2:
+    ``qdwconv_avx2.cpp``) widen the u8 inputs and s8 weights to 16 bits and multiply-add pairs into 32 bits
+    (VPMADDWD): exact at full range on every x86. Only the GEMM-based layers (other convolutions, MatMul, Gemm) go
+    through VPMADDUBSW's saturating 16-bit sums on x86 without VNNI (``benchmarks/weight_range.py``)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        dims = list(inits[node.input[1]].dims)
+        if group > 1 and len(dims) >= 3 and dims[0] == group and dims[1] == 1:
+            out[node.name] = node.input[1]
+    return out
+
+
 class OnnxQuantizer:
     """Writes a quantized copy of one ONNX artifact's model with given nodes left in float."""
 
@@ -103,6 +121,13 @@ class OnnxQuantizer:
     def layers(self) -> list:
         dynamic_gemm = not self.int4 and self.config.mode is QuantMode.dynamic and "MatMul" in self.op_types()
         return quantizable_layers(self.model, self.op_types(), dynamic_gemm=dynamic_gemm)
+
+    @functools.cached_property
+    def full_range_convs(self) -> dict[str, str]:
+        """Static INT8 with 7-bit weights: the layers whose weights keep all 8 bits anyway (node -> weight), the
+        depthwise convolutions (:func:`depthwise_convs`), whose x86 kernels cannot saturate; none otherwise."""
+        static = not self.int4 and self.config.mode is QuantMode.static
+        return depthwise_convs(self.model) if static and self.reduce_range else {}
 
     def _weight_type(self, ortq):
         return ortq.QuantType.QInt8 if self.weights.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
@@ -196,6 +221,9 @@ class OnnxQuantizer:
             CalibrationMethod.percentile: ortq.CalibrationMethod.Percentile,
         }[c.calibration.method]
         extra = {"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False, "DefaultTensorType": 1}
+        if self.full_range_convs:  # 7 bits only where the kernel can saturate
+            extra["TensorQuantOverrides"] = {w: [{"reduce_range": False, **({"axis": 0} if per_channel else {})}]
+                                             for w in self.full_range_convs.values()}
         if c.calibration.method is CalibrationMethod.percentile:
             extra["CalibPercentile"] = c.calibration.percentile
         if c.calibration.method is CalibrationMethod.mean_minmax:
