@@ -64,9 +64,16 @@ CANDIDATES = {
     "default (no profile)": {},
     "s8 full range": {"weight_type": "int8", "reduce_range": False},
     "u8 weights (U8U8)": {"weight_type": "uint8", "reduce_range": False},
+    "default + 256 calibration views": {"calibration_samples": 256},
+    "default + percentile 99.99": {"calibration_method": "percentile", "percentile": 99.99},
 }
 #: the emulated host: QEMU's Haswell model (AVX2, FMA3; no AVX-512, no VNNI)
 EMULATED_CPU = "Haswell"
+
+
+def folder(candidate: str) -> str:
+    """A candidate's artifact folder in each fold of ``--work``."""
+    return candidate.replace(" ", "-").replace("(", "").replace(")", "")
 
 
 def worker(model: str, feeds: str, out: str, threads: int) -> None:
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         models = {"ONNX FP32": onnx / "model.onnx"}
         for c in names:
             t = time.perf_counter()
-            out = d / c.replace(" ", "-").replace("(", "").replace(")", "")
+            out = d / folder(c)
             art = cached_step(f"{c} fold {fold}", out, lambda c=c, out=out, files=files: quantize(onnx, out, QuantizeConfig.from_flat(
                 calibration=str(files["calibration"]), **CANDIDATES[c]), force=True))
             step = json.loads((art / "manifest.json").read_text())["steps"][-1]
@@ -209,18 +216,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(fold, host, label, raw[host][label][-1], flush=True)
     previous = json.loads(args.out.read_text())["rows"] if args.out.is_file() else {}
     rows = {c: {h: pooled(raw[h][c], raw[h]["ONNX FP32"]) for h in hosts} for c in names}
-    p50 = speed({"ONNX FP32": onnx, **{c: args.work / "fold0" / c.replace(" ", "-").replace("(", "").replace(")", "")
-                                       for c in names}}, args.seconds, args.threads)
+    # earlier rows whose fold-0 artifact is still in --work are timed in the same rounds (ratios side by side)
+    timed = [c for c in dict.fromkeys([*names, *previous]) if (args.work / "fold0" / folder(c) / "model.onnx").is_file()]
+    p50 = speed({"ONNX FP32": onnx, **{c: args.work / "fold0" / folder(c) for c in timed}}, args.seconds, args.threads)
     for c in names:
-        rows[c]["native"].update(p50_ms=p50[c], speed_vs_onnx_fp32=round(p50["ONNX FP32"] / p50[c], 2))
         rows[c]["builds"] = builds[c]
+    for c in timed:
+        rows.setdefault(c, {"native": dict(previous[c]["native"])})["native"].update(
+            p50_ms=p50[c], speed_vs_onnx_fp32=round(p50["ONNX FP32"] / p50[c], 2), speed_threads=args.threads)
     print("\n| candidate | " + " | ".join(f"{h} retention / agreement" for h in hosts) + " | native vs FP32 |")
     print("|---|" + "---|" * len(hosts) + "---|")
     for c in names:
         print(f"| {c} | " + " | ".join(f"{rows[c][h]['retention']:.3f} / {rows[c][h]['agreement']:.3f}"
                                        for h in hosts) + f" | {rows[c]['native']['speed_vs_onnx_fp32']}x |")
+    print("timed:", {c: rows[c]["native"]["speed_vs_onnx_fp32"] for c in timed}, flush=True)
     # candidates (and hosts) not rerun keep their figures; speed comes from each candidate's last timing round
-    rows = {**previous, **{c: {**previous.get(c, {}), **rows[c]} for c in names}}
+    rows = {**previous, **{c: {**previous.get(c, {}), **rows[c]} for c in rows}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "command": "python benchmarks/weight_range.py " + " ".join(argv if argv is not None else sys.argv[1:]),
