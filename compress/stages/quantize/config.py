@@ -100,7 +100,7 @@ class Int8(Section):
         None,
         description="7-bit weights, which cannot saturate ONNX Runtime's u8s8 GEMM kernels on x86 without VNNI (static "
         "INT8 keeps 8 bits where no kernel can saturate: s8 in depthwise convolutions, u8 in convolutions whose output "
-        "no activation clamps). Default: decided by the target, never by the host that quantizes: off where a "
+        "goes on without an activation). Default: decided by the target, never by the host that quantizes: off where a "
         "--profile's CPU sums u8 x s8 products exactly (x86 with VNNI, or not x86); on for x86 without VNNI and when "
         "no --profile names the target.",
     )

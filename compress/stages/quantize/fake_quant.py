@@ -23,8 +23,8 @@ for a model's forward pass; the static ranges are kept by that number.
 
 Not simulated (so QAD does not adapt to them; PTQ still quantizes them): quantized outputs of a convolution that feed
 a float ``Add``, attention's activation-by-activation MatMuls, and INT8 embedding tables. With ``reduce_range``, a
-convolution whose output no activation clamps trains on the 7-bit grid although the artifact gives it 8-bit u8 weights
-(:func:`~compress.stages.quantize.ort_quantizer.unclamped_convs`): a finer grid than trained for, never a coarser one.
+convolution whose output goes on without an activation trains on the 7-bit grid although the artifact gives it 8-bit
+u8 weights (:func:`~compress.stages.quantize.ort_quantizer.linear_output_convs`): a finer grid than trained for, never a coarser one.
 """
 
 from __future__ import annotations

@@ -269,10 +269,10 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
         if eight := q.eight_bit_layers:  # in kernels that cannot saturate: 8 bits whatever the target
             extra["weight_range"]["eight_bit"] = {
                 **({"depthwise_s8": list(eight["depthwise"])} if "depthwise" in eight else {}),
-                **({"unclamped_u8": list(eight["unclamped"])} if "unclamped" in eight else {})}
+                **({"linear_output_u8": list(eight["linear_output"])} if "linear_output" in eight else {})}
             log.info("INT8 weights at 8 bits where no kernel can saturate: %d depthwise convolution(s) (s8), %d "
-                     "convolution(s) with an unclamped output (u8 weights, U8U8)", len(eight.get("depthwise", {})),
-                     len(eight.get("unclamped", {})))
+                     "convolution(s) with a linear output (u8 weights, U8U8)", len(eight.get("depthwise", {})),
+                     len(eight.get("linear_output", {})))
     layers = q.layers()
     if q.int4:
         _check_int4_graph(art, q.model, layers)

@@ -73,25 +73,28 @@ def depthwise_convs(model) -> dict[str, str]:
     return out
 
 
-#: what clamps a convolution's output (ONNX Runtime fuses it into the quantized convolution)
-CLAMPS = ("Relu", "Clip")
+#: activations: a convolution whose output feeds one of these is not a linear-output one (SiLU is Sigmoid and Mul)
+ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+               "Softplus", "Gelu", "Mish")
 
 
-def unclamped_convs(model) -> dict[str, str]:
-    """The convolutions of ``model`` (not depthwise) whose output no activation clamps (node name -> weight name):
-    a linear bottleneck's projection, a residual branch's last convolution, a head. Their rounding error goes on,
-    unbounded, into the sums after them; on the ImageNet MobileNetV2 the 7th bit lost in its 17 projections cost
-    2.4 points of top-1 on tuning views, and all other layers together none (``benchmarks/weight_range.py``)."""
+def linear_output_convs(model) -> dict[str, str]:
+    """The convolutions of ``model`` (not depthwise) whose output goes on without an activation (node name -> weight
+    name): no consumer is one of :data:`ACTIVATIONS`, or it is a graph output. A linear bottleneck's projection, a
+    residual branch's last convolution, a box regression head: no activation rectifies or squashes their rounding
+    error before the sums after them. On the ImageNet MobileNetV2 the 7th bit lost in its 17 projections cost 2.4
+    points of top-1 on tuning views, the stem, expansions and classifier 0 to 1 view (``benchmarks/weight_range.py``,
+    docs/cnn-int8.md); YOLOX-Nano (SiLU everywhere) has 3 of 113."""
     inits = {t.name for t in model.graph.initializer}
-    consumers: dict[str, list[str]] = {}
+    consumers: dict[str, set[str]] = {}
     for node in model.graph.node:
         for name in node.input:
-            consumers.setdefault(name, []).append(node.op_type)
+            consumers.setdefault(name, set()).add(node.op_type)
     depthwise = depthwise_convs(model)
     outputs = {o.name for o in model.graph.output}
     return {node.name: node.input[1] for node in model.graph.node
             if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits and node.name not in depthwise
-            and (node.output[0] in outputs or not all(c in CLAMPS for c in consumers.get(node.output[0], [""])))}
+            and (node.output[0] in outputs or not consumers.get(node.output[0], set()) & set(ACTIVATIONS))}
 
 
 class OnnxQuantizer:
@@ -146,18 +149,18 @@ class OnnxQuantizer:
     @functools.cached_property
     def eight_bit_layers(self) -> dict[str, dict[str, str]]:
         """Static INT8 with 7-bit weights: the layers whose weights keep 8 bits in a kernel that cannot saturate, by
-        kind, node -> weight: ``depthwise`` (s8: :func:`depthwise_convs`) and ``unclamped`` (u8 weights, ONNX
-        Runtime's U8U8 kernels, which widen to 16 bits first: :func:`unclamped_convs`); none otherwise."""
+        kind, node -> weight: ``depthwise`` (s8: :func:`depthwise_convs`) and ``linear_output`` (u8 weights, ONNX
+        Runtime's U8U8 kernels, which widen to 16 bits first: :func:`linear_output_convs`); none otherwise."""
         if self.int4 or self.config.mode is not QuantMode.static or not self.reduce_range:
             return {}
         return {k: v for k, v in (("depthwise", depthwise_convs(self.model)),
-                                  ("unclamped", unclamped_convs(self.model))) if v}
+                                  ("linear_output", linear_output_convs(self.model))) if v}
 
     def _weight_overrides(self, ortq, per_channel: bool) -> dict[str, list[dict]]:
         """ONNX Runtime's ``TensorQuantOverrides`` for :attr:`eight_bit_layers`."""
         axis = {"axis": 0} if per_channel else {}
         u8 = {"quant_type": ortq.QuantType.QUInt8}
-        return {w: [{"reduce_range": False, **axis, **(u8 if kind == "unclamped" else {})}]
+        return {w: [{"reduce_range": False, **axis, **(u8 if kind == "linear_output" else {})}]
                 for kind, layers in self.eight_bit_layers.items() for w in layers.values()}
 
     def _weight_type(self, ortq):
