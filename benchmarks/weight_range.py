@@ -12,10 +12,15 @@ whose CPUID makes MLAS take its AVX2 kernels for real. :func:`saturation_probe` 
 Candidates (each the library's default static INT8, ``compress.stages.quantize.quantize``, its held-out check and
 fall-back included, with one option set):
 
+* ``default (no profile)``: what no ``--profile`` (or an x86 one without VNNI) gets: int8 weights, 7 bits in the
+  GEMM-based layers (``reduce_range``: cannot saturate anywhere), 8 bits in the depthwise convolutions, whose x86
+  kernels widen to 16 bits before multiplying (``compress.stages.quantize.ort_quantizer.depthwise_convs``);
 * ``s8 full range``: int8 weights, 8 bits (``--weight-type int8 --full-range``): exact with VNNI, can saturate on AVX2;
-* ``s8 reduce_range``: int8 weights, 7 bits (``--weight-type int8 --reduce-range``): cannot saturate anywhere, one bit coarser;
 * ``u8 weights (U8U8)``: uint8 weights, 8 bits (``--weight-type uint8``): MLAS's U8U8 kernels widen to int16 before
   multiplying, exact on both.
+
+Rows of earlier runs stay in the results (``s8 reduce_range``, ``s8 reduce_range + 64 calibration views``: 7 bits
+in every layer, the rule before depthwise convolutions kept 8; their ``measured_with`` says so).
 
 The split is ``benchmarks/cnn_int8_heldout.py``'s (its ``draw_views``/``fold_files``: 3 folds cut by source photo;
 calibration, tuning and judging views disjoint; judged: the views the FP32 teacher is confident on, labelled with
@@ -31,9 +36,10 @@ only). Figures, pooled over the folds:
 
     python benchmarks/real_cnns.py            # the MobileNetV2 program (once)
     apt-get install qemu-user                 # qemu-x86_64 (Debian 12: QEMU 7.2, the first with AVX2 in TCG)
-    nice -n 19 python benchmarks/weight_range.py [--candidates ...] [--no-emulate]
+    nice -n 19 python benchmarks/weight_range.py [--candidates ...] [--no-emulate] [--views tuning]
 
-Results: ``benchmarks/results/weight_range.json``.
+Results: ``benchmarks/results/weight_range.json`` (judging views), ``weight_range_tuning.json`` (``--views tuning``: what
+a setting is chosen on).
 """
 
 from __future__ import annotations
@@ -55,13 +61,19 @@ sys.path.insert(0, str(ROOT))
 from common import cached_step, host_and_versions
 
 CANDIDATES = {
+    "default (no profile)": {},
     "s8 full range": {"weight_type": "int8", "reduce_range": False},
-    "s8 reduce_range": {"weight_type": "int8", "reduce_range": True},
     "u8 weights (U8U8)": {"weight_type": "uint8", "reduce_range": False},
-    "s8 reduce_range + 64 calibration views": {"weight_type": "int8", "reduce_range": True, "calibration_samples": 64},
+    "default + 256 calibration views": {"calibration_samples": 256},
+    "default + percentile 99.99": {"calibration_method": "percentile", "percentile": 99.99},
 }
 #: the emulated host: QEMU's Haswell model (AVX2, FMA3; no AVX-512, no VNNI)
 EMULATED_CPU = "Haswell"
+
+
+def folder(candidate: str) -> str:
+    """A candidate's artifact folder in each fold of ``--work``."""
+    return candidate.replace(" ", "-").replace("(", "").replace(")", "")
 
 
 def worker(model: str, feeds: str, out: str, threads: int) -> None:
@@ -105,15 +117,15 @@ def saturation_probe(work: Path, emulate: bool) -> dict:
     return {"exact": 255 * 127 * k, "got": got, "saturates": got != 255 * 127 * k}
 
 
-def judging_feeds(onnx_art: Path, files: dict, dst: Path) -> tuple[Path, np.ndarray]:
-    """A fold's judging views (``judging.csv``: the ones the teacher is confident on) preprocessed as the FP32 artifact
-    does (``dst``, .npz), and the teacher's labels."""
+def judging_feeds(onnx_art: Path, files: dict, dst: Path, role: str = "judging") -> tuple[Path, np.ndarray]:
+    """A fold's judging views (``judging.csv``: the ones the teacher is confident on; or its ``tuning`` views)
+    preprocessed as the FP32 artifact does (``dst``, .npz), and the teacher's labels."""
     import csv
 
     from compress.artifact import load_artifact
     from compress.runtimes.ort_backend import OrtBackend
 
-    with open(files["judging"], encoding="utf-8") as f:
+    with open(files[role], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     backend = OrtBackend(load_artifact(onnx_art))
     x = np.concatenate([backend.encode([r["path"] for r in rows[k:k + 32]])[backend.input_names[0]]
@@ -135,7 +147,9 @@ def pooled(per_fold: list[dict], fp32_per_fold: list[dict]) -> dict:
     return {"retention": round(sum(f["correct"] for f in per_fold) / sum(f["correct"] for f in fp32_per_fold), 4),
             "agreement": round(sum(f["agree_fp32"] for f in per_fold) / views, 4),
             "logit_cosine": round(sum(f["cosine_sum"] for f in per_fold) / views, 4), "views": views,
-            "worst_fold_agreement": round(min(f["agree_fp32"] / f["views"] for f in per_fold), 4)}
+            "worst_fold_agreement": round(min(f["agree_fp32"] / f["views"] for f in per_fold), 4),
+            "per_fold": [{"correct": f["correct"], "fp32_correct": r["correct"], "agree_fp32": f["agree_fp32"],
+                          "views": f["views"]} for f, r in zip(per_fold, fp32_per_fold)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-emulate", action="store_true", help="judge natively only (no qemu-x86_64)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "weight_range.json")
+    ap.add_argument("--views", choices=("judging", "tuning"), default="judging",
+                    help="judge on each fold's judging views (photos no calibration or tuning view came from), or on "
+                    "its tuning views (other views of the calibration photos: what a setting is chosen on)")
+    ap.add_argument("--out", type=Path, help="default: results/weight_range.json (judging views), "
+                    "results/weight_range_tuning.json (tuning views)")
     args = ap.parse_args(argv)
+    args.out = args.out or ROOT / "results" / ("weight_range.json" if args.views == "judging" else
+                                               "weight_range_tuning.json")
     if args.worker:
         worker(*args.worker, args.threads)
         return 0
@@ -176,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     for fold in range(args.folds):
         files = fold_files(args.work, split, fold)
         d = args.work / f"fold{fold}"
-        feeds, labels = judging_feeds(onnx, files, d / "judging.npz")
+        feeds, labels = judging_feeds(onnx, files, d / f"{args.views}.npz", args.views)
         models = {"ONNX FP32": onnx / "model.onnx"}
         for c in names:
             t = time.perf_counter()
-            out = d / c.replace(" ", "-").replace("(", "").replace(")", "")
+            out = d / folder(c)
             art = cached_step(f"{c} fold {fold}", out, lambda c=c, out=out, files=files: quantize(onnx, out, QuantizeConfig.from_flat(
                 calibration=str(files["calibration"]), **CANDIDATES[c]), force=True))
             step = json.loads((art / "manifest.json").read_text())["steps"][-1]
@@ -196,24 +216,28 @@ def main(argv: list[str] | None = None) -> int:
                 print(fold, host, label, raw[host][label][-1], flush=True)
     previous = json.loads(args.out.read_text())["rows"] if args.out.is_file() else {}
     rows = {c: {h: pooled(raw[h][c], raw[h]["ONNX FP32"]) for h in hosts} for c in names}
-    p50 = speed({"ONNX FP32": onnx, **{c: args.work / "fold0" / c.replace(" ", "-").replace("(", "").replace(")", "")
-                                       for c in names}}, args.seconds, args.threads)
+    # earlier rows whose fold-0 artifact is still in --work are timed in the same rounds (ratios side by side)
+    timed = [c for c in dict.fromkeys([*names, *previous]) if (args.work / "fold0" / folder(c) / "model.onnx").is_file()]
+    p50 = speed({"ONNX FP32": onnx, **{c: args.work / "fold0" / folder(c) for c in timed}}, args.seconds, args.threads)
     for c in names:
-        rows[c]["native"].update(p50_ms=p50[c], speed_vs_onnx_fp32=round(p50["ONNX FP32"] / p50[c], 2))
         rows[c]["builds"] = builds[c]
+    for c in timed:
+        rows.setdefault(c, {"native": dict(previous[c]["native"])})["native"].update(
+            p50_ms=p50[c], speed_vs_onnx_fp32=round(p50["ONNX FP32"] / p50[c], 2), speed_threads=args.threads)
     print("\n| candidate | " + " | ".join(f"{h} retention / agreement" for h in hosts) + " | native vs FP32 |")
     print("|---|" + "---|" * len(hosts) + "---|")
     for c in names:
         print(f"| {c} | " + " | ".join(f"{rows[c][h]['retention']:.3f} / {rows[c][h]['agreement']:.3f}"
                                        for h in hosts) + f" | {rows[c]['native']['speed_vs_onnx_fp32']}x |")
+    print("timed:", {c: rows[c]["native"]["speed_vs_onnx_fp32"] for c in timed}, flush=True)
     # candidates (and hosts) not rerun keep their figures; speed comes from each candidate's last timing round
-    rows = {**previous, **{c: {**previous.get(c, {}), **rows[c]} for c in names}}
+    rows = {**previous, **{c: {**previous.get(c, {}), **rows[c]} for c in rows}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "command": "python benchmarks/weight_range.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1), "saturation_probe": probes,
         "split": {"seed": split["seed"], "folds": split["folds"], "from": "benchmarks/cnn_int8_heldout.py",
-                  "judged": "judging views the FP32 teacher is confident on (top-1 probability >= 0.5)",
+                  "judged": f"{args.views} views the FP32 teacher is confident on (top-1 probability >= 0.5)",
                   "retention": "INT8 top-1 = the teacher's top-1, over FP32 ONNX's own score",
                   "agreement": "INT8 top-1 = FP32 ONNX top-1 (FP32 run natively)"},
         "fp32_onnx_p50_ms": p50["ONNX FP32"], "rows": rows, **host_and_versions()}, indent=2) + "\n")

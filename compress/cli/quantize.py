@@ -23,7 +23,8 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
               help="Signed weights (u8s8) or unsigned (u8u8).")
 @click.option("--reduce-range/--full-range", default=None,
-              help="7-bit weights. Default: from the target, never this host: off for a --profile with VNNI (or "
+              help="7-bit weights (static INT8: 8 bits kept where no kernel saturates, depthwise and linear-output "
+                   "convolutions). Default: from the target, never this host: off for a --profile with VNNI (or "
                    "Arm), on for x86 without VNNI and without --profile (avoids u8s8 saturation).")
 @click.option("--op-types", help="Comma-separated operator types to quantize (default: see docs).")
 @click.option("--exclude-nodes", help="Comma-separated node names to keep in float; first:N / last:N "

@@ -355,3 +355,76 @@ def test_accuracy_aware_candidates_keep_a_dense_outputs_relu6_clamp(tmp_path):
     assert out.max() <= 6.0 + 1e-3 and out.min() >= -1e-3, (out.min(), out.max())
     aa = q.manifest.steps[-1].metrics["accuracy_aware"]
     assert min(t["metric"] for t in aa["candidates"]) > 0.9, aa["candidates"]  # no candidate lost its clamp
+
+
+
+def _weight_codes(model_path: Path) -> dict[str, tuple[str, int]]:
+    """Each quantized Conv's (integer type, largest |integer weight - zero point|), by node name, in graph order."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(model_path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    out = {}
+    for n in g.node:
+        dq = producer.get(n.input[1]) if n.op_type == "Conv" else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            q, zero = inits[dq.input[0]].astype(np.int32), inits[dq.input[2]].astype(np.int32)
+            out[n.name] = (str(inits[dq.input[0]].dtype), int(np.abs(q - zero.reshape(-1, *[1] * (q.ndim - 1))).max()))
+    return out
+
+
+@pytest.mark.parametrize("target", [{}, {"target_x86": True, "target_vnni": False}])
+def test_seven_bit_weights_only_where_the_kernel_can_saturate(stack, tmp_path, target):
+    """Without VNNI (or without a profile) the weights are 7-bit s8 where ONNX Runtime's u8 x s8 GEMM kernels could
+    saturate (the stem, clamped by its ReLU6); the depthwise convolution, whose x86 kernels widen to 16 bits first,
+    keeps 8-bit s8, and the convolution whose output goes on without an activation (pw) takes 8-bit u8 weights,
+    which the U8U8 kernels widen first; recorded."""
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"]), **target))
+    codes = _weight_codes(art.model_path)
+    (stem, s8_7bit), (dw, s8_8bit), (pw, u8_8bit) = codes.items()  # graph order: stem (ReLU6), dw (ReLU6), pw
+    assert s8_7bit == ("int8", 64) and s8_8bit == ("int8", 127), codes  # 7-bit: -64..64
+    assert u8_8bit[0] == "uint8" and u8_8bit[1] >= 127, codes  # zero point 128, 0..255
+    record = art.manifest.steps[-1].metrics["weight_range"]
+    assert record["bits"] == 7 and record["eight_bit"] == {"depthwise_s8": [dw], "linear_output_u8": [pw]}
+
+
+def test_full_range_everywhere_for_a_vnni_target(stack, tmp_path):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(
+        calibration=str(stack["images"]), target_x86=True, target_vnni=True))
+    assert set(_weight_codes(art.model_path).values()) == {("int8", 127)}
+    record = art.manifest.steps[-1].metrics["weight_range"]
+    assert record["bits"] == 8 and "eight_bit" not in record
+
+
+def test_which_convolutions_keep_8_bits():
+    """Depthwise: one input and one output channel per group (a grouped convolution with two inputs per group, or a
+    channel multiplier, is a GEMM in ONNX Runtime); linear output: no consumer is an activation (SiLU's Sigmoid and
+    Mul count as one), or a graph output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.stages.quantize.ort_quantizer import depthwise_convs, linear_output_convs
+
+    def conv(name, x, w_shape, group=1):
+        w = numpy_helper.from_array(np.ones(w_shape, np.float32), f"{name}.w")
+        return helper.make_node("Conv", [x, w.name], [f"{name}.y"], name=name, group=group), w
+
+    nodes, inits = zip(*[conv("stem", "x", (8, 3, 3, 3)), conv("dw", "r0", (8, 1, 3, 3), 8),
+                         conv("grouped", "r1", (8, 2, 3, 3), 4), conv("mult", "r1", (16, 1, 3, 3), 8),
+                         conv("silu", "r1", (8, 8, 1, 1)), conv("head", "r1", (4, 8, 1, 1))])
+    nodes = [*nodes, helper.make_node("Relu", ["stem.y"], ["r0"]), helper.make_node("Clip", ["dw.y"], ["r1"]),
+             helper.make_node("Add", ["grouped.y", "r1"], ["s"]), helper.make_node("Relu", ["mult.y"], ["m"]),
+             helper.make_node("Sigmoid", ["silu.y"], ["sig"]), helper.make_node("Mul", ["silu.y", "sig"], ["a"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in ("head.y", "s", "m", "a")], list(inits))
+    model = helper.make_model(graph)
+    assert depthwise_convs(model) == {"dw": "dw.w"}
+    assert linear_output_convs(model) == {"grouped": "grouped.w", "head": "head.w"}

@@ -192,3 +192,24 @@ def test_an_adopted_file_trains_through_the_program_it_came_from(tmp_path):
     with pytest.raises(ConfigError, match="does not compute what"):
         quantize(adopted.path, tmp_path / "q2", QuantizeConfig.from_flat(**cfg, qat_source=str(other)))
     assert not (tmp_path / "q2").exists()
+
+
+
+@pytest.mark.parametrize(("groups", "levels"), [(64, 255), (1, 129)])
+def test_fake_quant_keeps_depthwise_weights_at_8_bits_under_reduce_range(groups, levels):
+    """QAD trains on the grid the artifact gets: with 7-bit weights a depthwise convolution still takes ±127 (ONNX
+    Runtime's x86 depthwise kernels cannot saturate: ``ort_quantizer.depthwise_convs``), any other convolution ±64.
+    The same 64 x 1 x 3 x 3 weights, as a depthwise convolution of 64 channels or a plain one of 1: an impulse input
+    gives back the fake-quantized weights, whose distinct values count the grid's levels."""
+    import torch
+
+    from compress.stages.quantize.fake_quant import FakeQuant
+
+    w = torch.linspace(-1.0, 1.0, 64 * 9).reshape(64, 1, 3, 3)
+    x = torch.zeros(1, groups, 3, 3)
+    x[:, :, 1, 1] = 1.0
+    fq = FakeQuant(per_channel=False, reduce_range=True, activations="off")
+    with fq.on():
+        y = torch.nn.functional.conv2d(x, w, None, 1, 1, 1, groups)
+    got = y[0, :, :, :] if groups == 64 else y[0]  # depthwise: channel c is w[c]; plain: each output channel w[c]
+    assert fq.quantized == 1 and len(torch.unique(got)) == levels

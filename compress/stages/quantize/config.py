@@ -98,9 +98,11 @@ class Int8(Section):
     weight_type: WeightType = Field(WeightType.int8, description="Weight integer type (s8, or u8 for U8U8).")
     reduce_range: bool | None = Field(
         None,
-        description="7-bit weights, which cannot saturate ONNX Runtime's u8s8 kernels on x86 without VNNI. Default: "
-        "decided by the target, never by the host that quantizes: off where a --profile's CPU sums u8 x s8 products "
-        "exactly (x86 with VNNI, or not x86); on for x86 without VNNI and when no --profile names the target.",
+        description="7-bit weights, which cannot saturate ONNX Runtime's u8s8 GEMM kernels on x86 without VNNI (static "
+        "INT8 keeps 8 bits where no kernel can saturate: s8 in depthwise convolutions, u8 in convolutions whose output "
+        "goes on without an activation). Default: decided by the target, never by the host that quantizes: off where a "
+        "--profile's CPU sums u8 x s8 products exactly (x86 with VNNI, or not x86); on for x86 without VNNI and when "
+        "no --profile names the target.",
     )
     weights_only: bool = Field(
         False, description="OpenVINO INT8: compress weights only (nncf.compress_weights) instead of full PTQ. "
@@ -349,7 +351,8 @@ class QuantizeConfig(Settings):
         only where the target sums them exactly (a --profile's x86 CPU with VNNI, or a CPU that is not x86), 7-bit
         where it may not, or where no target is named. U8U8 (``weight_type`` uint8) cannot saturate either, but ran
         slower than FP32 (measured on the ImageNet MobileNetV2: ``benchmarks/weight_range.py``, docs/quantize.md).
-        Options given win."""
+        Options given win. With 7-bit weights, static INT8 keeps 8 bits in the layers whose kernels cannot saturate
+        (:attr:`~compress.stages.quantize.ort_quantizer.OnnxQuantizer.eight_bit_layers`)."""
         exact = self.target.vnni is True or self.target.x86 is False
         named = self.target.vnni is not None or self.target.x86 is not None
         if self.int8.reduce_range is not None:

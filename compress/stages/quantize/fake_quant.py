@@ -5,10 +5,12 @@ What ONNX Runtime's quantizer does to each convolution and fully connected layer
 ``MatMulInteger``, QDQ around ``Conv``/``MatMul``/``Gemm``), simulated in float with straight-through gradients
 (``torch.fake_quantize_per_*_affine``, PyTorch's own):
 
-* **weights**: signed 8-bit, symmetric (zero point 0, range ±127, ±63 with ``reduce_range``), one scale per output
-  channel (or per tensor), the scale re-estimated from the weights at every step as ONNX Runtime will estimate it
-  from the trained ones. With BatchNorm after a convolution this is exact although PyTorch keeps the two apart:
-  folding scales each output channel, and a per-channel symmetric grid scales with it.
+* **weights**: signed 8-bit, symmetric (zero point 0, range ±127; ±64, ONNX Runtime's 7-bit grid, with
+  ``reduce_range``, except in depthwise convolutions, which keep ±127 as
+  :func:`~compress.stages.quantize.ort_quantizer.depthwise_convs` says), one scale per output channel (or per tensor),
+  the scale re-estimated from the weights at every step as ONNX Runtime will estimate it from the trained ones. With
+  BatchNorm after a convolution this is exact although PyTorch keeps the two apart: folding scales each output
+  channel, and a per-channel symmetric grid scales with it.
 * **the layer's input**: unsigned 8-bit, asymmetric, one range per tensor that includes 0. Static mode: the range
   calibrated before training (each batch's extremes averaged for ``mean-minmax``, else the extremes of all) and held;
   dynamic mode: each batch's own range, as ``DynamicQuantizeLinear`` computes it at run time.
@@ -20,7 +22,9 @@ code serves Hugging Face models, timm models and programs. Each call is numbered
 for a model's forward pass; the static ranges are kept by that number.
 
 Not simulated (so QAD does not adapt to them; PTQ still quantizes them): quantized outputs of a convolution that feed
-a float ``Add``, attention's activation-by-activation MatMuls, and INT8 embedding tables.
+a float ``Add``, attention's activation-by-activation MatMuls, and INT8 embedding tables. With ``reduce_range``, a
+convolution whose output goes on without an activation trains on the 7-bit grid although the artifact gives it 8-bit
+u8 weights (:func:`~compress.stages.quantize.ort_quantizer.linear_output_convs`): a finer grid than trained for, never a coarser one.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ class FakeQuant:
 
     def __init__(self, *, per_channel: bool = True, reduce_range: bool = False, activations: str = "static",
                  ranges: Ranges | None = None) -> None:
-        self.per_channel, self.qmax = per_channel, 63 if reduce_range else 127
+        self.per_channel, self.qmax = per_channel, 64 if reduce_range else 127
         self.activations = activations
         self.ranges = ranges or Ranges(mean=False)
         self.calls = 0  # layers seen in the last forward pass
@@ -123,7 +127,10 @@ class FakeQuant:
         name = _name(func)
         if name in _OPS and len(args) >= 2 and getattr(args[1], "dim", None) is not None:
             bias = args[2] if len(args) > 2 else kwargs.pop("bias", None)
-            x, w, bias, quantized = self.layer(name, args[0], args[1], bias)
+            groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+            w = args[1]
+            depthwise = name in _CONVS and groups > 1 and w.shape[0] == groups and w.shape[1] == 1
+            x, w, bias, quantized = self.layer(name, args[0], w, bias, full_range=depthwise)
             out = func(x, w, bias, *args[3:], **kwargs)
             if quantized and name in _CONVS and self.activations in ("static", "observe"):
                 # QLinearConv's output is quantized too, where it is used (dynamic ConvInteger's is float)
@@ -157,9 +164,9 @@ class FakeQuant:
         d = x.detach()
         return fake_quant_activation(x, float(d.min()), float(d.max()))
 
-    def layer(self, op: str, x, w, bias):
+    def layer(self, op: str, x, w, bias, *, full_range: bool = False):
         """The layer's input, weight and bias as ONNX Runtime will compute with them (``quantized``: whether it is
-        quantized at all). In static mode the bias is int32 on the grid of input scale x weight scale, which is coarse
+        quantized at all; ``full_range``: ±127 weights whatever ``reduce_range``, a depthwise convolution's). In static mode the bias is int32 on the grid of input scale x weight scale, which is coarse
         where a weight's scale is large (per-tensor weights): training must not lean on a bias the grid rounds away."""
         k = self.calls
         self.calls += 1
@@ -170,11 +177,12 @@ class FakeQuant:
             x = self._activation(k, x)
         if self.activations == "observe":
             return x, w, bias, True
-        wq = fake_quant_weight(w, per_channel=self.per_channel, qmax=self.qmax)
+        qmax = 127 if full_range else self.qmax
+        wq = fake_quant_weight(w, per_channel=self.per_channel, qmax=qmax)
         if bias is not None and self.activations == "static":
             w_scale = w.detach().abs().flatten(1).amax(1) if self.per_channel else w.detach().abs().max().expand(
                 w.shape[0])
-            scale = (uint8_grid(*self.ranges.range(k))[0] * w_scale.float() / self.qmax).clamp_min(1e-12)
+            scale = (uint8_grid(*self.ranges.range(k))[0] * w_scale.float() / qmax).clamp_min(1e-12)
             bias = bias + ((bias.detach() / scale).round() * scale - bias.detach())  # straight through
         return x, wq, bias, True
 

@@ -266,6 +266,13 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
     if not q.int4:
         extra["weight_range"] = q.weights.record()
         log.info("INT8 weights: %s, %d bits (%s)", q.weights.weight_type, 7 if q.reduce_range else 8, q.weights.why)
+        if eight := q.eight_bit_layers:  # in kernels that cannot saturate: 8 bits whatever the target
+            extra["weight_range"]["eight_bit"] = {
+                **({"depthwise_s8": list(eight["depthwise"])} if "depthwise" in eight else {}),
+                **({"linear_output_u8": list(eight["linear_output"])} if "linear_output" in eight else {})}
+            log.info("INT8 weights at 8 bits where no kernel can saturate: %d depthwise convolution(s) (s8), %d "
+                     "convolution(s) with a linear output (u8 weights, U8U8)", len(eight.get("depthwise", {})),
+                     len(eight.get("linear_output", {})))
     layers = q.layers()
     if q.int4:
         _check_int4_graph(art, q.model, layers)

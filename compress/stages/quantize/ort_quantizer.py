@@ -55,6 +55,48 @@ def ort_error(e: Exception) -> EdgeCompressError:
     )
 
 
+def depthwise_convs(model) -> dict[str, str]:
+    """The depthwise convolutions of ``model`` (one input and one output channel per group: ONNX Runtime's
+    ``is_depthwise_conv``), node name -> weight name. ONNX Runtime's x86 kernels for them (``MlasConvDepthwise``; AVX2:
+    ``qdwconv_avx2.cpp``) widen the u8 inputs and s8 weights to 16 bits and multiply-add pairs into 32 bits
+    (VPMADDWD): exact at full range on every x86. Only the GEMM-based layers (other convolutions, MatMul, Gemm) go
+    through VPMADDUBSW's saturating 16-bit sums on x86 without VNNI (``benchmarks/weight_range.py``)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        dims = list(inits[node.input[1]].dims)
+        if group > 1 and len(dims) >= 3 and dims[0] == group and dims[1] == 1:
+            out[node.name] = node.input[1]
+    return out
+
+
+#: activations: a convolution whose output feeds one of these is not a linear-output one (SiLU is Sigmoid and Mul)
+ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+               "Softplus", "Gelu", "Mish")
+
+
+def linear_output_convs(model) -> dict[str, str]:
+    """The convolutions of ``model`` (not depthwise) whose output goes on without an activation (node name -> weight
+    name): no consumer is one of :data:`ACTIVATIONS`, or it is a graph output. A linear bottleneck's projection, a
+    residual branch's last convolution, a box regression head: no activation rectifies or squashes their rounding
+    error before the sums after them. On the ImageNet MobileNetV2 the 7th bit lost in its 17 projections cost 2.4
+    points of top-1 on tuning views, the stem, expansions and classifier 0 to 1 view (``benchmarks/weight_range.py``,
+    docs/cnn-int8.md); YOLOX-Nano (SiLU everywhere) has 3 of 113."""
+    inits = {t.name for t in model.graph.initializer}
+    consumers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    depthwise = depthwise_convs(model)
+    outputs = {o.name for o in model.graph.output}
+    return {node.name: node.input[1] for node in model.graph.node
+            if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits and node.name not in depthwise
+            and (node.output[0] in outputs or not consumers.get(node.output[0], set()) & set(ACTIVATIONS))}
+
+
 class OnnxQuantizer:
     """Writes a quantized copy of one ONNX artifact's model with given nodes left in float."""
 
@@ -103,6 +145,23 @@ class OnnxQuantizer:
     def layers(self) -> list:
         dynamic_gemm = not self.int4 and self.config.mode is QuantMode.dynamic and "MatMul" in self.op_types()
         return quantizable_layers(self.model, self.op_types(), dynamic_gemm=dynamic_gemm)
+
+    @functools.cached_property
+    def eight_bit_layers(self) -> dict[str, dict[str, str]]:
+        """Static INT8 with 7-bit weights: the layers whose weights keep 8 bits in a kernel that cannot saturate, by
+        kind, node -> weight: ``depthwise`` (s8: :func:`depthwise_convs`) and ``linear_output`` (u8 weights, ONNX
+        Runtime's U8U8 kernels, which widen to 16 bits first: :func:`linear_output_convs`); none otherwise."""
+        if self.int4 or self.config.mode is not QuantMode.static or not self.reduce_range:
+            return {}
+        return {k: v for k, v in (("depthwise", depthwise_convs(self.model)),
+                                  ("linear_output", linear_output_convs(self.model))) if v}
+
+    def _weight_overrides(self, ortq, per_channel: bool) -> dict[str, list[dict]]:
+        """ONNX Runtime's ``TensorQuantOverrides`` for :attr:`eight_bit_layers`."""
+        axis = {"axis": 0} if per_channel else {}
+        u8 = {"quant_type": ortq.QuantType.QUInt8}
+        return {w: [{"reduce_range": False, **axis, **(u8 if kind == "linear_output" else {})}]
+                for kind, layers in self.eight_bit_layers.items() for w in layers.values()}
 
     def _weight_type(self, ortq):
         return ortq.QuantType.QInt8 if self.weights.weight_type is WeightType.int8 else ortq.QuantType.QUInt8
@@ -196,6 +255,8 @@ class OnnxQuantizer:
             CalibrationMethod.percentile: ortq.CalibrationMethod.Percentile,
         }[c.calibration.method]
         extra = {"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False, "DefaultTensorType": 1}
+        if self.eight_bit_layers:  # 7 bits only where the kernel can saturate
+            extra["TensorQuantOverrides"] = self._weight_overrides(ortq, per_channel)
         if c.calibration.method is CalibrationMethod.percentile:
             extra["CalibPercentile"] = c.calibration.percentile
         if c.calibration.method is CalibrationMethod.mean_minmax:
