@@ -81,6 +81,61 @@ def lift_constants(model) -> tuple[Any, dict[str, Any] | None]:
     return out, record
 
 
+
+def _channel_bias(add, producer, consumers, inits, outputs):
+    """The convolution whose output ``add`` adds a constant per-channel bias to (``[1, C, 1, 1]`` or ``[C, 1, 1]``,
+    as Paddle2ONNX writes a ConvTranspose's bias), and that bias's name; None when it is no such Add."""
+    from onnx import numpy_helper
+
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+        return None
+    for x, b in (add.input, add.input[::-1]):
+        conv = producer.get(x)
+        if conv is None or conv.op_type not in _FOLDABLE or b not in inits or consumers.get(x, 0) != 1 or x in outputs:
+            continue
+        if conv.input[1] not in inits or consumers.get(conv.input[1], 0) != 1 or consumers.get(b, 0) != 1:
+            continue
+        w, shape = inits[conv.input[1]], list(inits[b].dims)
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        out = w.dims[0] if conv.op_type == "Conv" else w.dims[1] * group
+        rank = len(w.dims)
+        if shape[-(rank - 2):] == [1] * (rank - 2) and len(shape) in (rank - 1, rank) and shape[len(shape) - rank + 1] \
+                == out and (len(shape) == rank - 1 or shape[0] == 1) and len(conv.input) < 3:
+            return conv, numpy_helper.to_array(inits[b]).reshape(-1)
+    return None
+
+
+def _fold_bias_adds(g, inits) -> int:
+    """Each Add of a constant per-channel bias to a convolution's output (:func:`_channel_bias`) into the
+    convolution's bias input; how many."""
+    from collections import Counter
+
+    from onnx import numpy_helper
+
+    producer = {o: n for n in g.node for o in n.output}
+    consumers = Counter(i for n in g.node for i in n.input)
+    outputs = {o.name for o in g.output}
+    folded = []
+    for add in list(g.node):
+        found = _channel_bias(add, producer, consumers, inits, outputs)
+        if found is None:
+            continue
+        conv, bias = found
+        name = next(i for i in add.input if i in inits)
+        inits[name].CopyFrom(numpy_helper.from_array(bias, name))
+        conv.input.append(name)
+        conv.output[0] = add.output[0]
+        folded.append(add)
+    for add in folded:
+        g.node.remove(add)
+    reshaped = {i for add in folded for i in add.input if i in inits}  # now 1-D: their inferred [1, C, 1, 1] goes
+    for infos in (g.value_info, g.input):
+        kept = [v for v in infos if v.name not in reshaped]
+        del infos[:]
+        infos.extend(kept)
+    return len(folded)
+
+
 def _foldable(node, producer, consumers, inits, outputs) -> bool:
     """Is ``node`` a BatchNormalization (inference form) that reads a convolution's output alone, every weight a
     constant?"""
@@ -99,8 +154,10 @@ def _foldable(node, producer, consumers, inits, outputs) -> bool:
 
 def fold_batch_norms(model) -> tuple[Any, dict[str, Any] | None]:
     """``model`` (an ``onnx.ModelProto``, weights as initializers) with each BatchNormalization that reads a
-    convolution's output alone folded into that convolution (see the module docstring), and the record (None, the
-    model untouched, when there is none). A weight shared by two convolutions, or read by anything else, is left."""
+    convolution's output alone folded into that convolution (see the module docstring), a per-channel bias added
+    after the convolution (Paddle2ONNX's ConvTranspose) first folded into its bias, and the record (None, the model
+    untouched, when there is nothing to fold). A weight shared by two convolutions, or read by anything else, is
+    left."""
     from collections import Counter
 
     import numpy as np
@@ -108,13 +165,14 @@ def fold_batch_norms(model) -> tuple[Any, dict[str, Any] | None]:
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    biases = _fold_bias_adds(g, inits)
     producer = {o: n for n in g.node for o in n.output}
     consumers = Counter(i for n in g.node for i in n.input)
     outputs = {o.name for o in g.output}
     folds = [n for n in g.node if _foldable(n, producer, consumers, inits, outputs)]
     folds = [n for n in folds if all(consumers[i] == 1 for i in producer[n.input[0]].input[1:3])]
     if not folds:
-        return model, None
+        return model, ({"bias_adds_folded": biases} if biases else None)
     dead = set()
     for bn in folds:
         conv = producer[bn.input[0]]
@@ -146,5 +204,6 @@ def fold_batch_norms(model) -> tuple[Any, dict[str, Any] | None]:
     kept_info = [v for v in g.value_info if v.name not in dead]
     del g.value_info[:]
     g.value_info.extend(kept_info)
-    log.info("normalised the graph: %d BatchNormalization nodes folded into the convolutions they read", len(folds))
-    return model, {"batch_norms_folded": len(folds)}
+    log.info("normalised the graph: %d BatchNormalization nodes (and %d bias Adds) folded into the convolutions they "
+             "read", len(folds), biases)
+    return model, {"batch_norms_folded": len(folds), **({"bias_adds_folded": biases} if biases else {})}
