@@ -129,8 +129,10 @@ class HeldOutCheck:
 
 def shortfall(figures: dict[str, Any]) -> float:
     """How far ``figures`` are from agreeing with the FP32 model: the worst of 1 - each cosine-like figure (a run
-    quantized alone is ranked by it)."""
-    keys = ("cosine_mean", "score_cosine", "box_iou", "mask_iou", "argmax_agreement")
+    quantized alone is ranked by it); a probability map's pooled ``map_cosine`` stands for the mean per-row cosine
+    (:func:`~compress.tasks.maps.mask_agreement`)."""
+    keys = ("score_cosine", "box_iou", "mask_iou", "map_cosine", "argmax_agreement",
+            *(("cosine_mean",) if figures.get("map_cosine") is None else ()))
     return max(1.0 - float(figures[k]) for k in keys if figures.get(k) is not None)
 
 
