@@ -33,7 +33,11 @@ Each is quantized twice: the default with no target named (7-bit weights, :data:
 cpu-x86-avx512-vnni`` (full-range weights: the kind of CPU this benchmark ran on). The pooled figures of the detector
 (:func:`pooled`) are computed here from both files' maps, beside validate's per-view ones.
 
+``--per-conv VIEWS`` writes only the detector's table of each convolution quantized alone (:func:`per_conv`) to
+``benchmarks/results/paddle_ocr_per_conv.json``.
+
     python benchmarks/paddle_ocr.py [--wheel rapidocr_onnxruntime-1.4.4-py3-none-any.whl] [--work /tmp/paddle_ocr]
+    python benchmarks/paddle_ocr.py --per-conv 8
 """
 
 from __future__ import annotations
@@ -252,6 +256,47 @@ def judge(work: Path, name: str, fp32: Path, cal: Path, data: Path, route: str, 
                              for r in (m.get("layer_errors") or {}).get("layers", [])[:5]]}
 
 
+def per_conv(fp32: Path, cal: Path, data: Path, views: int) -> list[dict]:
+    """Each convolution of the adopted detector quantized alone (ONNX Runtime's quantize_static: QDQ, per-channel
+    symmetric 8-bit weights, u8 activations by moving-average min-max, every other layer float), and the cosine of its
+    maps to FP32's on the first ``views`` eval views together: which layers INT8 costs most."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime import quantization as ortq
+
+    with np.load(cal) as f:
+        rows = f["x"]
+    with np.load(data) as f:
+        x = f["x"][:views]
+
+    def maps(model: Path) -> np.ndarray:
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float64)
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter({"x": rows[i:i + 1]} for i in range(len(rows)))
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    ref = maps(fp32)
+    graph = onnx.load(str(fp32)).graph
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    out = []
+    for node in (n for n in graph.node if n.op_type == "Conv"):
+        dst = fp32.parent.parent / "per-conv.onnx"
+        ortq.quantize_static(str(fp32), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                             op_types_to_quantize=["Conv"], nodes_to_quantize=[node.name],
+                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                            "CalibMovingAverage": True})
+        got = maps(dst)
+        out.append({"conv": node.name, "weight_shape": weights.get(node.input[1]),
+                    "map_cosine": float((ref * got).sum() / np.sqrt((ref * ref).sum() * (got * got).sum()))})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 #: the routes judged: the default with no target named (7-bit weights), and with this host's kind of CPU named
 ROUTES = {"int8": [], "int8-vnni": ["--profile", "cpu-x86-avx512-vnni"]}
 
@@ -265,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=640, help="the detector's input side (a multiple of 32)")
     ap.add_argument("--models", default="cls,det")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-conv", type=int, default=0, metavar="VIEWS",
+                    help="only the detector's table of each convolution quantized alone, judged on VIEWS eval views "
+                         "(to benchmarks/results/paddle_ocr_per_conv.json)")
     ap.add_argument("--results", type=Path, default=HERE / "results" / "paddle_ocr.json")
     args = ap.parse_args(argv)
     work = args.work
@@ -274,6 +322,15 @@ def main(argv: list[str] | None = None) -> int:
 
     out: dict = {**host_and_versions(), "host_vnni": has_vnni(), "cores": os.cpu_count(),
                  "files": f"pip download --no-deps {WHEEL}: rapidocr_onnxruntime/models", "models": {}}
+    if args.per_conv:
+        cal, data, split = det_data(work, cfg["Det"], args.det_views, args.side, args.seed)
+        fp32 = adopt(work, models / DET, "det", {
+            "task": "probability-map", "postprocess": {"scores_are_probabilities": True, "threshold": 0.3}}, cal)
+        table = per_conv(fp32 / "model.onnx", cal, data, args.per_conv)
+        (HERE / "results" / "paddle_ocr_per_conv.json").write_text(json.dumps(
+            {**host_and_versions(), "views": args.per_conv, "split": split, "convs": table}, indent=2) + "\n",
+            encoding="utf-8")
+        return 0
     if "cls" in args.models:
         cal, data, split = cls_data(work, models / DET, cfg, args.line_views, args.seed)
         fp32 = adopt(work, models / CLS, "cls", {"task": "image-classification",
