@@ -4,7 +4,8 @@ LiteRT ``.tflite``, FP32 or already quantized, as a LiteRT artifact).
 
 The checks are :func:`compress.teachers.model_files.inspect_model_file`'s. A graph below opset 13 is upgraded with onnx's
 version converter (per-channel Q/DQ needs 13) and the step records both opsets; weights stored as ``Constant``
-nodes become initializers (:mod:`.onnx_normalize`, recorded as ``normalized``). The written graph must then match
+nodes become initializers and a BatchNormalization after a convolution is folded into it (:mod:`.onnx_normalize`,
+recorded as ``normalized``). The written graph must then match
 the file in ONNX Runtime within ``atol`` on the parity samples (the data given, else seeded inputs of the declared
 shapes), else nothing is written. OpenVINO IR and TensorRT start from the adopted artifact, as from any FP32 ONNX one.
 """
@@ -20,7 +21,7 @@ from compress.data.inputs import sample_inputs
 from compress.errors import EdgeCompressError, ModelLoadError, ParityError, first_line
 from compress.stages.common import measure_parity
 from compress.stages.export.config import ADOPT_LITERT, EXPORT_ONNX, EXPORT_OPENVINO, ExportConfig
-from compress.stages.export.onnx_normalize import lift_constants
+from compress.stages.export.onnx_normalize import fold_batch_norms, lift_constants
 from compress.storage import check_output
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ def adopt(source: Path | str, out: Path | str, config: ExportConfig | None = Non
                 log.info("upgrading %s from opset %d to %d", info.path.name, info.opset, MIN_OPSET)
                 model = _upgrade(model, info.opset, MIN_OPSET, info.path)
             model, normalized = lift_constants(model)  # weights stored as Constant nodes become initializers
+            model, folded = fold_batch_norms(model)  # a BatchNormalization after a convolution, into its weights
+            if folded:
+                normalized = {**(normalized or {}), **folded}
             large = model.ByteSize() > _PROTOBUF_LIMIT
             onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=large, all_tensors_to_one_file=True,
                       location="model.onnx.data")

@@ -13,11 +13,14 @@
    order, are cut into :data:`GROUPS` runs; each run is quantized *alone* (every other layer float) and its shortfall
    measured on a few calibration rows; the runs go back to float worst first, each step re-quantized and checked on
    the held-out rows, until the check holds or the float layers would exceed ``accuracy.max_fp32_fraction`` (0.5
-   by default, the accuracy-aware search's cap) of the quantizable weights. Where the cap stops a run and the check
-   still fails, the runs left are halved, ranked and stepped through the same way (:data:`REFINE` times): a part of
-   a run too big to float may fit. What is kept float, why, and the figures before and after go to the manifest
-   (``fallback``). (A run whose cost alone is small is not skipped: on the depthwise test stack the pointwise layer
-   costs 0.06 alone against the depthwise one's 1.0, and the check holds only with both float.)
+   by default, the accuracy-aware search's cap) of the quantizable weights. A run stays float only where its step
+   brings the candidate closer to FP32 (:func:`distance`), and the candidate written is the closest one checked:
+   on PP-OCRv4's text detector (``benchmarks/paddle_ocr.py``) the stem's run alone took the held-out map cosine
+   from 0.75 to 0.99, and each run floated after it took it lower again (0.96, then 0.83 at half the weights float),
+   which the fall-back used to keep and write. Where the cap stops a run and the check still fails, the runs left
+   are halved, ranked and stepped through the same way (:data:`REFINE` times): a part of a run too big to float may
+   fit (YOLOX-Nano: 0.994 to 0.996 score cosine, its check held). What is kept float, why, and the figures before
+   and after go to the manifest (``fallback``).
 
 Why runs of layers and not the per-layer error table's own-SNR ranking: on YOLOX-Nano (``benchmarks/yolox_nano.py``)
 the table blames layers all over the graph, and keeping 107 of its 113 convolutions float in the table's order still
@@ -130,11 +133,25 @@ class HeldOutCheck:
         return figures
 
 
+def _gaps(figures: dict[str, Any]) -> list[float]:
+    """1 - each cosine-like figure of ``figures``; a probability map's pooled ``map_cosine`` stands for the mean
+    per-row cosine (:func:`~compress.tasks.maps.mask_agreement`)."""
+    keys = ("score_cosine", "box_iou", "mask_iou", "map_cosine", "argmax_agreement",
+            *(("cosine_mean",) if figures.get("map_cosine") is None else ()))
+    return [1.0 - float(figures[k]) for k in keys if figures.get(k) is not None]
+
+
 def shortfall(figures: dict[str, Any]) -> float:
     """How far ``figures`` are from agreeing with the FP32 model: the worst of 1 - each cosine-like figure (a run
     quantized alone is ranked by it)."""
-    keys = ("cosine_mean", "score_cosine", "box_iou", "mask_iou", "argmax_agreement")
-    return max(1.0 - float(figures[k]) for k in keys if figures.get(k) is not None)
+    return max(_gaps(figures))
+
+
+def distance(figures: dict[str, Any]) -> float:
+    """The sum of 1 - each cosine-like figure: a step back to float is kept where it lowers this (every figure
+    counts, so a figure stuck at its worst, a classifier's agreement at 0 while its cosine climbs, does not hide the
+    progress of the others)."""
+    return sum(_gaps(figures))
 
 
 @dataclass
@@ -215,35 +232,50 @@ def _rank(art: Artifact, q, runs: list[list], every: list[str], ranker: HeldOutC
 
 
 class _Steps:
-    """The steps back to float: each run added to the float layers, the candidate re-quantized into ``dst`` and
-    checked on the held-out rows, while the float share stays under ``accuracy.max_fp32_fraction``."""
+    """The steps back to float: each run tried float beside the layers kept float so far, in a trial candidate
+    checked on the held-out rows; kept (the trial moved to ``dst``) only where it brings the figures closer to FP32
+    (:func:`distance`), and only while the float share stays under ``accuracy.max_fp32_fraction``."""
 
     def __init__(self, q, check: HeldOutCheck, dst: Path, base: list[str], total: int, figures: dict[str, Any]):
         self.q, self.check, self.dst, self.base, self.total = q, check, dst, base, total
         self.cap = q.config.accuracy.max_fp32_fraction
         self.kept: list[str] = []
         self.share = 0.0
-        self.figures = figures
+        self.figures, self.worst = figures, distance(figures)  # the candidate at dst: all-INT8 until a step does better
+        self.trial = dst.parent.parent / "trial" / dst.name
+        self.trial.parent.mkdir(parents=True, exist_ok=True)
         self.done: list[dict[str, Any]] = []
 
     def float_worst_first(self, runs: list[list], costs: list[float], progress: Progress | None, depth: int) -> bool:
-        """``runs`` back to float, costliest first, each that fits under the cap; True once the check holds."""
+        """``runs`` tried float, costliest first, each that fits under the cap; True once the check holds."""
         tick = start_phase(progress, "fall-back: the costliest runs back to float until the check holds", len(runs))
         for i in sorted(range(len(runs)), key=lambda j: -costs[j]):
             run_share = sum(lay.params for lay in runs[i]) / self.total
             if self.share + run_share > self.cap:
                 continue  # a cheaper run further down may still fit
-            self.share += run_share
-            self.kept += [lay.name for lay in runs[i]]
-            self.q.write(self.dst, list(dict.fromkeys([*self.base, *self.kept])))
-            self.figures = self.check.measure(self.dst)
+            names = [lay.name for lay in runs[i]]
+            self.q.write(self.trial, list(dict.fromkeys([*self.base, *self.kept, *names])))
+            figures = self.check.measure(self.trial)
+            gain = distance(figures) < self.worst  # a run whose float does not help stays INT8
             self.done.append({"run": i, "first": runs[i][0].name, "last": runs[i][-1].name, "layers": len(runs[i]),
-                              **({"refined": depth} if depth else {}), "float_weight_share": round(self.share, 4),
-                              "figures": self.figures})
+                              **({"refined": depth} if depth else {}),
+                              "float_weight_share": round(self.share + run_share, 4), "figures": figures,
+                              "kept_float": gain})
             tick(1)
-            if not collapse(self.figures):
-                return True
+            if gain:
+                self.share, self.kept = self.share + run_share, self.kept + names
+                self.figures, self.worst = figures, distance(figures)
+                _move_candidate(self.trial, self.dst)
+                if not collapse(self.figures):
+                    return True
         return False
+
+
+def _move_candidate(src: Path, dst: Path) -> None:
+    """The model file at ``src`` (and its external data, if any) to ``dst``."""
+    src.replace(dst)
+    for extra in src.parent.glob(f"{src.name}.data"):
+        extra.replace(dst.parent / extra.name)
 
 
 def copy_candidate(fb: FallBack, dst: Path) -> None:
@@ -253,5 +285,5 @@ def copy_candidate(fb: FallBack, dst: Path) -> None:
         shutil.copyfile(extra, dst.parent / extra.name)
 
 
-__all__ = ["CalibrationSplit", "FallBack", "HeldOutCheck", "copy_candidate", "fall_back", "shortfall",
+__all__ = ["CalibrationSplit", "FallBack", "HeldOutCheck", "copy_candidate", "distance", "fall_back", "shortfall",
            "split_calibration"]
