@@ -418,13 +418,24 @@ def test_which_convolutions_keep_8_bits():
 
     nodes, inits = zip(*[conv("stem", "x", (8, 3, 3, 3)), conv("dw", "r0", (8, 1, 3, 3), 8),
                          conv("grouped", "r1", (8, 2, 3, 3), 4), conv("mult", "r1", (16, 1, 3, 3), 8),
-                         conv("silu", "r1", (8, 8, 1, 1)), conv("head", "r1", (4, 8, 1, 1))])
+                         conv("silu", "r1", (8, 8, 1, 1)), conv("head", "r1", (4, 8, 1, 1)),
+                         conv("hswish", "r1", (8, 8, 1, 1)), conv("biased", "r1", (8, 8, 1, 1)),
+                         conv("residual", "r1", (8, 8, 1, 1))])
+    three, bias = numpy_helper.from_array(np.float32(3.0), "three"), numpy_helper.from_array(np.ones(8, np.float32), "b")
     nodes = [*nodes, helper.make_node("Relu", ["stem.y"], ["r0"]), helper.make_node("Clip", ["dw.y"], ["r1"]),
              helper.make_node("Add", ["grouped.y", "r1"], ["s"]), helper.make_node("Relu", ["mult.y"], ["m"]),
-             helper.make_node("Sigmoid", ["silu.y"], ["sig"]), helper.make_node("Mul", ["silu.y", "sig"], ["a"])]
+             helper.make_node("Sigmoid", ["silu.y"], ["sig"]), helper.make_node("Mul", ["silu.y", "sig"], ["a"]),
+             # Paddle2ONNX's hard-swish, x * Clip(x + 3, 0, 6) / 6, and a bias added through a reshaped constant
+             helper.make_node("Add", ["hswish.y", "three"], ["h3"]), helper.make_node("Clip", ["h3"], ["hc"]),
+             helper.make_node("Mul", ["hswish.y", "hc"], ["hm"]),
+             helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([1, 8, 1, 1]))),
+             helper.make_node("Reshape", ["b", "shape"], ["b4"]), helper.make_node("Add", ["biased.y", "b4"], ["bb"]),
+             helper.make_node("Relu", ["bb"], ["br"]),
+             # a residual sum (another tensor, not a constant) before the activation: still linear
+             helper.make_node("Add", ["residual.y", "r1"], ["rs"]), helper.make_node("Relu", ["rs"], ["rr"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                               for n in ("head.y", "s", "m", "a")], list(inits))
+                               for n in ("head.y", "s", "m", "a", "hm", "br", "rr")], [*inits, three, bias])
     model = helper.make_model(graph)
     assert depthwise_convs(model) == {"dw": "dw.w"}
-    assert linear_output_convs(model) == {"grouped": "grouped.w", "head": "head.w"}
+    assert linear_output_convs(model) == {"grouped": "grouped.w", "head": "head.w", "residual": "residual.w"}

@@ -80,21 +80,39 @@ ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "
 
 def linear_output_convs(model) -> dict[str, str]:
     """The convolutions of ``model`` (not depthwise) whose output goes on without an activation (node name -> weight
-    name): no consumer is one of :data:`ACTIVATIONS`, or it is a graph output. A linear bottleneck's projection, a
+    name): no activation of :data:`ACTIVATIONS` reads it, directly or after steps that only add, multiply or divide by
+    a constant (a bias Add, a hard-swish written as ``Add(3) -> Clip``, a hard-sigmoid as ``Mul -> Add -> Clip``:
+    Paddle2ONNX's and TensorFlow converters' forms), or it is a graph output. A linear bottleneck's projection, a
     residual branch's last convolution, a box regression head: no activation rectifies or squashes their rounding
     error before the sums after them. On the ImageNet MobileNetV2 the 7th bit lost in its 17 projections cost 2.4
     points of top-1 on tuning views, the stem, expansions and classifier 0 to 1 view (``benchmarks/weight_range.py``,
     docs/cnn-int8.md); YOLOX-Nano (SiLU everywhere) has 3 of 113."""
     inits = {t.name for t in model.graph.initializer}
-    consumers: dict[str, set[str]] = {}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
-            consumers.setdefault(name, set()).add(node.op_type)
+            consumers.setdefault(name, []).append(node)
+
+    def constant(name: str, depth: int = 0) -> bool:  # an initializer, or computed from constants alone
+        node = producer.get(name)
+        return name in inits or (node is not None and depth < 4 and (node.op_type == "Constant" or all(
+            constant(i, depth + 1) for i in node.input if i)))
+
+    def activated(name: str, hops: int = 0) -> bool:
+        for node in consumers.get(name, []):
+            if node.op_type in ACTIVATIONS:
+                return True
+            if (hops < 3 and node.op_type in ("Add", "Sub", "Mul", "Div")
+                    and all(constant(i) for i in node.input if i != name) and activated(node.output[0], hops + 1)):
+                return True
+        return False
+
     depthwise = depthwise_convs(model)
     outputs = {o.name for o in model.graph.output}
     return {node.name: node.input[1] for node in model.graph.node
             if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits and node.name not in depthwise
-            and (node.output[0] in outputs or not consumers.get(node.output[0], set()) & set(ACTIVATIONS))}
+            and (node.output[0] in outputs or not activated(node.output[0]))}
 
 
 class OnnxQuantizer:
