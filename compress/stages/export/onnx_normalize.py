@@ -81,6 +81,12 @@ def lift_constants(model) -> tuple[Any, dict[str, Any] | None]:
     return out, record
 
 
+def _keep(field, dropped: set[str]) -> None:
+    """Remove from a graph's repeated ``field`` (initializers, value infos, inputs) the entries named in ``dropped``."""
+    kept = [v for v in field if v.name not in dropped]
+    del field[:]
+    field.extend(kept)
+
 
 def _channel_bias(add, producer, consumers, inits, outputs):
     """The convolution whose output ``add`` adds a constant per-channel bias to (``[1, C, 1, 1]`` or ``[C, 1, 1]``,
@@ -98,9 +104,8 @@ def _channel_bias(add, producer, consumers, inits, outputs):
         w, shape = inits[conv.input[1]], list(inits[b].dims)
         group = next((a.i for a in conv.attribute if a.name == "group"), 1)
         out = w.dims[0] if conv.op_type == "Conv" else w.dims[1] * group
-        rank = len(w.dims)
-        if shape[-(rank - 2):] == [1] * (rank - 2) and len(shape) in (rank - 1, rank) and shape[len(shape) - rank + 1] \
-                == out and (len(shape) == rank - 1 or shape[0] == 1) and len(conv.input) < 3:
+        per_channel = [out] + [1] * (len(w.dims) - 2)  # [C, 1, 1], or with the batch axis [1, C, 1, 1]
+        if shape in (per_channel, [1, *per_channel]) and len(conv.input) < 3:
             return conv, numpy_helper.to_array(inits[b]).reshape(-1)
     return None
 
@@ -130,9 +135,7 @@ def _fold_bias_adds(g, inits) -> int:
         g.node.remove(add)
     reshaped = {i for add in folded for i in add.input if i in inits}  # now 1-D: their inferred [1, C, 1, 1] goes
     for infos in (g.value_info, g.input):
-        kept = [v for v in infos if v.name not in reshaped]
-        del infos[:]
-        infos.extend(kept)
+        _keep(infos, reshaped)
     return len(folded)
 
 
@@ -198,12 +201,8 @@ def fold_batch_norms(model) -> tuple[Any, dict[str, Any] | None]:
         dead.update(i for i in bn.input[1:5] if consumers[i] == 1)
     for bn in folds:
         g.node.remove(bn)
-    kept = [t for t in g.initializer if t.name not in dead]
-    del g.initializer[:]
-    g.initializer.extend(kept)
-    kept_info = [v for v in g.value_info if v.name not in dead]
-    del g.value_info[:]
-    g.value_info.extend(kept_info)
+    _keep(g.initializer, dead)
+    _keep(g.value_info, dead)
     log.info("normalised the graph: %d BatchNormalization nodes (and %d bias Adds) folded into the convolutions they "
              "read", len(folds), biases)
     return model, {"batch_norms_folded": len(folds), **({"bias_adds_folded": biases} if biases else {})}
