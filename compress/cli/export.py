@@ -67,11 +67,12 @@ class FormatChoice(click.Choice):
 @click.option("--timing-cache", type=click.Path(path_type=Path), help=section_help(_TRT, F["timing_cache"].description))
 @click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), help=section_help(_TRT, F["via"].description))
 @click.option("--llama-cpp", "llama_cpp", type=click.Path(path_type=Path), help=F["llama_cpp"].description)
+@click.option("--max-context", type=int, help=F["max_context"].description)
 @force_option
 def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_samples, sample_data, allow_pickle,
                trust_remote_code, precision, int8_mode, calibration, calibration_samples, calibration_method,
                embedding_precision, dry_run, profile_name, min_shape, opt_shape, max_shape, shape, timing_cache, via,
-               llama_cpp, force):
+               llama_cpp, max_context, force):
     """Export a fine-tuned teacher checkpoint (SOURCE) to an ONNX, OpenVINO, TensorRT, ExecuTorch, LiteRT or Core ML
     artifact.
 
@@ -110,7 +111,7 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
         calibration_samples=calibration_samples, dry_run=dry_run or None, profile=profile_name,
         min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, shape=shape,
         timing_cache=str(timing_cache) if timing_cache else None, via=via,
-        llama_cpp=str(llama_cpp) if llama_cpp else None,
+        llama_cpp=str(llama_cpp) if llama_cpp else None, max_context=max_context,
     )
     if via == "torch-tensorrt":  # refused before the long phase, so the error is the one line the user sees
         from compress.stages.export.torch_tensorrt import check_request

@@ -41,6 +41,13 @@ def inspect_cmd(artifact, as_json, no_verify):
         return
     con = console()
     render_manifest(art, con, verified=None if model_file else not no_verify)
+    if not model_file:
+        from compress.validation.metrics import size_breakdown
+
+        parts = size_breakdown(art)
+        total = sum(p["bytes"] for p in parts) or 1
+        con.print("[bold]what takes the bytes[/]: " + ", ".join(
+            f"{p['part']} {p['bytes'] / 1e6:.1f} MB ({p['bytes'] / total:.0%})" for p in parts[:6]), highlight=False)
     for step in art.manifest.steps:
         if step.stage == "prune" and step.metrics.get("parameters_after"):
             from compress.cli.prune import summary_lines

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import PhaseProgress, build_config, console, force_option, status
+from compress.cli._common import PhaseProgress, build_config, console, force_option
 from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 
 
@@ -132,12 +132,9 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
               for k, v in values.items()}
     target = QuantizeConfig.profile_settings(profile_name, values) if profile_name else {}
     config = build_config(QuantizeConfig, **values, **target)
-    if config.qad.steps:
-        with _Progress() as progress:
-            art = quantize(artifact, out, config, force=force, progress=progress)
-    else:
-        with status(f"quantizing {artifact} to {precision.upper()}"):
-            art = quantize(artifact, out, config, force=force)
+    with _Progress() as progress:  # a spinner (lines in a CI log), then any phase the quantizer counts
+        progress({"phase": "quantize", "label": f"quantizing {artifact} to {precision.upper()}"})
+        art = quantize(artifact, out, config, force=force, progress=progress)
     m = art.manifest.steps[-1].metrics
     if (g := m.get("generation_vs_input")) is not None:  # a generator (causal LM): weight-only, greedy continuations
         console().print(
@@ -148,6 +145,12 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         if (qat := m.get("qat")) is not None:
             console().print(f"quantization-aware INT4: held-out KL of the simulated INT4 to FP32 "
                             f"{qat['before']['kl_mean']:.4f} before, {qat['best']['kl_mean']:.4f} kept ({qat['kept']})")
+        if (mix := m.get("int4_mix")) is not None:
+            from compress.stages.quantize.lm.bit_allocation import summary
+
+            console().print(f"INT4 {summary(mix)}", highlight=False)
+        if (warning := m.get("warning")) is not None:
+            console().print(f"[bold yellow]warning[/]: {warning}", highlight=False)
         _not_shippable(art)
         return
     p = m["parity_vs_input"]
@@ -177,11 +180,21 @@ def _score(score: dict) -> str:
 
 
 class _Progress(PhaseProgress):
-    """Quantization-aware distillation's steps; its loading and re-export as spinners."""
+    """Quantization-aware distillation's steps, the INT4 mix's measurement and checks; loading, re-export and the
+    rest of the work as spinners."""
 
     labels = {"qad": "quantization-aware distillation"}
 
+    def note(self, d: dict) -> str | None:
+        return d.get("note")
+
     def show(self, d: dict) -> None:
+        if "note" in d:  # a check's line, above the bars
+            self.bar.console.print(d["note"], highlight=False)
+            return
+        if "qad" not in d["phase"] and (done := d.get("done")) is not None:  # a counted phase (the INT4 mix's)
+            self.bar.update(self.task(d["phase"], d.get("label", d["phase"]), d["total"]), completed=done)
+            return
         if d["phase"] == "qad":
             info = f"loss {d['loss']:.4f}" if "loss" in d else ""
             if "cosine" in d:

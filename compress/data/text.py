@@ -26,7 +26,7 @@ from compress.errors import ConfigError, DataError
 __all__ = ["PromptResponse", "encode", "read_prompts", "read_texts", "read_training_texts", "token_windows"]
 
 #: the suffixes read_texts and read_prompts take
-SUFFIXES = (".txt", ".jsonl")
+SUFFIXES = (".txt", ".raw", ".jsonl")  #: .raw: plain text as WikiText ships it (wiki.test.raw)
 
 
 def _lines(path: Path) -> list[tuple[int, Any]]:
@@ -63,6 +63,8 @@ def _field(path: Path, n: int, row: Any, keys: tuple[str, ...]) -> str:
 
 def _checked(path: str | Path) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: a directory, not a text file", hint="give one .txt or .jsonl file inside it")
     if not p.is_file():
         raise DataError(f"{p}: no such file", hint="give a .txt or .jsonl text file")
     if p.suffix.lower() not in SUFFIXES:
@@ -75,7 +77,7 @@ def _checked(path: str | Path) -> Path:
 def read_texts(path: str | Path) -> list[str]:
     """The documents of ``path``: a ``.txt`` file is one; a ``.jsonl`` file one per line (``"text"``)."""
     p = _checked(path)
-    if p.suffix.lower() == ".txt":
+    if p.suffix.lower() in (".txt", ".raw"):
         texts = [read_utf8(p)]
     else:
         texts = [_field(p, n, row, ("text",)) for n, row in _lines(p)]
@@ -89,7 +91,7 @@ def read_prompts(path: str | Path) -> list[str]:
     """The prompts of ``path``: a ``.txt`` file's non-empty lines; a ``.jsonl`` file's ``"prompt"`` (or ``"text"``)
     per line."""
     p = _checked(path)
-    if p.suffix.lower() == ".txt":
+    if p.suffix.lower() in (".txt", ".raw"):
         prompts = [line.strip() for line in read_utf8(p).splitlines()]
     else:
         prompts = [_field(p, n, row, ("prompt", "text")) for n, row in _lines(p)]

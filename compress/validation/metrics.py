@@ -173,9 +173,9 @@ def _onnx_groups(path) -> dict[str, int]:
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, node.op_type)
-    # a quantized weight reaches its MatMul/Conv through DequantizeLinear: follow one hop
+    # a quantized weight reaches its MatMul/Conv through DequantizeLinear, an FP16 table through a Cast: one hop
     for node in nodes:
-        if node.op_type == "DequantizeLinear" and node.output:
+        if node.op_type in ("DequantizeLinear", "Cast") and node.output:
             after = consumers.get(node.output[0])
             if after:
                 consumers[node.input[0]] = after
@@ -188,6 +188,7 @@ def _onnx_groups(path) -> dict[str, int]:
             size = (n + 1) // 2
         else:
             size = n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
-        group = _WEIGHT_GROUPS.get(consumers.get(init.name, ""), "norms, biases, scales")
+        group = ("RoPE tables" if init.name.startswith(("cos_cache", "sin_cache")) else
+                 _WEIGHT_GROUPS.get(consumers.get(init.name, ""), "norms, biases, scales"))
         groups[group] = groups.get(group, 0) + size
     return groups

@@ -79,7 +79,8 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     from compress.stages.quantize.config import QuantizeConfig
 
     _, art = exported
-    q = quantize(art.path, tmp_path / precision, QuantizeConfig.from_flat(precision=precision))
+    uniform = {"int4_algorithm": "hqq"} if precision == "int4" else {}  # one algorithm for every MatMul
+    q = quantize(art.path, tmp_path / precision, QuantizeConfig.from_flat(precision=precision, **uniform))
     assert str(q.manifest.precision) == precision and str(q.manifest.task) == "text-generation"
     m = q.manifest.steps[-1].metrics
     bits = 4 if precision == "int4" else 8
@@ -98,10 +99,10 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     assert "genai_config.json" in q.manifest.files
 
 
-def test_the_default_int4_is_hqq_folded_into_the_fast_kernel_with_fp16_scales(exported, tmp_path):
-    """quantize's generator INT4 default, as the step records it (HQQ in blocks of 32, not the image default of 128):
-    no MatMulNBits keeps HQQ's float zero points (ONNX Runtime's slow path), the body's scales are FP16, and the tied
-    embedding has no table of its own."""
+def test_hqq_int4_is_folded_into_the_fast_kernel_with_fp16_scales(exported, tmp_path):
+    """HQQ INT4 (blocks of 32, the generators' block, not the image default of 128): no MatMulNBits keeps HQQ's
+    float zero points (ONNX Runtime's slow path), every scale is FP16 (the head's read through a Cast, its compute
+    FP32), and the tied embedding has no table of its own."""
     import onnx
     from onnx import TensorProto
 
@@ -109,7 +110,7 @@ def test_the_default_int4_is_hqq_folded_into_the_fast_kernel_with_fp16_scales(ex
     from compress.stages.quantize.config import QuantizeConfig
 
     _, art = exported
-    q = quantize(art.path, tmp_path / "int4", QuantizeConfig.from_flat(precision="int4"))
+    q = quantize(art.path, tmp_path / "int4", QuantizeConfig.from_flat(precision="int4", int4_algorithm="hqq"))
     step = q.manifest.steps[-1]
     assert (step.config["int4"]["algorithm"], step.config["int4"]["block_size"]) == ("hqq", 32)
     weights = step.config["weights"]
@@ -120,7 +121,80 @@ def test_the_default_int4_is_hqq_folded_into_the_fast_kernel_with_fp16_scales(ex
     assert all(len(n.input) < 4 or not n.input[3] or inits[n.input[3]].data_type == TensorProto.UINT8 for n in nbits)
     body = [n for n in nbits if "lm_head" not in n.name]
     assert {inits[n.input[2]].data_type for n in body} == {TensorProto.FLOAT16}
+    head = next(n for n in nbits if "lm_head" in n.name)
+    cast = next(n for n in model.graph.node if n.output[0] == head.input[2])  # FP16 in the file, FP32 compute
+    assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == TensorProto.FLOAT16
     assert "model.embed_tokens.weight" not in inits and "model.embed_tokens.weight_int8" not in inits
+
+
+def test_the_default_int4_decides_each_matmul_by_measurement_and_records_why(exported, tmp_path):
+    """quantize's generator INT4 default (``auto``): each body MatMul's candidate (4-bit RTN, 4-bit HQQ or 8 bits)
+    chosen by the measured plan, written as the plan says (each MatMulNBits' bits), the budget search and each
+    matrix's errors in the step, the RoPE tables in FP16, the artifact runs and its own check holds."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    events = []
+    q = quantize(art.path, tmp_path / "int4", QuantizeConfig.from_flat(precision="int4"), progress=events.append)
+    step = q.manifest.steps[-1]
+    assert step.config["int4"]["algorithm"] == "auto"
+    mix = step.metrics["int4_mix"]
+    assert sum(mix["counts"].values()) == len(mix["matrices"]) == 2 * 5  # qkv, o, gate, up, down in 2 layers
+    assert mix["tried"] and mix["tried"][0]["budget_bytes"] == mix["q4_k_m_bytes"]  # it starts at Q4_K_M's bytes
+    assert mix["held"] == mix["tried"][-1]["held"] or any(t["held"] for t in mix["tried"])
+    for row in mix["matrices"].values():
+        assert set(row["output_error"]) == {"int4-rtn", "int4-hqq", "int8"}
+        assert row["output_error"]["int8"] < min(row["output_error"]["int4-rtn"], row["output_error"]["int4-hqq"])
+    graph = onnx.load(str(q.path / "model.onnx"), load_external_data=False).graph
+    bits = {n.name.rsplit("_Q", 1)[0]: helper.get_attribute_value(next(a for a in n.attribute if a.name == "bits"))
+            for n in graph.node if n.op_type == "MatMulNBits"}
+    for name, row in mix["matrices"].items():
+        assert bits[name] == (8 if row["chose"] == "int8" else 4)
+    assert step.metrics["weights"]["bits"] == {n: bits[n] for n in mix["matrices"]}
+    rope = [t for t in graph.initializer if t.name.startswith(("cos_cache", "sin_cache"))]
+    assert rope and all(t.data_type == TensorProto.FLOAT16 for t in rope)
+    assert any(e.get("phase", "").startswith("INT4 mix") and e.get("done") == 10 for e in events)
+    assert any("on the built-in text" in e.get("note", "") for e in events)
+    assert step.metrics["generation_vs_input"]["collapsed"] is None
+
+
+def test_max_context_cuts_the_rope_tables_and_the_recorded_context(exported, tmp_path):
+    """``export --max-context``: the RoPE tables hold that many positions, genai_config.json and the manifest say
+    so, the graph still matches PyTorch (the parity check), and a perplexity window longer than it is refused."""
+    import onnx
+
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.quantize.lm.common import text_windows
+
+    ckpt, full = exported
+    art = export(ckpt, tmp_path / "fp32", ExportConfig(format="onnx", max_context=64))
+    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    rope = [t for t in graph.initializer if t.name.startswith(("cos_cache", "sin_cache"))]
+    assert rope and {t.dims[0] for t in rope} == {64}
+    assert json.loads((art.path / "genai_config.json").read_text())["model"]["context_length"] == 64
+    assert art.manifest.postprocess.cache.max_length == 64 and art.manifest.postprocess.window <= 64
+    assert art.manifest.steps[-1].config["builder"]["context"]["model_context"] == \
+        full.manifest.steps[-1].config["builder"]["context"]["model_context"]
+    assert art.manifest.steps[-1].metrics["generation_parity"]["same_tokens"]
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 200)
+    with pytest.raises(ConfigError, match="longer than the model's context"):
+        text_windows(art, str(text), 128, 2, "--data")
+
+
+def test_max_context_is_refused_where_nothing_reads_it(exported, tmp_path):
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+
+    ckpt, _ = exported
+    with pytest.raises(ConfigError, match="--max-context applies to --format onnx"):
+        export(ckpt, tmp_path / "ov", ExportConfig(format="openvino", max_context=64))
+    assert not (tmp_path / "ov").exists()
 
 
 def _one_matmul(k: int = 64, n: int = 48, seed: int = 0):

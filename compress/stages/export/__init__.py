@@ -46,6 +46,7 @@ def export(
             raise ConfigError(f"{source}: a .gguf is a causal language model, which {FORMATS[fmt].label} takes none of",
                               hint=f"export it with --format {'|'.join(lm_formats)}, or leave --format out to adopt it as "
                                    "it is")
+        _refuse_encoder_options(config)  # before the file is dequantized into the cache
         source = gguf_checkpoint(source)
     # a causal LM (a checkpoint folder or a pytorch artifact; a bare .gguf is adopted below): the format's exporter
     # with a KV cache
@@ -63,7 +64,15 @@ def export(
             raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
                               hint=f"export it with --format {'|'.join(lm_formats)}")
         _refuse_encoder_options(config)
+        if config.max_context is not None and fmt != "onnx":
+            raise ConfigError(f"--max-context applies to --format onnx (its RoPE tables); {FORMATS[fmt].label} "
+                              "sizes its cache itself", hint="drop --max-context")
         return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force)
+    if config.max_context is not None:
+        from compress.errors import ConfigError
+
+        raise ConfigError(f"--max-context sizes a causal language model's context; {source} is not one",
+                          hint="drop --max-context")
     if is_model_file(source):  # a model file made elsewhere: adopt it (then convert it like any ONNX artifact)
         from compress.errors import ConfigError
         from compress.stages.export.adopt import adopt, adopt_then

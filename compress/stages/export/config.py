@@ -233,6 +233,11 @@ class ExportConfig(Settings):
     sample_data: str | None = Field(None, description="Data file whose first texts are the parity samples.")
     allow_pickle: bool = Field(False, description="Allow loading pickled (.bin) weights.")
     trust_remote_code: bool = Field(False, description="Allow a checkpoint's own Python code to run.")
+    max_context: int | None = Field(
+        None, ge=16, description="Causal LMs to ONNX: the longest sequence (prompt and generated tokens) the artifact "
+        "is made for; its RoPE tables are cut to it and stored in FP16, and it is recorded as the artifact's context "
+        "(genai_config.json, the manifest; validate refuses a longer window). Default: 4,096, or the model's own "
+        "context where that is shorter.")
     llama_cpp: str | None = Field(
         None, description="GGUF: the llama.cpp source tree whose convert_hf_to_gguf.py converts a causal LM (a "
         "llama.cpp checkout or an extracted llama-cpp-python sdist's vendor/llama.cpp); default: "

@@ -78,7 +78,7 @@ def quantize(
         if (qat_source := qat_request(art, config)) is not None:  # quantization-aware INT4 (ONNX): trained first
             return quantize_lm_qat(art, out, config, source=qat_source, quantizer=import_string(ref), force=force,
                                    progress=progress)
-        return import_string(ref)(art, out, config, force=force)
+        return import_string(ref)(art, out, config, force=force, progress=progress)
     spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")

@@ -121,10 +121,12 @@ class Int4(Section):
         128, description="INT4: weights per quantization block along the input dimension (32, 64 or 128)."
     )
     symmetric: bool = Field(True, description="INT4: symmetric blocks (zero point 0) instead of asymmetric.")
-    algorithm: Literal["rtn", "hqq", "gptq", "awq", "scale_estimation", "k_quant"] = Field(
-        "rtn", description="Generators (causal LMs), INT4/INT8 weight-only: how the blocks are chosen. rtn "
+    algorithm: Literal["auto", "rtn", "hqq", "gptq", "awq", "scale_estimation", "k_quant"] = Field(
+        "rtn", description="Generators (causal LMs), INT4/INT8 weight-only: how the blocks are chosen. auto (the "
+        "INT4 default for ONNX Runtime and OpenVINO: each weight matrix's bits and algorithm chosen by measuring the "
+        "model, in a file no larger than llama.cpp's Q4_K_M where 4 and 8 bits can hold the model there), rtn "
         "(round to nearest), hqq, gptq (calibrated on text windows), awq, scale_estimation, k_quant; each backend "
-        "takes its subset (ONNX Runtime: rtn, hqq, gptq, k_quant) and refuses the others in one line.")
+        "takes its subset (ONNX Runtime: auto, rtn, hqq, gptq, k_quant) and refuses the others in one line.")
     embeddings_bits: Literal[4, 8, 32] = Field(
         8, description="Generators: bits of the token embedding table (Gather); 32 keeps it in float.")
     lm_head_bits: Literal[4, 8] = Field(8, description="Generators: bits of the LM head (the last MatMul).")

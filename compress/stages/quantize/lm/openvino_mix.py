@@ -1,0 +1,210 @@
+"""The INT4 default of a generator's stateful OpenVINO IR, decided per model (:mod:`.bit_allocation`), as
+:mod:`.onnx_mix` decides the ONNX artifact's.
+
+The candidates (:data:`CANDIDATES`) are what NNCF and :func:`.openvino.hqq_groups` write and OpenVINO's CPU plugin
+runs: ``int4-hqq`` (NNCF's INT4_ASYM groups of the block size, or of NNCF's adjusted group where the block does not
+divide a matrix's input width, with HQQ's values: an FP16 scale and a float FP16 zero point a group) and ``int8``
+(NNCF's INT8_ASYM: per output channel, a u8 zero point and an FP16 scale a row). A matrix no 4-bit group fits (NNCF
+would write it at 8 bits, its backup mode) has ``int8`` only.
+
+1. One FP32 run (a fresh state) over the built-in text (:func:`.onnx_mix.importance_ids`) with each body MatMul's
+   activation input added as an output gives each input channel's mean square (the importance) and the reference
+   logits.
+2. Each MatMul's output error under each candidate (:func:`.bit_allocation.relative_error`; the IR's weights are
+   [N, K] behind ``transpose_b``, the helpers take [K, N]); each 4-bit candidate's dequantized weights are kept
+   (FP16, in the IR's layout) for the check.
+3. and 4. :func:`.onnx_mix.choose`: the budget starts at Q4_K_M's bytes for the same matrices (their names read as the
+   ONNX builder's for llama.cpp's roles), the check is the FP32 IR with the chosen 4-bit matrices' weights replaced by
+   their dequantized values (replaced, compiled, restored), run on the CPU plugin in f32 over the built-in text
+   against the FP32 logits.
+
+:func:`plan` returns ``{MatMul: candidate name}`` and the step's record; :func:`.openvino.quantize_lm_openvino` writes
+it with NNCF (INT4_ASYM with the 8-bit choices ignored, INT8_ASYM over those, HQQ's values into the u4 groups) and
+:func:`check_written` reads each planned matrix's element type back from the IR.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from compress.errors import StageError
+from compress.progress import Progress, start_phase
+from compress.stages.quantize.lm import bit_allocation as ba
+from compress.stages.quantize.lm.onnx_mix import PHASE, agreement, choose
+
+log = logging.getLogger(__name__)
+
+#: what NNCF (+ HQQ's values, :func:`.openvino.hqq_groups`) writes and the CPU plugin runs, cheapest first
+CANDIDATES = (ba.Candidate("int4-hqq", 4, "hqq", False), ba.Candidate("int8", 8, "rtn", False))
+#: the element type each candidate is written in (what :func:`check_written` reads back)
+WRITTEN = {"int4-hqq": "u4", "int8": "u8"}
+#: the CPU plugin in float32 throughout, its KV cache too (its default would be u8): the check measures the weights
+COMPILE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+#: an OpenVINO (PyTorch-converted) MatMul's layer and role: ``__module.model.model.layers.3.self_attn.v_proj/...``
+_ROLE = re.compile(r"layers\.(\d+)\.(self_attn|attn|mlp)\.(\w+?)(?:_proj)?/")
+
+
+def nncf_group(k: int, block: int) -> int | None:
+    """The group NNCF's INT4 gives a matrix of input width ``k`` with ``group_size=block`` and its ADJUST fall-back
+    (:func:`.openvino.compress`): ``block`` where it divides ``k``, else the largest power of two dividing ``k`` when
+    at least ``min(MIN_GROUP, block)``; None where none fits (NNCF's backup mode, 8 bits)."""
+    from compress.stages.quantize.lm.openvino import MIN_GROUP
+
+    if k % block == 0:
+        return block
+    adjusted = k & -k
+    return adjusted if adjusted >= min(MIN_GROUP, block) else None
+
+
+def _weight(op):
+    """The MatMul ``op``'s weight: (its 2-D constant, directly or behind a Convert from FP16, and whether it is
+    stored [N, K] (``transpose_b``)); None for a MatMul of two activations or another layout."""
+    attrs = op.get_attributes()
+    if attrs.get("transpose_a"):
+        return None
+    src = op.input(1).get_source_output().get_node()
+    if src.get_type_name() == "Convert":
+        src = src.input(0).get_source_output().get_node()
+    if src.get_type_name() != "Constant" or src.get_output_partial_shape(0).rank.get_length() != 2:
+        return None
+    return src, bool(attrs.get("transpose_b"))
+
+
+def body_matmuls(model, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The MatMuls of the FP32 IR the mix plans: those with a 2-D constant weight, but the LM head (the last of them,
+    as :func:`.openvino.weight_types` reads it) and ``exclude`` (friendly names)."""
+    found = [op.get_friendly_name() for op in model.get_ordered_ops()
+             if op.get_type_name() == "MatMul" and _weight(op) is not None]
+    return [n for n in found[:-1] if n not in set(exclude)]
+
+
+def _builder_name(name: str) -> str:
+    """An OpenVINO MatMul's name as the ONNX builder's (``/model/layers.3/attn/v_proj/MatMul``), which
+    :func:`.bit_allocation.q4_k_m_bytes` reads llama.cpp's roles from; the name itself where it has no role."""
+    m = _ROLE.search(name)
+    return f"/model/layers.{m.group(1)}/{m.group(2)}/{m.group(3)}_proj/MatMul" if m else name
+
+
+def _compile(model):
+    import openvino as ov
+
+    return ov.Core().compile_model(model, "CPU", COMPILE)
+
+
+def _infer(compiled, ids: np.ndarray) -> Any:
+    """One run of the compiled stateful IR over the tokens ``ids`` [1, T] from an empty cache (the backend's feeds:
+    position_ids from the mask, beam_idx 0, where the IR takes them)."""
+    from compress.device.shipped import decoder_feeds
+
+    names = {n for p in compiled.inputs for n in p.get_names()}
+    feeds = decoder_feeds({"input_ids": ids, "attention_mask": np.ones_like(ids)}, names)
+    request = compiled.create_infer_request()
+    request.reset_state()
+    return request.infer({k: v for k, v in feeds.items() if k in names})
+
+
+def reference_run(model, names: list[str], ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One run of (a copy of) the FP32 ``model`` over ``ids`` [1, T] with the activation input of each MatMul of
+    ``names`` as an extra output: each MatMul -> its input channels' mean square [K], and the logits [T, V]."""
+    copy = model.clone()
+    ops = {op.get_friendly_name(): op for op in copy.get_ordered_ops()}
+    sources = {n: ops[n].input(0).get_source_output() for n in names}
+    keys = {n: (s.get_node().get_friendly_name(), s.get_index()) for n, s in sources.items()}
+    unique = {keys[n]: sources[n] for n in names}
+    added = dict(zip(unique, copy.add_outputs(list(unique.values())), strict=True))
+    compiled = _compile(copy)
+    ports = {k: compiled.output(a.get_any_name()) for k, a in added.items()}
+    result = _infer(compiled, ids)
+    logits = np.asarray(result[compiled.output("logits")])[0].copy()
+    squares = {}
+    for k, port in ports.items():
+        x = np.asarray(result[port]).astype(np.float64)
+        squares[k] = (x.reshape(-1, x.shape[-1]) ** 2).mean(axis=0)
+    return {n: squares[keys[n]] for n in names}, logits
+
+
+class _Check:
+    """The FP32 IR with each chosen 4-bit matrix's weight replaced by its dequantized values (kept from the error
+    pass; 8 bits: the float weights, as :mod:`.onnx_mix`), compiled, then restored; run over the built-in text
+    against the FP32 logits."""
+
+    def __init__(self, model, ids: np.ndarray, ref: np.ndarray, deq: dict[str, dict[str, np.ndarray]]):
+        self.model, self.ids, self.ref, self.deq = model, ids, ref, deq
+        self.ops = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_friendly_name() in deq}
+
+    def __call__(self, choice: dict[str, str]) -> dict[str, float]:
+        from openvino import opset13 as ops
+
+        replaced = []
+        try:
+            for name, cand in choice.items():
+                w = self.deq[name].get(cand)
+                if w is None:
+                    continue
+                port = self.ops[name].input(1)
+                replaced.append((port, port.get_source_output()))
+                port.replace_source_output(ops.constant(w.astype(np.float32)).output(0))
+            compiled = _compile(self.model)
+        finally:
+            for port, old in replaced:
+                port.replace_source_output(old)
+        logits = np.asarray(_infer(compiled, self.ids)[compiled.output("logits")])[0]
+        return agreement(self.ref, logits)
+
+
+def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int | None,
+         progress: Progress | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The candidate of each MatMul of ``body`` (friendly names) of the FP32 ``openvino.Model`` ``model`` (see the
+    module's docstring; the model is left as it was); ``progress`` hears the matrices measured (counted) and a line
+    per check. Returns (choice, record)."""
+    t0 = time.monotonic()
+    importance, ref = reference_run(model, body, ids)
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    advance = start_phase(progress, PHASE, len(body))
+    errors, costs, shapes, deq = {}, {}, {}, {}
+    for name in body:
+        const, transposed = _weight(ops[name])
+        w = np.asarray(const.get_data(), dtype=np.float32)
+        w = w.T if transposed else w  # [K, N], as the helpers take it
+        k, n = shapes[name] = w.shape
+        group = nncf_group(k, block)
+        errors[name], deq[name], costs[name] = {}, {}, {}
+        for c in CANDIDATES:
+            if c.bits < 8 and group is None:
+                continue  # no 4-bit group fits: NNCF would write it at 8 bits
+            d = ba.dequantized(w, c, group if c.bits < 8 else k)  # 8 bits: one group a row (per channel)
+            errors[name][c.name] = ba.relative_error(w, d, importance[name])
+            costs[name][c.name] = ba.candidate_bytes(k, n, c, group if c.bits < 8 else k) + (n if c.bits == 8 else 0)
+            if c.bits < 8:
+                deq[name][c.name] = (d.T if transposed else d).astype(np.float16)  # the IR's layout
+        advance(1)
+    reference = sum(ba.q4_k_m_bytes({_builder_name(n): s for n, s in shapes.items()}, kv_width=kv_width).values())
+    choice, record = choose(errors, costs, reference, _Check(model, ids, ref, deq), progress=progress, t0=t0)
+    record |= {"block_size": block, "check_tokens": int(ids.shape[1]), "runtime": "openvino (CPU plugin, f32)",
+               "seconds": round(time.monotonic() - t0, 1)}
+    return choice, record
+
+
+def check_written(model, choice: dict[str, str]) -> dict[str, int]:
+    """Each planned MatMul's weight element type as the written ``model`` holds it (:func:`.openvino.weight_type`)
+    against the plan (:data:`WRITTEN`); the counts per type, or a :class:`StageError` naming a matrix written
+    otherwise (nothing is written then)."""
+    from compress.stages.quantize.lm.openvino import weight_type
+
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_friendly_name() in choice}
+    made = {n: weight_type(ops[n].input(1).get_source_output().get_node()) for n in choice}
+    wrong = {n: t for n, t in made.items() if t != WRITTEN[choice[n]]}
+    if wrong:
+        name = next(iter(wrong))
+        raise StageError(f"NNCF wrote {len(wrong)} of the INT4 mix's {len(choice)} matrices otherwise than planned "
+                         f"({name}: {wrong[name]}, planned {choice[name]})",
+                         hint="report it; --int4-algorithm hqq writes every matrix in 4-bit groups")
+    out: dict[str, int] = {}
+    for t in made.values():
+        out[t] = out.get(t, 0) + 1
+    return dict(sorted(out.items()))
