@@ -86,6 +86,8 @@ def _decode(backends: dict, prompt: list[int], rounds: int, steps: int = 64) -> 
 
 
 def run_model(name: str, source: str, work: Path, routes: list[str], args) -> dict:
+    import logging
+
     import onnx
 
     from compress.errors import EdgeCompressError
@@ -93,6 +95,7 @@ def run_model(name: str, source: str, work: Path, routes: list[str], args) -> di
     from compress.stages.quantize.lm import onnx as lm
     from compress.validation.decoding import window_logits
 
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # the quantizer's line per node
     work.mkdir(parents=True, exist_ok=True)
     rows, backends, made = [], {}, {}
     for route in routes:
@@ -118,7 +121,7 @@ def run_model(name: str, source: str, work: Path, routes: list[str], args) -> di
         mix = step.metrics.get("int4_mix")
         rows.append({"route": route, "perplexity_increase": s["perplexity"] / base["perplexity"] - 1,
                      "top1_agreement": s["top1_agreement"], "kl_mean": s["kl_mean"], "model_bytes": _model_bytes(art),
-                     "quantize_seconds": seconds, "gguf_type": step.config.get("gguf", {}).get("type"),
+                     "quantize_seconds": seconds,
                      "mix": None if mix is None else {"counts": mix["counts"], "body_bytes": mix["body_bytes"],
                                                       "q4_k_m_bytes": mix["q4_k_m_bytes"], "held": mix["held"]}})
         print(rows[-1], flush=True)

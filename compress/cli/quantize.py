@@ -35,17 +35,19 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @click.option("--embedding-precision", type=click.Choice(["fp32", "int8", "int4"]), default="int8", show_default=True,
               help="INT4 and dynamic INT8: precision of the embedding table (int4: blocks of --block-size, two "
                    "weights per byte; the table is most of a small model's size).")
-@click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq", "gptq", "awq", "scale_estimation", "k_quant"]),
-              help="Generators (causal LMs), weight-only INT4/INT8 (default: hqq for ONNX Runtime INT4, rtn "
-                   "elsewhere and for INT8): rtn (round to nearest), hqq, gptq (calibrated "
-                   "on text windows), awq, scale_estimation, k_quant; each runtime takes its subset (ONNX Runtime: "
-                   "rtn, hqq, gptq, k_quant).")
+@click.option("--int4-algorithm",
+              type=click.Choice(["auto", "rtn", "hqq", "gptq", "awq", "scale_estimation", "k_quant"]),
+              help="Generators (causal LMs), weight-only INT4/INT8 (default: auto for ONNX Runtime and OpenVINO INT4, "
+                   "rtn elsewhere and for INT8): auto (each weight matrix's bits and algorithm chosen by measuring "
+                   "the model: within llama.cpp Q4_K_M's bytes, more where a check on a built-in text needs them), "
+                   "rtn (round to nearest), hqq, gptq (calibrated on text windows), awq, scale_estimation, k_quant; "
+                   "each runtime takes its subset (ONNX Runtime: auto, rtn, hqq, gptq, k_quant).")
 @click.option("--embeddings-bits", type=click.Choice(["4", "8", "32"]), default="8", show_default=True,
               help="Generators: bits of the token embedding table (32: float).")
 @click.option("--lm-head-bits", type=click.Choice(["4", "8"]), default="8", show_default=True,
               help="Generators: bits of the LM head.")
 @click.option("--gguf-type", type=click.Choice(["q4_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0"]),
-              help="GGUF (llama.cpp) generators: llama.cpp's quantization type; default q4_0 for int4, q8_0 for "
+              help="GGUF (llama.cpp) generators: llama.cpp's quantization type; default q4_k_m for int4, q8_0 for "
                    "int8 (q5/q6/q8 with --precision int8).")
 @click.option("--imatrix", type=click.Path(path_type=Path),
               help="GGUF: an importance matrix made by llama.cpp's llama-imatrix (imatrix.gguf or .dat) for its "

@@ -288,6 +288,28 @@ def test_a_collapse_fails_with_strict_and_writes_nothing(exported, tmp_path, mon
     assert q.manifest.steps[-1].metrics["generation_vs_input"]["collapsed"] == "all one token"
 
 
+def test_a_model_that_moved_without_collapsing_is_a_warning_naming_the_fix(exported, tmp_path, monkeypatch, caplog):
+    """quantize's own check saw continuations agree for 29% and a prompt KL of 0.10 (Gemma 3's HQQ INT4 before the
+    per-model default): not a collapse, but not silence either: a warning line naming what to try, in the step too."""
+    import compress.stages.quantize.lm.onnx as lm
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _, art = exported
+    real = lm.collapse_check
+    monkeypatch.setattr(lm, "collapse_check", lambda ref, cand: real(ref, cand) | {
+        "continuation_agreement": 0.29, "prompt_kl_mean": 0.10, "collapsed": None})
+    with caplog.at_level("WARNING"):
+        q = quantize(art.path, tmp_path / "w", QuantizeConfig.from_flat(precision="int4", int4_algorithm="hqq"))
+    said = q.manifest.steps[-1].metrics["warning"]
+    assert "agree with the input's for 29%" in said and "prompt KL 0.100" in said
+    assert "--max-perplexity-increase" in said and "--precision int8" in said
+    assert said in caplog.text
+    monkeypatch.setattr(lm, "collapse_check", real)
+    q = quantize(art.path, tmp_path / "quiet", QuantizeConfig.from_flat(precision="int8"))
+    assert "warning" not in q.manifest.steps[-1].metrics
+
+
 def test_accuracy_aware_int4_records_the_layer_table_and_holds_the_budget(exported, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig

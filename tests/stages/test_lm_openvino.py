@@ -127,7 +127,8 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     from compress.stages.quantize.config import QuantizeConfig
 
     _, art = exported
-    q = quantize(art.path, tmp_path / precision, QuantizeConfig.from_flat(precision=precision))
+    hqq = {"int4_algorithm": "hqq"} if precision == "int4" else {}  # one algorithm for every MatMul (not the default)
+    q = quantize(art.path, tmp_path / precision, QuantizeConfig.from_flat(precision=precision, **hqq))
     assert str(q.manifest.precision) == precision and str(q.manifest.task) == "text-generation"
     assert q.manifest.postprocess.cache.layout == "stateful"
     m = q.manifest.steps[-1].metrics
@@ -138,7 +139,7 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
     assert m["size_bytes_after"] < 0.6 * m["size_bytes_before"]
     nncf = q.manifest.steps[-1].config["nncf"]
     assert nncf["mode"] == ("int4_asym" if precision == "int4" else "int8_asym")
-    # the INT4 default: NNCF's asymmetric groups with HQQ's values, a float (FP16) zero point per group
+    # HQQ: NNCF's asymmetric groups with HQQ's values, a float (FP16) zero point per group
     assert precision == "int8" or (nncf["algorithm"], nncf["hqq_groups"], nncf["zero_points"]) == ("hqq", 14, "float16")
     assert q.manifest.steps[-1].config["int4"]["algorithm"] == ("hqq" if precision == "int4" else "rtn")
     assert precision == "int8" or (nncf["group_size"], nncf["backup_mode"]) == (32, "int8_asym")

@@ -144,7 +144,7 @@ class Gguf(Section):
 
     type: Literal["q4_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0"] | None = Field(
         None, description="GGUF artifacts: llama.cpp's quantization type (q4_0, q4_k_m, q4_k_s, q5_k_m, q6_k, q8_0); "
-        "default q4_0 for --precision int4, q8_0 for int8. The precision must match (q5/q6/q8: int8).")
+        "default q4_k_m for --precision int4, q8_0 for int8. The precision must match (q5/q6/q8: int8).")
     imatrix: str | None = Field(
         None, description="GGUF artifacts: an importance matrix made by llama.cpp's llama-imatrix (imatrix.gguf, or "
         "the legacy .dat) for llama.cpp's quantizer; without it, --calibration text is run through llama-imatrix "

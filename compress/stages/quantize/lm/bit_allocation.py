@@ -25,14 +25,22 @@ says how many matrices took each candidate.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Candidate", "ONNX_CANDIDATES", "IMPORTANCE_TEXT", "allocate", "candidate_bytes", "counts", "dequantized",
-           "plan_record", "q4_k_m_bytes", "relative_error", "role_of", "summary"]
+from compress.progress import Progress, note
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BISECTIONS", "GROWTH", "IMPORTANCE_TEXT", "IMPORTANCE_TOKENS", "ONNX_CANDIDATES", "PHASE", "TARGET_KL",
+           "TARGET_TOP1", "Candidate", "agreement", "allocate", "candidate_bytes", "choose", "counts", "dequantized",
+           "importance_ids", "plan_record", "q4_k_m_bytes", "relative_error", "role_of", "summary"]
 
 
 @dataclass(frozen=True)
@@ -203,3 +211,98 @@ def summary(record: dict[str, Any]) -> str:
     made = ", ".join(f"{v} {k}" for k, v in record["counts"].items())
     return (f"mixed by measurement: {made} (body {record['body_bytes'] / 1e6:.1f} MB, "
             f"{record['body_bytes'] / record['q4_k_m_bytes']:.2f}x Q4_K_M's {record['q4_k_m_bytes'] / 1e6:.1f} MB)")
+
+
+#: tokens of the built-in text the importance and the check are measured on
+IMPORTANCE_TOKENS = 384
+#: the check's bars on the built-in text (KL in nats, FP32 -> candidate, positions 16 on; top-1 agreement): set under
+#: the default gate's (KL 0.10, top-1 0.80, +5% perplexity on the user's text) so that a mix that holds them passes
+#: it on other text too (the panel's figures: docs/generators.md, "The INT4 default")
+TARGET_KL = 0.015
+TARGET_TOP1 = 0.90
+GROWTH = 1.25  #: the budget's step while the check misses
+BISECTIONS = 2  #: steps of bisection between the last miss and the first hold
+_SKIP = 16  #: the first positions, with little context, are not scored
+PHASE = "INT4 mix: measuring each matrix"  #: the counted phase's key and label
+
+
+def importance_ids(art) -> np.ndarray:
+    """The built-in text (:data:`IMPORTANCE_TEXT`) in the generator ``art``'s own tokens [1, T] (its
+    ``tokenizer.json``): BOS first where the model has one, at most :data:`IMPORTANCE_TOKENS` and the model's
+    context."""
+    from tokenizers import Tokenizer
+
+    post = art.manifest.postprocess
+    tok = Tokenizer.from_file(str(art.path / "tokenizer.json"))
+    limit = min(IMPORTANCE_TOKENS, post.cache.max_length if post.cache else IMPORTANCE_TOKENS)
+    bos = [post.bos_token_id] if post.bos_token_id is not None else []
+    return np.asarray([(bos + tok.encode(IMPORTANCE_TEXT).ids)[:limit]], dtype=np.int64)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def agreement(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
+    """KL(ref || cand) per position (mean, nats) and top-1 agreement of two logits [T, V], positions :data:`_SKIP`
+    on."""
+    p, q = _log_softmax(ref[_SKIP:]), _log_softmax(cand[_SKIP:])
+    kl = float((np.exp(p) * (p - q)).sum(axis=-1).mean())
+    return {"kl": kl, "top1": float((p.argmax(-1) == q.argmax(-1)).mean())}
+
+
+def choose(errors: dict[str, dict[str, float]], costs: dict[str, dict[str, float]], reference: float,
+           check: Callable[[dict[str, str]], dict[str, float]], *, progress: Progress | None = None,
+           t0: float | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The budget search, neutral of the format (steps 3 and 4 of the module's docstring; each format's module
+    measures and checks: :mod:`.onnx_mix`, :mod:`.openvino_mix`): the allocation
+    (:func:`allocate`) of ``errors`` / ``costs`` (matrix -> candidate -> value) within a budget that
+    starts at ``reference`` (Q4_K_M's bytes), grows by :data:`GROWTH` while ``check(choice)`` (KL and top-1 on the
+    built-in text) misses :data:`TARGET_KL` / :data:`TARGET_TOP1`, then bisects. ``progress`` hears a line per check
+    (``t0``: when the measuring began, for the lines' seconds). Returns (choice, record: the
+    :func:`plan_record`, the targets, whether the check held and each budget tried)."""
+    t0 = time.monotonic() if t0 is None else t0
+
+    def say(text: str) -> None:
+        log.info("%s", text)
+        note(progress, text, "int4-mix-check")
+
+    top = sum(max(c.values()) for c in costs.values())
+    tried: list[dict[str, Any]] = []
+    seen: dict[tuple, dict[str, float]] = {}  # a budget that buys the same choice is not checked again
+
+    def attempt(budget: float) -> tuple[dict[str, str], bool]:
+        choice = allocate(errors, costs, budget)
+        key = tuple(sorted(choice.items()))
+        if key not in seen:
+            seen[key] = check(choice)
+        got = seen[key]
+        held = got["kl"] <= TARGET_KL and got["top1"] >= TARGET_TOP1
+        body_bytes = sum(costs[n][choice[n]] for n in choice)
+        tried.append({"budget_bytes": round(budget), "body_bytes": round(body_bytes), "kl": round(got["kl"], 5),
+                      "top1": round(got["top1"], 4), "held": held, "counts": counts(choice)})
+        say(f"INT4 mix: body {body_bytes / 1e6:.1f} MB ({body_bytes / reference:.2f}x Q4_K_M's): KL {got['kl']:.4f}, "
+            f"top-1 {got['top1']:.3f} on the built-in text: {'holds' if held else 'misses'} "
+            f"(KL <= {TARGET_KL}, top-1 >= {TARGET_TOP1}; {time.monotonic() - t0:.0f} s)")
+        return choice, held
+
+    budget = reference
+    choice, held = attempt(budget)
+    low = None
+    while not held and budget < top:
+        low, budget = budget, min(top, budget * GROWTH)
+        choice, held = attempt(budget)
+    if held and low is not None:  # the smallest budget between the last miss and the first hold
+        high = budget
+        for _ in range(BISECTIONS):
+            mid = (low + high) / 2
+            c, ok = attempt(mid)
+            if ok:
+                choice, high = c, mid
+            else:
+                low = mid
+    record = plan_record(choice, errors, costs, reference)
+    record |= {"target_kl": TARGET_KL, "target_top1": TARGET_TOP1, "held": held, "tried": tried}
+    return choice, record

@@ -380,12 +380,13 @@ def _mix(art: Artifact, model, block: int, exclude: tuple[str, ...], progress) -
     """The INT4 default's plan for the FP32 ``model`` of ``art`` (:func:`.onnx_mix.plan`): its body's MatMuls (all
     but the LM head and ``exclude``), the built-in text in the model's own tokens, the KV width Q4_K_M's rule costs."""
     from compress.stages.quantize.lm import onnx_mix
+    from compress.stages.quantize.lm.bit_allocation import importance_ids
 
     head = lm_head(model)
     body = [n for n in _matmuls(model) if n != head and n not in exclude]
     post = art.manifest.postprocess
     kv = post.cache.kv_heads * post.cache.head_size if post.cache else None
-    return onnx_mix.plan(model, body, block=block, ids=onnx_mix.importance_ids(art), state=_state_for(art),
+    return onnx_mix.plan(model, body, block=block, ids=importance_ids(art), state=_state_for(art),
                          kv_width=kv, progress=progress)
 
 

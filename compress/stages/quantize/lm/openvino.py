@@ -45,6 +45,7 @@ from compress.progress import Progress
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
 from compress.stages.quantize.graph import resolve_exclude_nodes
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4
+from compress.stages.quantize.lm.openvino_mix import MIN_GROUP, weight_type
 from compress.tasks.generation import copy_travel, require_no_collapse
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,7 @@ AUTO = "auto"
 #: the settings a generator's weight-only quantization reads (flat keys); any other given is refused
 _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embeddings_bits", "lm_head_bits", "calibration",
             "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
-#: the smallest group NNCF may fall back to where the group size does not divide a layer's input width (stories260K's
-#: MLP down projection is 172 wide: no group of 16 or more divides it, so that layer goes to the backup INT8_ASYM)
-MIN_GROUP = 16
+
 
 
 def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
@@ -200,24 +199,6 @@ def float_weights(model) -> dict[str, np.ndarray]:
             and op.get_output_element_type(0).get_type_name() == "f32"}
 
 
-_NARROW_FIRST = ("u4", "i4", "u8", "i8", "f16", "bf16", "f32")
-
-
-def weight_type(node) -> str:
-    """The narrowest element type among the constants a weight input (its producer ``node``) comes from (the
-    quantized integers, not their scales), through Convert/Subtract/Multiply/Reshape/Transpose; "none" for an
-    activation."""
-    seen, found = [node], set()
-    while seen:
-        n = seen.pop()
-        if n.get_type_name() == "Constant" and n.get_output_partial_shape(0).rank.get_length() >= 2:
-            found.add(n.get_output_element_type(0).get_type_name())
-        elif n.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
-            seen += [i.get_source_output().get_node() for i in n.inputs()]
-    order = _NARROW_FIRST
-    return min(found, key=lambda t: order.index(t) if t in order else len(order)) if found else "none"
-
-
 def weight_types(model) -> dict[str, Any]:
     """Each weight's element type as the compressed IR holds it (:func:`weight_type`): counts per type over the
     MatMul/Gather weights, and the LM head's and the embedding table's own (the MatMul that makes ``logits``, the
@@ -258,12 +239,13 @@ def _auto(model, art: Artifact, config: QuantizeConfig, block: int,
     ignored, then INT8_ASYM over what is still float but ``--exclude-nodes`` (NNCF leaves compressed weights alone),
     then HQQ's values into every u4 group (:func:`hqq_groups`); each planned matrix's element type is read back
     (:func:`.openvino_mix.check_written`). Returns (the model, NNCF's record, the mix's record)."""
-    from compress.stages.quantize.lm import onnx_mix, openvino_mix
+    from compress.stages.quantize.lm import openvino_mix
+    from compress.stages.quantize.lm.bit_allocation import importance_ids
 
     post = art.manifest.postprocess
     kv = post.cache.kv_heads * post.cache.head_size if post.cache else None
     body = openvino_mix.body_matmuls(model, tuple(config.exclude_nodes or ()))
-    choice, planned = openvino_mix.plan(model, body, block=block, ids=onnx_mix.importance_ids(art), kv_width=kv,
+    choice, planned = openvino_mix.plan(model, body, block=block, ids=importance_ids(art), kv_width=kv,
                                         progress=progress)
     at8 = tuple(n for n, c in choice.items() if c == "int8")
     weights = float_weights(model)

@@ -7,16 +7,17 @@ divide a matrix's input width, with HQQ's values: an FP16 scale and a float FP16
 (NNCF's INT8_ASYM: per output channel, a u8 zero point and an FP16 scale a row). A matrix no 4-bit group fits (NNCF
 would write it at 8 bits, its backup mode) has ``int8`` only.
 
-1. One FP32 run (a fresh state) over the built-in text (:func:`.onnx_mix.importance_ids`) with each body MatMul's
+1. One FP32 run (a fresh state) over the built-in text (:func:`.bit_allocation.importance_ids`) with each body MatMul's
    activation input added as an output gives each input channel's mean square (the importance) and the reference
    logits.
 2. Each MatMul's output error under each candidate (:func:`.bit_allocation.relative_error`; the IR's weights are
    [N, K] behind ``transpose_b``, the helpers take [K, N]); each 4-bit candidate's dequantized weights are kept
    (FP16, in the IR's layout) for the check.
-3. and 4. :func:`.onnx_mix.choose`: the budget starts at Q4_K_M's bytes for the same matrices (their names read as the
-   ONNX builder's for llama.cpp's roles), the check is the FP32 IR with the chosen 4-bit matrices' weights replaced by
-   their dequantized values (replaced, compiled, restored), run on the CPU plugin in f32 over the built-in text
-   against the FP32 logits.
+3. and 4. :func:`.bit_allocation.choose`: the budget starts at Q4_K_M's bytes for the same matrices (their names read as the
+   ONNX builder's for llama.cpp's roles), the check is the FP32 IR with each matrix's weight replaced by its
+   candidate's dequantized values (8 bits too: per channel, coarser than ONNX Runtime's 8-bit blocks; on SmolLM2's
+   Q4_1 weights HQQ's 4-bit groups err less than it), compiled, and restored, run on the CPU plugin in f32 over the
+   built-in text against the FP32 logits.
 
 :func:`plan` returns ``{MatMul: candidate name}`` and the step's record; :func:`.openvino.quantize_lm_openvino` writes
 it with NNCF (INT4_ASYM with the 8-bit choices ignored, INT8_ASYM over those, HQQ's values into the u4 groups) and
@@ -35,7 +36,6 @@ import numpy as np
 from compress.errors import StageError
 from compress.progress import Progress, start_phase
 from compress.stages.quantize.lm import bit_allocation as ba
-from compress.stages.quantize.lm.onnx_mix import PHASE, agreement, choose
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,33 @@ COMPILE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 _ROLE = re.compile(r"layers\.(\d+)\.(self_attn|attn|mlp)\.(\w+?)(?:_proj)?/")
 
 
+#: the smallest group NNCF may fall back to where the group size does not divide a layer's input width (stories260K's
+#: MLP down projection is 172 wide: no group of 16 or more divides it, so that layer goes to the backup INT8_ASYM)
+MIN_GROUP = 16
+
+
+_NARROW_FIRST = ("u4", "i4", "u8", "i8", "f16", "bf16", "f32")  #: element types, narrowest first
+
+
+def weight_type(node) -> str:
+    """The narrowest element type among the constants a weight input (its producer ``node``) comes from (the
+    quantized integers, not their scales), through Convert/Subtract/Multiply/Reshape/Transpose; "none" for an
+    activation."""
+    seen, found = [node], set()
+    while seen:
+        n = seen.pop()
+        if n.get_type_name() == "Constant" and n.get_output_partial_shape(0).rank.get_length() >= 2:
+            found.add(n.get_output_element_type(0).get_type_name())
+        elif n.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            seen += [i.get_source_output().get_node() for i in n.inputs()]
+    rank = {t: i for i, t in enumerate(_NARROW_FIRST)}
+    return min(found, key=lambda t: rank.get(t, len(rank))) if found else "none"
+
+
 def nncf_group(k: int, block: int) -> int | None:
     """The group NNCF's INT4 gives a matrix of input width ``k`` with ``group_size=block`` and its ADJUST fall-back
     (:func:`.openvino.compress`): ``block`` where it divides ``k``, else the largest power of two dividing ``k`` when
     at least ``min(MIN_GROUP, block)``; None where none fits (NNCF's backup mode, 8 bits)."""
-    from compress.stages.quantize.lm.openvino import MIN_GROUP
 
     if k % block == 0:
         return block
@@ -128,14 +150,31 @@ def reference_run(model, names: list[str], ids: np.ndarray) -> tuple[dict[str, n
     return {n: squares[keys[n]] for n in names}, logits
 
 
+def _float_weight(op) -> tuple[np.ndarray, bool]:
+    """The MatMul ``op``'s float weight as the helpers take it ([K, N], a copy: the constant's view is read-only), and
+    whether the IR stores it transposed ([N, K], ``transpose_b``)."""
+    const, transposed = _weight(op)
+    w = np.array(const.get_data(), dtype=np.float32)
+    return (w.T if transposed else w), transposed
+
+
+def _dequantized(op, cand: ba.Candidate) -> np.ndarray:
+    """The MatMul ``op``'s weight through the 8-bit ``cand`` (per output channel) and back to float, in the IR's
+    layout."""
+    w, transposed = _float_weight(op)
+    d = ba.dequantized(w, cand, w.shape[0])
+    return d.T if transposed else d
+
+
 class _Check:
-    """The FP32 IR with each chosen 4-bit matrix's weight replaced by its dequantized values (kept from the error
-    pass; 8 bits: the float weights, as :mod:`.onnx_mix`), compiled, then restored; run over the built-in text
-    against the FP32 logits."""
+    """The FP32 IR with each chosen matrix's weight replaced by its candidate's dequantized values (4 bits: kept from
+    the error pass; 8 bits, per channel and so coarser than ONNX Runtime's blocks: made again from the float weights,
+    cheap), compiled, then restored; run over the built-in text against the FP32 logits."""
 
     def __init__(self, model, ids: np.ndarray, ref: np.ndarray, deq: dict[str, dict[str, np.ndarray]]):
         self.model, self.ids, self.ref, self.deq = model, ids, ref, deq
         self.ops = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_friendly_name() in deq}
+        self.by_name = {c.name: c for c in CANDIDATES}
 
     def __call__(self, choice: dict[str, str]) -> dict[str, float]:
         from openvino import opset13 as ops
@@ -145,7 +184,7 @@ class _Check:
             for name, cand in choice.items():
                 w = self.deq[name].get(cand)
                 if w is None:
-                    continue
+                    w = _dequantized(self.ops[name], self.by_name[cand])
                 port = self.ops[name].input(1)
                 replaced.append((port, port.get_source_output()))
                 port.replace_source_output(ops.constant(w.astype(np.float32)).output(0))
@@ -154,7 +193,7 @@ class _Check:
             for port, old in replaced:
                 port.replace_source_output(old)
         logits = np.asarray(_infer(compiled, self.ids)[compiled.output("logits")])[0]
-        return agreement(self.ref, logits)
+        return ba.agreement(self.ref, logits)
 
 
 def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int | None,
@@ -165,12 +204,10 @@ def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int |
     t0 = time.monotonic()
     importance, ref = reference_run(model, body, ids)
     ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
-    advance = start_phase(progress, PHASE, len(body))
+    advance = start_phase(progress, ba.PHASE, len(body))
     errors, costs, shapes, deq = {}, {}, {}, {}
     for name in body:
-        const, transposed = _weight(ops[name])
-        w = np.asarray(const.get_data(), dtype=np.float32)
-        w = w.T if transposed else w  # [K, N], as the helpers take it
+        w, transposed = _float_weight(ops[name])
         k, n = shapes[name] = w.shape
         group = nncf_group(k, block)
         errors[name], deq[name], costs[name] = {}, {}, {}
@@ -179,12 +216,13 @@ def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int |
                 continue  # no 4-bit group fits: NNCF would write it at 8 bits
             d = ba.dequantized(w, c, group if c.bits < 8 else k)  # 8 bits: one group a row (per channel)
             errors[name][c.name] = ba.relative_error(w, d, importance[name])
+            # 8 bits: a u8 zero point a row beside the FP16 scale candidate_bytes counts
             costs[name][c.name] = ba.candidate_bytes(k, n, c, group if c.bits < 8 else k) + (n if c.bits == 8 else 0)
             if c.bits < 8:
                 deq[name][c.name] = (d.T if transposed else d).astype(np.float16)  # the IR's layout
         advance(1)
     reference = sum(ba.q4_k_m_bytes({_builder_name(n): s for n, s in shapes.items()}, kv_width=kv_width).values())
-    choice, record = choose(errors, costs, reference, _Check(model, ids, ref, deq), progress=progress, t0=t0)
+    choice, record = ba.choose(errors, costs, reference, _Check(model, ids, ref, deq), progress=progress, t0=t0)
     record |= {"block_size": block, "check_tokens": int(ids.shape[1]), "runtime": "openvino (CPU plugin, f32)",
                "seconds": round(time.monotonic() - t0, 1)}
     return choice, record
@@ -194,7 +232,6 @@ def check_written(model, choice: dict[str, str]) -> dict[str, int]:
     """Each planned MatMul's weight element type as the written ``model`` holds it (:func:`.openvino.weight_type`)
     against the plan (:data:`WRITTEN`); the counts per type, or a :class:`StageError` naming a matrix written
     otherwise (nothing is written then)."""
-    from compress.stages.quantize.lm.openvino import weight_type
 
     ops = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_friendly_name() in choice}
     made = {n: weight_type(ops[n].input(1).get_source_output().get_node()) for n in choice}
