@@ -242,7 +242,7 @@ class GeneratorSpace(Space):
             "time_to_first_token_ms": m.get("time_to_first_token_ms"), "perplexity": m.get("perplexity"),
             "perplexity_increase": m.get("perplexity_increase"), "top1_agreement": m.get("top1_agreement"),
             "kl_mean": m.get("kl_mean"), "size_mb": m.get("size_mb"), "speedup": m.get("speedup"),
-            "at_8_bits": len(aa.get("at_8_bits", [])) if aa else None,
+            "at_8_bits": len(aa.get("at_8_bits") or []) if aa else None,
             "matmuls_at_4_bits": sum(1 for b in bits.values() if b == 4) if bits else None,
             "estimated": any(b["estimated"] for b in budgets.values()),
             "budgets": budgets, "failed": [k for k, b in budgets.items() if b["status"] == BudgetStatus.failed],

@@ -253,16 +253,36 @@ def agreement(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
     return {"kl": kl, "top1": float((p.argmax(-1) == q.argmax(-1)).mean())}
 
 
+def _on_builtin_text(got: dict[str, float]) -> tuple[bool, str]:
+    """The default's check: KL and top-1 on the built-in text against :data:`TARGET_KL` / :data:`TARGET_TOP1`."""
+    return (got["kl"] <= TARGET_KL and got["top1"] >= TARGET_TOP1,
+            f"KL {got['kl']:.4f}, top-1 {got['top1']:.3f} on the built-in text (KL <= {TARGET_KL}, "
+            f"top-1 >= {TARGET_TOP1})")
+
+
+def most_checks(reference: float, top: float) -> int:
+    """The most checks :func:`choose` makes from ``reference`` bytes to ``top`` (every matrix at its costliest):
+    the growth steps, the first, and the bisection (a progress bar's total)."""
+    import math
+
+    grow = 0 if top <= reference else math.ceil(math.log(top / reference) / math.log(GROWTH))
+    return 1 + grow + BISECTIONS
+
+
 def choose(errors: dict[str, dict[str, float]], costs: dict[str, dict[str, float]], reference: float,
            check: Callable[[dict[str, str]], dict[str, float]], *, progress: Progress | None = None,
-           t0: float | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+           t0: float | None = None, judge: Callable[[dict[str, float]], tuple[bool, str]] | None = None,
+           label: str = "INT4 mix") -> tuple[dict[str, str], dict[str, Any]]:
     """The budget search, neutral of the format (steps 3 and 4 of the module's docstring; each format's module
     measures and checks: :mod:`.onnx_mix`, :mod:`.openvino_mix`): the allocation
     (:func:`allocate`) of ``errors`` / ``costs`` (matrix -> candidate -> value) within a budget that
     starts at ``reference`` (Q4_K_M's bytes), grows by :data:`GROWTH` while ``check(choice)`` (KL and top-1 on the
     built-in text) misses :data:`TARGET_KL` / :data:`TARGET_TOP1`, then bisects. ``progress`` hears a line per check
-    (``t0``: when the measuring began, for the lines' seconds). Returns (choice, record: the
-    :func:`plan_record`, the targets, whether the check held and each budget tried)."""
+    (``t0``: when the measuring began, for the lines' seconds; ``label`` starts them). ``judge(got)``: (held, what
+    to say of it) in place of the built-in text's bars (accuracy-aware INT4 judges perplexity on the user's text).
+    Returns (choice, record: the :func:`plan_record`, the targets, whether the check held and each budget
+    tried)."""
+    judge = judge or _on_builtin_text
     t0 = time.monotonic() if t0 is None else t0
 
     def say(text: str) -> None:
@@ -279,13 +299,12 @@ def choose(errors: dict[str, dict[str, float]], costs: dict[str, dict[str, float
         if key not in seen:
             seen[key] = check(choice)
         got = seen[key]
-        held = got["kl"] <= TARGET_KL and got["top1"] >= TARGET_TOP1
+        held, said = judge(got)
         body_bytes = sum(costs[n][choice[n]] for n in choice)
-        tried.append({"budget_bytes": round(budget), "body_bytes": round(body_bytes), "kl": round(got["kl"], 5),
-                      "top1": round(got["top1"], 4), "held": held, "counts": counts(choice)})
-        say(f"INT4 mix: body {body_bytes / 1e6:.1f} MB ({body_bytes / reference:.2f}x Q4_K_M's): KL {got['kl']:.4f}, "
-            f"top-1 {got['top1']:.3f} on the built-in text: {'holds' if held else 'misses'} "
-            f"(KL <= {TARGET_KL}, top-1 >= {TARGET_TOP1}; {time.monotonic() - t0:.0f} s)")
+        tried.append({"budget_bytes": round(budget), "body_bytes": round(body_bytes),
+                      **{k: round(v, 5) for k, v in got.items()}, "held": held, "counts": counts(choice)})
+        say(f"{label}: body {body_bytes / 1e6:.1f} MB ({body_bytes / reference:.2f}x Q4_K_M's): {said}: "
+            f"{'holds' if held else 'misses'} ({time.monotonic() - t0:.0f} s)")
         return choice, held
 
     budget = reference

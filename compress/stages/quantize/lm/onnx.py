@@ -321,59 +321,30 @@ def window_scores(model, windows: np.ndarray, state: dict[str, np.ndarray],
     return stream.result(), out
 
 
-def accuracy_aware(fp32, windows: np.ndarray, state: dict[str, np.ndarray], budget: float, quantize_with,
-                   *, block: int, symmetric: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """INT4 within ``budget`` (the largest perplexity increase over ``fp32`` on ``windows``): the per-layer error
-    table (each MatMul alone at 4 bits, round to nearest: KL to FP32 on the first windows), then the MatMuls at the
-    top of the table back to 8 bits, an eighth of them at a time, until the budget holds, then the fewest that hold by
-    bisection since the last miss. ``quantize_with(model, at8)`` makes one candidate. Returns (model, what each weight
-    became, the record: table, candidates tried, result)."""
+def _accuracy_aware(art: Artifact, model, windows: np.ndarray, budget: float, block: int, exclude: tuple[str, ...],
+                    quantize_with, progress) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """INT4 within ``budget`` (the largest perplexity increase over the FP32 ``model`` on ``windows``): the default's
+    measurement and budget search judged on those windows (:func:`.onnx_mix.within_perplexity`), each choice
+    written by ``quantize_with(model, mix=...)`` and measured for real. Returns (model, what each weight became, the
+    record)."""
     import copy
 
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from compress.stages.quantize.lm import onnx_mix
+    from compress.stages.quantize.lm.bit_allocation import importance_ids
 
-    base, ref = window_scores(fp32, windows, state)
-    few = windows[:max(1, min(2, len(windows)))]
-    _, ref_few = window_scores(fp32, few, state)
-    untied = copy.deepcopy(fp32)
-    untie_embeddings(untied)
-    head = lm_head(untied)
-    table = []
-    for name in [n for n in _matmuls(untied) if n != head]:
-        q = MatMulNBitsQuantizer(copy.deepcopy(untied), bits=4, block_size=block, is_symmetric=symmetric,
-                                 nodes_to_exclude=[n for n in _matmuls(untied) if n != name],
-                                 op_types_to_quantize=("MatMul",))
-        q.process()
-        scores, _ = window_scores(q.model.model, few, state, ref_few)
-        table.append({"node": name, "kl_mean": scores["kl_mean"]})
-    table.sort(key=lambda r: -r["kl_mean"])
-    order = [r["node"] for r in table]
-    chunk, tried = max(1, len(order) // 8), []
+    head = lm_head(model)
+    body = [n for n in _matmuls(model) if n != head and n not in exclude]
+    state = _state_for(art)
+    cache = art.manifest.postprocess.cache
 
-    def candidate(at8: int):
-        model, made = quantize_with(copy.deepcopy(fp32), tuple(order[:at8]))
-        scores, _ = window_scores(model, windows, state, ref)
-        increase = scores["perplexity"] / base["perplexity"] - 1
-        tried.append({"at_8_bits": at8, "perplexity": scores["perplexity"], "perplexity_increase": increase,
-                      "kl_mean": scores["kl_mean"], "top1_agreement": scores["top1_agreement"]})
-        return model, made, increase <= budget
+    def verify(choice: dict[str, str]):
+        q, made = quantize_with(copy.deepcopy(model), mix=choice)
+        scores, _ = window_scores(q, windows, state)
+        return q, made, scores["perplexity"]
 
-    at8, last = 0, -1
-    model, made, held = candidate(0)
-    while not held and at8 < len(order):  # an eighth of the table at a time
-        last, at8 = at8, min(len(order), at8 + chunk)
-        model, made, held = candidate(at8)
-    lo = last  # then the fewest between the last miss and the first hold (bisection)
-    while held and at8 - lo > 1:
-        mid = (lo + at8) // 2
-        m, d, ok = candidate(mid)
-        if ok:
-            model, made, at8 = m, d, mid
-        else:
-            lo = mid
-    record = {"budget": budget, "windows": len(windows), "fp32_perplexity": base["perplexity"],
-              "layer_errors": table, "tried": tried, "held": held, "at_8_bits": order[:at8]}
-    return model, made, record
+    return onnx_mix.within_perplexity(model, body, block=block, ids=importance_ids(art), state=state,
+                                      kv_width=cache.kv_heads * cache.head_size if cache else None, windows=windows,
+                                      budget=budget, verify=verify, progress=progress)
 
 
 def _mix(art: Artifact, model, block: int, exclude: tuple[str, ...], progress) -> tuple[dict[str, str], dict]:
@@ -441,9 +412,9 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         mix, planned = None, None
         if algorithm == AUTO and budget is None:  # the default: measured per model
             mix, planned = _mix(art, model, block, tuple(config.exclude_nodes), progress)
-        uniform = "hqq" if algorithm == AUTO else algorithm  # accuracy-aware INT4 steps HQQ blocks up to 8 bits
+        uniform = "hqq" if algorithm == AUTO else algorithm  # MatMuls no mix names (none where it is auto)
 
-        def quantize_with(m, at8=()):
+        def quantize_with(m, at8=(), mix=mix):
             return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=uniform,
                                lm_head_bits=config.int4.lm_head_bits, embeddings_bits=config.int4.embeddings_bits,
                                exclude=tuple(config.exclude_nodes), at8=at8, reader=reader,
@@ -457,8 +428,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
                                        "--data")
             else:  # no text given: the FP32 model's own, sampled (it is the distribution the budget protects)
                 windows = self_written_windows(art, SELF_WRITTEN_WINDOWS, window, seed=SELF_WRITTEN_SEED)
-            model, made, record = accuracy_aware(model, windows, _state_for(art), budget, quantize_with, block=block,
-                                                 symmetric=config.int4.symmetric)
+            model, made, record = _accuracy_aware(art, model, windows, budget, block, tuple(config.exclude_nodes),
+                                                  quantize_with, progress)
             record["text"] = (str(config.accuracy.data) if config.accuracy.data else
                               f"self-written: {len(windows)} windows sampled from the FP32 input "
                               f"(temperature 1, seed {SELF_WRITTEN_SEED})")
@@ -485,12 +456,13 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             if not record["held"]:
                 from compress.errors import AccuracyBudgetError
 
-                last = record["tried"][-1]
+                last = min(record["written"], key=lambda w: w["increase"])
+                worst = sorted(record["matrices"], key=lambda n: -max(record["matrices"][n]["output_error"].values()))
                 raise AccuracyBudgetError(
-                    f"no INT4 mix holds perplexity within +{budget:.1%}: every MatMul at 8 bits still makes "
-                    f"{last['perplexity_increase']:+.1%}", metric="perplexity", baseline=record["fp32_perplexity"],
-                    best=last["perplexity"], allowed_min=record["fp32_perplexity"] * (1 + budget),
-                    costliest=[r["node"] for r in record["layer_errors"][:5]], best_candidate=None,
+                    f"INFEASIBLE: no INT4 mix holds perplexity within +{budget:.1%}; the closest, "
+                    f"{last['counts']} (body {last['body_bytes'] / 1e6:.1f} MB), makes {last['increase']:+.1%}",
+                    metric="perplexity", baseline=record["fp32_perplexity"], best=last["perplexity"],
+                    allowed_min=record["fp32_perplexity"] * (1 + budget), costliest=worst[:5], best_candidate=None,
                     hint="the LM head and embeddings stay at --lm-head-bits/--embeddings-bits: try --precision int8, "
                     "or a larger budget; nothing was written")
         check = collapse_check(art, o.draft())

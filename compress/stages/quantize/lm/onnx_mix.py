@@ -21,11 +21,12 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from compress.progress import Progress, start_phase
+from compress.progress import Progress, note, start_phase
 from compress.stages.quantize.lm import bit_allocation as ba
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Probe:
                             for a in sorted(set(self.acts.values())) if a not in have)
         self.sess = _session(m)
         del m
+        self.state = state
         self.feed = _feed(self.sess, ids, state)
 
     def reference(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -89,33 +91,37 @@ class Probe:
             importance[name] = (x.reshape(-1, x.shape[-1]) ** 2).mean(axis=0)
         return importance, got[0][0]
 
-    def logits(self, replaced: dict[str, np.ndarray]) -> np.ndarray:
-        """The logits [T, V] with the weight initializers ``replaced`` (name -> array) fed instead of the FP32 ones."""
-        feed = {**self.feed, **self.original}
+    def logits(self, replaced: dict[str, np.ndarray], ids: np.ndarray | None = None) -> np.ndarray:
+        """The logits [T, V] with the weight initializers ``replaced`` (name -> array) fed instead of the FP32 ones,
+        over the built-in text (or the token window ``ids`` [1, T])."""
+        feed = {**(self.feed if ids is None else _feed(self.sess, ids, self.state)), **self.original}
         feed.update({k: v.astype(np.float32) for k, v in replaced.items()})
         return self.sess.run(["logits"], feed)[0][0]
 
 
-class _Check:
-    """The FP32 graph with each matrix's weights replaced by its candidate's (the 4-bit ones' dequantized weights,
-    kept from the error pass; 8 bits: the float weights), run over the built-in text against the FP32 logits."""
+@dataclass
+class Measured:
+    """What :func:`measure` found: the probe and the FP32 logits on the built-in text, each matrix's weight name,
+    errors, costs and dequantized 4-bit weights, and Q4_K_M's bytes for the same matrices."""
 
-    def __init__(self, probe: Probe, ref: np.ndarray, weights: dict[str, str], deq: dict[str, dict[str, np.ndarray]]):
-        self.probe, self.ref, self.weights, self.deq = probe, ref, weights, deq
+    probe: Probe
+    ref: np.ndarray
+    weights: dict[str, str]
+    errors: dict[str, dict[str, float]]
+    costs: dict[str, dict[str, float]]
+    deq: dict[str, dict[str, np.ndarray]]
+    reference: float
 
-    def __call__(self, choice: dict[str, str]) -> dict[str, float]:
-        replaced = {self.weights[n]: self.deq[n][c] for n, c in choice.items() if c in self.deq[n]}
-        return ba.agreement(self.ref, self.probe.logits(replaced))
+    def replaced(self, choice: dict[str, str]) -> dict[str, np.ndarray]:
+        """The weights ``choice`` feeds the probe (the 4-bit matrices' dequantized; 8 bits: the float ones)."""
+        return {self.weights[n]: self.deq[n][c] for n, c in choice.items() if c in self.deq[n]}
 
 
-def plan(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[str, np.ndarray],
-         kv_width: int | None, candidates: tuple[ba.Candidate, ...] = ba.ONNX_CANDIDATES,
-         progress: Progress | None = None) -> tuple[dict[str, str], dict[str, Any]]:
-    """The candidate of each MatMul of ``body`` (names) of the FP32 ``model`` (see the module's docstring);
-    ``progress`` hears the matrices measured (phase ``int4-mix``, counted) and a line per check. Returns (choice,
-    record)."""
-
-    t0 = time.monotonic()
+def measure(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[str, np.ndarray],
+            kv_width: int | None, candidates: tuple[ba.Candidate, ...] = ba.ONNX_CANDIDATES,
+            progress: Progress | None = None) -> Measured:
+    """Steps 1-2 of the module's docstring for the MatMuls ``body`` of the FP32 ``model``; ``progress`` hears the
+    matrices measured (a counted phase)."""
     nodes = {n.name: n for n in model.graph.node}
     weights = {name: nodes[name].input[1] for name in body}
     probe = Probe(model, weights, ids, state)
@@ -134,7 +140,75 @@ def plan(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[str
         costs[name] = {c.name: ba.candidate_bytes(k, n, c, block) for c in candidates}
         advance(1)
     reference = sum(ba.q4_k_m_bytes(shapes, kv_width=kv_width).values())
-    choice, record = ba.choose(errors, costs, reference, _Check(probe, ref, weights, deq), progress=progress,
-                            t0=t0)
+    return Measured(probe, ref, weights, errors, costs, deq, reference)
+
+
+def plan(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[str, np.ndarray],
+         kv_width: int | None, candidates: tuple[ba.Candidate, ...] = ba.ONNX_CANDIDATES,
+         progress: Progress | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The candidate of each MatMul of ``body`` (names) of the FP32 ``model`` (see the module's docstring);
+    ``progress`` hears the matrices measured (a counted phase) and a line per check. Returns (choice, record)."""
+    t0 = time.monotonic()
+    m = measure(model, body, block=block, ids=ids, state=state, kv_width=kv_width, candidates=candidates,
+                progress=progress)
+    choice, record = ba.choose(m.errors, m.costs, m.reference, lambda c: ba.agreement(m.ref, m.probe.logits(
+        m.replaced(c))), progress=progress, t0=t0)
     record |= {"block_size": block, "check_tokens": int(ids.shape[1]), "seconds": round(time.monotonic() - t0, 1)}
     return choice, record
+
+
+def within_perplexity(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[str, np.ndarray],
+                      kv_width: int | None, windows: np.ndarray, budget: float, verify,
+                      progress: Progress | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Accuracy-aware INT4 (``--max-perplexity-increase``): the default's measurement and budget search, judged by
+    the perplexity increase on ``windows`` (the user's text, llama-perplexity's rule) against ``budget``: each check
+    a run of the one probe per window, so a 270M model's search is minutes, not a session per matrix. The choice is
+    then written and measured for real (``verify(choice) -> (model, made, perplexity)``: the kernels' 8-bit
+    activations and the 8-bit head are not in the probe); where the written model misses, the budget grows by
+    :data:`.bit_allocation.GROWTH` and it is written again, up to every matrix at 8 bits. Returns (model, made,
+    record: the budget search's, the FP32 perplexity, the target and each written model's figure)."""
+    from compress.tasks.generation import GenerationStream
+
+    t0 = time.monotonic()
+    m = measure(model, body, block=block, ids=ids, state=state, kv_width=kv_width, progress=progress)
+
+    def perplexity(choice: dict[str, str] | None) -> dict[str, float]:
+        stream = GenerationStream()
+        feed = {} if choice is None else m.replaced(choice)
+        for w in windows:
+            stream.update(m.probe.logits(feed, w[None])[None], w[None])
+        return stream.result()
+
+    base = perplexity(None)["perplexity"]
+    top = sum(max(c.values()) for c in m.costs.values())
+    advance = start_phase(progress, "accuracy-aware INT4: checks", ba.most_checks(m.reference, top))
+
+    def check(choice: dict[str, str]) -> dict[str, float]:
+        got = perplexity(choice)
+        advance(1)
+        return {"perplexity": got["perplexity"], "increase": got["perplexity"] / base - 1}
+
+    def judge(got: dict[str, float]) -> tuple[bool, str]:
+        return (got["increase"] <= budget, f"perplexity {got['increase']:+.2%} on {len(windows)} windows "
+                f"(within +{budget:.1%})")
+
+    choice, record = ba.choose(m.errors, m.costs, m.reference, check, progress=progress, t0=t0, judge=judge,
+                               label="accuracy-aware INT4")
+    written = []
+    while True:
+        model, made, ppl = verify(choice)
+        spent = sum(m.costs[n][c] for n, c in choice.items())
+        written.append({"body_bytes": round(spent), "perplexity": ppl, "increase": ppl / base - 1,
+                        "counts": ba.counts(choice)})
+        note(progress, f"accuracy-aware INT4: written with body {spent / 1e6:.1f} MB: perplexity "
+             f"{ppl / base - 1:+.2%} (within +{budget:.1%}: {'holds' if ppl / base - 1 <= budget else 'misses'})",
+             "int4-mix-check")
+        if ppl / base - 1 <= budget or spent >= top:
+            break
+        choice = ba.allocate(m.errors, m.costs, spent * ba.GROWTH)
+    record.update(ba.plan_record(choice, m.errors, m.costs, m.reference))
+    record |= {"block_size": block, "budget": budget, "windows": len(windows), "fp32_perplexity": base,
+               "written": written, "held": written[-1]["increase"] <= budget,
+               "at_8_bits": sorted(n for n, c in choice.items() if c == "int8"),
+               "seconds": round(time.monotonic() - t0, 1)}
+    return model, made, record
