@@ -46,8 +46,11 @@ def inspect_cmd(artifact, as_json, no_verify):
 
         parts = size_breakdown(art)
         total = sum(p["bytes"] for p in parts) or 1
+        def size(n: int) -> str:
+            return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
         con.print("[bold]what takes the bytes[/]: " + ", ".join(
-            f"{p['part']} {p['bytes'] / 1e6:.1f} MB ({p['bytes'] / total:.0%})" for p in parts[:6]), highlight=False)
+            f"{p['part']} {size(p['bytes'])} ({p['bytes'] / total:.0%})" for p in parts[:6]), highlight=False)
     for step in art.manifest.steps:
         if step.stage == "prune" and step.metrics.get("parameters_after"):
             from compress.cli.prune import summary_lines

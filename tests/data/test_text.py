@@ -59,3 +59,14 @@ def test_read_texts_and_prompts(tmp_path):
     (tmp_path / "e.txt").write_text("\n\n")
     with pytest.raises(DataError, match="no text"):
         read_texts(tmp_path / "e.txt")
+
+
+def test_wikitext_s_raw_files_are_plain_text_and_a_directory_is_named_as_one(tmp_path):
+    """``validate --data wiki.test.raw`` (WikiText's own file, as the README's users have it) reads as one
+    document; a directory given as the text is said to be one, not "no such file"."""
+    raw = tmp_path / "wiki.test.raw"
+    raw.write_text(" = Title = \n\n Some text .\n", encoding="utf-8")
+    assert read_texts(raw) == [raw.read_text(encoding="utf-8")]
+    assert read_prompts(raw) == ["= Title =", "Some text ."]
+    with pytest.raises(DataError, match="a directory, not a text file"):
+        read_texts(tmp_path)

@@ -160,6 +160,12 @@ def test_the_default_int4_decides_each_matmul_by_measurement_and_records_why(exp
     assert any(e.get("phase", "").startswith("INT4 mix") and e.get("done") == 10 for e in events)
     assert any("on the built-in text" in e.get("note", "") for e in events)
     assert step.metrics["generation_vs_input"]["collapsed"] is None
+    from click.testing import CliRunner
+
+    from compress.cli import cli
+
+    shown = " ".join(CliRunner().invoke(cli, ["inspect", str(q.path)], catch_exceptions=False).output.split())
+    assert "what takes the bytes" in shown and "RoPE tables" in shown and "dense (MatMul/Gemm)" in shown
 
 
 def test_max_context_cuts_the_rope_tables_and_the_recorded_context(exported, tmp_path):
@@ -268,10 +274,13 @@ def test_refusals_are_one_line(exported, tmp_path):
         quantize(art.path, tmp_path / "c", QuantizeConfig.from_flat(precision="int8", mode="static"))
     with pytest.raises(ConfigError, match="it would be ignored"):
         quantize(art.path, tmp_path / "e", QuantizeConfig.from_flat(precision="int4", data="story.txt"))
+    for algorithm in ({}, {"int4_algorithm": "hqq"}):  # asymmetric by construction, or chosen per matrix
+        with pytest.raises(ConfigError, match="--symmetric does not apply"):
+            quantize(art.path, tmp_path / "f", QuantizeConfig.from_flat(precision="int4", symmetric=True, **algorithm))
     (tmp_path / "d").mkdir()
     with pytest.raises(OutputExistsError):
         quantize(art.path, tmp_path / "d", QuantizeConfig.from_flat(precision="int4"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "f").exists()
 
 
 def test_a_collapse_fails_with_strict_and_writes_nothing(exported, tmp_path, monkeypatch):
