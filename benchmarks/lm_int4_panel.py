@@ -15,8 +15,8 @@ Everything is made by edgecompress's own verbs, as a user would run them (librar
 Figures per row, against the FP32 ONNX export's logits on the same windows (WikiText-2 test, ``--windows`` windows
 of ``--window`` tokens, llama-perplexity's rule): perplexity increase, top-1 agreement, KL; the model file's bytes
 (the weights as shipped: ``model.onnx.data``, ``model.bin``, the ``.gguf``); decode tokens/s (``--threads``, a
-128-token prompt then 64 greedy tokens through each route's backend, median of ``--rounds`` rounds with the routes
-interleaved within a round). Writes ``benchmarks/results/lm_int4_panel.json`` (a model at a time) and prints the
+128-token prompt then 64 greedy tokens in each runtime's own generation loop, median of ``--rounds`` rounds with the
+routes interleaved within a round). Writes ``benchmarks/results/lm_int4_panel.json`` (a model at a time) and prints the
 markdown table docs/generators.md holds.
 
     python benchmarks/lm_int4_panel.py --work /tmp/panel --text ../shared/data/wikitext-2/wiki.test.raw \\
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import greedy_steps, host_and_versions, scored, text_window_options, text_windows
+from common import host_and_versions, scored, text_window_options, text_windows
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
@@ -74,14 +74,16 @@ def _model_bytes(art) -> int:
 
 
 def _decode(backends: dict, prompt: list[int], rounds: int, steps: int = 64) -> dict[str, float]:
-    """Decode tokens/s of each backend, median of ``rounds`` rounds, the backends interleaved within a round."""
+    """Decode tokens/s of each backend in its runtime's own generation loop (``generate(..., timed=True)``: ONNX
+    Runtime GenAI's generator, OpenVINO's stateful request, llama.cpp's context): the tokens after the first over
+    their seconds, median of ``rounds`` rounds, the backends interleaved within a round."""
     times: dict[str, list[float]] = {k: [] for k in backends}
     for b in backends.values():  # warm-up
-        greedy_steps(b, prompt, 4)
+        b.generate(prompt, 4, timed=True)
     for _ in range(rounds):
         for name, b in backends.items():
-            _, seconds, _ = greedy_steps(b, prompt, steps)
-            times[name].append(steps / seconds)
+            made = b.generate(prompt, steps, timed=True)
+            times[name].append((len(made.seconds) - 1) / sum(made.seconds[1:]))
     return {k: round(statistics.median(v), 1) for k, v in times.items()}
 
 
@@ -112,6 +114,7 @@ def run_model(name: str, source: str, work: Path, routes: list[str], args) -> di
     state = lm._state_for(fp32)
     base, ref = lm.window_scores(onnx.load(str(fp32.path / "model.onnx")), windows, state)
     prompt = windows[0][:128].tolist()
+    args.rounds = max(1, args.rounds)
     for route, (art, seconds) in made.items():
         runtime = _MADE[route][2]
         backend = load_runtime(art, runtime, RuntimeSettings(threads=args.threads))
@@ -135,6 +138,21 @@ def run_model(name: str, source: str, work: Path, routes: list[str], args) -> di
             "rows": rows}
 
 
+def retime(rows: list[dict], work: Path, args) -> list[dict]:
+    """``rows`` with their decode tokens/s measured again on the artifacts in ``work``."""
+    from compress.artifact import load_artifact
+    from compress.runtimes.base import RuntimeSettings, load_runtime
+
+    fp32 = load_artifact(work / "onnx-fp32")
+    prompt = text_windows(fp32, args)[0][:128].tolist()
+    backends = {r["route"]: load_runtime(load_artifact(work / r["route"]), _MADE[r["route"]][2],
+                                         RuntimeSettings(threads=args.threads)) for r in rows if "skipped" not in r}
+    speed = _decode(backends, prompt, args.rounds)
+    for b in backends.values():
+        b.close()
+    return [r | ({"decode_tokens_per_s": speed[r["route"]]} if r["route"] in speed else {}) for r in rows]
+
+
 def table(result: dict) -> str:
     lines = ["| model | route | perplexity | top-1 | KL | model file | decode tok/s |", "|---|---|---|---|---|---|---|"]
     for m in result["models"]:
@@ -155,6 +173,7 @@ def main() -> None:
     ap.add_argument("--routes", nargs="*", default=list(ROUTES), choices=ROUTES)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--decode-only", action="store_true", help="time the routes already made again, nothing else")
     text_window_options(ap)
     args = ap.parse_args()
     result = json.loads(OUT.read_text()) if OUT.is_file() else {"models": []}
@@ -162,7 +181,11 @@ def main() -> None:
                   windows=args.windows, threads=args.threads, rounds=args.rounds)
     for spec in args.model:
         name, _, source = spec.partition("=")
-        m = run_model(name, source, args.work / name, args.routes, args)
+        if args.decode_only:  # the routes made before, timed again (a quieter machine)
+            m = next(x for x in result["models"] if x["model"] == name)
+            m["rows"] = retime(m["rows"], args.work / name, args)
+        else:
+            m = run_model(name, source, args.work / name, args.routes, args)
         result["models"] = [x for x in result["models"] if x["model"] != name] + [m]
         OUT.write_text(json.dumps(result, indent=2, default=lambda x: x.item() if isinstance(x, np.generic) else x)
                        + "\n")

@@ -7,9 +7,9 @@
 3. The budget starts at what llama.cpp's Q4_K_M spends on the same matrices; :func:`.bit_allocation.allocate` spends it.
 4. The allocation is *checked*: the FP32 graph with each matrix's weights replaced by what its candidate makes of
    them (8 bits: the float weights, whose 8-bit error is ~1e-5 of the output) is run over the built-in text, and its
-   KL to the FP32 logits and top-1 agreement read. Where they miss :data:`ba.TARGET_KL` / :data:`ba.TARGET_TOP1`, the budget
-   grows (x :data:`ba.GROWTH` a step, up to every matrix at 8 bits), then the smallest budget that holds is found by
-   bisection (:data:`ba.BISECTIONS` steps). The file is then no larger than Q4_K_M's where the model allows, and larger,
+   KL to the FP32 logits and top-1 agreement read (:func:`.bit_allocation.choose`, the format-neutral search). Where
+   they miss its bars, the budget grows (a quarter a step, up to every matrix at 8 bits), then the smallest budget
+   that holds is found by bisection. One session serves every run (:class:`Probe`). The file is then no larger than Q4_K_M's where the model allows, and larger,
    said so, where 4 and 8 bits cannot hold the model within it (ONNX Runtime's MatMulNBits has no 5- or 6-bit kernel:
    a model whose weights carry llama.cpp's Q5_0 grid, Gemma 3's, needs more 8-bit matrices than Q4_K_M's bytes buy).
 
@@ -30,6 +30,7 @@ from compress.progress import Progress, note, start_phase
 from compress.stages.quantize.lm import bit_allocation as ba
 
 log = logging.getLogger(__name__)
+
 
 def _session(model):
     import tempfile
