@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.builders.causal_lm import genai_builder_missing, tiny_causal_lm
-from tests.conftest import assert_one_line_error, edgecompress
+from tests.conftest import ENV, assert_one_line_error, edgecompress
 
 pytestmark = pytest.mark.slow
 
@@ -19,6 +19,17 @@ pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return tiny_causal_lm(tmp_path_factory.mktemp("lm69") / "ckpt")
+
+
+def test_a_gguf_s_export_refuses_an_encoder_option_before_the_file_is_read(tmp_path):
+    """``export FILE.gguf --opset 17`` (issue 77): refused before the file is dequantized into the cache (the file here
+    is not even a GGUF: nothing reads it)."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"not read")
+    proc = edgecompress("export", model, "--format", "onnx", "--opset", "17", "--out", tmp_path / "o",
+                        env={**ENV, "EDGECOMPRESS_CACHE_DIR": str(tmp_path / "cache")})
+    assert_one_line_error(proc, "--opset", "would be ignored", "drop --opset")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache" / "gguf-checkpoints").exists()
 
 
 @pytest.mark.parametrize("option", [("--optimize", "O2"), ("--exporter", "dynamo"), ("--opset", "17"),

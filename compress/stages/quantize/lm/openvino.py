@@ -58,7 +58,6 @@ _APPLIES = {"precision", "block_size", "symmetric", "int4_algorithm", "embedding
             "calibration_samples", "exclude_nodes", "strict", "parity_samples", "sample_data"}
 
 
-
 def check_request(config: QuantizeConfig) -> tuple[int, int, str]:
     """(bits, group size, algorithm) of a request, or a one-line :class:`ConfigError` for what NNCF cannot do here."""
     given = config.given_keys()
