@@ -173,7 +173,8 @@ def test_export_settings_are_nested_and_every_flag_has_a_home():
 
     assert len(ExportConfig.model_fields) <= 15
     leaves = _leaves(ExportConfig)
-    assert len(leaves) == len(ExportConfig.flat_fields()) == 25  # no option lost; 25: llama_cpp (GGUF converter tree)
+    assert len(leaves) == len(ExportConfig.flat_fields()) == 26  # no option lost; 26: generator.llama_cpp (GGUF
+    # converter tree) and generator.max_context
     assert set(ExportConfig.MOVED.values()) == {p for p in leaves if "." in p}
     for key, path in ExportConfig.MOVED.items():
         assert ExportConfig.flat_key(path) == key

@@ -40,7 +40,7 @@ GENERATOR = "causal LM (text-generation)"
 
 
 def _export_reads(fmt: str) -> set[str]:
-    return _EXPORT_READS | (_GGUF_EXPORT_READS if fmt == "gguf" else set())
+    return _EXPORT_READS | (_GGUF_EXPORT_READS if fmt == "gguf" else {"max_context"} if fmt == "onnx" else set())
 
 
 def _quantize_reads(fmt: str) -> set[str] | None:

@@ -152,7 +152,7 @@ def test_export_without_a_llama_cpp_tree_names_how_to_get_one(tmp_path, monkeypa
         export(ckpt, tmp_path / "out", ExportConfig(format="gguf"))
     assert "pip download --no-binary :all: --no-deps llama-cpp-python" in e.value.hint
     with pytest.raises(ConfigError, match="not a llama.cpp source tree"):
-        export(ckpt, tmp_path / "out", ExportConfig(format="gguf", llama_cpp=str(tmp_path)))
+        export(ckpt, tmp_path / "out", ExportConfig.from_flat(format="gguf", llama_cpp=str(tmp_path)))
     assert not (tmp_path / "out").exists()
 
 

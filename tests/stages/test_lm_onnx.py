@@ -178,7 +178,7 @@ def test_max_context_cuts_the_rope_tables_and_the_recorded_context(exported, tmp
     from compress.stages.quantize.lm.common import text_windows
 
     ckpt, full = exported
-    art = export(ckpt, tmp_path / "fp32", ExportConfig(format="onnx", max_context=64))
+    art = export(ckpt, tmp_path / "fp32", ExportConfig.from_flat(format="onnx", max_context=64))
     graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
     rope = [t for t in graph.initializer if t.name.startswith(("cos_cache", "sin_cache"))]
     assert rope and {t.dims[0] for t in rope} == {64}
@@ -199,7 +199,7 @@ def test_max_context_is_refused_where_nothing_reads_it(exported, tmp_path):
 
     ckpt, _ = exported
     with pytest.raises(ConfigError, match="--max-context applies to --format onnx"):
-        export(ckpt, tmp_path / "ov", ExportConfig(format="openvino", max_context=64))
+        export(ckpt, tmp_path / "ov", ExportConfig.from_flat(format="openvino", max_context=64))
     assert not (tmp_path / "ov").exists()
 
 

@@ -116,7 +116,7 @@ def test_an_architecture_llamas_converter_does_not_know_is_a_one_line_refusal(tm
     cfg = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps(cfg | {"architectures": ["NotYetKnownForCausalLM"]}))
     with pytest.raises(ConfigError, match="does not take this architecture .*NotYetKnownForCausalLM") as e:
-        export(ckpt, tmp_path / "gguf", ExportConfig(format="gguf", llama_cpp=str(tree)))
+        export(ckpt, tmp_path / "gguf", ExportConfig.from_flat(format="gguf", llama_cpp=str(tree)))
     assert "--format onnx" in e.value.hint and not (tmp_path / "gguf").exists()
 
 
@@ -130,7 +130,7 @@ def test_gemma3_converts_to_gguf_in_step_with_pytorch(tmp_path):
     if tree is None:
         pytest.skip(f"no llama.cpp source tree for the converter ({ENV})")
     ckpt = tiny_causal_lm(tmp_path / "ckpt", arch="gemma3", layers=1, sentencepiece=True)
-    art = export(ckpt, tmp_path / "gguf", ExportConfig(format="gguf", llama_cpp=str(tree)))
+    art = export(ckpt, tmp_path / "gguf", ExportConfig.from_flat(format="gguf", llama_cpp=str(tree)))
     check = _parity(art)
     assert check["same_tokens"] and check["prefill_max_abs_diff"] <= check["atol"], check
 

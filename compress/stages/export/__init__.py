@@ -64,11 +64,11 @@ def export(
             raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
                               hint=f"export it with --format {'|'.join(lm_formats)}")
         _refuse_encoder_options(config)
-        if config.max_context is not None and fmt != "onnx":
+        if config.generator.max_context is not None and fmt != "onnx":
             raise ConfigError(f"--max-context applies to --format onnx (its RoPE tables); {FORMATS[fmt].label} "
                               "sizes its cache itself", hint="drop --max-context")
         return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force)
-    if config.max_context is not None:
+    if config.generator.max_context is not None:
         from compress.errors import ConfigError
 
         raise ConfigError(f"--max-context sizes a causal language model's context; {source} is not one",

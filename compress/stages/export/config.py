@@ -187,6 +187,20 @@ class TensorRT(Section):
     )
 
 
+class Generator(Section):
+    """Causal LMs (text generators): what their exporters read beside the shared options."""
+
+    max_context: int | None = Field(
+        None, ge=16, description="Causal LMs to ONNX: the longest sequence (prompt and generated tokens) the artifact "
+        "is made for; its RoPE tables are cut to it (quantize stores them in FP16), and it is recorded as its context "
+        "(genai_config.json, the manifest; validate refuses a longer window). Default: 4,096, or the model's own "
+        "context where that is shorter.")
+    llama_cpp: str | None = Field(
+        None, description="GGUF: the llama.cpp source tree whose convert_hf_to_gguf.py converts a causal LM (a "
+        "llama.cpp checkout or an extracted llama-cpp-python sdist's vendor/llama.cpp); default: "
+        "$EDGECOMPRESS_LLAMA_CPP.")
+
+
 #: the formats ``precision`` and ``calibration`` apply to
 _PRECISION_FORMATS = (ExportFormat.tensorrt, ExportFormat.executorch, ExportFormat.coreml)
 
@@ -201,6 +215,7 @@ class ExportConfig(Settings):
         "dry_run": "tensorrt.dry_run", "profile": "tensorrt.profile", "min_shape": "tensorrt.min_shape",
         "opt_shape": "tensorrt.opt_shape", "max_shape": "tensorrt.max_shape", "shape": "tensorrt.shape",
         "timing_cache": "tensorrt.timing_cache", "via": "tensorrt.via",
+        "llama_cpp": "generator.llama_cpp", "max_context": "generator.max_context",
     }
 
     format: ExportFormat = Field(ExportFormat.onnx, description="Target format.")
@@ -233,15 +248,6 @@ class ExportConfig(Settings):
     sample_data: str | None = Field(None, description="Data file whose first texts are the parity samples.")
     allow_pickle: bool = Field(False, description="Allow loading pickled (.bin) weights.")
     trust_remote_code: bool = Field(False, description="Allow a checkpoint's own Python code to run.")
-    max_context: int | None = Field(
-        None, ge=16, description="Causal LMs to ONNX: the longest sequence (prompt and generated tokens) the artifact "
-        "is made for; its RoPE tables are cut to it and stored in FP16, and it is recorded as the artifact's context "
-        "(genai_config.json, the manifest; validate refuses a longer window). Default: 4,096, or the model's own "
-        "context where that is shorter.")
-    llama_cpp: str | None = Field(
-        None, description="GGUF: the llama.cpp source tree whose convert_hf_to_gguf.py converts a causal LM (a "
-        "llama.cpp checkout or an extracted llama-cpp-python sdist's vendor/llama.cpp); default: "
-        "$EDGECOMPRESS_LLAMA_CPP.")
     precision: TrtPrecision | None = Field(
         None, description="TensorRT: fp16 (FP32 ONNX built with the FP16 flag; the default) or int8 (explicit "
         "QDQ quantization following TensorRT's rules, calibrated on --calibration). ExecuTorch: int8 (PT2E with "
@@ -252,6 +258,7 @@ class ExportConfig(Settings):
                                      description="TensorRT and ExecuTorch int8: the calibration inputs.")
     executorch: ExecuTorch = Field(default_factory=ExecuTorch, description="ExecuTorch int8.")
     tensorrt: TensorRT = Field(default_factory=TensorRT, description="TensorRT's build.")
+    generator: Generator = Field(default_factory=Generator, description="Causal LMs: context and llama.cpp's tree.")
 
 
     @model_validator(mode="after")

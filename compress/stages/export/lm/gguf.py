@@ -215,7 +215,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"export --format gguf writes fp32 or fp16, not {precision}",
                           hint="quantize the GGUF artifact: edgecompress quantize ART --precision int4|int8")
-    tree = require_tree(config.llama_cpp)
+    tree = require_tree(config.generator.llama_cpp)
     out = check_output(out, force)
     outtype = "f16" if precision == "fp16" else "f32"
     output = EXPORT_GGUF.output(out, config, force=force)

@@ -276,7 +276,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
             tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
         built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code)
         post = postprocess_of(source, cfg)
-        context = min(config.max_context or DEFAULT_MAX_CONTEXT, post.cache.max_length)
+        context = min(config.generator.max_context or DEFAULT_MAX_CONTEXT, post.cache.max_length)
         built["context"] = limit_context(o.dir / "model.onnx", context) | {"model_context": post.cache.max_length}
         post = post.model_copy(update={"cache": post.cache.model_copy(update={"max_length": context}),
                                        "window": min(post.window, context)})
