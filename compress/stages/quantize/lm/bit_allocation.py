@@ -210,7 +210,7 @@ def summary(record: dict[str, Any]) -> str:
     Q4_K_M's)``."""
     made = ", ".join(f"{v} {k}" for k, v in record["counts"].items())
     return (f"mixed by measurement: {made} (body {record['body_bytes'] / 1e6:.1f} MB, "
-            f"{record['body_bytes'] / record['q4_k_m_bytes']:.2f}x Q4_K_M's {record['q4_k_m_bytes'] / 1e6:.1f} MB)")
+            f"{record['body_bytes'] / max(record['q4_k_m_bytes'], 1):.2f}x Q4_K_M's {record['q4_k_m_bytes'] / 1e6:.1f} MB)")
 
 
 #: tokens of the built-in text the importance and the check are measured on
@@ -303,7 +303,7 @@ def choose(errors: dict[str, dict[str, float]], costs: dict[str, dict[str, float
         body_bytes = sum(costs[n][choice[n]] for n in choice)
         tried.append({"budget_bytes": round(budget), "body_bytes": round(body_bytes),
                       **{k: round(v, 5) for k, v in got.items()}, "held": held, "counts": counts(choice)})
-        say(f"{label}: body {body_bytes / 1e6:.1f} MB ({body_bytes / reference:.2f}x Q4_K_M's): {said}: "
+        say(f"{label}: body {body_bytes / 1e6:.1f} MB ({body_bytes / max(reference, 1):.2f}x Q4_K_M's): {said}: "
             f"{'holds' if held else 'misses'} ({time.monotonic() - t0:.0f} s)")
         return choice, held
 
