@@ -252,6 +252,7 @@ def test_distill_refuses_losses_a_span_head_has_no_use_for(qa_teacher, labelled,
         distill(qa_teacher, labelled, tmp_path / "s", DistillConfig.from_flat(layers=1, hidden_weight=1.0))
 
 
+@pytest.mark.transformers4("head pruning: transformers 5 removed prune_heads")
 def test_prune_scores_heads_on_spans_recovers_and_reports_squad_f1(qa_teacher, labelled, tmp_path):
     from compress.stages.prune import prune
     from compress.stages.prune.config import PruneConfig
