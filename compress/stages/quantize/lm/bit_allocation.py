@@ -1,4 +1,4 @@
-"""Where a generator's INT4 spends its bits, decided per model by measurement (the INT4 default, ``--int4-mix auto``).
+"""Where a generator's INT4 spends its bits, decided per model by measurement (the INT4 default, ``--int4-algorithm auto``).
 
 A fixed recipe (one algorithm, one bit width for every MatMul) is a fit to the model it was chosen on: HQQ's float
 zero points land exactly on a Q4_1 source's grid (SmolLM2-135M: +0.6% perplexity) and cost Gemma 3 270M, whose weights
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BISECTIONS", "GROWTH", "IMPORTANCE_TEXT", "IMPORTANCE_TOKENS", "ONNX_CANDIDATES", "PHASE", "TARGET_KL",
            "TARGET_TOP1", "Candidate", "agreement", "allocate", "candidate_bytes", "choose", "counts", "dequantized",
-           "importance_ids", "plan_record", "q4_k_m_bytes", "relative_error", "role_of", "summary"]
+           "importance_ids", "plan_record", "q4_k_m_bytes", "relative_error", "role_of", "summary", "use_more_bits"]
 
 
 @dataclass(frozen=True)
@@ -97,21 +97,21 @@ def role_of(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
-def _more_bits(i: int, n: int) -> bool:
+def use_more_bits(i: int, n: int) -> bool:
     """llama.cpp's ``use_more_bits``: the first and last eighth of the layers, and every third between."""
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
 def q4_k_m_bytes(shapes: dict[str, tuple[int, int]], *, kv_width: int | None = None) -> dict[str, float]:
     """What llama.cpp's Q4_K_M spends on each of the body's matrices (``shapes``: name -> (K in, N out), builder
-    names), by llama.cpp's own rule: Q4_K, Q6_K on ``attn_v`` and ``ffn_down`` in :func:`_more_bits` layers, and the
+    names), by llama.cpp's own rule: Q4_K, Q6_K on ``attn_v`` and ``ffn_down`` in :func:`use_more_bits` layers, and the
     fall-back to Q5_0 / Q8_0 where the input width is not a multiple of 256. A fused QKV's V part (``kv_width``
     outputs) is costed as ``attn_v``. Names without a role are costed at Q4_K."""
     layers = 1 + max((r[0] for r in map(role_of, shapes) if r), default=0)
     out: dict[str, float] = {}
     for name, (k, n) in shapes.items():
         r = role_of(name)
-        more = r is not None and _more_bits(r[0], layers)
+        more = r is not None and use_more_bits(r[0], layers)
         parts = [(n, "Q6_K" if more and r[1] in ("v", "down") else "Q4_K")]
         if r is not None and r[1] == "qkv" and kv_width:
             parts = [(n - kv_width, "Q4_K"), (kv_width, "Q6_K" if more else "Q4_K")]
@@ -206,8 +206,8 @@ def plan_record(choice: dict[str, str], errors: dict[str, dict[str, float]], cos
 
 
 def summary(record: dict[str, Any]) -> str:
-    """One phrase for quantize's summary line: ``mixed by measurement: 126 int4-rtn, 36 int8 (body 61.2 of 63.0 MB,
-    Q4_K_M's)``."""
+    """One phrase for quantize's summary line: ``mixed by measurement: 37 int4-hqq, 89 int8 (body 90.2 MB, 1.32x
+    Q4_K_M's 68.1 MB)``."""
     made = ", ".join(f"{v} {k}" for k, v in record["counts"].items())
     return (f"mixed by measurement: {made} (body {record['body_bytes'] / 1e6:.1f} MB, "
             f"{record['body_bytes'] / max(record['q4_k_m_bytes'], 1):.2f}x Q4_K_M's {record['q4_k_m_bytes'] / 1e6:.1f} MB)")

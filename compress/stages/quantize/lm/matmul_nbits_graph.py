@@ -214,22 +214,15 @@ def half_scales(model, keep: tuple[str, ...] = (), *, only: tuple[str, ...] | No
     changed = 0
     for node in [n for n in graph.node if n.op_type == "MatMulNBits" and n.name not in keep
                  and (only is None or n.name in only)]:
-        casts = []
-        for i in (2, 3):  # scales, zero points (a float tensor for HQQ; packed uint8 for RTN's, left as they are)
-            t = inits.get(node.input[i]) if len(node.input) > i else None
-            if t is not None and t.data_type == TensorProto.FLOAT:
-                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-                if compute == "float32":  # every reader of the table (a shared embedding too) reads the Cast
-                    casts.append(helper.make_node("Cast", [t.name], [f"{t.name}/fp32"], name=f"{t.name}/to_fp32",
-                                                  to=TensorProto.FLOAT))
-                    for other in graph.node:
-                        other.input[:] = [f"{t.name}/fp32" if x == t.name else x for x in other.input]
-        if compute == "float32":
-            first = next(n for n in graph.node if any(x.endswith("/fp32") and x[:-5] in {c.input[0] for c in casts}
-                                                      for x in n.input))
-            _splice(graph, first, before=casts)
-            changed += bool(casts)
+        floats = [inits[node.input[i]] for i in (2, 3)  # scales, zero points (HQQ's float; RTN's packed uint8 stay)
+                  if len(node.input) > i and node.input[i] in inits and inits[node.input[i]].data_type == TensorProto.FLOAT]
+        if compute == "float32":  # FP16 in the file, read through a Cast by every reader (a shared embedding too)
+            for t in floats:
+                _fp16_with_cast(graph, t)
+            changed += bool(floats)
             continue
+        for t in floats:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
         src, dst = node.input[0], node.output[0]
         node.input[0], node.output[0] = f"{node.name}/input_fp16", f"{node.name}/output_fp16"
         _splice(graph, node,
@@ -245,16 +238,22 @@ def half_rope_tables(model) -> int:
     """Store the builder's RoPE tables (``cos_cache*`` / ``sin_cache*`` FP32 initializers) in FP16, read through a
     Cast back to FP32 (ONNX Runtime folds it when the session loads: the file holds FP16, the kernels FP32; the
     angles' cosines and sines move by < 5e-4, under what 4-bit weights move). Returns the tables' count."""
+    from onnx import TensorProto
+
+    tables = [t for t in model.graph.initializer
+              if t.name.startswith(("cos_cache", "sin_cache")) and t.data_type == TensorProto.FLOAT]
+    for t in tables:
+        _fp16_with_cast(model.graph, t)
+    return len(tables)
+
+
+def _fp16_with_cast(graph, init) -> None:
+    """Store the FP32 initializer ``init`` in FP16 (as ``NAME_fp16``) and make ``NAME`` a Cast of it back to FP32 at
+    the graph's top: its readers are unchanged, the file holds FP16, and ONNX Runtime folds the Cast when the session
+    loads (the kernels read FP32)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = model.graph
-    done = 0
-    for t in list(graph.initializer):
-        if not (t.name.startswith(("cos_cache", "sin_cache")) and t.data_type == TensorProto.FLOAT):
-            continue
-        name = t.name
-        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), f"{name}_fp16"))
-        graph.node.insert(0, helper.make_node("Cast", [f"{name}_fp16"], [name], name=f"{name}/to_fp32",
-                                              to=TensorProto.FLOAT))
-        done += 1
-    return done
+    name = init.name
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{name}_fp16"))
+    graph.node.insert(0, helper.make_node("Cast", [f"{name}_fp16"], [name], name=f"{name}/to_fp32",
+                                          to=TensorProto.FLOAT))

@@ -103,7 +103,9 @@ def _matmuls(model) -> list[str]:
 def more_bits_layers(layers: int) -> list[int]:
     """The layers llama.cpp's Q4_K_M gives more bits (``use_more_bits`` in its quantizer: the first and last eighth,
     and every third layer between)."""
-    return [i for i in range(layers) if i < layers // 8 or i >= 7 * layers // 8 or (i - layers // 8) % 3 == 2]
+    from compress.stages.quantize.lm.bit_allocation import use_more_bits
+
+    return [i for i in range(layers) if use_more_bits(i, layers)]
 
 
 #: the builder graph's MatMuls of a layer that Q4_K_M's rule gives more bits: ffn_down, and the fused QKV (llama.cpp
@@ -294,28 +296,13 @@ def window_scores(model, windows: np.ndarray, state: dict[str, np.ndarray],
     """:class:`compress.tasks.generation.GenerationStream` of ``model`` (a ModelProto, run in ONNX Runtime) on
     ``windows``: perplexity and, with ``ref`` (the reference's logits per window), KL and top-1 agreement; also this
     model's logits per window ([1, T, V] each)."""
-    import copy
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
+    from compress.stages.quantize.lm.onnx_mix import feeds, session
     from compress.tasks.generation import GenerationStream
 
-    if model.ByteSize() < 1_800_000_000:  # under protobuf's limit: from memory
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    else:  # saving with external data rewrites the proto's tensors: save a copy
-        with tempfile.TemporaryDirectory(prefix="lm-eval.") as tmp:
-            onnx.save(copy.deepcopy(model), f"{tmp}/m.onnx", save_as_external_data=True, location="m.data")
-            sess = ort.InferenceSession(f"{tmp}/m.onnx", providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    width = windows.shape[1]
+    sess = session(model)
     stream, out = GenerationStream(), []
     for k, w in enumerate(windows):
-        feed = {"input_ids": w[None], "attention_mask": np.ones((1, width), np.int64), **state}
-        if "position_ids" in names:
-            feed["position_ids"] = np.arange(width, dtype=np.int64)[None]
-        logits = sess.run(["logits"], feed)[0]
+        logits = sess.run(["logits"], feeds(sess, w[None], state))[0]
         stream.update(logits, w[None], None if ref is None else ref[k])
         out.append(logits)
     return stream.result(), out
@@ -330,35 +317,35 @@ def _accuracy_aware(art: Artifact, model, windows: np.ndarray, budget: float, bl
     import copy
 
     from compress.stages.quantize.lm import onnx_mix
-    from compress.stages.quantize.lm.bit_allocation import importance_ids
 
-    head = lm_head(model)
-    body = [n for n in _matmuls(model) if n != head and n not in exclude]
-    state = _state_for(art)
-    cache = art.manifest.postprocess.cache
+    inputs = _mix_inputs(art, model, exclude)
 
     def verify(choice: dict[str, str]):
         q, made = quantize_with(copy.deepcopy(model), mix=choice)
-        scores, _ = window_scores(q, windows, state)
+        scores, _ = window_scores(q, windows, inputs["state"])
         return q, made, scores["perplexity"]
 
-    return onnx_mix.within_perplexity(model, body, block=block, ids=importance_ids(art), state=state,
-                                      kv_width=cache.kv_heads * cache.head_size if cache else None, windows=windows,
-                                      budget=budget, verify=verify, progress=progress)
+    return onnx_mix.within_perplexity(model, block=block, windows=windows, budget=budget, verify=verify,
+                                      progress=progress, **inputs)
 
 
-def _mix(art: Artifact, model, block: int, exclude: tuple[str, ...], progress) -> tuple[dict[str, str], dict]:
-    """The INT4 default's plan for the FP32 ``model`` of ``art`` (:func:`.onnx_mix.plan`): its body's MatMuls (all
-    but the LM head and ``exclude``), the built-in text in the model's own tokens, the KV width Q4_K_M's rule costs."""
-    from compress.stages.quantize.lm import onnx_mix
+def _mix_inputs(art: Artifact, model, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """What the INT4 default's measurement reads of ``art`` and its FP32 ``model``: the body's MatMuls (all but the
+    LM head and ``exclude``), the built-in text in the model's own tokens, the empty cache, the KV width Q4_K_M's rule
+    costs."""
     from compress.stages.quantize.lm.bit_allocation import importance_ids
 
     head = lm_head(model)
-    body = [n for n in _matmuls(model) if n != head and n not in exclude]
-    post = art.manifest.postprocess
-    kv = post.cache.kv_heads * post.cache.head_size if post.cache else None
-    return onnx_mix.plan(model, body, block=block, ids=importance_ids(art), state=_state_for(art),
-                         kv_width=kv, progress=progress)
+    cache = art.manifest.postprocess.cache
+    return {"body": [n for n in _matmuls(model) if n != head and n not in exclude], "ids": importance_ids(art),
+            "state": _state_for(art), "kv_width": cache.kv_heads * cache.head_size if cache else None}
+
+
+def _mix(art: Artifact, model, block: int, exclude: tuple[str, ...], progress) -> tuple[dict[str, str], dict]:
+    """The INT4 default's plan for the FP32 ``model`` of ``art`` (:func:`.onnx_mix.plan`)."""
+    from compress.stages.quantize.lm import onnx_mix
+
+    return onnx_mix.plan(model, block=block, progress=progress, **_mix_inputs(art, model, exclude))
 
 
 def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, force: bool = False,

@@ -9,9 +9,10 @@
    them (8 bits: the float weights, whose 8-bit error is ~1e-5 of the output) is run over the built-in text, and its
    KL to the FP32 logits and top-1 agreement read (:func:`.bit_allocation.choose`, the format-neutral search). Where
    they miss its bars, the budget grows (a quarter a step, up to every matrix at 8 bits), then the smallest budget
-   that holds is found by bisection. One session serves every run (:class:`Probe`). The file is then no larger than Q4_K_M's where the model allows, and larger,
-   said so, where 4 and 8 bits cannot hold the model within it (ONNX Runtime's MatMulNBits has no 5- or 6-bit kernel:
-   a model whose weights carry llama.cpp's Q5_0 grid, Gemma 3's, needs more 8-bit matrices than Q4_K_M's bytes buy).
+   that holds is found by bisection. One session serves every run (:class:`Probe`). The file is then no larger than
+   Q4_K_M's where the model allows, and larger, said so, where 4 and 8 bits cannot hold the model within it (ONNX
+   Runtime's MatMulNBits has no 5- or 6-bit kernel: a model whose weights carry llama.cpp's Q5_0 grid, Gemma 3's,
+   needs more 8-bit matrices than Q4_K_M's bytes buy).
 
 :func:`plan` returns ``{MatMul: candidate name}`` and the step's record; :func:`.onnx.weight_only` writes it.
 """
@@ -32,7 +33,9 @@ from compress.stages.quantize.lm import bit_allocation as ba
 log = logging.getLogger(__name__)
 
 
-def _session(model):
+def session(model):
+    """An ONNX Runtime CPU session of the ModelProto ``model`` (from memory under protobuf's 2 GB limit, else through a
+    temporary copy saved with external data)."""
     import tempfile
 
     import onnx
@@ -45,7 +48,9 @@ def _session(model):
         return ort.InferenceSession(f"{tmp}/m.onnx", providers=["CPUExecutionProvider"])
 
 
-def _feed(sess, ids: np.ndarray, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def feeds(sess, ids: np.ndarray, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A builder graph's feeds for the token window ``ids`` [1, T] from the empty cache ``state`` (position_ids too,
+    where the graph takes them)."""
     inputs = {i.name for i in sess.get_inputs()}
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), **state}
     if "position_ids" in inputs:
@@ -76,10 +81,10 @@ class Probe:
         have = {o.name for o in graph.output}
         graph.output.extend(helper.make_tensor_value_info(a, TensorProto.FLOAT, None)
                             for a in sorted(set(self.acts.values())) if a not in have)
-        self.sess = _session(m)
+        self.sess = session(m)
         del m
         self.state = state
-        self.feed = _feed(self.sess, ids, state)
+        self.feed = feeds(self.sess, ids, state)
 
     def reference(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Each MatMul -> its input channels' mean square [K], and the FP32 logits [T, V]."""
@@ -95,7 +100,7 @@ class Probe:
     def logits(self, replaced: dict[str, np.ndarray], ids: np.ndarray | None = None) -> np.ndarray:
         """The logits [T, V] with the weight initializers ``replaced`` (name -> array) fed instead of the FP32 ones,
         over the built-in text (or the token window ``ids`` [1, T])."""
-        feed = {**(self.feed if ids is None else _feed(self.sess, ids, self.state)), **self.original}
+        feed = {**(self.feed if ids is None else feeds(self.sess, ids, self.state)), **self.original}
         feed.update({k: v.astype(np.float32) for k, v in replaced.items()})
         return self.sess.run(["logits"], feed)[0][0]
 
@@ -204,9 +209,10 @@ def within_perplexity(model, body: list[str], *, block: int, ids: np.ndarray, st
         note(progress, f"accuracy-aware INT4: written with body {spent / 1e6:.1f} MB: perplexity "
              f"{ppl / base - 1:+.2%} (within +{budget:.1%}: {'holds' if ppl / base - 1 <= budget else 'misses'})",
              "int4-mix-check")
-        if ppl / base - 1 <= budget or spent >= top:
+        grown = ba.allocate(m.errors, m.costs, spent * ba.GROWTH)
+        if ppl / base - 1 <= budget or spent >= top or grown == choice:  # held, or more bytes buy nothing more
             break
-        choice = ba.allocate(m.errors, m.costs, spent * ba.GROWTH)
+        choice = grown
     record.update(ba.plan_record(choice, m.errors, m.costs, m.reference))
     record |= {"block_size": block, "budget": budget, "windows": len(windows), "fp32_perplexity": base,
                "written": written, "held": written[-1]["increase"] <= budget,

@@ -47,13 +47,9 @@ WRITTEN = {"int4-hqq": "u4", "int8": "u8"}
 COMPILE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 #: an OpenVINO (PyTorch-converted) MatMul's layer and role: ``__module.model.model.layers.3.self_attn.v_proj/...``
 _ROLE = re.compile(r"layers\.(\d+)\.(self_attn|attn|mlp)\.(\w+?)(?:_proj)?/")
-
-
 #: the smallest group NNCF may fall back to where the group size does not divide a layer's input width (stories260K's
 #: MLP down projection is 172 wide: no group of 16 or more divides it, so that layer goes to the backup INT8_ASYM)
 MIN_GROUP = 16
-
-
 _NARROW_FIRST = ("u4", "i4", "u8", "i8", "f16", "bf16", "f32")  #: element types, narrowest first
 
 
@@ -76,7 +72,6 @@ def nncf_group(k: int, block: int) -> int | None:
     """The group NNCF's INT4 gives a matrix of input width ``k`` with ``group_size=block`` and its ADJUST fall-back
     (:func:`.openvino.compress`): ``block`` where it divides ``k``, else the largest power of two dividing ``k`` when
     at least ``min(MIN_GROUP, block)``; None where none fits (NNCF's backup mode, 8 bits)."""
-
     if k % block == 0:
         return block
     adjusted = k & -k
@@ -229,10 +224,9 @@ def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int |
 
 
 def check_written(model, choice: dict[str, str]) -> dict[str, int]:
-    """Each planned MatMul's weight element type as the written ``model`` holds it (:func:`.openvino.weight_type`)
+    """Each planned MatMul's weight element type as the written ``model`` holds it (:func:`weight_type`)
     against the plan (:data:`WRITTEN`); the counts per type, or a :class:`StageError` naming a matrix written
     otherwise (nothing is written then)."""
-
     ops = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_friendly_name() in choice}
     made = {n: weight_type(ops[n].input(1).get_source_output().get_node()) for n in choice}
     wrong = {n: t for n, t in made.items() if t != WRITTEN[choice[n]]}
@@ -241,7 +235,4 @@ def check_written(model, choice: dict[str, str]) -> dict[str, int]:
         raise StageError(f"NNCF wrote {len(wrong)} of the INT4 mix's {len(choice)} matrices otherwise than planned "
                          f"({name}: {wrong[name]}, planned {choice[name]})",
                          hint="report it; --int4-algorithm hqq writes every matrix in 4-bit groups")
-    out: dict[str, int] = {}
-    for t in made.values():
-        out[t] = out.get(t, 0) + 1
-    return dict(sorted(out.items()))
+    return ba.counts(made)
