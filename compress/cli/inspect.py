@@ -51,6 +51,12 @@ def inspect_cmd(artifact, as_json, no_verify):
 
         con.print("[bold]what takes the bytes[/]: " + ", ".join(
             f"{p['part']} {size(p['bytes'])} ({p['bytes'] / total:.0%})" for p in parts[:6]), highlight=False)
+        from compress.stages.export.lm.own_runtime import own_runtime
+
+        own = own_runtime(art)
+        if own:
+            con.print(f"[bold]runs in[/] {own['api']}" if own["missing"] is None else
+                      f"[bold]does not run in[/] {own['api']} [bold]yet[/]: it lacks {own['missing']}", highlight=False)
     for step in art.manifest.steps:
         if step.stage == "prune" and step.metrics.get("parameters_after"):
             from compress.cli.prune import summary_lines

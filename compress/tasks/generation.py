@@ -32,8 +32,9 @@ from compress.tasks import StreamingMetric
 
 __all__ = ["DECODE_STEPS", "GENAI_CONFIG", "GENERATION_FILES", "KL_COLLAPSE", "LM_TRAVEL", "Generated", "GenerationPostprocess",
            "GenerationStream", "KVCache", "collapse", "compare_generation", "continuation_agreement", "copy_travel",
-           "generation_metrics", "generator_atol", "judge_continuations", "require_generation_parity",
-           "require_no_collapse", "scored_positions"]
+           "generation_metrics", "generator_atol", "judge_continuations", "make_tokenizer_portable",
+           "portable_tokenizer_config", "require_generation_parity", "require_no_collapse", "scored_positions",
+           "sentencepiece_style", "TOKENIZER_MODULE"]
 
 #: a mean KL (nats) above which a quantized generator's next-token distributions are called collapsed
 KL_COLLAPSE = 2.0
@@ -213,9 +214,12 @@ def collapse(tokens: list[list[int]], *, kl_mean: float | None = None) -> str | 
 #: the files that travel with a causal LM beside its model file, copied from its source where there: the tokenizer's,
 #: the generation defaults, the chat template and ONNX Runtime GenAI's config (every route's one list)
 GENAI_CONFIG = "genai_config.json"  #: ONNX Runtime GenAI's description of a generator, beside the builder's graph
+#: ONNX Runtime Extensions' override of tokenizer_config.json (ORT GenAI's tokenizer merges it over that file):
+#: the tokenizer class it must read where transformers' own class is a generic one (:func:`make_tokenizer_portable`)
+TOKENIZER_MODULE = "tokenizer_module.json"
 GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
-                    GENAI_CONFIG)
+                    GENAI_CONFIG, TOKENIZER_MODULE)
 #: ... and the checkpoint's ``config.json``: what a generator artifact carries, except the GenAI builder's ONNX (whose
 #: dimensions its genai_config.json states) and a fine-tuned checkpoint (which writes its own)
 LM_TRAVEL = (*GENERATION_FILES, "config.json")
@@ -223,10 +227,72 @@ LM_TRAVEL = (*GENERATION_FILES, "config.json")
 
 def copy_travel(source: Path, out: Path, names: tuple[str, ...] = LM_TRAVEL) -> None:
     """Copy the travel files ``names`` that ``source`` holds (and ``out`` does not yet) from the folder ``source`` into
-    the folder ``out``."""
+    the folder ``out``, then make ``out``'s tokenizer files readable by every reader (:func:`make_tokenizer_portable`)."""
     for name in names:
         if (Path(source) / name).is_file() and not (Path(out) / name).exists():
             shutil.copy2(Path(source) / name, Path(out) / name)
+    make_tokenizer_portable(Path(out))
+
+
+#: tokenizer classes transformers 5 writes that transformers 4 and ONNX Runtime GenAI's tokenizer do not know, and
+#: the class both read the same tokenizer.json with (transformers 5 still reads it too, to the same token ids)
+_PORTABLE_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``tokenizer_config.json`` as both transformers majors read it: a class only transformers 5 knows becomes the one
+    both read (``TokenizersBackend`` -> ``PreTrainedTokenizerFast``, the same tokenizer.json), and 5's list of
+    ``extra_special_tokens`` (4 reads a dict there) moves to ``additional_special_tokens``."""
+    out = dict(config)
+    cls = out.get("tokenizer_class")
+    if cls in _PORTABLE_CLASSES:
+        out["tokenizer_class"] = _PORTABLE_CLASSES[cls]
+    extra = out.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del out["extra_special_tokens"]
+        if extra:
+            out["additional_special_tokens"] = list(dict.fromkeys([*(out.get("additional_special_tokens") or []),
+                                                                    *extra]))
+    return out
+
+
+def sentencepiece_style(tokenizer: dict[str, Any]) -> bool:
+    """Whether a ``tokenizer.json`` (as a dict) is a sentencepiece BPE written out for the tokenizers library (Llama
+    2's, Mistral's, stories260K's): spaces become ``▁`` (a Metaspace pre-tokenizer or a normalizer's Replace) and
+    unknown bytes fall back to byte tokens, where a GPT-2 style byte-level BPE maps every byte to a printable one."""
+    import json
+
+    model = tokenizer.get("model") or {}
+    if model.get("type") != "BPE":
+        return False
+    parts = json.dumps([tokenizer.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")], ensure_ascii=False)
+    return bool(model.get("byte_fallback")) or "Metaspace" in parts or "\u2581" in parts
+
+
+def make_tokenizer_portable(folder: Path) -> list[str]:
+    """Make the tokenizer files in ``folder`` read the same in transformers 4 and 5 and in ONNX Runtime GenAI's
+    tokenizer (ONNX Runtime Extensions, which knows a tokenizer's algorithm by its class): ``tokenizer_config.json``
+    by :func:`portable_tokenizer_config`; and where its class is the generic ``PreTrainedTokenizerFast`` over a
+    sentencepiece-style tokenizer.json (:func:`sentencepiece_style`), which ORT GenAI would split as GPT-2 bytes,
+    ``tokenizer_module.json`` naming ``LlamaTokenizer`` for ORT GenAI alone (transformers 5 reads that class with
+    rules of its own: other ids for a leading space). Returns the files written."""
+    import json
+
+    cfg_path, written = folder / "tokenizer_config.json", []
+    if not cfg_path.is_file():
+        return written
+    raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = portable_tokenizer_config(raw)
+    if cfg != raw:
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(cfg_path.name)
+    tok = folder / "tokenizer.json"
+    module = folder / TOKENIZER_MODULE
+    if cfg.get("tokenizer_class") == "PreTrainedTokenizerFast" and tok.is_file() and not module.exists() \
+            and sentencepiece_style(json.loads(tok.read_text(encoding="utf-8"))):
+        module.write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}, indent=2) + "\n", encoding="utf-8")
+        written.append(module.name)
+    return written
 
 
 # -- a greedy run, and the generator stages' judgements on it -----------------------------------------------------

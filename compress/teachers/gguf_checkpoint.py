@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError, ModelLoadError, first_line
-from compress.teachers.lm_config import GGUF_ORIGIN, portable_config, portable_tokenizer_config
+from compress.tasks.generation import make_tokenizer_portable
+from compress.teachers.lm_config import GGUF_ORIGIN, portable_config
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,7 @@ def _write(src: Path, out: Path, about: dict[str, Any]) -> None:
         spm.unlink()  # tokenizer's vocabulary file (98 MB for SmolLM2); tokenizer.json is the tokenizer
     raw = json.loads((out / "config.json").read_text(encoding="utf-8"))
     (out / "config.json").write_text(json.dumps(portable_config(raw), indent=2) + "\n", encoding="utf-8")
-    tok_cfg = out / "tokenizer_config.json"
-    if tok_cfg.is_file():
-        data = json.loads(tok_cfg.read_text(encoding="utf-8"))
-        tok_cfg.write_text(json.dumps(portable_tokenizer_config(data), indent=2) + "\n", encoding="utf-8")
+    make_tokenizer_portable(out)
     gen = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
            if getattr(config, k, None) is not None}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")

@@ -11,11 +11,11 @@ from typing import Any
 
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import kind_of
-from compress.tasks.generation import GENERATION_FILES, GenerationPostprocess, KVCache
+from compress.tasks.generation import GENERATION_FILES, GenerationPostprocess, KVCache, portable_tokenizer_config
 
 __all__ = ["CAUSAL_LM_SUFFIXES", "GGUF_ORIGIN", "cache_of", "check_special_tokens", "check_window",
            "config_kwargs", "from_pretrained_lm", "generation_ids", "gguf_origin", "head_size", "is_causal_lm",
-           "legacy_rope", "load_tokenizer", "portable_config", "portable_tokenizer_config", "postprocess_of",
+           "legacy_rope", "load_tokenizer", "portable_config", "postprocess_of",
            "refuse_causal_lm", "rope_of", "source_info"]
 
 
@@ -119,28 +119,6 @@ def portable_config(config: dict[str, Any]) -> dict[str, Any]:
         out["text_config"] = portable_config(out["text_config"])
     if isinstance(out.get("rope_parameters"), dict):
         out.update({k: v for k, v in legacy_rope(out).items() if k not in out or out[k] is None})
-    return out
-
-
-#: tokenizer classes transformers 5 writes that transformers 4 does not know, and the class 4 reads the same
-#: tokenizer.json with (5 still reads it too)
-_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
-
-
-def portable_tokenizer_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``tokenizer_config.json`` as both majors read it: a class only transformers 5 knows becomes the one both read
-    (``TokenizersBackend`` -> ``PreTrainedTokenizerFast``, the same tokenizer.json), and 5's list of
-    ``extra_special_tokens`` (4 reads a dict there) moves to ``additional_special_tokens``."""
-    out = dict(config)
-    cls = out.get("tokenizer_class")
-    if cls in _TOKENIZER_CLASSES:
-        out["tokenizer_class"] = _TOKENIZER_CLASSES[cls]
-    extra = out.get("extra_special_tokens")
-    if isinstance(extra, list):
-        del out["extra_special_tokens"]
-        if extra:
-            out["additional_special_tokens"] = list(dict.fromkeys([*(out.get("additional_special_tokens") or []),
-                                                                    *extra]))
     return out
 
 

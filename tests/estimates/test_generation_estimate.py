@@ -222,7 +222,7 @@ def test_openvino_ir_facts_match_the_checkpoint(tiny, tmp_path):
     f = model_facts(art.path)
     assert f.parameters == _matmul_params(tied=True)
     assert f.gathered_bytes == 0 and f.weight_bytes == f.file_bytes
-    assert f.file_bytes == (art.path / "model.xml").stat().st_size + (art.path / "model.bin").stat().st_size
+    assert f.file_bytes == sum((art.path / n).stat().st_size for n in ("openvino_model.xml", "openvino_model.bin"))
     assert (f.layers, f.kv_heads, f.head_size) == (LAYERS, KV, HEAD)
     assert any("manifest" in s for s in f.source)
 

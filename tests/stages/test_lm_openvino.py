@@ -47,7 +47,8 @@ def test_export_writes_a_stateful_ir_checked_against_pytorch(exported):
     ckpt, art = exported
     m = art.manifest
     assert (str(m.task), str(m.format), str(m.precision)) == ("text-generation", "openvino", "fp32")
-    assert {"model.xml", "model.bin", "generation_config.json", "tokenizer.json"} <= set(m.files)
+    assert {"openvino_model.xml", "openvino_model.bin", "generation_config.json", "tokenizer.json",
+            "openvino_tokenizer.xml", "openvino_detokenizer.xml"} <= set(m.files)  # what OpenVINO GenAI opens
     cache = m.postprocess.cache
     assert (cache.layers, cache.kv_heads, cache.head_size, cache.layout) == (2, 2, 16, "stateful")
     assert (m.postprocess.bos_token_id, m.postprocess.eos_token_id) == (1, 2)
@@ -229,7 +230,9 @@ def test_cli_export_and_quantize(tmp_path, capsys):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["quantize", str(tmp_path / "fp32"), "--precision", "int4", "--out", str(tmp_path / "q")])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "q" / "model.xml").is_file()
+    assert (tmp_path / "q" / "openvino_model.xml").is_file()
+    r = runner.invoke(app, ["inspect", str(tmp_path / "q")])  # how an app runs it, said where the user looks
+    assert r.exit_code == 0 and "runs in openvino_genai.LLMPipeline(DIR, 'CPU')" in " ".join(r.output.split()), r.output
     from compress.cli import main
 
     with pytest.raises(SystemExit) as e:  # the console entry point: a one-line error, exit 2

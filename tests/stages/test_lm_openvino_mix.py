@@ -109,7 +109,7 @@ def test_the_int4_default_is_the_measured_mix_written_as_planned(exported, tmp_p
     assert set(counts) == {"int4-hqq", "int8"} and sum(counts.values()) == BODY  # a mix of both
     assert mix["body_bytes"] <= mix["q4_k_m_bytes"]
     assert mix["written"] == {"u4": counts["int4-hqq"], "u8": counts["int8"]}
-    model = ov.Core().read_model(str(q.path / "model.xml"))
+    model = ov.Core().read_model(str(q.model_path))
     types = _types_of(model, mix["matrices"])
     assert all(types[n] == {"int4-hqq": "u4", "int8": "u8"}[row["chose"]] for n, row in mix["matrices"].items())
     w = step.metrics["weights"]

@@ -18,7 +18,8 @@ pytest.importorskip("onnxruntime")
 import compress  # noqa: F401 - the torchvision shim before transformers
 from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
-from compress.teachers.lm_config import legacy_rope, portable_config, portable_tokenizer_config, rope_of
+from compress.tasks.generation import portable_tokenizer_config
+from compress.teachers.lm_config import legacy_rope, portable_config, rope_of
 from tests.builders.causal_lm import genai_builder_missing, tiny_causal_lm
 from tests.builders.lm_families import REAL, real_config_lm
 

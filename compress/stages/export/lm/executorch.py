@@ -173,6 +173,29 @@ def quantized_weights(program) -> dict[str, int]:
     return dict(counts)
 
 
+def runner_metadata(model, max_length: int, chunk: int) -> dict[str, Any]:
+    """The constant methods ExecuTorch's LLM runner (``TextLLMRunner``, ``llama_main``) reads from a program to drive
+    it, as its own ``export_llm`` writes them: the most tokens one call takes (``get_max_seq_len``: the runner prefills
+    a longer prompt in chunks of it, ``enable_dynamic_shape``), the cache's length (``get_max_context_len``), the
+    special ids (``get_bos_id``, ``get_eos_ids``: every id generation_config.json ends on), the vocabulary and the
+    depth, and that the cache and the fused SDPA are inside (``use_kv_cache``, ``use_sdpa_with_kv_cache``)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    eos = eos if eos is not None else config.eos_token_id
+    eos = [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos]) if e is not None]
+    bos = getattr(gen, "bos_token_id", None)
+    bos = bos if bos is not None else config.bos_token_id
+    made = {"get_max_seq_len": chunk, "get_max_context_len": max_length, "get_vocab_size": int(config.vocab_size),
+            "get_n_layers": int(config.num_hidden_layers), "use_kv_cache": True, "use_sdpa_with_kv_cache": True,
+            "enable_dynamic_shape": True}
+    if bos is not None:
+        made["get_bos_id"] = int(bos)
+    if eos:
+        made["get_eos_ids"] = eos
+    return made
+
+
 def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
     """``model`` (transformers, ExecuTorch's attention, optionally torchao-quantized) through ``torch.export`` with
     a static cache of ``max_length``, lowered to XNNPACK: the program's bytes and what the step records."""
@@ -187,8 +210,9 @@ def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
     from compress.stages.export.executorch import delegation_of, short_error
 
     t0 = time.perf_counter()
-    model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static")
     chunk = min(MAX_CHUNK, max_length)
+    metadata = runner_metadata(model, max_length, chunk)
+    model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static")
     wrapped = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=max_length)
     seq = torch.export.Dim("sequence", min=1, max=chunk)
     example = {"input_ids": torch.tensor([[1, 2, 3]]), "cache_position": torch.arange(3)}
@@ -199,7 +223,8 @@ def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
                                           dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
             weights = quantized_weights(program)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                               compile_config=EdgeCompileConfig(_check_ir_validity=False))
+                                               compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                                               constant_methods=metadata)
             delegated = delegation_of(edge)
             # the cache tensors the program writes (functionalized by to_edge: the program's mutable buffers)
             mutable = sorted(edge.exported_program().graph_signature.buffers_to_mutate.values())
@@ -211,6 +236,7 @@ def lower_lm(model, max_length: int) -> tuple[bytes, dict[str, Any]]:
         "wrapper": "transformers.integrations.executorch.TorchExportableModuleWithStaticCache",
         "attention": "executorch llama::custom_sdpa", "backend": "xnnpack", "batch": 1, "cache_length": max_length,
         "max_tokens_per_call": chunk, "mutable_buffers": mutable, "quantized_weights": weights,
+        "runner_metadata": metadata,
         **delegated, "lower_seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -40,7 +40,7 @@ from compress.errors import ConfigError, ModelLoadError, ParityError, StageError
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
 from compress.storage import check_output
-from compress.tasks.generation import copy_travel
+from compress.tasks.generation import copy_travel, make_tokenizer_portable
 from compress.teachers.gguf_checkpoint import is_gguf
 from compress.teachers.lm_config import is_causal_lm, postprocess_of
 
@@ -133,6 +133,46 @@ def convert(source: Path, outfile: Path, *, outtype: str = "f32", tree: Path) ->
     return {"converter": str(tree / CONVERTER), "outtype": outtype, "gguf_py": str(gguf_py) if gguf_py.is_dir() else None}
 
 
+def merge_scores(gguf_file: Path, source: Path) -> dict[str, Any] | None:
+    """Give a converted sentencepiece-style vocabulary its merge order, in place: a Llama-family checkpoint with
+    ``tokenizer.json`` but no ``tokenizer.model`` (what transformers 5 saves, and a GGUF teacher's checkpoint) is
+    converted by llama.cpp's ``LlamaHfVocab``, which writes every token's score as a -1000 placeholder; llama.cpp's
+    sentencepiece tokenizer merges by score, so its ids then differ from the model's own tokenizer on most texts
+    (stories260K's vocabulary: 46 of 500 TinyStories lines the same). Each token a BPE merge makes gets minus that
+    merge's rank, the order tokenizer.json merges in (500 of 500 the same). Returns what the step records, or None
+    where the file's scores are not the placeholder (a ``tokenizer.model`` was read) or there are no merges."""
+    import json
+
+    import numpy as np
+    from gguf import GGUFReader
+
+    tok_path = Path(source) / "tokenizer.json"
+    if not tok_path.is_file():
+        return None
+    model = json.loads(tok_path.read_text(encoding="utf-8")).get("model") or {}
+    merges = model.get("merges") or []
+    if model.get("type") != "BPE" or not merges:
+        return None
+    reader = GGUFReader(str(gguf_file), "r+")
+    kind, scores = reader.fields.get("tokenizer.ggml.model"), reader.fields.get("tokenizer.ggml.scores")
+    if kind is None or kind.contents() != "llama" or scores is None:
+        return None
+    values = np.array([scores.parts[i][0] for i in scores.data], dtype=np.float32)
+    if not np.all(values == values[0]):
+        return None
+    index = {t: i for i, t in enumerate(reader.fields["tokenizer.ggml.tokens"].contents())}
+    ranks: dict[int, int] = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if (i := index.get(left + right)) is not None:
+            ranks.setdefault(i, rank)  # the first merge making a token is its rank
+    for i, rank in ranks.items():
+        scores.parts[scores.data[i]][0] = -float(rank)
+    reader.data.flush()
+    return {"vocabulary_scores": f"{len(ranks)} tokens scored by tokenizer.json's merge order (llama.cpp's converter "
+                                 "wrote placeholders: the checkpoint has no tokenizer.model)"}
+
+
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 #: the last line of an error that only says an import failed: its cause is the news
 _IMPORT_FAILURE = ("ModuleNotFoundError", "ImportError", "Could not import module")
@@ -222,6 +262,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".gguf-convert.", dir=o.dir.parent) as scratch:
         built = convert(source, Path(scratch) / "model.gguf", outtype=outtype, tree=tree)
+        built.update(merge_scores(Path(scratch) / "model.gguf", source) or {})
         shutil.move(str(Path(scratch) / "model.gguf"), o.dir / "model.gguf")
         copy_travel(source, o.dir)
         inputs, outputs = tensors(int(cfg["vocab_size"]))
@@ -319,6 +360,7 @@ def adopt_tokenizer(source: Path, dst: Path) -> str:
         return f"none: transformers cannot convert its vocabulary ({first_line(e)})"
     for extra in ("chat_template.jinja",):  # only what a tokenizer needs travels
         (dst / extra).unlink(missing_ok=True)
+    make_tokenizer_portable(dst)
     return "the GGUF's own vocabulary (transformers' GGUF tokenizer conversion)"
 
 

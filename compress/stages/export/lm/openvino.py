@@ -56,6 +56,53 @@ EXPORT_OPENVINO_LM = StageSpec(
     hint="export starts from a causal LM checkpoint (a Hugging Face …ForCausalLM folder)", config_version=1,
 )
 INPUTS = ("input_ids", "attention_mask", "position_ids")  # then beam_idx, added by beam_gather
+#: the model file OpenVINO GenAI's ``LLMPipeline(folder, device)`` opens (optimum-intel's name for it)
+MODEL_XML = "openvino_model.xml"
+#: the tokenizer and detokenizer IRs ``LLMPipeline`` reads beside it, made by openvino-tokenizers
+TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_tokenizer.bin", "openvino_detokenizer.xml",
+                 "openvino_detokenizer.bin")
+#: what the step records of the folder's own runner
+LLM_PIPELINE = "openvino_genai.LLMPipeline"
+
+
+def genai_tokenizer(source: Path, out: Path) -> dict[str, Any]:
+    """Put the tokenizer and detokenizer IRs OpenVINO GenAI's ``LLMPipeline`` reads (:data:`TOKENIZER_IRS`) into the
+    artifact folder ``out``, whose Hugging Face tokenizer files are already there: copied from ``source`` where it
+    holds them (a quantized artifact's input), else converted by openvino-tokenizers (``convert_tokenizer``, with the
+    chat template in their runtime info). openvino-tokenizers is OpenVINO's own converter and the only one GenAI
+    reads; without it the artifact still runs in edgecompress and in ``OVModelForCausalLM``, and the record says what
+    is missing. Returns what the step records (``own_runtime``)."""
+    import shutil
+
+    from compress._optional import is_available
+
+    said = {"api": LLM_PIPELINE}
+    if all((Path(source) / n).is_file() for n in TOKENIZER_IRS):
+        for n in TOKENIZER_IRS:
+            shutil.copy2(Path(source) / n, out / n)
+        return said | {"ready": True, "tokenizer": "copied from the input"}
+    if not is_available("openvino_tokenizers"):
+        return said | {"ready": False, "missing": "the tokenizer IRs: openvino-tokenizers is not installed "
+                       "(pip install openvino-tokenizers, then export again)"}
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+
+    from compress.teachers.lm_config import load_tokenizer
+
+    try:
+        tokenizer, detokenizer = convert_tokenizer(load_tokenizer(out), with_detokenizer=True)
+    except Exception as e:  # noqa: BLE001 - its converters cover the common tokenizer models, not every one
+        from compress.errors import first_line
+
+        log.warning("openvino-tokenizers cannot convert this tokenizer (%s): the artifact runs in edgecompress, not "
+                    "in %s", first_line(e), LLM_PIPELINE)
+        return said | {"ready": False, "missing": f"the tokenizer IRs: openvino-tokenizers cannot convert this "
+                       f"tokenizer ({first_line(e)})"}
+    ov.save_model(tokenizer, str(out / TOKENIZER_IRS[0]))
+    ov.save_model(detokenizer, str(out / TOKENIZER_IRS[2]))
+    import openvino_tokenizers
+
+    return said | {"ready": True, "tokenizer": f"openvino-tokenizers {openvino_tokenizers.__version__}"}
 
 
 def cache_names(layers: int) -> dict[str, str]:
@@ -201,8 +248,8 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
                        force: bool = False) -> Artifact:
     """Export the causal LM checkpoint ``source`` to an FP32 stateful OpenVINO IR at ``out``.
 
-    The artifact holds ``model.xml`` + ``model.bin``, the tokenizer files, ``generation_config.json`` and
-    ``config.json``; the manifest's postprocess describes the cache (layout ``stateful``). The export step's metrics
+    The artifact holds ``openvino_model.xml`` + ``.bin``, the tokenizer files (and the tokenizer IRs OpenVINO GenAI
+    reads: :func:`genai_tokenizer`), ``generation_config.json`` and ``config.json``; the manifest's postprocess describes the cache (layout ``stateful``). The export step's metrics
     hold the check against PyTorch (``generation_parity``); a prefill difference above ``config.atol`` or a different
     greedy token is a :class:`~compress.errors.ParityError` and nothing is written.
     """
@@ -223,21 +270,23 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         import openvino as ov
 
         om, built = convert_stateful(source, cfg)
-        ov.save_model(om, str(o.dir / "model.xml"), compress_to_fp16=False)
+        ov.save_model(om, str(o.dir / MODEL_XML), compress_to_fp16=False)
         copy_travel(source, o.dir)
+        own = genai_tokenizer(source, o.dir)
         post = postprocess_of(source, cfg)
         # callers feed input_ids + attention_mask (the backend derives position_ids), as for the ONNX route
         post.cache = post.cache.model_copy(update={"layout": "stateful"})
         inputs, outputs = ir_tensors(om)
         manifest = Manifest(
             task=task_for("text", kind="generation"), format=Format.openvino, precision=Precision.fp32,
-            model_file="model.xml",
+            model_file=MODEL_XML,
             inputs=inputs, outputs=outputs, preprocess=TextPreprocess(), postprocess=post,
             max_length=post.cache.max_length,
             source=source_info(source, cfg),
             versions=library_versions("openvino"),
         )
-        step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built})
+        step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built,
+                                                                                     "own_runtime": own})
         prompt, said = prompt_ids(source, config.sample_data)
         check = draft_against_torch(o.draft(), "openvino", source, prompt) | {
             "prompt": said, "atol": config.atol, "reference": "PyTorch (transformers) FP32"}

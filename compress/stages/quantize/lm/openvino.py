@@ -42,6 +42,7 @@ import numpy as np
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError
 from compress.progress import Progress
+from compress.stages.export.lm.openvino import MODEL_XML, genai_tokenizer
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
 from compress.stages.quantize.graph import resolve_exclude_nodes
 from compress.stages.quantize.lm.common import calibration_windows, collapse_check, resolve_int4
@@ -281,13 +282,14 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
             if algorithm == "hqq":
                 record.update(algorithm="hqq", hqq_groups=hqq_groups(model, weights), zero_points="float16")
                 del weights
-        ov.save_model(model, str(o.dir / "model.xml"), compress_to_fp16=False)
+        ov.save_model(model, str(o.dir / MODEL_XML), compress_to_fp16=False)
         copy_travel(art.path, o.dir)
+        own = genai_tokenizer(art.path, o.dir)
         made = weight_types(model)
-        manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file="model.xml")
+        manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file=MODEL_XML)
         before, after = tree_bytes(art.path), tree_bytes(o.dir)
         step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,
-                          extra_config={"nncf": record})
+                          extra_config={"nncf": record, "own_runtime": own})
         step.metrics.update({"size_bytes_before": before, "size_bytes_after": after,
                              "compression": round(before / max(after, 1), 3), "weights": made})
         if planned is not None:
