@@ -5,9 +5,12 @@ Models (``--models``, short names, default all): SmolLM2-135M, Gemma 3 270M, Qwe
 each made here as a Hugging Face checkpoint (FP32 safetensors) from its published config (``MODELS``; the repo each
 comes from is named there) with random weights (normal, std 0.02): the cost of export, quantize and validate depends
 on the shapes, not the values, so random weights are enough for seconds and memory (and say nothing of quality). The
-tokenizer is SmolLM2's (vocabulary 49,152, copied from the local checkpoint ``TOKENIZER``) for every model: no larger
-than any config's ``vocab_size``, so the extra embedding rows just go unused (the embedding table, the head and the
-cost are still the full model's).
+tokenizer is ``--tokenizer``'s for every model (default: the repository's stories260K tokenizer, 512 tokens; the
+published runs used SmolLM2's, 49,152, from its GGUF's checkpoint, for WikiText-2 token counts as a real BPE makes
+them): no larger than any config's ``vocab_size``, so the extra embedding rows just go unused (the embedding table, the head and the
+cost are still the full model's). One stage's cost does depend on the values: quantize's default
+(``--int4-algorithm auto``) measures the model to choose each matrix's bits, and on random weights it may choose
+otherwise than on trained ones (SmolLM2-135M: every one of its 150 matrices at 8 bits), so its seconds are that choice's.
 
 The chain, as a user runs it, each stage a separate process of the CLI under ``/usr/bin/time -v`` (its "Maximum
 resident set size": the largest of the process and the children it waited for, not their sum; its "Elapsed"):
@@ -50,9 +53,9 @@ import compress  # noqa: F401 - first: the torchvision shim before transformers
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm_cost_curve.json"
 CLI = [sys.executable, "-m", "compress"]
-#: SmolLM2-135M's tokenizer (vocabulary 49,152), the local checkpoint made from its GGUF
-TOKENIZER = Path("/work/models/cache/gguf-checkpoints/b179c9523d0e6a0f98a330c7")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+#: the tokenizer every model gets unless --tokenizer names another (the repository's: stories260K's, vocabulary 512)
+TOKENIZER = ROOT / "tests" / "assets" / "stories260K"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 STAGES = ("export", "quantize", "validate")
 GB = 1e9
 BUDGETS_GB = (16, 8)
@@ -103,14 +106,14 @@ def parameters(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_checkpoint(name: str, out: Path) -> None:
+def make_checkpoint(name: str, out: Path, tokenizer: Path = TOKENIZER) -> None:
     """The random-weight FP32 checkpoint (one copy of the weights in memory: transformers' own init, normal with std
     ``initializer_range`` 0.02; saved in 1 GB shards so safetensors' serialising copy stays one shard) with SmolLM2's
     tokenizer and a generation config naming its bos / eos."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     cfg = _config(name)
     cfg.bos_token_id, cfg.eos_token_id = tok.bos_token_id, tok.eos_token_id
     cfg.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -120,9 +123,10 @@ def make_checkpoint(name: str, out: Path) -> None:
     model.generation_config.pad_token_id = cfg.pad_token_id
     model.save_pretrained(out, safe_serialization=True, max_shard_size="1GB")
     for f in TOKENIZER_FILES:
-        shutil.copy(TOKENIZER / f, out / f)
+        if (tokenizer / f).is_file():
+            shutil.copy(tokenizer / f, out / f)
     (out / "made.json").write_text(json.dumps({"config_of": MODELS[name][0], "weights": "random normal, std 0.02",
-                                               "tokenizer": str(TOKENIZER)}) + "\n")
+                                               "tokenizer": str(tokenizer)}) + "\n")
 
 
 def _elapsed(text: str) -> float:
@@ -158,7 +162,8 @@ def _stages(name: str, work: Path, text: Path, args) -> list[tuple[str, Path, li
     force = ["--force"] if args.force else []
     ckpt, fp32, int4, report = d / "checkpoint", d / "onnx-fp32", d / "onnx-int4", d / "validate-host"
     return [
-        ("checkpoint", ckpt / "made.json", [sys.executable, __file__, "--make-checkpoint", name, str(ckpt)]),
+        ("checkpoint", ckpt / "made.json",
+         [sys.executable, __file__, "--make-checkpoint", name, str(ckpt), str(args.tokenizer)]),
         ("export", fp32 / "manifest.json", [*CLI, "export", str(ckpt), "--format", "onnx", "-o", str(fp32), *force]),
         ("quantize", int4 / "manifest.json",
          [*CLI, "quantize", str(fp32), "--precision", "int4", "-o", str(int4), *force]),
@@ -265,8 +270,8 @@ def growth(fits: dict) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--make-checkpoint":  # a stage of its own (its memory, its process)
-        make_checkpoint(sys.argv[2], Path(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--make-checkpoint":  # a stage of its own (its memory, its process)
+        make_checkpoint(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="checkpoints and artifacts (reused when there)")
@@ -280,6 +285,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--force", action="store_true", help="run every stage again, replacing its output")
+    ap.add_argument("--tokenizer", type=Path, default=TOKENIZER,
+                    help="a tokenizer folder no larger than any model's vocabulary (default: stories260K's)")
     args = ap.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if unknown := [n for n in names if n not in MODELS]:

@@ -13,7 +13,7 @@ import re
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "a budget failed: validate, run, gate (a regression), quantize (a collapse, the accuracy)",
-    2: "bad input, usage or environment (disk full, read-only output)",
+    2: "bad input, usage or environment (disk full, read-only output, too little memory)",
     3: "an unexpected error (a bug: rerun with --debug, report it); gate: reports not comparable",
     4: "validate with only unverified budgets (--unverified-exit-code)",
     5: "ANOMALOUS: none failed, but a latency near its limit is too noisy to judge (validate, run)",
@@ -78,6 +78,11 @@ class OutputExistsError(EdgeCompressError):
 class StorageError(EdgeCompressError):
     """A file cannot be written (or read) because of the user's environment: a full disk, a quota,
     a read-only file system, no permission (see ``compress.storage``)."""
+
+
+class MemoryShortage(EdgeCompressError):
+    """A step would need more memory than the machine has available, estimated before the work
+    (``compress.host.memory``)."""
 
 
 class MissingBackendError(EdgeCompressError):

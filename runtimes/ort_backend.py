@@ -216,11 +216,45 @@ class OrtBackend(RuntimeBackend):
         if not wanted:  # requested provider missing, fallback allowed (check_settings passed)
             wanted = [(CPU, {})]
         self.settings.provider = provider
-        self.session = ort.InferenceSession(
-            str(self.artifact.model_path), sess_options=opts,
+        self._session_options = opts
+        self._wanted = wanted
+        self._session, self._closed = None, False
+        self._output = self.artifact.manifest.outputs[0].name
+        self._bound: BoundCache | None = None  # the IO-bound cache while edgecompress's loop generates
+        self._genai_model = None  # ONNX Runtime GenAI's model, loaded at the first generate
+        self.genai_version = self._genai_route(provider)
+        if self.genai_version:
+            self.generation_loop, self.copies_cache = GENAI_LOOP.format(version=self.genai_version), False
+            if provider == CPU:  # og.Model holds its own copy of the weights: the session waits until it is used
+                return
+        else:
+            shares = self._shares_buffer()
+            self.generation_loop = BOUND_LOOP.format(shared=SHARED if shares else "")
+            self.copies_cache = not shares  # a concatenating attention writes past and new into a new present
+        self._open_session()
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session: made at load, except for a generator that ONNX Runtime GenAI runs on the CPU,
+        where it is made at its first use (a prefill, a window): a generation alone (the FP32 baseline's timing, an
+        export's parity check) then holds one copy of the weights, og.Model's, not two."""
+        if self._session is None and not self._closed:
+            self._open_session()
+        return self._session
+
+    @session.setter
+    def session(self, value: Any) -> None:
+        self._session = value
+
+    def _open_session(self) -> None:
+        import onnxruntime as ort
+
+        provider, wanted = self.settings.provider, self._wanted
+        self._session = ort.InferenceSession(
+            str(self.artifact.model_path), sess_options=self._session_options,
             providers=[p for p, _ in wanted], provider_options=[o for _, o in wanted],
         )
-        active = self.session.get_providers()
+        active = self._session.get_providers()
         # onnxruntime-gpu falls back to the CPU with only a log line when CUDA/cuDNN fail to load
         if provider != CPU and (not active or active[0] != provider):
             if not self.settings.options.get("allow_cpu_fallback"):
@@ -230,18 +264,12 @@ class OrtBackend(RuntimeBackend):
                     "options.allow_cpu_fallback: true to accept the CPU",
                 )
             log.warning("%s did not initialise; running on %s (allow_cpu_fallback)", provider, ", ".join(active))
-        self._input_names = {i.name for i in self.session.get_inputs()}
-        self._output = self.artifact.manifest.outputs[0].name
-        self._session_options = opts
-        self._bound: BoundCache | None = None  # the IO-bound cache while edgecompress's loop generates
-        self._genai_model = None  # ONNX Runtime GenAI's model, loaded at the first generate
-        self.genai_version = self._genai_route(provider)
-        if self.genai_version:
-            self.generation_loop, self.copies_cache = GENAI_LOOP.format(version=self.genai_version), False
-        else:
-            shares = self._shares_buffer()
-            self.generation_loop = BOUND_LOOP.format(shared=SHARED if shares else "")
-            self.copies_cache = not shares  # a concatenating attention writes past and new into a new present
+        self._names = {i.name for i in self._session.get_inputs()}
+
+    @property
+    def _input_names(self) -> set[str]:
+        """The graph's input names (the session opened if it waits)."""
+        return set() if self.session is None else self._names
 
     def _genai_config(self) -> dict[str, Any] | None:
         """The artifact's genai_config.json (read once), None where it has none."""
@@ -396,7 +424,8 @@ class OrtBackend(RuntimeBackend):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d["providers"] = self.session.get_providers()
+        # a session that waits is not opened to be described: the provider it will take
+        d["providers"] = self._session.get_providers() if self._session is not None else [self.settings.provider]
         if self.genai_version:
             d["genai"] = self.genai_version
         opts = provider_options(self.settings.options)
@@ -405,5 +434,5 @@ class OrtBackend(RuntimeBackend):
         return d
 
     def close(self) -> None:
-        self.session = None
+        self._session, self._closed = None, True
         self._genai_model = None

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError, ModelLoadError, first_line
+from compress.host.memory import check_memory, gguf_parameters
 from compress.tasks.generation import make_tokenizer_portable
 from compress.teachers.lm_config import GGUF_ORIGIN, portable_config
 
@@ -82,6 +83,7 @@ def gguf_checkpoint(path: Path | str) -> Path:
         ec_cache.touch(folder)
         return folder
     about = _describe(src) | {"path": str(src), "sha256": sha}
+    check_memory("dequantize", 4 * gguf_parameters(src), src.name)  # before the loader holds a byte of it
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)

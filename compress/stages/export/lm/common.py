@@ -65,6 +65,7 @@ def greedy_torch(source: Path, prompt: list[int], steps: int) -> Generated:
 def draft_against_torch(draft, runtime: str, source: Path, prompt: list[int]) -> dict[str, Any]:
     """The exported ``draft`` run in ``runtime`` (prefill, then :data:`DECODE_STEPS` greedy steps through its cache)
     beside :func:`greedy_torch` on ``prompt``: :func:`~compress.tasks.generation.compare_generation`'s figures."""
+    from compress.host.memory import release_freed
     from compress.runtimes.base import load_runtime
 
     backend = load_runtime(draft, runtime)
@@ -72,4 +73,6 @@ def draft_against_torch(draft, runtime: str, source: Path, prompt: list[int]) ->
         cand = backend.generate(prompt, DECODE_STEPS, logits=True)
     finally:
         backend.close()
+        del backend
+        release_freed()  # the runtime's copy of the weights gone before PyTorch's is loaded
     return compare_generation(greedy_torch(source, prompt, DECODE_STEPS), cand)

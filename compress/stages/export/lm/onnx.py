@@ -31,6 +31,7 @@ import numpy as np
 
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
+from compress.host.memory import release_freed
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
@@ -207,25 +208,27 @@ def limit_context(model_path: Path, length: int) -> dict[str, Any]:
     at ``model_path`` to ``length`` positions, and set ``context_length`` and ``search.max_length`` in
     ``genai_config.json`` beside it. Exact for every position below ``length``: each row is the same position's
     angles (quantize stores them in FP16: :func:`compress.stages.quantize.lm.matmul_nbits_graph.half_rope_tables`).
-    Returns what the step records."""
+    The weights are never loaded together: the graph is read without them and the data file written again a tensor
+    at a time (:func:`rewrite_external_data`), so the step holds a few chunks, not the model. Returns what the
+    step records."""
     import json
 
     import onnx
     from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-    model = onnx.load(str(model_path))
+    model = onnx.load(str(model_path), load_external_data=False)
     tables, before, after = [], 0, 0
     for t in model.graph.initializer:
         if t.name.startswith(("cos_cache", "sin_cache")) and len(t.dims) == 2 and t.dims[0] > length:
+            if uses_external_data(t):
+                load_external_data_for_tensor(t, str(model_path.parent))
             a = numpy_helper.to_array(t)
             before, after = before + a.nbytes, after + a[:length].nbytes
             t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(a[:length]), t.name))
             tables.append(t.name)
     if tables:
-        data = model_path.with_name(model_path.name + ".data")
-        data.unlink(missing_ok=True)  # written again below (onnx appends to an existing file)
-        onnx.save(model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=data.name, size_threshold=1024)
+        rewrite_external_data(model, model_path)
     genai = model_path.with_name("genai_config.json")
     if genai.is_file():
         cfg = json.loads(genai.read_text(encoding="utf-8"))
@@ -233,6 +236,50 @@ def limit_context(model_path: Path, length: int) -> dict[str, Any]:
         cfg.setdefault("search", {})["max_length"] = min(length, cfg["search"].get("max_length", length))
         genai.write_text(json.dumps(cfg, indent=4), encoding="utf-8")
     return {"max_context": length, "rope_tables": tables, "rope_bytes_before": before, "rope_bytes_after": after}
+
+
+#: an external tensor's offset in the data file is a multiple of this (onnx's own alignment for large tensors)
+_ALIGN = 4096
+_CHUNK = 64 << 20  #: bytes copied at a time
+
+
+def rewrite_external_data(model, model_path: Path, threshold: int = 1024) -> None:
+    """Save ``model`` (read with ``load_external_data=False``: its external tensors still point into
+    ``model_path``'s ``.data`` file; the others in memory) at ``model_path``, its data file written anew one tensor
+    at a time: an external tensor's bytes copied from the old file, an in-memory tensor of ``threshold`` bytes or more
+    moved out into it. Memory: a chunk of :data:`_CHUNK` bytes, never the model."""
+    import os
+
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    data = model_path.with_name(model_path.name + ".data")
+    new = data.with_name(data.name + ".new")
+    with open(data, "rb") as old, open(new, "wb") as out:
+        for t in model.graph.initializer:
+            if not uses_external_data(t) and len(t.raw_data) < threshold:
+                continue
+            out.write(b"\0" * (-out.tell() % _ALIGN))
+            offset = out.tell()
+            if uses_external_data(t):  # copied in chunks: not even the largest tensor is held whole
+                info = {e.key: e.value for e in t.external_data}
+                old.seek(int(info.get("offset", 0)))
+                left = length = int(info["length"])
+                while left:
+                    chunk = old.read(min(left, _CHUNK))
+                    out.write(chunk)
+                    left -= len(chunk)
+            else:
+                length = len(t.raw_data)
+                out.write(t.raw_data)
+            del t.external_data[:]
+            for key, value in (("location", data.name), ("offset", offset), ("length", length)):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, str(value)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            t.ClearField("raw_data")
+    os.replace(new, data)
+    onnx.save(model, str(model_path))
 
 
 def graph_tensors(model_path: Path):
@@ -275,6 +322,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
         built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code)
+        release_freed()  # the builder's graph and model, freed but resident: not beside the parity check's
         post = postprocess_of(source, cfg)
         context = min(config.generator.max_context or DEFAULT_MAX_CONTEXT, post.cache.max_length)
         built["context"] = limit_context(o.dir / "model.onnx", context) | {"model_context": post.cache.max_length}

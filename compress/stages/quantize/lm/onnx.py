@@ -39,6 +39,7 @@ import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError
+from compress.host.memory import check_memory, release_freed
 from compress.progress import Progress
 from compress.stages.quantize.config import QUANTIZE_ONNX, QuantizeConfig, refuse_ignored
 from compress.stages.quantize.graph import resolve_exclude_nodes
@@ -338,7 +339,8 @@ def _mix_inputs(art: Artifact, model, exclude: tuple[str, ...]) -> dict[str, Any
     head = lm_head(model)
     cache = art.manifest.postprocess.cache
     return {"body": [n for n in _matmuls(model) if n != head and n not in exclude], "ids": importance_ids(art),
-            "state": _state_for(art), "kv_width": cache.kv_heads * cache.head_size if cache else None}
+            "state": _state_for(art), "kv_width": cache.kv_heads * cache.head_size if cache else None,
+            "source": art.path / art.manifest.model_file}  # the probe maps its weights from the file
 
 
 def _mix(art: Artifact, model, block: int, exclude: tuple[str, ...], progress) -> tuple[dict[str, str], dict]:
@@ -385,6 +387,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         raise ConfigError("--max-perplexity-increase moves INT4 layers back to 8 bits (it would be ignored for int8)",
                           hint="add --precision int4, or drop it")
     src = (trained or art).path / (trained or art).manifest.model_file
+    if algorithm == AUTO:  # the measured mix's peak (compress.host.memory): refused before the work
+        check_memory("quantize", sum((art.path / n).stat().st_size for n in art.model_files()), art.path.name)
     output = QUANTIZE_ONNX.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = onnx.load(str(src))
@@ -399,6 +403,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         mix, planned = None, None
         if algorithm == AUTO and budget is None:  # the default: measured per model
             mix, planned = _mix(art, model, block, tuple(config.exclude_nodes), progress)
+            release_freed()  # the probe's session and candidates, gone before the quantizer's copies
         uniform = "hqq" if algorithm == AUTO else algorithm  # MatMuls no mix names (none where it is auto)
 
         def quantize_with(m, at8=(), mix=mix):

@@ -1,0 +1,116 @@
+"""The memory a causal LM's stage holds at its peak, estimated before the work from the model's FP32 weight bytes, and
+a one-line refusal where the machine does not have it: said in a second, not after minutes of work and a kill by the
+kernel's out-of-memory killer (or a machine swapping to a standstill).
+
+The estimate is a line, ``fixed + slope x FP32 weight bytes``, per stage: fitted on the default chain's measured peaks
+(``benchmarks/lm_cost_curve.py``: random-weight bodies of real configs, 135M to 0.6B parameters, each stage a process
+of its own under ``/usr/bin/time -v``; the figures and the fit are in docs/generators.md, "What a larger LM costs").
+It is checked against what the machine has available now (``psutil.virtual_memory().available``). Only the routes
+measured are checked: the ONNX Runtime route's export, quantize and validate, and a ``.gguf`` dequantized into a
+teacher checkpoint. ``EDGECOMPRESS_MEMORY_CHECK=off`` skips the check (an estimate can be wrong both ways).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from compress.errors import MemoryShortage
+
+#: stage -> (fixed bytes, peak bytes per FP32 weight byte): a least-squares line through the measured peaks
+#: (benchmarks/results/lm_cost_curve.json, fitted by benchmarks/lm_cost_curve.py)
+PEAK: dict[str, tuple[float, float]] = {
+    "dequantize": (0.5e9, 2.0),
+    "export": (0.5e9, 2.8),
+    "quantize": (1.5e9, 3.3),
+    "validate": (1.1e9, 3.8),
+}
+#: the option that lowers each stage's peak, named in the refusal
+LOWER = {
+    "dequantize": "the GGUF route keeps it quantized: leave --format out to adopt the .gguf as it is, or "
+                  "--format gguf",
+    "export": "--format gguf (llama.cpp's converter holds a tensor at a time)",
+    "quantize": "--int4-algorithm rtn (no measured mix: no probe session beside the model)",
+    "validate": "--no-baseline (no FP32 baseline timed beside the artifact)",
+}
+ENV = "EDGECOMPRESS_MEMORY_CHECK"
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def safetensors_parameters(folder: Path) -> int | None:
+    """The number of values in a checkpoint folder's ``*.safetensors`` files, read from their headers alone (no
+    weights loaded); None where there are none."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            size = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(size))
+        for name, info in header.items():
+            if name != "__metadata__" and info.get("dtype") in _DTYPE_BYTES:
+                count = 1
+                for d in info["shape"]:
+                    count *= int(d)
+                total += count
+    return total
+
+
+def gguf_parameters(path: Path) -> int:
+    """The number of weights in a ``.gguf`` file, from its tensor table (no tensor read)."""
+    from gguf import GGUFReader
+
+    total = 0
+    for t in GGUFReader(str(path)).tensors:
+        count = 1
+        for d in t.shape:
+            count *= int(d)
+        total += count
+    return total
+
+
+def estimate(stage: str, weight_bytes: int) -> int:
+    """The peak resident bytes ``stage`` (a key of :data:`PEAK`) holds for a model of ``weight_bytes`` FP32 bytes."""
+    fixed, slope = PEAK[stage]
+    return int(fixed + slope * weight_bytes)
+
+
+def check_memory(stage: str, weight_bytes: int | None, what: str) -> dict[str, Any] | None:
+    """Refuse ``stage`` on the model ``what`` (its FP32 weights ``weight_bytes``; None: unknown, not checked) in one
+    line (:class:`~compress.errors.MemoryShortage`) when its estimated peak exceeds the memory available now. Returns
+    what the step may record (the estimate, what was available), None where nothing was checked."""
+    if not weight_bytes or os.environ.get(ENV, "").lower() in ("off", "0", "no", "false"):
+        return None
+    import psutil
+
+    need, have = estimate(stage, weight_bytes), psutil.virtual_memory().available
+    said = {"estimated_peak_bytes": need, "available_bytes": int(have), "fp32_weight_bytes": int(weight_bytes)}
+    if need > have:
+        raise MemoryShortage(
+            f"{stage} of {what} ({weight_bytes / 1e9:.1f} GB of FP32 weights) needs about {need / 1e9:.1f} GB of "
+            f"memory at its peak (estimated from measured runs); {have / 1e9:.1f} GB are available",
+            hint=f"free memory or use a larger machine; {LOWER[stage]}; or set {ENV}=off to try anyway")
+    return said
+
+
+def release_freed() -> None:
+    """Collect garbage and hand the memory this process has freed back to the system (glibc's ``malloc_trim``):
+    what a stage freed (a builder's graph, a closed session) otherwise stays resident and counts toward the next one's
+    peak (ONNX Runtime GenAI's builder of Gemma 3 270M left 1.7 GB of 2.4 resident until a collection). Nothing where
+    the C library has no such call."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()  # what only cycles keep alive (a builder's graph and its model) freed first
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass

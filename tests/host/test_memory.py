@@ -1,0 +1,64 @@
+"""A causal LM's stage that will not fit in memory is refused before the work, in one line naming what lowers it
+(compress.host.memory, issue 76): the estimate reads the weights' sizes from the files' headers, never the weights."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("torch")
+
+from compress.errors import MemoryShortage
+from compress.host import memory
+from tests.builders.causal_lm import tiny_causal_lm
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_causal_lm(tmp_path_factory.mktemp("mem") / "ckpt", layers=2)
+
+
+def _available(monkeypatch, n: int) -> None:
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=n))
+    monkeypatch.delenv(memory.ENV, raising=False)
+
+
+def test_the_parameters_are_read_from_the_safetensors_headers(ckpt):
+    from safetensors.numpy import load_file
+
+    values = sum(a.size for a in load_file(str(ckpt / "model.safetensors")).values())
+    assert memory.safetensors_parameters(ckpt) == values
+    assert memory.safetensors_parameters(ckpt / "nowhere") is None
+
+
+def test_the_estimate_grows_with_the_weights_and_is_checked_against_what_is_available(monkeypatch):
+    assert memory.estimate("quantize", 2 * 10**9) > memory.estimate("quantize", 10**9) > memory.estimate("export", 10**9)
+    _available(monkeypatch, 64 * 10**9)
+    said = memory.check_memory("quantize", 10**9, "m")
+    assert said["estimated_peak_bytes"] == memory.estimate("quantize", 10**9) and said["available_bytes"] == 64 * 10**9
+    _available(monkeypatch, 10**9)
+    with pytest.raises(MemoryShortage, match=r"quantize of m \(1.0 GB of FP32 weights\) needs about .* GB .*"
+                                             r"1.0 GB are available.*--int4-algorithm rtn.*EDGECOMPRESS_MEMORY_CHECK=off"):
+        memory.check_memory("quantize", 10**9, "m")
+    monkeypatch.setenv(memory.ENV, "off")  # the user's way past an estimate that is wrong for their machine
+    assert memory.check_memory("quantize", 10**9, "m") is None
+
+
+def test_export_is_refused_in_one_line_before_any_work_when_memory_is_short(ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ENV, assert_one_line_error
+
+    out = tmp_path / "onnx"
+    # the real entry point, in a process whose machine has 1 MB available
+    shim = ("import sys, types, psutil; psutil.virtual_memory = lambda: types.SimpleNamespace(available=10**6); "
+            "from compress.cli import main; main(sys.argv[1:])")
+    env = {k: v for k, v in ENV.items() if k != memory.ENV}
+    done = subprocess.run([sys.executable, "-c", shim, "export", str(ckpt), "--format", "onnx", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert_one_line_error(done, "export of ckpt", "needs about", "--format gguf", f"{memory.ENV}=off")
+    assert not out.exists()
