@@ -391,7 +391,10 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         check_memory("quantize", sum((art.path / n).stat().st_size for n in art.model_files()), art.path.name)
     output = QUANTIZE_ONNX.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
-        model = onnx.load(str(src))
+        measured = algorithm == AUTO and budget is None  # the default: measured per model
+        # the measurement reads the graph and maps the weights from the file (.onnx_mix.Probe): the model's bytes are
+        # loaded once it is done, not held beside the probe
+        model = onnx.load(str(src), load_external_data=not measured)
         if config.exclude_nodes:  # first:N / last:N as the MatMuls they stand for; an unknown name refused
             config = config.model_copy(update={"exclude_nodes": resolve_exclude_nodes(
                 config.exclude_nodes, _matmuls(model), {n.name for n in model.graph.node})})
@@ -401,9 +404,10 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             names = {t.name for t in art.manifest.inputs}
             reader = _Windows(calibration_windows(art, config), _state_for(art), names)
         mix, planned = None, None
-        if algorithm == AUTO and budget is None:  # the default: measured per model
+        if measured:
             mix, planned = _mix(art, model, block, tuple(config.exclude_nodes), progress)
-            release_freed()  # the probe's session and candidates, gone before the quantizer's copies
+            release_freed()  # the probe's session and candidates, gone before the weights are loaded
+            model = onnx.load(str(src))
         uniform = "hqq" if algorithm == AUTO else algorithm  # MatMuls no mix names (none where it is auto)
 
         def quantize_with(m, at8=(), mix=mix):
