@@ -32,7 +32,8 @@ bytes; the whole peak, nothing else running). Writes ``benchmarks/results/lm_cos
 and prints a markdown table.
 
     HF_HUB_OFFLINE=1 python benchmarks/lm_cost_curve.py --work /tmp/costcurve \\
-        --text ../shared/data/wikitext-2/wiki.test.raw --models smollm2-135m,gemma3-270m --max-ratio 4.5
+        --text ../shared/data/wikitext-2/wiki.test.raw --models smollm2-135m,gemma3-270m,qwen3-0.6b \\
+        --tokenizer DIR   # the published run: SmolLM2's tokenizer files (from its GGUF's checkpoint)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ spread (tests.builders.causal_lm)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,7 @@ def _quantize(art, out, **flat):
 
 @pytest.mark.skipif(not is_available("onnxruntime_genai"), reason="onnxruntime-genai is not installed")
 def test_the_onnx_artifacts_generate_in_onnx_runtime_genai_with_its_own_tokenizer(ckpt, tmp_path):
+    from compress.artifact import load_artifact
     from compress.stages.export.lm.own_runtime import own_runtime
     from tests.builders.causal_lm import genai_builder_missing
 
@@ -145,6 +147,10 @@ def test_the_onnx_artifacts_generate_in_onnx_runtime_genai_with_its_own_tokenize
     assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"  # what transformers 4 and 5 both read
     assert json.loads((fp32.path / "tokenizer_module.json").read_text()) == {"tokenizer_class": "LlamaTokenizer"}
     int4 = _quantize(fp32, tmp_path / "int4", precision="int4", int4_algorithm="rtn")
+    older = tmp_path / "older"  # a folder made before the override: inspect says what it lacks
+    shutil.copytree(fp32.path, older)
+    (older / "tokenizer_module.json").unlink()
+    assert "tokenizer_module.json" in own_runtime(load_artifact(older, verify=False))["missing"]
     for art in (fp32, int4):
         assert own_runtime(art)["missing"] is None
         ids, made, _ = validate_loop(art, "onnxruntime")

@@ -249,7 +249,8 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
     """Export the causal LM checkpoint ``source`` to an FP32 stateful OpenVINO IR at ``out``.
 
     The artifact holds ``openvino_model.xml`` + ``.bin``, the tokenizer files (and the tokenizer IRs OpenVINO GenAI
-    reads: :func:`genai_tokenizer`), ``generation_config.json`` and ``config.json``; the manifest's postprocess describes the cache (layout ``stateful``). The export step's metrics
+    reads: :func:`genai_tokenizer`), ``generation_config.json`` and ``config.json``; the manifest's postprocess
+    describes the cache (layout ``stateful``). The export step's metrics
     hold the check against PyTorch (``generation_parity``); a prefill difference above ``config.atol`` or a different
     greedy token is a :class:`~compress.errors.ParityError` and nothing is written.
     """
