@@ -426,9 +426,18 @@ def refuse_ignored(config: QuantizeConfig, backend: str) -> None:
     elsewhere = [every[b][1] for b in every if b != backend and ignored[0] in applies(b)]
     article = "an" if label[0] in "AEIOU" else "a"
     where = f" (it applies to {', '.join(elsewhere)} artifacts)" if elsewhere else ""
+    own = _COUNTERPARTS.get(ignored[0])
+    if own is not None and own[0] in applies(backend):  # the same choice under this artifact's own flag
+        hint = f"this artifact's flag for it is {own[1]}"
+    else:
+        hint = "drop it" + (f", or quantize the model's {elsewhere[0]} export" if elsewhere else "")
     raise ConfigError(f"{', '.join(_shown(config, k) for k in ignored)} would be ignored on {article} {label} "
-                      f"artifact{where}",
-                      hint="drop it" + (f", or quantize the model's {elsewhere[0]} export" if elsewhere else ""))
+                      f"artifact{where}", hint=hint)
+
+
+#: an option of one kind of artifact -> (the key another kind reads for the same choice, how its flag is given): a
+#: refusal names the flag that does apply (a generator's embedding table: --embeddings-bits, not --embedding-precision)
+_COUNTERPARTS = {"embedding_precision": ("embeddings_bits", "--embeddings-bits 8|4|32")}
 
 
 def _shown(config: QuantizeConfig, key: str) -> str:

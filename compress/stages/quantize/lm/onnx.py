@@ -101,6 +101,27 @@ def _matmuls(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
+def _check_k_quant_blocks(model, block: int, exclude: tuple[str, ...]) -> None:
+    """ONNX Runtime's k-quant path (its neural_compressor RTN) packs two 4-bit zero points a byte per output row, so it
+    takes only a weight whose input dimension makes an even number of ``block`` blocks (a 64-wide layer under
+    --block-size 64 or 128 ends in an unexplained reshape error, exit 3): refused in one line before the work, naming a
+    block size every quantized MatMul takes."""
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    head = lm_head(model)
+    widths = {n: dims[nodes[n].input[1]][0] for n in _matmuls(model) if n != head and n not in exclude}
+
+    def takes(b: int, k: int) -> bool:
+        return -(-k // b) % 2 == 0
+
+    odd = sorted(n for n, k in widths.items() if not takes(block, k))
+    if odd:
+        fits = [b for b in (128, 64, 32, 16) if all(takes(b, k) for k in widths.values())]
+        raise ConfigError(f"--int4-algorithm k_quant takes a weight only where its input makes an even number of "
+                          f"--block-size {block} blocks: {len(odd)} MatMul(s) are {widths[odd[0]]} wide (e.g. {odd[0]})",
+                          hint=f"use --block-size {fits[0]}" if fits else "use --int4-algorithm rtn or hqq")
+
+
 def more_bits_layers(layers: int) -> list[int]:
     """The layers llama.cpp's Q4_K_M gives more bits (``use_more_bits`` in its quantizer: the first and last eighth,
     and every third layer between)."""
@@ -399,6 +420,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             config = config.model_copy(update={"exclude_nodes": resolve_exclude_nodes(
                 config.exclude_nodes, _matmuls(model), {n.name for n in model.graph.node})})
             o.config = config  # the step records the names they stood for
+        if algorithm == "k_quant":
+            _check_k_quant_blocks(model, block, tuple(config.exclude_nodes))
         reader = None
         if algorithm == "gptq":
             names = {t.name for t in art.manifest.inputs}
