@@ -439,22 +439,6 @@ class DeviceProfile(BaseModel):
         return self.budgets.model_copy(update={k: getattr(self.generator_budgets, k) for k in given})
 
     @model_validator(mode="after")
-    def _generator_budgets_a_generator_is_judged_by(self) -> DeviceProfile:
-        """A budget under ``generator_budgets`` that reads a classifier's or an embedder's outputs judges no generator
-        (validate drops them for one): refused, not kept as if it held."""
-        if self.generator_budgets is not None:
-            from compress.profiles.budgets import budgets_of
-
-            moot = [k for k in budgets_of("forward") if k in self.generator_budgets.model_fields_set
-                    and getattr(self.generator_budgets, k) is not None]
-            if moot:
-                raise ValueError(f"generator_budgets: {', '.join(moot)} judge a classifier's or an embedder's "
-                                 "outputs, never a text generator's; move them under budgets: or drop them "
-                                 "(a generator's quality budgets: max_perplexity_increase, min_top1_agreement, "
-                                 "max_kl)")
-        return self
-
-    @model_validator(mode="after")
     def _threads_vs_cores(self) -> DeviceProfile:
         if self.runtime.threads is not None and self.runtime.threads > self.hardware.cores:
             log.warning(
