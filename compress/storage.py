@@ -305,3 +305,18 @@ def staged_dir(out: Path | str, force: bool = False, *, need_bytes: int | None =
         if found is not None:
             raise describe(found, out, need_bytes=need_bytes, written_bytes=written, scratch=tmp) from e
         raise
+
+
+def safetensors_header(file: Path) -> tuple[int, dict]:
+    """The JSON header of the safetensors ``file`` (tensor names -> dtype, shape, data offsets; no tensor read) and
+    its length in bytes (the tensors' data starts 8 bytes after it). ValueError where the file is shorter than its
+    header or the declared length is out of range."""
+    size = Path(file).stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("file shorter than its header")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > size - 8:
+            raise ValueError("header length out of range")
+        return n, json.loads(f.read(n))

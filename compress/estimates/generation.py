@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from compress.errors import ArtifactError, ConfigError
 from compress.estimates.cost import GraphCost, NodeCost
 from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, Peaks, profile_peaks, roofline
+from compress.storage import safetensors_header
 from compress.tasks.generation import GENAI_CONFIG
 
 if TYPE_CHECKING:
@@ -424,12 +425,7 @@ def _safetensors_facts(folder: Path) -> ModelFacts:
     files = 0
     for f in sorted(folder.glob("*.safetensors")):
         files += f.stat().st_size
-        raw = f.read_bytes()[:8]
-        n = int.from_bytes(raw, "little")
-        with f.open("rb") as fh:
-            fh.seek(8)
-            header = json.loads(fh.read(n))
-        for name, t in header.items():
+        for name, t in safetensors_header(f)[1].items():
             if name != "__metadata__" and len(t["shape"]) == 2:
                 sizes[name] = (math.prod(t["shape"]), t["data_offsets"][1] - t["data_offsets"][0])
     embed = next((k for k in sizes if k.endswith("embed_tokens.weight")), None)

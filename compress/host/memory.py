@@ -12,13 +12,13 @@ teacher checkpoint. ``EDGECOMPRESS_MEMORY_CHECK=off`` skips the check (an estima
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 from compress.errors import MemoryShortage
+from compress.storage import safetensors_header
 
 #: stage -> (fixed bytes, peak bytes per FP32 weight byte): the slope of a least-squares line through the measured
 #: peaks and the largest of their residuals as the fixed part, so that every measured run lies on or under it
@@ -39,7 +39,6 @@ LOWER = {
     "validate": "--no-baseline (no FP32 baseline timed beside the artifact)",
 }
 ENV = "EDGECOMPRESS_MEMORY_CHECK"
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def safetensors_parameters(folder: Path) -> int | None:
@@ -48,31 +47,15 @@ def safetensors_parameters(folder: Path) -> int | None:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         return None
-    total = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            size = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(size))
-        for name, info in header.items():
-            if name != "__metadata__" and info.get("dtype") in _DTYPE_BYTES:
-                count = 1
-                for d in info["shape"]:
-                    count *= int(d)
-                total += count
-    return total
+    return sum(math.prod(info["shape"]) for f in files for name, info in safetensors_header(f)[1].items()
+               if name != "__metadata__")
 
 
 def gguf_parameters(path: Path) -> int:
     """The number of weights in a ``.gguf`` file, from its tensor table (no tensor read)."""
     from gguf import GGUFReader
 
-    total = 0
-    for t in GGUFReader(str(path)).tensors:
-        count = 1
-        for d in t.shape:
-            count *= int(d)
-        total += count
-    return total
+    return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
 
 
 def estimate(stage: str, weight_bytes: int) -> int:

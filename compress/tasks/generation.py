@@ -32,7 +32,7 @@ from compress.tasks import StreamingMetric
 
 __all__ = ["DECODE_STEPS", "GENAI_CONFIG", "GENERATION_FILES", "KL_COLLAPSE", "LM_TRAVEL", "Generated", "GenerationPostprocess",
            "GenerationStream", "KVCache", "collapse", "compare_generation", "continuation_agreement", "copy_travel",
-           "generation_metrics", "generator_atol", "judge_continuations", "make_tokenizer_portable",
+           "generation_metrics", "generator_atol", "judge_continuations", "make_tokenizer_portable", "needs_tokenizer_module",
            "portable_tokenizer_config", "require_generation_parity", "require_no_collapse", "scored_positions",
            "sentencepiece_style", "TOKENIZER_MODULE"]
 
@@ -286,13 +286,22 @@ def make_tokenizer_portable(folder: Path) -> list[str]:
     if cfg != raw:
         cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         written.append(cfg_path.name)
-    tok = folder / "tokenizer.json"
-    module = folder / TOKENIZER_MODULE
-    if cfg.get("tokenizer_class") == "PreTrainedTokenizerFast" and tok.is_file() and not module.exists() \
-            and sentencepiece_style(json.loads(tok.read_text(encoding="utf-8"))):
-        module.write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}, indent=2) + "\n", encoding="utf-8")
-        written.append(module.name)
+    if needs_tokenizer_module(folder, cfg):
+        (folder / TOKENIZER_MODULE).write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}, indent=2) + "\n",
+                                               encoding="utf-8")
+        written.append(TOKENIZER_MODULE)
     return written
+
+
+def needs_tokenizer_module(folder: Path, config: dict[str, Any]) -> bool:
+    """Whether the tokenizer in ``folder`` (its ``tokenizer_config.json`` as ``config``) lacks the
+    ``tokenizer_module.json`` ONNX Runtime GenAI needs: a generic class over a sentencepiece-style tokenizer.json."""
+    import json
+
+    tok = folder / "tokenizer.json"
+    return (config.get("tokenizer_class") == "PreTrainedTokenizerFast" and tok.is_file()
+            and not (folder / TOKENIZER_MODULE).exists()
+            and sentencepiece_style(json.loads(tok.read_text(encoding="utf-8"))))
 
 
 # -- a greedy run, and the generator stages' judgements on it -----------------------------------------------------

@@ -166,16 +166,11 @@ def inspect_weights(path: Path, *, allow_pickle: bool = False) -> tuple[list[str
 
 def _check_safetensors(file: Path) -> None:
     """Read the safetensors header and check the file holds every byte it declares."""
+    from compress.storage import safetensors_header
+
     try:
         size = file.stat().st_size
-        with open(file, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than its header")
-            n = int.from_bytes(head, "little")
-            if n <= 0 or n > size - 8:
-                raise ValueError("header length out of range")
-            header = json.loads(f.read(n))
+        n, header = safetensors_header(file)
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + n + end > size:
             raise ValueError(f"{size} bytes on disk, {8 + n + end} declared")

@@ -22,7 +22,7 @@ from typing import Any
 from compress.artifact import Artifact
 from compress.stages.export.lm.openvino import MODEL_XML, TOKENIZER_IRS
 from compress.tasks import kind_of
-from compress.tasks.generation import GENAI_CONFIG, TOKENIZER_MODULE, portable_tokenizer_config, sentencepiece_style
+from compress.tasks.generation import GENAI_CONFIG, TOKENIZER_MODULE, needs_tokenizer_module, portable_tokenizer_config
 
 #: format -> the runner an app calls, as the docs' snippets call it
 APIS = {
@@ -46,9 +46,7 @@ def own_runtime(art: Artifact) -> dict[str, Any] | None:
         if portable_tokenizer_config(cfg).get("tokenizer_class") != cfg.get("tokenizer_class"):
             missing.append(f"tokenizer_config.json names {cfg.get('tokenizer_class')}, a class only transformers 5 "
                            "reads")
-        elif fmt == "onnx" and cfg.get("tokenizer_class") == "PreTrainedTokenizerFast" and \
-                not (d / TOKENIZER_MODULE).is_file() and (d / "tokenizer.json").is_file() and \
-                sentencepiece_style(json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))):
+        elif fmt == "onnx" and needs_tokenizer_module(d, cfg):
             missing.append(f"{TOKENIZER_MODULE} (ORT GenAI would split its sentencepiece-style vocabulary as GPT-2 "
                            "bytes)")
     if fmt == "onnx" and not (d / GENAI_CONFIG).is_file():
