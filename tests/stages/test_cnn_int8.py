@@ -19,6 +19,8 @@ from tests.builders.images import depthwise_stack
 pytest.importorskip("onnxruntime")
 pytest.importorskip("PIL")
 
+pytestmark = pytest.mark.slow  # 20 s of a 1,917 s run (tests/conftest.py SLOW_SHARE)
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, Path]:

@@ -94,7 +94,7 @@ def test_the_cli_prints_the_collapse_reason(releases):
 
 
 def test_a_release_whose_decode_is_slower_beyond_noise_fails(releases):
-    from compress.validation.gate import gate
+    from compress.validation.gate import GateConfig, gate
 
     slow, good = releases["slow"], releases["good"]
     assert slow["metrics"]["generation"]["decode_tokens_per_s"] < good["metrics"]["generation"]["decode_tokens_per_s"]
@@ -103,5 +103,7 @@ def test_a_release_whose_decode_is_slower_beyond_noise_fails(releases):
     result = gate(slow, good)
     dec = result.metrics[0]
     assert dec.metric == "decode ms/token" and dec.verdict == "regressed" and result.verdict == "regressed"
-    assert dec.change > 0.5 and dec.p_value < 1e-3
+    # the slowdown the gate reports is its threshold's side of the line, confirmed by the rank test; how far past the
+    # line depends on how much of a tiny model's decode step is per-node overhead (0.24 to 0.6 measured on 2 cores)
+    assert dec.change > GateConfig().latency_threshold and dec.p_value < 1e-3
     assert gate(good, slow).metrics[0].verdict == "improved"
