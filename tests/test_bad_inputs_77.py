@@ -38,3 +38,124 @@ def test_k_quant_with_blocks_wider_than_a_layer_is_refused_naming_a_block_size_t
     made = quantize(art, tmp_path / "q", QuantizeConfig.from_flat(precision="int4", int4_algorithm="k_quant",
                                                                   block_size=32))
     assert made.precision == "int4"  # the block size the refusal names works
+
+
+# -- a checkpoint's own code, named anywhere in its folder -----------------------------------------------------------
+
+def _with_own_code(ckpt, where: str, marker) -> None:
+    """Make the checkpoint folder ``ckpt`` name its own Python code in ``where`` (a module that writes ``marker``
+    when imported): an ``auto_map`` in a tokenizer's or processor's config, or a ``custom_generate/`` folder."""
+    import json
+
+    code = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    if where == "custom_generate":
+        (ckpt / "custom_generate").mkdir()
+        (ckpt / "custom_generate" / "generate.py").write_text(code + "def generate(model, **kw):\n    pass\n")
+        return
+    (ckpt / "evil.py").write_text(code + "from transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
+    path = ckpt / where
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]} \
+        if where == "tokenizer_config.json" else {"AutoProcessor": "evil.EvilTokenizer"}
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("where", ["config.json", "tokenizer_config.json", "processor_config.json", "custom_generate"])
+def test_own_code_is_found_in_every_file_that_can_name_it(tmp_path, where):
+    import json
+
+    from compress.errors import ModelLoadError
+    from compress.teachers.checkpoints import refuse_remote_code, remote_code
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    assert remote_code(ckpt) is None
+    if where == "config.json":
+        (ckpt / where).write_text(json.dumps({"model_type": "llama", "auto_map": {"AutoConfig": "evil.C"}}))
+    else:
+        _with_own_code(ckpt, where, tmp_path / "marker")
+    assert where.split(".")[0] in remote_code(ckpt)
+    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
+        refuse_remote_code(ckpt, None, trusted=False)
+    refuse_remote_code(ckpt, None, trusted=True)  # trusted: the loader may run it
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    """A tiny Llama checkpoint, its FP32 ONNX export, a profile and a text: what validate and search need."""
+    pytest.importorskip("torch")
+    from compress.stages.export import export
+    from compress.stages.export.config import ExportConfig
+    from tests.builders.causal_lm import STORY, genai_builder_missing, tiny_causal_lm
+    from tests.validation.test_validate_generation import gen_profile
+
+    if genai_builder_missing():
+        pytest.skip(genai_builder_missing())
+    root = tmp_path_factory.mktemp("gen77")
+    ckpt = tiny_causal_lm(root / "ckpt", layers=1)
+    art = export(ckpt, root / "onnx", ExportConfig(format="onnx"))
+    (root / "story.txt").write_text("\n\n".join([STORY] * 3), encoding="utf-8")
+    return {"ckpt": ckpt, "onnx": art.path, "profile": gen_profile(root / "profiles", "g77"),
+            "text": root / "story.txt"}
+
+
+def _copy_with_own_code(generator, tmp_path, where):
+    import shutil
+
+    ckpt = tmp_path / "own-code"
+    shutil.copytree(generator["ckpt"], ckpt)
+    _with_own_code(ckpt, where, tmp_path / "it-ran")
+    return ckpt
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "gguf"])
+def test_export_refuses_a_tokenizer_s_own_code_before_any_loader_or_converter_runs_it(generator, tmp_path, fmt):
+    """tokenizer_config.json's auto_map, config.json without one: llama.cpp's converter loads tokenizers trusting
+    remote code, transformers refused it with exit 3; now one line before either runs."""
+    from tests.conftest import assert_one_line_error, edgecompress
+
+    ckpt = _copy_with_own_code(generator, tmp_path, "tokenizer_config.json")
+    proc = edgecompress("export", ckpt, "--format", fmt, "-o", tmp_path / "out")
+    assert_one_line_error(proc, "auto_map in tokenizer_config.json", "--trust-remote-code")
+    assert not (tmp_path / "it-ran").exists() and not (tmp_path / "out").exists()
+
+
+def test_validate_refuses_a_teacher_s_own_code_before_saying_its_plan(generator, tmp_path):
+    from tests.conftest import assert_one_line_error, edgecompress
+
+    ckpt = _copy_with_own_code(generator, tmp_path, "processor_config.json")
+    proc = edgecompress("validate", generator["onnx"], "-p", generator["profile"], "--data", generator["text"],
+                        "--teacher", ckpt, "--no-cold-start", "--report-dir", tmp_path / "r")
+    assert_one_line_error(proc, "auto_map in processor_config.json", "--trust-remote-code")
+    assert "perplexity on" not in proc.stdout + proc.stderr  # checked first, then announced
+    assert not (tmp_path / "it-ran").exists() and not (tmp_path / "r").exists()
+
+
+def test_validate_refuses_another_model_s_teacher_before_saying_its_plan(generator, tmp_path):
+    """A teacher whose vocabulary is not the artifact's: exit 3 ("teacher logits [1, 256, 600] and the artifact's
+    [1, 256, 512] differ") after the plan line and the teacher's loading; now one line before either."""
+    import json
+    import shutil
+
+    from tests.conftest import assert_one_line_error, edgecompress
+
+    other = tmp_path / "other"
+    shutil.copytree(generator["ckpt"], other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(cfg | {"vocab_size": 600}))
+    proc = edgecompress("validate", generator["onnx"], "-p", generator["profile"], "--data", generator["text"],
+                        "--teacher", other, "--no-cold-start", "--report-dir", tmp_path / "r")
+    assert_one_line_error(proc, "vocabulary has 600 tokens and the artifact's 512", "--teacher")
+    assert "perplexity on" not in proc.stdout + proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_search_refuses_a_teacher_s_own_code_before_the_first_trial(generator, tmp_path):
+    from tests.conftest import assert_one_line_error, edgecompress
+
+    ckpt = _copy_with_own_code(generator, tmp_path, "custom_generate")
+    proc = edgecompress("search", "-t", ckpt, "-p", generator["profile"], "--train", generator["text"],
+                        "--eval", generator["text"], "--search-dir", tmp_path / "s")
+    assert_one_line_error(proc, "custom_generate/", "never runs")
+    assert not (tmp_path / "it-ran").exists() and not (tmp_path / "s" / "trials").exists()

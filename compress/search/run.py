@@ -65,6 +65,14 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     from compress.search.generator_run import run_generator_search
     from compress.teachers.kinds import source_kind
 
+    if (Path(config.teacher) / "config.json").is_file():  # refused before the first trial, not in every trial
+        from compress.errors import ModelLoadError
+        from compress.teachers.checkpoints import remote_code
+
+        if where := remote_code(config.teacher):
+            raise ModelLoadError(f"{config.teacher}: the checkpoint brings its own Python code ({where}), which a "
+                                 "search never runs", hint="export it with --trust-remote-code and search the "
+                                                           "exported model file")
     # a causal LM's folder (its routes start from the checkpoint): runtime x INT4 algorithm x group x 8-bit layers
     if Path(config.teacher).is_dir() and source_kind(config.teacher) == "generation":
         return run_generator_search(config, search_dir, progress=progress, force=force)

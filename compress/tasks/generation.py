@@ -18,6 +18,7 @@ causal LM (:data:`GENERATION_FILES`, :data:`LM_TRAVEL`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -223,6 +224,22 @@ GENERATION_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 #: ... and the checkpoint's ``config.json``: what a generator artifact carries, except the GenAI builder's ONNX (whose
 #: dimensions its genai_config.json states) and a fine-tuned checkpoint (which writes its own)
 LM_TRAVEL = (*GENERATION_FILES, "config.json")
+
+
+def artifact_vocab(folder: Path | str) -> int | None:
+    """The number of token rows of the generator in ``folder`` (its logits' width), from the files it carries:
+    genai_config.json's ``model.vocab_size``, else config.json's ``vocab_size``; None when neither says."""
+    for name, keys in ((GENAI_CONFIG, ("model", "vocab_size")), ("config.json", ("vocab_size",)),
+                       ("config.json", ("text_config", "vocab_size"))):
+        try:
+            value: Any = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+            for key in keys:
+                value = value[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def copy_travel(source: Path, out: Path, names: tuple[str, ...] = LM_TRAVEL) -> None:

@@ -98,12 +98,35 @@ def _check_vocab(path: Path, config: dict[str, Any]) -> None:
                              hint="save the model's own tokenizer beside it: tokenizer.save_pretrained(DIR)")
 
 
-def refuse_remote_code(path: Path | str, config: dict[str, Any], trusted: bool) -> None:
-    """Refuse a checkpoint whose config names its own Python code (``auto_map``) unless ``trusted``
-    (``--trust-remote-code``): every loader (text, image, causal LM), transformers and ONNX Runtime GenAI's builder
-    alike, would run it."""
-    if config.get("auto_map") and not trusted:
-        raise ModelLoadError(f"{path}: the checkpoint needs its own Python code (auto_map in config.json)",
+#: the files of a checkpoint folder whose ``auto_map`` names the checkpoint's own Python code (the model's config,
+#: its tokenizer's, its processors'), and the folder a checkpoint's own generation loop lives in
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
+                "feature_extractor_config.json", "image_processor_config.json")
+CUSTOM_GENERATE = "custom_generate"
+
+
+def remote_code(path: Path | str, config: dict[str, Any] | None = None) -> str | None:
+    """Where the checkpoint folder ``path`` names its own Python code, or None: an ``auto_map`` in any of
+    :data:`CODE_CONFIGS` (``config`` is config.json already read), or a ``custom_generate/`` folder. transformers runs
+    that code when asked to trust it, and llama.cpp's converter always asks."""
+    path = Path(path)
+    for name in CODE_CONFIGS:
+        data = config if name == "config.json" and config is not None else \
+            _read_json(path / name) if (path / name).is_file() else {}
+        if isinstance(data, dict) and data.get("auto_map"):
+            return f"auto_map in {name}"
+    if (path / CUSTOM_GENERATE).is_dir():
+        return f"{CUSTOM_GENERATE}/"
+    return None
+
+
+def refuse_remote_code(path: Path | str, config: dict[str, Any] | None, trusted: bool) -> None:
+    """Refuse a checkpoint folder that names its own Python code (:func:`remote_code`) unless ``trusted``
+    (``--trust-remote-code``): every loader (text, image, causal LM), transformers, ONNX Runtime GenAI's builder and
+    llama.cpp's converter alike, would run it."""
+    where = None if trusted else remote_code(path, config)
+    if where:
+        raise ModelLoadError(f"{path}: the checkpoint brings its own Python code ({where})",
                              hint="review that code, then pass --trust-remote-code to run it")
 
 

@@ -227,11 +227,14 @@ def continuations(backend, teacher, tok, prompts: list[str], new_tokens: int, po
 
 def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
     """The causal LM teacher (PyTorch FP32), or None when it is not on this machine."""
+    from compress.teachers.gguf_checkpoint import is_gguf, source_changed
+
     if tdir is None:
-        warnings.append("no teacher: the recorded source is not on this machine; pass --teacher (perplexity is "
-                        "measured, KL, top-1 and continuation agreement are not)")
+        changed = source_changed(art.manifest.source.origin or {})  # a GGUF rewritten since, its checkpoint dropped
+        why = (f"{changed}, and the checkpoint it dequantized to is gone from the cache; restore the file or pass "
+               "--teacher" if changed else "the recorded source is not on this machine; pass --teacher")
+        warnings.append(f"no teacher: {why} (perplexity is measured, KL, top-1 and continuation agreement are not)")
         return None
-    from compress.teachers.gguf_checkpoint import is_gguf
     from compress.validation.gguf_reference import GgufReference
 
     if is_gguf(tdir):  # an adopted GGUF: the file itself in llama.cpp, as an adopted ONNX file in ONNX Runtime
@@ -239,6 +242,22 @@ def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
     from compress.teachers.causal_lm import CausalLM
 
     return CausalLM.load(tdir, trust_remote_code=config.trust_remote_code)
+
+
+def _check_teacher(tdir: Path | None, art: Artifact, config) -> None:
+    """The teacher checkpoint's faults, each one line, before the plan is said or anything loads: its own code
+    untrusted, unsafe weights (:func:`~compress.teachers.checkpoints.check_checkpoint`), a vocabulary not the
+    artifact's (another model's teacher: the logits would not line up)."""
+    if tdir is None or not (Path(tdir) / "config.json").is_file():
+        return
+    from compress.tasks.generation import artifact_vocab
+    from compress.teachers.checkpoints import check_checkpoint
+
+    check_checkpoint(tdir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    mine, theirs = artifact_vocab(tdir), artifact_vocab(art.path)
+    if None not in (mine, theirs) and mine != theirs:
+        raise ConfigError(f"{tdir}: the teacher's vocabulary has {mine} tokens and the artifact's {theirs}: it is "
+                          "another model's teacher", hint="pass the checkpoint the artifact was made from as --teacher")
 
 
 def reference_of(tdir: Path, teacher) -> str:
@@ -365,6 +384,7 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
 
     config, profile, warnings, progress = run.config, run.profile, run.warnings, run.progress
     _check_baseline(art, tdir, config)  # refused before any work, not after the windows
+    _check_teacher(tdir, art, config)  # its faults said before the plan is
     if str(art.manifest.format) == "onnx" and tdir is not None and config.measure.baseline:
         from compress.host.memory import check_memory, safetensors_parameters
 
