@@ -159,3 +159,17 @@ def test_search_refuses_a_teacher_s_own_code_before_the_first_trial(generator, t
                         "--eval", generator["text"], "--search-dir", tmp_path / "s")
     assert_one_line_error(proc, "custom_generate/", "never runs")
     assert not (tmp_path / "it-ran").exists() and not (tmp_path / "s" / "trials").exists()
+
+
+@pytest.mark.parametrize("flags", [["--prompts", "PROMPTS", "--window", "64"], ["--new-tokens", "32"]])
+def test_a_generator_s_options_on_a_classifier_are_refused_not_ignored(onnx_artifact, tmp_path, flags):
+    """validate of a BERT classifier with --prompts and --window: exit 4 with both ignored; now one line naming the
+    first, before any data or teacher is read (the flags' defaults, e.g. --new-tokens 128, are not 'given')."""
+    from tests.conftest import assert_one_line_error, edgecompress
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n", encoding="utf-8")
+    args = [str(prompts) if f == "PROMPTS" else f for f in flags]
+    proc = edgecompress("validate", onnx_artifact.path, "-p", "host", *args, "--report-dir", tmp_path / "r")
+    assert_one_line_error(proc, f"({flags[0]}) applies to text generators", "text-classification model", "drop it")
+    assert not (tmp_path / "r").exists()

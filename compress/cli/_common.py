@@ -32,6 +32,14 @@ def build_config(model: type[M], **values: Any) -> M:
         raise ConfigError(f"{flag(key)}: {err['msg']}", hint=hint) from None
 
 
+def given_or_none(name: str, value: Any) -> Any:
+    """The option ``name``'s ``value`` when the user gave it, None when it is the flag's default (shown in --help):
+    a config then tells what was asked from what was not (options that do not apply are refused, not ignored)."""
+    from click.core import ParameterSource
+
+    return None if click.get_current_context().get_parameter_source(name) is ParameterSource.DEFAULT else value
+
+
 def require_input(path: Path | None, takes: str, error: type[EdgeCompressError] = ModelLoadError) -> None:
     """A path the command reads that does not exist: one line naming it and what the command takes (``takes``, or
     ``"model"`` for :func:`model_sources`). Called once the options and the output are checked (their refusals come

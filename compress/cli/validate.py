@@ -10,6 +10,7 @@ from compress.cli._common import (
     console,
     end_with_verdict,
     force_reports_option,
+    given_or_none,
     require_input,
     unverified_exit_code_option,
 )
@@ -105,7 +106,8 @@ def validate_cmd(artifact, profile, data, teacher, text_column, text_pair_column
         trust_remote_code=trust_remote_code, cache=not no_cache, remote=",".join(remote) or None,
         remote_python=remote_python,
         ssh_config=str(ssh_config) if ssh_config else None, prompts=str(prompts) if prompts else None,
-        prompt_tokens=prompt_tokens, new_tokens=new_tokens, window=window,
+        prompt_tokens=given_or_none("prompt_tokens", prompt_tokens), new_tokens=given_or_none("new_tokens", new_tokens),
+        window=window,
     )
     from compress.validation.fleet import is_fleet
 

@@ -68,13 +68,11 @@ def _teacher_dir(art: Artifact, given: str | None) -> Path | None:
     from compress.artifact import reference_teacher
 
     src = Path(reference_teacher(art.manifest)[0])
-    origin = art.manifest.source.origin or {}
-    if not src.exists() and Path(origin.get("path", "")).is_file():  # the checkpoint a GGUF dequantized to, dropped
-        from compress.device.facts import sha256_file  # from the cache: made again from the file, if it is the same
-        from compress.teachers.gguf_checkpoint import gguf_checkpoint
+    origin = art.manifest.source.origin
+    if origin and str(src) == art.manifest.source.path:  # the checkpoint a GGUF dequantized to, in the cache
+        from compress.teachers.gguf_checkpoint import recorded_checkpoint
 
-        if sha256_file(origin["path"]) == origin.get("sha256"):
-            return gguf_checkpoint(origin["path"])
+        return recorded_checkpoint(src, origin)  # held there, or made again from the same file when dropped or damaged
     return src if src.exists() else None  # a checkpoint directory, or an adopted model file
 
 
@@ -128,6 +126,10 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
         from compress.teachers.load import load_source
 
         art = load_source(artifact, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    given = [p for p in config.given() if p.startswith("generation.")]
+    if given and kind_of(art.manifest) != "generation":  # a text generator's options on another model: not ignored
+        raise ConfigError(f"{config.option(given[0])} applies to text generators (task text-generation); "
+                          f"{art.path.name} is a {art.manifest.task} model", hint="drop it")
     profile = runtime_for(profile, art.format)  # host: the runtime the artifact's format needs
     runtime_name = profile.runtime.name
     cls = runtime_class(runtime_name)
