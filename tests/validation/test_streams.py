@@ -291,3 +291,13 @@ def test_remote_streams_on_the_device(vad, tmp_path, sshd, profile, home):  # no
     np.testing.assert_allclose(rem.metrics["stream"]["first_outputs"],
                                expected(np.round(values * 32767) / 32768)[:4], rtol=1e-4)
     assert rem.metrics["latency_ms"]["n"] > 0 and sshd.leftovers() == []
+
+
+def test_accuracy_aware_quantization_of_a_stream_is_refused_saying_why(vad, tmp_path, capsys):
+    """Issue 77: quantize --max-drop of a stream with a .wav said "not an .npz of input arrays"; the search does not
+    run streams (it scores single calls), and that is what the line says now, before the data is read."""
+    wav = write_wav(tmp_path / "eval.wav", speechy())
+    line = main_error(capsys, "quantize", vad.path, "--mode", "static", "--calibration", wav, "--max-drop", "0.01",
+                      "--data", wav, "--out", tmp_path / "q")
+    assert "does not run a stream model" in line and "parity_vs_input" in line, line
+    assert not (tmp_path / "q").exists()

@@ -53,6 +53,11 @@ def quantize(
     backend = backend_of(str(art.format), str(art.task))
     if backend in backends():  # what this backend does not read is refused, the same way for every backend
         refuse_ignored(config, backend)
+    if config.accuracy_aware and kind_of(art) == "stream":
+        raise ConfigError(f"{art.path}: accuracy-aware quantization (--max-drop) does not run a "
+                          "stream model yet (its state is carried from call to call; the search scores single calls)",
+                          hint="drop --max-drop: static INT8 checks the stream's decisions against "
+                               "the input (parity_vs_input), then validate -p PROFILE --data FILE.wav measures it")
     if config.accuracy_aware and not config.accuracy.data:
         raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
     if config.accuracy.metric and not config.accuracy_aware:
