@@ -173,3 +173,20 @@ def test_a_generator_s_options_on_a_classifier_are_refused_not_ignored(onnx_arti
     proc = edgecompress("validate", onnx_artifact.path, "-p", "host", *args, "--report-dir", tmp_path / "r")
     assert_one_line_error(proc, f"({flags[0]}) applies to text generators", "text-classification model", "drop it")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_recipe_problem_set_by_set_is_named_by_its_key_not_by_a_line_of_the_file(tmp_path):
+    """run --set steps.pr.prune.recover_steps=10 (a version-1 key) named r.yaml:7, the line of `prune:`, which does
+    not hold the key; a problem the file itself holds keeps its line."""
+    from compress.recipes.schema import RecipeError, read_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nteacher: ./ckpt\ndata:\n  train: t.txt\nsteps:\n  pr:\n    prune: {ffn: 0.3}\n")
+    with pytest.raises(RecipeError) as e:
+        read_recipe(recipe, {"steps.pr.prune.recover_steps": 10})
+    assert str(e.value).startswith("--set steps.pr.prune.recover_steps: `recover_steps` is now `recovery.steps`")
+    with pytest.raises(RecipeError, match=r"^--set steps\.pr\.prune: steps\.pr\.prune\.ffn: Input should be less"):
+        read_recipe(recipe, {"steps.pr.prune": {"ffn": 3}})
+    recipe.write_text(recipe.read_text().replace("ffn: 0.3", "ffn: 3"))
+    with pytest.raises(RecipeError, match=r"r\.yaml:7: steps\.pr\.prune\.ffn: Input should be less"):
+        read_recipe(recipe, {"data.eval": "t.txt"})

@@ -191,10 +191,23 @@ def _field(loc: tuple) -> str:
     return ".".join(parts)
 
 
+def _set_key(root, field: str, problem: str) -> str | None:
+    """The ``--set`` key (recorded on ``root`` by :func:`read_recipe`) a problem at ``field`` comes from: the key
+    itself, one inside a value it set, or one set beneath ``field`` that the problem names; None: the file's."""
+    for key in getattr(root, "set_keys", ()):
+        below = key[len(field) + 1:].split(".")[0] if key.startswith(field + ".") else None
+        if key == field or field.startswith(key + ".") or (below and (f"`{below}`" in problem or below in problem.split())):
+            return key
+    return None
+
+
 def _raise(label: str, root, loc: tuple, problem: str, hint: str) -> None:
+    field = _field(loc)
+    if (key := _set_key(root, field, problem)) is not None:  # not a line of the file: the option that set it
+        inside = field if field.startswith(key + ".") else ""  # a field inside the value set, else the key says it
+        raise RecipeError(f"--set {key}: {inside + ': ' if inside else ''}{problem}", hint=hint)
     line = _line(root, loc)
     where = f"{label}:{line}" if line else label
-    field = _field(loc)
     raise RecipeError(f"{where}: {field + ': ' if field else ''}{problem}", hint=hint)
 
 
@@ -304,6 +317,8 @@ def read_recipe(path: Path | str, overrides: dict[str, Any] | None = None) -> Re
     data.setdefault("name", re.sub(r"[^a-z0-9_-]+", "-", p.stem.lower()).strip("-_") or "recipe")
     if overrides:
         apply_overrides(data, overrides)
+        if root is not None:  # a problem in what --set wrote is named by its key, not by a line of the file
+            root.set_keys = tuple(overrides)
     if "teacher" not in data:
         raise RecipeError(f"{label}: teacher: required field missing",
                           hint="name the checkpoint in the recipe, or give it: --set teacher=DIR")
