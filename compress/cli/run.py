@@ -85,6 +85,8 @@ def print_summary(result) -> None:
                 res += f": {j['zipped_mb']:.1f} MB zipped"
         else:
             res = f"{j.get('format', '')} {j.get('precision', '')}, {j.get('size_mb', 0):.1f} MB"
+            if j.get("collapsed"):
+                res += f": NOT SHIPPABLE ({j['collapsed']})"
         rows.append((j["name"], j["status"], f"{j.get('seconds', 0):.1f}", res))
     table(f"run {result.run_dir}", ("job", "status", "seconds", "result"), rows)
     from compress.validation.gate import row_line
@@ -165,11 +167,15 @@ def end_run(result) -> None:
     from compress.cli.gate import raise_for_gate
     from compress.errors import BudgetFailed
 
-    failed = [j["name"] for j in result.index["jobs"] if j.get("verdict") == "fail"]
+    jobs = result.index["jobs"]
+    failed = [j["name"] + (f" ({j['failed']})" if j.get("failed") else "") for j in jobs if j.get("verdict") == "fail"]
+    collapsed = [f"{j['name']} ({j['collapsed']})" for j in jobs if j.get("collapsed")]
     html = result.run_dir / "report.html"
     see = html if html.is_file() else result.run_dir / "index.json"  # --no-html writes none
     if failed:
-        raise BudgetFailed(f"budget failed: {', '.join(failed)} (see {see})")
+        raise BudgetFailed(f"budget failed: {'; '.join(failed)}"
+                           + (f"; NOT SHIPPABLE, collapsed against its input: {'; '.join(collapsed)}" if collapsed
+                              else "") + f" (see {see})")
     raise_for_gate(result.gate)
     if result.verdict == "anomalous":
         from compress.errors import Anomalous

@@ -81,7 +81,7 @@ def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
 
 
 def run_validate(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
-    from compress.reports.render import write_report
+    from compress.reports.render import failed_summary, write_report
     from compress.validation.local import validate
 
     report = validate(source, config, progress=ctx.say)
@@ -92,6 +92,8 @@ def run_validate(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
                "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(ctx.run))}
     if m.get("generation") is not None:  # a text generator: its speed and quality figures (docs/generators.md)
         summary |= {k: m.get(k) for k in GENERATOR_FIGURES}
+    if report.verdict == "fail":  # which budgets, as validate alone says them
+        summary["failed"] = failed_summary(report.budgets)
     return summary
 
 
@@ -120,4 +122,7 @@ def _artifact_summary(path: Path) -> dict[str, Any]:
     from compress.artifact import load_artifact
 
     art = load_artifact(path, verify=False)
-    return {"format": str(art.format), "precision": str(art.precision), "size_mb": round(art.size_bytes() / 2**20, 2)}
+    out = {"format": str(art.format), "precision": str(art.precision), "size_mb": round(art.size_bytes() / 2**20, 2)}
+    if (reason := art.manifest.collapsed()) is not None:  # quantize's own check found it collapsed: NOT SHIPPABLE
+        out["collapsed"] = reason
+    return out

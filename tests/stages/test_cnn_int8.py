@@ -441,3 +441,33 @@ def test_which_convolutions_keep_8_bits():
     model = helper.make_model(graph)
     assert depthwise_convs(model) == {"dw": "dw.w"}
     assert linear_output_convs(model) == {"grouped": "grouped.w", "head": "head.w", "residual": "residual.w"}
+
+
+def test_a_run_that_wrote_a_collapsed_model_says_not_shippable_and_the_budget(stack, tmp_path):
+    """Issue 77: a recipe whose quantize step wrote a NOT SHIPPABLE model and validated it ended with only "budget
+    failed: validate/q@fast"; the run's job records now carry the collapse and the failed budgets, and its last line
+    says both, as quantize and validate alone do."""
+    from types import SimpleNamespace
+
+    import onnx
+
+    from compress.cli.run import end_run
+    from compress.errors import BudgetFailed
+    from compress.recipes.steps import _artifact_summary
+    from tests.conftest import edgecompress
+
+    stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
+    q = tmp_path / "q"
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor",
+                        "--exclude-nodes", stem, "--out", q)
+    assert proc.returncode == 0, proc.stderr
+    job = _artifact_summary(q)  # what the run records of its quantize step
+    assert "mean output cosine" in job["collapsed"]
+    validated = {"name": "validate/q@fast", "verdict": "fail", "failed": "no_collapse (0 vs <= 0)"}
+    result = SimpleNamespace(index={"jobs": [{"name": "q", **job}, validated]}, run_dir=tmp_path, gate=[],
+                             verdict="fail")
+    with pytest.raises(BudgetFailed) as e:
+        end_run(result)
+    said = str(e.value)
+    assert said.startswith("budget failed: validate/q@fast (no_collapse"), said
+    assert "NOT SHIPPABLE, collapsed against its input: q (mean output cosine" in said, said
