@@ -164,6 +164,8 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
     if (qad := m.get("qad")) is not None:
         console().print(f"quantization-aware distillation: held-out agreement of the simulated INT8 with FP32 "
                         f"{_score(qad['before'])} before, {_score(qad['best'])} kept ({qad['kept']})")
+    if (warning := m.get("warning")) is not None:
+        console().print(f"[bold yellow]warning[/]: {warning}", highlight=False)
     _not_shippable(art, p.get("collapsed", {}).get("remedies"))
 
 

@@ -180,6 +180,26 @@ def test_a_collapse_written_without_strict_is_not_shippable(stack, tmp_path):
     assert out.is_file()
 
 
+def test_static_int8_on_too_few_rows_to_hold_any_out_says_so(stack, tmp_path):
+    """Issue 77: one calibration row (nothing to hold out) was written without a word; the check then reads the
+    calibration rows themselves, and quantize says so (a warning printed and recorded) and names the fix."""
+    import json
+
+    from tests.conftest import edgecompress
+
+    few = tmp_path / "one.npz"
+    np.savez(few, images=np.load(stack["images"])["images"][:1])
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", few, "--out", tmp_path / "q")
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: static INT8 was checked on its own calibration rows, not held-out ones" in said, said
+    assert "give --calibration at least 8 rows" in said
+    step = json.loads((tmp_path / "q" / "manifest.json").read_text())["steps"][-1]
+    assert "not held-out ones" in step["metrics"]["warning"]
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q48")
+    assert proc.returncode == 0 and "warning" not in proc.stdout  # 48 rows: held out, nothing to say
+
+
 def test_cli_default_falls_back_where_per_tensor_collapses(stack, tmp_path):
     from tests.conftest import edgecompress
 

@@ -71,6 +71,13 @@ class CalibrationSplit:
     how: str
     disjoint: bool = True
 
+    def warning(self) -> str | None:
+        """What a check on rows that also calibrated cannot see, and the fix (None when rows were held out)."""
+        if self.disjoint:
+            return None
+        return (f"static INT8 was checked on its own calibration rows, not held-out ones ({self.how}): a range "
+                f"fitted to too few rows goes unseen; give --calibration at least {MIN_SPLIT_ROWS} rows")
+
     def record(self) -> dict[str, Any]:
         return {"calibration_rows": len(self.calibration), "held_out_rows": len(self.held_out), "split": self.how,
                 "disjoint": self.disjoint}

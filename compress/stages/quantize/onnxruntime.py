@@ -312,6 +312,9 @@ def quantize_onnxruntime(art: Artifact, out: Path, config: QuantizeConfig, *, fo
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".check", dir=out.parent))
             split = split_calibration(config, art.manifest.preprocess)
             log.info("static INT8: %s", split.how)
+            if (said := split.warning()) is not None:  # nothing held out: recorded, logged, printed by the CLI
+                extra["warning"] = said
+                log.warning("%s", said)
             q.calibration_rows, q.calibration_cache = split.calibration, scratch / "calibration.json"
             fallback = fall_back(art, q, layers, exclude, split, scratch, progress)
             check = fallback.check
