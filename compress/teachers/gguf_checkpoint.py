@@ -11,7 +11,10 @@ count of each tensor type. The config is written in the form both transformers m
 
 The folder lives in edgecompress's cache (``gguf-checkpoints/SHA``, made once per file, written under a staging name
 and renamed into place), so ``export model.gguf --format onnx`` and then ``validate`` on the result read the same
-checkpoint; when the cache has dropped it, it is made again from the recorded file.
+checkpoint; when the cache has dropped it, or it is damaged (weights cut short), it is made again from the recorded
+file (:func:`recorded_checkpoint`, which validate and quantize's QAT source lookup read). The command using it holds it
+against other commands' eviction (a lease). The cache is keyed by the file's content: a second copy of the file reads
+the same folder, and the lineage names the copy given.
 
 What the source costs: the checkpoint carries the file's rounding. A Q4_1 or K-quant GGUF is already a 4-bit model,
 so its FP32 form is the quantized model's, not the original's (docs/generators.md measures what a second
@@ -20,8 +23,11 @@ quantization then costs).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -30,11 +36,12 @@ from typing import Any
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.host.memory import check_memory, gguf_parameters
 from compress.tasks.generation import make_tokenizer_portable
-from compress.teachers.lm_config import GGUF_ORIGIN, portable_config
+from compress.teachers.lm_config import GGUF_ORIGIN, given_gguf, portable_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["gguf_checkpoint", "is_gguf"]
+__all__ = ["checkpoint_damage", "gguf_checkpoint", "is_gguf", "recorded_checkpoint", "sha256_cached",
+           "source_changed"]
 
 KIND = "gguf-checkpoints"  #: the cache's folder of dequantized checkpoints
 
@@ -70,23 +77,37 @@ def _describe(path: Path) -> dict[str, Any]:
 
 def gguf_checkpoint(path: Path | str) -> Path:
     """The Hugging Face checkpoint folder the GGUF file at ``path`` dequantizes to (made once, then read from the
-    cache). One-line errors: a file that is not GGUF, an architecture transformers' GGUF loader does not read."""
+    cache; a damaged one made again), leased for this process (:func:`compress.cache.lease`: no other command evicts
+    it while this one reads it). One-line errors: a file that is not GGUF, an architecture transformers' GGUF loader
+    does not read. A dequantized size over the cache's whole cap is said before the work (and the entry kept)."""
     from compress import cache as ec_cache
-    from compress.device.facts import sha256_file
 
     src = Path(path).resolve()
     if not src.is_file():
         raise ModelLoadError(f"{path}: no such file", hint="pass the .gguf file")
-    sha = sha256_file(src)
+    sha = sha256_cached(src)
     folder = ec_cache.kind_dir(KIND) / sha[:24]
-    if (folder / GGUF_ORIGIN).is_file():
+    ec_cache.lease(folder)  # before it is looked at: an evictor has removed it already, or cannot any more
+    given_gguf(folder, src)  # the lineage names the file given, not the copy the cache was made from
+    damage = checkpoint_damage(folder) if folder.exists() else None
+    if folder.exists() and damage is None:
         ec_cache.touch(folder)
         return folder
     about = _describe(src) | {"path": str(src), "sha256": sha}
-    check_memory("dequantize", 4 * gguf_parameters(src), src.name)  # before the loader holds a byte of it
+    weights = 4 * gguf_parameters(src)
+    check_memory("dequantize", weights, src.name)  # before the loader holds a byte of it
+    if (over := ec_cache.over_limit(weights, f"the checkpoint {src.name} dequantizes to")) is not None:
+        log.warning("%s", over)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
+    if damage is not None:  # a cut or emptied cache entry: put aside, then made again from the file
+        log.warning("%s is damaged (%s): making it again from %s", folder, damage, src.name)
+        aside = folder.parent / f".{folder.name}.damaged"
+        shutil.rmtree(aside, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another process may have put it aside first
+            folder.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
     log.info("dequantizing %s (%s) into a checkpoint (once per file; cached in %s)", src.name,
              about["file_type_name"], folder.parent)
     try:
@@ -99,6 +120,68 @@ def gguf_checkpoint(path: Path | str) -> Path:
         raise
     ec_cache.enforce_limit(keep=folder)
     return folder
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """What is wrong with a dequantized checkpoint ``folder``, in words (no record of its file, no config.json, weights
+    cut short), or None when it is whole. Headers only: no tensor read."""
+    from compress.teachers.checkpoints import inspect_weights
+
+    for name in (GGUF_ORIGIN, "config.json"):
+        if not (folder / name).is_file():
+            return f"no {name}"
+    try:
+        inspect_weights(folder)
+    except ModelLoadError as e:
+        return e.message.replace(f"{folder}{os.sep}", "")  # "model.safetensors: corrupt or truncated weights (...)"
+    return None
+
+
+def source_changed(origin: dict[str, Any]) -> str | None:
+    """``origin`` (a lineage's :data:`GGUF_ORIGIN` record)'s .gguf in words when it is on this machine with another
+    sha256 than the one recorded (rewritten since), else None."""
+    file = Path(origin.get("path") or "")
+    if not file.is_file() or (now := sha256_cached(file)) == origin.get("sha256"):
+        return None
+    return (f"{file} changed since it was exported (its sha256 is {now[:12]}…, the lineage's "
+            f"{str(origin.get('sha256'))[:12]}…)")
+
+
+def recorded_checkpoint(folder: Path | str, origin: dict[str, Any]) -> Path | None:
+    """The checkpoint a lineage records at ``folder``, dequantized from the .gguf ``origin`` (its :data:`GGUF_ORIGIN`
+    record) names: the folder when it is whole (leased for this process), else made again from the file when it is
+    there with the recorded sha256 (a damaged entry replaced). None when it is gone and the file is gone or changed
+    (:func:`source_changed` says which); a damaged folder that cannot be made again is one line naming it."""
+    from compress import cache as ec_cache
+
+    folder, file = Path(folder), Path(origin.get("path") or "")
+    ec_cache.lease(folder)
+    damage = checkpoint_damage(folder) if folder.exists() else None
+    if folder.exists() and damage is None:
+        if origin.get("path"):
+            given_gguf(folder, file)
+        return folder
+    if file.is_file() and sha256_cached(file) == origin.get("sha256"):
+        return gguf_checkpoint(file)
+    if damage is not None:
+        why = source_changed(origin) or f"{file} is not on this machine"
+        raise ModelLoadError(f"{folder}: the checkpoint {file.name} dequantized to is damaged ({damage}), and it cannot "
+                             f"be made again: {why}",
+                             hint=f"delete {folder} (a cache entry; nothing else is lost), or restore {file}")
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from compress.device.facts import sha256_file
+
+    return sha256_file(path)
+
+
+def sha256_cached(path: Path) -> str:
+    """The file's sha256, read once per process for the same size and modification time (a GGUF is gigabytes)."""
+    st = Path(path).stat()
+    return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
 
 
 def _load(src: Path):

@@ -14,8 +14,8 @@ from compress.tasks import kind_of
 from compress.tasks.generation import GENERATION_FILES, GenerationPostprocess, KVCache, portable_tokenizer_config
 
 __all__ = ["CAUSAL_LM_SUFFIXES", "GGUF_ORIGIN", "cache_of", "check_special_tokens", "check_window",
-           "config_kwargs", "from_pretrained_lm", "generation_ids", "gguf_origin", "head_size", "is_causal_lm",
-           "legacy_rope", "load_tokenizer", "portable_config", "postprocess_of",
+           "config_kwargs", "from_pretrained_lm", "generation_ids", "given_gguf", "gguf_origin", "head_size",
+           "is_causal_lm", "legacy_rope", "load_tokenizer", "portable_config", "postprocess_of",
            "refuse_causal_lm", "rope_of", "source_info"]
 
 
@@ -33,12 +33,28 @@ _ALIASES = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hi
 GGUF_ORIGIN = "gguf_origin.json"
 
 
+#: the checkpoint folders made from a GGUF that this process was given a .gguf for -> that file's path
+_GIVEN: dict[str, str] = {}
+
+
+def given_gguf(folder: Path | str, path: Path | str) -> None:
+    """Note that this process reads the checkpoint ``folder`` for the .gguf at ``path``: the folder is made once per
+    content (its :data:`GGUF_ORIGIN` names the first copy it was made from); :func:`gguf_origin`, and so the lineage,
+    names the file given."""
+    _GIVEN[str(Path(folder).resolve())] = str(Path(path).resolve())
+
+
 def gguf_origin(folder: Path | str) -> dict[str, Any] | None:
-    """What :data:`GGUF_ORIGIN` in a checkpoint folder says (None when the folder was not made from a GGUF)."""
+    """What :data:`GGUF_ORIGIN` in a checkpoint folder says (None when the folder was not made from a GGUF), its
+    ``path`` the .gguf this process was given for it (:func:`given_gguf`) where it was given one."""
     import json
 
     p = Path(folder) / GGUF_ORIGIN
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    if not p.is_file():
+        return None
+    origin = json.loads(p.read_text(encoding="utf-8"))
+    given = _GIVEN.get(str(Path(folder).resolve()))
+    return origin | {"path": given} if given else origin
 
 
 def source_info(source: Path, config: dict[str, Any]):
@@ -269,6 +285,9 @@ def from_pretrained_lm(path: Path | str, **kwargs: Any):
     import torch
     import transformers
 
+    if not (Path(path) / "config.json").is_file():  # gone (a cache entry removed meanwhile): never a hub repo id
+        raise ModelLoadError(f"{path}: the checkpoint is not there any more (removed while this command ran)",
+                             hint="run the command again; keep other tools from deleting it meanwhile")
     transformers.utils.logging.disable_progress_bar()
     return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs,
                                                              **config_kwargs(path)).eval()

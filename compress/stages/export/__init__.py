@@ -38,16 +38,16 @@ def export(
 
     fmt = str(config.format)
     lm_formats = [n for n, f in FORMATS.items() if f.exporter_for("generation")]  # the formats a causal LM exports to
+    _refuse_gguf_folder(source)
     if _gguf_teacher(source, config):  # a GGUF given a --format: its dequantized checkpoint is the teacher
         from compress.errors import ConfigError
-        from compress.teachers.gguf_checkpoint import gguf_checkpoint
 
         if not FORMATS[fmt].exporter_for("generation"):  # refused before the file is read (or dequantized)
             raise ConfigError(f"{source}: a .gguf is a causal language model, which {FORMATS[fmt].label} takes none of",
                               hint=f"export it with --format {'|'.join(lm_formats)}, or leave --format out to adopt it as "
                                    "it is")
         _refuse_encoder_options(config)  # before the file is dequantized into the cache
-        source = gguf_checkpoint(source)
+        return _export_gguf(Path(source), out, config, force=force)
     # a causal LM (a checkpoint folder or a pytorch artifact; a bare .gguf is adopted below): the format's exporter
     # with a KV cache
     if Path(source).is_dir() and (kind := source_kind(source)) == "generation":
@@ -122,6 +122,40 @@ def _refuse_encoder_options(config: ExportConfig) -> None:
             shown = getattr(value, "value", value)
             raise ConfigError(f"{flag} {shown} applies to encoder exports only (it would be ignored): {why}",
                               hint=f"drop {flag}")
+
+
+def _export_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bool) -> Artifact:
+    """Export the checkpoint the .gguf ``source`` dequantizes to (made, or found in the cache, and held there while
+    this command reads it). A checkpoint removed meanwhile all the same (by hand, by another tool) is one line naming
+    it, not whatever a loader makes of a path that is not there (transformers took it for a hub repo id)."""
+    from compress.cache import ENV_DIR
+    from compress.errors import ModelLoadError
+    from compress.teachers.gguf_checkpoint import checkpoint_damage, gguf_checkpoint
+
+    folder = gguf_checkpoint(source)
+    try:
+        return export(folder, out, config, force=force)
+    except Exception:
+        if folder.exists() and checkpoint_damage(folder) is None:
+            raise
+        raise ModelLoadError(f"{folder}: the checkpoint {source.name} dequantized to was removed while the export "
+                             "read it", hint=f"run the export again (it is made again from {source.name}); keep other "
+                             f"tools from deleting edgecompress's cache ({ENV_DIR}) meanwhile") from None
+
+
+def _refuse_gguf_folder(source: Path | str) -> None:
+    """A folder holding a .gguf and no checkpoint or artifact: one line naming the file to pass (the checkpoint check
+    would say only that config.json is missing)."""
+    folder = Path(source)
+    if not folder.is_dir() or any((folder / n).is_file() for n in ("config.json", "manifest.json")):
+        return
+    files = sorted(folder.glob("*.gguf"))
+    if files:
+        from compress.errors import ConfigError
+
+        raise ConfigError(f"{folder} holds {'a .gguf' if len(files) == 1 else f'{len(files)} .gguf files'} "
+                          f"({', '.join(f.name for f in files[:3])}), not a Hugging Face checkpoint",
+                          hint=f"pass the file itself: {folder / files[0].name}")
 
 
 def _gguf_teacher(source: Path | str, config: ExportConfig) -> bool:

@@ -86,6 +86,8 @@ def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
                           hint="quantize the FP32 ONNX artifact `edgecompress export` wrote")
     adopted = adopted_file(art)
     path = Path(config.qad.source or last.metrics.get("exported_from") or art.manifest.source.path)
+    if (origin := art.manifest.source.origin) and not adopted:  # exported from the checkpoint a .gguf dequantizes to
+        return _gguf_source(art, path, origin, given=config.qad.source)
     if adopted and not config.qad.source:
         raise ConfigError(f"{art.path} was adopted from {adopted.name}, a model file with no trainable source: "
                           "quantization-aware distillation needs the PyTorch model",
@@ -105,6 +107,41 @@ def trainable_source(art: Artifact, config: QuantizeConfig) -> Path:
                           hint="pass --qat-source with the checkpoint, .pt2 program or distilled/pruned student "
                           "the artifact was exported from")
     return path
+
+
+def _gguf_source(art: Artifact, path: Path, origin: dict[str, Any], *, given: str | None) -> Path:
+    """The checkpoint ``art`` was exported from when a .gguf dequantized to it (``origin``: the lineage's record of the
+    file), checked by that file's sha256: ``--qat-source`` (the .gguf, dequantized the same way, or the checkpoint),
+    else the cached checkpoint, made again from the recorded file when the cache dropped it (as validate does)."""
+    from compress.teachers.gguf_checkpoint import (
+        gguf_checkpoint,
+        is_gguf,
+        recorded_checkpoint,
+        sha256_cached,
+        source_changed,
+    )
+    from compress.teachers.lm_config import gguf_origin
+
+    recorded = Path(origin.get("path") or "")
+    if given is None:
+        found = recorded_checkpoint(path, origin)
+        if found is None:
+            why = source_changed(origin) or f"{recorded} is not on this machine"
+            raise ConfigError(f"{art.path} was exported from the checkpoint {recorded.name} dequantizes to, which the "
+                              f"cache has dropped and which cannot be made again: {why}",
+                              hint=f"pass --qat-source with the .gguf it was exported from ({recorded.name})")
+        return found
+    if not path.exists():
+        raise ConfigError(f"--qat-source {path}: no such file or folder",
+                          hint=f"pass the .gguf {art.path} was exported from ({recorded.name})")
+    if is_gguf(path) and sha256_cached(path) != origin.get("sha256"):  # before the work of dequantizing it
+        raise ConfigError(f"--qat-source {path.name} is not the .gguf {art.path} was exported from (its sha256 is not "
+                          "the lineage's)", hint=f"pass {recorded} or a copy of it")
+    found = gguf_checkpoint(path) if is_gguf(path) else path
+    if ((gguf_origin(found) if found.is_dir() else None) or {}).get("sha256") != origin.get("sha256"):
+        raise ConfigError(f"--qat-source {path} is not the model {art.path} was exported from: it was exported from "
+                          f"the checkpoint {recorded.name} dequantizes to", hint=f"pass --qat-source {recorded}")
+    return found
 
 
 def _check_same_outputs(art: Artifact, path: Path, config: QuantizeConfig) -> None:
