@@ -39,6 +39,8 @@ _Dumper.add_representer(list, _represent_list)
 
 def _as_yaml(profile: DeviceProfile) -> str:
     data = profile.model_dump(mode="json", exclude={"extends", "source"})
+    if profile.generator_budgets is not None:  # what it writes over budgets, not every field's default
+        data["generator_budgets"] = profile.generator_budgets.model_dump(mode="json", exclude_unset=True)
     header = f"# {profile.name}, fully resolved (from {profile.source})\n" if profile.source else ""
     return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 

@@ -243,7 +243,24 @@ def _yaml_type(value: Any) -> str:
 def _layer_data(src: _Source, referrer: _Source | None) -> dict[str, Any]:
     if src.kind == "host":
         return _host_data()
-    return _parse_yaml(_read_text(src, referrer), src.label)
+    data = _parse_yaml(_read_text(src, referrer), src.label)
+    _refuse_moot_generator_budgets(data, src.label)
+    return data
+
+
+def _refuse_moot_generator_budgets(data: dict[str, Any], label: str) -> None:
+    """A budget written under ``generator_budgets`` that reads a classifier's or an embedder's outputs judges no
+    generator (validate drops it for one): refused where the user wrote it, not kept as if it held. Only the file's
+    own keys are read (a resolved profile shown with ``profiles show --yaml`` holds every key, null)."""
+    from compress.profiles.budgets import budgets_of
+
+    written = data.get("generator_budgets")
+    moot = [k for k in budgets_of("forward") if isinstance(written, dict) and written.get(k) is not None]
+    if moot:
+        raise ProfileError(f"{label}: generator_budgets: {', '.join(moot)} judge a classifier's or an embedder's "
+                           "outputs, never a text generator's",
+                           hint="move them under budgets: or drop them (a generator's quality budgets: "
+                                "max_perplexity_increase, min_top1_agreement, max_kl)")
 
 
 Origins = dict[tuple[str, ...], str]

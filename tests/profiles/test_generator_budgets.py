@@ -82,3 +82,18 @@ def test_the_budget_table_says_which_kind_of_model_each_budget_reads():
     assert set(judged_for("forward")) | set(judged_for("generation")) == set(BUDGETS)
     b = load_profile("host").budgets
     assert BUDGETS["latency_p50_ms"].limit_in(b) == b.latency_ms.p50
+
+
+def test_a_classifier_s_budget_under_generator_budgets_is_refused_in_one_line(tmp_path):
+    """Issue 77: min_agreement under generator_budgets judges no generator (validate drops it for one): refused
+    naming the generator's own quality budgets, not kept as if it held. The resolved profile shown by
+    ``profiles show --yaml`` (every key, null) still reads back."""
+    from compress.errors import ProfileError
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\nextends: host\ngenerator_budgets: {min_agreement: 0.9, max_kl: 0.2}\n")
+    with pytest.raises(ProfileError, match=r"mine.yaml: generator_budgets: min_agreement judge a classifier's") as e:
+        load_profile(str(mine))
+    assert "max_perplexity_increase, min_top1_agreement, max_kl" in e.value.hint
+    mine.write_text("name: mine\nextends: host\ngenerator_budgets: {max_kl: 0.2, min_agreement: null}\n")
+    assert load_profile(str(mine)).generator_limits().max_kl == 0.2
