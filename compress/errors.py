@@ -12,7 +12,8 @@ import re
 #: that each error class's ``exit_code`` has its entry
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "a budget failed: validate, run, gate (a regression), quantize (a collapse, the accuracy)",
+    1: "a budget failed: validate, run, gate (a regression), quantize (a collapse, the accuracy, --strict: slower "
+       "than its input)",
     2: "bad input, usage or environment (disk full, read-only output, too little memory)",
     3: "an unexpected error (a bug: rerun with --debug, report it); gate: reports not comparable",
     4: "validate with only unverified budgets (--unverified-exit-code)",
@@ -133,6 +134,12 @@ class Unverified(EdgeCompressError):
 
 class QuantizationCollapsed(StageError):
     """``quantize --strict``: the quantized model's own parity check fell below the collapse floor (exit code 1)."""
+
+    exit_code = 1
+
+
+class SlowerThanInput(StageError):
+    """quantize --strict: the INT8 model runs slower than its input on the target (timed here), nothing written."""
 
     exit_code = 1
 

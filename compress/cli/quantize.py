@@ -75,7 +75,10 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
                    "return the groups INT8 makes slower to float; reported in the manifest.")
 @click.option("--strict", is_flag=True,
               help="Fail (exit code 1, nothing written) when the parity check with the input collapses (mean "
-                   "output cosine < 0.95 or argmax agreement < 0.5) instead of warning.")
+                   "output cosine < 0.95 or argmax agreement < 0.5), or when an INT8 model runs slower than its input "
+                   "(timed side by side on this host where it is the target; under 0.97x), instead of warning.")
+@click.option("--allow-slower", is_flag=True,
+              help="Keep an INT8 model that runs slower than its input even with --strict (for its size).")
 @click.option("--qat-steps", type=int, default=0, show_default=True,
               help="INT8, and INT4 of a causal LM's ONNX artifact: first train the PyTorch model the artifact was "
                    "exported from for N steps, fake-quantized exactly as ONNX Runtime will quantize it, to match its "
@@ -101,7 +104,7 @@ from compress.stages.quantize.config import CalibrationMethod, QuantizeConfig
 @force_option
 def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, calibration_method, per_channel,
                  weight_type, reduce_range, op_types, exclude_nodes, block_size, symmetric, embedding_precision,
-                 int4_algorithm, embeddings_bits, lm_head_bits, gguf_type, imatrix, weights_only, activation_bits, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, qat_steps, qat_data, qat_source,
+                 int4_algorithm, embeddings_bits, lm_head_bits, gguf_type, imatrix, weights_only, activation_bits, max_drop, max_perplexity_increase, data, metric, eval_samples, rank_by, speed_aware, strict, allow_slower, qat_steps, qat_data, qat_source,
                  qat_lr, qat_batch_size, qat_lora_rank, profile_name, out, force):
     """Quantize an ONNX or OpenVINO ARTIFACT to INT8 or INT4.
 
@@ -122,7 +125,8 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         gguf_type=gguf_type, imatrix=str(imatrix) if imatrix else None,
         weights_only=weights_only, activation_bits=int(activation_bits), max_drop=max_drop, max_perplexity_increase=max_perplexity_increase, data=str(data) if data else None, metric=metric,
         eval_samples=eval_samples, rank_by=rank_by,
-        speed_aware=speed_aware, strict=strict, qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,
+        speed_aware=speed_aware, strict=strict, refuse_slower=False if allow_slower else None,
+        qat_steps=qat_steps, qat_data=str(qat_data) if qat_data else None,
         qat_source=str(qat_source) if qat_source else None, qat_lr=qat_lr, qat_batch_size=qat_batch_size,
         qat_lora_rank=qat_lora_rank,
     )
@@ -157,10 +161,17 @@ def quantize_cmd(artifact, precision, mode, calibration, calibration_samples, ca
         return
     p = m["parity_vs_input"]
     agree = f", argmax agreement {p['argmax_agreement']:.3f}" if "argmax_agreement" in p else ""
+    speed = m.get("speed_vs_input") or {}
+    faster = f", {speed['speedup']:.2f}x its speed on this host" if "speedup" in speed else ""
     console().print(
         f"wrote [bold]{art.path}[/] ({art.precision}, {m['size_bytes_after'] / 1e6:.1f} MB, {m['compression']:.2f}x smaller); "
-        f"vs input: min cosine {p['cosine_min']:.4f}{agree}"
+        f"vs input: min cosine {p['cosine_min']:.4f}{agree}{faster}"
     )
+    if "warning" in speed:  # slower than its input: why, and what would pay
+        from compress.stages.quantize.speed_check import remedies
+
+        console().print(f"[bold yellow]warning[/]: {speed['warning']}; {remedies(speed['boundaries'])}",
+                        highlight=False)
     if (qad := m.get("qad")) is not None:
         console().print(f"quantization-aware distillation: held-out agreement of the simulated INT8 with FP32 "
                         f"{_score(qad['before'])} before, {_score(qad['best'])} kept ({qad['kept']})")

@@ -76,6 +76,12 @@ def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
         config = config.model_copy(update={"qad": config.qad.model_copy(update={"data": ctx.data["calibration"]})})
     if "strict" not in config.model_fields_set:  # a recipe gates a release: a collapsed INT8 stops it
         config = config.model_copy(update={"strict": True})
+        from compress.stages.quantize.config import applies, backend_of
+
+        # speed is its validate's to judge (min_speedup), against noise, where quantize times it (ONNX Runtime)
+        if config.speed.refuse_slower is None and "refuse_slower" in applies(backend_of(str(parent.format),
+                                                                                         str(parent.task))):
+            config = config.model_copy(update={"speed": config.speed.model_copy(update={"refuse_slower": False})})
     quantize(source, out, config, force=ctx.force, progress=ctx.say)
     return _artifact_summary(out)
 

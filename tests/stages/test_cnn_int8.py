@@ -197,14 +197,14 @@ def test_static_int8_on_too_few_rows_to_hold_any_out_says_so(stack, tmp_path):
     step = json.loads((tmp_path / "q" / "manifest.json").read_text())["steps"][-1]
     assert "not held-out ones" in step["metrics"]["warning"]
     proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q48")
-    assert proc.returncode == 0 and "warning" not in proc.stdout  # 48 rows: held out, nothing to say
+    assert proc.returncode == 0 and "not held-out ones" not in proc.stdout  # 48 rows: held out, nothing to say
 
 
 def test_cli_default_falls_back_where_per_tensor_collapses(stack, tmp_path):
     from tests.conftest import edgecompress
 
     proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
-                        "--out", tmp_path / "q")
+                        "--allow-slower", "--out", tmp_path / "q")  # a tiny model: INT8 is slower, and kept
     assert proc.returncode == 0, proc.stderr
     assert "fails its check on 12 held-out rows" in " ".join(proc.stderr.split())
 
@@ -491,3 +491,67 @@ def test_a_run_that_wrote_a_collapsed_model_says_not_shippable_and_the_budget(st
     said = str(e.value)
     assert said.startswith("budget failed: validate/q@fast (no_collapse"), said
     assert "NOT SHIPPABLE, collapsed against its input: q (mean output cosine" in said, said
+
+
+def _scripted_speed(monkeypatch, input_ms: float, int8_ms: float) -> list:
+    """Replace the INT8-vs-input timing by set medians (ms): slower or faster whatever the CPU and its load."""
+    from compress.stages.quantize import speed
+
+    calls = []
+
+    def timed(models, *args):
+        calls.append(sorted(models))
+        return {"input": input_ms, "int8": int8_ms}
+
+    monkeypatch.setattr(speed, "time_models", timed)
+    return calls
+
+
+def test_an_int8_slower_than_its_input_is_said_with_its_boundaries_and_refused_with_strict(stack, tmp_path,
+                                                                                           monkeypatch):
+    """Issue 77: quantize times what it wrote against its input on this host (the target when no --profile names
+    one); slower, the step records a warning naming the float layers and the float operators between INT8 ones;
+    --strict refuses it with nothing written, unless refuse_slower is off (--allow-slower)."""
+    from compress.errors import SlowerThanInput
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    calls = _scripted_speed(monkeypatch, 1.0, 1.4)
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"])))
+    sp = art.manifest.steps[-1].metrics["speed_vs_input"]
+    assert calls == [["input", "int8"]] and sp["speedup"] == pytest.approx(1 / 1.4, abs=1e-3)
+    assert "runs at 0.71x its input's speed on this host" in sp["warning"]
+    assert "float operators between INT8 ones (ReduceMean x1)" in sp["warning"], sp
+    assert sp["boundaries"]["float_operators_between_int8"] == {"ReduceMean": 1}
+    strict = dict(calibration=str(stack["images"]), strict=True)
+    with pytest.raises(SlowerThanInput, match=r"0\.71x its input's speed.*nothing written \(--strict\)") as e:
+        quantize(stack["onnx"], tmp_path / "s", QuantizeConfig.from_flat(**strict))
+    assert "--speed-aware" in e.value.hint and "OpenVINO" in e.value.hint
+    assert not (tmp_path / "s").exists()
+    kept = quantize(stack["onnx"], tmp_path / "k", QuantizeConfig.from_flat(**strict, refuse_slower=False))
+    assert kept.manifest.steps[-1].metrics["speed_vs_input"]["speedup"] < 1
+
+
+def test_an_int8_faster_than_its_input_says_its_ratio_and_a_target_elsewhere_is_not_timed(stack, tmp_path,
+                                                                                          monkeypatch):
+    from compress.stages.quantize import quantize
+    from compress.stages.quantize.config import QuantizeConfig
+
+    _scripted_speed(monkeypatch, 1.0, 0.5)
+    art = quantize(stack["onnx"], tmp_path / "q", QuantizeConfig.from_flat(calibration=str(stack["images"]),
+                                                                            strict=True))
+    sp = art.manifest.steps[-1].metrics["speed_vs_input"]
+    assert sp["speedup"] == 2.0 and "warning" not in sp
+    calls = _scripted_speed(monkeypatch, 1.0, 2.0)
+    arm = quantize(stack["onnx"], tmp_path / "arm", QuantizeConfig.from_flat(calibration=str(stack["images"]),
+                                                                              strict=True, target_x86=False))
+    assert calls == [] and "not this host's kind" in arm.manifest.steps[-1].metrics["speed_vs_input"]["not_timed"]
+
+
+def test_the_cli_says_int8_s_speed_against_its_input(stack, tmp_path):
+    """Timed for real (the ratio itself depends on the machine): the summary line says it."""
+    from tests.conftest import edgecompress
+
+    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q")
+    assert proc.returncode == 0, proc.stderr
+    assert "x its speed on this host" in " ".join(proc.stdout.split())

@@ -222,6 +222,10 @@ class Speed(Section):
         "and threads (a --profile's, else the runtime's default), and return the groups INT8 makes slower to float.")
     threads: int | None = Field(None, gt=0, description="Speed-aware: intra-op threads (set from a profile).")
     seconds: float = Field(1.0, gt=0, description="Speed-aware: least timed seconds per candidate.")
+    refuse_slower: bool | None = Field(
+        None, description="INT8: refuse a model slower than its input (timed side by side where the target can be "
+        "timed here), nothing written; default: what --strict says. A recipe leaves it off (its validate's "
+        "min_speedup judges speed against noise) unless it sets it.")
 
 
 class Target(Section):
@@ -254,6 +258,7 @@ class QuantizeConfig(Settings):
         "max_fp32_fraction": "accuracy.max_fp32_fraction", "rank_by": "accuracy.rank_by",
         "max_perplexity_increase": "accuracy.max_perplexity_increase",
         "speed_aware": "speed.aware", "speed_threads": "speed.threads", "speed_seconds": "speed.seconds",
+        "refuse_slower": "speed.refuse_slower",
         "target_vnni": "target.vnni", "target_x86": "target.x86", "target_runtime": "target.runtime",
         "target_provider": "target.provider",
     }
@@ -277,7 +282,8 @@ class QuantizeConfig(Settings):
         "built-in texts or noise images).")
     strict: bool = Field(
         False, description="Fail (exit code 1, nothing written) instead of warning when the parity check with the "
-        "input model collapses (mean output cosine < 0.95 or argmax agreement < 0.5); recipes set it.")
+        "input model collapses (mean output cosine < 0.95 or argmax agreement < 0.5), or when INT8 runs slower "
+        "than its input (speed.refuse_slower); recipes set it (for collapses).")
     embedding_precision: EmbeddingPrecision = Field(
         EmbeddingPrecision.int8,
         description="INT4 and dynamic INT8: precision of the embedding table (Gather); int4 (--block-size values "

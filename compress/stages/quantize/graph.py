@@ -231,7 +231,7 @@ _APPLIES = {
     "per_channel", "weight_type", "reduce_range", "block_size", "symmetric",
     "qat_steps", "qat_data", "qat_source", "qat_lr", "qat_batch_size",
     "max_drop", "min_retention", "data", "metric", "eval_samples", "max_fp32_fraction", "rank_by",
-    "speed_aware", "speed_threads", "speed_seconds",
+    "speed_aware", "speed_threads", "speed_seconds", "refuse_slower",
 }
 #: settings that only one kind of ONNX quantization reads, and which kind that is
 _ONLY_FOR = {

@@ -219,6 +219,13 @@ def _write_artifact(
                                          op="Gather of packed INT4 rows and their scales, unpacked in standard ONNX "
                                             "operators (compress.stages.quantize.int4_gather)",
                                          int8_tables=int8_tables)
+    if strict and not q.int4 and art.manifest.stream is None and texts and not collapsed:
+        # faster than its input? timed side by side where the target can be timed here (.speed_check)
+        from compress.stages.quantize.speed_check import check_speed, not_timed_here
+
+        why = not_timed_here(config)
+        metrics["speed_vs_input"] = {"not_timed": why} if why else \
+            check_speed(art, written, texts, config, list(exclude), tuple(op_types))
     metrics.update(extra_metrics or {})
     if (table := artifact_layer_errors(art, dst, texts)) is not None:
         metrics["layer_errors"] = table

@@ -78,21 +78,26 @@ def _scope_group(node) -> str | None:
     return None
 
 
-def layer_groups(model, layers: list) -> dict[str, list[str]]:
-    """Quantizable layers (``compress.stages.quantize.accuracy.Layer``) by group, in graph order."""
+def node_group(node, name: str, op_type: str | None = None) -> str:
+    """The layer group of the graph node ``node`` (None: not in the graph) named ``name``: its exporting module,
+    else the transformer block in its name."""
     from compress.stages.quantize.accuracy import group_of
 
+    return (_scope_group(node) if node is not None else None) or group_of(name, op_type or getattr(node, "op_type", ""))
+
+
+def layer_groups(model, layers: list) -> dict[str, list[str]]:
+    """Quantizable layers (``compress.stages.quantize.accuracy.Layer``) by group, in graph order."""
     nodes = {n.name: n for n in model.graph.node}
     groups: dict[str, list[str]] = {}
     for lay in layers:
-        node = nodes.get(lay.name)
-        group = (_scope_group(node) if node is not None else None) or group_of(lay.name, lay.op_type)
-        groups.setdefault(group, []).append(lay.name)
+        groups.setdefault(node_group(nodes.get(lay.name), lay.name, lay.op_type), []).append(lay.name)
     return groups
 
 
-def _time(models: dict[str, Path], manifest, items: list, threads: int | None, seconds: float) -> dict[str, float]:
-    """p50 (ms) of each model file at batch 1, timed in alternating rounds."""
+def time_models(models: dict[str, Artifact], items: list, threads: int | None, seconds: float) -> dict[str, float]:
+    """p50 (ms) of each artifact in ONNX Runtime at batch 1, timed in alternating rounds on ``threads``; every one
+    reads the first's preprocessing of ``items[:1]``."""
     from compress.host.measure import measure_interleaved
     from compress.runtimes.base import RuntimeSettings
     from compress.runtimes.ort_backend import OrtBackend
@@ -100,8 +105,8 @@ def _time(models: dict[str, Path], manifest, items: list, threads: int | None, s
     settings = RuntimeSettings(threads=threads)
     backends = {}
     try:
-        for key, path in models.items():
-            backends[key] = OrtBackend(Artifact(path.parent, manifest), settings)
+        for key, art in models.items():
+            backends[key] = OrtBackend(art, settings)
         batch = next(iter(backends.values())).encode(items[:1])  # every candidate reads the manifest's preprocessing
         stats = measure_interleaved({k: (lambda b=b: b.run(batch)) for k, b in backends.items()}, batch_size=1,
                                     min_runs=60, min_duration_s=seconds, warmup=10, rounds=12)
@@ -109,6 +114,11 @@ def _time(models: dict[str, Path], manifest, items: list, threads: int | None, s
         for b in backends.values():
             b.close()
     return {k: s.p50 for k, s in stats.items()}
+
+
+def _time(models: dict[str, Path], manifest, items: list, threads: int | None, seconds: float) -> dict[str, float]:
+    """:func:`time_models` of model files that share ``manifest``."""
+    return time_models({k: Artifact(path.parent, manifest) for k, path in models.items()}, items, threads, seconds)
 
 
 def speed_search(art: Artifact, q, layers: list, exclude: list[str], scratch: Path, items: list) -> dict[str, Any]:
