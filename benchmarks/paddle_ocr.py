@@ -249,6 +249,7 @@ def judge(work: Path, name: str, fp32: Path, cal: Path, data: Path, route: str, 
             "speedup": m.get("speedup"), "eval_samples": m.get("eval_samples"),
             "size_bytes_fp32": sm.get("size_bytes_before"), "size_bytes_int8": sm.get("size_bytes_after"),
             "collapsed": (sm.get("parity_vs_input") or {}).get("collapsed"), "weight_range": sm.get("weight_range"),
+            "speed_vs_input": sm.get("speed_vs_input"),  # quantize's own side-by-side timing (issue 77)
             "fallback": {k: fb.get(k) for k in ("held_out", "needed", "held", "before", "after", "float_weight_share",
                                                 "seconds") if k in fb},
             "float_layers": len(fb.get("float_nodes") or []),

@@ -281,6 +281,7 @@ def _row(work: Path, name: str, data: Path, profile: str) -> dict:
            "quantize_seconds": step.get("seconds") if step.get("stage") == "quantize" else None,
            "p50_ms": m.get("latency_ms", {}).get("p50"),
            "fp32_p50_ms": (m.get("baseline_latency_ms") or {}).get("p50"), "speedup": m.get("speedup"),
+           "speed_vs_input": (step.get("metrics") or {}).get("speed_vs_input"),  # quantize's own timing (issue 77)
            "worst_layers": [(r["node"], r["snr_db"], r.get("own_snr_db"))
                             for r in (m.get("layer_errors") or {}).get("layers", [])[:5]]}
     if fb := (step.get("metrics") or {}).get("fallback"):
