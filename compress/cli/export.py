@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import build_config, console, force_option, require_input, section_help, status
+from compress.cli._common import PhaseProgress, build_config, console, force_option, require_input, section_help
 from compress.formats import export_formats
 from compress.stages.export.config import ExportConfig, Exporter, GraphOptimization
 
@@ -119,8 +119,9 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
         check_request(config)
     require_input(source, "model")
     fmt = str(config.format)
-    with status(f"exporting {source} to {fmt}"):
-        art = export(source, out, config, force=force)
+    with _Progress() as progress:  # a spinner (lines in a CI log), then any phase the exporter counts
+        progress({"phase": "export", "label": f"exporting {source} to {fmt}"})
+        art = export(source, out, config, force=force, progress=progress)
     if fmt == "tensorrt":
         target, parity = art.manifest.target, art.manifest.steps[-1].metrics["parity"]
         what = "TensorRT-ready ONNX" if target.get("tensorrt_ready") else f"TensorRT {target.get('tensorrt_version')} engine"
@@ -158,3 +159,11 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
         f"wrote [bold]{art.path}[/] ({art.format}/{art.precision}, {art.size_bytes() / 1e6:.1f} MB); "
         f"parity vs {parity['reference']}: max |diff| {parity['max_abs_diff']:.2e} {held}", highlight=False
     )
+
+
+class _Progress(PhaseProgress):
+    """The exporter's phases as spinners; a causal LM's decoder layers, as the ONNX builder makes them, counted."""
+
+    def show(self, d: dict) -> None:
+        if (done := d.get("done")) is not None:
+            self.bar.update(self.task(d["phase"], d.get("label", d["phase"]), d["total"]), completed=done)

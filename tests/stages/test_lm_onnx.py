@@ -61,11 +61,20 @@ def test_the_ort_backend_decodes_through_the_cache_as_one_long_prefill_does(expo
 
 
 def test_a_head_size_ort_gqa_cannot_take_exports_with_multihead_attention(tmp_path):
+    """... and the export says its phases, the builder's decoder layers counted (issue 76: minutes at 1.7B with no
+    count before; the builder's own lines are dropped)."""
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
 
-    ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1, heads=8, kv_heads=4)  # head size 8, as stories260K's
-    art = export(ckpt, tmp_path / "fp32", ExportConfig(format="onnx"))
+    heard: list[dict] = []
+    ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=3, heads=8, kv_heads=4)  # head size 8, as stories260K's
+    art = export(ckpt, tmp_path / "fp32", ExportConfig(format="onnx"), progress=heard.append)
+    phases = list(dict.fromkeys(d["phase"] for d in heard))
+    assert phases == ["the builder loads the checkpoint", "the builder makes the decoder layers",
+                      "the builder saves the graph and its weights", "cutting the RoPE tables to 256 positions",
+                      "checking the graph against PyTorch (a prompt and 8 decode steps)"], phases
+    layers = [d for d in heard if d["phase"] == "the builder makes the decoder layers"]
+    assert layers[0]["total"] == 3 and [d["done"] for d in layers[1:]] == [1, 2, 3]
     assert "MultiHeadAttention" in art.manifest.steps[-1].config["builder"]["attention"]
     assert "position_ids" in [t.name for t in art.manifest.inputs]
     assert art.manifest.steps[-1].metrics["generation_parity"]["same_tokens"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.artifact import Artifact
+from compress.progress import Progress
 from compress.stages.export.config import ExportConfig
 
 
@@ -22,6 +23,7 @@ def export(
     config: ExportConfig | None = None,
     *,
     force: bool = False,
+    progress: Progress | None = None,
 ) -> Artifact:
     """Export ``source`` to a new artifact at ``out`` in ``config.format``.
 
@@ -47,7 +49,7 @@ def export(
                               hint=f"export it with --format {'|'.join(lm_formats)}, or leave --format out to adopt it as "
                                    "it is")
         _refuse_encoder_options(config)  # before the file is dequantized into the cache
-        return _export_gguf(Path(source), out, config, force=force)
+        return _export_gguf(Path(source), out, config, force=force, progress=progress)
     # a causal LM (a checkpoint folder or a pytorch artifact; a bare .gguf is adopted below): the format's exporter
     # with a KV cache
     if Path(source).is_dir() and (kind := source_kind(source)) == "generation":
@@ -71,7 +73,7 @@ def export(
             from compress.host.memory import check_memory, safetensors_parameters
 
             check_memory("export", 4 * (safetensors_parameters(source) or 0), Path(source).name)
-        return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force)
+        return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force, progress=progress)
     if config.generator.max_context is not None:
         from compress.errors import ConfigError
 
@@ -124,7 +126,8 @@ def _refuse_encoder_options(config: ExportConfig) -> None:
                               hint=f"drop {flag}")
 
 
-def _export_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bool) -> Artifact:
+def _export_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: bool,
+                 progress: Progress | None = None) -> Artifact:
     """Export the checkpoint the .gguf ``source`` dequantizes to (made, or found in the cache, and held there while
     this command reads it). A checkpoint removed meanwhile all the same (by hand, by another tool) is one line naming
     it, not whatever a loader makes of a path that is not there (transformers took it for a hub repo id)."""
@@ -134,7 +137,7 @@ def _export_gguf(source: Path, out: Path | str, config: ExportConfig, *, force: 
 
     folder = gguf_checkpoint(source)
     try:
-        return export(folder, out, config, force=force)
+        return export(folder, out, config, force=force, progress=progress)
     except Exception:
         if folder.exists() and checkpoint_damage(folder) is None:
             raise

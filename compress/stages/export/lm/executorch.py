@@ -37,6 +37,7 @@ from typing import Any
 
 from compress.artifact import Artifact, Format, Precision, TensorSpec
 from compress.errors import ConfigError
+from compress.progress import Progress, start_phase
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
@@ -283,7 +284,7 @@ def _refuse_options(config: ExportConfig) -> None:
 
 
 def export_executorch_lm(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
-                         force: bool = False) -> Artifact:
+                         force: bool = False, progress: Progress | None = None) -> Artifact:
     """Export the causal LM checkpoint ``source`` to an FP32 ExecuTorch program (XNNPACK) with its KV cache at ``out``.
 
     The artifact holds ``model.pte``, the tokenizer files, ``generation_config.json`` and ``config.json``; the
@@ -306,11 +307,13 @@ def export_executorch_lm(source: Path | str, out: Path | str, config: ExportConf
     max_length = cache_length(cfg)
     output = EXPORT_EXECUTORCH_LM.output(out, config, force=force)
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o:
+        start_phase(progress, "tracing and lowering the model to XNNPACK")
         data, record = lower_lm(load_lm(source), max_length)
         (o.dir / "model.pte").write_bytes(data)
         copy_travel(source, o.dir)
         manifest = lm_manifest(source, cfg, Precision.fp32, max_length)
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"lowering": record})
+        start_phase(progress, "checking the program against PyTorch")
         check = check_against_torch(source, o.draft(), config, "export")
         atol = generator_atol(config, check)
         check["atol"] = atol

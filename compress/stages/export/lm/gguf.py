@@ -37,6 +37,7 @@ from typing import Any
 
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError, ModelLoadError, ParityError, StageError, first_line
+from compress.progress import Progress, start_phase
 from compress.stages.export.config import ExportConfig
 from compress.stages.spec import StageSpec, pairs
 from compress.storage import check_output
@@ -228,7 +229,7 @@ def tensors(vocab: int):
 
 
 def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
-                force: bool = False) -> Artifact:
+                force: bool = False, progress: Progress | None = None) -> Artifact:
     """Export the causal LM checkpoint ``source`` to an FP32 (``--precision fp16``: FP16) GGUF artifact at ``out``
     through llama.cpp's converter (see the module's docstring); a ``.gguf`` file is adopted (:func:`adopt_gguf`).
 
@@ -261,6 +262,7 @@ def export_gguf(source: Path | str, out: Path | str, config: ExportConfig | None
     output = EXPORT_GGUF.output(out, config, force=force)
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".gguf-convert.", dir=o.dir.parent) as scratch:
+        start_phase(progress, "converting with llama.cpp's converter")
         built = convert(source, Path(scratch) / "model.gguf", outtype=outtype, tree=tree)
         built.update(merge_scores(Path(scratch) / "model.gguf", source) or {})
         shutil.move(str(Path(scratch) / "model.gguf"), o.dir / "model.gguf")

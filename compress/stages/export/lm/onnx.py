@@ -32,6 +32,7 @@ import numpy as np
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
 from compress.host.memory import release_freed
+from compress.progress import Advance, Progress, start_phase
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
@@ -164,9 +165,47 @@ def _portable_rope(builder, cfg: dict[str, Any]):
         builder.AutoConfig = real
 
 
-def build_genai(source: Path, out_dir: Path, cache_dir: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+@contextlib.contextmanager
+def _reported(progress: Progress | None, layers: int):
+    """The builder's phases to ``progress``, in place of its dropped chatter: loading the checkpoint, each of the
+    ``layers`` decoder layers built (counted: the phase whose length grows with the model, minutes at 1.7B), saving
+    the graph and its weights. Its base class's methods are wrapped for this call only."""
+    if progress is None:
+        yield
+        return
+    model_cls = sys.modules["builders.base"].Model
+    real = {name: getattr(model_cls, name) for name in ("load_weights", "make_layer", "save_model")}
+    tick: list[Advance] = []
+
+    def load_weights(self, *args, **kwargs):
+        start_phase(progress, "the builder loads the checkpoint")
+        return real["load_weights"](self, *args, **kwargs)
+
+    def make_layer(self, *args, **kwargs):
+        if not tick:
+            tick.append(start_phase(progress, "the builder makes the decoder layers", layers))
+        result = real["make_layer"](self, *args, **kwargs)
+        tick[0](1)
+        return result
+
+    def save_model(self, *args, **kwargs):
+        start_phase(progress, "the builder saves the graph and its weights")
+        return real["save_model"](self, *args, **kwargs)
+
+    for name, wrapper in (("load_weights", load_weights), ("make_layer", make_layer), ("save_model", save_model)):
+        setattr(model_cls, name, wrapper)
+    try:
+        yield
+    finally:
+        for name, method in real.items():
+            setattr(model_cls, name, method)
+
+
+def build_genai(source: Path, out_dir: Path, cache_dir: Path, *, trust_remote_code: bool = False,
+                progress: Progress | None = None) -> dict[str, Any]:
     """Run the builder on the checkpoint ``source`` into ``out_dir`` (FP32, CPU); return what the step records. The
-    checkpoint's own code (``auto_map``) runs only when ``trust_remote_code`` (the builder's default trusts it)."""
+    checkpoint's own code (``auto_map``) runs only when ``trust_remote_code`` (the builder's default trusts it).
+    ``progress`` hears the builder's phases, its decoder layers counted (:func:`_reported`)."""
     import os
 
     import compress  # noqa: F401 - the torchvision shim before transformers, which the builder imports
@@ -180,7 +219,9 @@ def build_genai(source: Path, out_dir: Path, cache_dir: Path, *, trust_remote_co
     from compress.progress import hidden_output
 
     # the builder's own chatter (a line per layer, a tqdm bar per tensor) is dropped: the command shows its progress
-    with _attention(gqa) as builder, _portable_rope(builder, cfg), hidden_output("stdout"), hidden_output("stderr"):
+    layers = int((cfg.get("text_config") or cfg).get("num_hidden_layers") or 0)
+    with _attention(gqa) as builder, _portable_rope(builder, cfg), _reported(progress, layers), \
+            hidden_output("stdout"), hidden_output("stderr"):
         try:
             builder.create_model(str(source), str(source), str(out_dir), "fp32", "cpu", str(cache_dir),
                                  hf_remote=trust_remote_code)
@@ -300,7 +341,7 @@ def graph_tensors(model_path: Path):
 
 
 def export_genai(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
-                 force: bool = False) -> Artifact:
+                 force: bool = False, progress: Progress | None = None) -> Artifact:
     """Export the causal LM checkpoint ``source`` to an FP32 ONNX artifact with a KV cache at ``out``.
 
     The artifact holds ``model.onnx`` + ``model.onnx.data``, ``genai_config.json``, the tokenizer files and
@@ -321,10 +362,11 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
     output = EXPORT_GENAI.output(out, config, force=force)
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o, \
             tempfile.TemporaryDirectory(prefix=".genai-cache.", dir=o.dir.parent) as cache:
-        built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code)
+        built = build_genai(source, o.dir, Path(cache), trust_remote_code=config.trust_remote_code, progress=progress)
         release_freed()  # the builder's graph and model, freed but resident: not beside the parity check's
         post = postprocess_of(source, cfg)
         context = min(config.generator.max_context or DEFAULT_MAX_CONTEXT, post.cache.max_length)
+        start_phase(progress, f"cutting the RoPE tables to {context} positions")
         built["context"] = limit_context(o.dir / "model.onnx", context) | {"model_context": post.cache.max_length}
         post = post.model_copy(update={"cache": post.cache.model_copy(update={"max_length": context}),
                                        "window": min(post.window, context)})
@@ -340,6 +382,7 @@ def export_genai(source: Path | str, out: Path | str, config: ExportConfig | Non
         )
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"builder": built})
         prompt, said = prompt_ids(source, config.sample_data)
+        start_phase(progress, f"checking the graph against PyTorch (a prompt and {DECODE_STEPS} decode steps)")
         check = draft_against_torch(o.draft(), "onnxruntime", source, prompt)
         atol = generator_atol(config, check)
         check |= {"prompt": said, "atol": atol, "reference": "PyTorch (transformers) FP32"}

@@ -40,6 +40,7 @@ from typing import Any
 
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
+from compress.progress import Progress, start_phase
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
 from compress.stages.spec import StageSpec, pairs
@@ -245,7 +246,7 @@ def ir_tensors(om):
 
 
 def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig | None = None, *,
-                       force: bool = False) -> Artifact:
+                       force: bool = False, progress: Progress | None = None) -> Artifact:
     """Export the causal LM checkpoint ``source`` to an FP32 stateful OpenVINO IR at ``out``.
 
     The artifact holds ``openvino_model.xml`` + ``.bin``, the tokenizer files (and the tokenizer IRs OpenVINO GenAI
@@ -270,6 +271,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
     with output.writing(need_bytes=2 * tree_bytes(source) + (1 << 20)) as o:
         import openvino as ov
 
+        start_phase(progress, "converting to a stateful OpenVINO IR")
         om, built = convert_stateful(source, cfg)
         ov.save_model(om, str(o.dir / MODEL_XML), compress_to_fp16=False)
         copy_travel(source, o.dir)
@@ -289,6 +291,7 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         step = o.describe(manifest, input_digest=manifest.source.sha256, extra_config={"converter": built,
                                                                                      "own_runtime": own})
         prompt, said = prompt_ids(source, config.sample_data)
+        start_phase(progress, "checking the IR against PyTorch")
         check = draft_against_torch(o.draft(), "openvino", source, prompt) | {
             "prompt": said, "atol": config.atol, "reference": "PyTorch (transformers) FP32"}
         step.metrics["generation_parity"] = check
