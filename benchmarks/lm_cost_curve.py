@@ -17,6 +17,8 @@ resident set size": the largest of the process and the children it waited for, n
 
 - ``export``: ``edgecompress export CKPT --format onnx -o WORK/NAME/onnx-fp32``;
 - ``quantize``: ``edgecompress quantize WORK/NAME/onnx-fp32 --precision int4 -o WORK/NAME/onnx-int4``;
+- (``--route openvino|gguf|executorch``: the same chain with ``--format ROUTE``, its stages recorded as
+  ``export@ROUTE``, ... beside ONNX's; GGUF needs llama.cpp's tree, ``EDGECOMPRESS_LLAMA_CPP``);
 - ``validate``: ``edgecompress validate WORK/NAME/onnx-int4 -p host --data TEXT`` on the first ``--chars`` characters
   of WikiText-2 test, its work bounded (``--limit`` windows and prompts, ``--window``, ``--prompt-tokens``,
   ``--new-tokens``); its exit code is its verdict (1: a budget failed, 4: some unverified), not a failure.
@@ -157,18 +159,25 @@ def timed(argv: list[str], log: Path) -> dict:
     return row
 
 
+def stage_keys(route: str) -> tuple[str, ...]:
+    """How the results name ``route``'s stages: ``export`` for ONNX (the first runs'), ``export@openvino`` else."""
+    return tuple(s if route == "onnx" else f"{s}@{route}" for s in STAGES)
+
+
 def _stages(name: str, work: Path, text: Path, args) -> list[tuple[str, Path, list[str]]]:
-    """(stage, the file that says its output is complete, argv) for the checkpoint and the chain."""
-    d = work / name
+    """(stage, the file that says its output is complete, argv) for the checkpoint and ``args.route``'s chain."""
+    d, route = work / name, args.route
     force = ["--force"] if args.force else []
-    ckpt, fp32, int4, report = d / "checkpoint", d / "onnx-fp32", d / "onnx-int4", d / "validate-host"
+    ckpt, fp32, int4 = d / "checkpoint", d / f"{route}-fp32", d / f"{route}-int4"
+    report = d / ("validate-host" if route == "onnx" else f"validate-host-{route}")
+    export, quantize, validate = stage_keys(route)
     return [
         ("checkpoint", ckpt / "made.json",
          [sys.executable, __file__, "--make-checkpoint", name, str(ckpt), str(args.tokenizer)]),
-        ("export", fp32 / "manifest.json", [*CLI, "export", str(ckpt), "--format", "onnx", "-o", str(fp32), *force]),
-        ("quantize", int4 / "manifest.json",
+        (export, fp32 / "manifest.json", [*CLI, "export", str(ckpt), "--format", route, "-o", str(fp32), *force]),
+        (quantize, int4 / "manifest.json",
          [*CLI, "quantize", str(fp32), "--precision", "int4", "-o", str(int4), *force]),
-        ("validate", report / "report.json",
+        (validate, report / "report.json",
          [*CLI, "validate", str(int4), "-p", "host", "--data", str(text), "--report-dir", str(report),
           "--limit", str(args.limit), "--window", str(args.window), "--prompt-tokens", str(args.prompt_tokens),
           "--new-tokens", str(args.new_tokens), *force]),
@@ -177,7 +186,7 @@ def _stages(name: str, work: Path, text: Path, args) -> list[tuple[str, Path, li
 
 def _ok(stage: str, row: dict, done: Path) -> bool:
     """export and quantize succeed with exit code 0; validate's code is its verdict: it ran when its report is there."""
-    return done.is_file() and (stage == "validate" or row.get("exit_code") == 0)
+    return done.is_file() and (stage.startswith("validate") or row.get("exit_code") == 0)
 
 
 def run_model(name: str, work: Path, text: Path, args, result: dict, save) -> None:
@@ -227,7 +236,8 @@ def fit(result: dict) -> dict:
     """Per stage, peak RSS against FP32 bytes and seconds against parameters over the models measured, and the
     largest parameter count whose peak fits each budget."""
     fits = {}
-    for stage in STAGES:
+    keys = dict.fromkeys(k for m in result["models"].values() for k in m.get("stages", {}) if k != "checkpoint")
+    for stage in keys:
         rows = [(m, m["stages"][stage]) for m in result["models"].values()
                 if m.get("stages", {}).get(stage, {}).get("status") == "ok"
                 and m["stages"][stage].get("peak_rss_bytes") and m["stages"][stage].get("seconds") is not None]
@@ -244,12 +254,15 @@ def fit(result: dict) -> dict:
     return fits
 
 
-def table(result: dict) -> str:
-    head = "| model | parameters | FP32 GB | " + " | ".join(f"{s} s | {s} peak GB (x FP32)" for s in STAGES) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(STAGES))]
+def table(result: dict, keys: tuple[str, ...] = STAGES) -> str:
+    """The markdown table of the stages ``keys`` (one route's, :func:`stage_keys`), a row per model run."""
+    head = "| model | parameters | FP32 GB | " + " | ".join(f"{s} s | {s} peak GB (x FP32)" for s in keys) + " |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(keys))]
     for name, m in result["models"].items():
+        if not any(s in m.get("stages", {}) for s in keys):
+            continue
         cells = [name, f"{m['parameters'] / 1e6:.0f}M", f"{m['fp32_bytes'] / GB:.2f}"]
-        for s in STAGES:
+        for s in keys:
             r = m.get("stages", {}).get(s, {})
             if r.get("peak_rss_bytes") and r.get("status") == "ok":
                 cells += [f"{r['seconds']:.0f}", f"{r['peak_rss_bytes'] / GB:.2f} ({r['peak_over_fp32']:.1f}x)"]
@@ -285,6 +298,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=128, help="validate: perplexity window in tokens")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--route", default="onnx", choices=("onnx", "openvino", "gguf", "executorch"),
+                    help="the export format (and its quantizer and runtime); results keyed export@ROUTE beside ONNX's")
     ap.add_argument("--force", action="store_true", help="run every stage again, replacing its output")
     ap.add_argument("--tokenizer", type=Path, default=TOKENIZER,
                     help="a tokenizer folder no larger than any model's vocabulary (default: stories260K's)")
@@ -310,7 +325,7 @@ def main() -> None:
     for name in names:
         run_model(name, args.work, text, args, result, save)
     save()
-    print(table(result))
+    print(table(result, stage_keys(args.route)))
     print(growth(result["fit"]))
 
 
