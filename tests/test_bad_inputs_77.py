@@ -190,3 +190,14 @@ def test_a_recipe_problem_set_by_set_is_named_by_its_key_not_by_a_line_of_the_fi
     recipe.write_text(recipe.read_text().replace("ffn: 0.3", "ffn: 3"))
     with pytest.raises(RecipeError, match=r"r\.yaml:7: steps\.pr\.prune\.ffn: Input should be less"):
         read_recipe(recipe, {"data.eval": "t.txt"})
+
+
+def test_quantize_help_names_the_gguf_type_quantize_uses():
+    """quantize --help said --gguf-type defaults to q4_0 for int4; quantize uses q4_k_m (compress.stages.quantize.lm.gguf)."""
+    from click.testing import CliRunner
+
+    from compress.cli import cli
+    from compress.stages.quantize.lm.gguf import DEFAULT_TYPE
+
+    said = " ".join(CliRunner().invoke(cli, ["quantize", "--help"]).output.split())
+    assert f"default {DEFAULT_TYPE['int4']} for int4" in said and DEFAULT_TYPE["int4"] == "q4_k_m"
