@@ -15,6 +15,8 @@ import pytest
 
 from compress.errors import EdgeCompressError
 
+pytestmark = pytest.mark.slow  # 33 s of a 2,979 s run (tests/conftest.py SLOW_SHARE)
+
 TEXTS = ["a gripping, beautifully acted film.", "the plot is thin and the jokes fall flat.",
          "an ambitious mess that never finds its footing", "I would happily watch it again"]
 

@@ -24,6 +24,8 @@ pytest.importorskip("torch")
 from compress._optional import is_available
 from tests.builders.causal_lm import tiny_causal_lm
 
+pytestmark = pytest.mark.slow  # 52 s of a 2,979 s run (tests/conftest.py SLOW_SHARE)
+
 PROMPT = "Once upon a time, there was a little girl named Lily. She"
 NEW = 10
 TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
