@@ -66,10 +66,27 @@ def float_islands(model_path: Path, quantized_types: tuple[str, ...], float_laye
                       if n.op_type not in ("QuantizeLinear", "DequantizeLinear", *quantized_types)
                       and any(i in dequantized for i in n.input))
     nodes = {n.name: n for n in model.graph.node}
-    # by layer group; a file made elsewhere has no exporting modules (group "other"): its layers by name
-    groups = Counter(g if (g := node_group(nodes.get(name), name)) != "other" else name for name in float_layers)
+    groups = Counter(node_group(nodes.get(name), name) for name in float_layers)
+    if set(groups) <= {"other"}:  # a file made elsewhere names no exporting module: its runs of float layers instead
+        groups = Counter(_runs([n.name for n in model.graph.node if n.op_type in quantized_types], set(float_layers)))
     return {"float_layers": len(float_layers), "float_layer_groups": dict(groups.most_common()),
             "float_operators_between_int8": dict(between.most_common())}
+
+
+def _runs(layers: list[str], floating: set[str]) -> dict[str, int]:
+    """The runs of consecutive float layers among ``layers`` (graph order), named ``first..last``, with their
+    lengths."""
+    runs: dict[str, int] = {}
+    start = None
+    for i, name in enumerate([*layers, None]):
+        if name is not None and name in floating:
+            start = i if start is None else start
+            continue
+        if start is not None:
+            first, last = layers[start], layers[i - 1]
+            runs[first if first == last else f"{first}..{last}"] = i - start
+            start = None
+    return runs
 
 
 def check_speed(art: Artifact, written: Artifact, items: list, config, float_layers: list[str],
