@@ -312,7 +312,11 @@ def main() -> None:
     text.write_text(args.text.read_text(encoding="utf-8")[:args.chars], encoding="utf-8")
     result = json.loads(OUT.read_text()) if OUT.is_file() else {}
     result.setdefault("models", {})
-    result.update(host_and_versions(), command=" ".join(sys.argv), text=f"{args.text}, first {args.chars} characters",
+    if args.route == "onnx":
+        result["command"] = " ".join(sys.argv)
+    else:  # another route's run: its own command, beside the ONNX one's
+        result.setdefault("route_commands", {})[args.route] = " ".join(sys.argv)
+    result.update(host_and_versions(), text=f"{args.text}, first {args.chars} characters",
                   validate={k: getattr(args, k) for k in ("limit", "window", "prompt_tokens", "new_tokens")},
                   max_ratio=args.max_ratio, weights="random (normal, std 0.02): cost only, no quality")
 

@@ -316,6 +316,8 @@ def main() -> None:
     ap.add_argument("--calibration-views", type=int, default=3, help="other views of each photo (calibration)")
     ap.add_argument("--routes", default=",".join(ROUTES), help="which INT8 routes (ROUTES) to build and judge")
     ap.add_argument("--profile", default="host")
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "yolox_nano.json",
+                    help="the results file (its routes not run this time are kept)")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false",
                     help="skip the float-convolutions table (the last results' table is kept)")
     args = ap.parse_args()
@@ -358,7 +360,7 @@ def main() -> None:
     if code == 0:
         rows["int8-dynamic"] = _row(work, "int8-dynamic", data, args.profile)
         dynamic = "built"
-    previous = HERE / "results" / "yolox_nano.json"  # --no-ablation keeps the table measured before, if any
+    previous = args.results  # --no-ablation keeps the table measured before, if any
     abl = ablation(work) if args.ablation else (
         json.loads(previous.read_text()).get("float_convs_ablation") if previous.is_file() else None)
     if previous.is_file():  # the routes not run this time keep their last figures
@@ -366,7 +368,7 @@ def main() -> None:
     out = {"model": "YOLOX-Nano (Megvii's COCO weights), yolox_nano.onnx, opset 11", "model_yaml": DESCRIPTION,
            "dog_jpg_fp32_detections": dog, "data": stats, "labels": "the FP32 file's boxes scoring >= 0.5",
            "dynamic_int8": dynamic, "results": rows, "float_convs_ablation": abl, **host_and_versions()}
-    (HERE / "results" / "yolox_nano.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.results.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 
