@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -93,7 +94,11 @@ def baseline_artifact(teacher, runtime: str, art: Artifact, *, allow_pickle: boo
     if teacher_format(teacher) is not Format.pytorch:  # an adopted file: itself, or converted as the artifact was
         if teacher_format(teacher) is art.format:
             return teacher.as_artifact()
-        cfg = ExportConfig(format=str(art.format))
+        # converted with the inputs the artifact's own conversion was checked on (a file whose graph leaves a
+        # dimension open cannot be checked on made-up inputs)
+        given = next((s.config.get("sample_data") for s in reversed(art.manifest.steps)
+                      if s.stage == "export" and (s.config or {}).get("sample_data")), None)
+        cfg = ExportConfig(format=str(art.format), sample_data=given if given and Path(given).is_file() else None)
     elif not FORMATS[art.format].via_onnx:  # the FP32 program (Core ML: its FP16 package), as the artifact was
         cfg = ExportConfig(format=str(art.format), task=teacher.task, allow_pickle=allow_pickle)
     else:
