@@ -58,6 +58,12 @@ def gguf_parameters(path: Path) -> int:
     return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
 
 
+def route_stage(stage: str, fmt: str) -> str:
+    """The key of :data:`PEAK` for ``stage`` on the route of artifact format ``fmt``: the ONNX Runtime route's stage
+    by its name (``export``), another route's as the cost curve records it (``export@openvino``)."""
+    return stage if fmt == "onnx" else f"{stage}@{fmt}"
+
+
 def estimate(stage: str, weight_bytes: int) -> int:
     """The peak resident bytes ``stage`` (a key of :data:`PEAK`) holds for a model of ``weight_bytes`` FP32 bytes."""
     fixed, slope = PEAK[stage]
@@ -68,15 +74,15 @@ def check_memory(stage: str, weight_bytes: int | None, what: str) -> dict[str, A
     """Refuse ``stage`` on the model ``what`` (its FP32 weights ``weight_bytes``; None: unknown, not checked) in one
     line (:class:`~compress.errors.MemoryShortage`) when its estimated peak exceeds the memory available now. Returns
     what the step may record (the estimate, what was available), None where nothing was checked."""
-    if not weight_bytes or os.environ.get(ENV, "").lower() in ("off", "0", "no", "false"):
-        return None
+    if not weight_bytes or stage not in PEAK or os.environ.get(ENV, "").lower() in ("off", "0", "no", "false"):
+        return None  # (a route whose peak was not measured is not checked)
     import psutil
 
     need, have = estimate(stage, weight_bytes), psutil.virtual_memory().available
     said = {"estimated_peak_bytes": need, "available_bytes": int(have), "fp32_weight_bytes": int(weight_bytes)}
     if need > have:
         raise MemoryShortage(
-            f"{stage} of {what} ({weight_bytes / 1e9:.1f} GB of FP32 weights) needs about {need / 1e9:.1f} GB of "
+            f"{stage.replace('@', ' --format ')} of {what} ({weight_bytes / 1e9:.1f} GB of FP32 weights) needs about {need / 1e9:.1f} GB of "
             f"memory at its peak (estimated from measured runs); {have / 1e9:.1f} GB are available",
             hint=f"free memory or use a larger machine; {LOWER[stage]}; or set {ENV}=off to try anyway")
     return said

@@ -385,11 +385,12 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
     config, profile, warnings, progress = run.config, run.profile, run.warnings, run.progress
     _check_baseline(art, tdir, config)  # refused before any work, not after the windows
     _check_teacher(tdir, art, config)  # its faults said before the plan is
-    if str(art.manifest.format) == "onnx" and tdir is not None and config.measure.baseline:
-        from compress.host.memory import check_memory, safetensors_parameters
+    if tdir is not None and Path(tdir).is_dir() and config.measure.baseline:
+        from compress.host.memory import check_memory, route_stage, safetensors_parameters
 
-        # the teacher, the artifact and the FP32 baseline side by side: the measured peak (compress.host.memory)
-        check_memory("validate", 4 * (safetensors_parameters(tdir) or 0), art.path.name)
+        # the teacher, the artifact and the FP32 baseline side by side: the route's measured peak (compress.host.memory)
+        check_memory(route_stage("validate", str(art.manifest.format)), 4 * (safetensors_parameters(tdir) or 0),
+                     art.path.name)
     post = art.manifest.postprocess
     plan = plan_generation(art, config, context_of(art), progress)
     warnings += plan.notes

@@ -62,3 +62,18 @@ def test_export_is_refused_in_one_line_before_any_work_when_memory_is_short(ckpt
                           capture_output=True, text=True, env=env, timeout=300)
     assert_one_line_error(done, "export of ckpt", "needs about", "--format gguf", f"{memory.ENV}=off")
     assert not out.exists()
+
+
+def test_each_route_is_checked_by_its_own_measured_peak_and_an_unmeasured_one_not_at_all(monkeypatch):
+    """The ONNX Runtime route's stages keep their names; another route's are ``stage@format`` (as
+    benchmarks/lm_cost_curve.py records them), checked only where PEAK has their measured line."""
+    from compress.host import memory
+
+    assert memory.route_stage("export", "onnx") == "export"
+    assert memory.route_stage("quantize", "openvino") == "quantize@openvino"
+    monkeypatch.delenv(memory.ENV, raising=False)
+    assert memory.check_memory("quantize@nowhere", 10**15, "a petabyte") is None  # no measured line: not checked
+    monkeypatch.setitem(memory.PEAK, "quantize@nowhere", (0.0, 1.0))
+    monkeypatch.setitem(memory.LOWER, "quantize@nowhere", "a smaller model")
+    with pytest.raises(MemoryShortage, match="quantize --format nowhere of a petabyte .* a smaller model"):
+        memory.check_memory("quantize@nowhere", 10**15, "a petabyte")

@@ -69,10 +69,10 @@ def export(
         if config.generator.max_context is not None and fmt != "onnx":
             raise ConfigError(f"--max-context applies to --format onnx (its RoPE tables); {FORMATS[fmt].label} "
                               "sizes its cache itself", hint="drop --max-context")
-        if fmt == "onnx":  # the route whose peak is measured (compress.host.memory): refused before the work
-            from compress.host.memory import check_memory, safetensors_parameters
+        from compress.host.memory import check_memory, route_stage, safetensors_parameters
 
-            check_memory("export", 4 * (safetensors_parameters(source) or 0), Path(source).name)
+        # the measured peak of the route (compress.host.memory): refused before the work
+        check_memory(route_stage("export", fmt), 4 * (safetensors_parameters(source) or 0), Path(source).name)
         return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force, progress=progress)
     if config.generator.max_context is not None:
         from compress.errors import ConfigError
