@@ -316,7 +316,7 @@ def test_quantize_settings_are_nested_and_every_flag_has_a_home():
 
     assert len(QuantizeConfig.model_fields) <= 16  # 16: gguf (llama.cpp types, generators)
     leaves = _leaves(QuantizeConfig)
-    assert len(leaves) == len(QuantizeConfig.flat_fields()) == 45  # no option lost; 45: int4.algorithm, embeddings_bits, lm_head_bits, accuracy.max_perplexity_increase, gguf.type, gguf.imatrix (generators), int8.activation_bits (LiteRT w8a16), qad.lora_rank (a causal LM's QAT)
+    assert len(leaves) == len(QuantizeConfig.flat_fields()) == 46  # no option lost; 46: speed.refuse_slower (--allow-slower), int4.algorithm, embeddings_bits, lm_head_bits, accuracy.max_perplexity_increase, gguf.type, gguf.imatrix (generators), int8.activation_bits (LiteRT w8a16), qad.lora_rank (a causal LM's QAT)
     assert set(QuantizeConfig.MOVED.values()) == {p for p in leaves if "." in p}
     for key, path in QuantizeConfig.MOVED.items():
         assert QuantizeConfig.flat_key(path) == key
