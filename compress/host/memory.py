@@ -6,8 +6,8 @@ The estimate is a line, ``fixed + slope x FP32 weight bytes``, per stage: fitted
 (``benchmarks/lm_cost_curve.py``: random-weight bodies of real configs, 135M to 0.6B parameters, each stage a process
 of its own under ``/usr/bin/time -v``; the figures and the fit are in docs/generators.md, "What a larger LM costs").
 It is checked against what the machine has available now (``psutil.virtual_memory().available``). Only the routes
-measured are checked: the ONNX Runtime route's export, quantize and validate, and a ``.gguf`` dequantized into a
-teacher checkpoint. ``EDGECOMPRESS_MEMORY_CHECK=off`` skips the check (an estimate can be wrong both ways).
+measured are checked: the ONNX Runtime and OpenVINO routes' export, quantize and validate (:func:`route_stage`), and a
+``.gguf`` dequantized into a teacher checkpoint. ``EDGECOMPRESS_MEMORY_CHECK=off`` skips the check (an estimate can be wrong both ways).
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ PEAK: dict[str, tuple[float, float]] = {
     "export": (1.4e9, 1.44),
     "quantize": (0.5e9, 4.23),
     "validate": (2.1e9, 3.34),
+    # the OpenVINO route (SmolLM2-135M and Gemma 3 270M: the line through both, rounded up). The GGUF route is not
+    # checked: llama.cpp's converter and quantizer hold a tensor at a time (1.0 and 0.75 GB for SmolLM2; the
+    # converter 0.9 GB for Gemma 3 270M); ExecuTorch's was measured on one model only (export: 4.3 GB, 8x SmolLM2)
+    "export@openvino": (0.95e9, 3.0),
+    "quantize@openvino": (0.2e9, 4.5),
+    "validate@openvino": (1.05e9, 4.7),
 }
 #: the option that lowers each stage's peak, named in the refusal
 LOWER = {
@@ -37,6 +43,9 @@ LOWER = {
     "export": "--format gguf (llama.cpp's converter holds a tensor at a time)",
     "quantize": "--int4-algorithm rtn (no measured mix: no probe session beside the model)",
     "validate": "--no-baseline (no FP32 baseline timed beside the artifact)",
+    "export@openvino": "--format gguf (llama.cpp's converter holds a tensor at a time)",
+    "quantize@openvino": "--int4-algorithm rtn (no measured mix)",
+    "validate@openvino": "--no-baseline (no FP32 baseline timed beside the artifact)",
 }
 ENV = "EDGECOMPRESS_MEMORY_CHECK"
 
