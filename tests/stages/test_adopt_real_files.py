@@ -149,6 +149,24 @@ def test_the_cold_start_runs_the_batch_validate_timed(twins, tmp_path):
     assert json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["cold_start_ms"] > 0
 
 
+def test_a_file_with_an_open_axis_converted_to_openvino_validates_against_its_converted_baseline(twins, tmp_path):
+    """validate of the OpenVINO IR of such a file times it beside the file converted the same way (its FP32
+    baseline), checked on the inputs the artifact's own conversion was (its recorded --sample-data): it was refused,
+    "input ... has a dimension the graph leaves open ... and no data was given", with --data given."""
+    pytest.importorskip("openvino")
+    d = tmp_path / "open"
+    d.mkdir()
+    shutil.copy2(twins / "two.onnx", d / "two.onnx")  # no two.yaml: the time axis stays open
+    proc = edgecompress("export", d / "two.onnx", "--format", "openvino", "--sample-data", twins / "two.npz",
+                        "--out", tmp_path / "ov")
+    assert proc.returncode == 0, proc.stderr
+    proc = edgecompress("validate", tmp_path / "ov", "--data", twins / "two.npz", "--no-cold-start",
+                        "--report-dir", tmp_path / "r")
+    assert proc.returncode in (0, 1, 4), proc.stderr
+    metrics = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]
+    assert metrics["speedup"] is not None and metrics["baseline_latency_ms"]["p50"] > 0
+
+
 # -- an adopted .tflite on a phone --------------------------------------------------------------------------------------
 
 def test_an_adopted_tflite_has_a_phone_profile_and_pixel_8_names_it(tflite, tmp_path):
