@@ -103,10 +103,10 @@ def quantize_lm_executorch(art: Artifact, out: Path | str, config: QuantizeConfi
         raise ConfigError(f"{art.path} is already {art.precision}", hint="quantize its FP32 export")
     source = teacher_of(art)
     max_length = int(art.manifest.postprocess.cache.max_length)
-    from compress.host.memory import check_memory
+    from compress.host.memory import check_memory, route_stage
 
     # the route's measured peak (compress.host.memory), refused before the work
-    check_memory("quantize@executorch", sum((art.path / n).stat().st_size for n in art.model_files()), art.path.name)
+    check_memory(route_stage("quantize", str(art.format)), art.size_bytes(), art.path.name)
     output = QUANTIZE_EXECUTORCH_LM.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = load_lm(source)

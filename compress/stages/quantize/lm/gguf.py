@@ -144,10 +144,10 @@ def quantize_gguf(art: Artifact, out: Path | str, config: QuantizeConfig, *, for
     name = gguf_type(config)
     src = art.path / art.manifest.model_file
     imatrix, record = given_imatrix(config, src)
-    from compress.host.memory import check_memory
+    from compress.host.memory import check_memory, route_stage
 
     # the route's measured peak (compress.host.memory), refused before the work
-    check_memory("quantize@gguf", sum((art.path / n).stat().st_size for n in art.model_files()), art.path.name)
+    check_memory(route_stage("quantize", str(art.format)), art.size_bytes(), art.path.name)
     output = QUANTIZE_GGUF.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         if imatrix is None and config.calibration.data:

@@ -409,7 +409,7 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
                           hint="add --precision int4, or drop it")
     src = (trained or art).path / (trained or art).manifest.model_file
     if algorithm == AUTO:  # the measured mix's peak (compress.host.memory): refused before the work
-        check_memory("quantize", sum((art.path / n).stat().st_size for n in art.model_files()), art.path.name)
+        check_memory("quantize", art.size_bytes(), art.path.name)
     output = QUANTIZE_ONNX.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         measured = algorithm == AUTO and budget is None  # the default: measured per model

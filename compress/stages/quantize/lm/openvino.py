@@ -269,10 +269,10 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
 
     bits, block, algorithm = check_request(config)
     config = resolve_int4(config, bits)
-    from compress.host.memory import check_memory
+    from compress.host.memory import check_memory, route_stage
 
     # the route's measured peak (compress.host.memory), refused before the work
-    check_memory("quantize@openvino", sum((art.path / n).stat().st_size for n in art.model_files()), art.path.name)
+    check_memory(route_stage("quantize", str(art.format)), art.size_bytes(), art.path.name)
     output = QUANTIZE_OPENVINO.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         model = ov.Core().read_model(str(art.model_path))
