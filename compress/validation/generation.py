@@ -44,6 +44,7 @@ import numpy as np
 from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.host.load import LoadSampler
+from compress.host.memory import release_freed
 from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, budgets_of, verdict_of
 from compress.progress import Advance, Progress, start_phase
 from compress.validation.decoding import context_of, greedy_artifact, window_logits
@@ -397,15 +398,19 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
     announce(plan, MIN_ROUNDS, progress)
     prompt, new_tokens = plan.speed_prompt, plan.new_tokens
     with contextlib.ExitStack() as held:  # every model is closed here, whatever ends the work
-        teacher = None
+        teacher, teacher_held = None, held.enter_context(contextlib.ExitStack())
         if plan.windows is not None or plan.prompts:
             start_phase(progress, "loading the teacher")
-            teacher = _closed_with(held, _teacher(tdir, art, warnings, config))
+            teacher = _closed_with(teacher_held, _teacher(tdir, art, warnings, config))
         start_phase(progress, "loading the artifact")
         backend = _closed_with(held, load_runtime(art, runtime_name, run_settings))
         gen, metrics = _quality(plan, backend, teacher, post, config, warnings, progress)
-        if teacher is not None:
+        compared = teacher is not None
+        if compared:
             gen["reference"] = reference_of(tdir, teacher)
+            teacher_held.close()  # the teacher goes before the FP32 baseline comes: never three models at once
+            teacher = None
+            release_freed()
         backends = {"artifact": backend}
         if config.measure.baseline:
             start_phase(progress, "the teacher's FP32 baseline (exported once, then cached)")
@@ -437,7 +442,7 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
     # an embedder's outputs (a forward pass's) left out
     judged = run.profile.model_copy(update={"budgets": run.profile.generator_limits().model_copy(
         update={k: None for k in budgets_of("forward")})})
-    run.profile, run.teacher = judged, _teacher_record(tdir, art, warnings) if teacher is not None else None
+    run.profile, run.teacher = judged, _teacher_record(tdir, art, warnings) if compared else None
     report = conclude(run, metrics, stats, cold, env)
     if config.data:  # what the quality figures were measured on (the gate compares it)
         import hashlib

@@ -82,3 +82,31 @@ def test_allocate_spends_the_budget_where_it_removes_the_most_error_per_byte():
     assert got["a"] == "int8" and got["c"] == "int4-hqq"  # c's HQQ already holds; a buys the most from 8 bits
     assert sum(costs[n][c] for n, c in got.items()) <= 430
     assert set(ba.allocate(errors, costs, 10_000).values()) <= {"int8", "int4-hqq"}
+
+
+@pytest.mark.parametrize("name", ["int4-rtn", "int4-hqq"])
+def test_codes_two_to_a_byte_decode_to_the_values_the_check_fed(name):
+    """The measured mix keeps each 4-bit candidate as codes (a quarter of its FP16 values' bytes); what they decode
+    to is bit for bit the dequantized weights the check fed before (FP16-rounded), K not a multiple of the block."""
+    import torch
+
+    w = (np.random.default_rng(1).standard_normal((200, 48)) * 0.05).astype(np.float32)
+    cand = CANDS[name]
+    wt = torch.from_numpy(np.ascontiguousarray(w.T))
+    if cand.algorithm == "hqq":
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, HQQWeightOnlyQuantizer
+
+        q, scale, zero = HQQWeightOnlyQuantizer(HQQWeightOnlyQuantConfig(block_size=32, bits=4)).quantize_internal(
+            wt, bits=4, group_size=32)
+        blocks = q.shape[1] // 32
+        before = ((q.reshape(-1, blocks, 32).float() - zero.reshape(-1, blocks, 1).half().float())
+                  * scale.reshape(-1, blocks, 1).half().float()).reshape(q.shape[0], -1)[:, :200].T.numpy()
+    else:
+        from compress.stages.quantize.lm.fake_quant import rtn_grid
+
+        before = rtn_grid(wt, 4, 32, True).half().float().T.numpy()
+    coded = ba.coded(w, cand, 32)
+    out = np.empty_like(w)
+    coded.decode(out=out)
+    assert np.array_equal(out, before.astype(np.float16).astype(np.float32))
+    assert coded.packed.nbytes == 48 * 224 // 2 and coded.nbytes < w.size * 2 // 2

@@ -397,3 +397,41 @@ def test_the_cli_refuses_in_one_line_and_an_int4_generator_is_not_quantized_agai
     assert "int4 weight-only" in text and "greedy continuations equal" in text
     code, text = run(tmp_path / "q", "--precision", "int4", "-o", tmp_path / "qq")
     assert code == 2 and "already onnx int4" in text
+
+
+def test_quantizing_a_batch_at_a_time_from_the_data_file_writes_what_the_whole_model_did(exported, monkeypatch):
+    """weight_only reads the FP32 graph alone and its weights a batch of MatMuls at a time from the data file
+    (onnx_weights): the nodes and bytes are those the loaded model gives in one batch a group."""
+    import copy
+
+    import onnx
+    from onnx import numpy_helper
+
+    from compress.stages.quantize.lm import onnx_weights
+    from compress.stages.quantize.lm.onnx import weight_only
+
+    _, art = exported
+    src = art.path / art.manifest.model_file
+    onnx.save(onnx.load(str(src)), str(src.parent / "ext.onnx"), save_as_external_data=True,
+              location="ext.onnx.data", size_threshold=0)
+    whole = onnx.load(str(src))
+    mix = {n.name: ("int4-hqq" if i % 2 else "int4-rtn") for i, n in enumerate(whole.graph.node)
+           if n.op_type == "MatMul" and "layers" in n.name}
+    kw = {"bits": 4, "block": 32, "fp16_scales": True, "accuracy_level": 4, "mix": mix}
+    old = onnx_weights._batches
+    cuts = []
+    monkeypatch.setattr(onnx_weights, "_batches", lambda m, names: cuts.extend(old(m, names)) or old(m, names))
+    monkeypatch.setattr(onnx_weights, "BATCH_BYTES", 2**40)  # the loaded model: one small model per group
+    a, made_a = weight_only(copy.deepcopy(whole), **kw)
+    assert len(cuts) == 3  # the head, the RTN and the HQQ matrices
+    cuts.clear()
+    monkeypatch.setattr(onnx_weights, "BATCH_BYTES", 1)  # from the data file: one per MatMul
+    graph_only = onnx.load(str(src.parent / "ext.onnx"), load_external_data=False)
+    b, made_b = weight_only(graph_only, source_dir=src.parent, **kw)
+    assert made_a == made_b and {len(c) for c in cuts} == {1} and len(cuts) == len(mix) + 1
+    assert [(n.op_type, list(n.input), list(n.output)) for n in a.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in b.graph.node]
+    arrays = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    assert {t.name for t in b.graph.initializer} == set(arrays)
+    for t in b.graph.initializer:
+        assert np.array_equal(numpy_helper.to_array(t), arrays[t.name]), t.name

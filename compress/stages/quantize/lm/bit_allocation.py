@@ -39,7 +39,8 @@ from compress.progress import Progress, note
 log = logging.getLogger(__name__)
 
 __all__ = ["BISECTIONS", "GROWTH", "IMPORTANCE_TEXT", "IMPORTANCE_TOKENS", "ONNX_CANDIDATES", "PHASE", "TARGET_KL",
-           "TARGET_TOP1", "Candidate", "agreement", "allocate", "candidate_bytes", "choose", "counts", "dequantized",
+           "TARGET_TOP1", "Candidate", "Coded", "agreement", "allocate", "candidate_bytes", "choose", "coded", "counts",
+           "dequantized",
            "importance_ids", "plan_record", "q4_k_m_bytes", "relative_error", "role_of", "summary", "use_more_bits"]
 
 
@@ -129,23 +130,83 @@ def candidate_bytes(k: int, n: int, cand: Candidate, block: int) -> float:
     return n * -(-k // block) * cand.bytes_per_block(block)
 
 
-def dequantized(w: np.ndarray, cand: Candidate, block: int) -> np.ndarray:
-    """``w`` [K, N] through ``cand`` and back to float, as ONNX Runtime's quantizer writes it ([K, N])."""
+@dataclass
+class Coded:
+    """A [K, N] weight matrix as a 4-bit (or narrower) candidate stores it, a quarter of its FP16 values' bytes: the
+    codes two to a byte along K (``packed`` [N, blocks * block / 2]), each block's scale and zero point [N, blocks]
+    (float32, holding what the file holds: FP16 where it writes FP16)."""
+
+    packed: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+    k: int
+    block: int
+
+    @classmethod
+    def of(cls, q, scale, zero, k: int, block: int) -> Coded:
+        """From codes ``q`` [N, blocks * block] (0..15) and scale / zero point [N, blocks] (torch or numpy)."""
+        q = np.asarray(q, dtype=np.float32).astype(np.uint8).reshape(q.shape[0], -1)
+        return cls(q[:, 0::2] | (q[:, 1::2] << 4), np.asarray(scale, np.float32).reshape(q.shape[0], -1),
+                   np.asarray(zero, np.float32).reshape(q.shape[0], -1), k, block)
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scale.nbytes + self.zero.nbytes
+
+    def decode(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The dequantized weights [K, N] (float32 values rounded to FP16, as the check has always fed them), written
+        into ``out`` where given."""
+        n = self.packed.shape[0]
+        q = np.empty((n, self.packed.shape[1] * 2), np.float32)
+        q[:, 0::2], q[:, 1::2] = self.packed & 15, self.packed >> 4
+        q = q.reshape(n, -1, self.block)
+        q -= self.zero[..., None]
+        q *= self.scale[..., None]
+        d = q.reshape(n, -1)[:, :self.k].astype(np.float16).T
+        if out is None:
+            return d.astype(np.float32)
+        out[...] = d
+        return out
+
+
+def coded(w: np.ndarray, cand: Candidate, block: int) -> Coded:
+    """``w`` [K, N] through the 4-bit ``cand`` as ONNX Runtime's quantizer writes it (:class:`Coded`)."""
     import torch
 
+    if cand.bits > 4 or block % 2:
+        raise ValueError(f"{cand.name} in blocks of {block}: only 4 bits or fewer, in even blocks, are coded")
     wt = torch.from_numpy(np.ascontiguousarray(w.T, dtype=np.float32))  # [N, K]: blocks along K
     if cand.algorithm == "hqq":
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, HQQWeightOnlyQuantizer
 
         hqq = HQQWeightOnlyQuantizer(HQQWeightOnlyQuantConfig(block_size=block, bits=cand.bits))
         q, scale, zero = hqq.quantize_internal(wt, bits=cand.bits, group_size=block)
-        k = wt.shape[1]
+        return Coded.of(q.float(), scale.half().float(), zero.half().float(), w.shape[0], block)  # FP16 as written
+    from compress.stages.quantize.lm.fake_quant import rtn_codes
+
+    q, scale, zero = rtn_codes(wt, cand.bits, block, cand.symmetric)
+    return Coded.of(q, scale, zero, w.shape[0], block)
+
+
+def dequantized(w: np.ndarray, cand: Candidate, block: int) -> np.ndarray:
+    """``w`` [K, N] through ``cand`` and back to float, as ONNX Runtime's quantizer writes it ([K, N]; the values
+    rounded to FP16)."""
+    import torch
+
+    if cand.bits <= 4 and block % 2 == 0:
+        return coded(w, cand, block).decode()
+    from compress.stages.quantize.lm.fake_quant import rtn_grid
+
+    wt = torch.from_numpy(np.ascontiguousarray(w.T, dtype=np.float32))  # [N, K]: blocks along K
+    if cand.algorithm == "hqq":  # wider than 4 bits, or an odd block
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, HQQWeightOnlyQuantizer
+
+        hqq = HQQWeightOnlyQuantizer(HQQWeightOnlyQuantConfig(block_size=block, bits=cand.bits))
+        q, scale, zero = hqq.quantize_internal(wt, bits=cand.bits, group_size=block)
         blocks = q.shape[1] // block
         deq = (q.reshape(-1, blocks, block).float() - zero.reshape(-1, blocks, 1).half().float()) * \
             scale.reshape(-1, blocks, 1).half().float()  # FP16 scales and offsets, as written
-        return deq.reshape(q.shape[0], -1)[:, :k].T.numpy()
-    from compress.stages.quantize.lm.fake_quant import rtn_grid
-
+        return deq.reshape(q.shape[0], -1)[:, :w.shape[0]].T.numpy()
     return rtn_grid(wt, cand.bits, block, cand.symmetric).half().float().T.numpy()
 
 

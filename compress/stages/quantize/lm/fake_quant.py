@@ -53,10 +53,11 @@ def _round_half_away(x):
     return whole + torch.sign(x) * ((x - whole).abs() >= 0.5)
 
 
-def rtn_grid(w, bits: int, block: int, symmetric: bool):
-    """``w`` [N, K] (a torch Linear's weight: one row per output) rounded to ONNX Runtime's MatMulNBits grid, blocks
-    of ``block`` along K, and dequantized back to float (see the module's docstring). As MLAS computes it, in float32:
-    ``q = clip(roundf(w * (1 / scale) + zero_point))``, the zero point 2**(bits-1) when symmetric."""
+def rtn_codes(w, bits: int, block: int, symmetric: bool):
+    """``w`` [N, K] (a torch Linear's weight: one row per output) as ONNX Runtime's MatMulNBits stores it, blocks of
+    ``block`` along K (the last padded with zeros): ``(q, scale, zero)``, the codes [N, blocks, block] and each block's
+    scale and zero point [N, blocks, 1], all float32. As MLAS computes it: ``q = clip(roundf(w * (1 / scale) +
+    zero_point))``, the zero point 2**(bits-1) when symmetric."""
     import torch.nn.functional as F
 
     n, k = w.shape
@@ -72,8 +73,15 @@ def rtn_grid(w, bits: int, block: int, symmetric: bool):
     inverse = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / torch.where(scale == 0, 1.0, scale))
     zero = (torch.full_like(scale, 2 ** (bits - 1)) if symmetric
             else torch.clamp(_round_half_away(-lo * inverse), 0, qmax))
-    q = torch.clamp(_round_half_away(wb * inverse + zero), 0, qmax)
-    return ((q - zero) * scale).reshape(n, blocks * block)[:, :k]
+    return torch.clamp(_round_half_away(wb * inverse + zero), 0, qmax), scale, zero
+
+
+def rtn_grid(w, bits: int, block: int, symmetric: bool):
+    """``w`` [N, K] rounded to ONNX Runtime's MatMulNBits grid (:func:`rtn_codes`) and dequantized back to float (see
+    the module's docstring)."""
+    n, k = w.shape
+    q, scale, zero = rtn_codes(w, bits, block, symmetric)
+    return ((q - zero) * scale).reshape(n, -1)[:, :k]
 
 
 def embedding_grid(w, block: int):

@@ -142,27 +142,12 @@ def more_bits_nodes(model, layers: int, which: str = "down") -> tuple[str, ...]:
     return tuple(n for n in _matmuls(model) if n in wanted)
 
 
-def _quantize_nodes(model, names: list[str], cfg, *, bits: int, block: int, symmetric: bool,
-                    accuracy_level: int | None):
-    """``model`` with the MatMuls ``names`` (and no other) quantized by ``cfg`` (an algorithm config, or None for
-    ONNX Runtime's round to nearest at ``bits``)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    if not names:
-        return model
-    others = [n for n in _matmuls(model) if n not in set(names)]
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, nodes_to_exclude=others,
-                             op_types_to_quantize=("MatMul",), accuracy_level=accuracy_level, algo_config=cfg)
-    q.process()
-    return q.model.model
-
-
 def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorithm: str = "rtn",
                 lm_head_bits: int = 8, embeddings_bits: int = 8, exclude: tuple[str, ...] = (),
                 at8: tuple[str, ...] = (), reader=None, accuracy_level: int | None = None,
-                share_tied: bool = True, fp16_scales: bool = False,
-                mix: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Quantize the ONNX ``model`` (a ModelProto with its weights loaded) weight-only; return the new ModelProto and
+                share_tied: bool = True, fp16_scales: bool = False, mix: dict[str, str] | None = None,
+                source_dir: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Quantize the ONNX ``model`` weight-only; return the new ModelProto and
     what each weight became (``{"layers": {node: bits}, "lm_head": ..., "embeddings": ...}``). ``at8``: MatMuls kept
     at 8 bits (round to nearest) whatever ``bits`` is (accuracy-aware INT4); ``exclude``: kept in float.
     ``mix``: MatMul -> a :data:`.bit_allocation.ONNX_CANDIDATES` name, each body MatMul by its own candidate (the
@@ -171,21 +156,26 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
     written once) instead of a copy of its own. HQQ's float zero points are folded out of the nodes
     (:func:`fold_zero_points`: ONNX Runtime's fast kernels take integer ones only); ``fp16_scales``: every scale (and
     those offsets) stored in FP16 (:func:`half_scales`: the body runs in FP16 between Casts; the LM head keeps FP32
-    compute, its FP16 scales cast back when the session loads)."""
+    compute, its FP16 scales cast back when the session loads). ``model``'s weights may still be in its data file
+    (``onnx.load(..., load_external_data=False)``) in the folder ``source_dir``: the body's are then read a batch at a
+    time as they are quantized (:mod:`.onnx_weights`), never all at once."""
     from compress.stages.quantize.lm.bit_allocation import ONNX_CANDIDATES
+    from compress.stages.quantize.lm.onnx_weights import load_tensors, quantize_nodes
 
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"--int4-algorithm {algorithm} is not one ONNX Runtime's MatMulNBits quantizer runs here",
                           hint=f"choose {', '.join(ALGORITHMS)}")
-    tied = untie_embeddings(model)
     head = lm_head(model)
     body = [n for n in _matmuls(model) if n != head and n not in exclude]
     kept = [n for n in _matmuls(model) if n in exclude]
-    level = {"accuracy_level": accuracy_level}
+    nodes = {n.name: n for n in model.graph.node}
+    load_tensors(model, source_dir, skip={nodes[n].input[1] for n in body})  # all but the body: read as quantized
+    tied = untie_embeddings(model)
+    level = {"accuracy_level": accuracy_level, "base_dir": source_dir}
     # the head first, round to nearest at its own bits: the body's algorithm then finds it already MatMulNBits;
     # symmetric at 8 bits whatever the body is: the tied embedding reads the same table (shared_int8_gather)
     if head not in exclude:
-        model = _quantize_nodes(model, [head], None, bits=lm_head_bits, block=block,
+        model = quantize_nodes(model, [head], None, bits=lm_head_bits, block=block,
                                 symmetric=symmetric or lm_head_bits == 8, **level)
     mix = {n: c for n, c in (mix or {}).items() if n in body}
     by_name = {c.name: c for c in ONNX_CANDIDATES}
@@ -194,17 +184,18 @@ def weight_only(model, *, bits: int, block: int, symmetric: bool = True, algorit
         names = [n for n in body if mix.get(n) == cand.name]
         cfg = _algo_config(cand.algorithm, bits=cand.bits, block=block, symmetric=cand.symmetric,
                            accuracy_level=accuracy_level)
-        model = _quantize_nodes(model, names, cfg, bits=cand.bits, block=block, symmetric=cand.symmetric, **level)
+        model = quantize_nodes(model, names, cfg, bits=cand.bits, block=block, symmetric=cand.symmetric, **level)
         layers |= {n: cand.bits for n in names}
     body = [n for n in body if n not in mix]
     at8 = tuple(n for n in at8 if n in body)
     if at8 and bits != 8:
-        model = _quantize_nodes(model, list(at8), None, bits=8, block=block, symmetric=symmetric, **level)
+        model = quantize_nodes(model, list(at8), None, bits=8, block=block, symmetric=symmetric, **level)
     rest = [n for n in body if n not in at8 or bits == 8]
     cfg = _algo_config(algorithm, bits=bits, block=block, symmetric=symmetric, reader=reader,
                        accuracy_level=accuracy_level)
-    model = _quantize_nodes(model, rest, cfg, bits=bits, block=block, symmetric=symmetric, **level)
+    model = quantize_nodes(model, rest, cfg, bits=bits, block=block, symmetric=symmetric, **level)
     layers |= {n: 8 for n in at8 if bits != 8} | {n: bits for n in rest}
+    load_tensors(model, source_dir)  # what the quantizer left as it was (a weight it does not take)
     emb = embedding_gather(model)
     shared = (share_tied and emb is not None and tied is not None and embeddings_bits == 8 and lm_head_bits == 8
               and head not in exclude and shared_int8_gather(model, emb, head))
@@ -413,9 +404,9 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
     output = QUANTIZE_ONNX.output(out, config, force=force)
     with output.writing(need_bytes=tree_bytes(art.path)) as o:
         measured = algorithm == AUTO and budget is None  # the default: measured per model
-        # the measurement reads the graph and maps the weights from the file (.onnx_mix.Probe): the model's bytes are
-        # loaded once it is done, not held beside the probe
-        model = onnx.load(str(src), load_external_data=not measured)
+        # the graph alone: the measurement reads the weights from the file (.onnx_mix.Probe), the quantizer a batch
+        # at a time (.onnx_weights)
+        model = onnx.load(str(src), load_external_data=False)  # the weights are read as they are quantized
         if config.exclude_nodes:  # first:N / last:N as the MatMuls they stand for; an unknown name refused
             config = config.model_copy(update={"exclude_nodes": resolve_exclude_nodes(
                 config.exclude_nodes, _matmuls(model), {n.name for n in model.graph.node})})
@@ -429,15 +420,15 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
         mix, planned = None, None
         if measured:
             mix, planned = _mix(art, model, block, tuple(config.exclude_nodes), progress)
-            release_freed()  # the probe's session and candidates, gone before the weights are loaded
-            model = onnx.load(str(src))
+            release_freed()  # the probe's session and candidates, gone before the weights are read
         uniform = "hqq" if algorithm == AUTO else algorithm  # MatMuls no mix names (none where it is auto)
 
         def quantize_with(m, at8=(), mix=mix):
             return weight_only(m, bits=bits, block=block, symmetric=config.int4.symmetric, algorithm=uniform,
                                lm_head_bits=config.int4.lm_head_bits, embeddings_bits=config.int4.embeddings_bits,
                                exclude=tuple(config.exclude_nodes), at8=at8, reader=reader,
-                               accuracy_level=ACCURACY_LEVEL, fp16_scales=trained is None, mix=mix)
+                               accuracy_level=ACCURACY_LEVEL, fp16_scales=trained is None, mix=mix,
+                               source_dir=src.parent)
 
         record = None
         if budget is not None:
@@ -456,6 +447,8 @@ def quantize_lm_onnx(art: Artifact, out: Path | str, config: QuantizeConfig, *, 
             model, made = quantize_with(model)
         onnx.save(model, str(o.dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                   location="model.onnx.data", size_threshold=1024)
+        del model
+        release_freed()  # the quantized model's protobuf, gone before the check's two sessions
         copy_travel(art.path, o.dir)
         manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file="model.onnx")
         before, after = tree_bytes(art.path), tree_bytes(o.dir)

@@ -3,7 +3,7 @@
 1. One FP32 run over the built-in text (:data:`.bit_allocation.IMPORTANCE_TEXT`) gives each MatMul's inputs' mean
    square (the importance) and the reference logits.
 2. Each MatMul's output error under each candidate (:func:`.bit_allocation.relative_error`); each 4-bit candidate's
-   dequantized weights are kept (FP16) for step 4.
+   codes are kept (:class:`.bit_allocation.Coded`, two to a byte: a quarter of its FP16 values) for step 4.
 3. The budget starts at what llama.cpp's Q4_K_M spends on the same matrices; :func:`.bit_allocation.allocate` spends it.
 4. The allocation is *checked*: the FP32 graph with each matrix's weights replaced by what its candidate makes of
    them (8 bits: the float weights, whose 8-bit error is ~1e-5 of the output) is run over the built-in text, and its
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.host.memory import release_freed
 from compress.progress import Progress, note, start_phase
 from compress.stages.quantize.lm import bit_allocation as ba
 
@@ -41,27 +42,38 @@ def onnx_graph_only(path: Path):
     return onnx.load(str(path), load_external_data=False)
 
 
-def _mapped_weights(path: Path) -> dict[str, np.ndarray] | None:
-    """Every external tensor of the ONNX file at ``path`` as a read-only memory map of its data file (no byte read
-    until used; the pages are the file's, which the system can drop and read again), or None where the file keeps its
-    tensors inside (then nothing is gained by mapping)."""
+def _external(path: Path) -> dict[str, tuple[Path, int, int, np.dtype, tuple[int, ...]]]:
+    """Where each external tensor of the ONNX file at ``path`` lies: name -> (data file, offset, length, dtype, shape);
+    empty where the file keeps its tensors inside."""
     from onnx import helper
     from onnx.external_data_helper import uses_external_data
 
-    graph = onnx_graph_only(path).graph
-    files: dict[str, np.memmap] = {}
     out = {}
-    for t in graph.initializer:
-        if not uses_external_data(t):
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        where = str(Path(path).parent / info["location"])
-        if where not in files:
-            files[where] = np.memmap(where, dtype=np.uint8, mode="r")
-        offset, length = int(info.get("offset", 0)), int(info["length"])
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
-        out[t.name] = files[where][offset:offset + length].view(dtype).reshape(tuple(t.dims))
-    return out or None
+    for t in onnx_graph_only(path).graph.initializer:
+        if uses_external_data(t):
+            info = {e.key: e.value for e in t.external_data}
+            out[t.name] = (Path(path).parent / info["location"], int(info.get("offset", 0)), int(info["length"]),
+                           np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)), tuple(t.dims))
+    return out
+
+
+def _mapped(where: dict[str, tuple[Path, int, int, np.dtype, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """The external tensors ``where`` (:func:`_external`) as read-only memory maps of their data file (no byte read
+    until used; the pages are the file's, which the system can drop and read again)."""
+    files: dict[Path, np.memmap] = {}
+    out = {}
+    for name, (file, offset, length, dtype, shape) in where.items():
+        if file not in files:
+            files[file] = np.memmap(file, dtype=np.uint8, mode="r")
+        out[name] = files[file][offset:offset + length].view(dtype).reshape(shape)
+    return out
+
+
+def _read_into(buffer: np.ndarray, file: Path, offset: int) -> None:
+    """``buffer``'s bytes read from ``file`` at ``offset`` (no map: the pages stay the system's cache, not ours)."""
+    with open(file, "rb") as f:
+        f.seek(offset)
+        f.readinto(memoryview(buffer.reshape(-1).view(np.uint8)))
 
 
 def session(model, mapped: dict[str, np.ndarray] | None = None):
@@ -99,40 +111,78 @@ class Probe:
     """One ONNX Runtime session of the FP32 ``model`` in which the body's weights (``weights``: MatMul -> its weight
     initializer) are graph inputs and the MatMuls' activations extra outputs: the reference run and every check are
     runs of it with other weights fed, not sessions of their own (a 270M model's session takes a minute to make on
-    two busy cores). ``source``: the model's file, whose data file is then memory-mapped (:func:`_mapped_weights`):
-    the session built from the graph alone with the other weights handed over as they lie in the map, the body's
-    originals read from it too; no copy of the model is made (Gemma 3 270M's probe: a 3.9 GB peak, not 5.4)."""
+    two busy cores). Each body weight has one FP32 buffer, fed to every run: it holds the original or what a
+    candidate's codes decode to (:meth:`load`), so a check adds no copy of the weights. ``source``: the model's file,
+    whose other weights are then handed to the session as memory maps of its data file and whose body weights are
+    read from it into the buffers (again wherever a check puts an original back): no copy of the model is made
+    (Gemma 3 270M's probe: a 3.9 GB peak, not 5.4)."""
 
     def __init__(self, model, weights: dict[str, str], ids: np.ndarray, state: dict[str, np.ndarray],
                  source: Path | None = None):
         from onnx import TensorProto, helper, numpy_helper
 
-        mapped = _mapped_weights(source) if source is not None else None
+        where = _external(source) if source is not None else {}
         # the graph alone where the weights are on disk (each read through a memory map, never copied), else a copy
-        m = onnx_graph_only(source) if mapped is not None else copy.deepcopy(model)
+        m = onnx_graph_only(source) if where else copy.deepcopy(model)
         graph = m.graph
         nodes = {n.name: n for n in graph.node}
         self.acts = {name: nodes[name].input[0] for name in weights}
         names = set(weights.values())
         at = [i for i, t in enumerate(graph.initializer) if t.name in names]
-        self.original = {graph.initializer[i].name: mapped[graph.initializer[i].name] if mapped is not None else
-                         numpy_helper.to_array(graph.initializer[i]) for i in at}
-        graph.input.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape))
-                           for n, a in self.original.items())
+        self._where = {n: where[n] for n in names if n in where}
+        self._kept = {graph.initializer[i].name: numpy_helper.to_array(graph.initializer[i]) for i in at
+                      if graph.initializer[i].name not in self._where}  # a model whose weights are inside
+        shapes = {graph.initializer[i].name: tuple(graph.initializer[i].dims) for i in at}
+        graph.input.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, list(d)) for n, d in shapes.items())
         for i in reversed(at):
             del graph.initializer[i]
         have = {o.name for o in graph.output}
         graph.output.extend(helper.make_tensor_value_info(a, TensorProto.FLOAT, None)
                             for a in sorted(set(self.acts.values())) if a not in have)
-        self.sess = session(m, {n: a for n, a in mapped.items() if n not in names} if mapped is not None else None)
+        self.sess = session(m, _mapped({n: w for n, w in where.items() if n not in names}) if where else None)
         del m
+        release_freed()  # what making the session took for a while (a tied table's transpose folded), given back
+        # before the buffers are: the session's peak and theirs do not add up
+        self.buffers = {n: np.empty(d, np.float32) for n, d in shapes.items()}
+        self._holds: dict[str, object] = {}  # weight -> the Coded it holds decoded; absent: the original
+        for n in self.buffers:
+            self._restore(n)
         self.state = state
         self.feed = feeds(self.sess, ids, state)
 
+    def _restore(self, name: str) -> None:
+        if name in self._where:
+            file, offset, _, dtype, _ = self._where[name]
+            if dtype != np.float32:
+                raise ValueError(f"{name} is {dtype}, not float32: the probe reads FP32 weights")
+            _read_into(self.buffers[name], file, offset)
+        else:
+            self.buffers[name][...] = self._kept[name]
+        self._holds.pop(name, None)
+
+    def original(self, name: str) -> np.ndarray:
+        """The weight ``name``'s FP32 values (its buffer, the original put back where a check had replaced it; read
+        it, do not write it)."""
+        if name in self._holds:
+            self._restore(name)
+        return self.buffers[name]
+
+    def load(self, replaced: dict[str, ba.Coded]) -> None:
+        """Each buffer holds what ``replaced`` (weight -> a candidate's codes) decodes to, every other the original."""
+        for name in self.buffers:
+            want = replaced.get(name)
+            if want is None:
+                if name in self._holds:
+                    self._restore(name)
+            elif self._holds.get(name) is not want:
+                want.decode(out=self.buffers[name])
+                self._holds[name] = want
+
     def reference(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Each MatMul -> its input channels' mean square [K], and the FP32 logits [T, V]."""
+        self.load({})
         acts = sorted(set(self.acts.values()))
-        got = self.sess.run(["logits", *acts], {**self.feed, **self.original})
+        got = self.sess.run(["logits", *acts], {**self.feed, **self.buffers})
         values = dict(zip(acts, got[1:], strict=True))
         importance = {}
         for name, act in self.acts.items():
@@ -140,30 +190,30 @@ class Probe:
             importance[name] = (x.reshape(-1, x.shape[-1]) ** 2).mean(axis=0)
         return importance, got[0][0]
 
-    def logits(self, replaced: dict[str, np.ndarray], ids: np.ndarray | None = None) -> np.ndarray:
-        """The logits [T, V] with the weight initializers ``replaced`` (name -> array) fed instead of the FP32 ones,
-        over the built-in text (or the token window ``ids`` [1, T])."""
-        feed = {**(self.feed if ids is None else feeds(self.sess, ids, self.state)), **self.original}
-        feed.update({k: v.astype(np.float32) for k, v in replaced.items()})
-        return self.sess.run(["logits"], feed)[0][0]
+    def logits(self, replaced: dict[str, ba.Coded], ids: np.ndarray | None = None) -> np.ndarray:
+        """The logits [T, V] with the weights ``replaced`` (name -> a candidate's codes) decoded in place of the FP32
+        ones, over the built-in text (or the token window ``ids`` [1, T])."""
+        self.load(replaced)
+        feed = self.feed if ids is None else feeds(self.sess, ids, self.state)
+        return self.sess.run(["logits"], {**feed, **self.buffers})[0][0]
 
 
 @dataclass
 class Measured:
     """What :func:`measure` found: the probe and the FP32 logits on the built-in text, each matrix's weight name,
-    errors, costs and dequantized 4-bit weights, and Q4_K_M's bytes for the same matrices."""
+    errors, costs and 4-bit candidates' codes, and Q4_K_M's bytes for the same matrices."""
 
     probe: Probe
     ref: np.ndarray
     weights: dict[str, str]
     errors: dict[str, dict[str, float]]
     costs: dict[str, dict[str, float]]
-    deq: dict[str, dict[str, np.ndarray]]
+    codes: dict[str, dict[str, ba.Coded]]
     reference: float
 
-    def replaced(self, choice: dict[str, str]) -> dict[str, np.ndarray]:
-        """The weights ``choice`` feeds the probe (the 4-bit matrices' dequantized; 8 bits: the float ones)."""
-        return {self.weights[n]: self.deq[n][c] for n, c in choice.items() if c in self.deq[n]}
+    def replaced(self, choice: dict[str, str]) -> dict[str, ba.Coded]:
+        """The weights ``choice`` replaces in the probe (the 4-bit matrices' codes; 8 bits: the float ones)."""
+        return {self.weights[n]: self.codes[n][c] for n, c in choice.items() if c in self.codes[n]}
 
 
 def measure(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[str, np.ndarray],
@@ -176,20 +226,25 @@ def measure(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[
     probe = Probe(model, weights, ids, state, source)
     importance, ref = probe.reference()
     advance = start_phase(progress, ba.PHASE, len(body))
-    errors, costs, shapes, deq = {}, {}, {}, {}
+    errors, costs, shapes, codes = {}, {}, {}, {}
     for name in body:
-        w = probe.original[weights[name]].astype(np.float32)
+        w = probe.original(weights[name])
         k, n = shapes[name] = w.shape
-        errors[name], deq[name] = {}, {}
+        errors[name], codes[name] = {}, {}
         for c in candidates:
-            d = ba.dequantized(w, c, block)
+            if c.bits <= 4 and block % 2 == 0:
+                codes[name][c.name] = coded = ba.coded(w, c, block)
+                d = coded.decode()
+            else:
+                d = ba.dequantized(w, c, block)
             errors[name][c.name] = ba.relative_error(w, d, importance[name])
-            if c.bits < 8:
-                deq[name][c.name] = d.astype(np.float16)
+            del d
         costs[name] = {c.name: ba.candidate_bytes(k, n, c, block) for c in candidates}
         advance(1)
+        if len(costs) % 16 == 0:  # the quantizers' scratch (HQQ's, in PyTorch's threads) handed back as it goes
+            release_freed()
     reference = sum(ba.q4_k_m_bytes(shapes, kv_width=kv_width).values())
-    return Measured(probe, ref, weights, errors, costs, deq, reference)
+    return Measured(probe, ref, weights, errors, costs, codes, reference)
 
 
 def plan(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[str, np.ndarray],
