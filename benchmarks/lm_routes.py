@@ -83,10 +83,12 @@ def build(ckpt: Path, work: Path, routes: list[str]) -> tuple[dict[str, Path | N
         return make
 
     want = set(routes)
-    if want & {"onnx-fp32", "onnx-int4", "onnx-int8"}:
+    if want & {"onnx-fp32", "onnx-int4", "onnx-int8", "onnx-int4-rtn"}:
         made["onnx-fp32"] = base = step("onnx-fp32", exp("onnx"))
         made["onnx-int4"] = step("onnx-int4", q(base, precision="int4")) if "onnx-int4" in want else None
         made["onnx-int8"] = step("onnx-int8", q(base, precision="int8")) if "onnx-int8" in want else None
+        made["onnx-int4-rtn"] = (step("onnx-int4-rtn", q(base, precision="int4", int4_algorithm="rtn"))
+                                 if "onnx-int4-rtn" in want else None)  # every body matrix at 4 bits
     if want & {"openvino-fp32", "openvino-int4"}:
         made["openvino-fp32"] = base = step("openvino-fp32", exp("openvino"))
         made["openvino-int4"] = step("openvino-int4", q(base, precision="int4")) if "openvino-int4" in want else None
@@ -347,6 +349,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/lm-routes"))
     ap.add_argument("--gguf", type=Path, help="time a real generator: this GGUF entered through the teacher path, "
                     "every route made from it, a WikiText-2 prompt (quality on stories260K is then skipped)")
+    ap.add_argument("--checkpoint", type=Path, help="time the routes of this checkpoint folder (speed only; e.g. a "
+                    "cost-curve body, benchmarks/lm_cost_curve.py: its artifacts linked into WORK/ckpt are reused)")
     ap.add_argument("--text", type=Path, default=SHARED / "data" / "wikitext-2" / "wiki.test.raw",
                     help="the prompt's text with --gguf")
     ap.add_argument("--threads", type=int, default=2)
@@ -398,7 +402,11 @@ def main() -> None:
         return
     bw = bandwidth_gbs()
     speed_rows, notes = {}, {}
-    if args.gguf and not args.skip_speed:
+    if args.checkpoint:
+        args.skip_quality = True
+        if not args.skip_speed:
+            speed_rows, notes = speed(args.checkpoint, args.work / "ckpt", routes, args, args.text)
+    elif args.gguf and not args.skip_speed:
         speed_rows, notes = speed(real_body(args.gguf), args.work / "real", routes, args, args.text, bos=False)
     elif not args.skip_speed:
         body = args.work / "body"
@@ -408,7 +416,8 @@ def main() -> None:
     quality_rows, qnotes = ({}, {}) if args.skip_quality else quality(args.work / "quality", routes, args)
     info = host_and_versions()
     md = table(speed_rows, quality_rows, bw)
-    model = f"the real {args.gguf.name}" if args.gguf else "a random SmolLM2-135M body"
+    model = (f"the checkpoint {args.checkpoint}" if args.checkpoint else f"the real {args.gguf.name}" if args.gguf
+             else "a random SmolLM2-135M body")
     print(f"\n{model}; machine: {info['host']['cpu']}, {args.threads} threads, numpy copy bandwidth {bw:.1f} GB/s; "
           f"{args.rounds} rounds, medians\n")
     print(md)
