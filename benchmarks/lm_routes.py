@@ -94,10 +94,13 @@ def build(ckpt: Path, work: Path, routes: list[str]) -> tuple[dict[str, Path | N
         made["openvino-int4"] = step("openvino-int4", q(base, precision="int4")) if "openvino-int4" in want else None
     if want & {"gguf-f16", "gguf-q4_0", "gguf-q4_k_m", "llama.cpp-q4_0"}:
         made["gguf-f32"] = base = step("gguf-f32", exp("gguf"))
-        made["gguf-f16"] = step("gguf-f16", exp("gguf", precision="fp16"))
-        made["gguf-q4_0"] = step("gguf-q4_0", q(base, precision="int4", gguf_type="q4_0"))
-        made["gguf-q4_k_m"] = step("gguf-q4_k_m", q(base, precision="int4", gguf_type="q4_k_m"))
-        made["llama.cpp-q4_0"] = made["gguf-q4_0"]
+        if "gguf-f16" in want:
+            made["gguf-f16"] = step("gguf-f16", exp("gguf", precision="fp16"))
+        if want & {"gguf-q4_0", "llama.cpp-q4_0"}:
+            made["gguf-q4_0"] = step("gguf-q4_0", q(base, precision="int4", gguf_type="q4_0"))
+            made["llama.cpp-q4_0"] = made["gguf-q4_0"]
+        if "gguf-q4_k_m" in want:
+            made["gguf-q4_k_m"] = step("gguf-q4_k_m", q(base, precision="int4", gguf_type="q4_k_m"))
     if want & {"executorch-fp32", "executorch-int4"}:
         import importlib.util
 
@@ -388,6 +391,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.gguf:
         args.skip_quality = True
+    if args.build_only and args.checkpoint:
+        print("built under", args.work, "; not built:", build(args.checkpoint, args.work / "ckpt", routes)[1] or "none")
+        return
     if args.build_only and args.gguf:
         print("built under", args.work, "; not built:", build(real_body(args.gguf), args.work / "real", routes)[1]
               or "none")
