@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compress.tasks import Kind, kind_of
+from compress.tasks import Kind, is_generator
 
 #: export's settings a generator exporter reads (flat keys); GGUF's converter also reads these
 _EXPORT_READS = {"format", "task", "atol", "sample_data"}
@@ -148,7 +148,7 @@ def _ignored(verb: str, fmt: str, settings, at: tuple) -> tuple[tuple, str, str]
             where = f" for {fmt}" if fmt else ""
             return ((*at, *path.split(".")), f"{_flag(settings, path)} would be ignored{where}: the teacher is "
                     f"a {GENERATOR}", f"drop it; {verb} of a generator reads {_names(settings, wanted)}")
-    if getattr(settings, "task", None) is not None and kind_of(settings.task) != "generation":  # export's --task
+    if getattr(settings, "task", None) is not None and not is_generator(settings.task):  # export's --task
         return ((*at, "task"), f"task {settings.task}: the teacher is a {GENERATOR}", "drop task:")
     return None
 

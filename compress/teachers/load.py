@@ -26,7 +26,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, Task, kind_of, postprocess_for, repeated_class_name, task_for
+from compress.tasks import TASKS, Task, is_generator, kind_of, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import (
     TOKENIZER_FILES,
@@ -148,11 +148,11 @@ def inspect_checkpoint(
 
     architecture = (config.get("architectures") or [""])[0] or ""
     if is_causal_lm(config):  # a decoder with a KV cache: next-token logits, judged on text, never on labels
-        if task is not None and kind_of(Task(task)) != "generation":
+        if task is not None and not is_generator(Task(task)):
             raise ConfigError(f"{path} is a causal language model ({architecture}): its task is text-generation, "
                               f"not {Task(task)}", hint="leave --task out (or pass --task text-generation)")
         task = task_for("text", kind="generation")
-    elif task is not None and kind_of(Task(task)) == "generation":
+    elif task is not None and is_generator(Task(task)):
         raise ModelLoadError(f"{path}: {architecture or 'this model'} is not a causal language model (…ForCausalLM)",
                              hint="text-generation takes a Hugging Face …ForCausalLM checkpoint")
     if task is None:
@@ -248,7 +248,7 @@ class Teacher(InfoTeacher):
         """The graph's outputs: the primary one (logits or token states), or a QA head's start and end logits."""
         if self.task is Task.question_answering:
             return list(QA_OUTPUTS)
-        return ["logits" if self.task in _HEADS or kind_of(self.task) == "generation" else "last_hidden_state"]
+        return ["logits" if self.task in _HEADS or is_generator(self.task) else "last_hidden_state"]
 
     def call(self, model: Any, tensors: dict[str, Any]) -> Any:
         """The model's primary output (logits, token states, a QA head's start logits) for ``tensors``."""
@@ -282,7 +282,7 @@ class Teacher(InfoTeacher):
     def save_inputs(self, directory: Path) -> None:
         """Write what turns raw input into the model's feeds (the tokenizer files) into ``directory``."""
         self.tokenizer.save_pretrained(str(directory))
-        if kind_of(self.task) == "generation" and (self.path / "generation_config.json").is_file():
+        if is_generator(self.task) and (self.path / "generation_config.json").is_file():
             import shutil  # BOS/EOS and the generation defaults travel with a causal LM's tokenizer
 
             shutil.copy2(self.path / "generation_config.json", Path(directory) / "generation_config.json")
@@ -297,7 +297,7 @@ class Teacher(InfoTeacher):
     def manifest(self) -> Manifest:
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
         width = len(self.info.labels) if self.info.labels else self.model.config.num_labels \
-            if TASKS[self.task].targets else self.model.config.vocab_size if kind_of(self.task) == "generation" \
+            if TASKS[self.task].targets else self.model.config.vocab_size if is_generator(self.task) \
             else self.model.config.hidden_size
         out_shape: list[int | str] = ["batch_size", width] if self.task in _PER_TEXT else \
             ["batch_size", "sequence_length", width]
@@ -357,7 +357,7 @@ def load_teacher(
     # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
     transformers.utils.logging.disable_progress_bar()
 
-    generates = kind_of(info.task) == "generation"
+    generates = is_generator(info.task)
     auto = getattr(transformers, (_HEADS.get(info.task) or generates) and TASKS[info.task].head or "AutoModel")
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
     if not any((info.path / name).is_file() for name in TOKENIZER_FILES):

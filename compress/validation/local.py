@@ -34,7 +34,7 @@ from compress.host.load import LoadSampler
 from compress.host.measure import ForwardPass, probe_cold_start
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
-from compress.tasks import TASKS, kind_of
+from compress.tasks import TASKS, is_generator, kind_of
 from compress.validation.common import (
     ValidationReport,
     ValidationRun,
@@ -127,7 +127,7 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
 
         art = load_source(artifact, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     given = [p for p in config.given() if p.startswith("generation.")]
-    if given and kind_of(art.manifest) != "generation":  # a text generator's options on another model: not ignored
+    if given and not is_generator(art.manifest):  # a text generator's options on another model: not ignored
         raise ConfigError(f"{config.option(given[0])} applies to text generators (task text-generation); "
                           f"{art.path.name} is a {art.manifest.task} model", hint="drop it")
     profile = runtime_for(profile, art.format)  # host: the runtime the artifact's format needs

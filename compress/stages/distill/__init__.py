@@ -51,7 +51,7 @@ from compress.stages.distill.training import Distillation
 from compress.stages.spec import StageOutput
 from compress.stages.training import default_run_dir
 from compress.stages.transfer import OutputPlan, predict_rows, score
-from compress.tasks import TASKS, kind_of
+from compress.tasks import TASKS, is_generator, kind_of
 from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)
@@ -412,7 +412,7 @@ def _write_student(model, teacher, output: StageOutput, metrics: dict[str, Any],
 
     with output.writing() as o:
         save_checkpoint(model, tokenizer or teacher.tokenizer, teacher, o.dir)
-        if (teacher.path / "generation_config.json").is_file() and kind_of(teacher) == "generation":
+        if (teacher.path / "generation_config.json").is_file() and is_generator(teacher):
             shutil.copy2(teacher.path / "generation_config.json", o.dir / "generation_config.json")  # its defaults
         size = sum(f.stat().st_size for f in o.dir.glob("*.safetensors"))
         metrics["size_bytes"] = size
