@@ -292,10 +292,11 @@ def is_generator(what: Any) -> bool:
     return by_kind(KIND_INFO, what, "edgecompress").generates
 
 
-def by_kind(table: Mapping[str, Any], what: Any, verb: str, *, hint: str | None = None) -> Any:
-    """``table``'s entry (a verb's ``{kind: handler}``) for the kind of ``what`` (:func:`kind_of`); a kind the verb
-    does not take is refused in one line naming it, never sent down another kind's path."""
-    kind = kind_of(what)
+def by_kind(table: Mapping[str, Any], what: Any, verb: str, *, hint: str | None = None, kind: str | None = None) -> Any:
+    """``table``'s entry (a verb's ``{kind: handler}``) for the kind of ``what`` (:func:`kind_of`; ``kind``, where it is
+    known already: a source on disk's, :func:`compress.teachers.kinds.source_kind`); a kind the verb does not take is
+    refused in one line naming it, never sent down another kind's path."""
+    kind = kind or kind_of(what)
     if kind not in table:
         raise ConfigError(f"{verb} does not take a {kind} model (it takes {', '.join(table)})",
                           hint=hint or "give it a model of a kind it takes")

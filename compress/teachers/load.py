@@ -26,7 +26,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, Task, is_generator, kind_of, postprocess_for, repeated_class_name, task_for
+from compress.tasks import TASKS, Task, by_kind, is_generator, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import (
     TOKENIZER_FILES,
@@ -160,38 +160,7 @@ def inspect_checkpoint(
         if task in _PER_TEXT and config.get("problem_type") == "regression":
             task = task_for("text", numbers=True)
     task = Task(task)
-    labels = None
-    postprocess = postprocess_for(task)
-    if task in _HEADS:
-        id2label = config.get("id2label") or {}
-        if not architecture.endswith(_HEADS[task]):
-            kind = {"per-word": "token-classification", "spans": "question-answering"}.get(
-                TASKS[task].labels, "sequence-classification")
-            raise ModelLoadError(
-                f"{path}: {architecture or 'this model'} has no {kind} head",
-                hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
-            )
-        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
-        if TASKS[task].targets or TASKS[task].labels == "spans":  # numbers out, or answer spans: no class names
-            labels = None
-        elif labels is None:
-            n = int(config.get("num_labels", 2))
-            labels = [f"LABEL_{i}" for i in range(n)]
-        elif why := repeated_class_name(labels):
-            raise ModelLoadError(f"{path}/config.json: id2label: {why}",
-                                 hint="fix id2label in config.json")
-        if TASKS[task].labels == "per-word":  # a tagger is judged by entities: its tags must be a scheme seqeval reads
-            from compress.tasks.entities import check_scheme
-
-            try:
-                check_scheme(labels)
-            except ConfigError as e:
-                raise ModelLoadError(f"{path}: {e.message}", hint="set config.json's id2label to IOB2 tags (O, B-PER, "
-                                     "I-PER, ...), or fine-tune it with --task token-classification") from None
-    elif kind_of(task) == "generation":  # BOS/EOS, the perplexity window, the KV cache's dimensions
-        postprocess = postprocess_of(path, config)
-    elif task is Task.feature_extraction:  # an encoder: its token states pooled
-        postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
+    labels, postprocess = by_kind(_READ_HEAD, task, "loading a checkpoint")(path, config, task, architecture)
 
     max_length = int(config.get("max_position_embeddings", 512))
     if (path / "sentence_bert_config.json").is_file():
@@ -322,6 +291,50 @@ class Teacher(InfoTeacher):
     def as_artifact(self) -> Artifact:
         return Artifact(self.path, self.manifest())
 
+
+
+def _read_generator_head(path: Path, config: dict, task: Task, architecture: str) -> tuple[None, Any]:
+    """A causal LM: no labels; BOS/EOS, the perplexity window, the KV cache's dimensions."""
+    return None, postprocess_of(path, config)
+
+
+def _read_forward_head(path: Path, config: dict, task: Task, architecture: str) -> tuple[list[str] | None, Any]:
+    """One forward pass: a head's class names (checked), or an encoder's pooling; (labels, postprocess)."""
+    labels = None
+    postprocess = postprocess_for(task)
+    if task in _HEADS:
+        id2label = config.get("id2label") or {}
+        if not architecture.endswith(_HEADS[task]):
+            kind = {"per-word": "token-classification", "spans": "question-answering"}.get(
+                TASKS[task].labels, "sequence-classification")
+            raise ModelLoadError(
+                f"{path}: {architecture or 'this model'} has no {kind} head",
+                hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
+            )
+        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
+        if TASKS[task].targets or TASKS[task].labels == "spans":  # numbers out, or answer spans: no class names
+            labels = None
+        elif labels is None:
+            n = int(config.get("num_labels", 2))
+            labels = [f"LABEL_{i}" for i in range(n)]
+        elif why := repeated_class_name(labels):
+            raise ModelLoadError(f"{path}/config.json: id2label: {why}",
+                                 hint="fix id2label in config.json")
+        if TASKS[task].labels == "per-word":  # a tagger is judged by entities: its tags must be a scheme seqeval reads
+            from compress.tasks.entities import check_scheme
+
+            try:
+                check_scheme(labels)
+            except ConfigError as e:
+                raise ModelLoadError(f"{path}: {e.message}", hint="set config.json's id2label to IOB2 tags (O, B-PER, "
+                                     "I-PER, ...), or fine-tune it with --task token-classification") from None
+    elif task is Task.feature_extraction:  # an encoder: its token states pooled
+        postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
+    return labels, postprocess
+
+
+#: how a checkpoint's head is read for a task of each kind (:func:`compress.tasks.by_kind`): (labels, postprocess)
+_READ_HEAD = {"forward": _read_forward_head, "generation": _read_generator_head}
 
 def load_teacher(
     path: Path | str,
