@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compress.tasks import Kind, is_generator
+from compress.tasks import KIND_INFO, Kind, is_generator
 
 #: export's settings a generator exporter reads (flat keys); GGUF's converter also reads these
 _EXPORT_READS = {"format", "task", "atol", "sample_data"}
@@ -86,7 +86,7 @@ def problem(recipe, teacher: str | None, tuned_base: str | None) -> tuple[tuple,
     (None: the recipe fine-tunes its teacher from ``tuned_base``, a generator where that is, :func:`recipe_kind`)."""
     from compress.recipes.verbs import VERBS
 
-    generator = recipe_kind(teacher, tuned_base) == "generation"
+    generator = KIND_INFO[recipe_kind(teacher, tuned_base)].generates
     for name, step in recipe.steps.items():
         settings = VERBS[step.verb].config_model().model_validate(step.settings)
         at = ("steps", name, step.verb)
