@@ -9,8 +9,7 @@ beside it (:mod:`compress.tasks.classification`, :mod:`compress.tasks.detection`
 plus one entry here.
 
 A leaf: this package imports only the standard library, numpy, pydantic (each task's postprocess model) and
-:mod:`compress.errors`
-(:mod:`compress.artifact` imports :class:`Task` from it).
+:mod:`compress.errors` (:mod:`compress.artifact` imports :class:`Task` from it).
 """
 
 from __future__ import annotations
