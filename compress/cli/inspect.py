@@ -21,6 +21,7 @@ def inspect_cmd(artifact, as_json, no_verify):
     from compress.artifact import load_artifact
     from compress.errors import ArtifactError
     from compress.reports.render import render_manifest
+    from compress.tasks import KIND_INFO
     from compress.teachers.kinds import source_kind
     from compress.teachers.model_files import is_model_file
     from compress.teachers.program_files import is_program_file
@@ -29,7 +30,7 @@ def inspect_cmd(artifact, as_json, no_verify):
     # a Hugging Face …ForCausalLM folder (no manifest) is shown as its text-generation teacher
     checkpoint = artifact.is_dir() and not (artifact / "manifest.json").exists()
     model_file = is_model_file(artifact) or is_program_file(artifact) or \
-        (checkpoint and source_kind(artifact) == "generation")
+        (checkpoint and KIND_INFO[source_kind(artifact)].generates)
     if model_file:
         from compress.teachers.load import load_source
 

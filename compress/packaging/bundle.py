@@ -38,8 +38,9 @@ import platform
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from compress import __version__
 from compress.artifact import Artifact, load_artifact
@@ -68,7 +69,7 @@ from compress.packaging.wheels import (
 )
 from compress.profiles.budgets import BudgetResult, BudgetStatus, verdict_of
 from compress.progress import Progress, sink
-from compress.tasks import TASKS, kind_of
+from compress.tasks import TASKS, by_kind
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
         root = work / "bundle"
         root.mkdir()
         say({"phase": "files", "label": "writing the model and the handler"})
-        block = gen.generation_block(art, config.max_new_tokens) if kind_of(art) == "generation" else None
+        block = by_kind(_KINDS, art, "package").block(art, config.max_new_tokens)
         if block is not None:
             notes.append(gen.describe(block))
         own = write_bundle_files(root, art, profile, sl, function, config, pins, block)
@@ -163,6 +164,25 @@ def package(artifact: Artifact | Path | str, out: Path | str, config: PackageCon
     )
 
 
+class _KindRoute(NamedTuple):
+    """How package bundles a model of one kind."""
+
+    check: Callable[[Artifact, int | None], None]  #: its refusals, (artifact, --max-new-tokens), before the format's
+    #: model_config.json's generation block, (artifact, --max-new-tokens); None: one forward pass a request
+    block: Callable[[Artifact, int | None], dict[str, Any] | None]
+
+
+def _no_block(art: Artifact, max_new_tokens: int | None) -> None:
+    """A model that does not generate: no generation block (its handler makes one forward pass a request)."""
+    return None
+
+
+#: how package bundles a model of each kind (:func:`compress.tasks.by_kind`)
+_KINDS = {"forward": _KindRoute(gen.refuse_new_tokens, _no_block),
+          "generation": _KindRoute(gen.check_generator, gen.generation_block),
+          "stream": _KindRoute(gen.refuse_new_tokens, _no_block)}
+
+
 def _check_inputs(artifact: Artifact | Path | str, out: Path, config: PackageConfig, force: bool):
     """(artifact, profile) once the output, the profile's serverless section and the artifact are fit to package."""
     from compress.profiles.load import load_profile
@@ -178,7 +198,8 @@ def _check_inputs(artifact: Artifact | Path | str, out: Path, config: PackageCon
             hint="use a serverless profile such as aws-lambda-arm64 (`edgecompress profiles list`) or add serverless: to yours",
         )
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    gen.check_generator(art, config.max_new_tokens)  # before the format check: a generator's refusal names its route
+    by_kind(_KINDS, art, "package").check(art, config.max_new_tokens)  # before the format check: a generator's
+    # refusal names its route
     if (collapsed := art.manifest.collapsed()) is not None and not config.allow_collapsed:
         raise ArtifactError(f"{art.path}: quantize's own check found this model collapsed against its input "
                             f"({collapsed}), so it is not packaged",

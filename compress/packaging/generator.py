@@ -26,10 +26,9 @@ from typing import Any
 
 from compress.artifact import Artifact, Format
 from compress.errors import ArtifactError, ConfigError
-from compress.tasks import kind_of
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS", "FIRST_PROMPT", "TEMPLATE", "check_generator", "describe",
-           "first_generation", "generation_block"]
+           "first_generation", "generation_block", "refuse_new_tokens"]
 
 #: the most new tokens a request may ask for when --max-new-tokens is not given (capped by the context)
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -41,15 +40,16 @@ FIRST_PROMPT = "Once upon a time, there was a little girl who"
 TEMPLATE = "generator.py"
 
 
+def refuse_new_tokens(art: Artifact, max_new_tokens: int | None) -> None:
+    """Refuse ``max_new_tokens`` for an artifact that does not generate (one line, the legal next step)."""
+    if max_new_tokens is not None:
+        raise ConfigError(f"--max-new-tokens is for text-generation artifacts; {art.path} is a "
+                          f"{art.manifest.task} model", hint="drop --max-new-tokens")
+
+
 def check_generator(art: Artifact, max_new_tokens: int | None) -> None:
     """Refuse what the generating handler cannot run (one line, the legal next step): a generator of another format
-    than ONNX, an ONNX graph without the past_key_values cache, ``max_new_tokens`` beyond the context; and
-    ``max_new_tokens`` for an artifact that does not generate."""
-    if kind_of(art) != "generation":
-        if max_new_tokens is not None:
-            raise ConfigError(f"--max-new-tokens is for text-generation artifacts; {art.path} is a "
-                              f"{art.manifest.task} model", hint="drop --max-new-tokens")
-        return
+    than ONNX, an ONNX graph without the past_key_values cache, ``max_new_tokens`` beyond the context."""
     m = art.manifest
     if m.format != Format.onnx:
         raise ArtifactError(

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compress.tasks import Kind, kind_of
+from compress.tasks import KIND_INFO, Kind, is_generator
 
 #: export's settings a generator exporter reads (flat keys); GGUF's converter also reads these
 _EXPORT_READS = {"format", "task", "atol", "sample_data"}
@@ -86,7 +86,7 @@ def problem(recipe, teacher: str | None, tuned_base: str | None) -> tuple[tuple,
     (None: the recipe fine-tunes its teacher from ``tuned_base``, a generator where that is, :func:`recipe_kind`)."""
     from compress.recipes.verbs import VERBS
 
-    generator = recipe_kind(teacher, tuned_base) == "generation"
+    generator = KIND_INFO[recipe_kind(teacher, tuned_base)].generates
     for name, step in recipe.steps.items():
         settings = VERBS[step.verb].config_model().model_validate(step.settings)
         at = ("steps", name, step.verb)
@@ -148,7 +148,7 @@ def _ignored(verb: str, fmt: str, settings, at: tuple) -> tuple[tuple, str, str]
             where = f" for {fmt}" if fmt else ""
             return ((*at, *path.split(".")), f"{_flag(settings, path)} would be ignored{where}: the teacher is "
                     f"a {GENERATOR}", f"drop it; {verb} of a generator reads {_names(settings, wanted)}")
-    if getattr(settings, "task", None) is not None and kind_of(settings.task) != "generation":  # export's --task
+    if getattr(settings, "task", None) is not None and not is_generator(settings.task):  # export's --task
         return ((*at, "task"), f"task {settings.task}: the teacher is a {GENERATOR}", "drop task:")
     return None
 

@@ -158,9 +158,10 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
     if "calibration" not in data and "train" in data:
         data["calibration"] = data["train"]
     from compress.recipes.generators import recipe_kind
+    from compress.tasks import KIND_INFO
 
     # a causal LM (or a recipe that fine-tunes one from a causal LM base): its verbs read fewer defaults
-    generator = recipe_kind(None if tune else teacher, finetune_base(recipe, base)) == "generation"
+    generator = KIND_INFO[recipe_kind(None if tune else teacher, finetune_base(recipe, base))].generates
     jobs: list[Job] = [tune] if tune else []
     for name, step in recipe.steps.items():
         settings = _defaults(step.verb, _resolve_settings(step.verb, step.settings, data, base), data, teacher,

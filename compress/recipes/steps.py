@@ -58,19 +58,34 @@ def run_export(source: str, config, out: Path, ctx: StepContext) -> dict[str, An
     return _artifact_summary(out)
 
 
-def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
-    from compress.artifact import load_artifact
+def _calibrate_generator(config, parent, ctx: StepContext):
+    """Weight-only: the recipe's text calibrates only a data-aware INT4 algorithm."""
     from compress.recipes.generators import calibration_for
-    from compress.stages.quantize import quantize
-    from compress.stages.quantize.static import calibrates
-    from compress.tasks import kind_of
 
-    parent = load_artifact(source)
-    if kind_of(parent) == "generation":  # weight-only: the recipe's text calibrates only a data-aware INT4 algorithm
-        config = calibration_for(config, ctx.data, str(parent.format))
-    elif ctx.data.get("calibration") and calibrates(parent, config):
+    return calibration_for(config, ctx.data, str(parent.format))
+
+
+def _calibrate_static(config, parent, ctx: StepContext):
+    """Static INT8 (one forward pass, a stream's calls) calibrates on the recipe's calibration data, if it has any."""
+    from compress.stages.quantize.static import calibrates
+
+    if ctx.data.get("calibration") and calibrates(parent, config):
         config = config.model_copy(
             update={"calibration": config.calibration.model_copy(update={"data": ctx.data["calibration"]})})
+    return config
+
+
+#: how a recipe's data calibrates quantize, for a parent of each kind (:func:`compress.tasks.by_kind`)
+_CALIBRATES = {"forward": _calibrate_static, "generation": _calibrate_generator, "stream": _calibrate_static}
+
+
+def run_quantize(source: str, config, out: Path, ctx: StepContext) -> dict[str, Any]:
+    from compress.artifact import load_artifact
+    from compress.stages.quantize import quantize
+    from compress.tasks import by_kind
+
+    parent = load_artifact(source)
+    config = by_kind(_CALIBRATES, parent, "quantize")(config, parent, ctx)
     if config.qad.steps and not config.qad.data and not config.calibration.data and ctx.data.get("calibration"):
         # QAD trains on the recipe's data
         config = config.model_copy(update={"qad": config.qad.model_copy(update={"data": ctx.data["calibration"]})})

@@ -60,9 +60,9 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
     ``progress`` hears what the search does as ``note`` events, one line each (:func:`compress.progress.to_lines`).
     """
-    optuna = optuna_module()
+    optuna_module()  # a missing optuna is named before anything else
     search_dir = Path(search_dir)
-    from compress.search.generator_run import run_generator_search
+    from compress.tasks import by_kind
     from compress.teachers.kinds import source_kind
 
     if (Path(config.teacher) / "config.json").is_file():  # refused before the first trial, not in every trial
@@ -73,9 +73,17 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
             raise ModelLoadError(f"{config.teacher}: the checkpoint brings its own Python code ({where}), which a "
                                  "search never runs", hint="export it with --trust-remote-code and search the "
                                                            "exported model file")
-    # a causal LM's folder (its routes start from the checkpoint): runtime x INT4 algorithm x group x 8-bit layers
-    if Path(config.teacher).is_dir() and source_kind(config.teacher) == "generation":
-        return run_generator_search(config, search_dir, progress=progress, force=force)
+    # a causal LM's folder (its routes start from the checkpoint): runtime x INT4 algorithm x group x 8-bit layers;
+    # anything else one forward pass (a stream's calls too)
+    kind = source_kind(config.teacher) if Path(config.teacher).is_dir() else "forward"
+    return by_kind(_KINDS, config.teacher, "search", kind=kind)(config, search_dir, progress=progress, force=force,
+                                                                html=html)
+
+
+def _run_forward_search(config: SearchConfig, search_dir: Path, *, progress: Progress | None, force: bool,
+                        html: bool) -> SearchResult:
+    """A model of one forward pass a batch: shape x runtime x quantization, the trials run as recipes."""
+    optuna = optuna_module()
     if html:
         from compress._optional import require
 
@@ -178,6 +186,19 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
         write_search_html(search_dir, result.summary)
     return result
+
+
+
+def _run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Progress | None, force: bool,
+                          html: bool) -> SearchResult:
+    """A causal LM: runtime x INT4 algorithm x group x 8-bit layers (:mod:`.generator_run`)."""
+    from compress.search.generator_run import run_generator_search
+
+    return run_generator_search(config, search_dir, progress=progress, force=force)
+
+
+#: how search explores a teacher of each kind (:func:`compress.tasks.by_kind`)
+_KINDS = {"forward": _run_forward_search, "generation": _run_generator_search, "stream": _run_forward_search}
 
 
 def _requeue_for_time(optuna, study, say: Callable[[str], None]) -> None:

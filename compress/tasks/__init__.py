@@ -9,22 +9,24 @@ beside it (:mod:`compress.tasks.classification`, :mod:`compress.tasks.detection`
 plus one entry here.
 
 A leaf: this package imports only the standard library, numpy, pydantic (each task's postprocess model) and
-:mod:`compress.errors`
-(:mod:`compress.artifact` imports :class:`Task` from it).
+:mod:`compress.errors` (:mod:`compress.artifact` imports :class:`Task` from it).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["KINDS", "TASKS", "CollectedMetric", "Kind", "StreamingMetric", "Task", "TaskInfo", "kind_of", "load",
-           "postprocess_for", "postprocess_models", "repeated_class_name", "task_for"]
+from compress.errors import ConfigError
+
+__all__ = ["KINDS", "KIND_INFO", "TASKS", "CollectedMetric", "Kind", "KindInfo", "StreamingMetric", "Task", "TaskInfo",
+           "by_kind", "is_generator", "kind_of", "load", "postprocess_for", "postprocess_models", "repeated_class_name",
+           "task_for"]
 
 
 class Task(StrEnum):
@@ -64,7 +66,20 @@ Labels = Literal["per-sample", "per-word", "values", "boxes", "spans", "none"]
 #: generation (a prompt's prefill, then one step per new token through a KV cache), or a stream (chunks of a sequence,
 #: call by call, the state fed back: a manifest's ``stream``)
 Kind = Literal["forward", "generation", "stream"]
-KINDS: tuple[Kind, ...] = ("forward", "generation", "stream")
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """What every verb may ask of a kind of model without a table of its own (a verb that does something different
+    for each kind keeps a ``{kind: handler}`` table, read through :func:`by_kind`)."""
+
+    #: a generator: a prompt's prefill, then one token per step through a KV cache; judged on text, never on labels
+    generates: bool = False
+
+
+#: every kind of model edgecompress knows, and what it knows of it
+KIND_INFO: dict[Kind, KindInfo] = {"forward": KindInfo(), "generation": KindInfo(generates=True), "stream": KindInfo()}
+KINDS: tuple[Kind, ...] = tuple(KIND_INFO)
 
 
 def load(spec: str) -> Callable[..., Any]:
@@ -252,8 +267,8 @@ def kind_of(what: Any) -> Kind:
     a manifest's, a raw ``manifest.json`` mapping's), an artifact (its ``manifest``) or a teacher (its ``task``).
 
     The task's :attr:`TaskInfo.kind`, except that a forward model whose manifest has a ``stream`` is a stream;
-    ``"forward"`` for what names no task edgecompress knows. The one answer to "is this a generator?"
-    (``kind_of(x) == "generation"``); a source on disk (a checkpoint folder, a ``.gguf``) is probed by
+    ``"forward"`` for what names no task edgecompress knows. A verb reads it through :func:`by_kind` (its table of
+    handlers) or :func:`is_generator` ("is this a generator?"); a source on disk (a checkpoint folder, a ``.gguf``) is probed by
     :func:`compress.teachers.kinds.source_kind`, which asks this of a manifest."""
     if isinstance(what, dict):
         task, stream = what.get("task"), what.get("stream")
@@ -268,6 +283,23 @@ def kind_of(what: Any) -> Kind:
     except ValueError:  # no task, or one edgecompress does not know
         kind = "forward"
     return "stream" if kind == "forward" and stream is not None else kind
+
+
+def is_generator(what: Any) -> bool:
+    """Whether ``what`` (anything :func:`kind_of` reads) is a generator: its kind's :attr:`KindInfo.generates`. A kind
+    not in :data:`KIND_INFO` is refused in one line naming it."""
+    return by_kind(KIND_INFO, what, "edgecompress").generates
+
+
+def by_kind(table: Mapping[str, Any], what: Any, verb: str, *, hint: str | None = None, kind: str | None = None) -> Any:
+    """``table``'s entry (a verb's ``{kind: handler}``) for the kind of ``what`` (:func:`kind_of`; ``kind``, where it is
+    known already: a source on disk's, :func:`compress.teachers.kinds.source_kind`); a kind the verb does not take is
+    refused in one line naming it, never sent down another kind's path."""
+    kind = kind or kind_of(what)
+    if kind not in table:
+        raise ConfigError(f"{verb} does not take a {kind} model (it takes {', '.join(table)})",
+                          hint=hint or "give it a model of a kind it takes")
+    return table[kind]
 
 
 def postprocess_models() -> list[type]:

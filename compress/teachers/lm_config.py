@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import kind_of
+from compress.tasks import is_generator
 from compress.tasks.generation import GENERATION_FILES, GenerationPostprocess, KVCache, portable_tokenizer_config
 
 __all__ = ["CAUSAL_LM_SUFFIXES", "GGUF_ORIGIN", "cache_of", "check_special_tokens", "check_window",
@@ -219,7 +219,7 @@ def check_window(window: int, context: int) -> None:
 
 def refuse_causal_lm(teacher: Any, verb: str, what: str) -> None:
     """Refuse a causal LM teacher (task text-generation) in a verb that takes none: ``what`` says what it takes."""
-    if kind_of(teacher) == "generation":
+    if is_generator(teacher):
         raise ConfigError(f"{verb} takes {what}; {teacher.path} is a causal language model (text-generation), which "
                           f"takes plain text and no labels",
                           hint="export, quantize and validate it (--data a .txt or .jsonl of documents)")

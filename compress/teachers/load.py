@@ -26,7 +26,7 @@ from compress.artifact import (
     library_versions,
 )
 from compress.errors import ConfigError, ModelLoadError
-from compress.tasks import TASKS, Task, kind_of, postprocess_for, repeated_class_name, task_for
+from compress.tasks import TASKS, Task, by_kind, is_generator, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess
 from compress.teachers.checkpoints import (
     TOKENIZER_FILES,
@@ -148,11 +148,11 @@ def inspect_checkpoint(
 
     architecture = (config.get("architectures") or [""])[0] or ""
     if is_causal_lm(config):  # a decoder with a KV cache: next-token logits, judged on text, never on labels
-        if task is not None and kind_of(Task(task)) != "generation":
+        if task is not None and not is_generator(Task(task)):
             raise ConfigError(f"{path} is a causal language model ({architecture}): its task is text-generation, "
                               f"not {Task(task)}", hint="leave --task out (or pass --task text-generation)")
         task = task_for("text", kind="generation")
-    elif task is not None and kind_of(Task(task)) == "generation":
+    elif task is not None and is_generator(Task(task)):
         raise ModelLoadError(f"{path}: {architecture or 'this model'} is not a causal language model (…ForCausalLM)",
                              hint="text-generation takes a Hugging Face …ForCausalLM checkpoint")
     if task is None:
@@ -160,38 +160,7 @@ def inspect_checkpoint(
         if task in _PER_TEXT and config.get("problem_type") == "regression":
             task = task_for("text", numbers=True)
     task = Task(task)
-    labels = None
-    postprocess = postprocess_for(task)
-    if task in _HEADS:
-        id2label = config.get("id2label") or {}
-        if not architecture.endswith(_HEADS[task]):
-            kind = {"per-word": "token-classification", "spans": "question-answering"}.get(
-                TASKS[task].labels, "sequence-classification")
-            raise ModelLoadError(
-                f"{path}: {architecture or 'this model'} has no {kind} head",
-                hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
-            )
-        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
-        if TASKS[task].targets or TASKS[task].labels == "spans":  # numbers out, or answer spans: no class names
-            labels = None
-        elif labels is None:
-            n = int(config.get("num_labels", 2))
-            labels = [f"LABEL_{i}" for i in range(n)]
-        elif why := repeated_class_name(labels):
-            raise ModelLoadError(f"{path}/config.json: id2label: {why}",
-                                 hint="fix id2label in config.json")
-        if TASKS[task].labels == "per-word":  # a tagger is judged by entities: its tags must be a scheme seqeval reads
-            from compress.tasks.entities import check_scheme
-
-            try:
-                check_scheme(labels)
-            except ConfigError as e:
-                raise ModelLoadError(f"{path}: {e.message}", hint="set config.json's id2label to IOB2 tags (O, B-PER, "
-                                     "I-PER, ...), or fine-tune it with --task token-classification") from None
-    elif kind_of(task) == "generation":  # BOS/EOS, the perplexity window, the KV cache's dimensions
-        postprocess = postprocess_of(path, config)
-    elif task is Task.feature_extraction:  # an encoder: its token states pooled
-        postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
+    labels, postprocess = by_kind(_READ_HEAD, task, "loading a checkpoint")(path, config, task, architecture)
 
     max_length = int(config.get("max_position_embeddings", 512))
     if (path / "sentence_bert_config.json").is_file():
@@ -248,7 +217,7 @@ class Teacher(InfoTeacher):
         """The graph's outputs: the primary one (logits or token states), or a QA head's start and end logits."""
         if self.task is Task.question_answering:
             return list(QA_OUTPUTS)
-        return ["logits" if self.task in _HEADS or kind_of(self.task) == "generation" else "last_hidden_state"]
+        return ["logits" if self.task in _HEADS or is_generator(self.task) else "last_hidden_state"]
 
     def call(self, model: Any, tensors: dict[str, Any]) -> Any:
         """The model's primary output (logits, token states, a QA head's start logits) for ``tensors``."""
@@ -282,7 +251,7 @@ class Teacher(InfoTeacher):
     def save_inputs(self, directory: Path) -> None:
         """Write what turns raw input into the model's feeds (the tokenizer files) into ``directory``."""
         self.tokenizer.save_pretrained(str(directory))
-        if kind_of(self.task) == "generation" and (self.path / "generation_config.json").is_file():
+        if is_generator(self.task) and (self.path / "generation_config.json").is_file():
             import shutil  # BOS/EOS and the generation defaults travel with a causal LM's tokenizer
 
             shutil.copy2(self.path / "generation_config.json", Path(directory) / "generation_config.json")
@@ -297,7 +266,7 @@ class Teacher(InfoTeacher):
     def manifest(self) -> Manifest:
         """Describe the checkpoint as a (pytorch, fp32) artifact: the root of every lineage."""
         width = len(self.info.labels) if self.info.labels else self.model.config.num_labels \
-            if TASKS[self.task].targets else self.model.config.vocab_size if kind_of(self.task) == "generation" \
+            if TASKS[self.task].targets else self.model.config.vocab_size if is_generator(self.task) \
             else self.model.config.hidden_size
         out_shape: list[int | str] = ["batch_size", width] if self.task in _PER_TEXT else \
             ["batch_size", "sequence_length", width]
@@ -322,6 +291,50 @@ class Teacher(InfoTeacher):
     def as_artifact(self) -> Artifact:
         return Artifact(self.path, self.manifest())
 
+
+
+def _read_generator_head(path: Path, config: dict, task: Task, architecture: str) -> tuple[None, Any]:
+    """A causal LM: no labels; BOS/EOS, the perplexity window, the KV cache's dimensions."""
+    return None, postprocess_of(path, config)
+
+
+def _read_forward_head(path: Path, config: dict, task: Task, architecture: str) -> tuple[list[str] | None, Any]:
+    """One forward pass: a head's class names (checked), or an encoder's pooling; (labels, postprocess)."""
+    labels = None
+    postprocess = postprocess_for(task)
+    if task in _HEADS:
+        id2label = config.get("id2label") or {}
+        if not architecture.endswith(_HEADS[task]):
+            kind = {"per-word": "token-classification", "spans": "question-answering"}.get(
+                TASKS[task].labels, "sequence-classification")
+            raise ModelLoadError(
+                f"{path}: {architecture or 'this model'} has no {kind} head",
+                hint=f"pass a fine-tuned ...{_HEADS[task]} checkpoint, or --task feature-extraction",
+            )
+        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
+        if TASKS[task].targets or TASKS[task].labels == "spans":  # numbers out, or answer spans: no class names
+            labels = None
+        elif labels is None:
+            n = int(config.get("num_labels", 2))
+            labels = [f"LABEL_{i}" for i in range(n)]
+        elif why := repeated_class_name(labels):
+            raise ModelLoadError(f"{path}/config.json: id2label: {why}",
+                                 hint="fix id2label in config.json")
+        if TASKS[task].labels == "per-word":  # a tagger is judged by entities: its tags must be a scheme seqeval reads
+            from compress.tasks.entities import check_scheme
+
+            try:
+                check_scheme(labels)
+            except ConfigError as e:
+                raise ModelLoadError(f"{path}: {e.message}", hint="set config.json's id2label to IOB2 tags (O, B-PER, "
+                                     "I-PER, ...), or fine-tune it with --task token-classification") from None
+    elif task is Task.feature_extraction:  # an encoder: its token states pooled
+        postprocess = _sentence_transformers_pooling(path) or EmbeddingPostprocess(pooling="mean", normalize=False)
+    return labels, postprocess
+
+
+#: how a checkpoint's head is read for a task of each kind (:func:`compress.tasks.by_kind`): (labels, postprocess)
+_READ_HEAD = {"forward": _read_forward_head, "generation": _read_generator_head}
 
 def load_teacher(
     path: Path | str,
@@ -357,7 +370,7 @@ def load_teacher(
     # transformers 5 draws a "Loading weights" bar on stderr for every load: edgecompress shows its own progress
     transformers.utils.logging.disable_progress_bar()
 
-    generates = kind_of(info.task) == "generation"
+    generates = is_generator(info.task)
     auto = getattr(transformers, (_HEADS.get(info.task) or generates) and TASKS[info.task].head or "AutoModel")
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True, use_safetensors=not info.pickled)
     if not any((info.path / name).is_file() for name in TOKENIZER_FILES):

@@ -18,6 +18,7 @@ at once (:mod:`compress.validation.fleet`), a report per device and the worst ve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import sys
@@ -34,7 +35,7 @@ from compress.host.load import LoadSampler
 from compress.host.measure import ForwardPass, probe_cold_start
 from compress.profiles.schema import SpeedupBaseline
 from compress.progress import Progress, start_phase
-from compress.tasks import TASKS, kind_of
+from compress.tasks import TASKS, by_kind, is_generator
 from compress.validation.common import (
     ValidationReport,
     ValidationRun,
@@ -110,9 +111,8 @@ def validate_fleet(
 def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress: Progress | None, *, fleet: bool):
     """:func:`validate`, or with ``fleet`` :func:`validate_fleet`: the same checks and preparation, then the
     measurement here, on one device or on the fleet."""
-    from compress.cache import usage as cache_usage
     from compress.profiles.load import load_profile
-    from compress.runtimes.base import RuntimeSettings, load_runtime, runtime_class
+    from compress.runtimes.base import RuntimeSettings, runtime_class
     from compress.runtimes.host import runtime_for
 
     t_start = time.perf_counter()
@@ -126,8 +126,9 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
         from compress.teachers.load import load_source
 
         art = load_source(artifact, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    measure = by_kind(_KINDS, art.manifest, "validate")  # a kind it does not take: refused before any other check
     given = [p for p in config.given() if p.startswith("generation.")]
-    if given and kind_of(art.manifest) != "generation":  # a text generator's options on another model: not ignored
+    if given and not is_generator(art.manifest):  # a text generator's options on another model: not ignored
         raise ConfigError(f"{config.option(given[0])} applies to text generators (task text-generation); "
                           f"{art.path.name} is a {art.manifest.task} model", hint="drop it")
     profile = runtime_for(profile, art.format)  # host: the runtime the artifact's format needs
@@ -147,7 +148,6 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
         provider=profile.runtime.provider,
         options=dict(profile.runtime.options),
     )
-    m = art.manifest
     warnings: list[str] = []
     if remote is None:
         # Is this machine the profiled device? If not, latency is a roofline estimate (UNVERIFIED) while
@@ -163,20 +163,29 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
                                       hint="run validate on the device (or --remote), or let it estimate "
                                       "(--estimate auto or always)")
 
-    if (kind := kind_of(m)) in _KINDS:  # a generation or a stream: measured its own way
-        run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start, user_metric)
-        return _KINDS[kind](run, runtime_name, remote, None if remote else (run_settings, device, estimating))
+    run = ValidationRun(art, profile, config, settings, None, None, warnings, progress, t_start, user_metric)
+    return measure(run, runtime_name, remote, None if remote else (run_settings, device, estimating))
 
+
+def _validate_forward(run: ValidationRun, runtime_name: str, remote, here) -> ValidationReport:
+    """One forward pass per batch: the eval rows predicted and scored against the labels and the teacher, then timed
+    beside the teacher's FP32 baseline (here, or on the ``remote`` device; ``here`` as :func:`_validate_generation`
+    takes it)."""
+    from compress.cache import usage as cache_usage
+    from compress.runtimes.base import load_runtime, runtime_class
+
+    config, art, m = run.config, run.art, run.art.manifest
     dataset = _eval_data(config, m)
-    teacher = _teacher(art, config, warnings)
-    run = ValidationRun(art, profile, config, settings, dataset, teacher, warnings, progress, t_start, user_metric)
+    teacher = _teacher(art, config, run.warnings)
+    run = dataclasses.replace(run, dataset=dataset, teacher=teacher)
     if remote is not None:  # the device measures; this machine tokenizes, runs the teacher and judges
         from compress.validation.fleet import measure_remote
 
         report = measure_remote(remote, run)
         return report.model_copy(update={"data": _data_record(config, dataset)})
 
-    if not cls.runs_here():  # Core ML away from Apple's systems: nothing runs, the latency is estimated
+    run_settings, device, estimating = here
+    if not runtime_class(runtime_name).runs_here():  # Core ML away from Apple's systems: the latency is estimated
         report = validate_unrunnable(run, device, runtime_name)
         return report.model_copy(update={"data": _data_record(config, dataset)})
     log.info("loading %s in %s", art.path, runtime_name)
@@ -196,9 +205,10 @@ def _validate(artifact: Artifact | Path | str, config: ValidateConfig, progress:
     # cold start, peak memory
     cold = None
     if config.measure.cold_start:
-        start_phase(progress, "cold start in a fresh process")
-        cold = probe_cold_start(art, runtime_name, settings.threads, settings.provider, profile.measure.batch_size,
-                                profile.measure.sequence_length, feeds=_plain_feeds(batch))
+        start_phase(run.progress, "cold start in a fresh process")
+        cold = probe_cold_start(art, runtime_name, run.settings.threads, run.settings.provider,
+                                run.profile.measure.batch_size, run.profile.measure.sequence_length,
+                                feeds=_plain_feeds(batch))
     report = conclude(run, metrics, stats, cold, env)
     report = report.model_copy(update={"data": _data_record(config, dataset)})
     return mark_estimated(report, run, device, estimates) if estimating else note_device(report, device)
@@ -224,9 +234,10 @@ def _validate_stream(run: ValidationRun, runtime_name: str, remote, here) -> Val
                            tdir=_teacher_dir(run.art, run.config.teacher), environment=_environment, remote=remote)
 
 
-#: how validate measures a model of each kind other than one forward pass (:func:`compress.tasks.kind_of`); a forward
-#: model's rows are predicted and scored in :func:`validate` itself
-_KINDS: dict[str, Callable[..., ValidationReport]] = {"generation": _validate_generation, "stream": _validate_stream}
+#: how validate measures a model of each kind (:func:`compress.tasks.by_kind`), once the checks every kind shares
+#: have passed
+_KINDS: dict[str, Callable[..., ValidationReport]] = {"forward": _validate_forward, "generation": _validate_generation,
+                                                      "stream": _validate_stream}
 
 
 def _eval_data(config: ValidateConfig, m):

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from compress.device.facts import cold_start_record, peak_rss_mb
 
@@ -60,30 +61,44 @@ def main(argv: list[str] | None = None) -> None:
             backend = cls(described, settings)
     t_session = time.perf_counter() - t0
 
-    from compress.data.inputs import latency_inputs
-    from compress.tasks import kind_of
+    from compress.tasks import by_kind
 
-    if kind_of(backend.artifact) == "generation":  # a causal LM: one prefill of a prompt
-        ids = np.ones((args.batch_size, args.sequence_length), dtype=np.int64)
-        t0 = time.perf_counter()
-        out = backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]["logits"]
-    elif args.feeds:  # the batch validate timed (an open dimension is fixed by the data, not the graph)
-        from compress.data.arrays import read_npz
-
-        batch = read_npz(args.feeds)
-        t0 = time.perf_counter()
-        out = backend.predict(batch)
-    else:
-        items = latency_inputs(None, args.batch_size, args.sequence_length, backend.artifact.manifest.preprocess)
-        batch = backend.encode(items, pad_to=args.sequence_length)
-        t0 = time.perf_counter()
-        out = backend.predict(batch)
+    t0, out = by_kind(_FIRST, backend.artifact, "the cold-start probe")(backend, args)
     backend.synchronize()
     t_first = time.perf_counter() - t0
     if not np.isfinite(out).all():
         print("non-finite output", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(cold_start_record(args.runtime, t_start, t_import, t_session, t_first, rss_before)))
+
+
+def _first_prefill(backend, args) -> tuple[float, Any]:
+    """A causal LM: one prefill of a prompt; (when it started, its logits)."""
+    import numpy as np
+
+    ids = np.ones((args.batch_size, args.sequence_length), dtype=np.int64)
+    t0 = time.perf_counter()
+    return t0, backend.prefill({"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]["logits"]
+
+
+def _first_predict(backend, args) -> tuple[float, Any]:
+    """One forward pass (a stream's first call): the batch validate timed (an open dimension is fixed by the data, not
+    the graph), else one made from the manifest's preprocess; (when it started, its output)."""
+    if args.feeds:
+        from compress.data.arrays import read_npz
+
+        batch = read_npz(args.feeds)
+    else:
+        from compress.data.inputs import latency_inputs
+
+        items = latency_inputs(None, args.batch_size, args.sequence_length, backend.artifact.manifest.preprocess)
+        batch = backend.encode(items, pad_to=args.sequence_length)
+    t0 = time.perf_counter()
+    return t0, backend.predict(batch)
+
+
+#: the first inference the probe times, for a model of each kind (:func:`compress.tasks.by_kind`)
+_FIRST = {"forward": _first_predict, "generation": _first_prefill, "stream": _first_predict}
 
 
 if __name__ == "__main__":

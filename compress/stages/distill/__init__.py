@@ -51,7 +51,7 @@ from compress.stages.distill.training import Distillation
 from compress.stages.spec import StageOutput
 from compress.stages.training import default_run_dir
 from compress.stages.transfer import OutputPlan, predict_rows, score
-from compress.tasks import TASKS, kind_of
+from compress.tasks import TASKS, by_kind, is_generator
 from compress.tasks.embeddings import pooling_of
 
 log = logging.getLogger(__name__)
@@ -185,34 +185,55 @@ def _distill_by_task(teacher, teacher_dir, train, output: StageOutput, config: D
     """A teacher whose task has a distillation of its own, distilled there: a causal LM (top-k logit KL on text
     windows), question answering (start and end logits over SQuAD windows), an image classifier (logits on shifted
     images); a regressor refused. None for the text classifiers and encoders :func:`distill` trains itself."""
-    if kind_of(teacher) == "generation":  # a causal LM: top-k logit distillation on text windows
-        from compress.stages.distill.causal_lm import distill_causal_lm
+    return by_kind(_KINDS, teacher, "distill")(teacher, teacher_dir, train, output, config, eval_data=eval_data,
+                                               run=run, teacher_cache=teacher_cache, resume=resume, force=force,
+                                               keep_run=keep_run, progress=progress, on_step=on_step)
 
-        result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
-                                   teacher_cache=teacher_cache, resume=resume, force=force, progress=progress,
-                                   choose_student=_choose_student, write=_write_student, on_step=on_step)
-    else:
-        _refuse_lm_options(config, teacher.task)
-        task = TASKS[teacher.task]
-        if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
-            raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not "
-                              "class scores)", hint="quantize or export the regressor instead; validate scores it by MAE")
-        if task.labels == "spans":  # question answering: start and end logits over SQuAD windows
-            from compress.stages.distill.answers import distill_answers
 
-            result = distill_answers(teacher, train, output, config, eval_data=eval_data, run=run, resume=resume,
-                                     force=force, progress=progress, choose_student=_choose_student,
-                                     write=_write_student)
-        elif task.inputs == "image":  # logits on shifted images (compress.stages.distill.images)
-            from compress.stages.distill.images import distill_images
+def _distill_generator(teacher, teacher_dir, train, output: StageOutput, config: DistillConfig, *, eval_data,
+                       run: Path, teacher_cache, resume: bool, force: bool, keep_run: bool, progress: Progress | None,
+                       on_step) -> DistillResult:
+    """A causal LM: top-k logit distillation on text windows."""
+    from compress.stages.distill.causal_lm import distill_causal_lm
 
-            return distill_images(teacher, train, output.path, config, eval_data=eval_data, run_dir=run,
-                                  resume=resume, force=force, progress=progress)
-        else:
-            return None
+    result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
+                               teacher_cache=teacher_cache, resume=resume, force=force, progress=progress,
+                               choose_student=_choose_student, write=_write_student, on_step=on_step)
     if not keep_run:
         shutil.rmtree(run, ignore_errors=True)
     return result
+
+
+def _distill_forward(teacher, teacher_dir, train, output: StageOutput, config: DistillConfig, *, eval_data,
+                     run: Path, teacher_cache, resume: bool, force: bool, keep_run: bool, progress: Progress | None,
+                     on_step) -> DistillResult | None:
+    """One forward pass: question answering and image classifiers distilled in their own modules, a regressor
+    refused; None for the text classifiers and encoders :func:`distill` trains itself."""
+    _refuse_lm_options(config, teacher.task)
+    task = TASKS[teacher.task]
+    if task.labels == "values":  # its outputs are numbers: no logits to match, no embeddings to pool
+        raise ConfigError(f"distill does not take a {teacher.task} teacher yet ({teacher_dir} gives numbers, not "
+                          "class scores)", hint="quantize or export the regressor instead; validate scores it by MAE")
+    if task.labels == "spans":  # question answering: start and end logits over SQuAD windows
+        from compress.stages.distill.answers import distill_answers
+
+        result = distill_answers(teacher, train, output, config, eval_data=eval_data, run=run, resume=resume,
+                                 force=force, progress=progress, choose_student=_choose_student,
+                                 write=_write_student)
+    elif task.inputs == "image":  # logits on shifted images (compress.stages.distill.images)
+        from compress.stages.distill.images import distill_images
+
+        return distill_images(teacher, train, output.path, config, eval_data=eval_data, run_dir=run,
+                              resume=resume, force=force, progress=progress)
+    else:
+        return None
+    if not keep_run:
+        shutil.rmtree(run, ignore_errors=True)
+    return result
+
+
+#: how distill takes a teacher of each kind (:func:`compress.tasks.by_kind`)
+_KINDS = {"forward": _distill_forward, "generation": _distill_generator}
 
 
 def _score_teacher(teacher, eval_set, eval_ds, plan: OutputPlan, metric, tokens: bool, device):
@@ -412,7 +433,7 @@ def _write_student(model, teacher, output: StageOutput, metrics: dict[str, Any],
 
     with output.writing() as o:
         save_checkpoint(model, tokenizer or teacher.tokenizer, teacher, o.dir)
-        if (teacher.path / "generation_config.json").is_file() and kind_of(teacher) == "generation":
+        if (teacher.path / "generation_config.json").is_file() and is_generator(teacher):
             shutil.copy2(teacher.path / "generation_config.json", o.dir / "generation_config.json")  # its defaults
         size = sum(f.stat().st_size for f in o.dir.glob("*.safetensors"))
         metrics["size_bytes"] = size

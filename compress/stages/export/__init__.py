@@ -33,10 +33,9 @@ def export(
     its reference within ``config.atol`` on the parity samples, else nothing is written.
     """
     config = config or ExportConfig()
-    from compress.formats import FORMATS, file_format, import_string
-    from compress.tasks import kind_of
+    from compress.formats import FORMATS
+    from compress.tasks import by_kind
     from compress.teachers.kinds import source_kind
-    from compress.teachers.model_files import is_model_file
 
     fmt = str(config.format)
     lm_formats = [n for n, f in FORMATS.items() if f.exporter_for("generation")]  # the formats a causal LM exports to
@@ -51,29 +50,46 @@ def export(
         _refuse_encoder_options(config)  # before the file is dequantized into the cache
         return _export_gguf(Path(source), out, config, force=force, progress=progress)
     # a causal LM (a checkpoint folder or a pytorch artifact; a bare .gguf is adopted below): the format's exporter
-    # with a KV cache
-    if Path(source).is_dir() and (kind := source_kind(source)) == "generation":
-        from compress.errors import ConfigError
+    # with a KV cache; anything else one forward pass (a stream's calls too)
+    kind = source_kind(source) if Path(source).is_dir() else "forward"
+    return by_kind(_KINDS, source, "export", kind=kind)(source, out, config, force=force, progress=progress)
 
-        if config.task is not None and kind_of(config.task) != kind:
-            raise ConfigError(f"{source} is a causal language model: its task is text-generation, not {config.task}",
-                              hint="leave --task out")
-        from compress.teachers.checkpoints import check_checkpoint
 
-        if (Path(source) / "config.json").is_file():  # before transformers or ONNX Runtime reads a byte of it
-            check_checkpoint(source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-        if not FORMATS[fmt].exporter_for(kind):
-            raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
-                              hint=f"export it with --format {'|'.join(lm_formats)}")
-        _refuse_encoder_options(config)
-        if config.generator.max_context is not None and fmt != "onnx":
-            raise ConfigError(f"--max-context applies to --format onnx (its RoPE tables); {FORMATS[fmt].label} "
-                              "sizes its cache itself", hint="drop --max-context")
-        from compress.host.memory import check_memory, route_stage, safetensors_parameters
+def _export_generator(source, out, config: ExportConfig, *, force: bool, progress: Progress | None) -> Artifact:
+    """A causal LM's checkpoint folder (or pytorch artifact): the format's generator exporter, with its KV cache."""
+    from compress.errors import ConfigError
+    from compress.formats import FORMATS, import_string
+    from compress.tasks import is_generator
 
-        # the measured peak of the route (compress.host.memory): refused before the work
-        check_memory(route_stage("export", fmt), 4 * (safetensors_parameters(source) or 0), Path(source).name)
-        return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force, progress=progress)
+    fmt, kind = str(config.format), "generation"
+    lm_formats = [n for n, f in FORMATS.items() if f.exporter_for(kind)]  # the formats a causal LM exports to
+    if config.task is not None and not is_generator(config.task):
+        raise ConfigError(f"{source} is a causal language model: its task is text-generation, not {config.task}",
+                          hint="leave --task out")
+    from compress.teachers.checkpoints import check_checkpoint
+
+    if (Path(source) / "config.json").is_file():  # before transformers or ONNX Runtime reads a byte of it
+        check_checkpoint(source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    if not FORMATS[fmt].exporter_for(kind):
+        raise ConfigError(f"{FORMATS[fmt].label} takes no causal language model (text-generation)",
+                          hint=f"export it with --format {'|'.join(lm_formats)}")
+    _refuse_encoder_options(config)
+    if config.generator.max_context is not None and fmt != "onnx":
+        raise ConfigError(f"--max-context applies to --format onnx (its RoPE tables); {FORMATS[fmt].label} "
+                          "sizes its cache itself", hint="drop --max-context")
+    from compress.host.memory import check_memory, route_stage, safetensors_parameters
+
+    # the measured peak of the route (compress.host.memory): refused before the work
+    check_memory(route_stage("export", fmt), 4 * (safetensors_parameters(source) or 0), Path(source).name)
+    return import_string(FORMATS[fmt].exporter_for(kind))(source, out, config, force=force, progress=progress)
+
+
+def _export_forward(source, out, config: ExportConfig, *, force: bool, progress: Progress | None) -> Artifact:
+    """One forward pass: a model file made elsewhere adopted (then converted), else the format's exporter."""
+    from compress.formats import FORMATS, file_format, import_string
+    from compress.teachers.model_files import is_model_file
+
+    fmt = str(config.format)
     if config.generator.max_context is not None:
         from compress.errors import ConfigError
 
@@ -100,6 +116,10 @@ def export(
     if not FORMATS[fmt].via_onnx and fmt != "onnx" and (Path(source) / "manifest.json").is_file():
         _refuse_non_pytorch_artifact(source, fmt)
     return import_string(FORMATS[fmt].exporter)(source, out, config, force=force)
+
+
+#: how export takes a source of each kind (:func:`compress.tasks.by_kind`)
+_KINDS = {"forward": _export_forward, "generation": _export_generator, "stream": _export_forward}
 
 
 #: the encoder exporters' options a causal LM's exporters (ONNX Runtime GenAI's builder, optimum-intel, llama.cpp,

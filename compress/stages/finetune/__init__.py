@@ -35,7 +35,7 @@ from compress.stages.finetune.common import (
     write_checkpoint,
 )
 from compress.stages.finetune.config import FINETUNE, IMAGE_TASKS, TEXT_TASKS, FinetuneConfig, Mode
-from compress.tasks import TASKS, Task, kind_of, task_for
+from compress.tasks import KIND_INFO, TASKS, Task, by_kind, is_generator, task_for
 from compress.teachers.kinds import source_kind
 
 log = logging.getLogger("compress.stages.finetune")
@@ -61,46 +61,55 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
     images = is_image_source(base)
     if not images or (base / "config.json").is_file():  # programs say what they are when loaded
         _check_base(base)
-    generates = source_kind(base) == "generation"  # a causal LM base: its default task is text-generation
+    generates = KIND_INFO[source_kind(base)].generates  # a causal LM base: its default task is text-generation
     task = config.task or (task_for("text", kind="generation") if generates else task_for("image" if images else "text"))
     takes = IMAGE_TASKS if images else TEXT_TASKS
     if task not in takes:
         raise ConfigError(f"--task {task}: {base} is {'an image' if images else 'a text'} base",
                           hint="leave --task out, or pass " + " or ".join(t.value for t in takes))
-    if generates and kind_of(task) != "generation":  # before its data is read: the data's form follows the task
+    tune = by_kind(_KINDS, task, "finetune")
+    if generates and not is_generator(task):  # before its data is read: the data's form follows the task
         raise ConfigError(f"--task {task}: {base} is a causal LM, which fine-tunes with text-generation (plain text, "
                           "or prompt/response rows for instructions)",
                           hint=f"leave --task out; for {task}, fine-tune an encoder base (BERT, MiniLM, RoBERTa, ...)")
-    if config.lora.qlora and kind_of(task) != "generation":
+    if config.lora.qlora and not is_generator(task):
         raise ConfigError(f"--qlora: QLoRA adapts a causal LM (task text-generation), not a {task} base",
                           hint="train LoRA over the FP32 base: --lora-rank without --qlora")
     config = config.model_copy(update={"task": task})
     run = Path(run_dir) if run_dir else default_run_dir(output.path)
-    if kind_of(config.task) == "generation":
-        from compress.stages.finetune.causal_lm import finetune_causal_lm
-
-        result = finetune_causal_lm(base, train, output, config, eval_data=eval_data, retain_data=retain_data,
-                                    run=run, resume=resume, force=force, progress=progress)
-    elif config.task is Task.question_answering:
-        from compress.stages.finetune.answers import finetune_answers
-
-        result = finetune_answers(base, train, output, config, build=lambda b, c: _model(b, None, c, False, qa=True),
-                                  eval_data=eval_data, retain_data=retain_data, run=run, resume=resume, force=force,
-                                  progress=progress)
-    elif images:
-        from compress.stages.finetune.images import finetune_images
-
-        result = finetune_images(base, train, output, config, eval_data=eval_data, retain_data=retain_data, run=run,
-                                 resume=resume, force=force, progress=progress)
-    else:
-        result = _finetune_text(base, train, output, config, eval_data=eval_data, retain_data=retain_data, run=run,
-                                resume=resume, force=force, progress=progress)
+    result = tune(base, train, output, config, images=images, eval_data=eval_data, retain_data=retain_data, run=run,
+                  resume=resume, force=force, progress=progress)
     shutil.rmtree(run, ignore_errors=True)
     m = result.metrics
     log.info("wrote %s (%s of %s parameters trained)", output.path, f"{m['trainable_parameters']:,}",
              f"{m['parameters']:,}")
     return result
 
+
+
+def _finetune_generator(base: Path, train, output, config: FinetuneConfig, *, images: bool, **kw):
+    """A causal LM base (task text-generation): next-token loss on plain text or prompt/response rows."""
+    from compress.stages.finetune.causal_lm import finetune_causal_lm
+
+    return finetune_causal_lm(base, train, output, config, **kw)
+
+
+def _finetune_forward(base: Path, train, output, config: FinetuneConfig, *, images: bool, **kw):
+    """One forward pass: question answering (SQuAD windows), an image base, or a text encoder's head."""
+    if config.task is Task.question_answering:
+        from compress.stages.finetune.answers import finetune_answers
+
+        return finetune_answers(base, train, output, config, build=lambda b, c: _model(b, None, c, False, qa=True),
+                                **kw)
+    if images:
+        from compress.stages.finetune.images import finetune_images
+
+        return finetune_images(base, train, output, config, **kw)
+    return _finetune_text(base, train, output, config, **kw)
+
+
+#: how finetune trains a base for a task of each kind (:func:`compress.tasks.by_kind`)
+_KINDS = {"forward": _finetune_forward, "generation": _finetune_generator}
 
 def _finetune_text(base: Path, train, output, config: FinetuneConfig, *, eval_data, retain_data, run: Path,
                    resume: bool, force: bool, progress) -> FinetuneResult:

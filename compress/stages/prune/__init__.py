@@ -58,7 +58,7 @@ from compress.errors import ConfigError
 from compress.progress import Progress
 from compress.stages.prune.config import PRUNE, PruneConfig
 from compress.stages.prune.text import TextJob, prune_text
-from compress.tasks import TASKS, kind_of
+from compress.tasks import TASKS, by_kind
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,27 @@ def prune(
     """
     config = config or PruneConfig()
     output = PRUNE.output(out, config, force=force)
-    out = output.path
     source = Path(source)
     _check_options(config, train)
     if progress:
         progress({"phase": "load", "label": f"loading {source}"})
     parent, teacher = _load_input(source, config)
-    if kind_of(teacher) == "generation":  # a decoder's heads (GQA), FFN, layers, vocabulary: .lm.prune
-        from compress.stages.prune.lm.prune import prune_causal_lm
+    return by_kind(_KINDS, teacher, "prune")(teacher, parent, source, output, config, train=train, eval_data=eval_data,
+                                             force=force, progress=progress)
 
-        return prune_causal_lm(teacher, parent, output, config, train=train, eval_data=eval_data, progress=progress)
+
+def _prune_generator(teacher, parent, source: Path, output, config: PruneConfig, *, train, eval_data, force: bool,
+                     progress: Progress | None) -> Artifact:
+    """A decoder: its heads (GQA), FFN, layers, vocabulary (:mod:`.lm.prune`)."""
+    from compress.stages.prune.lm.prune import prune_causal_lm
+
+    return prune_causal_lm(teacher, parent, output, config, train=train, eval_data=eval_data, progress=progress)
+
+
+def _prune_forward(teacher, parent, source: Path, output, config: PruneConfig, *, train, eval_data, force: bool,
+                   progress: Progress | None) -> Artifact:
+    """One forward pass: a CNN's channels or a ViT's heads (image models), else a text encoder's (:mod:`.text`)."""
+    out = output.path
     task = TASKS[teacher.task]
     if task.labels == "values":  # importance, layer choice and recovery all read class scores or embeddings
         raise ConfigError(f"prune does not take a {teacher.task} teacher yet ({source} gives numbers, not class scores)",
@@ -130,6 +141,10 @@ def prune(
         raise ConfigError("--out is the source directory", hint="choose a new directory for the artifact")
     job = TextJob(teacher, parent, source, config, train, eval_data, progress)
     return prune_text(job, output)
+
+
+#: how prune takes a teacher of each kind (:func:`compress.tasks.by_kind`)
+_KINDS = {"forward": _prune_forward, "generation": _prune_generator}
 
 
 def _check_options(config: PruneConfig, train: Path | str | None) -> None:

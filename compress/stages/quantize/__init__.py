@@ -28,7 +28,7 @@ from compress.stages.quantize.config import (
 )
 from compress.stages.spec import spec_for
 from compress.storage import check_output
-from compress.tasks import kind_of
+from compress.tasks import by_kind, kind_of
 
 
 def quantize(
@@ -50,14 +50,13 @@ def quantize(
     config = config or QuantizeConfig()
     out = check_output(out, force)
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    quantize_kind = by_kind(_KINDS, art, "quantize")  # a kind it does not take: refused before anything else
     backend = backend_of(str(art.format), str(art.task))
     if backend in backends():  # what this backend does not read is refused, the same way for every backend
         refuse_ignored(config, backend)
-    if config.accuracy_aware and kind_of(art) == "stream":
+    if config.accuracy_aware and (refused := _NOT_ACCURACY_AWARE.get(kind_of(art))):
         raise ConfigError(f"{art.path}: accuracy-aware quantization (--max-drop) does not run a "
-                          "stream model yet (its state is carried from call to call; the search scores single calls)",
-                          hint="drop --max-drop: static INT8 checks the stream's decisions against "
-                               "the input (parity_vs_input), then validate -p PROFILE --data FILE.wav measures it")
+                          f"{kind_of(art)} model yet ({refused[0]})", hint=refused[1])
     if config.accuracy_aware and not config.accuracy.data:
         raise ConfigError("accuracy-aware quantization needs labelled eval data", hint="pass --data EVAL")
     if config.accuracy.metric and not config.accuracy_aware:
@@ -67,23 +66,34 @@ def quantize(
         raise ConfigError("--rank-by orders accuracy-aware quantization's float fallbacks (it would be ignored)",
                           hint="add --max-drop or --min-retention with --data, or drop --rank-by")
     config.user_metric()  # a metric that does not import fails before anything is quantized
-    if (kind := kind_of(art)) == "generation":  # a causal LM: its format's weight-only generator quantizer
-        from compress.formats import FORMATS, import_string
+    return quantize_kind(art, out, config, force=force, progress=progress)
 
-        ref = FORMATS[str(art.format)].quantizer_for(kind)
-        if ref is None:
-            raise ConfigError(f"{art.path}: quantize takes no {FORMATS[str(art.format)].label} causal language model",
-                              hint=f"export the checkpoint with --format "
-                              f"{' or '.join(n for n, f in FORMATS.items() if f.quantizer_for(kind))} and quantize that")
-        if Path(out).resolve() == art.path.resolve():
-            raise ConfigError("--out is the input artifact", hint="choose a new directory")
-        from compress.stages.quantize.lm.qat import check_request as qat_request
-        from compress.stages.quantize.lm.qat import quantize_lm_qat
 
-        if (qat_source := qat_request(art, config)) is not None:  # quantization-aware INT4 (ONNX): trained first
-            return quantize_lm_qat(art, out, config, source=qat_source, quantizer=import_string(ref), force=force,
-                                   progress=progress)
-        return import_string(ref)(art, out, config, force=force, progress=progress)
+def _quantize_generator(art: Artifact, out: Path, config: QuantizeConfig, *, force: bool,
+                        progress: Progress | None) -> Artifact:
+    """A causal LM: its format's weight-only generator quantizer (ONNX: quantization-aware INT4 trained first)."""
+    from compress.formats import FORMATS, import_string
+
+    kind = kind_of(art)
+    ref = FORMATS[str(art.format)].quantizer_for(kind)
+    if ref is None:
+        raise ConfigError(f"{art.path}: quantize takes no {FORMATS[str(art.format)].label} causal language model",
+                          hint=f"export the checkpoint with --format "
+                          f"{' or '.join(n for n, f in FORMATS.items() if f.quantizer_for(kind))} and quantize that")
+    if Path(out).resolve() == art.path.resolve():
+        raise ConfigError("--out is the input artifact", hint="choose a new directory")
+    from compress.stages.quantize.lm.qat import check_request as qat_request
+    from compress.stages.quantize.lm.qat import quantize_lm_qat
+
+    if (qat_source := qat_request(art, config)) is not None:  # quantization-aware INT4 (ONNX): trained first
+        return quantize_lm_qat(art, out, config, source=qat_source, quantizer=import_string(ref), force=force,
+                               progress=progress)
+    return import_string(ref)(art, out, config, force=force, progress=progress)
+
+
+def _quantize_forward(art: Artifact, out: Path, config: QuantizeConfig, *, force: bool,
+                      progress: Progress | None) -> Artifact:
+    """One forward pass (a stream's calls too): the backend the artifact's format takes (the spec it matches)."""
     spec = spec_for(QUANTIZE_SPECS, art)
     if Path(out).resolve() == art.path.resolve():
         raise ConfigError("--out is the input artifact", hint="choose a new directory")
@@ -100,3 +110,11 @@ def quantize(
 
     qad_source = check_request(art, config)  # the PyTorch source QAD trains, checked before anything runs
     return quantize_onnxruntime(art, out, config, force=force, progress=progress, qad_source=qad_source)
+
+
+#: how quantize takes a model of each kind (:func:`compress.tasks.by_kind`): a stream's calls are one forward pass each
+_KINDS = {"forward": _quantize_forward, "generation": _quantize_generator, "stream": _quantize_forward}
+#: the kinds accuracy-aware quantization does not run yet -> (why, the hint)
+_NOT_ACCURACY_AWARE = {"stream": ("its state is carried from call to call; the search scores single calls",
+                                  "drop --max-drop: static INT8 checks the stream's decisions against the input "
+                                  "(parity_vs_input), then validate -p PROFILE --data FILE.wav measures it")}

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from compress.artifact import Format, Precision
 from compress.settings import Section, Settings
 from compress.stages.spec import StageSpec, pairs
-from compress.tasks import kind_of
+from compress.tasks import is_generator
 
 CONFIG_VERSION = 2  # 2: options nested in sections (calibration, int8, int4, qad, accuracy, speed, target)
 _QUANTIZE_HINT = "run `edgecompress export --format onnx|openvino` first"
@@ -408,7 +408,7 @@ def backends() -> dict[str, tuple[str, str]]:
 
 def backend_of(fmt: str, task: str) -> str:
     """The backend (a key of :func:`backends`) that quantizes an artifact of format ``fmt`` and task ``task``."""
-    return f"{fmt}-causal-lm" if kind_of(task) == "generation" else fmt
+    return f"{fmt}-causal-lm" if is_generator(task) else fmt
 
 
 def applies(backend: str) -> frozenset[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.stages.export.lm.openvino import MODEL_XML, TOKENIZER_IRS
-from compress.tasks import kind_of
+from compress.tasks import is_generator
 from compress.tasks.generation import GENAI_CONFIG, TOKENIZER_MODULE, needs_tokenizer_module, portable_tokenizer_config
 
 #: format -> the runner an app calls, as the docs' snippets call it
@@ -36,7 +36,7 @@ APIS = {
 def own_runtime(art: Artifact) -> dict[str, Any] | None:
     """``{"api": how an app runs it, "missing": what the folder lacks for that, or None}`` for a generator artifact;
     None for any other."""
-    if kind_of(art) != "generation" or str(art.manifest.format) not in APIS:
+    if not is_generator(art) or str(art.manifest.format) not in APIS:
         return None
     fmt, d = str(art.manifest.format), art.path
     missing = []
