@@ -34,8 +34,16 @@ def generic_artifact(tmp_path_factory):
     import onnx
     from onnx import TensorProto, helper
 
-    from compress.artifact import (ArrayPreprocess, Format, Manifest, Precision, SourceInfo, TensorSpec, load_artifact,
-                                   write_manifest)
+    from compress.artifact import (
+        ArrayPreprocess,
+        Format,
+        Manifest,
+        Precision,
+        SourceInfo,
+        TensorSpec,
+        load_artifact,
+        write_manifest,
+    )
 
     d = tmp_path_factory.mktemp("kinds") / "identity"
     d.mkdir()
