@@ -232,7 +232,7 @@ def measure(model, body: list[str], *, block: int, ids: np.ndarray, state: dict[
         k, n = shapes[name] = w.shape
         errors[name], codes[name] = {}, {}
         for c in candidates:
-            if c.bits <= 4 and block % 2 == 0:
+            if c.bits <= 4:  # kept as codes for the check (blocks are even: the config takes 16 to 256)
                 codes[name][c.name] = coded = ba.coded(w, c, block)
                 d = coded.decode()
             else:
