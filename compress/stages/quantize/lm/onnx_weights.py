@@ -24,23 +24,20 @@ _PER_NODE = ("DefaultWeightOnlyQuantConfig", "HQQWeightOnlyQuantConfig")
 __all__ = ["BATCH_BYTES", "load_tensors", "quantize_nodes"]
 
 
-def load_tensors(model, base_dir: Path | None, names: set[str] | None = None, skip: set[str] = frozenset()) -> int:
-    """Read the bytes of ``model``'s external initializers (``names``, or all; never ``skip``) from their files under
-    ``base_dir`` into the model, as ``onnx.load`` would have. Returns how many were read."""
+def load_tensors(model, base_dir: Path | None, skip: set[str] = frozenset()) -> None:
+    """Read the bytes of ``model``'s external initializers (all but ``skip``) from their files under ``base_dir`` into
+    the model, as ``onnx.load`` would have."""
     from onnx import TensorProto
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-    read = 0
     for t in model.graph.initializer:
-        if not uses_external_data(t) or t.name in skip or (names is not None and t.name not in names):
+        if not uses_external_data(t) or t.name in skip:
             continue
         if base_dir is None:
             raise ValueError(f"{t.name}'s bytes are in an external file, and no folder was given to read them from")
         load_external_data_for_tensor(t, str(base_dir))
         t.data_location = TensorProto.DEFAULT
         del t.external_data[:]
-        read += 1
-    return read
 
 
 def _batches(model, names: list[str]) -> list[list[str]]:
