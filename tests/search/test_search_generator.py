@@ -58,7 +58,7 @@ def searched(ws):
     from compress.search.run import run_search
 
     lines: list[str] = []
-    result = run_search(config(ws), ws / "search", progress=to_lines(lines.append), html=False)
+    result = run_search(config(ws), ws / "search", progress=to_lines(lines.append))  # its HTML page too
     return result, lines
 
 
@@ -100,6 +100,18 @@ def test_the_pick_meets_every_budget_is_best_on_decode_and_is_checked_on_held_ou
     held = (ws / "search" / "data" / "holdout.txt").read_text()
     assert ranked and held and held not in ranked and ranked not in held
     assert json.loads((ws / "search" / "search.json").read_text())["chosen"]["trial"] == c["trial"]
+
+
+def test_the_search_writes_its_html_page_with_the_choice_and_every_measured_candidate(ws, searched):
+    """The generator search goes through the one driver, so it writes report.html as a forward pass's search does:
+    the chosen trial, the Pareto plot of decode speed against perplexity, every measured candidate."""
+    result, _ = searched
+    page = (ws / "search" / "report.html").read_text(encoding="utf-8")
+    c = result.chosen
+    assert f"Chosen: trial {c['trial']}, {c['label']}" in page
+    assert "<svg" in page and "decode tokens/s" in page and "perplexity increase" in page
+    assert all(f"<td>{p['label']}</td>" in page for p in result.summary["measured"])
+    assert json.loads((ws / "search" / "search.json").read_text())["kind"] == "generation"
 
 
 def test_an_impossible_budget_finds_no_candidate_exit_6(ws, searched, capsys):
@@ -164,12 +176,12 @@ def test_a_space_no_installed_route_can_take_names_no_install_it_does_not_need(w
 
 
 def test_shape_candidates_name_what_prune_makes():
-    from compress.search.generator_space import GenCandidate, all_candidates, shapes_for, space_for
+    from compress.search.generator_space import GenCandidate, generator_candidates, shapes_for, space_for
 
     shapes = shapes_for({"layers": [12, 4, 8], "ffn": [0.0, 0.3]}, teacher_layers=8)
     assert shapes == {"layers": [None, 4], "heads": [0.0], "ffn": [0.0, 0.3], "vocab": [False]}  # 8 and 12: all
     space = space_for({"algorithm": ["rtn"], "group": [32], "int8": [0.0]}, ["onnxruntime"])
-    cands = all_candidates(space, shapes)
+    cands = generator_candidates(space, shapes)
     assert [c.label for c in cands] == ["onnxruntime rtn g32", "[f30] onnxruntime rtn g32",
                                         "[L4] onnxruntime rtn g32", "[L4-f30] onnxruntime rtn g32"]
     c = GenCandidate("onnxruntime", "rtn", 32, layers=4, heads=0.25, ffn=0.3, vocab=True)
