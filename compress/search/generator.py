@@ -15,6 +15,7 @@ The search directory::
     SEARCH/profiles/                 the profile on another runtime (same device and budgets), where a route needs it
     SEARCH/holdout/report.json       the chosen artifact validated on the held-out text
     SEARCH/search.json               every trial, the choice (or the closest and a diagnosis)
+    SEARCH/report.html               the same, with decode tokens/s plotted against the perplexity increase
 
 A trial is: the shape's checkpoint (the teacher itself, or pruned the first time the shape is drawn), the route's
 FP32 export of it (made the first time the route and shape are drawn), quantized with the candidate's settings
