@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -230,3 +231,16 @@ def test_a_declared_state_names_an_output_and_an_input_of_the_entry():
     assert declared == entry_state(e)
     with pytest.raises(ConfigError, match="is not an output -> input"):
         entry_state(e.model_copy(update={"state": {"logits": "nowhere"}}))
+
+
+def test_inspect_lists_each_entry_and_its_tensors(two_graphs):
+    from rich.console import Console
+
+    from compress.reports.render import render_manifest
+
+    art, *_ = two_graphs
+    console = Console(record=True, width=200)
+    render_manifest(art, console)
+    text = console.export_text()
+    assert "encoder: encoder.onnx, decoder: decoder.onnx" in text
+    assert re.search(r"decoder input\W+past_key_values\.0\.key", text) and re.search(r"encoder output\W+encoder_hidden", text)
