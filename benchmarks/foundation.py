@@ -124,7 +124,7 @@ def main() -> None:
         backends[name] = load_runtime(load_artifact(path), "onnxruntime", settings)
     # Optimum's INT8: same adapter, its own file (the artifact wrapper only points at the model file)
     opt_art = load_artifact(arts["onnx-fp32"])
-    opt_art.manifest = opt_art.manifest.model_copy(update={"model_file": os.path.relpath(optimum_model, opt_art.path)})
+    opt_art.manifest = opt_art.manifest.with_model_file(os.path.relpath(optimum_model, opt_art.path))
     backends["optimum-int8-avx2"] = OrtBackend(opt_art, settings)
 
     encoder = backends["pytorch-fp32"].encoder

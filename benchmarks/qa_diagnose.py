@@ -62,7 +62,7 @@ def diagnose(work: Path, held_out: Path, rounds: int = 2000) -> dict:
         floats = [lay.name for lay in layers if keep(lay.name)]
         q.write(out / "model.onnx", [*small_gemm_layers(q.model, layers, []), *floats])
         copy_tokenizer_files(fp32.path, out)
-        ans = answers(Artifact(out, fp32.manifest.model_copy(update={"model_file": "model.onnx"})))
+        ans = answers(Artifact(out, fp32.manifest.with_model_file("model.onnx")))
         f1 = f1s(ans)
         boot = f1[draws].mean(axis=1) / base[draws].mean(axis=1)
         rows[name] = {"f1": float(f1.mean()), "retention": float(f1.mean() / base.mean()),

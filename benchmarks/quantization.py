@@ -226,7 +226,7 @@ def main() -> None:
     base_ov = load_artifact(args.work / "ov-fp32")
     for name, info in direct.items():  # NNCF's own IRs: same adapter, pointed at their file
         art = load_artifact(args.work / "ov-fp32")
-        art.manifest = art.manifest.model_copy(update={"model_file": os.path.relpath(info["path"], art.path)})
+        art.manifest = art.manifest.with_model_file(os.path.relpath(info["path"], art.path))
         backends[name] = OpenVINOBackend(art, RuntimeSettings(threads=args.threads))
 
     dev = load_dataset(args.data / "dev.tsv", label2id={n: i for i, n in enumerate(teacher.info.labels)})

@@ -83,7 +83,7 @@ def stateless(art, values: np.ndarray) -> np.ndarray:
 
     b = load_runtime(art, "onnxruntime")
     calls = b.stream_calls
-    out = [b.run_named(calls.first_call({calls.input: w[None]}))["output"][0, 0] for w in calls.split(values)]
+    out = [b.call(b.main, calls.first_call({calls.input: w[None]}))["output"][0, 0] for w in calls.split(values)]
     b.close()
     return np.array(out)
 

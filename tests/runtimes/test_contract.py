@@ -2,7 +2,8 @@
 
 One artifact per format of the same tiny BERT classifier (PyTorch checkpoint, ONNX, OpenVINO IR, ExecuTorch); every
 adapter must load its format and refuse others, encode only the inputs its model takes, predict what the
-PyTorch reference predicts, describe itself in the same keys, and close twice without harm. A new adapter
+PyTorch reference predicts, answer ``call`` (the one way in) on its main entry with what ``run`` returns and refuse an
+entry the artifact lacks, describe itself in the same keys, and close twice without harm. A new adapter
 (TensorRT needs a GPU: skipped here) passes the same test.
 """
 
@@ -76,6 +77,16 @@ def test_every_adapter_keeps_the_contract(name, artifacts, reference):
         assert out.shape == reference.shape and out.dtype == np.float32
         np.testing.assert_allclose(out, reference, atol=1e-3)
         np.testing.assert_array_equal(rt.predict_text(TEXTS), out)
+        # call is the one way in: the main entry's outputs by name, the primary what run returns; another entry is
+        # refused in one line
+        assert rt.main == "model" and rt.artifact.manifest.roles == ("model",)
+        called = rt.call(rt.main, batch)
+        primary = art.manifest.outputs[0].name
+        assert called and all(isinstance(v, np.ndarray) for v in called.values()), called
+        np.testing.assert_allclose(np.asarray(called.get(primary, next(iter(called.values()))), np.float32),
+                                   rt.run(batch), atol=1e-5)
+        with pytest.raises(EdgeCompressError, match="no entry decoder"):
+            rt.call("decoder", batch)
         info = rt.describe()
         assert {"runtime", "version", "provider", "threads", "format", "precision"} <= set(info)
         assert info["runtime"] == name and info["format"] == str(art.format)

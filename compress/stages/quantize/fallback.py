@@ -128,7 +128,7 @@ class HeldOutCheck:
     def measure(self, model: Path) -> dict[str, Any]:
         """The parity figures (and the task's own) of the model file at ``model`` (a candidate of ``art``)."""
         copy_tokenizer_files(self.art.path, model.parent)
-        candidate = self.runtime(Artifact(model.parent, self.art.manifest.model_copy(update={"model_file": model.name})))
+        candidate = self.runtime(Artifact(model.parent, self.art.manifest.with_model_file(model.name)))
         try:
             cand = candidate.predict(self.batch)
         finally:
