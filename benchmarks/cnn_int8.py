@@ -40,8 +40,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import cached_step
+from benchmarks.harness.results import cached_step
 
 
 def build_family(name: str, teacher: Path, calibration: Path, work: Path, variants: set[str], *,
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['model']} | {r['artifact']} | {r['accuracy']:.3f} | {r['retention']:.3f} | {r['agreement']:.3f} | "
               f"{r['size_bytes'] / 1e6:.2f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
               f"{r['speed_vs_fp32_same_runtime']:.2f}x |")
-    from common import host_and_versions
+    from benchmarks.harness.results import host_and_versions
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

@@ -37,8 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import cached_step
+from benchmarks.harness.results import cached_step
 
 #: photos of one scene go to one group
 SCENES = {"cat": "chelsea", "motorcycle_right": "motorcycle_left"}
@@ -50,7 +51,8 @@ def draw_views(work: Path, teacher: Path, folds: int, seed: int, min_confidence:
     if (work / "split.json").is_file():
         return json.loads((work / "split.json").read_text())
     from PIL import Image
-    from real_cnns import photos, views
+
+    from benchmarks.harness.cnns import photos, views
 
     rng = np.random.default_rng(seed)
     pics = photos()
@@ -295,7 +297,7 @@ def pooled(per_fold: dict) -> dict:
 
 
 def write(args, split: dict, rows: dict, argv, t0: float) -> None:
-    from common import host_and_versions
+    from benchmarks.harness.results import host_and_versions
 
     groups: dict[str, list[str]] = {}
     for scene, g in split["groups"].items():

@@ -20,13 +20,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 
 def main() -> int:
-    from common import host_and_versions
     from mobile import models
 
     import compress  # noqa: F401
+    from benchmarks.harness.results import host_and_versions
     from compress.estimates.roofline import estimate
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig

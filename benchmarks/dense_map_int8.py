@@ -26,8 +26,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import host_and_versions
+from benchmarks.harness.results import host_and_versions
 
 
 def _outputs(model_path: Path, images: np.ndarray) -> np.ndarray:

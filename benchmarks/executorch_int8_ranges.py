@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 sys.path.append(str(ROOT.parent))  # tests.*; the compress on the path first wins
 
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(out: Path, results: dict, argv) -> None:
-    from common import host_and_versions
+    from benchmarks.harness.results import host_and_versions
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

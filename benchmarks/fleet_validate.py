@@ -36,7 +36,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import yaml
-from common import cached_step, host_and_versions
+
+from benchmarks.harness.results import cached_step, host_and_versions
 
 CNNS = HERE / ".cache" / "real-cnns"
 WORK = HERE / ".cache" / "fleet"

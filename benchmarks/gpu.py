@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 # batch-1 runs carry the accuracy check; batch-32 runs time only
 VARIANTS = [  # (name, options)
@@ -35,28 +36,6 @@ VARIANTS = [  # (name, options)
     ("fp32+compile", {"dtype": "fp32", "compile": True}),
 ]
 CPU_DISTILL = HERE / "results" / "distillation.json"  # the CPU run this one is compared with
-
-
-def fp32_teacher(src: Path, dst: Path) -> Path:
-    """``src`` with its floating weights in FP32 (a teacher carried as FP16 is upcast once)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    if (dst / "model.safetensors").is_file():
-        return dst
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file() and f.name != "model.safetensors":
-            shutil.copy2(f, dst / f.name)
-    weights = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(src / "model.safetensors").items()}
-    save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
-    cfg = json.loads((dst / "config.json").read_text())
-    for key in ("torch_dtype", "dtype"):
-        if key in cfg:
-            cfg[key] = "float32"
-    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
-    return dst
 
 
 def profile_yaml(work: Path, name: str, options: dict, batch: int, provider: str, smoke: bool) -> Path:
@@ -111,7 +90,7 @@ def distill_run(teacher: Path, data: Path, work: Path, precision: str, args) -> 
                         max_steps=20 if args.smoke else None)
     train = data / "train.tsv"
     if args.smoke:
-        from common import subset_tsv
+        from benchmarks.harness.data import subset_tsv
 
         train = subset_tsv(train, work / "train-small.tsv", 640)
     t0 = time.perf_counter()
@@ -144,28 +123,6 @@ def cpu_reference() -> dict | None:
             "teacher_cache_seconds": r["teacher_cache_seconds"], "chosen": r["chosen"]}
 
 
-def machine() -> dict:
-    import platform
-
-    import torch
-    import transformers
-
-    info = {"cpu_cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cuda": torch.version.cuda}
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_memory_mb=p.total_memory // 2**20, capability=f"{p.major}.{p.minor}",
-                    multiprocessors=p.multi_processor_count)
-        try:
-            import subprocess
-
-            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return info
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", type=Path, default=HERE / ".cache" / "sst2-minilm-l6-teacher")
@@ -178,11 +135,10 @@ def main() -> None:
                     help="comma-separated, in this order of importance")
     ap.add_argument("--smoke", action="store_true", help="on the CPU with tiny limits: checks the script only")
     args = ap.parse_args()
-    sys.path.insert(0, str(HERE))
     t_all = time.perf_counter()
-    from common import Phases
-
     import compress  # noqa: F401  (before torchvision-touching imports)
+    from benchmarks.harness.results import Phases, cuda_machine
+    from benchmarks.harness.teachers import fp32_teacher
 
     if args.smoke:
         global VARIANTS
@@ -191,7 +147,7 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     teacher = fp32_teacher(args.teacher, work / "teacher-fp32")
-    result = {"benchmark": "gpu", "machine": machine(), "teacher": str(args.teacher), "data": str(args.data),
+    result = {"benchmark": "gpu", "machine": cuda_machine(), "teacher": str(args.teacher), "data": str(args.data),
               "validate": [], "distill": {}, "cpu_distill": cpu_reference(), "errors": []}
 
     run = Phases(result, args.out, args.budget_s, "gpu", t0=t_all)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 DATA = HERE.parent.parent / "shared" / "data"
 
 #: real shapes (from the models' config.json), random weights
@@ -151,17 +152,13 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=420.0, help="start no run after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="2-layer models, bf16 only: checks the script")
     args = ap.parse_args()
-    sys.path.insert(0, str(HERE))
-    sys.path.insert(0, str(HERE.parent))
     t_all = time.perf_counter()
-    from common import Phases
-    from gpu import machine
-
     import compress  # noqa: F401  (before torchvision-touching imports)
+    from benchmarks.harness.results import Phases, cuda_machine
 
     args.work.mkdir(parents=True, exist_ok=True)
     cpu_ref = HERE / "results" / "gpu_lm_cpu.json"
-    result = {"benchmark": "gpu_lm", "machine": machine(), "device": args.device, "generation": [], "training": [],
+    result = {"benchmark": "gpu_lm", "machine": cuda_machine(), "device": args.device, "generation": [], "training": [],
               "cpu_training": json.loads(cpu_ref.read_text())["training"] if cpu_ref.is_file() else None,
               "errors": []}
 

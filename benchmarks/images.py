@@ -34,8 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import cached_step
+from benchmarks.harness.results import cached_step
 
 
 def build(args) -> dict[str, dict[str, Path]]:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {key} | {r['accuracy']:.4f} | {r['retention']:.3f} | {r['agreement']:.3f} | "
               f"{r['size_bytes'] / 1024:.0f} | {r['smaller']:.1f}x | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
               f"{r['faster']:.1f}x |")
-    from common import host_and_versions
+    from benchmarks.harness.results import host_and_versions
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

@@ -30,8 +30,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import host_and_versions
+from benchmarks.harness.results import host_and_versions
 
 CACHE = HERE / ".cache"
 ADOPTED = CACHE / "adopted"

@@ -40,6 +40,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 SEQUENCE = 128  # compress.stages.export.litert.SEQUENCE: the length a text .tflite is converted at
 METHODS = {"image": ["pt2e-static", "pt2e-dynamic"], "text": ["pt2e-dynamic", "pt2e-dynamic-strict", "pt2e-static"]}
 
@@ -60,9 +61,9 @@ def machine() -> dict:
 def calibration_rows(teacher, kind: str, names: list[str], n: int, seed: int) -> list[tuple]:
     """``n`` seeded training rows (SST-2 train) or images (the training digits, all classes) as one-row inputs."""
     import torch
-    from common import subset_tsv
     from mobile import DATA
 
+    from benchmarks.harness.data import subset_tsv
     from compress.data.images import load_image_dataset
     from compress.data.inputs import sample_texts
 

@@ -49,9 +49,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import host_and_versions
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 import compress  # noqa: F401 - first: the torchvision shim before transformers
+from benchmarks.harness.results import host_and_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm_cost_curve.json"

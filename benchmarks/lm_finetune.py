@@ -89,7 +89,7 @@ def main() -> None:
         print(json.dumps(one(**spec)))
         return
     sys.path.insert(0, str(ROOT))
-    from benchmarks.common import host_and_versions
+    from benchmarks.harness.results import host_and_versions
     from compress.stages.finetune.qlora import nf4_backend
     from tests.builders.causal_lm import tiny_causal_lm
 

@@ -29,13 +29,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import host_and_versions, scored, text_window_options, text_windows
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 import compress  # noqa: F401 - first: the torchvision shim before transformers
+from benchmarks.harness.data import scored, text_window_options, text_windows
+from benchmarks.harness.results import host_and_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm_int4_panel.json"

@@ -27,7 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
@@ -72,7 +75,7 @@ def openvino(spec: str, threads: int):
 
 def generate(backend, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
     """One greedy generation: (prefill seconds, tokens/s of the ``new_tokens - 1`` decode steps, the tokens)."""
-    from common import greedy_steps
+    from benchmarks.harness.lm import greedy_steps
 
     ttft, decode, tokens = greedy_steps(backend, prompt, new_tokens - 1)
     return ttft, (new_tokens - 1) / decode, tokens
@@ -95,7 +98,7 @@ def serve(name: str, spec: str, threads: int, prompt: list[int], new_tokens: int
     """A route's process: load it, report what it compiled and its greedy tokens (the warm-up), then one timed
     generation per message until ``None``."""
     if name == "llama.cpp":
-        from common import LlamaCppDirect
+        from benchmarks.harness.lm import LlamaCppDirect
 
         backend, info = LlamaCppDirect(Path(spec), threads), {"gguf": spec}
     elif spec.startswith("genai:"):

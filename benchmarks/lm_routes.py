@@ -48,15 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 STORIES = SHARED / "models" / "stories260K" / "hf"
 TEXT = SHARED / "data" / "tinystories" / "valid-first500.txt"
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # tests.builders, benchmarks' common.py
+sys.path.insert(0, str(ROOT))  # tests.builders, benchmarks.harness
 BODY = dict(layers=30, hidden=576, heads=9, kv_heads=3, intermediate=1536, context=1024)  # SmolLM2-135M's body
 
 
 # --- building the routes' artifacts ----------------------------------------------------------------------------------
 def build(ckpt: Path, work: Path, routes: list[str]) -> tuple[dict[str, Path | None], dict[str, str]]:
     """Each route's artifact under ``work`` (cached), and a note for each route that could not be built."""
-    from common import cached_step
-
+    from benchmarks.harness.results import cached_step
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
@@ -146,7 +145,7 @@ def load(route: str, path: Path, threads: int):
     if route == "pytorch-fp32":
         return TorchGen(path, threads)
     if route.startswith("llama.cpp"):
-        from common import LlamaCppDirect
+        from benchmarks.harness.lm import LlamaCppDirect
 
         return LlamaCppDirect(path / "model.gguf", threads)
     from compress.artifact import load_artifact
@@ -170,7 +169,7 @@ def generate(backend, prompt: list[int], new_tokens: int) -> dict:
         host = sum(t - n for t, n in zip(made.seconds[1:], made.native_seconds[1:], strict=True))
         return {"ttft": made.seconds[0], "decode": sum(made.seconds[1:]), "host": host, "tokens": made.tokens,
                 "loop": backend.generation_loop}
-    from common import greedy_steps
+    from benchmarks.harness.lm import greedy_steps
 
     ttft, decode, tokens = greedy_steps(backend, prompt, new_tokens)
     return {"ttft": ttft, "decode": decode, "host": None, "tokens": tokens, "loop": backend.loop}
@@ -383,8 +382,7 @@ def main() -> None:
         return probe(args.probe[0], args.probe[1], args.threads)
     if args.time:
         return timed(args.time[0], args.time[1], args.threads, args.prompt_ids, args.new_tokens)
-    from common import host_and_versions
-
+    from benchmarks.harness.results import host_and_versions
     from tests.builders.causal_lm import tiny_causal_lm
 
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]

@@ -32,6 +32,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 DATA = HERE.parent.parent / "shared" / "data" / "sst2"
 
 
@@ -106,9 +107,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="measure this model only (repeatable); the JSON keeps the others' "
                     "rows from an earlier run")
     args = ap.parse_args()
-    from common import host_and_versions
-
     import compress  # noqa: F401 - before torchvision-using imports
+    from benchmarks.harness.results import host_and_versions
     from compress.artifact import load_artifact
     from compress.data.inputs import latency_inputs
     from compress.device.shipped import time_interleaved

@@ -35,10 +35,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-from common import host_and_versions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - edgecompress's torchvision hook, before transformers imports torchvision
+from benchmarks.harness.results import host_and_versions
 
 DATA = HERE.parent.parent / "shared" / "data" / "conll2003"
 CACHE = HERE / ".cache"

@@ -56,7 +56,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import host_and_versions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import host_and_versions
 
 WHEEL = "rapidocr_onnxruntime==1.4.4"
 CLS, DET = "ch_ppocr_mobile_v2.0_cls_infer.onnx", "ch_PP-OCRv4_det_infer.onnx"
@@ -171,7 +172,7 @@ def cls_data(work: Path, det_file: Path, cfg: dict, n: int, seed: int) -> tuple[
 
 def det_data(work: Path, cfg: dict, n: int, side: int, seed: int) -> tuple[Path, Path, dict]:
     """The detector's calibration and eval ``.npz`` (``x``): see the module docstring."""
-    from real_cnns import photos, views
+    from benchmarks.harness.cnns import photos, views
 
     rng = np.random.default_rng(seed)
     shots = photos()

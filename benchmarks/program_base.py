@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 WORK = HERE / ".cache" / "transfer-digits"
 
 
@@ -50,10 +51,10 @@ def program_base(out: Path) -> Path:
 
 
 def main() -> int:
-    from common import host_and_versions
     from transfer_digits import test_accuracy
 
     import compress  # noqa: F401 - torchvision's schemas before timm
+    from benchmarks.harness.results import host_and_versions
     from compress.stages.finetune import finetune
     from compress.stages.finetune.config import FinetuneConfig
 

@@ -35,9 +35,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import accuracy, host_and_versions, subset_tsv
-from teacher import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
+from benchmarks.harness.data import accuracy, subset_tsv
+from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.teachers import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 
 
 def log(msg: str) -> None:

@@ -27,9 +27,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 import numpy as np
-from teacher import DEFAULT_DATA, ensure_teacher
+
+from benchmarks.harness.teachers import DEFAULT_DATA, ensure_teacher
 
 
 def log(msg: str) -> None:

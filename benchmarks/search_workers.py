@@ -31,7 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import host_and_versions, subset_tsv
+from benchmarks.harness.data import subset_tsv
+from benchmarks.harness.results import host_and_versions
 from tests.builders.postgres import running_postgres
 
 SST2 = Path("/work/shared/data/sst2")

@@ -38,7 +38,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import host_and_versions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import host_and_versions
 
 MODEL = HERE.parents[1] / "shared" / "models" / "selfie-segmentation" / "selfie_segmentation.tflite"
 SIZE = 256
@@ -59,7 +60,8 @@ def _photos() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The photos with a person (``FOLDS``) and the others."""
     from matplotlib import cbook
     from PIL import Image
-    from real_cnns import photos
+
+    from benchmarks.harness.cnns import photos
 
     other = photos()
     with cbook.get_sample_data("grace_hopper.jpg") as f:
@@ -71,7 +73,7 @@ def _photos() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 def write_folds(work: Path, person_views: int, calibration_views: int) -> dict[str, dict[str, Path]]:
     """Per person photo P: ``judge_P.npz`` (``input_1``, ``labels``: the FP32 file's masks) and ``calibration_P.npz``
     (views of the other photos only)."""
-    from real_cnns import views
+    from benchmarks.harness.cnns import views
 
     rng = np.random.default_rng(0)
     people, other = _photos()
@@ -104,7 +106,7 @@ def _masks(x: np.ndarray) -> np.ndarray:
 def write_data(work: Path, person_views: int, all_views: int, calibration_views: int) -> dict[str, Path]:
     """``people.npz``: views of the photos with a person; ``all.npz``: views of every photo (``input_1``; ``labels``:
     the FP32 file's masks); ``calibration.npz``: other views of every photo."""
-    from real_cnns import photos, views
+    from benchmarks.harness.cnns import photos, views
 
     rng = np.random.default_rng(0)
     people, every, cal = [], [], []

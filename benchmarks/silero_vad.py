@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import host_and_versions
+from benchmarks.harness.results import host_and_versions
 
 SHARED = ROOT.parent / "shared" / "models" / "silero-vad"
 MODEL_YAML = """task: multi-label-classification

@@ -63,10 +63,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-from common import host_and_versions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - edgecompress's torchvision hook, before anything imports torchvision
+from benchmarks.harness.results import host_and_versions
 
 CACHE = HERE / ".cache" / "tasks"
 RESULTS = HERE / "results" / "tasks.json"

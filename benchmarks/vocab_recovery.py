@@ -29,9 +29,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import host_and_versions
-from teacher import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
+from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.teachers import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 
 
 def log(msg: str) -> None:
@@ -80,7 +81,7 @@ def main() -> None:
     log(f"teacher dev {base['dev']:.4f} test {base['test']:.4f}")
     corpus = args.data / "train.tsv"
     if args.corpus_rows:
-        from common import subset_tsv
+        from benchmarks.harness.data import subset_tsv
 
         args.work.mkdir(parents=True, exist_ok=True)
         corpus = subset_tsv(corpus, args.work / f"corpus-{args.corpus_rows}.tsv", args.corpus_rows, seed=0)

@@ -57,8 +57,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 
-from common import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, host_and_versions
 
 CANDIDATES = {
     "default (no profile)": {},

@@ -44,7 +44,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import cached_step, host_and_versions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import cached_step, host_and_versions
 
 FOLDER = HERE.parents[1] / "shared" / "models" / "yolox-nano"
 MODEL, DOG = FOLDER / "yolox_nano.onnx", FOLDER / "dog.jpg"
@@ -118,7 +119,8 @@ def write_data(work: Path, n_views: int, n_cal: int) -> tuple[Path, Path, dict]:
     ``calibration.json``, both labelled with the FP32 file's boxes >= 0.5 (calibration reads only the images; the
     accuracy-aware search judges on them, never on the eval images)."""
     from PIL import Image
-    from real_cnns import photos, views
+
+    from benchmarks.harness.cnns import photos, views
 
     rng = np.random.default_rng(0)
     for d in ("images", "calibration"):
