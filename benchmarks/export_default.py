@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
+from benchmarks.harness.timing import side_by_side, spread, time_calls
 from compress.artifact import load_artifact
 from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
@@ -55,18 +57,17 @@ def main() -> None:
         m["feed"] = {k: v for k, v in feed.items() if k in names}
         for _ in range(20):
             m["session"].run(None, m["feed"])
-    for r in range(args.rounds):
-        for m in models.values() if r % 2 == 0 else reversed(list(models.values())):
-            for _ in range(args.runs):
-                t = time.perf_counter()
-                m["session"].run(None, m["feed"])
-                m["samples"].append((time.perf_counter() - t) * 1e3)
+    def batch(m):  # a round of one model: --runs timed calls
+        return lambda: time_calls(lambda: m["session"].run(None, m["feed"]), repeats=args.runs, warmup=0)
+
+    for name, rounds in side_by_side({n: batch(m) for n, m in models.items()}, args.rounds, warmup=0).items():
+        models[name]["samples"] = [t * 1e3 for runs in rounds for t in runs]
     out = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
            "shape": "1x64", "rounds": args.rounds, "runs_per_round": args.runs, "models": {}}
     for name, m in models.items():
-        s = np.asarray(m["samples"])
-        out["models"][name] = {"p50_ms": float(np.median(s)), "p95_ms": float(np.percentile(s, 95)),
-                               "size_mb": round(m["size_mb"], 1), "int8_ops": m["int8_ops"], "n": len(s)}
+        s = spread(m["samples"])
+        out["models"][name] = {"p50_ms": s.median, "p95_ms": s.p95, "size_mb": round(m["size_mb"], 1),
+                               "int8_ops": m["int8_ops"], "n": s.n}
     base = out["models"]["O2 (old default)"]["p50_ms"]
     out["p50_ratio_plain_over_o2"] = out["models"]["plain (new default)"]["p50_ms"] / base
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

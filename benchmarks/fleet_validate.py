@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import yaml
 
 from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.timing import median
 
 CNNS = HERE / ".cache" / "real-cnns"
 WORK = HERE / ".cache" / "fleet"
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):
             for size in ("1", "3"):
                 runs[size].append(one(size))
-    med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
+    med = {k: median(r["wall_s"] for r in v) for k, v in runs.items()}
     result = {
         "what": "validate --remote FLEET.yaml: wall time on three SSH devices vs one (same artifact, data, profile)",
         "command": "python benchmarks/fleet_validate.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.harness.timing import median
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import compress  # noqa: F401 - the torchvision shim before transformers
@@ -53,7 +54,7 @@ def copy_bandwidth(gib: float = 1.0, copies: int = 5) -> dict:
         t0 = time.perf_counter()
         np.copyto(dst, src)
         runs.append(2 * src.nbytes / (time.perf_counter() - t0) / 1e9)
-    return {"median_gbs": round(statistics.median(runs), 2), "runs_gbs": [round(r, 2) for r in runs],
+    return {"median_gbs": round(median(runs), 2), "runs_gbs": [round(r, 2) for r in runs],
             "bytes_per_copy": 2 * src.nbytes, "counted": "read + write (STREAM Copy)", "threads": 1}
 
 
@@ -94,7 +95,7 @@ def time_torch(folder: Path, prompt: list[int], new: int, repeats: int, threads:
                 steps.append(time.perf_counter() - ts)
             t2 = time.perf_counter()
             runs.append({"ttft_ms": (t1 - t0) * 1e3, "decode_tokens_per_s": new / (t2 - t1),
-                         "step_ms_min": min(steps) * 1e3, "step_ms_median": statistics.median(steps) * 1e3})
+                         "step_ms_min": min(steps) * 1e3, "step_ms_median": median(steps) * 1e3})
     return runs[1:]
 
 
@@ -154,7 +155,7 @@ def time_ort(onnx_dir: Path, prompt: list[int], new: int, repeats: int, threads:
             steps.append(time.perf_counter() - ts)
         t2 = time.perf_counter()
         runs.append({"ttft_ms": (t1 - t0) * 1e3, "decode_tokens_per_s": new / (t2 - t1),
-                     "step_ms_min": min(steps) * 1e3, "step_ms_median": statistics.median(steps) * 1e3})
+                     "step_ms_min": min(steps) * 1e3, "step_ms_median": median(steps) * 1e3})
     return runs[1:]
 
 
@@ -180,7 +181,7 @@ def time_int4(onnx_dir: Path, out: Path, peaks, prompt: list[int], args) -> dict
 
 def summary(runs: list[dict], est) -> dict:
     best = max(r["decode_tokens_per_s"] for r in runs)
-    med = statistics.median(r["decode_tokens_per_s"] for r in runs)
+    med = median(r["decode_tokens_per_s"] for r in runs)
     ttft = min(r["ttft_ms"] for r in runs)
     fastest = 1000.0 / min(r["step_ms_min"] for r in runs)  # contention only adds time: the quietest step
     return {"decode_tokens_per_s_fastest_step": round(fastest, 2),

@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks.harness
+from benchmarks.harness.lm import LlamaCppDirect
+from benchmarks.harness.timing import median, paired_ratios, side_by_side, spread
+
 ROUTES = ("og", "steps", "bound")  #: the ONNX routes; "llamacpp" is the GGUF's
 #: the ONNX routes' runtime options (og-spin: og with worker threads left spinning between tokens)
 OPTIONS = {"og": {}, "og-spin": {"session_config": {"session.force_spinning_stop": "0"}},
@@ -43,24 +45,10 @@ def prompt_ids(tokenizer_dir: Path, length: int) -> list[int]:
 def generator(route: str, path: str, prompt: list[int], new: int, threads: int):
     """A function that makes one generation by ``route`` and returns each token's seconds (the first: TTFT)."""
     if route == "llamacpp":
-        import llama_cpp
-        import numpy as np
-
-        llm = llama_cpp.Llama(model_path=path, n_ctx=len(prompt) + new + 8, n_threads=threads,
-                              n_threads_batch=threads, verbose=False)
+        anchor = LlamaCppDirect(Path(path), threads, n_ctx=len(prompt) + new + 8)
 
         def generate() -> list[float]:
-            llm.reset()
-            t0 = time.perf_counter()
-            llm.eval(prompt)
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            seconds = [time.perf_counter() - t0]
-            for _ in range(new - 1):
-                t0 = time.perf_counter()
-                llm.eval([tok])
-                tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-                seconds.append(time.perf_counter() - t0)
-            return seconds
+            return list(anchor.generate(prompt, new, timed=True).seconds)
     else:
         import compress  # noqa: F401 - first: the torchvision shim before transformers
         from compress.artifact import load_artifact
@@ -92,23 +80,17 @@ def paired(jobs: list[tuple[str, str]], prompt: list[int], args) -> dict:
     each round's routes meet the same machine load: per round, each route's decode rate and TTFT as ratios to
     llama.cpp's in that round; the medians over rounds (and of the raw figures)."""
     gens = {f"{r} {p}": generator(r, p, prompt, args.new, args.threads) for r, p in jobs}
-    for g in gens.values():
-        g()
-    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in gens}
-    for rnd in range(args.paired):
-        for key in (list(gens) if rnd % 2 == 0 else list(reversed(gens))):
-            rows[key].append(figures(gens[key]()))
+    rows = {k: [figures(s) for s in seconds] for k, seconds in side_by_side(gens, args.paired, warmup=1).items()}
     ref = next((k for k in gens if k.startswith("llamacpp")), None)
     out = {}
     for key, vals in rows.items():
-        row = {"ttft_ms": round(statistics.median(v[0] for v in vals), 1),
-               "decode_tok_s": round(statistics.median(v[1] for v in vals), 1),
-               "best_decode_tok_s": round(max(v[1] for v in vals), 1), "best_ttft_ms": round(min(v[0] for v in vals), 1)}
+        ttft, decode = spread(v[0] for v in vals), spread(v[1] for v in vals)
+        row = {"ttft_ms": round(ttft.median, 1), "decode_tok_s": round(decode.median, 1),
+               "best_decode_tok_s": round(decode.max, 1), "best_ttft_ms": round(ttft.min, 1),
+               "decode_tok_s_spread": decode.as_dict(1)}
         if ref:
-            row["decode_vs_llamacpp"] = round(statistics.median(a[1] / b[1] for a, b in zip(vals, rows[ref],
-                                                                                              strict=True)), 3)
-            row["ttft_vs_llamacpp"] = round(statistics.median(a[0] / b[0] for a, b in zip(vals, rows[ref],
-                                                                                            strict=True)), 3)
+            row["decode_vs_llamacpp"] = round(median(paired_ratios([v[1] for v in vals], [v[1] for v in rows[ref]])), 3)
+            row["ttft_vs_llamacpp"] = round(median(paired_ratios([v[0] for v in vals], [v[0] for v in rows[ref]])), 3)
         out[key] = row
     return out
 
@@ -156,12 +138,12 @@ def main() -> None:
                 *(["--onnx", args.onnx[0]] if args.onnx else ["--gguf", args.gguf])]
             got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             key = f"{route} {path}"
-            samples[key]["ttft_ms"].append(statistics.median(got["ttft_ms"]))
-            samples[key]["decode_tok_s"].append(statistics.median(got["decode_tok_s"]))
+            samples[key]["ttft_ms"].append(median(got["ttft_ms"]))
+            samples[key]["decode_tok_s"].append(median(got["decode_tok_s"]))
             print(f"round {rnd} {key}: ttft {samples[key]['ttft_ms'][-1]:.1f} ms, "
                   f"decode {samples[key]['decode_tok_s'][-1]:.1f} tok/s", flush=True)
-    table = {k: {"ttft_ms": round(statistics.median(v["ttft_ms"]), 1),
-                 "decode_tok_s": round(statistics.median(v["decode_tok_s"]), 1), "rounds": v} for k, v in samples.items()}
+    table = {k: {"ttft_ms": round(median(v["ttft_ms"]), 1),
+                 "decode_tok_s": round(median(v["decode_tok_s"]), 1), "rounds": v} for k, v in samples.items()}
     ref = table.get(f"llamacpp {args.gguf}") if args.gguf else None
     if ref:
         for row in table.values():

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 from benchmarks.harness.data import scored, text_window_options, text_windows
 from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.timing import median
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm_int4_panel.json"
@@ -79,15 +79,12 @@ def _model_bytes(art) -> int:
 def _decode(backends: dict, prompt: list[int], rounds: int, steps: int = 64) -> dict[str, float]:
     """Decode tokens/s of each backend in its runtime's own generation loop (``generate(..., timed=True)``: ONNX
     Runtime GenAI's generator, OpenVINO's stateful request, llama.cpp's context): the tokens after the first over
-    their seconds, median of ``rounds`` rounds, the backends interleaved within a round."""
-    times: dict[str, list[float]] = {k: [] for k in backends}
-    for b in backends.values():  # warm-up
-        b.generate(prompt, 4, timed=True)
-    for _ in range(rounds):
-        for name, b in backends.items():
-            made = b.generate(prompt, steps, timed=True)
-            times[name].append((len(made.seconds) - 1) / sum(made.seconds[1:]))
-    return {k: round(statistics.median(v), 1) for k, v in times.items()}
+    their seconds, median of ``rounds`` rounds, the backends side by side
+    (:func:`~compress.host.measure.measure_generations`: the order flipped every round)."""
+    from compress.host.measure import measure_generations
+
+    samples = measure_generations(backends, prompt, steps - 1, warmup=1, min_rounds=rounds, max_rounds=rounds)
+    return {k: round(median((steps - 1) / run for run in s.runs), 1) for k, s in samples.items()}
 
 
 def run_model(name: str, source: str, work: Path, routes: list[str], args) -> dict:

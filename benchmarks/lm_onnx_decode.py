@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.builders, benchmarks.harness
+from benchmarks.harness.timing import median, side_by_side
 
 
 def decode_rate(session, new_tokens: int = 32, prompt: int = 128) -> float:
@@ -40,8 +43,6 @@ def decode_rate(session, new_tokens: int = 32, prompt: int = 128) -> float:
 
 def main() -> None:
     import copy
-    import statistics
-    import sys
 
     import onnx
     import onnxruntime as ort
@@ -49,8 +50,6 @@ def main() -> None:
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize.lm.onnx import weight_only
-
-    sys.path.insert(0, str(ROOT))
     from tests.builders.causal_lm import tiny_causal_lm
 
     ap = argparse.ArgumentParser()
@@ -73,11 +72,8 @@ def main() -> None:
             model, _ = weight_only(copy.deepcopy(fp32), bits=bits, block=32, accuracy_level=level)
             sessions[f"INT{bits} accuracy level {level}"] = ort.InferenceSession(
                 model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    rates: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(3):
-        for name, s in sessions.items():
-            rates[name].append(decode_rate(s))
-    rows = [{"name": k, "decode_tokens_per_s": statistics.median(v), "rounds": v} for k, v in rates.items()]
+    rates = side_by_side({k: (lambda s=s: decode_rate(s)) for k, s in sessions.items()}, 3, warmup=0)
+    rows = [{"name": k, "decode_tokens_per_s": median(v), "rounds": v} for k, v in rates.items()]
     for r in rows:
         print(f"{r['name']:28s} {r['decode_tokens_per_s']:.1f} tokens/s", flush=True)
     out = ROOT / "benchmarks" / "results" / "lm_onnx_decode.json"

@@ -14,11 +14,13 @@ Writes benchmarks/results/lm_openvino_{quality,speed}.json.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 SHARED = Path(__file__).resolve().parents[2] / "shared"  #: ../shared beside the clone
 
 
@@ -90,14 +92,16 @@ def quality(WORK: Path) -> None:
 def speed(WORK: Path, ARGS) -> None:
     import json
     import shutil
-    import statistics
     import time
 
     import numpy as np
     import torch
     import transformers
 
+    from benchmarks.harness.lm import StepsLoop
+    from benchmarks.harness.timing import median
     from compress.artifact import load_artifact
+    from compress.host.measure import measure_generations
     from compress.runtimes.base import RuntimeSettings, load_runtime
     from compress.stages.export.lm.openvino import export_openvino_lm
     from compress.stages.quantize import quantize
@@ -128,29 +132,15 @@ def speed(WORK: Path, ARGS) -> None:
     backends = {n: load_runtime(load_artifact(R / n), "openvino", RuntimeSettings(threads=2)) for n in ("fp32", "int4")}
     print({n: b.properties for n, b in backends.items()}, flush=True)
 
-    def run(b):
-        t0 = time.perf_counter()
-        out, st = b.prefill({"input_ids": prompt, "attention_mask": np.ones_like(prompt)})
-        ttft = time.perf_counter() - t0
-        nxt, total = int(out["logits"][0, -1].argmax()), P
-        t0 = time.perf_counter()
-        for _ in range(N):
-            total += 1
-            out, st = b.step({"input_ids": np.array([[nxt]], np.int64), "attention_mask": np.ones((1, total), np.int64)}, st)
-            nxt = int(out["logits"][0, -1].argmax())
-        return ttft, N / (time.perf_counter() - t0)
-
-    for b in backends.values():
-        run(b)  # warm-up
-    res = {n: [] for n in backends}
-    for _ in range(ROUNDS):
-        for n, b in backends.items():
-            res[n].append(run(b))
+    # edgecompress's prefill/step loop through the runtime contract, the two side by side (the order flipped each round)
+    samples = measure_generations({n: StepsLoop(b) for n, b in backends.items()}, [int(t) for t in prompt[0]], N,
+                                  warmup=1, min_rounds=ROUNDS, max_rounds=ROUNDS)
+    res = {n: list(zip(s.first, (N / run for run in s.runs))) for n, s in samples.items()}
     out = {}
     for n, v in res.items():
         dec = [x[1] for x in v]; tt = [x[0] for x in v]
-        out[n] = {"decode_tok_s_median": statistics.median(dec), "decode_tok_s": [round(x, 1) for x in dec],
-                  "prefill_tok_s_median": P / statistics.median(tt), "ttft_ms_median": 1000 * statistics.median(tt),
+        out[n] = {"decode_tok_s_median": median(dec), "decode_tok_s": [round(x, 1) for x in dec],
+                  "prefill_tok_s_median": P / median(tt), "ttft_ms_median": 1000 * median(tt),
                   "model_bin_bytes": (R / n / "model.bin").stat().st_size}
         print(n, json.dumps(out[n]), flush=True)
     print("int4/fp32 decode", out["int4"]["decode_tok_s_median"] / out["fp32"]["decode_tok_s_median"])

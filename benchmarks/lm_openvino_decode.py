@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
-
 import compress  # noqa: F401 - first: the torchvision shim before transformers
+from benchmarks.harness.lm import LlamaCppDirect, StepsLoop
+from benchmarks.harness.timing import side_by_side, spread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,11 +74,10 @@ def openvino(spec: str, threads: int):
 
 
 def generate(backend, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-    """One greedy generation: (prefill seconds, tokens/s of the ``new_tokens - 1`` decode steps, the tokens)."""
-    from benchmarks.harness.lm import greedy_steps
-
-    ttft, decode, tokens = greedy_steps(backend, prompt, new_tokens - 1)
-    return ttft, (new_tokens - 1) / decode, tokens
+    """One greedy generation through the runtime contract's ``generate(timed=True)``: (prefill seconds, tokens/s of
+    the ``new_tokens - 1`` decode steps, the tokens)."""
+    made = backend.generate(prompt, new_tokens, timed=True)
+    return made.seconds[0], (new_tokens - 1) / sum(made.seconds[1:]), list(made.tokens)
 
 
 def prompt_ids(spec: str, text: str | None, length: int) -> list[int]:
@@ -98,16 +97,15 @@ def serve(name: str, spec: str, threads: int, prompt: list[int], new_tokens: int
     """A route's process: load it, report what it compiled and its greedy tokens (the warm-up), then one timed
     generation per message until ``None``."""
     if name == "llama.cpp":
-        from benchmarks.harness.lm import LlamaCppDirect
-
         backend, info = LlamaCppDirect(Path(spec), threads), {"gguf": spec}
     elif spec.startswith("genai:"):
         backend, info = GenAI(Path(spec[6:]), threads, new_tokens), {"genai": spec[6:]}
     else:
         from compress.runtimes.openvino_backend import attention_path
 
-        backend = openvino(spec, threads)
-        info = {"artifact": spec, "properties": backend.properties, **attention_path(backend.compiled)}
+        adapter = openvino(spec, threads)
+        info = {"artifact": spec, "properties": adapter.properties, **attention_path(adapter.compiled)}
+        backend = StepsLoop(adapter)  # edgecompress's prefill/step loop, not OpenVINO's own
     run = backend.generate if isinstance(backend, GenAI) else lambda p, n: generate(backend, p, n)
     conn.send((info, run(prompt, new_tokens)[2]))
     while conn.recv() is not None:
@@ -140,21 +138,28 @@ def main() -> None:
         procs[-1].start()
         info[name], tokens[name] = conns[name].recv()
         print(name, json.dumps(info[name]), flush=True)
-    samples = {n: [] for n in specs}
-    for i in range(args.rounds):  # the routes alternately within each round, one running at a time
-        for name, conn in conns.items():
+    def timed(conn):
+        def run():
             conn.send(True)
-            samples[name].append(conn.recv())
-        print(f"round {i + 1}/{args.rounds}", {n: round(s[-1][1], 1) for n, s in samples.items()}, flush=True)
+            return conn.recv()
+        return run
+
+    def heard(i, values):
+        print(f"round {i + 1}/{args.rounds}", {n: round(v[-1][1], 1) for n, v in values.items()}, flush=True)
+
+    # the routes alternately within each round (the order flipped every round), one running at a time
+    samples = side_by_side({name: timed(conn) for name, conn in conns.items()}, args.rounds, warmup=0,
+                           on_round=heard)
     for conn in conns.values():
         conn.send(None)
     for p in procs:
         p.join()
     rows = {}
     for name, s in samples.items():
-        rows[name] = {**info[name], "ttft_ms": 1000 * statistics.median(x[0] for x in s),
-                      "decode_tok_s": statistics.median(x[1] for x in s), "decode_tok_s_best": max(x[1] for x in s),
-                      "ttft_ms_best": 1000 * min(x[0] for x in s), "decode_tok_s_rounds": [round(x[1], 1) for x in s]}
+        ttft, decode = spread(x[0] for x in s), spread(x[1] for x in s)
+        rows[name] = {**info[name], "ttft_ms": 1000 * ttft.median, "decode_tok_s": decode.median,
+                      "decode_tok_s_best": decode.max, "ttft_ms_best": 1000 * ttft.min,
+                      "decode_tok_s_spread": decode.as_dict(2), "decode_tok_s_rounds": [round(x[1], 1) for x in s]}
     anchor = rows.get("llama.cpp")
     for name, r in rows.items():
         if anchor:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +48,8 @@ SHARED = ROOT.parent / "shared"
 STORIES = SHARED / "models" / "stories260K" / "hf"
 TEXT = SHARED / "data" / "tinystories" / "valid-first500.txt"
 sys.path.insert(0, str(ROOT))  # tests.builders, benchmarks.harness
+from benchmarks.harness.timing import median, spread
+
 BODY = dict(layers=30, hidden=576, heads=9, kv_heads=3, intermediate=1536, context=1024)  # SmolLM2-135M's body
 
 
@@ -114,39 +115,12 @@ def build(ckpt: Path, work: Path, routes: list[str]) -> tuple[dict[str, Path | N
 
 
 # --- running a route -------------------------------------------------------------------------------------------------
-class TorchGen:
-    """PyTorch FP32 through transformers with its KV cache, behind the runtime contract (prefill / step)."""
-
-    loop = "PyTorch (transformers' KV cache, a forward per token; this script's loop)"
-
-    def __init__(self, ckpt: Path, threads: int) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
-
-    def prefill(self, feeds):
-        with self.torch.inference_mode():
-            out = self.model(self.torch.from_numpy(feeds["input_ids"]), use_cache=True)
-        return {"logits": out.logits.numpy()}, out.past_key_values
-
-    def step(self, feeds, state):
-        with self.torch.inference_mode():
-            out = self.model(self.torch.from_numpy(feeds["input_ids"]), past_key_values=state, use_cache=True)
-        return {"logits": out.logits.numpy()}, out.past_key_values
-
-    def close(self) -> None:
-        self.model = None
-
-
 def load(route: str, path: Path, threads: int):
-    if route == "pytorch-fp32":
-        return TorchGen(path, threads)
-    if route.startswith("llama.cpp"):
-        from benchmarks.harness.lm import LlamaCppDirect
+    from benchmarks.harness.lm import LlamaCppDirect, TorchDirect
 
+    if route == "pytorch-fp32":
+        return TorchDirect(path, threads)
+    if route.startswith("llama.cpp"):
         return LlamaCppDirect(path / "model.gguf", threads)
     from compress.artifact import load_artifact
     from compress.runtimes.base import RuntimeSettings, load_runtime
@@ -161,18 +135,14 @@ def model_bytes(route: str, path: Path) -> int:
 
 
 def generate(backend, prompt: list[int], new_tokens: int) -> dict:
-    """One greedy generation of ``new_tokens`` decode steps after the first token: TTFT, decode and host-overhead
-    seconds, the tokens, the loop timed. An edgecompress backend runs its own loop (``generate(timed=True)``); the
-    two anchors (PyTorch, llama.cpp itself) run the plain loop below, which is all their runtime offers here."""
-    if hasattr(backend, "generation_loop"):
-        made = backend.generate(prompt, new_tokens + 1, timed=True)
-        host = sum(t - n for t, n in zip(made.seconds[1:], made.native_seconds[1:], strict=True))
-        return {"ttft": made.seconds[0], "decode": sum(made.seconds[1:]), "host": host, "tokens": made.tokens,
-                "loop": backend.generation_loop}
-    from benchmarks.harness.lm import greedy_steps
-
-    ttft, decode, tokens = greedy_steps(backend, prompt, new_tokens)
-    return {"ttft": ttft, "decode": decode, "host": None, "tokens": tokens, "loop": backend.loop}
+    """One greedy generation of ``new_tokens`` decode steps after the first token through the runtime contract's
+    ``generate(timed=True)`` (an edgecompress backend's own loop; the two anchors, PyTorch and llama.cpp itself, the
+    harness's :class:`~benchmarks.harness.lm.AnchorLoop`): TTFT, decode and host-overhead seconds, the tokens, the
+    loop timed."""
+    made = backend.generate(prompt, new_tokens + 1, timed=True)
+    host = sum(t - n for t, n in zip(made.seconds[1:], made.native_seconds[1:], strict=True))
+    return {"ttft": made.seconds[0], "decode": sum(made.seconds[1:]), "host": host, "tokens": made.tokens,
+            "loop": backend.generation_loop}
 
 
 def probe(route: str, path: str, threads: int) -> None:
@@ -266,11 +236,13 @@ def speed(ckpt: Path, work: Path, routes: list[str], args, text: Path = TEXT, bo
         print(f"round {i + 1}/{args.rounds} done", flush=True)
     rows = {}
     for route, runs in samples.items():
-        ttft, dec = statistics.median(r["ttft"] for r in runs), statistics.median(r["decode"] for r in runs)
+        ttft, dec = spread(r["ttft"] for r in runs), spread(r["decode"] for r in runs)
         host = [r["host"] for r in runs if r.get("host") is not None]
-        rows[route] = {"model_bytes": model_bytes(route, built[route]), "ttft_ms": 1000 * ttft,
-                       "prefill_tokens_per_s": len(prompt) / ttft, "decode_tokens_per_s": args.new_tokens / dec,
-                       "host_ms_per_token": 1000 * statistics.median(host) / args.new_tokens if host else None,
+        rows[route] = {"model_bytes": model_bytes(route, built[route]), "ttft_ms": 1000 * ttft.median,
+                       "prefill_tokens_per_s": len(prompt) / ttft.median,
+                       "decode_tokens_per_s": args.new_tokens / dec.median,
+                       "decode_seconds": dec.as_dict(), "ttft_seconds": ttft.as_dict(),
+                       "host_ms_per_token": 1000 * median(host) / args.new_tokens if host else None,
                        "loop": runs[0]["loop"], **fresh(route, built[route], args.threads)}
         if route in loaded:
             loaded[route].close()
@@ -290,7 +262,9 @@ def quality(work: Path, routes: list[str], args) -> tuple[dict, dict]:
     w = args.window
     windows = np.asarray([[1] + ids[i * w + 1:(i + 1) * w] for i in range(min(args.windows, len(ids) // w))],
                          dtype=np.int64)
-    ref = TorchGen(STORIES, args.threads)
+    from benchmarks.harness.lm import TorchDirect
+
+    ref = TorchDirect(STORIES, args.threads)
     teacher = [ref.prefill({"input_ids": row[None]})[0]["logits"] for row in windows]
     rows = {}
     for route, path in built.items():

@@ -33,6 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
+from benchmarks.harness.timing import spread
+
 DATA = HERE.parent.parent / "shared" / "data" / "sst2"
 
 
@@ -141,8 +143,8 @@ def main() -> int:
             rows.append({"model": name, "artifact": key, "runtime": f"{b.name} {b.version()}",
                          "accuracy": acc, "teacher_accuracy": ref_acc, "retention": acc / ref_acc,
                          "agreement": float((pred == ref_pred).mean()), "size_mb": round(art.size_bytes() / 1e6, 2),
-                         "p50_ms": round(float(np.median(samples[key])) * 1e3, 3),
-                         "p95_ms": round(float(np.percentile(samples[key], 95)) * 1e3, 3),
+                         "p50_ms": round(spread(samples[key]).median * 1e3, 3),
+                         "p95_ms": round(spread(samples[key]).p95 * 1e3, 3),
                          "timed_calls": len(samples[key]), "cold_start_ms": cold.get("cold_start_ms"),
                          "process_wall_ms": cold.get("process_wall_ms"), "peak_rss_mb": cold.get("peak_rss_mb"),
                          "cold_start": cold, "delegated": (art.manifest.steps[-1].metrics.get("delegated")

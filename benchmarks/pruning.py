@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 from benchmarks.harness.data import accuracy, subset_tsv
 from benchmarks.harness.results import host_and_versions
 from benchmarks.harness.teachers import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
+from benchmarks.harness.timing import median
 
 
 def log(msg: str) -> None:
@@ -272,11 +273,11 @@ def over_seeds(results: dict[str, dict]) -> dict[str, dict]:
             vals = [r[key] for r in rs if r.get(key) is not None]
             if vals:
                 g[key] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
-        g["int8_size_mb"] = statistics.median(r["int8_size_mb"] for r in rs)
-        g["size_ratio_vs_teacher_pytorch_fp32"] = statistics.median(
+        g["int8_size_mb"] = median(r["int8_size_mb"] for r in rs)
+        g["size_ratio_vs_teacher_pytorch_fp32"] = median(
             r["int8"]["size_ratio_vs_teacher_pytorch_fp32"] for r in rs)
-        g["p50_ms"] = statistics.median(r["int8"]["p50_ms"] for r in rs)
-        g["p50_speedup_vs_teacher_pytorch_fp32"] = statistics.median(
+        g["p50_ms"] = median(r["int8"]["p50_ms"] for r in rs)
+        g["p50_speedup_vs_teacher_pytorch_fp32"] = median(
             r["int8"]["p50_speedup_vs_teacher_pytorch_fp32"] for r in rs)
         out[name] = g
     return out
@@ -293,7 +294,7 @@ def seed_table(baseline: dict, groups: dict[str, dict]) -> str:
         ret = f"{g['dev_retention_vs_teacher']['mean']:.3f} / " + (
             f"{g['test_retention_vs_teacher']['mean']:.3f}" if "test_retention_vs_teacher" in g else "—")
         lines.append(
-            f"| {name} | {len(g['seeds'])} | {statistics.median(g['parameters']) / 1e6:.1f}M | "
+            f"| {name} | {len(g['seeds'])} | {median(g['parameters']) / 1e6:.1f}M | "
             f"{spread(g, 'dev_accuracy')} | {spread(g, 'test_accuracy')} | {ret} | {g['int8_size_mb']:.1f} | "
             f"{g['size_ratio_vs_teacher_pytorch_fp32']:.1f}x | {g['p50_ms']:.2f} | "
             f"{g['p50_speedup_vs_teacher_pytorch_fp32']:.2f}x |")

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 import numpy as np
 
 from benchmarks.harness.teachers import DEFAULT_DATA, ensure_teacher
+from benchmarks.harness.timing import median
 
 
 def log(msg: str) -> None:
@@ -278,8 +279,8 @@ def main() -> None:
             rounds.append({"ours_p50_ms": ours.get("p50"), "app_median_ms": app.get("median"), "ours": ours,
                            "benchmark_app": app})
         static = benchmark_app(art_dir / "model.xml", args.threads, args.bench_seconds, names, inputs_dir, True)
-        ours_med = float(np.median([r["ours_p50_ms"] for r in rounds if r["ours_p50_ms"]]))
-        app_med = float(np.median([r["app_median_ms"] for r in rounds if r["app_median_ms"]]))
+        ours_med = median(r["ours_p50_ms"] for r in rounds if r["ours_p50_ms"])
+        app_med = median(r["app_median_ms"] for r in rounds if r["app_median_ms"])
         bench[name] = {"rounds": rounds, "ours_p50_ms_median": ours_med, "app_median_ms_median": app_med,
                        "ratio_ours_over_app": ours_med / app_med, "app_static_shape_median_ms": static.get("median"),
                        "app_static_command": static.get("command")}

@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.harness
 from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.timing import median, side_by_side, time_calls
 
 MODEL = HERE.parents[1] / "shared" / "models" / "selfie-segmentation" / "selfie_segmentation.tflite"
 SIZE = 256
@@ -152,7 +153,6 @@ def _iou(model: bytes, data: Path) -> float:
 def _p50(model: bytes, data: Path, runs: int = 60) -> float:
     """p50 ms of one view in LiteRT's interpreter (XNNPACK where it takes the ops), 1 thread, on this shared
     machine: only comparable within one run."""
-    import time
 
     from ai_edge_litert.interpreter import Interpreter
 
@@ -160,12 +160,7 @@ def _p50(model: bytes, data: Path, runs: int = 60) -> float:
     it.allocate_tensors()
     i = it.get_input_details()[0]
     it.set_tensor(i["index"], np.zeros(i["shape"], i["dtype"]))
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        it.invoke()
-        times.append(time.perf_counter() - t)
-    return round(float(np.median(times[10:])) * 1e3, 2)
+    return round(median(time_calls(it.invoke, repeats=runs - 10, warmup=10)) * 1e3, 2)
 
 
 def ablation(data: dict[str, Path]) -> list[dict]:
@@ -236,7 +231,6 @@ def _cli(*args, check: bool = True) -> None:
 def _latencies(models: dict[str, bytes], data: Path, rounds: int = 10, per_round: int = 30) -> dict[str, float]:
     """Median ms of one view per model, 1 thread, the models timed in turn in each of ``rounds`` rounds (the machine's
     load falls on all alike)."""
-    import time
 
     from ai_edge_litert.interpreter import Interpreter
 
@@ -254,14 +248,9 @@ def _latencies(models: dict[str, bytes], data: Path, rounds: int = 10, per_round
         for _ in range(5):
             it.invoke()
         its[name] = it
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for _ in range(rounds):
-        for name, it in its.items():
-            for _ in range(per_round):
-                t = time.perf_counter()
-                it.invoke()
-                times[name].append(time.perf_counter() - t)
-    return {n: round(float(np.median(t)) * 1e3, 2) for n, t in times.items()}
+    got = side_by_side({n: (lambda it=it: time_calls(it.invoke, repeats=per_round, warmup=0)) for n, it in its.items()},
+                       rounds, warmup=0, flip=False)
+    return {n: round(median(t for r in runs for t in r) * 1e3, 2) for n, runs in got.items()}
 
 
 def main() -> None:

@@ -1,14 +1,17 @@
 """The benchmark harness's pure parts (benchmarks/harness/): a median with its spread, the order of side-by-side
-rounds, timed calls, and the results file. No model is loaded."""
+rounds, timed calls, the results file, and the anchors' greedy loop (on a made-up anchor). No model is loaded."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks.harness import results, timing
+from benchmarks.harness.lm import AnchorLoop
+from compress.host.measure import measure_generations
 
 
 def test_spread_is_the_median_and_nearest_rank_percentiles():
@@ -70,3 +73,31 @@ def test_the_results_file_carries_the_command_host_and_versions(tmp_path, monkey
     assert path == tmp_path / "results" / "bare.json"
     assert json.loads(path.read_text()) == {"command": "python /elsewhere/y.py", "rows": []}
     assert results.command([sys.executable]).startswith("python ")
+
+
+class _Counting(AnchorLoop):
+    """An anchor whose next token is always the last one fed + 1 (vocabulary 50)."""
+
+    loop = "counting"
+
+    def _logits(self, last: int):
+        logits = np.zeros((1, 1, 50), dtype=np.float32)
+        logits[0, 0, (last + 1) % 50] = 1.0
+        return {"logits": logits}
+
+    def prefill(self, feeds):
+        return self._logits(int(feeds["input_ids"][0, -1])), feeds["input_ids"].shape[1]
+
+    def step(self, feeds, state):
+        assert feeds["attention_mask"].shape[1] == state + 1  # the mask grows a token a step
+        return self._logits(int(feeds["input_ids"][0, -1])), state + 1
+
+
+def test_an_anchor_keeps_the_runtime_contracts_generate():
+    made = _Counting().generate([3, 4, 5], 4, timed=True)
+    assert made.tokens == [6, 7, 8, 9]
+    assert len(made.seconds) == len(made.native_seconds) == 4
+    assert all(0 <= n <= t for t, n in zip(made.seconds, made.native_seconds))
+    assert _Counting().generate([1], 2).seconds == ()  # untimed
+    samples = measure_generations({"anchor": _Counting()}, [1, 2], 3, warmup=0, min_rounds=2)
+    assert len(samples["anchor"].runs) == 2 and len(samples["anchor"].decode) == 6
