@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import side_by_side, spread, time_calls
 from compress.artifact import load_artifact
 from compress.stages.export import export
@@ -70,8 +71,7 @@ def main() -> None:
                                "int8_ops": m["int8_ops"], "n": s.n}
     base = out["models"]["O2 (old default)"]["p50_ms"]
     out["p50_ratio_plain_over_o2"] = out["models"]["plain (new default)"]["p50_ms"] / base
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_results(RESULTS, out)
     print(json.dumps(out, indent=2))
 
 

@@ -10,7 +10,6 @@ alternating rounds (the median of 3). Writes benchmarks/results/lm_onnx_decode.j
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # tests.builders, benchmarks.harness
+from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import median, side_by_side
 
 
@@ -76,10 +76,8 @@ def main() -> None:
     rows = [{"name": k, "decode_tokens_per_s": median(v), "rounds": v} for k, v in rates.items()]
     for r in rows:
         print(f"{r['name']:28s} {r['decode_tokens_per_s']:.1f} tokens/s", flush=True)
-    out = ROOT / "benchmarks" / "results" / "lm_onnx_decode.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": "SmolLM2-135M body, random weights, vocabulary 512", "threads": args.threads,
-                               "prompt_tokens": 128, "new_tokens": 32, "rows": rows}, indent=2) + "\n")
+    write_results("lm_onnx_decode", {"model": "SmolLM2-135M body, random weights, vocabulary 512",
+                                     "threads": args.threads, "prompt_tokens": 128, "new_tokens": 32, "rows": rows})
 
 
 if __name__ == "__main__":

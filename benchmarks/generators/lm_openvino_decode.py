@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 from benchmarks.harness.lm import LlamaCppDirect, StepsLoop
+from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import side_by_side, spread
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -171,9 +172,8 @@ def main() -> None:
               f"{r['ttft_ms']:6.1f} ms (best {r['ttft_ms_best']:6.1f})" + (
                   f"  {r['decode_vs_llama_cpp']:.2f}x llama.cpp (best/best {r['decode_best_vs_llama_cpp_best']:.2f}x)"
                   if anchor else ""), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "prompt_tokens": len(prompt),
-                                    "new_tokens": args.new_tokens, "rounds": args.rounds, "routes": rows}, indent=1))
+    write_results(args.out, {"threads": args.threads, "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
+                             "rounds": args.rounds, "routes": rows})
 
 
 if __name__ == "__main__":
