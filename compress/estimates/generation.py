@@ -29,7 +29,7 @@ dot products are faster than ONNX Runtime's on some CPUs), caches (a model that 
 DRAM bandwidth allows), threads (decode needs several cores to saturate DRAM on most SoCs), per-operator overhead
 (dominant for tiny models), and thermal limits. Figures are UNVERIFIED, as the encoders' estimates are: ``validate``
 never judges a budget PASS from them. The measured error on this repository's host is in ``docs/generators.md``
-(``benchmarks/generation_estimate.py``).
+(``benchmarks/generators/generation_estimate.py``).
 """
 
 from __future__ import annotations
