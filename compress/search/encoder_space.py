@@ -78,7 +78,7 @@ FILE_SPACE: dict[str, list[Any]] = {
 @dataclass(frozen=True)
 class Kind:
     """What a kind of teacher searches, and how its candidates train. ``distill`` / ``prune`` are defaults the
-    search's own settings override: images train at the rates benchmarks/images.py uses; text keeps distill's."""
+    search's own settings override: images train at the rates benchmarks/vision/images.py uses; text keeps distill's."""
 
     space: dict[str, list[Any]]
     distill: dict[str, Any] = field(default_factory=dict)
