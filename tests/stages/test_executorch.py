@@ -21,7 +21,7 @@ def images(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("et-images")
     write_image_set(root)
-    return {**write_hf_image_teachers(root / "t"), "set": root / "set"}
+    return {**write_hf_image_teachers(root / "t", vit_layers=1), "set": root / "set"}  # one layer: half the lowering
 
 
 @pytest.fixture(scope="module")
