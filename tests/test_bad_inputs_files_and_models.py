@@ -1,7 +1,9 @@
-"""Issue 53's bad inputs on the new surfaces: every quantize backend refuses, in one line, each option it does not read
-(the list generated from the settings model, so a new option is covered as soon as it exists); a truncated, random or
-NaN/Inf-holding ``.npz`` is one line wherever data files are read; a parity check that measured no number (NaN
-outputs) fails before anything is written."""
+"""Bad model files, data files and options (from issue 53): every quantize backend refuses, in one line, each option it
+does not read (the list generated from the settings model, so a new option is covered as soon as it exists); a
+truncated, random or NaN/Inf-holding ``.npz`` is one line wherever data files are read; a parity check that measured
+no number (NaN outputs) fails before anything is written.
+Also: a preprocess or declared inputs that do not fit the graph, a truncated OpenVINO IR, a generic or TorchScript
+program, a path that does not exist, class names given twice, and a Ctrl-C at a command's first and last instants."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Issue 69's bad inputs for readers and layouts: a Latin-1 or binary file given as text is one line naming the file
-and UTF-8 in every reader of users' text (they decode through compress.data.utf8); a ``.wav`` cut mid-sample is one
-line; ``finetune --task question-answering --max-length 8`` names the option in one line; a detector layout refuses a
-stride of 0 and the parameters another layout reads (``nms`` under ``yolox``, ``strides`` under ``decoded``)."""
+"""Bad inputs for readers and layouts (from issue 69): a Latin-1 or binary file given as text is one line naming the
+file and UTF-8 in every reader of users' text (they decode through compress.data.utf8); a ``.wav`` cut mid-sample is
+one line; ``finetune --task question-answering --max-length 8`` names the option in one line; a detector layout
+refuses a stride of 0 and the parameters another layout reads (``nms`` under ``yolox``, ``strides`` under
+``decoded``)."""
 
 from __future__ import annotations
 

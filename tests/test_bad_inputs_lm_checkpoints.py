@@ -1,4 +1,4 @@
-"""Issue 69's causal-LM checkpoint cases: one check of a checkpoint (:func:`compress.teachers.checkpoints.
+"""Spoiled causal-LM checkpoints (from issue 69): one check of a checkpoint (:func:`compress.teachers.checkpoints.
 check_checkpoint`) before transformers, ONNX Runtime GenAI's builder or ONNX Runtime read it. A causal LM without its
 tokenizer files, with a tokenizer larger than its ``vocab_size``, a truncated ``model.safetensors``, an unknown
 ``model_type`` or only pickled weights is one ``error:`` line, exit 2, nothing written, at export (the GenAI door) and

@@ -1,4 +1,6 @@
-"""Issue 77: bad input on the newest surfaces gets one line naming the fix (what a new user tried, as they tried it)."""
+"""A checkpoint's own code, refused wherever it is named, and flags that do not fit the model (a generator's flags on a
+classifier, an encoder's on a generator, k-quant blocks wider than a layer, a recipe's --set): one line naming the fix
+(from issue 77: what a new user tried, as they tried it)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 69's options that do not apply, refused in one line (exit 2, nothing written), and messages that name the
+"""Options that do not apply (from issue 69), refused in one line (exit 2, nothing written), and messages that name the
 right fix: a causal LM's export given an encoder exporter's option, ``--exclude-nodes`` resolved by the one resolver
 for every backend (``first:N`` / ``last:N``, unknown names refused)."""
 

@@ -1,9 +1,10 @@
-"""Issue 77, GGUF teachers and the cache: the checkpoint a ``.gguf`` dequantizes to (compress.teachers.gguf_checkpoint)
-is held while a command reads it, made again from the recorded file when dropped or damaged, and the lineage names the
-file given. The tests with a GGUF use a tiny random Llama's, written by the repository's own route (llama.cpp's
-converter): they skip without llama-cpp-python, gguf and a llama.cpp source tree (EDGECOMPRESS_LLAMA_CPP).
+"""GGUF teachers and the cache (from issue 77): the checkpoint a ``.gguf`` dequantizes to
+(compress.teachers.gguf_checkpoint) is held while a command reads it, made again from the recorded file when dropped
+or damaged, and the lineage names the file given. The tests with a GGUF use a tiny random Llama's, written by the
+repository's own route (llama.cpp's converter): they skip without llama-cpp-python, gguf and a llama.cpp source tree
+(EDGECOMPRESS_LLAMA_CPP).
 
-(``export FILE.gguf --opset 17`` refused before the file is read: tests/test_bad_inputs_69_options.py.)"""
+(``export FILE.gguf --opset 17`` refused before the file is read: tests/test_bad_inputs_options.py.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 69, signals: a Ctrl-C at any instant of a command (while the package, the command line or the libraries
+"""Signals (from issue 69): a Ctrl-C at any instant of a command (while the package, the command line or the libraries
 import, and during the work) ends in one line and exit 130 with nothing written; native libraries' own log lines stay
 off stderr."""
 
@@ -104,7 +104,7 @@ _EXEC_CTRL_C = ("import signal, sys; signal.signal(signal.SIGINT, signal.default
 def test_a_ctrl_c_out_of_execd_code_exits_130_not_by_the_signal(bert_classifier, tmp_path):
     """CPython 3.11 marks an interrupt out of ``exec``'d source as unhandled even when caught, and at the exit of a
     ``python -m`` run killed the process by SIGINT (returncode -2) after the one line, instead of exiting 130 as
-    docs/cli.md promises."""
+    docs/reference/cli.md promises."""
     (tmp_path / "mod").mkdir()
     (tmp_path / "mod" / "run69.py").write_text(_EXEC_CTRL_C, encoding="utf-8")
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "mod"), ENV.get("PYTHONPATH")]))}
