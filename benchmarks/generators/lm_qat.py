@@ -4,7 +4,7 @@ perplexity round-to-nearest INT4 loses does QAT win back?
 The TinyStories sample is split by its lines: the first 80% (lines 1-3488, about 400 stories) is the QAT transfer
 text (``--qat-data``), the rest (lines 3489-4360) the evaluation text, never trained on. Each artifact (FP32, INT4
 RTN as ``quantize --precision int4`` makes it, and INT4 after ``--qat-steps``, each variant below) is scored by the
-same stream as docs/generators.md's tables over the evaluation windows of 256 tokens (llama-perplexity's rule: the
+same stream as docs/guides/lm.md's tables over the evaluation windows of 256 tokens (llama-perplexity's rule: the
 second half of each window scored), KL and top-1 agreement against the FP32 graph. Writes
 benchmarks/results/lm_qat.json.
 

@@ -1,4 +1,4 @@
-"""Why the MobileNetV2 feature map misses 0.99 output cosine in INT8 (docs/results.md's reading of benchmarks/vision/adopted.py).
+"""Why the MobileNetV2 feature map misses 0.99 output cosine in INT8 (docs/benchmarks/results.md's reading of benchmarks/vision/adopted.py).
 
 On the adopted ``mobilenet_v2_features`` artifact ``benchmarks/vision/adopted.py`` leaves in ``--work``, and on its photo
 arrays (calibration: the calibration views; eval: the first ``--eval`` eval views), it measures the output cosine

@@ -103,7 +103,7 @@ class GeneratorSpace(Space):
                 + ", ".join(budgets_of(cls.kind)) + ")" + (f"; its {', '.join(theirs)} read an encoder's or a "
                                                          "classifier's outputs" if theirs else ""),
                 hint=f"give a profile YAML with extends: {profile.name} and budgets such as "
-                     "max_perplexity_increase: 0.1, min_decode_tokens_per_s: 50 (docs/profiles.md)")
+                     "max_perplexity_increase: 0.1, min_decode_tokens_per_s: 50 (docs/reference/profiles.md)")
         if theirs:
             notes.append(f"budgets {', '.join(theirs)} read an encoder's outputs: not judged for a generator")
         return [n for n in names if n in judged_for(cls.kind)]

@@ -39,7 +39,7 @@ ROUTES: dict[str, Route] = {
                       "pip install 'edgecompress[openvino]' (OpenVINO and NNCF)"),
     "llamacpp": Route("llamacpp", "gguf", ("q4_0", "q4_k_s", "q4_k_m"), (), (0.0,),
                       "pip install 'edgecompress[llamacpp]' and a llama.cpp source tree in EDGECOMPRESS_LLAMA_CPP "
-                      "(docs/generators.md, GGUF)"),
+                      "(docs/guides/lm.md, GGUF)"),
 }
 #: every dimension of a generator search with every choice (what ``--space`` may name for a generator)
 GENERATOR_SPACE: dict[str, list[Any]] = {

@@ -4,7 +4,7 @@ INT8 dynamic: weights quantized offline, activations at run time (no data needed
 INT8 static: activations calibrated on N samples (MinMax / mean-MinMax / Entropy / Percentile), QDQ format,
 per-channel weights; the QDQ pair ONNX Runtime puts on a graph output is removed (the logits stay float:
 :func:`compress.stages.quantize.graph.float_graph_outputs`). Image models also quantize the Clip/Relu between
-convolutions so ONNX Runtime fuses QLinearConv (see ``IMAGE_STATIC_OPS``, docs/cnn-int8.md).
+convolutions so ONNX Runtime fuses QLinearConv (see ``IMAGE_STATIC_OPS``, docs/benchmarks/cnn-int8.md).
 
 Every INT8 mode leaves GEMMs with K or N under 16 float, and ``speed_aware`` returns the layer groups INT8 makes
 slower to float (:mod:`compress.stages.quantize.speed`); the parity check against the input warns on a collapse, or

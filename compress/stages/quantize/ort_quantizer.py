@@ -86,7 +86,7 @@ def linear_output_convs(model) -> dict[str, str]:
     residual branch's last convolution, a box regression head: no activation rectifies or squashes their rounding
     error before the sums after them. On the ImageNet MobileNetV2 the 7th bit lost in its 17 projections cost 2.4
     points of top-1 on tuning views, the stem, expansions and classifier 0 to 1 view (``benchmarks/vision/weight_range.py``,
-    docs/cnn-int8.md); YOLOX-Nano (SiLU everywhere) has 3 of 113."""
+    docs/benchmarks/cnn-int8.md); YOLOX-Nano (SiLU everywhere) has 3 of 113."""
     inits = {t.name for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list] = {}
