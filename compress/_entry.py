@@ -14,7 +14,7 @@ def passive_waits() -> None:
     chose a policy. libgomp (PyTorch's OpenMP) reads it once, when it loads, so this runs before anything imports
     torch. Spinning barriers on a busy machine wait for a thread the kernel has parked behind other work: training
     steps of the demo's student on 2 threads took 3.88 s spinning vs 1.42 s passive (medians of 3, a 2-core VM at a
-    load of 4-15), 8.2-8.8 vs 3.0-3.4 s beside two more busy loops (benchmarks/busy_host.py; docs/validate.md "Busy
+    load of 4-15), 8.2-8.8 vs 3.0-3.4 s beside two more busy loops (benchmarks/devices/busy_host.py; docs/guides/validate.md "Busy
     machines")."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -41,7 +41,8 @@ from compress.tasks import Task, postprocess_for, postprocess_models, repeated_c
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+#: 2: the model's graphs listed by role (``entries``); a schema-1 manifest's one ``model_file`` reads as the entry ``model``
+SCHEMA_VERSION = 2
 
 
 #: a model's format: one member per entry of :data:`compress.formats.FORMATS` (its files, runtime, exporter and
@@ -201,6 +202,51 @@ class StreamSpec(BaseModel):
         return self.context + self.chunk
 
 
+class Role(StrEnum):
+    """What an entry point of an artifact is for. An artifact has one of :data:`ROLE_SETS`: ``model`` (one graph:
+    every forward pass, a stream, a generator whose one graph takes the prompt and each next token), ``encoder`` +
+    ``decoder`` (the encoder called once on the input, the decoder once per step, reading the encoder's outputs; a
+    speech recogniser, a translation model), or ``prefill`` + ``decode`` (the prompt through one graph, each next token
+    through another)."""
+
+    model = "model"
+    encoder = "encoder"
+    decoder = "decoder"
+    prefill = "prefill"
+    decode = "decode"
+
+
+#: the sets of roles an artifact's entries take, each in the order its entries are listed (the first is the main one)
+ROLE_SETS: tuple[tuple[Role, ...], ...] = ((Role.model,), (Role.encoder, Role.decoder), (Role.prefill, Role.decode))
+
+
+class Entry(BaseModel):
+    """One entry point of an artifact: a graph (its own file) or a method of a program file (ExecuTorch's ``.pte`` with
+    ``encoder`` and ``text_decoder`` methods), with the tensors it takes and returns and the state it feeds back."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Role = Field(description="What the entry is for: model; encoder, decoder; prefill, decode.")
+    file: str = Field(description="The model file, relative to the artifact directory (entries may share one).")
+    method: str | None = Field(None, description="The program method the entry runs, where one file holds several "
+                               "(an ExecuTorch program's encoder, text_decoder); None: the file's one graph.")
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    state: dict[str, str] = Field(
+        default_factory=dict, description="Which output feeds which input on the entry's next call: {present.0.key: "
+        "past_key_values.0.key}. Empty: read from the tensors' names (present.N.key -> past_key_values.N.key, "
+        "stateN -> state, x_out -> x_in).")
+
+    @field_validator("file")
+    @classmethod
+    def _file_inside(cls, v: str) -> str:
+        return _inside(v)
+
+
+#: a schema-1 manifest's keys for its one graph, which read as the entry ``model`` (and which single-graph code, and a
+#: child manifest's changes, still give: :meth:`Manifest._one_graph`)
+ONE_GRAPH_KEYS = {"model_file": "file", "inputs": "inputs", "outputs": "outputs"}
+
+
 def _postprocess_tag(v: Any) -> str | None:
     return type(v).__name__ if isinstance(v, BaseModel) else None
 
@@ -260,9 +306,10 @@ class Manifest(BaseModel):
     format: Format
     precision: Precision
     labels: ClassNames = Field(None, description="Class names by id (classification only).")
-    model_file: str = Field(description="Main model file, relative to the artifact directory.")
-    inputs: list[TensorSpec] = Field(default_factory=list)
-    outputs: list[TensorSpec] = Field(default_factory=list)
+    entries: list[Entry] = Field(
+        min_length=1, description="The model's graphs or program methods by role (one of ROLE_SETS, in its order): "
+        "model; encoder, decoder; prefill, decode. The first is the main entry, whose file, inputs and outputs "
+        "single-graph code reads as model_file, inputs and outputs.")
     preprocess: TextPreprocess | ImagePreprocess | ArrayPreprocess = Field(
         default_factory=TextPreprocess, discriminator="kind",
         description="How inputs are made from raw data (text: tokenizer, padding); the inputs list names what the "
@@ -309,10 +356,91 @@ class Manifest(BaseModel):
     def _task_postprocess(cls, v: Any, info: ValidationInfo) -> Any:
         return task_postprocess(info.data.get("task"), v)
 
-    @field_validator("model_file")
+    @model_validator(mode="before")
     @classmethod
-    def _model_file_inside(cls, v: str) -> str:
-        return _inside(v)
+    def _one_graph(cls, data: Any) -> Any:
+        """A schema-1 manifest's ``model_file``, ``inputs`` and ``outputs`` as the entry ``model``; given beside
+        ``entries`` (a child manifest's changes), they change the one entry there is."""
+        if not isinstance(data, dict) or not ONE_GRAPH_KEYS.keys() & data.keys():
+            return data
+        data = dict(data)
+        given = {field: data.pop(key) for key, field in ONE_GRAPH_KEYS.items() if key in data}
+        entries = list(data.get("entries") or [])
+        if not entries:
+            data["entries"] = [{"role": Role.model, "inputs": [], "outputs": [], **given}]
+            return data
+        if len(entries) > 1:
+            raise ValueError(f"model_file, inputs and outputs name one graph; this manifest has {len(entries)} entries "
+                             f"({', '.join(str(_role_of(e)) for e in entries)}): change an entry")
+        one = entries[0]
+        data["entries"] = [one.model_copy(update=given) if isinstance(one, Entry) else {**one, **given}]
+        return data
+
+    @field_validator("entries")
+    @classmethod
+    def _roles(cls, v: list[Entry]) -> list[Entry]:
+        roles = tuple(e.role for e in v)
+        if roles not in ROLE_SETS:
+            raise ValueError(f"entries take the roles {', '.join(roles)}; an artifact has one of: "
+                             + "; ".join(" + ".join(s) for s in ROLE_SETS) + " (in that order)")
+        return v
+
+    # -- the main entry, what single-graph code reads ---------------------------------------------------------------
+    @property
+    def main(self) -> Entry:
+        """The main entry (the first): the one graph of a one-graph model, the encoder, the prefill."""
+        return self.entries[0]
+
+    def entry(self, role: Role | str) -> Entry:
+        """The entry of ``role``; a role the artifact lacks is refused in one line naming those it has."""
+        found = next((e for e in self.entries if e.role == role), None)
+        if found is None:
+            raise ArtifactError(f"the model has no entry {role} (its entries: {', '.join(self.roles)})")
+        return found
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(str(e.role) for e in self.entries)
+
+    @property
+    def model_file(self) -> str:
+        """The main entry's file."""
+        return self.main.file
+
+    @model_file.setter
+    def model_file(self, value: str) -> None:
+        self._one().file = _inside(value)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """The main entry's inputs."""
+        return self.main.inputs
+
+    @inputs.setter
+    def inputs(self, value: list[TensorSpec]) -> None:
+        self._one().inputs = list(value)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """The main entry's outputs."""
+        return self.main.outputs
+
+    @outputs.setter
+    def outputs(self, value: list[TensorSpec]) -> None:
+        self._one().outputs = list(value)
+
+    def with_model_file(self, name: str) -> Manifest:
+        """A copy of this one-graph manifest whose graph is the file ``name`` (a candidate beside the model)."""
+        copy = self.model_copy(deep=True)
+        copy.model_file = name
+        return copy
+
+    def _one(self) -> Entry:
+        """The one entry a single-graph change (model_file, inputs, outputs set) applies to."""
+        if len(self.entries) > 1:
+            raise ArtifactError(f"model_file, inputs and outputs name one graph; this model has the entries "
+                                f"{', '.join(self.roles)}: change an entry")
+        return self.entries[0]
 
     @field_validator("files")
     @classmethod
@@ -320,6 +448,10 @@ class Manifest(BaseModel):
         for name in v:
             _inside(name)
         return v
+
+
+def _role_of(entry: Any) -> Any:
+    return entry.role if isinstance(entry, Entry) else entry.get("role") if isinstance(entry, dict) else entry
 
 
 def _inside(name: str) -> str:
@@ -384,7 +516,12 @@ class Artifact:
 
     @property
     def model_path(self) -> Path:
+        """The main entry's file."""
         return self.path / self.manifest.model_file
+
+    def entry_path(self, role: Role | str) -> Path:
+        """The file of the entry ``role``."""
+        return self.path / self.manifest.entry(role).file
 
     @property
     def format(self) -> Format:
@@ -408,17 +545,18 @@ class Artifact:
         return sum((self.path / n).stat().st_size for n in names)
 
     def model_files(self) -> list[str]:
-        """The model file and its weight side files (external data, .bin of an IR)."""
-        stem = Path(self.manifest.model_file).stem
+        """Every entry's model file and its weight side files (external data, .bin of an IR)."""
+        mains = list(dict.fromkeys(e.file for e in self.manifest.entries))
+        stems = tuple(Path(f).stem for f in mains)
         return [
             n for n in self.manifest.files
-            if n == self.manifest.model_file or n.startswith(self.manifest.model_file + "/") or (Path(n).stem.startswith(stem) and Path(n).suffix in
+            if any(n == f or n.startswith(f + "/") for f in mains) or (Path(n).stem.startswith(stems) and Path(n).suffix in
                                                  {".data", ".bin", ".onnx_data", ".weights", ".safetensors"})
         ]
 
     def verify(self) -> None:
         root = self.path.resolve()
-        for n in [self.manifest.model_file, *self.manifest.files]:
+        for n in [*(e.file for e in self.manifest.entries), *self.manifest.files]:
             if not (self.path / n).resolve().is_relative_to(root):
                 raise IntegrityError(
                     f"{self.path}: {n} listed in the manifest resolves outside the artifact (a link?)",
@@ -456,7 +594,7 @@ def load_artifact(path: Path | str, verify: bool = True) -> Artifact:
     if not mf.is_file():
         if path.is_file() and path.suffix.lower() in (".onnx", ".xml", ".pt2"):  # a model file made elsewhere
             raise ArtifactError(f"{path}: a model file, not an edgecompress artifact yet",
-                                hint=f"adopt it first: `edgecompress export {path} --out DIR` (see docs/model-files.md)")
+                                hint=f"adopt it first: `edgecompress export {path} --out DIR` (see docs/guides/model-files.md)")
         raise ArtifactError(
             f"{path}: not an edgecompress artifact (no {MANIFEST})",
             hint="create one with `edgecompress export TEACHER_DIR --out DIR`",

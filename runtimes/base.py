@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compress._optional import is_available, require
-from compress.artifact import Artifact, Format, state_input_of
+from compress.artifact import Artifact, Entry, Format, Role, state_input_of
 from compress.data.tokenization import encoder_for
 from compress.device.feeds import TextFeeds
 from compress.device.shipped import StreamCalls, first_subtokens, pool, token_feeds
@@ -54,6 +54,16 @@ class StatePair:
 
     def initial(self) -> np.ndarray:
         return np.zeros(self.shape, dtype=self.dtype)
+
+    @classmethod
+    def of(cls, tensor: Any, output: str, sizes: dict[str, int] | None = None) -> StatePair:
+        """The pair of the input ``tensor`` (a :class:`~compress.artifact.TensorSpec`) and ``output``: a symbolic
+        dimension of the initial shape is ``sizes[name]`` when given, else 1 for a batch axis and 0 for any other (a
+        past that grows from nothing)."""
+        sizes = sizes or {}
+        shape = tuple(d if isinstance(d, int) and d >= 0 else
+                      sizes.get(str(d), 1 if "batch" in str(d).lower() else 0) for d in tensor.shape)
+        return cls(tensor.name, output, shape, tensor.dtype)
 
 
 @dataclass(frozen=True)
@@ -95,11 +105,33 @@ class StateSpec:
         for out in outputs:
             name = state_input_of(out.name, by_name)
             if name is not None:
-                spec = by_name[name]
-                shape = tuple(d if isinstance(d, int) and d >= 0 else
-                              sizes.get(str(d), 1 if "batch" in str(d).lower() else 0) for d in spec.shape)
-                pairs.append(StatePair(name, out.name, shape, spec.dtype))
+                pairs.append(StatePair.of(by_name[name], out.name, sizes))
         return cls(tuple(pairs)) if pairs else None
+
+
+def entry_state(entry: Entry) -> StateSpec | None:
+    """The state an entry point feeds back between its calls: the pairs its manifest entry declares (``state``: output
+    -> input, the initial shape and dtype the input's, as :meth:`StateSpec.from_tensors` makes them), else those its
+    tensors' names say; None when there are none."""
+    if not entry.state:
+        return StateSpec.from_tensors(entry.inputs, entry.outputs)
+    takes = {t.name: t for t in entry.inputs}
+    returns = {t.name for t in entry.outputs}
+    bad = next(((o, i) for o, i in entry.state.items() if o not in returns or i not in takes), None)
+    if bad is not None:
+        raise ConfigError(f"the entry {entry.role}'s state {bad[0]} -> {bad[1]} is not an output -> input of it",
+                          hint="state maps an output of the entry to the input it feeds: {present.0.key: "
+                          "past_key_values.0.key}")
+    return StateSpec(tuple(StatePair.of(takes[name], out) for out, name in entry.state.items()))
+
+
+#: the entry a stateful step's first call and each next call run, by the main entry's role: one graph for both; the
+#: decoder (the encoder called once before it, :meth:`RuntimeBackend.encoder_outputs`); a prefill graph, then a decode
+STEP_ENTRIES: dict[Role, tuple[Role, Role]] = {
+    Role.model: (Role.model, Role.model),
+    Role.encoder: (Role.decoder, Role.decoder),
+    Role.prefill: (Role.prefill, Role.decode),
+}
 
 
 @dataclass
@@ -112,7 +144,9 @@ class RuntimeSettings:
 
 
 class RuntimeBackend(ABC):
-    """Load an artifact and run it. Subclasses implement ``_load``, ``run`` and ``version``."""
+    """Load an artifact and run it. Subclasses implement ``_load``, :meth:`call` (the one way in: one call of one of
+    the artifact's entry points) and ``version``; ``run``, ``predict``, ``run_stream``, ``prefill``/``step`` and
+    ``generate`` are built on :meth:`call` here."""
 
     name: ClassVar[str]
     module: ClassVar[str]  # the Python module this adapter needs
@@ -125,6 +159,9 @@ class RuntimeBackend(ABC):
     #: bytes moved per token count it
     copies_cache: ClassVar[bool] = True
     native_seconds: float = 0.0  # seconds spent in the runtime's own calls so far (see native)
+    #: whether :meth:`call` returns every output the entry names, by name, dtypes as the graph returns them: what a
+    #: state fed back between calls needs (a stream, a KV cache fed back); an adapter that casts or drops outputs says no
+    named_outputs: ClassVar[bool] = True
 
     def __init__(self, artifact: Artifact, settings: RuntimeSettings | None = None) -> None:
         if artifact.format not in self.formats:
@@ -146,12 +183,33 @@ class RuntimeBackend(ABC):
         """Create the session/model from ``self.artifact`` honouring ``self.settings``."""
 
     @abstractmethod
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One call of the entry point ``entry`` (a role among the manifest's entries: ``model``; ``encoder``,
+        ``decoder``; ``prefill``, ``decode``): the ``outputs`` named (None: every output) by name, as the runtime
+        returns them (dtypes kept where :attr:`named_outputs`). Feeds the entry does not take are left out. An entry
+        the artifact lacks, or one the runtime cannot run, is refused in one line (:meth:`entry`)."""
+
+    def entry(self, role: str) -> Entry:
+        """The manifest's entry ``role``; one it lacks is refused in one line naming those it has."""
+        return self.artifact.manifest.entry(role)
+
+    @property
+    def main(self) -> str:
+        """The main entry's role: what :meth:`run` and :meth:`predict` call (``model``, ``encoder`` or ``prefill``)."""
+        return str(self.artifact.manifest.main.role)
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Run one batch; return the primary output (logits or last hidden state) as float32 numpy."""
+        """Run one batch through the main entry; return its primary output (logits or last hidden state, the
+        manifest's first output; the runtime's first where it names them otherwise) as float32 numpy."""
+        outs = self.artifact.manifest.outputs
+        primary = outs[0].name if outs else None
+        out = self.call(self.main, inputs, None if primary is None else [primary])
+        return np.asarray(out[primary] if primary in out else next(iter(out.values())), dtype=np.float32)
 
     def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        """Every output of one batch by name (float32), for per-output fidelity; None where the adapter cannot."""
-        return None
+        """Every output of one batch through the main entry by name (float32), for per-output fidelity."""
+        return {name: np.asarray(v, dtype=np.float32) for name, v in self.call(self.main, inputs).items()}
 
     def outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """:meth:`run_outputs` on a batch of any size (in slices of a fixed batch, as :meth:`predict` runs)."""
@@ -255,25 +313,25 @@ class RuntimeBackend(ABC):
         """Release the session/model."""
 
     # -- a stateful step (a KV cache, a recurrent state fed back) ----------------------------------
-    def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        """Every output of one call by name, dtypes as the graph returns them (state is fed back as it came);
-        None where the adapter cannot. Adapters that run a stateful step implement it."""
-        return None
+    @property
+    def step_entries(self) -> tuple[str, str]:
+        """The entries a stateful step's first call and each next call run (:data:`STEP_ENTRIES`)."""
+        first, then = STEP_ENTRIES[self.artifact.manifest.main.role]
+        return str(first), str(then)
 
     @property
     def state_spec(self) -> StateSpec | None:
         """The state this model feeds back between steps: given (``backend.declared_state = StateSpec(...)``), else
-        a streaming model's (the manifest's ``stream.state``), else read from the manifest's tensors
-        (:meth:`StateSpec.from_tensors`); None for a model of one forward pass."""
+        a streaming model's (the manifest's ``stream.state``), else the step entry's (:func:`entry_state`: its
+        declared ``state``, or read from its tensors); None for a model of one forward pass."""
         if self.declared_state is None:
-            m = self.artifact.manifest
             calls = self.stream_calls
             if calls is not None:
                 initial = calls.initial_state()
                 self.declared_state = StateSpec(tuple(StatePair(i, o, initial[i].shape, str(initial[i].dtype))
                                                       for o, i in calls.state.items()))
             else:
-                self.declared_state = StateSpec.from_tensors(m.inputs, m.outputs) or StateSpec(())
+                self.declared_state = entry_state(self.entry(self.step_entries[1])) or StateSpec(())
         return self.declared_state if self.declared_state.pairs else None
 
     @property
@@ -289,29 +347,42 @@ class RuntimeBackend(ABC):
         if calls is None:
             raise ConfigError(f"{self.artifact.path} is not a streaming model (its manifest has no stream)",
                               hint="describe the stream in model.yaml's stream: block and adopt the file again")
-        if type(self).run_named is RuntimeBackend.run_named:
+        if not self.named_outputs:
             raise ConfigError(f"runtime {self.name} cannot run a streaming model (no call returns its state)",
                               hint="run it in onnxruntime or openvino")
-        return calls.run(self.run_named, values)
+        main = self.main
+        return calls.run(lambda feeds: self.call(main, feeds), values)
 
     @property
     def stateful(self) -> bool:
         """Whether this runtime runs the model as a stateful step (:meth:`prefill` / :meth:`step`)."""
-        return self.state_spec is not None and type(self).run_named is not RuntimeBackend.run_named
+        return self.state_spec is not None and self.named_outputs
 
     def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The first step (a prompt, a stream's first chunk) from the initial state: (outputs, state)."""
+        """The first step (a prompt, a stream's first chunk) from the initial state, through the first step entry
+        (``model``, ``decoder`` or ``prefill``): (outputs, state)."""
         spec = self._require_state()
-        return self.step(feeds, spec.initial())
+        return self._step(self.step_entries[0], feeds, spec.initial())
 
     def step(self, feeds: dict[str, np.ndarray],
              state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """One step with ``state`` (by input name) fed in: (the outputs that are not state, the next state)."""
-        spec = self._require_state()
-        outputs = self.run_named({**feeds, **state})
-        if outputs is None:
-            raise ConfigError(f"runtime {self.name} cannot run a stateful step")
-        return spec.split(outputs)
+        """One step with ``state`` (by input name) fed in, through the step entry (``model``, ``decoder`` or
+        ``decode``): (the outputs that are not state, the next state)."""
+        self._require_state()
+        return self._step(self.step_entries[1], feeds, state)
+
+    def _step(self, entry: str, feeds: dict[str, np.ndarray],
+              state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return self._require_state().split(self.call(entry, {**feeds, **state}))
+
+    def encoder_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """An encoder + decoder model's encoder, called once on ``feeds``: the outputs the decoder takes (an input of
+        the decoder's entry named as the encoder's output), which every decoder call is then fed; {} for a model
+        without an encoder entry."""
+        if Role.encoder not in self.artifact.manifest.roles:
+            return {}
+        takes = {t.name for t in self.entry(Role.decoder).inputs}
+        return {k: v for k, v in self.call(Role.encoder, feeds).items() if k in takes}
 
     def run_steps(self, feeds: dict[str, np.ndarray], steps: int,
                   next_feeds: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray] | None], *,
@@ -343,7 +414,8 @@ class RuntimeBackend(ABC):
     def generate(self, prompt_ids: Sequence[int], new_tokens: int, *, eos: Collection[int] = (),
                  context: int | None = None, logits: bool = False, timed: bool = False) -> Generated:
         """Greedy decoding of ``prompt_ids`` (batch 1) through the cache (:meth:`run_steps`): each token the arg-max
-        of the last logits. It stops after ``new_tokens`` tokens, an ``eos`` token (kept) or the ``context``'s end.
+        of the last logits. An encoder + decoder model's encoder is called once on the prompt's feeds and its outputs
+        fed to every decoder call (:meth:`encoder_outputs`). It stops after ``new_tokens`` tokens, an ``eos`` token (kept) or the ``context``'s end.
         ``logits``: also each made token's step logits (every token is then fed back, the last one too). ``timed``:
         the seconds of each token made and the runtime's share of them (:class:`Generated`; the runtime's share is
         what the adapter's calls spent in :meth:`native`). A backend whose runtime has its own generation loop
@@ -369,9 +441,10 @@ class RuntimeBackend(ABC):
                 mark[:] = [now, self.native_seconds]
             if (nxt in eos or len(tokens) == new_tokens) and not logits:
                 return None
-            return token_feeds([[nxt]], len(prompt) + len(tokens))
+            return {**token_feeds([[nxt]], len(prompt) + len(tokens)), **encoded}
 
-        seen, _ = self.run_steps(token_feeds([prompt], len(prompt)), max(limit, 0), pick)
+        encoded = self.encoder_outputs(token_feeds([prompt], len(prompt)))  # {} but for an encoder + decoder
+        seen, _ = self.run_steps({**token_feeds([prompt], len(prompt)), **encoded}, max(limit, 0), pick)
         return Generated(seen[0]["logits"][0], tokens, [o["logits"][0, -1] for o in seen[1:]] if logits else [],
                          tuple(seconds), tuple(native))
 

@@ -10,6 +10,7 @@ schedules its own work). A package takes one row per call (what the export write
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +26,8 @@ class CoreMLBackend(RuntimeBackend):
     name: ClassVar[str] = "coreml"
     module: ClassVar[str] = "coremltools"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.coreml})
+    #: outputs come back float32 by Core ML's names: no state fed back by name
+    named_outputs: ClassVar[bool] = False
 
     @classmethod
     def runs_here(cls) -> bool:
@@ -49,17 +52,16 @@ class CoreMLBackend(RuntimeBackend):
         spec = self.model.get_spec().description
         self._types = {i.name: (np.float32 if i.type.multiArrayType.dataType in (65552, 65568) else np.int32)
                        for i in spec.input}
-        self._primary = self.artifact.manifest.outputs[0].name
 
-    def _one(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {n: np.ascontiguousarray(inputs[n], dtype=t) for n, t in self._types.items()}
-        return {k: np.asarray(v, dtype=np.float32) for k, v in self.model.predict(feeds).items()}
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self._one(inputs)[self._primary]
-
-    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._one(inputs)
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One prediction of the package (its one entry, ``model``): every output float32 by Core ML's names, or
+        those named. A package of several entry points is not run here."""
+        if str(self.entry(entry).role) != self.main or len(self.artifact.manifest.entries) > 1:
+            raise ConfigError(f"the coreml runtime runs a package of one model, not the entry {entry}")
+        feeds = {n: np.ascontiguousarray(feeds[n], dtype=t) for n, t in self._types.items()}
+        out = {k: np.asarray(v, dtype=np.float32) for k, v in self.model.predict(feeds).items()}
+        return out if outputs is None else {n: out[n] for n in outputs}
 
     @classmethod
     def version(cls) -> str | None:

@@ -14,6 +14,7 @@ runs the state's tokens again first, so a caller that passes back what it got al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,12 +60,19 @@ class ExecuTorchBackend(RuntimeBackend):
         if self.settings.threads:
             portable_lib._unsafe_reset_threadpool(int(self.settings.threads))
         self.settings.threads = int(portable_lib._threadpool_get_thread_count())
-        self.program = Runtime.get().load_program(str(self.artifact.model_path))
-        self.method = self.program.load_method("forward")
+        runtime = Runtime.get()
+        programs: dict[str, Any] = {}  # entries may be methods of one program file
+        #: each entry point's loaded method (the entry's ``method``, else the program's ``forward``), by role
+        self.methods: dict[str, Any] = {}
+        for entry in self.artifact.manifest.entries:
+            if entry.file not in programs:
+                programs[entry.file] = runtime.load_program(str(self.artifact.path / entry.file))
+            self.methods[str(entry.role)] = programs[entry.file].load_method(entry.method or "forward")
+        self.program = programs[self.artifact.manifest.model_file]
+        self.method = self.methods[self.main]
         self._torch = torch
-        self._names = [t.name for t in self.artifact.manifest.inputs]
         self._dtypes = {t.name: np.int64 if t.dtype.startswith("int") else np.float32
-                        for t in self.artifact.manifest.inputs}
+                        for e in self.artifact.manifest.entries for t in e.inputs}
         if self._generator:
             cache = self.artifact.manifest.postprocess.cache
             self.max_length = int(cache.max_length)
@@ -75,19 +83,31 @@ class ExecuTorchBackend(RuntimeBackend):
     def fixed_batch(self) -> int | None:
         return 1  # one row per call (a program is traced with one)
 
-    def _feed(self, inputs: dict[str, np.ndarray]) -> list[Any]:
-        return [self._torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=self._dtypes[n])) for n in self._names]
+    def _feed(self, entry: str, inputs: dict[str, np.ndarray]) -> list[Any]:
+        return [self._torch.from_numpy(np.ascontiguousarray(inputs[t.name], dtype=self._dtypes[t.name]))
+                for t in self.entry(entry).inputs]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if self._generator:  # the logits [1, S, V] of one prompt
-            return self.prefill(inputs)[0]["logits"]
-        rows = len(next(iter(inputs.values())))
-        if rows == 1:
-            return self.method.execute(self._feed(inputs))[0].numpy().astype(np.float32, copy=True)
-        return np.concatenate([self.run({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(rows)])
-
-    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {self.artifact.manifest.outputs[0].name: self.run(inputs)}
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One execution of the entry ``entry``'s method, row by row (a program takes one row per call): its outputs by
+        the entry's names. A generator's program takes the tokens ``input_ids`` [1, S] at the positions after those
+        the attention mask counts before them (none without a mask): ``logits`` [1, S, V], its KV cache kept in the
+        program's buffers."""
+        method = self.methods.get(str(entry))
+        if method is None:
+            self.entry(entry)  # an entry the artifact lacks: refused in one line
+            raise ConfigError(f"{self.artifact.path}: the ExecuTorch program is closed")
+        if self._generator:
+            tokens = _tokens(feeds)
+            mask = feeds.get("attention_mask")
+            start = 0 if mask is None else int(np.asarray(mask).shape[1]) - len(tokens)
+            return {"logits": self._forward(tokens, start)[None]}
+        names = [t.name for t in self.entry(entry).outputs]
+        rows = len(next(iter(feeds.values())))
+        parts = [method.execute(self._feed(entry, {k: v[i:i + 1] for k, v in feeds.items()})) for i in range(rows)]
+        out = {names[j] if j < len(names) else f"output_{j}": np.concatenate([p[j].numpy() for p in parts])
+               for j in range(len(parts[0]))}
+        return out if outputs is None else {n: out[n] for n in outputs if n in out}
 
     # -- a generator's program: the KV cache lives in its mutable buffers ----------------------------------------
     @property
@@ -143,6 +163,7 @@ class ExecuTorchBackend(RuntimeBackend):
     def close(self) -> None:
         self.method = None
         self.program = None
+        self.methods = {}
 
 
 def _tokens(feeds: dict[str, np.ndarray]) -> list[int]:

@@ -7,11 +7,13 @@ batch takes that many rows per call (a larger batch runs in slices); a dynamic d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from compress.artifact import Format
+from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeBackend
 
 
@@ -19,6 +21,8 @@ class LiteRTBackend(RuntimeBackend):
     name: ClassVar[str] = "litert"
     module: ClassVar[str] = "ai_edge_litert"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.litert})
+    #: outputs come back float32 (a full-integer model's dequantized): no state fed back by name
+    named_outputs: ClassVar[bool] = False
 
     def _load(self) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -35,6 +39,9 @@ class LiteRTBackend(RuntimeBackend):
         self._outputs = list(self.interpreter.get_output_details())
         wanted = self.artifact.manifest.outputs[0].name
         self._primary = next((d for d in self._outputs if d["name"] == wanted), self._outputs[0])
+        if len(self.artifact.manifest.entries) > 1:
+            raise ConfigError(f"the litert runtime runs a model of one graph; {self.artifact.path} has the entries "
+                              f"{', '.join(self.artifact.manifest.roles)}", hint="run it in onnxruntime")
 
     def _fit(self, name: str, value: np.ndarray, shape: tuple) -> np.ndarray:
         """A text input to a model of one fixed sequence length: padded with zeros (masked positions), or cut."""
@@ -82,13 +89,15 @@ class LiteRTBackend(RuntimeBackend):
             it.set_tensor(d["index"], inputs[name])
         it.invoke()
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        self._invoke(inputs)
-        return self._float(self.interpreter.get_tensor(self._primary["index"]), self._primary)
-
-    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._invoke(inputs)
-        return {d["name"]: self._float(self.interpreter.get_tensor(d["index"]), d) for d in self._outputs}
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One invoke of the model (its one entry): the outputs named (a name it lacks read from the primary output;
+        None: every output) as float32, a quantized output dequantized."""
+        self.entry(entry)
+        self._invoke(feeds)
+        by_name = {d["name"]: d for d in self._outputs}
+        details = [(n, by_name.get(n, self._primary)) for n in outputs] if outputs is not None else by_name.items()
+        return {n: self._float(self.interpreter.get_tensor(d["index"]), d) for n, d in details}
 
     @classmethod
     def version(cls) -> str | None:

@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import logging
 import weakref
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -119,6 +120,18 @@ class LlamaCppBackend(RuntimeBackend):
         self.native(self.llm.eval, tokens)
         return np.array(self.llm.scores[start:start + len(tokens)], dtype=np.float32)
 
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One evaluation in the context (the GGUF's one entry, ``model``): the tokens ``input_ids`` [1, S] after the
+        positions the attention mask counts before them (none without a mask): ``logits`` [1, S, V], the KV cache
+        kept in the context."""
+        if str(self.entry(entry).role) != self.main:
+            raise ConfigError(f"llama.cpp runs a GGUF's one model, not the entry {entry}")
+        tokens = _tokens(feeds)
+        mask = feeds.get("attention_mask")
+        start = 0 if mask is None else int(np.asarray(mask).shape[1]) - len(tokens)
+        return {"logits": self._eval(tokens, start)[None]}
+
     def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], LlamaCppState]:
         tokens = _tokens(feeds)
         logits = self._eval(tokens, 0)
@@ -133,13 +146,6 @@ class LlamaCppBackend(RuntimeBackend):
             self._eval(state.tokens, 0)  # the context moved on (another prefill): evaluate this generation again
         logits = self._eval(tokens, len(state.tokens))
         return {"logits": logits[None]}, LlamaCppState(state.tokens + tokens)
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The logits [1, S, V] of one prompt (batch 1)."""
-        return self.prefill(inputs)[0]["logits"]
-
-    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"logits": self.run(inputs)}
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"n_ctx": self.n_ctx}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -91,14 +92,15 @@ class OpenVINOBackend(RuntimeBackend):
                 config["INFERENCE_NUM_THREADS"] = int(self.settings.threads)
         config.update({str(k): v for k, v in self.settings.options.items()})
         self.core = core
-        self.compiled = core.compile_model(str(self.artifact.model_path), device, config)
-        self.request = self.compiled.create_infer_request()
-        self._input_names = {p.get_any_name() for p in self.compiled.inputs}
-        self._has_variables = bool(self.request.query_state())  # a stateful IR (a generator's KV cache inside)
-        wanted = self.artifact.manifest.outputs[0].name
-        self._output = next(
-            (o for o in self.compiled.outputs if wanted in o.get_names()), self.compiled.outputs[0]
-        )
+        #: each entry point's compiled model, its request and its input names, by role
+        self._entries: dict[str, tuple[Any, Any, set[str]]] = {}
+        for entry in self.artifact.manifest.entries:
+            compiled = core.compile_model(str(self.artifact.entry_path(entry.role)), device, config)
+            self._entries[str(entry.role)] = (compiled, compiled.create_infer_request(),
+                                              {p.get_any_name() for p in compiled.inputs})
+        self.compiled, self.request, _ = self._entries[self.main]
+        step = self._entries[self.step_entries[1]][1]
+        self._has_variables = bool(step.query_state())  # a stateful IR (a generator's KV cache inside)
         self.properties = {
             k: _type_name(self.compiled.get_property(k))  # an element type as f32, u8 (not "<Type: 'float32'>")
             for k in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT",
@@ -106,18 +108,24 @@ class OpenVINOBackend(RuntimeBackend):
             if _has_property(self.compiled, k)
         }
 
-    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: v for k, v in inputs.items() if k in self._input_names}
-        result = self.request.infer(feed, share_inputs=True, share_outputs=False)
-        return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
-
-    def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every output by name as the IR returns it (a streaming model's state is fed back unconverted)."""
-        feed = {k: np.require(v, requirements='C') for k, v in inputs.items() if k in self._input_names}
-        result = self.request.infer(feed, share_inputs=True, share_outputs=False)
-        wanted = [t.name for t in self.artifact.manifest.outputs]  # an output's names may list others before it
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One inference of the entry ``entry``'s IR on its request: every output by the manifest's name (an output's
+        names may list others before it) as the IR returns it (a streaming model's state is fed back unconverted);
+        ``outputs`` named: those only, read zero-copy and copied once (the request reuses its output buffers), a name
+        the IR lacks read from its first output."""
+        if self._entries.get(str(entry)) is None:
+            self.entry(entry)  # an entry the artifact lacks: refused in one line
+            raise ConfigError(f"{self.artifact.path}: the OpenVINO request of {entry} is closed")
+        compiled, request, names = self._entries[str(entry)]
+        feed = {k: np.require(v, requirements='C') for k, v in feeds.items() if k in names}
+        if outputs is not None:
+            result = self.native(request.infer, feed, share_inputs=True, share_outputs=True)
+            return {n: np.array(result[_port(compiled, n)], copy=True) for n in outputs}
+        result = self.native(request.infer, feed, share_inputs=True, share_outputs=False)
+        wanted = [t.name for t in self.entry(entry).outputs]
         return {next((n for n in wanted if n in o.get_names()), o.get_any_name()): np.array(result[o])
-                for o in self.compiled.outputs}
+                for o in compiled.outputs}
 
     # -- a generator's stateful IR: the KV cache lives in the InferRequest's variables ----------------
     @property
@@ -136,8 +144,10 @@ class OpenVINOBackend(RuntimeBackend):
         ``logits`` [1, S, V] float32; the state is the InferRequest itself (opaque: pass it back to :meth:`step`)."""
         if not self._variables():
             return super().prefill(feeds)
-        self.request.reset_state()
-        return self._infer_step(feeds), self.request
+        first, then = self.step_entries
+        request = self._entries[then][1]
+        request.reset_state()
+        return self._infer_step(first, feeds), request
 
     def step(self, feeds: dict[str, np.ndarray], state: Any) -> tuple[dict[str, np.ndarray], Any]:
         """A stateful IR: one more chunk (a decode token) on the cache the request holds. ``attention_mask`` covers
@@ -145,19 +155,15 @@ class OpenVINOBackend(RuntimeBackend):
         0 (batch 1, no beams) where it takes one."""
         if not self._variables():
             return super().step(feeds, state)
-        return self._infer_step(feeds), state
+        return self._infer_step(self.step_entries[1], feeds), state
 
-    def _infer_step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = decoder_feeds(feeds, self._input_names)
-        feed = {k: np.require(v, requirements='C') for k, v in feeds.items() if k in self._input_names}
-        result = self.native(self.request.infer, feed, share_inputs=True, share_outputs=False)
-        return {o.get_any_name(): np.array(result[o], dtype=np.float32) for o in self.compiled.outputs}
+    def _infer_step(self, entry: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.call(entry, decoder_feeds(feeds, self._entries[entry][2]))
+        return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: np.require(v, requirements='C') for k, v in inputs.items() if k in self._input_names}
-        # zero-copy in and out (the output buffer is reused by the next call, hence the final copy)
-        result = self.request.infer(feed, share_inputs=True, share_outputs=True)
-        return np.array(result[self._output], dtype=np.float32, copy=True)
+    def _step(self, entry: str, feeds: dict[str, np.ndarray],
+              state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return super()._step(entry, decoder_feeds(feeds, self._entries[entry][2]), state)
 
     @classmethod
     def version(cls) -> str | None:
@@ -177,6 +183,12 @@ class OpenVINOBackend(RuntimeBackend):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+        self._entries = {}
+
+
+def _port(compiled, name: str):
+    """The compiled model's output named ``name`` (among each output's names), else its first."""
+    return next((o for o in compiled.outputs if name in o.get_names()), compiled.outputs[0])
 
 
 def _has_property(compiled, key: str) -> bool:

@@ -218,8 +218,9 @@ class OrtBackend(RuntimeBackend):
         self.settings.provider = provider
         self._session_options = opts
         self._wanted = wanted
-        self._session, self._closed = None, False
-        self._output = self.artifact.manifest.outputs[0].name
+        self._sessions: dict[str, Any] = {}  # one per entry point, by role, opened at its first call
+        self._names: dict[str, set[str]] = {}  # each session's input names
+        self._closed = False
         self._bound: BoundCache | None = None  # the IO-bound cache while edgecompress's loop generates
         self._genai_model = None  # ONNX Runtime GenAI's model, loaded at the first generate
         self.genai_version = self._genai_route(provider)
@@ -231,30 +232,33 @@ class OrtBackend(RuntimeBackend):
             shares = self._shares_buffer()
             self.generation_loop = BOUND_LOOP.format(shared=SHARED if shares else "")
             self.copies_cache = not shares  # a concatenating attention writes past and new into a new present
-        self._open_session()
+        for entry in self.artifact.manifest.entries:
+            self.session_for(entry.role)
 
     @property
     def session(self) -> Any:
-        """The ONNX Runtime session: made at load, except for a generator that ONNX Runtime GenAI runs on the CPU,
-        where it is made at its first use (a prefill, a window): a generation alone (the FP32 baseline's timing, an
-        export's parity check) then holds one copy of the weights, og.Model's, not two."""
-        if self._session is None and not self._closed:
-            self._open_session()
-        return self._session
+        """The main entry's ONNX Runtime session (:meth:`session_for`)."""
+        return self.session_for(self.main)
 
-    @session.setter
-    def session(self, value: Any) -> None:
-        self._session = value
+    def session_for(self, role: str) -> Any:
+        """The session of the entry point ``role`` (one per entry's graph): made at load, except for a generator that
+        ONNX Runtime GenAI runs on the CPU, where it is made at its first use (a prefill, a window): a generation
+        alone (the FP32 baseline's timing, an export's parity check) then holds one copy of the weights, og.Model's,
+        not two. None once closed."""
+        role = str(role)
+        if role not in self._sessions and not self._closed:
+            self._open_session(role)
+        return self._sessions.get(role)
 
-    def _open_session(self) -> None:
+    def _open_session(self, role: str) -> None:
         import onnxruntime as ort
 
         provider, wanted = self.settings.provider, self._wanted
-        self._session = ort.InferenceSession(
-            str(self.artifact.model_path), sess_options=self._session_options,
+        session = ort.InferenceSession(
+            str(self.artifact.entry_path(role)), sess_options=self._session_options,
             providers=[p for p, _ in wanted], provider_options=[o for _, o in wanted],
         )
-        active = self._session.get_providers()
+        active = session.get_providers()
         # onnxruntime-gpu falls back to the CPU with only a log line when CUDA/cuDNN fail to load
         if provider != CPU and (not active or active[0] != provider):
             if not self.settings.options.get("allow_cpu_fallback"):
@@ -264,12 +268,12 @@ class OrtBackend(RuntimeBackend):
                     "options.allow_cpu_fallback: true to accept the CPU",
                 )
             log.warning("%s did not initialise; running on %s (allow_cpu_fallback)", provider, ", ".join(active))
-        self._names = {i.name for i in self._session.get_inputs()}
+        self._sessions[role] = session
+        self._names[role] = {i.name for i in session.get_inputs()}
 
-    @property
-    def _input_names(self) -> set[str]:
-        """The graph's input names (the session opened if it waits)."""
-        return set() if self.session is None else self._names
+    def _input_names(self, role: str) -> set[str]:
+        """The input names of the entry ``role``'s graph (its session opened if it waits)."""
+        return set() if self.session_for(role) is None else self._names[str(role)]
 
     def _genai_config(self) -> dict[str, Any] | None:
         """The artifact's genai_config.json (read once), None where it has none."""
@@ -306,34 +310,31 @@ class OrtBackend(RuntimeBackend):
         config = self._genai_config() or {}
         return bool(config.get("search", {}).get("past_present_share_buffer")) and self.state_spec is not None
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: v for k, v in inputs.items() if k in self._input_names}
-        return self.session.run([self._output], feed)[0].astype(np.float32, copy=False)
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One session run of the entry ``entry``'s graph: the outputs named (None: every output) as the graph returns
+        them (a stateful step's state is fed back unconverted; while :meth:`generate` runs edgecompress's loop, the
+        step entry's state as OrtValues in ONNX Runtime's memory: :class:`BoundCache`)."""
+        if self._bound is not None and entry == self.step_entries[1]:
+            return self._bound.run(feeds, self.native)
+        session = self.session_for(self.entry(entry).role)
+        if session is None:
+            raise ConfigError(f"{self.artifact.path}: the ONNX Runtime session is closed")
+        names = self._names[str(entry)]
+        feed = {k: v for k, v in feeds.items() if k in names}
+        wanted = list(outputs) if outputs is not None else [o.name for o in session.get_outputs()]
+        return dict(zip(wanted, self.native(session.run, wanted, feed), strict=True))
 
-    def run_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: v for k, v in inputs.items() if k in self._input_names}
-        names = [o.name for o in self.session.get_outputs()]
-        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, self.session.run(names, feed), strict=True)}
-
-    def run_named(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every output by name as the graph returns it (a stateful step's state is fed back unconverted; while
-        :meth:`generate` runs edgecompress's loop, OrtValues in ONNX Runtime's memory: :class:`BoundCache`)."""
-        if self._bound is not None:
-            return self._bound.run(inputs, self.native)
-        feed = {k: v for k, v in inputs.items() if k in self._input_names}
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.native(self.session.run, names, feed), strict=True))
-
-    def step(self, feeds: dict[str, np.ndarray],
-             state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """One step of a graph with a KV cache (``past_key_values.N.*`` in, ``present.N.*`` out, fed back); a graph
+    def _step(self, entry: str, feeds: dict[str, np.ndarray],
+              state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """One call of a graph with a KV cache (``past_key_values.N.*`` in, ``present.N.*`` out, fed back); a graph
         that also takes ``position_ids`` (ONNX Runtime GenAI's MultiHeadAttention form) gets them from the attention
         mask (the positions of the new tokens among the mask's ones)."""
-        return super().step(decoder_feeds(feeds, self._input_names), state)
+        return super()._step(entry, decoder_feeds(feeds, self._input_names(entry)), state)
 
     def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if self._bound is not None:
-            return self.step(feeds, self._bound.initial())
+            return self._step(self.step_entries[0], feeds, self._bound.initial())
         return super().prefill(feeds)
 
     def generate(self, prompt_ids: Sequence[int], new_tokens: int, *, eos: Collection[int] = (),
@@ -347,8 +348,11 @@ class OrtBackend(RuntimeBackend):
         # the generator holds at most the model's context; the last token's step logits need one position more
         if self.genai_version and (span <= longest or not logits):
             return self._genai_generate(list(prompt_ids), limit, set(eos), min(span, longest), logits, timed)
+        first, then = self.step_entries
+        if first != then:  # a prefill graph, then a decode graph: the cache goes between two sessions as numpy
+            return super().generate(prompt_ids, new_tokens, eos=eos, context=context, logits=logits, timed=timed)
         shares = self._shares_buffer()
-        self._bound = BoundCache(self.session, self._require_state(), span if shares else None)
+        self._bound = BoundCache(self.session_for(then), self._require_state(), span if shares else None)
         try:
             return super().generate(prompt_ids, new_tokens, eos=eos, context=context, logits=logits, timed=timed)
         finally:
@@ -425,7 +429,8 @@ class OrtBackend(RuntimeBackend):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         # a session that waits is not opened to be described: the provider it will take
-        d["providers"] = self._session.get_providers() if self._session is not None else [self.settings.provider]
+        main = self._sessions.get(self.main)
+        d["providers"] = main.get_providers() if main is not None else [self.settings.provider]
         if self.genai_version:
             d["genai"] = self.genai_version
         opts = provider_options(self.settings.options)
@@ -434,5 +439,5 @@ class OrtBackend(RuntimeBackend):
         return d
 
     def close(self) -> None:
-        self._session, self._closed = None, True
+        self._sessions, self._closed = {}, True
         self._genai_model = None

@@ -18,6 +18,7 @@ stream; :meth:`synchronize` syncs the stream explicitly, so a host timer around 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -123,6 +124,8 @@ class TensorRTBackend(RuntimeBackend):
     name: ClassVar[str] = "tensorrt"
     module: ClassVar[str] = "tensorrt"
     formats: ClassVar[frozenset[Format]] = frozenset({Format.tensorrt})
+    #: outputs come back float32 (a Torch-TensorRT program's primary only): no state fed back by name
+    named_outputs: ClassVar[bool] = False
 
     @classmethod
     def check_settings(cls, settings: RuntimeSettings) -> None:
@@ -200,11 +203,24 @@ class TensorRTBackend(RuntimeBackend):
         lo, _, hi = self._limits[name]
         check_in_range(name, shape, lo, hi, "the engine's optimisation profile")
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One execution of the engine (its one entry, ``model``): the outputs named (a name it lacks read from the
+        primary output; None: every output) as float32 on the host, after the device finished. A Torch-TensorRT
+        program returns its primary output only. An engine of several entry points is not run here."""
+        if str(self.entry(entry).role) != self.main or len(self.artifact.manifest.entries) > 1:
+            raise ConfigError(f"the tensorrt runtime runs an engine of one graph, not the entry {entry}",
+                              hint="run the model's entries in onnxruntime (its TensorRT execution provider)")
+        if self.program is not None:
+            primary = self.artifact.manifest.outputs[0].name
+            return {primary: self.native(self.program.run, feeds)}
+        wanted = {n: n if n in self._outputs else self._output for n in (outputs or self._outputs)}
+        return self.native(self._execute, feeds, wanted)
+
+    def _execute(self, inputs: dict[str, np.ndarray], wanted: dict[str, str]) -> dict[str, np.ndarray]:
+        """Enqueue the engine on ``inputs``; the outputs ``wanted`` (name asked -> the engine's) copied to the host."""
         import torch
 
-        if self.program is not None:
-            return self.program.run(inputs)
         keep: list[Any] = []  # tensors must outlive the enqueued work
         with torch.cuda.stream(self.stream):
             for name in self._inputs:
@@ -214,18 +230,17 @@ class TensorRTBackend(RuntimeBackend):
                 keep.append(t)
                 self.context.set_input_shape(name, tuple(t.shape))
                 self.context.set_tensor_address(name, t.data_ptr())
-            out = None
+            out = {}
             for name in self._outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
                 t = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
                 keep.append(t)
                 self.context.set_tensor_address(name, t.data_ptr())
-                if name == self._output:
-                    out = t
+                out[name] = t
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
-            host_out = out.float().cpu()  # waits for the stream: run() returns finished results
-        return host_out.numpy()
+            # .cpu() waits for the stream: a call returns finished results
+            return {asked: out[name].float().cpu().numpy() for asked, name in wanted.items()}
 
     def synchronize(self) -> None:
         if self.program is not None:

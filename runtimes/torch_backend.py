@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,6 +60,9 @@ class TorchBackend(RuntimeBackend):
     formats: ClassVar[frozenset[Format]] = frozenset({Format.pytorch})
     generation_loop: ClassVar[str] = "PyTorch (transformers' KV cache, a forward per token)"
     copies_cache: ClassVar[bool] = False
+    #: a model's forward returns its primary output only (a causal LM's cache is transformers' object, kept by
+    #: :meth:`prefill` / :meth:`step`): no state fed back by name
+    named_outputs: ClassVar[bool] = False
 
     teacher: Any = None
 
@@ -117,16 +121,25 @@ class TorchBackend(RuntimeBackend):
     def _make_encoder(self):
         return self.teacher.encoder()
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def call(self, entry: str, feeds: dict[str, np.ndarray],
+             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One forward of the checkpoint (its one entry, ``model``): its primary output (logits, a last hidden state)
+        as float32 on the host, by the manifest's first output's name. A checkpoint of several entry points (an
+        encoder and a decoder) is not run here."""
         import torch
+
+        if str(self.entry(entry).role) != self.main:
+            raise ConfigError(f"the torch runtime runs a checkpoint's one forward pass, not its entry {entry}",
+                              hint="export the model (edgecompress export) and run its entries in onnxruntime")
 
         def tensor(v: np.ndarray):  # float inputs (pixels) in the model's dtype; ids and masks stay int64
             t = torch.from_numpy(v).to(self.device)
             return t.to(self.torch_dtype) if t.is_floating_point() else t
 
         with torch.inference_mode():
-            out = self.teacher.call(self.model, {k: tensor(v) for k, v in inputs.items()})
-        return out.float().cpu().numpy()  # .cpu() waits for the GPU
+            out = self.native(self.teacher.call, self.model, {k: tensor(v) for k, v in feeds.items()})
+        outs = self.artifact.manifest.outputs
+        return {outs[0].name if outs else "output": out.float().cpu().numpy()}  # .cpu() waits for the GPU
 
     @property
     def stateful(self) -> bool:

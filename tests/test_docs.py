@@ -8,10 +8,11 @@
   ``compress/``, ``runtimes/``, ``benchmarks/`` or ``profiles/``;
 - every ``from compress... import ...`` / ``import compress...`` line of a ```python block imports, and every
   inline ``compress.module.Name`` the prose names resolves (one subprocess for all of them);
-- docs/architecture.md's folder map names only files and folders that exist;
+- docs/reference/architecture.md's folder map names only files and folders that exist;
 - every relative link ``](path)`` and image points to a file that exists, and a ``#anchor`` into a Markdown
   file to one of its headings;
-- README.md is a front door: at most 300 lines, and its table of contents links every page under docs/.
+- README.md is a front door: at most 300 lines, and its table of contents links the four sections of docs/
+  (guides/, reference/, benchmarks/, each with a README.md that links every page in it, and contributing.md).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PAGES = sorted((ROOT / "docs").glob("*.md"))
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
 DOCS = [README, *PAGES]
 SHELL = {"bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^([ \t]*)```[ \t]*([\w+-]*)[^\n]*\n(.*?)^\1```[ \t]*$", re.M | re.S)
@@ -381,13 +382,32 @@ def test_the_readme_is_a_front_door():
     assert len(lines) <= 300, f"README.md has {len(lines)} lines; move text to docs/"
 
 
-def test_the_readme_links_every_docs_page():
-    linked = {(README.parent / t.partition("#")[0]).resolve() for p, t in _links() if p == "README.md"}
-    missing = [_rel(p) for p in PAGES if p.resolve() not in linked]
+SECTIONS = ("guides", "reference", "benchmarks")  # docs/SECTION/README.md lists its pages; docs/contributing.md beside
+
+
+def _linked_from(page: Path) -> set[Path]:
+    return {(page.parent / t.partition("#")[0]).resolve() for p, t in _links() if p == _rel(page)}
+
+
+def test_the_readme_links_every_docs_section():
+    """The README's table of contents points to the four sections (not every page: each section's index does that)."""
+    sections = [ROOT / "docs" / s / "README.md" for s in SECTIONS] + [ROOT / "docs" / "contributing.md"]
+    assert all(s.exists() for s in sections), [_rel(s) for s in sections if not s.exists()]
+    missing = [_rel(s) for s in sections if s.resolve() not in _linked_from(README)]
     assert not missing, f"README.md's table of contents lacks {missing}"
+    loose = [_rel(p) for p in PAGES if p.parent == ROOT / "docs" and p.name != "contributing.md"]
+    assert not loose, f"pages outside the sections {SECTIONS}: {loose}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("section", SECTIONS)
+def test_each_section_index_links_every_page_of_its_section(section):
+    index = ROOT / "docs" / section / "README.md"
+    linked = _linked_from(index)
+    missing = [_rel(p) for p in PAGES if p.parent == index.parent and p != index and p.resolve() not in linked]
+    assert not missing, f"{_rel(index)} lacks {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[_rel(p) for p in PAGES])
 def test_every_page_has_a_title_and_a_summary(page):
     lines = page.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("# "), f"{page.name} does not start with a '# Title'"
@@ -402,13 +422,13 @@ NOT_IN_THE_REPOSITORY = {"edgecompress_device.py", "edgecompress_facts.py", "mod
 
 
 def _folder_map() -> str:
-    """The code block under docs/architecture.md's "## Folder map"."""
-    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    """The code block under docs/reference/architecture.md's "## Folder map"."""
+    text = (ROOT / "docs" / "reference" / "architecture.md").read_text(encoding="utf-8")
     return next(code for code, _ in _blocks_of(text[text.index("## Folder map"):]))
 
 
 def test_the_folder_map_names_files_that_exist():
-    """docs/architecture.md's folder map: every file and folder it names exists (the layout moves; the map must follow)."""
+    """docs/reference/architecture.md's folder map: every file and folder it names exists (the layout moves; the map must follow)."""
     block = _folder_map()
     tree = [p for base in ("compress", "runtimes", "tests", "benchmarks", "profiles", "docs", ".ci")
             for p in (ROOT / base).rglob("*") if "__pycache__" not in p.parts and ".cache" not in p.parts]
@@ -420,7 +440,7 @@ def test_the_folder_map_names_files_that_exist():
                 continue
             if name not in names and name not in NOT_IN_THE_REPOSITORY:
                 missing.append(name)
-    assert not missing, f"docs/architecture.md's folder map names what does not exist: {sorted(set(missing))}"
+    assert not missing, f"docs/reference/architecture.md's folder map names what does not exist: {sorted(set(missing))}"
 
 
 def _blocks_of(markdown: str):
@@ -462,12 +482,12 @@ def mapped_modules(block: str) -> set[str]:
 
 def test_the_folder_map_names_every_module():
     """Every module of the library (a ``.py`` under compress/ or runtimes/, packages' ``__init__.py`` aside) is named in
-    docs/architecture.md's folder map, under its folder's line: a module added, moved or renamed updates the map."""
+    docs/reference/architecture.md's folder map, under its folder's line: a module added, moved or renamed updates the map."""
     named = mapped_modules(_folder_map())
     modules = sorted(p.relative_to(ROOT).as_posix() for base in ("compress", "runtimes") for p in (ROOT / base).rglob("*.py")
                      if p.name != "__init__.py" and "__pycache__" not in p.parts)
     missing = [m for m in modules if m not in named]
-    assert not missing, f"docs/architecture.md's folder map does not name {missing}"
+    assert not missing, f"docs/reference/architecture.md's folder map does not name {missing}"
 
 
 def test_the_folder_map_reads_a_files_folder_from_its_line():
@@ -484,3 +504,18 @@ def test_the_folder_map_reads_a_files_folder_from_its_line():
         "compress/stages/export/tensorrt.py", "compress/stages/export/shapes.py", "compress/stages/spec.py",
         "compress/device/shipped.py", "compress/device/bundle_template/handler.py", "runtimes/base.py",
         "runtimes/host.py"}
+
+
+def test_the_formats_table_names_every_format_and_runtime():
+    """docs/reference/architecture.md's "Formats and runtimes" table has a row per format of compress/formats.py and
+    names every runtime of runtimes/base.py (a format or runtime added updates the page)."""
+    from compress.formats import FORMATS
+    from compress.runtimes.base import RUNTIMES
+
+    text = (ROOT / "docs" / "reference" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("## Formats and runtimes"):]
+    rows = [ln for ln in section[: section.index("\n## ", 1)].splitlines() if ln.startswith("| `")]
+    cells = [[c.strip().strip("`") for c in row.strip("|").split("|")] for row in rows]
+    assert [c[0] for c in cells] == list(FORMATS), "one row per format, in compress/formats.py's order"
+    assert [c[2] for c in cells] == [spec.runtime for spec in FORMATS.values()]
+    assert set(RUNTIMES) <= {c[2] for c in cells}, f"runtimes without a format row: {set(RUNTIMES) - {c[2] for c in cells}}"

@@ -2,7 +2,7 @@
 exported (FP32 parity, processor agreement), quantized (static per-channel QDQ; dynamic refused for conv nets),
 pruned (channels, Torch-Pruning), distilled (fewer ViT layers), validated (accuracy, top-5, image input shape).
 
-Tiny random models and random images: the tests check behaviour, not accuracy (benchmarks/images.py does that).
+Tiny random models and random images: the tests check behaviour, not accuracy (benchmarks/vision/images.py does that).
 """
 
 from __future__ import annotations

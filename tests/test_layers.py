@@ -1,6 +1,6 @@
 """The library's imports point down its layers: no import up them, no cycle, no private name across packages.
 
-The layers are the numbered list under docs/architecture.md's "Layers", read from there (one place): each item
+The layers are the numbered list under docs/reference/architecture.md's "Layers", read from there (one place): each item
 names its packages and modules in backticks (``stages``, ``_optional``; ``compress`` alone is the package's own
 ``__init__.py``). A module may import from its own layer and the layers below; import-linter's ``layers`` contract,
 with the order kept in the docs and imports inside functions counted. ``compress.runtimes`` is the ``runtimes/``
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOTS = ((ROOT / "compress", "compress"), (ROOT / "runtimes", "compress.runtimes"))
-ARCHITECTURE = ROOT / "docs" / "architecture.md"
+ARCHITECTURE = ROOT / "docs" / "reference" / "architecture.md"
 
 
 def _modules(roots=ROOTS) -> dict[str, Path]:
@@ -174,11 +174,11 @@ def test_the_layers_are_read_from_the_docs():
     mods = _modules()
     named = [n for _, names in order for n in names]
     unknown = [n for n in named if n not in mods]
-    assert not unknown, f"docs/architecture.md's Layers name what is no module or package: {unknown}"
+    assert not unknown, f"docs/reference/architecture.md's Layers name what is no module or package: {unknown}"
     twice = sorted({n for n in named if named.count(n) > 1})
-    assert not twice, f"docs/architecture.md's Layers name these in more than one layer: {twice}"
+    assert not twice, f"docs/reference/architecture.md's Layers name these in more than one layer: {twice}"
     homeless = [m for m in mods if layer_of(m, order) is None]
-    assert not homeless, f"modules in no layer of docs/architecture.md's Layers: {homeless}"
+    assert not homeless, f"modules in no layer of docs/reference/architecture.md's Layers: {homeless}"
 
 
 def test_the_walker_sees_function_level_imports():
@@ -189,7 +189,7 @@ def test_the_walker_sees_function_level_imports():
 
 def test_no_import_points_up_the_layers():
     found = upward_imports(import_graph(), layers())
-    assert found == [], "imports that point up docs/architecture.md's Layers:\n" + "\n".join(found)
+    assert found == [], "imports that point up docs/reference/architecture.md's Layers:\n" + "\n".join(found)
 
 
 def test_no_import_cycles():

@@ -1,4 +1,4 @@
-"""Every import docs/python-api.md documents works, and ``from compress import validate`` is the function.
+"""Every import docs/reference/python-api.md documents works, and ``from compress import validate`` is the function.
 
 Each check runs in a fresh interpreter: what a module import leaves behind (``compress.validate`` the
 module shadowing the lazy export) only shows in a process that has not imported it yet.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "python-api.md"
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

@@ -299,7 +299,7 @@ def test_a_search_option_is_marked_with_the_kinds_of_model_that_read_it(tmp_path
 
 
 def test_a_search_candidates_executorch_step_is_written_nested():
-    from compress.search.space import Candidate, Fidelity, candidate_steps
+    from compress.search.encoder_space import Candidate, Fidelity, candidate_steps
     from compress.stages.export.config import ExportConfig
 
     shape = type("Shape", (), {"layers": 2, "heads": 4, "hidden": 64})()  # no student: the teacher's depth

@@ -141,7 +141,7 @@ def distill_cmd(teacher, train, eval_data, out, layers, keep_layers, layer_choic
     distillation). --eval text gives perplexity and top-1 agreement before and after.
 
     \b
-    Defaults (measured on SST-2 with a 6-layer MiniLM teacher, 3-layer student, see docs/results.md):
+    Defaults (measured on SST-2 with a 6-layer MiniLM teacher, 3-layer student, see docs/benchmarks/results.md):
     soft-target KL at T=2 weighted 0.7 plus label cross entropy 0.3 (dev 0.874; labels alone
     0.865). Hidden-state MSE tied (0.874) and attention + value-relation transfer lost
     (0.858), so both are off by default but available with their weights. On all of SST-2

@@ -78,9 +78,9 @@ def export_cmd(source, fmt, out, task, opset, optimize, exporter, atol, parity_s
 
     SOURCE may also be a model file made elsewhere: an ONNX graph (adopted: checked, upgraded to opset 13 when
     older; a model.yaml beside it says what the graph cannot), an OpenVINO IR (.xml with its .bin), or a .pt2
-    program with its model.yaml. See docs/model-files.md. A llama.cpp .gguf is adopted as it is; given a --format
+    program with its model.yaml. See docs/guides/model-files.md. A llama.cpp .gguf is adopted as it is; given a --format
     (onnx, openvino, executorch, gguf) it is dequantized by transformers' GGUF loader into the checkpoint that
-    format is exported from (once per file, cached). See docs/generators.md.
+    format is exported from (once per file, cached). See docs/guides/lm.md.
 
     Uses PyTorch's ONNX exporter (dynamic batch and sequence axes; transformers 4 and 5), optionally
     ONNX Runtime's transformer fusions (--optimize), then checks FP32 parity with PyTorch; a miss beyond

@@ -129,7 +129,7 @@ def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, sets, no_html, force
 
     Exit code 0 when every judged budget holds (UNVERIFIED estimates included), 1 when a
     budget failed or the gate found a regression, 3 when the gate's baseline is not
-    comparable, 5 (ANOMALOUS) when a latency verdict is inside its noise, 2 on bad input. See docs/recipes.md for the format.
+    comparable, 5 (ANOMALOUS) when a latency verdict is inside its noise, 2 on bad input. See docs/guides/recipes.md for the format.
     """
     from compress.errors import ConfigError, OutputExistsError
 
@@ -147,7 +147,7 @@ def run_cmd(recipe, run_dir, dry_run, rerun, from_artifact, sets, no_html, force
         console().print(f"wrote {recipe}; run it with: edgecompress run {recipe}", highlight=False)
         return
     if recipe is None:
-        raise ConfigError("no recipe given", hint="edgecompress run RECIPE.yaml (see docs/recipes.md)")
+        raise ConfigError("no recipe given", hint="edgecompress run RECIPE.yaml (see docs/guides/recipes.md)")
     from compress.recipes.execute import plan_recipe, run_recipe
     from compress.recipes.schema import parse_overrides
 

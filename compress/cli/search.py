@@ -225,7 +225,8 @@ def _generator_outcome(result) -> None:
                    + " -o OUT")
     for line in result.diagnosis:
         click.echo(f"diagnosis: {line}")
-    click.echo(f"summary: {result.search_dir / 'search.json'}")
+    html = result.search_dir / "report.html"
+    click.echo(f"summary: {result.search_dir / 'search.json'}" + (f"; report: {html}" if html.is_file() else ""))
     if result.verdict == "fail":
         h = result.chosen["holdout"]
         raise BudgetFailed(

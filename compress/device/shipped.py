@@ -195,8 +195,11 @@ class StreamCalls(object):
 
     @classmethod
     def from_manifest(cls, manifest):
-        """The calls of a manifest (a mapping, as ``manifest.json`` reads) that has a ``stream``, else None."""
-        return cls(manifest["stream"], manifest["inputs"]) if manifest.get("stream") else None
+        """The calls of a manifest (a mapping, as ``manifest.json`` reads) that has a ``stream``, else None: the stream
+        feeds the main entry (a schema-1 manifest's one graph)."""
+        if not manifest.get("stream"):
+            return None
+        return cls(manifest["stream"], manifest["entries"][0]["inputs"] if "entries" in manifest else manifest["inputs"])
 
     @property
     def window(self):

@@ -28,8 +28,8 @@ What this cannot know: the runtime's kernels (INT4 dequantisation is compute the
 dot products are faster than ONNX Runtime's on some CPUs), caches (a model that fits the L2/L3 decodes faster than
 DRAM bandwidth allows), threads (decode needs several cores to saturate DRAM on most SoCs), per-operator overhead
 (dominant for tiny models), and thermal limits. Figures are UNVERIFIED, as the encoders' estimates are: ``validate``
-never judges a budget PASS from them. The measured error on this repository's host is in ``docs/generators.md``
-(``benchmarks/generation_estimate.py``).
+never judges a budget PASS from them. The measured error on this repository's host is in ``docs/guides/lm.md``
+(``benchmarks/generators/generation_estimate.py``).
 """
 
 from __future__ import annotations

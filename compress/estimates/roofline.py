@@ -26,14 +26,14 @@ model there. It estimates instead, from the graph and the profile's hardware fac
    ``peak_gops_int8`` (the FP32 peak where a profile has none). ``overhead`` is a fixed per-operator
    dispatch cost (µs) at the calibration host's clock, scaled by host clock / device clock.
 
-3. **Efficiency**, calibrated on a machine we *can* measure: ``benchmarks/estimator_error.py``
+3. **Efficiency**, calibrated on a machine we *can* measure: ``benchmarks/devices/estimator_error.py``
    times real models with ONNX Runtime on the host, computes the host's peaks the same way the
    profiles state theirs (cores × GHz × FLOP/cycle from /proc/cpuinfo; bandwidth from a numpy copy
    of a 256 MB array), and fits the four factors below (least squares on log(estimate/measured)).
 
 Measured error on the calibration host — a 2-core AMD EPYC (Zen 5) VM at 2.6 GHz with AVX-512 VNNI,
 64 FP32 FLOP/cycle/core (332 GFLOP/s FP32, 1329 GOP/s INT8 for both cores), ONNX Runtime 1.31.1
-(``python benchmarks/estimator_error.py --fit --statistic min --threads 1 --repeat 3``, full output in
+(``python benchmarks/devices/estimator_error.py --fit --statistic min --threads 1 --repeat 3``, full output in
 ``benchmarks/results/estimator_error.json``). The machine is shared with other jobs (load average 5-7
 on 2 cores while timing), so the calibration times one thread and keeps each configuration's fastest
 run (contention only adds time); two-thread timings under that load were 3-7x the quiet figures and
@@ -43,7 +43,7 @@ are not usable. Estimate / measured, batch 1:
     SST-2 MiniLM-L6 INT8 dynamic, 1x64    0.97  (4.47 vs 4.61 ms; 0.85 with factors fitted without it)
     all 18 configurations (6 models x 16/64/128 tokens)   0.67-1.20, median |error| 10%
     leave one model out (factors fitted on the other 5)   0.67-1.27
-    host profile (2 threads) vs benchmarks/foundation.py's quieter p50 at 1x64:
+    host profile (2 threads) vs benchmarks/encoders/foundation.py's quieter p50 at 1x64:
         FP32 6.0 vs 5.33 ms = 1.13, INT8 3.73 vs 3.31 ms = 1.13
 
 The worst case is FP32 at 16 tokens (0.67: small GEMMs run below the calibrated efficiency).
@@ -93,7 +93,7 @@ __all__ = [
     "estimate_cold_start",
 ]
 
-# Calibrated on this repository's CI host by benchmarks/estimator_error.py (see the docstring).
+# Calibrated on this repository's CI host by benchmarks/devices/estimator_error.py (see the docstring).
 DEFAULT_EFFICIENCY_VALUES = {
     "compute_fp32": 0.81, "compute_int8": 0.81, "memory": 0.81, "overhead_us": 0.5, "reference_clock_ghz": 2.596,
 }
@@ -105,7 +105,7 @@ MEASURED_ERROR: dict[str, Any] = {
     "range_18_configs": [0.67, 1.20],
     "range_leave_one_model_out": [0.67, 1.27],
     "host_profile_2_threads_vs_foundation_p50": {"fp32": 1.13, "int8": 1.13},
-    "source": "benchmarks/estimator_error.py",
+    "source": "benchmarks/devices/estimator_error.py",
 }
 
 
@@ -138,7 +138,7 @@ class Efficiency:
     memory: float
     overhead_us: float
     reference_clock_ghz: float | None = None
-    calibrated_on: str = "benchmarks/estimator_error.py"
+    calibrated_on: str = "benchmarks/devices/estimator_error.py"
 
 
 DEFAULT_EFFICIENCY = Efficiency(**DEFAULT_EFFICIENCY_VALUES)

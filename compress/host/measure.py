@@ -209,11 +209,13 @@ class GenerationSamples:
     first: list[float] = field(default_factory=list)
     decode: list[float] = field(default_factory=list)
     host: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)  #: each generation's decode seconds (its tokens after the first)
 
     def add(self, made: Any) -> float:
         """One timed generation's samples; returns its seconds in all."""
         self.first.append(made.seconds[0])
         self.decode += made.seconds[1:]
+        self.runs.append(float(sum(made.seconds[1:])))
         self.host += [max(0.0, t - n) for t, n in zip(made.seconds[1:], made.native_seconds[1:], strict=True)]
         return float(sum(made.seconds))
 
@@ -223,6 +225,35 @@ class GenerationSamples:
         if self.host:
             out["decode_host"] = LatencyStats.from_samples(self.host, 1)
         return out
+
+
+def measure_generations(backends: dict[str, Any], prompt: list[int], new_tokens: int, *, warmup: int = 1,
+                        min_rounds: int = 5, min_duration_s: float = 0.0, max_rounds: int = 1000,
+                        progress: Progress | None = None,
+                        phase: str = "timing generation") -> dict[str, GenerationSamples]:
+    """Several generation routes timed side by side: each backend (anything with the runtime contract's
+    ``generate(prompt, n, timed=True)``: a runtime adapter, or a benchmark's anchor) makes ``warmup`` untimed
+    generations, then rounds in which every backend makes one timed :class:`Generation` (``prompt``, then
+    ``new_tokens`` decode steps), in the given order on even rounds and reversed on odd ones, so that slow drifts of a
+    shared machine fall on every route alike. Rounds go on until there are ``min_rounds`` and ``min_duration_s`` of
+    timed work, or ``max_rounds``. ``progress`` hears ``phase`` start, then the fraction done after each round.
+    Returns each backend's :class:`GenerationSamples` (its ``stats()`` are the figures; ``runs`` are per round)."""
+    gens = {name: Generation(b, prompt, new_tokens=new_tokens) for name, b in backends.items()}
+    advance = start_phase(progress, phase) if progress else None
+    for _ in range(warmup):  # inside the phase: a warm-up generation of a real model takes a while too
+        for g in gens.values():
+            g.generate()
+    samples = {n: GenerationSamples() for n in gens}
+    rounds, spent = 0, 0.0
+    while rounds < min_rounds or (spent < min_duration_s and rounds < max_rounds):
+        order = list(gens) if rounds % 2 == 0 else list(reversed(gens))
+        for name in order:
+            spent += samples[name].add(gens[name].generate())
+        rounds += 1
+        if advance:
+            advance(min(1.0, min(rounds / min_rounds if min_rounds else 1.0,
+                                 spent / min_duration_s if min_duration_s else 1.0)))
+    return samples
 
 
 @dataclass

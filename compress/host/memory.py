@@ -3,8 +3,8 @@ a one-line refusal where the machine does not have it: said in a second, not aft
 kernel's out-of-memory killer (or a machine swapping to a standstill).
 
 The estimate is a line, ``fixed + slope x FP32 weight bytes``, per stage: fitted on the default chain's measured peaks
-(``benchmarks/lm_cost_curve.py``: random-weight bodies of real configs, 135M to 0.6B parameters, each stage a process
-of its own under ``/usr/bin/time -v``; the figures and the fit are in docs/generators.md, "What a larger LM costs").
+(``benchmarks/generators/lm_cost_curve.py``: random-weight bodies of real configs, 135M to 0.6B parameters, each stage a process
+of its own under ``/usr/bin/time -v``; the figures and the fit are in docs/benchmarks/lm.md, "What a larger LM costs").
 It is checked against what the machine has available now (``psutil.virtual_memory().available``). Only the routes
 measured are checked: the ONNX Runtime and OpenVINO routes' export, quantize and validate (:func:`route_stage`), and a
 ``.gguf`` dequantized into a teacher checkpoint. ``EDGECOMPRESS_MEMORY_CHECK=off`` skips the check (an estimate can be wrong both ways).

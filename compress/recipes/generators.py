@@ -5,7 +5,7 @@ A recipe whose teacher is a causal language model (a Hugging Face ``…ForCausal
 text-generation, a ``.gguf`` file, or ``teacher: {finetune: {base: ...}}`` from such a base) may first make it smaller in
 PyTorch (``distill``: a student of the teacher's layers; ``prune``: heads, FFN neurons, layers, the vocabulary; each
 verb refuses at run time, in one line, what a causal LM does not take), then runs the generator routes of
-docs/generators.md: ``export`` with a KV cache (ONNX
+docs/guides/lm.md: ``export`` with a KV cache (ONNX
 Runtime GenAI's builder, a stateful OpenVINO IR, GGUF through llama.cpp's converter), ``quantize`` weight-only (the
 format's generator quantizer: ``int4: {algorithm, block_size, embeddings_bits, lm_head_bits}``, ``gguf: {type}``,
 ``accuracy: {max_perplexity_increase, data}``), ``validate`` with ``generation: {prompts, prompt_tokens, new_tokens,
@@ -100,7 +100,7 @@ def problem(recipe, teacher: str | None, tuned_base: str | None) -> tuple[tuple,
         if step.verb not in ("export", "quantize"):
             return (("steps", name), f"{step.verb} takes no {GENERATOR}, and the teacher is one",
                     "a generator's chain is distill, prune, export, quantize, validate and gate "
-                    "(docs/generators.md)")
+                    "(docs/guides/lm.md)")
         fmt = recipe.format_of(name)
         found = _format(step.verb, fmt, at) or _ignored(step.verb, fmt, settings, at) or \
             _DOORS[step.verb].rules(fmt, settings, at)
@@ -175,7 +175,7 @@ def _quantizer_rules(fmt: str, settings, at: tuple) -> tuple[tuple, str, str] | 
 
             gguf_type(settings)
     except ConfigError as e:
-        return at, e.message, e.hint or "see docs/generators.md"
+        return at, e.message, e.hint or "see docs/guides/lm.md"
     return None
 
 

@@ -390,7 +390,7 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
                     Budgets.model_validate(spec.budgets)
                 except ValidationError as e:
                     _pydantic(label, root, e, (*at, "budgets"),
-                              hint="a profile's budgets (docs/profiles.md), e.g. min_decode_tokens_per_s: 20")
+                              hint="a profile's budgets (docs/reference/profiles.md), e.g. min_decode_tokens_per_s: 20")
             try:
                 VERBS[verb].config_model().model_validate({"profile": spec.profiles[0], **spec.options})
             except ValidationError as e:

@@ -111,7 +111,7 @@ def run_validate(source: str, config, out: Path, ctx: StepContext) -> dict[str, 
     summary = {"verdict": report.verdict, "profile": report.profile.get("name"),
                "p50_ms": (m.get("latency_ms") or {}).get("p50"), "retention": m.get("retention"),
                "size_mb": m.get("size_mb"), "report": str((out / "report" / "report.json").relative_to(ctx.run))}
-    if m.get("generation") is not None:  # a text generator: its speed and quality figures (docs/generators.md)
+    if m.get("generation") is not None:  # a text generator: its speed and quality figures (docs/guides/lm.md)
         summary |= {k: m.get(k) for k in GENERATOR_FIGURES}
     if report.verdict == "fail":  # which budgets, as validate alone says them
         summary["failed"] = failed_summary(report.budgets)

@@ -107,36 +107,40 @@ def size_bars(rows: list[dict[str, Any]]) -> str | None:
     return _svg(fig)
 
 
-def pareto(points: list[dict[str, Any]], title: str) -> str | None:
-    """Every validated artifact: p50 (x) against retention (y), marker area ∝ size; the Pareto front ringed."""
-    pts = [p for p in points if p.get("p50_ms") is not None and p.get("retention") is not None]
+def pareto(points: list[dict[str, Any]], title: str, x: tuple[str, str] = ("p50_ms", "p50 latency, ms (lower is better)"),
+           y: tuple[str, str] = ("retention", "accuracy retention")) -> str | None:
+    """Every validated artifact: ``x`` (a key, lower is better, and its axis label; p50) against ``y`` (higher is
+    better; retention), marker area ∝ size; the Pareto front ringed."""
+    (xk, x_label), (yk, y_label) = x, y
+    pts = [p for p in points if p.get(xk) is not None and p.get(yk) is not None]
     if not pts:
         return None
     plt = _pyplot()
-    front = pareto_front(pts)
+    front = pareto_front(pts, xk, yk)
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     sizes = [max(p.get("size_mb") or 1.0, 0.1) for p in pts]
     scale = 900 / max(sizes)
     for p, s in zip(pts, sizes):
         on = p["name"] in front
-        ax.scatter(p["p50_ms"], p["retention"], s=max(s * scale, 20), alpha=0.55,
+        ax.scatter(p[xk], p[yk], s=max(s * scale, 20), alpha=0.55,
                    color="#1f6feb" if on else "#8b949e", edgecolor="black" if on else "none", lw=1)
         est = " (est.)" if p.get("estimated") else ""
-        ax.annotate(f"{p['label']}{est}\n{s:.1f} MB", (p["p50_ms"], p["retention"]), fontsize=7,
+        ax.annotate(f"{p['label']}{est}\n{s:.1f} MB", (p[xk], p[yk]), fontsize=7,
                     xytext=(6, 4), textcoords="offset points")
-    ax.set_xlabel("p50 latency, ms (lower is better)")
-    ax.set_ylabel("accuracy retention")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.set_title(title, loc="left")
     ax.grid(alpha=0.3)
     ax.margins(0.25)
     return _svg(fig)
 
 
-def pareto_front(points: list[dict[str, Any]]) -> set[str]:
-    """Names of the points no other point beats on p50, size and retention at once."""
+def pareto_front(points: list[dict[str, Any]], x: str = "p50_ms", y: str = "retention") -> set[str]:
+    """Names of the points no other point beats on ``x`` (lower is better: p50), size and ``y`` (higher is better:
+    retention) at once."""
     def beats(a, b):
-        ge = a["p50_ms"] <= b["p50_ms"] and (a.get("size_mb") or 0) <= (b.get("size_mb") or 0) and a["retention"] >= b["retention"]
-        gt = a["p50_ms"] < b["p50_ms"] or (a.get("size_mb") or 0) < (b.get("size_mb") or 0) or a["retention"] > b["retention"]
+        ge = a[x] <= b[x] and (a.get("size_mb") or 0) <= (b.get("size_mb") or 0) and a[y] >= b[y]
+        gt = a[x] < b[x] or (a.get("size_mb") or 0) < (b.get("size_mb") or 0) or a[y] > b[y]
         return ge and gt
 
     return {p["name"] for p in points if not any(beats(q, p) for q in points if q is not p)}

@@ -71,7 +71,11 @@ def render_manifest(art: Artifact, console: Console, verified: bool | None = Tru
                      f"({cache.dtype}, {cache.layout}; {cache.bytes_per_token() / 1024:.1f} KiB per token, up to "
                      f"{cache.max_length} tokens)")
         head.add_row("BOS / EOS", f"{m.postprocess.bos_token_id} / {m.postprocess.eos_token_id}")
-    head.add_row("model file", f"{m.model_file} ({art.size_bytes() / 2**20:.1f} MB)")
+    if len(m.entries) == 1:
+        head.add_row("model file", f"{m.model_file} ({art.size_bytes() / 2**20:.1f} MB)")
+    else:  # a model of several entry points (an encoder and a decoder): each one's file or program method
+        head.add_row("entries", ", ".join(f"{e.role}: {e.file}{f' ({e.method})' if e.method else ''}"
+                                          for e in m.entries) + f" ({art.size_bytes() / 2**20:.1f} MB)")
     if m.preprocess.kind == "image":
         pp = m.preprocess
         crop = f", crop {pp.crop[0]}x{pp.crop[1]}" if pp.crop else ""
@@ -87,9 +91,11 @@ def render_manifest(art: Artifact, console: Console, verified: bool | None = Tru
     tensors = Table(title="tensors", title_justify="left")
     for col in ("", "name", "dtype", "shape"):
         tensors.add_column(col)
-    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
-        for t in specs:
-            tensors.add_row(kind, t.name, t.dtype, escape("[" + ", ".join(str(d) for d in t.shape) + "]"))
+    for e in m.entries:
+        role = f"{e.role} " if len(m.entries) > 1 else ""
+        for kind, specs in (("input", e.inputs), ("output", e.outputs)):
+            for t in specs:
+                tensors.add_row(role + kind, t.name, t.dtype, escape("[" + ", ".join(str(d) for d in t.shape) + "]"))
     console.print(tensors)
 
     steps = Table(title="lineage", title_justify="left")

@@ -1,53 +1,21 @@
-"""The end of a search: which short candidates get full training, the side-by-side timing, the choice (or the
-closest candidate and a diagnosis), the held-out check. ``s`` is the :class:`compress.search.directory.Search`."""
+"""The end of a forward-pass teacher's search (:class:`compress.search.encoder.EncoderSpace`): which short candidates
+get full training, the side-by-side timing, the choice (or the closest candidate and a diagnosis), the held-out check. ``s`` is the :class:`compress.search.directory.Search`."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compress.search.config import Objective
-from compress.search.space import RUNTIME_SETTINGS, from_params
+from compress.search.encoder_space import from_params
+from compress.search.space import RUNTIME_SETTINGS, SearchResult, violation
 from compress.search.study import public_url
 
 ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement", "min_output_cosine", "min_output_snr_db")
 TIMING_BUDGETS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput", "min_speedup")
 TIMING_NOISE = 0.25  # how far over a timing budget a short candidate may be and still be promoted (run-to-run noise)
-
-
-@dataclass
-class SearchResult:
-    search_dir: Path
-    summary: dict[str, Any]
-    chosen: dict[str, Any] | None = None
-    diagnosis: list[str] = field(default_factory=list)
-
-    @property
-    def verdict(self) -> str:
-        """pass when a candidate meets every budget, on the ranking data and on the held-out data; fail when the chosen
-        one fails the held-out check (the check exists to catch a choice that only fit the ranking data); infeasible
-        when no measured candidate meets every budget."""
-        if not self.chosen:
-            return "infeasible"
-        return "fail" if (self.chosen.get("holdout") or {}).get("verdict") == "fail" else "pass"
-
-    @property
-    def exit_code(self) -> int:
-        from compress.profiles.budgets import VERDICTS
-
-        return VERDICTS[self.verdict][0]
-
-
-def violation(b: dict[str, Any] | None) -> float:
-    """A budget as an Optuna constraint: > 0 when it fails (relative to its limit), <= 0 when it holds or was not
-    measured (not measured is not a failure; the report says UNVERIFIED)."""
-    if not b or b.get("measured") is None or not b.get("limit"):
-        return 0.0
-    lim, x = float(b["limit"]), float(b["measured"])
-    return (x - lim) / abs(lim) if b["comparison"] == "<=" else (lim - x) / abs(lim)
 
 
 def measured(study, fidelity: str | None = None) -> list:

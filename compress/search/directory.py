@@ -2,7 +2,8 @@
 the profile each runtime's candidates are validated on. What differs by the teacher's kind is its space, which also
 builds and measures one candidate: :class:`compress.search.encoder.EncoderSpace` (a forward pass: students, pruning
 and precision, at two fidelities) or :class:`compress.search.generator.GeneratorSpace` (a causal LM: routes, INT4
-settings and shapes). :mod:`compress.search.run` drives the Optuna study over it."""
+settings and shapes). :func:`compress.search.run.run_search` drives the Optuna study over it, through the space's
+hooks (:class:`compress.search.space.Space`)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,6 @@ from compress.search.holdout import split_eval, split_text
 from compress.search.space import RUNTIME_SETTINGS, Space
 from compress.search.study import open_dir, open_storage, requeue_interrupted, worker_name
 from compress.settings import flag
-
-#: how a runtime runs on a profile that names another (the device and budgets stay the profile's)
-_RUNTIME = {**RUNTIME_SETTINGS, "llamacpp": {"provider": None, "options": {}}}
 
 
 class Search:
@@ -143,7 +141,7 @@ class Search:
         name = f"{self.profile.name}-{runtime}" + (f"-{threads}t" if threads else "")
         path = d / f"{name}.yaml"
         if not path.is_file():
-            settings = {"name": runtime, **_RUNTIME[runtime]} if runtime != self.profile.runtime.name else {}
+            settings = {"name": runtime, **RUNTIME_SETTINGS[runtime]} if runtime != self.profile.runtime.name else {}
             if threads:
                 settings["threads"] = threads
             path.write_text(yaml.safe_dump({

@@ -1,12 +1,15 @@
 """What a search of a forward-pass teacher explores (:class:`EncoderSpace`): a text encoder's, a ViT's or a CNN's
 students, pruning and precision, or a model file's precision, on each runtime and thread count, at two fidelities;
-how it estimates, builds (a recipe in the search's store) and measures one candidate. The driver is
-:class:`compress.search.directory.Search`; :mod:`compress.search.run` runs the Optuna study over it."""
+how it estimates, builds (a recipe in the search's store) and measures one candidate, and the hooks the one driver
+(:func:`compress.search.run.run_search`) calls: the plain INT8 teacher first, skips by the estimate, draws of
+candidates expected to fit, the short exploration, the promotion to full fidelity and the end
+(:mod:`compress.search.conclude`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,22 +17,34 @@ from typing import Any
 import yaml
 
 from compress.errors import ConfigError, EdgeCompressError
-from compress.search.artifacts import digest
-from compress.search.conclude import TIMING_NOISE, violation
+from compress.search.artifacts import digest, publish
+from compress.search.conclude import TIMING_NOISE, conclude, promote
 from compress.search.config import Objective
-from compress.search.space import (
+from compress.search.encoder_space import (
     KINDS,
+    SHAPE_DIMS,
     Candidate,
     Fidelity,
-    Space,
     TeacherShape,
     all_candidates,
     candidate_steps,
     from_params,
+    quant_choices,
     roofline,
+    suggest,
     trial_params,
 )
-from compress.search.trials import latency_ratio, teacher_fp32_ms, too_slow_like, typical_ratio
+from compress.search.space import SearchResult, Space, violation
+from compress.search.trials import (
+    exhausted,
+    latency_ratio,
+    measured_twin,
+    new_shorts,
+    skipped_before,
+    teacher_fp32_ms,
+    too_slow_like,
+    typical_ratio,
+)
 
 
 class EncoderSpace(Space):
@@ -43,6 +58,7 @@ class EncoderSpace(Space):
     objectives = (("retention", "maximize"), ("p50_ms", "minimize"), ("size_mb", "minimize"))
     startup_trials = 6
     own_constraints = 0
+    promotes = True
 
     def __init__(self, s) -> None:
         self.search = s
@@ -71,6 +87,7 @@ class EncoderSpace(Space):
         self.full = Fidelity("full", {**full, **distill}, config.full.recover_steps, {**recovery, **prune},
                              {"qat_steps": config.full.qat_steps} if config.full.qat_steps else {})
         self._estimates: dict[Candidate, dict[str, float | None]] = {}
+        self._samplers = None  # (the study's, a random one): set after the first explored trial
 
     @classmethod
     def judged(cls, profile, notes: list[str]) -> list[str]:
@@ -332,6 +349,141 @@ class EncoderSpace(Space):
                 total += rec["seconds"]
         return total
 
+    # -- the driver's hooks -----------------------------------------------------------------------------------
+
+    def first_trials(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The plain INT8 teacher: where the search starts from."""
+        runtime = self["runtime"][0]
+        reference = Candidate(self.shape.layers, runtime=runtime, quant=quant_choices(runtime, self)[1][0])
+        if all(getattr(reference, d) in self[d] for d in SHAPE_DIMS if d in self) and "quant" in self \
+                and "runtime" in self:
+            return [(trial_params(reference, self), {"fidelity": "short", "reference": True})]
+        return []
+
+    def _others_shorts(self, study) -> int:
+        """Short trials other workers are running (between this worker's trials, none is its own): with them the
+        --trials cap holds however many workers share the study."""
+        from optuna.trial import TrialState
+
+        return sum(t.user_attrs.get("fidelity", "short") == "short" and "duplicate_of" not in t.user_attrs
+                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def stop_reason(self, study) -> str | None:
+        """Exploration ends when its share of the time budget is spent, after --trials short trials (this worker's
+        and those others are running), or when the space is used up."""
+        s, short = self.search, self.config.short
+        if s.spent() >= short.explore_share * self.config.time_budget_s:
+            return "its share of the time budget is spent"
+        if short.trials and len(new_shorts(study)) >= short.trials:
+            return f"{short.trials} trials done"
+        if short.trials and len(new_shorts(study)) + self._others_shorts(study) >= short.trials:
+            return f"{short.trials} trials done or running on other workers"
+        if exhausted(study):
+            return ("the space is used up (the last trials, random draws included, proposed only candidates tried "
+                    "already)")
+        return None
+
+    def exploring(self) -> str:
+        steps = f"{self.config.short.steps} distillation steps, " if "layers" in self or "width" in self else ""
+        return (f"exploring at short fidelity ({steps}{self.config.short.recover_steps} recovery steps) for up to "
+                f"{max(self.config.short.explore_share * self.config.time_budget_s - self.search.spent(), 0) / 60:.0f}"
+                " min")
+
+    def after_trial(self, study, trial) -> None:
+        """After a wasted trial (a repeat, or one the estimate rules out) with nothing queued, a candidate drawn from
+        those expected to fit is queued; while TPE keeps proposing what it measured, candidates are drawn at random."""
+        import optuna
+
+        TS = optuna.trial.TrialState
+        if self._samplers is None:
+            self._samplers = (study.sampler, optuna.samplers.RandomSampler(seed=self.config.study.seed))
+        trials = study.get_trials(deepcopy=False)
+        wasted = "duplicate_of" in trial.user_attrs or trial.state == TS.PRUNED
+        if wasted and not any(t.state == TS.WAITING for t in trials):
+            params, pool = self.draw_feasible(trials)
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={"fidelity": "short", "drawn_from": pool})
+                return
+        if exhausted(study, patience=10):  # TPE keeps proposing what it measured: draw at random a while
+            study.sampler = self._samplers[1]
+        elif "duplicate_of" not in trial.user_attrs:
+            study.sampler = self._samplers[0]
+
+    def promote(self, study) -> list[tuple[int, dict[str, Any]]]:
+        return promote(self.search, study)
+
+    def conclude(self, study) -> SearchResult:
+        return conclude(self.search, study)
+
+    def draw(self, trial) -> tuple[Candidate, str]:
+        fid = self.full if trial.user_attrs.get("fidelity") == "full" else self.short
+        trial.set_user_attr("fidelity", fid.name)
+        c = suggest(trial, self, self.shape)
+        trial.set_user_attr("label", c.label)
+        est = self.estimate(c)
+        trial.set_user_attr("estimate", {k: None if v is None else round(v, 4) for k, v in est.items()})
+        return c, f"[trial {trial.number}, {fid.name}] {c.label}"
+
+    def answered(self, trial, c: Candidate, tag: str):
+        """A twin measured already (its figures), one another worker is measuring, or a candidate skipped: by its
+        estimate at short fidelity, for want of time at full."""
+        import optuna
+
+        say, fid = self.search.say, trial.user_attrs["fidelity"]
+        twin = measured_twin(trial, fid)
+        if twin is not None:  # sampled before: the same recipe, the same cached figures
+            for k, v in twin.user_attrs.items():
+                if k != "worker":
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", twin.number)
+            say(f"{tag}: as trial {twin.number} (measured already)")
+            return twin.values
+        running = next((t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                        if t.number != trial.number and t.params == trial.params
+                        and t.user_attrs.get("fidelity") == fid), None)
+        if running is not None:  # a shared study: another worker is measuring it right now
+            trial.set_user_attr("duplicate_of", running.number)
+            say(f"{tag}: as trial {running.number} (being measured by {running.user_attrs.get('worker')})")
+            raise optuna.TrialPruned(f"being measured in trial {running.number}")
+        if fid == self.short.name:
+            why = self.cannot_meet(c, trial.study.get_trials(deepcopy=False))
+            if why:
+                trial.set_user_attr("skipped", why)
+                before = skipped_before(trial)
+                if before is not None:  # a repeat: counts towards "the space is used up", and says nothing new
+                    trial.set_user_attr("duplicate_of", before.number)
+                else:
+                    say(f"{tag}: skipped before training: {why}")
+                raise optuna.TrialPruned(why)
+        else:
+            need = self.cost(trial.number, c, self.full, trial.user_attrs.get("promoted_from"))
+            if need > self.search.left():
+                why = f"needs ~{need / 60:.0f} min, {max(self.search.left(), 0) / 60:.0f} min of the time budget left"
+                trial.set_user_attr("skipped", why)
+                trial.set_user_attr("not_run_for_time", True)
+                say(f"{tag}: not run: {why}")
+                raise optuna.TrialPruned(why)
+        return None
+
+    def build(self, trial, c: Candidate, tag: str) -> dict[str, Any]:
+        """Build and validate ``c`` at the trial's fidelity; a full candidate goes to the artifact store too."""
+        fid = self.full if trial.user_attrs["fidelity"] == self.full.name else self.short
+        drawn = trial.user_attrs.get("drawn_from")
+        self.search.say(f"{tag}: building and validating" + (f" (drawn from the {drawn} untried candidates expected "
+                                                             "to fit)" if drawn else "") + " ...")
+        res = self.measure(trial.number, c, fid)
+        if fid is self.full and self.search.artifacts is not None:  # for the worker that ends the search, anywhere
+            res |= publish(self.search.artifacts, trial, Path(res["artifact"]))
+        return res
+
+    def figures(self, res: dict[str, Any]) -> str:
+        return (f": retention {_f(res['retention'])}, p50 {_f(res['p50_ms'], 2)} ms"
+                f"{' (est.)' if res['estimated'] else ''}, {_f(res['size_mb'], 1)} MB")
+
+    def values(self, res: dict[str, Any]) -> tuple[float, float, float]:
+        return (res["retention"] if res["retention"] is not None else res["agreement"] or 0.0,
+                res["p50_ms"] if res["p50_ms"] is not None else math.inf, res["size_mb"])
+
 
 def _heads_prunable() -> bool:
     import transformers
@@ -353,3 +505,7 @@ def _vocab_kept(teacher: Path, train: str) -> int:
     ds = load_word_dataset(train, texts_only=True) if words else load_dataset(train, texts_only=True)
     return len(plan_vocabulary(tok, corpus_strings(ds.inputs), model_config=config).keep)
 
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

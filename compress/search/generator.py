@@ -15,6 +15,7 @@ The search directory::
     SEARCH/profiles/                 the profile on another runtime (same device and budgets), where a route needs it
     SEARCH/holdout/report.json       the chosen artifact validated on the held-out text
     SEARCH/search.json               every trial, the choice (or the closest and a diagnosis)
+    SEARCH/report.html               the same, with decode tokens/s plotted against the perplexity increase
 
 A trial is: the shape's checkpoint (the teacher itself, or pruned the first time the shape is drawn), the route's
 FP32 export of it (made the first time the route and shape are drawn), quantized with the candidate's settings
@@ -28,30 +29,36 @@ after ``--trials`` measured candidates, when the time budget is spent, or when e
 candidate meets every budget and is best on the objective (latency: the most decode tokens/s; size: the smallest);
 its perplexity and top-1 agreement are then measured again on held-out text the search never ranked on.
 
-:class:`GeneratorSpace` is this search's space under the one driver (:class:`compress.search.directory.Search`); its
-study is :func:`compress.search.generator_run.run_generator_search`, its end :mod:`compress.search.generator_conclude`.
+:class:`GeneratorSpace` is this search's space under the one driver (:func:`compress.search.run.run_search`, over the
+search directory :class:`compress.search.directory.Search`): one fidelity, the plainest candidates queued first, an
+untried candidate queued where the sampler proposes one tried; its end is :mod:`compress.search.generator_conclude`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from compress.errors import ConfigError, EdgeCompressError
+from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.search.config import Objective, SearchConfig
+from compress.search.generator_conclude import conclude_generator
 from compress.search.generator_space import (
     GENERATOR_SPACE,
     ROUTES,
     SHAPE_DEFAULTS,
     GenCandidate,
-    all_candidates,
+    generator_candidates,
+    params_of,
     shapes_for,
     space_for,
+    suggest_generator,
 )
-from compress.search.space import Space
+from compress.search.space import SearchResult, Space, violation
 
 
 class GeneratorSpace(Space):
@@ -66,6 +73,7 @@ class GeneratorSpace(Space):
     objectives = (("decode_tokens_per_s", "maximize"), ("perplexity_increase", "minimize"), ("size_mb", "minimize"))
     startup_trials = 4
     own_constraints = 1  # validate's collapse check (a budget of its own, limit 0)
+    promotes = False  # one fidelity: every candidate is measured as it will ship
 
     def __init__(self, s) -> None:
         self.search = s
@@ -77,6 +85,8 @@ class GeneratorSpace(Space):
         self.train = str(Path(s.config.train).resolve())
         self._exports: dict[str, Any] = {}
         self._shaped: dict[str, str] = {}
+        self.candidates = generator_candidates(self.choices, self.shapes)
+        self._rng = random.Random(s.config.study.seed)
 
     @classmethod
     def judged(cls, profile, notes: list[str]) -> list[str]:
@@ -93,7 +103,7 @@ class GeneratorSpace(Space):
                 + ", ".join(budgets_of(cls.kind)) + ")" + (f"; its {', '.join(theirs)} read an encoder's or a "
                                                          "classifier's outputs" if theirs else ""),
                 hint=f"give a profile YAML with extends: {profile.name} and budgets such as "
-                     "max_perplexity_increase: 0.1, min_decode_tokens_per_s: 50 (docs/profiles.md)")
+                     "max_perplexity_increase: 0.1, min_decode_tokens_per_s: 50 (docs/reference/profiles.md)")
         if theirs:
             notes.append(f"budgets {', '.join(theirs)} read an encoder's outputs: not judged for a generator")
         return [n for n in names if n in judged_for(cls.kind)]
@@ -118,7 +128,7 @@ class GeneratorSpace(Space):
             raise ConfigError("no generator route is left to search" + (f" in --space {narrowed}" if asked else "")
                               + (f" ({'; '.join(skipped)})" if skipped else ""),
                               hint="widen --space" + (f", or install a route: {'; '.join(missing)}" if missing else ""))
-        n = len(all_candidates(space))
+        n = len(generator_candidates(space))
         self.search.notes.append("generator search: " + "; ".join(
             f"{rt}: {', '.join(d['algorithm'])}" + (f" x groups {', '.join(map(str, d['group']))}"
                                                    if d["group"] != [None] else "")
@@ -213,7 +223,6 @@ class GeneratorSpace(Space):
         """Quantize ``c`` from its route's export into SEARCH/candidates/NNNN, validate it on the ranking text; its
         figures and constraints."""
         from compress.profiles.budgets import BudgetStatus
-        from compress.search.conclude import violation
         from compress.stages.quantize import quantize
         from compress.stages.quantize.config import QuantizeConfig
 
@@ -251,6 +260,118 @@ class GeneratorSpace(Space):
             + [1.0 if budgets.get("no_collapse", {}).get("status") == BudgetStatus.failed else 0.0],
             "seconds": round(time.monotonic() - t, 1),
         }
+
+
+    # -- the driver's hooks -----------------------------------------------------------------------------------
+
+    def first_trials(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The routes' plainest candidate first (round to nearest, or Q4_0; the smallest group) of the first shape;
+        then each other shape's on one route."""
+        shapes = self.shapes
+        first = {k: v[0] for k, v in shapes.items()}
+        plain = {rt: GenCandidate(rt, d["algorithm"][0], d["group"][0], d["int8"][0], **first) for rt, d in self.items()}
+        others = [replace(next(iter(plain.values())), layers=n, heads=h, ffn=f, vocab=v)
+                  for n in shapes["layers"] for h in shapes["heads"] for f in shapes["ffn"]
+                  for v in shapes["vocab"] if (n, h, f, v) != tuple(first.values())]
+        return [(params_of(c, self, shapes), {}) for c in [*plain.values(), *others]]
+
+    def _tried(self, study) -> set[str]:
+        """The candidates measured or answered (as another's figures, or a failure not tried again)."""
+        from optuna.trial import TrialState
+
+        return {t.user_attrs["label"] for t in study.get_trials(deepcopy=False) if "label" in t.user_attrs
+                and (t.state == TrialState.COMPLETE or "duplicate_of" in t.user_attrs or "error" in t.user_attrs)}
+
+    def stop_reason(self, study) -> str | None:
+        """After --trials measured candidates, when the time budget is spent, or when every candidate is tried."""
+        from optuna.trial import TrialState
+
+        trials = self.config.short.trials
+        if trials and sum(1 for t in study.get_trials(deepcopy=False)
+                          if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs) >= trials:
+            return f"{trials} candidates measured"
+        if self.search.spent() >= self.config.time_budget_s:
+            return "the time budget is spent"
+        if len(self._tried(study)) >= len(self.candidates):
+            return f"every candidate ({len(self.candidates)}) is tried"
+        return None
+
+    def after_trial(self, study, trial) -> None:
+        """The sampler proposed a candidate tried already, and nothing is queued: an untried one is."""
+        from optuna.trial import TrialState
+
+        waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if "duplicate_of" in trial.user_attrs and not waiting:
+            seen = self._tried(study)
+            untried = [c for c in self.candidates if c.label not in seen]
+            if untried:
+                study.enqueue_trial(params_of(self._rng.choice(untried), self, self.shapes))
+
+    def conclude(self, study) -> SearchResult:
+        return conclude_generator(self.search, study)
+
+    def draw(self, trial) -> tuple[GenCandidate, str]:
+        c = suggest_generator(trial, self, self.shapes)
+        trial.set_user_attr("label", c.label)
+        return c, f"[trial {trial.number}] {c.label}"
+
+    def answered(self, trial, c: GenCandidate, tag: str):
+        """The figures of the same candidate measured already, or of its all-4-bit twin where that is within the
+        8-bit target already; a candidate that failed before is not tried again."""
+        import optuna
+
+        TS = optuna.trial.TrialState
+        trials = trial.study.get_trials(deepcopy=False)
+        twin = next((t for t in trials if t.state == TS.COMPLETE and t.user_attrs.get("label") == c.label
+                     and "duplicate_of" not in t.user_attrs), None)
+        plain = None if twin is not None or not c.int8 else next(
+            (t for t in trials if t.state == TS.COMPLETE and t.user_attrs.get("label") == replace(c, int8=0.0).label
+             and "duplicate_of" not in t.user_attrs and (t.user_attrs.get("perplexity_increase") or 0.0) <= c.int8),
+            None)
+        for t in filter(None, (twin, plain)):
+            for k, v in t.user_attrs.items():
+                if k != "worker":
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("label", c.label)
+            trial.set_user_attr("duplicate_of", t.number)
+            self.search.say(f"{tag}: as trial {t.number} (measured already)" if t is twin else
+                            f"{tag}: as trial {t.number} (its perplexity {t.user_attrs['perplexity_increase']:+.2%} "
+                            f"is within +{c.int8:.0%} already: no layer would go back to 8 bits)")
+            return t.values
+        broken = next((t for t in trials if t.state == TS.FAIL and t.user_attrs.get("label") == c.label
+                       and "error" in t.user_attrs), None)
+        if broken is not None:  # failed with an error before: the same error again
+            trial.set_user_attr("duplicate_of", broken.number)
+            raise optuna.TrialPruned(f"failed in trial {broken.number}")
+        return None
+
+    def build(self, trial, c: GenCandidate, tag: str) -> dict[str, Any]:
+        self.search.say(f"{tag}: quantizing and validating ...")
+        try:
+            return self.measure(trial.number, c)
+        except EdgeCompressError:
+            raise
+        except Exception as e:  # a quantizer's own bug fails this trial, not the search
+            raise StageError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+    def figures(self, res: dict[str, Any]) -> str:
+        from compress.profiles.budgets import BudgetStatus
+
+        def f(x, fmt):
+            return "-" if x is None else format(x, fmt)
+
+        odd = [k if b["status"] == BudgetStatus.failed else f"{k} {b['status']}" for k, b in res["budgets"].items()
+               if b["status"] != BudgetStatus.passed]
+        est = " (est.)" if res.get("estimated") else ""
+        return ((f" ({', '.join(odd)})" if odd else "")
+                + f": decode {f(res['decode_tokens_per_s'], '.1f')} tokens/s{est}, TTFT "
+                f"{f(res['time_to_first_token_ms'], '.1f')} ms, perplexity {f(res['perplexity_increase'], '+.2%')}, "
+                f"top-1 {f(res['top1_agreement'], '.3f')}, {f(res['size_mb'], '.3f')} MB"
+                + (f", {res['at_8_bits']} MatMuls at 8 bits" if res.get("at_8_bits") else ""))
+
+    def values(self, res: dict[str, Any]) -> tuple[float, float, float]:
+        return (res["decode_tokens_per_s"] or 0.0,
+                res["perplexity_increase"] if res["perplexity_increase"] is not None else math.inf, res["size_mb"])
 
 
 def _refuse(config: SearchConfig) -> None:

@@ -1,13 +1,14 @@
 """The end of a generator search: the choice among the candidates meeting every budget (or the closest and which budget
 binds), and the chosen artifact's perplexity and top-1 agreement on held-out text. ``s`` is the search
-(:class:`compress.search.directory.Search`) over a :class:`compress.search.generator.GeneratorSpace`."""
+(:class:`compress.search.directory.Search`) over a :class:`compress.search.generator.GeneratorSpace`, which calls
+:func:`conclude_generator` as its ``conclude`` hook."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from compress.search.conclude import SearchResult, violation
 from compress.search.config import Objective
+from compress.search.space import SearchResult, violation
 
 
 def _points(study) -> list[dict[str, Any]]:
@@ -40,14 +41,14 @@ def conclude_generator(s, study) -> SearchResult:
     diagnosis: list[str] = []
     if chosen is not None:
         chosen = dict(chosen)
-        chosen["holdout"] = _holdout(s, chosen)
+        chosen["holdout"] = _check_held_out(s, chosen)
         h = chosen["holdout"]
         s.say(f"chosen: trial {chosen['trial']} ({chosen['label']}); held-out text: {str(h['verdict']).upper()}, "
               f"perplexity {_pct(h.get('perplexity_increase'))} (ranking {_pct(chosen['perplexity_increase'])}), "
               f"top-1 {_num(h.get('top1_agreement'))}")
     elif points:
         closest = min(points, key=_total_violation)
-        diagnosis = diagnose(s, points)
+        diagnosis = binding_budgets(s, points)
         for d in diagnosis:
             s.say(f"diagnosis: {d}")
     failed = [{"trial": t.number, "label": t.user_attrs.get("label"), "error": t.user_attrs.get("error")}
@@ -66,7 +67,7 @@ def conclude_generator(s, study) -> SearchResult:
     return SearchResult(s.dir, summary, chosen, diagnosis)
 
 
-def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
+def _check_held_out(s, chosen: dict[str, Any]) -> dict[str, Any]:
     """Validate the chosen artifact on the held-out text (quality only: its speed was measured on the ranking run) and
     judge the profile's perplexity and top-1 budgets there."""
     from compress.artifact import load_artifact
@@ -89,7 +90,7 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
             "report": str(out / "report.json")}
 
 
-def diagnose(s, points: list[dict[str, Any]]) -> list[str]:
+def binding_budgets(s, points: list[dict[str, Any]]) -> list[str]:
     """Which budgets bind: per budget, how many candidates meet it and the best figure measured."""
     out = []
     for name in s.budgets:

@@ -39,7 +39,7 @@ ROUTES: dict[str, Route] = {
                       "pip install 'edgecompress[openvino]' (OpenVINO and NNCF)"),
     "llamacpp": Route("llamacpp", "gguf", ("q4_0", "q4_k_s", "q4_k_m"), (), (0.0,),
                       "pip install 'edgecompress[llamacpp]' and a llama.cpp source tree in EDGECOMPRESS_LLAMA_CPP "
-                      "(docs/generators.md, GGUF)"),
+                      "(docs/guides/lm.md, GGUF)"),
 }
 #: every dimension of a generator search with every choice (what ``--space`` may name for a generator)
 GENERATOR_SPACE: dict[str, list[Any]] = {
@@ -143,7 +143,7 @@ def shapes_for(asked: dict[str, list[Any]], teacher_layers: int) -> dict[str, li
     return out
 
 
-def all_candidates(space: dict[str, dict[str, list[Any]]],
+def generator_candidates(space: dict[str, dict[str, list[Any]]],
                    shapes: dict[str, list[Any]] | None = None) -> list[GenCandidate]:
     shapes = shapes or {k: [v] for k, v in SHAPE_DEFAULTS.items()}
     return [GenCandidate(rt, a, g, x, n, h, f, v) for n in shapes["layers"] for h in shapes["heads"]
@@ -151,7 +151,7 @@ def all_candidates(space: dict[str, dict[str, list[Any]]],
             for g in d["group"] for x in d["int8"]]
 
 
-def suggest(trial, space: dict[str, dict[str, list[Any]]], shapes: dict[str, list[Any]] | None = None) -> GenCandidate:
+def suggest_generator(trial, space: dict[str, dict[str, list[Any]]], shapes: dict[str, list[Any]] | None = None) -> GenCandidate:
     """Draw a candidate in ``trial``: the shape (each dimension with a choice), the runtime, then that runtime's own
     parameters (each runtime's choices are its own Optuna parameters, so a parameter's choices never change between
     trials)."""

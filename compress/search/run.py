@@ -12,7 +12,13 @@ The search directory::
     SEARCH/search.json              every trial, the front, the side-by-side timing, the choice or the diagnosis
     SEARCH/report.html              the same, with the Pareto plot
 
-Three fidelities, so the time budget buys the most:
+One driver (:func:`run_search`) runs every search: the study, its first queued trials, the trials, the time budget,
+the stop, the promotion to full fidelity where the space has one, the end, resuming. What differs by the teacher's
+kind is its space (:class:`compress.search.space.Space`), chosen from a table by the kind, whose hooks the driver
+calls: :class:`compress.search.encoder.EncoderSpace` for a forward pass, :class:`compress.search.generator.GeneratorSpace`
+for a causal LM (its directory: :mod:`compress.search.generator`).
+
+A forward pass's search has three fidelities, so the time budget buys the most:
 
 1. **estimate**: each sampled candidate's size and optimistic latency from its shape (:func:`space.roofline`); one
    whose optimistic figures cannot meet the size or p50 budget is skipped before anything is trained (Optuna
@@ -33,25 +39,21 @@ resumes from its checkpoint), and the interrupted trial is queued again when the
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 from compress.errors import EdgeCompressError
 from compress.progress import Progress
 from compress.recipes.execute import write_json_atomic
-from compress.search.artifacts import publish
-from compress.search.conclude import SearchResult, conclude, promote
 from compress.search.config import SearchConfig
 from compress.search.directory import Search
-from compress.search.space import SHAPE_DIMS, Candidate, quant_choices, suggest, trial_params
-from compress.search.study import (
-    drain,
-    is_queued,
-    optuna_module,
-    public_url,
-)
-from compress.search.trials import exhausted, measured_twin, new_shorts, skipped_before
+from compress.search.encoder import EncoderSpace
+from compress.search.generator import GeneratorSpace
+from compress.search.space import SearchResult
+from compress.search.study import drain, is_queued, optuna_module, public_url
+
+#: the space a teacher of each kind is searched over (:func:`compress.tasks.by_kind`)
+SPACES = {"forward": EncoderSpace, "generation": GeneratorSpace, "stream": EncoderSpace}
 
 
 def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progress | None = None,
@@ -60,7 +62,7 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
 
     ``progress`` hears what the search does as ``note`` events, one line each (:func:`compress.progress.to_lines`).
     """
-    optuna_module()  # a missing optuna is named before anything else
+    optuna = optuna_module()  # a missing optuna is named before anything else
     search_dir = Path(search_dir)
     from compress.tasks import by_kind
     from compress.teachers.kinds import source_kind
@@ -76,110 +78,48 @@ def run_search(config: SearchConfig, search_dir: Path | str, *, progress: Progre
     # a causal LM's folder (its routes start from the checkpoint): runtime x INT4 algorithm x group x 8-bit layers;
     # anything else one forward pass (a stream's calls too)
     kind = source_kind(config.teacher) if Path(config.teacher).is_dir() else "forward"
-    return by_kind(_KINDS, config.teacher, "search", kind=kind)(config, search_dir, progress=progress, force=force,
-                                                                html=html)
-
-
-def _run_forward_search(config: SearchConfig, search_dir: Path, *, progress: Progress | None, force: bool,
-                        html: bool) -> SearchResult:
-    """A model of one forward pass a batch: shape x runtime x quantization, the trials run as recipes."""
-    optuna = optuna_module()
+    space = by_kind(SPACES, config.teacher, "search", kind=kind)
     if html:
         from compress._optional import require
 
         for module in ("jinja2", "matplotlib"):
             require(module, "the search's HTML report (or pass --no-html)")
-    s, storage = Search.open(optuna, config, search_dir, progress, force=force)
-    say = s.say
+    s, storage = Search.open(optuna, config, search_dir, progress, force=force, kind=space)
     study = s.open_study(optuna, storage)
-    sampler = study.sampler
-    if not study.trials:
-        # the plain INT8 teacher: where the search starts from (another worker starting at the same moment queues
-        # it too: skip_if_exists keeps one)
-        runtime = s.space["runtime"][0]
-        reference = Candidate(s.space.shape.layers, runtime=runtime, quant=quant_choices(runtime, s.space)[1][0])
-        if all(getattr(reference, d) in s.space[d] for d in SHAPE_DIMS
-               if d in s.space) and "quant" in s.space and "runtime" in s.space:
-            study.enqueue_trial(trial_params(reference, s.space), user_attrs={"fidelity": "short", "reference": True},
-                                skip_if_exists=True)
+    if not study.trials:  # (another worker starting at the same moment queues them too: skip_if_exists keeps one)
+        for params, attrs in s.space.first_trials():
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
     if config.study.storage:
-        say(f"shared study {config.study.name!r} in {public_url(config.study.storage)}: this worker is {s.worker}"
-            + (f"; full-fidelity artifacts go to {config.study.artifact_store}" if config.study.artifact_store else ""))
-    say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "
-        f"{config.time_budget_s / 60:.0f} min spent; objective {config.objective.value}; profile {s.profile.name}")
-
-    def record_time(_study, _trial) -> None:
-        s.record_time(force=True)
-
+        s.say(f"shared study {config.study.name!r} in {public_url(config.study.storage)}: this worker is {s.worker}"
+              + (f"; full-fidelity artifacts go to {config.study.artifact_store}" if config.study.artifact_store
+                 else ""))
+    s.say(f"search {search_dir}: {len(study.trials)} trials so far, {s.spent_before / 60:.1f} of "
+          f"{config.time_budget_s / 60:.0f} min spent; objective {config.objective.value}; profile {s.profile.name}; "
+          f"budgets {', '.join(s.budgets)}")
     objective = _objective(optuna, s)
 
     def run_queued() -> None:
-        study.optimize(_queued_only(optuna, objective), n_trials=1, callbacks=[record_time], catch=(EdgeCompressError,))
+        study.optimize(_queued_only(optuna, objective), n_trials=1, callbacks=[_record_time(s)],
+                       catch=(EdgeCompressError,))
 
     poll_s = max(1.0, min(5.0, config.study.heartbeat_s / 2))
+    promotes = s.space.promotes
     phase = study.user_attrs.get("phase", "explore")
     if phase == "explore":
-        def explored() -> bool:
-            return s.spent() >= config.short.explore_share * config.time_budget_s or exhausted(study) \
-                or bool(config.short.trials and len(new_shorts(study)) + others_shorts() >= config.short.trials)
-
-        def others_shorts() -> int:
-            """Short trials other workers are running (between this worker's trials, none is its own): with them
-            the --trials cap holds however many workers share the study."""
-            return sum(t.user_attrs.get("fidelity", "short") == "short" and "duplicate_of" not in t.user_attrs
-                       for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-
-        def stop_exploring(study, trial) -> None:
-            record_time(study, trial)
-            if explored() or study.user_attrs.get("phase", "explore") != "explore":  # (or another worker's search)
-                study.stop()
-                return
-            trials = study.get_trials(deepcopy=False)
-            wasted = "duplicate_of" in trial.user_attrs or trial.state == optuna.trial.TrialState.PRUNED
-            if wasted and not any(t.state == optuna.trial.TrialState.WAITING for t in trials):
-                # the sampler proposed a candidate tried already or one its estimate rules out: the next trial is
-                # one that may fit instead
-                params, pool = s.space.draw_feasible(trials)
-                if params is not None:
-                    study.enqueue_trial(params, user_attrs={"fidelity": "short", "drawn_from": pool})
-                    return
-            if exhausted(study, patience=10):  # TPE keeps proposing what it measured: draw at random a while
-                study.sampler = random_sampler
-            elif "duplicate_of" not in trial.user_attrs:
-                study.sampler = sampler
-
-        random_sampler = optuna.samplers.RandomSampler(seed=config.study.seed)
-
-        if not explored():
-            steps = f"{config.short.steps} distillation steps, " if "layers" in s.space or "width" in s.space else ""
-            say(f"exploring at short fidelity ({steps}{config.short.recover_steps} recovery steps) for up to "
-                f"{max(config.short.explore_share * config.time_budget_s - s.spent(), 0) / 60:.0f} min")
-            study.optimize(objective, callbacks=[stop_exploring], catch=(EdgeCompressError,))
-        why = ("its share of the time budget is spent" if s.spent() >= config.short.explore_share * config.time_budget_s
-               else f"{config.short.trials} trials done" if config.short.trials and len(new_shorts(study)) >= config.short.trials
-               else f"{config.short.trials} trials done or running on other workers" if config.short.trials
-               and len(new_shorts(study)) + others_shorts() >= config.short.trials
-               else "the space is used up (the last trials, random draws included, proposed only candidates tried "
-               "already)")
-        say(f"exploration ends: {why}")
-        # what other workers are still measuring counts for the promotion: every worker promotes the same candidates
-        drain(optuna, study, run_queued, say, poll_s)
-        promoted = promote(s, study)
-        queued = {json.dumps(t.params, sort_keys=True) for t in study.trials
-                  if t.user_attrs.get("fidelity") == "full" and t.state != optuna.trial.TrialState.FAIL}
-        for number, params in promoted:  # (a search stopped right here queues each one once)
-            if json.dumps(params, sort_keys=True) not in queued:
-                study.enqueue_trial(params, user_attrs={"fidelity": "full", "promoted_from": number})
-        study.set_user_attr("promoted", [n for n, _ in promoted])
-        study.set_user_attr("phase", "full")
-        say(f"full fidelity for trials {', '.join(map(str, (n for n, _ in promoted))) or '(none measured)'}")
+        _explore(s, study, objective)
+        if promotes:
+            # what other workers are still measuring counts for the promotion: every worker promotes the same ones
+            drain(optuna, study, run_queued, s.say, poll_s)
+            _promote(optuna, s, study)
     elif phase == "final":
-        _requeue_for_time(optuna, study, say)
-    drain(optuna, study, run_queued, say, poll_s)  # the full candidates, whichever worker builds them
-    study.set_user_attr("phase", "final")
-    result = conclude(s, study)
-    record_time(study, None)
+        _requeue_for_time(optuna, study, s.say)
+    if promotes:
+        drain(optuna, study, run_queued, s.say, poll_s)  # the full candidates, whichever worker builds them
+        study.set_user_attr("phase", "final")
+    result = s.space.conclude(study)
+    s.record_time(force=True)
     result.summary["spent_s"] = round(s.spent(), 1)
+    result.summary["kind"] = s.space.kind  # (the report's page is the kind's)
     write_json_atomic(search_dir / "search.json", result.summary)
     if html:
         from compress.search.report import write_search_html
@@ -188,17 +128,40 @@ def _run_forward_search(config: SearchConfig, search_dir: Path, *, progress: Pro
     return result
 
 
+def _record_time(s: Search):
+    def record(_study, _trial) -> None:
+        s.record_time(force=True)
 
-def _run_generator_search(config: SearchConfig, search_dir: Path, *, progress: Progress | None, force: bool,
-                          html: bool) -> SearchResult:
-    """A causal LM: runtime x INT4 algorithm x group x 8-bit layers (:mod:`.generator_run`)."""
-    from compress.search.generator_run import run_generator_search
-
-    return run_generator_search(config, search_dir, progress=progress, force=force)
+    return record
 
 
-#: how search explores a teacher of each kind (:func:`compress.tasks.by_kind`)
-_KINDS = {"forward": _run_forward_search, "generation": _run_generator_search, "stream": _run_forward_search}
+def _explore(s: Search, study, objective) -> None:
+    """Run trials the sampler draws (and those the space queues) until the space says the exploration is over."""
+    def after(study, trial) -> None:
+        s.record_time(force=True)
+        if s.space.stop_reason(study) or study.user_attrs.get("phase", "explore") != "explore":  # (or another
+            study.stop()  # worker's search moved on)
+            return
+        s.space.after_trial(study, trial)
+
+    if s.space.stop_reason(study) is None:
+        if line := s.space.exploring():
+            s.say(line)
+        study.optimize(objective, callbacks=[after], catch=(EdgeCompressError,))
+    s.say(f"exploration ends: {s.space.stop_reason(study) or 'stopped'}")
+
+
+def _promote(optuna, s: Search, study) -> None:
+    """Queue the space's promoted trials at full fidelity, once each (a search stopped right here queues none twice)."""
+    promoted = s.space.promote(study)
+    queued = {json.dumps(t.params, sort_keys=True) for t in study.trials
+              if t.user_attrs.get("fidelity") == "full" and t.state != optuna.trial.TrialState.FAIL}
+    for number, params in promoted:
+        if json.dumps(params, sort_keys=True) not in queued:
+            study.enqueue_trial(params, user_attrs={"fidelity": "full", "promoted_from": number})
+    study.set_user_attr("promoted", [n for n, _ in promoted])
+    study.set_user_attr("phase", "full")
+    s.say(f"full fidelity for trials {', '.join(map(str, (n for n, _ in promoted))) or '(none measured)'}")
 
 
 def _requeue_for_time(optuna, study, say: Callable[[str], None]) -> None:
@@ -230,75 +193,31 @@ def _queued_only(optuna, objective):
 
 
 def _objective(optuna, s: Search):
+    """One trial: the space draws a candidate; an earlier trial may answer it (or rule it out); else the space builds
+    and measures it, and its figures are the trial's."""
     def objective(trial):
-        fid = s.space.full if trial.user_attrs.get("fidelity") == "full" else s.space.short
-        trial.set_user_attr("fidelity", fid.name)
         dead = trial.user_attrs.get("worker")  # only a copy Optuna queued again carries its first worker's name
         trial.set_user_attr("worker", s.worker)
         if dead:
             first = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
             s.say(f"[trial {trial.number}] retries trial {first.system_attrs.get('failed_trial')}, whose worker "
                   f"stopped answering ({dead}: no heartbeat for {4 * s.config.study.heartbeat_s} s)")
-        c = suggest(trial, s.space, s.space.shape)
-        trial.set_user_attr("label", c.label)
-        est = s.space.estimate(c)
-        trial.set_user_attr("estimate", {k: None if v is None else round(v, 4) for k, v in est.items()})
-        tag = f"[trial {trial.number}, {fid.name}] {c.label}"
-        twin = measured_twin(trial, fid.name)
-        if twin is not None:  # sampled before: the same recipe, the same cached figures
-            for k, v in twin.user_attrs.items():
-                if k != "worker":
-                    trial.set_user_attr(k, v)
-            trial.set_user_attr("duplicate_of", twin.number)
-            s.say(f"{tag}: as trial {twin.number} (measured already)")
-            return twin.values
-        running = next((t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                        if t.number != trial.number and t.params == trial.params
-                        and t.user_attrs.get("fidelity") == fid.name), None)
-        if running is not None:  # a shared study: another worker is measuring it right now
-            trial.set_user_attr("duplicate_of", running.number)
-            s.say(f"{tag}: as trial {running.number} (being measured by {running.user_attrs.get('worker')})")
-            raise optuna.TrialPruned(f"being measured in trial {running.number}")
-        if fid is s.space.short:
-            why = s.space.cannot_meet(c, trial.study.get_trials(deepcopy=False))
-            if why:
-                trial.set_user_attr("skipped", why)
-                before = skipped_before(trial)
-                if before is not None:  # a repeat: counts towards "the space is used up", and says nothing new
-                    trial.set_user_attr("duplicate_of", before.number)
-                else:
-                    s.say(f"{tag}: skipped before training: {why}")
-                raise optuna.TrialPruned(why)
-        else:
-            need = s.space.cost(trial.number, c, fid, trial.user_attrs.get("promoted_from"))
-            if need > s.left():
-                why = f"needs ~{need / 60:.0f} min, {max(s.left(), 0) / 60:.0f} min of the time budget left"
-                trial.set_user_attr("skipped", why)
-                trial.set_user_attr("not_run_for_time", True)
-                s.say(f"{tag}: not run: {why}")
-                raise optuna.TrialPruned(why)
-        drawn = trial.user_attrs.get("drawn_from")
-        s.say(f"{tag}: building and validating" + (f" (drawn from the {drawn} untried candidates expected to fit)"
-                                                  if drawn else "") + " ...")
+        c, tag = s.space.draw(trial)
+        values = s.space.answered(trial, c, tag)
+        if values is not None:
+            return values
         try:
-            res = s.space.measure(trial.number, c, fid)
+            res = s.space.build(trial, c, tag)
         except EdgeCompressError as e:
             if getattr(e, "exit_code", None) == 130:  # Ctrl-C or SIGTERM inside a step: stop the search, not the trial
                 raise KeyboardInterrupt(str(e)) from e
-            trial.set_user_attr("error", str(e))
-            s.say(f"{tag}: failed: {e}")
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            trial.set_user_attr("error", why)
+            s.say(f"{tag}: failed: {why}")
             raise
-        if fid is s.space.full and s.artifacts is not None:  # for the worker that ends the search, wherever it runs
-            res |= publish(s.artifacts, trial, Path(res["artifact"]))
         for k, v in res.items():
             trial.set_user_attr(k, v)
-        s.say(f"{tag}: {res['verdict'].upper()}: retention {_f(res['retention'])}, p50 {_f(res['p50_ms'], 2)} ms"
-              f"{' (est.)' if res['estimated'] else ''}, {_f(res['size_mb'], 1)} MB ({res['seconds']:.0f} s)")
-        return (res["retention"] if res["retention"] is not None else res["agreement"] or 0.0,
-                res["p50_ms"] if res["p50_ms"] is not None else math.inf, res["size_mb"])
+        s.say(f"{tag}: {res['verdict'].upper()}{s.space.figures(res)} ({res['seconds']:.0f} s)")
+        return s.space.values(res)
 
     return objective
-
-
-def _f(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"

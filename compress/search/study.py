@@ -1,8 +1,8 @@
-"""What every search's Optuna study shares, the encoders' (:mod:`compress.search.run`) and the generators'
-(:mod:`compress.search.generator_run`): Optuna itself, the study's storage (SQLite in the search directory, or a database
-several machines share: :func:`open_storage`), the search directory (its marker holds the settings that define it,
-so a search resumes only with them, or starts over with --force), the trials an interrupted process left, and the
-wait for the trials other workers run (:func:`drain`)."""
+"""What every search's Optuna study shares (the one driver is :func:`compress.search.run.run_search`): Optuna
+itself, the study's storage (SQLite in the search directory, or a database several machines share:
+:func:`open_storage`), the search directory (its marker holds the settings that define it, so a search resumes only
+with them, or starts over with --force), the trials an interrupted process left, and the wait for the trials other
+workers run (:func:`drain`)."""
 
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def too_slow_like(trials, c, estimate_ms: float, noise: float) -> tuple[int, str
     roofline, the smallest the furthest off), so a shallower student with more roofline may be the faster. The
     latency bound (:func:`latency_ratio`) learns from larger candidates only, so the largest ones, where the feasible
     draw looks, keep their bare roofline; this rule learns from smaller ones."""
-    from compress.search.conclude import violation
+    from compress.search.space import violation
 
     for t in trials:
         if not _timed_on(t, c.runtime, c.threads) or t.params.get("quant") != c.quant:

@@ -51,7 +51,7 @@ LAYOUTS = {
     "ssd": "a box regression per anchor [batch, anchors, 4 + 2*keypoints (+ classes)], the anchors generated from "
            "the declared anchors block (MediaPipe's SsdAnchorsCalculator); declare anchors and box_scale",
 }
-#: the postprocess fields only one layout reads (docs/tasks.md's table); the thresholds, max_detections and
+#: the postprocess fields only one layout reads (docs/guides/tasks.md's table); the thresholds, max_detections and
 #: scores_are_probabilities apply to every layout
 LAYOUT_FIELDS = {
     "decoded": ("boxes", "normalized", "nms"),
@@ -107,7 +107,7 @@ def check_layout(post, shape, num_classes: int | None, input_hw: tuple[int, int]
     transposed. Raises ConfigError naming the expected shapes when not."""
     if post.layout not in LAYOUTS:
         raise ConfigError(f"unknown detection layout {post.layout!r}",
-                          hint=f"postprocess.layout is one of {', '.join(LAYOUTS)} (docs/tasks.md, Object detection)")
+                          hint=f"postprocess.layout is one of {', '.join(LAYOUTS)} (docs/guides/tasks.md, Object detection)")
     _check_fields(post)
     if post.layout == "decoded" and post.boxes is None:
         raise ConfigError("object detection needs postprocess.boxes (xyxy or cxcywh) to read the output",
@@ -152,7 +152,7 @@ def _check_fields(post) -> None:
                 raise ConfigError(f"postprocess.{name} ({value}) does not apply to layout {post.layout}: it is read "
                                   f"by layout {layout} only (layout {post.layout} reads {own})",
                                   hint=f"remove {name} from model.yaml's postprocess block, or declare the layout "
-                                  "the model's output has (docs/tasks.md, Object detection)")
+                                  "the model's output has (docs/guides/tasks.md, Object detection)")
 
 
 def _check_grid(post, shape, num_classes: int, input_hw) -> None:

@@ -128,7 +128,7 @@ def mask_agreement(m, cand: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     task's threshold (``mask_iou``; 1.0 when neither holds any), and the cosine of the probability maps of all the
     rows together (``map_cosine``). A view without foreground has a map near 0 everywhere, whose own cosine to the
     teacher's is noise (PP-OCRv4's text map on a photo without text: 0.0 for a candidate whose pooled cosine is
-    0.96, ``benchmarks/paddle_ocr.py``), so the check reads the pooled one instead of the mean over rows."""
+    0.96, ``benchmarks/vision/paddle_ocr.py``), so the check reads the pooled one instead of the mean over rows."""
     post = postprocess_for(m.task, m.postprocess)
     a, b = _binary(cand, post).astype(bool), _binary(ref, post).astype(bool)
     union = int((a | b).sum())

@@ -17,7 +17,7 @@ against other commands' eviction (a lease). The cache is keyed by the file's con
 the same folder, and the lineage names the copy given.
 
 What the source costs: the checkpoint carries the file's rounding. A Q4_1 or K-quant GGUF is already a 4-bit model,
-so its FP32 form is the quantized model's, not the original's (docs/generators.md measures what a second
+so its FP32 form is the quantized model's, not the original's (docs/guides/lm.md measures what a second
 quantization then costs).
 """
 

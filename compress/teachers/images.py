@@ -208,7 +208,7 @@ def _program_info(path: Path) -> ImageInfo:
     except ValidationError as e:
         err = e.errors()[0]
         where = " -> ".join(str(p) for p in err["loc"]) or "preprocess"
-        raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}", hint="see the preprocess keys in docs/images.md") from e
+        raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}", hint="see the preprocess keys in docs/guides/images.md") from e
     arch = str(meta.get("architecture") or program_file.stem)
     kind = "program" if program_file.suffix == ".pt2" else "module"
     return ImageInfo(path=path, kind=kind, config={"architectures": [arch]}, labels=[str(x) for x in labels],

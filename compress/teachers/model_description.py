@@ -102,7 +102,7 @@ def read_description(path: Path) -> ModelDescription:
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{yaml_file}: unknown key {where!r}",
                               hint=f"known keys: {', '.join(ModelDescription.model_fields)}") from e
-        raise ConfigError(f"{yaml_file}: {where}: {err['msg']}", hint="see docs/model-files.md") from e
+        raise ConfigError(f"{yaml_file}: {where}: {err['msg']}", hint="see docs/guides/model-files.md") from e
 
 
 #: what a tokenizer feeds a text model (compress.device.feeds.TextFeeds)
@@ -193,7 +193,7 @@ def _preprocess(path: Path, desc: ModelDescription, inputs: list[TensorSpec]):
         err = e.errors()[0]
         where = " -> ".join(str(x) for x in err["loc"]) or "preprocess"
         raise ConfigError(f"{yaml_file}: preprocess -> {where}: {err['msg']}",
-                          hint="see docs/model-files.md") from e
+                          hint="see docs/guides/model-files.md") from e
     if spec:
         raise ConfigError(f"{yaml_file}: preprocess -> {sorted(spec)[0]} applies to image or text inputs",
                           hint="arrays need no preprocess; set kind: image or kind: text")

@@ -162,7 +162,7 @@ def read_fleet_file(path: Path) -> FleetFile:
         err = e.errors()[0]
         where = " -> ".join(str(x) for x in err["loc"]) or "top level"
         raise ConfigError(f"{path}: {where}: {err['msg']}",
-                          hint="see docs/remote.md (a fleet file: devices: [{host: ..., profile: ...}])") from None
+                          hint="see docs/guides/remote.md (a fleet file: devices: [{host: ..., profile: ...}])") from None
 
 
 def _entries(config) -> list[tuple[str, FleetEntry, Path | None, FleetFile | None]]:

@@ -44,6 +44,7 @@ import numpy as np
 from compress.artifact import Artifact
 from compress.errors import ConfigError
 from compress.host.load import LoadSampler
+from compress.host.measure import measure_generations
 from compress.host.memory import release_freed
 from compress.profiles.budgets import BudgetResult, BudgetStatus, anomalous_latency, budgets_of, verdict_of
 from compress.progress import Advance, Progress, start_phase
@@ -64,33 +65,9 @@ def _eos_ids(post) -> set[int]:
 # -- timing ----------------------------------------------------------------------------------------------------
 
 
-def time_generation(backends: dict[str, Any], prompt: list[int], new_tokens: int, *, warmup: int,
-                    min_duration_s: float, max_rounds: int, progress: Progress | None = None):
-    """TTFT and per-token decode samples of each backend (and each decode token's host overhead), through each
-    backend's generation loop, rounds alternating (the order flips every round):
-    {name: {"time_to_first_token": LatencyStats, "decode": LatencyStats, "decode_host": LatencyStats}}."""
-    from compress.host.measure import Generation, GenerationSamples
-
-    gens = {name: Generation(b, prompt, new_tokens=new_tokens) for name, b in backends.items()}
-    advance = start_phase(progress, f"timing generation ({' and '.join(gens)}: a {len(prompt)}-token prompt + "
-                                    f"{new_tokens} new tokens, at least {MIN_ROUNDS} rounds)") if progress else None
-    for _ in range(warmup):  # inside the phase: a warm-up generation of a real model takes a while too
-        for g in gens.values():
-            g.generate()
-    samples = {n: GenerationSamples() for n in gens}
-    rounds, spent = 0, 0.0
-    while rounds < MIN_ROUNDS or (spent < min_duration_s and rounds < max_rounds):
-        order = list(gens) if rounds % 2 == 0 else list(reversed(gens))
-        for name in order:
-            spent += samples[name].add(gens[name].generate())
-        rounds += 1
-        if advance:
-            advance(min(1.0, min(rounds / MIN_ROUNDS, spent / min_duration_s if min_duration_s else 1.0)))
-    return {n: s.stats() for n, s in samples.items()}
-
-
 def speed_figures(timed: dict[str, dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
-    """Tokens per second, TTFT and their ratios to the FP32 baseline, from :func:`time_generation`'s stats."""
+    """Tokens per second, TTFT and their ratios to the FP32 baseline, from the stats of
+    :func:`~compress.host.measure.measure_generations`' samples."""
     out: dict[str, Any] = {}
     for name, st in timed.items():
         pre = "" if name == "artifact" else f"{name}_"
@@ -420,9 +397,12 @@ def validate_generation(art: Artifact, run, runtime_name: str, run_settings, dev
                 metrics["speedup_baseline"] = "the teacher's FP32 export on the same runtime and threads (decode)"
         meas = profile.measure
         with LoadSampler() as load:  # how busy the machine was while it timed (the report's host_load)
-            timed = time_generation(backends, prompt, new_tokens, warmup=1 if meas.warmup else 0,
-                                    min_duration_s=meas.min_duration_s,
-                                    max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens), progress=progress)
+            timed = measure_generations(
+                backends, prompt, new_tokens, warmup=1 if meas.warmup else 0, min_rounds=MIN_ROUNDS,
+                min_duration_s=meas.min_duration_s, max_rounds=max(MIN_ROUNDS, meas.max_runs // new_tokens),
+                progress=progress, phase=f"timing generation ({' and '.join(backends)}: a {len(prompt)}-token prompt "
+                                         f"+ {new_tokens} new tokens, at least {MIN_ROUNDS} rounds)")
+            timed = {name: samples.stats() for name, samples in timed.items()}
         run.host_load = load.result
         gen.update({"prompt_tokens": len(prompt), "new_tokens": new_tokens, **speed_figures(timed, len(prompt)),
                     **loops_of(backends, art, len(prompt) + new_tokens // 2)})
@@ -562,4 +542,4 @@ def diverging_markdown(met: dict[str, Any]) -> list[str]:
 
 
 __all__ = ["continuations", "diverging_markdown", "quality", "speed_figures", "summary_lines",
-           "time_generation", "validate_generation"]
+           "validate_generation"]

@@ -58,8 +58,9 @@ def write_program_teacher(directory: Path) -> Path:
     return directory
 
 
-def write_hf_image_teachers(root: Path) -> dict[str, Path]:
-    """A tiny MobileNetV2 (32×32 RGB) and a tiny ViT (16×16, 2 layers), random, with their image processors."""
+def write_hf_image_teachers(root: Path, vit_layers: int = 2) -> dict[str, Path]:
+    """A tiny MobileNetV2 (32×32 RGB) and a tiny ViT (16×16, ``vit_layers`` layers), random, with their image
+    processors."""
     import torch
     import transformers
 
@@ -76,8 +77,8 @@ def write_hf_image_teachers(root: Path) -> dict[str, Path]:
     transformers.MobileNetV2ImageProcessor(size={"shortest_edge": 36},
                                            crop_size={"height": 32, "width": 32}).save_pretrained(root / "cnn")
     vit = transformers.ViTForImageClassification(transformers.ViTConfig(
-        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        **common)).eval()
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=vit_layers, num_attention_heads=2,
+        intermediate_size=64, **common)).eval()
     vit.save_pretrained(root / "vit")
     transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
     return {"cnn": root / "cnn", "vit": root / "vit"}

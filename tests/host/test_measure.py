@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.host.measure import ForwardPass, Generation, LatencyStats, Measurement, Stream
+from compress.host.measure import (
+    ForwardPass,
+    Generation,
+    LatencyStats,
+    Measurement,
+    Stream,
+    measure_generations,
+)
 from compress.runtimes.base import load_runtime
+from compress.tasks.generation import Generated
 
 
 def test_every_shape_is_a_measurement(kv_cache_artifact):
@@ -51,3 +59,39 @@ def test_a_stream_feeds_the_state_from_chunk_to_chunk(accumulator_artifact):
     assert [float(o["y"][0, 0]) for o in outputs] == [1.0, 3.0, 6.0, 10.0]  # running sums: the state fed back
     chunk = shape.measure()["chunk"]
     assert chunk.n == 8 and chunk.p50 > 0 and chunk.throughput > 0
+
+
+class _Route:
+    """A generation route that takes ``step`` seconds a token (made up) and logs each call in ``calls``."""
+
+    def __init__(self, name: str, step: float, calls: list[str]):
+        self.name, self.step, self.calls = name, step, calls
+
+    def generate(self, prompt, n, timed=False):
+        self.calls.append(self.name)
+        seconds = (2 * self.step,) + (self.step,) * (n - 1)
+        return Generated(None, [7] * n, [], seconds, tuple(0.5 * t for t in seconds))
+
+
+def test_several_generation_routes_are_timed_side_by_side():
+    calls: list[str] = []
+    routes = {"a": _Route("a", 0.01, calls), "b": _Route("b", 0.02, calls)}
+    heard = []
+    samples = measure_generations(routes, [1, 2, 3], 4, warmup=1, min_rounds=3, min_duration_s=0,
+                                  progress=lambda event: heard.append(event))
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # a warm-up each, then a b | b a | a b
+    assert samples["a"].first == [0.02] * 3 and samples["a"].runs == [0.04] * 3  # 4 decode tokens a round
+    stats = {name: s.stats() for name, s in samples.items()}
+    assert stats["b"]["decode"].n == 12 and stats["b"]["decode"].p50 == 20.0  # ms
+    assert stats["a"]["decode_host"].p50 == 5.0 and stats["a"]["time_to_first_token"].n == 3
+    assert heard[0]["phase"] == "timing generation" and heard[-1]["fraction"] == 1.0  # the phase, then each round
+
+
+def test_generation_rounds_go_on_until_the_timed_work_is_long_enough():
+    calls: list[str] = []
+    samples = measure_generations({"a": _Route("a", 0.5, calls)}, [1], 2, warmup=0, min_rounds=1,
+                                  min_duration_s=5.0, max_rounds=10)
+    assert len(samples["a"].first) == 3  # 2 s a round (the first token 1 s, then 2 of 0.5 s): 3 rounds pass 5 s
+    capped = measure_generations({"a": _Route("a", 0.5, calls)}, [1], 2, warmup=0, min_rounds=1,
+                                 min_duration_s=100.0, max_rounds=2)
+    assert len(capped["a"].first) == 2

@@ -67,7 +67,7 @@ def test_export_is_refused_in_one_line_before_any_work_when_memory_is_short(ckpt
 
 def test_each_route_is_checked_by_its_own_measured_peak_and_an_unmeasured_one_not_at_all(monkeypatch):
     """The ONNX Runtime route's stages keep their names; another route's are ``stage@format`` (as
-    benchmarks/lm_cost_curve.py records them), checked only where PEAK has their measured line."""
+    benchmarks/generators/lm_cost_curve.py records them), checked only where PEAK has their measured line."""
     from compress.host import memory
 
     assert memory.route_stage("export", "onnx") == "export"

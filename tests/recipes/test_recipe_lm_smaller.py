@@ -1,6 +1,6 @@
 """The shipped ``builtin:lm-smaller`` recipe: a causal LM from its pretrained base through a LoRA fine-tune, a
 half-depth student distilled, pruning, the FP32 export and INT4, validated here and estimated on a phone, gated. The
-plan is checked (no training: CI time); the chain itself runs in benchmarks/lm_smaller.py on a pretrained LM.
+plan is checked (no training: CI time); the chain itself runs in benchmarks/generators/lm_smaller.py on a pretrained LM.
 Material: the tiny random-weight Llama of tests/builders (8 layers, as the recipe expects), STORY's sentences as
 the task's text."""
 

@@ -2,7 +2,7 @@
 options, and one-line refusals when CUDA / TensorRT / a GPU provider is absent.
 
 On a machine with CUDA the "absent" tests skip (they describe this CPU-only CI); the GPU paths
-themselves are exercised on a GPU machine (see docs/profiles.md, GPU profiles).
+themselves are exercised on a GPU machine (see docs/reference/profiles.md, GPU profiles).
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def test_validate_engine_on_a_cpu_profile_is_refused(engine_stub, tmp_path, _val
 
 
 # -- on a CUDA machine: the torch runtime, validate and distill for real -----------------------------
-# (skipped in CI, which has no GPU; run on a lent GPU, see docs/profiles.md "Measured on a GPU")
+# (skipped in CI, which has no GPU; run on a lent GPU, see docs/reference/profiles.md "Measured on a GPU")
 
 needs_cuda = pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
 

@@ -222,8 +222,8 @@ def test_a_trial_the_estimate_rules_out_is_followed_by_one_drawn_from_the_candid
     trial (skipped or a repeat) the next one is drawn from the untried candidates expected to fit, so each one
     that fits costs at most two new trials: all four that fit (of sixteen) are measured within nine."""
     from compress.search.directory import Search
+    from compress.search.encoder_space import all_candidates, trial_params
     from compress.search.run import run_search
-    from compress.search.space import all_candidates, trial_params
 
     space = {**SPACE, "ffn": [0.0, 0.3, 0.5, 0.7], "threads": [0, 1]}
     probe = Search(config(workspace, space=space), workspace / "unused")
@@ -318,7 +318,7 @@ def test_promotion_forgives_timing_noise_but_not_size():
 
 def test_full_fidelity_augments_emb4_quantizes_the_table_and_threads_get_a_profile(workspace, tmp_path):
     from compress.search.directory import Search
-    from compress.search.space import Candidate, candidate_steps, roofline
+    from compress.search.encoder_space import Candidate, candidate_steps, roofline
 
     s = Search(config(workspace), tmp_path / "s")
     full, _ = candidate_steps(Candidate(1), s.space.shape, s.space.full)
@@ -536,7 +536,7 @@ def test_the_draw_aims_where_measured_candidates_say_a_candidate_fits_without_ru
     from types import SimpleNamespace
 
     from compress.search.encoder import EncoderSpace
-    from compress.search.space import Candidate, TeacherShape, from_params
+    from compress.search.encoder_space import Candidate, TeacherShape, from_params
     from compress.search.trials import typical_ratio
 
     def trial(est, measured, threads=1):
@@ -577,7 +577,7 @@ def test_a_chosen_candidate_that_fails_the_held_out_check_fails_the_search(monke
     verdict in words), and a pipeline reading the exit code does not ship that artifact."""
     import compress.search.run as search_run
     from compress.cli import main
-    from compress.search.conclude import SearchResult
+    from compress.search.space import SearchResult
 
     report = tmp_path / "holdout" / "report" / "report.json"
     chosen = {"trial": 7, "label": "#7 c0.5 int8-static", "verdict": "pass", "retention": 0.99, "p50_ms": 0.4,
@@ -638,7 +638,7 @@ def test_when_every_candidate_is_skipped_the_diagnosis_names_the_budget_not_the_
 
 def test_qat_steps_reach_only_full_fidelity_onnx_runtime_int8_candidates(workspace, tmp_path):
     from compress.search.directory import Search
-    from compress.search.space import Candidate, candidate_steps
+    from compress.search.encoder_space import Candidate, candidate_steps
 
     s = Search(config(workspace, qat_steps=50), tmp_path / "s")
     full, last = candidate_steps(Candidate(1, quant="int8-dynamic"), s.space.shape, s.space.full)
@@ -688,7 +688,7 @@ def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_te
 def test_an_executorch_candidates_size_counts_its_int8_embedding_tables():
     """ONNX Runtime's static INT8 leaves the embedding table (a Gather) in FP32; an ExecuTorch INT8 program stores it
     in INT8 with either activation mode, so the size check before training must not count it four times over."""
-    from compress.search.space import Candidate, TeacherShape, roofline
+    from compress.search.encoder_space import Candidate, TeacherShape, roofline
 
     t = TeacherShape(layers=6, hidden=384, heads=12, ffn=1536, vocab=30522, positions=512, types=2, labels=2)
     size = {(rt, q): roofline(Candidate(6, runtime=rt, quant=q), t, 1, 64, None)["size_mb"]

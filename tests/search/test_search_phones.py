@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, bert_classifier, home):
-    d = write_search_workspace(tmp_path_factory.mktemp("search-phones"), bert_classifier)
+def workspace(tmp_path_factory, bert_one_layer, home):
+    d = write_search_workspace(tmp_path_factory.mktemp("search-phones"), bert_one_layer)
     (d / "phone.yaml").write_text(yaml.safe_dump({"name": "phone", "extends": "pixel-8", "measure": QUICK_MEASURE}))
     return d
 
@@ -37,13 +37,13 @@ def test_a_phone_profile_searches_executorch_programs_estimated_on_its_peaks(wor
     from compress.search.directory import Search
     from compress.search.run import run_search
 
-    space = {"layers": [2], "width": [1.0], "heads": [0.0], "ffn": [0.0], "vocab": [False], "quant": ["int8-dynamic"],
+    space = {"layers": [1], "width": [1.0], "heads": [0.0], "ffn": [0.0], "vocab": [False], "quant": ["int8-dynamic"],
              "et_quant": ["int8-static"], "threads": [0]}  # the runtime left to the profile
     cfg = config(workspace, "phone.yaml", space, trials=1)  # the reference: the teacher as the phone's INT8 program
     assert Search(cfg, workspace / "unused").space["runtime"] == ["executorch", "onnxruntime"]
     result = run_search(cfg, workspace / "phone-search", progress=lambda *a, **k: None)
     s = result.summary
-    programs = [p for p in s["measured"] if p["label"].endswith(" L2 et-int8-static")]
+    programs = [p for p in s["measured"] if p["label"].endswith(" L1 et-int8-static")]
     assert programs and s["chosen"], [p["label"] for p in s["measured"]]
     first = programs[0]
     steps = yaml.safe_load(Path(first["recipe"]).read_text())["steps"]
@@ -58,14 +58,14 @@ def test_a_phone_profile_searches_executorch_programs_estimated_on_its_peaks(wor
 def test_this_machines_profile_times_programs_beside_onnx_runtime_when_asked(workspace):
     from compress.search.run import run_search
 
-    space = {"layers": [2], "width": [1.0], "heads": [0.0], "ffn": [0.0], "vocab": [False],
+    space = {"layers": [1], "width": [1.0], "heads": [0.0], "ffn": [0.0], "vocab": [False],
              "quant": ["int8-dynamic"], "runtime": ["onnxruntime", "executorch"], "et_quant": ["int8-dynamic"],
              "threads": [0]}
     result = run_search(config(workspace, "quick.yaml", space), workspace / "quick-search",
                         progress=lambda *a, **k: None)
     s = result.summary
     labels = {p["label"].split(" ", 1)[1] for p in s["measured"]}
-    assert {"L2 int8-dynamic", "L2 et-int8-dynamic"} <= labels
+    assert {"L1 int8-dynamic", "L1 et-int8-dynamic"} <= labels
     assert result.exit_code == 0 and not any(p.get("estimated") for p in s["measured"])
     timed = [k for k in s["side_by_side"] if k.startswith("trial ")]
     assert len(timed) >= 1 and "teacher (PyTorch FP32)" in s["side_by_side"]

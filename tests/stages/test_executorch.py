@@ -21,18 +21,18 @@ def images(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("et-images")
     write_image_set(root)
-    return {**write_hf_image_teachers(root / "t"), "set": root / "set"}
+    return {**write_hf_image_teachers(root / "t", vit_layers=1), "set": root / "set"}  # one layer: half the lowering
 
 
 @pytest.fixture(scope="module")
-def programs(bert_classifier, tmp_path_factory):
-    """The tiny text classifier as an FP32 and an INT8 (dynamic) program."""
+def programs(bert_one_layer, tmp_path_factory):
+    """The tiny text classifier (one layer) as an FP32 and an INT8 (dynamic) program."""
     d = tmp_path_factory.mktemp("et-text")
-    return {"fp32": export(bert_classifier, d / "pte", ExportConfig(format="executorch")),
-            "int8": export(bert_classifier, d / "pte8", ExportConfig(format="executorch", precision="int8"))}
+    return {"fp32": export(bert_one_layer, d / "pte", ExportConfig(format="executorch")),
+            "int8": export(bert_one_layer, d / "pte8", ExportConfig(format="executorch", precision="int8"))}
 
 
-def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_classifier, programs, tmp_path):
+def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_one_layer, programs, tmp_path):
     import yaml
 
     from compress.validation.config import ValidateConfig
@@ -49,7 +49,7 @@ def test_a_text_classifier_becomes_an_xnnpack_program_that_validate_runs(bert_cl
     profile = tmp_path / "phone-here.yaml"  # this machine, running the phone's runtime, timed briefly
     profile.write_text(yaml.safe_dump({"name": "phone-here", "extends": "host", "runtime": {"name": "executorch"},
                                        "measure": {"warmup": 2, "min_runs": 10, "min_duration_s": 0.05}}))
-    report = validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(data), teacher=str(bert_classifier),
+    report = validate(art, ValidateConfig.from_flat(profile=str(profile), data=str(data), teacher=str(bert_one_layer),
                                           cold_start=False))
     assert report.metrics["agreement"] == 1.0 and report.environment["runtime"]["runtime"] == "executorch"
 
@@ -69,9 +69,9 @@ def test_text_int8_is_dynamic_pt2e_and_agrees_with_the_teacher(programs):
     assert art.model_path.stat().st_size < 0.5 * programs["fp32"].model_path.stat().st_size
 
 
-def _fc_arithmetic(tokens: int, hidden: int = 32, ffn: int = 64, layers: int = 2, labels: int = 2) -> float:
+def _fc_arithmetic(tokens: int, hidden: int = 32, ffn: int = 64, layers: int = 1, labels: int = 2) -> float:
     """The tiny BERT's fully connected layers (q, k, v, out, FFN up and down per layer; pooler and classifier on the
-    [CLS] row), two operations per multiply-add."""
+    [CLS] row), two operations per multiply-add (the module's BERT has one layer)."""
     return 2.0 * (tokens * layers * (4 * hidden * hidden + 2 * hidden * ffn) + hidden * hidden + hidden * labels)
 
 
@@ -93,12 +93,12 @@ def test_a_programs_cost_is_read_from_its_xnnpack_graph_at_any_sequence_length(p
     assert int8.weight_bytes < 0.5 * fp32.weight_bytes  # the FC weights in one byte (the embeddings' rows too)
 
 
-def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_classifier, programs, tmp_path):
+def test_validate_estimates_a_programs_latency_on_a_phone_that_is_not_here(bert_one_layer, programs, tmp_path):
     from compress.validation.config import ValidateConfig
     from compress.validation.local import validate
 
     report = validate(programs["int8"], ValidateConfig.from_flat(profile="pixel-8", data=str(write_tsv(tmp_path)),
-                                                       teacher=str(bert_classifier), cold_start=False))
+                                                       teacher=str(bert_one_layer), cold_start=False))
     lat = report.metrics["latency_ms"]
     assert lat["estimated"] and lat["p50"] > 0 and report.metrics["speedup"] > 0
     assert report.metrics["estimate"]["int8_gops"] > 0
@@ -118,22 +118,22 @@ def test_image_int8_is_static_and_needs_calibration(images, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def test_cli_refuses_what_executorch_does_not_take(bert_classifier, tmp_path, capsys):
-    assert "fp16" in main_error(capsys, "export", bert_classifier, "--format", "executorch", "--precision", "fp16",
+def test_cli_refuses_what_executorch_does_not_take(bert_one_layer, tmp_path, capsys):
+    assert "fp16" in main_error(capsys, "export", bert_one_layer, "--format", "executorch", "--precision", "fp16",
                                 "--out", tmp_path / "a")
     assert "--int8-mode applies to --precision int8" in main_error(
-        capsys, "export", bert_classifier, "--format", "executorch", "--int8-mode", "static", "--out", tmp_path / "b")
-    assert "--int8-mode" in main_error(capsys, "export", bert_classifier, "--int8-mode", "dynamic", "--out",
+        capsys, "export", bert_one_layer, "--format", "executorch", "--int8-mode", "static", "--out", tmp_path / "b")
+    assert "--int8-mode" in main_error(capsys, "export", bert_one_layer, "--int8-mode", "dynamic", "--out",
                                        tmp_path / "c")
     assert "--calibration-method applies to static INT8" in main_error(
-        capsys, "export", bert_classifier, "--format", "executorch", "--precision", "int8", "--calibration-method",
+        capsys, "export", bert_one_layer, "--format", "executorch", "--precision", "int8", "--calibration-method",
         "minmax", "--out", tmp_path / "d")  # text's default INT8 is dynamic: nothing to calibrate
     assert "--calibration-method applies to --format executorch" in main_error(
-        capsys, "export", bert_classifier, "--calibration-method", "minmax", "--out", tmp_path / "e")
+        capsys, "export", bert_one_layer, "--calibration-method", "minmax", "--out", tmp_path / "e")
     assert "--embedding-precision applies to --format executorch" in main_error(
-        capsys, "export", bert_classifier, "--embedding-precision", "fp32", "--out", tmp_path / "g")
+        capsys, "export", bert_one_layer, "--embedding-precision", "fp32", "--out", tmp_path / "g")
     assert "--calibration-method applies to --precision int8" in main_error(
-        capsys, "export", bert_classifier, "--format", "executorch", "--calibration-method", "minmax", "--out",
+        capsys, "export", bert_one_layer, "--format", "executorch", "--calibration-method", "minmax", "--out",
         tmp_path / "f")
 
 

@@ -59,7 +59,7 @@ def test_the_manifest_comes_from_the_gguf_header_and_the_tokenizer_from_its_voca
     assert adopted["tokenizer"].startswith("the GGUF's own vocabulary") and adopted["logits_finite"]
     # the vocabulary turned into a tokenizer splits text as the checkpoint's own tokenizer does (under transformers 4;
     # transformers 5.24 rebuilds a llama sentencepiece vocabulary's merges in another order: "picked" becomes
-    # p/i/c/ked, not p/i/ck/ed; docs/model-files.md says to put the model's tokenizer files beside the .gguf)
+    # p/i/c/ked, not p/i/ck/ed; docs/guides/model-files.md says to put the model's tokenizer files beside the .gguf)
     import transformers
 
     ours = AutoTokenizer.from_pretrained(str(made["adopted"].path))

@@ -86,6 +86,33 @@ def test_plan_measures_each_matrix_and_leaves_the_model_as_it_was(exported):
     assert all(np.array_equal(np.array(after[n].get_data()), data[n]) for n in body)
 
 
+def test_the_probe_feeds_candidates_through_one_compiled_copy_and_puts_originals_back(exported):
+    """The probe's check: each body weight an input fed from one FP32 buffer; a 4-bit candidate's codes and an 8-bit
+    candidate decode into it, and an empty choice puts every original back, bit for bit, with the FP32 logits."""
+    import openvino as ov
+
+    from compress.stages.quantize.lm import bit_allocation as ba
+    from compress.stages.quantize.lm import openvino_mix
+
+    model = ov.Core().read_model(str(exported.model_path))
+    body = openvino_mix.body_matmuls(model)
+    probe = openvino_mix.Probe(model, body, ba.importance_ids(exported))
+    try:
+        _, ref = probe.reference()
+        originals = {n: probe.original(n).copy() for n in body}
+        hqq, int8 = openvino_mix.CANDIDATES
+        coded = ba.coded(originals[body[0]], hqq, 32)
+        moved = probe.logits({body[0]: coded, body[1]: int8})
+        assert np.array_equal(probe.original(body[2]), originals[body[2]])  # untouched
+        held = probe.buffers[body[0]].T if probe.consts[body[0]][1] else probe.buffers[body[0]]  # [K, N]
+        assert np.array_equal(held, coded.decode())  # the codes, decoded in place
+        assert 0 < np.abs(moved - ref).max()
+        assert np.array_equal(probe.logits({}), ref)  # the originals back: the same logits, bit for bit
+        assert all(np.array_equal(probe.original(n), originals[n]) for n in body)
+    finally:
+        probe.close()
+
+
 def test_the_int4_default_is_the_measured_mix_written_as_planned(exported, tmp_path, monkeypatch):
     """The default INT4 of an OpenVINO generator (no --int4-algorithm): the plan's record in the step, each planned
     MatMul's element type in the IR as the plan says (u4 for 4-bit HQQ groups, u8 for 8 bits), the counts those of

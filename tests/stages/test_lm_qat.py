@@ -2,7 +2,7 @@
 the fake quantizer is ONNX Runtime's MatMulNBits grid, the artifact holds the weights training saw, and the run
 brings the simulated INT4 closer to its FP32 teacher. A tiny random-weight Llama (tests/builders) and a few repeated
 sentences written for the tests are test material: they check the mechanism, not any real model's quality
-(docs/generators.md has stories260K's figures)."""
+(docs/guides/lm.md has stories260K's figures)."""
 
 from __future__ import annotations
 

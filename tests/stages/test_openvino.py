@@ -178,7 +178,7 @@ def test_the_layer_table_reads_the_quantized_model_it_describes(ptq_artifact, ov
 
     if is_x86() and not has_vnni():
         pytest.skip("x86 without VNNI: OpenVINO's INT8 kernels there move this tiny model's output further from the "
-                    "quantized arithmetic than quantization moved it from FP32 (docs/model-files.md)")
+                    "quantized arithmetic than quantization moved it from FP32 (docs/guides/model-files.md)")
 
     from compress.data.tokenization import encoder_for
     from compress.stages.quantize.ov_layer_errors import _decompose_fake_quantize

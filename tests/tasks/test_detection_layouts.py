@@ -1,7 +1,7 @@
 """Detector layouts declared as data (postprocess.layout): YOLOX's grid offsets and MediaPipe's SSD anchors, each
 decoded as a direct implementation of its authors' rule would, adopted -> INT8 -> validated through the CLI, and the
 layouts' bad declarations refused in one line. The tiny detectors have random weights (test material; no BlazeFace
-file is available offline); the YOLOX-Nano of ../shared/models is benchmarks/yolox_nano.py's."""
+file is available offline); the YOLOX-Nano of ../shared/models is benchmarks/vision/yolox_nano.py's."""
 
 from __future__ import annotations
 

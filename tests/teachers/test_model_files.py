@@ -2,7 +2,7 @@
 per-output fidelity and the per-layer error table; bad files and data are one-line errors that write nothing.
 
 The models are tiny and random, built here with plain ``torch.onnx.export`` at opset 12 (as many zoos ship them) or
-with ``onnx.helper``: test material, not claims about real models (benchmarks/adopted.py has those)."""
+with ``onnx.helper``: test material, not claims about real models (benchmarks/vision/adopted.py has those)."""
 
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def _quantize(program, teacher, config: ExportConfig, names: list[str], example:
     return quantized, record
 
 
-#: the range estimators ``auto`` (the default) tries: neither wins on every network (docs/cnn-int8.md: the digits CNN
+#: the range estimators ``auto`` (the default) tries: neither wins on every network (docs/benchmarks/cnn-int8.md: the digits CNN
 #: keeps 0.978 of its accuracy with mean-minmax and 0.996 with histogram; the ImageNet MobileNetV2 1.000 and 0.964)
 AUTO_METHODS = ("mean-minmax", "histogram")
 
@@ -223,7 +223,7 @@ def quantize_embeddings(gm) -> int:
 #: static INT8 activation ranges: each calibration row's extremes, averaged (ONNX Runtime's moving-average MinMax, NNCF's
 #: estimator for activations, ``quantize``'s default for image models), where XNNPACKQuantizer's HistogramObserver
 #: searches the range of least L2 error; the graph's outputs keep the extremes of the whole set (averaged, the largest
-#: logits, whose order is the prediction, would saturate and tie). docs/cnn-int8.md has the figures. The default,
+#: logits, whose order is the prediction, would saturate and tie). docs/benchmarks/cnn-int8.md has the figures. The default,
 #: ``auto``, tries :data:`AUTO_METHODS` and keeps the closer.
 CALIBRATION_METHOD = "mean-minmax"
 

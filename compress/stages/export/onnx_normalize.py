@@ -14,7 +14,7 @@ apart; PyTorch's exporter folds them in eval mode) is folded into that convoluti
 (:func:`fold_batch_norms`): exact in float, and without it static INT8 quantizes the convolution's output *before*
 the per-channel scaling, one activation scale over channels the normalisation then stretches by up to orders of
 magnitude, and ONNX Runtime cannot fuse the convolution with what follows (PaddleOCR's orientation classifier: 35
-such pairs; its default INT8 ran at 0.42x the FP32 file's speed, ``benchmarks/paddle_ocr.py``). Any other graph is
+such pairs; its default INT8 ran at 0.42x the FP32 file's speed, ``benchmarks/vision/paddle_ocr.py``). Any other graph is
 left exactly as it came.
 """
 

@@ -212,7 +212,7 @@ def _quantize_int8(src: Artifact, dst: Path, config: ExportConfig) -> dict[str, 
     Activation ranges are the 99.99th percentile of the calibration activations, not their min/max: with
     symmetric INT8 a single outlier otherwise stretches the scale for everything (SST-2 MiniLM teacher,
     dev accuracy of the QDQ model in ONNX Runtime: MinMax 0.8544, percentile 99.9 0.8773, 99.99 0.8784,
-    FP32 0.8865; see benchmarks/tensorrt_ready.py).
+    FP32 0.8865; see benchmarks/encoders/tensorrt_ready.py).
     """
     from onnxruntime import quantization as ortq
 

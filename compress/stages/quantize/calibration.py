@@ -71,7 +71,7 @@ class StreamCalibrationReader:
 
         def call(feeds):
             seen.append(feeds)
-            return backend.run_named(feeds)
+            return backend.call(backend.main, feeds)
 
         for seq in sequences_for(backend.artifact.manifest, data):
             calls.run(call, seq.values)

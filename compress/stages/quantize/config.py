@@ -358,7 +358,7 @@ class QuantizeConfig(Settings):
         two u8 x s8 products into a saturating int16; 7-bit weights cannot saturate it. So s8 weights at full range
         only where the target sums them exactly (a --profile's x86 CPU with VNNI, or a CPU that is not x86), 7-bit
         where it may not, or where no target is named. U8U8 (``weight_type`` uint8) cannot saturate either, but ran
-        slower than FP32 (measured on the ImageNet MobileNetV2: ``benchmarks/weight_range.py``, docs/quantize.md).
+        slower than FP32 (measured on the ImageNet MobileNetV2: ``benchmarks/vision/weight_range.py``, docs/guides/quantize.md).
         Options given win. With 7-bit weights, static INT8 keeps 8 bits in the layers whose kernels cannot saturate
         (:attr:`~compress.stages.quantize.ort_quantizer.OnnxQuantizer.eight_bit_layers`)."""
         exact = self.target.vnni is True or self.target.x86 is False

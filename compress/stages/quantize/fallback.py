@@ -15,14 +15,14 @@
    the held-out rows, until the check holds or the float layers would exceed ``accuracy.max_fp32_fraction`` (0.5
    by default, the accuracy-aware search's cap) of the quantizable weights. A run stays float only where its step
    brings the candidate closer to FP32 (:func:`distance`), and the candidate written is the closest one checked:
-   on PP-OCRv4's text detector (``benchmarks/paddle_ocr.py``) the stem's run alone took the held-out map cosine
+   on PP-OCRv4's text detector (``benchmarks/vision/paddle_ocr.py``) the stem's run alone took the held-out map cosine
    from 0.75 to 0.99, and each run floated after it took it lower again (0.96, then 0.83 at half the weights float),
    which the fall-back used to keep and write. Where the cap stops a run and the check still fails, the runs left
    are halved, ranked and stepped through the same way (:data:`REFINE` times): a part of a run too big to float may
    fit (YOLOX-Nano: 0.994 to 0.996 score cosine, its check held). What is kept float, why, and the figures before
    and after go to the manifest (``fallback``).
 
-Why runs of layers and not the per-layer error table's own-SNR ranking: on YOLOX-Nano (``benchmarks/yolox_nano.py``)
+Why runs of layers and not the per-layer error table's own-SNR ranking: on YOLOX-Nano (``benchmarks/vision/yolox_nano.py``)
 the table blames layers all over the graph, and keeping 107 of its 113 convolutions float in the table's order still
 left the output cosine at 0.938 (all INT8: 0.931), because the two it kept INT8 were the stem's first two: an error
 of 17-26 dB there is amplified by every layer after it, which a table of the error each layer adds *itself* cannot
@@ -128,7 +128,7 @@ class HeldOutCheck:
     def measure(self, model: Path) -> dict[str, Any]:
         """The parity figures (and the task's own) of the model file at ``model`` (a candidate of ``art``)."""
         copy_tokenizer_files(self.art.path, model.parent)
-        candidate = self.runtime(Artifact(model.parent, self.art.manifest.model_copy(update={"model_file": model.name})))
+        candidate = self.runtime(Artifact(model.parent, self.art.manifest.with_model_file(model.name)))
         try:
             cand = candidate.predict(self.batch)
         finally:

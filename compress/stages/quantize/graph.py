@@ -34,7 +34,7 @@ STATIC_DEFAULT_OPS = ("MatMul", "Attention")
 #: quantize that follows its convolution (the calibrated range lies inside the clip), so DQ -> Conv -> Q fuses into
 #: QLinearConv; left out, every ReLU6 stays in float between a dequantize and the next quantize, nothing fuses, and a
 #: real ImageNet MobileNetV2 ran 0.73x its FP32 speed at 0.87 retention (1.58x, 0.990 with them and mean-minmax
-#: ranges: benchmarks/cnn_int8.py).
+#: ranges: benchmarks/vision/cnn_int8.py).
 IMAGE_STATIC_OPS = ("Conv", "MatMul", "Gemm", "Clip", "Relu")
 
 

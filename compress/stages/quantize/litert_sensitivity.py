@@ -19,7 +19,7 @@ ai-edge-quantizer's own means and keeps them float (``NO_QUANTIZE`` scopes of th
 
 Everything is measured on the calibration rows only (never on the data a result is judged on); the choice, the SQNRs
 and the sensitivity table's head are returned for the artifact's manifest. Measured on the selfie segmenter (views of
-photos with a person that no calibration view came from): ``benchmarks/selfie_litert.py``.
+photos with a person that no calibration view came from): ``benchmarks/vision/selfie_litert.py``.
 """
 
 from __future__ import annotations

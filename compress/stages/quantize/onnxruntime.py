@@ -4,7 +4,7 @@ INT8 dynamic: weights quantized offline, activations at run time (no data needed
 INT8 static: activations calibrated on N samples (MinMax / mean-MinMax / Entropy / Percentile), QDQ format,
 per-channel weights; the QDQ pair ONNX Runtime puts on a graph output is removed (the logits stay float:
 :func:`compress.stages.quantize.graph.float_graph_outputs`). Image models also quantize the Clip/Relu between
-convolutions so ONNX Runtime fuses QLinearConv (see ``IMAGE_STATIC_OPS``, docs/cnn-int8.md).
+convolutions so ONNX Runtime fuses QLinearConv (see ``IMAGE_STATIC_OPS``, docs/benchmarks/cnn-int8.md).
 
 Every INT8 mode leaves GEMMs with K or N under 16 float, and ``speed_aware`` returns the layer groups INT8 makes
 slower to float (:mod:`compress.stages.quantize.speed`); the parity check against the input warns on a collapse, or
@@ -15,7 +15,7 @@ device, never by the host that quantizes. x86 CPUs without VNNI (AVX2) compute u
 whose 16-bit intermediate saturates (the ImageNet MobileNetV2's full-range artifact keeps 0.835 of its top-1 there,
 0.990 with VNNI); 7-bit weights (``reduce_range``) cannot. So: full-range weights for a ``--profile`` whose CPU sums
 them exactly (x86 with VNNI, Arm); 7-bit weights for x86 without VNNI and when no profile names the target (the same
-figures on every x86 host: ``benchmarks/weight_range.py``). U8U8 cannot saturate either but ran slower than FP32.
+figures on every x86 host: ``benchmarks/vision/weight_range.py``). U8U8 cannot saturate either but ran slower than FP32.
 
 INT4 (weight-only): ONNX Runtime's ``MatMulNBitsQuantizer`` turns every MatMul with a constant weight
 into a ``com.microsoft.MatMulNBits`` node: blocks of ``block_size`` weights along the input dimension K,

@@ -60,7 +60,7 @@ def depthwise_convs(model) -> dict[str, str]:
     ``is_depthwise_conv``), node name -> weight name. ONNX Runtime's x86 kernels for them (``MlasConvDepthwise``; AVX2:
     ``qdwconv_avx2.cpp``) widen the u8 inputs and s8 weights to 16 bits and multiply-add pairs into 32 bits
     (VPMADDWD): exact at full range on every x86. Only the GEMM-based layers (other convolutions, MatMul, Gemm) go
-    through VPMADDUBSW's saturating 16-bit sums on x86 without VNNI (``benchmarks/weight_range.py``)."""
+    through VPMADDUBSW's saturating 16-bit sums on x86 without VNNI (``benchmarks/vision/weight_range.py``)."""
     inits = {t.name: t for t in model.graph.initializer}
     out = {}
     for node in model.graph.node:
@@ -85,8 +85,8 @@ def linear_output_convs(model) -> dict[str, str]:
     Paddle2ONNX's and TensorFlow converters' forms), or it is a graph output. A linear bottleneck's projection, a
     residual branch's last convolution, a box regression head: no activation rectifies or squashes their rounding
     error before the sums after them. On the ImageNet MobileNetV2 the 7th bit lost in its 17 projections cost 2.4
-    points of top-1 on tuning views, the stem, expansions and classifier 0 to 1 view (``benchmarks/weight_range.py``,
-    docs/cnn-int8.md); YOLOX-Nano (SiLU everywhere) has 3 of 113."""
+    points of top-1 on tuning views, the stem, expansions and classifier 0 to 1 view (``benchmarks/vision/weight_range.py``,
+    docs/benchmarks/cnn-int8.md); YOLOX-Nano (SiLU everywhere) has 3 of 113."""
     inits = {t.name for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list] = {}

@@ -3,7 +3,7 @@ input computes, and saying "wrote ... int8" with exit code 0 would hide it.
 
 The check compares the quantized model with its input on the parity samples (``sample_data``; for static INT8 the
 calibration data when none is given, else built-in texts or noise images). Floors, measured on a real ImageNet
-MobileNetV2 (``benchmarks/cnn_int8.py``) over 32 calibration photos:
+MobileNetV2 (``benchmarks/vision/cnn_int8.py``) over 32 calibration photos:
 
 * mean cosine of the outputs: the old default INT8 (ReLU6 left float, min-max ranges) 0.899 and a per-tensor one
   0.877, against 0.981 for the fixed default that keeps 0.990 of the teacher's accuracy: the floor is **0.95**;
@@ -12,14 +12,14 @@ MobileNetV2 (``benchmarks/cnn_int8.py``) over 32 calibration photos:
 
 A task may add figures of its own (``TaskInfo.output_agreement``, measured by the held-out check of static INT8:
 :mod:`compress.stages.quantize.fallback`), each with its floor in :data:`TASK_FLOORS`. A detector's is the cosine of
-its per-cell score maps: on YOLOX-Nano (``benchmarks/yolox_nano.py``, 18 held-out calibration views) candidates at
+its per-cell score maps: on YOLOX-Nano (``benchmarks/vision/yolox_nano.py``, 18 held-out calibration views) candidates at
 0.989 and 0.990 kept 0.937 and 0.950 of the FP32 boxes' mAP on 125 other views, one at 0.943 kept 0.78, whatever their
 raw output cosine (0.99 for all three): the floor is **0.995**, the margin a small held-out set needs; the boxes of
 the confident cells must overlap the teacher's at a mean IoU of **0.95**. A probability map's (a segmenter's) is the
 IoU of its mask (at the task's threshold) against the teacher's: **0.97**, issue 69's bar for MediaPipe's selfie
-segmenter (``benchmarks/selfie_litert.py``: dynamic INT8 keeps 0.985-0.992 on views of photos no calibration view came
+segmenter (``benchmarks/vision/selfie_litert.py``: dynamic INT8 keeps 0.985-0.992 on views of photos no calibration view came
 from, static INT8 0.961-0.968); beside it, the cosine of the probability maps of all the held-out rows together
-(``map_cosine``): **0.98**, issue 69's bar for PaddleOCR's PP-OCRv4 text map (``benchmarks/paddle_ocr.py``). A
+(``map_cosine``): **0.98**, issue 69's bar for PaddleOCR's PP-OCRv4 text map (``benchmarks/vision/paddle_ocr.py``). A
 probability map's mean *per-row* output cosine is not floored: a row without foreground has a map near 0 everywhere,
 whose cosine is noise (0.0 for PP-OCRv4 on a photo without text, from a candidate at 0.96 pooled).
 

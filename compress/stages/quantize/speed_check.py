@@ -12,7 +12,7 @@ between INT8 ones (hard-swish, squeeze-excitation's multiply, ...), and what wou
 model slower than its input beyond the timing's margin (:data:`SLOWER`), nothing written (``speed.refuse_slower``
 says otherwise; a recipe, strict about collapses, leaves speed to its validate's ``min_speedup``).
 
-Measured figures: docs/quantize.md ("An INT8 slower than FP32").
+Measured figures: docs/guides/quantize.md ("An INT8 slower than FP32").
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ main graph's readers are moved to the ``DequantizeLinear``. A subgraph that read
 not moved: it reads the unclamped tensor. Silero VAD's LSTM runs inside an ``If`` on the sample rate and reads its
 encoder's last ``Relu`` output that way; with the fold it takes negative values the ReLU removed, and the INT8 model
 agrees with FP32's speech decisions on 25% of the calls (min-max ranges); with that ``Relu`` kept float, on 98%
-(``benchmarks/silero_vad.py``). Such activations stay float: :func:`subgraph_read_activations`.
+(``benchmarks/streams/silero_vad.py``). Such activations stay float: :func:`subgraph_read_activations`.
 """
 
 from __future__ import annotations

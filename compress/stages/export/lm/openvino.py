@@ -40,6 +40,7 @@ from typing import Any
 
 from compress.artifact import Artifact, Format, Precision
 from compress.errors import ConfigError
+from compress.host.memory import release_freed
 from compress.progress import Progress, start_phase
 from compress.stages.export.config import ExportConfig
 from compress.stages.export.lm.common import draft_against_torch, hf_config, prompt_ids
@@ -280,6 +281,8 @@ def export_openvino_lm(source: Path | str, out: Path | str, config: ExportConfig
         # callers feed input_ids + attention_mask (the backend derives position_ids), as for the ONNX route
         post.cache = post.cache.model_copy(update={"layout": "stateful"})
         inputs, outputs = ir_tensors(om)
+        del om
+        release_freed()  # the converted graph's weights (and PyTorch's, freed with the trace): not beside the check's
         manifest = Manifest(
             task=task_for("text", kind="generation"), format=Format.openvino, precision=Precision.fp32,
             model_file=MODEL_XML,

@@ -1,7 +1,7 @@
 """Whether a generator artifact runs in its runtime's own API, as an app loads it without edgecompress: read from the
 folder's files, so that an artifact made before a route wrote what its runner needs says what it lacks.
 
-What each runner reads (docs/generators.md, "Run it in your app"):
+What each runner reads (docs/guides/lm.md, "Run it in your app"):
 
 - ONNX Runtime GenAI (``og.Model(DIR)``, ``og.Tokenizer``, ``og.Generator``): ``genai_config.json``, the graph, and a
   ``tokenizer_config.json`` whose class its tokenizer knows (ONNX Runtime Extensions; ``tokenizer_module.json``

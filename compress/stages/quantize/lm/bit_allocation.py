@@ -278,7 +278,7 @@ def summary(record: dict[str, Any]) -> str:
 IMPORTANCE_TOKENS = 384
 #: the check's bars on the built-in text (KL in nats, FP32 -> candidate, positions 16 on; top-1 agreement): set under
 #: the default gate's (KL 0.10, top-1 0.80, +5% perplexity on the user's text) so that a mix that holds them passes
-#: it on other text too (the panel's figures: docs/generators.md, "The INT4 default")
+#: it on other text too (the panel's figures: docs/benchmarks/lm.md, "The INT4 default on three real LMs")
 TARGET_KL = 0.015
 TARGET_TOP1 = 0.90
 GROWTH = 1.25  #: the budget's step while the check misses

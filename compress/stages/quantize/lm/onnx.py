@@ -12,7 +12,7 @@ What is quantized, and how:
   real SmolLM2-135M, HQQ blocks of 32, 16 WikiText-2 windows of 256 against the FP32 export, the head and the tied
   embedding at 8 bits cost +0.45% perplexity, KL 0.004, top-1 95.9%, 100.9 MB; both at 4 bits +12.5%, KL 0.118,
   top-1 75.6%, and 104.5 MB, larger, since a 4-bit tied table is written twice, as head and as embedding; issue 68,
-  docs/generators.md), round to nearest;
+  docs/guides/lm.md), round to nearest;
 - the token embedding table at ``int4.embeddings_bits`` (8 by default: int8 rows in blocks with a float scale each,
   read by standard Gather/Cast/Mul; 4: ONNX Runtime's GatherBlockQuantized, rewritten to standard operators by
   :mod:`compress.stages.quantize.int4_gather`; 32: float). The builder ties the embedding to the LM head (a Gather of the transposed head
@@ -21,7 +21,7 @@ What is quantized, and how:
 Every MatMulNBits gets accuracy level :data:`ACCURACY_LEVEL` (int8 activations in the CPU kernel: the fast one).
 Generators default to blocks of 32 (:data:`compress.stages.quantize.lm.common.GENERATOR_BLOCK`), as llama.cpp's
 Q4_0: on stories260K over the TinyStories sample (windows of 256) RTN with blocks of 128 loses more perplexity than
-with 32 (docs/generators.md has the figures); ``--block-size`` overrides it.
+with 32 (docs/guides/lm.md has the figures); ``--block-size`` overrides it.
 
 After quantizing, greedy continuations of a few prompts through the quantized artifact (the ORT backend's prefill /
 step) are compared with the FP32 input's: the share of tokens equal before the first divergence, the prompt logits'
@@ -67,7 +67,7 @@ WARN_CONTINUATION = 0.5
 WARN_PROMPT_KL = 0.05
 #: MatMulNBits' accuracy_level for generators: 4 = int8 activations in the CPU kernel, as ONNX Runtime GenAI's builder
 #: sets for CPU INT4. At 0 (float compute) a 106M Llama decodes 24 tokens/s in INT4 and 2 in INT8 on this VM
-#: (2 threads) against 37 and 32 at 4; stories260K's perplexity moves by < 0.1% (docs/generators.md)
+#: (2 threads) against 37 and 32 at 4; stories260K's perplexity moves by < 0.1% (docs/guides/lm.md)
 ACCURACY_LEVEL = 4
 #: accuracy-aware INT4 without --data judges on this many windows the FP32 model samples itself (seed below)
 SELF_WRITTEN_WINDOWS = 16

@@ -41,6 +41,7 @@ import numpy as np
 
 from compress.artifact import Artifact, Precision, child_manifest
 from compress.errors import ConfigError, EdgeCompressError
+from compress.host.memory import check_memory, release_freed, route_stage
 from compress.progress import Progress
 from compress.stages.export.lm.openvino import MODEL_XML, genai_tokenizer
 from compress.stages.quantize.config import QUANTIZE_OPENVINO, QuantizeConfig, refuse_ignored
@@ -269,7 +270,6 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
 
     bits, block, algorithm = check_request(config)
     config = resolve_int4(config, bits)
-    from compress.host.memory import check_memory, route_stage
 
     # the route's measured peak (compress.host.memory), refused before the work
     check_memory(route_stage("quantize", str(art.format)), art.size_bytes(), art.path.name)
@@ -290,6 +290,8 @@ def quantize_lm_openvino(art: Artifact, out: Path | str, config: QuantizeConfig,
         copy_travel(art.path, o.dir)
         own = genai_tokenizer(art.path, o.dir)
         made = weight_types(model)
+        del model
+        release_freed()  # the compressed model (and the FP32 IR it came from): not beside the check's two
         manifest = child_manifest(art.manifest, precision=Precision(config.precision.value), model_file=MODEL_XML)
         before, after = tree_bytes(art.path), tree_bytes(o.dir)
         step = o.describe(manifest, input_digest=art.digest, lineage=art.manifest.steps,

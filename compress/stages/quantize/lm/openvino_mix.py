@@ -9,15 +9,16 @@ would write it at 8 bits, its backup mode) has ``int8`` only.
 
 1. One FP32 run (a fresh state) over the built-in text (:func:`.bit_allocation.importance_ids`) with each body MatMul's
    activation input added as an output gives each input channel's mean square (the importance) and the reference
-   logits.
+   logits. That run and every check of step 4 are runs of one compiled copy of the IR whose body weights are inputs
+   (:class:`Probe`), fed from one FP32 buffer per matrix: the model is compiled once and never changed.
 2. Each MatMul's output error under each candidate (:func:`.bit_allocation.relative_error`; the IR's weights are
-   [N, K] behind ``transpose_b``, the helpers take [K, N]); each 4-bit candidate's dequantized weights are kept
-   (FP16, in the IR's layout) for the check.
+   [N, K] behind ``transpose_b``, the helpers take [K, N]); each 4-bit candidate's codes are kept
+   (:class:`.bit_allocation.Coded`, two to a byte) for the check.
 3. and 4. :func:`.bit_allocation.choose`: the budget starts at Q4_K_M's bytes for the same matrices (their names read as the
-   ONNX builder's for llama.cpp's roles), the check is the FP32 IR with each matrix's weight replaced by its
-   candidate's dequantized values (8 bits too: per channel, coarser than ONNX Runtime's 8-bit blocks; on SmolLM2's
-   Q4_1 weights HQQ's 4-bit groups err less than it), compiled, and restored, run on the CPU plugin in f32 over the
-   built-in text against the FP32 logits.
+   ONNX builder's for llama.cpp's roles), the check is the probe with each matrix's buffer holding its candidate's
+   dequantized values (8 bits too: per channel, coarser than ONNX Runtime's 8-bit blocks; on SmolLM2's Q4_1 weights
+   HQQ's 4-bit groups err less than it), run on the CPU plugin in f32 over the built-in text against the FP32
+   logits.
 
 :func:`plan` returns ``{MatMul: candidate name}`` and the step's record; :func:`.openvino.quantize_lm_openvino` writes
 it with NNCF (INT4_ASYM with the 8-bit choices ignored, INT8_ASYM over those, HQQ's values into the u4 groups) and
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import StageError
+from compress.host.memory import release_freed
 from compress.progress import Progress, start_phase
 from compress.stages.quantize.lm import bit_allocation as ba
 
@@ -113,82 +115,119 @@ def _compile(model):
     return ov.Core().compile_model(model, "CPU", COMPILE)
 
 
-def _infer(compiled, ids: np.ndarray) -> Any:
-    """One run of the compiled stateful IR over the tokens ``ids`` [1, T] from an empty cache (the backend's feeds:
-    position_ids from the mask, beam_idx 0, where the IR takes them)."""
-    from compress.device.shipped import decoder_feeds
+class Probe:
+    """One compiled copy of the FP32 IR in which each body MatMul's weight is an input (a Parameter) and each body
+    MatMul's activation input an extra output: the reference run and every check are runs of it with other weights
+    fed, not a copy of the model with constants replaced and compiled again per check. Each body weight has one FP32
+    buffer in the IR's layout, shared with the request (no copy on feeding): it holds the original (copied from the
+    IR's constant, which stays as it was) or what a candidate makes of it (:meth:`load`: a 4-bit candidate's codes
+    decoded, 8 bits made again from the float weights, cheap), so a check adds no copy of the weights. Close it
+    (:meth:`close`) before the model is written: the compiled copy and the buffers go."""
 
-    names = {n for p in compiled.inputs for n in p.get_names()}
-    feeds = decoder_feeds({"input_ids": ids, "attention_mask": np.ones_like(ids)}, names)
-    request = compiled.create_infer_request()
-    request.reset_state()
-    return request.infer({k: v for k, v in feeds.items() if k in names})
+    def __init__(self, model, names: list[str], ids: np.ndarray):
+        import openvino as ov
+        from openvino import opset13 as ops
+
+        from compress.device.shipped import decoder_feeds
+
+        copy = model.clone()  # the constants' data shared with ``model``; the weights' inputs rewired on the copy alone
+        cops = {op.get_friendly_name(): op for op in copy.get_ordered_ops()}
+        sources = {n: cops[n].input(0).get_source_output() for n in names}
+        keys = {n: (s.get_node().get_friendly_name(), s.get_index()) for n, s in sources.items()}
+        unique = {keys[n]: sources[n] for n in names}
+        added = dict(zip(unique, copy.add_outputs(list(unique.values())), strict=True))
+        originals = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_friendly_name() in names}
+        self.consts = {n: _weight(originals[n]) for n in names}  # name -> (the original constant, transposed)
+        params, self.inputs = [], {}
+        for i, n in enumerate(names):
+            p = ops.parameter(self.consts[n][0].get_output_shape(0), ov.Type.f32, name=f"edgecompress_probe_w{i}")
+            p.output(0).get_tensor().set_names({p.get_friendly_name()})
+            cops[n].input(1).replace_source_output(p.output(0))
+            params.append(p)
+            self.inputs[n] = p.get_friendly_name()
+        copy.add_parameters(params)
+        copy.validate_nodes_and_infer_types()
+        self.compiled = _compile(copy)
+        del copy, cops, sources, unique
+        self.ports = {n: self.compiled.output(added[keys[n]].get_any_name()) for n in names}
+        self.logits_port = self.compiled.output("logits")
+        self.request = self.compiled.create_infer_request()
+        names_in = {n for p in self.compiled.inputs for n in p.get_names()}
+        self.feed = {k: v for k, v in decoder_feeds({"input_ids": ids, "attention_mask": np.ones_like(ids)},
+                                                    names_in).items() if k in names_in}
+        release_freed()  # what compiling took for a while, given back before the buffers are made
+        self.buffers = {n: np.empty(tuple(self.consts[n][0].get_output_shape(0)), np.float32) for n in names}
+        self._holds: dict[str, object] = {}  # weight -> the candidate it holds (its Coded, or "int8"); absent: original
+        for n in names:
+            self._restore(n)
+
+    def _restore(self, name: str) -> None:
+        self.buffers[name][...] = self.consts[name][0].get_data()
+        self._holds.pop(name, None)
+
+    def original(self, name: str) -> np.ndarray:
+        """The weight ``name``'s FP32 values as the helpers take them ([K, N]; a view of its buffer, the original put
+        back where a check had replaced it: read it, do not write it)."""
+        if name in self._holds:
+            self._restore(name)
+        b = self.buffers[name]
+        return b.T if self.consts[name][1] else b
+
+    def load(self, replaced: dict[str, Any]) -> None:
+        """Each buffer holds what ``replaced`` (MatMul -> a 4-bit candidate's :class:`.bit_allocation.Coded`, or an
+        8-bit :class:`.bit_allocation.Candidate`) makes of it, every other the original."""
+        for name, buffer in self.buffers.items():
+            want = replaced.get(name)
+            if want is None:
+                if name in self._holds:
+                    self._restore(name)
+            elif self._holds.get(name) is not want:
+                out = buffer.T if self.consts[name][1] else buffer  # [K, N], as the helpers write it
+                if isinstance(want, ba.Coded):
+                    want.decode(out=out)
+                else:
+                    if name in self._holds:
+                        self._restore(name)
+                    out[...] = ba.dequantized(out, want, out.shape[0])  # per output channel
+                self._holds[name] = want
+
+    def _run(self) -> Any:
+        """One run; its outputs are the request's own tensors (no copy: a 262,144-token vocabulary's logits over the
+        built-in text are 0.4 GB), valid until the next run."""
+        self.request.reset_state()
+        return self.request.infer({**self.feed, **{self.inputs[n]: b for n, b in self.buffers.items()}},
+                                  share_inputs=True, share_outputs=True)
+
+    def reference(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each MatMul -> its input channels' mean square [K], and the FP32 logits [T, V]."""
+        self.load({})
+        result = self._run()
+        importance = {}
+        for name, port in self.ports.items():
+            x = np.asarray(result[port]).astype(np.float64)
+            importance[name] = (x.reshape(-1, x.shape[-1]) ** 2).mean(axis=0)
+        return importance, np.asarray(result[self.logits_port])[0].copy()
+
+    def logits(self, replaced: dict[str, Any]) -> np.ndarray:
+        """The logits [T, V] with the weights ``replaced`` (see :meth:`load`) in place of the FP32 ones (the request's
+        tensor: read it before the next run)."""
+        self.load(replaced)
+        return self._run()[self.logits_port][0]
+
+    def close(self) -> None:
+        self.request = self.compiled = self.buffers = self.ports = self.logits_port = None
+        release_freed()
 
 
 def reference_run(model, names: list[str], ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One run of (a copy of) the FP32 ``model`` over ``ids`` [1, T] with the activation input of each MatMul of
-    ``names`` as an extra output: each MatMul -> its input channels' mean square [K], and the logits [T, V]."""
-    copy = model.clone()
-    ops = {op.get_friendly_name(): op for op in copy.get_ordered_ops()}
-    sources = {n: ops[n].input(0).get_source_output() for n in names}
-    keys = {n: (s.get_node().get_friendly_name(), s.get_index()) for n, s in sources.items()}
-    unique = {keys[n]: sources[n] for n in names}
-    added = dict(zip(unique, copy.add_outputs(list(unique.values())), strict=True))
-    compiled = _compile(copy)
-    ports = {k: compiled.output(a.get_any_name()) for k, a in added.items()}
-    result = _infer(compiled, ids)
-    logits = np.asarray(result[compiled.output("logits")])[0].copy()
-    squares = {}
-    for k, port in ports.items():
-        x = np.asarray(result[port]).astype(np.float64)
-        squares[k] = (x.reshape(-1, x.shape[-1]) ** 2).mean(axis=0)
-    return {n: squares[keys[n]] for n in names}, logits
-
-
-def _float_weight(op) -> tuple[np.ndarray, bool]:
-    """The MatMul ``op``'s float weight as the helpers take it ([K, N], a copy: the constant's view is read-only), and
-    whether the IR stores it transposed ([N, K], ``transpose_b``)."""
-    const, transposed = _weight(op)
-    w = np.array(const.get_data(), dtype=np.float32)
-    return (w.T if transposed else w), transposed
-
-
-def _dequantized(op, cand: ba.Candidate) -> np.ndarray:
-    """The MatMul ``op``'s weight through the 8-bit ``cand`` (per output channel) and back to float, in the IR's
-    layout."""
-    w, transposed = _float_weight(op)
-    d = ba.dequantized(w, cand, w.shape[0])
-    return d.T if transposed else d
-
-
-class _Check:
-    """The FP32 IR with each chosen matrix's weight replaced by its candidate's dequantized values (4 bits: kept from
-    the error pass; 8 bits, per channel and so coarser than ONNX Runtime's blocks: made again from the float weights,
-    cheap), compiled, then restored; run over the built-in text against the FP32 logits."""
-
-    def __init__(self, model, ids: np.ndarray, ref: np.ndarray, deq: dict[str, dict[str, np.ndarray]]):
-        self.model, self.ids, self.ref, self.deq = model, ids, ref, deq
-        self.ops = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_friendly_name() in deq}
-        self.by_name = {c.name: c for c in CANDIDATES}
-
-    def __call__(self, choice: dict[str, str]) -> dict[str, float]:
-        from openvino import opset13 as ops
-
-        replaced = []
-        try:
-            for name, cand in choice.items():
-                w = self.deq[name].get(cand)
-                if w is None:
-                    w = _dequantized(self.ops[name], self.by_name[cand])
-                port = self.ops[name].input(1)
-                replaced.append((port, port.get_source_output()))
-                port.replace_source_output(ops.constant(w.astype(np.float32)).output(0))
-            compiled = _compile(self.model)
-        finally:
-            for port, old in replaced:
-                port.replace_source_output(old)
-        logits = np.asarray(_infer(compiled, self.ids)[compiled.output("logits")])[0]
-        return ba.agreement(self.ref, logits)
+    ``names`` as an extra output (:class:`Probe`): each MatMul -> its input channels' mean square [K], and the logits
+    [T, V]."""
+    probe = Probe(model, names, ids)
+    try:
+        return probe.reference()
+    finally:
+        probe.close()
 
 
 def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int | None,
@@ -197,27 +236,42 @@ def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int |
     module's docstring; the model is left as it was); ``progress`` hears the matrices measured (counted) and a line
     per check. Returns (choice, record)."""
     t0 = time.monotonic()
-    importance, ref = reference_run(model, body, ids)
-    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
-    advance = start_phase(progress, ba.PHASE, len(body))
-    errors, costs, shapes, deq = {}, {}, {}, {}
-    for name in body:
-        w, transposed = _float_weight(ops[name])
-        k, n = shapes[name] = w.shape
-        group = nncf_group(k, block)
-        errors[name], deq[name], costs[name] = {}, {}, {}
-        for c in CANDIDATES:
-            if c.bits < 8 and group is None:
-                continue  # no 4-bit group fits: NNCF would write it at 8 bits
-            d = ba.dequantized(w, c, group if c.bits < 8 else k)  # 8 bits: one group a row (per channel)
-            errors[name][c.name] = ba.relative_error(w, d, importance[name])
-            # 8 bits: a u8 zero point a row beside the FP16 scale candidate_bytes counts
-            costs[name][c.name] = ba.candidate_bytes(k, n, c, group if c.bits < 8 else k) + (n if c.bits == 8 else 0)
-            if c.bits < 8:
-                deq[name][c.name] = (d.T if transposed else d).astype(np.float16)  # the IR's layout
-        advance(1)
-    reference = sum(ba.q4_k_m_bytes({_builder_name(n): s for n, s in shapes.items()}, kv_width=kv_width).values())
-    choice, record = ba.choose(errors, costs, reference, _Check(model, ids, ref, deq), progress=progress, t0=t0)
+    probe = Probe(model, body, ids)
+    try:
+        importance, ref = probe.reference()
+        advance = start_phase(progress, ba.PHASE, len(body))
+        errors, costs, shapes, codes = {}, {}, {}, {}
+        by_name = {c.name: c for c in CANDIDATES}
+        for name in body:
+            w = probe.original(name)
+            k, n = shapes[name] = w.shape
+            group = nncf_group(k, block)
+            errors[name], codes[name], costs[name] = {}, {}, {}
+            for c in CANDIDATES:
+                if c.bits < 8 and group is None:
+                    continue  # no 4-bit group fits: NNCF would write it at 8 bits
+                if c.bits < 8:  # kept as codes for the check (NNCF's groups are even: powers of two, 16 or more)
+                    codes[name][c.name] = coded = ba.coded(w, c, group)
+                    d = coded.decode()
+                else:
+                    d = ba.dequantized(w, c, k)  # 8 bits: one group a row (per channel)
+                errors[name][c.name] = ba.relative_error(w, d, importance[name])
+                del d
+                # 8 bits: a u8 zero point a row beside the FP16 scale candidate_bytes counts
+                costs[name][c.name] = ba.candidate_bytes(k, n, c, group if c.bits < 8 else k) + (
+                    n if c.bits == 8 else 0)
+            advance(1)
+            if len(costs) % 16 == 0:  # the quantizers' scratch (HQQ's, in PyTorch's threads) handed back as it goes
+                release_freed()
+        reference = sum(ba.q4_k_m_bytes({_builder_name(n): s for n, s in shapes.items()}, kv_width=kv_width).values())
+
+        def check(choice: dict[str, str]) -> dict[str, float]:
+            replaced = {n: codes[n].get(c) or by_name[c] for n, c in choice.items()}
+            return ba.agreement(ref, probe.logits(replaced))
+
+        choice, record = ba.choose(errors, costs, reference, check, progress=progress, t0=t0)
+    finally:
+        probe.close()
     record |= {"block_size": block, "check_tokens": int(ids.shape[1]), "runtime": "openvino (CPU plugin, f32)",
                "seconds": round(time.monotonic() - t0, 1)}
     return choice, record

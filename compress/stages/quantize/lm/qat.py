@@ -48,7 +48,7 @@ log = logging.getLogger("compress.stages.quantize")
 
 STATE = "lm_qat_state.pt"
 #: peak learning rates (AdamW, warm-up then cosine): the whole model's weights, or LoRA adapters (measured on
-#: stories260K, docs/generators.md)
+#: stories260K, docs/guides/lm.md)
 DEFAULT_LR = {"weights": 3e-4, "lora": 3e-3}
 MAX_HELD = 32  #: held-out windows that choose the weights, at most
 _OPTIONS = ("qad.data", "qad.source", "qad.lr", "qad.batch_size", "qad.lora_rank")

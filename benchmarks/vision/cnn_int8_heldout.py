@@ -1,0 +1,316 @@
+"""The ImageNet MobileNetV2's static INT8 judged on photos it was neither calibrated nor tuned on (issue 53): the
+field's remedies, each through a maintained implementation, side by side on the same three-way split.
+
+Inputs: ``python benchmarks/vision/real_cnns.py`` (the model, ``mobilenet_v2/model.pt2``). Views are drawn here, with their
+own seed, from the photos scikit-image and scikit-learn ship (``real_cnns.photos``/``views``), and **cut by source
+photo**: the photos of one scene (Chelsea the cat is ``cat`` and ``chelsea``; the motorcycle's stereo pair is one
+scene) are dealt, in a seeded order, into ``--folds`` groups. Every photo gives three disjoint kinds of views:
+calibration views (unlabelled), tuning views and judging views (each labelled with the FP32 teacher's own top-1, kept
+where it is confident: top-1 probability >= 0.5). In fold k:
+
+* **calibration**: the calibration views of the photos outside group k (their CSV in a seeded order, so any
+  ``calibration_samples`` prefix mixes every photo);
+* **tuning**: the tuning views of the photos outside group k (what a remedy or setting may be chosen on);
+* **judging**: the judging views of group k's photos: photos no calibration or tuning view came from.
+
+Pooled over the folds, every photo is judged once, by INT8 models that never saw it. Each variant is quantized per
+fold (``compress.stages.quantize.quantize``, the library call behind the CLI, where the remedy is an option of it;
+ONNX Runtime's or NNCF's own API where it is not), and scored on its fold's tuning and judging views: agreement of
+the INT8 top-1 with the FP32 teacher's (= retention, the labels being the teacher's), mean logit cosine. Speed: p50
+at batch 1 against the ONNX FP32 model, timed in alternating rounds in one process (``--time`` variants, fold 0).
+Results: ``benchmarks/results/cnn_int8_heldout.json``.
+
+    python benchmarks/vision/real_cnns.py
+    nice -n 5 python benchmarks/vision/cnn_int8_heldout.py [--variants default,minmax,...] [--time default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+
+from benchmarks.harness.results import cached_step
+
+#: photos of one scene go to one group
+SCENES = {"cat": "chelsea", "motorcycle_right": "motorcycle_left"}
+ROLES = {"calibration": 16, "tuning": 16, "judging": 24}  # views per photo (before the confidence filter)
+
+
+def draw_views(work: Path, teacher: Path, folds: int, seed: int, min_confidence: float) -> dict:
+    """The views (PNG) and their split; ``work/split.json``, kept once written."""
+    if (work / "split.json").is_file():
+        return json.loads((work / "split.json").read_text())
+    from PIL import Image
+
+    from benchmarks.harness.cnns import photos, views
+
+    rng = np.random.default_rng(seed)
+    pics = photos()
+    scenes = sorted({SCENES.get(n, n) for n in pics})
+    order = rng.permutation(len(scenes))
+    group = {s: int(i % folds) for i, s in zip(range(len(scenes)), [scenes[j] for j in order])}
+    rows = []
+    for name, img in pics.items():
+        for role, n in ROLES.items():
+            d = work / "views" / role
+            d.mkdir(parents=True, exist_ok=True)
+            for i, v in enumerate(views(img, rng, n)):
+                p = d / f"{name}-{i:02d}.png"
+                Image.fromarray(np.ascontiguousarray(v)).save(p)
+                rows.append({"path": str(p), "photo": name, "group": group[SCENES.get(name, name)], "role": role})
+    labels, confidence = teacher_top1(teacher, [r["path"] for r in rows])
+    for r, y, c in zip(rows, labels, confidence):
+        r["label"], r["confidence"] = int(y), float(c)
+    split = {"seed": seed, "folds": folds, "min_confidence": min_confidence, "groups": group, "views": rows}
+    (work / "split.json").write_text(json.dumps(split, indent=1))
+    return split
+
+
+def teacher_top1(teacher: Path, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The FP32 program's top-1 class and its probability for each image."""
+    import torch
+
+    from compress.device.feeds import ImageFeeds
+    from compress.teachers.images import inspect_image_source
+    from compress.teachers.programs import load_program
+
+    info = inspect_image_source(teacher)
+    feeds = ImageFeeds.from_spec(info.preprocess.model_dump())
+    module = load_program(teacher / "model.pt2").module()
+    top, conf = [], []
+    for k in range(0, len(paths), 32):
+        with torch.no_grad():
+            x = torch.from_numpy(feeds.encode(paths[k:k + 32])[info.preprocess.input_name])
+            p = torch.softmax(module(x), -1)
+        top.append(p.argmax(-1).numpy())
+        conf.append(p.max(-1).values.numpy())
+    return np.concatenate(top), np.concatenate(conf)
+
+
+def fold_files(work: Path, split: dict, fold: int) -> dict[str, Path]:
+    """``calibration.csv`` (seeded order), ``tuning.csv`` and ``judging.csv`` (path,label; confident views) of a fold."""
+    d = work / f"fold{fold}"
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for role in ROLES:
+        inside = role == "judging"
+        rows = [r for r in split["views"] if r["role"] == role and (r["group"] == fold) == inside]
+        if role != "calibration":
+            rows = [r for r in rows if r["confidence"] >= split["min_confidence"]]
+        else:
+            rows = [rows[i] for i in np.random.default_rng(fold).permutation(len(rows))]
+        out[role] = d / f"{role}.csv"
+        with open(out[role], "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "label"] if role != "calibration" else ["path"])
+            w.writeheader()
+            w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+    return out
+
+
+def _library(**flat):
+    """A variant that is an option of ``quantize``."""
+    def make(onnx: Path, out: Path, files: dict, w: Path) -> Path:
+        from compress.stages.quantize import quantize
+        from compress.stages.quantize.config import QuantizeConfig
+
+        return quantize(onnx, out, QuantizeConfig.from_flat(calibration=str(files["calibration"]), **flat),
+                        force=True).path
+    return make
+
+
+def _hurts_most(k: int, **flat):
+    """The default, then again with the ``k`` layers its per-layer table (on calibration views) names first kept
+    float (``--exclude-nodes``)."""
+    def make(onnx: Path, out: Path, files: dict, w: Path) -> Path:
+        base = VARIANTS["default"](onnx, w / "default", files, w) if not (w / "default" / "manifest.json").is_file() \
+            else w / "default"
+        table = json.loads((base / "manifest.json").read_text())["steps"][-1]["metrics"]["layer_errors"]
+        worst = [r["node"] for r in table["hurts_most"][:k]]
+        return _library(exclude_nodes=worst, **flat)(onnx, out, files, w)
+    return make
+
+
+def _nncf(bias: str):
+    """NNCF's own ONNX post-training quantization (its placement, its range setting), with ``bias`` correction."""
+    def make(onnx: Path, out: Path, files: dict, w: Path) -> Path:
+        import nncf
+        import onnx as onnx_lib
+
+        from compress.artifact import load_artifact
+        from compress.data.inputs import sample_inputs
+        from compress.runtimes.ort_backend import OrtBackend
+
+        art = load_artifact(onnx)
+        items = sample_inputs(files["calibration"], 256, art.manifest.preprocess)
+        src = OrtBackend(art)
+        feeds = [src.encode([x]) for x in items]
+        src.close()
+        model = onnx_lib.load(str(art.model_path))
+        q = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds),
+                          fast_bias_correction=bias == "fast")
+        out.mkdir(parents=True, exist_ok=True)
+        onnx_lib.save(q, str(out / "model.onnx"))
+        return out / "model.onnx"
+    return make
+
+
+VARIANTS = {
+    "default": _library(),
+    "minmax": _library(calibration_method="minmax"),
+    "entropy": _library(calibration_method="entropy"),
+    "percentile 99.999": _library(calibration_method="percentile", percentile=99.999),
+    "percentile 99.99": _library(calibration_method="percentile", percentile=99.99),
+    "default + 64 calibration views": _library(calibration_samples=64),
+    "default + every calibration view": _library(calibration_samples=1000),
+    "per-tensor weights": _library(per_channel=False),
+    "default + 2 worst layers float": _hurts_most(2),
+    "default + 4 worst layers float": _hurts_most(4),
+    "NNCF ONNX + fast bias correction": _nncf("fast"),
+    "NNCF ONNX + bias correction": _nncf("full"),
+}
+
+
+def evaluate(model: Path, onnx: Path, files: dict) -> dict:
+    """Agreement with the teacher's top-1 (the labels) and mean logit cosine to the ONNX FP32 model, per view set."""
+    import onnxruntime as ort
+
+    from compress.artifact import load_artifact
+    from compress.data.inputs import load_inputs
+    from compress.runtimes.ort_backend import OrtBackend
+
+    art = load_artifact(onnx)
+    fp32 = OrtBackend(art)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(model if model.suffix == ".onnx" else model / "model.onnx"), opts)
+    out = {}
+    for role in ("tuning", "judging"):
+        ds = load_inputs(files[role], art.manifest.preprocess, label2id={n: i for i, n in enumerate(art.manifest.labels)},
+                         require_labels=True)
+        a, b = [], []
+        for batch, _, _ in ds.batches(32):
+            feeds = fp32.encode(batch)
+            a.append(fp32.predict(feeds))
+            b.append(sess.run(None, feeds)[0])
+        a, b = np.concatenate(a), np.concatenate(b)
+        cos = (a * b).sum(-1) / np.clip(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12, None)
+        labels = np.asarray(ds.labels)
+        out[role] = {"views": len(labels), "agree": int((b.argmax(-1) == labels).sum()),
+                     "fp32_agree": int((a.argmax(-1) == labels).sum()), "cosine_sum": float(cos.sum())}
+    fp32.close()
+    return out
+
+
+def speed(models: dict[str, Path], seconds: float, threads: int) -> dict[str, float]:
+    """p50 ms at batch 1 of each ONNX model, timed in alternating rounds."""
+    import onnxruntime as ort
+
+    from compress.host.measure import measure_interleaved
+
+    x = {"x": np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)}
+    runs = {}
+    for label, path in models.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        s = ort.InferenceSession(str(path if path.suffix == ".onnx" else path / "model.onnx"), opts)
+        runs[label] = (lambda s=s: s.run(None, x))
+    stats = measure_interleaved(runs, batch_size=1, min_runs=100, min_duration_s=seconds, warmup=10, rounds=10)
+    return {label: round(stats[label].p50, 3) for label in models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--real", type=Path, default=ROOT / ".cache" / "real-cnns", help="what real_cnns.py wrote")
+    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "cnn-int8-heldout")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=53)
+    ap.add_argument("--time", default="default", help="variants timed against ONNX FP32 (fold 0)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "cnn_int8_heldout.json")
+    args = ap.parse_args(argv)
+    import torch
+
+    from compress.stages.export import export
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    teacher = args.real / "mobilenet_v2"
+    split = draw_views(args.work, teacher, args.folds, args.seed, 0.5)
+    onnx = cached_step("MobileNetV2 ONNX", args.work / "onnx", lambda: export(teacher, args.work / "onnx", force=True))
+    previous = json.loads(args.out.read_text())["rows"] if args.out.is_file() else {}
+    for name in [v for v in args.variants.split(",") if v]:
+        per_fold = previous.get(name, {}).get("folds", {})
+        for fold in range(args.folds):
+            if str(fold) in per_fold:
+                continue
+            files = fold_files(args.work, split, fold)
+            w = args.work / f"fold{fold}"
+            t = time.perf_counter()
+            model = VARIANTS[name](onnx, w / name.replace(" ", "-").replace("+", ""), files, w)
+            per_fold[str(fold)] = {**evaluate(Path(model), onnx, files), "build_s": round(time.perf_counter() - t, 1),
+                                   "path": str(model)}
+            print(name, fold, {k: v for k, v in per_fold[str(fold)].items() if k != "path"}, flush=True)
+        previous[name] = {**previous.get(name, {}), **pooled(per_fold)}
+        write(args, split, previous, argv, t0)  # after each variant: a long run can be stopped and resumed
+    timed = [v for v in args.time.split(",") if v and v in previous]
+    if timed:
+        models = {"ONNX FP32": args.work / "onnx"}
+        models.update({v: Path(previous[v]["folds"]["0"]["path"]) for v in timed})
+        p50 = speed(models, args.seconds, args.threads)
+        for v in timed:
+            previous[v]["p50_ms"], previous[v]["speed_vs_onnx_fp32"] = p50[v], round(p50["ONNX FP32"] / p50[v], 2)
+        previous["ONNX FP32"] = {"p50_ms": p50["ONNX FP32"]}
+    print("\n| variant | tuning agreement | judging agreement (worst fold) | judging cosine | vs ONNX FP32 |")
+    print("|---|---|---|---|---|")
+    for name, r in previous.items():
+        if "judging" in r:
+            print(f"| {name} | {r['tuning']['agreement']:.3f} | {r['judging']['agreement']:.3f} "
+                  f"({r['judging']['worst_fold_agreement']:.3f}) | {r['judging']['logit_cosine']:.3f} | "
+                  f"{str(r.get('speed_vs_onnx_fp32', '')) + 'x' if 'speed_vs_onnx_fp32' in r else ''} |")
+    write(args, split, previous, argv, t0)
+    return 0
+
+
+def pooled(per_fold: dict) -> dict:
+    """A variant's figures over its folds: each view set pooled, and its worst fold."""
+    row = {"folds": per_fold}
+    for role in ("tuning", "judging"):
+        n = sum(f[role]["views"] for f in per_fold.values())
+        row[role] = {"views": n, "agreement": round(sum(f[role]["agree"] for f in per_fold.values()) / n, 4),
+                     "onnx_fp32_agreement": round(sum(f[role]["fp32_agree"] for f in per_fold.values()) / n, 4),
+                     "logit_cosine": round(sum(f[role]["cosine_sum"] for f in per_fold.values()) / n, 4),
+                     "worst_fold_agreement": round(min(f[role]["agree"] / f[role]["views"]
+                                                       for f in per_fold.values()), 4)}
+    return row
+
+
+def write(args, split: dict, rows: dict, argv, t0: float) -> None:
+    from benchmarks.harness.results import host_and_versions
+
+    groups: dict[str, list[str]] = {}
+    for scene, g in split["groups"].items():
+        groups.setdefault(str(g), []).append(scene)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "command": "python benchmarks/vision/cnn_int8_heldout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "split": {"seed": split["seed"], "folds": split["folds"], "scene_groups": groups,
+                  "views_per_photo": ROLES, "min_confidence": split["min_confidence"],
+                  "labels": "the FP32 teacher's own top-1 where its probability >= 0.5 (agreement = retention)"},
+        "rows": rows, **host_and_versions()}, indent=2) + "\n")
+    print(f"wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
