@@ -23,7 +23,7 @@ from compress.artifact import Format
 from compress.device.shipped import decoder_tokens
 from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeBackend
-from compress.tasks import kind_of
+from compress.tasks import is_generator
 
 
 class ExecuTorchLMState:
@@ -51,7 +51,7 @@ class ExecuTorchBackend(RuntimeBackend):
         import executorch.kernels.quantized
         import torch
 
-        self._generator = kind_of(self.artifact) == "generation"
+        self._generator = is_generator(self.artifact)
         if self._generator:  # ExecuTorch's LLM kernels (llama::custom_sdpa), which a generator's program calls
             import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
         from executorch.extension.pybindings import portable_lib

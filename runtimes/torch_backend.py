@@ -147,9 +147,9 @@ class TorchBackend(RuntimeBackend):
 
     @property
     def _generator(self) -> bool:
-        from compress.tasks import kind_of
+        from compress.tasks import is_generator
 
-        return self.teacher is not None and kind_of(self.teacher) == "generation"
+        return self.teacher is not None and is_generator(self.teacher)
 
     def prefill(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
         """A causal LM's prompt from an empty KV cache: (``logits`` [1, S, V] float32, the cache)."""
