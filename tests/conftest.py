@@ -27,6 +27,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # parallel workers (the README's `-n 2`) share the cores: one PyTorch (OpenMP) thread in each worker and in the CLI
     # processes it starts; torch's default of one thread per core put 4+ threads on 2 cores whenever both computed
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# OpenMP threads that sleep when they wait, as the CLI's own entry sets them (compress._entry.passive_waits), before
+# anything imports torch (libgomp reads it once): a validation that times the PyTorch baseline sets torch's threads to
+# the profile's (every core), and every PyTorch step after it in this process ran on spinning threads. On the 2-core
+# VM at a load of 5-9, OMP_NUM_THREADS=1 as in a worker: test_search.py 199 -> 169 s of CPU, test_image_pipeline.py
+# 143 -> 126 s (a tiny MobileNetV2's forward at batch 24 on 2 threads: 0.6-1.6 s of CPU spinning, 20-24 ms passive)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # --- running the CLI: helpers the test modules share ----------------------------------------------------
 

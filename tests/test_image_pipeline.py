@@ -296,7 +296,7 @@ def test_validate_reports_top1_top5_and_the_image_shape(onnx_images, images_dir,
 
 # --- prune and distill ---------------------------------------------------------------------------------------
 
-def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers, images_dir, tmp_path):
+def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers, onnx_images, images_dir, tmp_path):
     pytest.importorskip("torch_pruning")
     import onnx
 
@@ -314,11 +314,11 @@ def test_channel_pruning_removes_channels_and_writes_a_loadable_program(teachers
     assert art.manifest.labels == LABELS and art.manifest.preprocess.crop == [32, 32]
     onnx_art = export(art.path, tmp_path / "p-onnx")
     full = onnx.load(str(tmp_path / "p-onnx" / "model.onnx"))
-    teacher_convs = {n.name for n in onnx.load(str(export(teachers["cnn"], tmp_path / "t-onnx").model_path)).graph.node
-                     if n.op_type == "Conv"}
+    teacher_onnx = onnx.load(str(onnx_images["cnn"] / "model.onnx"))  # the teacher's export, as export() writes it
+    teacher_convs = {n.name for n in teacher_onnx.graph.node if n.op_type == "Conv"}
     assert teacher_convs and onnx_art.manifest.steps[-1].metrics["parity"]["max_abs_diff"] <= 1e-4
     assert sum(i.dims[0] for i in full.graph.initializer if len(i.dims) == 4) < sum(
-        i.dims[0] for i in onnx.load(str(tmp_path / "t-onnx" / "model.onnx")).graph.initializer if len(i.dims) == 4)
+        i.dims[0] for i in teacher_onnx.graph.initializer if len(i.dims) == 4)
 
 
 def test_channel_pruning_refuses_programs_and_text_options(teachers, tmp_path):

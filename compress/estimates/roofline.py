@@ -58,6 +58,7 @@ why ``validate`` never judges a latency budget PASS from one (it reports UNVERIF
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -254,6 +255,13 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return round(2 * src.nbytes / best / 1e9, 2)
 
 
+@functools.cache
+def _host_bandwidth() -> float:
+    """:func:`measure_bandwidth` once per process: the machine's bandwidth does not change between the estimates a
+    search or a validation makes (each measurement copies 256 MB six times: 2 s of CPU in a fresh process)."""
+    return measure_bandwidth()
+
+
 def host_peaks(bandwidth_gbs: float | None = None) -> Peaks:
     """This machine's roofline: derived compute peaks (``host`` profile) and a measured bandwidth."""
     from compress.profiles.load import detect_host
@@ -262,7 +270,7 @@ def host_peaks(bandwidth_gbs: float | None = None) -> Peaks:
     if hw.peak_gflops_fp32 is None:
         raise ConfigError("cannot derive this machine's peak FLOP/s (no CPU clock in /proc/cpuinfo or cpufreq)",
                           hint="estimate against a profile that states hardware.peak_gflops_fp32")
-    bw = bandwidth_gbs or measure_bandwidth()
+    bw = bandwidth_gbs or _host_bandwidth()
     return Peaks(hw.peak_gflops_fp32, hw.peak_gops_int8, bw, hw.clock_ghz,
                  source=f"host ({hw.cpu_model}, {hw.cores} cores x {hw.clock_ghz} GHz; bandwidth measured)")
 
