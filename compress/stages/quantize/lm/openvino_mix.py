@@ -157,7 +157,7 @@ class Probe:
                                                     names_in).items() if k in names_in}
         release_freed()  # what compiling took for a while, given back before the buffers are made
         self.buffers = {n: np.empty(tuple(self.consts[n][0].get_output_shape(0)), np.float32) for n in names}
-        self._holds: dict[str, object] = {}  # weight -> the candidate it holds (its Coded, or "int8"); absent: original
+        self._holds: dict[str, object] = {}  # weight -> what it holds (a Coded, or the 8-bit Candidate); absent: original
         for n in names:
             self._restore(n)
 
