@@ -90,9 +90,9 @@ class ExecuTorchBackend(RuntimeBackend):
     def call(self, entry: str, feeds: dict[str, np.ndarray],
              outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """One execution of the entry ``entry``'s method, row by row (a program takes one row per call): its outputs by
-        the entry's names. A generator's program takes the tokens ``input_ids`` [1, S] at the positions after those
-        the attention mask counts before them (none without a mask): ``logits`` [1, S, V], its KV cache kept in the
-        program's buffers."""
+        the entry's names. A generator's program takes the step's tokens [1, S] (``decoder_tokens``) at the positions
+        after those the attention mask counts before them (none without a mask): ``logits`` [1, S, V], its KV cache
+        kept in the program's buffers."""
         method = self.methods.get(str(entry))
         if method is None:
             self.entry(entry)  # an entry the artifact lacks: refused in one line

@@ -122,9 +122,9 @@ class LlamaCppBackend(RuntimeBackend):
 
     def call(self, entry: str, feeds: dict[str, np.ndarray],
              outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """One evaluation in the context (the GGUF's one entry, ``model``): the tokens ``input_ids`` [1, S] after the
-        positions the attention mask counts before them (none without a mask): ``logits`` [1, S, V], the KV cache
-        kept in the context."""
+        """One evaluation in the context (the GGUF's one entry, ``model``): the step's tokens [1, S]
+        (``decoder_tokens``) after the positions the attention mask counts before them (none without a mask):
+        ``logits`` [1, S, V], the KV cache kept in the context."""
         if str(self.entry(entry).role) != self.main:
             raise ConfigError(f"llama.cpp runs a GGUF's one model, not the entry {entry}")
         tokens = _tokens(feeds)

@@ -27,7 +27,7 @@ def test_new_artifacts_describe_their_text_inputs(onnx_artifact, int8_artifact):
     for art in (onnx_artifact, int8_artifact):
         raw = json.loads((art.path / MANIFEST).read_text())
         assert raw["preprocess"] == {"kind": "text", "tokenizer_file": "tokenizer.json", "pad_id": None, "words": False}
-        assert [t["name"] for t in raw["inputs"]] == encoder_for(art).input_names
+        assert [t["name"] for t in raw["entries"][0]["inputs"]] == encoder_for(art).input_names  # the model's entry
 
 
 def test_a_manifest_written_before_the_description_reads_as_text_and_feeds_the_same(onnx_artifact, tmp_path):
