@@ -69,7 +69,11 @@ def test_plan_measures_each_matrix_and_leaves_the_model_as_it_was(exported):
     ids = bit_allocation.importance_ids(exported)
     # BOS first, then the built-in text, cut to the model's context (256 here, under IMPORTANCE_TOKENS)
     assert ids[0, 0] == 1 and ids.shape[1] == min(bit_allocation.IMPORTANCE_TOKENS, 256)
-    importance, ref = openvino_mix.reference_run(model, body, ids)
+    probe = openvino_mix.Probe(model, body, ids)
+    try:
+        importance, ref = probe.reference()
+    finally:
+        probe.close()
     assert ref.shape == (ids.shape[1], 512) and all(importance[n].shape == (data[n].shape[1],) for n in body)
     assert len(model.outputs) == 1  # the extra outputs went on a copy
     events = []

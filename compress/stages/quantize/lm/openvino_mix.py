@@ -219,17 +219,6 @@ class Probe:
         release_freed()
 
 
-def reference_run(model, names: list[str], ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One run of (a copy of) the FP32 ``model`` over ``ids`` [1, T] with the activation input of each MatMul of
-    ``names`` as an extra output (:class:`Probe`): each MatMul -> its input channels' mean square [K], and the logits
-    [T, V]."""
-    probe = Probe(model, names, ids)
-    try:
-        return probe.reference()
-    finally:
-        probe.close()
-
-
 def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int | None,
          progress: Progress | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """The candidate of each MatMul of ``body`` (friendly names) of the FP32 ``openvino.Model`` ``model`` (see the
