@@ -100,16 +100,20 @@ def test_the_probe_feeds_candidates_through_one_compiled_copy_and_puts_originals
 
     model = ov.Core().read_model(str(exported.model_path))
     body = openvino_mix.body_matmuls(model)
-    probe = openvino_mix.Probe(model, body, ba.importance_ids(exported))
+    probe = openvino_mix.Probe(model, body, ba.importance_ids(exported), exported.model_path)
     try:
         _, ref = probe.reference()
         originals = {n: probe.original(n).copy() for n in body}
+        ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+        for n in body:  # read from the .bin, as the model's constants hold them
+            const, transposed = openvino_mix._weight(ops[n])
+            assert np.array_equal(originals[n], const.get_data().T if transposed else const.get_data())
         hqq, int8 = openvino_mix.CANDIDATES
         coded = ba.coded(originals[body[0]], hqq, 32)
         moved = probe.logits({body[0]: coded, body[1]: int8})
         assert np.array_equal(probe.original(body[2]), originals[body[2]])  # untouched
-        held = probe.buffers[body[0]].T if probe.consts[body[0]][1] else probe.buffers[body[0]]  # [K, N]
-        assert np.array_equal(held, coded.decode())  # the codes, decoded in place
+        held = probe.buffers[body[0]]
+        assert np.array_equal(held.T if openvino_mix._weight(ops[body[0]])[1] else held, coded.decode())  # the codes, decoded in place
         assert 0 < np.abs(moved - ref).max()
         assert np.array_equal(probe.logits({}), ref)  # the originals back: the same logits, bit for bit
         assert all(np.array_equal(probe.original(n), originals[n]) for n in body)

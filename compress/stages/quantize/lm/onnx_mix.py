@@ -31,6 +31,7 @@ import numpy as np
 from compress.host.memory import release_freed
 from compress.progress import Progress, note, start_phase
 from compress.stages.quantize.lm import bit_allocation as ba
+from compress.stages.quantize.lm.probe_buffers import Buffers, read_into
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,6 @@ def _mapped(where: dict[str, tuple[Path, int, int, np.dtype, tuple[int, ...]]]) 
             files[file] = np.memmap(file, dtype=np.uint8, mode="r")
         out[name] = files[file][offset:offset + length].view(dtype).reshape(shape)
     return out
-
-
-def _read_into(buffer: np.ndarray, file: Path, offset: int) -> None:
-    """``buffer``'s bytes read from ``file`` at ``offset`` (no map: the pages stay the system's cache, not ours)."""
-    with open(file, "rb") as f:
-        f.seek(offset)
-        f.readinto(memoryview(buffer.reshape(-1).view(np.uint8)))
 
 
 def session(model, mapped: dict[str, np.ndarray] | None = None):
@@ -143,40 +137,28 @@ class Probe:
         del m
         release_freed()  # what making the session took for a while (a tied table's transpose folded), given back
         # before the buffers are: the session's peak and theirs do not add up
-        self.buffers = {n: np.empty(d, np.float32) for n, d in shapes.items()}
-        self._holds: dict[str, object] = {}  # weight -> the Coded it holds decoded; absent: the original
-        for n in self.buffers:
-            self._restore(n)
+        self.weights = Buffers(shapes, self._read)
+        self.buffers = self.weights.arrays
         self.state = state
         self.feed = feeds(self.sess, ids, state)
 
-    def _restore(self, name: str) -> None:
+    def _read(self, name: str, buffer: np.ndarray) -> None:
         if name in self._where:
             file, offset, _, dtype, _ = self._where[name]
             if dtype != np.float32:
                 raise ValueError(f"{name} is {dtype}, not float32: the probe reads FP32 weights")
-            _read_into(self.buffers[name], file, offset)
+            read_into(buffer, file, offset)
         else:
-            self.buffers[name][...] = self._kept[name]
-        self._holds.pop(name, None)
+            buffer[...] = self._kept[name]
 
     def original(self, name: str) -> np.ndarray:
         """The weight ``name``'s FP32 values (its buffer, the original put back where a check had replaced it; read
         it, do not write it)."""
-        if name in self._holds:
-            self._restore(name)
-        return self.buffers[name]
+        return self.weights.original(name)
 
     def load(self, replaced: dict[str, ba.Coded]) -> None:
         """Each buffer holds what ``replaced`` (weight -> a candidate's codes) decodes to, every other the original."""
-        for name in self.buffers:
-            want = replaced.get(name)
-            if want is None:
-                if name in self._holds:
-                    self._restore(name)
-            elif self._holds.get(name) is not want:
-                want.decode(out=self.buffers[name])
-                self._holds[name] = want
+        self.weights.load(replaced)
 
     def reference(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Each MatMul -> its input channels' mean square [K], and the FP32 logits [T, V]."""

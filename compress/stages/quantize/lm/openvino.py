@@ -247,7 +247,7 @@ def _auto(model, art: Artifact, config: QuantizeConfig, block: int,
     kv = post.cache.kv_heads * post.cache.head_size if post.cache else None
     body = openvino_mix.body_matmuls(model, tuple(config.exclude_nodes or ()))
     choice, planned = openvino_mix.plan(model, body, block=block, ids=importance_ids(art), kv_width=kv,
-                                        progress=progress)
+                                        progress=progress, source=art.model_path)
     at8 = tuple(n for n, c in choice.items() if c == "int8")
     weights = float_weights(model)
     model, record = compress(model, art, config, 4, block, "hqq", ignore=at8)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from compress.errors import StageError
 from compress.host.memory import release_freed
 from compress.progress import Progress, start_phase
 from compress.stages.quantize.lm import bit_allocation as ba
+from compress.stages.quantize.lm.probe_buffers import Buffers, read_into
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +117,36 @@ def _compile(model):
     return ov.Core().compile_model(model, "CPU", COMPILE)
 
 
+def ir_constants(xml: Path) -> dict[str, tuple[Path, int, np.dtype]]:
+    """Where each constant of the IR at ``xml`` lies in its ``.bin``: name -> (file, offset, dtype), for the float
+    constants whose name is the IR's only one (those a probe reads itself)."""
+    import xml.etree.ElementTree as ET
+
+    dtypes = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16)}
+    found: dict[str, tuple[Path, int, np.dtype] | None] = {}
+    for _, el in ET.iterparse(str(xml)):
+        if el.tag == "layer" and el.get("type") == "Const":
+            data = el.find("data")
+            name = el.get("name")
+            if data is not None and data.get("element_type") in dtypes:
+                where = (Path(xml).with_suffix(".bin"), int(data.get("offset")), dtypes[data.get("element_type")])
+                found[name] = None if name in found else where
+            el.clear()
+    return {n: w for n, w in found.items() if w is not None}
+
+
 class Probe:
     """One compiled copy of the FP32 IR in which each body MatMul's weight is an input (a Parameter) and each body
     MatMul's activation input an extra output: the reference run and every check are runs of it with other weights
-    fed, not a copy of the model with constants replaced and compiled again per check. Each body weight has one FP32
-    buffer in the IR's layout, shared with the request (no copy on feeding): it holds the original (copied from the
-    IR's constant, which stays as it was) or what a candidate makes of it (:meth:`load`: a 4-bit candidate's codes
-    decoded, 8 bits made again from the float weights, cheap), so a check adds no copy of the weights. Close it
-    (:meth:`close`) before the model is written: the compiled copy and the buffers go."""
+    fed, not a copy of the model with constants replaced and compiled again per check. The weights' inputs have no
+    fixed shape, so the compiled model keeps no memory of its own for them (a fixed shape costs one more copy of the
+    weights: 1.8 GB at 0.6B). Each body weight has one FP32 buffer in the IR's layout (:class:`.probe_buffers.Buffers`),
+    shared with the request (no copy on feeding): it holds the original or what a candidate makes of it, so a check
+    adds no copy of the weights. ``source``: the IR's ``.xml``, from whose ``.bin`` the originals are read (not through
+    the model's map of it: those pages would count too); without it they are copied from the model's constants.
+    Close it (:meth:`close`) before the model is written: the compiled copy and the buffers go."""
 
-    def __init__(self, model, names: list[str], ids: np.ndarray):
+    def __init__(self, model, names: list[str], ids: np.ndarray, source: Path | None = None):
         import openvino as ov
         from openvino import opset13 as ops
 
@@ -140,7 +162,7 @@ class Probe:
         self.consts = {n: _weight(originals[n]) for n in names}  # name -> (the original constant, transposed)
         params, self.inputs = [], {}
         for i, n in enumerate(names):
-            p = ops.parameter(self.consts[n][0].get_output_shape(0), ov.Type.f32, name=f"edgecompress_probe_w{i}")
+            p = ops.parameter(ov.PartialShape([-1, -1]), ov.Type.f32, name=f"edgecompress_probe_w{i}")
             p.output(0).get_tensor().set_names({p.get_friendly_name()})
             cops[n].input(1).replace_source_output(p.output(0))
             params.append(p)
@@ -156,40 +178,28 @@ class Probe:
         self.feed = {k: v for k, v in decoder_feeds({"input_ids": ids, "attention_mask": np.ones_like(ids)},
                                                     names_in).items() if k in names_in}
         release_freed()  # what compiling took for a while, given back before the buffers are made
-        self.buffers = {n: np.empty(tuple(self.consts[n][0].get_output_shape(0)), np.float32) for n in names}
-        self._holds: dict[str, object] = {}  # weight -> what it holds (a Coded, or the 8-bit Candidate); absent: original
-        for n in names:
-            self._restore(n)
+        on_disk = ir_constants(source) if source is not None else {}
+        self._where = {n: on_disk[c.get_friendly_name()] for n, (c, _) in self.consts.items()
+                       if c.get_friendly_name() in on_disk}
+        self.weights = Buffers({n: tuple(self.consts[n][0].get_output_shape(0)) for n in names}, self._read,
+                               frozenset(n for n in names if self.consts[n][1]))
+        self.buffers = self.weights.arrays
 
-    def _restore(self, name: str) -> None:
-        self.buffers[name][...] = self.consts[name][0].get_data()
-        self._holds.pop(name, None)
+    def _read(self, name: str, buffer: np.ndarray) -> None:
+        if name in self._where:
+            read_into(buffer, *self._where[name])
+        else:
+            buffer[...] = self.consts[name][0].get_data()
 
     def original(self, name: str) -> np.ndarray:
         """The weight ``name``'s FP32 values as the helpers take them ([K, N]; a view of its buffer, the original put
         back where a check had replaced it: read it, do not write it)."""
-        if name in self._holds:
-            self._restore(name)
-        b = self.buffers[name]
-        return b.T if self.consts[name][1] else b
+        return self.weights.original(name)
 
     def load(self, replaced: dict[str, Any]) -> None:
         """Each buffer holds what ``replaced`` (MatMul -> a 4-bit candidate's :class:`.bit_allocation.Coded`, or an
         8-bit :class:`.bit_allocation.Candidate`) makes of it, every other the original."""
-        for name, buffer in self.buffers.items():
-            want = replaced.get(name)
-            if want is None:
-                if name in self._holds:
-                    self._restore(name)
-            elif self._holds.get(name) is not want:
-                out = buffer.T if self.consts[name][1] else buffer  # [K, N], as the helpers write it
-                if isinstance(want, ba.Coded):
-                    want.decode(out=out)
-                else:
-                    if name in self._holds:
-                        self._restore(name)
-                    out[...] = ba.dequantized(out, want, out.shape[0])  # per output channel
-                self._holds[name] = want
+        self.weights.load(replaced)
 
     def _run(self) -> Any:
         """One run; its outputs are the request's own tensors (no copy: a 262,144-token vocabulary's logits over the
@@ -215,17 +225,18 @@ class Probe:
         return self._run()[self.logits_port][0]
 
     def close(self) -> None:
-        self.request = self.compiled = self.buffers = self.ports = self.logits_port = None
+        self.request = self.compiled = self.buffers = self.weights = self.ports = self.logits_port = None
         release_freed()
 
 
 def plan(model, body: list[str], *, block: int, ids: np.ndarray, kv_width: int | None,
-         progress: Progress | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+         progress: Progress | None = None, source: Path | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """The candidate of each MatMul of ``body`` (friendly names) of the FP32 ``openvino.Model`` ``model`` (see the
     module's docstring; the model is left as it was); ``progress`` hears the matrices measured (counted) and a line
-    per check. Returns (choice, record)."""
+    per check; ``source``: the IR's ``.xml``, whose ``.bin`` the probe reads the originals from (:class:`Probe`).
+    Returns (choice, record)."""
     t0 = time.monotonic()
-    probe = Probe(model, body, ids)
+    probe = Probe(model, body, ids, source)
     try:
         importance, ref = probe.reference()
         advance = start_phase(progress, ba.PHASE, len(body))
