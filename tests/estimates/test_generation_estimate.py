@@ -179,7 +179,7 @@ def test_validate_away_from_the_device_reports_the_estimate_unverified(tiny, tmp
     """validate --estimate always of an ONNX generator: decode tokens/s and TTFT are the estimate's on the profile's
     peaks (this host's timings beside them), their budgets UNVERIFIED with the estimate as the figure."""
     pytest.importorskip("onnxruntime_genai")
-    pytest.importorskip("compress.teachers.causal_lm")
+    pytest.importorskip("compress.teachers.lm")
     import yaml
 
     from compress.stages.export import export

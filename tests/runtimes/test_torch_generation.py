@@ -41,7 +41,7 @@ def greedy_through(backend, prompt: list[int], new: int) -> tuple[list[int], np.
 
 
 def test_torch_runtime_decodes_a_causal_lm_as_transformers_does(lm):
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
 
     teacher = CausalLM.load(lm)
     prompt = teacher.encode(STORY)[:40]

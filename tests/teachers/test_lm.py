@@ -17,7 +17,7 @@ import compress  # noqa: F401 - the torchvision shim before transformers
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import Task
 from compress.tasks.generation import GENERATION_FILES
-from compress.teachers.causal_lm import CausalLM, cache_of
+from compress.teachers.lm import CausalLM, cache_of
 from compress.teachers.load import load_teacher
 from tests.builders.causal_lm import STORIES, STORIES_ASSETS, STORY, TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import needs_shared

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 pytest.importorskip("compress.tasks.generation")
 pytest.importorskip("compress.data.text")  # CORE: text data and the causal LM teacher
-pytest.importorskip("compress.teachers.causal_lm")
+pytest.importorskip("compress.teachers.lm")
 
 from compress._optional import is_available
 from compress.errors import ConfigError
