@@ -1,7 +1,7 @@
 """Estimates of text generators (compress.estimates.generation): what the files say (weight bytes, parameters, KV
 cache dims) for safetensors, ONNX (FP32 and MatMulNBits INT4) and GGUF, and the decode/prefill arithmetic.
 
-Models are tiny random Llamas (tests/builders/causal_lm.py): test material, their quality means nothing here.
+Models are tiny random Llamas (tests/builders/lm.py): test material, their quality means nothing here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from compress.estimates.generation import (
     model_facts,
 )
 from compress.estimates.roofline import Efficiency, Peaks
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.lm import tiny_causal_lm
 
 IDEAL = Efficiency(compute_fp32=1.0, compute_int8=1.0, memory=1.0, overhead_us=0.0)
 HIDDEN, INTER, LAYERS, HEADS, KV, VOCAB = 64, 128, 2, 4, 2, 512

@@ -18,7 +18,7 @@ from compress.errors import ArtifactError
 from compress.packaging.bundle import package
 from compress.packaging.config import PackageConfig
 from tests.builders.bundles import run_handler, write_profile
-from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
 
 pytestmark = needs_genai_builder()
 

@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 
-from tests.builders.causal_lm import TINYSTORIES, tiny_causal_lm
+from tests.builders.lm import TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import shared_file
 from tests.conftest import main_error
 

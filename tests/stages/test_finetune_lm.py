@@ -18,7 +18,7 @@ from conftest import main_error
 
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
-from tests.builders.causal_lm import STORIES, STORY, TINYSTORIES, tiny_causal_lm
+from tests.builders.lm import STORIES, STORY, TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import needs_shared
 
 pytestmark = pytest.mark.slow

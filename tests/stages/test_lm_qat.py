@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from compress.errors import ConfigError
-from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
 
 torch = pytest.importorskip("torch")
 
