@@ -176,7 +176,7 @@ def test_a_space_no_installed_route_can_take_names_no_install_it_does_not_need(w
 
 
 def test_shape_candidates_name_what_prune_makes():
-    from compress.search.generator_space import GenCandidate, generator_candidates, shapes_for, space_for
+    from compress.search.generation_space import GenCandidate, generator_candidates, shapes_for, space_for
 
     shapes = shapes_for({"layers": [12, 4, 8], "ffn": [0.0, 0.3]}, teacher_layers=8)
     assert shapes == {"layers": [None, 4], "heads": [0.0], "ffn": [0.0, 0.3], "vocab": [False]}  # 8 and 12: all
