@@ -186,7 +186,7 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     from compress.data.text import read_training_texts
     from compress.stages.finetune.qlora import held_bytes
     from compress.tasks.generation import GENERATION_FILES
-    from compress.teachers.lm import cache_of
+    from compress.teachers.lm_config import cache_of
     from compress.teachers.load import load_teacher
 
     _check(config)
