@@ -12,10 +12,9 @@ import hashlib
 import json
 import logging
 import platform
-import re
 import shutil
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -33,6 +32,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from compress import __version__
+from compress.artifact_entries import (
+    Entry,
+    Role,
+    TensorSpec,
+    check_roles,
+    inside_artifact,
+    one_graph_entries,
+)
 from compress.device.facts import sha256_file
 from compress.errors import ArtifactError, IntegrityError
 from compress.formats import FORMATS
@@ -58,13 +65,6 @@ class Precision(StrEnum):
     int4 = "int4"
 
 
-class TensorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="Tensor name in the model graph.")
-    dtype: str = Field(description="Element type, numpy spelling (int64, float32, ...).")
-    shape: list[int | str] = Field(description="Dimensions; strings name dynamic axes.")
-
-
 class TextPreprocess(BaseModel):
     """How raw text becomes the model's inputs: the ``text`` kind of input description.
 
@@ -82,7 +82,7 @@ class TextPreprocess(BaseModel):
     @field_validator("tokenizer_file")
     @classmethod
     def _tokenizer_inside(cls, v: str) -> str:
-        return _inside(v)
+        return inside_artifact(v)
 
 
 def _distinct(names: list[str] | None) -> list[str] | None:
@@ -158,26 +158,6 @@ class ArrayPreprocess(BaseModel):
         return self
 
 
-#: how an output that carries state is named beside the input it feeds back into: a transformers KV cache's
-#: ``present.N.key`` -> ``past_key_values.N.key``; Silero VAD's ``stateN`` -> ``state``; ``..._out`` -> ``..._in``
-STATE_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^present(\W.*)$", r"past_key_values\1"),
-    (r"^present_(.*)$", r"past_\1"),
-    (r"^(.*)N$", r"\1"),
-    (r"^(.*)_out$", r"\1_in"),
-    (r"^(.*)_out$", r"\1"),
-)
-
-
-def state_input_of(output: str, inputs) -> str | None:
-    """The input (among ``inputs``' names) that the output named ``output`` feeds back into by its name
-    (:data:`STATE_RENAMES`), else None."""
-    for pattern, repl in STATE_RENAMES:
-        if re.match(pattern, output) and (name := re.sub(pattern, repl, output)) in inputs:
-            return name
-    return None
-
-
 class StreamSpec(BaseModel):
     """A streaming model (``model.yaml``'s ``stream``): every call takes the next chunk of a sequence plus the state the
     previous call returned (Silero VAD: 512 new samples with the previous 64 before them, ``stateN`` fed back as
@@ -200,51 +180,6 @@ class StreamSpec(BaseModel):
     def window(self) -> int:
         """What the input's last axis takes per call: context + chunk."""
         return self.context + self.chunk
-
-
-class Role(StrEnum):
-    """What an entry point of an artifact is for. An artifact has one of :data:`ROLE_SETS`: ``model`` (one graph:
-    every forward pass, a stream, a generator whose one graph takes the prompt and each next token), ``encoder`` +
-    ``decoder`` (the encoder called once on the input, the decoder once per step, reading the encoder's outputs; a
-    speech recogniser, a translation model), or ``prefill`` + ``decode`` (the prompt through one graph, each next token
-    through another)."""
-
-    model = "model"
-    encoder = "encoder"
-    decoder = "decoder"
-    prefill = "prefill"
-    decode = "decode"
-
-
-#: the sets of roles an artifact's entries take, each in the order its entries are listed (the first is the main one)
-ROLE_SETS: tuple[tuple[Role, ...], ...] = ((Role.model,), (Role.encoder, Role.decoder), (Role.prefill, Role.decode))
-
-
-class Entry(BaseModel):
-    """One entry point of an artifact: a graph (its own file) or a method of a program file (ExecuTorch's ``.pte`` with
-    ``encoder`` and ``text_decoder`` methods), with the tensors it takes and returns and the state it feeds back."""
-
-    model_config = ConfigDict(extra="forbid")
-    role: Role = Field(description="What the entry is for: model; encoder, decoder; prefill, decode.")
-    file: str = Field(description="The model file, relative to the artifact directory (entries may share one).")
-    method: str | None = Field(None, description="The program method the entry runs, where one file holds several "
-                               "(an ExecuTorch program's encoder, text_decoder); None: the file's one graph.")
-    inputs: list[TensorSpec] = Field(default_factory=list)
-    outputs: list[TensorSpec] = Field(default_factory=list)
-    state: dict[str, str] = Field(
-        default_factory=dict, description="Which output feeds which input on the entry's next call: {present.0.key: "
-        "past_key_values.0.key}. Empty: read from the tensors' names (present.N.key -> past_key_values.N.key, "
-        "stateN -> state, x_out -> x_in).")
-
-    @field_validator("file")
-    @classmethod
-    def _file_inside(cls, v: str) -> str:
-        return _inside(v)
-
-
-#: a schema-1 manifest's keys for its one graph, which read as the entry ``model`` (and which single-graph code, and a
-#: child manifest's changes, still give: :meth:`Manifest._one_graph`)
-ONE_GRAPH_KEYS = {"model_file": "file", "inputs": "inputs", "outputs": "outputs"}
 
 
 def _postprocess_tag(v: Any) -> str | None:
@@ -359,31 +294,12 @@ class Manifest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_graph(cls, data: Any) -> Any:
-        """A schema-1 manifest's ``model_file``, ``inputs`` and ``outputs`` as the entry ``model``; given beside
-        ``entries`` (a child manifest's changes), they change the one entry there is."""
-        if not isinstance(data, dict) or not ONE_GRAPH_KEYS.keys() & data.keys():
-            return data
-        data = dict(data)
-        given = {field: data.pop(key) for key, field in ONE_GRAPH_KEYS.items() if key in data}
-        entries = list(data.get("entries") or [])
-        if not entries:
-            data["entries"] = [{"role": Role.model, "inputs": [], "outputs": [], **given}]
-            return data
-        if len(entries) > 1:
-            raise ValueError(f"model_file, inputs and outputs name one graph; this manifest has {len(entries)} entries "
-                             f"({', '.join(str(_role_of(e)) for e in entries)}): change an entry")
-        one = entries[0]
-        data["entries"] = [one.model_copy(update=given) if isinstance(one, Entry) else {**one, **given}]
-        return data
+        return one_graph_entries(data)
 
     @field_validator("entries")
     @classmethod
     def _roles(cls, v: list[Entry]) -> list[Entry]:
-        roles = tuple(e.role for e in v)
-        if roles not in ROLE_SETS:
-            raise ValueError(f"entries take the roles {', '.join(roles)}; an artifact has one of: "
-                             + "; ".join(" + ".join(s) for s in ROLE_SETS) + " (in that order)")
-        return v
+        return check_roles(v)
 
     # -- the main entry, what single-graph code reads ---------------------------------------------------------------
     @property
@@ -409,7 +325,7 @@ class Manifest(BaseModel):
 
     @model_file.setter
     def model_file(self, value: str) -> None:
-        self._one().file = _inside(value)
+        self._one().file = inside_artifact(value)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -446,20 +362,8 @@ class Manifest(BaseModel):
     @classmethod
     def _files_inside(cls, v: dict[str, str]) -> dict[str, str]:
         for name in v:
-            _inside(name)
+            inside_artifact(name)
         return v
-
-
-def _role_of(entry: Any) -> Any:
-    return entry.role if isinstance(entry, Entry) else entry.get("role") if isinstance(entry, dict) else entry
-
-
-def _inside(name: str) -> str:
-    """A manifest path must name a file inside the artifact: relative, no `..`, no drive or root."""
-    p = PurePosixPath(name.replace("\\", "/"))
-    if not p.parts or p.is_absolute() or ".." in p.parts or ":" in p.parts[0]:
-        raise ValueError(f"{name!r} is not a path inside the artifact (absolute, empty or with ..)")
-    return name
 
 
 def _files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:

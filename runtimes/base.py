@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from compress._optional import is_available, require
-from compress.artifact import Artifact, Entry, Format, Role, state_input_of
+from compress.artifact import Artifact, Format
+from compress.artifact_entries import Entry, Role, state_input_of
 from compress.data.tokenization import encoder_for
 from compress.device.feeds import TextFeeds
 from compress.device.shipped import StreamCalls, first_subtokens, pool, token_feeds
@@ -57,7 +58,7 @@ class StatePair:
 
     @classmethod
     def of(cls, tensor: Any, output: str, sizes: dict[str, int] | None = None) -> StatePair:
-        """The pair of the input ``tensor`` (a :class:`~compress.artifact.TensorSpec`) and ``output``: a symbolic
+        """The pair of the input ``tensor`` (a :class:`~compress.artifact_entries.TensorSpec`) and ``output``: a symbolic
         dimension of the initial shape is ``sizes[name]`` when given, else 1 for a batch axis and 0 for any other (a
         past that grows from nothing)."""
         sizes = sizes or {}
@@ -95,7 +96,7 @@ class StateSpec:
     @classmethod
     def from_tensors(cls, inputs: Sequence[Any], outputs: Sequence[Any],
                      sizes: dict[str, int] | None = None) -> StateSpec | None:
-        """The pairs among a graph's tensors (:class:`~compress.artifact.TensorSpec`: name, dtype, shape) whose
+        """The pairs among a graph's tensors (:class:`~compress.artifact_entries.TensorSpec`: name, dtype, shape) whose
         output renamed (``present.N.key`` -> ``past_key_values.N.key``, ``stateN`` -> ``state``, ``x_out`` ->
         ``x_in`` or ``x``) is an input; None when there are none. A symbolic dimension of the initial shape is
         ``sizes[name]`` when given, else 1 for a batch axis and 0 for any other (a past that grows from nothing)."""

@@ -591,7 +591,8 @@ def _onnx_artifact(d: Path, graph, inputs: list[tuple[str, str, list]], outputs:
     import onnx
     from onnx import helper
 
-    from compress.artifact import ArrayPreprocess, Artifact, Format, Manifest, Precision, SourceInfo, TensorSpec
+    from compress.artifact import ArrayPreprocess, Artifact, Format, Manifest, Precision, SourceInfo
+    from compress.artifact_entries import TensorSpec
     from compress.tasks import Task
 
     d.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def files(tmp_path_factory):
         pytest.skip(f"no llama.cpp source tree for the converter: set {TREE}")
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from tests.builders.causal_lm import STORY, tiny_causal_lm
+    from tests.builders.lm import STORY, tiny_causal_lm
 
     root = tmp_path_factory.mktemp("gguf-77")
     with pytest.MonkeyPatch.context() as mp:
@@ -100,7 +100,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(files):
     """The second copy exported to ONNX after the first was dequantized into the cache (an earlier export of it)."""
-    from tests.builders.causal_lm import genai_builder_missing
+    from tests.builders.lm import genai_builder_missing
 
     if genai_builder_missing():
         pytest.skip(genai_builder_missing())

@@ -5,7 +5,7 @@ tokenizer files, with a tokenizer larger than its ``vocab_size``, a truncated ``
 through :func:`~compress.teachers.load.load_teacher` (validate, finetune, distill, prune, quantize's LM paths); a context
 shorter than export's parity prompt cuts the prompt instead of failing in ONNX Runtime.
 
-The checkpoints are tiny random Llamas (:func:`tests.builders.causal_lm.tiny_causal_lm`) with stories260K's real
+The checkpoints are tiny random Llamas (:func:`tests.builders.lm.tiny_causal_lm`) with stories260K's real
 512-token tokenizer, each spoiled the way a user's copy would be."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from compress.errors import ModelLoadError
-from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
 from tests.conftest import assert_one_line_error, edgecompress
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.builders.causal_lm import genai_builder_missing, tiny_causal_lm
+from tests.builders.lm import genai_builder_missing, tiny_causal_lm
 from tests.conftest import ENV, assert_one_line_error, edgecompress
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ def test_k_quant_with_blocks_wider_than_a_layer_is_refused_naming_a_block_size_t
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize import quantize
-    from tests.builders.causal_lm import genai_builder_missing, tiny_causal_lm
+    from tests.builders.lm import genai_builder_missing, tiny_causal_lm
 
     if genai_builder_missing():
         pytest.skip(genai_builder_missing())
@@ -90,7 +90,7 @@ def generator(tmp_path_factory):
     pytest.importorskip("torch")
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from tests.builders.causal_lm import STORY, genai_builder_missing, tiny_causal_lm
+    from tests.builders.lm import STORY, genai_builder_missing, tiny_causal_lm
     from tests.validation.test_validate_generation import gen_profile
 
     if genai_builder_missing():

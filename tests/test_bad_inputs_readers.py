@@ -67,7 +67,7 @@ def generator(tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime")
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
-    from tests.builders.causal_lm import tiny_causal_lm
+    from tests.builders.lm import tiny_causal_lm
 
     root = tmp_path_factory.mktemp("lm")
     return export(tiny_causal_lm(root / "ckpt"), root / "fp32", ExportConfig(format="onnx")).path

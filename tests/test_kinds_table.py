@@ -40,10 +40,10 @@ def generic_artifact(tmp_path_factory):
         Manifest,
         Precision,
         SourceInfo,
-        TensorSpec,
         load_artifact,
         write_manifest,
     )
+    from compress.artifact_entries import TensorSpec
 
     d = tmp_path_factory.mktemp("kinds") / "identity"
     d.mkdir()

@@ -284,7 +284,7 @@ def test_a_search_option_is_marked_with_the_kinds_of_model_that_read_it(tmp_path
     from compress.errors import ConfigError
     from compress.search.config import SearchConfig
     from compress.search.directory import Search
-    from compress.search.generator import GeneratorSpace
+    from compress.search.generation import GeneratorSpace
 
     base = dict(teacher="t", profile="host", train="d", eval="e")
     cfg = SearchConfig.from_flat(**base, short_steps=10, limit=3, distill={"a": 1}, short_recover_steps=5)

@@ -53,7 +53,7 @@ def checkpoint(work: Path, name: str, small: bool) -> Path:
     import torch
     import transformers
 
-    from tests.builders.causal_lm import ARCHS, STORIES, TOKENIZER_FILES
+    from tests.builders.lm import ARCHS, STORIES, TOKENIZER_FILES
 
     out = work / name
     if (out / "config.json").is_file():

@@ -67,7 +67,7 @@ def make_model(out: Path) -> Path:
     model.save_pretrained(out)
     import shutil
 
-    from tests.builders.causal_lm import STORIES, TOKENIZER_FILES  # stories260K's tokenizer (vocabulary 512)
+    from tests.builders.lm import STORIES, TOKENIZER_FILES  # stories260K's tokenizer (vocabulary 512)
     for name in TOKENIZER_FILES:
         shutil.copy(STORIES / name, out / name)
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")

@@ -91,7 +91,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.harness.results import host_and_versions
     from compress.stages.finetune.qlora import nf4_backend
-    from tests.builders.causal_lm import tiny_causal_lm
+    from tests.builders.lm import tiny_causal_lm
 
     parts = set(args.parts.split(","))
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}

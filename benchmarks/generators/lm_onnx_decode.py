@@ -50,7 +50,7 @@ def main() -> None:
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
     from compress.stages.quantize.lm.onnx import weight_only
-    from tests.builders.causal_lm import tiny_causal_lm
+    from tests.builders.lm import tiny_causal_lm
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/lm-onnx-decode")

@@ -357,7 +357,7 @@ def main() -> None:
     if args.time:
         return timed(args.time[0], args.time[1], args.threads, args.prompt_ids, args.new_tokens)
     from benchmarks.harness.results import host_and_versions
-    from tests.builders.causal_lm import tiny_causal_lm
+    from tests.builders.lm import tiny_causal_lm
 
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     args.work.mkdir(parents=True, exist_ok=True)

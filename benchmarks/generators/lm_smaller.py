@@ -149,7 +149,7 @@ def needs(module: str, attr: str | None = None, field: tuple[str, str] | None = 
 
 
 def finetune_stage(a, texts, qlora: bool) -> dict[str, Any]:
-    needs("compress.stages.finetune.causal_lm", "finetune_causal_lm")
+    needs("compress.stages.finetune.lm", "finetune_causal_lm")
     from compress.stages.finetune import finetune
     from compress.stages.finetune.config import FinetuneConfig
 
@@ -179,7 +179,7 @@ def distill_options(a) -> dict[str, Any]:
 def distill_stage(a, texts, teacher: str, layers: int) -> dict[str, Any]:
     """The half-depth student. Evaluated once, after the last step (``eval_every`` = the steps): the held-out text
     is what validate judges it on, so no weights are picked by it."""
-    needs("compress.stages.distill.causal_lm", "distill_causal_lm")
+    needs("compress.stages.distill.lm", "distill_causal_lm")
     from compress.stages.distill import distill
     from compress.stages.distill.config import DistillConfig
 
@@ -201,7 +201,7 @@ def agreement_spread(student: str, teacher: str, eval_text: str, window: int, li
                      resamples: int = 2000) -> dict[str, Any]:
     """Top-1 agreement of the PyTorch ``student`` with ``teacher`` window by window on the windows validate reads
     (llama-perplexity's cut of ``eval_text``, BOS first, the library's scored positions: the second half of each, as
-    :func:`~compress.stages.distill.causal_lm.evaluate_lm` scores them), a bootstrap 95 % interval of the pooled figure
+    :func:`~compress.stages.distill.lm.evaluate_lm` scores them), a bootstrap 95 % interval of the pooled figure
     over windows (``resamples`` draws of as many windows, with replacement; seed 0), and the agreement by how decided
     the teacher is (the margin between its two likeliest tokens, groups from :data:`MARGINS`: where a weak teacher's
     top two are nearly tied, which one a student ranks first is close to a coin toss)."""

@@ -5,7 +5,7 @@ the top level::
 
     handler.py               minimal handler: onnxruntime + numpy + tokenizers (text) or Pillow (images), session
                              at module scope; for a generator (text-generation) the generating handler, greedy
-                             through the KV cache (compress/packaging/generator.py)
+                             through the KV cache (compress/packaging/generation.py)
     edgecompress_device.py   pooling and session options, the same file the remote runner ships (compress/device/shipped.py)
     edgecompress_feeds.py    the feeds from the input description (compress/device/feeds.py), likewise
     edgecompress_facts.py    peak memory and the host facts, for the cold start (compress/device/facts.py), likewise
@@ -46,7 +46,7 @@ from compress import __version__
 from compress.artifact import Artifact, load_artifact
 from compress.device.facts import cpu_model, sha256_file
 from compress.errors import ArtifactError, ConfigError, OutputExistsError
-from compress.packaging import generator as gen
+from compress.packaging import generation as gen
 from compress.packaging.coldstart import _cold_start
 from compress.packaging.config import (
     _ZIP_EPOCH,

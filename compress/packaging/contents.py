@@ -16,7 +16,7 @@ from typing import Any
 from compress import __version__
 from compress.artifact import Artifact
 from compress.errors import ConfigError
-from compress.packaging import generator as gen
+from compress.packaging import generation as gen
 from compress.packaging.config import BUNDLE_INFO, KIND_DEPENDENCIES, MODEL_DIR, PackageConfig
 from compress.tasks import TASKS
 
@@ -64,7 +64,7 @@ def _preprocess(art: Artifact) -> dict[str, Any]:
 def write_bundle_files(root: Path, art: Artifact, profile, sl, function: dict[str, Any], config: PackageConfig,
                         pins: dict[str, str], generation: dict[str, Any] | None = None) -> dict[str, str]:
     """Write handler, model config, model and tokenizer files; return {relative path: contributor kind}.
-    ``generation``: a generator's limits (:func:`compress.packaging.generator.generation_block`): its handler is the
+    ``generation``: a generator's limits (:func:`compress.packaging.generation.generation_block`): its handler is the
     generating one."""
     m = art.manifest
     own: dict[str, str] = {}

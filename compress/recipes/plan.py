@@ -157,7 +157,7 @@ def make_plan(recipe: Recipe, base: Path | str, run: Path | str | None = None) -
                                "edgecompress artifact")
     if "calibration" not in data and "train" in data:
         data["calibration"] = data["train"]
-    from compress.recipes.generators import recipe_kind
+    from compress.recipes.generation import recipe_kind
     from compress.tasks import KIND_INFO
 
     # a causal LM (or a recipe that fine-tunes one from a causal LM base): its verbs read fewer defaults
@@ -236,7 +236,7 @@ def _finetune_job(spec: FinetuneSpec, data: dict[str, str], base: Path, digest: 
 
 def _reads(generator: bool, verb: str, fmt: str) -> set[str] | None:
     """The options a generator's ``verb`` reads (None: not a generator, or every one)."""
-    from compress.recipes.generators import reads
+    from compress.recipes.generation import reads
 
     return reads(verb, fmt) if generator else None
 

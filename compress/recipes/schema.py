@@ -408,7 +408,7 @@ def _check(recipe: Recipe, label: str, root, base: Path) -> None:
 
 
     from compress.errors import EdgeCompressError
-    from compress.recipes.generators import problem
+    from compress.recipes.generation import problem
 
     try:
         teacher = None if isinstance(recipe.teacher, FinetuneSpec) else resolve_path(recipe.teacher, base)

@@ -60,7 +60,7 @@ def run_export(source: str, config, out: Path, ctx: StepContext) -> dict[str, An
 
 def _calibrate_generator(config, parent, ctx: StepContext):
     """Weight-only: the recipe's text calibrates only a data-aware INT4 algorithm."""
-    from compress.recipes.generators import calibration_for
+    from compress.recipes.generation import calibration_for
 
     return calibration_for(config, ctx.data, str(parent.format))
 

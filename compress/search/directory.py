@@ -1,7 +1,7 @@
 """One search directory (:class:`Search`), whatever the teacher: its settings, profile, budgets, data and time, and
 the profile each runtime's candidates are validated on. What differs by the teacher's kind is its space, which also
 builds and measures one candidate: :class:`compress.search.encoder.EncoderSpace` (a forward pass: students, pruning
-and precision, at two fidelities) or :class:`compress.search.generator.GeneratorSpace` (a causal LM: routes, INT4
+and precision, at two fidelities) or :class:`compress.search.generation.GeneratorSpace` (a causal LM: routes, INT4
 settings and shapes). :func:`compress.search.run.run_search` drives the Optuna study over it, through the space's
 hooks (:class:`compress.search.space.Space`)."""
 

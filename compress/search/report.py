@@ -39,7 +39,7 @@ def _generator_page(search_dir: Path, summary: dict[str, Any]) -> tuple[str, dic
     pts = [{**p, "name": f"trial {p['trial']}", "label": f"#{p['trial']}"} for p in measured]
     svg = pareto(pts, "every measured candidate", x=("perplexity_increase", "perplexity increase (lower is better)"),
                  y=("decode_tokens_per_s", "decode tokens/s")) if pts else None
-    return "search_generator.html.j2", {"measured": measured, "plots": [("all", svg)] if svg else []}
+    return "search_generation.html.j2", {"measured": measured, "plots": [("all", svg)] if svg else []}
 
 
 #: each kind of search's page (the summary's ``kind``: its space's, :class:`compress.search.space.Space`)

@@ -15,8 +15,8 @@ The search directory::
 One driver (:func:`run_search`) runs every search: the study, its first queued trials, the trials, the time budget,
 the stop, the promotion to full fidelity where the space has one, the end, resuming. What differs by the teacher's
 kind is its space (:class:`compress.search.space.Space`), chosen from a table by the kind, whose hooks the driver
-calls: :class:`compress.search.encoder.EncoderSpace` for a forward pass, :class:`compress.search.generator.GeneratorSpace`
-for a causal LM (its directory: :mod:`compress.search.generator`).
+calls: :class:`compress.search.encoder.EncoderSpace` for a forward pass, :class:`compress.search.generation.GeneratorSpace`
+for a causal LM (its directory: :mod:`compress.search.generation`).
 
 A forward pass's search has three fidelities, so the time budget buys the most:
 
@@ -48,7 +48,7 @@ from compress.recipes.execute import write_json_atomic
 from compress.search.config import SearchConfig
 from compress.search.directory import Search
 from compress.search.encoder import EncoderSpace
-from compress.search.generator import GeneratorSpace
+from compress.search.generation import GeneratorSpace
 from compress.search.space import SearchResult
 from compress.search.study import drain, is_queued, optuna_module, public_url
 

@@ -1,6 +1,6 @@
 """What every search shares, whatever its teacher's kind: :class:`Space`, the hooks the one driver
 (:func:`compress.search.run.run_search`) calls, which each kind implements (:class:`compress.search.encoder.EncoderSpace`
-for a forward pass, :class:`compress.search.generator.GeneratorSpace` for a causal LM); :class:`SearchResult`, what a
+for a forward pass, :class:`compress.search.generation.GeneratorSpace` for a causal LM); :class:`SearchResult`, what a
 search returns; a budget as a constraint (:func:`violation`); every dimension ``--space`` may name; how a candidate
 runs on another runtime than its profile's."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from compress.search.encoder_space import KINDS
-from compress.search.generator_space import GENERATOR_SPACE
+from compress.search.generation_space import GENERATOR_SPACE
 
 
 @dataclass

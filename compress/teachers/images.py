@@ -34,11 +34,11 @@ from compress.artifact import (
     Postprocess,
     Precision,
     SourceInfo,
-    TensorSpec,
     digest_dir,
     hash_files,
     library_versions,
 )
+from compress.artifact_entries import TensorSpec
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, repeated_class_name, task_for
 from compress.tasks.classification import ClassPostprocess

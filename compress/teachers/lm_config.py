@@ -1,7 +1,7 @@
 """What a causal LM checkpoint's files say (task text-generation), read without loading the model: its architecture,
 the KV cache's dimensions (head_dim where the config names it), BOS/EOS (generation_config.json, else config.json),
 the manifest's postprocess block; and the one-line checks of a tokenizer's special tokens and of a window against the
-context. :mod:`compress.teachers.load` and :mod:`compress.teachers.causal_lm` both read it.
+context. :mod:`compress.teachers.load` and :mod:`compress.teachers.lm` both read it.
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ from compress.artifact import (
     Postprocess,
     Precision,
     SourceInfo,
-    TensorSpec,
     TextPreprocess,
     digest_dir,
     hash_files,
     library_versions,
 )
+from compress.artifact_entries import TensorSpec
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import TASKS, Task, by_kind, is_generator, postprocess_for, repeated_class_name, task_for
 from compress.tasks.embeddings import EmbeddingPostprocess

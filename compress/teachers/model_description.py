@@ -17,11 +17,10 @@ from compress.artifact import (
     ImagePreprocess,
     Postprocess,
     StreamSpec,
-    TensorSpec,
     TextPreprocess,
-    state_input_of,
     task_postprocess,
 )
+from compress.artifact_entries import TensorSpec, state_input_of
 from compress.data.utf8 import read_utf8
 from compress.errors import ConfigError, ModelLoadError, first_line
 from compress.tasks import TASKS, Task, load, postprocess_for, task_for

@@ -35,11 +35,11 @@ from compress.artifact import (
     Precision,
     SourceInfo,
     StreamSpec,
-    TensorSpec,
     TextPreprocess,
     digest_of,
     library_versions,
 )
+from compress.artifact_entries import TensorSpec
 from compress.device.facts import sha256_file
 from compress.errors import ModelLoadError, first_line
 from compress.formats import file_format

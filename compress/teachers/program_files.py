@@ -140,7 +140,7 @@ def _torchscript(p: Path, desc, allow_pickle: bool):
     import numpy as np
     import torch
 
-    from compress.artifact import TensorSpec
+    from compress.artifact_entries import TensorSpec
     from compress.errors import ConfigError
     from compress.teachers.model_description import description_file
 

@@ -6,7 +6,7 @@ unpickles whatever the archive holds: arbitrary code, from a file someone sent y
 that fallback unless ``allow_pickle`` is given, the same opt-in checkpoints have.
 
 :func:`program_inputs` / :func:`program_outputs` describe the program's user inputs and outputs as the manifest
-does (:class:`~compress.artifact.TensorSpec`: name, numpy dtype, shape with dynamic dimensions named by their
+does (:class:`~compress.artifact_entries.TensorSpec`: name, numpy dtype, shape with dynamic dimensions named by their
 symbol), so the program itself says what it takes; what it cannot say (task, labels, preprocessing) comes
 from the user.
 """
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import TensorSpec
+from compress.artifact_entries import TensorSpec
 from compress.errors import ModelLoadError
 
 __all__ = ["load_program", "program_inputs", "program_outputs", "save_program", "training_mode_ops"]

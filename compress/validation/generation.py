@@ -217,7 +217,7 @@ def _teacher(tdir: Path | None, art: Artifact, warnings: list[str], config):
 
     if is_gguf(tdir):  # an adopted GGUF: the file itself in llama.cpp, as an adopted ONNX file in ONNX Runtime
         return GgufReference.load(tdir)
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
 
     return CausalLM.load(tdir, trust_remote_code=config.trust_remote_code)
 

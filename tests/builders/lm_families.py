@@ -10,7 +10,7 @@ An intermediate size equal to the vocabulary (512) is avoided: ONNX Runtime GenA
 graph 5 logits away from PyTorch (seen on Llama bodies of any head count), a shape no real model has.
 
 Random weights are test material: they say nothing of the real models' quality. The tokenizer is the tiny models'
-(:func:`tests.builders.causal_lm.tiny_causal_lm`: a 512-token vocabulary), so ``vocab_size`` is 512 and the special
+(:func:`tests.builders.lm.tiny_causal_lm`: a 512-token vocabulary), so ``vocab_size`` is 512 and the special
 token ids are its BOS/EOS.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: family -> (arch key of tests.builders.causal_lm.ARCHS, the published values kept, test-size dimensions)
+#: family -> (arch key of tests.builders.lm.ARCHS, the published values kept, test-size dimensions)
 REAL = {
     # HuggingFaceTB/SmolLM2-135M(-Instruct): Llama, 9 query / 3 KV heads of 64, RoPE base 100,000, tied
     "smollm2-135m": ("llama", {"rope_theta": 100000.0, "head_dim": 64, "max_position_embeddings": 8192,
@@ -50,7 +50,7 @@ def real_config_lm(out: Path, family: str, *, layers: int = 1, seed: int = 0) ->
     import torch
     import transformers
 
-    from tests.builders.causal_lm import ARCHS, tiny_causal_lm
+    from tests.builders.lm import ARCHS, tiny_causal_lm
 
     arch, kept, dims = REAL[family]
     layers = dims.get("layers", layers)

@@ -13,7 +13,7 @@ SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 def shared_missing(*paths: str | Path) -> str | None:
     """Why a test that reads ``paths`` (under :data:`SHARED`: relative to it, or a constant such as
-    ``tests.builders.causal_lm.STORIES``) cannot run here, or None when every one is there."""
+    ``tests.builders.lm.STORIES``) cannot run here, or None when every one is there."""
     missing = [(SHARED / p).relative_to(SHARED).as_posix() for p in paths if not (SHARED / p).exists()]
     if not missing:
         return None

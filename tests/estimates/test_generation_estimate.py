@@ -1,7 +1,7 @@
 """Estimates of text generators (compress.estimates.generation): what the files say (weight bytes, parameters, KV
 cache dims) for safetensors, ONNX (FP32 and MatMulNBits INT4) and GGUF, and the decode/prefill arithmetic.
 
-Models are tiny random Llamas (tests/builders/causal_lm.py): test material, their quality means nothing here.
+Models are tiny random Llamas (tests/builders/lm.py): test material, their quality means nothing here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from compress.estimates.generation import (
     model_facts,
 )
 from compress.estimates.roofline import Efficiency, Peaks
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.lm import tiny_causal_lm
 
 IDEAL = Efficiency(compute_fp32=1.0, compute_int8=1.0, memory=1.0, overhead_us=0.0)
 HIDDEN, INTER, LAYERS, HEADS, KV, VOCAB = 64, 128, 2, 4, 2, 512
@@ -179,7 +179,7 @@ def test_validate_away_from_the_device_reports_the_estimate_unverified(tiny, tmp
     """validate --estimate always of an ONNX generator: decode tokens/s and TTFT are the estimate's on the profile's
     peaks (this host's timings beside them), their budgets UNVERIFIED with the estimate as the figure."""
     pytest.importorskip("onnxruntime_genai")
-    pytest.importorskip("compress.teachers.causal_lm")
+    pytest.importorskip("compress.teachers.lm")
     import yaml
 
     from compress.stages.export import export

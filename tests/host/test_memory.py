@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from compress.errors import MemoryShortage
 from compress.host import memory
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.lm import tiny_causal_lm
 
 
 @pytest.fixture(scope="module")

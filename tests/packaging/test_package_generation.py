@@ -18,7 +18,7 @@ from compress.errors import ArtifactError
 from compress.packaging.bundle import package
 from compress.packaging.config import PackageConfig
 from tests.builders.bundles import run_handler, write_profile
-from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
 
 pytestmark = needs_genai_builder()
 
@@ -82,7 +82,7 @@ def bundle(lm, tmp_path_factory):
 
 def _teacher_continuations(ckpt, prompts, new_tokens):
     """The teacher's greedy tokens (through its own KV cache) and their text as transformers' pipeline returns it."""
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
 
     teacher = CausalLM.load(ckpt)
     out = []
@@ -147,7 +147,7 @@ def test_an_int4_bundle_decodes_as_the_ort_backend_does(lm, tmp_path):
     from compress.runtimes.base import load_runtime
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
     from compress.validation.decoding import greedy_artifact
 
     q = quantize(lm[1].path, tmp_path / "int4", QuantizeConfig.from_flat(precision="int4"))

@@ -14,7 +14,7 @@ import yaml
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from tests.builders.causal_lm import STORIES, STORY, TINYSTORIES, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORIES, STORY, TINYSTORIES, needs_genai_builder, tiny_causal_lm
 from tests.builders.shared import needs_shared
 from tests.validation.test_validate_generation import gen_profile
 

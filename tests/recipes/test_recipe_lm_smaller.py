@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.builders.lm import STORY, tiny_causal_lm
 
 
 @pytest.fixture(scope="module")

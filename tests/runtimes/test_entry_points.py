@@ -12,17 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from compress.artifact import (
-    ArrayPreprocess,
-    Entry,
-    Format,
-    Manifest,
-    Precision,
-    SourceInfo,
-    TensorSpec,
-    load_artifact,
-    write_manifest,
-)
+from compress.artifact import ArrayPreprocess, Format, Manifest, Precision, SourceInfo, load_artifact, write_manifest
+from compress.artifact_entries import Entry, TensorSpec
 from compress.errors import ArtifactError, ConfigError
 from compress.tasks import Task
 

@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 
 from compress._optional import is_available
 from compress.runtimes.base import RuntimeBackend, RuntimeSettings, load_runtime
-from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import needs_genai_builder, tiny_causal_lm
 
 pytestmark = [needs_genai_builder()]
 needs_og = pytest.mark.skipif(not is_available("onnxruntime_genai"), reason="onnxruntime-genai is not installed")

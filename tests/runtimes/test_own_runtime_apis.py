@@ -7,7 +7,7 @@ LLM runner (TextLLMRunner, its Python binding) and llama.cpp (llama_cpp.Llama).
 The material is a tiny random Llama with stories260K's tokenizer: a sentencepiece BPE written out as tokenizer.json,
 the kind a tokenizer reading it as GPT-2 bytes splits wrongly ("The" -> "T", "he"), and a chat template. Random
 weights say nothing of quality; a tie between two logits could differ between runtimes, so the model's logits are
-spread (tests.builders.causal_lm)."""
+spread (tests.builders.lm)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("torch")
 
 from compress._optional import is_available
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.lm import tiny_causal_lm
 
 pytestmark = pytest.mark.slow  # 52 s of a 2,979 s run (tests/conftest.py SLOW_SHARE)
 
@@ -140,7 +140,7 @@ def _quantize(art, out, **flat):
 def test_the_onnx_artifacts_generate_in_onnx_runtime_genai_with_its_own_tokenizer(ckpt, tmp_path):
     from compress.artifact import load_artifact
     from compress.stages.export.lm.own_runtime import own_runtime
-    from tests.builders.causal_lm import genai_builder_missing
+    from tests.builders.lm import genai_builder_missing
 
     if genai_builder_missing():
         pytest.skip(genai_builder_missing())

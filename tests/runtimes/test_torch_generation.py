@@ -1,7 +1,7 @@
 """The torch runtime runs a causal LM checkpoint as a stateful step (prefill, then one token per step on
 transformers' KV cache), so ``validate`` times and judges a generator in PyTorch itself, on the CPU or a CUDA GPU.
 
-The model is a tiny random Llama (test material, tests/builders/causal_lm.py); on CUDA the same checks run in FP16
+The model is a tiny random Llama (test material, tests/builders/lm.py); on CUDA the same checks run in FP16
 and BF16 against the CPU's FP32 (skipped where there is no GPU, as in CI)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from compress.errors import ConfigError
 from compress.runtimes.base import RuntimeSettings
 from compress.runtimes.torch_backend import TorchBackend
 from compress.teachers.load import load_teacher
-from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.builders.lm import STORY, tiny_causal_lm
 
 NEW = 12
 
@@ -41,7 +41,7 @@ def greedy_through(backend, prompt: list[int], new: int) -> tuple[list[int], np.
 
 
 def test_torch_runtime_decodes_a_causal_lm_as_transformers_does(lm):
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
 
     teacher = CausalLM.load(lm)
     prompt = teacher.encode(STORY)[:40]

@@ -4,7 +4,7 @@ is the route's one FP32 export (of the teacher, or of a shape pruned from it onc
 and validated as `validate` does a generator; the pick meets every budget and is checked on held-out text; an
 impossible budget ends in the search's "no candidate passes" (exit 6); bad input is one line.
 
-Material: a tiny random Llama (tests/builders/causal_lm.py) and real text, the start of the TinyStories sample."""
+Material: a tiny random Llama (tests/builders/lm.py) and real text, the start of the TinyStories sample."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from compress.errors import ConfigError
 pytest.importorskip("optuna")
 pytest.importorskip("onnxruntime")
 
-from tests.builders.causal_lm import TINYSTORIES, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import TINYSTORIES, needs_genai_builder, tiny_causal_lm
 from tests.builders.shared import shared_file
 
 pytestmark = needs_genai_builder()
@@ -176,7 +176,7 @@ def test_a_space_no_installed_route_can_take_names_no_install_it_does_not_need(w
 
 
 def test_shape_candidates_name_what_prune_makes():
-    from compress.search.generator_space import GenCandidate, generator_candidates, shapes_for, space_for
+    from compress.search.generation_space import GenCandidate, generator_candidates, shapes_for, space_for
 
     shapes = shapes_for({"layers": [12, 4, 8], "ffn": [0.0, 0.3]}, teacher_layers=8)
     assert shapes == {"layers": [None, 4], "heads": [0.0], "ffn": [0.0, 0.3], "vocab": [False]}  # 8 and 12: all

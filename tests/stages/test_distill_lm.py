@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 
-from tests.builders.causal_lm import TINYSTORIES, tiny_causal_lm
+from tests.builders.lm import TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import shared_file
 from tests.conftest import main_error
 
@@ -145,8 +145,8 @@ def test_teacher_samples_add_windows_the_teacher_wrote_and_are_kept_for_resume(l
 
     from compress.errors import ConfigError
     from compress.stages.distill import distill
-    from compress.stages.distill.causal_lm import SAMPLES, sample_windows
     from compress.stages.distill.config import DistillConfig
+    from compress.stages.distill.lm import SAMPLES, sample_windows
     from compress.stages.training import Interrupted
 
     teacher = AutoModelForCausalLM.from_pretrained(lm["teacher"])
@@ -210,7 +210,7 @@ def test_scored_layers_keep_the_layers_that_matter(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from compress.stages.distill.causal_lm import score_layers
+    from compress.stages.distill.lm import score_layers
 
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm(tmp_path / "t", layers=3))
     with torch.no_grad():  # layer 1 adds nothing to the residual stream: removing it changes nothing
@@ -249,8 +249,8 @@ def test_bad_input_is_refused_in_one_line(lm, tmp_path, capsys):
 
 
 def test_a_causal_lms_loss_defaults_apply_only_where_the_settings_leave_them():
-    from compress.stages.distill.causal_lm import lm_defaults
     from compress.stages.distill.config import DistillConfig
+    from compress.stages.distill.lm import lm_defaults
 
     plain = lm_defaults(DistillConfig.from_flat(layers=2)).loss
     assert (plain.temperature, plain.soft_weight, plain.hard_weight) == (1.0, 1.0, 0.0)

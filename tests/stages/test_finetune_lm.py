@@ -18,7 +18,7 @@ from conftest import main_error
 
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
-from tests.builders.causal_lm import STORIES, STORY, TINYSTORIES, tiny_causal_lm
+from tests.builders.lm import STORIES, STORY, TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import needs_shared
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def _weights(path) -> dict:
 
 
 def test_lora_on_instruction_rows_writes_a_merged_causal_lm_teacher(lm, lora):
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
     from compress.teachers.load import load_teacher
 
     m = lora.metrics
@@ -82,7 +82,7 @@ def test_the_loss_is_on_the_response_tokens_only(lm):
     import torch
 
     from compress.data.text import read_training_texts
-    from compress.stages.finetune.causal_lm import IGNORE, lm_rows
+    from compress.stages.finetune.lm import IGNORE, lm_rows
     from compress.teachers.load import load_teacher
 
     teacher = load_teacher(lm.base)

@@ -19,7 +19,7 @@ pytest.importorskip("gguf", reason="the gguf package is not installed (pip insta
 
 from compress.errors import ConfigError, ModelLoadError
 from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
-from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.builders.lm import STORY, tiny_causal_lm
 from tests.conftest import ENV as CLI_ENV
 from tests.conftest import assert_one_line_error, edgecompress
 

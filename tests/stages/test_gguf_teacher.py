@@ -19,7 +19,7 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'edgecompress[llamacpp]')")
 
 from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
-from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import needs_genai_builder, tiny_causal_lm
 from tests.conftest import edgecompress
 
 
@@ -121,7 +121,7 @@ def test_validate_says_it_compares_with_the_dequantized_checkpoint_and_makes_it_
     from compress.stages.export.config import ExportConfig
     from compress.validation.config import ValidateConfig
     from compress.validation.local import validate
-    from tests.builders.causal_lm import STORY
+    from tests.builders.lm import STORY
 
     art = export(files["f32"], tmp_path / "onnx", ExportConfig(format="onnx"))
     text = tmp_path / "story.txt"

@@ -17,7 +17,7 @@ pytest.importorskip("executorch", reason="ExecuTorch is not installed (pip insta
 pytest.importorskip("torchao", reason="torchao is not installed (pip install torchao)")
 
 from compress.errors import ConfigError, OutputExistsError
-from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.builders.lm import STORY, tiny_causal_lm
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 
 from compress.errors import ArtifactError, ConfigError, StageError
 from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.lm import tiny_causal_lm
 
 TREE = llama_cpp_tree()
 needs_tree = pytest.mark.skipif(TREE is None, reason=f"no llama.cpp source tree for the converter: set {ENV}")
@@ -241,7 +241,7 @@ def test_calibration_text_without_llama_imatrix_names_how_to_build_it(tmp_path, 
 @needs_tree
 def test_calibration_text_makes_an_importance_matrix_with_llama_imatrix(exported, tmp_path):
     from compress.stages.quantize.lm.gguf_imatrix import imatrix_tool
-    from tests.builders.causal_lm import STORY
+    from tests.builders.lm import STORY
 
     if imatrix_tool() is None:
         pytest.skip(f"no llama-imatrix: build it in the {ENV} tree (cmake --build build --target llama-imatrix)")
@@ -267,7 +267,7 @@ def test_an_imatrix_file_gives_what_llama_quantize_writes_with_it(exported, tmp_
     from gguf import GGUFReader
 
     from compress.stages.quantize.lm.gguf_imatrix import imatrix_tool
-    from tests.builders.causal_lm import STORY
+    from tests.builders.lm import STORY
 
     tool = imatrix_tool()
     if tool is None or not (tool.parent / "llama-quantize").is_file():

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from compress.errors import ConfigError, OutputExistsError, StageError
-from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import needs_genai_builder, tiny_causal_lm
 
 pytestmark = [needs_genai_builder(), pytest.mark.slow]
 
@@ -341,7 +341,7 @@ def test_accuracy_aware_int4_searches_the_measured_mix_and_holds_the_budget(expo
     the text (from Q4_K_M's bytes up), the choice written and measured again, a counted progress phase."""
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from tests.builders.causal_lm import STORY
+    from tests.builders.lm import STORY
 
     _, art = exported
     text = tmp_path / "story.txt"

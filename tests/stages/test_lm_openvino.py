@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 import compress  # noqa: F401 - the torchvision shim before transformers
 from compress.errors import ConfigError, OutputExistsError, StageError
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.lm import tiny_causal_lm
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +155,7 @@ def test_quantize_is_weight_only_with_head_and_embeddings_at_8_bits(exported, tm
 def test_data_aware_awq_and_all_layers_at_4_bits(exported, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from tests.builders.causal_lm import STORY
+    from tests.builders.lm import STORY
 
     _, art = exported
     text = tmp_path / "calib.txt"
@@ -175,7 +175,7 @@ def test_gptq_runs_on_the_stateful_ir(exported, tmp_path):
 
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
-    from tests.builders.causal_lm import STORY
+    from tests.builders.lm import STORY
 
     _, art = exported
     model = ov.Core().read_model(str(art.model_path))

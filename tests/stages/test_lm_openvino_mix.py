@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 import compress  # noqa: F401 - the torchvision shim before transformers
 from compress.errors import ConfigError
-from tests.builders.causal_lm import tiny_causal_lm
+from tests.builders.lm import tiny_causal_lm
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from compress.errors import ConfigError
-from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
 
 torch = pytest.importorskip("torch")
 
@@ -89,7 +89,7 @@ def test_the_int4_artifact_holds_the_weights_training_saw(trained):
     from compress.stages.quantize.lm.fake_quant import attach, dequantized_model
     from compress.stages.quantize.lm.onnx import _state_for
     from compress.stages.quantize.lm.qat import scheme_of
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
 
     art, fp32, _, q = trained
     student = CausalLM.load(fp32.manifest.source.path)

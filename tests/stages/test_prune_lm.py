@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.builders.causal_lm import STORY, tiny_causal_lm
+from tests.builders.lm import STORY, tiny_causal_lm
 from tests.conftest import main_error
 
 torch = pytest.importorskip("torch")

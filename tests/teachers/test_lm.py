@@ -17,9 +17,10 @@ import compress  # noqa: F401 - the torchvision shim before transformers
 from compress.errors import ConfigError, ModelLoadError
 from compress.tasks import Task
 from compress.tasks.generation import GENERATION_FILES
-from compress.teachers.causal_lm import CausalLM, cache_of
+from compress.teachers.lm import CausalLM
+from compress.teachers.lm_config import cache_of
 from compress.teachers.load import load_teacher
-from tests.builders.causal_lm import STORIES, STORIES_ASSETS, STORY, TINYSTORIES, tiny_causal_lm
+from tests.builders.lm import STORIES, STORIES_ASSETS, STORY, TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import needs_shared
 
 pytestmark = pytest.mark.slow

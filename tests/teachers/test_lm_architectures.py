@@ -1,7 +1,7 @@
 """The causal LM families beyond Llama and Qwen2 through the export routes: Qwen3 (head_dim apart from hidden / heads,
 q/k norms), Gemma 3 (scaled embeddings, sliding-window layers with their own RoPE base, head_dim and query scale of its
 own), Phi-3/4 (Phi-4-mini's partial rotary embedding), GPT-2 (``GPT2LMHeadModel``, n_layer/n_head/n_embd, learned
-positions, no GQA). Each body is a tiny random one of that family's shape (tests/builders/causal_lm.py) with
+positions, no GQA). Each body is a tiny random one of that family's shape (tests/builders/lm.py) with
 stories260K's tokenizer: the checks are agreement with PyTorch and the refusals, not any real model's quality.
 """
 
@@ -20,7 +20,7 @@ from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
 from compress.teachers.kinds import source_kind
 from compress.teachers.lm_config import cache_of, is_causal_lm
-from tests.builders.causal_lm import needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import needs_genai_builder, tiny_causal_lm
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
 from compress.tasks.generation import portable_tokenizer_config
 from compress.teachers.lm_config import legacy_rope, portable_config, rope_of
-from tests.builders.causal_lm import genai_builder_missing, tiny_causal_lm
+from tests.builders.lm import genai_builder_missing, tiny_causal_lm
 from tests.builders.lm_families import REAL, real_config_lm
 
 pytestmark = pytest.mark.slow

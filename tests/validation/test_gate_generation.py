@@ -15,9 +15,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 pytest.importorskip("compress.tasks.generation")
 pytest.importorskip("compress.data.text")  # CORE: text data and the causal LM teacher
-pytest.importorskip("compress.teachers.causal_lm")
+pytest.importorskip("compress.teachers.lm")
 
-from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
 from tests.validation.test_validate_generation import gen_profile
 
 pytestmark = needs_genai_builder()

@@ -15,13 +15,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 pytest.importorskip("compress.tasks.generation")
 pytest.importorskip("compress.data.text")  # CORE: text data and the causal LM teacher
-pytest.importorskip("compress.teachers.causal_lm")
+pytest.importorskip("compress.teachers.lm")
 
 from compress._optional import is_available
 from compress.errors import ConfigError
 from compress.profiles.budgets import judge
 from compress.profiles.schema import Budgets
-from tests.builders.causal_lm import STORY, needs_genai_builder, tiny_causal_lm
+from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
 
 pytestmark = [needs_genai_builder(), pytest.mark.slow]
 

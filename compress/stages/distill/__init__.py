@@ -8,7 +8,7 @@ MiniLM's value-relation KL on the last layer. Teacher outputs are computed once 
 and cached on disk in the run directory, so epochs after the first do not run the teacher.
 
 A causal LM teacher (task text-generation) is distilled on text windows by KL on its top-k next tokens, optionally
-on the student's own samples (:mod:`compress.stages.distill.causal_lm`).
+on the student's own samples (:mod:`compress.stages.distill.lm`).
 
 Training runs on Hugging Face Accelerate (CPU, one GPU, or ``accelerate launch`` over several
 processes), checkpoints into a run directory that ``resume=True`` continues, and writes the final
@@ -194,7 +194,7 @@ def _distill_generator(teacher, teacher_dir, train, output: StageOutput, config:
                        run: Path, teacher_cache, resume: bool, force: bool, keep_run: bool, progress: Progress | None,
                        on_step) -> DistillResult:
     """A causal LM: top-k logit distillation on text windows."""
-    from compress.stages.distill.causal_lm import distill_causal_lm
+    from compress.stages.distill.lm import distill_causal_lm
 
     result = distill_causal_lm(teacher, train, output, config, eval_data=eval_data, run=run,
                                teacher_cache=teacher_cache, resume=resume, force=force, progress=progress,

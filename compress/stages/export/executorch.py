@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format, Precision, TensorSpec, is_artifact, library_versions, load_artifact
+from compress.artifact import Artifact, Format, Precision, is_artifact, library_versions, load_artifact
+from compress.artifact_entries import TensorSpec
 from compress.errors import ConfigError, ParityError
 from compress.stages.export.config import EXPORT_EXECUTORCH, ExportConfig
 

@@ -20,13 +20,13 @@ from compress.artifact import (
     Artifact,
     Format,
     Precision,
-    TensorSpec,
     child_manifest,
     copy_tokenizer_files,
     is_artifact,
     library_versions,
     load_artifact,
 )
+from compress.artifact_entries import TensorSpec
 from compress.data.inputs import sample_inputs
 from compress.errors import ConfigError, EdgeCompressError, ModelLoadError, ParityError, StageError
 from compress.stages.common import measure_parity

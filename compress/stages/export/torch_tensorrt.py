@@ -27,15 +27,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import (
-    Artifact,
-    Format,
-    Precision,
-    TensorSpec,
-    is_artifact,
-    library_versions,
-    load_artifact,
-)
+from compress.artifact import Artifact, Format, Precision, is_artifact, library_versions, load_artifact
+from compress.artifact_entries import TensorSpec
 from compress.data.inputs import sample_texts
 from compress.errors import ConfigError, MissingBackendError, StageError, first_line
 from compress.runtimes.torch_tensorrt_program import ProgramRunner, install_hint

@@ -2,7 +2,7 @@
 image classifier or backbone, a timm checkpoint) gets a new head for the task and the labels in the data (or, for
 regression, the numbers in it: :mod:`compress.stages.finetune.regression`; for question answering, a span head on
 SQuAD-format data: :mod:`compress.stages.finetune.answers`; a causal LM keeps its own head and learns the task's
-text, LoRA or QLoRA among its modes: :mod:`compress.stages.finetune.causal_lm`) and trains:
+text, LoRA or QLoRA among its modes: :mod:`compress.stages.finetune.lm`) and trains:
 the whole model, the first N layers frozen, or low-rank adapters (peft LoRA) merged into the weights before the
 checkpoint is written, so every later step sees a plain checkpoint.
 
@@ -89,7 +89,7 @@ def finetune(base: Path | str, train: Path | str, out: Path | str, config: Finet
 
 def _finetune_generator(base: Path, train, output, config: FinetuneConfig, *, images: bool, **kw):
     """A causal LM base (task text-generation): next-token loss on plain text or prompt/response rows."""
-    from compress.stages.finetune.causal_lm import finetune_causal_lm
+    from compress.stages.finetune.lm import finetune_causal_lm
 
     return finetune_causal_lm(base, train, output, config, **kw)
 

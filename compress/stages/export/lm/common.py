@@ -56,7 +56,7 @@ def prompt_ids(source: Path, sample_data: str | None) -> tuple[list[int], str]:
 def greedy_torch(source: Path, prompt: list[int], steps: int) -> Generated:
     """The checkpoint ``source``'s greedy run of ``prompt`` in PyTorch (transformers' own cache), with each step's
     logits: what an exported generator's ``generate(prompt, steps, logits=True)`` is compared with."""
-    from compress.teachers.causal_lm import greedy_decode
+    from compress.teachers.lm import greedy_decode
     from compress.teachers.lm_config import from_pretrained_lm
 
     return greedy_decode(from_pretrained_lm(source), prompt, steps, logits=True)

@@ -35,7 +35,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact, Format, Precision, TensorSpec
+from compress.artifact import Artifact, Format, Precision
+from compress.artifact_entries import TensorSpec
 from compress.errors import ConfigError
 from compress.progress import Progress, start_phase
 from compress.stages.export.config import ExportConfig

@@ -222,7 +222,7 @@ def gguf_postprocess(source: Path, cfg: dict[str, Any]):
 
 def tensors(vocab: int):
     """The artifact's inputs and outputs as llama.cpp takes and returns them (batch 1)."""
-    from compress.artifact import TensorSpec
+    from compress.artifact_entries import TensorSpec
 
     ids = [TensorSpec(name=n, dtype="int64", shape=[1, "sequence"]) for n in ("input_ids", "attention_mask")]
     return ids, [TensorSpec(name="logits", dtype="float32", shape=[1, "sequence", vocab])]

@@ -324,11 +324,11 @@ def rewrite_external_data(model, model_path: Path, threshold: int = 1024) -> Non
 
 
 def graph_tensors(model_path: Path):
-    """The graph's inputs and outputs as :class:`~compress.artifact.TensorSpec` lists (numpy dtypes, named axes)."""
+    """The graph's inputs and outputs as :class:`~compress.artifact_entries.TensorSpec` lists (numpy dtypes, named axes)."""
     import onnx
     from onnx import helper
 
-    from compress.artifact import TensorSpec
+    from compress.artifact_entries import TensorSpec
 
     g = onnx.load(str(model_path), load_external_data=False).graph
 

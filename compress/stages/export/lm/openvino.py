@@ -233,8 +233,8 @@ def state_initializer(om) -> None:
 
 
 def ir_tensors(om):
-    """The stateful IR's inputs and outputs as :class:`~compress.artifact.TensorSpec` lists."""
-    from compress.artifact import TensorSpec
+    """The stateful IR's inputs and outputs as :class:`~compress.artifact_entries.TensorSpec` lists."""
+    from compress.artifact_entries import TensorSpec
 
     def spec(port) -> TensorSpec:
         dtype = {"i64": "int64", "i32": "int32", "f32": "float32"}.get(port.get_element_type().get_type_name(),

@@ -9,7 +9,7 @@ reads key/value group ``h // G`` (``G`` = num_attention_heads / num_key_value_he
   label). A head's Taylor importance is ``|sum context * d loss / d context|`` over its slice of the attention output
   projection's input, per window (Michel et al. 2019, as for encoders); an FFN neuron's is the same product on the
   input of ``down_proj`` (``act(gate) * up``); a layer's is the KL divergence of the next-token distribution when the
-  layer is left out, per token (:func:`compress.stages.distill.causal_lm.score_layers`, which distill's
+  layer is left out, per token (:func:`compress.stages.distill.lm.score_layers`, which distill's
   ``--layer-choice scored`` reads too).
 * **Heads** (:func:`plan_lm_heads`): the config holds one head count for every layer, so every layer loses the same
   number of query heads, each layer its least important. Either query heads evenly from every key/value group (the KV
@@ -163,7 +163,7 @@ def lm_importance(model, windows: np.ndarray, *, batch_size: int = 8, progress: 
             h.remove()
         saved.clear()
     n = len(windows)
-    from compress.stages.distill.causal_lm import score_layers  # Minitron's depth score, as distill chooses layers
+    from compress.stages.distill.lm import score_layers  # Minitron's depth score, as distill chooses layers
 
     scores = np.asarray(score_layers(model, windows, batch_size=batch_size))
     model.train(was_training)

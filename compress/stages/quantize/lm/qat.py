@@ -138,7 +138,7 @@ class _Run:
 
     def __init__(self, art: Artifact, config: QuantizeConfig, source: Path, work: Path) -> None:
         from compress.stages.quantize.lm.fake_quant import attach
-        from compress.teachers.causal_lm import CausalLM
+        from compress.teachers.lm import CausalLM
 
         self.art, self.config, self.source, self.work = art, config, source, work
         self.teacher, self.student = CausalLM.load(source), CausalLM.load(source).teacher

@@ -1,6 +1,6 @@
 """``package`` for a generator (task text-generation): the bundle's generating handler and its limits.
 
-The handler (``compress/device/bundle_template/generator.py``, written into the bundle as the profile's handler
+The handler (``compress/device/bundle_template/generation.py``, written into the bundle as the profile's handler
 module) decodes greedily through the KV cache with plain ONNX Runtime: the ONNX artifact's graph (ONNX Runtime GenAI's
 builder format) takes the cache as ``past_key_values.N.key/value`` inputs and returns ``present.N.key/value``, so the
 handler feeds them back itself, with ``position_ids`` from ``edgecompress_device.decoder_feeds`` (the one home of that
@@ -37,7 +37,7 @@ DEFAULT_NEW_TOKENS = 32
 #: the cold-start run's prompt
 FIRST_PROMPT = "Once upon a time, there was a little girl who"
 #: the bundle's handler module source for a generator (compress/device/bundle_template/)
-TEMPLATE = "generator.py"
+TEMPLATE = "generation.py"
 
 
 def refuse_new_tokens(art: Artifact, max_new_tokens: int | None) -> None:

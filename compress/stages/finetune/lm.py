@@ -161,7 +161,7 @@ def retain_perplexity(model, tokenizer, config: dict[str, Any], path: Path, wind
     """Perplexity of ``model`` on ``windows`` as validate measures it (:class:`compress.tasks.generation.
     GenerationStream`: the second half of each window scored)."""
     from compress.tasks.generation import GenerationStream
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
 
     stream = GenerationStream()
     for logits, i in zip(CausalLM(model.eval(), tokenizer, path, config).logits(windows, batch_size=8),
@@ -186,7 +186,7 @@ def finetune_causal_lm(base: Path, train, output, config: FinetuneConfig, *, eva
     from compress.data.text import read_training_texts
     from compress.stages.finetune.qlora import held_bytes
     from compress.tasks.generation import GENERATION_FILES
-    from compress.teachers.causal_lm import cache_of
+    from compress.teachers.lm_config import cache_of
     from compress.teachers.load import load_teacher
 
     _check(config)

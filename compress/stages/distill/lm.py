@@ -436,7 +436,7 @@ def distill_causal_lm(teacher, train, output, config: DistillConfig, *, eval_dat
     from compress.stages.distill.run import loop_settings
     from compress.stages.distill.student import count_parameters
     from compress.stages.training import refuse_unfinished, run_loop, settings_record
-    from compress.teachers.causal_lm import CausalLM
+    from compress.teachers.lm import CausalLM
 
     _refuse(config)
     config = lm_defaults(config)

@@ -21,15 +21,11 @@ import numpy as np
 from compress.tasks.generation import Generated, GenerationPostprocess, KVCache
 from compress.teachers.lm_config import (
     cache_of,
-    check_special_tokens,
     check_window,
-    generation_ids,
-    is_causal_lm,
     postprocess_of,
 )
 
-__all__ = ["CausalLM", "cache_of", "check_special_tokens", "check_window", "generation_ids", "greedy_decode",
-           "is_causal_lm", "postprocess_of"]
+__all__ = ["CausalLM", "greedy_decode"]
 
 
 def greedy_decode(model, prompt_ids: list[int], new_tokens: int, *, eos: set[int] | frozenset[int] = frozenset(),

@@ -31,7 +31,7 @@ its perplexity and top-1 agreement are then measured again on held-out text the 
 
 :class:`GeneratorSpace` is this search's space under the one driver (:func:`compress.search.run.run_search`, over the
 search directory :class:`compress.search.directory.Search`): one fidelity, the plainest candidates queued first, an
-untried candidate queued where the sampler proposes one tried; its end is :mod:`compress.search.generator_conclude`.
+untried candidate queued where the sampler proposes one tried; its end is :mod:`compress.search.generation_conclude`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from typing import Any
 
 from compress.errors import ConfigError, EdgeCompressError, StageError
 from compress.search.config import Objective, SearchConfig
-from compress.search.generator_conclude import conclude_generator
-from compress.search.generator_space import (
+from compress.search.generation_conclude import conclude_generator
+from compress.search.generation_space import (
     GENERATOR_SPACE,
     ROUTES,
     SHAPE_DEFAULTS,

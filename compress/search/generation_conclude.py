@@ -1,6 +1,6 @@
 """The end of a generator search: the choice among the candidates meeting every budget (or the closest and which budget
 binds), and the chosen artifact's perplexity and top-1 agreement on held-out text. ``s`` is the search
-(:class:`compress.search.directory.Search`) over a :class:`compress.search.generator.GeneratorSpace`, which calls
+(:class:`compress.search.directory.Search`) over a :class:`compress.search.generation.GeneratorSpace`, which calls
 :func:`conclude_generator` as its ``conclude`` hook."""
 
 from __future__ import annotations
