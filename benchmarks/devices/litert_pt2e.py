@@ -40,6 +40,8 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import write_results
+
 SEQUENCE = 128  # compress.stages.export.litert.SEQUENCE: the length a text .tflite is converted at
 METHODS = {"image": ["pt2e-static", "pt2e-dynamic"], "text": ["pt2e-dynamic", "pt2e-dynamic-strict", "pt2e-static"]}
 
@@ -256,10 +258,8 @@ def main() -> int:
         if args.only and args.out.is_file() else []
     for name, m in chosen.items():
         rows += run_model(name, m, args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**machine(), "threads": args.threads,
-                                        "calibration_rows": args.calibration, "seed": args.seed, "rows": rows},
-                                       indent=1))
+        write_results(args.out, {**machine(), "threads": args.threads, "calibration_rows": args.calibration,
+                                 "seed": args.seed, "rows": rows})
     print("| model | method | accuracy (retention) | agreement | logit cosine | size MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -109,7 +109,7 @@ def main() -> int:
                     "rows from an earlier run")
     args = ap.parse_args()
     import compress  # noqa: F401 - before torchvision-using imports
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
     from compress.artifact import load_artifact
     from compress.data.inputs import latency_inputs
     from compress.device.shipped import time_interleaved
@@ -151,8 +151,7 @@ def main() -> int:
             log(f"{name} {key}: acc {acc:.4f} (retention {acc / ref_acc:.4f}), p50 {rows[-1]['p50_ms']} ms, "
                 f"{rows[-1]['size_mb']} MB, cold {rows[-1]['cold_start_ms']} ms")
             b.close()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**host_and_versions(), "threads": args.threads, "rows": rows}, indent=1))
+        write_results(args.out, {"threads": args.threads, "rows": rows})
     print("| model | artifact | accuracy (retention) | size MB | p50 ms, batch 1 | cold start ms |")
     print("|---|---|---|---|---|---|")
     for r in rows:

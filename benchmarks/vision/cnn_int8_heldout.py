@@ -296,19 +296,17 @@ def pooled(per_fold: dict) -> dict:
 
 
 def write(args, split: dict, rows: dict, argv, t0: float) -> None:
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
 
     groups: dict[str, list[str]] = {}
     for scene, g in split["groups"].items():
         groups.setdefault(str(g), []).append(scene)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python benchmarks/vision/cnn_int8_heldout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_results(args.out, {
         "seconds": round(time.perf_counter() - t0, 1),
         "split": {"seed": split["seed"], "folds": split["folds"], "scene_groups": groups,
                   "views_per_photo": ROLES, "min_confidence": split["min_confidence"],
                   "labels": "the FP32 teacher's own top-1 where its probability >= 0.5 (agreement = retention)"},
-        "rows": rows, **host_and_versions()}, indent=2) + "\n")
+        "rows": rows}, argv=[__file__, *(argv if argv is not None else sys.argv[1:])])
     print(f"wrote {args.out}", flush=True)
 
 

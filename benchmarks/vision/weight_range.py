@@ -58,7 +58,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
-from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, write_results
 
 CANDIDATES = {
     "default (no profile)": {},
@@ -232,15 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     print("timed:", {c: rows[c]["native"]["speed_vs_onnx_fp32"] for c in timed}, flush=True)
     # candidates (and hosts) not rerun keep their figures; speed comes from each candidate's last timing round
     rows = {**previous, **{c: {**previous.get(c, {}), **rows[c]} for c in rows}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python benchmarks/vision/weight_range.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_results(args.out, {
         "seconds": round(time.perf_counter() - t0, 1), "saturation_probe": probes,
         "split": {"seed": split["seed"], "folds": split["folds"], "from": "benchmarks/vision/cnn_int8_heldout.py",
                   "judged": f"{args.views} views the FP32 teacher is confident on (top-1 probability >= 0.5)",
                   "retention": "INT8 top-1 = the teacher's top-1, over FP32 ONNX's own score",
                   "agreement": "INT8 top-1 = FP32 ONNX top-1 (FP32 run natively)"},
-        "fp32_onnx_p50_ms": p50["ONNX FP32"], "rows": rows, **host_and_versions()}, indent=2) + "\n")
+        "fp32_onnx_p50_ms": p50["ONNX FP32"], "rows": rows},
+        argv=[__file__, *(argv if argv is not None else sys.argv[1:])])
     print(f"wrote {args.out}", flush=True)
     return 0
 
