@@ -92,8 +92,7 @@ def _choice(art) -> dict:
 def mobilenet(work: Path, real: Path, method: str, folds: list[int], samples: int) -> dict:
     import csv
 
-    from cnn_int8_heldout import fold_files
-
+    from benchmarks.harness.heldout import fold_files
     from compress.device.feeds import ImageFeeds
     from compress.teachers.images import inspect_image_source
 

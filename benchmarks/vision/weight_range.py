@@ -22,7 +22,7 @@ fall-back included, with one option set):
 Rows of earlier runs stay in the results (``s8 reduce_range``, ``s8 reduce_range + 64 calibration views``: 7 bits
 in every layer, the rule before depthwise convolutions kept 8; their ``measured_with`` says so).
 
-The split is ``benchmarks/vision/cnn_int8_heldout.py``'s (its ``draw_views``/``fold_files``: 3 folds cut by source photo;
+The split is ``benchmarks/vision/cnn_int8_heldout.py``'s (``benchmarks.harness.heldout``: 3 folds cut by source photo;
 calibration, tuning and judging views disjoint; judged: the views the FP32 teacher is confident on, labelled with
 its own top-1). Each fold's judging views are preprocessed once here (FP32 ONNX feeds, saved as ``.npz``) and run by
 :func:`worker` in a child process: every candidate natively (this host: AVX-512 VNNI) and under the emulated Haswell
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(*args.worker, args.threads)
         return 0
-    from cnn_int8_heldout import draw_views, fold_files, speed
-
+    from benchmarks.harness.heldout import draw_views, fold_files, speed
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
