@@ -22,17 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: 
 
 
 def main() -> int:
-    from mobile import models
-
     import compress  # noqa: F401
     from benchmarks.harness.results import write_results
+    from benchmarks.harness.teachers import device_panel
     from compress.estimates.roofline import estimate
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
 
     work = HERE / ".cache" / "mobile"
     rows = []
-    for name, m in models(None).items():
+    for name, m in device_panel().items():
         d = work / name.split(" (")[0].replace(" ", "-").lower()  # benchmarks/devices/mobile.py's folder for the model
         onnx_fp32 = d / "onnx-fp32" if (d / "onnx-fp32" / "manifest.json").is_file() else None
         base = {"model": name}

