@@ -101,3 +101,39 @@ def test_an_anchor_keeps_the_runtime_contracts_generate():
     assert _Counting().generate([1], 2).seconds == ()  # untimed
     samples = measure_generations({"anchor": _Counting()}, [1, 2], 3, warmup=0, min_rounds=2)
     assert len(samples["anchor"].runs) == 2 and len(samples["anchor"].decode) == 6
+
+
+def test_train_steps_runs_the_library_loop_and_keeps_nothing(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from benchmarks.harness.training import UNTIL_BATCHES_END, train_steps
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    x = torch.randn(64, 2)
+    y = x @ torch.tensor([[2.0], [-1.0]])
+    mse = torch.nn.functional.mse_loss
+    lines: list[str] = []
+
+    def score() -> float:
+        with torch.no_grad():
+            return -float(mse(model(x), y))
+
+    got = train_steps(model, lambda m, b: mse(m(b[0]), b[1]), lambda: iter(lambda: (x, y), None),
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1), steps=40, log_every=20,
+                      evaluate=score, every=10, smoothing=0.5, log=lines.append)
+    assert got["steps"] == 40 and [s for s, _ in got["evaluations"]] == [10, 20, 30, 40]
+    assert got["evaluations"][-1][1] > got["evaluations"][0][1] and got["loss"] < 0.1
+    assert not model.training and list(tmp_path.iterdir()) == []  # eval mode, no checkpoint written
+    assert lines[-1].startswith("train: step 40/40 loss ") and "eval -" in lines[-1]
+    left = iter([(x, y)] * 3)  # a run that ends when its batches do
+    assert train_steps(model, lambda m, b: mse(m(b[0]), b[1]), lambda: left, log=lines.append,
+                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1))["steps"] == 3
+    assert UNTIL_BATCHES_END > 10**9
+
+
+def test_results_keep_numpy_scalars_as_numbers(tmp_path):
+    path = results.write_results(tmp_path / "n.json", {"a": np.float32(0.5), "b": np.arange(2), "c": tmp_path},
+                                 facts=False, argv=["x.py"])
+    data = json.loads(path.read_text())
+    assert (data["a"], data["b"], data["c"]) == (0.5, [0, 1], str(tmp_path))

@@ -426,7 +426,7 @@ def main() -> int:
         f"booted in {boot_s:.0f} s")
     if args.build_only:
         return 0
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
 
     results = json.loads(args.out.read_text()).get("models", {}) if args.only and args.out.is_file() else {}
     try:
@@ -440,9 +440,7 @@ def main() -> int:
             row["same_inputs"] = logits_both(board, m, args.threads)
             results[key] = row
             log(f"{key}: {json.dumps(row['same_inputs'])}")
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({**host_and_versions(), "board": facts, "build": build,
-                                            "boot_s": round(boot_s), "models": results}, indent=1) + "\n")
+            write_results(args.out, {"board": facts, "build": build, "boot_s": round(boot_s), "models": results})
     finally:
         if not args.keep_running:
             board.stop()

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import median
 
 BUSY_LOOPS = 2
@@ -136,8 +137,7 @@ def main() -> None:
         first, second = list(policies)
         summary["ratio_second_over_first"] = round(summary[second][key] / summary[first][key], 3)
         result["conditions"][cond] = summary
-    with open(a.out, "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_results(Path(a.out), result)
     print(json.dumps(result, indent=2))
 
 

@@ -11,7 +11,6 @@ count the same work. Accuracy on the device is not measured here.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,17 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: 
 
 
 def main() -> int:
-    from mobile import models
-
     import compress  # noqa: F401
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
+    from benchmarks.harness.teachers import device_panel
     from compress.estimates.roofline import estimate
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
 
     work = HERE / ".cache" / "mobile"
     rows = []
-    for name, m in models(None).items():
+    for name, m in device_panel().items():
         d = work / name.split(" (")[0].replace(" ", "-").lower()  # benchmarks/devices/mobile.py's folder for the model
         onnx_fp32 = d / "onnx-fp32" if (d / "onnx-fp32" / "manifest.json").is_file() else None
         base = {"model": name}
@@ -52,8 +50,7 @@ def main() -> int:
                          "gflop": round(e.gflops, 3), "weights_mb": round(e.weight_mb, 2),
                          "package": art.manifest.steps[-1].metrics["package"]})
             print(f"[coreml] {name} {precision}: {rows[-1]['size_mb']} MB, ≈{rows[-1]['estimate_ms']} ms", flush=True)
-    out = HERE / "results" / "coreml.json"
-    out.write_text(json.dumps({**host_and_versions(), "profile": "iphone-15", "rows": rows}, indent=1) + "\n")
+    write_results(HERE / "results" / "coreml.json", {"profile": "iphone-15", "rows": rows})
     print("| model | package | size MB | export s | estimate on iphone-15 (CPU peaks) | ONNX FP32 estimate |")
     print("|---|---|---|---|---|---|")
     for r in rows:

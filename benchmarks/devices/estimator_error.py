@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks.harness.results import write_results
 from compress.estimates.cost import GraphCost
 from compress.estimates.roofline import DEFAULT_EFFICIENCY, Efficiency, Peaks, graph_cost, host_peaks, roofline
 
@@ -315,8 +316,7 @@ def main() -> int:
         "host_profile_check": _host_check(host_measured, host_costs, eff, args.data),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     print(f"{'model':<24}{'seq':>5}{args.statistic:>10}{'estimate':>10}{'ratio':>8}{'LOO':>8}  bound")
     for r in rows:
         lo = f"{r['ratio_leave_one_model_out']:.2f}" if r["ratio_leave_one_model_out"] else "-"

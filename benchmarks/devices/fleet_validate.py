@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml
 
-from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, write_results
 from benchmarks.harness.timing import median
 
 CNNS = HERE / ".cache" / "real-cnns"
@@ -125,7 +124,6 @@ def main(argv=None) -> int:
     med = {k: median(r["wall_s"] for r in v) for k, v in runs.items()}
     result = {
         "what": "validate --remote FLEET.yaml: wall time on three SSH devices vs one (same artifact, data, profile)",
-        "command": "python benchmarks/devices/fleet_validate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": "torchvision MobileNetV2 IMAGENET1K_V1 (benchmarks/vision/real_cnns.py), ONNX FP32",
         "data": f"{args.limit} photos of {data.relative_to(ROOT)} (labels: the FP32 teacher's top-1)",
         "devices_as": devices_as,
@@ -136,11 +134,9 @@ def main(argv=None) -> int:
         "note": "the three devices share this machine's CPUs with the controller (and other work): an upper bound "
                 "for three real boards, where the device-side work does not compete",
         "runs": runs,
-        **host_and_versions(),
         "cores": os.cpu_count(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result, argv=[__file__, *(argv if argv is not None else sys.argv[1:])])
     log(f"median {med['1']:.1f} s (1 device) vs {med['3']:.1f} s (3 devices): ratio {result['ratio_3_vs_1']}")
     log(f"wrote {args.out}")
     return 0

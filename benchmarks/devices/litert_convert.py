@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.teachers import DEFAULT_DATA, device_panel
 
 
 def main() -> int:
@@ -31,18 +34,17 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=HERE / ".cache" / "mobile")
     args = ap.parse_args()
     from ai_edge_quantizer import quantizer, recipe
-    from mobile import DATA, models
 
     import compress  # noqa: F401
     from compress.artifact import load_artifact
     from compress.stages.export import export
     from compress.stages.export.config import ExportConfig
 
-    for name, m in models(args).items():
+    for name, m in device_panel().items():
         d = args.work / name.split(" (")[0].replace(" ", "-").lower()
         fp32, out = d / "tflite-fp32", d / "tflite-int8"
         if not (out / "model.tflite").is_file():  # converted once; its model.yaml is written every time
-            sample = str(DATA / "dev.tsv") if m["kind"] == "text" else None
+            sample = str(DEFAULT_DATA / "dev.tsv") if m["kind"] == "text" else None
             art = export(m["source"], fp32, ExportConfig(format="litert", sample_data=sample), force=True)
             qt = quantizer.Quantizer(str(art.model_path))
             qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())

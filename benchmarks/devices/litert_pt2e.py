@@ -40,6 +40,9 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import write_results
+from benchmarks.harness.teachers import DEFAULT_DATA, device_panel
+
 SEQUENCE = 128  # compress.stages.export.litert.SEQUENCE: the length a text .tflite is converted at
 METHODS = {"image": ["pt2e-static", "pt2e-dynamic"], "text": ["pt2e-dynamic", "pt2e-dynamic-strict", "pt2e-static"]}
 
@@ -60,7 +63,6 @@ def machine() -> dict:
 def calibration_rows(teacher, kind: str, names: list[str], n: int, seed: int) -> list[tuple]:
     """``n`` seeded training rows (SST-2 train) or images (the training digits, all classes) as one-row inputs."""
     import torch
-    from mobile import DATA
 
     from benchmarks.harness.data import subset_tsv
     from compress.data.images import load_image_dataset
@@ -68,7 +70,7 @@ def calibration_rows(teacher, kind: str, names: list[str], n: int, seed: int) ->
 
     enc = teacher.encoder()
     if kind == "text":
-        tsv = subset_tsv(DATA / "train.tsv", HERE / ".cache" / "mobile" / f"sst2-train-{n}-seed{seed}.tsv", n, seed)
+        tsv = subset_tsv(DEFAULT_DATA / "train.tsv", HERE / ".cache" / "mobile" / f"sst2-train-{n}-seed{seed}.tsv", n, seed)
         feeds = [enc.encode([t], pad_to=SEQUENCE) for t in sample_texts(tsv, n)]
     else:
         items = list(load_image_dataset(HERE / ".cache" / "digits" / "train").items)
@@ -142,12 +144,11 @@ def logits(backend, m: dict):
     """``(logits, labels)`` on the eval set: ``benchmarks/devices/mobile.py``'s ``evaluate`` (same data, same 64-row calls),
     keeping the logits so that how far they moved from FP32 is measured too."""
     import numpy as np
-    from mobile import DATA
 
     from compress.data.images import load_image_dataset
     from compress.data.tables import load_dataset
 
-    ds = load_dataset(DATA / "dev.tsv", label2id={"negative": 0, "positive": 1}, num_labels=2) if m["kind"] == "text" \
+    ds = load_dataset(DEFAULT_DATA / "dev.tsv", label2id={"negative": 0, "positive": 1}, num_labels=2) if m["kind"] == "text" \
         else load_image_dataset(HERE / ".cache" / "digits" / "test")
     out = np.concatenate([backend.predict_text(list(ds.inputs[i:i + 64])) for i in range(0, len(ds), 64)])
     return out.astype(np.float64), np.asarray(ds.labels)
@@ -248,18 +249,15 @@ def main() -> int:
     import compress  # noqa: F401 - before torchvision-using imports
     # isort: split
     import torch
-    from mobile import models
 
     torch.set_num_threads(args.threads)
-    chosen = models(args)
+    chosen = device_panel(args.only)
     rows = [r for r in json.loads(args.out.read_text())["rows"] if r["model"] not in chosen] \
         if args.only and args.out.is_file() else []
     for name, m in chosen.items():
         rows += run_model(name, m, args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**machine(), "threads": args.threads,
-                                        "calibration_rows": args.calibration, "seed": args.seed, "rows": rows},
-                                       indent=1))
+        write_results(args.out, {**machine(), "threads": args.threads, "calibration_rows": args.calibration,
+                                 "seed": args.seed, "rows": rows})
     print("| model | method | accuracy (retention) | agreement | logit cosine | size MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -32,27 +32,12 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.teachers import DEFAULT_DATA, device_panel
 from benchmarks.harness.timing import spread
-
-DATA = HERE.parent.parent / "shared" / "data" / "sst2"
 
 
 def log(msg: str) -> None:
     print(f"[mobile] {msg}", file=sys.stderr, flush=True)
-
-
-def models(args) -> dict[str, dict]:
-    steps = HERE / ".cache" / "runs" / "sst2" / "steps"
-    student = next((p for p in sorted(steps.glob("student-*")) if p.is_dir()), None)
-    out = {"SST-2 teacher (MiniLM-L6)": {"source": HERE / ".cache" / "sst2-minilm-l6-teacher", "kind": "text"},
-           "digits MobileNetV2": {"source": HERE / ".cache" / "images" / "cnn", "kind": "image"}}
-    if student is not None and student.is_dir():
-        out["SST-2 3-layer student"] = {"source": student, "kind": "text"}
-    vit = HERE / ".cache" / "images" / "vit"  # python benchmarks/vision/image_teachers.py --only vit
-    if (vit / "config.json").is_file():
-        out["digits ViT"] = {"source": vit, "kind": "image"}
-    only = getattr(args, "only", None)
-    return {k: v for k, v in out.items() if not only or k in only}
 
 
 def build(name: str, m: dict, work: Path) -> dict[str, Path]:
@@ -65,7 +50,7 @@ def build(name: str, m: dict, work: Path) -> dict[str, Path]:
 
     d = work / name.split(" (")[0].replace(" ", "-").lower()
     calib = str(HERE / ".cache" / "digits" / "train") if m["kind"] == "image" else None
-    sample = str(DATA / "dev.tsv") if m["kind"] == "text" else None
+    sample = str(DEFAULT_DATA / "dev.tsv") if m["kind"] == "text" else None
     arts = {"onnx-fp32": d / "onnx-fp32", "onnx-int8": d / "onnx-int8", "pte-int8": d / "pte-int8"}
     plans = {
         "onnx-fp32": lambda o: export(m["source"], o, ExportConfig(sample_data=sample), force=True),
@@ -91,7 +76,7 @@ def evaluate(backend, m: dict) -> tuple[np.ndarray, np.ndarray]:
     from compress.data.tables import load_dataset
 
     if m["kind"] == "text":
-        ds = load_dataset(DATA / "dev.tsv", label2id={"negative": 0, "positive": 1}, num_labels=2)
+        ds = load_dataset(DEFAULT_DATA / "dev.tsv", label2id={"negative": 0, "positive": 1}, num_labels=2)
     else:
         ds = load_image_dataset(HERE / ".cache" / "digits" / "test")
     preds = np.concatenate([backend.predict_text(list(ds.inputs[i:i + 64])).argmax(-1)
@@ -109,7 +94,7 @@ def main() -> int:
                     "rows from an earlier run")
     args = ap.parse_args()
     import compress  # noqa: F401 - before torchvision-using imports
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
     from compress.artifact import load_artifact
     from compress.data.inputs import latency_inputs
     from compress.device.shipped import time_interleaved
@@ -118,7 +103,7 @@ def main() -> int:
     from compress.runtimes.torch_backend import TorchBackend
     from compress.teachers.load import load_teacher
 
-    chosen = models(args)
+    chosen = device_panel(args.only)
     rows = [r for r in json.loads(args.out.read_text())["rows"] if r["model"] not in chosen] \
         if args.only and args.out.is_file() else []
     for name, m in chosen.items():
@@ -151,8 +136,7 @@ def main() -> int:
             log(f"{name} {key}: acc {acc:.4f} (retention {acc / ref_acc:.4f}), p50 {rows[-1]['p50_ms']} ms, "
                 f"{rows[-1]['size_mb']} MB, cold {rows[-1]['cold_start_ms']} ms")
             b.close()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**host_and_versions(), "threads": args.threads, "rows": rows}, indent=1))
+        write_results(args.out, {"threads": args.threads, "rows": rows})
     print("| model | artifact | accuracy (retention) | size MB | p50 ms, batch 1 | cold start ms |")
     print("|---|---|---|---|---|---|")
     for r in rows:

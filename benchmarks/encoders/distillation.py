@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 from benchmarks.harness.data import accuracy, subset_tsv
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 from benchmarks.harness.teachers import DEFAULT_DATA, ensure_teacher
 
 ABLATIONS = {
@@ -90,7 +90,7 @@ def ablation(args, teacher_dir: Path) -> None:
     payload = {"benchmark": "distillation-ablation", "train_rows": args.rows, "epochs": args.epochs,
                "student": "3 teacher layers (1,3,5)", "results": results}
     out = args.out.with_name("distillation_ablation.json")
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(out, payload)
     for name, r in results.items():
         print(f"| {name} | {r['eval_metric']:.4f} | {r['retention']:.4f} | {r['train_seconds']:.0f} |")
     log(f"wrote {out}")
@@ -204,12 +204,10 @@ def main() -> None:
         "epochs": args.epochs,
         "threads": args.threads,
         "selection": f"best dev accuracy among evaluations every {args.eval_every} steps (all runs alike)",
-        **host_and_versions(),
         "results": results,
         "seconds": round(time.perf_counter() - t_all, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(args.out, payload)
     print(table(results))
     log(f"wrote {args.out}")
 

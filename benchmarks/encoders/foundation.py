@@ -11,7 +11,6 @@ threads), so the ratios between them are fair on a noisy machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: 
 
 import numpy as np
 
+from benchmarks.harness.results import write_results
 from benchmarks.harness.teachers import DEFAULT_DATA, ensure_teacher
 
 
@@ -206,8 +206,7 @@ def main() -> None:
         "results": results,
         "seconds": round(time.perf_counter() - t_all, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(args.out, payload)
     print(table(results))
     log(f"wrote {args.out}")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 
 CACHE = HERE / ".cache"
 ADOPTED = CACHE / "adopted"
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for rank_by in ("layer-errors", "leave-one-out"):
             rows.append(run(name, cases()[name], rank_by, args.work))
             print(json.dumps(rows[-1]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**host_and_versions(), "rows": rows}, indent=1) + "\n")
+    write_results(args.out, {"rows": rows})
     return 0
 
 

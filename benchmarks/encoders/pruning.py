@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 from benchmarks.harness.data import accuracy, subset_tsv
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 from benchmarks.harness.teachers import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 from benchmarks.harness.timing import median
 
@@ -216,14 +215,12 @@ def main() -> None:
         "samples": args.samples,
         "vocab_corpus": None if args.no_vocab else str(train_full),
         "threads": args.threads,
-        **host_and_versions(),
         "teacher_pytorch_fp32": baseline,
         "results": results,
         "over_seeds": over_seeds(results),
         "seconds": round(time.perf_counter() - t_all, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(args.out, payload)
     print(table(baseline, results))
     if len(seeds) > 1:
         print(seed_table(baseline, payload["over_seeds"]))

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - edgecompress's torchvision hook, before transformers imports torchvision
-from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, write_results
 
 DATA = HERE.parent.parent / "shared" / "data" / "xquad" / "xquad.en.json"
 CACHE = HERE / ".cache"
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
         doc = json.loads(args.out.read_text())
         doc["diagnosis"] = diagnose(args.work, held_out)
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        write_results(args.out, doc)
         log(f"wrote {args.out}")
         return 0
     if args.intervals_only:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         found = retention_intervals(held_out, args.work / "onnx-fp32", paths, args.interval_batch)
         key = f"bootstrap_batch{args.interval_batch}"
         doc["rows"] = [{**r, key: found.get(r["artifact"])} for r in doc["rows"]]
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        write_results(args.out, doc)
         log(f"wrote {args.out}")
         return 0
     fp32 = cached_step("export ONNX FP32", args.work / "onnx-fp32", lambda: export(teacher, args.work / "onnx-fp32"))
@@ -262,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"validating {name} on the held-out articles")
         rows.append({**row(name, path, teacher, held_out, prof), "settings": settings, **kept_float(path)})
         print(json.dumps(rows[-1]), flush=True)
-        args.out.write_text(json.dumps({**host_and_versions(), "data": str(args.data), "split": count,
-                                        "teacher": training, "rows": rows}, indent=1) + "\n")
+        write_results(args.out, {"data": str(args.data), "split": count, "teacher": training, "rows": rows})
     log(f"wrote {args.out}")
     return 0
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: 
 
 import numpy as np
 
+from benchmarks.harness.results import write_results
 from benchmarks.harness.teachers import DEFAULT_DATA, ensure_teacher
 from benchmarks.harness.timing import median
 
@@ -290,8 +291,7 @@ def main() -> None:
         "teacher_accuracy": teacher_acc, "results": results, "failures": failures,
         "benchmark_app": bench, "seconds": round(time.perf_counter() - t_all, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_results(args.out, payload)
     print(table(results, teacher_acc))
     for n, r in bench.items():
         print(f"{n}: ours p50 {r['ours_p50_ms_median']:.2f} ms vs benchmark_app median {r['app_median_ms_median']:.2f} ms "

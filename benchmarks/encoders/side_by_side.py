@@ -14,7 +14,6 @@ teacher and the others keep ``--threads``): a deployment choice the search's ``t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 from benchmarks.harness.data import accuracy
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 from benchmarks.harness.teachers import DEFAULT_DATA
 
 
@@ -80,10 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['test_retention']:8.4f} {r['size_mb']:6.2f} {r['smaller']:6.1f}x {r['p50_ms']:7.3f} "
               f"{r['p95_ms']:7.3f} {r['faster']:5.1f}x")
     result = {"benchmark": "side_by_side", "batch": "1 x 64 tokens", "threads": args.threads, "models": rows,
-              "artifacts": {n: p for n, (p, _) in specs.items()}, **host_and_versions()}
+              "artifacts": {n: p for n, (p, _) in specs.items()}}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_results(args.out, result)
     return result
 
 

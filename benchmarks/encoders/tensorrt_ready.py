@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 from benchmarks.harness.data import subset_tsv
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 from benchmarks.harness.teachers import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 
 
@@ -130,11 +130,10 @@ def main() -> None:
     })
     print(json.dumps(rows[-1], indent=1), flush=True)
     result = {"benchmark": "tensorrt_ready", "profile": args.profile, "teacher": str(teacher_dir),
-              "dev_rows": len(dev.texts), **host_and_versions(), "rows": rows,
+              "dev_rows": len(dev.texts), "rows": rows,
               "note": "CPU-only machine: no engine was built or timed; accuracy of the ONNX/program in ONNX Runtime "
                       "or PyTorch on the CPU."}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
 
 

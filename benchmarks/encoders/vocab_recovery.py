@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 from benchmarks.harness.teachers import DEFAULT_DATA, DEFAULT_OUT, ensure_teacher
 
 
@@ -109,9 +109,8 @@ def main() -> None:
                               "max": max(r[k] for r in rs)} for k in ("dev", "test", "retention_dev", "retention_test")}
     result = {"what": __doc__.strip().splitlines()[0], "teacher": base, "heads": args.heads, "ffn": args.ffn,
               "vocab_corpus": str(corpus), "corpus_rows": args.corpus_rows or "all",
-              "recover_steps": args.recover_steps, "runs": runs, "summary": summary,
-              "command": "python benchmarks/encoders/vocab_recovery.py " + " ".join(sys.argv[1:]), **host_and_versions()}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+              "recover_steps": args.recover_steps, "runs": runs, "summary": summary}
+    write_results(args.out, result)
     log(json.dumps(summary, indent=2))
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,27 +76,20 @@ def make_model(out: Path) -> Path:
 
 
 def time_torch(folder: Path, prompt: list[int], new: int, repeats: int, threads: int) -> list[dict]:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from benchmarks.harness.lm import TorchDirect
 
-    torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return timed_runs(TorchDirect(folder, threads), prompt, new, repeats)
+
+
+def timed_runs(anchor, prompt: list[int], new: int, repeats: int) -> list[dict]:
+    """``repeats`` greedy generations of ``new`` tokens after the prompt's (a first run warms up), through the runtime
+    contract's ``generate``: TTFT (the prefill and its pick), decode rate and the fastest and median step."""
     runs = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # the first run warms up
-            t0 = time.perf_counter()
-            out = model(torch.tensor([prompt]), use_cache=True)
-            t1 = time.perf_counter()
-            past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
-            steps = []
-            for _ in range(new):
-                ts = time.perf_counter()
-                out = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
-                past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
-                steps.append(time.perf_counter() - ts)
-            t2 = time.perf_counter()
-            runs.append({"ttft_ms": (t1 - t0) * 1e3, "decode_tokens_per_s": new / (t2 - t1),
-                         "step_ms_min": min(steps) * 1e3, "step_ms_median": median(steps) * 1e3})
+    for _ in range(repeats + 1):
+        got = anchor.generate(prompt, new + 1, timed=True)
+        steps = got.seconds[1:]
+        runs.append({"ttft_ms": got.seconds[0] * 1e3, "decode_tokens_per_s": new / sum(steps),
+                     "step_ms_min": min(steps) * 1e3, "step_ms_median": median(steps) * 1e3})
     return runs[1:]
 
 
@@ -123,40 +117,13 @@ def time_matvecs(folder: Path, threads: int, repeats: int = 5) -> dict:
 def time_ort(onnx_dir: Path, prompt: list[int], new: int, repeats: int, threads: int) -> list[dict]:
     import onnxruntime as ort
 
+    from benchmarks.harness.lm import OrtDirect
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(onnx_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    outs = [o.name for o in sess.get_outputs()]
-    past_names = [n for n in names if n.startswith("past_key_values.")]
-    kv_shape = {i.name: i.shape for i in sess.get_inputs()}
-
-    def feeds(ids: list[int], total: int, state: dict) -> dict:
-        f = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, total), dtype=np.int64)}
-        if "position_ids" in names:
-            f["position_ids"] = np.arange(total - len(ids), total, dtype=np.int64)[None]
-        return {**f, **state}
-
-    empty = {n: np.zeros((1, kv_shape[n][1], 0, kv_shape[n][3]), dtype=np.float32) for n in past_names}
-    runs = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        res = dict(zip(outs, sess.run(outs, feeds(prompt, len(prompt), empty)), strict=True))
-        t1 = time.perf_counter()
-        total, nxt = len(prompt), int(res["logits"][0, -1].argmax())
-        steps = []
-        for _ in range(new):
-            ts = time.perf_counter()
-            state = {n: res[n.replace("past_key_values.", "present.")] for n in past_names}
-            total += 1
-            res = dict(zip(outs, sess.run(outs, feeds([nxt], total, state)), strict=True))
-            nxt = int(res["logits"][0, -1].argmax())
-            steps.append(time.perf_counter() - ts)
-        t2 = time.perf_counter()
-        runs.append({"ttft_ms": (t1 - t0) * 1e3, "decode_tokens_per_s": new / (t2 - t1),
-                     "step_ms_min": min(steps) * 1e3, "step_ms_median": median(steps) * 1e3})
-    return runs[1:]
+    return timed_runs(OrtDirect(sess), prompt, new, repeats)
 
 
 def time_int4(onnx_dir: Path, out: Path, peaks, prompt: list[int], args) -> dict:
@@ -254,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("onnxruntime int4:", json.dumps({k: v for k, v in result["onnxruntime_int4"].items()
                                                        if k not in ("runs", "estimate")}), flush=True)
     result["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -89,13 +89,13 @@ def main() -> None:
         print(json.dumps(one(**spec)))
         return
     sys.path.insert(0, str(ROOT))
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
     from compress.stages.finetune.qlora import nf4_backend
     from tests.builders.lm import tiny_causal_lm
 
     parts = set(args.parts.split(","))
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results: dict = {"benchmark": "lm_finetune", **host_and_versions(), "bitsandbytes": nf4_backend(),
+    results: dict = {"benchmark": "lm_finetune", "bitsandbytes": nf4_backend(),
                      "lora": LORA, "shapes": {k: v[0] for k, v in SHAPES.items()}, "runs": old.get("runs", {})}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -114,7 +114,7 @@ def main() -> None:
                 results["runs"][f"random-{round(r['parameters'] / 1e6)}M/{mode}"] = r
                 print(mode, json.dumps(r), flush=True)
             shutil.rmtree(shape)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     print(f"wrote {args.out}")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # benchmarks.harness
 from benchmarks.harness.lm import LlamaCppDirect
+from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import median, paired_ratios, side_by_side, spread
 
 ROUTES = ("og", "steps", "bound")  #: the ONNX routes; "llamacpp" is the GGUF's
@@ -123,8 +124,7 @@ def main() -> None:
         result = {"prompt_tokens": len(prompt), "new_tokens": args.new, "threads": args.threads,
                   "paired_rounds": args.paired, "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
                   "routes": table}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_results(Path(args.out), result)
         for k, v in table.items():
             print(k, v)
         return
@@ -151,8 +151,7 @@ def main() -> None:
             row["ttft_vs_llamacpp"] = round(row["ttft_ms"] / ref["ttft_ms"], 3)
     result = {"prompt_tokens": len(prompt), "new_tokens": args.new, "threads": args.threads, "rounds": args.rounds,
               "repeats": args.repeats, "load_average": load, "routes": table}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_results(Path(args.out), result)
     for k, v in table.items():
         print(f"{k}: ttft {v['ttft_ms']} ms, decode {v['decode_tok_s']} tok/s "
               f"(x{v.get('decode_vs_llamacpp', '-')} decode, x{v.get('ttft_vs_llamacpp', '-')} ttft vs llama.cpp)")

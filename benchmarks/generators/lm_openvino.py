@@ -21,6 +21,8 @@ import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.results import write_results
+
 SHARED = Path(__file__).resolve().parents[3] / "shared"  #: ../shared beside the clone
 
 
@@ -86,7 +88,7 @@ def quality(WORK: Path) -> None:
         rows[name] = {**res, "model_bin_bytes": binb, "weights": art.manifest.steps[-1].metrics.get("weights"),
                       "nncf": art.manifest.steps[-1].config.get("nncf")}
         print(name, json.dumps({k: rows[name][k] for k in ("perplexity", "perplexity_increase", "kl_mean", "top1_agreement", "model_bin_bytes", "tokens")}), flush=True)
-    (RESULTS / "lm_openvino_quality.json").write_text(json.dumps(rows, indent=1, default=str))
+    write_results(RESULTS / "lm_openvino_quality.json", rows)
 
 
 def speed(WORK: Path, ARGS) -> None:
@@ -144,7 +146,7 @@ def speed(WORK: Path, ARGS) -> None:
                   "model_bin_bytes": (R / n / "model.bin").stat().st_size}
         print(n, json.dumps(out[n]), flush=True)
     print("int4/fp32 decode", out["int4"]["decode_tok_s_median"] / out["fp32"]["decode_tok_s_median"])
-    (RESULTS / "lm_openvino_speed.json").write_text(json.dumps(out, indent=1))
+    write_results(RESULTS / "lm_openvino_speed.json", out)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
 import compress  # noqa: F401 - first: the torchvision shim before transformers
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # benchmarks.harness
+from benchmarks.harness.results import write_results
+
 SHARED = ROOT.parent / "shared"
 SPLIT = 3488  #: lines of the sample trained on; the rest is evaluated
 VARIANTS = {  # name -> quantize's QAT settings (flat keys)
@@ -85,7 +89,7 @@ def main() -> None:
               "eval_lines": f"{SPLIT + 1}-{len(lines)}", "eval_windows": len(windows), "window": 256,
               "scored_tokens": base["tokens"] if "tokens" in base else None, "rows": rows}
     dest = ROOT / "benchmarks" / "results" / "lm_qat.json"
-    dest.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_results(dest, result)
     for r in rows:
         print(f"{r['name']:45s} ppl {r['perplexity']:.4f} {r.get('vs_fp32', 0):+.2%} "
               f"recovered {r.get('recovered', float('nan')):.0%}")

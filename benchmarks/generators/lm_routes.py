@@ -356,7 +356,7 @@ def main() -> None:
         return probe(args.probe[0], args.probe[1], args.threads)
     if args.time:
         return timed(args.time[0], args.time[1], args.threads, args.prompt_ids, args.new_tokens)
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import host_and_versions, write_results
     from tests.builders.lm import tiny_causal_lm
 
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
@@ -402,10 +402,9 @@ def main() -> None:
     for route, note in {**notes, **{f"{k} (quality)": v for k, v in qnotes.items()}}.items():
         print(f"- skipped {route}: {note}")
     out = args.out
-    out.write_text(json.dumps({**info, "model": model, "threads": args.threads, "bandwidth_gbs": bw, "rounds": args.rounds,
-                               "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "speed": speed_rows,
-                               "quality": quality_rows, "notes": notes, "quality_notes": qnotes, "table": md},
-                              indent=1, default=str))
+    write_results(out, {**info, "model": model, "threads": args.threads, "bandwidth_gbs": bw, "rounds": args.rounds,
+                        "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "speed": speed_rows,
+                        "quality": quality_rows, "notes": notes, "quality_notes": qnotes, "table": md})
     print(f"\nwrote {out}")
 
 

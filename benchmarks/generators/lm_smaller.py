@@ -48,6 +48,9 @@ from typing import Any
 import compress  # noqa: F401 - first: the torchvision hook transformers needs beside CPU torch
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # benchmarks.harness
+from benchmarks.harness.results import write_results
+
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "results" / "lm_smaller.json"
 #: the task's training text: ~9k tokens (70 windows of 128), what the steps below read once or twice; every distillation
@@ -431,9 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write() -> None:
         r["summary"] = summary(r)
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(r, indent=1, default=str) + "\n", encoding="utf-8")
+        tmp = write_results(a.out.with_suffix(".json.tmp"), r)  # its own command and host kept
         tmp.replace(a.out)
 
     STOP["write"] = write

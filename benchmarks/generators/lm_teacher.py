@@ -20,7 +20,7 @@ byte-level BPE's pre-tokenizer hash is unknown to it; 4,096 tokens rather than s
 not cut into bytes and vocabulary pruning has a vocabulary to prune). Saved as a Hugging Face ``LlamaTokenizerFast``
 (``tokenizer.json`` and ``tokenizer.model``).
 
-Training: a plain torch loop (AdamW, bf16 autocast where the CPU has it, windows of 128 tokens), the learning rate on
+Training: edgecompress's loop (``TrainLoop``, through ``benchmarks.harness.training``: AdamW, bf16 autocast where the CPU has it, windows of 128 tokens), the learning rate on
 a warmup + cosine schedule over the *wall time* given (``--minutes``), as the machine is shared and steps per minute
 vary. Writes a Hugging Face checkpoint folder (``config.json``, ``model.safetensors``, the tokenizer,
 ``generation_config.json``) and ``pretraining.json`` (split, steps, tokens, held-out perplexity) to ``--out``.
@@ -46,6 +46,9 @@ import time
 from pathlib import Path
 
 import compress  # noqa: F401 - first: the torchvision hook transformers needs beside CPU torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.training import train_steps
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 WINDOW = 128
@@ -155,22 +158,23 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     gen = torch.Generator().manual_seed(a.seed)
-    start, step, tokens, budget = time.time(), 0, 0, a.minutes * 60
-    while (frac := (time.time() - start) / budget) < 1.0:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(frac, a.lr)
-        at = torch.randint(0, len(train) - WINDOW - 1, (a.batch,), generator=gen)
-        x = torch.stack([train[i:i + WINDOW] for i in at.tolist()])
+    budget = a.minutes * 60
+
+    def windows():
+        start = time.time()
+        while (frac := (time.time() - start) / budget) < 1.0:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(frac, a.lr)
+            at = torch.randint(0, len(train) - WINDOW - 1, (a.batch,), generator=gen)
+            yield torch.stack([train[i:i + WINDOW] for i in at.tolist()])
+
+    def loss(model, x):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step, tokens = step + 1, tokens + x.numel()
-        if step % 10 == 0:
-            print(f"step {step} {time.time() - start:.0f}s loss {float(loss):.3f} lr {lr_at(frac, a.lr):.2e}",
-                  flush=True)
+            return model(input_ids=x, labels=x).loss
+
+    run = train_steps(model, loss, windows, optimizer=opt, clip=1.0, log_every=10, what="pretraining",
+                      log=lambda msg: print(msg, flush=True))
+    step, tokens = run["steps"], run["steps"] * a.batch * WINDOW
     ppl = {k: round(perplexity(model, v), 2) for k, v in held.items()}
     print(f"done: {step} steps, {tokens} tokens, held-out perplexity {ppl}", flush=True)
 

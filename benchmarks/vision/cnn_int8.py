@@ -31,7 +31,6 @@ Measured: accuracy on the eval set, retention and agreement vs the FP32 PyTorch 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -164,14 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['model']} | {r['artifact']} | {r['accuracy']:.3f} | {r['retention']:.3f} | {r['agreement']:.3f} | "
               f"{r['size_bytes'] / 1e6:.2f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
               f"{r['speed_vs_fp32_same_runtime']:.2f}x |")
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python benchmarks/vision/cnn_int8.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_results(args.out, {
         "seconds": round(time.perf_counter() - t0, 1), "settings": {k: str(v) for k, v in vars(args).items()},
         "labels": "eval views are labelled with each FP32 teacher's own confident top-1 (not ground truth)",
-        "rows": rows, **host_and_versions()}, indent=2))
+        "rows": rows}, argv=[__file__, *(argv if argv is not None else sys.argv[1:])])
     print(f"\nwrote {args.out}")
     return 0
 

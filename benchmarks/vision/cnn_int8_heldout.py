@@ -27,7 +27,6 @@ Results: ``benchmarks/results/cnn_int8_heldout.json``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -38,82 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
+from benchmarks.harness.heldout import ROLES, draw_views, fold_files, speed
 from benchmarks.harness.results import cached_step
-
-#: photos of one scene go to one group
-SCENES = {"cat": "chelsea", "motorcycle_right": "motorcycle_left"}
-ROLES = {"calibration": 16, "tuning": 16, "judging": 24}  # views per photo (before the confidence filter)
-
-
-def draw_views(work: Path, teacher: Path, folds: int, seed: int, min_confidence: float) -> dict:
-    """The views (PNG) and their split; ``work/split.json``, kept once written."""
-    if (work / "split.json").is_file():
-        return json.loads((work / "split.json").read_text())
-    from PIL import Image
-
-    from benchmarks.harness.cnns import photos, views
-
-    rng = np.random.default_rng(seed)
-    pics = photos()
-    scenes = sorted({SCENES.get(n, n) for n in pics})
-    order = rng.permutation(len(scenes))
-    group = {s: int(i % folds) for i, s in zip(range(len(scenes)), [scenes[j] for j in order])}
-    rows = []
-    for name, img in pics.items():
-        for role, n in ROLES.items():
-            d = work / "views" / role
-            d.mkdir(parents=True, exist_ok=True)
-            for i, v in enumerate(views(img, rng, n)):
-                p = d / f"{name}-{i:02d}.png"
-                Image.fromarray(np.ascontiguousarray(v)).save(p)
-                rows.append({"path": str(p), "photo": name, "group": group[SCENES.get(name, name)], "role": role})
-    labels, confidence = teacher_top1(teacher, [r["path"] for r in rows])
-    for r, y, c in zip(rows, labels, confidence):
-        r["label"], r["confidence"] = int(y), float(c)
-    split = {"seed": seed, "folds": folds, "min_confidence": min_confidence, "groups": group, "views": rows}
-    (work / "split.json").write_text(json.dumps(split, indent=1))
-    return split
-
-
-def teacher_top1(teacher: Path, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The FP32 program's top-1 class and its probability for each image."""
-    import torch
-
-    from compress.device.feeds import ImageFeeds
-    from compress.teachers.images import inspect_image_source
-    from compress.teachers.programs import load_program
-
-    info = inspect_image_source(teacher)
-    feeds = ImageFeeds.from_spec(info.preprocess.model_dump())
-    module = load_program(teacher / "model.pt2").module()
-    top, conf = [], []
-    for k in range(0, len(paths), 32):
-        with torch.no_grad():
-            x = torch.from_numpy(feeds.encode(paths[k:k + 32])[info.preprocess.input_name])
-            p = torch.softmax(module(x), -1)
-        top.append(p.argmax(-1).numpy())
-        conf.append(p.max(-1).values.numpy())
-    return np.concatenate(top), np.concatenate(conf)
-
-
-def fold_files(work: Path, split: dict, fold: int) -> dict[str, Path]:
-    """``calibration.csv`` (seeded order), ``tuning.csv`` and ``judging.csv`` (path,label; confident views) of a fold."""
-    d = work / f"fold{fold}"
-    d.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for role in ROLES:
-        inside = role == "judging"
-        rows = [r for r in split["views"] if r["role"] == role and (r["group"] == fold) == inside]
-        if role != "calibration":
-            rows = [r for r in rows if r["confidence"] >= split["min_confidence"]]
-        else:
-            rows = [rows[i] for i in np.random.default_rng(fold).permutation(len(rows))]
-        out[role] = d / f"{role}.csv"
-        with open(out[role], "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["path", "label"] if role != "calibration" else ["path"])
-            w.writeheader()
-            w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
-    return out
 
 
 def _library(**flat):
@@ -210,23 +135,6 @@ def evaluate(model: Path, onnx: Path, files: dict) -> dict:
     return out
 
 
-def speed(models: dict[str, Path], seconds: float, threads: int) -> dict[str, float]:
-    """p50 ms at batch 1 of each ONNX model, timed in alternating rounds."""
-    import onnxruntime as ort
-
-    from compress.host.measure import measure_interleaved
-
-    x = {"x": np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)}
-    runs = {}
-    for label, path in models.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        s = ort.InferenceSession(str(path if path.suffix == ".onnx" else path / "model.onnx"), opts)
-        runs[label] = (lambda s=s: s.run(None, x))
-    stats = measure_interleaved(runs, batch_size=1, min_runs=100, min_duration_s=seconds, warmup=10, rounds=10)
-    return {label: round(stats[label].p50, 3) for label in models}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", type=Path, default=ROOT / ".cache" / "real-cnns", help="what real_cnns.py wrote")
@@ -296,19 +204,17 @@ def pooled(per_fold: dict) -> dict:
 
 
 def write(args, split: dict, rows: dict, argv, t0: float) -> None:
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
 
     groups: dict[str, list[str]] = {}
     for scene, g in split["groups"].items():
         groups.setdefault(str(g), []).append(scene)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python benchmarks/vision/cnn_int8_heldout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_results(args.out, {
         "seconds": round(time.perf_counter() - t0, 1),
         "split": {"seed": split["seed"], "folds": split["folds"], "scene_groups": groups,
                   "views_per_photo": ROLES, "min_confidence": split["min_confidence"],
                   "labels": "the FP32 teacher's own top-1 where its probability >= 0.5 (agreement = retention)"},
-        "rows": rows, **host_and_versions()}, indent=2) + "\n")
+        "rows": rows}, argv=[__file__, *(argv if argv is not None else sys.argv[1:])])
     print(f"wrote {args.out}", flush=True)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 
 
 def _outputs(model_path: Path, images: np.ndarray) -> np.ndarray:
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"variant": f"ONNX Runtime QDQ, min-max, activations {acts}, weights {weights}",
                          **output_fidelity(_outputs(model, images), reference)})
             print(json.dumps(rows[-1]), flush=True)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({**host_and_versions(), "eval_views": len(images), "rows": rows}, indent=2)
-                            + "\n", encoding="utf-8")
+    write_results(args.results, {"eval_views": len(images), "rows": rows})
     return 0
 
 

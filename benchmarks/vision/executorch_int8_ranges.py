@@ -92,8 +92,7 @@ def _choice(art) -> dict:
 def mobilenet(work: Path, real: Path, method: str, folds: list[int], samples: int) -> dict:
     import csv
 
-    from cnn_int8_heldout import fold_files
-
+    from benchmarks.harness.heldout import fold_files
     from compress.device.feeds import ImageFeeds
     from compress.teachers.images import inspect_image_source
 
@@ -152,12 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(out: Path, results: dict, argv) -> None:
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "command": "python benchmarks/vision/executorch_int8_ranges.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "rows": results, **host_and_versions()}, indent=2) + "\n")
+    write_results(out, {"rows": results}, argv=[__file__, *(argv if argv is not None else sys.argv[1:])])
     print(f"wrote {out}", flush=True)
 
 

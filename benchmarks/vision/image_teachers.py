@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
+from benchmarks.harness.training import train_steps
 
 LABELS = [str(i) for i in range(10)]
 
@@ -121,26 +124,24 @@ def train(kind: str, train_npz: Path, test_npz: Path, epochs: int, seed: int = 0
     model = build(kind)
     lr = {"cnn": 3e-3, "vit": 1e-3, "program": 3e-3}[kind]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * ((len(x) + 63) // 64)
+    per_epoch = (len(x) + 63) // 64
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        order = rng.permutation(len(x))
-        for i in range(0, len(x), 64):
-            idx = order[i:i + 64]
-            loss = torch.nn.functional.cross_entropy(logits(model, encode(feeds, shifted(x[idx], rng))), y[idx],
-                                                     label_smoothing=0.05)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-            acc = accuracy(model, feeds, test["images"], test["labels"])
-            print(f"{kind}: epoch {epoch + 1}/{epochs} loss {loss.item():.3f} test accuracy {acc:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    model.eval()
-    return model, feeds, accuracy(model, feeds, test["images"], test["labels"]), time.perf_counter() - t0
+
+    def batches():
+        for _ in range(epochs):
+            order = rng.permutation(len(x))
+            for i in range(0, len(x), 64):
+                idx = order[i:i + 64]
+                yield encode(feeds, shifted(x[idx], rng)), y[idx]
+
+    def loss(model, batch):
+        return torch.nn.functional.cross_entropy(logits(model, batch[0]), batch[1], label_smoothing=0.05)
+
+    run = train_steps(model, loss, batches, optimizer=opt, scheduler=sched, steps=steps, every=10 * per_epoch,
+                      evaluate=lambda: accuracy(model, feeds, test["images"], test["labels"]),
+                      log_every=10 * per_epoch, what=kind, log=lambda msg: print(msg, flush=True))
+    return model, feeds, accuracy(model, feeds, test["images"], test["labels"]), run["seconds"]
 
 
 def accuracy(model, feeds, images: np.ndarray, labels: np.ndarray) -> float:

@@ -25,7 +25,6 @@ cached under ``--work``; delete it to rebuild. Results: ``benchmarks/results/ima
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -178,12 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {key} | {r['accuracy']:.4f} | {r['retention']:.3f} | {r['agreement']:.3f} | "
               f"{r['size_bytes'] / 1024:.0f} | {r['smaller']:.1f}x | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
               f"{r['faster']:.1f}x |")
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python benchmarks/vision/images.py " + " ".join(argv or []), "build_seconds": round(built, 1),
-        "settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows, **host_and_versions()}, indent=2))
+    write_results(args.out, {"build_seconds": round(built, 1), "settings": {k: str(v) for k, v in vars(args).items()},
+                             "rows": rows}, argv=[__file__, *(argv or [])])
     print(f"\nwrote {args.out}")
     return 0
 

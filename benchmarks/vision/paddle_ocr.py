@@ -56,7 +56,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 
 WHEEL = "rapidocr_onnxruntime==1.4.4"
 CLS, DET = "ch_ppocr_mobile_v2.0_cls_infer.onnx", "ch_PP-OCRv4_det_infer.onnx"
@@ -321,16 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     models, cfg = fetch(work, args.wheel)
     from compress.host.cpu import has_vnni
 
-    out: dict = {**host_and_versions(), "host_vnni": has_vnni(), "cores": os.cpu_count(),
+    out: dict = {"host_vnni": has_vnni(), "cores": os.cpu_count(),
                  "files": f"pip download --no-deps {WHEEL}: rapidocr_onnxruntime/models", "models": {}}
     if args.per_conv:
         cal, data, split = det_data(work, cfg["Det"], args.det_views, args.side, args.seed)
         fp32 = adopt(work, models / DET, "det", {
             "task": "probability-map", "postprocess": {"scores_are_probabilities": True, "threshold": 0.3}}, cal)
         table = per_conv(fp32 / "model.onnx", cal, data, args.per_conv)
-        (HERE / "results" / "paddle_ocr_per_conv.json").write_text(json.dumps(
-            {**host_and_versions(), "views": args.per_conv, "split": split, "convs": table}, indent=2) + "\n",
-            encoding="utf-8")
+        write_results(HERE / "results" / "paddle_ocr_per_conv.json",
+                      {"views": args.per_conv, "split": split, "convs": table})
         return 0
     if "cls" in args.models:
         cal, data, split = cls_data(work, models / DET, cfg, args.line_views, args.seed)
@@ -353,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                                          cfg["Det"]["thresh"]))
             print(json.dumps(routes[-1]), flush=True)
         out["models"]["det"] = {"split": split, "side": args.side, "routes": routes}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_results(args.results, out)
     return 0
 
 

@@ -53,7 +53,7 @@ def main() -> int:
     from transfer_digits import test_accuracy
 
     import compress  # noqa: F401 - torchvision's schemas before timm
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
     from compress.stages.finetune import finetune
     from compress.stages.finetune.config import FinetuneConfig
 
@@ -70,9 +70,9 @@ def main() -> int:
                       "trainable_parameters": r.metrics["trainable_parameters"], "lr": r.metrics["lr"],
                       "train_seconds": r.metrics["train_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1)}
         print(f"program base, {name}: {json.dumps(rows[name])}", flush=True)
-    (HERE / "results" / "program_base.json").write_text(json.dumps(
-        {**host_and_versions(), "base": str(base.relative_to(HERE)), "train": "10% of the digits (142 images)",
-         "steps": 300, "rows": rows}, indent=1) + "\n")
+    write_results(HERE / "results" / "program_base.json",
+                  {"base": str(base.relative_to(HERE)), "train": "10% of the digits (142 images)", "steps": 300,
+                   "rows": rows})
     return 0
 
 

@@ -38,7 +38,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 from benchmarks.harness.timing import median, side_by_side, time_calls
 
 MODEL = HERE.parents[1] / "shared" / "models" / "selfie-segmentation" / "selfie_segmentation.tflite"
@@ -300,7 +300,7 @@ def main() -> None:
                                   "int8-static": min(r["iou_int8_static"] for r in rows.values()),
                                   "w8a16": min(r["iou_w8a16"] for r in rows.values())},
            "size_bytes": sizes, "size_ratio_vs_input": {n: round(MODEL.stat().st_size / v, 3) for n, v in sizes.items()},
-           "latency_ms_median": latency, **host_and_versions()}
+           "latency_ms_median": latency}
     previous = HERE / "results" / "selfie_litert.json"
     if args.ablation:
         cal = work / "ablation"
@@ -308,7 +308,7 @@ def main() -> None:
         out["ablation"] = ablation(write_data(cal, 24, 4, 3))
     elif previous.exists() and "ablation" in json.loads(previous.read_text()):
         out["ablation"] = json.loads(previous.read_text())["ablation"]  # kept from its own run (--ablation)
-    previous.write_text(json.dumps(out, indent=2) + "\n")
+    write_results(previous, out)
     print(json.dumps(out, indent=2))
 
 

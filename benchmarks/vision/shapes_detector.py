@@ -123,6 +123,7 @@ def train_detector(train_json: Path, seconds: float, seed: int = 0, log=print):
     and the steps it took."""
     import torch
 
+    from benchmarks.harness.training import train_steps
     from compress.artifact import ImagePreprocess
     from compress.device.feeds import ImageFeeds, letterbox_geometry
 
@@ -147,34 +148,35 @@ def train_detector(train_json: Path, seconds: float, seed: int = 0, log=print):
     model = _tiny_detector()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    t0, step, bs = time.perf_counter(), 0, 32
+    bs = 32
     rng = np.random.default_rng(seed)
-    while time.perf_counter() - t0 < seconds:
-        idx = torch.from_numpy(rng.integers(0, len(x), bs))
-        xb = x[idx]
-        if rng.random() < 0.5:  # horizontal flip: boxes mirror
-            xb = xb.flip(-1)
-            bx = box[idx].clone()
-            bx[..., 0] = DET_INPUT - bx[..., 0]
-            flip_cells = torch.arange(g * g).reshape(g, g).flip(-1).reshape(-1)
-            ob, cb, bx = obj[idx][:, flip_cells], cls[idx][:, flip_cells], bx[:, flip_cells]
-        else:
-            ob, cb, bx = obj[idx], cls[idx], box[idx]
-        model.train()
+
+    def batches():
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            idx = torch.from_numpy(rng.integers(0, len(x), bs))
+            xb = x[idx]
+            if rng.random() < 0.5:  # horizontal flip: boxes mirror
+                xb = xb.flip(-1)
+                bx = box[idx].clone()
+                bx[..., 0] = DET_INPUT - bx[..., 0]
+                flip_cells = torch.arange(g * g).reshape(g, g).flip(-1).reshape(-1)
+                yield xb, obj[idx][:, flip_cells], cls[idx][:, flip_cells], bx[:, flip_cells]
+            else:
+                yield xb, obj[idx], cls[idx], box[idx]
+
+    def loss_of(model, batch):
+        xb, ob, cb, bx = batch
         out = model(xb)
         pos = ob > 0
         loss = bce(out[..., 4], ob)
         if pos.any():
             loss = loss + torch.nn.functional.cross_entropy(out[..., 5:][pos], cb[pos]) \
                 + 4 * torch.nn.functional.l1_loss(out[..., :4][pos] / DET_INPUT, bx[pos] / DET_INPUT)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 200 == 0:
-            log(f"detector: step {step} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
-    model.eval()
-    return model, step
+        return loss
+
+    run = train_steps(model, loss_of, batches, optimizer=opt, log_every=200, what="detector", log=log)
+    return model, run["steps"]
 
 
 def export_detector(model, path: Path) -> Path:

@@ -65,7 +65,8 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - edgecompress's torchvision hook, before anything imports torchvision
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
+from benchmarks.harness.training import train_steps
 
 CACHE = HERE / ".cache" / "tasks"
 RESULTS = HERE / "results" / "tasks.json"
@@ -129,27 +130,23 @@ def _train(model, batches: Callable[[int], tuple], loss_fn, steps: int, seconds:
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     warm = max(1, steps // 20)
-    model.train()
-    t0, step, avg = time.perf_counter(), 0, None
-    while step < steps:
-        elapsed = time.perf_counter() - t0
-        if elapsed > seconds:
-            log(f"{what}: stopped by the {seconds:.0f} s cap at step {step}/{steps}")
-            break
-        progress = max(step / steps, elapsed / seconds)
-        for g in opt.param_groups:
-            g["lr"] = lr * min((step + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-        loss = loss_fn(model, *batches(step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
-        if step % 100 == 0 or step == steps:
-            log(f"{what}: step {step}/{steps} loss {avg:.4f} ({time.perf_counter() - t0:.0f} s)")
-    model.eval()
-    return {"steps": step, "planned_steps": steps, "seconds": round(time.perf_counter() - t0, 1),
-            "final_loss": round(avg, 4), "lr": lr}
+
+    def scheduled():
+        t0 = time.perf_counter()
+        for step in range(steps):
+            elapsed = time.perf_counter() - t0
+            if elapsed > seconds:
+                log(f"{what}: stopped by the {seconds:.0f} s cap at step {step}/{steps}")
+                return
+            progress = max(step / steps, elapsed / seconds)
+            for g in opt.param_groups:
+                g["lr"] = lr * min((step + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+            yield batches(step)
+
+    run = train_steps(model, lambda m, batch: loss_fn(m, *batch), scheduled, optimizer=opt, steps=steps,
+                      smoothing=0.05, what=what, log=log)
+    return {"steps": run["steps"], "planned_steps": steps, "seconds": round(run["seconds"], 1),
+            "final_loss": round(run["loss"], 4), "lr": lr}
 
 
 # -- 1. the segmenter ---------------------------------------------------------------------------------------------
@@ -600,11 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text(encoding="utf-8"))
         rows = [r for r in old.get("rows", []) if r["task"] not in models] + rows
         models = {**{k: v for k, v in old.get("models", {}).items() if k not in models}, **models}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"data": SYNTHETIC, **host_and_versions(), "profile": "host",
-                                    "command": " ".join(["python benchmarks/vision/tasks.py", *(argv or sys.argv[1:])]),
-                                    "seconds": round(time.perf_counter() - t_start, 1),
-                                    "models": models, "rows": rows}, indent=1) + "\n", encoding="utf-8")
+    write_results(args.out, {"data": SYNTHETIC, "profile": "host", "seconds": round(time.perf_counter() - t_start, 1),
+                             "models": models, "rows": rows}, argv=[__file__, *(argv or sys.argv[1:])])
     log(f"results: {args.out} ({time.perf_counter() - t_start:.0f} s)")
     print(table(rows))
     return 0

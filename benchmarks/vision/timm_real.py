@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
 import compress  # noqa: F401 - first: lets torchvision (timm) import beside the CPU torch
-from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, write_results
 
 REAL = ROOT / ".cache" / "real-cnns"
 
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "p50_ms_fp32_onnx": (m.get("baseline_latency_ms") or {}).get("p50"), "speedup": m.get("speedup"),
         "eval_samples": m["eval_samples"], "verdict": report.verdict,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({**host_and_versions(), "row": row}, indent=2) + "\n", encoding="utf-8")
+    write_results(args.results, {"row": row})
     print(json.dumps(row, indent=2))
     return 0
 

@@ -137,7 +137,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from benchmarks.harness.results import host_and_versions
+    from benchmarks.harness.results import write_results
     from compress.stages.finetune import finetune
     from compress.stages.finetune.config import FinetuneConfig
 
@@ -145,8 +145,8 @@ def main() -> int:
     bases = build_bases(args.work, args.size)
     fractions = [float(f) for f in args.fractions.split(",")]
     train = subsets(args.digits, args.work, fractions)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results.update(host_and_versions())
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}  # this run's command and host replace its
+    results = {k: v for k, v in old.items() if k not in ("command", "host", "versions")}
     results.update(size=args.size, steps=args.steps, batch_size=32, test_rows=360, runs=results.get("runs", {}))
     for f in fractions:
         for name, (base, freeze, lr) in RUNS.items():
@@ -166,7 +166,7 @@ def main() -> int:
                    "test_accuracy": test_accuracy(r.artifact.path, args.digits / "test.npz")}
             log(f"{key}: test accuracy {row['test_accuracy']:.4f} ({row['train_seconds']:.0f} s training)")
             results["runs"][key] = row
-            args.out.write_text(json.dumps(results, indent=1))
+            write_results(args.out, results)
     print(json.dumps(results["runs"], indent=1))
     return 0
 

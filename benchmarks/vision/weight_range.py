@@ -22,7 +22,7 @@ fall-back included, with one option set):
 Rows of earlier runs stay in the results (``s8 reduce_range``, ``s8 reduce_range + 64 calibration views``: 7 bits
 in every layer, the rule before depthwise convolutions kept 8; their ``measured_with`` says so).
 
-The split is ``benchmarks/vision/cnn_int8_heldout.py``'s (its ``draw_views``/``fold_files``: 3 folds cut by source photo;
+The split is ``benchmarks/vision/cnn_int8_heldout.py``'s (``benchmarks.harness.heldout``: 3 folds cut by source photo;
 calibration, tuning and judging views disjoint; judged: the views the FP32 teacher is confident on, labelled with
 its own top-1). Each fold's judging views are preprocessed once here (FP32 ONNX feeds, saved as ``.npz``) and run by
 :func:`worker` in a child process: every candidate natively (this host: AVX-512 VNNI) and under the emulated Haswell
@@ -58,7 +58,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 
-from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, write_results
 
 CANDIDATES = {
     "default (no profile)": {},
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(*args.worker, args.threads)
         return 0
-    from cnn_int8_heldout import draw_views, fold_files, speed
-
+    from benchmarks.harness.heldout import draw_views, fold_files, speed
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
@@ -232,15 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     print("timed:", {c: rows[c]["native"]["speed_vs_onnx_fp32"] for c in timed}, flush=True)
     # candidates (and hosts) not rerun keep their figures; speed comes from each candidate's last timing round
     rows = {**previous, **{c: {**previous.get(c, {}), **rows[c]} for c in rows}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python benchmarks/vision/weight_range.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_results(args.out, {
         "seconds": round(time.perf_counter() - t0, 1), "saturation_probe": probes,
         "split": {"seed": split["seed"], "folds": split["folds"], "from": "benchmarks/vision/cnn_int8_heldout.py",
                   "judged": f"{args.views} views the FP32 teacher is confident on (top-1 probability >= 0.5)",
                   "retention": "INT8 top-1 = the teacher's top-1, over FP32 ONNX's own score",
                   "agreement": "INT8 top-1 = FP32 ONNX top-1 (FP32 run natively)"},
-        "fp32_onnx_p50_ms": p50["ONNX FP32"], "rows": rows, **host_and_versions()}, indent=2) + "\n")
+        "fp32_onnx_p50_ms": p50["ONNX FP32"], "rows": rows},
+        argv=[__file__, *(argv if argv is not None else sys.argv[1:])])
     print(f"wrote {args.out}", flush=True)
     return 0
 

@@ -44,7 +44,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
-from benchmarks.harness.results import cached_step, host_and_versions
+from benchmarks.harness.results import cached_step, write_results
 
 FOLDER = HERE.parents[1] / "shared" / "models" / "yolox-nano"
 MODEL, DOG = FOLDER / "yolox_nano.onnx", FOLDER / "dog.jpg"
@@ -368,8 +368,8 @@ def main() -> None:
         rows = {**json.loads(previous.read_text()).get("results", {}), **rows}
     out = {"model": "YOLOX-Nano (Megvii's COCO weights), yolox_nano.onnx, opset 11", "model_yaml": DESCRIPTION,
            "dog_jpg_fp32_detections": dog, "data": stats, "labels": "the FP32 file's boxes scoring >= 0.5",
-           "dynamic_int8": dynamic, "results": rows, "float_convs_ablation": abl, **host_and_versions()}
-    args.results.write_text(json.dumps(out, indent=2) + "\n")
+           "dynamic_int8": dynamic, "results": rows, "float_convs_ablation": abl}
+    write_results(args.results, out)
     print(json.dumps(out, indent=2))
 
 

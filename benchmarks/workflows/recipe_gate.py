@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ RECIPE = ROOT / "benchmarks" / "recipes" / "sst2.yaml"
 RUN = ROOT / "benchmarks" / ".cache" / "runs" / "sst2"
 WORK = ROOT / "benchmarks" / ".cache" / "recipe-gate"
 OUT = ROOT / "benchmarks" / "results" / "recipe_gate.json"
+sys.path.insert(0, str(ROOT))  # benchmarks.harness
+from benchmarks.harness.results import write_results
 
 
 def log(msg: str) -> None:
@@ -164,7 +167,7 @@ def main() -> None:
     other = validate_to(artifact_of(r, "pruned-int8"), "cpu-x86-avx512-vnni", WORK / "vnni-report", data, teacher)
     results["other_profile"] = gate_summary(other, base)
     log(f"another profile: {results['other_profile']['verdict']}: {results['other_profile']['differences']}")
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(OUT, results)
     log(f"wrote {OUT}")
 
 

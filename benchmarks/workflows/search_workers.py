@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.harness.data import subset_tsv
-from benchmarks.harness.results import host_and_versions
+from benchmarks.harness.results import write_results
 from tests.builders.postgres import running_postgres
 
 SST2 = Path("/work/shared/data/sst2")
@@ -153,10 +153,8 @@ def main(argv=None) -> int:
         "space": SPACE, "trials": args.trials, "promote": args.promote, "short_steps": args.short_steps,
         "full_epochs": args.full_epochs, "cores": os.cpu_count(),
         "runs": runs, "speedup_two_vs_one": round(one["wall_s"] / two["wall_s"], 2),
-        **host_and_versions(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     print(f"one worker {one['wall_s']:.0f} s, two workers {two['wall_s']:.0f} s: "
           f"{result['speedup_two_vs_one']:.2f}x; {args.out}")
     return 0
