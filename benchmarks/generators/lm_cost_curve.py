@@ -27,8 +27,11 @@ A stage (and the checkpoint) starts only where ``psutil.virtual_memory().availab
 the model's FP32 weight bytes; otherwise it is recorded as skipped with the memory it would need (no swap storm on a
 shared machine). A stage whose output is already in ``WORK`` is not run again (its figure from the results file is
 kept; ``--force`` runs it again). Figures per model and stage: parameters (every weight once, the tied head with the
-embedding), FP32 weight bytes, seconds, peak RSS and its ratio to the FP32 bytes, the exit code, the last line of
-stderr on a failure. Then, per stage, a least-squares line of peak RSS against FP32 bytes and of seconds against
+embedding), FP32 weight bytes, seconds, peak RSS and its ratio to the FP32 bytes, the peak of the stage's anonymous
+memory (``RssAnon`` of its process tree, sampled every 0.2 s: RSS also counts the pages of files it maps, such as the
+weights, which the kernel drops and reads again rather than run out), the exit code, the last line of stderr on a
+failure. ``--memory-limit-gb N`` (root, cgroup v1) runs each stage in a memory cgroup of N GB, page cache included,
+as a machine of that size would hold it, and records the group's peak and whether the limit killed the stage. Then, per stage, a least-squares line of peak RSS against FP32 bytes and of seconds against
 parameters over the models measured, and from it the largest model whose peak fits 16 GB and 8 GB (1 GB = 1e9
 bytes; the whole peak, nothing else running). Writes ``benchmarks/results/lm_cost_curve.json`` after every stage
 and prints a markdown table.
@@ -140,28 +143,98 @@ def _elapsed(text: str) -> float:
     return secs
 
 
-def timed(argv: list[str], log: Path) -> dict:
-    """``argv`` under ``/usr/bin/time -v`` (its output and stderr in ``log``): seconds, peak RSS bytes, exit code,
-    and the last line of its stderr when it failed."""
+def _anon_bytes(pid: int) -> int:
+    """The anonymous resident bytes (``RssAnon``: what the kernel cannot drop and read again, unlike the file pages
+    ``VmRSS`` also counts) of ``pid`` and its descendants, summed; 0 once gone."""
+    import psutil
+
+    total = 0
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                total += next((int(x.split()[1]) * 1024 for x in f if x.startswith("RssAnon:")), 0)
+        except OSError:
+            pass
+    return total
+
+
+#: a cgroup (v1) memory controller's folder: --memory-limit-gb runs each stage in a group of its own under it
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def memory_group(limit_gb: float) -> Path:
+    """A cgroup (v1, root only) whose processes may hold ``limit_gb`` GB in all, page cache included (the kernel
+    drops clean file pages to stay under it, as on a machine of that size; past it, it kills): the limit a
+    ``--memory-limit-gb`` run's stages start in."""
+    group = CGROUP_V1 / "edgecompress-cost-curve"
+    if not (CGROUP_V1 / "memory.limit_in_bytes").is_file():
+        sys.exit("--memory-limit-gb needs the cgroup v1 memory controller at /sys/fs/cgroup/memory (and root)")
+    group.mkdir(exist_ok=True)
+    limit = str(int(limit_gb * GB))
+    files = ["memory.limit_in_bytes"]
+    if (group / "memory.memsw.limit_in_bytes").is_file():  # no swapping past it either (memsw >= the limit always)
+        raising = int(limit) > int((group / "memory.limit_in_bytes").read_text())
+        files = ["memory.memsw.limit_in_bytes", *files] if raising else [*files, "memory.memsw.limit_in_bytes"]
+    for name in files:
+        (group / name).write_text(limit)
+    return group
+
+
+def timed(argv: list[str], log: Path, group: Path | None = None) -> dict:
+    """``argv`` under ``/usr/bin/time -v`` (its output and stderr in ``log``): seconds, peak RSS bytes, the peak of
+    its process tree's anonymous bytes (sampled every 0.2 s), exit code, and the last line of its stderr when it
+    failed. ``group``: the memory cgroup (:func:`memory_group`) it runs in; then also the group's peak charge (page
+    cache included) and whether its limit killed it."""
+    import os
+
     log.parent.mkdir(parents=True, exist_ok=True)
     times = log.with_suffix(".time")
+    if group is not None:
+        (group / "memory.max_usage_in_bytes").write_text("0")
+        kills = _oom_kills(group)
+    enter = (lambda: (group / "cgroup.procs").write_text(str(os.getpid()))) if group is not None else None
+    anon = 0
     with open(log, "w") as f:
-        rc = subprocess.run(["/usr/bin/time", "-v", "-o", str(times), *argv], stdout=f, stderr=subprocess.STDOUT,
-                            check=False).returncode
+        proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(times), *argv], stdout=f, stderr=subprocess.STDOUT,
+                                preexec_fn=enter)
+        while proc.poll() is None:
+            anon = max(anon, _anon_bytes(proc.pid))
+            time.sleep(0.2)
+        rc = proc.returncode
     facts = times.read_text() if times.is_file() else ""
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", facts)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", facts)
     row = {"seconds": round(_elapsed(wall.group(1)), 1) if wall else None,
-           "peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None, "exit_code": rc, "log": str(log)}
+           "peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None, "peak_anon_bytes": anon or None,
+           "exit_code": rc, "log": str(log)}
+    if group is not None:
+        row.update(memory_limit_bytes=int((group / "memory.limit_in_bytes").read_text()),
+                   group_peak_bytes=int((group / "memory.max_usage_in_bytes").read_text()),
+                   killed_at_the_limit=_oom_kills(group) > kills)
     if rc != 0:
         lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
         row["last_stderr"] = lines[-1][:500] if lines else ""
     return row
 
 
-def stage_keys(route: str) -> tuple[str, ...]:
-    """How the results name ``route``'s stages: ``export`` for ONNX (the first runs'), ``export@openvino`` else."""
-    return tuple(s if route == "onnx" else f"{s}@{route}" for s in STAGES)
+def _oom_kills(group: Path) -> int:
+    """How many processes the group's limit has killed (``memory.oom_control``'s ``oom_kill``; 0 where not said)."""
+    for line in (group / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def stage_keys(route: str, limit_gb: float | None = None) -> tuple[str, ...]:
+    """How the results name ``route``'s stages: ``export`` for ONNX (the first runs'), ``export@openvino`` else;
+    ``...@16gb`` where they ran under ``--memory-limit-gb 16`` (a limited run's RSS is not an unlimited one's: the
+    kernel dropped file pages to keep it under)."""
+    limit = f"@{limit_gb:g}gb" if limit_gb else ""
+    return tuple((s if route == "onnx" else f"{s}@{route}") + limit for s in STAGES)
 
 
 def _stages(name: str, work: Path, text: Path, args) -> list[tuple[str, Path, list[str]]]:
@@ -170,7 +243,7 @@ def _stages(name: str, work: Path, text: Path, args) -> list[tuple[str, Path, li
     force = ["--force"] if args.force else []
     ckpt, fp32, int4 = d / "checkpoint", d / f"{route}-fp32", d / f"{route}-int4"
     report = d / ("validate-host" if route == "onnx" else f"validate-host-{route}")
-    export, quantize, validate = stage_keys(route)
+    export, quantize, validate = stage_keys(route, args.memory_limit_gb)
     return [
         ("checkpoint", ckpt / "made.json",
          [sys.executable, __file__, "--make-checkpoint", name, str(ckpt), str(args.tokenizer)]),
@@ -211,7 +284,7 @@ def run_model(name: str, work: Path, text: Path, args, result: dict, save) -> No
             stages[stage] = {"status": f"not run: {blocked}"}
         else:
             print(f"[{name}] {stage} ...", flush=True)
-            row = timed(argv, work / name / "logs" / f"{stage}.log")
+            row = timed(argv, work / name / "logs" / f"{stage}.log", args.group)
             row["status"] = "ok" if _ok(stage, row, done) else "failed"
             if row["peak_rss_bytes"]:
                 row["peak_over_fp32"] = round(row["peak_rss_bytes"] / m["fp32_bytes"], 2)
@@ -248,6 +321,11 @@ def fit(result: dict) -> dict:
         fits[stage] = {"models": len(rows), "fit": how, "peak_bytes_per_fp32_byte": round(a, 3),
                        "peak_intercept_gb": round(b / GB, 3), "seconds_per_billion_parameters": round(c * 1e9, 1),
                        "seconds_intercept": round(d, 1)}
+        anon = [(m, r) for m, r in rows if r.get("peak_anon_bytes")]
+        if anon:  # the part the kernel cannot drop: what a smaller machine must hold
+            e, f, how = _line([m["fp32_bytes"] for m, _ in anon], [r["peak_anon_bytes"] for _, r in anon])
+            fits[stage] |= {"anon_models": len(anon), "anon_fit": how, "anon_bytes_per_fp32_byte": round(e, 3),
+                            "anon_intercept_gb": round(f / GB, 3)}
         for budget in BUDGETS_GB:
             fits[stage][f"largest_parameters_within_{budget}_gb"] = (
                 int((budget * GB - b) / a / 4) if a > 0 and budget * GB > b else None)
@@ -265,7 +343,8 @@ def table(result: dict, keys: tuple[str, ...] = STAGES) -> str:
         for s in keys:
             r = m.get("stages", {}).get(s, {})
             if r.get("peak_rss_bytes") and r.get("status") == "ok":
-                cells += [f"{r['seconds']:.0f}", f"{r['peak_rss_bytes'] / GB:.2f} ({r['peak_over_fp32']:.1f}x)"]
+                anon = f"; anon {r['peak_anon_bytes'] / GB:.2f}" if r.get("peak_anon_bytes") else ""
+                cells += [f"{r['seconds']:.0f}", f"{r['peak_rss_bytes'] / GB:.2f} ({r['peak_over_fp32']:.1f}x{anon})"]
             else:
                 cells += [r.get("status", "not run")[:70], ""]
         lines.append("| " + " | ".join(cells) + " |")
@@ -301,9 +380,13 @@ def main() -> None:
     ap.add_argument("--route", default="onnx", choices=("onnx", "openvino", "gguf", "executorch"),
                     help="the export format (and its quantizer and runtime); results keyed export@ROUTE beside ONNX's")
     ap.add_argument("--force", action="store_true", help="run every stage again, replacing its output")
+    ap.add_argument("--memory-limit-gb", type=float, default=None,
+                    help="run each stage in a memory cgroup of this many GB (cgroup v1, root): what a machine of that "
+                         "size allows, page cache included; results keyed STAGE@limit")
     ap.add_argument("--tokenizer", type=Path, default=TOKENIZER,
                     help="a tokenizer folder no larger than any model's vocabulary (default: stories260K's)")
     args = ap.parse_args()
+    args.group = memory_group(args.memory_limit_gb) if args.memory_limit_gb else None
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if unknown := [n for n in names if n not in MODELS]:
         ap.error(f"unknown --models {unknown}; choose from {', '.join(MODELS)}")
@@ -328,7 +411,7 @@ def main() -> None:
     for name in names:
         run_model(name, args.work, text, args, result, save)
     save()
-    print(table(result, stage_keys(args.route)))
+    print(table(result, stage_keys(args.route, args.memory_limit_gb)))
     print(growth(result["fit"]))
 
 
