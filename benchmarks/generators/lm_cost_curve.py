@@ -54,7 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.harness
 import compress  # noqa: F401 - first: the torchvision shim before transformers
-from benchmarks.harness.results import write_results
+from benchmarks.harness.results import host_and_versions, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "results" / "lm_cost_curve.json"
@@ -399,7 +399,7 @@ def main() -> None:
         result["command"] = " ".join(sys.argv)
     else:  # another route's run: its own command, beside the ONNX one's
         result.setdefault("route_commands", {})[args.route] = " ".join(sys.argv)
-    result.update(text=f"{args.text}, first {args.chars} characters",
+    result.update(host_and_versions(), text=f"{args.text}, first {args.chars} characters",
                   validate={k: getattr(args, k) for k in ("limit", "window", "prompt_tokens", "new_tokens")},
                   max_ratio=args.max_ratio, weights="random (normal, std 0.02): cost only, no quality")
 
