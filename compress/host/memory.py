@@ -38,8 +38,9 @@ PEAK: dict[str, tuple[float, float]] = {
     # which also counts the pages of the IR and checkpoint it maps, which the kernel drops under pressure and which
     # available memory already counts as free: its quantize and validate map the FP32 IR whole (RSS 2.4x and 3.3x at
     # Qwen3-0.6B, anonymous 2.0x and 2.0x). Fitted on SmolLM2-135M, Gemma 3 270M, Qwen3-0.6B (and Qwen3-1.7B's
-    # export, run in a 16 GB memory cgroup), the largest residual in the fixed part; Gemma's 262,144-token vocabulary
-    # puts its small model's validate high, hence validate's fixed part. The GGUF route is not checked: llama.cpp's
+    # export, run in a 16 GB memory cgroup, whose quantize and validate, 10.5 and 9.7 GB, lie under their lines), the
+    # largest residual in the fixed part; Gemma's 262,144-token vocabulary puts its small model's validate high, hence
+    # validate's fixed part. The GGUF route is not checked: llama.cpp's
     # converter and quantizer hold a tensor at a time (1.0 and 0.75 GB for SmolLM2; the converter 0.9 GB for Gemma 3
     # 270M); ExecuTorch's was measured on one model only (export: 4.3 GB, 8x SmolLM2)
     "export@openvino": (1.72e9, 0.88),
