@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from compress.errors import ModelLoadError
+from tests.builders.cli import assert_one_line_error, in_process
 from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
-from tests.conftest import assert_one_line_error, in_process
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from tests.builders.cli import assert_one_line_error, in_process
 from tests.builders.lm import genai_builder_missing, tiny_causal_lm
-from tests.conftest import assert_one_line_error, in_process
 
 pytestmark = pytest.mark.slow
 

@@ -116,7 +116,7 @@ def _copy_with_own_code(generator, tmp_path, where):
 def test_export_refuses_a_tokenizer_s_own_code_before_any_loader_or_converter_runs_it(capfd, generator, tmp_path, fmt):
     """tokenizer_config.json's auto_map, config.json without one: llama.cpp's converter loads tokenizers trusting
     remote code, transformers refused it with exit 3; now one line before either runs."""
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     ckpt = _copy_with_own_code(generator, tmp_path, "tokenizer_config.json")
     proc = in_process(capfd, "export", ckpt, "--format", fmt, "-o", tmp_path / "out")
@@ -125,7 +125,7 @@ def test_export_refuses_a_tokenizer_s_own_code_before_any_loader_or_converter_ru
 
 
 def test_validate_refuses_a_teacher_s_own_code_before_saying_its_plan(capfd, generator, tmp_path):
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     ckpt = _copy_with_own_code(generator, tmp_path, "processor_config.json")
     proc = in_process(capfd, "validate", generator["onnx"], "-p", generator["profile"], "--data", generator["text"],
@@ -141,7 +141,7 @@ def test_validate_refuses_another_model_s_teacher_before_saying_its_plan(capfd, 
     import json
     import shutil
 
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     other = tmp_path / "other"
     shutil.copytree(generator["ckpt"], other)
@@ -154,7 +154,7 @@ def test_validate_refuses_another_model_s_teacher_before_saying_its_plan(capfd, 
 
 
 def test_search_refuses_a_teacher_s_own_code_before_the_first_trial(capfd, generator, tmp_path):
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     ckpt = _copy_with_own_code(generator, tmp_path, "custom_generate")
     proc = in_process(capfd, "search", "-t", ckpt, "-p", generator["profile"], "--train", generator["text"],
@@ -167,7 +167,7 @@ def test_search_refuses_a_teacher_s_own_code_before_the_first_trial(capfd, gener
 def test_a_generator_s_options_on_a_classifier_are_refused_not_ignored(capfd, onnx_artifact, tmp_path, flags):
     """validate of a BERT classifier with --prompts and --window: exit 4 with both ignored; now one line naming the
     first, before any data or teacher is read (the flags' defaults, e.g. --new-tokens 128, are not 'given')."""
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once upon a time\n", encoding="utf-8")

@@ -15,7 +15,7 @@ import pytest
 
 from compress.data.audio import read_wav
 from compress.errors import DataError
-from tests.conftest import assert_one_line_error, in_process
+from tests.builders.cli import assert_one_line_error, in_process
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +143,7 @@ def test_a_validation_error_a_stage_raises_is_one_line_naming_the_field(monkeypa
     from pydantic import BaseModel, Field
 
     import compress.cli
-    from tests.conftest import main_error
+    from tests.builders.cli import main_error
 
     class Window(BaseModel):
         window: int = Field(384, ge=16)

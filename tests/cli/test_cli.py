@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import compress
 from compress.artifact import Precision, load_artifact
 from compress.cli import COMMANDS, cli
-from tests.conftest import ENV, assert_one_line_error, edgecompress, in_process
+from tests.builders.cli import ENV, assert_one_line_error, edgecompress, in_process
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +170,7 @@ def test_cli_quantize_options_reach_the_config(cli_onnx, tmp_path):
 
 def test_export_missing_teacher(tmp_path):
     """Through the real entry (``python -m compress``): a library error is one line and exit 2 there, no traceback
-    (the other refusals here run in this process, :func:`tests.conftest.in_process`)."""
+    (the other refusals here run in this process, :func:`tests.builders.cli.in_process`)."""
     proc = edgecompress("export", tmp_path / "no-teacher", "--out", tmp_path / "out")
     assert_one_line_error(proc, "no-teacher", "no such directory")
     assert not (tmp_path / "out").exists()

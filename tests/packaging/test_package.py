@@ -24,7 +24,7 @@ from compress.packaging.bundle import package
 from compress.packaging.config import PackageConfig
 from compress.packaging.report import report_paths
 from tests.builders.bundles import DIRECT_DEPENDENCIES, run_handler, write_profile
-from tests.conftest import in_process
+from tests.builders.cli import in_process
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import GENEROUS_BUDGETS, assert_one_line_error, in_process, write_tsv
+from tests.builders.cli import assert_one_line_error, in_process
+from tests.conftest import GENEROUS_BUDGETS, write_tsv
 
 pytestmark = pytest.mark.slow
 
@@ -277,7 +278,7 @@ def test_html_reports_are_self_contained(first_run, workspace):
 def test_a_teacher_that_is_no_checkpoint_is_refused_before_it_is_read(capfd, tmp_path, teacher):
     """Checked by what marks a checkpoint, before the plan hashes the directory's content (it used to read /etc
     through, and fail on /proc with "cannot write /proc/1/cwd")."""
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "r.yaml").write_text(f"name: r\nteacher: {teacher}\nsteps:\n  onnx: {{export: {{}}}}\n")
     proc = in_process(capfd, "run", tmp_path / "r.yaml", "--dry-run", cwd=tmp_path)

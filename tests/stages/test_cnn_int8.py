@@ -139,7 +139,7 @@ def test_cli_strict_is_one_line_exit_1(capfd, stack, tmp_path):
     """The user's own --exclude-nodes keeps today's behaviour: no fall-back, the collapse refused in one line."""
     import onnx
 
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
     proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
@@ -156,7 +156,7 @@ def test_a_collapse_written_without_strict_is_not_shippable(capfd, stack, tmp_pa
 
     import onnx
 
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
     q = tmp_path / "q"
@@ -186,7 +186,7 @@ def test_static_int8_on_too_few_rows_to_hold_any_out_says_so(capfd, stack, tmp_p
     calibration rows themselves, and quantize says so (a warning printed and recorded) and names the fix."""
     import json
 
-    from tests.conftest import in_process
+    from tests.builders.cli import in_process
 
     few = tmp_path / "one.npz"
     np.savez(few, images=np.load(stack["images"])["images"][:1])
@@ -202,7 +202,7 @@ def test_static_int8_on_too_few_rows_to_hold_any_out_says_so(capfd, stack, tmp_p
 
 
 def test_cli_default_falls_back_where_per_tensor_collapses(capfd, stack, tmp_path):
-    from tests.conftest import in_process
+    from tests.builders.cli import in_process
 
     proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
                       "--allow-slower", "--out", tmp_path / "q")  # a tiny model: INT8 is slower, and kept
@@ -296,7 +296,8 @@ def test_cli_names_an_undecodable_calibration_image(capfd, stack, tmp_path):
     suggestion of --mode dynamic (refused for conv nets)."""
     from PIL import Image
 
-    from tests.conftest import assert_one_line_error, in_process, png_bytes
+    from tests.builders.cli import assert_one_line_error, in_process
+    from tests.conftest import png_bytes
 
     (tmp_path / "cal").mkdir()
     pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
@@ -475,7 +476,7 @@ def test_a_run_that_wrote_a_collapsed_model_says_not_shippable_and_the_budget(ca
     from compress.cli.run import end_run
     from compress.errors import BudgetFailed
     from compress.recipes.steps import _artifact_summary
-    from tests.conftest import in_process
+    from tests.builders.cli import in_process
 
     stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
     q = tmp_path / "q"
@@ -551,7 +552,7 @@ def test_an_int8_faster_than_its_input_says_its_ratio_and_a_target_elsewhere_is_
 
 def test_the_cli_says_int8_s_speed_against_its_input(capfd, stack, tmp_path):
     """Timed for real (the ratio itself depends on the machine): the summary line says it."""
-    from tests.conftest import in_process
+    from tests.builders.cli import in_process
 
     proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q")
     assert proc.returncode == 0, proc.stderr

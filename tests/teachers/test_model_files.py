@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.builders.cli import assert_one_line_error, in_process
 from tests.builders.model_files import TwoInputs, torch_onnx_export
-from tests.conftest import assert_one_line_error, in_process
 
 pytestmark = pytest.mark.slow
 

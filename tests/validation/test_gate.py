@@ -90,7 +90,7 @@ def test_no_raw_samples_is_inconclusive_not_a_pass():
 
 
 def test_cli_exit_codes_markdown_and_junit(capfd, tmp_path):
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "report.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
@@ -160,7 +160,7 @@ def test_two_estimates_are_compared_by_the_threshold_alone():
 ])
 def test_a_malformed_report_is_one_line_naming_the_field(capfd, tmp_path, edit, words):
     """A report is input: the fields the gate reads are type-checked, a bad one named (not an unexpected crash)."""
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
     bad = report(noisy(5.0, seed=2))
@@ -171,7 +171,7 @@ def test_a_malformed_report_is_one_line_naming_the_field(capfd, tmp_path, edit, 
 
 
 def test_an_unwritable_summary_is_refused_before_gating(capfd, tmp_path):
-    from tests.conftest import assert_one_line_error, in_process
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
     (tmp_path / "new.json").write_text(json.dumps(report(noisy(5.0, seed=2))))

@@ -417,8 +417,8 @@ def test_embedding_model_metric_is_cosine_to_teacher(bert_encoder, tmp_path):
 
 
 def run_cli(capfd, *args: str, home: Path) -> subprocess.CompletedProcess:
-    """``edgecompress ARGS`` in this process (:func:`tests.conftest.in_process`) with ``home`` as HOME, 200 columns."""
-    from tests.conftest import in_process
+    """``edgecompress ARGS`` in this process (:func:`tests.builders.cli.in_process`) with ``home`` as HOME, 200 columns."""
+    from tests.builders.cli import in_process
 
     return in_process(capfd, *args, env={"HOME": str(home), "COLUMNS": "200"})
 
@@ -590,7 +590,7 @@ def test_percentile_confidence_interval_brackets_the_percentile():
 
 def test_cli_no_cold_start_leaves_cold_start_budgets_unverified(capfd, int8_artifact, data_tsv, tmp_path):
     """--no-cold-start: the cold-start budget is UNVERIFIED (exit 4, one short line), not a FAIL."""
-    from tests.conftest import in_process
+    from tests.builders.cli import in_process
 
     # every other budget off, and latency generous: cpu-x86-avx2's p99 of 60 ms fails on a loaded 2-core machine
     budgets = {k: None for k in GENEROUS if k != "latency_ms"}
