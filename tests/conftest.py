@@ -12,8 +12,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,55 +31,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # VM at a load of 5-9, OMP_NUM_THREADS=1 as in a worker: test_search.py 199 -> 169 s of CPU, test_image_pipeline.py
 # 143 -> 126 s (a tiny MobileNetV2's forward at batch 24 on 2 threads: 0.6-1.6 s of CPU spinning, 20-24 ms passive)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-# --- running the CLI: helpers the test modules share ----------------------------------------------------
-
-#: the environment of a CLI subprocess: offline, quiet, no --debug tracebacks
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-ENV.pop("EDGECOMPRESS_DEBUG", None)
-
-
-def edgecompress(*args: str, cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the real entry point (``python -m compress``) in a fresh interpreter (``env``: instead of :data:`ENV`)."""
-    return subprocess.run(
-        [sys.executable, "-m", "compress", *map(str, args)],
-        capture_output=True, text=True, env=ENV if env is None else env, cwd=cwd, timeout=300,
-    )
-
-
-# The plain progress lines a phase that ran PhaseProgress.delay seconds leaves in a CI log (stderr not a terminal):
-# "LABEL ...", "LABEL: 3/10 (30%), 12s elapsed ...", "LABEL: stopped in 11s". On a loaded machine loading a checkpoint
-# can pass the delay before the load fails; those lines are progress, not a second error.
-PROGRESS_LINE = re.compile(r"^(?!error: ).+(?: \.\.\.|: \S.* elapsed.*|: (?:done|stopped) in \d\S*(?: \(.*)?)$")
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
-    """``proc`` failed with ``code`` and one ``error:`` line on stderr holding every one of ``words``, no traceback.
-    Returns the line."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.strip().splitlines() if not PROGRESS_LINE.match(ln)]
-    assert len(lines) == 1, proc.stderr
-    line = lines[0]
-    assert proc.stderr.strip().splitlines()[-1] == line, proc.stderr  # the error comes last
-    assert line.startswith("error: "), line
-    assert "Traceback" not in proc.stderr
-    for w in words:
-        assert w in line, (w, line)
-    return line
-
-
-def main_error(capsys, *args, code: int = 2) -> str:
-    """The one-line error of ``edgecompress ARGS`` run in this process (no interpreter start: for the many refusal
-    tests): its exit code, one ``error:`` line on stderr, no traceback. Returns the line."""
-    from compress.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(["-q", *map(str, args)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == code and len(err) == 1 and err[0].startswith("error: "), (e.value.code, err)
-    return err[0]
-
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (a launcher's main process port)."""

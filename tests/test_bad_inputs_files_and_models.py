@@ -19,7 +19,7 @@ import pytest
 from compress.errors import ConfigError, DataError, QuantizationCollapsed
 from compress.settings import flag
 from compress.stages.quantize.config import PROFILE_KEYS, QuantizeConfig, applies, backends, refuse_ignored
-from tests.conftest import ENV, assert_one_line_error, edgecompress, main_error
+from tests.builders.cli import ENV, assert_one_line_error, edgecompress, main_error
 
 TFLITE = Path(__file__).resolve().parent / "assets" / "tiny_cnn.tflite"
 #: values tried in order for an option until one validates and differs from its default (a bool, an enum member, a

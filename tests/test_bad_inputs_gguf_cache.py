@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from compress.errors import ConfigError, ModelLoadError
-from tests.conftest import ENV, assert_one_line_error, edgecompress
+from tests.builders.cli import ENV, assert_one_line_error, edgecompress
 
 CACHE = "EDGECOMPRESS_CACHE_DIR"
 CAP = "EDGECOMPRESS_CACHE_MB"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from compress.errors import ModelLoadError
+from tests.builders.cli import assert_one_line_error, in_process
 from tests.builders.lm import STORY, needs_genai_builder, tiny_causal_lm
-from tests.conftest import assert_one_line_error, edgecompress
 
 pytestmark = pytest.mark.slow
 
@@ -80,11 +80,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_export_of_a_spoiled_causal_lm_is_one_line_before_any_loader(base, tmp_path, case):
+def test_export_of_a_spoiled_causal_lm_is_one_line_before_any_loader(capfd, base, tmp_path, case):
     spoil, words = CASES[case]
     d = _copy(base, tmp_path, case)
     spoil(d)
-    proc = edgecompress("export", d, "--out", tmp_path / "out")
+    proc = in_process(capfd, "export", d, "--out", tmp_path / "out")
     assert_one_line_error(proc, *words)
     assert "onnxruntime" not in proc.stderr  # nothing native ran
     assert not (tmp_path / "out").exists()
@@ -104,25 +104,25 @@ def test_load_teacher_refuses_the_same_checkpoints_in_one_line(base, tmp_path, c
         assert w in e.value.message + "; " + (e.value.hint or ""), (w, e.value.message, e.value.hint)
 
 
-def test_distill_from_a_teacher_whose_tokenizer_is_past_its_vocabulary_is_one_line(base, tmp_path):
+def test_distill_from_a_teacher_whose_tokenizer_is_past_its_vocabulary_is_one_line(capfd, base, tmp_path):
     d = _copy(base, tmp_path, "teacher")
     _small_vocab(d)
     (tmp_path / "train.txt").write_text(STORY * 10, encoding="utf-8")
-    proc = edgecompress("distill", "-t", d, "--train", tmp_path / "train.txt", "-o", tmp_path / "student",
-                        "--layers", "1", "--max-steps", "1", "--max-length", "16")
+    proc = in_process(capfd, "distill", "-t", d, "--train", tmp_path / "train.txt", "-o", tmp_path / "student",
+                      "--layers", "1", "--max-steps", "1", "--max-length", "16")
     assert_one_line_error(proc, "vocab_size is 256", "tokenizer")
     assert not (tmp_path / "student").exists()
 
 
 @needs_genai_builder()
 @pytest.mark.parametrize("sample", [False, True])
-def test_a_context_shorter_than_the_parity_prompt_cuts_the_prompt(tmp_path, sample):
+def test_a_context_shorter_than_the_parity_prompt_cuts_the_prompt(capfd, tmp_path, sample):
     d = tiny_causal_lm(tmp_path / "ctx16", **SMALL, context=16)
     args = []
     if sample:
         (tmp_path / "s.txt").write_text(STORY, encoding="utf-8")  # ~80 tokens: five times the context
         args = ["--sample-data", tmp_path / "s.txt"]
-    proc = edgecompress("export", d, "--out", tmp_path / "out", *args)
+    proc = in_process(capfd, "export", d, "--out", tmp_path / "out", *args)
     assert proc.returncode == 0, proc.stderr
     assert "onnxruntime" not in proc.stderr
     from compress.artifact import load_artifact
@@ -133,34 +133,34 @@ def test_a_context_shorter_than_the_parity_prompt_cuts_the_prompt(tmp_path, samp
 
 @needs_genai_builder()
 @pytest.mark.parametrize("how", [(), ("--precision", "int4", "--int4-algorithm", "gptq", "--calibration", "TEXT")])
-def test_quantize_of_a_short_context_model_cuts_its_calibration_windows_and_prompts(tmp_path, how):
+def test_quantize_of_a_short_context_model_cuts_its_calibration_windows_and_prompts(capfd, tmp_path, how):
     """GPTQ's calibration windows and the collapse check's prompts (with their continuations) fit the context."""
     d = tiny_causal_lm(tmp_path / "ctx16", **SMALL, context=16)
-    assert edgecompress("export", d, "--out", tmp_path / "fp32").returncode == 0
+    assert in_process(capfd, "export", d, "--out", tmp_path / "fp32").returncode == 0
     (tmp_path / "t.txt").write_text(STORY * 3, encoding="utf-8")
     args = [str(tmp_path / "t.txt") if a == "TEXT" else a for a in how]
-    proc = edgecompress("quantize", tmp_path / "fp32", "--out", tmp_path / "q", *args)
+    proc = in_process(capfd, "quantize", tmp_path / "fp32", "--out", tmp_path / "q", *args)
     assert proc.returncode == 0, proc.stderr
     assert "cos_cache" not in proc.stderr and "onnxruntime" not in proc.stderr
     assert (tmp_path / "q" / "manifest.json").is_file()
 
 
-def test_a_context_too_short_for_any_parity_prompt_is_one_line(tmp_path):
+def test_a_context_too_short_for_any_parity_prompt_is_one_line(capfd, tmp_path):
     d = tiny_causal_lm(tmp_path / "ctx8", **SMALL, context=8)
-    proc = edgecompress("export", d, "--out", tmp_path / "out")
+    proc = in_process(capfd, "export", d, "--out", tmp_path / "out")
     assert_one_line_error(proc, "context of 8 tokens", "max_position_embeddings")
     assert not (tmp_path / "out").exists()
 
 
-def test_prune_of_a_short_context_model_cuts_its_windows_or_names_max_length(tmp_path):
+def test_prune_of_a_short_context_model_cuts_its_windows_or_names_max_length(capfd, tmp_path):
     """prune's text windows (--max-length, 128 by default) are cut to a 16-token context when left at the default;
     one given longer than the context is one line naming --max-length (not a --window prune does not have)."""
     d = tiny_causal_lm(tmp_path / "ctx16", **SMALL, context=16)
     (tmp_path / "t.txt").write_text(STORY * 3, encoding="utf-8")
-    proc = edgecompress("prune", d, "--ffn", "0.5", "--data", tmp_path / "t.txt", "-o", tmp_path / "p")
+    proc = in_process(capfd, "prune", d, "--ffn", "0.5", "--data", tmp_path / "t.txt", "-o", tmp_path / "p")
     assert proc.returncode == 0, proc.stderr
-    proc = edgecompress("prune", d, "--ffn", "0.5", "--data", tmp_path / "t.txt", "-o", tmp_path / "q",
-                        "--max-length", "64")
+    proc = in_process(capfd, "prune", d, "--ffn", "0.5", "--data", tmp_path / "t.txt", "-o", tmp_path / "q",
+                      "--max-length", "64")
     assert_one_line_error(proc, "--max-length 64", "context", "--max-length 16 or less")
     assert not (tmp_path / "q").exists()
 

@@ -113,66 +113,66 @@ def _copy_with_own_code(generator, tmp_path, where):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "gguf"])
-def test_export_refuses_a_tokenizer_s_own_code_before_any_loader_or_converter_runs_it(generator, tmp_path, fmt):
+def test_export_refuses_a_tokenizer_s_own_code_before_any_loader_or_converter_runs_it(capfd, generator, tmp_path, fmt):
     """tokenizer_config.json's auto_map, config.json without one: llama.cpp's converter loads tokenizers trusting
     remote code, transformers refused it with exit 3; now one line before either runs."""
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
 
     ckpt = _copy_with_own_code(generator, tmp_path, "tokenizer_config.json")
-    proc = edgecompress("export", ckpt, "--format", fmt, "-o", tmp_path / "out")
+    proc = in_process(capfd, "export", ckpt, "--format", fmt, "-o", tmp_path / "out")
     assert_one_line_error(proc, "auto_map in tokenizer_config.json", "--trust-remote-code")
     assert not (tmp_path / "it-ran").exists() and not (tmp_path / "out").exists()
 
 
-def test_validate_refuses_a_teacher_s_own_code_before_saying_its_plan(generator, tmp_path):
-    from tests.conftest import assert_one_line_error, edgecompress
+def test_validate_refuses_a_teacher_s_own_code_before_saying_its_plan(capfd, generator, tmp_path):
+    from tests.builders.cli import assert_one_line_error, in_process
 
     ckpt = _copy_with_own_code(generator, tmp_path, "processor_config.json")
-    proc = edgecompress("validate", generator["onnx"], "-p", generator["profile"], "--data", generator["text"],
-                        "--teacher", ckpt, "--no-cold-start", "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", generator["onnx"], "-p", generator["profile"], "--data", generator["text"],
+                      "--teacher", ckpt, "--no-cold-start", "--report-dir", tmp_path / "r")
     assert_one_line_error(proc, "auto_map in processor_config.json", "--trust-remote-code")
     assert "perplexity on" not in proc.stdout + proc.stderr  # checked first, then announced
     assert not (tmp_path / "it-ran").exists() and not (tmp_path / "r").exists()
 
 
-def test_validate_refuses_another_model_s_teacher_before_saying_its_plan(generator, tmp_path):
+def test_validate_refuses_another_model_s_teacher_before_saying_its_plan(capfd, generator, tmp_path):
     """A teacher whose vocabulary is not the artifact's: exit 3 ("teacher logits [1, 256, 600] and the artifact's
     [1, 256, 512] differ") after the plan line and the teacher's loading; now one line before either."""
     import json
     import shutil
 
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
 
     other = tmp_path / "other"
     shutil.copytree(generator["ckpt"], other)
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps(cfg | {"vocab_size": 600}))
-    proc = edgecompress("validate", generator["onnx"], "-p", generator["profile"], "--data", generator["text"],
-                        "--teacher", other, "--no-cold-start", "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", generator["onnx"], "-p", generator["profile"], "--data", generator["text"],
+                      "--teacher", other, "--no-cold-start", "--report-dir", tmp_path / "r")
     assert_one_line_error(proc, "vocabulary has 600 tokens and the artifact's 512", "--teacher")
     assert "perplexity on" not in proc.stdout + proc.stderr and not (tmp_path / "r").exists()
 
 
-def test_search_refuses_a_teacher_s_own_code_before_the_first_trial(generator, tmp_path):
-    from tests.conftest import assert_one_line_error, edgecompress
+def test_search_refuses_a_teacher_s_own_code_before_the_first_trial(capfd, generator, tmp_path):
+    from tests.builders.cli import assert_one_line_error, in_process
 
     ckpt = _copy_with_own_code(generator, tmp_path, "custom_generate")
-    proc = edgecompress("search", "-t", ckpt, "-p", generator["profile"], "--train", generator["text"],
-                        "--eval", generator["text"], "--search-dir", tmp_path / "s")
+    proc = in_process(capfd, "search", "-t", ckpt, "-p", generator["profile"], "--train", generator["text"],
+                      "--eval", generator["text"], "--search-dir", tmp_path / "s")
     assert_one_line_error(proc, "custom_generate/", "never runs")
     assert not (tmp_path / "it-ran").exists() and not (tmp_path / "s" / "trials").exists()
 
 
 @pytest.mark.parametrize("flags", [["--prompts", "PROMPTS", "--window", "64"], ["--new-tokens", "32"]])
-def test_a_generator_s_options_on_a_classifier_are_refused_not_ignored(onnx_artifact, tmp_path, flags):
+def test_a_generator_s_options_on_a_classifier_are_refused_not_ignored(capfd, onnx_artifact, tmp_path, flags):
     """validate of a BERT classifier with --prompts and --window: exit 4 with both ignored; now one line naming the
     first, before any data or teacher is read (the flags' defaults, e.g. --new-tokens 128, are not 'given')."""
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once upon a time\n", encoding="utf-8")
     args = [str(prompts) if f == "PROMPTS" else f for f in flags]
-    proc = edgecompress("validate", onnx_artifact.path, "-p", "host", *args, "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", onnx_artifact.path, "-p", "host", *args, "--report-dir", tmp_path / "r")
     assert_one_line_error(proc, f"({flags[0]}) applies to text generators", "text-classification model", "drop it")
     assert not (tmp_path / "r").exists()
 

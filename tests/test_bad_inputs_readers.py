@@ -15,7 +15,7 @@ import pytest
 
 from compress.data.audio import read_wav
 from compress.errors import DataError
-from tests.conftest import assert_one_line_error, edgecompress
+from tests.builders.cli import assert_one_line_error, in_process
 
 pytestmark = pytest.mark.slow
 
@@ -74,13 +74,13 @@ def generator(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("bad", [LATIN1, BINARY], ids=["latin-1", "binary"])
-def test_quantize_and_validate_of_a_generator_refuse_a_text_file_that_is_not_utf8(generator, tmp_path, bad):
+def test_quantize_and_validate_of_a_generator_refuse_a_text_file_that_is_not_utf8(capfd, generator, tmp_path, bad):
     text = _write(tmp_path / "calib.txt", "", bad)
-    proc = edgecompress("quantize", generator, "--int4-algorithm", "gptq", "--calibration", text, "--out",
-                        tmp_path / "int4")
+    proc = in_process(capfd, "quantize", generator, "--int4-algorithm", "gptq", "--calibration", text, "--out",
+                      tmp_path / "int4")
     assert_one_line_error(proc, "calib.txt", "UTF-8" if bad is LATIN1 else "binary")
     assert not (tmp_path / "int4").exists()
-    proc = edgecompress("validate", generator, "--data", text, "--report-dir", tmp_path / "report")
+    proc = in_process(capfd, "validate", generator, "--data", text, "--report-dir", tmp_path / "report")
     assert_one_line_error(proc, "calib.txt", "UTF-8" if bad is LATIN1 else "binary")
 
 
@@ -97,11 +97,11 @@ def test_a_wav_cut_mid_sample_is_one_line(tmp_path):
     assert "cut.wav" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_finetune_question_answering_with_too_short_a_max_length_names_the_option(tmp_path):
+def test_finetune_question_answering_with_too_short_a_max_length_names_the_option(capfd, tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "train.json").write_text(json.dumps({"data": []}), encoding="utf-8")
-    proc = edgecompress("finetune", tmp_path / "base", "--train", tmp_path / "train.json", "--task",
-                        "question-answering", "--max-length", "8", "--out", tmp_path / "out")
+    proc = in_process(capfd, "finetune", tmp_path / "base", "--train", tmp_path / "train.json", "--task",
+                      "question-answering", "--max-length", "8", "--out", tmp_path / "out")
     assert_one_line_error(proc, "--max-length", "8", "16 or more")
     assert not (tmp_path / "out").exists()
 
@@ -125,14 +125,14 @@ def detector(tmp_path_factory) -> Path:
     ("{layout: ssd, box_scale: [32, 32, 32, 32], normalized: true, anchors: {num_layers: 1, strides: [0], "
      "min_scale: 0.1, max_scale: 0.7}}", ("strides", "greater than or equal to 1")),
 ], ids=["stride-0", "nms-under-yolox", "strides-under-decoded", "keypoints-under-yolox", "ssd-stride-0"])
-def test_a_layout_refuses_a_zero_stride_and_what_another_layout_reads(detector, tmp_path, post, words):
+def test_a_layout_refuses_a_zero_stride_and_what_another_layout_reads(capfd, detector, tmp_path, post, words):
     from tests.tasks.test_detection_layouts import LABELS, YOLOX_PRE
 
     model = tmp_path / detector.name
     model.write_bytes(detector.read_bytes())
     model.with_suffix(".yaml").write_text(f"task: object-detection\nlabels: {json.dumps(LABELS)}\n"
                                           f"preprocess: {YOLOX_PRE}\npostprocess: {post}\n", encoding="utf-8")
-    proc = edgecompress("export", model, "--out", tmp_path / "fp32")
+    proc = in_process(capfd, "export", model, "--out", tmp_path / "fp32")
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "fp32").exists()
 
@@ -143,7 +143,7 @@ def test_a_validation_error_a_stage_raises_is_one_line_naming_the_field(monkeypa
     from pydantic import BaseModel, Field
 
     import compress.cli
-    from tests.conftest import main_error
+    from tests.builders.cli import main_error
 
     class Window(BaseModel):
         window: int = Field(384, ge=16)
@@ -157,7 +157,7 @@ def test_a_validation_error_a_stage_raises_is_one_line_naming_the_field(monkeypa
 
 
 @pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
-def test_a_model_yaml_that_is_not_utf8_is_one_line(tmp_path, suffix):
+def test_a_model_yaml_that_is_not_utf8_is_one_line(capfd, tmp_path, suffix):
     """model.yaml beside an adopted file or a program goes through the same decoder (a .pt2's was 'unexpected
     UnicodeDecodeError', exit 3)."""
     model = tmp_path / f"m{suffix}"
@@ -171,7 +171,7 @@ def test_a_model_yaml_that_is_not_utf8_is_one_line(tmp_path, suffix):
     else:
         model.write_bytes(b"\x08\x01" + bytes(range(256)))
     model.with_suffix(".yaml").write_bytes(b"task: image-classification\nlabels: [" + LATIN1.strip() + b"]\n")
-    proc = edgecompress("export", model, "--out", tmp_path / "out")
+    proc = in_process(capfd, "export", model, "--out", tmp_path / "out")
     assert_one_line_error(proc, "m.yaml", "not valid UTF-8", "iconv")
     assert not (tmp_path / "out").exists()
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import ENV
+from tests.builders.cli import ENV
 
 INTERRUPTED = "interrupted (Ctrl-C); no output was written"
 

@@ -259,10 +259,10 @@ def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_imag
     assert not any((tmp_path / n).exists() for n in ("d", "s", "i4"))
 
 
-def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(onnx_images, tmp_path):
-    from tests.conftest import assert_one_line_error, edgecompress
+def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(capfd, onnx_images, tmp_path):
+    from tests.builders.cli import assert_one_line_error, in_process
 
-    proc = edgecompress("quantize", str(onnx_images["cnn"]), "--out", str(tmp_path / "x"), "--mode", "dynamic")
+    proc = in_process(capfd, "quantize", str(onnx_images["cnn"]), "--out", str(tmp_path / "x"), "--mode", "dynamic")
     assert "use --mode static --calibration" in assert_one_line_error(proc, "dynamic INT8", "convolutions")
 
 
@@ -447,22 +447,22 @@ def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx
         sys.modules.pop("edgecompress_device", None)
 
 
-def test_cli_prunes_channels_and_says_what_it_removed(teachers, tmp_path):
+def test_cli_prunes_channels_and_says_what_it_removed(capfd, teachers, tmp_path):
     pytest.importorskip("torch_pruning")
-    from tests.conftest import edgecompress
+    from tests.builders.cli import in_process
 
-    proc = edgecompress("prune", teachers["cnn"], "--channels", "0.5", "--out", tmp_path / "p")
+    proc = in_process(capfd, "prune", teachers["cnn"], "--channels", "0.5", "--out", tmp_path / "p")
     assert proc.returncode == 0, proc.stderr
     assert "channels: 50% of every prunable convolution's" in proc.stdout
     assert (tmp_path / "p" / "model.pt2").is_file() and not (tmp_path / "p" / "config.json").exists()
 
 
 @pytest.mark.transformers4
-def test_cli_prunes_vit_heads_and_reports_the_accuracy(teachers, images_dir, tmp_path):
-    from tests.conftest import edgecompress
+def test_cli_prunes_vit_heads_and_reports_the_accuracy(capfd, teachers, images_dir, tmp_path):
+    from tests.builders.cli import in_process
 
-    proc = edgecompress("prune", teachers["vit"], "--heads", "0.5", "--train", images_dir / "set", "--eval",
-                        images_dir / "set", "--out", tmp_path / "p")
+    proc = in_process(capfd, "prune", teachers["vit"], "--heads", "0.5", "--train", images_dir / "set", "--eval",
+                      images_dir / "set", "--out", tmp_path / "p")
     assert proc.returncode == 0, proc.stderr
     assert "heads: 4 -> 2" in proc.stdout and "eval accuracy" in proc.stdout
 
@@ -503,7 +503,7 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
 def test_exporting_a_hugging_face_image_checkpoint_prints_no_third_party_chatter(teachers, tmp_path):
     """transformers 5 warned "The use_fast parameter is deprecated" (edgecompress passes use_fast itself) on every load
     of a Hugging Face image checkpoint, successes included: third-party notes belong to -v."""
-    from tests.conftest import edgecompress
+    from tests.builders.cli import edgecompress
 
     proc = edgecompress("export", teachers["cnn"], "--out", tmp_path / "e")
     assert proc.returncode == 0, proc.stderr

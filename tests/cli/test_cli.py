@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import compress
 from compress.artifact import Precision, load_artifact
 from compress.cli import COMMANDS, cli
-from tests.conftest import ENV, assert_one_line_error, edgecompress
+from tests.builders.cli import ENV, assert_one_line_error, edgecompress, in_process
 
 pytestmark = pytest.mark.slow
 
@@ -169,6 +169,8 @@ def test_cli_quantize_options_reach_the_config(cli_onnx, tmp_path):
 
 
 def test_export_missing_teacher(tmp_path):
+    """Through the real entry (``python -m compress``): a library error is one line and exit 2 there, no traceback
+    (the other refusals here run in this process, :func:`tests.builders.cli.in_process`)."""
     proc = edgecompress("export", tmp_path / "no-teacher", "--out", tmp_path / "out")
     assert_one_line_error(proc, "no-teacher", "no such directory")
     assert not (tmp_path / "out").exists()
@@ -180,49 +182,49 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in proc.stderr and "ModelLoadError" in proc.stderr
 
 
-def test_export_existing_out_without_force(bert_classifier, tmp_path):
+def test_export_existing_out_without_force(capfd, bert_classifier, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    proc = edgecompress("export", bert_classifier, "--out", out)
+    proc = in_process(capfd, "export", bert_classifier, "--out", out)
     assert_one_line_error(proc, "already exists", "--force")
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_export_bad_option_value(bert_classifier, tmp_path):
-    proc = edgecompress("export", bert_classifier, "--out", tmp_path / "o", "--atol", "-1")
+def test_export_bad_option_value(capfd, bert_classifier, tmp_path):
+    proc = in_process(capfd, "export", bert_classifier, "--out", tmp_path / "o", "--atol", "-1")
     assert_one_line_error(proc, "--atol")
     assert not (tmp_path / "o").exists()
 
 
-def test_quantize_int8_artifact(int8_artifact, tmp_path):
-    proc = edgecompress("quantize", int8_artifact.path, "--out", tmp_path / "again")
+def test_quantize_int8_artifact(capfd, int8_artifact, tmp_path):
+    proc = in_process(capfd, "quantize", int8_artifact.path, "--out", tmp_path / "again")
     assert_one_line_error(proc, "is already onnx int8")
     assert not (tmp_path / "again").exists()
 
 
-def test_quantize_static_without_calibration(onnx_artifact, tmp_path):
-    proc = edgecompress("quantize", onnx_artifact.path, "--mode", "static", "--out", tmp_path / "s")
+def test_quantize_static_without_calibration(capfd, onnx_artifact, tmp_path):
+    proc = in_process(capfd, "quantize", onnx_artifact.path, "--mode", "static", "--out", tmp_path / "s")
     assert_one_line_error(proc, "calibration")
     assert not (tmp_path / "s").exists()
 
 
-def test_quantize_tampered_artifact(onnx_artifact, tmp_path):
+def test_quantize_tampered_artifact(capfd, onnx_artifact, tmp_path):
     d = tmp_path / "tampered"
     shutil.copytree(onnx_artifact.path, d)
     model = d / "model.onnx"
     data = bytearray(model.read_bytes())
     data[-10] ^= 0x01
     model.write_bytes(bytes(data))
-    proc = edgecompress("quantize", d, "--out", tmp_path / "q")
+    proc = in_process(capfd, "quantize", d, "--out", tmp_path / "q")
     assert_one_line_error(proc, "sha256", "model.onnx")
     assert not (tmp_path / "q").exists()
 
 
-def test_quantize_not_an_artifact(tmp_path):
+def test_quantize_not_an_artifact(capfd, tmp_path):
     (tmp_path / "dir").mkdir()
-    proc = edgecompress("quantize", tmp_path / "dir", "--out", tmp_path / "q")
+    proc = in_process(capfd, "quantize", tmp_path / "dir", "--out", tmp_path / "q")
     assert_one_line_error(proc, "not an edgecompress artifact")
 
 
@@ -242,16 +244,16 @@ def test_doctor_prints_install_commands_intact():
 
 
 @pytest.mark.parametrize("config", ["[1, 2]", '"bert"', '{"model_type": "bert", "architectures": "BertModel"}'])
-def test_a_config_json_that_is_not_an_object_is_one_line(tmp_path, config):
+def test_a_config_json_that_is_not_an_object_is_one_line(capfd, tmp_path, config):
     """Probing whether a directory is an image teacher must not crash on a malformed config.json: the loader names it."""
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "config.json").write_text(config)
-    proc = edgecompress("export", tmp_path / "ck", "--out", tmp_path / "e")
+    proc = in_process(capfd, "export", tmp_path / "ck", "--out", tmp_path / "e")
     assert_one_line_error(proc, "ck", code=2)
     assert not (tmp_path / "e").exists()
 
 
-def test_a_checkpoint_without_a_tokenizer_is_refused_not_exported_with_an_empty_one(tmp_path):
+def test_a_checkpoint_without_a_tokenizer_is_refused_not_exported_with_an_empty_one(capfd, tmp_path):
     """transformers 5 builds a tokenizer of only the special tokens when a checkpoint has none: every word would be
     [UNK] in an artifact that exported "successfully". Refused on both majors, one line, nothing written."""
     import transformers
@@ -259,7 +261,7 @@ def test_a_checkpoint_without_a_tokenizer_is_refused_not_exported_with_an_empty_
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64, num_labels=2)
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "ck")
-    proc = edgecompress("export", tmp_path / "ck", "--out", tmp_path / "e")
+    proc = in_process(capfd, "export", tmp_path / "ck", "--out", tmp_path / "e")
     assert_one_line_error(proc, "no tokenizer files", "save_pretrained", code=2)
     assert not (tmp_path / "e").exists()
 
@@ -281,15 +283,17 @@ def _tiny_bert_with_tokenizer(directory: Path, **config_changes) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("changes, words", [
+@pytest.mark.parametrize("changes, words, real_entry", [
     ({"id2label": {"0": "a", "1": "b", "2": "c"}, "label2id": {"a": 0, "b": 1, "c": 2}},
-     ("classifier.weight: (2, 32) in the checkpoint, (3, 32) from config.json",)),
-    ({"model_type": "nosuchtype"}, ("nosuchtype",)),
+     ("classifier.weight: (2, 32) in the checkpoint, (3, 32) from config.json",), True),
+    ({"model_type": "nosuchtype"}, ("nosuchtype",), False),
 ])
-def test_a_checkpoint_transformers_cannot_load_is_one_line_that_says_why(tmp_path, changes, words):
+def test_a_checkpoint_transformers_cannot_load_is_one_line_that_says_why(capfd, tmp_path, changes, words, real_entry):
     """transformers 5 prints a LOAD REPORT table (or a model-type note) on stderr and then says "look at the above
-    report": edgecompress's one line says what is wrong by itself, and the chatter stays behind -v."""
+    report": edgecompress's one line says what is wrong by itself, and the chatter stays behind -v. The LOAD REPORT
+    case runs the real entry (a fresh interpreter, where the CLI quiets transformers before it is first imported)."""
     ck = _tiny_bert_with_tokenizer(tmp_path / "ck", **changes)
-    proc = edgecompress("export", ck, "--out", tmp_path / "e")
+    args = ("export", ck, "--out", tmp_path / "e")
+    proc = edgecompress(*args) if real_entry else in_process(capfd, *args)
     line = assert_one_line_error(proc, "cannot load the model", *words, code=2)
     assert "above report" not in line and "LOAD REPORT" not in proc.stderr and "[transformers]" not in proc.stderr

@@ -52,7 +52,7 @@ def test_export_is_refused_in_one_line_before_any_work_when_memory_is_short(ckpt
     import subprocess
     import sys
 
-    from tests.conftest import ENV, assert_one_line_error
+    from tests.builders.cli import ENV, assert_one_line_error
 
     out = tmp_path / fmt
     # the real entry point, in a process whose machine has 1 MB available

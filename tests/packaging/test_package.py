@@ -24,6 +24,7 @@ from compress.packaging.bundle import package
 from compress.packaging.config import PackageConfig
 from compress.packaging.report import report_paths
 from tests.builders.bundles import DIRECT_DEPENDENCIES, run_handler, write_profile
+from tests.builders.cli import in_process
 
 pytestmark = pytest.mark.slow
 
@@ -229,18 +230,11 @@ def test_cold_start_phases_under_the_function_limits(offline_bundle):
 # -- CLI -------------------------------------------------------------------------------------------
 
 
-def edgecompress(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("EDGECOMPRESS_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "compress", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
-
-
-def test_cli_over_a_size_limit_fails_with_contributors_and_still_writes_the_zip(int8_artifact, tmp_path):
+def test_cli_over_a_size_limit_fails_with_contributors_and_still_writes_the_zip(capfd, int8_artifact, tmp_path):
     prof = write_profile(tmp_path, max_zipped_mb=0.001)
     out = tmp_path / "bundle.zip"
-    proc = edgecompress("package", int8_artifact.path, "--profile", prof, "--out", out, "--no-download",
-                        "--no-cold-start")
+    proc = in_process(capfd, "package", int8_artifact.path, "--profile", prof, "--out", out, "--no-download",
+                      "--no-cold-start")
     assert proc.returncode == 1, proc.stderr
     assert "FAIL" in proc.stdout and "model/model.onnx" in proc.stdout and "biggest contributors" in proc.stdout
     assert "max_zipped_mb" in proc.stderr and "written anyway" in proc.stderr
@@ -268,12 +262,12 @@ def test_cli_relative_out_runs_the_cold_start(int8_artifact, tmp_path):
     assert rep["cold_start"]["n"] == 1 and rep["cold_start"]["error"] is None
 
 
-def test_cli_existing_output_needs_force(int8_artifact, tmp_path):
+def test_cli_existing_output_needs_force(capfd, int8_artifact, tmp_path):
     prof = write_profile(tmp_path)
     out = tmp_path / "bundle.zip"
     out.write_bytes(b"keep me")
-    proc = edgecompress("package", int8_artifact.path, "--profile", prof, "--out", out, "--no-download",
-                        "--no-cold-start")
+    proc = in_process(capfd, "package", int8_artifact.path, "--profile", prof, "--out", out, "--no-download",
+                      "--no-cold-start")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and "already exists" in proc.stderr and "--force" in proc.stderr
     assert out.read_bytes() == b"keep me"
@@ -295,12 +289,12 @@ def test_cli_existing_output_needs_force(int8_artifact, tmp_path):
     (("--profile", "aws-lambda-arm64", "--memory-mb", "100000"), ("--memory-mb 100000", "above", "128–10240 MB")),
     (("--profile", "gcp-cloud-run", "--memory-mb", "64"), ("--memory-mb 64", "below", "128–32768 MB")),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(int8_artifact, tmp_path, args, words):
+def test_cli_bad_input_is_one_line_and_exit_2(capfd, int8_artifact, tmp_path, args, words):
     prof = write_profile(tmp_path)
     argv = ["package", int8_artifact.path, "--out", tmp_path / "b.zip", "--no-download", "--no-cold-start"]
     if "--profile" not in args:
         argv += ["--profile", prof]
-    proc = edgecompress(*argv, *args)
+    proc = in_process(capfd, *argv, *args)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     for w in words:

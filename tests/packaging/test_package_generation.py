@@ -193,7 +193,7 @@ def test_a_generator_of_another_runtime_is_refused_naming_the_onnx_route(lm, tmp
 
 
 def test_cli_max_new_tokens_beyond_the_context_is_one_line(lm, tmp_path, capsys):
-    from conftest import main_error
+    from tests.builders.cli import main_error
 
     line = main_error(capsys, "package", lm[1].path, "--profile", write_profile(tmp_path), "--out", tmp_path / "b.zip",
                       "--no-download", "--max-new-tokens", "300")

@@ -9,7 +9,7 @@ import pytest
 
 from compress.errors import MissingBackendError, OutputExistsError
 from compress.recipes.demo import MARKER
-from tests.conftest import assert_one_line_error, edgecompress
+from tests.builders.cli import assert_one_line_error, edgecompress
 
 
 @pytest.fixture

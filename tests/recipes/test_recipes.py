@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import GENEROUS_BUDGETS, assert_one_line_error, edgecompress, write_tsv
+from tests.builders.cli import assert_one_line_error, in_process
+from tests.conftest import GENEROUS_BUDGETS, write_tsv
 
 pytestmark = pytest.mark.slow
 
@@ -108,10 +109,10 @@ def test_graph_and_section_errors(tmp_path):
         read_recipe(p)
 
 
-def test_cli_bad_recipe_is_one_line_exit_2(tmp_path):
+def test_cli_bad_recipe_is_one_line_exit_2(capfd, tmp_path):
     p = write(tmp_path / "r.yaml", "name: r\nteacher: t\nsteps:\n  int8: {quantize: {mode: fast}}\n")
-    assert_one_line_error(edgecompress("run", p), f"{p}:4:", "steps.int8.quantize.mode")
-    assert_one_line_error(edgecompress("run", tmp_path / "missing.yaml"), "recipe file not found")
+    assert_one_line_error(in_process(capfd, "run", p), f"{p}:4:", "steps.int8.quantize.mode")
+    assert_one_line_error(in_process(capfd, "run", tmp_path / "missing.yaml"), "recipe file not found")
 
 
 # -- running, caching, resuming -----------------------------------------------------------------------------------
@@ -194,21 +195,21 @@ def test_an_interrupted_run_resumes_where_it_stopped(workspace, monkeypatch, ber
     assert statuses(result) == {"onnx": "cached", "int8": "ran", "validate/int8@quick": "ran"}
 
 
-def test_dry_run_prints_the_plan_with_cache_hits(first_run, workspace):
+def test_dry_run_prints_the_plan_with_cache_hits(capfd, first_run, workspace):
     write(workspace / "recipe.yaml", recipe())
-    proc = edgecompress("run", workspace / "recipe.yaml", "--run-dir", workspace / "run", "--dry-run")
+    proc = in_process(capfd, "run", workspace / "recipe.yaml", "--run-dir", workspace / "run", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"student\s.*distill.*teacher.*yes", proc.stdout), proc.stdout
     assert "5 of 5 jobs cached" in proc.stdout
 
 
-def test_from_artifact_writes_a_recipe_that_reproduces_the_lineage(first_run, workspace, tmp_path):
+def test_from_artifact_writes_a_recipe_that_reproduces_the_lineage(capfd, first_run, workspace, tmp_path):
     from compress.recipes.plan import make_plan
     from compress.recipes.schema import read_recipe
 
     int8 = workspace / "run" / next(j for j in first_run.index["jobs"] if j["name"] == "int8")["path"]
     out = tmp_path / "again.yaml"
-    proc = edgecompress("run", "--from-artifact", int8, out)
+    proc = in_process(capfd, "run", "--from-artifact", int8, out)
     assert proc.returncode == 0, proc.stderr
     r = read_recipe(out)
     assert [s.verb for s in r.steps.values()] == ["distill", "prune", "export", "quantize"]
@@ -218,7 +219,7 @@ def test_from_artifact_writes_a_recipe_that_reproduces_the_lineage(first_run, wo
     assert Path(r.data.train) == (workspace / "train.tsv").resolve()
     assert Path(r.teacher) == (workspace / "teacher").resolve()
     make_plan(r, out.parent)  # every path it names exists
-    assert edgecompress("run", "--from-artifact", int8, out).returncode == 2  # no overwrite without --force
+    assert in_process(capfd, "run", "--from-artifact", int8, out).returncode == 2  # no overwrite without --force
 
 
 def test_a_revised_verb_rebuilds_only_its_own_jobs_and_those_after_them(workspace, monkeypatch):
@@ -239,15 +240,15 @@ def test_a_revised_verb_rebuilds_only_its_own_jobs_and_those_after_them(workspac
 # -- the gate over run directories, and the HTML ------------------------------------------------------------------
 
 
-def test_gate_cli_on_run_directories(first_run, workspace, tmp_path):
+def test_gate_cli_on_run_directories(capfd, first_run, workspace, tmp_path):
     from compress.recipes.execute import run_recipe
 
     base = tmp_path / "base"
     shutil.copytree(workspace / "run", base)
     write(workspace / "recipe.yaml", recipe())
     run_recipe(workspace / "recipe.yaml", workspace / "run", rerun=["validate/*"], html=False)
-    proc = edgecompress("gate", workspace / "run", "--baseline", base, "--markdown", tmp_path / "gate.md",
-                        "--threshold", "5", "--junit", tmp_path / "gate.xml")
+    proc = in_process(capfd, "gate", workspace / "run", "--baseline", base, "--markdown", tmp_path / "gate.md",
+                      "--threshold", "5", "--junit", tmp_path / "gate.xml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'name="validate/int8@quick"' in (tmp_path / "gate.xml").read_text()
     assert "int8@quick" in (tmp_path / "gate.md").read_text()
@@ -259,7 +260,7 @@ def test_gate_cli_on_run_directories(first_run, workspace, tmp_path):
     # the job names differ (int8@other): pair them through the report files instead
     new = next((tmp_path / "other-run" / "steps").glob("validate-int8@other-*/*/report/report.json"))
     old = next((workspace / "run" / "steps").glob("validate-int8@quick-*/*/report/report.json"))
-    proc = edgecompress("gate", new, "--baseline", old)
+    proc = in_process(capfd, "gate", new, "--baseline", old)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "profile: 'quick' in the baseline, 'other' now" in proc.stdout
 
@@ -274,18 +275,19 @@ def test_html_reports_are_self_contained(first_run, workspace):
 
 
 @pytest.mark.parametrize("teacher", ["/proc", "/etc"])
-def test_a_teacher_that_is_no_checkpoint_is_refused_before_it_is_read(tmp_path, teacher):
+def test_a_teacher_that_is_no_checkpoint_is_refused_before_it_is_read(capfd, tmp_path, teacher):
     """Checked by what marks a checkpoint, before the plan hashes the directory's content (it used to read /etc
     through, and fail on /proc with "cannot write /proc/1/cwd")."""
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "r.yaml").write_text(f"name: r\nteacher: {teacher}\nsteps:\n  onnx: {{export: {{}}}}\n")
-    proc = edgecompress("run", tmp_path / "r.yaml", "--dry-run", cwd=tmp_path)
+    proc = in_process(capfd, "run", tmp_path / "r.yaml", "--dry-run", cwd=tmp_path)
     assert_one_line_error(proc, f"teacher: {teacher} is not a checkpoint directory", code=2)
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_recipe_fine_tunes_its_teacher_from_a_base_and_the_lineage_starts_there(workspace, bert_encoder, tmp_path):
+def test_a_recipe_fine_tunes_its_teacher_from_a_base_and_the_lineage_starts_there(capfd, workspace, bert_encoder,
+                                                                                  tmp_path):
     """teacher: {finetune: {base: ...}}: the fine-tune is the run's first job, cached and keyed like every step; the
     chain takes its output as the teacher, and the INT8 artifact's lineage starts at the base."""
     from compress.artifact import load_artifact
@@ -317,16 +319,16 @@ def test_a_recipe_fine_tunes_its_teacher_from_a_base_and_the_lineage_starts_ther
     again = run_recipe(path, workspace / "tuned-run", html=False)
     assert set(statuses(again).values()) == {"cached"}
     out = tmp_path / "again.yaml"
-    assert edgecompress("run", "--from-artifact", int8.path, out).returncode == 0
+    assert in_process(capfd, "run", "--from-artifact", int8.path, out).returncode == 0
     r = read_recipe(out)
     assert r.teacher.finetune["training"]["max_steps"] == 4 and Path(r.teacher.base) == (workspace / "base").resolve()
     assert [s.verb for s in r.steps.values()] == ["distill", "export", "quantize"]
 
 
-def test_a_fine_tuned_teacher_needs_training_data_and_finetunes_options(workspace):
+def test_a_fine_tuned_teacher_needs_training_data_and_finetunes_options(capfd, workspace):
     bad = recipe(teacher={"finetune": {"base": "teacher", "epoch": 1}})
-    proc = edgecompress("run", write(workspace / "bad.yaml", bad), "--dry-run")
+    proc = in_process(capfd, "run", write(workspace / "bad.yaml", bad), "--dry-run")
     assert_one_line_error(proc, "teacher.finetune.epoch")
     no_data = recipe(teacher={"finetune": {"base": "teacher"}}, data={})
-    proc = edgecompress("run", write(workspace / "bad.yaml", no_data), "--dry-run")
+    proc = in_process(capfd, "run", write(workspace / "bad.yaml", no_data), "--dry-run")
     assert_one_line_error(proc, "data.train")

@@ -12,14 +12,8 @@ import pytest
 import yaml
 
 from compress.progress import to_lines
-from tests.conftest import (
-    GENEROUS_BUDGETS,
-    assert_one_line_error,
-    edgecompress,
-    main_error,
-    write_search_workspace,
-    write_tsv,
-)
+from tests.builders.cli import assert_one_line_error, edgecompress, main_error
+from tests.conftest import GENEROUS_BUDGETS, write_search_workspace, write_tsv
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders.cli import assert_one_line_error
 from tests.builders.postgres import running_postgres
 from tests.builders.sshd import free_port, make_netns
-from tests.conftest import assert_one_line_error, write_search_workspace
+from tests.conftest import write_search_workspace
 
 pytestmark = pytest.mark.slow
 

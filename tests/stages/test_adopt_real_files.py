@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.builders.cli import assert_one_line_error, in_process, main_error
 from tests.builders.model_files import TwoInputs, torch_onnx_export
-from tests.conftest import assert_one_line_error, edgecompress, main_error
 
 pytestmark = pytest.mark.slow
 
@@ -125,11 +125,11 @@ def tflite(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["onnx", "tflite"])
-def test_a_bare_model_file_validates_with_its_cold_start_measured(kind, twins, request, tmp_path):
+def test_a_bare_model_file_validates_with_its_cold_start_measured(capfd, kind, twins, request, tmp_path):
     """`validate model.onnx --data eval.npz` (and a .tflite) with the default cold-start probe: the fresh process loads
     the file itself in its own runtime (it used to take the file's folder for a PyTorch checkpoint: exit 2)."""
     args = [twins / "two.onnx", "--data", twins / "two.npz"] if kind == "onnx" else [request.getfixturevalue("tflite")]
-    proc = edgecompress("validate", *args, "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", *args, "--report-dir", tmp_path / "r")
     assert proc.returncode in (0, 1, 4), proc.stderr  # speed against itself is a coin toss; the probe is not
     assert "probe failed" not in proc.stderr
     metrics = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]
@@ -138,18 +138,19 @@ def test_a_bare_model_file_validates_with_its_cold_start_measured(kind, twins, r
     assert metrics["cold_start_ms"] > 0 and metrics["peak_rss_mb"] > 0 and cold["session_create_ms"] > 0
 
 
-def test_the_cold_start_runs_the_batch_validate_timed(twins, tmp_path):
+def test_the_cold_start_runs_the_batch_validate_timed(capfd, twins, tmp_path):
     """A graph whose time axis is open (no dims in model.yaml: the data fixes it) is probed with the data's batch,
     not seeded inputs the open axis refuses."""
     d = tmp_path / "open"
     d.mkdir()
     shutil.copy2(twins / "two.onnx", d / "two.onnx")  # no two.yaml: the time axis stays open
-    proc = edgecompress("validate", d / "two.onnx", "--data", twins / "two.npz", "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", d / "two.onnx", "--data", twins / "two.npz", "--report-dir", tmp_path / "r")
     assert proc.returncode in (0, 1, 4), proc.stderr
     assert json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["cold_start_ms"] > 0
 
 
-def test_a_file_with_an_open_axis_converted_to_openvino_validates_against_its_converted_baseline(twins, tmp_path):
+def test_a_file_with_an_open_axis_converted_to_openvino_validates_against_its_converted_baseline(capfd, twins,
+                                                                                                 tmp_path):
     """validate of the OpenVINO IR of such a file times it beside the file converted the same way (its FP32
     baseline), checked on the inputs the artifact's own conversion was (its recorded --sample-data): it was refused,
     "input ... has a dimension the graph leaves open ... and no data was given", with --data given."""
@@ -157,11 +158,11 @@ def test_a_file_with_an_open_axis_converted_to_openvino_validates_against_its_co
     d = tmp_path / "open"
     d.mkdir()
     shutil.copy2(twins / "two.onnx", d / "two.onnx")  # no two.yaml: the time axis stays open
-    proc = edgecompress("export", d / "two.onnx", "--format", "openvino", "--sample-data", twins / "two.npz",
-                        "--out", tmp_path / "ov")
+    proc = in_process(capfd, "export", d / "two.onnx", "--format", "openvino", "--sample-data", twins / "two.npz",
+                      "--out", tmp_path / "ov")
     assert proc.returncode == 0, proc.stderr
-    proc = edgecompress("validate", tmp_path / "ov", "--data", twins / "two.npz", "--no-cold-start",
-                        "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", tmp_path / "ov", "--data", twins / "two.npz", "--no-cold-start",
+                      "--report-dir", tmp_path / "r")
     assert proc.returncode in (0, 1, 4), proc.stderr
     metrics = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]
     assert metrics["speedup"] is not None and metrics["baseline_latency_ms"]["p50"] > 0
@@ -169,7 +170,7 @@ def test_a_file_with_an_open_axis_converted_to_openvino_validates_against_its_co
 
 # -- an adopted .tflite on a phone --------------------------------------------------------------------------------------
 
-def test_an_adopted_tflite_has_a_phone_profile_and_pixel_8_names_it(tflite, tmp_path):
+def test_an_adopted_tflite_has_a_phone_profile_and_pixel_8_names_it(capfd, tflite, tmp_path):
     """pixel-8 runs ExecuTorch, which cannot load a .tflite: the refusal names pixel-8-litert, the same phone running
     LiteRT, and that profile validates the file (latency estimated from the phone's peaks, exit 4 off the phone)."""
     from compress.profiles.load import load_profile
@@ -178,13 +179,13 @@ def test_an_adopted_tflite_has_a_phone_profile_and_pixel_8_names_it(tflite, tmp_
     assert lite.runtime.name == "litert" and lite.runtime.threads == phone.runtime.threads
     assert (lite.hardware, lite.budgets, lite.measure) == (phone.hardware, phone.budgets, phone.measure)
 
-    assert edgecompress("export", tflite, "--out", tmp_path / "a").returncode == 0
-    proc = edgecompress("validate", tmp_path / "a", "--profile", "pixel-8", "--no-cold-start",
-                        "--report-dir", tmp_path / "r8")
+    assert in_process(capfd, "export", tflite, "--out", tmp_path / "a").returncode == 0
+    proc = in_process(capfd, "validate", tmp_path / "a", "--profile", "pixel-8", "--no-cold-start",
+                      "--report-dir", tmp_path / "r8")
     assert_one_line_error(proc, "profile pixel-8 runs executorch", "--profile pixel-8-litert")
     assert not (tmp_path / "r8").exists()
-    proc = edgecompress("validate", tmp_path / "a", "--profile", "pixel-8-litert", "--no-cold-start",
-                        "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", tmp_path / "a", "--profile", "pixel-8-litert", "--no-cold-start",
+                      "--report-dir", tmp_path / "r")
     assert proc.returncode == 4, proc.stderr  # the latency is the phone's roofline estimate: UNVERIFIED here
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["profile"]["name"] == "pixel-8-litert" and report["environment"]["runtime"]["runtime"] == "litert"

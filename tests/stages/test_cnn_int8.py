@@ -135,20 +135,20 @@ def test_strict_refuses_a_collapse_the_fall_back_cannot_mend_and_writes_nothing(
     assert not (tmp_path / "q").exists() and list(tmp_path.iterdir()) == []
 
 
-def test_cli_strict_is_one_line_exit_1(stack, tmp_path):
+def test_cli_strict_is_one_line_exit_1(capfd, stack, tmp_path):
     """The user's own --exclude-nodes keeps today's behaviour: no fall-back, the collapse refused in one line."""
     import onnx
 
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
 
     stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
-                        "--exclude-nodes", stem, "--out", tmp_path / "q")
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
+                      "--exclude-nodes", stem, "--out", tmp_path / "q")
     assert_one_line_error(proc, "collapsed against its input", "try --max-drop", code=1)
     assert not (tmp_path / "q").exists()
 
 
-def test_a_collapse_written_without_strict_is_not_shippable(stack, tmp_path):
+def test_a_collapse_written_without_strict_is_not_shippable(capfd, stack, tmp_path):
     """Without --strict the collapsed model is written (for a look), but nothing ships it as it stands: quantize's
     last line says NOT SHIPPABLE; validate without data fails it (``no_collapse``, exit 1); package refuses it in one
     line (exit 2, nothing written) unless --allow-collapsed."""
@@ -156,55 +156,56 @@ def test_a_collapse_written_without_strict_is_not_shippable(stack, tmp_path):
 
     import onnx
 
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
 
     stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
     q = tmp_path / "q"
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor",
-                        "--exclude-nodes", stem, "--out", q)
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor",
+                      "--exclude-nodes", stem, "--out", q)
     assert proc.returncode == 0, proc.stderr
     assert "NOT SHIPPABLE" in proc.stdout and "mean output cosine" in " ".join(proc.stdout.split())
-    proc = edgecompress("validate", q, "--profile", "cpu-x86-avx2", "--no-cold-start", "--no-baseline",
-                        "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", q, "--profile", "cpu-x86-avx2", "--no-cold-start", "--no-baseline",
+                      "--report-dir", tmp_path / "r")
     assert proc.returncode == 1, proc.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     failed = [b for b in report["budgets"] if b["name"] == "no_collapse"]
     assert report["verdict"] == "fail" and failed and "mean output cosine" in failed[0]["note"], report["budgets"]
     out = tmp_path / "bundle.zip"
-    proc = edgecompress("package", q, "--profile", "aws-lambda-x86_64", "--out", out, "--no-download", "--no-cold-start")
+    proc = in_process(capfd, "package", q, "--profile", "aws-lambda-x86_64", "--out", out, "--no-download",
+                      "--no-cold-start")
     assert_one_line_error(proc, "collapsed against its input", "--allow-collapsed")
     assert not out.exists()
-    proc = edgecompress("package", q, "--profile", "aws-lambda-x86_64", "--out", out, "--no-download", "--no-cold-start",
-                        "--allow-collapsed")
+    proc = in_process(capfd, "package", q, "--profile", "aws-lambda-x86_64", "--out", out, "--no-download",
+                      "--no-cold-start", "--allow-collapsed")
     assert proc.returncode in (0, 4), proc.stderr
     assert out.is_file()
 
 
-def test_static_int8_on_too_few_rows_to_hold_any_out_says_so(stack, tmp_path):
+def test_static_int8_on_too_few_rows_to_hold_any_out_says_so(capfd, stack, tmp_path):
     """Issue 77: one calibration row (nothing to hold out) was written without a word; the check then reads the
     calibration rows themselves, and quantize says so (a warning printed and recorded) and names the fix."""
     import json
 
-    from tests.conftest import edgecompress
+    from tests.builders.cli import in_process
 
     few = tmp_path / "one.npz"
     np.savez(few, images=np.load(stack["images"])["images"][:1])
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", few, "--out", tmp_path / "q")
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", few, "--out", tmp_path / "q")
     said = " ".join(proc.stdout.split())
     assert proc.returncode == 0, proc.stderr
     assert "warning: static INT8 was checked on its own calibration rows, not held-out ones" in said, said
     assert "give --calibration at least 8 rows" in said
     step = json.loads((tmp_path / "q" / "manifest.json").read_text())["steps"][-1]
     assert "not held-out ones" in step["metrics"]["warning"]
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q48")
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q48")
     assert proc.returncode == 0 and "not held-out ones" not in proc.stdout  # 48 rows: held out, nothing to say
 
 
-def test_cli_default_falls_back_where_per_tensor_collapses(stack, tmp_path):
-    from tests.conftest import edgecompress
+def test_cli_default_falls_back_where_per_tensor_collapses(capfd, stack, tmp_path):
+    from tests.builders.cli import in_process
 
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
-                        "--allow-slower", "--out", tmp_path / "q")  # a tiny model: INT8 is slower, and kept
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor", "--strict",
+                      "--allow-slower", "--out", tmp_path / "q")  # a tiny model: INT8 is slower, and kept
     assert proc.returncode == 0, proc.stderr
     assert "fails its check on 12 held-out rows" in " ".join(proc.stderr.split())
 
@@ -290,19 +291,20 @@ def test_small_gemms_stay_float_with_the_reason(stack, tmp_path):
     assert m["nodes"]["quantized"]["Conv"] and "Gemm" not in m["nodes"]["quantized"]
 
 
-def test_cli_names_an_undecodable_calibration_image(stack, tmp_path):
+def test_cli_names_an_undecodable_calibration_image(capfd, stack, tmp_path):
     """quantize --calibration with a PNG that passes verify() but does not decode: one line naming the file, and no
     suggestion of --mode dynamic (refused for conv nets)."""
     from PIL import Image
 
-    from tests.conftest import assert_one_line_error, edgecompress, png_bytes
+    from tests.builders.cli import assert_one_line_error, in_process
+    from tests.conftest import png_bytes
 
     (tmp_path / "cal").mkdir()
     pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "cal" / "ok.png")
     (tmp_path / "cal" / "broken.png").write_bytes(png_bytes(16, 16, b"\x78\x9c" + bytes(range(200))))
     (tmp_path / "cal.csv").write_text("path\ncal/ok.png\ncal/broken.png\n")
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", tmp_path / "cal.csv", "--out", tmp_path / "q")
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", tmp_path / "cal.csv", "--out", tmp_path / "q")
     line = assert_one_line_error(proc, "broken.png", "cannot be decoded", code=2)
     assert "--mode dynamic" not in line and not (tmp_path / "q").exists()
 
@@ -463,7 +465,7 @@ def test_which_convolutions_keep_8_bits():
     assert linear_output_convs(model) == {"grouped": "grouped.w", "head": "head.w", "residual": "residual.w"}
 
 
-def test_a_run_that_wrote_a_collapsed_model_says_not_shippable_and_the_budget(stack, tmp_path):
+def test_a_run_that_wrote_a_collapsed_model_says_not_shippable_and_the_budget(capfd, stack, tmp_path):
     """Issue 77: a recipe whose quantize step wrote a NOT SHIPPABLE model and validated it ended with only "budget
     failed: validate/q@fast"; the run's job records now carry the collapse and the failed budgets, and its last line
     says both, as quantize and validate alone do."""
@@ -474,12 +476,12 @@ def test_a_run_that_wrote_a_collapsed_model_says_not_shippable_and_the_budget(st
     from compress.cli.run import end_run
     from compress.errors import BudgetFailed
     from compress.recipes.steps import _artifact_summary
-    from tests.conftest import edgecompress
+    from tests.builders.cli import in_process
 
     stem = next(n.name for n in onnx.load(str(stack["onnx"] / "model.onnx")).graph.node if n.op_type == "Conv")
     q = tmp_path / "q"
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor",
-                        "--exclude-nodes", stem, "--out", q)
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--per-tensor",
+                      "--exclude-nodes", stem, "--out", q)
     assert proc.returncode == 0, proc.stderr
     job = _artifact_summary(q)  # what the run records of its quantize step
     assert "mean output cosine" in job["collapsed"]
@@ -548,10 +550,10 @@ def test_an_int8_faster_than_its_input_says_its_ratio_and_a_target_elsewhere_is_
     assert calls == [] and "not this host's kind" in arm.manifest.steps[-1].metrics["speed_vs_input"]["not_timed"]
 
 
-def test_the_cli_says_int8_s_speed_against_its_input(stack, tmp_path):
+def test_the_cli_says_int8_s_speed_against_its_input(capfd, stack, tmp_path):
     """Timed for real (the ratio itself depends on the machine): the summary line says it."""
-    from tests.conftest import edgecompress
+    from tests.builders.cli import in_process
 
-    proc = edgecompress("quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q")
+    proc = in_process(capfd, "quantize", stack["onnx"], "--calibration", stack["images"], "--out", tmp_path / "q")
     assert proc.returncode == 0, proc.stderr
     assert "x its speed on this host" in " ".join(proc.stdout.split())

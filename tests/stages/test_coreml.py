@@ -12,7 +12,8 @@ pytest.importorskip("coremltools")
 
 from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
-from tests.conftest import main_error, write_tsv
+from tests.builders.cli import main_error
+from tests.conftest import write_tsv
 
 OFF_APPLE = pytest.mark.skipif(sys.platform == "darwin", reason="describes a machine where Core ML cannot run")
 

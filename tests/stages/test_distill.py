@@ -887,7 +887,8 @@ def test_a_narrower_student_of_a_sentence_encoder_is_refused_in_one_line(bert_en
     to end in an unexpected RuntimeError from the loss), nor replace it. One line, exit 2, nothing written."""
     import json
 
-    from tests.conftest import assert_one_line_error, edgecompress, write_tsv
+    from tests.builders.cli import assert_one_line_error, edgecompress
+    from tests.conftest import write_tsv
 
     (tmp_path / "w.json").write_text(json.dumps({"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}))
     train = write_tsv(tmp_path)
@@ -918,7 +919,8 @@ def test_distill_and_prune_refuse_a_regression_teacher_in_one_line(bert_regresso
     """A regressor gives numbers, not logits or embeddings. A text one stopped both with an AttributeError (exit 3); an
     image one was read as a text model ("unsupported data format '.npz'", "--channels ... for text models"). (prune's
     own tests need transformers 4; this refusal does not.)"""
-    from tests.conftest import main_error, write_image_regressor
+    from tests.builders.cli import main_error
+    from tests.conftest import write_image_regressor
 
     image, _, npz = write_image_regressor(tmp_path)
     capsys.readouterr()  # transformers' save bars

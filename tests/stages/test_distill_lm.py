@@ -11,9 +11,9 @@ import signal
 import numpy as np
 import pytest
 
+from tests.builders.cli import main_error
 from tests.builders.lm import TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import shared_file
-from tests.conftest import main_error
 
 pytestmark = pytest.mark.slow
 

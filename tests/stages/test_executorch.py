@@ -10,7 +10,8 @@ pytest.importorskip("executorch")
 
 from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
-from tests.conftest import assert_one_line_error, edgecompress, main_error, write_tsv
+from tests.builders.cli import assert_one_line_error, edgecompress, main_error
+from tests.conftest import write_tsv
 
 pytestmark = pytest.mark.slow
 

@@ -174,7 +174,7 @@ def test_a_text_regressor_learns_its_targets_and_is_a_regression_teacher(bert_en
     (TARGETS, ["--labels", "low,high"], ["--labels", "regression head has none"]),
 ])
 def test_regression_refuses_targets_that_are_no_numbers(bert_encoder, tmp_path, capsys, rows, args, words):
-    from tests.conftest import main_error
+    from tests.builders.cli import main_error
 
     data = write_tsv(tmp_path, rows)
     line = main_error(capsys, "finetune", bert_encoder, "--task", "regression", "--train", data, "--max-steps", "1",
@@ -189,7 +189,7 @@ def test_a_base_with_no_regression_head_is_refused_in_one_line(bert_encoder, tmp
 
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.conftest import main_error
+    from tests.builders.cli import main_error
 
     base = tmp_path / "clip-text"
     shutil.copytree(bert_encoder, base, ignore=shutil.ignore_patterns("*.safetensors", "config.json", "modules.json",
@@ -234,7 +234,8 @@ def test_accelerate_launch_fine_tunes_on_two_cpu_processes(bert_encoder, tmp_pat
     import sys
 
     from compress.artifact import load_artifact
-    from tests.conftest import CPU_PROCESSES, ENV, free_port
+    from tests.builders.cli import ENV
+    from tests.conftest import CPU_PROCESSES, free_port
 
     data = write_tsv(tmp_path, NAMED)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -12,8 +12,8 @@ import pytest
 
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
+from tests.builders.cli import main_error
 from tests.builders.images import LABELS, write_hf_image_teachers, write_image_set, write_program_teacher
-from tests.conftest import main_error
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import main_error
 
 from compress.stages.finetune import finetune
 from compress.stages.finetune.config import FinetuneConfig
+from tests.builders.cli import main_error
 from tests.builders.lm import STORIES, STORY, TINYSTORIES, tiny_causal_lm
 from tests.builders.shared import needs_shared
 

@@ -19,9 +19,9 @@ pytest.importorskip("gguf", reason="the gguf package is not installed (pip insta
 
 from compress.errors import ConfigError, ModelLoadError
 from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
+from tests.builders.cli import ENV as CLI_ENV
+from tests.builders.cli import assert_one_line_error, edgecompress
 from tests.builders.lm import STORY, tiny_causal_lm
-from tests.conftest import ENV as CLI_ENV
-from tests.conftest import assert_one_line_error, edgecompress
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_a_signal_during_validate_of_a_gguf_ends_in_one_line(made, tmp_path, sig
     import sys
     import time
 
-    from tests.conftest import ENV
+    from tests.builders.cli import ENV
 
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join([STORY] * 400), encoding="utf-8")

@@ -19,8 +19,8 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'edgecompress[llamacpp]')")
 
 from compress.stages.export.lm.gguf import ENV, llama_cpp_tree
+from tests.builders.cli import edgecompress
 from tests.builders.lm import needs_genai_builder, tiny_causal_lm
-from tests.conftest import edgecompress
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LABELS, SAMPLES_TSV, assert_one_line_error, write_tsv
+from conftest import LABELS, SAMPLES_TSV, write_tsv
 
 from compress.artifact import Precision, load_artifact
 from compress.errors import AccuracyBudgetError, ConfigError
@@ -24,6 +24,7 @@ from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
 from compress.stages.quantize import quantize
 from compress.stages.quantize.config import QuantizeConfig
+from tests.builders.cli import assert_one_line_error
 
 pytestmark = pytest.mark.slow
 

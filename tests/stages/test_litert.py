@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("ai_edge_litert")
 
-from tests.conftest import main_error
+from tests.builders.cli import main_error
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_cnn.tflite"
 LABELS = ["a", "b", "c", "d"]

@@ -15,7 +15,7 @@ import yaml
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("ai_edge_quantizer")
 
-from tests.conftest import main_error
+from tests.builders.cli import main_error
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny_cnn.tflite"
 

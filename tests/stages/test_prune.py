@@ -11,13 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import (
-    LABELS,
-    SENTENCES,
-    _bert_config,
-    _save_wordpiece_tokenizer,
-    write_tsv,
-)
+from conftest import LABELS, SENTENCES, _bert_config, _save_wordpiece_tokenizer, write_tsv
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

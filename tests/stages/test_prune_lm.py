@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.builders.cli import main_error
 from tests.builders.lm import STORY, tiny_causal_lm
-from tests.conftest import main_error
 
 torch = pytest.importorskip("torch")
 

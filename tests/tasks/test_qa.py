@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer, main_error
+from conftest import _bert_config, _save_model, _save_wordpiece_tokenizer
 
 from compress.errors import DataError
+from tests.builders.cli import main_error
 
 #: a long context (well past the tiny model's 128 tokens: several windows) and a short one
 LONG = ("the film was made in paris by a small team . " * 3 + "the director is anna and she works fast . "

@@ -91,7 +91,7 @@ def test_regression_is_judged_by_mae(tmp_path):
 
 def test_an_image_regressor_scores_the_same_from_a_path_table_as_from_an_npz(tmp_path, capsys, fast_torch):
     """A path,label table's numbers are targets, not class names numbered 0..n (which gave a wrong MAE, silently)."""
-    from tests.conftest import main_error
+    from tests.builders.cli import main_error
 
     model, table, npz = write_image_regressor(tmp_path)
     from_table, from_npz = _validate(model, table, fast_torch).metrics, _validate(model, npz, fast_torch).metrics
@@ -116,7 +116,7 @@ def test_a_text_regressor_is_scored_on_a_table_of_decimal_targets(bert_regressor
     from conftest import SENTENCES, write_tsv
 
     from compress.teachers.load import load_teacher
-    from tests.conftest import main_error
+    from tests.builders.cli import main_error
 
     rows = [(f"{2.0 + 3.0 * int(lab) + 0.1 * (i % 3):.2f}", text) for i, (lab, text) in enumerate(SENTENCES)]
     met = _validate(bert_regressor, write_tsv(tmp_path, rows), fast_torch).metrics

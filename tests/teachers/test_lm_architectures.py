@@ -139,7 +139,7 @@ def test_gemma3_converts_to_gguf_in_step_with_pytorch(tmp_path):
 def test_a_checkpoints_own_code_does_not_run_unasked(tmp_path, fmt):
     """config.json's auto_map names a module of the checkpoint: every generator route refuses in one line (exit 2)
     before anything imports it (ONNX Runtime GenAI's builder would run it: it trusts remote code by default)."""
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, edgecompress
 
     ckpt = tiny_causal_lm(tmp_path / "ckpt", layers=1)
     marker = tmp_path / "it-ran"

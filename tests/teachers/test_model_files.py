@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.builders.cli import assert_one_line_error, in_process
 from tests.builders.model_files import TwoInputs, torch_onnx_export
-from tests.conftest import assert_one_line_error, edgecompress
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +171,7 @@ def _external(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["checker", "truncated", "external", "domain", "yaml"])
-def test_bad_model_files_are_one_line_errors(case, tmp_path):
+def test_bad_model_files_are_one_line_errors(capfd, case, tmp_path):
     if case == "checker":
         f, words = _tiny_graph(tmp_path / "m.onnx", broken=True), ("fails the ONNX checker",)
     elif case == "truncated":
@@ -190,13 +191,13 @@ def test_bad_model_files_are_one_line_errors(case, tmp_path):
         f = _tiny_graph(tmp_path / "m.onnx")
         (tmp_path / "m.yaml").write_text("labels: [a, b, c, d]\nlables: [typo]\n", encoding="utf-8")
         words = ("m.yaml", "unknown key", "lables")
-    proc = edgecompress("export", f, "--out", tmp_path / "out")
+    proc = in_process(capfd, "export", f, "--out", tmp_path / "out")
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case", ["missing", "shape", "dtype"])
-def test_bad_npz_data_is_a_one_line_error(case, two_inputs, tmp_path):
+def test_bad_npz_data_is_a_one_line_error(capfd, case, two_inputs, tmp_path):
     from compress.stages.export import export
 
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
@@ -213,15 +214,15 @@ def test_bad_npz_data_is_a_one_line_error(case, two_inputs, tmp_path):
         arrays["feats"] = arrays["feats"].astype(np.complex64)
         words = ("'feats'", "complex64", "float32")
     np.savez(tmp_path / "bad.npz", **arrays)
-    proc = edgecompress("quantize", art.path, "--out", tmp_path / "q", "--calibration", tmp_path / "bad.npz")
+    proc = in_process(capfd, "quantize", art.path, "--out", tmp_path / "q", "--calibration", tmp_path / "bad.npz")
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "q").exists()
 
 
-def test_an_adopted_file_validates_directly_and_reports_fidelity_in_markdown(two_inputs, tmp_path):
+def test_an_adopted_file_validates_directly_and_reports_fidelity_in_markdown(capfd, two_inputs, tmp_path):
     """`validate model.onnx`: the file is its own artifact and its own teacher (fidelity exactly 1)."""
-    proc = edgecompress("validate", two_inputs / "two.onnx", "--data", two_inputs / "two.npz", "--no-cold-start",
-                        "--report-dir", tmp_path / "r")
+    proc = in_process(capfd, "validate", two_inputs / "two.onnx", "--data", two_inputs / "two.npz", "--no-cold-start",
+                      "--report-dir", tmp_path / "r")
     assert proc.returncode in (0, 1), proc.stderr  # speed against itself is a coin toss; accuracy is not
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["metrics"]["output_fidelity"]["scores"]["snr_db"] == 200.0
@@ -263,10 +264,11 @@ def test_a_user_metric_replaces_the_task_metric(two_inputs, tmp_path, monkeypatc
 @pytest.mark.parametrize("spec, words", [("no_such_module_here:f", ("cannot import no_such_module_here",)),
                                          ("my_metrics:says_hello", ("returned str", "not a number")),
                                          ("my_metrics:absent", ("has no function absent",))])
-def test_a_user_metric_that_fails_is_a_one_line_error(spec, words, two_inputs, tmp_path):
+def test_a_user_metric_that_fails_is_a_one_line_error(capfd, spec, words, two_inputs, tmp_path, monkeypatch):
     (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
-    proc = edgecompress("validate", two_inputs / "two.onnx", "--data", two_inputs / "two.npz", "--no-cold-start",
-                        "--metric", spec, "--report-dir", tmp_path / "r", cwd=tmp_path)
+    monkeypatch.delitem(sys.modules, "my_metrics", raising=False)  # this folder's module, as a fresh process imports
+    proc = in_process(capfd, "validate", two_inputs / "two.onnx", "--data", two_inputs / "two.npz", "--no-cold-start",
+                      "--metric", spec, "--report-dir", tmp_path / "r", cwd=tmp_path)
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "r").exists()
 
@@ -443,7 +445,7 @@ def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, t
 
 
 @pytest.mark.parametrize("case", ["no-bin", "truncated"])
-def test_a_broken_openvino_ir_is_a_one_line_error(case, two_ir, tmp_path):
+def test_a_broken_openvino_ir_is_a_one_line_error(capfd, case, two_ir, tmp_path):
     shutil.copy(two_ir / "two.xml", tmp_path / "m.xml")
     if case == "no-bin":
         words = ("m.bin", "missing")
@@ -452,7 +454,7 @@ def test_a_broken_openvino_ir_is_a_one_line_error(case, two_ir, tmp_path):
         text = (tmp_path / "m.xml").read_text()
         (tmp_path / "m.xml").write_text(text[: len(text) // 2])
         words = ("not a readable OpenVINO IR",)
-    proc = edgecompress("export", tmp_path / "m.xml", "--out", tmp_path / "out")
+    proc = in_process(capfd, "export", tmp_path / "m.xml", "--out", tmp_path / "out")
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "out").exists()
 
@@ -565,16 +567,16 @@ def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declar
         load_teacher(tmp_path / "sensor.pt", allow_pickle=True)
 
 
-def test_quantizing_a_model_file_says_to_adopt_it_first(two_inputs, tmp_path):
+def test_quantizing_a_model_file_says_to_adopt_it_first(capfd, two_inputs, tmp_path):
     """The issue's first experience: `quantize model.onnx` named no way forward."""
-    proc = edgecompress("quantize", two_inputs / "two.onnx", "--out", tmp_path / "q", "--calibration",
-                        two_inputs / "two.npz")
+    proc = in_process(capfd, "quantize", two_inputs / "two.onnx", "--out", tmp_path / "q", "--calibration",
+                      two_inputs / "two.npz")
     assert_one_line_error(proc, "a model file, not an edgecompress artifact yet", "edgecompress export")
     assert not (tmp_path / "q").exists()
 
 
-def test_inspect_shows_a_model_file_as_export_would_adopt_it(two_inputs):
-    proc = edgecompress("inspect", two_inputs / "two.onnx", "--json")
+def test_inspect_shows_a_model_file_as_export_would_adopt_it(capfd, two_inputs):
+    proc = in_process(capfd, "inspect", two_inputs / "two.onnx", "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     assert manifest["task"] == "generic" and manifest["preprocess"]["shapes"] == {"window": [6, 40], "feats": [24]}

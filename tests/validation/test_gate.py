@@ -89,25 +89,25 @@ def test_no_raw_samples_is_inconclusive_not_a_pass():
     assert res.metrics[0].verdict == "inconclusive" and res.verdict == "inconclusive"
 
 
-def test_cli_exit_codes_markdown_and_junit(tmp_path):
-    from tests.conftest import assert_one_line_error, edgecompress
+def test_cli_exit_codes_markdown_and_junit(capfd, tmp_path):
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "report.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
     (tmp_path / "same.json").write_text(json.dumps(report(noisy(5.0, seed=2))))
     (tmp_path / "slow.json").write_text(json.dumps(report(noisy(7.0, seed=2))))
     (tmp_path / "other.json").write_text(json.dumps(report(noisy(5.0), profile__name="nvidia-t4")))
-    ok = edgecompress("gate", tmp_path / "same.json", "--baseline", tmp_path / "base", "--markdown", tmp_path / "s.md",
-                      "--junit", tmp_path / "j.xml")
+    ok = in_process(capfd, "gate", tmp_path / "same.json", "--baseline", tmp_path / "base",
+                    "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml")
     assert ok.returncode == 0, ok.stderr
     assert "## edgecompress gate: **pass**" in (tmp_path / "s.md").read_text()
     assert 'failures="0"' in (tmp_path / "j.xml").read_text()
-    slow = edgecompress("gate", tmp_path / "slow.json", "-b", tmp_path / "base", "--junit", tmp_path / "j2.xml")
+    slow = in_process(capfd, "gate", tmp_path / "slow.json", "-b", tmp_path / "base", "--junit", tmp_path / "j2.xml")
     assert_one_line_error(slow, "regressed: latency p50 ms", code=1)
     assert "<failure" in (tmp_path / "j2.xml").read_text()
-    other = edgecompress("gate", tmp_path / "other.json", "-b", tmp_path / "base")
+    other = in_process(capfd, "gate", tmp_path / "other.json", "-b", tmp_path / "base")
     assert_one_line_error(other, "not comparable", code=3)
-    bad = edgecompress("gate", tmp_path / "missing.json", "-b", tmp_path / "base")
+    bad = in_process(capfd, "gate", tmp_path / "missing.json", "-b", tmp_path / "base")
     assert_one_line_error(bad, "no validation report", code=2)
 
 
@@ -158,25 +158,25 @@ def test_two_estimates_are_compared_by_the_threshold_alone():
     (lambda r: r["metrics"].update(correct="1101x"), ("metrics -> correct",)),
     (lambda r: r["metrics"].update(size_mb=-3), ("metrics -> size_mb",)),
 ])
-def test_a_malformed_report_is_one_line_naming_the_field(tmp_path, edit, words):
+def test_a_malformed_report_is_one_line_naming_the_field(capfd, tmp_path, edit, words):
     """A report is input: the fields the gate reads are type-checked, a bad one named (not an unexpected crash)."""
-    from tests.conftest import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
     bad = report(noisy(5.0, seed=2))
     edit(bad)
     (tmp_path / "new.json").write_text(json.dumps(bad))
-    proc = edgecompress("gate", tmp_path / "new.json", "--baseline", tmp_path / "base.json")
+    proc = in_process(capfd, "gate", tmp_path / "new.json", "--baseline", tmp_path / "base.json")
     assert_one_line_error(proc, "new.json", *words, code=2)
 
 
-def test_an_unwritable_summary_is_refused_before_gating(tmp_path):
-    from tests.conftest import assert_one_line_error, edgecompress
+def test_an_unwritable_summary_is_refused_before_gating(capfd, tmp_path):
+    from tests.builders.cli import assert_one_line_error, in_process
 
     (tmp_path / "base.json").write_text(json.dumps(report(noisy(5.0, seed=1))))
     (tmp_path / "new.json").write_text(json.dumps(report(noisy(5.0, seed=2))))
-    proc = edgecompress("gate", tmp_path / "new.json", "-b", tmp_path / "base.json",
-                        "--markdown", tmp_path / "no" / "such" / "g.md")
+    proc = in_process(capfd, "gate", tmp_path / "new.json", "-b", tmp_path / "base.json",
+                      "--markdown", tmp_path / "no" / "such" / "g.md")
     assert_one_line_error(proc, "--markdown", "no such directory", code=2)
-    proc = edgecompress("gate", tmp_path / "new.json", "-b", tmp_path / "base.json", "--junit", tmp_path)
+    proc = in_process(capfd, "gate", tmp_path / "new.json", "-b", tmp_path / "base.json", "--junit", tmp_path)
     assert_one_line_error(proc, "--junit", "is a directory", code=2)

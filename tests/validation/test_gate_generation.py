@@ -83,7 +83,7 @@ def test_a_release_whose_generations_collapse_fails_with_the_reason(releases):
 
 
 def test_the_cli_prints_the_collapse_reason(releases):
-    from tests.conftest import edgecompress
+    from tests.builders.cli import edgecompress
 
     d = releases["dir"]
     proc = edgecompress("gate", d / "collapsed.json", "--baseline", d / "good.json")

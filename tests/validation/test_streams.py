@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_remote import profile, sshd, work  # noqa: F401 - the loopback sshd and its profile, as fixtures
 
-from tests.conftest import main_error
+from tests.builders.cli import main_error
 
 CHUNK, CONTEXT, RATE = 8, 2, 16000
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -418,11 +416,11 @@ def test_embedding_model_metric_is_cosine_to_teacher(bert_encoder, tmp_path):
 # --- CLI: exit codes ----------------------------------------------------------------------------------------
 
 
-def edgecompress(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HOME=str(home), COLUMNS="200")
-    env.pop("EDGECOMPRESS_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+def run_cli(capfd, *args: str, home: Path) -> subprocess.CompletedProcess:
+    """``edgecompress ARGS`` in this process (:func:`tests.builders.cli.in_process`) with ``home`` as HOME, 200 columns."""
+    from tests.builders.cli import in_process
+
+    return in_process(capfd, *args, env={"HOME": str(home), "COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
@@ -434,10 +432,10 @@ def cli_profile(work) -> Path:
 FAST_FLAGS = ("--no-baseline", "--no-cold-start")
 
 
-def test_cli_pass_exits_0(int8_artifact, data_tsv, cli_profile, tmp_path, home):
+def test_cli_pass_exits_0(capfd, int8_artifact, data_tsv, cli_profile, tmp_path, home):
     rep = tmp_path / "rep"
-    proc = edgecompress("validate", str(int8_artifact.path), "--profile", str(cli_profile), "--data", str(data_tsv),
-                        "--report-dir", str(rep), *FAST_FLAGS, home=home)
+    proc = run_cli(capfd, "validate", str(int8_artifact.path), "--profile", str(cli_profile), "--data", str(data_tsv),
+                   "--report-dir", str(rep), *FAST_FLAGS, home=home)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "PASS" in proc.stdout
@@ -445,12 +443,12 @@ def test_cli_pass_exits_0(int8_artifact, data_tsv, cli_profile, tmp_path, home):
     assert (rep / "junit.xml").is_file() and (rep / "report.md").is_file()
 
 
-def test_cli_failed_budget_exits_1(int8_artifact, data_tsv, work, tmp_path, home):
+def test_cli_failed_budget_exits_1(capfd, int8_artifact, data_tsv, work, tmp_path, home):
     profile = write_profile(tmp_path, "cli-tiny-size", {**GENEROUS, **NO_BASELINE_NO_PROBE,
                                                         "max_model_size_mb": 0.0001})
     rep = tmp_path / "rep"
-    proc = edgecompress("validate", str(int8_artifact.path), "-p", str(profile), "-d", str(data_tsv),
-                        "--report-dir", str(rep), *FAST_FLAGS, home=home)
+    proc = run_cli(capfd, "validate", str(int8_artifact.path), "-p", str(profile), "-d", str(data_tsv),
+                   "--report-dir", str(rep), *FAST_FLAGS, home=home)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -500,11 +498,11 @@ def _bad_input(case: str, int8_artifact, data_tsv: Path, profile: Path, d: Path)
     "unknown-profile", "invalid-profile-yaml", "missing-text-column", "unknown-label", "empty-data",
     "non-utf8-data", "tampered-artifact",
 ])
-def test_cli_bad_input_exits_2_with_one_line(case, int8_artifact, data_tsv, cli_profile, tmp_path, home):
+def test_cli_bad_input_exits_2_with_one_line(capfd, case, int8_artifact, data_tsv, cli_profile, tmp_path, home):
     args, expected = _bad_input(case, int8_artifact, data_tsv, cli_profile, tmp_path)
     rep = tmp_path / "rep"
     before = set(tmp_path.iterdir())
-    proc = edgecompress("validate", *args, "--report-dir", str(rep), *FAST_FLAGS, home=home)
+    proc = run_cli(capfd, "validate", *args, "--report-dir", str(rep), *FAST_FLAGS, home=home)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -590,21 +588,17 @@ def test_percentile_confidence_interval_brackets_the_percentile():
     assert d["ci95"]["p50"][0] <= d["p50"] <= d["ci95"]["p50"][1]
 
 
-def test_cli_no_cold_start_leaves_cold_start_budgets_unverified(int8_artifact, data_tsv, tmp_path):
+def test_cli_no_cold_start_leaves_cold_start_budgets_unverified(capfd, int8_artifact, data_tsv, tmp_path):
     """--no-cold-start: the cold-start budget is UNVERIFIED (exit 4, one short line), not a FAIL."""
-    import subprocess
-    import sys
+    from tests.builders.cli import in_process
 
     # every other budget off, and latency generous: cpu-x86-avx2's p99 of 60 ms fails on a loaded 2-core machine
     budgets = {k: None for k in GENEROUS if k != "latency_ms"}
     budgets["latency_ms"] = GENEROUS["latency_ms"]
     budgets["max_cold_start_ms"] = 60000
     profile = write_profile(tmp_path, "cold", budgets)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("EDGECOMPRESS_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(int8_artifact.path), "-p", str(profile),
-                           "--no-cold-start", "--no-baseline", "--report-dir", str(tmp_path / "rep")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = in_process(capfd, "validate", int8_artifact.path, "-p", profile, "--no-cold-start", "--no-baseline",
+                      "--report-dir", tmp_path / "rep")
     assert proc.returncode == 4, (proc.stdout, proc.stderr)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("UNVERIFIED: 1 budget(s) not judged on cold (not measured, or measured under emulation): max_cold_start_ms"), lines
