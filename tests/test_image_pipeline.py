@@ -16,6 +16,8 @@ import pytest
 from tests.builders.images import LABELS, _ids, write_hf_image_teachers, write_image_set, write_program_teacher
 
 pytestmark = pytest.mark.slow
+# The tests marked after_transformers work on the exported graphs (quantize, validate, package) or compose steps that
+# the unmarked tests check one by one (the recipe: pruning, export), so CI's transformers-4 job leaves them out.
 
 pytest.importorskip("PIL")
 pytest.importorskip("onnxscript")
@@ -170,6 +172,7 @@ def test_exported_graphs_have_batchnorm_folded_and_a_dynamic_batch(onnx_images):
 
 # --- quantize ------------------------------------------------------------------------------------------------
 
+@pytest.mark.after_transformers
 def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, images_dir, tmp_path):
     import onnx
 
@@ -197,6 +200,7 @@ def test_cnn_int8_is_static_qdq_with_per_channel_conv_weights(onnx_images, image
     assert step.metrics["fallback"]["held_out"]["calibration_rows"] == 18
 
 
+@pytest.mark.after_transformers
 def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_group(onnx_images, images_dir, tmp_path):
     import onnx
 
@@ -217,6 +221,7 @@ def test_accuracy_aware_int8_picks_per_channel_or_per_tensor_scales_per_layer_gr
     assert any(kinds.values())  # per-channel layers remain (the search starts from the better uniform model)
 
 
+@pytest.mark.after_transformers
 def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images, images_dir, tmp_path):
     import onnx
 
@@ -245,6 +250,7 @@ def test_swapping_scales_takes_a_layers_weights_from_the_other_model(onnx_images
     ort.InferenceSession(mixed.SerializeToString(), providers=["CPUExecutionProvider"])  # still a valid graph
 
 
+@pytest.mark.after_transformers
 def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_images, tmp_path):
     from compress.errors import ConfigError
     from compress.stages.quantize import quantize
@@ -259,6 +265,7 @@ def test_dynamic_int8_of_a_conv_net_is_refused_and_static_needs_images(onnx_imag
     assert not any((tmp_path / n).exists() for n in ("d", "s", "i4"))
 
 
+@pytest.mark.after_transformers
 def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(capfd, onnx_images, tmp_path):
     from tests.builders.cli import assert_one_line_error, in_process
 
@@ -266,6 +273,7 @@ def test_cli_refuses_dynamic_for_a_conv_net_in_one_line(capfd, onnx_images, tmp_
     assert "use --mode static --calibration" in assert_one_line_error(proc, "dynamic INT8", "convolutions")
 
 
+@pytest.mark.after_transformers
 def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, images_dir, tmp_path):
     pytest.importorskip("nncf")
     from compress.stages.export import export
@@ -280,6 +288,7 @@ def test_openvino_int8_of_a_cnn_uses_nncfs_default_model_type(onnx_images, image
 
 # --- validate ------------------------------------------------------------------------------------------------
 
+@pytest.mark.after_transformers
 def test_validate_reports_top1_top5_and_the_image_shape(onnx_images, images_dir, tmp_path):
     from compress.validation.config import ValidateConfig
     from compress.validation.local import validate
@@ -410,6 +419,7 @@ def test_a_program_teacher_distils_into_a_users_checkpoint_that_reads_images_as_
 
 # --- package -------------------------------------------------------------------------------------------------
 
+@pytest.mark.after_transformers
 def test_an_image_bundle_carries_pillow_not_tokenizers_and_answers_an_image(onnx_images, images_dir, tmp_path):
     import base64
     import importlib
@@ -467,6 +477,7 @@ def test_cli_prunes_vit_heads_and_reports_the_accuracy(capfd, teachers, images_d
     assert "heads: 4 -> 2" in proc.stdout and "eval accuracy" in proc.stdout
 
 
+@pytest.mark.after_transformers
 def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images_dir, tmp_path, home):
     """Recipes take image teachers as they take text ones; the recipe's data calibrates the static INT8."""
     pytest.importorskip("torch_pruning")

@@ -240,6 +240,7 @@ def test_a_revised_verb_rebuilds_only_its_own_jobs_and_those_after_them(workspac
 # -- the gate over run directories, and the HTML ------------------------------------------------------------------
 
 
+@pytest.mark.after_transformers
 def test_gate_cli_on_run_directories(capfd, first_run, workspace, tmp_path):
     from compress.recipes.execute import run_recipe
 

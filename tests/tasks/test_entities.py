@@ -118,6 +118,7 @@ def test_int4_and_openvino_keep_the_words(route, ner_teacher, ner_onnx, labelled
     assert q.manifest.steps[-1].metrics["layer_errors"]["count"] >= 12
 
 
+@pytest.mark.after_transformers
 def test_accuracy_aware_int4_holds_the_entity_f1(ner_onnx, labelled, tmp_path):
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
