@@ -205,10 +205,9 @@ class Model(object):
         if self.runtime == "onnxruntime":
             import onnxruntime as ort
 
-            opts = _device().ort_session_options(ort, self.threads, options.get("graph_optimization_level", "all"),
-                                                 options.get("session_config"))
             self.provider = self.provider or "CPUExecutionProvider"
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=[self.provider])
+            self.session = _device().ort_session(ort, path, self.threads, options.get("graph_optimization_level", "all"),
+                                                 options.get("session_config"), self.provider)
             self.input_names = set(i.name for i in self.session.get_inputs())
             self.providers = self.session.get_providers()
             self.version = ort.__version__

@@ -56,14 +56,7 @@ CACHE_DTYPE = np.dtype(GEN["cache"]["dtype"])
 TOKENIZER = Tokenizer.from_file(os.path.join(_HERE, CONFIG["preprocess"]["tokenizer_file"]))
 
 
-def _session():
-    opts = device.ort_session_options(ort, THREADS, "all")
-    return ort.InferenceSession(
-        os.path.join(_HERE, CONFIG["model_file"]), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
-
-
-SESSION = _session()
+SESSION = device.ort_session(ort, os.path.join(_HERE, CONFIG["model_file"]), THREADS)
 INPUT_NAMES = [i.name for i in SESSION.get_inputs()]
 OUTPUT_NAMES = [o.name for o in SESSION.get_outputs()]
 LOGITS = CONFIG.get("output_name") or "logits"

@@ -54,14 +54,7 @@ CLASSIFIERS = ("text-classification", "image-classification", "generic")
 
 
 
-def _session():
-    opts = device.ort_session_options(ort, THREADS, "all")
-    return ort.InferenceSession(
-        os.path.join(_HERE, CONFIG["model_file"]), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
-
-
-SESSION = _session()
+SESSION = device.ort_session(ort, os.path.join(_HERE, CONFIG["model_file"]), THREADS)
 INPUT_NAMES = [i.name for i in SESSION.get_inputs()]
 # the feeds as edgecompress builds them everywhere, from the artifact's input description (compress/device/feeds.py)
 FEEDS = feeds.make_feeds(_HERE, CONFIG["preprocess"], INPUT_NAMES, CONFIG["max_length"])
