@@ -48,20 +48,14 @@ def test_the_estimate_grows_with_the_weights_and_is_checked_against_what_is_avai
 
 
 @pytest.mark.parametrize("fmt, said", [("onnx", "export of ckpt"), ("openvino", "export --format openvino of ckpt")])
-def test_export_is_refused_in_one_line_before_any_work_when_memory_is_short(ckpt, tmp_path, fmt, said):
-    import subprocess
-    import sys
-
-    from tests.builders.cli import ENV, assert_one_line_error
+def test_export_is_refused_in_one_line_before_any_work_when_memory_is_short(ckpt, tmp_path, fmt, said, monkeypatch,
+                                                                           capfd):
+    from tests.builders.cli import assert_one_line_error, in_process
 
     out = tmp_path / fmt
-    # the real entry point, in a process whose machine has 1 MB available
-    shim = ("import sys, types, psutil; psutil.virtual_memory = lambda: types.SimpleNamespace(available=10**6); "
-            "from compress.cli import main; main(sys.argv[1:])")
-    env = {k: v for k, v in ENV.items() if k != memory.ENV}
-    done = subprocess.run([sys.executable, "-c", shim, "export", str(ckpt), "--format", fmt, "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert_one_line_error(done, said, "needs about", "--format gguf", f"{memory.ENV}=off")
+    _available(monkeypatch, 10**6)  # the CLI, on a machine with 1 MB available
+    assert_one_line_error(in_process(capfd, "export", ckpt, "--format", fmt, "--out", out),
+                          said, "needs about", "--format gguf", f"{memory.ENV}=off")
     assert not out.exists()
 
 
