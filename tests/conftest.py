@@ -452,11 +452,15 @@ GENEROUS_BUDGETS = {
 
 #: quick timing for profiles the tests validate against (enough calls for a median, a fraction of a second)
 QUICK_MEASURE = {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}
+#: a search test's budgets: GENEROUS_BUDGETS less cold start and peak memory, which a search measures (a fresh process
+#: per candidate: 10-25 s on the 2-core VM) only where a budget reads them (compress.search.space.measured_beside), and
+#: which no search test is about (test_search.py's test_a_search_measures_only_what_its_budgets_read covers the rule)
+SEARCH_BUDGETS = {**GENEROUS_BUDGETS, "max_peak_memory_mb": None, "max_cold_start_ms": None}
 
 
 def write_search_workspace(d: Path, teacher: Path) -> Path:
     """A search's inputs in ``d``: a copy of ``teacher``, train/dev/test tables, and ``quick.yaml``, this machine with
-    generous budgets, timed briefly."""
+    generous budgets (:data:`SEARCH_BUDGETS`), timed briefly."""
     import shutil
 
     import yaml
@@ -464,7 +468,7 @@ def write_search_workspace(d: Path, teacher: Path) -> Path:
     shutil.copytree(teacher, d / "teacher")
     for name in ("train.tsv", "dev.tsv", "test.tsv"):
         write_tsv(d, name=name)
-    (d / "quick.yaml").write_text(yaml.safe_dump({"name": "quick", "extends": "host", "budgets": GENEROUS_BUDGETS,
+    (d / "quick.yaml").write_text(yaml.safe_dump({"name": "quick", "extends": "host", "budgets": SEARCH_BUDGETS,
                                                   "measure": QUICK_MEASURE}), encoding="utf-8")
     return d
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from compress.search.config import Objective
 from compress.search.encoder_space import from_params
-from compress.search.space import RUNTIME_SETTINGS, SearchResult, violation
+from compress.search.space import RUNTIME_SETTINGS, SearchResult, measured_beside, violation
 from compress.search.study import public_url
 
 ACCURACY_BUDGETS = ("min_accuracy_retention", "min_agreement", "min_output_cosine", "min_output_snr_db")
@@ -236,7 +236,7 @@ def _holdout(s, chosen: dict[str, Any]) -> dict[str, Any]:
         s.say(f"validating trial {chosen['trial']} on the held-out data ({s.holdout}) ...")
         prof = s.profile_for(from_params(chosen["params"]))
         r = validate(chosen["artifact"], ValidateConfig(profile=prof, data=s.holdout, teacher=s.config.teacher,
-                                                        metric=s.config.metric))
+                                                        metric=s.config.metric, measure=measured_beside(s.budgets)))
         if out.exists():
             shutil.rmtree(out)
         write_report(r, out / "report")

@@ -34,7 +34,7 @@ from compress.search.encoder_space import (
     suggest,
     trial_params,
 )
-from compress.search.space import SearchResult, Space, violation
+from compress.search.space import SearchResult, Space, measured_beside, violation
 from compress.search.trials import (
     exhausted,
     latency_ratio,
@@ -204,13 +204,16 @@ class EncoderSpace(Space):
 
     def recipe(self, number: int, c: Candidate, fid: Fidelity) -> Path:
         steps, final = candidate_steps(c, self.shape, fid)
+        # only what a budget reads is measured beside accuracy and latency (left out of the recipe where on, as before)
+        off = {k: False for k, on in measured_beside(self.search.budgets).items() if not on}
+        options = {**({"metric": self.config.metric} if self.config.metric else {}), **({"measure": off} if off else {})}
         recipe = {
             "name": f"search-{number:04d}-{fid.name}",
             "teacher": str(Path(self.config.teacher).resolve()),
             "data": {"train": str(Path(self.config.train).resolve()), "eval": self.search.eval},
             "steps": steps,
             "validate": {"profiles": [self.search.profile_for(c)], "artifacts": [final],
-                         **({"options": {"metric": self.config.metric}} if self.config.metric else {})},
+                         **({"options": options} if options else {})},
         }
         d = self.dir / "candidates"
         d.mkdir(exist_ok=True)

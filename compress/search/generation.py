@@ -58,7 +58,7 @@ from compress.search.generation_space import (
     space_for,
     suggest_generator,
 )
-from compress.search.space import SearchResult, Space, violation
+from compress.search.space import SearchResult, Space, measured_beside, violation
 
 
 class GeneratorSpace(Space):
@@ -211,12 +211,11 @@ class GeneratorSpace(Space):
         from compress.validation.local import validate
 
         g = self.config.generation
-        names = set(self.search.budgets)
+        beside = measured_beside(self.search.budgets)
         cfg = ValidateConfig.from_flat(
             profile=self.search.profile_for(runtime), data=data, teacher=teacher or str(Path(self.config.teacher).resolve()),
             limit=g.limit, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
-            baseline=timing and "min_speedup" in names,
-            cold_start=timing and bool(names & {"max_cold_start_ms", "max_peak_memory_mb"}))
+            baseline=timing and beside["baseline"], cold_start=timing and beside["cold_start"])
         return validate(art, cfg)
 
     def measure(self, number: int, c: GenCandidate) -> dict[str, Any]:

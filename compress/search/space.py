@@ -131,6 +131,15 @@ def violation(b: dict[str, Any] | None) -> float:
     return (x - lim) / abs(lim) if b["comparison"] == "<=" else (lim - x) / abs(lim)
 
 
+def measured_beside(budgets: list[str]) -> dict[str, bool]:
+    """What a search's validation measures beside accuracy and the candidate's own latency (validate's ``measure``
+    options): the teacher's FP32 baseline only where ``min_speedup`` is judged, cold start and peak memory (a fresh
+    process) only where their budgets are. Nothing the search reads comes from them otherwise, and on 2 cores the
+    probe took 10-25 s per candidate (an estimated profile's baseline: an FP32 export of the teacher)."""
+    names = set(budgets)
+    return {"baseline": "min_speedup" in names, "cold_start": bool(names & {"max_cold_start_ms", "max_peak_memory_mb"})}
+
+
 #: every dimension, with every choice any kind of teacher has (what ``--space`` may name)
 ALL_DIMENSIONS: dict[str, list[Any]] = {}
 for _space in [*(k.space for k in KINDS.values()), GENERATOR_SPACE]:

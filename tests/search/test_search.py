@@ -13,7 +13,7 @@ import yaml
 
 from compress.progress import to_lines
 from tests.builders.cli import assert_one_line_error, edgecompress, main_error
-from tests.conftest import GENEROUS_BUDGETS, write_search_workspace, write_tsv
+from tests.conftest import QUICK_MEASURE, SEARCH_BUDGETS, write_search_workspace, write_tsv
 
 pytestmark = pytest.mark.slow
 
@@ -293,6 +293,28 @@ def test_a_teacher_it_cannot_search_is_refused_with_the_alternative(workspace, t
     assert_one_line_error(proc, "num_hidden_layers", "BERT-family", "ViTs", "edgecompress run")
 
 
+def test_a_search_measures_only_what_its_budgets_read(workspace, tmp_path):
+    """A candidate's validation (and the held-out check) times the FP32 baseline where min_speedup is judged and runs
+    the fresh-process cold-start probe where cold start or peak memory is; a recipe says so only where one is off."""
+    from compress.search.directory import Search
+    from compress.search.encoder_space import Candidate
+    from compress.search.space import measured_beside
+
+    def validate_options(budgets: dict) -> dict:
+        prof = tmp_path / f"p{len(list(tmp_path.glob('p*.yaml')))}.yaml"
+        prof.write_text(yaml.safe_dump({"name": "p", "extends": str(workspace / "quick.yaml"), "budgets": budgets}))
+        (tmp_path / prof.stem).mkdir()
+        s = Search(config(workspace, profile=str(prof)), tmp_path / prof.stem)
+        recipe = yaml.safe_load(s.space.recipe(0, Candidate(1), s.space.short).read_text())
+        return recipe["validate"].get("options", {})
+
+    assert validate_options({}) == {"measure": {"cold_start": False}}  # quick.yaml: SEARCH_BUDGETS
+    assert validate_options({"max_peak_memory_mb": 1e5}) == {}
+    assert validate_options({"max_cold_start_ms": 1e5, "min_speedup": None}) == {"measure": {"baseline": False}}
+    assert measured_beside(["min_speedup", "max_cold_start_ms"]) == {"baseline": True, "cold_start": True}
+    assert measured_beside(["latency_p50_ms"]) == {"baseline": False, "cold_start": False}
+
+
 def test_promotion_forgives_timing_noise_but_not_size():
     from compress.search.conclude import _meets_all_but_accuracy
 
@@ -357,8 +379,7 @@ def image_workspace(tmp_path_factory, home):
     teachers = write_hf_image_teachers(d)
     write_image_set(d)
     (d / "quick.yaml").write_text(yaml.safe_dump({
-        "name": "quick", "extends": "host", "budgets": GENEROUS_BUDGETS,
-        "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}}), encoding="utf-8")
+        "name": "quick", "extends": "host", "budgets": SEARCH_BUDGETS, "measure": QUICK_MEASURE}), encoding="utf-8")
     return d, teachers
 
 
@@ -381,7 +402,8 @@ def test_a_cnn_teacher_is_searched_over_channel_pruning(image_workspace):
     space = {"channels": [0.0, 0.5], "quant": ["int8-static"], "runtime": ["onnxruntime"], "threads": [0]}
     # full fidelity recovers as long as short (a CNN has no distillation): the full candidate is the short one's
     # pruned, exported and quantized model from the store, validated again (pruning and exporting it took 10 s)
-    result = run_search(image_config(d, teachers["cnn"], space, full_recover_steps=2), d / "cnn-search")
+    # (no HTML page: test_search_chooses_a_candidate_that_meets_every_budget reads one)
+    result = run_search(image_config(d, teachers["cnn"], space, full_recover_steps=2), d / "cnn-search", html=False)
     s = result.summary
     assert result.exit_code == 0 and s["chosen"]["verdict"] == "pass"
     labels = {p["label"].split(" ", 1)[1]: p for p in s["measured"] if p["fidelity"] == "short"}  # "#N ..."
@@ -405,7 +427,7 @@ def test_a_vit_teacher_is_searched_over_depth_and_its_estimate_counts_patches(im
              "threads": [0]}
     cfg = image_config(d, teachers["vit"], space)
     assert Search(cfg, d / "unused").space.shape.positions == (16 // 4) ** 2 + 1
-    result = run_search(cfg, d / "vit-search")
+    result = run_search(cfg, d / "vit-search", html=False)  # (the page: as in the CNN's search)
     s = result.summary
     assert result.exit_code == 0
     one = next(p for p in s["measured"] if p["label"].endswith(" L1 int8-static"))
@@ -661,9 +683,9 @@ def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_te
     data.write_text("-DOCSTART- O\n\n" + "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts))
                                                     for ws, ts in zip(sentences, tags)) + "\n", encoding="utf-8")
     prof = tmp_path / "quick.yaml"
-    prof.write_text(yaml.safe_dump({"name": "quick", "extends": "host", "budgets": {**GENEROUS_BUDGETS,
+    prof.write_text(yaml.safe_dump({"name": "quick", "extends": "host", "budgets": {**SEARCH_BUDGETS,
                                     "min_accuracy_retention": 0.01, "min_agreement": 0.01},
-                                    "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}}))
+                                    "measure": QUICK_MEASURE}))
     space = {"layers": [1], "ffn": [0.5], "width": [1.0], "heads": [0.0], "vocab": [True], "quant": ["int8-dynamic"],
              "runtime": ["onnxruntime"], "threads": [0]}
     cfg = SearchConfig.from_flat(teacher=str(ner_teacher), profile=str(prof), train=str(data), eval=str(data), trials=1,
