@@ -882,17 +882,17 @@ def test_accelerate_launch_two_cpu_processes(bert_classifier, data, tmp_path):
     assert not default_run_dir(out).exists() and siblings(out) == []
 
 
-def test_a_narrower_student_of_a_sentence_encoder_is_refused_in_one_line(bert_encoder, tmp_path):
+def test_a_narrower_student_of_a_sentence_encoder_is_refused_in_one_line(bert_encoder, tmp_path, capfd):
     """A sentence encoder's output is its embedding: a student of another width cannot be compared with it (it used
     to end in an unexpected RuntimeError from the loss), nor replace it. One line, exit 2, nothing written."""
     import json
 
-    from tests.builders.cli import assert_one_line_error, edgecompress
+    from tests.builders.cli import assert_one_line_error, in_process
     from tests.conftest import write_tsv
 
     (tmp_path / "w.json").write_text(json.dumps({"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}))
     train = write_tsv(tmp_path)
-    proc = edgecompress("distill", "--teacher", bert_encoder, "--train", train, "--student-config", tmp_path / "w.json",
+    proc = in_process(capfd, "distill", "--teacher", bert_encoder, "--train", train, "--student-config", tmp_path / "w.json",
                         "--max-steps", "2", "--out", tmp_path / "s")
     assert_one_line_error(proc, "16 dimensions", "the teacher's 32", "its own width", code=2)
     assert not (tmp_path / "s").exists()
