@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.builders.cli import assert_one_line_error, in_process
-from tests.builders.model_files import TwoInputs, torch_onnx_export
+from tests.builders.model_files import TwoInputs, quick_host_profile, torch_onnx_export
 
 pytestmark = pytest.mark.slow
 
@@ -40,31 +40,12 @@ def two_inputs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def quick_host(tmp_path_factory) -> str:
-    """The host profile timed briefly (QUICK_MEASURE; otherwise host's): these tests check what validate reports, not
-    its timings, and host's own 100 runs over at least 5 s per model (the artifact and its FP32 baseline) were most of
-    a validate's time. The same in OpenVINO: :func:`quick_host_openvino`."""
-    return _quick_host(tmp_path_factory, None)
+    return quick_host_profile(tmp_path_factory.mktemp("quick-host"))
 
 
 @pytest.fixture(scope="module")
 def quick_host_openvino(tmp_path_factory) -> str:
-    """:func:`quick_host` running OpenVINO, as host does for an OpenVINO artifact (a profile file that extends host
-    keeps host's runtime, which cannot run one)."""
-    return _quick_host(tmp_path_factory, "openvino")
-
-
-def _quick_host(tmp_path_factory, runtime: str | None) -> str:
-    import yaml
-
-    from tests.conftest import QUICK_MEASURE
-
-    name = "quick-host" + (f"-{runtime}" if runtime else "")
-    profile = {"name": name, "extends": "host", "measure": QUICK_MEASURE}
-    if runtime:  # as host.py switches host's runtime for the artifact's format
-        profile["runtime"] = {"name": runtime, "provider": None, "options": {}}
-    p = tmp_path_factory.mktemp("quick-host") / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(profile), encoding="utf-8")
-    return str(p)
+    return quick_host_profile(tmp_path_factory.mktemp("quick-host"), "openvino")
 
 
 def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_inputs, tmp_path, quick_host):
