@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
 
 from compress import cache
 from compress.runtimes.torch_backend import TorchBackend
+from tests.builders.cli import in_process
 
 pytestmark = pytest.mark.slow
 
@@ -153,36 +152,26 @@ def test_bad_cache_limit_is_a_one_line_error(monkeypatch):
 
 
 def test_cli_says_where_the_cache_is_and_how_big(int8_artifact, bert_classifier, profile, tmp_path, home, _cache_dir,
-                                                 capsys, monkeypatch):
-    """The first validate is the real entry point in its own interpreter (the CLI contract: exit 0, the cache line);
-    the second and the --no-cache one run the same entry in this process (an interpreter start each saved)."""
-    from compress.cli import main
-
+                                                 capfd):
+    """The CLI's cache line (exit 0, where, how big, stored), then a second run that reuses it and a --no-cache one.
+    All three in this process (in_process): nothing here depends on a fresh interpreter, and each start cost an
+    import of torch and transformers."""
     data = write_tsv(tmp_path, SENTENCES)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HOME=str(home), COLUMNS="300")
-    env.pop("EDGECOMPRESS_DEBUG", None)
 
-    def args(i, *flags):
-        return ["-v", "validate", str(int8_artifact.path), "-p", str(profile), "-d", str(data), "-t",
-                str(bert_classifier), "--no-baseline", "--no-cold-start", "--report-dir", str(tmp_path / f"rep{i}"),
-                *flags]
+    def cli(i, *flags):
+        return in_process(capfd, "-v", "validate", int8_artifact.path, "-p", profile, "-d", data, "-t",
+                          bert_classifier, "--no-baseline", "--no-cold-start", "--report-dir", tmp_path / f"rep{i}",
+                          *flags, env={"HOME": str(home), "COLUMNS": "300"})
 
-    proc = subprocess.run([sys.executable, "-m", "compress", *args(0)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = cli(0)
     assert proc.returncode == 0, proc.stderr
     line = [x for x in proc.stdout.splitlines() if x.startswith("cache: ")]
     assert line and str(_cache_dir) in line[0] and "MB of 2048 MB" in line[0] and "stored" in line[0]
-    monkeypatch.setenv("COLUMNS", "300")
-    monkeypatch.delenv("EDGECOMPRESS_DEBUG", raising=False)
-    outs = []
-    for i, flags in ((1, []), (2, ["--no-cache"])):
-        with pytest.raises(SystemExit) as e:
-            main(args(i, *flags))
-        outs.append(capsys.readouterr())
-        assert e.value.code == 0, outs[-1].err
-    assert "reused" in outs[0].out
-    assert "reused from" in outs[0].err and str(_cache_dir) in outs[0].err  # the -v log names the file
-    assert "--no-cache" in " ".join(outs[1].out.split()) and "reused from" not in outs[1].err
+    outs = [cli(1), cli(2, "--no-cache")]
+    assert [o.returncode for o in outs] == [0, 0], [o.stderr for o in outs]
+    assert "reused" in outs[0].stdout
+    assert "reused from" in outs[0].stderr and str(_cache_dir) in outs[0].stderr  # the -v log names the file
+    assert "--no-cache" in " ".join(outs[1].stdout.split()) and "reused from" not in outs[1].stderr
 
 
 def test_remote_preparation_reuses_the_teachers_outputs_too(int8_artifact, bert_classifier, profile, tmp_path,

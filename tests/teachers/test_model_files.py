@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.builders.cli import assert_one_line_error, in_process
-from tests.builders.model_files import TwoInputs, torch_onnx_export
+from tests.builders.model_files import TwoInputs, quick_host_profile, torch_onnx_export
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,17 @@ def two_inputs(tmp_path_factory) -> Path:
     return d
 
 
-def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_inputs, tmp_path):
+@pytest.fixture(scope="module")
+def quick_host(tmp_path_factory) -> str:
+    return quick_host_profile(tmp_path_factory.mktemp("quick-host"))
+
+
+@pytest.fixture(scope="module")
+def quick_host_openvino(tmp_path_factory) -> str:
+    return quick_host_profile(tmp_path_factory.mktemp("quick-host"), "openvino")
+
+
+def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_inputs, tmp_path, quick_host):
     from compress.artifact import load_artifact
     from compress.stages.export import export
     from compress.stages.quantize import quantize
@@ -64,7 +74,7 @@ def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_input
     snrs = [r["snr_db"] for r in table["layers"]]
     assert snrs == sorted(snrs)  # worst first
 
-    report = validate(load_artifact(tmp_path / "int8"), ValidateConfig.from_flat(data=str(two_inputs / "two.npz"),
+    report = validate(load_artifact(tmp_path / "int8"), ValidateConfig.from_flat(profile=quick_host, data=str(two_inputs / "two.npz"),
                                                                        cold_start=False))
     met = report.metrics
     assert met["metric_name"] == "output_cosine" and met["eval_samples"] == 48
@@ -102,7 +112,7 @@ def test_output_fidelity_figures():
     assert flipped["top1_agreement"] == 0.0 and flipped["cosine"] == pytest.approx(0.0)
 
 
-def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, tmp_path, make_tsv):
+def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, tmp_path, make_tsv, quick_host):
     """A text model's ONNX file with tokenizer.json beside it and model.yaml naming its labels: accuracy and
     agreement against the file itself, run in ONNX Runtime."""
     from compress.stages.export import export
@@ -120,12 +130,12 @@ def test_a_text_encoder_file_with_its_tokenizer_is_a_classifier(onnx_artifact, t
     assert teacher.task == "text-classification" and teacher.as_artifact().format == "onnx"
     art = export(d / "classifier.onnx", tmp_path / "adopted")
     assert (art.path / "tokenizer.json").is_file() and art.manifest.max_length == 64
-    report = validate(art, ValidateConfig.from_flat(data=str(make_tsv(tmp_path)), cold_start=False))
+    report = validate(art, ValidateConfig.from_flat(profile=quick_host, data=str(make_tsv(tmp_path)), cold_start=False))
     assert report.metrics["metric_name"] == "accuracy"
     assert report.metrics["agreement"] == 1.0 and report.metrics["retention"] == 1.0
 
 
-def test_a_file_fixed_to_batch_one_runs_larger_batches(tmp_path):
+def test_a_file_fixed_to_batch_one_runs_larger_batches(tmp_path, quick_host):
     from compress.artifact import load_artifact
     from compress.stages.export import export
     from compress.validation.config import ValidateConfig
@@ -137,7 +147,7 @@ def test_a_file_fixed_to_batch_one_runs_larger_batches(tmp_path):
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32))
     art = export(tmp_path / "fixed.onnx", tmp_path / "a")
     assert art.manifest.inputs[0].shape == [1, 16]
-    report = validate(load_artifact(tmp_path / "a"), ValidateConfig.from_flat(data=str(tmp_path / "x.npz"), cold_start=False))
+    report = validate(load_artifact(tmp_path / "a"), ValidateConfig.from_flat(profile=quick_host, data=str(tmp_path / "x.npz"), cold_start=False))
     assert report.metrics["eval_samples"] == 20 and report.metrics["output_cosine"] == pytest.approx(1.0)
 
 
@@ -219,10 +229,10 @@ def test_bad_npz_data_is_a_one_line_error(capfd, case, two_inputs, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
-def test_an_adopted_file_validates_directly_and_reports_fidelity_in_markdown(capfd, two_inputs, tmp_path):
+def test_an_adopted_file_validates_directly_and_reports_fidelity_in_markdown(capfd, two_inputs, tmp_path, quick_host):
     """`validate model.onnx`: the file is its own artifact and its own teacher (fidelity exactly 1)."""
     proc = in_process(capfd, "validate", two_inputs / "two.onnx", "--data", two_inputs / "two.npz", "--no-cold-start",
-                      "--report-dir", tmp_path / "r")
+                      "--report-dir", tmp_path / "r", "--profile", quick_host)
     assert proc.returncode in (0, 1), proc.stderr  # speed against itself is a coin toss; accuracy is not
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["metrics"]["output_fidelity"]["scores"]["snr_db"] == 200.0
@@ -245,7 +255,7 @@ def top1(outputs, labels):
 '''
 
 
-def test_a_user_metric_replaces_the_task_metric(two_inputs, tmp_path, monkeypatch):
+def test_a_user_metric_replaces_the_task_metric(two_inputs, tmp_path, monkeypatch, quick_host):
     from compress.stages.export import export
     from compress.validation.config import ValidateConfig
     from compress.validation.local import validate
@@ -253,7 +263,7 @@ def test_a_user_metric_replaces_the_task_metric(two_inputs, tmp_path, monkeypatc
     (tmp_path / "my_metrics.py").write_text(METRICS_MODULE, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     art = export(two_inputs / "two.onnx", tmp_path / "fp32")
-    report = validate(art, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False, baseline=False,
+    report = validate(art, ValidateConfig.from_flat(profile=quick_host, data=str(two_inputs / "two.npz"), cold_start=False, baseline=False,
                                           metric="my_metrics:mean_top_score"))
     met = report.metrics
     assert met["metric_name"] == "my_metrics:mean_top_score" and met["metric"] > 100
@@ -354,7 +364,7 @@ def test_a_recipe_refuses_to_distill_a_model_file(two_inputs, tmp_path):
         plan_recipe(d / "recipe.yaml")
 
 
-def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tmp_path):
+def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tmp_path, quick_host_openvino):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     from compress.stages.export import export
@@ -369,13 +379,13 @@ def test_a_model_file_exports_to_openvino_and_quantizes_with_nncf(two_inputs, tm
     assert ov.manifest.source.path == str((two_inputs / "two.onnx").resolve())
     assert not list(tmp_path.glob(".ov.*"))  # the scratch adoption is gone
     q = quantize(ov, tmp_path / "ov-int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
+    report = validate(q, ValidateConfig.from_flat(profile=quick_host_openvino, data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95
     assert report.metrics["speedup"] > 0  # against the file converted to OpenVINO FP32 (the baselines cache)
 
 
 @pytest.mark.parametrize("fixed_batch", [False, True])
-def test_every_output_of_a_multi_output_file_is_compared(tmp_path, fixed_batch):
+def test_every_output_of_a_multi_output_file_is_compared(tmp_path, fixed_batch, quick_host):
     """A detector-style file with two outputs (scores and boxes): the report compares each against the file's own."""
     from compress.stages.export import export
     from compress.stages.quantize import quantize
@@ -405,7 +415,7 @@ def test_every_output_of_a_multi_output_file_is_compared(tmp_path, fixed_batch):
     np.savez(tmp_path / "d.npz", image=rng.standard_normal((24, 3, 16, 16)).astype(np.float32))
     art = export(tmp_path / "det.onnx", tmp_path / "fp32")
     q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(tmp_path / "d.npz")))
-    report = validate(q, ValidateConfig.from_flat(data=str(tmp_path / "d.npz"), cold_start=False, baseline=False))
+    report = validate(q, ValidateConfig.from_flat(profile=quick_host, data=str(tmp_path / "d.npz"), cold_start=False, baseline=False))
     fid = report.metrics["output_fidelity"]
     assert set(fid) == {"scores", "boxes"}  # a graph fixed to batch 1 is run one sample at a time, every output too
     assert q.manifest.inputs[0].shape[0] == (1 if fixed_batch else "b")
@@ -426,7 +436,7 @@ def two_ir(two_inputs, tmp_path_factory):
     return d
 
 
-def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, tmp_path):
+def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, tmp_path, quick_host_openvino):
     from compress.stages.export import export
     from compress.stages.quantize import quantize
     from compress.stages.quantize.config import QuantizeConfig
@@ -439,7 +449,7 @@ def test_an_openvino_ir_is_adopted_as_an_openvino_artifact(two_ir, two_inputs, t
     assert (art.path / "model.bin").is_file() and m.inputs[0].shape == ["batch", 6, "dim2"]
     assert m.steps[0].metrics["parity"]["max_abs_diff"] == 0.0
     q = quantize(art, tmp_path / "ov-int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
+    report = validate(q, ValidateConfig.from_flat(profile=quick_host_openvino, data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.metrics["output_fidelity"]["scores"]["cosine"] > 0.95 and report.metrics["speedup"] > 0
     assert report.teacher["path"] == str((two_ir / "two.xml").resolve())
 
@@ -507,7 +517,7 @@ def test_a_user_metric_drives_accuracy_aware_quantization(two_inputs, tmp_path, 
 
 # -- torch.export programs that are not image classifiers ----------------------------------------------------------------
 
-def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_inputs, tmp_path):
+def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_inputs, tmp_path, quick_host):
     """A .pt2 with a model.yaml that describes no image: the program is the FP32 reference, run in PyTorch."""
     pytest.importorskip("onnxscript")
     from compress.stages.export import export
@@ -530,13 +540,13 @@ def test_a_two_input_program_is_a_teacher_exported_quantized_and_validated(two_i
     art = export(tmp_path / "sensor.pt2", tmp_path / "onnx")
     assert art.manifest.preprocess.kind == "arrays" and art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
     q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False))
+    report = validate(q, ValidateConfig.from_flat(profile=quick_host, data=str(two_inputs / "two.npz"), cold_start=False))
     assert report.teacher["path"] == str((tmp_path / "sensor.pt2").resolve())
     assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] < 1.0
     assert report.metrics["speedup"] > 0  # against the program exported to ONNX FP32 (the baselines cache)
 
 
-def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declared(two_inputs, tmp_path):
+def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declared(two_inputs, tmp_path, quick_host):
     """TorchScript records no input signature: model.yaml declares it; loading runs code, so it is opted in."""
     from compress.errors import ConfigError, ModelLoadError
     from compress.stages.export import export
@@ -560,7 +570,7 @@ def test_a_two_input_torchscript_archive_is_a_teacher_once_its_inputs_are_declar
     assert art.manifest.preprocess.shapes == {"window": [6, 40], "feats": [24]}
     assert art.manifest.steps[0].metrics["parity"]["max_abs_diff"] < 1e-4
     q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(two_inputs / "two.npz")))
-    report = validate(q, ValidateConfig.from_flat(data=str(two_inputs / "two.npz"), cold_start=False, allow_pickle=True))
+    report = validate(q, ValidateConfig.from_flat(profile=quick_host, data=str(two_inputs / "two.npz"), cold_start=False, allow_pickle=True))
     assert 0.95 < next(iter(report.metrics["output_fidelity"].values()))["cosine"] <= 1.0
     yaml_file.write_text("inputs: {window: {shape: [6, 40]}, feats: {shape: [25]}}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="does not run on the declared inputs"):

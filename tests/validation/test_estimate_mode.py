@@ -5,9 +5,7 @@ against profiles whose ``identify`` cannot match this machine (roofline estimate
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -16,6 +14,7 @@ import yaml
 from conftest import GENEROUS_BUDGETS, write_tsv
 
 from compress.profiles.load import load_profile
+from tests.builders.cli import in_process
 
 pytestmark = pytest.mark.slow
 
@@ -193,19 +192,18 @@ def test_estimate_never_measures_here_with_a_warning(int8_artifact, data_tsv, tm
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HOME=str(home), COLUMNS="200")
-    env.pop("EDGECOMPRESS_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+def _cli(capfd, *args: str, home: Path) -> subprocess.CompletedProcess:
+    # in this process (in_process): an exit code and two streams need no fresh interpreter, whose start cost an
+    # import of torch and transformers
+    return in_process(capfd, *args, env={"HOME": str(home), "COLUMNS": "200"})
 
 
 @pytest.mark.parametrize("flag, code", [((), 4), (("--unverified-exit-code", "0"), 0)])
-def test_cli_unverified_exit_code(flag, code, int8_artifact, data_tsv, tmp_path, home):
+def test_cli_unverified_exit_code(flag, code, int8_artifact, data_tsv, tmp_path, home, capfd):
     profile = board(tmp_path, "cli-board", budgets={"min_speedup": None, "max_cold_start_ms": None,
                                                     "max_peak_memory_mb": None})
     rep = tmp_path / "rep"
-    proc = _cli("validate", str(int8_artifact.path), "-p", str(profile), "-d", str(data_tsv), "--report-dir",
+    proc = _cli(capfd, "validate", str(int8_artifact.path), "-p", str(profile), "-d", str(data_tsv), "--report-dir",
                 str(rep), "--no-baseline", "--no-cold-start", *flag, home=home)
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr

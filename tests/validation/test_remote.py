@@ -26,6 +26,7 @@ from conftest import GENEROUS_BUDGETS, write_tsv
 
 from compress.errors import IntegrityError
 from compress.validation import remote, ssh
+from tests.builders.cli import in_process
 from tests.builders.sshd import Loopback, running_sshd
 from tests.builders.sshd import free_port as _free_port
 
@@ -205,17 +206,13 @@ def test_a_detector_remote_equals_local(sshd, profile, home, tmp_path, monkeypat
     assert sshd.leftovers() == []
 
 
-def test_cli_remote_run_reports_where_it_measured(sshd, int8_artifact, data_tsv, profile, home, tmp_path):
-    """The real entry point in a fresh interpreter; the report says remote; nothing is left on the device."""
+def test_cli_remote_run_reports_where_it_measured(sshd, int8_artifact, data_tsv, profile, home, tmp_path, capfd):
+    """The CLI's validate --remote (in this process: the device side is a fresh interpreter over ssh anyway, and a
+    local one cost an import of torch and transformers); the report says remote; nothing is left on the device."""
     out = tmp_path / "report"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGECOMPRESS_SSH_CONFIG": str(sshd.ssh_config())}
-    env.pop("EDGECOMPRESS_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "compress", "validate", str(int8_artifact.path), "--profile", str(profile),
-         "--data", str(data_tsv), "--remote", sshd.spec, "--remote-python", sys.executable,
-         "--report-dir", str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    proc = in_process(capfd, "validate", int8_artifact.path, "--profile", profile, "--data", data_tsv,
+                      "--remote", sshd.spec, "--remote-python", sys.executable, "--report-dir", out,
+                      env={"EDGECOMPRESS_SSH_CONFIG": str(sshd.ssh_config())})
     assert proc.returncode == 0, proc.stderr
     assert "measured on remote:" in " ".join(proc.stdout.split())
     report = json.loads((out / "report.json").read_text())

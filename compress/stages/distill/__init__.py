@@ -46,7 +46,7 @@ from compress.stages.distill.run import (
     _student_sets,
     _transfer_sets,
 )
-from compress.stages.distill.student import count_parameters
+from compress.stages.distill.student import check_keep_early, count_parameters
 from compress.stages.distill.training import Distillation
 from compress.stages.spec import StageOutput
 from compress.stages.training import default_run_dir
@@ -87,15 +87,16 @@ def distill(
     """
     from compress._optional import require
 
+    config = config or DistillConfig()
+    output = DISTILL.output(out, config, force=force)
+    out = output.path
+    check_keep_early(teacher_dir, config)  # before torch, transformers and the teacher's weights load
     require("torch", "distillation")
     require("accelerate", "distillation")
     from accelerate.utils import set_seed
 
     from compress.teachers.load import load_teacher
 
-    config = config or DistillConfig()
-    output = DISTILL.output(out, config, force=force)
-    out = output.path
     run = Path(run_dir) if run_dir else default_run_dir(out)
 
     def say(key: str, label: str) -> None:  # a stretch of work without a count (once, not per process)
