@@ -42,7 +42,7 @@ def test_a_timm_checkpoint_loads_and_exports_with_timms_own_preprocessing(arch, 
 
 
 @pytest.mark.parametrize("arch", ["mobilenetv3_small_050", "vit_tiny_patch16_224"])
-def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
+def test_a_timm_model_goes_the_whole_chain(arch, tmp_path, fast_host):
     from compress.artifact import load_artifact
     from compress.stages.export import export
     from compress.stages.quantize import quantize
@@ -55,7 +55,7 @@ def test_a_timm_model_goes_the_whole_chain(arch, tmp_path):
     art = export(d, tmp_path / "onnx")
     q = quantize(art, tmp_path / "int8", QuantizeConfig.from_flat(calibration=str(data)))
     report = validate(load_artifact(tmp_path / "int8"), ValidateConfig.from_flat(data=str(data), cold_start=False,
-                                                                       baseline=False))
+                                                                       baseline=False, profile=fast_host))
     met = report.metrics
     assert q.manifest.precision == "int8" and met["metric_name"] == "accuracy" and met["eval_samples"] == 24
     assert met["teacher_metric"] is not None and "output_fidelity" in met  # against the timm model in PyTorch
