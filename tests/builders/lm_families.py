@@ -43,10 +43,17 @@ REAL = {
                      {"heads": 4, "kv_heads": 1, "hidden": 128, "intermediate": 256, "layers": 6}),
 }
 
+#: a family whose layers come in kinds -> one layer of each kind, named in ``layer_types``: the shortest body that
+#: still has both RoPE bases and both attentions, for a route that reads the kinds from the config (ExecuTorch's
+#: static cache does; its lowering costs ~15 s a layer of this body on a loaded 2-core machine). ONNX Runtime GenAI's
+#: builder and llama.cpp place Gemma 3's windows by its five-to-one pattern, not by the config: they take the six
+EACH_KIND = {"gemma-3-270m": ["sliding_attention", "full_attention"]}
 
-def real_config_lm(out: Path, family: str, *, layers: int = 1, seed: int = 0) -> Path:
+
+def real_config_lm(out: Path, family: str, *, layers: int = 1, seed: int = 0, each_kind: bool = False) -> Path:
     """Write a random checkpoint of ``family`` (a key of :data:`REAL`) at test size to ``out``: its published RoPE,
-    head, norm and context values, saved by the running transformers; the tiny models' tokenizer. Returns ``out``."""
+    head, norm and context values, saved by the running transformers; the tiny models' tokenizer. ``each_kind``: a
+    family of :data:`EACH_KIND` gets one layer of each kind instead of its published pattern. Returns ``out``."""
     import torch
     import transformers
 
@@ -54,6 +61,8 @@ def real_config_lm(out: Path, family: str, *, layers: int = 1, seed: int = 0) ->
 
     arch, kept, dims = REAL[family]
     layers = dims.get("layers", layers)
+    if each_kind and family in EACH_KIND:
+        kept, layers = {**kept, "layer_types": EACH_KIND[family]}, len(EACH_KIND[family])
     tiny_causal_lm(out, arch=arch, layers=1, hidden=32, heads=2, kv_heads=1, intermediate=32,  # its tokenizer files
                    sentencepiece=arch == "gemma3")  # (llama.cpp's Gemma converter reads tokenizer.model)
     config_cls, cls = (getattr(transformers, n) for n in ARCHS[arch])
