@@ -67,12 +67,7 @@ print(json.dumps({"prompt": ids, "tokens": [int(t) for t in made.tokens[0]],
 """,
     "executorch": """
 import json, sys
-from pathlib import Path
-import torch
-import executorch.extension.llm.custom_ops as kernels
-# the program's fused SDPA kernel, its library loaded as llama_main links it in (importing custom_ops.custom_ops does
-# the same and registers the export-time lowerings with it, through torch's inductor: 24 -> 4 s of CPU for this app)
-torch.ops.load_library(next(Path(kernels.__file__).parent.rglob("*custom_ops_aot_lib.*")))
+import executorch.extension.llm.custom_ops.custom_ops  # the program's fused SDPA kernel (llama_main links it in)
 from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 runner = TextLLMRunner(sys.argv[1] + "/model.pte", sys.argv[1] + "/tokenizer.json")
 pieces, stats = [], []
