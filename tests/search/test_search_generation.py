@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 from tests.builders.lm import TINYSTORIES, needs_genai_builder, tiny_causal_lm
 from tests.builders.shared import shared_file
 
-pytestmark = needs_genai_builder()
+pytestmark = [needs_genai_builder(), pytest.mark.slow]
 
 #: two algorithms x two group sizes of ONNX Runtime's INT4: four candidates, three measured
 SPACE = {"runtime": ["onnxruntime"], "algorithm": ["rtn", "hqq"], "group": [32, 128], "int8": [0.0]}

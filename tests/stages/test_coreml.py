@@ -15,6 +15,8 @@ from compress.stages.export.config import ExportConfig
 from tests.builders.cli import main_error
 from tests.conftest import write_tsv
 
+pytestmark = pytest.mark.slow
+
 OFF_APPLE = pytest.mark.skipif(sys.platform == "darwin", reason="describes a machine where Core ML cannot run")
 
 

@@ -14,6 +14,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("PIL")
 
+pytestmark = pytest.mark.slow
+
 
 def _arrays_program(root: Path) -> Path:
     """A small MLP saved as a ``torch.export`` program whose ``model.yaml`` says it takes arrays (input ``x``)."""
