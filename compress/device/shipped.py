@@ -62,12 +62,12 @@ def ort_session_options(ort, threads=None, level="all", session_config=None):
     return opts
 
 
-
 def ort_session(ort, path, threads=None, level="all", session_config=None, provider="CPUExecutionProvider"):
     """An ONNX Runtime session of the model file ``path`` on ``provider``, with :func:`ort_session_options`: how a
     bundle's handler and the remote runner open a model."""
     opts = ort_session_options(ort, threads, level, session_config)
     return ort.InferenceSession(path, sess_options=opts, providers=[provider])
+
 
 # --- outputs read as a task reads them, and a generator's step feeds -----------------------------------------------
 
