@@ -14,8 +14,6 @@ import pytest
 
 from tests.builders.cli import ENV
 
-pytestmark = pytest.mark.slow
-
 INTERRUPTED = "interrupted (Ctrl-C); no output was written"
 
 
