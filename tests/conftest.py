@@ -32,6 +32,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # 143 -> 126 s (a tiny MobileNetV2's forward at batch 24 on 2 threads: 0.6-1.6 s of CPU spinning, 20-24 ms passive)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from tests.builders.profiles import BRIEF_MEASURE, SEARCH_BUDGETS, host_profile  # noqa: E402 - after the environment
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (a launcher's main process port)."""
     with socket.socket() as s:
@@ -438,38 +441,15 @@ def make_tsv():
     return write_tsv
 
 
-# Every budget set, all generous: a working artifact passes them on any machine.
-GENEROUS_BUDGETS = {
-    "latency_ms": {"p50": 10000, "p95": 20000, "p99": 30000},
-    "min_throughput": 0.001,
-    "max_model_size_mb": 1000,
-    "max_peak_memory_mb": 100000,
-    "min_accuracy_retention": 0.01,
-    "min_agreement": 0.0,
-    "min_speedup": 0.001,
-    "max_cold_start_ms": 600000,
-}
-
-#: quick timing for profiles the tests validate against (enough calls for a median, a fraction of a second)
-QUICK_MEASURE = {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2}
-#: a search test's budgets: GENEROUS_BUDGETS less cold start and peak memory, which a search measures (a fresh process
-#: per candidate: 10-25 s on the 2-core VM) only where a budget reads them (compress.search.space.measured_beside), and
-#: which no search test is about (test_search.py's test_a_search_measures_only_what_its_budgets_read covers the rule)
-SEARCH_BUDGETS = {**GENEROUS_BUDGETS, "max_peak_memory_mb": None, "max_cold_start_ms": None}
-
-
 def write_search_workspace(d: Path, teacher: Path) -> Path:
     """A search's inputs in ``d``: a copy of ``teacher``, train/dev/test tables, and ``quick.yaml``, this machine with
     generous budgets (:data:`SEARCH_BUDGETS`), timed briefly."""
     import shutil
 
-    import yaml
-
     shutil.copytree(teacher, d / "teacher")
     for name in ("train.tsv", "dev.tsv", "test.tsv"):
         write_tsv(d, name=name)
-    (d / "quick.yaml").write_text(yaml.safe_dump({"name": "quick", "extends": "host", "budgets": SEARCH_BUDGETS,
-                                                  "measure": QUICK_MEASURE}), encoding="utf-8")
+    host_profile(d, "quick", budgets=SEARCH_BUDGETS)
     return d
 
 
@@ -528,12 +508,7 @@ def ner_teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fast_host(tmp_path_factory) -> str:
     """This machine's profile with a short latency measurement: tests that check metrics, not timings."""
-    import yaml
-
-    p = tmp_path_factory.mktemp("profiles") / "fast-host.yaml"
-    p.write_text(yaml.safe_dump({"name": "fast-host", "extends": "host", "measure": {
-        "warmup": 2, "min_runs": 10, "min_duration_s": 0.05, "eval_batch_size": 8}}), encoding="utf-8")
-    return str(p)
+    return host_profile(tmp_path_factory.mktemp("profiles"), "fast-host", measure=BRIEF_MEASURE)
 
 
 # -- tiny stateful ONNX graphs (a state fed back from step to step), built with onnx.helper ----------------------

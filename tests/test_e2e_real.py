@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import GENEROUS_BUDGETS
+from tests.builders.profiles import GENEROUS_BUDGETS
 
 pytestmark = pytest.mark.slow
 

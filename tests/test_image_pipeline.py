@@ -485,7 +485,7 @@ def test_a_recipe_prunes_exports_calibrates_and_validates_a_cnn(teachers, images
     import yaml
 
     from compress.recipes.execute import run_recipe
-    from tests.conftest import GENEROUS_BUDGETS
+    from tests.builders.profiles import GENEROUS_BUDGETS
 
     (tmp_path / "quick.yaml").write_text(yaml.safe_dump({
         "name": "quick", "extends": "host", "measure": {"warmup": 2, "min_runs": 20, "min_duration_s": 0.2},

@@ -1,5 +1,4 @@
-"""A two-input sensor-style model and the TorchScript ONNX export tests use to make model files "made elsewhere", and
-the quickly timed host profile they are validated with (:func:`quick_host_profile`)."""
+"""A two-input sensor-style model and the TorchScript ONNX export tests use to make model files "made elsewhere"."""
 
 from __future__ import annotations
 
@@ -29,21 +28,3 @@ def torch_onnx_export(model, args, path: Path, names: list[str], dynamic: dict, 
         torch.onnx.export(model.eval(), args, str(path), opset_version=opset, dynamo=False, input_names=names,
                           output_names=["scores"], dynamic_axes=dynamic)
     return path
-
-
-def quick_host_profile(directory: Path, runtime: str | None = None) -> str:
-    """A profile file in ``directory``: host timed briefly (``QUICK_MEASURE``), for tests that check what validate
-    reports, not its timings (host's own 100 runs over at least 5 s, for the artifact and again for its FP32 baseline,
-    were most of such a validate's time). ``runtime``: run that one, as host does for a format its default runtime
-    cannot run (a file that extends host keeps host's runtime)."""
-    import yaml
-
-    from tests.conftest import QUICK_MEASURE
-
-    name = "quick-host" + (f"-{runtime}" if runtime else "")
-    profile = {"name": name, "extends": "host", "measure": QUICK_MEASURE}
-    if runtime:
-        profile["runtime"] = {"name": runtime, "provider": None, "options": {}}
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(profile), encoding="utf-8")
-    return str(path)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GENEROUS_BUDGETS, write_tsv
+from conftest import write_tsv
 
 from compress.profiles.budgets import BudgetStatus, emulated_timings, judge, verdict_of
 from compress.profiles.load import load_profile
 from compress.profiles.schema import Budgets, DeviceProfile
+from tests.builders.profiles import GENEROUS_BUDGETS
 
 TIMED = {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "min_throughput", "min_speedup", "max_cold_start_ms"}
 BUDGETS = Budgets(latency_ms={"p50": 30, "p95": 50, "p99": 80}, min_throughput=30, min_speedup=1.0,

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from tests.builders.cli import assert_one_line_error, in_process
-from tests.conftest import GENEROUS_BUDGETS, write_tsv
+from tests.builders.profiles import GENEROUS_BUDGETS
+from tests.conftest import write_tsv
 
 pytestmark = pytest.mark.slow
 

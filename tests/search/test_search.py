@@ -13,7 +13,8 @@ import yaml
 
 from compress.progress import to_lines
 from tests.builders.cli import assert_one_line_error, edgecompress, main_error
-from tests.conftest import QUICK_MEASURE, SEARCH_BUDGETS, write_search_workspace, write_tsv
+from tests.builders.profiles import SEARCH_BUDGETS, host_profile
+from tests.conftest import write_search_workspace, write_tsv
 
 pytestmark = pytest.mark.slow
 
@@ -378,8 +379,7 @@ def image_workspace(tmp_path_factory, home):
     d = tmp_path_factory.mktemp("image-search")
     teachers = write_hf_image_teachers(d)
     write_image_set(d)
-    (d / "quick.yaml").write_text(yaml.safe_dump({
-        "name": "quick", "extends": "host", "budgets": SEARCH_BUDGETS, "measure": QUICK_MEASURE}), encoding="utf-8")
+    host_profile(d, "quick", budgets=SEARCH_BUDGETS)
     return d, teachers
 
 
@@ -682,10 +682,8 @@ def test_a_token_classifier_is_searched_over_students_scored_by_entity_f1(ner_te
     data = tmp_path / "tagged.conll"
     data.write_text("-DOCSTART- O\n\n" + "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts))
                                                     for ws, ts in zip(sentences, tags)) + "\n", encoding="utf-8")
-    prof = tmp_path / "quick.yaml"
-    prof.write_text(yaml.safe_dump({"name": "quick", "extends": "host", "budgets": {**SEARCH_BUDGETS,
-                                    "min_accuracy_retention": 0.01, "min_agreement": 0.01},
-                                    "measure": QUICK_MEASURE}))
+    prof = host_profile(tmp_path, "quick", budgets={**SEARCH_BUDGETS, "min_accuracy_retention": 0.01,
+                                                    "min_agreement": 0.01})
     space = {"layers": [1], "ffn": [0.5], "width": [1.0], "heads": [0.0], "vocab": [True], "quant": ["int8-dynamic"],
              "runtime": ["onnxruntime"], "threads": [0]}
     cfg = SearchConfig.from_flat(teacher=str(ner_teacher), profile=str(prof), train=str(data), eval=str(data), trials=1,

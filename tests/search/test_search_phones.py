@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import QUICK_MEASURE, write_search_workspace
+from tests.builders.profiles import host_profile
+from tests.conftest import write_search_workspace
 
 pytest.importorskip("optuna")
 pytest.importorskip("executorch")
@@ -23,8 +24,7 @@ def workspace(tmp_path_factory, bert_one_layer, home):
     # (no speedup, cold start or peak memory budget: the search then exports no FP32 baseline program for the
     # estimate and runs no cold-start probe (compress.search.space.measured_beside); neither is what these tests are about)
     unread = {"min_speedup": None, "max_cold_start_ms": None, "max_peak_memory_mb": None}
-    (d / "phone.yaml").write_text(yaml.safe_dump({"name": "phone", "extends": "pixel-8", "measure": QUICK_MEASURE,
-                                                  "budgets": unread}))
+    host_profile(d, "phone", extends="pixel-8", budgets=unread)
     # this machine: no speedup budget either, so no FP32 ExecuTorch program is exported to time beside each program
     # (20 s at rest; the side-by-side timing against the PyTorch teacher is the search's own)
     (d / "here.yaml").write_text(yaml.safe_dump({"name": "here", "extends": str(d / "quick.yaml"), "budgets": unread}))

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.builders.cli import assert_one_line_error, in_process, main_error
-from tests.builders.model_files import TwoInputs, quick_host_profile, torch_onnx_export
+from tests.builders.model_files import TwoInputs, torch_onnx_export
+from tests.builders.profiles import host_profile
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def test_constant_node_weights_are_normalised_and_quantize_like_their_initialize
     from compress.validation.local import validate
 
     n_weights = len(onnx.load(str(twins / "two.onnx")).graph.initializer)
-    quick = quick_host_profile(tmp_path)  # the figures compared, not the timings
+    quick = host_profile(tmp_path)  # the figures compared, not the timings
     calib = QuantizeConfig.from_flat(calibration=str(twins / "two.npz"), mode="static")
     runs = {}
     for name in ("two", "const"):
@@ -130,7 +131,7 @@ def test_a_bare_model_file_validates_with_its_cold_start_measured(capfd, kind, t
     """`validate model.onnx --data eval.npz` (and a .tflite) with the default cold-start probe: the fresh process loads
     the file itself in its own runtime (it used to take the file's folder for a PyTorch checkpoint: exit 2)."""
     args = [twins / "two.onnx", "--data", twins / "two.npz"] if kind == "onnx" else [request.getfixturevalue("tflite")]
-    quick = quick_host_profile(tmp_path, None if kind == "onnx" else "litert")  # the probe, not the timings
+    quick = host_profile(tmp_path, runtime=None if kind == "onnx" else "litert")  # the probe, not the timings
     proc = in_process(capfd, "validate", *args, "--report-dir", tmp_path / "r", "--profile", quick)
     assert proc.returncode in (0, 1, 4), proc.stderr  # speed against itself is a coin toss; the probe is not
     assert "probe failed" not in proc.stderr
@@ -147,7 +148,7 @@ def test_the_cold_start_runs_the_batch_validate_timed(capfd, twins, tmp_path):
     d.mkdir()
     shutil.copy2(twins / "two.onnx", d / "two.onnx")  # no two.yaml: the time axis stays open
     proc = in_process(capfd, "validate", d / "two.onnx", "--data", twins / "two.npz", "--report-dir", tmp_path / "r",
-                      "--profile", quick_host_profile(tmp_path))  # the probe, not the timings
+                      "--profile", host_profile(tmp_path))  # the probe, not the timings
     assert proc.returncode in (0, 1, 4), proc.stderr
     assert json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["cold_start_ms"] > 0
 
@@ -165,7 +166,7 @@ def test_a_file_with_an_open_axis_converted_to_openvino_validates_against_its_co
                       "--out", tmp_path / "ov")
     assert proc.returncode == 0, proc.stderr
     proc = in_process(capfd, "validate", tmp_path / "ov", "--data", twins / "two.npz", "--no-cold-start",
-                      "--report-dir", tmp_path / "r", "--profile", quick_host_profile(tmp_path, "openvino"))
+                      "--report-dir", tmp_path / "r", "--profile", host_profile(tmp_path, runtime="openvino"))
     assert proc.returncode in (0, 1, 4), proc.stderr
     metrics = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]
     assert metrics["speedup"] is not None and metrics["baseline_latency_ms"]["p50"] > 0

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
+from conftest import SENTENCES, write_tsv
 
 from compress import cache
 from compress.runtimes.torch_backend import TorchBackend
 from tests.builders.cli import in_process
+from tests.builders.profiles import GENEROUS_BUDGETS
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.builders.cli import assert_one_line_error, in_process
-from tests.builders.model_files import TwoInputs, quick_host_profile, torch_onnx_export
+from tests.builders.model_files import TwoInputs, torch_onnx_export
+from tests.builders.profiles import host_profile
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +41,12 @@ def two_inputs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def quick_host(tmp_path_factory) -> str:
-    return quick_host_profile(tmp_path_factory.mktemp("quick-host"))
+    return host_profile(tmp_path_factory.mktemp("quick-host"))
 
 
 @pytest.fixture(scope="module")
 def quick_host_openvino(tmp_path_factory) -> str:
-    return quick_host_profile(tmp_path_factory.mktemp("quick-host"), "openvino")
+    return host_profile(tmp_path_factory.mktemp("quick-host"), runtime="openvino")
 
 
 def test_an_opset_12_two_input_file_is_adopted_quantized_and_validated(two_inputs, tmp_path, quick_host):
@@ -323,7 +324,7 @@ def test_an_adopted_array_model_packages_and_its_handler_takes_json_arrays(two_i
 def _recipe_dir(two_inputs: Path, d: Path) -> Path:
     import yaml
 
-    from tests.conftest import GENEROUS_BUDGETS
+    from tests.builders.profiles import GENEROUS_BUDGETS
 
     for name in ("two.onnx", "two.yaml", "two.npz"):
         shutil.copy(two_inputs / name, d / name)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import GENEROUS_BUDGETS, LABELS, _save_wordpiece_tokenizer, write_tsv
+from conftest import LABELS, _save_wordpiece_tokenizer, write_tsv
 
 from compress.teachers.load import forward_inputs, load_teacher, model_feed
+from tests.builders.profiles import GENEROUS_BUDGETS
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ from xml.etree import ElementTree as ET
 
 import pytest
 import yaml
-from conftest import GENEROUS_BUDGETS, write_tsv
+from conftest import write_tsv
 
 from compress.profiles.load import load_profile
 from tests.builders.cli import in_process
+from tests.builders.profiles import GENEROUS_BUDGETS
 
 pytestmark = pytest.mark.slow
 

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import GENEROUS_BUDGETS, write_tsv
+from conftest import write_tsv
 
 from compress.errors import IntegrityError
 from compress.validation import remote, ssh
 from tests.builders.cli import in_process
+from tests.builders.profiles import GENEROUS_BUDGETS
 from tests.builders.sshd import Loopback, running_sshd
 from tests.builders.sshd import free_port as _free_port
 

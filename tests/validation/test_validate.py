@@ -19,7 +19,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 import yaml
-from conftest import GENEROUS_BUDGETS, SENTENCES, write_tsv
+from conftest import SENTENCES, write_tsv
 
 from compress.errors import OutputExistsError
 from compress.host.measure import LatencyStats, measure_interleaved, nearest_rank
@@ -27,6 +27,7 @@ from compress.profiles.budgets import judge
 from compress.profiles.schema import Budgets, LatencyBudget
 from compress.tasks.classification import macro_f1
 from compress.tasks.embeddings import neighbour_agreement
+from tests.builders.profiles import GENEROUS_BUDGETS
 
 pytestmark = pytest.mark.slow
 
