@@ -14,6 +14,8 @@ import pytest
 
 from tests.builders.cli import ENV
 
+pytestmark = pytest.mark.slow
+
 INTERRUPTED = "interrupted (Ctrl-C); no output was written"
 
 
