@@ -3,7 +3,7 @@ Click, the first ~0.2 s of every command) ends in one line and exit 130, as one 
 Python's traceback. Nothing else is imported before the guard; the ``compress`` package's own import (before this
 module runs) answers one the same way (:func:`compress.interrupt.exit_interrupted`, when
 :func:`compress.interrupt.is_command_line`): the window left is the interpreter's own start (its ``site`` and
-``runpy`` imports)."""
+``runpy`` imports, and ``runpy`` reading the package's ``__init__.py``), before any of the package's code runs."""
 
 import os
 import sys
