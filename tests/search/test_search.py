@@ -302,10 +302,10 @@ def test_a_search_measures_only_what_its_budgets_read(workspace, tmp_path):
     from compress.search.space import measured_beside
 
     def validate_options(budgets: dict) -> dict:
-        prof = tmp_path / f"p{len(list(tmp_path.glob('p*.yaml')))}.yaml"
-        prof.write_text(yaml.safe_dump({"name": "p", "extends": str(workspace / "quick.yaml"), "budgets": budgets}))
-        (tmp_path / prof.stem).mkdir()
-        s = Search(config(workspace, profile=str(prof)), tmp_path / prof.stem)
+        name = f"p{len(list(tmp_path.glob('p*.yaml')))}"
+        prof = host_profile(tmp_path, name, extends=str(workspace / "quick.yaml"), budgets=budgets)
+        (tmp_path / name).mkdir()
+        s = Search(config(workspace, profile=prof), tmp_path / name)
         recipe = yaml.safe_load(s.space.recipe(0, Candidate(1), s.space.short).read_text())
         return recipe["validate"].get("options", {})
 

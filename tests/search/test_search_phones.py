@@ -27,7 +27,7 @@ def workspace(tmp_path_factory, bert_one_layer, home):
     host_profile(d, "phone", extends="pixel-8", budgets=unread)
     # this machine: no speedup budget either, so no FP32 ExecuTorch program is exported to time beside each program
     # (20 s at rest; the side-by-side timing against the PyTorch teacher is the search's own)
-    (d / "here.yaml").write_text(yaml.safe_dump({"name": "here", "extends": str(d / "quick.yaml"), "budgets": unread}))
+    host_profile(d, "here", extends=str(d / "quick.yaml"), budgets=unread)
     return d
 
 

@@ -909,8 +909,8 @@ def test_a_narrower_student_of_a_sentence_encoder_is_refused_in_one_line(bert_en
 
     (tmp_path / "w.json").write_text(json.dumps({"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}))
     train = write_tsv(tmp_path)
-    proc = in_process(capfd, "distill", "--teacher", bert_encoder, "--train", train, "--student-config", tmp_path / "w.json",
-                        "--max-steps", "2", "--out", tmp_path / "s")
+    proc = in_process(capfd, "distill", "--teacher", bert_encoder, "--train", train, "--student-config",
+                      tmp_path / "w.json", "--max-steps", "2", "--out", tmp_path / "s")
     assert_one_line_error(proc, "16 dimensions", "the teacher's 32", "its own width", code=2)
     assert not (tmp_path / "s").exists()
 
